@@ -1,0 +1,38 @@
+# ssm-unet-bench: `make setup` then `make test`. `make demo` runs the main job on synthetic data.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BENCH := $(VENV)/bin/bench
+DEMO_RESULTS ?= results/demo
+SMOKE_RESULTS ?= /tmp/ssm-unet-bench-smoke
+# one torch thread per process: 2 shared cores make op-heavy loops collapse otherwise,
+# and a fixed thread count keeps CPU runs bit-reproducible
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: setup test demo smoke check baseline bench-hd95 clean
+
+setup:
+	bash scripts/setup.sh
+
+test:
+	$(PY) -m pytest -q
+
+demo:
+	$(BENCH) run --models all --dataset synapse --synthetic --protocol smoke --results $(DEMO_RESULTS) --threads 1
+	$(BENCH) report --results $(DEMO_RESULTS)
+
+# the CI smoke grid: fixed seed and threads, compared with the committed baseline
+smoke:
+	rm -rf $(SMOKE_RESULTS)
+	bash scripts/smoke_grid.sh $(SMOKE_RESULTS)
+
+check: smoke
+	$(BENCH) check --baseline results/baseline/smoke.csv --results $(SMOKE_RESULTS)
+
+baseline: smoke
+	$(BENCH) check --baseline results/baseline/smoke.csv --results $(SMOKE_RESULTS) --update
+
+bench-hd95:
+	$(PY) benchmarks/hd95_bench.py
+
+clean:
+	rm -rf $(DEMO_RESULTS) $(SMOKE_RESULTS)

@@ -1,0 +1,270 @@
+"""`bench` command line: a table of contents. Commands parse options; library functions do the work."""
+
+from __future__ import annotations
+
+import enum
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from bench.errors import BenchError
+from bench.report import ReportFormat
+
+app = typer.Typer(
+    help="ssm-unet-bench: train and evaluate medical segmentation UNets under fixed protocols.\n\n"
+    "Example: bench run --models all --dataset synapse --synthetic --protocol smoke",
+    no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False,
+)
+data_app = typer.Typer(
+    help="Synthesize and verify datasets in their real on-disk formats.\n\n"
+    "Example: bench data synth --like isic --out data/isic-synth",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
+
+DEFAULT_RESULTS = Path("results")
+DEFAULT_PROTOCOL = {"synapse": "synapse", "isic17": "isic17", "isic18": "isic18"}
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class SynthKind(str, enum.Enum):
+    synapse = "synapse"
+    isic = "isic"
+    polyp = "polyp"
+    nnunet = "nnunet"
+
+
+def _echo_err(msg: str) -> None:
+    typer.secho(msg, fg=typer.colors.RED, err=True)
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise BenchError(f"--seeds must be a comma list of integers, e.g. 0,1,2; got {text!r}") from None
+
+
+def _parse_sets(items: list[str]) -> dict[str, object]:
+    import ast
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BenchError(f"--set expects key=value (a model constructor argument); got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+@app.command()
+def run(
+    models: Annotated[str, typer.Option(help="'all' or a comma list of registered models")] = "all",
+    dataset: Annotated[str, typer.Option(help="synapse, isic17, isic18, polyp or nnunet")] = "synapse",
+    protocol: Annotated[Optional[str], typer.Option(help="protocol name or .toml path (default: the dataset's)")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="comma list of seeds (default: the protocol's seed)")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="dataset directory in its real on-disk format")] = None,
+    synthetic: Annotated[bool, typer.Option(help="use a built-in synthetic dataset in the same format")] = False,
+    results: Annotated[Path, typer.Option(help="results directory (records, runs, synthetic data)")] = DEFAULT_RESULTS,
+    device: Annotated[Device, typer.Option(help="where to train")] = Device.auto,
+    resume: Annotated[bool, typer.Option(help="continue killed runs from their last checkpoint")] = False,
+    policy: Annotated[Optional[str], typer.Option(help="metric policy (default: the protocol's)")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
+    max_iterations: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="override: marks the record off-protocol")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="model constructor override key=value")] = None,
+    tiny: Annotated[bool, typer.Option(help="use each model's tiny test configuration")] = False,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (fix it for bit-reproducible runs)")] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Train and evaluate models on a dataset under a protocol; one record per (model, seed).
+
+    Example: bench run --models all --dataset synapse --synthetic --protocol smoke
+    """
+    from bench.env import resolve_device
+    from bench.protocol import load_protocol
+    from bench.registry import get_entry, resolve_models
+    from bench.run import plan_grid, run_one
+    from bench.records import record_path
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    names = resolve_models(models)
+    proto = load_protocol(protocol or DEFAULT_PROTOCOL.get(dataset, "smoke"))
+    proto = proto.with_overrides(epochs=epochs, max_iterations=max_iterations, batch_size=batch_size,
+                                 img_size=img_size, lr=lr)
+    seed_list = _parse_seeds(seeds) if seeds else [proto.seed]
+    overrides = _parse_sets(set_ or [])
+    specs = []
+    for name in names:
+        model_over = {**(dict(get_entry(name).tiny) if tiny else {}), **overrides}
+        specs += plan_grid(models=[name], dataset=dataset, protocol=proto, seeds=seed_list, data_root=data_root,
+                           synthetic=synthetic, results_dir=results, policy=policy, model_overrides=model_over)
+    dev = resolve_device(device.value)
+    typer.echo(f"bench run: {len(specs)} run(s) · dataset {dataset} · protocol {proto.name} v{proto.version} "
+               f"({proto.hash}{', off-protocol' if proto.off_protocol else ''}) · device {dev}")
+    for spec in specs:
+        if record_path(results, spec.key).is_file():
+            typer.echo(f"  {spec.key}: finished earlier, skipped")
+            continue
+        rec = run_one(spec, results_dir=results, device=dev, resume=resume, show_progress=progress)
+        m = rec["metrics"]
+        hd = m.get("hd95")
+        typer.echo(f"  {spec.key}: DSC {100 * m['dice']:.2f}" + (f" · HD95 {hd:.2f}" if hd is not None else "")
+                   + f" · {rec['wall_time_s']:.0f}s")
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Option(help="results directory")] = DEFAULT_RESULTS,
+    format: Annotated[ReportFormat, typer.Option("--format", help="output format")] = ReportFormat.md,
+    out: Annotated[Optional[Path], typer.Option(help="write to this file instead of stdout")] = None,
+) -> None:
+    """Leaderboards (mean ± std over seeds, per organ) from the run records.
+
+    Example: bench report --results results --format md --out report.md
+    """
+    from bench.report import write_report
+
+    text = write_report(results, format.value, out)
+    if out is None:
+        typer.echo(text)
+    else:
+        typer.echo(f"wrote {out}")
+
+
+@app.command()
+def check(
+    baseline: Annotated[Path, typer.Option(help="committed baseline CSV, e.g. results/baseline/smoke.csv")],
+    results: Annotated[Path, typer.Option(help="results directory with the current records")] = DEFAULT_RESULTS,
+    update: Annotated[bool, typer.Option(help="(re)write the baseline from the current results instead")] = False,
+) -> None:
+    """Compare current results with a baseline; exit 1 when any metric drifts past its tolerance.
+
+    Example: bench check --baseline results/baseline/smoke.csv --results /tmp/smoke
+    """
+    from bench import drift, records
+
+    df = records.load(results)
+    if update:
+        drift.write_baseline(df, baseline)
+        typer.echo(f"wrote baseline {baseline} from {len(df)} run(s)")
+        return
+    result = drift.compare(baseline, df)
+    typer.echo(result.render())
+    if result.failed:
+        _echo_err("metric drift: see the rows marked above")
+        raise typer.Exit(code=1)
+    typer.echo("no drift")
+
+
+@app.command()
+def models() -> None:
+    """List registered models with family, paper configuration and source.
+
+    Example: bench models
+    """
+    from bench.registry import get_entry, list_models
+
+    for name in list_models():
+        e = get_entry(name)
+        cfg = ", ".join(f"{k}={v}" for k, v in e.paper_config.items())
+        typer.echo(f"{name:12s} {e.family:12s} {e.description}\n{'':25s}paper config: {cfg}\n{'':25s}source: {e.source}")
+
+
+@app.command()
+def doctor() -> None:
+    """Python/torch/CUDA versions, which selective-scan backend would run and why, mamba-ssm status.
+
+    Example: bench doctor
+    """
+    import platform
+
+    import torch
+
+    from bench import env
+
+    typer.echo(f"python       {platform.python_version()} ({sys.executable})")
+    for name, version in env.package_versions().items():
+        typer.echo(f"{name:28s} {version or '-'}")
+    cuda = torch.cuda.is_available()
+    typer.echo(f"torch CUDA   {'available: ' + torch.cuda.get_device_name(0) if cuda else 'not available'}"
+               f" (built with CUDA {torch.version.cuda})")
+    typer.echo(f"threads      {torch.get_num_threads()} of {os.cpu_count()} cores")
+    typer.echo(f"device       {env.short_fingerprint(env.fingerprint('cuda' if cuda else 'cpu'))}")
+    try:
+        from ssm_models.scan import backend_report  # provided by the SSM models
+
+        typer.echo(f"scan backend {backend_report()}")
+    except ImportError:
+        typer.echo("scan backend n/a: no SSM model is installed yet (ssm_models.scan missing)")
+    try:
+        import importlib.util
+
+        has_mamba = importlib.util.find_spec("mamba_ssm") is not None
+    except (ImportError, ValueError):
+        has_mamba = False
+    typer.echo(f"mamba-ssm    {'installed' if has_mamba else 'not installed (CPU machines use the built-in scan)'}")
+
+
+@data_app.command("synth")
+def data_synth(
+    like: Annotated[SynthKind, typer.Option(help="which real on-disk format to write")],
+    out: Annotated[Path, typer.Option(help="output directory (created)")],
+    seed: Annotated[int, typer.Option(help="generator seed; same seed, same data")] = 0,
+) -> None:
+    """Write a small, deterministic, learnable dataset in a real on-disk format.
+
+    Example: bench data synth --like synapse --out data/synapse-synth
+    """
+    from bench.data.synth import synthesize
+
+    path = synthesize(like.value, out, seed=seed)
+    typer.echo(f"wrote synthetic {like.value} dataset to {path}")
+
+
+@data_app.command("verify")
+def data_verify(
+    dataset: Annotated[str, typer.Option(help="synapse, isic17, isic18, polyp or nnunet")],
+    data_root: Annotated[Path, typer.Option(help="dataset directory")],
+) -> None:
+    """Check a dataset: files present and readable, shapes, dtypes, label range, list files.
+
+    Example: bench data verify --dataset synapse --data-root data/Synapse
+    """
+    from bench.data.verify import verify_dataset
+
+    problems = verify_dataset(dataset, data_root)
+    for p in problems:
+        _echo_err(f"{p.level}: {p.path}: {p.message}")
+    errors = [p for p in problems if p.level == "error"]
+    if errors:
+        _echo_err(f"{len(errors)} error(s) in {data_root}")
+        raise typer.Exit(code=1)
+    typer.echo(f"{data_root}: OK ({dataset}" + (f", {len(problems)} warning(s))" if problems else ")"))
+
+
+def main() -> None:
+    """Console entry point: user errors print one line and exit 2 (tracebacks with BENCH_DEBUG=1)."""
+    try:
+        app()
+    except BenchError as exc:
+        if os.environ.get("BENCH_DEBUG"):
+            raise
+        _echo_err(f"error: {exc}")
+        sys.exit(2)

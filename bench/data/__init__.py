@@ -1,0 +1,103 @@
+"""Datasets: one reader per real on-disk format, all producing ``Sample`` / ``Case`` (see base.py).
+
+Registry names::
+
+    synapse   TransUNet npz slices + h5 volumes + lists        9 classes, softmax, legacy-synapse
+    isic17    VM-UNet ISIC 2017 folders (test = val/)           1 class, sigmoid, legacy-isic
+    isic18    VM-UNet ISIC 2018 folders (test = val/)           1 class, sigmoid, legacy-isic
+    polyp     PraNet TrainDataset / TestDataset/<set>           1 class, sigmoid, legacy-isic
+    nnunet    nnU-Net v2 raw (dataset.json, imagesTr, labelsTr) len(labels) classes, softmax, strict
+
+Example::
+
+    ds = open_dataset("synapse", "data/Synapse")
+    ds.num_classes, ds.binary, ds.in_chans   # 9, False, 1
+    case = ds.load_test(ds.test_ids()[0])    # Case: image (D, H, W) float32, label int64
+
+    root = synthetic_root("isic17", Path("~/.cache/bench").expanduser())   # learnable fake data
+    ds = open_dataset("isic17", root)
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from bench.data.base import Case, Sample, SegDataset
+from bench.data.isic import Isic17Dataset, Isic18Dataset
+from bench.data.nnunet import NnUNetDataset
+from bench.data.polyp import PolypDataset
+from bench.data.synapse import SynapseDataset
+from bench.data.synth import GENERATOR_VERSION, synthesize
+from bench.errors import BenchError
+
+DATASETS: dict[str, type[SegDataset]] = {
+    "synapse": SynapseDataset,
+    "isic17": Isic17Dataset,
+    "isic18": Isic18Dataset,
+    "polyp": PolypDataset,
+    "nnunet": NnUNetDataset,
+}
+
+
+# Seeds of the cached synthetic datasets: isic17 and isic18 share a format, not their images.
+SYNTH_SEEDS = {"isic18": 1}
+
+
+def list_datasets() -> list[str]:
+    return sorted(DATASETS)
+
+
+def get_reader(name: str) -> type[SegDataset]:
+    """The reader class registered as ``name``; BenchError with a suggestion if unknown."""
+    try:
+        return DATASETS[name.strip().lower()]
+    except AttributeError:
+        raise BenchError(f"dataset name must be a string, got {name!r}") from None
+    except (KeyError, TypeError):
+        known = list_datasets()
+        close = difflib.get_close_matches(str(name).lower(), known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise BenchError(f"unknown dataset {name!r}{hint} Known datasets: {', '.join(known)}") from None
+
+
+def open_dataset(name: str, root: str | Path) -> SegDataset:
+    """Open the dataset ``name`` stored at ``root``; BenchError naming the path if it is not there."""
+    reader = get_reader(name)
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise BenchError(
+            f"dataset root not found: {root} (expected {reader.layout}; "
+            f"`bench run --synthetic` or `bench data synth` makes a small fake one)"
+        )
+    return reader(root)
+
+
+def synthetic_root(name: str, cache_dir: str | Path) -> Path:
+    """A synthetic dataset shaped like ``name`` under ``cache_dir``, generated once and reused.
+
+    The folder is ``<cache_dir>/<name>-synth-v<GENERATOR_VERSION>``; it is written to a temporary
+    folder beside it and renamed into place, so concurrent callers never see half of it.
+    """
+    reader = get_reader(name)
+    target = Path(cache_dir).expanduser() / f"{name}-synth-v{GENERATOR_VERSION}"
+    if target.is_dir() and any(target.iterdir()):
+        return target
+    try:
+        return synthesize(reader.kind, target, seed=SYNTH_SEEDS.get(reader.name, 0))
+    except BenchError:
+        if target.is_dir() and any(target.iterdir()):  # another process finished first
+            return target
+        raise
+
+
+__all__ = [
+    "DATASETS",
+    "Case",
+    "Sample",
+    "SegDataset",
+    "get_reader",
+    "list_datasets",
+    "open_dataset",
+    "synthetic_root",
+]

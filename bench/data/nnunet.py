@@ -1,0 +1,298 @@
+"""nnU-Net v2 raw datasets (MIC-DKFZ/nnUNet documentation/reference/dataset-format.md).
+
+On disk::
+
+    <root>/dataset.json                     channel_names, labels (name -> int, background 0),
+                                            numTraining, file_ending
+    <root>/imagesTr/{CASE}_{XXXX}{ending}   XXXX = 4-digit channel index
+    <root>/labelsTr/{CASE}{ending}
+    <root>/splits_final.json                optional: [{"train": [...], "val": [...]}, ...] per fold
+
+File endings: ``.png`` -> 2-D cases (an RGB PNG supplies three channels from one ``_0000`` file,
+as nnU-Net's NaturalImage2DIO reads it); ``.nii.gz`` / ``.nii`` -> 3-D volumes read with nibabel.
+Volumes are returned as (D, H, W) = (z, y, x), the axis order SimpleITK (and so nnU-Net) uses,
+with ``spacing`` the header zooms reordered the same way (mm). Multi-channel images are
+channels-last: (H, W, C) or (D, H, W, C). Images are float32 as stored (no CT clipping or
+z-scoring: choose a protocol whose ``normalize`` suits the data); labels are int64 ids.
+
+Training items: a 2-D case is one item (id ``CASE``); a volume contributes each axial slice
+(id ``"CASE:z"``). Test cases are whole cases, scored per volume.
+
+Split: fold 0 of ``splits_final.json`` when present (train = its "train", test = its "val").
+Otherwise a fixed split: the sorted case ids permuted by ``numpy.random.default_rng(12345)``;
+the last ``max(1, n // 5)`` (20 %, at least one) are the test cases, the rest train; both lists
+are returned sorted. The split therefore depends only on the set of case ids.
+
+Task: softmax over ``len(labels)`` classes incl. background; labels must be 0..K-1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.data.base import Case, Sample, SegDataset
+from bench.errors import BenchError
+
+SPLIT_SEED = 12345
+TEST_FRACTION_DENOM = 5  # 1/5 = 20 % of the cases are test cases
+VOLUME_ENDINGS = (".nii.gz", ".nii")
+IMAGE_ENDINGS = (".png", ".bmp", ".tif", ".tiff")
+REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+
+
+# --- dataset.json ---------------------------------------------------------------------------
+
+
+def parse_dataset_json(path: Path) -> dict[str, Any]:
+    """Read and check ``dataset.json``; return it with ``labels`` normalised to ``{name: int}``.
+
+    Accepts nnU-Net v1's ``modality`` / ``{"0": "background"}`` spellings too. BenchError (naming
+    the file and the field) on anything the readers cannot use.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BenchError(f"{path}: not readable JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise BenchError(f"{path}: expected a JSON object")
+    data = dict(data)
+    if "channel_names" not in data and "modality" in data:  # nnU-Net v1 spelling
+        data["channel_names"] = data["modality"]
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise BenchError(f"{path}: missing field(s) {', '.join(missing)}; nnU-Net v2 needs {', '.join(REQUIRED_KEYS)}")
+    channels = data["channel_names"]
+    if not isinstance(channels, dict) or not channels:
+        raise BenchError(f"{path}: channel_names must be a non-empty object like {{\"0\": \"CT\"}}")
+    if sorted(int(k) for k in channels) != list(range(len(channels))):
+        raise BenchError(f"{path}: channel_names keys must be 0..{len(channels) - 1}, got {sorted(channels)}")
+    data["labels"] = _label_map(data["labels"], path)
+    if not isinstance(data["numTraining"], int) or data["numTraining"] < 0:
+        raise BenchError(f"{path}: numTraining must be a non-negative integer, got {data['numTraining']!r}")
+    ending = data["file_ending"]
+    if not isinstance(ending, str) or ending not in VOLUME_ENDINGS + IMAGE_ENDINGS:
+        raise BenchError(
+            f"{path}: file_ending {ending!r} not supported; expected one of {', '.join(VOLUME_ENDINGS + IMAGE_ENDINGS)}"
+        )
+    return data
+
+
+def _label_map(labels: Any, path: Path) -> dict[str, int]:
+    if not isinstance(labels, dict) or not labels:
+        raise BenchError(f"{path}: labels must be a non-empty object {{name: id}}")
+    if all(isinstance(v, str) for v in labels.values()) and all(str(k).isdigit() for k in labels):
+        labels = {v: int(k) for k, v in labels.items()}  # nnU-Net v1: {"0": "background", ...}
+    out: dict[str, int] = {}
+    for name, value in labels.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BenchError(
+                f"{path}: label {name!r} = {value!r}; only integer labels are supported (no regions)"
+            )
+        out[name] = value
+    values = sorted(out.values())
+    if values != list(range(len(values))):
+        raise BenchError(f"{path}: label ids must be 0..{len(values) - 1} with background 0, got {values}")
+    if "ignore" in out:
+        raise BenchError(f"{path}: the 'ignore' label is not supported")
+    return out
+
+
+def is_volume_ending(ending: str) -> bool:
+    return ending in VOLUME_ENDINGS
+
+
+# --- file readers ---------------------------------------------------------------------------
+
+
+def read_nifti(path: Path, *, label: bool = False) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A 3-D NIfTI as (D, H, W) = (z, y, x) plus spacing in mm in the same order."""
+    import nibabel as nib  # imported here: only nnU-Net volumes need it
+
+    img = nib.load(str(path))
+    if len(img.shape) != 3:
+        raise BenchError(f"{path}: expected a 3-D NIfTI volume, got shape {img.shape}")
+    if label:
+        arr = np.asarray(img.dataobj)
+        arr = np.rint(arr).astype(np.int64) if arr.dtype.kind == "f" else arr.astype(np.int64)
+    else:
+        arr = np.asarray(img.get_fdata(dtype=np.float32))
+    # zooms are float32 in the header: 0.8 reads back as 0.800000011920929; 7 digits is exact
+    zooms = tuple(float(f"{float(z):.7g}") for z in img.header.get_zooms()[:3])
+    return np.ascontiguousarray(arr.transpose(2, 1, 0)), (zooms[2], zooms[1], zooms[0])
+
+
+def nifti_shape(path: Path) -> tuple[int, int, int]:
+    """(D, H, W) from the header only."""
+    import nibabel as nib
+
+    shape = nib.load(str(path)).shape
+    if len(shape) != 3:
+        raise BenchError(f"{path}: expected a 3-D NIfTI volume, got shape {shape}")
+    return shape[2], shape[1], shape[0]
+
+
+def read_png(path: Path, *, label: bool = False) -> np.ndarray:
+    """(H, W) or (H, W, C) float32 image, or (H, W) int64 label."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im)
+    if label:
+        if arr.ndim != 2:
+            raise BenchError(f"{path}: a label image must be single-channel, got shape {arr.shape}")
+        return arr.astype(np.int64)
+    return arr.astype(np.float32)
+
+
+def channel_path(root: Path, case: str, channel: int, ending: str) -> Path:
+    return root / "imagesTr" / f"{case}_{channel:04d}{ending}"
+
+
+def label_path(root: Path, case: str, ending: str) -> Path:
+    return root / "labelsTr" / f"{case}{ending}"
+
+
+def read_case(root: Path, case: str, ending: str, n_channels: int) -> tuple[np.ndarray, np.ndarray, tuple | None]:
+    """Image (spatial + channels-last if >1 channel), label int64, spacing (volumes) or None."""
+    lab_path = label_path(root, case, ending)
+    if is_volume_ending(ending):
+        label, spacing = read_nifti(lab_path, label=True)
+        chans = []
+        for c in range(n_channels):
+            arr, _ = read_nifti(channel_path(root, case, c, ending))
+            chans.append(arr)
+    else:
+        label, spacing = read_png(lab_path, label=True), None
+        chans = []
+        c = 0
+        while len(chans) < n_channels:  # an RGB PNG supplies 3 channels from one file
+            arr = read_png(channel_path(root, case, c, ending))
+            chans.extend([arr] if arr.ndim == 2 else [arr[..., i] for i in range(arr.shape[-1])])
+            c += 1
+        if len(chans) != n_channels:
+            first = channel_path(root, case, 0, ending)
+            raise BenchError(f"{first}: {len(chans)} channels, dataset.json says {n_channels}")
+    for c, arr in enumerate(chans):
+        if arr.shape != label.shape:
+            raise BenchError(
+                f"{channel_path(root, case, c, ending)}: shape {arr.shape} differs from label {lab_path} {label.shape}"
+            )
+    image = chans[0] if n_channels == 1 else np.stack(chans, axis=-1)
+    return image, label, spacing
+
+
+@functools.lru_cache(maxsize=2)
+def _read_case_cached(root: str, case: str, ending: str, n_channels: int):
+    # Slices of one volume are usually requested together (a loader worker walks consecutive
+    # ids only by chance, but evaluation and small datasets do); two entries keep it cheap.
+    return read_case(Path(root), case, ending, n_channels)
+
+
+def fixed_split(case_ids: list[str]) -> tuple[list[str], list[str]]:
+    """(train, test): sorted ids permuted by default_rng(12345); the last max(1, n // 5) are test."""
+    ids = sorted(case_ids)
+    if len(ids) < 2:
+        raise BenchError(f"a train/test split needs at least 2 cases, got {len(ids)}")
+    order = [ids[i] for i in np.random.default_rng(SPLIT_SEED).permutation(len(ids))]
+    n_test = max(1, len(ids) // TEST_FRACTION_DENOM)
+    return sorted(order[:-n_test]), sorted(order[-n_test:])
+
+
+def list_cases(root: Path, ending: str) -> list[str]:
+    """Case ids = names of ``labelsTr/*{ending}`` without the ending, sorted."""
+    folder = root / "labelsTr"
+    names = (p.name for p in folder.iterdir() if not p.name.startswith("."))
+    return sorted(n[: -len(ending)] for n in names if n.endswith(ending))
+
+
+class NnUNetDataset(SegDataset):
+    kind = "nnunet"
+    name = "nnunet"
+    default_policy = "strict"
+    layout = (
+        "<root>/dataset.json, <root>/imagesTr/{CASE}_{XXXX}<ending>, <root>/labelsTr/{CASE}<ending> "
+        "(nnU-Net v2 raw)"
+    )
+
+    def __init__(self, root: str | Path):
+        super().__init__(root)
+        meta = self.root / "dataset.json"
+        if not meta.is_file():
+            raise BenchError(f"{meta}: not found; expected {self.layout}")
+        for sub in ("imagesTr", "labelsTr"):
+            if not (self.root / sub).is_dir():
+                raise BenchError(f"{self.root / sub}: folder missing; expected {self.layout}")
+        self.meta = parse_dataset_json(meta)
+        self.file_ending: str = self.meta["file_ending"]
+        self.is_3d = is_volume_ending(self.file_ending)
+        labels = self.meta["labels"]
+        # Instance attributes shadow the class defaults: they depend on dataset.json.
+        self.num_classes = len(labels)
+        self.class_names = tuple(n for n, v in sorted(labels.items(), key=lambda kv: kv[1]) if v != 0)
+        self.in_chans = len(self.meta["channel_names"])
+        self.cases = list_cases(self.root, self.file_ending)
+        if len(self.cases) != self.meta["numTraining"]:
+            raise BenchError(
+                f"{meta}: numTraining is {self.meta['numTraining']} but {self.root / 'labelsTr'} holds "
+                f"{len(self.cases)} '*{self.file_ending}' label files"
+            )
+        self._train_cases, self._test_cases = self._split()
+        self._slice_ids: list[str] | None = None
+
+    def _split(self) -> tuple[list[str], list[str]]:
+        path = self.root / "splits_final.json"
+        if not path.is_file():
+            self.notes.append(
+                f"no splits_final.json in {self.root}; fixed split: default_rng({SPLIT_SEED}) "
+                "permutation of the sorted case ids, last 20% test"
+            )
+            return fixed_split(self.cases)
+        try:
+            folds = json.loads(path.read_text())
+            train, test = list(folds[0]["train"]), list(folds[0]["val"])
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            raise BenchError(f"{path}: expected a list of {{\"train\": [...], \"val\": [...]}} folds ({exc})") from exc
+        unknown = sorted(set(train + test) - set(self.cases))
+        if unknown:
+            raise BenchError(f"{path}: fold 0 names cases without a label file: {', '.join(unknown[:5])}")
+        self.notes.append(f"split: fold 0 of {path} (its val cases are the test set)")
+        return train, test
+
+    # -- SegDataset ---------------------------------------------------------------------------
+
+    def train_ids(self) -> list[str]:
+        if not self.is_3d:
+            return list(self._train_cases)
+        if self._slice_ids is None:
+            self._slice_ids = [
+                f"{case}:{z}"
+                for case in self._train_cases
+                for z in range(nifti_shape(label_path(self.root, case, self.file_ending))[0])
+            ]
+        return list(self._slice_ids)
+
+    def test_ids(self) -> list[str]:
+        return list(self._test_cases)
+
+    def _case_arrays(self, case: str):
+        if case not in self.cases:
+            raise BenchError(f"{self.root}: no case {case!r} in labelsTr/")
+        return _read_case_cached(str(self.root), case, self.file_ending, self.in_chans)
+
+    def load_train(self, item_id: str) -> Sample:
+        if not self.is_3d:  # copies: the arrays live in the cache
+            image, label, _ = self._case_arrays(item_id)
+            return Sample(image=image.copy(), label=label.copy(), name=item_id)
+        case, _, z = item_id.rpartition(":")
+        image, label, _ = self._case_arrays(case)
+        z = int(z)
+        return Sample(image=image[z].copy(), label=label[z].copy(), name=item_id)
+
+    def load_test(self, case_id: str) -> Case:
+        image, label, spacing = self._case_arrays(case_id)
+        return Case(case_id=case_id, image=image.copy(), label=label.copy(), spacing=spacing)

@@ -1,0 +1,136 @@
+"""Synapse multi-organ CT in the TransUNet layout (Beckschen/TransUNet datasets/dataset_synapse.py).
+
+On disk::
+
+    <root>/train_npz/caseXXXX_sliceYYY.npz     keys image (H, W) float in ~[0, 1], label (H, W) ids 0..8
+    <root>/test_vol_h5/caseXXXX.npy.h5         datasets image, label: (D, H, W)
+    <root>/lists/lists_Synapse/train.txt       one slice id per line (no extension)
+    <root>/lists/lists_Synapse/test_vol.txt    one case id per line
+
+``<root>/lists_Synapse/`` is accepted too (the VM-UNet README spells the path differently from
+its config). Without list files the sorted directory contents are used and ``notes`` says so.
+
+Units: CT intensities were clipped to [-125, 275] HU and scaled per volume to [0, 1] by the
+dataset's distributors (values slightly outside [0, 1] occur in the real files, TransUNet #64).
+The real h5 files carry no spacing; our synthesizer writes an optional ``spacing`` attribute
+(mm per (D, H, W) axis), returned as ``Case.spacing``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from bench.data.base import Case, Sample, SegDataset
+from bench.errors import BenchError
+
+# Class id -> organ, the TransUNet-lineage order used by the VM-UNet code and the paper tables
+# (spec/baselines.md 4.4: the authors never documented it; other mappings circulate).
+CLASS_NAMES = ("aorta", "gallbladder", "kidney_l", "kidney_r", "liver", "pancreas", "spleen", "stomach")
+DISPLAY_NAMES = ("Aorta", "Gallbladder", "Kidney(L)", "Kidney(R)", "Liver", "Pancreas", "Spleen", "Stomach")
+NUM_CLASSES = 9  # background + 8 organs
+
+TRAIN_DIR = "train_npz"
+TEST_DIR = "test_vol_h5"
+LIST_DIRS = ("lists/lists_Synapse", "lists_Synapse")
+TRAIN_LIST = "train.txt"
+TEST_LIST = "test_vol.txt"
+H5_SUFFIX = ".npy.h5"
+
+
+def read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One training slice: image float32 (H, W), label int64 (H, W). Raises on a bad file."""
+    with np.load(path) as data:
+        image, label = data["image"], data["label"]
+    return np.asarray(image, dtype=np.float32), np.asarray(label).astype(np.int64)
+
+
+def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...] | None]:
+    """One test volume: image float32 (D, H, W), label int64 (D, H, W), spacing (mm) or None."""
+    with h5py.File(path, "r") as f:
+        image = np.asarray(f["image"][:], dtype=np.float32)
+        label = np.asarray(f["label"][:]).astype(np.int64)
+        spacing = f.attrs.get("spacing")
+    if spacing is not None:
+        spacing = tuple(float(s) for s in np.asarray(spacing).ravel())
+    return image, label, spacing
+
+
+def find_list_dir(root: Path) -> Path | None:
+    """The first list folder that exists, or None."""
+    for rel in LIST_DIRS:
+        if (root / rel).is_dir():
+            return root / rel
+    return None
+
+
+def read_list(path: Path, suffix: str = "") -> list[str]:
+    """Ids from a list file, one per line; blank lines skipped, a trailing ``suffix`` stripped."""
+    ids = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if suffix and line.endswith(suffix):
+            line = line[: -len(suffix)]
+        ids.append(line)
+    return ids
+
+
+class SynapseDataset(SegDataset):
+    kind = "synapse"
+    name = "synapse"
+    num_classes = NUM_CLASSES
+    class_names = CLASS_NAMES
+    display_names = DISPLAY_NAMES
+    in_chans = 1
+    default_policy = "legacy-synapse"
+    layout = (
+        "<root>/train_npz/caseXXXX_sliceYYY.npz and/or <root>/test_vol_h5/caseXXXX.npy.h5, "
+        "lists in <root>/lists/lists_Synapse/{train.txt,test_vol.txt} (TransUNet layout)"
+    )
+
+    def __init__(self, root: str | Path):
+        super().__init__(root)
+        self.train_dir = self.root / TRAIN_DIR
+        self.test_dir = self.root / TEST_DIR
+        if not self.train_dir.is_dir() and not self.test_dir.is_dir():
+            raise BenchError(
+                f"{self.root}: no {TRAIN_DIR}/ or {TEST_DIR}/ folder; expected {self.layout}"
+            )
+        self.list_dir = find_list_dir(self.root)
+        self._train = self._ids(TRAIN_LIST, self.train_dir, ".npz")
+        self._test = self._ids(TEST_LIST, self.test_dir, H5_SUFFIX)
+
+    def _ids(self, list_name: str, folder: Path, suffix: str) -> list[str]:
+        if self.list_dir is not None and (self.list_dir / list_name).is_file():
+            return read_list(self.list_dir / list_name, suffix)
+        if not folder.is_dir():
+            return []
+        self.notes.append(
+            f"no {list_name} under {self.root}/lists/lists_Synapse/ or {self.root}/lists_Synapse/; "
+            f"using the sorted contents of {folder}"
+        )
+        return sorted(p.name[: -len(suffix)] for p in folder.glob("*" + suffix))
+
+    def train_ids(self) -> list[str]:
+        return list(self._train)
+
+    def test_ids(self) -> list[str]:
+        return list(self._test)
+
+    def load_train(self, item_id: str) -> Sample:
+        image, label = read_slice(_existing(self.train_dir / f"{item_id}.npz"))
+        return Sample(image=image, label=label, name=item_id)
+
+    def load_test(self, case_id: str) -> Case:
+        image, label, spacing = read_volume(_existing(self.test_dir / f"{case_id}{H5_SUFFIX}"))
+        return Case(case_id=case_id, image=image, label=label, spacing=spacing)
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise BenchError(f"{path}: listed but missing (check with `bench data verify synapse <root>`)")
+    return path

@@ -1,0 +1,391 @@
+"""Small, deterministic, learnable synthetic datasets written in the REAL on-disk formats.
+
+``synthesize(kind, out, seed=0, **size_options)`` writes one dataset so the very same readers,
+``bench data verify`` and the whole train/evaluate path run on a fresh machine without downloads.
+The content is made to be learnable by any of the benchmarked models in a few hundred steps:
+
+- ``synapse``: CT-like volumes in [0, 1] (body ellipse, spine, 8 organ ellipsoids at fixed
+  anatomical positions with per-case jitter; each organ has its own mean intensity *and* texture
+  frequency/orientation; Gaussian noise). All 8 labels occur in every volume; the first and last
+  slices hold no organ (the real training lists include such slices too).
+- ``isic``: skin-coloured RGB images of varied, non-square size with one dark irregular lesion
+  (a star-shaped blob with a soft edge in the image and a hard 0/255 mask).
+- ``polyp``: pinkish mucosa with vessel texture and an endoscope vignette; one lighter, shaded
+  polyp with a specular highlight. Two test sets, one of them stored as JPEG (as some are).
+- ``nnunet``: 1-channel CT-like volumes (NIfTI with real spacing in the header) with an organ
+  (label 1) and a darker lesion inside it (label 2); ``dims=2`` writes PNGs instead.
+
+Same ``seed`` and options -> identical arrays (every case draws from
+``default_rng([seed, kind id, case index])``). Output is written into a temporary folder beside
+``out`` and renamed into place at the end, so a crash never leaves a half dataset at ``out``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from bench.errors import BenchError
+
+GENERATOR_VERSION = 1  # bump when any generated array changes: cache folders carry it
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "synapse": {"n_train": 6, "n_test": 3, "depth": 16, "size": 96, "spacing": (2.5, 0.8, 0.8)},
+    "isic": {"n_train": 24, "n_val": 8, "min_size": 90, "max_size": 140},
+    "polyp": {
+        "n_train": 20,
+        "n_test": 5,
+        "test_sets": ("CVC-ClinicDB", "Kvasir"),
+        "jpeg_sets": ("Kvasir",),
+        "min_size": 90,
+        "max_size": 140,
+    },
+    "nnunet": {"dims": 3, "n_cases": 10, "depth": 12, "size": 48, "spacing": (3.0, 0.8, 0.8)},
+}
+KINDS = tuple(DEFAULTS)
+_KIND_ID = {k: i for i, k in enumerate(KINDS)}
+
+# The real lists' first case names (Beckschen/TransUNet lists/lists_Synapse), so synthetic ids
+# look like the real ones; further cases get case1000+.
+SYNAPSE_TRAIN_CASES = ("case0005", "case0006", "case0007", "case0009", "case0010", "case0021", "case0023", "case0024")
+SYNAPSE_TEST_CASES = ("case0008", "case0022", "case0038", "case0036", "case0032", "case0002")
+
+
+def synthesize(kind: str, out: str | Path, *, seed: int = 0, **size_options: Any) -> Path:
+    """Write a synthetic ``kind`` dataset (synapse | isic | polyp | nnunet) to ``out``; return it.
+
+    ``size_options`` override ``DEFAULTS[kind]`` (e.g. ``n_train=4, size=64``). ``out`` must not
+    exist or be an empty folder. Example::
+
+        root = synthesize("synapse", "/tmp/syn", n_train=2, n_test=1, depth=8, size=64)
+        SynapseDataset(root).train_ids()[:2]   # ['case0005_slice000', 'case0005_slice001']
+    """
+    if kind not in DEFAULTS:
+        raise BenchError(f"unknown synthetic kind {kind!r}; expected one of {', '.join(KINDS)}")
+    unknown = sorted(set(size_options) - set(DEFAULTS[kind]))
+    if unknown:
+        raise BenchError(
+            f"synthesize({kind!r}): unknown option(s) {', '.join(unknown)}; accepted: {', '.join(DEFAULTS[kind])}"
+        )
+    options = {**DEFAULTS[kind], **size_options}
+    writer: Callable[..., None] = _WRITERS[kind]
+    return _write_atomically(Path(out), lambda tmp: writer(tmp, seed=seed, **options))
+
+
+def _write_atomically(out: Path, write: Callable[[Path], None]) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BenchError(f"{out}: already exists and is not empty; delete it or choose another folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        try:
+            os.replace(tmp, out)  # atomic on one file system; replaces an empty folder only
+        except OSError as exc:
+            raise BenchError(f"{out}: appeared while writing ({exc})") from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _rng(seed: int, kind: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, _KIND_ID[kind], index])
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Zero-mean, unit-std low-frequency noise (white noise blurred by ``sigma`` pixels)."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="reflect")
+    return (field - field.mean()) / (field.std() + 1e-8)
+
+
+# --- Synapse ---------------------------------------------------------------------------------
+
+# (label, centre (z, y, x), radii (z, y, x)) in normalised coordinates [-1, 1] (y down = posterior,
+# image left = patient right, the radiological convention), mean intensity, texture amplitude,
+# texture frequency (cycles across the image), texture orientation (degrees).
+_ORGANS = (
+    (5, (0.15, -0.05, -0.45), (0.65, 0.35, 0.30), 0.53, 0.04, 3.0, 20.0),  # liver (painted first)
+    (2, (0.20, -0.30, -0.20), (0.35, 0.09, 0.08), 0.20, 0.00, 0.0, 0.0),  # gallbladder
+    (4, (-0.15, 0.38, -0.45), (0.45, 0.13, 0.09), 0.64, 0.06, 16.0, -45.0),  # kidney_r (image left)
+    (3, (-0.15, 0.38, 0.45), (0.45, 0.13, 0.09), 0.72, 0.06, 16.0, 45.0),  # kidney_l (image right)
+    (1, (0.00, 0.30, 0.00), (0.80, 0.08, 0.08), 0.85, 0.00, 0.0, 0.0),  # aorta
+    (6, (0.00, 0.08, 0.10), (0.35, 0.06, 0.25), 0.45, 0.08, 14.0, 90.0),  # pancreas
+    (7, (0.20, 0.15, 0.68), (0.40, 0.16, 0.10), 0.585, 0.06, 12.0, 0.0),  # spleen
+    (8, (0.30, -0.25, 0.35), (0.45, 0.17, 0.22), 0.32, 0.07, 5.0, 60.0),  # stomach
+)
+
+
+def _grid(depth: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxel-centre coordinates in [-1, 1], each broadcastable to (depth, size, size)."""
+    z = ((np.arange(depth) + 0.5) / depth * 2 - 1)[:, None, None]
+    yx = (np.arange(size) + 0.5) / size * 2 - 1
+    return z, yx[None, :, None], yx[None, None, :]
+
+
+def _ellipsoid(z, y, x, centre, radii) -> np.ndarray:
+    dist = ((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((x - centre[2]) / radii[2]) ** 2
+    return dist <= 1.0
+
+
+def synapse_volume(rng: np.random.Generator, depth: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One CT-like case: image float32 (D, H, W) in [0, 1], label uint8 (D, H, W) in 0..8."""
+    z, y, x = _grid(depth, size)
+    shape = (depth, size, size)
+    # at least ~1.5 voxels of radius per axis so small test sizes keep every organ
+    min_r = np.array([1.5 * 2 / depth, 1.5 * 2 / size, 1.5 * 2 / size])
+    body = ((y - 0.05) / (0.62 * rng.uniform(0.95, 1.05))) ** 2 + (x / (0.85 * rng.uniform(0.95, 1.05))) ** 2 <= 1.0
+    body = np.broadcast_to(body, shape)
+    image = np.where(body, 0.38 + 0.03 * _smooth_noise(rng, shape, 3.0), 0.0)
+    label = np.zeros(shape, np.uint8)
+    spine = np.broadcast_to((y - 0.52) ** 2 + x**2 <= 0.09**2, shape)
+    image = np.where(spine, 0.95, image)
+    for lab, centre, radii, mean, amp, freq, angle in _ORGANS:
+        c = np.asarray(centre) + rng.uniform(-1, 1, 3) * np.array([0.06, 0.04, 0.04])
+        r = np.maximum(np.asarray(radii) * rng.uniform(0.9, 1.1, 3), min_r)
+        mask = _ellipsoid(z, y, x, c, r) & body
+        theta = np.deg2rad(angle)
+        phase = rng.uniform(0, 2 * np.pi)
+        texture = amp * np.sin(np.pi * freq * (x * np.cos(theta) + y * np.sin(theta)) + phase)
+        image = np.where(mask, mean + np.broadcast_to(texture, shape), image)
+        label[mask] = lab
+    image = image + rng.normal(0.0, 0.02, shape)
+    return np.clip(image, 0.0, 1.0).astype(np.float32), label
+
+
+def _synapse_names(prefix: tuple[str, ...], n: int, start: int) -> list[str]:
+    return [prefix[i] if i < len(prefix) else f"case{start + i:04d}" for i in range(n)]
+
+
+def _write_synapse(root: Path, *, seed: int, n_train: int, n_test: int, depth: int, size: int, spacing) -> None:
+    import h5py
+
+    train_cases = _synapse_names(SYNAPSE_TRAIN_CASES, n_train, 1000)
+    test_cases = _synapse_names(SYNAPSE_TEST_CASES, n_test, 2000)
+    (root / "train_npz").mkdir()
+    (root / "test_vol_h5").mkdir()
+    lists = root / "lists" / "lists_Synapse"
+    lists.mkdir(parents=True)
+    train_lines = []
+    for i, case in enumerate(train_cases):
+        image, label = _checked_synapse_volume(_rng(seed, "synapse", i), depth, size, case)
+        for s in range(depth):  # every slice, including those without organs, like the real list
+            name = f"{case}_slice{s:03d}"
+            np.savez(root / "train_npz" / f"{name}.npz", image=image[s], label=label[s])
+            train_lines.append(name)
+    for j, case in enumerate(test_cases):
+        image, label = _checked_synapse_volume(_rng(seed, "synapse", 10_000 + j), depth, size, case)
+        with h5py.File(root / "test_vol_h5" / f"{case}.npy.h5", "w") as f:
+            f.create_dataset("image", data=image)
+            f.create_dataset("label", data=label)
+            # Our extension: real files carry no spacing (the legacy policy ignores it anyway).
+            f.attrs["spacing"] = np.asarray(spacing, dtype=np.float64)
+    (lists / "train.txt").write_text("\n".join(train_lines) + "\n")
+    (lists / "test_vol.txt").write_text("\n".join(test_cases) + "\n")
+    (lists / "all.lst").write_text("\n".join(f"{c}.npy.h5" for c in sorted(train_cases + test_cases)) + "\n")
+
+
+def _checked_synapse_volume(rng, depth, size, case):
+    image, label = synapse_volume(rng, depth, size)
+    missing = sorted(set(range(1, 9)) - set(np.unique(label).tolist()))
+    if missing:  # a generator bug or sizes too small to draw every organ
+        raise BenchError(f"synthetic {case}: labels {missing} missing at depth={depth}, size={size}; use larger sizes")
+    return image, label
+
+
+# --- 2-D helpers -----------------------------------------------------------------------------
+
+
+def _blob(rng: np.random.Generator, h: int, w: int, rel_radius: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Irregular star-shaped blob: (signed distance-like field <= 0 inside) and hard mask (H, W)."""
+    cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
+    r0 = rng.uniform(*rel_radius) * min(h, w)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    dy, dx = yy - cy, (xx - cx) / rng.uniform(0.8, 1.25)
+    angle = np.arctan2(dy, dx)
+    radius = np.full_like(angle, r0)
+    for k in range(2, 6):  # low-order harmonics make the border irregular but smooth
+        radius += r0 * rng.uniform(0.0, 0.12) * np.cos(k * angle + rng.uniform(0, 2 * np.pi))
+    field = np.hypot(dy, dx) - radius  # < 0 inside, in pixels
+    return field, field <= 0
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    Image.fromarray(array).save(path)
+
+
+def _save_rgb(array: np.ndarray, path: Path) -> None:
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        Image.fromarray(array).save(path, quality=95)
+    else:
+        Image.fromarray(array).save(path)
+
+
+def _size(rng, lo, hi) -> tuple[int, int]:
+    h, w = (int(v) for v in rng.integers(lo, hi + 1, 2))
+    if h == w:  # keep every image non-square: catches H/W mix-ups
+        w = w + 1 if w < hi else w - 1
+    return h, w
+
+
+# --- ISIC ------------------------------------------------------------------------------------
+
+
+def isic_image(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Skin-like RGB uint8 (H, W, 3) with a dark lesion; mask uint8 (H, W) in {0, 255}."""
+    skin = np.array([222.0, 172.0, 145.0]) + rng.uniform(-18, 18, 3)
+    gx, gy = rng.uniform(-1, 1, 2)  # illumination gradient
+    light = 1.0 + 0.08 * (np.linspace(-1, 1, w)[None, :] * gx + np.linspace(-1, 1, h)[:, None] * gy)
+    image = skin[None, None, :] * light[..., None] + 6.0 * _smooth_noise(rng, (h, w), 4.0)[..., None]
+    field, mask = _blob(rng, h, w, (0.16, 0.3))
+    lesion = np.array([105.0, 68.0, 50.0]) + rng.uniform(-15, 15, 3)
+    core = np.clip(-field / 8.0, 0, 1)[..., None]  # darker towards the centre
+    lesion_img = lesion[None, None, :] * (1.0 - 0.3 * core) + 10.0 * _smooth_noise(rng, (h, w), 2.0)[..., None]
+    alpha = np.clip(0.5 - field / 2.0, 0, 1)[..., None]  # ~2 px soft edge in the image only
+    image = image * (1 - alpha) + lesion_img * alpha
+    for _ in range(int(rng.integers(0, 3))):  # a few thin dark hairs as distractors
+        y0, y1 = rng.uniform(0, h, 2)
+        t = np.linspace(0, 1, 4 * max(h, w))
+        ys, xs = (y0 + (y1 - y0) * t).astype(int), (t * (w - 1)).astype(int)
+        image[np.clip(ys, 0, h - 1), xs] *= 0.55
+    image = image + rng.normal(0, 3.0, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), (mask * 255).astype(np.uint8)
+
+
+def _write_isic(root: Path, *, seed: int, n_train: int, n_val: int, min_size: int, max_size: int) -> None:
+    index = 0
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for _ in range(n):
+            rng = _rng(seed, "isic", index)
+            image, mask = isic_image(rng, *_size(rng, min_size, max_size))
+            name = f"ISIC_{index:07d}"  # official naming: the mask carries a _segmentation suffix
+            _save_png(image, root / split / "images" / f"{name}.png")
+            _save_png(mask, root / split / "masks" / f"{name}_segmentation.png")
+            index += 1
+
+
+# --- polyp -----------------------------------------------------------------------------------
+
+
+def polyp_image(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Endoscopy-like RGB uint8 (H, W, 3) with one polyp; mask uint8 (H, W) in {0, 255}."""
+    mucosa = np.array([196.0, 102.0, 92.0]) + rng.uniform(-12, 12, 3)
+    vessels = np.abs(_smooth_noise(rng, (h, w), 3.0)) < 0.12  # thin winding lines
+    image = mucosa[None, None, :] + 8.0 * _smooth_noise(rng, (h, w), 6.0)[..., None]
+    image = np.where(vessels[..., None], image * np.array([0.8, 0.62, 0.62]), image)
+    field, mask = _blob(rng, h, w, (0.14, 0.26))
+    polyp = np.array([232.0, 150.0, 128.0]) + rng.uniform(-10, 10, 3)
+    shade = np.clip(-field / 10.0, 0, 1)[..., None]  # dome: brighter towards the top
+    polyp_img = polyp[None, None, :] * (0.85 + 0.15 * shade)
+    alpha = np.clip(0.5 - field / 2.0, 0, 1)[..., None]
+    rim = (np.abs(field) < 1.5)[..., None]  # a thin shadow line around the base
+    image = image * (1 - alpha) + polyp_img * alpha
+    image = np.where(rim, image * 0.8, image)
+    ys, xs = np.nonzero(mask)
+    if len(ys):  # specular highlight on the polyp
+        k = int(rng.integers(len(ys)))
+        yy, xx = np.mgrid[0:h, 0:w]
+        spot = np.exp(-((yy - ys[k]) ** 2 + (xx - xs[k]) ** 2) / 6.0)[..., None]
+        image = image + spot * (255 - image) * 0.9
+    yy, xx = np.mgrid[0:h, 0:w]
+    vignette = 1.0 - 0.45 * (((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2) / 2
+    image = image * vignette[..., None] + rng.normal(0, 3.0, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), (mask * 255).astype(np.uint8)
+
+
+def _write_polyp(
+    root: Path, *, seed: int, n_train: int, n_test: int, test_sets, jpeg_sets, min_size: int, max_size: int
+) -> None:
+    index = 0
+    folders = [(root / "TrainDataset", n_train, ".png")]
+    folders += [(root / "TestDataset" / s, n_test, ".jpg" if s in jpeg_sets else ".png") for s in test_sets]
+    for folder, n, ext in folders:
+        (folder / "images").mkdir(parents=True)
+        (folder / "masks").mkdir(parents=True)
+        for i in range(n):
+            rng = _rng(seed, "polyp", index)
+            image, mask = polyp_image(rng, *_size(rng, min_size, max_size))
+            _save_rgb(image, folder / "images" / f"{i + 1}{ext}")  # PraNet names: 1.png, 2.png, ...
+            _save_png(mask, folder / "masks" / f"{i + 1}.png")  # masks stay lossless
+            index += 1
+
+
+# --- nnU-Net ---------------------------------------------------------------------------------
+
+
+def nnunet_volume(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """2-D (H, W) or 3-D (D, H, W) image float32 in [0, 1] and label uint8 {0 bg, 1 organ, 2 lesion}."""
+    coords = np.meshgrid(*[(np.arange(n) + 0.5) / n * 2 - 1 for n in shape], indexing="ij")
+    body = sum((c / r) ** 2 for c, r in zip(coords, (0.9,) * len(shape))) <= 1.0
+    image = np.where(body, 0.3 + 0.03 * _smooth_noise(rng, shape, 2.0), 0.0)
+    centre = rng.uniform(-0.2, 0.2, len(shape))
+    radii = rng.uniform(0.35, 0.5, len(shape))
+    organ = sum(((c - m) / r) ** 2 for c, m, r in zip(coords, centre, radii)) <= 1.0
+    lesion_c = centre + rng.uniform(-0.3, 0.3, len(shape)) * radii
+    lesion_r = np.maximum(radii * rng.uniform(0.3, 0.4), 3.0 / np.asarray(shape))
+    lesion = (sum(((c - m) / r) ** 2 for c, m, r in zip(coords, lesion_c, lesion_r)) <= 1.0) & organ
+    texture = 0.05 * np.sin(np.pi * 6 * coords[-1] + rng.uniform(0, 2 * np.pi))
+    image = np.where(organ, 0.65 + texture, image)
+    image = np.where(lesion, 0.42, image)
+    image = np.clip(image + rng.normal(0, 0.02, shape), 0, 1).astype(np.float32)
+    label = organ.astype(np.uint8)
+    label[lesion] = 2
+    return image, label
+
+
+def _write_nnunet(root: Path, *, seed: int, dims: int, n_cases: int, depth: int, size: int, spacing) -> None:
+    if dims not in (2, 3):
+        raise BenchError(f"synthesize('nnunet'): dims must be 2 or 3, got {dims}")
+    (root / "imagesTr").mkdir()
+    (root / "labelsTr").mkdir()
+    ending = ".nii.gz" if dims == 3 else ".png"
+    for i in range(n_cases):
+        rng = _rng(seed, "nnunet", i)
+        case = f"synth_{i:03d}"
+        if dims == 3:
+            image, label = nnunet_volume(rng, (depth, size, size))
+            _save_nifti(image, spacing, root / "imagesTr" / f"{case}_0000{ending}")
+            _save_nifti(label, spacing, root / "labelsTr" / f"{case}{ending}")
+        else:
+            h, w = _size(rng, size, size + size // 2)
+            image, label = nnunet_volume(rng, (h, w))
+            _save_png((image * 255).round().astype(np.uint8), root / "imagesTr" / f"{case}_0000{ending}")
+            _save_png(label, root / "labelsTr" / f"{case}{ending}")
+    meta = {
+        "name": "Dataset900_Synth",
+        "description": f"ssm-unet-bench synthetic data, generator v{GENERATOR_VERSION}, seed {seed}",
+        "channel_names": {"0": "CT" if dims == 3 else "X-ray"},
+        "labels": {"background": 0, "organ": 1, "lesion": 2},
+        "numTraining": n_cases,
+        "file_ending": ending,
+    }
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _save_nifti(array_zyx: np.ndarray, spacing_zyx, path: Path) -> None:
+    """Write (D, H, W) = (z, y, x) as a NIfTI (x, y, z) with the spacing in the affine/zooms."""
+    import nibabel as nib
+
+    sz, sy, sx = (float(s) for s in spacing_zyx)
+    img = nib.Nifti1Image(np.ascontiguousarray(array_zyx.transpose(2, 1, 0)), np.diag([sx, sy, sz, 1.0]))
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+
+
+_WRITERS: dict[str, Callable[..., None]] = {
+    "synapse": _write_synapse,
+    "isic": _write_isic,
+    "polyp": _write_polyp,
+    "nnunet": _write_nnunet,
+}

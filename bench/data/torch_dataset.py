@@ -1,0 +1,71 @@
+"""``torch.utils.data.Dataset`` over a ``SegDataset``'s training items.
+
+Randomness: item ``index`` in epoch ``e`` draws from ``np.random.default_rng([seed, e, index])``
+and nothing else (no global ``random``/``numpy`` state, no worker seeds), so a batch is
+bit-identical whatever ``num_workers`` is and whichever worker loads it. TransUNet instead seeds
+Python ``random`` per worker (``worker_init_fn``), which makes its augmentations depend on the
+worker count; we reproduce the distribution, not that coupling.
+
+Call ``set_epoch(e)`` before creating the epoch's iterator (``for batch in loader``). The epoch
+lives in a one-element shared-memory tensor, so workers see it even with
+``persistent_workers=True`` (they would otherwise keep the copy of the dataset they started with).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from bench.data.base import SegDataset
+from bench.transforms import TrainTransform
+
+
+class TrainDataset(Dataset):
+    """Items ``(image float32 (C, S, S), label)``; label int64 (S, S) or float32 (1, S, S) (binary).
+
+    Example::
+
+        train = TrainDataset(open_dataset("synapse", root), protocol, seed=1234)
+        loader = DataLoader(train, batch_size=protocol.train.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(1234))
+        for epoch in range(protocol.train.epochs):
+            train.set_epoch(epoch)
+            for images, labels in loader: ...
+    """
+
+    def __init__(
+        self,
+        dataset: SegDataset,
+        protocol,
+        seed: int,
+        *,
+        ids: list[str] | None = None,
+        transform: TrainTransform | None = None,
+    ):
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.ids = list(dataset.train_ids() if ids is None else ids)
+        self.transform = transform or TrainTransform(protocol, binary=dataset.binary, run_seed=self.seed)
+        self._epoch = torch.zeros((), dtype=torch.int64)
+        try:
+            self._epoch.share_memory_()
+        except RuntimeError:  # no shared memory here: fine without persistent workers
+            pass
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.dataset.load_train(self.ids[index])
+        return self.transform(sample, self.rng(index))

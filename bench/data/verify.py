@@ -1,0 +1,326 @@
+"""``bench data verify``: check a dataset folder file by file and report every problem.
+
+``verify_dataset(name, root)`` walks the layout of the named reader, opens every file, and returns
+one ``Problem(path, message, level)`` per finding; it never stops at the first and never raises
+on a corrupt file (a truncated npz/h5/png/nii is reported as unreadable). An empty list means
+the readers will load everything.
+
+What is checked, per format:
+
+- synapse: list files (``train.txt``/``test_vol.txt``; absent lists are a warning), every listed
+  id has its file, every npz has ``image``/``label`` 2-D of one shape, every h5 ``image``/``label``
+  3-D of one shape, float images, integral labels in 0..8. Files present but not listed are
+  *warnings*: the real data keeps only listed files, but a shortened list for a quick experiment is
+  legitimate, so they are worth a line, not a failure.
+- isic / polyp: the folders exist, image and mask counts match (unpaired names are pointed out),
+  every file decodes, mask size == image size. Any 0..255 grayscale mask is accepted (it is divided
+  by 255, as the authors do).
+- nnunet: dataset.json fields, ``numTraining`` == number of label files, every channel file exists
+  for every label, shapes (and NIfTI spacing) agree, label values are declared labels, image files
+  without a label are reported.
+
+``level`` is "error" (the data will not load or will train on wrong values) or "warning".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.data import isic as isic_io
+from bench.data import nnunet as nn_io
+from bench.data import polyp as polyp_io
+from bench.data import synapse as syn_io
+from bench.errors import BenchError
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+    level: str = "error"  # "error" | "warning"
+
+    def __str__(self) -> str:
+        return f"{self.level}: {self.path}: {self.message}"
+
+
+class _Report:
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def add(self, path: Path | str, message: str, level: str = "error") -> None:
+        self.problems.append(Problem(str(path), message, level))
+
+
+def verify_dataset(name: str, root: str | Path) -> list[Problem]:
+    """All problems found in the dataset ``name`` (a registry name) at ``root``; [] when clean.
+
+    Example::
+
+        for p in verify_dataset("synapse", "data/Synapse"):
+            print(p)   # error: data/Synapse/train_npz/case0005_slice003.npz: cannot read (...)
+    """
+    from bench.data import get_reader  # late import: bench.data imports this module's siblings
+
+    reader = get_reader(name)
+    root = Path(root)
+    report = _Report()
+    if not root.is_dir():
+        report.add(root, f"dataset root not found; expected {reader.layout}")
+        return report.problems
+    _CHECKS[reader.kind](root, report, reader)
+    return report.problems
+
+
+def _unreadable(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return f"cannot read ({type(exc).__name__}: {text[:200]})"
+
+
+def _check_labels(path: Path, label: np.ndarray, num_classes: int, report: _Report) -> None:
+    if label.dtype.kind == "f" and not np.all(np.isfinite(label)):
+        report.add(path, "label contains NaN/inf")
+        return
+    if label.dtype.kind == "f" and not np.array_equal(label, np.round(label)):
+        report.add(path, "label holds non-integer values; expected class ids")
+        return
+    values = np.unique(label)
+    bad = values[(values < 0) | (values >= num_classes)]
+    if len(bad):
+        report.add(path, f"label values {bad[:10].tolist()} outside 0..{num_classes - 1}")
+
+
+# --- Synapse ---------------------------------------------------------------------------------
+
+
+def _check_synapse(root: Path, report: _Report, reader) -> None:
+    train_dir, test_dir = root / syn_io.TRAIN_DIR, root / syn_io.TEST_DIR
+    if not train_dir.is_dir() and not test_dir.is_dir():
+        report.add(root, f"no {syn_io.TRAIN_DIR}/ or {syn_io.TEST_DIR}/; expected {reader.layout}")
+        return
+    list_dir = syn_io.find_list_dir(root)
+    for list_name, folder, suffix, check in (
+        (syn_io.TRAIN_LIST, train_dir, ".npz", _check_npz),
+        (syn_io.TEST_LIST, test_dir, syn_io.H5_SUFFIX, _check_h5),
+    ):
+        present = {p.name[: -len(suffix)]: p for p in folder.glob("*" + suffix)} if folder.is_dir() else {}
+        list_path = list_dir / list_name if list_dir is not None else None
+        if list_path is not None and list_path.is_file():
+            try:
+                listed = syn_io.read_list(list_path, suffix)
+            except (OSError, UnicodeDecodeError) as exc:
+                report.add(list_path, _unreadable(exc))
+                continue
+            seen: set[str] = set()
+            for item in listed:
+                if item in seen:
+                    report.add(list_path, f"{item!r} listed twice")
+                seen.add(item)
+                if item not in present:
+                    report.add(folder / f"{item}{suffix}", f"listed in {list_path} but missing")
+            for item in sorted(set(present) - seen):
+                report.add(present[item], f"not listed in {list_path}; the readers ignore it", "warning")
+            targets = [present[i] for i in listed if i in present]
+        else:
+            report.add(
+                root / syn_io.LIST_DIRS[0] / list_name,
+                f"list file missing (also looked in {root / syn_io.LIST_DIRS[1]}); "
+                f"the sorted contents of {folder} are used",
+                "warning",
+            )
+            targets = [present[k] for k in sorted(present)]
+        if folder.is_dir() and not present:
+            report.add(folder, f"no '*{suffix}' files")
+        for path in dict.fromkeys(targets):
+            check(path, report)
+
+
+def _check_npz(path: Path, report: _Report) -> None:
+    try:
+        with np.load(path) as data:
+            keys = set(data.files)
+            missing = {"image", "label"} - keys
+            if missing:
+                report.add(path, f"missing key(s) {sorted(missing)}; has {sorted(keys)}")
+                return
+            image, label = data["image"], data["label"]
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is a finding, not a crash
+        report.add(path, _unreadable(exc))
+        return
+    _check_pair_arrays(path, image, label, 2, report)
+
+
+def _check_h5(path: Path, report: _Report) -> None:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            missing = {"image", "label"} - set(f.keys())
+            if missing:
+                report.add(path, f"missing dataset(s) {sorted(missing)}; has {sorted(f.keys())}")
+                return
+            image, label = f["image"][:], f["label"][:]
+            spacing = f.attrs.get("spacing")
+    except Exception as exc:  # noqa: BLE001
+        report.add(path, _unreadable(exc))
+        return
+    if spacing is not None and (np.asarray(spacing).size != 3 or np.any(np.asarray(spacing, dtype=float) <= 0)):
+        report.add(path, f"spacing attribute {spacing!r}: expected 3 positive numbers (mm per D, H, W)")
+    _check_pair_arrays(path, image, label, 3, report)
+
+
+def _check_pair_arrays(path: Path, image: np.ndarray, label: np.ndarray, ndim: int, report: _Report) -> None:
+    if image.ndim != ndim or label.ndim != ndim:
+        report.add(path, f"expected {ndim}-D image and label, got {image.shape} and {label.shape}")
+        return
+    if image.shape != label.shape:
+        report.add(path, f"image shape {image.shape} != label shape {label.shape}")
+    if image.dtype.kind != "f":
+        report.add(path, f"image dtype {image.dtype}; expected float (CT scaled to [0, 1])")
+    elif not np.all(np.isfinite(image)):
+        report.add(path, "image contains NaN/inf")
+    if label.dtype.kind not in "fiub":
+        report.add(path, f"label dtype {label.dtype}; expected integer class ids")
+        return
+    _check_labels(path, label, syn_io.NUM_CLASSES, report)
+
+
+# --- ISIC / polyp ----------------------------------------------------------------------------
+
+
+def _check_pairs(images_dir: Path, masks_dir: Path, report: _Report) -> None:
+    pairs, problems = isic_io.pair_files(images_dir, masks_dir)
+    for path, message in problems:
+        report.add(path, message)
+    for image_path, mask_path in pairs:
+        try:
+            image_hw = isic_io.image_size(image_path)
+            isic_io.read_rgb(image_path)  # decode fully: a truncated file often has a valid header
+        except Exception as exc:  # noqa: BLE001
+            report.add(image_path, _unreadable(exc))
+            image_hw = None
+        try:
+            mask = isic_io.read_mask(mask_path)
+        except Exception as exc:  # noqa: BLE001
+            report.add(mask_path, _unreadable(exc))
+            continue
+        if image_hw is not None and mask.shape != image_hw:
+            report.add(
+                mask_path,
+                f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image {image_path.name} "
+                f"{image_hw[1]}x{image_hw[0]} (W x H)",
+            )
+        if mask.max() == 0:
+            report.add(mask_path, "mask is empty (all 0)", "warning")
+
+
+def _check_isic(root: Path, report: _Report, reader) -> None:
+    for split in ("train", "val"):
+        _check_pairs(root / split / "images", root / split / "masks", report)
+
+
+def _check_polyp(root: Path, report: _Report, reader) -> None:
+    _check_pairs(root / polyp_io.TRAIN_DIR / "images", root / polyp_io.TRAIN_DIR / "masks", report)
+    sets = polyp_io.find_test_sets(root)
+    if not sets:
+        report.add(root / polyp_io.TEST_DIR, "no test set folders with images/ and masks/")
+    for name in sets:
+        folder = root / polyp_io.TEST_DIR / name
+        _check_pairs(folder / "images", folder / "masks", report)
+
+
+# --- nnU-Net ---------------------------------------------------------------------------------
+
+
+def _check_nnunet(root: Path, report: _Report, reader) -> None:
+    meta_path = root / "dataset.json"
+    if not meta_path.is_file():
+        report.add(meta_path, f"not found; expected {reader.layout}")
+        return
+    try:
+        meta = nn_io.parse_dataset_json(meta_path)
+    except BenchError as exc:
+        report.add(meta_path, str(exc).removeprefix(f"{meta_path}: "))
+        return
+    missing_dirs = [root / d for d in ("imagesTr", "labelsTr") if not (root / d).is_dir()]
+    for d in missing_dirs:
+        report.add(d, "folder missing")
+    if missing_dirs:
+        return
+    ending, n_ch = meta["file_ending"], len(meta["channel_names"])
+    cases = nn_io.list_cases(root, ending)
+    if len(cases) != meta["numTraining"]:
+        report.add(meta_path, f"numTraining is {meta['numTraining']} but labelsTr holds {len(cases)} '*{ending}' files")
+    valid = set(meta["labels"].values())
+    for case in cases:
+        _check_nnunet_case(root, case, ending, n_ch, valid, report)
+    # image files whose case has no label
+    known = set(cases)
+    for p in sorted((root / "imagesTr").iterdir()):
+        if p.name.endswith(ending):
+            stem = p.name[: -len(ending)]
+            case, _, channel = stem.rpartition("_")
+            if not (len(channel) == 4 and channel.isdigit()):
+                report.add(p, f"name does not end in _XXXX{ending} (4-digit channel index)")
+            elif case not in known:
+                report.add(p, f"no label file labelsTr/{case}{ending}")
+    splits = root / "splits_final.json"
+    if splits.is_file():
+        try:
+            fold = json.loads(splits.read_text())[0]
+            named = set(fold["train"]) | set(fold["val"])
+        except Exception as exc:  # noqa: BLE001
+            report.add(splits, f"expected a list of {{\"train\": [...], \"val\": [...]}} folds ({exc})")
+        else:
+            for case in sorted(named - known):
+                report.add(splits, f"fold 0 names {case!r}, which has no label file")
+
+
+def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set[int], report: _Report) -> None:
+    lab_path = nn_io.label_path(root, case, ending)
+    volume = nn_io.is_volume_ending(ending)
+    try:
+        if volume:
+            label, spacing = nn_io.read_nifti(lab_path, label=True)
+        else:
+            label, spacing = nn_io.read_png(lab_path, label=True), None
+    except Exception as exc:  # noqa: BLE001
+        report.add(lab_path, _unreadable(exc))
+        label = spacing = None
+    if label is not None:
+        bad = sorted(set(np.unique(label).tolist()) - valid)
+        if bad:
+            report.add(lab_path, f"label values {bad[:10]} not declared in dataset.json labels {sorted(valid)}")
+    channels = 0
+    c = 0
+    while channels < n_ch:
+        path = nn_io.channel_path(root, case, c, ending)
+        c += 1
+        if not path.is_file():
+            report.add(path, f"missing (channel {c - 1} of case {case!r})")
+            channels += 1
+            continue
+        try:
+            if volume:
+                image, img_spacing = nn_io.read_nifti(path)
+                channels += 1
+            else:
+                image, img_spacing = nn_io.read_png(path), None
+                channels += 1 if image.ndim == 2 else image.shape[-1]
+                image = image if image.ndim == 2 else image[..., 0]
+        except Exception as exc:  # noqa: BLE001
+            report.add(path, _unreadable(exc))
+            channels += 1
+            continue
+        if label is not None and image.shape != label.shape:
+            report.add(path, f"shape {image.shape} differs from label {lab_path.name} {label.shape}")
+        if spacing is not None and img_spacing is not None and not np.allclose(spacing, img_spacing, rtol=1e-4):
+            report.add(path, f"spacing {img_spacing} differs from label {lab_path.name} {spacing}")
+    if not volume and channels != n_ch:
+        report.add(nn_io.channel_path(root, case, 0, ending), f"{channels} channels; dataset.json declares {n_ch}")
+
+
+_CHECKS = {"synapse": _check_synapse, "isic": _check_isic, "polyp": _check_polyp, "nnunet": _check_nnunet}

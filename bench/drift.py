@@ -1,0 +1,207 @@
+"""Metric drift check for CI: compare current results with a committed baseline CSV.
+
+Baseline file (one row per board × model × metric; reviewers may edit ``tolerance``)::
+
+    dataset,protocol,policy,model,metric,value,tolerance
+    synapse (synthetic),smoke,legacy-synapse,unet,dice,0.8123,0.02
+
+``dataset``/``protocol``/``model`` are the labels ``bench.report`` prints (so off-protocol and
+synthetic runs are keyed apart), ``value`` is the mean over seeds in the record's units (Dice and
+friends in [0, 1]), ``tolerance`` is absolute. An empty ``value`` is NaN.
+
+Statuses of ``compare``:
+
+- ``ok``: |current - baseline| <= tolerance, or both NaN;
+- ``drift``: outside the tolerance, or NaN on exactly one side (fails);
+- ``missing``: in the baseline, but the model or the metric has no value at all now (fails);
+- ``new``: a model/metric the baseline does not list (reported, does not fail; add it to the
+  baseline with ``write_baseline`` when reviewed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.records import atomic_write_text
+from bench.report import label_runs
+
+__all__ = ["BASELINE_COLUMNS", "DEFAULT_TOLERANCES", "DriftResult", "baseline_table", "write_baseline", "compare"]
+
+BASELINE_COLUMNS = ["dataset", "protocol", "policy", "model", "metric", "value", "tolerance"]
+_KEY = ["dataset", "protocol", "policy", "model", "metric"]
+STATUSES = ("ok", "drift", "missing", "new")
+
+Tolerance = float | Callable[[float], float]
+# Absolute tolerances. Overlap metrics live in [0, 1], so 0.02 is two DSC points; HD95 spreads
+# with its size, hence 10 % of the value but never below 2 pixels/mm.
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "dice": 0.02,
+    "iou": 0.02,
+    "acc": 0.02,
+    "spe": 0.02,
+    "sen": 0.02,
+    "hd95": lambda v: max(2.0, 0.1 * v) if not math.isnan(v) else 2.0,
+}
+
+
+def _current_values(df_runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Long table (key columns, value, n_values) of mean-over-seeds per board × model × metric.
+
+    ``n_values`` counts runs with a non-NaN value: 0 means the metric is absent now (``load``
+    fills a key missing from a record with NaN, so "absent" and "NaN in every run" look alike;
+    both are treated as absent).
+    """
+    cols = _KEY + ["value", "n_values"]
+    finished = df_runs[df_runs["status"] == "finished"] if not df_runs.empty else df_runs
+    if finished.empty:
+        return pd.DataFrame(columns=cols)
+    df = label_runs(finished)
+    rows = []
+    for (dataset, protocol, policy, model), runs in df.groupby(
+        ["board_dataset", "board_protocol", "policy", "model_label"], sort=True
+    ):
+        for metric in metrics:
+            values = runs[metric] if metric in runs else pd.Series([math.nan] * len(runs))
+            mean = values.mean(skipna=False)
+            rows.append((dataset, protocol, policy, model, metric, mean, int(values.notna().sum())))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def baseline_table(
+    df_runs: pd.DataFrame,
+    tolerances: Mapping[str, Tolerance] | None = None,
+    metrics: list[str] | None = None,
+) -> pd.DataFrame:
+    """The baseline rows ``write_baseline`` writes (metrics with no value at all are left out)."""
+    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    metrics = metrics or [m for m in DEFAULT_TOLERANCES if m in df_runs.columns]
+    unknown = [m for m in metrics if m not in tolerances]
+    if unknown:
+        raise BenchError(f"no tolerance for metric(s) {', '.join(unknown)}; pass tolerances={{name: value}}")
+    cur = _current_values(df_runs, metrics)
+    cur = cur[cur["n_values"] > 0].drop(columns="n_values").reset_index(drop=True)
+    cur["tolerance"] = [
+        tol(value) if callable(tol) else float(tol)
+        for tol, value in zip((tolerances[m] for m in cur["metric"]), cur["value"])
+    ]
+    return cur[BASELINE_COLUMNS]
+
+
+def write_baseline(
+    df_runs: pd.DataFrame,
+    path: Path,
+    tolerances: Mapping[str, Tolerance] | None = None,
+    metrics: list[str] | None = None,
+) -> Path:
+    """Write the baseline CSV for ``df_runs`` atomically; ``tolerances`` override the defaults.
+
+    A tolerance is an absolute number or a function of the baseline value (like the HD95 default).
+    """
+    table = baseline_table(df_runs, tolerances, metrics)
+    return atomic_write_text(Path(path), table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
+
+
+def read_baseline(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"baseline file not found: {path}")
+    try:
+        table = pd.read_csv(path, dtype={c: str for c in _KEY})
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise BenchError(f"{path}: not a readable baseline CSV ({exc})") from exc
+    missing = [c for c in BASELINE_COLUMNS if c not in table.columns]
+    if missing:
+        raise BenchError(
+            f"{path}: baseline CSV lacks column(s) {', '.join(missing)}; expected {', '.join(BASELINE_COLUMNS)}"
+        )
+    for col in ("value", "tolerance"):
+        try:
+            table[col] = pd.to_numeric(table[col])
+        except (ValueError, TypeError) as exc:
+            raise BenchError(f"{path}: column {col!r} must be numeric ({exc})") from exc
+    if table["tolerance"].isna().any() or (table["tolerance"] < 0).any():
+        raise BenchError(f"{path}: every row needs a tolerance >= 0")
+    return table[BASELINE_COLUMNS]
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """``table``: key columns, baseline, current, delta, tolerance, status (one row per metric)."""
+
+    table: pd.DataFrame
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.table["status"].isin(["drift", "missing"]).any())
+
+    def counts(self) -> dict[str, int]:
+        return {s: int((self.table["status"] == s).sum()) for s in STATUSES}
+
+    def render(self, fmt: str = "md", only_changes: bool = False) -> str:
+        """A diff table (``fmt="md"`` Markdown, ``"plain"`` aligned text) and a summary line."""
+        if fmt not in ("md", "plain"):
+            raise BenchError(f"unknown drift format {fmt!r}; expected 'md' or 'plain'")
+        table = self.table[self.table["status"] != "ok"] if only_changes else self.table
+        shown = table.assign(
+            baseline=[_num(v) for v in table["baseline"]],
+            current=[_num(v) for v in table["current"]],
+            delta=[_num(v, signed=True) for v in table["delta"]],
+            tolerance=[_num(v) for v in table["tolerance"]],
+            status=[s.upper() if s in ("drift", "missing") else s for s in table["status"]],
+        )
+        counts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
+        summary = f"Drift check {'FAILED' if self.failed else 'passed'}: {counts}."
+        if shown.empty:
+            return summary + "\n"
+        body = shown.to_markdown(index=False, tablefmt="github" if fmt == "md" else "simple", disable_numparse=True)
+        return f"{body}\n\n{summary}\n"
+
+
+def _num(value: float, signed: bool = False) -> str:
+    if pd.isna(value):
+        return "nan"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def _status(baseline: float, current: float, n_values: float, tolerance: float) -> str:
+    if pd.isna(n_values):  # no such model / board now
+        return "missing"
+    if n_values == 0:
+        return "ok" if math.isnan(baseline) else "missing"
+    if math.isnan(baseline) or math.isnan(current):
+        return "ok" if math.isnan(baseline) and math.isnan(current) else "drift"
+    # tiny slack: a value written with 6 significant digits must still equal itself
+    return "ok" if abs(current - baseline) <= tolerance + 1e-9 else "drift"
+
+
+def compare(baseline_csv: Path, df_runs: pd.DataFrame) -> DriftResult:
+    """Compare ``df_runs`` (from ``records.load``) with the baseline file; see module docstring."""
+    base = read_baseline(baseline_csv)
+    metrics = sorted(set(base["metric"]) | {m for m in DEFAULT_TOLERANCES if m in df_runs.columns})
+    cur = _current_values(df_runs, metrics)
+    merged = base.merge(cur, on=_KEY, how="outer", suffixes=("", "_cur"), indicator="side")
+    # Rows only in the current results are "new" unless the metric has no value there either.
+    merged = merged[~((merged["side"] == "right_only") & (merged["n_values"] == 0))]
+    rows = []
+    for r in merged.itertuples(index=False):
+        if r.side == "right_only":
+            status, baseline, tol = "new", math.nan, math.nan
+        else:
+            baseline, tol = float(r.value), float(r.tolerance)
+            status = _status(baseline, float(r.value_cur), r.n_values, tol)
+        current = float(r.value_cur)
+        key = (r.dataset, r.protocol, r.policy, r.model, r.metric)
+        rows.append((*key, baseline, current, current - baseline, tol, status))
+    table = pd.DataFrame(
+        rows, columns=_KEY + ["baseline", "current", "delta", "tolerance", "status"]
+    )
+    # Failures first so a long CI log starts with what matters.
+    order = table["status"].map({"missing": 0, "drift": 1, "new": 2, "ok": 3})
+    table = table.assign(_o=order).sort_values(["_o"] + _KEY, kind="stable").drop(columns="_o").reset_index(drop=True)
+    return DriftResult(table)

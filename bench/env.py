@@ -1,0 +1,93 @@
+"""Where a run ran: device fingerprint, package versions, git commit (for records and `bench doctor`)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PACKAGES = (
+    "torch", "torchvision", "timm", "segmentation-models-pytorch", "numpy", "scipy", "pandas",
+    "medpy", "fvcore", "mamba-ssm", "causal-conv1d", "ssm-unet-bench",
+)
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from bench.errors import BenchError
+
+        raise BenchError("--device cuda: no CUDA device is available to this torch build")
+    return torch.device(device)
+
+
+def fingerprint(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """What a timing or a bit-exact result depends on: hardware, threads, library builds."""
+    device = torch.device(device)
+    fp: dict[str, Any] = {
+        "device": device.type,
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        fp.update(
+            gpu=props.name,
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+            tf32_cudnn=torch.backends.cudnn.allow_tf32,
+        )
+    return fp
+
+
+def short_fingerprint(fp: dict[str, Any]) -> str:
+    if fp.get("device") == "cuda":
+        return f"{fp.get('gpu')} / CUDA {fp.get('cuda')} / torch {fp.get('torch')}"
+    return f"{fp.get('cpu')} x{fp.get('threads')} threads / torch {fp.get('torch')}"
+
+
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    commit = out.stdout.strip() if out.returncode == 0 else None
+    if commit:
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    return None

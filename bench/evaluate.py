@@ -1,0 +1,91 @@
+"""Predict test cases the way each protocol's authors did, then score them with bench.metrics.
+
+- Volumes (Synapse, nnU-Net NIfTI): slice by slice, each slice zoomed to ``img_size`` with
+  ``eval.image_order`` (TransUNet: cubic), softmax + argmax, the label map zoomed back to the
+  slice's native size with ``eval.label_order`` (nearest); scored per volume at native resolution.
+- 2-D images with integer labels (nnU-Net PNG): the same, per image.
+- 2-D binary images (ISIC, polyp): image and mask resized to ``img_size`` (bilinear), sigmoid,
+  ``>= eval.threshold``; ground truth ``mask >= 0.5``; scored at ``img_size`` (VM-UNet engine.py).
+
+Nothing here imports the training loop: evaluation works on any model that follows the forward
+contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench import metrics
+from bench.data.base import Case, SegDataset
+from bench.protocol import Protocol
+from bench.transforms import prepare_binary_pair, prepare_slice, zoom_labels_back
+
+
+@dataclass
+class EvalResult:
+    per_case: list[dict[str, Any]]
+    per_class: list[dict[str, Any]]
+    metrics: dict[str, Any]
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, inputs: list[torch.Tensor], protocol: Protocol, device: torch.device,
+             binary: bool, batch_size: int) -> np.ndarray:
+    """Model-resolution label maps (N, S, S) for prepared inputs (C, S, S)."""
+    out = []
+    for i in range(0, len(inputs), batch_size):
+        logits = model(torch.stack(inputs[i:i + batch_size]).to(device)).float()
+        if binary:
+            pred = (logits.sigmoid()[:, 0] >= protocol.eval.threshold).to(torch.uint8)
+        else:
+            pred = logits.softmax(dim=1).argmax(dim=1)
+        out.append(pred.cpu().numpy())
+    return np.concatenate(out)
+
+
+def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bool,
+                 device: torch.device, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Return (prediction, ground truth) as integer label maps on the grid they are scored on."""
+    model.eval()
+    images = list(case.image) if case.is_volume else [case.image]
+    if binary:  # VM-UNet: image and mask resized bilinearly, scored at model resolution
+        labels = list(case.label) if case.is_volume else [case.label]
+        pairs = [prepare_binary_pair(img, lab, protocol) for img, lab in zip(images, labels)]
+        pred = _predict(model, [x for x, _ in pairs], protocol, device, True, batch_size)
+        gt = np.stack([m >= 0.5 for _, m in pairs]).astype(np.uint8)
+    else:  # TransUNet: slice zoom in, argmax, nearest zoom back, scored at native resolution
+        small = _predict(model, [prepare_slice(img, protocol) for img in images], protocol, device, False, batch_size)
+        native = case.label.shape[-2:]
+        pred = np.stack([zoom_labels_back(p, native, protocol.eval.label_order) for p in small])
+        gt = case.label.astype(np.int64)
+    return (pred, gt) if case.is_volume else (pred[0], gt if gt.ndim == 2 else gt[0])
+
+
+def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: str, *, device: torch.device,
+             progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    """Score every test case of ``dataset`` under ``policy``; rows keep raw counts for re-aggregation."""
+    binary = dataset.binary
+    ids = dataset.test_ids()
+    if protocol.eval.max_cases > 0:
+        ids = ids[: protocol.eval.max_cases]
+    rows: list[dict[str, Any]] = []
+    for i, case_id in enumerate(ids):
+        case = dataset.load_test(case_id)
+        pred, gt = predict_case(model, case, protocol, binary=binary, device=device)
+        # binary tasks are scored at model resolution, where the native spacing no longer holds
+        spacing = None if binary else case.spacing
+        for row in metrics.score_case(pred, gt, dataset.num_classes, policy, spacing=spacing,
+                                      class_names=dataset.class_names):
+            rows.append({"case": case_id, **row})
+        if progress is not None:
+            progress(i + 1, len(ids))
+    return EvalResult(
+        per_case=rows,
+        per_class=metrics.aggregate_per_class(rows, policy),
+        metrics=metrics.aggregate(rows, policy),
+    )

@@ -1,0 +1,161 @@
+"""Protocols: declarative, versioned training + evaluation recipes, loaded into a typed object.
+
+A protocol is a TOML file in ``bench/protocols/`` (or any path). Its content hash (sha256 over the
+canonical JSON of the parsed file) goes into every run record, so two runs compare only if they
+ran the same recipe. Overriding a field (``--epochs`` on the command line) returns a new protocol
+whose ``overrides`` are non-empty: the record is then marked off-protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+
+PROTOCOL_DIR = Path(__file__).parent / "protocols"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    optimizer: str  # "sgd" | "adamw" | "adam"
+    lr: float
+    weight_decay: float
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    scheduler: str = "poly"  # "poly" (per iteration) | "cosine" (per epoch) | "constant"
+    poly_power: float = 0.9
+    cosine_t_max: int = 50
+    cosine_eta_min: float = 0.0
+    # loss weights: multi-class uses ce + dice (softmax Dice over all classes incl. background,
+    # TransUNet/VM-UNet style); binary (1 output channel) uses bce + dice (sigmoid).
+    loss_ce: float = 0.5
+    loss_dice: float = 0.5
+    loss_bce: float = 1.0
+    augment: str = "none"  # named pipeline in bench.transforms
+    max_iterations: int = 0  # >0 caps the total number of optimizer steps (smoke runs)
+    amp: bool = False  # autocast allowed (CUDA only)
+    grad_clip: float = 0.0
+    checkpoint_every: int = 0  # epochs between interval checkpoints (0: final only)
+    select: str = "final"  # evaluated weights: "final" (TransUNet) | "best_train_loss" (VM-UNet Synapse)
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    # Volumes are evaluated slice by slice: each slice zoomed to img_size with image_order, the
+    # predicted label map zoomed back with label_order, scored per volume at native resolution.
+    # 2-D images (ISIC, polyp) are resized to img_size (bilinear, mask too) and scored there, as
+    # VM-UNet's engine.py does.
+    image_order: int = 3
+    label_order: int = 0
+    threshold: float = 0.5  # binary tasks: sigmoid >= threshold
+    max_cases: int = 0  # >0 evaluates only the first N test cases (smoke runs)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    version: int
+    description: str
+    img_size: int
+    normalize: str  # "none" | "minmax255" (VM-UNet ISIC: per-image min-max to [0, 255])
+    metric_policy: str  # "" = the dataset's default policy
+    seed: int
+    train: TrainConfig
+    eval: EvalConfig
+    source: str = ""
+    datasets: tuple[str, ...] = ()  # datasets the protocol was written for; empty = any
+    variant_of: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    hash: str = ""
+
+    @property
+    def off_protocol(self) -> bool:
+        return bool(self.overrides)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "hash": self.hash,
+            "off_protocol": self.off_protocol,
+            "overrides": dict(self.overrides),
+        }
+
+    def with_overrides(self, **changes: Any) -> "Protocol":
+        """Return a copy with ``train``/``eval``/top-level fields changed, marked off-protocol.
+
+        Keys are field names, e.g. ``epochs=2`` or ``img_size=64``; ``None`` values are ignored.
+        """
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if not changes:
+            return self
+        top, train, ev = {}, {}, {}
+        names = {f.name for f in dataclasses.fields(TrainConfig)}, {f.name for f in dataclasses.fields(EvalConfig)}
+        for key, value in changes.items():
+            if key in names[0]:
+                train[key] = value
+            elif key in names[1]:
+                ev[key] = value
+            elif key in {"img_size", "normalize", "metric_policy", "seed"}:
+                top[key] = value
+            else:
+                raise BenchError(f"cannot override protocol field {key!r}")
+        return dataclasses.replace(
+            self,
+            train=dataclasses.replace(self.train, **train),
+            eval=dataclasses.replace(self.eval, **ev),
+            overrides={**self.overrides, **changes},
+            **top,
+        )
+
+
+def _content_hash(data: dict[str, Any]) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _build(data: dict[str, Any], path: Path) -> Protocol:
+    try:
+        raw = dict(data)
+        train = dict(raw.pop("train"))
+        if "betas" in train:
+            train["betas"] = tuple(train["betas"])
+        ev = dict(raw.pop("eval", {}))
+        raw["datasets"] = tuple(raw.get("datasets", ()))
+        return Protocol(train=TrainConfig(**train), eval=EvalConfig(**ev), hash=_content_hash(data), **raw)
+    except (KeyError, TypeError) as exc:
+        raise BenchError(f"{path}: not a valid protocol file ({exc})") from exc
+
+
+def list_protocols() -> list[str]:
+    return sorted(p.stem for p in PROTOCOL_DIR.glob("*.toml"))
+
+
+def load_protocol(name_or_path: str | Path) -> Protocol:
+    """Load a built-in protocol by name (``synapse``, ``isic17``, ``smoke``…) or a TOML file path."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = PROTOCOL_DIR / f"{name_or_path}.toml"
+        if not path.is_file():
+            known = list_protocols()
+            close = difflib.get_close_matches(str(name_or_path), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise BenchError(f"unknown protocol {str(name_or_path)!r}{hint} Known protocols: {', '.join(known)}")
+    if not path.is_file():
+        raise BenchError(f"protocol file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise BenchError(f"{path}: invalid TOML ({exc})") from exc
+    return _build(data, path)

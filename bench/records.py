@@ -1,0 +1,473 @@
+"""Run records: one JSON file per finished run, and the one reader that turns them into tables.
+
+Layout under a results directory (``--results``)::
+
+    results_dir/
+      records/
+        <run_id>.json        one file per run, written atomically, never edited afterwards
+        .<run_id>.*.tmp      only while a write is in flight (ignored by ``load``)
+
+There is no shared index file: each writer creates its own file with a unique ``run_id``, so any
+number of processes (a sharded grid, several machines on one NFS share) can write into the same
+directory without locks.
+
+Non-finite numbers. JSON has no NaN, so NaN is written as ``null`` and read back as NaN in the
+DataFrames that ``load`` returns. NaN means "not applicable / no value" (STYLE 4.5), and every
+per-class row keeps an explicit ``n_nan`` count, so nothing is dropped silently. ±inf has no
+meaning in a record (a missed structure gets its policy's penalty value, not inf), so writing one
+is an error that names the key, rather than a silent conversion that would merge "failed" into
+"not applicable".
+
+Example::
+
+    rec = {..., "run_id": new_run_id("synapse", "synapse", "vmunet", 0), ...}
+    path = write_record(rec, Path("results"))
+    runs = load(Path("results"))               # one row per run
+    cases = load(Path("results"), level="case")  # one row per (run, case, class)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import re
+import secrets
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.errors import BenchError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "RUN_COLUMNS",
+    "CASE_COLUMNS",
+    "STANDARD_METRICS",
+    "new_run_id",
+    "validate_record",
+    "write_record",
+    "atomic_write_text",
+    "records_dir",
+    "record_path",
+    "load",
+    "find_finished",
+]
+
+SCHEMA_VERSION = 1
+FAMILIES = ("ssm", "cnn", "transformer")
+POLICIES = ("legacy-synapse", "legacy-isic", "strict")
+
+# Identification columns of a run, in the order ``load`` returns them.
+RUN_ID_COLUMNS = [
+    "run_id", "model", "model_config", "family", "dataset", "synthetic", "split",
+    "protocol", "protocol_version", "protocol_hash", "off_protocol", "protocol_overrides",
+    "policy", "seed",
+]  # fmt: skip
+RUN_COLUMNS = RUN_ID_COLUMNS + [
+    "status", "git_commit", "device", "scan_backend", "started_at", "finished_at", "wall_time_s",
+    "train_time_s", "params", "trainable_params", "macs", "flops", "fps", "peak_mem_mb",
+]  # fmt: skip
+# Aggregates every policy may produce; ``load`` puts them first, extra metric keys follow.
+STANDARD_METRICS = ["dice", "hd95", "iou", "acc", "spe", "sen", "n_cases"]
+CASE_COLUMNS = [
+    "case", "class", "name", "dice", "iou", "hd95", "acc", "spe", "sen",
+    "tp", "fp", "fn", "tn", "n_pred", "n_ref", "empty",
+]  # fmt: skip
+
+_NUM = (numbers.Real,)  # int, float and numpy scalars; bool is excluded where it matters
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+# key -> (accepted types, description for the error message). ``None`` in a tuple allows null.
+_REQUIRED: dict[str, tuple[tuple, str]] = {
+    "schema": ((int,), "int"),
+    "run_id": ((str,), "str"),
+    "status": ((str,), "str"),
+    "model": ((str,), "str"),
+    "family": ((str,), "str"),
+    "model_config": ((Mapping,), "object"),
+    "dataset": ((str,), "str"),
+    "data_root": ((str,), "str"),
+    "synthetic": ((bool,), "bool"),
+    "split": ((str,), "str"),
+    "protocol": ((Mapping,), "object"),
+    "policy": ((str,), "str"),
+    "seed": ((int,), "int"),
+    "git_commit": ((str, type(None)), "str or null"),
+    "packages": ((Mapping,), "object"),
+    "device": ((Mapping,), "object"),
+    "scan_backend": ((str, type(None)), "str or null"),
+    "started_at": ((str,), "ISO time str"),
+    "finished_at": ((str,), "ISO time str"),
+    "wall_time_s": (_NUM, "number"),
+    "train": ((Mapping,), "object"),
+    "metrics": ((Mapping,), "object"),
+    "per_class": ((list,), "list"),
+    "per_case": ((list,), "list"),
+    "cost": ((Mapping,), "object"),
+}
+_REQUIRED_NESTED: dict[str, dict[str, tuple[tuple, str]]] = {
+    "protocol": {
+        "name": ((str,), "str"),
+        "version": ((int,), "int"),
+        "hash": ((str,), "str"),
+        "off_protocol": ((bool,), "bool"),
+        "overrides": ((Mapping,), "object"),
+    },
+    "metrics": {"dice": (_NUM + (type(None),), "number or null"), "n_cases": ((int,), "int")},
+    "cost": {"params": ((int,), "int")},
+}
+_REQUIRED_PER_CLASS = {
+    "class": ((int,), "int"),
+    "name": ((str,), "str"),
+    "dice": (_NUM + (type(None),), "number or null"),
+    "n": ((int,), "int"),
+    "n_nan": ((int,), "int"),
+}
+_REQUIRED_PER_CASE = {
+    "case": ((str,), "str"),
+    "class": ((int,), "int"),
+    "name": ((str,), "str"),
+    "dice": (_NUM + (type(None),), "number or null"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# ids and validation
+
+
+def new_run_id(dataset: str, protocol: str, model: str, seed: int) -> str:
+    """``"{dataset}-{protocol}-{model}-s{seed}-{8 hex}"``, safe as a file name.
+
+    The random suffix (32 bits from ``secrets``) keeps ids unique across processes and machines
+    without coordination; the prefix keeps a directory listing readable.
+    """
+    parts = [re.sub(r"[^A-Za-z0-9._+]+", "_", str(p)) for p in (dataset, protocol, model)]
+    return f"{parts[0]}-{parts[1]}-{parts[2]}-s{int(seed)}-{secrets.token_hex(4)}"
+
+
+def _is_type(value: Any, types: tuple) -> bool:
+    # bool is an int subclass in Python; a flag where a count belongs is a bug, not a number.
+    if isinstance(value, bool) and bool not in types:
+        return False
+    if int in types and not isinstance(value, int) and isinstance(value, numbers.Integral):
+        return True  # numpy integers
+    return isinstance(value, types)
+
+
+def _check(obj: Mapping, spec: dict[str, tuple[tuple, str]], where: str) -> list[str]:
+    problems = []
+    for key, (types, desc) in spec.items():
+        if key not in obj:
+            problems.append(f"{where}{key}: missing ({desc})")
+        elif not _is_type(obj[key], types):
+            problems.append(f"{where}{key}: expected {desc}, got {type(obj[key]).__name__} {obj[key]!r:.40}")
+    return problems
+
+
+def validate_record(rec: Any) -> None:
+    """Raise ``BenchError`` listing every missing or ill-typed required key of a run record.
+
+    Checks the required keys and types of schema 1 (``_REQUIRED`` and the tables below it), the
+    value sets of ``schema``, ``family`` and ``policy``, a file-name-safe ``run_id``, and the
+    required keys of every ``per_class`` / ``per_case`` row (first 5 problems of each list shown).
+    Extra keys are allowed: a record may carry more than the schema promises.
+    """
+    if not isinstance(rec, Mapping):
+        raise BenchError(f"run record must be a JSON object, got {type(rec).__name__}")
+    problems = _check(rec, _REQUIRED, "")
+    for key, spec in _REQUIRED_NESTED.items():
+        if isinstance(rec.get(key), Mapping):
+            problems += _check(rec[key], spec, f"{key}.")
+    if rec.get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:
+        problems.append(f"schema: this bench reads schema {SCHEMA_VERSION}, got {rec['schema']!r}")
+    if isinstance(rec.get("family"), str) and rec["family"] not in FAMILIES:
+        problems.append(f"family: expected one of {', '.join(FAMILIES)}, got {rec['family']!r}")
+    if isinstance(rec.get("policy"), str) and rec["policy"] not in POLICIES:
+        problems.append(f"policy: expected one of {', '.join(POLICIES)}, got {rec['policy']!r}")
+    if isinstance(rec.get("run_id"), str) and not _SAFE_ID.match(rec["run_id"]):
+        problems.append(f"run_id: must be a safe file name (letters, digits, . _ + -), got {rec['run_id']!r}")
+    for key, spec in (("per_class", _REQUIRED_PER_CLASS), ("per_case", _REQUIRED_PER_CASE)):
+        rows = rec.get(key)
+        if not isinstance(rows, list):
+            continue
+        row_problems = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                row_problems.append(f"{key}[{i}]: expected object, got {type(row).__name__}")
+            else:
+                row_problems += _check(row, spec, f"{key}[{i}].")
+        problems += row_problems[:5]
+        if len(row_problems) > 5:
+            problems.append(f"{key}: … and {len(row_problems) - 5} more problems")
+    if problems:
+        rid = rec.get("run_id", "<no run_id>")
+        raise BenchError(f"invalid run record {rid!r}:\n  " + "\n  ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def _to_json_value(value: Any, path: str) -> Any:
+    """Plain JSON types: numpy scalars/arrays unwrapped, tuples as lists, NaN as null."""
+    if isinstance(value, Mapping):
+        return {str(k): _to_json_value(v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json_value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy scalar or array
+        return _to_json_value(value.tolist(), path)
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            raise BenchError(f"run record: {path.lstrip('.')} is {value}; records store finite numbers "
+                             "or NaN (n/a), a failure must use the policy's penalty value")
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    raise BenchError(f"run record: {path.lstrip('.')} has type {type(value).__name__}, not JSON-serialisable")
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` so that readers see the old file, or the whole new one.
+
+    Temp file in the same directory (same filesystem, so the rename is atomic), fsync, then
+    ``os.replace``; on any failure the temp file is removed and the target is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable after a power loss; not possible on every OS/filesystem.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def records_dir(results_dir: Path) -> Path:
+    return Path(results_dir) / "records"
+
+
+def record_path(results_dir: Path, run_id: str) -> Path:
+    """Where the record of ``run_id`` lives (exists once that run finished)."""
+    return records_dir(results_dir) / f"{run_id}.json"
+
+
+def write_record(record: Mapping[str, Any], results_dir: Path) -> Path:
+    """Validate ``record`` and write it to ``results_dir/records/<run_id>.json`` atomically.
+
+    Returns the path written. Raises ``BenchError`` if the record is invalid, holds ±inf, or a
+    record with the same ``run_id`` already exists (ids come from ``new_run_id``; a clash means
+    the caller reused one, and overwriting a finished run would lose it).
+    """
+    validate_record(record)
+    data = _to_json_value(record, "")
+    text = json.dumps(data, indent=1, allow_nan=False, ensure_ascii=False) + "\n"
+    path = record_path(results_dir, record["run_id"])
+    if path.exists():
+        raise BenchError(f"{path}: a record with run_id {record['run_id']!r} already exists")
+    return atomic_write_text(path, text)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def _iter_records(results_dir: Path) -> Iterator[tuple[Path, dict]]:
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise BenchError(f"results directory not found: {results_dir} (pass --results DIR)")
+    for path in sorted(records_dir(results_dir).glob("*.json")):
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BenchError(f"{path}: not a readable run record ({exc}); fix or move the file") from exc
+        try:
+            validate_record(rec)
+        except BenchError as exc:
+            raise BenchError(f"{path}: {exc}") from exc
+        yield path, rec
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(_to_json_value(obj, ""), sort_keys=True, separators=(",", ":"))
+
+
+def _device_string(dev: Mapping[str, Any]) -> str:
+    """A short fingerprint: ``"cuda: NVIDIA H100 (cuda 12.4)"`` or ``"cpu: AMD EPYC x16"``."""
+    kind = str(dev.get("device", "?"))
+    if kind.startswith("cuda") and dev.get("gpu"):
+        cuda = f" (cuda {dev['cuda']})" if dev.get("cuda") else ""
+        return f"{kind}: {dev['gpu']}{cuda}"
+    threads = f" x{dev['threads']}" if dev.get("threads") else ""
+    return f"{kind}: {dev.get('cpu') or '?'}{threads}"
+
+
+def _run_ids(rec: Mapping[str, Any]) -> dict[str, Any]:
+    proto = rec["protocol"]
+    return {
+        "run_id": rec["run_id"],
+        "model": rec["model"],
+        "model_config": _canonical(rec["model_config"]),
+        "family": rec["family"],
+        "dataset": rec["dataset"],
+        "synthetic": rec["synthetic"],
+        "split": rec["split"],
+        "protocol": proto["name"],
+        "protocol_version": proto["version"],
+        "protocol_hash": proto["hash"],
+        "off_protocol": proto["off_protocol"],
+        "protocol_overrides": _canonical(proto["overrides"]),
+        "policy": rec["policy"],
+        "seed": rec["seed"],
+    }
+
+
+def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
+    cost, train = rec["cost"], rec["train"]
+    row = _run_ids(rec)
+    row.update(
+        status=rec["status"],
+        git_commit=rec["git_commit"],
+        device=_device_string(rec["device"]),
+        scan_backend=rec["scan_backend"],
+        started_at=rec["started_at"],
+        finished_at=rec["finished_at"],
+        wall_time_s=rec["wall_time_s"],
+        train_time_s=train.get("time_s"),
+    )
+    for key in ("params", "trainable_params", "macs", "flops", "fps", "peak_mem_mb"):
+        row[key] = cost.get(key)
+    for key, value in rec["metrics"].items():
+        # Only scalars become columns; a metric named like an id column would shadow it.
+        if isinstance(value, (numbers.Real, type(None))) and not isinstance(value, bool):
+            row[key if key not in RUN_COLUMNS else f"metrics/{key}"] = value
+    for pc in rec["per_class"]:
+        row[f"dice/{pc['name']}"] = pc.get("dice")
+        row[f"hd95/{pc['name']}"] = pc.get("hd95")
+    return row
+
+
+def _class_order(records: list[dict]) -> list[str]:
+    pairs = {(pc["class"], pc["name"]) for rec in records for pc in rec["per_class"]}
+    names: list[str] = []
+    for _, name in sorted(pairs):
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def load(results_dir: Path, level: str = "run") -> pd.DataFrame:
+    """Read every record under ``results_dir/records/`` into one DataFrame.
+
+    ``level="run"``: one row per run. Columns ``RUN_COLUMNS`` (``device`` is a short fingerprint
+    string; ``model_config``/``protocol_overrides`` are canonical JSON strings, ``"{}"`` when
+    unset), then the scalar aggregate metrics (``STANDARD_METRICS`` first, others sorted), then
+    ``dice/<class name>`` and ``hd95/<class name>`` per class, in class-id order.
+
+    ``level="case"``: tidy long table, one row per (run, case, class): ``RUN_ID_COLUMNS`` repeated,
+    then ``CASE_COLUMNS`` (and any extra per-case keys).
+
+    JSON ``null`` reads back as NaN. An unreadable or invalid file raises ``BenchError`` naming
+    it: silently dropping a result would change a leaderboard without anyone noticing. A results
+    directory without records gives an empty frame with the columns above.
+    """
+    if level not in ("run", "case"):
+        raise BenchError(f"load(level={level!r}): expected 'run' or 'case'")
+    records = [rec for _, rec in _iter_records(results_dir)]
+    if level == "case":
+        rows = [{**_run_ids(rec), **case} for rec in records for case in rec["per_case"]]
+        frame = pd.DataFrame(rows)
+        extra = [c for c in frame.columns if c not in RUN_ID_COLUMNS + CASE_COLUMNS]
+        frame = frame.reindex(columns=RUN_ID_COLUMNS + CASE_COLUMNS + extra)
+        numeric = [c for c in CASE_COLUMNS if c not in ("case", "name", "empty")]
+        return _numeric(frame, numeric)
+    rows = [_run_row(rec) for rec in records]
+    frame = pd.DataFrame(rows)
+    metric_keys = {c for c in frame.columns if c not in RUN_COLUMNS and "/" not in c}
+    metric_keys |= {c for c in frame.columns if c.startswith("metrics/")}
+    if not records:
+        metric_keys = set(STANDARD_METRICS)
+    metrics = [m for m in STANDARD_METRICS if m in metric_keys]
+    metrics += sorted(metric_keys - set(STANDARD_METRICS))
+    per_class = [f"{m}/{name}" for name in _class_order(records) for m in ("dice", "hd95")]
+    columns = RUN_COLUMNS + metrics + per_class
+    frame = frame.reindex(columns=columns)
+    numeric = ["wall_time_s", "train_time_s", "params", "trainable_params", "macs", "flops", "fps",
+               "peak_mem_mb"] + metrics + per_class  # fmt: skip
+    return _numeric(frame, numeric)
+
+
+def _numeric(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    # JSON null arrives as None; to_numeric turns it into NaN, and a column that is null in
+    # every record becomes float instead of staying object-typed.
+    for col in columns:
+        if col in frame.columns:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    return frame
+
+
+def find_finished(
+    results_dir: Path,
+    *,
+    model: str,
+    dataset: str,
+    protocol_hash: str,
+    seed: int,
+    model_config: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    synthetic: bool | None = None,
+) -> str | None:
+    """``run_id`` of a finished run with this exact configuration, or None (for ``--resume``).
+
+    ``model_config`` and protocol ``overrides`` compare as canonical JSON (``None`` = ``{}``), so a
+    run with other overrides never counts as done. ``synthetic=None`` matches either.
+    """
+    if not (Path(results_dir) / "records").is_dir():
+        return None
+    want_config = _canonical(model_config or {})
+    want_overrides = _canonical(overrides or {})
+    for _, rec in _iter_records(results_dir):
+        if (
+            rec["status"] == "finished"
+            and rec["model"] == model
+            and rec["dataset"] == dataset
+            and rec["protocol"]["hash"] == protocol_hash
+            and rec["seed"] == seed
+            and _canonical(rec["model_config"]) == want_config
+            and _canonical(rec["protocol"]["overrides"]) == want_overrides
+            and (synthetic is None or rec["synthetic"] == synthetic)
+        ):
+            return rec["run_id"]
+    return None

@@ -1,0 +1,241 @@
+"""One registry of models: register, create, list, load weights (DESIGN.md, contracts 1 and 3).
+
+Model files register their paper configuration with ``@register_model(...)`` on a thin constructor
+``def name(*, num_classes, in_chans=3, img_size=224, **overrides)``. Built-in models live in
+``baselines`` and ``ssm_models``; a third-party package registers by importing this decorator, or
+by declaring an entry point in the group ``ssm_unet_bench.models`` (loaded on first use).
+
+Weights never unpickle code: ``load_weights`` reads safetensors, ``.npz`` (no pickle) or
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from bench.errors import BenchError
+
+FAMILIES = ("ssm", "cnn", "transformer")
+_BUILTIN_PACKAGES = ("baselines", "ssm_models")
+ENTRY_POINT_GROUP = "ssm_unet_bench.models"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """What the registry knows about a model; attached to built models as ``model.bench_entry``."""
+
+    name: str
+    family: str
+    constructor: Callable[..., nn.Module]
+    paper_config: Mapping[str, Any]
+    tiny: Mapping[str, Any] = field(default_factory=dict)  # overrides for tests and CPU smoke runs
+    source: str = ""  # authors' repository and commit
+    paper: str = ""
+    description: str = ""
+    # authors' state_dict -> ours (renames only); None when the layouts are identical
+    convert_official: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+    # pretrained backbone loaders by source name: fn(model, state_dict) -> report dict
+    pretrained: Mapping[str, Callable[[nn.Module, dict], dict]] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+_loaded_builtins = False
+
+
+def register_model(
+    *,
+    family: str,
+    paper_config: Mapping[str, Any],
+    tiny: Mapping[str, Any] | None = None,
+    source: str = "",
+    paper: str = "",
+    description: str = "",
+    convert_official: Callable | None = None,
+    pretrained: Mapping[str, Callable] | None = None,
+    name: str | None = None,
+) -> Callable:
+    """Decorator: register ``fn`` under its function name (or ``name``)."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or fn.__name__
+        _REGISTRY[key] = ModelEntry(
+            name=key,
+            family=family,
+            constructor=fn,
+            paper_config=dict(paper_config),
+            tiny=dict(tiny or {}),
+            source=source,
+            paper=paper,
+            description=description or ((fn.__doc__ or "").strip().splitlines() or [""])[0],
+            convert_official=convert_official,
+            pretrained=dict(pretrained or {}),
+        )
+        return fn
+
+    return deco
+
+
+def _load_builtins() -> None:
+    global _loaded_builtins
+    if _loaded_builtins:
+        return
+    _loaded_builtins = True
+    for pkg in _BUILTIN_PACKAGES:
+        importlib.import_module(pkg)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> BenchError:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else "."
+    return BenchError(f"unknown {kind} {name!r}{hint} Known {kind}s: {', '.join(known)}")
+
+
+def list_models(family: str | None = None) -> list[str]:
+    _load_builtins()
+    return sorted(n for n, e in _REGISTRY.items() if family is None or e.family == family)
+
+
+def get_entry(name: str) -> ModelEntry:
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise _unknown("model", name, list_models())
+    return _REGISTRY[name]
+
+
+def resolve_models(spec: str) -> list[str]:
+    """``"all"`` or a comma list -> validated model names, in the given order."""
+    if spec.strip() == "all":
+        return list_models()
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    for n in names:
+        get_entry(n)
+    return names
+
+
+def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: int = 224, **overrides: Any) -> nn.Module:
+    """Build a registered model with its paper configuration, changed by ``overrides``.
+
+    ``None`` overrides are dropped, so unset CLI options fall back to the paper values.
+
+    >>> model = create_model("unet", num_classes=9, in_chans=1, img_size=224)
+    """
+    entry = get_entry(name)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    model = entry.constructor(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **overrides)
+    model.bench_entry = entry
+    model.bench_config = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size, **overrides}
+    return model
+
+
+# --------------------------------------------------------------------------------------------- weights
+
+_THOP_BUFFERS = re.compile(r"(^|\.)(total_ops|total_params)$")
+
+
+def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Unwrap ``model``/``state_dict`` containers, strip ``module.``/``_orig_mod.``, drop thop buffers."""
+    sd: Any = state_dict
+    for key in ("model", "state_dict", "model_state"):
+        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
+            sd = sd[key]
+            break
+    out = {}
+    for k, v in sd.items():
+        if _THOP_BUFFERS.search(k):
+            continue
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def _strict_load(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shaped = [
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shaped:
+        def show(items: list[str]) -> str:
+            return ", ".join(items[:12]) + (f" … (+{len(items) - 12})" if len(items) > 12 else "") or "none"
+
+        raise BenchError(
+            f"{what} does not match {type(model).__name__}: "
+            f"missing {len(missing)} [{show(missing)}]; unexpected {len(unexpected)} [{show(unexpected)}]; "
+            f"mis-shaped {len(shaped)} [{show(shaped)}]"
+        )
+    model.load_state_dict(sd, strict=True)
+
+
+def load_official_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.Module:
+    """Load a state_dict in the authors' layout strictly (see shared/reference/<id>/manifest.tsv)."""
+    sd = clean_state_dict(state_dict)
+    entry: ModelEntry | None = getattr(model, "bench_entry", None)
+    if entry is not None and entry.convert_official is not None:
+        sd = entry.convert_official(dict(sd))
+    _strict_load(model, sd, "state_dict")
+    return model
+
+
+def read_weights_file(path: str | Path) -> dict[str, Any]:
+    """Read a weights file without ever unpickling code: safetensors, npz or weights-only torch."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(path)))
+        if path.suffix == ".npz":
+            import numpy as np
+
+            with np.load(path, allow_pickle=False) as z:
+                return {k: torch.from_numpy(z[k]) for k in z.files}
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except BenchError:
+        raise
+    except Exception as exc:  # pickle.UnpicklingError, zip errors, safetensors errors, …
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__:
+            raise BenchError(
+                f"{path}: refused to load — the file needs pickled Python objects beyond tensors "
+                f"(weights_only=True), which could run code. Re-save it as a plain state_dict. ({msg})"
+            ) from None
+        raise BenchError(f"{path}: cannot read weights ({type(exc).__name__}: {msg})") from None
+
+
+def load_weights(model: nn.Module, path: str | Path, source: str = "authors") -> dict[str, Any]:
+    """The one entry point for weight files; returns a load report.
+
+    ``source="authors"`` (default): an authors' checkpoint or one of our own (``{"model": sd, ...}``),
+    loaded strictly. Other sources name a pretrained-backbone mapping registered by the model
+    (e.g. ``"vmamba"`` for VM-UNet); their report says what was loaded and what was not.
+    """
+    raw = read_weights_file(path)
+    if source == "authors":
+        load_official_state_dict(model, raw)
+        return {"source": source, "path": str(path), "loaded": len(model.state_dict()), "skipped": []}
+    entry: ModelEntry | None = getattr(model, "bench_entry", None)
+    loaders = dict(entry.pretrained) if entry else {}
+    if source not in loaders:
+        raise _unknown("weights source", source, ["authors", *sorted(loaders)])
+    report = loaders[source](model, raw)
+    return {"source": source, "path": str(path), **report}

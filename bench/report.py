@@ -1,0 +1,342 @@
+"""Leaderboards from run records: mean ± std over seeds, one table per dataset × protocol × policy.
+
+Everything here is a pure function of ``bench.records.load(results_dir)``; the CLI prints.
+
+Grouping rules (why: a number only compares with numbers produced the same way):
+
+- a board holds runs with the same dataset, synthetic flag, protocol (name + content hash),
+  protocol overrides and metric policy. Off-protocol runs (protocol overrides given) never share
+  a board with on-protocol runs: their protocol label reads ``"synapse (off-protocol: epochs=2)"``;
+  synthetic data reads ``"synapse (synthetic)"``; two on-protocol hashes of one protocol name get
+  ``"name@hash8"`` labels.
+- a row is a model with one ``model_config``; a model run with several configs in one board gets
+  one row per config, labelled with its overrides.
+- means and stds are over runs (seeds) with ``skipna=False``: a run whose aggregate is NaN makes
+  the mean NaN rather than quietly disappearing; std is the sample std (ddof=1), NaN for one seed.
+
+Display: DSC, mIoU, Acc, Spe, Sen and per-class DSC ×100 with 2 decimals, as the papers print
+them; HD95 with 2 decimals in the record's unit (pixels/voxels, or mm under ``strict``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from enum import Enum
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.records import atomic_write_text, load
+
+__all__ = ["BoardKey", "ReportFormat", "METRICS", "label_runs", "leaderboards", "render", "write_report"]
+
+
+class ReportFormat(str, Enum):
+    md = "md"
+    latex = "latex"
+    csv = "csv"
+
+
+class BoardKey(NamedTuple):
+    dataset: str  # e.g. "synapse" or "synapse (synthetic)"
+    protocol: str  # e.g. "synapse" or "synapse (off-protocol: epochs=2)"
+    policy: str
+
+
+# Aggregate metrics a board may show: record key -> (display name, ×100 for display, arrow).
+METRICS: dict[str, tuple[str, bool, str]] = {
+    "dice": ("DSC", True, "↑"),
+    "hd95": ("HD95", False, "↓"),
+    "iou": ("mIoU", True, "↑"),
+    "acc": ("Acc", True, "↑"),
+    "spe": ("Spe", True, "↑"),
+    "sen": ("Sen", True, "↑"),
+}
+# Synapse organs in the order of the TransUNet / Swin-Unet / VM-UNet tables.
+SYNAPSE_ORGANS: dict[str, str] = {
+    "aorta": "Aorta",
+    "gallbladder": "Gallbladder",
+    "kidney_l": "Kidney(L)",
+    "kidney_r": "Kidney(R)",
+    "liver": "Liver",
+    "pancreas": "Pancreas",
+    "spleen": "Spleen",
+    "stomach": "Stomach",
+}
+_CSV_KEY_COLUMNS = ["dataset", "protocol", "protocol_version", "protocol_hash", "policy"]
+_BOARD_COLUMNS = ["model", "family", "model_config", "n_seeds", "n_runs", "n_cases", "params"]
+
+
+# ---------------------------------------------------------------------------------------------
+# grouping
+
+
+def _overrides_text(overrides_json: str) -> str:
+    overrides = json.loads(overrides_json) if overrides_json else {}
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(overrides.items()))
+
+
+def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
+    """Add ``board_dataset``, ``board_protocol`` and ``model_label`` columns (see module doc).
+
+    Shared with ``bench.drift`` so a baseline and a report name groups identically.
+    """
+    df = df_runs.copy()
+    df["board_dataset"] = np.where(df["synthetic"].astype(bool), df["dataset"] + " (synthetic)", df["dataset"])
+    hashes = df.groupby(["board_dataset", "protocol", "policy"])["protocol_hash"].transform("nunique")
+    labels = []
+    for (_, row), n_hash in zip(df.iterrows(), hashes):
+        label = row["protocol"] if n_hash == 1 else f"{row['protocol']}@{row['protocol_hash'][:8]}"
+        if row["off_protocol"]:
+            label += f" (off-protocol: {_overrides_text(row['protocol_overrides'])})"
+        labels.append(label)
+    df["board_protocol"] = labels
+    df["model_label"] = df["model"]
+    for _, runs in df.groupby(["board_dataset", "board_protocol", "policy", "model"]):
+        if runs["model_config"].nunique() > 1:
+            df.loc[runs.index, "model_label"] = _config_labels(runs["model"].iloc[0], runs["model_config"])
+    return df
+
+
+def _config_labels(model: str, configs: pd.Series) -> list[str]:
+    """``"unet (base_c=8)"``: only the config keys that differ between the model's rows."""
+    parsed = [json.loads(c) if c else {} for c in configs]
+    keys = sorted({k for p in parsed for k in p})
+    differing = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in parsed}) > 1]
+    labels = []
+    for p in parsed:
+        parts = [f"{k}={json.dumps(p[k])}" if k in p else f"{k} unset" for k in differing]
+        labels.append(f"{model} ({', '.join(parts)})")
+    return labels
+
+
+def _class_columns(group: pd.DataFrame) -> list[str]:
+    """Per-class DSC columns with data in this board: Synapse organs in paper order, else class id."""
+    cols = [c for c in group.columns if c.startswith("dice/") and group[c].notna().any()]
+    if len(cols) < 2:  # a binary task's one class repeats the DSC column
+        return []
+    names = [c.split("/", 1)[1] for c in cols]
+    if all(n in SYNAPSE_ORGANS for n in names):
+        return [f"dice/{n}" for n in SYNAPSE_ORGANS if n in names]
+    return cols  # load() already orders per-class columns by class id
+
+
+def _display_name(col: str) -> str:
+    if col in METRICS:
+        return METRICS[col][0]
+    name = col.split("/", 1)[1]
+    return SYNAPSE_ORGANS.get(name, name)
+
+
+def _board(group: pd.DataFrame) -> pd.DataFrame:
+    metrics = [m for m in METRICS if m in group.columns and group[m].notna().any()]
+    value_cols = metrics + _class_columns(group)
+    rows = []
+    for (label, config), runs in group.groupby(["model_label", "model_config"], sort=False):
+        row = {
+            "model": label,
+            "family": runs["family"].iloc[0],
+            "model_config": config,
+            "n_seeds": runs["seed"].nunique(),
+            "n_runs": len(runs),
+            "n_cases": _joined(runs["n_cases"]) if "n_cases" in runs else "",
+            "params": runs["params"].mean(),
+        }
+        for col in value_cols:
+            row[f"{col}_mean"] = runs[col].mean(skipna=False)
+            row[f"{col}_std"] = runs[col].std(skipna=False) if len(runs) > 1 else math.nan
+            row[f"{col}_n_nan"] = int(runs[col].isna().sum())
+        rows.append(row)
+    board = pd.DataFrame(rows)
+    if "dice_mean" in board:
+        board = board.sort_values(["dice_mean", "model"], ascending=[False, True], na_position="last")
+    board = board.reset_index(drop=True)
+    first = group.iloc[0]
+    board.attrs.update(
+        protocol_name=first["protocol"],
+        protocol_version=int(first["protocol_version"]),
+        protocol_hash=first["protocol_hash"],
+        overrides=_overrides_text(first["protocol_overrides"]),
+        value_columns=value_cols,
+    )
+    return board
+
+
+def _joined(values: pd.Series) -> str:
+    # n_cases normally agrees across runs; a smoke run with max_cases shows up as "12/4".
+    uniq = sorted({int(v) for v in values.dropna()})
+    return "/".join(str(v) for v in uniq)
+
+
+def leaderboards(df_runs: pd.DataFrame) -> dict[BoardKey, pd.DataFrame]:
+    """One numeric leaderboard per (dataset, protocol, policy), models sorted by mean DSC.
+
+    Each board has columns ``model, family, model_config, n_seeds, n_runs, n_cases, params`` then
+    ``<metric>_mean``/``<metric>_std``/``<metric>_n_nan`` (runs whose value is NaN) for every
+    aggregate metric with data (record keys: dice, hd95, iou, acc, spe, sen; values as stored, in
+    [0, 1] and HD95 units) and the same three for per-class ``dice/<name>``. ``board.attrs``
+    holds protocol name, version, hash, overrides and the ordered value columns. Keys are
+    ``BoardKey`` named tuples (plain tuples work too). Runs whose status is not "finished" are
+    left out.
+    """
+    if df_runs.empty:
+        return {}
+    df = label_runs(df_runs[df_runs["status"] == "finished"])
+    boards: dict[BoardKey, pd.DataFrame] = {}
+    for (dataset, protocol, policy), group in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
+        boards[BoardKey(dataset, protocol, policy)] = _board(group)
+    return boards
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering
+
+
+def _fmt_value(mean: float, std: float, n_nan: int, n_runs: int, col: str) -> str:
+    scale = 100.0 if col not in METRICS or METRICS[col][1] else 1.0
+    if math.isnan(mean):
+        return f"nan ({n_nan}/{n_runs} runs)"
+    if math.isnan(std):
+        return f"{mean * scale:.2f}"
+    return f"{mean * scale:.2f} ± {std * scale:.2f}"
+
+
+def _fmt_params(params: float) -> str:
+    return "" if math.isnan(params) else f"{params / 1e6:.2f}"
+
+
+def _display_table(board: pd.DataFrame) -> pd.DataFrame:
+    """Strings for humans: one column per metric, "81.23 ± 0.45"."""
+    out = pd.DataFrame(
+        {
+            "Model": board["model"],
+            "Family": board["family"],
+            "Seeds": [
+                str(s) if s == r else f"{s} ({r} runs)" for s, r in zip(board["n_seeds"], board["n_runs"])
+            ],
+            "Params (M)": [_fmt_params(p) for p in board["params"]],
+        }
+    )
+    for col in board.attrs["value_columns"]:
+        head = _display_name(col)
+        if col in METRICS:
+            head += f" {METRICS[col][2]}" + (" (%)" if METRICS[col][1] else "")
+        cells = zip(board[f"{col}_mean"], board[f"{col}_std"], board[f"{col}_n_nan"], board["n_runs"])
+        out[head] = [_fmt_value(m, s, k, n, col) for m, s, k, n in cells]
+    return out
+
+
+def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
+    a = board.attrs
+    off = f" · OFF-PROTOCOL ({a['overrides']})" if a["overrides"] else ""
+    protocol = f"{a['protocol_name']} v{a['protocol_version']} ({a['protocol_hash']})"
+    title = f"{key.dataset} · protocol {protocol}{off} · policy {key.policy}"
+    seeds = _joined(board["n_seeds"])
+    cases = "/".join(sorted({c for c in board["n_cases"] if c}, key=lambda c: c)) or "?"
+    note = (
+        f"Mean ± std (sample, ddof=1) over seeds: {seeds} per model; test cases per run: {cases}. "
+        "DSC, mIoU, Acc, Spe, Sen in %; HD95 in the policy's unit; NaN is shown, not dropped."
+    )
+    return title, note
+
+
+def _render_md(boards: dict[BoardKey, pd.DataFrame]) -> str:
+    if not boards:
+        return "No finished runs found.\n"
+    parts = []
+    for key, board in boards.items():
+        title, note = _caption(key, board)
+        shown = _display_table(board)
+        align = ["left", "left"] + ["right"] * (shown.shape[1] - 2)
+        table = shown.to_markdown(index=False, disable_numparse=True, colalign=align)
+        parts.append(f"## {title}\n\n{note}\n\n{table}\n")
+    return "\n".join(parts)
+
+
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "·": r"$\cdot$",
+}  # fmt: skip
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def _render_latex(boards: dict[BoardKey, pd.DataFrame]) -> str:
+    # A small booktabs emitter: DataFrame.to_latex needs jinja2, which is not a dependency.
+    parts = ["% Requires \\usepackage{booktabs}."]
+    for key, board in boards.items():
+        title, note = _caption(key, board)
+        table = _display_table(board)
+        spec = "ll" + "r" * (table.shape[1] - 2)
+        lines = [
+            "\\begin{table}[t]",
+            "\\centering",
+            f"\\caption{{{_latex_escape(title)}. {_latex_escape(note)}}}",
+            f"\\begin{{tabular}}{{{spec}}}",
+            "\\toprule",
+            " & ".join(_latex_escape(c) for c in table.columns) + " \\\\",
+            "\\midrule",
+        ]
+        lines += [" & ".join(_latex_escape(v) for v in row) + " \\\\" for row in table.itertuples(index=False)]
+        lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def _render_csv(boards: dict[BoardKey, pd.DataFrame]) -> str:
+    frames = []
+    for key, board in boards.items():
+        head = pd.DataFrame(
+            {
+                "dataset": key.dataset,
+                "protocol": key.protocol,
+                "protocol_version": board.attrs["protocol_version"],
+                "protocol_hash": board.attrs["protocol_hash"],
+                "policy": key.policy,
+            },
+            index=board.index,
+        )
+        frames.append(pd.concat([head, board], axis=1))
+    if not frames:
+        return ",".join(_CSV_KEY_COLUMNS + _BOARD_COLUMNS) + "\n"
+    table = pd.concat(frames, ignore_index=True)
+    # Column union follows board order; put aggregates in METRICS order, per-class after them.
+    values = [c for c in table.columns if c.endswith(("_mean", "_std", "_n_nan"))]
+    aggregates = [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n_nan") if f"{m}_{s}" in values]
+    first = [c for c in table.columns if c not in values]
+    table = table[first + aggregates + [c for c in values if c not in aggregates]]
+    return table.to_csv(index=False, lineterminator="\n")
+
+
+def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md") -> str:
+    """All leaderboards of ``df_runs`` (from ``records.load``) as Markdown, LaTeX or CSV text.
+
+    ``md``: a ``##`` heading per board naming dataset, protocol (name, version, hash) and metric
+    policy, a line with seeds/cases, then a table of "81.23 ± 0.45" strings. ``latex``: one
+    booktabs ``table`` per board, same content. ``csv``: the numeric boards stacked into one tidy
+    table (mean and std columns, metrics as stored in [0, 1]) with the board key columns first.
+    """
+    fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
+    boards = leaderboards(df_runs)
+    return {ReportFormat.md: _render_md, ReportFormat.latex: _render_latex, ReportFormat.csv: _render_csv}[fmt](boards)
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in ReportFormat.__members__:
+        raise BenchError(f"unknown report format {fmt!r}; expected one of: md, latex, csv")
+    return fmt
+
+
+def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None) -> str:
+    """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically."""
+    text = render(load(results_dir), fmt)
+    if out is not None:
+        atomic_write_text(Path(out), text)
+    return text

@@ -1,0 +1,165 @@
+"""`bench run`: a grid of (model × seed) runs on one dataset under one protocol.
+
+Each run trains with bench.train, evaluates with bench.evaluate and writes one record with
+bench.records. Run directories are keyed by everything that defines the run, so ``resume=True``
+finds a killed run's checkpoint and finished runs are skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import env, records
+from bench.data import open_dataset, synthetic_root
+from bench.errors import BenchError
+from bench.evaluate import evaluate
+from bench.metrics import get_policy
+from bench.protocol import Protocol
+from bench.registry import create_model, get_entry
+from bench.train import seed_everything, train_model
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    model: str
+    dataset: str
+    protocol: Protocol
+    seed: int
+    data_root: Path
+    synthetic: bool
+    policy: str
+    model_overrides: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Deterministic id: the same spec always maps to the same run directory and record."""
+        ident = json.dumps(
+            [self.model, self.dataset, self.protocol.hash, self.protocol.overrides, self.seed,
+             str(self.data_root.resolve()), self.policy, list(self.model_overrides)],
+            sort_keys=True, default=str,
+        )
+        digest = hashlib.sha256(ident.encode()).hexdigest()[:8]
+        return f"{self.dataset}-{self.protocol.name}-{self.model}-s{self.seed}-{digest}"
+
+
+def _progress_bar(enabled: bool):
+    if not enabled:
+        return nullcontext(None)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=True)
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a declared dependency; tolerate its absence in odd installs
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tb"))
+
+
+def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: bool = False,
+            show_progress: bool = False, on_epoch_end=None) -> dict[str, Any]:
+    """Train and evaluate one model; write and return its record."""
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    dataset = open_dataset(spec.dataset, spec.data_root)
+    protocol = spec.protocol
+    entry = get_entry(spec.model)
+    seed_everything(spec.seed)  # the initial weights are part of the run: seed before building
+    model = create_model(spec.model, num_classes=dataset.num_classes, in_chans=dataset.in_chans,
+                         img_size=protocol.img_size, **dict(spec.model_overrides))
+    run_dir = results_dir / "runs" / spec.key
+    run_dir.mkdir(parents=True, exist_ok=True)
+    writer = _tensorboard(run_dir)
+    with _progress_bar(show_progress) as bar:
+        task = bar.add_task(f"{spec.model} s{spec.seed} train", total=None, info="") if bar else None
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            if bar is not None:
+                bar.update(task, completed=step, total=total, info=f"loss {loss:.4f}")
+
+        result = train_model(model, dataset, protocol, seed=spec.seed, run_dir=run_dir, device=device,
+                             resume=resume, writer=writer, progress=on_step, on_epoch_end=on_epoch_end)
+        if bar is not None:
+            bar.update(task, description=f"{spec.model} s{spec.seed} eval", completed=0, total=None, info="")
+
+        def on_case(i: int, n: int) -> None:
+            if bar is not None:
+                bar.update(task, completed=i, total=n)
+
+        scores = evaluate(model, dataset, protocol, spec.policy, device=device, progress=on_case)
+    if writer is not None:
+        for name, value in scores.metrics.items():
+            if isinstance(value, (int, float)):
+                writer.add_scalar(f"eval/{name}", value, result.iterations)
+        writer.close()
+    from bench.scan_info import scan_backend_for
+
+    n_params = sum(p.numel() for p in model.parameters())
+    record = {
+        "schema": records.SCHEMA_VERSION,
+        "run_id": spec.key,
+        "status": "finished",
+        "model": spec.model,
+        "family": entry.family,
+        "model_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.bench_config.items()},
+        "dataset": spec.dataset,
+        "data_root": str(spec.data_root),
+        "synthetic": spec.synthetic,
+        "split": "test",
+        "protocol": protocol.to_record(),
+        "policy": spec.policy,
+        "seed": spec.seed,
+        "git_commit": env.git_commit(),
+        "packages": env.package_versions(),
+        "device": env.fingerprint(device),
+        "scan_backend": scan_backend_for(model),
+        "started_at": started.isoformat(),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+        "train": result.to_record(),
+        "metrics": scores.metrics,
+        "per_class": scores.per_class,
+        "per_case": scores.per_case,
+        "cost": {
+            "params": n_params,
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "macs": None, "flops": None, "fps": None, "peak_mem_mb": None,
+        },
+    }
+    records.write_record(record, results_dir)
+    return record
+
+
+def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: list[int], data_root: Path | None,
+              synthetic: bool, results_dir: Path, policy: str | None = None,
+              model_overrides: dict[str, Any] | None = None) -> list[RunSpec]:
+    """Resolve data, policy and names once; one RunSpec per (model, seed)."""
+    if synthetic and data_root is not None:
+        raise BenchError("give either --data-root or --synthetic, not both")
+    if synthetic:
+        data_root = synthetic_root(dataset, results_dir / "synthetic")
+    if data_root is None:
+        raise BenchError(f"--data-root is required for dataset {dataset!r} (or use --synthetic)")
+    ds = open_dataset(dataset, data_root)  # validates the layout before any training starts
+    if protocol.datasets and dataset not in protocol.datasets:
+        raise BenchError(
+            f"protocol {protocol.name!r} is written for {', '.join(protocol.datasets)}, not {dataset!r}"
+        )
+    chosen = policy or protocol.metric_policy or ds.default_policy
+    get_policy(chosen)
+    for m in models:
+        get_entry(m)
+    extra = tuple(sorted((model_overrides or {}).items()))
+    return [RunSpec(m, dataset, protocol, s, Path(data_root), synthetic, chosen, extra) for m in models for s in seeds]

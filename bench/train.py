@@ -1,0 +1,265 @@
+"""The one training loop: any registered model, any protocol, any dataset reader.
+
+Reproducibility: every random choice comes from the seed — the epoch's shuffle order from
+``(seed, epoch)``, each item's augmentation from ``(seed, epoch, index)`` (see TrainDataset) and
+dropout/drop-path from torch's RNG, whose state is checkpointed. Checkpoints are written at epoch
+ends, atomically, so a killed run resumes from the last one to the same final weights (CPU, fixed
+thread count).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.data.base import SegDataset
+from bench.data.torch_dataset import TrainDataset
+from bench.errors import BenchError
+from bench.losses import segmentation_loss
+from bench.protocol import Protocol
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+
+
+@dataclass
+class TrainResult:
+    epochs: int
+    iterations: int
+    final_loss: float
+    time_s: float
+    selected: str  # which weights the model now holds: "final" | "best_train_loss@<epoch>"
+    epoch_losses: list[float] = field(default_factory=list)
+    resumed_from: int | None = None  # epoch the run resumed after, if it did
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "epochs": self.epochs,
+            "iterations": self.iterations,
+            "final_loss": self.final_loss,
+            "time_s": round(self.time_s, 3),
+            "selected": self.selected,
+            "epoch_losses": self.epoch_losses,
+            "resumed_from": self.resumed_from,
+        }
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """Shuffles with a generator seeded by (seed, epoch): the order of epoch e never depends on
+    what ran before, so a resumed run sees the same batches."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def build_optimizer(model: nn.Module, protocol: Protocol) -> torch.optim.Optimizer:
+    t = protocol.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
+    raise BenchError(f"protocol {protocol.name}: unknown optimizer {t.optimizer!r} (sgd, adamw, adam)")
+
+
+def lr_at(protocol: Protocol, step: int, epoch: int, max_iterations: int) -> float:
+    """Learning rate for optimizer step ``step`` (0-based) in epoch ``epoch`` (0-based).
+
+    poly: TransUNet sets lr after each step from the pre-increment counter, so steps 0 and 1 both
+    use the base lr and step k uses base·(1 − (k−1)/max_it)^power.
+    cosine: torch's CosineAnnealingLR stepped once per epoch (closed form, cycles past T_max).
+    """
+    t = protocol.train
+    if t.scheduler == "poly":
+        k = max(step - 1, 0)
+        return t.lr * (1.0 - k / max_iterations) ** t.poly_power
+    if t.scheduler == "cosine":
+        return t.cosine_eta_min + (t.lr - t.cosine_eta_min) * (1 + math.cos(math.pi * epoch / t.cosine_t_max)) / 2
+    if t.scheduler == "constant":
+        return t.lr
+    raise BenchError(f"protocol {protocol.name}: unknown scheduler {t.scheduler!r} (poly, cosine, constant)")
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    # Only torch's generators drive randomness inside the loop (dropout, drop-path); numpy and
+    # python RNGs are never used after seeding (augmentation has its own per-item generators).
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read one of our checkpoints; tensors and plain containers only (weights_only=True)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BenchError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc}); delete it to restart") from None
+
+
+def train_model(
+    model: nn.Module,
+    dataset: SegDataset,
+    protocol: Protocol,
+    *,
+    seed: int,
+    run_dir: Path,
+    device: torch.device,
+    resume: bool = False,
+    writer: Any = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place under ``protocol``; checkpoints go to ``run_dir/checkpoints``.
+
+    ``progress(step, total_steps, loss)`` is called after every step; ``on_epoch_end(epoch)`` after
+    each epoch's checkpoint (tests use it to kill a run mid-way).
+    """
+    t = protocol.train
+    seed_everything(seed)
+    ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    data = TrainDataset(dataset, protocol, seed=seed)
+    if len(data) == 0:
+        raise BenchError(f"{dataset.root}: the training split is empty")
+    sampler = EpochSampler(len(data), seed)
+    workers = min(t.num_workers, os.cpu_count() or 1)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=t.batch_size, sampler=sampler, num_workers=workers, drop_last=False,
+        persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+    )
+    steps_per_epoch = len(loader)
+    total = t.epochs * steps_per_epoch
+    if t.max_iterations > 0:
+        total = min(total, t.max_iterations)
+    epochs = math.ceil(total / steps_per_epoch)
+
+    model.to(device)
+    optimizer = build_optimizer(model, protocol)
+    use_amp = bool(t.amp and device.type == "cuda")  # AMP only where the protocol allows it
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch, step, epoch_losses, resumed_from = 0, 0, [], None
+    best: tuple[float, int] | None = None
+    last = ckpt_dir / LAST
+    if resume and last.is_file():
+        state = load_checkpoint(last)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        start_epoch, step, epoch_losses = state["epoch"] + 1, state["step"], list(state["epoch_losses"])
+        best = tuple(state["best"]) if state.get("best") else None
+        resumed_from = state["epoch"]
+
+    t0 = time.perf_counter()
+    loss_value = float("nan")
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        sampler.set_epoch(epoch)
+        data.set_epoch(epoch)
+        running, seen = 0.0, 0
+        for image, label in loader:
+            if step >= total:
+                break
+            lr = lr_at(protocol, step, epoch, total)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                logits = model(image)
+            loss = segmentation_loss(logits, label, ce=t.loss_ce, dice=t.loss_dice, bce=t.loss_bce)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise BenchError(
+                    f"non-finite loss ({loss_value}) at epoch {epoch}, step {step}: training stopped. "
+                    f"Lower the learning rate or check the data (last good checkpoint: {last})"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if t.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            running += loss_value * image.shape[0]
+            seen += image.shape[0]
+            step += 1
+            if writer is not None:
+                writer.add_scalar("train/loss", loss_value, step)
+                writer.add_scalar("train/lr", lr, step)
+            if progress is not None:
+                progress(step, total, loss_value)
+        epoch_loss = running / max(seen, 1)
+        epoch_losses.append(epoch_loss)
+        if writer is not None:
+            writer.add_scalar("train/epoch_loss", epoch_loss, epoch)
+        if t.select == "best_train_loss" and (best is None or epoch_loss < best[0]):
+            best = (epoch_loss, epoch)
+            _atomic_save({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / "best.pt")
+        final = epoch == epochs - 1
+        if final or (t.checkpoint_every and (epoch + 1) % t.checkpoint_every == 0):
+            state = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "rng": _rng_state(), "epoch": epoch, "step": step, "epoch_losses": epoch_losses,
+                "best": list(best) if best else None, "protocol_hash": protocol.hash,
+            }
+            if not final:
+                _atomic_save({"model": state["model"], "epoch": epoch}, ckpt_dir / f"epoch_{epoch:04d}.pt")
+            _atomic_save(state, last)
+            if final:
+                _atomic_save({"model": state["model"], "epoch": epoch}, ckpt_dir / "final.pt")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+
+    selected = "final"
+    if t.select == "best_train_loss" and best is not None:
+        model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt")["model"])
+        selected = f"best_train_loss@{best[1]}"
+    elif t.select not in ("final", "best_train_loss"):
+        raise BenchError(f"protocol {protocol.name}: unknown select {t.select!r} (final, best_train_loss)")
+    return TrainResult(
+        epochs=epochs, iterations=step, final_loss=epoch_losses[-1] if epoch_losses else loss_value,
+        time_s=time.perf_counter() - t0, selected=selected, epoch_losses=epoch_losses, resumed_from=resumed_from,
+    )

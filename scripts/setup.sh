@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Create .venv and install ssm-unet-bench with everything it needs.
+#  - CPU machine: the pinned CPU torch + torchvision route (constraints-cpu.txt); mamba-ssm is skipped,
+#    the project's own selective-scan backends run instead.
+#  - machine whose python3 already has a working CUDA torch: the venv sees that torch
+#    (--system-site-packages), keeps it, and adds the `cuda` extra (mamba-ssm, causal-conv1d).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+cuda_torch=$("$PYTHON" - <<'PY' 2>/dev/null || true
+import torch
+print(torch.__version__ if torch.cuda.is_available() else "")
+PY
+)
+
+if [ -n "$cuda_torch" ]; then
+    echo "setup: CUDA torch $cuda_torch found; keeping it and adding the cuda extra"
+    "$PYTHON" -m venv --system-site-packages "$VENV"
+    pin="$VENV/torch-pin.txt"
+    "$PYTHON" -c "import torch, torchvision; print(f'torch=={torch.__version__}\ntorchvision=={torchvision.__version__}')" > "$pin" 2>/dev/null \
+        || "$PYTHON" -c "import torch; print(f'torch=={torch.__version__}')" > "$pin"
+    MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE \
+        "$VENV/bin/pip" install --no-build-isolation -c "$pin" -e ".[dev,cuda]"
+else
+    echo "setup: no CUDA torch; installing the pinned CPU route"
+    "$PYTHON" -m venv "$VENV"
+    # torch first, alone: the local CPU wheel; everything after is pinned so nothing replaces it.
+    "$VENV/bin/pip" install -q "torch==2.13.0"
+    "$VENV/bin/pip" install -q -c constraints-cpu.txt -e ".[dev]"
+fi
+"$VENV/bin/python" -c "import bench, torch; print('setup: ok, torch', torch.__version__)"

@@ -1,0 +1,105 @@
+"""Realistic run records for tests (records, report, drift, and anyone else who needs one).
+
+``make_record`` builds a schema-1 record whose aggregates are consistent with its per-class and
+per-case rows: every case of a class gets the class's Dice, so expected means are easy to compute
+by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bench.records import SCHEMA_VERSION, new_run_id
+
+SYNAPSE_CLASSES = ["aorta", "gallbladder", "kidney_l", "kidney_r", "liver", "pancreas", "spleen", "stomach"]
+FAMILIES = {"vmunet": "ssm", "vmunet_v2": "ssm", "lightm_unet": "ssm", "unet": "cnn", "transunet": "transformer", "swin_unet": "transformer"}
+PROTOCOL_HASHES = {"synapse": "a1b2c3d4e5f60718", "isic17": "0f1e2d3c4b5a6978", "smoke": "1234abcd5678ef90"}
+
+
+def make_record(
+    model: str = "vmunet",
+    dataset: str = "synapse",
+    seed: int = 0,
+    *,
+    dice: float = 0.8,
+    class_dice: dict[str, float] | None = None,
+    hd95: float = 20.0,
+    protocol: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    synthetic: bool = False,
+    n_cases: int = 2,
+    model_config: dict[str, Any] | None = None,
+    params: int = 27_430_000,
+    run_id: str | None = None,
+    classes: list[str] | None = None,
+) -> dict[str, Any]:
+    """A finished run. Synapse: 8 organs, policy legacy-synapse; ISIC: one class, legacy-isic.
+
+    ``dice`` sets every class's Dice unless ``class_dice`` gives per-class values (missing
+    classes keep ``dice``); the aggregate is the mean over classes. ``hd95=nan`` gives NaN HD95.
+    ``classes`` lists the foreground class names in class-id order (default: Synapse / ISIC).
+    """
+    isic = dataset.startswith("isic")
+    classes = classes or (["lesion"] if isic else SYNAPSE_CLASSES)
+    protocol = protocol or ("isic17" if isic else "synapse")
+    per_class_dice = {name: (class_dice or {}).get(name, dice) for name in classes}
+    cases = [f"case{i:04d}" for i in range(n_cases)]
+
+    per_case, per_class = [], []
+    for cid, name in enumerate(classes, start=1):
+        d = per_class_dice[name]
+        for case in cases:
+            per_case.append({
+                "case": case, "class": cid, "name": name, "dice": d, "iou": d / (2 - d),
+                "hd95": None if isic or math.isnan(hd95) else hd95,
+                "acc": 0.95, "spe": 0.97, "sen": d,
+                "tp": 80, "fp": 10, "fn": 10, "tn": 900, "n_pred": 90, "n_ref": 90, "empty": False,
+            })  # fmt: skip
+        per_class.append({
+            "class": cid, "name": name, "dice": d,
+            "hd95": None if isic else hd95, "iou": d / (2 - d),
+            "n": n_cases, "n_nan": n_cases if (not isic and math.isnan(hd95)) else 0,
+        })  # fmt: skip
+
+    mean_dice = sum(per_class_dice.values()) / len(classes)
+    metrics: dict[str, Any] = {"dice": mean_dice, "iou": mean_dice / (2 - mean_dice), "n_cases": n_cases}
+    if isic:
+        metrics.update(acc=0.95, spe=0.97, sen=mean_dice)
+    else:
+        metrics["hd95"] = hd95  # NaN is allowed in memory; written as null
+
+    overrides = dict(overrides or {})
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": run_id or new_run_id(dataset, protocol, model, seed),
+        "status": "finished",
+        "model": model,
+        "family": FAMILIES.get(model, "cnn"),
+        "model_config": dict(model_config or {}),
+        "dataset": dataset,
+        "data_root": f"/data/{dataset}",
+        "synthetic": synthetic,
+        "split": "test",
+        "protocol": {
+            "name": protocol,
+            "version": 1,
+            "hash": PROTOCOL_HASHES.get(protocol, "ffffeeeeddddcccc"),
+            "off_protocol": bool(overrides),
+            "overrides": overrides,
+        },
+        "policy": "legacy-isic" if isic else "legacy-synapse",
+        "seed": seed,
+        "git_commit": "0123456789abcdef0123456789abcdef01234567",
+        "packages": {"torch": "2.5.1", "numpy": "2.4.6", "bench": "0.1.0"},
+        "device": {"device": "cpu", "cpu": "AMD EPYC 7763", "threads": 2, "gpu": None, "cuda": None, "torch": "2.5.1"},
+        "scan_backend": "torch" if FAMILIES.get(model) == "ssm" else None,
+        "started_at": "2026-01-01T10:00:00+00:00",
+        "finished_at": "2026-01-01T11:00:00+00:00",
+        "wall_time_s": 3600.0,
+        "train": {"epochs": 150, "iterations": 13950, "final_loss": 0.123, "time_s": 3500.0},
+        "metrics": metrics,
+        "per_class": per_class,
+        "per_case": per_case,
+        "cost": {"params": params, "trainable_params": params, "macs": None, "flops": None, "fps": None, "peak_mem_mb": None},
+    }

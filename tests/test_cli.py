@@ -1,0 +1,120 @@
+"""The CLI end to end on synthetic data (tiny models, a few iterations), and its error handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from bench import records
+from bench.cli import app
+
+runner = CliRunner()
+FAST = ["--tiny", "--max-iterations", "4", "--img-size", "32", "--threads", "1", "--no-progress"]
+
+
+def _bench(*args, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True, env=env)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
+           "--results", out, *FAST)
+    return out
+
+
+def test_run_writes_a_record_and_report_shows_organs(smoke_results):
+    df = records.load(smoke_results)
+    assert len(df) == 1
+    row = df.iloc[0]
+    assert row["model"] == "unet" and row["policy"] == "legacy-synapse" and bool(row["off_protocol"])
+    assert 0.0 <= row["dice"] <= 1.0
+    rep = _bench("report", "--results", smoke_results).stdout
+    for organ in ("Aorta", "Gallbladder", "Kidney(L)", "Kidney(R)", "Liver", "Pancreas", "Spleen", "Stomach"):
+        assert organ in rep
+    assert "legacy-synapse" in rep and "smoke" in rep
+
+
+def test_finished_runs_are_skipped(smoke_results):
+    out = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
+                 "--results", smoke_results, *FAST).stdout
+    assert "skipped" in out
+    assert len(records.load(smoke_results)) == 1
+
+
+def test_data_root_from_synth_matches_synthetic(smoke_results, tmp_path):
+    data = tmp_path / "syn"
+    _bench("data", "synth", "--like", "synapse", "--out", data)
+    _bench("data", "verify", "--dataset", "synapse", "--data-root", data)
+    res = tmp_path / "res"
+    _bench("run", "--models", "unet", "--dataset", "synapse", "--data-root", data, "--protocol", "smoke",
+           "--results", res, *FAST)
+    a = records.load(smoke_results).iloc[0]
+    b = records.load(res).iloc[0]
+    assert a["dice"] == b["dice"] and a["hd95"] == b["hd95"]
+
+
+def test_isic_run_uses_pooled_policy(tmp_path):
+    _bench("run", "--models", "unet", "--dataset", "isic17", "--synthetic", "--protocol", "smoke",
+           "--results", tmp_path, *FAST)
+    rec = json.loads(next((tmp_path / "records").glob("*.json")).read_text())
+    assert rec["policy"] == "legacy-isic"
+    counts = {k: sum(r[k] for r in rec["per_case"]) for k in ("tp", "fp", "fn", "tn")}
+    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+    expected = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 0.0
+    assert rec["metrics"]["dice"] == pytest.approx(expected)
+
+
+def test_check_passes_on_itself_and_fails_on_drift(smoke_results, tmp_path):
+    base = tmp_path / "baseline.csv"
+    _bench("check", "--baseline", base, "--results", smoke_results, "--update")
+    assert _bench("check", "--baseline", base, "--results", smoke_results).returncode == 0
+    table = pd.read_csv(base)
+    table.loc[table["metric"] == "dice", "value"] += 0.5
+    table.to_csv(base, index=False)
+    proc = _bench("check", "--baseline", base, "--results", smoke_results, check=False)
+    assert proc.returncode == 1
+    assert "drift" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--models", "vm_unett", "--synthetic"], "unknown model 'vm_unett'"),
+        (["run", "--models", "unet", "--dataset", "synapsee", "--synthetic"], "did you mean 'synapse'"),
+        (["run", "--models", "unet", "--protocol", "smok", "--synthetic"], "did you mean 'smoke'"),
+        (["run", "--models", "unet", "--dataset", "synapse"], "--data-root"),
+        (["run", "--models", "unet", "--dataset", "synapse", "--data-root", "/nonexistent/x"], "/nonexistent/x"),
+    ],
+)
+def test_user_errors_are_one_line(args, message, tmp_path):
+    proc = _bench(*args, "--results", tmp_path, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("cmd", [[], ["run"], ["report"], ["check"], ["models"], ["doctor"], ["data"],
+                                 ["data", "synth"], ["data", "verify"]])
+def test_every_help_shows_an_example(cmd):
+    result = runner.invoke(app, [*cmd, "--help"])
+    assert result.exit_code == 0
+    assert "Example: bench" in result.output
+
+
+def test_models_and_doctor():
+    out = runner.invoke(app, ["models"]).output
+    assert "unet" in out and "cnn" in out
+    doc = runner.invoke(app, ["doctor"])
+    assert doc.exit_code == 0 and "torch" in doc.output and "scan backend" in doc.output

@@ -1,0 +1,424 @@
+"""Dataset readers, the synthetic generator, ``verify_dataset`` and the nnU-Net split."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.data import DATASETS, list_datasets, open_dataset, synthetic_root
+from bench.data.nnunet import fixed_split
+from bench.data.synapse import DISPLAY_NAMES
+from bench.data.synth import GENERATOR_VERSION, synthesize
+from bench.data.verify import Problem, verify_dataset
+from bench.errors import BenchError
+
+SYN = dict(n_train=2, n_test=2, depth=8, size=48)
+ISIC = dict(n_train=4, n_val=3, min_size=40, max_size=60)
+POLYP = dict(n_train=3, n_test=2, min_size=40, max_size=60)
+NN3 = dict(n_cases=5, depth=6, size=32)
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp("synth")
+    return {
+        "synapse": synthesize("synapse", base / "synapse", **SYN),
+        "isic": synthesize("isic", base / "isic", **ISIC),
+        "polyp": synthesize("polyp", base / "polyp", **POLYP),
+        "nnunet": synthesize("nnunet", base / "nnunet", **NN3),
+        "nnunet2d": synthesize("nnunet", base / "nnunet2d", dims=2, n_cases=5, size=32),
+    }
+
+
+def _copy(root: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(root, tmp_path / root.name))
+
+
+def _paths(problems: list[Problem], level: str = "error") -> list[str]:
+    return [p.path for p in problems if p.level == level]
+
+
+# --- registry and errors ---------------------------------------------------------------------
+
+
+def test_registry_lists_the_five_formats():
+    assert list_datasets() == ["isic17", "isic18", "nnunet", "polyp", "synapse"]
+    assert {DATASETS[n].name for n in DATASETS} == set(DATASETS)
+
+
+def test_unknown_dataset_name_suggests_the_closest(tmp_path):
+    with pytest.raises(BenchError, match=r"did you mean 'synapse'\?.*isic17, isic18, nnunet, polyp, synapse"):
+        open_dataset("synapce", tmp_path)
+    with pytest.raises(BenchError, match="unknown dataset"):
+        synthetic_root("brats", tmp_path)
+
+
+def test_missing_root_names_the_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(BenchError, match=f"not found: {missing}.*train_npz"):
+        open_dataset("synapse", missing)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("synapse", "train_npz"), ("isic17", r"train/images"), ("polyp", "TrainDataset"), ("nnunet", "dataset.json")],
+)
+def test_wrong_layout_names_path_and_expectation(tmp_path, name, expected):
+    (tmp_path / "stray.txt").write_text("x")
+    with pytest.raises(BenchError, match=expected) as info:
+        open_dataset(name, tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+# --- Synapse ---------------------------------------------------------------------------------
+
+
+def test_synapse_reader(roots):
+    ds = open_dataset("synapse", roots["synapse"])
+    assert (ds.num_classes, ds.in_chans, ds.binary, ds.default_policy) == (9, 1, False, "legacy-synapse")
+    assert ds.class_names[0] == "aorta" and len(ds.class_names) == len(DISPLAY_NAMES) == 8
+    ids = ds.train_ids()
+    assert len(ids) == 2 * 8 and ids[0] == "case0005_slice000" and ids[-1] == "case0006_slice007"
+    assert ds.test_ids() == ["case0008", "case0022"]
+    s = ds.load_train(ids[3])
+    assert s.image.shape == s.label.shape == (48, 48)
+    assert (s.image.dtype, s.label.dtype) == (np.float32, np.int64)
+    case = ds.load_test("case0022")
+    assert case.is_volume and case.image.shape == case.label.shape == (8, 48, 48)
+    assert case.spacing == (2.5, 0.8, 0.8)
+    assert set(np.unique(case.label)) == set(range(9))  # every organ in every volume
+    assert 0.0 <= case.image.min() and case.image.max() <= 1.0
+    assert ds.notes == []
+
+
+def test_synapse_slices_hold_the_training_volume(roots):
+    # the npz slices of a case are exactly the volume's slices, including organ-free end slices
+    ds = open_dataset("synapse", roots["synapse"])
+    labels = np.stack([ds.load_train(f"case0005_slice{z:03d}").label for z in range(8)])
+    assert set(np.unique(labels)) == set(range(9))
+    assert labels[0].max() == 0 and labels[-1].max() == 0
+
+
+def test_synapse_without_lists_falls_back_and_says_so(roots, tmp_path):
+    root = _copy(roots["synapse"], tmp_path)
+    shutil.rmtree(root / "lists")
+    ds = open_dataset("synapse", root)
+    assert ds.train_ids() == sorted(open_dataset("synapse", roots["synapse"]).train_ids())
+    assert ds.test_ids() == ["case0008", "case0022"]
+    assert len(ds.notes) == 2 and "sorted contents" in ds.notes[0]
+
+
+def test_synapse_accepts_lists_synapse_at_root(roots, tmp_path):
+    root = _copy(roots["synapse"], tmp_path)
+    (root / "lists" / "lists_Synapse").rename(root / "lists_Synapse")
+    (root / "lists_Synapse" / "test_vol.txt").write_text("case0022\n")
+    ds = open_dataset("synapse", root)
+    assert ds.test_ids() == ["case0022"] and ds.notes == []
+
+
+def test_synapse_without_spacing_attribute(roots, tmp_path):
+    root = _copy(roots["synapse"], tmp_path)
+    with h5py.File(root / "test_vol_h5" / "case0008.npy.h5", "a") as f:
+        del f.attrs["spacing"]  # the real files have none
+    assert open_dataset("synapse", root).load_test("case0008").spacing is None
+
+
+# --- ISIC / polyp ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["isic17", "isic18"])
+def test_isic_reader(roots, name):
+    ds = open_dataset(name, roots["isic"])
+    assert ds.name == name and (ds.num_classes, ds.in_chans, ds.binary) == (1, 3, True)
+    assert ds.class_names == ("lesion",) and ds.default_policy == "legacy-isic"
+    assert ds.train_ids() == [f"ISIC_{i:07d}" for i in range(4)]
+    assert ds.test_ids() == [f"ISIC_{i:07d}" for i in range(4, 7)]  # test = val/, as the authors
+    shapes = set()
+    for item in ds.train_ids():
+        s = ds.load_train(item)
+        assert s.image.dtype == np.uint8 and s.image.ndim == 3 and s.image.shape[2] == 3
+        assert s.label.dtype == np.float32 and s.label.shape == s.image.shape[:2]
+        assert set(np.unique(s.label)) == {0.0, 1.0}
+        assert s.image.shape[0] != s.image.shape[1]
+        shapes.add(s.image.shape)
+        # the lesion is darker than the skin: the data is learnable
+        gray = s.image.mean(axis=2)
+        assert gray[s.label > 0.5].mean() < gray[s.label < 0.5].mean() - 40
+    assert len(shapes) > 1
+    case = ds.load_test(ds.test_ids()[0])
+    assert not case.is_volume and case.spacing is None
+
+
+def test_isic_missing_mask_is_a_clear_error(roots, tmp_path):
+    root = _copy(roots["isic"], tmp_path)
+    (root / "train" / "masks" / "ISIC_0000002_segmentation.png").unlink()
+    with pytest.raises(BenchError, match=r"4 images .* 3 masks.*ISIC_0000002\.png: no mask"):
+        open_dataset("isic17", root)
+
+
+def test_isic_size_mismatch_names_both_files(roots, tmp_path):
+    root = _copy(roots["isic"], tmp_path)
+    mask = root / "val" / "masks" / "ISIC_0000005_segmentation.png"
+    Image.open(mask).resize((10, 12)).save(mask)
+    ds = open_dataset("isic17", root)
+    with pytest.raises(BenchError, match=r"ISIC_0000005_segmentation\.png: mask size 10x12 .*ISIC_0000005\.png"):
+        ds.load_test("ISIC_0000005")
+
+
+def test_polyp_reader(roots):
+    ds = open_dataset("polyp", roots["polyp"])
+    assert ds.sets == ["CVC-ClinicDB", "Kvasir"] and ds.class_names == ("polyp",) and ds.binary
+    assert len(ds.train_ids()) == 3
+    assert ds.test_ids() == ["CVC-ClinicDB/1", "CVC-ClinicDB/2", "Kvasir/1", "Kvasir/2"]
+    assert (roots["polyp"] / "TestDataset" / "Kvasir" / "images" / "1.jpg").is_file()
+    case = ds.load_test("Kvasir/2")  # a JPEG image with a PNG mask
+    assert case.image.dtype == np.uint8 and case.image.shape[:2] == case.label.shape
+    assert set(np.unique(case.label)) == {0.0, 1.0}
+
+
+# --- nnU-Net ---------------------------------------------------------------------------------
+
+
+def test_nnunet_volumes(roots):
+    ds = open_dataset("nnunet", roots["nnunet"])
+    assert (ds.num_classes, ds.in_chans, ds.binary, ds.default_policy) == (3, 1, False, "strict")
+    assert ds.class_names == ("organ", "lesion")
+    train, test = fixed_split([f"synth_{i:03d}" for i in range(5)])
+    assert ds.test_ids() == test and len(test) == 1
+    ids = ds.train_ids()
+    assert len(ids) == 4 * 6 and ids[0] == f"{train[0]}:0" and ids[5] == f"{train[0]}:5"
+    case = ds.load_test(test[0])
+    assert case.image.shape == case.label.shape == (6, 32, 32) and case.image.dtype == np.float32
+    assert case.label.dtype == np.int64 and set(np.unique(case.label)) == {0, 1, 2}
+    assert case.spacing == (3.0, 0.8, 0.8)  # (z, y, x) from the header zooms (0.8, 0.8, 3.0)
+    vol = ds.load_test(train[0])
+    s = ds.load_train(f"{train[0]}:4")
+    np.testing.assert_array_equal(s.image, vol.image[4])
+    np.testing.assert_array_equal(s.label, vol.label[4])
+
+
+def test_nnunet_axes_and_spacing_follow_the_header(tmp_path):
+    # an asymmetric (x, y, z) volume must come back as (z, y, x) with zooms reordered
+    root = tmp_path / "Dataset001_Axes"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    xyz = np.arange(4 * 5 * 3, dtype=np.float32).reshape(4, 5, 3)
+    affine = np.diag([0.5, 0.7, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(xyz, affine), str(root / "imagesTr" / "a_0000.nii.gz"))
+    nib.save(nib.Nifti1Image((xyz % 2).astype(np.uint8), affine), str(root / "labelsTr" / "a.nii.gz"))
+    nib.save(nib.Nifti1Image(xyz, affine), str(root / "imagesTr" / "b_0000.nii.gz"))
+    nib.save(nib.Nifti1Image((xyz % 2).astype(np.uint8), affine), str(root / "labelsTr" / "b.nii.gz"))
+    meta = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "odd": 1}, "numTraining": 2,
+            "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    ds = open_dataset("nnunet", root)
+    case = ds.load_test(ds.test_ids()[0])
+    assert case.image.shape == (3, 5, 4) and case.spacing == (2.0, 0.7, 0.5)
+    np.testing.assert_array_equal(case.image, xyz.transpose(2, 1, 0))
+    assert ds.train_ids() == [f"{ds.train_ids()[0].split(':')[0]}:{z}" for z in range(3)]
+
+
+def test_nnunet_png(roots):
+    ds = open_dataset("nnunet", roots["nnunet2d"])
+    assert ds.num_classes == 3 and ds.train_ids() == fixed_split([f"synth_{i:03d}" for i in range(5)])[0]
+    s = ds.load_train(ds.train_ids()[0])
+    assert s.image.ndim == 2 and s.image.dtype == np.float32 and s.label.dtype == np.int64
+    assert s.image.shape == s.label.shape and s.image.shape[0] != s.image.shape[1]
+    case = ds.load_test(ds.test_ids()[0])
+    assert not case.is_volume and case.spacing is None
+
+
+def test_nnunet_fixed_split_is_deterministic():
+    ids = [f"c{i:02d}" for i in range(12)]
+    train, test = fixed_split(ids)
+    assert fixed_split(list(reversed(ids))) == (train, test)  # depends only on the set of ids
+    assert len(test) == 2 and sorted(train + test) == ids and not set(train) & set(test)
+    assert test == sorted(test) and train == sorted(train)
+    # pinned: a change in numpy's generator or in our rule would silently move cases between splits
+    perm = np.random.default_rng(12345).permutation(12)
+    assert test == sorted(ids[i] for i in perm[-2:])
+    assert len(fixed_split(ids[:3])[1]) == 1  # at least one test case
+    with pytest.raises(BenchError, match="at least 2 cases"):
+        fixed_split(ids[:1])
+
+
+def test_nnunet_uses_splits_final_fold0(roots, tmp_path):
+    root = _copy(roots["nnunet2d"], tmp_path)
+    cases = [f"synth_{i:03d}" for i in range(5)]
+    folds = [{"train": cases[:3], "val": cases[3:]}, {"train": cases[2:], "val": cases[:2]}]
+    (root / "splits_final.json").write_text(json.dumps(folds))
+    ds = open_dataset("nnunet", root)
+    assert ds.train_ids() == cases[:3] and ds.test_ids() == cases[3:]
+    (root / "splits_final.json").write_text(json.dumps([{"train": ["ghost"], "val": []}]))
+    with pytest.raises(BenchError, match="splits_final.json.*ghost"):
+        open_dataset("nnunet", root)
+
+
+def test_nnunet_num_training_must_match(roots, tmp_path):
+    root = _copy(roots["nnunet2d"], tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 7}))
+    with pytest.raises(BenchError, match=r"dataset.json: numTraining is 7 but .*labelsTr holds 5"):
+        open_dataset("nnunet", root)
+
+
+# --- synthetic generator ---------------------------------------------------------------------
+
+
+def _arrays(root: Path) -> dict[str, np.ndarray]:
+    """Every array in a dataset folder, keyed by relative path (+ key)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.suffix == ".npz":
+            with np.load(p) as d:
+                out.update({f"{rel}:{k}": d[k] for k in d.files})
+        elif p.name.endswith(".h5"):
+            with h5py.File(p) as f:
+                out.update({f"{rel}:{k}": f[k][:] for k in f})
+        elif p.suffix in (".png", ".jpg"):
+            out[rel] = np.asarray(Image.open(p))
+        elif p.name.endswith(".nii.gz"):
+            out[rel] = np.asarray(nib.load(str(p)).dataobj)
+    return out
+
+
+@pytest.mark.parametrize(
+    "kind, opts",
+    [("synapse", SYN), ("isic", ISIC), ("polyp", POLYP), ("nnunet", NN3), ("nnunet", dict(dims=2, n_cases=3, size=32))],
+)
+def test_synth_is_deterministic(tmp_path, kind, opts):
+    a = _arrays(synthesize(kind, tmp_path / "a", seed=3, **opts))
+    b = _arrays(synthesize(kind, tmp_path / "b", seed=3, **opts))
+    c = _arrays(synthesize(kind, tmp_path / "c", seed=4, **opts))
+    assert a and a.keys() == b.keys() == c.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert any(not np.array_equal(a[k], c[k]) for k in a)  # the seed matters
+
+
+def test_synth_formats_match_the_real_files(roots):
+    root = roots["synapse"]
+    with np.load(root / "train_npz" / "case0005_slice000.npz") as d:
+        assert sorted(d.files) == ["image", "label"] and d["image"].dtype == np.float32
+        assert d["label"].dtype.kind in "iu"
+    assert (root / "lists" / "lists_Synapse" / "train.txt").read_text().splitlines()[0] == "case0005_slice000"
+    assert "case0008.npy.h5" in (root / "lists" / "lists_Synapse" / "all.lst").read_text()
+    with Image.open(roots["isic"] / "train" / "masks" / "ISIC_0000000_segmentation.png") as m:
+        assert m.mode == "L" and set(np.unique(np.asarray(m))) == {0, 255}
+    meta = json.loads((roots["nnunet"] / "dataset.json").read_text())
+    assert meta["numTraining"] == 5 and meta["file_ending"] == ".nii.gz" and meta["labels"]["background"] == 0
+    img = nib.load(str(roots["nnunet"] / "imagesTr" / "synth_000_0000.nii.gz"))
+    assert img.shape == (32, 32, 6) and np.allclose(img.header.get_zooms(), (0.8, 0.8, 3.0))
+
+
+def test_synth_organs_have_distinct_intensities(roots):
+    case = open_dataset("synapse", roots["synapse"]).load_test("case0008")
+    means = sorted(float(case.image[case.label == k].mean()) for k in range(1, 9))
+    assert min(np.diff(means)) > 0.02
+
+
+def test_synth_refuses_to_overwrite_and_leaves_no_temp(tmp_path):
+    out = synthesize("isic", tmp_path / "isic", n_train=1, n_val=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["isic"]  # temp folder renamed away
+    with pytest.raises(BenchError, match="already exists"):
+        synthesize("isic", out, n_train=1, n_val=1)
+    with pytest.raises(BenchError, match="unknown option.*n_test"):
+        synthesize("isic", tmp_path / "other", n_test=3)
+
+
+def test_synthetic_root_is_generated_once(tmp_path):
+    root = synthetic_root("nnunet", tmp_path)
+    assert root == tmp_path / f"nnunet-synth-v{GENERATOR_VERSION}"
+    stamp = (root / "dataset.json").stat().st_mtime_ns
+    assert synthetic_root("nnunet", tmp_path) == root
+    assert (root / "dataset.json").stat().st_mtime_ns == stamp
+    assert open_dataset("nnunet", root).num_classes == 3
+
+
+# --- verify ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, key", [("synapse", "synapse"), ("isic18", "isic"), ("polyp", "polyp"),
+                                       ("nnunet", "nnunet"), ("nnunet", "nnunet2d")])
+def test_verify_clean_data(roots, name, key):
+    assert verify_dataset(name, roots[key]) == []
+
+
+def test_verify_synapse_reports_every_problem(roots, tmp_path):
+    root = _copy(roots["synapse"], tmp_path)
+    npz = root / "train_npz"
+    (npz / "case0005_slice001.npz").unlink()  # listed id without file
+    data = (npz / "case0005_slice002.npz").read_bytes()
+    (npz / "case0005_slice002.npz").write_bytes(data[: len(data) // 2])  # truncated
+    with np.load(npz / "case0005_slice003.npz") as d:
+        image, label = d["image"], d["label"].copy()
+    np.savez(npz / "case0005_slice004.npz", image=image, label=label[:-1])  # shape mismatch
+    np.savez(npz / "case0099_slice000.npz", image=image, label=label)  # not listed
+    label[0, 0] = 12
+    np.savez(npz / "case0005_slice003.npz", image=image, label=label)  # label out of range
+    h5 = root / "test_vol_h5" / "case0022.npy.h5"
+    h5.write_bytes(h5.read_bytes()[:1000])  # corrupt volume
+
+    problems = verify_dataset("synapse", root)
+    by_path = {p.path: p for p in problems}
+    assert len(by_path) == len(problems) == 6  # one finding per broken file, nothing else flagged
+    assert "listed in" in by_path[str(npz / "case0005_slice001.npz")].message
+    assert "cannot read" in by_path[str(npz / "case0005_slice002.npz")].message
+    assert "[12]" in by_path[str(npz / "case0005_slice003.npz")].message
+    assert "shape" in by_path[str(npz / "case0005_slice004.npz")].message
+    assert by_path[str(npz / "case0099_slice000.npz")].level == "warning"
+    assert "cannot read" in by_path[str(h5)].message
+    assert len(_paths(problems)) == 5
+
+
+def test_verify_isic_reports_missing_mask_size_and_corruption(roots, tmp_path):
+    root = _copy(roots["isic"], tmp_path)
+    (root / "train" / "masks" / "ISIC_0000001_segmentation.png").unlink()
+    mask = root / "val" / "masks" / "ISIC_0000004_segmentation.png"
+    Image.open(mask).resize((7, 9)).save(mask)
+    image = root / "val" / "images" / "ISIC_0000006.png"
+    image.write_bytes(image.read_bytes()[:200])
+    errors = _paths(verify_dataset("isic17", root))
+    assert str(root / "train" / "images" / "ISIC_0000001.png") in errors  # the image without a mask
+    assert str(root / "train" / "masks") in errors  # the count mismatch
+    assert str(mask) in errors and str(image) in errors
+
+
+def test_verify_polyp_missing_folder(roots, tmp_path):
+    root = _copy(roots["polyp"], tmp_path)
+    shutil.rmtree(root / "TestDataset" / "Kvasir" / "masks")
+    assert _paths(verify_dataset("polyp", root)) == [str(root / "TestDataset" / "Kvasir" / "masks")]
+
+
+def test_verify_nnunet_problems(roots, tmp_path):
+    root = _copy(roots["nnunet"], tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 6}))
+    broken = root / "labelsTr" / "synth_001.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:-40])  # truncated: the gzip stream ends early
+    lab = root / "labelsTr" / "synth_002.nii.gz"
+    arr = np.asarray(nib.load(str(lab)).dataobj).copy()
+    arr[0, 0, 0] = 5
+    nib.save(nib.Nifti1Image(arr, nib.load(str(lab)).affine), str(lab))
+    (root / "imagesTr" / "synth_003_0000.nii.gz").unlink()
+    errors = _paths(verify_dataset("nnunet", root))
+    assert str(root / "dataset.json") in errors
+    assert str(broken) in errors and str(lab) in errors
+    assert str(root / "imagesTr" / "synth_003_0000.nii.gz") in errors
+    assert len(errors) == 4
+
+
+def test_verify_missing_root_and_bad_json(tmp_path):
+    assert _paths(verify_dataset("isic17", tmp_path / "none")) == [str(tmp_path / "none")]
+    (tmp_path / "dataset.json").write_text("{not json")
+    problems = verify_dataset("nnunet", tmp_path)
+    assert [p.path for p in problems] == [str(tmp_path / "dataset.json")] and "JSON" in problems[0].message

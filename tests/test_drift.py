@@ -1,0 +1,160 @@
+import math
+
+import pandas as pd
+import pytest
+
+from bench.drift import BASELINE_COLUMNS, compare, read_baseline, write_baseline
+from bench.errors import BenchError
+from bench.records import load, write_record
+
+try:
+    from tests.fixtures import make_record
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from fixtures import make_record
+
+
+def _runs(tmp_path, name, records):
+    results = tmp_path / name
+    results.mkdir()
+    for rec in records:
+        write_record(rec, results)
+    return load(results)
+
+
+@pytest.fixture
+def baseline(tmp_path):
+    """vmunet (2 seeds: dice 0.80/0.84, hd95 20/30) and unet (dice 0.70, hd95 40) on Synapse."""
+    df = _runs(tmp_path, "base", [
+        make_record("vmunet", seed=0, dice=0.80, hd95=20.0),
+        make_record("vmunet", seed=1, dice=0.84, hd95=30.0),
+        make_record("unet", seed=0, dice=0.70, hd95=40.0),
+    ])  # fmt: skip
+    path = tmp_path / "baseline.csv"
+    write_baseline(df, path)
+    return path
+
+
+def _row(result, model, metric):
+    t = result.table
+    return t[(t["model"] == model) & (t["metric"] == metric)].iloc[0]
+
+
+def test_baseline_file_content(baseline):
+    table = read_baseline(baseline)
+    assert list(table.columns) == BASELINE_COLUMNS
+    vm = table[(table["model"] == "vmunet")].set_index("metric")
+    assert vm.loc["dice", "value"] == pytest.approx(0.82) and vm.loc["dice", "tolerance"] == 0.02
+    assert vm.loc["hd95", "value"] == pytest.approx(25.0) and vm.loc["hd95", "tolerance"] == pytest.approx(2.5)
+    un = table[(table["model"] == "unet")].set_index("metric")
+    assert un.loc["hd95", "tolerance"] == pytest.approx(4.0)
+    assert set(table["metric"]) == {"dice", "hd95", "iou"}  # acc/spe/sen have no values for Synapse
+    assert set(table["dataset"]) == {"synapse"} and set(table["policy"]) == {"legacy-synapse"}
+
+
+def test_within_tolerance_is_ok(tmp_path, baseline):
+    df = _runs(tmp_path, "now", [
+        make_record("vmunet", seed=0, dice=0.81, hd95=22.0),
+        make_record("vmunet", seed=1, dice=0.84, hd95=30.0),
+        make_record("unet", seed=0, dice=0.715, hd95=43.0),
+    ])  # fmt: skip
+    result = compare(baseline, df)
+    assert not result.failed
+    assert set(result.table["status"]) == {"ok"}
+    assert _row(result, "vmunet", "dice")["delta"] == pytest.approx(0.005)
+    assert "Drift check passed" in result.render()
+
+
+def test_outside_tolerance_is_drift(tmp_path, baseline):
+    df = _runs(tmp_path, "now", [
+        make_record("vmunet", seed=0, dice=0.75, hd95=20.0),
+        make_record("vmunet", seed=1, dice=0.84, hd95=30.0),
+        make_record("unet", seed=0, dice=0.70, hd95=45.0),
+    ])  # fmt: skip
+    result = compare(baseline, df)
+    assert result.failed
+    row = _row(result, "vmunet", "dice")
+    assert row["status"] == "drift" and row["current"] == pytest.approx(0.795) and row["delta"] == pytest.approx(-0.025)
+    assert _row(result, "unet", "hd95")["status"] == "drift"  # +5 > max(2, 4.0)
+    assert _row(result, "unet", "dice")["status"] == "ok"
+    assert result.table["status"].iloc[0] == "drift"  # failures listed first
+    text = result.render()
+    assert "DRIFT" in text and "-0.0250" in text and "FAILED" in text
+
+
+def test_missing_metric_and_missing_model_fail(tmp_path, baseline):
+    rec = make_record("vmunet", seed=0, dice=0.82, hd95=25.0)
+    del rec["metrics"]["hd95"]
+    df = _runs(tmp_path, "now", [rec])  # unet is gone too
+    result = compare(baseline, df)
+    assert result.failed
+    assert _row(result, "vmunet", "hd95")["status"] == "missing"
+    assert _row(result, "vmunet", "dice")["status"] == "ok"
+    assert _row(result, "unet", "dice")["status"] == "missing"
+    assert result.counts()["missing"] == 4  # vmunet hd95 + unet dice/hd95/iou
+
+
+def test_new_model_does_not_fail(tmp_path, baseline):
+    df = _runs(tmp_path, "now", [
+        make_record("vmunet", seed=0, dice=0.82, hd95=25.0),
+        make_record("unet", seed=0, dice=0.70, hd95=40.0),
+        make_record("swin_unet", seed=0, dice=0.79, hd95=21.0),
+        make_record("unet", dataset="isic17", seed=0, dice=0.88),
+    ])  # fmt: skip
+    result = compare(baseline, df)
+    assert not result.failed
+    new = result.table[result.table["status"] == "new"]
+    assert set(new["model"]) == {"swin_unet", "unet"} and set(new["dataset"]) == {"synapse", "isic17"}
+    assert math.isnan(_row(result, "swin_unet", "dice")["baseline"])
+    assert "hd95" not in set(new[new["dataset"] == "isic17"]["metric"])  # no value -> not listed
+
+
+def test_off_protocol_runs_are_not_compared_with_baseline(tmp_path, baseline):
+    df = _runs(tmp_path, "now", [
+        make_record("vmunet", seed=0, dice=0.82, hd95=25.0),
+        make_record("unet", seed=0, dice=0.70, hd95=40.0),
+        make_record("unet", seed=1, dice=0.10, hd95=90.0, overrides={"epochs": 1}),
+    ])  # fmt: skip
+    result = compare(baseline, df)
+    assert not result.failed
+    off = result.table[result.table["protocol"].str.contains("off-protocol")]
+    assert set(off["status"]) == {"new"}
+
+
+def test_nan_rules(tmp_path):
+    base_df = _runs(tmp_path, "base", [make_record("unet", seed=0, hd95=float("nan")), make_record("unet", seed=1, hd95=10.0)])
+    path = tmp_path / "b.csv"
+    write_baseline(base_df, path)
+    assert math.isnan(read_baseline(path).set_index("metric").loc["hd95", "value"])
+    same = compare(path, _runs(tmp_path, "same", [make_record("unet", seed=0, hd95=float("nan")), make_record("unet", seed=1, hd95=50.0)]))
+    assert _row(same, "unet", "hd95")["status"] == "ok"  # NaN vs NaN
+    fixed = compare(path, _runs(tmp_path, "fixed", [make_record("unet", seed=0, hd95=10.0), make_record("unet", seed=1, hd95=10.0)]))
+    assert _row(fixed, "unet", "hd95")["status"] == "drift" and fixed.failed  # NaN vs number
+
+
+def test_reviewer_edited_tolerance_is_used(tmp_path, baseline):
+    table = pd.read_csv(baseline)
+    table.loc[(table["model"] == "unet") & (table["metric"] == "dice"), "tolerance"] = 0.5
+    table.to_csv(baseline, index=False)
+    df = _runs(tmp_path, "now", [make_record("vmunet", seed=0, dice=0.82, hd95=25.0), make_record("unet", seed=0, dice=0.40, hd95=40.0)])
+    result = compare(baseline, df)
+    assert _row(result, "unet", "dice")["status"] == "ok"
+
+
+def test_custom_tolerances_and_bad_files(tmp_path):
+    df = _runs(tmp_path, "base", [make_record("unet", seed=0)])
+    path = tmp_path / "b.csv"
+    write_baseline(df, path, tolerances={"dice": 0.05, "hd95": 1.0})
+    tol = read_baseline(path).set_index("metric")["tolerance"]
+    assert tol["dice"] == 0.05 and tol["hd95"] == 1.0 and tol["iou"] == 0.02
+    with pytest.raises(BenchError, match="not found"):
+        compare(tmp_path / "nope.csv", df)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("dataset,model,metric,value\nsynapse,unet,dice,0.8\n")
+    with pytest.raises(BenchError, match=r"bad\.csv.*protocol"):
+        compare(bad, df)
+
+
+def test_render_plain_only_changes(tmp_path, baseline):
+    df = _runs(tmp_path, "now", [make_record("vmunet", seed=0, dice=0.60, hd95=25.0), make_record("unet", seed=0, dice=0.70, hd95=40.0)])
+    text = compare(baseline, df).render(fmt="plain", only_changes=True)
+    assert "DRIFT" in text and " ok " not in text and "|" not in text.splitlines()[0]

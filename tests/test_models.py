@@ -1,0 +1,148 @@
+"""The forward contract and registry, for every registered model (tiny configurations)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.errors import BenchError
+from bench.registry import (
+    clean_state_dict, create_model, get_entry, list_models, load_official_state_dict, load_weights,
+    register_model, resolve_models,
+)
+
+MODELS = list_models()
+
+
+def _tiny(name: str, **kw):
+    return create_model(name, **{"num_classes": 3, "in_chans": 3, "img_size": 64, **get_entry(name).tiny, **kw})
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_shapes_and_logits(name):
+    model = _tiny(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x)
+    assert out.shape == (2, 3, 64, 64)
+    # raw logits: no softmax inside (channels do not sum to one)
+    assert not torch.allclose(out.softmax(1).sum(1), out.sum(1))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_one_channel_input_is_repeated(name):
+    model = _tiny(name).eval()
+    x = torch.randn(1, 1, 64, 64)
+    torch.testing.assert_close(model(x), model(x.repeat(1, 3, 1, 1)))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_backward_reaches_every_parameter(name):
+    model = _tiny(name, num_classes=1)
+    model(torch.randn(2, 3, 64, 64)).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_state_dict_roundtrip_strict(name, tmp_path):
+    a, b = _tiny(name), _tiny(name)
+    path = tmp_path / "ckpt.pt"
+    # our own checkpoint layout plus what DataParallel and thop leave behind
+    sd = {f"module.{k}": v for k, v in a.state_dict().items()}
+    sd["module.total_ops"] = torch.zeros(1)
+    sd["module.encoder.total_params"] = torch.zeros(1)
+    torch.save({"model": sd, "epoch": 3}, path)
+    report = load_weights(b, path)
+    assert report["source"] == "authors"
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[k], v)
+
+
+def test_unet_paper_parameter_count():
+    # bigmb U_Net with 1 input and 9 output channels (spec/baselines.md §3.2)
+    model = create_model("unet", num_classes=9, in_chans=1, img_size=224)
+    assert sum(p.numel() for p in model.parameters()) == 34_526_409
+
+
+def test_unet_smp_encoder_builds_offline():
+    model = create_model("unet", num_classes=9, in_chans=3, img_size=64, encoder="resnet34")
+    assert sum(p.numel() for p in model.parameters()) == 24_437_529  # smp Unet(resnet34), 9 classes
+    assert model(torch.randn(1, 1, 64, 64)).shape == (1, 9, 64, 64)
+
+
+def test_unet_smp_encoder_local_weights(tmp_path):
+    src = create_model("unet", num_classes=2, img_size=64, encoder="resnet18")
+    path = tmp_path / "enc.pt"
+    torch.save(src.net.encoder.state_dict(), path)
+    dst = create_model("unet", num_classes=2, img_size=64, encoder="resnet18", encoder_weights=str(path))
+    torch.testing.assert_close(dst.net.encoder.conv1.weight, src.net.encoder.conv1.weight)
+
+
+def test_size_divisor_error_suggests_padding():
+    model = _tiny("unet")
+    with pytest.raises(BenchError, match=r"divisible by 8.*pad to 72x72"):
+        model(torch.randn(1, 3, 66, 66))
+
+
+def test_unknown_model_suggests_name():
+    with pytest.raises(BenchError, match=r"did you mean 'unet'.*Known models: .*unet"):
+        create_model("unett", num_classes=2)
+    with pytest.raises(BenchError, match="unknown model"):
+        resolve_models("unet,nope")
+
+
+def test_strict_load_lists_problems():
+    model = _tiny("unet")
+    sd = dict(model.state_dict())
+    sd.pop("head.bias")
+    sd["extra.weight"] = torch.zeros(1)
+    sd["head.weight"] = torch.zeros(5, 8, 1, 1)
+    with pytest.raises(BenchError, match=r"missing 1 \[head.bias\].*unexpected 1 \[extra.weight\].*mis-shaped 1"):
+        load_official_state_dict(model, sd)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as fh:
+        pickle.dump({"model": Evil()}, fh)
+    with pytest.raises(BenchError, match="refused"):
+        load_weights(_tiny("unet"), path)
+
+
+def test_clean_state_dict_unwraps_and_strips():
+    sd = clean_state_dict({"state_dict": {"module._orig_mod.a": 1, "b.total_ops": 2}})
+    assert sd == {"a": 1}
+
+
+def test_third_party_registration():
+    from torch import nn
+
+    from bench.modeling import SegmentationModel
+
+    class Tiny(SegmentationModel):
+        def __init__(self, num_classes, in_chans):
+            super().__init__()
+            self.num_classes, self.in_chans = num_classes, in_chans
+            self.conv = nn.Conv2d(in_chans, num_classes, 1)
+
+        def forward_logits(self, x):
+            return self.conv(x)
+
+    @register_model(family="cnn", paper_config={}, name="_test_tiny_plugin")
+    def _factory(*, num_classes, in_chans=3, img_size=224):
+        return Tiny(num_classes, in_chans)
+
+    try:
+        model = create_model("_test_tiny_plugin", num_classes=2)
+        assert model.bench_entry.family == "cnn"
+        assert model(torch.randn(1, 3, 8, 8)).shape == (1, 2, 8, 8)
+    finally:
+        from bench import registry
+
+        registry._REGISTRY.pop("_test_tiny_plugin")

@@ -1,0 +1,200 @@
+import json
+import math
+import multiprocessing as mp
+import os
+
+import numpy as np
+import pytest
+
+from bench import records
+from bench.errors import BenchError
+from bench.records import RUN_COLUMNS, find_finished, load, new_run_id, validate_record, write_record
+
+try:
+    from tests.fixtures import SYNAPSE_CLASSES, make_record
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from fixtures import SYNAPSE_CLASSES, make_record
+
+
+def test_new_run_id_format_and_uniqueness():
+    a = new_run_id("synapse", "synapse", "vmunet", 3)
+    assert a.startswith("synapse-synapse-vmunet-s3-") and len(a.rsplit("-", 1)[1]) == 8
+    assert len({new_run_id("d", "p", "m", 0) for _ in range(200)}) == 200
+    assert "/" not in new_run_id("nnunet/raw", "my proto", "m", 0)
+
+
+def test_validate_accepts_fixture_and_numpy_scalars():
+    rec = make_record()
+    rec["seed"] = np.int64(1)
+    rec["metrics"]["dice"] = np.float32(0.5)
+    validate_record(rec)
+
+
+def test_validate_lists_every_problem():
+    rec = make_record()
+    del rec["run_id"], rec["metrics"]["n_cases"]
+    rec["seed"] = "0"
+    rec["synthetic"] = 1
+    rec["family"] = "rnn"
+    rec["per_class"][2].pop("name")
+    with pytest.raises(BenchError) as err:
+        validate_record(rec)
+    msg = str(err.value)
+    for expected in ("run_id: missing", "metrics.n_cases: missing", "seed: expected int", "synthetic: expected bool",
+                     "family: expected one of", "per_class[2].name: missing"):  # fmt: skip
+        assert expected in msg
+
+
+def test_validate_rejects_bool_as_count_and_wrong_schema():
+    rec = make_record()
+    rec["seed"] = True
+    rec["schema"] = 2
+    with pytest.raises(BenchError, match="seed: expected int") as err:
+        validate_record(rec)
+    assert "schema" in str(err.value)
+
+
+def test_write_record_layout_and_nan_as_null(tmp_path):
+    rec = make_record(hd95=float("nan"))
+    path = write_record(rec, tmp_path)
+    assert path == tmp_path / "records" / f"{rec['run_id']}.json"
+    assert os.listdir(path.parent) == [path.name]  # no temp file left behind
+    raw = path.read_text()
+    assert "NaN" not in raw  # strict JSON
+    data = json.loads(raw)
+    assert data["metrics"]["hd95"] is None
+    assert data["per_class"][0]["n_nan"] == 2
+
+
+def test_write_record_refuses_inf_and_existing_id(tmp_path):
+    rec = make_record()
+    rec["metrics"]["hd95"] = float("inf")
+    with pytest.raises(BenchError, match="metrics.hd95 is inf"):
+        write_record(rec, tmp_path)
+    assert not list((tmp_path / "records").glob("*"))
+    ok = make_record()
+    write_record(ok, tmp_path)
+    with pytest.raises(BenchError, match="already exists"):
+        write_record(ok, tmp_path)
+
+
+def test_crash_during_write_leaves_nothing(tmp_path, monkeypatch):
+    def boom(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(records.os, "replace", boom)
+    with pytest.raises(OSError, match="disk gone"):
+        write_record(make_record(), tmp_path)
+    assert list((tmp_path / "records").iterdir()) == []
+    monkeypatch.undo()
+    assert load(tmp_path).empty
+
+
+def test_readers_never_see_a_write_in_flight(tmp_path, monkeypatch):
+    real_replace, seen = os.replace, []
+
+    def replace_after_load(src, dst):
+        seen.append(len(load(tmp_path)))  # the temp file exists and is complete here
+        real_replace(src, dst)
+
+    monkeypatch.setattr(records.os, "replace", replace_after_load)
+    write_record(make_record(), tmp_path)
+    assert seen == [0] and len(load(tmp_path)) == 1
+
+
+def test_invalid_record_is_never_written(tmp_path):
+    rec = make_record()
+    del rec["metrics"]
+    with pytest.raises(BenchError):
+        write_record(rec, tmp_path)
+    assert not (tmp_path / "records").exists() or not any((tmp_path / "records").iterdir())
+
+
+def _writer(args):
+    results_dir, worker = args
+    for i in range(10):
+        write_record(make_record(model="unet", seed=worker * 100 + i), results_dir)
+
+
+def test_concurrent_writers(tmp_path):
+    with mp.get_context("spawn" if os.name == "nt" else "fork").Pool(4) as pool:
+        pool.map(_writer, [(tmp_path, w) for w in range(4)])
+    files = sorted((tmp_path / "records").iterdir())
+    assert len(files) == 40 and all(f.suffix == ".json" for f in files)
+    df = load(tmp_path)
+    assert len(df) == 40 and df["run_id"].is_unique
+    assert sorted(df["seed"]) == sorted(w * 100 + i for w in range(4) for i in range(10))
+
+
+def test_load_run_level_columns_and_values(tmp_path):
+    write_record(make_record("vmunet", seed=0, dice=0.8, class_dice={"aorta": 0.6}, hd95=float("nan")), tmp_path)
+    write_record(make_record("isic-model", dataset="isic17", seed=1, dice=0.9), tmp_path)
+    df = load(tmp_path)
+    assert list(df.columns[: len(RUN_COLUMNS)]) == RUN_COLUMNS
+    metrics = [c for c in df.columns[len(RUN_COLUMNS):] if "/" not in c]
+    assert metrics == ["dice", "hd95", "iou", "acc", "spe", "sen", "n_cases"]
+    # per-class columns follow class id order, dice then hd95 per class
+    per_class = [c for c in df.columns if "/" in c]
+    assert per_class[:4] == ["dice/aorta", "hd95/aorta", "dice/lesion", "hd95/lesion"]
+    assert set(f"dice/{c}" for c in SYNAPSE_CLASSES) <= set(per_class)
+
+    syn = df[df["dataset"] == "synapse"].iloc[0]
+    assert syn["dice"] == pytest.approx((0.6 + 7 * 0.8) / 8)
+    assert syn["dice/aorta"] == pytest.approx(0.6)
+    assert math.isnan(syn["hd95"]) and math.isnan(syn["hd95/liver"])  # null -> NaN
+    assert math.isnan(syn["acc"])  # key absent in legacy-synapse record
+    assert syn["protocol"] == "synapse" and syn["protocol_version"] == 1 and not syn["off_protocol"]
+    assert syn["device"] == "cpu: AMD EPYC 7763 x2"
+    assert syn["params"] == 27_430_000 and syn["model_config"] == "{}"
+    assert df["hd95"].dtype == np.float64 and df["dice/lesion"].dtype == np.float64
+    isic = df[df["dataset"] == "isic17"].iloc[0]
+    assert isic["policy"] == "legacy-isic" and isic["acc"] == pytest.approx(0.95)
+    assert math.isnan(isic["dice/aorta"])
+
+
+def test_load_case_level(tmp_path):
+    rec = make_record("unet", n_cases=3, hd95=float("nan"))
+    write_record(rec, tmp_path)
+    df = load(tmp_path, level="case")
+    assert len(df) == 3 * 8
+    assert {"run_id", "model", "dataset", "protocol_hash", "policy", "seed", "case", "class", "name", "dice", "hd95", "tp"} <= set(df.columns)
+    assert (df["run_id"] == rec["run_id"]).all()
+    assert df["hd95"].isna().all()
+    assert df.groupby("name")["dice"].mean().to_dict() == pytest.approx({c: 0.8 for c in SYNAPSE_CLASSES})
+
+
+def test_load_empty_dir_has_columns(tmp_path):
+    df = load(tmp_path)
+    assert df.empty and list(df.columns) == RUN_COLUMNS + ["dice", "hd95", "iou", "acc", "spe", "sen", "n_cases"]
+    cases = load(tmp_path, level="case")
+    assert cases.empty and "case" in cases.columns
+
+
+def test_load_missing_dir_and_bad_level(tmp_path):
+    with pytest.raises(BenchError, match="not found"):
+        load(tmp_path / "nope")
+    with pytest.raises(BenchError, match="level"):
+        load(tmp_path, level="class")
+
+
+def test_corrupt_file_error_names_the_file(tmp_path):
+    write_record(make_record(), tmp_path)
+    bad = tmp_path / "records" / "synapse-broken.json"
+    bad.write_text('{"schema": 1, "run_id": ')
+    with pytest.raises(BenchError, match="synapse-broken.json"):
+        load(tmp_path)
+    bad.write_text(json.dumps({"schema": 1, "run_id": "x"}))
+    with pytest.raises(BenchError, match=r"synapse-broken\.json.*\n.*missing"):
+        load(tmp_path)
+
+
+def test_find_finished(tmp_path):
+    rec = make_record("unet", seed=2, model_config={"base_c": 8})
+    write_record(rec, tmp_path)
+    key = dict(model="unet", dataset="synapse", protocol_hash=rec["protocol"]["hash"], seed=2)
+    assert find_finished(tmp_path, **key, model_config={"base_c": 8}) == rec["run_id"]
+    assert find_finished(tmp_path, **key) is None  # other model_config
+    assert find_finished(tmp_path, **{**key, "seed": 3}, model_config={"base_c": 8}) is None
+    assert find_finished(tmp_path, **key, model_config={"base_c": 8}, overrides={"epochs": 2}) is None
+    assert find_finished(tmp_path / "empty", **key) is None
+

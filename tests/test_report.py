@@ -1,0 +1,170 @@
+import re
+import statistics
+
+import pandas as pd
+import pytest
+
+from bench.errors import BenchError
+from bench.records import load, write_record
+from bench.report import BoardKey, leaderboards, render, write_report
+
+try:
+    from tests.fixtures import make_record
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from fixtures import make_record
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """Synapse: vmunet 3 seeds, unet 2 seeds (one with a low aorta), an off-protocol vmunet run;
+    ISIC17: one vmunet run."""
+    for seed, d in enumerate([0.80, 0.82, 0.84]):
+        write_record(make_record("vmunet", seed=seed, dice=d, hd95=18.0 + seed), tmp_path)
+    write_record(make_record("unet", seed=0, dice=0.76, class_dice={"aorta": 0.60}, hd95=30.0, params=31_040_000), tmp_path)
+    write_record(make_record("unet", seed=1, dice=0.78, hd95=28.0, params=31_040_000), tmp_path)
+    write_record(make_record("vmunet", seed=0, dice=0.99, overrides={"epochs": 2}), tmp_path)
+    write_record(make_record("vmunet", dataset="isic17", seed=0, dice=0.88), tmp_path)
+    return load(tmp_path)
+
+
+def test_boards_are_split_by_dataset_protocol_policy(runs):
+    boards = leaderboards(runs)
+    assert set(boards) == {
+        BoardKey("isic17", "isic17", "legacy-isic"),
+        BoardKey("synapse", "synapse", "legacy-synapse"),
+        BoardKey("synapse", "synapse (off-protocol: epochs=2)", "legacy-synapse"),
+    }
+    # plain tuples index too
+    assert len(boards[("synapse", "synapse", "legacy-synapse")]) == 2
+
+
+def test_off_protocol_never_mixed(runs):
+    boards = leaderboards(runs)
+    on = boards[("synapse", "synapse", "legacy-synapse")]
+    off = boards[("synapse", "synapse (off-protocol: epochs=2)", "legacy-synapse")]
+    vm = on.set_index("model").loc["vmunet"]
+    assert vm["n_seeds"] == 3 and vm["dice_mean"] == pytest.approx(0.82)  # the 0.99 run is not in
+    assert list(off["model"]) == ["vmunet"] and off["dice_mean"].iloc[0] == pytest.approx(0.99)
+
+
+def test_mean_std_hand_computed_and_sorted(runs):
+    board = leaderboards(runs)[("synapse", "synapse", "legacy-synapse")]
+    assert list(board["model"]) == ["vmunet", "unet"]  # DSC descending
+    vm, un = board.iloc[0], board.iloc[1]
+    assert vm["dice_mean"] == pytest.approx(0.82)
+    assert vm["dice_std"] == pytest.approx(statistics.stdev([0.80, 0.82, 0.84]))  # 0.02, ddof=1
+    assert vm["hd95_mean"] == pytest.approx(19.0) and vm["hd95_std"] == pytest.approx(1.0)
+    unet_dice = [(0.60 + 7 * 0.76) / 8, 0.78]
+    assert un["dice_mean"] == pytest.approx(statistics.mean(unet_dice))
+    assert un["dice_std"] == pytest.approx(statistics.stdev(unet_dice))
+    assert un["dice/aorta_mean"] == pytest.approx(0.69) and un["dice/liver_mean"] == pytest.approx(0.77)
+    assert un["n_seeds"] == 2 and un["params"] == 31_040_000
+    assert "acc_mean" not in board  # no data for it in this board
+
+
+def test_synapse_organ_order(runs):
+    board = leaderboards(runs)[("synapse", "synapse", "legacy-synapse")]
+    organs = [c[len("dice/"):-len("_mean")] for c in board.columns if c.startswith("dice/") and c.endswith("_mean")]
+    assert organs == ["aorta", "gallbladder", "kidney_l", "kidney_r", "liver", "pancreas", "spleen", "stomach"]
+    md = render(runs)
+    section = md[md.index("## synapse · protocol synapse v1"):]
+    header = next(line for line in section.splitlines() if line.startswith("| Model"))
+    names = ["Aorta", "Gallbladder", "Kidney(L)", "Kidney(R)", "Liver", "Pancreas", "Spleen", "Stomach"]
+    positions = [header.index(n) for n in names]
+    assert positions == sorted(positions)
+    assert header.index("DSC") < header.index("HD95") < positions[0]
+
+
+def test_organ_display_order_does_not_follow_class_ids(tmp_path):
+    # raw BTCV-style ids (spleen=1 ...) must still print in the papers' column order
+    ids = ["spleen", "kidney_r", "kidney_l", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
+    write_record(make_record("unet", classes=ids), tmp_path)
+    board = leaderboards(load(tmp_path))[("synapse", "synapse", "legacy-synapse")]
+    organs = [c[len("dice/"):-len("_mean")] for c in board.columns if c.startswith("dice/") and c.endswith("_mean")]
+    assert organs == ["aorta", "gallbladder", "kidney_l", "kidney_r", "liver", "pancreas", "spleen", "stomach"]
+
+
+def test_other_datasets_keep_class_id_order(tmp_path):
+    write_record(make_record("unet", dataset="acdc", protocol="acdc", classes=["rv", "myo", "lv"]), tmp_path)
+    board = next(iter(leaderboards(load(tmp_path)).values()))
+    assert [c for c in board.columns if c.endswith("_mean")][-3:] == ["dice/rv_mean", "dice/myo_mean", "dice/lv_mean"]
+
+
+def test_binary_board_has_no_per_class_columns(runs):
+    board = leaderboards(runs)[("isic17", "isic17", "legacy-isic")]
+    assert not [c for c in board.columns if c.startswith("dice/")]
+    assert {"acc_mean", "spe_mean", "sen_mean", "iou_mean"} <= set(board.columns)
+    assert "hd95_mean" not in board
+
+
+def test_nan_is_propagated_not_dropped(tmp_path):
+    write_record(make_record("unet", seed=0, hd95=10.0), tmp_path)
+    write_record(make_record("unet", seed=1, hd95=float("nan")), tmp_path)
+    board = leaderboards(load(tmp_path))[("synapse", "synapse", "legacy-synapse")]
+    assert pd.isna(board["hd95_mean"].iloc[0])
+    assert board["hd95_n_nan"].iloc[0] == 1
+    assert re.search(r"\| +nan \(1/2 runs\) \|", render(load(tmp_path)))
+
+
+def test_markdown(runs):
+    md = render(runs, "md")
+    assert "## synapse · protocol synapse v1 (a1b2c3d4e5f60718) · policy legacy-synapse" in md
+    assert "## synapse · protocol synapse v1 (a1b2c3d4e5f60718) · OFF-PROTOCOL (epochs=2) · policy" in md
+    assert "policy legacy-isic" in md
+    assert "over seeds: 2/3 per model; test cases per run: 2" in md
+    assert "82.00 ± 2.00" in md  # vmunet DSC ×100
+    assert "19.00 ± 1.00" in md  # vmunet HD95, not scaled
+    assert "| vmunet" in md and "27.43" in md  # params in M
+    assert re.search(r"\| +99\.00 \|", md)  # one seed: no ± part
+
+
+def test_latex(runs):
+    tex = render(runs, "latex")
+    assert tex.count("\\begin{tabular}") == 3 and tex.count("\\toprule") == 3
+    assert "\\midrule" in tex and "\\bottomrule" in tex
+    assert "82.00 $\\pm$ 2.00" in tex
+    assert "legacy-synapse" in tex and "Kidney(L)" in tex
+    assert "DSC $\\uparrow$ (\\%)" in tex
+
+
+def test_csv_is_numeric_and_tidy(runs):
+    import io
+
+    table = pd.read_csv(io.StringIO(render(runs, "csv")))
+    assert list(table.columns[:6]) == ["dataset", "protocol", "protocol_version", "protocol_hash", "policy", "model"]
+    assert len(table) == 4
+    row = table[(table["protocol"] == "synapse") & (table["model"] == "vmunet")].iloc[0]
+    assert row["dice_mean"] == pytest.approx(0.82) and row["dice_std"] == pytest.approx(0.02)
+    assert row["n_seeds"] == 3
+
+
+def test_empty_and_bad_format(tmp_path):
+    empty = load(tmp_path)
+    assert leaderboards(empty) == {}
+    assert "No finished runs" in render(empty)
+    assert render(empty, "csv").startswith("dataset,protocol")
+    with pytest.raises(BenchError, match="md, latex, csv"):
+        render(empty, "html")
+
+
+def test_synthetic_and_model_config_are_separated(tmp_path):
+    write_record(make_record("unet", seed=0, dice=0.7), tmp_path)
+    write_record(make_record("unet", seed=0, dice=0.5, synthetic=True), tmp_path)
+    write_record(make_record("unet", seed=1, dice=0.6, model_config={"base_c": 8}), tmp_path)
+    # only the keys that differ name a row; keys shared by all configs stay out of the label
+    write_record(make_record("unet", dataset="acdc", seed=0, model_config={"base_c": 8, "depth": 4}), tmp_path)
+    write_record(make_record("unet", dataset="acdc", seed=1, model_config={"base_c": 16, "depth": 4}), tmp_path)
+    boards = leaderboards(load(tmp_path))
+    assert ("synapse (synthetic)", "synapse", "legacy-synapse") in boards
+    real = boards[("synapse", "synapse", "legacy-synapse")]
+    assert sorted(real["model"]) == ["unet (base_c unset)", "unet (base_c=8)"]
+    assert (real["n_seeds"] == 1).all()
+    acdc = boards[("acdc", "synapse", "legacy-synapse")]
+    assert sorted(acdc["model"]) == ["unet (base_c=16)", "unet (base_c=8)"]
+
+
+def test_write_report_atomic(tmp_path, runs):
+    out = tmp_path / "report" / "board.md"
+    text = write_report(tmp_path, "md", out=out)
+    assert out.read_text() == text and "82.00 ± 2.00" in text
+    assert [p.name for p in out.parent.iterdir()] == ["board.md"]
