@@ -115,21 +115,26 @@ def _config_labels(model: str, configs: pd.Series) -> list[str]:
 
 
 def _class_columns(group: pd.DataFrame) -> list[str]:
-    """Per-class DSC columns with data in this board: Synapse organs in paper order, else class id."""
-    cols = [c for c in group.columns if c.startswith("dice/") and group[c].notna().any()]
-    if len(cols) < 2:  # a binary task's one class repeats the DSC column
-        return []
-    names = [c.split("/", 1)[1] for c in cols]
-    if all(n in SYNAPSE_ORGANS for n in names):
-        return [f"dice/{n}" for n in SYNAPSE_ORGANS if n in names]
-    return cols  # load() already orders per-class columns by class id
+    """Per-class DSC then per-class HD95 columns with data in this board: Synapse organs in paper
+    order, else class id order."""
+    out = []
+    for metric in ("dice", "hd95"):
+        cols = [c for c in group.columns if c.startswith(f"{metric}/") and group[c].notna().any()]
+        if len(cols) < 2:  # a binary task's one class repeats the aggregate column
+            continue
+        names = [c.split("/", 1)[1] for c in cols]
+        if all(n in SYNAPSE_ORGANS for n in names):
+            cols = [f"{metric}/{n}" for n in SYNAPSE_ORGANS if n in names]
+        out += cols  # load() already orders per-class columns by class id
+    return out
 
 
 def _display_name(col: str) -> str:
     if col in METRICS:
         return METRICS[col][0]
-    name = col.split("/", 1)[1]
-    return SYNAPSE_ORGANS.get(name, name)
+    metric, name = col.split("/", 1)
+    name = SYNAPSE_ORGANS.get(name, name)
+    return name if metric == "dice" else f"{name} {METRICS[metric][0]}"
 
 
 def _board(group: pd.DataFrame) -> pd.DataFrame:
@@ -197,7 +202,7 @@ def leaderboards(df_runs: pd.DataFrame) -> dict[BoardKey, pd.DataFrame]:
 
 
 def _fmt_value(mean: float, std: float, n_nan: int, n_runs: int, col: str) -> str:
-    scale = 100.0 if col not in METRICS or METRICS[col][1] else 1.0
+    scale = 100.0 if METRICS[col.split("/", 1)[0]][1] else 1.0
     if math.isnan(mean):
         return f"nan ({n_nan}/{n_runs} runs)"
     if math.isnan(std):

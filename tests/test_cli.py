@@ -42,7 +42,11 @@ def test_run_writes_a_record_and_report_shows_organs(smoke_results):
     assert 0.0 <= row["dice"] <= 1.0
     rep = _bench("report", "--results", smoke_results).stdout
     for organ in ("Aorta", "Gallbladder", "Kidney(L)", "Kidney(R)", "Liver", "Pancreas", "Spleen", "Stomach"):
-        assert organ in rep
+        assert organ in rep and f"{organ} HD95" in rep
+    # TensorBoard scalars and checkpoints live in the run directory
+    (run_dir,) = (smoke_results / "runs").iterdir()
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert (run_dir / "checkpoints" / "final.pt").is_file()
     assert "legacy-synapse" in rep and "smoke" in rep
 
 
