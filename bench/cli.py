@@ -213,13 +213,25 @@ def doctor() -> None:
         typer.echo(f"scan backend {backend_report()}")
     except ImportError:
         typer.echo("scan backend n/a: no SSM model is installed yet (ssm_models.scan missing)")
-    try:
-        import importlib.util
+    typer.echo(f"mamba-ssm    {_mamba_status()}")
 
-        has_mamba = importlib.util.find_spec("mamba_ssm") is not None
-    except (ImportError, ValueError):
-        has_mamba = False
-    typer.echo(f"mamba-ssm    {'installed' if has_mamba else 'not installed (CPU machines use the built-in scan)'}")
+
+def _mamba_status() -> str:
+    """Whether mamba-ssm and its compiled kernels load, without importing mamba_ssm itself
+    (12 s of imports on CPU, and it fails there without its CUDA extension)."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("mamba_ssm") is None:
+        return "not installed (CPU machines use the built-in scan; `make setup` adds it where CUDA exists)"
+    parts = []
+    for ext in ("selective_scan_cuda", "causal_conv1d_cuda"):
+        try:
+            importlib.import_module(ext)
+            parts.append(f"{ext} loads")
+        except Exception as exc:  # ImportError, OSError from a CUDA/ABI mismatch, …
+            parts.append(f"{ext} does not load ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})")
+    return "installed; " + "; ".join(parts)
 
 
 @data_app.command("synth")
