@@ -1,1 +1,6 @@
-"""SSM models (VM-UNet, VM-UNet-V2, LightM-UNet) and their shared pieces. Importing registers them."""
+"""SSM models (VM-UNet, VM-UNet-V2, LightM-UNet) and their shared pieces. Importing registers them.
+
+Cheap on purpose: no mamba-ssm import and no kernel build until a scan runs.
+"""
+
+from ssm_models import vmunet  # noqa: F401

@@ -1,0 +1,134 @@
+"""VM-UNet: the authors' state_dict layout, parameter counts, SS2D against a literal transcription
+of the authors' scan order, patch merging/expanding channel orders, VMamba-S pretrained mapping."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.registry import create_model, load_official_state_dict, load_weights
+from ssm_models import scan
+from ssm_models.vss import SS2D, PatchExpand2D, PatchMerging2D
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+if not REFERENCE.is_dir():  # CI clones the repo with shared/ beside it
+    REFERENCE = Path(__file__).resolve().parents[1] / "shared" / "reference"
+
+
+def _manifest(ref: str):
+    lines = (REFERENCE / ref / "manifest.tsv").read_text().splitlines()[1:]
+    return [(k, tuple(json.loads(s)), d) for k, s, d in (line.split("\t") for line in lines)]
+
+
+@pytest.mark.parametrize("ref, num_classes, img_size", [("vmunet_isic", 1, 256), ("vmunet_synapse", 9, 224)])
+def test_authors_layout_loads_strictly(ref, num_classes, img_size):
+    model = create_model("vmunet", num_classes=num_classes, img_size=img_size)
+    meta = json.loads((REFERENCE / ref / "meta.json").read_text())
+    assert sum(p.numel() for p in model.parameters()) == meta["params_total"]
+    manifest = _manifest(ref)
+    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == [(k, s) for k, s, _ in manifest]
+    g = torch.Generator().manual_seed(0)
+    # an authors' checkpoint as their scripts write it: DataParallel prefix + thop's buffers
+    sd = {f"module.{k}": torch.randn(s, generator=g) for k, s, _ in manifest}
+    sd["module.total_ops"] = torch.zeros(1)
+    sd["module.vmunet.patch_embed.total_params"] = torch.zeros(1)
+    load_official_state_dict(model, sd)
+    for k, s, _ in manifest:
+        assert torch.equal(model.state_dict()[k], sd[f"module.{k}"])
+
+
+def authors_ss2d_core(m: SS2D, x: torch.Tensor) -> torch.Tensor:
+    """Transcription of the authors' forward_corev0 op order (hwwh stack, flipped copies, einsum
+    projections, one scan, inverse flips/transposes, four outputs summed)."""
+    B, C, H, W = x.shape
+    L, K = H * W, 4
+    x_hwwh = torch.stack([x.view(B, -1, L), torch.transpose(x, 2, 3).contiguous().view(B, -1, L)], dim=1)
+    xs = torch.cat([x_hwwh, torch.flip(x_hwwh, dims=[-1])], dim=1)
+    x_dbl = torch.einsum("b k d l, k c d -> b k c l", xs.view(B, K, -1, L), m.x_proj_weight)
+    dts, Bs, Cs = torch.split(x_dbl, [m.dt_rank, m.d_state, m.d_state], dim=2)
+    dts = torch.einsum("b k r l, k d r -> b k d l", dts.view(B, K, -1, L), m.dt_projs_weight)
+    out_y = scan.selective_scan(
+        xs.float().view(B, -1, L), dts.contiguous().float().view(B, -1, L), -torch.exp(m.A_logs.float()),
+        Bs.float().view(B, K, -1, L), Cs.float().view(B, K, -1, L), m.Ds.float(),
+        delta_bias=m.dt_projs_bias.float().view(-1), delta_softplus=True, backend="ref",
+    ).view(B, K, -1, L)
+    inv_y = torch.flip(out_y[:, 2:4], dims=[-1]).view(B, 2, -1, L)
+    wh_y = torch.transpose(out_y[:, 1].view(B, -1, W, H), 2, 3).contiguous().view(B, -1, L)
+    invwh_y = torch.transpose(inv_y[:, 1].view(B, -1, W, H), 2, 3).contiguous().view(B, -1, L)
+    return out_y[:, 0] + inv_y[:, 0] + wh_y + invwh_y
+
+
+def test_ss2d_matches_authors_scan_order():
+    torch.manual_seed(0)
+    m = SS2D(d_model=8, d_state=4)
+    x = torch.randn(2, 16, 5, 7)  # non-square: transposes must be right
+    torch.testing.assert_close(m.forward_core(x), authors_ss2d_core(m, x), rtol=1e-5, atol=1e-5)
+    # whole block: gate, norm and projections around the core
+    inp = torch.randn(2, 5, 7, 8)
+    xz = m.in_proj(inp)
+    xi, z = xz.chunk(2, dim=-1)
+    xi = F.silu(m.conv2d(xi.permute(0, 3, 1, 2).contiguous()))
+    y = authors_ss2d_core(m, xi).transpose(1, 2).contiguous().view(2, 5, 7, -1)
+    want = m.out_proj(m.out_norm(y) * F.silu(z))
+    torch.testing.assert_close(m(inp), want, rtol=1e-5, atol=1e-5)
+
+
+def test_patch_merging_concat_order():
+    m = PatchMerging2D(1)
+    x = torch.arange(16.0).view(1, 4, 4, 1)
+    captured = {}
+    m.norm.register_forward_hook(lambda mod, i, o: captured.setdefault("in", i[0]))
+    m(x)
+    # (even row, even col), (odd row, even col), (even row, odd col), (odd row, odd col) at (0, 0)
+    assert captured["in"][0, 0, 0].tolist() == [0.0, 4.0, 1.0, 5.0]
+
+
+def test_patch_expand_channel_order():
+    m = PatchExpand2D(1, 2, scale=2)
+    with torch.no_grad():
+        m.expand.weight.copy_(torch.arange(8.0).view(8, 1))
+    m.norm = torch.nn.Identity()
+    out = m(torch.ones(1, 1, 1, 1))  # channels (p1, p2, c): p1 outermost
+    assert out[0, :, :, 0].tolist() == [[0.0, 2.0], [4.0, 6.0]]
+    assert out[0, :, :, 1].tolist() == [[1.0, 3.0], [5.0, 7.0]]
+
+
+def test_vmamba_pretrained_mapping(tmp_path):
+    dims, depths = (16, 32, 64, 128), (2, 2, 2, 2)
+    model = create_model("vmunet", num_classes=1, img_size=64, dims=dims, depths=depths)
+    own = model.state_dict()
+    # a VMamba-S-style file: deeper stage 3 (4 blocks here, 27 in the real file), final norm, head
+    g = torch.Generator().manual_seed(1)
+    ckpt = {}
+    for k, v in own.items():
+        if k.startswith(("vmunet.patch_embed.", "vmunet.layers.")):
+            ckpt[k[len("vmunet."):]] = torch.randn(v.shape, generator=g)
+    for j in (2, 3):
+        for k, v in own.items():
+            if k.startswith("vmunet.layers.2.blocks.0."):
+                ckpt[k[len("vmunet."):].replace("blocks.0.", f"blocks.{j}.")] = torch.randn(v.shape, generator=g)
+    ckpt.update({"norm.weight": torch.ones(128), "norm.bias": torch.zeros(128), "head.weight": torch.zeros(1000, 128)})
+    path = tmp_path / "vmamba_small_e238_ema.pth"
+    torch.save({"model": ckpt}, path)
+    report = load_weights(model, path, source="vmamba")
+    assert report["encoder"] == 4 + 3 * (2 * 13 + 3) + 2 * 13  # 117 for the paper config too
+    assert report["decoder_mirrored"] == 7 * 13  # stage i block j -> layers_up.(3-i).blocks.j
+    sd = model.state_dict()
+    assert torch.equal(sd["vmunet.layers.1.blocks.1.self_attention.A_logs"], ckpt["layers.1.blocks.1.self_attention.A_logs"])
+    assert torch.equal(sd["vmunet.layers_up.2.blocks.1.ln_1.weight"], ckpt["layers.1.blocks.1.ln_1.weight"])
+    assert torch.equal(sd["vmunet.layers_up.3.blocks.0.ln_1.weight"], ckpt["layers.0.blocks.0.ln_1.weight"])
+    assert "layers.2.blocks.3.ln_1.weight" in report["not_loaded_from_file"]
+    assert {"norm.weight", "head.weight"} <= set(report["not_loaded_from_file"])
+    assert "vmunet.final_conv.weight" in report["not_pretrained_in_model"]
+    assert "vmunet.layers_up.1.upsample.expand.weight" in report["not_pretrained_in_model"]
+
+
+def test_one_class_returns_logits_and_scan_backend_is_reported():
+    model = create_model("vmunet", num_classes=1, img_size=64, dims=(16, 32, 64, 128)).eval()
+    out = model(torch.randn(1, 1, 64, 64) * 3)
+    assert out.shape == (1, 1, 64, 64) and (out < 0).any()  # a sigmoid output would be in (0, 1)
+    assert model.scan_backend() in ("cpu", "torch")
