@@ -8,7 +8,7 @@ SMOKE_RESULTS ?= /tmp/ssm-unet-bench-smoke
 # and a fixed thread count keeps CPU runs bit-reproducible
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup test demo smoke check baseline bench-hd95 clean
+.PHONY: setup test demo smoke check baseline bench-hd95 bench-scan clean
 
 setup:
 	bash scripts/setup.sh
@@ -33,6 +33,9 @@ baseline: smoke
 
 bench-hd95:
 	$(PY) benchmarks/hd95_bench.py
+
+bench-scan:
+	$(PY) benchmarks/scan_bench.py
 
 clean:
 	rm -rf $(DEMO_RESULTS) $(SMOKE_RESULTS)

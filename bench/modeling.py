@@ -3,7 +3,8 @@
 ``SegmentationModel`` is a base class, not a wrapper, so state_dict keys stay the authors' own.
 Subclasses implement ``forward_logits``; ``forward`` checks the input, repeats a 1-channel input
 to ``in_chans`` (as VM-UNet/TransUNet do with ``x.repeat(1, 3, 1, 1)``) and checks that raw logits
-of shape (B, num_classes, H, W) come out.
+of shape (B, num_classes, H, W) come out — (B, num_classes, D, H, W) for 3-D models
+(``spatial_dims = 3``).
 """
 
 from __future__ import annotations
@@ -17,28 +18,28 @@ from bench.errors import BenchError
 class SegmentationModel(nn.Module):
     num_classes: int
     in_chans: int
-    size_divisor: int = 1  # H and W must be multiples of this
+    size_divisor: int = 1  # every spatial size must be a multiple of this
+    spatial_dims: int = 2
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4:
-            raise BenchError(f"{type(self).__name__} expects input (B, C, H, W); got shape {tuple(x.shape)}")
+        name = type(self).__name__
+        if x.ndim != 2 + self.spatial_dims:
+            layout = "(B, C, H, W)" if self.spatial_dims == 2 else "(B, C, D, H, W)"
+            raise BenchError(f"{name} expects input {layout}; got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
             if x.shape[1] != 1:
-                raise BenchError(
-                    f"{type(self).__name__} expects {self.in_chans} input channels (or 1, repeated); got {x.shape[1]}"
-                )
-            x = x.repeat(1, self.in_chans, 1, 1)
-        h, w = x.shape[-2:]
+                raise BenchError(f"{name} expects {self.in_chans} input channels (or 1, repeated); got {x.shape[1]}")
+            x = x.repeat(1, self.in_chans, *([1] * self.spatial_dims))
+        size = tuple(x.shape[2:])
         d = self.size_divisor
-        if h % d or w % d:
-            ph, pw = -(-h // d) * d, -(-w // d) * d
-            raise BenchError(
-                f"{type(self).__name__} needs H and W divisible by {d}; got {h}x{w}, pad to {ph}x{pw}"
-            )
+        if any(s % d for s in size):
+            shown = "x".join(map(str, size))
+            padded = "x".join(str(-(-s // d) * d) for s in size)
+            raise BenchError(f"{name} needs sizes divisible by {d}; got {shown}, pad to {padded}")
         out = self.forward_logits(x)
-        if out.shape != (x.shape[0], self.num_classes, h, w):
-            raise RuntimeError(f"{type(self).__name__} returned {tuple(out.shape)}, expected (B, {self.num_classes}, {h}, {w})")
+        if out.shape != (x.shape[0], self.num_classes, *size):
+            raise RuntimeError(f"{name} returned {tuple(out.shape)}, expected (B, {self.num_classes}, *{size})")
         return out

@@ -3,4 +3,4 @@
 Cheap on purpose: no mamba-ssm import and no kernel build until a scan runs.
 """
 
-from ssm_models import vmunet  # noqa: F401
+from ssm_models import lightm_unet, vmunet, vmunet_v2  # noqa: F401

@@ -70,20 +70,25 @@ class VSSLayerUp(nn.Module):
 
 
 class VSSM(nn.Module):
-    """The encoder–decoder; skips are the inputs of encoder stages 1–3, added before each expand."""
+    """The encoder–decoder; skips are the inputs of encoder stages 1–3, added before each expand.
 
-    def __init__(self, in_chans: int, num_classes: int, depths, depths_decoder, dims, d_state: int,
+    ``num_classes=None`` builds the encoder only (VM-UNet-V2's copy comments the decoder out)."""
+
+    def __init__(self, in_chans: int, num_classes: int | None, depths, depths_decoder, dims, d_state: int,
                  drop_path_rate: float, patch_size: int = 4):
         super().__init__()
         dims = list(dims)
         dims_dec = dims[::-1]
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        dpr_dec = torch.linspace(0, drop_path_rate, sum(depths_decoder)).tolist()[::-1]
         self.patch_embed = PatchEmbed2D(patch_size, in_chans, dims[0])
         self.layers = nn.ModuleList(
             VSSLayer(dims[i], depths[i], dpr[sum(depths[:i]):sum(depths[: i + 1])], d_state, i < len(dims) - 1)
             for i in range(len(dims))
         )
+        if num_classes is None:
+            self.apply(_init_linear_and_norm)
+            return
+        dpr_dec = torch.linspace(0, drop_path_rate, sum(depths_decoder)).tolist()[::-1]
         self.layers_up = nn.ModuleList(
             VSSLayerUp(dims_dec[i], depths_decoder[i],
                        dpr_dec[sum(depths_decoder[:i]):sum(depths_decoder[: i + 1])], d_state, i > 0)
@@ -93,12 +98,17 @@ class VSSM(nn.Module):
         self.final_conv = nn.Conv2d(dims[0] // 4, num_classes, 1)
         self.apply(_init_linear_and_norm)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_encoder(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Returns the last stage's output and the inputs of every stage (channels-last)."""
         x = self.patch_embed(x)
         skips = []
         for layer in self.layers:
             skips.append(x)
             x = layer(x)
+        return x, skips
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, skips = self.forward_encoder(x)
         for i, layer in enumerate(self.layers_up):
             x = layer(x if i == 0 else x + skips[-i])
         return self.final_conv(self.final_up(x).permute(0, 3, 1, 2))
@@ -131,7 +141,7 @@ class VMUNet(SegmentationModel):
         return scan.last_backend() or scan.default_backend(next(self.parameters()).device)
 
 
-def load_vmamba_pretrained(model: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:
+def load_vmamba_pretrained(model: nn.Module, state_dict: dict[str, Any], mirror_decoder: bool = True) -> dict[str, Any]:
     """VM-UNet's ``load_from``: VMamba-S (``vmamba_small_e238_ema.pth``, tensors under ``model``)
     into the encoder, and stage i's blocks mirrored into decoder stage 3−i (block indices kept).
 
@@ -147,7 +157,7 @@ def load_vmamba_pretrained(model: nn.Module, state_dict: dict[str, Any]) -> dict
         if target in own and own[target].shape == value.shape:
             updates[target] = value
             encoder.append(key)
-        if key.startswith("layers."):
+        if mirror_decoder and key.startswith("layers."):
             stage = int(key.split(".")[1])
             mirrored = f"vmunet.layers_up.{3 - stage}." + key.split(".", 2)[2]
             if ".blocks." in key and mirrored in own and own[mirrored].shape == value.shape:

@@ -1,0 +1,70 @@
+"""A Mamba (v1) block with mamba-ssm's ``Mamba`` semantics and parameter names.
+
+state-spaces/mamba, mamba_ssm/modules/mamba_simple.py: in_proj (no bias) → x, z; causal depthwise
+conv1d (kernel d_conv, padding d_conv−1, cut back to L) + SiLU on x; x_proj → (dt, B, C);
+dt_proj's weight maps dt (its bias enters the scan as delta_bias, softplus inside); selective scan
+with D and the SiLU(z) gate; out_proj (no bias). On CUDA with mamba-ssm importable the fused
+``mamba_inner_fn`` path runs (as ``Mamba(use_fast_path=True)`` does); elsewhere our scan and a
+plain conv1d compute the same function.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssm_models.scan import selective_scan
+
+__all__ = ["Mamba"]
+
+
+def _mamba_inner_fn():
+    try:
+        from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
+    except Exception:
+        return None
+    return mamba_inner_fn
+
+
+class Mamba(nn.Module):
+    """Input and output (B, L, d_model)."""
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4):
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16)
+        di = self.d_inner
+        self.in_proj = nn.Linear(d_model, 2 * di, bias=False)
+        self.conv1d = nn.Conv1d(di, di, d_conv, groups=di, padding=d_conv - 1, bias=True)
+        self.x_proj = nn.Linear(di, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, di, bias=True)
+        std = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(di) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(di, 1))
+        self.D = nn.Parameter(torch.ones(di))
+        self.out_proj = nn.Linear(di, d_model, bias=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        L = hidden.shape[1]
+        xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2·di, L)
+        A = -torch.exp(self.A_log.float())
+        fused = _mamba_inner_fn() if hidden.is_cuda else None
+        if fused is not None:
+            return fused(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                         self.out_proj.weight, self.out_proj.bias, A, None, None, self.D.float(),
+                         delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        x, z = xz.chunk(2, dim=1)
+        x = F.silu(self.conv1d(x)[..., :L])  # causal: keep the first L outputs of the padded conv
+        dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)
+        y = selective_scan(x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
+                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        return self.out_proj(y.transpose(1, 2))

@@ -1,0 +1,82 @@
+"""LightM-UNet and the Mamba block: the authors' layouts (2-D and 3-D), parameter counts, and the
+Mamba block against a transcription of mamba-ssm's reference (slow) path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.registry import create_model, load_weights
+from ssm_models import scan
+from ssm_models.lightm_unet import MambaLayer
+from ssm_models.mamba import Mamba
+from tests.test_vmunet import REFERENCE, _manifest
+
+
+@pytest.mark.parametrize("ref", ["lightm_unet_2d", "lightm_unet_3d"])
+def test_authors_layout_loads_strictly(ref, tmp_path):
+    meta = json.loads((REFERENCE / ref / "meta.json").read_text())
+    args = meta["constructor_args"]
+    model = create_model("lightm_unet", num_classes=args["out_channels"], in_chans=args["in_channels"],
+                         spatial_dims=args["spatial_dims"])
+    assert sum(p.numel() for p in model.parameters()) == meta["params_total"]
+    manifest = _manifest(ref)
+    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == [(k, s) for k, s, _ in manifest]
+    g = torch.Generator().manual_seed(0)
+    weights = {k: torch.randn(s, generator=g) for k, s, _ in manifest}
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save({"network_weights": weights, "trainer_name": "nnUNetTrainerLightMUNet"}, path)  # nnU-Net v2
+    load_weights(model, path)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+
+
+def reference_mamba(m: Mamba, hidden: torch.Tensor) -> torch.Tensor:
+    """mamba_simple.Mamba's slow path, op by op, with the reference scan."""
+    b, L, _ = hidden.shape
+    xz = (m.in_proj.weight @ hidden.reshape(b * L, -1).t()).reshape(-1, b, L).permute(1, 0, 2)
+    A = -torch.exp(m.A_log.float())
+    x, z = xz.chunk(2, dim=1)
+    x = F.silu(m.conv1d(x)[..., :L])
+    x_dbl = m.x_proj(x.permute(0, 2, 1).reshape(b * L, -1))
+    dt, B, C = torch.split(x_dbl, [m.dt_rank, m.d_state, m.d_state], dim=-1)
+    dt = (m.dt_proj.weight @ dt.t()).reshape(-1, b, L).permute(1, 0, 2)
+    B = B.reshape(b, L, -1).permute(0, 2, 1)
+    C = C.reshape(b, L, -1).permute(0, 2, 1)
+    y = scan.selective_scan(x, dt, A, B, C, m.D.float(), z=z, delta_bias=m.dt_proj.bias.float(),
+                            delta_softplus=True, backend="ref")
+    return m.out_proj(y.permute(0, 2, 1))
+
+
+def test_mamba_block_matches_reference_path():
+    torch.manual_seed(0)
+    m = Mamba(d_model=16)
+    h = torch.randn(2, 23, 16)
+    torch.testing.assert_close(m(h), reference_mamba(m, h), rtol=1e-5, atol=1e-5)
+    # causality: the output at t does not depend on inputs after t
+    h2 = h.clone()
+    h2[:, 15:] += 1.0
+    torch.testing.assert_close(m(h2)[:, :15], m(h)[:, :15], rtol=1e-5, atol=1e-5)
+
+
+def test_mamba_layer_shares_its_norm():
+    torch.manual_seed(0)
+    layer = MambaLayer(8, 16)
+    x = torch.randn(2, 8, 4, 5)
+    flat = x.reshape(2, 8, 20).transpose(1, 2)
+    want = layer.proj(layer.norm(layer.mamba(layer.norm(flat)) + layer.skip_scale * flat))
+    torch.testing.assert_close(layer(x), want.transpose(1, 2).reshape(2, 16, 4, 5))
+
+
+def test_3d_forward_and_shape_errors():
+    from bench.errors import BenchError
+
+    model = create_model("lightm_unet", num_classes=3, in_chans=1, spatial_dims=3, init_filters=8,
+                         blocks_down=(1, 1, 1, 1)).eval()
+    assert model(torch.randn(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+    with pytest.raises(BenchError, match=r"expects input \(B, C, D, H, W\)"):
+        model(torch.randn(1, 1, 16, 16))
+    with pytest.raises(BenchError, match="divisible by 8; got 16x16x12, pad to 16x16x16"):
+        model(torch.randn(1, 1, 16, 16, 12))

@@ -1,0 +1,70 @@
+"""VM-UNet-V2: the authors' layout, parameters without gradient as in their code, SDI resizing,
+encoder-only VMamba-S loading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.errors import BenchError
+from bench.registry import create_model, load_official_state_dict, load_weights
+from ssm_models.vmunet_v2 import SDI
+from tests.test_vmunet import REFERENCE, _manifest
+
+META = json.loads((REFERENCE / "vmunet_v2_isic" / "meta.json").read_text())
+
+
+def test_authors_layout_loads_strictly():
+    model = create_model("vmunet_v2", num_classes=1, img_size=256)
+    assert sum(p.numel() for p in model.parameters()) == META["params_total"]
+    manifest = _manifest("vmunet_v2_isic")
+    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == [(k, s) for k, s, _ in manifest]
+    g = torch.Generator().manual_seed(0)
+    sd = {k: (torch.randn(s, generator=g) if d == "float32" else torch.zeros(s, dtype=torch.int64))
+          for k, s, d in manifest}
+    sd = {f"module.{k}": v for k, v in sd.items()} | {"module.total_ops": torch.zeros(1)}
+    load_official_state_dict(model, sd)
+    assert torch.equal(model.state_dict()["sdi_3.convs.2.weight"], sd["module.sdi_3.convs.2.weight"])
+
+
+def test_unused_parameters_are_the_authors():
+    torch.manual_seed(0)
+    model = create_model("vmunet_v2", num_classes=1, img_size=64)
+    model(torch.randn(1, 3, 64, 64)).sum().backward()
+    no_grad = sorted(n for n, p in model.named_parameters() if p.grad is None)
+    assert no_grad == sorted(META["unused_parameters_probe"]["no_grad_params"])
+
+
+def test_sdi_resizes_like_the_authors():
+    torch.manual_seed(0)
+    sdi = SDI(2, levels=3)
+    feats = [torch.randn(1, 2, 8, 8), torch.randn(1, 2, 4, 4), torch.randn(1, 2, 2, 2)]
+    anchor = feats[1]
+    want = sdi.convs[0](F.adaptive_avg_pool2d(feats[0], (4, 4))) * sdi.convs[1](feats[1]) * sdi.convs[2](
+        F.interpolate(feats[2], size=(4, 4), mode="bilinear", align_corners=True))
+    torch.testing.assert_close(sdi(feats, anchor), want)
+
+
+def test_deep_supervision_only_for_one_class_and_square_inputs():
+    assert create_model("vmunet_v2", num_classes=9, img_size=64, dims=(16, 32, 64, 128)).deep_supervision is False
+    with pytest.raises(ValueError, match="num_classes=1"):
+        create_model("vmunet_v2", num_classes=9, deep_supervision=True)
+    model = create_model("vmunet_v2", num_classes=1, img_size=64, dims=(16, 32, 64, 128), mid_channel=8)
+    with pytest.raises(BenchError, match="square"):
+        model(torch.randn(1, 3, 64, 96))
+
+
+def test_vmamba_encoder_only(tmp_path):
+    model = create_model("vmunet_v2", num_classes=1, img_size=64, dims=(16, 32, 64, 128), mid_channel=8)
+    ckpt = {k[len("vmunet."):]: torch.randn(v.shape) for k, v in model.state_dict().items() if k.startswith("vmunet.")}
+    ckpt["head.weight"] = torch.zeros(1000, 128)
+    path = tmp_path / "vmamba.pth"
+    torch.save({"model": ckpt}, path)
+    report = load_weights(model, path, source="vmamba")
+    assert report["encoder"] == len(ckpt) - 1 and report["decoder_mirrored"] == 0
+    assert report["not_loaded_from_file"] == ["head.weight"]
+    assert torch.equal(model.state_dict()["vmunet.layers.2.blocks.1.self_attention.Ds"],
+                       ckpt["layers.2.blocks.1.self_attention.Ds"])
