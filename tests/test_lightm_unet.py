@@ -80,3 +80,14 @@ def test_3d_forward_and_shape_errors():
         model(torch.randn(1, 1, 16, 16))
     with pytest.raises(BenchError, match="divisible by 8; got 16x16x12, pad to 16x16x16"):
         model(torch.randn(1, 1, 16, 16, 12))
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and __import__("ssm_models.mamba", fromlist=["x"])._mamba_inner_fn()),
+                    reason="needs a CUDA device and mamba-ssm (GPU machines only)")
+def test_fused_cuda_path_matches_our_path():
+    torch.manual_seed(0)
+    m = Mamba(d_model=32).cuda()
+    h = torch.randn(2, 64, 32, device="cuda")
+    fused = m(h)
+    ours = reference_mamba(m.cpu(), h.cpu())
+    torch.testing.assert_close(fused.cpu(), ours, rtol=1e-4, atol=1e-4)
