@@ -125,7 +125,8 @@ def run(
         rec = run_one(spec, results_dir=results, device=dev, resume=resume, show_progress=progress)
         m = rec["metrics"]
         hd = m.get("hd95")
-        typer.echo(f"  {spec.key}: DSC {100 * m['dice']:.2f}" + (f" · HD95 {hd:.2f}" if hd is not None else "")
+        has_hd = hd is not None and hd == hd  # legacy-isic computes no HD95 (NaN)
+        typer.echo(f"  {spec.key}: DSC {100 * m['dice']:.2f}" + (f" · HD95 {hd:.2f}" if has_hd else "")
                    + f" · {rec['wall_time_s']:.0f}s")
 
 

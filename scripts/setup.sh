@@ -21,7 +21,10 @@ if [ -n "$cuda_torch" ]; then
     pin="$VENV/torch-pin.txt"
     "$PYTHON" -c "import torch, torchvision; print(f'torch=={torch.__version__}\ntorchvision=={torchvision.__version__}')" > "$pin" 2>/dev/null \
         || "$PYTHON" -c "import torch; print(f'torch=={torch.__version__}')" > "$pin"
-    MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE \
+    # --no-build-isolation: mamba-ssm/causal-conv1d must build against the installed CUDA torch.
+    # MAMBA_KEEP_CUDA_BUILD: since state-spaces/mamba PR #977 the Mamba-1 selective_scan_cuda
+    # kernel (used by VM-UNet/V2) is only built on request. Prebuilt wheels are tried first.
+    MAMBA_KEEP_CUDA_BUILD=TRUE \
         "$VENV/bin/pip" install --no-build-isolation -c "$pin" -e ".[dev,cuda]"
 else
     echo "setup: no CUDA torch; installing the pinned CPU route"

@@ -209,17 +209,20 @@ class _TorchCore(torch.autograd.Function):
 
 
 def _ref_core(u, delta, A, Bg, Cg):
-    """Per-step loop with einsums, as mamba-ssm's selective_scan_ref writes it."""
+    """Per-step loop with einsums, laid out as mamba-ssm's selective_scan_ref: B/C repeated per
+    channel as (batch, dim, N, L) and read one strided time slice per step. It is the speed
+    baseline of benchmarks/scan_bench.py, so keep its layout."""
     dim = u.shape[1]
-    B = _expand_groups(Bg, dim)  # (L, batch, dim, N)
-    C = _expand_groups(Cg, dim)
+    G = Bg.shape[1]
+    B = Bg.transpose(-1, -2).repeat_interleave(dim // G, dim=1)  # (batch, dim, N, L)
+    C = Cg.transpose(-1, -2).repeat_interleave(dim // G, dim=1)
     dA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
-    dBu = torch.einsum("bdl,lbdn,bdl->bdln", delta, B, u)
+    dBu = torch.einsum("bdl,bdnl,bdl->bdln", delta, B, u)
     x = u.new_zeros(u.shape[0], dim, A.shape[1])
     ys = []
     for t in range(u.shape[2]):
         x = dA[:, :, t] * x + dBu[:, :, t]
-        ys.append(torch.einsum("bdn,bdn->bd", x, C[t]))
+        ys.append(torch.einsum("bdn,bdn->bd", x, C[:, :, :, t]))
     return torch.stack(ys, dim=2), x
 
 

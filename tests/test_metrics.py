@@ -1,174 +1,402 @@
-"""Metrics against independent references (medpy, MONAI) and hand-computed tables per policy."""
+"""bench.metrics against independent references (medpy, MONAI, TransUNet's rule, a numpy confusion
+matrix) and against hand-computed tables, one row per edge case (STYLE 4.7)."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 from medpy.metric import binary as medpy
 
 from bench import metrics as M
 from bench.errors import BenchError
 
+torch.set_num_threads(1)  # MONAI imports torch; the CI machine has 2 shared cores
 
-def _random_pairs(seed: int = 0):
-    rng = np.random.default_rng(seed)
-    for i in range(60):
-        shape = (18, 21, 16) if i % 2 else (37, 29)
-        a = rng.random(shape) > rng.uniform(0.6, 0.98)
-        b = _blob(shape, rng) if i % 3 == 0 else rng.random(shape) > rng.uniform(0.6, 0.98)
-        if i % 5 == 0:  # touches the array border
-            a[(0,) * len(shape)] = True
-            a[tuple(slice(0, 3) for _ in shape)] = True
-        if i % 7 == 0:  # single voxel
-            b = np.zeros(shape, bool)
-            b[tuple(s // 2 for s in shape)] = True
-        if i % 11 == 0:  # thin structure
-            a = np.zeros(shape, bool)
-            a[..., 4] = True
-        spacing = None if i % 4 else tuple(rng.uniform(0.4, 3.5, len(shape)))
-        if a.any() and b.any():
-            yield a, b, spacing
+NAN = math.nan
+
+
+# ------------------------------------------------------------------------ random mask pairs
 
 
 def _blob(shape, rng):
     grid = np.indices(shape)
     c = [rng.uniform(0, s) for s in shape]
-    r = [rng.uniform(2, s / 2) for s in shape]
+    r = [rng.uniform(1.5, max(2.0, s / 2)) for s in shape]
     return sum(((g - ci) / ri) ** 2 for g, ci, ri in zip(grid, c, r)) <= 1
 
 
-@pytest.mark.parametrize("a, b, spacing", list(_random_pairs()))
-def test_hd95_and_dice_equal_medpy(a, b, spacing):
+def _mask(kind, shape, rng):
+    m = np.zeros(shape, bool)
+    if kind == "blob":
+        m = _blob(shape, rng)
+    elif kind == "noise":
+        m = rng.random(shape) > rng.uniform(0.6, 0.97)
+    elif kind == "border":  # touches the array border on several faces
+        m = _blob(shape, rng)
+        m[(0,) * len(shape)] = True
+        m[tuple(slice(0, 3) for _ in shape)] = True
+        m[(slice(None),) + (-1,) * (len(shape) - 1)] = True
+    elif kind == "single":
+        m[tuple(int(rng.integers(0, s)) for s in shape)] = True
+    elif kind == "thin":  # one-voxel-thick sheet / line
+        m[..., int(rng.integers(0, shape[-1]))] = True
+    elif kind == "full":  # every voxel: the whole surface is the array border
+        m[:] = True
+    if not m.any():
+        m[tuple(s // 2 for s in shape)] = True
+    return m
+
+
+_KINDS = ["blob", "noise", "border", "single", "thin", "full"]
+
+
+def _pairs(seed, n):
+    """Deterministic (a, b, spacing) triples: 2-D and 3-D, every kind against every other."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        shape = (14, 17, 12) if i % 2 else (33, 27)
+        ka, kb = _KINDS[i % len(_KINDS)], _KINDS[(i // len(_KINDS) + i) % len(_KINDS)]
+        spacing = None if i % 3 == 0 else tuple(float(s) for s in rng.uniform(0.4, 3.5, len(shape)))
+        out.append(pytest.param(_mask(ka, shape, rng), _mask(kb, shape, rng), spacing,
+                                id=f"{len(shape)}d-{ka}-{kb}-{'sp' if spacing else 'vox'}-{i}"))
+    return out
+
+
+PAIRS = _pairs(0, 72)
+
+
+@pytest.mark.parametrize("a, b, spacing", PAIRS)
+def test_hd95_dice_iou_equal_medpy(a, b, spacing):
     assert M.hd95(a, b, spacing) == pytest.approx(medpy.hd95(a, b, voxelspacing=spacing), abs=1e-6)
+    d_ab, d_ba = M.surface_distances(a, b, spacing)
+    assert np.max(np.hstack((d_ab, d_ba))) == pytest.approx(medpy.hd(a, b, voxelspacing=spacing), abs=1e-6)
     assert M.dice(a, b) == pytest.approx(medpy.dc(a, b), abs=1e-12)
     assert M.iou(a, b) == pytest.approx(medpy.jc(a, b), abs=1e-12)
 
 
+def test_hd95_connectivity_2_equals_medpy():
+    for param in PAIRS[:12]:
+        a, b, spacing = param.values
+        want = medpy.hd95(a, b, voxelspacing=spacing, connectivity=2)
+        assert M.hd95(a, b, spacing, connectivity=2) == pytest.approx(want, abs=1e-6)
+
+
 def test_hd95_max_directed_equals_monai():
-    import torch
     from monai.metrics import compute_hausdorff_distance
 
-    for a, b, spacing in list(_random_pairs(1))[:20]:
-        def onehot(m):
-            t = torch.from_numpy(m.astype(np.float32))[None, None]
-            return torch.cat([1 - t, t], dim=1)
+    def onehot(m):  # (B=1, C=2: background, foreground, *spatial); MONAI skips channel 0 below
+        t = torch.from_numpy(m.astype(np.float32))[None, None]
+        return torch.cat([1 - t, t], dim=1)
 
-        kw = {"spacing": list(spacing)} if spacing is not None else {}
-        ref = compute_hausdorff_distance(onehot(a), onehot(b), include_background=False, percentile=95, **kw)
-        assert M.hd95_max_directed(a, b, spacing) == pytest.approx(float(ref[0, 0]), abs=1e-4)
+    for param in PAIRS[:36]:
+        a, b, spacing = param.values
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MONAI's own deprecation notice inside get_mask_edges
+            ref = compute_hausdorff_distance(onehot(a), onehot(b), include_background=False, percentile=95,
+                                             spacing=list(spacing) if spacing else None)
+        assert ref.shape == (1, 1)
+        # MONAI's distances and torch.quantile run in float32
+        assert M.hd95_max_directed(a, b, spacing) == pytest.approx(float(ref[0, 0]), rel=1e-5, abs=1e-5), param.id
+        assert M.hd95_max_directed(a, b, spacing) >= M.hd95(a, b, spacing) - 1e-9
 
 
-def test_hd95_hand_computed_and_empty_raises():
-    a = np.zeros((10, 10), bool)
-    b = np.zeros((10, 10), bool)
+def test_hd95_definitions_hand_computed():
+    # a: one voxel at x=0; b: voxels at x=0 and x=4 (1x5 grid, all voxels are surface)
+    a = np.array([[1, 0, 0, 0, 0]], bool)
+    b = np.array([[1, 0, 0, 0, 1]], bool)
+    # a->b: [0]; b->a: [0, 4]. pooled [0, 0, 4]: 95th pct at 1.9 -> 0.9 * 4 = 3.6
+    assert M.hd95(a, b) == pytest.approx(3.6)
+    # max of directed: pct([0]) = 0, pct([0, 4]) at 0.95 -> 3.8
+    assert M.hd95_max_directed(a, b) == pytest.approx(3.8)
+    assert M.hd95(a, b, spacing=(1.0, 2.0)) == pytest.approx(7.2)
+    assert M.hd95(a, b, spacing=2.0) == pytest.approx(7.2)
+    assert M.hd95(a, a) == 0.0
+
+
+def test_surface_distances_empty_and_bad_spacing():
+    a = np.zeros((6, 6), bool)
     a[2, 2] = True
-    b[2, 5] = True
-    assert M.hd95(a, b) == 3.0
-    assert M.hd95(a, b, spacing=(1.0, 0.5)) == 1.5
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="non-empty"):
         M.hd95(a, np.zeros_like(a))
+    with pytest.raises(ValueError, match="non-empty"):
+        M.surface_distances(np.zeros_like(a), a)
+    with pytest.raises(BenchError, match="spacing must be 2 positive"):
+        M.hd95(a, a, spacing=(1.0, 1.0, 1.0))
+
+
+def test_dice_iou_confusion_hand_computed():
+    p = np.array([[1, 1], [0, 0]])
+    g = np.array([[1, 1], [1, 1]])
+    assert M.confusion(p, g) == {"tp": 2, "fp": 0, "fn": 2, "tn": 0}
+    assert M.dice(p, g) == pytest.approx(4 / 6)
+    assert M.iou(p, g) == pytest.approx(0.5)
+    assert math.isnan(M.dice(np.zeros(3), np.zeros(3))) and math.isnan(M.iou(np.zeros(3), np.zeros(3)))
+    assert M.dice(np.ones(3), np.zeros(3)) == 0.0
 
 
 def test_shape_mismatch_names_both_shapes():
     with pytest.raises(BenchError, match=r"\(2, 3\).*\(3, 2\)"):
         M.dice(np.ones((2, 3)), np.ones((3, 2)))
+    with pytest.raises(BenchError, match=r"\(2, 3\).*\(3, 2\)"):
+        M.score_case(np.ones((2, 3), int), np.ones((3, 2), int), 2, "strict")
 
 
-# one table per policy: (pred, gt) for class 1 on a 1-D-like 2-D grid -> expected (dice, hd95)
-P = np.array([[1, 1, 0, 0]])
-G = np.array([[0, 1, 1, 0]])
-Z = np.zeros((1, 4), int)
-BOTH = (P, G)
+# --------------------------------------------------------------------- per-policy edge tables
 
+# 5x5 image, class 1. P: 2x2 square; G: the 2x3 rectangle containing it; Z: nothing.
+Z = np.zeros((5, 5), np.uint8)
+P = Z.copy()
+P[1:3, 1:3] = 1
+G = Z.copy()
+G[1:3, 1:4] = 1
+# P vs G: tp 4, fp 0, fn 2, tn 19; Dice 8/10, IoU 4/6; surfaces are whole masks (2-thick),
+# distances P->G all 0, G->P [0,0,0,0,1,1] -> pooled 95th pct 1 voxel (3 mm with spacing (2, 3)).
+SP = (2.0, 3.0)
+DIAG_MM = math.sqrt((5 * 2.0) ** 2 + (5 * 3.0) ** 2)  # strict's penalty with spacing SP
 
-@pytest.mark.parametrize(
-    "policy, pred, gt, dice, hd, empty",
-    [
-        ("legacy-synapse", Z, Z, 0.0, 0.0, "both"),
-        ("legacy-synapse", Z, G, 0.0, 0.0, "ref_only"),  # a missed organ scores the best HD95
-        ("legacy-synapse", P, Z, 1.0, 0.0, "pred_only"),  # a false positive scores Dice 1
-        ("legacy-synapse", P, G, 0.5, 1.0, "none"),
-        ("strict", Z, Z, math.nan, math.nan, "both"),
-        ("strict", Z, G, 0.0, math.sqrt(1 + 16), "ref_only"),  # penalty: the grid's diagonal
-        ("strict", P, Z, 0.0, math.sqrt(1 + 16), "pred_only"),
-        ("strict", P, G, 0.5, 1.0, "none"),
-        ("legacy-isic", Z, Z, 0.0, math.nan, "both"),
-        ("legacy-isic", Z, G, 0.0, math.nan, "ref_only"),
-        ("legacy-isic", P, Z, 0.0, math.nan, "pred_only"),
-        ("legacy-isic", P, G, 0.5, math.nan, "none"),
+KEYS = ("empty", "dice", "iou", "hd95", "acc", "spe", "sen", "tp", "fp", "fn", "tn", "n_pred", "n_ref")
+TABLE = {  # policy -> [(pred, gt, expected row)], rows: both empty / only ref / only pred / both present
+    "legacy-synapse": [  # TransUNet calculate_metric_percase; spacing ignored
+        (Z, Z, ("both", 0, 0, 0, 1, 1, 0, 0, 0, 0, 25, 0, 0)),
+        (Z, G, ("ref_only", 0, 0, 0, 19 / 25, 1, 0, 0, 0, 6, 19, 0, 6)),  # missed organ: best HD95
+        (P, Z, ("pred_only", 1, 1, 0, 21 / 25, 21 / 25, 0, 0, 4, 0, 21, 4, 0)),  # FP: Dice 1
+        (P, G, ("none", 0.8, 4 / 6, 1.0, 23 / 25, 1, 4 / 6, 4, 0, 2, 19, 4, 6)),
     ],
-)
-def test_policy_edge_cases(policy, pred, gt, dice, hd, empty):
-    (row,) = M.score_case(pred, gt, 2, policy)
-    assert row["empty"] == empty
-    for key, want in (("dice", dice), ("hd95", hd)):
-        if math.isnan(want):
-            assert math.isnan(row[key]), key
+    "strict": [  # HD95 in mm with SP; penalty = the image diagonal in mm
+        (Z, Z, ("both", NAN, NAN, NAN, 1, 1, NAN, 0, 0, 0, 25, 0, 0)),
+        (Z, G, ("ref_only", 0, 0, DIAG_MM, 19 / 25, 1, 0, 0, 0, 6, 19, 0, 6)),
+        (P, Z, ("pred_only", 0, 0, DIAG_MM, 21 / 25, 21 / 25, NAN, 0, 4, 0, 21, 4, 0)),
+        (P, G, ("none", 0.8, 4 / 6, 3.0, 23 / 25, 1, 4 / 6, 4, 0, 2, 19, 4, 6)),
+    ],
+    "legacy-isic": [  # per-image rows: ratios with zero denominators are 0, no HD95
+        (Z, Z, ("both", 0, 0, NAN, 1, 1, 0, 0, 0, 0, 25, 0, 0)),
+        (Z, G, ("ref_only", 0, 0, NAN, 19 / 25, 1, 0, 0, 0, 6, 19, 0, 6)),
+        (P, Z, ("pred_only", 0, 0, NAN, 21 / 25, 21 / 25, 0, 0, 4, 0, 21, 4, 0)),
+        (P, G, ("none", 0.8, 4 / 6, NAN, 23 / 25, 1, 4 / 6, 4, 0, 2, 19, 4, 6)),
+    ],
+}
+TABLE_PARAMS = [pytest.param(pol, p, g, exp, id=f"{pol}-{exp[0]}") for pol, rows in TABLE.items()
+                for p, g, exp in rows]
+
+
+def _check_row(row, expected):
+    for key, want in zip(KEYS, expected):
+        got = row[key]
+        if isinstance(want, float) and math.isnan(want):
+            assert isinstance(got, float) and math.isnan(got), key
+        elif isinstance(want, str):
+            assert got == want, key
         else:
-            assert row[key] == pytest.approx(want), key
+            assert got == pytest.approx(want, abs=1e-12), key
+            assert type(got) is (int if key in M.COUNTS + ("n_pred", "n_ref") else float), key
 
 
-def test_strict_penalty_uses_spacing():
-    (row,) = M.score_case(Z, G, 2, "strict", spacing=(2.0, 3.0))
-    assert row["hd95"] == pytest.approx(math.sqrt(2.0**2 + 12.0**2))
-    # legacy-synapse ignores spacing: voxel units
-    (row,) = M.score_case(P, G, 2, "legacy-synapse", spacing=(2.0, 3.0))
+@pytest.mark.parametrize("policy, pred, gt, expected", TABLE_PARAMS)
+def test_policy_edge_table(policy, pred, gt, expected):
+    (row,) = M.score_case(pred, gt, 2, policy, spacing=SP, class_names=["organ"])
+    assert row["class"] == 1 and row["name"] == "organ"
+    _check_row(row, expected)
+    # the same case as a binary task: num_classes 1, bool masks
+    (row1,) = M.score_case(pred.astype(bool), gt.astype(bool), 1, M.get_policy(policy), spacing=SP)
+    assert row1["name"] == "class1"
+    _check_row(row1, expected)
+
+
+def test_strict_without_spacing_is_in_voxels():
+    (miss,) = M.score_case(Z, G, 2, "strict")
+    assert miss["hd95"] == pytest.approx(math.sqrt(50))
+    assert M.hd95_penalty((5, 5), SP) == pytest.approx(DIAG_MM)
+    (row,) = M.score_case(P, G, 2, "strict")
     assert row["hd95"] == 1.0
 
 
-def test_score_case_multiclass_counts_and_names():
+def _transunet_percase(pred, gt):
+    """TransUNet utils.py calculate_metric_percase, restated as the reference rule (spec 4.7)."""
+    pred = (pred > 0).astype(np.uint8)
+    gt = (gt > 0).astype(np.uint8)
+    if pred.sum() > 0 and gt.sum() > 0:
+        return medpy.dc(pred, gt), medpy.hd95(pred, gt)
+    if pred.sum() > 0 and gt.sum() == 0:
+        return 1, 0
+    return 0, 0
+
+
+def test_legacy_synapse_bit_compatible_with_transunet_rule():
+    rng = np.random.default_rng(7)
+    for case in range(4):
+        shape = (8, 24, 26)
+        gt = np.zeros(shape, np.int64)
+        pred = np.zeros(shape, np.int64)
+        for c in range(1, 9):
+            if c != 2 + case:  # one organ absent from the reference
+                gt[_blob(shape, rng)] = c
+            if c != 5 - case:  # one organ missed by the prediction
+                pred[_blob(shape, rng)] = c
+        pred[0, :3, :3] = 7  # touches the volume border
+        rows = M.score_case(pred, gt, 9, "legacy-synapse", spacing=(3.0, 0.7, 0.7))
+        assert [r["class"] for r in rows] == list(range(1, 9))
+        for r in rows:
+            want = _transunet_percase(pred == r["class"], gt == r["class"])
+            assert (r["dice"], r["hd95"]) == want, r  # exactly, not approximately
+
+
+def test_score_case_multiclass_counts_names_and_border():
     rng = np.random.default_rng(3)
     pred = rng.integers(0, 4, (6, 20, 20))
     gt = rng.integers(0, 4, (6, 20, 20))
-    rows = M.score_case(pred, gt, 4, "legacy-synapse", class_names=["a", "b", "c"])
-    assert [r["name"] for r in rows] == ["a", "b", "c"]
+    names = ["background", "a", "b", "c"]  # a leading background name is dropped
+    rows = M.score_case(pred, gt, 4, "strict", spacing=(2.5, 0.8, 0.8), class_names=names)
+    assert [(r["class"], r["name"]) for r in rows] == [(1, "a"), (2, "b"), (3, "c")]
     for r in rows:
-        c = r["class"]
-        assert r["tp"] == np.sum((pred == c) & (gt == c))
-        assert r["fp"] == np.sum((pred == c) & (gt != c))
-        assert r["tn"] == np.sum((pred != c) & (gt != c))
-        assert r["dice"] == pytest.approx(medpy.dc(pred == c, gt == c))
-        assert r["hd95"] == pytest.approx(medpy.hd95(pred == c, gt == c))
+        p, g = pred == r["class"], gt == r["class"]
+        assert (r["tp"], r["fp"], r["fn"], r["tn"]) == (
+            np.sum(p & g), np.sum(p & ~g), np.sum(~p & g), np.sum(~p & ~g))
+        assert r["dice"] == pytest.approx(medpy.dc(p, g))
+        assert r["iou"] == pytest.approx(medpy.jc(p, g))
+        assert r["hd95"] == pytest.approx(medpy.hd95(p, g, voxelspacing=(2.5, 0.8, 0.8)), abs=1e-6)
 
 
-def test_legacy_isic_pooled_hand_computed():
-    pred = [np.array([[1, 1], [0, 0]]), np.array([[0, 0], [0, 1]])]
-    gt = [np.array([[1, 0], [0, 0]]), np.array([[0, 0], [1, 1]])]
-    rows = [r | {"case": str(i)} for i, (p, g) in enumerate(zip(pred, gt)) for r in M.score_case(p, g, 1, "legacy-isic")]
-    # pooled: tp 2, fp 1, fn 1, tn 4
-    agg = M.aggregate(rows, "legacy-isic")
-    assert agg["dice"] == pytest.approx(4 / 6)
-    assert agg["iou"] == pytest.approx(2 / 4)
-    assert agg["acc"] == pytest.approx(6 / 8)
-    assert agg["spe"] == pytest.approx(4 / 5)
-    assert agg["sen"] == pytest.approx(2 / 3)
-    assert agg["hd95"] is None and agg["n_cases"] == 2
-    acc = M.PooledConfusion()
-    for p, g in zip(pred, gt):
-        acc.update(p.astype(float) * 0.7, g)
-    assert acc.compute() == pytest.approx({k: agg[k] for k in ("dice", "iou", "acc", "spe", "sen")})
-    # zero denominators give 0, VM-UNet's rule
-    assert M.pooled_metrics(0, 0, 0, 5)["dice"] == 0.0
+def test_score_case_rejects_bad_inputs():
+    bad = np.zeros((4, 4), int)
+    bad[0, 0] = 5
+    with pytest.raises(BenchError, match=r"prediction holds labels 0\.\.5; expected 0\.\.3"):
+        M.score_case(bad, np.zeros((4, 4), int), 4, "strict")
+    with pytest.raises(BenchError, match="integer label map"):
+        M.score_case(np.full((4, 4), 0.7), np.zeros((4, 4), int), 2, "strict")
+    with pytest.raises(BenchError, match="class_names has 1 names; expected 2"):
+        M.score_case(np.zeros((4, 4), int), np.zeros((4, 4), int), 3, "strict", class_names=["x"])
+    with pytest.raises(BenchError, match="spacing must be 2"):
+        M.score_case(P, G, 2, "strict", spacing=(1.0,))
 
 
-def test_aggregate_mean_over_cases_then_classes():
-    rows = [
-        {"case": "a", "class": 1, "name": "x", "dice": 0.8, "iou": 0.6, "hd95": 2.0, "acc": 1, "spe": 1, "sen": 1},
-        {"case": "a", "class": 2, "name": "y", "dice": 0.4, "iou": 0.2, "hd95": 6.0, "acc": 1, "spe": 1, "sen": 1},
-        {"case": "b", "class": 1, "name": "x", "dice": 0.6, "iou": 0.4, "hd95": 4.0, "acc": 1, "spe": 1, "sen": 1},
-        {"case": "b", "class": 2, "name": "y", "dice": math.nan, "iou": math.nan, "hd95": math.nan,
-         "acc": 1, "spe": 1, "sen": 1},
-    ]
-    agg = M.aggregate(rows, "strict")
-    assert agg["dice"] == pytest.approx((0.7 + 0.4) / 2)
-    assert agg["hd95"] == pytest.approx((3.0 + 6.0) / 2)
-    assert agg["n_nan_dice"] == 1 and agg["n_valid"] == 3 and agg["n_cases"] == 2
-    per = M.aggregate_per_class(rows, "strict")
-    assert [(r["class"], r["n"], r["n_nan"]) for r in per] == [(1, 2, 0), (2, 2, 1)]
+def test_policy_docstrings_have_the_four_row_table():
+    assert list(M.POLICIES) == ["legacy-synapse", "legacy-isic", "strict"]
+    for pol in M.POLICIES.values():
+        doc = pol.__doc__
+        assert doc.startswith(pol.name)
+        for case in ("both empty", "only reference", "only prediction", "both present"):
+            assert sum(line.strip().startswith(f"| {case}") for line in doc.splitlines()) == 1, (pol.name, case)
+    strict = M.get_policy("strict")
+    assert (strict.use_spacing, strict.hd_definition, strict.penalty) == (True, "pooled", "diagonal")
+    assert M.get_policy("legacy-isic").pooled and not M.get_policy("legacy-synapse").use_spacing
 
 
 def test_unknown_policy_lists_valid_names():
-    with pytest.raises(BenchError, match=r"did you mean 'strict'.*legacy-synapse, legacy-isic, strict"):
+    with pytest.raises(BenchError, match=r"did you mean 'strict'\?.*legacy-synapse, legacy-isic, strict"):
         M.get_policy("strickt")
+    with pytest.raises(BenchError, match=r"'nope'\. Known policies: legacy-synapse, legacy-isic, strict"):
+        M.score_case(Z, Z, 2, "nope")
+
+
+# ---------------------------------------------------------------------- legacy-isic (pooled)
+
+
+def test_legacy_isic_pooled_hand_computed():
+    probs = [np.array([[0.9, 0.6], [0.2, 0.1]]), np.array([[0.0, 0.4], [0.3, 0.5]]), np.zeros((2, 2))]
+    gts = [np.array([[1, 0], [0, 0]]), np.array([[0, 0], [1, 1]]), np.zeros((2, 2))]
+    # pred >= 0.5: image 1 -> tp 1, fp 1, tn 2; image 2 -> tp 1 (0.5 counts), fn 1, tn 2; image 3 -> tn 4
+    tp, fp, fn, tn = 2, 1, 1, 8
+    want = {"dice": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn), "acc": (tp + tn) / 12,
+            "spe": tn / (tn + fp), "sen": tp / (tp + fn)}
+    assert want == pytest.approx({"dice": 4 / 6, "iou": 0.5, "acc": 10 / 12, "spe": 8 / 9, "sen": 2 / 3})
+    acc = M.PooledConfusion()
+    rows = []
+    for i, (pr, g) in enumerate(zip(probs, gts)):
+        acc.update(pr, g)
+        rows += [{"case": f"img{i}", **r} for r in M.score_case((pr >= 0.5).astype(np.uint8), g, 1, "legacy-isic")]
+    assert acc.counts() == {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    assert acc.compute() == pytest.approx(want)
+    assert M.pooled_from_counts(rows) == pytest.approx(want)
+    agg = M.aggregate(pd.DataFrame(rows), "legacy-isic")
+    assert {k: agg[k] for k in want} == pytest.approx(want)
+    assert math.isnan(agg["hd95"]) and agg["n_cases"] == 3
+    (pc,) = M.aggregate_per_class(rows, "legacy-isic")
+    assert pc["dice"] == pytest.approx(want["dice"]) and pc["n"] == 3 and pc["n_nan"] == 0
+    # a micro average: the per-image Dice values (2/3, 2/3, 0 for the empty image) average to 4/9
+    assert [r["dice"] for r in rows] == pytest.approx([2 / 3, 2 / 3, 0.0])
+    # zero denominators give 0, VM-UNet's rule
+    assert M.pooled_metrics(0, 0, 0, 5) == {"dice": 0.0, "iou": 0.0, "acc": 1.0, "spe": 1.0, "sen": 0.0}
+
+
+def test_legacy_isic_matches_numpy_confusion_matrix():
+    rng = np.random.default_rng(11)
+    probs = [rng.random((16, 16)) for _ in range(5)]
+    gts = [(rng.random((16, 16)) > 0.6).astype(np.float32) for _ in range(5)]
+    gts[2][:] = 0  # an image without lesion
+    # reference: flatten everything, one 2x2 matrix by bincount (what sklearn's confusion_matrix gives)
+    y_pred = np.concatenate([p.ravel() for p in probs]) >= 0.5
+    y_true = np.concatenate([g.ravel() for g in gts]) >= 0.5
+    tn, fp, fn, tp = np.bincount(2 * y_true.astype(int) + y_pred.astype(int), minlength=4)
+    ref = {"acc": (tp + tn) / (tp + tn + fp + fn), "sen": tp / (tp + fn), "spe": tn / (tn + fp),
+           "dice": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn)}
+    acc = M.PooledConfusion(threshold=0.5)
+    rows = []
+    for i, (pr, g) in enumerate(zip(probs, gts)):
+        acc.update(pr, g)
+        rows += [{"case": str(i), **r} for r in M.score_case((pr >= 0.5).astype(np.uint8), g >= 0.5, 2, "legacy-isic")]
+    assert acc.compute() == pytest.approx(ref, abs=1e-12)
+    assert {k: v for k, v in M.aggregate(rows, "legacy-isic").items() if k in ref} == pytest.approx(ref, abs=1e-12)
+
+
+# --------------------------------------------------------------------------------- aggregate
+
+
+def _two_cases(policy):
+    """Case a: class 1 both present (P vs G), class 2 missed. Case b: class 1 false positive,
+    class 2 absent from both. 5x5 label maps, no spacing (voxel units)."""
+    gt_a = G.copy()
+    gt_a[4, 0:2] = 2
+    pred_b, gt_b = P.copy(), Z.copy()
+    rows = []
+    for case, pred, gt in (("a", P, gt_a), ("b", pred_b, gt_b)):
+        rows += [{"case": case, **r} for r in M.score_case(pred, gt, 3, policy, class_names=["x", "y"])]
+    return rows
+
+
+def test_aggregate_legacy_synapse_hand_computed():
+    rows = _two_cases("legacy-synapse")
+    assert [(r["case"], r["class"], r["dice"], r["hd95"]) for r in rows] == [
+        ("a", 1, 0.8, 1.0), ("a", 2, 0.0, 0.0), ("b", 1, 1.0, 0.0), ("b", 2, 0.0, 0.0)]
+    agg = M.aggregate(rows, "legacy-synapse")
+    # per class over cases: dice x (0.8+1)/2 = 0.9, y 0; hd95 x 0.5, y 0; then over classes
+    assert agg["dice"] == pytest.approx(0.45)
+    assert agg["hd95"] == pytest.approx(0.25)
+    assert (agg["n_cases"], agg["n_classes"], agg["n_nan_dice"], agg["n_valid_dice"]) == (2, 2, 0, 4)
+    per = M.aggregate_per_class(rows, "legacy-synapse")
+    assert [(r["class"], r["name"], r["n"], r["n_nan"]) for r in per] == [(1, "x", 2, 0), (2, "y", 2, 0)]
+    assert [r["dice"] for r in per] == pytest.approx([0.9, 0.0])
+
+
+def test_aggregate_strict_counts_nan():
+    rows = _two_cases("strict")
+    pen = math.sqrt(50)  # 5x5 diagonal in voxels
+    got = [(r["case"], r["class"], r["empty"], r["dice"], r["hd95"]) for r in rows]
+    assert got[:3] == [("a", 1, "none", 0.8, 1.0), ("a", 2, "ref_only", 0.0, pytest.approx(pen)),
+                       ("b", 1, "pred_only", 0.0, pytest.approx(pen))]
+    assert got[3][:3] == ("b", 2, "both") and math.isnan(got[3][3]) and math.isnan(got[3][4])
+    for frame in (rows, pd.DataFrame(rows)):
+        agg = M.aggregate(frame, "strict")
+        # dice: x (0.8+0)/2 = 0.4, y 0 (the NaN case skipped) -> 0.2
+        assert agg["dice"] == pytest.approx(0.2)
+        assert agg["hd95"] == pytest.approx(((1 + pen) / 2 + pen) / 2)
+        assert (agg["n_cases"], agg["n_valid_dice"], agg["n_nan_dice"], agg["n_nan_hd95"]) == (2, 3, 1, 1)
+        per = M.aggregate_per_class(frame, "strict")
+        assert [(r["class"], r["n"], r["n_nan"], r["n_nan_hd95"]) for r in per] == [(1, 2, 0, 0), (2, 2, 1, 1)]
+        assert [r["dice"] for r in per] == pytest.approx([0.4, 0.0])
+
+
+def test_aggregate_all_nan_class_and_errors():
+    rows = M.score_case(Z, Z, 2, "strict")
+    agg = M.aggregate(rows, "strict")
+    assert math.isnan(agg["dice"]) and agg["n_nan_dice"] == 1 and agg["n_valid_dice"] == 0
+    assert agg["n_cases"] == 1
+    with pytest.raises(BenchError, match="no scored rows"):
+        M.aggregate([], "strict")
+    with pytest.raises(BenchError, match="lack column"):
+        M.aggregate([{"class": 1, "dice": 0.5}], "strict")
