@@ -136,7 +136,9 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
     overrides = {k: v for k, v in overrides.items() if v is not None}
     model = entry.constructor(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **overrides)
     model.bench_entry = entry
-    model.bench_config = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size, **overrides}
+    # a constructor that adapts a value to the input (e.g. a window size) reports it in resolved_config
+    model.bench_config = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size, **overrides,
+                          **getattr(model, "resolved_config", {})}
     return model
 
 

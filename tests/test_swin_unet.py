@@ -1,0 +1,65 @@
+"""Swin-Unet: the authors' layout and buffers, parameter count, the Swin block against timm's
+(an independent implementation of the same block), window adaptation for small inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench.errors import BenchError
+from bench.registry import create_model, load_official_state_dict
+from baselines.swin_unet import SwinTransformerBlock
+from tests.test_vmunet import REFERENCE, _manifest
+
+
+def test_authors_layout_loads_strictly():
+    model = create_model("swin_unet", num_classes=9, img_size=224)
+    meta = json.loads((REFERENCE / "swin_unet_synapse" / "meta.json").read_text())
+    assert sum(p.numel() for p in model.parameters()) == meta["params_total"]
+    manifest = _manifest("swin_unet_synapse")
+    own = model.state_dict()
+    assert [(k, tuple(v.shape)) for k, v in own.items()] == [(k, s) for k, s, _ in manifest]
+    # the persistent buffers equal what the authors' code computes, so their checkpoints load as saved
+    g = torch.Generator().manual_seed(0)
+    sd = {f"module.{k}": (own[k].clone() if ("index" in k or "mask" in k) else torch.randn(s, generator=g))
+          for k, s, _ in manifest}
+    load_official_state_dict(model, sd)
+    assert torch.equal(model.state_dict()["swin_unet.output.weight"], sd["module.swin_unet.output.weight"])
+
+
+@pytest.mark.parametrize("shift", [0, 3])
+def test_swin_block_matches_timm(shift):
+    from bench._tv_compat import ensure_torchvision
+
+    ensure_torchvision()
+    from timm.models.swin_transformer import SwinTransformerBlock as TimmBlock
+
+    torch.manual_seed(0)
+    ours = SwinTransformerBlock(dim=24, resolution=14, num_heads=3, window_size=7, shift=bool(shift), drop_path=0.0)
+    theirs = TimmBlock(dim=24, input_resolution=(14, 14), num_heads=3, window_size=7, shift_size=shift)
+    params = {k: v for k, v in ours.state_dict().items() if k not in ("attn_mask", "attn.relative_position_index")}
+    theirs.load_state_dict(params, strict=False)
+    x = torch.randn(2, 14 * 14, 24)
+    torch.testing.assert_close(ours(x), theirs(x.view(2, 14, 14, 24)).reshape(2, -1, 24), rtol=1e-5, atol=1e-5)
+
+
+def test_shift_mask_blocks_tokens_from_different_regions():
+    blk = SwinTransformerBlock(dim=8, resolution=8, num_heads=2, window_size=4, shift=True, drop_path=0.0)
+    mask = blk.attn_mask
+    assert mask.shape == (4, 16, 16)
+    assert set(mask.unique().tolist()) == {0.0, -100.0}
+    assert torch.equal(mask[0], torch.zeros(16, 16))  # the top-left window holds one region only
+    assert torch.equal(mask, mask.transpose(1, 2))
+
+
+def test_small_inputs_adapt_the_window_and_record_it():
+    with pytest.warns(UserWarning, match="using 4"):
+        model = create_model("swin_unet", num_classes=2, img_size=64, embed_dim=24, num_heads=(1, 2, 4, 8))
+    assert model.bench_config["window_size"] == 4
+    assert model(torch.randn(1, 1, 64, 64)).shape == (1, 2, 64, 64)
+    with pytest.raises(BenchError, match="built for 64x64"):
+        model(torch.randn(1, 3, 96, 96))
+    with pytest.raises(BenchError, match="divisible by 32"):
+        create_model("swin_unet", num_classes=2, img_size=100)
