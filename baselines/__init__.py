@@ -1,3 +1,3 @@
 """CNN and Transformer baselines. Importing registers them (cheap: no torchvision at import)."""
 
-from baselines import swin_unet, unet  # noqa: F401
+from baselines import swin_unet, transunet, unet  # noqa: F401

@@ -1,0 +1,268 @@
+"""TransUNet (R50-ViT-B_16): a ResNet-50 stem + ViT-B/16 encoder with a cascaded upsampler.
+
+Paper: Chen et al., "TransUNet: Transformers Make Strong Encoders for Medical Image
+Segmentation", arXiv:2102.04306. Authors' code: Beckschen/TransUNet, networks/vit_seg_modeling.py
+and vit_seg_modeling_resnet_skip.py (Apache-2.0), configuration get_r50_b16_config with n_skip 3.
+Re-implemented from the facts in shared/spec/baselines.md §1 with the authors' module names, so
+their checkpoints load strictly (409 entries, 105,277,081 parameters for 9 classes).
+
+Details that matter for weight compatibility, kept as in the code: weight-standardised convs
+(population variance, eps 1e-5 inside the square root), GroupNorm(32, eps 1e-6) in the units but a
+per-channel ``gn_proj`` (GroupNorm(C, C), eps 1e-5), stem padding 3 and an unpadded 3×3/2 max-pool,
+the 1/4-scale skip zero-padded at the bottom/right (55 → 56 at 224²), no class token, separate
+q/k/v projections, bilinear align_corners=True up-sampling, a 3×3 head with bias. The ViT token
+grid follows ``img_size`` / 16 (the authors' train.py overwrites the config grid the same way).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.modeling import SegmentationModel
+from bench.registry import register_model
+
+__all__ = ["TransUNet"]
+
+
+class StdConv2d(nn.Conv2d):
+    """Weight-standardised convolution (BiT): per output channel, population variance, eps 1e-5."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v, m = torch.var_mean(self.weight, dim=[1, 2, 3], keepdim=True, unbiased=False)
+        return F.conv2d(x, (self.weight - m) / torch.sqrt(v + 1e-5), self.bias, self.stride, self.padding,
+                        self.dilation, self.groups)
+
+
+class PreActBottleneck(nn.Module):
+    """Despite the name, a post-activation bottleneck with the stride on the 3×3 conv."""
+
+    def __init__(self, cin: int, cout: int, cmid: int, stride: int = 1):
+        super().__init__()
+        self.gn1 = nn.GroupNorm(32, cmid, eps=1e-6)
+        self.conv1 = StdConv2d(cin, cmid, 1, bias=False)
+        self.gn2 = nn.GroupNorm(32, cmid, eps=1e-6)
+        self.conv2 = StdConv2d(cmid, cmid, 3, stride=stride, padding=1, bias=False)
+        self.gn3 = nn.GroupNorm(32, cout, eps=1e-6)
+        self.conv3 = StdConv2d(cmid, cout, 1, bias=False)
+        if stride != 1 or cin != cout:
+            self.downsample = StdConv2d(cin, cout, 1, stride=stride, bias=False)
+            self.gn_proj = nn.GroupNorm(cout, cout)  # one group per channel, default eps: the authors' choice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = self.gn_proj(self.downsample(x)) if hasattr(self, "downsample") else x
+        y = F.relu(self.gn1(self.conv1(x)))
+        y = F.relu(self.gn2(self.conv2(y)))
+        return F.relu(residual + self.gn3(self.conv3(y)))
+
+
+class ResNetV2(nn.Module):
+    """The first three ResNet-50 stages; returns the 1/16 map and the skips (deepest first)."""
+
+    def __init__(self, block_units=(3, 4, 9), width: int = 64):
+        super().__init__()
+        self.root = nn.Sequential(OrderedDict(
+            conv=StdConv2d(3, width, 7, stride=2, padding=3, bias=False),
+            gn=nn.GroupNorm(32, width, eps=1e-6),
+            relu=nn.ReLU(inplace=True),
+        ))
+        specs = [(width, width * 4, width, 1), (width * 4, width * 8, width * 2, 2), (width * 8, width * 16, width * 4, 2)]
+        blocks = OrderedDict()
+        for b, ((cin, cout, cmid, stride), n) in enumerate(zip(specs, block_units), start=1):
+            units = [(f"unit{u}", PreActBottleneck(cin if u == 1 else cout, cout, cmid, stride if u == 1 else 1))
+                     for u in range(1, n + 1)]
+            blocks[f"block{b}"] = nn.Sequential(OrderedDict(units))
+        self.body = nn.Sequential(blocks)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        size = x.shape[-1]
+        x = self.root(x)
+        features = [x]
+        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=0)
+        for i, block in enumerate(self.body[:-1]):
+            x = block(x)
+            right = size // 4 // (i + 1)
+            pad = right - x.shape[-1]
+            # the unpadded max-pool leaves 55×55 at 224²: zero-pad bottom/right to the expected size
+            features.append(F.pad(x, (0, pad, 0, pad)) if pad else x)
+        return self.body[-1](x), features[::-1]
+
+
+class Embeddings(nn.Module):
+    def __init__(self, img_size: int, hidden: int, dropout: float):
+        super().__init__()
+        self.position_embeddings = nn.Parameter(torch.zeros(1, (img_size // 16) ** 2, hidden))
+        self.hybrid_model = ResNetV2()
+        self.patch_embeddings = nn.Conv2d(1024, hidden, kernel_size=1)  # 1×1 "patches" of the 1/16 map
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x, features = self.hybrid_model(x)
+        x = self.patch_embeddings(x).flatten(2).transpose(1, 2)
+        return self.dropout(x + self.position_embeddings), features
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int, heads: int, attn_dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.query, self.key, self.value = (nn.Linear(hidden, hidden) for _ in range(3))
+        self.out = nn.Linear(hidden, hidden)
+        self.attn_dropout = nn.Dropout(attn_dropout)
+        self.proj_dropout = nn.Dropout(attn_dropout)  # the code uses the attention rate here too
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        split = lambda t: t.view(b, n, self.heads, c // self.heads).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        probs = self.attn_dropout((q @ k.transpose(-1, -2) / math.sqrt(c // self.heads)).softmax(dim=-1))
+        return self.proj_dropout(self.out((probs @ v).transpose(1, 2).reshape(b, n, c)))
+
+
+class Mlp(nn.Module):
+    def __init__(self, hidden: int, mlp_dim: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, mlp_dim)
+        self.fc2 = nn.Linear(mlp_dim, hidden)
+        self.dropout = nn.Dropout(dropout)
+        for fc in (self.fc1, self.fc2):
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.normal_(fc.bias, std=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block (LayerNorm eps 1e-6)."""
+
+    def __init__(self, hidden: int, heads: int, mlp_dim: int, dropout: float, attn_dropout: float):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(hidden, eps=1e-6)
+        self.ffn_norm = nn.LayerNorm(hidden, eps=1e-6)
+        self.ffn = Mlp(hidden, mlp_dim, dropout)
+        self.attn = Attention(hidden, heads, attn_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attention_norm(x))
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, hidden: int, layers: int, heads: int, mlp_dim: int, dropout: float, attn_dropout: float):
+        super().__init__()
+        self.layer = nn.ModuleList(Block(hidden, heads, mlp_dim, dropout, attn_dropout) for _ in range(layers))
+        self.encoder_norm = nn.LayerNorm(hidden, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.layer:
+            x = blk(x)
+        return self.encoder_norm(x)
+
+
+class Transformer(nn.Module):
+    def __init__(self, img_size: int, hidden: int, layers: int, heads: int, mlp_dim: int, dropout: float,
+                 attn_dropout: float):
+        super().__init__()
+        self.embeddings = Embeddings(img_size, hidden, dropout)
+        self.encoder = Encoder(hidden, layers, heads, mlp_dim, dropout, attn_dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x, features = self.embeddings(x)
+        return self.encoder(x), features
+
+
+def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    """The authors' ``Conv2dReLU``: 3×3 conv (no bias) → BatchNorm → ReLU."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, skip: int):
+        super().__init__()
+        self.conv1 = conv_bn_relu(cin + skip, cout)
+        self.conv2 = conv_bn_relu(cout, cout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
+        return self.conv2(self.conv1(x))
+
+
+class DecoderCup(nn.Module):
+    """Cascaded upsampler: 768 → 512 (conv_more), then 4 blocks to 256/128/64/16; block i takes
+    skip i only when i < n_skip."""
+
+    def __init__(self, hidden: int, channels=(256, 128, 64, 16), skips=(512, 256, 64, 16), n_skip: int = 3):
+        super().__init__()
+        self.n_skip = n_skip
+        self.conv_more = conv_bn_relu(hidden, 512)
+        ins = (512, *channels[:-1])
+        skips = [s if i < n_skip else 0 for i, s in enumerate(skips)]
+        self.blocks = nn.ModuleList(DecoderBlock(i, o, s) for i, o, s in zip(ins, channels, skips))
+
+    def forward(self, tokens: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        b, n, c = tokens.shape
+        side = int(math.isqrt(n))
+        x = self.conv_more(tokens.transpose(1, 2).reshape(b, c, side, side))
+        for i, block in enumerate(self.blocks):
+            x = block(x, features[i] if i < self.n_skip else None)
+        return x
+
+
+class TransUNet(SegmentationModel):
+    """TransUNet R50-ViT-B_16 (authors' ``VisionTransformer``); a 1-channel input is repeated to 3.
+
+    Args:
+        num_classes: output channels.
+        img_size: input size, a multiple of 16; sets the ViT grid (img_size / 16)².
+        hidden, layers, heads, mlp_dim: ViT-B/16 (768, 12, 12, 3072).
+        dropout, attn_dropout: 0.1 and 0.0 as in the configuration.
+        n_skip: decoder skips used (3).
+    """
+
+    size_divisor = 16
+
+    def __init__(self, num_classes: int, img_size: int = 224, in_chans: int = 3, hidden: int = 768, layers: int = 12,
+                 heads: int = 12, mlp_dim: int = 3072, dropout: float = 0.1, attn_dropout: float = 0.0, n_skip: int = 3):
+        super().__init__()
+        self.num_classes, self.in_chans, self.img_size = num_classes, in_chans, img_size
+        self.transformer = Transformer(img_size, hidden, layers, heads, mlp_dim, dropout, attn_dropout)
+        self.decoder = DecoderCup(hidden, n_skip=n_skip)
+        self.segmentation_head = nn.Sequential(nn.Conv2d(16, num_classes, 3, padding=1), nn.Identity())
+
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (self.img_size, self.img_size):
+            from bench.errors import BenchError
+
+            raise BenchError(f"transunet was built for {self.img_size}x{self.img_size} inputs (learned position "
+                             f"embeddings for a fixed grid); got {tuple(x.shape[-2:])}")
+        tokens, features = self.transformer(x)
+        return self.segmentation_head(self.decoder(tokens, features))
+
+
+PAPER_CONFIG = {"hidden": 768, "layers": 12, "heads": 12, "mlp_dim": 3072, "dropout": 0.1, "attn_dropout": 0.0,
+                "n_skip": 3}
+
+
+@register_model(
+    family="transformer",
+    paper_config=PAPER_CONFIG,
+    tiny={"hidden": 64, "layers": 2, "heads": 2, "mlp_dim": 128},
+    source="Beckschen/TransUNet networks/vit_seg_modeling.py (VisionTransformer, get_r50_b16_config, n_skip 3)",
+    paper="Chen et al., arXiv:2102.04306",
+    description="TransUNet R50-ViT-B_16: ResNet-50 stages 1-3 + ViT-B/16, cascaded upsampler (105.28 M params)",
+)
+def transunet(*, num_classes: int, in_chans: int = 3, img_size: int = 224, **overrides: Any) -> TransUNet:
+    """TransUNet with the authors' Synapse configuration; ``img_size`` must be a multiple of 16."""
+    if img_size % 16:
+        from bench.errors import BenchError
+
+        raise BenchError(f"transunet needs img_size divisible by 16 (ViT grid img_size/16); got {img_size}")
+    return TransUNet(num_classes=num_classes, img_size=img_size, in_chans=3, **{**PAPER_CONFIG, **overrides})
