@@ -269,6 +269,35 @@ def _window_for(img_size: int, window: int, stages: int, patch: int = 4) -> int:
     return 1
 
 
+def load_swin_t(model: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The authors' ``load_from`` for the Swin-T ImageNet file (tensors under ``model``): every
+    ``layers.i.*`` tensor also goes to ``layers_up.(3-i).*`` (Swin-Unet's decoder initialisation);
+    tensors whose name or shape does not exist in the model are reported, not loaded."""
+    from bench.errors import BenchError
+    from bench.registry import clean_state_dict
+
+    sd = clean_state_dict(state_dict)
+    own = model.state_dict()
+    updates: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    for key, value in sd.items():
+        targets = [key]
+        if key.startswith("layers."):
+            stage, rest = key.split(".", 2)[1:]
+            targets.append(f"layers_up.{3 - int(stage)}.{rest}")
+        for t in targets:
+            t = f"swin_unet.{t}"
+            if t in own and own[t].shape == value.shape:
+                updates[t] = value
+                used.add(key)
+    if not updates:
+        raise BenchError("no tensor of the file matches Swin-Unet: is this the Swin-T ImageNet checkpoint?")
+    model.load_state_dict({**own, **updates}, strict=True)
+    return {"loaded": len(updates), "decoder_copies": sum(k.startswith("swin_unet.layers_up.") for k in updates),
+            "not_loaded_from_file": sorted(set(sd) - used),
+            "not_pretrained_in_model": sorted(k for k in own if k not in updates)}
+
+
 PAPER_CONFIG = {"embed_dim": 96, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12, 24), "window_size": 7,
                 "drop_path_rate": 0.2}
 
@@ -280,6 +309,7 @@ PAPER_CONFIG = {"embed_dim": 96, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12,
     source="HuCaoFighting/Swin-Unet@f48f623 networks/vision_transformer.py (SwinUnet), lite config",
     paper="Cao et al., ECCV-W 2022, arXiv:2105.05537",
     description="Swin-Unet: Swin-T blocks [2,2,2,2] with a mirrored decoder, window 7 (27.17 M params)",
+    pretrained={"swin_t": load_swin_t},
 )
 def swin_unet(*, num_classes: int, in_chans: int = 3, img_size: int = 224, **overrides: Any) -> SwinUnet:
     """Swin-Unet with the authors' Synapse configuration at ``img_size`` (224 in the paper)."""

@@ -247,6 +247,82 @@ class TransUNet(SegmentationModel):
         return self.segmentation_head(self.decoder(tokens, features))
 
 
+def _th(a: Any, conv: bool = False) -> torch.Tensor:
+    t = torch.as_tensor(a, dtype=torch.float32)
+    return t.permute(3, 2, 0, 1) if conv else t  # TF conv kernels are HWIO
+
+
+def load_vit_npz(model: nn.Module, npz: dict[str, Any]) -> dict[str, Any]:
+    """The authors' ``load_from`` for Google's ``R50+ViT-B_16.npz`` (ImageNet-21k): the R50 stem
+    and units, the patch embedding, the 12 blocks and the final norm; TF layouts transposed; the
+    class-token row of the position embedding dropped (or the grid resized with scipy zoom,
+    order 1, when the token grid differs). The decoder and head stay as initialised."""
+    from scipy import ndimage
+
+    from bench.errors import BenchError
+
+    t = model.transformer
+    hidden = t.embeddings.patch_embeddings.out_channels
+    used: set[str] = set()
+
+    def get(key: str, conv: bool = False) -> torch.Tensor:
+        if key not in npz:
+            raise BenchError(f"pretrained npz: missing {key!r}; is this Google's R50+ViT-B_16.npz?")
+        used.add(key)
+        return _th(npz[key], conv)
+
+    new: dict[str, torch.Tensor] = {}
+    emb = "transformer.embeddings."
+    new[emb + "patch_embeddings.weight"] = get("embedding/kernel", conv=True)
+    new[emb + "patch_embeddings.bias"] = get("embedding/bias")
+    pos = get("Transformer/posembed_input/pos_embedding")
+    n_new = t.embeddings.position_embeddings.shape[1]
+    if pos.shape[1] == n_new + 1:
+        pos = pos[:, 1:]
+    elif pos.shape[1] != n_new:
+        grid = pos[0, 1:].numpy()
+        old, side = int(math.isqrt(grid.shape[0])), int(math.isqrt(n_new))
+        grid = ndimage.zoom(grid.reshape(old, old, -1), (side / old, side / old, 1), order=1)
+        pos = torch.from_numpy(grid.reshape(1, side * side, -1))
+    new[emb + "position_embeddings"] = pos
+    enc = "transformer.encoder."
+    new[enc + "encoder_norm.weight"] = get("Transformer/encoder_norm/scale")
+    new[enc + "encoder_norm.bias"] = get("Transformer/encoder_norm/bias")
+    for i in range(len(t.encoder.layer)):
+        src, dst = f"Transformer/encoderblock_{i}/", f"{enc}layer.{i}."
+        for ln, name in (("LayerNorm_0", "attention_norm"), ("LayerNorm_2", "ffn_norm")):
+            new[dst + f"{name}.weight"] = get(src + f"{ln}/scale")
+            new[dst + f"{name}.bias"] = get(src + f"{ln}/bias")
+        for part in ("query", "key", "value", "out"):
+            new[dst + f"attn.{part}.weight"] = get(src + f"MultiHeadDotProductAttention_1/{part}/kernel").reshape(hidden, hidden).t()
+            new[dst + f"attn.{part}.bias"] = get(src + f"MultiHeadDotProductAttention_1/{part}/bias").reshape(-1)
+        for dense, fc in (("Dense_0", "fc1"), ("Dense_1", "fc2")):
+            new[dst + f"ffn.{fc}.weight"] = get(src + f"MlpBlock_3/{dense}/kernel").t()
+            new[dst + f"ffn.{fc}.bias"] = get(src + f"MlpBlock_3/{dense}/bias")
+    res = "transformer.embeddings.hybrid_model."
+    new[res + "root.conv.weight"] = get("conv_root/kernel", conv=True)
+    new[res + "root.gn.weight"] = get("gn_root/scale")
+    new[res + "root.gn.bias"] = get("gn_root/bias")
+    for bname, block in t.embeddings.hybrid_model.body.named_children():
+        for uname, unit in block.named_children():
+            src, dst = f"{bname}/{uname}/", f"{res}body.{bname}.{uname}."
+            for n in (1, 2, 3):
+                new[dst + f"conv{n}.weight"] = get(src + f"conv{n}/kernel", conv=True)
+                new[dst + f"gn{n}.weight"] = get(src + f"gn{n}/scale")
+                new[dst + f"gn{n}.bias"] = get(src + f"gn{n}/bias")
+            if hasattr(unit, "downsample"):
+                new[dst + "downsample.weight"] = get(src + "conv_proj/kernel", conv=True)
+                new[dst + "gn_proj.weight"] = get(src + "gn_proj/scale")
+                new[dst + "gn_proj.bias"] = get(src + "gn_proj/bias")
+    own = model.state_dict()
+    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in new.items() if v.shape != own[k].shape]
+    if wrong:
+        raise BenchError("pretrained npz does not fit this TransUNet: " + "; ".join(wrong[:5]))
+    model.load_state_dict({**own, **new}, strict=True)
+    return {"loaded": len(new), "not_loaded_from_file": sorted(set(npz) - used),
+            "not_pretrained_in_model": sorted(k for k in own if k not in new)}
+
+
 PAPER_CONFIG = {"hidden": 768, "layers": 12, "heads": 12, "mlp_dim": 3072, "dropout": 0.1, "attn_dropout": 0.0,
                 "n_skip": 3}
 
@@ -258,6 +334,7 @@ PAPER_CONFIG = {"hidden": 768, "layers": 12, "heads": 12, "mlp_dim": 3072, "drop
     source="Beckschen/TransUNet networks/vit_seg_modeling.py (VisionTransformer, get_r50_b16_config, n_skip 3)",
     paper="Chen et al., arXiv:2102.04306",
     description="TransUNet R50-ViT-B_16: ResNet-50 stages 1-3 + ViT-B/16, cascaded upsampler (105.28 M params)",
+    pretrained={"vit_npz": load_vit_npz},
 )
 def transunet(*, num_classes: int, in_chans: int = 3, img_size: int = 224, **overrides: Any) -> TransUNet:
     """TransUNet with the authors' Synapse configuration; ``img_size`` must be a multiple of 16."""

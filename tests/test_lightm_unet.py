@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from bench.registry import create_model, load_weights
 from ssm_models import scan
 from ssm_models.lightm_unet import MambaLayer
-from ssm_models.mamba import Mamba
+from ssm_models.mamba import Mamba, _mamba_inner_fn
 from tests.test_vmunet import REFERENCE, _manifest
 
 
@@ -82,7 +82,7 @@ def test_3d_forward_and_shape_errors():
         model(torch.randn(1, 1, 16, 16, 12))
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and __import__("ssm_models.mamba", fromlist=["x"])._mamba_inner_fn()),
+@pytest.mark.skipif(not (torch.cuda.is_available() and _mamba_inner_fn()),
                     reason="needs a CUDA device and mamba-ssm (GPU machines only)")
 def test_fused_cuda_path_matches_our_path():
     torch.manual_seed(0)

@@ -63,3 +63,29 @@ def test_small_inputs_adapt_the_window_and_record_it():
         model(torch.randn(1, 3, 96, 96))
     with pytest.raises(BenchError, match="divisible by 32"):
         create_model("swin_unet", num_classes=2, img_size=100)
+
+
+def test_swin_t_pretrained_fills_encoder_and_mirrored_decoder(tmp_path):
+    from bench.registry import load_weights
+
+    kw = dict(num_classes=2, img_size=224, embed_dim=24, num_heads=(1, 2, 4, 8))
+    torch.manual_seed(0)
+    model = create_model("swin_unet", **kw)
+    own = model.state_dict()
+    g = torch.Generator().manual_seed(1)
+    # a Swin-T-style file: encoder keys without the wrapper prefix, deeper stage 2, norm and head
+    ckpt = {k[len("swin_unet."):]: torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+            for k, v in own.items() if k.startswith(("swin_unet.patch_embed.", "swin_unet.layers.", "swin_unet.norm."))}
+    ckpt["layers.2.blocks.5.norm1.weight"] = torch.ones(96)
+    ckpt["head.weight"] = torch.zeros(1000, 192)
+    path = tmp_path / "swin_tiny_patch4_window7_224.pth"
+    torch.save({"model": ckpt}, path)
+    report = load_weights(model, path, source="swin_t")
+    sd = model.state_dict()
+    assert torch.equal(sd["swin_unet.layers.1.blocks.0.attn.qkv.weight"], ckpt["layers.1.blocks.0.attn.qkv.weight"])
+    # layers.i -> layers_up.(3-i): stage 2's blocks initialise decoder stage 1, stage 0's stage 3
+    assert torch.equal(sd["swin_unet.layers_up.1.blocks.1.mlp.fc2.weight"], ckpt["layers.2.blocks.1.mlp.fc2.weight"])
+    assert torch.equal(sd["swin_unet.layers_up.3.blocks.0.norm1.weight"], ckpt["layers.0.blocks.0.norm1.weight"])
+    assert {"head.weight", "layers.2.blocks.5.norm1.weight"} <= set(report["not_loaded_from_file"])
+    assert "swin_unet.output.weight" in report["not_pretrained_in_model"]
+    assert "swin_unet.concat_back_dim.1.weight" in report["not_pretrained_in_model"]

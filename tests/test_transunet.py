@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -87,3 +88,74 @@ def test_size_rules():
         model(torch.randn(1, 3, 128, 128))
     with pytest.raises(BenchError, match="divisible by 16"):
         create_model("transunet", num_classes=2, img_size=100)
+
+
+def _to_google_npz(model, with_cls: bool = True) -> dict:
+    """Write a model's encoder in Google's R50+ViT-B_16.npz layout (the inverse of the mapping)."""
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    conv = lambda a: a.transpose(2, 3, 1, 0)  # noqa: E731  OIHW -> HWIO
+    hidden = model.transformer.embeddings.patch_embeddings.out_channels
+    heads = model.transformer.encoder.layer[0].attn.heads
+    emb, enc, res = "transformer.embeddings.", "transformer.encoder.", "transformer.embeddings.hybrid_model."
+    out = {"embedding/kernel": conv(sd[emb + "patch_embeddings.weight"]), "embedding/bias": sd[emb + "patch_embeddings.bias"]}
+    pos = sd[emb + "position_embeddings"]
+    out["Transformer/posembed_input/pos_embedding"] = (
+        np.concatenate([np.full_like(pos[:, :1], 7.0), pos], axis=1) if with_cls else pos)
+    out["Transformer/encoder_norm/scale"] = sd[enc + "encoder_norm.weight"]
+    out["Transformer/encoder_norm/bias"] = sd[enc + "encoder_norm.bias"]
+    for i in range(len(model.transformer.encoder.layer)):
+        p, q = f"{enc}layer.{i}.", f"Transformer/encoderblock_{i}/"
+        out[q + "LayerNorm_0/scale"], out[q + "LayerNorm_0/bias"] = sd[p + "attention_norm.weight"], sd[p + "attention_norm.bias"]
+        out[q + "LayerNorm_2/scale"], out[q + "LayerNorm_2/bias"] = sd[p + "ffn_norm.weight"], sd[p + "ffn_norm.bias"]
+        for part in ("query", "key", "value"):
+            out[q + f"MultiHeadDotProductAttention_1/{part}/kernel"] = sd[p + f"attn.{part}.weight"].T.reshape(hidden, heads, -1)
+            out[q + f"MultiHeadDotProductAttention_1/{part}/bias"] = sd[p + f"attn.{part}.bias"].reshape(heads, -1)
+        out[q + "MultiHeadDotProductAttention_1/out/kernel"] = sd[p + "attn.out.weight"].T.reshape(heads, -1, hidden)
+        out[q + "MultiHeadDotProductAttention_1/out/bias"] = sd[p + "attn.out.bias"]
+        out[q + "MlpBlock_3/Dense_0/kernel"], out[q + "MlpBlock_3/Dense_0/bias"] = sd[p + "ffn.fc1.weight"].T, sd[p + "ffn.fc1.bias"]
+        out[q + "MlpBlock_3/Dense_1/kernel"], out[q + "MlpBlock_3/Dense_1/bias"] = sd[p + "ffn.fc2.weight"].T, sd[p + "ffn.fc2.bias"]
+    out["conv_root/kernel"] = conv(sd[res + "root.conv.weight"])
+    out["gn_root/scale"], out["gn_root/bias"] = sd[res + "root.gn.weight"], sd[res + "root.gn.bias"]
+    for k, v in sd.items():
+        if k.startswith(res + "body."):
+            b, u, rest = k[len(res + "body."):].split(".", 2)
+            name = {"downsample.weight": "conv_proj/kernel", "gn_proj.weight": "gn_proj/scale", "gn_proj.bias": "gn_proj/bias"}.get(
+                rest, rest.replace(".weight", "/kernel" if rest.startswith("conv") else "/scale").replace(".bias", "/bias"))
+            out[f"{b}/{u}/{name}"] = conv(v) if name.endswith("kernel") else v
+    out["cls"] = np.zeros((1, 1, hidden), "float32")
+    out["head/kernel"] = np.zeros((hidden, 10), "float32")
+    return out
+
+
+def test_google_npz_loads_with_the_authors_mapping(tmp_path):
+    from bench.registry import load_weights
+
+    kw = dict(num_classes=2, img_size=64, hidden=64, layers=2, heads=4, mlp_dim=128)
+    torch.manual_seed(0)
+    src = create_model("transunet", **kw)
+    path = tmp_path / "R50+ViT-B_16.npz"
+    np.savez(path, **_to_google_npz(src))
+    torch.manual_seed(1)
+    dst = create_model("transunet", **kw)
+    report = load_weights(dst, path, source="vit_npz")
+    own = dst.state_dict()
+    for k, v in src.state_dict().items():
+        if k.startswith("transformer.") and "running" not in k and "num_batches" not in k:
+            assert torch.equal(own[k], v), k
+    assert report["not_loaded_from_file"] == ["cls", "head/kernel"]
+    assert "segmentation_head.0.weight" in report["not_pretrained_in_model"]
+
+
+def test_google_npz_position_grid_is_resized():
+    from scipy import ndimage
+
+    from baselines.transunet import load_vit_npz
+
+    kw = dict(num_classes=2, hidden=64, layers=1, heads=4, mlp_dim=128)
+    src = create_model("transunet", img_size=224, **kw)  # 14x14 grid (+ class token in the file)
+    npz = _to_google_npz(src)
+    dst = create_model("transunet", img_size=64, **kw)  # 4x4 grid
+    load_vit_npz(dst, npz)
+    grid = npz["Transformer/posembed_input/pos_embedding"][0, 1:].reshape(14, 14, -1)
+    want = ndimage.zoom(grid, (4 / 14, 4 / 14, 1), order=1).reshape(1, 16, -1)
+    torch.testing.assert_close(dst.transformer.embeddings.position_embeddings.detach(), torch.from_numpy(want))
