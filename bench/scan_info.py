@@ -1,7 +1,8 @@
-"""Which selective-scan backend a model would use (recorded with every run).
+"""Which selective-scan backend a model used (recorded with every run).
 
-Models without a selective scan report None. SSM models (issue: ssm_models) expose
-``scan_backend`` themselves; this indirection keeps bench/ free of model imports.
+Models that run the selective scan set ``uses_selective_scan = True``; others report None.
+The backend is the one of the last scan in this thread, else the one that would run on the
+model's device (``ssm_models.scan``, imported only for such models).
 """
 
 from __future__ import annotations
@@ -10,5 +11,8 @@ from torch import nn
 
 
 def scan_backend_for(model: nn.Module) -> str | None:
-    backend = getattr(model, "scan_backend", None)
-    return backend() if callable(backend) else backend
+    if not getattr(model, "uses_selective_scan", False):
+        return None
+    from ssm_models import scan
+
+    return scan.last_backend() or scan.default_backend(next(model.parameters()).device)

@@ -23,7 +23,6 @@ from torch import nn
 
 from bench.modeling import SegmentationModel
 from bench.registry import register_model
-from ssm_models import scan
 from ssm_models.mamba import Mamba
 
 __all__ = ["LightMUNet", "MambaLayer"]
@@ -113,6 +112,8 @@ class LightMUNet(SegmentationModel):
         num_groups: GroupNorm groups.
     """
 
+    uses_selective_scan = True
+
     def __init__(self, num_classes: int, in_chans: int = 1, spatial_dims: int = 2, init_filters: int = 32,
                  blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1), num_groups: int = 8):
         super().__init__()
@@ -146,9 +147,6 @@ class LightMUNet(SegmentationModel):
         for up, layer, skip in zip(self.up_samples, self.up_layers, skips[-2::-1]):
             x = layer(up(x) + skip)
         return self.conv_final(x)
-
-    def scan_backend(self) -> str:
-        return scan.last_backend() or scan.default_backend(next(self.parameters()).device)
 
 
 PAPER_CONFIG = {"spatial_dims": 2, "init_filters": 32, "blocks_down": (1, 2, 2, 4), "blocks_up": (1, 1, 1),

@@ -1,101 +1,163 @@
-"""The selective scan (Mamba's S6 recurrence), one op with interchangeable backends.
+"""The selective scan (Mamba's S6 recurrence): one op, interchangeable backends.
 
-``selective_scan`` has mamba-ssm v1 ``selective_scan_fn`` semantics (state-spaces/mamba,
-mamba_ssm/ops/selective_scan_interface.py), grouped B/C included::
+``selective_scan`` has the semantics of mamba-ssm v1's ``selective_scan_fn``
+(state-spaces/mamba, mamba_ssm/ops/selective_scan_interface.py), grouped B/C included::
 
-    u, delta: (batch, dim, L)       A: (dim, N)       D, delta_bias: (dim,)       z: (batch, dim, L)
-    B, C: (dim, N) time-invariant | (batch, N, L) | (batch, G, N, L) grouped, dim % G == 0
-    delta = softplus(delta + delta_bias)                       (softplus only if delta_softplus)
-    x_t   = exp(delta_t · A) ⊙ x_{t-1} + delta_t · B_t · u_t    (x_{-1} = 0, shape (batch, dim, N))
-    y_t   = Σ_n C_t · x_t  + D · u_t,   then y *= silu(z)
+    u, delta, z: (batch, dim, L)      A: (dim, N), real      D, delta_bias: (dim,)
+    B, C: (dim, N) time-invariant | (batch, N, L) | (batch, G, N, L), dim % G == 0
+          (channel d reads group d // (dim // G); B and C are independent)
+    dt  = softplus(delta + delta_bias)                  (softplus only if delta_softplus)
+    x_t = exp(dt_t · A) ⊙ x_{t-1} + dt_t · u_t · B_t    (x_{-1} = 0; x: (batch, dim, N))
+    y_t = <C_t, x_t> + D · u_t,   then y *= silu(z)
 
-Backends (``backend=`` or env ``BENCH_SCAN_BACKEND``; default: automatic):
+The output has ``u``'s dtype; the scan runs in float32 (float64 inputs stay float64).
+``return_last_state=True`` returns ``(y, last_state)``, last_state (batch, dim, N) in the
+compute dtype, as mamba-ssm does.
 
-- ``cuda``: mamba-ssm's fused kernels; chosen automatically for CUDA tensors when mamba-ssm imports.
-- ``cpu``: a compiled C++ kernel (``csrc/selective_scan_cpu.cpp``, built on first use with
-  torch.utils.cpp_extension and cached) with a reverse-scan backward; the CPU default.
-- ``torch``: the same forward/backward in PyTorch ops (any device); used when the kernel cannot
-  be built, and on CUDA tensors without mamba-ssm.
-- ``ref``: a plain per-step loop written like mamba-ssm's ``selective_scan_ref`` (autograd through
-  it is O(L²)); the oracle of the tests, exact in float64.
+Backends (``backend=``, else env ``BENCH_SCAN_BACKEND``, else automatic):
 
-Bias, softplus, the D term and the z gate are ordinary autograd ops around one core function of
-(u, delta, A, B, C), so every backend shares them. The core computes in float32 (float64 stays
-float64); the output has ``u``'s dtype.
+- ``cuda``: mamba-ssm's fused kernels; automatic for CUDA tensors when mamba-ssm imports.
+  Note: mamba-ssm ignores the gradient that flows into ``last_state``; the others do not.
+- ``cpu``: a C++ kernel (``csrc/selective_scan_cpu.cpp``) with bias, softplus, D and the z gate
+  fused, and a reverse-scan backward; the CPU default. Built on first use, cached on disk.
+- ``torch``: the same recurrence in PyTorch ops with a reverse-scan backward (any device);
+  automatic when the kernel cannot be built, and for CUDA tensors without mamba-ssm.
+- ``ref``: a per-step loop of einsums laid out like mamba-ssm's ``selective_scan_ref``; the test
+  oracle (exact in float64) and the benchmark baseline. Autograd through it is O(L²).
+
+Importing this module is cheap: mamba-ssm is imported, and the kernel compiled, on first need.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import math
 import os
+import platform
+import re
+import shutil
 import sys
+import sysconfig
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+__all__ = ["selective_scan", "available_backends", "default_backend", "last_backend", "backend_report", "BACKENDS"]
 
 BACKENDS = ("cuda", "cpu", "torch", "ref")
-_state = threading.local()
-_ext = None
-_ext_error: str | None = None
-_ext_lock = threading.Lock()
+ENV_VAR = "BENCH_SCAN_BACKEND"
+
+_last: str | None = None
+_lock = threading.Lock()
+_ext = None  # the loaded kernel module
+_ext_error: str | None = None  # why it is unavailable (short); full text in _ext_error_detail
+_ext_error_detail: str | None = None
+_ext_origin = ""  # "built in 8.1 s" / "loaded from cache"
+_mamba = None  # mamba-ssm's selective_scan_fn, False once its import failed
+_mamba_error = ""
 
 
-# ------------------------------------------------------------------------------------ backends
+# ------------------------------------------------------------------------------- the C++ kernel
+
+_SOURCE = Path(__file__).parent / "csrc" / "selective_scan_cpu.cpp"
+_EXT_NAME = "ssm_unet_bench_selective_scan_cpu"
+# -ffp-contract=fast: ISO C++ mode would forbid fused multiply-adds. -march=native is why the
+# build directory is keyed by the CPU (below). No -ffast-math: the kernel writes its own exp.
+_CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
+_STALE_LOCK_S = 600  # a build takes well under a minute; an older lock was left by a killed build
+
+
+def _cpu_signature() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        return next((line for line in info.splitlines() if line.startswith("flags")), info[:2000])
+    except OSError:
+        return platform.processor()
+
+
+def _build_dir() -> Path:
+    """One directory per (kernel source, flags, torch, Python, compiler, CPU): a cached binary is
+    only ever loaded into the setup that built it, and two checkouts or venvs sharing the cache
+    never rebuild over each other."""
+    key = hashlib.sha256()
+    for part in (_SOURCE.read_bytes(), " ".join(_CFLAGS), torch.__version__, torch.__file__, sys.version,
+                 sysconfig.get_paths()["include"], os.environ.get("CXX", "c++"), platform.machine(),
+                 _cpu_signature()):
+        key.update(part if isinstance(part, bytes) else part.encode())
+    base = os.environ.get("BENCH_EXTENSIONS_DIR")
+    if base is None:
+        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        base = Path(cache) / "ssm-unet-bench" / "torch_extensions"
+    path = Path(base) / f"selective_scan_cpu-{key.hexdigest()[:16]}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:  # read-only home (some CI runners)
+        path = Path(tempfile.gettempdir()) / f"ssm-unet-bench-{os.getuid()}" / path.name
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The first compiler error line of a failed build, else the exception's first line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.search(r"(^|\s|:)(fatal )?error:", ln, re.IGNORECASE)
+              and not ln.startswith("Error building extension")]
+    if errors:
+        return f"build failed: {errors[0][:240]}"
+    return f"{type(exc).__name__}: {(lines or [''])[0][:240]}"
 
 
 def _load_extension():
-    """Build (first time) and load the C++ kernel; remember why if that is impossible."""
-    global _ext, _ext_error
-    with _ext_lock:
+    """The compiled kernel, built on first call (then cached on disk); None if it cannot be had.
+    The reason is kept for ``backend_report``. torch's FileBaton serialises concurrent builds."""
+    global _ext, _ext_error, _ext_error_detail, _ext_origin
+    if _ext is not None or _ext_error is not None:
+        return _ext
+    with _lock:
         if _ext is not None or _ext_error is not None:
             return _ext
         try:
             from torch.utils import cpp_extension
 
-            # a venv's ninja is on PATH only when the venv is activated
-            os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-            build = Path(os.environ.get("BENCH_EXTENSIONS_DIR", Path.home() / ".cache" / "ssm-unet-bench" / "ext"))
-            build.mkdir(parents=True, exist_ok=True)
-            _ext = cpp_extension.load(
-                name="ssm_unet_bench_selective_scan_cpu",
-                sources=[str(Path(__file__).parent / "csrc" / "selective_scan_cpu.cpp")],
-                # -ffast-math only at compile time (vectorised exp via libmvec); not linked, so it
-                # cannot switch the whole process to flush-to-zero.
-                extra_cflags=["-O3", "-ffast-math", "-fopenmp", "-march=native"],
-                extra_ldflags=["-fopenmp"],
-                build_directory=str(build),
-                verbose=False,
-            )
-        except Exception as exc:  # no compiler, no ninja, build error, …
-            _ext_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+            if shutil.which("ninja") is None:  # pip's ninja sits next to python in a non-activated venv
+                here = Path(sys.executable).parent
+                if (here / "ninja").exists():
+                    os.environ["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
+            build = _build_dir()
+            lock = build / "lock"
+            if lock.exists() and time.time() - lock.stat().st_mtime > _STALE_LOCK_S:
+                lock.unlink(missing_ok=True)
+            cached = any(build.glob(f"{_EXT_NAME}*.so"))
+            t0 = time.perf_counter()
+            _ext = cpp_extension.load(name=_EXT_NAME, sources=[str(_SOURCE)], extra_cflags=_CFLAGS,
+                                      extra_ldflags=["-fopenmp"], build_directory=str(build), verbose=False)
+            _ext_origin = "loaded from cache" if cached else f"built in {time.perf_counter() - t0:.1f} s"
+        except Exception as exc:  # no compiler, no ninja, a build or load error
+            _ext_error, _ext_error_detail = _short_reason(exc), str(exc)
         return _ext
 
 
 def _mamba_selective_scan_fn():
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:  # not installed, or its CUDA extension does not load
-        return None
-    return selective_scan_fn
+    """mamba-ssm's ``selective_scan_fn``, or None. Tried once per process: the import costs
+    ~13 s on a CPU machine, and a failing import would otherwise be retried on every call."""
+    global _mamba, _mamba_error
+    if _mamba is None:
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+            _mamba = selective_scan_fn
+        except Exception as exc:  # not installed, or its CUDA extension does not load
+            _mamba, _mamba_error = False, _short_reason(exc)
+    return _mamba or None
 
 
-def available_backends() -> list[str]:
-    out = []
-    if torch.cuda.is_available() and _mamba_selective_scan_fn() is not None:
-        out.append("cuda")
-    if _load_extension() is not None:
-        out.append("cpu")
-    return out + ["torch", "ref"]
-
-
-def default_backend(device: torch.device | str = "cpu") -> str:
-    forced = os.environ.get("BENCH_SCAN_BACKEND")
-    if forced:
-        return _check_backend(forced)
-    if torch.device(device).type == "cuda":
-        return "cuda" if _mamba_selective_scan_fn() is not None else "torch"
-    return "cpu" if _load_extension() is not None else "torch"
+# ------------------------------------------------------------------------------- selection
 
 
 def _check_backend(name: str) -> str:
@@ -104,158 +166,270 @@ def _check_backend(name: str) -> str:
     return name
 
 
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends that can run on ``device`` (this may build the kernel, or import mamba-ssm)."""
+    out = []
+    if torch.device(device).type == "cuda" and torch.cuda.is_available() and _mamba_selective_scan_fn():
+        out.append("cuda")
+    if torch.device(device).type == "cpu" and _load_extension() is not None:
+        out.append("cpu")
+    return out + ["torch", "ref"]
+
+
+def default_backend(device: torch.device | str = "cpu") -> str:
+    """What ``backend=None`` runs for tensors on ``device`` (the env var first)."""
+    forced = os.environ.get(ENV_VAR)
+    if forced:
+        return _check_backend(forced)
+    if torch.device(device).type == "cuda":
+        return "cuda" if _mamba_selective_scan_fn() else "torch"
+    return "cpu" if _load_extension() is not None else "torch"
+
+
 def last_backend() -> str | None:
-    """The backend of the most recent ``selective_scan`` call in this thread (None before any)."""
-    return getattr(_state, "last", None)
+    """The backend of the most recent ``selective_scan`` call in this process (None before any);
+    run records store it."""
+    return _last
 
 
 def backend_report() -> str:
-    """One line: which backend would run on CPU and on CUDA, and why."""
-    cpu = default_backend("cpu")
-    why = (f"compiled C++ kernel ({_ext.__file__})" if cpu == "cpu" and _ext is not None
-           else f"C++ kernel unavailable: {_ext_error}" if cpu == "torch" else "forced by BENCH_SCAN_BACKEND")
-    if _mamba_selective_scan_fn() is not None:
-        cuda = "cuda (mamba-ssm kernels import)" + ("" if torch.cuda.is_available() else ", but no CUDA device")
+    """One line: which backend runs for CPU and for CUDA tensors, and why."""
+    forced = os.environ.get(ENV_VAR)
+    if forced and forced not in BACKENDS:
+        return f"{ENV_VAR}={forced!r} is not a backend (choose one of {', '.join(BACKENDS)})"
+    ext = _load_extension()
+    kernel = (f"compiled C++ kernel {_ext_origin}: {ext.__file__}" if ext is not None
+              else f"C++ kernel unavailable: {_ext_error}")
+    cpu = forced or ("cpu" if ext is not None else "torch")
+    cpu_line = f"CPU: {cpu} ({kernel})" if not forced else f"CPU: {cpu} (forced by {ENV_VAR}; {kernel})"
+    if not torch.cuda.is_available():
+        installed = importlib.util.find_spec("mamba_ssm") is not None
+        mamba = "mamba-ssm installed, not imported" if installed else "mamba-ssm not installed"
+        cuda_line = f"CUDA: no device ({mamba})"
+    elif _mamba_selective_scan_fn():
+        cuda_line = f"CUDA: {forced or 'cuda'} (mamba-ssm kernels import)"
     else:
-        cuda = "torch (mamba-ssm kernels do not import)"
-    return f"CPU tensors: {cpu} ({why}); CUDA tensors: {cuda}"
+        cuda_line = f"CUDA: {forced or 'torch'} (mamba-ssm kernels do not import: {_mamba_error})"
+    return f"{cpu_line}; {cuda_line}"
 
 
-# --------------------------------------------------------------------------------- canonical form
+# ------------------------------------------------------------------------------- shapes
 
 
-def _grouped(M: torch.Tensor, batch: int, dim: int, L: int, name: str) -> torch.Tensor:
-    """B or C as (batch, G, L, N), contiguous: the layout both fast cores read."""
-    if M.dim() == 2:  # time-invariant (dim, N): one group per channel, repeated over time
-        return M.reshape(1, dim, 1, M.shape[1]).expand(batch, dim, L, M.shape[1]).contiguous()
-    if M.dim() == 3:
-        M = M.unsqueeze(1)
-    if M.dim() != 4 or M.shape[0] != batch or M.shape[-1] != L or dim % M.shape[1]:
-        raise ValueError(f"{name} must be (dim, N), (batch, N, L) or (batch, G, N, L) with dim % G == 0; got {tuple(M.shape)}")
-    return M.transpose(-1, -2).contiguous()
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f"u and delta must be (batch, dim, L) of one shape; got {tuple(u.shape)}, {tuple(delta.shape)}")
+    batch, dim, L = u.shape
+    if A.dim() != 2 or A.shape[0] != dim or A.is_complex():
+        raise ValueError(f"A must be real (dim, N) = ({dim}, N); got {tuple(A.shape)} {A.dtype}")
+    N = A.shape[1]
+    for name, M in (("B", B), ("C", C)):
+        ok = ((M.dim() == 2 and tuple(M.shape) == (dim, N)) or (M.dim() == 3 and tuple(M.shape) == (batch, N, L))
+              or (M.dim() == 4 and M.shape[0] == batch and M.shape[2:] == (N, L) and dim % M.shape[1] == 0))
+        if not ok:
+            raise ValueError(f"{name} must be (dim, N), (batch, N, L) or (batch, G, N, L) with dim % G == 0 "
+                             f"(dim={dim}, N={N}, L={L}); got {tuple(M.shape)}")
+    for name, v in (("D", D), ("delta_bias", delta_bias)):
+        if v is not None and tuple(v.shape) != (dim,):
+            raise ValueError(f"{name} must be ({dim},); got {tuple(v.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"z must have u's shape {tuple(u.shape)}; got {tuple(z.shape)}")
 
 
-# ------------------------------------------------------------------------------------- cores
-# core(u, delta, A, Bg, Cg) -> (y, last_state); u, delta (batch, dim, L); Bg, Cg (batch, G, L, N)
+def _kernel_layout(B, C, work):
+    """B, C for the fast cores: (batch, G, L, N) time-major, or (dim, N) when time-invariant.
+    When both vary with different group counts, both are spread to lcm(G_B, G_C) groups
+    (autograd sums the copies back)."""
+    grouped = [M.unsqueeze(1) if M.dim() == 3 else M for M in (B, C)]
+    gs = [M.shape[1] for M in grouped if M.dim() == 4]
+    G = math.lcm(*gs) if gs else 1
+    out = []
+    for M in grouped:
+        if M.dim() == 4:
+            M = M.repeat_interleave(G // M.shape[1], dim=1) if M.shape[1] != G else M
+            M = M.transpose(-1, -2)
+        out.append(M.to(work).contiguous())
+    return out
 
 
-class _CpuCore(torch.autograd.Function):
+# ------------------------------------------------------------------------------- cpu backend
+
+
+class _CpuScan(torch.autograd.Function):
+    """The compiled kernel; bias, softplus, D and the z gate are fused into it."""
+
     @staticmethod
-    def forward(ctx, u, delta, A, Bg, Cg):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus):
         ext = _load_extension()
-        y, last = ext.fwd(u, delta, A, Bg, Cg)
-        ctx.save_for_backward(u, delta, A, Bg, Cg)
+        y, last = ext.fwd(u, delta, A, B, C, D, z, delta_bias, softplus)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        ctx.softplus = softplus
+        ctx.set_materialize_grads(False)
         return y, last
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy, glast):
-        u, delta, A, Bg, Cg = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
         gy = torch.zeros_like(u) if gy is None else gy.contiguous()
-        du, ddelta, dA, dB, dC = _load_extension().bwd(u, delta, A, Bg, Cg, gy, glast, torch.get_num_threads())
-        return du, ddelta, dA, dB, dC
+        glast = None if glast is None else glast.contiguous()
+        grads = _load_extension().bwd(u, delta, A, B, C, D, z, delta_bias, ctx.softplus, gy, glast,
+                                      torch.get_num_threads())
+        return (*[g if need else None for g, need in zip(grads, ctx.needs_input_grad)], None)
 
 
-def _expand_groups(M: torch.Tensor, dim: int) -> torch.Tensor:
-    """(batch, G, L, N) -> (L, batch, dim, N): each channel sees its group's row."""
-    batch, G, L, N = M.shape
-    return M.permute(2, 0, 1, 3).unsqueeze(3).expand(L, batch, G, dim // G, N).reshape(L, batch, dim, N)
+# ------------------------------------------------------------------------------- torch backend
+# Layout (L, batch, dim, N), contiguous: each step of the loop is one in-place addcmul_ over a
+# contiguous slab (spec/environment.md §4, "seq_contig"), and the backward is the same loop
+# reversed. All states are kept: 2 · L·batch·dim·N floats (~300 MB at VM-UNet's stage 1).
 
 
-def _reduce_groups(M: torch.Tensor, G: int) -> torch.Tensor:
-    """(L, batch, dim, N) -> (batch, G, L, N): sum over the channels of each group."""
-    L, batch, dim, N = M.shape
-    return M.reshape(L, batch, G, dim // G, N).sum(3).permute(1, 2, 0, 3)
+def _per_step(M, G):
+    """B or C in kernel layout -> broadcastable against the states (L, batch, G, Dg, N)."""
+    if M.dim() == 2:  # (dim, N)
+        return M.view(1, 1, G, M.shape[0] // G, M.shape[1])
+    return M.permute(2, 0, 1, 3).unsqueeze(3)  # (L, batch, G, 1, N)
 
 
-class _TorchCore(torch.autograd.Function):
-    """PyTorch-op version of the same core: in-place step loop over a contiguous (L, batch, dim, N)
-    layout forward, reverse scan backward. Stores all states (L·batch·dim·N floats)."""
+def _sum_to(grad, M):
+    """grad (L, batch, G, Dg, N) back to M's kernel layout, summing the broadcast dimensions."""
+    if M.dim() == 2:
+        return grad.sum((0, 1)).reshape(M.shape)
+    return grad.sum(3).permute(1, 2, 0, 3)
 
+
+class _TorchScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, Bg, Cg):
-        G = Bg.shape[1]
-        dim = u.shape[1]
-        dA = torch.exp(delta.permute(2, 0, 1).unsqueeze(-1) * A)  # (L, batch, dim, N)
-        xs = (delta * u).permute(2, 0, 1).unsqueeze(-1) * _expand_groups(Bg, dim)  # δ·B·u, becomes the states
-        for t in range(1, xs.shape[0]):
+    def forward(ctx, u, delta, A, B, C):
+        batch, dim, L = u.shape
+        N = A.shape[1]
+        G = B.shape[1] if B.dim() == 4 else C.shape[1] if C.dim() == 4 else 1
+        shape5 = (L, batch, G, dim // G, N)
+        dl = delta.permute(2, 0, 1).reshape(L, batch, G, dim // G, 1)
+        ul = u.permute(2, 0, 1).reshape(L, batch, G, dim // G, 1)
+        dA = torch.exp(dl * A.view(1, 1, G, dim // G, N))  # (L, batch, G, Dg, N)
+        xs = (dl * ul) * _per_step(B, G).expand(shape5)  # dt·u·B, turned into the states in place
+        xs = xs.contiguous()
+        for t in range(1, L):
             xs[t].addcmul_(dA[t], xs[t - 1])
-        y = (xs * _expand_groups(Cg, dim)).sum(-1).permute(1, 2, 0).contiguous()
-        ctx.save_for_backward(u, delta, A, Bg, Cg, xs, dA)
-        ctx.G = G
-        return y, xs[-1].clone()
+        y = (xs * _per_step(C, G)).sum(-1)  # (L, batch, G, Dg)
+        ctx.save_for_backward(u, delta, A, B, C, xs, dA)
+        return y.reshape(L, batch, dim).permute(1, 2, 0).contiguous(), xs[-1].reshape(batch, dim, N).clone()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy, glast):
-        u, delta, A, Bg, Cg, xs, dA = ctx.saved_tensors
-        dim = u.shape[1]
-        gy_l = (torch.zeros_like(u) if gy is None else gy).permute(2, 0, 1).unsqueeze(-1)  # (L, batch, dim, 1)
-        gx = gy_l * _expand_groups(Cg, dim)  # becomes dL/dx_t after the reverse scan
+        u, delta, A, B, C, xs, dA = ctx.saved_tensors
+        L, batch, G, Dg, N = xs.shape
+        dim = G * Dg
+        gyl = (torch.zeros_like(u) if gy is None else gy).permute(2, 0, 1).reshape(L, batch, G, Dg, 1)
+        gx = gyl * _per_step(C, G)  # C_t g_t, turned into dLoss/dx_t by the reverse scan
+        gx = gx.expand(xs.shape).contiguous()
         if glast is not None:
-            gx[-1] += glast
-        for t in range(gx.shape[0] - 2, -1, -1):
+            gx[-1] += glast.reshape(batch, G, Dg, N)
+        for t in range(L - 2, -1, -1):
             gx[t].addcmul_(dA[t + 1], gx[t + 1])
-        x_prev = torch.cat([torch.zeros_like(xs[:1]), xs[:-1]])
-        darg = gx * x_prev * dA  # d/d(delta_t A)
-        Bx = _expand_groups(Bg, dim)
-        delta_l, u_l = delta.permute(2, 0, 1).unsqueeze(-1), u.permute(2, 0, 1).unsqueeze(-1)
-        gxB = (gx * Bx).sum(-1, keepdim=True)
-        ddelta = (darg * A).sum(-1, keepdim=True) + gxB * u_l
-        du = gxB * delta_l
-        dA_param = (darg * delta_l).sum((0, 1))
-        dB = _reduce_groups(gx * (delta_l * u_l), ctx.G)
-        dC = _reduce_groups(xs * gy_l, ctx.G)
-        back = lambda t: t.squeeze(-1).permute(1, 2, 0)  # noqa: E731
-        return back(du), back(ddelta), dA_param, dB, dC
+        dl = delta.permute(2, 0, 1).reshape(L, batch, G, Dg, 1)
+        ul = u.permute(2, 0, 1).reshape(L, batch, G, Dg, 1)
+        dC = _sum_to(xs * gyl, C)
+        # w_t = gx_t · x_{t-1} · exp(dt_t A): the gradient of the argument dt_t·A (x_{-1} = 0)
+        w = dA * gx  # not in place: saved tensors must survive a retain_graph second backward
+        w[1:].mul_(xs[:-1])
+        w[0].zero_()
+        gB = (gx * _per_step(B, G)).sum(-1, keepdim=True)  # <gx_t, B_t>
+        ddelta = (w * A.view(1, 1, G, Dg, N)).sum(-1, keepdim=True) + gB * ul
+        du = gB * dl
+        dA_ = (w * dl).sum((0, 1)).reshape(dim, N)
+        dB = _sum_to(gx.mul_(dl * ul), B)
+        back = lambda t: t.reshape(L, batch, dim).permute(1, 2, 0)  # noqa: E731
+        return back(du), back(ddelta), dA_, dB, dC
 
 
-def _ref_core(u, delta, A, Bg, Cg):
-    """Per-step loop with einsums, laid out as mamba-ssm's selective_scan_ref: B/C repeated per
-    channel as (batch, dim, N, L) and read one strided time slice per step. It is the speed
-    baseline of benchmarks/scan_bench.py, so keep its layout."""
+# ------------------------------------------------------------------------------- ref backend
+
+
+def _ref_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """Sequential loop laid out like mamba-ssm's selective_scan_ref: the discretised terms are
+    built once as (batch, dim, L, N) einsums, then one step per time index, reading a strided
+    time slice. Benchmarks compare against exactly this, so keep its layout."""
+    work = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta, A = u.to(work), delta.to(work), A.to(work)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(work)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
     dim = u.shape[1]
-    G = Bg.shape[1]
-    B = Bg.transpose(-1, -2).repeat_interleave(dim // G, dim=1)  # (batch, dim, N, L)
-    C = Cg.transpose(-1, -2).repeat_interleave(dim // G, dim=1)
-    dA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
-    dBu = torch.einsum("bdl,bdnl,bdl->bdln", delta, B, u)
+    B, C = B.to(work), C.to(work)
+    if B.dim() == 4:
+        B = B.repeat_interleave(dim // B.shape[1], dim=1)  # (batch, dim, N, L)
+    if C.dim() == 4:
+        C = C.repeat_interleave(dim // C.shape[1], dim=1)
+    decay = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    spec = {2: "bdl,dn,bdl->bdln", 3: "bdl,bnl,bdl->bdln", 4: "bdl,bdnl,bdl->bdln"}[B.dim()]
+    drive = torch.einsum(spec, delta, B, u)
     x = u.new_zeros(u.shape[0], dim, A.shape[1])
     ys = []
     for t in range(u.shape[2]):
-        x = dA[:, :, t] * x + dBu[:, :, t]
-        ys.append(torch.einsum("bdn,bdn->bd", x, C[:, :, :, t]))
-    return torch.stack(ys, dim=2), x
+        x = decay[:, :, t] * x + drive[:, :, t]
+        if C.dim() == 2:
+            ys.append(torch.einsum("bdn,dn->bd", x, C))
+        elif C.dim() == 3:
+            ys.append(torch.einsum("bdn,bn->bd", x, C[:, :, t]))
+        else:
+            ys.append(torch.einsum("bdn,bdn->bd", x, C[:, :, :, t]))
+    y = torch.stack(ys, dim=2)
+    if D is not None:
+        y = y + u * D.to(work)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(work))
+    return y, x
 
 
-# ------------------------------------------------------------------------------------ the op
+# ------------------------------------------------------------------------------- the op
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, backend: str | None = None):
-    """Selective scan with mamba-ssm semantics; see the module docstring for shapes."""
+    """Selective scan with mamba-ssm's ``selective_scan_fn`` semantics (module docstring).
+
+    ``backend``: "cuda", "cpu", "torch", "ref", or None for automatic (env ``BENCH_SCAN_BACKEND``
+    overrides the automatic choice, never an explicit argument).
+    """
+    global _last
     name = _check_backend(backend) if backend else default_backend(u.device)
-    _state.last = name
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     if name == "cuda":
         fn = _mamba_selective_scan_fn()
         if fn is None or not u.is_cuda:
-            raise RuntimeError("the cuda backend needs CUDA tensors and an importable mamba-ssm")
+            raise RuntimeError(f"the cuda backend needs CUDA tensors and an importable mamba-ssm "
+                               f"(tensors on {u.device}; mamba-ssm: {_mamba_error or 'imports'})")
+        _last = name
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    if name == "cpu" and (u.is_cuda or _load_extension() is None):
-        raise RuntimeError(f"the cpu backend needs CPU tensors and its compiled kernel ({_ext_error or 'ok'})")
+    if name == "cpu" and (u.device.type != "cpu" or _load_extension() is None):
+        raise RuntimeError(f"the cpu backend needs CPU tensors (got {u.device}) and its compiled kernel "
+                           f"({_ext_error or 'loaded'}); backend='torch' runs anywhere")
+    _last = name
 
     dtype_in = u.dtype
     work = torch.float64 if dtype_in == torch.float64 else torch.float32
-    batch, dim, L = u.shape
-    u_, delta_, A_ = u.to(work), delta.to(work), A.to(work)
-    if delta_bias is not None:
-        delta_ = delta_ + delta_bias.to(work)[:, None]
-    if delta_softplus:
-        delta_ = F.softplus(delta_)
-    Bg, Cg = _grouped(B.to(work), batch, dim, L, "B"), _grouped(C.to(work), batch, dim, L, "C")
-    core = {"cpu": _CpuCore.apply, "torch": _TorchCore.apply, "ref": _ref_core}[name]
-    y, last = core(u_.contiguous(), delta_.contiguous(), A_.contiguous(), Bg, Cg)
-    if D is not None:
-        y = y + u_ * D.to(work)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(work))
+    if name == "ref":
+        y, last = _ref_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    elif name == "cpu":
+        Bk, Ck = _kernel_layout(B, C, work)
+        cast = lambda t: None if t is None else t.to(work).contiguous()  # noqa: E731
+        y, last = _CpuScan.apply(cast(u), cast(delta), cast(A), Bk, Ck, cast(D), cast(z), cast(delta_bias),
+                                 bool(delta_softplus))
+    else:  # torch: the core is (u, delta, A, B, C); the rest is ordinary autograd around it
+        u_, delta_ = u.to(work), delta.to(work)
+        if delta_bias is not None:
+            delta_ = delta_ + delta_bias.to(work)[:, None]
+        if delta_softplus:
+            delta_ = F.softplus(delta_)
+        Bk, Ck = _kernel_layout(B, C, work)
+        y, last = _TorchScan.apply(u_.contiguous(), delta_.contiguous(), A.to(work).contiguous(), Bk, Ck)
+        if D is not None:
+            y = y + u_ * D.to(work)[:, None]
+        if z is not None:
+            y = y * F.silu(z.to(work))
     y = y.to(dtype_in)
     return (y, last) if return_last_state else y

@@ -20,7 +20,6 @@ from torch import nn
 
 from bench.modeling import SegmentationModel
 from bench.registry import register_model
-from ssm_models import scan
 from ssm_models.vss import PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSBlock
 
 __all__ = ["VMUNet", "VSSM", "load_vmamba_pretrained"]
@@ -127,6 +126,7 @@ class VMUNet(SegmentationModel):
     """
 
     size_divisor = 32
+    uses_selective_scan = True
 
     def __init__(self, num_classes: int, in_chans: int = 3, depths=(2, 2, 2, 2), depths_decoder=(2, 2, 2, 1),
                  dims=(96, 192, 384, 768), d_state: int = 16, drop_path_rate: float = 0.2):
@@ -136,9 +136,6 @@ class VMUNet(SegmentationModel):
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.vmunet(x)
-
-    def scan_backend(self) -> str:
-        return scan.last_backend() or scan.default_backend(next(self.parameters()).device)
 
 
 def load_vmamba_pretrained(model: nn.Module, state_dict: dict[str, Any], mirror_decoder: bool = True) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from torch import nn
 from bench.errors import BenchError
 from bench.modeling import SegmentationModel
 from bench.registry import register_model
-from ssm_models import scan
 from ssm_models.vmunet import VSSM, load_vmamba_pretrained
 
 __all__ = ["VMUNetV2"]
@@ -99,6 +98,7 @@ class VMUNetV2(SegmentationModel):
     """
 
     size_divisor = 32
+    uses_selective_scan = True
 
     def __init__(self, num_classes: int, in_chans: int = 3, depths=(2, 2, 9, 2), dims=(96, 192, 384, 768),
                  mid_channel: int = 48, deep_supervision: bool = True, d_state: int = 16,
@@ -141,9 +141,6 @@ class VMUNetV2(SegmentationModel):
         if self.deep_supervision:
             return segs[3] + self.deconv6(segs[2])
         return segs[3]
-
-    def scan_backend(self) -> str:
-        return scan.last_backend() or scan.default_backend(next(self.parameters()).device)
 
 
 def load_vmamba_encoder(model: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:

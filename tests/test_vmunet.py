@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.registry import create_model, load_official_state_dict, load_weights
+from bench.scan_info import scan_backend_for
 from ssm_models import scan
 from ssm_models.vss import SS2D, PatchExpand2D, PatchMerging2D
 
@@ -131,4 +132,5 @@ def test_one_class_returns_logits_and_scan_backend_is_reported():
     model = create_model("vmunet", num_classes=1, img_size=64, dims=(16, 32, 64, 128)).eval()
     out = model(torch.randn(1, 1, 64, 64) * 3)
     assert out.shape == (1, 1, 64, 64) and (out < 0).any()  # a sigmoid output would be in (0, 1)
-    assert model.scan_backend() in ("cpu", "torch")
+    assert scan_backend_for(model) in ("cpu", "torch")
+    assert scan_backend_for(create_model("unet", num_classes=1, widths=(8, 16))) is None
