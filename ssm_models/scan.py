@@ -98,7 +98,7 @@ def _build_dir() -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:  # read-only home (some CI runners)
-        path = Path(tempfile.gettempdir()) / f"ssm-unet-bench-{os.getuid()}" / path.name
+        path = Path(tempfile.gettempdir()) / f"ssm-unet-bench-{getattr(os, 'getuid', lambda: 0)()}" / path.name
         path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -218,7 +218,8 @@ def backend_report() -> str:
 
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
     if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(f"u and delta must be (batch, dim, L) of one shape; got {tuple(u.shape)}, {tuple(delta.shape)}")
+        raise ValueError(f"u and delta must be (batch, dim, L) of one shape; "
+                         f"got {tuple(u.shape)}, {tuple(delta.shape)}")
     batch, dim, L = u.shape
     if A.dim() != 2 or A.shape[0] != dim or A.is_complex():
         raise ValueError(f"A must be real (dim, N) = ({dim}, N); got {tuple(A.shape)} {A.dtype}")
@@ -281,7 +282,8 @@ class _CpuScan(torch.autograd.Function):
 # ------------------------------------------------------------------------------- torch backend
 # Layout (L, batch, dim, N), contiguous: each step of the loop is one in-place addcmul_ over a
 # contiguous slab (spec/environment.md §4, "seq_contig"), and the backward is the same loop
-# reversed. All states are kept: 2 · L·batch·dim·N floats (~300 MB at VM-UNet's stage 1).
+# reversed. States and decays are kept (2 · L·batch·dim·N floats); forward+backward peaks at
+# ~1.2 GB at VM-UNet's stage 1. A fallback: the compiled kernel keeps no (L, dim, N) tensor.
 
 
 def _per_step(M, G):
