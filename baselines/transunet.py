@@ -94,11 +94,12 @@ class ResNetV2(nn.Module):
 
 
 class Embeddings(nn.Module):
-    def __init__(self, img_size: int, hidden: int, dropout: float):
+    def __init__(self, img_size: int, hidden: int, dropout: float, resnet_units=(3, 4, 9), resnet_width: int = 64):
         super().__init__()
         self.position_embeddings = nn.Parameter(torch.zeros(1, (img_size // 16) ** 2, hidden))
-        self.hybrid_model = ResNetV2()
-        self.patch_embeddings = nn.Conv2d(1024, hidden, kernel_size=1)  # 1×1 "patches" of the 1/16 map
+        self.hybrid_model = ResNetV2(resnet_units, resnet_width)
+        # 1×1 "patches" of the 1/16 map (1024 channels in R50)
+        self.patch_embeddings = nn.Conv2d(resnet_width * 16, hidden, kernel_size=1)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -167,9 +168,9 @@ class Encoder(nn.Module):
 
 class Transformer(nn.Module):
     def __init__(self, img_size: int, hidden: int, layers: int, heads: int, mlp_dim: int, dropout: float,
-                 attn_dropout: float):
+                 attn_dropout: float, resnet_units=(3, 4, 9), resnet_width: int = 64):
         super().__init__()
-        self.embeddings = Embeddings(img_size, hidden, dropout)
+        self.embeddings = Embeddings(img_size, hidden, dropout, resnet_units, resnet_width)
         self.encoder = Encoder(hidden, layers, heads, mlp_dim, dropout, attn_dropout)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -225,16 +226,21 @@ class TransUNet(SegmentationModel):
         hidden, layers, heads, mlp_dim: ViT-B/16 (768, 12, 12, 3072).
         dropout, attn_dropout: 0.1 and 0.0 as in the configuration.
         n_skip: decoder skips used (3).
+        resnet_units, resnet_width: the hybrid's ResNet-50 stages 1-3 ((3, 4, 9) units, width 64);
+            the decoder's skip widths follow the width (8w, 4w, w). Smaller only for tests.
     """
 
     size_divisor = 16
 
     def __init__(self, num_classes: int, img_size: int = 224, in_chans: int = 3, hidden: int = 768, layers: int = 12,
-                 heads: int = 12, mlp_dim: int = 3072, dropout: float = 0.1, attn_dropout: float = 0.0, n_skip: int = 3):
+                 heads: int = 12, mlp_dim: int = 3072, dropout: float = 0.1, attn_dropout: float = 0.0, n_skip: int = 3,
+                 resnet_units: tuple[int, int, int] = (3, 4, 9), resnet_width: int = 64):
         super().__init__()
         self.num_classes, self.in_chans, self.img_size = num_classes, in_chans, img_size
-        self.transformer = Transformer(img_size, hidden, layers, heads, mlp_dim, dropout, attn_dropout)
-        self.decoder = DecoderCup(hidden, n_skip=n_skip)
+        self.transformer = Transformer(img_size, hidden, layers, heads, mlp_dim, dropout, attn_dropout,
+                                       tuple(resnet_units), resnet_width)
+        w = resnet_width
+        self.decoder = DecoderCup(hidden, skips=(8 * w, 4 * w, w, 16), n_skip=n_skip)
         self.segmentation_head = nn.Sequential(nn.Conv2d(16, num_classes, 3, padding=1), nn.Identity())
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -324,13 +330,14 @@ def load_vit_npz(model: nn.Module, npz: dict[str, Any]) -> dict[str, Any]:
 
 
 PAPER_CONFIG = {"hidden": 768, "layers": 12, "heads": 12, "mlp_dim": 3072, "dropout": 0.1, "attn_dropout": 0.0,
+                "resnet_units": (3, 4, 9), "resnet_width": 64,
                 "n_skip": 3}
 
 
 @register_model(
     family="transformer",
     paper_config=PAPER_CONFIG,
-    tiny={"hidden": 64, "layers": 2, "heads": 2, "mlp_dim": 128},
+    tiny={"hidden": 64, "layers": 2, "heads": 2, "mlp_dim": 128, "resnet_units": (1, 1, 1), "resnet_width": 32},
     source="Beckschen/TransUNet networks/vit_seg_modeling.py (VisionTransformer, get_r50_b16_config, n_skip 3)",
     paper="Chen et al., arXiv:2102.04306",
     description="TransUNet R50-ViT-B_16: ResNet-50 stages 1-3 + ViT-B/16, cascaded upsampler (105.28 M params)",

@@ -39,7 +39,8 @@ def _predict(model: nn.Module, inputs: list[torch.Tensor], protocol: Protocol, d
     """Model-resolution label maps (N, S, S) for prepared inputs (C, S, S)."""
     out = []
     for i in range(0, len(inputs), batch_size):
-        logits = model(torch.stack(inputs[i:i + batch_size]).to(device)).float()
+        batch = torch.stack(inputs[i:i + batch_size]).to(device, dtype=protocol.torch_dtype)
+        logits = model(batch).float()
         if binary:
             pred = (logits.sigmoid()[:, 0] >= protocol.eval.threshold).to(torch.uint8)
         else:
@@ -70,6 +71,7 @@ def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: 
              progress: Callable[[int, int], None] | None = None) -> EvalResult:
     """Score every test case of ``dataset`` under ``policy``; rows keep raw counts for re-aggregation."""
     binary = dataset.binary
+    model.to(device=device, dtype=protocol.torch_dtype)
     ids = dataset.test_ids()
     if protocol.eval.max_cases > 0:
         ids = ids[: protocol.eval.max_cases]

@@ -20,6 +20,7 @@ from typing import Any
 from bench.errors import BenchError
 
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
+DTYPES = ("float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,21 @@ class Protocol:
     seed: int
     train: TrainConfig
     eval: EvalConfig
+    # Parameters and activations. float64 is for CI's drift grid: float32 rounding differs between
+    # CPUs (MKL/oneDNN pick kernels per CPU), and a short training run amplifies it into metric
+    # differences of several DSC points; in float64 the same run agrees across CPUs.
+    dtype: str = "float32"
     source: str = ""
     datasets: tuple[str, ...] = ()  # datasets the protocol was written for; empty = any
     variant_of: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
     hash: str = ""
+
+    @property
+    def torch_dtype(self) -> "torch.dtype":
+        import torch
+
+        return {"float32": torch.float32, "float64": torch.float64}[self.dtype]
 
     @property
     def off_protocol(self) -> bool:
@@ -107,7 +118,7 @@ class Protocol:
                 train[key] = value
             elif key in names[1]:
                 ev[key] = value
-            elif key in {"img_size", "normalize", "metric_policy", "seed"}:
+            elif key in {"img_size", "normalize", "metric_policy", "seed", "dtype"}:
                 top[key] = value
             else:
                 raise BenchError(f"cannot override protocol field {key!r}")
@@ -133,6 +144,8 @@ def _build(data: dict[str, Any], path: Path) -> Protocol:
             train["betas"] = tuple(train["betas"])
         ev = dict(raw.pop("eval", {}))
         raw["datasets"] = tuple(raw.get("datasets", ()))
+        if raw.get("dtype", "float32") not in DTYPES:
+            raise BenchError(f"{path}: dtype must be one of {', '.join(DTYPES)}; got {raw['dtype']!r}")
         return Protocol(train=TrainConfig(**train), eval=EvalConfig(**ev), hash=_content_hash(data), **raw)
     except (KeyError, TypeError) as exc:
         raise BenchError(f"{path}: not a valid protocol file ({exc})") from exc

@@ -175,7 +175,7 @@ def train_model(
         total = min(total, t.max_iterations)
     epochs = math.ceil(total / steps_per_epoch)
 
-    model.to(device)
+    model.to(device=device, dtype=protocol.torch_dtype)
     optimizer = build_optimizer(model, protocol)
     use_amp = bool(t.amp and device.type == "cuda")  # AMP only where the protocol allows it
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -206,7 +206,8 @@ def train_model(
             lr = lr_at(protocol, step, epoch, total)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+            image = image.to(device, dtype=protocol.torch_dtype, non_blocking=True)
+            label = label.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(image)
             loss = segmentation_loss(logits, label, ce=t.loss_ce, dice=t.loss_dice, bce=t.loss_bce)

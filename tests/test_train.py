@@ -160,3 +160,17 @@ def test_best_train_loss_selection(synapse_root, tmp_path):
     res = train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
     best_epoch = min(range(len(res.epoch_losses)), key=res.epoch_losses.__getitem__)
     assert res.selected == f"best_train_loss@{best_epoch}"
+
+
+def test_float64_protocol_trains_and_evaluates_in_float64(synapse_root, tmp_path):
+    from bench.evaluate import evaluate
+
+    ds = open_dataset("synapse", synapse_root)
+    proto = _proto(dtype="float64", max_iterations=3)
+    model = _tiny_unet(ds)
+    res = train_model(model, ds, proto, seed=0, run_dir=tmp_path / "r", device=torch.device("cpu"))
+    assert math.isfinite(res.final_loss)
+    floats = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.float64 for t in floats)
+    scores = evaluate(model, ds, proto.with_overrides(max_cases=1), "legacy-synapse", device=torch.device("cpu"))
+    assert 0.0 <= scores.metrics["dice"] <= 1.0

@@ -1,0 +1,75 @@
+"""Protocols: the built-in recipes hold the authors' values, hashes follow content, bad files fail clearly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.errors import BenchError
+from bench.protocol import PROTOCOL_DIR, list_protocols, load_protocol
+
+
+def test_builtin_protocols_load():
+    names = list_protocols()
+    assert {"synapse", "synapse_swin", "synapse_vmunet", "isic17", "isic18", "smoke", "drift"} <= set(names)
+    hashes = {load_protocol(n).hash for n in names}
+    assert len(hashes) == len(names)  # each recipe is told apart by its hash
+
+
+def test_synapse_is_transunets_recipe():
+    p = load_protocol("synapse")
+    t = p.train
+    assert (p.img_size, t.batch_size, t.optimizer, t.lr, t.momentum, t.weight_decay) == (224, 24, "sgd", 0.01, 0.9, 1e-4)
+    assert (t.scheduler, t.poly_power, t.epochs, t.loss_ce, t.loss_dice) == ("poly", 0.9, 150, 0.5, 0.5)
+    assert (p.eval.image_order, p.eval.label_order, t.select, p.metric_policy) == (3, 0, "final", "legacy-synapse")
+    swin = load_protocol("synapse_swin")
+    assert (swin.variant_of, swin.train.loss_ce, swin.train.loss_dice, swin.train.lr) == ("synapse", 0.4, 0.6, 0.05)
+
+
+def test_isic_is_vmunets_recipe():
+    for name in ("isic17", "isic18"):
+        p = load_protocol(name)
+        t = p.train
+        assert (p.img_size, t.optimizer, t.lr, t.weight_decay, t.batch_size, t.epochs) == (256, "adamw", 1e-3, 1e-2, 32, 300)
+        assert (t.scheduler, t.cosine_t_max, t.cosine_eta_min) == ("cosine", 50, 1e-5)
+        assert (p.eval.threshold, p.metric_policy) == (0.5, "legacy-isic")
+
+
+def test_dtype_defaults_to_float32_and_drift_runs_in_float64():
+    assert load_protocol("synapse").torch_dtype == torch.float32
+    assert load_protocol("smoke").torch_dtype == torch.float32
+    assert load_protocol("drift").torch_dtype == torch.float64
+
+
+def test_hash_follows_content(tmp_path):
+    smoke = load_protocol("smoke").hash
+    copy = tmp_path / "copy.toml"
+    copy.write_text((PROTOCOL_DIR / "smoke.toml").read_text() + "\n# a comment changes nothing\n")
+    assert load_protocol(copy).hash == smoke
+    copy.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace("lr = 1e-3", "lr = 2e-3"))
+    assert load_protocol(copy).hash != smoke
+
+
+def test_override_marks_off_protocol():
+    p = load_protocol("smoke")
+    assert not p.off_protocol and p.with_overrides(lr=None) is p
+    q = p.with_overrides(epochs=3, dtype="float64")
+    assert q.off_protocol and q.overrides == {"epochs": 3, "dtype": "float64"}
+    assert q.train.epochs == 3 and q.torch_dtype == torch.float64 and q.hash == p.hash
+    with pytest.raises(BenchError, match="cannot override protocol field 'colour'"):
+        p.with_overrides(colour="red")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s.replace('seed = 0', 'seed = 0\ndtype = "float16"'), r"bad\.toml: dtype must be one of float32, float64; got 'float16'"),
+        (lambda s: s.replace("[train]", "[trian]"), r"bad\.toml: not a valid protocol file"),
+        (lambda s: s + "\n[[[", r"bad\.toml: invalid TOML"),
+    ],
+)
+def test_bad_protocol_file_names_the_file(tmp_path, edit, message):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(edit((PROTOCOL_DIR / "smoke.toml").read_text()))
+    with pytest.raises(BenchError, match=message):
+        load_protocol(bad)
