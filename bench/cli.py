@@ -174,6 +174,73 @@ def check(
     typer.echo("no drift")
 
 
+class ProfileFormat(str, enum.Enum):
+    md = "md"
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def profile(
+    models: Annotated[str, typer.Option(help="'all' or a comma list of registered models")] = "all",
+    img_size: Annotated[int, typer.Option(help="input side (square)")] = 224,
+    num_classes: Annotated[int, typer.Option(help="output classes (9: Synapse, 1: ISIC)")] = 9,
+    in_chans: Annotated[int, typer.Option(help="input channels")] = 3,
+    batch_size: Annotated[int, typer.Option(help="also measure throughput at this batch (0: batch 1 only)")] = 0,
+    device: Annotated[Device, typer.Option(help="where to time (counts are always taken on CPU)")] = Device.auto,
+    precision: Annotated[str, typer.Option(help="fp32 (TF32 off), tf32, bf16 or fp16 (autocast)")] = "fp32",
+    channels_last: Annotated[bool, typer.Option(help="time with channels_last memory format")] = False,
+    compile: Annotated[bool, typer.Option(help="time the torch.compile'd model")] = False,
+    warmup: Annotated[int, typer.Option(help="untimed forwards first")] = 20,
+    iters: Annotated[int, typer.Option(help="timed forwards (median and p90 over them)")] = 100,
+    timing: Annotated[bool, typer.Option(help="measure latency, FPS and memory (else counts only)")] = True,
+    tiny: Annotated[bool, typer.Option(help="use each model's tiny test configuration")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="model constructor override key=value")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (part of the fingerprint)")] = None,
+    results: Annotated[Path, typer.Option(help="results directory (profile records go to profiles/)")] = DEFAULT_RESULTS,
+    format: Annotated[ProfileFormat, typer.Option("--format", help="what to print")] = ProfileFormat.md,
+) -> None:
+    """Params, FLOPs (selective scan included, and thop's paper convention beside it), latency,
+    FPS and peak memory; one record per model under RESULTS/profiles, joined by `bench report`.
+
+    Example: bench profile --models all --img-size 224 --device cpu --iters 20
+    """
+    import json
+
+    import torch
+
+    from bench import cost
+    from bench.env import resolve_device
+    from bench.registry import get_entry, resolve_models
+    from bench.report import render_cost_md
+
+    if threads:
+        torch.set_num_threads(threads)
+    if precision not in cost.PRECISIONS:
+        raise BenchError(f"--precision must be one of {', '.join(cost.PRECISIONS)}; got {precision!r}")
+    if iters < 1 or warmup < 0:
+        raise BenchError("--iters must be >= 1 and --warmup >= 0")
+    dev = resolve_device(device.value)
+    rows = []
+    for name in resolve_models(models):
+        over = {**(dict(get_entry(name).tiny) if tiny else {}), **_parse_sets(set_ or [])}
+        row = cost.profile_model(name, img_size=img_size, num_classes=num_classes, in_chans=in_chans, device=dev,
+                                 precision=precision, batch_size=batch_size, warmup=warmup, iters=iters,
+                                 channels_last=channels_last, compile=compile, timing=timing, overrides=over)
+        cost.write_profile(row, results)
+        rows.append(row)
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    if format == ProfileFormat.md:
+        typer.echo(render_cost_md(frame))
+    elif format == ProfileFormat.csv:
+        cols = [c for c in cost.PROFILE_COLUMNS if c in frame.columns]
+        typer.echo(frame[cols].to_csv(index=False, lineterminator="\n"), nl=False)
+    else:
+        typer.echo(json.dumps(rows, indent=1, default=str))
+
+
 @app.command()
 def models() -> None:
     """List registered models with family, paper configuration and source.

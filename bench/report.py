@@ -320,6 +320,67 @@ def _render_csv(boards: dict[BoardKey, pd.DataFrame]) -> str:
     return table.to_csv(index=False, lineterminator="\n")
 
 
+# ---------------------------------------------------------------------------------------------
+# cost (from `bench profile` records)
+
+def _g(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v / 1e9:.2f}" if abs(v) >= 1e9 else f"{v / 1e9:.4f}"
+
+
+def _num(v, fmt: str) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """One display table per (device fingerprint, input shape, precision, layout, compile):
+    timings only rank against timings taken the same way on the same machine."""
+    tables: dict[str, pd.DataFrame] = {}
+    if df_prof is None or df_prof.empty:
+        return tables
+    keys = ["fingerprint", "input_shape", "precision", "channels_last", "compiled"]
+    for (fp, shape, prec, cl, comp), g in df_prof.groupby(keys, sort=True):
+        g = g.sort_values("macs")
+        timed = g["latency_ms_median"].notna() if "latency_ms_median" in g else pd.Series(False, index=g.index)
+        # a reference scan backend is never shown as the model's speed without saying so
+        mark = ["" if b in (None, "cpu", "cuda") or (isinstance(b, float) and math.isnan(b)) else f" ({b} scan)"
+                for b in g["scan_backend"]]
+        layout = (" · channels_last" if cl else "") + (" · torch.compile" if comp else "")
+        title = f"Cost · input {shape} · {prec}{layout} · {fp}"
+        tables[title] = pd.DataFrame({
+            "Model": g["model"], "Family": g["family"],
+            "Params (M)": [_num(v / 1e6, ".2f") for v in g["params"]],
+            "thop params (M)": [_num(v / 1e6, ".2f") for v in g["paper_params"]],
+            "GMACs": [_g(v) for v in g["macs"]],
+            "of which scan": [_g(v) for v in g["scan_macs"]],
+            "thop GMACs (papers)": [_g(v) for v in g["paper_macs"]],
+            "share thop misses (%)": [_num(v, ".1f") for v in g["paper_macs_missing_pct"]],
+            "fvcore GMACs": [_g(v) for v in g["fvcore_macs"]],
+            "Latency ms (median / p90)": [f"{a:.2f} / {b:.2f}{m}" if t else "" for a, b, m, t in
+                                          zip(g.get("latency_ms_median", []), g.get("latency_ms_p90", []), mark, timed)],
+            "FPS (batch 1)": [_num(v, ".1f") for v in g.get("fps", [None] * len(g))],
+            "Peak mem (MB)": [f"{_num(v, '.0f')} ({k})" if isinstance(v, (int, float)) and v == v else ""
+                              for v, k in zip(g.get("peak_mem_mb", [None] * len(g)), g.get("peak_mem_kind", [""] * len(g)))],
+        })
+    return tables
+
+
+COST_NOTE = ("GMACs: our count (torch.utils.flop_counter, one multiply-add = 1 MAC = 2 FLOPs) with the "
+             "selective scan included (9·B·L·D·N FLOPs per scan, the Mamba authors' estimate). thop GMACs: "
+             "the convention of most papers in this field (thop 0.1.1: leaf modules only — no scan, no "
+             "einsum, no functional matmul). fvcore: a cross-check of ours in the same unit.")
+
+
+def render_cost_md(df_prof: pd.DataFrame) -> str:
+    parts = []
+    for title, table in cost_tables(df_prof).items():
+        align = ["left", "left"] + ["right"] * (table.shape[1] - 2)
+        parts.append(f"## {title}\n\n{COST_NOTE}\n\n"
+                     + table.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n")
+    return "\n".join(parts)
+
+
 def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md") -> str:
     """All leaderboards of ``df_runs`` (from ``records.load``) as Markdown, LaTeX or CSV text.
 
@@ -340,8 +401,16 @@ def _check_format(fmt: str) -> str:
 
 
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None) -> str:
-    """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically."""
+    """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically.
+
+    Markdown reports end with the cost tables of ``bench profile`` records, when there are any."""
+    from bench.cost import load_profiles
+
     text = render(load(results_dir), fmt)
+    if _check_format(fmt.value if isinstance(fmt, ReportFormat) else fmt) == "md":
+        cost = render_cost_md(load_profiles(results_dir))
+        if cost:
+            text = text.rstrip("\n") + "\n\n" + cost
     if out is not None:
         atomic_write_text(Path(out), text)
     return text

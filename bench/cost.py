@@ -1,0 +1,378 @@
+"""Cost of a registered model: parameters, FLOPs, latency/throughput and peak memory.
+
+Counting conventions (every column says its unit):
+
+- ``flops``: floating-point operations of one forward, from ``torch.utils.flop_counter`` — a
+  multiply-add is 2 FLOPs (mm = 2·m·n·k). The selective scan, invisible to every counter because
+  no backend runs it through the dispatcher, is added through the marker op that
+  ``ssm_models.scan`` emits while a counter listens, with the Mamba authors' estimate
+  (``ssm_models.scan.selective_scan_flops``: 9·B·L·D·N, + B·D·L each for D and the z gate).
+  Element-wise ops (activations, adds, norms' arithmetic) are not counted, as in every counter.
+- ``macs`` = ``flops`` / 2: the unit fvcore, thop and the papers' "GFLOPs" use.
+- ``paper_macs``, ``paper_params``: thop 0.1.1's count, the convention of VM-UNet, VM-UNet-V2 and
+  most tables in this field: forward hooks on leaf ``nn.Module``s, so the scan, the einsums,
+  functional matmuls and bare ``nn.Parameter``s count zero. Shown beside ours so the gap is visible.
+- fvcore (``fvcore_macs``): a cross-check of ``macs`` through a TorchScript trace, with handles
+  for the scan's autograd Functions as VMamba registers them.
+
+A FLOP count refuses to finish if an op with real arithmetic ran with no formula
+(``UncountedOpsError`` lists them): a silent zero is exactly the error this module exists to
+avoid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import re
+import statistics
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.errors import BenchError
+
+__all__ = ["FlopCount", "UncountedOpsError", "count_params", "count_flops", "fvcore_macs", "paper_count",
+           "measure_latency", "peak_memory_mb", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+class UncountedOpsError(BenchError):
+    pass
+
+
+def count_params(model: nn.Module) -> dict[str, int]:
+    """``params`` = every parameter (``sum(p.numel())``), ``trainable_params`` = those with grad."""
+    params = list(model.parameters())
+    return {"params": sum(p.numel() for p in params),
+            "trainable_params": sum(p.numel() for p in params if p.requires_grad)}
+
+
+# ------------------------------------------------------------------------------------------- FLOPs
+
+def _scan_formula(u_shape, A_shape, with_D, with_z, *args, out_shape=None, **kwargs) -> int:
+    from ssm_models.scan import selective_scan_flops
+
+    return selective_scan_flops(u_shape, A_shape, with_D, with_z)
+
+
+def _custom_formulas() -> dict[Any, Any]:
+    from ssm_models.scan import SCAN_COST_OP
+
+    return {SCAN_COST_OP: _scan_formula}
+
+
+# Ops with arithmetic that scales like a contraction: if one of these runs without a formula, the
+# count is wrong by a large factor. Everything else (element-wise, norms, pooling, shape ops,
+# interpolation) is uncounted by convention, as in every FLOP counter.
+_CONTRACTION = re.compile(r"^(_?convolution|conv\d?d|conv_transpose\dd|mkldnn_.*conv.*|mm|bmm|addmm|baddbmm|"
+                          r"addbmm|mv|addmv|dot|vdot|matmul|einsum|linear|bilinear|tensordot|.*scaled_dot_product.*|"
+                          r"_?fft_.*|.*_linear)$")
+
+
+class _OpRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+        self.packets: dict[str, Any] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        self.ops[name] += 1
+        self.packets[name] = func.overloadpacket
+        return func(*args, **(kwargs or {}))
+
+
+@dataclass
+class FlopCount:
+    flops: int  # FLOPs (2 per multiply-add), scan included
+    scan_flops: int  # of which the selective scan
+    by_op: dict[str, int] = field(default_factory=dict)  # FLOPs per aten op (+ "selective_scan")
+    input_shape: tuple[int, ...] = ()
+
+    @property
+    def macs(self) -> float:
+        return self.flops / 2
+
+
+def count_flops(model: nn.Module, x: torch.Tensor) -> FlopCount:
+    """FLOPs of ``model(x)`` in eval mode, scan included; raises if a contraction went uncounted."""
+    custom = _custom_formulas()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            recorder = _OpRecorder()
+            with recorder:
+                model(x)
+            counter = FlopCounterMode(display=False, custom_mapping=custom)
+            with counter:
+                model(x)
+    finally:
+        model.train(was_training)
+    registry = counter.flop_registry
+    uncounted = sorted(f"{name} ×{n}" for name, n in recorder.ops.items()
+                       if recorder.packets[name] not in registry
+                       and _CONTRACTION.match(name.split(".")[-1]))
+    if uncounted:
+        raise UncountedOpsError(f"{type(model).__name__}: ops with arithmetic and no FLOP formula: "
+                                f"{', '.join(uncounted)}; register one in bench.cost before reporting FLOPs")
+    totals = counter.get_flop_counts().get("Global", {})
+    scan_op = next(iter(custom))
+    by_op = {("selective_scan" if op is scan_op else str(op)): int(n) for op, n in totals.items() if n}
+    return FlopCount(flops=int(sum(totals.values())), scan_flops=int(totals.get(scan_op, 0)), by_op=by_op,
+                     input_shape=tuple(x.shape))
+
+
+def _fvcore_scan_handle(inputs, outputs) -> float:
+    """fvcore handle for the scan's autograd Functions: MACs = our FLOPs / 2 (fvcore's unit).
+
+    The traced node lists tensor inputs only; its calling convention (``cconv``: 'd' a tensor,
+    'c' a constant such as None) puts them back in the Function's argument order, so D (arg 5)
+    and z (arg 6) are found even when an earlier one is None. ``_TorchScan`` takes 5 arguments and
+    applies D and z outside, as ordinary element-wise ops (uncounted by fvcore)."""
+    from ssm_models.scan import selective_scan_flops
+
+    node = outputs[0].node()
+    tensors, consts = iter(inputs), iter(node.scalar_args())
+    args = [next(tensors) if kind == "d" else next(consts) for kind in node.cconv()]
+    present = [isinstance(a, torch._C.Value) and a.type().kind() == "TensorType" for a in args]
+    u, A = args[0].type().sizes(), args[2].type().sizes()
+    with_D, with_z = (len(args) > 6 and present[5]), (len(args) > 6 and present[6])
+    return selective_scan_flops(u, A, with_D, with_z) / 2
+
+
+def fvcore_macs(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """fvcore's ``FlopCountAnalysis`` (MACs) by operator, with handles for the scan Functions."""
+    from fvcore.nn import FlopCountAnalysis
+
+    model = copy.deepcopy(model).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fca = FlopCountAnalysis(model, x)
+        for fn in ("_CpuScan", "_TorchScan"):
+            fca.set_op_handle(f"prim::PythonOp.{fn}", _fvcore_scan_handle)
+        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        by_op = {k: float(v) for k, v in fca.by_operator().items()}
+    return {"total": sum(by_op.values()), **by_op}
+
+
+def paper_count(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """thop 0.1.1's (MACs, params), as ``thop.profile`` reports them (on a copy: thop adds buffers)."""
+    import thop
+
+    model = copy.deepcopy(model).eval()
+    with torch.no_grad(), contextlib.redirect_stdout(None):
+        macs, params = thop.profile(model, inputs=(x,), verbose=False)
+    return {"paper_macs": float(macs), "paper_params": float(params)}
+
+
+# ------------------------------------------------------------------------------------------- speed
+
+@contextlib.contextmanager
+def precision_context(precision: str, device: torch.device):
+    """fp32 (TF32 off), tf32 (CUDA matmul/cuDNN TF32 on), bf16/fp16 (autocast)."""
+    if precision not in PRECISIONS:
+        raise BenchError(f"--precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "tf32" and device.type != "cuda":
+        raise BenchError("--precision tf32 needs a CUDA device (TF32 is an Ampere+ tensor-core mode)")
+    if precision == "fp16" and device.type != "cuda":
+        raise BenchError("--precision fp16 needs a CUDA device (CPU autocast supports bf16)")
+    saved = None
+    if device.type == "cuda":
+        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    try:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            yield
+    finally:
+        if saved is not None:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_latency(model: nn.Module, x: torch.Tensor, *, warmup: int = 20, iters: int = 100,
+                    precision: str = "fp32") -> dict[str, float]:
+    """Per-forward wall time (ms): median and p90 over ``iters`` timed runs after ``warmup``,
+    synchronised on CUDA before and after each run; ``fps`` = batch / median."""
+    device = x.device
+    times = []
+    with torch.inference_mode(), precision_context(precision, device):
+        for i in range(warmup + iters):
+            _sync(device)
+            t0 = time.perf_counter()
+            model(x)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    times.sort()
+    median = statistics.median(times)
+    p90 = times[min(len(times) - 1, math.ceil(0.9 * len(times)) - 1)]
+    return {"latency_ms_median": median * 1e3, "latency_ms_p90": p90 * 1e3, "fps": x.shape[0] / median,
+            "timed_iters": iters}
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+def _rss_kb(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory_mb(model: nn.Module, x: torch.Tensor, *, train_step: bool = False) -> dict[str, Any]:
+    """Peak memory of one forward (or forward + backward with ``train_step``).
+
+    CUDA: ``torch.cuda.max_memory_allocated`` above what was allocated before (tensors only, not
+    the allocator's cache). CPU: growth of the process's resident set (Linux VmHWM after resetting
+    it through /proc/self/clear_refs), so it includes allocator caching and is labelled as RSS.
+    """
+    device = x.device
+    kind = "cuda_allocated" if device.type == "cuda" else "cpu_rss"
+    ctx = contextlib.nullcontext() if train_step else torch.no_grad()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        with ctx:
+            out = model(x)
+            if train_step:
+                out.float().sum().backward()
+        torch.cuda.synchronize(device)
+        peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    else:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (Linux ≥ 4.0)
+        except OSError:
+            return {"peak_mem_mb": None, "peak_mem_kind": kind}
+        before = _rss_kb("VmRSS")
+        with ctx:
+            out = model(x)
+            if train_step:
+                out.float().sum().backward()
+        hwm = _rss_kb("VmHWM")
+        peak = None if before is None or hwm is None else max(hwm - before, 0) / 1024
+    if train_step:
+        model.zero_grad(set_to_none=True)
+    return {"peak_mem_mb": peak, "peak_mem_kind": kind}
+
+
+# ----------------------------------------------------------------------------------------- profile
+
+PROFILE_DIR = "profiles"
+# `bench profile` columns, in order (DESIGN.md contract 8: model, params, input_shape, macs,
+# paper_macs, flops, the fingerprint and, where timed, latency_ms_median and fps)
+PROFILE_COLUMNS = ["model", "family", "params", "trainable_params", "paper_params", "input_shape", "macs",
+                   "flops", "scan_macs", "paper_macs", "paper_macs_missing_pct", "fvcore_macs", "device",
+                   "fingerprint", "scan_backend", "precision", "channels_last", "compiled", "batch_size",
+                   "latency_ms_median", "latency_ms_p90", "fps", "throughput_batch", "throughput_fps",
+                   "peak_mem_mb", "train_peak_mem_mb", "peak_mem_kind"]
+
+
+def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_chans: int = 3,
+                  device: torch.device | str = "cpu", precision: str = "fp32", batch_size: int = 0,
+                  warmup: int = 20, iters: int = 100, channels_last: bool = False, compile: bool = False,
+                  timing: bool = True, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One `bench profile` row: counts on CPU in float32 (device-independent), timings and
+    memory on ``device``. ``batch_size`` > 0 adds a throughput measurement at that batch."""
+    from bench import env
+    from bench.registry import create_model, get_entry
+    from bench.scan_info import scan_backend_for
+
+    device = torch.device(device)
+    entry = get_entry(name)
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **(overrides or {}))
+    x = torch.randn(1, in_chans, img_size, img_size)
+    flops = count_flops(model, x)
+    paper = paper_count(model, x)
+    row: dict[str, Any] = {
+        "model": name, "family": entry.family, **count_params(model), "paper_params": int(paper["paper_params"]),
+        "input_shape": "x".join(map(str, x.shape)), "macs": flops.macs, "flops": flops.flops,
+        "scan_macs": flops.scan_flops / 2, "paper_macs": paper["paper_macs"],
+        "paper_macs_missing_pct": 100 * (1 - paper["paper_macs"] / flops.macs) if flops.macs else 0.0,
+        "fvcore_macs": fvcore_macs(model, x)["total"],
+        "model_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.bench_config.items()},
+        "flops_by_op": flops.by_op,
+        "device": device.type, "precision": precision, "channels_last": channels_last, "compiled": compile,
+    }
+    model = model.to(device).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    run = torch.compile(model) if compile else model
+
+    def inputs(batch: int) -> torch.Tensor:
+        t = torch.randn(batch, in_chans, img_size, img_size, device=device)
+        return t.to(memory_format=torch.channels_last) if channels_last else t
+
+    if timing:
+        row.update(measure_latency(run, inputs(1), warmup=warmup, iters=iters, precision=precision))
+        row["batch_size"] = 1
+        if batch_size > 1:
+            big = measure_latency(run, inputs(batch_size), warmup=max(2, warmup // 4), iters=max(5, iters // 10),
+                                  precision=precision)
+            row["throughput_batch"], row["throughput_fps"] = batch_size, big["fps"]
+        with precision_context(precision, device):
+            row.update(peak_memory_mb(model, inputs(1)))
+            row["train_peak_mem_mb"] = peak_memory_mb(model.train(), inputs(1), train_step=True)["peak_mem_mb"]
+        model.eval()
+    fp = env.fingerprint(device)
+    row["fingerprint"] = env.short_fingerprint(fp)
+    row["device_fingerprint"] = fp
+    # the backend that ran the timed forwards; a reference backend is marked in every table
+    row["scan_backend"] = scan_backend_for(model)
+    return row
+
+
+def profile_id(row: dict[str, Any]) -> str:
+    import hashlib
+    import json
+
+    key = json.dumps([row["model"], row["input_shape"], row["model_config"], row["device_fingerprint"],
+                      row["precision"], row["channels_last"], row["compiled"]], sort_keys=True, default=str)
+    return f"{row['model']}-{row['input_shape']}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def write_profile(row: dict[str, Any], results_dir: Path) -> Path:
+    """``results_dir/profiles/<id>.json``, atomically; a re-profile of the same setup replaces it."""
+    import json
+
+    from bench.records import atomic_write_text
+
+    path = Path(results_dir) / PROFILE_DIR / f"{profile_id(row)}.json"
+    return atomic_write_text(path, json.dumps(row, indent=1, sort_keys=True, default=str) + "\n")
+
+
+def load_profiles(results_dir: Path):
+    """All profile rows under ``results_dir/profiles`` as a DataFrame (empty if none)."""
+    import json
+
+    import pandas as pd
+
+    rows = []
+    for path in sorted((Path(results_dir) / PROFILE_DIR).glob("*.json")):
+        try:
+            rows.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise BenchError(f"{path}: unreadable profile record ({exc})") from None
+    frame = pd.DataFrame(rows)
+    return frame.reindex(columns=[*PROFILE_COLUMNS, *[c for c in frame.columns if c not in PROFILE_COLUMNS]])

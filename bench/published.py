@@ -1,0 +1,61 @@
+"""The papers' own numbers as tidy data: a reader for ``results/published.csv``.
+
+One row per (source, model, dataset, metric) number quoted from a published table (TransUNet,
+Swin-Unet, VM-UNet, VM-UNet-V2, LightM-UNet, and later papers' params/FLOPs), in the paper's unit
+and with its computation convention where known. Reports show these next to measured numbers;
+nothing in the file is measured by the harness.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import BenchError
+
+COLUMNS = ["source", "model", "dataset", "metric", "value", "unit", "convention", "note"]
+METRICS = frozenset({"dice", "hd95", "iou", "acc", "spe", "sen", "params", "flops", "fps"})
+UNITS = frozenset({"%", "mm", "M", "G", "img/s"})
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "results" / "published.csv"
+
+
+def _check_row(row: list[str]) -> str | None:
+    """What is wrong with one data row, or None."""
+    if len(row) != len(COLUMNS):
+        return f"expected {len(COLUMNS)} fields, got {len(row)}"
+    rec = dict(zip(COLUMNS, row))
+    try:
+        ok = math.isfinite(float(rec["value"]))
+    except ValueError:
+        ok = False
+    if not ok:
+        return f"value must be a finite number; got {rec['value']!r}"
+    metric, sep, cls = rec["metric"].partition(":")
+    if metric not in METRICS or (sep and not cls):
+        return f"metric must be one of {', '.join(sorted(METRICS))} (or <metric>:<class>); got {rec['metric']!r}"
+    if rec["unit"] not in UNITS:
+        return f"unit must be one of {', '.join(sorted(UNITS))}; got {rec['unit']!r}"
+    return None
+
+
+def load_published(path: str | Path | None = None) -> pd.DataFrame:
+    """Read and validate the published-numbers CSV; ``value`` is float, every other column str."""
+    path = Path(path) if path is not None else DEFAULT_PATH
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header != COLUMNS:
+                raise BenchError(f"{path}: header must be {','.join(COLUMNS)}; got {header}")
+            rows = []
+            for n, row in enumerate(reader, start=1):
+                if (problem := _check_row(row)) is not None:
+                    raise BenchError(f"{path}: row {n} (line {reader.line_num}): {problem}")
+                rows.append(row)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise BenchError(f"{path}: cannot read published numbers ({e})") from None
+    df = pd.DataFrame(rows, columns=COLUMNS, dtype=str)
+    return df.assign(value=df["value"].astype(float))

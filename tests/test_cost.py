@@ -1,0 +1,154 @@
+"""Cost: FLOPs with the selective scan counted (hand counts, fvcore cross-check, the authors'
+measured fvcore/thop numbers), uncounted ops refused, timings and `bench profile` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from bench import cost
+from bench.errors import BenchError
+from bench.registry import create_model, get_entry
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+class _OneScan(nn.Module):
+    def __init__(self, backend, with_D, with_z):
+        super().__init__()
+        self.backend, self.with_D, self.with_z = backend, with_D, with_z
+
+    def forward(self, u):
+        from ssm_models.scan import selective_scan
+
+        batch, dim, L = u.shape
+        A = -torch.arange(1, 5, dtype=u.dtype).repeat(dim, 1)
+        B = C = torch.ones(batch, 2, 4, L)
+        return selective_scan(u, u, A, B, C, D=torch.ones(dim) if self.with_D else None,
+                              z=u if self.with_z else None, delta_softplus=True, backend=self.backend)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("with_D, with_z", [(False, False), (True, False), (True, True)])
+def test_scan_flops_equal_the_hand_count(backend, with_D, with_z):
+    batch, dim, L, N = 2, 6, 11, 4
+    got = cost.count_flops(_OneScan(backend, with_D, with_z), torch.randn(batch, dim, L))
+    hand = 9 * batch * L * dim * N + batch * dim * L * (with_D + with_z)
+    assert got.scan_flops == got.flops == hand
+    assert got.macs == hand / 2 and got.by_op == {"selective_scan": hand}
+
+
+def _tiny(name, size=64, nc=9):
+    torch.manual_seed(0)
+    return create_model(name, num_classes=nc, in_chans=3, img_size=size, **dict(get_entry(name).tiny))
+
+
+@pytest.mark.parametrize("name", ["unet", "transunet", "vmunet", "lightm_unet"])
+def test_conv_linear_and_scan_agree_with_fvcore(name):
+    model, x = _tiny(name), torch.randn(1, 3, 64, 64)
+    ours = {k: v / 2 for k, v in cost.count_flops(model, x).by_op.items()}  # MACs
+    fv = cost.fvcore_macs(model, x)
+    assert ours.get("aten.convolution", 0) == fv.get("conv", 0)
+    ours_mm = sum(ours.get(k, 0) for k in ("aten.mm", "aten.addmm", "aten.bmm"))
+    # fvcore prices an einsum with numpy's einsum_path estimate, a little above its exact MACs
+    tol = 0.02 if "einsum" in fv else 0
+    assert ours_mm == pytest.approx(fv.get("linear", 0) + fv.get("matmul", 0) + fv.get("einsum", 0), rel=tol)
+    assert ours.get("selective_scan", 0) == fv.get("PythonOp._CpuScan", 0)
+    assert (ours.get("selective_scan", 0) > 0) == (name in ("vmunet", "lightm_unet"))
+
+
+def test_uncounted_contraction_is_refused():
+    class Mv(nn.Module):
+        def forward(self, x):
+            return torch.mv(torch.ones(3, x.shape[-1]), x[0])
+
+    with pytest.raises(cost.UncountedOpsError, match=r"aten\.mv ×1"):
+        cost.count_flops(Mv(), torch.randn(1, 5))
+
+
+def test_vmunet_isic_counts_match_the_authors_measurements():
+    """VM-UNet at 1×3×256²: thop gives the published 4.11 G exactly; fvcore without the scan equals
+    the authors' model measured with fvcore; our count adds the scan on top."""
+    meta = json.loads((REFERENCE / "vmunet_isic" / "meta.json").read_text())["flops"]
+    torch.manual_seed(0)
+    model, x = create_model("vmunet", num_classes=1, in_chans=3, img_size=256), torch.randn(1, 3, 256, 256)
+    paper = cost.paper_count(model, x)
+    assert paper["paper_macs"] == pytest.approx(meta["thop_gmacs_official_counter"] * 1e9, rel=1e-9)
+    fv = cost.fvcore_macs(model, x)
+    assert fv["total"] - fv["PythonOp._CpuScan"] == pytest.approx(meta["fvcore_gflops_without_selective_scan"] * 1e9,
+                                                                  rel=1e-9)
+    ours = cost.count_flops(model, x)
+    assert ours.scan_flops > 0 and ours.macs > paper["paper_macs"] * 1.5  # thop misses a third of it
+
+
+def test_swin_unet_fvcore_matches_the_authors_measurement():
+    meta = json.loads((REFERENCE / "swin_unet_synapse" / "meta.json").read_text())["flops"]
+    torch.manual_seed(0)
+    model = create_model("swin_unet", num_classes=9, in_chans=3, img_size=224)
+    assert cost.fvcore_macs(model, torch.randn(1, 3, 224, 224))["total"] == pytest.approx(meta["fvcore_gflops"] * 1e9,
+                                                                                           rel=1e-9)
+
+
+def test_params_and_thop_params():
+    model = _tiny("vmunet")
+    p = cost.count_params(model)
+    assert p["params"] == sum(t.numel() for t in model.parameters()) == p["trainable_params"]
+    # thop skips bare nn.Parameters (A_logs, Ds, ...) and the einsum'd projection weights
+    assert cost.paper_count(model, torch.randn(1, 3, 64, 64))["paper_params"] < p["params"]
+
+
+def test_latency_fields():
+    model = _tiny("unet").eval()
+    r = cost.measure_latency(model, torch.randn(2, 3, 64, 64), warmup=1, iters=5)
+    assert 0 < r["latency_ms_median"] <= r["latency_ms_p90"]
+    assert r["fps"] == pytest.approx(2 / (r["latency_ms_median"] / 1e3)) and r["timed_iters"] == 5
+    with pytest.raises(BenchError, match="tf32 needs a CUDA device"):
+        cost.measure_latency(model, torch.randn(1, 3, 64, 64), precision="tf32")
+    with pytest.raises(BenchError, match="must be one of fp32, tf32, bf16, fp16"):
+        cost.measure_latency(model, torch.randn(1, 3, 64, 64), precision="int8")
+
+
+def test_peak_memory_cpu_rss_is_labelled():
+    model = _tiny("unet")
+    r = cost.peak_memory_mb(model, torch.randn(8, 3, 64, 64), train_step=True)
+    assert r["peak_mem_kind"] == "cpu_rss"
+    assert r["peak_mem_mb"] is None or r["peak_mem_mb"] >= 0
+    assert all(p.grad is None for p in model.parameters())
+
+
+def _bench(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_profile_cli_writes_records_that_report_joins(tmp_path):
+    out = _bench("profile", "--models", "unet,vmunet", "--tiny", "--img-size", "64", "--iters", "3", "--warmup", "1",
+                 "--batch-size", "2", "--threads", "1", "--results", tmp_path, "--format", "csv")
+    table = pd.read_csv(__import__("io").StringIO(out))
+    for col in ("model", "params", "input_shape", "macs", "paper_macs", "flops", "fingerprint",
+                "latency_ms_median", "fps", "throughput_fps", "peak_mem_mb", "scan_backend"):
+        assert col in table.columns, col
+    assert list(table["model"]) == ["unet", "vmunet"]
+    assert (table["flops"] == 2 * table["macs"]).all()
+    vm = table.set_index("model").loc["vmunet"]
+    assert vm["scan_macs"] > 0 and vm["scan_backend"] == "cpu" and vm["paper_macs"] < vm["macs"]
+    profiles = cost.load_profiles(tmp_path)
+    assert sorted(profiles["model"]) == ["unet", "vmunet"] and len(list((tmp_path / "profiles").glob("*.json"))) == 2
+    report = _bench("report", "--results", tmp_path)
+    assert "## Cost · input 1x3x64x64 · fp32" in report and "vmunet" in report and "thop GMACs (papers)" in report
+    # profiling the same setup again replaces its record rather than adding one
+    _bench("profile", "--models", "unet", "--tiny", "--img-size", "64", "--iters", "2", "--warmup", "0",
+           "--threads", "1", "--results", tmp_path, "--format", "json")
+    assert len(list((tmp_path / "profiles").glob("*.json"))) == 2
+    assert not math.isnan(cost.load_profiles(tmp_path).set_index("model").loc["unet", "macs"])
