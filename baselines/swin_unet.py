@@ -55,6 +55,7 @@ class WindowAttention(nn.Module):
         self.register_buffer("relative_position_index", rel[..., 0] * (2 * ws - 1) + rel[..., 1])
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
+        self.softmax = nn.Softmax(dim=-1)  # a module as in the authors' code: thop counts it
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -66,7 +67,7 @@ class WindowAttention(nn.Module):
         if mask is not None:
             nw = mask.shape[0]
             attn = (attn.view(b // nw, nw, self.num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)).view(-1, self.num_heads, n, n)
-        x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, c)
+        x = (self.softmax(attn) @ v).transpose(1, 2).reshape(b, n, c)
         return self.proj(x)
 
 

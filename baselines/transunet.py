@@ -116,12 +116,15 @@ class Attention(nn.Module):
         self.out = nn.Linear(hidden, hidden)
         self.attn_dropout = nn.Dropout(attn_dropout)
         self.proj_dropout = nn.Dropout(attn_dropout)  # the code uses the attention rate here too
+        # modules, not functional calls, where the authors have them: thop counts them, so the
+        # papers' convention (bench.cost.paper_count) gives the authors' number
+        self.softmax = nn.Softmax(dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         split = lambda t: t.view(b, n, self.heads, c // self.heads).transpose(1, 2)  # noqa: E731
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        probs = self.attn_dropout((q @ k.transpose(-1, -2) / math.sqrt(c // self.heads)).softmax(dim=-1))
+        probs = self.attn_dropout(self.softmax(q @ k.transpose(-1, -2) / math.sqrt(c // self.heads)))
         return self.proj_dropout(self.out((probs @ v).transpose(1, 2).reshape(b, n, c)))
 
 
@@ -188,9 +191,10 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.conv1 = conv_bn_relu(cin + skip, cout)
         self.conv2 = conv_bn_relu(cout, cout)
+        self.up = nn.UpsamplingBilinear2d(scale_factor=2)  # bilinear, align_corners=True
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        x = self.up(x)
         if skip is not None:
             x = torch.cat([x, skip], dim=1)
         return self.conv2(self.conv1(x))

@@ -135,6 +135,8 @@ def report(
     results: Annotated[Path, typer.Option(help="results directory")] = DEFAULT_RESULTS,
     format: Annotated[ReportFormat, typer.Option("--format", help="output format")] = ReportFormat.md,
     out: Annotated[Optional[Path], typer.Option(help="write to this file instead of stdout")] = None,
+    published: Annotated[bool, typer.Option(help="add the papers' numbers next to ours (results/published.csv)")] = False,
+    published_file: Annotated[Optional[Path], typer.Option(help="another published-numbers CSV")] = None,
 ) -> None:
     """Leaderboards (mean ± std over seeds, per organ) from the run records.
 
@@ -142,7 +144,7 @@ def report(
     """
     from bench.report import write_report
 
-    text = write_report(results, format.value, out)
+    text = write_report(results, format.value, out, published=published_file or published)
     if out is None:
         typer.echo(text)
     else:

@@ -229,51 +229,65 @@ def measure_latency(model: nn.Module, x: torch.Tensor, *, warmup: int = 20, iter
 
 # ------------------------------------------------------------------------------------------ memory
 
-def _rss_kb(field_name: str) -> int | None:
+@contextlib.contextmanager
+def _quiet_fd2():
+    """Silence file descriptor 2 (the profiler's C++ library prints start/stop lines there)."""
+    import os
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _cpu_peak_bytes(fn) -> int:
+    """Peak of live tensor bytes that ``fn`` allocates on CPU, from torch's profiler: each op's
+    own allocations and each free, replayed in time order. (The process RSS cannot show it: the
+    C allocator keeps freed pages, so a warm process does not grow again.)"""
+    with _quiet_fd2(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                              profile_memory=True) as prof:
+        fn()
+    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
 
 
 def peak_memory_mb(model: nn.Module, x: torch.Tensor, *, train_step: bool = False) -> dict[str, Any]:
-    """Peak memory of one forward (or forward + backward with ``train_step``).
+    """Peak memory (MB) that one forward (or forward + backward with ``train_step``) allocates
+    beyond what existed before (weights, inputs): activations, workspaces and, in training, grads.
 
-    CUDA: ``torch.cuda.max_memory_allocated`` above what was allocated before (tensors only, not
-    the allocator's cache). CPU: growth of the process's resident set (Linux VmHWM after resetting
-    it through /proc/self/clear_refs), so it includes allocator caching and is labelled as RSS.
+    CUDA: ``torch.cuda.max_memory_allocated`` (``peak_mem_kind`` "cuda_tensors"); CPU: the peak
+    of live tensor bytes from torch's profiler ("cpu_tensors"). Neither counts allocator caches.
     """
     device = x.device
-    kind = "cuda_allocated" if device.type == "cuda" else "cpu_rss"
-    ctx = contextlib.nullcontext() if train_step else torch.no_grad()
+
+    def step():
+        with contextlib.nullcontext() if train_step else torch.no_grad():
+            out = model(x)
+            if train_step:
+                out.float().sum().backward()
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        with ctx:
-            out = model(x)
-            if train_step:
-                out.float().sum().backward()
+        step()
         torch.cuda.synchronize(device)
-        peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+        peak, kind = torch.cuda.max_memory_allocated(device) - before, "cuda_tensors"
     else:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (Linux ≥ 4.0)
-        except OSError:
-            return {"peak_mem_mb": None, "peak_mem_kind": kind}
-        before = _rss_kb("VmRSS")
-        with ctx:
-            out = model(x)
-            if train_step:
-                out.float().sum().backward()
-        hwm = _rss_kb("VmHWM")
-        peak = None if before is None or hwm is None else max(hwm - before, 0) / 1024
+        peak, kind = _cpu_peak_bytes(step), "cpu_tensors"
     if train_step:
         model.zero_grad(set_to_none=True)
-    return {"peak_mem_mb": peak, "peak_mem_kind": kind}
+    return {"peak_mem_mb": peak / 2**20, "peak_mem_kind": kind}
 
 
 # ----------------------------------------------------------------------------------------- profile

@@ -226,6 +226,9 @@ def _display_table(board: pd.DataFrame) -> pd.DataFrame:
             "Params (M)": [_fmt_params(p) for p in board["params"]],
         }
     )
+    if "macs" in board and board["macs"].notna().any():  # joined from `bench profile` records
+        out["GMACs (scan incl.)"] = [_g(v) for v in board["macs"]]
+        out["thop GMACs"] = [_g(v) for v in board["paper_macs"]]
     for col in board.attrs["value_columns"]:
         head = _display_name(col)
         if col in METRICS:
@@ -360,8 +363,10 @@ def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
             "Latency ms (median / p90)": [f"{a:.2f} / {b:.2f}{m}" if t else "" for a, b, m, t in
                                           zip(g.get("latency_ms_median", []), g.get("latency_ms_p90", []), mark, timed)],
             "FPS (batch 1)": [_num(v, ".1f") for v in g.get("fps", [None] * len(g))],
-            "Peak mem (MB)": [f"{_num(v, '.0f')} ({k})" if isinstance(v, (int, float)) and v == v else ""
-                              for v, k in zip(g.get("peak_mem_mb", [None] * len(g)), g.get("peak_mem_kind", [""] * len(g)))],
+            "Peak mem MB (fwd / train step)": [
+                f"{_num(f, '.0f')} / {_num(t, '.0f')} ({k})" if isinstance(f, (int, float)) and f == f else ""
+                for f, t, k in zip(g.get("peak_mem_mb", [None] * len(g)), g.get("train_peak_mem_mb", [None] * len(g)),
+                                   g.get("peak_mem_kind", [""] * len(g)))],
         })
     return tables
 
@@ -379,6 +384,50 @@ def render_cost_md(df_prof: pd.DataFrame) -> str:
         parts.append(f"## {title}\n\n{COST_NOTE}\n\n"
                      + table.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n")
     return "\n".join(parts)
+
+
+def join_cost(boards: dict[BoardKey, pd.DataFrame], df_prof: pd.DataFrame | None) -> None:
+    """Add ``macs``/``paper_macs`` to each board row from the profile of the same model at the
+    same input size (the run's ``img_size``); counts do not depend on the device, so any
+    fingerprint serves. Rows without such a profile get NaN."""
+    if df_prof is None or df_prof.empty:
+        return
+    side = df_prof["input_shape"].str.split("x").str[-1].astype(int)
+    lookup = {(m, s): (a, b) for m, s, a, b in zip(df_prof["model"], side, df_prof["macs"], df_prof["paper_macs"])}
+    for board in boards.values():
+        keys = [(json.loads(c).get("img_size") if c else None) for c in board["model_config"]]
+        base = [m.split(" (")[0] for m in board["model"]]
+        pairs = [lookup.get((m, k), (math.nan, math.nan)) for m, k in zip(base, keys)]
+        board["macs"], board["paper_macs"] = [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+PUBLISHED_METRICS = ("dice", "hd95", "iou", "acc", "spe", "sen")
+
+
+def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per board, the papers' numbers for its dataset next to ours: one row per (model, metric,
+    published source), with both metric conventions named and ours − published."""
+    out: dict[str, pd.DataFrame] = {}
+    for key, board in boards.items():
+        dataset = key.dataset.split(" (")[0]
+        rows = []
+        for _, b in board.iterrows():
+            model = b["model"].split(" (")[0]
+            pub = published[(published["model"] == model) & (published["dataset"] == dataset)
+                            & published["metric"].isin(PUBLISHED_METRICS)]
+            for _, p in pub.iterrows():
+                mean = b.get(f"{p['metric']}_mean", math.nan)
+                scale = 100.0 if METRICS[p["metric"]][1] else 1.0
+                ours = mean * scale if isinstance(mean, float) and not math.isnan(mean) else math.nan
+                rows.append({"Model": model, "Metric": METRICS[p["metric"]][0],
+                             "Published": f"{p['value']:g}", "Source": p["source"], "Their convention": p["convention"],
+                             "Ours": "" if math.isnan(ours) else f"{ours:.2f}",
+                             "Ours − published": "" if math.isnan(ours) else f"{ours - p['value']:+.2f}"})
+        if rows:
+            synth = " — synthetic data: the difference says nothing about the model" if "(synthetic)" in key.dataset else ""
+            out[f"Published vs ours · {key.dataset} · protocol {key.protocol} · our policy {key.policy}{synth}"] = \
+                pd.DataFrame(rows)
+    return out
 
 
 def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md") -> str:
@@ -400,17 +449,32 @@ def _check_format(fmt: str) -> str:
     return fmt
 
 
-def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None) -> str:
+def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
+                 published: Path | bool | None = None) -> str:
     """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically.
 
-    Markdown reports end with the cost tables of ``bench profile`` records, when there are any."""
+    Accuracy boards gain GMAC columns from ``bench profile`` records of the same model and input
+    size; Markdown reports end with the cost tables, and with ``published`` (True: the repo's
+    ``results/published.csv``, or a path) a published-vs-ours table per board."""
     from bench.cost import load_profiles
 
-    text = render(load(results_dir), fmt)
-    if _check_format(fmt.value if isinstance(fmt, ReportFormat) else fmt) == "md":
-        cost = render_cost_md(load_profiles(results_dir))
-        if cost:
-            text = text.rstrip("\n") + "\n\n" + cost
+    fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
+    df_runs, profiles = load(results_dir), load_profiles(results_dir)
+    boards = leaderboards(df_runs)
+    join_cost(boards, profiles)
+    text = {ReportFormat.md: _render_md, ReportFormat.latex: _render_latex, ReportFormat.csv: _render_csv}[fmt](boards)
+    if fmt == ReportFormat.md:
+        extra = []
+        if published:
+            from bench.published import load_published
+
+            pub = load_published(None if published is True else Path(published))
+            for title, table in published_tables(boards, pub).items():
+                extra.append(f"## {title}\n\n" + table.to_markdown(index=False, disable_numparse=True) + "\n")
+        cost = render_cost_md(profiles)
+        extra += [cost] if cost else []
+        if extra:
+            text = text.rstrip("\n") + "\n\n" + "\n".join(extra)
     if out is not None:
         atomic_write_text(Path(out), text)
     return text

@@ -33,12 +33,15 @@ class ChannelAttention(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
+        # the pools are modules as in the authors' CBAM: thop counts the average pool, so the
+        # papers' convention (bench.cost.paper_count) gives their 4.40 G
+        self.avg_pool, self.max_pool = nn.AdaptiveAvgPool2d(1), nn.AdaptiveMaxPool2d(1)
         self.fc1 = nn.Conv2d(channels, channels // reduction, 1, bias=False)
         self.fc2 = nn.Conv2d(channels // reduction, channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mlp = lambda t: self.fc2(F.relu(self.fc1(t)))  # noqa: E731
-        return torch.sigmoid(mlp(F.adaptive_avg_pool2d(x, 1)) + mlp(F.adaptive_max_pool2d(x, 1)))
+        return torch.sigmoid(mlp(self.avg_pool(x)) + mlp(self.max_pool(x)))
 
 
 class SpatialAttention(nn.Module):

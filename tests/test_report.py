@@ -169,3 +169,45 @@ def test_write_report_atomic(tmp_path, runs):
     text = write_report(tmp_path, "md", out=out)
     assert out.read_text() == text and "82.00 ± 2.00" in text
     assert [p.name for p in out.parent.iterdir()] == ["board.md"]
+
+
+def test_published_vs_ours_table(tmp_path):
+    for seed, d in enumerate([0.80, 0.82]):
+        write_record(make_record("vmunet", seed=seed, dice=d, hd95=18.0 + 2 * seed), tmp_path)
+    pub = tmp_path / "pub.csv"
+    pub.write_text("source,model,dataset,metric,value,unit,convention,note\n"
+                   "Paper A Table 2,vmunet,synapse,dice,81.08,%,legacy-synapse,\n"
+                   "Paper A Table 2,vmunet,synapse,hd95,19.21,mm,legacy-synapse,\n"
+                   "Paper A Table 2,unet,synapse,dice,76.85,%,legacy-synapse,\n"
+                   "Paper A Table 1,vmunet,isic17,dice,89.03,%,legacy-isic,\n")
+    text = write_report(tmp_path, published=pub)
+    section = text[text.index("## Published vs ours · synapse · protocol synapse · our policy legacy-synapse"):]
+    lines = [line for line in section.splitlines() if line.startswith("| vmunet")]
+    # ours: mean DSC (0.80 + 0.82) / 2 = 81.00 %, HD95 (18 + 20) / 2 = 19.00
+    assert any("DSC" in line and "81.08" in line and "81.00" in line and "-0.08" in line for line in lines)
+    assert any("HD95" in line and "19.21" in line and "19.00" in line and "-0.21" in line for line in lines)
+    assert len(lines) == 2  # no unet run, no isic board: their published rows have nothing to meet
+    assert "Published vs" not in write_report(tmp_path)  # only on request
+
+
+def test_profiles_join_the_accuracy_board(tmp_path):
+    import json as _json
+
+    write_record(make_record("vmunet", model_config={"img_size": 224}), tmp_path)
+    write_record(make_record("unet", model_config={"img_size": 224}), tmp_path)
+    prof = tmp_path / "profiles"
+    prof.mkdir()
+    row = {"model": "vmunet", "family": "ssm", "input_shape": "1x3x224x224", "macs": 5.2e9, "paper_macs": 3.16e9,
+           "params": 27_430_000, "paper_params": 22_000_000, "flops": 10.4e9, "scan_macs": 0.9e9,
+           "paper_macs_missing_pct": 39.2, "fvcore_macs": 5.25e9, "fingerprint": "cpu x1", "precision": "fp32",
+           "channels_last": False, "compiled": False, "scan_backend": "ref", "latency_ms_median": 100.0,
+           "latency_ms_p90": 110.0, "fps": 10.0, "peak_mem_mb": 300.0, "train_peak_mem_mb": 900.0, "peak_mem_kind": "cpu_tensors"}
+    (prof / "vmunet-1.json").write_text(_json.dumps(row))
+    text = write_report(tmp_path)
+    board = text[: text.index("## Cost")]
+    vm = next(line for line in board.splitlines() if line.startswith("| vmunet"))
+    un = next(line for line in board.splitlines() if line.startswith("| unet"))
+    assert "5.20" in vm and "3.16" in vm and "5.20" not in un
+    cost = text[text.index("## Cost · input 1x3x224x224 · fp32 · cpu x1"):]
+    # a reference scan backend's timing is marked as such
+    assert "100.00 / 110.00 (ref scan)" in cost and "300 / 900 (cpu_tensors)" in cost and "39.2" in cost
