@@ -137,6 +137,7 @@ def report(
     out: Annotated[Optional[Path], typer.Option(help="write to this file instead of stdout")] = None,
     published: Annotated[bool, typer.Option(help="add the papers' numbers next to ours (results/published.csv)")] = False,
     published_file: Annotated[Optional[Path], typer.Option(help="another published-numbers CSV")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="paired tests of every model against this one")] = None,
 ) -> None:
     """Leaderboards (mean ± std over seeds, per organ) from the run records.
 
@@ -144,7 +145,7 @@ def report(
     """
     from bench.report import write_report
 
-    text = write_report(results, format.value, out, published=published_file or published)
+    text = write_report(results, format.value, out, published=published_file or published, reference=reference)
     if out is None:
         typer.echo(text)
     else:
@@ -188,7 +189,8 @@ def profile(
     img_size: Annotated[int, typer.Option(help="input side (square)")] = 224,
     num_classes: Annotated[int, typer.Option(help="output classes (9: Synapse, 1: ISIC)")] = 9,
     in_chans: Annotated[int, typer.Option(help="input channels")] = 3,
-    batch_size: Annotated[int, typer.Option(help="also measure throughput at this batch (0: batch 1 only)")] = 0,
+    batch_size: Annotated[str, typer.Option(help="also measure throughput at this batch, or 'auto': the largest "
+                                                 "power of two that fits (default: batch 1 only)")] = "0",
     device: Annotated[Device, typer.Option(help="where to time (counts are always taken on CPU)")] = Device.auto,
     precision: Annotated[str, typer.Option(help="fp32 (TF32 off), tf32, bf16 or fp16 (autocast)")] = "fp32",
     channels_last: Annotated[bool, typer.Option(help="time with channels_last memory format")] = False,
@@ -220,6 +222,9 @@ def profile(
         torch.set_num_threads(threads)
     if precision not in cost.PRECISIONS:
         raise BenchError(f"--precision must be one of {', '.join(cost.PRECISIONS)}; got {precision!r}")
+    if batch_size != "auto" and not batch_size.isdigit():
+        raise BenchError(f"--batch-size takes a whole number or 'auto'; got {batch_size!r}")
+    batch = batch_size if batch_size == "auto" else int(batch_size)
     if iters < 1 or warmup < 0:
         raise BenchError("--iters must be >= 1 and --warmup >= 0")
     dev = resolve_device(device.value)
@@ -227,7 +232,7 @@ def profile(
     for name in resolve_models(models):
         over = {**(dict(get_entry(name).tiny) if tiny else {}), **_parse_sets(set_ or [])}
         row = cost.profile_model(name, img_size=img_size, num_classes=num_classes, in_chans=in_chans, device=dev,
-                                 precision=precision, batch_size=batch_size, warmup=warmup, iters=iters,
+                                 precision=precision, batch_size=batch, warmup=warmup, iters=iters,
                                  channels_last=channels_last, compile=compile, timing=timing, overrides=over)
         cost.write_profile(row, results)
         rows.append(row)

@@ -227,6 +227,26 @@ def measure_latency(model: nn.Module, x: torch.Tensor, *, warmup: int = 20, iter
             "timed_iters": iters}
 
 
+def find_batch_size(model: nn.Module, make_input, *, precision: str = "fp32", limit: int = 1024) -> int:
+    """The largest power-of-two batch (≤ ``limit``) whose forward runs without running out of
+    memory (``torch.OutOfMemoryError``), for "throughput at the batch that fits"."""
+    best, batch = 0, 1
+    while batch <= limit:
+        try:
+            x = make_input(batch)
+            with torch.inference_mode(), precision_context(precision, x.device):
+                model(x)
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        best, batch = batch, batch * 2
+    if not best:
+        raise BenchError(f"{type(model).__name__}: even batch 1 runs out of memory")
+    return best
+
+
 # ------------------------------------------------------------------------------------------ memory
 
 @contextlib.contextmanager
@@ -303,11 +323,12 @@ PROFILE_COLUMNS = ["model", "family", "params", "trainable_params", "paper_param
 
 
 def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_chans: int = 3,
-                  device: torch.device | str = "cpu", precision: str = "fp32", batch_size: int = 0,
+                  device: torch.device | str = "cpu", precision: str = "fp32", batch_size: int | str = 0,
                   warmup: int = 20, iters: int = 100, channels_last: bool = False, compile: bool = False,
                   timing: bool = True, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """One `bench profile` row: counts on CPU in float32 (device-independent), timings and
-    memory on ``device``. ``batch_size`` > 0 adds a throughput measurement at that batch."""
+    memory on ``device``. ``batch_size`` > 1 adds a throughput measurement at that batch;
+    ``"auto"`` at the largest power-of-two batch that fits (``find_batch_size``)."""
     from bench import env
     from bench.registry import create_model, get_entry
     from bench.scan_info import scan_backend_for
@@ -341,6 +362,8 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     if timing:
         row.update(measure_latency(run, inputs(1), warmup=warmup, iters=iters, precision=precision))
         row["batch_size"] = 1
+        if batch_size == "auto":
+            batch_size = find_batch_size(run, inputs, precision=precision)
         if batch_size > 1:
             big = measure_latency(run, inputs(batch_size), warmup=max(2, warmup // 4), iters=max(5, iters // 10),
                                   precision=precision)

@@ -235,6 +235,11 @@ def _display_table(board: pd.DataFrame) -> pd.DataFrame:
             head += f" {METRICS[col][2]}" + (" (%)" if METRICS[col][1] else "")
         cells = zip(board[f"{col}_mean"], board[f"{col}_std"], board[f"{col}_n_nan"], board["n_runs"])
         out[head] = [_fmt_value(m, s, k, n, col) for m, s, k, n in cells]
+        if f"{col}_ci_lo" in board:  # joined by join_ci (bootstrap over cases)
+            scale = 100.0 if METRICS[col][1] else 1.0
+            out[f"{_display_name(col)} 95% CI"] = [
+                "" if math.isnan(lo) else f"[{lo * scale:.2f}, {hi * scale:.2f}]"
+                for lo, hi in zip(board[f"{col}_ci_lo"], board[f"{col}_ci_hi"])]
     return out
 
 
@@ -249,6 +254,8 @@ def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
         f"Mean ± std (sample, ddof=1) over seeds: {seeds} per model; test cases per run: {cases}. "
         "DSC, mIoU, Acc, Spe, Sen in %; HD95 in the policy's unit; NaN is shown, not dropped."
     )
+    if "dice_ci_lo" in board:
+        note += " 95% CI: bootstrap of the mean over test cases (each case averaged over classes and seeds)."
     return title, note
 
 
@@ -401,6 +408,73 @@ def join_cost(boards: dict[BoardKey, pd.DataFrame], df_prof: pd.DataFrame | None
         board["macs"], board["paper_macs"] = [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+CI_METRICS = ("dice", "hd95")
+
+
+def _case_groups(df_cases: pd.DataFrame | None) -> dict[BoardKey, pd.DataFrame]:
+    """The case-level frame split like the boards (same labels), for statistics per board."""
+    if df_cases is None or df_cases.empty:
+        return {}
+    df = label_runs(df_cases)
+    return {BoardKey(*k): g for k, g in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True)}
+
+
+def join_ci(boards: dict[BoardKey, pd.DataFrame], df_cases: pd.DataFrame | None) -> None:
+    """Add ``<metric>_ci_lo/_ci_hi``: a bootstrap 95% CI of the mean over test cases (each case
+    averaged over classes and seeds; ``bench.stats``) for DSC and HD95."""
+    from bench import stats
+
+    groups = _case_groups(df_cases)
+    for key, board in boards.items():
+        cases = groups.get(key)
+        if cases is None:
+            continue
+        for metric in CI_METRICS:
+            if f"{metric}_mean" not in board or cases[metric].notna().sum() == 0:
+                continue
+            wide = stats.case_values(cases, metric)
+            cis = [stats.bootstrap_ci(wide[m]) if m in wide else (math.nan, math.nan) for m in board["model"]]
+            board[f"{metric}_ci_lo"], board[f"{metric}_ci_hi"] = [c[0] for c in cis], [c[1] for c in cis]
+
+
+def significance_md(boards: dict[BoardKey, pd.DataFrame], df_cases: pd.DataFrame | None, reference: str) -> str:
+    """Per board: paired Wilcoxon tests of every model against ``reference`` (Holm-adjusted) and
+    the rank table with its bootstrap stability."""
+    from bench import stats
+
+    parts = []
+    for key, cases in _case_groups(df_cases).items():
+        if key not in boards:
+            continue
+        tests = stats.paired_tests(cases, reference, metrics=CI_METRICS)
+        ranks = stats.rank_stability(cases, "dice")
+        title = f"## Significance · {key.dataset} · protocol {key.protocol} · policy {key.policy}"
+        if tests.empty:
+            parts.append(f"{title}\n\nNo paired comparison: {reference!r} has no runs on this board.\n")
+            continue
+        shown = pd.DataFrame({
+            "Model": tests["model"], "Metric": [METRICS[m][0] for m in tests["metric"]],
+            "Cases": tests["n_cases"],
+            "Mean diff (model − ref)": [f"{d * (100 if METRICS[m][1] else 1):+.2f}" for d, m in
+                                        zip(tests["mean_diff"], tests["metric"])],
+            "Effect size (r)": [f"{r:+.2f}" for r in tests["effect_size"]],
+            "p (Wilcoxon)": [_num(p, ".3g") for p in tests["p"]],
+            "p (Holm)": [_num(p, ".3g") for p in tests["p_holm"]],
+        })
+        rank_table = pd.DataFrame({
+            "Model": ranks["model"], "Mean DSC (%)": [f"{100 * v:.2f}" for v in ranks["mean"]],
+            "Rank": ranks["rank"], "P(rank 1)": [f"{p:.2f}" for p in ranks["p_rank_1"]],
+            "95% rank interval": [f"{a}–{b}" for a, b in zip(ranks["rank_lo"], ranks["rank_hi"])],
+        })
+        note = (f"Reference: {reference}. Two-sided Wilcoxon signed-rank over the shared test cases (each case "
+                "averaged over classes and seeds); effect size: matched-pairs rank-biserial correlation, > 0 "
+                "means the model beats the reference; p adjusted with Holm over the board's tests. Ranks by "
+                "mean DSC over the cases every model has; stability from 1000 bootstrap resamples of cases.")
+        parts.append(f"{title}\n\n{note}\n\n" + shown.to_markdown(index=False, disable_numparse=True)
+                     + "\n\n" + rank_table.to_markdown(index=False, disable_numparse=True) + "\n")
+    return "\n".join(parts)
+
+
 PUBLISHED_METRICS = ("dice", "hd95", "iou", "acc", "spe", "sen")
 
 
@@ -450,21 +524,26 @@ def _check_format(fmt: str) -> str:
 
 
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
-                 published: Path | bool | None = None) -> str:
+                 published: Path | bool | None = None, reference: str | None = None) -> str:
     """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically.
 
     Accuracy boards gain GMAC columns from ``bench profile`` records of the same model and input
-    size; Markdown reports end with the cost tables, and with ``published`` (True: the repo's
-    ``results/published.csv``, or a path) a published-vs-ours table per board."""
+    size and a bootstrap 95% CI over cases; Markdown reports end with, when asked, paired tests
+    against ``reference`` and, with ``published`` (True: the repo's ``results/published.csv``, or
+    a path), a published-vs-ours table per board, then the cost tables."""
     from bench.cost import load_profiles
 
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
     df_runs, profiles = load(results_dir), load_profiles(results_dir)
     boards = leaderboards(df_runs)
+    df_cases = load(results_dir, level="case") if boards else None
     join_cost(boards, profiles)
+    join_ci(boards, df_cases)
     text = {ReportFormat.md: _render_md, ReportFormat.latex: _render_latex, ReportFormat.csv: _render_csv}[fmt](boards)
     if fmt == ReportFormat.md:
         extra = []
+        if reference:
+            extra.append(significance_md(boards, df_cases, reference))
         if published:
             from bench.published import load_published
 

@@ -168,3 +168,22 @@ def test_profile_cli_writes_records_that_report_joins(tmp_path):
            "--threads", "1", "--results", tmp_path, "--format", "json")
     assert len(list((tmp_path / "profiles").glob("*.json"))) == 2
     assert not math.isnan(cost.load_profiles(tmp_path).set_index("model").loc["unet", "macs"])
+
+
+def test_find_batch_size_stops_before_out_of_memory():
+    class Capped(nn.Module):
+        def forward(self, x):
+            if x.shape[0] > 24:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return x
+
+    make = lambda b: torch.zeros(b, 1)  # noqa: E731
+    assert cost.find_batch_size(Capped(), make) == 16
+    assert cost.find_batch_size(Capped(), make, limit=4) == 4
+
+    class Never(nn.Module):
+        def forward(self, x):
+            raise torch.OutOfMemoryError("simulated")
+
+    with pytest.raises(BenchError, match="even batch 1 runs out of memory"):
+        cost.find_batch_size(Never(), make)

@@ -211,3 +211,29 @@ def test_profiles_join_the_accuracy_board(tmp_path):
     cost = text[text.index("## Cost · input 1x3x224x224 · fp32 · cpu x1"):]
     # a reference scan backend's timing is marked as such
     assert "100.00 / 110.00 (ref scan)" in cost and "300 / 900 (cpu_tensors)" in cost and "39.2" in cost
+
+
+def test_ci_column_and_significance_section(tmp_path):
+    from bench import stats
+    from bench.report import _case_groups
+
+    # per-case values that differ: case i of unet's seed s gets dice 0.70 + 0.02 i + 0.01 s
+    for model, base in (("unet", 0.70), ("vmunet", 0.74)):
+        for seed in range(2):
+            rec = make_record(model, seed=seed, dice=base, n_cases=6)
+            for row in rec["per_case"]:
+                row["dice"] = base + 0.02 * int(row["case"][-4:]) + 0.01 * seed
+            write_record(rec, tmp_path)
+    text = write_report(tmp_path, reference="unet")
+    cases = _case_groups(load(tmp_path, level="case"))
+    (key, group), = cases.items()
+    lo, hi = stats.bootstrap_ci(stats.case_values(group, "dice")["vmunet"])
+    vm = next(line for line in text.splitlines() if line.startswith("| vmunet"))
+    assert f"[{100 * lo:.2f}, {100 * hi:.2f}]" in vm and "95% CI: bootstrap" in text
+    sig = text[text.index("## Significance · synapse · protocol synapse · policy legacy-synapse"):]
+    expected = stats.paired_tests(group, "unet", metrics=("dice",)).iloc[0]
+    row = next(line for line in sig.splitlines() if line.startswith("| vmunet") and "DSC" in line)
+    assert f"{100 * expected['mean_diff']:+.2f}" in row and f"{expected['p_holm']:.3g}" in row
+    assert "P(rank 1)" in sig
+    assert "Significance" not in write_report(tmp_path)
+    assert "has no runs on this board" in write_report(tmp_path, reference="swin_unet")
