@@ -46,11 +46,11 @@ def _echo_err(msg: str) -> None:
     typer.secho(msg, fg=typer.colors.RED, err=True)
 
 
-def _parse_seeds(text: str) -> list[int]:
+def _parse_ints(text: str, option: str = "--seeds") -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise BenchError(f"--seeds must be a comma list of integers, e.g. 0,1,2; got {text!r}") from None
+        raise BenchError(f"{option} must be a comma list of integers, e.g. 0,1,2; got {text!r}") from None
 
 
 def _parse_sets(items: list[str]) -> dict[str, object]:
@@ -74,6 +74,7 @@ def run(
     dataset: Annotated[str, typer.Option(help="synapse, isic17, isic18, polyp or nnunet")] = "synapse",
     protocol: Annotated[Optional[str], typer.Option(help="protocol name or .toml path (default: the dataset's)")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="comma list of seeds (default: the protocol's seed)")] = None,
+    folds: Annotated[Optional[str], typer.Option(help="cross-validation folds, 'all' or a comma list (nnunet data)")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="dataset directory in its real on-disk format")] = None,
     synthetic: Annotated[bool, typer.Option(help="use a built-in synthetic dataset in the same format")] = False,
     results: Annotated[Path, typer.Option(help="results directory (records, runs, synthetic data)")] = DEFAULT_RESULTS,
@@ -108,13 +109,14 @@ def run(
     proto = load_protocol(protocol or DEFAULT_PROTOCOL.get(dataset, "smoke"))
     proto = proto.with_overrides(epochs=epochs, max_iterations=max_iterations, batch_size=batch_size,
                                  img_size=img_size, lr=lr)
-    seed_list = _parse_seeds(seeds) if seeds else [proto.seed]
+    seed_list = _parse_ints(seeds) if seeds else [proto.seed]
     overrides = _parse_sets(set_ or [])
     specs = []
     for name in names:
         model_over = {**(dict(get_entry(name).tiny) if tiny else {}), **overrides}
         specs += plan_grid(models=[name], dataset=dataset, protocol=proto, seeds=seed_list, data_root=data_root,
-                           synthetic=synthetic, results_dir=results, policy=policy, model_overrides=model_over)
+                           synthetic=synthetic, results_dir=results, policy=policy, model_overrides=model_over,
+                           folds=folds if folds in (None, "all") else _parse_ints(folds, "--folds"))
     dev = resolve_device(device.value)
     typer.echo(f"bench run: {len(specs)} run(s) · dataset {dataset} · protocol {proto.name} v{proto.version} "
                f"({proto.hash}{', off-protocol' if proto.off_protocol else ''}) · device {dev}")
@@ -134,7 +136,8 @@ def run(
 def report(
     results: Annotated[Path, typer.Option(help="results directory")] = DEFAULT_RESULTS,
     format: Annotated[ReportFormat, typer.Option("--format", help="output format")] = ReportFormat.md,
-    out: Annotated[Optional[Path], typer.Option(help="write to this file instead of stdout")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="write to this file instead of stdout (Markdown: plots go "
+                                                     "to <stem>_files/ beside it)")] = None,
     published: Annotated[bool, typer.Option(help="add the papers' numbers next to ours (results/published.csv)")] = False,
     published_file: Annotated[Optional[Path], typer.Option(help="another published-numbers CSV")] = None,
     reference: Annotated[Optional[str], typer.Option(help="paired tests of every model against this one")] = None,

@@ -530,7 +530,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     Accuracy boards gain GMAC columns from ``bench profile`` records of the same model and input
     size and a bootstrap 95% CI over cases; Markdown reports end with, when asked, paired tests
     against ``reference`` and, with ``published`` (True: the repo's ``results/published.csv``, or
-    a path), a published-vs-ours table per board, then the cost tables."""
+    a path), a published-vs-ours table per board, then the cost tables; with ``out``, the plots of
+    ``bench.plots`` are written to ``<out stem>_files/`` beside it and linked."""
     from bench.cost import load_profiles
 
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
@@ -552,6 +553,14 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                 extra.append(f"## {title}\n\n" + table.to_markdown(index=False, disable_numparse=True) + "\n")
         cost = render_cost_md(profiles)
         extra += [cost] if cost else []
+        if out is not None:  # the images go beside the Markdown file, linked relatively
+            from bench.plots import write_plots
+
+            images = Path(out).parent / f"{Path(out).stem}_files"
+            paths = write_plots(results_dir, images)
+            if paths:
+                extra.append("## Plots\n\n" + "\n\n".join(
+                    f"![{p.stem}]({images.name}/{p.name})" for p in paths) + "\n")
         if extra:
             text = text.rstrip("\n") + "\n\n" + "\n".join(extra)
     if out is not None:

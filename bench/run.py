@@ -38,17 +38,22 @@ class RunSpec:
     synthetic: bool
     policy: str
     model_overrides: tuple[tuple[str, Any], ...] = ()
+    fold: int | None = None  # cross-validation fold (nnunet data); None: the dataset's test split
+
+    @property
+    def split(self) -> str:
+        return "test" if self.fold is None else f"fold{self.fold}"
 
     @property
     def key(self) -> str:
         """Deterministic id: the same spec always maps to the same run directory and record."""
-        ident = json.dumps(
-            [self.model, self.dataset, self.protocol.hash, self.protocol.overrides, self.seed,
-             str(self.data_root.resolve()), self.policy, list(self.model_overrides)],
-            sort_keys=True, default=str,
-        )
-        digest = hashlib.sha256(ident.encode()).hexdigest()[:8]
-        return f"{self.dataset}-{self.protocol.name}-{self.model}-s{self.seed}-{digest}"
+        ident = [self.model, self.dataset, self.protocol.hash, self.protocol.overrides, self.seed,
+                 str(self.data_root.resolve()), self.policy, list(self.model_overrides)]
+        if self.fold is not None:  # appended only here, so test-split ids stay as they were
+            ident.append(self.fold)
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        fold = "" if self.fold is None else f"-f{self.fold}"
+        return f"{self.dataset}-{self.protocol.name}-{self.model}-s{self.seed}{fold}-{digest}"
 
 
 def _progress_bar(enabled: bool):
@@ -73,7 +78,7 @@ def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: b
     """Train and evaluate one model; write and return its record."""
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
-    dataset = open_dataset(spec.dataset, spec.data_root)
+    dataset = open_dataset(spec.dataset, spec.data_root, spec.fold)
     protocol = spec.protocol
     entry = get_entry(spec.model)
     seed_everything(spec.seed)  # the initial weights are part of the run: seed before building
@@ -117,7 +122,7 @@ def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: b
         "dataset": spec.dataset,
         "data_root": str(spec.data_root),
         "synthetic": spec.synthetic,
-        "split": "test",
+        "split": spec.split,
         "protocol": protocol.to_record(),
         "policy": spec.policy,
         "seed": spec.seed,
@@ -144,8 +149,10 @@ def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: b
 
 def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: list[int], data_root: Path | None,
               synthetic: bool, results_dir: Path, policy: str | None = None,
-              model_overrides: dict[str, Any] | None = None) -> list[RunSpec]:
-    """Resolve data, policy and names once; one RunSpec per (model, seed)."""
+              model_overrides: dict[str, Any] | None = None, folds: list[int] | str | None = None) -> list[RunSpec]:
+    """Resolve data, policy and names once; one RunSpec per (model, seed[, fold]).
+
+    ``folds``: cross-validation folds to run ("all" or a list), for data without a fixed test split."""
     if synthetic and data_root is not None:
         raise BenchError("give either --data-root or --synthetic, not both")
     if synthetic:
@@ -162,4 +169,14 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     for m in models:
         get_entry(m)
     extra = tuple(sorted((model_overrides or {}).items()))
-    return [RunSpec(m, dataset, protocol, s, Path(data_root), synthetic, chosen, extra) for m in models for s in seeds]
+    fold_list: list[int | None] = [None]
+    if folds is not None:
+        n = getattr(ds, "n_folds", None)
+        if n is None:
+            raise BenchError(f"dataset {dataset!r} has a fixed test split; folds (--folds) apply to nnunet-format data")
+        fold_list = list(range(n)) if folds == "all" else list(folds)
+        bad = [f for f in fold_list if not 0 <= f < n]
+        if bad:
+            raise BenchError(f"--folds {bad[0]}: {data_root} has folds 0..{n - 1}")
+    return [RunSpec(m, dataset, protocol, s, Path(data_root), synthetic, chosen, extra, fold)
+            for m in models for s in seeds for fold in fold_list]

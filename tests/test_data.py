@@ -422,3 +422,31 @@ def test_verify_missing_root_and_bad_json(tmp_path):
     (tmp_path / "dataset.json").write_text("{not json")
     problems = verify_dataset("nnunet", tmp_path)
     assert [p.path for p in problems] == [str(tmp_path / "dataset.json")] and "JSON" in problems[0].message
+
+
+def test_nnunet_kfold_tests_every_case_once(roots, tmp_path):
+    from bench.data.nnunet import kfold_split
+
+    cases = [f"synth_{i:03d}" for i in range(5)]
+    tested = []
+    for k in range(5):
+        ds = open_dataset("nnunet", roots["nnunet2d"], fold=k)
+        assert sorted(ds.train_ids() + ds.test_ids()) == cases and not set(ds.train_ids()) & set(ds.test_ids())
+        tested += ds.test_ids()
+    assert sorted(tested) == cases  # each case is a test case in exactly one fold
+    ids = [f"c{i:02d}" for i in range(12)]
+    perm = np.random.default_rng(12345).permutation(12)
+    assert kfold_split(ids, 0)[1] == sorted(ids[i] for i in perm[:3])  # pinned: array_split sizes 3,3,2,2,2
+    assert kfold_split(ids, 4)[1] == sorted(ids[i] for i in perm[10:])
+    with pytest.raises(BenchError, match="fold 5 does not exist"):
+        open_dataset("nnunet", roots["nnunet2d"], fold=5)
+    with pytest.raises(BenchError, match="needs at least 5 cases"):
+        kfold_split(ids[:4], 0)
+    with pytest.raises(BenchError, match="fixed test split"):
+        open_dataset("synapse", roots["synapse"], fold=0)
+    # splits_final.json folds win over the generated ones
+    root = _copy(roots["nnunet2d"], tmp_path)
+    (root / "splits_final.json").write_text(json.dumps([{"train": cases[:3], "val": cases[3:]},
+                                                        {"train": cases[2:], "val": cases[:2]}]))
+    ds = open_dataset("nnunet", root, fold=1)
+    assert ds.n_folds == 2 and ds.test_ids() == cases[:2]

@@ -168,7 +168,8 @@ def test_write_report_atomic(tmp_path, runs):
     out = tmp_path / "report" / "board.md"
     text = write_report(tmp_path, "md", out=out)
     assert out.read_text() == text and "82.00 ± 2.00" in text
-    assert [p.name for p in out.parent.iterdir()] == ["board.md"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["board.md", "board_files"]  # no temp files
+    assert not [p for p in (out.parent / "board_files").iterdir() if p.suffix != ".png"]
 
 
 def test_published_vs_ours_table(tmp_path):
@@ -237,3 +238,15 @@ def test_ci_column_and_significance_section(tmp_path):
     assert "P(rank 1)" in sig
     assert "Significance" not in write_report(tmp_path)
     assert "has no runs on this board" in write_report(tmp_path, reference="swin_unet")
+
+
+def test_markdown_report_file_links_its_plots(tmp_path):
+    results = tmp_path / "results"
+    for model, d in (("unet", 0.7), ("vmunet", 0.8)):
+        write_record(make_record(model, dice=d), results)
+    out = tmp_path / "report" / "report.md"
+    text = write_report(results, out=out)
+    links = re.findall(r"!\[[^\]]*\]\((report_files/[^)]+\.png)\)", text)
+    assert links and all((out.parent / link).stat().st_size > 0 for link in links)
+    assert out.read_text() == text
+    assert "![" not in write_report(results)  # on stdout: no images

@@ -61,16 +61,20 @@ def get_reader(name: str) -> type[SegDataset]:
         raise BenchError(f"unknown dataset {name!r}{hint} Known datasets: {', '.join(known)}") from None
 
 
-def open_dataset(name: str, root: str | Path) -> SegDataset:
-    """Open the dataset ``name`` stored at ``root``; BenchError naming the path if it is not there."""
+def open_dataset(name: str, root: str | Path, fold: int | None = None) -> SegDataset:
+    """Open the dataset ``name`` stored at ``root``; BenchError naming the path if it is not there.
+
+    ``fold``: a cross-validation fold, for datasets without a fixed test split (nnunet)."""
     reader = get_reader(name)
+    if fold is not None and not hasattr(reader, "n_folds"):
+        raise BenchError(f"dataset {name!r} has a fixed test split; folds (--folds) apply to nnunet-format data")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise BenchError(
             f"dataset root not found: {root} (expected {reader.layout}; "
             f"`bench run --synthetic` or `bench data synth` makes a small fake one)"
         )
-    return reader(root)
+    return reader(root) if fold is None else reader(root, fold=fold)
 
 
 def synthetic_root(name: str, cache_dir: str | Path) -> Path:

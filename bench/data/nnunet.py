@@ -23,6 +23,10 @@ Otherwise a fixed split: the sorted case ids permuted by ``numpy.random.default_
 the last ``max(1, n // 5)`` (20 %, at least one) are the test cases, the rest train; both lists
 are returned sorted. The split therefore depends only on the set of case ids.
 
+Cross-validation (``fold=k``, ``bench run --folds``): fold k of ``splits_final.json`` when present,
+else nnU-Net's scheme of 5 folds over the same permutation (``numpy.array_split`` into 5 parts;
+fold k tests on part k and trains on the rest), so every case is tested exactly once.
+
 Task: softmax over ``len(labels)`` classes incl. background; labels must be 0..K-1.
 """
 
@@ -39,6 +43,7 @@ from bench.data.base import Case, Sample, SegDataset
 from bench.errors import BenchError
 
 SPLIT_SEED = 12345
+N_FOLDS = 5  # nnU-Net's default cross-validation
 TEST_FRACTION_DENOM = 5  # 1/5 = 20 % of the cases are test cases
 VOLUME_ENDINGS = (".nii.gz", ".nii")
 IMAGE_ENDINGS = (".png", ".bmp", ".tif", ".tiff")
@@ -203,6 +208,17 @@ def fixed_split(case_ids: list[str]) -> tuple[list[str], list[str]]:
     return sorted(order[:-n_test]), sorted(order[-n_test:])
 
 
+def kfold_split(case_ids: list[str], fold: int, n_folds: int = N_FOLDS) -> tuple[list[str], list[str]]:
+    """(train, test) of fold ``fold``: the fixed permutation cut into ``n_folds`` parts."""
+    ids = sorted(case_ids)
+    if len(ids) < n_folds:
+        raise BenchError(f"{n_folds}-fold cross-validation needs at least {n_folds} cases, got {len(ids)}")
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(ids))
+    parts = np.array_split(order, n_folds)
+    test = {ids[i] for i in parts[fold]}
+    return sorted(set(ids) - test), sorted(test)
+
+
 def list_cases(root: Path, ending: str) -> list[str]:
     """Case ids = names of ``labelsTr/*{ending}`` without the ending, sorted."""
     folder = root / "labelsTr"
@@ -219,8 +235,9 @@ class NnUNetDataset(SegDataset):
         "(nnU-Net v2 raw)"
     )
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, fold: int | None = None):
         super().__init__(root)
+        self.fold = fold
         meta = self.root / "dataset.json"
         if not meta.is_file():
             raise BenchError(f"{meta}: not found; expected {self.layout}")
@@ -244,8 +261,19 @@ class NnUNetDataset(SegDataset):
         self._train_cases, self._test_cases = self._split()
         self._slice_ids: list[str] | None = None
 
+    @property
+    def n_folds(self) -> int:
+        path = self.root / "splits_final.json"
+        return len(json.loads(path.read_text())) if path.is_file() else N_FOLDS
+
     def _split(self) -> tuple[list[str], list[str]]:
         path = self.root / "splits_final.json"
+        k = 0 if self.fold is None else self.fold
+        if self.fold is not None and not 0 <= self.fold < self.n_folds:
+            raise BenchError(f"{self.root}: fold {self.fold} does not exist (folds 0..{self.n_folds - 1})")
+        if self.fold is not None and not path.is_file():
+            self.notes.append(f"split: fold {k} of {N_FOLDS} over the default_rng({SPLIT_SEED}) permutation")
+            return kfold_split(self.cases, k)
         if not path.is_file():
             self.notes.append(
                 f"no splits_final.json in {self.root}; fixed split: default_rng({SPLIT_SEED}) "
@@ -254,13 +282,13 @@ class NnUNetDataset(SegDataset):
             return fixed_split(self.cases)
         try:
             folds = json.loads(path.read_text())
-            train, test = list(folds[0]["train"]), list(folds[0]["val"])
+            train, test = list(folds[k]["train"]), list(folds[k]["val"])
         except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
             raise BenchError(f"{path}: expected a list of {{\"train\": [...], \"val\": [...]}} folds ({exc})") from exc
         unknown = sorted(set(train + test) - set(self.cases))
         if unknown:
-            raise BenchError(f"{path}: fold 0 names cases without a label file: {', '.join(unknown[:5])}")
-        self.notes.append(f"split: fold 0 of {path} (its val cases are the test set)")
+            raise BenchError(f"{path}: fold {k} names cases without a label file: {', '.join(unknown[:5])}")
+        self.notes.append(f"split: fold {k} of {path} (its val cases are the test set)")
         return train, test
 
     # -- SegDataset ---------------------------------------------------------------------------

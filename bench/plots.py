@@ -1,0 +1,408 @@
+"""Figures from a results directory: accuracy against cost, per-class DSC, training curves.
+
+Everything here reads what ``bench run`` and ``bench profile`` wrote and draws PNGs; nothing is
+recomputed. Boards are the leaderboards of ``bench.report`` (dataset × protocol × policy, labelled
+by ``label_runs``), so a figure never mixes runs that a table would keep apart.
+
+File names (``<board>`` = ``<dataset>__<protocol>__<policy>``, each part slugified, e.g.
+``synapse-synthetic__smoke__legacy-synapse``)::
+
+    dsc_vs_gmacs__<board>.png     DSC (%) against GMACs (scan included) from `bench profile`
+    dsc_vs_params__<board>.png    DSC (%) against parameters (M) from the run records
+    dsc_vs_latency__<board>.png   DSC (%) against median latency (ms), one device fingerprint
+    per_class_dsc__<board>.png    per-class DSC box plots over test cases, one box per model
+    training_curves__<board>.png  train loss and learning rate against step, one line per run
+
+matplotlib is imported inside the functions (Agg backend, headless), so ``import bench.plots``
+stays cheap. Every PNG is written to a temporary name in its folder and then renamed.
+
+Example::
+
+    paths = write_plots(Path("results/demo"), Path("results/demo/plots"))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["pareto_front", "accuracy_vs_cost", "per_class_boxplots", "training_curves", "write_plots"]
+
+FAMILY_COLOURS = {"ssm": "tab:green", "cnn": "tab:blue", "transformer": "tab:orange"}
+_OTHER_COLOUR = "tab:gray"
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> list[bool]:
+    """For each point, whether it is on the Pareto front of *lower cost, higher score*.
+
+    A point is dominated when another point has cost <= and score >= with at least one strict;
+    identical points do not dominate each other, so duplicates on the front are all kept. A
+    point with a NaN cost or score is never on the front and dominates nothing.
+    """
+    c = np.asarray(costs, dtype=float)
+    s = np.asarray(scores, dtype=float)
+    if c.shape != s.shape:
+        raise ValueError(f"pareto_front: {c.size} costs but {s.size} scores")
+    ok = np.isfinite(c) & np.isfinite(s)
+    out = []
+    for i in range(c.size):
+        if not ok[i]:
+            out.append(False)
+            continue
+        dominated = ok & (c <= c[i]) & (s >= s[i]) & ((c < c[i]) | (s > s[i]))
+        out.append(not dominated.any())
+    return out
+
+
+def _slug(text: str) -> str:
+    """``"synapse (synthetic)"`` -> ``"synapse-synthetic"``: lower case, [a-z0-9._] and dashes."""
+    slug = re.sub(r"[^a-z0-9._]+", "-", str(text).lower()).strip("-.")
+    return slug or "x"
+
+
+def _board_slug(key: Sequence[str]) -> str:
+    return "__".join(_slug(part) for part in key)
+
+
+def _board_title(key: Sequence[str]) -> str:
+    dataset, protocol, policy = key
+    return f"{dataset} · protocol {protocol} · policy {policy}"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    """Save ``fig`` as PNG at ``path`` via a temp file + ``os.replace``; always close ``fig``."""
+    plt = _pyplot()
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _img_size(model_config: str) -> int | None:
+    try:
+        size = json.loads(model_config).get("img_size") if model_config else None
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(size, (list, tuple)) and size:
+        size = size[-1]
+    return int(size) if _finite(size) else None
+
+
+def _side(input_shape) -> int | None:
+    try:
+        return int(str(input_shape).split("x")[-1])
+    except ValueError:
+        return None
+
+
+def _pick_profile(profiles: pd.DataFrame, model: str, img_size: int | None) -> pd.Series | None:
+    """The profile row of ``model`` at the run's input side, else its first row, else None."""
+    rows = profiles[profiles["model"] == model]
+    if rows.empty:
+        return None
+    if img_size is not None:
+        same = rows[[_side(s) == img_size for s in rows["input_shape"]]]
+        if not same.empty:
+            return same.iloc[0]
+    return rows.iloc[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# accuracy against cost
+
+
+def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path) -> Path:
+    """``points``: columns label, family, cost, dsc (%), dsc_std (%); NaN-free cost and dsc."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    front = np.array(pareto_front(points["cost"], points["dsc"]))
+    for family, group in points.groupby("family", sort=True):
+        colour = FAMILY_COLOURS.get(family, _OTHER_COLOUR)
+        yerr = group["dsc_std"].where(group["dsc_std"].map(_finite))
+        ax.errorbar(group["cost"], group["dsc"], yerr=None if yerr.isna().all() else yerr.fillna(0.0),
+                    fmt="o", color=colour, ecolor=colour, elinewidth=1, capsize=3, markersize=6,
+                    alpha=0.85, label=family)
+    on = points[front].sort_values(["cost", "dsc"])
+    if not on.empty:
+        ax.step(on["cost"], on["dsc"], where="post", color="black", linewidth=1, alpha=0.6, zorder=1,
+                label="Pareto front")
+        ax.scatter(on["cost"], on["dsc"], s=110, facecolors="none", edgecolors="black", linewidths=1.5, zorder=3)
+    for _, p in points.iterrows():
+        ax.annotate(p["label"], (p["cost"], p["dsc"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("DSC (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def _timed_profiles(profiles: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Profiles with a latency taken the most common way: one fingerprint (the most common one),
+    then one precision/layout/compile setting within it. Returns the rows and a title suffix."""
+    timed = profiles[profiles["latency_ms_median"].map(_finite)] if "latency_ms_median" in profiles else profiles[:0]
+    if timed.empty or timed["fingerprint"].isna().all():
+        return timed[:0], ""
+    fingerprint = timed["fingerprint"].dropna().astype(str).value_counts().index[0]
+    timed = timed[timed["fingerprint"].astype(str) == fingerprint]
+    how = timed[["precision", "channels_last", "compiled"]].astype(str).agg("|".join, axis=1)
+    timed = timed[how == how.value_counts().index[0]]
+    first = timed.iloc[0]
+    layout = (" · channels_last" if first["channels_last"] is True else "") + (
+        " · compiled" if first["compiled"] is True else "")
+    return timed, f"{fingerprint} · {first['precision']}{layout}"
+
+
+def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, out_dir: Path) -> list[Path]:
+    """DSC (%) against GMACs, params (M) and latency (ms), one PNG per board and cost axis.
+
+    GMACs and latency come from the ``bench profile`` rows of the same model (the profile at
+    the run's ``img_size`` when there are several, else the first); latency only from the most
+    common device fingerprint, named in the title. Error bars: std over seeds. The Pareto front
+    (higher DSC, lower cost) is drawn as a step line with ringed markers. Points with a missing
+    cost or DSC are left out; an axis without points writes no file.
+    """
+    from bench.report import leaderboards
+
+    out_dir = Path(out_dir)
+    profiles = df_profiles if df_profiles is not None else pd.DataFrame(columns=["model", "input_shape"])
+    timed, timed_title = _timed_profiles(profiles) if not profiles.empty else (profiles[:0], "")
+    written: list[Path] = []
+    for key, board in leaderboards(df_runs).items():
+        if "dice_mean" not in board:
+            continue
+        base = [m.split(" (")[0] for m in board["model"]]
+        sizes = [_img_size(c) for c in board["model_config"]]
+        gmacs, latency = [], []
+        for model, size in zip(base, sizes):
+            prof = _pick_profile(profiles, model, size) if not profiles.empty else None
+            gmacs.append(float(prof["macs"]) / 1e9 if prof is not None and _finite(prof["macs"]) else math.nan)
+            prof = _pick_profile(timed, model, size) if not timed.empty else None
+            latency.append(float(prof["latency_ms_median"]) if prof is not None else math.nan)
+        std = board["dice_std"] if "dice_std" in board else pd.Series(math.nan, index=board.index)
+        axes = [
+            ("gmacs", "GMACs", "GMACs (scan included)", gmacs, ""),
+            ("params", "params", "Params (M)", pd.to_numeric(board["params"], errors="coerce") / 1e6, ""),
+            ("latency", "latency", "Latency (ms, median, batch 1)", latency, f" · {timed_title}"),
+        ]
+        for name, shown, xlabel, cost, extra in axes:
+            points = pd.DataFrame({
+                "label": board["model"].values, "family": board["family"].values,
+                "cost": np.asarray(cost, dtype=float), "dsc": board["dice_mean"].to_numpy(dtype=float) * 100,
+                "dsc_std": std.to_numpy(dtype=float) * 100,
+            })
+            points = points[points["cost"].map(_finite) & points["dsc"].map(_finite)]
+            if len(points) < 1:
+                continue
+            title = f"DSC vs {shown} · {_board_title(key)}{extra}"
+            written.append(_scatter(points, xlabel, title, out_dir / f"dsc_vs_{name}__{_board_slug(key)}.png"))
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# per-class DSC
+
+
+def _label_cases(df_cases: pd.DataFrame) -> pd.DataFrame:
+    """Board and model labels of ``bench.report.label_runs``, computed once per run and joined."""
+    from bench.report import label_runs
+
+    runs = df_cases.drop_duplicates("run_id")
+    labels = label_runs(runs)[["run_id", "board_dataset", "board_protocol", "model_label"]]
+    return df_cases.merge(labels, on="run_id", how="left")
+
+
+def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per-class DSC (%) box plots over test cases, one PNG per board, one box per model.
+
+    Input: ``records.load(results_dir, level="case")``. A case's value is its DSC averaged over
+    the model's seeds (so each box has one value per test case); NaN DSC (both masks empty under
+    ``strict``) is left out of the box. Classes in class-id order, models by median DSC.
+    """
+    from bench.report import SYNAPSE_ORGANS
+
+    out_dir = Path(out_dir)
+    if df_cases is None or df_cases.empty or df_cases["dice"].notna().sum() == 0:
+        return []
+    plt = _pyplot()
+    df = _label_cases(df_cases)
+    written: list[Path] = []
+    for key, board in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
+        per_case = board.groupby(["model_label", "class", "name", "case"], sort=False)["dice"].mean().reset_index()
+        per_case = per_case[per_case["dice"].map(_finite)]
+        if per_case.empty:
+            continue
+        classes = list(dict.fromkeys(per_case.sort_values("class", kind="stable")["name"]))
+        models = list(per_case.groupby("model_label")["dice"].median().sort_values(ascending=False).index)
+        width = 0.8 / len(models)
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.5 + len(classes) * (0.35 + 0.25 * len(models))), 4.8))
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for m, model in enumerate(models):
+            colour = colours[m % len(colours)]
+            data, pos = [], []
+            for c, name in enumerate(classes):
+                vals = per_case[(per_case["model_label"] == model) & (per_case["name"] == name)]["dice"] * 100
+                if len(vals):
+                    data.append(vals.to_numpy())
+                    pos.append(c - 0.4 + width * (m + 0.5))
+            if not data:
+                continue
+            ax.boxplot(data, positions=pos, widths=width * 0.85, patch_artist=True, manage_ticks=False,
+                       boxprops={"facecolor": colour, "alpha": 0.6}, medianprops={"color": "black"},
+                       flierprops={"markersize": 3})
+            ax.plot([], [], color=colour, linewidth=6, alpha=0.6, label=model)  # legend handle
+        ax.set_xticks(range(len(classes)))
+        ax.set_xticklabels([SYNAPSE_ORGANS.get(n, n) for n in classes], rotation=30, ha="right")
+        ax.set_xlim(-0.6, len(classes) - 0.4)
+        ax.set_ylabel("DSC (%) per test case")
+        ax.set_title(f"Per-class DSC · {_board_title(key)}", fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        written.append(_save(fig, out_dir / f"per_class_dsc__{_board_slug(key)}.png"))
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# training curves
+
+
+def _tb_scalars(tb_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """``{tag: (steps, values)}`` for train/loss and train/lr; {} when there are no events.
+
+    A resumed run appends to the same folder; a step logged twice keeps its last value."""
+    if not tb_dir.is_dir() or not any(tb_dir.glob("events.out.tfevents.*")):
+        return {}
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        return {}
+    try:
+        acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+        acc.Reload()
+        tags = set(acc.Tags().get("scalars", []))
+        out = {}
+        for tag in ("train/loss", "train/lr"):
+            if tag in tags:
+                by_step = {int(e.step): float(e.value) for e in acc.Scalars(tag)}
+                steps = sorted(by_step)
+                out[tag] = (steps, [by_step[s] for s in steps])
+        return out
+    except Exception:  # a truncated or foreign event file must not stop the other plots
+        return {}
+
+
+def _epoch_curve(train: dict) -> tuple[list[float], list[float]]:
+    """The record's per-epoch mean losses, placed at each epoch's last step when known."""
+    losses = [float(v) if _finite(v) else math.nan for v in (train.get("epoch_losses") or [])]
+    if not losses:
+        return [], []
+    iterations = train.get("iterations")
+    per_epoch = float(iterations) / len(losses) if _finite(iterations) and iterations else 1.0
+    return [per_epoch * (i + 1) for i in range(len(losses))], losses
+
+
+def training_curves(results_dir: Path, out_dir: Path) -> list[Path]:
+    """Train loss and learning rate against step, one PNG per board, one line per run.
+
+    Reads ``results_dir/runs/<run_id>/tb`` (the ``train/loss`` and ``train/lr`` scalars) for
+    every run that has a record; a run without events falls back to the record's
+    ``train.epoch_losses`` (dashed, loss panel only). Runs without a record (still in progress)
+    are not drawn. A missing directory or no records gives an empty list.
+    """
+    from bench.records import _iter_records, load
+    from bench.report import label_runs
+
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    if not results_dir.is_dir():
+        return []
+    df = load(results_dir)
+    if df.empty:
+        return []
+    trains = {rec["run_id"]: rec.get("train") or {} for _, rec in _iter_records(results_dir)}
+    df = label_runs(df).sort_values(["model_label", "seed", "run_id"])
+    plt = _pyplot()
+    written: list[Path] = []
+    for key, runs in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
+        curves = []
+        for _, run in runs.iterrows():
+            scalars = _tb_scalars(results_dir / "runs" / str(run["run_id"]) / "tb")
+            fallback = _epoch_curve(trains.get(run["run_id"], {})) if "train/loss" not in scalars else ([], [])
+            if scalars or fallback[0]:
+                curves.append((f"{run['model_label']} s{run['seed']}", scalars, fallback))
+        if not curves:
+            continue
+        fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for label, scalars, (ep_steps, ep_losses) in curves:
+            if "train/loss" in scalars:
+                (line,) = ax_loss.plot(*scalars["train/loss"], linewidth=1, label=label)
+            else:
+                (line,) = ax_loss.plot(ep_steps, ep_losses, "--o", markersize=3, linewidth=1,
+                                       label=f"{label} (epoch means)")
+            if "train/lr" in scalars:
+                ax_lr.plot(*scalars["train/lr"], linewidth=1, color=line.get_color(), label=label)
+        ax_loss.set(xlabel="step", ylabel="train loss", title="Loss")
+        ax_lr.set(xlabel="step", ylabel="learning rate", title="Learning rate")
+        for ax in (ax_loss, ax_lr):
+            ax.grid(True, alpha=0.3)
+        ax_loss.legend(fontsize=7, loc="best")
+        fig.suptitle(f"Training · {_board_title(key)}", fontsize=9)
+        written.append(_save(fig, out_dir / f"training_curves__{_board_slug(key)}.png"))
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def write_plots(results_dir: Path, out_dir: Path) -> list[Path]:
+    """All figures of ``results_dir`` into ``out_dir``; the paths written (none for no runs)."""
+    from bench.cost import load_profiles
+    from bench.records import load
+
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        return []
+    df_runs = load(results_dir)
+    if df_runs.empty:
+        return []
+    paths = accuracy_vs_cost(df_runs, load_profiles(results_dir), out_dir)
+    paths += per_class_boxplots(load(results_dir, level="case"), out_dir)
+    paths += training_curves(results_dir, out_dir)
+    return paths

@@ -1,0 +1,172 @@
+"""bench.plots: the Pareto front on hand cases, and every figure from a small results directory."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.plots import _slug, pareto_front, write_plots
+from bench.records import write_record
+from tests.fixtures import make_record
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+BOARD = "synapse-synthetic__smoke__legacy-synapse"
+
+
+# ---------------------------------------------------------------------------------------------
+# pareto_front
+
+
+def test_pareto_front_simple():
+    # (cost, score): b dominates a (cheaper and better); c is dearer but better; d is dominated by c.
+    costs = [2.0, 1.0, 3.0, 4.0]
+    scores = [0.5, 0.6, 0.8, 0.7]
+    assert pareto_front(costs, scores) == [False, True, True, False]
+
+
+def test_pareto_front_single_and_empty():
+    assert pareto_front([5.0], [0.1]) == [True]
+    assert pareto_front([], []) == []
+
+
+def test_pareto_front_duplicates_and_ties():
+    # Identical points do not dominate each other: both stay on the front.
+    assert pareto_front([1.0, 1.0], [0.5, 0.5]) == [True, True]
+    # Same cost, higher score dominates; same score, lower cost dominates.
+    assert pareto_front([1.0, 1.0], [0.5, 0.6]) == [False, True]
+    assert pareto_front([1.0, 2.0], [0.5, 0.5]) == [True, False]
+    # A duplicate of a dominated point is dominated too.
+    assert pareto_front([1.0, 2.0, 2.0], [0.9, 0.5, 0.5]) == [True, False, False]
+
+
+def test_pareto_front_nan_never_on_front_and_dominates_nothing():
+    assert pareto_front([math.nan, 2.0], [0.9, 0.5]) == [False, True]
+    assert pareto_front([0.5, 2.0], [math.nan, 0.5]) == [False, True]
+
+
+def test_pareto_front_length_mismatch():
+    with pytest.raises(ValueError):
+        pareto_front([1.0, 2.0], [0.5])
+
+
+def test_slug():
+    assert _slug("synapse (synthetic)") == "synapse-synthetic"
+    assert _slug("smoke (off-protocol: epochs=2)") == "smoke-off-protocol-epochs-2"
+    assert _slug("legacy-synapse") == "legacy-synapse"
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+def _profile(model: str, family: str, macs: float, params: int, latency: float, fingerprint: str) -> dict:
+    return {
+        "model": model, "family": family, "input_shape": "1x3x224x224", "macs": macs, "params": params,
+        "paper_macs": macs * 0.9, "latency_ms_median": latency, "fingerprint": fingerprint,
+        "precision": "fp32", "channels_last": False, "compiled": False, "scan_backend": None,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> tuple[Path, str]:
+    """Three models on one synthetic Synapse smoke board (vmunet and unet with 3 seeds, one
+    transunet seed), profiles for two of them, and a TensorBoard log for one vmunet run."""
+    specs = [
+        ("vmunet", [0, 1, 2], 0.80, 27_430_000, {"pancreas": 0.55}),
+        ("unet", [0, 1, 2], 0.76, 34_530_000, {"gallbladder": 0.6}),
+        ("transunet", [0], 0.78, 105_280_000, None),
+    ]
+    tb_run = None
+    for model, seeds, dice, params, class_dice in specs:
+        for seed in seeds:
+            rec = make_record(model, seed=seed, dice=dice + 0.01 * seed, class_dice=class_dice, protocol="smoke",
+                              synthetic=True, n_cases=3, params=params)
+            rec["train"]["epoch_losses"] = [0.9, 0.6, 0.4]
+            rec["train"]["iterations"] = 30
+            write_record(rec, tmp_path)
+            if model == "vmunet" and seed == 0:
+                tb_run = rec["run_id"]
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    for i, prof in enumerate([
+        _profile("vmunet", "ssm", 4.1e9, 27_430_000, 30.0, "cpu-abc"),
+        _profile("unet", "cnn", 65.5e9, 34_530_000, 55.0, "cpu-abc"),
+        _profile("unet", "cnn", 65.5e9, 34_530_000, 5.0, "gpu-other"),  # the minority fingerprint
+    ]):
+        (profiles / f"p{i}.json").write_text(json.dumps(prof))
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(tmp_path / "runs" / tb_run / "tb"))
+    for step in range(1, 21):
+        writer.add_scalar("train/loss", 1.0 / step, step)
+        writer.add_scalar("train/lr", 0.01 * (1 - step / 21) ** 0.9, step)
+    writer.close()
+    return tmp_path, tb_run
+
+
+def _assert_png(path: Path) -> None:
+    assert path.is_file(), path
+    data = path.read_bytes()
+    assert len(data) > 1000 and data.startswith(PNG_SIGNATURE), path
+
+
+def test_write_plots_writes_every_figure(results, tmp_path):
+    results_dir, _ = results
+    out = tmp_path / "plots"
+    paths = write_plots(results_dir, out)
+    names = sorted(p.name for p in paths)
+    expected = sorted(f"{kind}__{BOARD}.png" for kind in
+                      ("dsc_vs_gmacs", "dsc_vs_params", "dsc_vs_latency", "per_class_dsc", "training_curves"))
+    assert names == expected
+    for p in paths:
+        assert p.parent == out
+        _assert_png(p)
+    assert not list(out.glob(".*.tmp")), "temporary files left behind"
+
+
+def test_accuracy_vs_cost_skips_axes_without_points(results, tmp_path):
+    from bench.cost import load_profiles
+    from bench.plots import accuracy_vs_cost
+    from bench.records import load
+
+    results_dir, _ = results
+    df_runs = load(results_dir)
+    # No profiles at all: only the params axis has points.
+    paths = accuracy_vs_cost(df_runs, None, tmp_path / "a")
+    assert [p.name for p in paths] == [f"dsc_vs_params__{BOARD}.png"]
+    # A profile row with NaN cost must not crash; it just drops that point.
+    prof = load_profiles(results_dir)
+    prof.loc[prof["model"] == "vmunet", ["macs", "latency_ms_median"]] = math.nan
+    paths = accuracy_vs_cost(df_runs, prof, tmp_path / "b")
+    assert len(paths) == 3
+    for p in paths:
+        _assert_png(p)
+
+
+def test_training_curves_fall_back_to_epoch_losses(results, tmp_path):
+    import shutil
+
+    from bench.plots import training_curves
+
+    results_dir, tb_run = results
+    shutil.rmtree(results_dir / "runs" / tb_run)  # no TensorBoard events at all now
+    paths = training_curves(results_dir, tmp_path / "curves")
+    assert [p.name for p in paths] == [f"training_curves__{BOARD}.png"]
+    _assert_png(paths[0])
+
+
+def test_empty_and_missing_results_give_no_plots(tmp_path):
+    from bench.plots import per_class_boxplots, training_curves
+
+    (tmp_path / "empty").mkdir()
+    assert write_plots(tmp_path / "empty", tmp_path / "out") == []
+    assert write_plots(tmp_path / "missing", tmp_path / "out") == []
+    assert training_curves(tmp_path / "missing", tmp_path / "out") == []
+    import pandas as pd
+
+    assert per_class_boxplots(pd.DataFrame(columns=["run_id", "dice"]), tmp_path / "out") == []
+    assert not (tmp_path / "out").exists()
