@@ -312,6 +312,23 @@ def peak_memory_mb(model: nn.Module, x: torch.Tensor, *, train_step: bool = Fals
 
 # ----------------------------------------------------------------------------------------- profile
 
+def run_counts(name: str, *, num_classes: int, in_chans: int, img_size: int,
+               overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The counts a run record carries (``cost``): MACs/FLOPs with the scan and thop's MACs at
+    the run's input size, on a fresh CPU float32 copy of the architecture (counts do not depend
+    on the weights, and this leaves the trained model and its device alone)."""
+    from bench.registry import create_model
+
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size,
+                             **(overrides or {}))
+    x = torch.zeros(1, in_chans, img_size, img_size)
+    flops = count_flops(model, x)
+    return {"input_shape": "x".join(map(str, x.shape)), "macs": flops.macs, "flops": flops.flops,
+            "scan_macs": flops.scan_flops / 2, "paper_macs": paper_count(model, x)["paper_macs"]}
+
+
 PROFILE_DIR = "profiles"
 # `bench profile` columns, in order (DESIGN.md contract 8: model, params, input_shape, macs,
 # paper_macs, flops, the fingerprint and, where timed, latency_ms_median and fps)

@@ -70,7 +70,7 @@ RUN_ID_COLUMNS = [
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
     "status", "git_commit", "device", "scan_backend", "started_at", "finished_at", "wall_time_s",
-    "train_time_s", "params", "trainable_params", "macs", "flops", "fps", "peak_mem_mb",
+    "train_time_s", "params", "trainable_params", "macs", "paper_macs", "flops", "fps", "peak_mem_mb",
 ]  # fmt: skip
 # Aggregates every policy may produce; ``load`` puts them first, extra metric keys follow.
 STANDARD_METRICS = ["dice", "hd95", "iou", "acc", "spe", "sen", "n_cases"]
@@ -367,7 +367,7 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         wall_time_s=rec["wall_time_s"],
         train_time_s=train.get("time_s"),
     )
-    for key in ("params", "trainable_params", "macs", "flops", "fps", "peak_mem_mb"):
+    for key in ("params", "trainable_params", "macs", "paper_macs", "flops", "fps", "peak_mem_mb"):
         row[key] = cost.get(key)
     for key, value in rec["metrics"].items():
         # Only scalars become columns; a metric named like an id column would shadow it.
@@ -424,7 +424,7 @@ def load(results_dir: Path, level: str = "run") -> pd.DataFrame:
     per_class = [f"{m}/{name}" for name in _class_order(records) for m in ("dice", "hd95")]
     columns = RUN_COLUMNS + metrics + per_class
     frame = frame.reindex(columns=columns)
-    numeric = ["wall_time_s", "train_time_s", "params", "trainable_params", "macs", "flops", "fps",
+    numeric = ["wall_time_s", "train_time_s", "params", "trainable_params", "macs", "paper_macs", "flops", "fps",
                "peak_mem_mb"] + metrics + per_class  # fmt: skip
     return _numeric(frame, numeric)
 

@@ -150,6 +150,8 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
             "n_runs": len(runs),
             "n_cases": _joined(runs["n_cases"]) if "n_cases" in runs else "",
             "params": runs["params"].mean(),
+            "macs": runs["macs"].mean() if "macs" in runs else math.nan,
+            "paper_macs": runs["paper_macs"].mean() if "paper_macs" in runs else math.nan,
         }
         for col in value_cols:
             row[f"{col}_mean"] = runs[col].mean(skipna=False)
@@ -394,9 +396,9 @@ def render_cost_md(df_prof: pd.DataFrame) -> str:
 
 
 def join_cost(boards: dict[BoardKey, pd.DataFrame], df_prof: pd.DataFrame | None) -> None:
-    """Add ``macs``/``paper_macs`` to each board row from the profile of the same model at the
-    same input size (the run's ``img_size``); counts do not depend on the device, so any
-    fingerprint serves. Rows without such a profile get NaN."""
+    """Fill ``macs``/``paper_macs`` of board rows whose records carry none (records written
+    before runs counted them) from the profile of the same model at the same input size (the
+    run's ``img_size``); counts do not depend on the device, so any fingerprint serves."""
     if df_prof is None or df_prof.empty:
         return
     side = df_prof["input_shape"].str.split("x").str[-1].astype(int)
@@ -405,7 +407,9 @@ def join_cost(boards: dict[BoardKey, pd.DataFrame], df_prof: pd.DataFrame | None
         keys = [(json.loads(c).get("img_size") if c else None) for c in board["model_config"]]
         base = [m.split(" (")[0] for m in board["model"]]
         pairs = [lookup.get((m, k), (math.nan, math.nan)) for m, k in zip(base, keys)]
-        board["macs"], board["paper_macs"] = [p[0] for p in pairs], [p[1] for p in pairs]
+        have = board["macs"].notna() if "macs" in board else pd.Series(False, index=board.index)
+        board["macs"] = board["macs"].where(have, [p[0] for p in pairs])
+        board["paper_macs"] = board["paper_macs"].where(have, [p[1] for p in pairs])
 
 
 CI_METRICS = ("dice", "hd95")

@@ -21,6 +21,7 @@ import torch
 from bench import env, records
 from bench.data import open_dataset, synthetic_root
 from bench.errors import BenchError
+from bench.cost import run_counts
 from bench.evaluate import evaluate
 from bench.metrics import get_policy
 from bench.protocol import Protocol
@@ -140,7 +141,9 @@ def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: b
         "cost": {
             "params": n_params,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "macs": None, "flops": None, "fps": None, "peak_mem_mb": None,
+            **run_counts(spec.model, num_classes=dataset.num_classes, in_chans=dataset.in_chans,
+                         img_size=protocol.img_size, overrides=dict(spec.model_overrides)),
+            "fps": None, "peak_mem_mb": None,  # timings: `bench profile`, on a machine chosen for it
         },
     }
     records.write_record(record, results_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -40,6 +41,7 @@ def test_run_writes_a_record_and_report_shows_organs(smoke_results):
     row = df.iloc[0]
     assert row["model"] == "unet" and row["policy"] == "legacy-synapse" and bool(row["off_protocol"])
     assert 0.0 <= row["dice"] <= 1.0
+    assert row["macs"] > 0 and row["flops"] == 2 * row["macs"] and row["paper_macs"] > 0  # counted at 32²
     rep = _bench("report", "--results", smoke_results).stdout
     for organ in ("Aorta", "Gallbladder", "Kidney(L)", "Kidney(R)", "Liver", "Pancreas", "Spleen", "Stomach"):
         assert organ in rep and f"{organ} HD95" in rep
@@ -122,3 +124,33 @@ def test_models_and_doctor():
     assert "unet" in out and "cnn" in out
     doc = runner.invoke(app, ["doctor"])
     assert doc.exit_code == 0 and "torch" in doc.output and "scan backend" in doc.output
+
+
+def test_three_seed_grid_report_with_statistics_published_and_plots(tmp_path):
+    results = tmp_path / "results"
+    _bench("run", "--models", "unet,vmunet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
+           "--seeds", "0,1,2", "--results", results, *FAST)
+    runs = records.load(results).groupby("model")[["macs", "paper_macs"]].first()
+    assert runs.loc["vmunet", "macs"] > runs.loc["vmunet", "paper_macs"]  # the record counts the scan
+    _bench("profile", "--models", "unet,vmunet", "--tiny", "--img-size", "32", "--iters", "2", "--warmup", "0",
+           "--threads", "1", "--results", results, "--format", "csv")
+    out = tmp_path / "report.md"
+    _bench("report", "--results", results, "--reference", "unet", "--published", "--out", out)
+    text = out.read_text()
+    assert "Mean ± std" in text and "DSC 95% CI" in text and "| 3 " in text  # 3 seeds per model
+    assert "## Significance · synapse (synthetic)" in text and "p (Holm)" in text
+    assert "## Published vs ours · synapse (synthetic)" in text and "Ours − published" in text
+    assert "## Cost · input 1x3x32x32" in text
+    for kind in ("dsc_vs_gmacs", "dsc_vs_params", "per_class_dsc", "training_curves"):
+        assert re.search(rf"!\[{kind}__[^\]]+\]\(report_files/{kind}__\S+\.png\)", text), kind
+    latex = _bench("report", "--results", results, "--format", "latex").stdout
+    assert "\\toprule" in latex and "\\bottomrule" in latex
+
+
+def test_folds_give_one_record_per_fold(tmp_path):
+    _bench("run", "--models", "unet", "--dataset", "nnunet", "--synthetic", "--protocol", "smoke", "--folds", "0,1",
+           "--results", tmp_path, *FAST)
+    df = records.load(tmp_path)
+    assert sorted(df["split"]) == ["fold0", "fold1"] and df["run_id"].nunique() == 2
+    bad = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--folds", "0", check=False)
+    assert bad.returncode == 2 and "fixed test split" in bad.stderr
