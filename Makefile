@@ -19,6 +19,7 @@ test:
 demo:
 	$(BENCH) run --models all --dataset synapse --synthetic --protocol smoke --results $(DEMO_RESULTS) --threads 1
 	$(BENCH) report --results $(DEMO_RESULTS)
+	$(BENCH) report --results $(DEMO_RESULTS) --reference unet --published --out $(DEMO_RESULTS)/report.md
 
 # the CI smoke grid: fixed seed and threads, compared with the committed baseline
 smoke:

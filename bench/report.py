@@ -452,7 +452,7 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], df_cases: pd.DataFrame
             continue
         tests = stats.paired_tests(cases, reference, metrics=CI_METRICS)
         ranks = stats.rank_stability(cases, "dice")
-        title = f"## Significance · {key.dataset} · protocol {key.protocol} · policy {key.policy}"
+        title = f"## Significance · {_caption(key, boards[key])[0]}"
         if tests.empty:
             parts.append(f"{title}\n\nNo paired comparison: {reference!r} has no runs on this board.\n")
             continue
@@ -503,7 +503,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
                              "Ours − published": "" if math.isnan(ours) else f"{ours - p['value']:+.2f}"})
         if rows:
             synth = " — synthetic data: the difference says nothing about the model" if "(synthetic)" in key.dataset else ""
-            out[f"Published vs ours · {key.dataset} · protocol {key.protocol} · our policy {key.policy}{synth}"] = \
+            out[f"Published vs ours · {_caption(key, board)[0]} (ours){synth}"] = \
                 pd.DataFrame(rows)
     return out
 

@@ -182,7 +182,8 @@ def test_published_vs_ours_table(tmp_path):
                    "Paper A Table 2,unet,synapse,dice,76.85,%,legacy-synapse,\n"
                    "Paper A Table 1,vmunet,isic17,dice,89.03,%,legacy-isic,\n")
     text = write_report(tmp_path, published=pub)
-    section = text[text.index("## Published vs ours · synapse · protocol synapse · our policy legacy-synapse"):]
+    section = text[text.index("## Published vs ours · synapse · protocol synapse v1 (a1b2c3d4e5f60718) · policy "
+                              "legacy-synapse (ours)"):]
     lines = [line for line in section.splitlines() if line.startswith("| vmunet")]
     # ours: mean DSC (0.80 + 0.82) / 2 = 81.00 %, HD95 (18 + 20) / 2 = 19.00
     assert any("DSC" in line and "81.08" in line and "81.00" in line and "-0.08" in line for line in lines)
@@ -231,7 +232,7 @@ def test_ci_column_and_significance_section(tmp_path):
     lo, hi = stats.bootstrap_ci(stats.case_values(group, "dice")["vmunet"])
     vm = next(line for line in text.splitlines() if line.startswith("| vmunet"))
     assert f"[{100 * lo:.2f}, {100 * hi:.2f}]" in vm and "95% CI: bootstrap" in text
-    sig = text[text.index("## Significance · synapse · protocol synapse · policy legacy-synapse"):]
+    sig = text[text.index("## Significance · synapse · protocol synapse v1 (a1b2c3d4e5f60718) · policy legacy-synapse"):]
     expected = stats.paired_tests(group, "unet", metrics=("dice",)).iloc[0]
     row = next(line for line in sig.splitlines() if line.startswith("| vmunet") and "DSC" in line)
     assert f"{100 * expected['mean_diff']:+.2f}" in row and f"{expected['p_holm']:.3g}" in row
