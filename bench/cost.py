@@ -312,6 +312,13 @@ def peak_memory_mb(model: nn.Module, x: torch.Tensor, *, train_step: bool = Fals
 
 # ----------------------------------------------------------------------------------------- profile
 
+def _counts(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    flops, paper = count_flops(model, x), paper_count(model, x)
+    return {"input_shape": "x".join(map(str, x.shape)), "macs": flops.macs, "flops": flops.flops,
+            "scan_macs": flops.scan_flops / 2, "paper_macs": paper["paper_macs"],
+            "paper_params": int(paper["paper_params"]), "flops_by_op": flops.by_op}
+
+
 def run_counts(name: str, *, num_classes: int, in_chans: int, img_size: int,
                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The counts a run record carries (``cost``): MACs/FLOPs with the scan and thop's MACs at
@@ -323,10 +330,8 @@ def run_counts(name: str, *, num_classes: int, in_chans: int, img_size: int,
         warnings.simplefilter("ignore")
         model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size,
                              **(overrides or {}))
-    x = torch.zeros(1, in_chans, img_size, img_size)
-    flops = count_flops(model, x)
-    return {"input_shape": "x".join(map(str, x.shape)), "macs": flops.macs, "flops": flops.flops,
-            "scan_macs": flops.scan_flops / 2, "paper_macs": paper_count(model, x)["paper_macs"]}
+    counts = _counts(model, torch.zeros(1, in_chans, img_size, img_size))
+    return {k: counts[k] for k in ("input_shape", "macs", "flops", "scan_macs", "paper_macs")}
 
 
 PROFILE_DIR = "profiles"
@@ -355,18 +360,13 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     torch.manual_seed(0)
     model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **(overrides or {}))
     x = torch.randn(1, in_chans, img_size, img_size)
-    flops = count_flops(model, x)
-    paper = paper_count(model, x)
-    row: dict[str, Any] = {
-        "model": name, "family": entry.family, **count_params(model), "paper_params": int(paper["paper_params"]),
-        "input_shape": "x".join(map(str, x.shape)), "macs": flops.macs, "flops": flops.flops,
-        "scan_macs": flops.scan_flops / 2, "paper_macs": paper["paper_macs"],
-        "paper_macs_missing_pct": 100 * (1 - paper["paper_macs"] / flops.macs) if flops.macs else 0.0,
-        "fvcore_macs": fvcore_macs(model, x)["total"],
-        "model_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.bench_config.items()},
-        "flops_by_op": flops.by_op,
-        "device": device.type, "precision": precision, "channels_last": channels_last, "compiled": compile,
-    }
+    row: dict[str, Any] = {"model": name, "family": entry.family, **count_params(model), **_counts(model, x)}
+    row.update(
+        paper_macs_missing_pct=100 * (1 - row["paper_macs"] / row["macs"]) if row["macs"] else 0.0,
+        fvcore_macs=fvcore_macs(model, x)["total"],
+        model_config={k: (list(v) if isinstance(v, tuple) else v) for k, v in model.bench_config.items()},
+        device=device.type, precision=precision, channels_last=channels_last, compiled=compile,
+    )
     model = model.to(device).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
