@@ -239,6 +239,8 @@ def profile(
                                  channels_last=channels_last, compile=compile, timing=timing, overrides=over)
         cost.write_profile(row, results)
         rows.append(row)
+        timed = f", {row['latency_ms_median']:.1f} ms/forward" if "latency_ms_median" in row else ""
+        typer.echo(f"  profiled {name}: {row['macs'] / 1e9:.2f} GMACs{timed}", err=True)  # progress
     import pandas as pd
 
     frame = pd.DataFrame(rows)
