@@ -474,6 +474,9 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], df_cases: pd.DataFrame
                 "averaged over classes and seeds); effect size: matched-pairs rank-biserial correlation, > 0 "
                 "means the model beats the reference; p adjusted with Holm over the board's tests. Ranks by "
                 "mean DSC over the cases every model has; stability from 1000 bootstrap resamples of cases.")
+        if key.policy == "legacy-synapse":
+            note += (" Caution: under legacy-synapse a missed organ scores HD95 0 (the papers' rule), so a model "
+                     "that finds nothing looks best on HD95; `--policy strict` penalises misses.")
         parts.append(f"{title}\n\n{note}\n\n" + shown.to_markdown(index=False, disable_numparse=True)
                      + "\n\n" + rank_table.to_markdown(index=False, disable_numparse=True) + "\n")
     return "\n".join(parts)

@@ -236,7 +236,7 @@ def test_ci_column_and_significance_section(tmp_path):
     expected = stats.paired_tests(group, "unet", metrics=("dice",)).iloc[0]
     row = next(line for line in sig.splitlines() if line.startswith("| vmunet") and "DSC" in line)
     assert f"{100 * expected['mean_diff']:+.2f}" in row and f"{expected['p_holm']:.3g}" in row
-    assert "P(rank 1)" in sig
+    assert "P(rank 1)" in sig and "Caution: under legacy-synapse a missed organ scores HD95 0" in sig
     assert "Significance" not in write_report(tmp_path)
     assert "has no runs on this board" in write_report(tmp_path, reference="swin_unet")
 
