@@ -75,6 +75,7 @@ def run(
     protocol: Annotated[Optional[str], typer.Option(help="protocol name or .toml path (default: the dataset's)")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="comma list of seeds (default: the protocol's seed)")] = None,
     folds: Annotated[Optional[str], typer.Option(help="cross-validation folds, 'all' or a comma list (nnunet data)")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="K/N: run only share K of N of the grid (Slurm arrays)")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="dataset directory in its real on-disk format")] = None,
     synthetic: Annotated[bool, typer.Option(help="use a built-in synthetic dataset in the same format")] = False,
     results: Annotated[Path, typer.Option(help="results directory (records, runs, synthetic data)")] = DEFAULT_RESULTS,
@@ -98,13 +99,15 @@ def run(
     from bench.env import resolve_device
     from bench.protocol import load_protocol
     from bench.registry import get_entry, resolve_models
-    from bench.run import plan_grid, run_one
+    from bench.run import parse_shard, plan_grid, run_one, select_shard
     from bench.records import record_path
 
     import torch
 
     if threads:
         torch.set_num_threads(threads)
+    if shard:
+        parse_shard(shard)  # before anything is written
     names = resolve_models(models)
     proto = load_protocol(protocol or DEFAULT_PROTOCOL.get(dataset, "smoke"))
     proto = proto.with_overrides(epochs=epochs, max_iterations=max_iterations, batch_size=batch_size,
@@ -117,8 +120,10 @@ def run(
         specs += plan_grid(models=[name], dataset=dataset, protocol=proto, seeds=seed_list, data_root=data_root,
                            synthetic=synthetic, results_dir=results, policy=policy, model_overrides=model_over,
                            folds=folds if folds in (None, "all") else _parse_ints(folds, "--folds"))
+    total = len(specs)
+    specs = select_shard(specs, shard)
     dev = resolve_device(device.value)
-    typer.echo(f"bench run: {len(specs)} run(s) · dataset {dataset} · protocol {proto.name} v{proto.version} "
+    typer.echo(f"bench run: {len(specs)} run(s){f' (shard {shard} of {total})' if shard else ''} · dataset {dataset} · protocol {proto.name} v{proto.version} "
                f"({proto.hash}{', off-protocol' if proto.off_protocol else ''}) · device {dev}")
     for spec in specs:
         if record_path(results, spec.key).is_file():

@@ -150,6 +150,24 @@ def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: b
     return record
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> (K, N) with 1 <= K <= N; BenchError otherwise."""
+    k, sep, n = text.partition("/")
+    if not (sep and k.strip().isdigit() and n.strip().isdigit()) or not 1 <= int(k) <= int(n):
+        raise BenchError(f"--shard must be K/N with 1 <= K <= N (e.g. 2/4); got {text!r}")
+    return int(k), int(n)
+
+
+def select_shard(specs: list[RunSpec], shard: str | None) -> list[RunSpec]:
+    """Shard K of N of a grid: runs sorted by their deterministic key, every N-th from K-1.
+    Shards given the same grid arguments are disjoint, cover the grid and differ in size by at
+    most one, whatever the machine or the order in which they start."""
+    if not shard:
+        return specs
+    k, n = parse_shard(shard)
+    return sorted(specs, key=lambda s: s.key)[k - 1::n]
+
+
 def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: list[int], data_root: Path | None,
               synthetic: bool, results_dir: Path, policy: str | None = None,
               model_overrides: dict[str, Any] | None = None, folds: list[int] | str | None = None) -> list[RunSpec]:

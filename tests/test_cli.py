@@ -154,3 +154,14 @@ def test_folds_give_one_record_per_fold(tmp_path):
     assert sorted(df["split"]) == ["fold0", "fold1"] and df["run_id"].nunique() == 2
     bad = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--folds", "0", check=False)
     assert bad.returncode == 2 and "fixed test split" in bad.stderr
+
+
+def test_two_shards_share_one_results_dir(tmp_path):
+    base = ["run", "--models", "unet,vmunet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
+            "--results", tmp_path, *FAST]
+    first = _bench(*base, "--shard", "1/2").stdout
+    assert "1 run(s) (shard 1/2 of 2)" in first
+    _bench(*base, "--shard", "2/2")
+    assert sorted(records.load(tmp_path)["model"]) == ["unet", "vmunet"]
+    bad = _bench(*base, "--shard", "3/2", check=False)
+    assert bad.returncode == 2 and "--shard must be K/N" in bad.stderr

@@ -174,3 +174,21 @@ def test_float64_protocol_trains_and_evaluates_in_float64(synapse_root, tmp_path
     assert floats and all(t.dtype == torch.float64 for t in floats)
     scores = evaluate(model, ds, proto.with_overrides(max_cases=1), "legacy-synapse", device=torch.device("cpu"))
     assert 0.0 <= scores.metrics["dice"] <= 1.0
+
+
+def test_shards_are_disjoint_cover_the_grid_and_balance(synapse_root, tmp_path):
+    from bench.run import parse_shard, plan_grid, select_shard
+
+    specs = plan_grid(models=["unet", "vmunet", "transunet"], dataset="synapse", protocol=load_protocol("smoke"),
+                      seeds=[0, 1, 2, 3], data_root=synapse_root, synthetic=False, results_dir=tmp_path)
+    for n in (1, 3, 5, 12, 13):
+        shards = [select_shard(specs, f"{k}/{n}") for k in range(1, n + 1)]
+        keys = [s.key for shard in shards for s in shard]
+        assert sorted(keys) == sorted(s.key for s in specs) and len(set(keys)) == len(keys)  # a partition
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    # the same arguments give the same shard whatever the order they were planned in
+    assert [s.key for s in select_shard(specs[::-1], "2/3")] == [s.key for s in select_shard(specs, "2/3")]
+    assert select_shard(specs, None) == specs
+    for bad in ("0/3", "4/3", "3", "a/b", "1/0", "-1/2"):
+        with pytest.raises(BenchError, match="--shard must be K/N"):
+            parse_shard(bad)
