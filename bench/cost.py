@@ -110,14 +110,11 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> FlopCount:
     custom = _custom_formulas()
     was_training = model.training
     model.eval()
+    recorder, counter = _OpRecorder(), FlopCounterMode(display=False, custom_mapping=custom)
     try:
-        with torch.no_grad():
-            recorder = _OpRecorder()
-            with recorder:
-                model(x)
-            counter = FlopCounterMode(display=False, custom_mapping=custom)
-            with counter:
-                model(x)
+        # one forward: the recorder (innermost mode) sees each op first and passes it on to the counter
+        with torch.no_grad(), counter, recorder:
+            model(x)
     finally:
         model.train(was_training)
     registry = counter.flop_registry
