@@ -228,14 +228,13 @@ def profile(
 
     if threads:
         torch.set_num_threads(threads)
-    if precision not in cost.PRECISIONS:
-        raise BenchError(f"--precision must be one of {', '.join(cost.PRECISIONS)}; got {precision!r}")
     if batch_size != "auto" and not batch_size.isdigit():
         raise BenchError(f"--batch-size takes a whole number or 'auto'; got {batch_size!r}")
     batch = batch_size if batch_size == "auto" else int(batch_size)
     if iters < 1 or warmup < 0:
         raise BenchError("--iters must be >= 1 and --warmup >= 0")
     dev = resolve_device(device.value)
+    cost.check_precision(precision, dev)  # before any model is built
     rows = []
     for name in resolve_models(models):
         over = {**(dict(get_entry(name).tiny) if tiny else {}), **_parse_sets(set_ or [])}

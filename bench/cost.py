@@ -176,15 +176,20 @@ def paper_count(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------- speed
 
-@contextlib.contextmanager
-def precision_context(precision: str, device: torch.device):
-    """fp32 (TF32 off), tf32 (CUDA matmul/cuDNN TF32 on), bf16/fp16 (autocast)."""
+def check_precision(precision: str, device: torch.device) -> None:
+    """BenchError unless ``precision`` is one of PRECISIONS and runs on ``device``."""
     if precision not in PRECISIONS:
         raise BenchError(f"--precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "tf32" and device.type != "cuda":
         raise BenchError("--precision tf32 needs a CUDA device (TF32 is an Ampere+ tensor-core mode)")
     if precision == "fp16" and device.type != "cuda":
         raise BenchError("--precision fp16 needs a CUDA device (CPU autocast supports bf16)")
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, device: torch.device):
+    """fp32 (TF32 off), tf32 (CUDA matmul/cuDNN TF32 on), bf16/fp16 (autocast)."""
+    check_precision(precision, device)
     saved = None
     if device.type == "cuda":
         saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
