@@ -180,7 +180,8 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         data_root = synthetic_root(dataset, results_dir / "synthetic")
     if data_root is None:
         raise BenchError(f"--data-root is required for dataset {dataset!r} (or use --synthetic)")
-    ds = open_dataset(dataset, data_root)  # validates the layout before any training starts
+    # validates the layout (and, with folds, that the dataset has them) before any training starts
+    ds = open_dataset(dataset, data_root, fold=None if folds is None else 0)
     if protocol.datasets and dataset not in protocol.datasets:
         raise BenchError(
             f"protocol {protocol.name!r} is written for {', '.join(protocol.datasets)}, not {dataset!r}"
@@ -192,9 +193,7 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     extra = tuple(sorted((model_overrides or {}).items()))
     fold_list: list[int | None] = [None]
     if folds is not None:
-        n = getattr(ds, "n_folds", None)
-        if n is None:
-            raise BenchError(f"dataset {dataset!r} has a fixed test split; folds (--folds) apply to nnunet-format data")
+        n = ds.n_folds
         fold_list = list(range(n)) if folds == "all" else list(folds)
         bad = [f for f in fold_list if not 0 <= f < n]
         if bad:
