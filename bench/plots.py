@@ -241,15 +241,6 @@ def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, ou
 # per-class DSC
 
 
-def _label_cases(df_cases: pd.DataFrame) -> pd.DataFrame:
-    """Board and model labels of ``bench.report.label_runs``, computed once per run and joined."""
-    from bench.report import label_runs
-
-    runs = df_cases.drop_duplicates("run_id")
-    labels = label_runs(runs)[["run_id", "board_dataset", "board_protocol", "model_label"]]
-    return df_cases.merge(labels, on="run_id", how="left")
-
-
 def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Per-class DSC (%) box plots over test cases, one PNG per board, one box per model.
 
@@ -257,13 +248,13 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path) -> list[Path]:
     the model's seeds (so each box has one value per test case); NaN DSC (both masks empty under
     ``strict``) is left out of the box. Classes in class-id order, models by median DSC.
     """
-    from bench.report import SYNAPSE_ORGANS
+    from bench.report import SYNAPSE_ORGANS, label_cases
 
     out_dir = Path(out_dir)
     if df_cases is None or df_cases.empty or df_cases["dice"].notna().sum() == 0:
         return []
     plt = _pyplot()
-    df = _label_cases(df_cases)
+    df = label_cases(df_cases)
     written: list[Path] = []
     for key, board in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
         per_case = board.groupby(["model_label", "class", "name", "case"], sort=False)["dice"].mean().reset_index()
@@ -391,18 +382,22 @@ def training_curves(results_dir: Path, out_dir: Path) -> list[Path]:
 # ---------------------------------------------------------------------------------------------
 
 
-def write_plots(results_dir: Path, out_dir: Path) -> list[Path]:
-    """All figures of ``results_dir`` into ``out_dir``; the paths written (none for no runs)."""
+def write_plots(results_dir: Path, out_dir: Path, *, df_runs: pd.DataFrame | None = None,
+                df_cases: pd.DataFrame | None = None, df_profiles: pd.DataFrame | None = None) -> list[Path]:
+    """All figures of ``results_dir`` into ``out_dir``; the paths written (none for no runs).
+    Frames a caller has already loaded from ``results_dir`` (``bench.report``) are reused."""
     from bench.cost import load_profiles
     from bench.records import load
 
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         return []
-    df_runs = load(results_dir)
+    df_runs = load(results_dir) if df_runs is None else df_runs
     if df_runs.empty:
         return []
-    paths = accuracy_vs_cost(df_runs, load_profiles(results_dir), out_dir)
-    paths += per_class_boxplots(load(results_dir, level="case"), out_dir)
+    df_cases = load(results_dir, level="case") if df_cases is None else df_cases
+    df_profiles = load_profiles(results_dir) if df_profiles is None else df_profiles
+    paths = accuracy_vs_cost(df_runs, df_profiles, out_dir)
+    paths += per_class_boxplots(df_cases, out_dir)
     paths += training_curves(results_dir, out_dir)
     return paths

@@ -415,20 +415,28 @@ def join_cost(boards: dict[BoardKey, pd.DataFrame], df_prof: pd.DataFrame | None
 CI_METRICS = ("dice", "hd95")
 
 
+def label_cases(df_cases: pd.DataFrame) -> pd.DataFrame:
+    """A case-level frame with the board and model labels of ``label_runs``, computed once per
+    run (a run has many case rows) and joined back."""
+    runs = df_cases.drop_duplicates("run_id")
+    labels = label_runs(runs)[["run_id", "board_dataset", "board_protocol", "model_label"]]
+    return df_cases.merge(labels, on="run_id", how="left")
+
+
 def _case_groups(df_cases: pd.DataFrame | None) -> dict[BoardKey, pd.DataFrame]:
     """The case-level frame split like the boards (same labels), for statistics per board."""
     if df_cases is None or df_cases.empty:
         return {}
-    df = label_runs(df_cases)
+    df = label_cases(df_cases)
     return {BoardKey(*k): g for k, g in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True)}
 
 
-def join_ci(boards: dict[BoardKey, pd.DataFrame], df_cases: pd.DataFrame | None) -> None:
+def join_ci(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.DataFrame]) -> None:
     """Add ``<metric>_ci_lo/_ci_hi``: a bootstrap 95% CI of the mean over test cases (each case
-    averaged over classes and seeds; ``bench.stats``) for DSC and HD95."""
+    averaged over classes and seeds; ``bench.stats``) for DSC and HD95. ``groups``: the case rows
+    per board (``_case_groups``)."""
     from bench import stats
 
-    groups = _case_groups(df_cases)
     for key, board in boards.items():
         cases = groups.get(key)
         if cases is None:
@@ -441,13 +449,14 @@ def join_ci(boards: dict[BoardKey, pd.DataFrame], df_cases: pd.DataFrame | None)
             board[f"{metric}_ci_lo"], board[f"{metric}_ci_hi"] = [c[0] for c in cis], [c[1] for c in cis]
 
 
-def significance_md(boards: dict[BoardKey, pd.DataFrame], df_cases: pd.DataFrame | None, reference: str) -> str:
+def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.DataFrame],
+                    reference: str) -> str:
     """Per board: paired Wilcoxon tests of every model against ``reference`` (Holm-adjusted) and
-    the rank table with its bootstrap stability."""
+    the rank table with its bootstrap stability. ``groups``: the case rows per board."""
     from bench import stats
 
     parts = []
-    for key, cases in _case_groups(df_cases).items():
+    for key, cases in groups.items():
         if key not in boards:
             continue
         tests = stats.paired_tests(cases, reference, metrics=CI_METRICS)
@@ -545,13 +554,14 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     df_runs, profiles = load(results_dir), load_profiles(results_dir)
     boards = leaderboards(df_runs)
     df_cases = load(results_dir, level="case") if boards else None
+    groups = _case_groups(df_cases)
     join_cost(boards, profiles)
-    join_ci(boards, df_cases)
+    join_ci(boards, groups)
     text = {ReportFormat.md: _render_md, ReportFormat.latex: _render_latex, ReportFormat.csv: _render_csv}[fmt](boards)
     if fmt == ReportFormat.md:
         extra = []
         if reference:
-            extra.append(significance_md(boards, df_cases, reference))
+            extra.append(significance_md(boards, groups, reference))
         if published:
             from bench.published import load_published
 
@@ -564,7 +574,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
             from bench.plots import write_plots
 
             images = Path(out).parent / f"{Path(out).stem}_files"
-            paths = write_plots(results_dir, images)
+            paths = write_plots(results_dir, images, df_runs=df_runs, df_cases=df_cases, df_profiles=profiles)
             if paths:
                 extra.append("## Plots\n\n" + "\n\n".join(
                     f"![{p.stem}]({images.name}/{p.name})" for p in paths) + "\n")
