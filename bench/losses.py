@@ -5,20 +5,30 @@
   per class ``1 - (2·Σpg + 1e-5) / (Σp² + Σg² + 1e-5)``, averaged over classes.
 - Binary (VM-UNet ``BceDiceLoss``): BCE on the sigmoid plus a per-sample soft Dice with smooth 1,
   ``1 - (2·Σpg + 1) / (Σp + Σg + 1)``, averaged over the batch. Targets may be soft (resized masks).
+
+Several processes (bench.distributed) compute the global batch's loss: ``share=(n, N)`` says this
+process holds n of the N items; mean terms are scaled by ``n·world/N`` (DDP averages gradients
+over ranks) and the batch-summed Dice statistics are summed over ranks.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 
-def multiclass_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+def multiclass_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5, *,
+                         sum_stats: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """``sum_stats`` combines the per-class sums (2, C) with other processes' (autograd-aware)."""
     probs = logits.softmax(dim=1)
     onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
     dims = (0, 2, 3)
-    inter = (probs * onehot).sum(dims)
-    denom = (probs * probs).sum(dims) + (onehot * onehot).sum(dims)
+    stats = torch.stack([(probs * onehot).sum(dims), (probs * probs).sum(dims) + (onehot * onehot).sum(dims)])
+    if sum_stats is not None:
+        stats = sum_stats(stats)
+    inter, denom = stats
     return (1 - (2 * inter + smooth) / (denom + smooth)).mean()
 
 
@@ -29,11 +39,25 @@ def binary_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float =
     return 1 - score.mean()
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, ce: float, dice: float, bce: float) -> torch.Tensor:
-    """``ce``·CE + ``dice``·Dice for multi-class logits; ``bce``·BCE + ``dice``·Dice for one channel."""
-    logits = logits.float()  # losses in fp32 even under autocast
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, ce: float, dice: float, bce: float,
+                      share: tuple[int, int] | None = None) -> torch.Tensor:
+    """``ce``·CE + ``dice``·Dice for multi-class logits; ``bce``·BCE + ``dice``·Dice for one channel.
+
+    ``share=(n, N)``: this process's n items of a global batch of N spread over processes; the
+    result is this rank's term of the global loss (the mean over ranks is the global loss). n=0
+    marks a placeholder item that contributes nothing (a final batch smaller than the world)."""
+    if logits.dtype in (torch.float16, torch.bfloat16):  # losses in fp32 under autocast (fp64 stays fp64)
+        logits = logits.float()
+    weight, sum_stats = 1.0, None
+    if share is not None:
+        from bench.distributed import sum_across_ranks, world
+
+        n, total = share
+        weight = n * world().size / total
+        sum_stats = lambda stats: sum_across_ranks(stats * (n > 0))  # noqa: E731
     if logits.shape[1] == 1:
         target = target.to(logits.dtype).reshape(logits.shape)
-        return bce * F.binary_cross_entropy_with_logits(logits, target) + dice * binary_dice_loss(logits, target)
+        mean_terms = bce * F.binary_cross_entropy_with_logits(logits, target) + dice * binary_dice_loss(logits, target)
+        return weight * mean_terms
     target = target.long()
-    return ce * F.cross_entropy(logits, target) + dice * multiclass_dice_loss(logits, target)
+    return weight * ce * F.cross_entropy(logits, target) + dice * multiclass_dice_loss(logits, target, sum_stats=sum_stats)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench import distributed
 from bench.data.base import SegDataset
 from bench.data.torch_dataset import TrainDataset
 from bench.errors import BenchError
@@ -40,6 +41,7 @@ class TrainResult:
     selected: str  # which weights the model now holds: "final" | "best_train_loss@<epoch>"
     epoch_losses: list[float] = field(default_factory=list)
     resumed_from: int | None = None  # epoch the run resumed after, if it did
+    world_size: int = 1  # processes that trained it (bench.distributed)
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -50,6 +52,7 @@ class TrainResult:
             "selected": self.selected,
             "epoch_losses": self.epoch_losses,
             "resumed_from": self.resumed_from,
+            "world_size": self.world_size,
         }
 
 
@@ -59,22 +62,42 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class EpochSampler(torch.utils.data.Sampler[int]):
-    """Shuffles with a generator seeded by (seed, epoch): the order of epoch e never depends on
-    what ran before, so a resumed run sees the same batches."""
+def share_sizes(batch: int, world: int) -> list[int]:
+    """How a global batch of ``batch`` items splits over ``world`` ranks: as evenly as possible,
+    the first ranks taking one more."""
+    base, extra = divmod(batch, world)
+    return [base + (r < extra) for r in range(world)]
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+
+class EpochBatches(torch.utils.data.Sampler[list[int]]):
+    """The global batches of epoch e, shuffled by a generator seeded by (seed, epoch): the order
+    never depends on what ran before, so a resumed run sees the same batches. Under several
+    processes rank r yields its contiguous share of each global batch (a placeholder item where a
+    final batch is smaller than the world; ``shares`` says how many items each step really has)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+        self.rank, self.world = rank, world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
+    def shares(self) -> list[tuple[int, int]]:
+        """(items of this rank, items of the global batch) for every step of an epoch."""
+        sizes = [min(self.batch_size, self.n - i) for i in range(0, self.n, self.batch_size)]
+        return [(share_sizes(b, self.world)[self.rank], b) for b in sizes]
+
+    def __iter__(self) -> Iterator[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g).tolist()
+        for i in range(0, self.n, self.batch_size):
+            batch = order[i:i + self.batch_size]
+            sizes = share_sizes(len(batch), self.world)
+            start = sum(sizes[:self.rank])
+            yield batch[start:start + sizes[self.rank]] or batch[:1]
 
     def __len__(self) -> int:
-        return self.n
+        return math.ceil(self.n / self.batch_size)
 
 
 def build_optimizer(model: nn.Module, protocol: Protocol) -> torch.optim.Optimizer:
@@ -157,16 +180,21 @@ def train_model(
     each epoch's checkpoint (tests use it to kill a run mid-way).
     """
     t = protocol.train
+    w = distributed.world()
     seed_everything(seed)
     ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if w.main:  # what a kill during a checkpoint write left behind; never read
+        for stale in ckpt_dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
     data = TrainDataset(dataset, protocol, seed=seed)
     if len(data) == 0:
         raise BenchError(f"{dataset.root}: the training split is empty")
-    sampler = EpochSampler(len(data), seed)
+    sampler = EpochBatches(len(data), t.batch_size, seed, w.rank, w.size)
+    shares = sampler.shares() if w.distributed else None
     workers = min(t.num_workers, os.cpu_count() or 1)
     loader = torch.utils.data.DataLoader(
-        data, batch_size=t.batch_size, sampler=sampler, num_workers=workers, drop_last=False,
+        data, batch_sampler=sampler, num_workers=workers,
         persistent_workers=workers > 0, pin_memory=device.type == "cuda",
     )
     steps_per_epoch = len(loader)
@@ -176,6 +204,9 @@ def train_model(
     epochs = math.ceil(total / steps_per_epoch)
 
     model.to(device=device, dtype=protocol.torch_dtype)
+    trained = distributed.wrap(model, device)  # shares model's parameters: model is trained in place
+    if w.distributed:  # equal initial weights, then dropout/drop-path differ per rank
+        torch.manual_seed(seed * 1_000_003 + w.rank)
     optimizer = build_optimizer(model, protocol)
     use_amp = bool(t.amp and device.type == "cuda")  # AMP only where the protocol allows it
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -185,10 +216,14 @@ def train_model(
     last = ckpt_dir / LAST
     if resume and last.is_file():
         state = load_checkpoint(last)
+        written_by = state.get("world_size", 1)
+        if written_by != w.size:
+            raise BenchError(f"{last}: written by {written_by} process(es); resume it with --nproc {written_by} "
+                             f"(this run has {w.size})")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng_ranks"][w.rank] if w.distributed else state["rng"])
         start_epoch, step, epoch_losses = state["epoch"] + 1, state["step"], list(state["epoch_losses"])
         best = tuple(state["best"]) if state.get("best") else None
         resumed_from = state["epoch"]
@@ -200,18 +235,20 @@ def train_model(
         sampler.set_epoch(epoch)
         data.set_epoch(epoch)
         running, seen = 0.0, 0
-        for image, label in loader:
+        for i, (image, label) in enumerate(loader):
             if step >= total:
                 break
+            share = shares[i] if shares else None
             lr = lr_at(protocol, step, epoch, total)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             image = image.to(device, dtype=protocol.torch_dtype, non_blocking=True)
             label = label.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(image)
-            loss = segmentation_loss(logits, label, ce=t.loss_ce, dice=t.loss_dice, bce=t.loss_bce)
-            loss_value = loss.item()
+                logits = trained(image)
+            loss = segmentation_loss(logits, label, ce=t.loss_ce, dice=t.loss_dice, bce=t.loss_bce, share=share)
+            # the global batch's loss (every rank's term averages to it): same value on every rank
+            loss_value = distributed.sum_values([loss.item()])[0] / w.size if share else loss.item()
             if not math.isfinite(loss_value):
                 raise BenchError(
                     f"non-finite loss ({loss_value}) at epoch {epoch}, step {step}: training stopped. "
@@ -224,8 +261,9 @@ def train_model(
                 nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            running += loss_value * image.shape[0]
-            seen += image.shape[0]
+            n_items = share[1] if share else image.shape[0]
+            running += loss_value * n_items
+            seen += n_items
             step += 1
             if writer is not None:
                 writer.add_scalar("train/loss", loss_value, step)
@@ -238,22 +276,31 @@ def train_model(
             writer.add_scalar("train/epoch_loss", epoch_loss, epoch)
         if t.select == "best_train_loss" and (best is None or epoch_loss < best[0]):
             best = (epoch_loss, epoch)
-            _atomic_save({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / "best.pt")
+            if w.main:
+                _atomic_save({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / "best.pt")
         final = epoch == epochs - 1
         if final or (t.checkpoint_every and (epoch + 1) % t.checkpoint_every == 0):
-            state = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "rng": _rng_state(), "epoch": epoch, "step": step, "epoch_losses": epoch_losses,
-                "best": list(best) if best else None, "protocol_hash": protocol.hash,
-            }
-            if not final:
-                _atomic_save({"model": state["model"], "epoch": epoch}, ckpt_dir / f"epoch_{epoch:04d}.pt")
-            _atomic_save(state, last)
-            if final:
-                _atomic_save({"model": state["model"], "epoch": epoch}, ckpt_dir / "final.pt")
+            rngs = distributed.gather_objects(_rng_state())  # every rank's, for an exact resume
+            if w.main:
+                state = {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                    "rng": rngs[0], "epoch": epoch, "step": step, "epoch_losses": epoch_losses,
+                    "best": list(best) if best else None, "protocol_hash": protocol.hash, "world_size": w.size,
+                }
+                if w.distributed:
+                    state["rng_ranks"] = rngs
+                if not final:
+                    _atomic_save({"model": state["model"], "epoch": epoch}, ckpt_dir / f"epoch_{epoch:04d}.pt")
+                _atomic_save(state, last)
+                if final:
+                    _atomic_save({"model": state["model"], "epoch": epoch}, ckpt_dir / "final.pt")
+            distributed.barrier()
         if on_epoch_end is not None:
             on_epoch_end(epoch)
 
+    if w.main and not (ckpt_dir / "final.pt").is_file():  # killed between last.pt and final.pt
+        _atomic_save({"model": model.state_dict(), "epoch": epochs - 1}, ckpt_dir / "final.pt")
+    distributed.barrier()
     selected = "final"
     if t.select == "best_train_loss" and best is not None:
         model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt")["model"])
@@ -263,4 +310,5 @@ def train_model(
     return TrainResult(
         epochs=epochs, iterations=step, final_loss=epoch_losses[-1] if epoch_losses else loss_value,
         time_s=time.perf_counter() - t0, selected=selected, epoch_losses=epoch_losses, resumed_from=resumed_from,
+        world_size=w.size,
     )

@@ -1,0 +1,147 @@
+"""Several processes, one run: torchrun, DistributedDataParallel, and the few collectives we need.
+
+``torchrun --nproc_per_node N -m bench run ...`` (or ``bench run --nproc N``, which starts torchrun)
+runs the same grid in N processes. The rules, so that N processes train what one process would:
+
+- The protocol's ``batch_size`` is the *global* batch. Every rank takes its contiguous share of
+  each global batch of the same ``(seed, epoch)`` shuffle (``bench.train.EpochBatches``).
+- Losses are the global batch's: mean terms are weighted by each rank's share of the batch (DDP
+  averages gradients over ranks), and the batch-summed multi-class Dice sums its statistics over
+  ranks with an autograd all-reduce (``sum_across_ranks``).
+- The weights start equal (seeded identically, and DDP broadcasts rank 0's); dropout and
+  drop-path then draw from a per-rank stream. BatchNorm becomes SyncBatchNorm on CUDA; on CPU
+  (gloo) torch has no SyncBatchNorm, so BN statistics are per rank there.
+- Rank 0 alone writes (checkpoints, records, tensorboard, progress) and evaluates; the other ranks
+  wait at a barrier. Checkpoints carry every rank's RNG state, so a killed run resumes exactly.
+
+What stays different from one process: float summation order, hence results equal to rounding
+(float64: ~1e-12 on losses), except with stochastic layers or BatchNorm on CPU.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from bench.errors import BenchError
+
+# How long ranks wait at a barrier for rank 0 (evaluation of a large test set runs on rank 0 alone).
+TIMEOUT_ENV = "BENCH_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 4 * 3600
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def world() -> World:
+    """This process's rank and the number of processes (``World()`` when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size())
+    return World()
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device: torch.device) -> torch.device:
+    """Join the process group torchrun set up (gloo on CPU, nccl on CUDA); returns this rank's device.
+
+    A no-op returning ``device`` outside torchrun or once joined."""
+    if not launched_by_torchrun() or world().distributed:
+        return device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    timeout = dt.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    return device
+
+
+def shutdown() -> None:
+    if world().distributed:
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if world().distributed:
+        dist.barrier()
+
+
+def sum_values(values: list[float]) -> list[float]:
+    """Element-wise sum over ranks of a few floats (no autograd), e.g. loss bookkeeping."""
+    if not world().distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
+def sum_across_ranks(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, differentiable: each rank's gradient is the sum of all ranks' upstream ones,
+    which DDP's averaging turns back into the gradient of the global quantity."""
+    if not world().distributed:
+        return t
+    import torch.distributed._functional_collectives as fc  # the autograd-aware collectives
+
+    return fc.wait_tensor(fc.all_reduce(t, "sum", dist.group.WORLD))
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    w = world()
+    if not w.distributed:
+        return [obj]
+    out: list[Any] = [None] * w.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The module to train: ``model`` itself in one process, DDP around it (sharing its
+    parameters, so ``model`` is trained in place) in several."""
+    if not world().distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # static_graph: some authors' layouts hold parameters their forward never uses (kept so their
+    # checkpoints load strictly); a static graph lets DDP learn that once instead of every step
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return DistributedDataParallel(model, device_ids=[device.index], static_graph=True)
+    return DistributedDataParallel(model, static_graph=True)
+
+
+def check_nproc(nproc: int, device: torch.device) -> None:
+    if nproc < 1:
+        raise BenchError(f"--nproc must be >= 1; got {nproc}")
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise BenchError(f"--nproc {nproc}: one GPU per process, and this machine has {torch.cuda.device_count()}")
+
+
+def launch(nproc: int, args: list[str]) -> int:
+    """Run ``bench <args>`` under torchrun with ``nproc`` processes on this machine; its exit code."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "bench", *args]
+    return subprocess.call(cmd)

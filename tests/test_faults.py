@@ -1,0 +1,170 @@
+"""Fault injection: `bench run` is SIGKILLed at seeded random points — inside a training step,
+halfway through writing a checkpoint, inside evaluation — then `bench run --resume` finishes it.
+The final record must equal an uninterrupted run's (CPU, one thread, float64), and a half-written
+checkpoint must never be read."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import records
+from bench.errors import BenchError
+
+# Runs `bench run` in this process after arming one fault: FAULT=<phase>:<n> kills the process
+# at the n-th (1-based) training loss, torch.save, or per-case scoring call.
+DRIVER = r"""
+import io, os, signal, sys
+import torch
+import bench.metrics, bench.train
+from bench.cli import main
+
+phase, n = os.environ["FAULT"].split(":")
+n, calls = int(n), [0]
+
+def due():
+    calls[0] += 1
+    return calls[0] == n
+
+def die():
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if phase == "train":
+    loss = bench.train.segmentation_loss
+    def segmentation_loss(*a, **k):
+        if due():
+            die()
+        return loss(*a, **k)
+    bench.train.segmentation_loss = segmentation_loss
+elif phase == "checkpoint":
+    save = torch.save
+    def half_save(obj, f, *a, **k):
+        if not due():
+            return save(obj, f, *a, **k)
+        buf = io.BytesIO()
+        save(obj, buf)
+        with open(f, "wb") as fh:  # the bytes a kill mid-write leaves behind
+            fh.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            fh.flush()
+            os.fsync(fh.fileno())
+        die()
+    torch.save = half_save
+elif phase == "eval":
+    score = bench.metrics.score_case
+    def score_case(*a, **k):
+        if due():
+            die()
+        return score(*a, **k)
+    bench.metrics.score_case = score_case
+elif phase != "none":
+    raise SystemExit(f"unknown FAULT phase {phase}")
+sys.argv = ["bench", *sys.argv[1:]]
+main()
+"""
+
+# 3 epochs of 3 steps (synthetic Synapse has 96 training slices and 3 test volumes), a
+# checkpoint every epoch
+RUN = ["run", "--models", "vmunet", "--tiny", "--dataset", "synapse", "--protocol", "drift",
+       "--epochs", "3", "--max-iterations", "0", "--batch-size", "32", "--img-size", "32",
+       "--threads", "1", "--no-progress"]
+VOLATILE = ("started_at", "finished_at", "wall_time_s")
+
+
+def _run(tmp_path: Path, data: Path, results: Path, fault: str, *extra: str) -> subprocess.CompletedProcess:
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FAULT": fault}
+    return subprocess.run([sys.executable, str(driver), *RUN, "--data-root", str(data), "--results", str(results),
+                           *extra], capture_output=True, text=True, env=env, timeout=600)
+
+
+def _comparable(rec: dict) -> dict:
+    rec = {k: v for k, v in rec.items() if k not in VOLATILE}
+    rec["train"] = {k: v for k, v in rec["train"].items() if k not in ("time_s", "resumed_from")}
+    return rec
+
+
+def _final_weights(results: Path) -> dict:
+    (run,) = (results / "runs").iterdir()
+    return torch.load(run / "checkpoints" / "final.pt", weights_only=True)["model"]
+
+
+def _record(results: Path) -> dict:
+    df = records.load(results)  # validates every record
+    assert len(df) == 1
+    (path,) = (results / "records").rglob("*.json")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run; its record is what every interrupted run must end with."""
+    from bench.data import synthetic_root
+
+    tmp = tmp_path_factory.mktemp("faults")
+    data = synthetic_root("synapse", tmp / "synth")
+    proc = _run(tmp, data, tmp / "reference", "none:0")
+    assert proc.returncode == 0, proc.stderr
+    return data, tmp / "reference"
+
+
+def test_reference_run_has_the_expected_shape(reference):
+    rec = _record(reference[1])
+    assert rec["train"]["epochs"] == 3 and rec["train"]["iterations"] == 9 and rec["train"]["resumed_from"] is None
+    assert len(rec["per_case"]) == 3 * 8  # 3 volumes × 8 organs
+
+
+# Seeded random kill points: the n-th call in each phase. 9 training steps, drawn after epoch 0's
+# checkpoint (a kill before it is a plain restart); 6 checkpoint saves (epoch_0000 + last after
+# epochs 0 and 1, last + final after epoch 2); 3 scored volumes.
+_draw = random.Random(20261202)
+POINTS = [("train", _draw.randint(4, 9)), ("checkpoint", _draw.randint(1, 5)), ("eval", _draw.randint(1, 3)),
+          ("checkpoint", 6)]  # and the last save: killed writing final.pt, after the final last.pt
+# the epoch whose complete last.pt the resumed run starts after (None: it starts afresh)
+RESUMES_AFTER = {"train": lambda n: (n - 1) // 3 - 1, "checkpoint": lambda n: [None, None, 0, 0, 1, 2][n - 1],
+                 "eval": lambda n: 2}
+
+
+@pytest.mark.parametrize("phase, n", POINTS, ids=[f"{p}-{n}" for p, n in POINTS])
+def test_resume_after_sigkill_gives_the_uninterrupted_record(reference, tmp_path, phase, n):
+    data, ref_results = reference
+    results = tmp_path / "results"
+    killed = _run(tmp_path, data, results, f"{phase}:{n}")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not list(results.glob("records/**/*.json"))  # nothing claims the run finished
+    ckpts = next((results / "runs").iterdir()) / "checkpoints"
+    if phase == "checkpoint":
+        (half,) = ckpts.glob(".*.tmp")  # the half-written file, under a name nothing reads
+        with pytest.raises(Exception):
+            torch.load(half, weights_only=True)
+    if (ckpts / "last.pt").exists():  # whatever last.pt is, it is complete
+        torch.load(ckpts / "last.pt", weights_only=True)
+
+    resumed = _run(tmp_path, data, results, "none:0", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    got = _record(results)
+    assert got["train"]["resumed_from"] == RESUMES_AFTER[phase](n)
+    assert _comparable(got) == _comparable(_record(ref_results))
+    assert not list(ckpts.glob(".*.tmp"))
+    ref, ours = _final_weights(ref_results), _final_weights(results)  # the same weights, bit for bit
+    assert ref.keys() == ours.keys() and all(torch.equal(ref[k], ours[k]) for k in ref)
+
+
+def test_a_truncated_checkpoint_is_refused_not_loaded(reference, tmp_path):
+    from bench.train import load_checkpoint
+
+    (run,) = (reference[1] / "runs").iterdir()
+    last = tmp_path / "last.pt"
+    blob = (run / "checkpoints" / "last.pt").read_bytes()
+    last.write_bytes(blob[: len(blob) // 3])
+    with pytest.raises(BenchError, match=r"last\.pt: unreadable checkpoint .*delete it to restart"):
+        load_checkpoint(last)
