@@ -133,18 +133,6 @@ def _side(input_shape) -> int | None:
         return None
 
 
-def _pick_profile(profiles: pd.DataFrame, model: str, img_size: int | None) -> pd.Series | None:
-    """The profile row of ``model`` at the run's input side, else its first row, else None."""
-    rows = profiles[profiles["model"] == model]
-    if rows.empty:
-        return None
-    if img_size is not None:
-        same = rows[[_side(s) == img_size for s in rows["input_shape"]]]
-        if not same.empty:
-            return same.iloc[0]
-    return rows.iloc[0]
-
-
 # ---------------------------------------------------------------------------------------------
 # accuracy against cost
 
@@ -194,29 +182,30 @@ def _timed_profiles(profiles: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, out_dir: Path) -> list[Path]:
     """DSC (%) against GMACs, params (M) and latency (ms), one PNG per board and cost axis.
 
-    GMACs and latency come from the ``bench profile`` rows of the same model (the profile at
-    the run's ``img_size`` when there are several, else the first); latency only from the most
-    common device fingerprint, named in the title. Error bars: std over seeds. The Pareto front
+    GMACs are the boards' (``bench.report.join_cost``: the records' own counts, else the profile
+    of the same model at the run's input size); latency comes from a ``bench profile`` row of the
+    same model and input size, with the most common device fingerprint, named in the title. A
+    count at another input size is never shown for a run. Error bars: std over seeds. The Pareto front
     (higher DSC, lower cost) is drawn as a step line with ringed markers. Points with a missing
     cost or DSC are left out; an axis without points writes no file.
     """
-    from bench.report import leaderboards
+    from bench.report import join_cost, leaderboards
 
     out_dir = Path(out_dir)
     profiles = df_profiles if df_profiles is not None else pd.DataFrame(columns=["model", "input_shape"])
     timed, timed_title = _timed_profiles(profiles) if not profiles.empty else (profiles[:0], "")
+    latency_of = {(m, _side(shape)): float(v) for m, shape, v in
+                  zip(timed.get("model", []), timed.get("input_shape", []), timed.get("latency_ms_median", []))}
+    boards = leaderboards(df_runs)
+    join_cost(boards, profiles)
     written: list[Path] = []
-    for key, board in leaderboards(df_runs).items():
+    for key, board in boards.items():
         if "dice_mean" not in board:
             continue
         base = [m.split(" (")[0] for m in board["model"]]
         sizes = [_img_size(c) for c in board["model_config"]]
-        gmacs, latency = [], []
-        for model, size in zip(base, sizes):
-            prof = _pick_profile(profiles, model, size) if not profiles.empty else None
-            gmacs.append(float(prof["macs"]) / 1e9 if prof is not None and _finite(prof["macs"]) else math.nan)
-            prof = _pick_profile(timed, model, size) if not timed.empty else None
-            latency.append(float(prof["latency_ms_median"]) if prof is not None else math.nan)
+        gmacs = pd.to_numeric(board["macs"], errors="coerce") / 1e9 if "macs" in board else [math.nan] * len(base)
+        latency = [latency_of.get((m, size), math.nan) for m, size in zip(base, sizes)]
         std = board["dice_std"] if "dice_std" in board else pd.Series(math.nan, index=board.index)
         axes = [
             ("gmacs", "GMACs", "GMACs (scan included)", gmacs, ""),

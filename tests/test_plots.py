@@ -83,7 +83,7 @@ def results(tmp_path: Path) -> tuple[Path, str]:
     for model, seeds, dice, params, class_dice in specs:
         for seed in seeds:
             rec = make_record(model, seed=seed, dice=dice + 0.01 * seed, class_dice=class_dice, protocol="smoke",
-                              synthetic=True, n_cases=3, params=params)
+                              synthetic=True, n_cases=3, params=params, model_config={"img_size": 224})
             rec["train"]["epoch_losses"] = [0.9, 0.6, 0.4]
             rec["train"]["iterations"] = 30
             write_record(rec, tmp_path)
@@ -145,6 +145,19 @@ def test_accuracy_vs_cost_skips_axes_without_points(results, tmp_path):
     assert len(paths) == 3
     for p in paths:
         _assert_png(p)
+
+
+def test_costs_at_another_input_size_are_not_plotted(results, tmp_path):
+    """The profiles are at 224²; runs at 64² get no GMACs or latency from them (only params)."""
+    from bench.cost import load_profiles
+    from bench.plots import accuracy_vs_cost
+    from bench.records import load
+
+    results_dir, _ = results
+    df_runs = load(results_dir)
+    df_runs["model_config"] = json.dumps({"img_size": 64})
+    paths = accuracy_vs_cost(df_runs, load_profiles(results_dir), tmp_path / "c")
+    assert [p.name for p in paths] == [f"dsc_vs_params__{BOARD}.png"]
 
 
 def test_training_curves_fall_back_to_epoch_losses(results, tmp_path):
