@@ -48,9 +48,12 @@ def _echo_err(msg: str) -> None:
 
 def _parse_ints(text: str, option: str = "--seeds") -> list[int]:
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        values = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise BenchError(f"{option} must be a comma list of integers, e.g. 0,1,2; got {text!r}") from None
+    if not values:  # an empty grid would run nothing and say nothing
+        raise BenchError(f"{option} must list at least one integer, e.g. 0,1,2; got {text!r}")
+    return values
 
 
 def _parse_sets(items: list[str]) -> dict[str, object]:
@@ -68,8 +71,25 @@ def _parse_sets(items: list[str]) -> dict[str, object]:
     return out
 
 
+def _argv_of(ctx: typer.Context, drop: tuple[str, ...] = ()) -> list[str]:
+    """The options of this invocation as a command line (defaults left out), to start it again
+    elsewhere (``bench run --nproc N`` starts torchrun with it)."""
+    args = [ctx.info_name or ""]
+    for param in ctx.command.params:  # typer's options (typer vendors click: no isinstance check)
+        value = ctx.params.get(param.name)
+        if param.name in drop or param.param_type_name != "option" or value is None or value == param.default:
+            continue
+        if getattr(param, "is_flag", False):  # --resume / --no-resume
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            for v in value if param.multiple else [value]:
+                args += [param.opts[0], str(getattr(v, "value", v))]
+    return args
+
+
 @app.command()
 def run(
+    ctx: typer.Context,
     models: Annotated[str, typer.Option(help="'all' or a comma list of registered models")] = "all",
     dataset: Annotated[str, typer.Option(help="synapse, isic17, isic18, polyp or nnunet")] = "synapse",
     protocol: Annotated[Optional[str], typer.Option(help="protocol name or .toml path (default: the dataset's)")] = None,
@@ -91,11 +111,14 @@ def run(
     tiny: Annotated[bool, typer.Option(help="use each model's tiny test configuration")] = False,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (fix it for bit-reproducible runs)")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    nproc: Annotated[int, typer.Option(help="train each run with N processes (torchrun, DDP; gloo on CPU, "
+                                            "one GPU each on CUDA); the protocol's batch is the global batch")] = 1,
 ) -> None:
     """Train and evaluate models on a dataset under a protocol; one record per (model, seed).
 
     Example: bench run --models all --dataset synapse --synthetic --protocol smoke
     """
+    from bench import distributed
     from bench.env import resolve_device
     from bench.protocol import load_protocol
     from bench.registry import get_entry, resolve_models
@@ -123,18 +146,29 @@ def run(
     total = len(specs)
     specs = select_shard(specs, shard)
     dev = resolve_device(device.value)
-    typer.echo(f"bench run: {len(specs)} run(s){f' (shard {shard} of {total})' if shard else ''} · dataset {dataset} · protocol {proto.name} v{proto.version} "
-               f"({proto.hash}{', off-protocol' if proto.off_protocol else ''}) · device {dev}")
+    if nproc != 1 and not distributed.launched_by_torchrun():  # the grid is valid: start the processes
+        distributed.check_nproc(nproc, dev)
+        raise typer.Exit(code=distributed.launch(nproc, _argv_of(ctx, drop=("nproc",))))
+    dev = distributed.init(dev)
+    main = distributed.world().main
+    say = typer.echo if main else (lambda *a, **k: None)
+    say(f"bench run: {len(specs)} run(s){f' (shard {shard} of {total})' if shard else ''} · dataset {dataset} · protocol {proto.name} v{proto.version} "
+        f"({proto.hash}{', off-protocol' if proto.off_protocol else ''}) · device {dev}"
+        + (f" · {distributed.world().size} processes" if distributed.world().distributed else ""))
     for spec in specs:
+        distributed.barrier()  # every rank sees the same finished records
         if record_path(results, spec.key).is_file():
-            typer.echo(f"  {spec.key}: finished earlier, skipped")
+            say(f"  {spec.key}: finished earlier, skipped")
             continue
         rec = run_one(spec, results_dir=results, device=dev, resume=resume, show_progress=progress)
+        if rec is None:  # not rank 0
+            continue
         m = rec["metrics"]
         hd = m.get("hd95")
         has_hd = hd is not None and hd == hd  # legacy-isic computes no HD95 (NaN)
-        typer.echo(f"  {spec.key}: DSC {100 * m['dice']:.2f}" + (f" · HD95 {hd:.2f}" if has_hd else "")
-                   + f" · {rec['wall_time_s']:.0f}s")
+        say(f"  {spec.key}: DSC {100 * m['dice']:.2f}" + (f" · HD95 {hd:.2f}" if has_hd else "")
+            + f" · {rec['wall_time_s']:.0f}s")
+    distributed.shutdown()
 
 
 @app.command()
@@ -151,8 +185,13 @@ def report(
 
     Example: bench report --results results --format md --out report.md
     """
+    from bench.records import ensure_writable_dir
     from bench.report import write_report
 
+    if out is not None:  # before the plots are drawn beside it
+        if out.is_dir():
+            raise BenchError(f"--out {out}: is a folder; give a file name, e.g. {out / 'report.md'}")
+        ensure_writable_dir(out.parent, "--out")
     text = write_report(results, format.value, out, published=published_file or published, reference=reference)
     if out is None:
         typer.echo(text)
@@ -223,6 +262,7 @@ def profile(
 
     from bench import cost
     from bench.env import resolve_device
+    from bench.records import ensure_writable_dir
     from bench.registry import get_entry, resolve_models
     from bench.report import render_cost_md
 
@@ -235,6 +275,7 @@ def profile(
         raise BenchError("--iters must be >= 1 and --warmup >= 0")
     dev = resolve_device(device.value)
     cost.check_precision(precision, dev)  # before any model is built
+    ensure_writable_dir(results / cost.PROFILE_DIR)  # before anything is timed
     rows = []
     for name in resolve_models(models):
         over = {**(dict(get_entry(name).tiny) if tiny else {}), **_parse_sets(set_ or [])}
@@ -362,5 +403,14 @@ def main() -> None:
     except BenchError as exc:
         if os.environ.get("BENCH_DEBUG"):
             raise
-        _echo_err(f"error: {exc}")
+        _echo_err(f"error: {_one_line(exc)}")
         sys.exit(2)
+
+
+def _one_line(exc: BenchError) -> str:
+    # torch re-raises an error from a DataLoader worker as the same type, but with the worker's
+    # whole traceback as its message; the user's message is its last line.
+    text = str(exc)
+    if text.startswith("Caught BenchError in DataLoader worker"):
+        text = text.rstrip().rsplit("BenchError: ", 1)[-1]
+    return text

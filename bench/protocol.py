@@ -122,13 +122,33 @@ class Protocol:
                 top[key] = value
             else:
                 raise BenchError(f"cannot override protocol field {key!r}")
-        return dataclasses.replace(
+        changed = dataclasses.replace(
             self,
             train=dataclasses.replace(self.train, **train),
             eval=dataclasses.replace(self.eval, **ev),
             overrides={**self.overrides, **changes},
             **top,
         )
+        return _checked(changed, "override")
+
+
+# (section, field, smallest allowed value): sizes and counts that must be whole numbers
+_WHOLE_NUMBERS = (("", "img_size", 1), ("train", "batch_size", 1), ("train", "epochs", 1),
+                  ("train", "max_iterations", 0), ("train", "num_workers", 0), ("eval", "max_cases", 0))
+
+
+def _checked(protocol: Protocol, where: str) -> Protocol:
+    """BenchError naming ``where`` (the file, or "override") and the field when a size or count is
+    not a whole number in range; img_size is one side, since every model trains on square inputs."""
+    for section, name, low in _WHOLE_NUMBERS:
+        value = getattr(getattr(protocol, section) if section else protocol, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            key = f"{section}.{name}" if section else name
+            if where == "override":  # the CLI spells overrides as options
+                key = f"{name} (--{name.replace('_', '-')})"
+            square = " (the side of the square model input)" if name == "img_size" else ""
+            raise BenchError(f"{where} {key}: expected a whole number >= {low}{square}; got {value!r}")
+    return protocol
 
 
 def _content_hash(data: dict[str, Any]) -> str:
@@ -146,9 +166,10 @@ def _build(data: dict[str, Any], path: Path) -> Protocol:
         raw["datasets"] = tuple(raw.get("datasets", ()))
         if raw.get("dtype", "float32") not in DTYPES:
             raise BenchError(f"{path}: dtype must be one of {', '.join(DTYPES)}; got {raw['dtype']!r}")
-        return Protocol(train=TrainConfig(**train), eval=EvalConfig(**ev), hash=_content_hash(data), **raw)
+        protocol = Protocol(train=TrainConfig(**train), eval=EvalConfig(**ev), hash=_content_hash(data), **raw)
     except (KeyError, TypeError) as exc:
         raise BenchError(f"{path}: not a valid protocol file ({exc})") from exc
+    return _checked(protocol, f"{path}:")
 
 
 def list_protocols() -> list[str]:

@@ -52,6 +52,7 @@ __all__ = [
     "validate_record",
     "write_record",
     "atomic_write_text",
+    "ensure_writable_dir",
     "records_dir",
     "record_path",
     "load",
@@ -240,11 +241,16 @@ def atomic_write_text(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` so that readers see the old file, or the whole new one.
 
     Temp file in the same directory (same filesystem, so the rename is atomic), fsync, then
-    ``os.replace``; on any failure the temp file is removed and the target is untouched.
+    ``os.replace``; on any failure the temp file is removed and the target is untouched. A folder
+    that cannot be created or written in (no permission, a file in the way) is a BenchError naming
+    ``path``; commands check theirs up front with ``ensure_writable_dir``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise BenchError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             fh.write(text)
@@ -259,6 +265,27 @@ def atomic_write_text(path: Path, text: str) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def ensure_writable_dir(directory: Path, option: str = "--results") -> Path:
+    """Create ``directory`` if needed and prove that a file can be created in it.
+
+    Commands call this before any work (training, profiling, plots), so a results folder that is
+    read-only, under a file, or on a full disk fails at once, naming the folder and ``option``,
+    instead of after hours of training. A probe file is written and removed: permission bits say
+    nothing for root, or on read-only mounts and network shares.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise BenchError(f"{directory}: is a file, not a folder; choose another {option}")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BenchError(f"{directory}: not writable ({exc.strerror or exc}); choose another {option}") from None
+    return directory
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -120,6 +120,8 @@ def resolve_models(spec: str) -> list[str]:
     if spec.strip() == "all":
         return list_models()
     names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise BenchError(f"--models {spec!r} names no model; give 'all' or a comma list of {', '.join(list_models())}")
     for n in names:
         get_entry(n)
     return names
@@ -134,12 +136,40 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
     """
     entry = get_entry(name)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    model = entry.constructor(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **overrides)
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
+        raise BenchError(f"{name}: img_size must be a positive whole number (inputs are img_size x img_size, "
+                         f"square); got {img_size!r}")
+    try:
+        model = entry.constructor(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **overrides)
+    except TypeError as exc:
+        if not overrides:
+            raise
+        # almost always a misspelt --set key; the constructor's own words say which
+        raise BenchError(f"{name}: cannot build with these overrides ({exc}); --set takes the keys of its "
+                         f"configuration: {', '.join(entry.paper_config) or 'none'}") from None
+    _check_img_size(name, model, img_size)
     model.bench_entry = entry
     # a constructor that adapts a value to the input (e.g. a window size) reports it in resolved_config
     model.bench_config = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size, **overrides,
                           **getattr(model, "resolved_config", {})}
     return model
+
+
+def _check_img_size(name: str, model: nn.Module, img_size: int) -> None:
+    # At creation, not at the first forward: `bench run` then fails before its training starts.
+    d = getattr(model, "size_divisor", 1)
+    if img_size % d:
+        down, up = img_size // d * d, -(-img_size // d) * d
+        sizes = f"{down} or {up}" if down else f"{up}"
+        raise BenchError(f"{name}: img_size {img_size} is not a multiple of {d}, which {type(model).__name__} "
+                         f"needs (it downsamples {d}x); use {sizes} (--img-size or the protocol's img_size)")
+
+
+def check_buildable(name: str, *, num_classes: int, in_chans: int = 3, img_size: int = 224,
+                    **overrides: Any) -> None:
+    """Build the model once and drop it: the one sure check of ``img_size`` and ``--set`` overrides
+    for every constructor. A grid calls it for each model before its first run trains."""
+    create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **overrides)
 
 
 # --------------------------------------------------------------------------------------------- weights

@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 
-from bench import env, records
+from bench import distributed, env, records
 from bench.data import open_dataset, synthetic_root
 from bench.errors import BenchError
 from bench.cost import run_counts
 from bench.evaluate import evaluate
 from bench.metrics import get_policy
 from bench.protocol import Protocol
-from bench.registry import create_model, get_entry
+from bench.registry import check_buildable, create_model, get_entry
 from bench.train import seed_everything, train_model
 
 
@@ -75,8 +75,20 @@ def _tensorboard(run_dir: Path):
 
 
 def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: bool = False,
-            show_progress: bool = False, on_epoch_end=None) -> dict[str, Any]:
-    """Train and evaluate one model; write and return its record."""
+            show_progress: bool = False, on_epoch_end=None) -> dict[str, Any] | None:
+    """Train and evaluate one model; write and return its record.
+
+    Under torchrun every rank trains its share; rank 0 alone evaluates, writes the record and
+    returns it (the others return None once it is written)."""
+    try:
+        return _run_one(spec, results_dir=results_dir, device=device, resume=resume,
+                        show_progress=show_progress and distributed.world().main, on_epoch_end=on_epoch_end)
+    finally:
+        distributed.barrier()
+
+
+def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: bool, show_progress: bool,
+             on_epoch_end) -> dict[str, Any] | None:
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     dataset = open_dataset(spec.dataset, spec.data_root, spec.fold)
@@ -87,7 +99,8 @@ def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: b
                          img_size=protocol.img_size, **dict(spec.model_overrides))
     run_dir = results_dir / "runs" / spec.key
     run_dir.mkdir(parents=True, exist_ok=True)
-    writer = _tensorboard(run_dir)
+    main = distributed.world().main
+    writer = _tensorboard(run_dir) if main else None
     with _progress_bar(show_progress) as bar:
         task = bar.add_task(f"{spec.model} s{spec.seed} train", total=None, info="") if bar else None
 
@@ -97,6 +110,8 @@ def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: b
 
         result = train_model(model, dataset, protocol, seed=spec.seed, run_dir=run_dir, device=device,
                              resume=resume, writer=writer, progress=on_step, on_epoch_end=on_epoch_end)
+        if not main:
+            return None
         if bar is not None:
             bar.update(task, description=f"{spec.model} s{spec.seed} eval", completed=0, total=None, info="")
 
@@ -176,20 +191,23 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     ``folds``: cross-validation folds to run ("all" or a list), for data without a fixed test split."""
     if synthetic and data_root is not None:
         raise BenchError("give either --data-root or --synthetic, not both")
+    records.ensure_writable_dir(results_dir)  # before synthetic data is written or anything trains
     if synthetic:
         data_root = synthetic_root(dataset, results_dir / "synthetic")
     if data_root is None:
         raise BenchError(f"--data-root is required for dataset {dataset!r} (or use --synthetic)")
     # validates the layout (and, with folds, that the dataset has them) before any training starts
     ds = open_dataset(dataset, data_root, fold=None if folds is None else 0)
+    ds.check_splits()
     if protocol.datasets and dataset not in protocol.datasets:
         raise BenchError(
             f"protocol {protocol.name!r} is written for {', '.join(protocol.datasets)}, not {dataset!r}"
         )
     chosen = policy or protocol.metric_policy or ds.default_policy
     get_policy(chosen)
-    for m in models:
-        get_entry(m)
+    for m in models:  # img_size and --set overrides, for every model before the first one trains
+        check_buildable(m, num_classes=ds.num_classes, in_chans=ds.in_chans, img_size=protocol.img_size,
+                        **(model_overrides or {}))
     extra = tuple(sorted((model_overrides or {}).items()))
     fold_list: list[int | None] = [None]
     if folds is not None:

@@ -6,14 +6,21 @@ Readers (one per real format: Synapse npz/h5, ISIC folders, PraNet polyp, nnU-Ne
 Arrays keep the data's own units: images float32 (CT already in [0, 1] for Synapse) or uint8 RGB,
 labels int64 class ids. Binary datasets (ISIC, polyp) keep the mask as float32 in [0, 1] (the PNG
 divided by 255), because VM-UNet trains on the soft, resized mask; thresholding happens at scoring.
+
+Bad input (a truncated or corrupt file, label ids outside the classes) is one BenchError naming the
+file, raised as each item is loaded: ``reading`` and ``class_ids`` below (table: docs/bad_input.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from bench.errors import BenchError
 
 
 @dataclass
@@ -67,6 +74,12 @@ class SegDataset:
     def train_ids(self) -> list[str]:
         raise NotImplementedError
 
+    def check_splits(self) -> None:
+        """BenchError unless both splits hold items (``bench run`` trains, then evaluates)."""
+        for split, ids in (("training", self.train_ids), ("test", self.test_ids)):
+            if not ids():
+                raise BenchError(f"{self.root}: the {split} split is empty; expected {self.layout}")
+
     def load_train(self, item_id: str) -> Sample:
         raise NotImplementedError
 
@@ -75,3 +88,56 @@ class SegDataset:
 
     def load_test(self, case_id: str) -> Case:
         raise NotImplementedError
+
+
+# --- bad input: the one place where raw read failures and bad label ids become BenchErrors --
+
+
+def describe(exc: BaseException) -> str:
+    """``"Type: first line of the message"``, short enough for a one-line error."""
+    text = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextmanager
+def reading(path: Path, what: str) -> Iterator[None]:
+    """Turn any failure inside the block into one BenchError naming ``path``.
+
+    Each reader wraps its raw decode (np.load, h5py, PIL, nibabel) in this: those libraries raise
+    their own exception types for a truncated or corrupt file (BadZipFile, OSError, EOFError,
+    UnidentifiedImageError, ImageFileError, zlib.error, ...). BenchErrors pass through unchanged.
+    """
+    try:
+        yield
+    except BenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the file is bad
+        raise BenchError(f"{path}: cannot read it as {what}, the file is truncated or corrupt "
+                         f"({describe(exc)})") from exc
+
+
+def label_id_problem(label: np.ndarray, num_classes: int) -> str | None:
+    """What keeps ``label`` from being class ids 0..num_classes-1, or None when it is fine.
+
+    Shared by the readers (which raise) and ``bench data verify`` (which reports)."""
+    if label.dtype.kind == "f":  # the real Synapse files store ids as float32
+        if not np.all(np.isfinite(label)):
+            return "label contains NaN/inf"
+        if not np.array_equal(label, np.round(label)):
+            return "label holds non-integer values; expected class ids"
+    elif label.dtype.kind not in "iub":
+        return f"label dtype {label.dtype}; expected integer class ids"
+    if label.size and (label.min() < 0 or label.max() >= num_classes):
+        values = np.unique(label)
+        bad = [int(v) for v in values[(values < 0) | (values >= num_classes)][:10]]
+        return f"label values {bad} outside 0..{num_classes - 1}"
+    return None
+
+
+def class_ids(path: Path, label: np.ndarray, num_classes: int) -> np.ndarray:
+    """``label`` as int64 ids, or BenchError naming ``path`` when it holds ids outside the task's
+    classes (they would index past the model's outputs in the loss, or be scored as nothing)."""
+    problem = label_id_problem(np.asarray(label), num_classes)
+    if problem:
+        raise BenchError(f"{path}: {problem}; this dataset has {num_classes} classes (0 = background)")
+    return np.asarray(label).astype(np.int64)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.data.base import Case, Sample, SegDataset
+from bench.data.base import Case, Sample, SegDataset, reading
 from bench.errors import BenchError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -43,22 +43,38 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
+def _decode(path: Path, mode: str) -> np.ndarray:
+    # Image.open only parses the header: convert() decodes, where a truncated file fails.
+    with reading(path, "an image"):
+        with Image.open(path) as im:
+            return np.asarray(im.convert(mode), dtype=np.uint8).copy()
+
+
 def read_rgb(path: Path) -> np.ndarray:
-    """uint8 (H, W, 3). Raises on an unreadable file."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    """uint8 (H, W, 3). BenchError naming the file when it does not decode."""
+    return _decode(path, "RGB")
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """float32 (H, W) in [0, 1]: the grayscale PNG divided by 255 (VM-UNet, PraNet)."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("L"), dtype=np.float32) / np.float32(255.0)
+    """float32 (H, W) in [0, 1]: the grayscale PNG divided by 255 (VM-UNet, PraNet).
+
+    BenchError when no pixel reaches 128 (0.5 after /255) although some are set: such a mask
+    stores class ids (0/1) instead of 0/255, and would train and score as all background."""
+    raw = _decode(path, "L")
+    top = int(raw.max(initial=0))
+    if 0 < top < 128:
+        raise BenchError(
+            f"{path}: mask values reach only {top}, so after /255 no pixel counts as foreground (>= 0.5); "
+            "expected a 0/255 mask (a 0/1 class-id mask must be multiplied by 255)"
+        )
+    return raw.astype(np.float32) / np.float32(255.0)
 
 
 def image_size(path: Path) -> tuple[int, int]:
     """(H, W) from the file header, without decoding the pixels."""
-    with Image.open(path) as im:
-        w, h = im.size
+    with reading(path, "an image"):
+        with Image.open(path) as im:
+            w, h = im.size
     return h, w
 
 

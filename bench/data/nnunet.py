@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.data.base import Case, Sample, SegDataset
+from bench.data.base import Case, Sample, SegDataset, class_ids, describe, reading
 from bench.errors import BenchError
 
 SPLIT_SEED = 12345
@@ -118,16 +118,17 @@ def read_nifti(path: Path, *, label: bool = False) -> tuple[np.ndarray, tuple[fl
     """A 3-D NIfTI as (D, H, W) = (z, y, x) plus spacing in mm in the same order."""
     import nibabel as nib  # imported here: only nnU-Net volumes need it
 
-    img = nib.load(str(path))
-    if len(img.shape) != 3:
-        raise BenchError(f"{path}: expected a 3-D NIfTI volume, got shape {img.shape}")
-    if label:
-        arr = np.asarray(img.dataobj)
-        arr = np.rint(arr).astype(np.int64) if arr.dtype.kind == "f" else arr.astype(np.int64)
-    else:
-        arr = np.asarray(img.get_fdata(dtype=np.float32))
+    with reading(path, "a NIfTI volume"):
+        img = nib.load(str(path))
+        _check_3d(path, img.shape)
+        if label:
+            arr = np.asarray(img.dataobj)
+            arr = np.rint(arr).astype(np.int64) if arr.dtype.kind == "f" else arr.astype(np.int64)
+        else:
+            arr = np.asarray(img.get_fdata(dtype=np.float32))
+        zooms = img.header.get_zooms()[:3]
     # zooms are float32 in the header: 0.8 reads back as 0.800000011920929; 7 digits is exact
-    zooms = tuple(float(f"{float(z):.7g}") for z in img.header.get_zooms()[:3])
+    zooms = tuple(float(f"{float(z):.7g}") for z in zooms)
     return np.ascontiguousarray(arr.transpose(2, 1, 0)), (zooms[2], zooms[1], zooms[0])
 
 
@@ -135,18 +136,24 @@ def nifti_shape(path: Path) -> tuple[int, int, int]:
     """(D, H, W) from the header only."""
     import nibabel as nib
 
-    shape = nib.load(str(path)).shape
+    with reading(path, "a NIfTI volume"):
+        shape = nib.load(str(path)).shape
+    _check_3d(path, shape)
+    return shape[2], shape[1], shape[0]
+
+
+def _check_3d(path: Path, shape: tuple[int, ...]) -> None:
     if len(shape) != 3:
         raise BenchError(f"{path}: expected a 3-D NIfTI volume, got shape {shape}")
-    return shape[2], shape[1], shape[0]
 
 
 def read_png(path: Path, *, label: bool = False) -> np.ndarray:
     """(H, W) or (H, W, C) float32 image, or (H, W) int64 label."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        arr = np.asarray(im)
+    with reading(path, "an image"):
+        with Image.open(path) as im:
+            arr = np.asarray(im)
     if label:
         if arr.ndim != 2:
             raise BenchError(f"{path}: a label image must be single-channel, got shape {arr.shape}")
@@ -162,40 +169,47 @@ def label_path(root: Path, case: str, ending: str) -> Path:
     return root / "labelsTr" / f"{case}{ending}"
 
 
-def read_case(root: Path, case: str, ending: str, n_channels: int) -> tuple[np.ndarray, np.ndarray, tuple | None]:
-    """Image (spatial + channels-last if >1 channel), label int64, spacing (volumes) or None."""
+def read_case(root: Path, case: str, ending: str, n_channels: int,
+              num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray, tuple | None]:
+    """Image (spatial + channels-last if >1 channel), label int64, spacing (volumes) or None.
+
+    ``num_classes``: when given, label ids outside 0..num_classes-1 are a BenchError."""
     lab_path = label_path(root, case, ending)
-    if is_volume_ending(ending):
-        label, spacing = read_nifti(lab_path, label=True)
-        chans = []
-        for c in range(n_channels):
-            arr, _ = read_nifti(channel_path(root, case, c, ending))
-            chans.append(arr)
-    else:
-        label, spacing = read_png(lab_path, label=True), None
-        chans = []
-        c = 0
-        while len(chans) < n_channels:  # an RGB PNG supplies 3 channels from one file
-            arr = read_png(channel_path(root, case, c, ending))
-            chans.extend([arr] if arr.ndim == 2 else [arr[..., i] for i in range(arr.shape[-1])])
-            c += 1
-        if len(chans) != n_channels:
-            first = channel_path(root, case, 0, ending)
-            raise BenchError(f"{first}: {len(chans)} channels, dataset.json says {n_channels}")
+    read = read_nifti if is_volume_ending(ending) else _read_png_pair
+    label, spacing = read(lab_path, label=True)
+    if num_classes is not None:
+        label = class_ids(lab_path, label, num_classes)
+    chans = []
+    c = 0
+    while len(chans) < n_channels:  # an RGB PNG supplies 3 channels from one file
+        path = channel_path(root, case, c, ending)
+        if not path.is_file():
+            raise BenchError(f"{path}: missing (channel {c} of case {case!r}; dataset.json declares {n_channels})")
+        arr, _ = read(path)
+        chans.extend([arr] if arr.ndim == label.ndim else [arr[..., i] for i in range(arr.shape[-1])])
+        c += 1
+    if len(chans) != n_channels:
+        first = channel_path(root, case, 0, ending)
+        raise BenchError(f"{first}: {len(chans)} channels, dataset.json says {n_channels}")
     for c, arr in enumerate(chans):
         if arr.shape != label.shape:
             raise BenchError(
-                f"{channel_path(root, case, c, ending)}: shape {arr.shape} differs from label {lab_path} {label.shape}"
+                f"{channel_path(root, case, c, ending)}: shape {arr.shape} differs from label {lab_path} "
+                f"{label.shape}; expected image and label of one size"
             )
     image = chans[0] if n_channels == 1 else np.stack(chans, axis=-1)
     return image, label, spacing
 
 
+def _read_png_pair(path: Path, *, label: bool = False) -> tuple[np.ndarray, None]:
+    return read_png(path, label=label), None  # read_nifti's (array, spacing) shape; PNGs have no spacing
+
+
 @functools.lru_cache(maxsize=2)
-def _read_case_cached(root: str, case: str, ending: str, n_channels: int):
+def _read_case_cached(root: str, case: str, ending: str, n_channels: int, num_classes: int):
     # Slices of one volume are usually requested together (a loader worker walks consecutive
     # ids only by chance, but evaluation and small datasets do); two entries keep it cheap.
-    return read_case(Path(root), case, ending, n_channels)
+    return read_case(Path(root), case, ending, n_channels, num_classes)
 
 
 def fixed_split(case_ids: list[str]) -> tuple[list[str], list[str]]:
@@ -263,31 +277,50 @@ class NnUNetDataset(SegDataset):
 
     @property
     def n_folds(self) -> int:
+        folds = self._splits_file()
+        return N_FOLDS if folds is None else len(folds)
+
+    def _splits_file(self) -> list[dict[str, list[str]]] | None:
+        """The folds of ``splits_final.json`` (checked), or None when there is none."""
         path = self.root / "splits_final.json"
-        return len(json.loads(path.read_text())) if path.is_file() else N_FOLDS
+        if not path.is_file():
+            return None
+        expected = 'a non-empty list of {"train": [...], "val": [...]} folds'
+        try:
+            folds = json.loads(path.read_text())
+            folds = [{"train": list(f["train"]), "val": list(f["val"])} for f in folds]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BenchError(f"{path}: expected {expected} ({describe(exc)})") from exc
+        if not folds:
+            raise BenchError(f"{path}: no folds; expected {expected}")
+        return folds
 
     def _split(self) -> tuple[list[str], list[str]]:
         path = self.root / "splits_final.json"
         k = 0 if self.fold is None else self.fold
-        if self.fold is not None and not 0 <= self.fold < self.n_folds:
-            raise BenchError(f"{self.root}: fold {self.fold} does not exist (folds 0..{self.n_folds - 1})")
-        if self.fold is not None and not path.is_file():
-            self.notes.append(f"split: fold {k} of {N_FOLDS} over the default_rng({SPLIT_SEED}) permutation")
-            return kfold_split(self.cases, k)
-        if not path.is_file():
-            self.notes.append(
-                f"no splits_final.json in {self.root}; fixed split: default_rng({SPLIT_SEED}) "
-                "permutation of the sorted case ids, last 20% test"
-            )
-            return fixed_split(self.cases)
-        try:
-            folds = json.loads(path.read_text())
-            train, test = list(folds[k]["train"]), list(folds[k]["val"])
-        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
-            raise BenchError(f"{path}: expected a list of {{\"train\": [...], \"val\": [...]}} folds ({exc})") from exc
+        folds = self._splits_file()
+        n = N_FOLDS if folds is None else len(folds)
+        if self.fold is not None and not 0 <= self.fold < n:
+            raise BenchError(f"{self.root}: fold {self.fold} does not exist (folds 0..{n - 1})")
+        if folds is None:
+            if self.fold is not None:
+                self.notes.append(f"split: fold {k} of {N_FOLDS} over the default_rng({SPLIT_SEED}) permutation")
+            else:
+                self.notes.append(
+                    f"no splits_final.json in {self.root}; fixed split: default_rng({SPLIT_SEED}) "
+                    "permutation of the sorted case ids, last 20% test"
+                )
+            try:
+                return kfold_split(self.cases, k) if self.fold is not None else fixed_split(self.cases)
+            except BenchError as exc:  # too few cases: say where they were counted
+                raise BenchError(f"{self.root / 'labelsTr'}: {exc} ('*{self.file_ending}' label files)") from None
+        train, test = folds[k]["train"], folds[k]["val"]
         unknown = sorted(set(train + test) - set(self.cases))
         if unknown:
             raise BenchError(f"{path}: fold {k} names cases without a label file: {', '.join(unknown[:5])}")
+        for key, ids in (("train", train), ("val", test)):
+            if not ids:  # nothing to train on, or nothing to score
+                raise BenchError(f"{path}: fold {k} has an empty {key!r} list; expected cases in both lists")
         self.notes.append(f"split: fold {k} of {path} (its val cases are the test set)")
         return train, test
 
@@ -310,7 +343,7 @@ class NnUNetDataset(SegDataset):
     def _case_arrays(self, case: str):
         if case not in self.cases:
             raise BenchError(f"{self.root}: no case {case!r} in labelsTr/")
-        return _read_case_cached(str(self.root), case, self.file_ending, self.in_chans)
+        return _read_case_cached(str(self.root), case, self.file_ending, self.in_chans, self.num_classes)
 
     def load_train(self, item_id: str) -> Sample:
         if not self.is_3d:  # copies: the arrays live in the cache

@@ -23,7 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from bench.data.base import Case, Sample, SegDataset
+from bench.data.base import Case, Sample, SegDataset, class_ids, reading
 from bench.errors import BenchError
 
 # Class id -> organ, the TransUNet-lineage order used by the VM-UNet code and the paper tables
@@ -41,21 +41,39 @@ H5_SUFFIX = ".npy.h5"
 
 
 def read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One training slice: image float32 (H, W), label int64 (H, W). Raises on a bad file."""
-    with np.load(path) as data:
-        image, label = data["image"], data["label"]
-    return np.asarray(image, dtype=np.float32), np.asarray(label).astype(np.int64)
+    """One training slice: image float32 (H, W), label int64 (H, W). BenchError on a bad file."""
+    with reading(path, "a TransUNet npz slice"):
+        with np.load(path, allow_pickle=False) as data:
+            image, label = _arrays(path, data, data.files, "array")
+    return _checked_pair(path, image, label, 2)
 
 
 def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...] | None]:
     """One test volume: image float32 (D, H, W), label int64 (D, H, W), spacing (mm) or None."""
-    with h5py.File(path, "r") as f:
-        image = np.asarray(f["image"][:], dtype=np.float32)
-        label = np.asarray(f["label"][:]).astype(np.int64)
-        spacing = f.attrs.get("spacing")
-    if spacing is not None:
-        spacing = tuple(float(s) for s in np.asarray(spacing).ravel())
+    with reading(path, "a TransUNet h5 volume"):
+        with h5py.File(path, "r") as f:
+            image, label = _arrays(path, f, list(f.keys()), "dataset")
+            spacing = f.attrs.get("spacing")
+        if spacing is not None:
+            spacing = tuple(float(s) for s in np.asarray(spacing).ravel())
+    image, label = _checked_pair(path, image, label, 3)
     return image, label, spacing
+
+
+def _arrays(path: Path, container, keys: list[str], kind: str) -> tuple[np.ndarray, np.ndarray]:
+    missing = [k for k in ("image", "label") if k not in keys]
+    if missing:
+        raise BenchError(f"{path}: no {kind} {', '.join(repr(k) for k in missing)}; has {sorted(keys)}, "
+                         "expected 'image' and 'label'")
+    return np.asarray(container["image"][()]), np.asarray(container["label"][()])
+
+
+def _checked_pair(path: Path, image: np.ndarray, label: np.ndarray, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    # A mismatch would otherwise surface as a shape error deep in augmentation or scoring.
+    if image.ndim != ndim or image.shape != label.shape:
+        raise BenchError(f"{path}: image shape {image.shape} and label shape {label.shape}; "
+                         f"expected one {ndim}-D shape for both")
+    return np.asarray(image, dtype=np.float32), class_ids(path, label, NUM_CLASSES)
 
 
 def find_list_dir(root: Path) -> Path | None:
@@ -67,15 +85,20 @@ def find_list_dir(root: Path) -> Path | None:
 
 
 def read_list(path: Path, suffix: str = "") -> list[str]:
-    """Ids from a list file, one per line; blank lines skipped, a trailing ``suffix`` stripped."""
+    """Ids from a list file, one per line; blank lines skipped, a trailing ``suffix`` stripped.
+    BenchError when it cannot be read or lists nothing (an empty split trains or tests nothing)."""
+    with reading(path, "a text list of ids"):
+        text = path.read_text()
     ids = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if not line:
             continue
         if suffix and line.endswith(suffix):
             line = line[: -len(suffix)]
         ids.append(line)
+    if not ids:
+        raise BenchError(f"{path}: lists no ids; expected one id per line")
     return ids
 
 
@@ -113,7 +136,10 @@ class SynapseDataset(SegDataset):
             f"no {list_name} under {self.root}/lists/lists_Synapse/ or {self.root}/lists_Synapse/; "
             f"using the sorted contents of {folder}"
         )
-        return sorted(p.name[: -len(suffix)] for p in folder.glob("*" + suffix))
+        ids = sorted(p.name[: -len(suffix)] for p in folder.glob("*" + suffix))
+        if not ids:
+            raise BenchError(f"{folder}: no '*{suffix}' files (and no {list_name}); expected {self.layout}")
+        return ids
 
     def train_ids(self) -> list[str]:
         return list(self._train)
@@ -132,5 +158,6 @@ class SynapseDataset(SegDataset):
 
 def _existing(path: Path) -> Path:
     if not path.is_file():
-        raise BenchError(f"{path}: listed but missing (check with `bench data verify synapse <root>`)")
+        raise BenchError(f"{path}: listed but missing "
+                         "(check with `bench data verify --dataset synapse --data-root <root>`)")
     return path

@@ -81,9 +81,11 @@ def synthesize(kind: str, out: str | Path, *, seed: int = 0, **size_options: Any
 
 
 def _write_atomically(out: Path, write: Callable[[Path], None]) -> Path:
+    from bench.records import ensure_writable_dir  # here: bench.records imports pandas
+
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BenchError(f"{out}: already exists and is not empty; delete it or choose another folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out.parent, "--out")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:

@@ -14,7 +14,7 @@ What is checked, per format:
   legitimate, so they are worth a line, not a failure.
 - isic / polyp: the folders exist, image and mask counts match (unpaired names are pointed out),
   every file decodes, mask size == image size. Any 0..255 grayscale mask is accepted (it is divided
-  by 255, as the authors do).
+  by 255, as the authors do) unless no pixel reaches 128: a 0/1 class-id mask would be all background.
 - nnunet: dataset.json fields, ``numTraining`` == number of label files, every channel file exists
   for every label, shapes (and NIfTI spacing) agree, label values are declared labels, image files
   without a label are reported.
@@ -34,6 +34,7 @@ from bench.data import isic as isic_io
 from bench.data import nnunet as nn_io
 from bench.data import polyp as polyp_io
 from bench.data import synapse as syn_io
+from bench.data.base import describe, label_id_problem
 from bench.errors import BenchError
 
 
@@ -75,22 +76,16 @@ def verify_dataset(name: str, root: str | Path) -> list[Problem]:
     return report.problems
 
 
-def _unreadable(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return f"cannot read ({type(exc).__name__}: {text[:200]})"
+def _unreadable(exc: BaseException, path: Path) -> str:
+    if isinstance(exc, BenchError):  # the readers' own message; the report line names the path
+        return str(exc).removeprefix(f"{path}: ")
+    return f"cannot read ({describe(exc)})"
 
 
 def _check_labels(path: Path, label: np.ndarray, num_classes: int, report: _Report) -> None:
-    if label.dtype.kind == "f" and not np.all(np.isfinite(label)):
-        report.add(path, "label contains NaN/inf")
-        return
-    if label.dtype.kind == "f" and not np.array_equal(label, np.round(label)):
-        report.add(path, "label holds non-integer values; expected class ids")
-        return
-    values = np.unique(label)
-    bad = values[(values < 0) | (values >= num_classes)]
-    if len(bad):
-        report.add(path, f"label values {bad[:10].tolist()} outside 0..{num_classes - 1}")
+    problem = label_id_problem(label, num_classes)  # the readers' rule, reported instead of raised
+    if problem:
+        report.add(path, problem)
 
 
 # --- Synapse ---------------------------------------------------------------------------------
@@ -111,8 +106,8 @@ def _check_synapse(root: Path, report: _Report, reader) -> None:
         if list_path is not None and list_path.is_file():
             try:
                 listed = syn_io.read_list(list_path, suffix)
-            except (OSError, UnicodeDecodeError) as exc:
-                report.add(list_path, _unreadable(exc))
+            except BenchError as exc:  # unreadable or empty
+                report.add(list_path, _unreadable(exc, list_path))
                 continue
             seen: set[str] = set()
             for item in listed:
@@ -148,7 +143,7 @@ def _check_npz(path: Path, report: _Report) -> None:
                 return
             image, label = data["image"], data["label"]
     except Exception as exc:  # noqa: BLE001 - any decoding failure is a finding, not a crash
-        report.add(path, _unreadable(exc))
+        report.add(path, _unreadable(exc, path))
         return
     _check_pair_arrays(path, image, label, 2, report)
 
@@ -165,7 +160,7 @@ def _check_h5(path: Path, report: _Report) -> None:
             image, label = f["image"][:], f["label"][:]
             spacing = f.attrs.get("spacing")
     except Exception as exc:  # noqa: BLE001
-        report.add(path, _unreadable(exc))
+        report.add(path, _unreadable(exc, path))
         return
     if spacing is not None and (np.asarray(spacing).size != 3 or np.any(np.asarray(spacing, dtype=float) <= 0)):
         report.add(path, f"spacing attribute {spacing!r}: expected 3 positive numbers (mm per D, H, W)")
@@ -200,12 +195,12 @@ def _check_pairs(images_dir: Path, masks_dir: Path, report: _Report) -> None:
             image_hw = isic_io.image_size(image_path)
             isic_io.read_rgb(image_path)  # decode fully: a truncated file often has a valid header
         except Exception as exc:  # noqa: BLE001
-            report.add(image_path, _unreadable(exc))
+            report.add(image_path, _unreadable(exc, image_path))
             image_hw = None
         try:
             mask = isic_io.read_mask(mask_path)
         except Exception as exc:  # noqa: BLE001
-            report.add(mask_path, _unreadable(exc))
+            report.add(mask_path, _unreadable(exc, mask_path))
             continue
         if image_hw is not None and mask.shape != image_hw:
             report.add(
@@ -288,7 +283,7 @@ def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set
         else:
             label, spacing = nn_io.read_png(lab_path, label=True), None
     except Exception as exc:  # noqa: BLE001
-        report.add(lab_path, _unreadable(exc))
+        report.add(lab_path, _unreadable(exc, lab_path))
         label = spacing = None
     if label is not None:
         bad = sorted(set(np.unique(label).tolist()) - valid)
@@ -312,7 +307,7 @@ def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set
                 channels += 1 if image.ndim == 2 else image.shape[-1]
                 image = image if image.ndim == 2 else image[..., 0]
         except Exception as exc:  # noqa: BLE001
-            report.add(path, _unreadable(exc))
+            report.add(path, _unreadable(exc, path))
             channels += 1
             continue
         if label is not None and image.shape != label.shape:

@@ -1,0 +1,592 @@
+"""Bad input: every loader and command rejects it with one BenchError naming the file or argument
+and the problem, and leaves nothing half-written behind. One test (or parameter) per row of
+docs/bad_input.md; each breaks one thing in a small valid synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench import records
+from bench.cli import main
+from bench.data import open_dataset
+from bench.data.synth import synthesize
+from bench.data.verify import verify_dataset
+from bench.errors import BenchError
+from bench.protocol import load_protocol
+from bench.registry import create_model, get_entry
+
+SYN = dict(n_train=1, n_test=1, depth=4, size=48)
+ISIC = dict(n_train=2, n_val=1, min_size=24, max_size=30)
+POLYP = dict(n_train=2, n_test=1, min_size=24, max_size=30)
+NN3 = dict(n_cases=3, depth=4, size=16)
+NN2 = dict(dims=2, n_cases=3, size=16)
+# tiny models, 2 steps; the smoke protocol loads in the main process (FAST adds it)
+QUICK = ["--tiny", "--max-iterations", "2", "--threads", "1", "--no-progress"]
+FAST = ["--protocol", "smoke", "--img-size", "32", *QUICK]
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    base = tmp_path_factory.mktemp("clean")
+    return {
+        "synapse": synthesize("synapse", base / "synapse", **SYN),
+        "isic": synthesize("isic", base / "isic", **ISIC),
+        "polyp": synthesize("polyp", base / "polyp", **POLYP),
+        "nnunet": synthesize("nnunet", base / "nnunet", **NN3),
+        "nnunet2d": synthesize("nnunet", base / "nnunet2d", **NN2),
+    }
+
+
+@pytest.fixture
+def data(clean, tmp_path):
+    """A fresh, writable copy of one clean dataset: ``data("isic")``."""
+    return lambda key: Path(shutil.copytree(clean[key], tmp_path / key))
+
+
+def _bench(monkeypatch, capsys, *args) -> tuple[int, str]:
+    """Run the console entry point as a user would (``bench.cli.main``: BenchError -> one red
+    line, exit 2); return (exit code, stderr)."""
+    monkeypatch.delenv("BENCH_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["bench", *map(str, args)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    return info.value.code, capsys.readouterr().err
+
+
+def _fails(monkeypatch, capsys, *args, names, phrase) -> str:
+    """The command exits 2 with one error line naming ``names`` and saying ``phrase``."""
+    code, err = _bench(monkeypatch, capsys, *args)
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err  # one line, no traceback
+    assert str(names) in err and phrase in err, err
+    return err
+
+
+def _raises(fn, *, names, phrase) -> BenchError:
+    with pytest.raises(BenchError) as info:
+        fn()
+    msg = str(info.value)
+    assert str(names) in msg, msg
+    assert phrase in msg, msg
+    return info.value
+
+
+def _truncate(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder this process cannot create files in: chmod 0o500 — or, where that does not stop
+    us (root ignores permission bits), a folder under a regular file, which nobody can create."""
+    ro = tmp_path / "readonly"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        (ro / "probe").touch()
+    except PermissionError:
+        yield ro
+    else:
+        (ro / "probe").unlink()
+        blocker = tmp_path / "a_file"
+        blocker.write_text("not a folder")
+        yield blocker / "results"
+    finally:
+        ro.chmod(0o700)
+
+
+# --- missing directories ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["synapse", "isic17", "isic18", "polyp", "nnunet"])
+def test_missing_root(tmp_path, name):
+    _raises(lambda: open_dataset(name, tmp_path / "nowhere"), names=tmp_path / "nowhere", phrase="not found")
+
+
+@pytest.mark.parametrize(
+    "key, name, remove, named, phrase",
+    [
+        ("synapse", "synapse", ["train_npz", "test_vol_h5"], "", "no train_npz/ or test_vol_h5/"),
+        ("isic", "isic17", ["val/masks"], "val/masks", "missing"),
+        ("polyp", "polyp", ["TrainDataset/masks"], "TrainDataset/masks", "missing"),
+        ("polyp", "polyp", ["TestDataset/Kvasir/masks"], "TestDataset/Kvasir/masks", "folder missing"),
+        ("nnunet", "nnunet", ["imagesTr"], "imagesTr", "folder missing"),
+        ("nnunet", "nnunet", ["dataset.json"], "dataset.json", "not found"),
+    ],
+)
+def test_missing_folder_in_the_layout(data, key, name, remove, named, phrase):
+    root = data(key)
+    for rel in remove:
+        target = root / rel
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    _raises(lambda: open_dataset(name, root), names=root / named, phrase=phrase)
+
+
+def test_missing_results_dir_for_report(monkeypatch, capsys, tmp_path):
+    _fails(monkeypatch, capsys, "report", "--results", tmp_path / "none", names=tmp_path / "none",
+           phrase="results directory not found")
+
+
+def test_listed_file_missing(data):
+    root = data("synapse")
+    ds = open_dataset("synapse", root)
+    path = root / "train_npz" / f"{ds.train_ids()[0]}.npz"
+    path.unlink()
+    _raises(lambda: ds.load_train(ds.train_ids()[0]), names=path, phrase="listed but missing")
+
+
+def test_missing_nnunet_channel_file(data):
+    root = data("nnunet")
+    ds = open_dataset("nnunet", root)
+    case = ds.test_ids()[0]
+    path = root / "imagesTr" / f"{case}_0000.nii.gz"
+    path.unlink()
+    _raises(lambda: ds.load_test(case), names=path, phrase="missing (channel 0 of case")
+
+
+# --- truncated or corrupt files --------------------------------------------------------------
+
+
+def test_truncated_npz(data):
+    root = data("synapse")
+    ds = open_dataset("synapse", root)
+    item = ds.train_ids()[0]
+    path = _truncate(root / "train_npz" / f"{item}.npz")
+    _raises(lambda: ds.load_train(item), names=path, phrase="truncated or corrupt")
+
+
+def test_npz_without_label_array(data):
+    root = data("synapse")
+    ds = open_dataset("synapse", root)
+    item = ds.train_ids()[0]
+    path = root / "train_npz" / f"{item}.npz"
+    np.savez(path, image=np.zeros((8, 8), np.float32))
+    _raises(lambda: ds.load_train(item), names=path, phrase="no array 'label'")
+
+
+def test_truncated_h5(data):
+    root = data("synapse")
+    ds = open_dataset("synapse", root)
+    case = ds.test_ids()[0]
+    path = _truncate(root / "test_vol_h5" / f"{case}.npy.h5")
+    _raises(lambda: ds.load_test(case), names=path, phrase="truncated or corrupt")
+
+
+def test_h5_without_label_dataset(data):
+    root = data("synapse")
+    ds = open_dataset("synapse", root)
+    case = ds.test_ids()[0]
+    path = root / "test_vol_h5" / f"{case}.npy.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("image", data=np.zeros((2, 8, 8), np.float32))
+    _raises(lambda: ds.load_test(case), names=path, phrase="no dataset 'label'")
+
+
+def test_unreadable_list_file(data):
+    root = data("synapse")
+    path = root / "lists" / "lists_Synapse" / "train.txt"
+    path.write_bytes(b"\xff\xfe\x00 not text")
+    _raises(lambda: open_dataset("synapse", root), names=path, phrase="truncated or corrupt")
+
+
+@pytest.mark.parametrize(
+    "key, name, rel",
+    [
+        ("isic", "isic17", "train/images/ISIC_0000000.png"),
+        ("isic", "isic17", "train/masks/ISIC_0000000_segmentation.png"),
+        ("polyp", "polyp", "TrainDataset/images/1.png"),
+    ],
+)
+def test_truncated_png(data, key, name, rel):
+    root = data(key)
+    ds = open_dataset(name, root)
+    path = _truncate(root / rel)
+    _raises(lambda: ds.load_train(ds.train_ids()[0]), names=path, phrase="truncated or corrupt")
+
+
+def test_truncated_jpeg_test_image(data):
+    root = data("polyp")
+    ds = open_dataset("polyp", root)
+    path = root / "TestDataset" / "Kvasir" / "images" / "1.jpg"
+    path.write_bytes(b"\xff\xd8\xff not a jpeg")
+    _raises(lambda: ds.load_test("Kvasir/1"), names=path, phrase="truncated or corrupt")
+
+
+def test_truncated_nifti_label_fails_when_listing_slices(data):
+    root = data("nnunet")
+    ds = open_dataset("nnunet", root)
+    case = ds.train_ids()[0].split(":")[0]
+    path = _truncate(root / "labelsTr" / f"{case}.nii.gz")
+    fresh = open_dataset("nnunet", root)  # the slice ids come from the label headers
+    _raises(fresh.train_ids, names=path, phrase="truncated or corrupt")
+
+
+def test_corrupt_nifti_image(data):
+    root = data("nnunet")
+    ds = open_dataset("nnunet", root)
+    case = ds.test_ids()[0]
+    path = root / "imagesTr" / f"{case}_0000.nii.gz"
+    path.write_bytes(path.read_bytes()[:-40])  # the gzip stream ends early: the header still reads
+    _raises(lambda: ds.load_test(case), names=path, phrase="truncated or corrupt")
+
+
+def test_truncated_nnunet_png(data):
+    root = data("nnunet2d")
+    ds = open_dataset("nnunet", root)
+    case = ds.test_ids()[0]
+    path = _truncate(root / "labelsTr" / f"{case}.png")
+    _raises(lambda: ds.load_test(case), names=path, phrase="truncated or corrupt")
+
+
+def test_corrupt_dataset_json(data):
+    root = data("nnunet")
+    (root / "dataset.json").write_text("{not json")
+    _raises(lambda: open_dataset("nnunet", root), names=root / "dataset.json", phrase="not readable JSON")
+
+
+def test_corrupt_splits_final(data):
+    root = data("nnunet2d")
+    (root / "splits_final.json").write_text("[{")
+    _raises(lambda: open_dataset("nnunet", root, fold=1), names=root / "splits_final.json",
+            phrase='expected a non-empty list of {"train"')
+
+
+# --- images and masks of different sizes -----------------------------------------------------
+
+
+def test_npz_image_and_label_shapes_differ(data):
+    root = data("synapse")
+    ds = open_dataset("synapse", root)
+    item = ds.train_ids()[0]
+    path = root / "train_npz" / f"{item}.npz"
+    np.savez(path, image=np.zeros((8, 8), np.float32), label=np.zeros((8, 6), np.float32))
+    _raises(lambda: ds.load_train(item), names=path, phrase="image shape (8, 8) and label shape (8, 6)")
+
+
+def test_h5_image_and_label_shapes_differ(data):
+    root = data("synapse")
+    ds = open_dataset("synapse", root)
+    case = ds.test_ids()[0]
+    path = root / "test_vol_h5" / f"{case}.npy.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("image", data=np.zeros((2, 8, 8), np.float32))
+        f.create_dataset("label", data=np.zeros((3, 8, 8), np.uint8))
+    _raises(lambda: ds.load_test(case), names=path, phrase="expected one 3-D shape for both")
+
+
+@pytest.mark.parametrize("key, name", [("isic", "isic17"), ("polyp", "polyp")])
+def test_mask_size_differs_from_image(data, key, name):
+    root = data(key)
+    ds = open_dataset(name, root)
+    item = ds.train_ids()[0]
+    masks = root / ("train" if key == "isic" else "TrainDataset") / "masks"
+    mask = sorted(masks.iterdir())[0]
+    Image.open(mask).resize((10, 12)).save(mask)
+    _raises(lambda: ds.load_train(item), names=mask, phrase="mask size 10x12 differs from image")
+
+
+@pytest.mark.parametrize("key", ["nnunet", "nnunet2d"])
+def test_nnunet_image_and_label_sizes_differ(data, key):
+    root = data(key)
+    ds = open_dataset("nnunet", root)
+    case = ds.test_ids()[0]
+    if key == "nnunet":
+        path = root / "imagesTr" / f"{case}_0000.nii.gz"
+        nib.save(nib.Nifti1Image(np.zeros((16, 16, 3), np.float32), np.eye(4)), str(path))
+    else:
+        path = root / "imagesTr" / f"{case}_0000.png"
+        Image.fromarray(np.zeros((7, 9), np.uint8)).save(path)
+    _raises(lambda: ds.load_test(case), names=path, phrase="differs from label")
+
+
+# --- label ids outside the protocol's classes ------------------------------------------------
+
+
+@pytest.mark.parametrize("value, phrase", [(9, "label values [9] outside 0..8"), (-1, "label values [-1] outside 0..8"),
+                                           (1.5, "non-integer values")])
+def test_npz_label_outside_synapse_classes(data, value, phrase):
+    root = data("synapse")
+    ds = open_dataset("synapse", root)
+    item = ds.train_ids()[0]
+    path = root / "train_npz" / f"{item}.npz"
+    label = np.zeros((8, 8), np.float32)  # the real files store ids as float32
+    label[2, 3] = value
+    np.savez(path, image=np.zeros((8, 8), np.float32), label=label)
+    _raises(lambda: ds.load_train(item), names=path, phrase=phrase)
+
+
+def test_h5_label_outside_synapse_classes(data):
+    root = data("synapse")
+    ds = open_dataset("synapse", root)
+    case = ds.test_ids()[0]
+    path = root / "test_vol_h5" / f"{case}.npy.h5"
+    with h5py.File(path, "r+") as f:
+        label = f["label"][:]
+        label[0, 0, 0] = 12
+        del f["label"]
+        f.create_dataset("label", data=label)
+    _raises(lambda: ds.load_test(case), names=path, phrase="label values [12] outside 0..8")
+
+
+@pytest.mark.parametrize("key", ["nnunet", "nnunet2d"])
+def test_nnunet_label_not_declared(data, key):
+    root = data(key)
+    ds = open_dataset("nnunet", root)
+    case = ds.test_ids()[0]
+    if key == "nnunet":
+        path = root / "labelsTr" / f"{case}.nii.gz"
+        img = nib.load(str(path))
+        arr = np.asarray(img.dataobj).copy()
+        arr[0, 0, 0] = 5
+        nib.save(nib.Nifti1Image(arr, img.affine), str(path))
+    else:
+        path = root / "labelsTr" / f"{case}.png"
+        arr = np.asarray(Image.open(path)).copy()
+        arr[0, 0] = 3
+        Image.fromarray(arr).save(path)
+    _raises(lambda: ds.load_test(case), names=path, phrase="outside 0..2")
+
+
+@pytest.mark.parametrize("key, name, rel", [("isic", "isic17", "train/masks/ISIC_0000000_segmentation.png"),
+                                            ("polyp", "polyp", "TrainDataset/masks/1.png")])
+def test_binary_mask_stored_as_class_ids(data, key, name, rel):
+    # /255 puts any 8-bit mask in [0, 1]; what goes wrong is a 0/1 mask, all background after /255
+    root = data(key)
+    ds = open_dataset(name, root)
+    path = root / rel
+    ids = (np.asarray(Image.open(path)) > 127).astype(np.uint8)
+    Image.fromarray(ids).save(path)
+    _raises(lambda: ds.load_train(ds.train_ids()[0]), names=path, phrase="expected a 0/255 mask")
+    assert any(p.path == str(path) and "0/255" in p.message for p in verify_dataset(name, root))
+
+
+# --- empty lists, folders and splits ---------------------------------------------------------
+
+
+def test_empty_list_file(data):
+    root = data("synapse")
+    path = root / "lists" / "lists_Synapse" / "test_vol.txt"
+    path.write_text("\n\n")
+    _raises(lambda: open_dataset("synapse", root), names=path, phrase="lists no ids")
+    assert any(p.path == str(path) and "lists no ids" in p.message for p in verify_dataset("synapse", root))
+
+
+def test_empty_folder_without_list(data):
+    root = data("synapse")
+    shutil.rmtree(root / "lists")
+    for p in (root / "train_npz").iterdir():
+        p.unlink()
+    _raises(lambda: open_dataset("synapse", root), names=root / "train_npz", phrase="no '*.npz' files")
+
+
+@pytest.mark.parametrize("key, name, rel", [("isic", "isic17", "train"), ("polyp", "polyp", "TrainDataset")])
+def test_empty_image_folders(data, key, name, rel):
+    root = data(key)
+    for sub in ("images", "masks"):
+        for p in (root / rel / sub).iterdir():
+            p.unlink()
+    _raises(lambda: open_dataset(name, root), names=root / rel / "images", phrase="no image files")
+
+
+def test_nnunet_without_label_files(data):
+    root = data("nnunet")
+    for p in (root / "labelsTr").iterdir():
+        p.unlink()
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 0}))
+    _raises(lambda: open_dataset("nnunet", root), names=root / "labelsTr", phrase="needs at least 2 cases, got 0")
+
+
+def test_nnunet_split_with_empty_train_list(data):
+    root = data("nnunet2d")
+    cases = open_dataset("nnunet", root).cases
+    (root / "splits_final.json").write_text(json.dumps([{"train": [], "val": cases}]))
+    _raises(lambda: open_dataset("nnunet", root), names=root / "splits_final.json",
+            phrase="fold 0 has an empty 'train' list")
+
+
+def test_run_on_a_dataset_without_training_split(monkeypatch, capsys, data, tmp_path):
+    root = data("synapse")
+    shutil.rmtree(root / "train_npz")
+    (root / "lists" / "lists_Synapse" / "train.txt").unlink()
+    _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "synapse", "--data-root", root,
+           "--results", tmp_path / "res", *FAST, names=root, phrase="the training split is empty")
+    assert not (tmp_path / "res" / "runs").exists()
+
+
+@pytest.mark.parametrize("option, value, phrase", [("--models", ",", "names no model"),
+                                                   ("--seeds", ",", "at least one integer"),
+                                                   ("--folds", " ", "at least one integer")])
+def test_empty_name_lists(monkeypatch, capsys, tmp_path, option, value, phrase):
+    args = ["run", "--dataset", "synapse", "--synthetic", "--results", tmp_path, option, value]
+    if option != "--models":
+        args += ["--models", "unet"]
+    _fails(monkeypatch, capsys, *args, names=option, phrase=phrase)
+
+
+# --- sizes: non-square inputs, sizes a model cannot take --------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:swin_unet. window 7 does not tile")
+@pytest.mark.parametrize("name, phrase", [("transunet", "built for 64x64"), ("swin_unet", "built for 64x64"),
+                                          ("vmunet_v2", "needs square inputs")])
+def test_non_square_input_to_a_square_model(name, phrase):
+    model = create_model(name, num_classes=2, in_chans=1, img_size=64, **get_entry(name).tiny).eval()
+    with torch.no_grad():
+        _raises(lambda: model(torch.zeros(1, 1, 64, 96)), names="(64, 96)", phrase=phrase)
+
+
+@pytest.mark.parametrize("name, size, phrase", [("vmunet", 48, "not a multiple of 32"),
+                                                ("unet", 100, "not a multiple of 8"),
+                                                ("transunet", 100, "divisible by 16"),
+                                                ("swin_unet", 48, "divisible by 32")])
+def test_img_size_a_model_cannot_take_fails_at_creation(name, size, phrase):
+    _raises(lambda: create_model(name, num_classes=2, img_size=size, **get_entry(name).tiny), names=name,
+            phrase=phrase)
+
+
+def test_non_square_img_size_in_a_protocol(tmp_path):
+    text = (Path(__file__).parents[1] / "bench" / "protocols" / "smoke.toml").read_text()
+    path = tmp_path / "wide.toml"
+    path.write_text(text.replace("img_size = 64", "img_size = [64, 48]"))
+    _raises(lambda: load_protocol(path), names=path, phrase="img_size: expected a whole number >= 1 (the side")
+
+
+def test_bad_size_override(monkeypatch, capsys, tmp_path):
+    _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--results",
+           tmp_path, "--batch-size", "0", names="--batch-size", phrase="expected a whole number >= 1")
+
+
+def test_run_with_img_size_a_model_cannot_take_trains_nothing(monkeypatch, capsys, tmp_path):
+    # unet takes 48, vmunet does not: the grid fails before unet's run starts
+    res = tmp_path / "res"
+    _fails(monkeypatch, capsys, "run", "--models", "unet,vmunet", "--dataset", "synapse", "--synthetic",
+           "--results", res, "--protocol", "smoke", "--img-size", "48", *QUICK, names="vmunet",
+           phrase="img_size 48 is not a multiple of 32")
+    assert not (res / "runs").exists() and not (res / "records").exists()
+
+
+def test_profile_with_img_size_a_model_cannot_take(monkeypatch, capsys, tmp_path):
+    _fails(monkeypatch, capsys, "profile", "--models", "vmunet", "--tiny", "--img-size", "100", "--no-timing",
+           "--results", tmp_path, names="vmunet", phrase="img_size 100 is not a multiple of 32")
+    assert not list((tmp_path / "profiles").glob("*.json"))
+
+
+# --- unknown names ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, names, phrase",
+    [
+        (["--models", "vm_unett"], "vm_unett", "unknown model"),
+        (["--models", "unet", "--dataset", "synapsee"], "synapsee", "did you mean 'synapse'"),
+        (["--models", "unet", "--protocol", "smok"], "smok", "did you mean 'smoke'"),
+        (["--models", "unet", "--policy", "strictt"], "strictt", "unknown metric policy"),
+        (["--models", "unet", "--set", "widthz=3"], "widthz", "cannot build with these overrides"),
+    ],
+)
+def test_unknown_names(monkeypatch, capsys, tmp_path, args, names, phrase):
+    _fails(monkeypatch, capsys, "run", "--synthetic", "--results", tmp_path, *args, "--tiny", names=names,
+           phrase=phrase)
+
+
+def test_unknown_protocol_file(tmp_path):
+    _raises(lambda: load_protocol(tmp_path / "mine.toml"), names=tmp_path / "mine.toml", phrase="not found")
+
+
+# --- a results folder that is not writable ---------------------------------------------------
+
+
+def test_run_into_unwritable_results(monkeypatch, capsys, unwritable):
+    _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--results",
+           unwritable, *FAST, names=unwritable, phrase="not writable")
+
+
+def test_results_is_a_file(monkeypatch, capsys, tmp_path):
+    path = tmp_path / "results.txt"
+    path.write_text("x")
+    _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--results",
+           path, *FAST, names=path, phrase="is a file, not a folder")
+
+
+def test_profile_into_unwritable_results(monkeypatch, capsys, unwritable):
+    _fails(monkeypatch, capsys, "profile", "--models", "unet", "--tiny", "--img-size", "32", "--no-timing",
+           "--results", unwritable, names=unwritable, phrase="not writable")
+
+
+def test_report_out_into_unwritable_folder(monkeypatch, capsys, tmp_path, unwritable):
+    from tests.fixtures import make_record
+
+    records.write_record(make_record(), tmp_path)
+    _fails(monkeypatch, capsys, "report", "--results", tmp_path, "--out", unwritable / "report.md",
+           names=unwritable, phrase="not writable")
+
+
+def test_report_out_is_a_folder(monkeypatch, capsys, tmp_path):
+    from tests.fixtures import make_record
+
+    records.write_record(make_record(), tmp_path / "res")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    _fails(monkeypatch, capsys, "report", "--results", tmp_path / "res", "--out", folder, names=folder,
+           phrase="is a folder")
+    assert not (tmp_path / "out_files").exists()  # no plots beside a report that was never written
+
+
+def test_synth_into_unwritable_folder(monkeypatch, capsys, unwritable):
+    _fails(monkeypatch, capsys, "data", "synth", "--like", "isic", "--out", unwritable / "isic",
+           names=unwritable, phrase="not writable")
+
+
+def test_record_write_into_unwritable_folder(unwritable):
+    from tests.fixtures import make_record
+
+    _raises(lambda: records.write_record(make_record(), unwritable), names=unwritable, phrase="cannot write")
+
+
+# --- writes nothing half ---------------------------------------------------------------------
+
+
+def test_failed_run_leaves_no_record(monkeypatch, capsys, data, tmp_path):
+    """Training finishes, evaluation meets a corrupt volume: no record, so the run is not
+    counted as finished and `bench run` tries it again."""
+    root = data("synapse")
+    case = open_dataset("synapse", root).test_ids()[0]
+    path = _truncate(root / "test_vol_h5" / f"{case}.npy.h5")
+    res = tmp_path / "res"
+    _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "synapse", "--data-root", root,
+           "--results", res, *FAST, names=path, phrase="truncated or corrupt")
+    assert list((res / "runs").iterdir())  # it did train
+    assert records.load(res).empty and not list((res / "records").glob("*"))
+
+
+def test_corrupt_file_read_in_a_loader_worker(data, tmp_path):
+    # The papers' protocols load in DataLoader workers, which re-raise with a traceback as the
+    # message. A real process: workers left behind by the failed loader end with it.
+    import os
+    import subprocess
+
+    assert load_protocol("synapse").train.num_workers > 0
+    root = data("synapse")
+    for path in (root / "train_npz").iterdir():
+        _truncate(path)
+    args = ["run", "--models", "unet", "--dataset", "synapse", "--data-root", root, "--results", tmp_path / "res",
+            "--protocol", "synapse", "--img-size", "32", *QUICK]
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_DEBUG"}
+    proc = subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True,
+                          env={**env, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: {root / 'train_npz'}") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "truncated or corrupt" in proc.stderr
