@@ -1,0 +1,178 @@
+"""Several processes, one run (bench.distributed): batch shares, the global loss's gradient under
+DDP-style averaging, and a 2-process gloo `bench run --nproc 2` against a single-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.errors import BenchError
+from bench.losses import segmentation_loss
+from bench.train import EpochBatches, share_sizes
+
+
+@pytest.mark.parametrize("n, batch, world", [(10, 4, 1), (10, 4, 2), (10, 4, 3), (7, 3, 2), (5, 8, 4)])
+def test_rank_shares_concatenate_to_the_global_batches(n, batch, world):
+    one = EpochBatches(n, batch, seed=5)
+    ranks = [EpochBatches(n, batch, seed=5, rank=r, world=world) for r in range(world)]
+    for s in [one, *ranks]:
+        s.set_epoch(3)
+    per_rank = [list(s) for s in ranks]
+    for step, global_batch in enumerate(one):
+        shares = [r.shares()[step] for r in ranks]
+        assert all(b == len(global_batch) for _, b in shares)
+        real = [per_rank[r][step] for r in range(world) if shares[r][0] > 0]
+        assert sum(real, []) == global_batch  # contiguous, in order, nothing lost or repeated
+        for r in range(world):  # a rank with no real item gets one placeholder (its weight is 0)
+            assert len(per_rank[r][step]) == max(shares[r][0], 1)
+    assert len(one) == len(ranks[0]) == -(-n // batch)
+    assert share_sizes(7, 3) == [3, 2, 2] and share_sizes(2, 4) == [1, 1, 0, 0]
+
+
+_GRAD_WORKER = r"""
+import os, sys, torch, torch.distributed as dist
+from bench.losses import segmentation_loss
+rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+torch.manual_seed(0)
+results = {}
+for channels, n in ((4, 5), (1, 5), (4, 1)):  # multi-class and binary; (4, 1): a placeholder rank
+    weight = torch.randn(channels, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(n, 2, 6, 6, dtype=torch.float64)
+    y = torch.randint(0, channels, (n, 6, 6)) if channels > 1 else torch.rand(n, 1, 6, 6, dtype=torch.float64)
+    sizes = [n // world + (r < n % world) for r in range(world)]
+    lo = sum(sizes[:rank])
+    mine = slice(lo, lo + sizes[rank]) if sizes[rank] else slice(0, 1)
+    logits = torch.einsum("cd,ndhw->nchw", weight, x[mine])
+    loss = segmentation_loss(logits, y[mine], ce=0.4, dice=0.6, bce=1.0, share=(sizes[rank], n))
+    loss.backward()
+    grad = weight.grad.clone()
+    dist.all_reduce(grad)
+    value = torch.tensor([loss.item()], dtype=torch.float64)
+    dist.all_reduce(value)
+    results[f"{channels}-{n}"] = {"grad": (grad / world).tolist(), "loss": value.item() / world}
+if rank == 0:
+    import json
+    json.dump(results, open(out, "w"))
+dist.destroy_process_group()
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sharded_loss_has_the_global_batch_gradient(tmp_path):
+    """DDP averages gradients over ranks; with share weighting and summed Dice statistics that
+    average is the single-process gradient of the whole batch (float64: to rounding)."""
+    script, out, port, world = tmp_path / "worker.py", tmp_path / "grads.json", _free_port(), 2
+    script.write_text(_GRAD_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(world), str(port), str(out)], env=env,
+                              stderr=subprocess.PIPE, text=True) for r in range(world)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()
+    got = json.loads(out.read_text())
+    torch.manual_seed(0)
+    for channels, n in ((4, 5), (1, 5), (4, 1)):
+        weight = torch.randn(channels, 2, dtype=torch.float64, requires_grad=True)
+        x = torch.randn(n, 2, 6, 6, dtype=torch.float64)
+        y = torch.randint(0, channels, (n, 6, 6)) if channels > 1 else torch.rand(n, 1, 6, 6, dtype=torch.float64)
+        loss = segmentation_loss(torch.einsum("cd,ndhw->nchw", weight, x), y, ce=0.4, dice=0.6, bce=1.0)
+        loss.backward()
+        ours = got[f"{channels}-{n}"]
+        assert ours["loss"] == pytest.approx(loss.item(), rel=1e-12, abs=1e-14)
+        torch.testing.assert_close(torch.tensor(ours["grad"], dtype=torch.float64), weight.grad, rtol=1e-10, atol=1e-13)
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def _only_record(results: Path) -> dict:
+    files = list((results / "records").rglob("*.json"))
+    assert len(files) == 1, files  # rank 0 alone writes
+    return json.loads(files[0].read_text())
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    """`bench run --nproc 2` (torchrun, gloo) against one process with the same global batch.
+    Batch 3 splits 2 + 1, so the share weighting is exercised; float64 and no drop-path, so the
+    only difference left is summation order. Stated tolerance: losses 1e-9 relative, metrics 1e-6."""
+    common = ["run", "--models", "vmunet", "--tiny", "--set", "drop_path_rate=0.0", "--dataset", "synapse",
+              "--protocol", "drift", "--max-iterations", "5", "--batch-size", "3", "--img-size", "32",
+              "--threads", "1", "--no-progress"]
+    one = _bench(*common, "--synthetic", "--results", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    synth = next((tmp_path / "one" / "synthetic").iterdir())
+    two = _bench(*common, "--data-root", str(synth), "--results", str(tmp_path / "two"), "--nproc", "2")
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert two.stdout.count("DSC") == 1  # rank 0 alone reports
+    a, b = _only_record(tmp_path / "one"), _only_record(tmp_path / "two")
+    assert a["train"]["world_size"] == 1 and b["train"]["world_size"] == 2
+    assert a["train"]["iterations"] == b["train"]["iterations"] == 5
+    assert b["train"]["epoch_losses"] == pytest.approx(a["train"]["epoch_losses"], rel=1e-9)
+    for name, value in a["metrics"].items():
+        if isinstance(value, float):
+            assert b["metrics"][name] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), name
+    ckpt = torch.load(next((tmp_path / "two" / "runs").iterdir()) / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["world_size"] == 2 and len(ckpt["rng_ranks"]) == 2
+
+
+def test_resume_refuses_a_checkpoint_of_another_world_size(tmp_path):
+    from bench.data import open_dataset, synthetic_root
+    from bench.protocol import load_protocol
+    from bench.registry import create_model, get_entry
+    from bench.train import train_model
+
+    ds = open_dataset("synapse", synthetic_root("synapse", tmp_path / "synth"))
+    proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=2, batch_size=4, checkpoint_every=1)
+    model = create_model("unet", num_classes=9, in_chans=1, img_size=32, **get_entry("unet").tiny)
+    train_model(model, ds, proto, seed=0, run_dir=tmp_path / "run", device=torch.device("cpu"))
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    state.update(world_size=2, rng_ranks=[state["rng"], state["rng"]])
+    torch.save(state, last)
+    with pytest.raises(BenchError, match=r"last\.pt: written by 2 process\(es\); resume it with --nproc 2"):
+        train_model(model, ds, proto, seed=0, run_dir=tmp_path / "run", device=torch.device("cpu"), resume=True)
+
+
+def test_killed_two_process_run_resumes_to_the_uninterrupted_record(tmp_path):
+    """Both ranks SIGKILLed inside epoch 1 (tests.test_faults' driver under torchrun), then
+    `--nproc 2 --resume`: every rank restores its own RNG stream (drop-path stays on), so the
+    record and weights equal an uninterrupted 2-process run's."""
+    from bench.data import synthetic_root
+    from tests.test_faults import DRIVER, RUN, _comparable, _final_weights, _record
+
+    data = synthetic_root("synapse", tmp_path / "synth")
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+
+    def run(results: Path, fault: str, *extra: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "FAULT": fault}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver),
+               *RUN, "--data-root", str(data), "--results", str(results), *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+    full = run(tmp_path / "full", "none:0")
+    assert full.returncode == 0, full.stderr
+    killed = run(tmp_path / "killed", "train:5")  # step 5 of 9: epoch 1, after epoch 0's checkpoint
+    assert killed.returncode != 0 and not list((tmp_path / "killed").glob("records/**/*.json"))
+    resumed = run(tmp_path / "killed", "none:0", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    got, want = _record(tmp_path / "killed"), _record(tmp_path / "full")
+    assert got["train"]["resumed_from"] == 0 and got["train"]["world_size"] == 2
+    assert _comparable(got) == _comparable(want)
+    a, b = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "killed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
