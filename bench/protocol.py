@@ -132,6 +132,15 @@ class Protocol:
         return _checked(changed, "override")
 
 
+# The names a protocol may use; the training loop and bench.transforms implement exactly these.
+CHOICES = {
+    ("train", "optimizer"): ("sgd", "adamw", "adam"),
+    ("train", "scheduler"): ("poly", "cosine", "constant"),
+    ("train", "select"): ("final", "best_train_loss"),
+    ("train", "augment"): ("none", "transunet", "vmunet_isic"),
+    ("", "normalize"): ("none", "minmax255"),
+}
+
 # (section, field, smallest allowed value): sizes and counts that must be whole numbers
 _WHOLE_NUMBERS = (("", "img_size", 1), ("train", "batch_size", 1), ("train", "epochs", 1),
                   ("train", "max_iterations", 0), ("train", "num_workers", 0), ("eval", "max_cases", 0))
@@ -148,6 +157,13 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
                 key = f"{name} (--{name.replace('_', '-')})"
             square = " (the side of the square model input)" if name == "img_size" else ""
             raise BenchError(f"{where} {key}: expected a whole number >= {low}{square}; got {value!r}")
+    for (section, name), names in CHOICES.items():  # at load, not when a run reaches the field
+        value = getattr(getattr(protocol, section) if section else protocol, name)
+        if value not in names:
+            key = f"{section}.{name}" if section else name
+            close = difflib.get_close_matches(str(value), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise BenchError(f"{where} {key}: unknown {value!r}{hint} Expected one of {', '.join(names)}")
     return protocol
 
 

@@ -109,7 +109,7 @@ def build_optimizer(model: nn.Module, protocol: Protocol) -> torch.optim.Optimiz
         return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
-    raise BenchError(f"protocol {protocol.name}: unknown optimizer {t.optimizer!r} (sgd, adamw, adam)")
+    raise AssertionError(f"optimizer {t.optimizer!r} is in protocol.CHOICES but not implemented here")
 
 
 def lr_at(protocol: Protocol, step: int, epoch: int, max_iterations: int) -> float:
@@ -127,7 +127,7 @@ def lr_at(protocol: Protocol, step: int, epoch: int, max_iterations: int) -> flo
         return t.cosine_eta_min + (t.lr - t.cosine_eta_min) * (1 + math.cos(math.pi * epoch / t.cosine_t_max)) / 2
     if t.scheduler == "constant":
         return t.lr
-    raise BenchError(f"protocol {protocol.name}: unknown scheduler {t.scheduler!r} (poly, cosine, constant)")
+    raise AssertionError(f"scheduler {t.scheduler!r} is in protocol.CHOICES but not implemented here")
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -305,8 +305,6 @@ def train_model(
     if t.select == "best_train_loss" and best is not None:
         model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt")["model"])
         selected = f"best_train_loss@{best[1]}"
-    elif t.select not in ("final", "best_train_loss"):
-        raise BenchError(f"protocol {protocol.name}: unknown select {t.select!r} (final, best_train_loss)")
     return TrainResult(
         epochs=epochs, iterations=step, final_loss=epoch_losses[-1] if epoch_losses else loss_value,
         time_s=time.perf_counter() - t0, selected=selected, epoch_losses=epoch_losses, resumed_from=resumed_from,

@@ -29,9 +29,9 @@ from scipy import ndimage
 
 from bench.data.base import Sample
 from bench.errors import BenchError
+from bench.protocol import CHOICES
 
-AUGMENTS = ("none", "transunet", "vmunet_isic")
-NORMALIZE_MODES = ("none", "minmax255")
+NORMALIZE_MODES = CHOICES[("", "normalize")]
 
 
 # --- pure array functions --------------------------------------------------------------------
@@ -195,16 +195,7 @@ class TrainTransform:
         self.size = int(protocol.img_size)
         self.normalize = protocol.normalize
         self.augment = protocol.train.augment
-        self.binary = bool(binary)
-        if self.augment not in AUGMENTS:
-            raise BenchError(
-                f"protocol {protocol.name!r}: unknown augment {self.augment!r}; expected one of {', '.join(AUGMENTS)}"
-            )
-        if self.normalize not in NORMALIZE_MODES:
-            raise BenchError(
-                f"protocol {protocol.name!r}: unknown normalize {self.normalize!r}; "
-                f"expected one of {', '.join(NORMALIZE_MODES)}"
-            )
+        self.binary = bool(binary)  # augment and normalize names are checked when the protocol loads
         self.angle = run_rotation_angle(run_seed) if self.augment == "vmunet_isic" else None
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,6 +66,13 @@ def test_override_marks_off_protocol():
         (lambda s: s.replace('seed = 0', 'seed = 0\ndtype = "float16"'), r"bad\.toml: dtype must be one of float32, float64; got 'float16'"),
         (lambda s: s.replace("[train]", "[trian]"), r"bad\.toml: not a valid protocol file"),
         (lambda s: s + "\n[[[", r"bad\.toml: invalid TOML"),
+        # a misspelt name fails when the protocol loads, not when a run of a grid reaches it
+        (lambda s: s.replace('optimizer = "adamw"', 'optimizer = "adamm"'),
+         r"bad\.toml: train\.optimizer: unknown 'adamm'; did you mean 'adam'\? Expected one of sgd, adamw, adam"),
+        (lambda s: s.replace('scheduler = "constant"', 'scheduler = "step"'), r"train\.scheduler: unknown 'step'"),
+        (lambda s: s.replace('select = "final"', 'select = "best"'), r"train\.select: unknown 'best'"),
+        (lambda s: s.replace('augment = "none"', 'augment = "mixup"'), r"train\.augment: unknown 'mixup'"),
+        (lambda s: s.replace('normalize = "none"', 'normalize = "zscore"'), r"bad\.toml: normalize: unknown 'zscore'"),
     ],
 )
 def test_bad_protocol_file_names_the_file(tmp_path, edit, message):

@@ -161,8 +161,8 @@ def test_none_augment_is_resize_only():
 
 
 def test_unknown_augment_is_rejected():
-    with pytest.raises(BenchError, match="augment 'mixup'"):
-        T.TrainTransform(_proto("smoke", augment="mixup"), binary=False, run_seed=0)
+    with pytest.raises(BenchError, match=r"override train\.augment: unknown 'mixup'"):
+        _proto("smoke", augment="mixup")
 
 
 # --- VM-UNet ISIC ----------------------------------------------------------------------------
