@@ -20,7 +20,6 @@ from typing import Any
 from bench.errors import BenchError
 
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
-DTYPES = ("float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -139,6 +138,7 @@ CHOICES = {
     ("train", "select"): ("final", "best_train_loss"),
     ("train", "augment"): ("none", "transunet", "vmunet_isic"),
     ("", "normalize"): ("none", "minmax255"),
+    ("", "dtype"): ("float32", "float64"),
 }
 
 # (section, field, smallest allowed value): sizes and counts that must be whole numbers
@@ -180,8 +180,6 @@ def _build(data: dict[str, Any], path: Path) -> Protocol:
             train["betas"] = tuple(train["betas"])
         ev = dict(raw.pop("eval", {}))
         raw["datasets"] = tuple(raw.get("datasets", ()))
-        if raw.get("dtype", "float32") not in DTYPES:
-            raise BenchError(f"{path}: dtype must be one of {', '.join(DTYPES)}; got {raw['dtype']!r}")
         protocol = Protocol(train=TrainConfig(**train), eval=EvalConfig(**ev), hash=_content_hash(data), **raw)
     except (KeyError, TypeError) as exc:
         raise BenchError(f"{path}: not a valid protocol file ({exc})") from exc

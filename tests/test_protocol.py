@@ -58,12 +58,14 @@ def test_override_marks_off_protocol():
     assert q.train.epochs == 3 and q.torch_dtype == torch.float64 and q.hash == p.hash
     with pytest.raises(BenchError, match="cannot override protocol field 'colour'"):
         p.with_overrides(colour="red")
+    with pytest.raises(BenchError, match=r"override dtype: unknown 'float16'.* Expected one of float32, float64"):
+        p.with_overrides(dtype="float16")  # checked like a protocol file, not a KeyError later
 
 
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda s: s.replace('seed = 0', 'seed = 0\ndtype = "float16"'), r"bad\.toml: dtype must be one of float32, float64; got 'float16'"),
+        (lambda s: s.replace('seed = 0', 'seed = 0\ndtype = "float16"'), r"bad\.toml: dtype: unknown 'float16'.* Expected one of float32, float64"),
         (lambda s: s.replace("[train]", "[trian]"), r"bad\.toml: not a valid protocol file"),
         (lambda s: s + "\n[[[", r"bad\.toml: invalid TOML"),
         # a misspelt name fails when the protocol loads, not when a run of a grid reaches it
