@@ -42,22 +42,32 @@ H5_SUFFIX = ".npy.h5"
 
 def read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One training slice: image float32 (H, W), label int64 (H, W). BenchError on a bad file."""
-    with reading(path, "a TransUNet npz slice"):
-        with np.load(path, allow_pickle=False) as data:
-            image, label = _arrays(path, data, data.files, "array")
-    return _checked_pair(path, image, label, 2)
+    return _checked_pair(path, *raw_slice(path), 2)
 
 
 def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...] | None]:
     """One test volume: image float32 (D, H, W), label int64 (D, H, W), spacing (mm) or None."""
-    with reading(path, "a TransUNet h5 volume"):
-        with h5py.File(path, "r") as f:
-            image, label = _arrays(path, f, list(f.keys()), "dataset")
-            spacing = f.attrs.get("spacing")
-        if spacing is not None:
+    image, label, spacing = raw_volume(path)
+    if spacing is not None:
+        with reading(path, "a TransUNet h5 volume"):
             spacing = tuple(float(s) for s in np.asarray(spacing).ravel())
     image, label = _checked_pair(path, image, label, 3)
     return image, label, spacing
+
+
+def raw_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The npz's ``image`` and ``label`` as stored; BenchError when the file does not decode or
+    lacks one. ``read_slice`` checks and converts them; ``bench data verify`` inspects them."""
+    with reading(path, "a TransUNet npz slice"):
+        with np.load(path, allow_pickle=False) as data:
+            return _arrays(path, data, data.files, "array")
+
+
+def raw_volume(path: Path) -> tuple[np.ndarray, np.ndarray, object]:
+    """The h5's ``image``, ``label`` and ``spacing`` attribute (None if absent) as stored."""
+    with reading(path, "a TransUNet h5 volume"):
+        with h5py.File(path, "r") as f:
+            return (*_arrays(path, f, list(f.keys()), "dataset"), f.attrs.get("spacing"))
 
 
 def _arrays(path: Path, container, keys: list[str], kind: str) -> tuple[np.ndarray, np.ndarray]:
