@@ -37,6 +37,29 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def nvidia_driver() -> str | None:
+    """The NVIDIA kernel-driver version (e.g. "580.159.03"), which torch does not expose:
+    NVML (nvidia-ml-py) when importable, else ``nvidia-smi``; None when neither answers."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # not installed, or no driver: try the command line
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.strip().splitlines() if out.returncode == 0 else []
+    return lines[0].strip() if lines and lines[0].strip() else None
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -63,6 +86,9 @@ def fingerprint(device: torch.device | str = "cpu") -> dict[str, Any]:
         props = torch.cuda.get_device_properties(device)
         fp.update(
             gpu=props.name,
+            capability=f"{props.major}.{props.minor}",
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            driver=nvidia_driver(),
             cuda=torch.version.cuda,
             cudnn=torch.backends.cudnn.version(),
             tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
@@ -73,7 +99,7 @@ def fingerprint(device: torch.device | str = "cpu") -> dict[str, Any]:
 
 def short_fingerprint(fp: dict[str, Any]) -> str:
     if fp.get("device") == "cuda":
-        return f"{fp.get('gpu')} / CUDA {fp.get('cuda')} / torch {fp.get('torch')}"
+        return f"{fp.get('gpu')} / driver {fp.get('driver')} / CUDA {fp.get('cuda')} / torch {fp.get('torch')}"
     return f"{fp.get('cpu')} x{fp.get('threads')} threads / torch {fp.get('torch')}"
 
 
