@@ -319,24 +319,30 @@ def _epoch_curve(train: dict) -> tuple[list[float], list[float]]:
     return [per_epoch * (i + 1) for i in range(len(losses))], losses
 
 
-def training_curves(results_dir: Path, out_dir: Path) -> list[Path]:
+def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | None = None) -> list[Path]:
     """Train loss and learning rate against step, one PNG per board, one line per run.
 
     Reads ``results_dir/runs/<run_id>/tb`` (the ``train/loss`` and ``train/lr`` scalars) for
-    every run that has a record; a run without events falls back to the record's
-    ``train.epoch_losses`` (dashed, loss panel only). Runs without a record (still in progress)
-    are not drawn. A missing directory or no records gives an empty list.
+    every run that has a record (``df_runs``: ``records.load(results_dir)``, loaded here when not
+    given); a run without events falls back to its record's ``train.epoch_losses`` (dashed, loss
+    panel only). Runs without a record (still in progress) are not drawn. A missing directory or
+    no records gives an empty list.
     """
-    from bench.records import _iter_records, load
+    from bench.records import load, record_path
     from bench.report import label_runs
 
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     if not results_dir.is_dir():
         return []
-    df = load(results_dir)
+    df = load(results_dir) if df_runs is None else df_runs
     if df.empty:
         return []
-    trains = {rec["run_id"]: rec.get("train") or {} for _, rec in _iter_records(results_dir)}
+
+    def epoch_curve(run_id: str) -> tuple[list[float], list[float]]:
+        # only runs without TensorBoard events need their record's train block
+        rec = json.loads(record_path(results_dir, run_id).read_text(encoding="utf-8"))
+        return _epoch_curve(rec.get("train") or {})
+
     df = label_runs(df).sort_values(["model_label", "seed", "run_id"])
     plt = _pyplot()
     written: list[Path] = []
@@ -344,7 +350,7 @@ def training_curves(results_dir: Path, out_dir: Path) -> list[Path]:
         curves = []
         for _, run in runs.iterrows():
             scalars = _tb_scalars(results_dir / "runs" / str(run["run_id"]) / "tb")
-            fallback = _epoch_curve(trains.get(run["run_id"], {})) if "train/loss" not in scalars else ([], [])
+            fallback = epoch_curve(str(run["run_id"])) if "train/loss" not in scalars else ([], [])
             if scalars or fallback[0]:
                 curves.append((f"{run['model_label']} s{run['seed']}", scalars, fallback))
         if not curves:
@@ -388,5 +394,5 @@ def write_plots(results_dir: Path, out_dir: Path, *, df_runs: pd.DataFrame | Non
     df_profiles = load_profiles(results_dir) if df_profiles is None else df_profiles
     paths = accuracy_vs_cost(df_runs, df_profiles, out_dir)
     paths += per_class_boxplots(df_cases, out_dir)
-    paths += training_curves(results_dir, out_dir)
+    paths += training_curves(results_dir, out_dir, df_runs)
     return paths
