@@ -101,30 +101,33 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
     run_dir.mkdir(parents=True, exist_ok=True)
     main = distributed.world().main
     writer = _tensorboard(run_dir) if main else None
-    with _progress_bar(show_progress) as bar:
-        task = bar.add_task(f"{spec.model} s{spec.seed} train", total=None, info="") if bar else None
+    try:
+        with _progress_bar(show_progress) as bar:
+            task = bar.add_task(f"{spec.model} s{spec.seed} train", total=None, info="") if bar else None
 
-        def on_step(step: int, total: int, loss: float) -> None:
+            def on_step(step: int, total: int, loss: float) -> None:
+                if bar is not None:
+                    bar.update(task, completed=step, total=total, info=f"loss {loss:.4f}")
+
+            result = train_model(model, dataset, protocol, seed=spec.seed, run_dir=run_dir, device=device,
+                                 resume=resume, writer=writer, progress=on_step, on_epoch_end=on_epoch_end)
+            if not main:
+                return None
             if bar is not None:
-                bar.update(task, completed=step, total=total, info=f"loss {loss:.4f}")
+                bar.update(task, description=f"{spec.model} s{spec.seed} eval", completed=0, total=None, info="")
 
-        result = train_model(model, dataset, protocol, seed=spec.seed, run_dir=run_dir, device=device,
-                             resume=resume, writer=writer, progress=on_step, on_epoch_end=on_epoch_end)
-        if not main:
-            return None
-        if bar is not None:
-            bar.update(task, description=f"{spec.model} s{spec.seed} eval", completed=0, total=None, info="")
+            def on_case(i: int, n: int) -> None:
+                if bar is not None:
+                    bar.update(task, completed=i, total=n)
 
-        def on_case(i: int, n: int) -> None:
-            if bar is not None:
-                bar.update(task, completed=i, total=n)
-
-        scores = evaluate(model, dataset, protocol, spec.policy, device=device, progress=on_case)
-    if writer is not None:
-        for name, value in scores.metrics.items():
-            if isinstance(value, (int, float)):
-                writer.add_scalar(f"eval/{name}", value, result.iterations)
-        writer.close()
+            scores = evaluate(model, dataset, protocol, spec.policy, device=device, progress=on_case)
+        if writer is not None:
+            for name, value in scores.metrics.items():
+                if isinstance(value, (int, float)):
+                    writer.add_scalar(f"eval/{name}", value, result.iterations)
+    finally:  # a failed run keeps what it logged so far, flushed
+        if writer is not None:
+            writer.close()
     from bench.scan_info import scan_backend_for
 
     n_params = sum(p.numel() for p in model.parameters())

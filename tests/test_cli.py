@@ -165,3 +165,39 @@ def test_two_shards_share_one_results_dir(tmp_path):
     assert sorted(records.load(tmp_path)["model"]) == ["unet", "vmunet"]
     bad = _bench(*base, "--shard", "3/2", check=False)
     assert bad.returncode == 2 and "--shard must be K/N" in bad.stderr
+
+
+def test_a_failed_run_closes_its_training_log(tmp_path, monkeypatch):
+    """A run that fails after training closes its TensorBoard writer (its file and flush thread;
+    the scalars logged so far are on disk) and writes no record."""
+    import bench.run
+    from bench.plots import _tb_scalars
+
+    writers = []
+    make_writer = bench.run._tensorboard
+
+    def spied(run_dir):
+        writer = make_writer(run_dir)
+        close, writer.closed = writer.close, False
+
+        def closing():
+            writer.closed = True
+            close()
+
+        writer.close = closing
+        writers.append(writer)
+        return writer
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr(bench.run, "_tensorboard", spied)
+    monkeypatch.setattr(bench.run, "evaluate", broken)
+    result = runner.invoke(app, ["run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol",
+                                 "smoke", "--results", str(tmp_path), *FAST])
+    assert isinstance(result.exception, RuntimeError) and "evaluation broke" in str(result.exception)
+    assert records.load(tmp_path).empty
+    assert [w.closed for w in writers] == [True]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    steps, losses = _tb_scalars(run_dir / "tb")["train/loss"]
+    assert steps == [1, 2, 3, 4] and all(v > 0 for v in losses)
