@@ -4,8 +4,8 @@ state-spaces/mamba, mamba_ssm/modules/mamba_simple.py: in_proj (no bias) → x, 
 conv1d (kernel d_conv, padding d_conv−1, cut back to L) + SiLU on x; x_proj → (dt, B, C);
 dt_proj's weight maps dt (its bias enters the scan as delta_bias, softplus inside); selective scan
 with D and the SiLU(z) gate; out_proj (no bias). On CUDA with mamba-ssm importable the fused
-``mamba_inner_fn`` path runs (as ``Mamba(use_fast_path=True)`` does); elsewhere our scan and a
-plain conv1d compute the same function.
+``mamba_inner_fn`` path runs (as ``Mamba(use_fast_path=True)`` does) unless another scan backend
+is forced; elsewhere our scan and a plain conv1d compute the same function.
 """
 
 from __future__ import annotations
@@ -16,17 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssm_models.scan import selective_scan
+from ssm_models.scan import fused_mamba_inner, selective_scan
 
 __all__ = ["Mamba"]
-
-
-def _mamba_inner_fn():
-    try:
-        from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
-    except Exception:
-        return None
-    return mamba_inner_fn
 
 
 class Mamba(nn.Module):
@@ -56,7 +48,7 @@ class Mamba(nn.Module):
         L = hidden.shape[1]
         xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2·di, L)
         A = -torch.exp(self.A_log.float())
-        fused = _mamba_inner_fn() if hidden.is_cuda else None
+        fused = fused_mamba_inner(hidden.device)
         if fused is not None:
             return fused(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                          self.out_proj.weight, self.out_proj.bias, A, None, None, self.D.float(),

@@ -48,7 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["selective_scan", "selective_scan_flops", "SCAN_COST_OP", "available_backends", "default_backend", "last_backend", "backend_report", "BACKENDS"]
+__all__ = ["selective_scan", "selective_scan_flops", "SCAN_COST_OP", "available_backends", "default_backend",
+           "last_backend", "backend_report", "fused_mamba_inner", "BACKENDS"]
 
 BACKENDS = ("cuda", "cpu", "torch", "ref")
 ENV_VAR = "BENCH_SCAN_BACKEND"
@@ -59,7 +60,7 @@ _ext = None  # the loaded kernel module
 _ext_error: str | None = None  # why it is unavailable (short); full text in _ext_error_detail
 _ext_error_detail: str | None = None
 _ext_origin = ""  # "built in 8.1 s" / "loaded from cache"
-_mamba = None  # mamba-ssm's selective_scan_fn, False once its import failed
+_mamba = None  # mamba-ssm's selective_scan_interface module, False once its import failed
 _mamba_error = ""
 
 
@@ -143,18 +144,37 @@ def _load_extension():
         return _ext
 
 
-def _mamba_selective_scan_fn():
-    """mamba-ssm's ``selective_scan_fn``, or None. Tried once per process: the import costs
-    ~13 s on a CPU machine, and a failing import would otherwise be retried on every call."""
+def _mamba_ops():
+    """mamba-ssm's ``selective_scan_interface`` module, or None. Tried once per process: the
+    import costs ~13 s on a CPU machine, and a failing import would otherwise be retried on
+    every call."""
     global _mamba, _mamba_error
     if _mamba is None:
         try:
-            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+            from mamba_ssm.ops import selective_scan_interface
 
-            _mamba = selective_scan_fn
+            _mamba = selective_scan_interface
         except Exception as exc:  # not installed, or its CUDA extension does not load
             _mamba, _mamba_error = False, _short_reason(exc)
     return _mamba or None
+
+
+def _mamba_selective_scan_fn():
+    """mamba-ssm's ``selective_scan_fn``, or None."""
+    ops = _mamba_ops()
+    return ops.selective_scan_fn if ops else None
+
+
+def fused_mamba_inner(device: torch.device | str):
+    """mamba-ssm's fused ``mamba_inner_fn`` (conv1d + projections + scan in one autograd
+    Function, as ``Mamba(use_fast_path=True)`` runs) when a scan on ``device`` would use the
+    ``cuda`` backend, else None — so ``BENCH_SCAN_BACKEND`` turns the fused path off too.
+    A caller that gets the function runs it, so the ``cuda`` backend is recorded as used."""
+    global _last
+    if torch.device(device).type != "cuda" or default_backend(device) != "cuda" or _mamba_ops() is None:
+        return None
+    _last = "cuda"
+    return _mamba.mamba_inner_fn
 
 
 # ------------------------------------------------------------------------------- selection

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from bench.registry import create_model, load_weights
 from ssm_models import scan
 from ssm_models.lightm_unet import MambaLayer
-from ssm_models.mamba import Mamba, _mamba_inner_fn
+from ssm_models.mamba import Mamba
 from tests.test_vmunet import REFERENCE, _manifest
 
 
@@ -82,12 +82,30 @@ def test_3d_forward_and_shape_errors():
         model(torch.randn(1, 1, 16, 16, 12))
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and _mamba_inner_fn()),
+def test_fused_path_follows_the_scan_backend(monkeypatch):
+    """mamba-ssm's fused block runs exactly when the scan would run the cuda backend: forcing
+    another backend turns it off, and running it is recorded as the cuda backend."""
+    import types
+
+    fake = types.SimpleNamespace(selective_scan_fn=object(), mamba_inner_fn=object())
+    monkeypatch.setattr(scan, "_mamba", fake)
+    monkeypatch.setattr(scan, "_last", None)
+    monkeypatch.setenv(scan.ENV_VAR, "torch")
+    assert scan.fused_mamba_inner("cuda") is None and scan.last_backend() is None
+    monkeypatch.delenv(scan.ENV_VAR)
+    assert scan.fused_mamba_inner("cpu") is None  # CPU tensors never take mamba-ssm's kernels
+    assert scan.fused_mamba_inner("cuda") is fake.mamba_inner_fn and scan.last_backend() == "cuda"
+    monkeypatch.setattr(scan, "_mamba", False)  # mamba-ssm does not import
+    assert scan.fused_mamba_inner("cuda") is None
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and scan._mamba_ops()),
                     reason="needs a CUDA device and mamba-ssm (GPU machines only)")
 def test_fused_cuda_path_matches_our_path():
     torch.manual_seed(0)
     m = Mamba(d_model=32).cuda()
     h = torch.randn(2, 64, 32, device="cuda")
     fused = m(h)
+    assert scan.last_backend() == "cuda"
     ours = reference_mamba(m.cpu(), h.cpu())
     torch.testing.assert_close(fused.cpu(), ours, rtol=1e-4, atol=1e-4)
