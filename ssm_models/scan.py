@@ -167,11 +167,14 @@ def _mamba_selective_scan_fn():
 
 def fused_mamba_inner(device: torch.device | str):
     """mamba-ssm's fused ``mamba_inner_fn`` (conv1d + projections + scan in one autograd
-    Function, as ``Mamba(use_fast_path=True)`` runs) when a scan on ``device`` would use the
-    ``cuda`` backend, else None — so ``BENCH_SCAN_BACKEND`` turns the fused path off too.
-    A caller that gets the function runs it, so the ``cuda`` backend is recorded as used."""
+    Function) when mamba-ssm's ``Mamba`` would take it — causal-conv1d's kernels import — and a
+    scan on ``device`` would use the ``cuda`` backend, else None (so ``BENCH_SCAN_BACKEND``
+    turns the fused path off too). A caller that gets the function runs it, so the ``cuda``
+    backend is recorded as used."""
     global _last
     if torch.device(device).type != "cuda" or default_backend(device) != "cuda" or _mamba_ops() is None:
+        return None
+    if getattr(_mamba, "causal_conv1d_fn", None) is None:  # mamba-ssm's own fast-path condition
         return None
     _last = "cuda"
     return _mamba.mamba_inner_fn

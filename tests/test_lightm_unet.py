@@ -83,11 +83,12 @@ def test_3d_forward_and_shape_errors():
 
 
 def test_fused_path_follows_the_scan_backend(monkeypatch):
-    """mamba-ssm's fused block runs exactly when the scan would run the cuda backend: forcing
-    another backend turns it off, and running it is recorded as the cuda backend."""
+    """mamba-ssm's fused block runs exactly when the scan would run the cuda backend and
+    causal-conv1d is there: forcing another backend turns it off, and running it is recorded as
+    the cuda backend."""
     import types
 
-    fake = types.SimpleNamespace(selective_scan_fn=object(), mamba_inner_fn=object())
+    fake = types.SimpleNamespace(selective_scan_fn=object(), mamba_inner_fn=object(), causal_conv1d_fn=object())
     monkeypatch.setattr(scan, "_mamba", fake)
     monkeypatch.setattr(scan, "_last", None)
     monkeypatch.setenv(scan.ENV_VAR, "torch")
@@ -95,6 +96,8 @@ def test_fused_path_follows_the_scan_backend(monkeypatch):
     monkeypatch.delenv(scan.ENV_VAR)
     assert scan.fused_mamba_inner("cpu") is None  # CPU tensors never take mamba-ssm's kernels
     assert scan.fused_mamba_inner("cuda") is fake.mamba_inner_fn and scan.last_backend() == "cuda"
+    fake.causal_conv1d_fn = None  # causal-conv1d missing: mamba-ssm's Mamba takes its slow path too
+    assert scan.fused_mamba_inner("cuda") is None
     monkeypatch.setattr(scan, "_mamba", False)  # mamba-ssm does not import
     assert scan.fused_mamba_inner("cuda") is None
 
