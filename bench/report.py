@@ -360,7 +360,7 @@ def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 for b in g["scan_backend"]]
         layout = (" · channels_last" if cl else "") + (" · torch.compile" if comp else "")
         title = f"Cost · input {shape} · {prec}{layout} · {fp}"
-        tables[title] = pd.DataFrame({
+        table = pd.DataFrame({
             "Model": g["model"], "Family": g["family"],
             "Params (M)": [_num(v / 1e6, ".2f") for v in g["params"]],
             "thop params (M)": [_num(v / 1e6, ".2f") for v in g["paper_params"]],
@@ -377,6 +377,11 @@ def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 for f, t, k in zip(g.get("peak_mem_mb", [None] * len(g)), g.get("train_peak_mem_mb", [None] * len(g)),
                                    g.get("peak_mem_kind", [""] * len(g)))],
         })
+        if "throughput_fps" in g and g["throughput_fps"].notna().any():  # measured at a batch > 1
+            table.insert(table.columns.get_loc("FPS (batch 1)") + 1, "Throughput FPS @ batch",
+                         [f"{f:.1f} @ {int(b)}{m}" if f == f and f is not None else ""
+                          for f, b, m in zip(g["throughput_fps"], g["throughput_batch"], mark)])
+        tables[title] = table
     return tables
 
 

@@ -215,6 +215,25 @@ def test_profiles_join_the_accuracy_board(tmp_path):
     assert "100.00 / 110.00 (ref scan)" in cost and "300 / 900 (cpu_tensors)" in cost and "39.2" in cost
 
 
+def test_cost_table_shows_throughput_where_measured():
+    from bench.report import cost_tables
+
+    base = {"family": "ssm", "input_shape": "1x3x224x224", "macs": 5e9, "paper_macs": 3e9, "params": 1e6,
+            "paper_params": 1e6, "scan_macs": 1e9, "paper_macs_missing_pct": 40.0, "fvcore_macs": 5e9,
+            "precision": "fp32", "channels_last": False, "compiled": False, "latency_ms_median": 10.0,
+            "latency_ms_p90": 11.0, "fps": 100.0}
+    rows = [{**base, "model": "vmunet", "fingerprint": "gpu", "scan_backend": "torch", "throughput_batch": 64,
+             "throughput_fps": 812.5},
+            {**base, "model": "unet", "fingerprint": "gpu", "scan_backend": None},  # batch 1 only
+            {**base, "model": "vmunet", "fingerprint": "cpu x1", "scan_backend": "cpu"}]
+    tables = cost_tables(pd.DataFrame(rows))
+    gpu = tables["Cost · input 1x3x224x224 · fp32 · gpu"]
+    assert list(gpu.columns).index("Throughput FPS @ batch") == list(gpu.columns).index("FPS (batch 1)") + 1
+    assert dict(zip(gpu["Model"], gpu["Throughput FPS @ batch"])) == {"vmunet": "812.5 @ 64 (torch scan)",
+                                                                      "unet": ""}
+    assert "Throughput FPS @ batch" not in tables["Cost · input 1x3x224x224 · fp32 · cpu x1"].columns
+
+
 def test_ci_column_and_significance_section(tmp_path):
     from bench import stats
     from bench.report import _case_groups
