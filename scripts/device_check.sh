@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# What only a GPU can show, as one prepared run on a lent GPU machine (the `device` tool):
+# the CUDA path of the SSM models against the CPU path (issue 3) and `bench profile` on CUDA
+# (issue 5). Build the wheels here first (scripts/device_wheels.sh), then call the device tool:
+#
+#   run(command="bash scripts/device_check.sh checks", carry=[".whl"], timeout_s=300)   # ~3 min
+#   run(command="bash scripts/device_check.sh profile", carry=[".whl"], timeout_s=420)  # ~5 min
+#
+# (or "all"; the machine stays warm for 30 s between calls, and each call reinstalls the wheels
+# in seconds). Everything lands in $OUT (at most 8 files come back): check.log (all output, with
+# each step's exit status and seconds), doctor.txt, cuda_check.md, profile_<precision>.md and
+# profiles.tar.gz (the profile records, for results/). A failing step does not stop the others.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-all}
+out=${OUT:-/tmp/device-check}
+mkdir -p "$out"
+exec > >(tee -a "$out/check.log") 2>&1
+py=${PYTHON:-python3}
+threads=$(nproc)
+
+step() {  # step NAME COMMAND...: run, report exit status and seconds, never abort the script
+    local name=$1 t0=$SECONDS rc
+    shift
+    echo "== $name: $*"
+    "$@"
+    rc=$?
+    echo "== $name: exit $rc after $((SECONDS - t0)) s"
+    return 0
+}
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+    step wheels "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    echo "== no .whl/: fvcore, thop and mamba-ssm are missing unless the image has them"
+    export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv || true
+
+if [ "$what" = checks ] || [ "$what" = all ]; then
+    # doctor first: it also builds our CPU scan kernel (the oracle) outside any timing
+    step doctor bash -c "'$py' -m bench doctor > '$out/doctor.txt' 2>&1; cat '$out/doctor.txt'"
+    step cuda-tests "$py" -m pytest -q -p no:cacheprovider -rs tests/test_scan.py tests/test_lightm_unet.py \
+        tests/test_cuda_check.py tests/test_env.py -k "cuda or fused or env or driver or fingerprint"
+    step cuda-check "$py" benchmarks/cuda_check.py --threads "$threads" --out "$out/cuda_check.md"
+fi
+
+if [ "$what" = profile ] || [ "$what" = all ]; then
+    rm -rf /tmp/device-results
+    # fp32 with throughput at the largest batch that fits; bf16 autocast and TF32 at batch 1.
+    # The records are packed after each precision, so a run stopped at its limit keeps them.
+    for precision in fp32 bf16 tf32; do
+        opts=$([ "$precision" = fp32 ] && echo "--batch-size auto" || echo "--iters 50")
+        step "profile-$precision" bash -c "'$py' -m bench profile --models all --device cuda --precision $precision \
+            $opts --results /tmp/device-results > '$out/profile_$precision.md'"
+        tar czf "$out/profiles.tar.gz" -C /tmp/device-results profiles 2>/dev/null
+    done
+fi
+ls -l "$out"
