@@ -3,9 +3,9 @@
 state-spaces/mamba, mamba_ssm/modules/mamba_simple.py: in_proj (no bias) → x, z; causal depthwise
 conv1d (kernel d_conv, padding d_conv−1, cut back to L) + SiLU on x; x_proj → (dt, B, C);
 dt_proj's weight maps dt (its bias enters the scan as delta_bias, softplus inside); selective scan
-with D and the SiLU(z) gate; out_proj (no bias). On CUDA with mamba-ssm importable the fused
-``mamba_inner_fn`` path runs (as ``Mamba(use_fast_path=True)`` does) unless another scan backend
-is forced; elsewhere our scan and a plain conv1d compute the same function.
+with D and the SiLU(z) gate; out_proj (no bias). On CUDA with mamba-ssm and causal-conv1d
+importable the fused ``mamba_inner_fn`` path runs (as ``Mamba(use_fast_path=True)`` does) unless
+another scan backend is forced; elsewhere our scan and a plain conv1d compute the same function.
 """
 
 from __future__ import annotations
