@@ -7,8 +7,10 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -328,3 +330,42 @@ def test_cuda_backend_matches_cpu():
     torch.testing.assert_close(cuda.cpu(), cpu.detach(), rtol=1e-4, atol=1e-4)
     for k in x:
         torch.testing.assert_close(xc[k].grad.cpu(), want[k], rtol=1e-3, atol=1e-3, msg=k)
+
+
+_OTHER_BUILD = """
+import sys, torch
+from ssm_models import scan
+from tests.test_scan import vectorisation_cases
+scan._CFLAGS = scan._CFLAGS + sys.argv[2:]
+assert scan._load_extension() is not None, scan._ext_error
+torch.save(vectorisation_cases(), sys.argv[1])
+"""
+
+
+def vectorisation_cases() -> list[torch.Tensor]:
+    """The cpu kernel's outputs and every gradient for a few layouts and both dtypes (N = 16, the
+    compiled-in state size, and N = 11, a run-time size with a partial last lane block)."""
+    outs = []
+    for dtype, N, B, C in ((torch.float32, 16, "grouped", "grouped"), (torch.float64, 16, "batch", "const"),
+                           (torch.float32, 11, "const", "grouped"), (torch.float64, 11, "grouped", "batch")):
+        x = make(batch=2, dim=8, L=40, N=N, B=B, C=C, G=2, dtype=dtype, seed=N, grad=True)
+        y = scan.selective_scan(*core(x), **extras(x, (True, True, True, True)), backend="cpu")
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=dtype))
+        outs += [y.detach(), *(v.grad for v in x.values())]
+    return outs
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 vector-width flag")
+def test_kernel_results_do_not_depend_on_the_vector_width(tmp_path):
+    """The kernel's sums over the state run in one fixed order, so a build with 128-bit vectors
+    gives the same bits as the default 256-bit one, as an AVX-512 machine's would: the same run
+    trains to the same weights on different CPUs (the drift baseline relies on it). With
+    `omp simd reduction` the gradients of u, delta, z and delta_bias differed in the last bits."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_EXTENSIONS_DIR": str(tmp_path / "ext"),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "narrow.pt"
+    subprocess.run([sys.executable, "-c", _OTHER_BUILD, str(out), "-mprefer-vector-width=128"], check=True, env=env,
+                   timeout=600)
+    narrow, default = torch.load(out), vectorisation_cases()
+    assert len(narrow) == len(default) == 4 * 9  # y and 8 gradients per case
+    assert all(torch.equal(a, b) for a, b in zip(narrow, default))

@@ -87,6 +87,17 @@ inline T softplus_(T x) {  // F.softplus with threshold 20
 template <typename T>
 inline T sigmoid_(T x) { return T(1) / (T(1) + exp_(-x)); }
 
+// Sums over the state index in one fixed order on every CPU: lane j of kLanes partial sums
+// takes n = j, j + kLanes, ..., and the lanes are combined pairwise. (`omp simd reduction`
+// leaves the order to the compiler and the vector width, so the same run trained on an AVX2
+// and an AVX-512 machine diverged; tests/test_scan.py builds both widths and compares bits.)
+// N = 16 is two whole lane blocks.
+constexpr int64_t kLanes = 8;
+template <typename T>
+inline T lane_sum(const T* acc) {
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 // ---------------------------------------------------------------------------------- layout
 struct Problem {
   int64_t Bt, D, L, N;
@@ -146,13 +157,17 @@ void forward(const Problem& p, const Inputs<T>& in, T* y, T* last) {
         const T dt = dts[t], dtu = dt * u[t];
         const T* Bt_ = Bp + t * sB;
         const T* Ct_ = Cp + t * sC;
-        T acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t n = 0; n < N; ++n) {
-          x[n] = exp_(dt * Ar[n]) * x[n] + dtu * Bt_[n];
-          acc += Ct_[n] * x[n];
+        T acc[kLanes] = {};
+        for (int64_t n0 = 0; n0 < N; n0 += kLanes) {
+          const int64_t m = std::min(kLanes, N - n0);
+#pragma omp simd
+          for (int64_t j = 0; j < m; ++j) {
+            const int64_t n = n0 + j;
+            x[n] = exp_(dt * Ar[n]) * x[n] + dtu * Bt_[n];
+            acc[j] += Ct_[n] * x[n];
+          }
         }
-        yr[t] = acc;
+        yr[t] = lane_sum(acc);
       }
       std::copy(x, x + N, last + row * N);
       const T Dd = in.Dv ? in.Dv[d] : T(0);
@@ -227,10 +242,13 @@ void backward(const Problem& p, const Inputs<T>& in, const T* gy, const T* glast
           }
           if (in.z) {
             const T* Ct_ = Cp + t * sC;
-            T acc = 0;
-#pragma omp simd reduction(+ : acc)
-            for (int64_t n = 0; n < N; ++n) acc += Ct_[n] * xt[n];
-            yv[t] = acc;
+            T acc[kLanes] = {};
+            for (int64_t n0 = 0; n0 < N; n0 += kLanes) {
+              const int64_t m = std::min(kLanes, N - n0);
+#pragma omp simd
+              for (int64_t j = 0; j < m; ++j) acc[j] += Ct_[n0 + j] * xt[n0 + j];
+            }
+            yv[t] = lane_sum(acc);
           }
         }
         // reverse sweep: gx_t = C_t g_t + a_{t+1} gx_{t+1}, starting from the last state's grad
@@ -253,22 +271,27 @@ void backward(const Problem& p, const Inputs<T>& in, const T* gy, const T* glast
           const T* at = as.data() + t * N;
           T* dBt = dBp + t * sdB;
           T* dCt = dCp + t * sdC;
-          T s_arg = 0, s_B = 0;
-#pragma omp simd reduction(+ : s_arg, s_B)
-          for (int64_t n = 0; n < N; ++n) {
-            const T gx = Ct_[n] * gt + carry[n];
-            const T w = gx * xp[n] * at[n];  // d/d(dt A) of exp(dt A) x_{t-1}
-            s_arg += w * Ar[n];
-            s_B += gx * Bt_[n];
-            dAr[n] += w * dt;
-            dBt[n] += gx * dtu;
-            dCt[n] += xt[n] * gt;
-            carry[n] = at[n] * gx;
+          T s_arg[kLanes] = {}, s_B[kLanes] = {};
+          for (int64_t n0 = 0; n0 < N; n0 += kLanes) {
+            const int64_t m = std::min(kLanes, N - n0);
+#pragma omp simd
+            for (int64_t j = 0; j < m; ++j) {
+              const int64_t n = n0 + j;
+              const T gx = Ct_[n] * gt + carry[n];
+              const T w = gx * xp[n] * at[n];  // d/d(dt A) of exp(dt A) x_{t-1}
+              s_arg[j] += w * Ar[n];
+              s_B[j] += gx * Bt_[n];
+              dAr[n] += w * dt;
+              dBt[n] += gx * dtu;
+              dCt[n] += xt[n] * gt;
+              carry[n] = at[n] * gx;
+            }
           }
-          const T ddt = s_arg + s_B * ut;
+          const T sum_B = lane_sum(s_B);
+          const T ddt = lane_sum(s_arg) + sum_B * ut;
           const T dv = p.softplus ? ddt * sg[t] : ddt;
           g.ddelta[row * L + t] = dv;
-          g.du[row * L + t] = s_B * dt + gt * Dd;
+          g.du[row * L + t] = sum_B * dt + gt * Dd;
           dD += gt * ut;
           dbias += dv;
         }
