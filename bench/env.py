@@ -78,6 +78,9 @@ def fingerprint(device: torch.device | str = "cpu") -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        # what else decides the last bits of CPU results: ATen's vector ISA and MKL's CNR mode
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkl_cbwr": os.environ.get("MKL_CBWR"),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),

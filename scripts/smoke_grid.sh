@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # CI's drift grid behind results/baseline/smoke.csv: every registered model, in its tiny
-# configuration, on synthetic Synapse and ISIC 2017 data under the `drift` protocol (float64, so
-# the numbers do not depend on which CPU runs it), one thread, fixed seed.
+# configuration, on synthetic Synapse and ISIC 2017 data under the `drift` protocol (float64 and
+# the settings below, so the numbers do not depend on which CPU runs it), one thread, fixed seed.
 set -euo pipefail
+# float64 alone does not make the numbers CPU-independent: MKL picks its GEMM kernels by CPU and
+# ATen's vector kernels sum 4 or 8 doubles at a time (AVX2 / AVX-512), and over 120 training
+# steps the last bits grow into different models. So MKL runs in its conditional numerical
+# reproducibility mode (one code path on every x86 CPU) and ATen at AVX2 everywhere; the scan
+# kernel sums in a fixed order by itself.
+export MKL_CBWR=${MKL_CBWR:-COMPATIBLE}
+if grep -qw avx2 /proc/cpuinfo 2>/dev/null; then  # torch does not check: a CPU without it would crash
+    export ATEN_CPU_CAPABILITY=${ATEN_CPU_CAPABILITY:-avx2}
+fi
 out=${1:?usage: smoke_grid.sh RESULTS_DIR}
 bench=${BENCH:-.venv/bin/bench}
 for ds in synapse isic17; do
