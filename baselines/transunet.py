@@ -204,11 +204,12 @@ class DecoderCup(nn.Module):
     """Cascaded upsampler: 768 → 512 (conv_more), then 4 blocks to 256/128/64/16; block i takes
     skip i only when i < n_skip."""
 
-    def __init__(self, hidden: int, channels=(256, 128, 64, 16), skips=(512, 256, 64, 16), n_skip: int = 3):
+    def __init__(self, hidden: int, channels=(256, 128, 64, 16), skips=(512, 256, 64, 16), n_skip: int = 3,
+                 head_channels: int = 512):
         super().__init__()
         self.n_skip = n_skip
-        self.conv_more = conv_bn_relu(hidden, 512)
-        ins = (512, *channels[:-1])
+        self.conv_more = conv_bn_relu(hidden, head_channels)
+        ins = (head_channels, *channels[:-1])
         skips = [s if i < n_skip else 0 for i, s in enumerate(skips)]
         self.blocks = nn.ModuleList(DecoderBlock(i, o, s) for i, o, s in zip(ins, channels, skips))
 
@@ -231,21 +232,27 @@ class TransUNet(SegmentationModel):
         dropout, attn_dropout: 0.1 and 0.0 as in the configuration.
         n_skip: decoder skips used (3).
         resnet_units, resnet_width: the hybrid's ResNet-50 stages 1-3 ((3, 4, 9) units, width 64);
-            the decoder's skip widths follow the width (8w, 4w, w). Smaller only for tests.
+            the decoder's skip widths follow the width (8w, 4w, w).
+        head_channels, decoder_channels: the upsampler's widths, 512 then (256, 128, 64, 16) as in
+            the configuration (``decoder_channels``; 512 is fixed in the authors' ``DecoderCup``).
+        Smaller widths are for tests and the CI grid only.
     """
 
     size_divisor = 16
 
     def __init__(self, num_classes: int, img_size: int = 224, in_chans: int = 3, hidden: int = 768, layers: int = 12,
                  heads: int = 12, mlp_dim: int = 3072, dropout: float = 0.1, attn_dropout: float = 0.0, n_skip: int = 3,
-                 resnet_units: tuple[int, int, int] = (3, 4, 9), resnet_width: int = 64):
+                 resnet_units: tuple[int, int, int] = (3, 4, 9), resnet_width: int = 64, head_channels: int = 512,
+                 decoder_channels: tuple[int, int, int, int] = (256, 128, 64, 16)):
         super().__init__()
         self.num_classes, self.in_chans, self.img_size = num_classes, in_chans, img_size
         self.transformer = Transformer(img_size, hidden, layers, heads, mlp_dim, dropout, attn_dropout,
                                        tuple(resnet_units), resnet_width)
         w = resnet_width
-        self.decoder = DecoderCup(hidden, skips=(8 * w, 4 * w, w, 16), n_skip=n_skip)
-        self.segmentation_head = nn.Sequential(nn.Conv2d(16, num_classes, 3, padding=1), nn.Identity())
+        self.decoder = DecoderCup(hidden, tuple(decoder_channels), skips=(8 * w, 4 * w, w, 16), n_skip=n_skip,
+                                  head_channels=head_channels)
+        self.segmentation_head = nn.Sequential(nn.Conv2d(decoder_channels[-1], num_classes, 3, padding=1),
+                                               nn.Identity())
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != (self.img_size, self.img_size):
@@ -334,14 +341,15 @@ def load_vit_npz(model: nn.Module, npz: dict[str, Any]) -> dict[str, Any]:
 
 
 PAPER_CONFIG = {"hidden": 768, "layers": 12, "heads": 12, "mlp_dim": 3072, "dropout": 0.1, "attn_dropout": 0.0,
-                "resnet_units": (3, 4, 9), "resnet_width": 64,
-                "n_skip": 3}
+                "resnet_units": (3, 4, 9), "resnet_width": 64, "head_channels": 512,
+                "decoder_channels": (256, 128, 64, 16), "n_skip": 3}
 
 
 @register_model(
     family="transformer",
     paper_config=PAPER_CONFIG,
-    tiny={"hidden": 64, "layers": 2, "heads": 2, "mlp_dim": 128, "resnet_units": (1, 1, 1), "resnet_width": 32},
+    tiny={"hidden": 64, "layers": 2, "heads": 2, "mlp_dim": 128, "resnet_units": (1, 1, 1), "resnet_width": 32,
+          "head_channels": 128, "decoder_channels": (64, 32, 16, 16)},
     source="Beckschen/TransUNet networks/vit_seg_modeling.py (VisionTransformer, get_r50_b16_config, n_skip 3)",
     paper="Chen et al., arXiv:2102.04306",
     description="TransUNet R50-ViT-B_16: ResNet-50 stages 1-3 + ViT-B/16, cascaded upsampler (105.28 M params)",
