@@ -61,7 +61,32 @@ inline float exp_(float x) {
   out = x > 88.37f ? std::numeric_limits<float>::infinity() : out;
   return x < -87.0f ? 0.0f : out;
 }
-inline double exp_(double x) { return std::exp(x); }
+// The same for double, so float64 runs vectorise too (libm's exp is a call per element, ~5x
+// slower here): Cephes' reduction with ln2 in two parts and its rational approximation
+// e^r = 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2)), within 2 ulp of libm over [-708, 709]. k goes into
+// the exponent through the low bits of k + 1.5 * 2^52 (AVX2 has no double -> int64 conversion).
+// x < -708 gives 0 (true values < 3.3e-308, the smallest normals); x > 709 gives inf (true values
+// there are > 8.2e307, within 2.2x of DBL_MAX). NaN stays NaN.
+inline double exp_(double x) {
+  constexpr double kShift = 6755399441055744.0;  // 1.5 * 2^52
+  const double xc = std::min(std::max(x, -708.0), 709.0);  // a NaN passes both
+  const double kf = (xc * 1.4426950408889634074 + kShift) - kShift;  // round to nearest
+  double r = xc - kf * 6.93145751953125e-1;
+  r = r - kf * 1.42860682030941723212e-6;
+  const double rr = r * r;
+  const double px = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr + 1.0);
+  const double qx = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr + 2.27265548208155028766e-1) * rr + 2.0;
+  const double e = 1.0 + 2.0 * (px / (qx - px));
+  const double shifted = kf + kShift;  // k in the low mantissa bits, two's complement
+  int64_t bits, k;
+  std::memcpy(&bits, &e, sizeof bits);
+  std::memcpy(&k, &shifted, sizeof k);
+  bits += static_cast<int64_t>(static_cast<uint64_t>(k) << 52);  // e * 2^k; normal on [-708, 709]
+  double out;
+  std::memcpy(&out, &bits, sizeof out);
+  out = x > 709.0 ? std::numeric_limits<double>::infinity() : out;
+  return x < -708.0 ? 0.0 : out;
+}
 
 // log1p on [0, 1] as 2 atanh(y / (2 + y)): no cancellation for small y, s <= 1/3, so seven
 // terms of the odd series reach float precision.
