@@ -136,15 +136,14 @@ def test_state_size_16(backend, dtype):
     torch.testing.assert_close(last.double(), want_last, **tol)
 
 
-@pytest.mark.parametrize("dtype, lo, hi, ulps", [(torch.float32, -87.0, 88.37, 3), (torch.float64, -708.0, 709.0, 3)])
-def test_kernel_exp_over_its_whole_range(dtype, lo, hi, ulps):
+@pytest.mark.parametrize("dtype, lo, hi", [(torch.float32, -87.0, 88.37), (torch.float64, -708.0, 709.0)])
+def test_kernel_exp_over_its_whole_range(dtype, lo, hi):
     """The kernel writes its own exp (vectorisable, unlike libm's). With u = (2^10, 0),
     delta = (2^-10, 1) and B = C = 1 the first state is 1 and the last exactly exp(A), so A sweeps
-    the argument: within a few ulp of the float64 exp inside [lo, hi], 0 below (never a
-    denormal), inf above, NaN kept."""
+    the argument: within 3 ulp of the float64 exp inside [lo, hi], 0 below (never a denormal),
+    inf above, NaN kept."""
     grid = [torch.linspace(-1000, 1000, 20001), torch.linspace(lo - 1, hi + 1, 20001), torch.linspace(-1, 1, 20001)]
-    args = torch.cat([g.double() for g in grid])
-    args = torch.cat([args, torch.tensor([0.0, lo, hi, math.nan], dtype=torch.float64)]).to(dtype)
+    args = torch.cat([*grid, torch.tensor([0.0, lo, hi, math.nan])]).to(dtype)
     A = F.pad(args, (0, -args.numel() % 16)).reshape(-1, 16)
     dim = A.shape[0]
     u = torch.zeros(1, dim, 2, dtype=dtype)
@@ -158,7 +157,7 @@ def test_kernel_exp_over_its_whole_range(dtype, lo, hi, ulps):
     inside = (a >= lo) & (a <= hi)
     want = torch.exp(a[inside])
     eps = torch.finfo(dtype).eps
-    assert ((got[inside] - want).abs() <= ulps * eps * want).all()
+    assert ((got[inside] - want).abs() <= 3 * eps * want).all()
     assert (got[a < lo] == 0).all() and (got[a > hi] == math.inf).all()
     assert torch.isnan(got[torch.isnan(a)]).all()
     assert (got[(got != 0) & ~torch.isnan(got)] >= torch.finfo(dtype).tiny).all()
