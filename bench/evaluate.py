@@ -31,6 +31,21 @@ class EvalResult:
     per_case: list[dict[str, Any]]
     per_class: list[dict[str, Any]]
     metrics: dict[str, Any]
+    hd95_unit: str | None = None  # "mm", "voxels", "pixels", "mixed" (see hd95_unit); None: no HD95
+
+
+def hd95_unit(policy: str, spacings: list[tuple[float, ...] | None], volumes: bool) -> str | None:
+    """The unit the run's HD95 values are in: mm only where the policy uses spacing and every case
+    has one (the real Synapse h5 files have none, so strict HD95 there is in voxels); "mixed"
+    when some cases had a spacing and some did not, so the mean adds mm to voxels."""
+    pol = metrics.get_policy(policy)
+    if pol.hd_definition is None:
+        return None
+    grid = "voxels" if volumes else "pixels"
+    if not pol.use_spacing:
+        return grid
+    known = {s is not None for s in spacings}
+    return "mixed" if len(known) > 1 else ("mm" if known == {True} else grid)
 
 
 @torch.no_grad()
@@ -76,11 +91,15 @@ def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: 
     if protocol.eval.max_cases > 0:
         ids = ids[: protocol.eval.max_cases]
     rows: list[dict[str, Any]] = []
+    spacings: list[tuple[float, ...] | None] = []
+    volumes = False
     for i, case_id in enumerate(ids):
         case = dataset.load_test(case_id)
         pred, gt = predict_case(model, case, protocol, binary=binary, device=device)
         # binary tasks are scored at model resolution, where the native spacing no longer holds
         spacing = None if binary else case.spacing
+        spacings.append(spacing)
+        volumes = volumes or case.is_volume
         for row in metrics.score_case(pred, gt, dataset.num_classes, policy, spacing=spacing,
                                       class_names=dataset.class_names):
             rows.append({"case": case_id, **row})
@@ -90,4 +109,5 @@ def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: 
         per_case=rows,
         per_class=metrics.aggregate_per_class(rows, policy),
         metrics=metrics.aggregate(rows, policy),
+        hd95_unit=hd95_unit(policy, spacings, volumes),
     )

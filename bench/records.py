@@ -70,7 +70,7 @@ RUN_ID_COLUMNS = [
     "policy", "seed",
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
-    "status", "git_commit", "device", "scan_backend", "started_at", "finished_at", "wall_time_s",
+    "status", "git_commit", "device", "scan_backend", "hd95_unit", "started_at", "finished_at", "wall_time_s",
     "train_time_s", "params", "trainable_params", "macs", "paper_macs", "flops", "fps", "peak_mem_mb",
 ]  # fmt: skip
 # Aggregates every policy may produce; ``load`` puts them first, extra metric keys follow.
@@ -389,6 +389,7 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         git_commit=rec["git_commit"],
         device=_device_string(rec["device"]),
         scan_backend=rec["scan_backend"],
+        hd95_unit=rec.get("hd95_unit"),  # absent in records written before it was recorded
         started_at=rec["started_at"],
         finished_at=rec["finished_at"],
         wall_time_s=rec["wall_time_s"],

@@ -15,7 +15,8 @@ Grouping rules (why: a number only compares with numbers produced the same way):
   the mean NaN rather than quietly disappearing; std is the sample std (ddof=1), NaN for one seed.
 
 Display: DSC, mIoU, Acc, Spe, Sen and per-class DSC ×100 with 2 decimals, as the papers print
-them; HD95 with 2 decimals in the record's unit (pixels/voxels, or mm under ``strict``).
+them; HD95 with 2 decimals in the unit the records name (``hd95_unit``: voxels/pixels, or mm
+under ``strict`` where the data has a spacing).
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         protocol_hash=first["protocol_hash"],
         overrides=_overrides_text(first["protocol_overrides"]),
         value_columns=value_cols,
+        hd95_units=sorted(set(group["hd95_unit"].dropna())) if "hd95_unit" in group else [],
     )
     return board
 
@@ -252,9 +254,14 @@ def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
     title = f"{key.dataset} · protocol {protocol}{off} · policy {key.policy}"
     seeds = _joined(board["n_seeds"])
     cases = "/".join(sorted({c for c in board["n_cases"] if c}, key=lambda c: c)) or "?"
+    units = a.get("hd95_units", [])
+    unit = units[0] if len(units) == 1 and units[0] != "mixed" else ""
+    hd = f"HD95 in {unit}" if unit else "HD95 in the policy's unit"
+    if len(units) > 1 or "mixed" in units:  # a mean over mm and voxels has no unit
+        hd = f"HD95 units differ between or within runs ({', '.join(units)}): not comparable"
     note = (
         f"Mean ± std (sample, ddof=1) over seeds: {seeds} per model; test cases per run: {cases}. "
-        "DSC, mIoU, Acc, Spe, Sen in %; HD95 in the policy's unit; NaN is shown, not dropped."
+        f"DSC, mIoU, Acc, Spe, Sen in %; {hd}; NaN is shown, not dropped."
     )
     if "dice_ci_lo" in board:
         note += " 95% CI: bootstrap of the mean over test cases (each case averaged over classes and seeds)."

@@ -23,7 +23,7 @@ from bench.data import open_dataset, synthetic_root
 from bench.errors import BenchError
 from bench.cost import run_counts
 from bench.evaluate import evaluate
-from bench.metrics import get_policy
+from bench.metrics import get_policy, policy_fields
 from bench.protocol import Protocol
 from bench.registry import check_buildable, create_model, get_entry
 from bench.train import seed_everything, train_model
@@ -144,6 +144,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "split": spec.split,
         "protocol": protocol.to_record(),
         "policy": spec.policy,
+        "policy_conventions": policy_fields(spec.policy),  # the rules behind the name, as they were
+        "hd95_unit": scores.hd95_unit,
         "seed": spec.seed,
         "git_commit": env.git_commit(),
         "packages": env.package_versions(),

@@ -270,3 +270,17 @@ def test_markdown_report_file_links_its_plots(tmp_path):
     assert links and all((out.parent / link).stat().st_size > 0 for link in links)
     assert out.read_text() == text
     assert "![" not in write_report(results)  # on stdout: no images
+
+
+def test_caption_names_the_hd95_unit_the_records_carry(tmp_path):
+    # records written before hd95_unit existed keep the generic wording
+    write_record(make_record("unet", seed=0), tmp_path / "old")
+    assert "HD95 in the policy's unit" in render(load(tmp_path / "old"))
+    for seed, unit in enumerate(["mm", "mm"]):
+        write_record({**make_record("unet", seed=seed), "hd95_unit": unit}, tmp_path / "mm")
+    assert load(tmp_path / "mm")["hd95_unit"].tolist() == ["mm", "mm"]
+    assert "HD95 in mm;" in render(load(tmp_path / "mm"))
+    # a board mixing mm and voxel runs must not present one mean as either
+    write_record({**make_record("unet", seed=0), "hd95_unit": "mm"}, tmp_path / "mix")
+    write_record({**make_record("unet", seed=1), "hd95_unit": "voxels"}, tmp_path / "mix")
+    assert "HD95 units differ between or within runs (mm, voxels): not comparable" in render(load(tmp_path / "mix"))

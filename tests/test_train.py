@@ -192,3 +192,31 @@ def test_shards_are_disjoint_cover_the_grid_and_balance(synapse_root, tmp_path):
     for bad in ("0/3", "4/3", "3", "a/b", "1/0", "-1/2"):
         with pytest.raises(BenchError, match="--shard must be K/N"):
             parse_shard(bad)
+
+
+def test_hd95_unit_follows_policy_and_spacing():
+    from bench.evaluate import hd95_unit
+
+    mm = (2.5, 0.7, 0.7)
+    assert hd95_unit("strict", [mm, mm], volumes=True) == "mm"
+    assert hd95_unit("strict", [None, None], volumes=True) == "voxels"  # real Synapse h5: no spacing
+    assert hd95_unit("strict", [None], volumes=False) == "pixels"
+    assert hd95_unit("strict", [mm, None], volumes=True) == "mixed"
+    assert hd95_unit("legacy-synapse", [mm], volumes=True) == "voxels"  # the papers' rule ignores spacing
+    assert hd95_unit("legacy-isic", [None], volumes=False) is None  # no HD95 at all
+
+
+def test_run_record_carries_policy_conventions_and_hd95_unit(synapse_root, tmp_path):
+    from bench.metrics import policy_fields
+    from bench.records import load
+    from bench.run import plan_grid, run_one
+
+    proto = _proto(max_iterations=2, max_cases=1)
+    (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=synapse_root,
+                        synthetic=False, results_dir=tmp_path, policy="strict",
+                        model_overrides=dict(get_entry("unet").tiny))
+    rec = run_one(spec, results_dir=tmp_path, device=torch.device("cpu"))
+    # the synthesizer writes a spacing attribute, so strict HD95 is in mm
+    assert rec["hd95_unit"] == "mm" and load(tmp_path)["hd95_unit"].tolist() == ["mm"]
+    assert rec["policy_conventions"] == policy_fields("strict")
+    assert rec["policy_conventions"]["use_spacing"] is True and "table" not in rec["policy_conventions"]
