@@ -65,7 +65,7 @@ POLICIES = ("legacy-synapse", "legacy-isic", "strict")
 
 # Identification columns of a run, in the order ``load`` returns them.
 RUN_ID_COLUMNS = [
-    "run_id", "model", "model_config", "family", "dataset", "synthetic", "split",
+    "run_id", "model", "model_config", "family", "dataset", "dataset_name", "synthetic", "split",
     "protocol", "protocol_version", "protocol_hash", "off_protocol", "protocol_overrides",
     "policy", "seed",
 ]  # fmt: skip
@@ -369,6 +369,7 @@ def _run_ids(rec: Mapping[str, Any]) -> dict[str, Any]:
         "model_config": _canonical(rec["model_config"]),
         "family": rec["family"],
         "dataset": rec["dataset"],
+        "dataset_name": rec.get("dataset_name") or rec["dataset"],  # absent in older records
         "synthetic": rec["synthetic"],
         "split": rec["split"],
         "protocol": proto["name"],

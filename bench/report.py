@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from enum import Enum
 from pathlib import Path
 from typing import NamedTuple
@@ -87,7 +88,9 @@ def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
     Shared with ``bench.drift`` so a baseline and a report name groups identically.
     """
     df = df_runs.copy()
-    df["board_dataset"] = np.where(df["synthetic"].astype(bool), df["dataset"] + " (synthetic)", df["dataset"])
+    # dataset_name, not dataset: runs on two nnU-Net-format datasets must not share a board
+    name = df["dataset_name"] if "dataset_name" in df else df["dataset"]
+    df["board_dataset"] = np.where(df["synthetic"].astype(bool), name + " (synthetic)", name)
     hashes = df.groupby(["board_dataset", "protocol", "policy"])["protocol_hash"].transform("nunique")
     labels = []
     for (_, row), n_hash in zip(df.iterrows(), hashes):
@@ -506,12 +509,21 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
 PUBLISHED_METRICS = ("dice", "hd95", "iou", "acc", "spe", "sen")
 
 
+def published_dataset(board_dataset: str) -> str:
+    """The ``dataset`` id of ``results/published.csv`` for a board: "nnunet:Dataset027_ACDC" and
+    "nnunet:ACDC" -> "acdc"; other names as they are, without " (synthetic)"."""
+    name = board_dataset.split(" (")[0]
+    if name.startswith("nnunet:"):
+        name = re.sub(r"^Dataset\d+_", "", name.removeprefix("nnunet:")).lower()
+    return name
+
+
 def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per board, the papers' numbers for its dataset next to ours: one row per (model, metric,
     published source), with both metric conventions named and ours − published."""
     out: dict[str, pd.DataFrame] = {}
     for key, board in boards.items():
-        dataset = key.dataset.split(" (")[0]
+        dataset = published_dataset(key.dataset)
         rows = []
         for _, b in board.iterrows():
             model = b["model"].split(" (")[0]

@@ -139,6 +139,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "family": entry.family,
         "model_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.bench_config.items()},
         "dataset": spec.dataset,
+        "dataset_name": dataset.dataset_name,
         "data_root": str(spec.data_root),
         "synthetic": spec.synthetic,
         "split": spec.split,

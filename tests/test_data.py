@@ -450,3 +450,14 @@ def test_nnunet_kfold_tests_every_case_once(roots, tmp_path):
                                                         {"train": cases[2:], "val": cases[:2]}]))
     ds = open_dataset("nnunet", root, fold=1)
     assert ds.n_folds == 2 and ds.test_ids() == cases[:2]
+
+
+def test_dataset_name_tells_nnunet_datasets_apart(roots, tmp_path):
+    assert open_dataset("synapse", roots["synapse"]).dataset_name == "synapse"
+    ds = open_dataset("nnunet", roots["nnunet"])
+    assert ds.dataset_name == f"nnunet:{ds.meta['name']}"  # the synthesizer names its dataset.json
+    root = Path(shutil.copytree(roots["nnunet2d"], tmp_path / "Dataset027_ACDC"))
+    meta = json.loads((root / "dataset.json").read_text())
+    meta.pop("name", None)  # optional in nnU-Net v2: the folder names the dataset then
+    (root / "dataset.json").write_text(json.dumps(meta))
+    assert open_dataset("nnunet", root).dataset_name == "nnunet:Dataset027_ACDC"

@@ -284,3 +284,19 @@ def test_caption_names_the_hd95_unit_the_records_carry(tmp_path):
     write_record({**make_record("unet", seed=0), "hd95_unit": "mm"}, tmp_path / "mix")
     write_record({**make_record("unet", seed=1), "hd95_unit": "voxels"}, tmp_path / "mix")
     assert "HD95 units differ between or within runs (mm, voxels): not comparable" in render(load(tmp_path / "mix"))
+
+
+def test_two_nnunet_datasets_get_two_boards_and_their_published_rows(tmp_path):
+    from bench.report import published_dataset
+
+    for name, dice in (("nnunet:Dataset027_ACDC", 0.9), ("nnunet:LiTS", 0.6)):
+        write_record({**make_record("unet", dataset="nnunet", dice=dice), "dataset_name": name}, tmp_path)
+    boards = leaderboards(load(tmp_path))
+    assert sorted(k.dataset for k in boards) == ["nnunet:Dataset027_ACDC", "nnunet:LiTS"]
+    assert [b["dice_mean"].iloc[0] for b in boards.values()] == [pytest.approx(0.9), pytest.approx(0.6)]
+    assert published_dataset("nnunet:Dataset027_ACDC") == "acdc"
+    assert published_dataset("nnunet:LiTS (synthetic)") == "lits"
+    assert published_dataset("synapse (synthetic)") == "synapse"
+    # records written before dataset_name existed still make a board, under their dataset
+    write_record(make_record("unet", dataset="synapse", seed=1), tmp_path / "old")
+    assert [k.dataset for k in leaderboards(load(tmp_path / "old"))] == ["synapse"]

@@ -67,6 +67,12 @@ class SegDataset:
         self.notes: list[str] = []
 
     @property
+    def dataset_name(self) -> str:
+        """Which data this is, for records and boards: the registry name, except where one reader
+        serves many datasets (nnunet), whose runs must not share a board."""
+        return self.name
+
+    @property
     def binary(self) -> bool:
         """True for one-channel sigmoid tasks (ISIC, polyp): labels are float32 masks in [0, 1]."""
         return self.num_classes == 1

@@ -276,6 +276,11 @@ class NnUNetDataset(SegDataset):
         self._slice_ids: list[str] | None = None
 
     @property
+    def dataset_name(self) -> str:
+        """``nnunet:<name>``: dataset.json's optional ``name``, else the folder (Dataset027_ACDC)."""
+        return f"nnunet:{self.meta.get('name') or self.root.resolve().name}"
+
+    @property
     def n_folds(self) -> int:
         folds = self._splits_file()
         return N_FOLDS if folds is None else len(folds)
