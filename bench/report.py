@@ -438,6 +438,42 @@ def label_cases(df_cases: pd.DataFrame) -> pd.DataFrame:
     return df_cases.merge(labels, on="run_id", how="left")
 
 
+# Datasets whose test ids are "<set>/<stem>" and whose authors score each test set on its own
+# (VM-UNet-V2's five polyp sets; bench.data.polyp). A run on them also gets one board per set.
+TEST_SET_DATASETS = ("polyp",)
+
+
+def split_test_sets(df_runs: pd.DataFrame, df_cases: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Runs on ``TEST_SET_DATASETS`` once more per test set, as (run rows, case rows) to append.
+
+    A set's run row is the run's, with ``dataset_name`` "<name>:<set>", ``run_id`` "<run_id>@<set>"
+    and its metrics re-aggregated from that set's case rows under the run's policy
+    (``bench.metrics.aggregate``: legacy-isic pools the set's confusion counts, as VM-UNet-V2's
+    engine does per set); its case rows are the run's, relabelled the same way. Every set then
+    gets its own board, CI, tests and published rows. Empty frames when there is nothing to split."""
+    from bench import metrics
+
+    empty = (df_runs.iloc[0:0], df_cases.iloc[0:0] if df_cases is not None else pd.DataFrame())
+    if df_cases is None or df_cases.empty or df_runs.empty:
+        return empty
+    runs = df_runs[df_runs["dataset"].isin(TEST_SET_DATASETS)]
+    cases = df_cases[df_cases["run_id"].isin(runs["run_id"]) & df_cases["case"].str.contains("/", regex=False)]
+    new_runs, new_cases = [], []
+    for (run_id, test_set), rows in cases.groupby(["run_id", cases["case"].str.split("/").str[0]], sort=True):
+        run = runs[runs["run_id"] == run_id].iloc[0].copy()
+        policy, set_id, name = run["policy"], f"{run_id}@{test_set}", f"{run['dataset_name']}:{test_set}"
+        for key, value in metrics.aggregate(rows, policy).items():
+            run[key] = value
+        for pc in metrics.aggregate_per_class(rows, policy):
+            run[f"dice/{pc['name']}"], run[f"hd95/{pc['name']}"] = pc["dice"], pc["hd95"]
+        run["run_id"], run["dataset_name"] = set_id, name
+        new_runs.append(run)
+        new_cases.append(rows.assign(run_id=set_id, dataset_name=name))
+    if not new_runs:
+        return empty
+    return pd.DataFrame(new_runs).reset_index(drop=True), pd.concat(new_cases, ignore_index=True)
+
+
 def _case_groups(df_cases: pd.DataFrame | None) -> dict[BoardKey, pd.DataFrame]:
     """The case-level frame split like the boards (same labels), for statistics per board."""
     if df_cases is None or df_cases.empty:
@@ -509,12 +545,21 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
 PUBLISHED_METRICS = ("dice", "hd95", "iou", "acc", "spe", "sen")
 
 
+# PraNet's test-set folder names -> the ids of results/published.csv
+_POLYP_SETS = {"cvc-300": "cvc300", "cvc-clinicdb": "clinicdb", "kvasir": "kvasir", "cvc-colondb": "colondb",
+               "etis-laribpolypdb": "etis"}
+
+
 def published_dataset(board_dataset: str) -> str:
     """The ``dataset`` id of ``results/published.csv`` for a board: "nnunet:Dataset027_ACDC" and
-    "nnunet:ACDC" -> "acdc"; other names as they are, without " (synthetic)"."""
+    "nnunet:ACDC" -> "acdc", "polyp:CVC-ClinicDB" -> "polyp:clinicdb"; other names as they are,
+    without " (synthetic)"."""
     name = board_dataset.split(" (")[0]
     if name.startswith("nnunet:"):
         name = re.sub(r"^Dataset\d+_", "", name.removeprefix("nnunet:")).lower()
+    elif name.startswith("polyp:"):
+        test_set = name.removeprefix("polyp:")
+        name = f"polyp:{_POLYP_SETS.get(test_set.lower(), test_set.lower())}"
     return name
 
 
@@ -576,9 +621,10 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
 
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
     df_runs, profiles = load(results_dir), load_profiles(results_dir)
-    boards = leaderboards(df_runs)
-    df_cases = load(results_dir, level="case") if boards else None
-    groups = _case_groups(df_cases)
+    df_cases = load(results_dir, level="case") if not df_runs.empty else None
+    set_runs, set_cases = split_test_sets(df_runs, df_cases)
+    boards = leaderboards(pd.concat([df_runs, set_runs], ignore_index=True) if len(set_runs) else df_runs)
+    groups = _case_groups(pd.concat([df_cases, set_cases], ignore_index=True) if len(set_cases) else df_cases)
     join_cost(boards, profiles)
     join_ci(boards, groups)
     text = {ReportFormat.md: _render_md, ReportFormat.latex: _render_latex, ReportFormat.csv: _render_csv}[fmt](boards)

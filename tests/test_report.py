@@ -300,3 +300,33 @@ def test_two_nnunet_datasets_get_two_boards_and_their_published_rows(tmp_path):
     # records written before dataset_name existed still make a board, under their dataset
     write_record(make_record("unet", dataset="synapse", seed=1), tmp_path / "old")
     assert [k.dataset for k in leaderboards(load(tmp_path / "old"))] == ["synapse"]
+
+
+def test_each_polyp_test_set_gets_its_own_board_scored_like_the_authors(tmp_path):
+    """VM-UNet-V2 pools one confusion matrix per test set, not over all five: the per-set boards
+    must equal 2TP/(2TP+FP+FN) summed over that set's images, and find that set's published rows."""
+    import torch
+
+    from bench.data import synthetic_root
+    from bench.protocol import load_protocol
+    from bench.registry import get_entry
+    from bench.run import plan_grid, run_one
+
+    proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=2)
+    root = synthetic_root("polyp", tmp_path / "synth")
+    (spec,) = plan_grid(models=["unet"], dataset="polyp", protocol=proto, seeds=[0], data_root=root,
+                        synthetic=False, results_dir=tmp_path, model_overrides=dict(get_entry("unet").tiny))
+    rec = run_one(spec, results_dir=tmp_path, device=torch.device("cpu"))
+    pub = tmp_path / "published.csv"
+    pub.write_text("source,model,dataset,metric,value,unit,convention,note\n"
+                   "VM-UNet-V2 Table 2,unet,polyp:clinicdb,dice,82.3,%,pooled per set,\n")
+    text = write_report(tmp_path, published=pub)
+    for test_set in ("CVC-ClinicDB", "Kvasir"):
+        rows = [r for r in rec["per_case"] if r["case"].startswith(f"{test_set}/")]
+        tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
+        dsc = 100 * 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        section = text.split(f"## polyp:{test_set} · protocol")[1].split("\n## ")[0]
+        assert dsc > 0 and re.search(rf"\| +{dsc:.2f} \|", section), (test_set, dsc, section)
+    assert "## polyp · protocol" in text  # the run's own board, pooled over both sets, stays
+    published = text.split("Published vs ours · polyp:CVC-ClinicDB")[1].split("\n## ")[0]
+    assert "82.3" in published and "Published vs ours · polyp:Kvasir" not in text
