@@ -26,7 +26,9 @@ data_app = typer.Typer(
 app.add_typer(data_app, name="data")
 
 DEFAULT_RESULTS = Path("results")
-DEFAULT_PROTOCOL = {"synapse": "synapse", "isic17": "isic17", "isic18": "isic18"}
+# The published recipe each dataset defaults to. nnunet has none: its format holds any dataset
+# (ACDC, X-ray, ...), so a run on it names its protocol rather than getting a smoke test silently.
+DEFAULT_PROTOCOL = {"synapse": "synapse", "isic17": "isic17", "isic18": "isic18", "polyp": "polyp"}
 
 
 class Device(str, enum.Enum):
@@ -71,6 +73,21 @@ def _parse_sets(items: list[str]) -> dict[str, object]:
     return out
 
 
+def default_protocol(dataset: str, protocol: str | None) -> str:
+    """The protocol a run uses: ``--protocol`` if given, else the dataset's (BenchError if none)."""
+    if protocol:
+        return protocol
+    from bench.data import get_reader
+    from bench.protocol import list_protocols
+
+    get_reader(dataset)  # a misspelt dataset gets "did you mean", not "no default protocol"
+    if dataset not in DEFAULT_PROTOCOL:
+        raise BenchError(f"--dataset {dataset} has no default protocol (no single published recipe fits every "
+                         f"dataset in its format); pass --protocol NAME or a .toml path "
+                         f"(built-in: {', '.join(list_protocols())})")
+    return DEFAULT_PROTOCOL[dataset]
+
+
 def _argv_of(ctx: typer.Context, drop: tuple[str, ...] = ()) -> list[str]:
     """The options of this invocation as a command line (defaults left out), to start it again
     elsewhere (``bench run --nproc N`` starts torchrun with it)."""
@@ -92,7 +109,8 @@ def run(
     ctx: typer.Context,
     models: Annotated[str, typer.Option(help="'all' or a comma list of registered models")] = "all",
     dataset: Annotated[str, typer.Option(help="synapse, isic17, isic18, polyp or nnunet")] = "synapse",
-    protocol: Annotated[Optional[str], typer.Option(help="protocol name or .toml path (default: the dataset's)")] = None,
+    protocol: Annotated[Optional[str], typer.Option(help="protocol name or .toml path "
+                                                    "(default: the dataset's; nnunet has none)")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="comma list of seeds (default: the protocol's seed)")] = None,
     folds: Annotated[Optional[str], typer.Option(help="cross-validation folds, 'all' or a comma list (nnunet data)")] = None,
     shard: Annotated[Optional[str], typer.Option(help="K/N: run only share K of N of the grid (Slurm arrays)")] = None,
@@ -132,7 +150,7 @@ def run(
     if shard:
         parse_shard(shard)  # before anything is written
     names = resolve_models(models)
-    proto = load_protocol(protocol or DEFAULT_PROTOCOL.get(dataset, "smoke"))
+    proto = load_protocol(default_protocol(dataset, protocol))
     proto = proto.with_overrides(epochs=epochs, max_iterations=max_iterations, batch_size=batch_size,
                                  img_size=img_size, lr=lr)
     seed_list = _parse_ints(seeds) if seeds else [proto.seed]

@@ -4,7 +4,8 @@ Reproducibility: every random choice comes from the seed — the epoch's shuffle
 ``(seed, epoch)``, each item's augmentation from ``(seed, epoch, index)`` (see TrainDataset) and
 dropout/drop-path from torch's RNG, whose state is checkpointed. Checkpoints are written at epoch
 ends, atomically, so a killed run resumes from the last one to the same final weights (CPU, fixed
-thread count).
+thread count). On CUDA, cuDNN runs deterministic kernels without autotuning, as TransUNet and
+VM-UNet set it; ops outside cuDNN that use atomics (e.g. some backward passes) can still vary.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class TrainResult:
     epoch_losses: list[float] = field(default_factory=list)
     resumed_from: int | None = None  # epoch the run resumed after, if it did
     world_size: int = 1  # processes that trained it (bench.distributed)
+    cudnn_deterministic: bool = False  # deterministic cuDNN kernels, no autotuning (CUDA)
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -53,13 +55,18 @@ class TrainResult:
             "epoch_losses": self.epoch_losses,
             "resumed_from": self.resumed_from,
             "world_size": self.world_size,
+            "cudnn_deterministic": self.cudnn_deterministic,
         }
 
 
 def seed_everything(seed: int) -> None:
+    """Seed every RNG and fix cuDNN's kernel choice, as the authors' set-ups do (no-op on CPU)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    # benchmark mode times candidate kernels per shape and keeps the fastest, which varies by run
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def share_sizes(batch: int, world: int) -> list[int]:
@@ -309,4 +316,5 @@ def train_model(
         epochs=epochs, iterations=step, final_loss=epoch_losses[-1] if epoch_losses else loss_value,
         time_s=time.perf_counter() - t0, selected=selected, epoch_losses=epoch_losses, resumed_from=resumed_from,
         world_size=w.size,
+        cudnn_deterministic=torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark,
     )

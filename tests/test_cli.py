@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bench import records
-from bench.cli import app
+from bench.cli import app, default_protocol
+from bench.errors import BenchError
 
 runner = CliRunner()
 FAST = ["--tiny", "--max-iterations", "4", "--img-size", "32", "--threads", "1", "--no-progress"]
@@ -154,6 +155,23 @@ def test_folds_give_one_record_per_fold(tmp_path):
     assert sorted(df["split"]) == ["fold0", "fold1"] and df["run_id"].nunique() == 2
     bad = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--folds", "0", check=False)
     assert bad.returncode == 2 and "fixed test split" in bad.stderr
+
+
+def test_each_dataset_defaults_to_its_published_protocol():
+    assert [default_protocol(d, None) for d in ("synapse", "isic17", "isic18", "polyp")] == \
+        ["synapse", "isic17", "isic18", "polyp"]
+    assert default_protocol("nnunet", "smoke") == "smoke"  # --protocol always wins
+    with pytest.raises(BenchError, match="did you mean 'polyp'"):  # a typo is named as one
+        default_protocol("polpy", None)
+
+
+def test_nnunet_without_protocol_fails_before_writing(tmp_path):
+    proc = _bench("run", "--models", "unet", "--dataset", "nnunet", "--synthetic", "--results", tmp_path, *FAST,
+                  check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--dataset nnunet has no default protocol" in proc.stderr and "pass --protocol" in proc.stderr
+    assert "built-in: " in proc.stderr and "smoke" in proc.stderr and "isic17" in proc.stderr
+    assert not any(tmp_path.iterdir())  # no records, runs or synthetic data
 
 
 def test_two_shards_share_one_results_dir(tmp_path):

@@ -11,7 +11,7 @@ from bench.protocol import PROTOCOL_DIR, list_protocols, load_protocol
 
 def test_builtin_protocols_load():
     names = list_protocols()
-    assert {"synapse", "synapse_swin", "synapse_vmunet", "isic17", "isic18", "smoke", "drift"} <= set(names)
+    assert {"synapse", "synapse_swin", "synapse_vmunet", "isic17", "isic18", "polyp", "smoke", "drift"} <= set(names)
     hashes = {load_protocol(n).hash for n in names}
     assert len(hashes) == len(names)  # each recipe is told apart by its hash
 
@@ -33,6 +33,20 @@ def test_isic_is_vmunets_recipe():
         assert (p.img_size, t.optimizer, t.lr, t.weight_decay, t.batch_size, t.epochs) == (256, "adamw", 1e-3, 1e-2, 32, 300)
         assert (t.scheduler, t.cosine_t_max, t.cosine_eta_min) == ("cosine", 50, 1e-5)
         assert (p.eval.threshold, p.metric_policy) == (0.5, "legacy-isic")
+
+
+def test_polyp_is_vmunet_v2s_recipe():
+    # spec/ssm_models.md 2.4/2.5: VM-UNet's pipeline, loss and metric code with batch 80
+    p = load_protocol("polyp")
+    t = p.train
+    assert (p.img_size, t.epochs, t.batch_size, p.seed, p.datasets) == (256, 300, 80, 42, ("polyp",))
+    assert (t.optimizer, t.lr, t.weight_decay, t.betas) == ("adamw", 1e-3, 1e-2, (0.9, 0.999))
+    assert (t.scheduler, t.cosine_t_max, t.cosine_eta_min) == ("cosine", 50, 1e-5)
+    assert (t.loss_bce, t.loss_dice, t.amp) == (1.0, 1.0, False)
+    assert (t.augment, p.normalize) == ("vmunet_isic", "minmax255")
+    assert (p.metric_policy, p.eval.threshold) == ("legacy-isic", 0.5)
+    assert t.select == "final"  # the authors select on the test sets; we do not
+    assert p.source and p.description
 
 
 def test_dtype_defaults_to_float32_and_drift_runs_in_float64():

@@ -87,6 +87,7 @@ def test_bit_reproducible_and_checkpoints(synapse_root, tmp_path):
         res = train_model(model, ds, proto, seed=3, run_dir=tmp_path / f"r{i}", device=torch.device("cpu"))
         states.append(_state(model))
         assert res.iterations == 6 and math.isfinite(res.final_loss)
+        assert res.to_record()["cudnn_deterministic"] is True  # the record's train block says so
     for k in states[0]:
         assert torch.equal(states[0][k], states[1][k]), k
     ckpts = sorted(p.name for p in (tmp_path / "r0" / "checkpoints").iterdir())
@@ -96,6 +97,17 @@ def test_bit_reproducible_and_checkpoints(synapse_root, tmp_path):
     other = _tiny_unet(ds)
     train_model(other, ds, proto, seed=4, run_dir=tmp_path / "r2", device=torch.device("cpu"))
     assert any(not torch.equal(other.state_dict()[k], states[0][k]) for k in states[0])
+
+
+def test_seed_everything_makes_cudnn_deterministic():
+    # TransUNet and VM-UNet set both flags with the seed (spec/baselines.md, spec/ssm_models.md)
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
+        seed_everything(0)
+        assert torch.backends.cudnn.deterministic is True and torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
 
 
 KILL_SCRIPT = textwrap.dedent(
