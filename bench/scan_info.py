@@ -15,4 +15,5 @@ def scan_backend_for(model: nn.Module) -> str | None:
         return None
     from ssm_models import scan
 
-    return scan.last_backend() or scan.default_backend(next(model.parameters()).device)
+    p = next(model.parameters())
+    return scan.last_backend() or scan.default_backend(p.device, p.dtype)

@@ -48,7 +48,7 @@ class Mamba(nn.Module):
         L = hidden.shape[1]
         xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2·di, L)
         A = -torch.exp(self.A_log.float())
-        fused = fused_mamba_inner(hidden.device)
+        fused = fused_mamba_inner(hidden.device, hidden.dtype)  # None for float64: no such kernels
         if fused is not None:
             return fused(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                          self.out_proj.weight, self.out_proj.bias, A, None, None, self.D.float(),

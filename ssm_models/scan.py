@@ -168,14 +168,14 @@ def _mamba_selective_scan_fn():
     return ops.selective_scan_fn if ops else None
 
 
-def fused_mamba_inner(device: torch.device | str):
+def fused_mamba_inner(device: torch.device | str, dtype: torch.dtype | None = None):
     """mamba-ssm's fused ``mamba_inner_fn`` (conv1d + projections + scan in one autograd
     Function) when mamba-ssm's ``Mamba`` would take it — causal-conv1d's kernels import — and a
     scan on ``device`` would use the ``cuda`` backend, else None (so ``BENCH_SCAN_BACKEND``
     turns the fused path off too). A caller that gets the function runs it, so the ``cuda``
     backend is recorded as used."""
     global _last
-    if torch.device(device).type != "cuda" or default_backend(device) != "cuda" or _mamba_ops() is None:
+    if torch.device(device).type != "cuda" or default_backend(device, dtype) != "cuda" or _mamba_ops() is None:
         return None
     if getattr(_mamba, "causal_conv1d_fn", None) is None:  # mamba-ssm's own fast-path condition
         return None
@@ -202,13 +202,14 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return out + ["torch", "ref"]
 
 
-def default_backend(device: torch.device | str = "cpu") -> str:
-    """What ``backend=None`` runs for tensors on ``device`` (the env var first)."""
+def default_backend(device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> str:
+    """What ``backend=None`` runs for tensors on ``device`` (the env var first); float64 on CUDA
+    runs ``torch``, since mamba-ssm's kernels take only fp32/fp16/bf16."""
     forced = os.environ.get(ENV_VAR)
     if forced:
         return _check_backend(forced)
     if torch.device(device).type == "cuda":
-        return "cuda" if _mamba_selective_scan_fn() else "torch"
+        return "cuda" if _mamba_selective_scan_fn() and dtype != torch.float64 else "torch"
     return "cpu" if _load_extension() is not None else "torch"
 
 
@@ -263,20 +264,19 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
         raise ValueError(f"z must have u's shape {tuple(u.shape)}; got {tuple(z.shape)}")
 
 
-def _kernel_layout(B, C, work):
-    """B, C for the fast cores: (batch, G, L, N) time-major, or (dim, N) when time-invariant.
-    When both vary with different group counts, both are spread to lcm(G_B, G_C) groups
-    (autograd sums the copies back)."""
+def _equal_groups(B, C):
+    """B, C with (batch, N, L) as (batch, 1, N, L); when both vary with different group counts,
+    both spread to lcm(G_B, G_C) groups (autograd sums the copies back). (dim, N) stays."""
     grouped = [M.unsqueeze(1) if M.dim() == 3 else M for M in (B, C)]
     gs = [M.shape[1] for M in grouped if M.dim() == 4]
     G = math.lcm(*gs) if gs else 1
-    out = []
-    for M in grouped:
-        if M.dim() == 4:
-            M = M.repeat_interleave(G // M.shape[1], dim=1) if M.shape[1] != G else M
-            M = M.transpose(-1, -2)
-        out.append(M.to(work).contiguous())
-    return out
+    return [M.repeat_interleave(G // M.shape[1], dim=1) if M.dim() == 4 and M.shape[1] != G else M
+            for M in grouped]
+
+
+def _kernel_layout(B, C, work):
+    """B, C for the fast cores: (batch, G, L, N) time-major, or (dim, N) when time-invariant."""
+    return [(M.transpose(-1, -2) if M.dim() == 4 else M).to(work).contiguous() for M in _equal_groups(B, C)]
 
 
 # ------------------------------------------------------------------------------- cpu backend
@@ -452,7 +452,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     overrides the automatic choice, never an explicit argument).
     """
     global _last
-    name = _check_backend(backend) if backend else default_backend(u.device)
+    name = _check_backend(backend) if backend else default_backend(u.device, u.dtype)
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     if torch._C._len_torch_dispatch_stack() > 0:  # a FLOP counter is listening (see _cost_marker)
         SCAN_COST_OP(u.detach(), A.detach(), D is not None, z is not None)
@@ -461,8 +461,14 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         if fn is None or not u.is_cuda:
             raise RuntimeError(f"the cuda backend needs CUDA tensors and an importable mamba-ssm "
                                f"(tensors on {u.device}; mamba-ssm: {_mamba_error or 'imports'})")
+        if u.dtype == torch.float64:
+            raise RuntimeError("mamba-ssm's kernels take fp32/fp16/bf16 tensors; backend='torch' runs float64 "
+                               "on CUDA")
+        # mamba-ssm reads one group count for B and C, and float32 for A, D and delta_bias
+        B, C = _equal_groups(B, C)
+        f32 = [None if t is None else t.float() for t in (D, delta_bias)]
         _last = name
-        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        return fn(u, delta, A.float(), B, C, f32[0], z, f32[1], delta_softplus, return_last_state)
     if name == "cpu" and (u.device.type != "cpu" or _load_extension() is None):
         raise RuntimeError(f"the cpu backend needs CPU tensors (got {u.device}) and its compiled kernel "
                            f"({_ext_error or 'loaded'}); backend='torch' runs anywhere")

@@ -359,6 +359,42 @@ def test_cuda_backend_matches_cpu():
         torch.testing.assert_close(xc[k].grad.cpu(), want[k], rtol=1e-3, atol=1e-3, msg=k)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU machines only)")
+def test_cuda_backend_takes_every_layout_the_op_accepts():
+    """mamba-ssm reads one group count for B and C and float32 A/D/delta_bias; float64, which it
+    has no kernels for, runs the torch backend automatically and is refused by name."""
+    if scan._mamba_selective_scan_fn() is None:
+        pytest.skip(f"mamba-ssm kernels do not import: {scan._mamba_error}")
+    for B, C, G in (("batch", "grouped", 4), ("grouped", "grouped", 2), ("const", "batch", 1)):
+        x = make(batch=2, dim=8, L=32, N=16, B=B, C=C, G=G, dtype=torch.float32)
+        if B == "grouped" and C == "grouped":  # unequal counts: 2 and 4
+            x["C"] = torch.randn(2, 4, 16, 32, dtype=torch.float32)
+        kw = extras(x, (True, True, True, True))
+        want = scan.selective_scan(*core(x), **kw, backend="cpu")
+        xc = {k: v.cuda() for k, v in x.items()}
+        got = scan.selective_scan(*core(xc), **extras(xc, (True, True, True, True)), backend="cuda")
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-4, msg=f"B {B}, C {C}")
+    x64 = {k: v.cuda() for k, v in make(dtype=torch.float64).items()}
+    scan.selective_scan(*core(x64))
+    assert scan.last_backend() == "torch"
+    with pytest.raises(RuntimeError, match="fp32/fp16/bf16"):
+        scan.selective_scan(*core(x64), backend="cuda")
+
+
+def test_float64_on_cuda_never_picks_mamba_ssm(monkeypatch):
+    """mamba-ssm has no float64 kernels: the automatic choice and the fused Mamba block avoid it
+    (the drift grid's float64 protocol on a GPU machine)."""
+    import types
+
+    fake = types.SimpleNamespace(selective_scan_fn=object(), mamba_inner_fn=object(), causal_conv1d_fn=object())
+    monkeypatch.setattr(scan, "_mamba", fake)
+    monkeypatch.delenv(scan.ENV_VAR, raising=False)
+    assert scan.default_backend("cuda", torch.float32) == scan.default_backend("cuda") == "cuda"
+    assert scan.default_backend("cuda", torch.float64) == "torch"
+    assert scan.fused_mamba_inner("cuda", torch.float64) is None
+    assert scan.fused_mamba_inner("cuda", torch.bfloat16) is fake.mamba_inner_fn
+
+
 _OTHER_BUILD = """
 import sys, torch
 from ssm_models import scan
