@@ -229,16 +229,27 @@ def measure_latency(model: nn.Module, x: torch.Tensor, *, warmup: int = 20, iter
             "timed_iters": iters}
 
 
-def find_batch_size(model: nn.Module, make_input, *, precision: str = "fp32", limit: int = 1024) -> int:
+def _out_of_memory(exc: RuntimeError) -> bool:
+    """Memory ran out. Near the limit cuDNN and cuBLAS report a failed workspace allocation as a
+    plain RuntimeError rather than ``torch.OutOfMemoryError``."""
+    text = str(exc)
+    return isinstance(exc, torch.OutOfMemoryError) or any(
+        s in text for s in ("out of memory", "unable to find an engine", "ALLOC_FAILED"))
+
+
+def find_batch_size(model: nn.Module, make_input, *, precision: str = "fp32", limit: int = 512) -> int:
     """The largest power-of-two batch (≤ ``limit``) whose forward runs without running out of
-    memory (``torch.OutOfMemoryError``), for "throughput at the batch that fits"."""
+    memory, for "throughput at the batch that fits". The cap keeps the search short: each
+    doubling is one more forward at twice the size."""
     best, batch = 0, 1
     while batch <= limit:
         try:
             x = make_input(batch)
             with torch.inference_mode(), precision_context(precision, x.device):
                 model(x)
-        except torch.OutOfMemoryError:
+        except RuntimeError as exc:
+            if not _out_of_memory(exc):
+                raise
             break
         finally:
             if torch.cuda.is_available():
@@ -391,7 +402,8 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
             row.update(peak_memory_mb(model, inputs(1)))
             row["train_peak_mem_mb"] = peak_memory_mb(model.train(), inputs(1), train_step=True)["peak_mem_mb"]
         model.eval()
-    fp = env.fingerprint(device)
+    with precision_context(precision, device):  # the TF32 flags as the timed forwards had them
+        fp = env.fingerprint(device)
     row["fingerprint"] = env.short_fingerprint(fp)
     row["device_fingerprint"] = fp
     # the backend that ran the timed forwards; a reference backend is marked in every table

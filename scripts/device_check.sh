@@ -50,6 +50,13 @@ fi
 
 if [ "$what" = profile ] || [ "$what" = all ]; then
     rm -rf /tmp/device-results
+    # without mamba-ssm's kernels the SSM models would be timed on the torch fallback, a loop of
+    # small launches per scan step: minutes of device time for numbers nobody should publish
+    if ! "$py" -c "import sys; from ssm_models import scan; sys.exit(scan.default_backend('cuda') != 'cuda'
+        or scan.fused_mamba_inner('cuda') is None)"; then
+        echo "== profile: mamba-ssm or causal-conv1d does not load on this machine; profile skipped"
+        exit 1
+    fi
     # fp32 with throughput at the largest batch that fits; bf16 autocast and TF32 at batch 1.
     # The records are packed after each precision, so a run stopped at its limit keeps them.
     for precision in fp32 bf16 tf32; do

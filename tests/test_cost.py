@@ -187,3 +187,18 @@ def test_find_batch_size_stops_before_out_of_memory():
 
     with pytest.raises(BenchError, match="even batch 1 runs out of memory"):
         cost.find_batch_size(Never(), make)
+
+    class CudnnWorkspace(nn.Module):  # near the limit cuDNN reports a failed allocation this way
+        def forward(self, x):
+            if x.shape[0] > 8:
+                raise RuntimeError("FIND was unable to find an engine to execute this computation")
+            return x
+
+    assert cost.find_batch_size(CudnnWorkspace(), make) == 8
+
+    class Broken(nn.Module):  # any other error is the model's, and must not read as "does not fit"
+        def forward(self, x):
+            raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        cost.find_batch_size(Broken(), make)
