@@ -354,6 +354,7 @@ PAPER_CONFIG = {"hidden": 768, "layers": 12, "heads": 12, "mlp_dim": 3072, "drop
     paper="Chen et al., arXiv:2102.04306",
     description="TransUNet R50-ViT-B_16: ResNet-50 stages 1-3 + ViT-B/16, cascaded upsampler (105.28 M params)",
     pretrained={"vit_npz": load_vit_npz},
+    init=("vit_npz", "R50+ViT-B_16.npz"),  # Google ImageNet-21k R50-ViT-B/16
 )
 def transunet(*, num_classes: int, in_chans: int = 3, img_size: int = 224, **overrides: Any) -> TransUNet:
     """TransUNet with the authors' Synapse configuration; ``img_size`` must be a multiple of 16."""

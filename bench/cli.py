@@ -120,6 +120,10 @@ def run(
     device: Annotated[Device, typer.Option(help="where to train")] = Device.auto,
     resume: Annotated[bool, typer.Option(help="continue killed runs from their last checkpoint")] = False,
     policy: Annotated[Optional[str], typer.Option(help="metric policy (default: the protocol's)")] = None,
+    pretrained_dir: Annotated[Optional[Path], typer.Option(help="folder with the authors' pretrained files "
+                                                           "(`bench models` names them), for protocols that start from them")] = None,
+    pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained",
+                                                       help="override the protocol's pretrained init: marks the record off-protocol")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
     max_iterations: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
@@ -140,7 +144,7 @@ def run(
     from bench.env import resolve_device
     from bench.protocol import load_protocol
     from bench.registry import get_entry, resolve_models
-    from bench.run import parse_shard, plan_grid, run_one, select_shard
+    from bench.run import parse_shard, plan_grid, resolve_inits, run_one, select_shard
     from bench.records import record_path
 
     import torch
@@ -152,7 +156,9 @@ def run(
     names = resolve_models(models)
     proto = load_protocol(default_protocol(dataset, protocol))
     proto = proto.with_overrides(epochs=epochs, max_iterations=max_iterations, batch_size=batch_size,
-                                 img_size=img_size, lr=lr)
+                                 img_size=img_size, lr=lr,
+                                 pretrained=None if pretrained is None or pretrained == proto.pretrained else pretrained)
+    resolve_inits(names, proto, pretrained_dir)  # every missing file named at once, before anything runs
     seed_list = _parse_ints(seeds) if seeds else [proto.seed]
     overrides = _parse_sets(set_ or [])
     specs = []
@@ -160,6 +166,7 @@ def run(
         model_over = {**(dict(get_entry(name).tiny) if tiny else {}), **overrides}
         specs += plan_grid(models=[name], dataset=dataset, protocol=proto, seeds=seed_list, data_root=data_root,
                            synthetic=synthetic, results_dir=results, policy=policy, model_overrides=model_over,
+                           pretrained_dir=pretrained_dir,
                            folds=folds if folds in (None, "all") else _parse_ints(folds, "--folds"))
     total = len(specs)
     specs = select_shard(specs, shard)
@@ -327,7 +334,9 @@ def models() -> None:
     for name in list_models():
         e = get_entry(name)
         cfg = ", ".join(f"{k}={v}" for k, v in e.paper_config.items())
-        typer.echo(f"{name:12s} {e.family:12s} {e.description}\n{'':25s}paper config: {cfg}\n{'':25s}source: {e.source}")
+        init = f"{e.init[1]} (load_weights source {e.init[0]!r})" if e.init else "none (the authors train from scratch)"
+        typer.echo(f"{name:12s} {e.family:12s} {e.description}\n{'':25s}paper config: {cfg}\n{'':25s}source: {e.source}"
+                   f"\n{'':25s}pretrained init: {init}")
 
 
 @app.command()

@@ -77,6 +77,9 @@ class Protocol:
     # CPUs (MKL/oneDNN pick kernels per CPU), and a short training run amplifies it into metric
     # differences of several DSC points; in float64 the same run agrees across CPUs.
     dtype: str = "float32"
+    # Start each model from the pretrained file its authors start from (registry ``init``), as
+    # the published numbers did; models without one train from scratch either way.
+    pretrained: bool = False
     source: str = ""
     datasets: tuple[str, ...] = ()  # datasets the protocol was written for; empty = any
     variant_of: str = ""
@@ -117,7 +120,7 @@ class Protocol:
                 train[key] = value
             elif key in names[1]:
                 ev[key] = value
-            elif key in {"img_size", "normalize", "metric_policy", "seed", "dtype"}:
+            elif key in {"img_size", "normalize", "metric_policy", "seed", "dtype", "pretrained"}:
                 top[key] = value
             else:
                 raise BenchError(f"cannot override protocol field {key!r}")

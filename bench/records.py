@@ -70,7 +70,7 @@ RUN_ID_COLUMNS = [
     "policy", "seed",
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
-    "status", "git_commit", "device", "scan_backend", "hd95_unit", "started_at", "finished_at", "wall_time_s",
+    "init", "status", "git_commit", "device", "scan_backend", "hd95_unit", "started_at", "finished_at", "wall_time_s",
     "train_time_s", "params", "trainable_params", "macs", "paper_macs", "flops", "fps", "peak_mem_mb",
 ]  # fmt: skip
 # Aggregates every policy may produce; ``load`` puts them first, extra metric keys follow.
@@ -385,7 +385,9 @@ def _run_ids(rec: Mapping[str, Any]) -> dict[str, Any]:
 def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
     cost, train = rec["cost"], rec["train"]
     row = _run_ids(rec)
+    init = rec.get("init")  # absent in older records; null: trained from scratch
     row.update(
+        init=f"{init['file']}@{init['sha256'][:8]}" if init else None,
         status=rec["status"],
         git_commit=rec["git_commit"],
         device=_device_string(rec["device"]),

@@ -45,6 +45,9 @@ class ModelEntry:
     convert_official: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     # pretrained backbone loaders by source name: fn(model, state_dict) -> report dict
     pretrained: Mapping[str, Callable[[nn.Module, dict], dict]] = field(default_factory=dict)
+    # (source, file name): the file the authors' training starts from, loaded by `bench run`
+    # under protocols with ``pretrained = true``; None: the authors train from scratch
+    init: tuple[str, str] | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -61,11 +64,14 @@ def register_model(
     description: str = "",
     convert_official: Callable | None = None,
     pretrained: Mapping[str, Callable] | None = None,
+    init: tuple[str, str] | None = None,
     name: str | None = None,
 ) -> Callable:
     """Decorator: register ``fn`` under its function name (or ``name``)."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if init is not None and init[0] not in (pretrained or {}):
+        raise ValueError(f"init source {init[0]!r} is not one of the pretrained loaders {sorted(pretrained or {})}")
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
@@ -80,6 +86,7 @@ def register_model(
             description=description or ((fn.__doc__ or "").strip().splitlines() or [""])[0],
             convert_official=convert_official,
             pretrained=dict(pretrained or {}),
+            init=tuple(init) if init else None,
         )
         return fn
 

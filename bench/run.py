@@ -8,6 +8,7 @@ finds a killed run's checkpoint and finished runs are skipped.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import time
@@ -25,7 +26,7 @@ from bench.cost import run_counts
 from bench.evaluate import evaluate
 from bench.metrics import get_policy, policy_fields
 from bench.protocol import Protocol
-from bench.registry import check_buildable, create_model, get_entry
+from bench.registry import check_buildable, create_model, get_entry, load_weights
 from bench.train import seed_everything, train_model
 
 
@@ -40,6 +41,7 @@ class RunSpec:
     policy: str
     model_overrides: tuple[tuple[str, Any], ...] = ()
     fold: int | None = None  # cross-validation fold (nnunet data); None: the dataset's test split
+    init: tuple[str, str, str] | None = None  # pretrained (source, path, sha256[:16]); None: from scratch
 
     @property
     def split(self) -> str:
@@ -52,6 +54,8 @@ class RunSpec:
                  str(self.data_root.resolve()), self.policy, list(self.model_overrides)]
         if self.fold is not None:  # appended only here, so test-split ids stay as they were
             ident.append(self.fold)
+        if self.init is not None:  # the file's content, not its path, defines the run
+            ident.append(["init", self.init[0], self.init[2]])
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
         fold = "" if self.fold is None else f"-f{self.fold}"
         return f"{self.dataset}-{self.protocol.name}-{self.model}-s{self.seed}{fold}-{digest}"
@@ -97,6 +101,12 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
     seed_everything(spec.seed)  # the initial weights are part of the run: seed before building
     model = create_model(spec.model, num_classes=dataset.num_classes, in_chans=dataset.in_chans,
                          img_size=protocol.img_size, **dict(spec.model_overrides))
+    init = None
+    if spec.init is not None:  # before training; a resumed run's checkpoint then replaces it
+        source, path, sha = spec.init
+        report = load_weights(model, path, source=source)
+        init = {"source": source, "file": Path(path).name, "sha256": sha,
+                **{k: (len(v) if isinstance(v, list) else v) for k, v in report.items() if k not in ("source", "path")}}
     run_dir = results_dir / "runs" / spec.key
     run_dir.mkdir(parents=True, exist_ok=True)
     main = distributed.world().main
@@ -144,6 +154,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "synthetic": spec.synthetic,
         "split": spec.split,
         "protocol": protocol.to_record(),
+        "init": init,  # the pretrained file the weights started from (counts of what it filled), or null
         "policy": spec.policy,
         "policy_conventions": policy_fields(spec.policy),  # the rules behind the name, as they were
         "hd95_unit": scores.hd95_unit,
@@ -189,12 +200,45 @@ def select_shard(specs: list[RunSpec], shard: str | None) -> list[RunSpec]:
     return sorted(specs, key=lambda s: s.key)[k - 1::n]
 
 
+def _sha256(path: Path) -> str:
+    st = path.stat()
+    return _sha256_of(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # a grid plans per model: hash each file once
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_inits(models: list[str], protocol: Protocol, pretrained_dir: Path | None) -> dict[str, tuple[str, str, str]]:
+    """The pretrained file each model starts from under ``protocol`` (registry ``init``, found in
+    ``pretrained_dir``), as (source, path, sha256[:16]); BenchError listing every missing file."""
+    if not protocol.pretrained:
+        return {}
+    wanted = {m: get_entry(m).init for m in models if get_entry(m).init is not None}
+    missing = [f"{m}: {file}" for m, (_, file) in wanted.items()
+               if pretrained_dir is None or not (Path(pretrained_dir) / file).is_file()]
+    if missing:
+        where = "pass --pretrained-dir DIR holding them" if pretrained_dir is None else f"not found in {pretrained_dir}"
+        raise BenchError(f"protocol {protocol.name!r} starts these models from their authors' pretrained files "
+                         f"({'; '.join(missing)}): {where}, or --no-pretrained to train from scratch "
+                         "(the runs are then marked off-protocol)")
+    return {m: (source, str(Path(pretrained_dir) / file), _sha256(Path(pretrained_dir) / file)[:16])
+            for m, (source, file) in wanted.items()}
+
+
 def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: list[int], data_root: Path | None,
               synthetic: bool, results_dir: Path, policy: str | None = None,
-              model_overrides: dict[str, Any] | None = None, folds: list[int] | str | None = None) -> list[RunSpec]:
-    """Resolve data, policy and names once; one RunSpec per (model, seed[, fold]).
+              model_overrides: dict[str, Any] | None = None, folds: list[int] | str | None = None,
+              pretrained_dir: Path | None = None) -> list[RunSpec]:
+    """Resolve data, policy, pretrained files and names once; one RunSpec per (model, seed[, fold]).
 
-    ``folds``: cross-validation folds to run ("all" or a list), for data without a fixed test split."""
+    ``folds``: cross-validation folds to run ("all" or a list), for data without a fixed test split.
+    ``pretrained_dir``: where the authors' pretrained files are, for protocols with ``pretrained``."""
     if synthetic and data_root is not None:
         raise BenchError("give either --data-root or --synthetic, not both")
     records.ensure_writable_dir(results_dir)  # before synthetic data is written or anything trains
@@ -214,6 +258,7 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     for m in models:  # img_size and --set overrides, for every model before the first one trains
         check_buildable(m, num_classes=ds.num_classes, in_chans=ds.in_chans, img_size=protocol.img_size,
                         **(model_overrides or {}))
+    inits = resolve_inits(models, protocol, pretrained_dir)
     extra = tuple(sorted((model_overrides or {}).items()))
     fold_list: list[int | None] = [None]
     if folds is not None:
@@ -222,5 +267,5 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         bad = [f for f in fold_list if not 0 <= f < n]
         if bad:
             raise BenchError(f"--folds {bad[0]}: {data_root} has folds 0..{n - 1}")
-    return [RunSpec(m, dataset, protocol, s, Path(data_root), synthetic, chosen, extra, fold)
+    return [RunSpec(m, dataset, protocol, s, Path(data_root), synthetic, chosen, extra, fold, inits.get(m))
             for m in models for s in seeds for fold in fold_list]

@@ -185,6 +185,7 @@ PAPER_CONFIG = {"depths": (2, 2, 2, 2), "depths_decoder": (2, 2, 2, 1), "dims": 
     paper="Ruan & Xiang, arXiv:2402.02491",
     description="VM-UNet: VSS-block encoder/decoder, 4-direction selective scan (27.43 M params)",
     pretrained={"vmamba": load_vmamba_pretrained},
+    init=("vmamba", "vmamba_small_e238_ema.pth"),  # VMamba-S, encoder and mirrored decoder
 )
 def vmunet(*, num_classes: int, in_chans: int = 3, img_size: int = 224, **overrides: Any) -> VMUNet:
     """VM-UNet with the paper configuration (Synapse: 9 classes at 224²; ISIC: 1 class at 256²).

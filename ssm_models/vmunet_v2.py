@@ -165,6 +165,7 @@ PAPER_CONFIG = {"depths": (2, 2, 9, 2), "dims": (96, 192, 384, 768), "mid_channe
     paper="Zhang et al., arXiv:2403.09157",
     description="VM-UNet-V2: VSS encoder, CBAM + SDI fusion, conv decoder, fused two-head output (22.77 M params)",
     pretrained={"vmamba": load_vmamba_encoder},
+    init=("vmamba", "vmamba_small_e238_ema.pth"),  # VMamba-S, encoder only
 )
 def vmunet_v2(*, num_classes: int, in_chans: int = 3, img_size: int = 256, **overrides: Any) -> VMUNetV2:
     """VM-UNet-V2 with the authors' ISIC configuration; deep supervision only for one class."""

@@ -5,6 +5,7 @@ docs/bad_input.md; each breaks one thing in a small valid synthetic dataset."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -590,3 +591,16 @@ def test_corrupt_file_read_in_a_loader_worker(data, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"error: {root / 'train_npz'}") and proc.stderr.count("\n") == 1, proc.stderr
     assert "truncated or corrupt" in proc.stderr
+
+
+def test_missing_pretrained_files_are_named_before_anything_runs(monkeypatch, capsys, tmp_path):
+    # the synapse protocol starts vmunet and transunet from their authors' files: both named at once
+    res = tmp_path / "res"
+    err = _fails(monkeypatch, capsys, "run", "--models", "unet,vmunet,transunet", "--dataset", "synapse",
+                 "--synthetic", "--results", res, names="vmunet: vmamba_small_e238_ema.pth",
+                 phrase="pass --pretrained-dir DIR holding them, or --no-pretrained")
+    assert "transunet: R50+ViT-B_16.npz" in err and not re.search(r"[(; ]unet:", err)  # U-Net has no file
+    assert not (res / "runs").exists() and not (res / "records").exists()
+    _fails(monkeypatch, capsys, "run", "--models", "swin_unet", "--dataset", "synapse", "--synthetic",
+           "--results", res, "--pretrained-dir", tmp_path, names=f"not found in {tmp_path}",
+           phrase="swin_unet: swin_tiny_patch4_window7_224.pth")

@@ -219,3 +219,12 @@ def test_a_failed_run_closes_its_training_log(tmp_path, monkeypatch):
     (run_dir,) = (tmp_path / "runs").iterdir()
     steps, losses = _tb_scalars(run_dir / "tb")["train/loss"]
     assert steps == [1, 2, 3, 4] and all(v > 0 for v in losses)
+
+
+def test_no_pretrained_trains_from_scratch_off_protocol(tmp_path):
+    _bench("run", "--models", "vmunet", "--dataset", "synapse", "--synthetic", "--no-pretrained",
+           "--results", tmp_path, *FAST)
+    (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "records").glob("*.json")]
+    assert rec["init"] is None and rec["protocol"]["name"] == "synapse"
+    assert rec["protocol"]["off_protocol"] and rec["protocol"]["overrides"]["pretrained"] is False
+    assert "pretrained init: vmamba_small_e238_ema.pth" in _bench("models").stdout

@@ -232,3 +232,51 @@ def test_run_record_carries_policy_conventions_and_hd95_unit(synapse_root, tmp_p
     assert rec["hd95_unit"] == "mm" and load(tmp_path)["hd95_unit"].tolist() == ["mm"]
     assert rec["policy_conventions"] == policy_fields("strict")
     assert rec["policy_conventions"]["use_spacing"] is True and "table" not in rec["policy_conventions"]
+
+
+def _vmamba_file(folder, tiny):
+    """A VMamba-S-layout file for the tiny VM-UNet (its encoder keys without the prefix)."""
+    own = create_model("vmunet", num_classes=9, img_size=32, **tiny).state_dict()
+    g = torch.Generator().manual_seed(7)
+    ckpt = {k[len("vmunet."):]: torch.randn(v.shape, generator=g) for k, v in own.items()
+            if k.startswith("vmunet.layers.")}
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": ckpt}, folder / "vmamba_small_e238_ema.pth")
+    return ckpt
+
+
+def test_pretrained_protocol_starts_each_model_from_its_authors_file(synapse_root, tmp_path):
+    import hashlib
+
+    from bench.records import load
+    from bench.run import plan_grid, run_one
+
+    tiny = dict(get_entry("vmunet").tiny)
+    # lr 0: the weights stay what the file put there, so the final checkpoint shows the init
+    proto = load_protocol("smoke").with_overrides(pretrained=True, img_size=32, max_iterations=1, lr=0.0,
+                                                  max_cases=1)
+    grid = dict(dataset="synapse", protocol=proto, seeds=[0], data_root=synapse_root, synthetic=False,
+                results_dir=tmp_path / "res", model_overrides=tiny)
+    with pytest.raises(BenchError, match=r"vmunet: vmamba_small_e238_ema\.pth.*--pretrained-dir.*--no-pretrained"):
+        plan_grid(models=["vmunet"], **grid)
+    with pytest.raises(BenchError, match=r"not found in .*nowhere"):
+        plan_grid(models=["vmunet"], pretrained_dir=tmp_path / "nowhere", **grid)
+    (unet,) = plan_grid(models=["unet"], **{**grid, "model_overrides": dict(get_entry("unet").tiny)})
+    assert unet.init is None  # the classic U-Net has no pretrained file: from scratch under any protocol
+
+    ckpt = _vmamba_file(tmp_path / "weights", tiny)
+    (spec,) = plan_grid(models=["vmunet"], pretrained_dir=tmp_path / "weights", **grid)
+    sha = hashlib.sha256((tmp_path / "weights" / "vmamba_small_e238_ema.pth").read_bytes()).hexdigest()[:16]
+    assert spec.init == ("vmamba", str(tmp_path / "weights" / "vmamba_small_e238_ema.pth"), sha)
+    scratch = load_protocol("smoke").with_overrides(img_size=32, max_iterations=1, lr=0.0, max_cases=1)
+    (other,) = plan_grid(models=["vmunet"], **{**grid, "protocol": scratch})
+    assert other.init is None and other.key != spec.key
+
+    rec = run_one(spec, results_dir=tmp_path / "res", device=torch.device("cpu"))
+    assert rec["init"]["file"] == "vmamba_small_e238_ema.pth" and rec["init"]["sha256"] == sha
+    assert rec["init"]["encoder"] == len(ckpt) and rec["init"]["decoder_mirrored"] > 0
+    assert load(tmp_path / "res")["init"].tolist() == [f"vmamba_small_e238_ema.pth@{sha[:8]}"]
+    final = torch.load(tmp_path / "res" / "runs" / spec.key / "checkpoints" / "final.pt", weights_only=True)["model"]
+    key = "layers.0.blocks.0.self_attention.A_logs"
+    assert torch.equal(final[f"vmunet.{key}"], ckpt[key])
+    assert torch.equal(final["vmunet.layers_up.3.blocks.0.ln_1.weight"], ckpt["layers.0.blocks.0.ln_1.weight"])
