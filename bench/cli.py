@@ -225,6 +225,34 @@ def report(
 
 
 @app.command()
+def rescore(
+    policy: Annotated[str, typer.Option(help="the metric policy to score under: legacy-synapse, legacy-isic or strict")],
+    results: Annotated[Path, typer.Option(help="results directory with the finished runs")] = DEFAULT_RESULTS,
+    models: Annotated[str, typer.Option(help="'all' or a comma list of registered models")] = "all",
+    protocol: Annotated[Optional[Path], typer.Option(help="the runs' protocol .toml, for runs of a file that is "
+                                                     "not built in")] = None,
+    device: Annotated[Device, typer.Option(help="where to evaluate")] = Device.auto,
+) -> None:
+    """Score finished runs under another metric policy from their saved weights, without
+    training again; one record <run_id>.<policy> per run, beside the original.
+
+    Example: bench rescore --policy strict --results results
+    """
+    from bench.env import resolve_device
+    from bench.registry import resolve_models
+    from bench.rescore import plan_rescore, rescore_record
+
+    dev = resolve_device(device.value)
+    todo = plan_rescore(results, policy, resolve_models(models))
+    typer.echo(f"bench rescore: {len(todo)} run(s) to score under {policy} · device {dev}")
+    for rec in todo:
+        new = rescore_record(rec, policy, results, dev, protocol)
+        hd = new["metrics"].get("hd95")
+        typer.echo(f"  {new['run_id']}: DSC {100 * new['metrics']['dice']:.2f}"
+                   + (f" · HD95 {hd:.2f} {new['hd95_unit']}" if hd is not None and hd == hd else ""))
+
+
+@app.command()
 def check(
     baseline: Annotated[Path, typer.Option(help="committed baseline CSV, e.g. results/baseline/smoke.csv")],
     results: Annotated[Path, typer.Option(help="results directory with the current records")] = DEFAULT_RESULTS,

@@ -70,8 +70,8 @@ RUN_ID_COLUMNS = [
     "policy", "seed",
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
-    "init", "status", "git_commit", "device", "scan_backend", "hd95_unit", "started_at", "finished_at", "wall_time_s",
-    "train_time_s", "params", "trainable_params", "macs", "paper_macs", "flops", "fps", "peak_mem_mb",
+    "init", "rescored_from", "status", "git_commit", "device", "scan_backend", "hd95_unit", "started_at",
+    "finished_at", "wall_time_s", "train_time_s", "params", "trainable_params", "macs", "paper_macs", "flops", "fps", "peak_mem_mb",
 ]  # fmt: skip
 # Aggregates every policy may produce; ``load`` puts them first, extra metric keys follow.
 STANDARD_METRICS = ["dice", "hd95", "iou", "acc", "spe", "sen", "n_cases"]
@@ -388,6 +388,7 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
     init = rec.get("init")  # absent in older records; null: trained from scratch
     row.update(
         init=f"{init['file']}@{init['sha256'][:8]}" if init else None,
+        rescored_from=rec.get("rescored_from"),  # `bench rescore`: the run whose weights were scored
         status=rec["status"],
         git_commit=rec["git_commit"],
         device=_device_string(rec["device"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -112,7 +113,7 @@ def test_user_errors_are_one_line(args, message, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("cmd", [[], ["run"], ["report"], ["check"], ["models"], ["doctor"], ["data"],
+@pytest.mark.parametrize("cmd", [[], ["run"], ["rescore"], ["report"], ["check"], ["models"], ["doctor"], ["data"],
                                  ["data", "synth"], ["data", "verify"]])
 def test_every_help_shows_an_example(cmd):
     result = runner.invoke(app, [*cmd, "--help"])
@@ -228,3 +229,15 @@ def test_no_pretrained_trains_from_scratch_off_protocol(tmp_path):
     assert rec["init"] is None and rec["protocol"]["name"] == "synapse"
     assert rec["protocol"]["off_protocol"] and rec["protocol"]["overrides"]["pretrained"] is False
     assert "pretrained init: vmamba_small_e238_ema.pth" in _bench("models").stdout
+
+
+def test_rescore_puts_the_same_weights_on_a_strict_board(smoke_results, tmp_path):
+    results = shutil.copytree(smoke_results, tmp_path / "results")
+    out = _bench("rescore", "--policy", "strict", "--results", results).stdout
+    assert "1 run(s) to score under strict" in out and ".strict: DSC" in out and "mm" in out
+    df = records.load(results)
+    assert sorted(df["policy"]) == ["legacy-synapse", "strict"]
+    assert df["rescored_from"].notna().sum() == 1
+    rep = _bench("report", "--results", results).stdout
+    assert "policy legacy-synapse" in rep and "policy strict" in rep and "HD95 in mm" in rep
+    assert "0 run(s)" in _bench("rescore", "--policy", "strict", "--results", results).stdout

@@ -1,0 +1,100 @@
+"""`bench rescore`: score finished runs under another metric policy without training again.
+
+A run's evaluated weights stay in its run directory (``checkpoints/final.pt``, or ``best.pt`` when
+the protocol selected the lowest-train-loss epoch), and the record says how the model was built
+and the data read. Rescoring rebuilds the model from the record, loads those weights, evaluates
+the same test split under ``policy`` and writes a new record ``<run_id>.<policy>``: the original's
+training fields (``train``, ``init``, ``protocol``, ``seed``...) with the new policy's metrics and
+``rescored_from``. So one trained model appears on a ``legacy-synapse`` board and a ``strict``
+board, with the same weights behind both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import records
+from bench.data import open_dataset
+from bench.errors import BenchError
+from bench.evaluate import evaluate
+from bench.metrics import get_policy, policy_fields
+from bench.protocol import Protocol, load_protocol
+from bench.registry import create_model
+from bench.train import CHECKPOINT_DIR, load_checkpoint
+
+__all__ = ["rescore_id", "weights_path", "record_protocol", "rescore_record", "plan_rescore"]
+
+
+def rescore_id(run_id: str, policy: str) -> str:
+    return f"{run_id}.{policy}"
+
+
+def weights_path(results_dir: Path, rec: dict[str, Any]) -> Path:
+    """The checkpoint the run's record was evaluated with."""
+    selected = str(rec["train"].get("selected") or "final")
+    name = "best.pt" if selected.startswith("best_train_loss") else "final.pt"
+    return Path(results_dir) / "runs" / rec["run_id"] / CHECKPOINT_DIR / name
+
+
+def record_protocol(rec: dict[str, Any], protocol_file: Path | None = None) -> Protocol:
+    """The run's protocol, rebuilt from its name (or ``protocol_file``) and overrides; BenchError
+    when its content hash is not the run's (the file changed since, so evaluation could too)."""
+    meta = rec["protocol"]
+    proto = load_protocol(protocol_file or meta["name"]).with_overrides(**meta["overrides"])
+    if proto.hash != meta["hash"]:
+        raise BenchError(f"run {rec['run_id']}: protocol {meta['name']!r} now has hash {proto.hash}, the run used "
+                         f"{meta['hash']}; pass the run's protocol file with --protocol")
+    return proto
+
+
+def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None) -> list[dict[str, Any]]:
+    """Finished original records (not rescored ones) of ``models`` whose policy differs from
+    ``policy`` and that have no ``<run_id>.<policy>`` record yet, in run-id order."""
+    get_policy(policy)
+    df = records.load(results_dir)
+    if df.empty:
+        return []
+    done = set(df["run_id"])
+    todo = df[(df["status"] == "finished") & df["rescored_from"].isna() & (df["policy"] != policy)
+              & ~df["run_id"].map(lambda r: rescore_id(r, policy) in done)]
+    if models is not None:
+        todo = todo[todo["model"].isin(models)]
+    return [json.loads(records.record_path(results_dir, rid).read_text(encoding="utf-8"))
+            for rid in sorted(todo["run_id"])]
+
+
+def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: torch.device,
+                   protocol_file: Path | None = None) -> dict[str, Any]:
+    """Evaluate the run of ``rec`` under ``policy`` and write (and return) its new record."""
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    path = weights_path(results_dir, rec)
+    if not path.is_file():
+        raise BenchError(f"{path}: not found; run {rec['run_id']} can only be rescored from its run directory")
+    protocol = record_protocol(rec, protocol_file)
+    split = rec["split"]
+    dataset = open_dataset(rec["dataset"], rec["data_root"], int(split[4:]) if split.startswith("fold") else None)
+    model = create_model(rec["model"], **rec["model_config"])
+    model.load_state_dict(load_checkpoint(path)["model"])
+    scores = evaluate(model, dataset, protocol, policy, device=device)
+    new = {
+        **rec,
+        "run_id": rescore_id(rec["run_id"], policy),
+        "policy": policy,
+        "policy_conventions": policy_fields(policy),
+        "hd95_unit": scores.hd95_unit,
+        "metrics": scores.metrics,
+        "per_class": scores.per_class,
+        "per_case": scores.per_case,
+        "rescored_from": rec["run_id"],
+        "rescored_at": started.isoformat(),
+        "rescore_time_s": round(time.perf_counter() - t0, 3),
+    }
+    records.write_record(new, results_dir)
+    return new

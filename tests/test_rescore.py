@@ -1,0 +1,86 @@
+"""`bench rescore`: a finished run's weights scored under another policy equal a run trained
+under that policy from the start (CPU training is bit-reproducible), without training again."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from bench.data import synthetic_root
+from bench.errors import BenchError
+from bench.protocol import load_protocol
+from bench.records import load, record_path
+from bench.registry import get_entry
+from bench.report import leaderboards
+from bench.rescore import plan_rescore, rescore_record, weights_path
+from bench.run import plan_grid, run_one
+
+CPU = torch.device("cpu")
+
+
+def _run(root, results, policy):
+    proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=3, max_cases=2)
+    (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=root,
+                        synthetic=False, results_dir=results, policy=policy,
+                        model_overrides=dict(get_entry("unet").tiny))
+    return run_one(spec, results_dir=results, device=CPU)
+
+
+def _same(a, b):
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = synthetic_root("synapse", tmp_path_factory.mktemp("synth"))
+    results = tmp_path_factory.mktemp("results")
+    return root, results, _run(root, results, "legacy-synapse")
+
+
+def test_rescored_metrics_equal_a_run_trained_under_that_policy(trained, tmp_path):
+    root, results, legacy = trained
+    (rec,) = plan_rescore(results, "strict")
+    assert rec["run_id"] == legacy["run_id"]
+    new = rescore_record(rec, "strict", results, CPU)
+    direct = _run(root, tmp_path, "strict")  # trained again, under strict from the start
+    assert new["run_id"] == f"{legacy['run_id']}.strict" and new["rescored_from"] == legacy["run_id"]
+    assert new["policy"] == "strict" and new["hd95_unit"] == "mm" and new["policy_conventions"]["use_spacing"]
+    assert new["train"] == legacy["train"] and new["protocol"] == legacy["protocol"]
+    assert new["metrics"].keys() == direct["metrics"].keys()
+    assert all(_same(new["metrics"][k], direct["metrics"][k]) for k in direct["metrics"]), (new["metrics"], direct["metrics"])
+    assert len(new["per_case"]) == len(direct["per_case"])
+    assert all(_same(a[k], b[k]) for a, b in zip(new["per_case"], direct["per_case"]) for k in b)
+    # strict differs from the legacy rules on the same weights (a missed organ is not HD95 0)
+    assert new["metrics"]["hd95"] != legacy["metrics"]["hd95"]
+
+    df = load(results)
+    assert sorted(df["policy"]) == ["legacy-synapse", "strict"]
+    assert df.set_index("run_id").loc[new["run_id"], "rescored_from"] == legacy["run_id"]
+    assert {k.policy for k in leaderboards(df)} == {"legacy-synapse", "strict"}
+    # done once: neither the original nor the rescored record is planned again
+    assert plan_rescore(results, "strict") == []
+    assert [r["run_id"] for r in plan_rescore(results, "legacy-isic")] == [legacy["run_id"]]
+    assert plan_rescore(results, "legacy-synapse") == []  # already its policy
+    assert plan_rescore(results, "strict", models=["vmunet"]) == []
+
+
+def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
+    _, results, legacy = trained
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    rec = json.loads(record_path(copy, legacy["run_id"]).read_text())
+    with pytest.raises(BenchError, match="unknown metric policy"):
+        plan_rescore(copy, "strictt")
+    changed = {**rec, "protocol": {**rec["protocol"], "hash": "0" * 16}}
+    with pytest.raises(BenchError, match="now has hash .* pass the run's protocol file with --protocol"):
+        rescore_record(changed, "strict", copy, CPU)
+    weights_path(copy, rec).unlink()
+    with pytest.raises(BenchError, match=r"final\.pt: not found"):
+        rescore_record(rec, "strict", copy, CPU)
+    # a run that selected its lowest-train-loss epoch was evaluated with best.pt
+    best = {**rec, "train": {**rec["train"], "selected": "best_train_loss@3"}}
+    assert weights_path(copy, best).name == "best.pt"
