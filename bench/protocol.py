@@ -68,7 +68,7 @@ class Protocol:
     version: int
     description: str
     img_size: int
-    normalize: str  # "none" | "minmax255" (VM-UNet ISIC: per-image min-max to [0, 255])
+    normalize: str  # "none" | "minmax255" (VM-UNet ISIC) | "zscore" | "ct_window" (bench.transforms)
     metric_policy: str  # "" = the dataset's default policy
     seed: int
     train: TrainConfig
@@ -140,7 +140,7 @@ CHOICES = {
     ("train", "scheduler"): ("poly", "cosine", "constant"),
     ("train", "select"): ("final", "best_train_loss"),
     ("train", "augment"): ("none", "transunet", "vmunet_isic"),
-    ("", "normalize"): ("none", "minmax255"),
+    ("", "normalize"): ("none", "minmax255", "zscore", "ct_window"),
     ("", "dtype"): ("float32", "float64"),
 }
 

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,6 +254,9 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         raise BenchError(
             f"protocol {protocol.name!r} is written for {', '.join(protocol.datasets)}, not {dataset!r}"
         )
+    hint = ds.normalize_hint(protocol.normalize)
+    if hint:
+        warnings.warn(hint, stacklevel=2)
     chosen = policy or protocol.metric_policy or ds.default_policy
     get_policy(chosen)
     for m in models:  # img_size and --set overrides, for every model before the first one trains

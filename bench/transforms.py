@@ -32,6 +32,7 @@ from bench.errors import BenchError
 from bench.protocol import CHOICES
 
 NORMALIZE_MODES = CHOICES[("", "normalize")]
+CT_WINDOW = (-125.0, 275.0)  # HU; the abdominal window of the Synapse files (spec/baselines.md)
 
 
 # --- pure array functions --------------------------------------------------------------------
@@ -44,6 +45,10 @@ def normalize_image(img: np.ndarray, mode: str) -> np.ndarray:
     - ``"minmax255"``: VM-UNet's ``myNormalize``: (x - mean) / std then min-max over the whole
       image (all channels) to [0, 255]; the mean/std cancel, so only the min-max is computed.
       A constant image (max == min), where the authors' code divides by zero, becomes all 0.
+    - ``"zscore"``: per channel, (x - mean) / std over the image (nnU-Net's default for non-CT
+      channels, here per 2-D image or slice); a constant channel becomes 0.
+    - ``"ct_window"``: CT in HU clipped to [-125, 275] and scaled to [0, 1], the preparation the
+      Synapse files were distributed with (TransUNet lineage), for CT in nnU-Net format.
     """
     img = np.asarray(img, dtype=np.float32)
     if mode == "none":
@@ -53,6 +58,14 @@ def normalize_image(img: np.ndarray, mode: str) -> np.ndarray:
         if hi <= lo:
             return np.zeros_like(img)
         return ((img - lo) * (255.0 / (hi - lo))).astype(np.float32)
+    if mode == "zscore":
+        axes = (0, 1)  # (H, W) or channels-last (H, W, C)
+        x = img.astype(np.float64)
+        mean, std = x.mean(axis=axes, keepdims=True), x.std(axis=axes, keepdims=True)
+        return np.where(std > 0, (x - mean) / np.where(std > 0, std, 1.0), 0.0).astype(np.float32)
+    if mode == "ct_window":
+        lo, hi = CT_WINDOW
+        return ((np.clip(img, lo, hi) - lo) / (hi - lo)).astype(np.float32)
     raise BenchError(f"unknown normalize mode {mode!r}; expected one of {', '.join(NORMALIZE_MODES)}")
 
 

@@ -461,3 +461,16 @@ def test_dataset_name_tells_nnunet_datasets_apart(roots, tmp_path):
     meta.pop("name", None)  # optional in nnU-Net v2: the folder names the dataset then
     (root / "dataset.json").write_text(json.dumps(meta))
     assert open_dataset("nnunet", root).dataset_name == "nnunet:Dataset027_ACDC"
+
+
+def test_nnunet_warns_when_the_protocol_leaves_ct_or_mri_raw(roots, tmp_path):
+    ds = open_dataset("nnunet", roots["nnunet"])  # the synthesizer's 3-D data says CT
+    assert "normalize = 'ct_window'" in ds.normalize_hint("none")
+    assert ds.normalize_hint("ct_window") is None and ds.normalize_hint("zscore") is None
+    root = Path(shutil.copytree(roots["nnunet2d"], tmp_path / "mri"))
+    meta = json.loads((root / "dataset.json").read_text())
+    for kind, hint in (("T2", "zscore"), ("noNorm", None), ("rgb_to_0_1", None)):
+        (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": kind}}))
+        got = open_dataset("nnunet", root).normalize_hint("none")
+        assert (got is None) if hint is None else (f"normalize = '{hint}'" in got), (kind, got)
+    assert open_dataset("synapse", roots["synapse"]).normalize_hint("none") is None

@@ -88,7 +88,7 @@ def test_override_marks_off_protocol():
         (lambda s: s.replace('scheduler = "constant"', 'scheduler = "step"'), r"train\.scheduler: unknown 'step'"),
         (lambda s: s.replace('select = "final"', 'select = "best"'), r"train\.select: unknown 'best'"),
         (lambda s: s.replace('augment = "none"', 'augment = "mixup"'), r"train\.augment: unknown 'mixup'"),
-        (lambda s: s.replace('normalize = "none"', 'normalize = "zscore"'), r"bad\.toml: normalize: unknown 'zscore'"),
+        (lambda s: s.replace('normalize = "none"', 'normalize = "zscor"'), r"bad\.toml: normalize: unknown 'zscor'; did you mean 'zscore'"),
     ],
 )
 def test_bad_protocol_file_names_the_file(tmp_path, edit, message):

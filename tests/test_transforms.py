@@ -51,7 +51,17 @@ def test_minmax255_range_and_constant_image():
     raw = np.arange(6, dtype=np.uint8).reshape(2, 3)
     np.testing.assert_array_equal(T.normalize_image(raw, "none"), raw.astype(np.float32))
     with pytest.raises(BenchError, match="minmax"):
-        T.normalize_image(raw, "zscore")
+        T.normalize_image(raw, "robust")
+
+
+def test_zscore_per_channel_and_ct_window_hand_computed():
+    img = np.stack([np.array([[1.0, 3.0], [5.0, 7.0]]), np.full((2, 2), 9.0)], axis=-1)  # (H, W, C)
+    out = T.normalize_image(img, "zscore")
+    std = np.sqrt(((np.array([1, 3, 5, 7]) - 4.0) ** 2).mean())  # population std, as nnU-Net
+    np.testing.assert_allclose(out[..., 0], (np.array([[1, 3], [5, 7]]) - 4.0) / std, rtol=1e-6)
+    assert out.dtype == np.float32 and not out[..., 1].any()  # a constant channel becomes 0
+    hu = np.array([[-1000.0, -125.0], [75.0, 3000.0]])  # air, window floor, mid-window, bone
+    np.testing.assert_allclose(T.normalize_image(hu, "ct_window"), [[0.0, 0.0], [0.5, 1.0]])
 
 
 def test_to_chw():

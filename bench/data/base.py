@@ -72,6 +72,11 @@ class SegDataset:
         serves many datasets (nnunet), whose runs must not share a board."""
         return self.name
 
+    def normalize_hint(self, normalize: str) -> str | None:
+        """A warning when a protocol's ``normalize`` leaves this data's intensities unsuitable for
+        the networks (raw HU, raw MRI), or None."""
+        return None
+
     @property
     def binary(self) -> bool:
         """True for one-channel sigmoid tasks (ISIC, polyp): labels are float32 masks in [0, 1]."""

@@ -12,8 +12,9 @@ File endings: ``.png`` -> 2-D cases (an RGB PNG supplies three channels from one
 as nnU-Net's NaturalImage2DIO reads it); ``.nii.gz`` / ``.nii`` -> 3-D volumes read with nibabel.
 Volumes are returned as (D, H, W) = (z, y, x), the axis order SimpleITK (and so nnU-Net) uses,
 with ``spacing`` the header zooms reordered the same way (mm). Multi-channel images are
-channels-last: (H, W, C) or (D, H, W, C). Images are float32 as stored (no CT clipping or
-z-scoring: choose a protocol whose ``normalize`` suits the data); labels are int64 ids.
+channels-last: (H, W, C) or (D, H, W, C). Images are float32 as stored; the protocol's
+``normalize`` (``zscore``, ``ct_window``) prepares them, and a run whose protocol leaves CT or
+MRI channels raw is warned (``normalize_hint``); labels are int64 ids.
 
 Training items: a 2-D case is one item (id ``CASE``); a volume contributes each axial slice
 (id ``"CASE:z"``). Test cases are whole cases, scored per volume.
@@ -274,6 +275,16 @@ class NnUNetDataset(SegDataset):
             )
         self._train_cases, self._test_cases = self._split()
         self._slice_ids: list[str] | None = None
+
+    def normalize_hint(self, normalize: str) -> str | None:
+        # nnU-Net normalises by channel_names (CT: clip and z-score; noNorm / rgb_to_0_1: as is
+        # or /255; anything else: z-score); protocols here name one mode for all channels
+        kinds = {str(v) for v in self.meta["channel_names"].values()}
+        if normalize != "none" or kinds <= {"noNorm", "rgb_to_0_1", "rescale_to_0_1"}:
+            return None
+        mode = "ct_window" if "CT" in kinds else "zscore"
+        return (f"{self.root / 'dataset.json'}: channels {sorted(kinds)} reach the networks unnormalised under "
+                f"normalize = 'none'; a protocol with normalize = '{mode}' suits them")
 
     @property
     def dataset_name(self) -> str:
