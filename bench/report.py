@@ -157,6 +157,10 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
             "macs": runs["macs"].mean() if "macs" in runs else math.nan,
             "paper_macs": runs["paper_macs"].mean() if "paper_macs" in runs else math.nan,
         }
+        if {"n_nan_dice", "n_valid_dice"} <= set(runs) and runs["n_nan_dice"].notna().any():
+            # strict: case x class entries with no Dice (both masks empty), excluded from the means
+            row["dice_n_na"] = int(runs["n_nan_dice"].sum())
+            row["dice_n_entries"] = row["dice_n_na"] + int(runs["n_valid_dice"].sum())
         for col in value_cols:
             row[f"{col}_mean"] = runs[col].mean(skipna=False)
             row[f"{col}_std"] = runs[col].std(skipna=False) if len(runs) > 1 else math.nan
@@ -190,7 +194,9 @@ def leaderboards(df_runs: pd.DataFrame) -> dict[BoardKey, pd.DataFrame]:
     Each board has columns ``model, family, model_config, n_seeds, n_runs, n_cases, params`` then
     ``<metric>_mean``/``<metric>_std``/``<metric>_n_nan`` (runs whose value is NaN) for every
     aggregate metric with data (record keys: dice, hd95, iou, acc, spe, sen; values as stored, in
-    [0, 1] and HD95 units) and the same three for per-class ``dice/<name>``. ``board.attrs``
+    [0, 1] and HD95 units) and the same three for per-class ``dice/<name>``; where records count
+    them, ``dice_n_na`` / ``dice_n_entries`` (case × class entries without a Dice, summed over
+    runs / all entries: what ``strict`` left out of the means). ``board.attrs``
     holds protocol name, version, hash, overrides and the ordered value columns. Keys are
     ``BoardKey`` named tuples (plain tuples work too). Runs whose status is not "finished" are
     left out.
@@ -221,6 +227,11 @@ def _fmt_params(params: float) -> str:
     return "" if math.isnan(params) else f"{params / 1e6:.2f}"
 
 
+def _has_exclusions(board: pd.DataFrame) -> bool:
+    """Some run of the board left case x class entries out of its means (strict, both empty)."""
+    return "dice_n_na" in board and bool(board["dice_n_na"].fillna(0).gt(0).any())
+
+
 def _display_table(board: pd.DataFrame) -> pd.DataFrame:
     """Strings for humans: one column per metric, "81.23 ± 0.45"."""
     out = pd.DataFrame(
@@ -233,6 +244,9 @@ def _display_table(board: pd.DataFrame) -> pd.DataFrame:
             "Params (M)": [_fmt_params(p) for p in board["params"]],
         }
     )
+    if _has_exclusions(board):
+        out["DSC n/a"] = ["" if math.isnan(n) else f"{int(n)}/{int(t)}"
+                          for n, t in zip(board["dice_n_na"], board["dice_n_entries"])]
     if "macs" in board and board["macs"].notna().any():  # joined from `bench profile` records
         out["GMACs (scan incl.)"] = [_g(v) for v in board["macs"]]
         out["thop GMACs"] = [_g(v) for v in board["paper_macs"]]
@@ -266,6 +280,9 @@ def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
         f"Mean ± std (sample, ddof=1) over seeds: {seeds} per model; test cases per run: {cases}. "
         f"DSC, mIoU, Acc, Spe, Sen in %; {hd}; NaN is shown, not dropped."
     )
+    if _has_exclusions(board):
+        note += (" DSC n/a: case × class entries with both masks empty, over all runs; strict scores them NaN and "
+                 "leaves them out of the means.")
     if "dice_ci_lo" in board:
         note += " 95% CI: bootstrap of the mean over test cases (each case averaged over classes and seeds)."
     return title, note

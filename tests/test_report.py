@@ -330,3 +330,18 @@ def test_each_polyp_test_set_gets_its_own_board_scored_like_the_authors(tmp_path
     assert "## polyp · protocol" in text  # the run's own board, pooled over both sets, stays
     published = text.split("Published vs ours · polyp:CVC-ClinicDB")[1].split("\n## ")[0]
     assert "82.3" in published and "Published vs ours · polyp:Kvasir" not in text
+
+
+def test_strict_boards_say_how_many_entries_were_left_out(tmp_path):
+    for seed, (n_nan, n_valid) in enumerate([(2, 14), (1, 15)]):
+        rec = make_record("unet", seed=seed)
+        rec["metrics"].update(n_nan_dice=n_nan, n_valid_dice=n_valid)
+        write_record(rec, tmp_path / "some")
+    rec = make_record("vmunet")
+    rec["metrics"].update(n_nan_dice=0, n_valid_dice=16)
+    write_record(rec, tmp_path / "some")
+    md = render(load(tmp_path / "some"))
+    assert "DSC n/a" in md and "both masks empty" in md
+    assert re.search(r"\| unet .*\| +3/32 \|", md) and re.search(r"\| vmunet .*\| +0/16 \|", md)
+    write_record(rec, tmp_path / "none")  # nothing left out: no column, no note
+    assert "DSC n/a" not in render(load(tmp_path / "none"))
