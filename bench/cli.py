@@ -120,10 +120,10 @@ def run(
     device: Annotated[Device, typer.Option(help="where to train")] = Device.auto,
     resume: Annotated[bool, typer.Option(help="continue killed runs from their last checkpoint")] = False,
     policy: Annotated[Optional[str], typer.Option(help="metric policy (default: the protocol's)")] = None,
-    pretrained_dir: Annotated[Optional[Path], typer.Option(help="folder with the authors' pretrained files "
-                                                           "(`bench models` names them), for protocols that start from them")] = None,
-    pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained",
-                                                       help="override the protocol's pretrained init: marks the record off-protocol")] = None,
+    pretrained_dir: Annotated[Optional[Path], typer.Option(
+        help="folder with the authors' pretrained files (`bench models` names them)")] = None,
+    pretrained: Annotated[Optional[bool], typer.Option(
+        "--pretrained/--no-pretrained", help="override the protocol's pretrained init (off-protocol)")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
     max_iterations: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
@@ -157,7 +157,7 @@ def run(
     proto = load_protocol(default_protocol(dataset, protocol))
     proto = proto.with_overrides(epochs=epochs, max_iterations=max_iterations, batch_size=batch_size,
                                  img_size=img_size, lr=lr,
-                                 pretrained=None if pretrained is None or pretrained == proto.pretrained else pretrained)
+                                 pretrained=None if pretrained == proto.pretrained else pretrained)
     resolve_inits(names, proto, pretrained_dir)  # every missing file named at once, before anything runs
     seed_list = _parse_ints(seeds) if seeds else [proto.seed]
     overrides = _parse_sets(set_ or [])
@@ -226,7 +226,7 @@ def report(
 
 @app.command()
 def rescore(
-    policy: Annotated[str, typer.Option(help="the metric policy to score under: legacy-synapse, legacy-isic or strict")],
+    policy: Annotated[str, typer.Option(help="the policy to score under: legacy-synapse, legacy-isic or strict")],
     results: Annotated[Path, typer.Option(help="results directory with the finished runs")] = DEFAULT_RESULTS,
     models: Annotated[str, typer.Option(help="'all' or a comma list of registered models")] = "all",
     protocol: Annotated[Optional[Path], typer.Option(help="the runs' protocol .toml, for runs of a file that is "

@@ -71,7 +71,8 @@ RUN_ID_COLUMNS = [
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
     "init", "rescored_from", "status", "git_commit", "device", "scan_backend", "hd95_unit", "started_at",
-    "finished_at", "wall_time_s", "train_time_s", "params", "trainable_params", "macs", "paper_macs", "flops", "fps", "peak_mem_mb",
+    "finished_at", "wall_time_s", "train_time_s", "params", "trainable_params", "macs", "paper_macs", "flops",
+    "fps", "peak_mem_mb",
 ]  # fmt: skip
 # Aggregates every policy may produce; ``load`` puts them first, extra metric keys follow.
 STANDARD_METRICS = ["dice", "hd95", "iou", "acc", "spe", "sen", "n_cases"]

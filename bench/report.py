@@ -156,6 +156,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
             "params": runs["params"].mean(),
             "macs": runs["macs"].mean() if "macs" in runs else math.nan,
             "paper_macs": runs["paper_macs"].mean() if "paper_macs" in runs else math.nan,
+            "peak_mem_mb": runs["peak_mem_mb"].max() if "peak_mem_mb" in runs else math.nan,  # CUDA runs
         }
         if {"n_nan_dice", "n_valid_dice"} <= set(runs) and runs["n_nan_dice"].notna().any():
             # strict: case x class entries with no Dice (both masks empty), excluded from the means
@@ -247,6 +248,8 @@ def _display_table(board: pd.DataFrame) -> pd.DataFrame:
     if _has_exclusions(board):
         out["DSC n/a"] = ["" if math.isnan(n) else f"{int(n)}/{int(t)}"
                           for n, t in zip(board["dice_n_na"], board["dice_n_entries"])]
+    if "peak_mem_mb" in board and board["peak_mem_mb"].notna().any():  # training on CUDA, the most of its runs
+        out["Train GPU peak (MB)"] = ["" if math.isnan(v) else f"{v:.0f}" for v in board["peak_mem_mb"]]
     if "macs" in board and board["macs"].notna().any():  # joined from `bench profile` records
         out["GMACs (scan incl.)"] = [_g(v) for v in board["macs"]]
         out["thop GMACs"] = [_g(v) for v in board["paper_macs"]]

@@ -120,8 +120,12 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
                 if bar is not None:
                     bar.update(task, completed=step, total=total, info=f"loss {loss:.4f}")
 
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             result = train_model(model, dataset, protocol, seed=spec.seed, run_dir=run_dir, device=device,
                                  resume=resume, writer=writer, progress=on_step, on_epoch_end=on_epoch_end)
+            # the GPU memory training needed: what decides whether a model fits a user's card
+            train_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
             if not main:
                 return None
             if bar is not None:
@@ -176,7 +180,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             **run_counts(spec.model, num_classes=dataset.num_classes, in_chans=dataset.in_chans,
                          img_size=protocol.img_size, overrides=dict(spec.model_overrides)),
-            "fps": None, "peak_mem_mb": None,  # timings: `bench profile`, on a machine chosen for it
+            "fps": None,  # timings: `bench profile`, on a machine chosen for it
+            "peak_mem_mb": train_peak, "peak_mem_kind": "cuda_train" if train_peak is not None else None,
         },
     }
     records.write_record(record, results_dir)

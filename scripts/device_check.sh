@@ -44,7 +44,8 @@ if [ "$what" = checks ] || [ "$what" = all ]; then
     # doctor first: it also builds our CPU scan kernel (the oracle) outside any timing
     step doctor bash -c "'$py' -m bench doctor > '$out/doctor.txt' 2>&1; cat '$out/doctor.txt'"
     step cuda-tests "$py" -m pytest -q -p no:cacheprovider -rs tests/test_scan.py tests/test_lightm_unet.py \
-        tests/test_cuda_check.py tests/test_env.py -k "cuda or fused or env or driver or fingerprint"
+        tests/test_cuda_check.py tests/test_env.py tests/test_train.py::test_cuda_run_records_its_training_peak_memory \
+        -k "cuda or fused or env or driver or fingerprint"
     step cuda-check "$py" benchmarks/cuda_check.py --threads "$threads" --repeats 20 --out "$out/cuda_check.md"
 fi
 

@@ -345,3 +345,14 @@ def test_strict_boards_say_how_many_entries_were_left_out(tmp_path):
     assert re.search(r"\| unet .*\| +3/32 \|", md) and re.search(r"\| vmunet .*\| +0/16 \|", md)
     write_record(rec, tmp_path / "none")  # nothing left out: no column, no note
     assert "DSC n/a" not in render(load(tmp_path / "none"))
+
+
+def test_training_gpu_peak_is_shown_where_runs_recorded_it(tmp_path):
+    for seed, peak in enumerate([900.0, 1100.0]):
+        rec = make_record("unet", seed=seed)
+        rec["cost"].update(peak_mem_mb=peak, peak_mem_kind="cuda_train")
+        write_record(rec, tmp_path)
+    write_record(make_record("vmunet"), tmp_path)  # a CPU run: nothing measured
+    md = render(load(tmp_path))
+    assert "Train GPU peak (MB)" in md and re.search(r"\| unet .*\| +1100 \|", md)  # the most any seed needed
+    assert "Train GPU peak" not in render(load(tmp_path).query("model == 'vmunet'"))

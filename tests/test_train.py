@@ -280,3 +280,14 @@ def test_pretrained_protocol_starts_each_model_from_its_authors_file(synapse_roo
     key = "layers.0.blocks.0.self_attention.A_logs"
     assert torch.equal(final[f"vmunet.{key}"], ckpt[key])
     assert torch.equal(final["vmunet.layers_up.3.blocks.0.ln_1.weight"], ckpt["layers.0.blocks.0.ln_1.weight"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU machines only)")
+def test_cuda_run_records_its_training_peak_memory(synapse_root, tmp_path):
+    from bench.run import plan_grid, run_one
+
+    (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=_proto(max_iterations=2, max_cases=1), seeds=[0],
+                        data_root=synapse_root, synthetic=False, results_dir=tmp_path,
+                        model_overrides=dict(get_entry("unet").tiny))
+    rec = run_one(spec, results_dir=tmp_path, device=torch.device("cuda"))
+    assert rec["cost"]["peak_mem_kind"] == "cuda_train" and 0 < rec["cost"]["peak_mem_mb"] < 2048
