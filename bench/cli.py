@@ -439,7 +439,7 @@ def data_verify(
 
     Example: bench data verify --dataset synapse --data-root data/Synapse
     """
-    from bench.data.verify import verify_dataset
+    from bench.data.verify import dataset_notes, verify_dataset
 
     problems = verify_dataset(dataset, data_root)
     for p in problems:
@@ -448,6 +448,8 @@ def data_verify(
     if errors:
         _echo_err(f"{len(errors)} error(s) in {data_root}")
         raise typer.Exit(code=1)
+    for note in dataset_notes(dataset, data_root):  # the data loads; how it compares with papers
+        typer.echo(f"note: {note}")
     typer.echo(f"{data_root}: OK ({dataset}" + (f", {len(problems)} warning(s))" if problems else ")"))
 
 

@@ -474,3 +474,36 @@ def test_nnunet_warns_when_the_protocol_leaves_ct_or_mri_raw(roots, tmp_path):
         got = open_dataset("nnunet", root).normalize_hint("none")
         assert (got is None) if hint is None else (f"normalize = '{hint}'" in got), (kind, got)
     assert open_dataset("synapse", roots["synapse"]).normalize_hint("none") is None
+
+
+def test_organ_order_note_reads_the_label_order_from_organ_sizes():
+    from bench.data.verify import organ_order_note
+
+    # typical abdominal volumes (ml): liver 1500, stomach 400, spleen 200, kidneys 150, aorta 80,
+    # pancreas 70, gallbladder 40, in the tables' order and in BTCV's
+    ours = np.array([0, 80, 40, 150, 150, 1500, 70, 200, 400])
+    btcv = np.array([0, 200, 150, 150, 40, 1500, 400, 80, 70])
+    assert organ_order_note(ours).startswith("the label ids fit the order the tables use")
+    assert "look like BTCV's order (1 spleen, 2 kidney_r" in organ_order_note(btcv)
+    assert "fit neither" in organ_order_note(np.array([0, 80, 40, 150, 150, 1500, 400, 200, 70]))
+    assert "Class 5 is not the largest" in organ_order_note(np.array([0, 80, 40, 150, 150, 100, 70, 200, 400]))
+    assert "cannot be checked" in organ_order_note(np.zeros(9, dtype=int))
+
+
+def test_notes_say_whether_the_split_is_transunets(roots, tmp_path):
+    from bench.data import synapse as syn
+    from bench.data.verify import dataset_notes
+
+    split, order = dataset_notes("synapse", roots["synapse"])  # the synthesizer's small split
+    assert split.startswith("the split is not TransUNet's") and "not comparable" in split
+    assert "Voxels per class (every 4th test slice): 1 aorta: " in order  # tiny random organs: no order
+    lists = tmp_path / "lists" / "lists_Synapse"
+    lists.mkdir(parents=True)
+    (tmp_path / "train_npz").mkdir()
+    (tmp_path / "test_vol_h5").mkdir()
+    (lists / "test_vol.txt").write_text("\n".join(syn.TRANSUNET_TEST_CASES[::-1]) + "\n")  # order is free
+    (lists / "train.txt").write_text("".join(f"case0005_slice{i:04d}\n" for i in range(2211)))
+    split, order = dataset_notes("synapse", tmp_path)
+    assert split.startswith("the split is TransUNet's (12 test volumes, 2211 training slices)")
+    assert "cannot be checked" in order
+    assert dataset_notes("isic17", roots["isic"]) == []

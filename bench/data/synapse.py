@@ -32,6 +32,15 @@ CLASS_NAMES = ("aorta", "gallbladder", "kidney_l", "kidney_r", "liver", "pancrea
 DISPLAY_NAMES = ("Aorta", "Gallbladder", "Kidney(L)", "Kidney(R)", "Liver", "Pancreas", "Spleen", "Stomach")
 NUM_CLASSES = 9  # background + 8 organs
 
+# TransUNet's split (lists/lists_Synapse; spec/baselines.md 4.1, 4.3): every published Synapse number
+# is on these 12 test volumes, trained on 2,211 slices of the other 18 cases.
+TRANSUNET_TEST_CASES = ("case0008", "case0022", "case0038", "case0036", "case0032", "case0002",
+                        "case0029", "case0003", "case0001", "case0004", "case0025", "case0035")
+TRANSUNET_TRAIN_SLICES = 2211
+# The other id order in circulation (BTCV's ids 1,2,3,4,6,7,8,11 kept in order; SAMed's
+# re-creation of the files): the same ids would name other organs.
+BTCV_ORDER_NAMES = ("spleen", "kidney_r", "kidney_l", "gallbladder", "liver", "stomach", "aorta", "pancreas")
+
 TRAIN_DIR = "train_npz"
 TEST_DIR = "test_vol_h5"
 LIST_DIRS = ("lists/lists_Synapse", "lists_Synapse")

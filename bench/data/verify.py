@@ -20,6 +20,8 @@ What is checked, per format:
   without a label are reported.
 
 ``level`` is "error" (the data will not load or will train on wrong values) or "warning".
+``dataset_notes`` says, for data that loads, how it compares with the papers (Synapse: the split
+and the label order).
 """
 
 from __future__ import annotations
@@ -302,6 +304,63 @@ def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set
             report.add(path, f"spacing {img_spacing} differs from label {lab_path.name} {spacing}")
     if not volume and channels != n_ch:
         report.add(nn_io.channel_path(root, case, 0, ending), f"{channels} channels; dataset.json declares {n_ch}")
+
+
+# --- conventions (notes, not problems) ------------------------------------------------------
+
+
+def dataset_notes(name: str, root: str | Path) -> list[str]:
+    """What a well-formed dataset means for comparing with papers: for Synapse, whether the split
+    is TransUNet's and which organ order the label ids follow (from their voxel counts). Never
+    problems: a custom split or another order is legitimate, but the published tables assume
+    the canonical ones."""
+    from bench.data import get_reader, open_dataset
+
+    if get_reader(name).kind != "synapse":
+        return []
+    ds = open_dataset(name, root)
+    notes = []
+    test, n_train = set(ds.test_ids()), len(ds.train_ids())
+    canonical = set(syn_io.TRANSUNET_TEST_CASES)
+    if test == canonical and n_train == syn_io.TRANSUNET_TRAIN_SLICES:
+        notes.append(f"the split is TransUNet's ({len(canonical)} test volumes, {n_train} training slices), "
+                     "the one every published Synapse table uses")
+    else:
+        notes.append(f"the split is not TransUNet's ({len(test)} test volumes, {len(test & canonical)} of its 12; "
+                     f"{n_train} training slices, not {syn_io.TRANSUNET_TRAIN_SLICES}): "
+                     "published Synapse numbers are not comparable with runs on it")
+    counts = np.zeros(syn_io.NUM_CLASSES, dtype=np.int64)
+    for case in sorted(test):  # every 4th slice: the organs' size order needs no more
+        path = ds.test_dir / f"{case}{syn_io.H5_SUFFIX}"
+        if path.is_file():
+            label = syn_io.raw_volume(path)[1][::4]
+            counts += np.bincount(np.asarray(label, dtype=np.int64).clip(0, 8).ravel(), minlength=9)[:9]
+    notes.append(organ_order_note(counts))
+    return notes
+
+
+def organ_order_note(counts: np.ndarray) -> str:
+    """Which id -> organ order the voxel counts (index = class id) fit. Ours: 1 aorta ... 8 stomach
+    (the papers' column order). The BTCV order differs where sizes tell: there class 2 is a kidney
+    and 4 the gallbladder (ours: the reverse), 6 the stomach and 8 the pancreas (ours: the
+    reverse); the liver is 5 in both and by far the largest organ."""
+    c = [int(v) for v in counts]
+    sizes = ", ".join(f"{i} {syn_io.CLASS_NAMES[i - 1]}: {c[i]}" for i in range(1, 9))
+    if not any(c[1:]):
+        return "no organ voxels in the test volumes: the label order cannot be checked"
+    ours = c[2] < c[4] and c[6] < c[8]
+    btcv = c[2] > c[4] and c[6] > c[8]
+    liver = "" if c[5] == max(c[1:]) else " Class 5 is not the largest, which fits neither order: check the labels."
+    if ours:
+        verdict = ("the label ids fit the order the tables use and this harness names (1 aorta, 2 gallbladder, "
+                   "3 kidney L, 4 kidney R, 5 liver, 6 pancreas, 7 spleen, 8 stomach)")
+    elif btcv:
+        verdict = ("the label ids look like BTCV's order (" + ", ".join(
+            f"{i} {n}" for i, n in enumerate(syn_io.BTCV_ORDER_NAMES, 1)) + "), not the tables' order: "
+            "this harness would name the per-organ columns wrongly")
+    else:
+        verdict = "the voxel counts fit neither known label order: check which organ each id is"
+    return f"{verdict}.{liver} Voxels per class (every 4th test slice): {sizes}"
 
 
 _CHECKS = {"synapse": _check_synapse, "isic": _check_isic, "polyp": _check_polyp, "nnunet": _check_nnunet}
