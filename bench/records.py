@@ -5,6 +5,7 @@ Layout under a results directory (``--results``)::
     results_dir/
       records/
         <run_id>.json        one file per run, written atomically, never edited afterwards
+        <run_id>.<policy>.json   `bench rescore`: the same weights under another policy
         .<run_id>.*.tmp      only while a write is in flight (ignored by ``load``)
 
 There is no shared index file: each writer creates its own file with a unique ``run_id``, so any

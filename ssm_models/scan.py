@@ -16,12 +16,13 @@ compute dtype, as mamba-ssm does.
 
 Backends (``backend=``, else env ``BENCH_SCAN_BACKEND``, else automatic):
 
-- ``cuda``: mamba-ssm's fused kernels; automatic for CUDA tensors when mamba-ssm imports.
+- ``cuda``: mamba-ssm's fused kernels; automatic for fp32/fp16/bf16 CUDA tensors when mamba-ssm
+  imports (it has no float64 kernels: float64 on CUDA runs ``torch``).
   Note: mamba-ssm ignores the gradient that flows into ``last_state``; the others do not.
 - ``cpu``: a C++ kernel (``csrc/selective_scan_cpu.cpp``) with bias, softplus, D and the z gate
   fused, and a reverse-scan backward; the CPU default. Built on first use, cached on disk.
 - ``torch``: the same recurrence in PyTorch ops with a reverse-scan backward (any device);
-  automatic when the kernel cannot be built, and for CUDA tensors without mamba-ssm.
+  automatic when the kernel cannot be built, and for CUDA tensors without mamba-ssm or in float64.
 - ``ref``: a per-step loop of einsums laid out like mamba-ssm's ``selective_scan_ref``; the test
   oracle (exact in float64) and the benchmark baseline. Autograd through it is O(L²).
 

@@ -604,3 +604,9 @@ def test_missing_pretrained_files_are_named_before_anything_runs(monkeypatch, ca
     _fails(monkeypatch, capsys, "run", "--models", "swin_unet", "--dataset", "synapse", "--synthetic",
            "--results", res, "--pretrained-dir", tmp_path, names=f"not found in {tmp_path}",
            phrase="swin_unet: swin_tiny_patch4_window7_224.pth")
+
+
+def test_protocol_written_for_another_dataset(monkeypatch, capsys, tmp_path):
+    _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "isic17", "--synthetic", "--results",
+           tmp_path, "--protocol", "synapse", names="protocol 'synapse'", phrase="is written for synapse, not 'isic17'")
+    assert not (tmp_path / "runs").exists()
