@@ -507,3 +507,28 @@ def test_notes_say_whether_the_split_is_transunets(roots, tmp_path):
     assert split.startswith("the split is TransUNet's (12 test volumes, 2211 training slices)")
     assert "cannot be checked" in order
     assert dataset_notes("isic17", roots["isic"]) == []
+
+
+def test_synapse_spacing_table_fills_what_the_h5_files_lack(roots, tmp_path):
+    import h5py
+
+    root = Path(synthesize("synapse", tmp_path / "syn", **{**SYN, "n_test": 3}))
+    ds = open_dataset("synapse", root)
+    first, second = ds.test_ids()[:2]
+    for case in (first, second):  # as the real files: no spacing attribute
+        with h5py.File(root / "test_vol_h5" / f"{case}.npy.h5", "r+") as f:
+            del f.attrs["spacing"]
+    assert open_dataset("synapse", root).load_test(first).spacing is None
+    (root / "spacing.csv").write_text(f"case,d,h,w\n{first},3.0,0.7,0.7\n\n")
+    ds = open_dataset("synapse", root)
+    assert ds.load_test(first).spacing == (3.0, 0.7, 0.7)
+    assert ds.load_test(ds.test_ids()[2]).spacing == (2.5, 0.8, 0.8)  # the file's own attribute wins
+    (warning,) = verify_dataset("synapse", root)
+    assert warning.level == "warning" and warning.path == str(root / "spacing.csv") and second in warning.message
+    for bad, where in (("case,z,y,x\n", "expected a header case,d,h,w"), (f"case,d,h,w\n{first},3,0.7\n", "line 2"),
+                       (f"case,d,h,w\n{first},3,-1,0.7\n", "line 2"), (f"case,d,h,w\n{first},3,1,1\n{first},3,1,1\n",
+                                                                       "listed twice")):
+        (root / "spacing.csv").write_text(bad)
+        with pytest.raises(BenchError, match=where):
+            open_dataset("synapse", root)
+        assert [p.path for p in verify_dataset("synapse", root) if p.level == "error"] == [str(root / "spacing.csv")]

@@ -13,7 +13,9 @@ its config). Without list files the sorted directory contents are used and ``not
 Units: CT intensities were clipped to [-125, 275] HU and scaled per volume to [0, 1] by the
 dataset's distributors (values slightly outside [0, 1] occur in the real files, TransUNet #64).
 The real h5 files carry no spacing; our synthesizer writes an optional ``spacing`` attribute
-(mm per (D, H, W) axis), returned as ``Case.spacing``.
+(mm per (D, H, W) axis), returned as ``Case.spacing``. For real data an optional
+``<root>/spacing.csv`` (header ``case,d,h,w``, mm per h5 axis, e.g. from the BTCV NIfTI headers)
+supplies it, so ``strict`` HD95 is in mm; a file's own attribute wins.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ TRANSUNET_TRAIN_SLICES = 2211
 # re-creation of the files): the same ids would name other organs.
 BTCV_ORDER_NAMES = ("spleen", "kidney_r", "kidney_l", "gallbladder", "liver", "stomach", "aorta", "pancreas")
 
+SPACING_FILE = "spacing.csv"
 TRAIN_DIR = "train_npz"
 TEST_DIR = "test_vol_h5"
 LIST_DIRS = ("lists/lists_Synapse", "lists_Synapse")
@@ -121,6 +124,32 @@ def read_list(path: Path, suffix: str = "") -> list[str]:
     return ids
 
 
+def read_spacing_table(path: Path) -> dict[str, tuple[float, float, float]]:
+    """``spacing.csv``: a ``case,d,h,w`` header, then one case per line with three positive mm
+    values; BenchError naming the file and line otherwise."""
+    import csv
+
+    with reading(path, "a CSV of case spacings"):
+        rows = list(csv.reader(path.read_text().splitlines()))
+    expected = "a header case,d,h,w and lines like case0001,3.0,0.76,0.76 (mm per h5 axis D, H, W)"
+    if not rows or [c.strip() for c in rows[0]] != ["case", "d", "h", "w"]:
+        raise BenchError(f"{path}: expected {expected}")
+    table = {}
+    for n, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        try:
+            case, values = row[0].strip(), tuple(float(v) for v in row[1:])
+        except ValueError:
+            values = ()
+        if len(row) != 4 or len(values) != 3 or not all(v > 0 for v in values):
+            raise BenchError(f"{path}: line {n} {','.join(row)!r}: expected {expected}")
+        if case in table:
+            raise BenchError(f"{path}: line {n}: {case} listed twice")
+        table[case] = values
+    return table
+
+
 class SynapseDataset(SegDataset):
     kind = "synapse"
     name = "synapse"
@@ -145,6 +174,8 @@ class SynapseDataset(SegDataset):
         self.list_dir = find_list_dir(self.root)
         self._train = self._ids(TRAIN_LIST, self.train_dir, ".npz")
         self._test = self._ids(TEST_LIST, self.test_dir, H5_SUFFIX)
+        table = self.root / SPACING_FILE
+        self._spacing = read_spacing_table(table) if table.is_file() else {}
 
     def _ids(self, list_name: str, folder: Path, suffix: str) -> list[str]:
         if self.list_dir is not None and (self.list_dir / list_name).is_file():
@@ -172,7 +203,7 @@ class SynapseDataset(SegDataset):
 
     def load_test(self, case_id: str) -> Case:
         image, label, spacing = read_volume(_existing(self.test_dir / f"{case_id}{H5_SUFFIX}"))
-        return Case(case_id=case_id, image=image, label=label, spacing=spacing)
+        return Case(case_id=case_id, image=image, label=label, spacing=spacing or self._spacing.get(case_id))
 
 
 def _existing(path: Path) -> Path:

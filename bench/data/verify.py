@@ -7,7 +7,8 @@ the readers will load everything.
 
 What is checked, per format:
 
-- synapse: list files (``train.txt``/``test_vol.txt``; absent lists are a warning), every listed
+- synapse: list files (``train.txt``/``test_vol.txt``; absent lists are a warning), an optional
+  ``spacing.csv`` that parses and covers the test volumes without a spacing, every listed
   id has its file, every npz has ``image``/``label`` 2-D of one shape, every h5 ``image``/``label``
   3-D of one shape, float images, integral labels in 0..8. Files present but not listed are
   *warnings*: the real data keeps only listed files, but a shortened list for a quick experiment is
@@ -133,6 +134,29 @@ def _check_synapse(root: Path, report: _Report, reader) -> None:
             report.add(folder, f"no '*{suffix}' files")
         for path in dict.fromkeys(targets):
             check(path, report)
+    _check_spacing_table(root, test_dir, report)
+
+
+def _check_spacing_table(root: Path, test_dir: Path, report: _Report) -> None:
+    """``spacing.csv`` parses, and names every test volume without a spacing of its own."""
+    table_path = root / syn_io.SPACING_FILE
+    if not table_path.is_file():
+        return
+    try:
+        table = syn_io.read_spacing_table(table_path)
+    except BenchError as exc:
+        report.add(table_path, _unreadable(exc, table_path))
+        return
+    for path in sorted(test_dir.glob("*" + syn_io.H5_SUFFIX)) if test_dir.is_dir() else []:
+        case = path.name[: -len(syn_io.H5_SUFFIX)]
+        if case not in table:
+            try:
+                has_own = syn_io.raw_volume(path)[2] is not None
+            except BenchError:
+                continue  # reported with the file
+            if not has_own:
+                report.add(table_path, f"no line for {case}: its strict HD95 would be in voxels, the others' in mm",
+                           "warning")
 
 
 def _check_npz(path: Path, report: _Report) -> None:
