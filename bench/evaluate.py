@@ -91,6 +91,9 @@ def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: 
     if protocol.eval.max_cases > 0:
         ids = ids[: protocol.eval.max_cases]
     rows: list[dict[str, Any]] = []
+    # pooled policies (legacy-isic) score from counts alone: no surfaces, no NSD
+    tol = protocol.eval.nsd_tolerance
+    nsd_tolerance = tol if tol > 0 and not metrics.get_policy(policy).pooled else None
     spacings: list[tuple[float, ...] | None] = []
     volumes = False
     for i, case_id in enumerate(ids):
@@ -101,13 +104,16 @@ def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: 
         spacings.append(spacing)
         volumes = volumes or case.is_volume
         for row in metrics.score_case(pred, gt, dataset.num_classes, policy, spacing=spacing,
-                                      class_names=dataset.class_names):
+                                      class_names=dataset.class_names, nsd_tolerance=nsd_tolerance):
             rows.append({"case": case_id, **row})
         if progress is not None:
             progress(i + 1, len(ids))
+    scores = metrics.aggregate(rows, policy)
+    if nsd_tolerance is not None:
+        scores["nsd_tolerance"] = nsd_tolerance  # a run column, so boards can say it
     return EvalResult(
         per_case=rows,
         per_class=metrics.aggregate_per_class(rows, policy),
-        metrics=metrics.aggregate(rows, policy),
+        metrics=scores,
         hd95_unit=hd95_unit(policy, spacings, volumes),
     )

@@ -53,11 +53,12 @@ from bench.errors import BenchError
 __all__ = [
     "HD_DEFINITIONS", "PENALTY", "POLICIES", "Outcome", "Policy", "PooledConfusion", "aggregate",
     "aggregate_per_class", "confusion", "dice", "get_policy", "hd95", "hd95_max_directed", "hd95_penalty",
-    "iou", "policy_fields", "pooled_from_counts", "pooled_metrics", "score_case", "surface_distances",
+    "iou", "nsd", "policy_fields", "pooled_from_counts", "pooled_metrics", "score_case", "surface_distances",
 ]
 
 NAN = float("nan")
 METRICS = ("dice", "iou", "hd95", "acc", "spe", "sen")  # per-row metric keys, in report order
+OPTIONAL_METRICS = ("nsd",)  # in rows only when asked for (score_case's nsd_tolerance)
 COUNTS = ("tp", "fp", "fn", "tn")
 
 
@@ -183,6 +184,18 @@ def hd95_max_directed(pred: Any, gt: Any, spacing: Sequence[float] | float | Non
 
 
 HD_DEFINITIONS = {"pooled": hd95, "max_directed": hd95_max_directed}
+
+
+def nsd(pred: Any, gt: Any, tolerance: float, spacing: Sequence[float] | float | None = None, *,
+        connectivity: int = 1) -> float:
+    """Normalised surface distance (surface Dice) at ``tolerance``: the share of both surfaces'
+    voxels that lie within ``tolerance`` of the other surface, (|{d_pg <= tol}| + |{d_gp <= tol}|)
+    / (|S_pred| + |S_ref|), on the same face-connected surfaces as ``hd95``; mm with ``spacing``,
+    else voxels. MONAI's ``compute_surface_dice`` without subvoxels; Metrics Reloaded pairs it with
+    Dice. Raises ValueError on an empty mask (a policy decides what that scores)."""
+    d_pg, d_gp = surface_distances(pred, gt, spacing, connectivity)
+    return float((np.count_nonzero(d_pg <= tolerance) + np.count_nonzero(d_gp <= tolerance))
+                 / (d_pg.size + d_gp.size))
 
 
 def hd95_penalty(shape: Sequence[int], spacing: Sequence[float] | float | None = None) -> float:
@@ -360,7 +373,8 @@ def _class_names(class_names: Sequence[str] | None, n_fg: int, num_classes: int)
 
 def score_case(pred: Any, gt: Any, num_classes: int, policy: str | Policy,
                spacing: Sequence[float] | float | None = None,
-               class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+               class_names: Sequence[str] | None = None,
+               nsd_tolerance: float | None = None) -> list[dict[str, Any]]:
     """Score one case (2-D image or 3-D volume): one row per foreground class.
 
     pred, gt: integer label maps of one shape with ids 0..num_classes-1 (0 = background); for a
@@ -371,7 +385,8 @@ def score_case(pred: Any, gt: Any, num_classes: int, policy: str | Policy,
     Each row: ``class`` (int), ``name`` (str), ``dice``, ``iou``, ``hd95``, ``acc``, ``spe``,
     ``sen`` (floats, NaN = not applicable), ``tp``, ``fp``, ``fn``, ``tn``, ``n_pred``, ``n_ref``
     (ints) and ``empty`` in {"both", "ref_only", "pred_only", "none"}. Empty cases follow the
-    policy's table (``get_policy(name).__doc__``).
+    policy's table (``get_policy(name).__doc__``). With ``nsd_tolerance`` (in the HD95 unit: mm where
+    the policy uses the spacing), rows add ``nsd``: NaN when both masks are empty, 0 when one is.
     """
     pol = get_policy(policy)
     if int(num_classes) < 1:
@@ -403,15 +418,18 @@ def score_case(pred: Any, gt: Any, num_classes: int, policy: str | Policy,
             empty = "none"
             d, j = 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)  # == medpy dc / jc, same operands
             h = HD_DEFINITIONS[pol.hd_definition](pc, gc, sp) if pol.hd_definition else NAN
+            s = nsd(pc, gc, nsd_tolerance, sp) if nsd_tolerance is not None else NAN
         else:
             empty = "ref_only" if n_ref else ("pred_only" if n_pred else "both")
             d, h = pol.outcome(empty)
             j = d
             if h == PENALTY:
                 h = hd95_penalty(p.shape, sp)
+            s = NAN if empty == "both" else 0.0
         rows.append({
             "class": c, "name": names[c - 1],
             "dice": float(d), "iou": float(j), "hd95": float(h),
+            **({"nsd": s} if nsd_tolerance is not None else {}),
             "acc": (tp + tn) / (tp + fp + fn + tn),
             "spe": _ratio(tn, tn + fp, pol.zero_division), "sen": _ratio(tp, tp + fn, pol.zero_division),
             "tp": tp, "fp": fp, "fn": fn, "tn": tn, "n_pred": n_pred, "n_ref": n_ref, "empty": empty,
@@ -508,7 +526,7 @@ def aggregate_per_class(rows: Any, policy: str | Policy) -> list[dict[str, Any]]
             row.update(n_nan=0, **pooled_from_counts(grp), hd95=NAN)
         else:
             row["n_nan"] = _mean(grp["dice"])[2]
-            for m in METRICS:
+            for m in _metrics_in(df):
                 row[m], _, row[f"n_nan_{m}"] = _mean(grp[m])
         out.append(row)
     return out
@@ -531,12 +549,17 @@ def aggregate(rows: Any, policy: str | Policy) -> dict[str, Any]:
         return {**pooled_from_counts(df), "hd95": NAN, "n_cases": n_cases, "n_classes": n_classes}
     per_class = aggregate_per_class(df, pol)
     out: dict[str, Any] = {}
-    for m in METRICS:
+    for m in _metrics_in(df):
         out[m] = _mean([r[m] for r in per_class])[0]
     out["n_cases"], out["n_classes"] = n_cases, n_classes
-    for m in METRICS:
+    for m in _metrics_in(df):
         _, out[f"n_valid_{m}"], out[f"n_nan_{m}"] = _mean(df[m])
     return out
+
+
+def _metrics_in(df) -> tuple[str, ...]:
+    """METRICS, then the optional ones the rows carry (all NaN: asked for by none of them)."""
+    return METRICS + tuple(m for m in OPTIONAL_METRICS if m in df and df[m].notna().any())
 
 
 def policy_fields(policy: str | Policy) -> dict[str, Any]:

@@ -59,6 +59,9 @@ class EvalConfig:
     image_order: int = 3
     label_order: int = 0
     threshold: float = 0.5  # binary tasks: sigmoid >= threshold
+    # >0: also the normalised surface distance at this tolerance, in the HD95 unit (mm under
+    # strict with a spacing); per-case policies only. 0: not computed
+    nsd_tolerance: float = 0.0
     max_cases: int = 0  # >0 evaluates only the first N test cases (smoke runs)
 
 

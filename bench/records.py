@@ -78,7 +78,7 @@ RUN_COLUMNS = RUN_ID_COLUMNS + [
 # Aggregates every policy may produce; ``load`` puts them first, extra metric keys follow.
 STANDARD_METRICS = ["dice", "hd95", "iou", "acc", "spe", "sen", "n_cases"]
 CASE_COLUMNS = [
-    "case", "class", "name", "dice", "iou", "hd95", "acc", "spe", "sen",
+    "case", "class", "name", "dice", "iou", "hd95", "nsd", "acc", "spe", "sen",
     "tp", "fp", "fn", "tn", "n_pred", "n_ref", "empty",
 ]  # fmt: skip
 

@@ -53,6 +53,7 @@ class BoardKey(NamedTuple):
 METRICS: dict[str, tuple[str, bool, str]] = {
     "dice": ("DSC", True, "↑"),
     "hd95": ("HD95", False, "↓"),
+    "nsd": ("NSD", True, "↑"),  # where the protocol asks for it (eval.nsd_tolerance)
     "iou": ("mIoU", True, "↑"),
     "acc": ("Acc", True, "↑"),
     "spe": ("Spe", True, "↑"),
@@ -179,6 +180,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         overrides=_overrides_text(first["protocol_overrides"]),
         value_columns=value_cols,
         hd95_units=sorted(set(group["hd95_unit"].dropna())) if "hd95_unit" in group else [],
+        nsd_tolerances=sorted(set(group["nsd_tolerance"].dropna())) if "nsd_tolerance" in group else [],
     )
     return board
 
@@ -283,6 +285,9 @@ def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
         f"Mean ± std (sample, ddof=1) over seeds: {seeds} per model; test cases per run: {cases}. "
         f"DSC, mIoU, Acc, Spe, Sen in %; {hd}; NaN is shown, not dropped."
     )
+    if a.get("nsd_tolerances"):  # one per board: the tolerance is part of the protocol
+        tol = ", ".join(f"{t:g}" for t in a["nsd_tolerances"])
+        note += f" NSD: % of both surfaces within {tol} {unit or '(HD95 unit)'} of the other."
     if _has_exclusions(board):
         note += (" DSC n/a: case × class entries with both masks empty, over all runs; strict scores them NaN and "
                  "leaves them out of the means.")

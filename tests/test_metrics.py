@@ -106,6 +106,46 @@ def test_hd95_max_directed_equals_monai():
         assert M.hd95_max_directed(a, b, spacing) >= M.hd95(a, b, spacing) - 1e-9
 
 
+def test_nsd_equals_monai_surface_dice():
+    from monai.metrics import compute_surface_dice
+
+    def onehot(m):
+        t = torch.from_numpy(m.astype(np.float32))[None, None]
+        return torch.cat([1 - t, t], dim=1)
+
+    for param in PAIRS[:36]:
+        a, b, spacing = param.values
+        for tol in (0.5, 1.0, 2.5):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ref = compute_surface_dice(onehot(a), onehot(b), class_thresholds=[tol], include_background=False,
+                                           spacing=list(spacing) if spacing else None)
+            assert M.nsd(a, b, tol, spacing) == pytest.approx(float(ref[0, 0]), abs=1e-6), (param.id, tol)
+
+
+def test_nsd_hand_computed_and_in_score_case():
+    a = np.zeros((6, 6), bool)
+    a[1:4, 1:4] = True  # 3x3 square: 8 surface pixels (all but the centre)
+    b = np.roll(a, 1, axis=1)  # shifted right by one
+    # 4 of a's 8 surface pixels lie on b's surface (top and bottom rows, columns 2-3); the left
+    # column and the middle of the right one are 1 pixel away; b likewise
+    assert M.nsd(a, b, 0.0) == pytest.approx(8 / 16)
+    assert M.nsd(a, b, 1.0) == 1.0 and M.nsd(a, a, 0.0) == 1.0
+    # columns 2 mm apart: only the middle pixels (1 mm above/below the other surface) join
+    assert M.nsd(a, b, 1.0, spacing=(1.0, 2.0)) == pytest.approx(10 / 16)
+    gt = np.zeros((6, 6), int)
+    gt[a] = 1
+    pred = np.zeros((6, 6), int)
+    pred[b] = 1
+    pred[5, 5] = 2  # class 2 only predicted
+    rows = M.score_case(pred, gt, 4, "strict", nsd_tolerance=0.0)
+    assert [r["nsd"] for r in rows][:2] == [pytest.approx(8 / 16), 0.0] and math.isnan(rows[2]["nsd"])
+    assert "nsd" not in M.score_case(pred, gt, 4, "strict")[0]  # only when asked for
+    agg = M.aggregate([{"case": "c", **r} for r in rows], "strict")
+    assert agg["nsd"] == pytest.approx((8 / 16 + 0.0) / 2) and agg["n_nan_nsd"] == 1
+    assert "nsd" not in M.aggregate([{"case": "c", **r} for r in M.score_case(pred, gt, 4, "strict")], "strict")
+
+
 def test_hd95_definitions_hand_computed():
     # a: one voxel at x=0; b: voxels at x=0 and x=4 (1x5 grid, all voxels are surface)
     a = np.array([[1, 0, 0, 0, 0]], bool)

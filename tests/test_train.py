@@ -291,3 +291,19 @@ def test_cuda_run_records_its_training_peak_memory(synapse_root, tmp_path):
                         model_overrides=dict(get_entry("unet").tiny))
     rec = run_one(spec, results_dir=tmp_path, device=torch.device("cuda"))
     assert rec["cost"]["peak_mem_kind"] == "cuda_train" and 0 < rec["cost"]["peak_mem_mb"] < 2048
+
+
+def test_protocol_nsd_tolerance_adds_nsd_to_records_and_boards(synapse_root, tmp_path):
+    from bench.records import load
+    from bench.report import render
+    from bench.run import plan_grid, run_one
+
+    proto = _proto(max_iterations=2, max_cases=2, nsd_tolerance=2.0)
+    (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=synapse_root,
+                        synthetic=False, results_dir=tmp_path, policy="strict",
+                        model_overrides=dict(get_entry("unet").tiny))
+    rec = run_one(spec, results_dir=tmp_path, device=torch.device("cpu"))
+    assert rec["metrics"]["nsd_tolerance"] == 2.0 and 0.0 <= rec["metrics"]["nsd"] <= 1.0
+    assert all("nsd" in row for row in rec["per_case"])
+    md = render(load(tmp_path))
+    assert "NSD ↑ (%)" in md and "NSD: % of both surfaces within 2 mm of the other." in md
