@@ -155,9 +155,10 @@ def run(
         parse_shard(shard)  # before anything is written
     names = resolve_models(models)
     proto = load_protocol(default_protocol(dataset, protocol))
+    # --(no-)pretrained changes the recipe only where a chosen model has a pretrained file
+    moot = pretrained == proto.pretrained or not any(get_entry(n).init for n in names)
     proto = proto.with_overrides(epochs=epochs, max_iterations=max_iterations, batch_size=batch_size,
-                                 img_size=img_size, lr=lr,
-                                 pretrained=None if pretrained == proto.pretrained else pretrained)
+                                 img_size=img_size, lr=lr, pretrained=None if moot else pretrained)
     resolve_inits(names, proto, pretrained_dir)  # every missing file named at once, before anything runs
     seed_list = _parse_ints(seeds) if seeds else [proto.seed]
     overrides = _parse_sets(set_ or [])

@@ -349,7 +349,9 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
     for key, runs in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
         curves = []
         for _, run in runs.iterrows():
-            scalars = _tb_scalars(results_dir / "runs" / str(run["run_id"]) / "tb")
+            trained = run.get("rescored_from")  # a rescored record shares its run's directory
+            run_dir = str(trained) if isinstance(trained, str) and trained else str(run["run_id"])
+            scalars = _tb_scalars(results_dir / "runs" / run_dir / "tb")
             fallback = epoch_curve(str(run["run_id"])) if "train/loss" not in scalars else ([], [])
             if scalars or fallback[0]:
                 curves.append((f"{run['model_label']} s{run['seed']}", scalars, fallback))

@@ -495,6 +495,7 @@ def find_finished(
     for _, rec in _iter_records(results_dir):
         if (
             rec["status"] == "finished"
+            and not rec.get("rescored_from")  # `bench rescore` records reuse another run's training
             and rec["model"] == model
             and rec["dataset"] == dataset
             and rec["protocol"]["hash"] == protocol_hash

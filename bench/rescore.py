@@ -61,8 +61,14 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
     if df.empty:
         return []
     done = set(df["run_id"])
+    # a run trained under ``policy`` from the start is the same training: rescoring its twin would
+    # put the same weights on the board twice
+    twin = ["model", "model_config", "dataset_name", "synthetic", "split", "protocol_hash", "protocol_overrides",
+            "seed", "init"]
+    trained = {tuple(r) for r in df[(df["policy"] == policy) & df["rescored_from"].isna()][twin].astype(str).values}
     todo = df[(df["status"] == "finished") & df["rescored_from"].isna() & (df["policy"] != policy)
-              & ~df["run_id"].map(lambda r: rescore_id(r, policy) in done)]
+              & ~df["run_id"].map(lambda r: rescore_id(r, policy) in done)
+              & ~df[twin].astype(str).apply(tuple, axis=1).isin(trained)]
     if models is not None:
         todo = todo[todo["model"].isin(models)]
     return [json.loads(records.record_path(results_dir, rid).read_text(encoding="utf-8"))
@@ -80,7 +86,7 @@ def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: 
     protocol = record_protocol(rec, protocol_file)
     split = rec["split"]
     dataset = open_dataset(rec["dataset"], rec["data_root"], int(split[4:]) if split.startswith("fold") else None)
-    model = create_model(rec["model"], **rec["model_config"])
+    model = create_model(rec["model"], **rec["model_config"]).to(protocol.torch_dtype)  # float64 runs stay exact
     model.load_state_dict(load_checkpoint(path)["model"])
     scores = evaluate(model, dataset, protocol, policy, device=device)
     new = {

@@ -124,8 +124,10 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
                 torch.cuda.reset_peak_memory_stats(device)
             result = train_model(model, dataset, protocol, seed=spec.seed, run_dir=run_dir, device=device,
                                  resume=resume, writer=writer, progress=on_step, on_epoch_end=on_epoch_end)
-            # the GPU memory training needed: what decides whether a model fits a user's card
-            train_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+            # the GPU memory training needed (per GPU under torchrun): what decides whether a model
+            # fits a user's card; unknown after a resume, which measured only the rest
+            train_peak = (torch.cuda.max_memory_allocated(device) / 2**20
+                          if device.type == "cuda" and result.resumed_from is None else None)
             if not main:
                 return None
             if bar is not None:
@@ -237,6 +239,17 @@ def resolve_inits(models: list[str], protocol: Protocol, pretrained_dir: Path | 
             for m, (source, file) in wanted.items()}
 
 
+def _check_init(model: str, init: tuple[str, str, str], build: dict[str, Any]) -> None:
+    """Load the pretrained file into a model built like the run's: a file that does not fit the
+    configuration (``--tiny``, ``--set``) fails the grid now, not after the models before it."""
+    source, path, _ = init
+    try:
+        load_weights(create_model(model, **build), path, source=source)
+    except (BenchError, RuntimeError) as exc:
+        raise BenchError(f"{model}: {Path(path).name} does not load into this configuration ({exc}); "
+                         "--no-pretrained trains it from scratch") from None
+
+
 def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: list[int], data_root: Path | None,
               synthetic: bool, results_dir: Path, policy: str | None = None,
               model_overrides: dict[str, Any] | None = None, folds: list[int] | str | None = None,
@@ -264,10 +277,14 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         warnings.warn(hint, stacklevel=2)
     chosen = policy or protocol.metric_policy or ds.default_policy
     get_policy(chosen)
-    for m in models:  # img_size and --set overrides, for every model before the first one trains
-        check_buildable(m, num_classes=ds.num_classes, in_chans=ds.in_chans, img_size=protocol.img_size,
-                        **(model_overrides or {}))
     inits = resolve_inits(models, protocol, pretrained_dir)
+    for m in models:  # img_size, --set overrides and pretrained files, for every model before one trains
+        build = dict(num_classes=ds.num_classes, in_chans=ds.in_chans, img_size=protocol.img_size,
+                     **(model_overrides or {}))
+        if m in inits:
+            _check_init(m, inits[m], build)
+        else:
+            check_buildable(m, **build)
     extra = tuple(sorted((model_overrides or {}).items()))
     fold_list: list[int | None] = [None]
     if folds is not None:

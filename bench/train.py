@@ -43,7 +43,7 @@ class TrainResult:
     epoch_losses: list[float] = field(default_factory=list)
     resumed_from: int | None = None  # epoch the run resumed after, if it did
     world_size: int = 1  # processes that trained it (bench.distributed)
-    cudnn_deterministic: bool = False  # deterministic cuDNN kernels, no autotuning (CUDA)
+    cudnn_deterministic: bool | None = None  # deterministic cuDNN kernels, no autotuning; None: CPU
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -316,5 +316,6 @@ def train_model(
         epochs=epochs, iterations=step, final_loss=epoch_losses[-1] if epoch_losses else loss_value,
         time_s=time.perf_counter() - t0, selected=selected, epoch_losses=epoch_losses, resumed_from=resumed_from,
         world_size=w.size,
-        cudnn_deterministic=torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark,
+        cudnn_deterministic=(torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+                             if device.type == "cuda" else None),  # no cuDNN on CPU
     )

@@ -241,3 +241,11 @@ def test_rescore_puts_the_same_weights_on_a_strict_board(smoke_results, tmp_path
     rep = _bench("report", "--results", results).stdout
     assert "policy legacy-synapse" in rep and "policy strict" in rep and "HD95 in mm" in rep
     assert "0 run(s)" in _bench("rescore", "--policy", "strict", "--results", results).stdout
+
+
+def test_pretrained_flag_is_no_override_for_models_without_a_file(tmp_path):
+    # U-Net has no pretrained file: --pretrained on smoke changes nothing, so the record must not say so
+    _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke", "--pretrained",
+           "--results", tmp_path, *FAST)
+    (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "records").glob("*.json")]
+    assert "pretrained" not in rec["protocol"]["overrides"] and rec["init"] is None

@@ -469,7 +469,7 @@ def test_nnunet_warns_when_the_protocol_leaves_ct_or_mri_raw(roots, tmp_path):
     assert ds.normalize_hint("ct_window") is None and ds.normalize_hint("zscore") is None
     root = Path(shutil.copytree(roots["nnunet2d"], tmp_path / "mri"))
     meta = json.loads((root / "dataset.json").read_text())
-    for kind, hint in (("T2", "zscore"), ("noNorm", None), ("rgb_to_0_1", None)):
+    for kind, hint in (("T2", "zscore"), ("noNorm", None), ("nonorm", None), ("rgb_to_0_1", None), ("ct", "ct_window")):
         (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": kind}}))
         got = open_dataset("nnunet", root).normalize_hint("none")
         assert (got is None) if hint is None else (f"normalize = '{hint}'" in got), (kind, got)
@@ -525,7 +525,10 @@ def test_synapse_spacing_table_fills_what_the_h5_files_lack(roots, tmp_path):
     assert ds.load_test(ds.test_ids()[2]).spacing == (2.5, 0.8, 0.8)  # the file's own attribute wins
     (warning,) = verify_dataset("synapse", root)
     assert warning.level == "warning" and warning.path == str(root / "spacing.csv") and second in warning.message
+    (root / "spacing.csv").write_text(f"\ufeffcase,d,h,w\n{first},3.0,0.7,0.7\n", encoding="utf-8")  # Excel's BOM
+    assert open_dataset("synapse", root).load_test(first).spacing == (3.0, 0.7, 0.7)
     for bad, where in (("case,z,y,x\n", "expected a header case,d,h,w"), (f"case,d,h,w\n{first},3,0.7\n", "line 2"),
+                       (f"case,d,h,w\n{first},3,inf,0.7\n", "line 2"),
                        (f"case,d,h,w\n{first},3,-1,0.7\n", "line 2"), (f"case,d,h,w\n{first},3,1,1\n{first},3,1,1\n",
                                                                        "listed twice")):
         (root / "spacing.csv").write_text(bad)

@@ -22,8 +22,8 @@ from bench.run import plan_grid, run_one
 CPU = torch.device("cpu")
 
 
-def _run(root, results, policy):
-    proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=3, max_cases=2)
+def _run(root, results, policy, dtype="float32"):
+    proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=3, max_cases=2, dtype=dtype)
     (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=root,
                         synthetic=False, results_dir=results, policy=policy,
                         model_overrides=dict(get_entry("unet").tiny))
@@ -84,3 +84,18 @@ def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
     # a run that selected its lowest-train-loss epoch was evaluated with best.pt
     best = {**rec, "train": {**rec["train"], "selected": "best_train_loss@3"}}
     assert weights_path(copy, best).name == "best.pt"
+
+
+def test_float64_runs_rescore_exactly_and_trained_twins_are_not_rescored(trained, tmp_path):
+    root = trained[0]
+    legacy = _run(root, tmp_path, "legacy-synapse", "float64")
+    direct = _run(root, tmp_path / "direct", "strict", "float64")
+    (rec,) = plan_rescore(tmp_path, "strict")
+    new = rescore_record(rec, "strict", tmp_path, CPU)  # weights loaded in float64, as evaluated
+    assert all(_same(new["metrics"][k], direct["metrics"][k]) for k in direct["metrics"])
+    # a run trained under strict beside the legacy one: the same training, so nothing to rescore
+    twin_dir = tmp_path / "twin"
+    _run(root, twin_dir, "legacy-synapse", "float64")
+    _run(root, twin_dir, "strict", "float64")
+    assert plan_rescore(twin_dir, "strict") == [] and plan_rescore(twin_dir, "legacy-synapse") == []
+    assert legacy["run_id"] != direct["run_id"]

@@ -87,7 +87,7 @@ def test_bit_reproducible_and_checkpoints(synapse_root, tmp_path):
         res = train_model(model, ds, proto, seed=3, run_dir=tmp_path / f"r{i}", device=torch.device("cpu"))
         states.append(_state(model))
         assert res.iterations == 6 and math.isfinite(res.final_loss)
-        assert res.to_record()["cudnn_deterministic"] is True  # the record's train block says so
+        assert res.to_record()["cudnn_deterministic"] is None  # no cuDNN on CPU; True on CUDA
     for k in states[0]:
         assert torch.equal(states[0][k], states[1][k]), k
     ckpts = sorted(p.name for p in (tmp_path / "r0" / "checkpoints").iterdir())
@@ -264,6 +264,11 @@ def test_pretrained_protocol_starts_each_model_from_its_authors_file(synapse_roo
     (unet,) = plan_grid(models=["unet"], **{**grid, "model_overrides": dict(get_entry("unet").tiny)})
     assert unet.init is None  # the classic U-Net has no pretrained file: from scratch under any protocol
 
+    misfit = tmp_path / "misfit"
+    misfit.mkdir()
+    torch.save({"model": {"layers.0.blocks.0.ln_1.weight": torch.ones(3)}}, misfit / "vmamba_small_e238_ema.pth")
+    with pytest.raises(BenchError, match=r"vmunet: vmamba_small_e238_ema\.pth does not load into this configuration"):
+        plan_grid(models=["vmunet"], pretrained_dir=misfit, **grid)  # at planning, before any run trains
     ckpt = _vmamba_file(tmp_path / "weights", tiny)
     (spec,) = plan_grid(models=["vmunet"], pretrained_dir=tmp_path / "weights", **grid)
     sha = hashlib.sha256((tmp_path / "weights" / "vmamba_small_e238_ema.pth").read_bytes()).hexdigest()[:16]

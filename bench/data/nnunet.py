@@ -279,10 +279,10 @@ class NnUNetDataset(SegDataset):
     def normalize_hint(self, normalize: str) -> str | None:
         # nnU-Net normalises by channel_names (CT: clip and z-score; noNorm / rgb_to_0_1: as is
         # or /255; anything else: z-score); protocols here name one mode for all channels
-        kinds = {str(v) for v in self.meta["channel_names"].values()}
-        if normalize != "none" or kinds <= {"noNorm", "rgb_to_0_1", "rescale_to_0_1"}:
+        kinds = {str(v).casefold() for v in self.meta["channel_names"].values()}  # as nnU-Net compares
+        if normalize != "none" or kinds <= {"nonorm", "rgb_to_0_1", "rescale_to_0_1"}:
             return None
-        mode = "ct_window" if "CT" in kinds else "zscore"
+        mode = "ct_window" if "ct" in kinds else "zscore"
         return (f"{self.root / 'dataset.json'}: channels {sorted(kinds)} reach the networks unnormalised under "
                 f"normalize = 'none'; a protocol with normalize = '{mode}' suits them")
 

@@ -20,6 +20,7 @@ supplies it, so ``strict`` HD95 is in mm; a file's own attribute wins.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import h5py
@@ -130,7 +131,7 @@ def read_spacing_table(path: Path) -> dict[str, tuple[float, float, float]]:
     import csv
 
     with reading(path, "a CSV of case spacings"):
-        rows = list(csv.reader(path.read_text().splitlines()))
+        rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))  # a BOM: saved by Excel
     expected = "a header case,d,h,w and lines like case0001,3.0,0.76,0.76 (mm per h5 axis D, H, W)"
     if not rows or [c.strip() for c in rows[0]] != ["case", "d", "h", "w"]:
         raise BenchError(f"{path}: expected {expected}")
@@ -142,7 +143,7 @@ def read_spacing_table(path: Path) -> dict[str, tuple[float, float, float]]:
             case, values = row[0].strip(), tuple(float(v) for v in row[1:])
         except ValueError:
             values = ()
-        if len(row) != 4 or len(values) != 3 or not all(v > 0 for v in values):
+        if len(row) != 4 or len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
             raise BenchError(f"{path}: line {n} {','.join(row)!r}: expected {expected}")
         if case in table:
             raise BenchError(f"{path}: line {n}: {case} listed twice")
