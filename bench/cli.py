@@ -293,7 +293,8 @@ def profile(
     batch_size: Annotated[str, typer.Option(help="also measure throughput at this batch, or 'auto': the largest "
                                                  "power of two that fits (default: batch 1 only)")] = "0",
     device: Annotated[Device, typer.Option(help="where to time (counts are always taken on CPU)")] = Device.auto,
-    precision: Annotated[str, typer.Option(help="fp32 (TF32 off), tf32, bf16 or fp16 (autocast)")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32 (TF32 off), tf32, bf16 or fp16 (autocast); a comma "
+                                                "list times each, counting once")] = "fp32",
     channels_last: Annotated[bool, typer.Option(help="time with channels_last memory format")] = False,
     compile: Annotated[bool, typer.Option(help="time the torch.compile'd model")] = False,
     warmup: Annotated[int, typer.Option(help="untimed forwards first")] = 20,
@@ -328,18 +329,24 @@ def profile(
     if iters < 1 or warmup < 0:
         raise BenchError("--iters must be >= 1 and --warmup >= 0")
     dev = resolve_device(device.value)
-    cost.check_precision(precision, dev)  # before any model is built
+    precisions = [p.strip() for p in precision.split(",")]
+    for p in precisions:  # before any model is built
+        cost.check_precision(p, dev)
     ensure_writable_dir(results / cost.PROFILE_DIR)  # before anything is timed
     rows = []
     for name in resolve_models(models):
         over = {**(dict(get_entry(name).tiny) if tiny else {}), **_parse_sets(set_ or [])}
-        row = cost.profile_model(name, img_size=img_size, num_classes=num_classes, in_chans=in_chans, device=dev,
-                                 precision=precision, batch_size=batch, warmup=warmup, iters=iters,
-                                 channels_last=channels_last, compile=compile, timing=timing, overrides=over)
-        cost.write_profile(row, results)
-        rows.append(row)
-        timed = f", {row['latency_ms_median']:.1f} ms/forward" if "latency_ms_median" in row else ""
-        typer.echo(f"  profiled {name}: {row['macs'] / 1e9:.2f} GMACs{timed}", err=True)  # progress
+        counts = None  # the counts do not depend on the precision: taken once per model
+        for p in precisions:
+            row = cost.profile_model(name, img_size=img_size, num_classes=num_classes, in_chans=in_chans,
+                                     device=dev, precision=p, batch_size=batch, warmup=warmup, iters=iters,
+                                     channels_last=channels_last, compile=compile, timing=timing, overrides=over,
+                                     counts=counts)
+            counts = row
+            cost.write_profile(row, results)
+            rows.append(row)
+            timed = f", {p} {row['latency_ms_median']:.1f} ms/forward" if "latency_ms_median" in row else ""
+            typer.echo(f"  profiled {name}: {row['macs'] / 1e9:.2f} GMACs{timed}", err=True)  # progress
     import pandas as pd
 
     frame = pd.DataFrame(rows)

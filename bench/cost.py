@@ -357,13 +357,20 @@ PROFILE_COLUMNS = ["model", "family", "params", "trainable_params", "paper_param
                    "peak_mem_mb", "train_peak_mem_mb", "peak_mem_kind"]
 
 
+# the device-independent part of a profile row: what `counts=` carries from one precision to the next
+COUNT_KEYS = ("params", "trainable_params", "input_shape", "macs", "flops", "scan_macs", "paper_macs",
+              "paper_params", "flops_by_op", "paper_macs_missing_pct", "fvcore_macs")
+
+
 def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_chans: int = 3,
                   device: torch.device | str = "cpu", precision: str = "fp32", batch_size: int | str = 0,
                   warmup: int = 20, iters: int = 100, channels_last: bool = False, compile: bool = False,
-                  timing: bool = True, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                  timing: bool = True, overrides: dict[str, Any] | None = None,
+                  counts: dict[str, Any] | None = None) -> dict[str, Any]:
     """One `bench profile` row: counts on CPU in float32 (device-independent), timings and
     memory on ``device``. ``batch_size`` > 1 adds a throughput measurement at that batch;
-    ``"auto"`` at the largest power-of-two batch that fits (``find_batch_size``)."""
+    ``"auto"`` at the largest power-of-two batch that fits (``find_batch_size``). ``counts``: a
+    row of the same model and input (``COUNT_KEYS``), reused instead of counting again."""
     from bench import env
     from bench.registry import create_model, get_entry
     from bench.scan_info import scan_backend_for
@@ -373,10 +380,11 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     torch.manual_seed(0)
     model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **(overrides or {}))
     x = torch.randn(1, in_chans, img_size, img_size)
-    row: dict[str, Any] = {"model": name, "family": entry.family, **count_params(model), **_counts(model, x)}
+    if counts is None:
+        counts = {**count_params(model), **_counts(model, x), "fvcore_macs": fvcore_macs(model, x)["total"]}
+        counts["paper_macs_missing_pct"] = 100 * (1 - counts["paper_macs"] / counts["macs"]) if counts["macs"] else 0.0
+    row: dict[str, Any] = {"model": name, "family": entry.family, **{k: counts[k] for k in COUNT_KEYS}}
     row.update(
-        paper_macs_missing_pct=100 * (1 - row["paper_macs"] / row["macs"]) if row["macs"] else 0.0,
-        fvcore_macs=fvcore_macs(model, x)["total"],
         model_config={k: (list(v) if isinstance(v, tuple) else v) for k, v in model.bench_config.items()},
         device=device.type, precision=precision, channels_last=channels_last, compiled=compile,
     )

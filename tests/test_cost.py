@@ -202,3 +202,25 @@ def test_find_batch_size_stops_before_out_of_memory():
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
         cost.find_batch_size(Broken(), make)
+
+
+def test_several_precisions_are_timed_and_counted_once(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    calls = []
+    real = cost._counts
+    monkeypatch.setattr(cost, "_counts", lambda model, x: calls.append(1) or real(model, x))
+    result = CliRunner().invoke(app, ["profile", "--models", "unet", "--tiny", "--img-size", "32", "--device", "cpu",
+                                      "--precision", "fp32,bf16", "--iters", "2", "--warmup", "0", "--format", "json",
+                                      "--results", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout[result.stdout.index("["):])
+    assert [r["precision"] for r in rows] == ["fp32", "bf16"] and len(calls) == 1
+    assert rows[0]["macs"] == rows[1]["macs"] > 0 and rows[0]["fvcore_macs"] == rows[1]["fvcore_macs"]
+    assert all(r["latency_ms_median"] > 0 for r in rows)
+    assert len(list((tmp_path / "profiles").glob("*.json"))) == 2  # one record per precision
+    bad = CliRunner().invoke(app, ["profile", "--models", "unet", "--device", "cpu", "--precision", "fp32,tf32",
+                                   "--results", str(tmp_path / "none")])
+    assert bad.exit_code != 0 and not (tmp_path / "none" / "profiles").exists()  # refused before any model runs
