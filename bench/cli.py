@@ -144,6 +144,7 @@ def run(
     from bench.env import resolve_device
     from bench.protocol import load_protocol
     from bench.registry import get_entry, resolve_models
+    from bench.rescore import rescored_twin
     from bench.run import parse_shard, plan_grid, resolve_inits, run_one, select_shard
     from bench.records import record_path
 
@@ -185,6 +186,10 @@ def run(
         distributed.barrier()  # every rank sees the same finished records
         if record_path(results, spec.key).is_file():
             say(f"  {spec.key}: finished earlier, skipped")
+            continue
+        rescored = rescored_twin(spec, results)
+        if rescored:
+            say(f"  {spec.key}: the same training was rescored under {spec.policy} ({rescored}), skipped")
             continue
         rec = run_one(spec, results_dir=results, device=dev, resume=resume, show_progress=progress)
         if rec is None:  # not rank 0

@@ -28,7 +28,7 @@ from bench.protocol import Protocol, load_protocol
 from bench.registry import create_model
 from bench.train import CHECKPOINT_DIR, load_checkpoint
 
-__all__ = ["rescore_id", "weights_path", "record_protocol", "rescore_record", "plan_rescore"]
+__all__ = ["rescore_id", "weights_path", "record_protocol", "rescore_record", "plan_rescore", "rescored_twin"]
 
 
 def rescore_id(run_id: str, policy: str) -> str:
@@ -51,6 +51,21 @@ def record_protocol(rec: dict[str, Any], protocol_file: Path | None = None) -> P
         raise BenchError(f"run {rec['run_id']}: protocol {meta['name']!r} now has hash {proto.hash}, the run used "
                          f"{meta['hash']}; pass the run's protocol file with --protocol")
     return proto
+
+
+def rescored_twin(spec, results_dir: Path) -> str | None:
+    """The run id of a `bench rescore` record holding ``spec``'s training under ``spec.policy``:
+    the run planned the same under another policy, rescored into this one; None if there is none.
+    `bench run` then skips ``spec`` instead of training it again."""
+    from dataclasses import replace
+
+    from bench.metrics import POLICIES
+
+    for other in POLICIES:
+        twin = rescore_id(replace(spec, policy=other).key, spec.policy)
+        if other != spec.policy and records.record_path(results_dir, twin).is_file():
+            return twin
+    return None
 
 
 def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None) -> list[dict[str, Any]]:

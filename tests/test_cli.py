@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -231,8 +230,10 @@ def test_no_pretrained_trains_from_scratch_off_protocol(tmp_path):
     assert "pretrained init: vmamba_small_e238_ema.pth" in _bench("models").stdout
 
 
-def test_rescore_puts_the_same_weights_on_a_strict_board(smoke_results, tmp_path):
-    results = shutil.copytree(smoke_results, tmp_path / "results")
+def test_rescore_puts_the_same_weights_on_a_strict_board(tmp_path):
+    results = tmp_path / "results"  # its own run: run ids depend on the (synthetic) data's path
+    _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
+           "--results", results, *FAST)
     out = _bench("rescore", "--policy", "strict", "--results", results).stdout
     assert "1 run(s) to score under strict" in out and ".strict: DSC" in out and "mm" in out
     df = records.load(results)
@@ -241,6 +242,10 @@ def test_rescore_puts_the_same_weights_on_a_strict_board(smoke_results, tmp_path
     rep = _bench("report", "--results", results).stdout
     assert "policy legacy-synapse" in rep and "policy strict" in rep and "HD95 in mm" in rep
     assert "0 run(s)" in _bench("rescore", "--policy", "strict", "--results", results).stdout
+    # asking bench run for the strict score of the same training reuses the rescored record
+    out = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
+                 "--policy", "strict", "--results", results, *FAST).stdout
+    assert "rescored under strict" in out and "skipped" in out and len(records.load(results)) == 2
 
 
 def test_pretrained_flag_is_no_override_for_models_without_a_file(tmp_path):

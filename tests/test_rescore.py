@@ -99,3 +99,20 @@ def test_float64_runs_rescore_exactly_and_trained_twins_are_not_rescored(trained
     _run(root, twin_dir, "strict", "float64")
     assert plan_rescore(twin_dir, "strict") == [] and plan_rescore(twin_dir, "legacy-synapse") == []
     assert legacy["run_id"] != direct["run_id"]
+
+
+def test_bench_run_skips_a_run_already_rescored_into_its_policy(trained, tmp_path):
+    from bench.rescore import rescored_twin
+
+    root, results, legacy = trained
+    proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=3, max_cases=2, dtype="float32")
+    (strict,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=root,
+                          synthetic=False, results_dir=results, policy="strict",
+                          model_overrides=dict(get_entry("unet").tiny))
+    for rec in plan_rescore(results, "strict"):  # unless the first test rescored it already
+        rescore_record(rec, "strict", results, CPU)
+    assert rescored_twin(strict, results) == f"{legacy['run_id']}.strict"
+    (seed1,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[1], data_root=root,
+                         synthetic=False, results_dir=results, policy="strict",
+                         model_overrides=dict(get_entry("unet").tiny))
+    assert rescored_twin(seed1, results) is None  # another seed: nothing to reuse
