@@ -73,6 +73,15 @@ def _parse_sets(items: list[str]) -> dict[str, object]:
     return out
 
 
+def _scores_text(rec: dict, unit: bool = False) -> str:
+    """"DSC 81.23 · HD95 18.40" from a run record (no HD95 where the policy computes none)."""
+    m = rec["metrics"]
+    hd = m.get("hd95")
+    has_hd = hd is not None and hd == hd  # legacy-isic computes no HD95 (NaN)
+    hd_unit = f" {rec.get('hd95_unit')}" if unit and rec.get("hd95_unit") else ""
+    return f"DSC {100 * m['dice']:.2f}" + (f" · HD95 {hd:.2f}{hd_unit}" if has_hd else "")
+
+
 def default_protocol(dataset: str, protocol: str | None) -> str:
     """The protocol a run uses: ``--protocol`` if given, else the dataset's (BenchError if none)."""
     if protocol:
@@ -194,11 +203,7 @@ def run(
         rec = run_one(spec, results_dir=results, device=dev, resume=resume, show_progress=progress)
         if rec is None:  # not rank 0
             continue
-        m = rec["metrics"]
-        hd = m.get("hd95")
-        has_hd = hd is not None and hd == hd  # legacy-isic computes no HD95 (NaN)
-        say(f"  {spec.key}: DSC {100 * m['dice']:.2f}" + (f" · HD95 {hd:.2f}" if has_hd else "")
-            + f" · {rec['wall_time_s']:.0f}s")
+        say(f"  {spec.key}: {_scores_text(rec)} · {rec['wall_time_s']:.0f}s")
     distributed.shutdown()
 
 
@@ -253,9 +258,7 @@ def rescore(
     typer.echo(f"bench rescore: {len(todo)} run(s) to score under {policy} · device {dev}")
     for rec in todo:
         new = rescore_record(rec, policy, results, dev, protocol)
-        hd = new["metrics"].get("hd95")
-        typer.echo(f"  {new['run_id']}: DSC {100 * new['metrics']['dice']:.2f}"
-                   + (f" · HD95 {hd:.2f} {new['hd95_unit']}" if hd is not None and hd == hd else ""))
+        typer.echo(f"  {new['run_id']}: {_scores_text(new, unit=True)}")
 
 
 @app.command()

@@ -83,6 +83,20 @@ def raw_volume(path: Path) -> tuple[np.ndarray, np.ndarray, object]:
             return (*_arrays(path, f, list(f.keys()), "dataset"), f.attrs.get("spacing"))
 
 
+def volume_spacing(path: Path) -> object:
+    """The h5's ``spacing`` attribute (None if absent), without reading its arrays."""
+    with reading(path, "a TransUNet h5 volume"):
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("spacing")
+
+
+def volume_labels(path: Path, step: int = 1) -> np.ndarray:
+    """Every ``step``-th slice of the h5's ``label``, as stored; the image is not read."""
+    with reading(path, "a TransUNet h5 volume"):
+        with h5py.File(path, "r") as f:
+            return np.asarray(f["label"][::step])
+
+
 def _arrays(path: Path, container, keys: list[str], kind: str) -> tuple[np.ndarray, np.ndarray]:
     missing = [k for k in ("image", "label") if k not in keys]
     if missing:

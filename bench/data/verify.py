@@ -151,7 +151,7 @@ def _check_spacing_table(root: Path, test_dir: Path, report: _Report) -> None:
         case = path.name[: -len(syn_io.H5_SUFFIX)]
         if case not in table:
             try:
-                has_own = syn_io.raw_volume(path)[2] is not None
+                has_own = syn_io.volume_spacing(path) is not None
             except BenchError:
                 continue  # reported with the file
             if not has_own:
@@ -357,7 +357,7 @@ def dataset_notes(name: str, root: str | Path) -> list[str]:
     for case in sorted(test):  # every 4th slice: the organs' size order needs no more
         path = ds.test_dir / f"{case}{syn_io.H5_SUFFIX}"
         if path.is_file():
-            label = syn_io.raw_volume(path)[1][::4]
+            label = syn_io.volume_labels(path, step=4)
             counts += np.bincount(np.asarray(label, dtype=np.int64).clip(0, 8).ravel(), minlength=9)[:9]
     notes.append(organ_order_note(counts))
     return notes
