@@ -85,7 +85,11 @@ def confusion(pred: Any, gt: Any) -> dict[str, int]:
     return {"tp": tp, "fp": fp, "fn": fn, "tn": int(p.size) - tp - fp - fn}
 
 
-def _ratio(num: float, den: float, zero_division: float) -> float:
+def _ratio(num: Any, den: Any, zero_division: float) -> Any:
+    """num / den, ``zero_division`` where den is 0; elementwise for arrays (bench.stats resamples)."""
+    if np.ndim(num) or np.ndim(den):
+        num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+        return np.where(den != 0, num / np.where(den != 0, den, 1.0), zero_division)
     return num / den if den else zero_division
 
 
@@ -442,7 +446,7 @@ def score_case(pred: Any, gt: Any, num_classes: int, policy: str | Policy,
 
 def pooled_metrics(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
     """VM-UNet's metrics from one confusion matrix: dice, iou (foreground), acc, spe, sen;
-    a ratio with a zero denominator is 0 (engine.py)."""
+    a ratio with a zero denominator is 0 (engine.py). Arrays of counts give arrays."""
     return {
         "dice": _ratio(2 * tp, 2 * tp + fp + fn, 0.0),
         "iou": _ratio(tp, tp + fp + fn, 0.0),

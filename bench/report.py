@@ -292,7 +292,8 @@ def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
         note += (" DSC n/a: case × class entries with both masks empty, over all runs; strict scores them NaN and "
                  "leaves them out of the means.")
     if "dice_ci_lo" in board:
-        note += " 95% CI: bootstrap of the mean over test cases (each case averaged over classes and seeds)."
+        note += (" 95% CI: percentile bootstrap over test cases of the number shown (each resample re-aggregated "
+                 "under the board's policy, then averaged over seeds).")
     return title, note
 
 
@@ -508,9 +509,9 @@ def _case_groups(df_cases: pd.DataFrame | None) -> dict[BoardKey, pd.DataFrame]:
 
 
 def join_ci(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.DataFrame]) -> None:
-    """Add ``<metric>_ci_lo/_ci_hi``: a bootstrap 95% CI of the mean over test cases (each case
-    averaged over classes and seeds; ``bench.stats``) for DSC and HD95. ``groups``: the case rows
-    per board (``_case_groups``)."""
+    """Add ``<metric>_ci_lo/_ci_hi`` for DSC and HD95: a bootstrap 95% CI of the board's own number
+    (test cases resampled, each run re-aggregated under the board's policy, then averaged over
+    seeds; ``bench.stats.bootstrap_ci``). ``groups``: the case rows per board (``_case_groups``)."""
     from bench import stats
 
     for key, board in boards.items():
@@ -520,8 +521,8 @@ def join_ci(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.Data
         for metric in CI_METRICS:
             if f"{metric}_mean" not in board or cases[metric].notna().sum() == 0:
                 continue
-            wide = stats.case_values(cases, metric)
-            cis = [stats.bootstrap_ci(wide[m]) if m in wide else (math.nan, math.nan) for m in board["model"]]
+            ci = stats.bootstrap_ci(cases, metric, key.policy)
+            cis = [ci.get(m, (math.nan, math.nan)) for m in board["model"]]
             board[f"{metric}_ci_lo"], board[f"{metric}_ci_hi"] = [c[0] for c in cis], [c[1] for c in cis]
 
 
@@ -536,7 +537,7 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
         if key not in boards:
             continue
         tests = stats.paired_tests(cases, reference, metrics=CI_METRICS)
-        ranks = stats.rank_stability(cases, "dice")
+        ranks = stats.rank_stability(cases, "dice", key.policy)
         title = f"## Significance · {_caption(key, boards[key])[0]}"
         if tests.empty:
             parts.append(f"{title}\n\nNo paired comparison: {reference!r} has no runs on this board.\n")
@@ -551,14 +552,15 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
             "p (Holm)": [_num(p, ".3g") for p in tests["p_holm"]],
         })
         rank_table = pd.DataFrame({
-            "Model": ranks["model"], "Mean DSC (%)": [f"{100 * v:.2f}" for v in ranks["mean"]],
+            "Model": ranks["model"], "DSC (%)": [f"{100 * v:.2f}" for v in ranks["mean"]],
             "Rank": ranks["rank"], "P(rank 1)": [f"{p:.2f}" for p in ranks["p_rank_1"]],
             "95% rank interval": [f"{a}–{b}" for a, b in zip(ranks["rank_lo"], ranks["rank_hi"])],
         })
         note = (f"Reference: {reference}. Two-sided Wilcoxon signed-rank over the shared test cases (each case "
                 "averaged over classes and seeds); effect size: matched-pairs rank-biserial correlation, > 0 "
                 "means the model beats the reference; p adjusted with Holm over the board's tests. Ranks by "
-                "mean DSC over the cases every model has; stability from 1000 bootstrap resamples of cases.")
+                "the board's DSC (its policy's aggregate) over the cases every model has; stability from 1000 "
+                "bootstrap resamples of those cases.")
         if key.policy == "legacy-synapse":
             note += (" Caution: under legacy-synapse a missed organ scores HD95 0 (the papers' rule), so a model "
                      "that finds nothing looks best on HD95; `--policy strict` penalises misses.")

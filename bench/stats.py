@@ -1,52 +1,98 @@
 """Is a difference real? Confidence intervals, paired tests and rank stability over test cases.
 
-All functions work on the case-level table of ``bench.records.load(dir, level="case")``: one row
-per run × case × class. A case's value is the mean over its foreground classes (the papers'
-per-volume mean DSC), averaged over the model's seeds, so every model has one value per case and
-two models pair on the cases they share. (Under ``legacy-isic`` the papers' aggregate is a
-pooled confusion matrix; the per-case view is still the right unit for uncertainty.)
+All functions work on the case-level table of ``bench.records.load(dir, level="case")`` for ONE
+board: one row per run × case × class, labelled with ``bench.report.label_runs``.
 
-- ``bootstrap_ci``: percentile bootstrap of the mean over cases (cases resampled with
-  replacement; seeded, so a report is reproducible).
+- ``bootstrap_ci``: percentile bootstrap of the number the board shows. Test cases are resampled
+  with replacement (seeded, so a report is reproducible) and each run's metric is recomputed under
+  the board's policy exactly as ``bench.metrics.aggregate`` computes it (per-case policies: mean
+  over cases per class, NaN skipped, then over classes; legacy-isic: one pooled confusion matrix),
+  then averaged over the model's seeds. The interval therefore brackets the headline number.
 - ``paired_tests``: for a reference model, a two-sided Wilcoxon signed-rank test (scipy) against
   every other model per metric over the shared cases, the matched-pairs rank-biserial
   correlation as effect size (+1: the other model is better on every case), and p-values
-  adjusted with Holm's step-down over all tests of the board.
-- ``rank_stability``: ranks by mean over cases, and how often each rank comes out when the
-  cases are bootstrapped.
+  adjusted with Holm's step-down over all tests of the board. Its unit is the case: a case's value
+  is the mean over its foreground classes, averaged over seeds (``case_values``).
+- ``rank_stability``: ranks by the board's statistic over the cases every model has, and how
+  often each rank comes out when those cases are bootstrapped.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-__all__ = ["case_values", "bootstrap_ci", "holm", "rank_biserial", "paired_tests", "rank_stability",
-           "LOWER_IS_BETTER"]
+from bench import metrics
+
+__all__ = ["case_values", "policy_statistic", "bootstrap_ci", "holm", "rank_biserial", "paired_tests",
+           "rank_stability", "LOWER_IS_BETTER"]
 
 LOWER_IS_BETTER = {"hd95"}
 
 
 def case_values(df_cases: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
-    """Wide table: one row per case, one column per ``model_label`` (mean over classes, then seeds)
-    for a case-level frame of ONE board (already labelled with ``bench.report.label_runs``)."""
+    """Wide table: one row per case, one column per ``model_label`` (mean over classes, then seeds)."""
     per_run = df_cases.groupby(["model_label", "run_id", "case"], sort=False)[metric].mean()
     per_model = per_run.groupby(level=["model_label", "case"], sort=False).mean()
     return per_model.unstack("model_label")
 
 
-def bootstrap_ci(values, *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap ``(lo, hi)`` of the mean of ``values`` (NaNs dropped); NaN if empty."""
-    x = np.asarray(values, dtype=float)
-    x = x[~np.isnan(x)]
-    if x.size == 0:
-        return math.nan, math.nan
+def _resample_weights(n_cases: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n_cases): how often each case is drawn in each bootstrap resample."""
     rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+    idx = rng.integers(0, n_cases, size=(n_boot, n_cases)) + n_cases * np.arange(n_boot)[:, None]
+    return np.bincount(idx.ravel(), minlength=n_boot * n_cases).reshape(n_boot, n_cases).astype(np.float64)
+
+
+def _run_statistic(run: pd.DataFrame, metric: str, pooled: bool, cases: pd.Index, weights: np.ndarray) -> np.ndarray:
+    """One run's ``metrics.aggregate(...)[metric]`` for every row of case ``weights``."""
+    if pooled:
+        counts = run.groupby("case")[list(metrics.COUNTS)].sum().reindex(cases, fill_value=0)
+        pooled_values = metrics.pooled_metrics(*(weights @ counts.to_numpy(np.float64)).T)
+        return pooled_values.get(metric, np.full(len(weights), math.nan))  # hd95: NaN, as aggregate
+    table = run.set_index(["case", "class"])[metric].unstack("class").reindex(cases).to_numpy(np.float64)
+    valid = ~np.isnan(table)
+    sums, n = weights @ np.where(valid, table, 0.0), weights @ valid
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class with no valid case: NaN, skipped
+        return np.nanmean(sums / n, axis=1)
+
+
+def policy_statistic(df_cases: pd.DataFrame, metric: str, policy: str, weights: np.ndarray | None = None,
+                     cases: pd.Index | None = None) -> pd.DataFrame:
+    """The board's number per model (columns, ``model_label``) for each row of ``weights``
+    (n_resamples × n_cases, case multiplicities; one row of ones by default): each run aggregated
+    under ``policy`` as ``bench.metrics.aggregate`` does, then the mean over the model's runs (NaN
+    propagates, as on the board). ``cases``: the case order of the weights' columns (default: all)."""
+    cases = pd.Index(sorted(df_cases["case"].unique())) if cases is None else cases
+    weights = np.ones((1, len(cases))) if weights is None else weights
+    pooled = metrics.get_policy(policy).pooled
+    df = df_cases[df_cases["case"].isin(cases)]
+    out = {}
+    for model, runs in df.groupby("model_label", sort=False):
+        per_run = [_run_statistic(run, metric, pooled, cases, weights) for _, run in runs.groupby("run_id", sort=False)]
+        out[model] = np.mean(per_run, axis=0)
+    return pd.DataFrame(out)
+
+
+def bootstrap_ci(df_cases: pd.DataFrame, metric: str, policy: str, *, n_boot: int = 2000, alpha: float = 0.05,
+                 seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Per model: the percentile bootstrap ``(lo, hi)`` of the board's number (``policy_statistic``)
+    over resampled test cases; NaN where the statistic is NaN in some resample."""
+    cases = pd.Index(sorted(df_cases["case"].unique()))
+    if len(cases) == 0:
+        return {}
+    boot = policy_statistic(df_cases, metric, policy, _resample_weights(len(cases), n_boot, seed), cases)
+    out = {}
+    for model in boot:
+        v = boot[model].to_numpy()
+        out[model] = ((math.nan, math.nan) if np.isnan(v).any()
+                      else (float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2))))
+    return out
 
 
 def holm(pvalues) -> np.ndarray:
@@ -104,21 +150,30 @@ def paired_tests(df_cases: pd.DataFrame, reference: str, metrics=("dice", "hd95"
     return table
 
 
-def rank_stability(df_cases: pd.DataFrame, metric: str = "dice", *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Rank (1 = best) of each model by mean over the cases all models share, plus its bootstrap
-    distribution: the share of resamples in which it ranks first, and the 95% rank interval."""
-    wide = case_values(df_cases, metric).dropna()
-    if wide.empty:
+def rank_stability(df_cases: pd.DataFrame, metric: str, policy: str, *, n_boot: int = 1000,
+                   seed: int = 0) -> pd.DataFrame:
+    """Rank (1 = best) of each model by the board's statistic (``policy_statistic``) over the cases
+    every model has, plus its bootstrap distribution: the share of resamples in which it ranks
+    first, and the 95% rank interval. Models whose statistic is NaN are left out; a resample's NaN
+    ranks last."""
+    per_model = df_cases.dropna(subset=[metric]).groupby("model_label")["case"].agg(set)
+    if per_model.empty:
         return pd.DataFrame(columns=["model", "mean", "rank", "p_rank_1", "rank_lo", "rank_hi"])
-    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0  # rank ascending on sign * value
-    values = wide.to_numpy()
-    rank_of = lambda m: sps.rankdata(sign * m, method="min", axis=-1)  # noqa: E731
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(wide), size=(n_boot, len(wide)))
-    boot = rank_of(values[idx].mean(axis=1))
-    ranks = rank_of(values.mean(axis=0))
+    cases = pd.Index(sorted(set.intersection(*per_model)))
+    full = policy_statistic(df_cases, metric, policy, cases=cases).iloc[0].dropna() if len(cases) else pd.Series()
+    if full.empty:
+        return pd.DataFrame(columns=["model", "mean", "rank", "p_rank_1", "rank_lo", "rank_hi"])
+    models = list(full.index)
+    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0  # rank ascending on sign * value; NaN worst
+
+    def rank_of(m):
+        return sps.rankdata(np.nan_to_num(sign * m, nan=np.inf), method="min", axis=-1)
+
+    boot = rank_of(policy_statistic(df_cases, metric, policy, _resample_weights(len(cases), n_boot, seed),
+                                    cases)[models].to_numpy())
+    ranks = rank_of(full.to_numpy())
     out = pd.DataFrame({
-        "model": wide.columns, "mean": values.mean(axis=0), "rank": ranks.astype(int),
+        "model": models, "mean": full.to_numpy(), "rank": ranks.astype(int),
         "p_rank_1": (boot == 1).mean(axis=0),
         "rank_lo": np.quantile(boot, 0.025, axis=0).astype(int), "rank_hi": np.quantile(boot, 0.975, axis=0).astype(int),
     })

@@ -248,9 +248,9 @@ def test_ci_column_and_significance_section(tmp_path):
     text = write_report(tmp_path, reference="unet")
     cases = _case_groups(load(tmp_path, level="case"))
     (key, group), = cases.items()
-    lo, hi = stats.bootstrap_ci(stats.case_values(group, "dice")["vmunet"])
+    lo, hi = stats.bootstrap_ci(group, "dice", key.policy)["vmunet"]
     vm = next(line for line in text.splitlines() if line.startswith("| vmunet"))
-    assert f"[{100 * lo:.2f}, {100 * hi:.2f}]" in vm and "95% CI: bootstrap" in text
+    assert f"[{100 * lo:.2f}, {100 * hi:.2f}]" in vm and "95% CI: percentile bootstrap" in text
     sig = text[text.index("## Significance · synapse · protocol synapse v1 (a1b2c3d4e5f60718) · policy legacy-synapse"):]
     expected = stats.paired_tests(group, "unet", metrics=("dice",)).iloc[0]
     row = next(line for line in sig.splitlines() if line.startswith("| vmunet") and "DSC" in line)

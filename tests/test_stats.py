@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from bench import stats
+from bench import metrics, stats
 
 
 def _cases(values: dict[str, list[list[float]]], metric="dice", classes=2) -> pd.DataFrame:
@@ -32,16 +32,77 @@ def test_case_values_average_classes_then_seeds():
     assert wide.loc["case01", "a"] == pytest.approx((0.7 + 0.9) / 2)
 
 
-def test_bootstrap_ci():
-    assert stats.bootstrap_ci([0.8] * 10) == (0.8, 0.8)
-    assert all(math.isnan(v) for v in stats.bootstrap_ci([math.nan]))
-    rng = np.random.default_rng(1)
-    x = rng.normal(0.7, 0.1, size=400)
-    lo, hi = stats.bootstrap_ci(x, n_boot=4000)
-    half = 1.96 * x.std(ddof=1) / math.sqrt(len(x))  # normal approximation
-    assert lo < x.mean() < hi
-    assert (hi - lo) / 2 == pytest.approx(half, rel=0.1)
-    assert stats.bootstrap_ci(x, seed=3) == stats.bootstrap_ci(x, seed=3)  # reproducible
+def _scored(model: str, seed: int, cases: list[tuple[np.ndarray, np.ndarray]], policy: str, classes: int) -> pd.DataFrame:
+    rows = []
+    for i, (pred, gt) in enumerate(cases):
+        for r in metrics.score_case(pred, gt, classes, policy, spacing=(1.0,) * gt.ndim):
+            rows.append({"model_label": model, "run_id": f"{model}-s{seed}", "case": f"c{i:02d}", **r})
+    return pd.DataFrame(rows)
+
+
+def _strict_cases(rng, n=12, shift=0):
+    """Class 1 in every case, class 2 in a quarter of them (strict scores the rest NaN)."""
+    out = []
+    for i in range(n):
+        gt = np.zeros((4, 24, 24), int)
+        pred = np.zeros_like(gt)
+        w = int(rng.integers(6, 10))
+        gt[:, 2:2 + w, 2:2 + w] = 1
+        pred[:, 2:2 + w, 2 + shift:1 + w + shift] = 1
+        if i % 4 == 0:
+            gt[:, 14:18, 14:18] = 2
+            pred[:, 15:19, 15:19] = 2
+        out.append((pred, gt))
+    return out
+
+
+def _isic_cases(n=20):
+    """Large lesions predicted well, small ones half missed: pooled and per-case means differ a lot."""
+    out = []
+    for i in range(n):
+        gt = np.zeros((32, 32), int)
+        pred = np.zeros_like(gt)
+        if i < n // 2:
+            gt[2:30, 2:30], pred[3:30, 2:30] = 1, 1
+        else:
+            gt[10:14, 10:14], pred[11:15, 11:15] = 1, 1
+        out.append((pred, gt))
+    return out
+
+
+@pytest.mark.parametrize("policy", ["strict", "legacy-isic", "legacy-synapse"])
+def test_bootstrap_ci_is_the_board_number_recomputed_on_resampled_cases(policy):
+    rng = np.random.default_rng(0)
+    if policy == "legacy-isic":
+        runs = [_scored("m", s, _isic_cases(), policy, 2) for s in range(2)]
+    else:
+        runs = [_scored("m", s, _strict_cases(rng, shift=s), policy, 3) for s in range(2)]
+    df = pd.concat(runs, ignore_index=True)
+    headline = np.mean([metrics.aggregate(r, policy)["dice"] for r in runs])  # the board: mean over seeds
+    assert stats.policy_statistic(df, "dice", policy).loc[0, "m"] == pytest.approx(headline, abs=1e-12)
+    # independent path: the same resamples, each scored by metrics.aggregate on the repeated rows
+    n_boot, cases = 60, sorted(df["case"].unique())
+    draws = np.random.default_rng(5).integers(0, len(cases), size=(n_boot, len(cases)))
+    expected = []
+    for draw in draws:
+        picked = [cases[i] for i in draw]
+        expected.append(np.mean([metrics.aggregate(pd.concat([r[r["case"] == c] for c in picked]), policy)["dice"]
+                                 for r in runs]))
+    lo, hi = stats.bootstrap_ci(df, "dice", policy, n_boot=n_boot, seed=5)["m"]
+    assert (lo, hi) == pytest.approx((np.quantile(expected, 0.025), np.quantile(expected, 0.975)), abs=1e-12)
+    assert lo <= headline <= hi
+
+
+def test_bootstrap_ci_brackets_a_pooled_number_a_per_case_mean_would_miss():
+    df = _scored("m", 0, _isic_cases(), "legacy-isic", 2)
+    pooled = metrics.aggregate(df, "legacy-isic")["dice"]
+    per_case_mean = stats.case_values(df)["m"].mean()
+    assert pooled - per_case_mean > 0.15  # the two numbers are far apart on this data
+    lo, hi = stats.bootstrap_ci(df, "dice", "legacy-isic")["m"]
+    assert lo <= pooled <= hi and not lo <= per_case_mean <= hi
+    const = _scored("c", 0, [(np.eye(8, dtype=int), np.eye(8, dtype=int))] * 5, "strict", 2)
+    assert stats.bootstrap_ci(const, "dice", "strict")["c"] == (1.0, 1.0)
+    assert stats.bootstrap_ci(df, "dice", "legacy-isic", seed=3) == stats.bootstrap_ci(df, "dice", "legacy-isic", seed=3)
 
 
 def test_holm_hand_computed():
@@ -88,10 +149,27 @@ def test_rank_stability():
     top = [0.9, 0.92, 0.88, 0.91, 0.93]
     df = _cases({"top": [top], "mid": [[v - 0.2 for v in top]], "mid2": [[v - 0.2 + e for v, e in
                                                                            zip(top, [0.02, -0.02, 0.01, -0.01, 0.0])]]})
-    table = stats.rank_stability(df, n_boot=500).set_index("model")
+    table = stats.rank_stability(df, "dice", "legacy-synapse", n_boot=500).set_index("model")
     assert table.loc["top", "rank"] == 1 and table.loc["top", "p_rank_1"] == 1.0
     assert (table.loc["top", "rank_lo"], table.loc["top", "rank_hi"]) == (1, 1)
     assert table.loc["mid", "rank_lo"] >= 2 and table.loc["mid2", "rank_lo"] >= 2
     assert table.loc["mid", "p_rank_1"] == 0.0
     hd = _cases({"a": [[1.0, 2.0]], "b": [[3.0, 4.0]]}, metric="hd95")
-    assert stats.rank_stability(hd, "hd95").set_index("model").loc["a", "rank"] == 1  # lower is better
+    assert stats.rank_stability(hd, "hd95", "strict").set_index("model").loc["a", "rank"] == 1  # lower is better
+
+
+def test_rank_stability_ranks_the_board_number_not_the_per_case_mean():
+    # "rare": perfect on the common class, poor on the rare one; "common": the other way round.
+    # strict's board number (mean over classes of per-class means) prefers "rare"; a mean of
+    # per-case means (3 of 4 cases lack class 2) would prefer "common".
+    rows = []
+    for model, (d1, d2) in {"rare": (0.8, 0.9), "common": (0.9, 0.6)}.items():
+        for i in range(8):
+            rows.append({"model_label": model, "run_id": model, "case": f"c{i}", "class": 1, "dice": d1})
+            rows.append({"model_label": model, "run_id": model, "case": f"c{i}", "class": 2,
+                         "dice": d2 if i % 4 == 0 else math.nan})
+    df = pd.DataFrame(rows)
+    assert stats.case_values(df)["common"].mean() > stats.case_values(df)["rare"].mean()
+    table = stats.rank_stability(df, "dice", "strict", n_boot=200).set_index("model")
+    assert table.loc["rare", "rank"] == 1 and table.loc["rare", "mean"] == pytest.approx((0.8 + 0.9) / 2)
+    assert table.loc["common", "mean"] == pytest.approx((0.9 + 0.6) / 2)
