@@ -149,14 +149,17 @@ def _load_extension():
 
 
 def _mamba_ops():
-    """mamba-ssm's ``selective_scan_interface`` module, or None. Tried once per process: the
-    import costs ~13 s on a CPU machine, and a failing import would otherwise be retried on
-    every call."""
+    """mamba-ssm's ``selective_scan_interface`` module when its compiled kernel loads too, or None.
+    Tried once per process: the import costs ~13 s on a CPU machine, and a failing import would
+    otherwise be retried on every call."""
     global _mamba, _mamba_error
     if _mamba is None:
         try:
             from mamba_ssm.ops import selective_scan_interface
 
+            # the interface imports without its kernel in builds made without MAMBA_KEEP_CUDA_BUILD
+            # (state-spaces/mamba#977); selective_scan_fn would then fail at the first forward
+            importlib.import_module("selective_scan_cuda")
             _mamba = selective_scan_interface
         except Exception as exc:  # not installed, or its CUDA extension does not load
             _mamba, _mamba_error = False, _short_reason(exc)

@@ -395,6 +395,30 @@ def test_float64_on_cuda_never_picks_mamba_ssm(monkeypatch):
     assert scan.fused_mamba_inner("cuda", torch.bfloat16) is fake.mamba_inner_fn
 
 
+def test_mamba_ssm_without_its_compiled_kernel_is_not_chosen(monkeypatch):
+    """Since state-spaces/mamba#977 a default build installs mamba-ssm whose interface imports but
+    whose selective_scan_cuda was never built: the cuda backend must not be picked then."""
+    import types
+
+    interface = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
+    interface.selective_scan_fn = object()
+    ops = types.ModuleType("mamba_ssm.ops")
+    ops.selective_scan_interface = interface
+    pkg = types.ModuleType("mamba_ssm")
+    pkg.ops = ops
+    for name, mod in (("mamba_ssm", pkg), ("mamba_ssm.ops", ops), ("mamba_ssm.ops.selective_scan_interface", interface)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setitem(sys.modules, "selective_scan_cuda", None)  # `import selective_scan_cuda` fails
+    monkeypatch.setattr(scan, "_mamba", None)
+    monkeypatch.setattr(scan, "_mamba_error", None)
+    monkeypatch.delenv(scan.ENV_VAR, raising=False)
+    assert scan._mamba_ops() is None and "selective_scan_cuda" in scan._mamba_error
+    assert scan.default_backend("cuda", torch.float32) == "torch"
+    monkeypatch.setitem(sys.modules, "selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+    monkeypatch.setattr(scan, "_mamba", None)
+    assert scan._mamba_ops() is interface and scan.default_backend("cuda", torch.float32) == "cuda"
+
+
 _OTHER_BUILD = """
 import sys, torch
 from ssm_models import scan
