@@ -54,7 +54,7 @@ class RunSpec:
         ident = [self.model, self.dataset, self.protocol.hash, self.protocol.overrides, self.seed,
                  str(self.data_root.resolve()), self.policy, list(self.model_overrides)]
         if self.fold is not None:  # appended only here, so test-split ids stay as they were
-            ident.append(self.fold)
+            ident.append([self.fold, "nnunet-v2-kfold"])  # folds were a permutation of our own before
         if self.init is not None:  # the file's content, not its path, defines the run
             ident.append(["init", self.init[0], self.init[2]])
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]

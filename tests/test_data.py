@@ -424,6 +424,88 @@ def test_verify_missing_root_and_bad_json(tmp_path):
     assert [p.path for p in problems] == [str(tmp_path / "dataset.json")] and "JSON" in problems[0].message
 
 
+def _sklearn_kfold(ids, n_splits=5, seed=12345):
+    """nnU-Net v2's generate_crossval_split(sorted ids, 12345, 5), restated from sklearn's source
+    (KFold._iter_test_indices + BaseCrossValidator.split) so the test does not use the code under
+    test: arange(n) shuffled by check_random_state(seed) == RandomState(seed); consecutive test
+    chunks of n // k, the first n % k one larger; train and test indices from a boolean mask."""
+    ids = sorted(ids)
+    n = len(ids)
+    indices = np.arange(n)
+    np.random.RandomState(seed).shuffle(indices)
+    fold_sizes = np.full(n_splits, n // n_splits, dtype=int)
+    fold_sizes[: n % n_splits] += 1
+    out, current = [], 0
+    for fold_size in fold_sizes:
+        mask = np.zeros(n, dtype=bool)
+        mask[indices[current:current + fold_size]] = True
+        current += fold_size
+        out.append({"train": list(np.array(ids)[np.arange(n)[~mask]]), "val": list(np.array(ids)[np.arange(n)[mask]])})
+    return out
+
+
+# The splits_final.json nnU-Net v2 wrote for a 20-case dataset (github.com/atOliverParkerMorgan/
+# Bachelor-Thesis, splits_final.json at 0fdd6a19): the "val" lists of its 5 folds, in its order.
+NNUNET_20_CASES = sorted(f"dub_{a}_part{p}" for a in (1, 5, 11, 37) for p in range(5))
+NNUNET_20_VAL = [
+    ["dub_11_part3", "dub_1_part3", "dub_37_part3", "dub_5_part1"],
+    ["dub_11_part0", "dub_37_part0", "dub_37_part2", "dub_5_part0"],
+    ["dub_1_part1", "dub_1_part2", "dub_37_part1", "dub_5_part2"],
+    ["dub_1_part4", "dub_37_part4", "dub_5_part3", "dub_5_part4"],
+    ["dub_11_part1", "dub_11_part2", "dub_11_part4", "dub_1_part0"],
+]
+
+
+def test_crossval_splits_are_nnunets():
+    from bench.data.nnunet import crossval_splits, kfold_split
+
+    # hand-computed: RandomState(12345).shuffle(arange(7)) == [6, 3, 4, 0, 1, 5, 2], sizes 2,2,1,1,1
+    ids7 = [f"c{i}" for i in range(7)]
+    assert np.random.RandomState(12345).permutation(7).tolist() == [6, 3, 4, 0, 1, 5, 2]
+    assert [f["val"] for f in crossval_splits(ids7)] == [["c3", "c6"], ["c0", "c4"], ["c1"], ["c5"], ["c2"]]
+    assert crossval_splits(ids7)[0]["train"] == ["c0", "c1", "c2", "c4", "c5"]
+    # RandomState(12345).shuffle(arange(10)) == [0, 7, 3, 9, 6, 4, 1, 8, 5, 2], five parts of 2
+    ids10 = [f"c{i}" for i in range(10)]
+    assert [f["val"] for f in crossval_splits(ids10)] == [["c0", "c7"], ["c3", "c9"], ["c4", "c6"],
+                                                          ["c1", "c8"], ["c2", "c5"]]
+    # what nnU-Net itself wrote (real sklearn), train lists included
+    splits = crossval_splits(list(reversed(NNUNET_20_CASES)))  # input order does not matter
+    assert [f["val"] for f in splits] == NNUNET_20_VAL
+    assert [f["train"] for f in splits] == [[c for c in NNUNET_20_CASES if c not in v] for v in NNUNET_20_VAL]
+    for n in range(5, 41):
+        ids = [f"case_{i:03d}" for i in range(n)]
+        splits = crossval_splits(ids)
+        assert splits == _sklearn_kfold(ids)
+        vals = [c for f in splits for c in f["val"]]
+        assert sorted(vals) == ids  # every case is validated exactly once
+        for k, f in enumerate(splits):
+            assert f["train"] == sorted(f["train"]) and f["val"] == sorted(f["val"])  # nnU-Net's order
+            assert not set(f["train"]) & set(f["val"]) and sorted(f["train"] + f["val"]) == ids
+            assert len(f["val"]) == n // 5 + (k < n % 5)
+            assert kfold_split(ids, k) == (f["train"], f["val"])
+    with pytest.raises(BenchError, match="needs at least 5 cases"):
+        crossval_splits(ids7[:4])
+
+
+def test_nnunet_folds_without_splits_file_are_nnunets(roots, tmp_path):
+    from bench.data.nnunet import crossval_splits
+
+    cases = [f"synth_{i:03d}" for i in range(5)]
+    expected = crossval_splits(cases)
+    root = _copy(roots["nnunet2d"], tmp_path)
+    for k in range(5):
+        ds = open_dataset("nnunet", root, fold=k)
+        assert (ds.train_ids(), ds.test_ids()) == (expected[k]["train"], expected[k]["val"])
+        assert "nnU-Net v2" in ds.notes[-1]
+    assert not (root / "splits_final.json").exists()  # nothing written next to the data
+    # a provided splits_final.json is used as it is, order included, even where it differs
+    mine = [{"train": cases[1:][::-1], "val": cases[:1]}] + expected[1:]
+    (root / "splits_final.json").write_text(json.dumps(mine))
+    ds = open_dataset("nnunet", root, fold=0)
+    assert (ds.train_ids(), ds.test_ids()) == (cases[1:][::-1], cases[:1]) != (expected[0]["train"], expected[0]["val"])
+    assert "splits_final.json" in ds.notes[-1]
+
+
 def test_nnunet_kfold_tests_every_case_once(roots, tmp_path):
     from bench.data.nnunet import kfold_split
 
@@ -435,9 +517,7 @@ def test_nnunet_kfold_tests_every_case_once(roots, tmp_path):
         tested += ds.test_ids()
     assert sorted(tested) == cases  # each case is a test case in exactly one fold
     ids = [f"c{i:02d}" for i in range(12)]
-    perm = np.random.default_rng(12345).permutation(12)
-    assert kfold_split(ids, 0)[1] == sorted(ids[i] for i in perm[:3])  # pinned: array_split sizes 3,3,2,2,2
-    assert kfold_split(ids, 4)[1] == sorted(ids[i] for i in perm[10:])
+    assert [kfold_split(ids, k) for k in range(5)] == [(f["train"], f["val"]) for f in _sklearn_kfold(ids)]
     with pytest.raises(BenchError, match="fold 5 does not exist"):
         open_dataset("nnunet", roots["nnunet2d"], fold=5)
     with pytest.raises(BenchError, match="needs at least 5 cases"):

@@ -7,6 +7,8 @@ On disk::
     <root>/imagesTr/{CASE}_{XXXX}{ending}   XXXX = 4-digit channel index
     <root>/labelsTr/{CASE}{ending}
     <root>/splits_final.json                optional: [{"train": [...], "val": [...]}, ...] per fold
+                                            (nnU-Net keeps its own in nnUNet_preprocessed/<Dataset>/;
+                                            copy it here to use exactly those folds)
 
 File endings: ``.png`` -> 2-D cases (an RGB PNG supplies three channels from one ``_0000`` file,
 as nnU-Net's NaturalImage2DIO reads it); ``.nii.gz`` / ``.nii`` -> 3-D volumes read with nibabel.
@@ -20,13 +22,16 @@ Training items: a 2-D case is one item (id ``CASE``); a volume contributes each 
 (id ``"CASE:z"``). Test cases are whole cases, scored per volume.
 
 Split: fold 0 of ``splits_final.json`` when present (train = its "train", test = its "val").
-Otherwise a fixed split: the sorted case ids permuted by ``numpy.random.default_rng(12345)``;
+Otherwise a fixed split of this project's own (not nnU-Net's, which has no held-out test split):
+the sorted case ids permuted by ``numpy.random.default_rng(12345)``;
 the last ``max(1, n // 5)`` (20 %, at least one) are the test cases, the rest train; both lists
 are returned sorted. The split therefore depends only on the set of case ids.
 
 Cross-validation (``fold=k``, ``bench run --folds``): fold k of ``splits_final.json`` when present,
-else nnU-Net's scheme of 5 folds over the same permutation (``numpy.array_split`` into 5 parts;
-fold k tests on part k and trains on the rest), so every case is tested exactly once.
+else fold k of the split nnU-Net v2 writes when it has none (``crossval_splits``: sklearn's
+``KFold(5, shuffle=True, random_state=12345)`` over the sorted case ids, reproduced with numpy),
+so fold k validates on the cases an nnU-Net-trained model's fold k does. Nothing is written next
+to the data.
 
 Task: softmax over ``len(labels)`` classes incl. background; labels must be 0..K-1.
 """
@@ -223,15 +228,37 @@ def fixed_split(case_ids: list[str]) -> tuple[list[str], list[str]]:
     return sorted(order[:-n_test]), sorted(order[-n_test:])
 
 
+def crossval_splits(case_ids: list[str], seed: int = SPLIT_SEED,
+                    n_folds: int = N_FOLDS) -> list[dict[str, list[str]]]:
+    """nnU-Net v2's default cross-validation split: ``[{"train": [...], "val": [...]}, ...]``.
+
+    Equal to ``generate_crossval_split(np.sort(ids), seed, n_folds)`` (sklearn
+    ``KFold(shuffle=True, random_state=seed)``), i.e. the ``splits_final.json`` nnU-Net writes
+    when it has none, without sklearn: KFold shuffles ``arange(n)`` with ``RandomState(seed)``,
+    cuts it into consecutive parts of ``n // n_folds`` (the first ``n % n_folds`` one larger) and
+    returns both index sets in ascending order (it builds them from a boolean mask)."""
+    ids = sorted(set(case_ids))  # np.sort and sorted order str the same way (by code point)
+    n = len(ids)
+    if n < n_folds:  # KFold raises ValueError here
+        raise BenchError(f"{n_folds}-fold cross-validation needs at least {n_folds} cases, got {n}")
+    order = np.arange(n)
+    np.random.RandomState(seed).shuffle(order)  # sklearn's check_random_state(int)
+    sizes = np.full(n_folds, n // n_folds)
+    sizes[: n % n_folds] += 1
+    bounds = np.concatenate(([0], np.cumsum(sizes)))
+    folds = []
+    for k in range(n_folds):
+        test = np.zeros(n, dtype=bool)
+        test[order[bounds[k]:bounds[k + 1]]] = True
+        folds.append({"train": [ids[i] for i in np.flatnonzero(~test)],
+                      "val": [ids[i] for i in np.flatnonzero(test)]})
+    return folds
+
+
 def kfold_split(case_ids: list[str], fold: int, n_folds: int = N_FOLDS) -> tuple[list[str], list[str]]:
-    """(train, test) of fold ``fold``: the fixed permutation cut into ``n_folds`` parts."""
-    ids = sorted(case_ids)
-    if len(ids) < n_folds:
-        raise BenchError(f"{n_folds}-fold cross-validation needs at least {n_folds} cases, got {len(ids)}")
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(ids))
-    parts = np.array_split(order, n_folds)
-    test = {ids[i] for i in parts[fold]}
-    return sorted(set(ids) - test), sorted(test)
+    """(train, test) of fold ``fold`` of nnU-Net v2's default split (``crossval_splits``)."""
+    split = crossval_splits(case_ids, n_folds=n_folds)[fold]
+    return split["train"], split["val"]
 
 
 def list_cases(root: Path, ending: str) -> list[str]:
@@ -320,7 +347,10 @@ class NnUNetDataset(SegDataset):
             raise BenchError(f"{self.root}: fold {self.fold} does not exist (folds 0..{n - 1})")
         if folds is None:
             if self.fold is not None:
-                self.notes.append(f"split: fold {k} of {N_FOLDS} over the default_rng({SPLIT_SEED}) permutation")
+                self.notes.append(
+                    f"no splits_final.json in {self.root}; split: fold {k} of the {N_FOLDS} folds nnU-Net v2 "
+                    f"generates (KFold(shuffle=True, random_state={SPLIT_SEED}) over the sorted case ids)"
+                )
             else:
                 self.notes.append(
                     f"no splits_final.json in {self.root}; fixed split: default_rng({SPLIT_SEED}) "
