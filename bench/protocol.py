@@ -46,7 +46,9 @@ class TrainConfig:
     amp: bool = False  # autocast allowed (CUDA only)
     grad_clip: float = 0.0
     checkpoint_every: int = 0  # epochs between interval checkpoints (0: final only)
-    select: str = "final"  # evaluated weights: "final" (TransUNet) | "best_train_loss" (VM-UNet Synapse)
+    # evaluated weights: "final" (TransUNet) | "best_train_loss" (VM-UNet Synapse) | "lr_min" (the
+    # last epoch at the schedule's lowest lr, bench.train.lr_min_epoch; chosen without data)
+    select: str = "final"
     num_workers: int = 0
 
 
@@ -141,7 +143,7 @@ class Protocol:
 CHOICES = {
     ("train", "optimizer"): ("sgd", "adamw", "adam"),
     ("train", "scheduler"): ("poly", "cosine", "constant"),
-    ("train", "select"): ("final", "best_train_loss"),
+    ("train", "select"): ("final", "best_train_loss", "lr_min"),
     ("train", "augment"): ("none", "transunet", "vmunet_isic"),
     ("", "normalize"): ("none", "minmax255", "zscore", "ct_window"),
     ("", "dtype"): ("float32", "float64"),

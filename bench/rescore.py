@@ -1,8 +1,8 @@
 """`bench rescore`: score finished runs under another metric policy without training again.
 
-A run's evaluated weights stay in its run directory (``checkpoints/final.pt``, or ``best.pt`` when
-the protocol selected the lowest-train-loss epoch), and the record says how the model was built
-and the data read. Rescoring rebuilds the model from the record, loads those weights, evaluates
+A run's evaluated weights stay in its run directory (``checkpoints/final.pt``, ``best.pt`` when
+the protocol selected the lowest-train-loss epoch, ``lr_min.pt`` the lowest-lr one), and the
+record says how the model was built and the data read. Rescoring rebuilds the model from the record, loads those weights, evaluates
 the same test split under ``policy`` and writes a new record ``<run_id>.<policy>``: the original's
 training fields (``train``, ``init``, ``protocol``, ``seed``...) with the new policy's metrics and
 ``rescored_from``. So one trained model appears on a ``legacy-synapse`` board and a ``strict``
@@ -26,7 +26,7 @@ from bench.evaluate import evaluate
 from bench.metrics import get_policy, policy_fields
 from bench.protocol import Protocol, load_protocol
 from bench.registry import create_model
-from bench.train import CHECKPOINT_DIR, load_checkpoint
+from bench.train import CHECKPOINT_DIR, LR_MIN, load_checkpoint
 
 __all__ = ["rescore_id", "weights_path", "record_protocol", "rescore_record", "plan_rescore", "rescored_twin"]
 
@@ -38,7 +38,7 @@ def rescore_id(run_id: str, policy: str) -> str:
 def weights_path(results_dir: Path, rec: dict[str, Any]) -> Path:
     """The checkpoint the run's record was evaluated with."""
     selected = str(rec["train"].get("selected") or "final")
-    name = "best.pt" if selected.startswith("best_train_loss") else "final.pt"
+    name = "best.pt" if selected.startswith("best_train_loss") else LR_MIN if selected.startswith("lr_min") else "final.pt"
     return Path(results_dir) / "runs" / rec["run_id"] / CHECKPOINT_DIR / name
 
 

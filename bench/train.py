@@ -31,6 +31,7 @@ from bench.protocol import Protocol
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
+LR_MIN = "lr_min.pt"  # select = "lr_min": the weights at the end of lr_min_epoch
 
 
 @dataclass
@@ -39,7 +40,7 @@ class TrainResult:
     iterations: int
     final_loss: float
     time_s: float
-    selected: str  # which weights the model now holds: "final" | "best_train_loss@<epoch>"
+    selected: str  # which weights the model now holds: "final" | "best_train_loss@<epoch>" | "lr_min@<epoch>"
     epoch_losses: list[float] = field(default_factory=list)
     resumed_from: int | None = None  # epoch the run resumed after, if it did
     world_size: int = 1  # processes that trained it (bench.distributed)
@@ -137,6 +138,16 @@ def lr_at(protocol: Protocol, step: int, epoch: int, max_iterations: int) -> flo
     raise AssertionError(f"scheduler {t.scheduler!r} is in protocol.CHOICES but not implemented here")
 
 
+def lr_min_epoch(protocol: Protocol, epochs: int, steps_per_epoch: int, total: int) -> int:
+    """The last epoch whose final step runs at the schedule's lowest learning rate (``select =
+    "lr_min"``): a checkpoint chosen by the schedule alone, with no look at any data. Under a
+    cycling cosine (VM-UNet's T_max 50 over 300 epochs) the final epoch trains at the peak lr;
+    this picks the end of the last descent (epoch 250) instead. Decaying schedules: the final epoch."""
+    lrs = [lr_at(protocol, min((e + 1) * steps_per_epoch, total) - 1, e, total) for e in range(epochs)]
+    low = min(lrs)
+    return max(e for e, lr in enumerate(lrs) if math.isclose(lr, low, rel_tol=1e-9, abs_tol=1e-15))
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
@@ -209,6 +220,7 @@ def train_model(
     if t.max_iterations > 0:
         total = min(total, t.max_iterations)
     epochs = math.ceil(total / steps_per_epoch)
+    keep_epoch = lr_min_epoch(protocol, epochs, steps_per_epoch, total) if t.select == "lr_min" else None
 
     model.to(device=device, dtype=protocol.torch_dtype)
     trained = distributed.wrap(model, device)  # shares model's parameters: model is trained in place
@@ -241,7 +253,7 @@ def train_model(
         model.train()
         sampler.set_epoch(epoch)
         data.set_epoch(epoch)
-        running, seen = 0.0, 0
+        step_losses = []
         for i, (image, label) in enumerate(loader):
             if step >= total:
                 break
@@ -268,16 +280,15 @@ def train_model(
                 nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            n_items = share[1] if share else image.shape[0]
-            running += loss_value * n_items
-            seen += n_items
+            step_losses.append(loss_value)
             step += 1
             if writer is not None:
                 writer.add_scalar("train/loss", loss_value, step)
                 writer.add_scalar("train/lr", lr, step)
             if progress is not None:
                 progress(step, total, loss_value)
-        epoch_loss = running / max(seen, 1)
+        # the plain mean over the epoch's steps, as VM-UNet's engine_synapse.py returns it
+        epoch_loss = sum(step_losses) / max(len(step_losses), 1)
         epoch_losses.append(epoch_loss)
         if writer is not None:
             writer.add_scalar("train/epoch_loss", epoch_loss, epoch)
@@ -285,6 +296,8 @@ def train_model(
             best = (epoch_loss, epoch)
             if w.main:
                 _atomic_save({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / "best.pt")
+        if epoch == keep_epoch and w.main:
+            _atomic_save({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / LR_MIN)
         final = epoch == epochs - 1
         if final or (t.checkpoint_every and (epoch + 1) % t.checkpoint_every == 0):
             rngs = distributed.gather_objects(_rng_state())  # every rank's, for an exact resume
@@ -312,6 +325,9 @@ def train_model(
     if t.select == "best_train_loss" and best is not None:
         model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt")["model"])
         selected = f"best_train_loss@{best[1]}"
+    elif keep_epoch is not None:
+        model.load_state_dict(load_checkpoint(ckpt_dir / LR_MIN)["model"])
+        selected = f"lr_min@{keep_epoch}"
     return TrainResult(
         epochs=epochs, iterations=step, final_loss=epoch_losses[-1] if epoch_losses else loss_value,
         time_s=time.perf_counter() - t0, selected=selected, epoch_losses=epoch_losses, resumed_from=resumed_from,

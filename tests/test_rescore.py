@@ -84,6 +84,8 @@ def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
     # a run that selected its lowest-train-loss epoch was evaluated with best.pt
     best = {**rec, "train": {**rec["train"], "selected": "best_train_loss@3"}}
     assert weights_path(copy, best).name == "best.pt"
+    low = {**rec, "train": {**rec["train"], "selected": "lr_min@250"}}
+    assert weights_path(copy, low).name == "lr_min.pt"
 
 
 def test_float64_runs_rescore_exactly_and_trained_twins_are_not_rescored(trained, tmp_path):

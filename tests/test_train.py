@@ -174,6 +174,45 @@ def test_best_train_loss_selection(synapse_root, tmp_path):
     assert res.selected == f"best_train_loss@{best_epoch}"
 
 
+def test_epoch_loss_is_the_plain_mean_of_its_steps(synapse_root, tmp_path):
+    """VM-UNet's engine averages the per-step losses (np.mean(loss_list)): a short last batch
+    counts as much as a full one in best_train_loss's choice."""
+    ds = open_dataset("synapse", synapse_root)
+    n_train = len(ds.train_ids())
+    proto = _proto(max_iterations=0, epochs=2, batch_size=n_train - 1)  # two steps: n-1 items, then 1
+    losses = []
+    res = train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"),
+                      progress=lambda step, total, loss: losses.append(loss))
+    assert len(losses) == 4
+    assert res.epoch_losses == pytest.approx([(losses[0] + losses[1]) / 2, (losses[2] + losses[3]) / 2], rel=1e-12)
+
+
+def test_lr_min_epoch_is_the_end_of_the_last_cosine_descent():
+    from bench.train import lr_min_epoch
+
+    isic = load_protocol("isic17")  # cosine T_max 50 over 300 epochs: lr peaks again at the end
+    assert lr_at(isic, 0, 299, 1) > 0.99 * isic.train.lr
+    assert lr_min_epoch(isic, 300, 47, 300 * 47) == 250
+    assert lr_at(isic, 0, 250, 1) == pytest.approx(isic.train.cosine_eta_min)
+    assert lr_min_epoch(isic, 3, 47, 3 * 47) == 2  # a shortened run is still descending: its last epoch
+    synapse = load_protocol("synapse")  # poly decays to the end
+    assert lr_min_epoch(synapse, 150, 93, 150 * 93) == 149
+
+
+def test_lr_min_selection_keeps_that_epochs_weights(synapse_root, tmp_path):
+    ds = open_dataset("synapse", synapse_root)
+    cosine = dict(scheduler="cosine", cosine_t_max=2, cosine_eta_min=1e-5, max_iterations=0, batch_size=16)
+    model = _tiny_unet(ds)  # lr over 5 epochs: max, mid, min, mid, max -> epoch 2
+    res = train_model(model, ds, _proto(select="lr_min", epochs=5, **cosine), seed=0, run_dir=tmp_path / "a",
+                      device=torch.device("cpu"))
+    assert res.selected == "lr_min@2" and len(res.epoch_losses) == 5
+    three = _tiny_unet(ds)  # the same schedule stopped after epoch 2
+    train_model(three, ds, _proto(epochs=3, **cosine), seed=0, run_dir=tmp_path / "b", device=torch.device("cpu"))
+    for k, v in _state(three).items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert (tmp_path / "a" / "checkpoints" / "lr_min.pt").is_file()
+
+
 def test_float64_protocol_trains_and_evaluates_in_float64(synapse_root, tmp_path):
     from bench.evaluate import evaluate
 
