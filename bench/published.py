@@ -1,8 +1,8 @@
 """The papers' own numbers as tidy data: a reader for ``results/published.csv``.
 
 One row per (source, model, dataset, metric) number quoted from a published table (TransUNet,
-Swin-Unet, VM-UNet, VM-UNet-V2, LightM-UNet, and later papers' params/FLOPs), in the paper's unit
-and with its computation convention where known. Reports show these next to measured numbers;
+Swin-Unet, VM-UNet, VM-UNet-V2, LightM-UNet, and later papers' params/FLOPs), in the paper's unit,
+with its computation convention where known and the protocol here that reproduces its recipe. Reports show these next to measured numbers;
 nothing in the file is measured by the harness.
 """
 
@@ -15,14 +15,17 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.protocol import list_protocols
 
-COLUMNS = ["source", "model", "dataset", "metric", "value", "unit", "convention", "note"]
+# protocol: the recipe here that the paper's number was trained under (its authors' or the paper it
+# was copied from), empty where none of ours is it; reports compare like with like only there
+COLUMNS = ["source", "model", "dataset", "metric", "value", "unit", "convention", "protocol", "note"]
 METRICS = frozenset({"dice", "hd95", "iou", "acc", "spe", "sen", "params", "flops", "fps"})
 UNITS = frozenset({"%", "mm", "M", "G", "img/s"})
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "results" / "published.csv"
 
 
-def _check_row(row: list[str]) -> str | None:
+def _check_row(row: list[str], protocols: list[str]) -> str | None:
     """What is wrong with one data row, or None."""
     if len(row) != len(COLUMNS):
         return f"expected {len(COLUMNS)} fields, got {len(row)}"
@@ -38,6 +41,8 @@ def _check_row(row: list[str]) -> str | None:
         return f"metric must be one of {', '.join(sorted(METRICS))} (or <metric>:<class>); got {rec['metric']!r}"
     if rec["unit"] not in UNITS:
         return f"unit must be one of {', '.join(sorted(UNITS))}; got {rec['unit']!r}"
+    if rec["protocol"] and rec["protocol"] not in protocols:
+        return f"protocol must be empty or one of {', '.join(protocols)}; got {rec['protocol']!r}"
     return None
 
 
@@ -50,9 +55,9 @@ def load_published(path: str | Path | None = None) -> pd.DataFrame:
             header = next(reader, None)
             if header != COLUMNS:
                 raise BenchError(f"{path}: header must be {','.join(COLUMNS)}; got {header}")
-            rows = []
+            rows, protocols = [], list_protocols()
             for n, row in enumerate(reader, start=1):
-                if (problem := _check_row(row)) is not None:
+                if (problem := _check_row(row, protocols)) is not None:
                     raise BenchError(f"{path}: row {n} (line {reader.line_num}): {problem}")
                 rows.append(row)
     except (OSError, UnicodeDecodeError, csv.Error) as e:

@@ -570,6 +570,9 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
 
 
 PUBLISHED_METRICS = ("dice", "hd95", "iou", "acc", "spe", "sen")
+PUBLISHED_NOTE = ("Ours − published is given only where the paper's number was trained under this board's protocol "
+                  "(\"Their recipe\"), run as written; \"other recipe\" marks a number whose gap would mix the model "
+                  "with a different training recipe (results/published.csv, column protocol).")
 
 
 # PraNet's test-set folder names -> the ids of results/published.csv
@@ -577,13 +580,19 @@ _POLYP_SETS = {"cvc-300": "cvc300", "cvc-clinicdb": "clinicdb", "kvasir": "kvasi
                "etis-laribpolypdb": "etis"}
 
 
+# nnU-Net dataset names -> published ids: LightM-UNet's Dataset801_LiverCT / Dataset802_LungXray, MSD's liver
+_NNUNET_ALIASES = {"liverct": "lits", "liver": "lits", "lungxray": "montgomery_shenzhen"}
+
+
 def published_dataset(board_dataset: str) -> str:
     """The ``dataset`` id of ``results/published.csv`` for a board: "nnunet:Dataset027_ACDC" and
-    "nnunet:ACDC" -> "acdc", "polyp:CVC-ClinicDB" -> "polyp:clinicdb"; other names as they are,
+    "nnunet:ACDC" -> "acdc", "nnunet:Dataset801_LiverCT" -> "lits" (``_NNUNET_ALIASES``),
+    "polyp:CVC-ClinicDB" -> "polyp:clinicdb"; other names as they are,
     without " (synthetic)"."""
     name = board_dataset.split(" (")[0]
     if name.startswith("nnunet:"):
         name = re.sub(r"^Dataset\d+_", "", name.removeprefix("nnunet:")).lower()
+        name = _NNUNET_ALIASES.get(name, name)
     elif name.startswith("polyp:"):
         test_set = name.removeprefix("polyp:")
         name = f"polyp:{_POLYP_SETS.get(test_set.lower(), test_set.lower())}"
@@ -592,10 +601,13 @@ def published_dataset(board_dataset: str) -> str:
 
 def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per board, the papers' numbers for its dataset next to ours: one row per (model, metric,
-    published source), with both metric conventions named and ours − published."""
+    published source), with both metric conventions and the paper's recipe named. ours − published
+    only where that recipe is the board's protocol, run as written (not off-protocol); elsewhere the
+    difference would mix the model with the training recipe."""
     out: dict[str, pd.DataFrame] = {}
     for key, board in boards.items():
         dataset = published_dataset(key.dataset)
+        ran = board.attrs["protocol_name"] if not board.attrs["overrides"] else None
         rows = []
         for _, b in board.iterrows():
             model = b["model"].split(" (")[0]
@@ -605,14 +617,18 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
                 mean = b.get(f"{p['metric']}_mean", math.nan)
                 scale = 100.0 if METRICS[p["metric"]][1] else 1.0
                 ours = mean * scale if isinstance(mean, float) and not math.isnan(mean) else math.nan
+                same = bool(p["protocol"]) and p["protocol"] == ran
+                diff = ("" if math.isnan(ours) else f"{ours - p['value']:+.2f}") if same else "other recipe"
                 rows.append({"Model": model, "Metric": METRICS[p["metric"]][0],
                              "Published": f"{p['value']:g}", "Source": p["source"], "Their convention": p["convention"],
-                             "Ours": "" if math.isnan(ours) else f"{ours:.2f}",
-                             "Ours − published": "" if math.isnan(ours) else f"{ours - p['value']:+.2f}"})
+                             "Their recipe": p["protocol"] or "not one of ours",
+                             "Ours": "" if math.isnan(ours) else f"{ours:.2f}", "Ours − published": diff,
+                             "Note": p["note"]})
         if rows:
             synth = " — synthetic data: the difference says nothing about the model" if "(synthetic)" in key.dataset else ""
+            table = pd.DataFrame(rows)
             out[f"Published vs ours · {_caption(key, board)[0]} (ours){synth}"] = \
-                pd.DataFrame(rows)
+                table if table["Note"].astype(bool).any() else table.drop(columns="Note")
     return out
 
 
@@ -664,7 +680,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
 
             pub = load_published(None if published is True else Path(published))
             for title, table in published_tables(boards, pub).items():
-                extra.append(f"## {title}\n\n" + table.to_markdown(index=False, disable_numparse=True) + "\n")
+                extra.append(f"## {title}\n\n{PUBLISHED_NOTE}\n\n" + table.to_markdown(index=False, disable_numparse=True)
+                             + "\n")
         cost = render_cost_md(profiles)
         extra += [cost] if cost else []
         if out is not None:  # the images go beside the Markdown file, linked relatively

@@ -83,12 +83,29 @@ def test_isic_and_lightm_spot_checks(pub):
     assert one(pub, model="transunet", metric="flops", convention="thop MACs at 1x3x224x224")["value"] == 24.73
 
 
+def test_each_number_names_the_recipe_it_was_trained_under(pub):
+    """Compared like with like only where the paper's recipe is one of our protocols."""
+    recipe = lambda **w: one(pub, metric="dice", **w)["protocol"]  # noqa: E731
+    assert recipe(source=TRANSUNET_T1, model="transunet", dataset="synapse") == "synapse"
+    assert recipe(source=VMUNET_T2, model="transunet", dataset="synapse") == "synapse"  # copied from TransUNet
+    assert recipe(source=VMUNET_T2, model="swin_unet", dataset="synapse") == "synapse_swin"
+    assert recipe(source=VMUNET_T2, model="unet", dataset="synapse") == "synapse_swin"  # Swin-Unet issue #14
+    assert recipe(source=VMUNET_T2, model="vmunet", dataset="synapse") == "synapse_vmunet"
+    assert recipe(source=VMUNET_T1, model="vmunet", dataset="isic17") == "isic17"
+    assert recipe(source=V2_T1, model="vmunet_v2", dataset="isic17") == ""  # trained on ISIC17+18 merged
+    # VM-UNet's ISIC U-Net has about 7 M parameters (its issue #22): not our 34.5 M unet
+    assert not ((pub["model"] == "unet") & pub["dataset"].isin(["isic17", "isic18"])).any()
+    assert one(pub, source=VMUNET_T1, model="unet_7m", dataset="isic17", metric="dice")["value"] == 86.99
+    assert one(pub, model="lightm_unet", dataset="lits", metric="dice")["value"] == 84.6
+
+
 BAD_ROWS = [
-    ("S,unet,synapse,dice,abc,%,unknown,", "value"),
-    ("S,unet,synapse,dice,inf,%,unknown,", "value"),
-    ("S,unet,synapse,dsc,77.1,%,unknown,", "metric"),
-    ("S,unet,synapse,dice:,77.1,%,unknown,", "metric"),
-    ("S,unet,synapse,dice,77.1,percent,unknown,", "unit"),
+    ("S,unet,synapse,dice,abc,%,unknown,,", "value"),
+    ("S,unet,synapse,dice,inf,%,unknown,,", "value"),
+    ("S,unet,synapse,dsc,77.1,%,unknown,,", "metric"),
+    ("S,unet,synapse,dice:,77.1,%,unknown,,", "metric"),
+    ("S,unet,synapse,dice,77.1,percent,unknown,,", "unit"),
+    ("S,unet,synapse,dice,77.1,%,unknown,synapse_swim,", "protocol"),
     ("S,unet,synapse,dice,77.1,%", "fields"),
 ]
 
@@ -96,7 +113,7 @@ BAD_ROWS = [
 @pytest.mark.parametrize("bad,what", BAD_ROWS)
 def test_bad_row_names_file_and_row(tmp_path, bad, what):
     path = tmp_path / "pub.csv"
-    good = '"Paper, Table 1",unet,synapse,dice,76.85,%,legacy-synapse,"quoted, with comma"'
+    good = '"Paper, Table 1",unet,synapse,dice,76.85,%,legacy-synapse,synapse_swin,"quoted, with comma"'
     hd95 = good.replace("dice,", "hd95,").replace("%", "mm")
     path.write_text("\n".join([",".join(COLUMNS), good, hd95, bad]) + "\n")
     with pytest.raises(BenchError) as exc:
@@ -116,6 +133,6 @@ def test_bad_header_and_missing_file(tmp_path):
 
 def test_good_tmp_file_round_trips(tmp_path):
     path = tmp_path / "pub.csv"
-    path.write_text(",".join(COLUMNS) + '\n"Paper, Table 1",unet,,params,7,M,unknown,"about 7 M, approx"\n')
+    path.write_text(",".join(COLUMNS) + '\n"Paper, Table 1",unet,,params,7,M,unknown,,"about 7 M, approx"\n')
     df = load_published(path)
     assert df.iloc[0]["source"] == "Paper, Table 1" and df.iloc[0]["value"] == 7.0 and df.iloc[0]["dataset"] == ""

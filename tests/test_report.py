@@ -176,11 +176,12 @@ def test_published_vs_ours_table(tmp_path):
     for seed, d in enumerate([0.80, 0.82]):
         write_record(make_record("vmunet", seed=seed, dice=d, hd95=18.0 + 2 * seed), tmp_path)
     pub = tmp_path / "pub.csv"
-    pub.write_text("source,model,dataset,metric,value,unit,convention,note\n"
-                   "Paper A Table 2,vmunet,synapse,dice,81.08,%,legacy-synapse,\n"
-                   "Paper A Table 2,vmunet,synapse,hd95,19.21,mm,legacy-synapse,\n"
-                   "Paper A Table 2,unet,synapse,dice,76.85,%,legacy-synapse,\n"
-                   "Paper A Table 1,vmunet,isic17,dice,89.03,%,legacy-isic,\n")
+    pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
+                   "Paper A Table 2,vmunet,synapse,dice,81.08,%,legacy-synapse,synapse,\n"
+                   "Paper A Table 2,vmunet,synapse,hd95,19.21,mm,legacy-synapse,synapse,\n"
+                   "Paper B Table 3,vmunet,synapse,dice,82.00,%,legacy-synapse,synapse_vmunet,own recipe\n"
+                   "Paper A Table 2,unet,synapse,dice,76.85,%,legacy-synapse,synapse,\n"
+                   "Paper A Table 1,vmunet,isic17,dice,89.03,%,legacy-isic,isic17,\n")
     text = write_report(tmp_path, published=pub)
     section = text[text.index("## Published vs ours · synapse · protocol synapse v1 (a1b2c3d4e5f60718) · policy "
                               "legacy-synapse (ours)"):]
@@ -188,7 +189,11 @@ def test_published_vs_ours_table(tmp_path):
     # ours: mean DSC (0.80 + 0.82) / 2 = 81.00 %, HD95 (18 + 20) / 2 = 19.00
     assert any("DSC" in line and "81.08" in line and "81.00" in line and "-0.08" in line for line in lines)
     assert any("HD95" in line and "19.21" in line and "19.00" in line and "-0.21" in line for line in lines)
-    assert len(lines) == 2  # no unet run, no isic board: their published rows have nothing to meet
+    # a number trained under another recipe is shown, its gap is not
+    other = next(line for line in lines if "82" in line)
+    assert "synapse_vmunet" in other and "other recipe" in other and "+1" not in other and "own recipe" in other
+    assert len(lines) == 3  # no unet run, no isic board: their published rows have nothing to meet
+    assert "Ours − published is given only where" in section
     assert "Published vs" not in write_report(tmp_path)  # only on request
 
 
@@ -295,6 +300,8 @@ def test_two_nnunet_datasets_get_two_boards_and_their_published_rows(tmp_path):
     assert sorted(k.dataset for k in boards) == ["nnunet:Dataset027_ACDC", "nnunet:LiTS"]
     assert [b["dice_mean"].iloc[0] for b in boards.values()] == [pytest.approx(0.9), pytest.approx(0.6)]
     assert published_dataset("nnunet:Dataset027_ACDC") == "acdc"
+    assert published_dataset("nnunet:Dataset801_LiverCT") == "lits"  # LightM-UNet's own dataset names
+    assert published_dataset("nnunet:Dataset802_LungXray") == "montgomery_shenzhen"
     assert published_dataset("nnunet:LiTS (synthetic)") == "lits"
     assert published_dataset("synapse (synthetic)") == "synapse"
     # records written before dataset_name existed still make a board, under their dataset
@@ -318,8 +325,8 @@ def test_each_polyp_test_set_gets_its_own_board_scored_like_the_authors(tmp_path
                         synthetic=False, results_dir=tmp_path, model_overrides=dict(get_entry("unet").tiny))
     rec = run_one(spec, results_dir=tmp_path, device=torch.device("cpu"))
     pub = tmp_path / "published.csv"
-    pub.write_text("source,model,dataset,metric,value,unit,convention,note\n"
-                   "VM-UNet-V2 Table 2,unet,polyp:clinicdb,dice,82.3,%,pooled per set,\n")
+    pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
+                   "VM-UNet-V2 Table 2,unet,polyp:clinicdb,dice,82.3,%,pooled per set,polyp,\n")
     text = write_report(tmp_path, published=pub)
     for test_set in ("CVC-ClinicDB", "Kvasir"):
         rows = [r for r in rec["per_case"] if r["case"].startswith(f"{test_set}/")]
