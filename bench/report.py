@@ -158,6 +158,8 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
             "macs": runs["macs"].mean() if "macs" in runs else math.nan,
             "paper_macs": runs["paper_macs"].mean() if "paper_macs" in runs else math.nan,
             "peak_mem_mb": runs["peak_mem_mb"].max() if "peak_mem_mb" in runs else math.nan,  # CUDA runs
+            # NaN propagates: a run whose time is unknown (resumed from an older checkpoint) shows none
+            "train_time_s": runs["train_time_s"].mean(skipna=False) if "train_time_s" in runs else math.nan,
         }
         if {"n_nan_dice", "n_valid_dice"} <= set(runs) and runs["n_nan_dice"].notna().any():
             # strict: case x class entries with no Dice (both masks empty), excluded from the means
@@ -181,6 +183,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         value_columns=value_cols,
         hd95_units=sorted(set(group["hd95_unit"].dropna())) if "hd95_unit" in group else [],
         nsd_tolerances=sorted(set(group["nsd_tolerance"].dropna())) if "nsd_tolerance" in group else [],
+        devices=sorted(set(group["device"].dropna())) if "device" in group else [],
     )
     return board
 
@@ -250,6 +253,8 @@ def _display_table(board: pd.DataFrame) -> pd.DataFrame:
     if _has_exclusions(board):
         out["DSC n/a"] = ["" if math.isnan(n) else f"{int(n)}/{int(t)}"
                           for n, t in zip(board["dice_n_na"], board["dice_n_entries"])]
+    if "train_time_s" in board and board["train_time_s"].notna().any():
+        out["Train time"] = [_fmt_duration(v) for v in board["train_time_s"]]
     if "peak_mem_mb" in board and board["peak_mem_mb"].notna().any():  # training on CUDA, the most of its runs
         out["Train GPU peak (MB)"] = ["" if math.isnan(v) else f"{v:.0f}" for v in board["peak_mem_mb"]]
     if "macs" in board and board["macs"].notna().any():  # joined from `bench profile` records
@@ -267,6 +272,14 @@ def _display_table(board: pd.DataFrame) -> pd.DataFrame:
                 "" if math.isnan(lo) else f"[{lo * scale:.2f}, {hi * scale:.2f}]"
                 for lo, hi in zip(board[f"{col}_ci_lo"], board[f"{col}_ci_hi"])]
     return out
+
+
+def _fmt_duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return ""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
@@ -288,6 +301,11 @@ def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
     if a.get("nsd_tolerances"):  # one per board: the tolerance is part of the protocol
         tol = ", ".join(f"{t:g}" for t in a["nsd_tolerances"])
         note += f" NSD: % of both surfaces within {tol} {unit or '(HD95 unit)'} of the other."
+    if "train_time_s" in board and board["train_time_s"].notna().any():
+        devices = a.get("devices", [])
+        where = (f"on {devices[0]}" if len(devices) == 1
+                 else f"on different devices ({'; '.join(devices)}): not comparable between them")
+        note += f" Train time: mean per run of the training loop's wall-clock time, resumes included, {where}."
     if _has_exclusions(board):
         note += (" DSC n/a: case × class entries with both masks empty, over all runs; strict scores them NaN and "
                  "leaves them out of the means.")
@@ -407,7 +425,8 @@ def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
             "fvcore GMACs": [_g(v) for v in g["fvcore_macs"]],
             "Latency ms (median / p90)": [f"{a:.2f} / {b:.2f}{m}" if t else "" for a, b, m, t in
                                           zip(g.get("latency_ms_median", []), g.get("latency_ms_p90", []), mark, timed)],
-            "FPS (batch 1)": [_num(v, ".1f") for v in g.get("fps", [None] * len(g))],
+            "FPS (batch 1)": [_num(v, ".1f") + (m if t else "") for v, m, t in
+                              zip(g.get("fps", [None] * len(g)), mark, timed)],
             "Peak mem MB (fwd / train step)": [
                 f"{_num(f, '.0f')} / {_num(t, '.0f')} ({k})" if isinstance(f, (int, float)) and f == f else ""
                 for f, t, k in zip(g.get("peak_mem_mb", [None] * len(g)), g.get("train_peak_mem_mb", [None] * len(g)),
@@ -424,7 +443,9 @@ def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
 COST_NOTE = ("GMACs: our count (torch.utils.flop_counter, one multiply-add = 1 MAC = 2 FLOPs) with the "
              "selective scan included (9·B·L·D·N FLOPs per scan, the Mamba authors' estimate). thop GMACs: "
              "the convention of most papers in this field (thop 0.1.1: leaf modules only — no scan, no "
-             "einsum, no functional matmul). fvcore: a cross-check of ours in the same unit.")
+             "einsum, no functional matmul). fvcore: a cross-check of ours in the same unit. Latency and FPS: "
+             "forward passes of random input after warm-up, synchronised on CUDA; a mark such as \"(torch scan)\" "
+             "means the selective scan ran on a fallback, not the kernel the model would use there.")
 
 
 def render_cost_md(df_prof: pd.DataFrame) -> str:

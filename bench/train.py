@@ -230,7 +230,7 @@ def train_model(
     use_amp = bool(t.amp and device.type == "cuda")  # AMP only where the protocol allows it
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    start_epoch, step, epoch_losses, resumed_from = 0, 0, [], None
+    start_epoch, step, epoch_losses, resumed_from, time_before = 0, 0, [], None, 0.0
     best: tuple[float, int] | None = None
     last = ckpt_dir / LAST
     if resume and last.is_file():
@@ -246,6 +246,7 @@ def train_model(
         start_epoch, step, epoch_losses = state["epoch"] + 1, state["step"], list(state["epoch_losses"])
         best = tuple(state["best"]) if state.get("best") else None
         resumed_from = state["epoch"]
+        time_before = state.get("time_s", math.nan)  # training time of the killed process(es)
 
     t0 = time.perf_counter()
     loss_value = float("nan")
@@ -306,6 +307,7 @@ def train_model(
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                     "rng": rngs[0], "epoch": epoch, "step": step, "epoch_losses": epoch_losses,
                     "best": list(best) if best else None, "protocol_hash": protocol.hash, "world_size": w.size,
+                    "time_s": time_before + time.perf_counter() - t0,
                 }
                 if w.distributed:
                     state["rng_ranks"] = rngs
@@ -330,7 +332,7 @@ def train_model(
         selected = f"lr_min@{keep_epoch}"
     return TrainResult(
         epochs=epochs, iterations=step, final_loss=epoch_losses[-1] if epoch_losses else loss_value,
-        time_s=time.perf_counter() - t0, selected=selected, epoch_losses=epoch_losses, resumed_from=resumed_from,
+        time_s=time_before + time.perf_counter() - t0, selected=selected, epoch_losses=epoch_losses, resumed_from=resumed_from,
         world_size=w.size,
         cudnn_deterministic=(torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
                              if device.type == "cuda" else None),  # no cuDNN on CPU

@@ -236,6 +236,8 @@ def test_cost_table_shows_throughput_where_measured():
     assert list(gpu.columns).index("Throughput FPS @ batch") == list(gpu.columns).index("FPS (batch 1)") + 1
     assert dict(zip(gpu["Model"], gpu["Throughput FPS @ batch"])) == {"vmunet": "812.5 @ 64 (torch scan)",
                                                                       "unet": ""}
+    # every timing column says the scan was a fallback, batch 1 included
+    assert dict(zip(gpu["Model"], gpu["FPS (batch 1)"])) == {"vmunet": "100.0 (torch scan)", "unet": "100.0"}
     assert "Throughput FPS @ batch" not in tables["Cost · input 1x3x224x224 · fp32 · cpu x1"].columns
 
 
@@ -363,3 +365,18 @@ def test_training_gpu_peak_is_shown_where_runs_recorded_it(tmp_path):
     md = render(load(tmp_path))
     assert "Train GPU peak (MB)" in md and re.search(r"\| unet .*\| +1100 \|", md)  # the most any seed needed
     assert "Train GPU peak" not in render(load(tmp_path).query("model == 'vmunet'"))
+
+
+def test_training_time_is_shown_with_the_device_it_ran_on(tmp_path):
+    for seed, t in enumerate([3000.0, 4200.0]):
+        rec = make_record("unet", seed=seed)
+        rec["train"]["time_s"] = t
+        write_record(rec, tmp_path)
+    md = render(load(tmp_path))
+    assert re.search(r"\| unet .*\| +60\.0 min \|", md)  # (3000 + 4200) / 2 s
+    assert "Train time: mean per run of the training loop's wall-clock time, resumes included, on cpu: AMD EPYC" in md
+    gpu = make_record("vmunet", seed=0)
+    gpu["device"] = {**gpu["device"], "device": "cuda:0", "gpu": "NVIDIA H200", "cuda": "13.0"}
+    write_record(gpu, tmp_path)
+    assert "on different devices (cpu: AMD EPYC 7763 x2; cuda:0: NVIDIA H200 (cuda 13.0)): not comparable" in \
+        render(load(tmp_path))

@@ -157,6 +157,24 @@ def test_resume_after_sigkill_gives_same_weights(synapse_root, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_training_time_adds_up_across_a_resume(synapse_root, tmp_path):
+    ds = open_dataset("synapse", synapse_root)
+    proto = _proto(max_iterations=0, epochs=2, batch_size=16)
+
+    def stop(epoch):
+        raise KeyboardInterrupt  # killed after epoch 0's checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"), on_epoch_end=stop)
+    last = tmp_path / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=False)
+    assert 0 < state["time_s"] < 600
+    state["time_s"] = 1000.0  # as if the killed process had trained for 1000 s
+    torch.save(state, last)
+    res = train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"), resume=True)
+    assert res.resumed_from == 0 and 1000.0 < res.time_s < 1600.0
+
+
 def test_nan_loss_stops_with_clear_error(synapse_root, tmp_path):
     ds = open_dataset("synapse", synapse_root)
     model = _tiny_unet(ds)
