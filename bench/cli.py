@@ -451,8 +451,8 @@ def data_verify(
     dataset: Annotated[str, typer.Option(help="synapse, isic17, isic18, polyp or nnunet")],
     data_root: Annotated[Path, typer.Option(help="dataset directory")],
 ) -> None:
-    """Check a dataset: files present and readable, shapes, dtypes, label range, list files; on
-    Synapse, notes on the split and the label order.
+    """Check a dataset: files present and readable, shapes, dtypes, label range, list files; notes
+    on whether the split is the papers' (Synapse, ISIC, polyp) and on Synapse's label order.
 
     Example: bench data verify --dataset synapse --data-root data/Synapse
     """

@@ -586,7 +586,55 @@ def test_notes_say_whether_the_split_is_transunets(roots, tmp_path):
     split, order = dataset_notes("synapse", tmp_path)
     assert split.startswith("the split is TransUNet's (12 test volumes, 2211 training slices)")
     assert "cannot be checked" in order
-    assert dataset_notes("isic17", roots["isic"]) == []
+    assert dataset_notes("nnunet", roots["nnunet"]) == []
+
+
+def test_isic_notes_compare_the_counts_with_vmunets_split(roots, monkeypatch):
+    from bench.data import verify
+    from bench.data.verify import dataset_notes, isic_split_note
+
+    # the published counts: only the counts are passed, no 2,150 images are written
+    assert isic_split_note(1500, 650, "isic17").startswith(
+        "the split matches VM-UNet's isic17 split (1500 train / 650 test images), the one its published tables use")
+    assert isic_split_note(1886, 808, "isic18").startswith("the split matches VM-UNet's isic18 split (1886 train")
+    assert isic_split_note(1886, 808).startswith("the split matches VM-UNet's isic18 split")  # name unknown
+    assert isic_split_note(1500, 649) == (
+        "the split is neither of VM-UNet's (1500 train / 649 test images, not isic17's 1500 / 650 or isic18's "
+        "1886 / 808): published ISIC numbers are not comparable with runs on it")
+    # on disk (train/ 4 and val/ 3 images), counted through the reader's file listing
+    assert dataset_notes("isic17", roots["isic"]) == [
+        "the split is not VM-UNet's isic17 split (4 train / 3 test images, not 1500 / 650): "
+        "published isic17 numbers are not comparable with runs on it"]
+    monkeypatch.setitem(verify.VMUNET_ISIC_SPLITS, "isic18", (4, 3))
+    (note,) = dataset_notes("isic18", roots["isic"])
+    assert note.startswith("the split matches VM-UNet's isic18 split (4 train / 3 test images)")
+    assert dataset_notes("isic17", roots["isic"]) == [  # ISIC 2018 data opened as isic17
+        "the counts are those of VM-UNet's isic18 split (4 train / 3 test images), not of VM-UNet's isic17 split "
+        "(1500 train / 650 test images): check that this is isic17 data"]
+
+
+def test_polyp_notes_compare_the_counts_with_pranets_split(roots, monkeypatch):
+    from bench.data import verify
+    from bench.data.verify import dataset_notes, polyp_split_note
+
+    pranet = {"CVC-300": 60, "CVC-ClinicDB": 62, "Kvasir": 100, "CVC-ColonDB": 380, "ETIS-LaribPolypDB": 196}
+    assert polyp_split_note(1450, pranet) == (
+        "the split is PraNet's, as VM-UNet-V2 uses (1450 training images; test sets CVC-300 60, CVC-ClinicDB 62, "
+        "Kvasir 100, CVC-ColonDB 380, ETIS-LaribPolypDB 196)")
+    assert "(CVC-ColonDB 379 images, not 380)" in polyp_split_note(1450, {**pranet, "CVC-ColonDB": 379})
+    # on disk: TrainDataset 3 images, TestDataset/CVC-ClinicDB 2 and Kvasir 2
+    assert dataset_notes("polyp", roots["polyp"]) == [
+        "the split is not PraNet's, which VM-UNet-V2 uses (3 training images, not 1450; CVC-ClinicDB 2 images, "
+        "not 62; Kvasir 2 images, not 100): published polyp numbers are not comparable with runs on it"]
+    monkeypatch.setattr(verify, "PRANET_TRAIN_IMAGES", 3)
+    monkeypatch.setattr(verify, "PRANET_TEST_SETS", {"CVC-ClinicDB": 2, "Kvasir": 2})
+    assert dataset_notes("polyp", roots["polyp"]) == [
+        "the split is PraNet's, as VM-UNet-V2 uses (3 training images; test sets CVC-ClinicDB 2, Kvasir 2)"]
+    monkeypatch.setattr(verify, "PRANET_TEST_SETS", {"CVC-300": 60, "Kvasir": 2})  # a set not downloaded
+    (note,) = dataset_notes("polyp", roots["polyp"])
+    assert note == ("the split is PraNet's, as VM-UNet-V2 uses (3 training images; test sets Kvasir 2); absent here: "
+                    "CVC-300 (60 images), whose published columns have no counterpart; "
+                    "not in its split: CVC-ClinicDB (2 images)")
 
 
 def test_synapse_spacing_table_fills_what_the_h5_files_lack(roots, tmp_path):

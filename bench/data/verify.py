@@ -22,7 +22,7 @@ What is checked, per format:
 
 ``level`` is "error" (the data will not load or will train on wrong values) or "warning".
 ``dataset_notes`` says, for data that loads, how it compares with the papers (Synapse: the split
-and the label order).
+and the label order; ISIC and polyp: whether the image counts are the authors' split).
 """
 
 from __future__ import annotations
@@ -335,14 +335,21 @@ def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set
 
 def dataset_notes(name: str, root: str | Path) -> list[str]:
     """What a well-formed dataset means for comparing with papers: for Synapse, whether the split
-    is TransUNet's and which organ order the label ids follow (from their voxel counts). Never
+    is TransUNet's and which organ order the label ids follow (from their voxel counts); for ISIC
+    and polyp, whether the image counts per split are the authors' (VM-UNet's, PraNet's). Never
     problems: a custom split or another order is legitimate, but the published tables assume
     the canonical ones."""
     from bench.data import get_reader, open_dataset
 
-    if get_reader(name).kind != "synapse":
+    reader = get_reader(name)
+    if reader.kind not in ("synapse", "isic", "polyp"):
         return []
-    ds = open_dataset(name, root)
+    ds = open_dataset(name, root)  # lists and pairs file names; no image is decoded
+    if reader.kind == "isic":
+        return [isic_split_note(len(ds.train_ids()), len(ds.test_ids()), reader.name)]
+    if reader.kind == "polyp":
+        per_set = {s: sum(i.startswith(f"{s}/") for i in ds.test_ids()) for s in ds.sets}
+        return [polyp_split_note(len(ds.train_ids()), per_set)]
     notes = []
     test, n_train = set(ds.test_ids()), len(ds.train_ids())
     canonical = set(syn_io.TRANSUNET_TEST_CASES)
@@ -361,6 +368,59 @@ def dataset_notes(name: str, root: str | Path) -> list[str]:
             counts += np.bincount(np.asarray(label, dtype=np.int64).clip(0, 8).ravel(), minlength=9)[:9]
     notes.append(organ_order_note(counts))
     return notes
+
+
+# VM-UNet's 7:3 splits, (train, test = val/) images (spec/ssm_models.md 1.6): the author's
+# pre-split files, the same as in MALUNet and EGE-UNet.
+VMUNET_ISIC_SPLITS = {"isic17": (1500, 650), "isic18": (1886, 808)}
+# PraNet's polyp split, used by VM-UNet-V2 (spec 2.6): Kvasir 900 + ClinicDB 550 training images.
+PRANET_TRAIN_IMAGES = 1450
+PRANET_TEST_SETS = {"CVC-300": 60, "CVC-ClinicDB": 62, "Kvasir": 100, "CVC-ColonDB": 380, "ETIS-LaribPolypDB": 196}
+
+
+def isic_split_note(n_train: int, n_test: int, name: str | None = None) -> str:
+    """Whether the train / test (val/) image counts are VM-UNet's split for ``name`` (isic17 or
+    isic18); without a known name, which published split they fit, if any. Counts of the other
+    split are pointed out: both years share one layout, so data opened as the wrong one loads."""
+    def split(n: str) -> str:
+        return f"VM-UNet's {n} split ({VMUNET_ISIC_SPLITS[n][0]} train / {VMUNET_ISIC_SPLITS[n][1]} test images)"
+
+    fits = next((n for n, counts in VMUNET_ISIC_SPLITS.items() if counts == (n_train, n_test)), None)
+    # a folder only tells counts: another 7:3 draw of the same challenge images has them too
+    caveat = "; only the counts are compared, and another 7:3 draw of the same images has them too"
+    if fits is not None and name in VMUNET_ISIC_SPLITS and fits != name:
+        return f"the counts are those of {split(fits)}, not of {split(name)}: check that this is {name} data"
+    if fits is not None:
+        return f"the split matches {split(fits)}, the one its published tables use{caveat}"
+    found = f"{n_train} train / {n_test} test images"
+    if name in VMUNET_ISIC_SPLITS:
+        tr, te = VMUNET_ISIC_SPLITS[name]
+        return (f"the split is not VM-UNet's {name} split ({found}, not {tr} / {te}): "
+                f"published {name} numbers are not comparable with runs on it")
+    expected = " or ".join(f"{n}'s {tr} / {te}" for n, (tr, te) in VMUNET_ISIC_SPLITS.items())
+    return (f"the split is neither of VM-UNet's ({found}, not {expected}): "
+            "published ISIC numbers are not comparable with runs on it")
+
+
+def polyp_split_note(n_train: int, test_counts: dict[str, int]) -> str:
+    """Whether the training count and the images per test set (set name -> count) are PraNet's
+    split, the one VM-UNet-V2 and the PraNet-lineage tables use. Test sets left out (often only
+    some are downloaded) do not make the others incomparable; a different training set does."""
+    diffs = [f"{n_train} training images, not {PRANET_TRAIN_IMAGES}"] if n_train != PRANET_TRAIN_IMAGES else []
+    diffs += [f"{s} {test_counts[s]} images, not {n}" for s, n in PRANET_TEST_SETS.items()
+              if s in test_counts and test_counts[s] != n]
+    if diffs:
+        return (f"the split is not PraNet's, which VM-UNet-V2 uses ({'; '.join(diffs)}): "
+                "published polyp numbers are not comparable with runs on it")
+    kept = ", ".join(f"{s} {n}" for s, n in PRANET_TEST_SETS.items() if s in test_counts)
+    note = f"the split is PraNet's, as VM-UNet-V2 uses ({n_train} training images; test sets {kept or 'none'})"
+    missing = [f"{s} ({n} images)" for s, n in PRANET_TEST_SETS.items() if s not in test_counts]
+    extra = [f"{s} ({n} images)" for s, n in test_counts.items() if s not in PRANET_TEST_SETS]
+    if missing:
+        note += f"; absent here: {', '.join(missing)}, whose published columns have no counterpart"
+    if extra:
+        note += f"; not in its split: {', '.join(extra)}"
+    return note
 
 
 def organ_order_note(counts: np.ndarray) -> str:
