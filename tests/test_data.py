@@ -115,10 +115,11 @@ def test_synapse_without_lists_falls_back_and_says_so(roots, tmp_path):
     assert len(ds.notes) == 2 and "sorted contents" in ds.notes[0]
 
 
-def test_synapse_accepts_lists_synapse_at_root(roots, tmp_path):
+@pytest.mark.parametrize("where", ["lists_Synapse", "lists/list_Synapse"])  # VM-UNet's README spellings
+def test_synapse_accepts_the_other_list_folders(roots, tmp_path, where):
     root = _copy(roots["synapse"], tmp_path)
-    (root / "lists" / "lists_Synapse").rename(root / "lists_Synapse")
-    (root / "lists_Synapse" / "test_vol.txt").write_text("case0022\n")
+    (root / "lists" / "lists_Synapse").rename(root / where)
+    (root / where / "test_vol.txt").write_text("case0022\n")
     ds = open_dataset("synapse", root)
     assert ds.test_ids() == ["case0022"] and ds.notes == []
 

@@ -7,8 +7,8 @@ On disk::
     <root>/lists/lists_Synapse/train.txt       one slice id per line (no extension)
     <root>/lists/lists_Synapse/test_vol.txt    one case id per line
 
-``<root>/lists_Synapse/`` is accepted too (the VM-UNet README spells the path differently from
-its config). Without list files the sorted directory contents are used and ``notes`` says so.
+``<root>/lists/list_Synapse/`` (the VM-UNet README's spelling; its config says ``lists_Synapse``)
+and ``<root>/lists_Synapse/`` are accepted too. Without list files the sorted directory contents are used and ``notes`` says so.
 
 Units: CT intensities were clipped to [-125, 275] HU and scaled per volume to [0, 1] by the
 dataset's distributors (values slightly outside [0, 1] occur in the real files, TransUNet #64).
@@ -47,7 +47,7 @@ BTCV_ORDER_NAMES = ("spleen", "kidney_r", "kidney_l", "gallbladder", "liver", "s
 SPACING_FILE = "spacing.csv"
 TRAIN_DIR = "train_npz"
 TEST_DIR = "test_vol_h5"
-LIST_DIRS = ("lists/lists_Synapse", "lists_Synapse")
+LIST_DIRS = ("lists/lists_Synapse", "lists/list_Synapse", "lists_Synapse")
 TRAIN_LIST = "train.txt"
 TEST_LIST = "test_vol.txt"
 H5_SUFFIX = ".npy.h5"

@@ -125,7 +125,7 @@ def _check_synapse(root: Path, report: _Report, reader) -> None:
         else:
             report.add(
                 root / syn_io.LIST_DIRS[0] / list_name,
-                f"list file missing (also looked in {root / syn_io.LIST_DIRS[1]}); "
+                f"list file missing (also looked in {', '.join(str(root / d) for d in syn_io.LIST_DIRS[1:])}); "
                 f"the sorted contents of {folder} are used",
                 "warning",
             )
