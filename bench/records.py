@@ -72,8 +72,8 @@ RUN_ID_COLUMNS = [
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
     "init", "rescored_from", "status", "git_commit", "device", "scan_backend", "hd95_unit", "started_at",
-    "finished_at", "wall_time_s", "train_time_s", "params", "trainable_params", "macs", "paper_macs", "flops",
-    "fps", "peak_mem_mb",
+    "finished_at", "wall_time_s", "train_time_s", "train_loss", "params", "trainable_params", "macs", "paper_macs",
+    "flops", "fps", "peak_mem_mb",
 ]  # fmt: skip
 # Aggregates every policy may produce; ``load`` puts them first, extra metric keys follow.
 STANDARD_METRICS = ["dice", "hd95", "iou", "acc", "spe", "sen", "n_cases"]
@@ -400,6 +400,7 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         finished_at=rec["finished_at"],
         wall_time_s=rec["wall_time_s"],
         train_time_s=train.get("time_s"),
+        train_loss=train.get("final_loss"),  # the last epoch's mean loss: drift sees training paths
     )
     for key in ("params", "trainable_params", "macs", "paper_macs", "flops", "fps", "peak_mem_mb"):
         row[key] = cost.get(key)
@@ -458,8 +459,8 @@ def load(results_dir: Path, level: str = "run") -> pd.DataFrame:
     per_class = [f"{m}/{name}" for name in _class_order(records) for m in ("dice", "hd95")]
     columns = RUN_COLUMNS + metrics + per_class
     frame = frame.reindex(columns=columns)
-    numeric = ["wall_time_s", "train_time_s", "params", "trainable_params", "macs", "paper_macs", "flops", "fps",
-               "peak_mem_mb"] + metrics + per_class  # fmt: skip
+    numeric = ["wall_time_s", "train_time_s", "train_loss", "params", "trainable_params", "macs", "paper_macs",
+               "flops", "fps", "peak_mem_mb"] + metrics + per_class  # fmt: skip
     return _numeric(frame, numeric)
 
 

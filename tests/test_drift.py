@@ -47,7 +47,8 @@ def test_baseline_file_content(baseline):
     assert vm.loc["hd95", "value"] == pytest.approx(25.0) and vm.loc["hd95", "tolerance"] == pytest.approx(2.5)
     un = table[(table["model"] == "unet")].set_index("metric")
     assert un.loc["hd95", "tolerance"] == pytest.approx(4.0)
-    assert set(table["metric"]) == {"dice", "hd95", "iou"}  # acc/spe/sen have no values for Synapse
+    assert set(table["metric"]) == {"dice", "hd95", "iou", "train_loss"}  # acc/spe/sen: no values for Synapse
+    assert un.loc["train_loss", "value"] == pytest.approx(0.123) and un.loc["train_loss", "tolerance"] == pytest.approx(0.00123)
     assert set(table["dataset"]) == {"synapse"} and set(table["policy"]) == {"legacy-synapse"}
 
 
@@ -81,6 +82,15 @@ def test_outside_tolerance_is_drift(tmp_path, baseline):
     assert "DRIFT" in text and "-0.0250" in text and "FAILED" in text
 
 
+def test_a_changed_training_path_drifts_where_the_metrics_cannot_see_it(tmp_path, baseline):
+    recs = [make_record("vmunet", seed=0, dice=0.80, hd95=20.0), make_record("vmunet", seed=1, dice=0.84, hd95=30.0),
+            make_record("unet", seed=0, dice=0.70, hd95=40.0)]
+    recs[2]["train"]["final_loss"] = 0.13  # same scores, another loss curve: 0.007 > 1 % of 0.123
+    result = compare(baseline, _runs(tmp_path, "now", recs))
+    assert result.failed and _row(result, "unet", "train_loss")["status"] == "drift"
+    assert set(result.table.loc[result.table["metric"] != "train_loss", "status"]) == {"ok"}
+
+
 def test_missing_metric_and_missing_model_fail(tmp_path, baseline):
     rec = make_record("vmunet", seed=0, dice=0.82, hd95=25.0)
     del rec["metrics"]["hd95"]
@@ -90,7 +100,7 @@ def test_missing_metric_and_missing_model_fail(tmp_path, baseline):
     assert _row(result, "vmunet", "hd95")["status"] == "missing"
     assert _row(result, "vmunet", "dice")["status"] == "ok"
     assert _row(result, "unet", "dice")["status"] == "missing"
-    assert result.counts()["missing"] == 4  # vmunet hd95 + unet dice/hd95/iou
+    assert result.counts()["missing"] == 5  # vmunet hd95 + unet dice/hd95/iou/train_loss
 
 
 def test_new_model_does_not_fail(tmp_path, baseline):
