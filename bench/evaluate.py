@@ -48,6 +48,20 @@ def hd95_unit(policy: str, spacings: list[tuple[float, ...] | None], volumes: bo
     return "mixed" if len(known) > 1 else ("mm" if known == {True} else grid)
 
 
+def resolve_nsd_tolerance(protocol: Protocol, dataset: SegDataset, policy: str) -> float | dict[str, float] | None:
+    """eval.nsd_tolerance for this dataset and policy: None when no NSD is computed (0, or a pooled
+    policy: legacy-isic scores from counts alone, without surfaces), the number when one holds for
+    every class, else {class name: tolerance} in class order. A table that misses a class or names
+    one the dataset lacks is a BenchError; `bench run` calls this while planning, before training."""
+    tol = protocol.eval.nsd_tolerance
+    if not tol or metrics.get_policy(policy).pooled:
+        return None
+    if not isinstance(tol, tuple):
+        return tol
+    what = f"protocol {protocol.name!r} eval.nsd_tolerance on dataset {dataset.dataset_name!r}"
+    return metrics.class_tolerances(dict(tol), dataset.num_classes, dataset.class_names, what=what)
+
+
 @torch.no_grad()
 def _predict(model: nn.Module, inputs: list[torch.Tensor], protocol: Protocol, device: torch.device,
              binary: bool, batch_size: int) -> np.ndarray:
@@ -91,9 +105,7 @@ def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: 
     if protocol.eval.max_cases > 0:
         ids = ids[: protocol.eval.max_cases]
     rows: list[dict[str, Any]] = []
-    # pooled policies (legacy-isic) score from counts alone: no surfaces, no NSD
-    tol = protocol.eval.nsd_tolerance
-    nsd_tolerance = tol if tol > 0 and not metrics.get_policy(policy).pooled else None
+    nsd_tolerance = resolve_nsd_tolerance(protocol, dataset, policy)  # before any case is predicted
     spacings: list[tuple[float, ...] | None] = []
     volumes = False
     for i, case_id in enumerate(ids):
@@ -109,7 +121,9 @@ def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: 
         if progress is not None:
             progress(i + 1, len(ids))
     scores = metrics.aggregate(rows, policy)
-    if nsd_tolerance is not None:
+    if isinstance(nsd_tolerance, dict):  # records.load shows it as the text "liver 5, spleen 3"
+        scores["nsd_tolerances"] = nsd_tolerance
+    elif nsd_tolerance is not None:
         scores["nsd_tolerance"] = nsd_tolerance  # a run column, so boards can say it
     return EvalResult(
         per_case=rows,

@@ -52,8 +52,9 @@ from bench.errors import BenchError
 
 __all__ = [
     "HD_DEFINITIONS", "PENALTY", "POLICIES", "Outcome", "Policy", "PooledConfusion", "aggregate",
-    "aggregate_per_class", "confusion", "dice", "get_policy", "hd95", "hd95_max_directed", "hd95_penalty",
-    "iou", "nsd", "policy_fields", "pooled_from_counts", "pooled_metrics", "score_case", "surface_distances",
+    "aggregate_per_class", "class_tolerances", "confusion", "dice", "get_policy", "hd95", "hd95_max_directed",
+    "hd95_penalty", "iou", "nsd", "policy_fields", "pooled_from_counts", "pooled_metrics", "score_case",
+    "surface_distances",
 ]
 
 NAN = float("nan")
@@ -375,10 +376,35 @@ def _class_names(class_names: Sequence[str] | None, n_fg: int, num_classes: int)
     return names
 
 
+def class_tolerances(tolerance: float | Sequence[float] | Mapping[str, float], num_classes: int,
+                     class_names: Sequence[str] | None = None, what: str = "nsd_tolerance") -> dict[str, float]:
+    """NSD tolerance per foreground class, {name: tolerance} in class order (names as ``score_case``
+    gives them): one number for all, a sequence in class order, or a mapping by class name.
+    BenchError starting with ``what``, naming the classes a mapping misses, the names that are no
+    class, and the classes."""
+    n_fg = max(int(num_classes) - 1, 1)
+    names = _class_names(class_names, n_fg, int(num_classes))
+    if isinstance(tolerance, Mapping):
+        missing = [n for n in names if n not in tolerance]
+        problems = [f"no tolerance for {', '.join(missing)}"] if missing else []
+        for k in tolerance:
+            if k not in names:
+                close = difflib.get_close_matches(str(k), missing, n=1)
+                problems.append(f"{k!r} is not a class" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        if problems:
+            raise BenchError(f"{what}: {'; '.join(problems)}. Classes: {', '.join(names)}")
+        return {n: float(tolerance[n]) for n in names}
+    tols = [float(tolerance)] * n_fg if np.ndim(tolerance) == 0 else [float(t) for t in tolerance]
+    if len(tols) != n_fg:
+        raise BenchError(f"{what}: {len(tols)} values; expected one per foreground class "
+                         f"({', '.join(names)})")
+    return dict(zip(names, tols))
+
+
 def score_case(pred: Any, gt: Any, num_classes: int, policy: str | Policy,
                spacing: Sequence[float] | float | None = None,
                class_names: Sequence[str] | None = None,
-               nsd_tolerance: float | None = None) -> list[dict[str, Any]]:
+               nsd_tolerance: float | Sequence[float] | Mapping[str, float] | None = None) -> list[dict[str, Any]]:
     """Score one case (2-D image or 3-D volume): one row per foreground class.
 
     pred, gt: integer label maps of one shape with ids 0..num_classes-1 (0 = background); for a
@@ -390,7 +416,8 @@ def score_case(pred: Any, gt: Any, num_classes: int, policy: str | Policy,
     ``sen`` (floats, NaN = not applicable), ``tp``, ``fp``, ``fn``, ``tn``, ``n_pred``, ``n_ref``
     (ints) and ``empty`` in {"both", "ref_only", "pred_only", "none"}. Empty cases follow the
     policy's table (``get_policy(name).__doc__``). With ``nsd_tolerance`` (in the HD95 unit: mm where
-    the policy uses the spacing), rows add ``nsd``: NaN when both masks are empty, 0 when one is.
+    the policy uses the spacing; one for all classes or per class, see ``class_tolerances``), rows add
+    ``nsd`` (NaN when both masks are empty, 0 when one is) and the ``nsd_tolerance`` it used.
     """
     pol = get_policy(policy)
     if int(num_classes) < 1:
@@ -401,6 +428,7 @@ def score_case(pred: Any, gt: Any, num_classes: int, policy: str | Policy,
     if p.shape != g.shape:
         raise BenchError(f"prediction shape {p.shape} does not match reference (ground-truth) shape {g.shape}")
     names = _class_names(class_names, n_fg, int(num_classes))
+    tols = None if nsd_tolerance is None else list(class_tolerances(nsd_tolerance, num_classes, names).values())
     sp = _sampling(spacing, p.ndim) if pol.use_spacing else None
     # bounding boxes of every label in one pass per map: each class is then scored inside its box
     p_boxes = ndimage.find_objects(p, max_label=n_fg)
@@ -422,7 +450,7 @@ def score_case(pred: Any, gt: Any, num_classes: int, policy: str | Policy,
             empty = "none"
             d, j = 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)  # == medpy dc / jc, same operands
             h = HD_DEFINITIONS[pol.hd_definition](pc, gc, sp) if pol.hd_definition else NAN
-            s = nsd(pc, gc, nsd_tolerance, sp) if nsd_tolerance is not None else NAN
+            s = nsd(pc, gc, tols[c - 1], sp) if tols is not None else NAN
         else:
             empty = "ref_only" if n_ref else ("pred_only" if n_pred else "both")
             d, h = pol.outcome(empty)
@@ -433,7 +461,7 @@ def score_case(pred: Any, gt: Any, num_classes: int, policy: str | Policy,
         rows.append({
             "class": c, "name": names[c - 1],
             "dice": float(d), "iou": float(j), "hd95": float(h),
-            **({"nsd": s} if nsd_tolerance is not None else {}),
+            **({"nsd": s, "nsd_tolerance": tols[c - 1]} if tols is not None else {}),
             "acc": (tp + tn) / (tp + fp + fn + tn),
             "spe": _ratio(tn, tn + fp, pol.zero_division), "sen": _ratio(tp, tp + fn, pol.zero_division),
             "tp": tp, "fp": fp, "fn": fn, "tn": tn, "n_pred": n_pred, "n_ref": n_ref, "empty": empty,

@@ -12,6 +12,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import numbers
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,8 +64,11 @@ class EvalConfig:
     label_order: int = 0
     threshold: float = 0.5  # binary tasks: sigmoid >= threshold
     # >0: also the normalised surface distance at this tolerance, in the HD95 unit (mm under
-    # strict with a spacing); per-case policies only. 0: not computed
-    nsd_tolerance: float = 0.0
+    # strict with a spacing); per-case policies only. 0: not computed. A table [eval.nsd_tolerance]
+    # gives each foreground class its own (MONAI's class_thresholds, U-Mamba's organ tolerances),
+    # kept as sorted (name, tolerance) pairs so the config stays hashable; bench.evaluate matches
+    # the names to the dataset's classes
+    nsd_tolerance: float | tuple[tuple[str, float], ...] = 0.0
     max_cases: int = 0  # >0 evaluates only the first N test cases (smoke runs)
 
 
@@ -156,7 +161,8 @@ _WHOLE_NUMBERS = (("", "img_size", 1), ("train", "batch_size", 1), ("train", "ep
 
 def _checked(protocol: Protocol, where: str) -> Protocol:
     """BenchError naming ``where`` (the file, or "override") and the field when a size or count is
-    not a whole number in range; img_size is one side, since every model trains on square inputs."""
+    not a whole number in range; img_size is one side, since every model trains on square inputs.
+    Returns the protocol with eval.nsd_tolerance in its stored form (``_nsd_tolerance``)."""
     for section, name, low in _WHOLE_NUMBERS:
         value = getattr(getattr(protocol, section) if section else protocol, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -172,7 +178,29 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
             close = difflib.get_close_matches(str(value), names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise BenchError(f"{where} {key}: unknown {value!r}{hint} Expected one of {', '.join(names)}")
-    return protocol
+    tol = _nsd_tolerance(protocol.eval.nsd_tolerance, f"{where} eval.nsd_tolerance")
+    return dataclasses.replace(protocol, eval=dataclasses.replace(protocol.eval, nsd_tolerance=tol))
+
+
+def _nsd_tolerance(value: Any, key: str) -> float | tuple[tuple[str, float], ...]:
+    """eval.nsd_tolerance as stored: a float (0 = off) or the table's sorted (name, tolerance)
+    pairs; BenchError naming ``key`` (and the class) for anything else."""
+    def finite(v: Any) -> bool:
+        return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+    if isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
+        value = dict(value)  # already stored: an override of another field checks it again
+    if isinstance(value, dict):
+        if not value:
+            raise BenchError(f"{key}: empty table; give each foreground class a tolerance, or set 0 for no NSD")
+        for name, tol in value.items():
+            if not finite(tol) or tol <= 0:
+                raise BenchError(f"{key}.{name}: expected the class's tolerance, a finite number > 0; got {tol!r}")
+        return tuple(sorted((str(n), float(t)) for n, t in value.items()))
+    if not finite(value) or value < 0:
+        raise BenchError(f"{key}: expected a number >= 0 (0: no NSD) or a table of class name = tolerance; "
+                         f"got {value!r}")
+    return float(value)
 
 
 def _content_hash(data: dict[str, Any]) -> str:

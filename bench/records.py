@@ -73,7 +73,7 @@ RUN_ID_COLUMNS = [
 RUN_COLUMNS = RUN_ID_COLUMNS + [
     "init", "rescored_from", "status", "git_commit", "device", "scan_backend", "hd95_unit", "started_at",
     "finished_at", "wall_time_s", "train_time_s", "train_loss", "params", "trainable_params", "macs", "paper_macs",
-    "flops", "fps", "peak_mem_mb",
+    "flops", "fps", "peak_mem_mb", "nsd_tolerances",
 ]  # fmt: skip
 # Aggregates every policy may produce; ``load`` puts them first, extra metric keys follow.
 STANDARD_METRICS = ["dice", "hd95", "iou", "acc", "spe", "sen", "n_cases"]
@@ -384,6 +384,14 @@ def _run_ids(rec: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _tolerances_text(tolerances: Any) -> str | None:
+    """A per-class NSD tolerance table ({name: tolerance}) as ``"liver 5, spleen 3"``; None where the
+    run had none (one tolerance for all classes is the ``nsd_tolerance`` metric column)."""
+    if not isinstance(tolerances, Mapping):
+        return None
+    return ", ".join(f"{name} {tol:g}" for name, tol in tolerances.items())
+
+
 def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
     cost, train = rec["cost"], rec["train"]
     row = _run_ids(rec)
@@ -396,6 +404,7 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         device=_device_string(rec["device"]),
         scan_backend=rec["scan_backend"],
         hd95_unit=rec.get("hd95_unit"),  # absent in records written before it was recorded
+        nsd_tolerances=_tolerances_text(rec["metrics"].get("nsd_tolerances")),
         started_at=rec["started_at"],
         finished_at=rec["finished_at"],
         wall_time_s=rec["wall_time_s"],
@@ -428,7 +437,8 @@ def load(results_dir: Path, level: str = "run") -> pd.DataFrame:
 
     ``level="run"``: one row per run. Columns ``RUN_COLUMNS`` (``device`` is a short fingerprint
     string; ``model_config``/``protocol_overrides`` are canonical JSON strings, ``"{}"`` when
-    unset), then the scalar aggregate metrics (``STANDARD_METRICS`` first, others sorted), then
+    unset; ``nsd_tolerances`` a per-class NSD tolerance table as text), then the scalar aggregate
+    metrics (``STANDARD_METRICS`` first, others sorted), then
     ``dice/<class name>`` and ``hd95/<class name>`` per class, in class-id order.
 
     ``level="case"``: tidy long table, one row per (run, case, class): ``RUN_ID_COLUMNS`` repeated,

@@ -182,7 +182,9 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         overrides=_overrides_text(first["protocol_overrides"]),
         value_columns=value_cols,
         hd95_units=sorted(set(group["hd95_unit"].dropna())) if "hd95_unit" in group else [],
-        nsd_tolerances=sorted(set(group["nsd_tolerance"].dropna())) if "nsd_tolerance" in group else [],
+        # one for all classes (numbers), then per-class tables as records.load's text ("liver 5, spleen 3")
+        nsd_tolerances=[t for col in ("nsd_tolerance", "nsd_tolerances") if col in group
+                        for t in sorted(set(group[col].dropna()))],
         devices=sorted(set(group["device"].dropna())) if "device" in group else [],
     )
     return board
@@ -299,8 +301,13 @@ def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
         f"DSC, mIoU, Acc, Spe, Sen in %; {hd}; NaN is shown, not dropped."
     )
     if a.get("nsd_tolerances"):  # one per board: the tolerance is part of the protocol
-        tol = ", ".join(f"{t:g}" for t in a["nsd_tolerances"])
-        note += f" NSD: % of both surfaces within {tol} {unit or '(HD95 unit)'} of the other."
+        per_class = any(isinstance(t, str) for t in a["nsd_tolerances"])
+        tol = ("; " if per_class else ", ").join(t if isinstance(t, str) else f"{t:g}" for t in a["nsd_tolerances"])
+        if per_class:
+            note += (f" NSD: % of both surfaces within the class's tolerance of the other, in "
+                     f"{unit or 'the HD95 unit'}: {tol}.")
+        else:
+            note += f" NSD: % of both surfaces within {tol} {unit or '(HD95 unit)'} of the other."
     if "train_time_s" in board and board["train_time_s"].notna().any():
         devices = a.get("devices", [])
         where = (f"on {devices[0]}" if len(devices) == 1

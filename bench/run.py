@@ -24,7 +24,7 @@ from bench import distributed, env, records
 from bench.data import open_dataset, synthetic_root
 from bench.errors import BenchError
 from bench.cost import run_counts
-from bench.evaluate import evaluate
+from bench.evaluate import evaluate, resolve_nsd_tolerance
 from bench.metrics import get_policy, policy_fields
 from bench.protocol import Protocol
 from bench.registry import check_buildable, create_model, get_entry, load_weights
@@ -277,6 +277,7 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         warnings.warn(hint, stacklevel=2)
     chosen = policy or protocol.metric_policy or ds.default_policy
     get_policy(chosen)
+    resolve_nsd_tolerance(protocol, ds, chosen)  # a per-class table must name exactly the dataset's classes
     inits = resolve_inits(models, protocol, pretrained_dir)
     for m in models:  # img_size, --set overrides and pretrained files, for every model before one trains
         build = dict(num_classes=ds.num_classes, in_chans=ds.in_chans, img_size=protocol.img_size,

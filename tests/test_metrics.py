@@ -146,6 +146,46 @@ def test_nsd_hand_computed_and_in_score_case():
     assert "nsd" not in M.aggregate([{"case": "c", **r} for r in M.score_case(pred, gt, 4, "strict")], "strict")
 
 
+def test_per_class_nsd_tolerances_equal_monai_class_thresholds():
+    from monai.metrics import compute_surface_dice
+
+    rng = np.random.default_rng(7)
+    gt = np.zeros((20, 24), int)
+    pred = np.zeros((20, 24), int)
+    for c, (r, col) in enumerate([(5, 5), (5, 16), (14, 10)], start=1):
+        gt[r - 3:r + 3, col - 3:col + 4] = c
+        pred[r - 3 + rng.integers(-1, 2):r + 2, col - 2:col + 4 + rng.integers(0, 2)] = c
+    spacing, tols = (1.0, 0.8), [0.5, 1.0, 2.5]
+    rows = M.score_case(pred, gt, 4, "strict", spacing=spacing, class_names=["liver", "spleen", "kidney"],
+                        nsd_tolerance={"kidney": 2.5, "liver": 0.5, "spleen": 1.0})  # any order
+    assert [r["nsd_tolerance"] for r in rows] == tols
+    by_hand = [M.nsd(pred == c, gt == c, t, spacing) for c, t in zip((1, 2, 3), tols)]
+    assert [r["nsd"] for r in rows] == by_hand
+    assert [r["nsd"] for r in M.score_case(pred, gt, 4, "strict", spacing=spacing, nsd_tolerance=tols)] == by_hand
+    one = [r["nsd"] for r in M.score_case(pred, gt, 4, "strict", spacing=spacing, nsd_tolerance=1.0)]
+    assert one[1] == by_hand[1] and one[0] != by_hand[0] and one[2] != by_hand[2]  # each class its own
+
+    def onehot(m):
+        return torch.nn.functional.one_hot(torch.from_numpy(m), 4).permute(2, 0, 1)[None].float()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = compute_surface_dice(onehot(pred), onehot(gt), class_thresholds=tols, include_background=False,
+                                   spacing=list(spacing))
+    assert [r["nsd"] for r in rows] == pytest.approx(ref[0].tolist(), abs=1e-6)
+
+
+def test_per_class_nsd_tolerances_name_missing_and_unknown_classes():
+    gt = np.zeros((6, 6), int)
+    gt[1:3, 1:3], gt[4:6, 4:6] = 1, 2
+    with pytest.raises(BenchError, match=r"^nsd_tolerance: no tolerance for liver; 'livr' is not a class "
+                                         r"\(did you mean 'liver'\?\); 'lung' is not a class\. Classes: liver, spleen$"):
+        M.score_case(gt, gt, 3, "strict", class_names=["liver", "spleen"], nsd_tolerance={"livr": 1, "spleen": 2, "lung": 3})
+    with pytest.raises(BenchError, match=r"3 values; expected one per foreground class \(class1, class2\)"):
+        M.score_case(gt, gt, 3, "strict", nsd_tolerance=[1, 2, 3])
+    assert M.class_tolerances(2, 3, ["liver", "spleen"]) == {"liver": 2.0, "spleen": 2.0}
+
+
 def test_hd95_definitions_hand_computed():
     # a: one voxel at x=0; b: voxels at x=0 and x=4 (1x5 grid, all voxels are surface)
     a = np.array([[1, 0, 0, 0, 0]], bool)

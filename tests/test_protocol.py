@@ -90,6 +90,12 @@ def test_override_marks_off_protocol():
         (lambda s: s.replace('select = "final"', 'select = "best"'), r"train\.select: unknown 'best'"),
         (lambda s: s.replace('augment = "none"', 'augment = "mixup"'), r"train\.augment: unknown 'mixup'"),
         (lambda s: s.replace('normalize = "none"', 'normalize = "zscor"'), r"bad\.toml: normalize: unknown 'zscor'; did you mean 'zscore'"),
+        (lambda s: s + "nsd_tolerance = -1.0\n", r"bad\.toml: eval\.nsd_tolerance: expected a number >= 0 \(0: no NSD\)"),
+        (lambda s: s + "nsd_tolerance = \"2mm\"\n", r"eval\.nsd_tolerance: .* or a table of class name = tolerance; got '2mm'"),
+        (lambda s: s + "\n[eval.nsd_tolerance]\nliver = 5.0\nspleen = 0\n",
+         r"bad\.toml: eval\.nsd_tolerance\.spleen: expected the class's tolerance, a finite number > 0; got 0"),
+        (lambda s: s + "\n[eval.nsd_tolerance]\nliver = nan\n", r"eval\.nsd_tolerance\.liver: .*> 0; got nan"),
+        (lambda s: s + "\n[eval.nsd_tolerance]\n", r"bad\.toml: eval\.nsd_tolerance: empty table"),
     ],
 )
 def test_bad_protocol_file_names_the_file(tmp_path, edit, message):
@@ -97,3 +103,22 @@ def test_bad_protocol_file_names_the_file(tmp_path, edit, message):
     bad.write_text(edit((PROTOCOL_DIR / "smoke.toml").read_text()))
     with pytest.raises(BenchError, match=message):
         load_protocol(bad)
+
+
+def test_nsd_tolerance_per_class_table(tmp_path):
+    smoke = load_protocol("smoke")
+    path = tmp_path / "organs.toml"
+    path.write_text((PROTOCOL_DIR / "smoke.toml").read_text() + "\n[eval.nsd_tolerance]\nspleen = 3\nliver = 5.0\n")
+    p = load_protocol(path)
+    # sorted (name, tolerance) pairs: the config stays hashable, the order of the file is no content
+    assert p.eval.nsd_tolerance == (("liver", 5.0), ("spleen", 3.0)) and hash(p.eval)
+    assert p.hash != smoke.hash and not p.off_protocol
+    path.write_text(path.read_text().replace("spleen = 3", "spleen = 2"))
+    assert load_protocol(path).hash != p.hash
+    # one number for all classes still overrides it, and an override of another field keeps it
+    assert p.with_overrides(nsd_tolerance=2).eval.nsd_tolerance == 2.0
+    assert p.with_overrides(epochs=3).eval.nsd_tolerance == p.eval.nsd_tolerance
+    q = smoke.with_overrides(nsd_tolerance={"liver": 5})
+    assert q.eval.nsd_tolerance == (("liver", 5.0),) and q.overrides == {"nsd_tolerance": {"liver": 5}}
+    with pytest.raises(BenchError, match=r"override eval\.nsd_tolerance\.liver: .* > 0; got -5"):
+        smoke.with_overrides(nsd_tolerance={"liver": -5})

@@ -293,6 +293,23 @@ def test_caption_names_the_hd95_unit_the_records_carry(tmp_path):
     assert "HD95 units differ between or within runs (mm, voxels): not comparable" in render(load(tmp_path / "mix"))
 
 
+def test_caption_names_the_nsd_tolerances_the_records_carry(tmp_path):
+    def rec(seed, **tol):
+        base = make_record("unet", seed=seed)
+        return {**base, "hd95_unit": "mm", "metrics": {**base["metrics"], "nsd": 0.9, **tol}}
+
+    write_record(rec(0, nsd_tolerance=2.0), tmp_path / "one")
+    assert "NSD: % of both surfaces within 2 mm of the other." in render(load(tmp_path / "one"))
+    table = {"aorta": 1.0, "liver": 5.0, "spleen": 2.5}  # U-Mamba style: organ-specific
+    for seed in (0, 1):
+        write_record(rec(seed, nsd_tolerances=table), tmp_path / "table")
+    runs = load(tmp_path / "table")
+    assert runs["nsd_tolerances"].tolist() == ["aorta 1, liver 5, spleen 2.5"] * 2
+    md = render(runs)
+    assert "NSD: % of both surfaces within the class's tolerance of the other, in mm: aorta 1, liver 5, spleen 2.5." in md
+    assert load(tmp_path / "one")["nsd_tolerances"].isna().all()  # a number for all: the nsd_tolerance column
+
+
 def test_two_nnunet_datasets_get_two_boards_and_their_published_rows(tmp_path):
     from bench.report import published_dataset
 

@@ -366,6 +366,32 @@ def test_protocol_nsd_tolerance_adds_nsd_to_records_and_boards(synapse_root, tmp
                         model_overrides=dict(get_entry("unet").tiny))
     rec = run_one(spec, results_dir=tmp_path, device=torch.device("cpu"))
     assert rec["metrics"]["nsd_tolerance"] == 2.0 and 0.0 <= rec["metrics"]["nsd"] <= 1.0
-    assert all("nsd" in row for row in rec["per_case"])
+    assert all("nsd" in row and row["nsd_tolerance"] == 2.0 for row in rec["per_case"])
     md = render(load(tmp_path))
     assert "NSD ↑ (%)" in md and "NSD: % of both surfaces within 2 mm of the other." in md
+
+
+def test_per_class_nsd_tolerances_reach_rows_records_and_the_caption(synapse_root, tmp_path):
+    from bench.data.synapse import CLASS_NAMES
+    from bench.records import load
+    from bench.report import render
+    from bench.run import plan_grid, run_one
+
+    table = {name: float(i % 3 + 1) for i, name in enumerate(CLASS_NAMES)}  # organ-specific, U-Mamba style
+    grid = dict(models=["unet"], dataset="synapse", seeds=[0], data_root=synapse_root, synthetic=False,
+                results_dir=tmp_path, policy="strict", model_overrides=dict(get_entry("unet").tiny))
+    # a table that misses an organ, or names one the dataset lacks, stops the grid before training
+    bad = {**{k: v for k, v in table.items() if k != "pancreas"}, "livr": 2.0}
+    with pytest.raises(BenchError, match=r"eval\.nsd_tolerance on dataset 'synapse': no tolerance for pancreas; "
+                                         r"'livr' is not a class\. Classes: aorta, gallbladder, .*, stomach"):
+        plan_grid(protocol=_proto(nsd_tolerance=bad), **grid)
+    assert not (tmp_path / "runs").exists()
+    (spec,) = plan_grid(protocol=_proto(max_iterations=2, max_cases=2, nsd_tolerance=table), **grid)
+    rec = run_one(spec, results_dir=tmp_path, device=torch.device("cpu"))
+    assert rec["metrics"]["nsd_tolerances"] == table and "nsd_tolerance" not in rec["metrics"]
+    assert list(rec["metrics"]["nsd_tolerances"]) == list(CLASS_NAMES)  # class order
+    assert all(row["nsd_tolerance"] == table[row["name"]] for row in rec["per_case"])
+    text = "aorta 1, gallbladder 2, kidney_l 3, kidney_r 1, liver 2, pancreas 3, spleen 1, stomach 2"
+    runs = load(tmp_path)
+    assert runs["nsd_tolerances"].tolist() == [text] and "nsd_tolerance" not in runs
+    assert f"NSD: % of both surfaces within the class's tolerance of the other, in mm: {text}." in render(runs)
