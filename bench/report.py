@@ -481,7 +481,7 @@ def join_cost(boards: dict[BoardKey, pd.DataFrame], df_prof: pd.DataFrame | None
         board["paper_macs"] = board["paper_macs"].where(have, [p[1] for p in pairs])
 
 
-CI_METRICS = ("dice", "hd95")
+CI_METRICS = ("dice", "hd95", "nsd")  # where the rows carry them
 
 
 def label_cases(df_cases: pd.DataFrame) -> pd.DataFrame:

@@ -369,6 +369,9 @@ def test_protocol_nsd_tolerance_adds_nsd_to_records_and_boards(synapse_root, tmp
     assert all("nsd" in row and row["nsd_tolerance"] == 2.0 for row in rec["per_case"])
     md = render(load(tmp_path))
     assert "NSD ↑ (%)" in md and "NSD: % of both surfaces within 2 mm of the other." in md
+    from bench.report import write_report
+
+    assert "NSD 95% CI" in write_report(tmp_path)  # bootstrapped like DSC and HD95
 
 
 def test_per_class_nsd_tolerances_reach_rows_records_and_the_caption(synapse_root, tmp_path):
