@@ -25,8 +25,9 @@ fi
 PY312=${PY312:-}
 DEVICE_TORCH=${DEVICE_TORCH:-2.11.0}
 CUDA_ARCH=${CUDA_ARCH:-90}
-MAMBA_VERSION=${MAMBA_VERSION:-2.3.2.post1}
-CONV_VERSION=${CONV_VERSION:-1.7.0}
+# the releases setup.sh's CUDA route pins (one list: constraints-cuda.txt)
+MAMBA_VERSION=${MAMBA_VERSION:-$(sed -n 's/^mamba-ssm==//p' constraints-cuda.txt)}
+CONV_VERSION=${CONV_VERSION:-$(sed -n 's/^causal-conv1d==//p' constraints-cuda.txt)}
 DEVICE_TRANSFORMERS=${DEVICE_TRANSFORMERS:-5.17.0}
 DEVICE_HF_HUB=${DEVICE_HF_HUB:-1.33.0}
 BUILD_DIR=${BUILD_DIR:-/tmp/ssm-unet-bench-device-build}

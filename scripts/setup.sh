@@ -21,11 +21,14 @@ if [ -n "$cuda_torch" ]; then
     pin="$VENV/torch-pin.txt"
     "$PYTHON" -c "import torch, torchvision; print(f'torch=={torch.__version__}\ntorchvision=={torchvision.__version__}')" > "$pin" 2>/dev/null \
         || "$PYTHON" -c "import torch; print(f'torch=={torch.__version__}')" > "$pin"
-    # --no-build-isolation: mamba-ssm/causal-conv1d must build against the installed CUDA torch.
+    # --no-build-isolation: mamba-ssm/causal-conv1d must build against the installed CUDA torch,
+    # so their build tools must already be there (setup.py imports packaging; ninja runs nvcc).
     # MAMBA_KEEP_CUDA_BUILD: since state-spaces/mamba PR #977 the Mamba-1 selective_scan_cuda
-    # kernel (used by VM-UNet/V2) is only built on request. Prebuilt wheels are tried first.
+    # kernel (used by VM-UNet/V2) is only built on request. Prebuilt wheels are tried first;
+    # constraints-cuda.txt pins the kernel releases this project checks.
+    "$VENV/bin/pip" install -q -c "$pin" packaging wheel setuptools ninja
     MAMBA_KEEP_CUDA_BUILD=TRUE \
-        "$VENV/bin/pip" install --no-build-isolation -c "$pin" -e ".[dev,cuda]"
+        "$VENV/bin/pip" install --no-build-isolation -c "$pin" -c constraints-cuda.txt -e ".[dev,cuda]"
 else
     echo "setup: no CUDA torch; installing the pinned CPU route"
     "$PYTHON" -m venv "$VENV"
