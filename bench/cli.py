@@ -237,7 +237,8 @@ def report(
 
 @app.command()
 def rescore(
-    policy: Annotated[str, typer.Option(help="the policy to score under: legacy-synapse, legacy-isic or strict")],
+    policy: Annotated[str, typer.Option(help="the policy to score under: legacy-synapse, legacy-isic, strict "
+                                             "or strict-monai")],
     results: Annotated[Path, typer.Option(help="results directory with the finished runs")] = DEFAULT_RESULTS,
     models: Annotated[str, typer.Option(help="'all' or a comma list of registered models")] = "all",
     protocol: Annotated[Optional[Path], typer.Option(help="the runs' protocol .toml, for runs of a file that is "

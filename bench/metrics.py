@@ -23,7 +23,8 @@ Values equal medpy's, 20-50x faster on 512x512 CT volumes (benchmarks/hd95_bench
 
 Policies (``POLICIES``; contract 6) turn per-case values into the numbers a paper reports:
 ``legacy-synapse`` (TransUNet utils.py ``calculate_metric_percase``), ``legacy-isic`` (VM-UNet
-engine.py, one pooled confusion matrix) and ``strict`` (mm, explicit empty rules, NaN counted).
+engine.py, one pooled confusion matrix), ``strict`` (mm, explicit empty rules, NaN counted) and
+``strict-monai`` (strict with MONAI's max-of-directed HD95).
 Each policy's ``__doc__`` holds its four-row table of empty-mask rules.
 
 Rows: ``score_case`` returns one dict per foreground class of one case; ``aggregate`` and
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -329,7 +330,22 @@ _STRICT = Policy(
     zero denominator are NaN.""",
 )
 
-POLICIES: dict[str, Policy] = {p.name: p for p in (_LEGACY_SYNAPSE, _LEGACY_ISIC, _STRICT)}
+_STRICT_MONAI = replace(
+    _STRICT, name="strict-monai", hd_definition="max_directed",
+    table="""strict-monai: strict with MONAI's HD95 (``HausdorffDistanceMetric(percentile=95)``, also
+    ``compute_hausdorff_distance``): the larger of the two directed 95th percentiles, in mm with the
+    case's spacing, instead of medpy's 95th percentile of the pooled distances (never smaller), so
+    HD95 compares with MONAI-based papers. Dice, empty-mask rules, penalty and NaN counting as strict.
+
+    | case                              | Dice | HD95                                      |
+    |-----------------------------------|------|-------------------------------------------|
+    | both empty                        | NaN  | NaN (not applicable; counted)             |
+    | only reference (missed structure) | 0    | penalty                                   |
+    | only prediction (false positive)  | 0    | penalty                                   |
+    | both present                      | Dice | max of directed 95th percentiles, mm      |""",
+)
+
+POLICIES: dict[str, Policy] = {p.name: p for p in (_LEGACY_SYNAPSE, _LEGACY_ISIC, _STRICT, _STRICT_MONAI)}
 
 
 def get_policy(policy: str | Policy) -> Policy:

@@ -43,6 +43,7 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.metrics import POLICIES as METRIC_POLICIES
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -62,7 +63,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 FAMILIES = ("ssm", "cnn", "transformer")
-POLICIES = ("legacy-synapse", "legacy-isic", "strict")
+POLICIES = tuple(METRIC_POLICIES)
 
 # Identification columns of a run, in the order ``load`` returns them.
 RUN_ID_COLUMNS = [

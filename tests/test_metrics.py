@@ -106,6 +106,32 @@ def test_hd95_max_directed_equals_monai():
         assert M.hd95_max_directed(a, b, spacing) >= M.hd95(a, b, spacing) - 1e-9
 
 
+def test_strict_monai_scores_hd95_as_monai_and_the_rest_as_strict():
+    from monai.metrics import compute_hausdorff_distance
+
+    rng = np.random.default_rng(4)
+    gt, pred = np.zeros((12, 20, 18), int), np.zeros((12, 20, 18), int)
+    gt[2:9, 3:12, 2:10], pred[3:10, 4:13, 2:9] = 1, 1  # class 1: shifted box
+    gt[5:8, 14:18, 11:16] = 2
+    pred[5:8, 13:18, 11:17] = 2
+    pred[10, 2, 2] = 2  # a stray voxel: the two percentile definitions disagree
+    gt[0:2, 0:3, 15:18] = 3  # class 3: missed -> penalty, as under strict
+    spacing = tuple(float(v) for v in rng.uniform(0.6, 2.5, 3))
+    onehot = lambda m: torch.from_numpy(np.eye(4, dtype=np.float32)[m]).permute(3, 0, 1, 2)[None]  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = compute_hausdorff_distance(onehot(pred), onehot(gt), include_background=False, percentile=95,
+                                         spacing=list(spacing))[0]
+    monai_rows = M.score_case(pred, gt, 4, "strict-monai", spacing)
+    strict_rows = M.score_case(pred, gt, 4, "strict", spacing)
+    for c in (0, 1):
+        assert monai_rows[c]["hd95"] == pytest.approx(float(ref[c]), rel=1e-5, abs=1e-5)
+    assert monai_rows[1]["hd95"] > strict_rows[1]["hd95"]  # this case tells the definitions apart
+    assert monai_rows[2]["hd95"] == strict_rows[2]["hd95"] == M.hd95_penalty(gt.shape, spacing)
+    for a, b in zip(monai_rows, strict_rows):
+        assert {k: v for k, v in a.items() if k != "hd95"} == {k: v for k, v in b.items() if k != "hd95"}
+
+
 def test_nsd_equals_monai_surface_dice():
     from monai.metrics import compute_surface_dice
 
@@ -356,7 +382,7 @@ def test_score_case_rejects_bad_inputs():
 
 
 def test_policy_docstrings_have_the_four_row_table():
-    assert list(M.POLICIES) == ["legacy-synapse", "legacy-isic", "strict"]
+    assert list(M.POLICIES) == ["legacy-synapse", "legacy-isic", "strict", "strict-monai"]
     for pol in M.POLICIES.values():
         doc = pol.__doc__
         assert doc.startswith(pol.name)
@@ -364,6 +390,7 @@ def test_policy_docstrings_have_the_four_row_table():
             assert sum(line.strip().startswith(f"| {case}") for line in doc.splitlines()) == 1, (pol.name, case)
     strict = M.get_policy("strict")
     assert (strict.use_spacing, strict.hd_definition, strict.penalty) == (True, "pooled", "diagonal")
+    assert M.get_policy("strict-monai").hd_definition == "max_directed"
     assert M.get_policy("legacy-isic").pooled and not M.get_policy("legacy-synapse").use_spacing
 
 
