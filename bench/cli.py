@@ -210,7 +210,8 @@ def run(
 @app.command()
 def report(
     results: Annotated[Path, typer.Option(help="results directory")] = DEFAULT_RESULTS,
-    format: Annotated[ReportFormat, typer.Option("--format", help="output format")] = ReportFormat.md,
+    format: Annotated[ReportFormat, typer.Option("--format", help="output format; cases: every run x case x class "
+                                                 "row as CSV, for statistics elsewhere")] = ReportFormat.md,
     out: Annotated[Optional[Path], typer.Option(help="write to this file instead of stdout (Markdown: plots go "
                                                      "to <stem>_files/ beside it)")] = None,
     published: Annotated[bool, typer.Option(help="add the papers' numbers next to ours (results/published.csv)")] = False,

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import atomic_write_text, load
+from bench.records import CASE_COLUMNS, RUN_ID_COLUMNS, atomic_write_text, load
 
 __all__ = ["BoardKey", "ReportFormat", "METRICS", "label_runs", "leaderboards", "render", "write_report"]
 
@@ -41,6 +41,7 @@ class ReportFormat(str, Enum):
     md = "md"
     latex = "latex"
     csv = "csv"
+    cases = "cases"  # CSV of every run × case × class row (write_report only: it needs the case rows)
 
 
 class BoardKey(NamedTuple):
@@ -669,14 +670,30 @@ def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md") -> str:
     table (mean and std columns, metrics as stored in [0, 1]) with the board key columns first.
     """
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
+    if fmt == ReportFormat.cases:
+        raise BenchError("format 'cases' needs the records' case rows: use write_report (bench report --format cases)")
     boards = leaderboards(df_runs)
-    return {ReportFormat.md: _render_md, ReportFormat.latex: _render_latex, ReportFormat.csv: _render_csv}[fmt](boards)
+    return _RENDERERS[fmt](boards)
+
+
+_RENDERERS = {ReportFormat.md: _render_md, ReportFormat.latex: _render_latex, ReportFormat.csv: _render_csv}
 
 
 def _check_format(fmt: str) -> str:
     if fmt not in ReportFormat.__members__:
-        raise BenchError(f"unknown report format {fmt!r}; expected one of: md, latex, csv")
+        raise BenchError(f"unknown report format {fmt!r}; expected one of: {', '.join(ReportFormat.__members__)}")
     return fmt
+
+
+def render_cases(df_cases: pd.DataFrame | None) -> str:
+    """The ``cases`` format: every run × case × class row (``records.load(level="case")``) as CSV,
+    led by the board and model labels the leaderboards use, so any statistic can be recomputed
+    elsewhere (R's challengeR, a spreadsheet) on exactly the rows behind a board."""
+    if df_cases is None or df_cases.empty:
+        return ",".join(["board_dataset", "board_protocol", "model_label", *RUN_ID_COLUMNS, *CASE_COLUMNS]) + "\n"
+    df = label_cases(df_cases)
+    lead = ["board_dataset", "board_protocol", "model_label"]
+    return df[lead + [c for c in df.columns if c not in lead]].to_csv(index=False, lineterminator="\n")
 
 
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
@@ -693,35 +710,38 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
     df_runs, profiles = load(results_dir), load_profiles(results_dir)
     df_cases = load(results_dir, level="case") if not df_runs.empty else None
-    set_runs, set_cases = split_test_sets(df_runs, df_cases)
-    boards = leaderboards(pd.concat([df_runs, set_runs], ignore_index=True) if len(set_runs) else df_runs)
-    groups = _case_groups(pd.concat([df_cases, set_cases], ignore_index=True) if len(set_cases) else df_cases)
-    join_cost(boards, profiles)
-    join_ci(boards, groups)
-    text = {ReportFormat.md: _render_md, ReportFormat.latex: _render_latex, ReportFormat.csv: _render_csv}[fmt](boards)
-    if fmt == ReportFormat.md:
-        extra = []
-        if reference:
-            extra.append(significance_md(boards, groups, reference))
-        if published:
-            from bench.published import load_published
+    if fmt == ReportFormat.cases:
+        text = render_cases(df_cases)
+    else:
+        set_runs, set_cases = split_test_sets(df_runs, df_cases)
+        boards = leaderboards(pd.concat([df_runs, set_runs], ignore_index=True) if len(set_runs) else df_runs)
+        groups = _case_groups(pd.concat([df_cases, set_cases], ignore_index=True) if len(set_cases) else df_cases)
+        join_cost(boards, profiles)
+        join_ci(boards, groups)
+        text = _RENDERERS[fmt](boards)
+        if fmt == ReportFormat.md:
+            extra = []
+            if reference:
+                extra.append(significance_md(boards, groups, reference))
+            if published:
+                from bench.published import load_published
 
-            pub = load_published(None if published is True else Path(published))
-            for title, table in published_tables(boards, pub).items():
-                extra.append(f"## {title}\n\n{PUBLISHED_NOTE}\n\n" + table.to_markdown(index=False, disable_numparse=True)
-                             + "\n")
-        cost = render_cost_md(profiles)
-        extra += [cost] if cost else []
-        if out is not None:  # the images go beside the Markdown file, linked relatively
-            from bench.plots import write_plots
+                pub = load_published(None if published is True else Path(published))
+                for title, table in published_tables(boards, pub).items():
+                    shown = table.to_markdown(index=False, disable_numparse=True)
+                    extra.append(f"## {title}\n\n{PUBLISHED_NOTE}\n\n{shown}\n")
+            cost = render_cost_md(profiles)
+            extra += [cost] if cost else []
+            if out is not None:  # the images go beside the Markdown file, linked relatively
+                from bench.plots import write_plots
 
-            images = Path(out).parent / f"{Path(out).stem}_files"
-            paths = write_plots(results_dir, images, df_runs=df_runs, df_cases=df_cases, df_profiles=profiles)
-            if paths:
-                extra.append("## Plots\n\n" + "\n\n".join(
-                    f"![{p.stem}]({images.name}/{p.name})" for p in paths) + "\n")
-        if extra:
-            text = text.rstrip("\n") + "\n\n" + "\n".join(extra)
+                images = Path(out).parent / f"{Path(out).stem}_files"
+                paths = write_plots(results_dir, images, df_runs=df_runs, df_cases=df_cases, df_profiles=profiles)
+                if paths:
+                    extra.append("## Plots\n\n" + "\n\n".join(
+                        f"![{p.stem}]({images.name}/{p.name})" for p in paths) + "\n")
+            if extra:
+                text = text.rstrip("\n") + "\n\n" + "\n".join(extra)
     if out is not None:
         atomic_write_text(Path(out), text)
     return text

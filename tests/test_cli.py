@@ -146,6 +146,10 @@ def test_three_seed_grid_report_with_statistics_published_and_plots(tmp_path):
         assert re.search(rf"!\[{kind}__[^\]]+\]\(report_files/{kind}__\S+\.png\)", text), kind
     latex = _bench("report", "--results", results, "--format", "latex").stdout
     assert "\\toprule" in latex and "\\bottomrule" in latex
+    _bench("report", "--results", results, "--format", "cases", "--out", tmp_path / "cases.csv")
+    rows = (tmp_path / "cases.csv").read_text().splitlines()
+    assert rows[0].startswith("board_dataset,board_protocol,model_label") and len(rows) - 1 == len(
+        records.load(results, level="case"))
 
 
 def test_folds_give_one_record_per_fold(tmp_path):

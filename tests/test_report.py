@@ -144,9 +144,29 @@ def test_empty_and_bad_format(tmp_path):
     assert leaderboards(empty) == {}
     assert "No finished runs" in render(empty)
     assert render(empty, "csv").startswith("dataset,protocol")
-    with pytest.raises(BenchError, match="md, latex, csv"):
+    with pytest.raises(BenchError, match="md, latex, csv, cases"):
         render(empty, "html")
+    with pytest.raises(BenchError, match="needs the records' case rows"):
+        render(empty, "cases")
+    assert write_report(tmp_path, "cases").startswith("board_dataset,board_protocol,model_label,run_id")
 
+
+def test_cases_format_is_every_row_behind_the_boards(tmp_path):
+    import io
+
+    for seed in (0, 1):
+        write_record(make_record("vmunet", seed=seed), tmp_path)
+    write_record(make_record("vmunet", seed=0, overrides={"epochs": 2}), tmp_path)
+    text = write_report(tmp_path, "cases", out=tmp_path / "cases.csv")
+    assert (tmp_path / "cases.csv").read_text() == text
+    table = pd.read_csv(io.StringIO(text))
+    cases = load(tmp_path, level="case")
+    assert len(table) == len(cases) and list(table.columns[:3]) == ["board_dataset", "board_protocol", "model_label"]
+    assert set(table.columns) >= {"run_id", "seed", "case", "class", "name", "dice", "hd95", "tp", "fp", "fn"}
+    merged = table.merge(cases, on=["run_id", "case", "class"], suffixes=("", "_rec"))
+    assert len(merged) == len(cases) and (merged["dice"] == merged["dice_rec"]).all()
+    # the off-protocol run is labelled apart, as on the boards
+    assert set(table["board_protocol"]) == {"synapse", "synapse (off-protocol: epochs=2)"}
 
 def test_synthetic_and_model_config_are_separated(tmp_path):
     write_record(make_record("unet", seed=0, dice=0.7), tmp_path)
