@@ -26,6 +26,17 @@ def test_synapse_is_transunets_recipe():
     assert (swin.variant_of, swin.train.loss_ce, swin.train.loss_dice, swin.train.lr) == ("synapse", 0.4, 0.6, 0.05)
 
 
+def test_acdc_is_transunets_synapse_recipe_for_20k_iterations():
+    import dataclasses
+
+    acdc, syn = load_protocol("acdc"), load_protocol("synapse")
+    assert (acdc.variant_of, acdc.datasets, acdc.normalize) == ("synapse", ("nnunet",), "zscore")
+    assert acdc.train.max_iterations == 20000 and acdc.train.epochs * 81 > 20000  # the cap decides
+    same = lambda cfg: {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "max_iterations")}  # noqa: E731
+    assert same(acdc.train) == same(syn.train) and acdc.eval == syn.eval
+    assert (acdc.img_size, acdc.metric_policy, acdc.seed, acdc.pretrained) == (224, "legacy-synapse", 1234, True)
+
+
 def test_isic_is_vmunets_recipe():
     for name in ("isic17", "isic18"):
         p = load_protocol(name)

@@ -93,6 +93,7 @@ def test_each_number_names_the_recipe_it_was_trained_under(pub):
     assert recipe(source=VMUNET_T2, model="vmunet", dataset="synapse") == "synapse_vmunet"
     assert recipe(source=VMUNET_T1, model="vmunet", dataset="isic17") == "isic17"
     assert recipe(source=V2_T1, model="vmunet_v2", dataset="isic17") == ""  # trained on ISIC17+18 merged
+    assert recipe(source="TransUNet (arXiv:2102.04306v1) Table 5", model="transunet", dataset="acdc") == "acdc"
     # VM-UNet's ISIC U-Net has about 7 M parameters (its issue #22): not our 34.5 M unet
     assert not ((pub["model"] == "unet") & pub["dataset"].isin(["isic17", "isic18"])).any()
     assert one(pub, source=VMUNET_T1, model="unet_7m", dataset="isic17", metric="dice")["value"] == 86.99
