@@ -7,7 +7,7 @@ board: one row per run × case × class, labelled with ``bench.report.label_runs
   with replacement (seeded, so a report is reproducible) and each run's metric is recomputed under
   the board's policy exactly as ``bench.metrics.aggregate`` computes it (per-case policies: mean
   over cases per class, NaN skipped, then over classes; legacy-isic: one pooled confusion matrix),
-  then averaged over the model's seeds. The interval therefore brackets the headline number.
+  then averaged over the model's seeds; each model is resampled over its own cases.
 - ``paired_tests``: for a reference model, a two-sided Wilcoxon signed-rank test (scipy) against
   every other model per metric over the shared cases, the matched-pairs rank-biserial
   correlation as effect size (+1: the other model is better on every case), and p-values
@@ -48,48 +48,51 @@ def _resample_weights(n_cases: int, n_boot: int, seed: int) -> np.ndarray:
     return np.bincount(idx.ravel(), minlength=n_boot * n_cases).reshape(n_boot, n_cases).astype(np.float64)
 
 
-def _run_statistic(run: pd.DataFrame, metric: str, pooled: bool, cases: pd.Index, weights: np.ndarray) -> np.ndarray:
-    """One run's ``metrics.aggregate(...)[metric]`` for every row of case ``weights``."""
+def _run_statistic(run: pd.DataFrame, metric: str, pooled: bool, cases: pd.Index,
+                   weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One run's ``metrics.aggregate(...)[metric]`` for every row of case ``weights``, and whether
+    the row drew any case the run has (where not, the statistic is undefined, not a score)."""
+    drawn = weights @ cases.isin(run["case"]).astype(np.float64) > 0
     if pooled:
         counts = run.groupby("case")[list(metrics.COUNTS)].sum().reindex(cases, fill_value=0)
         pooled_values = metrics.pooled_metrics(*(weights @ counts.to_numpy(np.float64)).T)
-        return pooled_values.get(metric, np.full(len(weights), math.nan))  # hd95: NaN, as aggregate
+        return pooled_values.get(metric, np.full(len(weights), math.nan)), drawn  # hd95: NaN, as aggregate
     table = run.set_index(["case", "class"])[metric].unstack("class").reindex(cases).to_numpy(np.float64)
     valid = ~np.isnan(table)
     sums, n = weights @ np.where(valid, table, 0.0), weights @ valid
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a class with no valid case: NaN, skipped
-        return np.nanmean(sums / n, axis=1)
+        return np.nanmean(sums / n, axis=1), drawn
 
 
 def policy_statistic(df_cases: pd.DataFrame, metric: str, policy: str, weights: np.ndarray | None = None,
                      cases: pd.Index | None = None) -> pd.DataFrame:
     """The board's number per model (columns, ``model_label``) for each row of ``weights``
     (n_resamples × n_cases, case multiplicities; one row of ones by default): each run aggregated
-    under ``policy`` as ``bench.metrics.aggregate`` does, then the mean over the model's runs (NaN
-    propagates, as on the board). ``cases``: the case order of the weights' columns (default: all)."""
+    under ``policy`` as ``bench.metrics.aggregate`` does, then the mean over the model's runs (a NaN
+    score propagates, as on the board; a run none of whose cases a resample drew sits that one out).
+    ``cases``: the case order of the weights' columns (default: all)."""
     cases = pd.Index(sorted(df_cases["case"].unique())) if cases is None else cases
     weights = np.ones((1, len(cases))) if weights is None else weights
     pooled = metrics.get_policy(policy).pooled
     df = df_cases[df_cases["case"].isin(cases)]
     out = {}
     for model, runs in df.groupby("model_label", sort=False):
-        per_run = [_run_statistic(run, metric, pooled, cases, weights) for _, run in runs.groupby("run_id", sort=False)]
-        out[model] = np.mean(per_run, axis=0)
+        values, drawn = map(np.array, zip(*(_run_statistic(run, metric, pooled, cases, weights)
+                                            for _, run in runs.groupby("run_id", sort=False))))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[model] = np.where(drawn, values, 0.0).sum(axis=0) / drawn.sum(axis=0)
     return pd.DataFrame(out)
 
 
 def bootstrap_ci(df_cases: pd.DataFrame, metric: str, policy: str, *, n_boot: int = 2000, alpha: float = 0.05,
                  seed: int = 0) -> dict[str, tuple[float, float]]:
     """Per model: the percentile bootstrap ``(lo, hi)`` of the board's number (``policy_statistic``)
-    over resampled test cases; NaN where the statistic is NaN in some resample."""
-    cases = pd.Index(sorted(df_cases["case"].unique()))
-    if len(cases) == 0:
-        return {}
-    boot = policy_statistic(df_cases, metric, policy, _resample_weights(len(cases), n_boot, seed), cases)
+    over resamples of that model's own test cases; NaN where the statistic is NaN in some resample."""
     out = {}
-    for model in boot:
-        v = boot[model].to_numpy()
+    for model, rows in df_cases.groupby("model_label", sort=False):
+        cases = pd.Index(sorted(rows["case"].unique()))
+        v = policy_statistic(rows, metric, policy, _resample_weights(len(cases), n_boot, seed), cases)[model].to_numpy()
         out[model] = ((math.nan, math.nan) if np.isnan(v).any()
                       else (float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2))))
     return out
@@ -156,7 +159,7 @@ def rank_stability(df_cases: pd.DataFrame, metric: str, policy: str, *, n_boot: 
     every model has, plus its bootstrap distribution: the share of resamples in which it ranks
     first, and the 95% rank interval. Models whose statistic is NaN are left out; a resample's NaN
     ranks last."""
-    per_model = df_cases.dropna(subset=[metric]).groupby("model_label")["case"].agg(set)
+    per_model = df_cases.groupby("model_label")["case"].agg(set)  # rows, not values: strict's NaN counts
     if per_model.empty:
         return pd.DataFrame(columns=["model", "mean", "rank", "p_rank_1", "rank_lo", "rank_hi"])
     cases = pd.Index(sorted(set.intersection(*per_model)))

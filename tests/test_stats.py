@@ -173,3 +173,38 @@ def test_rank_stability_ranks_the_board_number_not_the_per_case_mean():
     table = stats.rank_stability(df, "dice", "strict", n_boot=200).set_index("model")
     assert table.loc["rare", "rank"] == 1 and table.loc["rare", "mean"] == pytest.approx((0.8 + 0.9) / 2)
     assert table.loc["common", "mean"] == pytest.approx((0.9 + 0.6) / 2)
+
+
+def test_models_and_seeds_with_different_case_sets():
+    """A model (or a seed) scored on fewer cases, as smoke runs with max_cases are: each model's CI
+    comes from its own cases, and a resample missing a seed's cases leaves that seed out."""
+    rng = np.random.default_rng(2)
+    full = _scored("a", 0, _strict_cases(rng), "strict", 3)
+    part = _scored("b", 0, _strict_cases(rng, shift=1), "strict", 3)
+    part = part[part["case"].isin([f"c{i:02d}" for i in range(4)])]
+    df = pd.concat([full, part], ignore_index=True)
+    ci = stats.bootstrap_ci(df, "dice", "strict")
+    for model, rows in (("a", full), ("b", part)):
+        lo, hi = ci[model]
+        assert lo <= metrics.aggregate(rows, "strict")["dice"] <= hi
+    seeds = pd.concat([full, part.assign(model_label="a", run_id="a-s1")], ignore_index=True)
+    lo, hi = stats.bootstrap_ci(seeds, "dice", "strict")["a"]
+    assert not math.isnan(lo) and lo <= stats.policy_statistic(seeds, "dice", "strict").loc[0, "a"] <= hi
+    # legacy-isic: a model with 2 of 20 images never pools an empty draw into DSC 0
+    isic = _scored("m", 0, _isic_cases(), "legacy-isic", 2)
+    two = isic[isic["case"].isin(["c00", "c01"])]
+    lo, hi = stats.bootstrap_ci(two, "dice", "legacy-isic")["m"]
+    assert lo > 0.9 and hi <= 1.0
+
+
+def test_rank_stability_keeps_cases_where_a_model_scores_nan():
+    # case c0 has no class 1 in the reference: "x" predicts nothing there (strict: NaN, left out),
+    # "y" predicts a false positive (DSC 0). Both are cases of both models and count.
+    rows = []
+    for model, c0 in (("x", math.nan), ("y", 0.0)):
+        rows.append({"model_label": model, "run_id": model, "case": "c0", "class": 1, "dice": c0})
+        for i in range(1, 4):
+            rows.append({"model_label": model, "run_id": model, "case": f"c{i}", "class": 1, "dice": 0.9})
+    table = stats.rank_stability(pd.DataFrame(rows), "dice", "strict", n_boot=100).set_index("model")
+    assert table.loc["y", "mean"] == pytest.approx(0.9 * 3 / 4) and table.loc["x", "mean"] == pytest.approx(0.9)
+    assert table.loc["x", "rank"] == 1
