@@ -188,8 +188,10 @@ def _nsd_tolerance(value: Any, key: str) -> float | tuple[tuple[str, float], ...
     def finite(v: Any) -> bool:
         return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
-    if isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
-        value = dict(value)  # already stored: an override of another field checks it again
+    if isinstance(value, (tuple, list)) and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in value):
+        # the stored pairs: an override of another field checks them again, and a record's JSON
+        # overrides (lists of lists) rebuild the protocol for bench rescore
+        value = dict(value)
     if isinstance(value, dict):
         if not value:
             raise BenchError(f"{key}: empty table; give each foreground class a tolerance, or set 0 for no NSD")

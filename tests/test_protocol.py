@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -11,7 +13,8 @@ from bench.protocol import PROTOCOL_DIR, list_protocols, load_protocol
 
 def test_builtin_protocols_load():
     names = list_protocols()
-    assert {"synapse", "synapse_swin", "synapse_vmunet", "isic17", "isic18", "polyp", "smoke", "drift"} <= set(names)
+    assert {"synapse", "synapse_swin", "synapse_vmunet", "isic17", "isic18", "polyp", "isic_all", "smoke", "drift"} \
+        <= set(names)
     hashes = {load_protocol(n).hash for n in names}
     assert len(hashes) == len(names)  # each recipe is told apart by its hash
 
@@ -59,6 +62,21 @@ def test_polyp_is_vmunet_v2s_recipe():
     assert (p.metric_policy, p.eval.threshold) == ("legacy-isic", 0.5)
     assert t.select == "lr_min"  # the authors select on the test sets; we take the lowest-lr epoch
     assert p.source and p.description
+
+
+def test_isic_all_is_vmunet_v2s_polyp_recipe_on_merged_isic():
+    # spec/ssm_models.md 2.4: train_isic_all.py trains with the same config_setting_v2.py as the polyp
+    # run, on ISIC17 + ISIC18 training images merged
+    import dataclasses
+
+    merged, polyp = load_protocol("isic_all"), load_protocol("polyp")
+    assert (merged.name, merged.datasets, merged.variant_of) == ("isic_all", ("isic_all",), "polyp")
+    assert "train_isic_all.py" in merged.source and "config_setting_v2.py" in merged.source and merged.description
+    meta = ("name", "version", "description", "source", "datasets", "variant_of", "hash")
+    same = lambda p: {k: v for k, v in dataclasses.asdict(p).items() if k not in meta}  # noqa: E731
+    assert same(merged) == same(polyp)
+    t = merged.train
+    assert (merged.img_size, t.batch_size, t.epochs, t.select) == (256, 80, 300, "lr_min")
 
 
 def test_dtype_defaults_to_float32_and_drift_runs_in_float64():
@@ -133,3 +151,7 @@ def test_nsd_tolerance_per_class_table(tmp_path):
     assert q.eval.nsd_tolerance == (("liver", 5.0),) and q.overrides == {"nsd_tolerance": {"liver": 5}}
     with pytest.raises(BenchError, match=r"override eval\.nsd_tolerance\.liver: .* > 0; got -5"):
         smoke.with_overrides(nsd_tolerance={"liver": -5})
+    # a record keeps overrides as JSON: stored pairs come back as lists of lists, and bench rescore
+    # rebuilds the protocol from them
+    stored = json.loads(json.dumps(smoke.with_overrides(nsd_tolerance=p.eval.nsd_tolerance).overrides))
+    assert smoke.with_overrides(**stored).eval.nsd_tolerance == p.eval.nsd_tolerance
