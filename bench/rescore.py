@@ -26,7 +26,7 @@ from bench.evaluate import evaluate
 from bench.metrics import get_policy, policy_fields
 from bench.protocol import Protocol, load_protocol
 from bench.registry import create_model
-from bench.train import CHECKPOINT_DIR, LR_MIN, load_checkpoint
+from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, load_checkpoint
 
 __all__ = ["rescore_id", "weights_path", "record_protocol", "rescore_record", "plan_rescore", "rescored_twin"]
 
@@ -37,9 +37,8 @@ def rescore_id(run_id: str, policy: str) -> str:
 
 def weights_path(results_dir: Path, rec: dict[str, Any]) -> Path:
     """The checkpoint the run's record was evaluated with."""
-    selected = str(rec["train"].get("selected") or "final")
-    name = "best.pt" if selected.startswith("best_train_loss") else LR_MIN if selected.startswith("lr_min") else "final.pt"
-    return Path(results_dir) / "runs" / rec["run_id"] / CHECKPOINT_DIR / name
+    selected = str(rec["train"].get("selected") or "final").split("@")[0]
+    return Path(results_dir) / "runs" / rec["run_id"] / CHECKPOINT_DIR / SELECTED_CHECKPOINTS[selected]
 
 
 def record_protocol(rec: dict[str, Any], protocol_file: Path | None = None) -> Protocol:
@@ -101,6 +100,11 @@ def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: 
     protocol = record_protocol(rec, protocol_file)
     split = rec["split"]
     dataset = open_dataset(rec["dataset"], rec["data_root"], int(split[4:]) if split.startswith("fold") else None)
+    scored = sorted({row["case"] for row in rec["per_case"]})
+    ids = dataset.test_ids()[: protocol.eval.max_cases] if protocol.eval.max_cases > 0 else dataset.test_ids()
+    if sorted(ids) != scored:  # the data, or how its split is drawn, changed since the run
+        raise BenchError(f"run {rec['run_id']}: its {split} split of {rec['data_root']} now holds other cases than "
+                         f"the {len(scored)} it was scored on; rescoring could score cases the model trained on")
     model = create_model(rec["model"], **rec["model_config"]).to(protocol.torch_dtype)  # float64 runs stay exact
     model.load_state_dict(load_checkpoint(path)["model"])
     scores = evaluate(model, dataset, protocol, policy, device=device)

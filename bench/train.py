@@ -32,6 +32,8 @@ from bench.protocol import Protocol
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 LR_MIN = "lr_min.pt"  # select = "lr_min": the weights at the end of lr_min_epoch
+BEST, FINAL = "best.pt", "final.pt"
+SELECTED_CHECKPOINTS = {"final": FINAL, "best_train_loss": BEST, "lr_min": LR_MIN}  # protocol select -> file
 
 
 @dataclass
@@ -296,7 +298,7 @@ def train_model(
         if t.select == "best_train_loss" and (best is None or epoch_loss < best[0]):
             best = (epoch_loss, epoch)
             if w.main:
-                _atomic_save({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / "best.pt")
+                _atomic_save({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / BEST)
         if epoch == keep_epoch and w.main:
             _atomic_save({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / LR_MIN)
         final = epoch == epochs - 1
@@ -315,17 +317,17 @@ def train_model(
                     _atomic_save({"model": state["model"], "epoch": epoch}, ckpt_dir / f"epoch_{epoch:04d}.pt")
                 _atomic_save(state, last)
                 if final:
-                    _atomic_save({"model": state["model"], "epoch": epoch}, ckpt_dir / "final.pt")
+                    _atomic_save({"model": state["model"], "epoch": epoch}, ckpt_dir / FINAL)
             distributed.barrier()
         if on_epoch_end is not None:
             on_epoch_end(epoch)
 
-    if w.main and not (ckpt_dir / "final.pt").is_file():  # killed between last.pt and final.pt
-        _atomic_save({"model": model.state_dict(), "epoch": epochs - 1}, ckpt_dir / "final.pt")
+    if w.main and not (ckpt_dir / FINAL).is_file():  # killed between last.pt and final.pt
+        _atomic_save({"model": model.state_dict(), "epoch": epochs - 1}, ckpt_dir / FINAL)
     distributed.barrier()
     selected = "final"
     if t.select == "best_train_loss" and best is not None:
-        model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt")["model"])
+        model.load_state_dict(load_checkpoint(ckpt_dir / BEST)["model"])
         selected = f"best_train_loss@{best[1]}"
     elif keep_epoch is not None:
         model.load_state_dict(load_checkpoint(ckpt_dir / LR_MIN)["model"])

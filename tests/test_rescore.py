@@ -78,6 +78,11 @@ def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
     changed = {**rec, "protocol": {**rec["protocol"], "hash": "0" * 16}}
     with pytest.raises(BenchError, match="now has hash .* pass the run's protocol file with --protocol"):
         rescore_record(changed, "strict", copy, CPU)
+    # the split now holds other cases (data changed, or a fold drawn another way): refused, since
+    # the weights could then be scored on cases they trained on
+    other = {**rec, "per_case": [{**row, "case": "case0001"} for row in rec["per_case"]]}
+    with pytest.raises(BenchError, match="now holds other cases than the 1 it was scored on"):
+        rescore_record(other, "strict", copy, CPU)
     weights_path(copy, rec).unlink()
     with pytest.raises(BenchError, match=r"final\.pt: not found"):
         rescore_record(rec, "strict", copy, CPU)
