@@ -28,7 +28,8 @@ app.add_typer(data_app, name="data")
 DEFAULT_RESULTS = Path("results")
 # The published recipe each dataset defaults to. nnunet has none: its format holds any dataset
 # (ACDC, X-ray, ...), so a run on it names its protocol rather than getting a smoke test silently.
-DEFAULT_PROTOCOL = {"synapse": "synapse", "isic17": "isic17", "isic18": "isic18", "polyp": "polyp"}
+DEFAULT_PROTOCOL = {"synapse": "synapse", "isic17": "isic17", "isic18": "isic18", "polyp": "polyp",
+                    "isic_all": "isic_all"}
 
 
 class Device(str, enum.Enum):
@@ -42,6 +43,7 @@ class SynthKind(str, enum.Enum):
     isic = "isic"
     polyp = "polyp"
     nnunet = "nnunet"
+    isic_all = "isic_all"
 
 
 def _echo_err(msg: str) -> None:
@@ -117,7 +119,7 @@ def _argv_of(ctx: typer.Context, drop: tuple[str, ...] = ()) -> list[str]:
 def run(
     ctx: typer.Context,
     models: Annotated[str, typer.Option(help="'all' or a comma list of registered models")] = "all",
-    dataset: Annotated[str, typer.Option(help="synapse, isic17, isic18, polyp or nnunet")] = "synapse",
+    dataset: Annotated[str, typer.Option(help="synapse, isic17, isic18, polyp, isic_all or nnunet")] = "synapse",
     protocol: Annotated[Optional[str], typer.Option(help="protocol name or .toml path "
                                                     "(default: the dataset's; nnunet has none)")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="comma list of seeds (default: the protocol's seed)")] = None,
@@ -450,7 +452,7 @@ def data_synth(
 
 @data_app.command("verify")
 def data_verify(
-    dataset: Annotated[str, typer.Option(help="synapse, isic17, isic18, polyp or nnunet")],
+    dataset: Annotated[str, typer.Option(help="synapse, isic17, isic18, polyp, isic_all or nnunet")],
     data_root: Annotated[Path, typer.Option(help="dataset directory")],
 ) -> None:
     """Check a dataset: files present and readable, shapes, dtypes, label range, list files; notes

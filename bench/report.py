@@ -494,8 +494,9 @@ def label_cases(df_cases: pd.DataFrame) -> pd.DataFrame:
 
 
 # Datasets whose test ids are "<set>/<stem>" and whose authors score each test set on its own
-# (VM-UNet-V2's five polyp sets; bench.data.polyp). A run on them also gets one board per set.
-TEST_SET_DATASETS = ("polyp",)
+# (VM-UNet-V2's five polyp sets and its two ISIC years; bench.data.isic.MultiSetDataset). A run
+# on them also gets one board per set.
+TEST_SET_DATASETS = ("polyp", "isic_all")
 
 
 def split_test_sets(df_runs: pd.DataFrame, df_cases: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -616,8 +617,8 @@ _NNUNET_ALIASES = {"liverct": "lits", "liver": "lits", "lungxray": "montgomery_s
 def published_dataset(board_dataset: str) -> str:
     """The ``dataset`` id of ``results/published.csv`` for a board: "nnunet:Dataset027_ACDC" and
     "nnunet:ACDC" -> "acdc", "nnunet:Dataset801_LiverCT" -> "lits" (``_NNUNET_ALIASES``),
-    "polyp:CVC-ClinicDB" -> "polyp:clinicdb"; other names as they are,
-    without " (synthetic)"."""
+    "polyp:CVC-ClinicDB" -> "polyp:clinicdb", "isic_all:isic17" -> "isic17" (VM-UNet-V2 reports its
+    merged-ISIC model under each year); other names as they are, without " (synthetic)"."""
     name = board_dataset.split(" (")[0]
     if name.startswith("nnunet:"):
         name = re.sub(r"^Dataset\d+_", "", name.removeprefix("nnunet:")).lower()
@@ -625,6 +626,8 @@ def published_dataset(board_dataset: str) -> str:
     elif name.startswith("polyp:"):
         test_set = name.removeprefix("polyp:")
         name = f"polyp:{_POLYP_SETS.get(test_set.lower(), test_set.lower())}"
+    elif name.startswith("isic_all:"):
+        name = name.removeprefix("isic_all:").lower()
     return name
 
 

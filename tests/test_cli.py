@@ -162,8 +162,8 @@ def test_folds_give_one_record_per_fold(tmp_path):
 
 
 def test_each_dataset_defaults_to_its_published_protocol():
-    assert [default_protocol(d, None) for d in ("synapse", "isic17", "isic18", "polyp")] == \
-        ["synapse", "isic17", "isic18", "polyp"]
+    assert [default_protocol(d, None) for d in ("synapse", "isic17", "isic18", "polyp", "isic_all")] == \
+        ["synapse", "isic17", "isic18", "polyp", "isic_all"]
     assert default_protocol("nnunet", "smoke") == "smoke"  # --protocol always wins
     with pytest.raises(BenchError, match="did you mean 'polyp'"):  # a typo is named as one
         default_protocol("polpy", None)

@@ -22,6 +22,7 @@ from bench.errors import BenchError
 SYN = dict(n_train=2, n_test=2, depth=8, size=48)
 ISIC = dict(n_train=4, n_val=3, min_size=40, max_size=60)
 POLYP = dict(n_train=3, n_test=2, min_size=40, max_size=60)
+ISIC_ALL = dict(n_train=3, n_test=2, min_size=40, max_size=60)
 NN3 = dict(n_cases=5, depth=6, size=32)
 
 
@@ -32,6 +33,7 @@ def roots(tmp_path_factory):
         "synapse": synthesize("synapse", base / "synapse", **SYN),
         "isic": synthesize("isic", base / "isic", **ISIC),
         "polyp": synthesize("polyp", base / "polyp", **POLYP),
+        "isic_all": synthesize("isic_all", base / "isic_all", **ISIC_ALL),
         "nnunet": synthesize("nnunet", base / "nnunet", **NN3),
         "nnunet2d": synthesize("nnunet", base / "nnunet2d", dims=2, n_cases=5, size=32),
     }
@@ -49,12 +51,12 @@ def _paths(problems: list[Problem], level: str = "error") -> list[str]:
 
 
 def test_registry_lists_the_five_formats():
-    assert list_datasets() == ["isic17", "isic18", "nnunet", "polyp", "synapse"]
+    assert list_datasets() == ["isic17", "isic18", "isic_all", "nnunet", "polyp", "synapse"]
     assert {DATASETS[n].name for n in DATASETS} == set(DATASETS)
 
 
 def test_unknown_dataset_name_suggests_the_closest(tmp_path):
-    with pytest.raises(BenchError, match=r"did you mean 'synapse'\?.*isic17, isic18, nnunet, polyp, synapse"):
+    with pytest.raises(BenchError, match=r"did you mean 'synapse'\?.*isic17, isic18, isic_all, nnunet, polyp, synapse"):
         open_dataset("synapce", tmp_path)
     with pytest.raises(BenchError, match="unknown dataset"):
         synthetic_root("brats", tmp_path)
@@ -68,7 +70,8 @@ def test_missing_root_names_the_path(tmp_path):
 
 @pytest.mark.parametrize(
     "name, expected",
-    [("synapse", "train_npz"), ("isic17", r"train/images"), ("polyp", "TrainDataset"), ("nnunet", "dataset.json")],
+    [("synapse", "train_npz"), ("isic17", r"train/images"), ("polyp", "TrainDataset"), ("isic_all", r"train/images"),
+     ("nnunet", "dataset.json")],
 )
 def test_wrong_layout_names_path_and_expectation(tmp_path, name, expected):
     (tmp_path / "stray.txt").write_text("x")
@@ -184,6 +187,38 @@ def test_polyp_reader(roots):
     assert set(np.unique(case.label)) == {0.0, 1.0}
 
 
+def test_isic_all_reader(roots):
+    """VM-UNet-V2's Isic_datasets: train/ holds both years' training images, val/<year>/ each
+    year's test images; read by the polyp reader's logic with ISIC's folder names."""
+    from bench.data.isic import IsicAllDataset, MultiSetDataset
+    from bench.data.polyp import PolypDataset
+
+    root = roots["isic_all"]
+    ds = open_dataset("isic_all", root)
+    assert ds.name == "isic_all" and (ds.num_classes, ds.in_chans, ds.binary) == (1, 3, True)
+    assert ds.class_names == ("lesion",) and ds.default_policy == "legacy-isic"
+    assert ds.sets == ["isic17", "isic18"]
+    assert ds.train_ids() == [f"ISIC_{i:07d}" for i in range(3)]
+    assert ds.test_ids() == ["isic17/ISIC_0000003", "isic17/ISIC_0000004", "isic18/ISIC_0000005", "isic18/ISIC_0000006"]
+    assert (root / "val" / "isic18" / "masks" / "ISIC_0000005_segmentation.png").is_file()
+    case = ds.load_test("isic18/ISIC_0000005")
+    assert case.image.dtype == np.uint8 and case.image.shape[:2] == case.label.shape
+    assert set(np.unique(case.label)) == {0.0, 1.0}
+    gray = case.image.mean(axis=2)
+    assert gray[case.label > 0.5].mean() < gray[case.label < 0.5].mean() - 40  # isic's dark lesion
+    # one reader, two folder namings: neither subclass has loading code of its own
+    for reader in (IsicAllDataset, PolypDataset):
+        assert issubclass(reader, MultiSetDataset) and "__init__" not in vars(reader)
+
+
+def test_isic_all_refuses_a_single_year_folder(roots):
+    # a VM-UNet isic17/isic18 folder has val/images/, not val/<set>/images/
+    with pytest.raises(BenchError, match=r"/val: no test set folders with images/; expected .*val/<set>"):
+        open_dataset("isic_all", roots["isic"])
+    with pytest.raises(BenchError, match=r"val/images"):  # and the other way round
+        open_dataset("isic17", roots["isic_all"])
+
+
 # --- nnU-Net ---------------------------------------------------------------------------------
 
 
@@ -293,7 +328,8 @@ def _arrays(root: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize(
     "kind, opts",
-    [("synapse", SYN), ("isic", ISIC), ("polyp", POLYP), ("nnunet", NN3), ("nnunet", dict(dims=2, n_cases=3, size=32))],
+    [("synapse", SYN), ("isic", ISIC), ("polyp", POLYP), ("nnunet", NN3), ("nnunet", dict(dims=2, n_cases=3, size=32)),
+     ("isic_all", ISIC_ALL)],
 )
 def test_synth_is_deterministic(tmp_path, kind, opts):
     a = _arrays(synthesize(kind, tmp_path / "a", seed=3, **opts))
@@ -349,7 +385,7 @@ def test_synthetic_root_is_generated_once(tmp_path):
 
 
 @pytest.mark.parametrize("name, key", [("synapse", "synapse"), ("isic18", "isic"), ("polyp", "polyp"),
-                                       ("nnunet", "nnunet"), ("nnunet", "nnunet2d")])
+                                       ("isic_all", "isic_all"), ("nnunet", "nnunet"), ("nnunet", "nnunet2d")])
 def test_verify_clean_data(roots, name, key):
     assert verify_dataset(name, roots[key]) == []
 
@@ -398,6 +434,17 @@ def test_verify_polyp_missing_folder(roots, tmp_path):
     root = _copy(roots["polyp"], tmp_path)
     shutil.rmtree(root / "TestDataset" / "Kvasir" / "masks")
     assert _paths(verify_dataset("polyp", root)) == [str(root / "TestDataset" / "Kvasir" / "masks")]
+
+
+def test_verify_isic_all_checks_train_and_each_test_set(roots, tmp_path):
+    root = _copy(roots["isic_all"], tmp_path)
+    shutil.rmtree(root / "val" / "isic18" / "masks")
+    (root / "train" / "masks" / "ISIC_0000001_segmentation.png").unlink()
+    errors = _paths(verify_dataset("isic_all", root))
+    assert str(root / "val" / "isic18" / "masks") in errors
+    assert str(root / "train" / "masks") in errors and str(root / "train" / "images" / "ISIC_0000001.png") in errors
+    shutil.rmtree(root / "val")
+    assert str(root / "val") in _paths(verify_dataset("isic_all", root))  # no test set at all
 
 
 def test_verify_nnunet_problems(roots, tmp_path):
@@ -636,6 +683,30 @@ def test_polyp_notes_compare_the_counts_with_pranets_split(roots, monkeypatch):
     assert note == ("the split is PraNet's, as VM-UNet-V2 uses (3 training images; test sets Kvasir 2); absent here: "
                     "CVC-300 (60 images), whose published columns have no counterpart; "
                     "not in its split: CVC-ClinicDB (2 images)")
+
+
+def test_isic_all_notes_compare_the_counts_with_v2s_merged_split(roots, monkeypatch):
+    from bench.data import verify
+    from bench.data.verify import dataset_notes, isic_all_split_note
+
+    # VM-UNet-V2's train_isic_all.py: VM-UNet's isic17 (1500 / 650) and isic18 (1886 / 808) splits,
+    # their training images together
+    assert isic_all_split_note(3386, {"isic17": 650, "isic18": 808}) == (
+        "the split is VM-UNet-V2's merged ISIC split, VM-UNet's isic17 1500 + isic18 1886 training images together "
+        "(3386 training images; test sets isic17 650, isic18 808); only the counts are compared, and another 7:3 "
+        "draw of the same images has them too")
+    assert "(1500 training images, not 3386): published VM-UNet-V2 isic17/isic18 numbers are not comparable" in \
+        isic_all_split_note(1500, {"isic17": 650, "isic18": 808})  # ISIC17's training images only
+    assert "; absent here: isic18 (808 images)" in isic_all_split_note(3386, {"isic17": 650})
+    # on disk: train/ 3 images, val/isic17 2 and val/isic18 2
+    assert dataset_notes("isic_all", roots["isic_all"]) == [
+        "the split is not VM-UNet-V2's merged ISIC split, VM-UNet's isic17 1500 + isic18 1886 training images "
+        "together (3 training images, not 3386; isic17 2 images, not 650; isic18 2 images, not 808): "
+        "published VM-UNet-V2 isic17/isic18 numbers are not comparable with runs on it"]
+    monkeypatch.setattr(verify, "VMUNET_ISIC_SPLITS", {"isic17": (1, 2), "isic18": (2, 2)})
+    (note,) = dataset_notes("isic_all", roots["isic_all"])
+    assert note.startswith("the split is VM-UNet-V2's merged ISIC split, VM-UNet's isic17 1 + isic18 2 training "
+                           "images together (3 training images; test sets isic17 2, isic18 2)")
 
 
 def test_synapse_spacing_table_fills_what_the_h5_files_lack(roots, tmp_path):

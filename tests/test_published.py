@@ -92,7 +92,8 @@ def test_each_number_names_the_recipe_it_was_trained_under(pub):
     assert recipe(source=VMUNET_T2, model="unet", dataset="synapse") == "synapse_swin"  # Swin-Unet issue #14
     assert recipe(source=VMUNET_T2, model="vmunet", dataset="synapse") == "synapse_vmunet"
     assert recipe(source=VMUNET_T1, model="vmunet", dataset="isic17") == "isic17"
-    assert recipe(source=V2_T1, model="vmunet_v2", dataset="isic17") == ""  # trained on ISIC17+18 merged
+    for year in ("isic17", "isic18"):  # one model trained on ISIC17+18 merged (train_isic_all.py)
+        assert recipe(source=V2_T1, model="vmunet_v2", dataset=year) == "isic_all"
     assert recipe(source="TransUNet (arXiv:2102.04306v1) Table 5", model="transunet", dataset="acdc") == "acdc"
     # VM-UNet's ISIC U-Net has about 7 M parameters (its issue #22): not our 34.5 M unet
     assert not ((pub["model"] == "unet") & pub["dataset"].isin(["isic17", "isic18"])).any()

@@ -378,6 +378,46 @@ def test_each_polyp_test_set_gets_its_own_board_scored_like_the_authors(tmp_path
     assert "82.3" in published and "Published vs ours · polyp:Kvasir" not in text
 
 
+def test_isic_all_gets_a_board_per_year_next_to_that_years_published_rows(tmp_path):
+    """VM-UNet-V2's Table 1 ISIC rows come from one model trained on ISIC17 + ISIC18 merged and
+    scored on each year's test set on its own (train_isic_all.py): a board per year, pooled like
+    the authors', meeting that year's published rows; the gap only where the row's recipe ran."""
+    import torch
+
+    from bench.data import synthetic_root
+    from bench.protocol import load_protocol
+    from bench.registry import get_entry
+    from bench.report import published_dataset
+    from bench.run import plan_grid, run_one
+
+    assert [published_dataset(f"isic_all:{s}") for s in ("isic17", "isic18")] == ["isic17", "isic18"]
+    assert published_dataset("isic_all:isic18 (synthetic)") == "isic18"
+    root = synthetic_root("isic_all", tmp_path / "synth")
+    # smoke as written (not overridden), so a published row naming it gets its gap
+    (spec,) = plan_grid(models=["unet"], dataset="isic_all", protocol=load_protocol("smoke"), seeds=[0],
+                        data_root=root, synthetic=False, results_dir=tmp_path,
+                        model_overrides=dict(get_entry("unet").tiny))
+    rec = run_one(spec, results_dir=tmp_path, device=torch.device("cpu"))
+    pub = tmp_path / "published.csv"
+    pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
+                   "VM-UNet-V2 Table 1,unet,isic17,dice,90.31,%,legacy-isic,smoke,\n"
+                   "VM-UNet-V2 Table 1,unet,isic18,dice,89.73,%,legacy-isic,isic_all,\n")
+    text = write_report(tmp_path, published=pub)
+    dsc = {}
+    for test_set in ("isic17", "isic18"):
+        rows = [r for r in rec["per_case"] if r["case"].startswith(f"{test_set}/")]
+        tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
+        dsc[test_set] = 100 * 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        section = text.split(f"## isic_all:{test_set} · protocol")[1].split("\n## ")[0]
+        assert len(rows) == 8 and dsc[test_set] > 0, (test_set, rows)
+        assert re.search(rf"\| +{dsc[test_set]:.2f} \|", section), (test_set, dsc, section)
+    assert "## isic_all · protocol" in text  # the run's own board, pooled over both years, stays
+    isic17 = text.split("Published vs ours · isic_all:isic17")[1].split("\n## ")[0]
+    assert "90.31" in isic17 and f"{dsc['isic17'] - 90.31:+.2f}" in isic17  # trained under the row's recipe
+    isic18 = text.split("Published vs ours · isic_all:isic18")[1].split("\n## ")[0]
+    assert "89.73" in isic18 and "other recipe" in isic18  # the row's recipe is isic_all, the run's smoke
+
+
 def test_strict_boards_say_how_many_entries_were_left_out(tmp_path):
     for seed, (n_nan, n_valid) in enumerate([(2, 14), (1, 15)]):
         rec = make_record("unet", seed=seed)

@@ -6,6 +6,7 @@ Registry names::
     isic17    VM-UNet ISIC 2017 folders (test = val/)           1 class, sigmoid, legacy-isic
     isic18    VM-UNet ISIC 2018 folders (test = val/)           1 class, sigmoid, legacy-isic
     polyp     PraNet TrainDataset / TestDataset/<set>           1 class, sigmoid, legacy-isic
+    isic_all  VM-UNet-V2 merged ISIC: train / val/<set>         1 class, sigmoid, legacy-isic
     nnunet    nnU-Net v2 raw (dataset.json, imagesTr, labelsTr) len(labels) classes, softmax, strict
 
 Example::
@@ -24,7 +25,7 @@ import difflib
 from pathlib import Path
 
 from bench.data.base import Case, Sample, SegDataset
-from bench.data.isic import Isic17Dataset, Isic18Dataset
+from bench.data.isic import Isic17Dataset, Isic18Dataset, IsicAllDataset
 from bench.data.nnunet import NnUNetDataset
 from bench.data.polyp import PolypDataset
 from bench.data.synapse import SynapseDataset
@@ -36,11 +37,13 @@ DATASETS: dict[str, type[SegDataset]] = {
     "isic17": Isic17Dataset,
     "isic18": Isic18Dataset,
     "polyp": PolypDataset,
+    "isic_all": IsicAllDataset,
     "nnunet": NnUNetDataset,
 }
 
 
 # Seeds of the cached synthetic datasets: isic17 and isic18 share a format, not their images.
+# (isic_all is a kind of its own, so its images differ from both with seed 0.)
 SYNTH_SEEDS = {"isic18": 1}
 
 

@@ -52,7 +52,7 @@ class SegDataset:
     Loading is lazy (ids first, arrays on demand), so a DataLoader worker can load items itself.
     """
 
-    kind: str = ""  # "synapse" | "isic" | "polyp" | "nnunet"
+    kind: str = ""  # "synapse" | "isic" | "polyp" | "isic_all" | "nnunet"
     name: str = ""  # registry name, e.g. "synapse", "isic17"
     num_classes: int = 2  # model output channels: 1 for binary sigmoid tasks, else incl. background
     class_names: tuple[str, ...] = ()  # foreground names, index 0 = class id 1

@@ -14,7 +14,15 @@ Arrays: image uint8 RGB (H, W, 3) (``Image.convert("RGB")``); mask read as grays
 divided by 255 -> float32 (H, W) in [0, 1], kept soft because VM-UNet trains on the resized soft
 mask and thresholds only at scoring. Binary task: one sigmoid output channel.
 
-The image helpers here are shared with the PraNet polyp reader (same conventions).
+VM-UNet-V2's merged ISIC data (``Isic_datasets``, its train_isic_all.py; spec/ssm_models.md 2.6)
+is read by ``IsicAllDataset`` (registry name ``isic_all``)::
+
+    <root>/train/images/*.png         <root>/train/masks/*.png        (ISIC17 + ISIC18 training images)
+    <root>/val/<set>/images/*.png     <root>/val/<set>/masks/*.png    (set: isic17, isic18)
+
+It and the PraNet polyp reader are ``MultiSetDataset``: one training folder, several test sets,
+test ids ``"<set>/<stem>"``. The image helpers here are shared with the polyp reader (same
+conventions).
 """
 
 from __future__ import annotations
@@ -172,6 +180,48 @@ class BinaryFolderDataset(SegDataset):
             raise BenchError(f"{self.root}: no {split} item {item_id!r}") from None
 
 
+def _subfolders_with_images(folder: Path) -> list[str]:
+    """Names of the subfolders of ``folder`` that hold an ``images/`` folder (sorted); [] if none."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / "images").is_dir())
+
+
+class MultiSetDataset(BinaryFolderDataset):
+    """One training folder and several test sets, each scored on its own (VM-UNet-V2's polyp and
+    merged-ISIC data)::
+
+        <root>/<train_dir>/{images,masks}/     <root>/<test_dir>/<set>/{images,masks}/
+
+    The test sets are the subfolders of ``<test_dir>`` that hold an ``images/`` folder (``sets``,
+    sorted). Test ids are ``"<set>/<stem>"``, so per-set tables split on the ``/``
+    (``bench.report.split_test_sets``). Subclasses name the two folders."""
+
+    train_dir: str = ""
+    test_dir: str = ""
+
+    def __init__(self, root: str | Path):
+        super().__init__(root)
+        train = self.root / self.train_dir
+        if not (train / "images").is_dir() or not (train / "masks").is_dir():
+            raise BenchError(f"{self.root}: missing {train}/images or {train}/masks; expected {self.layout}")
+        self.sets = self.find_test_sets(self.root)
+        if not self.sets:
+            raise BenchError(
+                f"{self.root / self.test_dir}: no test set folders with images/; expected {self.layout}"
+            )
+        self._train = index_pairs(train / "images", train / "masks")
+        self._test = {}
+        for name in self.sets:
+            folder = self.root / self.test_dir / name
+            self._test.update(index_pairs(folder / "images", folder / "masks", prefix=f"{name}/"))
+
+    @classmethod
+    def find_test_sets(cls, root: str | Path) -> list[str]:
+        """Names of the test sets under ``<root>/<test_dir>`` (sorted)."""
+        return _subfolders_with_images(Path(root) / cls.test_dir)
+
+
 class IsicDataset(BinaryFolderDataset):
     kind = "isic"
     name = "isic"
@@ -198,3 +248,18 @@ class Isic17Dataset(IsicDataset):
 
 class Isic18Dataset(IsicDataset):
     name = "isic18"
+
+
+class IsicAllDataset(MultiSetDataset):
+    """VM-UNet-V2's merged ISIC data: one model trains on the ISIC 2017 and 2018 training images
+    together and is tested on each year's test images on its own (train_isic_all.py)."""
+
+    kind = "isic_all"
+    name = "isic_all"
+    class_names = ("lesion",)
+    train_dir = "train"
+    test_dir = "val"
+    layout = (
+        "<root>/train/{images,masks}/ and <root>/val/<set>/{images,masks}/ "
+        "(VM-UNet-V2 Isic_datasets layout; sets isic17, isic18)"
+    )

@@ -14,6 +14,8 @@ The content is made to be learnable by any of the benchmarked models in a few hu
   polyp with a specular highlight. Two test sets, one of them stored as JPEG (as some are).
 - ``nnunet``: 1-channel CT-like volumes (NIfTI with real spacing in the header) with an organ
   (label 1) and a darker lesion inside it (label 2); ``dims=2`` writes PNGs instead.
+- ``isic_all``: the ``isic`` images in VM-UNet-V2's merged layout: ``train/`` and one folder per
+  test set under ``val/`` (isic17, isic18).
 
 Same ``seed`` and options -> identical arrays (every case draws from
 ``default_rng([seed, kind id, case index])``). Output is written into a temporary folder beside
@@ -49,6 +51,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_size": 140,
     },
     "nnunet": {"dims": 3, "n_cases": 10, "depth": 12, "size": 48, "spacing": (3.0, 0.8, 0.8)},
+    # last: a kind's position is its id in every case's seed, so new kinds go at the end
+    "isic_all": {"n_train": 24, "n_test": 8, "test_sets": ("isic17", "isic18"), "min_size": 90, "max_size": 140},
 }
 KINDS = tuple(DEFAULTS)
 _KIND_ID = {k: i for i, k in enumerate(KINDS)}
@@ -60,7 +64,7 @@ SYNAPSE_TEST_CASES = ("case0008", "case0022", "case0038", "case0036", "case0032"
 
 
 def synthesize(kind: str, out: str | Path, *, seed: int = 0, **size_options: Any) -> Path:
-    """Write a synthetic ``kind`` dataset (synapse | isic | polyp | nnunet) to ``out``; return it.
+    """Write a synthetic ``kind`` dataset (synapse | isic | polyp | nnunet | isic_all) to ``out``; return it.
 
     ``size_options`` override ``DEFAULTS[kind]`` (e.g. ``n_train=4, size=64``). ``out`` must not
     exist or be an empty folder. Example::
@@ -263,18 +267,32 @@ def isic_image(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np
     return np.clip(image, 0, 255).astype(np.uint8), (mask * 255).astype(np.uint8)
 
 
-def _write_isic(root: Path, *, seed: int, n_train: int, n_val: int, min_size: int, max_size: int) -> None:
+def _write_isic_folders(folders, *, seed: int, kind: str, min_size: int, max_size: int) -> None:
+    """``isic_image`` pairs into each ``(folder, n)``: ``folder/images/ISIC_<index>.png`` and
+    ``folder/masks/ISIC_<index>_segmentation.png``, the index running on across the folders."""
     index = 0
-    for split, n in (("train", n_train), ("val", n_val)):
-        (root / split / "images").mkdir(parents=True)
-        (root / split / "masks").mkdir(parents=True)
+    for folder, n in folders:
+        (folder / "images").mkdir(parents=True)
+        (folder / "masks").mkdir(parents=True)
         for _ in range(n):
-            rng = _rng(seed, "isic", index)
+            rng = _rng(seed, kind, index)
             image, mask = isic_image(rng, *_size(rng, min_size, max_size))
             name = f"ISIC_{index:07d}"  # official naming: the mask carries a _segmentation suffix
-            _save_png(image, root / split / "images" / f"{name}.png")
-            _save_png(mask, root / split / "masks" / f"{name}_segmentation.png")
+            _save_png(image, folder / "images" / f"{name}.png")
+            _save_png(mask, folder / "masks" / f"{name}_segmentation.png")
             index += 1
+
+
+def _write_isic(root: Path, *, seed: int, n_train: int, n_val: int, min_size: int, max_size: int) -> None:
+    _write_isic_folders([(root / "train", n_train), (root / "val", n_val)],
+                        seed=seed, kind="isic", min_size=min_size, max_size=max_size)
+
+
+def _write_isic_all(
+    root: Path, *, seed: int, n_train: int, n_test: int, test_sets, min_size: int, max_size: int
+) -> None:
+    folders = [(root / "train", n_train)] + [(root / "val" / s, n_test) for s in test_sets]
+    _write_isic_folders(folders, seed=seed, kind="isic_all", min_size=min_size, max_size=max_size)
 
 
 # --- polyp -----------------------------------------------------------------------------------
@@ -390,4 +408,5 @@ _WRITERS: dict[str, Callable[..., None]] = {
     "isic": _write_isic,
     "polyp": _write_polyp,
     "nnunet": _write_nnunet,
+    "isic_all": _write_isic_all,
 }

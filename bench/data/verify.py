@@ -13,7 +13,7 @@ What is checked, per format:
   3-D of one shape, float images, integral labels in 0..8. Files present but not listed are
   *warnings*: the real data keeps only listed files, but a shortened list for a quick experiment is
   legitimate, so they are worth a line, not a failure.
-- isic / polyp: the folders exist, image and mask counts match (unpaired names are pointed out),
+- isic / polyp / isic_all: the folders exist, image and mask counts match (unpaired names are pointed out),
   every file decodes, mask size == image size. Any 0..255 grayscale mask is accepted (it is divided
   by 255, as the authors do) unless no pixel reaches 128: a 0/1 class-id mask would be all background.
 - nnunet: dataset.json fields, ``numTraining`` == number of label files, every channel file exists
@@ -22,7 +22,7 @@ What is checked, per format:
 
 ``level`` is "error" (the data will not load or will train on wrong values) or "warning".
 ``dataset_notes`` says, for data that loads, how it compares with the papers (Synapse: the split
-and the label order; ISIC and polyp: whether the image counts are the authors' split).
+and the label order; ISIC, polyp and merged ISIC: whether the image counts are the authors' split).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import numpy as np
 
 from bench.data import isic as isic_io
 from bench.data import nnunet as nn_io
-from bench.data import polyp as polyp_io
 from bench.data import synapse as syn_io
 from bench.data.base import describe, label_id_problem
 from bench.errors import BenchError
@@ -195,7 +194,7 @@ def _check_pair_arrays(path: Path, image: np.ndarray, label: np.ndarray, ndim: i
     _check_labels(path, label, syn_io.NUM_CLASSES, report)
 
 
-# --- ISIC / polyp ----------------------------------------------------------------------------
+# --- ISIC / polyp / isic_all ----------------------------------------------------------------
 
 
 def _check_pairs(images_dir: Path, masks_dir: Path, report: _Report) -> None:
@@ -229,13 +228,15 @@ def _check_isic(root: Path, report: _Report, reader) -> None:
         _check_pairs(root / split / "images", root / split / "masks", report)
 
 
-def _check_polyp(root: Path, report: _Report, reader) -> None:
-    _check_pairs(root / polyp_io.TRAIN_DIR / "images", root / polyp_io.TRAIN_DIR / "masks", report)
-    sets = polyp_io.find_test_sets(root)
+def _check_test_sets(root: Path, report: _Report, reader) -> None:
+    """A ``MultiSetDataset`` (polyp, isic_all): its training folder and each of its test sets."""
+    train = root / reader.train_dir
+    _check_pairs(train / "images", train / "masks", report)
+    sets = reader.find_test_sets(root)
     if not sets:
-        report.add(root / polyp_io.TEST_DIR, "no test set folders with images/ and masks/")
+        report.add(root / reader.test_dir, "no test set folders with images/ and masks/")
     for name in sets:
-        folder = root / polyp_io.TEST_DIR / name
+        folder = root / reader.test_dir / name
         _check_pairs(folder / "images", folder / "masks", report)
 
 
@@ -336,20 +337,22 @@ def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set
 def dataset_notes(name: str, root: str | Path) -> list[str]:
     """What a well-formed dataset means for comparing with papers: for Synapse, whether the split
     is TransUNet's and which organ order the label ids follow (from their voxel counts); for ISIC
-    and polyp, whether the image counts per split are the authors' (VM-UNet's, PraNet's). Never
+    and polyp, whether the image counts per split are the authors' (VM-UNet's, PraNet's; merged
+    ISIC: VM-UNet-V2's, VM-UNet's two ISIC splits with their training images together). Never
     problems: a custom split or another order is legitimate, but the published tables assume
     the canonical ones."""
     from bench.data import get_reader, open_dataset
 
     reader = get_reader(name)
-    if reader.kind not in ("synapse", "isic", "polyp"):
+    if reader.kind not in ("synapse", "isic", "polyp", "isic_all"):
         return []
     ds = open_dataset(name, root)  # lists and pairs file names; no image is decoded
     if reader.kind == "isic":
         return [isic_split_note(len(ds.train_ids()), len(ds.test_ids()), reader.name)]
-    if reader.kind == "polyp":
+    if reader.kind in ("polyp", "isic_all"):
         per_set = {s: sum(i.startswith(f"{s}/") for i in ds.test_ids()) for s in ds.sets}
-        return [polyp_split_note(len(ds.train_ids()), per_set)]
+        note = polyp_split_note if reader.kind == "polyp" else isic_all_split_note
+        return [note(len(ds.train_ids()), per_set)]
     notes = []
     test, n_train = set(ds.test_ids()), len(ds.train_ids())
     canonical = set(syn_io.TRANSUNET_TEST_CASES)
@@ -406,16 +409,41 @@ def polyp_split_note(n_train: int, test_counts: dict[str, int]) -> str:
     """Whether the training count and the images per test set (set name -> count) are PraNet's
     split, the one VM-UNet-V2 and the PraNet-lineage tables use. Test sets left out (often only
     some are downloaded) do not make the others incomparable; a different training set does."""
-    diffs = [f"{n_train} training images, not {PRANET_TRAIN_IMAGES}"] if n_train != PRANET_TRAIN_IMAGES else []
-    diffs += [f"{s} {test_counts[s]} images, not {n}" for s, n in PRANET_TEST_SETS.items()
+    return _test_sets_split_note(
+        n_train, test_counts, PRANET_TRAIN_IMAGES, PRANET_TEST_SETS,
+        fits="the split is PraNet's, as VM-UNet-V2 uses", differs="the split is not PraNet's, which VM-UNet-V2 uses",
+        published="polyp",
+    )
+
+
+def isic_all_split_note(n_train: int, test_counts: dict[str, int]) -> str:
+    """Whether the merged training folder and the images per test set are VM-UNet-V2's merged
+    ISIC split (train_isic_all.py): the training images of VM-UNet's isic17 and isic18 splits
+    together (1500 + 1886), each year's test images on their own (650, 808)."""
+    train = sum(tr for tr, _ in VMUNET_ISIC_SPLITS.values())
+    parts = " + ".join(f"{n} {tr}" for n, (tr, _) in VMUNET_ISIC_SPLITS.items())
+    return _test_sets_split_note(
+        n_train, test_counts, train, {n: te for n, (_, te) in VMUNET_ISIC_SPLITS.items()},
+        fits=f"the split is VM-UNet-V2's merged ISIC split, VM-UNet's {parts} training images together",
+        differs=f"the split is not VM-UNet-V2's merged ISIC split, VM-UNet's {parts} training images together",
+        published="VM-UNet-V2 isic17/isic18",
+        caveat="; only the counts are compared, and another 7:3 draw of the same images has them too",
+    )
+
+
+def _test_sets_split_note(n_train: int, test_counts: dict[str, int], train: int, sets: dict[str, int], *,
+                          fits: str, differs: str, published: str, caveat: str = "") -> str:
+    """The note of ``polyp_split_note`` and ``isic_all_split_note``: ``train`` training images and
+    the test sets ``sets`` (name -> images) expected; ``fits`` / ``differs`` open the sentence."""
+    diffs = [f"{n_train} training images, not {train}"] if n_train != train else []
+    diffs += [f"{s} {test_counts[s]} images, not {n}" for s, n in sets.items()
               if s in test_counts and test_counts[s] != n]
     if diffs:
-        return (f"the split is not PraNet's, which VM-UNet-V2 uses ({'; '.join(diffs)}): "
-                "published polyp numbers are not comparable with runs on it")
-    kept = ", ".join(f"{s} {n}" for s, n in PRANET_TEST_SETS.items() if s in test_counts)
-    note = f"the split is PraNet's, as VM-UNet-V2 uses ({n_train} training images; test sets {kept or 'none'})"
-    missing = [f"{s} ({n} images)" for s, n in PRANET_TEST_SETS.items() if s not in test_counts]
-    extra = [f"{s} ({n} images)" for s, n in test_counts.items() if s not in PRANET_TEST_SETS]
+        return f"{differs} ({'; '.join(diffs)}): published {published} numbers are not comparable with runs on it"
+    kept = ", ".join(f"{s} {n}" for s, n in sets.items() if s in test_counts)
+    note = f"{fits} ({n_train} training images; test sets {kept or 'none'}){caveat}"
+    missing = [f"{s} ({n} images)" for s, n in sets.items() if s not in test_counts]
+    extra = [f"{s} ({n} images)" for s, n in test_counts.items() if s not in sets]
     if missing:
         note += f"; absent here: {', '.join(missing)}, whose published columns have no counterpart"
     if extra:
@@ -447,4 +475,5 @@ def organ_order_note(counts: np.ndarray) -> str:
     return f"{verdict}.{liver} Voxels per class (every 4th test slice): {sizes}"
 
 
-_CHECKS = {"synapse": _check_synapse, "isic": _check_isic, "polyp": _check_polyp, "nnunet": _check_nnunet}
+_CHECKS = {"synapse": _check_synapse, "isic": _check_isic, "polyp": _check_test_sets, "isic_all": _check_test_sets,
+           "nnunet": _check_nnunet}
