@@ -539,7 +539,7 @@ def _case_groups(df_cases: pd.DataFrame | None) -> dict[BoardKey, pd.DataFrame]:
 
 
 def join_ci(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.DataFrame]) -> None:
-    """Add ``<metric>_ci_lo/_ci_hi`` for DSC and HD95: a bootstrap 95% CI of the board's own number
+    """Add ``<metric>_ci_lo/_ci_hi`` for ``CI_METRICS``: a bootstrap 95% CI of the board's own number
     (test cases resampled, each run re-aggregated under the board's policy, then averaged over
     seeds; ``bench.stats.bootstrap_ci``). ``groups``: the case rows per board (``_case_groups``)."""
     from bench import stats
@@ -601,8 +601,9 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
 
 PUBLISHED_METRICS = ("dice", "hd95", "iou", "acc", "spe", "sen")
 PUBLISHED_NOTE = ("Ours − published is given only where the paper's number was trained under this board's protocol "
-                  "(\"Their recipe\"), run as written; \"other recipe\" marks a number whose gap would mix the model "
-                  "with a different training recipe (results/published.csv, column protocol).")
+                  "(\"Their recipe\", results/published.csv column protocol) in its current version, run as written, "
+                  "and scored under the paper's convention; otherwise the cell says what differs (recipe, protocol "
+                  "version or metric policy), since the gap would mix the model with it.")
 
 
 # PraNet's test-set folder names -> the ids of results/published.csv
@@ -634,12 +635,28 @@ def published_dataset(board_dataset: str) -> str:
 def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per board, the papers' numbers for its dataset next to ours: one row per (model, metric,
     published source), with both metric conventions and the paper's recipe named. ours − published
-    only where that recipe is the board's protocol, run as written (not off-protocol); elsewhere the
-    difference would mix the model with the training recipe."""
+    only where that recipe is the board's protocol as built in now, run as written (not
+    off-protocol), and scored under the paper's convention where that is one of our policies
+    (``_why_not_comparable``); elsewhere the difference would mix the model with something else."""
+    from bench.metrics import POLICIES
+    from bench.protocol import load_protocol
+
+    hashes: dict[str, str] = {}
+
+    def why_not(p: pd.Series, key: BoardKey, a: dict) -> str | None:
+        if not p["protocol"] or a["overrides"] or p["protocol"] != a["protocol_name"]:
+            return "other recipe"
+        if p["protocol"] not in hashes:
+            hashes[p["protocol"]] = load_protocol(p["protocol"]).hash
+        if a["protocol_hash"] != hashes[p["protocol"]]:  # an older version, or an edited copy of the file
+            return "other protocol version"
+        if p["convention"] in POLICIES and p["convention"] != key.policy:
+            return "other metric policy"
+        return None
+
     out: dict[str, pd.DataFrame] = {}
     for key, board in boards.items():
         dataset = published_dataset(key.dataset)
-        ran = board.attrs["protocol_name"] if not board.attrs["overrides"] else None
         rows = []
         for _, b in board.iterrows():
             model = b["model"].split(" (")[0]
@@ -649,8 +666,8 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
                 mean = b.get(f"{p['metric']}_mean", math.nan)
                 scale = 100.0 if METRICS[p["metric"]][1] else 1.0
                 ours = mean * scale if isinstance(mean, float) and not math.isnan(mean) else math.nan
-                same = bool(p["protocol"]) and p["protocol"] == ran
-                diff = ("" if math.isnan(ours) else f"{ours - p['value']:+.2f}") if same else "other recipe"
+                blocked = why_not(p, key, board.attrs)
+                diff = blocked or ("" if math.isnan(ours) else f"{ours - p['value']:+.2f}")
                 rows.append({"Model": model, "Metric": METRICS[p["metric"]][0],
                              "Published": f"{p['value']:g}", "Source": p["source"], "Their convention": p["convention"],
                              "Their recipe": p["protocol"] or "not one of ours",

@@ -193,8 +193,13 @@ def test_write_report_atomic(tmp_path, runs):
 
 
 def test_published_vs_ours_table(tmp_path):
+    from bench.protocol import load_protocol
+
+    synapse = load_protocol("synapse").hash  # the built-in recipe as it is now
     for seed, d in enumerate([0.80, 0.82]):
-        write_record(make_record("vmunet", seed=seed, dice=d, hd95=18.0 + 2 * seed), tmp_path)
+        rec = make_record("vmunet", seed=seed, dice=d, hd95=18.0 + 2 * seed)
+        rec["protocol"]["hash"] = synapse
+        write_record(rec, tmp_path)
     pub = tmp_path / "pub.csv"
     pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
                    "Paper A Table 2,vmunet,synapse,dice,81.08,%,legacy-synapse,synapse,\n"
@@ -203,7 +208,7 @@ def test_published_vs_ours_table(tmp_path):
                    "Paper A Table 2,unet,synapse,dice,76.85,%,legacy-synapse,synapse,\n"
                    "Paper A Table 1,vmunet,isic17,dice,89.03,%,legacy-isic,isic17,\n")
     text = write_report(tmp_path, published=pub)
-    section = text[text.index("## Published vs ours · synapse · protocol synapse v1 (a1b2c3d4e5f60718) · policy "
+    section = text[text.index(f"## Published vs ours · synapse · protocol synapse v1 ({synapse}) · policy "
                               "legacy-synapse (ours)"):]
     lines = [line for line in section.splitlines() if line.startswith("| vmunet")]
     # ours: mean DSC (0.80 + 0.82) / 2 = 81.00 %, HD95 (18 + 20) / 2 = 19.00
@@ -215,6 +220,16 @@ def test_published_vs_ours_table(tmp_path):
     assert len(lines) == 3  # no unet run, no isic board: their published rows have nothing to meet
     assert "Ours − published is given only where" in section
     assert "Published vs" not in write_report(tmp_path)  # only on request
+    # runs of another version of the recipe (an older or edited protocol file), or a board under
+    # another metric policy than the paper's: shown, without a gap
+    old = make_record("vmunet", seed=0, dice=0.8)  # its protocol hash is not today's synapse file's
+    write_record(old, tmp_path / "old")
+    assert "other protocol version" in write_report(tmp_path / "old", published=pub)
+    strict = make_record("vmunet", seed=0, dice=0.8)
+    strict.update(policy="strict", run_id="strict-run")
+    strict["protocol"]["hash"] = synapse
+    write_record(strict, tmp_path / "strict")
+    assert "other metric policy" in write_report(tmp_path / "strict", published=pub)
 
 
 def test_profiles_join_the_accuracy_board(tmp_path):
