@@ -299,7 +299,7 @@ def train_model(
             best = (epoch_loss, epoch)
             if w.main:
                 _atomic_save({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / BEST)
-        if epoch == keep_epoch and w.main:
+        if epoch == keep_epoch and w.main:  # every rank loads it at the end: a shared run dir, as for best.pt
             _atomic_save({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / LR_MIN)
         final = epoch == epochs - 1
         if final or (t.checkpoint_every and (epoch + 1) % t.checkpoint_every == 0):

@@ -670,6 +670,8 @@ def test_polyp_notes_compare_the_counts_with_pranets_split(roots, monkeypatch):
         "the split is PraNet's, as VM-UNet-V2 uses (1450 training images; test sets CVC-300 60, CVC-ClinicDB 62, "
         "Kvasir 100, CVC-ColonDB 380, ETIS-LaribPolypDB 196)")
     assert "(CVC-ColonDB 379 images, not 380)" in polyp_split_note(1450, {**pranet, "CVC-ColonDB": 379})
+    lower = {k.lower(): v for k, v in pranet.items()}  # folder names in another case are the same sets
+    assert polyp_split_note(1450, lower) == polyp_split_note(1450, pranet)
     # on disk: TrainDataset 3 images, TestDataset/CVC-ClinicDB 2 and Kvasir 2
     assert dataset_notes("polyp", roots["polyp"]) == [
         "the split is not PraNet's, which VM-UNet-V2 uses (3 training images, not 1450; CVC-ClinicDB 2 images, "

@@ -434,7 +434,10 @@ def isic_all_split_note(n_train: int, test_counts: dict[str, int]) -> str:
 def _test_sets_split_note(n_train: int, test_counts: dict[str, int], train: int, sets: dict[str, int], *,
                           fits: str, differs: str, published: str, caveat: str = "") -> str:
     """The note of ``polyp_split_note`` and ``isic_all_split_note``: ``train`` training images and
-    the test sets ``sets`` (name -> images) expected; ``fits`` / ``differs`` open the sentence."""
+    the test sets ``sets`` (name -> images) expected; ``fits`` / ``differs`` open the sentence.
+    Folder names match the expected sets in any case ("kvasir" is Kvasir), as the report's do."""
+    canonical = {s.lower(): s for s in sets}
+    test_counts = {canonical.get(s.lower(), s): n for s, n in test_counts.items()}
     diffs = [f"{n_train} training images, not {train}"] if n_train != train else []
     diffs += [f"{s} {test_counts[s]} images, not {n}" for s, n in sets.items()
               if s in test_counts and test_counts[s] != n]
