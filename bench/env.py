@@ -13,7 +13,7 @@ import torch
 
 PACKAGES = (
     "torch", "torchvision", "timm", "segmentation-models-pytorch", "numpy", "scipy", "pandas",
-    "medpy", "fvcore", "mamba-ssm", "causal-conv1d", "ssm-unet-bench",
+    "medpy", "fvcore", "thop", "mamba-ssm", "causal-conv1d", "ssm-unet-bench",
 )
 
 
@@ -96,6 +96,9 @@ def fingerprint(device: torch.device | str = "cpu") -> dict[str, Any]:
             cudnn=torch.backends.cudnn.version(),
             tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
             tf32_cudnn=torch.backends.cudnn.allow_tf32,
+            # autotuned kernels time differently from the deterministic ones training uses
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
+            cudnn_deterministic=torch.backends.cudnn.deterministic,
         )
     return fp
 

@@ -50,3 +50,11 @@ def test_nvml_is_asked_first(monkeypatch):
 def test_short_fingerprint_names_the_driver_on_cuda():
     fp = {"device": "cuda", "gpu": "NVIDIA H200", "driver": "580.159.03", "cuda": "13.0", "torch": "2.11.0"}
     assert env.short_fingerprint(fp) == "NVIDIA H200 / driver 580.159.03 / CUDA 13.0 / torch 2.11.0"
+
+
+def test_records_name_the_counter_behind_paper_macs():
+    from bench import env
+
+    # paper_macs is thop's count: its version belongs with the numbers, like fvcore's
+    versions = env.package_versions()
+    assert versions["thop"] and versions["fvcore"] and versions["torch"]
