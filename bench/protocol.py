@@ -31,6 +31,9 @@ class TrainConfig:
     optimizer: str  # "sgd" | "adamw" | "adam"
     lr: float
     weight_decay: float
+    # Swin-Unet's train.py: a batch size other than this that is a multiple of 6 scales the base lr
+    # by batch / this (so --batch-size 12 halves it); 0: never (TransUNet, VM-UNet)
+    lr_scale_batch: int = 0
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -156,7 +159,8 @@ CHOICES = {
 
 # (section, field, smallest allowed value): sizes and counts that must be whole numbers
 _WHOLE_NUMBERS = (("", "img_size", 1), ("train", "batch_size", 1), ("train", "epochs", 1),
-                  ("train", "max_iterations", 0), ("train", "num_workers", 0), ("eval", "max_cases", 0))
+                  ("train", "max_iterations", 0), ("train", "num_workers", 0), ("train", "lr_scale_batch", 0),
+                  ("eval", "max_cases", 0))
 
 
 def _checked(protocol: Protocol, where: str) -> Protocol:

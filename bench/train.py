@@ -114,12 +114,21 @@ def build_optimizer(model: nn.Module, protocol: Protocol) -> torch.optim.Optimiz
     t = protocol.train
     params = [p for p in model.parameters() if p.requires_grad]
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=base_lr(protocol), momentum=t.momentum, weight_decay=t.weight_decay)
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(params, lr=base_lr(protocol), betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
     if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
+        return torch.optim.Adam(params, lr=base_lr(protocol), betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
     raise AssertionError(f"optimizer {t.optimizer!r} is in protocol.CHOICES but not implemented here")
+
+
+def base_lr(protocol: Protocol) -> float:
+    """The schedule's starting lr: ``train.lr``, scaled by Swin-Unet's rule where the protocol has
+    it (``lr_scale_batch``: a batch size other than it and a multiple of 6 gives lr·batch/it)."""
+    t = protocol.train
+    if t.lr_scale_batch and t.batch_size != t.lr_scale_batch and t.batch_size % 6 == 0:
+        return t.lr * t.batch_size / t.lr_scale_batch
+    return t.lr
 
 
 def lr_at(protocol: Protocol, step: int, epoch: int, max_iterations: int) -> float:
@@ -130,13 +139,14 @@ def lr_at(protocol: Protocol, step: int, epoch: int, max_iterations: int) -> flo
     cosine: torch's CosineAnnealingLR stepped once per epoch (closed form, cycles past T_max).
     """
     t = protocol.train
+    lr = base_lr(protocol)
     if t.scheduler == "poly":
         k = max(step - 1, 0)
-        return t.lr * (1.0 - k / max_iterations) ** t.poly_power
+        return lr * (1.0 - k / max_iterations) ** t.poly_power
     if t.scheduler == "cosine":
-        return t.cosine_eta_min + (t.lr - t.cosine_eta_min) * (1 + math.cos(math.pi * epoch / t.cosine_t_max)) / 2
+        return t.cosine_eta_min + (lr - t.cosine_eta_min) * (1 + math.cos(math.pi * epoch / t.cosine_t_max)) / 2
     if t.scheduler == "constant":
-        return t.lr
+        return lr
     raise AssertionError(f"scheduler {t.scheduler!r} is in protocol.CHOICES but not implemented here")
 
 

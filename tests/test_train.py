@@ -56,6 +56,15 @@ def test_cosine_schedule_matches_torch():
         sched.step()
 
 
+def test_swin_unets_lr_scaling_rule_for_other_batch_sizes():
+    swin, transunet = load_protocol("synapse_swin"), load_protocol("synapse")
+    first = lambda p, **kw: lr_at(p.with_overrides(**kw) if kw else p, 0, 0, 100)  # noqa: E731
+    assert first(swin) == 0.05 and first(swin, batch_size=12) == pytest.approx(0.025)  # train.py: lr * 12 / 24
+    assert first(swin, batch_size=48) == pytest.approx(0.1) and first(swin, batch_size=8) == 0.05  # not a multiple of 6
+    assert first(swin, batch_size=12, lr=0.01) == pytest.approx(0.005)  # the rule scales a given lr too, as there
+    assert first(transunet, batch_size=12) == 0.01  # TransUNet's code has no such rule
+
+
 def test_multiclass_dice_loss_hand_computed():
     # 2 classes, 1x1x2 image: probabilities from logits, target [0, 1]
     logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]]]])
