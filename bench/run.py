@@ -43,6 +43,7 @@ class RunSpec:
     model_overrides: tuple[tuple[str, Any], ...] = ()
     fold: int | None = None  # cross-validation fold (nnunet data); None: the dataset's test split
     init: tuple[str, str, str] | None = None  # pretrained (source, path, sha256[:16]); None: from scratch
+    split_sha: str | None = None  # a fold's test cases (sha256[:16] of the sorted ids): its split by content
 
     @property
     def split(self) -> str:
@@ -54,7 +55,8 @@ class RunSpec:
         ident = [self.model, self.dataset, self.protocol.hash, self.protocol.overrides, self.seed,
                  str(self.data_root.resolve()), self.policy, list(self.model_overrides)]
         if self.fold is not None:  # appended only here, so test-split ids stay as they were
-            ident.append([self.fold, "nnunet-v2-kfold"])  # folds were a permutation of our own before
+            # the fold's cases, not only its number: a changed splits_final.json or fold scheme is another run
+            ident.append([self.fold, self.split_sha])
         if self.init is not None:  # the file's content, not its path, defines the run
             ident.append(["init", self.init[0], self.init[2]])
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -294,5 +296,12 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         bad = [f for f in fold_list if not 0 <= f < n]
         if bad:
             raise BenchError(f"--folds {bad[0]}: {data_root} has folds 0..{n - 1}")
-    return [RunSpec(m, dataset, protocol, s, Path(data_root), synthetic, chosen, extra, fold, inits.get(m))
+    split_sha = {f: None if f is None else _ids_sha(open_dataset(dataset, data_root, fold=f).test_ids())
+                 for f in fold_list}
+    return [RunSpec(m, dataset, protocol, s, Path(data_root), synthetic, chosen, extra, fold, inits.get(m),
+                    split_sha[fold])
             for m in models for s in seeds for fold in fold_list]
+
+
+def _ids_sha(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]

@@ -554,6 +554,31 @@ def test_nnunet_folds_without_splits_file_are_nnunets(roots, tmp_path):
     assert "splits_final.json" in ds.notes[-1]
 
 
+def test_fold_runs_are_identified_by_their_cases(roots, tmp_path):
+    """A fold's run id follows the cases it tests: the same split written out as splits_final.json
+    keeps the ids, a different one gives new runs instead of reusing records of other cases."""
+    from bench.data.nnunet import crossval_splits
+    from bench.protocol import load_protocol
+    from bench.run import plan_grid
+
+    root = _copy(roots["nnunet2d"], tmp_path)
+
+    def keys():
+        specs = plan_grid(models=["unet"], dataset="nnunet", protocol=load_protocol("smoke"), seeds=[0],
+                          data_root=root, synthetic=False, results_dir=tmp_path / "res", folds="all")
+        return [s.key for s in specs]
+
+    generated = keys()
+    assert len(set(generated)) == 5
+    splits = crossval_splits([f"synth_{i:03d}" for i in range(5)])
+    (root / "splits_final.json").write_text(json.dumps(splits))
+    assert keys() == generated  # the same folds, written out
+    splits[0], splits[1] = splits[1], splits[0]
+    (root / "splits_final.json").write_text(json.dumps(splits))
+    now = keys()
+    assert now[0] != generated[0] and now[1] != generated[1] and now[2:] == generated[2:]
+
+
 def test_nnunet_kfold_tests_every_case_once(roots, tmp_path):
     from bench.data.nnunet import kfold_split
 
