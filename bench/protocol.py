@@ -95,6 +95,9 @@ class Protocol:
     pretrained: bool = False
     source: str = ""
     datasets: tuple[str, ...] = ()  # datasets the protocol was written for; empty = any
+    # the test split must come from the data's own split file (nnU-Net format: splits_final.json),
+    # e.g. where our fallback split would put frames of one patient on both sides (ACDC)
+    requires_split_file: bool = False
     variant_of: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
     hash: str = ""

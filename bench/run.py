@@ -274,6 +274,11 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         raise BenchError(
             f"protocol {protocol.name!r} is written for {', '.join(protocol.datasets)}, not {dataset!r}"
         )
+    if protocol.requires_split_file and not ds.has_split_file:
+        raise BenchError(
+            f"protocol {protocol.name!r} needs the split as {Path(data_root) / 'splits_final.json'} (fold 0: "
+            f'"train" and "val" case ids): a split drawn here would put cases of one subject on both sides'
+        )
     hint = ds.normalize_hint(protocol.normalize)
     if hint:
         warnings.warn(hint, stacklevel=2)

@@ -579,6 +579,20 @@ def test_fold_runs_are_identified_by_their_cases(roots, tmp_path):
     assert now[0] != generated[0] and now[1] != generated[1] and now[2:] == generated[2:]
 
 
+def test_acdc_protocol_needs_the_split_file(roots, tmp_path):
+    from bench.data.nnunet import crossval_splits
+    from bench.protocol import load_protocol
+    from bench.run import plan_grid
+
+    root = _copy(roots["nnunet2d"], tmp_path)
+    plan = lambda: plan_grid(models=["unet"], dataset="nnunet", protocol=load_protocol("acdc"), seeds=[0],  # noqa: E731
+                             data_root=root, synthetic=False, results_dir=tmp_path / "res")
+    with pytest.raises(BenchError, match=r"needs the split as .*splits_final\.json .* one subject on both sides"):
+        plan()
+    (root / "splits_final.json").write_text(json.dumps(crossval_splits([f"synth_{i:03d}" for i in range(5)])))
+    assert len(plan()) == 1
+
+
 def test_nnunet_kfold_tests_every_case_once(roots, tmp_path):
     from bench.data.nnunet import kfold_split
 

@@ -85,6 +85,11 @@ class SegDataset:
     def train_ids(self) -> list[str]:
         raise NotImplementedError
 
+    @property
+    def has_split_file(self) -> bool:
+        """Whether the split comes from a file shipped with the data (fixed-split formats: always)."""
+        return True
+
     def check_splits(self) -> None:
         """BenchError unless both splits hold items (``bench run`` trains, then evaluates)."""
         for split, ids in (("training", self.train_ids), ("test", self.test_ids)):

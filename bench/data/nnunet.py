@@ -319,6 +319,10 @@ class NnUNetDataset(SegDataset):
         return f"nnunet:{self.meta.get('name') or self.root.resolve().name}"
 
     @property
+    def has_split_file(self) -> bool:
+        return (self.root / "splits_final.json").is_file()
+
+    @property
     def n_folds(self) -> int:
         folds = self._splits_file()
         return N_FOLDS if folds is None else len(folds)
