@@ -26,7 +26,7 @@ import math
 import re
 from enum import Enum
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -600,10 +600,12 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
 
 
 PUBLISHED_METRICS = ("dice", "hd95", "iou", "acc", "spe", "sen")
+BUILD_KEYS = {"num_classes", "in_chans", "img_size"}  # what every run's model_config holds; more is a variant
 PUBLISHED_NOTE = ("Ours − published is given only where the paper's number was trained under this board's protocol "
                   "(\"Their recipe\", results/published.csv column protocol) in its current version, run as written, "
-                  "and scored under the paper's convention; otherwise the cell says what differs (recipe, protocol "
-                  "version or metric policy), since the gap would mix the model with it.")
+                  "with the model as registered, and scored under the paper's convention; otherwise the cell says what "
+                  "differs (recipe, protocol version, model config or metric policy), since the gap would mix the "
+                  "model with it.")
 
 
 # PraNet's test-set folder names -> the ids of results/published.csv
@@ -636,21 +638,24 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
     """Per board, the papers' numbers for its dataset next to ours: one row per (model, metric,
     published source), with both metric conventions and the paper's recipe named. ours − published
     only where that recipe is the board's protocol as built in now, run as written (not
-    off-protocol), and scored under the paper's convention where that is one of our policies
-    (``_why_not_comparable``); elsewhere the difference would mix the model with something else."""
+    off-protocol), with the model as registered, and scored under the paper's convention (the
+    protocol's policy where the CSV does not name one of ours) — see ``why_not``; elsewhere the
+    difference would mix the model with something else."""
     from bench.metrics import POLICIES
     from bench.protocol import load_protocol
 
-    hashes: dict[str, str] = {}
+    protocols: dict[str, Any] = {}
 
-    def why_not(p: pd.Series, key: BoardKey, a: dict) -> str | None:
+    def why_not(p: pd.Series, key: BoardKey, a: dict, model_config: str) -> str | None:
         if not p["protocol"] or a["overrides"] or p["protocol"] != a["protocol_name"]:
             return "other recipe"
-        if p["protocol"] not in hashes:
-            hashes[p["protocol"]] = load_protocol(p["protocol"]).hash
-        if a["protocol_hash"] != hashes[p["protocol"]]:  # an older version, or an edited copy of the file
+        proto = protocols.setdefault(p["protocol"], load_protocol(p["protocol"]))
+        if a["protocol_hash"] != proto.hash:  # an older version, or an edited copy of the file
             return "other protocol version"
-        if p["convention"] in POLICIES and p["convention"] != key.policy:
+        if set(json.loads(model_config or "{}")) - BUILD_KEYS:  # --set, --tiny, an adapted window
+            return "other model config"
+        policy = p["convention"] if p["convention"] in POLICIES else proto.metric_policy
+        if policy and policy != key.policy:
             return "other metric policy"
         return None
 
@@ -666,7 +671,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
                 mean = b.get(f"{p['metric']}_mean", math.nan)
                 scale = 100.0 if METRICS[p["metric"]][1] else 1.0
                 ours = mean * scale if isinstance(mean, float) and not math.isnan(mean) else math.nan
-                blocked = why_not(p, key, board.attrs)
+                blocked = why_not(p, key, board.attrs, b["model_config"])
                 diff = blocked or ("" if math.isnan(ours) else f"{ours - p['value']:+.2f}")
                 rows.append({"Model": model, "Metric": METRICS[p["metric"]][0],
                              "Published": f"{p['value']:g}", "Source": p["source"], "Their convention": p["convention"],
@@ -707,8 +712,9 @@ def _check_format(fmt: str) -> str:
 
 def render_cases(df_cases: pd.DataFrame | None) -> str:
     """The ``cases`` format: every run × case × class row (``records.load(level="case")``) as CSV,
-    led by the board and model labels the leaderboards use, so any statistic can be recomputed
-    elsewhere (R's challengeR, a spreadsheet) on exactly the rows behind a board."""
+    led by the run's board and model labels, so any statistic can be recomputed elsewhere (R's
+    challengeR, a spreadsheet) on the rows behind a board; the per-test-set boards of polyp and
+    isic_all runs take the rows whose ``case`` starts with "<set>/"."""
     if df_cases is None or df_cases.empty:
         return ",".join(["board_dataset", "board_protocol", "model_label", *RUN_ID_COLUMNS, *CASE_COLUMNS]) + "\n"
     df = label_cases(df_cases)

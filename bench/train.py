@@ -47,6 +47,7 @@ class TrainResult:
     resumed_from: int | None = None  # epoch the run resumed after, if it did
     world_size: int = 1  # processes that trained it (bench.distributed)
     cudnn_deterministic: bool | None = None  # deterministic cuDNN kernels, no autotuning; None: CPU
+    base_lr: float | None = None  # the schedule's starting lr (train.lr after a batch-size rule)
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -59,6 +60,7 @@ class TrainResult:
             "resumed_from": self.resumed_from,
             "world_size": self.world_size,
             "cudnn_deterministic": self.cudnn_deterministic,
+            "base_lr": self.base_lr,
         }
 
 
@@ -348,4 +350,5 @@ def train_model(
         world_size=w.size,
         cudnn_deterministic=(torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
                              if device.type == "cuda" else None),  # no cuDNN on CPU
+        base_lr=base_lr(protocol),
     )

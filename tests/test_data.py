@@ -733,21 +733,22 @@ def test_isic_all_notes_compare_the_counts_with_v2s_merged_split(roots, monkeypa
     # VM-UNet-V2's train_isic_all.py: VM-UNet's isic17 (1500 / 650) and isic18 (1886 / 808) splits,
     # their training images together
     assert isic_all_split_note(3386, {"isic17": 650, "isic18": 808}) == (
-        "the split is VM-UNet-V2's merged ISIC split, VM-UNet's isic17 1500 + isic18 1886 training images together "
-        "(3386 training images; test sets isic17 650, isic18 808); only the counts are compared, and another 7:3 "
-        "draw of the same images has them too")
+        "the counts fit VM-UNet-V2's merged ISIC split as assumed here (VM-UNet's isic17 1500 + isic18 1886 "
+        "training images together; V2 does not state its counts) (3386 training images; test sets isic17 650, "
+        "isic18 808); only the counts are compared, and another 7:3 draw of the same images has them too")
     assert "(1500 training images, not 3386): published VM-UNet-V2 isic17/isic18 numbers are not comparable" in \
         isic_all_split_note(1500, {"isic17": 650, "isic18": 808})  # ISIC17's training images only
     assert "; absent here: isic18 (808 images)" in isic_all_split_note(3386, {"isic17": 650})
     # on disk: train/ 3 images, val/isic17 2 and val/isic18 2
     assert dataset_notes("isic_all", roots["isic_all"]) == [
-        "the split is not VM-UNet-V2's merged ISIC split, VM-UNet's isic17 1500 + isic18 1886 training images "
-        "together (3 training images, not 3386; isic17 2 images, not 650; isic18 2 images, not 808): "
+        "the counts do not fit VM-UNet-V2's merged ISIC split as assumed here (VM-UNet's isic17 1500 + isic18 "
+        "1886 training images together; V2 does not state its counts) (3 training images, not 3386; isic17 2 images, not 650; isic18 2 images, not 808): "
         "published VM-UNet-V2 isic17/isic18 numbers are not comparable with runs on it"]
     monkeypatch.setattr(verify, "VMUNET_ISIC_SPLITS", {"isic17": (1, 2), "isic18": (2, 2)})
     (note,) = dataset_notes("isic_all", roots["isic_all"])
-    assert note.startswith("the split is VM-UNet-V2's merged ISIC split, VM-UNet's isic17 1 + isic18 2 training "
-                           "images together (3 training images; test sets isic17 2, isic18 2)")
+    assert note.startswith("the counts fit VM-UNet-V2's merged ISIC split as assumed here (VM-UNet's isic17 1 + "
+                           "isic18 2 training images together; V2 does not state its counts) (3 training images; "
+                           "test sets isic17 2, isic18 2)")
 
 
 def test_synapse_spacing_table_fills_what_the_h5_files_lack(roots, tmp_path):

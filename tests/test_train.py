@@ -97,6 +97,7 @@ def test_bit_reproducible_and_checkpoints(synapse_root, tmp_path):
         states.append(_state(model))
         assert res.iterations == 6 and math.isfinite(res.final_loss)
         assert res.to_record()["cudnn_deterministic"] is None  # no cuDNN on CPU; True on CUDA
+        assert res.to_record()["base_lr"] == proto.train.lr  # the lr the schedule started from
     for k in states[0]:
         assert torch.equal(states[0][k], states[1][k]), k
     ckpts = sorted(p.name for p in (tmp_path / "r0" / "checkpoints").iterdir())

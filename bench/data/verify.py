@@ -424,8 +424,11 @@ def isic_all_split_note(n_train: int, test_counts: dict[str, int]) -> str:
     parts = " + ".join(f"{n} {tr}" for n, (tr, _) in VMUNET_ISIC_SPLITS.items())
     return _test_sets_split_note(
         n_train, test_counts, train, {n: te for n, (_, te) in VMUNET_ISIC_SPLITS.items()},
-        fits=f"the split is VM-UNet-V2's merged ISIC split, VM-UNet's {parts} training images together",
-        differs=f"the split is not VM-UNet-V2's merged ISIC split, VM-UNet's {parts} training images together",
+        # V2 publishes no counts for its merged folder: VM-UNet's two 7:3 splits together are assumed
+        fits=f"the counts fit VM-UNet-V2's merged ISIC split as assumed here (VM-UNet's {parts} training "
+             "images together; V2 does not state its counts)",
+        differs=f"the counts do not fit VM-UNet-V2's merged ISIC split as assumed here (VM-UNet's {parts} "
+                "training images together; V2 does not state its counts)",
         published="VM-UNet-V2 isic17/isic18",
         caveat="; only the counts are compared, and another 7:3 draw of the same images has them too",
     )
