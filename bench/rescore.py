@@ -42,13 +42,16 @@ def weights_path(results_dir: Path, rec: dict[str, Any]) -> Path:
 
 
 def record_protocol(rec: dict[str, Any], protocol_file: Path | None = None) -> Protocol:
-    """The run's protocol, rebuilt from its name (or ``protocol_file``) and overrides; BenchError
-    when its content hash is not the run's (the file changed since, so evaluation could too)."""
+    """The run's protocol, rebuilt from its name and overrides, from ``protocol_file`` for runs of the
+    protocol that file names (a results folder may hold runs of several); BenchError when its content
+    hash is not the run's (the file changed since, so evaluation could too)."""
     meta = rec["protocol"]
-    proto = load_protocol(protocol_file or meta["name"]).with_overrides(**meta["overrides"])
+    source = protocol_file if protocol_file and load_protocol(protocol_file).name == meta["name"] else meta["name"]
+    proto = load_protocol(source).with_overrides(**meta["overrides"])
     if proto.hash != meta["hash"]:
-        raise BenchError(f"run {rec['run_id']}: protocol {meta['name']!r} now has hash {proto.hash}, the run used "
-                         f"{meta['hash']}; pass the run's protocol file with --protocol")
+        where = f"the file {protocol_file}" if source == protocol_file else f"the built-in {meta['name']!r}"
+        raise BenchError(f"run {rec['run_id']}: {where} now has hash {proto.hash}, the run used {meta['hash']}; "
+                         f"pass the protocol file the run used with --protocol")
     return proto
 
 

@@ -12,11 +12,11 @@ import torch
 
 from bench.data import synthetic_root
 from bench.errors import BenchError
-from bench.protocol import load_protocol
+from bench.protocol import PROTOCOL_DIR, load_protocol
 from bench.records import load, record_path
 from bench.registry import get_entry
 from bench.report import leaderboards
-from bench.rescore import plan_rescore, rescore_record, weights_path
+from bench.rescore import plan_rescore, record_protocol, rescore_record, weights_path
 from bench.run import plan_grid, run_one
 
 CPU = torch.device("cpu")
@@ -76,8 +76,16 @@ def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
     with pytest.raises(BenchError, match="unknown metric policy"):
         plan_rescore(copy, "strictt")
     changed = {**rec, "protocol": {**rec["protocol"], "hash": "0" * 16}}
-    with pytest.raises(BenchError, match="now has hash .* pass the run's protocol file with --protocol"):
+    with pytest.raises(BenchError, match="the built-in 'smoke' now has hash .* pass the protocol file the run used"):
         rescore_record(changed, "strict", copy, CPU)
+    # --protocol applies to runs of the protocol it names; the others keep their built-in one
+    other = tmp_path / "other.toml"
+    other.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace('name = "smoke"', 'name = "other"'))
+    assert record_protocol(rec, other).hash == rec["protocol"]["hash"]
+    edited = tmp_path / "smoke_edited.toml"  # a file of the run's protocol name, but other content
+    edited.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace("seed = 0", "seed = 5"))
+    with pytest.raises(BenchError, match=f"the file {edited} now has hash"):
+        record_protocol(rec, edited)
     # the split now holds other cases (data changed, or a fold drawn another way): refused, since
     # the weights could then be scored on cases they trained on
     other = {**rec, "per_case": [{**row, "case": "case0001"} for row in rec["per_case"]]}
