@@ -96,14 +96,18 @@ def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bo
     return (pred, gt) if case.is_volume else (pred[0], gt if gt.ndim == 2 else gt[0])
 
 
+def scored_ids(dataset: SegDataset, protocol: Protocol) -> list[str]:
+    """The test cases a run under ``protocol`` scores: all, or the first ``eval.max_cases``."""
+    ids = dataset.test_ids()
+    return ids[: protocol.eval.max_cases] if protocol.eval.max_cases > 0 else ids
+
+
 def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: str, *, device: torch.device,
              progress: Callable[[int, int], None] | None = None) -> EvalResult:
     """Score every test case of ``dataset`` under ``policy``; rows keep raw counts for re-aggregation."""
     binary = dataset.binary
     model.to(device=device, dtype=protocol.torch_dtype)
-    ids = dataset.test_ids()
-    if protocol.eval.max_cases > 0:
-        ids = ids[: protocol.eval.max_cases]
+    ids = scored_ids(dataset, protocol)
     rows: list[dict[str, Any]] = []
     nsd_tolerance = resolve_nsd_tolerance(protocol, dataset, policy)  # before any case is predicted
     spacings: list[tuple[float, ...] | None] = []

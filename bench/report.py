@@ -649,7 +649,9 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
     def why_not(p: pd.Series, key: BoardKey, a: dict, model_config: str) -> str | None:
         if not p["protocol"] or a["overrides"] or p["protocol"] != a["protocol_name"]:
             return "other recipe"
-        proto = protocols.setdefault(p["protocol"], load_protocol(p["protocol"]))
+        if p["protocol"] not in protocols:
+            protocols[p["protocol"]] = load_protocol(p["protocol"])
+        proto = protocols[p["protocol"]]
         if a["protocol_hash"] != proto.hash:  # an older version, or an edited copy of the file
             return "other protocol version"
         if set(json.loads(model_config or "{}")) - BUILD_KEYS:  # --set, --tiny, an adapted window

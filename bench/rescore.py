@@ -2,8 +2,8 @@
 
 A run's evaluated weights stay in its run directory (``checkpoints/final.pt``, ``best.pt`` when
 the protocol selected the lowest-train-loss epoch, ``lr_min.pt`` the lowest-lr one), and the
-record says how the model was built and the data read. Rescoring rebuilds the model from the record, loads those weights, evaluates
-the same test split under ``policy`` and writes a new record ``<run_id>.<policy>``: the original's
+record says how the model was built and the data read. Rescoring rebuilds the model from the
+record, loads those weights, evaluates the same test split under ``policy`` and writes a new record ``<run_id>.<policy>``: the original's
 training fields (``train``, ``init``, ``protocol``, ``seed``...) with the new policy's metrics and
 ``rescored_from``. So one trained model appears on a ``legacy-synapse`` board and a ``strict``
 board, with the same weights behind both.
@@ -22,7 +22,7 @@ import torch
 from bench import records
 from bench.data import open_dataset
 from bench.errors import BenchError
-from bench.evaluate import evaluate
+from bench.evaluate import evaluate, scored_ids
 from bench.metrics import get_policy, policy_fields
 from bench.protocol import Protocol, load_protocol
 from bench.registry import create_model
@@ -104,8 +104,7 @@ def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: 
     split = rec["split"]
     dataset = open_dataset(rec["dataset"], rec["data_root"], int(split[4:]) if split.startswith("fold") else None)
     scored = sorted({row["case"] for row in rec["per_case"]})
-    ids = dataset.test_ids()[: protocol.eval.max_cases] if protocol.eval.max_cases > 0 else dataset.test_ids()
-    if sorted(ids) != scored:  # the data, or how its split is drawn, changed since the run
+    if sorted(scored_ids(dataset, protocol)) != scored:  # the data, or how its split is drawn, changed since the run
         raise BenchError(f"run {rec['run_id']}: its {split} split of {rec['data_root']} now holds other cases than "
                          f"the {len(scored)} it was scored on; rescoring could score cases the model trained on")
     model = create_model(rec["model"], **rec["model_config"]).to(protocol.torch_dtype)  # float64 runs stay exact

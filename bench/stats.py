@@ -160,9 +160,7 @@ def rank_stability(df_cases: pd.DataFrame, metric: str, policy: str, *, n_boot: 
     first, and the 95% rank interval. Models whose statistic is NaN are left out; a resample's NaN
     ranks last."""
     per_model = df_cases.groupby("model_label")["case"].agg(set)  # rows, not values: strict's NaN counts
-    if per_model.empty:
-        return pd.DataFrame(columns=["model", "mean", "rank", "p_rank_1", "rank_lo", "rank_hi"])
-    cases = pd.Index(sorted(set.intersection(*per_model)))
+    cases = pd.Index(sorted(set.intersection(*per_model))) if len(per_model) else pd.Index([])
     full = policy_statistic(df_cases, metric, policy, cases=cases).iloc[0].dropna() if len(cases) else pd.Series()
     if full.empty:
         return pd.DataFrame(columns=["model", "mean", "rank", "p_rank_1", "rank_lo", "rank_hi"])

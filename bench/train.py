@@ -113,14 +113,14 @@ class EpochBatches(torch.utils.data.Sampler[list[int]]):
 
 
 def build_optimizer(model: nn.Module, protocol: Protocol) -> torch.optim.Optimizer:
-    t = protocol.train
+    t, lr = protocol.train, base_lr(protocol)
     params = [p for p in model.parameters() if p.requires_grad]
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=base_lr(protocol), momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=base_lr(protocol), betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
     if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=base_lr(protocol), betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
+        return torch.optim.Adam(params, lr=lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
     raise AssertionError(f"optimizer {t.optimizer!r} is in protocol.CHOICES but not implemented here")
 
 
@@ -346,7 +346,8 @@ def train_model(
         selected = f"lr_min@{keep_epoch}"
     return TrainResult(
         epochs=epochs, iterations=step, final_loss=epoch_losses[-1] if epoch_losses else loss_value,
-        time_s=time_before + time.perf_counter() - t0, selected=selected, epoch_losses=epoch_losses, resumed_from=resumed_from,
+        time_s=time_before + time.perf_counter() - t0, selected=selected, epoch_losses=epoch_losses,
+        resumed_from=resumed_from,
         world_size=w.size,
         cudnn_deterministic=(torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
                              if device.type == "cuda" else None),  # no cuDNN on CPU

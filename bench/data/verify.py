@@ -378,6 +378,8 @@ def dataset_notes(name: str, root: str | Path) -> list[str]:
 VMUNET_ISIC_SPLITS = {"isic17": (1500, 650), "isic18": (1886, 808)}
 # PraNet's polyp split, used by VM-UNet-V2 (spec 2.6): Kvasir 900 + ClinicDB 550 training images.
 PRANET_TRAIN_IMAGES = 1450
+# a folder only tells counts: another 7:3 draw of the same challenge images has them too
+_COUNTS_ONLY = "; only the counts are compared, and another 7:3 draw of the same images has them too"
 PRANET_TEST_SETS = {"CVC-300": 60, "CVC-ClinicDB": 62, "Kvasir": 100, "CVC-ColonDB": 380, "ETIS-LaribPolypDB": 196}
 
 
@@ -389,12 +391,10 @@ def isic_split_note(n_train: int, n_test: int, name: str | None = None) -> str:
         return f"VM-UNet's {n} split ({VMUNET_ISIC_SPLITS[n][0]} train / {VMUNET_ISIC_SPLITS[n][1]} test images)"
 
     fits = next((n for n, counts in VMUNET_ISIC_SPLITS.items() if counts == (n_train, n_test)), None)
-    # a folder only tells counts: another 7:3 draw of the same challenge images has them too
-    caveat = "; only the counts are compared, and another 7:3 draw of the same images has them too"
     if fits is not None and name in VMUNET_ISIC_SPLITS and fits != name:
         return f"the counts are those of {split(fits)}, not of {split(name)}: check that this is {name} data"
     if fits is not None:
-        return f"the split matches {split(fits)}, the one its published tables use{caveat}"
+        return f"the split matches {split(fits)}, the one its published tables use{_COUNTS_ONLY}"
     found = f"{n_train} train / {n_test} test images"
     if name in VMUNET_ISIC_SPLITS:
         tr, te = VMUNET_ISIC_SPLITS[name]
@@ -422,15 +422,13 @@ def isic_all_split_note(n_train: int, test_counts: dict[str, int]) -> str:
     together (1500 + 1886), each year's test images on their own (650, 808)."""
     train = sum(tr for tr, _ in VMUNET_ISIC_SPLITS.values())
     parts = " + ".join(f"{n} {tr}" for n, (tr, _) in VMUNET_ISIC_SPLITS.items())
+    # V2 publishes no counts for its merged folder: VM-UNet's two 7:3 splits together are assumed
+    assumed = (f"VM-UNet-V2's merged ISIC split as assumed here (VM-UNet's {parts} training images together; "
+               "V2 does not state its counts)")
     return _test_sets_split_note(
         n_train, test_counts, train, {n: te for n, (_, te) in VMUNET_ISIC_SPLITS.items()},
-        # V2 publishes no counts for its merged folder: VM-UNet's two 7:3 splits together are assumed
-        fits=f"the counts fit VM-UNet-V2's merged ISIC split as assumed here (VM-UNet's {parts} training "
-             "images together; V2 does not state its counts)",
-        differs=f"the counts do not fit VM-UNet-V2's merged ISIC split as assumed here (VM-UNet's {parts} "
-                "training images together; V2 does not state its counts)",
-        published="VM-UNet-V2 isic17/isic18",
-        caveat="; only the counts are compared, and another 7:3 draw of the same images has them too",
+        fits=f"the counts fit {assumed}", differs=f"the counts do not fit {assumed}",
+        published="VM-UNet-V2 isic17/isic18", caveat=_COUNTS_ONLY,
     )
 
 
