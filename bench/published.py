@@ -2,8 +2,8 @@
 
 One row per (source, model, dataset, metric) number quoted from a published table (TransUNet,
 Swin-Unet, VM-UNet, VM-UNet-V2, LightM-UNet, and later papers' params/FLOPs), in the paper's unit,
-with its computation convention where known and the protocol here that reproduces its recipe. Reports show these next to measured numbers;
-nothing in the file is measured by the harness.
+with its computation convention where known and the protocol here that reproduces its recipe.
+Reports show these next to measured numbers; nothing in the file is measured by the harness.
 """
 
 from __future__ import annotations
