@@ -3,6 +3,10 @@
 - Multi-class (TransUNet ``utils.DiceLoss`` + ``nn.CrossEntropyLoss``; VM-UNet ``CeDiceLoss``):
   softmax Dice over ALL classes including background, sums over the whole batch,
   per class ``1 - (2·Σpg + 1e-5) / (Σp² + Σg² + 1e-5)``, averaged over classes.
+- Multi-class, ``dice_loss = "nnunet"`` (nnU-Net v2 ``DC_and_CE_loss`` with
+  ``MemoryEfficientSoftDiceLoss``, batch_dice, do_bg False, smooth 1e-5; the LightM-UNet trainer):
+  CE plus minus the soft Dice ``(2·Σpg + 1e-5) / max(Σp + Σg + 1e-5, 1e-8)`` of each foreground
+  class, sums over the whole batch, averaged over classes (so the loss is negative once it learns).
 - Binary (VM-UNet ``BceDiceLoss``): BCE on the sigmoid plus a per-sample soft Dice with smooth 1,
   ``1 - (2·Σpg + 1) / (Σp + Σg + 1)``, averaged over the batch. Targets may be soft (resized masks).
 
@@ -32,6 +36,22 @@ def multiclass_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: flo
     return (1 - (2 * inter + smooth) / (denom + smooth)).mean()
 
 
+def nnunet_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5, *,
+                     sum_stats: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """nnU-Net's batch soft Dice over the foreground classes, returned negated (its sign convention)."""
+    probs = logits.softmax(dim=1)[:, 1:]
+    onehot = F.one_hot(target, logits.shape[1])[..., 1:].movedim(-1, 1).to(probs.dtype)
+    dims = (0, *range(2, probs.ndim))
+    stats = torch.stack([(probs * onehot).sum(dims), probs.sum(dims) + onehot.sum(dims)])
+    if sum_stats is not None:
+        stats = sum_stats(stats)
+    inter, denom = stats
+    return -((2 * inter + smooth) / (denom + smooth).clamp_min(1e-8)).mean()
+
+
+DICE_LOSSES = {"transunet": multiclass_dice_loss, "nnunet": nnunet_dice_loss}  # protocol train.dice_loss
+
+
 def binary_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     p = logits.sigmoid().flatten(1)
     g = target.flatten(1)
@@ -40,8 +60,9 @@ def binary_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float =
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, ce: float, dice: float, bce: float,
-                      share: tuple[int, int] | None = None) -> torch.Tensor:
-    """``ce``·CE + ``dice``·Dice for multi-class logits; ``bce``·BCE + ``dice``·Dice for one channel.
+                      share: tuple[int, int] | None = None, dice_loss: str = "transunet") -> torch.Tensor:
+    """``ce``·CE + ``dice``·Dice for multi-class logits (Dice term ``DICE_LOSSES[dice_loss]``);
+    ``bce``·BCE + ``dice``·Dice for one channel.
 
     ``share=(n, N)``: this process's n items of a global batch of N spread over processes; the
     result is this rank's term of the global loss (the mean over ranks is the global loss). n=0
@@ -60,4 +81,5 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, ce: float, 
         mean_terms = bce * F.binary_cross_entropy_with_logits(logits, target) + dice * binary_dice_loss(logits, target)
         return weight * mean_terms
     target = target.long()
-    return weight * ce * F.cross_entropy(logits, target) + dice * multiclass_dice_loss(logits, target, sum_stats=sum_stats)
+    dice_term = DICE_LOSSES[dice_loss](logits, target, sum_stats=sum_stats)
+    return weight * ce * F.cross_entropy(logits, target) + dice * dice_term

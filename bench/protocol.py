@@ -37,7 +37,7 @@ class TrainConfig:
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    scheduler: str = "poly"  # "poly" (per iteration) | "cosine" (per epoch) | "constant"
+    scheduler: str = "poly"  # "poly" (per iteration) | "poly_epoch" (nnU-Net) | "cosine" (per epoch) | "constant"
     poly_power: float = 0.9
     cosine_t_max: int = 50
     cosine_eta_min: float = 0.0
@@ -46,8 +46,14 @@ class TrainConfig:
     loss_ce: float = 0.5
     loss_dice: float = 0.5
     loss_bce: float = 1.0
+    # the multi-class Dice term (bench.losses): "transunet" (all classes, squared denominators,
+    # 1 - Dice) | "nnunet" (nnU-Net's batch soft Dice over the foreground classes, -Dice)
+    dice_loss: str = "transunet"
     augment: str = "none"  # named pipeline in bench.transforms
     max_iterations: int = 0  # >0 caps the total number of optimizer steps (smoke runs)
+    # >0: an epoch is this many global batches drawn with replacement (nnU-Net: 250), not one
+    # pass over the shuffled training items
+    iterations_per_epoch: int = 0
     amp: bool = False  # autocast allowed (CUDA only)
     grad_clip: float = 0.0
     checkpoint_every: int = 0  # epochs between interval checkpoints (0: final only)
@@ -153,9 +159,10 @@ class Protocol:
 # The names a protocol may use; the training loop and bench.transforms implement exactly these.
 CHOICES = {
     ("train", "optimizer"): ("sgd", "adamw", "adam"),
-    ("train", "scheduler"): ("poly", "cosine", "constant"),
+    ("train", "scheduler"): ("poly", "poly_epoch", "cosine", "constant"),
     ("train", "select"): ("final", "best_train_loss", "lr_min"),
-    ("train", "augment"): ("none", "transunet", "vmunet_isic"),
+    ("train", "augment"): ("none", "transunet", "vmunet_isic", "nnunet"),
+    ("train", "dice_loss"): ("transunet", "nnunet"),
     ("", "normalize"): ("none", "minmax255", "zscore", "ct_window"),
     ("", "dtype"): ("float32", "float64"),
 }
@@ -163,6 +170,7 @@ CHOICES = {
 # (section, field, smallest allowed value): sizes and counts that must be whole numbers
 _WHOLE_NUMBERS = (("", "img_size", 1), ("train", "batch_size", 1), ("train", "epochs", 1),
                   ("train", "max_iterations", 0), ("train", "num_workers", 0), ("train", "lr_scale_batch", 0),
+                  ("train", "iterations_per_epoch", 0),
                   ("eval", "max_cases", 0))
 
 

@@ -279,6 +279,10 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
             f"protocol {protocol.name!r} needs the split as {Path(data_root) / 'splits_final.json'} (fold 0: "
             f'"train" and "val" case ids): a split drawn here would put cases of one subject on both sides'
         )
+    nnunet_style = [f"{k} = \"nnunet\"" for k in ("dice_loss", "augment") if getattr(protocol.train, k) == "nnunet"]
+    if ds.binary and nnunet_style:
+        raise BenchError(f"protocol {protocol.name!r} trains with train.{' and train.'.join(nnunet_style)}, which "
+                         f"need integer class labels (nnU-Net-format data); {dataset!r} is a binary dataset")
     hint = ds.normalize_hint(protocol.normalize)
     if hint:
         warnings.warn(hint, stacklevel=2)

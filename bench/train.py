@@ -81,35 +81,48 @@ def share_sizes(batch: int, world: int) -> list[int]:
     return [base + (r < extra) for r in range(world)]
 
 
-class EpochBatches(torch.utils.data.Sampler[list[int]]):
-    """The global batches of epoch e, shuffled by a generator seeded by (seed, epoch): the order
+class EpochBatches(torch.utils.data.Sampler[list]):
+    """The global batches of epoch e, drawn by a generator seeded by (seed, epoch): the order
     never depends on what ran before, so a resumed run sees the same batches. Under several
     processes rank r yields its contiguous share of each global batch (a placeholder item where a
-    final batch is smaller than the world; ``shares`` says how many items each step really has)."""
+    final batch is smaller than the world; ``shares`` says how many items each step really has).
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    ``draws`` = 0: one pass over a shuffle of the n items, item indices out. ``draws`` > 0
+    (nnU-Net's fixed-length epoch): that many full batches of items drawn with replacement, as
+    ``(index, draw)`` pairs, ``draw`` the item's position in the epoch, so an item drawn twice is
+    augmented twice differently (TrainDataset keys its generator on the pair)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, draws: int = 0):
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.draws = rank, world, draws
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _batch_sizes(self) -> list[int]:
+        if self.draws:
+            return [self.batch_size] * self.draws
+        return [min(self.batch_size, self.n - i) for i in range(0, self.n, self.batch_size)]
+
     def shares(self) -> list[tuple[int, int]]:
         """(items of this rank, items of the global batch) for every step of an epoch."""
-        sizes = [min(self.batch_size, self.n - i) for i in range(0, self.n, self.batch_size)]
-        return [(share_sizes(b, self.world)[self.rank], b) for b in sizes]
+        return [(share_sizes(b, self.world)[self.rank], b) for b in self._batch_sizes()]
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
-        for i in range(0, self.n, self.batch_size):
+        if self.draws:
+            picks = torch.randint(self.n, (self.draws * self.batch_size,), generator=g).tolist()
+            order: list = list(zip(picks, range(len(picks))))
+        else:
+            order = torch.randperm(self.n, generator=g).tolist()
+        for i in range(0, len(order), self.batch_size):
             batch = order[i:i + self.batch_size]
             sizes = share_sizes(len(batch), self.world)
             start = sum(sizes[:self.rank])
             yield batch[start:start + sizes[self.rank]] or batch[:1]
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size)
+        return len(self._batch_sizes())
 
 
 def build_optimizer(model: nn.Module, protocol: Protocol) -> torch.optim.Optimizer:
@@ -133,11 +146,13 @@ def base_lr(protocol: Protocol) -> float:
     return t.lr
 
 
-def lr_at(protocol: Protocol, step: int, epoch: int, max_iterations: int) -> float:
-    """Learning rate for optimizer step ``step`` (0-based) in epoch ``epoch`` (0-based).
+def lr_at(protocol: Protocol, step: int, epoch: int, max_iterations: int, epochs: int = 0) -> float:
+    """Learning rate for optimizer step ``step`` (0-based) in epoch ``epoch`` (0-based) of a run of
+    ``max_iterations`` steps in ``epochs`` epochs (0: ``train.epochs``).
 
     poly: TransUNet sets lr after each step from the pre-increment counter, so steps 0 and 1 both
     use the base lr and step k uses base·(1 − (k−1)/max_it)^power.
+    poly_epoch: nnU-Net's PolyLRScheduler, set at each epoch's start: base·(1 − epoch/epochs)^power.
     cosine: torch's CosineAnnealingLR stepped once per epoch (closed form, cycles past T_max).
     """
     t = protocol.train
@@ -145,6 +160,8 @@ def lr_at(protocol: Protocol, step: int, epoch: int, max_iterations: int) -> flo
     if t.scheduler == "poly":
         k = max(step - 1, 0)
         return lr * (1.0 - k / max_iterations) ** t.poly_power
+    if t.scheduler == "poly_epoch":
+        return lr * (1.0 - epoch / (epochs or t.epochs)) ** t.poly_power
     if t.scheduler == "cosine":
         return t.cosine_eta_min + (lr - t.cosine_eta_min) * (1 + math.cos(math.pi * epoch / t.cosine_t_max)) / 2
     if t.scheduler == "constant":
@@ -157,7 +174,7 @@ def lr_min_epoch(protocol: Protocol, epochs: int, steps_per_epoch: int, total: i
     "lr_min"``): a checkpoint chosen by the schedule alone, with no look at any data. Under a
     cycling cosine (VM-UNet's T_max 50 over 300 epochs) the final epoch trains at the peak lr;
     this picks the end of the last descent (epoch 250) instead. Decaying schedules: the final epoch."""
-    lrs = [lr_at(protocol, min((e + 1) * steps_per_epoch, total) - 1, e, total) for e in range(epochs)]
+    lrs = [lr_at(protocol, min((e + 1) * steps_per_epoch, total) - 1, e, total, epochs) for e in range(epochs)]
     low = min(lrs)
     return max(e for e, lr in enumerate(lrs) if math.isclose(lr, low, rel_tol=1e-9, abs_tol=1e-15))
 
@@ -222,7 +239,7 @@ def train_model(
     data = TrainDataset(dataset, protocol, seed=seed)
     if len(data) == 0:
         raise BenchError(f"{dataset.root}: the training split is empty")
-    sampler = EpochBatches(len(data), t.batch_size, seed, w.rank, w.size)
+    sampler = EpochBatches(len(data), t.batch_size, seed, w.rank, w.size, draws=t.iterations_per_epoch)
     shares = sampler.shares() if w.distributed else None
     workers = min(t.num_workers, os.cpu_count() or 1)
     loader = torch.utils.data.DataLoader(
@@ -273,14 +290,15 @@ def train_model(
             if step >= total:
                 break
             share = shares[i] if shares else None
-            lr = lr_at(protocol, step, epoch, total)
+            lr = lr_at(protocol, step, epoch, total, epochs)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             image = image.to(device, dtype=protocol.torch_dtype, non_blocking=True)
             label = label.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 logits = trained(image)
-            loss = segmentation_loss(logits, label, ce=t.loss_ce, dice=t.loss_dice, bce=t.loss_bce, share=share)
+            loss = segmentation_loss(logits, label, ce=t.loss_ce, dice=t.loss_dice, bce=t.loss_bce, share=share,
+                                     dice_loss=t.dice_loss)
             # the global batch's loss (every rank's term averages to it): same value on every rank
             loss_value = distributed.sum_values([loss.item()])[0] / w.size if share else loss.item()
             if not math.isfinite(loss_value):

@@ -13,6 +13,16 @@ Pipelines (``protocol.train.augment``):
 - ``"vmunet_isic"``: VM-UNet's ISIC train transform (JCruan519/VM-UNet configs/config_setting.py,
   utils.py): ``myNormalize`` -> hflip p 0.5 -> vflip p 0.5 -> rotation p 0.5 by ONE angle drawn
   once per run -> bilinear resize of image and mask (the mask becomes soft at edges).
+- ``"nnunet"``: nnU-Net v2.1.1's default training augmentation for a 2-D configuration with a square
+  patch, as LightM-UNet trains (MrBlankness/LightM-UNet:lightm-unet/nnunetv2/training/nnUNetTrainer/
+  nnUNetTrainer.py, ``get_training_transforms``), built from batchgenerators v1 (MIC-DKFZ/batchgenerators:
+  batchgenerators/augmentations/{spatial_transformations,utils,noise_augmentations,color_augmentations,
+  resample_augmentations}.py). Image and label are first zoomed to ``img_size`` (orders 3 / 0) and that
+  S x S array plays nnU-Net's patch: rotation p 0.2 and scaling p 0.2 about its centre, Gaussian noise,
+  blur, brightness, contrast, simulated low resolution, inverted and plain gamma, flips (``nnunet_augment``
+  lists every draw). Differences from nnU-Net: the whole resized image replaces a patch cut from a larger,
+  planned-spacing region (rotated corners get the zero fill, not neighbouring tissue), no foreground
+  oversampling, and the draws come from a numpy ``Generator`` instead of batchgenerators' global streams.
 - ``"none"``: resize only.
 
 Resizing conventions: ``resize_image`` is ``scipy.ndimage.zoom`` with the factors TransUNet uses
@@ -188,6 +198,126 @@ def vmunet_isic_augment(
     return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
 
+def _split_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    # batchgenerators' draw for a range around 1 (scale, contrast, gamma): half the time below 1, half above
+    return float(rng.uniform(lo, 1.0) if rng.random() < 0.5 else rng.uniform(1.0, hi))
+
+
+def _nnunet_spatial(
+    x: np.ndarray, label: np.ndarray, angle: float, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """batchgenerators ``augment_spatial`` without elastic deformation or cropping, on x (C, H, W) and label
+    (H, W): output pixel p reads the input at ``(p - c) @ R(angle) * scale + c``, c the array centre
+    ((n - 1) / 2 per axis), so a scale > 1 shows more of the image, i.e. shrinks the content. The image is
+    cubic with 0 outside; each label's indicator is linear with -1 outside and assigned where >= 0.5, in
+    ascending label order over a zero start (pixels no label reaches, e.g. outside, stay 0). scipy's mode
+    "constant" returns the fill for any sample beyond [0, n - 1], so rounding can drop an edge row, as there."""
+    h, w = label.shape
+    ctr = np.array([[(h - 1) / 2.0], [(w - 1) / 2.0]])
+    grid = np.stack(np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij"))
+    cos, sin = np.cos(angle), np.sin(angle)
+    rot = np.array([[cos, -sin], [sin, cos]])
+    coords = ((rot.T @ (grid.reshape(2, -1) - ctr)) * scale + ctr).reshape(2, h, w)
+    image = np.stack([ndimage.map_coordinates(ch, coords, order=3, mode="constant", cval=0.0) for ch in x])
+    out = np.zeros_like(label)
+    for c in np.unique(label):
+        hit = ndimage.map_coordinates((label == c).astype(np.float64), coords, order=1, mode="constant", cval=-1.0)
+        out[hit >= 0.5] = c
+    return image, out
+
+
+def _nnunet_contrast(ch: np.ndarray, factor: float) -> np.ndarray:
+    # ``augment_contrast`` with preserve_range: stretch about the mean, clip to the channel's old range
+    mean = ch.mean()
+    return np.clip((ch - mean) * factor + mean, ch.min(), ch.max())
+
+
+def _nnunet_lowres(ch: np.ndarray, zoom: float) -> np.ndarray:
+    """``augment_linear_downsampling_scipy``: nearest-neighbour down to ``round(shape * zoom)``, cubic back up.
+
+    batchgenerators calls ``skimage.transform.resize(..., mode="edge", anti_aliasing=False)``; with
+    scipy >= 1.6 that is ``ndimage.zoom(grid_mode=True, mode="nearest")`` to the exact target shape, output
+    clipped to the input's range (``clip=True``), which is what is written here with scipy alone.
+    """
+    shape = np.array(ch.shape)
+    small = np.round(shape * zoom).astype(int)  # numpy's half-to-even rounding, as batchgenerators
+    down = _fit(ndimage.zoom(ch, small / shape, order=0, mode="nearest", grid_mode=True), tuple(small))
+    up = _fit(ndimage.zoom(down, shape / small, order=3, mode="nearest", grid_mode=True), ch.shape)
+    return np.clip(up, down.min(), down.max())
+
+
+def _nnunet_gamma(ch: np.ndarray, gamma: float, invert: bool) -> np.ndarray:
+    # ``augment_gamma`` per channel with retain_stats: gamma on the [min, max]-scaled channel (negated first
+    # when inverting), then the old mean and std restored
+    v = -ch if invert else ch
+    mean, std = v.mean(), v.std()
+    lo = v.min()
+    span = v.max() - lo + 1e-7
+    v = ((v - lo) / span) ** gamma * span + lo
+    v = (v - v.mean()) / (v.std() + 1e-8) * std + mean
+    return -v if invert else v
+
+
+def nnunet_augment(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """nnU-Net v2.1.1's 2-D training transforms (square patch) on image (H, W) or (H, W, C) and an integer
+    label map (H, W); returns float32 and int64 arrays of the same shapes.
+
+    Draws, in order (u = ``rng.random()``; "split" = u < 0.5 picks U(lo, 1), else U(1, hi)):
+
+    1. SpatialTransform: u < 0.2 -> angle U(-pi, pi); u < 0.2 -> scale split(0.7, 1.4), one factor for
+       both axes. Only if either was drawn is the array resampled (``_nnunet_spatial``); otherwise
+       batchgenerators just center-crops, an identity here.
+    2. GaussianNoiseTransform: u < 0.1 -> std U(0, 0.1) (the "variance" range is used as the std), one
+       N(0, std) field per channel (batchgenerators after its issue #86 fix; before it, each channel's
+       loop step added a field to every channel).
+    3. GaussianBlurTransform: u < 0.2 -> per channel u <= 0.5 -> sigma U(0.5, 1), ``gaussian_filter``.
+    4. BrightnessMultiplicativeTransform: u < 0.15 -> per channel x *= U(0.75, 1.25).
+    5. ContrastAugmentationTransform: u < 0.15 -> per channel factor split(0.75, 1.25), range preserved.
+    6. SimulateLowResolutionTransform: u < 0.25 -> per channel u < 0.5 -> zoom U(0.5, 1).
+    7. GammaTransform inverted: u < 0.1 -> per channel gamma split(0.7, 1.5), stats retained; then the
+       plain GammaTransform: u < 0.3 -> the same without inversion.
+    8. MirrorTransform: u < 0.5 flips axis 0, then u < 0.5 flips axis 1 (image and label).
+
+    Draws with probability 1 in batchgenerators (rotation per axis, the unused shared brightness factor,
+    noise per channel) are skipped. RemoveLabelTransform(-1, 0) has nothing to do: the -1 border never
+    becomes a label (see ``_nnunet_spatial``) and our label maps carry no -1 padding.
+    """
+    x = to_chw(np.asarray(image, dtype=np.float64))
+    label = np.asarray(label, dtype=np.int64)
+    angle = rng.uniform(-np.pi, np.pi) if rng.random() < 0.2 else None
+    scale = _split_uniform(rng, 0.7, 1.4) if rng.random() < 0.2 else None
+    if angle is not None or scale is not None:
+        x, label = _nnunet_spatial(x, label, 0.0 if angle is None else angle, 1.0 if scale is None else scale)
+    if rng.random() < 0.1:
+        std = rng.uniform(0.0, 0.1)
+        x = x + rng.normal(0.0, std, x.shape)  # a field per channel, one std for all
+    if rng.random() < 0.2:
+        for c in range(len(x)):
+            if rng.random() <= 0.5:
+                x[c] = ndimage.gaussian_filter(x[c], rng.uniform(0.5, 1.0))
+    if rng.random() < 0.15:
+        for c in range(len(x)):
+            x[c] *= rng.uniform(0.75, 1.25)
+    if rng.random() < 0.15:
+        for c in range(len(x)):
+            x[c] = _nnunet_contrast(x[c], _split_uniform(rng, 0.75, 1.25))
+    if rng.random() < 0.25:
+        for c in range(len(x)):
+            if rng.random() < 0.5:
+                x[c] = _nnunet_lowres(x[c], rng.uniform(0.5, 1.0))
+    for invert, p in ((True, 0.1), (False, 0.3)):
+        if rng.random() < p:
+            for c in range(len(x)):
+                x[c] = _nnunet_gamma(x[c], _split_uniform(rng, 0.7, 1.5), invert)
+    for axis in (0, 1):
+        if rng.random() < 0.5:
+            x, label = np.flip(x, axis + 1), np.flip(label, axis)
+    out = x[0] if np.ndim(image) == 2 else x.transpose(1, 2, 0)
+    return np.ascontiguousarray(out, dtype=np.float32), np.ascontiguousarray(label)
+
+
 # --- protocol-level objects ------------------------------------------------------------------
 
 
@@ -209,6 +339,8 @@ class TrainTransform:
         self.normalize = protocol.normalize
         self.augment = protocol.train.augment
         self.binary = bool(binary)  # augment and normalize names are checked when the protocol loads
+        if self.augment == "nnunet" and self.binary:
+            raise BenchError("augment 'nnunet' needs integer class labels (nnU-Net datasets); this dataset is binary")
         self.angle = run_rotation_angle(run_seed) if self.augment == "vmunet_isic" else None
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,6 +353,9 @@ class TrainTransform:
             image, label = vmunet_isic_augment(image, label, rng, self.angle)
             image = resize_bilinear(image, self.size)
             label = resize_mask_bilinear(label, self.size) if self.binary else resize_image(label, self.size, 0)
+        elif self.augment == "nnunet":  # the S x S image stands in for nnU-Net's patch
+            image, label = resize_image(image, self.size, 3), resize_image(label, self.size, 0)
+            image, label = nnunet_augment(image, label, rng)
         elif self.binary:  # "none", binary: VM-UNet's test-style resize of both
             image, label = resize_bilinear(image, self.size), resize_mask_bilinear(label, self.size)
         else:  # "none", multi-class: TransUNet's zoom orders

@@ -169,6 +169,27 @@ def test_each_dataset_defaults_to_its_published_protocol():
         default_protocol("polpy", None)
 
 
+def test_lightm_unet_2d_protocol_trains_and_scores_png_cases(tmp_path):
+    """LightM-UNet's nnU-Net recipe end to end on a 2-D nnU-Net-format dataset (PNG cases): epochs of
+    fixed length, nnU-Net's loss and augmentation, per-case scoring at native size under strict."""
+    import numpy as np
+
+    from bench.data import open_dataset, synthesize
+
+    root = synthesize("nnunet", tmp_path / "png", dims=2, n_cases=6, size=40)
+    _bench("run", "--models", "lightm_unet,unet", "--dataset", "nnunet", "--data-root", root, "--protocol",
+           "lightm_unet_2d", "--epochs", "2", "--batch-size", "2", "--results", tmp_path / "res", *FAST)
+    df = records.load(tmp_path / "res")
+    assert sorted(df["model"]) == ["lightm_unet", "unet"] and set(df["policy"]) == {"strict"}
+    for path in sorted((tmp_path / "res" / "records").glob("*.json")):
+        rec = json.loads(path.read_text())
+        assert rec["protocol"]["name"] == "lightm_unet_2d" and rec["train"]["iterations"] == 4
+        assert rec["train"]["epochs"] == 1  # 4 iterations of a 250-iteration epoch
+        assert {c["case"] for c in rec["per_case"]} == {"synth_005"}  # the fixed split's test case, whole
+        native = open_dataset("nnunet", root).load_test("synth_005").label.shape
+        assert {c["tp"] + c["fp"] + c["fn"] + c["tn"] for c in rec["per_case"]} == {int(np.prod(native))}  # not 32²
+
+
 def test_nnunet_without_protocol_fails_before_writing(tmp_path):
     proc = _bench("run", "--models", "unet", "--dataset", "nnunet", "--synthetic", "--results", tmp_path, *FAST,
                   check=False)

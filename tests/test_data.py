@@ -593,6 +593,20 @@ def test_acdc_protocol_needs_the_split_file(roots, tmp_path):
     assert len(plan()) == 1
 
 
+def test_nnunet_style_training_refuses_binary_data(roots, tmp_path):
+    import dataclasses
+
+    from bench.protocol import load_protocol
+    from bench.run import plan_grid
+
+    anywhere = dataclasses.replace(load_protocol("lightm_unet_2d"), datasets=())  # a copy without its dataset list
+    with pytest.raises(BenchError, match=r"train\.dice_loss = \"nnunet\" and train\.augment = \"nnunet\".*binary"):
+        plan_grid(models=["unet"], dataset="isic17", protocol=anywhere, seeds=[0], data_root=roots["isic"],
+                  synthetic=False, results_dir=tmp_path / "res")
+    assert len(plan_grid(models=["unet"], dataset="nnunet", protocol=anywhere, seeds=[0], data_root=roots["nnunet2d"],
+                         synthetic=False, results_dir=tmp_path / "res")) == 1
+
+
 def test_nnunet_kfold_tests_every_case_once(roots, tmp_path):
     from bench.data.nnunet import kfold_split
 

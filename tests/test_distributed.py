@@ -17,10 +17,11 @@ from bench.losses import segmentation_loss
 from bench.train import EpochBatches, share_sizes
 
 
-@pytest.mark.parametrize("n, batch, world", [(10, 4, 1), (10, 4, 2), (10, 4, 3), (7, 3, 2), (5, 8, 4)])
-def test_rank_shares_concatenate_to_the_global_batches(n, batch, world):
-    one = EpochBatches(n, batch, seed=5)
-    ranks = [EpochBatches(n, batch, seed=5, rank=r, world=world) for r in range(world)]
+@pytest.mark.parametrize("n, batch, world, draws", [(10, 4, 1, 0), (10, 4, 2, 0), (10, 4, 3, 0), (7, 3, 2, 0),
+                                                   (5, 8, 4, 0), (5, 4, 3, 6), (3, 2, 4, 5)])
+def test_rank_shares_concatenate_to_the_global_batches(n, batch, world, draws):
+    one = EpochBatches(n, batch, seed=5, draws=draws)
+    ranks = [EpochBatches(n, batch, seed=5, rank=r, world=world, draws=draws) for r in range(world)]
     for s in [one, *ranks]:
         s.set_epoch(3)
     per_rank = [list(s) for s in ranks]
@@ -31,7 +32,7 @@ def test_rank_shares_concatenate_to_the_global_batches(n, batch, world):
         assert sum(real, []) == global_batch  # contiguous, in order, nothing lost or repeated
         for r in range(world):  # a rank with no real item gets one placeholder (its weight is 0)
             assert len(per_rank[r][step]) == max(shares[r][0], 1)
-    assert len(one) == len(ranks[0]) == -(-n // batch)
+    assert len(one) == len(ranks[0]) == (draws or -(-n // batch))
     assert share_sizes(7, 3) == [3, 2, 2] and share_sizes(2, 4) == [1, 1, 0, 0]
 
 
@@ -70,6 +71,20 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_an_epoch_of_draws_samples_with_replacement():
+    s = EpochBatches(3, 4, seed=5, draws=6)  # nnU-Net: each batch drawn at random, repeats allowed
+    s.set_epoch(2)
+    batches = list(s)
+    assert len(batches) == 6 and all(len(b) == 4 for b in batches)
+    pairs = sum(batches, [])
+    assert [d for _, d in pairs] == list(range(24))  # every draw has its own position in the epoch
+    counts = [sum(i == k for i, _ in pairs) for k in range(3)]
+    assert sum(counts) == 24 and all(c > 0 for c in counts) and max(counts) > 8  # not passes over the items
+    assert list(s) == batches  # (seed, epoch) fixes the draws
+    s.set_epoch(3)
+    assert list(s) != batches
 
 
 def test_sharded_loss_has_the_global_batch_gradient(tmp_path):

@@ -13,8 +13,8 @@ from bench.protocol import PROTOCOL_DIR, list_protocols, load_protocol
 
 def test_builtin_protocols_load():
     names = list_protocols()
-    assert {"synapse", "synapse_swin", "synapse_vmunet", "isic17", "isic18", "polyp", "isic_all", "smoke", "drift"} \
-        <= set(names)
+    assert {"synapse", "synapse_swin", "synapse_vmunet", "isic17", "isic18", "polyp", "isic_all", "acdc",
+            "lightm_unet_2d", "smoke", "drift"} <= set(names)
     hashes = {load_protocol(n).hash for n in names}
     assert len(hashes) == len(names)  # each recipe is told apart by its hash
 
@@ -38,6 +38,15 @@ def test_acdc_is_transunets_synapse_recipe_for_20k_iterations():
     same = lambda cfg: {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "max_iterations")}  # noqa: E731
     assert same(acdc.train) == same(syn.train) and acdc.eval == syn.eval
     assert (acdc.img_size, acdc.metric_policy, acdc.seed, acdc.pretrained) == (224, "legacy-synapse", 1234, True)
+
+
+def test_lightm_unet_2d_is_the_lightm_unet_nnunet_trainer():
+    p = load_protocol("lightm_unet_2d")
+    t = p.train
+    assert (t.optimizer, t.lr, t.weight_decay, t.eps, t.grad_clip, t.amp) == ("adam", 1e-4, 1e-5, 1e-5, 12.0, False)
+    assert (t.scheduler, t.poly_power, t.epochs, t.iterations_per_epoch) == ("poly_epoch", 0.9, 100, 250)
+    assert (t.loss_ce, t.loss_dice, t.dice_loss, t.augment, t.select) == (1.0, 1.0, "nnunet", "nnunet", "final")
+    assert (p.datasets, p.normalize, p.metric_policy, p.pretrained) == (("nnunet",), "zscore", "strict", False)
 
 
 def test_isic_is_vmunets_recipe():

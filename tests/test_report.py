@@ -369,6 +369,20 @@ def test_two_nnunet_datasets_get_two_boards_and_their_published_rows(tmp_path):
     assert [k.dataset for k in leaderboards(load(tmp_path / "old"))] == ["synapse"]
 
 
+def test_lightm_unets_chest_xray_number_meets_a_lightm_unet_2d_board(tmp_path):
+    """The built-in published.csv: LightM-UNet's Montgomery & Shenzhen Dice (96.17, nnU-Net's per-case
+    means) gets a gap on a board of its recipe (lightm_unet_2d, strict) over their Dataset802_LungXray."""
+    from bench.protocol import load_protocol
+
+    rec = make_record("lightm_unet", dataset="nnunet", dice=0.95, protocol="lightm_unet_2d", classes=["lung"])
+    rec.update(dataset_name="nnunet:Dataset802_LungXray", policy="strict")
+    rec["protocol"]["hash"] = load_protocol("lightm_unet_2d").hash
+    write_record(rec, tmp_path)
+    section = write_report(tmp_path, published=True).split("## Published vs ours · nnunet:Dataset802_LungXray")[1]
+    dice = next(line for line in section.splitlines() if line.startswith("| lightm_unet") and "96.17" in line)
+    assert "lightm_unet_2d" in dice and "95.00" in dice and "-1.17" in dice
+
+
 def test_each_polyp_test_set_gets_its_own_board_scored_like_the_authors(tmp_path):
     """VM-UNet-V2 pools one confusion matrix per test set, not over all five: the per-set boards
     must equal 2TP/(2TP+FP+FN) summed over that set's images, and find that set's published rows."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from bench.data import open_dataset, synthetic_root
 from bench.errors import BenchError
-from bench.losses import binary_dice_loss, multiclass_dice_loss
+from bench.losses import binary_dice_loss, multiclass_dice_loss, nnunet_dice_loss, segmentation_loss
 from bench.protocol import load_protocol
 from bench.registry import create_model, get_entry
 from bench.train import lr_at, seed_everything, train_model
@@ -81,6 +81,69 @@ def test_binary_dice_loss_hand_computed():
     p = logits.sigmoid().flatten(1)
     s = (2 * (p * target.flatten(1)).sum(1) + 1) / (p.sum(1) + 1 + 1)
     torch.testing.assert_close(binary_dice_loss(logits, target), 1 - s.mean())
+
+
+def test_poly_epoch_schedule_matches_nnunets_poly_lr():
+    p = load_protocol("lightm_unet_2d")  # nnU-Net's PolyLRScheduler.step(epoch) at each epoch's start
+    for epoch in (0, 1, 50, 99):
+        want = 1e-4 * (1 - epoch / 100) ** 0.9
+        assert lr_at(p, 0, epoch, 25_000, 100) == lr_at(p, 249, epoch, 25_000, 100) == pytest.approx(want, rel=1e-12)
+    assert lr_at(p, 0, 1, 10, 2) == pytest.approx(1e-4 * 0.5 ** 0.9)  # a capped run decays over its own epochs
+    from bench.train import lr_min_epoch
+
+    assert lr_min_epoch(p, 100, 250, 25_000) == 99
+
+
+def _nnunet_dice_reference(probs, target):
+    """nnU-Net's MemoryEfficientSoftDiceLoss (batch_dice, do_bg False, smooth 1e-5) in float64 loops,
+    through tp/fp/fn as nnU-Net's get_tp_fp_fn_tn states them: Dice = (2tp + s) / (2tp + fp + fn + s)."""
+    scores = []
+    for c in range(1, probs.shape[1]):
+        p, g = probs[:, c].double(), (target == c).double()
+        tp, fp, fn = (p * g).sum(), (p * (1 - g)).sum(), ((1 - p) * g).sum()
+        scores.append((2 * tp + 1e-5) / (2 * tp + fp + fn + 1e-5))
+    return -torch.stack(scores).mean()
+
+
+def test_nnunet_dice_loss_is_nnunets_batch_foreground_dice():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 3, (2, 5, 4))
+    target[1][target[1] == 2] = 0  # class 2 absent from the second image: the batch pools it
+    ref = _nnunet_dice_reference(logits.softmax(1), target)
+    torch.testing.assert_close(nnunet_dice_loss(logits, target), ref)
+    total = segmentation_loss(logits, target, ce=1.0, dice=1.0, bce=1.0, dice_loss="nnunet")
+    torch.testing.assert_close(total, F.cross_entropy(logits, target) + ref)  # DC_and_CE_loss: ce + dc
+    # and it is not TransUNet's Dice (background included, squared denominators)
+    assert not torch.allclose(total, segmentation_loss(logits, target, ce=1.0, dice=1.0, bce=1.0))
+    # a perfect prediction scores -1 per present class
+    perfect = F.one_hot(target, 3).permute(0, 3, 1, 2).double() * 60.0
+    assert nnunet_dice_loss(perfect, target).item() == pytest.approx(-1.0, abs=1e-9)
+
+
+def test_an_epoch_of_draws_runs_its_fixed_number_of_steps(synapse_root, tmp_path):
+    ds = open_dataset("synapse", synapse_root)
+    proto = _proto(max_iterations=0, epochs=2, batch_size=4, iterations_per_epoch=3)
+    seen = []
+    res = train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path / "a", device=torch.device("cpu"),
+                      progress=lambda step, total, loss: seen.append((step, total)))
+    assert res.iterations == 6 and len(res.epoch_losses) == 2 and seen[-1] == (6, 6)
+    again = _tiny_unet(ds)
+    train_model(again, ds, proto, seed=0, run_dir=tmp_path / "b", device=torch.device("cpu"))
+    model = _tiny_unet(ds)
+    train_model(model, ds, proto, seed=0, run_dir=tmp_path / "c", device=torch.device("cpu"))
+    for k, v in _state(again).items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_a_twice_drawn_item_is_augmented_twice_differently(synapse_root):
+    from bench.data.torch_dataset import TrainDataset
+
+    ds = open_dataset("synapse", synapse_root)
+    data = TrainDataset(ds, _proto(augment="transunet"), seed=0)
+    outs = [data[(0, d)][0] for d in range(8)]
+    assert any(not torch.equal(outs[0], o) for o in outs[1:])  # 8 draws of a p 0.75 augmentation
+    assert torch.equal(data[(0, 3)][0], data[(0, 3)][0]) and torch.equal(data[0][0], data[0][0])
 
 
 def _state(model):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -144,15 +146,21 @@ def test_transunet_rotation_angles_are_integers_in_range(monkeypatch):
     assert min(seen) == -20 and max(seen) == 19
 
 
+def _multiclass_item(tf, sample, size, seed):
+    """One training item of a 9-class CT sample: shapes, dtypes, classes, and the same item again."""
+    image, label = tf(sample, np.random.default_rng(seed))
+    assert image.shape == (1, size, size) and image.dtype == torch.float32
+    assert label.shape == (size, size) and label.dtype == torch.int64
+    assert set(label.unique().tolist()) <= set(range(9))
+    again = tf(sample, np.random.default_rng(seed))
+    assert torch.equal(image, again[0]) and torch.equal(label, again[1])
+    return image, label
+
+
 def test_train_transform_multiclass_shapes_and_determinism():
     tf = T.TrainTransform(_proto("synapse", img_size=32), binary=False, run_seed=0)
     s = _ct_sample()
-    image, label = tf(s, np.random.default_rng(5))
-    assert image.shape == (1, 32, 32) and image.dtype == torch.float32
-    assert label.shape == (32, 32) and label.dtype == torch.int64
-    assert set(label.unique().tolist()) <= set(range(9))
-    again = tf(s, np.random.default_rng(5))
-    assert torch.equal(image, again[0]) and torch.equal(label, again[1])
+    image, label = _multiclass_item(tf, s, 32, seed=5)
     others = [tf(s, np.random.default_rng(k))[1] for k in range(6, 12)]
     assert any(not torch.equal(label, o) for o in others)
 
@@ -224,6 +232,179 @@ def test_vmunet_flips_follow_the_rng():
         np.testing.assert_array_equal(mask, T._rotate(np.ascontiguousarray(expect_mask), 30.0))
 
 
+# --- nnU-Net (batchgenerators) ---------------------------------------------------------------
+
+
+def _nnunet_proto(img_size: int = 32):
+    p = load_protocol("synapse")
+    return dataclasses.replace(p, img_size=img_size, train=dataclasses.replace(p.train, augment="nnunet"))
+
+
+@pytest.mark.parametrize("n", [7, 8])
+def test_nnunet_spatial_identity_and_rot90_about_the_centre(n):
+    rng = np.random.default_rng(n)
+    x, label = rng.random((2, n, n)), rng.integers(0, 5, (n, n))
+    same_x, same_label = T._nnunet_spatial(x, label, 0.0, 1.0)
+    np.testing.assert_allclose(same_x, x, atol=1e-9)
+    np.testing.assert_array_equal(same_label, label)
+    # about the exact centre ((n - 1) / 2), a quarter turn maps the pixel grid onto itself: np.rot90
+    rot_x, rot_label = T._nnunet_spatial(x, label, np.pi / 2, 1.0)
+    np.testing.assert_allclose(rot_x, np.rot90(x, 1, axes=(1, 2)), atol=1e-9)
+    np.testing.assert_array_equal(rot_label, np.rot90(label))
+    assert rot_label.dtype == np.int64
+
+
+def test_nnunet_spatial_scale_multiplies_the_sampling_coordinates():
+    # 41 x 41, centre 20, a square of class 2 over [10, 30]; output i reads input 20 + (i - 20) * scale
+    label = np.zeros((41, 41), np.int64)
+    label[10:31, 10:31] = 2
+    x = (label / 2.0)[None]
+    small_x, small = T._nnunet_spatial(x, label, 0.0, 2.0)
+    expect = np.zeros_like(label)
+    expect[15:26, 15:26] = 2  # |2 (i - 20)| <= 10: scale 2 halves the square
+    np.testing.assert_array_equal(small, expect)
+    assert abs(small_x[0, 20, 20] - 1.0) < 1e-9 and small_x[0, 0, 0] == 0.0  # outside the input: zero fill
+    _, big = T._nnunet_spatial(x, label, 0.0, 0.5)
+    assert (big == 2).all()  # |(i - 20) / 2| <= 10 everywhere: scale 0.5 doubles it
+
+
+def test_nnunet_spatial_interpolation_orders_at_half_pixels():
+    # scale 0.5 about centre 20: output 21 reads input 20.5, midway between pixels 20 and 21
+    label = np.full((41, 41), 5, np.int64)
+    label[20:22, 20:22] = [[1, 2], [3, 4]]
+    t = np.arange(41) - 20.0
+    x = np.add.outer(t**2, 0.5 * t)[None] / 40.0  # quadratic: cubic splines reproduce it, linear would not
+    out_x, out = T._nnunet_spatial(x, label, 0.0, 0.5)
+    assert out[20, 20] == 1
+    assert out[21, 21] == 0  # four labels at 0.25 each: none reaches 0.5, the pixel stays 0
+    assert out[21, 20] == 3 and out[20, 21] == 2  # 1 and 3 tie at 0.5: the higher label is written last
+    inner = slice(10, 31)
+    ref = np.add.outer((t / 2) ** 2, 0.5 * t / 2) / 40.0
+    np.testing.assert_allclose(out_x[0, inner, inner], ref[inner, inner], atol=1e-6)
+
+
+def test_nnunet_spatial_labels_stay_in_the_class_set():
+    label = _ct_sample(33, 33).label
+    x = _ct_sample(33, 33).image[None].astype(np.float64)
+    for angle, scale in ((0.3, 1.0), (-2.5, 1.3), (1.1, 0.75)):
+        _, out = T._nnunet_spatial(x, label, angle, scale)
+        assert out.dtype == np.int64 and set(np.unique(out)) <= set(np.unique(label)) | {0}
+    _, out = T._nnunet_spatial(x, label + 1, np.pi / 4, 1.0)  # no class 0 in the input: corners become 0
+    assert out[0, 0] == 0 and out[16, 16] == label[16, 16] + 1
+
+
+def test_nnunet_draw_probabilities_and_ranges(monkeypatch):
+    # a single-channel item, n times; the helpers are spied on (and skipped) to count what was drawn
+    calls = {"spatial": [], "contrast": [], "lowres": [], "gamma": [], "blur": []}
+
+    def spy(name):
+        def record(first, *params):  # keep the parameters drawn, return the array(s) unchanged
+            calls[name].append(params)
+            return (first, params[0]) if name == "spatial" else first
+        return record
+
+    monkeypatch.setattr(T, "_nnunet_spatial", spy("spatial"))
+    monkeypatch.setattr(T, "_nnunet_contrast", spy("contrast"))
+    monkeypatch.setattr(T, "_nnunet_lowres", spy("lowres"))
+    monkeypatch.setattr(T, "_nnunet_gamma", spy("gamma"))
+    monkeypatch.setattr(T.ndimage, "gaussian_filter", spy("blur"))
+    image, label = np.zeros((6, 6), np.float32), np.zeros((6, 6), np.int64)
+    n, noisy = 3000, 0
+    for i in range(n):
+        noisy += bool(T.nnunet_augment(image, label, np.random.default_rng([11, i]))[0].any())  # only noise
+    # SpatialTransform: rotation p 0.2, U(-pi, pi); scaling p 0.2, one factor split around 1
+    assert abs(len(calls["spatial"]) / n - (1 - 0.8 * 0.8)) < 0.03
+    angles = [a for _, a, _ in calls["spatial"] if a != 0.0]
+    scales = [sc for _, _, sc in calls["spatial"] if sc != 1.0]
+    assert abs(len(angles) / n - 0.2) < 0.02 and abs(len(scales) / n - 0.2) < 0.02
+    assert all(-np.pi <= a < np.pi for a in angles) and min(angles) < -3.0 and max(angles) > 3.0
+    assert all(0.7 <= sc <= 1.4 for sc in scales)
+    assert abs(np.mean([sc < 1 for sc in scales]) - 0.5) < 0.04  # U(0.7, 1.4) would give 0.43
+    assert abs(noisy / n - 0.1) < 0.02
+    blur = [sig for (sig,) in calls["blur"]]
+    assert abs(len(blur) / n - 0.2 * 0.5) < 0.02 and all(0.5 <= sig <= 1.0 for sig in blur)
+    factors = [f for (f,) in calls["contrast"]]
+    assert abs(len(factors) / n - 0.15) < 0.02 and all(0.75 <= f <= 1.25 for f in factors)
+    assert abs(np.mean([f < 1 for f in factors]) - 0.5) < 0.08
+    zooms = [z for (z,) in calls["lowres"]]
+    assert abs(len(zooms) / n - 0.25 * 0.5) < 0.02 and all(0.5 <= z <= 1.0 for z in zooms)
+    inverted = [g for g, inv in calls["gamma"] if inv]
+    plain = [g for g, inv in calls["gamma"] if not inv]
+    assert abs(len(inverted) / n - 0.1) < 0.02 and abs(len(plain) / n - 0.3) < 0.025
+    assert all(0.7 <= g <= 1.5 for g in inverted + plain)
+    assert abs(np.mean([g < 1 for g in plain]) - 0.5) < 0.06
+
+
+def test_nnunet_contrast_preserve_range_hand_computed():
+    x = np.array([0.0, 1.0, 2.0, 3.0, 4.0])  # mean 2
+    np.testing.assert_allclose(T._nnunet_contrast(x, 1.25), [0.0, 0.75, 2.0, 3.25, 4.0])  # clipped to [0, 4]
+    lower = T._nnunet_contrast(np.random.default_rng(0).normal(3, 2, (20, 20)), 0.8)
+    ref = np.random.default_rng(0).normal(3, 2, (20, 20))
+    assert abs(lower.mean() - ref.mean()) < 1e-12 and lower.min() >= ref.min() and lower.max() <= ref.max()
+    np.testing.assert_allclose(lower.std(), 0.8 * ref.std(), rtol=1e-12)  # nothing to clip below 1
+
+
+@pytest.mark.parametrize("gamma,invert", [(0.7, False), (1.5, False), (0.8, True), (1.4, True)])
+def test_nnunet_gamma_retains_stats(gamma, invert):
+    x = np.random.default_rng(2).normal(0.5, 2.0, (24, 24))
+    out = T._nnunet_gamma(x, gamma, invert)
+    np.testing.assert_allclose([out.mean(), out.std()], [x.mean(), x.std()], rtol=1e-5)
+    # shape of the curve, independently: standardised ((x - min) / range) ** gamma, or its mirror image
+    lo, hi = x.min(), x.max()
+    curve = -(((hi - x) / (hi - lo)) ** gamma) if invert else ((x - lo) / (hi - lo)) ** gamma
+
+    def z(a):
+        return (a - a.mean()) / a.std()
+
+    np.testing.assert_allclose(z(out), z(curve), atol=1e-5)
+    assert not np.allclose(out, x)
+
+
+def test_nnunet_lowres_nearest_down_cubic_up():
+    x = np.random.default_rng(4).random((37, 29))
+    out = T._nnunet_lowres(x, 0.6)
+    assert out.shape == x.shape and x.min() <= out.min() and out.max() <= x.max()
+    np.testing.assert_allclose(T._nnunet_lowres(x, 1.0), x, atol=1e-9)  # same size: nothing lost
+    # a one-pixel checkerboard halved by nearest neighbour samples one parity only: a constant image
+    board = (np.add.outer(np.arange(16), np.arange(16)) % 2).astype(np.float64)
+    flat = T._nnunet_lowres(board, 0.5)
+    assert flat.shape == (16, 16) and np.ptp(flat) == 0 and flat[0, 0] in (0.0, 1.0)
+
+
+def test_nnunet_augment_shapes_labels_and_determinism():
+    s = _ct_sample(32, 32)
+    rgb = np.random.default_rng(1).random((32, 32, 3)).astype(np.float32)
+    classes = set(np.unique(s.label))
+    outs = []
+    for i in range(40):
+        image, label = T.nnunet_augment(s.image, s.label, np.random.default_rng([5, i]))
+        assert image.shape == (32, 32) and image.dtype == np.float32 and np.isfinite(image).all()
+        assert label.shape == (32, 32) and label.dtype == np.int64 and set(np.unique(label)) <= classes
+        outs.append((image, label))
+    again = T.nnunet_augment(s.image, s.label, np.random.default_rng([5, 0]))
+    np.testing.assert_array_equal(again[0], outs[0][0])
+    np.testing.assert_array_equal(again[1], outs[0][1])
+    assert len({o[0].tobytes() for o in outs}) > 30  # different seeds, different items
+    assert sum(not np.array_equal(o[1], s.label) for o in outs) > 20  # flips alone move labels 3/4 of the time
+    image, label = T.nnunet_augment(rgb, s.label, np.random.default_rng(3))
+    assert image.shape == (32, 32, 3) and label.shape == (32, 32)
+
+
+def test_train_transform_nnunet():
+    tf = T.TrainTransform(_nnunet_proto(24), binary=False, run_seed=0)
+    s = _ct_sample()
+    image, label = _multiclass_item(tf, s, 24, seed=9)
+    # the resize comes first: the augmentation sees the S x S arrays
+    small = T.resize_image(s.image, 24, 3), T.resize_image(s.label, 24, 0)  # synapse: normalize "none"
+    for i in range(8):
+        image, label = tf(s, np.random.default_rng([9, i]))
+        ref = T.nnunet_augment(*small, np.random.default_rng([9, i]))
+        np.testing.assert_array_equal(image[0].numpy(), ref[0])
+        np.testing.assert_array_equal(label.numpy(), ref[1])
+    with pytest.raises(BenchError, match="integer class labels"):
+        T.TrainTransform(_nnunet_proto(), binary=True, run_seed=0)
+
+
 # --- evaluation helpers ----------------------------------------------------------------------
 
 
@@ -290,3 +471,27 @@ def test_persistent_workers_see_the_epoch(synapse_ds):
         data.set_epoch(epoch)
         assert torch.equal(seen[-1], torch.stack([data[i][1] for i in range(8)]))
     assert not torch.equal(seen[0], seen[1])
+
+
+def test_nnunet_noise_is_one_field_per_channel():
+    # batchgenerators (since its issue #86 fix) adds one N(0, std) field to each channel. A scripted
+    # generator draws only the noise step, at the top of its range (std 0.1): every channel of a zero
+    # RGB image then has spread 0.1 (C fields per channel, the old bug, would give 0.1 * sqrt(3))
+    class Scripted:
+        def __init__(self):
+            self.u = iter([0.9, 0.9, 0.0] + [0.9] * 8)  # no rotation, no scaling, noise, nothing after
+            self.real = np.random.default_rng(0)
+
+        def random(self):
+            return next(self.u)
+
+        def uniform(self, lo, hi):
+            return hi
+
+        def normal(self, *args):
+            return self.real.normal(*args)
+
+    image, label = np.zeros((64, 64, 3), np.float32), np.zeros((64, 64), np.int64)
+    out, _ = T.nnunet_augment(image, label, Scripted())
+    assert np.allclose(out.std(axis=(0, 1)), 0.1, rtol=0.04)
+    assert not np.allclose(out[..., 0], out[..., 1])  # each channel its own field

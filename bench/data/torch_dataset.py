@@ -1,7 +1,7 @@
 """``torch.utils.data.Dataset`` over a ``SegDataset``'s training items.
 
 Randomness: item ``index`` in epoch ``e`` draws from ``np.random.default_rng([seed, e, index])``
-and nothing else (no global ``random``/``numpy`` state, no worker seeds), so a batch is
+(``[seed, e, index, draw]`` in an epoch of draws with replacement) and nothing else (no global ``random``/``numpy`` state, no worker seeds), so a batch is
 bit-identical whatever ``num_workers`` is and whichever worker loads it. TransUNet instead seeds
 Python ``random`` per worker (``worker_init_fn``), which makes its augmentations depend on the
 worker count; we reproduce the distribution, not that coupling.
@@ -63,9 +63,13 @@ class TrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, int(index)])
+    def rng(self, index: int, draw: int | None = None) -> np.random.Generator:
+        key = [self.seed, self.epoch, int(index)] + ([] if draw is None else [int(draw)])
+        return np.random.default_rng(key)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``key``: an item index, or ``(index, draw)`` from an epoch drawn with replacement
+        (``EpochBatches(draws=...)``), whose augmentation also depends on the draw."""
+        index, draw = key if isinstance(key, tuple) else (key, None)
         sample = self.dataset.load_train(self.ids[index])
-        return self.transform(sample, self.rng(index))
+        return self.transform(sample, self.rng(index, draw))
