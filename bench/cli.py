@@ -266,6 +266,36 @@ def rescore(
 
 
 @app.command()
+def predict(
+    out: Annotated[Path, typer.Option(help="folder for the predictions: one subfolder per run")],
+    results: Annotated[Path, typer.Option(help="results directory with the finished runs")] = DEFAULT_RESULTS,
+    models: Annotated[str, typer.Option(help="'all' or a comma list of registered models")] = "all",
+    run: Annotated[Optional[list[str]], typer.Option(help="only this run id (repeatable)")] = None,
+    protocol: Annotated[Optional[Path], typer.Option(help="the runs' protocol .toml, for runs of a file that is "
+                                                     "not built in")] = None,
+    device: Annotated[Device, typer.Option(help="where to predict")] = Device.auto,
+) -> None:
+    """Write finished runs' predicted label maps for their test cases, from their saved weights, in
+    the data's format (nnU-Net: <case><ending> with the label file's geometry; Synapse: NIfTI;
+    ISIC/polyp: 0/255 PNG masks at model resolution); exactly what the run's metrics were computed on.
+
+    Example: bench predict --results results --out predictions --models vmunet
+    """
+    from bench.env import resolve_device
+    from bench.predict import plan_predict, predict_run
+    from bench.records import ensure_writable_dir
+    from bench.registry import resolve_models
+
+    dev = resolve_device(device.value)
+    todo = plan_predict(results, resolve_models(models), run)
+    ensure_writable_dir(out, "--out")
+    typer.echo(f"bench predict: {len(todo)} run(s) · device {dev}")
+    for rec in todo:
+        folder, written = predict_run(rec, results, out, dev, protocol)
+        typer.echo(f"  {rec['run_id']}: {written} file(s) written -> {folder}")
+
+
+@app.command()
 def check(
     baseline: Annotated[Path, typer.Option(help="committed baseline CSV, e.g. results/baseline/smoke.csv")],
     results: Annotated[Path, typer.Option(help="results directory with the current records")] = DEFAULT_RESULTS,

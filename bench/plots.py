@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -91,22 +89,13 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    """Save ``fig`` as PNG at ``path`` via a temp file + ``os.replace``; always close ``fig``."""
-    plt = _pyplot()
-    path = Path(path)
+    """Save ``fig`` as PNG at ``path`` atomically (``records.atomic_write``); always close ``fig``."""
+    from bench.records import atomic_write
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     finally:
-        plt.close(fig)
-    return path
+        _pyplot().close(fig)
 
 
 def _finite(value) -> bool:

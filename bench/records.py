@@ -36,7 +36,7 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -240,10 +240,12 @@ def _to_json_value(value: Any, path: str) -> Any:
     raise BenchError(f"run record: {path.lstrip('.')} has type {type(value).__name__}, not JSON-serialisable")
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` so that readers see the old file, or the whole new one.
+def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp") -> Path:
+    """Have ``write(tmp)`` write a file that then replaces ``path`` atomically: readers see the old
+    file, or the whole new one.
 
-    Temp file in the same directory (same filesystem, so the rename is atomic), fsync, then
+    Temp file in the same directory (same filesystem, so the rename is atomic), ending in
+    ``suffix`` (writers that pick the format from the name, e.g. nibabel, need it), fsync, then
     ``os.replace``; on any failure the temp file is removed and the target is untouched. A folder
     that cannot be created or written in (no permission, a file in the way) is a BenchError naming
     ``path``; commands check theirs up front with ``ensure_writable_dir``.
@@ -251,23 +253,25 @@ def atomic_write_text(path: Path, text: str) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+        os.close(fd)
     except OSError as exc:
         raise BenchError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
+        write(Path(tmp))
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """``atomic_write`` of ``text`` (UTF-8, newline "\\n")."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"))
 
 
 def ensure_writable_dir(directory: Path, option: str = "--results") -> Path:

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from bench import records
 from bench.data import open_dataset
+from bench.data.base import SegDataset
 from bench.errors import BenchError
 from bench.evaluate import evaluate, scored_ids
 from bench.metrics import get_policy, policy_fields
@@ -28,7 +30,8 @@ from bench.protocol import Protocol, load_protocol
 from bench.registry import create_model
 from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, load_checkpoint
 
-__all__ = ["rescore_id", "weights_path", "record_protocol", "rescore_record", "plan_rescore", "rescored_twin"]
+__all__ = ["rescore_id", "weights_path", "record_protocol", "run_model", "rescore_record", "plan_rescore",
+           "rescored_twin"]
 
 
 def rescore_id(run_id: str, policy: str) -> str:
@@ -53,6 +56,28 @@ def record_protocol(rec: dict[str, Any], protocol_file: Path | None = None) -> P
         raise BenchError(f"run {rec['run_id']}: {where} now has hash {proto.hash}, the run used {meta['hash']}; "
                          f"pass the protocol file the run used with --protocol")
     return proto
+
+
+def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None = None,
+              what: str = "used") -> tuple[nn.Module, SegDataset, Protocol]:
+    """The run's model holding the weights it was evaluated with, its test data and its protocol.
+
+    BenchError when the weights are gone, the protocol changed (``record_protocol``) or the run's
+    split now holds other cases than it scored (the data, or how its split is drawn, changed since,
+    so cases it trained on could be ``what``: rescored, predicted)."""
+    path = weights_path(results_dir, rec)
+    if not path.is_file():
+        raise BenchError(f"{path}: not found; run {rec['run_id']} can only be {what} from its run directory")
+    protocol = record_protocol(rec, protocol_file)
+    split = rec["split"]
+    dataset = open_dataset(rec["dataset"], rec["data_root"], int(split[4:]) if split.startswith("fold") else None)
+    scored = sorted({row["case"] for row in rec["per_case"]})
+    if sorted(scored_ids(dataset, protocol)) != scored:
+        raise BenchError(f"run {rec['run_id']}: its {split} split of {rec['data_root']} now holds other cases than "
+                         f"the {len(scored)} it was scored on, so cases the model trained on could be {what}")
+    model = create_model(rec["model"], **rec["model_config"]).to(protocol.torch_dtype)  # float64 runs stay exact
+    model.load_state_dict(load_checkpoint(path)["model"])
+    return model, dataset, protocol
 
 
 def rescored_twin(spec, results_dir: Path) -> str | None:
@@ -97,18 +122,7 @@ def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: 
     """Evaluate the run of ``rec`` under ``policy`` and write (and return) its new record."""
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
-    path = weights_path(results_dir, rec)
-    if not path.is_file():
-        raise BenchError(f"{path}: not found; run {rec['run_id']} can only be rescored from its run directory")
-    protocol = record_protocol(rec, protocol_file)
-    split = rec["split"]
-    dataset = open_dataset(rec["dataset"], rec["data_root"], int(split[4:]) if split.startswith("fold") else None)
-    scored = sorted({row["case"] for row in rec["per_case"]})
-    if sorted(scored_ids(dataset, protocol)) != scored:  # the data, or how its split is drawn, changed since the run
-        raise BenchError(f"run {rec['run_id']}: its {split} split of {rec['data_root']} now holds other cases than "
-                         f"the {len(scored)} it was scored on; rescoring could score cases the model trained on")
-    model = create_model(rec["model"], **rec["model_config"]).to(protocol.torch_dtype)  # float64 runs stay exact
-    model.load_state_dict(load_checkpoint(path)["model"])
+    model, dataset, protocol = run_model(rec, results_dir, protocol_file, "rescored")
     scores = evaluate(model, dataset, protocol, policy, device=device)
     new = {
         **rec,

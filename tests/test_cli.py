@@ -112,8 +112,8 @@ def test_user_errors_are_one_line(args, message, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("cmd", [[], ["run"], ["rescore"], ["report"], ["check"], ["models"], ["doctor"], ["data"],
-                                 ["data", "synth"], ["data", "verify"]])
+@pytest.mark.parametrize("cmd", [[], ["run"], ["rescore"], ["predict"], ["report"], ["check"], ["profile"], ["models"],
+                                 ["doctor"], ["data"], ["data", "synth"], ["data", "verify"]])
 def test_every_help_shows_an_example(cmd):
     result = runner.invoke(app, [*cmd, "--help"])
     assert result.exit_code == 0
@@ -150,6 +150,16 @@ def test_three_seed_grid_report_with_statistics_published_and_plots(tmp_path):
     rows = (tmp_path / "cases.csv").read_text().splitlines()
     assert rows[0].startswith("board_dataset,board_protocol,model_label") and len(rows) - 1 == len(
         records.load(results, level="case"))
+
+
+def test_predict_writes_each_runs_test_cases(smoke_results, tmp_path):
+    (run_id,) = records.load(smoke_results)["run_id"]
+    out = _bench("predict", "--results", smoke_results, "--out", tmp_path / "pred", "--run", run_id).stdout
+    files = json.loads((tmp_path / "pred" / run_id / "prediction.json").read_text())["files"]
+    assert f"{run_id}: {len(files)} file(s) written" in out and len(files) >= 1
+    assert all((tmp_path / "pred" / run_id / name).is_file() for name in files.values())
+    bad = _bench("predict", "--results", smoke_results, "--out", tmp_path / "pred", "--run", "nope", check=False)
+    assert bad.returncode == 2 and "--run nope: no finished run" in bad.stderr
 
 
 def test_folds_give_one_record_per_fold(tmp_path):

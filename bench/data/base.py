@@ -58,6 +58,7 @@ class SegDataset:
     class_names: tuple[str, ...] = ()  # foreground names, index 0 = class id 1
     in_chans: int = 1  # channels of the stored images
     default_policy: str = "strict"
+    volumes: bool = False  # test cases are 3-D volumes (scored per volume), not 2-D images
     layout: str = ""  # one line describing the expected on-disk layout, used in error messages
 
     def __init__(self, root: str | Path):
@@ -104,6 +105,47 @@ class SegDataset:
 
     def load_test(self, case_id: str) -> Case:
         raise NotImplementedError
+
+    # --- predictions (bench predict) ----------------------------------------------------------
+
+    def prediction_name(self, case_id: str) -> str:
+        """The file a predicted label map of ``case_id`` is written to, relative to the run's
+        prediction folder (a test-set prefix such as ``Kvasir/`` becomes a subfolder)."""
+        return f"{case_id}{'.nii.gz' if self.volumes else '.png'}"
+
+    def write_prediction(self, case: Case, pred: np.ndarray, path: Path) -> None:
+        """Write ``pred`` (on the grid it was scored on) to ``path``: a PNG of class ids (0/255 for a
+        binary mask) or a NIfTI volume, (D, H, W) stored as (x, y, z) = (W, H, D) with the case's
+        spacing where known."""
+        if pred.ndim == 2:
+            write_png_labels(pred * 255 if self.binary else pred, path)
+        else:
+            zooms = case.spacing[::-1] if case.spacing else (1.0, 1.0, 1.0)
+            write_nifti_labels(pred, path, np.diag([*zooms, 1.0]))
+
+
+def _id_dtype(labels: np.ndarray) -> type:
+    return np.uint8 if labels.max(initial=0) < 256 else np.uint16
+
+
+def write_png_labels(labels: np.ndarray, path: Path) -> None:
+    """Class ids (H, W) as an 8-bit image (16-bit above 255 ids); PIL picks the format from
+    ``path``'s suffix (.png, .bmp, .tif), so a temporary name must end in it too."""
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(labels, dtype=_id_dtype(labels))).save(path)
+
+
+def write_nifti_labels(labels: np.ndarray, path: Path, affine: np.ndarray, header=None) -> None:
+    """A (D, H, W) label volume as a NIfTI of unsigned integer ids stored (W, H, D) = (x, y, z), the
+    axis order the readers transpose from; ``header`` (e.g. the source image's) keeps its geometry."""
+    import nibabel as nib
+
+    dtype = _id_dtype(labels)
+    img = nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0), dtype=dtype), affine, header)
+    img.set_data_dtype(dtype)  # a copied image header would otherwise keep its float type and scaling
+    img.header.set_slope_inter(1.0, 0.0)
+    nib.save(img, str(path))
 
 
 # --- bad input: the one place where raw read failures and bad label ids become BenchErrors --

@@ -45,7 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.data.base import Case, Sample, SegDataset, class_ids, describe, reading
+from bench.data.base import (Case, Sample, SegDataset, class_ids, describe, reading, write_nifti_labels,
+                             write_png_labels)
 from bench.errors import BenchError
 
 SPLIT_SEED = 12345
@@ -288,7 +289,7 @@ class NnUNetDataset(SegDataset):
                 raise BenchError(f"{self.root / sub}: folder missing; expected {self.layout}")
         self.meta = parse_dataset_json(meta)
         self.file_ending: str = self.meta["file_ending"]
-        self.is_3d = is_volume_ending(self.file_ending)
+        self.is_3d = self.volumes = is_volume_ending(self.file_ending)
         labels = self.meta["labels"]
         # Instance attributes shadow the class defaults: they depend on dataset.json.
         self.num_classes = len(labels)
@@ -407,3 +408,18 @@ class NnUNetDataset(SegDataset):
     def load_test(self, case_id: str) -> Case:
         image, label, spacing = self._case_arrays(case_id)
         return Case(case_id=case_id, image=image.copy(), label=label.copy(), spacing=spacing)
+
+    def prediction_name(self, case_id: str) -> str:
+        return f"{case_id}{self.file_ending}"  # nnU-Net's own: nnUNetv2_evaluate_folder pairs it with labelsTr
+
+    def write_prediction(self, case: Case, pred: np.ndarray, path: Path) -> None:
+        """As nnU-Net writes a prediction: the file ending of the data; volumes carry the geometry
+        (affine, zooms) of the case's label file, which they are scored against."""
+        if not self.is_3d:
+            return write_png_labels(pred, path)
+        import nibabel as nib
+
+        ref = label_path(self.root, case.case_id, self.file_ending)
+        with reading(ref, "a NIfTI volume"):
+            src = nib.load(str(ref))
+        write_nifti_labels(pred, path, src.affine, src.header.copy())

@@ -173,6 +173,7 @@ class SynapseDataset(SegDataset):
     display_names = DISPLAY_NAMES
     in_chans = 1
     default_policy = "legacy-synapse"
+    volumes = True
     layout = (
         "<root>/train_npz/caseXXXX_sliceYYY.npz and/or <root>/test_vol_h5/caseXXXX.npy.h5, "
         "lists in <root>/lists/lists_Synapse/{train.txt,test_vol.txt} (TransUNet layout)"

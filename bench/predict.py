@@ -1,0 +1,87 @@
+"""`bench predict`: write finished runs' predicted label maps, from their saved weights.
+
+Each run's model is rebuilt from its record with the weights it was evaluated with
+(``bench.rescore.run_model``), and its scored test cases are predicted exactly as they were scored
+(``bench.evaluate.predict_case``), so the files hold what the run's metrics were computed from.
+One file per case goes under ``OUT/<run_id>/``, in the data's own format
+(``SegDataset.write_prediction``):
+
+- nnU-Net data: ``<case><file_ending>`` (NIfTI volumes with their label file's geometry, or PNG),
+  the layout ``nnUNetv2_evaluate_folder`` and other tools read beside ``labelsTr``;
+- Synapse: ``<case>.nii.gz``, (D, H, W) stored as (x, y, z) with the spacing where known;
+- ISIC / polyp: ``<case>.png`` masks of 0/255 at the model resolution they are scored at.
+
+Each file is written atomically and one already there is kept, so a killed ``bench predict``
+resumes. ``prediction.json`` (run, data, class ids and names, grid), written last, marks a run done.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from bench import records
+from bench.errors import BenchError
+from bench.evaluate import predict_case, scored_ids
+from bench.rescore import run_model
+
+MANIFEST = "prediction.json"
+
+__all__ = ["MANIFEST", "plan_predict", "predict_run"]
+
+
+def plan_predict(results_dir: Path, models: list[str] | None = None,
+                 run_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """The finished original records (a rescored record has the same weights) of ``models`` or with
+    the given ``run_ids``, in run-id order; BenchError naming a requested run that is not there."""
+    df = records.load(results_dir)
+    if df.empty:
+        raise BenchError(f"{results_dir}: no run records; pass the --results folder of `bench run`")
+    runs = df[(df["status"] == "finished") & df["rescored_from"].isna()]
+    if run_ids:
+        missing = sorted(set(run_ids) - set(runs["run_id"]))
+        if missing:
+            raise BenchError(f"--run {missing[0]}: no finished run of that id in {results_dir} "
+                             f"(runs there: {', '.join(sorted(runs['run_id'])[:5]) or 'none'}...)")
+        runs = runs[runs["run_id"].isin(run_ids)]
+    if models is not None:
+        runs = runs[runs["model"].isin(models)]
+    return [json.loads(records.record_path(results_dir, rid).read_text(encoding="utf-8"))
+            for rid in sorted(runs["run_id"])]
+
+
+def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: torch.device,
+                protocol_file: Path | None = None,
+                progress: Callable[[int, int], None] | None = None) -> tuple[Path, int]:
+    """Write the run's test-case predictions under ``out_dir/<run_id>``; return that folder and how
+    many files this call wrote (cases already written are kept)."""
+    model, dataset, protocol = run_model(rec, results_dir, protocol_file, "predicted")
+    model.to(device=device, dtype=protocol.torch_dtype)
+    folder = Path(out_dir) / rec["run_id"]
+    ids = scored_ids(dataset, protocol)
+    written, files = 0, {}
+    for i, case_id in enumerate(ids):
+        name = files[case_id] = dataset.prediction_name(case_id)
+        path = folder / name
+        if not path.is_file():
+            case = dataset.load_test(case_id)
+            pred, _ = predict_case(model, case, protocol, binary=dataset.binary, device=device)
+            records.atomic_write(path, lambda tmp: dataset.write_prediction(case, pred, tmp),
+                                 suffix=f".tmp{name[len(case_id):]}")  # writers read the format off it
+            written += 1
+        if progress is not None:
+            progress(i + 1, len(ids))
+    manifest = {
+        "run_id": rec["run_id"], "model": rec["model"], "dataset": rec["dataset"],
+        "dataset_name": rec.get("dataset_name"), "data_root": rec["data_root"], "split": rec["split"],
+        "protocol": rec["protocol"]["name"], "policy": rec["policy"],
+        "classes": ({"0": "background", "255": dataset.class_names[0]} if dataset.binary else
+                    {"0": "background", **{str(i): n for i, n in enumerate(dataset.class_names, start=1)}}),
+        "grid": f"model input {protocol.img_size}x{protocol.img_size}" if dataset.binary else "native",
+        "files": files,
+    }
+    records.atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return folder, written

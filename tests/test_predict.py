@@ -1,0 +1,139 @@
+"""`bench predict`: the written label maps are what each run was scored on (re-scoring the files
+gives the record's per-case numbers), in the data's own format, and a killed predict resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench import metrics
+from bench.data import open_dataset, synthesize
+from bench.errors import BenchError
+from bench.predict import MANIFEST, plan_predict, predict_run
+from bench.protocol import load_protocol
+from bench.registry import get_entry
+from bench.run import plan_grid, run_one
+
+CPU = torch.device("cpu")
+
+
+def _train(dataset, root, results, policy=None):
+    proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=3, max_cases=2)
+    (spec,) = plan_grid(models=["unet"], dataset=dataset, protocol=proto, seeds=[0], data_root=root,
+                        synthetic=False, results_dir=results, policy=policy,
+                        model_overrides=dict(get_entry("unet").tiny))
+    return run_one(spec, results_dir=results, device=CPU)
+
+
+def _rescored(rec, preds, dataset):
+    """The record's per-case rows recomputed from the written predictions."""
+    rows = []
+    for case_id in sorted({r["case"] for r in rec["per_case"]}):
+        case = dataset.load_test(case_id)
+        gt = (case.label >= 0.5).astype(np.uint8) if dataset.binary else case.label
+        spacing = None if dataset.binary else case.spacing
+        rows += [{"case": case_id, **r} for r in metrics.score_case(preds[case_id], gt, dataset.num_classes,
+                                                                     rec["policy"], spacing=spacing,
+                                                                     class_names=dataset.class_names)]
+    return rows
+
+
+def _same_rows(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        for key in ("case", "class", "tp", "fp", "fn", "tn", "dice", "hd95"):
+            assert x[key] == y[key] or (x[key] != x[key] and y[key] != y[key]), (key, x, y)
+
+
+def test_nnunet_volumes_are_written_as_nnunet_does(tmp_path):
+    root = synthesize("nnunet", tmp_path / "data", n_cases=5, depth=6, size=24)
+    rec = _train("nnunet", root, tmp_path / "res")
+    folder, written = predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
+    ds = open_dataset("nnunet", root)
+    files = json.loads((folder / MANIFEST).read_text())["files"]
+    assert written == len(files) == len(ds.test_ids()) and set(files.values()) == {f"{c}.nii.gz" for c in files}
+    preds = {}
+    for case_id, name in files.items():
+        img, ref = nib.load(folder / name), nib.load(root / "labelsTr" / f"{case_id}.nii.gz")
+        assert np.allclose(img.affine, ref.affine) and img.shape == ref.shape  # the label file's geometry
+        assert img.get_data_dtype() == np.uint8
+        preds[case_id] = np.asarray(img.dataobj).transpose(2, 1, 0).astype(np.int64)  # (x, y, z) -> (D, H, W)
+    _same_rows(_rescored(rec, preds, ds), rec["per_case"])
+
+    # a killed predict resumes: files already there are kept, a missing one is written again
+    first = sorted(files.values())[0]
+    stamp = {n: os.stat(folder / n).st_mtime_ns for n in files.values()}
+    (folder / first).unlink()
+    assert predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)[1] == 1
+    assert all(os.stat(folder / n).st_mtime_ns == stamp[n] for n in files.values() if n != first)
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_2d_nnunet_cases_become_pngs_of_class_ids(tmp_path):
+    root = synthesize("nnunet", tmp_path / "data", dims=2, n_cases=5, size=32)
+    rec = _train("nnunet", root, tmp_path / "res")
+    folder, _ = predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
+    ds = open_dataset("nnunet", root)
+    preds = {c: np.asarray(Image.open(folder / f"{c}.png")).astype(np.int64) for c in ds.test_ids()}
+    _same_rows(_rescored(rec, preds, ds), rec["per_case"])
+
+
+def test_synapse_volumes_become_nifti_with_their_spacing(tmp_path):
+    root = synthesize("synapse", tmp_path / "data", n_train=2, n_test=2, depth=4, size=32)
+    rec = _train("synapse", root, tmp_path / "res", policy="strict")
+    folder, _ = predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
+    ds = open_dataset("synapse", root)
+    preds = {}
+    for case_id in ds.test_ids()[:2]:
+        img = nib.load(folder / f"{case_id}.nii.gz")
+        spacing = ds.load_test(case_id).spacing or (1.0, 1.0, 1.0)
+        assert np.allclose(img.header.get_zooms(), spacing[::-1])
+        preds[case_id] = np.asarray(img.dataobj).transpose(2, 1, 0).astype(np.int64)
+    _same_rows(_rescored(rec, preds, ds), rec["per_case"])
+
+
+def test_binary_masks_are_0_255_pngs_at_model_resolution_in_test_set_folders(tmp_path):
+    root = synthesize("polyp", tmp_path / "data")
+    rec = _train("polyp", root, tmp_path / "res")
+    folder, _ = predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["grid"] == "model input 32x32" and manifest["classes"]["255"]
+    ds = open_dataset("polyp", root)
+    preds = {}
+    for case_id in ds.test_ids()[:2]:
+        assert "/" in case_id  # <test set>/<image>: a subfolder per test set
+        mask = np.asarray(Image.open(folder / f"{case_id}.png"))
+        assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 255}
+        preds[case_id] = (mask // 255).astype(np.uint8)
+    # scored at model resolution: the ground truth is the resized mask, as in evaluation
+    from bench.transforms import prepare_binary_pair
+
+    proto = load_protocol("smoke").with_overrides(img_size=32)
+    for row, case_id in zip(rec["per_case"], sorted(preds)):
+        case = ds.load_test(case_id)
+        gt = prepare_binary_pair(case.image, case.label, proto)[1] >= 0.5
+        p = preds[case_id].astype(bool)
+        assert (row["tp"], row["fp"], row["fn"]) == (int((p & gt).sum()), int((p & ~gt).sum()), int((~p & gt).sum()))
+
+
+def test_predict_refuses_what_it_cannot_reproduce(tmp_path):
+    root = synthesize("nnunet", tmp_path / "data", dims=2, n_cases=5, size=32)
+    rec = _train("nnunet", root, tmp_path / "res")
+    assert [r["run_id"] for r in plan_predict(tmp_path / "res")] == [rec["run_id"]]
+    assert plan_predict(tmp_path / "res", models=["vmunet"]) == []
+    with pytest.raises(BenchError, match="--run nope: no finished run of that id"):
+        plan_predict(tmp_path / "res", run_ids=["nope"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BenchError, match="no run records"):
+        plan_predict(tmp_path / "empty")
+    shutil.rmtree(tmp_path / "res" / "runs" / rec["run_id"] / "checkpoints")
+    with pytest.raises(BenchError, match="final.pt: not found; run .* can only be predicted from its run directory"):
+        predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
+    assert not (tmp_path / "out").exists()  # nothing half-written
