@@ -19,7 +19,7 @@ app = typer.Typer(
     no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False,
 )
 data_app = typer.Typer(
-    help="Synthesize and verify datasets in their real on-disk formats.\n\n"
+    help="Synthesize, convert and verify datasets in their real on-disk formats.\n\n"
     "Example: bench data synth --like isic --out data/isic-synth",
     no_args_is_help=True,
 )
@@ -478,6 +478,29 @@ def data_synth(
 
     path = synthesize(like.value, out, seed=seed)
     typer.echo(f"wrote synthetic {like.value} dataset to {path}")
+
+
+class ConvertSource(str, enum.Enum):
+    btcv = "btcv"
+
+
+@data_app.command("convert")
+def data_convert(
+    source: Annotated[ConvertSource, typer.Option(help="what --raw holds: btcv = BTCV's RawData/Training "
+                                                      "(img/imgXXXX.nii.gz, label/labelXXXX.nii.gz)")],
+    raw: Annotated[Path, typer.Option(help="the downloaded data's folder")],
+    out: Annotated[Path, typer.Option(help="output directory (created)")],
+) -> None:
+    """Convert data as distributed into the layout a reader expects: btcv -> TransUNet's Synapse layout
+    (HU window [-125, 275] scaled to [0, 1], the papers' organ ids, TransUNet's 18/12 split, spacing.csv).
+
+    Example: bench data convert --source btcv --raw RawData/Training --out data/Synapse
+    """
+    from bench.data.convert import btcv_to_synapse
+
+    path = btcv_to_synapse(raw, out)
+    typer.echo(f"wrote the Synapse layout to {path}; check it with: bench data verify --dataset synapse "
+               f"--data-root {path}")
 
 
 @data_app.command("verify")

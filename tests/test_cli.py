@@ -113,7 +113,8 @@ def test_user_errors_are_one_line(args, message, tmp_path):
 
 
 @pytest.mark.parametrize("cmd", [[], ["run"], ["rescore"], ["predict"], ["report"], ["check"], ["profile"], ["models"],
-                                 ["doctor"], ["data"], ["data", "synth"], ["data", "verify"]])
+                                 ["doctor"], ["data"], ["data", "synth"], ["data", "convert"],
+                                 ["data", "verify"]])
 def test_every_help_shows_an_example(cmd):
     result = runner.invoke(app, [*cmd, "--help"])
     assert result.exit_code == 0

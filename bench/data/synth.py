@@ -81,10 +81,10 @@ def synthesize(kind: str, out: str | Path, *, seed: int = 0, **size_options: Any
         )
     options = {**DEFAULTS[kind], **size_options}
     writer: Callable[..., None] = _WRITERS[kind]
-    return _write_atomically(Path(out), lambda tmp: writer(tmp, seed=seed, **options))
+    return write_atomically(Path(out), lambda tmp: writer(tmp, seed=seed, **options))
 
 
-def _write_atomically(out: Path, write: Callable[[Path], None]) -> Path:
+def write_atomically(out: Path, write: Callable[[Path], None]) -> Path:
     from bench.records import ensure_writable_dir  # here: bench.records imports pandas
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
