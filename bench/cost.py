@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import math
 import re
 import statistics
@@ -169,7 +170,9 @@ def paper_count(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     import thop
 
     model = copy.deepcopy(model).eval()
-    with torch.no_grad(), contextlib.redirect_stdout(None):
+    # thop prints per-module notes; a sink, not None: a first SSM forward here builds the scan kernel,
+    # and torch's build flushes sys.stdout
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         macs, params = thop.profile(model, inputs=(x,), verbose=False)
     return {"paper_macs": float(macs), "paper_params": float(params)}
 

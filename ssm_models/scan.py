@@ -31,6 +31,7 @@ Importing this module is cheap: mamba-ssm is imported, and the kernel compiled, 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import math
@@ -118,6 +119,21 @@ def _short_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(lines or [''])[0][:240]}"
 
 
+@contextlib.contextmanager
+def _real_std_streams():
+    """sys.stdout/stderr as writable streams for the block (``contextlib.redirect_stdout(None)``
+    and windowed apps leave None, on which the build's flush fails and the kernel is lost)."""
+    saved = sys.stdout, sys.stderr
+    sink = open(os.devnull, "w") if None in saved else None
+    try:
+        sys.stdout, sys.stderr = saved[0] or sink, saved[1] or sink
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+        if sink is not None:
+            sink.close()
+
+
 def _load_extension():
     """The compiled kernel, built on first call (then cached on disk); None if it cannot be had.
     The reason is kept for ``backend_report``. torch's FileBaton serialises concurrent builds."""
@@ -140,8 +156,9 @@ def _load_extension():
                 lock.unlink(missing_ok=True)
             cached = any(build.glob(f"{_EXT_NAME}*.so"))
             t0 = time.perf_counter()
-            _ext = cpp_extension.load(name=_EXT_NAME, sources=[str(_SOURCE)], extra_cflags=_CFLAGS,
-                                      extra_ldflags=["-fopenmp"], build_directory=str(build), verbose=False)
+            with _real_std_streams():  # torch's build flushes them; callers may have set them to None
+                _ext = cpp_extension.load(name=_EXT_NAME, sources=[str(_SOURCE)], extra_cflags=_CFLAGS,
+                                          extra_ldflags=["-fopenmp"], build_directory=str(build), verbose=False)
             _ext_origin = "loaded from cache" if cached else f"built in {time.perf_counter() - t0:.1f} s"
         except Exception as exc:  # no compiler, no ninja, a build or load error
             _ext_error, _ext_error_detail = _short_reason(exc), str(exc)

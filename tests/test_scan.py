@@ -456,3 +456,28 @@ def test_kernel_results_do_not_depend_on_the_vector_width(tmp_path):
     narrow, default = torch.load(out), vectorisation_cases()
     assert len(narrow) == len(default) == 4 * 9  # y and 8 gradients per case
     assert all(torch.equal(a, b) for a, b in zip(narrow, default))
+
+
+def test_kernel_loads_where_stdout_is_none():
+    """The first SSM forward may run under ``redirect_stdout(None)`` (thop's counting in `bench
+    profile` did): torch's build flushes sys.stdout, and the kernel was lost for the whole process,
+    every later timing measuring the fallback. Fresh processes, with the build cache of this one."""
+    guard = ("import contextlib, sys\n"
+             "from ssm_models import scan\n"
+             "with contextlib.redirect_stdout(None):\n"
+             "    sys.stderr = None\n"
+             "    ext = scan._load_extension()\n"
+             "sys.stderr = sys.__stderr__\n"
+             "assert ext is not None, scan._ext_error_detail\n")
+    counted_first = ("import sys, torch\n"  # bench profile's order: thop's count is the first forward
+                     "from ssm_models import scan\n"
+                     "from bench.cost import paper_count\n"
+                     "from bench.registry import create_model, get_entry\n"
+                     "m = create_model('vmunet', num_classes=2, in_chans=1, img_size=32,\n"
+                     "                 **get_entry('vmunet').tiny)\n"
+                     "paper_count(m, torch.zeros(1, 1, 32, 32))\n"
+                     "assert scan._ext is not None, scan._ext_error_detail\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for code in (guard, counted_first):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
