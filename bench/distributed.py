@@ -4,7 +4,7 @@
 runs the same grid in N processes. The rules, so that N processes train what one process would:
 
 - The protocol's ``batch_size`` is the *global* batch. Every rank takes its contiguous share of
-  each global batch of the same ``(seed, epoch)`` shuffle (``bench.train.EpochBatches``).
+  each global batch of the same ``(seed, epoch)`` shuffle, or draws (``bench.train.EpochBatches``).
 - Losses are the global batch's: mean terms are weighted by each rank's share of the batch (DDP
   averages gradients over ranks), and the batch-summed multi-class Dice sums its statistics over
   ranks with an autograd all-reduce (``sum_across_ranks``).

@@ -12,7 +12,9 @@ One file per case goes under ``OUT/<run_id>/``, in the data's own format
 - ISIC / polyp: ``<case>.png`` masks of 0/255 at the model resolution they are scored at.
 
 Each file is written atomically and one already there is kept, so a killed ``bench predict``
-resumes. ``prediction.json`` (run, data, class ids and names, grid), written last, marks a run done.
+resumes: ``prediction.json`` (run, weights' sha256, data, class ids and names, grid) is written
+first, so a folder holding another run's or other weights' files is refused, and again at the end
+with ``"complete": true`` and the file of each case.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import torch
 from bench import records
 from bench.errors import BenchError
 from bench.evaluate import predict_case, scored_ids
-from bench.rescore import run_model
+from bench.rescore import run_model, weights_path
+from bench.run import file_sha256
 
 MANIFEST = "prediction.json"
 
@@ -35,20 +38,27 @@ __all__ = ["MANIFEST", "plan_predict", "predict_run"]
 
 def plan_predict(results_dir: Path, models: list[str] | None = None,
                  run_ids: list[str] | None = None) -> list[dict[str, Any]]:
-    """The finished original records (a rescored record has the same weights) of ``models`` or with
-    the given ``run_ids``, in run-id order; BenchError naming a requested run that is not there."""
+    """The finished original records of ``models``, or those of ``run_ids`` (a rescored record's id
+    stands for its source run: the same weights), in run-id order; BenchError naming a requested
+    run that is not there or not among ``models``."""
     df = records.load(results_dir)
     if df.empty:
         raise BenchError(f"{results_dir}: no run records; pass the --results folder of `bench run`")
-    runs = df[(df["status"] == "finished") & df["rescored_from"].isna()]
-    if run_ids:
-        missing = sorted(set(run_ids) - set(runs["run_id"]))
-        if missing:
-            raise BenchError(f"--run {missing[0]}: no finished run of that id in {results_dir} "
-                             f"(runs there: {', '.join(sorted(runs['run_id'])[:5]) or 'none'}...)")
-        runs = runs[runs["run_id"].isin(run_ids)]
+    done = df[df["status"] == "finished"]
+    runs = done[done["rescored_from"].isna()]
     if models is not None:
         runs = runs[runs["model"].isin(models)]
+    if run_ids:
+        source = dict(zip(done["run_id"], done["rescored_from"].fillna(done["run_id"])))
+        wanted = {source.get(r, r) for r in run_ids}
+        missing = sorted(wanted - set(runs["run_id"]))
+        if missing:
+            known = sorted(runs["run_id"])
+            listed = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "") if known else "none"
+            scope = "" if models is None else f" of --models {','.join(models)}"
+            raise BenchError(f"--run {missing[0]}: no finished run{scope} of that id in {results_dir} "
+                             f"(runs there: {listed})")
+        runs = runs[runs["run_id"].isin(wanted)]
     return [json.loads(records.record_path(results_dir, rid).read_text(encoding="utf-8"))
             for rid in sorted(runs["run_id"])]
 
@@ -62,6 +72,16 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
     model.to(device=device, dtype=protocol.torch_dtype)
     folder = Path(out_dir) / rec["run_id"]
     ids = scored_ids(dataset, protocol)
+    manifest = {
+        "run_id": rec["run_id"], "model": rec["model"], "weights_sha256": file_sha256(weights_path(results_dir, rec)),
+        "dataset": rec["dataset"], "dataset_name": rec.get("dataset_name"), "data_root": rec["data_root"],
+        "split": rec["split"], "protocol": rec["protocol"]["name"], "policy": rec["policy"],
+        "classes": ({"0": "background", "255": dataset.class_names[0]} if dataset.binary else
+                    {"0": "background", **{str(i): n for i, n in enumerate(dataset.class_names, start=1)}}),
+        "grid": f"model input {protocol.img_size}x{protocol.img_size}" if dataset.binary else "native",
+        "complete": False,
+    }
+    _claim(folder, manifest)
     written, files = 0, {}
     for i, case_id in enumerate(ids):
         name = files[case_id] = dataset.prediction_name(case_id)
@@ -74,14 +94,22 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
             written += 1
         if progress is not None:
             progress(i + 1, len(ids))
-    manifest = {
-        "run_id": rec["run_id"], "model": rec["model"], "dataset": rec["dataset"],
-        "dataset_name": rec.get("dataset_name"), "data_root": rec["data_root"], "split": rec["split"],
-        "protocol": rec["protocol"]["name"], "policy": rec["policy"],
-        "classes": ({"0": "background", "255": dataset.class_names[0]} if dataset.binary else
-                    {"0": "background", **{str(i): n for i, n in enumerate(dataset.class_names, start=1)}}),
-        "grid": f"model input {protocol.img_size}x{protocol.img_size}" if dataset.binary else "native",
-        "files": files,
-    }
-    records.atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    records.atomic_write_text(folder / MANIFEST, json.dumps({**manifest, "complete": True, "files": files},
+                                                            indent=2) + "\n")
     return folder, written
+
+
+def _claim(folder: Path, manifest: dict[str, Any]) -> None:
+    """Make ``folder`` this run's: files kept from a killed predict must come from the same weights
+    (BenchError otherwise, rather than a folder mixing two models); temp files it left are removed."""
+    old = folder / MANIFEST
+    if old.is_file():
+        sha = json.loads(old.read_text(encoding="utf-8")).get("weights_sha256")
+        if sha != manifest["weights_sha256"]:
+            raise BenchError(f"{folder}: holds predictions of other weights (sha256 {str(sha)[:16]}, this run's "
+                             f"{manifest['weights_sha256'][:16]}); delete it or choose another --out")
+    elif folder.is_dir() and any(p.is_file() and not p.name.startswith(".") for p in folder.rglob("*")):
+        raise BenchError(f"{folder}: holds files but no {MANIFEST}; delete it or choose another --out")
+    for stale in folder.rglob(".*.tmp*") if folder.is_dir() else ():
+        stale.unlink(missing_ok=True)  # what a killed predict was writing; never a prediction
+    records.atomic_write_text(old, json.dumps(manifest, indent=2) + "\n")

@@ -240,6 +240,10 @@ def _to_json_value(value: Any, path: str) -> Any:
     raise BenchError(f"run record: {path.lstrip('.')} has type {type(value).__name__}, not JSON-serialisable")
 
 
+_UMASK = os.umask(0o022)  # read once (setting it is the only way), then restored
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp") -> Path:
     """Have ``write(tmp)`` write a file that then replaces ``path`` atomically: readers see the old
     file, or the whole new one.
@@ -259,6 +263,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp"
         raise BenchError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would stay with the file after the rename
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -210,7 +210,7 @@ def select_shard(specs: list[RunSpec], shard: str | None) -> list[RunSpec]:
     return sorted(specs, key=lambda s: s.key)[k - 1::n]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     st = path.stat()
     return _sha256_of(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
@@ -224,7 +224,8 @@ def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # a grid plans per 
     return digest.hexdigest()
 
 
-def resolve_inits(models: list[str], protocol: Protocol, pretrained_dir: Path | None) -> dict[str, tuple[str, str, str]]:
+def resolve_inits(models: list[str], protocol: Protocol,
+                  pretrained_dir: Path | None) -> dict[str, tuple[str, str, str]]:
     """The pretrained file each model starts from under ``protocol`` (registry ``init``, found in
     ``pretrained_dir``), as (source, path, sha256[:16]); BenchError listing every missing file."""
     if not protocol.pretrained:
@@ -237,7 +238,7 @@ def resolve_inits(models: list[str], protocol: Protocol, pretrained_dir: Path | 
         raise BenchError(f"protocol {protocol.name!r} starts these models from their authors' pretrained files "
                          f"({'; '.join(missing)}): {where}, or --no-pretrained to train from scratch "
                          "(the runs are then marked off-protocol)")
-    return {m: (source, str(Path(pretrained_dir) / file), _sha256(Path(pretrained_dir) / file)[:16])
+    return {m: (source, str(Path(pretrained_dir) / file), file_sha256(Path(pretrained_dir) / file)[:16])
             for m, (source, file) in wanted.items()}
 
 

@@ -189,7 +189,7 @@ def test_lightm_unet_2d_protocol_trains_and_scores_png_cases(tmp_path):
 
     root = synthesize("nnunet", tmp_path / "png", dims=2, n_cases=6, size=40)
     _bench("run", "--models", "lightm_unet,unet", "--dataset", "nnunet", "--data-root", root, "--protocol",
-           "lightm_unet_2d", "--epochs", "2", "--batch-size", "2", "--results", tmp_path / "res", *FAST)
+           "lightm_unet_2d", "--batch-size", "2", "--results", tmp_path / "res", *FAST)
     df = records.load(tmp_path / "res")
     assert sorted(df["model"]) == ["lightm_unet", "unet"] and set(df["policy"]) == {"strict"}
     for path in sorted((tmp_path / "res" / "records").glob("*.json")):

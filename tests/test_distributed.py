@@ -43,7 +43,8 @@ rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.ar
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
 torch.manual_seed(0)
 results = {}
-for channels, n in ((4, 5), (1, 5), (4, 1)):  # multi-class and binary; (4, 1): a placeholder rank
+CASES = ((4, 5, "transunet"), (1, 5, "transunet"), (4, 1, "transunet"), (4, 5, "nnunet"))
+for channels, n, dice_loss in CASES:  # multi-class and binary; (4, 1): a placeholder rank
     weight = torch.randn(channels, 2, dtype=torch.float64, requires_grad=True)
     x = torch.randn(n, 2, 6, 6, dtype=torch.float64)
     y = torch.randint(0, channels, (n, 6, 6)) if channels > 1 else torch.rand(n, 1, 6, 6, dtype=torch.float64)
@@ -51,13 +52,13 @@ for channels, n in ((4, 5), (1, 5), (4, 1)):  # multi-class and binary; (4, 1): 
     lo = sum(sizes[:rank])
     mine = slice(lo, lo + sizes[rank]) if sizes[rank] else slice(0, 1)
     logits = torch.einsum("cd,ndhw->nchw", weight, x[mine])
-    loss = segmentation_loss(logits, y[mine], ce=0.4, dice=0.6, bce=1.0, share=(sizes[rank], n))
+    loss = segmentation_loss(logits, y[mine], ce=0.4, dice=0.6, bce=1.0, share=(sizes[rank], n), dice_loss=dice_loss)
     loss.backward()
     grad = weight.grad.clone()
     dist.all_reduce(grad)
     value = torch.tensor([loss.item()], dtype=torch.float64)
     dist.all_reduce(value)
-    results[f"{channels}-{n}"] = {"grad": (grad / world).tolist(), "loss": value.item() / world}
+    results[f"{channels}-{n}-{dice_loss}"] = {"grad": (grad / world).tolist(), "loss": value.item() / world}
 if rank == 0:
     import json
     json.dump(results, open(out, "w"))
@@ -99,13 +100,14 @@ def test_sharded_loss_has_the_global_batch_gradient(tmp_path):
         assert p.wait(timeout=120) == 0, p.stderr.read()
     got = json.loads(out.read_text())
     torch.manual_seed(0)
-    for channels, n in ((4, 5), (1, 5), (4, 1)):
+    for channels, n, dice_loss in ((4, 5, "transunet"), (1, 5, "transunet"), (4, 1, "transunet"), (4, 5, "nnunet")):
         weight = torch.randn(channels, 2, dtype=torch.float64, requires_grad=True)
         x = torch.randn(n, 2, 6, 6, dtype=torch.float64)
         y = torch.randint(0, channels, (n, 6, 6)) if channels > 1 else torch.rand(n, 1, 6, 6, dtype=torch.float64)
-        loss = segmentation_loss(torch.einsum("cd,ndhw->nchw", weight, x), y, ce=0.4, dice=0.6, bce=1.0)
+        loss = segmentation_loss(torch.einsum("cd,ndhw->nchw", weight, x), y, ce=0.4, dice=0.6, bce=1.0,
+                                 dice_loss=dice_loss)
         loss.backward()
-        ours = got[f"{channels}-{n}"]
+        ours = got[f"{channels}-{n}-{dice_loss}"]
         assert ours["loss"] == pytest.approx(loss.item(), rel=1e-12, abs=1e-14)
         torch.testing.assert_close(torch.tensor(ours["grad"], dtype=torch.float64), weight.grad, rtol=1e-10, atol=1e-13)
 

@@ -19,6 +19,7 @@ from bench.errors import BenchError
 from bench.predict import MANIFEST, plan_predict, predict_run
 from bench.protocol import load_protocol
 from bench.registry import get_entry
+from bench.rescore import rescore_record
 from bench.run import plan_grid, run_one
 
 CPU = torch.device("cpu")
@@ -67,13 +68,29 @@ def test_nnunet_volumes_are_written_as_nnunet_does(tmp_path):
         preds[case_id] = np.asarray(img.dataobj).transpose(2, 1, 0).astype(np.int64)  # (x, y, z) -> (D, H, W)
     _same_rows(_rescored(rec, preds, ds), rec["per_case"])
 
-    # a killed predict resumes: files already there are kept, a missing one is written again
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(folder / name).st_mode & 0o777 == 0o666 & ~umask  # readable as any written file, not 0600
+
+    # a killed predict resumes: files already there are kept, a missing one is written again, and
+    # the temp file it was writing (named with the real ending, which other tools would pick up) goes
     first = sorted(files.values())[0]
     stamp = {n: os.stat(folder / n).st_mtime_ns for n in files.values()}
     (folder / first).unlink()
+    (folder / f".{first}.k1ll3d.tmp.nii.gz").write_bytes(b"half")
     assert predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)[1] == 1
     assert all(os.stat(folder / n).st_mtime_ns == stamp[n] for n in files.values() if n != first)
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert json.loads((folder / MANIFEST).read_text())["complete"] is True
+
+    # files of other weights are never mixed in: the manifest names the weights they came from
+    manifest = json.loads((folder / MANIFEST).read_text())
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "weights_sha256": "0" * 64}))
+    with pytest.raises(BenchError, match="holds predictions of other weights .* delete it or choose another --out"):
+        predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
+    (folder / MANIFEST).unlink()
+    with pytest.raises(BenchError, match=f"holds files but no {MANIFEST}"):
+        predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
 
 
 def test_2d_nnunet_cases_become_pngs_of_class_ids(tmp_path):
@@ -130,6 +147,11 @@ def test_predict_refuses_what_it_cannot_reproduce(tmp_path):
     assert plan_predict(tmp_path / "res", models=["vmunet"]) == []
     with pytest.raises(BenchError, match="--run nope: no finished run of that id"):
         plan_predict(tmp_path / "res", run_ids=["nope"])
+    with pytest.raises(BenchError, match=f"--run {rec['run_id']}: no finished run of --models vmunet of that id"):
+        plan_predict(tmp_path / "res", models=["vmunet"], run_ids=[rec["run_id"]])
+    rescore_record(rec, "legacy-synapse", tmp_path / "res", CPU)  # same weights: its id stands for the run
+    assert [r["run_id"] for r in plan_predict(tmp_path / "res", run_ids=[f"{rec['run_id']}.legacy-synapse"])] == \
+        [rec["run_id"]]
     (tmp_path / "empty").mkdir()
     with pytest.raises(BenchError, match="no run records"):
         plan_predict(tmp_path / "empty")
@@ -137,3 +159,25 @@ def test_predict_refuses_what_it_cannot_reproduce(tmp_path):
     with pytest.raises(BenchError, match="final.pt: not found; run .* can only be predicted from its run directory"):
         predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_label_maps_keep_one_integer_type_per_dataset(tmp_path):
+    from bench.data.base import write_nifti_labels, write_png_labels
+    from bench.data.nnunet import read_nifti, read_png
+
+    many = np.array([[0, 300], [299, 1]])  # a dataset of 301 classes needs 16 bits, in every file
+    for ending in (".png", ".tif"):
+        write_png_labels(many, tmp_path / f"m{ending}", 301)
+        assert np.array_equal(read_png(tmp_path / f"m{ending}", label=True), many)
+    write_png_labels(np.array([[0, 1]]), tmp_path / "few.png", 301)
+    assert np.asarray(Image.open(tmp_path / "few.png")).dtype == np.uint16  # not 8 bits for a case with low ids
+    with pytest.raises(BenchError, match="BMP holds no 16-bit label maps"):
+        write_png_labels(many, tmp_path / "m.bmp", 301)
+    # a source header with a float type and scaling (CT images often have one) must not rescale the ids
+    src = nib.Nifti1Image(np.zeros((4, 3, 2), np.float32), np.diag([0.7, 0.8, 2.5, 1.0]))
+    src.header.set_slope_inter(2.0, -1024.0)
+    labels = np.arange(24).reshape(2, 3, 4) % 9
+    write_nifti_labels(labels, tmp_path / "v.nii.gz", 9, src.affine, src.header.copy())
+    back, spacing = read_nifti(tmp_path / "v.nii.gz", label=True)
+    assert np.array_equal(back, labels) and spacing == (2.5, 0.8, 0.7)
+    assert nib.load(tmp_path / "v.nii.gz").get_data_dtype() == np.uint8

@@ -118,30 +118,35 @@ class SegDataset:
         binary mask) or a NIfTI volume, (D, H, W) stored as (x, y, z) = (W, H, D) with the case's
         spacing where known."""
         if pred.ndim == 2:
-            write_png_labels(pred * 255 if self.binary else pred, path)
+            write_png_labels(pred * 255 if self.binary else pred, path, self.num_classes)
         else:
             zooms = case.spacing[::-1] if case.spacing else (1.0, 1.0, 1.0)
-            write_nifti_labels(pred, path, np.diag([*zooms, 1.0]))
+            write_nifti_labels(pred, path, self.num_classes, np.diag([*zooms, 1.0]))
 
 
-def _id_dtype(labels: np.ndarray) -> type:
-    return np.uint8 if labels.max(initial=0) < 256 else np.uint16
+def id_dtype(num_classes: int) -> type:
+    """The unsigned type of a written label map: one per dataset, whatever ids a case holds."""
+    return np.uint8 if num_classes <= 256 else np.uint16
 
 
-def write_png_labels(labels: np.ndarray, path: Path) -> None:
-    """Class ids (H, W) as an 8-bit image (16-bit above 255 ids); PIL picks the format from
-    ``path``'s suffix (.png, .bmp, .tif), so a temporary name must end in it too."""
+def write_png_labels(labels: np.ndarray, path: Path, num_classes: int) -> None:
+    """Class ids (H, W) as an 8-bit image (16-bit for more than 256 classes); PIL picks the format
+    from ``path``'s suffix (.png, .bmp, .tif), so a temporary name must end in it too."""
     from PIL import Image
 
-    Image.fromarray(np.ascontiguousarray(labels, dtype=_id_dtype(labels))).save(path)
+    dtype = id_dtype(num_classes)
+    if dtype != np.uint8 and Path(path).suffix.lower() == ".bmp":
+        raise BenchError(f"{path}: BMP holds no 16-bit label maps, needed for {num_classes} classes; "
+                         "convert the dataset to .png")
+    Image.fromarray(np.ascontiguousarray(labels, dtype=dtype)).save(path)
 
 
-def write_nifti_labels(labels: np.ndarray, path: Path, affine: np.ndarray, header=None) -> None:
+def write_nifti_labels(labels: np.ndarray, path: Path, num_classes: int, affine: np.ndarray, header=None) -> None:
     """A (D, H, W) label volume as a NIfTI of unsigned integer ids stored (W, H, D) = (x, y, z), the
     axis order the readers transpose from; ``header`` (e.g. the source image's) keeps its geometry."""
     import nibabel as nib
 
-    dtype = _id_dtype(labels)
+    dtype = id_dtype(num_classes)
     img = nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0), dtype=dtype), affine, header)
     img.set_data_dtype(dtype)  # a copied image header would otherwise keep its float type and scaling
     img.header.set_slope_inter(1.0, 0.0)

@@ -416,10 +416,10 @@ class NnUNetDataset(SegDataset):
         """As nnU-Net writes a prediction: the file ending of the data; volumes carry the geometry
         (affine, zooms) of the case's label file, which they are scored against."""
         if not self.is_3d:
-            return write_png_labels(pred, path)
+            return write_png_labels(pred, path, self.num_classes)
         import nibabel as nib
 
         ref = label_path(self.root, case.case_id, self.file_ending)
         with reading(ref, "a NIfTI volume"):
             src = nib.load(str(ref))
-        write_nifti_labels(pred, path, src.affine, src.header.copy())
+        write_nifti_labels(pred, path, self.num_classes, src.affine, src.header.copy())
