@@ -287,7 +287,7 @@ def predict(
     from bench.registry import resolve_models
 
     dev = resolve_device(device.value)
-    todo = plan_predict(results, resolve_models(models), run)
+    todo = plan_predict(results, None if models == "all" else resolve_models(models), run)
     ensure_writable_dir(out, "--out")
     typer.echo(f"bench predict: {len(todo)} run(s) · device {dev}")
     for rec in todo:

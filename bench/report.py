@@ -422,6 +422,7 @@ def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 for b in g["scan_backend"]]
         layout = (" · channels_last" if cl else "") + (" · torch.compile" if comp else "")
         title = f"Cost · input {shape} · {prec}{layout} · {fp}"
+        none = [None] * len(g)  # columns a --no-timing profile has not got
         table = pd.DataFrame({
             "Model": g["model"], "Family": g["family"],
             "Params (M)": [_num(v / 1e6, ".2f") for v in g["params"]],
@@ -432,19 +433,21 @@ def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
             "share thop misses (%)": [_num(v, ".1f") for v in g["paper_macs_missing_pct"]],
             "fvcore GMACs": [_g(v) for v in g["fvcore_macs"]],
             "Latency ms (median / p90)": [f"{a:.2f} / {b:.2f}{m}" if t else "" for a, b, m, t in
-                                          zip(g.get("latency_ms_median", []), g.get("latency_ms_p90", []), mark, timed)],
+                                          zip(g.get("latency_ms_median", none), g.get("latency_ms_p90", none), mark, timed)],
             "FPS (batch 1)": [_num(v, ".1f") + (m if t else "") for v, m, t in
-                              zip(g.get("fps", [None] * len(g)), mark, timed)],
+                              zip(g.get("fps", none), mark, timed)],
             "Peak mem MB (fwd / train step)": [
                 f"{_num(f, '.0f')} / {_num(t, '.0f')} ({k})" if isinstance(f, (int, float)) and f == f else ""
-                for f, t, k in zip(g.get("peak_mem_mb", [None] * len(g)), g.get("train_peak_mem_mb", [None] * len(g)),
-                                   g.get("peak_mem_kind", [""] * len(g)))],
+                for f, t, k in zip(g.get("peak_mem_mb", none), g.get("train_peak_mem_mb", none),
+                                   g.get("peak_mem_kind", none))],
         })
         if "throughput_fps" in g and g["throughput_fps"].notna().any():  # measured at a batch > 1
             table.insert(table.columns.get_loc("FPS (batch 1)") + 1, "Throughput FPS @ batch",
                          [f"{f:.1f} @ {int(b)}{m}" if f == f and f is not None else ""
                           for f, b, m in zip(g["throughput_fps"], g["throughput_batch"], mark)])
-        tables[title] = table
+        untimed = [c for c in ("Latency ms (median / p90)", "FPS (batch 1)", "Peak mem MB (fwd / train step)")
+                   if not table[c].astype(bool).any()]
+        tables[title] = table.drop(columns=untimed)  # counts only (--no-timing): no empty timing columns
     return tables
 
 

@@ -170,6 +170,16 @@ def test_profile_cli_writes_records_that_report_joins(tmp_path):
     assert not math.isnan(cost.load_profiles(tmp_path).set_index("model").loc["unet", "macs"])
 
 
+def test_counts_only_profile_renders_without_timing_columns(tmp_path):
+    """--no-timing records have no latency, FPS or memory: the Markdown table (printed, and in
+    `bench report`) shows the counts and leaves those columns out instead of failing."""
+    out = _bench("profile", "--models", "vmunet", "--tiny", "--img-size", "64", "--no-timing", "--threads", "1",
+                 "--results", tmp_path, "--format", "md")
+    table = out[out.index("| Model"):]
+    assert "| vmunet" in table and "GMACs" in table and "Latency" not in table and "FPS" not in table
+    assert "| vmunet" in _bench("report", "--results", tmp_path)
+
+
 def test_find_batch_size_stops_before_out_of_memory():
     class Capped(nn.Module):
         def forward(self, x):
