@@ -123,15 +123,19 @@ def _short_reason(exc: BaseException) -> str:
 def _real_std_streams():
     """sys.stdout/stderr as writable streams for the block (``contextlib.redirect_stdout(None)``
     and windowed apps leave None, on which the build's flush fails and the kernel is lost)."""
-    saved = sys.stdout, sys.stderr
-    sink = open(os.devnull, "w") if None in saved else None
-    try:
-        sys.stdout, sys.stderr = saved[0] or sink, saved[1] or sink
+    if sys.stdout is not None and sys.stderr is not None:
         yield
-    finally:
-        sys.stdout, sys.stderr = saved
-        if sink is not None:
-            sink.close()
+        return
+    with open(os.devnull, "w") as sink:
+        out, err = sys.stdout is None, sys.stderr is None
+        sys.stdout, sys.stderr = sys.stdout or sink, sys.stderr or sink
+        try:
+            yield
+        finally:  # only what was None, and only if nobody redirected it meanwhile
+            if out and sys.stdout is sink:
+                sys.stdout = None
+            if err and sys.stderr is sink:
+                sys.stderr = None
 
 
 def _load_extension():

@@ -85,6 +85,12 @@ def test_convert_names_what_is_wrong(btcv, tmp_path):
     with pytest.raises(BenchError, match=r"label0040\.nii\.gz: shape \(4, 4, 3\) differs from its image"):
         btcv_to_synapse(partial, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing half-written
+    nib.save(nib.load(btcv / "Training" / "label" / "label0040.nii.gz"), partial / "label" / "label0040.nii")
+    (partial / "label" / "label0040.nii.gz").unlink()
+    assert btcv_to_synapse(partial, tmp_path / "mixed").is_dir()  # an image .nii.gz may have a label .nii
+    shutil.copy(partial / "img" / "img0040.nii.gz", partial / "img" / "img0040.nii")
+    with pytest.raises(BenchError, match="case0040 is there as .nii and .nii.gz"):
+        btcv_to_synapse(partial, tmp_path / "out")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(BenchError, match="already exists and is not empty"):

@@ -58,11 +58,15 @@ def _btcv_files(raw: Path) -> dict[str, tuple[Path, Path]]:
     files = {}
     for img in sorted((base / "img").glob("img*.nii*")):
         m = re.fullmatch(r"img(\d{4})\.nii(\.gz)?", img.name)
-        if m:
-            label = base / "label" / f"label{m.group(1)}{img.name[7:]}"
-            if not label.is_file():
-                raise BenchError(f"{label}: missing (the label volume of {img.name})")
-            files[f"case{m.group(1)}"] = (img, label)
+        if not m:
+            continue
+        case = f"case{m.group(1)}"
+        if case in files:
+            raise BenchError(f"{img}: case {case} is there as .nii and .nii.gz; keep one")
+        labels = [p for p in (base / "label" / f"label{m.group(1)}{e}" for e in (".nii.gz", ".nii")) if p.is_file()]
+        if not labels:
+            raise BenchError(f"{base / 'label' / f'label{m.group(1)}.nii.gz'}: missing (the label volume of {img.name})")
+        files[case] = (img, labels[0])
     missing = [c for c in BTCV_CASES if c not in files]
     if missing:
         raise BenchError(f"{base / 'img'}: {len(missing)} of BTCV's 30 training volumes missing "
@@ -79,15 +83,20 @@ def _read(img_path: Path, label_path: Path, table: np.ndarray) -> tuple[np.ndarr
         hu = np.asarray(img.get_fdata(dtype=np.float32))
         zooms = tuple(float(f"{float(z):.7g}") for z in img.header.get_zooms()[:3])
     with reading(label_path, "a NIfTI volume"):
-        raw = np.rint(np.asarray(nib.load(str(label_path)).dataobj)).astype(np.int64)
+        raw = np.asarray(nib.load(str(label_path)).dataobj)
+    if raw.dtype.kind == "f":  # ids stored as floats: whole numbers expected
+        raw = np.rint(raw)
+    raw = raw.astype(np.int16, copy=False)  # ids 0..13; 2 bytes a voxel, not 8 (volumes are ~40 M voxels)
     if hu.ndim != 3 or raw.shape != hu.shape:
         raise BenchError(f"{label_path}: shape {raw.shape} differs from its image {img_path} {hu.shape}; "
                          f"expected two 3-D volumes of one shape")
     if raw.min() < 0 or raw.max() >= len(table):
         raise BenchError(f"{label_path}: label ids {int(raw.min())}..{int(raw.max())}; BTCV's are 0..13")
     lo, hi = HU_WINDOW
-    image = ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
-    return image.transpose(2, 1, 0), table[raw].transpose(2, 1, 0), zooms[::-1]
+    np.clip(hu, lo, hi, out=hu)  # in place: no full-size temporaries
+    hu -= lo
+    hu /= hi - lo
+    return hu.transpose(2, 1, 0), table[raw].transpose(2, 1, 0), zooms[::-1]
 
 
 def btcv_to_synapse(raw: str | Path, out: str | Path) -> Path:
@@ -113,12 +122,14 @@ def btcv_to_synapse(raw: str | Path, out: str | Path) -> Path:
                 name = f"{case}_slice{z:03d}"
                 np.savez(root / syn.TRAIN_DIR / f"{name}.npz", image=image[z], label=label[z].astype(np.float32))
                 slices.append(name)
+            del image, label  # one volume in memory at a time
         for case in syn.TRANSUNET_TEST_CASES:
             image, label, zooms = _read(*files[case], table)
             spacing.append((case, zooms))
             with h5py.File(root / syn.TEST_DIR / f"{case}{syn.H5_SUFFIX}", "w") as f:
                 f.create_dataset("image", data=image)
                 f.create_dataset("label", data=label.astype(np.float32))  # ids stored as float, as in the real files
+            del image, label
         (lists / syn.TRAIN_LIST).write_text("\n".join(slices) + "\n")
         (lists / syn.TEST_LIST).write_text("\n".join(syn.TRANSUNET_TEST_CASES) + "\n")
         (lists / "all.lst").write_text("\n".join(f"{c}{syn.H5_SUFFIX}" for c in BTCV_CASES) + "\n")
