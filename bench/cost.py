@@ -170,8 +170,7 @@ def paper_count(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     import thop
 
     model = copy.deepcopy(model).eval()
-    # thop prints per-module notes; a sink, not None: a first SSM forward here builds the scan kernel,
-    # and torch's build flushes sys.stdout
+    # thop prints per-module notes: into a sink, so stdout stays a stream for code that flushes it
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         macs, params = thop.profile(model, inputs=(x,), verbose=False)
     return {"paper_macs": float(macs), "paper_params": float(params)}

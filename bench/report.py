@@ -432,8 +432,9 @@ def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
             "thop GMACs (papers)": [_g(v) for v in g["paper_macs"]],
             "share thop misses (%)": [_num(v, ".1f") for v in g["paper_macs_missing_pct"]],
             "fvcore GMACs": [_g(v) for v in g["fvcore_macs"]],
-            "Latency ms (median / p90)": [f"{a:.2f} / {b:.2f}{m}" if t else "" for a, b, m, t in
-                                          zip(g.get("latency_ms_median", none), g.get("latency_ms_p90", none), mark, timed)],
+            "Latency ms (median / p90)": [
+                f"{a:.2f} / {b:.2f}{m}" if t else ""
+                for a, b, m, t in zip(g.get("latency_ms_median", none), g.get("latency_ms_p90", none), mark, timed)],
             "FPS (batch 1)": [_num(v, ".1f") + (m if t else "") for v, m, t in
                               zip(g.get("fps", none), mark, timed)],
             "Peak mem MB (fwd / train step)": [

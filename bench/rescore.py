@@ -3,8 +3,8 @@
 A run's evaluated weights stay in its run directory (``checkpoints/final.pt``, ``best.pt`` when
 the protocol selected the lowest-train-loss epoch, ``lr_min.pt`` the lowest-lr one), and the
 record says how the model was built and the data read. Rescoring rebuilds the model from the
-record, loads those weights, evaluates the same test split under ``policy`` and writes a new record ``<run_id>.<policy>``: the original's
-training fields (``train``, ``init``, ``protocol``, ``seed``...) with the new policy's metrics and
+record, loads those weights, evaluates the same test split under ``policy`` and writes a new
+record ``<run_id>.<policy>``: the original's training fields (``train``, ``init``, ``protocol``, ``seed``...) with the new policy's metrics and
 ``rescored_from``. So one trained model appears on a ``legacy-synapse`` board and a ``strict``
 board, with the same weights behind both.
 """

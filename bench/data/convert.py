@@ -65,12 +65,14 @@ def _btcv_files(raw: Path) -> dict[str, tuple[Path, Path]]:
             raise BenchError(f"{img}: case {case} is there as .nii and .nii.gz; keep one")
         labels = [p for p in (base / "label" / f"label{m.group(1)}{e}" for e in (".nii.gz", ".nii")) if p.is_file()]
         if not labels:
-            raise BenchError(f"{base / 'label' / f'label{m.group(1)}.nii.gz'}: missing (the label volume of {img.name})")
+            expected = base / "label" / f"label{m.group(1)}.nii.gz"
+            raise BenchError(f"{expected}: missing (the label volume of {img.name})")
         files[case] = (img, labels[0])
     missing = [c for c in BTCV_CASES if c not in files]
     if missing:
-        raise BenchError(f"{base / 'img'}: {len(missing)} of BTCV's 30 training volumes missing "
-                         f"({', '.join(missing[:6])}{'...' if len(missing) > 6 else ''}); TransUNet's split needs all 30")
+        listed = ", ".join(missing[:6]) + ("..." if len(missing) > 6 else "")
+        raise BenchError(f"{base / 'img'}: {len(missing)} of BTCV's 30 training volumes missing ({listed}); "
+                         "TransUNet's split needs all 30")
     return {c: files[c] for c in BTCV_CASES}
 
 

@@ -45,8 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.data.base import (Case, Sample, SegDataset, class_ids, describe, reading, write_nifti_labels,
-                             write_png_labels)
+from bench.data.base import Case, Sample, SegDataset, class_ids, describe, reading, write_nifti_labels
 from bench.errors import BenchError
 
 SPLIT_SEED = 12345
@@ -289,7 +288,7 @@ class NnUNetDataset(SegDataset):
                 raise BenchError(f"{self.root / sub}: folder missing; expected {self.layout}")
         self.meta = parse_dataset_json(meta)
         self.file_ending: str = self.meta["file_ending"]
-        self.is_3d = self.volumes = is_volume_ending(self.file_ending)
+        self.volumes = is_volume_ending(self.file_ending)
         labels = self.meta["labels"]
         # Instance attributes shadow the class defaults: they depend on dataset.json.
         self.num_classes = len(labels)
@@ -378,7 +377,7 @@ class NnUNetDataset(SegDataset):
     # -- SegDataset ---------------------------------------------------------------------------
 
     def train_ids(self) -> list[str]:
-        if not self.is_3d:
+        if not self.volumes:
             return list(self._train_cases)
         if self._slice_ids is None:
             self._slice_ids = [
@@ -397,7 +396,7 @@ class NnUNetDataset(SegDataset):
         return _read_case_cached(str(self.root), case, self.file_ending, self.in_chans, self.num_classes)
 
     def load_train(self, item_id: str) -> Sample:
-        if not self.is_3d:  # copies: the arrays live in the cache
+        if not self.volumes:  # copies: the arrays live in the cache
             image, label, _ = self._case_arrays(item_id)
             return Sample(image=image.copy(), label=label.copy(), name=item_id)
         case, _, z = item_id.rpartition(":")
@@ -415,8 +414,8 @@ class NnUNetDataset(SegDataset):
     def write_prediction(self, case: Case, pred: np.ndarray, path: Path) -> None:
         """As nnU-Net writes a prediction: the file ending of the data; volumes carry the geometry
         (affine, zooms) of the case's label file, which they are scored against."""
-        if not self.is_3d:
-            return write_png_labels(pred, path, self.num_classes)
+        if not self.volumes:
+            return super().write_prediction(case, pred, path)
         import nibabel as nib
 
         ref = label_path(self.root, case.case_id, self.file_ending)

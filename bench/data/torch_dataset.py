@@ -1,8 +1,8 @@
 """``torch.utils.data.Dataset`` over a ``SegDataset``'s training items.
 
 Randomness: item ``index`` in epoch ``e`` draws from ``np.random.default_rng([seed, e, index])``
-(``[seed, e, index, draw]`` in an epoch of draws with replacement) and nothing else (no global ``random``/``numpy`` state, no worker seeds), so a batch is
-bit-identical whatever ``num_workers`` is and whichever worker loads it. TransUNet instead seeds
+(``[seed, e, index, draw]`` in an epoch of draws with replacement) and nothing else (no global
+``random``/``numpy`` state, no worker seeds), so a batch is bit-identical whatever ``num_workers`` is and whichever worker loads it. TransUNet instead seeds
 Python ``random`` per worker (``worker_init_fn``), which makes its augmentations depend on the
 worker count; we reproduce the distribution, not that coupling.
 
