@@ -139,6 +139,8 @@ def run(
     max_iterations: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
     img_size: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
+    patch_size: Annotated[Optional[str], typer.Option(
+        help="override for 3-D protocols: the patch D,H,W (off-protocol)")] = None,
     lr: Annotated[Optional[float], typer.Option(help="override: marks the record off-protocol")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="model constructor override key=value")] = None,
     tiny: Annotated[bool, typer.Option(help="use each model's tiny test configuration")] = False,
@@ -169,8 +171,11 @@ def run(
     proto = load_protocol(default_protocol(dataset, protocol))
     # --(no-)pretrained changes the recipe only where a chosen model has a pretrained file
     moot = pretrained == proto.pretrained or not any(get_entry(n).init for n in names)
+    patch = _parse_ints(patch_size, "--patch-size") if patch_size else None
+    if patch is not None and proto.spatial_dims != 3:
+        raise BenchError(f"--patch-size applies to 3-D protocols; {proto.name!r} is 2-D (its input: --img-size)")
     proto = proto.with_overrides(epochs=epochs, max_iterations=max_iterations, batch_size=batch_size,
-                                 img_size=img_size, lr=lr, pretrained=None if moot else pretrained)
+                                 img_size=img_size, patch_size=patch, lr=lr, pretrained=None if moot else pretrained)
     resolve_inits(names, proto, pretrained_dir)  # every missing file named at once, before anything runs
     seed_list = _parse_ints(seeds) if seeds else [proto.seed]
     overrides = _parse_sets(set_ or [])
@@ -329,7 +334,7 @@ class ProfileFormat(str, enum.Enum):
 @app.command()
 def profile(
     models: Annotated[str, typer.Option(help="'all' or a comma list of registered models")] = "all",
-    img_size: Annotated[int, typer.Option(help="input side (square)")] = 224,
+    img_size: Annotated[int, typer.Option(help="input side (square; a cube for 3-D variants: --set spatial_dims=3)")] = 224,
     num_classes: Annotated[int, typer.Option(help="output classes (9: Synapse, 1: ISIC)")] = 9,
     in_chans: Annotated[int, typer.Option(help="input channels")] = 3,
     batch_size: Annotated[str, typer.Option(help="also measure throughput at this batch, or 'auto': the largest "

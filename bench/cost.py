@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 import math
 import re
 import statistics
@@ -170,9 +171,15 @@ def paper_count(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     import thop
 
     model = copy.deepcopy(model).eval()
-    # thop prints per-module notes: into a sink, so stdout stays a stream for code that flushes it
-    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-        macs, params = thop.profile(model, inputs=(x,), verbose=False)
+    # thop prints per-module notes: into a sink, so stdout stays a stream for code that flushes it;
+    # its root-logger warnings (trilinear up-sampling "taken as a zero op": its convention) are muted
+    muted = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            macs, params = thop.profile(model, inputs=(x,), verbose=False)
+    finally:
+        logging.disable(muted)
     return {"paper_macs": float(macs), "paper_params": float(params)}
 
 
@@ -335,17 +342,18 @@ def _counts(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
 
 
 def run_counts(name: str, *, num_classes: int, in_chans: int, img_size: int,
-               overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+               overrides: dict[str, Any] | None = None, spatial: tuple[int, ...] | None = None) -> dict[str, Any]:
     """The counts a run record carries (``cost``): MACs/FLOPs with the scan and thop's MACs at
-    the run's input size, on a fresh CPU float32 copy of the architecture (counts do not depend
-    on the weights, and this leaves the trained model and its device alone)."""
+    the run's input size (``spatial``: a 3-D patch; default img_size²), on a fresh CPU float32 copy
+    of the architecture (counts do not depend on the weights, and this leaves the trained model and
+    its device alone)."""
     from bench.registry import create_model
 
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size,
                              **(overrides or {}))
-    counts = _counts(model, torch.zeros(1, in_chans, img_size, img_size))
+    counts = _counts(model, torch.zeros(1, in_chans, *(spatial or (img_size, img_size))))
     return {k: counts[k] for k in ("input_shape", "macs", "flops", "scan_macs", "paper_macs")}
 
 
@@ -381,7 +389,9 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     entry = get_entry(name)
     torch.manual_seed(0)
     model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **(overrides or {}))
-    x = torch.randn(1, in_chans, img_size, img_size)
+    spatial = (img_size,) * getattr(model, "spatial_dims", 2)  # a cube for 3-D variants (--set spatial_dims=3)
+    layout = torch.channels_last if len(spatial) == 2 else torch.channels_last_3d
+    x = torch.randn(1, in_chans, *spatial)
     if counts is None:
         counts = {**count_params(model), **_counts(model, x), "fvcore_macs": fvcore_macs(model, x)["total"]}
         counts["paper_macs_missing_pct"] = 100 * (1 - counts["paper_macs"] / counts["macs"]) if counts["macs"] else 0.0
@@ -392,12 +402,12 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     )
     model = model.to(device).eval()
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=layout)
     run = torch.compile(model) if compile else model
 
     def inputs(batch: int) -> torch.Tensor:
-        t = torch.randn(batch, in_chans, img_size, img_size, device=device)
-        return t.to(memory_format=torch.channels_last) if channels_last else t
+        t = torch.randn(batch, in_chans, *spatial, device=device)
+        return t.to(memory_format=layout) if channels_last else t
 
     if timing:
         row.update(measure_latency(run, inputs(1), warmup=warmup, iters=iters, precision=precision))

@@ -6,6 +6,10 @@
 - 2-D images with integer labels (nnU-Net PNG): the same, per image.
 - 2-D binary images (ISIC, polyp): image and mask resized to ``img_size`` (bilinear), sigmoid,
   ``>= eval.threshold``; ground truth ``mask >= 0.5``; scored at ``img_size`` (VM-UNet engine.py).
+- Volumes under a 3-D protocol (``patch_size``): nnU-Net v2's sliding window at native resolution
+  (``sliding_window_logits``): tiles of the patch size overlapping by ``1 - eval.tile_step``, each
+  tile's logits weighted by a Gaussian, argmax of the weighted mean. No mirroring (LightM-UNet
+  predicts with ``--disable_tta``).
 
 Nothing here imports the training loop: evaluation works on any model that follows the forward
 contract.
@@ -18,12 +22,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 
 from bench import metrics
 from bench.data.base import Case, SegDataset
+from bench.data.intensity import intensity_stats
 from bench.protocol import Protocol
-from bench.transforms import prepare_binary_pair, prepare_slice, zoom_labels_back
+from bench.transforms import normalize_image, prepare_binary_pair, prepare_slice, volume_chw, zoom_labels_back
 
 
 @dataclass
@@ -78,10 +84,67 @@ def _predict(model: nn.Module, inputs: list[torch.Tensor], protocol: Protocol, d
     return np.concatenate(out)
 
 
-def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bool,
-                 device: torch.device, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Return (prediction, ground truth) as integer label maps on the grid they are scored on."""
+def tile_starts(size: int, tile: int, step: float) -> list[int]:
+    """Where the tiles of one axis start (nnU-Net's ``compute_steps_for_sliding_window``, size >= tile):
+    as few tiles as keep starts at most ``tile * step`` apart, spread evenly from 0 to size - tile."""
+    n = int(np.ceil((size - tile) / (tile * step))) + 1
+    if n == 1:
+        return [0]
+    return [int(np.round((size - tile) / (n - 1) * i)) for i in range(n)]
+
+
+def gaussian_importance(tile: tuple[int, ...], sigma_scale: float = 1.0 / 8) -> np.ndarray:
+    """nnU-Net's tile weights: a unit impulse at the tile's centre (``tile // 2``) blurred with sigma
+    ``tile * sigma_scale`` per axis (zero outside), scaled to a maximum of 1 (nnU-Net scales to 10;
+    the weighted mean does not depend on it), zeros raised to the smallest positive weight."""
+    impulse = np.zeros(tile, dtype=np.float64)
+    impulse[tuple(t // 2 for t in tile)] = 1.0
+    g = ndimage.gaussian_filter(impulse, [t * sigma_scale for t in tile], 0, mode="constant", cval=0.0)
+    g /= g.max()
+    g[g == 0] = g[g > 0].min()
+    return g.astype(np.float32)
+
+
+@torch.no_grad()
+def sliding_window_logits(model: nn.Module, x: np.ndarray, patch: tuple[int, ...], step: float, *,
+                          device: torch.device, dtype: torch.dtype, batch_size: int = 2) -> torch.Tensor:
+    """Logits (K, *spatial) of a whole volume x (C, *spatial), float32 on ``device``: the volume is padded
+    with 0 to at least the patch (nnU-Net's ``pad_nd_image``: the extra split below/above, one more
+    above), covered by tiles (``tile_starts``), and each voxel gets the Gaussian-weighted mean of the
+    logits of the tiles covering it; the padding is cut off again."""
+    spatial = np.array(x.shape[1:])
+    need = np.maximum(np.array(patch) - spatial, 0)
+    below = need // 2
+    x = np.pad(x, [(0, 0)] + [(int(b), int(n - b)) for b, n in zip(below, need)], constant_values=0.0)
+    padded = x.shape[1:]
+    starts = np.stack(np.meshgrid(*[tile_starts(s, t, step) for s, t in zip(padded, patch)],
+                                  indexing="ij")).reshape(len(patch), -1).T
+    weight = torch.from_numpy(gaussian_importance(tuple(patch))).to(device)
+    volume = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    acc = torch.zeros((model.num_classes, *padded), dtype=torch.float32, device=device)
+    norm = torch.zeros(padded, dtype=torch.float32, device=device)
+    boxes = [tuple(slice(int(a), int(a) + t) for a, t in zip(start, patch)) for start in starts]
+    for i in range(0, len(boxes), batch_size):
+        chunk = boxes[i:i + batch_size]
+        batch = torch.stack([volume[(slice(None),) + box] for box in chunk]).to(device, dtype=dtype)
+        logits = model(batch).float()
+        for box, out in zip(chunk, logits):
+            acc[(slice(None),) + box] += out * weight
+            norm[box] += weight
+    crop = tuple(slice(int(b), int(b) + int(s)) for b, s in zip(below, spatial))
+    return (acc / norm)[(slice(None),) + crop]
+
+
+def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bool, device: torch.device,
+                 batch_size: int = 8, stats: list[dict[str, float]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return (prediction, ground truth) as integer label maps on the grid they are scored on.
+    ``stats``: the training foreground's statistics, for ``normalize = "ct_foreground"``."""
     model.eval()
+    if protocol.spatial_dims == 3:  # nnU-Net's sliding window over the volume at native resolution
+        x = volume_chw(normalize_image(case.image, protocol.normalize, spatial_dims=3, stats=stats))
+        logits = sliding_window_logits(model, x, protocol.patch_size, protocol.eval.tile_step, device=device,
+                                       dtype=protocol.torch_dtype, batch_size=protocol.train.batch_size)
+        return logits.argmax(dim=0).cpu().numpy(), case.label.astype(np.int64)
     images = list(case.image) if case.is_volume else [case.image]
     if binary:  # VM-UNet: image and mask resized bilinearly, scored at model resolution
         labels = list(case.label) if case.is_volume else [case.label]
@@ -89,7 +152,7 @@ def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bo
         pred = _predict(model, [x for x, _ in pairs], protocol, device, True, batch_size)
         gt = np.stack([m >= 0.5 for _, m in pairs]).astype(np.uint8)
     else:  # TransUNet: slice zoom in, argmax, nearest zoom back, scored at native resolution
-        small = _predict(model, [prepare_slice(img, protocol) for img in images], protocol, device, False, batch_size)
+        small = _predict(model, [prepare_slice(img, protocol, stats) for img in images], protocol, device, False, batch_size)
         native = case.label.shape[-2:]
         pred = np.stack([zoom_labels_back(p, native, protocol.eval.label_order) for p in small])
         gt = case.label.astype(np.int64)
@@ -110,11 +173,12 @@ def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: 
     ids = scored_ids(dataset, protocol)
     rows: list[dict[str, Any]] = []
     nsd_tolerance = resolve_nsd_tolerance(protocol, dataset, policy)  # before any case is predicted
+    stats = intensity_stats(dataset, protocol)
     spacings: list[tuple[float, ...] | None] = []
     volumes = False
     for i, case_id in enumerate(ids):
         case = dataset.load_test(case_id)
-        pred, gt = predict_case(model, case, protocol, binary=binary, device=device)
+        pred, gt = predict_case(model, case, protocol, binary=binary, device=device, stats=stats)
         # binary tasks are scored at model resolution, where the native spacing no longer holds
         spacing = None if binary else case.spacing
         spacings.append(spacing)

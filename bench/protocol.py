@@ -54,6 +54,10 @@ class TrainConfig:
     # >0: an epoch is this many global batches drawn with replacement (nnU-Net: 250), not one
     # pass over the shuffled training items
     iterations_per_epoch: int = 0
+    # 3-D patch protocols: the share of each batch whose patch is centred on a foreground voxel
+    # (nnU-Net's oversample_foreground_percent: the items at positions >= round(batch·(1 − this)),
+    # so one of 2, four of 12)
+    oversample_foreground: float = 0.33
     amp: bool = False  # autocast allowed (CUDA only)
     grad_clip: float = 0.0
     checkpoint_every: int = 0  # epochs between interval checkpoints (0: final only)
@@ -79,6 +83,9 @@ class EvalConfig:
     # the names to the dataset's classes
     nsd_tolerance: float | tuple[tuple[str, float], ...] = 0.0
     max_cases: int = 0  # >0 evaluates only the first N test cases (smoke runs)
+    # 3-D patch protocols: sliding-window tiles overlap by 1 − tile_step of the patch, and each
+    # tile's logits are weighted by a Gaussian (nnU-Net's predictor: tile_step_size 0.5)
+    tile_step: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -86,12 +93,16 @@ class Protocol:
     name: str
     version: int
     description: str
-    img_size: int
-    normalize: str  # "none" | "minmax255" (VM-UNet ISIC) | "zscore" | "ct_window" (bench.transforms)
+    normalize: str  # "none" | "minmax255" (VM-UNet ISIC) | "zscore" | "ct_window" | "ct_foreground" (bench.transforms)
     metric_policy: str  # "" = the dataset's default policy
     seed: int
     train: TrainConfig
     eval: EvalConfig
+    # the side of the square 2-D model input (images and slices are zoomed to it); 0 in 3-D protocols
+    img_size: int = 0
+    # 3-D protocols (nnU-Net's 3d_fullres): the (D, H, W) patch the model trains on, cut from whole
+    # volumes at native resolution, and the tile of the sliding window that predicts them; empty: 2-D
+    patch_size: tuple[int, ...] = ()
     # Parameters and activations. float64 is for CI's drift grid: float32 rounding differs between
     # CPUs (MKL/oneDNN pick kernels per CPU), and a short training run amplifies it into metric
     # differences of several DSC points; in float64 the same run agrees across CPUs.
@@ -113,6 +124,16 @@ class Protocol:
         import torch
 
         return {"float32": torch.float32, "float64": torch.float64}[self.dtype]
+
+    @property
+    def spatial_dims(self) -> int:
+        """3 for patch-based volumetric protocols, else 2."""
+        return len(self.patch_size) or 2
+
+    @property
+    def model_size(self) -> int:
+        """The ``img_size`` models are built with: the square side, or a 3-D patch's largest side."""
+        return self.img_size or max(self.patch_size)
 
     @property
     def off_protocol(self) -> bool:
@@ -144,6 +165,8 @@ class Protocol:
                 ev[key] = value
             elif key in {"img_size", "normalize", "metric_policy", "seed", "dtype", "pretrained"}:
                 top[key] = value
+            elif key == "patch_size":  # a list from the CLI or a record's JSON
+                top[key] = tuple(value) if isinstance(value, (list, tuple)) else value
             else:
                 raise BenchError(f"cannot override protocol field {key!r}")
         changed = dataclasses.replace(
@@ -163,7 +186,7 @@ CHOICES = {
     ("train", "select"): ("final", "best_train_loss", "lr_min"),
     ("train", "augment"): ("none", "transunet", "vmunet_isic", "nnunet"),
     ("train", "dice_loss"): ("transunet", "nnunet"),
-    ("", "normalize"): ("none", "minmax255", "zscore", "ct_window"),
+    ("", "normalize"): ("none", "minmax255", "zscore", "ct_window", "ct_foreground"),
     ("", "dtype"): ("float32", "float64"),
 }
 
@@ -178,14 +201,23 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
     """BenchError naming ``where`` (the file, or "override") and the field when a size or count is
     not a whole number in range; img_size is one side, since every model trains on square inputs.
     Returns the protocol with eval.nsd_tolerance in its stored form (``_nsd_tolerance``)."""
+    for key, value, ok, expected in (
+            ("train.oversample_foreground", protocol.train.oversample_foreground, lambda v: 0 <= v <= 1,
+             "a share between 0 and 1"),
+            ("eval.tile_step", protocol.eval.tile_step, lambda v: 0 < v <= 1, "a fraction of the patch, > 0 and <= 1")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(value):
+            raise BenchError(f"{where} {key}: expected {expected}; got {value!r}")
     for section, name, low in _WHOLE_NUMBERS:
         value = getattr(getattr(protocol, section) if section else protocol, name)
+        if name == "img_size" and protocol.patch_size and value == 0:
+            continue  # a 3-D protocol leaves it out (_check_input_size)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             key = f"{section}.{name}" if section else name
             if where == "override":  # the CLI spells overrides as options
                 key = f"{name} (--{name.replace('_', '-')})"
             square = " (the side of the square model input)" if name == "img_size" else ""
             raise BenchError(f"{where} {key}: expected a whole number >= {low}{square}; got {value!r}")
+    _check_input_size(protocol, where)
     for (section, name), names in CHOICES.items():  # at load, not when a run reaches the field
         value = getattr(getattr(protocol, section) if section else protocol, name)
         if value not in names:
@@ -195,6 +227,24 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
             raise BenchError(f"{where} {key}: unknown {value!r}{hint} Expected one of {', '.join(names)}")
     tol = _nsd_tolerance(protocol.eval.nsd_tolerance, f"{where} eval.nsd_tolerance")
     return dataclasses.replace(protocol, eval=dataclasses.replace(protocol.eval, nsd_tolerance=tol))
+
+
+def _check_input_size(protocol: Protocol, where: str) -> None:
+    """A 2-D protocol names img_size (>= 1), a 3-D one patch_size (three sides >= 1) and not img_size."""
+    patch = protocol.patch_size
+    if isinstance(patch, tuple) and not patch:
+        return
+    if not isinstance(patch, tuple) or len(patch) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in patch):
+        key = "patch_size (--patch-size)" if where == "override" else "patch_size"
+        shown = list(patch) if isinstance(patch, tuple) else patch
+        raise BenchError(f"{where} {key}: expected three whole numbers >= 1, [D, H, W] (3-D protocols); "
+                         f"got {shown!r}")
+    if protocol.img_size or (where == "override" and "img_size" in protocol.overrides):
+        if where == "override":
+            raise BenchError(f"override img_size (--img-size): a 3-D protocol sizes its input with patch_size "
+                             f"{list(patch)}; change that with --patch-size D,H,W")
+        raise BenchError(f"{where} img_size: a 3-D protocol sizes its input with patch_size {list(patch)}; "
+                         "leave img_size out")
 
 
 def _nsd_tolerance(value: Any, key: str) -> float | tuple[tuple[str, float], ...]:
@@ -233,6 +283,8 @@ def _build(data: dict[str, Any], path: Path) -> Protocol:
             train["betas"] = tuple(train["betas"])
         ev = dict(raw.pop("eval", {}))
         raw["datasets"] = tuple(raw.get("datasets", ()))
+        if "patch_size" in raw:
+            raw["patch_size"] = tuple(raw["patch_size"]) if isinstance(raw["patch_size"], list) else raw["patch_size"]
         protocol = Protocol(train=TrainConfig(**train), eval=EvalConfig(**ev), hash=_content_hash(data), **raw)
     except (KeyError, TypeError) as exc:
         raise BenchError(f"{path}: not a valid protocol file ({exc})") from exc

@@ -658,7 +658,11 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
         proto = protocols[p["protocol"]]
         if a["protocol_hash"] != proto.hash:  # an older version, or an edited copy of the file
             return "other protocol version"
-        if set(json.loads(model_config or "{}")) - BUILD_KEYS:  # --set, --tiny, an adapted window
+        config = json.loads(model_config or "{}")
+        extra = set(config) - BUILD_KEYS
+        if config.get("spatial_dims") == proto.spatial_dims:  # a 3-D protocol builds the 3-D variant itself
+            extra.discard("spatial_dims")
+        if extra:  # --set, --tiny, an adapted window
             return "other model config"
         policy = p["convention"] if p["convention"] in POLICIES else proto.metric_policy
         if policy and policy != key.policy:

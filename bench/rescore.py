@@ -75,6 +75,8 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
     if sorted(scored_ids(dataset, protocol)) != scored:
         raise BenchError(f"run {rec['run_id']}: its {split} split of {rec['data_root']} now holds other cases than "
                          f"the {len(scored)} it was scored on, so cases the model trained on could be {what}")
+    # the statistics its images were normalised with in training, not ones drawn from the data as it is now
+    dataset.foreground_stats = rec.get("intensity_stats")
     model = create_model(rec["model"], **rec["model_config"]).to(protocol.torch_dtype)  # float64 runs stay exact
     model.load_state_dict(load_checkpoint(path)["model"])
     return model, dataset, protocol

@@ -22,12 +22,13 @@ import torch
 
 from bench import distributed, env, records
 from bench.data import open_dataset, synthetic_root
+from bench.data.intensity import intensity_stats
 from bench.errors import BenchError
 from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
 from bench.metrics import get_policy, policy_fields
 from bench.protocol import Protocol
-from bench.registry import check_buildable, create_model, get_entry, load_weights
+from bench.registry import check_buildable, create_model, get_entry, list_models, load_weights
 from bench.train import seed_everything, train_model
 
 
@@ -102,8 +103,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
     protocol = spec.protocol
     entry = get_entry(spec.model)
     seed_everything(spec.seed)  # the initial weights are part of the run: seed before building
-    model = create_model(spec.model, num_classes=dataset.num_classes, in_chans=dataset.in_chans,
-                         img_size=protocol.img_size, **dict(spec.model_overrides))
+    build = build_args(spec.model, protocol, dataset, dict(spec.model_overrides))
+    model = create_model(spec.model, **build)
     init = None
     if spec.init is not None:  # before training; a resumed run's checkpoint then replaces it
         source, path, sha = spec.init
@@ -164,6 +165,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "split": spec.split,
         "protocol": protocol.to_record(),
         "init": init,  # the pretrained file the weights started from (counts of what it filled), or null
+        # normalize = "ct_foreground": the training foreground's statistics the images were scaled with
+        "intensity_stats": intensity_stats(dataset, protocol),
         "policy": spec.policy,
         "policy_conventions": policy_fields(spec.policy),  # the rules behind the name, as they were
         "hd95_unit": scores.hd95_unit,
@@ -183,13 +186,47 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
             "params": n_params,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             **run_counts(spec.model, num_classes=dataset.num_classes, in_chans=dataset.in_chans,
-                         img_size=protocol.img_size, overrides=dict(spec.model_overrides)),
+                         img_size=protocol.model_size, spatial=model_input(protocol),
+                         overrides={k: v for k, v in build.items() if k not in ("num_classes", "in_chans", "img_size")}),
             "fps": None,  # timings: `bench profile`, on a machine chosen for it
             "peak_mem_mb": train_peak, "peak_mem_kind": "cuda_train" if train_peak is not None else None,
         },
     }
     records.write_record(record, results_dir)
     return record
+
+
+def model_input(protocol: Protocol) -> tuple[int, ...]:
+    """The spatial size one model input has under ``protocol``: the square image or the 3-D patch."""
+    return tuple(protocol.patch_size) or (protocol.img_size, protocol.img_size)
+
+
+def build_args(model: str, protocol: Protocol, dataset, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``create_model``'s arguments for ``model`` under ``protocol`` on ``dataset``: 3-D protocols
+    build the volumetric variant (``spatial_dims=3``) of models that have one, and refuse the rest."""
+    args = dict(num_classes=dataset.num_classes, in_chans=dataset.in_chans, img_size=protocol.model_size,
+                **overrides)
+    dims = overrides.get("spatial_dims", protocol.spatial_dims)
+    if protocol.spatial_dims == 3:
+        if "spatial_dims" not in get_entry(model).paper_config:
+            three_d = [m for m in list_models() if "spatial_dims" in get_entry(m).paper_config]
+            raise BenchError(f"{model} is a 2-D model; protocol {protocol.name!r} trains 3-D patches "
+                             f"(patch_size {list(protocol.patch_size)}). Models with a 3-D variant: {', '.join(three_d)}")
+        args["spatial_dims"] = 3
+    if dims != protocol.spatial_dims:
+        raise BenchError(f"{model}: --set spatial_dims={dims} does not fit protocol {protocol.name!r}, which is "
+                         f"{protocol.spatial_dims}-D; 3-D protocols give patch_size and build 3-D variants themselves")
+    return args
+
+
+def _check_patch(model: str, build: dict[str, Any], protocol: Protocol) -> None:
+    """Every side of a 3-D patch must suit the model's downsampling (create_model checks img_size only)."""
+    d = getattr(get_entry(model).constructor(**build), "size_divisor", 1)  # unchecked: create_model tests img_size
+    bad = [s for s in protocol.patch_size if s % d]
+    if bad:
+        fixed = [-(-s // d) * d for s in protocol.patch_size]
+        raise BenchError(f"{model}: patch_size {list(protocol.patch_size)} has sides that are not multiples of {d}, "
+                         f"which it needs (it downsamples {d}x); use e.g. {fixed}")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -291,9 +328,16 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     get_policy(chosen)
     resolve_nsd_tolerance(protocol, ds, chosen)  # a per-class table must name exactly the dataset's classes
     inits = resolve_inits(models, protocol, pretrained_dir)
+    if protocol.normalize == "ct_foreground":
+        ds.train_cases()  # BenchError naming the data where the reader has no whole training cases
+    if protocol.spatial_dims == 3:
+        ds.train_volume_ids()  # 3-D protocols need training volumes: BenchError naming the data otherwise
+        if ds.binary:
+            raise BenchError(f"protocol {protocol.name!r} (3-D) needs integer class labels; {dataset!r} is binary")
     for m in models:  # img_size, --set overrides and pretrained files, for every model before one trains
-        build = dict(num_classes=ds.num_classes, in_chans=ds.in_chans, img_size=protocol.img_size,
-                     **(model_overrides or {}))
+        build = build_args(m, protocol, ds, model_overrides or {})
+        if protocol.spatial_dims == 3:  # before create_model's img_size check, whose advice names --img-size
+            _check_patch(m, build, protocol)
         if m in inits:
             _check_init(m, inits[m], build)
         else:

@@ -42,23 +42,29 @@ from bench.errors import BenchError
 from bench.protocol import CHOICES
 
 NORMALIZE_MODES = CHOICES[("", "normalize")]
+POINTWISE_MODES = ("none", "ct_window", "ct_foreground")  # a voxel's new value depends on it alone
 CT_WINDOW = (-125.0, 275.0)  # HU; the abdominal window of the Synapse files (spec/baselines.md)
 
 
 # --- pure array functions --------------------------------------------------------------------
 
 
-def normalize_image(img: np.ndarray, mode: str) -> np.ndarray:
-    """float32 image normalised by ``mode``; shape unchanged.
+def normalize_image(img: np.ndarray, mode: str, spatial_dims: int = 2,
+                    stats: list[dict[str, float]] | None = None) -> np.ndarray:
+    """float32 image normalised by ``mode``; shape unchanged. ``spatial_dims``: 3 for a volume
+    (D, H, W) or (D, H, W, C), whose z-score statistics cover the whole volume. ``stats``: per channel,
+    the training foreground's statistics ``ct_foreground`` needs (``bench.data.intensity``).
 
     - ``"none"``: values as stored (CT in [0, 1]; RGB in 0..255), cast to float32.
     - ``"minmax255"``: VM-UNet's ``myNormalize``: (x - mean) / std then min-max over the whole
       image (all channels) to [0, 255]; the mean/std cancel, so only the min-max is computed.
       A constant image (max == min), where the authors' code divides by zero, becomes all 0.
     - ``"zscore"``: per channel, (x - mean) / std over the image (nnU-Net's default for non-CT
-      channels, here per 2-D image or slice); a constant channel becomes 0.
+      channels, per 2-D image or slice, or per volume in 3-D protocols); a constant channel becomes 0.
     - ``"ct_window"``: CT in HU clipped to [-125, 275] and scaled to [0, 1], the preparation the
       Synapse files were distributed with (TransUNet lineage), for CT in nnU-Net format.
+    - ``"ct_foreground"``: nnU-Net's CTNormalization: per channel, clipped to the 0.5th-99.5th
+      percentile of the training foreground's intensities, minus their mean, over their std.
     """
     img = np.asarray(img, dtype=np.float32)
     if mode == "none":
@@ -69,13 +75,25 @@ def normalize_image(img: np.ndarray, mode: str) -> np.ndarray:
             return np.zeros_like(img)
         return ((img - lo) * (255.0 / (hi - lo))).astype(np.float32)
     if mode == "zscore":
-        axes = (0, 1)  # (H, W) or channels-last (H, W, C)
+        axes = tuple(range(spatial_dims))  # the spatial axes; channels (if any) come last
         x = img.astype(np.float64)
         mean, std = x.mean(axis=axes, keepdims=True), x.std(axis=axes, keepdims=True)
         return np.where(std > 0, (x - mean) / np.where(std > 0, std, 1.0), 0.0).astype(np.float32)
     if mode == "ct_window":
         lo, hi = CT_WINDOW
         return ((np.clip(img, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+    if mode == "ct_foreground":
+        if stats is None:
+            raise BenchError("normalize 'ct_foreground' needs the training foreground's statistics "
+                             "(bench.data.intensity.intensity_stats)")
+        chans = img[..., None] if img.ndim == spatial_dims else img
+        if chans.shape[-1] != len(stats):
+            raise BenchError(f"normalize 'ct_foreground': {chans.shape[-1]} channel(s), statistics for {len(stats)}")
+        out = np.empty_like(chans)
+        for c, st in enumerate(stats):
+            clipped = np.clip(chans[..., c], st["percentile_00_5"], st["percentile_99_5"])
+            out[..., c] = (clipped - st["mean"]) / max(st["std"], 1e-8)
+        return out.reshape(img.shape)
     raise BenchError(f"unknown normalize mode {mode!r}; expected one of {', '.join(NORMALIZE_MODES)}")
 
 
@@ -110,12 +128,14 @@ def resize_image(img: np.ndarray, size: int | tuple[int, int], order: int) -> np
     return _fit(out, (h, w))
 
 
-def _fit(arr: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+def _fit(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     # scipy rounds the output shape; guard the (theoretical) off-by-one with edge padding/cropping
-    if arr.shape[:2] == hw:
+    # of the leading len(shape) axes
+    n = len(shape)
+    if arr.shape[:n] == tuple(shape):
         return arr
-    arr = arr[: hw[0], : hw[1]]
-    pad = [(0, hw[0] - arr.shape[0]), (0, hw[1] - arr.shape[1])] + [(0, 0)] * (arr.ndim - 2)
+    arr = arr[tuple(slice(0, s) for s in shape)]
+    pad = [(0, s - a) for s, a in zip(shape, arr.shape)] + [(0, 0)] * (arr.ndim - n)
     return np.pad(arr, pad, mode="edge")
 
 
@@ -204,26 +224,43 @@ def _split_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 
 def _nnunet_spatial(
-    x: np.ndarray, label: np.ndarray, angle: float, scale: float
+    x: np.ndarray, label: np.ndarray, rot: np.ndarray, scale: float, out_shape: tuple[int, ...] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """batchgenerators ``augment_spatial`` without elastic deformation or cropping, on x (C, H, W) and label
-    (H, W): output pixel p reads the input at ``(p - c) @ R(angle) * scale + c``, c the array centre
-    ((n - 1) / 2 per axis), so a scale > 1 shows more of the image, i.e. shrinks the content. The image is
-    cubic with 0 outside; each label's indicator is linear with -1 outside and assigned where >= 0.5, in
-    ascending label order over a zero start (pixels no label reaches, e.g. outside, stay 0). scipy's mode
-    "constant" returns the fill for any sample beyond [0, n - 1], so rounding can drop an edge row, as there."""
-    h, w = label.shape
-    ctr = np.array([[(h - 1) / 2.0], [(w - 1) / 2.0]])
-    grid = np.stack(np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij"))
-    cos, sin = np.cos(angle), np.sin(angle)
-    rot = np.array([[cos, -sin], [sin, cos]])
-    coords = ((rot.T @ (grid.reshape(2, -1) - ctr)) * scale + ctr).reshape(2, h, w)
+    """batchgenerators ``augment_spatial`` without elastic deformation, on x (C, *in) and label (*in), to
+    ``out_shape`` (default: the input's): output voxel p reads the input at ``rot.T @ (p - c_out) * scale
+    + c_in``, c the centres ((n - 1) / 2 per axis), so a scale > 1 shows more of the image, i.e. shrinks
+    the content. The image is cubic with 0 outside; each label's indicator (the -1 padding of a 3-D patch
+    included) is linear with -1 outside and assigned where >= 0.5, in ascending label order over a zero
+    start (voxels no label reaches, e.g. outside, stay 0). scipy's mode "constant" returns the fill for
+    any sample beyond [0, n - 1], so rounding can drop an edge row, as there."""
+    shape_in = np.array(label.shape, dtype=np.float64)
+    out_shape = tuple(label.shape if out_shape is None else out_shape)
+    n = len(out_shape)
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in out_shape], indexing="ij"))
+    ctr_out = ((np.array(out_shape, dtype=np.float64) - 1) / 2.0)[:, None]
+    coords = ((rot.T @ (grid.reshape(n, -1) - ctr_out)) * scale + ((shape_in - 1) / 2.0)[:, None])
+    coords = coords.reshape(n, *out_shape)
     image = np.stack([ndimage.map_coordinates(ch, coords, order=3, mode="constant", cval=0.0) for ch in x])
-    out = np.zeros_like(label)
+    out = np.zeros(out_shape, dtype=label.dtype)
     for c in np.unique(label):
         hit = ndimage.map_coordinates((label == c).astype(np.float64), coords, order=1, mode="constant", cval=-1.0)
         out[hit >= 0.5] = c
     return image, out
+
+
+def _rotation_2d(angle: float) -> np.ndarray:
+    cos, sin = np.cos(angle), np.sin(angle)
+    return np.array([[cos, -sin], [sin, cos]])
+
+
+def rotation_3d(ax: float, ay: float, az: float) -> np.ndarray:
+    """batchgenerators' ``rotate_coords_3d`` matrix M = Rx(ax) @ Ry(ay) @ Rz(az), which rotates
+    coordinates as ``coords @ M`` (axes in array order: x is axis 0)."""
+    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rx @ ry @ rz
 
 
 def _nnunet_contrast(ch: np.ndarray, factor: float) -> np.ndarray:
@@ -289,7 +326,16 @@ def nnunet_augment(
     angle = rng.uniform(-np.pi, np.pi) if rng.random() < 0.2 else None
     scale = _split_uniform(rng, 0.7, 1.4) if rng.random() < 0.2 else None
     if angle is not None or scale is not None:
-        x, label = _nnunet_spatial(x, label, 0.0 if angle is None else angle, 1.0 if scale is None else scale)
+        x, label = _nnunet_spatial(x, label, _rotation_2d(0.0 if angle is None else angle),
+                                   1.0 if scale is None else scale)
+    x, label = _nnunet_intensity_and_mirror(x, label, rng)
+    out = x[0] if np.ndim(image) == 2 else x.transpose(1, 2, 0)
+    return np.ascontiguousarray(out, dtype=np.float32), np.ascontiguousarray(label)
+
+
+def _nnunet_intensity_and_mirror(x: np.ndarray, label: np.ndarray,
+                                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 2-8 of ``nnunet_augment`` on x (C, *spatial) float64 and label (*spatial), any dimension."""
     if rng.random() < 0.1:
         std = rng.uniform(0.0, 0.1)
         x = x + rng.normal(0.0, std, x.shape)  # a field per channel, one std for all
@@ -311,11 +357,99 @@ def nnunet_augment(
         if rng.random() < p:
             for c in range(len(x)):
                 x[c] = _nnunet_gamma(x[c], _split_uniform(rng, 0.7, 1.5), invert)
-    for axis in (0, 1):
+    for axis in range(label.ndim):
         if rng.random() < 0.5:
             x, label = np.flip(x, axis + 1), np.flip(label, axis)
-    out = x[0] if np.ndim(image) == 2 else x.transpose(1, 2, 0)
-    return np.ascontiguousarray(out, dtype=np.float32), np.ascontiguousarray(label)
+    return x, label
+
+
+# --- nnU-Net 3-D patches ---------------------------------------------------------------------
+
+NNUNET_ROTATION_3D = 30.0 / 360 * 2 * np.pi  # 3d_fullres: U(-30°, 30°) about each axis
+NNUNET_INITIAL_SCALE = 0.85  # the smaller end of the scale range get_patch_size is given
+
+
+def nnunet_initial_patch(patch: tuple[int, ...]) -> tuple[int, ...]:
+    """nnU-Net's ``get_patch_size`` for a 3-D patch with its ±30° rotations and scale (0.85, 1.25):
+    the region cut from a volume so that the rotated, scaled patch stays inside it. The patch
+    rotated by the largest angle about each axis in turn, the largest absolute extent per axis,
+    divided by 0.85 and truncated (128³ -> 205³)."""
+    vec = np.array(patch, dtype=np.float64)
+    extent = vec.copy()
+    a = NNUNET_ROTATION_3D
+    for angles in ((a, 0, 0), (0, a, 0), (0, 0, a)):
+        extent = np.maximum(extent, np.abs(vec @ rotation_3d(*angles)))
+    return tuple(int(v) for v in extent / NNUNET_INITIAL_SCALE)
+
+
+def nnunet_patch_corner(shape: tuple[int, ...], patch: tuple[int, ...], initial: tuple[int, ...],
+                        rng: np.random.Generator, label: np.ndarray | None = None) -> np.ndarray:
+    """The lower corner (may be negative: the region is padded) of the ``initial`` region cut from a
+    volume of ``shape``, as nnU-Net's data loader (``get_bbox``) picks it. Corners range so that the
+    final ``patch``, centred in the region, can reach the volume's border: from ``-pad // 2`` to
+    ``shape + pad // 2 + pad % 2 - initial`` with pad = initial - patch (more where the volume is
+    smaller than the region). With ``label`` (a foreground-forced item) the region is centred on a
+    voxel drawn uniformly from a class drawn uniformly among the foreground classes present (nnU-Net
+    draws from up to 10,000 sampled voxels per class), clamped below only; a label without foreground
+    falls back to a uniform corner."""
+    shape, patch, initial = (np.array(v, dtype=np.int64) for v in (shape, patch, initial))
+    pad = np.maximum(initial - patch, initial - shape)
+    lbs = -pad // 2
+    ubs = shape + pad // 2 + pad % 2 - initial
+    if label is not None:
+        classes = np.flatnonzero(np.bincount(label.reshape(-1)))[1:]  # present ids > 0 (np.unique sorts)
+        if len(classes):
+            cls = classes[int(rng.integers(len(classes)))]
+            where = np.flatnonzero(label.reshape(-1) == cls)
+            voxel = np.array(np.unravel_index(where[int(rng.integers(len(where)))], label.shape))
+            return np.maximum(lbs, voxel - initial // 2)
+    return np.array([int(rng.integers(lo, hi + 1)) for lo, hi in zip(lbs, ubs)])
+
+
+def crop_padded(arr: np.ndarray, corner: np.ndarray, size: tuple[int, ...], fill: float) -> np.ndarray:
+    """The box ``corner .. corner + size`` of ``arr``'s last len(size) axes; what lies outside the
+    array is ``fill`` (nnU-Net pads images with 0 and labels with -1)."""
+    n = len(size)
+    lead = arr.shape[:-n]
+    shape = np.array(arr.shape[-n:])
+    lo, hi = np.maximum(corner, 0), np.minimum(np.array(corner) + size, shape)
+    out = np.full(lead + tuple(size), fill, dtype=arr.dtype)
+    if np.all(hi > lo):
+        src = (...,) + tuple(slice(a, b) for a, b in zip(lo, hi))
+        dst = (...,) + tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, corner))
+        out[dst] = arr[src]
+    return out
+
+
+def nnunet_augment_3d(x: np.ndarray, label: np.ndarray, rng: np.random.Generator,
+                      patch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """nnU-Net v2.1.1's 3d_fullres training transforms on the region cut by ``nnunet_patch_corner``:
+    x (C, *initial) and label (*initial, -1 where padded) -> float32 (C, *patch) and int64 (*patch).
+
+    Draws as ``nnunet_augment``, except step 1: u < 0.2 -> three angles U(-30°, 30°) about axes 0,
+    1, 2 (``rotation_3d``); u < 0.2 -> scale split(0.7, 1.4). Either drawn: the patch is resampled
+    about the region's centre; neither: the centre patch is cut out (batchgenerators' center crop).
+    Mirroring flips each of the three axes with p 0.5. The -1 padding becomes background at the end
+    (RemoveLabelTransform(-1, 0)). Not reproduced: the 2-D ("dummy") augmentation nnU-Net uses for
+    patches more than 3 times longer in-plane than deep."""
+    x = np.asarray(x, dtype=np.float64)
+    angles = tuple(rng.uniform(-NNUNET_ROTATION_3D, NNUNET_ROTATION_3D, 3)) if rng.random() < 0.2 else None
+    scale = _split_uniform(rng, 0.7, 1.4) if rng.random() < 0.2 else None
+    if angles is not None or scale is not None:
+        x, label = _nnunet_spatial(x, label, rotation_3d(*(angles or (0.0, 0.0, 0.0))),
+                                   1.0 if scale is None else scale, tuple(patch))
+    else:
+        lo = (np.array(label.shape) - np.array(patch)) // 2
+        x = crop_padded(x, lo, tuple(patch), 0.0)
+        label = crop_padded(label, lo, tuple(patch), -1)
+    x, label = _nnunet_intensity_and_mirror(x, label, rng)
+    label = np.where(label < 0, 0, label)
+    return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(label, dtype=np.int64)
+
+
+def volume_chw(image: np.ndarray) -> np.ndarray:
+    """(D, H, W) -> (1, D, H, W); channels-last (D, H, W, C) -> (C, D, H, W)."""
+    return image[None] if image.ndim == 3 else np.moveaxis(image, -1, 0)
 
 
 # --- protocol-level objects ------------------------------------------------------------------
@@ -334,17 +468,63 @@ class TrainTransform:
         image, label = tf(ds.load_train(ids[0]), np.random.default_rng([1234, 0, 0]))
     """
 
-    def __init__(self, protocol, binary: bool, run_seed: int):
+    def __init__(self, protocol, binary: bool, run_seed: int, stats: list[dict[str, float]] | None = None):
         self.size = int(protocol.img_size)
         self.normalize = protocol.normalize
+        self.stats = stats  # ct_foreground: the training foreground's statistics
         self.augment = protocol.train.augment
         self.binary = bool(binary)  # augment and normalize names are checked when the protocol loads
         if self.augment == "nnunet" and self.binary:
             raise BenchError("augment 'nnunet' needs integer class labels (nnU-Net datasets); this dataset is binary")
         self.angle = run_rotation_angle(run_seed) if self.augment == "vmunet_isic" else None
+        self.patch = tuple(protocol.patch_size)  # 3-D protocols: items are whole volumes, cut here
+        if self.patch and self.augment not in ("nnunet", "none"):
+            raise BenchError(f"augment {self.augment!r} is 2-D; a 3-D protocol (patch_size) takes 'nnunet' or 'none'")
+        self.initial = nnunet_initial_patch(self.patch) if self.patch and self.augment == "nnunet" else self.patch
+        self.batch_size = protocol.train.batch_size
+        self.oversample = protocol.train.oversample_foreground
 
-    def __call__(self, sample: Sample, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        image = normalize_image(sample.image, self.normalize)
+    def forced_foreground(self, draw: int | None, rng: np.random.Generator) -> bool:
+        """Whether a 3-D item's patch is centred on foreground: the last items of each batch (draw =
+        position in an epoch of batches, nnU-Net's rule), else with probability ``oversample``."""
+        if draw is None:
+            return bool(rng.random() < self.oversample)
+        return not draw % self.batch_size < round(self.batch_size * (1 - self.oversample))
+
+    def patch_item(self, sample: Sample, rng: np.random.Generator,
+                   draw: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A 3-D training patch from a whole volume: nnU-Net's region choice, then its augmentation."""
+        label = np.asarray(sample.label, dtype=np.int64)
+        force = self.forced_foreground(draw, rng)
+        corner = nnunet_patch_corner(label.shape, self.patch, self.initial, rng, label if force else None)
+        x, label = self._normalized_region(sample.image, corner), crop_padded(label, corner, self.initial, -1)
+        if self.augment == "nnunet":
+            x, label = nnunet_augment_3d(x, label, rng, self.patch)
+        label = np.where(label < 0, 0, label)
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(label)
+
+    def _normalized_region(self, image: np.ndarray, corner: np.ndarray) -> np.ndarray:
+        """(C, *initial): the region at ``corner`` of the normalised volume, 0 outside it (nnU-Net pads
+        normalised data with 0). Modes that map each voxel on its own cut the region first: the same
+        values for a region's work instead of a volume's."""
+        if self.normalize not in POINTWISE_MODES:  # statistics of the whole volume (zscore)
+            return crop_padded(volume_chw(normalize_image(image, self.normalize, 3, self.stats)), corner,
+                               self.initial, 0.0)
+        region = crop_padded(volume_chw(np.asarray(image)), corner, self.initial, 0.0)
+        norm = normalize_image(region[0] if len(region) == 1 else np.moveaxis(region, 0, -1), self.normalize, 3,
+                               self.stats)
+        out = np.zeros(region.shape, dtype=np.float32)
+        inside = tuple(slice(max(0, -c), min(s - c, n))
+                       for c, s, n in zip(corner, image.shape[:3], self.initial))
+        out[(slice(None),) + inside] = volume_chw(norm)[(slice(None),) + inside]
+        return out
+
+    def __call__(self, sample: Sample, rng: np.random.Generator,
+                 draw: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``draw``: the item's position in an epoch drawn with replacement (3-D foreground rule)."""
+        if self.patch:
+            return self.patch_item(sample, rng, draw)
+        image = normalize_image(sample.image, self.normalize, stats=self.stats)
         label = np.asarray(sample.label, dtype=np.float32 if self.binary else np.int64)
         if self.augment == "transunet":
             image, label = transunet_augment(image, label, rng)
@@ -373,11 +553,11 @@ def _to_tensors(image: np.ndarray, label: np.ndarray, binary: bool) -> tuple[tor
 # --- evaluation helpers ----------------------------------------------------------------------
 
 
-def prepare_slice(img2d: np.ndarray, protocol) -> torch.Tensor:
+def prepare_slice(img2d: np.ndarray, protocol, stats: list[dict[str, float]] | None = None) -> torch.Tensor:
     """One 2-D slice/image (H, W) or (H, W, C) -> float32 tensor (C, S, S) for the model:
     normalise, then ``zoom`` to ``img_size`` with ``protocol.eval.image_order`` (TransUNet's
     ``test_single_volume``: order 3). Map the prediction back with ``zoom_labels_back``."""
-    image = normalize_image(img2d, protocol.normalize)
+    image = normalize_image(img2d, protocol.normalize, stats=stats)
     image = resize_image(image, protocol.img_size, protocol.eval.image_order)
     return torch.from_numpy(to_chw(image.astype(np.float32, copy=False)))
 

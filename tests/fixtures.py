@@ -1,4 +1,5 @@
-"""Realistic run records for tests (records, report, drift, and anyone else who needs one).
+"""Realistic run records for tests (records, report, drift, and anyone else who needs one), and
+``run_bench``, the CLI in a fresh process.
 
 ``make_record`` builds a schema-1 record whose aggregates are consistent with its per-class and
 per-case rows: every case of a class gets the class's Dice, so expected means are easy to compute
@@ -8,6 +9,9 @@ by hand.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from typing import Any
 
 from bench.records import SCHEMA_VERSION, new_run_id
@@ -103,3 +107,12 @@ def make_record(
         "per_case": per_case,
         "cost": {"params": params, "trainable_params": params, "macs": None, "flops": None, "fps": None, "peak_mem_mb": None},
     }
+
+
+def run_bench(*args, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m bench ARGS`` in a fresh process with one OpenMP thread; ``check``: assert it exited 0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True, env=env)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc

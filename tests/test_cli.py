@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -15,17 +12,11 @@ from typer.testing import CliRunner
 from bench import records
 from bench.cli import app, default_protocol
 from bench.errors import BenchError
+from tests.fixtures import run_bench
 
 runner = CliRunner()
 FAST = ["--tiny", "--max-iterations", "4", "--img-size", "32", "--threads", "1", "--no-progress"]
-
-
-def _bench(*args, check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True, env=env)
-    if check:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
+_bench = run_bench
 
 
 @pytest.fixture(scope="module")

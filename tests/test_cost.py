@@ -18,6 +18,7 @@ from torch import nn
 from bench import cost
 from bench.errors import BenchError
 from bench.registry import create_model, get_entry
+from ssm_models.mamba import Mamba
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
@@ -234,3 +235,30 @@ def test_several_precisions_are_timed_and_counted_once(tmp_path, monkeypatch):
     bad = CliRunner().invoke(app, ["profile", "--models", "unet", "--device", "cpu", "--precision", "fp32,tf32",
                                    "--results", str(tmp_path / "none")])
     assert bad.exit_code != 0 and not (tmp_path / "none" / "profiles").exists()  # refused before any model runs
+
+
+@pytest.mark.parametrize("ref, dims, size, nc, chans", [("lightm_unet_2d", 2, 256, 2, 3), ("lightm_unet_3d", 3, 32, 3, 1)])
+def test_lightm_unet_counts_match_the_authors_model(ref, dims, size, nc, chans):
+    """thop's count equals the reference's thop on the authors' model (2-D at 256², the volumetric
+    variant, ``--set spatial_dims=3``, on a 32³ cube): mamba-ssm applies in_proj, dt_proj and the
+    causal conv functionally, which thop does not see, and so does our Mamba block. fvcore's count
+    without the scan equals theirs too (the scan formulas differ: ours is the Mamba authors' 9·L·D·N
+    estimate, the reference plugged in VM-UNet's einsum count)."""
+    meta = json.loads((REFERENCE / ref / "meta.json").read_text())["flops"]
+    (want,) = [r for r in meta["per_input"] if r["input_shape"] == [1, chans] + [size] * dims]
+    torch.manual_seed(0)
+    model = create_model("lightm_unet", num_classes=nc, in_chans=chans, img_size=size, spatial_dims=dims)
+    x = torch.randn(1, chans, *[size] * dims)
+    assert cost.paper_count(model, x)["paper_macs"] == pytest.approx(want["thop_gmacs"] * 1e9, rel=1e-9)
+    fv = cost.fvcore_macs(model, x)
+    assert fv["PythonOp._CpuScan"] > 0
+    for op, macs in want["fvcore_by_operator"].items():
+        if op != "conv":
+            assert fv[op] == macs, op
+    # conv: our causal conv pads both sides and drops the last d_conv - 1 = 3 outputs of each channel
+    # (mamba-ssm's own path without causal-conv1d does the same); the reference computed only L
+    extra = sum(3 * m.conv1d.weight.shape[0] * m.conv1d.weight.shape[-1] for m in model.modules() if isinstance(m, Mamba))
+    assert fv["conv"] == want["fvcore_by_operator"]["conv"] + extra
+    row = cost.profile_model("lightm_unet", img_size=size, num_classes=nc, in_chans=chans, timing=False,
+                             overrides={"spatial_dims": dims})
+    assert row["input_shape"] == "x".join(map(str, x.shape)) and row["paper_macs"] == pytest.approx(want["thop_gmacs"] * 1e9)

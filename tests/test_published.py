@@ -99,7 +99,7 @@ def test_each_number_names_the_recipe_it_was_trained_under(pub):
     assert not ((pub["model"] == "unet") & pub["dataset"].isin(["isic17", "isic18"])).any()
     assert one(pub, source=VMUNET_T1, model="unet_7m", dataset="isic17", metric="dice")["value"] == 86.99
     assert one(pub, model="lightm_unet", dataset="lits", metric="dice")["value"] == 84.6
-    assert recipe(model="lightm_unet", dataset="lits") == ""  # their 3-D configuration: no protocol here
+    assert recipe(model="lightm_unet", dataset="lits") == "lightm_unet_3d"  # their 3-D configuration
     assert recipe(model="lightm_unet", dataset="montgomery_shenzhen") == "lightm_unet_2d"
 
 

@@ -383,6 +383,27 @@ def test_lightm_unets_chest_xray_number_meets_a_lightm_unet_2d_board(tmp_path):
     assert "lightm_unet_2d" in dice and "95.00" in dice and "-1.17" in dice
 
 
+def test_lightm_unets_lits_number_meets_a_lightm_unet_3d_board(tmp_path):
+    """A lightm_unet_3d run builds the volumetric variant (spatial_dims 3 in its model_config): that is
+    the model as registered under this protocol, so LiTS's published Dice gets its gap; a 2-D build
+    recorded under the same protocol would not."""
+    from bench.protocol import load_protocol
+
+    rec = make_record("lightm_unet", dataset="nnunet", dice=0.80, protocol="lightm_unet_3d",
+                      classes=["liver", "tumor"], model_config={"num_classes": 3, "in_chans": 1, "img_size": 128,
+                                                                "spatial_dims": 3})
+    rec.update(dataset_name="nnunet:Dataset801_LiverCT", policy="strict")
+    rec["protocol"]["hash"] = load_protocol("lightm_unet_3d").hash
+    write_record(rec, tmp_path)
+    section = write_report(tmp_path, published=True).split("## Published vs ours · nnunet:Dataset801_LiverCT")[1]
+    dice = next(line for line in section.splitlines() if line.startswith("| lightm_unet | DSC"))
+    assert "84.6 " in dice and "lightm_unet_3d" in dice and "80.00" in dice and "-4.60" in dice
+    rec2 = {**rec, "run_id": rec["run_id"] + "x", "model_config": {**rec["model_config"], "spatial_dims": 2}}
+    write_record(rec2, tmp_path / "flat")
+    section = write_report(tmp_path / "flat", published=True).split("## Published vs ours")[1]
+    assert "other model config" in next(line for line in section.splitlines() if line.startswith("| lightm_unet | DSC"))
+
+
 def test_each_polyp_test_set_gets_its_own_board_scored_like_the_authors(tmp_path):
     """VM-UNet-V2 pools one confusion matrix per test set, not over all five: the per-set boards
     must equal 2TP/(2TP+FP+FN) summed over that set's images, and find that set's published rows."""

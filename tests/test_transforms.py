@@ -244,11 +244,11 @@ def _nnunet_proto(img_size: int = 32):
 def test_nnunet_spatial_identity_and_rot90_about_the_centre(n):
     rng = np.random.default_rng(n)
     x, label = rng.random((2, n, n)), rng.integers(0, 5, (n, n))
-    same_x, same_label = T._nnunet_spatial(x, label, 0.0, 1.0)
+    same_x, same_label = T._nnunet_spatial(x, label, T._rotation_2d(0.0), 1.0)
     np.testing.assert_allclose(same_x, x, atol=1e-9)
     np.testing.assert_array_equal(same_label, label)
     # about the exact centre ((n - 1) / 2), a quarter turn maps the pixel grid onto itself: np.rot90
-    rot_x, rot_label = T._nnunet_spatial(x, label, np.pi / 2, 1.0)
+    rot_x, rot_label = T._nnunet_spatial(x, label, T._rotation_2d(np.pi / 2), 1.0)
     np.testing.assert_allclose(rot_x, np.rot90(x, 1, axes=(1, 2)), atol=1e-9)
     np.testing.assert_array_equal(rot_label, np.rot90(label))
     assert rot_label.dtype == np.int64
@@ -259,12 +259,12 @@ def test_nnunet_spatial_scale_multiplies_the_sampling_coordinates():
     label = np.zeros((41, 41), np.int64)
     label[10:31, 10:31] = 2
     x = (label / 2.0)[None]
-    small_x, small = T._nnunet_spatial(x, label, 0.0, 2.0)
+    small_x, small = T._nnunet_spatial(x, label, T._rotation_2d(0.0), 2.0)
     expect = np.zeros_like(label)
     expect[15:26, 15:26] = 2  # |2 (i - 20)| <= 10: scale 2 halves the square
     np.testing.assert_array_equal(small, expect)
     assert abs(small_x[0, 20, 20] - 1.0) < 1e-9 and small_x[0, 0, 0] == 0.0  # outside the input: zero fill
-    _, big = T._nnunet_spatial(x, label, 0.0, 0.5)
+    _, big = T._nnunet_spatial(x, label, T._rotation_2d(0.0), 0.5)
     assert (big == 2).all()  # |(i - 20) / 2| <= 10 everywhere: scale 0.5 doubles it
 
 
@@ -274,7 +274,7 @@ def test_nnunet_spatial_interpolation_orders_at_half_pixels():
     label[20:22, 20:22] = [[1, 2], [3, 4]]
     t = np.arange(41) - 20.0
     x = np.add.outer(t**2, 0.5 * t)[None] / 40.0  # quadratic: cubic splines reproduce it, linear would not
-    out_x, out = T._nnunet_spatial(x, label, 0.0, 0.5)
+    out_x, out = T._nnunet_spatial(x, label, T._rotation_2d(0.0), 0.5)
     assert out[20, 20] == 1
     assert out[21, 21] == 0  # four labels at 0.25 each: none reaches 0.5, the pixel stays 0
     assert out[21, 20] == 3 and out[20, 21] == 2  # 1 and 3 tie at 0.5: the higher label is written last
@@ -287,9 +287,9 @@ def test_nnunet_spatial_labels_stay_in_the_class_set():
     label = _ct_sample(33, 33).label
     x = _ct_sample(33, 33).image[None].astype(np.float64)
     for angle, scale in ((0.3, 1.0), (-2.5, 1.3), (1.1, 0.75)):
-        _, out = T._nnunet_spatial(x, label, angle, scale)
+        _, out = T._nnunet_spatial(x, label, T._rotation_2d(angle), scale)
         assert out.dtype == np.int64 and set(np.unique(out)) <= set(np.unique(label)) | {0}
-    _, out = T._nnunet_spatial(x, label + 1, np.pi / 4, 1.0)  # no class 0 in the input: corners become 0
+    _, out = T._nnunet_spatial(x, label + 1, T._rotation_2d(np.pi / 4), 1.0)  # no class 0 in the input: corners become 0
     assert out[0, 0] == 0 and out[16, 16] == label[16, 16] + 1
 
 
@@ -314,7 +314,8 @@ def test_nnunet_draw_probabilities_and_ranges(monkeypatch):
         noisy += bool(T.nnunet_augment(image, label, np.random.default_rng([11, i]))[0].any())  # only noise
     # SpatialTransform: rotation p 0.2, U(-pi, pi); scaling p 0.2, one factor split around 1
     assert abs(len(calls["spatial"]) / n - (1 - 0.8 * 0.8)) < 0.03
-    angles = [a for _, a, _ in calls["spatial"] if a != 0.0]
+    angles = [np.arctan2(rot[1, 0], rot[0, 0]) for _, rot, _ in calls["spatial"]]  # the matrix's angle
+    angles = [a for a in angles if a != 0.0]
     scales = [sc for _, _, sc in calls["spatial"] if sc != 1.0]
     assert abs(len(angles) / n - 0.2) < 0.02 and abs(len(scales) / n - 0.2) < 0.02
     assert all(-np.pi <= a < np.pi for a in angles) and min(angles) < -3.0 and max(angles) > 3.0

@@ -25,10 +25,10 @@ from bench.errors import BenchError
 
 @dataclass
 class Sample:
-    """One 2-D training item."""
+    """One training item: a 2-D image or slice, or a whole volume (3-D protocols)."""
 
-    image: np.ndarray  # (H, W) or (H, W, C) channels-last
-    label: np.ndarray  # (H, W): int64 class ids, or float32 in [0, 1] for binary datasets
+    image: np.ndarray  # (H, W) or (H, W, C) channels-last; volumes (D, H, W) or (D, H, W, C)
+    label: np.ndarray  # spatial shape: int64 class ids, or float32 in [0, 1] for binary datasets
     name: str = ""
 
 
@@ -63,6 +63,9 @@ class SegDataset:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        # normalize = "ct_foreground": the training foreground's statistics (bench.data.intensity),
+        # computed on first use, or set from a run's record to score it as it was trained
+        self.foreground_stats: list[dict[str, float]] | None = None
         # Human-readable remarks about how the data was read (e.g. a fallback that was taken);
         # worth printing once and recording with a run.
         self.notes: list[str] = []
@@ -99,6 +102,24 @@ class SegDataset:
 
     def load_train(self, item_id: str) -> Sample:
         raise NotImplementedError
+
+    def train_volume_ids(self) -> list[str]:
+        """The training cases as whole volumes, for 3-D protocols (which cut patches from them)."""
+        raise BenchError(f"{self.root}: 3-D protocols (patch_size) train on whole volumes in nnU-Net format "
+                         f"(--dataset nnunet, NIfTI files); this {self.dataset_name!r} data holds 2-D training items")
+
+    def load_train_volume(self, case_id: str) -> Sample:
+        raise NotImplementedError
+
+    @property
+    def n_train_cases(self) -> int:
+        """How many cases ``train_cases`` yields."""
+        raise NotImplementedError
+
+    def train_cases(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(image, label) of each whole training case, for dataset statistics (``ct_foreground``)."""
+        raise BenchError(f"{self.root}: normalize 'ct_foreground' takes its statistics from whole training cases "
+                         f"in nnU-Net format (--dataset nnunet); the {self.dataset_name!r} reader has none")
 
     def test_ids(self) -> list[str]:
         raise NotImplementedError

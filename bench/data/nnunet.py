@@ -19,7 +19,8 @@ channels-last: (H, W, C) or (D, H, W, C). Images are float32 as stored; the prot
 MRI channels raw is warned (``normalize_hint``); labels are int64 ids.
 
 Training items: a 2-D case is one item (id ``CASE``); a volume contributes each axial slice
-(id ``"CASE:z"``). Test cases are whole cases, scored per volume.
+(id ``"CASE:z"``), or, under a 3-D protocol, is one item from which patches are cut. Test cases are
+whole cases, scored per volume.
 
 Split: fold 0 of ``splits_final.json`` when present (train = its "train", test = its "val").
 Otherwise a fixed split of this project's own (not nnU-Net's, which has no held-out test split):
@@ -386,6 +387,27 @@ class NnUNetDataset(SegDataset):
                 for z in range(nifti_shape(label_path(self.root, case, self.file_ending))[0])
             ]
         return list(self._slice_ids)
+
+    def train_volume_ids(self) -> list[str]:
+        if not self.volumes:
+            return super().train_volume_ids()
+        return list(self._train_cases)
+
+    def load_train_volume(self, case_id: str) -> Sample:
+        """A whole training volume; read-only views of the cached arrays (patches are cut from it)."""
+        image, label, _ = self._case_arrays(case_id)
+        image, label = image.view(), label.view()
+        image.flags.writeable = label.flags.writeable = False
+        return Sample(image=image, label=label, name=case_id)
+
+    @property
+    def n_train_cases(self) -> int:
+        return len(self._train_cases)
+
+    def train_cases(self):
+        for case in self._train_cases:
+            image, label, _ = self._case_arrays(case)
+            yield image, label
 
     def test_ids(self) -> list[str]:
         return list(self._test_cases)

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bench.data.base import SegDataset
+from bench.data.intensity import intensity_stats
 from bench.transforms import TrainTransform
 
 
@@ -45,8 +46,11 @@ class TrainDataset(Dataset):
     ):
         self.dataset = dataset
         self.seed = int(seed)
-        self.ids = list(dataset.train_ids() if ids is None else ids)
-        self.transform = transform or TrainTransform(protocol, binary=dataset.binary, run_seed=self.seed)
+        volumes = protocol.spatial_dims == 3  # 3-D protocols cut patches from whole training volumes
+        self.load = dataset.load_train_volume if volumes else dataset.load_train
+        self.ids = list((dataset.train_volume_ids() if volumes else dataset.train_ids()) if ids is None else ids)
+        self.transform = transform or TrainTransform(protocol, binary=dataset.binary, run_seed=self.seed,
+                                                     stats=intensity_stats(dataset, protocol))
         self._epoch = torch.zeros((), dtype=torch.int64)
         try:
             self._epoch.share_memory_()
@@ -69,7 +73,8 @@ class TrainDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``key``: an item index, or ``(index, draw)`` from an epoch drawn with replacement
-        (``EpochBatches(draws=...)``), whose augmentation also depends on the draw."""
+        (``EpochBatches(draws=...)``), whose augmentation also depends on the draw. The transform is
+        called as ``transform(sample, rng, draw)`` (draw None for an index)."""
         index, draw = key if isinstance(key, tuple) else (key, None)
-        sample = self.dataset.load_train(self.ids[index])
-        return self.transform(sample, self.rng(index, draw))
+        sample = self.load(self.ids[index])
+        return self.transform(sample, self.rng(index, draw), draw)

@@ -1,0 +1,63 @@
+"""Intensity statistics of the training foreground, for ``normalize = "ct_foreground"``.
+
+nnU-Net's CTNormalization clips each CT channel to the 0.5th-99.5th percentile of the foreground
+intensities of the training cases and z-scores it with their mean and standard deviation. Its
+dataset fingerprint (nnU-Net v2 ``DatasetFingerprintExtractor``) estimates them from 10^8 voxels:
+``int(10e7 // n_cases)`` drawn with replacement from each case's labelled (label > 0) voxels by
+``RandomState(1234).choice``, one generator per case shared by its channels in order, then
+``np.mean``, ``np.std`` and ``np.percentile`` over all draws. Done here the same way, over the cases
+of the run's training split (nnU-Net fingerprints every case in imagesTr: the same cases where, as
+in LightM-UNet's datasets, imagesTr holds the training cases only; here the test cases never
+inform the normalisation). At most 400 MB of float32 draws, whatever the data's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from bench.errors import BenchError
+
+NNUNET_SAMPLES = 10e7  # num_foreground_voxels_for_intensitystats: all cases together
+NNUNET_SEED = 1234
+
+
+def foreground_statistics(cases: Iterable[tuple[np.ndarray, np.ndarray]], n_cases: int,
+                          total_samples: float = NNUNET_SAMPLES) -> list[dict[str, float]]:
+    """Per channel {mean, std, percentile_00_5, percentile_99_5} (nnU-Net's names) of the foreground of
+    ``cases``: ``n_cases`` (image, label) pairs, image spatial or channels-last (spatial + C)."""
+    per_case = int(total_samples // n_cases)
+    draws: list[list[np.ndarray]] = []
+    for image, label in cases:
+        mask = np.asarray(label) > 0
+        image = np.asarray(image)
+        chans = image[..., None] if image.ndim == mask.ndim else image
+        draws = draws or [[] for _ in range(chans.shape[-1])]
+        rs = np.random.RandomState(NNUNET_SEED)
+        for c, store in enumerate(draws):
+            voxels = chans[..., c][mask]
+            # a case without foreground gives nothing: nnU-Net's empty list, whose float64 turns the
+            # concatenation (and so the mean and std) into float64 too
+            store.append(rs.choice(voxels, per_case, replace=True) if voxels.size else np.array([]))
+    if not any(len(d) for d in (draws[0] if draws else [])):
+        raise BenchError("normalize 'ct_foreground' needs foreground (label > 0) in the training cases; none has any")
+    out = []
+    for store in draws:
+        x = np.concatenate(store)
+        store.clear()
+        lo, hi = np.percentile(x, [0.5, 99.5])
+        out.append({"mean": float(np.mean(x)), "std": float(np.std(x)),
+                    "percentile_00_5": float(lo), "percentile_99_5": float(hi)})
+    return out
+
+
+def intensity_stats(dataset, protocol) -> list[dict[str, float]] | None:
+    """The statistics ``protocol.normalize`` needs from ``dataset``'s training cases: its
+    ``foreground_stats`` (set from a run's record when the run is rescored or predicted), else
+    computed once and kept there; None for the modes that need none."""
+    if protocol.normalize != "ct_foreground":
+        return None
+    if dataset.foreground_stats is None:
+        dataset.foreground_stats = foreground_statistics(dataset.train_cases(), dataset.n_train_cases)
+    return dataset.foreground_stats

@@ -1,0 +1,426 @@
+"""3-D protocols (lightm_unet_3d): patch sampling, 3-D augmentation, CT normalisation from the training
+foreground, sliding-window prediction, and a run end to end on NIfTI volumes in nnU-Net format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bench import records
+from bench import transforms as T
+from bench.data import open_dataset, synthesize
+from bench.data.intensity import foreground_statistics
+from bench.errors import BenchError
+from bench.evaluate import gaussian_importance, sliding_window_logits, tile_starts
+from bench.protocol import load_protocol
+from tests.fixtures import run_bench
+
+PROTOCOLS = Path(__file__).parents[1] / "bench" / "protocols"
+_bench = run_bench
+
+
+# --- the protocol ------------------------------------------------------------------------------
+
+
+def test_lightm_unet_3d_protocol_is_the_authors_trainer_on_patches():
+    p = load_protocol("lightm_unet_3d")
+    t = p.train
+    assert (p.patch_size, p.spatial_dims, p.img_size, p.model_size) == ((128, 128, 128), 3, 0, 128)
+    assert (t.optimizer, t.lr, t.weight_decay, t.eps, t.scheduler, t.epochs, t.iterations_per_epoch) == \
+        ("adam", 1e-4, 1e-5, 1e-5, "poly_epoch", 100, 250)
+    assert (t.batch_size, t.dice_loss, t.augment, t.oversample_foreground, t.grad_clip, t.amp, t.select) == \
+        (2, "nnunet", "nnunet", 0.33, 12.0, False, "final")
+    assert (p.normalize, p.metric_policy, p.eval.tile_step, p.datasets) == ("ct_foreground", "strict", 0.5, ("nnunet",))
+    assert load_protocol("smoke").spatial_dims == 2
+
+
+@pytest.mark.parametrize("lines, phrase", [
+    ('patch_size = [16, 16]', "patch_size: expected three whole numbers"),
+    ('patch_size = [0, 16, 16]', "patch_size: expected three whole numbers"),
+    ('patch_size = [8, 16, 16]\nimg_size = 64', "img_size: a 3-D protocol sizes its input with patch_size"),
+    ('patch_size = [8, 16, 16]\n[eval]\ntile_step = 0', "eval.tile_step: expected a fraction"),
+])
+def test_bad_3d_protocol_fields_name_the_file_and_field(tmp_path, lines, phrase):
+    text = (PROTOCOLS / "lightm_unet_3d.toml").read_text()
+    text = text.replace("patch_size = [128, 128, 128]\n", "").replace("[eval]\ntile_step = 0.5", "")
+    head, _, tail = text.partition("[train]")
+    path = tmp_path / "bad.toml"
+    if "[eval]" in lines:
+        first, _, ev = lines.partition("\n[eval]\n")
+        path.write_text(head + first + "\n[train]" + tail + "\n[eval]\n" + ev + "\n")
+    else:
+        path.write_text(head + lines + "\n[train]" + tail)
+    with pytest.raises(BenchError) as err:
+        load_protocol(path)
+    assert str(path) in str(err.value) and phrase in str(err.value)
+
+
+def test_patch_size_not_a_list_is_one_clear_error(tmp_path):
+    path = tmp_path / "scalar.toml"
+    path.write_text((PROTOCOLS / "lightm_unet_3d.toml").read_text().replace("patch_size = [128, 128, 128]",
+                                                                             "patch_size = 128"))
+    with pytest.raises(BenchError, match=r"patch_size: expected three whole numbers >= 1, \[D, H, W\].*got 128"):
+        load_protocol(path)
+
+
+def test_oversample_share_is_checked(tmp_path):
+    path = tmp_path / "over.toml"
+    path.write_text((PROTOCOLS / "lightm_unet_3d.toml").read_text().replace("oversample_foreground = 0.33",
+                                                                             "oversample_foreground = 1.5"))
+    with pytest.raises(BenchError, match="train.oversample_foreground: expected a share between 0 and 1"):
+        load_protocol(path)
+
+
+def test_patch_override_is_off_protocol_and_img_size_is_refused():
+    p = load_protocol("lightm_unet_3d")
+    q = p.with_overrides(patch_size=[8, 16, 16])
+    assert q.patch_size == (8, 16, 16) and q.off_protocol and q.hash == p.hash
+    for size in (64, 0):  # even 0, the value a 3-D protocol holds: no img_size override on 3-D protocols
+        with pytest.raises(BenchError, match=r"--img-size.*change that with --patch-size"):
+            p.with_overrides(img_size=size)
+    with pytest.raises(BenchError, match=r"patch_size \(--patch-size\): expected three"):
+        p.with_overrides(patch_size=[8, 16])
+
+
+# --- patches: region, foreground forcing, crop --------------------------------------------------
+
+
+def test_initial_patch_is_nnunets_get_patch_size():
+    # 128 rotated by 30° about one axis reaches 128·(cos 30° + sin 30°) = 174.85 on the others; / 0.85 = 205.7
+    assert T.nnunet_initial_patch((128, 128, 128)) == (205, 205, 205)
+    # (8, 16, 16): about x the extents are (8, 21.86, 5.86), about y (1.07, 16, 17.86), about z
+    # (14.93, 9.86, 16); the largest per axis, / 0.85 -> (17.56, 25.72, 21.01)
+    assert T.nnunet_initial_patch((8, 16, 16)) == (17, 25, 21)
+
+
+def test_rotation_3d_turns_a_volume_like_rot90():
+    rng = np.random.default_rng(0)
+    x, label = rng.normal(size=(2, 5, 5, 5)), rng.integers(0, 3, (5, 5, 5))
+    for angles, axes in (((np.pi / 2, 0, 0), (1, 2)), ((0, np.pi / 2, 0), (2, 0)), ((0, 0, np.pi / 2), (0, 1))):
+        m = T.rotation_3d(*angles)
+        assert np.allclose(m @ m.T, np.eye(3)) and np.isclose(np.linalg.det(m), 1.0)
+        out_x, out = T._nnunet_spatial(x, label, m, 1.0)
+        np.testing.assert_allclose(out_x, np.rot90(x, 1, axes=(axes[0] + 1, axes[1] + 1)), atol=1e-9)
+        assert np.array_equal(out, np.rot90(label, 1, axes=axes))
+
+
+def test_crop_padded_fills_outside_the_array():
+    arr = np.arange(24).reshape(2, 3, 4)
+    out = T.crop_padded(arr, np.array([-1, 1]), (3, 4), fill=-7)  # last two axes: rows -1..1, cols 1..4
+    expected = np.full((2, 3, 4), -7)
+    expected[:, 1:, :3] = arr[:, :2, 1:]
+    assert np.array_equal(out, expected)
+    assert (T.crop_padded(arr, np.array([5, 9]), (2, 2), 0) == 0).all()  # wholly outside
+
+
+def test_patch_corners_span_nnunets_range_and_forced_ones_hold_foreground():
+    shape, patch = (10, 20, 20), (8, 8, 8)
+    initial = T.nnunet_initial_patch(patch)
+    pad = np.maximum(np.array(initial) - patch, np.array(initial) - shape)
+    lo, hi = -pad // 2, np.array(shape) + pad // 2 + pad % 2 - np.array(initial)
+    corners = np.array([T.nnunet_patch_corner(shape, patch, initial, np.random.default_rng(i)) for i in range(400)])
+    assert (corners.min(0) == lo).all() and (corners.max(0) == hi).all()  # both ends reached, never passed
+    label = np.zeros(shape, np.int64)
+    label[2, 3, 15] = 1  # one voxel of class 1, a block of class 2
+    label[6:9, 14:18, 2:6] = 2
+    seen = set()
+    for i in range(200):
+        corner = T.nnunet_patch_corner(shape, patch, initial, np.random.default_rng(i), label)
+        region = T.crop_padded(label, corner, initial, -1)
+        centre = T.crop_padded(region, (np.array(initial) - patch) // 2, patch, -1)  # the unrotated patch
+        assert (centre > 0).any()
+        seen |= set(np.unique(centre[centre > 0]).tolist())
+    assert seen == {1, 2}  # a class is drawn first: the one-voxel class is not starved by the block
+    empty = np.zeros(shape, np.int64)  # no foreground: nnU-Net falls back to a random corner
+    assert np.array_equal(T.nnunet_patch_corner(shape, patch, initial, np.random.default_rng(3), empty),
+                          T.nnunet_patch_corner(shape, patch, initial, np.random.default_rng(3)))
+
+
+def test_the_last_third_of_every_batch_is_forced_onto_foreground():
+    tf = T.TrainTransform(load_protocol("lightm_unet_3d"), binary=False, run_seed=0)
+    assert [tf.forced_foreground(d, None) for d in range(6)] == [False, True] * 3  # round(2 · 0.67) = 1
+    tf12 = T.TrainTransform(load_protocol("lightm_unet_3d").with_overrides(batch_size=12), binary=False, run_seed=0)
+    assert [tf12.forced_foreground(d, None) for d in range(12)] == [False] * 8 + [True] * 4
+
+
+def test_augment_3d_without_a_spatial_draw_cuts_the_centre_and_clears_the_padding():
+    class NoDraw:  # every probability test fails: the patch is the region's centre, untouched
+        def random(self):
+            return 0.99
+
+    x = np.arange(2 * 9 * 9 * 9, dtype=np.float64).reshape(2, 9, 9, 9)
+    label = np.full((9, 9, 9), -1)
+    label[3:6, 3:6, 3:6] = 2
+    out_x, out = T.nnunet_augment_3d(x, label, NoDraw(), (5, 5, 5))
+    np.testing.assert_array_equal(out_x, x[:, 2:7, 2:7, 2:7].astype(np.float32))
+    assert out.dtype == np.int64 and set(np.unique(out)) == {0, 2} and (out[1:4, 1:4, 1:4] == 2).all()
+
+
+@pytest.mark.parametrize("mode", ["none", "ct_window", "ct_foreground", "zscore"])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_a_normalised_region_equals_the_region_of_the_normalised_volume(mode, channels):
+    # pointwise modes cut first, zscore normalises the whole volume first: the same patch either way
+    rng = np.random.default_rng(4)
+    shape = (6, 10, 9) + ((channels,) if channels > 1 else ())
+    image = rng.normal(0, 300, shape).astype(np.float32)
+    stats = [{"mean": 40.0 * c, "std": 90.0, "percentile_00_5": -200.0, "percentile_99_5": 250.0}
+             for c in range(channels)]
+    proto = load_protocol("lightm_unet_3d").with_overrides(patch_size=[4, 8, 8], normalize=mode)
+    tf = T.TrainTransform(proto, binary=False, run_seed=0, stats=stats)
+    for corner in (np.array([-3, 4, -5]), np.array([1, 1, 1]), np.array([4, 8, 7])):
+        whole = T.volume_chw(T.normalize_image(image, mode, 3, stats))
+        np.testing.assert_allclose(tf._normalized_region(image, corner), T.crop_padded(whole, corner, tf.initial, 0.0),
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_training_patches_are_reproducible_and_shaped(tmp_path):
+    root = synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=4, depth=8, size=24)
+    ds = open_dataset("nnunet", root)
+    proto = load_protocol("lightm_unet_3d").with_overrides(patch_size=[8, 16, 16])
+    from bench.data.torch_dataset import TrainDataset
+
+    data = TrainDataset(ds, proto, seed=5)
+    assert data.ids == ds.train_volume_ids() and not any(":" in i for i in data.ids)  # cases, not slices
+    image, label = data[(0, 1)]
+    assert image.shape == (1, 8, 16, 16) and image.dtype == torch.float32
+    assert label.shape == (8, 16, 16) and label.dtype == torch.int64 and set(label.unique().tolist()) <= {0, 1, 2}
+    again = TrainDataset(ds, proto, seed=5)[(0, 1)]
+    assert torch.equal(image, again[0]) and torch.equal(label, again[1])
+    assert not torch.equal(image, data[(0, 3)][0])  # another draw of the same case: another patch
+    # normalised with the training foreground's statistics, not the volume's own
+    st = data.transform.stats[0]
+    assert [st] == foreground_statistics(ds.train_cases(), ds.n_train_cases) and st["std"] > 0
+    forced = [data[(i % len(data), 2 * i + 1)][1] for i in range(6)]  # odd draws: the batch's forced item
+    assert all((lab > 0).any() for lab in forced)
+
+
+def test_slice_protocols_still_train_on_slices(tmp_path):
+    root = synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=4, depth=8, size=24)
+    ds = open_dataset("nnunet", root)
+    from bench.data.torch_dataset import TrainDataset
+
+    data = TrainDataset(ds, load_protocol("lightm_unet_2d").with_overrides(img_size=32), seed=0)
+    assert all(":" in i for i in data.ids) and data[0][0].shape == (1, 32, 32)
+
+
+def test_2d_data_has_no_training_volumes(tmp_path):
+    png = open_dataset("nnunet", synthesize("nnunet", tmp_path / "png", dims=2, n_cases=4, size=24))
+    with pytest.raises(BenchError, match="3-D protocols .* train on whole volumes"):
+        png.train_volume_ids()
+
+
+# --- CT normalisation from the training foreground ---------------------------------------------
+
+
+def _nnunet_fingerprint(cases, total):
+    """nnU-Net v2's intensity fingerprint, written out from its description: per case RandomState(1234),
+    int(total // n_cases) draws with replacement from each channel's foreground in turn, then the
+    mean, std and 0.5/99.5 percentiles of all draws of a channel."""
+    per_case = int(total // len(cases))
+    draws = []
+    for image, label in cases:
+        rs = np.random.RandomState(1234)
+        chans = image if image.ndim > label.ndim else image[..., None]
+        draws.append([rs.choice(chans[..., c][label > 0], per_case, replace=True) if (label > 0).any() else []
+                      for c in range(chans.shape[-1])])
+    out = []
+    for c in range(len(draws[0])):
+        x = np.concatenate([d[c] for d in draws])
+        out.append({"mean": float(np.mean(x)), "std": float(np.std(x)),
+                    "percentile_00_5": float(np.percentile(x, 0.5)), "percentile_99_5": float(np.percentile(x, 99.5))})
+    return out
+
+
+def _cases(rng, sizes, channels=2):
+    cases = []
+    for n in sizes:
+        image = rng.normal(n / 100, 1 + n / 1000, size=(40, 50, channels)).astype(np.float32)
+        label = np.zeros((40, 50), np.int64)
+        label.reshape(-1)[rng.choice(2000, n, replace=False)] = rng.integers(1, 3, n)
+        cases.append((image, label))
+    return cases
+
+
+def test_foreground_statistics_are_nnunets_fingerprint():
+    cases = _cases(np.random.default_rng(0), (50, 400, 0, 1500))  # one case without foreground
+    assert foreground_statistics(iter(cases), len(cases), 8000) == _nnunet_fingerprint(cases, 8000)
+    with pytest.raises(BenchError, match="none has any"):
+        foreground_statistics([cases[2]], 1)
+
+
+def test_foreground_statistics_weigh_cases_equally():
+    # many draws: each case's foreground weighs 1/3 whatever its size (a voxel-weighted mean would be
+    # dominated by the 1500-voxel case)
+    cases = _cases(np.random.default_rng(1), (50, 400, 1500), channels=1)
+    (st,) = foreground_statistics(cases, 3, 3_000_000)
+    case_means = [img[..., 0][lab > 0].astype(np.float64).mean() for img, lab in cases]
+    assert st["mean"] == pytest.approx(np.mean(case_means), abs=0.01)
+    assert st["percentile_00_5"] < min(case_means) < max(case_means) < st["percentile_99_5"]
+
+
+def test_ct_foreground_normalisation_clips_then_standardises():
+    stats = [{"mean": 10.0, "std": 4.0, "percentile_00_5": 0.0, "percentile_99_5": 30.0}]
+    img = np.array([[[-100.0, 10.0], [30.0, 1000.0]]])  # (D, H, W)
+    out = T.normalize_image(img, "ct_foreground", spatial_dims=3, stats=stats)
+    assert out.dtype == np.float32 and out.tolist() == [[[-2.5, 0.0], [5.0, 5.0]]]
+    with pytest.raises(BenchError, match="needs the training foreground's statistics"):
+        T.normalize_image(img, "ct_foreground", spatial_dims=3)
+
+
+def test_volume_zscore_uses_the_whole_volume():
+    vol = np.stack([np.full((4, 4), 1.0), np.full((4, 4), 3.0)])  # each slice constant
+    assert np.allclose(T.normalize_image(vol, "zscore", spatial_dims=3), vol - 2.0)  # mean 2, std 1
+
+
+# --- sliding window -----------------------------------------------------------------------------
+
+
+def test_tile_starts_are_nnunets_steps():
+    assert tile_starts(10, 4, 0.5) == [0, 2, 4, 6]
+    assert tile_starts(8, 8, 0.5) == [0]
+    assert tile_starts(48, 16, 0.5) == [0, 8, 16, 24, 32]
+    # ceil(34 / 8) + 1 = 6 tiles, 34 / 5 = 6.8 apart, rounded: 0, 6.8, 13.6, 20.4, 27.2, 34
+    assert tile_starts(50, 16, 0.5) == [0, 7, 14, 20, 27, 34]
+    assert tile_starts(50, 16, 1.0) == [0, 11, 23, 34]
+
+
+def test_gaussian_weights_are_a_sampled_gaussian_of_sigma_an_eighth():
+    g = gaussian_importance((16, 16, 8))
+    assert g.shape == (16, 16, 8) and g.max() == 1.0 and g[8, 8, 4] == 1.0 and (g > 0).all()
+    k = np.arange(-4, 5)  # sigma 2 along the first axes: exp(-k² / 8) about the centre
+    np.testing.assert_allclose(g[8 + k, 8, 4], np.exp(-k**2 / 8.0), rtol=1e-5)
+    np.testing.assert_allclose(g[8, 8, 4 + np.arange(-3, 4)], np.exp(-np.arange(-3, 4) ** 2 / 2.0), rtol=1e-5)
+
+
+class _PlusTileMean(nn.Module):
+    """Logits that depend on the tile: x + the tile's mean, for 2 classes."""
+
+    num_classes = 2
+
+    def forward(self, x):
+        return torch.cat([x, x * 0 + x.mean(dim=(2, 3, 4), keepdim=True)], dim=1)
+
+
+def _windowed(vol, patch, step):
+    """The sliding window written out: pad as pad_nd_image (the odd voxel above), loop over the tiles
+    with the Gaussian weights of scipy's blurred impulse, crop the padding off."""
+    from scipy import ndimage
+
+    need = np.maximum(np.array(patch) - vol.shape[1:], 0)
+    x = np.pad(vol[0], [(n // 2, n - n // 2) for n in need])
+    impulse = np.zeros(patch)
+    impulse[tuple(p // 2 for p in patch)] = 1
+    w = ndimage.gaussian_filter(impulse, [p / 8 for p in patch], 0, mode="constant")
+    w /= w.max()
+    w[w == 0] = w[w > 0].min()
+    acc, norm = np.zeros((2, *x.shape)), np.zeros(x.shape)
+    for z in tile_starts(x.shape[0], patch[0], step):
+        for y in tile_starts(x.shape[1], patch[1], step):
+            for xx in tile_starts(x.shape[2], patch[2], step):
+                box = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(xx, xx + patch[2]))
+                acc[0][box] += w * x[box]
+                acc[1][box] += w * x[box].mean()
+                norm[box] += w
+    crop = tuple(slice(n // 2, n // 2 + s) for n, s in zip(need, vol.shape[1:]))
+    return (acc / norm)[(slice(None),) + crop]
+
+
+@pytest.mark.parametrize("shape, patch", [((5, 9, 7), (4, 6, 4)), ((3, 5, 20), (8, 8, 8))])
+def test_sliding_window_is_the_gaussian_weighted_mean_of_the_tiles(shape, patch):
+    # the second volume is smaller than the patch on two axes, by odd amounts: padded, then cut back
+    vol = np.random.default_rng(1).normal(size=(1, *shape)).astype(np.float32)
+    out = sliding_window_logits(_PlusTileMean(), vol, patch, 0.5, device=torch.device("cpu"),
+                                dtype=torch.float32, batch_size=3).numpy()
+    np.testing.assert_allclose(out, _windowed(vol, patch, 0.5), rtol=1e-5, atol=1e-6)
+
+
+# --- end to end -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory):
+    return synthesize("nnunet", tmp_path_factory.mktemp("vol") / "data", dims=3, n_cases=5, depth=8, size=24)
+
+
+FAST3D = ["--tiny", "--max-iterations", "2", "--patch-size", "8,16,16", "--threads", "1", "--no-progress"]
+
+
+def test_lightm_unet_3d_run_trains_on_patches_and_scores_whole_volumes(volumes, tmp_path):
+    res = tmp_path / "res"
+    _bench("run", "--models", "lightm_unet", "--dataset", "nnunet", "--data-root", volumes, "--protocol",
+           "lightm_unet_3d", "--results", res, *FAST3D)
+    (path,) = sorted((res / "records").glob("*.json"))
+    rec = json.loads(path.read_text())
+    assert rec["model_config"]["spatial_dims"] == 3 and rec["cost"]["input_shape"] == "1x1x8x16x16"
+    assert rec["cost"]["scan_macs"] > 0 and rec["train"]["iterations"] == 2
+    assert rec["protocol"]["overrides"]["patch_size"] == [8, 16, 16]
+    ds = open_dataset("nnunet", volumes)
+    assert rec["intensity_stats"] == foreground_statistics(ds.train_cases(), ds.n_train_cases)
+    (case,) = ds.test_ids()
+    native = ds.load_test(case).label.shape
+    assert {c["case"] for c in rec["per_case"]} == {case}
+    assert {c["tp"] + c["fp"] + c["fn"] + c["tn"] for c in rec["per_case"]} == {int(np.prod(native))}
+    # the written prediction is the scored one, with the label file's geometry
+    out = tmp_path / "pred"
+    _bench("predict", "--results", res, "--out", out)
+    import nibabel as nib
+
+    (written,) = sorted(out.rglob(f"{case}.nii.gz"))
+    pred = np.asarray(nib.load(str(written)).dataobj).transpose(2, 1, 0)
+    gt = ds.load_test(case).label
+    organ = [c for c in rec["per_case"] if c["class"] == 1][0]
+    assert pred.shape == native and int(((pred == 1) & (gt == 1)).sum()) == organ["tp"]
+    # a rescore normalises with the statistics the run trained with, not ones drawn from the data now
+    from bench.rescore import run_model
+
+    altered = {**rec, "intensity_stats": [{**rec["intensity_stats"][0], "mean": 123.0}]}
+    assert run_model(altered, res)[1].foreground_stats[0]["mean"] == 123.0
+    # rescoring rebuilds the 3-D model from the record and predicts the same volume again
+    _bench("rescore", "--results", res, "--policy", "legacy-synapse")
+    twin = json.loads((res / "records" / f"{rec['run_id']}.legacy-synapse.json").read_text())
+    assert [c["tp"] for c in twin["per_case"]] == [c["tp"] for c in rec["per_case"]]
+    assert records.load(res)["dice"].notna().all()
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["--models", "unet"], "unet is a 2-D model; protocol 'lightm_unet_3d' trains 3-D patches"),
+    (["--models", "lightm_unet", "--patch-size", "8,12,16"], "not multiples of 8"),
+    (["--models", "lightm_unet", "--patch-size", "8,16,20"], "use e.g. [8, 16, 24]"),
+    (["--models", "lightm_unet", "--img-size", "32"], "--patch-size D,H,W"),
+    (["--models", "lightm_unet", "--set", "spatial_dims=2"], "spatial_dims=2 does not fit"),
+])
+def test_3d_runs_refuse_what_cannot_work_before_training(volumes, tmp_path, args, phrase):
+    res = tmp_path / "res"
+    base = ["run", "--dataset", "nnunet", "--data-root", volumes, "--protocol", "lightm_unet_3d", "--results", res,
+            "--tiny", "--max-iterations", "1", "--no-progress"]
+    if "--patch-size" not in args and "--img-size" not in args:
+        base += ["--patch-size", "8,16,16"]
+    proc = _bench(*base, *args, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and phrase in proc.stderr, proc.stderr
+    assert not (res / "runs").exists()
+
+
+def test_ct_foreground_on_a_reader_without_training_cases_fails_at_planning(tmp_path):
+    from bench.data import synthetic_root
+    from bench.run import plan_grid
+
+    proto = load_protocol("smoke").with_overrides(normalize="ct_foreground")
+    with pytest.raises(BenchError, match="takes its statistics from whole training cases in nnU-Net format"):
+        plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0],
+                  data_root=synthetic_root("synapse", tmp_path), synthetic=False, results_dir=tmp_path / "r")
+    assert not (tmp_path / "r" / "runs").exists()
+
+
+def test_3d_protocol_refuses_slice_data_and_2d_protocol_refuses_a_patch(tmp_path):
+    png = synthesize("nnunet", tmp_path / "png", dims=2, n_cases=4, size=24)
+    proc = _bench("run", "--models", "lightm_unet", "--dataset", "nnunet", "--data-root", png, "--protocol",
+                  "lightm_unet_3d", "--results", tmp_path / "r", "--tiny", "--patch-size", "8,16,16", check=False)
+    assert proc.returncode == 2 and "train on whole volumes in nnU-Net format" in proc.stderr
+    proc = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
+                  "--results", tmp_path / "r", "--patch-size", "8,16,16", check=False)
+    assert proc.returncode == 2 and "--patch-size applies to 3-D protocols" in proc.stderr
