@@ -487,25 +487,31 @@ def data_synth(
 
 class ConvertSource(str, enum.Enum):
     btcv = "btcv"
+    msd = "msd"
 
 
 @data_app.command("convert")
 def data_convert(
     source: Annotated[ConvertSource, typer.Option(help="what --raw holds: btcv = BTCV's RawData/Training "
-                                                      "(img/imgXXXX.nii.gz, label/labelXXXX.nii.gz)")],
+                                                      "(img/imgXXXX.nii.gz, label/labelXXXX.nii.gz); msd = a Medical "
+                                                      "Segmentation Decathlon task folder (e.g. Task03_Liver)")],
     raw: Annotated[Path, typer.Option(help="the downloaded data's folder")],
     out: Annotated[Path, typer.Option(help="output directory (created)")],
 ) -> None:
     """Convert data as distributed into the layout a reader expects: btcv -> TransUNet's Synapse layout
-    (HU window [-125, 275] scaled to [0, 1], the papers' organ ids, TransUNet's 18/12 split, spacing.csv).
+    (HU window [-125, 275] scaled to [0, 1], the papers' organ ids, TransUNet's 18/12 split, spacing.csv);
+    msd -> nnU-Net v2's raw layout (as nnUNetv2_convert_MSD_dataset: modalities split into _0000, ...).
 
-    Example: bench data convert --source btcv --raw RawData/Training --out data/Synapse
+    Example: bench data convert --source msd --raw Task03_Liver --out data/Dataset003_Liver
     """
-    from bench.data.convert import btcv_to_synapse
+    from bench.data.convert import btcv_to_synapse, msd_to_nnunet
 
-    path = btcv_to_synapse(raw, out)
-    typer.echo(f"wrote the Synapse layout to {path}; check it with: bench data verify --dataset synapse "
-               f"--data-root {path}")
+    if source is ConvertSource.btcv:
+        path, dataset = btcv_to_synapse(raw, out), "synapse"
+    else:
+        path, dataset = msd_to_nnunet(raw, out), "nnunet"
+    typer.echo(f"wrote the {'Synapse' if dataset == 'synapse' else 'nnU-Net v2 raw'} layout to {path}; check it "
+               f"with: bench data verify --dataset {dataset} --data-root {path}")
 
 
 @data_app.command("verify")

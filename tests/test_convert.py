@@ -1,8 +1,10 @@
-"""`bench data convert --source btcv`: BTCV's raw volumes become TransUNet's Synapse layout with
-known organ ids, its split, the HU window and the headers' spacing; bad raw data is named."""
+"""`bench data convert`: BTCV's raw volumes become TransUNet's Synapse layout with known organ ids,
+its split, the HU window and the headers' spacing; a Medical Segmentation Decathlon task becomes
+nnU-Net v2's raw layout; bad raw data is named."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import nibabel as nib
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 
 from bench.data import open_dataset
-from bench.data.convert import BTCV_CASES, btcv_to_synapse
+from bench.data.convert import BTCV_CASES, btcv_to_synapse, msd_to_nnunet
 from bench.data.synapse import CLASS_NAMES, TRANSUNET_TEST_CASES
 from bench.data.verify import dataset_notes, verify_dataset
 from bench.errors import BenchError
@@ -95,3 +97,94 @@ def test_convert_names_what_is_wrong(btcv, tmp_path):
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(BenchError, match="already exists and is not empty"):
         btcv_to_synapse(btcv, tmp_path / "full")
+
+
+# --- Medical Segmentation Decathlon -------------------------------------------------------------
+
+
+def _write_msd(root, *, channels=1, cases=("liver_0", "liver_3", "liver_10")):
+    """An MSD task as its archives unpack: dataset.json in the v1 spelling, NIfTI volumes (4-D with
+    several modalities), and the macOS ``._`` files the archives carry, which are not NIfTI at all."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(1)
+    affine = np.diag([*ZOOMS, 1.0])
+    for case in cases:
+        shape = SHAPE + ((channels,) if channels > 1 else ())
+        nib.save(nib.Nifti1Image(rng.normal(0, 100, shape).astype(np.float32), affine),
+                 root / "imagesTr" / f"{case}.nii.gz")
+        nib.save(nib.Nifti1Image(rng.integers(0, 3, SHAPE).astype(np.uint8), affine),
+                 root / "labelsTr" / f"{case}.nii.gz")
+        for folder in ("imagesTr", "labelsTr"):
+            (root / folder / f"._{case}.nii.gz").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    modality = {"0": "CT"} if channels == 1 else {str(c): f"MR{c}" for c in range(channels)}
+    meta = {"name": "LiTS", "description": "Liver and Liver Tumor Segmentation", "tensorImageSize": "3D",
+            "modality": modality, "labels": {"0": "background", "1": "liver", "2": "cancer"},
+            "numTraining": len(cases), "numTest": 0,
+            "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in cases],
+            "test": []}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_an_msd_task_becomes_nnunet_v2_raw(tmp_path):
+    raw = _write_msd(tmp_path / "Task03_Liver")
+    out = msd_to_nnunet(raw, tmp_path / "Dataset003_Liver")
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "CT"} and meta["labels"] == {"background": 0, "liver": 1, "cancer": 2}
+    assert (meta["numTraining"], meta["file_ending"], meta["name"]) == (3, ".nii.gz", "LiTS")
+    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == ["liver_0_0000.nii.gz", "liver_10_0000.nii.gz",
+                                                                      "liver_3_0000.nii.gz"]
+    # 3-D images are copied byte for byte, as nnUNetv2_convert_MSD_dataset copies them
+    assert (out / "imagesTr" / "liver_3_0000.nii.gz").read_bytes() == (raw / "imagesTr" / "liver_3.nii.gz").read_bytes()
+    assert (out / "labelsTr" / "liver_3.nii.gz").read_bytes() == (raw / "labelsTr" / "liver_3.nii.gz").read_bytes()
+    ds = open_dataset("nnunet", out)
+    assert ds.dataset_name == "nnunet:LiTS" and ds.class_names == ("liver", "cancer")
+    case = ds.load_test(ds.test_ids()[0])
+    assert case.spacing == (ZOOMS[2], ZOOMS[1], ZOOMS[0]) and case.image.shape == SHAPE[::-1]
+    assert verify_dataset("nnunet", out) == []
+
+
+def test_msd_modalities_are_split_into_channel_files(tmp_path):
+    raw = _write_msd(tmp_path / "Task01_BrainTumour", channels=2, cases=("BRATS_001", "BRATS_002"))
+    out = msd_to_nnunet(raw, tmp_path / "out")
+    src = np.asarray(nib.load(raw / "imagesTr" / "BRATS_002.nii.gz").dataobj)
+    for c in range(2):
+        part = nib.load(out / "imagesTr" / f"BRATS_002_{c:04d}.nii.gz")
+        assert np.array_equal(np.asarray(part.dataobj), src[..., c])
+        assert np.allclose(part.affine, np.diag([*ZOOMS, 1.0]))
+    ds = open_dataset("nnunet", out)
+    assert ds.in_chans == 2 and ds.load_test("BRATS_002").image.shape == (*SHAPE[::-1], 2)
+
+
+def test_msd_conversion_names_what_is_wrong(tmp_path):
+    with pytest.raises(BenchError, match="dataset.json: not found; expected an MSD task folder"):
+        msd_to_nnunet(tmp_path, tmp_path / "a")
+    raw = _write_msd(tmp_path / "Task03_Liver")
+    (raw / "labelsTr" / "liver_10.nii.gz").unlink()
+    with pytest.raises(BenchError, match=r"labelsTr/liver_10.nii.gz: missing \(listed in .*dataset.json\)"):
+        msd_to_nnunet(raw, tmp_path / "b")
+    meta = json.loads((raw / "dataset.json").read_text())
+    (raw / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "liver": 1}}))
+    with pytest.raises(BenchError, match=r"labels must map ids to names, like"):
+        msd_to_nnunet(raw, tmp_path / "b")
+    raw = _write_msd(tmp_path / "T2", channels=2)
+    meta = json.loads((raw / "dataset.json").read_text())
+    (raw / "dataset.json").write_text(json.dumps({**meta, "modality": {"0": "CT"}}))
+    with pytest.raises(BenchError, match=r"liver_0.nii.gz: shape \(12, 10, 3, 2\); dataset.json names 1 modality"):
+        msd_to_nnunet(raw, tmp_path / "c")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_convert_msd_from_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    raw = _write_msd(tmp_path / "Task03_Liver")
+    res = CliRunner().invoke(app, ["data", "convert", "--source", "msd", "--raw", str(raw), "--out",
+                                   str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "nnU-Net v2 raw layout" in res.output and "bench data verify --dataset nnunet" in res.output
+    assert open_dataset("nnunet", tmp_path / "out").n_train_cases == 2  # fixed split of 3 cases: 2 + 1

@@ -18,13 +18,19 @@ datasets/README states and what public re-creations do (spec/baselines.md 4.2):
   order) and every slice of the other 18 as training npz slices; ``spacing.csv`` from the NIfTI
   headers, so ``strict`` HD95 is in mm.
 
+``msd_to_nnunet``: a Medical Segmentation Decathlon task (``TaskXX_Name``, e.g. Task03_Liver,
+which is LiTS) to nnU-Net v2's raw layout (``bench.data.nnunet``), as nnU-Net's own
+``nnUNetv2_convert_MSD_dataset`` converts it.
+
 The output is written to a temporary folder and renamed when complete (nothing half-written).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -137,5 +143,107 @@ def btcv_to_synapse(raw: str | Path, out: str | Path) -> Path:
         (lists / "all.lst").write_text("\n".join(f"{c}{syn.H5_SUFFIX}" for c in BTCV_CASES) + "\n")
         rows = [f"{c},{d:g},{h:g},{w:g}" for c, (d, h, w) in sorted(spacing)]
         (root / syn.SPACING_FILE).write_text("case,d,h,w\n" + "\n".join(rows) + "\n")
+
+    return write_atomically(Path(out), write)
+
+
+# --- Medical Segmentation Decathlon -> nnU-Net v2 raw ---------------------------------------------
+
+
+def _msd_meta(raw: Path) -> dict:
+    """The task's dataset.json (nnU-Net v1 / MSD spelling), checked for what the conversion needs."""
+    path = raw / "dataset.json"
+    if not path.is_file():
+        raise BenchError(f"{path}: not found; expected an MSD task folder (TaskXX_Name with dataset.json, "
+                         "imagesTr/ and labelsTr/)")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BenchError(f"{path}: not readable JSON ({exc})") from exc
+    missing = [k for k in ("modality", "labels", "training") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise BenchError(f"{path}: missing field(s) {', '.join(missing)}; an MSD dataset.json has modality, "
+                         "labels and training")
+    if not isinstance(meta["training"], list) or not meta["training"]:
+        raise BenchError(f"{path}: 'training' lists no cases; expected [{{\"image\": ..., \"label\": ...}}, ...]")
+    for key, example in (("modality", '{"0": "CT"}'), ("labels", '{"0": "background", "1": "liver"}')):
+        value = meta[key]
+        if not isinstance(value, dict) or not value or not all(str(k).isdigit() for k in value):
+            raise BenchError(f"{path}: {key} must map ids to names, like {example}; got {value!r}")
+    return meta
+
+
+def _msd_case(raw: Path, entry: Any, meta_path: Path) -> tuple[str, Path, Path]:
+    """(case id, image, label) of one ``training`` entry; the id is the file name without .nii.gz."""
+    try:
+        image, label = (raw / str(entry[k]).removeprefix("./") for k in ("image", "label"))
+    except (TypeError, KeyError):
+        raise BenchError(f"{meta_path}: training entry {entry!r} is not {{\"image\": ..., \"label\": ...}}") from None
+    for path in (image, label):
+        if not path.is_file():
+            raise BenchError(f"{path}: missing (listed in {meta_path})")
+    case = image.name.removesuffix(".gz").removesuffix(".nii")
+    return case, image, label
+
+
+def msd_to_nnunet(raw: str | Path, out: str | Path) -> Path:
+    """Convert a Medical Segmentation Decathlon task (``TaskXX_Name``: dataset.json, imagesTr/,
+    labelsTr/; e.g. Task03_Liver, which is LiTS) to nnU-Net v2's raw layout at ``out``, as
+    ``nnUNetv2_convert_MSD_dataset`` does: every case of dataset.json's ``training`` list, a 3-D image
+    copied byte for byte as ``<case>_0000<ending>``, a 4-D one (several modalities) split along its
+    last axis into ``<case>_0000``, ``_0001``, ... with the volume's affine, labels copied;
+    dataset.json rewritten in v2 form (channel_names from modality, labels name -> id). The macOS
+    ``._*`` files the MSD archives carry are never read: cases come from the list. Written to a
+    temporary folder and renamed when complete."""
+    import shutil
+
+    from bench.data.nnunet import VOLUME_ENDINGS, parse_dataset_json
+    from bench.data.synth import write_atomically
+
+    raw = Path(raw)
+    meta = _msd_meta(raw)
+    meta_path = raw / "dataset.json"
+    cases = [_msd_case(raw, e, meta_path) for e in meta["training"]]
+    endings = {next((e for e in VOLUME_ENDINGS if p.name.endswith(e)), None) for _, img, lab in cases for p in (img, lab)}
+    if len(endings) != 1 or None in endings:
+        raise BenchError(f"{meta_path}: the training files must all end in one of {', '.join(VOLUME_ENDINGS)}; "
+                         f"got {sorted(str(e) for e in endings)}")
+    (ending,) = endings
+    seen = {}
+    for case, img, _ in cases:
+        if case in seen:
+            raise BenchError(f"{meta_path}: case {case!r} listed twice ({seen[case]} and {img})")
+        seen[case] = img
+    n_channels = len(meta["modality"])
+
+    def write(root: Path) -> None:
+        import nibabel as nib
+
+        (root / "imagesTr").mkdir()
+        (root / "labelsTr").mkdir()
+        for case, img, lab in cases:
+            with reading(img, "a NIfTI volume"):
+                vol = nib.load(str(img))  # the header only, until a 4-D volume is split
+            shape = tuple(vol.shape)
+            if len(shape) == 3 and n_channels == 1:
+                shutil.copyfile(img, root / "imagesTr" / f"{case}_0000{ending}")
+            elif len(shape) == 4 and shape[3] == n_channels:
+                with reading(img, "a NIfTI volume"):
+                    data = np.asarray(vol.dataobj)
+                for c in range(n_channels):
+                    part = nib.Nifti1Image(np.ascontiguousarray(data[..., c]), vol.affine, vol.header)
+                    nib.save(part, str(root / "imagesTr" / f"{case}_{c:04d}{ending}"))
+                del data
+            else:
+                raise BenchError(f"{img}: shape {shape}; dataset.json names {n_channels} modality(ies), so "
+                                 f"expected a 3-D volume{' with them on a 4th axis' if n_channels > 1 else ''}")
+            shutil.copyfile(lab, root / "labelsTr" / f"{case}{ending}")
+        labels = {str(name): int(k) for k, name in meta["labels"].items()}  # ids checked in _msd_meta
+        v2 = {"name": meta.get("name") or raw.name, "description": meta.get("description", ""),
+              "reference": meta.get("reference", ""), "licence": meta.get("licence", ""),
+              "channel_names": {str(k): v for k, v in meta["modality"].items()}, "labels": labels,
+              "numTraining": len(cases), "file_ending": ending}
+        (root / "dataset.json").write_text(json.dumps(v2, indent=2) + "\n")
+        parse_dataset_json(root / "dataset.json")  # the reader's own checks, before the folder appears
 
     return write_atomically(Path(out), write)
