@@ -8,7 +8,7 @@ SMOKE_RESULTS ?= /tmp/ssm-unet-bench-smoke
 # and a fixed thread count keeps CPU runs bit-reproducible
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup test demo smoke check baseline bench-hd95 bench-scan clean
+.PHONY: setup test demo smoke check baseline bench-hd95 bench-scan bench-patches clean
 
 setup:
 	bash scripts/setup.sh
@@ -40,6 +40,9 @@ bench-hd95:
 
 bench-scan:
 	$(PY) benchmarks/scan_bench.py
+
+bench-patches:
+	$(PY) benchmarks/patch_bench.py --out benchmarks/patch_bench.md
 
 clean:
 	rm -rf $(DEMO_RESULTS) $(SMOKE_RESULTS)

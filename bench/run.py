@@ -65,6 +65,9 @@ class RunSpec:
         return f"{self.dataset}-{self.protocol.name}-{self.model}-s{self.seed}{fold}-{digest}"
 
 
+CACHE_DIR = "cache"  # under the results folder: derived data, safe to delete
+
+
 def _progress_bar(enabled: bool):
     if not enabled:
         return nullcontext(None)
@@ -101,6 +104,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
     t0 = time.perf_counter()
     dataset = open_dataset(spec.dataset, spec.data_root, spec.fold)
     protocol = spec.protocol
+    if protocol.spatial_dims == 3:  # decoded training volumes, memory-mapped: a patch reads its region only
+        dataset.volume_cache = results_dir / CACHE_DIR
     entry = get_entry(spec.model)
     seed_everything(spec.seed)  # the initial weights are part of the run: seed before building
     build = build_args(spec.model, protocol, dataset, dict(spec.model_overrides))

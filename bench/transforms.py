@@ -413,7 +413,7 @@ def crop_padded(arr: np.ndarray, corner: np.ndarray, size: tuple[int, ...], fill
     lead = arr.shape[:-n]
     shape = np.array(arr.shape[-n:])
     lo, hi = np.maximum(corner, 0), np.minimum(np.array(corner) + size, shape)
-    out = np.full(lead + tuple(size), fill, dtype=arr.dtype)
+    out = np.full(lead + tuple(size), fill, dtype=np.result_type(arr.dtype, np.min_scalar_type(fill)))
     if np.all(hi > lo):
         src = (...,) + tuple(slice(a, b) for a, b in zip(lo, hi))
         dst = (...,) + tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, corner))
@@ -494,13 +494,13 @@ class TrainTransform:
     def patch_item(self, sample: Sample, rng: np.random.Generator,
                    draw: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """A 3-D training patch from a whole volume: nnU-Net's region choice, then its augmentation."""
-        label = np.asarray(sample.label, dtype=np.int64)
+        label = np.asarray(sample.label)  # class ids in any integer type: only the patch becomes int64
         force = self.forced_foreground(draw, rng)
         corner = nnunet_patch_corner(label.shape, self.patch, self.initial, rng, label if force else None)
         x, label = self._normalized_region(sample.image, corner), crop_padded(label, corner, self.initial, -1)
         if self.augment == "nnunet":
             x, label = nnunet_augment_3d(x, label, rng, self.patch)
-        label = np.where(label < 0, 0, label)
+        label = np.where(label < 0, 0, label).astype(np.int64)
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(label)
 
     def _normalized_region(self, image: np.ndarray, corner: np.ndarray) -> np.ndarray:

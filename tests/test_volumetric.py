@@ -186,6 +186,9 @@ def test_training_patches_are_reproducible_and_shaped(tmp_path):
 
     data = TrainDataset(ds, proto, seed=5)
     assert data.ids == ds.train_volume_ids() and not any(":" in i for i in data.ids)  # cases, not slices
+    # whole volumes wait in the cache with 8-bit labels; what the loaders hand out is int64
+    assert ds.load_train_volume(data.ids[0]).label.dtype == np.uint8
+    assert ds.load_test(ds.test_ids()[0]).label.dtype == ds.load_train(ds.train_ids()[0]).label.dtype == np.int64
     image, label = data[(0, 1)]
     assert image.shape == (1, 8, 16, 16) and image.dtype == torch.float32
     assert label.shape == (8, 16, 16) and label.dtype == torch.int64 and set(label.unique().tolist()) <= {0, 1, 2}
@@ -197,6 +200,30 @@ def test_training_patches_are_reproducible_and_shaped(tmp_path):
     assert [st] == foreground_statistics(ds.train_cases(), ds.n_train_cases) and st["std"] > 0
     forced = [data[(i % len(data), 2 * i + 1)][1] for i in range(6)]  # odd draws: the batch's forced item
     assert all((lab > 0).any() for lab in forced)
+
+
+def test_mapped_training_volumes_give_the_same_patches_and_follow_the_source_files(tmp_path):
+    import os
+
+    root = synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=4, depth=8, size=24)
+    proto = load_protocol("lightm_unet_3d").with_overrides(patch_size=[8, 16, 16])
+    from bench.data.torch_dataset import TrainDataset
+
+    plain, mapped = open_dataset("nnunet", root), open_dataset("nnunet", root)
+    mapped.volume_cache = tmp_path / "cache"
+    a, b = TrainDataset(plain, proto, seed=2), TrainDataset(mapped, proto, seed=2)
+    for key in [(0, 0), (1, 1), (2, 5), (0, 3)]:
+        assert all(torch.equal(x, y) for x, y in zip(a[key], b[key]))
+    case = mapped.train_volume_ids()[0]
+    sample = mapped.load_train_volume(case)
+    assert isinstance(sample.image, np.memmap) and not sample.image.flags.writeable
+    assert np.array_equal(sample.image, plain.load_train_volume(case).image)
+    files = sorted(p.name for p in (tmp_path / "cache" / "volumes").iterdir())
+    assert len(files) == 2 * 3 and not [f for f in files if f.startswith(".")]  # 3 cases drawn, no temp left
+    label = root / "labelsTr" / f"{case}.nii.gz"  # an edited source file is decoded again
+    os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))
+    mapped.load_train_volume(case)
+    assert len(list((tmp_path / "cache" / "volumes").glob(f"{case}.*.label.npy"))) == 2
 
 
 def test_slice_protocols_still_train_on_slices(tmp_path):
@@ -358,6 +385,7 @@ def test_lightm_unet_3d_run_trains_on_patches_and_scores_whole_volumes(volumes, 
     rec = json.loads(path.read_text())
     assert rec["model_config"]["spatial_dims"] == 3 and rec["cost"]["input_shape"] == "1x1x8x16x16"
     assert rec["cost"]["scan_macs"] > 0 and rec["train"]["iterations"] == 2
+    assert list((res / "cache" / "volumes").glob("*.image.npy"))  # training read memory-mapped volumes
     assert rec["protocol"]["overrides"]["patch_size"] == [8, 16, 16]
     ds = open_dataset("nnunet", volumes)
     assert rec["intensity_stats"] == foreground_statistics(ds.train_cases(), ds.n_train_cases)

@@ -66,6 +66,9 @@ class SegDataset:
         # normalize = "ct_foreground": the training foreground's statistics (bench.data.intensity),
         # computed on first use, or set from a run's record to score it as it was trained
         self.foreground_stats: list[dict[str, float]] | None = None
+        # 3-D protocols: a folder where decoded training volumes are kept as .npy and memory-mapped,
+        # so a patch reads its region only (bench run sets <results>/cache); None: decode each time
+        self.volume_cache: Path | None = None
         # Human-readable remarks about how the data was read (e.g. a fallback that was taken);
         # worth printing once and recording with a run.
         self.notes: list[str] = []

@@ -40,13 +40,15 @@ Task: softmax over ``len(labels)`` classes incl. background; labels must be 0..K
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.data.base import Case, Sample, SegDataset, class_ids, describe, reading, write_nifti_labels
+from bench.data.base import Case, Sample, SegDataset, class_ids, describe, id_dtype, reading, write_nifti_labels
 from bench.errors import BenchError
 
 SPLIT_SEED = 12345
@@ -215,8 +217,11 @@ def _read_png_pair(path: Path, *, label: bool = False) -> tuple[np.ndarray, None
 @functools.lru_cache(maxsize=2)
 def _read_case_cached(root: str, case: str, ending: str, n_channels: int, num_classes: int):
     # Slices of one volume are usually requested together (a loader worker walks consecutive
-    # ids only by chance, but evaluation and small datasets do); two entries keep it cheap.
-    return read_case(Path(root), case, ending, n_channels, num_classes)
+    # ids only by chance, but evaluation and small datasets do); two entries keep it cheap. Labels
+    # wait here in the smallest unsigned type (a 512² x 500 CT label: 131 MB, not 1 GB as int64);
+    # the loaders hand out int64.
+    image, label, spacing = read_case(Path(root), case, ending, n_channels, num_classes)
+    return image, label.astype(id_dtype(num_classes)), spacing
 
 
 def fixed_split(case_ids: list[str]) -> tuple[list[str], list[str]]:
@@ -394,11 +399,36 @@ class NnUNetDataset(SegDataset):
         return list(self._train_cases)
 
     def load_train_volume(self, case_id: str) -> Sample:
-        """A whole training volume; read-only views of the cached arrays (patches are cut from it)."""
-        image, label, _ = self._case_arrays(case_id)
-        image, label = image.view(), label.view()
-        image.flags.writeable = label.flags.writeable = False
+        """A whole training volume, read-only (patches are cut from it), the label in its compact
+        unsigned type: memory-mapped .npy files under ``volume_cache`` when it is set (written on first
+        use), else views of the in-memory case cache."""
+        if self.volume_cache is not None:
+            image, label = self._mapped_volume(case_id)
+        else:
+            image, label, _ = self._case_arrays(case_id)
+            image, label = image.view(), label.view()
+            image.flags.writeable = label.flags.writeable = False
         return Sample(image=image, label=label, name=case_id)
+
+    def _mapped_volume(self, case: str) -> tuple[np.ndarray, np.ndarray]:
+        """(image, label) of ``case`` as read-only memory maps of .npy files in ``volume_cache``, named
+        by the case and a signature of its source files (path, size, mtime), so edited data is decoded
+        again; each file is written atomically, so concurrent loader workers never read half of one."""
+        sources = [channel_path(self.root, case, c, self.file_ending) for c in range(self.in_chans)]
+        sources.append(label_path(self.root, case, self.file_ending))
+        stamp = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sources if p.is_file()]
+        sig = hashlib.sha256(json.dumps([stamp, self.num_classes]).encode()).hexdigest()[:16]
+        folder = Path(self.volume_cache) / "volumes"
+        paths = [folder / f"{case}.{sig}.{part}.npy" for part in ("image", "label")]
+        if not all(p.is_file() for p in paths):
+            arrays = self._case_arrays(case)[:2]  # BenchErrors name the source files
+            folder.mkdir(parents=True, exist_ok=True)
+            for arr, path in zip(arrays, paths):
+                tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+                np.save(tmp, arr)
+                os.replace(tmp, path)
+        image, label = (np.load(p, mmap_mode="r") for p in paths)
+        return image, label
 
     @property
     def n_train_cases(self) -> int:
@@ -420,15 +450,15 @@ class NnUNetDataset(SegDataset):
     def load_train(self, item_id: str) -> Sample:
         if not self.volumes:  # copies: the arrays live in the cache
             image, label, _ = self._case_arrays(item_id)
-            return Sample(image=image.copy(), label=label.copy(), name=item_id)
+            return Sample(image=image.copy(), label=label.astype(np.int64), name=item_id)
         case, _, z = item_id.rpartition(":")
         image, label, _ = self._case_arrays(case)
         z = int(z)
-        return Sample(image=image[z].copy(), label=label[z].copy(), name=item_id)
+        return Sample(image=image[z].copy(), label=label[z].astype(np.int64), name=item_id)
 
     def load_test(self, case_id: str) -> Case:
         image, label, spacing = self._case_arrays(case_id)
-        return Case(case_id=case_id, image=image.copy(), label=label.copy(), spacing=spacing)
+        return Case(case_id=case_id, image=image.copy(), label=label.astype(np.int64), spacing=spacing)
 
     def prediction_name(self, case_id: str) -> str:
         return f"{case_id}{self.file_ending}"  # nnU-Net's own: nnUNetv2_evaluate_folder pairs it with labelsTr
