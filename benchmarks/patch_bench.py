@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             times, items = _time_items(data, keys)
             sides[name] = (statistics.median(times), sum(warm_times), items)
     (a, warm_a, items_a), (b, warm_b, items_b) = sides.values()
+    n = len(warm)
     same = all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(items_a, items_b))
     lines = [
         "# 3-D training items: whole-volume decoding vs the memory-mapped cache",
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| decode the .nii.gz per item | {a:.3f} |",
         f"| memory-mapped .npy (bench run's cache) | {b:.3f} |",
         "",
-        f"speed-up {a / b:.1f}x; identical items: {same}. The first pass over the {args.cases} volumes took "
+        f"speed-up {a / b:.1f}x; identical items: {same}. The first pass over the {n} training volumes took "
         f"{warm_a:.2f} s decoding and {warm_b:.2f} s when it also wrote the cache (once per dataset and results folder).",
     ]
     text = "\n".join(lines) + "\n"

@@ -173,8 +173,43 @@ def test_msd_conversion_names_what_is_wrong(tmp_path):
     (raw / "dataset.json").write_text(json.dumps({**meta, "modality": {"0": "CT"}}))
     with pytest.raises(BenchError, match=r"liver_0.nii.gz: shape \(12, 10, 3, 2\); dataset.json names 1 modality"):
         msd_to_nnunet(raw, tmp_path / "c")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    assert not (tmp_path / "c").exists()  # refused while writing: no output folder,
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # and no temporary one left
+
+
+@pytest.mark.parametrize("labels, phrase", [
+    ({"0": "background", "2": "liver"}, "label ids must be 0..1"),
+    ({"0": "background", "1": "liver", "2": "liver"}, "label name(s) 'liver' given to more than one id"),
+])
+def test_msd_labels_are_checked_before_anything_is_copied(tmp_path, labels, phrase, monkeypatch):
+    raw = _write_msd(tmp_path / "Task03_Liver")
+    meta = json.loads((raw / "dataset.json").read_text())
+    (raw / "dataset.json").write_text(json.dumps({**meta, "labels": labels}))
+    monkeypatch.setattr(shutil, "copyfile", lambda *a: pytest.fail("copied before checking dataset.json"))
+    with pytest.raises(BenchError) as err:
+        msd_to_nnunet(raw, tmp_path / "out")
+    assert str(raw / "dataset.json") in str(err.value) and phrase in str(err.value)
+
+
+def test_msd_label_of_another_shape_is_named(tmp_path):
+    raw = _write_msd(tmp_path / "Task03_Liver")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3), np.uint8), np.eye(4)), raw / "labelsTr" / "liver_3.nii.gz")
+    with pytest.raises(BenchError, match=r"labelsTr/liver_3.nii.gz: shape \(4, 4, 3\) differs from its image's \(12, 10, 3\)"):
+        msd_to_nnunet(raw, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_msd_split_keeps_scaled_integer_values(tmp_path):
+    # an int16 4-D volume with scl_slope/scl_inter: each modality's file holds the scaled values exactly
+    raw = _write_msd(tmp_path / "Task05_Prostate", channels=2, cases=("prostate_00", "prostate_01"))
+    src = nib.Nifti1Image(np.random.default_rng(3).integers(-500, 500, (*SHAPE, 2)).astype(np.int16), np.eye(4))
+    src.header.set_slope_inter(0.37, 12.5)
+    nib.save(src, raw / "imagesTr" / "prostate_01.nii.gz")
+    out = msd_to_nnunet(raw, tmp_path / "out")
+    stored = nib.load(raw / "imagesTr" / "prostate_01.nii.gz")
+    for c in range(2):
+        part = nib.load(out / "imagesTr" / f"prostate_01_{c:04d}.nii.gz")
+        np.testing.assert_array_equal(part.get_fdata(), stored.get_fdata()[..., c])
 
 
 def test_convert_msd_from_the_command_line(tmp_path):

@@ -220,10 +220,24 @@ def test_mapped_training_volumes_give_the_same_patches_and_follow_the_source_fil
     assert np.array_equal(sample.image, plain.load_train_volume(case).image)
     files = sorted(p.name for p in (tmp_path / "cache" / "volumes").iterdir())
     assert len(files) == 2 * 3 and not [f for f in files if f.startswith(".")]  # 3 cases drawn, no temp left
-    label = root / "labelsTr" / f"{case}.nii.gz"  # an edited source file is decoded again
+    before = sorted((tmp_path / "cache" / "volumes").glob(f"{case}.*.npy"))
+    label = root / "labelsTr" / f"{case}.nii.gz"  # an edited source file is decoded again, the old files go
     os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))
     mapped.load_train_volume(case)
-    assert len(list((tmp_path / "cache" / "volumes").glob(f"{case}.*.label.npy"))) == 2
+    after = sorted((tmp_path / "cache" / "volumes").glob(f"{case}.*.npy"))
+    assert len(after) == 2 and not set(after) & set(before)
+    after[0].write_bytes(after[0].read_bytes()[:200])  # truncated by a crash: decoded and written again
+    assert np.array_equal(mapped.load_train_volume(case).image, plain.load_train_volume(case).image)
+
+
+def test_an_unwritable_volume_cache_is_one_clear_error(tmp_path):
+    ds = open_dataset("nnunet", synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=3, depth=8, size=16))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "volumes").write_text("a file where the folder should be")
+    ds.volume_cache = tmp_path / "cache"
+    case = ds.train_volume_ids()[0]
+    with pytest.raises(BenchError, match=rf"cache/volumes: cannot keep the decoded training volume '{case}' there"):
+        ds.load_train_volume(case)
 
 
 def test_slice_protocols_still_train_on_slices(tmp_path):

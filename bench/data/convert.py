@@ -151,7 +151,7 @@ def btcv_to_synapse(raw: str | Path, out: str | Path) -> Path:
 
 
 def _msd_meta(raw: Path) -> dict:
-    """The task's dataset.json (nnU-Net v1 / MSD spelling), checked for what the conversion needs."""
+    """The task's dataset.json (MSD / nnU-Net v1 spelling), checked for what the conversion needs."""
     path = raw / "dataset.json"
     if not path.is_file():
         raise BenchError(f"{path}: not found; expected an MSD task folder (TaskXX_Name with dataset.json, "
@@ -186,18 +186,35 @@ def _msd_case(raw: Path, entry: Any, meta_path: Path) -> tuple[str, Path, Path]:
     return case, image, label
 
 
+def _split_4d(vol, src: Path, case: str, folder: Path, ending: str) -> None:
+    """One 3-D file per modality (the 4th axis), with the volume's affine and header; values as the
+    source stores them scaled (``dataobj`` applies scl_slope/scl_inter), written without rescaling."""
+    import nibabel as nib
+
+    for c in range(vol.shape[3]):
+        with reading(src, "a NIfTI volume"):
+            data = np.asanyarray(vol.dataobj[..., c])
+        header = vol.header.copy()
+        header.set_data_dtype(data.dtype)
+        part = nib.Nifti1Image(data, vol.affine, header)
+        part.header.set_slope_inter(1.0, 0.0)
+        nib.save(part, str(folder / f"{case}_{c:04d}{ending}"))
+
+
 def msd_to_nnunet(raw: str | Path, out: str | Path) -> Path:
     """Convert a Medical Segmentation Decathlon task (``TaskXX_Name``: dataset.json, imagesTr/,
     labelsTr/; e.g. Task03_Liver, which is LiTS) to nnU-Net v2's raw layout at ``out``, as
     ``nnUNetv2_convert_MSD_dataset`` does: every case of dataset.json's ``training`` list, a 3-D image
     copied byte for byte as ``<case>_0000<ending>``, a 4-D one (several modalities) split along its
     last axis into ``<case>_0000``, ``_0001``, ... with the volume's affine, labels copied;
-    dataset.json rewritten in v2 form (channel_names from modality, labels name -> id). The macOS
-    ``._*`` files the MSD archives carry are never read: cases come from the list. Written to a
-    temporary folder and renamed when complete."""
+    dataset.json rewritten in v2 form (channel_names from modality, labels name -> id), checked
+    before any file is copied. The macOS ``._*`` files the MSD archives carry are never read: cases
+    come from the list. Written to a temporary folder and renamed when complete."""
     import shutil
 
-    from bench.data.nnunet import VOLUME_ENDINGS, parse_dataset_json
+    import nibabel as nib
+
+    from bench.data.nnunet import VOLUME_ENDINGS, check_dataset_meta, nifti_shape
     from bench.data.synth import write_atomically
 
     raw = Path(raw)
@@ -214,36 +231,34 @@ def msd_to_nnunet(raw: str | Path, out: str | Path) -> Path:
         if case in seen:
             raise BenchError(f"{meta_path}: case {case!r} listed twice ({seen[case]} and {img})")
         seen[case] = img
-    n_channels = len(meta["modality"])
+    # the v2 file, checked as the nnU-Net reader will check it (errors name the task's dataset.json)
+    checked = check_dataset_meta({**meta, "numTraining": len(cases), "file_ending": ending}, meta_path)
+    v2 = {"name": meta.get("name") or raw.name, "description": meta.get("description", ""),
+          "reference": meta.get("reference", ""), "licence": meta.get("licence", ""),
+          "channel_names": {str(k): v for k, v in checked["channel_names"].items()}, "labels": checked["labels"],
+          "numTraining": len(cases), "file_ending": ending}
+    n_channels = len(v2["channel_names"])
 
     def write(root: Path) -> None:
-        import nibabel as nib
-
         (root / "imagesTr").mkdir()
         (root / "labelsTr").mkdir()
         for case, img, lab in cases:
             with reading(img, "a NIfTI volume"):
                 vol = nib.load(str(img))  # the header only, until a 4-D volume is split
             shape = tuple(vol.shape)
-            if len(shape) == 3 and n_channels == 1:
-                shutil.copyfile(img, root / "imagesTr" / f"{case}_0000{ending}")
-            elif len(shape) == 4 and shape[3] == n_channels:
-                with reading(img, "a NIfTI volume"):
-                    data = np.asarray(vol.dataobj)
-                for c in range(n_channels):
-                    part = nib.Nifti1Image(np.ascontiguousarray(data[..., c]), vol.affine, vol.header)
-                    nib.save(part, str(root / "imagesTr" / f"{case}_{c:04d}{ending}"))
-                del data
-            else:
-                raise BenchError(f"{img}: shape {shape}; dataset.json names {n_channels} modality(ies), so "
-                                 f"expected a 3-D volume{' with them on a 4th axis' if n_channels > 1 else ''}")
-            shutil.copyfile(lab, root / "labelsTr" / f"{case}{ending}")
-        labels = {str(name): int(k) for k, name in meta["labels"].items()}  # ids checked in _msd_meta
-        v2 = {"name": meta.get("name") or raw.name, "description": meta.get("description", ""),
-              "reference": meta.get("reference", ""), "licence": meta.get("licence", ""),
-              "channel_names": {str(k): v for k, v in meta["modality"].items()}, "labels": labels,
-              "numTraining": len(cases), "file_ending": ending}
+            if shape[:3] != tuple(nifti_shape(lab))[::-1]:
+                raise BenchError(f"{lab}: shape {tuple(nifti_shape(lab))[::-1]} differs from its image's {shape[:3]}")
+            try:
+                if len(shape) == 3 and n_channels == 1:
+                    shutil.copyfile(img, root / "imagesTr" / f"{case}_0000{ending}")
+                elif len(shape) == 4 and shape[3] == n_channels:
+                    _split_4d(vol, img, case, root / "imagesTr", ending)
+                else:
+                    raise BenchError(f"{img}: shape {shape}; dataset.json names {n_channels} modality(ies), so "
+                                     f"expected a 3-D volume{' with them on a 4th axis' if n_channels > 1 else ''}")
+                shutil.copyfile(lab, root / "labelsTr" / f"{case}{ending}")
+            except OSError as exc:  # a full disk, an unreadable file
+                raise BenchError(f"{img}: could not be converted into {out} ({exc.strerror or exc})") from exc
         (root / "dataset.json").write_text(json.dumps(v2, indent=2) + "\n")
-        parse_dataset_json(root / "dataset.json")  # the reader's own checks, before the folder appears
 
     return write_atomically(Path(out), write)

@@ -52,6 +52,7 @@ from bench.data.base import Case, Sample, SegDataset, class_ids, describe, id_dt
 from bench.errors import BenchError
 
 SPLIT_SEED = 12345
+VOLUME_CACHE_FORMAT = 1  # part of the cached volumes' names: a change in how they are written renames them
 N_FOLDS = 5  # nnU-Net's default cross-validation
 TEST_FRACTION_DENOM = 5  # 1/5 = 20 % of the cases are test cases
 VOLUME_ENDINGS = (".nii.gz", ".nii")
@@ -72,6 +73,11 @@ def parse_dataset_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BenchError(f"{path}: not readable JSON ({exc})") from exc
+    return check_dataset_meta(data, path)
+
+
+def check_dataset_meta(data: Any, path: Path) -> dict[str, Any]:
+    """``parse_dataset_json``'s checks on an already loaded ``data``; errors name ``path``."""
     if not isinstance(data, dict):
         raise BenchError(f"{path}: expected a JSON object")
     data = dict(data)
@@ -100,6 +106,9 @@ def _label_map(labels: Any, path: Path) -> dict[str, int]:
     if not isinstance(labels, dict) or not labels:
         raise BenchError(f"{path}: labels must be a non-empty object {{name: id}}")
     if all(isinstance(v, str) for v in labels.values()) and all(str(k).isdigit() for k in labels):
+        twice = sorted({v for v in labels.values() if list(labels.values()).count(v) > 1})
+        if twice:
+            raise BenchError(f"{path}: label name(s) {', '.join(map(repr, twice))} given to more than one id")
         labels = {v: int(k) for k, v in labels.items()}  # nnU-Net v1: {"0": "background", ...}
     out: dict[str, int] = {}
     for name, value in labels.items():
@@ -412,31 +421,51 @@ class NnUNetDataset(SegDataset):
 
     def _mapped_volume(self, case: str) -> tuple[np.ndarray, np.ndarray]:
         """(image, label) of ``case`` as read-only memory maps of .npy files in ``volume_cache``, named
-        by the case and a signature of its source files (path, size, mtime), so edited data is decoded
-        again; each file is written atomically, so concurrent loader workers never read half of one."""
+        by the case and a signature of its source files (path, size, mtime) and of the cache's format,
+        so edited data is decoded again (the old files are removed). Each file is synced and renamed
+        into place, so concurrent loader workers never read half of one; a file that still cannot be
+        mapped (truncated by a crash) is decoded again."""
         sources = [channel_path(self.root, case, c, self.file_ending) for c in range(self.in_chans)]
         sources.append(label_path(self.root, case, self.file_ending))
         stamp = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sources if p.is_file()]
-        sig = hashlib.sha256(json.dumps([stamp, self.num_classes]).encode()).hexdigest()[:16]
+        sig = hashlib.sha256(json.dumps([VOLUME_CACHE_FORMAT, stamp, self.num_classes]).encode()).hexdigest()[:16]
         folder = Path(self.volume_cache) / "volumes"
         paths = [folder / f"{case}.{sig}.{part}.npy" for part in ("image", "label")]
-        if not all(p.is_file() for p in paths):
-            arrays = self._case_arrays(case)[:2]  # BenchErrors name the source files
+        if all(p.is_file() for p in paths):
+            try:
+                return tuple(np.load(p, mmap_mode="r") for p in paths)
+            except (OSError, ValueError):  # truncated or deleted meanwhile: decode again below
+                pass
+        image, label, _ = read_case(self.root, case, self.file_ending, self.in_chans, self.num_classes)
+        arrays = (image, label.astype(id_dtype(self.num_classes)))  # not kept in memory: mapped below
+        try:
             folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob("*.npy"):  # another signature: the source files changed
+                name, old_sig, *_ = stale.name.rsplit(".", 3)
+                if name == case and old_sig != sig:
+                    stale.unlink(missing_ok=True)
             for arr, path in zip(arrays, paths):
                 tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-                np.save(tmp, arr)
-                os.replace(tmp, path)
-        image, label = (np.load(p, mmap_mode="r") for p in paths)
-        return image, label
+                try:
+                    with open(tmp, "wb") as fh:
+                        np.save(fh, arr)
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                    os.replace(tmp, path)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            return tuple(np.load(p, mmap_mode="r") for p in paths)
+        except OSError as exc:  # a full disk, a folder that cannot be written
+            raise BenchError(f"{folder}: cannot keep the decoded training volume {case!r} there "
+                             f"({exc.strerror or exc}); free space or delete the folder") from exc
 
     @property
     def n_train_cases(self) -> int:
         return len(self._train_cases)
 
     def train_cases(self):
-        for case in self._train_cases:
-            image, label, _ = self._case_arrays(case)
+        for case in self._train_cases:  # with a volume cache, this pass fills it before loaders start
+            image, label = self._mapped_volume(case) if self.volume_cache is not None else self._case_arrays(case)[:2]
             yield image, label
 
     def test_ids(self) -> list[str]:
