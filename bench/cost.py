@@ -341,19 +341,17 @@ def _counts(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
             "paper_params": int(paper["paper_params"]), "flops_by_op": flops.by_op}
 
 
-def run_counts(name: str, *, num_classes: int, in_chans: int, img_size: int,
-               overrides: dict[str, Any] | None = None, spatial: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """The counts a run record carries (``cost``): MACs/FLOPs with the scan and thop's MACs at
-    the run's input size (``spatial``: a 3-D patch; default img_size²), on a fresh CPU float32 copy
-    of the architecture (counts do not depend on the weights, and this leaves the trained model and
-    its device alone)."""
+def run_counts(name: str, build: dict[str, Any], spatial: tuple[int, ...]) -> dict[str, Any]:
+    """The counts a run record carries (``cost``): MACs/FLOPs with the scan and thop's MACs for one
+    input of spatial size ``spatial`` (the square image or the 3-D patch), on a fresh CPU float32
+    copy of the architecture built from ``create_model`` arguments ``build`` (counts do not depend
+    on the weights, and this leaves the trained model and its device alone)."""
     from bench.registry import create_model
 
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size,
-                             **(overrides or {}))
-    counts = _counts(model, torch.zeros(1, in_chans, *(spatial or (img_size, img_size))))
+        model = create_model(name, **build)
+    counts = _counts(model, torch.zeros(1, build["in_chans"], *spatial))
     return {k: counts[k] for k in ("input_shape", "macs", "flops", "scan_macs", "paper_macs")}
 
 

@@ -8,8 +8,9 @@
   ``>= eval.threshold``; ground truth ``mask >= 0.5``; scored at ``img_size`` (VM-UNet engine.py).
 - Volumes under a 3-D protocol (``patch_size``): nnU-Net v2's sliding window at native resolution
   (``sliding_window_logits``): tiles of the patch size overlapping by ``1 - eval.tile_step``, each
-  tile's logits weighted by a Gaussian, argmax of the weighted mean. No mirroring (LightM-UNet
-  predicts with ``--disable_tta``).
+  tile's logits weighted by a Gaussian, argmax of the weighted mean; with ``eval.mirror`` each tile
+  is also predicted flipped along every combination of axes (nnU-Net's test-time mirroring, off in
+  LightM-UNet's ``--disable_tta``).
 
 Nothing here imports the training loop: evaluation works on any model that follows the forward
 contract.
@@ -17,6 +18,7 @@ contract.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -107,11 +109,13 @@ def gaussian_importance(tile: tuple[int, ...], sigma_scale: float = 1.0 / 8) -> 
 
 @torch.no_grad()
 def sliding_window_logits(model: nn.Module, x: np.ndarray, patch: tuple[int, ...], step: float, *,
-                          device: torch.device, dtype: torch.dtype, batch_size: int = 2) -> torch.Tensor:
+                          device: torch.device, dtype: torch.dtype, batch_size: int = 2,
+                          mirror: bool = False) -> torch.Tensor:
     """Logits (K, *spatial) of a whole volume x (C, *spatial), float32 on ``device``: the volume is padded
     with 0 to at least the patch (nnU-Net's ``pad_nd_image``: the extra split below/above, one more
     above), covered by tiles (``tile_starts``), and each voxel gets the Gaussian-weighted mean of the
-    logits of the tiles covering it; the padding is cut off again."""
+    logits of the tiles covering it; the padding is cut off again. ``mirror``: a tile's logits are
+    the mean over it and its flips along every non-empty combination of axes, each flipped back."""
     spatial = np.array(x.shape[1:])
     need = np.maximum(np.array(patch) - spatial, 0)
     below = need // 2
@@ -124,10 +128,16 @@ def sliding_window_logits(model: nn.Module, x: np.ndarray, patch: tuple[int, ...
     acc = torch.zeros((model.num_classes, *padded), dtype=torch.float32, device=device)
     norm = torch.zeros(padded, dtype=torch.float32, device=device)
     boxes = [tuple(slice(int(a), int(a) + t) for a, t in zip(start, patch)) for start in starts]
+    spatial_axes = range(2, 2 + len(patch))
+    flips = [c for n in range(1, len(patch) + 1) for c in itertools.combinations(spatial_axes, n)]
     for i in range(0, len(boxes), batch_size):
         chunk = boxes[i:i + batch_size]
         batch = torch.stack([volume[(slice(None),) + box] for box in chunk]).to(device, dtype=dtype)
         logits = model(batch).float()
+        if mirror:
+            for axes in flips:
+                logits += model(batch.flip(axes)).float().flip(axes)
+            logits /= len(flips) + 1
         for box, out in zip(chunk, logits):
             acc[(slice(None),) + box] += out * weight
             norm[box] += weight
@@ -143,7 +153,8 @@ def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bo
     if protocol.spatial_dims == 3:  # nnU-Net's sliding window over the volume at native resolution
         x = volume_chw(normalize_image(case.image, protocol.normalize, spatial_dims=3, stats=stats))
         logits = sliding_window_logits(model, x, protocol.patch_size, protocol.eval.tile_step, device=device,
-                                       dtype=protocol.torch_dtype, batch_size=protocol.train.batch_size)
+                                       dtype=protocol.torch_dtype, batch_size=protocol.train.batch_size,
+                                       mirror=protocol.eval.mirror)
         return logits.argmax(dim=0).cpu().numpy(), case.label.astype(np.int64)
     images = list(case.image) if case.is_volume else [case.image]
     if binary:  # VM-UNet: image and mask resized bilinearly, scored at model resolution

@@ -86,6 +86,10 @@ class EvalConfig:
     # 3-D patch protocols: sliding-window tiles overlap by 1 − tile_step of the patch, and each
     # tile's logits are weighted by a Gaussian (nnU-Net's predictor: tile_step_size 0.5)
     tile_step: float = 0.5
+    # 3-D patch protocols: nnU-Net's test-time mirroring, each tile also predicted flipped along
+    # every combination of the three axes and the 8 logits averaged (nnU-Net's default;
+    # LightM-UNet predicts with --disable_tta)
+    mirror: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,11 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
             square = " (the side of the square model input)" if name == "img_size" else ""
             raise BenchError(f"{where} {key}: expected a whole number >= {low}{square}; got {value!r}")
     _check_input_size(protocol, where)
+    if not isinstance(protocol.eval.mirror, bool):
+        raise BenchError(f"{where} eval.mirror: expected true or false; got {protocol.eval.mirror!r}")
+    if protocol.eval.mirror and not protocol.patch_size:
+        raise BenchError(f"{where} eval.mirror: test-time mirroring belongs to the 3-D sliding window; "
+                         "this protocol is 2-D (no patch_size)")
     for (section, name), names in CHOICES.items():  # at load, not when a run reaches the field
         value = getattr(getattr(protocol, section) if section else protocol, name)
         if value not in names:

@@ -190,9 +190,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "cost": {
             "params": n_params,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            **run_counts(spec.model, num_classes=dataset.num_classes, in_chans=dataset.in_chans,
-                         img_size=protocol.model_size, spatial=model_input(protocol),
-                         overrides={k: v for k, v in build.items() if k not in ("num_classes", "in_chans", "img_size")}),
+            **run_counts(spec.model, build, model_input(protocol)),
             "fps": None,  # timings: `bench profile`, on a machine chosen for it
             "peak_mem_mb": train_peak, "peak_mem_kind": "cuda_train" if train_peak is not None else None,
         },

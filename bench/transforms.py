@@ -2,7 +2,8 @@
 
 Everything here is a pure function of arrays (plus an explicit ``numpy.random.Generator``), so
 a training item is reproducible from ``(seed, epoch, index)`` alone. Arrays are channels-last
-numpy: images (H, W) or (H, W, C); outputs become channels-first tensors (C, S, S).
+numpy: images (H, W) or (H, W, C); outputs become channels-first tensors (C, S, S). Volumes of 3-D
+protocols (D, H, W[, C]) become patches (C, D, H, W) (``nnunet_augment_3d`` and its helpers).
 
 Pipelines (``protocol.train.augment``):
 
@@ -456,11 +457,12 @@ def volume_chw(image: np.ndarray) -> np.ndarray:
 
 
 class TrainTransform:
-    """``(sample, rng) -> (image, label)`` tensors for one training item.
+    """``(sample, rng, draw) -> (image, label)`` tensors for one training item.
 
     Output: image float32 (C, S, S) with S = ``protocol.img_size``; label int64 (S, S) class ids
-    for multi-class datasets, float32 (1, S, S) soft mask in [0, 1] for binary ones.
-    ``run_seed`` fixes the once-per-run rotation angle of ``vmunet_isic`` (``self.angle``).
+    for multi-class datasets, float32 (1, S, S) soft mask in [0, 1] for binary ones. Under a 3-D
+    protocol the sample is a whole volume and the output a patch: (C, D, H, W) and (D, H, W)
+    (``patch_item``). ``run_seed`` fixes the once-per-run rotation angle of ``vmunet_isic``.
 
     Example::
 

@@ -47,7 +47,8 @@ def test_lightm_unet_3d_protocol_is_the_authors_trainer_on_patches():
 ])
 def test_bad_3d_protocol_fields_name_the_file_and_field(tmp_path, lines, phrase):
     text = (PROTOCOLS / "lightm_unet_3d.toml").read_text()
-    text = text.replace("patch_size = [128, 128, 128]\n", "").replace("[eval]\ntile_step = 0.5", "")
+    text = text.replace("patch_size = [128, 128, 128]\n", "")
+    text = text[:text.index("[eval]")]  # the test writes its own
     head, _, tail = text.partition("[train]")
     path = tmp_path / "bad.toml"
     if "[eval]" in lines:
@@ -378,6 +379,26 @@ def test_sliding_window_is_the_gaussian_weighted_mean_of_the_tiles(shape, patch)
     out = sliding_window_logits(_PlusTileMean(), vol, patch, 0.5, device=torch.device("cpu"),
                                 dtype=torch.float32, batch_size=3).numpy()
     np.testing.assert_allclose(out, _windowed(vol, patch, 0.5), rtol=1e-5, atol=1e-6)
+
+
+def test_test_time_mirroring_averages_the_flipped_predictions():
+    torch.manual_seed(0)
+    conv = nn.Conv3d(1, 2, 3, padding=1)  # a random kernel: not symmetric under any flip
+    conv.num_classes = 2
+    vol = np.random.default_rng(5).normal(size=(1, 4, 6, 8)).astype(np.float32)
+    x = torch.from_numpy(vol)[None]
+    with torch.no_grad():  # one tile covers the volume: the weights cancel, the mean of 8 stays
+        flips = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+        expected = sum(conv(x.flip(a)).flip(a) if a else conv(x) for a in flips)[0] / 8
+        plain = conv(x)[0]
+    got = sliding_window_logits(conv, vol, (4, 6, 8), 0.5, device=torch.device("cpu"), dtype=torch.float32,
+                                mirror=True)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, plain, atol=1e-3)  # it did change the prediction
+    proto = load_protocol("lightm_unet_3d")
+    assert proto.eval.mirror is False and proto.with_overrides(mirror=True).eval.mirror is True
+    with pytest.raises(BenchError, match="eval.mirror: test-time mirroring belongs to the 3-D sliding window"):
+        load_protocol("smoke").with_overrides(mirror=True)
 
 
 # --- end to end -----------------------------------------------------------------------------------
