@@ -50,13 +50,13 @@ def _echo_err(msg: str) -> None:
     typer.secho(msg, fg=typer.colors.RED, err=True)
 
 
-def _parse_ints(text: str, option: str = "--seeds") -> list[int]:
+def _parse_ints(text: str, option: str = "--seeds", example: str = "0,1,2") -> list[int]:
     try:
         values = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise BenchError(f"{option} must be a comma list of integers, e.g. 0,1,2; got {text!r}") from None
+        raise BenchError(f"{option} must be a comma list of integers, e.g. {example}; got {text!r}") from None
     if not values:  # an empty grid would run nothing and say nothing
-        raise BenchError(f"{option} must list at least one integer, e.g. 0,1,2; got {text!r}")
+        raise BenchError(f"{option} must list at least one integer, e.g. {example}; got {text!r}")
     return values
 
 
@@ -138,7 +138,8 @@ def run(
     epochs: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
     max_iterations: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
+    img_size: Annotated[Optional[int], typer.Option(
+        help="override (2-D protocols; 3-D: --patch-size): marks the record off-protocol")] = None,
     patch_size: Annotated[Optional[str], typer.Option(
         help="override for 3-D protocols: the patch D,H,W (off-protocol)")] = None,
     lr: Annotated[Optional[float], typer.Option(help="override: marks the record off-protocol")] = None,
@@ -171,7 +172,7 @@ def run(
     proto = load_protocol(default_protocol(dataset, protocol))
     # --(no-)pretrained changes the recipe only where a chosen model has a pretrained file
     moot = pretrained == proto.pretrained or not any(get_entry(n).init for n in names)
-    patch = _parse_ints(patch_size, "--patch-size") if patch_size else None
+    patch = _parse_ints(patch_size, "--patch-size", "64,128,128") if patch_size else None
     if patch is not None and proto.spatial_dims != 3:
         raise BenchError(f"--patch-size applies to 3-D protocols; {proto.name!r} is 2-D (its input: --img-size)")
     proto = proto.with_overrides(epochs=epochs, max_iterations=max_iterations, batch_size=batch_size,

@@ -28,7 +28,7 @@ class Sample:
     """One training item: a 2-D image or slice, or a whole volume (3-D protocols)."""
 
     image: np.ndarray  # (H, W) or (H, W, C) channels-last; volumes (D, H, W) or (D, H, W, C)
-    label: np.ndarray  # spatial shape: int64 class ids, or float32 in [0, 1] for binary datasets
+    label: np.ndarray  # spatial shape: int64 class ids (a whole volume: any integer type), or float32 in [0, 1] (binary)
     name: str = ""
 
 

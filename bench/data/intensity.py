@@ -8,7 +8,8 @@ dataset fingerprint (nnU-Net v2 ``DatasetFingerprintExtractor``) estimates them 
 ``np.mean``, ``np.std`` and ``np.percentile`` over all draws. Done here the same way, over the cases
 of the run's training split (nnU-Net fingerprints every case in imagesTr: the same cases where, as
 in LightM-UNet's datasets, imagesTr holds the training cases only; here the test cases never
-inform the normalisation). At most 400 MB of float32 draws, whatever the data's size.
+inform the normalisation). About 400 MB of float32 draws per channel whatever the data's size,
+twice that while they are joined (float64 where a case has no foreground, as in nnU-Net).
 """
 
 from __future__ import annotations

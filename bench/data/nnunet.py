@@ -15,8 +15,9 @@ as nnU-Net's NaturalImage2DIO reads it); ``.nii.gz`` / ``.nii`` -> 3-D volumes r
 Volumes are returned as (D, H, W) = (z, y, x), the axis order SimpleITK (and so nnU-Net) uses,
 with ``spacing`` the header zooms reordered the same way (mm). Multi-channel images are
 channels-last: (H, W, C) or (D, H, W, C). Images are float32 as stored; the protocol's
-``normalize`` (``zscore``, ``ct_window``) prepares them, and a run whose protocol leaves CT or
-MRI channels raw is warned (``normalize_hint``); labels are int64 ids.
+``normalize`` (``zscore``, ``ct_window``, ``ct_foreground``) prepares them, and a run whose protocol
+leaves CT or MRI channels raw is warned (``normalize_hint``); labels are int64 ids, except the
+whole training volumes of 3-D protocols (``load_train_volume``), which keep a compact unsigned type.
 
 Training items: a 2-D case is one item (id ``CASE``); a volume contributes each axial slice
 (id ``"CASE:z"``), or, under a 3-D protocol, is one item from which patches are cut. Test cases are
