@@ -135,9 +135,14 @@ class Protocol:
         return len(self.patch_size) or 2
 
     @property
+    def input_size(self) -> tuple[int, ...]:
+        """The spatial size of one model input: the square image, or the 3-D patch."""
+        return self.patch_size or (self.img_size, self.img_size)
+
+    @property
     def model_size(self) -> int:
         """The ``img_size`` models are built with: the square side, or a 3-D patch's largest side."""
-        return self.img_size or max(self.patch_size)
+        return max(self.input_size)
 
     @property
     def off_protocol(self) -> bool:
@@ -167,10 +172,8 @@ class Protocol:
                 train[key] = value
             elif key in names[1]:
                 ev[key] = value
-            elif key in {"img_size", "normalize", "metric_policy", "seed", "dtype", "pretrained"}:
+            elif key in {"img_size", "patch_size", "normalize", "metric_policy", "seed", "dtype", "pretrained"}:
                 top[key] = value
-            elif key == "patch_size":  # a list from the CLI or a record's JSON
-                top[key] = tuple(value) if isinstance(value, (list, tuple)) else value
             else:
                 raise BenchError(f"cannot override protocol field {key!r}")
         changed = dataclasses.replace(
@@ -204,7 +207,10 @@ _WHOLE_NUMBERS = (("", "img_size", 1), ("train", "batch_size", 1), ("train", "ep
 def _checked(protocol: Protocol, where: str) -> Protocol:
     """BenchError naming ``where`` (the file, or "override") and the field when a size or count is
     not a whole number in range; img_size is one side, since every model trains on square inputs.
-    Returns the protocol with eval.nsd_tolerance in its stored form (``_nsd_tolerance``)."""
+    Returns the protocol with patch_size a tuple (a TOML, CLI or record JSON gives a list) and
+    eval.nsd_tolerance in its stored form (``_nsd_tolerance``)."""
+    if isinstance(protocol.patch_size, list):
+        protocol = dataclasses.replace(protocol, patch_size=tuple(protocol.patch_size))
     for key, value, ok, expected in (
             ("train.oversample_foreground", protocol.train.oversample_foreground, lambda v: 0 <= v <= 1,
              "a share between 0 and 1"),
@@ -292,8 +298,6 @@ def _build(data: dict[str, Any], path: Path) -> Protocol:
             train["betas"] = tuple(train["betas"])
         ev = dict(raw.pop("eval", {}))
         raw["datasets"] = tuple(raw.get("datasets", ()))
-        if "patch_size" in raw:
-            raw["patch_size"] = tuple(raw["patch_size"]) if isinstance(raw["patch_size"], list) else raw["patch_size"]
         protocol = Protocol(train=TrainConfig(**train), eval=EvalConfig(**ev), hash=_content_hash(data), **raw)
     except (KeyError, TypeError) as exc:
         raise BenchError(f"{path}: not a valid protocol file ({exc})") from exc

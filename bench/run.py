@@ -190,18 +190,13 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "cost": {
             "params": n_params,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            **run_counts(spec.model, build, model_input(protocol)),
+            **run_counts(spec.model, build, protocol.input_size),
             "fps": None,  # timings: `bench profile`, on a machine chosen for it
             "peak_mem_mb": train_peak, "peak_mem_kind": "cuda_train" if train_peak is not None else None,
         },
     }
     records.write_record(record, results_dir)
     return record
-
-
-def model_input(protocol: Protocol) -> tuple[int, ...]:
-    """The spatial size one model input has under ``protocol``: the square image or the 3-D patch."""
-    return tuple(protocol.patch_size) or (protocol.img_size, protocol.img_size)
 
 
 def build_args(model: str, protocol: Protocol, dataset, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -500,9 +500,10 @@ class TrainTransform:
         force = self.forced_foreground(draw, rng)
         corner = nnunet_patch_corner(label.shape, self.patch, self.initial, rng, label if force else None)
         x, label = self._normalized_region(sample.image, corner), crop_padded(label, corner, self.initial, -1)
-        if self.augment == "nnunet":
+        if self.augment == "nnunet":  # which also turns the -1 padding into background
             x, label = nnunet_augment_3d(x, label, rng, self.patch)
-        label = np.where(label < 0, 0, label).astype(np.int64)
+        else:
+            label = np.where(label < 0, 0, label).astype(np.int64)
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(label)
 
     def _normalized_region(self, image: np.ndarray, corner: np.ndarray) -> np.ndarray:

@@ -156,10 +156,9 @@ def _msd_meta(raw: Path) -> dict:
     if not path.is_file():
         raise BenchError(f"{path}: not found; expected an MSD task folder (TaskXX_Name with dataset.json, "
                          "imagesTr/ and labelsTr/)")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BenchError(f"{path}: not readable JSON ({exc})") from exc
+    from bench.data.nnunet import read_json
+
+    meta = read_json(path)
     missing = [k for k in ("modality", "labels", "training") if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise BenchError(f"{path}: missing field(s) {', '.join(missing)}; an MSD dataset.json has modality, "
@@ -245,9 +244,9 @@ def msd_to_nnunet(raw: str | Path, out: str | Path) -> Path:
         for case, img, lab in cases:
             with reading(img, "a NIfTI volume"):
                 vol = nib.load(str(img))  # the header only, until a 4-D volume is split
-            shape = tuple(vol.shape)
-            if shape[:3] != tuple(nifti_shape(lab))[::-1]:
-                raise BenchError(f"{lab}: shape {tuple(nifti_shape(lab))[::-1]} differs from its image's {shape[:3]}")
+            shape, lab_shape = tuple(vol.shape), nifti_shape(lab)[::-1]  # both as stored: (x, y, z)
+            if shape[:3] != lab_shape:
+                raise BenchError(f"{lab}: shape {lab_shape} differs from its image's {shape[:3]}")
             try:
                 if len(shape) == 3 and n_channels == 1:
                     shutil.copyfile(img, root / "imagesTr" / f"{case}_0000{ending}")

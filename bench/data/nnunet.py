@@ -70,11 +70,15 @@ def parse_dataset_json(path: Path) -> dict[str, Any]:
     Accepts nnU-Net v1's ``modality`` / ``{"0": "background"}`` spellings too. BenchError (naming
     the file and the field) on anything the readers cannot use.
     """
+    return check_dataset_meta(read_json(path), path)
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``; BenchError naming it when it cannot be read or parsed."""
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BenchError(f"{path}: not readable JSON ({exc})") from exc
-    return check_dataset_meta(data, path)
 
 
 def check_dataset_meta(data: Any, path: Path) -> dict[str, Any]:
@@ -224,14 +228,16 @@ def _read_png_pair(path: Path, *, label: bool = False) -> tuple[np.ndarray, None
     return read_png(path, label=label), None  # read_nifti's (array, spacing) shape; PNGs have no spacing
 
 
-@functools.lru_cache(maxsize=2)
-def _read_case_cached(root: str, case: str, ending: str, n_channels: int, num_classes: int):
-    # Slices of one volume are usually requested together (a loader worker walks consecutive
-    # ids only by chance, but evaluation and small datasets do); two entries keep it cheap. Labels
-    # wait here in the smallest unsigned type (a 512² x 500 CT label: 131 MB, not 1 GB as int64);
-    # the loaders hand out int64.
+def _read_compact(root: str | Path, case: str, ending: str, n_channels: int, num_classes: int):
+    """``read_case`` with the label in the smallest unsigned type (a 512² x 500 CT label: 131 MB, not
+    1 GB as int64), the form cases are kept in; the loaders hand out int64."""
     image, label, spacing = read_case(Path(root), case, ending, n_channels, num_classes)
     return image, label.astype(id_dtype(num_classes)), spacing
+
+
+# Slices of one volume are usually requested together (a loader worker walks consecutive ids only
+# by chance, but evaluation and small datasets do); two entries keep it cheap.
+_read_case_cached = functools.lru_cache(maxsize=2)(_read_compact)
 
 
 def fixed_split(case_ids: list[str]) -> tuple[list[str], list[str]]:
@@ -437,8 +443,8 @@ class NnUNetDataset(SegDataset):
                 return tuple(np.load(p, mmap_mode="r") for p in paths)
             except (OSError, ValueError):  # truncated or deleted meanwhile: decode again below
                 pass
-        image, label, _ = read_case(self.root, case, self.file_ending, self.in_chans, self.num_classes)
-        arrays = (image, label.astype(id_dtype(self.num_classes)))  # not kept in memory: mapped below
+        # decoded outside the in-memory case cache: these are mapped below, not kept
+        arrays = _read_compact(self.root, case, self.file_ending, self.in_chans, self.num_classes)[:2]
         try:
             folder.mkdir(parents=True, exist_ok=True)
             for stale in folder.glob("*.npy"):  # another signature: the source files changed
