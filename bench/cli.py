@@ -60,6 +60,17 @@ def _parse_ints(text: str, option: str = "--seeds", example: str = "0,1,2") -> l
     return values
 
 
+def _parse_spacing(text: str | None) -> str | list[float] | None:
+    """--target-spacing: a name ("native", "nnunet"; checked with the protocol) or z,y,x in mm."""
+    if text is None or not any(c.isdigit() for c in text):
+        return text
+    try:
+        return [float(s) for s in text.split(",")]
+    except ValueError:
+        raise BenchError(f"--target-spacing must be 'native', 'nnunet' or three spacings in mm, e.g. 1,0.8,0.8; "
+                         f"got {text!r}") from None
+
+
 def _parse_sets(items: list[str]) -> dict[str, object]:
     import ast
 
@@ -142,6 +153,8 @@ def run(
         help="override (2-D protocols; 3-D: --patch-size): marks the record off-protocol")] = None,
     patch_size: Annotated[Optional[str], typer.Option(
         help="override for 3-D protocols: the patch D,H,W (off-protocol)")] = None,
+    target_spacing: Annotated[Optional[str], typer.Option(
+        help="override for 3-D protocols: 'native', 'nnunet' or z,y,x in mm (off-protocol)")] = None,
     lr: Annotated[Optional[float], typer.Option(help="override: marks the record off-protocol")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="model constructor override key=value")] = None,
     tiny: Annotated[bool, typer.Option(help="use each model's tiny test configuration")] = False,
@@ -176,7 +189,8 @@ def run(
     if patch is not None and proto.spatial_dims != 3:
         raise BenchError(f"--patch-size applies to 3-D protocols; {proto.name!r} is 2-D (its input: --img-size)")
     proto = proto.with_overrides(epochs=epochs, max_iterations=max_iterations, batch_size=batch_size,
-                                 img_size=img_size, patch_size=patch, lr=lr, pretrained=None if moot else pretrained)
+                                 img_size=img_size, patch_size=patch, lr=lr, pretrained=None if moot else pretrained,
+                                 target_spacing=_parse_spacing(target_spacing))
     resolve_inits(names, proto, pretrained_dir)  # every missing file named at once, before anything runs
     seed_list = _parse_ints(seeds) if seeds else [proto.seed]
     overrides = _parse_sets(set_ or [])

@@ -6,11 +6,13 @@
 - 2-D images with integer labels (nnU-Net PNG): the same, per image.
 - 2-D binary images (ISIC, polyp): image and mask resized to ``img_size`` (bilinear), sigmoid,
   ``>= eval.threshold``; ground truth ``mask >= 0.5``; scored at ``img_size`` (VM-UNet engine.py).
-- Volumes under a 3-D protocol (``patch_size``): nnU-Net v2's sliding window at native resolution
-  (``sliding_window_logits``): tiles of the patch size overlapping by ``1 - eval.tile_step``, each
-  tile's logits weighted by a Gaussian, argmax of the weighted mean; with ``eval.mirror`` each tile
-  is also predicted flipped along every combination of axes (nnU-Net's test-time mirroring, off in
-  LightM-UNet's ``--disable_tta``).
+- Volumes under a 3-D protocol (``patch_size``): nnU-Net v2's prediction. The volume is
+  preprocessed as the training volumes were (``bench.data.preprocess``: normalised, resampled to
+  ``target_spacing``), covered by the sliding window (``sliding_window_logits``): tiles of the patch
+  size overlapping by ``1 - eval.tile_step``, each tile's logits weighted by a Gaussian; with
+  ``eval.mirror`` each tile is also predicted flipped along every combination of axes (nnU-Net's
+  test-time mirroring, off in LightM-UNet's ``--disable_tta``). The logits are resampled back to the
+  case's own grid (linear), and their argmax is scored there.
 
 Nothing here imports the training loop: evaluation works on any model that follows the forward
 contract.
@@ -30,8 +32,9 @@ from torch import nn
 from bench import metrics
 from bench.data.base import Case, SegDataset
 from bench.data.intensity import intensity_stats
+from bench.data.preprocess import VolumePrep, volume_prep
 from bench.protocol import Protocol
-from bench.transforms import normalize_image, prepare_binary_pair, prepare_slice, volume_chw, zoom_labels_back
+from bench.transforms import prepare_binary_pair, prepare_slice, zoom_labels_back
 
 
 @dataclass
@@ -146,15 +149,21 @@ def sliding_window_logits(model: nn.Module, x: np.ndarray, patch: tuple[int, ...
 
 
 def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bool, device: torch.device,
-                 batch_size: int = 8, stats: list[dict[str, float]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 batch_size: int = 8, stats: list[dict[str, float]] | None = None,
+                 prep: VolumePrep | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Return (prediction, ground truth) as integer label maps on the grid they are scored on.
-    ``stats``: the training foreground's statistics, for ``normalize = "ct_foreground"``."""
+    ``stats``: the training foreground's statistics, for ``normalize = "ct_foreground"`` (2-D);
+    ``prep``: how a 3-D protocol's volumes are preprocessed (``volume_prep``), required there."""
     model.eval()
-    if protocol.spatial_dims == 3:  # nnU-Net's sliding window over the volume at native resolution
-        x = volume_chw(normalize_image(case.image, protocol.normalize, spatial_dims=3, stats=stats))
+    if protocol.spatial_dims == 3:  # nnU-Net: preprocess, sliding window, logits back to the case's grid
+        if prep is None:
+            raise TypeError("predict_case: a 3-D protocol needs prep (bench.data.preprocess.volume_prep)")
+        x = prep.image(case.image, case.spacing, f"test case {case.case_id!r}")
         logits = sliding_window_logits(model, x, protocol.patch_size, protocol.eval.tile_step, device=device,
                                        dtype=protocol.torch_dtype, batch_size=protocol.train.batch_size,
                                        mirror=protocol.eval.mirror)
+        if prep.spacing is not None:
+            logits = torch.from_numpy(prep.logits_back(logits.cpu().numpy(), case.label.shape, case.spacing))
         return logits.argmax(dim=0).cpu().numpy(), case.label.astype(np.int64)
     images = list(case.image) if case.is_volume else [case.image]
     if binary:  # VM-UNet: image and mask resized bilinearly, scored at model resolution
@@ -185,11 +194,12 @@ def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: 
     rows: list[dict[str, Any]] = []
     nsd_tolerance = resolve_nsd_tolerance(protocol, dataset, policy)  # before any case is predicted
     stats = intensity_stats(dataset, protocol)
+    prep = volume_prep(dataset, protocol) if protocol.spatial_dims == 3 else None
     spacings: list[tuple[float, ...] | None] = []
     volumes = False
     for i, case_id in enumerate(ids):
         case = dataset.load_test(case_id)
-        pred, gt = predict_case(model, case, protocol, binary=binary, device=device, stats=stats)
+        pred, gt = predict_case(model, case, protocol, binary=binary, device=device, stats=stats, prep=prep)
         # binary tasks are scored at model resolution, where the native spacing no longer holds
         spacing = None if binary else case.spacing
         spacings.append(spacing)

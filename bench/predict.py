@@ -28,6 +28,7 @@ import torch
 from bench import records
 from bench.errors import BenchError
 from bench.data.intensity import intensity_stats
+from bench.data.preprocess import volume_prep
 from bench.evaluate import predict_case, scored_ids
 from bench.rescore import run_model, weights_path
 from bench.run import file_sha256
@@ -85,12 +86,14 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
     _claim(folder, manifest)
     written, files = 0, {}
     stats = intensity_stats(dataset, protocol)
+    prep = volume_prep(dataset, protocol) if protocol.spatial_dims == 3 else None
     for i, case_id in enumerate(ids):
         name = files[case_id] = dataset.prediction_name(case_id)
         path = folder / name
         if not path.is_file():
             case = dataset.load_test(case_id)
-            pred, _ = predict_case(model, case, protocol, binary=dataset.binary, device=device, stats=stats)
+            pred, _ = predict_case(model, case, protocol, binary=dataset.binary, device=device, stats=stats,
+                                   prep=prep)
             records.atomic_write(path, lambda tmp: dataset.write_prediction(case, pred, tmp),
                                  suffix=f".tmp{name[len(case_id):]}")  # writers read the format off it
             written += 1

@@ -105,8 +105,12 @@ class Protocol:
     # the side of the square 2-D model input (images and slices are zoomed to it); 0 in 3-D protocols
     img_size: int = 0
     # 3-D protocols (nnU-Net's 3d_fullres): the (D, H, W) patch the model trains on, cut from whole
-    # volumes at native resolution, and the tile of the sliding window that predicts them; empty: 2-D
+    # volumes preprocessed as target_spacing says, and the tile of the sliding window that predicts them; empty: 2-D
     patch_size: tuple[int, ...] = ()
+    # 3-D protocols: the (z, y, x) spacing in mm volumes are resampled to for training and prediction
+    # (scores stay on each case's own grid): "nnunet" (nnU-Net's 3d_fullres rule over the training
+    # cases, bench.data.resample), three numbers, or "native" (no resampling)
+    target_spacing: str | tuple[float, ...] = "native"
     # Parameters and activations. float64 is for CI's drift grid: float32 rounding differs between
     # CPUs (MKL/oneDNN pick kernels per CPU), and a short training run amplifies it into metric
     # differences of several DSC points; in float64 the same run agrees across CPUs.
@@ -172,7 +176,7 @@ class Protocol:
                 train[key] = value
             elif key in names[1]:
                 ev[key] = value
-            elif key in {"img_size", "patch_size", "normalize", "metric_policy", "seed", "dtype", "pretrained"}:
+            elif key in {"img_size", "patch_size", "target_spacing", "normalize", "metric_policy", "seed", "dtype", "pretrained"}:
                 top[key] = value
             else:
                 raise BenchError(f"cannot override protocol field {key!r}")
@@ -228,6 +232,7 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
             square = " (the side of the square model input)" if name == "img_size" else ""
             raise BenchError(f"{where} {key}: expected a whole number >= {low}{square}; got {value!r}")
     _check_input_size(protocol, where)
+    protocol = _check_target_spacing(protocol, where)
     if not isinstance(protocol.eval.mirror, bool):
         raise BenchError(f"{where} eval.mirror: expected true or false; got {protocol.eval.mirror!r}")
     if protocol.eval.mirror and not protocol.patch_size:
@@ -260,6 +265,25 @@ def _check_input_size(protocol: Protocol, where: str) -> None:
                              f"{list(patch)}; change that with --patch-size D,H,W")
         raise BenchError(f"{where} img_size: a 3-D protocol sizes its input with patch_size {list(patch)}; "
                          "leave img_size out")
+
+
+def _check_target_spacing(protocol: Protocol, where: str) -> Protocol:
+    """target_spacing as stored ("native", "nnunet" or a tuple of three mm > 0); anything but
+    "native" needs a 3-D protocol."""
+    value = protocol.target_spacing
+    key = "target_spacing (--target-spacing)" if where == "override" else "target_spacing"
+    if isinstance(value, (list, tuple)):
+        if len(value) != 3 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                      and math.isfinite(v) and v > 0 for v in value):
+            raise BenchError(f"{where} {key}: expected three spacings in mm > 0, [z, y, x]; got {list(value)!r}")
+        value = tuple(float(v) for v in value)
+    elif value not in ("native", "nnunet"):
+        raise BenchError(f"{where} {key}: expected 'native', 'nnunet' (nnU-Net's 3d_fullres rule) or "
+                         f"[z, y, x] in mm; got {value!r}")
+    if value != "native" and not protocol.patch_size:
+        raise BenchError(f"{where} {key}: resampling to a spacing belongs to 3-D protocols (patch_size); "
+                         "this protocol is 2-D")
+    return dataclasses.replace(protocol, target_spacing=value)
 
 
 def _nsd_tolerance(value: Any, key: str) -> float | tuple[tuple[str, float], ...]:

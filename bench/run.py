@@ -23,6 +23,7 @@ import torch
 from bench import distributed, env, records
 from bench.data import open_dataset, synthetic_root
 from bench.data.intensity import intensity_stats
+from bench.data.preprocess import target_spacing
 from bench.errors import BenchError
 from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
@@ -104,7 +105,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
     t0 = time.perf_counter()
     dataset = open_dataset(spec.dataset, spec.data_root, spec.fold)
     protocol = spec.protocol
-    if protocol.spatial_dims == 3:  # decoded training volumes, memory-mapped: a patch reads its region only
+    if protocol.spatial_dims == 3:  # preprocessed training volumes, memory-mapped: a patch reads its region only
         dataset.volume_cache = results_dir / CACHE_DIR
     entry = get_entry(spec.model)
     seed_everything(spec.seed)  # the initial weights are part of the run: seed before building
@@ -172,6 +173,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "init": init,  # the pretrained file the weights started from (counts of what it filled), or null
         # normalize = "ct_foreground": the training foreground's statistics the images were scaled with
         "intensity_stats": intensity_stats(dataset, protocol),
+        # 3-D: the (z, y, x) spacing in mm volumes were resampled to for training and prediction, or null
+        "target_spacing": target_spacing(dataset, protocol),
         "policy": spec.policy,
         "policy_conventions": policy_fields(spec.policy),  # the rules behind the name, as they were
         "hd95_unit": scores.hd95_unit,
@@ -332,6 +335,7 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         ds.train_volume_ids()  # 3-D protocols need training volumes: BenchError naming the data otherwise
         if ds.binary:
             raise BenchError(f"protocol {protocol.name!r} (3-D) needs integer class labels; {dataset!r} is binary")
+        target_spacing(ds, protocol)  # reads the headers: a spacing to resample to, before anything trains
     for m in models:  # img_size, --set overrides and pretrained files, for every model before one trains
         build = build_args(m, protocol, ds, model_overrides or {})
         if protocol.spatial_dims == 3:  # before create_model's img_size check, whose advice names --img-size

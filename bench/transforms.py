@@ -43,7 +43,6 @@ from bench.errors import BenchError
 from bench.protocol import CHOICES
 
 NORMALIZE_MODES = CHOICES[("", "normalize")]
-POINTWISE_MODES = ("none", "ct_window", "ct_foreground")  # a voxel's new value depends on it alone
 CT_WINDOW = (-125.0, 275.0)  # HU; the abdominal window of the Synapse files (spec/baselines.md)
 
 
@@ -461,8 +460,8 @@ class TrainTransform:
 
     Output: image float32 (C, S, S) with S = ``protocol.img_size``; label int64 (S, S) class ids
     for multi-class datasets, float32 (1, S, S) soft mask in [0, 1] for binary ones. Under a 3-D
-    protocol the sample is a whole volume and the output a patch: (C, D, H, W) and (D, H, W)
-    (``patch_item``). ``run_seed`` fixes the once-per-run rotation angle of ``vmunet_isic``.
+    protocol the sample is a whole preprocessed volume and the output a patch: (C, D, H, W) and
+    (D, H, W) (``patch_item``). ``run_seed`` fixes the once-per-run rotation angle of ``vmunet_isic``.
 
     Example::
 
@@ -495,32 +494,18 @@ class TrainTransform:
 
     def patch_item(self, sample: Sample, rng: np.random.Generator,
                    draw: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """A 3-D training patch from a whole volume: nnU-Net's region choice, then its augmentation."""
+        """A 3-D training patch from a whole preprocessed volume (``bench.data.preprocess``: image
+        (C, D, H, W), already normalised): nnU-Net's region choice, then its augmentation."""
         label = np.asarray(sample.label)  # class ids in any integer type: only the patch becomes int64
         force = self.forced_foreground(draw, rng)
         corner = nnunet_patch_corner(label.shape, self.patch, self.initial, rng, label if force else None)
-        x, label = self._normalized_region(sample.image, corner), crop_padded(label, corner, self.initial, -1)
+        # nnU-Net pads normalised images with 0 and labels with -1
+        x, label = crop_padded(sample.image, corner, self.initial, 0.0), crop_padded(label, corner, self.initial, -1)
         if self.augment == "nnunet":  # which also turns the -1 padding into background
             x, label = nnunet_augment_3d(x, label, rng, self.patch)
         else:
             label = np.where(label < 0, 0, label).astype(np.int64)
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(label)
-
-    def _normalized_region(self, image: np.ndarray, corner: np.ndarray) -> np.ndarray:
-        """(C, *initial): the region at ``corner`` of the normalised volume, 0 outside it (nnU-Net pads
-        normalised data with 0). Modes that map each voxel on its own cut the region first: the same
-        values for a region's work instead of a volume's."""
-        if self.normalize not in POINTWISE_MODES:  # statistics of the whole volume (zscore)
-            return crop_padded(volume_chw(normalize_image(image, self.normalize, 3, self.stats)), corner,
-                               self.initial, 0.0)
-        region = crop_padded(volume_chw(np.asarray(image)), corner, self.initial, 0.0)
-        norm = normalize_image(region[0] if len(region) == 1 else np.moveaxis(region, 0, -1), self.normalize, 3,
-                               self.stats)
-        out = np.zeros(region.shape, dtype=np.float32)
-        inside = tuple(slice(max(0, -c), min(s - c, n))
-                       for c, s, n in zip(corner, image.shape[:3], self.initial))
-        out[(slice(None),) + inside] = volume_chw(norm)[(slice(None),) + inside]
-        return out
 
     def __call__(self, sample: Sample, rng: np.random.Generator,
                  draw: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

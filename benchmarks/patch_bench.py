@@ -1,11 +1,14 @@
-"""3-D training items (lightm_unet_3d): decoding the whole NIfTI volume for every patch vs the
-memory-mapped .npy cache bench run keeps under <results>/cache, side by side, in one run.
+"""3-D training items (lightm_unet_3d): decoding and preprocessing the whole NIfTI volume for every
+patch vs the memory-mapped .npy cache of preprocessed volumes bench run keeps under <results>/cache,
+side by side, in one run.
 
 A synthetic nnU-Net dataset of ``--cases`` CT-like volumes (.nii.gz) is written to a temporary
 folder. Items are drawn case after case, so the reader's two-volume memory cache misses as random
-draws over a real dataset would. Each side times ``--repeats`` items (load, region, normalisation,
-nnU-Net's 3-D augmentation) after its set-up (``ct_foreground``'s statistics pass, which on the
-cache side writes the .npy files) and one warm-up item per volume, both timed separately. Both
+draws over a real dataset would. All cases share one spacing, so preprocessing is the normalisation
+alone (resampling would widen the gap). Each side times ``--repeats`` items (load, preprocessing or
+its cached result, region, nnU-Net's 3-D augmentation) after its set-up (``ct_foreground``'s
+statistics pass) and one warm-up item per volume (which on the cache side writes the .npy files),
+both timed separately. Both
 sides must return identical tensors, else the script exits 1.
 
     OMP_NUM_THREADS=1 python benchmarks/patch_bench.py --out benchmarks/patch_bench.md   # 160x256², 128³
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         sides = {}
         for name, ds in (("decode per item", plain), ("memory-mapped .npy", mapped)):
             t0 = time.perf_counter()
-            data = TrainDataset(ds, proto, seed=0)  # ct_foreground's statistics pass (writes the cache)
+            data = TrainDataset(ds, proto, seed=0)  # ct_foreground's statistics pass
             setup = time.perf_counter() - t0
             warm_times, _ = _time_items(data, warm)
             times, items = _time_items(data, keys)
@@ -75,23 +78,23 @@ def main(argv: list[str] | None = None) -> int:
     n = len(warm)
     same = all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(items_a, items_b))
     lines = [
-        "# 3-D training items: whole-volume decoding vs the memory-mapped cache",
+        "# 3-D training items: whole-volume decoding and preprocessing vs the memory-mapped cache",
         "",
         f"Run on {datetime.date.today()}, {env.cpu_model()}, one thread, one run "
         "(`make bench-patches`).",
         "",
         f"{args.cases} synthetic CT volumes {args.depth}x{args.size}x{args.size} (.nii.gz), lightm_unet_3d with "
         f"{args.patch}³ patches (cut from a {'x'.join(map(str, nnunet_initial_patch((args.patch,) * 3)))} region), "
-        f"{args.repeats} items drawn case after case; item = load, region, CT normalisation, nnU-Net's 3-D "
-        "augmentation.",
+        f"{args.repeats} items drawn case after case; item = load, preprocessing (CT normalisation; one spacing, so "
+        "no resampling) or its cached result, region, nnU-Net's 3-D augmentation.",
         "",
         "| source | median s / item |",
         "|---|---|",
-        f"| decode the .nii.gz per item | {a:.3f} |",
+        f"| decode and preprocess the .nii.gz per item | {a:.3f} |",
         f"| memory-mapped .npy (bench run's cache) | {b:.3f} |",
         "",
         f"speed-up {a / b:.1f}x; identical items: {same}. Setting up (the statistics pass over the {n} training "
-        f"volumes, which on the cache side also writes the .npy files) and one item per volume took {warm_a:.2f} s "
+        f"volumes) and one item per volume (which on the cache side writes the .npy files) took {warm_a:.2f} s "
         f"decoding and {warm_b:.2f} s with the cache (once per dataset and results folder).",
     ]
     text = "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from bench import records
 from bench import transforms as T
 from bench.data import open_dataset, synthesize
 from bench.data.intensity import foreground_statistics
+from bench.data.preprocess import VolumePrep, volume_prep
 from bench.errors import BenchError
 from bench.evaluate import gaussian_importance, sliding_window_logits, tile_starts
 from bench.protocol import load_protocol
@@ -36,6 +37,7 @@ def test_lightm_unet_3d_protocol_is_the_authors_trainer_on_patches():
     assert (t.batch_size, t.dice_loss, t.augment, t.oversample_foreground, t.grad_clip, t.amp, t.select) == \
         (2, "nnunet", "nnunet", 0.33, 12.0, False, "final")
     assert (p.normalize, p.metric_policy, p.eval.tile_step, p.datasets) == ("ct_foreground", "strict", 0.5, ("nnunet",))
+    assert p.target_spacing == "nnunet" and load_protocol("smoke").target_spacing == "native"
     assert load_protocol("smoke").spatial_dims == 2
 
 
@@ -44,10 +46,13 @@ def test_lightm_unet_3d_protocol_is_the_authors_trainer_on_patches():
     ('patch_size = [0, 16, 16]', "patch_size: expected three whole numbers"),
     ('patch_size = [8, 16, 16]\nimg_size = 64', "img_size: a 3-D protocol sizes its input with patch_size"),
     ('patch_size = [8, 16, 16]\n[eval]\ntile_step = 0', "eval.tile_step: expected a fraction"),
+    ('patch_size = [8, 16, 16]\ntarget_spacing = "median"', "target_spacing: expected 'native', 'nnunet'"),
+    ('patch_size = [8, 16, 16]\ntarget_spacing = [1.0, 0, 1.0]', "target_spacing: expected three spacings in mm > 0"),
+    ('img_size = 64\ntarget_spacing = "nnunet"', "target_spacing: resampling to a spacing belongs to 3-D protocols"),
 ])
 def test_bad_3d_protocol_fields_name_the_file_and_field(tmp_path, lines, phrase):
     text = (PROTOCOLS / "lightm_unet_3d.toml").read_text()
-    text = text.replace("patch_size = [128, 128, 128]\n", "")
+    text = text.replace("patch_size = [128, 128, 128]\n", "").replace('target_spacing = "nnunet"', "")
     text = text[:text.index("[eval]")]  # the test writes its own
     head, _, tail = text.partition("[train]")
     path = tmp_path / "bad.toml"
@@ -162,23 +167,6 @@ def test_augment_3d_without_a_spatial_draw_cuts_the_centre_and_clears_the_paddin
     assert out.dtype == np.int64 and set(np.unique(out)) == {0, 2} and (out[1:4, 1:4, 1:4] == 2).all()
 
 
-@pytest.mark.parametrize("mode", ["none", "ct_window", "ct_foreground", "zscore"])
-@pytest.mark.parametrize("channels", [1, 2])
-def test_a_normalised_region_equals_the_region_of_the_normalised_volume(mode, channels):
-    # pointwise modes cut first, zscore normalises the whole volume first: the same patch either way
-    rng = np.random.default_rng(4)
-    shape = (6, 10, 9) + ((channels,) if channels > 1 else ())
-    image = rng.normal(0, 300, shape).astype(np.float32)
-    stats = [{"mean": 40.0 * c, "std": 90.0, "percentile_00_5": -200.0, "percentile_99_5": 250.0}
-             for c in range(channels)]
-    proto = load_protocol("lightm_unet_3d").with_overrides(patch_size=[4, 8, 8], normalize=mode)
-    tf = T.TrainTransform(proto, binary=False, run_seed=0, stats=stats)
-    for corner in (np.array([-3, 4, -5]), np.array([1, 1, 1]), np.array([4, 8, 7])):
-        whole = T.volume_chw(T.normalize_image(image, mode, 3, stats))
-        np.testing.assert_allclose(tf._normalized_region(image, corner), T.crop_padded(whole, corner, tf.initial, 0.0),
-                                   rtol=1e-6, atol=1e-6)
-
-
 def test_training_patches_are_reproducible_and_shaped(tmp_path):
     root = synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=4, depth=8, size=24)
     ds = open_dataset("nnunet", root)
@@ -188,7 +176,7 @@ def test_training_patches_are_reproducible_and_shaped(tmp_path):
     data = TrainDataset(ds, proto, seed=5)
     assert data.ids == ds.train_volume_ids() and not any(":" in i for i in data.ids)  # cases, not slices
     # whole volumes wait in the cache with 8-bit labels; what the loaders hand out is int64
-    assert ds.load_train_volume(data.ids[0]).label.dtype == np.uint8
+    assert ds.load_train_volume(data.ids[0], volume_prep(ds, proto)).label.dtype == np.uint8
     assert ds.load_test(ds.test_ids()[0]).label.dtype == ds.load_train(ds.train_ids()[0]).label.dtype == np.int64
     image, label = data[(0, 1)]
     assert image.shape == (1, 8, 16, 16) and image.dtype == torch.float32
@@ -216,19 +204,26 @@ def test_mapped_training_volumes_give_the_same_patches_and_follow_the_source_fil
     for key in [(0, 0), (1, 1), (2, 5), (0, 3)]:
         assert all(torch.equal(x, y) for x, y in zip(a[key], b[key]))
     case = mapped.train_volume_ids()[0]
-    sample = mapped.load_train_volume(case)
+    prep = volume_prep(mapped, proto)
+    sample = mapped.load_train_volume(case, prep)
     assert isinstance(sample.image, np.memmap) and not sample.image.flags.writeable
-    assert np.array_equal(sample.image, plain.load_train_volume(case).image)
-    files = sorted(p.name for p in (tmp_path / "cache" / "volumes").iterdir())
+    assert sample.image.shape == (1, 8, 24, 24) and sample.image.dtype == np.float32  # preprocessed: (C, *grid)
+    assert np.array_equal(sample.image, plain.load_train_volume(case, prep).image)
+    folder = tmp_path / "cache" / "volumes"
+    files = sorted(p.name for p in folder.iterdir())
     assert len(files) == 2 * 3 and not [f for f in files if f.startswith(".")]  # 3 cases drawn, no temp left
-    before = sorted((tmp_path / "cache" / "volumes").glob(f"{case}.*.npy"))
+    # preprocessed otherwise (another spacing): its own files, next to the first ones
+    other = VolumePrep(prep.normalize, prep.stats, (3.0, 1.6, 1.6))
+    assert mapped.load_train_volume(case, other).image.shape == (1, 8, 12, 12)
+    before = sorted(folder.glob(f"{case}.*.npy"))
+    assert len(before) == 4
     label = root / "labelsTr" / f"{case}.nii.gz"  # an edited source file is decoded again, the old files go
     os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))
-    mapped.load_train_volume(case)
-    after = sorted((tmp_path / "cache" / "volumes").glob(f"{case}.*.npy"))
+    mapped.load_train_volume(case, prep)
+    after = sorted(folder.glob(f"{case}.*.npy"))
     assert len(after) == 2 and not set(after) & set(before)
     after[0].write_bytes(after[0].read_bytes()[:200])  # truncated by a crash: decoded and written again
-    assert np.array_equal(mapped.load_train_volume(case).image, plain.load_train_volume(case).image)
+    assert np.array_equal(mapped.load_train_volume(case, prep).image, plain.load_train_volume(case, prep).image)
 
 
 def test_an_unwritable_volume_cache_is_one_clear_error(tmp_path):
@@ -237,8 +232,8 @@ def test_an_unwritable_volume_cache_is_one_clear_error(tmp_path):
     (tmp_path / "cache" / "volumes").write_text("a file where the folder should be")
     ds.volume_cache = tmp_path / "cache"
     case = ds.train_volume_ids()[0]
-    with pytest.raises(BenchError, match=rf"cache/volumes: cannot keep the decoded training volume '{case}' there"):
-        ds.load_train_volume(case)
+    with pytest.raises(BenchError, match=rf"cache/volumes: cannot keep the preprocessed training volume '{case}' there"):
+        ds.load_train_volume(case, VolumePrep("zscore"))
 
 
 def test_slice_protocols_still_train_on_slices(tmp_path):
@@ -404,9 +399,25 @@ def test_test_time_mirroring_averages_the_flipped_predictions():
 # --- end to end -----------------------------------------------------------------------------------
 
 
+SPACINGS = [(3.0, 0.8, 0.8), (2.0, 0.8, 0.8), (3.0, 1.0, 1.0), (4.0, 0.7, 0.7), (2.5, 0.9, 0.9)]  # (z, y, x)
+
+
+def respace(path: Path, spacing) -> None:
+    """Rewrite a NIfTI file's voxel size, (z, y, x) in mm, keeping its voxels."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), np.diag([*spacing[::-1], 1.0])), str(path))
+
+
 @pytest.fixture(scope="module")
 def volumes(tmp_path_factory):
-    return synthesize("nnunet", tmp_path_factory.mktemp("vol") / "data", dims=3, n_cases=5, depth=8, size=24)
+    """Five CT-like cases in nnU-Net format, each with its own spacing (SPACINGS), so runs resample."""
+    root = synthesize("nnunet", tmp_path_factory.mktemp("vol") / "data", dims=3, n_cases=5, depth=8, size=24)
+    for case, spacing in zip(sorted(p.name[:-7] for p in (root / "labelsTr").glob("*.nii.gz")), SPACINGS):
+        respace(root / "labelsTr" / f"{case}.nii.gz", spacing)
+        respace(root / "imagesTr" / f"{case}_0000.nii.gz", spacing)
+    return root
 
 
 FAST3D = ["--tiny", "--max-iterations", "2", "--patch-size", "8,16,16", "--threads", "1", "--no-progress"]
@@ -424,8 +435,14 @@ def test_lightm_unet_3d_run_trains_on_patches_and_scores_whole_volumes(volumes, 
     assert rec["protocol"]["overrides"]["patch_size"] == [8, 16, 16]
     ds = open_dataset("nnunet", volumes)
     assert rec["intensity_stats"] == foreground_statistics(ds.train_cases(), ds.n_train_cases)
+    # resampled to the median spacing of the training cases (8 slices of 2-4 mm: no axis with few voxels)
+    train = [SPACINGS[ds.cases.index(c)] for c in ds.train_volume_ids()]
+    assert rec["target_spacing"] == pytest.approx(list(np.median(train, axis=0)))
+    cached = [np.load(p, mmap_mode="r").shape for p in sorted((res / "cache" / "volumes").glob("*.image.npy"))]
+    assert {tuple(shape[1:]) for shape in cached} != {(8, 24, 24)}  # training grids changed
     (case,) = ds.test_ids()
     native = ds.load_test(case).label.shape
+    assert VolumePrep("none", None, tuple(rec["target_spacing"])).grid(native, ds.load_test(case).spacing) != native
     assert {c["case"] for c in rec["per_case"]} == {case}
     assert {c["tp"] + c["fp"] + c["fn"] + c["tn"] for c in rec["per_case"]} == {int(np.prod(native))}
     # the written prediction is the scored one, with the label file's geometry
@@ -443,6 +460,7 @@ def test_lightm_unet_3d_run_trains_on_patches_and_scores_whole_volumes(volumes, 
 
     altered = {**rec, "intensity_stats": [{**rec["intensity_stats"][0], "mean": 123.0}]}
     assert run_model(altered, res)[1].foreground_stats[0]["mean"] == 123.0
+    assert run_model({**rec, "target_spacing": [9.0, 9.0, 9.0]}, res)[1].target_spacing == [9.0, 9.0, 9.0]
     # rescoring rebuilds the 3-D model from the record and predicts the same volume again
     _bench("rescore", "--results", res, "--policy", "legacy-synapse")
     twin = json.loads((res / "records" / f"{rec['run_id']}.legacy-synapse.json").read_text())
@@ -456,6 +474,8 @@ def test_lightm_unet_3d_run_trains_on_patches_and_scores_whole_volumes(volumes, 
     (["--models", "lightm_unet", "--patch-size", "8,16,20"], "use e.g. [8, 16, 24]"),
     (["--models", "lightm_unet", "--img-size", "32"], "--patch-size D,H,W"),
     (["--models", "lightm_unet", "--set", "spatial_dims=2"], "spatial_dims=2 does not fit"),
+    (["--models", "lightm_unet", "--target-spacing", "1,2"], "target_spacing (--target-spacing): expected three"),
+    (["--models", "lightm_unet", "--target-spacing", "1,x,2"], "--target-spacing must be 'native', 'nnunet' or"),
 ])
 def test_3d_runs_refuse_what_cannot_work_before_training(volumes, tmp_path, args, phrase):
     res = tmp_path / "res"
@@ -487,3 +507,6 @@ def test_3d_protocol_refuses_slice_data_and_2d_protocol_refuses_a_patch(tmp_path
     proc = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
                   "--results", tmp_path / "r", "--patch-size", "8,16,16", check=False)
     assert proc.returncode == 2 and "--patch-size applies to 3-D protocols" in proc.stderr
+    proc = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
+                  "--results", tmp_path / "r", "--target-spacing", "nnunet", check=False)
+    assert proc.returncode == 2 and "resampling to a spacing belongs to 3-D protocols" in proc.stderr

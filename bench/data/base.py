@@ -66,7 +66,10 @@ class SegDataset:
         # normalize = "ct_foreground": the training foreground's statistics (bench.data.intensity),
         # computed on first use, or set from a run's record to score it as it was trained
         self.foreground_stats: list[dict[str, float]] | None = None
-        # 3-D protocols: a folder where decoded training volumes are kept as .npy and memory-mapped,
+        # target_spacing = "nnunet": the (z, y, x) spacing 3-D volumes are resampled to
+        # (bench.data.preprocess), computed on first use or set from a run's record
+        self.target_spacing: tuple[float, ...] | None = None
+        # 3-D protocols: a folder where preprocessed training volumes are kept as .npy and memory-mapped,
         # so a patch reads its region only (bench run sets <results>/cache); None: decode each time
         self.volume_cache: Path | None = None
         # Human-readable remarks about how the data was read (e.g. a fallback that was taken);
@@ -111,8 +114,14 @@ class SegDataset:
         raise BenchError(f"{self.root}: 3-D protocols (patch_size) train on whole volumes in nnU-Net format "
                          f"(--dataset nnunet, NIfTI files); this {self.dataset_name!r} data holds 2-D training items")
 
-    def load_train_volume(self, case_id: str) -> Sample:
+    def load_train_volume(self, case_id: str, prep) -> Sample:
+        """The case preprocessed by ``prep`` (``bench.data.preprocess.VolumePrep``)."""
         raise NotImplementedError
+
+    def train_geometry(self) -> Iterator[tuple[tuple[int, ...], tuple[float, ...]]]:
+        """(shape, spacing) of each training volume, for a target spacing."""
+        raise BenchError(f"{self.root}: a target spacing needs volumes with a voxel spacing in nnU-Net format "
+                         f"(--dataset nnunet, NIfTI files); this {self.dataset_name!r} data has none")
 
     @property
     def n_train_cases(self) -> int:

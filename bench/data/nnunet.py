@@ -44,19 +44,25 @@ import functools
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench.data.base import Case, Sample, SegDataset, class_ids, describe, id_dtype, reading, write_nifti_labels
 from bench.errors import BenchError
 
+if TYPE_CHECKING:
+    from bench.data.preprocess import VolumePrep
+
 SPLIT_SEED = 12345
-VOLUME_CACHE_FORMAT = 1  # part of the cached volumes' names: a change in how they are written renames them
+VOLUME_CACHE_FORMAT = 2  # part of the cached volumes' names: a change in how they are written renames them
 N_FOLDS = 5  # nnU-Net's default cross-validation
 TEST_FRACTION_DENOM = 5  # 1/5 = 20 % of the cases are test cases
 VOLUME_ENDINGS = (".nii.gz", ".nii")
+# a cached volume: <case>.<sources' signature>[.<preprocessing key>; absent in format 1].<part>.npy
+_CACHED = re.compile(r"(?P<case>[^.].*?)\.(?P<sig>[0-9a-f]{16})(?:\.[0-9a-f]{16})?\.(?:image|label)\.npy")
 IMAGE_ENDINGS = (".png", ".bmp", ".tif", ".tiff")
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 
@@ -149,20 +155,29 @@ def read_nifti(path: Path, *, label: bool = False) -> tuple[np.ndarray, tuple[fl
             arr = np.rint(arr).astype(np.int64) if arr.dtype.kind == "f" else arr.astype(np.int64)
         else:
             arr = np.asarray(img.get_fdata(dtype=np.float32))
-        zooms = img.header.get_zooms()[:3]
+    return np.ascontiguousarray(arr.transpose(2, 1, 0)), _spacing_zyx(img)
+
+
+def _spacing_zyx(img) -> tuple[float, float, float]:
     # zooms are float32 in the header: 0.8 reads back as 0.800000011920929; 7 digits is exact
-    zooms = tuple(float(f"{float(z):.7g}") for z in zooms)
-    return np.ascontiguousarray(arr.transpose(2, 1, 0)), (zooms[2], zooms[1], zooms[0])
+    zooms = tuple(float(f"{float(z):.7g}") for z in img.header.get_zooms()[:3])
+    return zooms[2], zooms[1], zooms[0]
+
+
+def nifti_geometry(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """(D, H, W) and the spacing in mm in the same order, from the header only."""
+    import nibabel as nib
+
+    with reading(path, "a NIfTI volume"):
+        img = nib.load(str(path))
+    shape = img.shape
+    _check_3d(path, shape)
+    return (shape[2], shape[1], shape[0]), _spacing_zyx(img)
 
 
 def nifti_shape(path: Path) -> tuple[int, int, int]:
     """(D, H, W) from the header only."""
-    import nibabel as nib
-
-    with reading(path, "a NIfTI volume"):
-        shape = nib.load(str(path)).shape
-    _check_3d(path, shape)
-    return shape[2], shape[1], shape[0]
+    return nifti_geometry(path)[0]
 
 
 def _check_3d(path: Path, shape: tuple[int, ...]) -> None:
@@ -414,42 +429,47 @@ class NnUNetDataset(SegDataset):
             return super().train_volume_ids()
         return list(self._train_cases)
 
-    def load_train_volume(self, case_id: str) -> Sample:
-        """A whole training volume, read-only (patches are cut from it), the label in its compact
-        unsigned type: memory-mapped .npy files under ``volume_cache`` when it is set (written on first
-        use), else views of the in-memory case cache."""
+    def load_train_volume(self, case_id: str, prep: VolumePrep) -> Sample:
+        """A whole training volume as ``prep`` makes it (image float32 (C, *grid), label in its compact
+        unsigned type), read-only (patches are cut from it): memory-mapped .npy files under
+        ``volume_cache`` when it is set (written on first use), else preprocessed here each time."""
         if self.volume_cache is not None:
-            image, label = self._mapped_volume(case_id)
+            image, label = self._mapped_volume(case_id, prep)
         else:
-            image, label, _ = self._case_arrays(case_id)
-            image, label = image.view(), label.view()
+            image, label = (a.view() for a in self._preprocessed(case_id, prep))  # the native grid: cached arrays
             image.flags.writeable = label.flags.writeable = False
         return Sample(image=image, label=label, name=case_id)
 
-    def _mapped_volume(self, case: str) -> tuple[np.ndarray, np.ndarray]:
-        """(image, label) of ``case`` as read-only memory maps of .npy files in ``volume_cache``, named
-        by the case and a signature of its source files (path, size, mtime) and of the cache's format,
-        so edited data is decoded again (the old files are removed). Each file is synced and renamed
-        into place, so concurrent loader workers never read half of one; a file that still cannot be
-        mapped (truncated by a crash) is decoded again."""
+    def _preprocessed(self, case: str, prep: VolumePrep) -> tuple[np.ndarray, np.ndarray]:
+        image, label, spacing = self._case_arrays(case)
+        what = str(label_path(self.root, case, self.file_ending))
+        return prep.image(image, spacing, what), prep.label(label, spacing, what)
+
+    def _mapped_volume(self, case: str, prep: VolumePrep) -> tuple[np.ndarray, np.ndarray]:
+        """(image, label) of ``case`` preprocessed by ``prep``, as read-only memory maps of .npy files in
+        ``volume_cache`` named by the case, a signature of its source files (path, size, mtime) and of
+        the cache's format, and ``prep.key``: edited data is preprocessed again (files of its old
+        sources are removed), and runs that preprocess differently (another fold's statistics, another
+        spacing) keep their own files. Each file is synced and renamed into place, so concurrent loader
+        workers never read half of one; a file that still cannot be mapped (truncated by a crash) is
+        written again."""
         sources = [channel_path(self.root, case, c, self.file_ending) for c in range(self.in_chans)]
         sources.append(label_path(self.root, case, self.file_ending))
         stamp = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sources if p.is_file()]
         sig = hashlib.sha256(json.dumps([VOLUME_CACHE_FORMAT, stamp, self.num_classes]).encode()).hexdigest()[:16]
         folder = Path(self.volume_cache) / "volumes"
-        paths = [folder / f"{case}.{sig}.{part}.npy" for part in ("image", "label")]
+        paths = [folder / f"{case}.{sig}.{prep.key}.{part}.npy" for part in ("image", "label")]
         if all(p.is_file() for p in paths):
             try:
                 return tuple(np.load(p, mmap_mode="r") for p in paths)
-            except (OSError, ValueError):  # truncated or deleted meanwhile: decode again below
+            except (OSError, ValueError):  # truncated or deleted meanwhile: written again below
                 pass
-        # decoded outside the in-memory case cache: these are mapped below, not kept
-        arrays = _read_compact(self.root, case, self.file_ending, self.in_chans, self.num_classes)[:2]
+        arrays = self._preprocessed(case, prep)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            for stale in folder.glob("*.npy"):  # another signature: the source files changed
-                name, old_sig, *_ = stale.name.rsplit(".", 3)
-                if name == case and old_sig != sig:
+            for stale in folder.glob("*.npy"):  # the source files changed, or an older cache format
+                named = _CACHED.fullmatch(stale.name)  # temporary files (".<name>.<pid>.tmp.npy") never match
+                if named is not None and named["case"] == case and named["sig"] != sig:
                     stale.unlink(missing_ok=True)
             for arr, path in zip(arrays, paths):
                 tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
@@ -463,7 +483,7 @@ class NnUNetDataset(SegDataset):
                     tmp.unlink(missing_ok=True)
             return tuple(np.load(p, mmap_mode="r") for p in paths)
         except OSError as exc:  # a full disk, a folder that cannot be written
-            raise BenchError(f"{folder}: cannot keep the decoded training volume {case!r} there "
+            raise BenchError(f"{folder}: cannot keep the preprocessed training volume {case!r} there "
                              f"({exc.strerror or exc}); free space or delete the folder") from exc
 
     @property
@@ -471,9 +491,14 @@ class NnUNetDataset(SegDataset):
         return len(self._train_cases)
 
     def train_cases(self):
-        for case in self._train_cases:  # with a volume cache, this pass fills it before loaders start
-            image, label = self._mapped_volume(case) if self.volume_cache is not None else self._case_arrays(case)[:2]
-            yield image, label
+        for case in self._train_cases:  # as stored: the statistics preprocessing needs come from these
+            yield self._case_arrays(case)[:2]
+
+    def train_geometry(self):
+        if not self.volumes:
+            return super().train_geometry()
+        # headers only; nnU-Net's fingerprint takes the spacing of the image
+        return (nifti_geometry(channel_path(self.root, case, 0, self.file_ending)) for case in self._train_cases)
 
     def test_ids(self) -> list[str]:
         return list(self._test_cases)

@@ -13,12 +13,15 @@ lives in a one-element shared-memory tensor, so workers see it even with
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from bench.data.base import SegDataset
 from bench.data.intensity import intensity_stats
+from bench.data.preprocess import volume_prep
 from bench.transforms import TrainTransform
 
 
@@ -47,7 +50,9 @@ class TrainDataset(Dataset):
         self.dataset = dataset
         self.seed = int(seed)
         volumes = protocol.spatial_dims == 3  # 3-D protocols cut patches from whole training volumes
-        self.load = dataset.load_train_volume if volumes else dataset.load_train
+        # 3-D: each volume normalised and resampled once (nnU-Net's preprocessing), patches cut from it
+        self.load = functools.partial(dataset.load_train_volume, prep=volume_prep(dataset, protocol)) if volumes \
+            else dataset.load_train
         self.ids = list((dataset.train_volume_ids() if volumes else dataset.train_ids()) if ids is None else ids)
         self.transform = transform or TrainTransform(protocol, binary=dataset.binary, run_seed=self.seed,
                                                      stats=intensity_stats(dataset, protocol))

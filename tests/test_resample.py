@@ -1,0 +1,191 @@
+"""nnU-Net's spacing rules (bench.data.resample, bench.data.preprocess): the 3d_fullres target spacing
+against hand-computed cases, and the resampling against scikit-image's resize driven the literal
+way nnU-Net v2 drives it (a full coordinate map for the coarse axis), in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.transform import resize as sk_resize
+
+from bench.data.preprocess import VolumePrep
+from bench.data.resample import new_shape, nnunet_target_spacing, resample, resize, separate_axis
+from bench.errors import BenchError
+from bench.transforms import normalize_image, volume_chw
+
+
+def _sk(arr, shape, order):
+    return sk_resize(arr.astype(float), shape, order, mode="edge", anti_aliasing=False)
+
+
+def _sk_labels(arr, shape, order):  # batchgenerators' resize_segmentation, order > 0
+    out = np.zeros(shape, dtype=arr.dtype)
+    for c in np.unique(arr):
+        out[_sk((arr == c).astype(float), shape, order) >= 0.5] = c
+    return out
+
+
+def _reference(data, shape, current, target, *, labels, order):
+    """nnU-Net's resample_data_or_seg for one (C, X, Y, Z) array: the anisotropy rule, then per channel
+    either a 3-D resize, or 2-D resizes of the slices across the coarse axis followed by
+    map_coordinates(order 0) over a (3, *shape) coordinate map."""
+    fn = _sk_labels if labels else _sk
+    current, target = np.array(current), np.array(target)
+    axis = None
+    for sp in (current, target):
+        if sp.max() / sp.min() > 3:
+            found = np.where(sp.max() / sp == 1)[0]
+            axis = int(found[0]) if len(found) == 1 else None
+            break
+    if tuple(data.shape[1:]) == tuple(shape):
+        return data
+    out = []
+    for ch in data.astype(float):
+        if axis is None:
+            out.append(fn(ch, shape, order))
+            continue
+        plane = [s for i, s in enumerate(shape) if i != axis]
+        stack = np.stack([fn(np.take(ch, i, axis), plane, order) for i in range(ch.shape[axis])], axis)
+        if stack.shape[axis] == shape[axis]:
+            out.append(stack)
+            continue
+        grids = np.mgrid[: shape[0], : shape[1], : shape[2]].astype(float)
+        coords = np.array([stack.shape[d] / shape[d] * (grids[d] + 0.5) - 0.5 for d in range(3)])
+        out.append(ndimage.map_coordinates(stack, coords, order=0, mode="nearest"))
+    return np.stack(out).astype(data.dtype)
+
+
+# --- target spacing ----------------------------------------------------------------------------
+
+
+def test_target_spacing_is_the_median_when_no_axis_is_much_coarser():
+    spacings = [(1.0, 0.7, 0.7), (2.5, 0.8, 0.8), (1.5, 0.6, 0.6), (0.8, 0.9, 0.9)]
+    shapes = [(400, 512, 512)] * 4
+    assert nnunet_target_spacing(spacings, shapes) == pytest.approx((1.25, 0.75, 0.75))
+
+
+def test_a_much_coarser_axis_with_few_voxels_takes_its_10th_percentile():
+    # median 5 mm vs 0.75 (ratio > 3) and 40 slices * 3 < 512: the coarse axis gets percentile 10 of
+    # (2, 3, 5, 5, 6) = 2.4 (linear interpolation between 2 and 3)
+    spacings = [(2.0, 0.7, 0.7), (3.0, 0.8, 0.8), (5.0, 0.75, 0.75), (5.0, 0.75, 0.75), (6.0, 0.75, 0.75)]
+    shapes = [(40, 512, 512)] * 5
+    assert nnunet_target_spacing(spacings, shapes) == pytest.approx((2.4, 0.75, 0.75))
+    # as many voxels along it as in-plane: the median stays
+    assert nnunet_target_spacing(spacings, [(300, 512, 512)] * 5)[0] == pytest.approx(5.0)
+
+
+def test_the_coarse_axis_never_gets_finer_than_the_others():
+    # percentile 10 of the coarse axis (0.5) is below the other axes' 0.8: it becomes 0.8 + 1e-5
+    spacings = [(0.5, 0.8, 0.8)] * 2 + [(5.0, 0.8, 0.8)] * 4
+    shapes = [(30, 256, 256)] * 6
+    target = nnunet_target_spacing(spacings, shapes)
+    assert target[0] == pytest.approx(0.8 + 1e-5, abs=1e-12) and target[1:] == pytest.approx((0.8, 0.8))
+
+
+def test_new_shape_rounds_each_side():
+    assert new_shape((40, 512, 512), (5.0, 0.7, 0.7), (2.4, 0.75, 0.75)) == (83, 478, 478)
+    assert new_shape((10, 10, 10), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0)) == (10, 10, 10)
+
+
+def test_the_separate_axis_is_the_coarsest_of_an_anisotropic_spacing():
+    assert separate_axis((5.0, 0.8, 0.8), (1.0, 0.8, 0.8)) == 0  # the current spacing decides first
+    assert separate_axis((1.0, 0.8, 0.8), (0.8, 4.0, 0.8)) == 1  # else the target's
+    assert separate_axis((1.0, 0.8, 0.8), (1.0, 0.9, 0.8)) is None  # neither anisotropic
+    assert separate_axis((0.2, 1.0, 1.0), (0.2, 1.0, 1.0)) is None  # two coarsest axes: 3-D resize
+
+
+# --- resampling --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", [1, 3])
+@pytest.mark.parametrize("shape, out", [((7, 9), (13, 5)), ((5, 6, 7), (9, 4, 11)), ((6, 5, 4), (3, 10, 4))])
+def test_resize_is_scikit_images_resize(order, shape, out):
+    arr = np.random.default_rng(0).normal(size=shape)
+    np.testing.assert_array_equal(resize(arr, out, order), _sk(arr, out, order))
+
+
+CASES = [  # (shape, current spacing, target spacing)
+    ((6, 16, 14), (5.0, 0.8, 0.8), (2.0, 1.0, 1.0)),  # anisotropic source: slices 2-D, then nearest along z
+    ((12, 10, 11), (1.0, 0.8, 0.8), (4.0, 1.1, 0.9)),  # anisotropic target: slices 2-D, fewer slices
+    ((8, 9, 10), (1.5, 1.0, 1.2), (1.0, 1.3, 0.8)),  # isotropic enough: one 3-D resize
+    ((7, 8, 9), (0.2, 1.0, 1.0), (0.3, 0.5, 0.5)),  # two coarsest axes: one 3-D resize
+    ((5, 20, 18), (4.0, 0.8, 0.8), (4.0, 1.2, 1.0)),  # slice count kept: in-plane only
+]
+
+
+@pytest.mark.parametrize("shape, current, target", CASES)
+def test_images_and_logits_resample_as_nnunet_does(shape, current, target):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, *shape)).astype(np.float32)
+    grid = new_shape(shape, current, target)
+    for order in (3, 1):  # images, logits
+        ours = resample(x, grid, current, target, order=order)
+        assert ours.dtype == np.float32 and ours.shape == (2, *grid)
+        np.testing.assert_array_equal(ours, _reference(x, grid, current, target, labels=False, order=order))
+
+
+@pytest.mark.parametrize("shape, current, target", CASES)
+def test_labels_resample_as_nnunet_does(shape, current, target):
+    rng = np.random.default_rng(2)
+    label = ndimage.zoom(rng.integers(0, 3, (3, 4, 4)), np.array(shape) / (3, 4, 4), order=0).astype(np.uint8)
+    grid = new_shape(shape, current, target)
+    ours = resample(label[None], grid, current, target, order=1, labels=True)
+    assert ours.dtype == np.uint8 and ours.shape == (1, *grid)
+    np.testing.assert_array_equal(ours, _reference(label[None], grid, current, target, labels=True, order=1))
+    assert set(np.unique(ours)) <= set(np.unique(label))
+
+
+def test_the_same_grid_is_no_work():
+    x = np.ones((1, 4, 5, 6), dtype=np.float32)
+    assert resample(x, (4, 5, 6), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), order=3) is x
+
+
+# --- preprocessing -----------------------------------------------------------------------------
+
+STATS = [{"mean": 40.0, "std": 90.0, "percentile_00_5": -200.0, "percentile_99_5": 250.0},
+         {"mean": -10.0, "std": 50.0, "percentile_00_5": -100.0, "percentile_99_5": 90.0}]
+
+
+@pytest.mark.parametrize("mode", ["none", "ct_window", "ct_foreground", "zscore"])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_the_native_grid_is_the_normalised_volume_channels_first(mode, channels):
+    image = np.random.default_rng(4).normal(0, 300, (6, 10, 9) + ((channels,) if channels > 1 else ())).astype(np.float32)
+    prep = VolumePrep(mode, STATS[:channels])
+    out = prep.image(image, (2.0, 0.8, 0.8))
+    np.testing.assert_array_equal(out, volume_chw(normalize_image(image, mode, 3, STATS[:channels])))
+    assert out.shape == (channels, 6, 10, 9) and prep.grid((6, 10, 9), None) == (6, 10, 9)
+
+
+def test_volumes_are_normalised_before_they_are_resampled():
+    # nnU-Net's order: clipped to the foreground percentiles first, so the cubic resampling stays in
+    # the normalised range; resampling raw HU first would carry the -1000 air into the tissue
+    rng = np.random.default_rng(5)
+    image = np.where(rng.random((6, 12, 12)) < 0.3, -1000.0, rng.normal(60, 40, (6, 12, 12))).astype(np.float32)
+    label = (image > 0).astype(np.uint8)
+    prep = VolumePrep("ct_foreground", STATS[:1], (1.5, 1.0, 1.0))
+    spacing = (4.0, 0.7, 0.7)
+    grid = prep.grid(image.shape, spacing)
+    assert grid == (16, 8, 8)
+    out = prep.image(image, spacing)
+    expected = resample(volume_chw(normalize_image(image, "ct_foreground", 3, STATS[:1])), grid, spacing,
+                        (1.5, 1.0, 1.0), order=3)
+    np.testing.assert_array_equal(out, expected)
+    lo, hi = [(STATS[0][k] - STATS[0]["mean"]) / STATS[0]["std"] for k in ("percentile_00_5", "percentile_99_5")]
+    assert out.min() >= lo - 1e-6 and out.max() <= hi + 1e-6
+    lab = prep.label(label, spacing)
+    assert lab.shape == grid and lab.dtype == np.uint8
+    back = prep.logits_back(np.stack([out[0], -out[0]]), image.shape, spacing)
+    assert back.shape == (2, *image.shape) and back.dtype == np.float32
+
+
+def test_a_volume_without_spacing_cannot_be_resampled():
+    with pytest.raises(BenchError, match=r"case 'a': no voxel spacing, so it cannot be resampled to the target "
+                                         r"spacing \[1.0, 1.0, 1.0\] mm"):
+        VolumePrep("none", None, (1.0, 1.0, 1.0)).image(np.zeros((2, 3, 4), np.float32), None, "case 'a'")
+
+
+def test_the_key_changes_with_anything_that_changes_the_volume():
+    keys = {VolumePrep("ct_foreground", STATS[:1]).key, VolumePrep("ct_foreground", STATS[1:]).key,
+            VolumePrep("ct_foreground", STATS[:1], (1.0, 1.0, 1.0)).key, VolumePrep("zscore").key}
+    assert len(keys) == 4 and VolumePrep("zscore").key == VolumePrep("zscore", None, None).key
