@@ -7,12 +7,12 @@
 - 2-D binary images (ISIC, polyp): image and mask resized to ``img_size`` (bilinear), sigmoid,
   ``>= eval.threshold``; ground truth ``mask >= 0.5``; scored at ``img_size`` (VM-UNet engine.py).
 - Volumes under a 3-D protocol (``patch_size``): nnU-Net v2's prediction. The volume is
-  preprocessed as the training volumes were (``bench.data.preprocess``: normalised, resampled to
-  ``target_spacing``), covered by the sliding window (``sliding_window_logits``): tiles of the patch
+  preprocessed as the training volumes were (``bench.data.preprocess``: cropped to its non-zero
+  region, normalised, resampled to ``target_spacing``), covered by the sliding window (``sliding_window_logits``): tiles of the patch
   size overlapping by ``1 - eval.tile_step``, each tile's logits weighted by a Gaussian; with
   ``eval.mirror`` each tile is also predicted flipped along every combination of axes (nnU-Net's
   test-time mirroring, off in LightM-UNet's ``--disable_tta``). The logits are resampled back to the
-  case's own grid (linear), and their argmax is scored there.
+  cropped grid (linear), and their argmax, pasted into background of the case's own shape, is scored.
 
 Nothing here imports the training loop: evaluation works on any model that follows the forward
 contract.
@@ -158,13 +158,13 @@ def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bo
     if protocol.spatial_dims == 3:  # nnU-Net: preprocess, sliding window, logits back to the case's grid
         if prep is None:
             raise TypeError("predict_case: a 3-D protocol needs prep (bench.data.preprocess.volume_prep)")
-        x = prep.image(case.image, case.spacing, f"test case {case.case_id!r}")
+        what = f"test case {case.case_id!r}"
+        x, box = prep.image(case.image, case.spacing, what)
         logits = sliding_window_logits(model, x, protocol.patch_size, protocol.eval.tile_step, device=device,
                                        dtype=protocol.torch_dtype, batch_size=protocol.train.batch_size,
                                        mirror=protocol.eval.mirror)
-        if prep.spacing is not None:
-            logits = torch.from_numpy(prep.logits_back(logits.cpu().numpy(), case.label.shape, case.spacing))
-        return logits.argmax(dim=0).cpu().numpy(), case.label.astype(np.int64)
+        pred = prep.labels_back(logits.cpu().numpy(), box, case.label.shape, case.spacing, what)
+        return pred, case.label.astype(np.int64)
     images = list(case.image) if case.is_volume else [case.image]
     if binary:  # VM-UNet: image and mask resized bilinearly, scored at model resolution
         labels = list(case.label) if case.is_volume else [case.label]
@@ -193,8 +193,8 @@ def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: 
     ids = scored_ids(dataset, protocol)
     rows: list[dict[str, Any]] = []
     nsd_tolerance = resolve_nsd_tolerance(protocol, dataset, policy)  # before any case is predicted
+    prep = volume_prep(dataset, protocol) if protocol.spatial_dims == 3 else None  # one fingerprint pass
     stats = intensity_stats(dataset, protocol)
-    prep = volume_prep(dataset, protocol) if protocol.spatial_dims == 3 else None
     spacings: list[tuple[float, ...] | None] = []
     volumes = False
     for i, case_id in enumerate(ids):

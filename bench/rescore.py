@@ -77,7 +77,8 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
                          f"the {len(scored)} it was scored on, so cases the model trained on could be {what}")
     # the statistics its images were normalised with in training, not ones drawn from the data as it is now
     dataset.foreground_stats = rec.get("intensity_stats")
-    dataset.target_spacing = rec.get("target_spacing")  # likewise the spacing its volumes were resampled to
+    dataset.target_spacing = rec.get("target_spacing")  # likewise how its volumes were preprocessed
+    dataset.mask_norm = rec.get("mask_norm")
     model = create_model(rec["model"], **rec["model_config"]).to(protocol.torch_dtype)  # float64 runs stay exact
     model.load_state_dict(load_checkpoint(path)["model"])
     return model, dataset, protocol

@@ -175,6 +175,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "intensity_stats": intensity_stats(dataset, protocol),
         # 3-D: the (z, y, x) spacing in mm volumes were resampled to for training and prediction, or null
         "target_spacing": target_spacing(dataset, protocol),
+        # 3-D zscore: whether volumes were z-scored inside their non-zero region (nnU-Net's use_mask_for_norm)
+        "mask_norm": dataset.mask_norm if protocol.spatial_dims == 3 and protocol.normalize == "zscore" else None,
         "policy": spec.policy,
         "policy_conventions": policy_fields(spec.policy),  # the rules behind the name, as they were
         "hd95_unit": scores.hd95_unit,
@@ -335,7 +337,8 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         ds.train_volume_ids()  # 3-D protocols need training volumes: BenchError naming the data otherwise
         if ds.binary:
             raise BenchError(f"protocol {protocol.name!r} (3-D) needs integer class labels; {dataset!r} is binary")
-        target_spacing(ds, protocol)  # reads the headers: a spacing to resample to, before anything trains
+        if protocol.target_spacing != "native":  # spacings in the headers, before anything trains
+            list(ds.train_geometry())
     for m in models:  # img_size, --set overrides and pretrained files, for every model before one trains
         build = build_args(m, protocol, ds, model_overrides or {})
         if protocol.spatial_dims == 3:  # before create_model's img_size check, whose advice names --img-size

@@ -60,7 +60,8 @@ def normalize_image(img: np.ndarray, mode: str, spatial_dims: int = 2,
       image (all channels) to [0, 255]; the mean/std cancel, so only the min-max is computed.
       A constant image (max == min), where the authors' code divides by zero, becomes all 0.
     - ``"zscore"``: per channel, (x - mean) / std over the image (nnU-Net's default for non-CT
-      channels, per 2-D image or slice, or per volume in 3-D protocols); a constant channel becomes 0.
+      channels, per 2-D image or slice, or per cropped volume in 3-D protocols, ``bench.data.preprocess``);
+      a constant channel becomes 0.
     - ``"ct_window"``: CT in HU clipped to [-125, 275] and scaled to [0, 1], the preparation the
       Synapse files were distributed with (TransUNet lineage), for CT in nnU-Net format.
     - ``"ct_foreground"``: nnU-Net's CTNormalization: per channel, clipped to the 0.5th-99.5th
@@ -397,7 +398,8 @@ def nnunet_patch_corner(shape: tuple[int, ...], patch: tuple[int, ...], initial:
     lbs = -pad // 2
     ubs = shape + pad // 2 + pad % 2 - initial
     if label is not None:
-        classes = np.flatnonzero(np.bincount(label.reshape(-1)))[1:]  # present ids > 0 (np.unique sorts)
+        # present ids > 0 (np.unique sorts); -1 marks voxels outside the non-zero region
+        classes = np.flatnonzero(np.bincount(label.reshape(-1).clip(0)))[1:]
         if len(classes):
             cls = classes[int(rng.integers(len(classes)))]
             where = np.flatnonzero(label.reshape(-1) == cls)
@@ -422,15 +424,16 @@ def crop_padded(arr: np.ndarray, corner: np.ndarray, size: tuple[int, ...], fill
 
 
 def nnunet_augment_3d(x: np.ndarray, label: np.ndarray, rng: np.random.Generator,
-                      patch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+                      patch: tuple[int, ...], mask_outside: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """nnU-Net v2.1.1's 3d_fullres training transforms on the region cut by ``nnunet_patch_corner``:
-    x (C, *initial) and label (*initial, -1 where padded) -> float32 (C, *patch) and int64 (*patch).
+    x (C, *initial) and label (*initial, -1 where padded or outside the non-zero region) -> float32
+    (C, *patch) and int64 (*patch).
 
     Draws as ``nnunet_augment``, except step 1: u < 0.2 -> three angles U(-30°, 30°) about axes 0,
     1, 2 (``rotation_3d``); u < 0.2 -> scale split(0.7, 1.4). Either drawn: the patch is resampled
     about the region's centre; neither: the centre patch is cut out (batchgenerators' center crop).
-    Mirroring flips each of the three axes with p 0.5. The -1 padding becomes background at the end
-    (RemoveLabelTransform(-1, 0)). Not reproduced: the 2-D ("dummy") augmentation nnU-Net uses for
+    Mirroring flips each of the three axes with p 0.5. The -1 voxels become background at the end
+    (``clear_outside``: RemoveLabelTransform(-1, 0), after MaskTransform where ``mask_outside``). Not reproduced: the 2-D ("dummy") augmentation nnU-Net uses for
     patches more than 3 times longer in-plane than deep."""
     x = np.asarray(x, dtype=np.float64)
     angles = tuple(rng.uniform(-NNUNET_ROTATION_3D, NNUNET_ROTATION_3D, 3)) if rng.random() < 0.2 else None
@@ -443,8 +446,18 @@ def nnunet_augment_3d(x: np.ndarray, label: np.ndarray, rng: np.random.Generator
         x = crop_padded(x, lo, tuple(patch), 0.0)
         label = crop_padded(label, lo, tuple(patch), -1)
     x, label = _nnunet_intensity_and_mirror(x, label, rng)
-    label = np.where(label < 0, 0, label)
-    return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(label, dtype=np.int64)
+    return clear_outside(x, label, mask_outside)
+
+
+def clear_outside(x: np.ndarray, label: np.ndarray, mask_outside: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The end of nnU-Net's 3-D training transforms: with ``mask_outside`` (volumes z-scored inside their
+    non-zero region, ``VolumePrep.mask_norm``) the image is 0 wherever the label is -1 (MaskTransform,
+    undoing what intensity augmentation did there), then -1 becomes background (RemoveLabelTransform):
+    float32 (C, *patch) and int64 (*patch)."""
+    x = np.array(x, dtype=np.float32, order="C")  # a copy: the caller's region stays as it was
+    if mask_outside:
+        x[:, label < 0] = 0.0
+    return x, np.where(label < 0, 0, label).astype(np.int64)
 
 
 def volume_chw(image: np.ndarray) -> np.ndarray:
@@ -469,8 +482,10 @@ class TrainTransform:
         image, label = tf(ds.load_train(ids[0]), np.random.default_rng([1234, 0, 0]))
     """
 
-    def __init__(self, protocol, binary: bool, run_seed: int, stats: list[dict[str, float]] | None = None):
+    def __init__(self, protocol, binary: bool, run_seed: int, stats: list[dict[str, float]] | None = None,
+                 mask_outside: bool = False):
         self.size = int(protocol.img_size)
+        self.mask_outside = mask_outside  # 3-D: VolumePrep.mask_norm, nnU-Net's MaskTransform
         self.normalize = protocol.normalize
         self.stats = stats  # ct_foreground: the training foreground's statistics
         self.augment = protocol.train.augment
@@ -495,17 +510,18 @@ class TrainTransform:
     def patch_item(self, sample: Sample, rng: np.random.Generator,
                    draw: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """A 3-D training patch from a whole preprocessed volume (``bench.data.preprocess``: image
-        (C, D, H, W), already normalised): nnU-Net's region choice, then its augmentation."""
+        (C, D, H, W), already normalised; label -1 outside the non-zero region): nnU-Net's region
+        choice, then its augmentation."""
         label = np.asarray(sample.label)  # class ids in any integer type: only the patch becomes int64
         force = self.forced_foreground(draw, rng)
         corner = nnunet_patch_corner(label.shape, self.patch, self.initial, rng, label if force else None)
         # nnU-Net pads normalised images with 0 and labels with -1
         x, label = crop_padded(sample.image, corner, self.initial, 0.0), crop_padded(label, corner, self.initial, -1)
-        if self.augment == "nnunet":  # which also turns the -1 padding into background
-            x, label = nnunet_augment_3d(x, label, rng, self.patch)
+        if self.augment == "nnunet":  # which also turns the -1 voxels into background
+            x, label = nnunet_augment_3d(x, label, rng, self.patch, self.mask_outside)
         else:
-            label = np.where(label < 0, 0, label).astype(np.int64)
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(label)
+            x, label = clear_outside(x, label, self.mask_outside)
+        return torch.from_numpy(x), torch.from_numpy(label)
 
     def __call__(self, sample: Sample, rng: np.random.Generator,
                  draw: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

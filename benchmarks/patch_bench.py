@@ -4,8 +4,8 @@ side by side, in one run.
 
 A synthetic nnU-Net dataset of ``--cases`` CT-like volumes (.nii.gz) is written to a temporary
 folder. Items are drawn case after case, so the reader's two-volume memory cache misses as random
-draws over a real dataset would. All cases share one spacing, so preprocessing is the normalisation
-alone (resampling would widen the gap). Each side times ``--repeats`` items (load, preprocessing or
+draws over a real dataset would. All cases share one spacing and have no zero background, so
+preprocessing is the non-zero crop's search and the normalisation (resampling would widen the gap). Each side times ``--repeats`` items (load, preprocessing or
 its cached result, region, nnU-Net's 3-D augmentation) after its set-up (``ct_foreground``'s
 statistics pass) and one warm-up item per volume (which on the cache side writes the .npy files),
 both timed separately. Both
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.cases} synthetic CT volumes {args.depth}x{args.size}x{args.size} (.nii.gz), lightm_unet_3d with "
         f"{args.patch}³ patches (cut from a {'x'.join(map(str, nnunet_initial_patch((args.patch,) * 3)))} region), "
         f"{args.repeats} items drawn case after case; item = load, preprocessing (CT normalisation; one spacing, so "
-        "no resampling) or its cached result, region, nnU-Net's 3-D augmentation.",
+        "no resampling; the crop keeps the whole volume) or its cached result, region, nnU-Net's 3-D augmentation.",
         "",
         "| source | median s / item |",
         "|---|---|",

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 from skimage.transform import resize as sk_resize
 
-from bench.data.preprocess import VolumePrep
+from bench.data.preprocess import VolumePrep, nonzero_box
 from bench.data.resample import new_shape, nnunet_target_spacing, resample, resize, separate_axis
 from bench.errors import BenchError
 from bench.transforms import normalize_image, volume_chw
@@ -152,9 +152,9 @@ STATS = [{"mean": 40.0, "std": 90.0, "percentile_00_5": -200.0, "percentile_99_5
 def test_the_native_grid_is_the_normalised_volume_channels_first(mode, channels):
     image = np.random.default_rng(4).normal(0, 300, (6, 10, 9) + ((channels,) if channels > 1 else ())).astype(np.float32)
     prep = VolumePrep(mode, STATS[:channels])
-    out = prep.image(image, (2.0, 0.8, 0.8))
+    out, box = prep.image(image, (2.0, 0.8, 0.8))
     np.testing.assert_array_equal(out, volume_chw(normalize_image(image, mode, 3, STATS[:channels])))
-    assert out.shape == (channels, 6, 10, 9) and prep.grid((6, 10, 9), None) == (6, 10, 9)
+    assert out.shape == (channels, 6, 10, 9) and box == (slice(0, 6), slice(0, 10), slice(0, 9))
 
 
 def test_volumes_are_normalised_before_they_are_resampled():
@@ -165,27 +165,96 @@ def test_volumes_are_normalised_before_they_are_resampled():
     label = (image > 0).astype(np.uint8)
     prep = VolumePrep("ct_foreground", STATS[:1], (1.5, 1.0, 1.0))
     spacing = (4.0, 0.7, 0.7)
-    grid = prep.grid(image.shape, spacing)
-    assert grid == (16, 8, 8)
-    out = prep.image(image, spacing)
+    grid = (16, 8, 8)
+    out, box = prep.image(image, spacing)
+    assert out.shape == (1, *grid) and box == (slice(0, 6), slice(0, 12), slice(0, 12))  # nothing is 0 here
     expected = resample(volume_chw(normalize_image(image, "ct_foreground", 3, STATS[:1])), grid, spacing,
                         (1.5, 1.0, 1.0), order=3)
     np.testing.assert_array_equal(out, expected)
     lo, hi = [(STATS[0][k] - STATS[0]["mean"]) / STATS[0]["std"] for k in ("percentile_00_5", "percentile_99_5")]
     assert out.min() >= lo - 1e-6 and out.max() <= hi + 1e-6
-    lab = prep.label(label, spacing)
-    assert lab.shape == grid and lab.dtype == np.uint8
-    back = prep.logits_back(np.stack([out[0], -out[0]]), image.shape, spacing)
-    assert back.shape == (2, *image.shape) and back.dtype == np.float32
+    x, lab = prep.case(image, label, spacing)
+    np.testing.assert_array_equal(x, out)
+    assert lab.shape == grid and lab.dtype == np.int8 and set(np.unique(lab)) == {0, 1}
+    logits = np.stack([out[0], -out[0]])
+    back = prep.labels_back(logits, box, image.shape, spacing)
+    expected = resample(logits, image.shape, (1.5, 1.0, 1.0), spacing, order=1).argmax(0)
+    assert back.dtype == np.int64
+    np.testing.assert_array_equal(back, expected)
 
 
 def test_a_volume_without_spacing_cannot_be_resampled():
     with pytest.raises(BenchError, match=r"case 'a': no voxel spacing, so it cannot be resampled to the target "
                                          r"spacing \[1.0, 1.0, 1.0\] mm"):
-        VolumePrep("none", None, (1.0, 1.0, 1.0)).image(np.zeros((2, 3, 4), np.float32), None, "case 'a'")
+        VolumePrep("none", None, (1.0, 1.0, 1.0)).image(np.ones((2, 3, 4), np.float32), None, "case 'a'")
 
 
 def test_the_key_changes_with_anything_that_changes_the_volume():
     keys = {VolumePrep("ct_foreground", STATS[:1]).key, VolumePrep("ct_foreground", STATS[1:]).key,
-            VolumePrep("ct_foreground", STATS[:1], (1.0, 1.0, 1.0)).key, VolumePrep("zscore").key}
-    assert len(keys) == 4 and VolumePrep("zscore").key == VolumePrep("zscore", None, None).key
+            VolumePrep("ct_foreground", STATS[:1], (1.0, 1.0, 1.0)).key, VolumePrep("zscore").key,
+            VolumePrep("zscore", mask_norm=True).key}
+    assert len(keys) == 5 and VolumePrep("zscore").key == VolumePrep("zscore", None, None, False).key
+
+
+# --- the non-zero region -----------------------------------------------------------------------
+
+
+def _mri_like(shape=(8, 14, 12), box=(slice(2, 7), slice(3, 12), slice(1, 10)), channels=1, seed=6):
+    """Positive intensities inside ``box`` with a zero hole in the middle, 0 around it (an MRI's air)."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros(shape + ((channels,) if channels > 1 else ()), np.float32)
+    image[box] = rng.uniform(50, 400, image[box].shape)
+    image[4, 7, 5] = 0.0  # a hole: inside the filled mask, still cropped in
+    return image
+
+
+def test_the_non_zero_box_is_nnunets_crop_with_holes_filled():
+    image = _mri_like()
+    box, mask = nonzero_box(image)
+    assert box == (slice(2, 7), slice(3, 12), slice(1, 10)) and mask.shape == (5, 9, 9) and mask.all()
+    two = _mri_like(channels=2)
+    two[..., 0] = 0
+    two[0, 0, 0, 0] = 1.0  # any channel counts
+    assert nonzero_box(two)[0] == (slice(0, 7), slice(0, 12), slice(0, 10))
+    empty = np.zeros((3, 4, 5), np.float32)  # nothing non-zero: the whole volume (acvl's get_bbox_from_mask)
+    assert nonzero_box(empty)[0] == (slice(0, 3), slice(0, 4), slice(0, 5))
+
+
+def test_mask_norm_z_scores_inside_the_non_zero_region_and_keeps_the_outside_at_zero():
+    image = _mri_like((8, 14, 12), (slice(1, 8), slice(0, 14), slice(0, 12)))
+    image[1:8, 0, 0] = 0.0  # an edge of the crop box outside the mask
+    (x,), box = VolumePrep("zscore", mask_norm=True).image(image, None)
+    _, mask = nonzero_box(image)
+    inside = image[box][mask].astype(np.float64)
+    np.testing.assert_allclose(x[mask], (inside - inside.mean()) / inside.std(), rtol=1e-5, atol=1e-5)
+    assert (~mask).any() and (x[~mask] == 0).all()
+    (plain,), _ = VolumePrep("zscore").image(image, None)  # whole-box statistics: the zeros count
+    assert not np.allclose(plain[mask], x[mask])
+
+
+def test_training_labels_are_minus_one_outside_and_predictions_background_there():
+    image = _mri_like()
+    label = np.zeros(image.shape, np.uint8)
+    label[3:5, 5:9, 3:7] = 2
+    image[0, 0, 0] = 0.0
+    prep = VolumePrep("zscore", mask_norm=True)
+    x, lab = prep.case(image, label, None)
+    box, mask = nonzero_box(image)
+    assert x.shape == (1, 5, 9, 9) and lab.shape == (5, 9, 9) and lab.dtype == np.int8
+    np.testing.assert_array_equal(lab[mask], label[box][mask])
+    logits = np.stack([np.zeros(lab.shape), (lab == 2).astype(float), np.zeros(lab.shape)]) + 0.1
+    pred = prep.labels_back(logits.astype(np.float32), box, image.shape, None)
+    assert pred.shape == image.shape and (pred[box] == (lab == 2)).all() and pred.sum() == (lab == 2).sum()
+
+
+def test_mask_outside_zeroes_the_image_where_the_label_is_minus_one():
+    from bench.transforms import clear_outside
+
+    x = np.full((2, 3, 3, 3), 5.0)
+    label = np.zeros((3, 3, 3), np.int64)
+    label[0] = -1
+    label[1, 1, 1] = 2
+    out, lab = clear_outside(x, label, True)
+    assert (out[:, 0] == 0).all() and (out[:, 1:] == 5).all() and (x == 5).all()  # the input untouched
+    assert lab.dtype == np.int64 and lab.min() == 0 and lab[1, 1, 1] == 2
+    assert (clear_outside(x, label, False)[0] == 5).all()

@@ -16,6 +16,7 @@ from bench import transforms as T
 from bench.data import open_dataset, synthesize
 from bench.data.intensity import foreground_statistics
 from bench.data.preprocess import VolumePrep, volume_prep
+from bench.data.resample import new_shape
 from bench.errors import BenchError
 from bench.evaluate import gaussian_importance, sliding_window_logits, tile_starts
 from bench.protocol import load_protocol
@@ -175,8 +176,8 @@ def test_training_patches_are_reproducible_and_shaped(tmp_path):
 
     data = TrainDataset(ds, proto, seed=5)
     assert data.ids == ds.train_volume_ids() and not any(":" in i for i in data.ids)  # cases, not slices
-    # whole volumes wait in the cache with 8-bit labels; what the loaders hand out is int64
-    assert ds.load_train_volume(data.ids[0], volume_prep(ds, proto)).label.dtype == np.uint8
+    # whole volumes wait in the cache with 8-bit labels (-1 outside the non-zero region); the loaders hand out int64
+    assert ds.load_train_volume(data.ids[0], volume_prep(ds, proto)).label.dtype == np.int8
     assert ds.load_test(ds.test_ids()[0]).label.dtype == ds.load_train(ds.train_ids()[0]).label.dtype == np.int64
     image, label = data[(0, 1)]
     assert image.shape == (1, 8, 16, 16) and image.dtype == torch.float32
@@ -442,7 +443,7 @@ def test_lightm_unet_3d_run_trains_on_patches_and_scores_whole_volumes(volumes, 
     assert {tuple(shape[1:]) for shape in cached} != {(8, 24, 24)}  # training grids changed
     (case,) = ds.test_ids()
     native = ds.load_test(case).label.shape
-    assert VolumePrep("none", None, tuple(rec["target_spacing"])).grid(native, ds.load_test(case).spacing) != native
+    assert new_shape(native, ds.load_test(case).spacing, rec["target_spacing"]) != native  # predicted resampled
     assert {c["case"] for c in rec["per_case"]} == {case}
     assert {c["tp"] + c["fp"] + c["fn"] + c["tn"] for c in rec["per_case"]} == {int(np.prod(native))}
     # the written prediction is the scored one, with the label file's geometry
@@ -510,3 +511,51 @@ def test_3d_protocol_refuses_slice_data_and_2d_protocol_refuses_a_patch(tmp_path
     proc = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
                   "--results", tmp_path / "r", "--target-spacing", "nnunet", check=False)
     assert proc.returncode == 2 and "resampling to a spacing belongs to 3-D protocols" in proc.stderr
+
+
+def test_3d_zscore_on_volumes_with_zero_background_normalises_inside_the_non_zero_region(tmp_path):
+    # MRI-like: each case's head sits in a zero background that cropping removes (over a quarter of
+    # the volume), so nnU-Net z-scores inside the non-zero region; the run records that, its rescore
+    # preprocesses the same way, and the target spacing's voxel rule sees the cropped shapes
+    import nibabel as nib
+
+    from bench.data.preprocess import nonzero_box
+    from bench.data.resample import nnunet_target_spacing
+
+    root = synthesize("nnunet", tmp_path / "mri", dims=3, n_cases=5, depth=8, size=24)
+    for path in sorted((root / "imagesTr").glob("*.nii.gz")):
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)  # (x, y, z)
+        head = np.zeros_like(data)
+        head[3:21, 2:22, 1:7] = data[3:21, 2:22, 1:7] + 2000.0  # positive inside, 0 around
+        nib.save(nib.Nifti1Image(head, img.affine), str(path))
+    ds = open_dataset("nnunet", root)
+    proto = load_protocol("lightm_unet_3d").with_overrides(normalize="zscore", patch_size=[8, 16, 16])
+    prep = volume_prep(ds, proto)
+    assert prep.mask_norm and ds.mask_norm is True and prep.stats is None
+    from bench.data.torch_dataset import TrainDataset
+
+    assert TrainDataset(ds, proto, seed=0).transform.mask_outside  # nnU-Net's MaskTransform after augmentation
+    cropped = [nonzero_box(image)[0] for image, _ in ds.train_cases()]
+    assert {tuple(s.stop - s.start for s in box) for box in cropped} == {(6, 20, 18)}
+    spacings = [g[1] for g in ds.train_geometry()]
+    assert ds.target_spacing == nnunet_target_spacing(spacings, [(6, 20, 18)] * len(spacings))
+    ct = open_dataset("nnunet", synthesize("nnunet", tmp_path / "ct", dims=3, n_cases=5, depth=8, size=24))
+    assert not volume_prep(ct, proto).mask_norm  # CT-like air is not 0: nothing cropped away
+    path = tmp_path / "zscore3d.toml"
+    text = (PROTOCOLS / "lightm_unet_3d.toml").read_text()
+    path.write_text(text.replace('name = "lightm_unet_3d"', 'name = "zscore3d"')
+                    .replace('normalize = "ct_foreground"', 'normalize = "zscore"'))
+    res = tmp_path / "res"
+    _bench("run", "--models", "lightm_unet", "--dataset", "nnunet", "--data-root", root, "--protocol", path,
+           "--results", res, *FAST3D)
+    (rec_path,) = sorted((res / "records").glob("*.json"))
+    rec = json.loads(rec_path.read_text())
+    assert rec["mask_norm"] is True and rec["intensity_stats"] is None
+    from bench.rescore import run_model
+
+    assert run_model({**rec, "mask_norm": False}, res, path)[1].mask_norm is False  # the record's, not redrawn
+    assert {c["tp"] + c["fp"] + c["fn"] + c["tn"] for c in rec["per_case"]} == {8 * 24 * 24}
+    _bench("rescore", "--results", res, "--policy", "legacy-synapse", "--protocol", path)
+    twin = json.loads((res / "records" / f"{rec['run_id']}.legacy-synapse.json").read_text())
+    assert [c["tp"] for c in twin["per_case"]] == [c["tp"] for c in rec["per_case"]]

@@ -69,6 +69,9 @@ class SegDataset:
         # target_spacing = "nnunet": the (z, y, x) spacing 3-D volumes are resampled to
         # (bench.data.preprocess), computed on first use or set from a run's record
         self.target_spacing: tuple[float, ...] | None = None
+        # normalize = "zscore" in 3-D: whether volumes are z-scored inside their non-zero region
+        # (nnU-Net's use_mask_for_norm, bench.data.preprocess), decided once or set from a record
+        self.mask_norm: bool | None = None
         # 3-D protocols: a folder where preprocessed training volumes are kept as .npy and memory-mapped,
         # so a patch reads its region only (bench run sets <results>/cache); None: decode each time
         self.volume_cache: Path | None = None

@@ -430,20 +430,20 @@ class NnUNetDataset(SegDataset):
         return list(self._train_cases)
 
     def load_train_volume(self, case_id: str, prep: VolumePrep) -> Sample:
-        """A whole training volume as ``prep`` makes it (image float32 (C, *grid), label in its compact
-        unsigned type), read-only (patches are cut from it): memory-mapped .npy files under
-        ``volume_cache`` when it is set (written on first use), else preprocessed here each time."""
+        """A whole training volume as ``prep`` makes it (image float32 (C, *grid), label in a compact
+        signed type, -1 outside the non-zero region), read-only (patches are cut from it): memory-mapped
+        .npy files under ``volume_cache`` when it is set (written on first use), else preprocessed here
+        each time."""
         if self.volume_cache is not None:
             image, label = self._mapped_volume(case_id, prep)
         else:
-            image, label = (a.view() for a in self._preprocessed(case_id, prep))  # the native grid: cached arrays
+            image, label = self._preprocessed(case_id, prep)
             image.flags.writeable = label.flags.writeable = False
         return Sample(image=image, label=label, name=case_id)
 
     def _preprocessed(self, case: str, prep: VolumePrep) -> tuple[np.ndarray, np.ndarray]:
         image, label, spacing = self._case_arrays(case)
-        what = str(label_path(self.root, case, self.file_ending))
-        return prep.image(image, spacing, what), prep.label(label, spacing, what)
+        return prep.case(image, label, spacing, str(label_path(self.root, case, self.file_ending)))
 
     def _mapped_volume(self, case: str, prep: VolumePrep) -> tuple[np.ndarray, np.ndarray]:
         """(image, label) of ``case`` preprocessed by ``prep``, as read-only memory maps of .npy files in

@@ -1,13 +1,23 @@
-"""nnU-Net's preprocessing of a 3-D case, for patch protocols (``patch_size``): the whole volume is
-normalised (``normalize``, with the training foreground's statistics for ``ct_foreground``), then
-resampled to the protocol's ``target_spacing`` (nnU-Net v2's DefaultPreprocessor order: normalise,
-then resample; ``bench.data.resample``). Training patches are cut from volumes preprocessed once
-(kept under ``<results>/cache``); a test case is preprocessed the same way, predicted by the sliding
-window, and its logits resampled back to the case's own grid, where it is scored (nnU-Net's export).
+"""nnU-Net v2's preprocessing of a 3-D case, for patch protocols (``patch_size``), in its
+DefaultPreprocessor's order:
 
-Not reproduced: the crop to the non-zero region before both steps (for CT, whose air is far from
-0, the whole volume) and the axis transposition nnU-Net plans so that the coarsest axis comes first
-(the (z, y, x) order the NIfTI reader gives already has it first where z is the coarsest).
+1. crop to the non-zero region: the bounding box of the voxels non-zero in any channel, holes
+   filled; label voxels of background outside that region become -1 (``nonzero_box``);
+2. normalise (``normalize``, with the training foreground's statistics for ``ct_foreground``); a
+   z-scored channel takes its mean and std inside the non-zero region only, and leaves the outside
+   at 0, where nnU-Net's planner says so (``mask_norm``: cropping took away over a quarter of the
+   median training case);
+3. resample to the protocol's ``target_spacing`` (``bench.data.resample``).
+
+Training patches are cut from volumes preprocessed once (kept under ``<results>/cache``); a test
+case is preprocessed the same way, predicted by the sliding window, its logits resampled back to
+the cropped grid, and the argmax pasted into background of the case's own shape, where it is
+scored (nnU-Net's export). The dataset-level inputs (foreground statistics, the target spacing's
+cropped shapes, the median share cropping keeps) come from one pass over the training cases, as
+nnU-Net's fingerprint does, and go into the run's record.
+
+Not reproduced: the axis transposition nnU-Net plans so that the coarsest axis comes first (the
+(z, y, x) order the NIfTI reader gives already has it first where z is the coarsest).
 """
 
 from __future__ import annotations
@@ -18,21 +28,40 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
-from bench.data.intensity import intensity_stats
+from bench.data.intensity import foreground_statistics
 from bench.data.resample import new_shape, nnunet_target_spacing, resample
 from bench.errors import BenchError
 from bench.transforms import normalize_image, volume_chw
 
+MASK_NORM_BELOW = 0.75  # nnU-Net: z-score inside the non-zero region when cropping keeps less (median)
+
+
+def nonzero_box(image: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray]:
+    """nnU-Net's ``crop_to_nonzero`` for a (D, H, W) or channels-last volume: the bounding box of the voxels
+    non-zero in any channel with holes filled (the whole volume when none is), and that mask inside it."""
+    chans = image[..., None] if image.ndim == 3 else image
+    mask = ndimage.binary_fill_holes(np.any(chans != 0, axis=-1))
+    if not mask.any():
+        return tuple(slice(0, n) for n in mask.shape), mask
+    box = []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box), mask[tuple(box)]
+
 
 @dataclass(frozen=True)
 class VolumePrep:
-    """How a volume reaches the network: ``normalize`` (with ``stats``), then ``spacing`` (mm per axis,
-    (z, y, x)), or the native grid when None."""
+    """How a volume reaches the network: cropped, normalised by ``normalize`` (with ``stats``; z-scores
+    inside the non-zero region when ``mask_norm``), then resampled to ``spacing`` (mm per axis,
+    (z, y, x)), or kept on its grid when None."""
 
     normalize: str
     stats: list[dict[str, float]] | None = None
     spacing: tuple[float, ...] | None = None
+    mask_norm: bool = False
 
     def _native(self, spacing: Sequence[float] | None, what: str) -> tuple[float, ...]:
         if spacing is None:
@@ -40,56 +69,110 @@ class VolumePrep:
                              f"{list(self.spacing)} mm")
         return tuple(float(s) for s in spacing)
 
-    def grid(self, shape: Sequence[int], spacing: Sequence[float] | None, what: str = "the volume") -> tuple[int, ...]:
-        """The spatial shape a volume of ``shape`` at ``spacing`` has once preprocessed."""
+    def _grid(self, shape: Sequence[int], spacing: Sequence[float] | None, what: str) -> tuple[int, ...]:
         if self.spacing is None:
             return tuple(int(s) for s in shape)
         return new_shape(shape, self._native(spacing, what), self.spacing)
 
-    def image(self, image: np.ndarray, spacing: Sequence[float] | None, what: str = "the volume") -> np.ndarray:
-        """(D, H, W) or channels-last (D, H, W, C) -> float32 (C, *grid)."""
-        x = volume_chw(normalize_image(image, self.normalize, spatial_dims=3, stats=self.stats))
+    def image(self, image: np.ndarray, spacing: Sequence[float] | None,
+              what: str = "the volume") -> tuple[np.ndarray, tuple[slice, ...]]:
+        """(D, H, W) or channels-last (D, H, W, C) -> float32 (C, *grid) and the crop box it came from."""
+        box, mask = nonzero_box(image)
+        return self._image(image[box], mask, spacing, what), box
+
+    def _image(self, cropped: np.ndarray, mask: np.ndarray, spacing, what: str) -> np.ndarray:
+        if self.mask_norm and self.normalize == "zscore":  # nnU-Net's ZScoreNormalization, use_mask_for_norm
+            x = volume_chw(np.asarray(cropped, dtype=np.float32)).copy()
+            for ch in x:
+                inside = ch[mask].astype(np.float64)
+                if inside.size:
+                    ch[mask] = (inside - inside.mean()) / max(inside.std(), 1e-8)
+        else:
+            x = volume_chw(normalize_image(cropped, self.normalize, spatial_dims=3, stats=self.stats))
         if self.spacing is None:
             return x
         native = self._native(spacing, what)
-        return resample(x, self.grid(x.shape[1:], native), native, self.spacing, order=3)
+        return resample(x, self._grid(x.shape[1:], native, what), native, self.spacing, order=3)
 
-    def label(self, label: np.ndarray, spacing: Sequence[float] | None, what: str = "the volume") -> np.ndarray:
-        """Class ids (D, H, W) -> the same type on the preprocessed grid."""
-        if self.spacing is None:
-            return label
-        native = self._native(spacing, what)
-        return resample(label[None], self.grid(label.shape, native), native, self.spacing, order=1, labels=True)[0]
+    def case(self, image: np.ndarray, label: np.ndarray, spacing: Sequence[float] | None,
+             what: str = "the volume") -> tuple[np.ndarray, np.ndarray]:
+        """A training case: image float32 (C, *grid), label (*grid) in a signed type, -1 outside the
+        non-zero region (where nnU-Net's sampling and augmentation treat it as padding)."""
+        box, mask = nonzero_box(image)
+        x = self._image(image[box], mask, spacing, what)
+        lab = np.asarray(label[box]).astype(np.min_scalar_type(-int(label.max(initial=0)) - 1))
+        lab[(lab == 0) & ~mask] = -1
+        if self.spacing is not None:
+            native = self._native(spacing, what)
+            lab = resample(lab[None], x.shape[1:], native, self.spacing, order=1, labels=True)[0]
+        return x, lab
 
-    def logits_back(self, logits: np.ndarray, shape: Sequence[int], spacing: Sequence[float] | None,
-                    what: str = "the volume") -> np.ndarray:
-        """Logits (K, *grid) -> (K, *shape) on the case's own grid (nnU-Net resamples logits, order 1)."""
-        if self.spacing is None:
-            return logits
-        return resample(logits, shape, self.spacing, self._native(spacing, what), order=1)
+    def labels_back(self, logits: np.ndarray, box: tuple[slice, ...], shape: Sequence[int],
+                    spacing: Sequence[float] | None, what: str = "the volume") -> np.ndarray:
+        """Logits (K, *grid) of ``image``'s output -> int64 class ids of the case's ``shape``: the logits
+        resampled back to the crop box (nnU-Net resamples logits, order 1), their argmax pasted into
+        background."""
+        if self.spacing is not None:
+            crop = tuple(s.stop - s.start for s in box)
+            logits = resample(logits, crop, self.spacing, self._native(spacing, what), order=1)
+        out = np.zeros(tuple(shape), dtype=np.int64)
+        out[box] = np.argmax(logits, axis=0)
+        return out
 
     @property
     def key(self) -> str:
         """A short signature of everything that changes a preprocessed volume (cache file names)."""
-        text = json.dumps([self.normalize, self.stats, self.spacing], sort_keys=True)
+        text = json.dumps([self.normalize, self.stats, self.spacing, self.mask_norm], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _fingerprint(dataset, protocol) -> None:
+    """Fill what ``protocol`` needs and ``dataset`` lacks (``foreground_stats``, ``target_spacing``,
+    ``mask_norm``) in one pass over the training cases, as nnU-Net's fingerprint: the statistics of
+    the foreground, each case's spacing (its header) and shape after cropping, the share cropping keeps."""
+    need_stats = protocol.normalize == "ct_foreground" and dataset.foreground_stats is None
+    need_spacing = protocol.target_spacing == "nnunet" and dataset.target_spacing is None
+    need_mask = protocol.normalize == "zscore" and dataset.mask_norm is None
+    if not (need_stats or need_spacing or need_mask):
+        return
+    shapes: list[tuple[int, ...]] = []
+    kept: list[float] = []
+
+    def cropped_cases():
+        for image, label in dataset.train_cases():
+            box, _ = nonzero_box(image)
+            shapes.append(tuple(s.stop - s.start for s in box))
+            kept.append(float(np.prod(shapes[-1]) / np.prod(label.shape)))
+            yield image, label
+
+    if need_stats:
+        dataset.foreground_stats = foreground_statistics(cropped_cases(), dataset.n_train_cases)
+    else:
+        for _ in cropped_cases():
+            pass
+    if need_spacing:
+        spacings = [spacing for _, spacing in dataset.train_geometry()]
+        dataset.target_spacing = nnunet_target_spacing(spacings, shapes)
+    if dataset.mask_norm is None:
+        dataset.mask_norm = bool(np.median(kept) < MASK_NORM_BELOW)
 
 
 def target_spacing(dataset, protocol) -> tuple[float, ...] | None:
     """The spacing ``protocol.target_spacing`` names for ``dataset``: None for "native", the given
-    (z, y, x), or for "nnunet" the 3d_fullres rule over the training cases' spacings and shapes, from
-    ``dataset.target_spacing`` where a run's record set it, else computed once and kept there."""
+    (z, y, x), or for "nnunet" the 3d_fullres rule over the training cases' spacings and cropped
+    shapes, from ``dataset.target_spacing`` where a run's record set it, else computed once and kept there."""
     spec = protocol.target_spacing
     if spec == "native":
         return None
     if spec != "nnunet":
         return tuple(float(v) for v in spec)
-    if dataset.target_spacing is None:
-        shapes, spacings = zip(*dataset.train_geometry())
-        dataset.target_spacing = nnunet_target_spacing(spacings, shapes)
+    _fingerprint(dataset, protocol)
     return tuple(float(v) for v in dataset.target_spacing)
 
 
 def volume_prep(dataset, protocol) -> VolumePrep:
     """The preprocessing of ``dataset``'s volumes under a 3-D ``protocol``."""
-    return VolumePrep(protocol.normalize, intensity_stats(dataset, protocol), target_spacing(dataset, protocol))
+    _fingerprint(dataset, protocol)
+    stats = dataset.foreground_stats if protocol.normalize == "ct_foreground" else None
+    mask_norm = protocol.normalize == "zscore" and bool(dataset.mask_norm)
+    return VolumePrep(protocol.normalize, stats, target_spacing(dataset, protocol), mask_norm)

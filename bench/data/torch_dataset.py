@@ -50,12 +50,13 @@ class TrainDataset(Dataset):
         self.dataset = dataset
         self.seed = int(seed)
         volumes = protocol.spatial_dims == 3  # 3-D protocols cut patches from whole training volumes
-        # 3-D: each volume normalised and resampled once (nnU-Net's preprocessing), patches cut from it
-        self.load = functools.partial(dataset.load_train_volume, prep=volume_prep(dataset, protocol)) if volumes \
-            else dataset.load_train
+        # 3-D: each volume cropped, normalised and resampled once (nnU-Net's preprocessing), patches cut from it
+        prep = volume_prep(dataset, protocol) if volumes else None
+        self.load = functools.partial(dataset.load_train_volume, prep=prep) if volumes else dataset.load_train
         self.ids = list((dataset.train_volume_ids() if volumes else dataset.train_ids()) if ids is None else ids)
         self.transform = transform or TrainTransform(protocol, binary=dataset.binary, run_seed=self.seed,
-                                                     stats=intensity_stats(dataset, protocol))
+                                                     stats=intensity_stats(dataset, protocol),
+                                                     mask_outside=bool(prep and prep.mask_norm))
         self._epoch = torch.zeros((), dtype=torch.int64)
         try:
             self._epoch.share_memory_()
