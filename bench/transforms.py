@@ -225,12 +225,13 @@ def _split_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 
 def _nnunet_spatial(
-    x: np.ndarray, label: np.ndarray, rot: np.ndarray, scale: float, out_shape: tuple[int, ...] | None = None
+    x: np.ndarray, label: np.ndarray, rot: np.ndarray, scale: float | tuple[float, ...],
+    out_shape: tuple[int, ...] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """batchgenerators ``augment_spatial`` without elastic deformation, on x (C, *in) and label (*in), to
     ``out_shape`` (default: the input's): output voxel p reads the input at ``rot.T @ (p - c_out) * scale
     + c_in``, c the centres ((n - 1) / 2 per axis), so a scale > 1 shows more of the image, i.e. shrinks
-    the content. The image is cubic with 0 outside; each label's indicator (the -1 padding of a 3-D patch
+    the content (``scale``: one factor, or one per axis). The image is cubic with 0 outside; each label's indicator (the -1 padding of a 3-D patch
     included) is linear with -1 outside and assigned where >= 0.5, in ascending label order over a zero
     start (voxels no label reaches, e.g. outside, stay 0). scipy's mode "constant" returns the fill for
     any sample beyond [0, n - 1], so rounding can drop an edge row, as there."""
@@ -239,7 +240,8 @@ def _nnunet_spatial(
     n = len(out_shape)
     grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in out_shape], indexing="ij"))
     ctr_out = ((np.array(out_shape, dtype=np.float64) - 1) / 2.0)[:, None]
-    coords = ((rot.T @ (grid.reshape(n, -1) - ctr_out)) * scale + ((shape_in - 1) / 2.0)[:, None])
+    scales = np.broadcast_to(np.asarray(scale, dtype=np.float64), (n,))[:, None]
+    coords = ((rot.T @ (grid.reshape(n, -1) - ctr_out)) * scales + ((shape_in - 1) / 2.0)[:, None])
     coords = coords.reshape(n, *out_shape)
     image = np.stack([ndimage.map_coordinates(ch, coords, order=3, mode="constant", cval=0.0) for ch in x])
     out = np.zeros(out_shape, dtype=label.dtype)
@@ -270,8 +272,9 @@ def _nnunet_contrast(ch: np.ndarray, factor: float) -> np.ndarray:
     return np.clip((ch - mean) * factor + mean, ch.min(), ch.max())
 
 
-def _nnunet_lowres(ch: np.ndarray, zoom: float) -> np.ndarray:
-    """``augment_linear_downsampling_scipy``: nearest-neighbour down to ``round(shape * zoom)``, cubic back up.
+def _nnunet_lowres(ch: np.ndarray, zoom: float, keep_axis0: bool = False) -> np.ndarray:
+    """``augment_linear_downsampling_scipy``: nearest-neighbour down to ``round(shape * zoom)``, cubic back up;
+    ``keep_axis0``: axis 0 keeps its size (``ignore_axes=(0,)``, nnU-Net's dummy 2-D augmentation).
 
     batchgenerators calls ``skimage.transform.resize(..., mode="edge", anti_aliasing=False)``; with
     scipy >= 1.6 that is ``ndimage.zoom(grid_mode=True, mode="nearest")`` to the exact target shape, output
@@ -279,6 +282,8 @@ def _nnunet_lowres(ch: np.ndarray, zoom: float) -> np.ndarray:
     """
     shape = np.array(ch.shape)
     small = np.round(shape * zoom).astype(int)  # numpy's half-to-even rounding, as batchgenerators
+    if keep_axis0:
+        small[0] = shape[0]
     down = _fit(ndimage.zoom(ch, small / shape, order=0, mode="nearest", grid_mode=True), tuple(small))
     up = _fit(ndimage.zoom(down, shape / small, order=3, mode="nearest", grid_mode=True), ch.shape)
     return np.clip(up, down.min(), down.max())
@@ -334,9 +339,10 @@ def nnunet_augment(
     return np.ascontiguousarray(out, dtype=np.float32), np.ascontiguousarray(label)
 
 
-def _nnunet_intensity_and_mirror(x: np.ndarray, label: np.ndarray,
-                                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Steps 2-8 of ``nnunet_augment`` on x (C, *spatial) float64 and label (*spatial), any dimension."""
+def _nnunet_intensity_and_mirror(x: np.ndarray, label: np.ndarray, rng: np.random.Generator,
+                                 keep_axis0: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 2-8 of ``nnunet_augment`` on x (C, *spatial) float64 and label (*spatial), any dimension
+    (``keep_axis0``: the low-resolution step leaves axis 0 alone, as in the dummy 2-D augmentation)."""
     if rng.random() < 0.1:
         std = rng.uniform(0.0, 0.1)
         x = x + rng.normal(0.0, std, x.shape)  # a field per channel, one std for all
@@ -353,7 +359,7 @@ def _nnunet_intensity_and_mirror(x: np.ndarray, label: np.ndarray,
     if rng.random() < 0.25:
         for c in range(len(x)):
             if rng.random() < 0.5:
-                x[c] = _nnunet_lowres(x[c], rng.uniform(0.5, 1.0))
+                x[c] = _nnunet_lowres(x[c], rng.uniform(0.5, 1.0), keep_axis0)
     for invert, p in ((True, 0.1), (False, 0.3)):
         if rng.random() < p:
             for c in range(len(x)):
@@ -368,19 +374,31 @@ def _nnunet_intensity_and_mirror(x: np.ndarray, label: np.ndarray,
 
 NNUNET_ROTATION_3D = 30.0 / 360 * 2 * np.pi  # 3d_fullres: U(-30°, 30°) about each axis
 NNUNET_INITIAL_SCALE = 0.85  # the smaller end of the scale range get_patch_size is given
+DUMMY_2D_RATIO = 3.0  # nnU-Net's ANISO_THRESHOLD
+
+
+def dummy_2d(patch: tuple[int, ...]) -> bool:
+    """nnU-Net's ``do_dummy_2d_data_aug``: a 3-D patch whose longest side is over 3 times its depth
+    (axis 0) is rotated and scaled in-plane only, each slice alike, as 2-D data (angle U(-180°, 180°))."""
+    return len(patch) == 3 and max(patch) / patch[0] > DUMMY_2D_RATIO
 
 
 def nnunet_initial_patch(patch: tuple[int, ...]) -> tuple[int, ...]:
-    """nnU-Net's ``get_patch_size`` for a 3-D patch with its ±30° rotations and scale (0.85, 1.25):
-    the region cut from a volume so that the rotated, scaled patch stays inside it. The patch
-    rotated by the largest angle about each axis in turn, the largest absolute extent per axis,
-    divided by 0.85 and truncated (128³ -> 205³)."""
+    """nnU-Net's ``get_patch_size`` for a 3-D patch with its rotations and scale (0.85, 1.25): the
+    region cut from a volume so that the rotated, scaled patch stays inside it. The patch rotated by
+    the largest angle about each axis in turn (±30°; a dummy 2-D patch: about axis 0 only, by its
+    ±180° capped at 90° as get_patch_size caps it), the largest absolute extent per axis, divided by
+    0.85 and truncated (128³ -> 205³); a dummy 2-D patch keeps its depth."""
     vec = np.array(patch, dtype=np.float64)
     extent = vec.copy()
     a = NNUNET_ROTATION_3D
-    for angles in ((a, 0, 0), (0, a, 0), (0, 0, a)):
+    turns = ((np.pi / 2, 0, 0),) if dummy_2d(patch) else ((a, 0, 0), (0, a, 0), (0, 0, a))
+    for angles in turns:
         extent = np.maximum(extent, np.abs(vec @ rotation_3d(*angles)))
-    return tuple(int(v) for v in extent / NNUNET_INITIAL_SCALE)
+    initial = [int(v) for v in extent / NNUNET_INITIAL_SCALE]
+    if dummy_2d(patch):
+        initial[0] = patch[0]
+    return tuple(initial)
 
 
 def nnunet_patch_corner(shape: tuple[int, ...], patch: tuple[int, ...], initial: tuple[int, ...],
@@ -433,19 +451,32 @@ def nnunet_augment_3d(x: np.ndarray, label: np.ndarray, rng: np.random.Generator
     1, 2 (``rotation_3d``); u < 0.2 -> scale split(0.7, 1.4). Either drawn: the patch is resampled
     about the region's centre; neither: the centre patch is cut out (batchgenerators' center crop).
     Mirroring flips each of the three axes with p 0.5. The -1 voxels become background at the end
-    (``clear_outside``: RemoveLabelTransform(-1, 0), after MaskTransform where ``mask_outside``). Not reproduced: the 2-D ("dummy") augmentation nnU-Net uses for
-    patches more than 3 times longer in-plane than deep."""
+    (``clear_outside``: RemoveLabelTransform(-1, 0), after MaskTransform where ``mask_outside``).
+
+    A ``dummy_2d`` patch takes the 2-D draws instead: u < 0.2 -> an angle U(-180°, 180°) rotating
+    each slice in the plane of axes 1 and 2; u < 0.2 -> scale split(0.7, 1.4) of those two axes; and
+    the low-resolution step leaves axis 0 alone (nnU-Net's Convert3DTo2D around the spatial step,
+    ignore_axes=(0,))."""
     x = np.asarray(x, dtype=np.float64)
-    angles = tuple(rng.uniform(-NNUNET_ROTATION_3D, NNUNET_ROTATION_3D, 3)) if rng.random() < 0.2 else None
+    flat = dummy_2d(patch)
+    if flat:
+        angle = rng.uniform(-np.pi, np.pi) if rng.random() < 0.2 else None
+        rot = np.eye(3)
+        rot[1:, 1:] = _rotation_2d(0.0 if angle is None else angle)
+        drawn = angle is not None
+    else:
+        angles = tuple(rng.uniform(-NNUNET_ROTATION_3D, NNUNET_ROTATION_3D, 3)) if rng.random() < 0.2 else None
+        rot = rotation_3d(*(angles or (0.0, 0.0, 0.0)))
+        drawn = angles is not None
     scale = _split_uniform(rng, 0.7, 1.4) if rng.random() < 0.2 else None
-    if angles is not None or scale is not None:
-        x, label = _nnunet_spatial(x, label, rotation_3d(*(angles or (0.0, 0.0, 0.0))),
-                                   1.0 if scale is None else scale, tuple(patch))
+    if drawn or scale is not None:
+        s = 1.0 if scale is None else scale
+        x, label = _nnunet_spatial(x, label, rot, (1.0, s, s) if flat else s, tuple(patch))
     else:
         lo = (np.array(label.shape) - np.array(patch)) // 2
         x = crop_padded(x, lo, tuple(patch), 0.0)
         label = crop_padded(label, lo, tuple(patch), -1)
-    x, label = _nnunet_intensity_and_mirror(x, label, rng)
+    x, label = _nnunet_intensity_and_mirror(x, label, rng, keep_axis0=flat)
     return clear_outside(x, label, mask_outside)
 
 
@@ -485,7 +516,7 @@ class TrainTransform:
     def __init__(self, protocol, binary: bool, run_seed: int, stats: list[dict[str, float]] | None = None,
                  mask_outside: bool = False):
         self.size = int(protocol.img_size)
-        self.mask_outside = mask_outside  # 3-D: VolumePrep.mask_norm, nnU-Net's MaskTransform
+        self.mask_outside = mask_outside  # 3-D: VolumePrep.mask_norm, nnU-Net's MaskTransform (augment "nnunet")
         self.normalize = protocol.normalize
         self.stats = stats  # ct_foreground: the training foreground's statistics
         self.augment = protocol.train.augment
@@ -519,8 +550,8 @@ class TrainTransform:
         x, label = crop_padded(sample.image, corner, self.initial, 0.0), crop_padded(label, corner, self.initial, -1)
         if self.augment == "nnunet":  # which also turns the -1 voxels into background
             x, label = nnunet_augment_3d(x, label, rng, self.patch, self.mask_outside)
-        else:
-            x, label = clear_outside(x, label, self.mask_outside)
+        else:  # nnU-Net without augmentation (its validation transforms): no MaskTransform
+            x, label = clear_outside(x, label, False)
         return torch.from_numpy(x), torch.from_numpy(label)
 
     def __call__(self, sample: Sample, rng: np.random.Generator,

@@ -687,7 +687,8 @@ def test_notes_say_whether_the_split_is_transunets(roots, tmp_path):
     split, order = dataset_notes("synapse", tmp_path)
     assert split.startswith("the split is TransUNet's (12 test volumes, 2211 training slices)")
     assert "cannot be checked" in order
-    assert dataset_notes("nnunet", roots["nnunet"]) == []
+    (note,) = dataset_notes("nnunet", roots["nnunet"])  # volumes: their spacing (tests/test_volumetric.py)
+    assert note.startswith("voxel spacing of the")
 
 
 def test_isic_notes_compare_the_counts_with_vmunets_split(roots, monkeypatch):

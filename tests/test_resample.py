@@ -258,3 +258,38 @@ def test_mask_outside_zeroes_the_image_where_the_label_is_minus_one():
     assert (out[:, 0] == 0).all() and (out[:, 1:] == 5).all() and (x == 5).all()  # the input untouched
     assert lab.dtype == np.int64 and lab.min() == 0 and lab[1, 1, 1] == 2
     assert (clear_outside(x, label, False)[0] == 5).all()
+
+
+def test_a_masked_z_score_covers_labelled_voxels_outside_the_non_zero_region():
+    # nnU-Net z-scores training cases inside seg >= 0: the non-zero region and any labelled voxel
+    image = _mri_like()
+    image[2, 3, 1] = 0.0  # a box corner open to the background: outside the non-zero region
+    label = np.zeros(image.shape, np.uint8)
+    label[2, 3, 1] = 1
+    box, mask = nonzero_box(image)
+    assert box == (slice(2, 7), slice(3, 12), slice(1, 10)) and not mask[0, 0, 0]
+    x, lab = VolumePrep("zscore", mask_norm=True).case(image, label, None)
+    region = mask.copy()
+    region[0, 0, 0] = True
+    inside = image[box][region].astype(np.float64)
+    np.testing.assert_allclose(x[0][region], (inside - inside.mean()) / inside.std(), rtol=1e-5, atol=1e-5)
+    assert x[0, 0, 0, 0] < 0 and lab[0, 0, 0] == 1 and (lab[~region] == -1).all()
+
+
+def test_the_fingerprint_samples_the_foreground_of_the_cropped_cases():
+    from types import SimpleNamespace
+
+    from bench.data.intensity import foreground_statistics
+    from bench.data.preprocess import _fingerprint
+
+    image = _mri_like()
+    label = np.zeros(image.shape, np.uint8)
+    label[3:5, 5:9, 3:7] = 1
+    label[0, 0, 0] = 1  # labelled, yet outside the non-zero box: nnU-Net's crop drops it
+    box, _ = nonzero_box(image)
+    ds = SimpleNamespace(foreground_stats=None, target_spacing=None, mask_norm=None, n_train_cases=1,
+                         train_cases=lambda: iter([(image, label)]))
+    _fingerprint(ds, SimpleNamespace(normalize="ct_foreground", target_spacing="native"))
+    assert ds.foreground_stats == foreground_statistics([(image[box], label[box])], 1)
+    assert ds.foreground_stats != foreground_statistics([(image, label)], 1)
+    assert ds.mask_norm is True  # 5 x 9 x 9 of 8 x 14 x 12 kept

@@ -327,7 +327,7 @@ def test_nnunet_draw_probabilities_and_ranges(monkeypatch):
     factors = [f for (f,) in calls["contrast"]]
     assert abs(len(factors) / n - 0.15) < 0.02 and all(0.75 <= f <= 1.25 for f in factors)
     assert abs(np.mean([f < 1 for f in factors]) - 0.5) < 0.08
-    zooms = [z for (z,) in calls["lowres"]]
+    zooms = [z for (z, *_) in calls["lowres"]]
     assert abs(len(zooms) / n - 0.25 * 0.5) < 0.02 and all(0.5 <= z <= 1.0 for z in zooms)
     inverted = [g for g, inv in calls["gamma"] if inv]
     plain = [g for g, inv in calls["gamma"] if not inv]

@@ -168,6 +168,53 @@ def test_augment_3d_without_a_spatial_draw_cuts_the_centre_and_clears_the_paddin
     assert out.dtype == np.int64 and set(np.unique(out)) == {0, 2} and (out[1:4, 1:4, 1:4] == 2).all()
 
 
+class Scripted:
+    """An rng whose ``random()`` returns the given values, then 0.99 (no further draw fires), and whose
+    ``uniform`` returns the given values in turn."""
+
+    def __init__(self, randoms, uniforms=()):
+        self.randoms, self.uniforms = list(randoms), list(uniforms)
+
+    def random(self):
+        return self.randoms.pop(0) if self.randoms else 0.99
+
+    def uniform(self, lo, hi, size=None):
+        return self.uniforms.pop(0)
+
+
+def test_dummy_2d_patches_are_nnunets_flat_ones():
+    # longest side over 3 times the depth: 160 / 56 = 2.9 no, 160 / 48 = 3.3 yes
+    assert [T.dummy_2d(p) for p in ((128, 128, 128), (56, 160, 160), (48, 160, 160), (20, 256, 224))] == \
+        [False, False, True, True]
+    assert T.nnunet_initial_patch((40, 160, 160)) == (40, 188, 188)  # 90° about axis 0, / 0.85, depth kept
+    assert T.nnunet_initial_patch((20, 256, 224)) == (20, 301, 301)
+
+
+def test_dummy_2d_augmentation_turns_every_slice_alike_in_plane():
+    # a rotation and a scale drawn (u = 0.1 twice), nothing else: each slice is the 2-D spatial
+    # transform of its own slice, with the 2-D angle and one scale for the two in-plane axes
+    rng = np.random.default_rng(8)
+    patch = (4, 16, 16)
+    initial = T.nnunet_initial_patch(patch)
+    assert initial == (4, 18, 18)
+    x = rng.normal(size=(1, *initial))
+    label = (rng.random(initial) < 0.3).astype(np.int64) * 2
+    angle = 1.1
+    out_x, out = T.nnunet_augment_3d(x, label, Scripted([0.1, 0.1, 0.2], [angle, 1.2]), patch)
+    scale = 1.2  # the scale's split draw (u = 0.2) takes the second scripted uniform
+    for k in range(patch[0]):
+        ref_x, ref = T._nnunet_spatial(x[:, k], label[k], T._rotation_2d(angle), scale, patch[1:])
+        np.testing.assert_allclose(out_x[0, k], ref_x[0], atol=1e-9)
+        np.testing.assert_array_equal(out[k], ref)
+
+
+def test_low_resolution_leaves_axis_0_alone_for_dummy_2d_patches():
+    ch = np.repeat(np.arange(6, dtype=np.float64)[:, None, None] * 10, 12, axis=1).repeat(12, axis=2)
+    kept = T._nnunet_lowres(ch, 0.5, keep_axis0=True)
+    np.testing.assert_allclose(kept, ch, atol=1e-9)  # constant slices stay themselves
+    assert not np.allclose(T._nnunet_lowres(ch, 0.5), ch)  # 3-D: slices are merged and re-interpolated
+
+
 def test_training_patches_are_reproducible_and_shaped(tmp_path):
     root = synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=4, depth=8, size=24)
     ds = open_dataset("nnunet", root)
@@ -559,3 +606,16 @@ def test_3d_zscore_on_volumes_with_zero_background_normalises_inside_the_non_zer
     _bench("rescore", "--results", res, "--policy", "legacy-synapse", "--protocol", path)
     twin = json.loads((res / "records" / f"{rec['run_id']}.legacy-synapse.json").read_text())
     assert [c["tp"] for c in twin["per_case"]] == [c["tp"] for c in rec["per_case"]]
+
+
+def test_verify_notes_the_spacings_and_the_target_spacing(volumes):
+    from bench.data.verify import dataset_notes
+
+    ds = open_dataset("nnunet", volumes)
+    train = np.array([SPACINGS[ds.cases.index(c)] for c in ds.train_volume_ids()])
+    (note,) = dataset_notes("nnunet", volumes)
+    median = " x ".join(f"{v:.4g}" for v in np.median(train, 0))
+    assert f"voxel spacing of the {len(train)} training volumes (z x y x x, mm): median {median}" in note
+    assert f"resamples them to {median} (nnU-Net's 3d_fullres rule" in note  # no axis much coarser here
+    assert " x ".join(f"{v:.4g}" for v in train.min(0)) in note
+    assert dataset_notes("nnunet", synthesize("nnunet", volumes.parent / "png", dims=2, n_cases=4, size=16)) == []

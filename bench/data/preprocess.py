@@ -97,11 +97,12 @@ class VolumePrep:
     def case(self, image: np.ndarray, label: np.ndarray, spacing: Sequence[float] | None,
              what: str = "the volume") -> tuple[np.ndarray, np.ndarray]:
         """A training case: image float32 (C, *grid), label (*grid) in a signed type, -1 outside the
-        non-zero region (where nnU-Net's sampling and augmentation treat it as padding)."""
+        non-zero region (where nnU-Net's sampling and augmentation treat it as padding). A masked z-score
+        here covers the labelled voxels too (nnU-Net's mask: seg >= 0)."""
         box, mask = nonzero_box(image)
-        x = self._image(image[box], mask, spacing, what)
         lab = np.asarray(label[box]).astype(np.min_scalar_type(-int(label.max(initial=0)) - 1))
         lab[(lab == 0) & ~mask] = -1
+        x = self._image(image[box], lab >= 0, spacing, what)
         if self.spacing is not None:
             native = self._native(spacing, what)
             lab = resample(lab[None], x.shape[1:], native, self.spacing, order=1, labels=True)[0]
@@ -138,12 +139,12 @@ def _fingerprint(dataset, protocol) -> None:
     shapes: list[tuple[int, ...]] = []
     kept: list[float] = []
 
-    def cropped_cases():
+    def cropped_cases():  # nnU-Net samples the foreground of the cropped case
         for image, label in dataset.train_cases():
             box, _ = nonzero_box(image)
             shapes.append(tuple(s.stop - s.start for s in box))
             kept.append(float(np.prod(shapes[-1]) / np.prod(label.shape)))
-            yield image, label
+            yield image[box], label[box]
 
     if need_stats:
         dataset.foreground_stats = foreground_statistics(cropped_cases(), dataset.n_train_cases)

@@ -340,10 +340,14 @@ def dataset_notes(name: str, root: str | Path) -> list[str]:
     and polyp, whether the image counts per split are the authors' (VM-UNet's, PraNet's; merged
     ISIC: VM-UNet-V2's, VM-UNet's two ISIC splits with their training images together). Never
     problems: a custom split or another order is legitimate, but the published tables assume
-    the canonical ones."""
+    the canonical ones. For nnU-Net volumes: the training cases' voxel spacings and the target
+    spacing 3-D protocols resample them to (headers only)."""
     from bench.data import get_reader, open_dataset
 
     reader = get_reader(name)
+    if reader.kind == "nnunet":
+        ds = open_dataset(name, root)
+        return [spacing_note(list(ds.train_geometry()))] if ds.volumes else []
     if reader.kind not in ("synapse", "isic", "polyp", "isic_all"):
         return []
     ds = open_dataset(name, root)  # lists and pairs file names; no image is decoded
@@ -371,6 +375,24 @@ def dataset_notes(name: str, root: str | Path) -> list[str]:
             counts += np.bincount(np.asarray(label, dtype=np.int64).clip(0, 8).ravel(), minlength=9)[:9]
     notes.append(organ_order_note(counts))
     return notes
+
+
+def spacing_note(geometry: list[tuple[tuple[int, ...], tuple[float, ...]]]) -> str:
+    """The spacings of volumes given as (shape, spacing) pairs and nnU-Net's 3d_fullres target for them."""
+    from bench.data.resample import nnunet_target_spacing
+
+    shapes, spacings = zip(*geometry)
+    arr = np.array(spacings)
+
+    def mm(values) -> str:
+        return " x ".join(f"{v:.4g}" for v in values)
+
+    target = nnunet_target_spacing(spacings, shapes)
+    return (f"voxel spacing of the {len(arr)} training volumes (z x y x x, mm): median {mm(np.median(arr, 0))}, "
+            f"from {mm(arr.min(0))} to {mm(arr.max(0))}; target_spacing = \"nnunet\" (lightm_unet_3d) resamples "
+            f"them to {mm(target)} (nnU-Net's 3d_fullres rule on the whole volumes; a run applies it to the volumes "
+            "cropped to their non-zero region, the same unless the images have a zero background, and records "
+            "the value it used)")
 
 
 # VM-UNet's 7:3 splits, (train, test = val/) images (spec/ssm_models.md 1.6): the author's
