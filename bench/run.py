@@ -23,7 +23,7 @@ import torch
 from bench import distributed, env, records
 from bench.data import open_dataset, synthetic_root
 from bench.data.intensity import intensity_stats
-from bench.data.preprocess import target_spacing
+from bench.data.preprocess import target_spacing, volume_prep
 from bench.errors import BenchError
 from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
@@ -78,6 +78,23 @@ def _progress_bar(enabled: bool):
                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=True)
 
 
+def _preprocess_volumes(dataset, protocol: Protocol, bar, main: bool) -> None:
+    """Every training volume preprocessed into the cache before training starts (rank 0; the others
+    wait), as nnU-Net preprocesses before it trains: loader workers then only map files, where several
+    would otherwise preprocess one case at once during the first epoch."""
+    if main:
+        prep = volume_prep(dataset, protocol)
+        ids = dataset.train_volume_ids()
+        task = bar.add_task("preprocess", total=len(ids), info="") if bar else None
+        for i, case in enumerate(ids):
+            dataset.load_train_volume(case, prep)
+            if bar is not None:
+                bar.update(task, completed=i + 1, info=case)
+        if bar is not None:
+            bar.remove_task(task)
+    distributed.barrier()
+
+
 def _tensorboard(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -123,6 +140,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
     writer = _tensorboard(run_dir) if main else None
     try:
         with _progress_bar(show_progress) as bar:
+            if protocol.spatial_dims == 3:
+                _preprocess_volumes(dataset, protocol, bar, main)
             task = bar.add_task(f"{spec.model} s{spec.seed} train", total=None, info="") if bar else None
 
             def on_step(step: int, total: int, loss: float) -> None:
