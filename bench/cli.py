@@ -535,7 +535,8 @@ def data_verify(
     data_root: Annotated[Path, typer.Option(help="dataset directory")],
 ) -> None:
     """Check a dataset: files present and readable, shapes, dtypes, label range, list files; notes
-    on whether the split is the papers' (Synapse, ISIC, polyp, merged ISIC) and on Synapse's label order.
+    on whether the split is the papers' (Synapse, ISIC, polyp, merged ISIC) and on Synapse's label order;
+    for nnU-Net volumes, their voxel spacings and the 3d_fullres target spacing.
 
     Example: bench data verify --dataset synapse --data-root data/Synapse
     """

@@ -2,8 +2,9 @@
 
 Everything here is a pure function of arrays (plus an explicit ``numpy.random.Generator``), so
 a training item is reproducible from ``(seed, epoch, index)`` alone. Arrays are channels-last
-numpy: images (H, W) or (H, W, C); outputs become channels-first tensors (C, S, S). Volumes of 3-D
-protocols (D, H, W[, C]) become patches (C, D, H, W) (``nnunet_augment_3d`` and its helpers).
+numpy: images (H, W) or (H, W, C); outputs become channels-first tensors (C, S, S). Preprocessed
+volumes of 3-D protocols (C, D, H, W) (``bench.data.preprocess``) become patches (C, D, H, W)
+(``nnunet_augment_3d`` and its helpers).
 
 Pipelines (``protocol.train.augment``):
 

@@ -27,8 +27,8 @@ from bench.errors import BenchError
 class Sample:
     """One training item: a 2-D image or slice, or a whole volume (3-D protocols)."""
 
-    image: np.ndarray  # (H, W) or (H, W, C) channels-last; volumes (D, H, W) or (D, H, W, C)
-    label: np.ndarray  # spatial shape: int64 class ids (a whole volume: any integer type), or float32 in [0, 1] (binary)
+    image: np.ndarray  # (H, W) or (H, W, C) channels-last; 3-D protocols' preprocessed volumes (C, D, H, W)
+    label: np.ndarray  # spatial shape: int64 class ids (a whole volume: signed, -1 outside its non-zero region), or float32 in [0, 1] (binary)
     name: str = ""
 
 
@@ -73,7 +73,7 @@ class SegDataset:
         # (nnU-Net's use_mask_for_norm, bench.data.preprocess), decided once or set from a record
         self.mask_norm: bool | None = None
         # 3-D protocols: a folder where preprocessed training volumes are kept as .npy and memory-mapped,
-        # so a patch reads its region only (bench run sets <results>/cache); None: decode each time
+        # so a patch reads its region only (bench run sets <results>/cache); None: preprocess each time
         self.volume_cache: Path | None = None
         # Human-readable remarks about how the data was read (e.g. a fallback that was taken);
         # worth printing once and recording with a run.

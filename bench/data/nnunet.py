@@ -16,8 +16,10 @@ Volumes are returned as (D, H, W) = (z, y, x), the axis order SimpleITK (and so 
 with ``spacing`` the header zooms reordered the same way (mm). Multi-channel images are
 channels-last: (H, W, C) or (D, H, W, C). Images are float32 as stored; the protocol's
 ``normalize`` (``zscore``, ``ct_window``, ``ct_foreground``) prepares them, and a run whose protocol
-leaves CT or MRI channels raw is warned (``normalize_hint``); labels are int64 ids, except the
-whole training volumes of 3-D protocols (``load_train_volume``), which keep a compact unsigned type.
+leaves CT or MRI channels raw is warned (``normalize_hint``); labels are int64 ids. The whole
+training volumes of 3-D protocols (``load_train_volume``) are preprocessed instead
+(``bench.data.preprocess.VolumePrep``): image float32 (C, *grid), label in a compact signed type,
+-1 outside the non-zero region.
 
 Training items: a 2-D case is one item (id ``CASE``); a volume contributes each axial slice
 (id ``"CASE:z"``), or, under a 3-D protocol, is one item from which patches are cut. Test cases are

@@ -14,7 +14,8 @@ case is preprocessed the same way, predicted by the sliding window, its logits r
 the cropped grid, and the argmax pasted into background of the case's own shape, where it is
 scored (nnU-Net's export). The dataset-level inputs (foreground statistics, the target spacing's
 cropped shapes, the median share cropping keeps) come from one pass over the training cases, as
-nnU-Net's fingerprint does, and go into the run's record.
+nnU-Net's fingerprint does; what they decide (``intensity_stats``, ``target_spacing``,
+``mask_norm``) goes into the run's record.
 
 Not reproduced: the axis transposition nnU-Net plans so that the coarsest axis comes first (the
 (z, y, x) order the NIfTI reader gives already has it first where z is the coarsest).

@@ -50,7 +50,8 @@ class TrainDataset(Dataset):
         self.dataset = dataset
         self.seed = int(seed)
         volumes = protocol.spatial_dims == 3  # 3-D protocols cut patches from whole training volumes
-        # 3-D: each volume cropped, normalised and resampled once (nnU-Net's preprocessing), patches cut from it
+        # 3-D: volumes cropped, normalised and resampled (nnU-Net's preprocessing; once per run with bench
+        # run's cache, else per item), patches cut from them
         prep = volume_prep(dataset, protocol) if volumes else None
         self.load = functools.partial(dataset.load_train_volume, prep=prep) if volumes else dataset.load_train
         self.ids = list((dataset.train_volume_ids() if volumes else dataset.train_ids()) if ids is None else ids)

@@ -22,7 +22,8 @@ What is checked, per format:
 
 ``level`` is "error" (the data will not load or will train on wrong values) or "warning".
 ``dataset_notes`` says, for data that loads, how it compares with the papers (Synapse: the split
-and the label order; ISIC, polyp and merged ISIC: whether the image counts are the authors' split).
+and the label order; ISIC, polyp and merged ISIC: whether the image counts are the authors' split;
+nnU-Net volumes: their voxel spacings and the 3d_fullres target spacing).
 """
 
 from __future__ import annotations
