@@ -293,3 +293,9 @@ def test_the_fingerprint_samples_the_foreground_of_the_cropped_cases():
     assert ds.foreground_stats == foreground_statistics([(image[box], label[box])], 1)
     assert ds.foreground_stats != foreground_statistics([(image, label)], 1)
     assert ds.mask_norm is True  # 5 x 9 x 9 of 8 x 14 x 12 kept
+    # asked for the statistics first, a 3-D protocol still gets those of the cropped cases
+    from bench.data.intensity import intensity_stats
+
+    fresh = SimpleNamespace(**{**vars(ds), "foreground_stats": None, "mask_norm": None})
+    proto = SimpleNamespace(normalize="ct_foreground", target_spacing="native", spatial_dims=3)
+    assert intensity_stats(fresh, proto) == ds.foreground_stats and fresh.mask_norm is True

@@ -60,5 +60,10 @@ def intensity_stats(dataset, protocol) -> list[dict[str, float]] | None:
     if protocol.normalize != "ct_foreground":
         return None
     if dataset.foreground_stats is None:
-        dataset.foreground_stats = foreground_statistics(dataset.train_cases(), dataset.n_train_cases)
+        if protocol.spatial_dims == 3:  # from the cropped cases, in nnU-Net's one fingerprint pass
+            from bench.data.preprocess import volume_prep  # imported here: preprocess builds on this module
+
+            volume_prep(dataset, protocol)
+        else:
+            dataset.foreground_stats = foreground_statistics(dataset.train_cases(), dataset.n_train_cases)
     return dataset.foreground_stats

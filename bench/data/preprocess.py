@@ -70,11 +70,6 @@ class VolumePrep:
                              f"{list(self.spacing)} mm")
         return tuple(float(s) for s in spacing)
 
-    def _grid(self, shape: Sequence[int], spacing: Sequence[float] | None, what: str) -> tuple[int, ...]:
-        if self.spacing is None:
-            return tuple(int(s) for s in shape)
-        return new_shape(shape, self._native(spacing, what), self.spacing)
-
     def image(self, image: np.ndarray, spacing: Sequence[float] | None,
               what: str = "the volume") -> tuple[np.ndarray, tuple[slice, ...]]:
         """(D, H, W) or channels-last (D, H, W, C) -> float32 (C, *grid) and the crop box it came from."""
@@ -93,7 +88,7 @@ class VolumePrep:
         if self.spacing is None:
             return x
         native = self._native(spacing, what)
-        return resample(x, self._grid(x.shape[1:], native, what), native, self.spacing, order=3)
+        return resample(x, new_shape(x.shape[1:], native, self.spacing), native, self.spacing, order=3)
 
     def case(self, image: np.ndarray, label: np.ndarray, spacing: Sequence[float] | None,
              what: str = "the volume") -> tuple[np.ndarray, np.ndarray]:
