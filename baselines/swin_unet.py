@@ -240,6 +240,8 @@ class SwinUnet(SegmentationModel):
     """Swin-Unet (authors' ``SwinUnet``): ``SwinTransformerSys`` under ``.swin_unet``; a 1-channel
     input is repeated to 3. ``img_size`` fixes the token grid (attention masks are buffers)."""
 
+    square_input = True
+
     def __init__(self, num_classes: int, img_size: int = 224, in_chans: int = 3, embed_dim: int = 96,
                  depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), window_size: int = 7, drop_path_rate: float = 0.2):
         super().__init__()

@@ -239,6 +239,7 @@ class TransUNet(SegmentationModel):
     """
 
     size_divisor = 16
+    square_input = True
 
     def __init__(self, num_classes: int, img_size: int = 224, in_chans: int = 3, hidden: int = 768, layers: int = 12,
                  heads: int = 12, mlp_dim: int = 3072, dropout: float = 0.1, attn_dropout: float = 0.0, n_skip: int = 3,

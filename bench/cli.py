@@ -61,14 +61,14 @@ def _parse_ints(text: str, option: str = "--seeds", example: str = "0,1,2") -> l
 
 
 def _parse_spacing(text: str | None) -> str | list[float] | None:
-    """--target-spacing: a name ("native", "nnunet"; checked with the protocol) or z,y,x in mm."""
+    """--target-spacing: a name ("native", "nnunet"; checked with the protocol) or z,y,x (2-D patches: y,x) in mm."""
     if text is None or not any(c.isdigit() for c in text):
         return text
     try:
         return [float(s) for s in text.split(",")]
     except ValueError:
-        raise BenchError(f"--target-spacing must be 'native', 'nnunet' or three spacings in mm, e.g. 1,0.8,0.8; "
-                         f"got {text!r}") from None
+        raise BenchError(f"--target-spacing must be 'native', 'nnunet' or spacings in mm, one per patch axis, "
+                         f"e.g. 1,0.8,0.8; got {text!r}") from None
 
 
 def _parse_sets(items: list[str]) -> dict[str, object]:
@@ -150,11 +150,11 @@ def run(
     max_iterations: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
     img_size: Annotated[Optional[int], typer.Option(
-        help="override (2-D protocols; 3-D: --patch-size): marks the record off-protocol")] = None,
+        help="override (whole-image protocols; patch protocols: --patch-size): marks the record off-protocol")] = None,
     patch_size: Annotated[Optional[str], typer.Option(
-        help="override for 3-D protocols: the patch D,H,W (off-protocol)")] = None,
+        help="override for patch protocols: the patch D,H,W (2-D: H,W) (off-protocol)")] = None,
     target_spacing: Annotated[Optional[str], typer.Option(
-        help="override for 3-D protocols: 'native', 'nnunet' or z,y,x in mm (off-protocol)")] = None,
+        help="override for patch protocols: 'native', 'nnunet' or z,y,x (2-D: y,x) in mm (off-protocol)")] = None,
     lr: Annotated[Optional[float], typer.Option(help="override: marks the record off-protocol")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="model constructor override key=value")] = None,
     tiny: Annotated[bool, typer.Option(help="use each model's tiny test configuration")] = False,
@@ -186,8 +186,6 @@ def run(
     # --(no-)pretrained changes the recipe only where a chosen model has a pretrained file
     moot = pretrained == proto.pretrained or not any(get_entry(n).init for n in names)
     patch = _parse_ints(patch_size, "--patch-size", "64,128,128") if patch_size else None
-    if patch is not None and proto.spatial_dims != 3:
-        raise BenchError(f"--patch-size applies to 3-D protocols; {proto.name!r} is 2-D (its input: --img-size)")
     proto = proto.with_overrides(epochs=epochs, max_iterations=max_iterations, batch_size=batch_size,
                                  img_size=img_size, patch_size=patch, lr=lr, pretrained=None if moot else pretrained,
                                  target_spacing=_parse_spacing(target_spacing))

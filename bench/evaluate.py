@@ -6,13 +6,14 @@
 - 2-D images with integer labels (nnU-Net PNG): the same, per image.
 - 2-D binary images (ISIC, polyp): image and mask resized to ``img_size`` (bilinear), sigmoid,
   ``>= eval.threshold``; ground truth ``mask >= 0.5``; scored at ``img_size`` (VM-UNet engine.py).
-- Volumes under a 3-D protocol (``patch_size``): nnU-Net v2's prediction. The volume is
-  preprocessed as the training volumes were (``bench.data.preprocess``: cropped to its non-zero
-  region, normalised, resampled to ``target_spacing``), covered by the sliding window (``sliding_window_logits``): tiles of the patch
-  size overlapping by ``1 - eval.tile_step``, each tile's logits weighted by a Gaussian; with
-  ``eval.mirror`` each tile is also predicted flipped along every combination of axes (nnU-Net's
-  test-time mirroring, off in LightM-UNet's ``--disable_tta``). The logits are resampled back to the
-  cropped grid (linear), and their argmax, pasted into background of the case's own shape, is scored.
+- Cases under a patch protocol (``patch_size``): nnU-Net v2's prediction. The case is
+  preprocessed as the training cases were (``bench.data.preprocess``: cropped to its non-zero
+  region, normalised, resampled to ``target_spacing``), covered by the sliding window
+  (``sliding_window_logits``; a 2-D patch covers each slice): tiles of the patch size overlapping by
+  ``1 - eval.tile_step``, each tile's logits weighted by a Gaussian; with ``eval.mirror`` each tile
+  is also predicted flipped along every combination of axes (nnU-Net's test-time mirroring, off in
+  LightM-UNet's ``--disable_tta``). The logits are resampled back to the cropped grid (linear), and
+  their argmax, pasted into background of the case's own shape, is scored.
 
 Nothing here imports the training loop: evaluation works on any model that follows the forward
 contract.
@@ -32,7 +33,7 @@ from torch import nn
 from bench import metrics
 from bench.data.base import Case, SegDataset
 from bench.data.intensity import intensity_stats
-from bench.data.preprocess import VolumePrep, volume_prep
+from bench.data.preprocess import VolumePrep, as_volume, volume_prep
 from bench.protocol import Protocol
 from bench.transforms import prepare_binary_pair, prepare_slice, zoom_labels_back
 
@@ -114,23 +115,27 @@ def gaussian_importance(tile: tuple[int, ...], sigma_scale: float = 1.0 / 8) -> 
 def sliding_window_logits(model: nn.Module, x: np.ndarray, patch: tuple[int, ...], step: float, *,
                           device: torch.device, dtype: torch.dtype, batch_size: int = 2,
                           mirror: bool = False) -> torch.Tensor:
-    """Logits (K, *spatial) of a whole volume x (C, *spatial), float32 on ``device``: the volume is padded
-    with 0 to at least the patch (nnU-Net's ``pad_nd_image``: the extra split below/above, one more
-    above), covered by tiles (``tile_starts``), and each voxel gets the Gaussian-weighted mean of the
-    logits of the tiles covering it; the padding is cut off again. ``mirror``: a tile's logits are
-    the mean over it and its flips along every non-empty combination of axes, each flipped back."""
-    spatial = np.array(x.shape[1:])
+    """Logits (K, *spatial) of a whole case x (C, *spatial), float32 on ``device``: the case is padded
+    with 0 to at least the patch in the patch's axes (nnU-Net's ``pad_nd_image``: the extra split
+    below/above, one more above), covered by tiles (``tile_starts``), and each voxel gets the
+    Gaussian-weighted mean of the logits of the tiles covering it; the padding is cut off again. A 2-D
+    patch on a volume (nnU-Net's 2d configuration) tiles each slice on its own. ``mirror``: a tile's
+    logits are the mean over it and its flips along every non-empty combination of the patch's axes,
+    each flipped back."""
+    lead = x.ndim - 1 - len(patch)  # 1: 2-D tiles on the slices of a volume
+    spatial = np.array(x.shape[1 + lead:])
     need = np.maximum(np.array(patch) - spatial, 0)
     below = need // 2
-    x = np.pad(x, [(0, 0)] + [(int(b), int(n - b)) for b, n in zip(below, need)], constant_values=0.0)
+    x = np.pad(x, [(0, 0)] * (1 + lead) + [(int(b), int(n - b)) for b, n in zip(below, need)], constant_values=0.0)
     padded = x.shape[1:]
-    starts = np.stack(np.meshgrid(*[tile_starts(s, t, step) for s, t in zip(padded, patch)],
+    starts = np.stack(np.meshgrid(*[tile_starts(s, t, step) for s, t in zip(padded[lead:], patch)],
                                   indexing="ij")).reshape(len(patch), -1).T
     weight = torch.from_numpy(gaussian_importance(tuple(patch))).to(device)
     volume = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     acc = torch.zeros((model.num_classes, *padded), dtype=torch.float32, device=device)
     norm = torch.zeros(padded, dtype=torch.float32, device=device)
-    boxes = [tuple(slice(int(a), int(a) + t) for a, t in zip(start, patch)) for start in starts]
+    tiles = [tuple(slice(int(a), int(a) + t) for a, t in zip(start, patch)) for start in starts]
+    boxes = [(z,) * lead + tile for z in range(padded[0] if lead else 1) for tile in tiles]
     spatial_axes = range(2, 2 + len(patch))
     flips = [c for n in range(1, len(patch) + 1) for c in itertools.combinations(spatial_axes, n)]
     for i in range(0, len(boxes), batch_size):
@@ -144,7 +149,7 @@ def sliding_window_logits(model: nn.Module, x: np.ndarray, patch: tuple[int, ...
         for box, out in zip(chunk, logits):
             acc[(slice(None),) + box] += out * weight
             norm[box] += weight
-    crop = tuple(slice(int(b), int(b) + int(s)) for b, s in zip(below, spatial))
+    crop = (slice(None),) * lead + tuple(slice(int(b), int(b) + int(s)) for b, s in zip(below, spatial))
     return (acc / norm)[(slice(None),) + crop]
 
 
@@ -152,19 +157,20 @@ def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bo
                  batch_size: int = 8, stats: list[dict[str, float]] | None = None,
                  prep: VolumePrep | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Return (prediction, ground truth) as integer label maps on the grid they are scored on.
-    ``stats``: the training foreground's statistics, for ``normalize = "ct_foreground"`` (2-D);
-    ``prep``: how a 3-D protocol's volumes are preprocessed (``volume_prep``), required there."""
+    ``stats``: the training foreground's statistics, for ``normalize = "ct_foreground"`` (whole images);
+    ``prep``: how a patch protocol's cases are preprocessed (``volume_prep``), required there."""
     model.eval()
-    if protocol.spatial_dims == 3:  # nnU-Net: preprocess, sliding window, logits back to the case's grid
+    if protocol.patches:  # nnU-Net: preprocess, sliding window, logits back to the case's grid
         if prep is None:
-            raise TypeError("predict_case: a 3-D protocol needs prep (bench.data.preprocess.volume_prep)")
+            raise TypeError("predict_case: a patch protocol needs prep (bench.data.preprocess.volume_prep)")
         what = f"test case {case.case_id!r}"
-        x, box = prep.image(case.image, case.spacing, what)
+        image, label = as_volume(case.image, case.label)  # a 2-D case: a volume of one slice
+        x, box = prep.image(image, case.spacing, what)
         logits = sliding_window_logits(model, x, protocol.patch_size, protocol.eval.tile_step, device=device,
                                        dtype=protocol.torch_dtype, batch_size=protocol.train.batch_size,
                                        mirror=protocol.eval.mirror)
-        pred = prep.labels_back(logits.cpu().numpy(), box, case.label.shape, case.spacing, what)
-        return pred, case.label.astype(np.int64)
+        pred = prep.labels_back(logits.cpu().numpy(), box, label.shape, case.spacing, what)
+        return pred.reshape(case.label.shape), case.label.astype(np.int64)
     images = list(case.image) if case.is_volume else [case.image]
     if binary:  # VM-UNet: image and mask resized bilinearly, scored at model resolution
         labels = list(case.label) if case.is_volume else [case.label]
@@ -193,7 +199,7 @@ def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: 
     ids = scored_ids(dataset, protocol)
     rows: list[dict[str, Any]] = []
     nsd_tolerance = resolve_nsd_tolerance(protocol, dataset, policy)  # before any case is predicted
-    prep = volume_prep(dataset, protocol) if protocol.spatial_dims == 3 else None  # one fingerprint pass
+    prep = volume_prep(dataset, protocol) if protocol.patches else None  # one fingerprint pass
     stats = intensity_stats(dataset, protocol)
     spacings: list[tuple[float, ...] | None] = []
     volumes = False

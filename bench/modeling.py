@@ -19,6 +19,7 @@ class SegmentationModel(nn.Module):
     num_classes: int
     in_chans: int
     size_divisor: int = 1  # every spatial size must be a multiple of this
+    square_input: bool = False  # only square inputs (a fixed token grid, or square-only fusion)
     spatial_dims: int = 2
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:

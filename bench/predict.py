@@ -85,7 +85,7 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
     }
     _claim(folder, manifest)
     written, files = 0, {}
-    prep = volume_prep(dataset, protocol) if protocol.spatial_dims == 3 else None
+    prep = volume_prep(dataset, protocol) if protocol.patches else None
     stats = intensity_stats(dataset, protocol)
     for i, case_id in enumerate(ids):
         name = files[case_id] = dataset.prediction_name(case_id)

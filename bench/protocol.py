@@ -54,7 +54,7 @@ class TrainConfig:
     # >0: an epoch is this many global batches drawn with replacement (nnU-Net: 250), not one
     # pass over the shuffled training items
     iterations_per_epoch: int = 0
-    # 3-D patch protocols: the share of each batch whose patch is centred on a foreground voxel
+    # patch protocols: the share of each batch whose patch is centred on a foreground voxel
     # (nnU-Net's oversample_foreground_percent: the items at positions >= round(batch·(1 − this)),
     # so one of 2, four of 12)
     oversample_foreground: float = 0.33
@@ -83,11 +83,11 @@ class EvalConfig:
     # the names to the dataset's classes
     nsd_tolerance: float | tuple[tuple[str, float], ...] = 0.0
     max_cases: int = 0  # >0 evaluates only the first N test cases (smoke runs)
-    # 3-D patch protocols: sliding-window tiles overlap by 1 − tile_step of the patch, and each
+    # patch protocols: sliding-window tiles overlap by 1 − tile_step of the patch, and each
     # tile's logits are weighted by a Gaussian (nnU-Net's predictor: tile_step_size 0.5)
     tile_step: float = 0.5
-    # 3-D patch protocols: nnU-Net's test-time mirroring, each tile also predicted flipped along
-    # every combination of the three axes and the 8 logits averaged (nnU-Net's default;
+    # patch protocols: nnU-Net's test-time mirroring, each tile also predicted flipped along
+    # every combination of the patch's axes and the 8 (2-D: 4) logits averaged (nnU-Net's default;
     # LightM-UNet predicts with --disable_tta)
     mirror: bool = False
 
@@ -102,14 +102,17 @@ class Protocol:
     seed: int
     train: TrainConfig
     eval: EvalConfig
-    # the side of the square 2-D model input (images and slices are zoomed to it); 0 in 3-D protocols
+    # the side of the square 2-D model input (images and slices are zoomed to it); 0 in patch protocols
     img_size: int = 0
-    # 3-D protocols (nnU-Net's 3d_fullres): the (D, H, W) patch the model trains on, cut from whole
-    # volumes preprocessed as target_spacing says, and the tile of the sliding window that predicts them; empty: 2-D
+    # patch protocols, nnU-Net's way: the patch the model trains on, cut from whole cases preprocessed
+    # as target_spacing says, and the tile of the sliding window that predicts them. (D, H, W): 3-D
+    # (3d_fullres); (H, W): nnU-Net's 2d configuration (2-D patches from a case's slices, each slice
+    # of a test case predicted by the sliding window); empty: whole images zoomed to img_size
     patch_size: tuple[int, ...] = ()
-    # 3-D protocols: the (z, y, x) spacing in mm volumes are resampled to for training and prediction
-    # (scores stay on each case's own grid): "nnunet" (nnU-Net's 3d_fullres rule over the training
-    # cases, bench.data.resample), three numbers, or "native" (no resampling)
+    # patch protocols: the spacing in mm cases are resampled to for training and prediction (scores
+    # stay on each case's own grid): "nnunet" (nnU-Net's 3d_fullres rule over the training cases,
+    # bench.data.resample; its in-plane part in 2-D), numbers ((z, y, x); 2-D: (y, x), each case
+    # keeping its slice spacing, as nnU-Net's 2d configuration), or "native" (no resampling)
     target_spacing: str | tuple[float, ...] = "native"
     # Parameters and activations. float64 is for CI's drift grid: float32 rounding differs between
     # CPUs (MKL/oneDNN pick kernels per CPU), and a short training run amplifies it into metric
@@ -135,17 +138,22 @@ class Protocol:
 
     @property
     def spatial_dims(self) -> int:
-        """3 for patch-based volumetric protocols, else 2."""
+        """The model's: 3 for 3-D patches, else 2."""
         return len(self.patch_size) or 2
 
     @property
+    def patches(self) -> bool:
+        """nnU-Net's data path: patches from preprocessed whole cases, sliding-window prediction."""
+        return bool(self.patch_size)
+
+    @property
     def input_size(self) -> tuple[int, ...]:
-        """The spatial size of one model input: the square image, or the 3-D patch."""
+        """The spatial size of one model input: the square image, or the patch."""
         return self.patch_size or (self.img_size, self.img_size)
 
     @property
     def model_size(self) -> int:
-        """The ``img_size`` models are built with: the square side, or a 3-D patch's largest side."""
+        """The ``img_size`` models are built with: the square side, or a patch's largest side."""
         return max(self.input_size)
 
     @property
@@ -169,6 +177,14 @@ class Protocol:
         changes = {k: v for k, v in changes.items() if v is not None}
         if not changes:
             return self
+        if "patch_size" in changes:  # another patch, never another kind of protocol
+            n = len(self.patch_size)
+            if not n:
+                raise BenchError(f"override patch_size (--patch-size): protocol {self.name!r} zooms whole images "
+                                 "to img_size (--img-size); patches belong to patch protocols")
+            if len(changes["patch_size"]) != n:
+                raise BenchError(f"override patch_size (--patch-size): protocol {self.name!r} trains {n}-D patches "
+                                 f"{list(self.patch_size)}; give {n} sides, got {list(changes['patch_size'])}")
         top, train, ev = {}, {}, {}
         names = {f.name for f in dataclasses.fields(TrainConfig)}, {f.name for f in dataclasses.fields(EvalConfig)}
         for key, value in changes.items():
@@ -224,7 +240,7 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
     for section, name, low in _WHOLE_NUMBERS:
         value = getattr(getattr(protocol, section) if section else protocol, name)
         if name == "img_size" and protocol.patch_size and value == 0:
-            continue  # a 3-D protocol leaves it out (_check_input_size)
+            continue  # a patch protocol leaves it out (_check_input_size)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             key = f"{section}.{name}" if section else name
             if where == "override":  # the CLI spells overrides as options
@@ -236,8 +252,8 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
     if not isinstance(protocol.eval.mirror, bool):
         raise BenchError(f"{where} eval.mirror: expected true or false; got {protocol.eval.mirror!r}")
     if protocol.eval.mirror and not protocol.patch_size:
-        raise BenchError(f"{where} eval.mirror: test-time mirroring belongs to the 3-D sliding window; "
-                         "this protocol is 2-D (no patch_size)")
+        raise BenchError(f"{where} eval.mirror: test-time mirroring belongs to the sliding window of patch "
+                         "protocols; this protocol zooms whole images (no patch_size)")
     for (section, name), names in CHOICES.items():  # at load, not when a run reaches the field
         value = getattr(getattr(protocol, section) if section else protocol, name)
         if value not in names:
@@ -250,39 +266,43 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
 
 
 def _check_input_size(protocol: Protocol, where: str) -> None:
-    """A 2-D protocol names img_size (>= 1), a 3-D one patch_size (three sides >= 1) and not img_size."""
+    """A whole-image protocol names img_size (>= 1), a patch protocol patch_size (two or three sides
+    >= 1) and not img_size."""
     patch = protocol.patch_size
     if isinstance(patch, tuple) and not patch:
         return
-    if not isinstance(patch, tuple) or len(patch) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in patch):
+    if not isinstance(patch, tuple) or len(patch) not in (2, 3) or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in patch):
         key = "patch_size (--patch-size)" if where == "override" else "patch_size"
         shown = list(patch) if isinstance(patch, tuple) else patch
-        raise BenchError(f"{where} {key}: expected three whole numbers >= 1, [D, H, W] (3-D protocols); "
-                         f"got {shown!r}")
+        raise BenchError(f"{where} {key}: expected whole numbers >= 1, [D, H, W] (3-D patches) or [H, W] "
+                         f"(nnU-Net's 2d configuration); got {shown!r}")
     if protocol.img_size or (where == "override" and "img_size" in protocol.overrides):
         if where == "override":
-            raise BenchError(f"override img_size (--img-size): a 3-D protocol sizes its input with patch_size "
-                             f"{list(patch)}; change that with --patch-size D,H,W")
-        raise BenchError(f"{where} img_size: a 3-D protocol sizes its input with patch_size {list(patch)}; "
+            raise BenchError(f"override img_size (--img-size): a patch protocol sizes its input with patch_size "
+                             f"{list(patch)}; change that with --patch-size")
+        raise BenchError(f"{where} img_size: a patch protocol sizes its input with patch_size {list(patch)}; "
                          "leave img_size out")
 
 
 def _check_target_spacing(protocol: Protocol, where: str) -> Protocol:
-    """target_spacing as stored ("native", "nnunet" or a tuple of three mm > 0); anything but
-    "native" needs a 3-D protocol."""
+    """target_spacing as stored ("native", "nnunet" or a tuple of mm > 0, one per patch axis); anything
+    but "native" needs a patch protocol."""
     value = protocol.target_spacing
     key = "target_spacing (--target-spacing)" if where == "override" else "target_spacing"
+    n = len(protocol.patch_size) if isinstance(protocol.patch_size, tuple) and protocol.patch_size else 3
+    axes = "[z, y, x]" if n == 3 else "[y, x] (in-plane; each case keeps its slice spacing)"
     if isinstance(value, (list, tuple)):
-        if len(value) != 3 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+        if len(value) != n or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
                                       and math.isfinite(v) and v > 0 for v in value):
-            raise BenchError(f"{where} {key}: expected three spacings in mm > 0, [z, y, x]; got {list(value)!r}")
+            raise BenchError(f"{where} {key}: expected {n} spacings in mm > 0, {axes}; got {list(value)!r}")
         value = tuple(float(v) for v in value)
     elif value not in ("native", "nnunet"):
-        raise BenchError(f"{where} {key}: expected 'native', 'nnunet' (nnU-Net's 3d_fullres rule) or "
-                         f"[z, y, x] in mm; got {value!r}")
+        raise BenchError(f"{where} {key}: expected 'native', 'nnunet' (nnU-Net's target spacing rule) or "
+                         f"{axes} in mm; got {value!r}")
     if value != "native" and not protocol.patch_size:
-        raise BenchError(f"{where} {key}: resampling to a spacing belongs to 3-D protocols (patch_size); "
-                         "this protocol is 2-D")
+        raise BenchError(f"{where} {key}: resampling to a spacing belongs to patch protocols (patch_size); "
+                         "this protocol zooms whole images to img_size")
     return dataclasses.replace(protocol, target_spacing=value)
 
 

@@ -122,7 +122,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
     t0 = time.perf_counter()
     dataset = open_dataset(spec.dataset, spec.data_root, spec.fold)
     protocol = spec.protocol
-    if protocol.spatial_dims == 3:  # preprocessed training volumes, memory-mapped: a patch reads its region only
+    if protocol.patches:  # preprocessed training cases, memory-mapped: a patch reads its region only
         dataset.volume_cache = results_dir / CACHE_DIR
     entry = get_entry(spec.model)
     seed_everything(spec.seed)  # the initial weights are part of the run: seed before building
@@ -140,7 +140,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
     writer = _tensorboard(run_dir) if main else None
     try:
         with _progress_bar(show_progress) as bar:
-            if protocol.spatial_dims == 3:
+            if protocol.patches:
                 _preprocess_volumes(dataset, protocol, bar, main)
             task = bar.add_task(f"{spec.model} s{spec.seed} train", total=None, info="") if bar else None
 
@@ -192,10 +192,11 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "init": init,  # the pretrained file the weights started from (counts of what it filled), or null
         # normalize = "ct_foreground": the training foreground's statistics the images were scaled with
         "intensity_stats": intensity_stats(dataset, protocol),
-        # 3-D: the (z, y, x) spacing in mm volumes were resampled to for training and prediction, or null
+        # patch protocols: the spacing in mm cases were resampled to for training and prediction ((z, y, x);
+        # 2-D patches: (y, x), in-plane), or null
         "target_spacing": target_spacing(dataset, protocol),
-        # 3-D zscore: whether volumes were z-scored inside their non-zero region (nnU-Net's use_mask_for_norm)
-        "mask_norm": dataset.mask_norm if protocol.spatial_dims == 3 and protocol.normalize == "zscore" else None,
+        # patch protocols, zscore: whether cases were z-scored inside their non-zero region (nnU-Net's use_mask_for_norm)
+        "mask_norm": dataset.mask_norm if protocol.patches and protocol.normalize == "zscore" else None,
         "policy": spec.policy,
         "policy_conventions": policy_fields(spec.policy),  # the rules behind the name, as they were
         "hd95_unit": scores.hd95_unit,
@@ -242,8 +243,13 @@ def build_args(model: str, protocol: Protocol, dataset, overrides: dict[str, Any
 
 
 def _check_patch(model: str, build: dict[str, Any], protocol: Protocol) -> None:
-    """Every side of a 3-D patch must suit the model's downsampling (create_model checks img_size only)."""
-    d = getattr(get_entry(model).constructor(**build), "size_divisor", 1)  # unchecked: create_model tests img_size
+    """Every side of a patch must suit the model's downsampling (create_model checks img_size only), and
+    a model built for square inputs needs a square patch."""
+    built = get_entry(model).constructor(**build)  # unchecked: create_model tests img_size
+    patch = protocol.patch_size
+    if getattr(built, "square_input", False) and len(set(patch)) > 1:
+        raise BenchError(f"{model}: takes square inputs only; patch_size {list(patch)} is not square")
+    d = getattr(built, "size_divisor", 1)
     bad = [s for s in protocol.patch_size if s % d]
     if bad:
         fixed = [-(-s // d) * d for s in protocol.patch_size]
@@ -352,15 +358,19 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     inits = resolve_inits(models, protocol, pretrained_dir)
     if protocol.normalize == "ct_foreground":
         ds.train_cases()  # BenchError naming the data where the reader has no whole training cases
-    if protocol.spatial_dims == 3:
-        ds.train_volume_ids()  # 3-D protocols need training volumes: BenchError naming the data otherwise
+    if protocol.patches:
+        ds.train_volume_ids()  # patch protocols need whole training cases: BenchError naming the data otherwise
+        if protocol.spatial_dims == 3 and not ds.volumes:
+            raise BenchError(f"{data_root}: protocol {protocol.name!r} trains 3-D patches, and this data holds 2-D "
+                             "images; a 2-D protocol suits it (lightm_unet_2d: 2-D patches)")
         if ds.binary:
-            raise BenchError(f"protocol {protocol.name!r} (3-D) needs integer class labels; {dataset!r} is binary")
-        if protocol.target_spacing != "native":  # spacings in the headers, before anything trains
+            raise BenchError(f"protocol {protocol.name!r} (patches) needs integer class labels; {dataset!r} is binary")
+        # spacings in the headers, before anything trains; 2-D cases have none, which "nnunet" accepts
+        if isinstance(protocol.target_spacing, tuple) or (protocol.target_spacing == "nnunet" and ds.volumes):
             list(ds.train_geometry())
     for m in models:  # img_size, --set overrides and pretrained files, for every model before one trains
         build = build_args(m, protocol, ds, model_overrides or {})
-        if protocol.spatial_dims == 3:  # before create_model's img_size check, whose advice names --img-size
+        if protocol.patches:  # before create_model's img_size check, whose advice names --img-size
             _check_patch(m, build, protocol)
         if m in inits:
             _check_init(m, inits[m], build)

@@ -3,8 +3,8 @@
 Everything here is a pure function of arrays (plus an explicit ``numpy.random.Generator``), so
 a training item is reproducible from ``(seed, epoch, index)`` alone. Arrays are channels-last
 numpy: images (H, W) or (H, W, C); outputs become channels-first tensors (C, S, S). Preprocessed
-volumes of 3-D protocols (C, D, H, W) (``bench.data.preprocess``) become patches (C, D, H, W)
-(``nnunet_augment_3d`` and its helpers).
+cases of patch protocols (C, D, H, W) (``bench.data.preprocess``) become patches (C, D, H, W), or
+(C, H, W) from one slice under a 2-D patch (``nnunet_augment_patch`` and its helpers).
 
 Pipelines (``protocol.train.augment``):
 
@@ -25,6 +25,7 @@ Pipelines (``protocol.train.augment``):
   lists every draw). Differences from nnU-Net: the whole resized image replaces a patch cut from a larger,
   planned-spacing region (rotated corners get the zero fill, not neighbouring tissue), no foreground
   oversampling, and the draws come from a numpy ``Generator`` instead of batchgenerators' global streams.
+  A protocol with a 2-D ``patch_size`` cuts nnU-Net's patches instead (``TrainTransform.patch_item``).
 - ``"none"``: resize only.
 
 Resizing conventions: ``resize_image`` is ``scipy.ndimage.zoom`` with the factors TransUNet uses
@@ -371,9 +372,11 @@ def _nnunet_intensity_and_mirror(x: np.ndarray, label: np.ndarray, rng: np.rando
     return x, label
 
 
-# --- nnU-Net 3-D patches ---------------------------------------------------------------------
+# --- nnU-Net patches (3d_fullres and 2d) -------------------------------------------------------
 
 NNUNET_ROTATION_3D = 30.0 / 360 * 2 * np.pi  # 3d_fullres: U(-30°, 30°) about each axis
+NNUNET_ROTATION_2D = np.pi  # 2d: U(-180°, 180°) in-plane ...
+NNUNET_ROTATION_2D_ELONGATED = 15.0 / 360 * 2 * np.pi  # ... U(-15°, 15°) for a patch over 1.5 times longer than wide
 NNUNET_INITIAL_SCALE = 0.85  # the smaller end of the scale range get_patch_size is given
 DUMMY_2D_RATIO = 3.0  # nnU-Net's ANISO_THRESHOLD
 
@@ -384,41 +387,75 @@ def dummy_2d(patch: tuple[int, ...]) -> bool:
     return len(patch) == 3 and max(patch) / patch[0] > DUMMY_2D_RATIO
 
 
+def nnunet_rotation_2d(patch: tuple[int, ...]) -> float:
+    """The largest in-plane angle (radians) nnU-Net draws for a 2-D patch: 180°, or 15° where the
+    patch's longer side is over 1.5 times its shorter."""
+    return NNUNET_ROTATION_2D_ELONGATED if max(patch) / min(patch) > 1.5 else NNUNET_ROTATION_2D
+
+
 def nnunet_initial_patch(patch: tuple[int, ...]) -> tuple[int, ...]:
-    """nnU-Net's ``get_patch_size`` for a 3-D patch with its rotations and scale (0.85, 1.25): the
-    region cut from a volume so that the rotated, scaled patch stays inside it. The patch rotated by
-    the largest angle about each axis in turn (±30°; a dummy 2-D patch: about axis 0 only, by its
-    ±180° capped at 90° as get_patch_size caps it), the largest absolute extent per axis, divided by
-    0.85 and truncated (128³ -> 205³); a dummy 2-D patch keeps its depth."""
+    """nnU-Net's ``get_patch_size`` for a patch with its rotations and scale (0.85, 1.25): the region cut
+    from a case so that the rotated, scaled patch stays inside it. The patch rotated by the largest angle
+    about each axis in turn (3-D: ±30°; a dummy 2-D patch: about axis 0 only, by its ±180° capped at 90°
+    as get_patch_size caps it; 2-D: in-plane by ``nnunet_rotation_2d`` capped at 90°), the largest
+    absolute extent per axis, divided by 0.85 and truncated (128³ -> 205³, 512² -> 602²); a dummy 2-D
+    patch keeps its depth."""
     vec = np.array(patch, dtype=np.float64)
     extent = vec.copy()
-    a = NNUNET_ROTATION_3D
-    turns = ((np.pi / 2, 0, 0),) if dummy_2d(patch) else ((a, 0, 0), (0, a, 0), (0, 0, a))
-    for angles in turns:
-        extent = np.maximum(extent, np.abs(vec @ rotation_3d(*angles)))
+    if len(patch) == 2:
+        turns = [_rotation_2d(min(np.pi / 2, nnunet_rotation_2d(patch)))]
+    else:
+        a = NNUNET_ROTATION_3D
+        angles = ((np.pi / 2, 0, 0),) if dummy_2d(patch) else ((a, 0, 0), (0, a, 0), (0, 0, a))
+        turns = [rotation_3d(*t) for t in angles]
+    for rot in turns:
+        extent = np.maximum(extent, np.abs(vec @ rot))
     initial = [int(v) for v in extent / NNUNET_INITIAL_SCALE]
     if dummy_2d(patch):
         initial[0] = patch[0]
     return tuple(initial)
 
 
+def slice_class_counts(label: np.ndarray) -> np.ndarray:
+    """(slices, classes): how many voxels of each class each slice (axis 0) of ``label`` holds; -1
+    (outside the non-zero region) counts as background. What ``nnunet_slice`` draws from, computed once
+    per case, as nnU-Net samples its class locations once in preprocessing."""
+    k = int(label.max(initial=0)) + 1
+    return np.stack([np.bincount(s.reshape(-1).clip(0), minlength=k) for s in label])
+
+
+def nnunet_slice(counts: np.ndarray, rng: np.random.Generator, force: bool) -> tuple[int, int | None]:
+    """The slice nnU-Net's 2-D loader cuts a patch from, and the class it centres that patch on, given a
+    case's ``slice_class_counts``: a foreground-forced item draws a class uniformly among the foreground
+    classes present in the case, then a slice with probability proportional to that class's voxels in it
+    (the slice of a voxel drawn from its locations); otherwise, or in a case without foreground, a
+    uniform slice and no class."""
+    if force:
+        present = np.flatnonzero(counts[:, 1:].sum(axis=0)) + 1
+        if len(present):
+            cls = int(present[int(rng.integers(len(present)))])
+            return int(rng.choice(len(counts), p=counts[:, cls] / counts[:, cls].sum())), cls
+    return int(rng.integers(len(counts))), None
+
+
 def nnunet_patch_corner(shape: tuple[int, ...], patch: tuple[int, ...], initial: tuple[int, ...],
-                        rng: np.random.Generator, label: np.ndarray | None = None) -> np.ndarray:
+                        rng: np.random.Generator, label: np.ndarray | None = None,
+                        cls: int | None = None) -> np.ndarray:
     """The lower corner (may be negative: the region is padded) of the ``initial`` region cut from a
-    volume of ``shape``, as nnU-Net's data loader (``get_bbox``) picks it. Corners range so that the
-    final ``patch``, centred in the region, can reach the volume's border: from ``-pad // 2`` to
-    ``shape + pad // 2 + pad % 2 - initial`` with pad = initial - patch (more where the volume is
+    case of ``shape``, as nnU-Net's data loader (``get_bbox``) picks it. Corners range so that the
+    final ``patch``, centred in the region, can reach the case's border: from ``-pad // 2`` to
+    ``shape + pad // 2 + pad % 2 - initial`` with pad = initial - patch (more where the case is
     smaller than the region). With ``label`` (a foreground-forced item) the region is centred on a
-    voxel drawn uniformly from a class drawn uniformly among the foreground classes present (nnU-Net
-    draws from up to 10,000 sampled voxels per class), clamped below only; a label without foreground
-    falls back to a uniform corner."""
+    voxel drawn uniformly from a class drawn uniformly among the foreground classes present (``cls``:
+    that class, drawn already; nnU-Net draws from up to 10,000 sampled voxels per class), clamped
+    below only; a label without foreground falls back to a uniform corner."""
     shape, patch, initial = (np.array(v, dtype=np.int64) for v in (shape, patch, initial))
     pad = np.maximum(initial - patch, initial - shape)
     lbs = -pad // 2
     ubs = shape + pad // 2 + pad % 2 - initial
     if label is not None:
         # present ids > 0 (np.unique sorts); -1 marks voxels outside the non-zero region
-        classes = np.flatnonzero(np.bincount(label.reshape(-1).clip(0)))[1:]
+        classes = np.flatnonzero(np.bincount(label.reshape(-1).clip(0)))[1:] if cls is None else np.array([cls])
         if len(classes):
             cls = classes[int(rng.integers(len(classes)))]
             where = np.flatnonzero(label.reshape(-1) == cls)
@@ -442,28 +479,32 @@ def crop_padded(arr: np.ndarray, corner: np.ndarray, size: tuple[int, ...], fill
     return out
 
 
-def nnunet_augment_3d(x: np.ndarray, label: np.ndarray, rng: np.random.Generator,
-                      patch: tuple[int, ...], mask_outside: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """nnU-Net v2.1.1's 3d_fullres training transforms on the region cut by ``nnunet_patch_corner``:
-    x (C, *initial) and label (*initial, -1 where padded or outside the non-zero region) -> float32
-    (C, *patch) and int64 (*patch).
+def nnunet_augment_patch(x: np.ndarray, label: np.ndarray, rng: np.random.Generator,
+                         patch: tuple[int, ...], mask_outside: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """nnU-Net v2.1.1's training transforms (3d_fullres, or 2d for a 2-D ``patch``) on the region cut by
+    ``nnunet_patch_corner``: x (C, *initial) and label (*initial, -1 where padded or outside the non-zero
+    region) -> float32 (C, *patch) and int64 (*patch).
 
-    Draws as ``nnunet_augment``, except step 1: u < 0.2 -> three angles U(-30°, 30°) about axes 0,
-    1, 2 (``rotation_3d``); u < 0.2 -> scale split(0.7, 1.4). Either drawn: the patch is resampled
-    about the region's centre; neither: the centre patch is cut out (batchgenerators' center crop).
-    Mirroring flips each of the three axes with p 0.5. The -1 voxels become background at the end
-    (``clear_outside``: RemoveLabelTransform(-1, 0), after MaskTransform where ``mask_outside``).
+    Draws as ``nnunet_augment``, except step 1: 3-D: u < 0.2 -> three angles U(-30°, 30°) about axes 0,
+    1, 2 (``rotation_3d``); 2-D: u < 0.2 -> one angle within ``nnunet_rotation_2d``; then u < 0.2 ->
+    scale split(0.7, 1.4). Either drawn: the patch is resampled about the region's centre; neither: the
+    centre patch is cut out (batchgenerators' center crop). Mirroring flips each axis with p 0.5. The -1
+    voxels become background at the end (``clear_outside``: RemoveLabelTransform(-1, 0), after
+    MaskTransform where ``mask_outside``).
 
-    A ``dummy_2d`` patch takes the 2-D draws instead: u < 0.2 -> an angle U(-180°, 180°) rotating
+    A ``dummy_2d`` 3-D patch takes the 2-D draws instead: u < 0.2 -> an angle U(-180°, 180°) rotating
     each slice in the plane of axes 1 and 2; u < 0.2 -> scale split(0.7, 1.4) of those two axes; and
     the low-resolution step leaves axis 0 alone (nnU-Net's Convert3DTo2D around the spatial step,
     ignore_axes=(0,))."""
     x = np.asarray(x, dtype=np.float64)
     flat = dummy_2d(patch)
-    if flat:
-        angle = rng.uniform(-np.pi, np.pi) if rng.random() < 0.2 else None
-        rot = np.eye(3)
-        rot[1:, 1:] = _rotation_2d(0.0 if angle is None else angle)
+    if len(patch) == 2 or flat:
+        limit = nnunet_rotation_2d(patch) if len(patch) == 2 else np.pi
+        angle = rng.uniform(-limit, limit) if rng.random() < 0.2 else None
+        rot = _rotation_2d(0.0 if angle is None else angle)
+        if flat:  # each slice alike: a rotation in the plane of axes 1 and 2
+            plane, rot = rot, np.eye(3)
+            rot[1:, 1:] = plane
         drawn = angle is not None
     else:
         angles = tuple(rng.uniform(-NNUNET_ROTATION_3D, NNUNET_ROTATION_3D, 3)) if rng.random() < 0.2 else None
@@ -504,9 +545,9 @@ class TrainTransform:
     """``(sample, rng, draw) -> (image, label)`` tensors for one training item.
 
     Output: image float32 (C, S, S) with S = ``protocol.img_size``; label int64 (S, S) class ids
-    for multi-class datasets, float32 (1, S, S) soft mask in [0, 1] for binary ones. Under a 3-D
-    protocol the sample is a whole preprocessed volume and the output a patch: (C, D, H, W) and
-    (D, H, W) (``patch_item``). ``run_seed`` fixes the once-per-run rotation angle of ``vmunet_isic``.
+    for multi-class datasets, float32 (1, S, S) soft mask in [0, 1] for binary ones. Under a patch
+    protocol the sample is a whole preprocessed case (C, D, H, W) and the output a patch: (C, D, H, W)
+    and (D, H, W), or (C, H, W) and (H, W) from one of its slices (``patch_item``). ``run_seed`` fixes the once-per-run rotation angle of ``vmunet_isic``.
 
     Example::
 
@@ -517,7 +558,7 @@ class TrainTransform:
     def __init__(self, protocol, binary: bool, run_seed: int, stats: list[dict[str, float]] | None = None,
                  mask_outside: bool = False):
         self.size = int(protocol.img_size)
-        self.mask_outside = mask_outside  # 3-D: VolumePrep.mask_norm, nnU-Net's MaskTransform (augment "nnunet")
+        self.mask_outside = mask_outside  # patches: VolumePrep.mask_norm, nnU-Net's MaskTransform (augment "nnunet")
         self.normalize = protocol.normalize
         self.stats = stats  # ct_foreground: the training foreground's statistics
         self.augment = protocol.train.augment
@@ -525,15 +566,17 @@ class TrainTransform:
         if self.augment == "nnunet" and self.binary:
             raise BenchError("augment 'nnunet' needs integer class labels (nnU-Net datasets); this dataset is binary")
         self.angle = run_rotation_angle(run_seed) if self.augment == "vmunet_isic" else None
-        self.patch = tuple(protocol.patch_size)  # 3-D protocols: items are whole volumes, cut here
+        self.patch = tuple(protocol.patch_size)  # patch protocols: items are whole cases, cut here
         if self.patch and self.augment not in ("nnunet", "none"):
-            raise BenchError(f"augment {self.augment!r} is 2-D; a 3-D protocol (patch_size) takes 'nnunet' or 'none'")
+            raise BenchError(f"augment {self.augment!r} works on whole images; a patch protocol (patch_size) "
+                             "takes 'nnunet' or 'none'")
         self.initial = nnunet_initial_patch(self.patch) if self.patch and self.augment == "nnunet" else self.patch
         self.batch_size = protocol.train.batch_size
         self.oversample = protocol.train.oversample_foreground
+        self._counts: dict[str, np.ndarray] = {}  # 2-D patches: slice_class_counts per case, kept per worker
 
     def forced_foreground(self, draw: int | None, rng: np.random.Generator) -> bool:
-        """Whether a 3-D item's patch is centred on foreground: the last items of each batch (draw =
+        """Whether an item's patch is centred on foreground: the last items of each batch (draw =
         position in an epoch of batches, nnU-Net's rule), else with probability ``oversample``."""
         if draw is None:
             return bool(rng.random() < self.oversample)
@@ -541,16 +584,25 @@ class TrainTransform:
 
     def patch_item(self, sample: Sample, rng: np.random.Generator,
                    draw: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """A 3-D training patch from a whole preprocessed volume (``bench.data.preprocess``: image
+        """A training patch from a whole preprocessed case (``bench.data.preprocess``: image
         (C, D, H, W), already normalised; label -1 outside the non-zero region): nnU-Net's region
-        choice, then its augmentation."""
+        choice (a 2-D patch: in a slice ``nnunet_slice`` picks first), then its augmentation."""
+        image = sample.image
         label = np.asarray(sample.label)  # class ids in any integer type: only the patch becomes int64
         force = self.forced_foreground(draw, rng)
-        corner = nnunet_patch_corner(label.shape, self.patch, self.initial, rng, label if force else None)
+        cls = None
+        if len(self.patch) == 2:  # nnU-Net's 2-D loader: a slice, then a region in it
+            counts = self._counts.get(sample.name)
+            if counts is None:  # once per case (per loader worker)
+                counts = self._counts[sample.name] = slice_class_counts(label)
+            z, cls = nnunet_slice(counts, rng, force)
+            image, label = image[:, z], label[z]
+            force = cls is not None
+        corner = nnunet_patch_corner(label.shape, self.patch, self.initial, rng, label if force else None, cls)
         # nnU-Net pads normalised images with 0 and labels with -1
-        x, label = crop_padded(sample.image, corner, self.initial, 0.0), crop_padded(label, corner, self.initial, -1)
+        x, label = crop_padded(image, corner, self.initial, 0.0), crop_padded(label, corner, self.initial, -1)
         if self.augment == "nnunet":  # which also turns the -1 voxels into background
-            x, label = nnunet_augment_3d(x, label, rng, self.patch, self.mask_outside)
+            x, label = nnunet_augment_patch(x, label, rng, self.patch, self.mask_outside)
         else:  # nnU-Net without augmentation (its validation transforms): no MaskTransform
             x, label = clear_outside(x, label, False)
         return torch.from_numpy(x), torch.from_numpy(label)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CI's drift grid behind results/baseline/smoke.csv: every registered model, in its tiny
-# configuration, on synthetic Synapse and ISIC 2017 data under the `drift` protocol, and the 3-D
-# LightM-UNet on synthetic nnU-Net CT volumes under `drift_3d` (float64 and the settings below,
-# so the numbers do not depend on which CPU runs it), one thread, fixed seed.
+# configuration, on synthetic Synapse and ISIC 2017 data under the `drift` protocol, and LightM-UNet
+# on synthetic nnU-Net CT volumes under `drift_3d` (3-D patches) and `drift_2d` (nnU-Net's 2d
+# configuration) (float64 and the settings below, so the numbers do not depend on which CPU runs
+# it), one thread, fixed seed.
 set -euo pipefail
 # float64 alone does not make the numbers CPU-independent: MKL picks its GEMM kernels by CPU and
 # ATen's vector kernels sum 4 or 8 doubles at a time (AVX2 / AVX-512), and over 120 training
@@ -18,4 +19,6 @@ bench=${BENCH:-.venv/bin/bench}
 for ds in synapse isic17; do
     "$bench" run --models all --tiny --dataset "$ds" --synthetic --protocol drift --results "$out" --threads 1 --no-progress
 done
-"$bench" run --models lightm_unet --tiny --dataset nnunet --synthetic --protocol drift_3d --results "$out" --threads 1 --no-progress
+for proto in drift_3d drift_2d; do
+    "$bench" run --models lightm_unet --tiny --dataset nnunet --synthetic --protocol "$proto" --results "$out" --threads 1 --no-progress
+done

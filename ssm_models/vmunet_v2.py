@@ -101,6 +101,7 @@ class VMUNetV2(SegmentationModel):
     """
 
     size_divisor = 32
+    square_input = True
     uses_selective_scan = True
 
     def __init__(self, num_classes: int, in_chans: int = 3, depths=(2, 2, 9, 2), dims=(96, 192, 384, 768),

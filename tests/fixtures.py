@@ -116,3 +116,17 @@ def run_bench(*args, check: bool = True) -> subprocess.CompletedProcess:
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
+
+
+class Scripted:
+    """A numpy Generator's stand-in for augmentation tests: ``random()`` returns the given values, then
+    0.99 (no further draw fires); ``uniform`` returns the given values in turn."""
+
+    def __init__(self, randoms, uniforms=()):
+        self.randoms, self.uniforms = list(randoms), list(uniforms)
+
+    def random(self):
+        return self.randoms.pop(0) if self.randoms else 0.99
+
+    def uniform(self, lo, hi, size=None):
+        return self.uniforms.pop(0)

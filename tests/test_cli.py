@@ -173,14 +173,15 @@ def test_each_dataset_defaults_to_its_published_protocol():
 
 def test_lightm_unet_2d_protocol_trains_and_scores_png_cases(tmp_path):
     """LightM-UNet's nnU-Net recipe end to end on a 2-D nnU-Net-format dataset (PNG cases): epochs of
-    fixed length, nnU-Net's loss and augmentation, per-case scoring at native size under strict."""
+    fixed length, 2-D patches, nnU-Net's loss and augmentation, per-case scoring at native size under strict."""
     import numpy as np
 
     from bench.data import open_dataset, synthesize
 
     root = synthesize("nnunet", tmp_path / "png", dims=2, n_cases=6, size=40)
+    fast = [a for a in FAST if a not in ("--img-size", "32")]
     _bench("run", "--models", "lightm_unet,unet", "--dataset", "nnunet", "--data-root", root, "--protocol",
-           "lightm_unet_2d", "--batch-size", "2", "--results", tmp_path / "res", *FAST)
+           "lightm_unet_2d", "--batch-size", "2", "--patch-size", "32,32", "--results", tmp_path / "res", *fast)
     df = records.load(tmp_path / "res")
     assert sorted(df["model"]) == ["lightm_unet", "unet"] and set(df["policy"]) == {"strict"}
     for path in sorted((tmp_path / "res" / "records").glob("*.json")):

@@ -47,6 +47,11 @@ def test_lightm_unet_2d_is_the_lightm_unet_nnunet_trainer():
     assert (t.scheduler, t.poly_power, t.epochs, t.iterations_per_epoch) == ("poly_epoch", 0.9, 100, 250)
     assert (t.loss_ce, t.loss_dice, t.dice_loss, t.augment, t.select) == (1.0, 1.0, "nnunet", "nnunet", "final")
     assert (p.datasets, p.normalize, p.metric_policy, p.pretrained) == (("nnunet",), "zscore", "strict", False)
+    # nnU-Net's 2d data path: patches, the in-plane target spacing, a third of each batch on foreground,
+    # the sliding window without mirroring (--disable_tta)
+    assert (p.patch_size, p.spatial_dims, p.img_size, p.model_size, p.patches) == ((512, 512), 2, 0, 512, True)
+    assert (p.target_spacing, t.batch_size, t.oversample_foreground) == ("nnunet", 12, 0.33)
+    assert (p.eval.tile_step, p.eval.mirror) == (0.5, False)
 
 
 def test_isic_is_vmunets_recipe():

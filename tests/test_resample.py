@@ -297,5 +297,5 @@ def test_the_fingerprint_samples_the_foreground_of_the_cropped_cases():
     from bench.data.intensity import intensity_stats
 
     fresh = SimpleNamespace(**{**vars(ds), "foreground_stats": None, "mask_norm": None})
-    proto = SimpleNamespace(normalize="ct_foreground", target_spacing="native", spatial_dims=3)
+    proto = SimpleNamespace(normalize="ct_foreground", target_spacing="native", patches=True)
     assert intensity_stats(fresh, proto) == ds.foreground_stats and fresh.mask_norm is True

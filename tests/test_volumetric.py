@@ -20,7 +20,7 @@ from bench.data.resample import new_shape
 from bench.errors import BenchError
 from bench.evaluate import gaussian_importance, sliding_window_logits, tile_starts
 from bench.protocol import load_protocol
-from tests.fixtures import run_bench
+from tests.fixtures import Scripted, run_bench
 
 PROTOCOLS = Path(__file__).parents[1] / "bench" / "protocols"
 _bench = run_bench
@@ -43,13 +43,15 @@ def test_lightm_unet_3d_protocol_is_the_authors_trainer_on_patches():
 
 
 @pytest.mark.parametrize("lines, phrase", [
-    ('patch_size = [16, 16]', "patch_size: expected three whole numbers"),
-    ('patch_size = [0, 16, 16]', "patch_size: expected three whole numbers"),
-    ('patch_size = [8, 16, 16]\nimg_size = 64', "img_size: a 3-D protocol sizes its input with patch_size"),
+    ('patch_size = [16]', "patch_size: expected whole numbers >= 1, [D, H, W] (3-D patches) or [H, W]"),
+    ('patch_size = [8, 8, 16, 16]', "patch_size: expected whole numbers >= 1"),
+    ('patch_size = [0, 16, 16]', "patch_size: expected whole numbers >= 1"),
+    ('patch_size = [8, 16, 16]\nimg_size = 64', "img_size: a patch protocol sizes its input with patch_size"),
     ('patch_size = [8, 16, 16]\n[eval]\ntile_step = 0', "eval.tile_step: expected a fraction"),
     ('patch_size = [8, 16, 16]\ntarget_spacing = "median"', "target_spacing: expected 'native', 'nnunet'"),
-    ('patch_size = [8, 16, 16]\ntarget_spacing = [1.0, 0, 1.0]', "target_spacing: expected three spacings in mm > 0"),
-    ('img_size = 64\ntarget_spacing = "nnunet"', "target_spacing: resampling to a spacing belongs to 3-D protocols"),
+    ('patch_size = [8, 16, 16]\ntarget_spacing = [1.0, 0, 1.0]', "target_spacing: expected 3 spacings in mm > 0, [z, y, x]"),
+    ('patch_size = [16, 16]\ntarget_spacing = [3.0, 1.0, 1.0]', "target_spacing: expected 2 spacings in mm > 0, [y, x]"),
+    ('img_size = 64\ntarget_spacing = "nnunet"', "target_spacing: resampling to a spacing belongs to patch protocols"),
 ])
 def test_bad_3d_protocol_fields_name_the_file_and_field(tmp_path, lines, phrase):
     text = (PROTOCOLS / "lightm_unet_3d.toml").read_text()
@@ -71,7 +73,7 @@ def test_patch_size_not_a_list_is_one_clear_error(tmp_path):
     path = tmp_path / "scalar.toml"
     path.write_text((PROTOCOLS / "lightm_unet_3d.toml").read_text().replace("patch_size = [128, 128, 128]",
                                                                              "patch_size = 128"))
-    with pytest.raises(BenchError, match=r"patch_size: expected three whole numbers >= 1, \[D, H, W\].*got 128"):
+    with pytest.raises(BenchError, match=r"patch_size: expected whole numbers >= 1, \[D, H, W\].*got 128"):
         load_protocol(path)
 
 
@@ -90,8 +92,11 @@ def test_patch_override_is_off_protocol_and_img_size_is_refused():
     for size in (64, 0):  # even 0, the value a 3-D protocol holds: no img_size override on 3-D protocols
         with pytest.raises(BenchError, match=r"--img-size.*change that with --patch-size"):
             p.with_overrides(img_size=size)
-    with pytest.raises(BenchError, match=r"patch_size \(--patch-size\): expected three"):
+    with pytest.raises(BenchError, match=r"patch_size \(--patch-size\): protocol 'lightm_unet_3d' trains 3-D "
+                                         r"patches \[128, 128, 128\]; give 3 sides, got \[8, 16\]"):
         p.with_overrides(patch_size=[8, 16])
+    with pytest.raises(BenchError, match=r"patch_size \(--patch-size\): protocol 'smoke' zooms whole images"):
+        load_protocol("smoke").with_overrides(patch_size=[16, 16])
 
 
 # --- patches: region, foreground forcing, crop --------------------------------------------------
@@ -163,23 +168,9 @@ def test_augment_3d_without_a_spatial_draw_cuts_the_centre_and_clears_the_paddin
     x = np.arange(2 * 9 * 9 * 9, dtype=np.float64).reshape(2, 9, 9, 9)
     label = np.full((9, 9, 9), -1)
     label[3:6, 3:6, 3:6] = 2
-    out_x, out = T.nnunet_augment_3d(x, label, NoDraw(), (5, 5, 5))
+    out_x, out = T.nnunet_augment_patch(x, label, NoDraw(), (5, 5, 5))
     np.testing.assert_array_equal(out_x, x[:, 2:7, 2:7, 2:7].astype(np.float32))
     assert out.dtype == np.int64 and set(np.unique(out)) == {0, 2} and (out[1:4, 1:4, 1:4] == 2).all()
-
-
-class Scripted:
-    """An rng whose ``random()`` returns the given values, then 0.99 (no further draw fires), and whose
-    ``uniform`` returns the given values in turn."""
-
-    def __init__(self, randoms, uniforms=()):
-        self.randoms, self.uniforms = list(randoms), list(uniforms)
-
-    def random(self):
-        return self.randoms.pop(0) if self.randoms else 0.99
-
-    def uniform(self, lo, hi, size=None):
-        return self.uniforms.pop(0)
 
 
 def test_dummy_2d_patches_are_nnunets_flat_ones():
@@ -200,7 +191,7 @@ def test_dummy_2d_augmentation_turns_every_slice_alike_in_plane():
     x = rng.normal(size=(1, *initial))
     label = (rng.random(initial) < 0.3).astype(np.int64) * 2
     angle = 1.1
-    out_x, out = T.nnunet_augment_3d(x, label, Scripted([0.1, 0.1, 0.2], [angle, 1.2]), patch)
+    out_x, out = T.nnunet_augment_patch(x, label, Scripted([0.1, 0.1, 0.2], [angle, 1.2]), patch)
     scale = 1.2  # the scale's split draw (u = 0.2) takes the second scripted uniform
     for k in range(patch[0]):
         ref_x, ref = T._nnunet_spatial(x[:, k], label[k], T._rotation_2d(angle), scale, patch[1:])
@@ -289,14 +280,25 @@ def test_slice_protocols_still_train_on_slices(tmp_path):
     ds = open_dataset("nnunet", root)
     from bench.data.torch_dataset import TrainDataset
 
-    data = TrainDataset(ds, load_protocol("lightm_unet_2d").with_overrides(img_size=32), seed=0)
+    data = TrainDataset(ds, load_protocol("acdc").with_overrides(img_size=32), seed=0)
     assert all(":" in i for i in data.ids) and data[0][0].shape == (1, 32, 32)
 
 
-def test_2d_data_has_no_training_volumes(tmp_path):
+def test_2d_cases_are_volumes_of_one_slice_to_patch_protocols(tmp_path):
     png = open_dataset("nnunet", synthesize("nnunet", tmp_path / "png", dims=2, n_cases=4, size=24))
-    with pytest.raises(BenchError, match="3-D protocols .* train on whole volumes"):
-        png.train_volume_ids()
+    assert png.train_volume_ids() == png.train_ids()
+    case = png.train_ids()[0]
+    image, label, _ = png._case_arrays(case)
+    vol = png.load_train_volume(case, VolumePrep("none"))
+    assert vol.image.shape == (1, 1, *label.shape) and vol.label.shape == (1, *label.shape)
+    np.testing.assert_array_equal(vol.image[0, 0], image)  # nothing to crop here
+    outside = vol.label[0] < 0  # zero pixels connected to the border: outside the non-zero region
+    assert outside.any() and np.all(image[outside] == 0) and np.all(label[outside] == 0)
+    np.testing.assert_array_equal(np.where(outside, 0, vol.label[0]), label)
+    from bench.data import synthetic_root
+
+    with pytest.raises(BenchError, match=r"patch protocols \(patch_size\) train on whole cases in nnU-Net format"):
+        open_dataset("synapse", synthetic_root("synapse", tmp_path)).train_volume_ids()
 
 
 # --- CT normalisation from the training foreground ---------------------------------------------
@@ -440,7 +442,7 @@ def test_test_time_mirroring_averages_the_flipped_predictions():
     assert not torch.allclose(got, plain, atol=1e-3)  # it did change the prediction
     proto = load_protocol("lightm_unet_3d")
     assert proto.eval.mirror is False and proto.with_overrides(mirror=True).eval.mirror is True
-    with pytest.raises(BenchError, match="eval.mirror: test-time mirroring belongs to the 3-D sliding window"):
+    with pytest.raises(BenchError, match="eval.mirror: test-time mirroring belongs to the sliding window of patch"):
         load_protocol("smoke").with_overrides(mirror=True)
 
 
@@ -522,9 +524,10 @@ def test_lightm_unet_3d_run_trains_on_patches_and_scores_whole_volumes(volumes, 
     (["--models", "unet"], "unet is a 2-D model; protocol 'lightm_unet_3d' trains 3-D patches"),
     (["--models", "lightm_unet", "--patch-size", "8,12,16"], "not multiples of 8"),
     (["--models", "lightm_unet", "--patch-size", "8,16,20"], "use e.g. [8, 16, 24]"),
-    (["--models", "lightm_unet", "--img-size", "32"], "--patch-size D,H,W"),
+    (["--models", "lightm_unet", "--img-size", "32"], "sizes its input with patch_size [128, 128, 128]; change that with --patch-size"),
     (["--models", "lightm_unet", "--set", "spatial_dims=2"], "spatial_dims=2 does not fit"),
-    (["--models", "lightm_unet", "--target-spacing", "1,2"], "target_spacing (--target-spacing): expected three"),
+    (["--models", "lightm_unet", "--target-spacing", "1,2"], "target_spacing (--target-spacing): expected 3 spacings"),
+    (["--models", "lightm_unet", "--patch-size", "16,16"], "trains 3-D patches [128, 128, 128]; give 3 sides"),
     (["--models", "lightm_unet", "--target-spacing", "1,x,2"], "--target-spacing must be 'native', 'nnunet' or"),
 ])
 def test_3d_runs_refuse_what_cannot_work_before_training(volumes, tmp_path, args, phrase):
@@ -553,13 +556,13 @@ def test_3d_protocol_refuses_slice_data_and_2d_protocol_refuses_a_patch(tmp_path
     png = synthesize("nnunet", tmp_path / "png", dims=2, n_cases=4, size=24)
     proc = _bench("run", "--models", "lightm_unet", "--dataset", "nnunet", "--data-root", png, "--protocol",
                   "lightm_unet_3d", "--results", tmp_path / "r", "--tiny", "--patch-size", "8,16,16", check=False)
-    assert proc.returncode == 2 and "train on whole volumes in nnU-Net format" in proc.stderr
+    assert proc.returncode == 2 and "trains 3-D patches, and this data holds 2-D images" in proc.stderr
     proc = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
                   "--results", tmp_path / "r", "--patch-size", "8,16,16", check=False)
-    assert proc.returncode == 2 and "--patch-size applies to 3-D protocols" in proc.stderr
+    assert proc.returncode == 2 and "protocol 'smoke' zooms whole images to img_size (--img-size)" in proc.stderr
     proc = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
                   "--results", tmp_path / "r", "--target-spacing", "nnunet", check=False)
-    assert proc.returncode == 2 and "resampling to a spacing belongs to 3-D protocols" in proc.stderr
+    assert proc.returncode == 2 and "resampling to a spacing belongs to patch protocols" in proc.stderr
 
 
 def test_3d_zscore_on_volumes_with_zero_background_normalises_inside_the_non_zero_region(tmp_path):
@@ -619,5 +622,7 @@ def test_verify_notes_the_spacings_and_the_target_spacing(volumes):
     median = " x ".join(f"{v:.4g}" for v in np.median(train, 0))
     assert f"voxel spacing of the {len(train)} training volumes (z x y x x, mm): median {median}" in note
     assert f"resamples them to {median} (nnU-Net's 3d_fullres rule" in note  # no axis much coarser here
+    in_plane = " x ".join(f"{v:.4g}" for v in np.median(train, 0)[1:])
+    assert f"lightm_unet_2d resamples them in-plane to {in_plane}, each keeping its slice spacing" in note
     assert " x ".join(f"{v:.4g}" for v in train.min(0)) in note
     assert dataset_notes("nnunet", synthesize("nnunet", volumes.parent / "png", dims=2, n_cases=4, size=16)) == []

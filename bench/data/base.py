@@ -113,9 +113,9 @@ class SegDataset:
         raise NotImplementedError
 
     def train_volume_ids(self) -> list[str]:
-        """The training cases as whole volumes, for 3-D protocols (which cut patches from them)."""
-        raise BenchError(f"{self.root}: 3-D protocols (patch_size) train on whole volumes in nnU-Net format "
-                         f"(--dataset nnunet, NIfTI files); this {self.dataset_name!r} data holds 2-D training items")
+        """The training cases as whole volumes, for patch protocols (which cut patches from them)."""
+        raise BenchError(f"{self.root}: patch protocols (patch_size) train on whole cases in nnU-Net format "
+                         f"(--dataset nnunet); this {self.dataset_name!r} data holds prepared training slices or images")
 
     def load_train_volume(self, case_id: str, prep) -> Sample:
         """The case preprocessed by ``prep`` (``bench.data.preprocess.VolumePrep``)."""

@@ -60,7 +60,7 @@ def intensity_stats(dataset, protocol) -> list[dict[str, float]] | None:
     if protocol.normalize != "ct_foreground":
         return None
     if dataset.foreground_stats is None:
-        if protocol.spatial_dims == 3:  # from the cropped cases, in nnU-Net's one fingerprint pass
+        if protocol.patches:  # from the cropped cases, in nnU-Net's one fingerprint pass
             from bench.data.preprocess import volume_prep  # imported here: preprocess builds on this module
 
             volume_prep(dataset, protocol)

@@ -17,13 +17,13 @@ with ``spacing`` the header zooms reordered the same way (mm). Multi-channel ima
 channels-last: (H, W, C) or (D, H, W, C). Images are float32 as stored; the protocol's
 ``normalize`` (``zscore``, ``ct_window``, ``ct_foreground``) prepares them, and a run whose protocol
 leaves CT or MRI channels raw is warned (``normalize_hint``); labels are int64 ids. The whole
-training volumes of 3-D protocols (``load_train_volume``) are preprocessed instead
+training cases of patch protocols (``load_train_volume``) are preprocessed instead
 (``bench.data.preprocess.VolumePrep``): image float32 (C, *grid), label in a compact signed type,
--1 outside the non-zero region.
+-1 outside the non-zero region; a 2-D case becomes a volume of one slice there, as nnU-Net reads it.
 
 Training items: a 2-D case is one item (id ``CASE``); a volume contributes each axial slice
-(id ``"CASE:z"``), or, under a 3-D protocol, is one item from which patches are cut. Test cases are
-whole cases, scored per volume.
+(id ``"CASE:z"``), or, under a patch protocol, is one item from which patches are cut. Test cases are
+whole cases, scored per volume or image.
 
 Split: fold 0 of ``splits_final.json`` when present (train = its "train", test = its "val").
 Otherwise a fixed split of this project's own (not nnU-Net's, which has no held-out test split):
@@ -427,9 +427,7 @@ class NnUNetDataset(SegDataset):
         return list(self._slice_ids)
 
     def train_volume_ids(self) -> list[str]:
-        if not self.volumes:
-            return super().train_volume_ids()
-        return list(self._train_cases)
+        return list(self._train_cases)  # a 2-D case is a volume of one slice (bench.data.preprocess.as_volume)
 
     def load_train_volume(self, case_id: str, prep: VolumePrep) -> Sample:
         """A whole training volume as ``prep`` makes it (image float32 (C, *grid), label in a compact
@@ -444,7 +442,10 @@ class NnUNetDataset(SegDataset):
         return Sample(image=image, label=label, name=case_id)
 
     def _preprocessed(self, case: str, prep: VolumePrep) -> tuple[np.ndarray, np.ndarray]:
+        from bench.data.preprocess import as_volume  # imported here: preprocess imports bench.transforms
+
         image, label, spacing = self._case_arrays(case)
+        image, label = as_volume(image, label)
         return prep.case(image, label, spacing, str(label_path(self.root, case, self.file_ending)))
 
     def _mapped_volume(self, case: str, prep: VolumePrep) -> tuple[np.ndarray, np.ndarray]:

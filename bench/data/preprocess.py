@@ -1,4 +1,4 @@
-"""nnU-Net v2's preprocessing of a 3-D case, for patch protocols (``patch_size``), in its
+"""nnU-Net v2's preprocessing of a case, for patch protocols (``patch_size``), in its
 DefaultPreprocessor's order:
 
 1. crop to the non-zero region: the bounding box of the voxels non-zero in any channel, holes
@@ -7,10 +7,14 @@ DefaultPreprocessor's order:
    z-scored channel takes its mean and std inside the non-zero region only, and leaves the outside
    at 0, where nnU-Net's planner says so (``mask_norm``: cropping took away over a quarter of the
    median training case);
-3. resample to the protocol's ``target_spacing`` (``bench.data.resample``).
+3. resample to the protocol's ``target_spacing`` (``bench.data.resample``); under a 2-D patch
+   protocol (nnU-Net's 2d configuration) in-plane only, each volume keeping its slice spacing.
 
-Training patches are cut from volumes preprocessed once (kept under ``<results>/cache``); a test
-case is preprocessed the same way, predicted by the sliding window, its logits resampled back to
+A case is a volume (D, H, W); a 2-D case (a PNG) is a volume of one slice with no spacing, which no
+target spacing resamples (nnU-Net gives natural images spacing 1 everywhere).
+
+Training patches are cut from cases preprocessed once (kept under ``<results>/cache``); a test
+case is preprocessed the same way, predicted by the sliding window (2-D: slice by slice), its logits resampled back to
 the cropped grid, and the argmax pasted into background of the case's own shape, where it is
 scored (nnU-Net's export). The dataset-level inputs (foreground statistics, the target spacing's
 cropped shapes, the median share cropping keeps) come from one pass over the training cases, as
@@ -39,6 +43,12 @@ from bench.transforms import normalize_image, volume_chw
 MASK_NORM_BELOW = 0.75  # nnU-Net: z-score inside the non-zero region when cropping keeps less (median)
 
 
+def as_volume(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 2-D case (image (H, W) or (H, W, C), label (H, W)) as a volume of one slice, as nnU-Net reads
+    PNGs ((C, 1, H, W)); a volume as it is."""
+    return (image[None], label[None]) if np.ndim(label) == 2 else (image, label)
+
+
 def nonzero_box(image: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray]:
     """nnU-Net's ``crop_to_nonzero`` for a (D, H, W) or channels-last volume: the bounding box of the voxels
     non-zero in any channel with holes filled (the whole volume when none is), and that mask inside it."""
@@ -56,8 +66,9 @@ def nonzero_box(image: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray]:
 @dataclass(frozen=True)
 class VolumePrep:
     """How a volume reaches the network: cropped, normalised by ``normalize`` (with ``stats``; z-scores
-    inside the non-zero region when ``mask_norm``), then resampled to ``spacing`` (mm per axis,
-    (z, y, x)), or kept on its grid when None."""
+    inside the non-zero region when ``mask_norm``), then resampled to ``spacing`` (mm per axis, (z, y,
+    x); (y, x): in-plane only, the volume keeping its slice spacing, nnU-Net's 2d configuration), or
+    kept on its grid when None."""
 
     normalize: str
     stats: list[dict[str, float]] | None = None
@@ -69,6 +80,9 @@ class VolumePrep:
             raise BenchError(f"{what}: no voxel spacing, so it cannot be resampled to the target spacing "
                              f"{list(self.spacing)} mm")
         return tuple(float(s) for s in spacing)
+
+    def _target(self, native: tuple[float, ...]) -> tuple[float, ...]:
+        return native[:len(native) - len(self.spacing)] + tuple(self.spacing)
 
     def image(self, image: np.ndarray, spacing: Sequence[float] | None,
               what: str = "the volume") -> tuple[np.ndarray, tuple[slice, ...]]:
@@ -88,7 +102,8 @@ class VolumePrep:
         if self.spacing is None:
             return x
         native = self._native(spacing, what)
-        return resample(x, new_shape(x.shape[1:], native, self.spacing), native, self.spacing, order=3)
+        target = self._target(native)
+        return resample(x, new_shape(x.shape[1:], native, target), native, target, order=3)
 
     def case(self, image: np.ndarray, label: np.ndarray, spacing: Sequence[float] | None,
              what: str = "the volume") -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +116,7 @@ class VolumePrep:
         x = self._image(image[box], lab >= 0, spacing, what)
         if self.spacing is not None:
             native = self._native(spacing, what)
-            lab = resample(lab[None], x.shape[1:], native, self.spacing, order=1, labels=True)[0]
+            lab = resample(lab[None], x.shape[1:], native, self._target(native), order=1, labels=True)[0]
         return x, lab
 
     def labels_back(self, logits: np.ndarray, box: tuple[slice, ...], shape: Sequence[int],
@@ -111,7 +126,8 @@ class VolumePrep:
         background."""
         if self.spacing is not None:
             crop = tuple(s.stop - s.start for s in box)
-            logits = resample(logits, crop, self.spacing, self._native(spacing, what), order=1)
+            native = self._native(spacing, what)
+            logits = resample(logits, crop, self._target(native), native, order=1)
         out = np.zeros(tuple(shape), dtype=np.int64)
         out[box] = np.argmax(logits, axis=0)
         return out
@@ -128,7 +144,8 @@ def _fingerprint(dataset, protocol) -> None:
     ``mask_norm``) in one pass over the training cases, as nnU-Net's fingerprint: the statistics of
     the foreground, each case's spacing (its header) and shape after cropping, the share cropping keeps."""
     need_stats = protocol.normalize == "ct_foreground" and dataset.foreground_stats is None
-    need_spacing = protocol.target_spacing == "nnunet" and dataset.target_spacing is None
+    # 2-D cases (PNG) have no spacing: nnU-Net gives them 1 everywhere, which resamples nothing
+    need_spacing = protocol.target_spacing == "nnunet" and dataset.target_spacing is None and dataset.volumes
     need_mask = protocol.normalize == "zscore" and dataset.mask_norm is None
     if not (need_stats or need_spacing or need_mask):
         return
@@ -137,6 +154,7 @@ def _fingerprint(dataset, protocol) -> None:
 
     def cropped_cases():  # nnU-Net samples the foreground of the cropped case
         for image, label in dataset.train_cases():
+            image, label = as_volume(image, label)
             box, _ = nonzero_box(image)
             shapes.append(tuple(s.stop - s.start for s in box))
             kept.append(float(np.prod(shapes[-1]) / np.prod(label.shape)))
@@ -149,26 +167,28 @@ def _fingerprint(dataset, protocol) -> None:
             pass
     if need_spacing:
         spacings = [spacing for _, spacing in dataset.train_geometry()]
-        dataset.target_spacing = nnunet_target_spacing(spacings, shapes)
+        # nnU-Net's 2d configuration takes the in-plane part of the 3d_fullres spacing
+        dataset.target_spacing = nnunet_target_spacing(spacings, shapes)[-len(protocol.patch_size):]
     if dataset.mask_norm is None:
         dataset.mask_norm = bool(np.median(kept) < MASK_NORM_BELOW)
 
 
 def target_spacing(dataset, protocol) -> tuple[float, ...] | None:
     """The spacing ``protocol.target_spacing`` names for ``dataset``: None for "native", the given
-    (z, y, x), or for "nnunet" the 3d_fullres rule over the training cases' spacings and cropped
-    shapes, from ``dataset.target_spacing`` where a run's record set it, else computed once and kept there."""
+    (z, y, x) (2-D patches: (y, x)), or for "nnunet" the 3d_fullres rule over the training cases'
+    spacings and cropped shapes (2-D: its in-plane part; 2-D cases without spacings: None), from
+    ``dataset.target_spacing`` where a run's record set it, else computed once and kept there."""
     spec = protocol.target_spacing
     if spec == "native":
         return None
     if spec != "nnunet":
         return tuple(float(v) for v in spec)
     _fingerprint(dataset, protocol)
-    return tuple(float(v) for v in dataset.target_spacing)
+    return None if dataset.target_spacing is None else tuple(float(v) for v in dataset.target_spacing)
 
 
 def volume_prep(dataset, protocol) -> VolumePrep:
-    """The preprocessing of ``dataset``'s volumes under a 3-D ``protocol``."""
+    """The preprocessing of ``dataset``'s cases under a patch ``protocol``."""
     _fingerprint(dataset, protocol)
     stats = dataset.foreground_stats if protocol.normalize == "ct_foreground" else None
     mask_norm = protocol.normalize == "zscore" and bool(dataset.mask_norm)

@@ -49,8 +49,8 @@ class TrainDataset(Dataset):
     ):
         self.dataset = dataset
         self.seed = int(seed)
-        volumes = protocol.spatial_dims == 3  # 3-D protocols cut patches from whole training volumes
-        # 3-D: volumes cropped, normalised and resampled (nnU-Net's preprocessing; once per run with bench
+        volumes = protocol.patches  # patch protocols cut patches from whole training cases
+        # cases cropped, normalised and resampled (nnU-Net's preprocessing; once per run with bench
         # run's cache, else per item), patches cut from them
         prep = volume_prep(dataset, protocol) if volumes else None
         self.load = functools.partial(dataset.load_train_volume, prep=prep) if volumes else dataset.load_train

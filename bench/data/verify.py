@@ -391,7 +391,8 @@ def spacing_note(geometry: list[tuple[tuple[int, ...], tuple[float, ...]]]) -> s
     target = nnunet_target_spacing(spacings, shapes)
     return (f"voxel spacing of the {len(arr)} training volumes (z x y x x, mm): median {mm(np.median(arr, 0))}, "
             f"from {mm(arr.min(0))} to {mm(arr.max(0))}; target_spacing = \"nnunet\" (lightm_unet_3d) resamples "
-            f"them to {mm(target)} (nnU-Net's 3d_fullres rule on the whole volumes; a run applies it to the volumes "
+            f"them to {mm(target)} (nnU-Net's 3d_fullres rule on the whole volumes; lightm_unet_2d resamples them "
+            f"in-plane to {mm(target[1:])}, each keeping its slice spacing; a run applies the rule to the volumes "
             "cropped to their non-zero region, the same unless the images have a zero background, and records "
             "the value it used)")
 

@@ -1,0 +1,244 @@
+"""2-D patch protocols (nnU-Net's 2d configuration, lightm_unet_2d): a slice, then a region in it;
+nnU-Net's 2-D get_patch_size and augmentation; in-plane resampling; per-slice sliding window; runs
+end to end on PNG cases and on volumes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bench import transforms as T
+from bench.data import open_dataset, synthesize
+from bench.data.preprocess import VolumePrep, target_spacing, volume_prep
+from bench.data.resample import resample
+from bench.evaluate import gaussian_importance, sliding_window_logits, tile_starts
+from bench.protocol import load_protocol
+from tests.fixtures import Scripted, run_bench
+
+
+# --- region and rotation ---------------------------------------------------------------------------
+
+
+def test_initial_patch_is_nnunets_2d_get_patch_size():
+    # ±180° is capped at 90°: a square keeps its side, / 0.85 (512 / 0.85 = 602.35)
+    assert T.nnunet_initial_patch((512, 512)) == (602, 602)
+    # nnU-Net's own example (data_loader_2d.py): (56, 40) turned by 90° -> (56, 56), / 0.85 -> 65
+    assert T.nnunet_initial_patch((56, 40)) == (65, 65)
+    # 160 / 64 = 2.5 > 1.5: ±15° only. (64, 160) turned by 15°: (64 cos + 160 sin, -64 sin + 160 cos)
+    # = (103.23, 137.98); the larger of that and the patch per axis, / 0.85 -> (121.45, 188.24)
+    c, s = np.cos(np.pi / 12), np.sin(np.pi / 12)
+    assert (64 * c + 160 * s, 160 * c - 64 * s) == pytest.approx((103.23, 137.98), abs=0.01)
+    assert T.nnunet_initial_patch((64, 160)) == (121, 188)
+
+
+def test_2d_rotation_range_is_nnunets():
+    assert T.nnunet_rotation_2d((512, 512)) == pytest.approx(np.pi)
+    assert T.nnunet_rotation_2d((256, 384)) == pytest.approx(np.pi)  # 1.5: not over
+    assert T.nnunet_rotation_2d((256, 400)) == pytest.approx(np.pi / 12)
+
+
+def test_forced_slices_hold_the_drawn_class_in_proportion_to_its_voxels():
+    label = np.zeros((4, 6, 6), np.int8)
+    label[0, :3, :3] = 1  # class 1: 9 voxels in slice 0, 3 in slice 2
+    label[2, 0, :3] = 1
+    label[3, 5, 5] = 2  # class 2: one voxel, slice 3
+    label[1, 0, 0] = -1  # outside the non-zero region: no class
+    counts = T.slice_class_counts(label)
+    assert counts.tolist() == [[27, 9, 0], [36, 0, 0], [33, 3, 0], [35, 0, 1]]
+    draws = [T.nnunet_slice(counts, np.random.default_rng(i), True) for i in range(3000)]
+    classes = np.array([c for _, c in draws])
+    assert set(classes.tolist()) == {1, 2} and abs((classes == 2).mean() - 0.5) < 0.04  # a class first
+    assert all(z == 3 for z, c in draws if c == 2)
+    ones = np.array([z for z, c in draws if c == 1])
+    assert set(ones.tolist()) == {0, 2} and abs((ones == 0).mean() - 0.75) < 0.04  # 9 : 3
+    unforced = np.array([T.nnunet_slice(counts, np.random.default_rng(i), False) for i in range(2000)], dtype=object)
+    assert set(unforced[:, 1]) == {None} and sorted(set(unforced[:, 0])) == [0, 1, 2, 3]
+    empty = np.zeros((3, 4, 4), np.int8)  # no foreground: a uniform slice, no class (nnU-Net's fallback)
+    assert T.nnunet_slice(T.slice_class_counts(empty), np.random.default_rng(0), True)[1] is None
+
+
+def test_a_forced_2d_region_is_centred_on_the_drawn_class():
+    label = np.zeros((30, 30), np.int64)
+    label[2, 27] = 1
+    label[20:25, 3:8] = 2
+    patch = (8, 8)
+    initial = T.nnunet_initial_patch(patch)
+    for i in range(50):
+        corner = T.nnunet_patch_corner(label.shape, patch, initial, np.random.default_rng(i), label, cls=1)
+        region = T.crop_padded(label, corner, initial, -1)
+        centre = T.crop_padded(region, (np.array(initial) - patch) // 2, patch, -1)
+        assert (centre == 1).any()  # the class drawn with the slice, never the larger one
+
+
+# --- augmentation ----------------------------------------------------------------------------------
+
+
+def test_2d_augmentation_without_a_spatial_draw_cuts_the_centre_and_clears_the_padding():
+    x = np.arange(2 * 9 * 9, dtype=np.float64).reshape(2, 9, 9)
+    label = np.full((9, 9), -1)
+    label[3:6, 3:6] = 1
+    out_x, out = T.nnunet_augment_patch(x, label, Scripted([]), (5, 5))
+    np.testing.assert_array_equal(out_x, x[:, 2:7, 2:7].astype(np.float32))
+    assert out.dtype == np.int64 and set(np.unique(out)) == {0, 1} and (out[1:4, 1:4] == 1).all()
+
+
+def test_2d_augmentation_turns_the_region_by_a_quarter_like_rot90():
+    # a rotation drawn (u = 0.1) by 90°, no scale: the centre of the turned region is rot90 of the
+    # centre of the region (the cubic spline passes through the samples), then the mirror draws (none)
+    rng = np.random.default_rng(2)
+    x, label = rng.normal(size=(1, 11, 11)), rng.integers(0, 3, (11, 11))
+    out_x, out = T.nnunet_augment_patch(x, label, Scripted([0.1], [np.pi / 2]), (7, 7))
+    turned = np.rot90(x[0])[2:9, 2:9]  # out[i, j] = x[j + 2, 8 - i]
+    lab = np.rot90(label)[2:9, 2:9]
+    np.testing.assert_allclose(out_x[0], turned, atol=1e-6)
+    np.testing.assert_array_equal(out, lab)
+
+
+def test_2d_training_items_are_patches_of_one_slice(tmp_path):
+    from bench.data.torch_dataset import TrainDataset
+
+    root = synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=4, depth=6, size=24)
+    ds = open_dataset("nnunet", root)
+    proto = load_protocol("lightm_unet_2d").with_overrides(patch_size=[16, 16], batch_size=3)
+    data = TrainDataset(ds, proto, seed=4)
+    assert data.ids == ds.train_volume_ids()  # whole cases, cut here
+    image, label = data[(1, 0)]
+    assert image.shape == (1, 16, 16) and image.dtype == torch.float32
+    assert label.shape == (16, 16) and label.dtype == torch.int64 and set(label.unique().tolist()) <= {0, 1, 2}
+    again = TrainDataset(ds, proto, seed=4)[(1, 0)]
+    assert torch.equal(image, again[0]) and torch.equal(label, again[1])
+    # round(3 · 0.67) = 2: the third item of every batch is centred on foreground
+    forced = [data[(i % len(data), 3 * i + 2)][1] for i in range(8)]
+    assert all((lab > 0).any() for lab in forced)
+
+
+# --- preprocessing ---------------------------------------------------------------------------------
+
+
+def test_2d_target_spacing_resamples_in_plane_and_keeps_each_slice_spacing():
+    rng = np.random.default_rng(0)
+    image, label = rng.normal(size=(5, 12, 16)) + 3, rng.integers(0, 3, (5, 12, 16))
+    prep = VolumePrep("none", spacing=(1.0, 1.0))
+    x, lab = prep.case(image, label, (4.0, 0.5, 0.5))
+    full = VolumePrep("none", spacing=(4.0, 1.0, 1.0))  # the same as a 3-D target with the case's own z
+    fx, flab = full.case(image, label, (4.0, 0.5, 0.5))
+    assert x.shape == (1, 5, 6, 8) and lab.shape == (5, 6, 8)
+    np.testing.assert_array_equal(x, fx)
+    np.testing.assert_array_equal(lab, flab)
+    np.testing.assert_array_equal(x, resample(image[None].astype(np.float32), (5, 6, 8), (4.0, 0.5, 0.5),
+                                              (4.0, 1.0, 1.0), order=3))
+    logits = rng.normal(size=(3, 5, 6, 8))
+    back = prep.labels_back(logits, (slice(0, 5), slice(0, 12), slice(0, 16)), (5, 12, 16), (4.0, 0.5, 0.5))
+    assert back.shape == (5, 12, 16)
+    assert prep.key != full.key  # two preprocessings, two sets of cache files
+
+
+def test_2d_nnunet_spacing_is_the_in_plane_part_and_pngs_have_none(tmp_path):
+    from bench.data.resample import nnunet_target_spacing
+
+    vol = open_dataset("nnunet", synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=4, depth=6, size=24,
+                                            spacing=(3.0, 0.7, 0.7)))
+    proto = load_protocol("lightm_unet_2d").with_overrides(patch_size=[16, 16])
+    geometry = list(vol.train_geometry())
+    full = nnunet_target_spacing([s for _, s in geometry], [g for g, _ in geometry])
+    assert full[1:] == pytest.approx((0.7, 0.7)) and target_spacing(vol, proto) == pytest.approx(full[1:])
+    png = open_dataset("nnunet", synthesize("nnunet", tmp_path / "png", dims=2, n_cases=4, size=24))
+    assert target_spacing(png, proto) is None and volume_prep(png, proto).spacing is None
+
+
+# --- sliding window --------------------------------------------------------------------------------
+
+
+class _PlusTileMean2d(nn.Module):
+    """2-D logits that depend on the tile: x + the tile's mean, for 2 classes."""
+
+    num_classes = 2
+
+    def forward(self, x):
+        assert x.ndim == 4  # (B, C, H, W): slices, never volumes
+        return torch.cat([x, x * 0 + x.mean(dim=(2, 3), keepdim=True)], dim=1)
+
+
+def _windowed_slice(sl, patch, step):
+    """One slice's sliding window written out (nnU-Net's 2-D predictor): pad the in-plane axes to the
+    patch (the odd pixel above), 2-D Gaussian-weighted mean over the tiles, crop."""
+    need = np.maximum(np.array(patch) - sl.shape, 0)
+    x = np.pad(sl, [(n // 2, n - n // 2) for n in need])
+    w = gaussian_importance(patch).astype(np.float64)
+    acc, norm = np.zeros((2, *x.shape)), np.zeros(x.shape)
+    for y in tile_starts(x.shape[0], patch[0], step):
+        for xx in tile_starts(x.shape[1], patch[1], step):
+            box = (slice(y, y + patch[0]), slice(xx, xx + patch[1]))
+            acc[0][box] += w * x[box]
+            acc[1][box] += w * x[box].mean()
+            norm[box] += w
+    crop = tuple(slice(n // 2, n // 2 + s) for n, s in zip(need, sl.shape))
+    return (acc / norm)[(slice(None),) + crop]
+
+
+@pytest.mark.parametrize("shape, patch", [((3, 9, 13), (4, 6)), ((2, 5, 20), (8, 8))])
+def test_2d_sliding_window_covers_each_slice_on_its_own(shape, patch):
+    vol = np.random.default_rng(3).normal(size=(1, *shape)).astype(np.float32)
+    out = sliding_window_logits(_PlusTileMean2d(), vol, patch, 0.5, device=torch.device("cpu"),
+                                dtype=torch.float32, batch_size=5).numpy()
+    assert out.shape == (2, *shape)
+    for z in range(shape[0]):
+        np.testing.assert_allclose(out[:, z], _windowed_slice(vol[0, z].astype(np.float64), patch, 0.5),
+                                   rtol=1e-5, atol=1e-6)
+    flat = sliding_window_logits(_PlusTileMean2d(), vol[:, 0], patch, 0.5, device=torch.device("cpu"),
+                                 dtype=torch.float32).numpy()  # a 2-D case as it is
+    np.testing.assert_allclose(flat, out[:, 0], rtol=1e-6, atol=1e-6)
+
+
+def test_2d_mirroring_averages_the_four_flips():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, 3, padding=1)
+    conv.num_classes = 2
+    vol = np.random.default_rng(5).normal(size=(1, 2, 6, 8)).astype(np.float32)
+    got = sliding_window_logits(conv, vol, (6, 8), 0.5, device=torch.device("cpu"), dtype=torch.float32,
+                                mirror=True)
+    with torch.no_grad():
+        for z in range(2):
+            x = torch.from_numpy(vol[:, z])[None]
+            flips = [(), (2,), (3,), (2, 3)]
+            expected = sum(conv(x.flip(a)).flip(a) if a else conv(x) for a in flips)[0] / 4
+            torch.testing.assert_close(got[:, z], expected, rtol=1e-5, atol=1e-6)
+
+
+# --- end to end --------------------------------------------------------------------------------------
+
+
+def test_lightm_unet_2d_run_on_volumes_trains_on_slice_patches_and_scores_whole_volumes(tmp_path):
+    root = synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=5, depth=6, size=24, spacing=(3.0, 0.8, 0.8))
+    res = tmp_path / "res"
+    run_bench("run", "--models", "lightm_unet", "--dataset", "nnunet", "--data-root", root, "--protocol",
+              "lightm_unet_2d", "--patch-size", "16,16", "--batch-size", "3", "--max-iterations", "2", "--tiny",
+              "--threads", "1", "--no-progress", "--results", res)
+    (path,) = (res / "records").glob("*.json")
+    rec = json.loads(path.read_text())
+    assert rec["model_config"].get("spatial_dims", 2) == 2 and rec["target_spacing"] == pytest.approx([0.8, 0.8])
+    assert rec["mask_norm"] is False  # nothing to crop in these volumes
+    ds = open_dataset("nnunet", root)
+    (case,) = ds.test_ids()
+    native = ds.load_test(case).label.shape
+    assert {c["tp"] + c["fp"] + c["fn"] + c["tn"] for c in rec["per_case"]} == {int(np.prod(native))}
+    cached = sorted(p.name for p in (res / "cache" / "volumes").glob("*.image.npy"))
+    assert len(cached) == len(ds.train_volume_ids())  # preprocessed once, before training
+
+
+def test_a_non_square_patch_is_refused_for_square_only_models(tmp_path):
+    from bench.errors import BenchError
+    from bench.run import plan_grid
+
+    root = synthesize("nnunet", tmp_path / "png", dims=2, n_cases=4, size=24)
+    wide = load_protocol("lightm_unet_2d").with_overrides(patch_size=[32, 64])
+    with pytest.raises(BenchError, match=r"transunet: takes square inputs only; patch_size \[32, 64\] is not square"):
+        plan_grid(models=["lightm_unet", "transunet"], dataset="nnunet", protocol=wide, seeds=[0], data_root=root,
+                  synthetic=False, results_dir=tmp_path / "r")
+    assert not (tmp_path / "r" / "runs").exists()
+    assert len(plan_grid(models=["lightm_unet", "unet"], dataset="nnunet", protocol=wide, seeds=[0], data_root=root,
+                         synthetic=False, results_dir=tmp_path / "r")) == 2  # fully convolutional: any shape
