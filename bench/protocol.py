@@ -290,7 +290,10 @@ def _check_target_spacing(protocol: Protocol, where: str) -> Protocol:
     but "native" needs a patch protocol."""
     value = protocol.target_spacing
     key = "target_spacing (--target-spacing)" if where == "override" else "target_spacing"
-    n = len(protocol.patch_size) if isinstance(protocol.patch_size, tuple) and protocol.patch_size else 3
+    if value != "native" and not protocol.patch_size:
+        raise BenchError(f"{where} {key}: resampling to a spacing belongs to patch protocols (patch_size); "
+                         "this protocol zooms whole images to img_size")
+    n = len(protocol.patch_size)  # a checked tuple (_check_input_size)
     axes = "[z, y, x]" if n == 3 else "[y, x] (in-plane; each case keeps its slice spacing)"
     if isinstance(value, (list, tuple)):
         if len(value) != n or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
@@ -300,9 +303,6 @@ def _check_target_spacing(protocol: Protocol, where: str) -> Protocol:
     elif value not in ("native", "nnunet"):
         raise BenchError(f"{where} {key}: expected 'native', 'nnunet' (nnU-Net's target spacing rule) or "
                          f"{axes} in mm; got {value!r}")
-    if value != "native" and not protocol.patch_size:
-        raise BenchError(f"{where} {key}: resampling to a spacing belongs to patch protocols (patch_size); "
-                         "this protocol zooms whole images to img_size")
     return dataclasses.replace(protocol, target_spacing=value)
 
 

@@ -23,7 +23,7 @@ import torch
 from bench import distributed, env, records
 from bench.data import open_dataset, synthetic_root
 from bench.data.intensity import intensity_stats
-from bench.data.preprocess import target_spacing, volume_prep
+from bench.data.preprocess import slicing_note, target_spacing, volume_prep
 from bench.errors import BenchError
 from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
@@ -368,6 +368,9 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         # spacings in the headers, before anything trains; 2-D cases have none, which "nnunet" accepts
         if isinstance(protocol.target_spacing, tuple) or (protocol.target_spacing == "nnunet" and ds.volumes):
             list(ds.train_geometry())
+        note = slicing_note(ds) if protocol.spatial_dims == 2 and ds.volumes else None
+        if note:
+            warnings.warn(note, stacklevel=2)
     for m in models:  # img_size, --set overrides and pretrained files, for every model before one trains
         build = build_args(m, protocol, ds, model_overrides or {})
         if protocol.patches:  # before create_model's img_size check, whose advice names --img-size

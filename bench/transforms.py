@@ -16,7 +16,7 @@ Pipelines (``protocol.train.augment``):
   utils.py): ``myNormalize`` -> hflip p 0.5 -> vflip p 0.5 -> rotation p 0.5 by ONE angle drawn
   once per run -> bilinear resize of image and mask (the mask becomes soft at edges).
 - ``"nnunet"``: nnU-Net v2.1.1's default training augmentation for a 2-D configuration with a square
-  patch, as LightM-UNet trains (MrBlankness/LightM-UNet:lightm-unet/nnunetv2/training/nnUNetTrainer/
+  patch, the one LightM-UNet's trainer uses (MrBlankness/LightM-UNet:lightm-unet/nnunetv2/training/nnUNetTrainer/
   nnUNetTrainer.py, ``get_training_transforms``), built from batchgenerators v1 (MIC-DKFZ/batchgenerators:
   batchgenerators/augmentations/{spatial_transformations,utils,noise_augmentations,color_augmentations,
   resample_augmentations}.py). Image and label are first zoomed to ``img_size`` (orders 3 / 0) and that
@@ -25,7 +25,9 @@ Pipelines (``protocol.train.augment``):
   lists every draw). Differences from nnU-Net: the whole resized image replaces a patch cut from a larger,
   planned-spacing region (rotated corners get the zero fill, not neighbouring tissue), no foreground
   oversampling, and the draws come from a numpy ``Generator`` instead of batchgenerators' global streams.
-  A protocol with a 2-D ``patch_size`` cuts nnU-Net's patches instead (``TrainTransform.patch_item``).
+  A protocol with a 2-D ``patch_size`` (``lightm_unet_2d``) cuts nnU-Net's patches instead and
+  augments them with ``nnunet_augment_patch`` (``TrainTransform.patch_item``); this whole-image
+  variant serves protocols that zoom whole images.
 - ``"none"``: resize only.
 
 Resizing conventions: ``resize_image`` is ``scipy.ndimage.zoom`` with the factors TransUNet uses
@@ -62,7 +64,7 @@ def normalize_image(img: np.ndarray, mode: str, spatial_dims: int = 2,
       image (all channels) to [0, 255]; the mean/std cancel, so only the min-max is computed.
       A constant image (max == min), where the authors' code divides by zero, becomes all 0.
     - ``"zscore"``: per channel, (x - mean) / std over the image (nnU-Net's default for non-CT
-      channels, per 2-D image or slice, or per cropped volume in 3-D protocols, ``bench.data.preprocess``);
+      channels, per 2-D image or slice, or per cropped case in patch protocols, ``bench.data.preprocess``);
       a constant channel becomes 0.
     - ``"ct_window"``: CT in HU clipped to [-125, 275] and scaled to [0, 1], the preparation the
       Synapse files were distributed with (TransUNet lineage), for CT in nnU-Net format.
@@ -233,7 +235,7 @@ def _nnunet_spatial(
     """batchgenerators ``augment_spatial`` without elastic deformation, on x (C, *in) and label (*in), to
     ``out_shape`` (default: the input's): output voxel p reads the input at ``rot.T @ (p - c_out) * scale
     + c_in``, c the centres ((n - 1) / 2 per axis), so a scale > 1 shows more of the image, i.e. shrinks
-    the content (``scale``: one factor, or one per axis). The image is cubic with 0 outside; each label's indicator (the -1 padding of a 3-D patch
+    the content (``scale``: one factor, or one per axis). The image is cubic with 0 outside; each label's indicator (the -1 padding of a patch
     included) is linear with -1 outside and assigned where >= 0.5, in ascending label order over a zero
     start (voxels no label reaches, e.g. outside, stay 0). scipy's mode "constant" returns the fill for
     any sample beyond [0, n - 1], so rounding can drop an edge row, as there."""
@@ -454,8 +456,8 @@ def nnunet_patch_corner(shape: tuple[int, ...], patch: tuple[int, ...], initial:
     lbs = -pad // 2
     ubs = shape + pad // 2 + pad % 2 - initial
     if label is not None:
-        # present ids > 0 (np.unique sorts); -1 marks voxels outside the non-zero region
-        classes = np.flatnonzero(np.bincount(label.reshape(-1).clip(0)))[1:] if cls is None else np.array([cls])
+        # the foreground ids present, ascending (class 0 need not be); -1 (outside the non-zero region) is none
+        classes = np.flatnonzero(np.bincount(label.reshape(-1).clip(0))[1:]) + 1 if cls is None else np.array([cls])
         if len(classes):
             cls = classes[int(rng.integers(len(classes)))]
             where = np.flatnonzero(label.reshape(-1) == cls)
@@ -523,7 +525,7 @@ def nnunet_augment_patch(x: np.ndarray, label: np.ndarray, rng: np.random.Genera
 
 
 def clear_outside(x: np.ndarray, label: np.ndarray, mask_outside: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The end of nnU-Net's 3-D training transforms: with ``mask_outside`` (volumes z-scored inside their
+    """The end of nnU-Net's training transforms on patches: with ``mask_outside`` (cases z-scored inside their
     non-zero region, ``VolumePrep.mask_norm``) the image is 0 wherever the label is -1 (MaskTransform,
     undoing what intensity augmentation did there), then -1 becomes background (RemoveLabelTransform):
     float32 (C, *patch) and int64 (*patch)."""
@@ -609,7 +611,7 @@ class TrainTransform:
 
     def __call__(self, sample: Sample, rng: np.random.Generator,
                  draw: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``draw``: the item's position in an epoch drawn with replacement (3-D foreground rule)."""
+        """``draw``: the item's position in an epoch drawn with replacement (the patch protocols' foreground rule)."""
         if self.patch:
             return self.patch_item(sample, rng, draw)
         image = normalize_image(sample.image, self.normalize, stats=self.stats)

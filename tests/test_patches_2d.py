@@ -28,10 +28,9 @@ def test_initial_patch_is_nnunets_2d_get_patch_size():
     assert T.nnunet_initial_patch((512, 512)) == (602, 602)
     # nnU-Net's own example (data_loader_2d.py): (56, 40) turned by 90° -> (56, 56), / 0.85 -> 65
     assert T.nnunet_initial_patch((56, 40)) == (65, 65)
-    # 160 / 64 = 2.5 > 1.5: ±15° only. (64, 160) turned by 15°: (64 cos + 160 sin, -64 sin + 160 cos)
-    # = (103.23, 137.98); the larger of that and the patch per axis, / 0.85 -> (121.45, 188.24)
-    c, s = np.cos(np.pi / 12), np.sin(np.pi / 12)
-    assert (64 * c + 160 * s, 160 * c - 64 * s) == pytest.approx((103.23, 137.98), abs=0.01)
+    # 160 / 64 = 2.5 > 1.5: ±15° only. (64, 160) turned by 15° (cos 0.96593, sin 0.25882):
+    # (64 cos + 160 sin, -64 sin + 160 cos) = (103.23, 137.98); the larger of that and the patch per
+    # axis, / 0.85 -> (121.45, 188.24)
     assert T.nnunet_initial_patch((64, 160)) == (121, 188)
 
 
@@ -86,6 +85,26 @@ def test_2d_augmentation_without_a_spatial_draw_cuts_the_centre_and_clears_the_p
     assert out.dtype == np.int64 and set(np.unique(out)) == {0, 1} and (out[1:4, 1:4] == 1).all()
 
 
+class _Bounds(Scripted):
+    """Records the range of every ``uniform`` draw."""
+
+    def __init__(self, randoms, uniforms):
+        super().__init__(randoms, uniforms)
+        self.ranges = []
+
+    def uniform(self, lo, hi, size=None):
+        self.ranges.append((lo, hi))
+        return super().uniform(lo, hi, size)
+
+
+@pytest.mark.parametrize("patch, limit", [((8, 8), np.pi), ((8, 16), np.pi / 12)])
+def test_2d_augmentation_draws_its_angle_within_nnunets_range(patch, limit):
+    rng = _Bounds([0.1], [0.3])  # a rotation drawn, nothing else
+    region = T.nnunet_initial_patch(patch)
+    T.nnunet_augment_patch(np.zeros((1, *region)), np.zeros(region, np.int64), rng, patch)
+    assert rng.ranges == [pytest.approx((-limit, limit))]
+
+
 def test_2d_augmentation_turns_the_region_by_a_quarter_like_rot90():
     # a rotation drawn (u = 0.1) by 90°, no scale: the centre of the turned region is rot90 of the
     # centre of the region (the cubic spline passes through the samples), then the mirror draws (none)
@@ -114,6 +133,25 @@ def test_2d_training_items_are_patches_of_one_slice(tmp_path):
     # round(3 · 0.67) = 2: the third item of every batch is centred on foreground
     forced = [data[(i % len(data), 3 * i + 2)][1] for i in range(8)]
     assert all((lab > 0).any() for lab in forced)
+
+
+def test_a_small_2d_case_pads_outside_and_a_case_without_foreground_falls_back(tmp_path):
+    from bench.data.base import Sample
+
+    tf = T.TrainTransform(load_protocol("lightm_unet_2d").with_overrides(patch_size=[16, 16], batch_size=3),
+                          binary=False, run_seed=0, mask_outside=True)
+    image = np.full((1, 1, 6, 9), 5.0, np.float32)  # one slice, smaller than the patch
+    label = np.zeros((1, 6, 9), np.uint8)
+    label[0, 2:4, 3:6] = 1
+    for draw in range(6):  # draws 2 and 5 are forced
+        x, lab = tf(Sample(image, label, "small"), np.random.default_rng(draw), draw)
+        assert x.shape == (1, 16, 16) and lab.shape == (16, 16)
+        assert set(lab.unique().tolist()) <= {0, 1}  # the -1 padding became background
+        assert (lab == 1).any() or draw % 3 != 2  # a forced item holds the foreground
+        assert (x == 0).any()  # MaskTransform: where the case is not, the image is 0, whatever was augmented
+    none = Sample(image, np.zeros((1, 6, 9), np.uint8), "empty")  # forced, but nothing to centre on
+    x, lab = tf(none, np.random.default_rng(0), 2)
+    assert x.shape == (1, 16, 16) and not (lab > 0).any()
 
 
 # --- preprocessing ---------------------------------------------------------------------------------
@@ -212,22 +250,29 @@ def test_2d_mirroring_averages_the_four_flips():
 # --- end to end --------------------------------------------------------------------------------------
 
 
-def test_lightm_unet_2d_run_on_volumes_trains_on_slice_patches_and_scores_whole_volumes(tmp_path):
+@pytest.mark.parametrize("spacing, recorded", [(None, [0.8, 0.8]), ("1.2,1.2", [1.2, 1.2])])
+def test_lightm_unet_2d_run_on_volumes_trains_on_slice_patches_and_scores_whole_volumes(tmp_path, spacing, recorded):
     root = synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=5, depth=6, size=24, spacing=(3.0, 0.8, 0.8))
     res = tmp_path / "res"
     run_bench("run", "--models", "lightm_unet", "--dataset", "nnunet", "--data-root", root, "--protocol",
               "lightm_unet_2d", "--patch-size", "16,16", "--batch-size", "3", "--max-iterations", "2", "--tiny",
-              "--threads", "1", "--no-progress", "--results", res)
+              "--threads", "1", "--no-progress", "--results", res, *(["--target-spacing", spacing] if spacing else []))
     (path,) = (res / "records").glob("*.json")
     rec = json.loads(path.read_text())
-    assert rec["model_config"].get("spatial_dims", 2) == 2 and rec["target_spacing"] == pytest.approx([0.8, 0.8])
+    assert rec["model_config"].get("spatial_dims", 2) == 2 and rec["target_spacing"] == pytest.approx(recorded)
     assert rec["mask_norm"] is False  # nothing to crop in these volumes
     ds = open_dataset("nnunet", root)
     (case,) = ds.test_ids()
     native = ds.load_test(case).label.shape
     assert {c["tp"] + c["fp"] + c["fn"] + c["tn"] for c in rec["per_case"]} == {int(np.prod(native))}
-    cached = sorted(p.name for p in (res / "cache" / "volumes").glob("*.image.npy"))
+    cached = list((res / "cache" / "volumes").glob("*.label.npy"))
     assert len(cached) == len(ds.train_volume_ids())  # preprocessed once, before training
+    grid = (6, *(round(24 * 0.8 / s) for s in recorded))  # z kept, in-plane resampled
+    assert {np.load(p, mmap_mode="r").shape for p in cached} == {grid}
+    # a rescore reads the 2-entry spacing back and predicts the same slices again
+    run_bench("rescore", "--results", res, "--policy", "legacy-synapse")
+    twin = json.loads((res / "records" / f"{rec['run_id']}.legacy-synapse.json").read_text())
+    assert [c["tp"] for c in twin["per_case"]] == [c["tp"] for c in rec["per_case"]]
 
 
 def test_a_non_square_patch_is_refused_for_square_only_models(tmp_path):
@@ -242,3 +287,21 @@ def test_a_non_square_patch_is_refused_for_square_only_models(tmp_path):
     assert not (tmp_path / "r" / "runs").exists()
     assert len(plan_grid(models=["lightm_unet", "unet"], dataset="nnunet", protocol=wide, seeds=[0], data_root=root,
                          synthetic=False, results_dir=tmp_path / "r")) == 2  # fully convolutional: any shape
+
+
+def test_planning_warns_where_nnunet_would_slice_along_another_axis(tmp_path):
+    import warnings
+
+    from bench.run import plan_grid
+
+    proto = load_protocol("lightm_unet_2d").with_overrides(patch_size=[16, 16])
+    wide = synthesize("nnunet", tmp_path / "wide", dims=3, n_cases=4, depth=6, size=24, spacing=(1.0, 1.0, 3.0))
+    with pytest.warns(UserWarning, match=r"coarsest axis is axis 2 \(median spacing 1 x 1 x 3 mm.*slices along it, "
+                                         r"2-D patch protocols here along axis 0"):
+        plan_grid(models=["lightm_unet"], dataset="nnunet", protocol=proto, seeds=[0], data_root=wide,
+                  synthetic=False, results_dir=tmp_path / "r")
+    usual = synthesize("nnunet", tmp_path / "usual", dims=3, n_cases=4, depth=6, size=24, spacing=(3.0, 1.0, 1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # z is the coarsest: nnU-Net slices as we do
+        plan_grid(models=["lightm_unet"], dataset="nnunet", protocol=proto, seeds=[0], data_root=usual,
+                  synthetic=False, results_dir=tmp_path / "r")

@@ -52,6 +52,7 @@ def test_lightm_unet_3d_protocol_is_the_authors_trainer_on_patches():
     ('patch_size = [8, 16, 16]\ntarget_spacing = [1.0, 0, 1.0]', "target_spacing: expected 3 spacings in mm > 0, [z, y, x]"),
     ('patch_size = [16, 16]\ntarget_spacing = [3.0, 1.0, 1.0]', "target_spacing: expected 2 spacings in mm > 0, [y, x]"),
     ('img_size = 64\ntarget_spacing = "nnunet"', "target_spacing: resampling to a spacing belongs to patch protocols"),
+    ('img_size = 64\ntarget_spacing = [1.0, 1.0]', "target_spacing: resampling to a spacing belongs to patch protocols"),
 ])
 def test_bad_3d_protocol_fields_name_the_file_and_field(tmp_path, lines, phrase):
     text = (PROTOCOLS / "lightm_unet_3d.toml").read_text()

@@ -25,9 +25,9 @@ from bench.errors import BenchError
 
 @dataclass
 class Sample:
-    """One training item: a 2-D image or slice, or a whole volume (3-D protocols)."""
+    """One training item: a 2-D image or slice, or a whole case (patch protocols)."""
 
-    image: np.ndarray  # (H, W) or (H, W, C) channels-last; 3-D protocols' preprocessed volumes (C, D, H, W)
+    image: np.ndarray  # (H, W) or (H, W, C) channels-last; patch protocols' preprocessed cases (C, D, H, W)
     label: np.ndarray  # spatial shape: int64 class ids (a whole volume: signed, -1 outside its non-zero region), or float32 in [0, 1] (binary)
     name: str = ""
 
@@ -66,13 +66,13 @@ class SegDataset:
         # normalize = "ct_foreground": the training foreground's statistics (bench.data.intensity),
         # computed on first use, or set from a run's record to score it as it was trained
         self.foreground_stats: list[dict[str, float]] | None = None
-        # target_spacing = "nnunet": the (z, y, x) spacing 3-D volumes are resampled to
-        # (bench.data.preprocess), computed on first use or set from a run's record
+        # target_spacing = "nnunet": the (z, y, x) spacing volumes are resampled to ((y, x) in-plane under
+        # 2-D patches; bench.data.preprocess), computed on first use or set from a run's record
         self.target_spacing: tuple[float, ...] | None = None
-        # normalize = "zscore" in 3-D: whether volumes are z-scored inside their non-zero region
+        # normalize = "zscore" in patch protocols: whether cases are z-scored inside their non-zero region
         # (nnU-Net's use_mask_for_norm, bench.data.preprocess), decided once or set from a record
         self.mask_norm: bool | None = None
-        # 3-D protocols: a folder where preprocessed training volumes are kept as .npy and memory-mapped,
+        # patch protocols: a folder where preprocessed training cases are kept as .npy and memory-mapped,
         # so a patch reads its region only (bench run sets <results>/cache); None: preprocess each time
         self.volume_cache: Path | None = None
         # Human-readable remarks about how the data was read (e.g. a fallback that was taken);

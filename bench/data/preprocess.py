@@ -22,7 +22,9 @@ nnU-Net's fingerprint does; what they decide (``intensity_stats``, ``target_spac
 ``mask_norm``) goes into the run's record.
 
 Not reproduced: the axis transposition nnU-Net plans so that the coarsest axis comes first (the
-(z, y, x) order the NIfTI reader gives already has it first where z is the coarsest).
+(z, y, x) order the NIfTI reader gives already has it first where z is the coarsest). In 3-D it only
+orders the axes; under 2-D patches it picks the axis slices are cut across, so ``bench run`` warns
+where another axis is the coarsest (``slicing_note``).
 """
 
 from __future__ import annotations
@@ -171,6 +173,19 @@ def _fingerprint(dataset, protocol) -> None:
         dataset.target_spacing = nnunet_target_spacing(spacings, shapes)[-len(protocol.patch_size):]
     if dataset.mask_norm is None:
         dataset.mask_norm = bool(np.median(kept) < MASK_NORM_BELOW)
+
+
+def slicing_note(dataset) -> str | None:
+    """Where a 2-D patch protocol's slices are not nnU-Net's: its 2d configuration slices along the axis
+    of the coarsest median spacing (the planner's transposition puts it first), this project along
+    axis 0. A line naming both, or None where they agree."""
+    spacings = np.array([spacing for _, spacing in dataset.train_geometry()], dtype=np.float64)
+    coarsest = int(np.argmax(np.median(spacings, axis=0)))
+    if coarsest == 0:
+        return None
+    return (f"{dataset.root}: the training volumes' coarsest axis is axis {coarsest} (median spacing "
+            f"{' x '.join(f'{v:.4g}' for v in np.median(spacings, axis=0))} mm, z x y x x); nnU-Net's 2d "
+            "configuration slices along it, 2-D patch protocols here along axis 0")
 
 
 def target_spacing(dataset, protocol) -> tuple[float, ...] | None:

@@ -342,7 +342,7 @@ def dataset_notes(name: str, root: str | Path) -> list[str]:
     ISIC: VM-UNet-V2's, VM-UNet's two ISIC splits with their training images together). Never
     problems: a custom split or another order is legitimate, but the published tables assume
     the canonical ones. For nnU-Net volumes: the training cases' voxel spacings and the target
-    spacing 3-D protocols resample them to (headers only)."""
+    spacing patch protocols resample them to (headers only)."""
     from bench.data import get_reader, open_dataset
 
     reader = get_reader(name)
