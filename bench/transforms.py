@@ -418,51 +418,63 @@ def nnunet_initial_patch(patch: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(initial)
 
 
-def slice_class_counts(label: np.ndarray) -> np.ndarray:
-    """(slices, classes): how many voxels of each class each slice (axis 0) of ``label`` holds; -1
-    (outside the non-zero region) counts as background. What ``nnunet_slice`` draws from, computed once
-    per case, as nnU-Net samples its class locations once in preprocessing."""
-    k = int(label.max(initial=0)) + 1
-    return np.stack([np.bincount(s.reshape(-1).clip(0), minlength=k) for s in label])
+NNUNET_LOCATIONS = 10000  # voxels nnU-Net samples per class and case ...
+NNUNET_LOCATIONS_SHARE = 0.01  # ... but at least this share of them
+NNUNET_LOCATIONS_SEED = 1234
 
 
-def nnunet_slice(counts: np.ndarray, rng: np.random.Generator, force: bool) -> tuple[int, int | None]:
-    """The slice nnU-Net's 2-D loader cuts a patch from, and the class it centres that patch on, given a
-    case's ``slice_class_counts``: a foreground-forced item draws a class uniformly among the foreground
-    classes present in the case, then a slice with probability proportional to that class's voxels in it
-    (the slice of a voxel drawn from its locations); otherwise, or in a case without foreground, a
-    uniform slice and no class."""
-    if force:
-        present = np.flatnonzero(counts[:, 1:].sum(axis=0)) + 1
-        if len(present):
-            cls = int(present[int(rng.integers(len(present)))])
-            return int(rng.choice(len(counts), p=counts[:, cls] / counts[:, cls].sum())), cls
-    return int(rng.integers(len(counts))), None
+def foreground_locations(label: np.ndarray) -> dict[int, np.ndarray]:
+    """nnU-Net's ``_sample_foreground_locations`` on a preprocessed case's label (-1 outside the non-zero
+    region): for each foreground class present, in ascending order, min(10,000, n) of its n voxels but at
+    least ceil(n / 100), drawn without replacement by one RandomState(1234) per case; {class: (k, ndim)
+    coordinates}. nnU-Net's loaders centre foreground patches on these samples only."""
+    rs = np.random.RandomState(NNUNET_LOCATIONS_SEED)
+    out = {}
+    for c in range(1, int(label.max(initial=0)) + 1):
+        locs = np.argwhere(label == c)
+        if len(locs):  # an absent class draws nothing, as in nnU-Net
+            k = max(min(NNUNET_LOCATIONS, len(locs)), int(np.ceil(len(locs) * NNUNET_LOCATIONS_SHARE)))
+            out[c] = locs[rs.choice(len(locs), k, replace=False)]
+    return out
+
+
+def nnunet_class(locations: dict[int, np.ndarray], rng: np.random.Generator) -> int | None:
+    """The class a foreground-forced patch is centred on: uniform among the classes the case holds (so a
+    small class is not starved by a large one), None without foreground."""
+    classes = sorted(c for c, locs in locations.items() if len(locs))
+    return classes[int(rng.integers(len(classes)))] if classes else None
+
+
+def nnunet_slice(locations: dict[int, np.ndarray] | None, n_slices: int, rng: np.random.Generator,
+                 force: bool) -> tuple[int, np.ndarray | None]:
+    """The slice (axis 0) nnU-Net's 2-D loader cuts a patch from, and the in-plane voxels it may centre the
+    patch on: a foreground-forced item draws a class (``nnunet_class``), then the slice of one of that class's
+    sampled locations, and keeps that class's locations in the slice ("the line of death"); otherwise, or in
+    a case without foreground, a uniform slice and None."""
+    cls = nnunet_class(locations, rng) if force else None
+    if cls is None:
+        return int(rng.integers(n_slices)), None
+    locs = locations[cls]
+    z = int(locs[int(rng.integers(len(locs))), 0])
+    return z, locs[locs[:, 0] == z][:, 1:]
 
 
 def nnunet_patch_corner(shape: tuple[int, ...], patch: tuple[int, ...], initial: tuple[int, ...],
-                        rng: np.random.Generator, label: np.ndarray | None = None,
-                        cls: int | None = None) -> np.ndarray:
+                        rng: np.random.Generator, voxels: np.ndarray | None = None) -> np.ndarray:
     """The lower corner (may be negative: the region is padded) of the ``initial`` region cut from a
     case of ``shape``, as nnU-Net's data loader (``get_bbox``) picks it. Corners range so that the
     final ``patch``, centred in the region, can reach the case's border: from ``-pad // 2`` to
     ``shape + pad // 2 + pad % 2 - initial`` with pad = initial - patch (more where the case is
-    smaller than the region). With ``label`` (a foreground-forced item) the region is centred on a
-    voxel drawn uniformly from a class drawn uniformly among the foreground classes present (``cls``:
-    that class, drawn already; nnU-Net draws from up to 10,000 sampled voxels per class), clamped
-    below only; a label without foreground falls back to a uniform corner."""
+    smaller than the region). With ``voxels`` (a foreground-forced item: the drawn class's sampled
+    locations) the region is centred on one of them drawn uniformly, clamped below only; without, or
+    with none, a uniform corner."""
     shape, patch, initial = (np.array(v, dtype=np.int64) for v in (shape, patch, initial))
     pad = np.maximum(initial - patch, initial - shape)
     lbs = -pad // 2
     ubs = shape + pad // 2 + pad % 2 - initial
-    if label is not None:
-        # the foreground ids present, ascending (class 0 need not be); -1 (outside the non-zero region) is none
-        classes = np.flatnonzero(np.bincount(label.reshape(-1).clip(0))[1:]) + 1 if cls is None else np.array([cls])
-        if len(classes):
-            cls = classes[int(rng.integers(len(classes)))]
-            where = np.flatnonzero(label.reshape(-1) == cls)
-            voxel = np.array(np.unravel_index(where[int(rng.integers(len(where)))], label.shape))
-            return np.maximum(lbs, voxel - initial // 2)
+    if voxels is not None and len(voxels):
+        voxel = np.asarray(voxels[int(rng.integers(len(voxels)))], dtype=np.int64)
+        return np.maximum(lbs, voxel - initial // 2)
     return np.array([int(rng.integers(lo, hi + 1)) for lo, hi in zip(lbs, ubs)])
 
 
@@ -575,7 +587,7 @@ class TrainTransform:
         self.initial = nnunet_initial_patch(self.patch) if self.patch and self.augment == "nnunet" else self.patch
         self.batch_size = protocol.train.batch_size
         self.oversample = protocol.train.oversample_foreground
-        self._counts: dict[str, np.ndarray] = {}  # 2-D patches: slice_class_counts per case, kept per worker
+        self._sampled: dict[str, dict[int, np.ndarray]] = {}  # foreground_locations per case, kept per worker
 
     def forced_foreground(self, draw: int | None, rng: np.random.Generator) -> bool:
         """Whether an item's patch is centred on foreground: the last items of each batch (draw =
@@ -584,23 +596,30 @@ class TrainTransform:
             return bool(rng.random() < self.oversample)
         return not draw % self.batch_size < round(self.batch_size * (1 - self.oversample))
 
+    def _locations(self, case: str, label: np.ndarray) -> dict[int, np.ndarray]:
+        """The case's ``foreground_locations``, sampled on its first forced item (nnU-Net: when it
+        preprocesses the case) and kept."""
+        if case not in self._sampled:
+            self._sampled[case] = foreground_locations(label)
+        return self._sampled[case]
+
     def patch_item(self, sample: Sample, rng: np.random.Generator,
                    draw: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """A training patch from a whole preprocessed case (``bench.data.preprocess``: image
         (C, D, H, W), already normalised; label -1 outside the non-zero region): nnU-Net's region
-        choice (a 2-D patch: in a slice ``nnunet_slice`` picks first), then its augmentation."""
+        choice (a 2-D patch: in a slice ``nnunet_slice`` picks first), then its augmentation. The
+        case's ``name`` keys its sampled foreground locations."""
         image = sample.image
         label = np.asarray(sample.label)  # class ids in any integer type: only the patch becomes int64
         force = self.forced_foreground(draw, rng)
-        cls = None
+        locations = self._locations(sample.name, label) if force else None
         if len(self.patch) == 2:  # nnU-Net's 2-D loader: a slice, then a region in it
-            counts = self._counts.get(sample.name)
-            if counts is None:  # once per case (per loader worker)
-                counts = self._counts[sample.name] = slice_class_counts(label)
-            z, cls = nnunet_slice(counts, rng, force)
+            z, voxels = nnunet_slice(locations, len(label), rng, force)
             image, label = image[:, z], label[z]
-            force = cls is not None
-        corner = nnunet_patch_corner(label.shape, self.patch, self.initial, rng, label if force else None, cls)
+        else:
+            cls = nnunet_class(locations, rng) if force else None
+            voxels = None if cls is None else locations[cls]
+        corner = nnunet_patch_corner(label.shape, self.patch, self.initial, rng, voxels)
         # nnU-Net pads normalised images with 0 and labels with -1
         x, label = crop_padded(image, corner, self.initial, 0.0), crop_padded(label, corner, self.initial, -1)
         if self.augment == "nnunet":  # which also turns the -1 voxels into background

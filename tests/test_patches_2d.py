@@ -40,37 +40,70 @@ def test_2d_rotation_range_is_nnunets():
     assert T.nnunet_rotation_2d((256, 400)) == pytest.approx(np.pi / 12)
 
 
+def _sampled_locations(seg, classes, seed=1234):
+    """nnU-Net's ``_sample_foreground_locations`` written out from its source's description: on a
+    (1, *spatial) seg, per class in order, argwhere, min(10000, n) but at least ceil(1 % of n), one
+    RandomState(seed) for the case, without replacement; the channel column dropped here."""
+    rs = np.random.RandomState(seed)
+    out = {}
+    for c in classes:
+        all_locs = np.argwhere(seg == c)
+        if len(all_locs) == 0:
+            continue
+        n = max(min(10000, len(all_locs)), int(np.ceil(len(all_locs) * 0.01)))
+        out[c] = all_locs[rs.choice(len(all_locs), n, replace=False)][:, 1:]
+    return out
+
+
+def test_foreground_locations_are_nnunets_samples():
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 3, (10, 60, 100)).astype(np.int8)  # about 20,000 voxels of classes 1 and 2 each
+    label[0, :2] = -1
+    got = T.foreground_locations(label)
+    want = _sampled_locations(label[None], [1, 2, 3])  # class 3 absent: no draw, no entry
+    assert sorted(got) == [1, 2] and all(len(got[c]) == 10000 for c in got)
+    for c in want:
+        np.testing.assert_array_equal(got[c], want[c])
+    big = np.ones((101, 100, 100), np.uint8)  # 1,010,000 voxels: 1 % of them is more than 10,000
+    assert len(T.foreground_locations(big)[1]) == 10100
+
+
 def test_forced_slices_hold_the_drawn_class_in_proportion_to_its_voxels():
     label = np.zeros((4, 6, 6), np.int8)
     label[0, :3, :3] = 1  # class 1: 9 voxels in slice 0, 3 in slice 2
     label[2, 0, :3] = 1
     label[3, 5, 5] = 2  # class 2: one voxel, slice 3
     label[1, 0, 0] = -1  # outside the non-zero region: no class
-    counts = T.slice_class_counts(label)
-    assert counts.tolist() == [[27, 9, 0], [36, 0, 0], [33, 3, 0], [35, 0, 1]]
-    draws = [T.nnunet_slice(counts, np.random.default_rng(i), True) for i in range(3000)]
-    classes = np.array([c for _, c in draws])
-    assert set(classes.tolist()) == {1, 2} and abs((classes == 2).mean() - 0.5) < 0.04  # a class first
-    assert all(z == 3 for z, c in draws if c == 2)
-    ones = np.array([z for z, c in draws if c == 1])
+    locations = T.foreground_locations(label)  # few voxels: all of them
+    draws = [T.nnunet_slice(locations, 4, np.random.default_rng(i), True) for i in range(3000)]
+    zs = np.array([z for z, _ in draws])
+    in_plane = [v for _, v in draws]
+    twos = np.array([len(v) == 1 and tuple(v[0]) == (5, 5) for v in in_plane])
+    assert abs(twos.mean() - 0.5) < 0.04 and (zs[twos] == 3).all()  # a class first, then its slice
+    ones = zs[~twos]
     assert set(ones.tolist()) == {0, 2} and abs((ones == 0).mean() - 0.75) < 0.04  # 9 : 3
-    unforced = np.array([T.nnunet_slice(counts, np.random.default_rng(i), False) for i in range(2000)], dtype=object)
-    assert set(unforced[:, 1]) == {None} and sorted(set(unforced[:, 0])) == [0, 1, 2, 3]
-    empty = np.zeros((3, 4, 4), np.int8)  # no foreground: a uniform slice, no class (nnU-Net's fallback)
-    assert T.nnunet_slice(T.slice_class_counts(empty), np.random.default_rng(0), True)[1] is None
+    for z, v in draws:  # the class's locations in the slice drawn, nothing else
+        assert (label[z][tuple(v.T)] > 0).all() and len(v) == (label[z] == label[z][tuple(v[0])]).sum()
+    unforced = [T.nnunet_slice(locations, 4, np.random.default_rng(i), False) for i in range(2000)]
+    assert {v is None for _, v in unforced} == {True} and sorted({z for z, _ in unforced}) == [0, 1, 2, 3]
+    assert T.nnunet_slice({}, 3, np.random.default_rng(0), True)[1] is None  # no foreground: uniform
 
 
 def test_a_forced_2d_region_is_centred_on_the_drawn_class():
-    label = np.zeros((30, 30), np.int64)
-    label[2, 27] = 1
-    label[20:25, 3:8] = 2
+    label = np.zeros((1, 30, 30), np.int64)
+    label[0, 2, 27] = 1
+    label[0, 20:25, 3:8] = 2
     patch = (8, 8)
     initial = T.nnunet_initial_patch(patch)
+    locations = T.foreground_locations(label)
     for i in range(50):
-        corner = T.nnunet_patch_corner(label.shape, patch, initial, np.random.default_rng(i), label, cls=1)
-        region = T.crop_padded(label, corner, initial, -1)
+        rng = np.random.default_rng(i)
+        z, voxels = T.nnunet_slice(locations, 1, rng, True)
+        cls = int(label[0][tuple(voxels[0])])
+        corner = T.nnunet_patch_corner(label.shape[1:], patch, initial, rng, voxels)
+        region = T.crop_padded(label[0], corner, initial, -1)
         centre = T.crop_padded(region, (np.array(initial) - patch) // 2, patch, -1)
-        assert (centre == 1).any()  # the class drawn with the slice, never the larger one
+        assert z == 0 and (centre == cls).any()  # the class drawn with the slice
 
 
 # --- augmentation ----------------------------------------------------------------------------------

@@ -141,17 +141,19 @@ def test_patch_corners_span_nnunets_range_and_forced_ones_hold_foreground():
     label = np.zeros(shape, np.int64)
     label[2, 3, 15] = 1  # one voxel of class 1, a block of class 2
     label[6:9, 14:18, 2:6] = 2
+    locations = T.foreground_locations(label)
     seen = set()
     for i in range(200):
-        corner = T.nnunet_patch_corner(shape, patch, initial, np.random.default_rng(i), label)
+        rng = np.random.default_rng(i)
+        cls = T.nnunet_class(locations, rng)
+        corner = T.nnunet_patch_corner(shape, patch, initial, rng, locations[cls])
         region = T.crop_padded(label, corner, initial, -1)
         centre = T.crop_padded(region, (np.array(initial) - patch) // 2, patch, -1)  # the unrotated patch
-        assert (centre > 0).any()
-        seen |= set(np.unique(centre[centre > 0]).tolist())
+        assert (centre == cls).any()
+        seen.add(cls)
     assert seen == {1, 2}  # a class is drawn first: the one-voxel class is not starved by the block
-    empty = np.zeros(shape, np.int64)  # no foreground: nnU-Net falls back to a random corner
-    assert np.array_equal(T.nnunet_patch_corner(shape, patch, initial, np.random.default_rng(3), empty),
-                          T.nnunet_patch_corner(shape, patch, initial, np.random.default_rng(3)))
+    empty = T.foreground_locations(np.zeros(shape, np.int64))  # no foreground: nnU-Net falls back to a random corner
+    assert empty == {} and T.nnunet_class(empty, np.random.default_rng(0)) is None
 
 
 def test_the_last_third_of_every_batch_is_forced_onto_foreground():
