@@ -298,7 +298,7 @@ def test_lightm_unet_2d_run_on_volumes_trains_on_slice_patches_and_scores_whole_
     (case,) = ds.test_ids()
     native = ds.load_test(case).label.shape
     assert {c["tp"] + c["fp"] + c["fn"] + c["tn"] for c in rec["per_case"]} == {int(np.prod(native))}
-    cached = list((res / "cache" / "volumes").glob("*.label.npy"))
+    cached = list((res / "cache" / "volumes").rglob("*.label.npy"))
     assert len(cached) == len(ds.train_volume_ids())  # preprocessed once, before training
     grid = (6, *(round(24 * 0.8 / s) for s in recorded))  # z kept, in-plane resampled
     assert {np.load(p, mmap_mode="r").shape for p in cached} == {grid}

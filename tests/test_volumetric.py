@@ -251,7 +251,8 @@ def test_mapped_training_volumes_give_the_same_patches_and_follow_the_source_fil
     assert isinstance(sample.image, np.memmap) and not sample.image.flags.writeable
     assert sample.image.shape == (1, 8, 24, 24) and sample.image.dtype == np.float32  # preprocessed: (C, *grid)
     assert np.array_equal(sample.image, plain.load_train_volume(case, prep).image)
-    folder = tmp_path / "cache" / "volumes"
+    folder = mapped.volume_folder
+    assert folder.parent == tmp_path / "cache" / "volumes"  # a folder per dataset
     files = sorted(p.name for p in folder.iterdir())
     assert len(files) == 2 * 3 and not [f for f in files if f.startswith(".")]  # 3 cases drawn, no temp left
     # preprocessed otherwise (another spacing): its own files, next to the first ones
@@ -274,7 +275,8 @@ def test_an_unwritable_volume_cache_is_one_clear_error(tmp_path):
     (tmp_path / "cache" / "volumes").write_text("a file where the folder should be")
     ds.volume_cache = tmp_path / "cache"
     case = ds.train_volume_ids()[0]
-    with pytest.raises(BenchError, match=rf"cache/volumes: cannot keep the preprocessed training volume '{case}' there"):
+    with pytest.raises(BenchError, match=rf"cache/volumes/[0-9a-f]{{12}}: cannot keep the preprocessed training "
+                                         rf"volume '{case}' there"):
         ds.load_train_volume(case, VolumePrep("zscore"))
 
 
@@ -486,14 +488,14 @@ def test_lightm_unet_3d_run_trains_on_patches_and_scores_whole_volumes(volumes, 
     assert rec["cost"]["scan_macs"] > 0 and rec["train"]["iterations"] == 1
     # every training volume preprocessed into the cache before training, not only those drawn
     n_train = len(open_dataset("nnunet", volumes).train_volume_ids())
-    assert len(list((res / "cache" / "volumes").glob("*.image.npy"))) == n_train > 2
+    assert len(list((res / "cache" / "volumes").rglob("*.image.npy"))) == n_train > 2
     assert rec["protocol"]["overrides"]["patch_size"] == [8, 16, 16]
     ds = open_dataset("nnunet", volumes)
     assert rec["intensity_stats"] == foreground_statistics(ds.train_cases(), ds.n_train_cases)
     # resampled to the median spacing of the training cases (8 slices of 2-4 mm: no axis with few voxels)
     train = [SPACINGS[ds.cases.index(c)] for c in ds.train_volume_ids()]
     assert rec["target_spacing"] == pytest.approx(list(np.median(train, axis=0)))
-    cached = [np.load(p, mmap_mode="r").shape for p in sorted((res / "cache" / "volumes").glob("*.image.npy"))]
+    cached = [np.load(p, mmap_mode="r").shape for p in sorted((res / "cache" / "volumes").rglob("*.image.npy"))]
     assert {tuple(shape[1:]) for shape in cached} != {(8, 24, 24)}  # training grids changed
     (case,) = ds.test_ids()
     native = ds.load_test(case).label.shape
@@ -629,3 +631,26 @@ def test_verify_notes_the_spacings_and_the_target_spacing(volumes):
     assert f"lightm_unet_2d resamples them in-plane to {in_plane}, each keeping its slice spacing" in note
     assert " x ".join(f"{v:.4g}" for v in train.min(0)) in note
     assert dataset_notes("nnunet", synthesize("nnunet", volumes.parent / "png", dims=2, n_cases=4, size=16)) == []
+
+
+def test_datasets_with_the_same_case_names_keep_their_own_cached_cases(tmp_path):
+    # two datasets whose cases share names (synth_000, ...) in one results folder: neither takes the
+    # other's files for stale ones, so neither preprocesses again; files of the older layout (directly
+    # in volumes/) of a case are removed when it is cached anew
+    first = open_dataset("nnunet", synthesize("nnunet", tmp_path / "a", dims=3, n_cases=3, depth=8, size=16))
+    second = open_dataset("nnunet", synthesize("nnunet", tmp_path / "b", dims=3, n_cases=3, depth=8, size=16, seed=1))
+    for ds in (first, second):
+        ds.volume_cache = tmp_path / "cache"
+    prep = VolumePrep("zscore")
+    case = first.train_volume_ids()[0]
+    assert case in second.train_volume_ids() and first.volume_folder != second.volume_folder
+    old = tmp_path / "cache" / "volumes" / f"{case}.{'0' * 16}.{prep.key}.image.npy"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"")
+    a = first.load_train_volume(case, prep).image
+    written = {p: p.stat().st_mtime_ns for p in first.volume_folder.iterdir()}
+    assert not old.exists() and len(written) == 2
+    b = second.load_train_volume(case, prep).image
+    assert not np.array_equal(a, b)  # other data, other files
+    assert first.load_train_volume(case, prep).image.filename == a.filename
+    assert {p: p.stat().st_mtime_ns for p in first.volume_folder.iterdir()} == written  # still there, untouched

@@ -448,9 +448,18 @@ class NnUNetDataset(SegDataset):
         image, label = as_volume(image, label)
         return prep.case(image, label, spacing, str(label_path(self.root, case, self.file_ending)))
 
+    @property
+    def volume_folder(self) -> Path | None:
+        """Where this dataset's preprocessed training cases are kept: a folder of ``volume_cache`` per
+        dataset root, so datasets whose cases share names never take each other's files for stale ones."""
+        if self.volume_cache is None:
+            return None
+        tag = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
+        return Path(self.volume_cache) / "volumes" / tag
+
     def _mapped_volume(self, case: str, prep: VolumePrep) -> tuple[np.ndarray, np.ndarray]:
         """(image, label) of ``case`` preprocessed by ``prep``, as read-only memory maps of .npy files in
-        ``volume_cache`` named by the case, a signature of its source files (path, size, mtime) and of
+        ``volume_folder`` named by the case, a signature of its source files (path, size, mtime) and of
         the cache's format, and ``prep.key``: edited data is preprocessed again (files of its old
         sources are removed), and runs that preprocess differently (another fold's statistics, another
         spacing) keep their own files. Each file is synced and renamed into place, so concurrent loader
@@ -460,7 +469,7 @@ class NnUNetDataset(SegDataset):
         sources.append(label_path(self.root, case, self.file_ending))
         stamp = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sources if p.is_file()]
         sig = hashlib.sha256(json.dumps([VOLUME_CACHE_FORMAT, stamp, self.num_classes]).encode()).hexdigest()[:16]
-        folder = Path(self.volume_cache) / "volumes"
+        folder = self.volume_folder
         paths = [folder / f"{case}.{sig}.{prep.key}.{part}.npy" for part in ("image", "label")]
         if all(p.is_file() for p in paths):
             try:
@@ -470,9 +479,11 @@ class NnUNetDataset(SegDataset):
         arrays = self._preprocessed(case, prep)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            for stale in folder.glob("*.npy"):  # the source files changed, or an older cache format
+            # the source files changed, or an older cache format; or the case's files from before the
+            # cache had a folder per dataset, directly in volumes/
+            for stale in [*folder.glob("*.npy"), *folder.parent.glob("*.npy")]:
                 named = _CACHED.fullmatch(stale.name)  # temporary files (".<name>.<pid>.tmp.npy") never match
-                if named is not None and named["case"] == case and named["sig"] != sig:
+                if named is not None and named["case"] == case and (named["sig"] != sig or stale.parent != folder):
                     stale.unlink(missing_ok=True)
             for arr, path in zip(arrays, paths):
                 tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
