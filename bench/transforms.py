@@ -434,7 +434,7 @@ def foreground_locations(label: np.ndarray) -> dict[int, np.ndarray]:
         locs = np.argwhere(label == c)
         if len(locs):  # an absent class draws nothing, as in nnU-Net
             k = max(min(NNUNET_LOCATIONS, len(locs)), int(np.ceil(len(locs) * NNUNET_LOCATIONS_SHARE)))
-            out[c] = locs[rs.choice(len(locs), k, replace=False)]
+            out[c] = locs[rs.choice(len(locs), k, replace=False)].astype(np.int32)  # kept per case: half the memory
     return out
 
 
