@@ -250,10 +250,10 @@ def _check_patch(model: str, build: dict[str, Any], protocol: Protocol) -> None:
     if getattr(built, "square_input", False) and len(set(patch)) > 1:
         raise BenchError(f"{model}: takes square inputs only; patch_size {list(patch)} is not square")
     d = getattr(built, "size_divisor", 1)
-    bad = [s for s in protocol.patch_size if s % d]
+    bad = [s for s in patch if s % d]
     if bad:
-        fixed = [-(-s // d) * d for s in protocol.patch_size]
-        raise BenchError(f"{model}: patch_size {list(protocol.patch_size)} has sides that are not multiples of {d}, "
+        fixed = [-(-s // d) * d for s in patch]
+        raise BenchError(f"{model}: patch_size {list(patch)} has sides that are not multiples of {d}, "
                          f"which it needs (it downsamples {d}x); use e.g. {fixed}")
 
 
@@ -366,9 +366,10 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         if ds.binary:
             raise BenchError(f"protocol {protocol.name!r} (patches) needs integer class labels; {dataset!r} is binary")
         # spacings in the headers, before anything trains; 2-D cases have none, which "nnunet" accepts
-        if isinstance(protocol.target_spacing, tuple) or (protocol.target_spacing == "nnunet" and ds.volumes):
-            list(ds.train_geometry())
-        note = slicing_note(ds) if protocol.spatial_dims == 2 and ds.volumes else None
+        resampled = isinstance(protocol.target_spacing, tuple) or (protocol.target_spacing == "nnunet" and ds.volumes)
+        slices = protocol.spatial_dims == 2 and ds.volumes
+        geometry = list(ds.train_geometry()) if resampled or slices else []
+        note = slicing_note(ds.root, [spacing for _, spacing in geometry]) if slices else None
         if note:
             warnings.warn(note, stacklevel=2)
     for m in models:  # img_size, --set overrides and pretrained files, for every model before one trains

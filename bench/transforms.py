@@ -445,13 +445,14 @@ def nnunet_class(locations: dict[int, np.ndarray], rng: np.random.Generator) -> 
     return classes[int(rng.integers(len(classes)))] if classes else None
 
 
-def nnunet_slice(locations: dict[int, np.ndarray] | None, n_slices: int, rng: np.random.Generator,
-                 force: bool) -> tuple[int, np.ndarray | None]:
+def nnunet_slice(locations: dict[int, np.ndarray] | None, n_slices: int,
+                 rng: np.random.Generator) -> tuple[int, np.ndarray | None]:
     """The slice (axis 0) nnU-Net's 2-D loader cuts a patch from, and the in-plane voxels it may centre the
-    patch on: a foreground-forced item draws a class (``nnunet_class``), then the slice of one of that class's
-    sampled locations, and keeps that class's locations in the slice ("the line of death"); otherwise, or in
-    a case without foreground, a uniform slice and None."""
-    cls = nnunet_class(locations, rng) if force else None
+    patch on: a foreground-forced item (``locations``: the case's ``foreground_locations``) draws a class
+    (``nnunet_class``), then the slice of one of that class's sampled locations, and keeps that class's
+    locations in the slice ("the line of death"); otherwise (None), or in a case without foreground, a
+    uniform slice and None."""
+    cls = None if locations is None else nnunet_class(locations, rng)
     if cls is None:
         return int(rng.integers(n_slices)), None
     locs = locations[cls]
@@ -614,10 +615,10 @@ class TrainTransform:
         force = self.forced_foreground(draw, rng)
         locations = self._locations(sample.name, label) if force else None
         if len(self.patch) == 2:  # nnU-Net's 2-D loader: a slice, then a region in it
-            z, voxels = nnunet_slice(locations, len(label), rng, force)
+            z, voxels = nnunet_slice(locations, len(label), rng)
             image, label = image[:, z], label[z]
         else:
-            cls = nnunet_class(locations, rng) if force else None
+            cls = None if locations is None else nnunet_class(locations, rng)
             voxels = None if cls is None else locations[cls]
         corner = nnunet_patch_corner(label.shape, self.patch, self.initial, rng, voxels)
         # nnU-Net pads normalised images with 0 and labels with -1

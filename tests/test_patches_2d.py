@@ -75,7 +75,7 @@ def test_forced_slices_hold_the_drawn_class_in_proportion_to_its_voxels():
     label[3, 5, 5] = 2  # class 2: one voxel, slice 3
     label[1, 0, 0] = -1  # outside the non-zero region: no class
     locations = T.foreground_locations(label)  # few voxels: all of them
-    draws = [T.nnunet_slice(locations, 4, np.random.default_rng(i), True) for i in range(3000)]
+    draws = [T.nnunet_slice(locations, 4, np.random.default_rng(i)) for i in range(3000)]
     zs = np.array([z for z, _ in draws])
     in_plane = [v for _, v in draws]
     twos = np.array([len(v) == 1 and tuple(v[0]) == (5, 5) for v in in_plane])
@@ -84,9 +84,9 @@ def test_forced_slices_hold_the_drawn_class_in_proportion_to_its_voxels():
     assert set(ones.tolist()) == {0, 2} and abs((ones == 0).mean() - 0.75) < 0.04  # 9 : 3
     for z, v in draws:  # the class's locations in the slice drawn, nothing else
         assert (label[z][tuple(v.T)] > 0).all() and len(v) == (label[z] == label[z][tuple(v[0])]).sum()
-    unforced = [T.nnunet_slice(locations, 4, np.random.default_rng(i), False) for i in range(2000)]
+    unforced = [T.nnunet_slice(None, 4, np.random.default_rng(i)) for i in range(2000)]
     assert {v is None for _, v in unforced} == {True} and sorted({z for z, _ in unforced}) == [0, 1, 2, 3]
-    assert T.nnunet_slice({}, 3, np.random.default_rng(0), True)[1] is None  # no foreground: uniform
+    assert T.nnunet_slice({}, 3, np.random.default_rng(0))[1] is None  # no foreground: uniform
 
 
 def test_a_forced_2d_region_is_centred_on_the_drawn_class():
@@ -98,7 +98,7 @@ def test_a_forced_2d_region_is_centred_on_the_drawn_class():
     locations = T.foreground_locations(label)
     for i in range(50):
         rng = np.random.default_rng(i)
-        z, voxels = T.nnunet_slice(locations, 1, rng, True)
+        z, voxels = T.nnunet_slice(locations, 1, rng)
         cls = int(label[0][tuple(voxels[0])])
         corner = T.nnunet_patch_corner(label.shape[1:], patch, initial, rng, voxels)
         region = T.crop_padded(label[0], corner, initial, -1)

@@ -175,16 +175,17 @@ def _fingerprint(dataset, protocol) -> None:
         dataset.mask_norm = bool(np.median(kept) < MASK_NORM_BELOW)
 
 
-def slicing_note(dataset) -> str | None:
-    """Where a 2-D patch protocol's slices are not nnU-Net's: its 2d configuration slices along the axis
-    of the coarsest median spacing (the planner's transposition puts it first), this project along
-    axis 0. A line naming both, or None where they agree."""
-    spacings = np.array([spacing for _, spacing in dataset.train_geometry()], dtype=np.float64)
-    coarsest = int(np.argmax(np.median(spacings, axis=0)))
+def slicing_note(root, spacings: Sequence[Sequence[float]]) -> str | None:
+    """Where a 2-D patch protocol's slices are not nnU-Net's, given the training volumes' spacings (z, y, x):
+    its 2d configuration slices along the axis of the coarsest median spacing (the planner's transposition
+    puts it first), this project along axis 0. A line naming both and the data at ``root``, or None where
+    they agree."""
+    median = np.median(np.asarray(spacings, dtype=np.float64), axis=0)
+    coarsest = int(np.argmax(median))
     if coarsest == 0:
         return None
-    return (f"{dataset.root}: the training volumes' coarsest axis is axis {coarsest} (median spacing "
-            f"{' x '.join(f'{v:.4g}' for v in np.median(spacings, axis=0))} mm, z x y x x); nnU-Net's 2d "
+    return (f"{root}: the training volumes' coarsest axis is axis {coarsest} (median spacing "
+            f"{' x '.join(f'{v:.4g}' for v in median)} mm, z x y x x); nnU-Net's 2d "
             "configuration slices along it, 2-D patch protocols here along axis 0")
 
 
