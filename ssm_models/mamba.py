@@ -45,17 +45,19 @@ class Mamba(nn.Module):
         self.out_proj = nn.Linear(di, d_model, bias=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        L = hidden.shape[1]
+        batch, L, _ = hidden.shape
         # in_proj and the causal conv applied as mamba-ssm applies them (weight @ x, causal_conv1d_fn):
         # functionally, so thop, which counts module calls only, skips them here as on the authors'
         # models (the same numbers, bit for bit, as calling the modules)
-        xz = (hidden @ self.in_proj.weight.t()).transpose(1, 2)  # (B, 2·di, L)
         A = -torch.exp(self.A_log.float())
         fused = fused_mamba_inner(hidden.device, hidden.dtype)  # None for float64: no such kernels
         if fused is not None:
+            # mamba-ssm's layout, W @ (d, B·L): xz's time axis is contiguous, so the fused op copies nothing
+            xz = (self.in_proj.weight @ hidden.reshape(batch * L, -1).t()).view(-1, batch, L).transpose(0, 1)
             return fused(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                          self.out_proj.weight, self.out_proj.bias, A, None, None, self.D.float(),
                          delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        xz = (hidden @ self.in_proj.weight.t()).transpose(1, 2)  # (B, 2·di, L)
         x, z = xz.chunk(2, dim=1)
         conv = self.conv1d  # causal: keep the first L outputs of the padded conv
         x = F.silu(F.conv1d(x, conv.weight, conv.bias, padding=conv.padding, groups=conv.groups)[..., :L])

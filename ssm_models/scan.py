@@ -32,6 +32,7 @@ Importing this module is cheap: mamba-ssm is imported, and the kernel compiled, 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import math
@@ -301,7 +302,30 @@ def _equal_groups(B, C):
 
 def _kernel_layout(B, C, work):
     """B, C for the fast cores: (batch, G, L, N) time-major, or (dim, N) when time-invariant."""
-    return [(M.transpose(-1, -2) if M.dim() == 4 else M).to(work).contiguous() for M in _equal_groups(B, C)]
+    # cast before spreading groups: autograd then sums the copies' gradients in ``work``
+    return [(M.transpose(-1, -2) if M.dim() == 4 else M).contiguous() for M in _equal_groups(B.to(work), C.to(work))]
+
+
+def _mamba_call(fn, u, delta, A, B, C, D, z, delta_bias, softplus, return_last_state):
+    """mamba-ssm's ``selective_scan_fn`` on any input the op accepts. Its kernel checks that u, delta,
+    z and a time-varying B/C share one dtype (y has it), that A, D, delta_bias and a time-invariant
+    B/C are float32, and takes the group count from B alone: the time-varying tensors are promoted
+    to a common dtype (y is returned in u's, as by the other backends), the rest cast to float32,
+    and a time-invariant B beside a grouped C becomes a time-varying B with a group per channel."""
+    per_channel_B = B.dim() == 2 and C.dim() == 4 and C.shape[1] > 1
+    varying = [t for t in (u, delta, z, B, C) if t is not None and t.dim() >= 3]
+    work = functools.reduce(torch.promote_types, [t.dtype for t in varying] + [torch.float32] * per_channel_B)
+    if work not in (torch.float32, torch.float16, torch.bfloat16):
+        raise RuntimeError(f"mamba-ssm's kernels take fp32/fp16/bf16 tensors, not {work}; backend='torch' "
+                           "runs float64 on CUDA")
+    to = lambda t: None if t is None else t.to(work if t.dim() >= 3 else torch.float32)  # noqa: E731
+    B, C = _equal_groups(to(B), to(C))  # cast first: autograd sums a spread group's copies in ``work``
+    if per_channel_B:
+        batch, dim, L = u.shape
+        B = B[None, :, :, None].expand(batch, dim, B.shape[1], L)  # (batch, G = dim, N, L), float32
+        C = C.repeat_interleave(dim // C.shape[1], dim=1)
+    out = fn(to(u), to(delta), A.float(), B, C, to(D), to(z), to(delta_bias), softplus, return_last_state)
+    return (out[0].to(u.dtype), out[1]) if return_last_state else out.to(u.dtype)
 
 
 # ------------------------------------------------------------------------------- cpu backend
@@ -486,14 +510,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         if fn is None or not u.is_cuda:
             raise RuntimeError(f"the cuda backend needs CUDA tensors and an importable mamba-ssm "
                                f"(tensors on {u.device}; mamba-ssm: {_mamba_error or 'imports'})")
-        if u.dtype == torch.float64:
-            raise RuntimeError("mamba-ssm's kernels take fp32/fp16/bf16 tensors; backend='torch' runs float64 "
-                               "on CUDA")
-        # mamba-ssm reads one group count for B and C, and float32 for A, D and delta_bias
-        B, C = _equal_groups(B, C)
-        f32 = [None if t is None else t.float() for t in (D, delta_bias)]
         _last = name
-        return fn(u, delta, A.float(), B, C, f32[0], z, f32[1], delta_softplus, return_last_state)
+        return _mamba_call(fn, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if name == "cpu" and (u.device.type != "cpu" or _load_extension() is None):
         raise RuntimeError(f"the cpu backend needs CPU tensors (got {u.device}) and its compiled kernel "
                            f"({_ext_error or 'loaded'}); backend='torch' runs anywhere")

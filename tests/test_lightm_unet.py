@@ -102,6 +102,40 @@ def test_fused_path_follows_the_scan_backend(monkeypatch):
     assert scan.fused_mamba_inner("cuda") is None
 
 
+def fake_mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
+                        out_proj_bias, A, B=None, C=None, D=None, delta_bias=None, B_proj_bias=None,
+                        C_proj_bias=None, delta_softplus=True):
+    """mamba-ssm's ``mamba_inner_fn`` as its ``mamba_inner_ref`` defines it (positional order as in
+    mamba_ssm/ops/selective_scan_interface.py), on CPU with the reference scan; it also checks the
+    layout its CUDA version wants without copying: xz's time axis contiguous."""
+    assert xz.stride(-1) == 1 and B is None and C is None and B_proj_bias is None and C_proj_bias is None
+    L = xz.shape[-1]
+    rank, n = delta_proj_weight.shape[1], A.shape[-1]
+    x, z = xz.chunk(2, dim=1)
+    x = F.silu(F.conv1d(x, conv1d_weight, conv1d_bias, padding=conv1d_weight.shape[-1] - 1,
+                        groups=x.shape[1])[..., :L])
+    x_dbl = F.linear(x.transpose(1, 2).reshape(-1, x.shape[1]), x_proj_weight)  # ((b l), r + 2n)
+    delta = (delta_proj_weight @ x_dbl[:, :rank].t()).reshape(-1, xz.shape[0], L).transpose(0, 1)
+    B = x_dbl[:, rank:rank + n].reshape(xz.shape[0], L, n).transpose(1, 2)
+    C = x_dbl[:, rank + n:].reshape(xz.shape[0], L, n).transpose(1, 2)
+    y = scan.selective_scan(x, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                            backend="ref")
+    return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+
+
+def test_fused_call_gives_mamba_inner_fn_its_arguments(monkeypatch):
+    """The fused path's call into mamba-ssm (argument order, dtypes, xz's layout), checked on CPU
+    against mamba_inner_ref's definition: the same output as our unfused path."""
+    import ssm_models.mamba as mamba_module
+
+    torch.manual_seed(0)
+    m = Mamba(d_model=16)
+    h = torch.randn(2, 12, 16)
+    ours = m(h)
+    monkeypatch.setattr(mamba_module, "fused_mamba_inner", lambda device, dtype=None: fake_mamba_inner_fn)
+    torch.testing.assert_close(m(h), ours, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(not (torch.cuda.is_available() and scan._mamba_ops()),
                     reason="needs a CUDA device and mamba-ssm (GPU machines only)")
 def test_fused_cuda_path_matches_our_path():

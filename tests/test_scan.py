@@ -365,7 +365,7 @@ def test_cuda_backend_takes_every_layout_the_op_accepts():
     has no kernels for, runs the torch backend automatically and is refused by name."""
     if scan._mamba_selective_scan_fn() is None:
         pytest.skip(f"mamba-ssm kernels do not import: {scan._mamba_error}")
-    for B, C, G in (("batch", "grouped", 4), ("grouped", "grouped", 2), ("const", "batch", 1)):
+    for B, C, G in (("batch", "grouped", 4), ("grouped", "grouped", 2), ("const", "batch", 1), ("const", "grouped", 4)):
         x = make(batch=2, dim=8, L=32, N=16, B=B, C=C, G=G, dtype=torch.float32)
         if B == "grouped" and C == "grouped":  # unequal counts: 2 and 4
             x["C"] = torch.randn(2, 4, 16, 32, dtype=torch.float32)
@@ -379,6 +379,61 @@ def test_cuda_backend_takes_every_layout_the_op_accepts():
     assert scan.last_backend() == "torch"
     with pytest.raises(RuntimeError, match="fp32/fp16/bf16"):
         scan.selective_scan(*core(x64), backend="cuda")
+
+
+def fake_mamba_kernel(u, delta, A, B, C, D, z, delta_bias, softplus, return_last_state):
+    """mamba-ssm's selective_scan_fn with its kernel's input checks (csrc/selective_scan/selective_scan.cpp:
+    u's dtype for delta, z and a time-varying B/C, float32 for A, D, delta_bias and a time-invariant B/C,
+    C's groups those of B), computing with the ref backend; y in u's dtype, as the kernel returns it."""
+    B, C = [M.unsqueeze(1) if M.dim() == 3 else M for M in (B, C)]  # its Python wrapper does this first
+    assert A.dtype == torch.float32 and delta.dtype == u.dtype
+    for M in (B, C):
+        assert M.dtype == (u.dtype if M.dim() == 4 else torch.float32)
+    groups = B.shape[1] if B.dim() == 4 else 1
+    assert C.dim() == 2 or tuple(C.shape) == (u.shape[0], groups, A.shape[1], u.shape[2])
+    assert z is None or z.dtype == u.dtype
+    assert all(t is None or t.dtype == torch.float32 for t in (D, delta_bias))
+    y, last = scan.selective_scan(u, delta, A, B, C, D, z, delta_bias, softplus, return_last_state=True,
+                                  backend="ref")
+    return (y, last) if return_last_state else y
+
+
+@pytest.mark.parametrize("dtypes", [("float32",) * 3, ("bfloat16",) * 3, ("bfloat16", "float32", "bfloat16"),
+                                    ("float16", "float16", "bfloat16"), ("float32", "float16", "float32")],
+                         ids="-".join)
+@pytest.mark.parametrize("bc", list(itertools.product(KINDS, KINDS)), ids="-".join)
+def test_cuda_backend_gives_mamba_ssm_what_its_kernel_checks(bc, dtypes):
+    """What the cuda backend hands mamba-ssm passes its kernel's checks for every layout and dtype mix
+    the op accepts (a time-invariant B beside a grouped C included), and computes the op: what the
+    torch backend computes from the same inputs, y in u's dtype (on CPU, with the kernel faked)."""
+    u_t, delta_t, rest_t = (getattr(torch, d) for d in dtypes)  # (u, z), delta, (A, B, C, D, delta_bias)
+    base = make(batch=2, dim=8, L=6, N=4, B=bc[0], C=bc[1], G=4, dtype=torch.float32)
+
+    def inputs():
+        return {k: v.to(u_t if k in ("u", "z") else delta_t if k == "delta" else rest_t).requires_grad_(True)
+                for k, v in base.items()}
+
+    results = []
+    for run in ("cuda", "torch"):
+        x = inputs()
+        kw = extras(x, (True, True, True, True))
+        if run == "cuda":
+            y, last = scan._mamba_call(fake_mamba_kernel, *core(x), kw["D"], kw["z"], kw["delta_bias"], True, True)
+        else:
+            y, last = scan.selective_scan(*core(x), **kw, return_last_state=True, backend="torch")
+        y.float().sum().backward()
+        results.append((y, last, {k: v.grad for k, v in x.items()}))
+    (y, last, grads), (want_y, want_last, want_grads) = results
+    assert y.dtype == want_y.dtype == u_t
+    torch.testing.assert_close(y, want_y)  # the dtype's own tolerance
+    torch.testing.assert_close(last, want_last, rtol=1e-5, atol=1e-5)
+    for k, g in grads.items():
+        assert g.dtype == want_grads[k].dtype
+        # half precision: a few units in the last place of the largest entry (a spread group's copies
+        # are summed in bf16 when everything is bf16, as the kernel's inputs must be)
+        scale = want_grads[k].float().abs().max().item()
+        tol = dict(rtol=1e-4, atol=1e-4) if g.dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2 * scale)
+        torch.testing.assert_close(g.float(), want_grads[k].float(), **tol, msg=k)
 
 
 def test_float64_on_cuda_never_picks_mamba_ssm(monkeypatch):
