@@ -171,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         cand = scan.default_backend(device)
     if device.type == "cpu" and cand == oracle:
         ap.error(f"the candidate would run the oracle's own backend ({oracle}) on CPU; pass --backend")
+    if device.type == "cuda" and cand != "cuda" and not args.backend:
+        # without mamba-ssm's kernels the check would compare our torch backend and call it the CUDA path
+        ap.error(f"mamba-ssm's kernels do not run here ({scan.backend_report()}); "
+                 "pass --backend torch to check our torch backend on CUDA instead")
 
     lines: list[str] = []
 

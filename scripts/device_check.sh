@@ -40,9 +40,21 @@ fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv || true
 
+# mamba-ssm's scan kernel and causal-conv1d load next to this torch: else the CUDA tests skip
+# themselves and everything would run our torch backend, a check of nothing
+kernels_load() {
+    "$py" -c "import sys; from ssm_models import scan; sys.exit(scan.default_backend('cuda') != 'cuda'
+        or scan.fused_mamba_inner('cuda') is None)"
+}
+
 if [ "$what" = checks ] || [ "$what" = all ]; then
-    # doctor first: it also builds our CPU scan kernel (the oracle) outside any timing
-    step doctor bash -c "'$py' -m bench doctor > '$out/doctor.txt' 2>&1; cat '$out/doctor.txt'"
+    # doctor first (it says why mamba-ssm does not load, if it does not); it also builds our CPU
+    # scan kernel, the oracle, outside any timing
+    step doctor bash -c "'$py' -m bench doctor > '$out/doctor.txt' 2>&1; rc=\$?; cat '$out/doctor.txt'; exit \$rc"
+    if ! kernels_load; then
+        echo "== checks: mamba-ssm or causal-conv1d does not load on this machine (doctor.txt says why); checks skipped"
+        exit 1
+    fi
     step cuda-tests "$py" -m pytest -q -p no:cacheprovider -rs tests/test_scan.py tests/test_lightm_unet.py \
         tests/test_cuda_check.py tests/test_env.py tests/test_train.py::test_cuda_run_records_its_training_peak_memory \
         -k "cuda or fused or env or driver or fingerprint"
@@ -53,8 +65,7 @@ if [ "$what" = profile ] || [ "$what" = all ]; then
     rm -rf /tmp/device-results
     # without mamba-ssm's kernels the SSM models would be timed on the torch fallback, a loop of
     # small launches per scan step: minutes of device time for numbers nobody should publish
-    if ! "$py" -c "import sys; from ssm_models import scan; sys.exit(scan.default_backend('cuda') != 'cuda'
-        or scan.fused_mamba_inner('cuda') is None)"; then
+    if ! kernels_load; then
         echo "== profile: mamba-ssm or causal-conv1d does not load on this machine; profile skipped"
         exit 1
     fi

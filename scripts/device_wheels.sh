@@ -12,7 +12,8 @@
 #   run(command="bash scripts/device_check.sh", carry=[".whl"], timeout_s=540)
 #
 # Settings (environment): PY312 (a Python of the device's minor version), DEVICE_TORCH (its torch;
-# PyPI's build of 2.11.0 is the cu130 build the device has), DEVICE_TRANSFORMERS and
+# PyPI's build of 2.11.0 is the cu130 build the device has), DEVICE_CUDA (that build's CUDA major
+# version, checked: kernels built for another one would not load there), DEVICE_TRANSFORMERS and
 # DEVICE_HF_HUB (its versions, for the import check), CUDA_ARCH (90: H100/H200), MAMBA_VERSION,
 # CONV_VERSION, BUILD_DIR (a scratch folder), MAX_JOBS (parallel nvcc jobs).
 set -euo pipefail
@@ -24,6 +25,7 @@ if [ -z "${PY312:-}" ]; then  # the first Python 3.12 that runs (a pyenv shim ma
 fi
 PY312=${PY312:-}
 DEVICE_TORCH=${DEVICE_TORCH:-2.11.0}
+DEVICE_CUDA=${DEVICE_CUDA:-13}  # the CUDA major version of the device's torch (2.11.0+cu130)
 CUDA_ARCH=${CUDA_ARCH:-90}
 # the releases setup.sh's CUDA route pins (one list: constraints-cuda.txt)
 MAMBA_VERSION=${MAMBA_VERSION:-$(sed -n 's/^mamba-ssm==//p' constraints-cuda.txt)}
@@ -76,7 +78,8 @@ PY
         && "$venv/bin/wheel" pack -d "$OLDPWD/.whl" unpacked/*/ >/dev/null)
 }
 build causal-conv1d "$CONV_VERSION" CAUSAL_CONV1D_FORCE_BUILD
-build mamba-ssm "$MAMBA_VERSION" MAMBA_FORCE_BUILD
+# MAMBA_KEEP_CUDA_BUILD: since state-spaces/mamba#977 the Mamba-1 scan kernel VM-UNet needs is opt-in
+MAMBA_KEEP_CUDA_BUILD=TRUE build mamba-ssm "$MAMBA_VERSION" MAMBA_FORCE_BUILD
 
 # the compiled kernels load next to that torch, and mamba-ssm's module chain imports with the
 # device's transformers and huggingface_hub as ssm_models.scan imports it (no GPU needed)
@@ -84,6 +87,9 @@ build mamba-ssm "$MAMBA_VERSION" MAMBA_FORCE_BUILD
 "$venv/bin/pip" install -q "transformers==$DEVICE_TRANSFORMERS" "huggingface_hub==$DEVICE_HF_HUB"
 PYTHONPATH=$PWD "$venv/bin/python" -c "
 import torch
+# kernels built against another CUDA major version than the device's would not load there
+major = (torch.version.cuda or '').split('.')[0]
+assert major == '$DEVICE_CUDA', f'torch {torch.__version__} is built for CUDA {torch.version.cuda}, not $DEVICE_CUDA'
 from ssm_models import scan
 assert scan._mamba_ops() is not None, scan._mamba_error
 assert scan.fused_mamba_inner('cuda') is not None, 'causal-conv1d does not import'

@@ -80,6 +80,18 @@ def test_refuses_a_candidate_equal_to_the_oracle_and_a_missing_gpu(cuda_check):
         cuda_check.main([*DRY, "--models", "nope"])
 
 
+def test_refuses_to_call_the_torch_backend_the_cuda_path(cuda_check, monkeypatch, capsys):
+    """On a GPU where mamba-ssm's kernels do not load, the automatic candidate would be our torch
+    backend: the check stops instead of reporting it as the CUDA path, unless asked for it."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(scan, "_mamba", False)  # mamba-ssm does not import
+    monkeypatch.setattr(scan, "_mamba_error", "No module named 'mamba_ssm'")
+    monkeypatch.delenv(scan.ENV_VAR, raising=False)
+    with pytest.raises(SystemExit):
+        cuda_check.main(["--models", "", "--stages", ""])
+    assert "mamba-ssm's kernels do not run here" in capsys.readouterr().err
+
+
 def test_the_forced_backend_is_restored(cuda_check, monkeypatch):
     monkeypatch.setenv(scan.ENV_VAR, "ref")
     with cuda_check.scan_backend("torch"):
