@@ -246,10 +246,42 @@ def _out_of_memory(exc: RuntimeError) -> bool:
         s in text for s in ("out of memory", "unable to find an engine", "ALLOC_FAILED"))
 
 
-def find_batch_size(model: nn.Module, make_input, *, precision: str = "fp32", limit: int = 512) -> int:
+INDEX_LIMIT = 2**31 - 1  # elements: past it, CUDA kernels indexed with 32-bit integers fail or go wrong
+
+
+class _LargestTensor(TorchDispatchMode):
+    """The element count of the largest tensor any op creates while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+def largest_tensor_numel(model: nn.Module, x: torch.Tensor, *, precision: str = "fp32") -> int:
+    """Elements of the largest tensor in one forward of ``x`` (activations, the scan's inputs)."""
+    mode = _LargestTensor()
+    with torch.inference_mode(), precision_context(precision, x.device), mode:
+        model(x)
+    return mode.numel
+
+
+def find_batch_size(model: nn.Module, make_input, *, precision: str = "fp32", limit: int = 512,
+                    numel_at_1: int | None = None) -> int:
     """The largest power-of-two batch (≤ ``limit``) whose forward runs without running out of
     memory, for "throughput at the batch that fits". The cap keeps the search short: each
-    doubling is one more forward at twice the size."""
+    doubling is one more forward at twice the size. ``numel_at_1``: the largest tensor at batch 1
+    (``largest_tensor_numel``); no batch takes a tensor past ``INDEX_LIMIT`` elements, where memory
+    on a large GPU has not run out yet but CUDA kernels with 32-bit indexing refuse (channels-last
+    nearest upsampling) or silently compute garbage (pytorch#141831; mamba-ssm's scan offsets)."""
+    if numel_at_1:
+        limit = min(limit, max(1, INDEX_LIMIT // numel_at_1))
     best, batch = 0, 1
     while batch <= limit:
         try:
@@ -267,6 +299,24 @@ def find_batch_size(model: nn.Module, make_input, *, precision: str = "fp32", li
     if not best:
         raise BenchError(f"{type(model).__name__}: even batch 1 runs out of memory")
     return best
+
+
+def _throughput(run, make_input, batch: int, warmup: int, iters: int, precision: str, *, halve: bool):
+    """(batch, timings) of the throughput measurement; with ``halve`` (a found batch) the batch is
+    halved while the timed forwards run out of memory (the search ran one forward, not several)."""
+    while True:
+        try:
+            return batch, measure_latency(run, make_input(batch), warmup=max(2, warmup // 4),
+                                          iters=max(5, iters // 10), precision=precision)
+        except RuntimeError as exc:
+            if not _out_of_memory(exc):
+                raise
+            if not (halve and batch > 1):
+                raise BenchError(f"--batch-size {batch}: the timed forwards run out of memory on "
+                                 f"{make_input(1).device}; give a smaller batch, or auto") from exc
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        batch //= 2
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -401,7 +451,10 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     model = model.to(device).eval()
     if channels_last:
         model = model.to(memory_format=layout)
+    if compile:  # dynamo's caches from earlier models (shared classes) count against its recompile limit
+        torch._dynamo.reset()
     run = torch.compile(model) if compile else model
+    auto_batch = batch_size == "auto"
 
     def inputs(batch: int) -> torch.Tensor:
         t = torch.randn(batch, in_chans, *spatial, device=device)
@@ -411,15 +464,18 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
         row.update(measure_latency(run, inputs(1), warmup=warmup, iters=iters, precision=precision))
         row["batch_size"] = 1
         if batch_size == "auto":
-            batch_size = find_batch_size(run, inputs, precision=precision)
+            numel = largest_tensor_numel(model, inputs(1), precision=precision)
+            batch_size = find_batch_size(run, inputs, precision=precision, numel_at_1=numel)
         if batch_size > 1:
-            big = measure_latency(run, inputs(batch_size), warmup=max(2, warmup // 4), iters=max(5, iters // 10),
-                                  precision=precision)
+            batch_size, big = _throughput(run, inputs, batch_size, warmup, iters, precision, halve=auto_batch)
             row["throughput_batch"], row["throughput_fps"] = batch_size, big["fps"]
+        # each measurement in its own precision context: autocast caches its weight casts until the
+        # context ends, and the training step would not count those made by the forward before it
         with precision_context(precision, device):
-            row.update(peak_memory_mb(model, inputs(1)))
-            row["train_peak_mem_mb"] = peak_memory_mb(model.train(), inputs(1), train_step=True)["peak_mem_mb"]
-        model.eval()
+            row.update(peak_memory_mb(run, inputs(1)))
+        with precision_context(precision, device):
+            row["train_peak_mem_mb"] = peak_memory_mb(run.train(), inputs(1), train_step=True)["peak_mem_mb"]
+        run.eval()
     with precision_context(precision, device):  # the TF32 flags as the timed forwards had them
         fp = env.fingerprint(device)
     row["fingerprint"] = env.short_fingerprint(fp)

@@ -272,7 +272,8 @@ def train_model(
                              f"(this run has {w.size})")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty from a run without AMP (begun on CPU): the scaler keeps its start
+            scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng_ranks"][w.rank] if w.distributed else state["rng"])
         start_epoch, step, epoch_losses = state["epoch"] + 1, state["step"], list(state["epoch_losses"])
         best = tuple(state["best"]) if state.get("best") else None

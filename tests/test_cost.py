@@ -215,6 +215,38 @@ def test_find_batch_size_stops_before_out_of_memory():
         cost.find_batch_size(Broken(), make)
 
 
+def test_batch_search_keeps_every_tensor_within_32_bit_indexing():
+    """A found batch never takes a tensor past 2**31 - 1 elements, where a large GPU still has memory
+    but CUDA kernels indexed with 32-bit integers fail or silently go wrong."""
+    class Widening(nn.Module):  # its largest tensor: the (b, 8, 6, 6) activation
+        def forward(self, x):
+            return x.repeat(1, 8, 3, 3).sum(1)
+
+    x = torch.zeros(1, 1, 2, 2)
+    assert cost.largest_tensor_numel(Widening(), x) == 8 * 6 * 6
+    make = lambda b: torch.zeros(b, 1)  # noqa: E731
+    assert cost.find_batch_size(nn.Identity(), make, numel_at_1=2**28) == 4  # 2**31 // 2**28 = 8 would pass 2**31 - 1
+    assert cost.find_batch_size(nn.Identity(), make, numel_at_1=2**20) == 512  # the usual cap
+    assert cost.find_batch_size(nn.Identity(), make, numel_at_1=2**32) == 1  # batch 1 is timed regardless
+
+
+def test_throughput_halves_a_found_batch_that_runs_out_of_memory_when_timed():
+    class Tight(nn.Module):  # one forward at batch 16 fits; the repeated timed ones do not
+        calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            if x.shape[0] > 4 and self.calls > 1:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return x
+
+    make = lambda b: torch.zeros(b, 1)  # noqa: E731
+    batch, timing = cost._throughput(Tight(), make, 16, 0, 5, "fp32", halve=True)
+    assert batch == 4 and timing["fps"] > 0
+    with pytest.raises(BenchError, match="--batch-size 16: the timed forwards run out of memory on cpu"):
+        cost._throughput(Tight(), make, 16, 0, 5, "fp32", halve=False)  # a batch the user gave: reported
+
+
 def test_several_precisions_are_timed_and_counted_once(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
