@@ -98,14 +98,29 @@ def sum_values(values: list[float]) -> list[float]:
     return t.cpu().tolist()
 
 
+class _SumAcrossRanks(torch.autograd.Function):
+    """all_reduce(sum) with its gradient: every rank's input feeds every rank's sum, so each rank's
+    gradient is the sum of all ranks' upstream gradients, another all_reduce(sum). Our own, since
+    torch's functional all_reduce has had an autograd formula only in recent releases (before,
+    backward through it warned and gave no gradient)."""
+
+    @staticmethod
+    def forward(ctx, t):
+        out = t.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
 def sum_across_ranks(t: torch.Tensor) -> torch.Tensor:
     """Sum over ranks, differentiable: each rank's gradient is the sum of all ranks' upstream ones,
     which DDP's averaging turns back into the gradient of the global quantity."""
-    if not world().distributed:
-        return t
-    import torch.distributed._functional_collectives as fc  # the autograd-aware collectives
-
-    return fc.wait_tensor(fc.all_reduce(t, "sum", dist.group.WORLD))
+    return _SumAcrossRanks.apply(t) if world().distributed else t
 
 
 def gather_objects(obj: Any) -> list[Any]:
