@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -552,8 +553,24 @@ def data_verify(
     typer.echo(f"{data_root}: OK ({dataset}" + (f", {len(problems)} warning(s))" if problems else ")"))
 
 
+_warned: set[str] = set()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` on the command line: one line per warning, without the source line,
+    and each text once (planning a grid and running it build the same model and meet the same warning)."""
+    text = str(message)
+    if text not in _warned:
+        _warned.add(text)
+        kind = "" if category is UserWarning else f" ({category.__name__})"
+        typer.secho(f"warning{kind}: {text}", fg=typer.colors.YELLOW, err=True)
+
+
 def main() -> None:
-    """Console entry point: user errors print one line and exit 2 (tracebacks with BENCH_DEBUG=1)."""
+    """Console entry point: user errors print one line and exit 2, warnings one line each (tracebacks
+    and Python's own warning format with BENCH_DEBUG=1)."""
+    if not os.environ.get("BENCH_DEBUG"):
+        warnings.showwarning = _show_warning
     try:
         app()
     except BenchError as exc:

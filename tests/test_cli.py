@@ -103,6 +103,17 @@ def test_user_errors_are_one_line(args, message, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_warnings_are_one_line_each_and_shown_once(tmp_path):
+    """Swin-Unet at 64² warns about its window where the grid is planned and again where the run
+    builds the model: the user sees it once, as one line, without Python's source line."""
+    proc = _bench("run", "--models", "swin_unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
+                  "--max-iterations", "1", "--epochs", "1", "--threads", "1", "--results", tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if "window 7 does not tile" in line]
+    assert lines == ["warning: swin_unet: window 7 does not tile a 64² input; using 4 (recorded in the run's "
+                     "model_config)"], proc.stderr
+    assert "UserWarning" not in proc.stderr and "entry.constructor" not in proc.stderr
+
+
 @pytest.mark.parametrize("cmd", [[], ["run"], ["rescore"], ["predict"], ["report"], ["check"], ["profile"], ["models"],
                                  ["doctor"], ["data"], ["data", "synth"], ["data", "convert"],
                                  ["data", "verify"]])
