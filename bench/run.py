@@ -23,7 +23,8 @@ import torch
 from bench import distributed, env, records
 from bench.data import open_dataset, synthetic_root
 from bench.data.intensity import intensity_stats
-from bench.data.preprocess import slicing_note, target_spacing, volume_prep
+from bench.data.preprocess import (cache_training_volumes, preprocess_processes, slicing_note, target_spacing,
+                                   volume_prep)
 from bench.errors import BenchError
 from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
@@ -84,10 +85,10 @@ def _preprocess_volumes(dataset, protocol: Protocol, bar, main: bool) -> None:
     would otherwise preprocess one case at once during the first epoch."""
     if main:
         prep = volume_prep(dataset, protocol)
-        ids = dataset.train_volume_ids()
-        task = bar.add_task("preprocess", total=len(ids), info="") if bar else None
-        for i, case in enumerate(ids):
-            dataset.load_train_volume(case, prep)
+        n = len(dataset.train_volume_ids())
+        processes = preprocess_processes(n, len(protocol.patch_size), torch.get_num_threads())
+        task = bar.add_task("preprocess", total=n, info="") if bar else None
+        for i, case in enumerate(cache_training_volumes(dataset, prep, processes)):
             if bar is not None:
                 bar.update(task, completed=i + 1, info=case)
         if bar is not None:

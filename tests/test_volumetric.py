@@ -269,6 +269,35 @@ def test_mapped_training_volumes_give_the_same_patches_and_follow_the_source_fil
     assert np.array_equal(mapped.load_train_volume(case, prep).image, plain.load_train_volume(case, prep).image)
 
 
+def test_training_cases_preprocessed_in_several_processes_are_the_same_files(tmp_path):
+    """nnU-Net preprocesses in several processes; the cache holds the same files whatever the number,
+    and a case that cannot be read stops the run with its error, naming the file."""
+    from bench.data.preprocess import cache_training_volumes, preprocess_processes
+
+    root = synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=5, depth=8, size=24)
+    proto = load_protocol("drift_3d")
+    folders = []
+    for processes, cache in ((1, "one"), (2, "two")):
+        ds = open_dataset("nnunet", root)
+        ds.volume_cache = tmp_path / cache
+        prep = volume_prep(ds, proto)
+        assert sorted(cache_training_volumes(ds, prep, processes)) == sorted(ds.train_volume_ids())
+        folders.append(ds.volume_folder)
+    files = [sorted(p.name for p in f.iterdir()) for f in folders]
+    assert files[0] == files[1] and len(files[0]) == 2 * 4  # image and label of the 4 training cases
+    assert all((folders[0] / n).read_bytes() == (folders[1] / n).read_bytes() for n in files[0])
+    assert [preprocess_processes(n, d, t) for n, d, t in ((105, 3, 16), (105, 2, 16), (3, 2, 16), (105, 3, 1))] \
+        == [4, 8, 3, 1]
+
+    ds = open_dataset("nnunet", root)
+    ds.volume_cache = tmp_path / "broken"
+    prep = volume_prep(ds, proto)
+    bad = root / "labelsTr" / f"{ds.train_volume_ids()[2]}.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(BenchError, match=str(bad)):
+        list(cache_training_volumes(ds, prep, 2))
+
+
 def test_an_unwritable_volume_cache_is_one_clear_error(tmp_path):
     ds = open_dataset("nnunet", synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=3, depth=8, size=16))
     (tmp_path / "cache").mkdir()

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,7 @@ from bench.errors import BenchError
 from bench.transforms import normalize_image, volume_chw
 
 MASK_NORM_BELOW = 0.75  # nnU-Net: z-score inside the non-zero region when cropping keeps less (median)
+PREPROCESS_PROCESSES = {2: 8, 3: 4}  # nnU-Net's default -np for its 2d and 3d_fullres configurations
 
 
 def as_volume(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -209,3 +211,47 @@ def volume_prep(dataset, protocol) -> VolumePrep:
     stats = dataset.foreground_stats if protocol.normalize == "ct_foreground" else None
     mask_norm = protocol.normalize == "zscore" and bool(dataset.mask_norm)
     return VolumePrep(protocol.normalize, stats, target_spacing(dataset, protocol), mask_norm)
+
+
+def preprocess_processes(n_cases: int, patch_dims: int, threads: int) -> int:
+    """How many processes preprocess training cases at once: nnU-Net's default for the configuration
+    (4 in 3-D, where a large CT volume's resampling holds a few GB, 8 in 2-D), at most the run's CPU
+    threads (``--threads``) and the number of cases."""
+    return max(1, min(n_cases, threads, PREPROCESS_PROCESSES[patch_dims]))
+
+
+_job: tuple | None = None  # a preprocessing process's (dataset, prep)
+
+
+def _start_job(dataset, prep: VolumePrep) -> None:
+    global _job
+    import torch
+
+    torch.set_num_threads(1)  # the work is numpy/scipy; the processes share the cores
+    _job = (dataset, prep)
+
+
+def _cache_case(case: str) -> str:
+    dataset, prep = _job
+    dataset.load_train_volume(case, prep)
+    return case
+
+
+def cache_training_volumes(dataset, prep: VolumePrep, processes: int = 1) -> Iterator[str]:
+    """Preprocess every training case of ``dataset`` into its volume cache (``load_train_volume``),
+    yielding each case id when it is there: in ``processes`` processes, as nnU-Net preprocesses, or
+    in this one. The files do not depend on the number; an error stops the others' pending cases."""
+    ids = dataset.train_volume_ids()
+    if processes <= 1:
+        for case in ids:
+            dataset.load_train_volume(case, prep)
+            yield case
+        return
+    pool = ProcessPoolExecutor(processes, initializer=_start_job, initargs=(dataset, prep))
+    try:
+        for done in as_completed([pool.submit(_cache_case, case) for case in ids]):
+            yield done.result()
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
