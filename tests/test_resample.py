@@ -288,8 +288,8 @@ def test_the_fingerprint_samples_the_foreground_of_the_cropped_cases():
     label[0, 0, 0] = 1  # labelled, yet outside the non-zero box: nnU-Net's crop drops it
     box, _ = nonzero_box(image)
     ds = SimpleNamespace(foreground_stats=None, target_spacing=None, mask_norm=None, n_train_cases=1,
-                         train_cases=lambda: iter([(image, label)]))
-    _fingerprint(ds, SimpleNamespace(normalize="ct_foreground", target_spacing="native"))
+                         train_volume_ids=lambda: ["case"], train_case=lambda case: (image, label))
+    _fingerprint(ds, SimpleNamespace(normalize="ct_foreground", target_spacing="native", patch_size=[8, 8, 8]))
     assert ds.foreground_stats == foreground_statistics([(image[box], label[box])], 1)
     assert ds.foreground_stats != foreground_statistics([(image, label)], 1)
     assert ds.mask_norm is True  # 5 x 9 x 9 of 8 x 14 x 12 kept
@@ -297,5 +297,5 @@ def test_the_fingerprint_samples_the_foreground_of_the_cropped_cases():
     from bench.data.intensity import intensity_stats
 
     fresh = SimpleNamespace(**{**vars(ds), "foreground_stats": None, "mask_norm": None})
-    proto = SimpleNamespace(normalize="ct_foreground", target_spacing="native", patches=True)
+    proto = SimpleNamespace(normalize="ct_foreground", target_spacing="native", patches=True, patch_size=[8, 8, 8])
     assert intensity_stats(fresh, proto) == ds.foreground_stats and fresh.mask_norm is True

@@ -253,7 +253,7 @@ def test_mapped_training_volumes_give_the_same_patches_and_follow_the_source_fil
     assert np.array_equal(sample.image, plain.load_train_volume(case, prep).image)
     folder = mapped.volume_folder
     assert folder.parent == tmp_path / "cache" / "volumes"  # a folder per dataset
-    files = sorted(p.name for p in folder.iterdir())
+    files = sorted(p.name for p in folder.iterdir() if not p.name.startswith("fingerprint."))
     assert len(files) == 2 * 3 and not [f for f in files if f.startswith(".")]  # 3 cases drawn, no temp left
     # preprocessed otherwise (another spacing): its own files, next to the first ones
     other = VolumePrep(prep.normalize, prep.stats, (3.0, 1.6, 1.6))
@@ -284,7 +284,7 @@ def test_training_cases_preprocessed_in_several_processes_are_the_same_files(tmp
         assert sorted(cache_training_volumes(ds, prep, processes)) == sorted(ds.train_volume_ids())
         folders.append(ds.volume_folder)
     files = [sorted(p.name for p in f.iterdir()) for f in folders]
-    assert files[0] == files[1] and len(files[0]) == 2 * 4  # image and label of the 4 training cases
+    assert files[0] == files[1] and len(files[0]) == 2 * 4 + 1  # image and label of the 4 training cases, fingerprint
     assert all((folders[0] / n).read_bytes() == (folders[1] / n).read_bytes() for n in files[0])
     assert [preprocess_processes(n, d, t) for n, d, t in ((105, 3, 16), (105, 2, 16), (3, 2, 16), (105, 3, 1))] \
         == [4, 8, 3, 1]
@@ -296,6 +296,34 @@ def test_training_cases_preprocessed_in_several_processes_are_the_same_files(tmp
     bad.write_bytes(bad.read_bytes()[:100])
     with pytest.raises(BenchError, match=str(bad)):
         list(cache_training_volumes(ds, prep, 2))
+
+
+def test_the_fingerprint_is_computed_once_per_training_set(tmp_path, monkeypatch):
+    """The other runs of a grid (seeds, models) on the same training cases read the fingerprint kept
+    beside the cached volumes instead of decoding every case again; an edited case is read again."""
+    import os
+
+    root = synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=4, depth=8, size=24)
+    proto = load_protocol("drift_3d")
+
+    def fresh():
+        ds = open_dataset("nnunet", root)
+        ds.volume_cache = tmp_path / "cache"
+        return ds
+
+    first = volume_prep(fresh(), proto)
+    assert len(list(fresh().volume_folder.glob("fingerprint.*.json"))) == 1
+    reads = []
+    monkeypatch.setattr(type(fresh()), "train_case", lambda self, case: reads.append(case) or 1 / 0)
+    assert volume_prep(fresh(), proto) == first and reads == []  # read from the file: no case decoded
+    monkeypatch.undo()
+    ds = fresh()
+    label = root / "labelsTr" / f"{ds.train_volume_ids()[0]}.nii.gz"
+    os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))
+    assert volume_prep(ds, proto) == first  # the same data, computed again under another name
+    assert len(list(ds.volume_folder.glob("fingerprint.*.json"))) == 2
+    plain = open_dataset("nnunet", root)  # no volume cache: computed, nothing kept
+    assert volume_prep(plain, proto) == first
 
 
 def test_an_unwritable_volume_cache_is_one_clear_error(tmp_path):

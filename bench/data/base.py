@@ -136,6 +136,10 @@ class SegDataset:
         raise BenchError(f"{self.root}: normalize 'ct_foreground' takes its statistics from whole training cases "
                          f"in nnU-Net format (--dataset nnunet); the {self.dataset_name!r} reader has none")
 
+    def train_case(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(image, label) of one of ``train_volume_ids``' cases, as ``train_cases`` yields it."""
+        raise NotImplementedError
+
     def test_ids(self) -> list[str]:
         raise NotImplementedError
 

@@ -28,25 +28,34 @@ def foreground_statistics(cases: Iterable[tuple[np.ndarray, np.ndarray]], n_case
                           total_samples: float = NNUNET_SAMPLES) -> list[dict[str, float]]:
     """Per channel {mean, std, percentile_00_5, percentile_99_5} (nnU-Net's names) of the foreground of
     ``cases``: ``n_cases`` (image, label) pairs, image spatial or channels-last (spatial + C)."""
-    per_case = int(total_samples // n_cases)
-    draws: list[list[np.ndarray]] = []
-    for image, label in cases:
-        mask = np.asarray(label) > 0
-        image = np.asarray(image)
-        chans = image[..., None] if image.ndim == mask.ndim else image
-        draws = draws or [[] for _ in range(chans.shape[-1])]
-        rs = np.random.RandomState(NNUNET_SEED)
-        for c, store in enumerate(draws):
-            voxels = chans[..., c][mask]
-            # a case without foreground gives nothing: nnU-Net's empty list, whose float64 turns the
-            # concatenation (and so the mean and std) into float64 too
-            store.append(rs.choice(voxels, per_case, replace=True) if voxels.size else np.array([]))
-    if not any(len(d) for d in (draws[0] if draws else [])):
+    per_case = samples_per_case(n_cases, total_samples)
+    return statistics_of([case_draws(image, label, per_case) for image, label in cases])
+
+
+def samples_per_case(n_cases: int, total_samples: float = NNUNET_SAMPLES) -> int:
+    return int(total_samples // n_cases)
+
+
+def case_draws(image: np.ndarray, label: np.ndarray, per_case: int) -> list[np.ndarray]:
+    """One case's share of the samples, per channel: ``per_case`` foreground intensities drawn with
+    replacement by one ``RandomState(1234)`` for the case, channel after channel."""
+    mask = np.asarray(label) > 0
+    image = np.asarray(image)
+    chans = image[..., None] if image.ndim == mask.ndim else image
+    rs = np.random.RandomState(NNUNET_SEED)
+    # a case without foreground gives nothing: nnU-Net's empty list, whose float64 turns the
+    # concatenation (and so the mean and std) into float64 too
+    return [rs.choice(chans[..., c][mask], per_case, replace=True) if mask.any() else np.array([])
+            for c in range(chans.shape[-1])]
+
+
+def statistics_of(draws: list[list[np.ndarray]]) -> list[dict[str, float]]:
+    """The statistics of every case's draws (``case_draws``, in case order), per channel."""
+    if not any(len(case[0]) for case in draws):
         raise BenchError("normalize 'ct_foreground' needs foreground (label > 0) in the training cases; none has any")
     out = []
-    for store in draws:
-        x = np.concatenate(store)
-        store.clear()
+    for c in range(len(draws[0])):
+        x = np.concatenate([case[c] for case in draws])
         lo, hi = np.percentile(x, [0.5, 99.5])
         out.append({"mean": float(np.mean(x)), "std": float(np.std(x)),
                     "percentile_00_5": float(lo), "percentile_99_5": float(hi)})

@@ -465,10 +465,8 @@ class NnUNetDataset(SegDataset):
         spacing) keep their own files. Each file is synced and renamed into place, so concurrent loader
         workers never read half of one; a file that still cannot be mapped (truncated by a crash) is
         written again."""
-        sources = [channel_path(self.root, case, c, self.file_ending) for c in range(self.in_chans)]
-        sources.append(label_path(self.root, case, self.file_ending))
-        stamp = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sources if p.is_file()]
-        sig = hashlib.sha256(json.dumps([VOLUME_CACHE_FORMAT, stamp, self.num_classes]).encode()).hexdigest()[:16]
+        sig = hashlib.sha256(json.dumps([VOLUME_CACHE_FORMAT, self.source_stamp(case),
+                                         self.num_classes]).encode()).hexdigest()[:16]
         folder = self.volume_folder
         paths = [folder / f"{case}.{sig}.{prep.key}.{part}.npy" for part in ("image", "label")]
         if all(p.is_file() for p in paths):
@@ -506,7 +504,16 @@ class NnUNetDataset(SegDataset):
 
     def train_cases(self):
         for case in self._train_cases:  # as stored: the statistics preprocessing needs come from these
-            yield self._case_arrays(case)[:2]
+            yield self.train_case(case)
+
+    def train_case(self, case: str) -> tuple[np.ndarray, np.ndarray]:
+        return self._case_arrays(case)[:2]
+
+    def source_stamp(self, case: str) -> list[tuple[str, int, int]]:
+        """(path, size, mtime) of the case's image and label files: what says they were edited."""
+        sources = [channel_path(self.root, case, c, self.file_ending) for c in range(self.in_chans)]
+        sources.append(label_path(self.root, case, self.file_ending))
+        return [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sources if p.is_file()]
 
     def train_geometry(self):
         if not self.volumes:

@@ -31,14 +31,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from bench.data.intensity import foreground_statistics
+from bench.data.intensity import case_draws, samples_per_case, statistics_of
 from bench.data.resample import new_shape, nnunet_target_spacing, resample
 from bench.errors import BenchError
 from bench.transforms import normalize_image, volume_chw
@@ -143,38 +145,81 @@ class VolumePrep:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+FINGERPRINT_FORMAT = 1  # bump when what a cached fingerprint holds or means changes
+
+
+def _case_fingerprint(dataset, per_case: int | None, case: str):
+    """One training case's part of the fingerprint: its shape after cropping, the share of its voxels
+    cropping keeps, and (``per_case``) its foreground draws (nnU-Net samples the cropped case)."""
+    image, label = as_volume(*dataset.train_case(case))
+    box, _ = nonzero_box(image)
+    shape = [s.stop - s.start for s in box]
+    kept = float(np.prod(shape) / np.prod(label.shape))
+    return shape, kept, None if per_case is None else case_draws(image[box], label[box], per_case)
+
+
 def _fingerprint(dataset, protocol) -> None:
     """Fill what ``protocol`` needs and ``dataset`` lacks (``foreground_stats``, ``target_spacing``,
-    ``mask_norm``) in one pass over the training cases, as nnU-Net's fingerprint: the statistics of
-    the foreground, each case's spacing (its header) and shape after cropping, the share cropping keeps."""
+    ``mask_norm``) from one pass over the training cases, as nnU-Net's fingerprint: the statistics of
+    the foreground, each case's spacing (its header) and shape after cropping, the share cropping keeps.
+    The pass runs in several processes, as nnU-Net's does (``preprocess_processes``), and what it
+    found is kept beside the dataset's cached volumes (``volume_folder``), so that the other runs of a
+    grid on the same training cases (seeds, models) read it instead of decoding every case again."""
+    import torch
+
     need_stats = protocol.normalize == "ct_foreground" and dataset.foreground_stats is None
     # 2-D cases (PNG) have no spacing: nnU-Net gives them 1 everywhere, which resamples nothing
     need_spacing = protocol.target_spacing == "nnunet" and dataset.target_spacing is None and dataset.volumes
     need_mask = protocol.normalize == "zscore" and dataset.mask_norm is None
     if not (need_stats or need_spacing or need_mask):
         return
-    shapes: list[tuple[int, ...]] = []
-    kept: list[float] = []
-
-    def cropped_cases():  # nnU-Net samples the foreground of the cropped case
-        for image, label in dataset.train_cases():
-            image, label = as_volume(image, label)
-            box, _ = nonzero_box(image)
-            shapes.append(tuple(s.stop - s.start for s in box))
-            kept.append(float(np.prod(shapes[-1]) / np.prod(label.shape)))
-            yield image[box], label[box]
-
+    ids = dataset.train_volume_ids()
+    path = _fingerprint_path(dataset, ids)
+    found = _read_fingerprint(path)
+    if found is None or (need_stats and found["stats"] is None):
+        per_case = samples_per_case(len(ids)) if need_stats else None
+        processes = preprocess_processes(len(ids), len(protocol.patch_size), torch.get_num_threads())
+        parts = list(_over_cases(_case_fingerprint, (dataset, per_case), ids, processes, ordered=True))
+        found = {"format": FINGERPRINT_FORMAT, "cases": ids, "shapes": [p[0] for p in parts],
+                 "kept": [p[1] for p in parts], "stats": statistics_of([p[2] for p in parts]) if need_stats else None}
+        if path is not None:
+            _write_fingerprint(path, found)
     if need_stats:
-        dataset.foreground_stats = foreground_statistics(cropped_cases(), dataset.n_train_cases)
-    else:
-        for _ in cropped_cases():
-            pass
+        dataset.foreground_stats = found["stats"]
     if need_spacing:
         spacings = [spacing for _, spacing in dataset.train_geometry()]
         # nnU-Net's 2d configuration takes the in-plane part of the 3d_fullres spacing
-        dataset.target_spacing = nnunet_target_spacing(spacings, shapes)[-len(protocol.patch_size):]
+        dataset.target_spacing = nnunet_target_spacing(spacings, found["shapes"])[-len(protocol.patch_size):]
     if dataset.mask_norm is None:
-        dataset.mask_norm = bool(np.median(kept) < MASK_NORM_BELOW)
+        dataset.mask_norm = bool(np.median(found["kept"]) < MASK_NORM_BELOW)
+
+
+def _fingerprint_path(dataset, ids: Sequence[str]) -> Path | None:
+    """Where the fingerprint of these training cases is kept: named by their files' stamps (an edited
+    file, another split or another label set makes another one); None without a volume cache."""
+    folder = getattr(dataset, "volume_folder", None)
+    if folder is None:
+        return None
+    key = json.dumps([FINGERPRINT_FORMAT, [dataset.source_stamp(c) for c in ids], dataset.num_classes])
+    return folder / f"fingerprint.{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def _read_fingerprint(path: Path | None) -> dict | None:
+    try:
+        found = json.loads(path.read_text()) if path is not None else None
+    except (OSError, ValueError):  # none yet, or unreadable: computed again
+        return None
+    return found if isinstance(found, dict) and found.get("format") == FINGERPRINT_FORMAT else None
+
+
+def _write_fingerprint(path: Path, found: dict) -> None:
+    from bench.records import atomic_write_text
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(found))
+    except OSError as exc:  # the volumes will need the folder too: their error names it
+        warnings.warn(f"{path.parent}: cannot keep the dataset fingerprint there ({exc.strerror or exc})")
 
 
 def slicing_note(root, spacings: Sequence[Sequence[float]]) -> str | None:
@@ -220,19 +265,41 @@ def preprocess_processes(n_cases: int, patch_dims: int, threads: int) -> int:
     return max(1, min(n_cases, threads, PREPROCESS_PROCESSES[patch_dims]))
 
 
-_job: tuple | None = None  # a preprocessing process's (dataset, prep)
+_job: tuple = ()  # what a preprocessing process works with: (dataset, ...) after _start_job
 
 
-def _start_job(dataset, prep: VolumePrep) -> None:
+def _start_job(*job) -> None:
     global _job
     import torch
 
     torch.set_num_threads(1)  # the work is numpy/scipy; the processes share the cores
-    _job = (dataset, prep)
+    _job = job
 
 
-def _cache_case(case: str) -> str:
-    dataset, prep = _job
+def _run_job(fn, case: str):
+    return fn(*_job, case)
+
+
+def _over_cases(fn, job: tuple, ids: Sequence[str], processes: int, *, ordered: bool) -> Iterator:
+    """``fn(*job, case)`` for each case id, in ``processes`` processes (``job`` is sent to each once) or in
+    this one; results in ``ids``' order where ``ordered``, else as they finish. An error stops the
+    pending cases and is raised here."""
+    if processes <= 1:
+        for case in ids:
+            yield fn(*job, case)
+        return
+    pool = ProcessPoolExecutor(processes, initializer=_start_job, initargs=job)
+    try:
+        futures = [pool.submit(_run_job, fn, case) for case in ids]
+        for done in futures if ordered else as_completed(futures):
+            yield done.result()
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _cache_case(dataset, prep: VolumePrep, case: str) -> str:
     dataset.load_train_volume(case, prep)
     return case
 
@@ -240,18 +307,5 @@ def _cache_case(case: str) -> str:
 def cache_training_volumes(dataset, prep: VolumePrep, processes: int = 1) -> Iterator[str]:
     """Preprocess every training case of ``dataset`` into its volume cache (``load_train_volume``),
     yielding each case id when it is there: in ``processes`` processes, as nnU-Net preprocesses, or
-    in this one. The files do not depend on the number; an error stops the others' pending cases."""
-    ids = dataset.train_volume_ids()
-    if processes <= 1:
-        for case in ids:
-            dataset.load_train_volume(case, prep)
-            yield case
-        return
-    pool = ProcessPoolExecutor(processes, initializer=_start_job, initargs=(dataset, prep))
-    try:
-        for done in as_completed([pool.submit(_cache_case, case) for case in ids]):
-            yield done.result()
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+    in this one. The files do not depend on the number."""
+    yield from _over_cases(_cache_case, (dataset, prep), dataset.train_volume_ids(), processes, ordered=False)
