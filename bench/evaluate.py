@@ -163,14 +163,8 @@ def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bo
     if protocol.patches:  # nnU-Net: preprocess, sliding window, logits back to the case's grid
         if prep is None:
             raise TypeError("predict_case: a patch protocol needs prep (bench.data.preprocess.volume_prep)")
-        what = f"test case {case.case_id!r}"
-        image, label = as_volume(case.image, case.label)  # a 2-D case: a volume of one slice
-        x, box = prep.image(image, case.spacing, what)
-        logits = sliding_window_logits(model, x, protocol.patch_size, protocol.eval.tile_step, device=device,
-                                       dtype=protocol.torch_dtype, batch_size=protocol.train.batch_size,
-                                       mirror=protocol.eval.mirror)
-        pred = prep.labels_back(logits.cpu().numpy(), box, label.shape, case.spacing, what)
-        return pred.reshape(case.label.shape), case.label.astype(np.int64)
+        x, box = _patch_input(case, prep)
+        return _patch_output(_window_logits(model, x, protocol, device), box, case, prep)
     images = list(case.image) if case.is_volume else [case.image]
     if binary:  # VM-UNet: image and mask resized bilinearly, scored at model resolution
         labels = list(case.label) if case.is_volume else [case.label]
@@ -185,6 +179,30 @@ def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bo
     return (pred, gt) if case.is_volume else (pred[0], gt if gt.ndim == 2 else gt[0])
 
 
+def _patch_input(case: Case, prep: VolumePrep) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """A patch protocol's network input for ``case`` (C, *grid) and the crop box it came from."""
+    image, _ = as_volume(case.image, case.label)  # a 2-D case: a volume of one slice
+    return prep.image(image, case.spacing, f"test case {case.case_id!r}")
+
+
+def _window_logits(model: nn.Module, x: np.ndarray, protocol: Protocol, device: torch.device) -> np.ndarray:
+    logits = sliding_window_logits(model, x, protocol.patch_size, protocol.eval.tile_step, device=device,
+                                   dtype=protocol.torch_dtype, batch_size=protocol.train.batch_size,
+                                   mirror=protocol.eval.mirror)
+    return logits.cpu().numpy()
+
+
+def _patch_output(logits: np.ndarray, box: tuple[slice, ...], case: Case,
+                  prep: VolumePrep) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, ground truth) of a patch protocol's ``case`` from its logits on the resampled grid."""
+    _, label = as_volume(case.image, case.label)
+    pred = prep.labels_back(logits, box, label.shape, case.spacing, f"test case {case.case_id!r}")
+    return pred.reshape(case.label.shape), case.label.astype(np.int64)
+
+
+EVAL_WORKERS = 3  # nnU-Net's default preprocessing and export processes beside the GPU's prediction
+
+
 def scored_ids(dataset: SegDataset, protocol: Protocol) -> list[str]:
     """The test cases a run under ``protocol`` scores: all, or the first ``eval.max_cases``."""
     ids = dataset.test_ids()
@@ -192,29 +210,46 @@ def scored_ids(dataset: SegDataset, protocol: Protocol) -> list[str]:
 
 
 def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: str, *, device: torch.device,
-             progress: Callable[[int, int], None] | None = None) -> EvalResult:
-    """Score every test case of ``dataset`` under ``policy``; rows keep raw counts for re-aggregation."""
+             progress: Callable[[int, int], None] | None = None, workers: int | None = None) -> EvalResult:
+    """Score every test case of ``dataset`` under ``policy``; rows keep raw counts for re-aggregation.
+
+    ``workers``: threads that, under a patch protocol, load and preprocess the next cases and resample
+    and score the predicted ones while the model predicts (nnU-Net's pipeline; scipy and numpy work
+    outside the GIL), 0 for one case after another; default ``EVAL_WORKERS`` on CUDA, 0 on CPU, where
+    the model's own threads take the cores. The rows do not depend on it."""
     binary = dataset.binary
     model.to(device=device, dtype=protocol.torch_dtype)
     ids = scored_ids(dataset, protocol)
-    rows: list[dict[str, Any]] = []
     nsd_tolerance = resolve_nsd_tolerance(protocol, dataset, policy)  # before any case is predicted
     prep = volume_prep(dataset, protocol) if protocol.patches else None  # one fingerprint pass
     stats = intensity_stats(dataset, protocol)
-    spacings: list[tuple[float, ...] | None] = []
-    volumes = False
-    for i, case_id in enumerate(ids):
-        case = dataset.load_test(case_id)
-        pred, gt = predict_case(model, case, protocol, binary=binary, device=device, stats=stats, prep=prep)
+
+    def score(case: Case, pred: np.ndarray, gt: np.ndarray):
+        """(rows, spacing, is_volume) of a predicted case; the case's arrays are not kept."""
         # binary tasks are scored at model resolution, where the native spacing no longer holds
         spacing = None if binary else case.spacing
-        spacings.append(spacing)
-        volumes = volumes or case.is_volume
-        for row in metrics.score_case(pred, gt, dataset.num_classes, policy, spacing=spacing,
-                                      class_names=dataset.class_names, nsd_tolerance=nsd_tolerance):
-            rows.append({"case": case_id, **row})
-        if progress is not None:
-            progress(i + 1, len(ids))
+        rows = metrics.score_case(pred, gt, dataset.num_classes, policy, spacing=spacing,
+                                  class_names=dataset.class_names, nsd_tolerance=nsd_tolerance)
+        return [{"case": case.case_id, **row} for row in rows], spacing, case.is_volume
+
+    if workers is None:
+        workers = EVAL_WORKERS if device.type == "cuda" else 0
+    if protocol.patches and workers > 0:
+        model.eval()
+        scored = _pipelined(ids, dataset, prep, lambda x: _window_logits(model, x, protocol, device),
+                            lambda logits, box, case: score(case, *_patch_output(logits, box, case, prep)),
+                            workers, progress)
+    else:
+        scored = []
+        for i, case_id in enumerate(ids):
+            case = dataset.load_test(case_id)
+            scored.append(score(case, *predict_case(model, case, protocol, binary=binary, device=device,
+                                                    stats=stats, prep=prep)))
+            if progress is not None:
+                progress(i + 1, len(ids))
+    rows = [row for case_rows, _, _ in scored for row in case_rows]
+    spacings = [spacing for _, spacing, _ in scored]
+    volumes = any(is_volume for _, _, is_volume in scored)
     scores = metrics.aggregate(rows, policy)
     if isinstance(nsd_tolerance, dict):  # records.load shows it as the text "liver 5, spleen 3"
         scores["nsd_tolerances"] = nsd_tolerance
@@ -226,3 +261,42 @@ def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: 
         metrics=scores,
         hd95_unit=hd95_unit(policy, spacings, volumes),
     )
+
+
+def _pipelined(ids: list[str], dataset: SegDataset, prep: VolumePrep, predict, finish, workers: int,
+               progress: Callable[[int, int], None] | None) -> list:
+    """``finish(logits, box, case)`` of each case, in ``ids``' order: ``workers`` threads load and
+    preprocess up to ``workers`` cases ahead of ``predict`` (in this thread) and finish the predicted
+    ones, at most ``workers`` at a time (each holds a case's logits); an error stops the rest."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    def prepare(case_id: str):
+        case = dataset.load_test(case_id)
+        return (case, *_patch_input(case, prep))
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="bench-eval")
+    try:
+        ahead = deque(pool.submit(prepare, c) for c in ids[:workers])
+        finishing: list = []
+        for i in range(len(ids)):
+            case, x, box = ahead.popleft().result()
+            if i + workers < len(ids):
+                ahead.append(pool.submit(prepare, ids[i + workers]))
+            logits = predict(x)
+            del x
+            busy = [f for f in finishing if not f.done()]
+            if len(busy) >= workers:  # memory: no more than ``workers`` cases' logits waiting
+                wait(busy, return_when="FIRST_COMPLETED")
+            finishing.append(pool.submit(finish, logits, box, case))
+            del logits
+            if progress is not None:
+                progress(sum(f.done() for f in finishing), len(ids))
+        out = [f.result() for f in finishing]
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    if progress is not None:
+        progress(len(ids), len(ids))
+    return out

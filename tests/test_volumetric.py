@@ -326,6 +326,36 @@ def test_the_fingerprint_is_computed_once_per_training_set(tmp_path, monkeypatch
     assert volume_prep(plain, proto) == first
 
 
+@pytest.mark.parametrize("name", ["drift_3d", "drift_2d"])
+def test_pipelined_evaluation_scores_as_one_case_after_another(tmp_path, name):
+    """On a GPU, threads load and preprocess the next test cases and resample and score the predicted
+    ones while the model predicts (as nnU-Net does): the same rows, in the same order; an unreadable
+    case stops the evaluation with its error."""
+    from bench.evaluate import evaluate
+    from bench.registry import create_model, get_entry
+
+    root = synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=15, depth=8, size=24)
+    ds = open_dataset("nnunet", root)
+    proto = load_protocol(name).with_overrides(max_cases=0)  # all 3 test cases
+    torch.manual_seed(0)
+    model = create_model("lightm_unet", num_classes=ds.num_classes, in_chans=1, spatial_dims=len(proto.patch_size),
+                         **get_entry("lightm_unet").tiny)
+    cpu = torch.device("cpu")
+    one = evaluate(model, ds, proto, "strict", device=cpu, workers=0)
+    seen = []
+    piped = evaluate(model, ds, proto, "strict", device=cpu, workers=2, progress=lambda i, n: seen.append((i, n)))
+    assert len({r["case"] for r in one.per_case}) == 3 and json.dumps(piped.per_case) == json.dumps(one.per_case)
+    assert json.dumps(piped.metrics) == json.dumps(one.metrics) and piped.hd95_unit == one.hd95_unit
+    assert seen[-1] == (3, 3) and [i for i, _ in seen] == sorted(i for i, _ in seen)
+    from bench.data.nnunet import _read_case_cached
+
+    bad = root / "labelsTr" / f"{ds.test_ids()[1]}.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:100])
+    _read_case_cached.cache_clear()  # the last decoded cases are kept in memory
+    with pytest.raises(BenchError, match=str(bad)):
+        evaluate(model, ds, proto, "strict", device=cpu, workers=2)
+
+
 def test_an_unwritable_volume_cache_is_one_clear_error(tmp_path):
     ds = open_dataset("nnunet", synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=3, depth=8, size=16))
     (tmp_path / "cache").mkdir()
