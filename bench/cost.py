@@ -469,6 +469,12 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
         if batch_size > 1:
             batch_size, big = _throughput(run, inputs, batch_size, warmup, iters, precision, halve=auto_batch)
             row["throughput_batch"], row["throughput_fps"] = batch_size, big["fps"]
+        if compile:  # a no-grad forward and a training step compile again (the timings ran under
+            # inference_mode): once untimed, so the peaks below are the compiled code's, not the compiler's
+            with precision_context(precision, device):
+                peak_memory_mb(run, inputs(1))
+                peak_memory_mb(run.train(), inputs(1), train_step=True)
+            run.eval()
         # each measurement in its own precision context: autocast caches its weight casts until the
         # context ends, and the training step would not count those made by the forward before it
         with precision_context(precision, device):

@@ -197,7 +197,7 @@ def _patch_output(logits: np.ndarray, box: tuple[slice, ...], case: Case,
     """(prediction, ground truth) of a patch protocol's ``case`` from its logits on the resampled grid."""
     _, label = as_volume(case.image, case.label)
     pred = prep.labels_back(logits, box, label.shape, case.spacing, f"test case {case.case_id!r}")
-    return pred.reshape(case.label.shape), case.label.astype(np.int64)
+    return pred.reshape(case.label.shape), case.label.astype(np.int64, copy=False)
 
 
 EVAL_WORKERS = 3  # nnU-Net's default preprocessing and export processes beside the GPU's prediction
@@ -267,7 +267,8 @@ def _pipelined(ids: list[str], dataset: SegDataset, prep: VolumePrep, predict, f
                progress: Callable[[int, int], None] | None) -> list:
     """``finish(logits, box, case)`` of each case, in ``ids``' order: ``workers`` threads load and
     preprocess up to ``workers`` cases ahead of ``predict`` (in this thread) and finish the predicted
-    ones, at most ``workers`` at a time (each holds a case's logits); an error stops the rest."""
+    ones, at most ``workers`` at a time (each holds a case's logits); an error, in loading, predicting or
+    finishing, stops the rest."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -288,6 +289,9 @@ def _pipelined(ids: list[str], dataset: SegDataset, prep: VolumePrep, predict, f
             busy = [f for f in finishing if not f.done()]
             if len(busy) >= workers:  # memory: no more than ``workers`` cases' logits waiting
                 wait(busy, return_when="FIRST_COMPLETED")
+            for f in finishing:  # a case that failed to finish stops the rest now, not after all are predicted
+                if f.done() and f.exception() is not None:
+                    raise f.exception()
             finishing.append(pool.submit(finish, logits, box, case))
             del logits
             if progress is not None:

@@ -347,13 +347,35 @@ def test_pipelined_evaluation_scores_as_one_case_after_another(tmp_path, name):
     assert len({r["case"] for r in one.per_case}) == 3 and json.dumps(piped.per_case) == json.dumps(one.per_case)
     assert json.dumps(piped.metrics) == json.dumps(one.metrics) and piped.hd95_unit == one.hd95_unit
     assert seen[-1] == (3, 3) and [i for i, _ in seen] == sorted(i for i, _ in seen)
-    from bench.data.nnunet import _read_case_cached
-
     bad = root / "labelsTr" / f"{ds.test_ids()[1]}.nii.gz"
     bad.write_bytes(bad.read_bytes()[:100])
-    _read_case_cached.cache_clear()  # the last decoded cases are kept in memory
     with pytest.raises(BenchError, match=str(bad)):
         evaluate(model, ds, proto, "strict", device=cpu, workers=2)
+
+
+def test_a_case_that_fails_to_finish_stops_the_pipeline_early():
+    """A scoring error on the first case is raised before the model has predicted every other one."""
+    import time
+    from types import SimpleNamespace
+
+    from bench.evaluate import _pipelined
+
+    dataset = SimpleNamespace(load_test=lambda c: SimpleNamespace(case_id=c, image=np.zeros((2, 2, 2)),
+                                                                   label=np.zeros((2, 2, 2)), spacing=None))
+    prep = SimpleNamespace(image=lambda image, spacing, what: (image, None))
+    predicted = []
+
+    def predict(x):
+        predicted.append(1)
+        time.sleep(0.05)  # the first case's finish has failed by the time the next one is predicted
+        return x
+
+    def finish(logits, box, case):
+        raise BenchError(f"{case.case_id}: cannot be scored")
+
+    with pytest.raises(BenchError, match="c0: cannot be scored"):
+        _pipelined([f"c{i}" for i in range(20)], dataset, prep, predict, finish, 2, None)
+    assert len(predicted) <= 3
 
 
 def test_an_unwritable_volume_cache_is_one_clear_error(tmp_path):

@@ -444,7 +444,7 @@ class NnUNetDataset(SegDataset):
     def _preprocessed(self, case: str, prep: VolumePrep) -> tuple[np.ndarray, np.ndarray]:
         from bench.data.preprocess import as_volume  # imported here: preprocess imports bench.transforms
 
-        image, label, spacing = self._case_arrays(case)
+        image, label, spacing = self._case_arrays(case, cached=False)
         image, label = as_volume(image, label)
         return prep.case(image, label, spacing, str(label_path(self.root, case, self.file_ending)))
 
@@ -507,7 +507,7 @@ class NnUNetDataset(SegDataset):
             yield self.train_case(case)
 
     def train_case(self, case: str) -> tuple[np.ndarray, np.ndarray]:
-        return self._case_arrays(case)[:2]
+        return self._case_arrays(case, cached=False)[:2]
 
     def source_stamp(self, case: str) -> list[tuple[str, int, int]]:
         """(path, size, mtime) of the case's image and label files: what says they were edited."""
@@ -524,10 +524,14 @@ class NnUNetDataset(SegDataset):
     def test_ids(self) -> list[str]:
         return list(self._test_cases)
 
-    def _case_arrays(self, case: str):
+    def _case_arrays(self, case: str, *, cached: bool = True):
+        """(image, label, spacing) of ``case``; ``cached``: through the two-entry cache that slices of one
+        volume share. Cases read whole once (preprocessing, the fingerprint, test cases) pass it by: a
+        preprocessing process or the evaluation pipeline would otherwise hold two decoded cases it is done with."""
         if case not in self.cases:
             raise BenchError(f"{self.root}: no case {case!r} in labelsTr/")
-        return _read_case_cached(str(self.root), case, self.file_ending, self.in_chans, self.num_classes)
+        read = _read_case_cached if cached else _read_compact
+        return read(str(self.root), case, self.file_ending, self.in_chans, self.num_classes)
 
     def load_train(self, item_id: str) -> Sample:
         if not self.volumes:  # copies: the arrays live in the cache
@@ -539,8 +543,8 @@ class NnUNetDataset(SegDataset):
         return Sample(image=image[z].copy(), label=label[z].astype(np.int64), name=item_id)
 
     def load_test(self, case_id: str) -> Case:
-        image, label, spacing = self._case_arrays(case_id)
-        return Case(case_id=case_id, image=image.copy(), label=label.astype(np.int64), spacing=spacing)
+        image, label, spacing = self._case_arrays(case_id, cached=False)  # its own arrays: no copy
+        return Case(case_id=case_id, image=image, label=label.astype(np.int64), spacing=spacing)
 
     def prediction_name(self, case_id: str) -> str:
         return f"{case_id}{self.file_ending}"  # nnU-Net's own: nnUNetv2_evaluate_folder pairs it with labelsTr

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -288,7 +289,10 @@ def _over_cases(fn, job: tuple, ids: Sequence[str], processes: int, *, ordered: 
         for case in ids:
             yield fn(*job, case)
         return
-    pool = ProcessPoolExecutor(processes, initializer=_start_job, initargs=job)
+    # spawned, not forked: a fork copies the locks that the progress display's and other threads may
+    # hold at that moment, and a child that then writes (a warning) could wait on them forever
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_job,
+                               initargs=job)
     try:
         futures = [pool.submit(_run_job, fn, case) for case in ids]
         for done in futures if ordered else as_completed(futures):
