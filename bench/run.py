@@ -86,7 +86,7 @@ def _preprocess_volumes(dataset, protocol: Protocol, bar, main: bool) -> None:
     if main:
         prep = volume_prep(dataset, protocol)
         n = len(dataset.train_volume_ids())
-        processes = preprocess_processes(n, len(protocol.patch_size), torch.get_num_threads())
+        processes = preprocess_processes(n, len(protocol.patch_size))
         task = bar.add_task("preprocess", total=n, info="") if bar else None
         for i, case in enumerate(cache_training_volumes(dataset, prep, processes)):
             if bar is not None:

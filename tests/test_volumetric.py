@@ -326,6 +326,20 @@ def test_the_fingerprint_is_computed_once_per_training_set(tmp_path, monkeypatch
     assert volume_prep(plain, proto) == first
 
 
+def test_rank_0_of_a_torchrun_preprocesses_on_the_cores_the_other_ranks_leave(monkeypatch):
+    """torchrun gives each process one thread; while rank 0 preprocesses, the others only wait."""
+    import os
+
+    from bench.data.preprocess import cpu_budget, preprocess_processes
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert cpu_budget() == 1 and preprocess_processes(105, 3) == 1  # one process: --threads decides
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert cpu_budget() == 16 and preprocess_processes(105, 3) == 4
+
+
 @pytest.mark.parametrize("name", ["drift_3d", "drift_2d"])
 def test_pipelined_evaluation_scores_as_one_case_after_another(tmp_path, name):
     """On a GPU, threads load and preprocess the next test cases and resample and score the predicted

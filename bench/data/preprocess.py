@@ -166,8 +166,6 @@ def _fingerprint(dataset, protocol) -> None:
     The pass runs in several processes, as nnU-Net's does (``preprocess_processes``), and what it
     found is kept beside the dataset's cached volumes (``volume_folder``), so that the other runs of a
     grid on the same training cases (seeds, models) read it instead of decoding every case again."""
-    import torch
-
     need_stats = protocol.normalize == "ct_foreground" and dataset.foreground_stats is None
     # 2-D cases (PNG) have no spacing: nnU-Net gives them 1 everywhere, which resamples nothing
     need_spacing = protocol.target_spacing == "nnunet" and dataset.target_spacing is None and dataset.volumes
@@ -179,7 +177,7 @@ def _fingerprint(dataset, protocol) -> None:
     found = _read_fingerprint(path)
     if found is None or (need_stats and found["stats"] is None):
         per_case = samples_per_case(len(ids)) if need_stats else None
-        processes = preprocess_processes(len(ids), len(protocol.patch_size), torch.get_num_threads())
+        processes = preprocess_processes(len(ids), len(protocol.patch_size))
         parts = list(_over_cases(_case_fingerprint, (dataset, per_case), ids, processes, ordered=True))
         found = {"format": FINGERPRINT_FORMAT, "cases": ids, "shapes": [p[0] for p in parts],
                  "kept": [p[1] for p in parts], "stats": statistics_of([p[2] for p in parts]) if need_stats else None}
@@ -259,11 +257,27 @@ def volume_prep(dataset, protocol) -> VolumePrep:
     return VolumePrep(protocol.normalize, stats, target_spacing(dataset, protocol), mask_norm)
 
 
-def preprocess_processes(n_cases: int, patch_dims: int, threads: int) -> int:
+def preprocess_processes(n_cases: int, patch_dims: int, threads: int | None = None) -> int:
     """How many processes preprocess training cases at once: nnU-Net's default for the configuration
-    (4 in 3-D, where a large CT volume's resampling holds a few GB, 8 in 2-D), at most the run's CPU
-    threads (``--threads``) and the number of cases."""
+    (4 in 3-D, where a large CT volume's resampling holds a few GB, 8 in 2-D), at most the CPU
+    threads the run may use (``cpu_budget``) and the number of cases."""
+    threads = cpu_budget() if threads is None else threads
     return max(1, min(n_cases, threads, PREPROCESS_PROCESSES[patch_dims]))
+
+
+def cpu_budget() -> int:
+    """The run's CPU threads (torch's: ``--threads``). In one of several processes torchrun started
+    (WORLD_SIZE > 1), which it gives one thread each unless told otherwise, the cores this process may
+    run on: only rank 0 preprocesses, while the others wait for it."""
+    import os
+
+    import torch
+
+    threads = torch.get_num_threads()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(threads, cores)
+    return threads
 
 
 _job: tuple = ()  # what a preprocessing process works with: (dataset, ...) after _start_job
