@@ -454,7 +454,6 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     if compile:  # dynamo's caches from earlier models (shared classes) count against its recompile limit
         torch._dynamo.reset()
     run = torch.compile(model) if compile else model
-    auto_batch = batch_size == "auto"
 
     def inputs(batch: int) -> torch.Tensor:
         t = torch.randn(batch, in_chans, *spatial, device=device)
@@ -463,25 +462,25 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     if timing:
         row.update(measure_latency(run, inputs(1), warmup=warmup, iters=iters, precision=precision))
         row["batch_size"] = 1
-        if batch_size == "auto":
+        found = batch_size == "auto"
+        if found:
             numel = largest_tensor_numel(model, inputs(1), precision=precision)
             batch_size = find_batch_size(run, inputs, precision=precision, numel_at_1=numel)
         if batch_size > 1:
-            batch_size, big = _throughput(run, inputs, batch_size, warmup, iters, precision, halve=auto_batch)
+            batch_size, big = _throughput(run, inputs, batch_size, warmup, iters, precision, halve=found)
             row["throughput_batch"], row["throughput_fps"] = batch_size, big["fps"]
-        if compile:  # a no-grad forward and a training step compile again (the timings ran under
-            # inference_mode): once untimed, so the peaks below are the compiled code's, not the compiler's
-            with precision_context(precision, device):
-                peak_memory_mb(run, inputs(1))
-                peak_memory_mb(run.train(), inputs(1), train_step=True)
-            run.eval()
-        # each measurement in its own precision context: autocast caches its weight casts until the
+        # with --compile a no-grad forward and a training step compile again (the timings ran under
+        # inference_mode): the last of two rounds is kept, the compiled code's peaks, not the compiler's.
+        # Each measurement in its own precision context: autocast caches its weight casts until the
         # context ends, and the training step would not count those made by the forward before it
-        with precision_context(precision, device):
-            row.update(peak_memory_mb(run, inputs(1)))
-        with precision_context(precision, device):
-            row["train_peak_mem_mb"] = peak_memory_mb(run.train(), inputs(1), train_step=True)["peak_mem_mb"]
-        run.eval()
+        for _ in range(2 if compile else 1):
+            with precision_context(precision, device):
+                forward = peak_memory_mb(run, inputs(1))
+            with precision_context(precision, device):
+                step = peak_memory_mb(run.train(), inputs(1), train_step=True)
+            run.eval()
+        row.update(forward)
+        row["train_peak_mem_mb"] = step["peak_mem_mb"]
     with precision_context(precision, device):  # the TF32 flags as the timed forwards had them
         fp = env.fingerprint(device)
     row["fingerprint"] = env.short_fingerprint(fp)

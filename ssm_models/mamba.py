@@ -47,8 +47,7 @@ class Mamba(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         batch, L, _ = hidden.shape
         # in_proj and the causal conv applied as mamba-ssm applies them (weight @ x, causal_conv1d_fn):
-        # functionally, so thop, which counts module calls only, skips them here as on the authors'
-        # models (the same numbers, bit for bit, as calling the modules)
+        # functionally, so thop, which counts module calls only, skips them here as on the authors' models
         A = -torch.exp(self.A_log.float())
         fused = fused_mamba_inner(hidden.device, hidden.dtype)  # None for float64: no such kernels
         if fused is not None:
@@ -57,7 +56,7 @@ class Mamba(nn.Module):
             return fused(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                          self.out_proj.weight, self.out_proj.bias, A, None, None, self.D.float(),
                          delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
-        xz = (hidden @ self.in_proj.weight.t()).transpose(1, 2)  # (B, 2·di, L)
+        xz = (hidden @ self.in_proj.weight.t()).transpose(1, 2)  # (B, 2·di, L), bit for bit in_proj(hidden)
         x, z = xz.chunk(2, dim=1)
         conv = self.conv1d  # causal: keep the first L outputs of the padded conv
         x = F.silu(F.conv1d(x, conv.weight, conv.bias, padding=conv.padding, groups=conv.groups)[..., :L])
