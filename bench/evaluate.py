@@ -33,7 +33,7 @@ from torch import nn
 from bench import metrics
 from bench.data.base import Case, SegDataset
 from bench.data.intensity import intensity_stats
-from bench.data.preprocess import VolumePrep, as_volume, volume_prep
+from bench.data.preprocess import VolumePrep, as_volume, cancelling, volume_prep
 from bench.protocol import Protocol
 from bench.transforms import prepare_binary_pair, prepare_slice, zoom_labels_back
 
@@ -213,10 +213,7 @@ def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: 
              progress: Callable[[int, int], None] | None = None, workers: int | None = None) -> EvalResult:
     """Score every test case of ``dataset`` under ``policy``; rows keep raw counts for re-aggregation.
 
-    ``workers``: threads that, under a patch protocol, load and preprocess the next cases and resample
-    and score the predicted ones while the model predicts (nnU-Net's pipeline; scipy and numpy work
-    outside the GIL), 0 for one case after another; default ``EVAL_WORKERS`` on CUDA, 0 on CPU, where
-    the model's own threads take the cores. The rows do not depend on it."""
+    ``workers``: as ``predict_cases``; the rows do not depend on it."""
     binary = dataset.binary
     model.to(device=device, dtype=protocol.torch_dtype)
     ids = scored_ids(dataset, protocol)
@@ -232,21 +229,8 @@ def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: 
                                   class_names=dataset.class_names, nsd_tolerance=nsd_tolerance)
         return [{"case": case.case_id, **row} for row in rows], spacing, case.is_volume
 
-    if workers is None:
-        workers = EVAL_WORKERS if device.type == "cuda" else 0
-    if protocol.patches and workers > 0:
-        model.eval()
-        scored = _pipelined(ids, dataset, prep, lambda x: _window_logits(model, x, protocol, device),
-                            lambda logits, box, case: score(case, *_patch_output(logits, box, case, prep)),
-                            workers, progress)
-    else:
-        scored = []
-        for i, case_id in enumerate(ids):
-            case = dataset.load_test(case_id)
-            scored.append(score(case, *predict_case(model, case, protocol, binary=binary, device=device,
-                                                    stats=stats, prep=prep)))
-            if progress is not None:
-                progress(i + 1, len(ids))
+    scored = predict_cases(model, dataset, ids, protocol, score, device=device, stats=stats, prep=prep,
+                           workers=workers, progress=progress)
     rows = [row for case_rows, _, _ in scored for row in case_rows]
     spacings = [spacing for _, spacing, _ in scored]
     volumes = any(is_volume for _, _, is_volume in scored)
@@ -263,6 +247,34 @@ def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: 
     )
 
 
+def predict_cases(model: nn.Module, dataset: SegDataset, ids: list[str], protocol: Protocol,
+                  finish: Callable[[Case, np.ndarray, np.ndarray], Any], *, device: torch.device,
+                  stats: list[dict[str, float]] | None = None, prep: VolumePrep | None = None,
+                  workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> list:
+    """``finish(case, prediction, ground truth)`` of each test case in ``ids``, in that order, each
+    case predicted as ``predict_case`` does; what evaluation scores and ``bench predict`` writes.
+
+    ``workers``: threads that, under a patch protocol, load and preprocess the next cases and
+    resample and finish the predicted ones while the model predicts (nnU-Net's pipeline; scipy and
+    numpy work outside the GIL), 0 for one case after another; default ``EVAL_WORKERS`` on CUDA, 0 on
+    CPU, where the model's own threads take the cores. The results do not depend on it."""
+    if workers is None:
+        workers = EVAL_WORKERS if device.type == "cuda" else 0
+    if protocol.patches and workers > 0:
+        model.eval()
+        return _pipelined(ids, dataset, prep, lambda x: _window_logits(model, x, protocol, device),
+                          lambda logits, box, case: finish(case, *_patch_output(logits, box, case, prep)),
+                          workers, progress)
+    out = []
+    for i, case_id in enumerate(ids):
+        case = dataset.load_test(case_id)
+        out.append(finish(case, *predict_case(model, case, protocol, binary=dataset.binary, device=device,
+                                              stats=stats, prep=prep)))
+        if progress is not None:
+            progress(i + 1, len(ids))
+    return out
+
+
 def _pipelined(ids: list[str], dataset: SegDataset, prep: VolumePrep, predict, finish, workers: int,
                progress: Callable[[int, int], None] | None) -> list:
     """``finish(logits, box, case)`` of each case, in ``ids``' order: ``workers`` threads load and
@@ -276,8 +288,7 @@ def _pipelined(ids: list[str], dataset: SegDataset, prep: VolumePrep, predict, f
         case = dataset.load_test(case_id)
         return (case, *_patch_input(case, prep))
 
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="bench-eval")
-    try:
+    with cancelling(ThreadPoolExecutor(workers, thread_name_prefix="bench-eval")) as pool:
         ahead = deque(pool.submit(prepare, c) for c in ids[:workers])
         finishing: list = []
         for i in range(len(ids)):
@@ -297,10 +308,6 @@ def _pipelined(ids: list[str], dataset: SegDataset, prep: VolumePrep, predict, f
             if progress is not None:
                 progress(sum(f.done() for f in finishing), len(ids))
         out = [f.result() for f in finishing]
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
     if progress is not None:
         progress(len(ids), len(ids))
     return out

@@ -2,7 +2,7 @@
 
 Each run's model is rebuilt from its record with the weights it was evaluated with
 (``bench.rescore.run_model``), and its scored test cases are predicted exactly as they were scored
-(``bench.evaluate.predict_case``), so the files hold what the run's metrics were computed from.
+(``bench.evaluate.predict_cases``), so the files hold what the run's metrics were computed from.
 One file per case goes under ``OUT/<run_id>/``, in the data's own format
 (``SegDataset.write_prediction``):
 
@@ -23,13 +23,15 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from bench import records
 from bench.errors import BenchError
+from bench.data.base import Case
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import volume_prep
-from bench.evaluate import predict_case, scored_ids
+from bench.evaluate import predict_cases, scored_ids
 from bench.rescore import run_model, weights_path
 from bench.run import file_sha256
 
@@ -66,10 +68,12 @@ def plan_predict(results_dir: Path, models: list[str] | None = None,
 
 
 def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: torch.device,
-                protocol_file: Path | None = None,
-                progress: Callable[[int, int], None] | None = None) -> tuple[Path, int]:
+                protocol_file: Path | None = None, progress: Callable[[int, int], None] | None = None,
+                workers: int | None = None) -> tuple[Path, int]:
     """Write the run's test-case predictions under ``out_dir/<run_id>``; return that folder and how
-    many files this call wrote (cases already written are kept)."""
+    many files this call wrote (cases already written are kept). ``workers``: as
+    ``bench.evaluate.predict_cases`` (on a GPU, threads load the next cases and write the predicted
+    ones); the files do not depend on it."""
     model, dataset, protocol = run_model(rec, results_dir, protocol_file, "predicted")
     model.to(device=device, dtype=protocol.torch_dtype)
     folder = Path(out_dir) / rec["run_id"]
@@ -84,24 +88,20 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
         "complete": False,
     }
     _claim(folder, manifest)
-    written, files = 0, {}
+    files = {case_id: dataset.prediction_name(case_id) for case_id in ids}
+    todo = [case_id for case_id in ids if not (folder / files[case_id]).is_file()]
+
+    def write(case: Case, pred: np.ndarray, gt: np.ndarray) -> None:
+        name = files[case.case_id]
+        records.atomic_write(folder / name, lambda tmp: dataset.write_prediction(case, pred, tmp),
+                             suffix=f".tmp{name[len(case.case_id):]}")  # writers read the format off it
+
     prep = volume_prep(dataset, protocol) if protocol.patches else None
-    stats = intensity_stats(dataset, protocol)
-    for i, case_id in enumerate(ids):
-        name = files[case_id] = dataset.prediction_name(case_id)
-        path = folder / name
-        if not path.is_file():
-            case = dataset.load_test(case_id)
-            pred, _ = predict_case(model, case, protocol, binary=dataset.binary, device=device, stats=stats,
-                                   prep=prep)
-            records.atomic_write(path, lambda tmp: dataset.write_prediction(case, pred, tmp),
-                                 suffix=f".tmp{name[len(case_id):]}")  # writers read the format off it
-            written += 1
-        if progress is not None:
-            progress(i + 1, len(ids))
+    predict_cases(model, dataset, todo, protocol, write, device=device, stats=intensity_stats(dataset, protocol),
+                  prep=prep, workers=workers, progress=progress)
     records.atomic_write_text(folder / MANIFEST, json.dumps({**manifest, "complete": True, "files": files},
                                                             indent=2) + "\n")
-    return folder, written
+    return folder, len(todo)
 
 
 def _claim(folder: Path, manifest: dict[str, Any]) -> None:

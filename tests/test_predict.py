@@ -181,3 +181,28 @@ def test_label_maps_keep_one_integer_type_per_dataset(tmp_path):
     back, spacing = read_nifti(tmp_path / "v.nii.gz", label=True)
     assert np.array_equal(back, labels) and spacing == (2.5, 0.8, 0.7)
     assert nib.load(tmp_path / "v.nii.gz").get_data_dtype() == np.uint8
+
+
+def test_patch_runs_predict_in_the_pipeline_the_same_files(tmp_path, monkeypatch):
+    """On a GPU, threads load the next cases and write the predicted ones while the model predicts;
+    the files are those of one case after another, and a resumed predict writes only what is missing."""
+    import bench.evaluate
+
+    root = synthesize("nnunet", tmp_path / "data", dims=3, n_cases=10, depth=8, size=24)
+    proto = load_protocol("drift_3d").with_overrides(max_iterations=2, max_cases=0)
+    (spec,) = plan_grid(models=["lightm_unet"], dataset="nnunet", protocol=proto, seeds=[0], data_root=root,
+                        synthetic=False, results_dir=tmp_path / "res", model_overrides=dict(get_entry("lightm_unet").tiny))
+    rec = run_one(spec, results_dir=tmp_path / "res", device=CPU)
+    one, n_one = predict_run(rec, tmp_path / "res", tmp_path / "one", CPU, workers=0)
+    piped_cases = []
+    pipelined = bench.evaluate._pipelined
+    monkeypatch.setattr(bench.evaluate, "_pipelined", lambda ids, *a: piped_cases.extend(ids) or pipelined(ids, *a))
+    piped, n_piped = predict_run(rec, tmp_path / "res", tmp_path / "piped", CPU, workers=2)
+    files = json.loads((one / MANIFEST).read_text())["files"]
+    assert piped_cases == list(files)  # the pipeline ran, on every case
+    assert n_one == n_piped == len(files) == 2 and files == json.loads((piped / MANIFEST).read_text())["files"]
+    for name in files.values():
+        assert np.array_equal(np.asarray(nib.load(one / name).dataobj), np.asarray(nib.load(piped / name).dataobj))
+    (piped / name).unlink()
+    assert predict_run(rec, tmp_path / "res", tmp_path / "piped", CPU, workers=2)[1] == 1
+    assert np.array_equal(np.asarray(nib.load(one / name).dataobj), np.asarray(nib.load(piped / name).dataobj))

@@ -34,7 +34,8 @@ import json
 import multiprocessing
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -305,12 +306,20 @@ def _over_cases(fn, job: tuple, ids: Sequence[str], processes: int, *, ordered: 
         return
     # spawned, not forked: a fork copies the locks that the progress display's and other threads may
     # hold at that moment, and a child that then writes (a warning) could wait on them forever
-    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_job,
-                               initargs=job)
-    try:
+    with cancelling(ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_start_job, initargs=job)) as pool:
         futures = [pool.submit(_run_job, fn, case) for case in ids]
         for done in futures if ordered else as_completed(futures):
             yield done.result()
+
+
+@contextmanager
+def cancelling(pool: Executor) -> Iterator[Executor]:
+    """``pool`` for the block, then shut down waiting for its running work; when the block raises (a
+    case's error, Ctrl-C, a consumer that stops early), the work not yet started is cancelled first
+    rather than run to the end (what ``with pool:`` would do)."""
+    try:
+        yield pool
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
