@@ -267,8 +267,9 @@ def rescore(
                                                      "not built in")] = None,
     device: Annotated[Device, typer.Option(help="where to evaluate")] = Device.auto,
 ) -> None:
-    """Score finished runs under another metric policy from their saved weights, without
-    training again; one record <run_id>.<policy> per run, beside the original.
+    """Score finished runs under another metric policy from their saved weights.
+
+    Nothing is trained again; one record <run_id>.<policy> per run, beside the original.
 
     Example: bench rescore --policy strict --results results
     """
@@ -294,9 +295,10 @@ def predict(
                                                      "not built in")] = None,
     device: Annotated[Device, typer.Option(help="where to predict")] = Device.auto,
 ) -> None:
-    """Write finished runs' predicted label maps for their test cases, from their saved weights, in
-    the data's format (nnU-Net: <case><ending> with the label file's geometry; Synapse: NIfTI;
-    ISIC/polyp: 0/255 PNG masks at model resolution); exactly what the run's metrics were computed on.
+    """Write finished runs' predicted label maps for their test cases, from their saved weights.
+
+    Exactly what the run's metrics were computed on, in the data's format (nnU-Net: <case><ending>
+    with the label file's geometry; Synapse: NIfTI; ISIC/polyp: 0/255 PNG masks at model resolution).
 
     Example: bench predict --results results --out predictions --models vmunet
     """
@@ -367,8 +369,10 @@ def profile(
     results: Annotated[Path, typer.Option(help="results directory (profile records go to profiles/)")] = DEFAULT_RESULTS,
     format: Annotated[ProfileFormat, typer.Option("--format", help="what to print")] = ProfileFormat.md,
 ) -> None:
-    """Params, FLOPs (selective scan included, and thop's paper convention beside it), latency,
-    FPS and peak memory; one record per model under RESULTS/profiles, joined by `bench report`.
+    """Params, FLOPs (selective scan included), latency, FPS and peak memory of models.
+
+    thop's paper convention beside our FLOPs; one record per model under RESULTS/profiles, joined
+    by `bench report`.
 
     Example: bench profile --models all --img-size 224 --device cpu --iters 20
     """
@@ -512,8 +516,9 @@ def data_convert(
     raw: Annotated[Path, typer.Option(help="the downloaded data's folder")],
     out: Annotated[Path, typer.Option(help="output directory (created)")],
 ) -> None:
-    """Convert data as distributed into the layout a reader expects: btcv -> TransUNet's Synapse layout
-    (HU window [-125, 275] scaled to [0, 1], the papers' organ ids, TransUNet's 18/12 split, spacing.csv);
+    """Convert data as distributed into the layout a reader expects.
+
+    btcv -> TransUNet's Synapse layout (HU window [-125, 275] scaled to [0, 1], the papers' organ ids, TransUNet's 18/12 split, spacing.csv);
     msd -> nnU-Net v2's raw layout (as nnUNetv2_convert_MSD_dataset: modalities split into _0000, ...).
 
     Example: bench data convert --source msd --raw Task03_Liver --out data/Dataset003_Liver
@@ -533,9 +538,10 @@ def data_verify(
     dataset: Annotated[str, typer.Option(help="synapse, isic17, isic18, polyp, isic_all or nnunet")],
     data_root: Annotated[Path, typer.Option(help="dataset directory")],
 ) -> None:
-    """Check a dataset: files present and readable, shapes, dtypes, label range, list files; notes
-    on whether the split is the papers' (Synapse, ISIC, polyp, merged ISIC) and on Synapse's label order;
-    for nnU-Net volumes, their voxel spacings and the 3d_fullres target spacing.
+    """Check a dataset: files present and readable, shapes, dtypes, label range, list files.
+
+    Notes on whether the split is the papers' (Synapse, ISIC, polyp, merged ISIC) and on Synapse's
+    label order; for nnU-Net volumes, their voxel spacings and the 3d_fullres target spacing.
 
     Example: bench data verify --dataset synapse --data-root data/Synapse
     """

@@ -123,6 +123,19 @@ def test_every_help_shows_an_example(cmd):
     assert "Example: bench" in result.output
 
 
+
+@pytest.mark.parametrize("group", [[], ["data"]])
+def test_command_lists_give_each_command_one_summary_line(group):
+    """`bench --help` lists each command with its summary; one that spans lines in the source shows
+    the source's line breaks there (typer keeps them)."""
+    import typer.main
+
+    cli = typer.main.get_command(app)
+    for name in group:
+        cli = cli.commands[name]
+    summaries = {name: cmd.help.split("\n\n")[0] for name, cmd in cli.commands.items()}
+    assert len(summaries) >= 3 and all("\n" not in s.strip() for s in summaries.values()), summaries
+
 def test_models_and_doctor():
     out = runner.invoke(app, ["models"]).output
     assert "unet" in out and "cnn" in out
