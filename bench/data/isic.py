@@ -5,9 +5,10 @@ On disk::
     <root>/train/images/*.png   <root>/train/masks/*.png
     <root>/val/images/*.png     <root>/val/masks/*.png
 
-Images and masks are paired by **sorted filename order**, exactly as the authors'
-``NPY_datasets`` does (mask names differ from image names in the official data, e.g.
-``ISIC_0000000_segmentation.png``). The authors' test set *is* ``val/`` (spec/ssm_models.md 1.4),
+Images and masks are paired by name where the names correspond (a mask named as its image, or as
+its image plus ``_...``: ``ISIC_0000000_segmentation.png``), else by **sorted filename order**, as
+the authors' ``NPY_datasets`` does; on their data the two agree, and pairing by name keeps a
+renamed or missing file from shifting every later mask onto the wrong image. The authors' test set *is* ``val/`` (spec/ssm_models.md 1.4),
 so ``test_ids()`` are the ``val`` images.
 
 Arrays: image uint8 RGB (H, W, 3) (``Image.convert("RGB")``); mask read as grayscale ("L") and
@@ -21,7 +22,8 @@ is read by ``IsicAllDataset`` (registry name ``isic_all``)::
     <root>/val/<set>/images/*.png     <root>/val/<set>/masks/*.png    (set: isic17, isic18)
 
 It and the PraNet polyp reader are ``MultiSetDataset``: one training folder, several test sets,
-test ids ``"<set>/<stem>"``. The image helpers here are shared with the polyp reader (same
+test ids ``"<set>/<stem>"``; a subfolder of the test folder without ``images/`` is an error, not a
+test set left out. The image helpers here are shared with the polyp reader (same
 conventions).
 """
 
@@ -72,8 +74,9 @@ def read_mask(path: Path) -> np.ndarray:
     top = int(raw.max(initial=0))
     if 0 < top < 128:
         raise BenchError(
-            f"{path}: mask values reach only {top}, so after /255 no pixel counts as foreground (>= 0.5); "
-            "expected a 0/255 mask (a 0/1 class-id mask must be multiplied by 255)"
+            f"{path}: mask values reach only {top} in grayscale, so after /255 no pixel counts as foreground "
+            "(>= 0.5); expected a 0/255 mask (a 0/1 class-id mask must be multiplied by 255; a coloured mask "
+            "saved as white on black)"
         )
     return raw.astype(np.float32) / np.float32(255.0)
 
@@ -86,17 +89,24 @@ def image_size(path: Path) -> tuple[int, int]:
     return h, w
 
 
-def _stem_keys(stem: str) -> set[str]:
-    # "ISIC_0000000_segmentation" -> also "ISIC_0000000": a heuristic used only to name the
-    # unpaired files in an error message; pairing itself is by sorted order like the authors'.
-    return {stem, stem.rsplit("_", 1)[0]}
+def _image_of(mask_stem: str, image_stems: set[str]) -> str | None:
+    """The image stem a mask's name belongs to: the mask's own stem, or the longest image stem it
+    starts with followed by ``_`` or ``-`` ("ISIC_0000000_segmentation" -> "ISIC_0000000"); None."""
+    if mask_stem in image_stems:
+        return mask_stem
+    cuts = [i for i, ch in enumerate(mask_stem) if ch in "_-"]
+    return next((mask_stem[:i] for i in reversed(cuts) if mask_stem[:i] in image_stems), None)
 
 
 def pair_files(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
-    """Pair images with masks by sorted file name.
+    """Pair images with masks, in the images' sorted order.
 
-    Returns ``(pairs, problems)``; ``problems`` is a list of ``(path, message)`` and is non-empty
-    (with ``pairs`` empty) when a folder is missing or the counts differ.
+    By name where the names correspond (a mask named as its image, or as its image plus ``_...``,
+    as ISIC's ``_segmentation`` masks): then every image needs its mask and every mask its image. By
+    sorted file name, as the authors' loaders pair, where no mask name matches any image (another
+    naming scheme: ``img_001`` / ``mask_001``). Returns ``(pairs, problems)``; ``problems`` lists
+    ``(path, message)`` and is non-empty (with ``pairs`` empty) when a folder is missing, a name
+    has no partner, or the counts differ.
     """
     problems: list[tuple[Path, str]] = []
     for folder in (images_dir, masks_dir):
@@ -105,22 +115,30 @@ def pair_files(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, Path
     if problems:
         return [], problems
     images, masks = list_images(images_dir), list_images(masks_dir)
+    if not images and not masks:
+        return [], [(images_dir, "no image files")]
+    stems = {p.stem for p in images}
+    owner = {m: _image_of(m.stem, stems) for m in masks}
+    if any(owner.values()):  # names correspond: pair by name, so sorting cannot shift a mask onto another image
+        by_image: dict[str, list[Path]] = {}
+        for m, stem in owner.items():
+            if stem is None:
+                problems.append((m, f"no image with a matching name in {images_dir}"))
+            else:
+                by_image.setdefault(stem, []).append(m)
+        for p in images:
+            found = by_image.get(p.stem, [])
+            if not found:
+                problems.append((p, f"no mask with a matching name in {masks_dir}"))
+            elif len(found) > 1:
+                problems.append((p, f"{len(found)} masks match its name: {', '.join(m.name for m in found)}"))
+        if problems:
+            return [], problems
+        return [(p, by_image[p.stem][0]) for p in images], []
     if len(images) == len(masks):
-        if not images:
-            return [], [(images_dir, "no image files")]
         return list(zip(images, masks)), []
-    problems.append(
-        (masks_dir, f"{len(images)} images in {images_dir} but {len(masks)} masks here; they are paired by sorted name")
-    )
-    mask_keys = set().union(*(_stem_keys(m.stem) for m in masks)) if masks else set()
-    image_stems = {p.stem for p in images}
-    for p in images:
-        if p.stem not in mask_keys:
-            problems.append((p, "no mask with a matching name"))
-    for m in masks:
-        if not (_stem_keys(m.stem) & image_stems):
-            problems.append((m, "no image with a matching name"))
-    return [], problems
+    return [], [(masks_dir, f"{len(images)} images in {images_dir} but {len(masks)} masks here, and no mask "
+                            f"is named after its image to pair them by")]
 
 
 def load_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -180,11 +198,19 @@ class BinaryFolderDataset(SegDataset):
             raise BenchError(f"{self.root}: no {split} item {item_id!r}") from None
 
 
-def _subfolders_with_images(folder: Path) -> list[str]:
-    """Names of the subfolders of ``folder`` that hold an ``images/`` folder (sorted); [] if none."""
+def test_set_folders(folder: Path) -> tuple[list[str], list[tuple[Path, str]]]:
+    """The names of ``folder``'s subfolders that hold an ``images/`` folder (sorted; none when
+    ``folder`` is missing), and ``(subfolder, problem)`` for each other one: a test set left out
+    unseen (``Images/``, ``image/``). Hidden folders and macOS's ``__MACOSX`` are no test sets."""
     if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / "images").is_dir())
+        return [], []
+    subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX")
+    problems = []
+    for p in subs:
+        if not (p / "images").is_dir():
+            found = ", ".join(sorted(q.name + "/" for q in p.iterdir() if q.is_dir())) or "no folders"
+            problems.append((p, f"a test set needs images/ and masks/ folders (found {found})"))
+    return [p.name for p in subs if (p / "images").is_dir()], problems
 
 
 class MultiSetDataset(BinaryFolderDataset):
@@ -193,8 +219,7 @@ class MultiSetDataset(BinaryFolderDataset):
 
         <root>/<train_dir>/{images,masks}/     <root>/<test_dir>/<set>/{images,masks}/
 
-    The test sets are the subfolders of ``<test_dir>`` that hold an ``images/`` folder (``sets``,
-    sorted). Test ids are ``"<set>/<stem>"``, so per-set tables split on the ``/``
+    The test sets are the subfolders of ``<test_dir>`` (``sets``, sorted; ``test_set_folders``). Test ids are ``"<set>/<stem>"``, so per-set tables split on the ``/``
     (``bench.report.split_test_sets``). Subclasses name the two folders."""
 
     train_dir: str = ""
@@ -218,8 +243,12 @@ class MultiSetDataset(BinaryFolderDataset):
 
     @classmethod
     def find_test_sets(cls, root: str | Path) -> list[str]:
-        """Names of the test sets under ``<root>/<test_dir>`` (sorted)."""
-        return _subfolders_with_images(Path(root) / cls.test_dir)
+        """Names of the test sets under ``<root>/<test_dir>`` (sorted); BenchError naming a subfolder
+        there that is no test set beside ones that are (with none, the folder is not this layout's)."""
+        sets, problems = test_set_folders(Path(root) / cls.test_dir)
+        if problems and sets:
+            raise BenchError("; ".join(f"{p}: {msg}" for p, msg in problems))
+        return sets
 
 
 class IsicDataset(BinaryFolderDataset):

@@ -102,7 +102,7 @@ def check_dataset_meta(data: Any, path: Path) -> dict[str, Any]:
     channels = data["channel_names"]
     if not isinstance(channels, dict) or not channels:
         raise BenchError(f"{path}: channel_names must be a non-empty object like {{\"0\": \"CT\"}}")
-    if sorted(int(k) for k in channels) != list(range(len(channels))):
+    if not all(str(k).isdecimal() for k in channels) or sorted(int(k) for k in channels) != list(range(len(channels))):
         raise BenchError(f"{path}: channel_names keys must be 0..{len(channels) - 1}, got {sorted(channels)}")
     data["labels"] = _label_map(data["labels"], path)
     if not isinstance(data["numTraining"], int) or data["numTraining"] < 0:
@@ -193,6 +193,12 @@ def read_png(path: Path, *, label: bool = False) -> np.ndarray:
 
     with reading(path, "an image"):
         with Image.open(path) as im:
+            if getattr(im, "n_frames", 1) > 1:  # Pillow would read the first page alone
+                raise BenchError(f"{path}: {im.n_frames} pages; expected a 2-D image (nnU-Net reads 3-D TIFFs "
+                                 "with its Tiff3DIO and a spacing .json, which this reader does not support)")
+            if im.mode == "P" and not label:
+                raise BenchError(f"{path}: a palette image, whose pixels are palette indices, not intensities; "
+                                 "expected a grayscale or RGB image")
             arr = np.asarray(im)
     if label:
         if arr.ndim != 2:
@@ -226,6 +232,8 @@ def read_case(root: Path, case: str, ending: str, n_channels: int,
         if not path.is_file():
             raise BenchError(f"{path}: missing (channel {c} of case {case!r}; dataset.json declares {n_channels})")
         arr, _ = read(path)
+        if not np.isfinite(arr).all():  # nnU-Net's dataset check refuses them too: they would train as NaN
+            raise BenchError(f"{path}: image holds NaN or infinite values; expected finite intensities")
         chans.extend([arr] if arr.ndim == label.ndim else [arr[..., i] for i in range(arr.shape[-1])])
         c += 1
     if len(chans) != n_channels:

@@ -6,11 +6,12 @@ On disk::
     <root>/TrainDataset/images/*.png|jpg     <root>/TrainDataset/masks/*.png
     <root>/TestDataset/<set>/images/*        <root>/TestDataset/<set>/masks/*
 
-Test sets are whatever subfolders of ``TestDataset/`` hold an ``images/`` folder (the standard
-ones are CVC-300, CVC-ClinicDB, Kvasir, CVC-ColonDB, ETIS-LaribPolypDB). Test ids are
+Test sets are the subfolders of ``TestDataset/``, each with ``images/`` and ``masks/`` (the standard
+ones are CVC-300, CVC-ClinicDB, Kvasir, CVC-ColonDB, ETIS-LaribPolypDB; one without ``images/`` is an
+error, so no set is left out unseen). Test ids are
 ``"<set>/<stem>"``, so per-set tables can split on the ``/``.
 
-Same conventions as ISIC (``bench.data.isic``): pairing by sorted name, image uint8 RGB
+Same conventions as ISIC (``bench.data.isic``): pairing by name (else sorted name), image uint8 RGB
 (H, W, 3), mask grayscale / 255 -> float32 (H, W) in [0, 1], one sigmoid output. The reading is
 ``bench.data.isic.MultiSetDataset``'s, shared with VM-UNet-V2's merged ISIC reader (``isic_all``).
 """

@@ -121,11 +121,16 @@ def find_list_dir(root: Path) -> Path | None:
     return None
 
 
+def data_files(folder: Path, suffix: str) -> list[Path]:
+    """``folder``'s ``*<suffix>`` files, hidden ones (macOS's ``._`` AppleDouble copies) left out."""
+    return [p for p in folder.glob("*" + suffix) if not p.name.startswith(".")]
+
+
 def read_list(path: Path, suffix: str = "") -> list[str]:
     """Ids from a list file, one per line; blank lines skipped, a trailing ``suffix`` stripped.
     BenchError when it cannot be read or lists nothing (an empty split trains or tests nothing)."""
     with reading(path, "a text list of ids"):
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of an id
     ids = []
     for line in text.splitlines():
         line = line.strip()
@@ -202,7 +207,7 @@ class SynapseDataset(SegDataset):
             f"no {list_name} under {self.root}/lists/lists_Synapse/ or {self.root}/lists_Synapse/; "
             f"using the sorted contents of {folder}"
         )
-        ids = sorted(p.name[: -len(suffix)] for p in folder.glob("*" + suffix))
+        ids = sorted(p.name[: -len(suffix)] for p in data_files(folder, suffix))
         if not ids:
             raise BenchError(f"{folder}: no '*{suffix}' files (and no {list_name}); expected {self.layout}")
         return ids

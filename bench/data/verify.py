@@ -13,12 +13,13 @@ What is checked, per format:
   3-D of one shape, float images, integral labels in 0..8. Files present but not listed are
   *warnings*: the real data keeps only listed files, but a shortened list for a quick experiment is
   legitimate, so they are worth a line, not a failure.
-- isic / polyp / isic_all: the folders exist, image and mask counts match (unpaired names are pointed out),
+- isic / polyp / isic_all: the folders exist, every image has its mask (unpaired names are pointed out),
+  every test-set subfolder has ``images/``,
   every file decodes, mask size == image size. Any 0..255 grayscale mask is accepted (it is divided
   by 255, as the authors do) unless no pixel reaches 128: a 0/1 class-id mask would be all background.
 - nnunet: dataset.json fields, ``numTraining`` == number of label files, every channel file exists
-  for every label, shapes (and NIfTI spacing) agree, label values are declared labels, image files
-  without a label are reported.
+  for every label, shapes (and NIfTI spacing) agree, images are finite, label values are declared
+  labels, image files without a label are reported.
 
 ``level`` is "error" (the data will not load or will train on wrong values) or "warning".
 ``dataset_notes`` says, for data that loads, how it compares with the papers (Synapse: the split
@@ -104,7 +105,7 @@ def _check_synapse(root: Path, report: _Report, reader) -> None:
         (syn_io.TRAIN_LIST, train_dir, ".npz", _check_npz),
         (syn_io.TEST_LIST, test_dir, syn_io.H5_SUFFIX, _check_h5),
     ):
-        present = {p.name[: -len(suffix)]: p for p in folder.glob("*" + suffix)} if folder.is_dir() else {}
+        present = {p.name[: -len(suffix)]: p for p in syn_io.data_files(folder, suffix)} if folder.is_dir() else {}
         list_path = list_dir / list_name if list_dir is not None else None
         if list_path is not None and list_path.is_file():
             try:
@@ -147,7 +148,7 @@ def _check_spacing_table(root: Path, test_dir: Path, report: _Report) -> None:
     except BenchError as exc:
         report.add(table_path, _unreadable(exc, table_path))
         return
-    for path in sorted(test_dir.glob("*" + syn_io.H5_SUFFIX)) if test_dir.is_dir() else []:
+    for path in sorted(syn_io.data_files(test_dir, syn_io.H5_SUFFIX)) if test_dir.is_dir() else []:
         case = path.name[: -len(syn_io.H5_SUFFIX)]
         if case not in table:
             try:
@@ -233,7 +234,9 @@ def _check_test_sets(root: Path, report: _Report, reader) -> None:
     """A ``MultiSetDataset`` (polyp, isic_all): its training folder and each of its test sets."""
     train = root / reader.train_dir
     _check_pairs(train / "images", train / "masks", report)
-    sets = reader.find_test_sets(root)
+    sets, problems = isic_io.test_set_folders(root / reader.test_dir)
+    for path, message in problems if sets else ():  # with no set at all, the folder is not this layout's
+        report.add(path, message)
     if not sets:
         report.add(root / reader.test_dir, "no test set folders with images/ and masks/")
     for name in sets:
@@ -269,7 +272,7 @@ def _check_nnunet(root: Path, report: _Report, reader) -> None:
     # image files whose case has no label
     known = set(cases)
     for p in sorted((root / "imagesTr").iterdir()):
-        if p.name.endswith(ending):
+        if p.name.endswith(ending) and not p.name.startswith("."):  # as the reader: ._ copies are no cases
             stem = p.name[: -len(ending)]
             case, _, channel = stem.rpartition("_")
             if not (len(channel) == 4 and channel.isdigit()):
@@ -324,6 +327,8 @@ def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set
             report.add(path, _unreadable(exc, path))
             channels += 1
             continue
+        if not np.isfinite(image).all():
+            report.add(path, "image contains NaN/inf")
         if label is not None and image.shape != label.shape:
             report.add(path, f"shape {image.shape} differs from label {lab_path.name} {label.shape}")
         if spacing is not None and img_spacing is not None and not np.allclose(spacing, img_spacing, rtol=1e-4):
