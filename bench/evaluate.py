@@ -74,6 +74,12 @@ def resolve_nsd_tolerance(protocol: Protocol, dataset: SegDataset, policy: str) 
     return metrics.class_tolerances(dict(tol), dataset.num_classes, dataset.class_names, what=what)
 
 
+def _autocast(enabled: bool, device: torch.device):
+    """float16 autocast where a protocol's ``eval.autocast`` asks and the model runs on CUDA (nnU-Net's
+    predictor: ``autocast`` on CUDA, nothing on a CPU); otherwise no change."""
+    return torch.autocast("cuda", dtype=torch.float16, enabled=enabled and device.type == "cuda")
+
+
 @torch.no_grad()
 def _predict(model: nn.Module, inputs: list[torch.Tensor], protocol: Protocol, device: torch.device,
              binary: bool, batch_size: int) -> np.ndarray:
@@ -81,7 +87,8 @@ def _predict(model: nn.Module, inputs: list[torch.Tensor], protocol: Protocol, d
     out = []
     for i in range(0, len(inputs), batch_size):
         batch = torch.stack(inputs[i:i + batch_size]).to(device, dtype=protocol.torch_dtype)
-        logits = model(batch).float()
+        with _autocast(protocol.eval.autocast, device):
+            logits = model(batch).float()
         if binary:
             pred = (logits.sigmoid()[:, 0] >= protocol.eval.threshold).to(torch.uint8)
         else:
@@ -114,14 +121,14 @@ def gaussian_importance(tile: tuple[int, ...], sigma_scale: float = 1.0 / 8) -> 
 @torch.no_grad()
 def sliding_window_logits(model: nn.Module, x: np.ndarray, patch: tuple[int, ...], step: float, *,
                           device: torch.device, dtype: torch.dtype, batch_size: int = 2,
-                          mirror: bool = False) -> torch.Tensor:
+                          mirror: bool = False, autocast: bool = False) -> torch.Tensor:
     """Logits (K, *spatial) of a whole case x (C, *spatial), float32 on ``device``: the case is padded
     with 0 to at least the patch in the patch's axes (nnU-Net's ``pad_nd_image``: the extra split
     below/above, one more above), covered by tiles (``tile_starts``), and each voxel gets the
     Gaussian-weighted mean of the logits of the tiles covering it; the padding is cut off again. A 2-D
     patch on a volume (nnU-Net's 2d configuration) tiles each slice on its own. ``mirror``: a tile's
     logits are the mean over it and its flips along every non-empty combination of the patch's axes,
-    each flipped back."""
+    each flipped back. ``autocast``: the model runs under ``_autocast``; the weighted sum stays float32."""
     lead = x.ndim - 1 - len(patch)  # 1: 2-D tiles on the slices of a volume
     spatial = np.array(x.shape[1 + lead:])
     need = np.maximum(np.array(patch) - spatial, 0)
@@ -141,11 +148,12 @@ def sliding_window_logits(model: nn.Module, x: np.ndarray, patch: tuple[int, ...
     for i in range(0, len(boxes), batch_size):
         chunk = boxes[i:i + batch_size]
         batch = torch.stack([volume[(slice(None),) + box] for box in chunk]).to(device, dtype=dtype)
-        logits = model(batch).float()
-        if mirror:
-            for axes in flips:
-                logits += model(batch.flip(axes)).float().flip(axes)
-            logits /= len(flips) + 1
+        with _autocast(autocast, device):
+            logits = model(batch).float()
+            if mirror:
+                for axes in flips:
+                    logits += model(batch.flip(axes)).float().flip(axes)
+                logits /= len(flips) + 1
         for box, out in zip(chunk, logits):
             acc[(slice(None),) + box] += out * weight
             norm[box] += weight
@@ -188,7 +196,7 @@ def _patch_input(case: Case, prep: VolumePrep) -> tuple[np.ndarray, tuple[slice,
 def _window_logits(model: nn.Module, x: np.ndarray, protocol: Protocol, device: torch.device) -> np.ndarray:
     logits = sliding_window_logits(model, x, protocol.patch_size, protocol.eval.tile_step, device=device,
                                    dtype=protocol.torch_dtype, batch_size=protocol.train.batch_size,
-                                   mirror=protocol.eval.mirror)
+                                   mirror=protocol.eval.mirror, autocast=protocol.eval.autocast)
     return logits.cpu().numpy()
 
 

@@ -90,6 +90,9 @@ class EvalConfig:
     # every combination of the patch's axes and the 8 (2-D: 4) logits averaged (nnU-Net's default;
     # LightM-UNet predicts with --disable_tta)
     mirror: bool = False
+    # the model predicts under float16 autocast on CUDA (nnU-Net's predictor; LightM-UNet: "inference
+    # uses autocast"); elsewhere in the protocol's dtype, as nnU-Net predicts on a CPU
+    autocast: bool = False
 
 
 @dataclass(frozen=True)
@@ -249,8 +252,9 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
             raise BenchError(f"{where} {key}: expected a whole number >= {low}{square}; got {value!r}")
     _check_input_size(protocol, where)
     protocol = _check_target_spacing(protocol, where)
-    if not isinstance(protocol.eval.mirror, bool):
-        raise BenchError(f"{where} eval.mirror: expected true or false; got {protocol.eval.mirror!r}")
+    for name in ("mirror", "autocast"):
+        if not isinstance(getattr(protocol.eval, name), bool):
+            raise BenchError(f"{where} eval.{name}: expected true or false; got {getattr(protocol.eval, name)!r}")
     if protocol.eval.mirror and not protocol.patch_size:
         raise BenchError(f"{where} eval.mirror: test-time mirroring belongs to the sliding window of patch "
                          "protocols; this protocol zooms whole images (no patch_size)")

@@ -574,6 +574,37 @@ def test_test_time_mirroring_averages_the_flipped_predictions():
         load_protocol("smoke").with_overrides(mirror=True)
 
 
+
+class _AutocastProbe(nn.Module):
+    """Logits of zeros; records, at each call, whether float16 autocast is on for CUDA."""
+
+    num_classes = 2
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(torch.is_autocast_enabled("cuda"))
+        return x.new_zeros((x.shape[0], 2, *x.shape[2:]))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (GPU machines only)"))])
+def test_eval_autocast_runs_the_model_under_float16_autocast_on_cuda_only(device):
+    """LightM-UNet's protocols predict as nnU-Net's predictor: under autocast on CUDA, in the
+    protocol's dtype on a CPU; prediction stays unchanged where eval.autocast is off."""
+    proto = load_protocol("lightm_unet_3d")
+    assert proto.eval.autocast is True and load_protocol("drift_3d").eval.autocast is False
+    vol = np.zeros((1, 4, 6, 8), np.float32)
+    for on in (True, False):
+        probe = _AutocastProbe().to(device)
+        sliding_window_logits(probe, vol, (4, 6, 8), 0.5, device=torch.device(device), dtype=torch.float32,
+                              mirror=True, autocast=on)
+        assert probe.seen == [on and device == "cuda"] * 8  # the tile and its 7 flips
+    with pytest.raises(BenchError, match="eval.autocast: expected true or false; got 'yes'"):
+        proto.with_overrides(autocast="yes")
+
 # --- end to end -----------------------------------------------------------------------------------
 
 
