@@ -4,14 +4,16 @@ Everything here is a pure function of ``bench.records.load(results_dir)``; the C
 
 Grouping rules (why: a number only compares with numbers produced the same way):
 
-- a board holds runs with the same dataset, synthetic flag, protocol (name + content hash),
-  protocol overrides and metric policy. Off-protocol runs (protocol overrides given) never share
+- a board holds runs with the same dataset, synthetic flag, kind of split, protocol (name +
+  content hash), protocol overrides and metric policy. Cross-validation runs (``--folds``: each
+  fold tests other cases) read ``"nnunet:ACDC (cross-validation)"``, apart from runs on one fixed
+  test split. Off-protocol runs (protocol overrides given) never share
   a board with on-protocol runs: their protocol label reads ``"synapse (off-protocol: epochs=2)"``;
   synthetic data reads ``"synapse (synthetic)"``; two on-protocol hashes of one protocol name get
   ``"name@hash8"`` labels.
 - a row is a model with one ``model_config``; a model run with several configs in one board gets
   one row per config, labelled with its overrides.
-- means and stds are over runs (seeds) with ``skipna=False``: a run whose aggregate is NaN makes
+- means and stds are over runs (seeds; under cross-validation seeds × folds) with ``skipna=False``: a run whose aggregate is NaN makes
   the mean NaN rather than quietly disappearing; std is the sample std (ddof=1), NaN for one seed.
 
 Display: DSC, mIoU, Acc, Spe, Sen and per-class DSC ×100 with 2 decimals, as the papers print
@@ -71,8 +73,9 @@ SYNAPSE_ORGANS: dict[str, str] = {
     "spleen": "Spleen",
     "stomach": "Stomach",
 }
-_CSV_KEY_COLUMNS = ["dataset", "protocol", "protocol_version", "protocol_hash", "policy"]
-_BOARD_COLUMNS = ["model", "family", "model_config", "n_seeds", "n_runs", "n_cases", "params"]
+CV_LABEL = " (cross-validation)"  # board_dataset suffix of --folds runs
+_CSV_KEY_COLUMNS = ["dataset", "protocol", "protocol_version", "protocol_hash", "policy", "hd95_unit"]
+_BOARD_COLUMNS = ["model", "family", "model_config", "n_seeds", "n_runs", "folds", "n_cases", "params"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,6 +96,9 @@ def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
     # dataset_name, not dataset: runs on two nnU-Net-format datasets must not share a board
     name = df["dataset_name"] if "dataset_name" in df else df["dataset"]
     df["board_dataset"] = np.where(df["synthetic"].astype(bool), name + " (synthetic)", name)
+    if "split" in df:  # a fold's test cases are other cases: its numbers never average with a fixed split's
+        df["board_dataset"] = np.where(df["split"].astype(str).str.startswith("fold"),
+                                       df["board_dataset"] + CV_LABEL, df["board_dataset"])
     hashes = df.groupby(["board_dataset", "protocol", "policy"])["protocol_hash"].transform("nunique")
     labels = []
     for (_, row), n_hash in zip(df.iterrows(), hashes):
@@ -154,6 +160,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
             "model_config": config,
             "n_seeds": runs["seed"].nunique(),
             "n_runs": len(runs),
+            "folds": _folds(runs["split"]) if "split" in runs else "",
             "n_cases": _joined(runs["n_cases"]) if "n_cases" in runs else "",
             "params": runs["params"].mean(),
             "macs": runs["macs"].mean() if "macs" in runs else math.nan,
@@ -189,6 +196,14 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         devices=sorted(set(group["device"].dropna())) if "device" in group else [],
     )
     return board
+
+
+def _folds(splits: pd.Series) -> str:
+    """The cross-validation folds a model's runs tested, "0-4" or "0, 2"; "" for a fixed test split."""
+    folds = sorted({int(s[4:]) for s in splits.astype(str) if s.startswith("fold")})
+    if len(folds) > 2 and folds == list(range(folds[0], folds[-1] + 1)):
+        return f"{folds[0]}-{folds[-1]}"
+    return ", ".join(map(str, folds))
 
 
 def _joined(values: pd.Series) -> str:
@@ -253,6 +268,8 @@ def _display_table(board: pd.DataFrame) -> pd.DataFrame:
             "Params (M)": [_fmt_params(p) for p in board["params"]],
         }
     )
+    if "folds" in board and board["folds"].astype(bool).any():
+        out.insert(3, "Folds", board["folds"])
     if _has_exclusions(board):
         out["DSC n/a"] = ["" if math.isnan(n) else f"{int(n)}/{int(t)}"
                           for n, t in zip(board["dice_n_na"], board["dice_n_entries"])]
@@ -301,6 +318,12 @@ def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
         f"Mean ± std (sample, ddof=1) over seeds: {seeds} per model; test cases per run: {cases}. "
         f"DSC, mIoU, Acc, Spe, Sen in %; {hd}; NaN is shown, not dropped."
     )
+    if key.dataset.endswith(CV_LABEL):
+        folds = sorted(set(board["folds"]))
+        note = note.replace("over seeds: ", "over runs, one per seed and fold (each fold tests other cases, so the "
+                                            "std holds the split's variance too); seeds: ")
+        if len(folds) > 1:
+            note += f" Models tested on different folds ({'; '.join(folds)}): not comparable."
     if a.get("nsd_tolerances"):  # one per board: the tolerance is part of the protocol
         per_class = any(isinstance(t, str) for t in a["nsd_tolerances"])
         tol = ("; " if per_class else ", ").join(t if isinstance(t, str) else f"{t:g}" for t in a["nsd_tolerances"])
@@ -379,6 +402,8 @@ def _render_csv(boards: dict[BoardKey, pd.DataFrame]) -> str:
                 "protocol_version": board.attrs["protocol_version"],
                 "protocol_hash": board.attrs["protocol_hash"],
                 "policy": key.policy,
+                # the policy does not say it: strict's HD95 is in mm, voxels or pixels by the data
+                "hd95_unit": "/".join(board.attrs.get("hd95_units", [])),
             },
             index=board.index,
         )
@@ -653,6 +678,8 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
     def why_not(p: pd.Series, key: BoardKey, a: dict, model_config: str) -> str | None:
         if not p["protocol"] or a["overrides"] or p["protocol"] != a["protocol_name"]:
             return "other recipe"
+        if key.dataset.endswith(CV_LABEL):  # the papers score one fixed test split
+            return "other split (cross-validation)"
         if p["protocol"] not in protocols:
             protocols[p["protocol"]] = load_protocol(p["protocol"])
         proto = protocols[p["protocol"]]

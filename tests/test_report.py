@@ -132,7 +132,8 @@ def test_csv_is_numeric_and_tidy(runs):
     import io
 
     table = pd.read_csv(io.StringIO(render(runs, "csv")))
-    assert list(table.columns[:6]) == ["dataset", "protocol", "protocol_version", "protocol_hash", "policy", "model"]
+    assert list(table.columns[:7]) == ["dataset", "protocol", "protocol_version", "protocol_hash", "policy",
+                                       "hd95_unit", "model"]
     assert len(table) == 4
     row = table[(table["protocol"] == "synapse") & (table["model"] == "vmunet")].iloc[0]
     assert row["dice_mean"] == pytest.approx(0.82) and row["dice_std"] == pytest.approx(0.02)
@@ -514,3 +515,47 @@ def test_training_time_is_shown_with_the_device_it_ran_on(tmp_path):
     write_record(gpu, tmp_path)
     assert "on different devices (cpu: AMD EPYC 7763 x2; cuda:0: NVIDIA H200 (cuda 13.0)): not comparable" in \
         render(load(tmp_path))
+
+
+def test_csv_boards_name_their_hd95_unit(tmp_path):
+    """strict's HD95 is in mm, voxels or pixels by the data: the policy column does not say which."""
+    import io
+
+    for seed, unit in enumerate(["mm", "mm", "voxels"]):
+        rec = make_record("unet", seed=seed, dataset="synapse" if seed < 2 else "acdc", protocol="synapse")
+        rec.update(policy="strict", hd95_unit=unit)
+        write_record(rec, tmp_path)
+    table = pd.read_csv(io.StringIO(render(load(tmp_path), "csv")))
+    assert dict(zip(table["dataset"], table["hd95_unit"])) == {"synapse": "mm", "acdc": "voxels"}
+
+
+def test_cross_validation_runs_get_their_own_board(tmp_path):
+    """Each fold tests other cases: fold runs never average with runs on a fixed test split, the
+    board says which folds each model ran and that its std spans folds, and no paper's fixed-split
+    number gets a gap against it."""
+    from bench.protocol import load_protocol
+
+    proto = load_protocol("lightm_unet_2d")
+    for split, dice, model in [("fold0", 0.90, "unet"), ("fold1", 0.80, "unet"), ("fold2", 0.70, "unet"),
+                               ("fold0", 0.95, "lightm_unet"), ("test", 0.60, "unet")]:
+        rec = make_record(model, dataset="nnunet", dice=dice, protocol="lightm_unet_2d", classes=["lung"],
+                          run_id=f"r_{model}_{split}")
+        rec.update(dataset_name="nnunet:Dataset802_LungXray", policy="strict", split=split)
+        rec["protocol"]["hash"] = proto.hash
+        write_record(rec, tmp_path)
+    boards = leaderboards(load(tmp_path))
+    fixed = boards[("nnunet:Dataset802_LungXray", "lightm_unet_2d", "strict")]
+    cv = boards[("nnunet:Dataset802_LungXray (cross-validation)", "lightm_unet_2d", "strict")]
+    assert list(fixed["model"]) == ["unet"] and fixed["dice_mean"].iloc[0] == pytest.approx(0.60)
+    unet = cv.set_index("model").loc["unet"]
+    assert unet["dice_mean"] == pytest.approx(0.80) and unet["folds"] == "0-2" and unet["n_runs"] == 3
+    md = write_report(tmp_path, published=True)
+    section = md[md.index("## nnunet:Dataset802_LungXray (cross-validation)"):]
+    header = next(line for line in section.splitlines() if line.startswith("| Model"))
+    unet_row = next(line for line in section.splitlines() if line.startswith("| unet"))
+    assert [c.strip() for c in header.split("|")][4] == "Folds" and unet_row.split("|")[4].strip() == "0-2"
+    assert "over runs, one per seed and fold" in section
+    assert "Models tested on different folds (0; 0-2): not comparable." in section
+    published = md.split("## Published vs ours · nnunet:Dataset802_LungXray (cross-validation)")[1]
+    dice = next(line for line in published.splitlines() if line.startswith("| lightm_unet") and "96.17" in line)
+    assert "other split (cross-validation)" in dice
