@@ -5,6 +5,8 @@ Baseline file (one row per board × model × metric; reviewers may edit ``tolera
     dataset,protocol,policy,model,metric,value,tolerance
     synapse (synthetic),smoke,legacy-synapse,unet,dice,0.8123,0.02
 
+``bench check --update`` rewrites the values and keeps the tolerances edited by hand.
+
 ``dataset``/``protocol``/``model`` are the labels ``bench.report`` prints (so off-protocol and
 synthetic runs are keyed apart), ``value`` is the mean over seeds in the record's units (Dice and
 friends in [0, 1]), ``tolerance`` is absolute. An empty ``value`` is NaN.
@@ -38,6 +40,8 @@ _KEY = ["dataset", "protocol", "policy", "model", "metric"]
 STATUSES = ("ok", "drift", "missing", "new")
 
 Tolerance = float | Callable[[float], float]
+# values are written with 6 significant digits (%.6g), which rounds them by up to 5e-6 of their size
+_WRITTEN_SLACK = 5.5e-6
 # Absolute tolerances. Overlap metrics live in [0, 1], so 0.02 is two DSC points; HD95 spreads
 # with its size, hence 10 % of the value but never below 2 pixels/mm.
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
@@ -105,8 +109,21 @@ def write_baseline(
     """Write the baseline CSV for ``df_runs`` atomically; ``tolerances`` override the defaults.
 
     A tolerance is an absolute number or a function of the baseline value (like the HD95 default).
+    Where ``path`` already holds a baseline, a tolerance a reviewer edited there (one that is not
+    what ``DEFAULT_TOLERANCES`` gives for that row's old value) is kept, unless ``tolerances`` names
+    its metric; the others follow the new values.
     """
     table = baseline_table(df_runs, tolerances, metrics)
+    if Path(path).is_file():
+        old = read_baseline(path).set_index(_KEY)
+        for i, row in table.iterrows():
+            key = tuple(row[c] for c in _KEY)
+            rule = DEFAULT_TOLERANCES.get(row["metric"])
+            if key not in old.index or rule is None or row["metric"] in (tolerances or {}):
+                continue
+            value, tol = old.loc[key, "value"], old.loc[key, "tolerance"]
+            if not math.isclose(tol, rule(value) if callable(rule) else rule, rel_tol=1e-5, abs_tol=1e-12):
+                table.loc[i, "tolerance"] = tol  # set by hand
     return atomic_write_text(Path(path), table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
 
 
@@ -179,8 +196,8 @@ def _status(baseline: float, current: float, n_values: float, tolerance: float) 
         return "ok" if math.isnan(baseline) else "missing"
     if math.isnan(baseline) or math.isnan(current):
         return "ok" if math.isnan(baseline) and math.isnan(current) else "drift"
-    # tiny slack: a value written with 6 significant digits must still equal itself
-    return "ok" if abs(current - baseline) <= tolerance + 1e-9 else "drift"
+    # a value written with 6 significant digits must still equal itself, even at tolerance 0
+    return "ok" if abs(current - baseline) <= tolerance + 1e-12 + _WRITTEN_SLACK * abs(baseline) else "drift"
 
 
 def compare(baseline_csv: Path, df_runs: pd.DataFrame) -> DriftResult:

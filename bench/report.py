@@ -13,8 +13,9 @@ Grouping rules (why: a number only compares with numbers produced the same way):
   ``"name@hash8"`` labels.
 - a row is a model with one ``model_config``; a model run with several configs in one board gets
   one row per config, labelled with its overrides.
-- means and stds are over runs (seeds; under cross-validation seeds × folds) with ``skipna=False``: a run whose aggregate is NaN makes
-  the mean NaN rather than quietly disappearing; std is the sample std (ddof=1), NaN for one seed.
+- means and stds are over runs (seeds; under cross-validation seeds × folds) with
+  ``skipna=False``: a run whose aggregate is NaN makes the mean NaN rather than quietly
+  disappearing; std is the sample std (ddof=1), NaN for one seed.
 
 Display: DSC, mIoU, Acc, Spe, Sen and per-class DSC ×100 with 2 decimals, as the papers print
 them; HD95 with 2 decimals in the unit the records name (``hd95_unit``: voxels/pixels, or mm
@@ -595,11 +596,27 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
     for key, cases in groups.items():
         if key not in boards:
             continue
+        labels = sorted(set(cases["model_label"]))
         tests = stats.paired_tests(cases, reference, metrics=CI_METRICS)
         ranks = stats.rank_stability(cases, "dice", key.policy)
         title = f"## Significance · {_caption(key, boards[key])[0]}"
+        rank_table = pd.DataFrame({
+            "Model": ranks["model"], "DSC (%)": [f"{100 * v:.2f}" for v in ranks["mean"]],
+            "Rank": ranks["rank"], "P(rank 1)": [f"{p:.2f}" for p in ranks["p_rank_1"]],
+            "95% rank interval": [f"{a}–{b}" for a, b in zip(ranks["rank_lo"], ranks["rank_hi"])],
+        }).to_markdown(index=False, disable_numparse=True)
+        rank_note = ("Ranks by the board's DSC (its policy's aggregate) over the cases every model has; stability "
+                     "from 1000 bootstrap resamples of those cases.")
         if tests.empty:
-            parts.append(f"{title}\n\nNo paired comparison: {reference!r} has no runs on this board.\n")
+            if reference in labels:
+                why = (f"{reference!r} is the only model on this board" if len(labels) == 1
+                       else f"{reference!r} shares no scored test case with another model")
+            elif configs := [m for m in labels if m.startswith(f"{reference} (")]:  # "unet (base_c=8)": per config
+                why = (f"{reference!r} runs here in several configurations ({', '.join(configs)}); pass one as "
+                       "--reference")
+            else:
+                why = f"{reference!r} has no runs on this board"
+            parts.append(f"{title}\n\nNo paired comparison: {why}. {rank_note}\n\n{rank_table}\n")
             continue
         shown = pd.DataFrame({
             "Model": tests["model"], "Metric": [METRICS[m][0] for m in tests["metric"]],
@@ -610,21 +627,14 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
             "p (Wilcoxon)": [_num(p, ".3g") for p in tests["p"]],
             "p (Holm)": [_num(p, ".3g") for p in tests["p_holm"]],
         })
-        rank_table = pd.DataFrame({
-            "Model": ranks["model"], "DSC (%)": [f"{100 * v:.2f}" for v in ranks["mean"]],
-            "Rank": ranks["rank"], "P(rank 1)": [f"{p:.2f}" for p in ranks["p_rank_1"]],
-            "95% rank interval": [f"{a}–{b}" for a, b in zip(ranks["rank_lo"], ranks["rank_hi"])],
-        })
         note = (f"Reference: {reference}. Two-sided Wilcoxon signed-rank over the shared test cases (each case "
                 "averaged over classes and seeds); effect size: matched-pairs rank-biserial correlation, > 0 "
-                "means the model beats the reference; p adjusted with Holm over the board's tests. Ranks by "
-                "the board's DSC (its policy's aggregate) over the cases every model has; stability from 1000 "
-                "bootstrap resamples of those cases.")
+                f"means the model beats the reference; p adjusted with Holm over the board's tests. {rank_note}")
         if key.policy == "legacy-synapse":
             note += (" Caution: under legacy-synapse a missed organ scores HD95 0 (the papers' rule), so a model "
                      "that finds nothing looks best on HD95; `--policy strict` penalises misses.")
         parts.append(f"{title}\n\n{note}\n\n" + shown.to_markdown(index=False, disable_numparse=True)
-                     + "\n\n" + rank_table.to_markdown(index=False, disable_numparse=True) + "\n")
+                     + "\n\n" + rank_table + "\n")
     return "\n".join(parts)
 
 

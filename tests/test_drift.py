@@ -150,6 +150,29 @@ def test_reviewer_edited_tolerance_is_used(tmp_path, baseline):
     assert _row(result, "unet", "dice")["status"] == "ok"
 
 
+
+def test_update_keeps_hand_edited_tolerances_and_zero_tolerance_holds_on_itself(tmp_path):
+    """`bench check --update` rewrites the values, not a reviewer's tolerances; a tolerance of 0
+    passes the very runs the baseline was written from (the file keeps 6 significant digits)."""
+    first = _runs(tmp_path, "first", [make_record("unet", seed=0, dice=0.7123456789, hd95=40.0)])
+    path = tmp_path / "b.csv"
+    write_baseline(first, path)
+    table = pd.read_csv(path)
+    table.loc[table["metric"] == "dice", "tolerance"] = 0.0
+    table.to_csv(path, index=False)
+    same = compare(path, first)
+    assert not same.failed and _row(same, "unet", "dice")["status"] == "ok"
+    assert abs(_row(same, "unet", "dice")["delta"]) > 1e-9  # the file rounded it: the slack is needed
+    moved = compare(path, _runs(tmp_path, "moved", [make_record("unet", seed=0, dice=0.7124, hd95=40.0)]))
+    assert _row(moved, "unet", "dice")["status"] == "drift"
+
+    write_baseline(_runs(tmp_path, "second", [make_record("unet", seed=0, dice=0.75, hd95=60.0)]), path)
+    tol = read_baseline(path).set_index("metric")
+    assert tol.loc["dice", "tolerance"] == 0.0 and tol.loc["dice", "value"] == pytest.approx(0.75)  # kept
+    assert tol.loc["hd95", "tolerance"] == pytest.approx(6.0)  # the rule's, for the new value (was 4)
+    write_baseline(first, path, tolerances={"dice": 0.05})  # an explicit tolerance wins
+    assert read_baseline(path).set_index("metric").loc["dice", "tolerance"] == 0.05
+
 def test_custom_tolerances_and_bad_files(tmp_path):
     df = _runs(tmp_path, "base", [make_record("unet", seed=0)])
     path = tmp_path / "b.csv"

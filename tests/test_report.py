@@ -306,7 +306,33 @@ def test_ci_column_and_significance_section(tmp_path):
     assert f"{100 * expected['mean_diff']:+.2f}" in row and f"{expected['p_holm']:.3g}" in row
     assert "P(rank 1)" in sig and "Caution: under legacy-synapse a missed organ scores HD95 0" in sig
     assert "Significance" not in write_report(tmp_path)
-    assert "has no runs on this board" in write_report(tmp_path, reference="swin_unet")
+    absent = write_report(tmp_path, reference="swin_unet")
+    assert "'swin_unet' has no runs on this board" in absent and "P(rank 1)" in absent  # the ranks stand alone
+
+
+def test_a_reference_run_in_several_configs_is_named_not_called_absent(tmp_path):
+    """A model run in several configs on a board gets a row per config ("unet (base_c=8)"):
+    --reference unet then names the labels to choose from; the ranks are shown either way."""
+    for model, config, base in (("unet", {"base_c": 8}, 0.70), ("vmunet", {}, 0.74)):
+        for seed in range(2):
+            rec = make_record(model, seed=seed, dice=base, n_cases=6, model_config=config)
+            for row in rec["per_case"]:
+                row["dice"] = base + 0.02 * int(row["case"][-4:]) + 0.01 * seed
+            write_record(rec, tmp_path)
+    write_record(make_record("unet", dataset="acdc", protocol="acdc", classes=["rv"]), tmp_path)
+    text = write_report(tmp_path, reference="unet")
+    sig = text[text.index("## Significance · synapse"):]
+    assert "Reference: unet. Two-sided" in sig  # one config of unet on this board: labelled "unet"
+    assert next(line for line in sig.splitlines() if line.startswith("| vmunet") and "DSC" in line)
+    assert "'unet' is the only model on this board" in text[text.index("## Significance · acdc"):]
+    rec = make_record("unet", seed=0, dice=0.6, n_cases=6, model_config={"base_c": 16})
+    write_record(rec, tmp_path)
+    sig = write_report(tmp_path, reference="unet")
+    sig = sig[sig.index("## Significance · synapse"):]
+    assert ("'unet' runs here in several configurations (unet (base_c=16), unet (base_c=8)); pass one as "
+            "--reference") in sig and "P(rank 1)" in sig
+    sig = write_report(tmp_path, reference="unet (base_c=8)")
+    assert "Reference: unet (base_c=8). Two-sided" in sig
 
 
 def test_markdown_report_file_links_its_plots(tmp_path):
