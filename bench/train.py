@@ -245,6 +245,10 @@ def train_model(
     loader = torch.utils.data.DataLoader(
         data, batch_sampler=sampler, num_workers=workers,
         persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+        # each iterator draws its workers' base seed from this generator, not from torch's global RNG:
+        # dropout and drop-path then see the same stream whatever the worker count, and a resumed run
+        # (which starts its persistent workers again) the same as an uninterrupted one
+        generator=torch.Generator().manual_seed(seed),
     )
     steps_per_epoch = len(loader)
     total = t.epochs * steps_per_epoch

@@ -230,6 +230,44 @@ def test_resume_after_sigkill_gives_same_weights(synapse_root, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+
+class _Dropped(torch.nn.Module):
+    """The tiny UNet with dropout on its logits: training draws from torch's global RNG."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return F.dropout(self.inner(x), 0.3, self.training)
+
+
+def test_dropout_sees_one_stream_whatever_the_workers_and_across_a_resume(synapse_root, tmp_path):
+    """DataLoader iterators draw their workers' base seed: from torch's global RNG, a resumed run
+    (its persistent workers started again) and a run with another worker count drew differently,
+    so their dropout masks and weights differed."""
+    ds = open_dataset("synapse", synapse_root)
+    weights = {}
+    for workers in (0, 1):
+        proto = _proto(max_iterations=0, epochs=3, batch_size=16, num_workers=workers)
+        full = _Dropped(_tiny_unet(ds))
+        train_model(full, ds, proto, seed=0, run_dir=tmp_path / f"full{workers}", device=torch.device("cpu"))
+        weights[f"full{workers}"] = full.state_dict()
+
+        def stop(epoch):
+            raise KeyboardInterrupt  # killed after epoch 0's checkpoint
+
+        run_dir = tmp_path / f"resumed{workers}"
+        with pytest.raises(KeyboardInterrupt):
+            train_model(_Dropped(_tiny_unet(ds)), ds, proto, seed=0, run_dir=run_dir, device=torch.device("cpu"),
+                        on_epoch_end=stop)
+        resumed = _Dropped(_tiny_unet(ds))
+        assert train_model(resumed, ds, proto, seed=0, run_dir=run_dir, device=torch.device("cpu"),
+                           resume=True).resumed_from == 0
+        weights[f"resumed{workers}"] = resumed.state_dict()
+    for name, state in weights.items():
+        assert all(torch.equal(state[k], weights["full0"][k]) for k in state), name
+
 def test_training_time_adds_up_across_a_resume(synapse_root, tmp_path):
     ds = open_dataset("synapse", synapse_root)
     proto = _proto(max_iterations=0, epochs=2, batch_size=16)
