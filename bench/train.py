@@ -10,6 +10,7 @@ VM-UNet set it; ops outside cuDNN that use atomics (e.g. some backward passes) c
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
@@ -255,6 +256,9 @@ def train_model(
     if t.max_iterations > 0:
         total = min(total, t.max_iterations)
     epochs = math.ceil(total / steps_per_epoch)
+    # what a checkpoint was trained on: a resume from one of other data would mix two trainings
+    trains_on = {"items": hashlib.sha256("\n".join(dataset.train_ids()).encode()).hexdigest()[:16],
+                 "n_items": len(data), "steps_per_epoch": steps_per_epoch, "total_steps": total}
     keep_epoch = lr_min_epoch(protocol, epochs, steps_per_epoch, total) if t.select == "lr_min" else None
 
     model.to(device=device, dtype=protocol.torch_dtype)
@@ -274,7 +278,18 @@ def train_model(
         if written_by != w.size:
             raise BenchError(f"{last}: written by {written_by} process(es); resume it with --nproc {written_by} "
                              f"(this run has {w.size})")
-        model.load_state_dict(state["model"])
+        was = state.get("trains_on", trains_on)  # absent in checkpoints written before it was kept
+        if was != trains_on:
+            changed = ", ".join(f"{k} {was.get(k)} -> {v}" for k, v in trains_on.items() if was.get(k) != v)
+            raise BenchError(f"{last}: written for other training data ({changed}): the data changed since "
+                             "the run was killed; run it without --resume to train it afresh")
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as exc:  # the model's code changed its weights' layout since
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = (lines[1:] or lines or [type(exc).__name__])[0][:200]  # the first key that does not fit
+            raise BenchError(f"{last}: its weights do not fit this model ({detail}); run it without --resume to "
+                             "train it afresh") from None
         optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:  # empty from a run without AMP (begun on CPU): the scaler keeps its start
             scaler.load_state_dict(state["scaler"])
@@ -344,6 +359,7 @@ def train_model(
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                     "rng": rngs[0], "epoch": epoch, "step": step, "epoch_losses": epoch_losses,
                     "best": list(best) if best else None, "protocol_hash": protocol.hash, "world_size": w.size,
+                    "trains_on": trains_on,
                     "time_s": time_before + time.perf_counter() - t0,
                 }
                 if w.distributed:

@@ -286,6 +286,38 @@ def test_training_time_adds_up_across_a_resume(synapse_root, tmp_path):
     assert res.resumed_from == 0 and 1000.0 < res.time_s < 1600.0
 
 
+
+def test_resume_refuses_a_checkpoint_of_other_data_or_another_model(synapse_root, tmp_path):
+    """A run killed, its data edited (here: a shorter training list), then resumed would mix two
+    trainings into one record; a model whose weights changed layout would fail deep in torch."""
+    import shutil
+
+    root = Path(shutil.copytree(synapse_root, tmp_path / "data"))
+    proto = _proto(max_iterations=0, epochs=2, batch_size=16)
+
+    def stop(epoch):
+        raise KeyboardInterrupt  # killed after epoch 0's checkpoint
+
+    ds = open_dataset("synapse", root)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path / "run", device=torch.device("cpu"),
+                    on_epoch_end=stop)
+    listed = root / "lists" / "lists_Synapse" / "train.txt"
+    ids = listed.read_text().split()
+    listed.write_text("\n".join(ids[: len(ids) // 2]) + "\n")
+    short = open_dataset("synapse", root)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    with pytest.raises(BenchError, match=rf"{last}: written for other training data \(items .*n_items {len(ids)} -> "
+                                         rf"{len(ids) // 2}.*run it without --resume"):
+        train_model(_tiny_unet(short), short, proto, seed=0, run_dir=tmp_path / "run", device=torch.device("cpu"),
+                    resume=True)
+    wider = create_model("unet", num_classes=ds.num_classes, in_chans=ds.in_chans, img_size=32,
+                         widths=(16, 32, 64, 128))
+    with pytest.raises(BenchError, match=rf"{last}: its weights do not fit this model \(.*size mismatch"):
+        train_model(wider, ds, proto, seed=0, run_dir=tmp_path / "run", device=torch.device("cpu"), resume=True)
+    assert train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path / "run", device=torch.device("cpu"),
+                       resume=True).resumed_from == 0  # the same data and model resume
+
 def test_nan_loss_stops_with_clear_error(synapse_root, tmp_path):
     ds = open_dataset("synapse", synapse_root)
     model = _tiny_unet(ds)

@@ -403,6 +403,26 @@ def test_an_unwritable_volume_cache_is_one_clear_error(tmp_path):
         ds.load_train_volume(case, VolumePrep("zscore"))
 
 
+
+def test_temp_files_killed_writers_left_in_the_volume_cache_go_when_old(tmp_path):
+    """A process killed while writing a volume leaves a volume-sized temp file; the next write to the
+    folder removes those older than a day (a live writer's is minutes old) and leaves none of its own."""
+    import os
+    import time
+
+    ds = open_dataset("nnunet", synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=3, depth=8, size=16))
+    ds.volume_cache = tmp_path / "cache"
+    first, second = ds.train_volume_ids()[:2]
+    ds.load_train_volume(first, VolumePrep("zscore"))
+    folder = ds.volume_folder
+    old, young = folder / f".{first}.image.k1ll3d.tmp.npy", folder / f".{first}.label.wr1t1ng.tmp.npy"
+    for path in (old, young):
+        path.write_bytes(b"the first half of a volume")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    ds.load_train_volume(second, VolumePrep("zscore"))
+    assert not old.exists() and young.exists()
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == [young.name]
+
 def test_slice_protocols_still_train_on_slices(tmp_path):
     root = synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=4, depth=8, size=24)
     ds = open_dataset("nnunet", root)
