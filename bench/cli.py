@@ -51,6 +51,17 @@ def _echo_err(msg: str) -> None:
     typer.secho(msg, fg=typer.colors.RED, err=True)
 
 
+def _set_threads(threads: int | None) -> None:
+    """--threads: torch's CPU threads, where given."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise BenchError(f"--threads must be a whole number >= 1 (torch's CPU threads); got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _parse_ints(text: str, option: str = "--seeds", example: str = "0,1,2") -> list[int]:
     try:
         values = [int(s) for s in text.split(",") if s.strip()]
@@ -178,8 +189,7 @@ def run(
 
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     if shard:
         parse_shard(shard)  # before anything is written
     names = resolve_models(models)
@@ -191,7 +201,7 @@ def run(
                                  img_size=img_size, patch_size=patch, lr=lr, pretrained=None if moot else pretrained,
                                  target_spacing=_parse_spacing(target_spacing))
     resolve_inits(names, proto, pretrained_dir)  # every missing file named at once, before anything runs
-    seed_list = _parse_ints(seeds) if seeds else [proto.seed]
+    seed_list = list(dict.fromkeys(_parse_ints(seeds))) if seeds else [proto.seed]  # each seed once
     overrides = _parse_sets(set_ or [])
     specs = []
     for name in names:
@@ -199,7 +209,7 @@ def run(
         specs += plan_grid(models=[name], dataset=dataset, protocol=proto, seeds=seed_list, data_root=data_root,
                            synthetic=synthetic, results_dir=results, policy=policy, model_overrides=model_over,
                            pretrained_dir=pretrained_dir,
-                           folds=folds if folds in (None, "all") else _parse_ints(folds, "--folds"))
+                           folds=folds if folds in (None, "all") else list(dict.fromkeys(_parse_ints(folds, "--folds"))))
     total = len(specs)
     specs = select_shard(specs, shard)
     dev = resolve_device(device.value)
@@ -386,8 +396,7 @@ def profile(
     from bench.registry import get_entry, resolve_models
     from bench.report import render_cost_md
 
-    if threads:
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     if batch_size != "auto" and not batch_size.isdigit():
         raise BenchError(f"--batch-size takes a whole number or 'auto'; got {batch_size!r}")
     batch = batch_size if batch_size == "auto" else int(batch_size)

@@ -123,7 +123,7 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def resolve_models(spec: str) -> list[str]:
-    """``"all"`` or a comma list -> validated model names, in the given order."""
+    """``"all"`` or a comma list -> validated model names, in the given order, each once."""
     if spec.strip() == "all":
         return list_models()
     names = [s.strip() for s in spec.split(",") if s.strip()]
@@ -131,7 +131,7 @@ def resolve_models(spec: str) -> list[str]:
         raise BenchError(f"--models {spec!r} names no model; give 'all' or a comma list of {', '.join(list_models())}")
     for n in names:
         get_entry(n)
-    return names
+    return list(dict.fromkeys(names))
 
 
 def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: int = 224, **overrides: Any) -> nn.Module:

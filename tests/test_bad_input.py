@@ -437,6 +437,17 @@ def test_empty_name_lists(monkeypatch, capsys, tmp_path, option, value, phrase):
     _fails(monkeypatch, capsys, *args, names=option, phrase=phrase)
 
 
+
+@pytest.mark.parametrize("option, value, phrase", [("--lr", "-1", "override lr (--lr): expected a learning rate > 0"),
+                                                   ("--lr", "nan", "expected a learning rate > 0; got nan"),
+                                                   ("--threads", "0", "--threads must be a whole number >= 1")])
+def test_numbers_out_of_range_are_one_line_before_anything_runs(monkeypatch, capsys, tmp_path, option, value, phrase):
+    """torch raised these deep inside (the optimiser's ValueError, set_num_threads' RuntimeError)."""
+    _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--results",
+           tmp_path, option, value, names=option, phrase=phrase)
+    assert not (tmp_path / "runs").exists()
+
+
 # --- sizes: non-square inputs, sizes a model cannot take --------------------------------------
 
 

@@ -103,6 +103,16 @@ def test_user_errors_are_one_line(args, message, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+
+def test_repeated_models_and_seeds_plan_each_run_once(tmp_path):
+    from bench.registry import resolve_models
+
+    assert resolve_models("unet,vmunet,unet") == ["unet", "vmunet"]
+    proc = _bench("run", "--models", "unet,unet", "--seeds", "5,5", "--dataset", "synapse", "--synthetic",
+                  "--protocol", "smoke", "--tiny", "--results", tmp_path, "--max-iterations", "1", "--threads", "1",
+                  "--no-progress")
+    assert "bench run: 1 run(s)" in proc.stdout and "skipped" not in proc.stdout
+
 def test_warnings_are_one_line_each_and_shown_once(tmp_path):
     """Swin-Unet at 64² warns about its window where the grid is planned and again where the run
     builds the model: the user sees it once, as one line, without Python's source line."""
