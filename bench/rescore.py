@@ -70,7 +70,8 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
         raise BenchError(f"{path}: not found; run {rec['run_id']} can only be {what} from its run directory")
     protocol = record_protocol(rec, protocol_file)
     split = rec["split"]
-    dataset = open_dataset(rec["dataset"], rec["data_root"], int(split[4:]) if split.startswith("fold") else None)
+    fold = int(split[4:]) if split.startswith("fold") else None
+    dataset = open_dataset(rec["dataset"], run_data_root(rec, results_dir), fold)
     scored = sorted({row["case"] for row in rec["per_case"]})
     if sorted(scored_ids(dataset, protocol)) != scored:
         raise BenchError(f"run {rec['run_id']}: its {split} split of {rec['data_root']} now holds other cases than "
@@ -82,6 +83,20 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
     model = create_model(rec["model"], **rec["model_config"]).to(protocol.torch_dtype)  # float64 runs stay exact
     model.load_state_dict(load_checkpoint(path)["model"])
     return model, dataset, protocol
+
+
+def run_data_root(rec: dict[str, Any], results_dir: Path) -> Path:
+    """Where a run's data is now: its recorded path; for synthetic data kept in a results folder that
+    was moved since, the same folder under ``results_dir``. BenchError naming the run when it is gone."""
+    root = Path(rec["data_root"])
+    moved = Path(results_dir) / "synthetic" / root.name
+    if not root.is_dir() and rec.get("synthetic") and moved.is_dir():
+        return moved
+    if not root.is_dir():
+        relative = "" if root.is_absolute() else " (recorded relative to the folder bench run started in)"
+        raise BenchError(f"run {rec['run_id']}: its data {root} is not there{relative}; the run can only be "
+                         "rescored or predicted on the data it was trained and scored on")
+    return root
 
 
 def rescored_twin(spec, results_dir: Path) -> str | None:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from bench import distributed, env, records
-from bench.data import open_dataset, synthetic_root
+from bench.data import open_dataset, synthetic_identity, synthetic_root
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import (cache_training_volumes, preprocess_processes, slicing_note, target_spacing,
                                    volume_prep)
@@ -47,6 +47,9 @@ class RunSpec:
     fold: int | None = None  # cross-validation fold (nnunet data); None: the dataset's test split
     init: tuple[str, str, str] | None = None  # pretrained (source, path, sha256[:16]); None: from scratch
     split_sha: str | None = None  # a fold's test cases (sha256[:16] of the sorted ids): its split by content
+    # what the data is, fixed when planned: synthetic data by how it was made (bench.data.synthetic_identity;
+    # a moved results folder holds the same data), other data by its absolute path
+    data_id: str = ""
 
     @property
     def split(self) -> str:
@@ -55,8 +58,9 @@ class RunSpec:
     @property
     def key(self) -> str:
         """Deterministic id: the same spec always maps to the same run directory and record."""
-        ident = [self.model, self.dataset, self.protocol.hash, self.protocol.overrides, self.seed,
-                 str(self.data_root.resolve()), self.policy, list(self.model_overrides)]
+        data = self.data_id or str(self.data_root.resolve())
+        ident = [self.model, self.dataset, self.protocol.hash, self.protocol.overrides, self.seed, data,
+                 self.policy, list(self.model_overrides)]
         if self.fold is not None:  # appended only here, so test-split ids stay as they were
             # the fold's cases, not only its number: a changed splits_final.json or fold scheme is another run
             ident.append([self.fold, self.split_sha])
@@ -186,7 +190,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "model_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.bench_config.items()},
         "dataset": spec.dataset,
         "dataset_name": dataset.dataset_name,
-        "data_root": str(spec.data_root),
+        "data_root": str(spec.data_root.resolve()),  # rescore and predict may start in another folder
         "synthetic": spec.synthetic,
         "split": spec.split,
         "protocol": protocol.to_record(),
@@ -334,6 +338,8 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         data_root = synthetic_root(dataset, results_dir / "synthetic")
     if data_root is None:
         raise BenchError(f"--data-root is required for dataset {dataset!r} (or use --synthetic)")
+    made = synthetic_identity(data_root)
+    synthetic = synthetic or made is not None  # `bench data synth`'s output given as --data-root
     # validates the layout (and, with folds, that the dataset has them) before any training starts
     ds = open_dataset(dataset, data_root, fold=None if folds is None else 0)
     ds.check_splits()
@@ -391,8 +397,9 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
             raise BenchError(f"--folds {bad[0]}: {data_root} has folds 0..{n - 1}")
     split_sha = {f: None if f is None else _ids_sha(open_dataset(dataset, data_root, fold=f).test_ids())
                  for f in fold_list}
+    data_id = made or str(Path(data_root).resolve())
     return [RunSpec(m, dataset, protocol, s, Path(data_root), synthetic, chosen, extra, fold, inits.get(m),
-                    split_sha[fold])
+                    split_sha[fold], data_id)
             for m in models for s in seeds for fold in fold_list]
 
 

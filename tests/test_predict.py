@@ -206,3 +206,38 @@ def test_patch_runs_predict_in_the_pipeline_the_same_files(tmp_path, monkeypatch
     (piped / name).unlink()
     assert predict_run(rec, tmp_path / "res", tmp_path / "piped", CPU, workers=2)[1] == 1
     assert np.array_equal(np.asarray(nib.load(one / name).dataobj), np.asarray(nib.load(piped / name).dataobj))
+
+
+def test_a_moved_results_folder_keeps_its_runs_and_their_synthetic_data(tmp_path):
+    """Synthetic data lives in the results folder: a run is identified by how its data was made, not
+    where it lies, so `bench run` in the moved folder skips it (it trained it again, and the board
+    then counted the seed twice), and predict/rescore find the data there."""
+    proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=2, max_cases=1)
+    plan = dict(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=None, synthetic=True,
+                model_overrides=dict(get_entry("unet").tiny))
+    (spec,) = plan_grid(**plan, results_dir=tmp_path / "a")
+    rec = run_one(spec, results_dir=tmp_path / "a", device=CPU)
+    assert rec["data_root"] == str((tmp_path / "a" / "synthetic" / "synapse-synth-v1").resolve())
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    (again,) = plan_grid(**plan, results_dir=tmp_path / "b")
+    assert again.key == spec.key
+    assert predict_run(rec, tmp_path / "b", tmp_path / "out", CPU)[1] == 1
+    shutil.rmtree(tmp_path / "b" / "synthetic")
+    with pytest.raises(BenchError, match=rf"run {rec['run_id']}: its data .*synapse-synth-v1 is not there"):
+        predict_run(rec, tmp_path / "b", tmp_path / "out2", CPU)
+
+
+def test_bench_data_synth_output_is_synthetic_data_wherever_it_lies(tmp_path):
+    """Given as --data-root, `bench data synth`'s output is marked synthetic (boards say so, and no
+    paper's number gets a gap against it), and is the same data as --synthetic's."""
+    root = synthesize("synapse", tmp_path / "mine")  # what `bench data synth --like synapse` writes
+    proto = load_protocol("smoke")
+    (given,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=root,
+                         synthetic=False, results_dir=tmp_path / "r1")
+    (built_in,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=None,
+                            synthetic=True, results_dir=tmp_path / "r2")
+    assert given.synthetic and given.key == built_in.key
+    (root / ".bench-synthetic.json").unlink()  # data of one's own: identified by its path, as before
+    (real,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=root,
+                        synthetic=False, results_dir=tmp_path / "r1")
+    assert not real.synthetic and real.key != given.key

@@ -29,7 +29,7 @@ from bench.data.isic import Isic17Dataset, Isic18Dataset, IsicAllDataset
 from bench.data.nnunet import NnUNetDataset
 from bench.data.polyp import PolypDataset
 from bench.data.synapse import SynapseDataset
-from bench.data.synth import GENERATOR_VERSION, synthesize
+from bench.data.synth import GENERATOR_VERSION, synthesize, synthetic_identity
 from bench.errors import BenchError
 
 DATASETS: dict[str, type[SegDataset]] = {
@@ -106,5 +106,6 @@ __all__ = [
     "get_reader",
     "list_datasets",
     "open_dataset",
+    "synthetic_identity",
     "synthetic_root",
 ]

@@ -24,6 +24,7 @@ Same ``seed`` and options -> identical arrays (every case draws from
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -38,6 +39,9 @@ from scipy import ndimage
 from bench.errors import BenchError
 
 GENERATOR_VERSION = 1  # bump when any generated array changes: cache folders carry it
+# written into every synthetic dataset: how it was made. Runs on it are marked synthetic wherever it
+# lies (--data-root included), and identified by it rather than by its path (bench.run.RunSpec.key)
+MARKER = ".bench-synthetic.json"
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "synapse": {"n_train": 6, "n_test": 3, "depth": 16, "size": 96, "spacing": (2.5, 0.8, 0.8)},
@@ -81,7 +85,23 @@ def synthesize(kind: str, out: str | Path, *, seed: int = 0, **size_options: Any
         )
     options = {**DEFAULTS[kind], **size_options}
     writer: Callable[..., None] = _WRITERS[kind]
-    return write_atomically(Path(out), lambda tmp: writer(tmp, seed=seed, **options))
+    made = {"generator": GENERATOR_VERSION, "kind": kind, "seed": seed, "options": options}
+
+    def write(tmp: Path) -> None:
+        writer(tmp, seed=seed, **options)
+        (tmp / MARKER).write_text(json.dumps(made, sort_keys=True, default=list) + "\n")
+
+    return write_atomically(Path(out), write)
+
+
+def synthetic_identity(root: str | Path) -> str | None:
+    """What makes a folder written by ``synthesize`` the data it is (generator version, kind, seed,
+    sizes), as a short text, wherever the folder lies; None for other data (no ``MARKER``)."""
+    try:
+        made = Path(root, MARKER).read_text()
+    except OSError:
+        return None
+    return "synthetic:" + hashlib.sha256(made.encode()).hexdigest()[:16]
 
 
 def write_atomically(out: Path, write: Callable[[Path], None]) -> Path:
