@@ -346,7 +346,10 @@ def check(
     result = drift.compare(baseline, df)
     typer.echo(result.render())
     if result.failed:
-        _echo_err("metric drift: see the rows marked above")
+        n = result.counts()
+        what = [f"{n['drift']} value(s) drifted past their tolerance" if n["drift"] else "",
+                f"{n['missing']} baseline row(s) have no value now" if n["missing"] else ""]
+        _echo_err(f"{' and '.join(w for w in what if w)}: see the rows marked above")
         raise typer.Exit(code=1)
     typer.echo("no drift")
 

@@ -186,6 +186,7 @@ class DriftResult:
 def _num(value: float, signed: bool = False) -> str:
     if pd.isna(value):
         return "nan"
+    value = round(value, 4) + 0.0  # -0.00001 shows as +0.0000, not -0.0000
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 

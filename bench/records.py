@@ -183,6 +183,9 @@ def validate_record(rec: Any) -> None:
     """
     if not isinstance(rec, Mapping):
         raise BenchError(f"run record must be a JSON object, got {type(rec).__name__}")
+    if "schema" not in rec and "run_id" not in rec:  # another tool's JSON: one line, not a list of every key
+        raise BenchError("not a run record of ssm-unet-bench (no 'schema', no 'run_id'); move it out of the "
+                         "records folder, or give bench its own --results folder")
     problems = _check(rec, _REQUIRED, "")
     for key, spec in _REQUIRED_NESTED.items():
         if isinstance(rec.get(key), Mapping):

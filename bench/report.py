@@ -24,6 +24,7 @@ under ``strict`` where the data has a spacing).
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -122,7 +123,7 @@ def _config_labels(model: str, configs: pd.Series) -> list[str]:
     differing = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in parsed}) > 1]
     labels = []
     for p in parsed:
-        parts = [f"{k}={json.dumps(p[k])}" if k in p else f"{k} unset" for k in differing]
+        parts = [f"{k}={json.dumps(p[k])}" if k in p else f"{k}=default" for k in differing]
         labels.append(f"{model} ({', '.join(parts)})")
     return labels
 
@@ -769,6 +770,19 @@ def render_cases(df_cases: pd.DataFrame | None) -> str:
     return df[lead + [c for c in df.columns if c not in lead]].to_csv(index=False, lineterminator="\n")
 
 
+def _check_reference(reference: str, groups: dict[BoardKey, pd.DataFrame], results_dir: Path) -> None:
+    """BenchError when ``reference`` names no model (nor a board row such as "unet (widths=...)") of
+    any board: a typo would print 'no runs on this board' under every board."""
+    rows = [g[["model", "model_label"]] for g in groups.values()]
+    names = sorted(set(pd.concat(rows).stack())) if rows else []
+    if reference in names:
+        return
+    close = difflib.get_close_matches(reference, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise BenchError(f"--reference {reference!r}: no runs of that model in {results_dir} (models there: "
+                     f"{', '.join(names) or 'none'}){hint}")
+
+
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
                  published: Path | bool | None = None, reference: str | None = None) -> str:
     """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically.
@@ -781,6 +795,9 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     from bench.cost import load_profiles
 
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
+    if (reference or published) and fmt != ReportFormat.md:
+        asked = " and ".join(o for o, v in (("--reference", reference), ("--published", published)) if v)
+        raise BenchError(f"{asked} add Markdown sections; use --format md (got --format {fmt.value})")
     df_runs, profiles = load(results_dir), load_profiles(results_dir)
     df_cases = load(results_dir, level="case") if not df_runs.empty else None
     if fmt == ReportFormat.cases:
@@ -795,6 +812,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         if fmt == ReportFormat.md:
             extra = []
             if reference:
+                _check_reference(reference, groups, results_dir)
                 extra.append(significance_md(boards, groups, reference))
             if published:
                 from bench.published import load_published

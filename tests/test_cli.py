@@ -83,7 +83,12 @@ def test_check_passes_on_itself_and_fails_on_drift(smoke_results, tmp_path):
     table.to_csv(base, index=False)
     proc = _bench("check", "--baseline", base, "--results", smoke_results, check=False)
     assert proc.returncode == 1
-    assert "drift" in proc.stdout + proc.stderr
+    n = (table["metric"] == "dice").sum()
+    assert f"{n} value(s) drifted past their tolerance: see the rows marked above" in proc.stderr
+    table[table["metric"] != "dice"].assign(model="gone").to_csv(base, index=False)
+    proc = _bench("check", "--baseline", base, "--results", smoke_results, check=False)
+    assert proc.returncode == 1 and "value(s) drifted" not in proc.stderr
+    assert f"{(table['metric'] != 'dice').sum()} baseline row(s) have no value now" in proc.stderr
 
 
 @pytest.mark.parametrize(

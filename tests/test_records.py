@@ -110,6 +110,17 @@ def test_invalid_record_is_never_written(tmp_path):
     assert not (tmp_path / "records").exists() or not any((tmp_path / "records").iterdir())
 
 
+
+def test_another_tools_json_in_records_is_one_line(tmp_path):
+    """A results folder shared with another project: its JSON is named in one line, not with the
+    26 keys a run record needs."""
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "x.json").write_text('{"name": "x", "value": 1}')
+    with pytest.raises(BenchError, match=r"records/x\.json: not a run record of ssm-unet-bench \(no 'schema', "
+                                         r"no 'run_id'\); move it out") as info:
+        load(tmp_path)
+    assert "\n" not in str(info.value)
+
 def _writer(args):
     results_dir, worker = args
     for i in range(10):

@@ -179,7 +179,7 @@ def test_synthetic_and_model_config_are_separated(tmp_path):
     boards = leaderboards(load(tmp_path))
     assert ("synapse (synthetic)", "synapse", "legacy-synapse") in boards
     real = boards[("synapse", "synapse", "legacy-synapse")]
-    assert sorted(real["model"]) == ["unet (base_c unset)", "unet (base_c=8)"]
+    assert sorted(real["model"]) == ["unet (base_c=8)", "unet (base_c=default)"]
     assert (real["n_seeds"] == 1).all()
     acdc = boards[("acdc", "synapse", "legacy-synapse")]
     assert sorted(acdc["model"]) == ["unet (base_c=16)", "unet (base_c=8)"]
@@ -306,7 +306,9 @@ def test_ci_column_and_significance_section(tmp_path):
     assert f"{100 * expected['mean_diff']:+.2f}" in row and f"{expected['p_holm']:.3g}" in row
     assert "P(rank 1)" in sig and "Caution: under legacy-synapse a missed organ scores HD95 0" in sig
     assert "Significance" not in write_report(tmp_path)
+    write_record(make_record("swin_unet", dataset="isic17"), tmp_path)  # on another board only
     absent = write_report(tmp_path, reference="swin_unet")
+    absent = absent[absent.index("## Significance · synapse"):]
     assert "'swin_unet' has no runs on this board" in absent and "P(rank 1)" in absent  # the ranks stand alone
 
 
@@ -443,6 +445,7 @@ def test_each_polyp_test_set_gets_its_own_board_scored_like_the_authors(tmp_path
 
     proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=2)
     root = synthetic_root("polyp", tmp_path / "synth")
+    (root / ".bench-synthetic.json").unlink()  # stands for real data: the boards keep their real names
     (spec,) = plan_grid(models=["unet"], dataset="polyp", protocol=proto, seeds=[0], data_root=root,
                         synthetic=False, results_dir=tmp_path, model_overrides=dict(get_entry("unet").tiny))
     rec = run_one(spec, results_dir=tmp_path, device=torch.device("cpu"))
@@ -476,6 +479,7 @@ def test_isic_all_gets_a_board_per_year_next_to_that_years_published_rows(tmp_pa
     assert [published_dataset(f"isic_all:{s}") for s in ("isic17", "isic18")] == ["isic17", "isic18"]
     assert published_dataset("isic_all:isic18 (synthetic)") == "isic18"
     root = synthetic_root("isic_all", tmp_path / "synth")
+    (root / ".bench-synthetic.json").unlink()  # stands for real data: the boards keep their real names
     # smoke as written (not overridden), so a published row naming it gets its gap
     (spec,) = plan_grid(models=["unet"], dataset="isic_all", protocol=load_protocol("smoke"), seeds=[0],
                         data_root=root, synthetic=False, results_dir=tmp_path,
@@ -585,3 +589,18 @@ def test_cross_validation_runs_get_their_own_board(tmp_path):
     published = md.split("## Published vs ours · nnunet:Dataset802_LungXray (cross-validation)")[1]
     dice = next(line for line in published.splitlines() if line.startswith("| lightm_unet") and "96.17" in line)
     assert "other split (cross-validation)" in dice
+
+
+def test_reference_typos_and_markdown_only_options_are_one_clear_error(tmp_path):
+    """A misspelt --reference printed 'no runs on this board' under every board; --reference and
+    --published were silently dropped from CSV and LaTeX output."""
+    write_record(make_record("vmunet", seed=0), tmp_path)
+    write_record(make_record("unet", seed=0, dice=0.7), tmp_path)
+    with pytest.raises(BenchError, match=r"--reference 'vmunett': no runs of that model in .*\(models there: unet, "
+                                         r"vmunet\); did you mean 'vmunet'\?"):
+        write_report(tmp_path, reference="vmunett")
+    for fmt in ("csv", "latex", "cases"):
+        with pytest.raises(BenchError, match=rf"--published add Markdown sections; use --format md \(got --format {fmt}\)"):
+            write_report(tmp_path, fmt, published=True)
+    with pytest.raises(BenchError, match="--reference and --published add Markdown sections"):
+        write_report(tmp_path, "csv", reference="unet", published=True)
