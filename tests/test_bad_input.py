@@ -438,8 +438,8 @@ def test_empty_name_lists(monkeypatch, capsys, tmp_path, option, value, phrase):
 
 
 
-@pytest.mark.parametrize("option, value, phrase", [("--lr", "-1", "override lr (--lr): expected a learning rate > 0"),
-                                                   ("--lr", "nan", "expected a learning rate > 0; got nan"),
+@pytest.mark.parametrize("option, value, phrase", [("--lr", "-1", "override lr (--lr): expected a learning rate >= 0"),
+                                                   ("--lr", "nan", "expected a learning rate >= 0; got nan"),
                                                    ("--threads", "0", "--threads must be a whole number >= 1")])
 def test_numbers_out_of_range_are_one_line_before_anything_runs(monkeypatch, capsys, tmp_path, option, value, phrase):
     """torch raised these deep inside (the optimiser's ValueError, set_num_threads' RuntimeError)."""
