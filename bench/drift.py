@@ -114,8 +114,12 @@ def write_baseline(
     its metric; the others follow the new values.
     """
     table = baseline_table(df_runs, tolerances, metrics)
-    if Path(path).is_file():
-        old = read_baseline(path).set_index(_KEY)
+    try:
+        old = read_baseline(path).set_index(_KEY) if Path(path).is_file() else None
+    except BenchError:  # a baseline of an older layout, or a broken one: written afresh
+        old = None
+    if old is not None:
+        old = old[~old.index.duplicated(keep="last")]
         for i, row in table.iterrows():
             key = tuple(row[c] for c in _KEY)
             rule = DEFAULT_TOLERANCES.get(row["metric"])

@@ -691,6 +691,8 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
             return "other recipe"
         if key.dataset.endswith(CV_LABEL):  # the papers score one fixed test split
             return "other split (cross-validation)"
+        if "(synthetic)" in key.dataset:
+            return "synthetic data"
         if p["protocol"] not in protocols:
             protocols[p["protocol"]] = load_protocol(p["protocol"])
         proto = protocols[p["protocol"]]
@@ -796,8 +798,9 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
 
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
     if (reference or published) and fmt != ReportFormat.md:
-        asked = " and ".join(o for o, v in (("--reference", reference), ("--published", published)) if v)
-        raise BenchError(f"{asked} add Markdown sections; use --format md (got --format {fmt.value})")
+        asked = [o for o, v in (("--reference", reference), ("--published", published)) if v]
+        raise BenchError(f"{' and '.join(asked)} add{'s' if len(asked) == 1 else ''} Markdown sections; use "
+                         f"--format md (got --format {fmt.value})")
     df_runs, profiles = load(results_dir), load_profiles(results_dir)
     df_cases = load(results_dir, level="case") if not df_runs.empty else None
     if fmt == ReportFormat.cases:

@@ -88,7 +88,7 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
 def run_data_root(rec: dict[str, Any], results_dir: Path) -> Path:
     """Where a run's data is now: its recorded path; for synthetic data kept in a results folder that
     was moved since, the same folder under ``results_dir``. BenchError naming the run when it is gone."""
-    root = Path(rec["data_root"])
+    root = Path(rec["data_root"]).expanduser()  # records written before paths were resolved may hold ~
     moved = Path(results_dir) / "synthetic" / root.name
     if not root.is_dir() and rec.get("synthetic") and moved.is_dir():
         return moved

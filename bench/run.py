@@ -58,7 +58,7 @@ class RunSpec:
     @property
     def key(self) -> str:
         """Deterministic id: the same spec always maps to the same run directory and record."""
-        data = self.data_id or str(self.data_root.resolve())
+        data = self.data_id or str(self.data_root.expanduser().resolve())
         ident = [self.model, self.dataset, self.protocol.hash, self.protocol.overrides, self.seed, data,
                  self.policy, list(self.model_overrides)]
         if self.fold is not None:  # appended only here, so test-split ids stay as they were
@@ -190,7 +190,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "model_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.bench_config.items()},
         "dataset": spec.dataset,
         "dataset_name": dataset.dataset_name,
-        "data_root": str(spec.data_root.resolve()),  # rescore and predict may start in another folder
+        "data_root": str(spec.data_root.expanduser().resolve()),  # rescore and predict may start elsewhere
         "synthetic": spec.synthetic,
         "split": spec.split,
         "protocol": protocol.to_record(),
@@ -338,6 +338,7 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         data_root = synthetic_root(dataset, results_dir / "synthetic")
     if data_root is None:
         raise BenchError(f"--data-root is required for dataset {dataset!r} (or use --synthetic)")
+    data_root = Path(data_root).expanduser()  # "--data-root=~/data": the shell leaves ~ alone after =
     made = synthetic_identity(data_root)
     synthetic = synthetic or made is not None  # `bench data synth`'s output given as --data-root
     # validates the layout (and, with folds, that the dataset has them) before any training starts

@@ -257,7 +257,7 @@ def train_model(
         total = min(total, t.max_iterations)
     epochs = math.ceil(total / steps_per_epoch)
     # what a checkpoint was trained on: a resume from one of other data would mix two trainings
-    trains_on = {"items": hashlib.sha256("\n".join(dataset.train_ids()).encode()).hexdigest()[:16],
+    trains_on = {"items": hashlib.sha256("\n".join(map(str, data.ids)).encode()).hexdigest()[:16],
                  "n_items": len(data), "steps_per_epoch": steps_per_epoch, "total_steps": total}
     keep_epoch = lr_min_epoch(protocol, epochs, steps_per_epoch, total) if t.select == "lr_min" else None
 

@@ -446,6 +446,8 @@ def test_numbers_out_of_range_are_one_line_before_anything_runs(monkeypatch, cap
     _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--results",
            tmp_path, option, value, names=option, phrase=phrase)
     assert not (tmp_path / "runs").exists()
+    _raises(lambda: load_protocol("smoke").with_overrides(weight_decay=-1e-4), names="train.weight_decay",
+            phrase="expected a number >= 0; got -0.0001")
 
 
 # --- sizes: non-square inputs, sizes a model cannot take --------------------------------------

@@ -191,3 +191,16 @@ def test_render_plain_only_changes(tmp_path, baseline):
     df = _runs(tmp_path, "now", [make_record("vmunet", seed=0, dice=0.60, hd95=25.0), make_record("unet", seed=0, dice=0.70, hd95=40.0)])
     text = compare(baseline, df).render(fmt="plain", only_changes=True)
     assert "DRIFT" in text and " ok " not in text and "|" not in text.splitlines()[0]
+
+
+def test_update_rewrites_a_baseline_it_cannot_read(tmp_path):
+    """An older layout, an empty tolerance or a row written twice: --update writes the file afresh."""
+    df = _runs(tmp_path, "now", [make_record("unet", seed=0, dice=0.7)])
+    path = tmp_path / "b.csv"
+    path.write_text("dataset,model,metric,value\nsynapse,unet,dice,0.8\n")
+    write_baseline(df, path)
+    assert not compare(path, df).failed
+    table = pd.read_csv(path)
+    pd.concat([table, table]).to_csv(path, index=False)  # every row twice
+    write_baseline(df, path)
+    assert len(pd.read_csv(path)) == len(table)

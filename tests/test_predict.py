@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -228,8 +229,8 @@ def test_a_moved_results_folder_keeps_its_runs_and_their_synthetic_data(tmp_path
 
 
 def test_bench_data_synth_output_is_synthetic_data_wherever_it_lies(tmp_path):
-    """Given as --data-root, `bench data synth`'s output is marked synthetic (boards say so, and no
-    paper's number gets a gap against it), and is the same data as --synthetic's."""
+    """Given as --data-root, `bench data synth`'s output is marked synthetic (its boards say so, and
+    no paper's number gets a gap there), and is the same data as --synthetic's."""
     root = synthesize("synapse", tmp_path / "mine")  # what `bench data synth --like synapse` writes
     proto = load_protocol("smoke")
     (given,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=root,
@@ -241,3 +242,16 @@ def test_bench_data_synth_output_is_synthetic_data_wherever_it_lies(tmp_path):
     (real,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=root,
                         synthetic=False, results_dir=tmp_path / "r1")
     assert not real.synthetic and real.key != given.key
+
+
+def test_a_data_root_given_with_a_tilde_is_recorded_as_its_absolute_path(tmp_path, monkeypatch):
+    """"--data-root=~/data" reaches bench with the ~ (the shell expands it only at a word's start)."""
+    from bench.rescore import run_data_root
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    synthesize("synapse", tmp_path / "data")
+    (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=load_protocol("smoke"), seeds=[0],
+                        data_root=Path("~/data"), synthetic=False, results_dir=tmp_path / "res")
+    assert spec.data_root == tmp_path / "data"
+    assert run_data_root({"run_id": "r", "data_root": "~/data", "synthetic": False}, tmp_path / "res") == \
+        tmp_path / "data"  # a record written before roots were resolved

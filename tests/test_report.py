@@ -600,7 +600,21 @@ def test_reference_typos_and_markdown_only_options_are_one_clear_error(tmp_path)
                                          r"vmunet\); did you mean 'vmunet'\?"):
         write_report(tmp_path, reference="vmunett")
     for fmt in ("csv", "latex", "cases"):
-        with pytest.raises(BenchError, match=rf"--published add Markdown sections; use --format md \(got --format {fmt}\)"):
+        with pytest.raises(BenchError, match=rf"--published adds Markdown sections; use --format md \(got --format {fmt}\)"):
             write_report(tmp_path, fmt, published=True)
     with pytest.raises(BenchError, match="--reference and --published add Markdown sections"):
         write_report(tmp_path, "csv", reference="unet", published=True)
+
+
+def test_synthetic_boards_get_no_gap_to_the_papers(tmp_path):
+    """Even under the paper's own recipe, a number on synthetic data says nothing about the model."""
+    from bench.protocol import load_protocol
+
+    rec = make_record("lightm_unet", dataset="nnunet", dice=0.95, protocol="lightm_unet_2d", classes=["lung"],
+                      synthetic=True)
+    rec.update(dataset_name="nnunet:Dataset802_LungXray", policy="strict")
+    rec["protocol"]["hash"] = load_protocol("lightm_unet_2d").hash
+    write_record(rec, tmp_path)
+    section = write_report(tmp_path, published=True).split("## Published vs ours · nnunet:Dataset802_LungXray")[1]
+    dice = next(line for line in section.splitlines() if line.startswith("| lightm_unet") and "96.17" in line)
+    assert "| synthetic data " in dice and "-1.17" not in dice

@@ -6,7 +6,7 @@ On disk::
     <root>/val/images/*.png     <root>/val/masks/*.png
 
 Images and masks are paired by name where the names correspond (a mask named as its image, or as
-its image plus ``_...``: ``ISIC_0000000_segmentation.png``), else by **sorted filename order**, as
+its image plus ``_...`` or ``-...``: ``ISIC_0000000_segmentation.png``), else by **sorted filename order**, as
 the authors' ``NPY_datasets`` does; on their data the two agree, and pairing by name keeps a
 renamed or missing file from shifting every later mask onto the wrong image. The authors' test
 set *is* ``val/`` (spec/ssm_models.md 1.4), so ``test_ids()`` are the ``val`` images.
