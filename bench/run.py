@@ -79,8 +79,10 @@ def _progress_bar(enabled: bool):
         return nullcontext(None)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=True)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=True)
+    # in a log file or a pipe a live bar shows nothing and leaves a blank line behind each run
+    return bar if bar.console.is_terminal else nullcontext(None)
 
 
 def _preprocess_volumes(dataset, protocol: Protocol, bar, main: bool) -> None:

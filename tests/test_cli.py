@@ -114,9 +114,9 @@ def test_repeated_models_and_seeds_plan_each_run_once(tmp_path):
 
     assert resolve_models("unet,vmunet,unet") == ["unet", "vmunet"]
     proc = _bench("run", "--models", "unet,unet", "--seeds", "5,5", "--dataset", "synapse", "--synthetic",
-                  "--protocol", "smoke", "--tiny", "--results", tmp_path, "--max-iterations", "1", "--threads", "1",
-                  "--no-progress")
+                  "--protocol", "smoke", "--tiny", "--results", tmp_path, "--max-iterations", "1", "--threads", "1")
     assert "bench run: 1 run(s)" in proc.stdout and "skipped" not in proc.stdout
+    assert "\n\n" not in proc.stdout  # progress bars (on by default) draw nothing into a pipe, not even a line
 
 def test_warnings_are_one_line_each_and_shown_once(tmp_path):
     """Swin-Unet at 64² warns about its window where the grid is planned and again where the run
