@@ -39,9 +39,11 @@ class Device(str, enum.Enum):
     cuda = "cuda"
 
 
-class SynthKind(str, enum.Enum):
+class SynthKind(str, enum.Enum):  # the formats, and the --dataset names that read them
     synapse = "synapse"
     isic = "isic"
+    isic17 = "isic17"
+    isic18 = "isic18"
     polyp = "polyp"
     nnunet = "nnunet"
     isic_all = "isic_all"
@@ -503,15 +505,18 @@ def _mamba_status() -> str:
 def data_synth(
     like: Annotated[SynthKind, typer.Option(help="which real on-disk format to write")],
     out: Annotated[Path, typer.Option(help="output directory (created)")],
-    seed: Annotated[int, typer.Option(help="generator seed; same seed, same data")] = 0,
+    seed: Annotated[Optional[int], typer.Option(help="generator seed; same seed, same data (default: that of "
+                                                      "`bench run --synthetic` for this dataset)")] = None,
 ) -> None:
     """Write a small, deterministic, learnable dataset in a real on-disk format.
 
     Example: bench data synth --like synapse --out data/synapse-synth
     """
-    from bench.data.synth import synthesize
+    from bench.data import SYNTH_SEEDS, get_reader
+    from bench.data.synth import KINDS, synthesize
 
-    path = synthesize(like.value, out, seed=seed)
+    kind = like.value if like.value in KINDS else get_reader(like.value).kind
+    path = synthesize(kind, out, seed=SYNTH_SEEDS.get(like.value, 0) if seed is None else seed)
     typer.echo(f"wrote synthetic {like.value} dataset to {path}")
 
 

@@ -321,3 +321,14 @@ def test_pretrained_flag_is_no_override_for_models_without_a_file(tmp_path):
            "--results", tmp_path, *FAST)
     (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "records").glob("*.json")]
     assert "pretrained" not in rec["protocol"]["overrides"] and rec["init"] is None
+
+
+def test_data_synth_takes_dataset_names_and_writes_their_synthetic_data(tmp_path):
+    """`--like isic18` (the name --dataset takes) writes the data `bench run --synthetic` trains on."""
+    from bench.data import synthetic_identity, synthetic_root
+
+    result = runner.invoke(app, ["data", "synth", "--like", "isic18", "--out", str(tmp_path / "mine")])
+    assert result.exit_code == 0, result.output
+    assert synthetic_identity(tmp_path / "mine") == synthetic_identity(synthetic_root("isic18", tmp_path / "cache"))
+    result = runner.invoke(app, ["data", "synth", "--like", "isic18", "--seed", "5", "--out", str(tmp_path / "other")])
+    assert synthetic_identity(tmp_path / "other") != synthetic_identity(tmp_path / "mine")
