@@ -378,7 +378,12 @@ def train_model(
     distributed.barrier()
     selected = "final"
     if t.select == "best_train_loss" and best is not None:
-        model.load_state_dict(load_checkpoint(ckpt_dir / BEST)["model"])
+        kept = load_checkpoint(ckpt_dir / BEST)
+        if kept.get("epoch", best[1]) != best[1]:  # a killed process wrote it after its last last.pt, and the
+            # resumed epochs (not bit-identical on a GPU) never beat the best they restored
+            raise BenchError(f"{ckpt_dir / BEST}: holds epoch {kept['epoch']}'s weights, not those of the best "
+                             f"epoch {best[1]}; run it without --resume to train it afresh")
+        model.load_state_dict(kept["model"])
         selected = f"best_train_loss@{best[1]}"
     elif keep_epoch is not None:
         model.load_state_dict(load_checkpoint(ckpt_dir / LR_MIN)["model"])

@@ -333,6 +333,13 @@ def test_best_train_loss_selection(synapse_root, tmp_path):
     res = train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
     best_epoch = min(range(len(res.epoch_losses)), key=res.epoch_losses.__getitem__)
     assert res.selected == f"best_train_loss@{best_epoch}"
+    # a killed process may write best.pt after its last last.pt; a resume that never beats the best it
+    # restored must not evaluate that other epoch's weights under the best epoch's name
+    best = tmp_path / "checkpoints" / "best.pt"
+    torch.save({**torch.load(best, weights_only=True), "epoch": best_epoch + 7}, best)
+    with pytest.raises(BenchError, match=rf"best\.pt: holds epoch {best_epoch + 7}'s weights, not those of the "
+                                         rf"best epoch {best_epoch}"):
+        train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"), resume=True)
 
 
 def test_epoch_loss_is_the_plain_mean_of_its_steps(synapse_root, tmp_path):
