@@ -114,13 +114,14 @@ def default_protocol(dataset: str, protocol: str | None) -> str:
     if protocol:
         return protocol
     from bench.data import get_reader
-    from bench.protocol import list_protocols
+    from bench.protocol import list_protocols, load_protocol
 
     get_reader(dataset)  # a misspelt dataset gets "did you mean", not "no default protocol"
     if dataset not in DEFAULT_PROTOCOL:
+        fit = [p for p in list_protocols() if dataset in (load_protocol(p).datasets or (dataset,))]
         raise BenchError(f"--dataset {dataset} has no default protocol (no single published recipe fits every "
                          f"dataset in its format); pass --protocol NAME or a .toml path "
-                         f"(built-in: {', '.join(list_protocols())})")
+                         f"(built-in for {dataset}: {', '.join(fit)})")
     return DEFAULT_PROTOCOL[dataset]
 
 

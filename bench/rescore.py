@@ -116,11 +116,12 @@ def rescored_twin(spec, results_dir: Path) -> str | None:
 
 def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None) -> list[dict[str, Any]]:
     """Finished original records (not rescored ones) of ``models`` whose policy differs from
-    ``policy`` and that have no ``<run_id>.<policy>`` record yet, in run-id order."""
+    ``policy`` and that have no ``<run_id>.<policy>`` record yet, in run-id order; BenchError for a
+    folder without any record."""
     get_policy(policy)
     df = records.load(results_dir)
-    if df.empty:
-        return []
+    if df.empty:  # as bench predict: a folder without records is most likely not the one meant
+        raise BenchError(f"{results_dir}: no run records; pass the --results folder of `bench run`")
     done = set(df["run_id"])
     # a run trained under ``policy`` from the start is the same training: rescoring its twin would
     # put the same weights on the board twice

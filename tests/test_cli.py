@@ -237,7 +237,7 @@ def test_nnunet_without_protocol_fails_before_writing(tmp_path):
                   check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--dataset nnunet has no default protocol" in proc.stderr and "pass --protocol" in proc.stderr
-    assert "built-in: " in proc.stderr and "smoke" in proc.stderr and "isic17" in proc.stderr
+    assert "built-in for nnunet: " in proc.stderr and "lightm_unet_3d" in proc.stderr and "isic17" not in proc.stderr
     assert not any(tmp_path.iterdir())  # no records, runs or synthetic data
 
 

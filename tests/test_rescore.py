@@ -75,6 +75,9 @@ def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
     rec = json.loads(record_path(copy, legacy["run_id"]).read_text())
     with pytest.raises(BenchError, match="unknown metric policy"):
         plan_rescore(copy, "strictt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BenchError, match=r"empty: no run records; pass the --results folder of `bench run`"):
+        plan_rescore(tmp_path / "empty", "strict")  # as bench predict: most likely not the folder meant
     changed = {**rec, "protocol": {**rec["protocol"], "hash": "0" * 16}}
     with pytest.raises(BenchError, match="the built-in 'smoke' now has hash .* pass the protocol file the run used"):
         rescore_record(changed, "strict", copy, CPU)
