@@ -561,6 +561,20 @@ def test_verify_nnunet_problems(roots, tmp_path):
     assert len(errors) == 4
 
 
+
+def test_verify_warns_where_image_and_label_affines_differ(roots, tmp_path):
+    """A label stored flipped, with its affine flipped too, is the same anatomy in the world but
+    lies mirrored on the image array; nnU-Net's dataset check warns, and so does verify."""
+    root = _copy(roots["nnunet"], tmp_path)
+    lab = root / "labelsTr" / "synth_001.nii.gz"
+    img = nib.load(str(lab))
+    flip = np.diag([-1.0, 1, 1, 1])
+    flip[0, 3] = img.shape[0] - 1
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::-1], img.affine @ flip), str(lab))
+    problems = verify_dataset("nnunet", root)
+    assert _paths(problems) == [] and _paths(problems, "warning") == [str(root / "imagesTr" / "synth_001_0000.nii.gz")]
+    assert "origin or orientation differs from label synth_001.nii.gz" in problems[0].message
+
 def test_verify_missing_root_and_bad_json(tmp_path):
     assert _paths(verify_dataset("isic17", tmp_path / "none")) == [str(tmp_path / "none")]
     (tmp_path / "dataset.json").write_text("{not json")

@@ -19,7 +19,8 @@ What is checked, per format:
   by 255, as the authors do) unless no pixel reaches 128: a 0/1 class-id mask would be all background.
 - nnunet: dataset.json fields, ``numTraining`` == number of label files, every channel file exists
   for every label, shapes (and NIfTI spacing) agree, images are finite, label values are declared
-  labels, image files without a label are reported.
+  labels, image files without a label are reported; NIfTI affines that differ between an image and
+  its label are a warning (the arrays are used as stored).
 
 ``level`` is "error" (the data will not load or will train on wrong values) or "warning".
 ``dataset_notes`` says, for data that loads, how it compares with the papers (Synapse: the split
@@ -291,6 +292,16 @@ def _check_nnunet(root: Path, report: _Report, reader) -> None:
                 report.add(splits, f"fold 0 names {case!r}, which has no label file")
 
 
+def _same_geometry(image: Path, label: Path) -> bool:
+    """Whether two NIfTI files place their voxels at the same points (affines within 1e-3 mm)."""
+    import nibabel as nib
+
+    try:
+        return bool(np.allclose(nib.load(str(image)).affine, nib.load(str(label)).affine, rtol=1e-4, atol=1e-3))
+    except Exception:  # noqa: BLE001  (unreadable files are reported by the reads before)
+        return True
+
+
 def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set[int], report: _Report) -> None:
     lab_path = nn_io.label_path(root, case, ending)
     volume = nn_io.is_volume_ending(ending)
@@ -333,6 +344,11 @@ def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set
             report.add(path, f"shape {image.shape} differs from label {lab_path.name} {label.shape}")
         if spacing is not None and img_spacing is not None and not np.allclose(spacing, img_spacing, rtol=1e-4):
             report.add(path, f"spacing {img_spacing} differs from label {lab_path.name} {spacing}")
+        elif volume and label is not None and not _same_geometry(path, lab_path):
+            # the arrays are read as stored: a label stored flipped (its affine flipped too) lies on the
+            # image mirrored. nnU-Net's dataset check warns on this too
+            report.add(path, f"origin or orientation differs from label {lab_path.name} (NIfTI affines); the "
+                             "arrays are used as stored, so image and label may not overlay", "warning")
     if not volume and channels != n_ch:
         report.add(nn_io.channel_path(root, case, 0, ending), f"{channels} channels; dataset.json declares {n_ch}")
 
