@@ -536,7 +536,8 @@ def data_convert(
 ) -> None:
     """Convert data as distributed into the layout a reader expects.
 
-    btcv -> TransUNet's Synapse layout (HU window [-125, 275] scaled to [0, 1], the papers' organ ids, TransUNet's 18/12 split, spacing.csv);
+    btcv -> TransUNet's Synapse layout (HU window [-125, 275] scaled to [0, 1], the papers' organ ids,
+    TransUNet's 18/12 split, spacing.csv);
     msd -> nnU-Net v2's raw layout (as nnUNetv2_convert_MSD_dataset: modalities split into _0000, ...).
 
     Example: bench data convert --source msd --raw Task03_Liver --out data/Dataset003_Liver

@@ -144,6 +144,16 @@ _REQUIRED_PER_CASE = {
 # ids and validation
 
 
+def split_name(fold: int | None) -> str:
+    """A record's ``split``: "test" (the dataset's test split) or "fold<k>" (cross-validation)."""
+    return "test" if fold is None else f"fold{fold}"
+
+
+def split_fold(split: str) -> int | None:
+    """The cross-validation fold a record's ``split`` names; None for the dataset's test split."""
+    return int(split[4:]) if split.startswith("fold") else None
+
+
 def new_run_id(dataset: str, protocol: str, model: str, seed: int) -> str:
     """``"{dataset}-{protocol}-{model}-s{seed}-{8 hex}"``, safe as a file name.
 

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import CASE_COLUMNS, RUN_ID_COLUMNS, atomic_write_text, load
+from bench.records import CASE_COLUMNS, RUN_ID_COLUMNS, atomic_write_text, load, split_fold
 
 __all__ = ["BoardKey", "ReportFormat", "METRICS", "label_runs", "leaderboards", "render", "write_report"]
 
@@ -99,7 +99,7 @@ def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
     name = df["dataset_name"] if "dataset_name" in df else df["dataset"]
     df["board_dataset"] = np.where(df["synthetic"].astype(bool), name + " (synthetic)", name)
     if "split" in df:  # a fold's test cases are other cases: its numbers never average with a fixed split's
-        df["board_dataset"] = np.where(df["split"].astype(str).str.startswith("fold"),
+        df["board_dataset"] = np.where(df["split"].astype(str).map(split_fold).notna(),
                                        df["board_dataset"] + CV_LABEL, df["board_dataset"])
     hashes = df.groupby(["board_dataset", "protocol", "policy"])["protocol_hash"].transform("nunique")
     labels = []
@@ -202,7 +202,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
 
 def _folds(splits: pd.Series) -> str:
     """The cross-validation folds a model's runs tested, "0-4" or "0, 2"; "" for a fixed test split."""
-    folds = sorted({int(s[4:]) for s in splits.astype(str) if s.startswith("fold")})
+    folds = sorted({f for f in splits.astype(str).map(split_fold) if f is not None})
     if len(folds) > 2 and folds == list(range(folds[0], folds[-1] + 1)):
         return f"{folds[0]}-{folds[-1]}"
     return ", ".join(map(str, folds))

@@ -70,8 +70,7 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
         raise BenchError(f"{path}: not found; run {rec['run_id']} can only be {what} from its run directory")
     protocol = record_protocol(rec, protocol_file)
     split = rec["split"]
-    fold = int(split[4:]) if split.startswith("fold") else None
-    dataset = open_dataset(rec["dataset"], run_data_root(rec, results_dir), fold)
+    dataset = open_dataset(rec["dataset"], run_data_root(rec, results_dir), records.split_fold(split))
     scored = sorted({row["case"] for row in rec["per_case"]})
     if sorted(scored_ids(dataset, protocol)) != scored:
         raise BenchError(f"run {rec['run_id']}: its {split} split of {rec['data_root']} now holds other cases than "

@@ -53,7 +53,7 @@ class RunSpec:
 
     @property
     def split(self) -> str:
-        return "test" if self.fold is None else f"fold{self.fold}"
+        return records.split_name(self.fold)
 
     @property
     def key(self) -> str:
@@ -192,7 +192,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "model_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.bench_config.items()},
         "dataset": spec.dataset,
         "dataset_name": dataset.dataset_name,
-        "data_root": str(spec.data_root.expanduser().resolve()),  # rescore and predict may start elsewhere
+        "data_root": str(spec.data_root.resolve()),  # rescore and predict may start elsewhere
         "synthetic": spec.synthetic,
         "split": spec.split,
         "protocol": protocol.to_record(),
@@ -400,8 +400,8 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
             raise BenchError(f"--folds {bad[0]}: {data_root} has folds 0..{n - 1}")
     split_sha = {f: None if f is None else _ids_sha(open_dataset(dataset, data_root, fold=f).test_ids())
                  for f in fold_list}
-    data_id = made or str(Path(data_root).resolve())
-    return [RunSpec(m, dataset, protocol, s, Path(data_root), synthetic, chosen, extra, fold, inits.get(m),
+    data_id = made or str(data_root.resolve())
+    return [RunSpec(m, dataset, protocol, s, data_root, synthetic, chosen, extra, fold, inits.get(m),
                     split_sha[fold], data_id)
             for m in models for s in seeds for fold in fold_list]
 

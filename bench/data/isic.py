@@ -6,8 +6,8 @@ On disk::
     <root>/val/images/*.png     <root>/val/masks/*.png
 
 Images and masks are paired by name where the names correspond (a mask named as its image, or as
-its image plus ``_...`` or ``-...``: ``ISIC_0000000_segmentation.png``), else by **sorted filename order**, as
-the authors' ``NPY_datasets`` does; on their data the two agree, and pairing by name keeps a
+its image plus ``_...`` or ``-...``: ``ISIC_0000000_segmentation.png``), else by **sorted
+filename order**, as the authors' ``NPY_datasets`` does; on their data the two agree, and pairing by name keeps a
 renamed or missing file from shifting every later mask onto the wrong image. The authors' test
 set *is* ``val/`` (spec/ssm_models.md 1.4), so ``test_ids()`` are the ``val`` images.
 
@@ -101,8 +101,8 @@ def _image_of(mask_stem: str, image_stems: set[str]) -> str | None:
 def pair_files(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
     """Pair images with masks, in the images' sorted order.
 
-    By name where the names correspond (a mask named as its image, or as its image plus ``_...``,
-    as ISIC's ``_segmentation`` masks): then every image needs its mask and every mask its image. By
+    By name where the names correspond (a mask named as its image, or as its image plus ``_...`` or
+    ``-...``, as ISIC's ``_segmentation`` masks): then every image needs its mask and every mask its image. By
     sorted file name, as the authors' loaders pair, where no mask name matches any image (another
     naming scheme: ``img_001`` / ``mask_001``). Returns ``(pairs, problems)``; ``problems`` lists
     ``(path, message)`` and is non-empty (with ``pairs`` empty) when a folder is missing, a name
@@ -204,13 +204,14 @@ def test_set_folders(folder: Path) -> tuple[list[str], list[tuple[Path, str]]]:
     unseen (``Images/``, ``image/``). Hidden folders and macOS's ``__MACOSX`` are no test sets."""
     if not folder.is_dir():
         return [], []
-    subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX")
-    problems = []
-    for p in subs:
-        if not (p / "images").is_dir():
+    sets, problems = [], []
+    for p in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX"):
+        if (p / "images").is_dir():
+            sets.append(p.name)
+        else:
             found = ", ".join(sorted(q.name + "/" for q in p.iterdir() if q.is_dir())) or "no folders"
             problems.append((p, f"a test set needs images/ and masks/ folders (found {found})"))
-    return [p.name for p in subs if (p / "images").is_dir()], problems
+    return sets, problems
 
 
 class MultiSetDataset(BinaryFolderDataset):
@@ -219,8 +220,9 @@ class MultiSetDataset(BinaryFolderDataset):
 
         <root>/<train_dir>/{images,masks}/     <root>/<test_dir>/<set>/{images,masks}/
 
-    The test sets are the subfolders of ``<test_dir>`` (``sets``, sorted; ``test_set_folders``). Test ids are ``"<set>/<stem>"``, so per-set tables split on the ``/``
-    (``bench.report.split_test_sets``). Subclasses name the two folders."""
+    The test sets are the subfolders of ``<test_dir>`` (``sets``, sorted; ``test_set_folders``). Test
+    ids are ``"<set>/<stem>"``, so per-set tables split on the ``/`` (``bench.report.split_test_sets``).
+    Subclasses name the two folders."""
 
     train_dir: str = ""
     test_dir: str = ""
