@@ -197,8 +197,9 @@ def run(
         parse_shard(shard)  # before anything is written
     names = resolve_models(models)
     proto = load_protocol(default_protocol(dataset, protocol))
-    # --(no-)pretrained changes the recipe only where a chosen model has a pretrained file
-    moot = pretrained == proto.pretrained or not any(get_entry(n).init for n in names)
+    # --(no-)pretrained changes the recipe only where a chosen model has a pretrained file (an override
+    # equal to the protocol's value changes nothing anywhere: Protocol.with_overrides)
+    moot = not any(get_entry(n).init for n in names)
     patch = _parse_ints(patch_size, "--patch-size", "64,128,128") if patch_size else None
     proto = proto.with_overrides(epochs=epochs, max_iterations=max_iterations, batch_size=batch_size,
                                  img_size=img_size, patch_size=patch, lr=lr, pretrained=None if moot else pretrained,
@@ -227,8 +228,9 @@ def run(
         + (f" · {distributed.world().size} processes" if distributed.world().distributed else ""))
     for spec in specs:
         distributed.barrier()  # every rank sees the same finished records
-        if record_path(results, spec.key).is_file():
-            say(f"  {spec.key}: finished earlier, skipped")
+        done = next((k for k in (spec.key, *spec.earlier_keys) if record_path(results, k).is_file()), None)
+        if done:
+            say(f"  {done}: finished earlier, skipped")
             continue
         rescored = rescored_twin(spec, results)
         if rescored:

@@ -199,14 +199,28 @@ class Protocol:
                 top[key] = value
             else:
                 raise BenchError(f"cannot override protocol field {key!r}")
-        changed = dataclasses.replace(
+        changed = _checked(dataclasses.replace(
             self,
             train=dataclasses.replace(self.train, **train),
             eval=dataclasses.replace(self.eval, **ev),
             overrides={**self.overrides, **changes},
             **top,
-        )
-        return _checked(changed, "override")
+        ), "override")
+        # an option that repeats the protocol's own value (checked, so 0.01 == 1e-2, [8, 8] == (8, 8))
+        # changes nothing: the run stays on-protocol and counts as done with runs without it
+        same = {key for key in changes if _field(changed, key) == _field(self, key)}
+        if len(same) == len(changes):
+            return self
+        return dataclasses.replace(changed, overrides={k: v for k, v in changed.overrides.items()
+                                                       if k not in same or k in self.overrides})
+
+
+def _field(protocol: Protocol, key: str) -> Any:
+    """The value of an overridable field, wherever it lives (top level, train or eval)."""
+    for part in (protocol.train, protocol.eval, protocol):
+        if key in {f.name for f in dataclasses.fields(part)}:
+            return getattr(part, key)
+    raise KeyError(key)
 
 
 # The names a protocol may use; the training loop and bench.transforms implement exactly these.
