@@ -58,7 +58,6 @@ __all__ = [
     "records_dir",
     "record_path",
     "load",
-    "find_finished",
 ]
 
 SCHEMA_VERSION = 1
@@ -504,39 +503,3 @@ def _numeric(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         if col in frame.columns:
             frame[col] = pd.to_numeric(frame[col], errors="coerce")
     return frame
-
-
-def find_finished(
-    results_dir: Path,
-    *,
-    model: str,
-    dataset: str,
-    protocol_hash: str,
-    seed: int,
-    model_config: Mapping[str, Any] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    synthetic: bool | None = None,
-) -> str | None:
-    """``run_id`` of a finished run with this exact configuration, or None (for ``--resume``).
-
-    ``model_config`` and protocol ``overrides`` compare as canonical JSON (``None`` = ``{}``), so a
-    run with other overrides never counts as done. ``synthetic=None`` matches either.
-    """
-    if not (Path(results_dir) / "records").is_dir():
-        return None
-    want_config = _canonical(model_config or {})
-    want_overrides = _canonical(overrides or {})
-    for _, rec in _iter_records(results_dir):
-        if (
-            rec["status"] == "finished"
-            and not rec.get("rescored_from")  # `bench rescore` records reuse another run's training
-            and rec["model"] == model
-            and rec["dataset"] == dataset
-            and rec["protocol"]["hash"] == protocol_hash
-            and rec["seed"] == seed
-            and _canonical(rec["model_config"]) == want_config
-            and _canonical(rec["protocol"]["overrides"]) == want_overrides
-            and (synthetic is None or rec["synthetic"] == synthetic)
-        ):
-            return rec["run_id"]
-    return None

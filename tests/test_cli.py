@@ -51,6 +51,34 @@ def test_finished_runs_are_skipped(smoke_results):
     assert len(records.load(smoke_results)) == 1
 
 
+def test_runs_on_data_of_ones_own_follow_its_files_not_its_path(tmp_path):
+    """A copy of the data elsewhere (a node-local copy in a grid, a moved disk) is the same data: its
+    finished runs are skipped, as is a record written when runs were identified by their data's path."""
+    import shutil
+
+    from bench.data import synthesize
+    from bench.protocol import load_protocol
+    from bench.registry import get_entry
+    from bench.run import plan_grid
+
+    here = synthesize("synapse", tmp_path / "here" / "Synapse")
+    (here / ".bench-synthetic.json").unlink()  # as data of one's own
+    there = shutil.copytree(here, tmp_path / "there" / "Synapse")
+    res = tmp_path / "res"
+    run = lambda root: _bench("run", "--models", "unet", "--dataset", "synapse", "--data-root", root,  # noqa: E731
+                              "--protocol", "smoke", "--results", res, *FAST).stdout
+    assert "skipped" not in run(here)
+    (rec,) = (res / "records").glob("*.json")
+    assert "finished earlier, skipped" in run(there) and len(list((res / "records").glob("*.json"))) == 1
+    proto = load_protocol("smoke").with_overrides(max_iterations=4, img_size=32)
+    (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[proto.seed], data_root=here,
+                        synthetic=False, results_dir=res, model_overrides=dict(get_entry("unet").tiny))
+    assert rec.stem == spec.key and spec.data_id.startswith("files:")
+    (earlier,) = spec.earlier_keys  # the id by path, as records written before had it
+    rec.rename(rec.with_name(f"{earlier}.json"))
+    assert f"{earlier}: finished earlier, skipped" in run(here)
+
+
 def test_data_root_from_synth_matches_synthetic(smoke_results, tmp_path):
     data = tmp_path / "syn"
     _bench("data", "synth", "--like", "synapse", "--out", data)

@@ -689,6 +689,34 @@ def test_fold_runs_are_identified_by_their_cases(roots, tmp_path):
     assert now[0] != generated[0] and now[1] != generated[1] and now[2:] == generated[2:]
 
 
+@pytest.mark.parametrize("kind", ["synapse", "isic", "polyp", "isic_all", "nnunet", "nnunet2d"])
+def test_data_is_identified_by_its_files_wherever_it_lies(roots, tmp_path, kind):
+    """content_id: the same files under another root are the same data; a file of another size, a
+    missing one or a changed split file make other data."""
+    dataset = {"isic": "isic17", "nnunet2d": "nnunet"}.get(kind, kind)
+    (tmp_path / "a").mkdir()
+    a = _copy(roots[kind], tmp_path / "a")
+    b = Path(shutil.copytree(a, tmp_path / "b" / "copy"))
+    ident = lambda root: open_dataset(dataset, root).content_id()  # noqa: E731
+    assert ident(a) == ident(b) and ident(a).startswith("files:")
+    files = open_dataset(dataset, b).source_files()
+    assert files and all(f.is_file() for f in files)
+    stored = {p for p in b.rglob("*") if p.is_file() and not p.name.startswith(".") and "lists" not in p.parts}
+    assert set(files) == stored  # every file but Synapse's lists (the files they name stand for them)
+    with files[-1].open("ab") as f:
+        f.write(b"\0")
+    grown = ident(b)
+    assert grown != ident(a)
+    if kind == "synapse":  # a listed file gone (elsewhere a file gone is an unpaired item or a case gone)
+        files[0].unlink()
+        assert ident(b) not in (grown, ident(a))
+    if kind == "nnunet2d":
+        from bench.data.nnunet import crossval_splits
+
+        (a / "splits_final.json").write_text(json.dumps(crossval_splits([f"synth_{i:03d}" for i in range(5)])))
+        assert open_dataset(dataset, a).content_id() != ident(b)
+
+
 def test_acdc_protocol_needs_the_split_file(roots, tmp_path):
     from bench.data.nnunet import crossval_splits
     from bench.protocol import load_protocol

@@ -8,7 +8,7 @@ import pytest
 
 from bench import records
 from bench.errors import BenchError
-from bench.records import RUN_COLUMNS, find_finished, load, new_run_id, validate_record, write_record
+from bench.records import RUN_COLUMNS, load, new_run_id, validate_record, write_record
 
 try:
     from tests.fixtures import SYNAPSE_CLASSES, make_record
@@ -197,15 +197,4 @@ def test_corrupt_file_error_names_the_file(tmp_path):
     bad.write_text(json.dumps({"schema": 1, "run_id": "x"}))
     with pytest.raises(BenchError, match=r"synapse-broken\.json.*\n.*missing"):
         load(tmp_path)
-
-
-def test_find_finished(tmp_path):
-    rec = make_record("unet", seed=2, model_config={"base_c": 8})
-    write_record(rec, tmp_path)
-    key = dict(model="unet", dataset="synapse", protocol_hash=rec["protocol"]["hash"], seed=2)
-    assert find_finished(tmp_path, **key, model_config={"base_c": 8}) == rec["run_id"]
-    assert find_finished(tmp_path, **key) is None  # other model_config
-    assert find_finished(tmp_path, **{**key, "seed": 3}, model_config={"base_c": 8}) is None
-    assert find_finished(tmp_path, **key, model_config={"base_c": 8}, overrides={"epochs": 2}) is None
-    assert find_finished(tmp_path / "empty", **key) is None
 

@@ -13,6 +13,8 @@ file, raised as each item is loaded: ``reading`` and ``class_ids`` below (table:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -145,6 +147,25 @@ class SegDataset:
 
     def load_test(self, case_id: str) -> Case:
         raise NotImplementedError
+
+    def source_files(self) -> list[Path]:
+        """The files the items and the split are read from, in a fixed order (``content_id``)."""
+        raise NotImplementedError
+
+    def content_id(self) -> str:
+        """``files:<sha256[:16]>`` of ``source_files`` as (path below the root, size): what identifies
+        data of one's own in run ids. A copy or another mount of the same files keeps it (a grid over
+        node-local copies, a moved disk: finished runs stay finished), edited or re-exported data gets
+        another. Sizes stand in for contents, so planning a grid reads no image."""
+        entries = []
+        for path in self.source_files():
+            try:
+                size = path.stat().st_size
+            except OSError:
+                size = None  # listed but missing: reading it fails later, with its name
+            entries.append((path.relative_to(self.root).as_posix(), size))
+        blob = json.dumps([self.dataset_name, self.num_classes, entries]).encode()
+        return "files:" + hashlib.sha256(blob).hexdigest()[:16]
 
     # --- predictions (bench predict) ----------------------------------------------------------
 

@@ -191,6 +191,9 @@ class BinaryFolderDataset(SegDataset):
         image, mask = load_pair(*self._lookup(self._test, case_id, "test"))
         return Case(case_id=case_id, image=image, label=mask, spacing=None)
 
+    def source_files(self) -> list[Path]:
+        return [path for index in (self._train, self._test) for pair in index.values() for path in pair]
+
     def _lookup(self, index: dict[str, tuple[Path, Path]], item_id: str, split: str) -> tuple[Path, Path]:
         try:
             return index[item_id]

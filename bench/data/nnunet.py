@@ -531,6 +531,13 @@ class NnUNetDataset(SegDataset):
         sources.append(label_path(self.root, case, self.file_ending))
         return [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sources if p.is_file()]
 
+    def source_files(self) -> list[Path]:
+        split = self.root / "splits_final.json"
+        cases = [path for case in self.cases for path in (
+            *(channel_path(self.root, case, c, self.file_ending) for c in range(self.in_chans)),
+            label_path(self.root, case, self.file_ending))]
+        return [self.root / "dataset.json", *([split] if split.is_file() else []), *cases]
+
     def train_geometry(self):
         if not self.volumes:
             return super().train_geometry()

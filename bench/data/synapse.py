@@ -226,6 +226,11 @@ class SynapseDataset(SegDataset):
         image, label, spacing = read_volume(_existing(self.test_dir / f"{case_id}{H5_SUFFIX}"))
         return Case(case_id=case_id, image=image, label=label, spacing=spacing or self._spacing.get(case_id))
 
+    def source_files(self) -> list[Path]:
+        table = self.root / SPACING_FILE  # HD95 in mm reads it
+        return ([self.train_dir / f"{i}.npz" for i in self._train] + [self.test_dir / f"{i}{H5_SUFFIX}" for i in self._test]
+                + ([table] if table.is_file() else []))
+
 
 def _existing(path: Path) -> Path:
     if not path.is_file():
