@@ -10,7 +10,8 @@ Definitions (each named, because the same name means different numbers elsewhere
   and the result is the 95th percentile (numpy, linear) of the distances of BOTH directions
   POOLED. Voxel units unless ``spacing`` (mm per axis, in array-axis order) is given.
 - ``hd95_max_directed``: MONAI's ``HausdorffDistanceMetric(percentile=95)``: the larger of the two
-  directed 95th percentiles. Never smaller than the pooled value, often a little larger.
+  directed 95th percentiles. Usually equal to the pooled value or a little larger; with
+  interpolated percentiles of few distances it can also come out a little smaller.
 
 Speed: erosion and distance transforms run only inside the bounding box of the two masks' union
 plus a one-voxel margin, clipped to the array (MONAI crops the same way). This is exact: every
@@ -54,7 +55,7 @@ from bench.errors import BenchError
 __all__ = [
     "HD_DEFINITIONS", "PENALTY", "POLICIES", "Outcome", "Policy", "PooledConfusion", "aggregate",
     "aggregate_per_class", "class_tolerances", "confusion", "dice", "get_policy", "hd95", "hd95_max_directed",
-    "hd95_penalty", "iou", "nsd", "policy_fields", "pooled_from_counts", "pooled_metrics", "score_case",
+    "hd95_penalty", "iou", "nsd", "policy_fields", "policy_misfit", "pooled_from_counts", "pooled_metrics", "score_case",
     "surface_distances",
 ]
 
@@ -238,9 +239,9 @@ class Policy:
     "max_directed" = MONAI, None = not computed), the empty-mask ``Outcome``s (``both_empty``,
     ``ref_only`` = a missed structure, ``pred_only`` = a false positive on an absent structure),
     ``penalty`` (how a ``PENALTY`` HD95 is computed: "diagonal" = ``hd95_penalty``),
-    ``zero_division`` (Acc/Spe/Sen, and legacy-isic's per-image Dice/IoU, when a denominator is 0),
-    ``threshold`` (foreground probability for ``PooledConfusion``) and ``table``, the four-row rule
-    table that also becomes the instance's ``__doc__``.
+    ``zero_division`` (Acc/Spe/Sen, and legacy-isic's per-image Dice/IoU, when a denominator is 0)
+    and ``table``, the four-row rule table that also becomes the instance's ``__doc__``. (The
+    foreground threshold of binary predictions is the protocol's ``eval.threshold``.)
     """
 
     name: str
@@ -252,7 +253,6 @@ class Policy:
     pred_only: Outcome
     penalty: str | None
     zero_division: float
-    threshold: float = 0.5
     table: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
@@ -334,7 +334,7 @@ _STRICT_MONAI = replace(
     _STRICT, name="strict-monai", hd_definition="max_directed",
     table="""strict-monai: strict with MONAI's HD95 (``HausdorffDistanceMetric(percentile=95)``, also
     ``compute_hausdorff_distance``): the larger of the two directed 95th percentiles, in mm with the
-    case's spacing, instead of medpy's 95th percentile of the pooled distances (never smaller), so
+    case's spacing, instead of medpy's 95th percentile of the pooled distances (usually equal or a little larger), so
     HD95 compares with MONAI-based papers. Dice, empty-mask rules, penalty and NaN counting as strict.
 
     | case                              | Dice | HD95                                      |
@@ -357,6 +357,17 @@ def get_policy(policy: str | Policy) -> Policy:
         hint = f"; did you mean {close[0]!r}?" if close else "."
         raise BenchError(f"unknown metric policy {policy!r}{hint} Known policies: {', '.join(POLICIES)}")
     return POLICIES[policy]
+
+
+def policy_misfit(policy: str | Policy, n_foreground: int, what: str) -> str | None:
+    """Why ``policy`` cannot score data with ``n_foreground`` classes (``what`` names it), or None: a
+    pooled policy (one confusion matrix, VM-UNet's binary metrics) pooled over several classes would
+    weight each by its pixel count and count the background once per class."""
+    pol = get_policy(policy)
+    if pol.pooled and n_foreground > 1:
+        return (f"policy {pol.name!r} pools one confusion matrix of a binary mask (VM-UNet's ISIC metrics); "
+                f"{what} has {n_foreground} foreground classes: strict or legacy-synapse score each class")
+    return None
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -592,6 +603,9 @@ def aggregate(rows: Any, policy: str | Policy) -> dict[str, Any]:
     pol = get_policy(policy)
     df = _frame(rows, ("class",) + (COUNTS if pol.pooled else METRICS))
     n_classes = int(df["class"].nunique())
+    misfit = policy_misfit(pol, n_classes, "this data")
+    if misfit:
+        raise BenchError(misfit)
     n_cases = int(df["case"].nunique()) if "case" in df else int(df.groupby("class").size().max())
     if pol.pooled:
         return {**pooled_from_counts(df), "hd95": NAN, "n_cases": n_cases, "n_classes": n_classes}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from bench.data import open_dataset
 from bench.data.base import SegDataset
 from bench.errors import BenchError
 from bench.evaluate import evaluate, scored_ids
-from bench.metrics import get_policy, policy_fields
+from bench.metrics import get_policy, policy_fields, policy_misfit
 from bench.protocol import Protocol, load_protocol
 from bench.registry import create_model
 from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, load_checkpoint
@@ -132,8 +133,16 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
               & ~df[twin].astype(str).apply(tuple, axis=1).isin(trained)]
     if models is not None:
         todo = todo[todo["model"].isin(models)]
-    return [json.loads(records.record_path(results_dir, rid).read_text(encoding="utf-8"))
+    recs = [json.loads(records.record_path(results_dir, rid).read_text(encoding="utf-8"))
             for rid in sorted(todo["run_id"])]
+    # a pooled policy scores binary tasks only: other runs are left out, and said so
+    misfit = {r["run_id"]: policy_misfit(policy, len(r["per_class"]), f"run {r['run_id']}") for r in recs}
+    unfit = [m for m in misfit.values() if m]
+    if unfit and len(unfit) == len(recs):
+        raise BenchError(unfit[0])
+    if unfit:
+        warnings.warn(f"{len(unfit)} run(s) left out: {unfit[0]}", stacklevel=2)
+    return [r for r in recs if not misfit[r["run_id"]]]
 
 
 def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: torch.device,

@@ -28,7 +28,7 @@ from bench.data.preprocess import (cache_training_volumes, preprocess_processes,
 from bench.errors import BenchError
 from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
-from bench.metrics import get_policy, policy_fields
+from bench.metrics import policy_fields, policy_misfit
 from bench.protocol import Protocol
 from bench.registry import check_buildable, create_model, get_entry, list_models, load_weights
 from bench.train import seed_everything, train_model
@@ -375,7 +375,9 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     if hint:
         warnings.warn(hint, stacklevel=2)
     chosen = policy or protocol.metric_policy or ds.default_policy
-    get_policy(chosen)
+    misfit = policy_misfit(chosen, 1 if ds.binary else ds.num_classes - 1, f"{dataset!r} data at {data_root}")
+    if misfit:
+        raise BenchError(misfit)
     resolve_nsd_tolerance(protocol, ds, chosen)  # a per-class table must name exactly the dataset's classes
     inits = resolve_inits(models, protocol, pretrained_dir)
     if protocol.normalize == "ct_foreground":

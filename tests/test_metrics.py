@@ -507,3 +507,17 @@ def test_aggregate_all_nan_class_and_errors():
         M.aggregate([], "strict")
     with pytest.raises(BenchError, match="lack column"):
         M.aggregate([{"class": 1, "dice": 0.5}], "strict")
+
+
+def test_pooled_policy_refuses_several_classes():
+    """One confusion matrix over two organs would weight them by pixel count (a 40² square scored
+    1.0 and a 4² one 0.25 pool to ~0.99): legacy-isic is VM-UNet's binary convention only."""
+    gt = np.zeros((48, 48), np.uint8)
+    gt[2:42, 2:42], gt[44:48, 44:48] = 1, 2
+    pred = gt.copy()
+    pred[44:48, 44:48], pred[44:48, 42:46] = 0, 2
+    rows = M.score_case(pred, gt, 3, "legacy-isic")
+    with pytest.raises(BenchError, match="'legacy-isic' pools .* this data has 2 foreground classes"):
+        M.aggregate(rows, "legacy-isic")
+    assert M.aggregate(rows[:1], "legacy-isic")["dice"] == 1.0
+    assert M.policy_misfit("strict", 8, "x") is None and M.policy_misfit("legacy-isic", 1, "x") is None

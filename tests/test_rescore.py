@@ -13,7 +13,7 @@ import torch
 from bench.data import synthetic_root
 from bench.errors import BenchError
 from bench.protocol import PROTOCOL_DIR, load_protocol
-from bench.records import load, record_path
+from bench.records import load, record_path, write_record
 from bench.registry import get_entry
 from bench.report import leaderboards
 from bench.rescore import plan_rescore, record_protocol, rescore_record, weights_path
@@ -63,9 +63,23 @@ def test_rescored_metrics_equal_a_run_trained_under_that_policy(trained, tmp_pat
     assert {k.policy for k in leaderboards(df)} == {"legacy-synapse", "strict"}
     # done once: neither the original nor the rescored record is planned again
     assert plan_rescore(results, "strict") == []
-    assert [r["run_id"] for r in plan_rescore(results, "legacy-isic")] == [legacy["run_id"]]
+    # VM-UNet's pooled confusion matrix is a binary task's: 8 organs are refused, not pooled together
+    with pytest.raises(BenchError, match=rf"'legacy-isic' pools .*; run {legacy['run_id']} has 8 foreground classes"):
+        plan_rescore(results, "legacy-isic")
     assert plan_rescore(results, "legacy-synapse") == []  # already its policy
     assert plan_rescore(results, "strict", models=["vmunet"]) == []
+
+
+def test_a_pooled_policy_leaves_multi_class_runs_out_and_says_so(trained, tmp_path):
+    root, results, legacy = trained
+    with pytest.raises(BenchError, match=r"'legacy-isic' pools .*; 'synapse' data at .* has 8 foreground classes"):
+        _run(root, tmp_path / "res", "legacy-isic")  # refused where the grid is planned
+    shutil.copytree(results, tmp_path / "mixed")
+    binary = {**legacy, "run_id": "isic17-smoke-unet-s0-00000000", "dataset": "isic17",
+              "per_class": legacy["per_class"][:1]}
+    write_record(binary, tmp_path / "mixed")
+    with pytest.warns(UserWarning, match=rf"1 run\(s\) left out: .*run {legacy['run_id']} has 8 foreground"):
+        assert [r["run_id"] for r in plan_rescore(tmp_path / "mixed", "legacy-isic")] == [binary["run_id"]]
 
 
 def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
