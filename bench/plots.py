@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -71,7 +72,11 @@ def _slug(text: str) -> str:
 
 
 def _board_slug(key: Sequence[str]) -> str:
-    return "__".join(_slug(part) for part in key)
+    """The board's part of a file name: readable, at most 80 characters of slug, and unique through
+    a short hash of the exact key (slugs drop case and non-ASCII, and long override lists would pass
+    the file system's 255-byte name limit)."""
+    digest = hashlib.sha256(json.dumps(list(key)).encode()).hexdigest()[:8]
+    return f"{'__'.join(_slug(part) for part in key)[:80]}-{digest}"
 
 
 def _board_title(key: Sequence[str]) -> str:
@@ -98,28 +103,16 @@ def _save(fig, path: Path) -> Path:
         _pyplot().close(fig)
 
 
+def _true(value) -> bool:
+    """A profile's flag as loaded (bool, numpy.bool_, or NaN where a column was missing)."""
+    return isinstance(value, (bool, np.bool_)) and bool(value)
+
+
 def _finite(value) -> bool:
     try:
         return math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
-
-
-def _img_size(model_config: str) -> int | None:
-    try:
-        size = json.loads(model_config).get("img_size") if model_config else None
-    except (ValueError, AttributeError):
-        return None
-    if isinstance(size, (list, tuple)) and size:
-        size = size[-1]
-    return int(size) if _finite(size) else None
-
-
-def _side(input_shape) -> int | None:
-    try:
-        return int(str(input_shape).split("x")[-1])
-    except ValueError:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,7 +122,7 @@ def _side(input_shape) -> int | None:
 def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path) -> Path:
     """``points``: columns label, family, cost, dsc (%), dsc_std (%); NaN-free cost and dsc."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = plt.subplots(figsize=(7, 4.8), layout="constrained")
     front = np.array(pareto_front(points["cost"], points["dsc"]))
     for family, group in points.groupby("family", sort=True):
         colour = FAMILY_COLOURS.get(family, _OTHER_COLOUR)
@@ -143,12 +136,16 @@ def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path) -> Path:
                 label="Pareto front")
         ax.scatter(on["cost"], on["dsc"], s=110, facecolors="none", edgecolors="black", linewidths=1.5, zorder=3)
     for _, p in points.iterrows():
-        ax.annotate(p["label"], (p["cost"], p["dsc"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        label = p["label"] if len(p["label"]) <= 40 else p["label"][:39] + "…"  # long config labels
+        ax.annotate(label, (p["cost"], p["dsc"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    if points["cost"].min() > 0 and points["cost"].max() / points["cost"].min() > 20:
+        ax.set_xscale("log")  # 0.1 M to 100 M params: on a linear axis the small models pile up at 0
+        xlabel += " (log scale)"
     ax.set_xlabel(xlabel)
     ax.set_ylabel("DSC (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # beside, not over, the points
     return _save(fig, path)
 
 
@@ -163,8 +160,8 @@ def _timed_profiles(profiles: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     how = timed[["precision", "channels_last", "compiled"]].astype(str).agg("|".join, axis=1)
     timed = timed[how == how.value_counts().index[0]]
     first = timed.iloc[0]
-    layout = (" · channels_last" if first["channels_last"] is True else "") + (
-        " · compiled" if first["compiled"] is True else "")
+    layout = (" · channels_last" if _true(first["channels_last"]) else "") + (
+        " · compiled" if _true(first["compiled"]) else "")
     return timed, f"{fingerprint} · {first['precision']}{layout}"
 
 
@@ -172,38 +169,40 @@ def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, ou
     """DSC (%) against GMACs, params (M) and latency (ms), one PNG per board and cost axis.
 
     GMACs are the boards' (``bench.report.join_cost``: the records' own counts, else the profile
-    of the same model at the run's input size); latency comes from a ``bench profile`` row of the
-    same model and input size, with the most common device fingerprint, named in the title. A
-    count at another input size is never shown for a run. Error bars: std over seeds. The Pareto front
+    of the same model and configuration); latency comes from a ``bench profile`` row of the same
+    model and configuration, input size included (``bench.report.cost_key``), with the most common
+    device fingerprint, named in the title. A cost of another size or configuration is never shown
+    for a run. Error bars: std over seeds. The Pareto front
     (higher DSC, lower cost) is drawn as a step line with ringed markers. Points with a missing
     cost or DSC are left out; an axis without points writes no file.
     """
-    from bench.report import join_cost, leaderboards
+    from bench.report import cost_key, join_cost, leaderboards, scan_mark
 
     out_dir = Path(out_dir)
     profiles = df_profiles if df_profiles is not None else pd.DataFrame(columns=["model", "input_shape"])
     timed, timed_title = _timed_profiles(profiles) if not profiles.empty else (profiles[:0], "")
-    latency_of = {(m, _side(shape)): float(v) for m, shape, v in
-                  zip(timed.get("model", []), timed.get("input_shape", []), timed.get("latency_ms_median", []))}
+    latency_of = {cost_key(m, c): (float(v), scan_mark(b)) for m, c, v, b in
+                  zip(timed.get("model", []), timed.get("model_config", []), timed.get("latency_ms_median", []),
+                      timed.get("scan_backend", []))}
     boards = leaderboards(df_runs)
     join_cost(boards, profiles)
     written: list[Path] = []
     for key, board in boards.items():
         if "dice_mean" not in board:
             continue
-        base = [m.split(" (")[0] for m in board["model"]]
-        sizes = [_img_size(c) for c in board["model_config"]]
-        gmacs = pd.to_numeric(board["macs"], errors="coerce") / 1e9 if "macs" in board else [math.nan] * len(base)
-        latency = [latency_of.get((m, size), math.nan) for m, size in zip(base, sizes)]
+        gmacs = pd.to_numeric(board["macs"], errors="coerce") / 1e9 if "macs" in board else [math.nan] * len(board)
+        timing = [latency_of.get(cost_key(m, c), (math.nan, "")) for m, c in zip(board["model"], board["model_config"])]
         std = board["dice_std"] if "dice_std" in board else pd.Series(math.nan, index=board.index)
+        plain = board["model"].tolist()
         axes = [
-            ("gmacs", "GMACs", "GMACs (scan included)", gmacs, ""),
-            ("params", "params", "Params (M)", pd.to_numeric(board["params"], errors="coerce") / 1e6, ""),
-            ("latency", "latency", "Latency (ms, median, batch 1)", latency, f" · {timed_title}"),
+            ("gmacs", "GMACs", "GMACs (scan included)", gmacs, "", plain),
+            ("params", "params", "Params (M)", pd.to_numeric(board["params"], errors="coerce") / 1e6, "", plain),
+            ("latency", "latency", "Latency (ms, median, batch 1)", [t[0] for t in timing], f" · {timed_title}",
+             [m + t[1] for m, t in zip(plain, timing)]),  # a fallback scan's timing says so
         ]
-        for name, shown, xlabel, cost, extra in axes:
+        for name, shown, xlabel, cost, extra, labels in axes:
             points = pd.DataFrame({
-                "label": board["model"].values, "family": board["family"].values,
+                "label": labels, "family": board["family"].values,
                 "cost": np.asarray(cost, dtype=float), "dsc": board["dice_mean"].to_numpy(dtype=float) * 100,
                 "dsc_std": std.to_numpy(dtype=float) * 100,
             })
@@ -242,8 +241,11 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path) -> list[Path]:
         classes = list(dict.fromkeys(per_case.sort_values("class", kind="stable")["name"]))
         models = list(per_case.groupby("model_label")["dice"].median().sort_values(ascending=False).index)
         width = 0.8 / len(models)
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.5 + len(classes) * (0.35 + 0.25 * len(models))), 4.8))
-        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.5 + len(classes) * (0.35 + 0.25 * len(models))), 4.8),
+                               layout="constrained")
+        # one colour per model: the default cycle repeats after 10
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"] if len(models) <= 10 else [
+            plt.get_cmap("tab20")(i % 20) for i in range(len(models))]
         for m, model in enumerate(models):
             colour = colours[m % len(colours)]
             data, pos = [], []
@@ -264,7 +266,7 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_ylabel("DSC (%) per test case")
         ax.set_title(f"Per-class DSC · {_board_title(key)}", fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
         written.append(_save(fig, out_dir / f"per_class_dsc__{_board_slug(key)}.png"))
     return written
 
@@ -346,7 +348,7 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
                 curves.append((f"{run['model_label']} s{run['seed']}", scalars, fallback))
         if not curves:
             continue
-        fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 4.2))
+        fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
         for label, scalars, (ep_steps, ep_losses) in curves:
             if "train/loss" in scalars:
                 (line,) = ax_loss.plot(*scalars["train/loss"], linewidth=1, label=label)
@@ -359,7 +361,7 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
         ax_lr.set(xlabel="step", ylabel="learning rate", title="Learning rate")
         for ax in (ax_loss, ax_lr):
             ax.grid(True, alpha=0.3)
-        ax_loss.legend(fontsize=7, loc="best")
+        fig.legend(*ax_loss.get_legend_handles_labels(), fontsize=7, loc="outside right upper")
         fig.suptitle(f"Training · {_board_title(key)}", fontsize=9)
         written.append(_save(fig, out_dir / f"training_curves__{_board_slug(key)}.png"))
     return written

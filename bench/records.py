@@ -464,7 +464,7 @@ def load(results_dir: Path, level: str = "run") -> pd.DataFrame:
     ``dice/<class name>`` and ``hd95/<class name>`` per class, in class-id order.
 
     ``level="case"``: tidy long table, one row per (run, case, class): ``RUN_ID_COLUMNS`` repeated,
-    then ``CASE_COLUMNS`` (and any extra per-case keys).
+    then ``CASE_COLUMNS`` (and any extra per-case keys), then the run's ``hd95_unit``.
 
     JSON ``null`` reads back as NaN. An unreadable or invalid file raises ``BenchError`` naming
     it: silently dropping a result would change a leaderboard without anyone noticing. A results
@@ -474,7 +474,8 @@ def load(results_dir: Path, level: str = "run") -> pd.DataFrame:
         raise BenchError(f"load(level={level!r}): expected 'run' or 'case'")
     records = [rec for _, rec in _iter_records(results_dir)]
     if level == "case":
-        rows = [{**_run_ids(rec), **case} for rec in records for case in rec["per_case"]]
+        # each row names its HD95 unit (mm, voxels, pixels: the run's policy and data decide)
+        rows = [{**_run_ids(rec), **case, "hd95_unit": rec.get("hd95_unit")} for rec in records for case in rec["per_case"]]
         frame = pd.DataFrame(rows)
         extra = [c for c in frame.columns if c not in RUN_ID_COLUMNS + CASE_COLUMNS]
         frame = frame.reindex(columns=RUN_ID_COLUMNS + CASE_COLUMNS + extra)

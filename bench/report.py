@@ -86,7 +86,7 @@ _BOARD_COLUMNS = ["model", "family", "model_config", "n_seeds", "n_runs", "folds
 
 def _overrides_text(overrides_json: str) -> str:
     overrides = json.loads(overrides_json) if overrides_json else {}
-    return ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(overrides.items()))
+    return ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in sorted(overrides.items()))
 
 
 def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
@@ -123,7 +123,7 @@ def _config_labels(model: str, configs: pd.Series) -> list[str]:
     differing = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in parsed}) > 1]
     labels = []
     for p in parsed:
-        parts = [f"{k}={json.dumps(p[k])}" if k in p else f"{k}=default" for k in differing]
+        parts = [f"{k}={json.dumps(p[k], ensure_ascii=False)}" if k in p else f"{k}=default" for k in differing]
         labels.append(f"{model} ({', '.join(parts)})")
     return labels
 
@@ -152,7 +152,12 @@ def _display_name(col: str) -> str:
 
 
 def _board(group: pd.DataFrame) -> pd.DataFrame:
-    metrics = [m for m in METRICS if m in group.columns and group[m].notna().any()]
+    # HD95 stays where the policy computes it, NaN in every run too (the caption: NaN is shown)
+    from bench.metrics import POLICIES
+
+    policy = POLICIES.get(group["policy"].iloc[0])
+    computed = {"hd95"} if policy is not None and policy.hd_definition else set()
+    metrics = [m for m in METRICS if m in group.columns and (group[m].notna().any() or m in computed)]
     value_cols = metrics + _class_columns(group)
     rows = []
     for (label, config), runs in group.groupby(["model_label", "model_config"], sort=False):
@@ -356,15 +361,23 @@ def _render_md(boards: dict[BoardKey, pd.DataFrame]) -> str:
         title, note = _caption(key, board)
         shown = _display_table(board)
         align = ["left", "left"] + ["right"] * (shown.shape[1] - 2)
-        table = shown.to_markdown(index=False, disable_numparse=True, colalign=align)
-        parts.append(f"## {title}\n\n{note}\n\n{table}\n")
+        parts.append(f"## {title}\n\n{note}\n\n{_md_table(shown, align)}\n")
     return "\n".join(parts)
+
+
+def _md_table(table: pd.DataFrame, colalign: list[str] | None = None) -> str:
+    """A pipe table whose cells may hold ``|`` (a model config such as ``norm="a|b"``): escaped, so
+    the columns stay where they are."""
+    esc = lambda v: v.replace("|", "\\|") if isinstance(v, str) else v  # noqa: E731
+    table = table.rename(columns=esc).map(esc)
+    return table.to_markdown(index=False, disable_numparse=True, **({"colalign": colalign} if colalign else {}))
 
 
 _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "·": r"$\cdot$",
+    "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}", '"': r"\textquotedbl{}",
 }  # fmt: skip
 
 
@@ -374,7 +387,8 @@ def _latex_escape(text: str) -> str:
 
 def _render_latex(boards: dict[BoardKey, pd.DataFrame]) -> str:
     # A small booktabs emitter: DataFrame.to_latex needs jinja2, which is not a dependency.
-    parts = ["% Requires \\usepackage{booktabs}."]
+    parts = ["% Requires \\usepackage{booktabs} and \\usepackage{graphicx} (tables wider than the line are shrunk to it);"
+             " names outside Latin-1 need xelatex or lualatex."]
     for key, board in boards.items():
         title, note = _caption(key, board)
         table = _display_table(board)
@@ -383,13 +397,15 @@ def _render_latex(boards: dict[BoardKey, pd.DataFrame]) -> str:
             "\\begin{table}[t]",
             "\\centering",
             f"\\caption{{{_latex_escape(title)}. {_latex_escape(note)}}}",
+            # shrunk to the line where wider (Synapse's board has ~26 columns), never enlarged
+            "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",
             f"\\begin{{tabular}}{{{spec}}}",
             "\\toprule",
             " & ".join(_latex_escape(c) for c in table.columns) + " \\\\",
             "\\midrule",
         ]
         lines += [" & ".join(_latex_escape(v) for v in row) + " \\\\" for row in table.itertuples(index=False)]
-        lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+        lines += ["\\bottomrule", "\\end{tabular}", "}", "\\end{table}"]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -434,6 +450,25 @@ def _num(v, fmt: str) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
+def scan_mark(backend: Any) -> str:
+    """`` (ref scan)`` where a timing ran on a fallback scan, not the kernel the model would use
+    there (cpu, cuda): a reference backend is never shown as the model's speed without saying so."""
+    return "" if backend in (None, "cpu", "cuda") or (isinstance(backend, float) and math.isnan(backend)) \
+        else f" ({backend} scan)"
+
+
+def _profile_labels(g: pd.DataFrame) -> list[str]:
+    """Model names, with the config keys that differ where one model was profiled in several
+    configurations (``--tiny``, ``--set``, ``--num-classes``), as boards label runs."""
+    configs = pd.Series([json.dumps(c, sort_keys=True) if isinstance(c, dict) else "" for c in
+                         (g["model_config"] if "model_config" in g else [None] * len(g))], index=g.index)
+    labels = pd.Series(g["model"].astype(str), index=g.index)
+    for model, idx in g.groupby("model").groups.items():
+        if configs[idx].nunique() > 1:
+            labels[idx] = _config_labels(model, configs[idx])
+    return labels.tolist()
+
+
 def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """One display table per (device fingerprint, input shape, precision, layout, compile):
     timings only rank against timings taken the same way on the same machine."""
@@ -444,14 +479,12 @@ def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
     for (fp, shape, prec, cl, comp), g in df_prof.groupby(keys, sort=True):
         g = g.sort_values("macs")
         timed = g["latency_ms_median"].notna() if "latency_ms_median" in g else pd.Series(False, index=g.index)
-        # a reference scan backend is never shown as the model's speed without saying so
-        mark = ["" if b in (None, "cpu", "cuda") or (isinstance(b, float) and math.isnan(b)) else f" ({b} scan)"
-                for b in g["scan_backend"]]
+        mark = [scan_mark(b) for b in g["scan_backend"]]
         layout = (" · channels_last" if cl else "") + (" · torch.compile" if comp else "")
         title = f"Cost · input {shape} · {prec}{layout} · {fp}"
         none = [None] * len(g)  # columns a --no-timing profile has not got
         table = pd.DataFrame({
-            "Model": g["model"], "Family": g["family"],
+            "Model": _profile_labels(g), "Family": g["family"],
             "Params (M)": [_num(v / 1e6, ".2f") for v in g["params"]],
             "thop params (M)": [_num(v / 1e6, ".2f") for v in g["paper_params"]],
             "GMACs": [_g(v) for v in g["macs"]],
@@ -492,22 +525,35 @@ def render_cost_md(df_prof: pd.DataFrame) -> str:
     for title, table in cost_tables(df_prof).items():
         align = ["left", "left"] + ["right"] * (table.shape[1] - 2)
         parts.append(f"## {title}\n\n{COST_NOTE}\n\n"
-                     + table.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n")
+                     + _md_table(table, align) + "\n")
     return "\n".join(parts)
+
+
+_HEAD_KEYS = ("num_classes", "in_chans")
+
+
+def cost_key(model: str, config: Any) -> str:
+    """What makes a ``bench profile`` row the cost of a board row's model: the model (a board label's
+    name part) and its configuration, input size included, with the output classes and input
+    channels aside (they change the first and last layer only; profiles default to 9 and 3)."""
+    if isinstance(config, str):
+        config = json.loads(config) if config else {}
+    config = config if isinstance(config, dict) else {}  # a profile written before configs were kept
+    return json.dumps([model.split(" (")[0], {k: v for k, v in config.items() if k not in _HEAD_KEYS}],
+                      sort_keys=True)
 
 
 def join_cost(boards: dict[BoardKey, pd.DataFrame], df_prof: pd.DataFrame | None) -> None:
     """Fill ``macs``/``paper_macs`` of board rows whose records carry none (records written
-    before runs counted them) from the profile of the same model at the same input size (the
-    run's ``img_size``); counts do not depend on the device, so any fingerprint serves."""
+    before runs counted them) from the profile of the same model and configuration (``cost_key``);
+    counts do not depend on the device, so any fingerprint serves."""
     if df_prof is None or df_prof.empty:
         return
-    side = df_prof["input_shape"].str.split("x").str[-1].astype(int)
-    lookup = {(m, s): (a, b) for m, s, a, b in zip(df_prof["model"], side, df_prof["macs"], df_prof["paper_macs"])}
+    configs = df_prof["model_config"] if "model_config" in df_prof else [None] * len(df_prof)
+    lookup = {cost_key(m, c): (a, b) for m, c, a, b in
+              zip(df_prof["model"], configs, df_prof["macs"], df_prof["paper_macs"])}
     for board in boards.values():
-        keys = [(json.loads(c).get("img_size") if c else None) for c in board["model_config"]]
-        base = [m.split(" (")[0] for m in board["model"]]
-        pairs = [lookup.get((m, k), (math.nan, math.nan)) for m, k in zip(base, keys)]
+        pairs = [lookup.get(cost_key(m, c), (math.nan, math.nan)) for m, c in zip(board["model"], board["model_config"])]
         have = board["macs"].notna() if "macs" in board else pd.Series(False, index=board.index)
         board["macs"] = board["macs"].where(have, [p[0] for p in pairs])
         board["paper_macs"] = board["paper_macs"].where(have, [p[1] for p in pairs])
@@ -605,7 +651,8 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
             "Model": ranks["model"], "DSC (%)": [f"{100 * v:.2f}" for v in ranks["mean"]],
             "Rank": ranks["rank"], "P(rank 1)": [f"{p:.2f}" for p in ranks["p_rank_1"]],
             "95% rank interval": [f"{a}–{b}" for a, b in zip(ranks["rank_lo"], ranks["rank_hi"])],
-        }).to_markdown(index=False, disable_numparse=True)
+        })
+        rank_table = _md_table(rank_table)
         rank_note = ("Ranks by the board's DSC (its policy's aggregate) over the cases every model has; stability "
                      "from 1000 bootstrap resamples of those cases.")
         if tests.empty:
@@ -622,9 +669,9 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
         shown = pd.DataFrame({
             "Model": tests["model"], "Metric": [METRICS[m][0] for m in tests["metric"]],
             "Cases": tests["n_cases"],
-            "Mean diff (model − ref)": [f"{d * (100 if METRICS[m][1] else 1):+.2f}" for d, m in
+            "Mean diff (model − ref)": [_num(d * (100 if METRICS[m][1] else 1), "+.2f") for d, m in
                                         zip(tests["mean_diff"], tests["metric"])],
-            "Effect size (r)": [f"{r:+.2f}" for r in tests["effect_size"]],
+            "Effect size (r)": [_num(r, "+.2f") for r in tests["effect_size"]],
             "p (Wilcoxon)": [_num(p, ".3g") for p in tests["p"]],
             "p (Holm)": [_num(p, ".3g") for p in tests["p_holm"]],
         })
@@ -634,8 +681,7 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
         if key.policy == "legacy-synapse":
             note += (" Caution: under legacy-synapse a missed organ scores HD95 0 (the papers' rule), so a model "
                      "that finds nothing looks best on HD95; `--policy strict` penalises misses.")
-        parts.append(f"{title}\n\n{note}\n\n" + shown.to_markdown(index=False, disable_numparse=True)
-                     + "\n\n" + rank_table + "\n")
+        parts.append(f"{title}\n\n{note}\n\n" + _md_table(shown) + "\n\n" + rank_table + "\n")
     return "\n".join(parts)
 
 
@@ -822,8 +868,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
 
                 pub = load_published(None if published is True else Path(published))
                 for title, table in published_tables(boards, pub).items():
-                    shown = table.to_markdown(index=False, disable_numparse=True)
-                    extra.append(f"## {title}\n\n{PUBLISHED_NOTE}\n\n{shown}\n")
+                    extra.append(f"## {title}\n\n{PUBLISHED_NOTE}\n\n{_md_table(table)}\n")
             cost = render_cost_md(profiles)
             extra += [cost] if cost else []
             if out is not None:  # the images go beside the Markdown file, linked relatively
@@ -833,7 +878,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                 paths = write_plots(results_dir, images, df_runs=df_runs, df_cases=df_cases, df_profiles=profiles)
                 if paths:
                     extra.append("## Plots\n\n" + "\n\n".join(
-                        f"![{p.stem}]({images.name}/{p.name})" for p in paths) + "\n")
+                        f"![{p.stem}](<{images.name}/{p.name}>)" for p in paths) + "\n")  # <>: names with spaces
             if extra:
                 text = text.rstrip("\n") + "\n\n" + "\n".join(extra)
     if out is not None:

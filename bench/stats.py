@@ -115,9 +115,12 @@ def rank_biserial(diff) -> float:
     """Matched-pairs rank-biserial correlation of paired differences (zeros dropped, as Wilcoxon's
     default): (R+ − R−) / (R+ + R−) with R± the rank sums of |d| for positive/negative d."""
     d = np.asarray(diff, dtype=float)
-    d = d[(d != 0) & ~np.isnan(d)]
+    d = d[~np.isnan(d)]
     if d.size == 0:
-        return 0.0
+        return math.nan  # no pair: no effect to speak of (0 would read as "no difference")
+    d = d[d != 0]
+    if d.size == 0:
+        return 0.0  # every pair tied
     ranks = sps.rankdata(np.abs(d))
     plus, minus = ranks[d > 0].sum(), ranks[d < 0].sum()
     return float((plus - minus) / (plus + minus))

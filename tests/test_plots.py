@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.plots import _slug, pareto_front, write_plots
+from bench.plots import _board_slug, _slug, pareto_front, write_plots
 from bench.records import write_record
 from tests.fixtures import make_record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-BOARD = "synapse-synthetic__smoke__legacy-synapse"
+BOARD = _board_slug(("synapse (synthetic)", "smoke", "legacy-synapse"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,6 +56,11 @@ def test_slug():
     assert _slug("synapse (synthetic)") == "synapse-synthetic"
     assert _slug("smoke (off-protocol: epochs=2)") == "smoke-off-protocol-epochs-2"
     assert _slug("legacy-synapse") == "legacy-synapse"
+    # boards whose slugs coincide (case, non-ASCII) or run long keep unique names below the limit
+    a, b = _board_slug(("synapse", 'smoke (off-protocol: norm="BN")', "strict")), _board_slug(
+        ("synapse", 'smoke (off-protocol: norm="bn")', "strict"))
+    assert a != b and a.startswith("synapse__smoke-off-protocol-norm-bn__strict-")
+    assert len(_board_slug(("nnunet:Dataset501_Лёгкие", "x" * 300, "strict"))) <= 89
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,6 +70,7 @@ def test_slug():
 def _profile(model: str, family: str, macs: float, params: int, latency: float, fingerprint: str) -> dict:
     return {
         "model": model, "family": family, "input_shape": "1x3x224x224", "macs": macs, "params": params,
+        "model_config": {"num_classes": 9, "in_chans": 3, "img_size": 224},  # bench profile's defaults
         "paper_macs": macs * 0.9, "latency_ms_median": latency, "fingerprint": fingerprint,
         "precision": "fp32", "channels_last": False, "compiled": False, "scan_backend": None,
     }  # fmt: skip
@@ -147,17 +153,38 @@ def test_accuracy_vs_cost_skips_axes_without_points(results, tmp_path):
         _assert_png(p)
 
 
-def test_costs_at_another_input_size_are_not_plotted(results, tmp_path):
-    """The profiles are at 224²; runs at 64² get no GMACs or latency from them (only params)."""
+@pytest.mark.parametrize("config", [{"img_size": 64}, {"img_size": 224, "base_c": 8}])
+def test_costs_of_another_size_or_configuration_are_not_plotted(results, tmp_path, config):
+    """The profiles are of the default models at 224²; runs at 64², or of a smaller configuration at
+    224², get no GMACs or latency from them (only params)."""
     from bench.cost import load_profiles
     from bench.plots import accuracy_vs_cost
     from bench.records import load
 
     results_dir, _ = results
     df_runs = load(results_dir)
-    df_runs["model_config"] = json.dumps({"img_size": 64})
+    df_runs["model_config"] = json.dumps(config)
     paths = accuracy_vs_cost(df_runs, load_profiles(results_dir), tmp_path / "c")
     assert [p.name for p in paths] == [f"dsc_vs_params__{BOARD}.png"]
+
+
+def test_join_cost_takes_the_profile_of_the_same_configuration():
+    """A record without a count takes the profile's of its model and configuration; the output
+    classes and input channels (first and last layer only) may differ, nothing else may."""
+    import pandas as pd
+
+    from bench.report import join_cost
+
+    prof = pd.DataFrame({"model": ["unet", "unet"], "macs": [9e9, 1e9], "paper_macs": [8e9, 0.9e9],
+                         "model_config": [{"img_size": 224, "num_classes": 9, "in_chans": 3},
+                                          {"img_size": 224, "num_classes": 9, "in_chans": 3, "base_c": 8}]})
+    configs = [{"img_size": 224, "num_classes": 2, "in_chans": 1}, {"img_size": 224, "base_c": 8},
+               {"img_size": 224, "base_c": 16}, {"img_size": 96}]
+    board = pd.DataFrame({"model": ["unet", "unet (base_c=8)", "unet (base_c=16)", "unet (img_size=96)"],
+                          "model_config": [json.dumps(c) for c in configs], "macs": [math.nan] * 4,
+                          "paper_macs": [math.nan] * 4})
+    join_cost({"b": board}, prof)
+    assert board["macs"].tolist()[:2] == [9e9, 1e9] and board["macs"][2:].isna().all()
 
 
 def test_training_curves_fall_back_to_epoch_losses(results, tmp_path):

@@ -164,13 +164,14 @@ def test_load_run_level_columns_and_values(tmp_path):
 
 
 def test_load_case_level(tmp_path):
-    rec = make_record("unet", n_cases=3, hd95=float("nan"))
+    rec = {**make_record("unet", n_cases=3, hd95=float("nan")), "hd95_unit": "voxels"}
     write_record(rec, tmp_path)
     df = load(tmp_path, level="case")
     assert len(df) == 3 * 8
     assert {"run_id", "model", "dataset", "protocol_hash", "policy", "seed", "case", "class", "name", "dice", "hd95", "tp"} <= set(df.columns)
     assert (df["run_id"] == rec["run_id"]).all()
     assert df["hd95"].isna().all()
+    assert df.columns[-1] == "hd95_unit" and (df["hd95_unit"] == rec["hd95_unit"]).all()  # each row says its unit
     assert df.groupby("name")["dice"].mean().to_dict() == pytest.approx({c: 0.8 for c in SYNAPSE_CLASSES})
 
 

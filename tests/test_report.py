@@ -1,3 +1,4 @@
+import math
 import re
 import statistics
 
@@ -128,6 +129,31 @@ def test_latex(runs):
     assert "DSC $\\uparrow$ (\\%)" in tex
 
 
+def test_labels_with_markup_characters_keep_tables_whole(tmp_path):
+    """A config value may hold | < > " and non-ASCII: Markdown escapes the pipe (else the row's
+    columns shift), LaTeX each character, labels show the text, not JSON escapes; a wide LaTeX
+    table is scaled to the line."""
+    write_record(make_record("unet", seed=0, model_config={"norm": "a|b<c>"}), tmp_path)
+    write_record(make_record("unet", seed=1, model_config={"norm": "Überprüfung"}), tmp_path)
+    md = render(load(tmp_path), "md")
+    rows = [line for line in md.splitlines() if line.startswith("| unet")]
+    header = next(line for line in md.splitlines() if line.startswith("| Model"))
+    cells = lambda line: len(re.split(r"(?<!\\)\|", line))  # noqa: E731
+    assert len(rows) == 2 and all(cells(r) == cells(header) for r in rows)
+    assert 'unet (norm="a\\|b<c>")' in md and 'unet (norm="Überprüfung")' in md
+    tex = render(load(tmp_path), "latex")
+    assert "a\\textbar{}b\\textless{}c\\textgreater{}" in tex and "\\textquotedbl{}" in tex
+    assert tex.count("\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%") == 1  # shrunk only
+    assert "graphicx" in tex
+
+
+def test_hd95_column_stays_where_the_policy_computes_it(tmp_path):
+    write_record(make_record("unet", hd95=math.nan), tmp_path / "a")
+    assert "HD95" in render(load(tmp_path / "a")).split("| Model", 1)[1].splitlines()[0]
+    write_record(make_record("unet", dataset="isic17"), tmp_path / "b")  # legacy-isic computes none
+    assert "HD95" not in render(load(tmp_path / "b")).split("| Model", 1)[1].splitlines()[0]
+
+
 def test_csv_is_numeric_and_tidy(runs):
     import io
 
@@ -247,6 +273,7 @@ def test_profiles_join_the_accuracy_board(tmp_path):
     prof = tmp_path / "profiles"
     prof.mkdir()
     row = {"model": "vmunet", "family": "ssm", "input_shape": "1x3x224x224", "macs": 5.2e9, "paper_macs": 3.16e9,
+           "model_config": {"num_classes": 9, "in_chans": 3, "img_size": 224},
            "params": 27_430_000, "paper_params": 22_000_000, "flops": 10.4e9, "scan_macs": 0.9e9,
            "paper_macs_missing_pct": 39.2, "fvcore_macs": 5.25e9, "fingerprint": "cpu x1", "precision": "fp32",
            "channels_last": False, "compiled": False, "scan_backend": "ref", "latency_ms_median": 100.0,
@@ -281,6 +308,19 @@ def test_cost_table_shows_throughput_where_measured():
     # every timing column says the scan was a fallback, batch 1 included
     assert dict(zip(gpu["Model"], gpu["FPS (batch 1)"])) == {"vmunet": "100.0 (torch scan)", "unet": "100.0"}
     assert "Throughput FPS @ batch" not in tables["Cost · input 1x3x224x224 · fp32 · cpu x1"].columns
+
+
+def test_cost_rows_of_one_model_in_several_configurations_are_told_apart():
+    from bench.report import cost_tables
+
+    base = {"model": "unet", "family": "cnn", "input_shape": "1x3x32x32", "paper_params": 1e6, "scan_macs": 0.0,
+            "paper_macs": 1e9, "paper_macs_missing_pct": 0.0, "fvcore_macs": 1e9, "precision": "fp32",
+            "channels_last": False, "compiled": False, "fingerprint": "cpu x1", "scan_backend": None}
+    rows = [{**base, "params": 34.5e6, "macs": 1e9, "model_config": {"img_size": 32, "num_classes": 9}},
+            {**base, "params": 0.14e6, "macs": 1e7, "model_config": {"img_size": 32, "num_classes": 9, "base_c": 8}},
+            {**base, "model": "vmunet", "family": "ssm", "params": 27e6, "macs": 2e9, "model_config": {"img_size": 32}}]
+    (table,) = cost_tables(pd.DataFrame(rows)).values()
+    assert sorted(table["Model"]) == ["unet (base_c=8)", "unet (base_c=default)", "vmunet"]
 
 
 def test_ci_column_and_significance_section(tmp_path):
@@ -341,9 +381,10 @@ def test_markdown_report_file_links_its_plots(tmp_path):
     results = tmp_path / "results"
     for model, d in (("unet", 0.7), ("vmunet", 0.8)):
         write_record(make_record(model, dice=d), results)
-    out = tmp_path / "report" / "report.md"
+    out = tmp_path / "report" / "my report.md"
     text = write_report(results, out=out)
-    links = re.findall(r"!\[[^\]]*\]\((report_files/[^)]+\.png)\)", text)
+    # in <>: CommonMark takes a link target with a space (the file's name) only so
+    links = re.findall(r"!\[[^\]]*\]\(<(my report_files/[^>]+\.png)>\)", text)
     assert links and all((out.parent / link).stat().st_size > 0 for link in links)
     assert out.read_text() == text
     assert "![" not in write_report(results)  # on stdout: no images

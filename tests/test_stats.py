@@ -118,6 +118,8 @@ def test_rank_biserial_hand_computed():
     assert stats.rank_biserial([1, 2, -3]) == 0.0
     assert stats.rank_biserial([-1, 2, 3]) == pytest.approx(4 / 6)
     assert stats.rank_biserial([0, 0, -2]) == -1.0  # zeros dropped, as in Wilcoxon's default
+    assert stats.rank_biserial([0, 0]) == 0.0  # every pair tied: no difference
+    assert math.isnan(stats.rank_biserial([])) and math.isnan(stats.rank_biserial([math.nan]))  # no pair at all
 
 
 def test_paired_tests_match_scipy_and_adjust():
