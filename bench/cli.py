@@ -410,6 +410,11 @@ def profile(
     batch = batch_size if batch_size == "auto" else int(batch_size)
     if iters < 1 or warmup < 0:
         raise BenchError("--iters must be >= 1 and --warmup >= 0")
+    if compile and timing and warmup < 1:  # the first call compiles: timed, it would be the p90
+        raise BenchError("--warmup 0 with --compile: the first forward compiles the model; give --warmup >= 1")
+    for option, value in (("--img-size", img_size), ("--num-classes", num_classes), ("--in-chans", in_chans)):
+        if value < 1:
+            raise BenchError(f"{option}: expected a whole number >= 1; got {value}")
     dev = resolve_device(device.value)
     precisions = [p.strip() for p in precision.split(",")]
     for p in precisions:  # before any model is built

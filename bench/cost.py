@@ -68,10 +68,19 @@ def _scan_formula(u_shape, A_shape, with_D, with_z, *args, out_shape=None, **kwa
     return selective_scan_flops(u_shape, A_shape, with_D, with_z)
 
 
+def _sdpa_cpu_formula(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    # the CPU kernel of scaled_dot_product_attention (nn.MultiheadAttention's path): torch's counter
+    # prices the CUDA kernels and this one as 0
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
 def _custom_formulas() -> dict[Any, Any]:
     from ssm_models.scan import SCAN_COST_OP
 
-    return {SCAN_COST_OP: _scan_formula}
+    return {SCAN_COST_OP: _scan_formula,
+            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_formula}
 
 
 # Ops with arithmetic that scales like a contraction: if one of these runs without a formula, the
@@ -79,7 +88,25 @@ def _custom_formulas() -> dict[Any, Any]:
 # interpolation) is uncounted by convention, as in every FLOP counter.
 _CONTRACTION = re.compile(r"^(_?convolution|conv\d?d|conv_transpose\dd|mkldnn_.*conv.*|mm|bmm|addmm|baddbmm|"
                           r"addbmm|mv|addmv|dot|vdot|matmul|einsum|linear|bilinear|tensordot|.*scaled_dot_product.*|"
-                          r"_?fft_.*|.*_linear)$")
+                          r"_?fft_.*|.*_linear|.*attention.*|_transformer_.*|_addmm_activation)$")
+
+
+@contextlib.contextmanager
+def _counting():
+    """What every count runs under, so it depends on the architecture alone: the scan on the CPU
+    backend (the compiled kernel, else the torch one), whose calls the counters see as one op
+    (bench.cost's formula; fvcore's handle) whatever BENCH_SCAN_BACKEND says; and PyTorch's fused
+    attention fast path off (nn.MultiheadAttention / nn.TransformerEncoderLayer in eval without grad
+    run one fused op no counter has a formula for; the decomposed path is plain matmuls)."""
+    from ssm_models.scan import available_backends, use_backend
+
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with use_backend(available_backends("cpu")[0]):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
 
 
 class _OpRecorder(TorchDispatchMode):
@@ -110,12 +137,15 @@ class FlopCount:
 def count_flops(model: nn.Module, x: torch.Tensor) -> FlopCount:
     """FLOPs of ``model(x)`` in eval mode, scan included; raises if a contraction went uncounted."""
     custom = _custom_formulas()
+    if x.device.type != "cpu" or any(p.device.type != "cpu" for p in model.parameters()):
+        # on a CPU copy: mamba-ssm's fused CUDA path hides its conv and scan from every counter
+        model, x = copy.deepcopy(model).cpu(), x.cpu()
     was_training = model.training
     model.eval()
     recorder, counter = _OpRecorder(), FlopCounterMode(display=False, custom_mapping=custom)
     try:
         # one forward: the recorder (innermost mode) sees each op first and passes it on to the counter
-        with torch.no_grad(), counter, recorder:
+        with torch.no_grad(), _counting(), counter, recorder:
             model(x)
     finally:
         model.train(was_training)
@@ -155,8 +185,9 @@ def fvcore_macs(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """fvcore's ``FlopCountAnalysis`` (MACs) by operator, with handles for the scan Functions."""
     from fvcore.nn import FlopCountAnalysis
 
-    model = copy.deepcopy(model).eval()
-    with torch.no_grad(), warnings.catch_warnings():
+    model = copy.deepcopy(model).cpu().eval()
+    x = x.cpu()
+    with torch.no_grad(), _counting(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fca = FlopCountAnalysis(model, x)
         for fn in ("_CpuScan", "_TorchScan"):
@@ -223,11 +254,14 @@ def measure_latency(model: nn.Module, x: torch.Tensor, *, warmup: int = 20, iter
     synchronised on CUDA before and after each run; ``fps`` = batch / median."""
     device = x.device
     times = []
-    with torch.inference_mode(), precision_context(precision, device):
+    with torch.inference_mode():
         for i in range(warmup + iters):
             _sync(device)
             t0 = time.perf_counter()
-            model(x)
+            # entered per forward, as a caller does: autocast keeps its weight casts only until its
+            # context ends, so one context around all forwards would time them without the casts
+            with precision_context(precision, device):
+                model(x)
             _sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
@@ -415,6 +449,8 @@ PROFILE_COLUMNS = ["model", "family", "params", "trainable_params", "paper_param
                    "peak_mem_mb", "train_peak_mem_mb", "peak_mem_kind"]
 
 
+# fvcore cross-checks our count: the built-in models agree within 2 % (its element-wise ops differ)
+FVCORE_AGREEMENT = 0.05
 # the device-independent part of a profile row: what `counts=` carries from one precision to the next
 COUNT_KEYS = ("params", "trainable_params", "input_shape", "macs", "flops", "scan_macs", "paper_macs",
               "paper_params", "flops_by_op", "paper_macs_missing_pct", "fvcore_macs")
@@ -443,6 +479,10 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     if counts is None:
         counts = {**count_params(model), **_counts(model, x), "fvcore_macs": fvcore_macs(model, x)["total"]}
         counts["paper_macs_missing_pct"] = 100 * (1 - counts["paper_macs"] / counts["macs"]) if counts["macs"] else 0.0
+        if abs(counts["fvcore_macs"] - counts["macs"]) > FVCORE_AGREEMENT * counts["macs"]:
+            warnings.warn(f"{name}: our count ({counts['macs'] / 1e9:.4g} GMACs) and fvcore's "
+                          f"({counts['fvcore_macs'] / 1e9:.4g}) differ by more than {FVCORE_AGREEMENT:.0%}: an op "
+                          "one of them counts and the other does not (the table shows both)", stacklevel=2)
     row: dict[str, Any] = {"model": name, "family": entry.family, **{k: counts[k] for k in COUNT_KEYS}}
     row.update(
         model_config={k: (list(v) if isinstance(v, tuple) else v) for k, v in model.bench_config.items()},
@@ -495,17 +535,25 @@ def profile_id(row: dict[str, Any]) -> str:
     import json
 
     key = json.dumps([row["model"], row["input_shape"], row["model_config"], row["device_fingerprint"],
-                      row["precision"], row["channels_last"], row["compiled"]], sort_keys=True, default=str)
+                      row["precision"], row["channels_last"], row["compiled"], row["scan_backend"]],
+                     sort_keys=True, default=str)
     return f"{row['model']}-{row['input_shape']}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
 def write_profile(row: dict[str, Any], results_dir: Path) -> Path:
-    """``results_dir/profiles/<id>.json``, atomically; a re-profile of the same setup replaces it."""
+    """``results_dir/profiles/<id>.json``, atomically; a re-profile of the same setup replaces it,
+    except that a counts-only one (``--no-timing``) keeps the timings and memory already there."""
     import json
 
     from bench.records import atomic_write_text
 
     path = Path(results_dir) / PROFILE_DIR / f"{profile_id(row)}.json"
+    if "latency_ms_median" not in row and path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = {}
+        row = {**{k: v for k, v in old.items() if k not in row}, **row}
     return atomic_write_text(path, json.dumps(row, indent=1, sort_keys=True, default=str) + "\n")
 
 

@@ -148,10 +148,11 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
                          f"square); got {img_size!r}")
     try:
         model = entry.constructor(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **overrides)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         if not overrides:
             raise
-        # almost always a misspelt --set key; the constructor's own words say which
+        # a misspelt --set key (TypeError) or a value the constructor refuses (ValueError, e.g.
+        # spatial_dims=4): the constructor's own words say which
         raise BenchError(f"{name}: cannot build with these overrides ({exc}); --set takes the keys of its "
                          f"configuration: {', '.join(entry.paper_config) or 'none'}") from None
     _check_img_size(name, model, img_size)

@@ -52,12 +52,13 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 __all__ = ["selective_scan", "selective_scan_flops", "SCAN_COST_OP", "available_backends", "default_backend",
-           "last_backend", "backend_report", "fused_mamba_inner", "BACKENDS"]
+           "last_backend", "backend_report", "fused_mamba_inner", "use_backend", "BACKENDS"]
 
 BACKENDS = ("cuda", "cpu", "torch", "ref")
 ENV_VAR = "BENCH_SCAN_BACKEND"
 
 _last: str | None = None
+_override: str | None = None  # use_backend's, ahead of the env var
 _lock = threading.Lock()
 _ext = None  # the loaded kernel module
 _ext_error: str | None = None  # why it is unavailable (short); full text in _ext_error_detail
@@ -231,12 +232,25 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 def default_backend(device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> str:
     """What ``backend=None`` runs for tensors on ``device`` (the env var first); float64 on CUDA
     runs ``torch``, since mamba-ssm's kernels take only fp32/fp16/bf16."""
-    forced = os.environ.get(ENV_VAR)
+    forced = _override or os.environ.get(ENV_VAR)
     if forced:
         return _check_backend(forced)
     if torch.device(device).type == "cuda":
         return "cuda" if _mamba_selective_scan_fn() and dtype != torch.float64 else "torch"
     return "cpu" if _load_extension() is not None else "torch"
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Inside the block, automatic choices (``backend=None``) run ``name``, the env var overruled.
+    FLOP counting (bench.cost) runs the backend whose calls its counters see as one op, so a count
+    does not depend on the env var (``ref``'s per-step einsums would be counted on top of the scan)."""
+    global _override
+    before, _override = _override, _check_backend(name)
+    try:
+        yield
+    finally:
+        _override = before
 
 
 def last_backend() -> str | None:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +16,7 @@ from bench import cost
 from bench.errors import BenchError
 from bench.registry import create_model, get_entry
 from ssm_models.mamba import Mamba
+from tests.fixtures import run_bench
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
@@ -74,6 +72,56 @@ def test_uncounted_contraction_is_refused():
 
     with pytest.raises(cost.UncountedOpsError, match=r"aten\.mv ×1"):
         cost.count_flops(Mv(), torch.randn(1, 5))
+
+
+def test_counts_do_not_depend_on_the_scan_backend_asked_for(monkeypatch):
+    """BENCH_SCAN_BACKEND=ref used to add its per-step einsums to the scan's count (+11 % on VM-UNet),
+    and =cuda to crash the count on CPU tensors: counting runs the CPU backend whatever it says."""
+    model, x = _tiny("vmunet"), torch.randn(1, 3, 64, 64)
+    ours, fv = cost.count_flops(model, x).by_op, cost.fvcore_macs(model, x)
+    for forced in ("ref", "torch", "cuda"):
+        monkeypatch.setenv("BENCH_SCAN_BACKEND", forced)
+        assert cost.count_flops(model, x).by_op == ours and cost.fvcore_macs(model, x) == fv
+
+
+def test_fused_attention_is_counted_not_skipped():
+    """nn.TransformerEncoderLayer in eval without grad runs one fused op no counter prices (it
+    counted 0 FLOPs and raised nothing); counting takes the decomposed path and restores the flag."""
+    layer, x = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval(), torch.randn(2, 10, 32)
+    tokens = 2 * 10
+    linears = 2 * tokens * (32 * 96 + 32 * 32 + 32 * 64 + 64 * 32)  # in_proj, out_proj, two feed-forward layers
+    attention = 2 * (2 * 2 * 4 * 10 * 10 * 8)  # QKᵀ and AV: batch 2, 4 heads, 10 tokens, head dim 8
+    got = cost.count_flops(layer, x)
+    assert got.flops == linears + attention and got.by_op["aten._scaled_dot_product_flash_attention_for_cpu"] == attention
+    assert torch.backends.mha.get_fastpath_enabled()
+
+
+def test_a_counts_only_profile_keeps_the_timings_of_the_same_setup(tmp_path, monkeypatch):
+    tiny = dict(get_entry("unet").tiny)
+    timed = cost.profile_model("unet", img_size=32, overrides=tiny, warmup=0, iters=2)
+    cost.write_profile(timed, tmp_path)
+    counts = cost.profile_model("unet", img_size=32, overrides=tiny, timing=False)
+    path = cost.write_profile(counts, tmp_path)
+    assert len(list((tmp_path / "profiles").glob("*.json"))) == 1
+    assert json.loads(path.read_text())["latency_ms_median"] == timed["latency_ms_median"]
+    # another scan backend's timing is another record
+    assert cost.profile_id({**timed, "scan_backend": "ref"}) != cost.profile_id(timed)
+    # the fvcore cross-check speaks up when the two counts part
+    monkeypatch.setattr(cost, "fvcore_macs", lambda model, x: {"total": 0.5 * cost.count_flops(model, x).macs})
+    with pytest.warns(UserWarning, match=r"unet: our count .* and fvcore's .* differ by more than 5%"):
+        cost.profile_model("unet", img_size=32, overrides=tiny, timing=False)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--num-classes", "0"], "--num-classes: expected a whole number >= 1; got 0"),
+    (["--in-chans", "-1"], "--in-chans: expected a whole number >= 1; got -1"),
+    (["--compile", "--warmup", "0"], "--warmup 0 with --compile: the first forward compiles the model"),
+    (["--set", "spatial_dims=4"], "cannot build with these overrides (spatial_dims must be 2 or 3, got 4)"),
+])
+def test_profile_options_out_of_range_are_one_line(tmp_path, args, message):
+    proc = run_bench("profile", "--models", "lightm_unet", "--tiny", "--img-size", "32", *args, "--results", tmp_path,
+                     check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_vmunet_isic_counts_match_the_authors_measurements():
@@ -143,10 +191,7 @@ def test_peak_memory_on_cpu():
 
 
 def _bench(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+    return run_bench(*args).stdout
 
 
 def test_profile_cli_writes_records_that_report_joins(tmp_path):
