@@ -272,7 +272,8 @@ def _th(a: Any, conv: bool = False) -> torch.Tensor:
 
 def load_vit_npz(model: nn.Module, npz: dict[str, Any]) -> dict[str, Any]:
     """The authors' ``load_from`` for Google's ``R50+ViT-B_16.npz`` (ImageNet-21k): the R50 stem
-    and units, the patch embedding, the 12 blocks and the final norm; TF layouts transposed; the
+    and units, the patch embedding, the 12 blocks and the final norm; TF layouts transposed,
+    GroupNorm parameters flattened from the file's (1, 1, 1, C) as the authors' ``.view(-1)``; the
     class-token row of the position embedding dropped (or the grid resized with scipy zoom,
     order 1, when the token grid differs). The decoder and head stay as initialised."""
     from scipy import ndimage
@@ -288,6 +289,9 @@ def load_vit_npz(model: nn.Module, npz: dict[str, Any]) -> dict[str, Any]:
             raise BenchError(f"pretrained npz: missing {key!r}; is this Google's R50+ViT-B_16.npz?")
         used.add(key)
         return _th(npz[key], conv)
+
+    def gn(key: str) -> torch.Tensor:  # old Flax stored GroupNorm scale/bias as (1, 1, 1, C): flattened
+        return get(key).reshape(-1)
 
     new: dict[str, torch.Tensor] = {}
     emb = "transformer.embeddings."
@@ -319,19 +323,19 @@ def load_vit_npz(model: nn.Module, npz: dict[str, Any]) -> dict[str, Any]:
             new[dst + f"ffn.{fc}.bias"] = get(src + f"MlpBlock_3/{dense}/bias")
     res = "transformer.embeddings.hybrid_model."
     new[res + "root.conv.weight"] = get("conv_root/kernel", conv=True)
-    new[res + "root.gn.weight"] = get("gn_root/scale")
-    new[res + "root.gn.bias"] = get("gn_root/bias")
+    new[res + "root.gn.weight"] = gn("gn_root/scale")
+    new[res + "root.gn.bias"] = gn("gn_root/bias")
     for bname, block in t.embeddings.hybrid_model.body.named_children():
         for uname, unit in block.named_children():
             src, dst = f"{bname}/{uname}/", f"{res}body.{bname}.{uname}."
             for n in (1, 2, 3):
                 new[dst + f"conv{n}.weight"] = get(src + f"conv{n}/kernel", conv=True)
-                new[dst + f"gn{n}.weight"] = get(src + f"gn{n}/scale")
-                new[dst + f"gn{n}.bias"] = get(src + f"gn{n}/bias")
+                new[dst + f"gn{n}.weight"] = gn(src + f"gn{n}/scale")
+                new[dst + f"gn{n}.bias"] = gn(src + f"gn{n}/bias")
             if hasattr(unit, "downsample"):
                 new[dst + "downsample.weight"] = get(src + "conv_proj/kernel", conv=True)
-                new[dst + "gn_proj.weight"] = get(src + "gn_proj/scale")
-                new[dst + "gn_proj.bias"] = get(src + "gn_proj/bias")
+                new[dst + "gn_proj.weight"] = gn(src + "gn_proj/scale")
+                new[dst + "gn_proj.bias"] = gn(src + "gn_proj/bias")
     own = model.state_dict()
     wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in new.items() if v.shape != own[k].shape]
     if wrong:

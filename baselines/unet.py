@@ -12,6 +12,7 @@ instead, with no download; ``encoder_weights`` may point to a local encoder stat
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 from bench.modeling import SegmentationModel
 from bench.registry import register_model
 
-__all__ = ["UNet", "ClassicEncoder", "ClassicDecoder", "SmpUNet"]
+__all__ = ["UNet", "ClassicEncoder", "ClassicDecoder", "SmpUNet", "from_bigmb"]
 
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -127,6 +128,25 @@ class SmpUNet(SegmentationModel):
 
 
 PAPER_CONFIG = {"encoder": "classic", "widths": (64, 128, 256, 512, 1024)}
+# bigmb's U_Net names its modules Conv1..Conv5 (encoder), Up5..Up2 and Up_conv5..Up_conv2 (decoder,
+# deepest first) and Conv (head); the layers inside are the same Sequentials as ours
+_BIGMB = ((re.compile(r"^Conv(\d)\.conv\."), lambda m: f"encoder.blocks.{int(m[1]) - 1}."),
+          (re.compile(r"^Up(\d)\.up\."), lambda m: f"decoder.blocks.{5 - int(m[1])}.up."),
+          (re.compile(r"^Up_conv(\d)\.conv\."), lambda m: f"decoder.blocks.{5 - int(m[1])}.conv."),
+          (re.compile(r"^Conv\.(?=weight|bias)"), lambda m: "head."))
+
+
+def from_bigmb(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint of bigmb's ``U_Net`` (the authors' U-Net rows) in our names; our own keys pass."""
+    out = {}
+    for key, value in sd.items():
+        for pattern, name in _BIGMB:
+            m = pattern.match(key)
+            if m:
+                key = name(m) + key[m.end():]
+                break
+        out[key] = value
+    return out
 
 
 @register_model(
@@ -134,6 +154,7 @@ PAPER_CONFIG = {"encoder": "classic", "widths": (64, 128, 256, 512, 1024)}
     paper_config=PAPER_CONFIG,
     tiny={"widths": (8, 16, 32, 64)},
     source="bigmb/Unet-Segmentation-Pytorch-Nest-of-Unets (U_Net), as used for Swin-Unet's U-Net row",
+    convert_official=from_bigmb,
     paper="Ronneberger et al., MICCAI 2015, arXiv:1505.04597",
     description="Classic U-Net (widths 64…1024); encoder=<smp encoder> builds smp's Unet",
 )

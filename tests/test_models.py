@@ -68,6 +68,27 @@ def test_unet_paper_parameter_count():
     assert sum(p.numel() for p in model.parameters()) == 34_526_409
 
 
+def test_unet_loads_a_checkpoint_of_bigmbs_u_net(tmp_path):
+    """The authors' U-Net rows ran bigmb's ``U_Net`` (Conv1..5, Up5..2, Up_conv5..2, Conv): its
+    checkpoints load strictly, each tensor where its module sits in ours."""
+    from bench.registry import load_weights
+
+    torch.manual_seed(0)
+    model = create_model("unet", num_classes=9, in_chans=1, img_size=64)
+    ours = {k: torch.randn(v.shape) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    enc = {f"encoder.blocks.{k - 1}.": f"Conv{k}.conv." for k in range(1, 6)}
+    dec = {**{f"decoder.blocks.{5 - m}.up.": f"Up{m}.up." for m in range(2, 6)},
+           **{f"decoder.blocks.{5 - m}.conv.": f"Up_conv{m}.conv." for m in range(2, 6)}, "head.": "Conv."}
+    names = {**enc, **dec}
+    bigmb = {next(b + k[len(a):] for a, b in names.items() if k.startswith(a)): v for k, v in ours.items()}
+    assert "Up_conv2.conv.4.running_var" in bigmb and "Conv5.conv.0.weight" in bigmb and "Conv.bias" in bigmb
+    torch.save({"state_dict": bigmb}, tmp_path / "bigmb.pth")
+    load_weights(model, tmp_path / "bigmb.pth")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ours.items())
+    torch.save(ours, tmp_path / "ours.pth")  # our own names still load as they are
+    load_weights(model, tmp_path / "ours.pth")
+
+
 def test_unet_smp_encoder_builds_offline():
     model = create_model("unet", num_classes=9, in_chans=3, img_size=64, encoder="resnet34")
     assert sum(p.numel() for p in model.parameters()) == 24_437_529  # smp Unet(resnet34), 9 classes

@@ -115,13 +115,14 @@ def _to_google_npz(model, with_cls: bool = True) -> dict:
         out[q + "MlpBlock_3/Dense_0/kernel"], out[q + "MlpBlock_3/Dense_0/bias"] = sd[p + "ffn.fc1.weight"].T, sd[p + "ffn.fc1.bias"]
         out[q + "MlpBlock_3/Dense_1/kernel"], out[q + "MlpBlock_3/Dense_1/bias"] = sd[p + "ffn.fc2.weight"].T, sd[p + "ffn.fc2.bias"]
     out["conv_root/kernel"] = conv(sd[res + "root.conv.weight"])
-    out["gn_root/scale"], out["gn_root/bias"] = sd[res + "root.gn.weight"], sd[res + "root.gn.bias"]
+    gn = lambda a: a.reshape(1, 1, 1, -1)  # noqa: E731  old Flax's GroupNorm layout, as in the real file
+    out["gn_root/scale"], out["gn_root/bias"] = gn(sd[res + "root.gn.weight"]), gn(sd[res + "root.gn.bias"])
     for k, v in sd.items():
         if k.startswith(res + "body."):
             b, u, rest = k[len(res + "body."):].split(".", 2)
             name = {"downsample.weight": "conv_proj/kernel", "gn_proj.weight": "gn_proj/scale", "gn_proj.bias": "gn_proj/bias"}.get(
                 rest, rest.replace(".weight", "/kernel" if rest.startswith("conv") else "/scale").replace(".bias", "/bias"))
-            out[f"{b}/{u}/{name}"] = conv(v) if name.endswith("kernel") else v
+            out[f"{b}/{u}/{name}"] = conv(v) if name.endswith("kernel") else gn(v)  # the unit's params: gn*
     out["cls"] = np.zeros((1, 1, hidden), "float32")
     out["head/kernel"] = np.zeros((hidden, 10), "float32")
     return out
