@@ -97,7 +97,10 @@ class SS2D(nn.Module):
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
         y = self.forward_core(x).transpose(1, 2).reshape(b, h, w, -1)
-        y = self.out_norm(y.to(z.dtype)) * F.silu(z)
+        # the scan's float32 sum enters the norm as it is (its weight's dtype: float32 under autocast,
+        # as the authors' code; a model cast to bf16 whole gets bf16): a cast to z's half precision
+        # before the norm rounded it, which the authors' forward never does
+        y = self.out_norm(y.to(self.out_norm.weight.dtype)) * F.silu(z)
         return self.out_proj(y)
 
 

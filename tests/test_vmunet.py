@@ -134,3 +134,18 @@ def test_one_class_returns_logits_and_scan_backend_is_reported():
     assert out.shape == (1, 1, 64, 64) and (out < 0).any()  # a sigmoid output would be in (0, 1)
     assert scan_backend_for(model) in ("cpu", "torch")
     assert scan_backend_for(create_model("unet", num_classes=1, widths=(8, 16))) is None
+
+
+def test_ss2d_normalises_the_float32_scan_sum_under_autocast():
+    """The authors' SS2D feeds the scan's float32 output to out_norm as it is; under bf16 autocast a
+    cast to z's dtype first rounded it (0.016 on outputs of ~3)."""
+    torch.manual_seed(0)
+    ss2d, x = SS2D(32), torch.randn(1, 8, 8, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ss2d(x)
+        xx, z = ss2d.in_proj(x).chunk(2, dim=-1)
+        y = ss2d.forward_core(F.silu(ss2d.conv2d(xx.permute(0, 3, 1, 2).contiguous())))
+        assert y.dtype == torch.float32 and z.dtype == torch.bfloat16
+        want = ss2d.out_proj(ss2d.out_norm(y.transpose(1, 2).reshape(1, 8, 8, -1)) * F.silu(z))
+    assert torch.equal(got, want)
+    assert ss2d.to(torch.float64)(x.double()).dtype == torch.float64  # a model cast whole keeps working
