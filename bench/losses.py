@@ -9,6 +9,9 @@
   class, sums over the whole batch, averaged over classes (so the loss is negative once it learns).
 - Binary (VM-UNet ``BceDiceLoss``): BCE on the sigmoid plus a per-sample soft Dice with smooth 1,
   ``1 - (2·Σpg + 1) / (Σp + Σg + 1)``, averaged over the batch. Targets may be soft (resized masks).
+  The BCE is ``nn.BCELoss`` on the sigmoid's output as theirs, not the with-logits form: where a
+  logit saturates (sigmoid rounds to 1 past ~16.6 in float32) theirs clamps the log at -100 and
+  passes no gradient, which changes late training on confidently wrong pixels.
 
 Several processes (bench.distributed) compute the global batch's loss: ``share=(n, N)`` says this
 process holds n of the N items; mean terms are scaled by ``n·world/N`` (DDP averages gradients
@@ -78,7 +81,9 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, ce: float, 
         sum_stats = lambda stats: sum_across_ranks(stats * (n > 0))  # noqa: E731
     if logits.shape[1] == 1:
         target = target.to(logits.dtype).reshape(logits.shape)
-        mean_terms = bce * F.binary_cross_entropy_with_logits(logits, target) + dice * binary_dice_loss(logits, target)
+        with torch.autocast(logits.device.type, enabled=False):  # CUDA autocast refuses BCELoss; fp32 here
+            bce_term = F.binary_cross_entropy(logits.sigmoid(), target)
+        mean_terms = bce * bce_term + dice * binary_dice_loss(logits, target)
         return weight * mean_terms
     target = target.long()
     dice_term = DICE_LOSSES[dice_loss](logits, target, sum_stats=sum_stats)

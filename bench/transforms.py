@@ -183,10 +183,12 @@ def run_rotation_angle(run_seed: int) -> float:
     return float(np.random.default_rng(run_seed).uniform(0.0, 360.0))
 
 
-def _rotate(arr: np.ndarray, angle: float) -> np.ndarray:
-    # order 0, same size, zero fill: TransUNet's ndimage.rotate call; also matches torchvision's
-    # TF.rotate default (nearest, expand=False, fill 0). Positive = counter-clockwise in both.
-    return ndimage.rotate(arr, angle, axes=(1, 0), order=0, reshape=False, mode="constant", cval=0.0)
+def _rotate(arr: np.ndarray, angle: float, mode: str = "constant") -> np.ndarray:
+    # order 0, same size, zero fill: TransUNet's ndimage.rotate call ("constant"). torchvision's
+    # TF.rotate (VM-UNet; nearest, expand=False, fill 0) samples grid_sample with align_corners=False,
+    # which keeps the outer half pixel that "constant" blanks: "grid-constant" matches it bit for
+    # bit away from exact-90° ties. Positive = counter-clockwise in both.
+    return ndimage.rotate(arr, angle, axes=(1, 0), order=0, reshape=False, mode=mode, cval=0.0)
 
 
 def transunet_augment(
@@ -219,7 +221,7 @@ def vmunet_isic_augment(
     if rng.random() < 0.5:
         image, mask = image[::-1], mask[::-1]
     if rng.random() < 0.5:
-        image, mask = _rotate(np.ascontiguousarray(image), angle), _rotate(np.ascontiguousarray(mask), angle)
+        image, mask = (_rotate(np.ascontiguousarray(a), angle, "grid-constant") for a in (image, mask))
     return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
 

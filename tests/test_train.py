@@ -121,6 +121,22 @@ def test_nnunet_dice_loss_is_nnunets_batch_foreground_dice():
     assert nnunet_dice_loss(perfect, target).item() == pytest.approx(-1.0, abs=1e-9)
 
 
+def test_binary_loss_is_vmunets_bce_on_the_sigmoid():
+    """VM-UNet's BceDiceLoss: nn.BCELoss on the sigmoid's output. Where a float32 logit saturates its
+    log is clamped at -100 and no gradient flows (the with-logits form gave 20 and 1); below that the
+    two agree."""
+    target = torch.tensor([[[[0.0, 1.0, 0.5]]]])
+    logits = torch.tensor([[[[20.0, 2.0, -1.0]]]], requires_grad=True)  # the first saturates: sigmoid = 1.0
+    loss = segmentation_loss(logits, target, ce=0.0, dice=0.0, bce=1.0)
+    loss.backward()
+    p = torch.sigmoid(torch.tensor([2.0, -1.0]))
+    rest = -(torch.log(p[0]) + 0.5 * torch.log(p[1]) + 0.5 * torch.log(1 - p[1]))
+    assert loss.item() == pytest.approx((100.0 + rest.item()) / 3, rel=1e-6)
+    assert logits.grad[0, 0, 0, 0] == 0.0 and logits.grad[0, 0, 0, 1] == pytest.approx((p[0].item() - 1) / 3, rel=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # runs under autocast too (CUDA's refuses BCELoss)
+        segmentation_loss(logits.to(torch.bfloat16), target, ce=0.0, dice=1.0, bce=1.0)
+
+
 def test_an_epoch_of_draws_runs_its_fixed_number_of_steps(synapse_root, tmp_path):
     ds = open_dataset("synapse", synapse_root)
     proto = _proto(max_iterations=0, epochs=2, batch_size=4, iterations_per_epoch=3)

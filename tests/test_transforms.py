@@ -138,7 +138,7 @@ def test_transunet_branch_probabilities():
 def test_transunet_rotation_angles_are_integers_in_range(monkeypatch):
     seen = []
     real = T._rotate
-    monkeypatch.setattr(T, "_rotate", lambda arr, angle: (seen.append(angle), real(arr, angle))[1])
+    monkeypatch.setattr(T, "_rotate", lambda arr, angle, *mode: (seen.append(angle), real(arr, angle, *mode))[1])
     s = _ct_sample()
     for i in range(400):
         T.transunet_augment(s.image, s.label, np.random.default_rng(i))
@@ -194,7 +194,7 @@ def test_vmunet_isic_angle_is_drawn_once_per_run(monkeypatch):
     assert T.TrainTransform(proto, binary=True, run_seed=43).angle != tf.angle
     seen = []
     real = T._rotate
-    monkeypatch.setattr(T, "_rotate", lambda arr, angle: (seen.append(angle), real(arr, angle))[1])
+    monkeypatch.setattr(T, "_rotate", lambda arr, angle, *mode: (seen.append(angle), real(arr, angle, *mode))[1])
     s = _rgb_sample()
     for i in range(20):
         tf(s, np.random.default_rng(i))
@@ -229,7 +229,23 @@ def test_vmunet_flips_follow_the_rng():
         np.testing.assert_array_equal(img, expect_img)
         np.testing.assert_array_equal(mask, expect_mask)
     else:
-        np.testing.assert_array_equal(mask, T._rotate(np.ascontiguousarray(expect_mask), 30.0))
+        np.testing.assert_array_equal(mask, T._rotate(np.ascontiguousarray(expect_mask), 30.0, "grid-constant"))
+
+
+@pytest.mark.parametrize("angle", [1.0, 17.3, 200.0, 359.0])
+@pytest.mark.parametrize("shape", [(37, 53), (64, 96)])
+def test_vmunet_rotation_equals_torchvisions(angle, shape):
+    """VM-UNet rotates with torchvision's TF.rotate (nearest, fill 0): the same pixels, the outer
+    ring included (scipy's "constant" mode blanked it: 1-4 % of a small image)."""
+    from bench._tv_compat import ensure_torchvision
+
+    ensure_torchvision()
+    import torchvision.transforms.functional as TF
+
+    index = np.arange(1, shape[0] * shape[1] + 1, dtype=np.float64).reshape(shape)  # every pixel its own value
+    ours = T._rotate(index, angle, "grid-constant")
+    theirs = TF.rotate(torch.from_numpy(index)[None], angle)[0].numpy()
+    np.testing.assert_array_equal(ours, theirs)
 
 
 # --- nnU-Net (batchgenerators) ---------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 Randomness: item ``index`` in epoch ``e`` draws from ``np.random.default_rng([seed, e, index])``
 (``[seed, e, index, draw]`` in an epoch of draws with replacement) and nothing else (no global
-``random``/``numpy`` state, no worker seeds), so a batch is bit-identical whatever ``num_workers`` is and whichever worker loads it. TransUNet instead seeds
-Python ``random`` per worker (``worker_init_fn``), which makes its augmentations depend on the
-worker count; we reproduce the distribution, not that coupling.
+``random``/``numpy`` state, no worker seeds), so a batch is bit-identical whatever ``num_workers``
+is and whichever worker loads it. TransUNet (and Swin-Unet) instead seed Python ``random`` per
+worker (``worker_init_fn``) and leave NumPy's global state, which draws k, the flip axis and the
+angle, as every worker inherits it: its augmentations depend on the worker count, and each worker
+may replay one parameter sequence every epoch. We reproduce the distribution, not that coupling.
 
 Call ``set_epoch(e)`` before creating the epoch's iterator (``for batch in loader``). The epoch
 lives in a one-element shared-memory tensor, so workers see it even with
