@@ -419,7 +419,8 @@ def peak_memory_mb(model: nn.Module, x: torch.Tensor, *, train_step: bool = Fals
 # ----------------------------------------------------------------------------------------- profile
 
 def _counts(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
-    flops, paper = count_flops(model, x), paper_count(model, x)
+    with _counting():  # thop's forward too: a BENCH_SCAN_BACKEND=cuda would crash it on CPU tensors
+        flops, paper = count_flops(model, x), paper_count(model, x)
     return {"input_shape": "x".join(map(str, x.shape)), "macs": flops.macs, "flops": flops.flops,
             "scan_macs": flops.scan_flops / 2, "paper_macs": paper["paper_macs"],
             "paper_params": int(paper["paper_params"]), "flops_by_op": flops.by_op}
@@ -525,8 +526,9 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
         fp = env.fingerprint(device)
     row["fingerprint"] = env.short_fingerprint(fp)
     row["device_fingerprint"] = fp
-    # the backend that ran the timed forwards; a reference backend is marked in every table
-    row["scan_backend"] = scan_backend_for(model)
+    # the backend that ran the timed forwards (untimed: the one that would run there, not the
+    # counts' CPU one); a reference backend is marked in every table
+    row["scan_backend"] = scan_backend_for(model, ran=timing)
     return row
 
 
@@ -553,7 +555,8 @@ def write_profile(row: dict[str, Any], results_dir: Path) -> Path:
             old = json.loads(path.read_text())
         except (OSError, ValueError):
             old = {}
-        row = {**{k: v for k, v in old.items() if k not in row}, **row}
+        if all(old.get(k) == row[k] for k in ("params", "macs")):  # timings of this very architecture
+            row = {**{k: v for k, v in old.items() if k not in row}, **row}
     return atomic_write_text(path, json.dumps(row, indent=1, sort_keys=True, default=str) + "\n")
 
 

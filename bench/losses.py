@@ -20,6 +20,7 @@ over ranks) and the batch-summed Dice statistics are summed over ranks.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -81,8 +82,11 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, ce: float, 
         sum_stats = lambda stats: sum_across_ranks(stats * (n > 0))  # noqa: E731
     if logits.shape[1] == 1:
         target = target.to(logits.dtype).reshape(logits.shape)
-        with torch.autocast(logits.device.type, enabled=False):  # CUDA autocast refuses BCELoss; fp32 here
-            bce_term = F.binary_cross_entropy(logits.sigmoid(), target)
+        if torch.isfinite(logits).all():
+            with torch.autocast(logits.device.type, enabled=False):  # CUDA autocast refuses BCELoss; fp32 here
+                bce_term = F.binary_cross_entropy(logits.sigmoid(), target)
+        else:  # BCELoss refuses NaN (a device assert on CUDA): let the loop's non-finite-loss error speak
+            bce_term = logits.sum() * math.nan
         mean_terms = bce * bce_term + dice * binary_dice_loss(logits, target)
         return weight * mean_terms
     target = target.long()

@@ -172,7 +172,7 @@ def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, ou
     of the same model and configuration); latency comes from a ``bench profile`` row of the same
     model and configuration, input size included (``bench.report.cost_key``), with the most common
     device fingerprint, named in the title. A cost of another size or configuration is never shown
-    for a run. Error bars: std over seeds. The Pareto front
+    for a run (patch runs are keyed by their patch's largest side, as their models are built). Error bars: std over seeds. The Pareto front
     (higher DSC, lower cost) is drawn as a step line with ringed markers. Points with a missing
     cost or DSC are left out; an axis without points writes no file.
     """

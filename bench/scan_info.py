@@ -10,10 +10,12 @@ from __future__ import annotations
 from torch import nn
 
 
-def scan_backend_for(model: nn.Module) -> str | None:
+def scan_backend_for(model: nn.Module, ran: bool = True) -> str | None:
+    """``ran=False``: the backend that would run on the model's device, whatever ran last (an
+    untimed profile's last scans were the counts', on CPU)."""
     if not getattr(model, "uses_selective_scan", False):
         return None
     from ssm_models import scan
 
     p = next(model.parameters())
-    return scan.last_backend() or scan.default_backend(p.device, p.dtype)
+    return (scan.last_backend() if ran else None) or scan.default_backend(p.device, p.dtype)

@@ -79,9 +79,13 @@ def test_counts_do_not_depend_on_the_scan_backend_asked_for(monkeypatch):
     and =cuda to crash the count on CPU tensors: counting runs the CPU backend whatever it says."""
     model, x = _tiny("vmunet"), torch.randn(1, 3, 64, 64)
     ours, fv = cost.count_flops(model, x).by_op, cost.fvcore_macs(model, x)
+    paper = cost.paper_count(model, x)
     for forced in ("ref", "torch", "cuda"):
         monkeypatch.setenv("BENCH_SCAN_BACKEND", forced)
         assert cost.count_flops(model, x).by_op == ours and cost.fvcore_macs(model, x) == fv
+        # and what a run records after training (thop's forward included)
+        build = {"num_classes": 9, "in_chans": 3, "img_size": 64, **dict(get_entry("vmunet").tiny)}
+        assert cost.run_counts("vmunet", build, (64, 64))["paper_macs"] == paper["paper_macs"]
 
 
 def test_fused_attention_is_counted_not_skipped():
@@ -97,19 +101,24 @@ def test_fused_attention_is_counted_not_skipped():
 
 
 def test_a_counts_only_profile_keeps_the_timings_of_the_same_setup(tmp_path, monkeypatch):
-    tiny = dict(get_entry("unet").tiny)
-    timed = cost.profile_model("unet", img_size=32, overrides=tiny, warmup=0, iters=2)
+    monkeypatch.setenv("BENCH_SCAN_BACKEND", "torch")  # timed on torch; the counts run the cpu backend
+    tiny = dict(get_entry("vmunet").tiny)
+    timed = cost.profile_model("vmunet", img_size=32, overrides=tiny, warmup=0, iters=2)
     cost.write_profile(timed, tmp_path)
-    counts = cost.profile_model("unet", img_size=32, overrides=tiny, timing=False)
+    counts = cost.profile_model("vmunet", img_size=32, overrides=tiny, timing=False)
+    assert counts["scan_backend"] == timed["scan_backend"] == "torch"  # the device's, not the counts'
     path = cost.write_profile(counts, tmp_path)
     assert len(list((tmp_path / "profiles").glob("*.json"))) == 1
     assert json.loads(path.read_text())["latency_ms_median"] == timed["latency_ms_median"]
     # another scan backend's timing is another record
     assert cost.profile_id({**timed, "scan_backend": "ref"}) != cost.profile_id(timed)
+    # a recount of another architecture under the same id does not inherit the timings
+    path = cost.write_profile({**counts, "macs": counts["macs"] + 1}, tmp_path)
+    assert "latency_ms_median" not in json.loads(path.read_text())
     # the fvcore cross-check speaks up when the two counts part
     monkeypatch.setattr(cost, "fvcore_macs", lambda model, x: {"total": 0.5 * cost.count_flops(model, x).macs})
     with pytest.warns(UserWarning, match=r"unet: our count .* and fvcore's .* differ by more than 5%"):
-        cost.profile_model("unet", img_size=32, overrides=tiny, timing=False)
+        cost.profile_model("unet", img_size=32, overrides=dict(get_entry("unet").tiny), timing=False)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -691,8 +691,8 @@ def test_fold_runs_are_identified_by_their_cases(roots, tmp_path):
 
 @pytest.mark.parametrize("kind", ["synapse", "isic", "polyp", "isic_all", "nnunet", "nnunet2d"])
 def test_data_is_identified_by_its_files_wherever_it_lies(roots, tmp_path, kind):
-    """content_id: the same files under another root are the same data; a file of another size, a
-    missing one or a changed split file make other data."""
+    """content_id: the same files under another root are the same data; a file of another size or
+    other bytes, a missing one or a changed split file make other data."""
     dataset = {"isic": "isic17", "nnunet2d": "nnunet"}.get(kind, kind)
     (tmp_path / "a").mkdir()
     a = _copy(roots[kind], tmp_path / "a")
@@ -707,6 +707,15 @@ def test_data_is_identified_by_its_files_wherever_it_lies(roots, tmp_path, kind)
         f.write(b"\0")
     grown = ident(b)
     assert grown != ident(a)
+    # data made otherwise whose files keep their sizes (uncompressed slices do): the bytes sampled differ
+    from bench.data.base import CONTENT_SAMPLES
+
+    files_a = open_dataset(dataset, a).source_files()
+    sampled = files_a[max(1, len(files_a) // CONTENT_SAMPLES)]  # the second file read (the first: dataset.json)
+    before, data = ident(a), bytearray(sampled.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    sampled.write_bytes(bytes(data))
+    assert ident(a) != before
     if kind == "synapse":  # a listed file gone (elsewhere a file gone is an unpaired item or a case gone)
         files[0].unlink()
         assert ident(b) not in (grown, ident(a))

@@ -142,7 +142,7 @@ def test_labels_with_markup_characters_keep_tables_whole(tmp_path):
     assert len(rows) == 2 and all(cells(r) == cells(header) for r in rows)
     assert 'unet (norm="a\\|b<c>")' in md and 'unet (norm="Überprüfung")' in md
     tex = render(load(tmp_path), "latex")
-    assert "a\\textbar{}b\\textless{}c\\textgreater{}" in tex and "\\textquotedbl{}" in tex
+    assert "a\\textbar{}b\\textless{}c\\textgreater{}" in tex and "\\texttt{\\char34}" in tex
     assert tex.count("\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%") == 1  # shrunk only
     assert "graphicx" in tex
 

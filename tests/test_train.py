@@ -135,6 +135,8 @@ def test_binary_loss_is_vmunets_bce_on_the_sigmoid():
     assert logits.grad[0, 0, 0, 0] == 0.0 and logits.grad[0, 0, 0, 1] == pytest.approx((p[0].item() - 1) / 3, rel=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # runs under autocast too (CUDA's refuses BCELoss)
         segmentation_loss(logits.to(torch.bfloat16), target, ce=0.0, dice=1.0, bce=1.0)
+    # a diverged model's NaN logits give a NaN loss for the loop's clear error, not BCELoss's refusal
+    assert math.isnan(segmentation_loss(logits * math.nan, target, ce=0.0, dice=0.0, bce=1.0).item())
 
 
 def test_an_epoch_of_draws_runs_its_fixed_number_of_steps(synapse_root, tmp_path):

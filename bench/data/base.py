@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +47,10 @@ class Case:
     @property
     def is_volume(self) -> bool:
         return self.label.ndim == 3
+
+
+CONTENT_SAMPLES = 16  # files whose bytes content_id reads
+_MIB = 1 << 20
 
 
 class SegDataset:
@@ -153,19 +158,32 @@ class SegDataset:
         raise NotImplementedError
 
     def content_id(self) -> str:
-        """``files:<sha256[:16]>`` of ``source_files`` as (path below the root, size): what identifies
-        data of one's own in run ids. A copy or another mount of the same files keeps it (a grid over
-        node-local copies, a moved disk: finished runs stay finished), edited or re-exported data gets
-        another. Sizes stand in for contents, so planning a grid reads no image."""
+        """``files:<sha256[:16]>``: what identifies data of one's own in run ids, wherever it lies.
+        Every source file's path below the root and size, and the contents of ``CONTENT_SAMPLES``
+        files spread over the list (their first and last MiB): a copy or another mount of the same
+        files keeps the id (a grid over node-local copies, a moved disk: finished runs stay
+        finished); data preprocessed or labelled otherwise gets another, even where its files
+        keep their sizes (uncompressed slices do). Planning reads a few MiB, not the dataset."""
+        files = self.source_files()
         entries = []
-        for path in self.source_files():
+        for path in files:
             try:
                 size = path.stat().st_size
             except OSError:
                 size = None  # listed but missing: reading it fails later, with its name
-            entries.append((path.relative_to(self.root).as_posix(), size))
-        blob = json.dumps([self.dataset_name, self.num_classes, entries]).encode()
-        return "files:" + hashlib.sha256(blob).hexdigest()[:16]
+            entries.append((os.path.relpath(path, self.root).replace(os.sep, "/"), size))
+        digest = hashlib.sha256(json.dumps([self.name, self.num_classes, entries]).encode())
+        step = max(1, len(files) // CONTENT_SAMPLES)
+        for path in files[::step][:CONTENT_SAMPLES]:
+            try:
+                with path.open("rb") as fh:
+                    digest.update(fh.read(_MIB))
+                    if fh.seek(0, os.SEEK_END) > 2 * _MIB:
+                        fh.seek(-_MIB, os.SEEK_END)
+                        digest.update(fh.read(_MIB))
+            except OSError:
+                digest.update(b"unreadable")
+        return "files:" + digest.hexdigest()[:16]
 
     # --- predictions (bench predict) ----------------------------------------------------------
 
