@@ -228,9 +228,8 @@ def run(
         + (f" · {distributed.world().size} processes" if distributed.world().distributed else ""))
     for spec in specs:
         distributed.barrier()  # every rank sees the same finished records
-        done = next((k for k in (spec.key, *spec.earlier_keys) if record_path(results, k).is_file()), None)
-        if done:
-            say(f"  {done}: finished earlier, skipped")
+        if record_path(results, spec.key).is_file():
+            say(f"  {spec.key}: finished earlier, skipped")
             continue
         rescored = rescored_twin(spec, results)
         if rescored:

@@ -14,7 +14,7 @@ import json
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,8 @@ class RunSpec:
     init: tuple[str, str, str] | None = None  # pretrained (source, path, sha256[:16]); None: from scratch
     split_sha: str | None = None  # a fold's test cases (sha256[:16] of the sorted ids): its split by content
     # what the data is, fixed when planned: synthetic data by how it was made (bench.data.synthetic_identity;
-    # a moved results folder holds the same data), other data by its files (SegDataset.content_id)
+    # a moved results folder holds the same data), other data by its files (SegDataset.content_id), or
+    # by its absolute path for a run begun before that (plan_grid keeps its id); "" = the path
     data_id: str = ""
 
     @property
@@ -58,19 +59,7 @@ class RunSpec:
     @property
     def key(self) -> str:
         """Deterministic id: the same spec always maps to the same run directory and record."""
-        return self._key(self.data_id or self._path_id)
-
-    @property
-    def earlier_keys(self) -> list[str]:
-        """The id this run had before data of one's own was identified by its files (by its absolute
-        path): `bench run` counts a record under it as finished."""
-        return [self._key(self._path_id)] if self.data_id.startswith("files:") else []
-
-    @property
-    def _path_id(self) -> str:
-        return str(self.data_root.expanduser().resolve())
-
-    def _key(self, data: str) -> str:
+        data = self.data_id or str(self.data_root.expanduser().resolve())
         ident = [self.model, self.dataset, self.protocol.hash, self.protocol.overrides, self.seed, data,
                  self.policy, list(self.model_overrides)]
         if self.fold is not None:  # appended only here, so test-split ids stay as they were
@@ -415,9 +404,21 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     split_sha = {f: None if f is None else _ids_sha(open_dataset(dataset, data_root, fold=f).test_ids())
                  for f in fold_list}
     data_id = made or ds.content_id()
-    return [RunSpec(m, dataset, protocol, s, data_root, synthetic, chosen, extra, fold, inits.get(m),
-                    split_sha[fold], data_id)
-            for m in models for s in seeds for fold in fold_list]
+    specs = [RunSpec(m, dataset, protocol, s, data_root, synthetic, chosen, extra, fold, inits.get(m),
+                     split_sha[fold], data_id)
+             for m in models for s in seeds for fold in fold_list]
+    return [_earlier_id(spec, results_dir) for spec in specs]
+
+
+def _earlier_id(spec: RunSpec, results_dir: Path) -> RunSpec:
+    """A run begun when data was identified by its absolute path (before content_id) keeps that id
+    where its record or run folder is there: finished, it is skipped; interrupted, it resumes; its
+    rescored twins are found."""
+    if not spec.data_id.startswith("files:"):
+        return spec
+    by_path = replace(spec, data_id="")
+    started = (results_dir / "runs" / by_path.key).is_dir() or records.record_path(results_dir, by_path.key).is_file()
+    return by_path if started else spec
 
 
 def _ids_sha(ids: list[str]) -> str:

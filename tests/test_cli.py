@@ -54,6 +54,7 @@ def test_finished_runs_are_skipped(smoke_results):
 def test_runs_on_data_of_ones_own_follow_its_files_not_its_path(tmp_path):
     """A copy of the data elsewhere (a node-local copy in a grid, a moved disk) is the same data: its
     finished runs are skipped, as is a record written when runs were identified by their data's path."""
+    import dataclasses
     import shutil
 
     from bench.data import synthesize
@@ -74,9 +75,17 @@ def test_runs_on_data_of_ones_own_follow_its_files_not_its_path(tmp_path):
     (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[proto.seed], data_root=here,
                         synthetic=False, results_dir=res, model_overrides=dict(get_entry("unet").tiny))
     assert rec.stem == spec.key and spec.data_id.startswith("files:")
-    (earlier,) = spec.earlier_keys  # the id by path, as records written before had it
+    # a run begun when ids came from the data's path keeps that id: finished, it is skipped (and an
+    # interrupted one resumes from its folder)
+    earlier = dataclasses.replace(spec, data_id="").key
+    assert earlier != spec.key
     rec.rename(rec.with_name(f"{earlier}.json"))
+    (res / "runs" / spec.key).rename(res / "runs" / earlier)
     assert f"{earlier}: finished earlier, skipped" in run(here)
+    rec.with_name(f"{earlier}.json").unlink()  # its folder alone: the plan takes its id, to resume it
+    (again,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[proto.seed], data_root=here,
+                         synthetic=False, results_dir=res, model_overrides=dict(get_entry("unet").tiny))
+    assert again.key == earlier
 
 
 def test_data_root_from_synth_matches_synthetic(smoke_results, tmp_path):
