@@ -57,6 +57,7 @@ if [ "$what" = checks ] || [ "$what" = all ]; then
     fi
     step cuda-tests "$py" -m pytest -q -p no:cacheprovider -rs tests/test_scan.py tests/test_lightm_unet.py \
         tests/test_cuda_check.py tests/test_env.py tests/test_train.py::test_cuda_run_records_its_training_peak_memory \
+        tests/test_volumetric.py::test_eval_autocast_runs_the_model_under_float16_autocast_on_cuda_only \
         -k "cuda or fused or env or driver or fingerprint"
     step cuda-check "$py" benchmarks/cuda_check.py --threads "$threads" --repeats 20 --out "$out/cuda_check.md"
 fi
