@@ -157,9 +157,7 @@ def _load_extension():
                 if (here / "ninja").exists():
                     os.environ["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
             build = _build_dir()
-            lock = build / "lock"
-            if lock.exists() and time.time() - lock.stat().st_mtime > _STALE_LOCK_S:
-                lock.unlink(missing_ok=True)
+            _wait_for_build_lock(build / "lock")
             cached = any(build.glob(f"{_EXT_NAME}*.so"))
             t0 = time.perf_counter()
             with _real_std_streams():  # torch's build flushes them; callers may have set them to None
@@ -169,6 +167,21 @@ def _load_extension():
         except Exception as exc:  # no compiler, no ninja, a build or load error
             _ext_error, _ext_error_detail = _short_reason(exc), str(exc)
         return _ext
+
+
+def _wait_for_build_lock(lock: Path) -> None:
+    """Wait while another process builds into this directory; remove its lock once it is older than
+    ``_STALE_LOCK_S`` (a killed build leaves it). torch's own wait has no end: a process that found
+    a killed build's lock still young waited for ever."""
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age > _STALE_LOCK_S:
+            lock.unlink(missing_ok=True)
+            return
+        time.sleep(min(0.1, _STALE_LOCK_S - age + 0.01))  # as torch polls its baton
 
 
 def _mamba_ops():

@@ -513,6 +513,26 @@ def test_kernel_results_do_not_depend_on_the_vector_width(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(narrow, default))
 
 
+def test_a_killed_builds_lock_is_waited_out_not_for_ever(tmp_path, monkeypatch):
+    """A build killed mid-way leaves its lock; a process that found it young waited in torch's
+    endless wait (a CI run hung). Now: wait while a live build holds it, remove it once stale."""
+    import threading
+    import time
+
+    monkeypatch.setattr(scan, "_STALE_LOCK_S", 0.5)
+    lock = tmp_path / "lock"
+    lock.touch()  # young, and nobody will remove it
+    t0 = time.monotonic()
+    scan._wait_for_build_lock(lock)
+    assert not lock.exists() and 0.4 < time.monotonic() - t0 < 5
+    lock.touch()  # a live build that finishes after 0.1 s
+    threading.Timer(0.1, lock.unlink).start()
+    t0 = time.monotonic()
+    scan._wait_for_build_lock(lock)
+    assert time.monotonic() - t0 < 0.45
+    scan._wait_for_build_lock(lock)  # no lock: no wait
+
+
 def test_kernel_loads_where_stdout_is_none():
     """The first SSM forward may run under ``redirect_stdout(None)`` (thop's counting in `bench
     profile` did): torch's build flushes sys.stdout, and the kernel was lost for the whole process,
