@@ -93,7 +93,7 @@ _CONTRACTION = re.compile(r"^(_?convolution|conv\d?d|conv_transpose\dd|mkldnn_.*
 
 @contextlib.contextmanager
 def _counting():
-    """What every count runs under, so it depends on the architecture alone: the scan on the CPU
+    """What every count (ours, fvcore's, thop's) runs under, so it depends on the architecture alone: the scan on the CPU
     backend (the compiled kernel, else the torch one), whose calls the counters see as one op
     (bench.cost's formula; fvcore's handle) whatever BENCH_SCAN_BACKEND says; and PyTorch's fused
     attention fast path off (nn.MultiheadAttention / nn.TransformerEncoderLayer in eval without grad
@@ -207,7 +207,7 @@ def paper_count(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     muted = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        with torch.no_grad(), _counting(), contextlib.redirect_stdout(io.StringIO()):
             macs, params = thop.profile(model, inputs=(x,), verbose=False)
     finally:
         logging.disable(muted)
@@ -419,8 +419,7 @@ def peak_memory_mb(model: nn.Module, x: torch.Tensor, *, train_step: bool = Fals
 # ----------------------------------------------------------------------------------------- profile
 
 def _counts(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
-    with _counting():  # thop's forward too: a BENCH_SCAN_BACKEND=cuda would crash it on CPU tensors
-        flops, paper = count_flops(model, x), paper_count(model, x)
+    flops, paper = count_flops(model, x), paper_count(model, x)
     return {"input_shape": "x".join(map(str, x.shape)), "macs": flops.macs, "flops": flops.flops,
             "scan_macs": flops.scan_flops / 2, "paper_macs": paper["paper_macs"],
             "paper_params": int(paper["paper_params"]), "flops_by_op": flops.by_op}

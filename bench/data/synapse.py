@@ -218,17 +218,23 @@ class SynapseDataset(SegDataset):
     def test_ids(self) -> list[str]:
         return list(self._test)
 
+    def _train_file(self, item_id: str) -> Path:
+        return self.train_dir / f"{item_id}.npz"
+
+    def _test_file(self, case_id: str) -> Path:
+        return self.test_dir / f"{case_id}{H5_SUFFIX}"
+
     def load_train(self, item_id: str) -> Sample:
-        image, label = read_slice(_existing(self.train_dir / f"{item_id}.npz"))
+        image, label = read_slice(_existing(self._train_file(item_id)))
         return Sample(image=image, label=label, name=item_id)
 
     def load_test(self, case_id: str) -> Case:
-        image, label, spacing = read_volume(_existing(self.test_dir / f"{case_id}{H5_SUFFIX}"))
+        image, label, spacing = read_volume(_existing(self._test_file(case_id)))
         return Case(case_id=case_id, image=image, label=label, spacing=spacing or self._spacing.get(case_id))
 
     def source_files(self) -> list[Path]:
         table = self.root / SPACING_FILE  # HD95 in mm reads it
-        return ([self.train_dir / f"{i}.npz" for i in self._train] + [self.test_dir / f"{i}{H5_SUFFIX}" for i in self._test]
+        return ([self._train_file(i) for i in self._train] + [self._test_file(i) for i in self._test]
                 + ([table] if table.is_file() else []))
 
 
