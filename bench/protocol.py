@@ -188,17 +188,10 @@ class Protocol:
             if len(changes["patch_size"]) != n:
                 raise BenchError(f"override patch_size (--patch-size): protocol {self.name!r} trains {n}-D patches "
                                  f"{list(self.patch_size)}; give {n} sides, got {list(changes['patch_size'])}")
-        top, train, ev = {}, {}, {}
-        names = {f.name for f in dataclasses.fields(TrainConfig)}, {f.name for f in dataclasses.fields(EvalConfig)}
+        parts: dict[str, dict[str, Any]] = {"train": {}, "eval": {}, "": {}}
         for key, value in changes.items():
-            if key in names[0]:
-                train[key] = value
-            elif key in names[1]:
-                ev[key] = value
-            elif key in {"img_size", "patch_size", "target_spacing", "normalize", "metric_policy", "seed", "dtype", "pretrained"}:
-                top[key] = value
-            else:
-                raise BenchError(f"cannot override protocol field {key!r}")
+            parts[_section(key)][key] = value
+        top, train, ev = parts[""], parts["train"], parts["eval"]
         changed = _checked(dataclasses.replace(
             self,
             train=dataclasses.replace(self.train, **train),
@@ -215,12 +208,24 @@ class Protocol:
                                                        if k not in same or k in self.overrides})
 
 
+_TOP_OVERRIDABLE = {"img_size", "patch_size", "target_spacing", "normalize", "metric_policy", "seed", "dtype",
+                    "pretrained"}
+
+
+def _section(key: str) -> str:
+    """Where an overridable field lives: "train", "eval" or "" (top level); BenchError otherwise."""
+    if key in {f.name for f in dataclasses.fields(TrainConfig)}:
+        return "train"
+    if key in {f.name for f in dataclasses.fields(EvalConfig)}:
+        return "eval"
+    if key in _TOP_OVERRIDABLE:
+        return ""
+    raise BenchError(f"cannot override protocol field {key!r}")
+
+
 def _field(protocol: Protocol, key: str) -> Any:
     """The value of an overridable field, wherever it lives (top level, train or eval)."""
-    for part in (protocol.train, protocol.eval, protocol):
-        if key in {f.name for f in dataclasses.fields(part)}:
-            return getattr(part, key)
-    raise KeyError(key)
+    return getattr({"train": protocol.train, "eval": protocol.eval, "": protocol}[_section(key)], key)
 
 
 # The names a protocol may use; the training loop and bench.transforms implement exactly these.

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from bench import distributed, env, records
-from bench.data import open_dataset, synthetic_identity, synthetic_root
+from bench.data import check_folds, open_dataset, synthetic_identity, synthetic_root
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import (cache_training_volumes, preprocess_processes, slicing_note, target_spacing,
                                    volume_prep)
@@ -337,6 +337,14 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     if synthetic and data_root is not None:
         raise BenchError("give either --data-root or --synthetic, not both")
     records.ensure_writable_dir(results_dir)  # before synthetic data is written or anything trains
+    # what needs no data, before --synthetic writes any
+    if folds is not None:
+        check_folds(dataset)
+    if protocol.datasets and dataset not in protocol.datasets:
+        raise BenchError(
+            f"protocol {protocol.name!r} is written for {', '.join(protocol.datasets)}, not {dataset!r}"
+        )
+    inits = resolve_inits(models, protocol, pretrained_dir)
     if synthetic:
         data_root = synthetic_root(dataset, results_dir / "synthetic")
     if data_root is None:
@@ -347,10 +355,6 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     # validates the layout (and, with folds, that the dataset has them) before any training starts
     ds = open_dataset(dataset, data_root, fold=None if folds is None else 0)
     ds.check_splits()
-    if protocol.datasets and dataset not in protocol.datasets:
-        raise BenchError(
-            f"protocol {protocol.name!r} is written for {', '.join(protocol.datasets)}, not {dataset!r}"
-        )
     if protocol.requires_split_file and not ds.has_split_file:
         raise BenchError(
             f"protocol {protocol.name!r} needs the split as {Path(data_root) / 'splits_final.json'} (fold 0: "
@@ -368,7 +372,6 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     if misfit:
         raise BenchError(misfit)
     resolve_nsd_tolerance(protocol, ds, chosen)  # a per-class table must name exactly the dataset's classes
-    inits = resolve_inits(models, protocol, pretrained_dir)
     if protocol.normalize == "ct_foreground":
         ds.train_cases()  # BenchError naming the data where the reader has no whole training cases
     if protocol.patches:

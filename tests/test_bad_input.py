@@ -613,7 +613,7 @@ def test_missing_pretrained_files_are_named_before_anything_runs(monkeypatch, ca
                  "--synthetic", "--results", res, names="vmunet: vmamba_small_e238_ema.pth",
                  phrase="pass --pretrained-dir DIR holding them, or --no-pretrained")
     assert "transunet: R50+ViT-B_16.npz" in err and not re.search(r"[(; ]unet:", err)  # U-Net has no file
-    assert not (res / "runs").exists() and not (res / "records").exists()
+    assert not any((res / d).exists() for d in ("runs", "records", "synthetic"))  # refused before data is written
     _fails(monkeypatch, capsys, "run", "--models", "swin_unet", "--dataset", "synapse", "--synthetic",
            "--results", res, "--pretrained-dir", tmp_path, names=f"not found in {tmp_path}",
            phrase="swin_unet: swin_tiny_patch4_window7_224.pth")
@@ -634,4 +634,4 @@ def test_nsd_tolerance_table_that_does_not_fit_the_dataset(monkeypatch, capsys, 
 def test_protocol_written_for_another_dataset(monkeypatch, capsys, tmp_path):
     _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "isic17", "--synthetic", "--results",
            tmp_path, "--protocol", "synapse", names="protocol 'synapse'", phrase="is written for synapse, not 'isic17'")
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "synthetic").exists()  # refused before data is written

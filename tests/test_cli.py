@@ -235,8 +235,10 @@ def test_folds_give_one_record_per_fold(tmp_path):
            "--results", tmp_path, *FAST)
     df = records.load(tmp_path)
     assert sorted(df["split"]) == ["fold0", "fold1"] and df["run_id"].nunique() == 2
-    bad = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--folds", "0", "--results", tmp_path, check=False)
+    bad = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--folds", "0", "--results",
+                 tmp_path / "fixed", check=False)
     assert bad.returncode == 2 and "fixed test split" in bad.stderr
+    assert not (tmp_path / "fixed" / "synthetic").exists()  # refused before the synthetic data is written
 
 
 def test_each_dataset_defaults_to_its_published_protocol():

@@ -64,13 +64,19 @@ def get_reader(name: str) -> type[SegDataset]:
         raise BenchError(f"unknown dataset {name!r}{hint} Known datasets: {', '.join(known)}") from None
 
 
+def check_folds(name: str) -> None:
+    """BenchError where ``name`` has a fixed test split, so cross-validation folds do not apply."""
+    if not hasattr(get_reader(name), "n_folds"):
+        raise BenchError(f"dataset {name!r} has a fixed test split; folds (--folds) apply to nnunet-format data")
+
+
 def open_dataset(name: str, root: str | Path, fold: int | None = None) -> SegDataset:
     """Open the dataset ``name`` stored at ``root``; BenchError naming the path if it is not there.
 
     ``fold``: a cross-validation fold, for datasets without a fixed test split (nnunet)."""
     reader = get_reader(name)
-    if fold is not None and not hasattr(reader, "n_folds"):
-        raise BenchError(f"dataset {name!r} has a fixed test split; folds (--folds) apply to nnunet-format data")
+    if fold is not None:
+        check_folds(name)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise BenchError(
@@ -103,6 +109,7 @@ __all__ = [
     "Case",
     "Sample",
     "SegDataset",
+    "check_folds",
     "get_reader",
     "list_datasets",
     "open_dataset",

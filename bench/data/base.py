@@ -203,6 +203,11 @@ class SegDataset:
             write_nifti_labels(pred, path, self.num_classes, np.diag([*zooms, 1.0]))
 
 
+def hidden(path: Path) -> bool:
+    """Dot files (macOS's ``._`` AppleDouble copies, ``.DS_Store``): never data, in every reader."""
+    return path.name.startswith(".")
+
+
 def id_dtype(num_classes: int) -> type:
     """The unsigned type of a written label map: one per dataset, whatever ids a case holds."""
     return np.uint8 if num_classes <= 256 else np.uint16

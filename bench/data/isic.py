@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.data.base import Case, Sample, SegDataset, reading
+from bench.data.base import Case, Sample, SegDataset, hidden, reading
 from bench.errors import BenchError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -48,7 +48,7 @@ def list_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(
-        (p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS),
+        (p for p in folder.iterdir() if p.is_file() and not hidden(p) and p.suffix.lower() in IMAGE_EXTS),
         key=lambda p: p.name,
     )
 
@@ -208,7 +208,7 @@ def test_set_folders(folder: Path) -> tuple[list[str], list[tuple[Path, str]]]:
     if not folder.is_dir():
         return [], []
     sets, problems = [], []
-    for p in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX"):
+    for p in sorted(p for p in folder.iterdir() if p.is_dir() and not hidden(p) and p.name != "__MACOSX"):
         if (p / "images").is_dir():
             sets.append(p.name)
         else:

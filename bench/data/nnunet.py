@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.data.base import Case, Sample, SegDataset, class_ids, describe, id_dtype, reading, write_nifti_labels
+from bench.data.base import Case, Sample, SegDataset, class_ids, describe, hidden, id_dtype, reading, write_nifti_labels
 from bench.errors import BenchError
 from bench.records import atomic_write
 
@@ -326,7 +326,7 @@ def kfold_split(case_ids: list[str], fold: int, n_folds: int = N_FOLDS) -> tuple
 def list_cases(root: Path, ending: str) -> list[str]:
     """Case ids = names of ``labelsTr/*{ending}`` without the ending, sorted."""
     folder = root / "labelsTr"
-    names = (p.name for p in folder.iterdir() if not p.name.startswith("."))
+    names = (p.name for p in folder.iterdir() if not hidden(p))
     return sorted(n[: -len(ending)] for n in names if n.endswith(ending))
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from bench.data.base import Case, Sample, SegDataset, class_ids, reading
+from bench.data.base import Case, Sample, SegDataset, class_ids, hidden, reading
 from bench.errors import BenchError
 
 # Class id -> organ, the TransUNet-lineage order used by the VM-UNet code and the paper tables
@@ -122,8 +122,8 @@ def find_list_dir(root: Path) -> Path | None:
 
 
 def data_files(folder: Path, suffix: str) -> list[Path]:
-    """``folder``'s ``*<suffix>`` files, hidden ones (macOS's ``._`` AppleDouble copies) left out."""
-    return [p for p in folder.glob("*" + suffix) if not p.name.startswith(".")]
+    """``folder``'s ``*<suffix>`` files, hidden ones left out."""
+    return [p for p in folder.glob("*" + suffix) if not hidden(p)]
 
 
 def read_list(path: Path, suffix: str = "") -> list[str]:
@@ -218,23 +218,25 @@ class SynapseDataset(SegDataset):
     def test_ids(self) -> list[str]:
         return list(self._test)
 
-    def _train_file(self, item_id: str) -> Path:
+    def train_file(self, item_id: str) -> Path:
+        """The file a training slice is read from (by loading and content_id alike)."""
         return self.train_dir / f"{item_id}.npz"
 
-    def _test_file(self, case_id: str) -> Path:
+    def test_file(self, case_id: str) -> Path:
+        """The file a test volume is read from (by loading, content_id and verify alike)."""
         return self.test_dir / f"{case_id}{H5_SUFFIX}"
 
     def load_train(self, item_id: str) -> Sample:
-        image, label = read_slice(_existing(self._train_file(item_id)))
+        image, label = read_slice(_existing(self.train_file(item_id)))
         return Sample(image=image, label=label, name=item_id)
 
     def load_test(self, case_id: str) -> Case:
-        image, label, spacing = read_volume(_existing(self._test_file(case_id)))
+        image, label, spacing = read_volume(_existing(self.test_file(case_id)))
         return Case(case_id=case_id, image=image, label=label, spacing=spacing or self._spacing.get(case_id))
 
     def source_files(self) -> list[Path]:
         table = self.root / SPACING_FILE  # HD95 in mm reads it
-        return ([self._train_file(i) for i in self._train] + [self._test_file(i) for i in self._test]
+        return ([self.train_file(i) for i in self._train] + [self.test_file(i) for i in self._test]
                 + ([table] if table.is_file() else []))
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from bench.data import isic as isic_io
 from bench.data import nnunet as nn_io
 from bench.data import synapse as syn_io
-from bench.data.base import describe, label_id_problem
+from bench.data.base import describe, hidden, label_id_problem
 from bench.errors import BenchError
 
 
@@ -273,7 +273,7 @@ def _check_nnunet(root: Path, report: _Report, reader) -> None:
     # image files whose case has no label
     known = set(cases)
     for p in sorted((root / "imagesTr").iterdir()):
-        if p.name.endswith(ending) and not p.name.startswith("."):  # as the reader: ._ copies are no cases
+        if p.name.endswith(ending) and not hidden(p):  # as the reader
             stem = p.name[: -len(ending)]
             case, _, channel = stem.rpartition("_")
             if not (len(channel) == 4 and channel.isdigit()):
@@ -391,7 +391,7 @@ def dataset_notes(name: str, root: str | Path) -> list[str]:
                      "published Synapse numbers are not comparable with runs on it")
     counts = np.zeros(syn_io.NUM_CLASSES, dtype=np.int64)
     for case in sorted(test):  # every 4th slice: the organs' size order needs no more
-        path = ds.test_dir / f"{case}{syn_io.H5_SUFFIX}"
+        path = ds.test_file(case)
         if path.is_file():
             label = syn_io.volume_labels(path, step=4)
             counts += np.bincount(np.asarray(label, dtype=np.int64).clip(0, 8).ravel(), minlength=9)[:9]
