@@ -109,23 +109,42 @@ def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
             label += f" (off-protocol: {_overrides_text(row['protocol_overrides'])})"
         labels.append(label)
     df["board_protocol"] = labels
-    df["model_label"] = df["model"]
-    for _, runs in df.groupby(["board_dataset", "board_protocol", "policy", "model"]):
-        if runs["model_config"].nunique() > 1:
-            df.loc[runs.index, "model_label"] = _config_labels(runs["model"].iloc[0], runs["model_config"])
+    df["model_label"] = model_labels(df["model"], df["model_config"], df[["board_dataset", "board_protocol", "policy"]])
     return df
 
 
-def _config_labels(model: str, configs: pd.Series) -> list[str]:
-    """``"unet (base_c=8)"``: only the config keys that differ between the model's rows."""
-    parsed = [json.loads(c) if c else {} for c in configs]
-    keys = sorted({k for p in parsed for k in p})
-    differing = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in parsed}) > 1]
-    labels = []
-    for p in parsed:
-        parts = [f"{k}={json.dumps(p[k], ensure_ascii=False)}" if k in p else f"{k}=default" for k in differing]
-        labels.append(f"{model} ({', '.join(parts)})")
-    return labels
+def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | None = None) -> list[str]:
+    """Row labels: the model's name, ``"(tiny)"`` added wherever the run used the model's tiny test
+    configuration (``--tiny``), whatever else shares the table; where one model still runs in several
+    configurations within a group (a board), the config keys that differ between them:
+    ``"unet (base_c=8)"``, ``"unet (tiny, img_size=96)"``. ``configs``: JSON strings."""
+    parsed = pd.Series([json.loads(c) if isinstance(c, str) and c else {} for c in configs], index=models.index)
+    frame = pd.DataFrame({"model": models.astype(str), "tiny": [_is_tiny(m, p) for m, p in zip(models, parsed)]})
+    labels = frame["model"] + np.where(frame["tiny"], " (tiny)", "")
+    if groups is not None:
+        frame = pd.concat([groups.add_prefix("group_"), frame], axis=1)
+    for (*_, model, is_tiny), idx in frame.groupby(list(frame.columns), sort=False, dropna=False).groups.items():
+        mine = parsed[idx].tolist()
+        names = sorted({k for p in mine for k in p})
+        differing = [k for k in names if len({json.dumps(p.get(k), sort_keys=True) for p in mine}) > 1]
+        if not differing:
+            continue
+        for i, p in zip(idx, mine):
+            parts = ["tiny"] * is_tiny + [f"{k}={json.dumps(p[k], ensure_ascii=False)}" if k in p else f"{k}=default"
+                                         for k in differing]
+            labels[i] = f"{model} ({', '.join(parts)})"
+    return labels.tolist()
+
+
+def _is_tiny(model: str, config: dict) -> bool:
+    """Whether ``config`` holds the model's tiny test configuration (registry ``tiny``)."""
+    from bench.registry import get_entry
+
+    try:
+        tiny = get_entry(model).tiny
+    except BenchError:  # a record of a model no longer registered
+        return False
+    return bool(tiny) and all(json.dumps(config.get(k)) == json.dumps(v) for k, v in tiny.items())
 
 
 def _class_columns(group: pd.DataFrame) -> list[str]:
@@ -458,15 +477,11 @@ def scan_mark(backend: Any) -> str:
 
 
 def _profile_labels(g: pd.DataFrame) -> list[str]:
-    """Model names, with the config keys that differ where one model was profiled in several
-    configurations (``--tiny``, ``--set``, ``--num-classes``), as boards label runs."""
+    """Model names labelled as boards label runs (``model_labels``): tiny configurations, and the
+    config keys that differ where one model was profiled in several (``--set``, ``--num-classes``)."""
     configs = pd.Series([json.dumps(c, sort_keys=True) if isinstance(c, dict) else "" for c in
                          (g["model_config"] if "model_config" in g else [None] * len(g))], index=g.index)
-    labels = pd.Series(g["model"].astype(str), index=g.index)
-    for model, idx in g.groupby("model").groups.items():
-        if configs[idx].nunique() > 1:
-            labels[idx] = _config_labels(model, configs[idx])
-    return labels.tolist()
+    return model_labels(g["model"].astype(str), configs)
 
 
 def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -644,7 +659,10 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
         if key not in boards:
             continue
         labels = sorted(set(cases["model_label"]))
-        tests = stats.paired_tests(cases, reference, metrics=CI_METRICS)
+        # a model name stands for its one row here ("unet" for "unet (tiny)")
+        own = sorted(set(cases.loc[cases["model"] == reference, "model_label"]))
+        ref = own[0] if reference not in labels and len(own) == 1 else reference
+        tests = stats.paired_tests(cases, ref, metrics=CI_METRICS)
         ranks = stats.rank_stability(cases, "dice", key.policy)
         title = f"## Significance · {_caption(key, boards[key])[0]}"
         rank_table = pd.DataFrame({
@@ -656,9 +674,9 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
         rank_note = ("Ranks by the board's DSC (its policy's aggregate) over the cases every model has; stability "
                      "from 1000 bootstrap resamples of those cases.")
         if tests.empty:
-            if reference in labels:
-                why = (f"{reference!r} is the only model on this board" if len(labels) == 1
-                       else f"{reference!r} shares no scored test case with another model")
+            if ref in labels:
+                why = (f"{ref!r} is the only model on this board" if len(labels) == 1
+                       else f"{ref!r} shares no scored test case with another model")
             elif configs := [m for m in labels if m.startswith(f"{reference} (")]:  # "unet (base_c=8)": per config
                 why = (f"{reference!r} runs here in several configurations ({', '.join(configs)}); pass one as "
                        "--reference")
@@ -675,7 +693,7 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
             "p (Wilcoxon)": [_num(p, ".3g") for p in tests["p"]],
             "p (Holm)": [_num(p, ".3g") for p in tests["p_holm"]],
         })
-        note = (f"Reference: {reference}. Two-sided Wilcoxon signed-rank over the shared test cases (each case "
+        note = (f"Reference: {ref}. Two-sided Wilcoxon signed-rank over the shared test cases (each case "
                 "averaged over classes and seeds); effect size: matched-pairs rank-biserial correlation, > 0 "
                 f"means the model beats the reference; p adjusted with Holm over the board's tests. {rank_note}")
         if key.policy == "legacy-synapse":

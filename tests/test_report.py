@@ -211,6 +211,33 @@ def test_synthetic_and_model_config_are_separated(tmp_path):
     assert sorted(acdc["model"]) == ["unet (base_c=16)", "unet (base_c=8)"]
 
 
+def test_tiny_configurations_are_labelled_whatever_shares_the_board(tmp_path):
+    """--tiny runs read "(tiny)" on their own (they used to read as the paper's model), and a full
+    run joining them leaves every label as it was; --reference names the model's one row."""
+    from bench.registry import get_entry
+
+    tiny = {k: list(v) if isinstance(v, tuple) else v for k, v in get_entry("unet").tiny.items()}
+    assert tiny  # the registry's tiny UNet: widths (8, 16, 32, 64)
+    for seed in range(2):
+        for model, config, dice in (("unet", tiny, 0.6), ("vmunet", {}, 0.7)):
+            rec = make_record(model, seed=seed, dice=dice, n_cases=6, model_config={"img_size": 64, **config})
+            for row in rec["per_case"]:
+                row["dice"] = dice + 0.02 * int(row["case"][-4:]) + 0.01 * seed
+            write_record(rec, tmp_path)
+    key = ("synapse", "synapse", "legacy-synapse")
+    assert sorted(leaderboards(load(tmp_path))[key]["model"]) == ["unet (tiny)", "vmunet"]
+    sig = write_report(tmp_path, reference="unet")
+    assert "Reference: unet (tiny). Two-sided" in sig  # "unet" stands for its only row on the board
+    write_record(make_record("unet", seed=0, dice=0.8, model_config={"img_size": 64}), tmp_path)
+    write_record(make_record("unet", seed=1, dice=0.5, model_config={"img_size": 96, **tiny}), tmp_path)
+    assert sorted(leaderboards(load(tmp_path))[key]["model"]) == [
+        "unet", "unet (tiny, img_size=64)", "unet (tiny, img_size=96)", "vmunet"]
+    # a config that only shares some tiny keys is not tiny
+    half = {"widths": tiny["widths"][:3]}
+    write_record(make_record("unet", dataset="acdc", seed=0, model_config=half), tmp_path)
+    assert list(leaderboards(load(tmp_path))[("acdc", "synapse", "legacy-synapse")]["model"]) == ["unet"]
+
+
 def test_write_report_atomic(tmp_path, runs):
     out = tmp_path / "report" / "board.md"
     text = write_report(tmp_path, "md", out=out)
@@ -321,6 +348,10 @@ def test_cost_rows_of_one_model_in_several_configurations_are_told_apart():
             {**base, "model": "vmunet", "family": "ssm", "params": 27e6, "macs": 2e9, "model_config": {"img_size": 32}}]
     (table,) = cost_tables(pd.DataFrame(rows)).values()
     assert sorted(table["Model"]) == ["unet (base_c=8)", "unet (base_c=default)", "vmunet"]
+    # bench profile --tiny: the tiny model is called so, also alone in its table
+    tiny = {"img_size": 32, "num_classes": 9, "widths": [8, 16, 32, 64]}
+    (table,) = cost_tables(pd.DataFrame([{**rows[0], "model_config": tiny}, rows[2]])).values()
+    assert sorted(table["Model"]) == ["unet (tiny)", "vmunet"]
 
 
 def test_ci_column_and_significance_section(tmp_path):
