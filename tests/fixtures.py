@@ -130,3 +130,19 @@ class Scripted:
 
     def uniform(self, lo, hi, size=None):
         return self.uniforms.pop(0)
+
+
+def require_mamba_kernels() -> None:
+    """For tests of the CUDA path, on a CUDA machine: there `make setup` installs mamba-ssm, so
+    kernels that do not import are a failure, not a skip (a broken build would otherwise pass
+    silently). ``BENCH_TEST_NO_MAMBA=1`` skips instead, on a GPU machine set up without them."""
+    import pytest
+
+    from ssm_models import scan
+
+    if scan._mamba_selective_scan_fn() is not None:
+        return
+    if os.environ.get("BENCH_TEST_NO_MAMBA") == "1":
+        pytest.skip(f"mamba-ssm kernels do not import: {scan._mamba_error}")
+    pytest.fail(f"mamba-ssm kernels do not import on this CUDA machine ({scan._mamba_error}); `make setup` "
+                "installs them here (BENCH_TEST_NO_MAMBA=1 skips these tests)")

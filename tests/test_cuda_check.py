@@ -70,14 +70,16 @@ def test_a_wrong_candidate_fails_the_check(cuda_check, monkeypatch, tmp_path):
     assert float(model[7].split()[0]) > 1e-4
 
 
-def test_refuses_a_candidate_equal_to_the_oracle_and_a_missing_gpu(cuda_check):
-    with pytest.raises(SystemExit):
-        cuda_check.main(["--device", "cpu", "--backend", "cpu", "--models", ""])
+def test_refuses_a_candidate_equal_to_the_oracle_and_a_missing_gpu(cuda_check, capsys):
+    def refused(args, words):
+        with pytest.raises(SystemExit) as exit_:
+            cuda_check.main(args)
+        assert exit_.value.code == 2 and words in capsys.readouterr().err
+
+    refused(["--device", "cpu", "--backend", "cpu", "--models", ""], "the oracle's own backend (cpu)")
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit):
-            cuda_check.main(["--models", ""])
-    with pytest.raises(SystemExit):
-        cuda_check.main([*DRY, "--models", "nope"])
+        refused(["--models", ""], "--device cuda: no CUDA device here")
+    refused([*DRY, "--models", "nope"], "--models: unknown nope")
 
 
 def test_refuses_to_call_the_torch_backend_the_cuda_path(cuda_check, monkeypatch, capsys):

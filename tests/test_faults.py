@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -144,7 +145,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_record(reference, tmp_path
     ckpts = next((results / "runs").iterdir()) / "checkpoints"
     if phase == "checkpoint":
         (half,) = ckpts.glob(".*.tmp")  # the half-written file, under a name nothing reads
-        with pytest.raises(Exception):
+        with pytest.raises((RuntimeError, EOFError, pickle.UnpicklingError)):  # torch's type varies with the cut
             torch.load(half, weights_only=True)
     if (ckpts / "last.pt").exists():  # whatever last.pt is, it is complete
         torch.load(ckpts / "last.pt", weights_only=True)

@@ -91,7 +91,14 @@ def test_unet_loads_a_checkpoint_of_bigmbs_u_net(tmp_path):
 
 def test_unet_smp_encoder_builds_offline():
     model = create_model("unet", num_classes=9, in_chans=3, img_size=64, encoder="resnet34")
-    assert sum(p.numel() for p in model.parameters()) == 24_437_529  # smp Unet(resnet34), 9 classes
+    # smp's Unet-ResNet34 has 24,436,369 parameters for 1 class; 8 more outputs of its 3x3 head on
+    # 16 channels add 8 * (16 * 9 + 1)
+    assert sum(p.numel() for p in model.parameters()) == 24_436_369 + 8 * (16 * 9 + 1)
+    # and its encoder is torchvision's ResNet-34 without the classifier (512 * 1000 + 1000)
+    import torchvision
+
+    resnet34 = sum(p.numel() for p in torchvision.models.resnet34().parameters())
+    assert sum(p.numel() for p in model.net.encoder.parameters()) == resnet34 - (512 * 1000 + 1000)
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 9, 64, 64)
 
 

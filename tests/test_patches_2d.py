@@ -15,9 +15,10 @@ from bench import transforms as T
 from bench.data import open_dataset, synthesize
 from bench.data.preprocess import VolumePrep, target_spacing, volume_prep
 from bench.data.resample import resample
-from bench.evaluate import gaussian_importance, sliding_window_logits, tile_starts
+from bench.evaluate import sliding_window_logits, tile_starts
 from bench.protocol import load_protocol
 from tests.fixtures import Scripted, run_bench
+from tests.test_volumetric import scipy_gaussian
 
 
 # --- region and rotation ---------------------------------------------------------------------------
@@ -239,7 +240,7 @@ def _windowed_slice(sl, patch, step):
     patch (the odd pixel above), 2-D Gaussian-weighted mean over the tiles, crop."""
     need = np.maximum(np.array(patch) - sl.shape, 0)
     x = np.pad(sl, [(n // 2, n - n // 2) for n in need])
-    w = gaussian_importance(patch).astype(np.float64)
+    w = scipy_gaussian(patch)  # built apart from gaussian_importance, the code under test
     acc, norm = np.zeros((2, *x.shape)), np.zeros(x.shape)
     for y in tile_starts(x.shape[0], patch[0], step):
         for xx in tile_starts(x.shape[1], patch[1], step):

@@ -48,7 +48,7 @@ def test_pareto_front_nan_never_on_front_and_dominates_nothing():
 
 
 def test_pareto_front_length_mismatch():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="2 costs but 1 scores"):
         pareto_front([1.0, 2.0], [0.5])
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ssm_models import scan
+from tests.fixtures import require_mamba_kernels
 
 BACKENDS = ["cpu", "torch", "ref"]
 FAST = ["cpu", "torch"]
@@ -343,8 +344,7 @@ def test_import_is_cheap():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU machines only)")
 def test_cuda_backend_matches_cpu():
-    if scan._mamba_selective_scan_fn() is None:
-        pytest.skip(f"mamba-ssm kernels do not import: {scan._mamba_error}")
+    require_mamba_kernels()
     x = make(batch=2, dim=8, L=64, N=16, G=4, dtype=torch.float32, grad=True)
     kw = extras(x, (True, True, True, True))
     cpu = scan.selective_scan(*core(x), **kw, backend="cpu")
@@ -363,8 +363,7 @@ def test_cuda_backend_matches_cpu():
 def test_cuda_backend_takes_every_layout_the_op_accepts():
     """mamba-ssm reads one group count for B and C and float32 A/D/delta_bias; float64, which it
     has no kernels for, runs the torch backend automatically and is refused by name."""
-    if scan._mamba_selective_scan_fn() is None:
-        pytest.skip(f"mamba-ssm kernels do not import: {scan._mamba_error}")
+    require_mamba_kernels()
     for B, C, G in (("batch", "grouped", 4), ("grouped", "grouped", 2), ("const", "batch", 1), ("const", "grouped", 4)):
         x = make(batch=2, dim=8, L=32, N=16, B=B, C=C, G=G, dtype=torch.float32)
         if B == "grouped" and C == "grouped":  # unequal counts: 2 and 4

@@ -39,8 +39,11 @@ def test_swin_block_matches_timm(shift):
     torch.manual_seed(0)
     ours = SwinTransformerBlock(dim=24, resolution=14, num_heads=3, window_size=7, shift=bool(shift), drop_path=0.0)
     theirs = TimmBlock(dim=24, input_resolution=(14, 14), num_heads=3, window_size=7, shift_size=shift)
+    with torch.no_grad():  # norms away from their ones/zeros init too, so a swapped name would show
+        for p in ours.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
     params = {k: v for k, v in ours.state_dict().items() if k not in ("attn_mask", "attn.relative_position_index")}
-    theirs.load_state_dict(params, strict=False)
+    theirs.load_state_dict(params, strict=True)  # timm keeps its index and mask as non-persistent buffers
     x = torch.randn(2, 14 * 14, 24)
     torch.testing.assert_close(ours(x), theirs(x.view(2, 14, 14, 24)).reshape(2, -1, 24), rtol=1e-5, atol=1e-5)
 

@@ -216,20 +216,26 @@ def test_vmunet_isic_output_soft_and_aligned():
         assert inside.any() and dark[inside].mean() > 0.95  # the mask still sits on the lesion
 
 
-def test_vmunet_flips_follow_the_rng():
+def test_vmunet_flips_and_rotation_follow_the_rng():
+    """Horizontal flip, vertical flip, rotation: one draw each, p 0.5, image and mask alike; seeds
+    until all 8 outcomes have run (the rotation itself equals torchvision's: tests below)."""
     s = _rgb_sample()
-    img, mask = T.vmunet_isic_augment(s.image, s.label, np.random.default_rng(0), angle=30.0)
-    draws = np.random.default_rng(0).random(3) < 0.5
-    expect_img, expect_mask = s.image, s.label
-    if draws[0]:
-        expect_img, expect_mask = expect_img[:, ::-1], expect_mask[:, ::-1]
-    if draws[1]:
-        expect_img, expect_mask = expect_img[::-1], expect_mask[::-1]
-    if not draws[2]:
+    seen = set()
+    for seed in range(64):
+        img, mask = T.vmunet_isic_augment(s.image, s.label, np.random.default_rng(seed), angle=30.0)
+        hflip, vflip, rotate = (np.random.default_rng(seed).random(3) < 0.5).tolist()
+        seen.add((hflip, vflip, rotate))
+        expect_img, expect_mask = s.image, s.label
+        if hflip:
+            expect_img, expect_mask = np.fliplr(expect_img), np.fliplr(expect_mask)
+        if vflip:
+            expect_img, expect_mask = np.flipud(expect_img), np.flipud(expect_mask)
+        if rotate:
+            expect_img, expect_mask = (T._rotate(np.ascontiguousarray(a), 30.0, "grid-constant")
+                                       for a in (expect_img, expect_mask))
         np.testing.assert_array_equal(img, expect_img)
         np.testing.assert_array_equal(mask, expect_mask)
-    else:
-        np.testing.assert_array_equal(mask, T._rotate(np.ascontiguousarray(expect_mask), 30.0, "grid-constant"))
+    assert len(seen) == 8
 
 
 @pytest.mark.parametrize("angle", [1.0, 17.3, 200.0, 359.0])

@@ -541,18 +541,25 @@ class _PlusTileMean(nn.Module):
         return torch.cat([x, x * 0 + x.mean(dim=(2, 3, 4), keepdim=True)], dim=1)
 
 
-def _windowed(vol, patch, step):
-    """The sliding window written out: pad as pad_nd_image (the odd voxel above), loop over the tiles
-    with the Gaussian weights of scipy's blurred impulse, crop the padding off."""
+def scipy_gaussian(patch):
+    """nnU-Net's tile weights built here from scipy's blurred impulse (sigma patch/8, max 1, zeros
+    raised to the smallest weight), independent of the code under test."""
     from scipy import ndimage
 
-    need = np.maximum(np.array(patch) - vol.shape[1:], 0)
-    x = np.pad(vol[0], [(n // 2, n - n // 2) for n in need])
     impulse = np.zeros(patch)
     impulse[tuple(p // 2 for p in patch)] = 1
     w = ndimage.gaussian_filter(impulse, [p / 8 for p in patch], 0, mode="constant")
     w /= w.max()
     w[w == 0] = w[w > 0].min()
+    return w
+
+
+def _windowed(vol, patch, step):
+    """The sliding window written out: pad as pad_nd_image (the odd voxel above), loop over the tiles
+    with the Gaussian weights of scipy's blurred impulse, crop the padding off."""
+    need = np.maximum(np.array(patch) - vol.shape[1:], 0)
+    x = np.pad(vol[0], [(n // 2, n - n // 2) for n in need])
+    w = scipy_gaussian(patch)
     acc, norm = np.zeros((2, *x.shape)), np.zeros(x.shape)
     for z in tile_starts(x.shape[0], patch[0], step):
         for y in tile_starts(x.shape[1], patch[1], step):
