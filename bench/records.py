@@ -29,13 +29,16 @@ Example::
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import numbers
 import os
 import re
 import secrets
+import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -262,14 +265,15 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp"
 
     Temp file in the same directory (same filesystem, so the rename is atomic), ending in
     ``suffix`` (writers that pick the format from the name, e.g. nibabel, need it), fsync, then
-    ``os.replace``; on any failure the temp file is removed and the target is untouched. A folder
+    ``os.replace``; on any failure the temp file is removed and the target is untouched; a temp
+    file a killed process left is removed by a later write into the folder once a day old. A folder
     that cannot be created or written in (no permission, a file in the way) is a BenchError naming
     ``path``; commands check theirs up front with ``ensure_writable_dir``.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{TEMP_MARK}", suffix=suffix)
         os.close(fd)
     except OSError as exc:
         raise BenchError(f"{path}: cannot write ({exc.strerror or exc})") from None
@@ -283,7 +287,25 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp"
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+    # what killed writers left here (a later write of any file in the folder, so also a run never written again)
+    remove_orphans(path.parent, f".*.{TEMP_MARK}*{glob.escape(suffix)}")
     return path
+
+
+TEMP_MARK = "bench-"  # in every temp name: sweeping never touches files of other programs (a report's --out folder)
+ORPHAN_AGE_S = 24 * 3600  # a temp file this old was left by a killed writer; a live one is minutes old
+
+
+def remove_orphans(folder: Path, pattern: str) -> None:
+    """Remove what killed writers left in ``folder``: temp files or folders matching ``pattern``
+    (a glob), once older than ``ORPHAN_AGE_S`` (younger ones may belong to a live writer)."""
+    now = time.time()
+    for stale in Path(folder).glob(pattern):
+        try:
+            if now - stale.lstat().st_mtime > ORPHAN_AGE_S:
+                shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
+        except FileNotFoundError:  # renamed into place or removed by its writer meanwhile
+            pass
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

@@ -461,8 +461,17 @@ def test_synth_organs_have_distinct_intensities(roots):
 
 
 def test_synth_refuses_to_overwrite_and_leaves_no_temp(tmp_path):
+    import os
+    import time
+
+    # a writer of the same folder killed a day ago left its temp folder: this write removes it
+    killed = tmp_path / ".isic.tmp-999-k1ll3d00"
+    (killed / "train").mkdir(parents=True)
+    os.utime(killed, (time.time() - 2 * 86400,) * 2)
+    live = tmp_path / ".isic.tmp-998-wr1t1ng0"  # minutes old: may be a live writer's
+    live.mkdir()
     out = synthesize("isic", tmp_path / "isic", n_train=1, n_val=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["isic"]  # temp folder renamed away
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "isic"]  # own temp folder renamed away
     with pytest.raises(BenchError, match="already exists"):
         synthesize("isic", out, n_train=1, n_val=1)
     with pytest.raises(BenchError, match="unknown option.*n_test"):
@@ -473,8 +482,16 @@ def test_synthetic_root_is_generated_once(tmp_path):
     root = synthetic_root("nnunet", tmp_path)
     assert root == tmp_path / f"nnunet-synth-v{GENERATOR_VERSION}"
     stamp = (root / "dataset.json").stat().st_mtime_ns
+    # a run killed while writing another dataset's synthetic data, then never repeated: its temp folder
+    # goes at a later call, once a day old, also where nothing is written then
+    import os
+    import time
+
+    killed = tmp_path / f".synapse-synth-v{GENERATOR_VERSION}.tmp-999-k1ll3d00"
+    killed.mkdir()
+    os.utime(killed, (time.time() - 2 * 86400,) * 2)
     assert synthetic_root("nnunet", tmp_path) == root
-    assert (root / "dataset.json").stat().st_mtime_ns == stamp
+    assert (root / "dataset.json").stat().st_mtime_ns == stamp and not killed.exists()
     assert open_dataset("nnunet", root).num_classes == 3
 
 

@@ -102,10 +102,32 @@ def test_readers_never_see_a_write_in_flight(tmp_path, monkeypatch):
     assert seen == [0] and len(load(tmp_path)) == 1
 
 
+def test_temp_files_of_killed_writes_go_when_old(tmp_path):
+    """A SIGKILL between mkstemp and the rename leaves ".<name>.bench-<random>.tmp": a later write into
+    the folder removes such leftovers once a day old (younger ones may be a live writer's), also those
+    of a run never written again; files not named by us stay."""
+    import time
+
+    rec = make_record()
+    folder = records.record_path(tmp_path, rec["run_id"]).parent
+    folder.mkdir(parents=True)
+    mine = folder / f".{rec['run_id']}.json.{records.TEMP_MARK}k1ll3d.tmp"
+    other = folder / f".another-run.json.{records.TEMP_MARK}k1ll3d.tmp"
+    young = folder / f".third-run.json.{records.TEMP_MARK}wr1t1ng.tmp"
+    foreign = folder / ".notes.tmp"  # not ours, however old
+    for path in (mine, other, young, foreign):
+        path.write_text("{")
+        if path is not young:
+            os.utime(path, (time.time() - 2 * 86400,) * 2)
+    write_record(rec, tmp_path)
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == sorted([young.name, foreign.name])
+    assert len(load(tmp_path)) == 1
+
+
 def test_invalid_record_is_never_written(tmp_path):
     rec = make_record()
     del rec["metrics"]
-    with pytest.raises(BenchError):
+    with pytest.raises(BenchError, match="metrics: missing"):
         write_record(rec, tmp_path)
     assert not (tmp_path / "records").exists() or not any((tmp_path / "records").iterdir())
 

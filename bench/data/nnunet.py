@@ -46,7 +46,6 @@ import functools
 import hashlib
 import json
 import re
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +53,7 @@ import numpy as np
 
 from bench.data.base import Case, Sample, SegDataset, class_ids, describe, hidden, id_dtype, reading, write_nifti_labels
 from bench.errors import BenchError
-from bench.records import atomic_write
+from bench.records import atomic_write, remove_orphans
 
 if TYPE_CHECKING:
     from bench.data.preprocess import VolumePrep
@@ -303,20 +302,6 @@ def crossval_splits(case_ids: list[str], seed: int = SPLIT_SEED,
     return folds
 
 
-ORPHAN_AGE_S = 24 * 3600  # a cache temp file this old was left by a killed writer; a live one is minutes old
-
-
-def _remove_orphans(folder: Path) -> None:
-    """The temp files killed preprocessing processes left in ``folder``: each as large as a volume."""
-    now = time.time()
-    for tmp in folder.glob(".*.tmp.npy"):
-        try:
-            if now - tmp.stat().st_mtime > ORPHAN_AGE_S:
-                tmp.unlink()
-        except FileNotFoundError:  # renamed into place or removed by its writer meanwhile
-            pass
-
-
 def kfold_split(case_ids: list[str], fold: int, n_folds: int = N_FOLDS) -> tuple[list[str], list[str]]:
     """(train, test) of fold ``fold`` of nnU-Net v2's default split (``crossval_splits``)."""
     split = crossval_splits(case_ids, n_folds=n_folds)[fold]
@@ -506,7 +491,7 @@ class NnUNetDataset(SegDataset):
                 named = _CACHED.fullmatch(stale.name)  # temporary files (".<name>.<random>.tmp.npy") never match
                 if named is not None and named["case"] == case and (named["sig"] != sig or stale.parent != folder):
                     stale.unlink(missing_ok=True)
-            _remove_orphans(folder)
+            remove_orphans(folder, ".*.tmp.npy")  # other cases' temp files, each as large as a volume
             for arr, path in zip(arrays, paths):  # a unique temp name: shards on other hosts may share a pid
                 atomic_write(path, lambda tmp, arr=arr: np.save(tmp, arr), suffix=".tmp.npy")
             return tuple(np.load(p, mmap_mode="r") for p in paths)
