@@ -542,8 +542,9 @@ def data_convert(
 ) -> None:
     """Convert data as distributed into the layout a reader expects.
 
-    btcv -> TransUNet's Synapse layout (HU window [-125, 275] scaled to [0, 1], the papers' organ ids,
-    TransUNet's 18/12 split, spacing.csv);
+    btcv -> TransUNet's Synapse layout (HU window [-125, 275] scaled to [0, 1], TransUNet's 18/12
+    split, spacing.csv); organ ids in the tables' column order, 1 aorta ... 8 stomach (the circulating
+    files' order is undocumented; bench data verify infers a copy's from its organs' sizes);
     msd -> nnU-Net v2's raw layout (as nnUNetv2_convert_MSD_dataset: modalities split into _0000, ...).
 
     Example: bench data convert --source msd --raw Task03_Liver --out data/Dataset003_Liver

@@ -21,7 +21,7 @@ from bench.protocol import list_protocols
 # was copied from), empty where none of ours is it; reports compare like with like only there
 COLUMNS = ["source", "model", "dataset", "metric", "value", "unit", "convention", "protocol", "note"]
 METRICS = frozenset({"dice", "hd95", "iou", "acc", "spe", "sen", "params", "flops", "fps"})
-UNITS = frozenset({"%", "mm", "M", "G", "img/s"})
+UNITS = frozenset({"%", "mm", "voxels", "M", "G", "img/s"})  # voxels: Synapse HD95, which the papers print as "mm"
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "results" / "published.csv"
 
 

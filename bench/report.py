@@ -707,9 +707,9 @@ PUBLISHED_METRICS = ("dice", "hd95", "iou", "acc", "spe", "sen")
 BUILD_KEYS = {"num_classes", "in_chans", "img_size"}  # what every run's model_config holds; more is a variant
 PUBLISHED_NOTE = ("Ours − published is given only where the paper's number was trained under this board's protocol "
                   "(\"Their recipe\", results/published.csv column protocol) in its current version, run as written, "
-                  "with the model as registered, and scored under the paper's convention; otherwise the cell says what "
-                  "differs (recipe, protocol version, model config or metric policy), since the gap would mix the "
-                  "model with it.")
+                  "with the model as registered, on the paper's test split, and scored under the paper's convention; "
+                  "otherwise the cell says what differs (recipe, split, protocol version, model config or metric "
+                  "policy), since the gap would mix the model with it.")
 
 
 # PraNet's test-set folder names -> the ids of results/published.csv
@@ -738,13 +738,37 @@ def published_dataset(board_dataset: str) -> str:
     return name
 
 
-def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def split_mismatch(dataset: str, cases: pd.DataFrame | None) -> str | None:
+    """Why a board's test cases (its case rows) are not the paper's test split for ``dataset`` (a
+    ``published_dataset`` id), or None where they are: Synapse by case id (TransUNet's 12 volumes);
+    an ISIC year and a PraNet test set by image count (their lists are not published; another 7:3
+    draw has the counts too); ACDC, LiTS and Montgomery/Shenzhen never (their papers' splits are
+    not published, so no run of ours tests the papers' cases)."""
+    from bench.data.synapse import TRANSUNET_TEST_CASES
+    from bench.data.verify import PRANET_TEST_SETS, VMUNET_ISIC_SPLITS
+
+    pranet = {_POLYP_SETS.get(k.lower(), k.lower()): n for k, n in PRANET_TEST_SETS.items()}
+    ids = set() if cases is None else set(cases["case"].astype(str))
+    if dataset == "synapse":
+        if ids == set(TRANSUNET_TEST_CASES):
+            return None
+        return f"other split ({len(ids)} test volumes, {len(ids & set(TRANSUNET_TEST_CASES))} of TransUNet's 12)"
+    expected = (VMUNET_ISIC_SPLITS[dataset][1] if dataset in VMUNET_ISIC_SPLITS
+                else pranet.get(dataset.removeprefix("polyp:")) if dataset.startswith("polyp:") else None)
+    if expected is None:
+        return "other split (the paper's test cases are not published)"
+    return None if len(ids) == expected else f"other split ({len(ids)} test images, the paper's {expected})"
+
+
+def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFrame,
+                     groups: dict[BoardKey, pd.DataFrame] | None = None) -> dict[str, pd.DataFrame]:
     """Per board, the papers' numbers for its dataset next to ours: one row per (model, metric,
     published source), with both metric conventions and the paper's recipe named. ours − published
     only where that recipe is the board's protocol as built in now, run as written (not
-    off-protocol), with the model as registered, and scored under the paper's convention (the
-    protocol's policy where the CSV does not name one of ours) — see ``why_not``; elsewhere the
-    difference would mix the model with something else."""
+    off-protocol), with the model as registered, on the paper's test split (``split_mismatch``;
+    ``groups``: the case rows per board), and scored under the paper's convention (the protocol's
+    policy where the CSV does not name one of ours) — see ``why_not``; elsewhere the difference
+    would mix the model with something else."""
     from bench.metrics import POLICIES
     from bench.protocol import load_protocol
 
@@ -771,7 +795,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
         policy = p["convention"] if p["convention"] in POLICIES else proto.metric_policy
         if policy and policy != key.policy:
             return "other metric policy"
-        return None
+        return split_mismatch(published_dataset(key.dataset), (groups or {}).get(key))
 
     out: dict[str, pd.DataFrame] = {}
     for key, board in boards.items():
@@ -885,7 +909,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                 from bench.published import load_published
 
                 pub = load_published(None if published is True else Path(published))
-                for title, table in published_tables(boards, pub).items():
+                for title, table in published_tables(boards, pub, groups).items():
                     extra.append(f"## {title}\n\n{PUBLISHED_NOTE}\n\n{_md_table(table)}\n")
             cost = render_cost_md(profiles)
             extra += [cost] if cost else []

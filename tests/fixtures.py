@@ -37,18 +37,21 @@ def make_record(
     params: int = 27_430_000,
     run_id: str | None = None,
     classes: list[str] | None = None,
+    case_ids: list[str] | None = None,
 ) -> dict[str, Any]:
     """A finished run. Synapse: 8 organs, policy legacy-synapse; ISIC: one class, legacy-isic.
 
     ``dice`` sets every class's Dice unless ``class_dice`` gives per-class values (missing
     classes keep ``dice``); the aggregate is the mean over classes. ``hd95=nan`` gives NaN HD95.
-    ``classes`` lists the foreground class names in class-id order (default: Synapse / ISIC).
+    ``classes`` lists the foreground class names in class-id order (default: Synapse / ISIC);
+    ``case_ids`` names the test cases (default: ``n_cases`` of them, "case0000", ...).
     """
     isic = dataset.startswith("isic")
     classes = classes or (["lesion"] if isic else SYNAPSE_CLASSES)
     protocol = protocol or ("isic17" if isic else "synapse")
     per_class_dice = {name: (class_dice or {}).get(name, dice) for name in classes}
-    cases = [f"case{i:04d}" for i in range(n_cases)]
+    cases = list(case_ids) if case_ids else [f"case{i:04d}" for i in range(n_cases)]
+    n_cases = len(cases)
 
     per_case, per_class = [], []
     for cid, name in enumerate(classes, start=1):

@@ -64,6 +64,14 @@ def test_btcv_becomes_transunets_synapse_layout(btcv, tmp_path):
         assert names[case.label[z, y, x]] == btcv_names.get(int(raw[x, y, z]), "background")
     assert case.label[:, 0, 0].tolist() == [names.index("aorta"), 0, names.index("pancreas")]
     assert case.spacing == pytest.approx(ZOOMS[::-1])  # spacing.csv, from the header: strict HD95 in mm
+    # a training slice: the volume's z-th axial slice, as (H, W) = (y, x), windowed and relabelled alike
+    hu1 = np.asarray(nib.load(src / "img" / "img0005.nii.gz").dataobj)
+    raw1 = np.asarray(nib.load(src / "label" / "label0005.nii.gz").dataobj)
+    sl = ds.load_train("case0005_slice001")
+    assert sl.image.shape == (SHAPE[1], SHAPE[0])
+    np.testing.assert_allclose(sl.image, (np.clip(hu1[:, :, 1].T, -125, 275) + 125) / 400, atol=1e-6)
+    expected = [btcv_names.get(int(v), "background") for v in raw1[:, :, 1].T.ravel()]
+    assert [names[v] for v in sl.label.ravel()] == expected
     assert not [p for p in verify_dataset("synapse", out) if p.level == "error"]
     notes = " ".join(dataset_notes("synapse", out))
     assert "12 of its 12" in notes  # TransUNet's test volumes (these tiny volumes have fewer slices than its 2,211)

@@ -5,6 +5,7 @@ import statistics
 import pandas as pd
 import pytest
 
+from bench.data.synapse import TRANSUNET_TEST_CASES
 from bench.errors import BenchError
 from bench.records import load, write_record
 from bench.report import BoardKey, leaderboards, render, write_report
@@ -251,7 +252,7 @@ def test_published_vs_ours_table(tmp_path):
 
     synapse = load_protocol("synapse").hash  # the built-in recipe as it is now
     for seed, d in enumerate([0.80, 0.82]):
-        rec = make_record("vmunet", seed=seed, dice=d, hd95=18.0 + 2 * seed)
+        rec = make_record("vmunet", seed=seed, dice=d, hd95=18.0 + 2 * seed, case_ids=TRANSUNET_TEST_CASES)
         rec["protocol"]["hash"] = synapse
         write_record(rec, tmp_path)
     pub = tmp_path / "pub.csv"
@@ -276,10 +277,10 @@ def test_published_vs_ours_table(tmp_path):
     assert "Published vs" not in write_report(tmp_path)  # only on request
     # runs of another version of the recipe (an older or edited protocol file), or a board under
     # another metric policy than the paper's: shown, without a gap
-    old = make_record("vmunet", seed=0, dice=0.8)  # its protocol hash is not today's synapse file's
+    old = make_record("vmunet", seed=0, dice=0.8, case_ids=TRANSUNET_TEST_CASES)  # a hash not today's synapse file's
     write_record(old, tmp_path / "old")
     assert "other protocol version" in write_report(tmp_path / "old", published=pub)
-    strict = make_record("vmunet", seed=0, dice=0.8)
+    strict = make_record("vmunet", seed=0, dice=0.8, case_ids=TRANSUNET_TEST_CASES)
     strict.update(policy="strict", run_id="strict-run")
     strict["protocol"]["hash"] = synapse
     write_record(strict, tmp_path / "strict")
@@ -290,6 +291,11 @@ def test_published_vs_ours_table(tmp_path):
                        "Paper C,vmunet,synapse,dice,81.08,%,unknown,synapse,\n")
     assert "other metric policy" in write_report(tmp_path / "strict", published=unknown)
     assert "-0.08" in write_report(tmp_path, published=unknown)
+    # test volumes that are not TransUNet's 12 (a list of one's own): shown, without a gap
+    own = make_record("vmunet", seed=0, dice=0.8, case_ids=[*TRANSUNET_TEST_CASES[:11], "case0040"])
+    own["protocol"]["hash"] = synapse
+    write_record(own, tmp_path / "own")
+    assert "other split (12 test volumes, 11 of TransUNet's 12)" in write_report(tmp_path / "own", published=pub)
 
 
 def test_profiles_join_the_accuracy_board(tmp_path):
@@ -471,7 +477,8 @@ def test_two_nnunet_datasets_get_two_boards_and_their_published_rows(tmp_path):
 
 def test_lightm_unets_chest_xray_number_meets_a_lightm_unet_2d_board(tmp_path):
     """The built-in published.csv: LightM-UNet's Montgomery & Shenzhen Dice (96.17, nnU-Net's per-case
-    means) gets a gap on a board of its recipe (lightm_unet_2d, strict) over their Dataset802_LungXray."""
+    means) meets a board of its recipe (lightm_unet_2d, strict) over their Dataset802_LungXray, beside
+    ours, without a gap: the paper's 7:1:2 split is not published, so no run here tests its cases."""
     from bench.protocol import load_protocol
 
     rec = make_record("lightm_unet", dataset="nnunet", dice=0.95, protocol="lightm_unet_2d", classes=["lung"])
@@ -480,13 +487,14 @@ def test_lightm_unets_chest_xray_number_meets_a_lightm_unet_2d_board(tmp_path):
     write_record(rec, tmp_path)
     section = write_report(tmp_path, published=True).split("## Published vs ours · nnunet:Dataset802_LungXray")[1]
     dice = next(line for line in section.splitlines() if line.startswith("| lightm_unet") and "96.17" in line)
-    assert "lightm_unet_2d" in dice and "95.00" in dice and "-1.17" in dice
+    assert "lightm_unet_2d" in dice and "95.00" in dice and "-1.17" not in dice
+    assert "other split (the paper's test cases are not published)" in dice
 
 
 def test_lightm_unets_lits_number_meets_a_lightm_unet_3d_board(tmp_path):
     """A lightm_unet_3d run builds the volumetric variant (spatial_dims 3 in its model_config): that is
-    the model as registered under this protocol, so LiTS's published Dice gets its gap; a 2-D build
-    recorded under the same protocol would not."""
+    the model as registered under this protocol, so LiTS's published Dice is held back only by the
+    unpublished split; a 2-D build recorded under the same protocol is another model config."""
     from bench.protocol import load_protocol
 
     rec = make_record("lightm_unet", dataset="nnunet", dice=0.80, protocol="lightm_unet_3d",
@@ -497,7 +505,8 @@ def test_lightm_unets_lits_number_meets_a_lightm_unet_3d_board(tmp_path):
     write_record(rec, tmp_path)
     section = write_report(tmp_path, published=True).split("## Published vs ours · nnunet:Dataset801_LiverCT")[1]
     dice = next(line for line in section.splitlines() if line.startswith("| lightm_unet | DSC"))
-    assert "84.6 " in dice and "lightm_unet_3d" in dice and "80.00" in dice and "-4.60" in dice
+    assert "84.6 " in dice and "lightm_unet_3d" in dice and "80.00" in dice and "-4.60" not in dice
+    assert "other split (the paper's test cases are not published)" in dice
     rec2 = {**rec, "run_id": rec["run_id"] + "x", "model_config": {**rec["model_config"], "spatial_dims": 2}}
     write_record(rec2, tmp_path / "flat")
     section = write_report(tmp_path / "flat", published=True).split("## Published vs ours")[1]
