@@ -218,7 +218,7 @@ def run(
     specs = select_shard(specs, shard)
     dev = resolve_device(device.value)
     if nproc != 1 and not distributed.launched_by_torchrun():  # the grid is valid: start the processes
-        distributed.check_nproc(nproc, dev)
+        distributed.check_nproc(nproc, dev, proto.train.batch_size)
         raise typer.Exit(code=distributed.launch(nproc, _argv_of(ctx, drop=("nproc",))))
     dev = distributed.init(dev)
     main = distributed.world().main
@@ -227,11 +227,13 @@ def run(
         f"({proto.hash}{', off-protocol' if proto.off_protocol else ''}) · device {dev}"
         + (f" · {distributed.world().size} processes" if distributed.world().distributed else ""))
     for spec in specs:
-        distributed.barrier()  # every rank sees the same finished records
-        if record_path(results, spec.key).is_file():
+        # rank 0's view of the finished records decides for every rank (a record appearing meanwhile,
+        # or a network file system's cache, would otherwise send ranks down different branches)
+        done, rescored = distributed.gather_objects(
+            (record_path(results, spec.key).is_file(), rescored_twin(spec, results)) if main else None)[0]
+        if done:
             say(f"  {spec.key}: finished earlier, skipped")
             continue
-        rescored = rescored_twin(spec, results)
         if rescored:
             say(f"  {spec.key}: the same training was rescored under {spec.policy} ({rescored}), skipped")
             continue
@@ -289,10 +291,12 @@ def rescore(
     """
     from bench.env import resolve_device
     from bench.registry import resolve_models
-    from bench.rescore import plan_rescore, rescore_record
+    from bench.rescore import other_device_warning, plan_rescore, rescore_record
 
     dev = resolve_device(device.value)
     todo = plan_rescore(results, policy, resolve_models(models))
+    if note := other_device_warning(todo, dev, "rescored"):
+        warnings.warn(note, stacklevel=1)
     typer.echo(f"bench rescore: {len(todo)} run(s) to score under {policy} · device {dev}")
     for rec in todo:
         new = rescore_record(rec, policy, results, dev, protocol)
@@ -320,10 +324,13 @@ def predict(
     from bench.predict import plan_predict, predict_run
     from bench.records import ensure_writable_dir
     from bench.registry import resolve_models
+    from bench.rescore import other_device_warning
 
     dev = resolve_device(device.value)
     todo = plan_predict(results, None if models == "all" else resolve_models(models), run)
     ensure_writable_dir(out, "--out")
+    if note := other_device_warning(todo, dev, "predicted"):
+        warnings.warn(note, stacklevel=1)
     typer.echo(f"bench predict: {len(todo)} run(s) · device {dev}")
     for rec in todo:
         folder, written = predict_run(rec, results, out, dev, protocol)

@@ -72,7 +72,11 @@ def init(device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    timeout = dt.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
+    try:
+        timeout = dt.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
+    except ValueError:
+        raise BenchError(f"{TIMEOUT_ENV}={os.environ[TIMEOUT_ENV]!r}: expected seconds (a number), how long "
+                         "processes wait for each other") from None
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return device
 
@@ -148,11 +152,20 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return DistributedDataParallel(model, static_graph=True)
 
 
-def check_nproc(nproc: int, device: torch.device) -> None:
+def check_nproc(nproc: int, device: torch.device, batch_size: int) -> None:
     if nproc < 1:
         raise BenchError(f"--nproc must be >= 1; got {nproc}")
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise BenchError(f"--nproc {nproc}: one GPU per process, and this machine has {torch.cuda.device_count()}")
+    check_batch(batch_size, nproc)
+
+
+def check_batch(batch_size: int, nproc: int) -> None:
+    """Every process needs items of every batch: with more processes than items, some would train on
+    a placeholder every step (loss weight 0, yet in SyncBatchNorm's statistics on CUDA)."""
+    if nproc > batch_size:
+        raise BenchError(f"--nproc {nproc}: the batch of {batch_size} cannot be shared by {nproc} processes (each "
+                         f"needs at least one item); use --nproc {batch_size} or fewer, or a larger --batch-size")
 
 
 def launch(nproc: int, args: list[str]) -> int:

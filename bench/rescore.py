@@ -21,15 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench import records
-from bench.data import open_dataset
+from bench import env, records
+from bench.data import open_dataset, synthetic_identity
 from bench.data.base import SegDataset
 from bench.errors import BenchError
 from bench.evaluate import evaluate, scored_ids
 from bench.metrics import get_policy, policy_fields, policy_misfit
 from bench.protocol import Protocol, load_protocol
 from bench.registry import create_model
-from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, load_checkpoint
+from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, deterministic_kernels, load_checkpoint
 
 __all__ = ["rescore_id", "weights_path", "record_protocol", "run_model", "rescore_record", "plan_rescore",
            "rescored_twin"]
@@ -51,7 +51,14 @@ def record_protocol(rec: dict[str, Any], protocol_file: Path | None = None) -> P
     hash is not the run's (the file changed since, so evaluation could too)."""
     meta = rec["protocol"]
     source = protocol_file if protocol_file and load_protocol(protocol_file).name == meta["name"] else meta["name"]
-    proto = load_protocol(source).with_overrides(**meta["overrides"])
+    try:
+        base = load_protocol(source)
+    except BenchError:
+        if source == protocol_file:
+            raise
+        raise BenchError(f"run {rec['run_id']}: its protocol {meta['name']!r} is not built in; pass the file it "
+                         "was run with as --protocol FILE") from None
+    proto = base.with_overrides(**meta["overrides"])
     if proto.hash != meta["hash"]:
         where = f"the file {protocol_file}" if source == protocol_file else f"the built-in {meta['name']!r}"
         raise BenchError(f"run {rec['run_id']}: {where} now has hash {proto.hash}, the run used {meta['hash']}; "
@@ -71,18 +78,35 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
         raise BenchError(f"{path}: not found; run {rec['run_id']} can only be {what} from its run directory")
     protocol = record_protocol(rec, protocol_file)
     split = rec["split"]
-    dataset = open_dataset(rec["dataset"], run_data_root(rec, results_dir), records.split_fold(split))
+    root = run_data_root(rec, results_dir)
+    dataset = open_dataset(rec["dataset"], root, records.split_fold(split))
     scored = sorted({row["case"] for row in rec["per_case"]})
     if sorted(scored_ids(dataset, protocol)) != scored:
         raise BenchError(f"run {rec['run_id']}: its {split} split of {rec['data_root']} now holds other cases than "
                          f"the {len(scored)} it was scored on, so cases the model trained on could be {what}")
+    recorded = rec.get("data_id")  # absent in older records, empty for runs identified by their data's path
+    if recorded and (synthetic_identity(root) or dataset.content_id()) != recorded:
+        raise BenchError(f"run {rec['run_id']}: the data at {root} changed since it was scored (files, sizes or "
+                         f"content differ), so it cannot be {what} on it")
     # the statistics its images were normalised with in training, not ones drawn from the data as it is now
     dataset.foreground_stats = rec.get("intensity_stats")
     dataset.target_spacing = rec.get("target_spacing")  # likewise how its volumes were preprocessed
     dataset.mask_norm = rec.get("mask_norm")
     model = create_model(rec["model"], **rec["model_config"]).to(protocol.torch_dtype)  # float64 runs stay exact
     model.load_state_dict(load_checkpoint(path)["model"])
+    deterministic_kernels()  # cuDNN's kernel choice fixed, as when the run was scored
     return model, dataset, protocol
+
+
+def other_device_warning(recs: list[dict[str, Any]], device: torch.device, what: str) -> str | None:
+    """A warning where runs were scored on another kind of device than ``device``: float16 autocast
+    (``eval.autocast``), TF32 convolutions and cuDNN's kernels apply on CUDA only, so the numbers can
+    differ from the run's own; None where every run was scored on this kind."""
+    kinds = sorted({(r.get("device") or {}).get("device") for r in recs} - {None, device.type})
+    if not kinds:
+        return None
+    return (f"runs scored on {' and '.join(kinds)} are {what} on {device.type}: numbers can differ from the runs' own "
+            f"(autocast, TF32 and cuDNN kernels apply on CUDA only); --device {kinds[0]} repeats their conditions")
 
 
 def run_data_root(rec: dict[str, Any], results_dir: Path) -> Path:
@@ -125,8 +149,8 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
     done = set(df["run_id"])
     # a run trained under ``policy`` from the start is the same training: rescoring its twin would
     # put the same weights on the board twice
-    twin = ["model", "model_config", "dataset_name", "synthetic", "split", "protocol_hash", "protocol_overrides",
-            "seed", "init"]
+    twin = ["model", "model_config", "dataset_name", "data_id", "synthetic", "split", "protocol_hash",
+            "protocol_overrides", "seed", "init"]
     trained = {tuple(r) for r in df[(df["policy"] == policy) & df["rescored_from"].isna()][twin].astype(str).values}
     todo = df[(df["status"] == "finished") & df["rescored_from"].isna() & (df["policy"] != policy)
               & ~df["run_id"].map(lambda r: rescore_id(r, policy) in done)
@@ -164,6 +188,9 @@ def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: 
         "rescored_from": rec["run_id"],
         "rescored_at": started.isoformat(),
         "rescore_time_s": round(time.perf_counter() - t0, 3),
+        # where and with what the new scores were computed (device, git_commit, packages stay the run's)
+        "rescored_with": {"device": env.fingerprint(device), "git_commit": env.git_commit(),
+                          "packages": env.package_versions()},
     }
     records.write_record(new, results_dir)
     return new

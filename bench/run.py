@@ -116,12 +116,14 @@ def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: b
     """Train and evaluate one model; write and return its record.
 
     Under torchrun every rank trains its share; rank 0 alone evaluates, writes the record and
-    returns it (the others return None once it is written)."""
-    try:
-        return _run_one(spec, results_dir=results_dir, device=device, resume=resume,
-                        show_progress=show_progress and distributed.world().main, on_epoch_end=on_epoch_end)
-    finally:
-        distributed.barrier()
+    returns it (the others return None once it is written). A rank that fails leaves without the
+    closing barrier: the others may wait in another collective (a gradient all-reduce), which that
+    barrier would never meet, so the run would hang until the process-group timeout; exiting lets
+    torchrun stop them."""
+    record = _run_one(spec, results_dir=results_dir, device=device, resume=resume,
+                      show_progress=show_progress and distributed.world().main, on_epoch_end=on_epoch_end)
+    distributed.barrier()
+    return record
 
 
 def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: bool, show_progress: bool,
@@ -194,6 +196,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "dataset": spec.dataset,
         "dataset_name": dataset.dataset_name,
         "data_root": str(spec.data_root.resolve()),  # rescore and predict may start elsewhere
+        "data_id": spec.data_id,  # the data's identity: rescore and predict check it is still that data
         "synthetic": spec.synthetic,
         "split": spec.split,
         "protocol": protocol.to_record(),

@@ -70,7 +70,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    # benchmark mode times candidate kernels per shape and keeps the fastest, which varies by run
+    deterministic_kernels()
+
+
+def deterministic_kernels() -> None:
+    """cuDNN's deterministic kernels, without autotuning (no-op on CPU): benchmark mode times
+    candidate kernels per shape and keeps the fastest, which varies by run."""
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
 
@@ -94,6 +99,7 @@ class EpochBatches(torch.utils.data.Sampler[list]):
     augmented twice differently (TrainDataset keys its generator on the pair)."""
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, draws: int = 0):
+        distributed.check_batch(batch_size, world)
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
         self.rank, self.world, self.draws = rank, world, draws
 
@@ -192,15 +198,21 @@ def _rng_state() -> dict[str, Any]:
     # Only torch's generators drive randomness inside the loop (dropout, drop-path); numpy and
     # python RNGs are never used after seeding (augmentation has its own per-item generators).
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # this process's device only: a requeued job may see fewer GPUs
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or not torch.cuda.is_available():
+        return
+    if isinstance(cuda, (list, tuple)):  # checkpoints written before: every visible device's state
+        here = torch.cuda.current_device()
+        cuda = cuda[here] if here < len(cuda) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

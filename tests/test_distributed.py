@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from bench.train import EpochBatches, share_sizes
 
 
 @pytest.mark.parametrize("n, batch, world, draws", [(10, 4, 1, 0), (10, 4, 2, 0), (10, 4, 3, 0), (7, 3, 2, 0),
-                                                   (5, 8, 4, 0), (5, 4, 3, 6), (3, 2, 4, 5)])
+                                                   (5, 8, 4, 0), (5, 4, 3, 6), (3, 2, 2, 5)])
 def test_rank_shares_concatenate_to_the_global_batches(n, batch, world, draws):
     one = EpochBatches(n, batch, seed=5, draws=draws)
     ranks = [EpochBatches(n, batch, seed=5, rank=r, world=world, draws=draws) for r in range(world)]
@@ -34,6 +35,17 @@ def test_rank_shares_concatenate_to_the_global_batches(n, batch, world, draws):
             assert len(per_rank[r][step]) == max(shares[r][0], 1)
     assert len(one) == len(ranks[0]) == (draws or -(-n // batch))
     assert share_sizes(7, 3) == [3, 2, 2] and share_sizes(2, 4) == [1, 1, 0, 0]
+
+
+def test_more_processes_than_batch_items_are_refused(tmp_path):
+    """Batch 2 over 4 processes: two ranks would train on a placeholder at every step (in SyncBatchNorm's
+    statistics on CUDA), so bench run refuses it before torchrun starts, and so does a direct torchrun."""
+    with pytest.raises(BenchError, match=r"--nproc 4: the batch of 2 cannot be shared by 4 processes .* "
+                                         r"use --nproc 2 or fewer"):
+        EpochBatches(10, 2, seed=0, rank=0, world=4)
+    out = _bench("run", "--models", "unet", "--tiny", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
+                 "--batch-size", "2", "--nproc", "4", "--results", str(tmp_path), "--no-progress")
+    assert out.returncode == 2 and "error: --nproc 4: the batch of 2 cannot be shared" in out.stderr
 
 
 _GRAD_WORKER = r"""
@@ -193,3 +205,43 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_record(tmp_path):
     assert _comparable(got) == _comparable(want)
     a, b = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "killed")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+FAILING_RANK = r"""
+import os, sys
+import bench.train
+from bench.cli import main
+from bench.errors import BenchError
+
+real, calls = bench.train.segmentation_loss, [0]
+
+def loss(*a, **k):  # rank 1 alone fails at its 3rd step, while rank 0 waits in DDP's gradient all-reduce
+    calls[0] += 1
+    if os.environ["RANK"] == "1" and calls[0] == 3:
+        raise BenchError("injected failure on rank 1")
+    return real(*a, **k)
+
+bench.train.segmentation_loss = loss
+sys.argv = ["bench", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_rank_that_fails_mid_training_ends_the_run_with_its_error(tmp_path):
+    """The failing rank exits at once with its one-line error, and torchrun stops the others: it used
+    to enter a barrier first, a collective the other ranks (in the gradient all-reduce) never meet,
+    so the run hung until the process-group timeout (4 h by default)."""
+    from bench.data import synthetic_root
+    from tests.test_faults import RUN
+
+    data = synthetic_root("synapse", tmp_path / "synth")
+    driver = tmp_path / "driver.py"
+    driver.write_text(FAILING_RANK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_DIST_TIMEOUT_S": "120"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver),
+           *RUN, "--data-root", str(data), "--results", str(tmp_path / "res")]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode != 0 and "error: injected failure on rank 1" in proc.stderr, proc.stderr[-2000:]
+    assert time.monotonic() - t0 < 90, "the run waited for the process-group timeout"
+    assert not list((tmp_path / "res").glob("records/**/*.json"))

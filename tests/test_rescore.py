@@ -148,3 +148,42 @@ def test_bench_run_skips_a_run_already_rescored_into_its_policy(trained, tmp_pat
                          synthetic=False, results_dir=results, policy="strict",
                          model_overrides=dict(get_entry("unet").tiny))
     assert rescored_twin(seed1, results) is None  # another seed: nothing to reuse
+
+
+def test_rescore_refuses_data_changed_in_place_and_names_a_custom_protocol(trained, tmp_path):
+    """A run records what its data was (data_id): the same file names with other content are refused,
+    not scored against the old weights; a run of a protocol file that is not built in asks for it."""
+    from bench.data.synth import MARKER
+
+    root, _, _ = trained
+    data = tmp_path / "data"  # the same data as one's own (no synthetic marker): identified by its files
+    shutil.copytree(root, data)
+    (data / MARKER).unlink()
+    rec = _run(data, tmp_path / "res", "legacy-synapse")
+    assert rec["data_id"].startswith("files:")
+    (strict,) = plan_rescore(tmp_path / "res", "strict")
+    test_file = next((data / "test_vol_h5").iterdir())
+    test_file.write_bytes(test_file.read_bytes() + b"\0")  # edited in place: same name, other size
+    with pytest.raises(BenchError, match=rf"run {rec['run_id']}: the data at {data} changed since it was scored"):
+        rescore_record(strict, "strict", tmp_path / "res", CPU)
+    custom = {**rec, "protocol": {**rec["protocol"], "name": "my_recipe"}}
+    with pytest.raises(BenchError, match=rf"run {rec['run_id']}: its protocol 'my_recipe' is not built in; pass "
+                                         "the file it was run with as --protocol FILE"):
+        record_protocol(custom)
+
+
+def test_rescored_records_say_where_they_were_scored_and_other_devices_are_warned(trained, tmp_path):
+    from bench.rescore import other_device_warning
+
+    _, results, legacy = trained
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    rec = json.loads(record_path(copy, legacy["run_id"]).read_text())
+    new = rescore_record(rec, "strict-monai", copy, CPU)
+    assert new["device"] == legacy["device"]  # the run's training device stays the run's
+    assert new["rescored_with"]["device"]["device"] == "cpu" and "torch" in new["rescored_with"]["packages"]
+    assert other_device_warning([rec], CPU, "rescored") is None
+    gpu = {**rec, "device": {**rec["device"], "device": "cuda"}}
+    assert other_device_warning([gpu, rec], CPU, "rescored") == (
+        "runs scored on cuda are rescored on cpu: numbers can differ from the runs' own (autocast, TF32 and "
+        "cuDNN kernels apply on CUDA only); --device cuda repeats their conditions")

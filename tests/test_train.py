@@ -566,3 +566,24 @@ def test_per_class_nsd_tolerances_reach_rows_records_and_the_caption(synapse_roo
     runs = load(tmp_path)
     assert runs["nsd_tolerances"].tolist() == [text] and "nsd_tolerance" not in runs
     assert f"NSD: % of both surfaces within the class's tolerance of the other, in mm: {text}." in render(runs)
+
+
+def test_a_checkpoints_cuda_rng_is_this_processs_device_only(monkeypatch):
+    """A checkpoint keeps the CUDA generator of the process's own device, so a run requeued onto a
+    machine with fewer visible GPUs resumes (every device's state, as once saved, failed to restore
+    there); older checkpoints' per-device lists restore their entry for this device."""
+    from bench import train as train_mod
+
+    states = {0: torch.tensor([1], dtype=torch.uint8), 1: torch.tensor([2], dtype=torch.uint8)}
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[1])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("every device's state saved"))
+    state = train_mod._rng_state()
+    assert torch.equal(state["cuda"], states[1])
+    train_mod._set_rng_state(state)
+    train_mod._set_rng_state({**state, "cuda": [states[0], states[1]]})  # an older checkpoint's list
+    train_mod._set_rng_state({**state, "cuda": [states[0]]})  # written where this device did not exist: left as is
+    assert [int(s[0]) for s in restored] == [2, 2]
