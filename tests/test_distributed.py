@@ -245,3 +245,12 @@ def test_a_rank_that_fails_mid_training_ends_the_run_with_its_error(tmp_path):
     assert proc.returncode != 0 and "error: injected failure on rank 1" in proc.stderr, proc.stderr[-2000:]
     assert time.monotonic() - t0 < 90, "the run waited for the process-group timeout"
     assert not list((tmp_path / "res").glob("records/**/*.json"))
+
+
+def test_a_timeout_that_is_not_a_number_is_named(monkeypatch):
+    from bench import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun, before the process group exists
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "4h")
+    with pytest.raises(BenchError, match=r"BENCH_DIST_TIMEOUT_S='4h': expected seconds \(a number\)"):
+        distributed.init(torch.device("cpu"))
