@@ -205,6 +205,9 @@ def run(
                                  img_size=img_size, patch_size=patch, lr=lr, pretrained=None if moot else pretrained,
                                  target_spacing=_parse_spacing(target_spacing))
     resolve_inits(names, proto, pretrained_dir)  # every missing file named at once, before anything runs
+    dev = resolve_device(device.value)
+    if nproc != 1 and not distributed.launched_by_torchrun():
+        distributed.check_nproc(nproc, dev, proto.train.batch_size)  # before --synthetic writes data
     seed_list = list(dict.fromkeys(_parse_ints(seeds))) if seeds else [proto.seed]  # each seed once
     overrides = _parse_sets(set_ or [])
     specs = []
@@ -216,12 +219,12 @@ def run(
                            folds=folds if folds in (None, "all") else list(dict.fromkeys(_parse_ints(folds, "--folds"))))
     total = len(specs)
     specs = select_shard(specs, shard)
-    dev = resolve_device(device.value)
     if nproc != 1 and not distributed.launched_by_torchrun():  # the grid is valid: start the processes
-        distributed.check_nproc(nproc, dev, proto.train.batch_size)
         raise typer.Exit(code=distributed.launch(nproc, _argv_of(ctx, drop=("nproc",))))
     dev = distributed.init(dev)
     main = distributed.world().main
+    # rank 0's plan for every rank: run ids of earlier path-identified runs depend on what is on disk
+    specs = distributed.gather_objects(specs if main else None)[0]
     say = typer.echo if main else (lambda *a, **k: None)
     say(f"bench run: {len(specs)} run(s){f' (shard {shard} of {total})' if shard else ''} · dataset {dataset} · protocol {proto.name} v{proto.version} "
         f"({proto.hash}{', off-protocol' if proto.off_protocol else ''}) · device {dev}"

@@ -72,11 +72,14 @@ def init(device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    seconds = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
     try:
-        timeout = dt.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
-    except ValueError:
-        raise BenchError(f"{TIMEOUT_ENV}={os.environ[TIMEOUT_ENV]!r}: expected seconds (a number), how long "
-                         "processes wait for each other") from None
+        timeout = dt.timedelta(seconds=float(seconds))
+    except (ValueError, OverflowError):
+        timeout = None
+    if timeout is None or timeout.total_seconds() <= 0:
+        raise BenchError(f"{TIMEOUT_ENV}={seconds!r}: expected seconds (a positive number), how long processes "
+                         "wait for each other")
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return device
 

@@ -304,7 +304,7 @@ def remove_orphans(folder: Path, pattern: str) -> None:
         try:
             if now - stale.lstat().st_mtime > ORPHAN_AGE_S:
                 shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
-        except FileNotFoundError:  # renamed into place or removed by its writer meanwhile
+        except OSError:  # renamed or removed meanwhile, another user's, a stale NFS handle: best effort
             pass
 
 

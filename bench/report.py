@@ -748,7 +748,9 @@ def split_mismatch(dataset: str, cases: pd.DataFrame | None) -> str | None:
     from bench.data.verify import PRANET_TEST_SETS, VMUNET_ISIC_SPLITS
 
     pranet = {_POLYP_SETS.get(k.lower(), k.lower()): n for k, n in PRANET_TEST_SETS.items()}
-    ids = set() if cases is None else set(cases["case"].astype(str))
+    if cases is None or cases.empty:
+        return "test cases unknown (no per-case rows)"
+    ids = set(cases["case"].astype(str))
     if dataset == "synapse":
         if ids == set(TRANSUNET_TEST_CASES):
             return None

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -56,8 +57,9 @@ def record_protocol(rec: dict[str, Any], protocol_file: Path | None = None) -> P
     except BenchError:
         if source == protocol_file:
             raise
-        raise BenchError(f"run {rec['run_id']}: its protocol {meta['name']!r} is not built in; pass the file it "
-                         "was run with as --protocol FILE") from None
+        given = f" (--protocol {protocol_file} is protocol {load_protocol(protocol_file).name!r})" if protocol_file else ""
+        raise BenchError(f"run {rec['run_id']}: its protocol {meta['name']!r} is not built in{given}; pass the "
+                         "file it was run with as --protocol FILE") from None
     proto = base.with_overrides(**meta["overrides"])
     if proto.hash != meta["hash"]:
         where = f"the file {protocol_file}" if source == protocol_file else f"the built-in {meta['name']!r}"
@@ -149,12 +151,20 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
     done = set(df["run_id"])
     # a run trained under ``policy`` from the start is the same training: rescoring its twin would
     # put the same weights on the board twice
-    twin = ["model", "model_config", "dataset_name", "data_id", "synthetic", "split", "protocol_hash",
-            "protocol_overrides", "seed", "init"]
-    trained = {tuple(r) for r in df[(df["policy"] == policy) & df["rescored_from"].isna()][twin].astype(str).values}
+    # of the same data too, where both records say what it was (data_id; absent in older records)
+    twin = ["model", "model_config", "dataset_name", "synthetic", "split", "protocol_hash", "protocol_overrides",
+            "seed", "init"]
+    data = df["data_id"].astype(object) if "data_id" in df else pd.Series(None, index=df.index, dtype=object)
+    data = data.where(data.astype(bool) & data.notna(), None)  # "" (a path-identified run) says nothing either
+    keys = df[twin].astype(str).apply(tuple, axis=1)
+    trained: dict[tuple, set] = {}
+    for key, data_id in zip(keys[(df["policy"] == policy) & df["rescored_from"].isna()],
+                            data[(df["policy"] == policy) & df["rescored_from"].isna()]):
+        trained.setdefault(key, set()).add(data_id)
+    has_twin = [key in trained and (d is None or None in trained[key] or d in trained[key])
+                for key, d in zip(keys, data)]
     todo = df[(df["status"] == "finished") & df["rescored_from"].isna() & (df["policy"] != policy)
-              & ~df["run_id"].map(lambda r: rescore_id(r, policy) in done)
-              & ~df[twin].astype(str).apply(tuple, axis=1).isin(trained)]
+              & ~df["run_id"].map(lambda r: rescore_id(r, policy) in done) & ~pd.Series(has_twin, index=df.index)]
     if models is not None:
         todo = todo[todo["model"].isin(models)]
     recs = [json.loads(records.record_path(results_dir, rid).read_text(encoding="utf-8"))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from bench import distributed, env, records
-from bench.data import check_folds, open_dataset, synthetic_identity, synthetic_root
+from bench.data import check_folds, get_reader, open_dataset, synthetic_identity, synthetic_root
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import (cache_training_volumes, preprocess_processes, slicing_note, target_spacing,
                                    volume_prep)
@@ -341,6 +341,7 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         raise BenchError("give either --data-root or --synthetic, not both")
     records.ensure_writable_dir(results_dir)  # before synthetic data is written or anything trains
     # what needs no data, before --synthetic writes any
+    get_reader(dataset)  # an unknown name: "did you mean", before anything else is said about it
     if folds is not None:
         check_folds(dataset)
     if protocol.datasets and dataset not in protocol.datasets:

@@ -284,7 +284,8 @@ def train_model(
     start_epoch, step, epoch_losses, resumed_from, time_before = 0, 0, [], None, 0.0
     best: tuple[float, int] | None = None
     last = ckpt_dir / LAST
-    if resume and last.is_file():
+    # rank 0's view for every rank: one rank resuming while another starts afresh would never meet again
+    if resume and distributed.gather_objects(last.is_file() if w.main else None)[0]:
         state = load_checkpoint(last)
         written_by = state.get("world_size", 1)
         if written_by != w.size:

@@ -631,6 +631,11 @@ def test_nsd_tolerance_table_that_does_not_fit_the_dataset(monkeypatch, capsys, 
     assert not (tmp_path / "res" / "runs").exists()
 
 
+def test_a_misspelt_dataset_is_named_before_what_the_protocol_says_of_it(monkeypatch, capsys, tmp_path):
+    _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "isic71", "--synthetic", "--results",
+           tmp_path, "--protocol", "synapse", names="unknown dataset 'isic71'", phrase="did you mean 'isic1")
+
+
 def test_protocol_written_for_another_dataset(monkeypatch, capsys, tmp_path):
     _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "isic17", "--synthetic", "--results",
            tmp_path, "--protocol", "synapse", names="protocol 'synapse'", phrase="is written for synapse, not 'isic17'")

@@ -44,8 +44,9 @@ def test_more_processes_than_batch_items_are_refused(tmp_path):
                                          r"use --nproc 2 or fewer"):
         EpochBatches(10, 2, seed=0, rank=0, world=4)
     out = _bench("run", "--models", "unet", "--tiny", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
-                 "--batch-size", "2", "--nproc", "4", "--results", str(tmp_path), "--no-progress")
+                 "--batch-size", "2", "--nproc", "4", "--device", "cpu", "--results", str(tmp_path), "--no-progress")
     assert out.returncode == 2 and "error: --nproc 4: the batch of 2 cannot be shared" in out.stderr
+    assert not (tmp_path / "synthetic").exists()  # refused before the synthetic data is written
 
 
 _GRAD_WORKER = r"""
@@ -239,7 +240,7 @@ def test_a_rank_that_fails_mid_training_ends_the_run_with_its_error(tmp_path):
     driver.write_text(FAILING_RANK)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_DIST_TIMEOUT_S": "120"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver),
-           *RUN, "--data-root", str(data), "--results", str(tmp_path / "res")]
+           *RUN, "--data-root", str(data), "--results", str(tmp_path / "res"), "--device", "cpu"]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode != 0 and "error: injected failure on rank 1" in proc.stderr, proc.stderr[-2000:]
@@ -251,6 +252,7 @@ def test_a_timeout_that_is_not_a_number_is_named(monkeypatch):
     from bench import distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun, before the process group exists
-    monkeypatch.setenv(distributed.TIMEOUT_ENV, "4h")
-    with pytest.raises(BenchError, match=r"BENCH_DIST_TIMEOUT_S='4h': expected seconds \(a number\)"):
-        distributed.init(torch.device("cpu"))
+    for bad in ("4h", "inf", "-5", "0"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(BenchError, match=rf"BENCH_DIST_TIMEOUT_S='{bad}': expected seconds \(a positive number\)"):
+            distributed.init(torch.device("cpu"))

@@ -124,6 +124,29 @@ def test_temp_files_of_killed_writes_go_when_old(tmp_path):
     assert len(load(tmp_path)) == 1
 
 
+def test_a_sweep_that_cannot_remove_a_leftover_never_fails_the_write(tmp_path, monkeypatch):
+    """Another user's leftover in a shared folder, a stale NFS handle: the record is written all the same."""
+    import pathlib
+    import time
+
+    rec = make_record()
+    folder = records.record_path(tmp_path, rec["run_id"]).parent
+    folder.mkdir(parents=True)
+    theirs = folder / f".other.json.{records.TEMP_MARK}k1ll3d.tmp"
+    theirs.write_text("{")
+    os.utime(theirs, (time.time() - 2 * 86400,) * 2)
+    real = pathlib.Path.unlink
+
+    def refuse(self, *a, **k):
+        if self == theirs:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "unlink", refuse)
+    write_record(rec, tmp_path)
+    assert len(load(tmp_path)) == 1 and theirs.exists()
+
+
 def test_invalid_record_is_never_written(tmp_path):
     rec = make_record()
     del rec["metrics"]

@@ -475,6 +475,23 @@ def test_two_nnunet_datasets_get_two_boards_and_their_published_rows(tmp_path):
     assert [k.dataset for k in leaderboards(load(tmp_path / "old"))] == ["synapse"]
 
 
+def test_split_mismatch_by_case_ids_counts_or_unpublished_splits():
+    from bench.data.verify import PRANET_TEST_SETS, VMUNET_ISIC_SPLITS
+    from bench.report import split_mismatch
+
+    def cases(ids):
+        return pd.DataFrame({"case": list(ids)})
+
+    assert split_mismatch("synapse", cases(TRANSUNET_TEST_CASES)) is None
+    assert split_mismatch("isic17", cases(f"ISIC_{i}" for i in range(VMUNET_ISIC_SPLITS["isic17"][1]))) is None
+    assert split_mismatch("isic18", cases(range(650))) == "other split (650 test images, the paper's 808)"
+    assert split_mismatch("polyp:kvasir", cases(f"Kvasir/{i}" for i in range(PRANET_TEST_SETS["Kvasir"]))) is None
+    assert split_mismatch("polyp:etis", cases(range(99))) == "other split (99 test images, the paper's 196)"
+    assert split_mismatch("acdc", cases(range(20))) == "other split (the paper's test cases are not published)"
+    assert split_mismatch("synapse", None) == split_mismatch("synapse", cases([])) == \
+        "test cases unknown (no per-case rows)"
+
+
 def test_lightm_unets_chest_xray_number_meets_a_lightm_unet_2d_board(tmp_path):
     """The built-in published.csv: LightM-UNet's Montgomery & Shenzhen Dice (96.17, nnU-Net's per-case
     means) meets a board of its recipe (lightm_unet_2d, strict) over their Dataset802_LungXray, beside

@@ -131,6 +131,14 @@ def test_float64_runs_rescore_exactly_and_trained_twins_are_not_rescored(trained
     _run(root, twin_dir, "strict", "float64")
     assert plan_rescore(twin_dir, "strict") == [] and plan_rescore(twin_dir, "legacy-synapse") == []
     assert legacy["run_id"] != direct["run_id"]
+    # a twin recorded before records held data_id is still the same training; one of other data is not
+    strict_path = next(p for p in (twin_dir / "records").glob("*.json") if '"strict"' in p.read_text())
+    old = json.loads(strict_path.read_text())
+    del old["data_id"]
+    strict_path.write_text(json.dumps(old))
+    assert plan_rescore(twin_dir, "strict") == []
+    strict_path.write_text(json.dumps({**old, "data_id": "files:0123456789abcdef"}))
+    assert [r["policy"] for r in plan_rescore(twin_dir, "strict")] == ["legacy-synapse"]
 
 
 def test_bench_run_skips_a_run_already_rescored_into_its_policy(trained, tmp_path):
@@ -170,6 +178,8 @@ def test_rescore_refuses_data_changed_in_place_and_names_a_custom_protocol(train
     with pytest.raises(BenchError, match=rf"run {rec['run_id']}: its protocol 'my_recipe' is not built in; pass "
                                          "the file it was run with as --protocol FILE"):
         record_protocol(custom)
+    with pytest.raises(BenchError, match=r"not built in \(--protocol .*smoke\.toml is protocol 'smoke'\); pass"):
+        record_protocol(custom, PROTOCOL_DIR / "smoke.toml")  # a file, but of another protocol
 
 
 def test_rescored_records_say_where_they_were_scored_and_other_devices_are_warned(trained, tmp_path):
