@@ -368,9 +368,9 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     if ds.binary and nnunet_style:
         raise BenchError(f"protocol {protocol.name!r} trains with train.{' and train.'.join(nnunet_style)}, which "
                          f"need integer class labels (nnU-Net-format data); {dataset!r} is a binary dataset")
-    hint = ds.normalize_hint(protocol.normalize)
-    if hint:
-        warnings.warn(hint, stacklevel=2)
+    for hint in (ds.normalize_hint(protocol.normalize), ds.geometry_note()):
+        if hint:
+            warnings.warn(hint, stacklevel=2)
     chosen = policy or protocol.metric_policy or ds.default_policy
     misfit = policy_misfit(chosen, 1 if ds.binary else ds.num_classes - 1, f"{dataset!r} data at {data_root}")
     if misfit:

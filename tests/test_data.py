@@ -591,6 +591,14 @@ def test_verify_warns_where_image_and_label_affines_differ(roots, tmp_path):
     problems = verify_dataset("nnunet", root)
     assert _paths(problems) == [] and _paths(problems, "warning") == [str(root / "imagesTr" / "synth_001_0000.nii.gz")]
     assert "origin or orientation differs from label synth_001.nii.gz" in problems[0].message
+    # bench run says so too, once, before anything trains (it used to say nothing)
+    from bench.protocol import load_protocol
+    from bench.run import plan_grid
+
+    with pytest.warns(UserWarning, match=rf"{root}: 1 of \d+ cases' image and label differ in origin or "
+                                         r"orientation \(NIfTI affines; first: synth_001\)"):
+        plan_grid(models=["unet"], dataset="nnunet", protocol=load_protocol("smoke"), seeds=[0], data_root=root,
+                  synthetic=False, results_dir=tmp_path / "res")
 
 def test_verify_missing_root_and_bad_json(tmp_path):
     assert _paths(verify_dataset("isic17", tmp_path / "none")) == [str(tmp_path / "none")]

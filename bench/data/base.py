@@ -92,6 +92,11 @@ class SegDataset:
         serves many datasets (nnunet), whose runs must not share a board."""
         return self.name
 
+    def geometry_note(self) -> str | None:
+        """A warning where images and labels of a case may not overlay (their headers place the voxels
+        differently), or None; headers only."""
+        return None
+
     def normalize_hint(self, normalize: str) -> str | None:
         """A warning when a protocol's ``normalize`` leaves this data's intensities unsuitable for
         the networks (raw HU, raw MRI), or None."""

@@ -308,6 +308,17 @@ def kfold_split(case_ids: list[str], fold: int, n_folds: int = N_FOLDS) -> tuple
     return split["train"], split["val"]
 
 
+def same_geometry(image: Path, label: Path) -> bool:
+    """Whether two NIfTI files place their voxels at the same points (affines within 1e-3 mm; headers
+    only). Unreadable files count as the same: their reads report them."""
+    import nibabel as nib
+
+    try:
+        return bool(np.allclose(nib.load(str(image)).affine, nib.load(str(label)).affine, rtol=1e-4, atol=1e-3))
+    except Exception:  # noqa: BLE001
+        return True
+
+
 def list_cases(root: Path, ending: str) -> list[str]:
     """Case ids = names of ``labelsTr/*{ending}`` without the ending, sorted."""
     folder = root / "labelsTr"
@@ -349,6 +360,17 @@ class NnUNetDataset(SegDataset):
             )
         self._train_cases, self._test_cases = self._split()
         self._slice_ids: list[str] | None = None
+
+    def geometry_note(self) -> str | None:
+        if not self.volumes:
+            return None
+        bad = [c for c in self.cases if not same_geometry(channel_path(self.root, c, 0, self.file_ending),
+                                                          label_path(self.root, c, self.file_ending))]
+        if not bad:
+            return None
+        return (f"{self.root}: {len(bad)} of {len(self.cases)} cases' image and label differ in origin or orientation "
+                f"(NIfTI affines; first: {bad[0]}); the arrays are used as stored, so they may not overlay: "
+                f"bench data verify names each")
 
     def normalize_hint(self, normalize: str) -> str | None:
         # nnU-Net normalises by channel_names (CT: clip and z-score; noNorm / rgb_to_0_1: as is

@@ -292,16 +292,6 @@ def _check_nnunet(root: Path, report: _Report, reader) -> None:
                 report.add(splits, f"fold 0 names {case!r}, which has no label file")
 
 
-def _same_geometry(image: Path, label: Path) -> bool:
-    """Whether two NIfTI files place their voxels at the same points (affines within 1e-3 mm)."""
-    import nibabel as nib
-
-    try:
-        return bool(np.allclose(nib.load(str(image)).affine, nib.load(str(label)).affine, rtol=1e-4, atol=1e-3))
-    except Exception:  # noqa: BLE001  (unreadable files are reported by the reads before)
-        return True
-
-
 def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set[int], report: _Report) -> None:
     lab_path = nn_io.label_path(root, case, ending)
     volume = nn_io.is_volume_ending(ending)
@@ -344,7 +334,7 @@ def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set
             report.add(path, f"shape {image.shape} differs from label {lab_path.name} {label.shape}")
         if spacing is not None and img_spacing is not None and not np.allclose(spacing, img_spacing, rtol=1e-4):
             report.add(path, f"spacing {img_spacing} differs from label {lab_path.name} {spacing}")
-        elif volume and label is not None and not _same_geometry(path, lab_path):
+        elif volume and label is not None and not nn_io.same_geometry(path, lab_path):
             # the arrays are read as stored: a label stored flipped (its affine flipped too) lies on the
             # image mirrored. nnU-Net's dataset check warns on this too
             report.add(path, f"origin or orientation differs from label {lab_path.name} (NIfTI affines); the "
