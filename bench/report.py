@@ -813,7 +813,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
                 ours = mean * scale if isinstance(mean, float) and not math.isnan(mean) else math.nan
                 blocked = why_not(p, key, board.attrs, b["model_config"])
                 diff = blocked or ("" if math.isnan(ours) else f"{ours - p['value']:+.2f}")
-                rows.append({"Model": model, "Metric": METRICS[p["metric"]][0],
+                rows.append({"Model": b["model"], "Metric": METRICS[p["metric"]][0],  # the board's row label
                              "Published": f"{p['value']:g}", "Source": p["source"], "Their convention": p["convention"],
                              "Their recipe": p["protocol"] or "not one of ours",
                              "Ours": "" if math.isnan(ours) else f"{ours:.2f}", "Ours − published": diff,

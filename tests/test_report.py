@@ -229,6 +229,9 @@ def test_tiny_configurations_are_labelled_whatever_shares_the_board(tmp_path):
     assert sorted(leaderboards(load(tmp_path))[key]["model"]) == ["unet (tiny)", "vmunet"]
     sig = write_report(tmp_path, reference="unet")
     assert "Reference: unet (tiny). Two-sided" in sig  # "unet" stands for its only row on the board
+    published = write_report(tmp_path, published=True).split("## Published vs ours")[1]
+    unet_rows = [line for line in published.splitlines() if line.startswith("| unet")]
+    assert unet_rows and all(line.startswith("| unet (tiny) ") for line in unet_rows)  # the board's label
     write_record(make_record("unet", seed=0, dice=0.8, model_config={"img_size": 64}), tmp_path)
     write_record(make_record("unet", seed=1, dice=0.5, model_config={"img_size": 96, **tiny}), tmp_path)
     assert sorted(leaderboards(load(tmp_path))[key]["model"]) == [
