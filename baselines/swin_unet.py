@@ -273,14 +273,18 @@ def _window_for(img_size: int, window: int, stages: int, patch: int = 4) -> int:
 
 
 def load_swin_t(model: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:
-    """The authors' ``load_from`` for the Swin-T ImageNet file (tensors under ``model``): every
+    """The authors' ``load_from``. The Swin-T ImageNet file (tensors under ``model``): every
     ``layers.i.*`` tensor also goes to ``layers_up.(3-i).*`` (Swin-Unet's decoder initialisation);
-    tensors whose name or shape does not exist in the model are reported, not loaded."""
+    tensors whose name or shape does not exist in the model are reported, not loaded. A trained
+    Swin-Unet (its keys under ``swin_unet.``; the authors' or ours): everything but the output head,
+    which may have other classes (their first branch: fine-tuning on other data)."""
     from bench.errors import BenchError
     from bench.registry import clean_state_dict
 
     sd = clean_state_dict(state_dict)
     own = model.state_dict()
+    if any(k.startswith("swin_unet.") for k in sd):
+        return _load_trained_swin_unet(model, sd, own)
     updates: dict[str, torch.Tensor] = {}
     used: set[str] = set()
     for key, value in sd.items():
@@ -298,6 +302,25 @@ def load_swin_t(model: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:
     model.load_state_dict({**own, **updates}, strict=True)
     return {"loaded": len(updates), "decoder_copies": sum(k.startswith("swin_unet.layers_up.") for k in updates),
             "not_loaded_from_file": sorted(set(sd) - used),
+            "not_pretrained_in_model": sorted(k for k in own if k not in updates)}
+
+
+def _load_trained_swin_unet(model: nn.Module, sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict:
+    """``load_swin_t``'s branch for a trained Swin-Unet: as the authors, the head (keys containing
+    ``output``) stays as built; every other tensor must fit (their non-strict load also fails on a
+    shape mismatch), so a file of another size or window is one error naming the tensors."""
+    from bench.errors import BenchError
+
+    body = {k: v for k, v in sd.items() if "output" not in k}
+    missing = sorted(k for k in own if "output" not in k and k not in body)
+    unfit = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in body.items()
+             if k in own and own[k].shape != v.shape]
+    if missing or unfit:
+        raise BenchError(f"a trained Swin-Unet that does not fit this one (other img_size, window or widths?): "
+                         f"{'; '.join(unfit[:3] + [f'missing {k}' for k in missing[:3]])}")
+    updates = {k: v for k, v in body.items() if k in own}
+    model.load_state_dict({**own, **updates}, strict=True)
+    return {"loaded": len(updates), "decoder_copies": 0, "not_loaded_from_file": sorted(set(sd) - set(updates)),
             "not_pretrained_in_model": sorted(k for k in own if k not in updates)}
 
 

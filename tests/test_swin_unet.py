@@ -92,3 +92,34 @@ def test_swin_t_pretrained_fills_encoder_and_mirrored_decoder(tmp_path):
     assert {"head.weight", "layers.2.blocks.5.norm1.weight"} <= set(report["not_loaded_from_file"])
     assert "swin_unet.output.weight" in report["not_pretrained_in_model"]
     assert "swin_unet.concat_back_dim.1.weight" in report["not_pretrained_in_model"]
+
+
+def test_a_trained_swin_unet_fills_everything_but_its_head(tmp_path):
+    """The authors' load_from, first branch: a trained Swin-Unet (their DataParallel file, keys
+    module.swin_unet.*, or ours) starts a model with another number of classes; only the output head
+    stays as built. A file of another size is one error naming the tensors."""
+    from bench.errors import BenchError
+    from bench.registry import load_weights
+
+    kw = dict(img_size=64, embed_dim=24, num_heads=(1, 2, 4, 8))
+    torch.manual_seed(0)
+    trained = create_model("swin_unet", num_classes=9, **kw)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(1.0)  # away from any initialisation
+    path = tmp_path / "epoch_149.pth"
+    torch.save({f"module.{k}": v for k, v in trained.state_dict().items()}, path)
+    for file in (path, tmp_path / "ours.pt"):
+        if file.name == "ours.pt":
+            torch.save({"model": trained.state_dict(), "epoch": 3}, file)
+        torch.manual_seed(1)
+        model = create_model("swin_unet", num_classes=2, **kw)
+        head = model.state_dict()["swin_unet.output.weight"].clone()
+        report = load_weights(model, file, source="swin_t")
+        sd, src = model.state_dict(), trained.state_dict()
+        assert all(torch.equal(sd[k], v) for k, v in src.items() if "output" not in k)
+        assert torch.equal(sd["swin_unet.output.weight"], head) and head.shape[0] == 2
+        assert report["not_pretrained_in_model"] == ["swin_unet.output.weight"]
+    bigger = create_model("swin_unet", num_classes=2, img_size=128, embed_dim=24, num_heads=(1, 2, 4, 8))
+    with pytest.raises(BenchError, match=r"a trained Swin-Unet that does not fit this one .*: swin_unet\.\S+: file"):
+        load_weights(bigger, path, source="swin_t")
