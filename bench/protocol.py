@@ -132,6 +132,8 @@ class Protocol:
     variant_of: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
     hash: str = ""
+    # the file's own value of every field an override changed: an override back to it is none
+    file_values: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def torch_dtype(self) -> "torch.dtype":
@@ -199,13 +201,12 @@ class Protocol:
             overrides={**self.overrides, **changes},
             **top,
         ), "override")
-        # an option that repeats the protocol's own value (checked, so 0.01 == 1e-2, [8, 8] == (8, 8))
+        # an option that repeats the file's own value (checked, so 0.01 == 1e-2, [8, 8] == (8, 8))
         # changes nothing: the run stays on-protocol and counts as done with runs without it
-        same = {key for key in changes if _field(changed, key) == _field(self, key)}
-        if len(same) == len(changes):
-            return self
-        return dataclasses.replace(changed, overrides={k: v for k, v in changed.overrides.items()
-                                                       if k not in same or k in self.overrides})
+        file_values = {**{key: _field(self, key) for key in changes}, **self.file_values}
+        same = {key for key in changes if _field(changed, key) == file_values[key]}
+        return dataclasses.replace(changed, file_values=file_values,
+                                   overrides={k: v for k, v in changed.overrides.items() if k not in same})
 
 
 _TOP_OVERRIDABLE = {"img_size", "patch_size", "target_spacing", "normalize", "metric_policy", "seed", "dtype",

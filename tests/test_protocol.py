@@ -123,13 +123,17 @@ def test_override_marks_off_protocol():
 def test_override_repeating_the_protocols_value_stays_on_protocol():
     p = load_protocol("smoke")
     # the protocol's own values, spelt as the CLI and a record's JSON spell them
-    assert p.with_overrides(lr=p.train.lr * 1.0, img_size=p.img_size, dtype=p.dtype) is p
+    same = p.with_overrides(lr=p.train.lr * 1.0, img_size=p.img_size, dtype=p.dtype)
+    assert same == p and not same.off_protocol
     q = p.with_overrides(lr=p.train.lr, epochs=p.train.epochs + 1)
     assert q.overrides == {"epochs": p.train.epochs + 1} and q.off_protocol
-    # once overridden, setting the overridden value again keeps the override
+    # once overridden, setting the overridden value again keeps the override; setting the file's
+    # value back drops it (compared with the file, not with the overridden copy)
     assert q.with_overrides(epochs=p.train.epochs + 1).overrides == q.overrides
+    back = q.with_overrides(epochs=p.train.epochs)
+    assert back == p and not back.off_protocol and back.hash == p.hash
     patch = load_protocol("lightm_unet_2d")
-    assert patch.with_overrides(patch_size=list(patch.patch_size), target_spacing="nnunet") is patch
+    assert patch.with_overrides(patch_size=list(patch.patch_size), target_spacing="nnunet") == patch
     assert patch.with_overrides(patch_size=[16, 16]).overrides == {"patch_size": [16, 16]}
 
 
