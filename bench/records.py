@@ -74,7 +74,7 @@ RUN_ID_COLUMNS = [
     "policy", "seed",
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
-    "init", "data_id", "rescored_from", "status", "git_commit", "device", "scan_backend", "hd95_unit", "started_at",
+    "init", "data_id", "n_train", "rescored_from", "status", "git_commit", "device", "scan_backend", "hd95_unit", "started_at",
     "finished_at", "wall_time_s", "train_time_s", "train_loss", "params", "trainable_params", "macs", "paper_macs",
     "flops", "fps", "peak_mem_mb", "nsd_tolerances",
 ]  # fmt: skip
@@ -443,6 +443,7 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
     row.update(
         init=f"{init['file']}@{init['sha256'][:8]}" if init else None,
         data_id=rec.get("data_id"),  # what the data was (bench.run.RunSpec.data_id); absent in older records
+        n_train=rec.get("n_train"),  # training items (slices, images, cases); absent in older records
         rescored_from=rec.get("rescored_from"),  # `bench rescore`: the run whose weights were scored
         status=rec["status"],
         git_commit=rec["git_commit"],

@@ -220,6 +220,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         nsd_tolerances=[t for col in ("nsd_tolerance", "nsd_tolerances") if col in group
                         for t in sorted(set(group[col].dropna()))],
         devices=sorted(set(group["device"].dropna())) if "device" in group else [],
+        n_train=sorted({int(n) for n in group["n_train"].dropna()}) if "n_train" in group else [],
     )
     return board
 
@@ -738,28 +739,38 @@ def published_dataset(board_dataset: str) -> str:
     return name
 
 
-def split_mismatch(dataset: str, cases: pd.DataFrame | None) -> str | None:
-    """Why a board's test cases (its case rows) are not the paper's test split for ``dataset`` (a
-    ``published_dataset`` id), or None where they are: Synapse by case id (TransUNet's 12 volumes);
-    an ISIC year and a PraNet test set by image count (their lists are not published; another 7:3
-    draw has the counts too); ACDC, LiTS and Montgomery/Shenzhen never (their papers' splits are
-    not published, so no run of ours tests the papers' cases)."""
-    from bench.data.synapse import TRANSUNET_TEST_CASES
-    from bench.data.verify import PRANET_TEST_SETS, VMUNET_ISIC_SPLITS
+def split_mismatch(board_dataset: str, cases: pd.DataFrame | None, n_train: list[int] | None = None) -> str | None:
+    """Why a board's test cases (its case rows) or training items (its runs' ``n_train``) are not the
+    paper's split, or None where they are: Synapse's test volumes by case id (TransUNet's 12) and its
+    2,211 training slices; an ISIC year and a PraNet test set by image count (their lists are not
+    published; another 7:3 draw has the counts too), their training sets likewise (VM-UNet-V2's
+    merged ISIC: both years' together); ACDC, LiTS and Montgomery/Shenzhen never (their papers'
+    splits are not published, so no run of ours tests the papers' cases). Runs recorded before
+    ``n_train`` was kept are judged by their test cases alone."""
+    from bench.data.synapse import TRANSUNET_TEST_CASES, TRANSUNET_TRAIN_SLICES
+    from bench.data.verify import PRANET_TEST_SETS, PRANET_TRAIN_IMAGES, VMUNET_ISIC_SPLITS
 
+    dataset = published_dataset(board_dataset)
     pranet = {_POLYP_SETS.get(k.lower(), k.lower()): n for k, n in PRANET_TEST_SETS.items()}
     if cases is None or cases.empty:
         return "test cases unknown (no per-case rows)"
     ids = set(cases["case"].astype(str))
     if dataset == "synapse":
-        if ids == set(TRANSUNET_TEST_CASES):
-            return None
-        return f"other split ({len(ids)} test volumes, {len(ids & set(TRANSUNET_TEST_CASES))} of TransUNet's 12)"
-    expected = (VMUNET_ISIC_SPLITS[dataset][1] if dataset in VMUNET_ISIC_SPLITS
-                else pranet.get(dataset.removeprefix("polyp:")) if dataset.startswith("polyp:") else None)
-    if expected is None:
+        if ids != set(TRANSUNET_TEST_CASES):
+            return f"other split ({len(ids)} test volumes, {len(ids & set(TRANSUNET_TEST_CASES))} of TransUNet's 12)"
+        train, unit = TRANSUNET_TRAIN_SLICES, "training slices"
+    elif dataset in VMUNET_ISIC_SPLITS or dataset.startswith("polyp:") and dataset.removeprefix("polyp:") in pranet:
+        test = (VMUNET_ISIC_SPLITS[dataset][1] if dataset in VMUNET_ISIC_SPLITS
+                else pranet[dataset.removeprefix("polyp:")])
+        if len(ids) != test:
+            return f"other split ({len(ids)} test images, the paper's {test})"
+        train = (sum(tr for tr, _ in VMUNET_ISIC_SPLITS.values()) if board_dataset.startswith("isic_all:")
+                 else VMUNET_ISIC_SPLITS[dataset][0] if dataset in VMUNET_ISIC_SPLITS else PRANET_TRAIN_IMAGES)
+        unit = "training images"
+    else:
         return "other split (the paper's test cases are not published)"
-    return None if len(ids) == expected else f"other split ({len(ids)} test images, the paper's {expected})"
+    other = sorted(set(n_train or []) - {train})
+    return f"other split ({other[0]} {unit}, the paper's {train})" if other else None
 
 
 def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFrame,
@@ -797,7 +808,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
         policy = p["convention"] if p["convention"] in POLICIES else proto.metric_policy
         if policy and policy != key.policy:
             return "other metric policy"
-        return split_mismatch(published_dataset(key.dataset), (groups or {}).get(key))
+        return split_mismatch(key.dataset, (groups or {}).get(key), a.get("n_train"))
 
     out: dict[str, pd.DataFrame] = {}
     for key, board in boards.items():

@@ -197,6 +197,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "dataset_name": dataset.dataset_name,
         "data_root": str(spec.data_root.resolve()),  # rescore and predict may start elsewhere
         "data_id": spec.data_id,  # the data's identity: rescore and predict check it is still that data
+        "n_train": len(dataset.train_ids()),  # training items: whether the split is the paper's (the report)
         "synthetic": spec.synthetic,
         "split": spec.split,
         "protocol": protocol.to_record(),

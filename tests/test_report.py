@@ -493,6 +493,17 @@ def test_split_mismatch_by_case_ids_counts_or_unpublished_splits():
     assert split_mismatch("acdc", cases(range(20))) == "other split (the paper's test cases are not published)"
     assert split_mismatch("synapse", None) == split_mismatch("synapse", cases([])) == \
         "test cases unknown (no per-case rows)"
+    # the training set too, where runs recorded it: TransUNet's 2,211 slices, VM-UNet's 1500 / 1886 images
+    # (VM-UNet-V2's merged ISIC: both), PraNet's 1450
+    assert split_mismatch("synapse", cases(TRANSUNET_TEST_CASES), [2211]) is None
+    assert split_mismatch("synapse", cases(TRANSUNET_TEST_CASES), [2211, 1800]) == \
+        "other split (1800 training slices, the paper's 2211)"
+    isic17 = cases(range(650))
+    assert split_mismatch("isic17", isic17, [1500]) is None
+    assert split_mismatch("isic17", isic17, [700]) == "other split (700 training images, the paper's 1500)"
+    assert split_mismatch("isic_all:isic17", isic17, [3386]) is None
+    assert split_mismatch("isic_all:isic17", isic17, [1500]) == "other split (1500 training images, the paper's 3386)"
+    assert split_mismatch("polyp:Kvasir", cases(range(100)), [1450]) is None
 
 
 def test_lightm_unets_chest_xray_number_meets_a_lightm_unet_2d_board(tmp_path):

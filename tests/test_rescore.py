@@ -169,6 +169,10 @@ def test_rescore_refuses_data_changed_in_place_and_names_a_custom_protocol(train
     (data / MARKER).unlink()
     rec = _run(data, tmp_path / "res", "legacy-synapse")
     assert rec["data_id"].startswith("files:")
+    from bench.data import open_dataset
+
+    assert rec["n_train"] == len(open_dataset("synapse", data).train_ids())  # the report's split check reads it
+    assert load(tmp_path / "res")["n_train"].tolist() == [rec["n_train"]]
     (strict,) = plan_rescore(tmp_path / "res", "strict")
     test_file = next((data / "test_vol_h5").iterdir())
     test_file.write_bytes(test_file.read_bytes() + b"\0")  # edited in place: same name, other size
