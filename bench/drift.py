@@ -122,6 +122,8 @@ def write_baseline(
         old = old[~old.index.duplicated(keep="last")]
         for i, row in table.iterrows():
             key = tuple(row[c] for c in _KEY)
+            if key not in old.index:  # a baseline written before labels named tiny configurations
+                key = (*key[:3], pre_tiny_label(key[3]), key[4])
             rule = DEFAULT_TOLERANCES.get(row["metric"])
             if key not in old.index or rule is None or row["metric"] in (tolerances or {}):
                 continue
@@ -129,6 +131,12 @@ def write_baseline(
             if not math.isclose(tol, rule(value) if callable(rule) else rule, rel_tol=1e-5, abs_tol=1e-12):
                 table.loc[i, "tolerance"] = tol  # set by hand
     return atomic_write_text(Path(path), table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
+
+
+def pre_tiny_label(label: str) -> str:
+    """The board label a ``--tiny`` run had before labels named tiny configurations: "unet (tiny)"
+    -> "unet", "unet (tiny, img_size=96)" -> "unet (img_size=96)"."""
+    return label.replace(" (tiny)", "").replace("(tiny, ", "(")
 
 
 def read_baseline(path: Path) -> pd.DataFrame:
@@ -166,6 +174,14 @@ class DriftResult:
 
     def counts(self) -> dict[str, int]:
         return {s: int((self.table["status"] == s).sum()) for s in STATUSES}
+
+    def relabelled(self) -> int:
+        """Missing rows that are back as new rows under their tiny label ("unet" -> "unet (tiny)"):
+        a baseline written before labels named tiny configurations."""
+        t = self.table
+        new = t[t["status"] == "new"]
+        renamed = {(*k[:3], pre_tiny_label(k[3]), k[4]) for k in new[_KEY].itertuples(index=False)}
+        return sum(tuple(k) in renamed for k in t[t["status"] == "missing"][_KEY].itertuples(index=False))
 
     def render(self, fmt: str = "md", only_changes: bool = False) -> str:
         """A diff table (``fmt="md"`` Markdown, ``"plain"`` aligned text) and a summary line."""

@@ -173,6 +173,35 @@ def test_update_keeps_hand_edited_tolerances_and_zero_tolerance_holds_on_itself(
     write_baseline(first, path, tolerances={"dice": 0.05})  # an explicit tolerance wins
     assert read_baseline(path).set_index("metric").loc["dice", "tolerance"] == 0.05
 
+def test_a_baseline_from_before_tiny_labels_is_told_and_renamed_with_its_tolerances(tmp_path):
+    """Baselines written before boards called --tiny runs 'unet (tiny)' key them 'unet': the check
+    says they are back under a new label, and --update renames them keeping hand-set tolerances."""
+    from bench.drift import pre_tiny_label
+    from bench.registry import get_entry
+
+    assert pre_tiny_label("unet (tiny)") == "unet" and pre_tiny_label("unet (tiny, img_size=96)") == "unet (img_size=96)"
+    tiny = {k: list(v) if isinstance(v, tuple) else v for k, v in get_entry("unet").tiny.items()}
+    runs = _runs(tmp_path, "tiny", [make_record("unet", seed=0, dice=0.7, hd95=40.0, model_config=tiny)])
+    path = tmp_path / "old.csv"
+    write_baseline(runs, path)
+    table = pd.read_csv(path)
+    assert set(table["model"]) == {"unet (tiny)"}
+    table["model"] = "unet"  # as written before
+    table.loc[table["metric"] == "dice", "tolerance"] = 0.11  # by hand
+    table.to_csv(path, index=False)
+    result = compare(path, runs)
+    assert result.failed and result.relabelled() == result.counts()["missing"] == len(table)
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    cli = CliRunner().invoke(app, ["check", "--baseline", str(path), "--results", str(tmp_path / "tiny")])
+    assert cli.exit_code == 1 and f"{len(table)} of them are back under a new label" in cli.output
+    write_baseline(runs, path)
+    renamed = read_baseline(path).set_index(["model", "metric"])
+    assert renamed.loc[("unet (tiny)", "dice"), "tolerance"] == 0.11 and not compare(path, runs).failed
+
+
 def test_custom_tolerances_and_bad_files(tmp_path):
     df = _runs(tmp_path, "base", [make_record("unet", seed=0)])
     path = tmp_path / "b.csv"
