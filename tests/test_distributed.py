@@ -142,7 +142,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     only difference left is summation order. Stated tolerance: losses 1e-9 relative, metrics 1e-6."""
     common = ["run", "--models", "vmunet", "--tiny", "--set", "drop_path_rate=0.0", "--dataset", "synapse",
               "--protocol", "drift", "--max-iterations", "5", "--batch-size", "3", "--img-size", "32",
-              "--threads", "1", "--no-progress"]
+              "--threads", "1", "--no-progress", "--device", "cpu"]  # gloo processes, on a GPU machine too
     one = _bench(*common, "--synthetic", "--results", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
     synth = next((tmp_path / "one" / "synthetic").iterdir())
@@ -240,7 +240,7 @@ def test_a_rank_that_fails_mid_training_ends_the_run_with_its_error(tmp_path):
     driver.write_text(FAILING_RANK)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_DIST_TIMEOUT_S": "120"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver),
-           *RUN, "--data-root", str(data), "--results", str(tmp_path / "res"), "--device", "cpu"]
+           *RUN, "--data-root", str(data), "--results", str(tmp_path / "res")]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode != 0 and "error: injected failure on rank 1" in proc.stderr, proc.stderr[-2000:]

@@ -74,7 +74,7 @@ main()
 # checkpoint every epoch
 RUN = ["run", "--models", "vmunet", "--tiny", "--dataset", "synapse", "--protocol", "drift",
        "--epochs", "3", "--max-iterations", "0", "--batch-size", "32", "--img-size", "32",
-       "--threads", "1", "--no-progress"]
+       "--threads", "1", "--no-progress", "--device", "cpu"]  # bit-identical resumes: a CPU claim
 # git_commit too: it says "-dirty" when the tree is edited while the reference and the resumed
 # run are minutes apart, which says nothing about resuming
 VOLATILE = ("started_at", "finished_at", "wall_time_s", "git_commit")
