@@ -341,8 +341,10 @@ def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
     hd = f"HD95 in {unit}" if unit else "HD95 in the policy's unit"
     if len(units) > 1 or "mixed" in units:  # a mean over mm and voxels has no unit
         hd = f"HD95 units differ between or within runs ({', '.join(units)}): not comparable"
+    train = "/".join(str(n) for n in a.get("n_train", []))  # absent in records written before it was kept
     note = (
-        f"Mean ± std (sample, ddof=1) over seeds: {seeds} per model; test cases per run: {cases}. "
+        f"Mean ± std (sample, ddof=1) over seeds: {seeds} per model; test cases per run: {cases}"
+        f"{f'; training items: {train}' if train else ''}. "
         f"DSC, mIoU, Acc, Spe, Sen in %; {hd}; NaN is shown, not dropped."
     )
     if key.dataset.endswith(CV_LABEL):

@@ -506,6 +506,14 @@ def test_split_mismatch_by_case_ids_counts_or_unpublished_splits():
     assert split_mismatch("polyp:Kvasir", cases(range(100)), [1450]) is None
 
 
+def test_the_caption_names_the_training_items_where_runs_recorded_them(tmp_path):
+    write_record({**make_record("unet", seed=0), "n_train": 2211}, tmp_path)
+    write_record({**make_record("unet", seed=1), "n_train": 2211}, tmp_path)
+    assert "test cases per run: 2; training items: 2211. DSC" in write_report(tmp_path)
+    write_record(make_record("unet", dataset="isic17", seed=0), tmp_path / "old")  # recorded before n_train
+    assert "test cases per run: 2. DSC" in write_report(tmp_path / "old")
+
+
 def test_lightm_unets_chest_xray_number_meets_a_lightm_unet_2d_board(tmp_path):
     """The built-in published.csv: LightM-UNet's Montgomery & Shenzhen Dice (96.17, nnU-Net's per-case
     means) meets a board of its recipe (lightm_unet_2d, strict) over their Dataset802_LungXray, beside
