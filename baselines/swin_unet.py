@@ -321,7 +321,7 @@ def _load_trained_swin_unet(model: nn.Module, sd: dict[str, torch.Tensor], own: 
     updates = {k: v for k, v in body.items() if k in own}
     model.load_state_dict({**own, **updates}, strict=True)
     return {"loaded": len(updates), "decoder_copies": 0, "not_loaded_from_file": sorted(set(sd) - set(updates)),
-            "not_pretrained_in_model": sorted(k for k in own if k not in updates)}
+            "not_pretrained_in_model": sorted(k for k in own if k not in updates), "trained_model": True}
 
 
 PAPER_CONFIG = {"embed_dim": 96, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12, 24), "window_size": 7,

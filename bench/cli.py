@@ -365,8 +365,9 @@ def check(
                 f"{n['missing']} baseline row(s) have no value now" if n["missing"] else ""]
         _echo_err(f"{' and '.join(w for w in what if w)}: see the rows marked above")
         if result.relabelled():
-            _echo_err(f"{result.relabelled()} of them are back under a new label: boards now call --tiny runs "
-                      "'model (tiny)'; bench check --update renames the baseline's rows, keeping hand-edited tolerances")
+            _echo_err(f"{result.relabelled()} of them may be back under a new label: boards now call --tiny runs "
+                      "'model (tiny)'; if so, bench check --update renames the baseline's rows, keeping hand-edited "
+                      "tolerances")
         raise typer.Exit(code=1)
     typer.echo("no drift")
 

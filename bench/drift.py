@@ -120,10 +120,12 @@ def write_baseline(
         old = None
     if old is not None:
         old = old[~old.index.duplicated(keep="last")]
+        current = {tuple(k) for k in table[_KEY].itertuples(index=False)}
         for i, row in table.iterrows():
             key = tuple(row[c] for c in _KEY)
-            if key not in old.index:  # a baseline written before labels named tiny configurations
-                key = (*key[:3], pre_tiny_label(key[3]), key[4])
+            bare = (*key[:3], pre_tiny_label(key[3]), key[4])
+            if key not in old.index and bare not in current:  # a baseline from before labels named tiny configs
+                key = bare
             rule = DEFAULT_TOLERANCES.get(row["metric"])
             if key not in old.index or rule is None or row["metric"] in (tolerances or {}):
                 continue
@@ -176,8 +178,8 @@ class DriftResult:
         return {s: int((self.table["status"] == s).sum()) for s in STATUSES}
 
     def relabelled(self) -> int:
-        """Missing rows that are back as new rows under their tiny label ("unet" -> "unet (tiny)"):
-        a baseline written before labels named tiny configurations."""
+        """Missing rows that may be back as new rows under their tiny label ("unet" -> "unet (tiny)"):
+        a baseline written before labels named tiny configurations (or a full run gone, a tiny one new)."""
         t = self.table
         new = t[t["status"] == "new"]
         renamed = {(*k[:3], pre_tiny_label(k[3]), k[4]) for k in new[_KEY].itertuples(index=False)}

@@ -188,6 +188,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
             "n_runs": len(runs),
             "folds": _folds(runs["split"]) if "split" in runs else "",
             "n_cases": _joined(runs["n_cases"]) if "n_cases" in runs else "",
+            "n_train": _joined(runs["n_train"]) if "n_train" in runs else "",  # training items; "" before kept
             "params": runs["params"].mean(),
             "macs": runs["macs"].mean() if "macs" in runs else math.nan,
             "paper_macs": runs["paper_macs"].mean() if "paper_macs" in runs else math.nan,
@@ -234,7 +235,7 @@ def _folds(splits: pd.Series) -> str:
 
 
 def _joined(values: pd.Series) -> str:
-    # n_cases normally agrees across runs; a smoke run with max_cases shows up as "12/4".
+    # n_cases (n_train) normally agrees across runs; a smoke run with max_cases shows up as "12/4".
     uniq = sorted({int(v) for v in values.dropna()})
     return "/".join(str(v) for v in uniq)
 
@@ -789,7 +790,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
 
     protocols: dict[str, Any] = {}
 
-    def why_not(p: pd.Series, key: BoardKey, a: dict, model_config: str) -> str | None:
+    def why_not(p: pd.Series, key: BoardKey, a: dict, model_config: str, n_train: str) -> str | None:
         if not p["protocol"] or a["overrides"] or p["protocol"] != a["protocol_name"]:
             return "other recipe"
         if key.dataset.endswith(CV_LABEL):  # the papers score one fixed test split
@@ -810,7 +811,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
         policy = p["convention"] if p["convention"] in POLICIES else proto.metric_policy
         if policy and policy != key.policy:
             return "other metric policy"
-        return split_mismatch(key.dataset, (groups or {}).get(key), a.get("n_train"))
+        return split_mismatch(key.dataset, (groups or {}).get(key), [int(n) for n in n_train.split("/") if n])
 
     out: dict[str, pd.DataFrame] = {}
     for key, board in boards.items():
@@ -824,7 +825,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
                 mean = b.get(f"{p['metric']}_mean", math.nan)
                 scale = 100.0 if METRICS[p["metric"]][1] else 1.0
                 ours = mean * scale if isinstance(mean, float) and not math.isnan(mean) else math.nan
-                blocked = why_not(p, key, board.attrs, b["model_config"])
+                blocked = why_not(p, key, board.attrs, b["model_config"], str(b.get("n_train", "") or ""))
                 diff = blocked or ("" if math.isnan(ours) else f"{ours - p['value']:+.2f}")
                 rows.append({"Model": b["model"], "Metric": METRICS[p["metric"]][0],  # the board's row label
                              "Published": f"{p['value']:g}", "Source": p["source"], "Their convention": p["convention"],

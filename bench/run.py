@@ -197,7 +197,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "dataset_name": dataset.dataset_name,
         "data_root": str(spec.data_root.resolve()),  # rescore and predict may start elsewhere
         "data_id": spec.data_id,  # the data's identity: rescore and predict check it is still that data
-        "n_train": len(dataset.train_ids()),  # training items: whether the split is the paper's (the report)
+        # training items (slices or images; patch protocols: whole cases): whether the split is the paper's
+        "n_train": len(dataset.train_volume_ids() if protocol.patches else dataset.train_ids()),
         "synthetic": spec.synthetic,
         "split": spec.split,
         "protocol": protocol.to_record(),
@@ -324,10 +325,13 @@ def _check_init(model: str, init: tuple[str, str, str], build: dict[str, Any]) -
     configuration (``--tiny``, ``--set``) fails the grid now, not after the models before it."""
     source, path, _ = init
     try:
-        load_weights(create_model(model, **build), path, source=source)
+        report = load_weights(create_model(model, **build), path, source=source)
     except (BenchError, RuntimeError) as exc:
         raise BenchError(f"{model}: {Path(path).name} does not load into this configuration ({exc}); "
                          "--no-pretrained trains it from scratch") from None
+    if report.get("trained_model"):  # e.g. a trained Swin-Unet under the ImageNet file's name
+        raise BenchError(f"{model}: {path} holds a trained {model}, not the pretrained file its authors start "
+                         "from; a run from it is not the protocol's recipe (load_weights fine-tunes from it in Python)")
 
 
 def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: list[int], data_root: Path | None,

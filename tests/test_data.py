@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -595,7 +596,7 @@ def test_verify_warns_where_image_and_label_affines_differ(roots, tmp_path):
     from bench.protocol import load_protocol
     from bench.run import plan_grid
 
-    with pytest.warns(UserWarning, match=rf"{root}: 1 of \d+ cases' image and label differ in origin or "
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(root))}: 1 of \d+ cases' image and label differ in origin or "
                                          r"orientation \(NIfTI affines; first: synth_001\)"):
         plan_grid(models=["unet"], dataset="nnunet", protocol=load_protocol("smoke"), seeds=[0], data_root=root,
                   synthetic=False, results_dir=tmp_path / "res")

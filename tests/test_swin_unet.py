@@ -120,6 +120,19 @@ def test_a_trained_swin_unet_fills_everything_but_its_head(tmp_path):
         assert all(torch.equal(sd[k], v) for k, v in src.items() if "output" not in k)
         assert torch.equal(sd["swin_unet.output.weight"], head) and head.shape[0] == 2
         assert report["not_pretrained_in_model"] == ["swin_unet.output.weight"]
+    # under a protocol's name for the ImageNet file, bench run refuses it: a run from it is not the recipe
+    from bench.protocol import load_protocol
+    from bench.run import plan_grid
+
+    pretrained = tmp_path / "pretrained"
+    pretrained.mkdir()
+    torch.save({f"module.{k}": v for k, v in create_model("swin_unet", num_classes=9, **kw).state_dict().items()},
+               pretrained / "swin_tiny_patch4_window7_224.pth")
+    with pytest.raises(BenchError, match=r"swin_unet: .*swin_tiny_patch4_window7_224\.pth holds a trained swin_unet, "
+                                         r"not the pretrained file its authors start from"):
+        plan_grid(models=["swin_unet"], dataset="synapse", protocol=load_protocol("smoke").with_overrides(
+            img_size=64, pretrained=True), seeds=[0], data_root=None, synthetic=True, results_dir=tmp_path / "res",
+            model_overrides={"embed_dim": 24, "num_heads": (1, 2, 4, 8)}, pretrained_dir=pretrained)
     bigger = create_model("swin_unet", num_classes=2, img_size=128, embed_dim=24, num_heads=(1, 2, 4, 8))
     with pytest.raises(BenchError, match=r"a trained Swin-Unet that does not fit this one .*: swin_unet\.\S+: file"):
         load_weights(bigger, path, source="swin_t")

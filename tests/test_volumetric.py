@@ -670,6 +670,7 @@ def test_lightm_unet_3d_run_trains_on_patches_and_scores_whole_volumes(volumes, 
     # every training volume preprocessed into the cache before training, not only those drawn
     n_train = len(open_dataset("nnunet", volumes).train_volume_ids())
     assert len(list((res / "cache" / "volumes").rglob("*.image.npy"))) == n_train > 2
+    assert rec["n_train"] == n_train  # whole cases, not their slices
     assert rec["protocol"]["overrides"]["patch_size"] == [8, 16, 16]
     ds = open_dataset("nnunet", volumes)
     assert rec["intensity_stats"] == foreground_statistics(ds.train_cases(), ds.n_train_cases)

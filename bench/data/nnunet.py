@@ -319,6 +319,13 @@ def same_geometry(image: Path, label: Path) -> bool:
         return True
 
 
+@functools.lru_cache(maxsize=8)
+def _affine_mismatches(root: Path, ending: str, cases: tuple[str, ...]) -> list[str]:
+    """Cases whose first image channel and label differ in geometry; once per process (bench run
+    plans each model of a grid apart)."""
+    return [c for c in cases if not same_geometry(channel_path(root, c, 0, ending), label_path(root, c, ending))]
+
+
 def list_cases(root: Path, ending: str) -> list[str]:
     """Case ids = names of ``labelsTr/*{ending}`` without the ending, sorted."""
     folder = root / "labelsTr"
@@ -364,8 +371,7 @@ class NnUNetDataset(SegDataset):
     def geometry_note(self) -> str | None:
         if not self.volumes:
             return None
-        bad = [c for c in self.cases if not same_geometry(channel_path(self.root, c, 0, self.file_ending),
-                                                          label_path(self.root, c, self.file_ending))]
+        bad = _affine_mismatches(self.root, self.file_ending, tuple(self.cases))
         if not bad:
             return None
         return (f"{self.root}: {len(bad)} of {len(self.cases)} cases' image and label differ in origin or orientation "
