@@ -790,7 +790,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
 
     protocols: dict[str, Any] = {}
 
-    def why_not(p: pd.Series, key: BoardKey, a: dict, model_config: str, n_train: str) -> str | None:
+    def why_not(p: pd.Series, key: BoardKey, a: dict, row: pd.Series) -> str | None:
         if not p["protocol"] or a["overrides"] or p["protocol"] != a["protocol_name"]:
             return "other recipe"
         if key.dataset.endswith(CV_LABEL):  # the papers score one fixed test split
@@ -802,7 +802,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
         proto = protocols[p["protocol"]]
         if a["protocol_hash"] != proto.hash:  # an older version, or an edited copy of the file
             return "other protocol version"
-        config = json.loads(model_config or "{}")
+        config = json.loads(row["model_config"] or "{}")
         extra = set(config) - BUILD_KEYS
         if config.get("spatial_dims") == proto.spatial_dims:  # a 3-D protocol builds the 3-D variant itself
             extra.discard("spatial_dims")
@@ -811,7 +811,12 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
         policy = p["convention"] if p["convention"] in POLICIES else proto.metric_policy
         if policy and policy != key.policy:
             return "other metric policy"
-        return split_mismatch(key.dataset, (groups or {}).get(key), [int(n) for n in n_train.split("/") if n])
+        # this row's runs: their test cases and training items
+        cases = (groups or {}).get(key)
+        if cases is not None and "model_label" in cases:
+            cases = cases[cases["model_label"] == row["model"]]
+        n_train = [int(n) for n in str(row.get("n_train", "") or "").split("/") if n]
+        return split_mismatch(key.dataset, cases, n_train)
 
     out: dict[str, pd.DataFrame] = {}
     for key, board in boards.items():
@@ -825,7 +830,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
                 mean = b.get(f"{p['metric']}_mean", math.nan)
                 scale = 100.0 if METRICS[p["metric"]][1] else 1.0
                 ours = mean * scale if isinstance(mean, float) and not math.isnan(mean) else math.nan
-                blocked = why_not(p, key, board.attrs, b["model_config"], str(b.get("n_train", "") or ""))
+                blocked = why_not(p, key, board.attrs, b)
                 diff = blocked or ("" if math.isnan(ours) else f"{ours - p['value']:+.2f}")
                 rows.append({"Model": b["model"], "Metric": METRICS[p["metric"]][0],  # the board's row label
                              "Published": f"{p['value']:g}", "Source": p["source"], "Their convention": p["convention"],

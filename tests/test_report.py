@@ -506,6 +506,24 @@ def test_split_mismatch_by_case_ids_counts_or_unpublished_splits():
     assert split_mismatch("polyp:Kvasir", cases(range(100)), [1450]) is None
 
 
+def test_the_split_is_judged_per_model_row(tmp_path):
+    """One model scored on other cases blocks its own gap, not the other models' on the board."""
+    from bench.protocol import load_protocol
+
+    synapse = load_protocol("synapse").hash
+    for model, ids in (("vmunet", TRANSUNET_TEST_CASES), ("unet", [*TRANSUNET_TEST_CASES[:11], "case0040"])):
+        rec = {**make_record(model, seed=0, dice=0.8, case_ids=ids), "n_train": 2211}
+        rec["protocol"]["hash"] = synapse
+        write_record(rec, tmp_path)
+    pub = tmp_path / "pub.csv"
+    pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
+                   "Paper A,vmunet,synapse,dice,81.00,%,legacy-synapse,synapse,\n"
+                   "Paper A,unet,synapse,dice,76.00,%,legacy-synapse,synapse,\n")
+    section = write_report(tmp_path, published=pub).split("## Published vs ours")[1]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ") and "DSC" in line}
+    assert "-1.00" in rows["vmunet"] and "other split (12 test volumes, 11 of TransUNet's 12)" in rows["unet"]
+
+
 def test_the_caption_names_the_training_items_where_runs_recorded_them(tmp_path):
     write_record({**make_record("unet", seed=0), "n_train": 2211}, tmp_path)
     write_record({**make_record("unet", seed=1), "n_train": 2211}, tmp_path)
