@@ -257,10 +257,13 @@ def report(
     published: Annotated[bool, typer.Option(help="add the papers' numbers next to ours (results/published.csv)")] = False,
     published_file: Annotated[Optional[Path], typer.Option(help="another published-numbers CSV")] = None,
     reference: Annotated[Optional[str], typer.Option(help="paired tests of every model against this one")] = None,
+    models: Annotated[str, typer.Option(help="'all' or a comma list: only these models' runs and profiles")] = "all",
+    dataset: Annotated[Optional[str], typer.Option(help="a comma list: only runs on these datasets (synapse, "
+                                                        "isic17, ..., or a board's data name such as nnunet:ACDC)")] = None,
 ) -> None:
     """Leaderboards (mean ± std over seeds, per organ) from the run records.
 
-    Example: bench report --results results --format md --out report.md
+    Example: bench report --results results --format md --out report.md --models vmunet,unet --dataset synapse
     """
     from bench.records import ensure_writable_dir
     from bench.report import write_report
@@ -269,7 +272,10 @@ def report(
         if out.is_dir():
             raise BenchError(f"--out {out}: is a folder; give a file name, e.g. {out / 'report.md'}")
         ensure_writable_dir(out.parent, "--out")
-    text = write_report(results, format.value, out, published=published_file or published, reference=reference)
+    names = None if models.strip() == "all" else [m.strip() for m in models.split(",") if m.strip()]
+    sets = [d.strip() for d in dataset.split(",") if d.strip()] if dataset else None
+    text = write_report(results, format.value, out, published=published_file or published, reference=reference,
+                        models=names, datasets=sets)
     if out is None:
         typer.echo(text)
     else:

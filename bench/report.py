@@ -894,15 +894,35 @@ def _check_reference(reference: str, groups: dict[BoardKey, pd.DataFrame], resul
                      f"{', '.join(names) or 'none'}){hint}")
 
 
+def select_runs(df_runs: pd.DataFrame, models: list[str] | None = None, datasets: list[str] | None = None,
+                results_dir: Path | str = "") -> pd.DataFrame:
+    """The runs of ``models`` on ``datasets`` (a reader's name such as ``synapse``, or a board's data
+    name such as ``nnunet:ACDC``); None: all. BenchError for a name no run has, with the names there."""
+    for option, names, columns in (("--models", models, ["model"]), ("--dataset", datasets, ["dataset", "dataset_name"])):
+        if not names:
+            continue
+        have = sorted({str(v) for c in columns if c in df_runs for v in df_runs[c].dropna()})
+        for name in names:
+            if name not in have:
+                close = difflib.get_close_matches(name, have, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise BenchError(f"{option} {name}: no runs of it in {results_dir} (there: {', '.join(have) or 'none'})"
+                                 f"{hint}")
+        df_runs = df_runs[np.logical_or.reduce([df_runs[c].isin(names) for c in columns if c in df_runs])]
+    return df_runs
+
+
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
-                 published: Path | bool | None = None, reference: str | None = None) -> str:
+                 published: Path | bool | None = None, reference: str | None = None,
+                 models: list[str] | None = None, datasets: list[str] | None = None) -> str:
     """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically.
 
     Accuracy boards gain GMAC columns from ``bench profile`` records of the same model and input
     size and a bootstrap 95% CI over cases; Markdown reports end with, when asked, paired tests
     against ``reference`` and, with ``published`` (True: the repo's ``results/published.csv``, or
     a path), a published-vs-ours table per board, then the cost tables; with ``out``, the plots of
-    ``bench.plots`` are written to ``<out stem>_files/`` beside it and linked."""
+    ``bench.plots`` are written to ``<out stem>_files/`` beside it and linked. ``models`` /
+    ``datasets``: only their runs (and profiles of those models; ``select_runs``)."""
     from bench.cost import load_profiles
 
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
@@ -910,8 +930,12 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         asked = [o for o, v in (("--reference", reference), ("--published", published)) if v]
         raise BenchError(f"{' and '.join(asked)} add{'s' if len(asked) == 1 else ''} Markdown sections; use "
                          f"--format md (got --format {fmt.value})")
-    df_runs, profiles = load(results_dir), load_profiles(results_dir)
+    df_runs, profiles = select_runs(load(results_dir), models, datasets, results_dir), load_profiles(results_dir)
+    if models and profiles is not None and "model" in profiles:
+        profiles = profiles[profiles["model"].isin(models)]
     df_cases = load(results_dir, level="case") if not df_runs.empty else None
+    if df_cases is not None:
+        df_cases = df_cases[df_cases["run_id"].isin(df_runs["run_id"])]
     if fmt == ReportFormat.cases:
         text = render_cases(df_cases)
     else:

@@ -1,3 +1,4 @@
+import io
 import math
 import re
 import statistics
@@ -522,6 +523,21 @@ def test_the_split_is_judged_per_model_row(tmp_path):
     section = write_report(tmp_path, published=pub).split("## Published vs ours")[1]
     rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ") and "DSC" in line}
     assert "-1.00" in rows["vmunet"] and "other split (12 test volumes, 11 of TransUNet's 12)" in rows["unet"]
+
+
+def test_report_of_some_models_and_datasets(tmp_path, runs):
+    """--models / --dataset keep only those runs (their case rows and profiles too); a name no run
+    has is one error listing the names there."""
+    text = write_report(tmp_path, models=["unet"], datasets=["synapse"])
+    assert "| unet " in text and "| vmunet " not in text and "isic17" not in text
+    assert "## synapse · protocol synapse" in text and "off-protocol" not in text  # the off-protocol run is vmunet's
+    cases = write_report(tmp_path, "cases", models=["vmunet"])
+    assert set(pd.read_csv(io.StringIO(cases))["model_label"]) == {"vmunet"}
+    with pytest.raises(BenchError, match=r"--models vmnet: no runs of it in .* \(there: unet, vmunet\); did you mean "
+                                         "'vmunet'"):
+        write_report(tmp_path, models=["vmnet"])
+    with pytest.raises(BenchError, match=r"--dataset isic: no runs of it .*did you mean 'isic17'"):
+        write_report(tmp_path, datasets=["isic"])
 
 
 def test_the_caption_names_the_training_items_where_runs_recorded_them(tmp_path):
