@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -452,15 +453,22 @@ def profile(
             cost.write_profile(row, results)
             rows.append(row)
             timed = f", {p} {row['latency_ms_median']:.1f} ms/forward" if "latency_ms_median" in row else ""
-            typer.echo(f"  profiled {name}: {row['macs'] / 1e9:.2f} GMACs{timed}", err=True)  # progress
+            label = f"{name} (tiny)" if tiny else name
+            typer.echo(f"  profiled {label}: {row['macs'] / 1e9:.2f} GMACs{timed}", err=True)  # progress
     import pandas as pd
 
     frame = pd.DataFrame(rows)
     if format == ProfileFormat.md:
         typer.echo(render_cost_md(frame))
     elif format == ProfileFormat.csv:
+        from bench.report import profile_labels
+
         cols = [c for c in cost.PROFILE_COLUMNS if c in frame.columns]
-        typer.echo(frame[cols].to_csv(index=False, lineterminator="\n"), nl=False)
+        table = frame[cols].copy()
+        # the tables' labels ("unet (tiny)") and the configuration, as the JSON output has it
+        table.insert(cols.index("model") + 1 if "model" in cols else 0, "label", profile_labels(frame))
+        table["model_config"] = [json.dumps(c, sort_keys=True) for c in frame["model_config"]]
+        typer.echo(table.to_csv(index=False, lineterminator="\n"), nl=False)
     else:
         typer.echo(json.dumps(rows, indent=1, default=str))
 
@@ -621,15 +629,65 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main() -> None:
     """Console entry point: user errors print one line and exit 2, warnings one line each (tracebacks
     and Python's own warning format with BENCH_DEBUG=1)."""
+    try:  # typer >= 0.20 carries its own copy of click
+        from typer._click.exceptions import UsageError
+    except ImportError:
+        from click.exceptions import UsageError
+
     if not os.environ.get("BENCH_DEBUG"):
         warnings.showwarning = _show_warning
     try:
-        app()
+        _check_scan_backend_variable()
+        code = app(standalone_mode=False, prog_name="bench")  # click's usage errors reach us: one line each
     except BenchError as exc:
         if os.environ.get("BENCH_DEBUG"):
             raise
         _echo_err(f"error: {_one_line(exc)}")
         sys.exit(2)
+    except UsageError as exc:  # a value outside an option's choices, a missing or unknown option
+        if os.environ.get("BENCH_DEBUG"):
+            raise
+        _echo_err(f"error: {_usage_line(exc)}")
+        sys.exit(2)
+    except typer.Abort:  # Ctrl-C
+        _echo_err("aborted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+_SYNONYMS = {"gpu": "cuda"}  # what users type for a choice whose spelling is not close
+
+
+def _usage_line(exc) -> str:
+    """Click's message on one line, with a "did you mean" among an option's choices; the command's
+    --help named."""
+    import difflib
+
+    text = " ".join(exc.format_message().split()).replace("Value error, ", "")
+    given = re.search(r"'([^']*)' is not one of (.*)", text)  # the choices, as the message lists them
+    if given:
+        choices = re.findall(r"'([^']*)'", given.group(2))
+        close = [c for c in choices if c == _SYNONYMS.get(given.group(1))] or \
+            difflib.get_close_matches(given.group(1), choices, n=1, cutoff=0.5)
+        text += f" Did you mean {close[0]!r}?" if close else ""
+    where = f"{exc.ctx.command_path} --help" if getattr(exc, "ctx", None) else "bench --help"
+    return f"{text} ({where})"
+
+
+def _check_scan_backend_variable() -> None:
+    """BENCH_SCAN_BACKEND names a backend, or training would stop at the first scan with a traceback."""
+    import difflib
+
+    value = os.environ.get("BENCH_SCAN_BACKEND")
+    if not value:
+        return
+    from ssm_models.scan import BACKENDS
+
+    if value not in BACKENDS:
+        close = difflib.get_close_matches(value, BACKENDS, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        raise BenchError(f"BENCH_SCAN_BACKEND={value!r} is not a selective-scan backend{hint} Backends: "
+                         f"{', '.join(BACKENDS)} (or unset it: automatic)")
 
 
 def _one_line(exc: BenchError) -> str:

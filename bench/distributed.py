@@ -175,4 +175,5 @@ def launch(nproc: int, args: list[str]) -> int:
     """Run ``bench <args>`` under torchrun with ``nproc`` processes on this machine; its exit code."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "bench", *args]
-    return subprocess.call(cmd)
+    # torchrun sets 1 itself where unset, with a banner of several lines; --threads still applies per process
+    return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})

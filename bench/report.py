@@ -480,7 +480,7 @@ def scan_mark(backend: Any) -> str:
         else f" ({backend} scan)"
 
 
-def _profile_labels(g: pd.DataFrame) -> list[str]:
+def profile_labels(g: pd.DataFrame) -> list[str]:
     """Model names labelled as boards label runs (``model_labels``): tiny configurations, and the
     config keys that differ where one model was profiled in several (``--set``, ``--num-classes``)."""
     configs = pd.Series([json.dumps(c, sort_keys=True) if isinstance(c, dict) else "" for c in
@@ -503,7 +503,7 @@ def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
         title = f"Cost · input {shape} · {prec}{layout} · {fp}"
         none = [None] * len(g)  # columns a --no-timing profile has not got
         table = pd.DataFrame({
-            "Model": _profile_labels(g), "Family": g["family"],
+            "Model": profile_labels(g), "Family": g["family"],
             "Params (M)": [_num(v / 1e6, ".2f") for v in g["params"]],
             "thop params (M)": [_num(v / 1e6, ".2f") for v in g["paper_params"]],
             "GMACs": [_g(v) for v in g["macs"]],
@@ -948,6 +948,9 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         if fmt == ReportFormat.md:
             extra = []
             if reference:
+                if models and reference.split(" (")[0] not in models:
+                    raise BenchError(f"--reference {reference!r}: not among --models {','.join(models)}; add it "
+                                     "there to compare with it")
                 _check_reference(reference, groups, results_dir)
                 extra.append(significance_md(boards, groups, reference))
             if published:

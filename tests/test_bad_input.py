@@ -516,6 +516,28 @@ def test_unknown_names(monkeypatch, capsys, tmp_path, args, names, phrase):
            phrase=phrase)
 
 
+@pytest.mark.parametrize("args, names, phrase", [
+    (["run", "--models", "unet", "--dataset", "synapse", "--device", "gpu"], "Invalid value for '--device': 'gpu'",
+     "is not one of 'auto', 'cpu', 'cuda'. Did you mean 'cuda'? (bench run --help)"),
+    (["report", "--format", "lattex"], "'--format': 'lattex'", "Did you mean 'latex'? (bench report --help)"),
+    (["data", "synth", "--like", "isic19", "--out", "x"], "'--like': 'isic19'", "Did you mean 'isic18'?"),
+    (["data", "convert", "--source", "btcv", "--raw", "x"], "Missing option '--out'", "(bench data convert --help)"),
+    (["report", "--nope"], "No such option: --nope", "(bench report --help)"),
+])
+def test_option_values_outside_their_choices_are_one_line(monkeypatch, capsys, args, names, phrase):
+    """Click's own usage errors (a value outside an option's choices, a missing or unknown option)
+    print one line like ours, exit 2, with a "did you mean" among the choices (they drew a box)."""
+    _fails(monkeypatch, capsys, *args, names=names, phrase=phrase)
+
+
+def test_an_unknown_scan_backend_variable_is_named_before_anything_runs(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("BENCH_SCAN_BACKEND", "torh")  # a traceback at the first scan, after training began
+    _fails(monkeypatch, capsys, "run", "--models", "vmunet", "--dataset", "synapse", "--synthetic", "--results",
+           tmp_path, *QUICK, names="BENCH_SCAN_BACKEND='torh'",
+           phrase="is not a selective-scan backend; did you mean 'torch'? Backends: cuda, cpu, torch, ref")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_unknown_protocol_file(tmp_path):
     _raises(lambda: load_protocol(tmp_path / "mine.toml"), names=tmp_path / "mine.toml", phrase="not found")
 

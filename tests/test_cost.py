@@ -3,6 +3,7 @@ measured fvcore/thop numbers), uncounted ops refused, timings and `bench profile
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -377,3 +378,16 @@ def test_lightm_unet_counts_match_the_authors_model(ref, dims, size, nc, chans):
     row = cost.profile_model("lightm_unet", img_size=size, num_classes=nc, in_chans=chans, timing=False,
                              overrides={"spatial_dims": dims})
     assert row["input_shape"] == "x".join(map(str, x.shape)) and row["paper_macs"] == pytest.approx(want["thop_gmacs"] * 1e9)
+
+
+def test_profile_csv_names_tiny_configurations_as_the_tables_do(tmp_path):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    out = CliRunner().invoke(app, ["profile", "--models", "unet", "--tiny", "--img-size", "32", "--no-timing",
+                                   "--format", "csv", "--results", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    rows = pd.read_csv(io.StringIO(out.stdout[out.stdout.index("model,"):]))
+    assert rows["label"].tolist() == ["unet (tiny)"] and rows["model"].tolist() == ["unet"]
+    assert json.loads(rows["model_config"].iloc[0])["widths"] == [8, 16, 32, 64]

@@ -848,7 +848,8 @@ def test_notes_say_whether_the_split_is_transunets(roots, tmp_path):
     from bench.data import synapse as syn
     from bench.data.verify import dataset_notes
 
-    split, order = dataset_notes("synapse", roots["synapse"])  # the synthesizer's small split
+    synthetic, split, order = dataset_notes("synapse", roots["synapse"])  # the synthesizer's small split
+    assert synthetic.startswith("synthetic data, written by bench data synth or --synthetic")
     assert split.startswith("the split is not TransUNet's") and "not comparable" in split
     assert "Voxels per class (every 4th test slice): 1 aorta: " in order  # tiny random organs: no order
     lists = tmp_path / "lists" / "lists_Synapse"
@@ -860,7 +861,7 @@ def test_notes_say_whether_the_split_is_transunets(roots, tmp_path):
     split, order = dataset_notes("synapse", tmp_path)
     assert split.startswith("the split is TransUNet's (12 test volumes, 2211 training slices)")
     assert "cannot be checked" in order
-    (note,) = dataset_notes("nnunet", roots["nnunet"])  # volumes: their spacing (tests/test_volumetric.py)
+    _, note = dataset_notes("nnunet", roots["nnunet"])  # volumes: their spacing (tests/test_volumetric.py)
     assert note.startswith("voxel spacing of the")
 
 
@@ -877,13 +878,13 @@ def test_isic_notes_compare_the_counts_with_vmunets_split(roots, monkeypatch):
         "the split is neither of VM-UNet's (1500 train / 649 test images, not isic17's 1500 / 650 or isic18's "
         "1886 / 808): published ISIC numbers are not comparable with runs on it")
     # on disk (train/ 4 and val/ 3 images), counted through the reader's file listing
-    assert dataset_notes("isic17", roots["isic"]) == [
+    assert dataset_notes("isic17", roots["isic"])[1:] == [
         "the split is not VM-UNet's isic17 split (4 train / 3 test images, not 1500 / 650): "
         "published isic17 numbers are not comparable with runs on it"]
     monkeypatch.setitem(verify.VMUNET_ISIC_SPLITS, "isic18", (4, 3))
-    (note,) = dataset_notes("isic18", roots["isic"])
+    (_, note) = dataset_notes("isic18", roots["isic"])
     assert note.startswith("the split matches VM-UNet's isic18 split (4 train / 3 test images)")
-    assert dataset_notes("isic17", roots["isic"]) == [  # ISIC 2018 data opened as isic17
+    assert dataset_notes("isic17", roots["isic"])[1:] == [  # ISIC 2018 data opened as isic17
         "the counts are those of VM-UNet's isic18 split (4 train / 3 test images), not of VM-UNet's isic17 split "
         "(1500 train / 650 test images): check that this is isic17 data"]
 
@@ -900,15 +901,15 @@ def test_polyp_notes_compare_the_counts_with_pranets_split(roots, monkeypatch):
     lower = {k.lower(): v for k, v in pranet.items()}  # folder names in another case are the same sets
     assert polyp_split_note(1450, lower) == polyp_split_note(1450, pranet)
     # on disk: TrainDataset 3 images, TestDataset/CVC-ClinicDB 2 and Kvasir 2
-    assert dataset_notes("polyp", roots["polyp"]) == [
+    assert dataset_notes("polyp", roots["polyp"])[1:] == [
         "the split is not PraNet's, which VM-UNet-V2 uses (3 training images, not 1450; CVC-ClinicDB 2 images, "
         "not 62; Kvasir 2 images, not 100): published polyp numbers are not comparable with runs on it"]
     monkeypatch.setattr(verify, "PRANET_TRAIN_IMAGES", 3)
     monkeypatch.setattr(verify, "PRANET_TEST_SETS", {"CVC-ClinicDB": 2, "Kvasir": 2})
-    assert dataset_notes("polyp", roots["polyp"]) == [
+    assert dataset_notes("polyp", roots["polyp"])[1:] == [
         "the split is PraNet's, as VM-UNet-V2 uses (3 training images; test sets CVC-ClinicDB 2, Kvasir 2)"]
     monkeypatch.setattr(verify, "PRANET_TEST_SETS", {"CVC-300": 60, "Kvasir": 2})  # a set not downloaded
-    (note,) = dataset_notes("polyp", roots["polyp"])
+    (_, note) = dataset_notes("polyp", roots["polyp"])
     assert note == ("the split is PraNet's, as VM-UNet-V2 uses (3 training images; test sets Kvasir 2); absent here: "
                     "CVC-300 (60 images), whose published columns have no counterpart; "
                     "not in its split: CVC-ClinicDB (2 images)")
@@ -928,12 +929,12 @@ def test_isic_all_notes_compare_the_counts_with_v2s_merged_split(roots, monkeypa
         isic_all_split_note(1500, {"isic17": 650, "isic18": 808})  # ISIC17's training images only
     assert "; absent here: isic18 (808 images)" in isic_all_split_note(3386, {"isic17": 650})
     # on disk: train/ 3 images, val/isic17 2 and val/isic18 2
-    assert dataset_notes("isic_all", roots["isic_all"]) == [
+    assert dataset_notes("isic_all", roots["isic_all"])[1:] == [
         "the counts do not fit VM-UNet-V2's merged ISIC split as assumed here (VM-UNet's isic17 1500 + isic18 "
         "1886 training images together; V2 does not state its counts) (3 training images, not 3386; isic17 2 images, not 650; isic18 2 images, not 808): "
         "published VM-UNet-V2 isic17/isic18 numbers are not comparable with runs on it"]
     monkeypatch.setattr(verify, "VMUNET_ISIC_SPLITS", {"isic17": (1, 2), "isic18": (2, 2)})
-    (note,) = dataset_notes("isic_all", roots["isic_all"])
+    (_, note) = dataset_notes("isic_all", roots["isic_all"])
     assert note.startswith("the counts fit VM-UNet-V2's merged ISIC split as assumed here (VM-UNet's isic17 1 + "
                            "isic18 2 training images together; V2 does not state its counts) (3 training images; "
                            "test sets isic17 2, isic18 2)")

@@ -256,3 +256,17 @@ def test_a_timeout_that_is_not_a_number_is_named(monkeypatch):
         monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
         with pytest.raises(BenchError, match=rf"BENCH_DIST_TIMEOUT_S='{bad}': expected seconds \(a positive number\)"):
             distributed.init(torch.device("cpu"))
+
+
+def test_launch_sets_omp_threads_for_torchrun(monkeypatch):
+    """torchrun prints a several-line banner when OMP_NUM_THREADS is unset (and sets 1 itself): bench
+    sets it first, keeping a value the user gave."""
+    from bench import distributed
+
+    seen = []
+    monkeypatch.setattr(distributed.subprocess, "call", lambda cmd, env: seen.append(env["OMP_NUM_THREADS"]) or 0)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert distributed.launch(2, ["run"]) == 0
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    distributed.launch(2, ["run"])
+    assert seen == ["1", "3"]

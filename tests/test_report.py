@@ -538,6 +538,8 @@ def test_report_of_some_models_and_datasets(tmp_path, runs):
         write_report(tmp_path, models=["vmnet"])
     with pytest.raises(BenchError, match=r"--dataset isic: no runs of it .*did you mean 'isic17'"):
         write_report(tmp_path, datasets=["isic"])
+    with pytest.raises(BenchError, match=r"--reference 'unet': not among --models vmunet; add it there"):
+        write_report(tmp_path, models=["vmunet"], reference="unet")
 
 
 def test_the_caption_names_the_training_items_where_runs_recorded_them(tmp_path):

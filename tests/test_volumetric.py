@@ -13,7 +13,7 @@ from torch import nn
 
 from bench import records
 from bench import transforms as T
-from bench.data import open_dataset, synthesize
+from bench.data import open_dataset, synthesize, synthetic_identity
 from bench.data.intensity import foreground_statistics
 from bench.data.preprocess import VolumePrep, volume_prep
 from bench.data.resample import new_shape
@@ -805,14 +805,17 @@ def test_verify_notes_the_spacings_and_the_target_spacing(volumes):
 
     ds = open_dataset("nnunet", volumes)
     train = np.array([SPACINGS[ds.cases.index(c)] for c in ds.train_volume_ids()])
-    (note,) = dataset_notes("nnunet", volumes)
+    notes = dataset_notes("nnunet", volumes)
+    note = notes[-1]
+    assert len(notes) == 1 + bool(synthetic_identity(volumes))  # the synthetic data says so first
     median = " x ".join(f"{v:.4g}" for v in np.median(train, 0))
     assert f"voxel spacing of the {len(train)} training volumes (z x y x x, mm): median {median}" in note
     assert f"resamples them to {median} (nnU-Net's 3d_fullres rule" in note  # no axis much coarser here
     in_plane = " x ".join(f"{v:.4g}" for v in np.median(train, 0)[1:])
     assert f"lightm_unet_2d resamples them in-plane to {in_plane}, each keeping its slice spacing" in note
     assert " x ".join(f"{v:.4g}" for v in train.min(0)) in note
-    assert dataset_notes("nnunet", synthesize("nnunet", volumes.parent / "png", dims=2, n_cases=4, size=16)) == []
+    png = synthesize("nnunet", volumes.parent / "png", dims=2, n_cases=4, size=16)
+    assert [n.split(",")[0] for n in dataset_notes("nnunet", png)] == ["synthetic data"]  # 2-D: no spacing note
 
 
 def test_datasets_with_the_same_case_names_keep_their_own_cached_cases(tmp_path):

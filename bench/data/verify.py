@@ -347,6 +347,15 @@ def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set
 
 
 def dataset_notes(name: str, root: str | Path) -> list[str]:
+    """``_comparison_notes``, after a note that the data is synthetic where ``bench`` wrote it."""
+    from bench.data import synthetic_identity
+
+    synthetic = ["synthetic data, written by bench data synth or --synthetic: runs on it check the pipeline, "
+                 "and published numbers do not compare with them"] if synthetic_identity(root) else []
+    return synthetic + _comparison_notes(name, root)
+
+
+def _comparison_notes(name: str, root: str | Path) -> list[str]:
     """What a well-formed dataset means for comparing with papers: for Synapse, whether the split
     is TransUNet's and which organ order the label ids follow (from their voxel counts); for ISIC
     and polyp, whether the image counts per split are the authors' (VM-UNet's, PraNet's; merged
