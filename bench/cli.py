@@ -352,6 +352,8 @@ def check(
     baseline: Annotated[Path, typer.Option(help="committed baseline CSV, e.g. results/baseline/smoke.csv")],
     results: Annotated[Path, typer.Option(help="results directory with the current records")] = DEFAULT_RESULTS,
     update: Annotated[bool, typer.Option(help="(re)write the baseline from the current results instead")] = False,
+    prune: Annotated[bool, typer.Option(help="with --update: drop baseline rows the current results have no value "
+                                             "for (refused otherwise)")] = False,
 ) -> None:
     """Compare current results with a baseline; exit 1 when any metric drifts past its tolerance.
 
@@ -361,7 +363,7 @@ def check(
 
     df = records.load(results)
     if update:
-        drift.write_baseline(df, baseline)
+        drift.write_baseline(df, baseline, prune=prune)
         typer.echo(f"wrote baseline {baseline} from {len(df)} run(s)")
         return
     result = drift.compare(baseline, df)

@@ -105,14 +105,19 @@ def write_baseline(
     path: Path,
     tolerances: Mapping[str, Tolerance] | None = None,
     metrics: list[str] | None = None,
+    prune: bool = False,
 ) -> Path:
     """Write the baseline CSV for ``df_runs`` atomically; ``tolerances`` override the defaults.
 
     A tolerance is an absolute number or a function of the baseline value (like the HD95 default).
     Where ``path`` already holds a baseline, a tolerance a reviewer edited there (one that is not
     what ``DEFAULT_TOLERANCES`` gives for that row's old value) is kept, unless ``tolerances`` names
-    its metric; the others follow the new values.
+    its metric; the others follow the new values. Rows of the old baseline without a value now (a
+    --results folder holding part of the grid, or none of it) are a BenchError unless ``prune``:
+    an update never drops them, nor their tolerances, by accident.
     """
+    if df_runs.empty:
+        raise BenchError(f"no run records to write {path} from: is --results the folder of the grid's runs?")
     table = baseline_table(df_runs, tolerances, metrics)
     try:
         old = read_baseline(path).set_index(_KEY) if Path(path).is_file() else None
@@ -121,6 +126,12 @@ def write_baseline(
     if old is not None:
         old = old[~old.index.duplicated(keep="last")]
         current = {tuple(k) for k in table[_KEY].itertuples(index=False)}
+        kept = current | {(*k[:3], pre_tiny_label(k[3]), k[4]) for k in current}
+        dropped = [k for k in old.index if tuple(k) not in kept]
+        if dropped and not prune:
+            first = " · ".join(str(v) for v in dropped[0])
+            raise BenchError(f"{path}: {len(dropped)} of its {len(old)} rows have no value in these runs (first: "
+                             f"{first}); run the whole grid into --results, or pass --prune to drop them")
         for i, row in table.iterrows():
             key = tuple(row[c] for c in _KEY)
             bare = (*key[:3], pre_tiny_label(key[3]), key[4])

@@ -233,3 +233,20 @@ def test_update_rewrites_a_baseline_it_cannot_read(tmp_path):
     pd.concat([table, table]).to_csv(path, index=False)  # every row twice
     write_baseline(df, path)
     assert len(pd.read_csv(path)) == len(table)
+
+
+def test_update_never_drops_rows_by_accident(tmp_path, baseline):
+    """--update from a folder holding part of the grid (or nothing: a typo in --results) used to
+    shrink the baseline silently, hand-set tolerances with it; now it is refused unless --prune."""
+    before = baseline.read_text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BenchError, match="no run records to write .*is --results the folder of the grid's runs"):
+        write_baseline(load(empty), baseline)
+    part = _runs(tmp_path, "part", [make_record("vmunet", seed=0, dice=0.80, hd95=20.0)])
+    with pytest.raises(BenchError, match=r"baseline\.csv: \d+ of its \d+ rows have no value in these runs \(first: "
+                                         r"synapse · synapse · legacy-synapse · unet · .*pass --prune to drop them"):
+        write_baseline(part, baseline)
+    assert baseline.read_text() == before  # untouched
+    write_baseline(part, baseline, prune=True)
+    assert set(read_baseline(baseline)["model"]) == {"vmunet"}
