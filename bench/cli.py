@@ -307,6 +307,9 @@ def rescore(
     todo = plan_rescore(results, policy, resolve_models(models))
     if note := other_device_warning(todo, dev, "rescored"):
         warnings.warn(note, stacklevel=1)
+    if not todo:
+        typer.echo(f"bench rescore: nothing to score: every finished run has a record under {policy} already")
+        return
     typer.echo(f"bench rescore: {len(todo)} run(s) to score under {policy} · device {dev}")
     for rec in todo:
         new = rescore_record(rec, policy, results, dev, protocol)
@@ -344,7 +347,8 @@ def predict(
     typer.echo(f"bench predict: {len(todo)} run(s) · device {dev}")
     for rec in todo:
         folder, written = predict_run(rec, results, out, dev, protocol)
-        typer.echo(f"  {rec['run_id']}: {written} file(s) written -> {folder}")
+        done = f"{written} file(s) written" if written else "complete already, nothing written"
+        typer.echo(f"  {rec['run_id']}: {done} -> {folder}")
 
 
 @app.command()
@@ -378,7 +382,6 @@ def check(
                       "'model (tiny)'; if so, bench check --update renames the baseline's rows, keeping hand-edited "
                       "tolerances")
         raise typer.Exit(code=1)
-    typer.echo("no drift")
 
 
 class ProfileFormat(str, enum.Enum):

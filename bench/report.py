@@ -945,6 +945,10 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         join_cost(boards, profiles)
         join_ci(boards, groups)
         text = _RENDERERS[fmt](boards)
+        if not boards and fmt == ReportFormat.md:  # most likely not the folder meant
+            text = (f"No finished runs found in {results_dir}"
+                    f"{' for these --models/--dataset' if models or datasets else ''}: pass the --results folder "
+                    "of `bench run`.\n")
         if fmt == ReportFormat.md:
             extra = []
             if reference:

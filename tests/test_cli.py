@@ -226,6 +226,8 @@ def test_predict_writes_each_runs_test_cases(smoke_results, tmp_path):
     files = json.loads((tmp_path / "pred" / run_id / "prediction.json").read_text())["files"]
     assert f"{run_id}: {len(files)} file(s) written" in out and len(files) >= 1
     assert all((tmp_path / "pred" / run_id / name).is_file() for name in files.values())
+    again = _bench("predict", "--results", smoke_results, "--out", tmp_path / "pred", "--run", run_id).stdout
+    assert f"{run_id}: complete already, nothing written" in again
     bad = _bench("predict", "--results", smoke_results, "--out", tmp_path / "pred", "--run", "nope", check=False)
     assert bad.returncode == 2 and "--run nope: no finished run" in bad.stderr
 
@@ -347,7 +349,8 @@ def test_rescore_puts_the_same_weights_on_a_strict_board(tmp_path):
     assert df["rescored_from"].notna().sum() == 1
     rep = _bench("report", "--results", results).stdout
     assert "policy legacy-synapse" in rep and "policy strict" in rep and "HD95 in mm" in rep
-    assert "0 run(s)" in _bench("rescore", "--policy", "strict", "--results", results).stdout
+    again = _bench("rescore", "--policy", "strict", "--results", results).stdout
+    assert "nothing to score: every finished run has a record under strict already" in again
     # asking bench run for the strict score of the same training reuses the rescored record
     out = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
                  "--policy", "strict", "--results", results, *FAST).stdout

@@ -178,6 +178,7 @@ def test_empty_and_bad_format(tmp_path):
     with pytest.raises(BenchError, match="needs the records' case rows"):
         render(empty, "cases")
     assert write_report(tmp_path, "cases").startswith("board_dataset,board_protocol,model_label,run_id")
+    assert write_report(tmp_path) == f"No finished runs found in {tmp_path}: pass the --results folder of `bench run`.\n"
 
 
 def test_cases_format_is_every_row_behind_the_boards(tmp_path):
