@@ -207,7 +207,8 @@ def run(
                                  target_spacing=_parse_spacing(target_spacing))
     resolve_inits(names, proto, pretrained_dir)  # every missing file named at once, before anything runs
     dev = resolve_device(device.value)
-    if nproc != 1 and not distributed.launched_by_torchrun():
+    launch = nproc != 1 and not distributed.launched_by_torchrun()  # this process starts torchrun's
+    if launch:
         distributed.check_nproc(nproc, dev, proto.train.batch_size)  # before --synthetic writes data
     seed_list = list(dict.fromkeys(_parse_ints(seeds))) if seeds else [proto.seed]  # each seed once
     overrides = _parse_sets(set_ or [])
@@ -220,7 +221,7 @@ def run(
                            folds=folds if folds in (None, "all") else list(dict.fromkeys(_parse_ints(folds, "--folds"))))
     total = len(specs)
     specs = select_shard(specs, shard)
-    if nproc != 1 and not distributed.launched_by_torchrun():  # the grid is valid: start the processes
+    if launch:  # the grid is valid: start the processes
         raise typer.Exit(code=distributed.launch(nproc, _argv_of(ctx, drop=("nproc",))))
     dev = distributed.init(dev)
     main = distributed.world().main
@@ -421,13 +422,14 @@ def profile(
     """
     import json
 
+    import pandas as pd
     import torch
 
     from bench import cost
     from bench.env import resolve_device
     from bench.records import ensure_writable_dir
     from bench.registry import get_entry, resolve_models
-    from bench.report import render_cost_md
+    from bench.report import profile_labels, render_cost_md
 
     _set_threads(threads)
     if batch_size != "auto" and not batch_size.isdigit():
@@ -458,16 +460,13 @@ def profile(
             cost.write_profile(row, results)
             rows.append(row)
             timed = f", {p} {row['latency_ms_median']:.1f} ms/forward" if "latency_ms_median" in row else ""
-            label = f"{name} (tiny)" if tiny else name
+            label = profile_labels(pd.DataFrame([row]))[0]  # as the tables name it: "unet (tiny)"
             typer.echo(f"  profiled {label}: {row['macs'] / 1e9:.2f} GMACs{timed}", err=True)  # progress
-    import pandas as pd
 
     frame = pd.DataFrame(rows)
     if format == ProfileFormat.md:
         typer.echo(render_cost_md(frame))
     elif format == ProfileFormat.csv:
-        from bench.report import profile_labels
-
         cols = [c for c in cost.PROFILE_COLUMNS if c in frame.columns]
         table = frame[cols].copy()
         # the tables' labels ("unet (tiny)") and the configuration, as the JSON output has it
@@ -683,15 +682,13 @@ def _check_scan_backend_variable() -> None:
     """BENCH_SCAN_BACKEND names a backend, or training would stop at the first scan with a traceback."""
     import difflib
 
-    value = os.environ.get("BENCH_SCAN_BACKEND")
-    if not value:
-        return
-    from ssm_models.scan import BACKENDS
+    from ssm_models.scan import BACKENDS, ENV_VAR
 
-    if value not in BACKENDS:
+    value = os.environ.get(ENV_VAR)
+    if value and value not in BACKENDS:
         close = difflib.get_close_matches(value, BACKENDS, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else "."
-        raise BenchError(f"BENCH_SCAN_BACKEND={value!r} is not a selective-scan backend{hint} Backends: "
+        raise BenchError(f"{ENV_VAR}={value!r} is not a selective-scan backend{hint} Backends: "
                          f"{', '.join(BACKENDS)} (or unset it: automatic)")
 
 

@@ -157,9 +157,9 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
     data = df["data_id"].astype(object) if "data_id" in df else pd.Series(None, index=df.index, dtype=object)
     data = data.where(data.astype(bool) & data.notna(), None)  # "" (a path-identified run) says nothing either
     keys = df[twin].astype(str).apply(tuple, axis=1)
+    under_policy = (df["policy"] == policy) & df["rescored_from"].isna()  # trained under it from the start
     trained: dict[tuple, set] = {}
-    for key, data_id in zip(keys[(df["policy"] == policy) & df["rescored_from"].isna()],
-                            data[(df["policy"] == policy) & df["rescored_from"].isna()]):
+    for key, data_id in zip(keys[under_policy], data[under_policy]):
         trained.setdefault(key, set()).add(data_id)
     has_twin = [key in trained and (d is None or None in trained[key] or d in trained[key])
                 for key, d in zip(keys, data)]
