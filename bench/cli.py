@@ -485,6 +485,7 @@ def models() -> None:
     """
     from bench.registry import get_entry, list_models
 
+    typer.echo(f"{'model':12s} {'family':12s} description")
     for name in list_models():
         e = get_entry(name)
         cfg = ", ".join(f"{k}={v}" for k, v in e.paper_config.items())
@@ -680,16 +681,12 @@ def _usage_line(exc) -> str:
 
 def _check_scan_backend_variable() -> None:
     """BENCH_SCAN_BACKEND names a backend, or training would stop at the first scan with a traceback."""
-    import difflib
-
-    from ssm_models.scan import BACKENDS, ENV_VAR
+    from ssm_models.scan import ENV_VAR, backend_problem
 
     value = os.environ.get(ENV_VAR)
-    if value and value not in BACKENDS:
-        close = difflib.get_close_matches(value, BACKENDS, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else "."
-        raise BenchError(f"{ENV_VAR}={value!r} is not a selective-scan backend{hint} Backends: "
-                         f"{', '.join(BACKENDS)} (or unset it: automatic)")
+    problem = value and backend_problem(value, ENV_VAR)
+    if problem:
+        raise BenchError(f"{problem} (or unset it: automatic)")
 
 
 def _one_line(exc: BenchError) -> str:

@@ -32,6 +32,7 @@ Importing this module is cheap: mamba-ssm is imported, and the kernel compiled, 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import hashlib
 import importlib.util
@@ -52,7 +53,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 __all__ = ["selective_scan", "selective_scan_flops", "SCAN_COST_OP", "available_backends", "default_backend",
-           "last_backend", "backend_report", "fused_mamba_inner", "use_backend", "BACKENDS"]
+           "last_backend", "backend_report", "fused_mamba_inner", "use_backend", "backend_problem", "BACKENDS"]
 
 BACKENDS = ("cuda", "cpu", "torch", "ref")
 ENV_VAR = "BENCH_SCAN_BACKEND"
@@ -226,9 +227,21 @@ def fused_mamba_inner(device: torch.device | str, dtype: torch.dtype | None = No
 # ------------------------------------------------------------------------------- selection
 
 
-def _check_backend(name: str) -> str:
-    if name not in BACKENDS:
-        raise ValueError(f"unknown selective-scan backend {name!r}; choose one of {', '.join(BACKENDS)}")
+def backend_problem(name: str, variable: str | None = None) -> str | None:
+    """Why ``name`` is not a backend (None when it is), in the one wording every check uses;
+    ``variable`` names the environment variable it came from."""
+    if name in BACKENDS:
+        return None
+    close = difflib.get_close_matches(name, BACKENDS, n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    given = f"{variable}={name!r}" if variable else repr(name)
+    return f"{given} is not a selective-scan backend{hint}; choose one of {', '.join(BACKENDS)}"
+
+
+def _check_backend(name: str, variable: str | None = None) -> str:
+    problem = backend_problem(name, variable)
+    if problem:
+        raise ValueError(problem)
     return name
 
 
@@ -245,9 +258,11 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 def default_backend(device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> str:
     """What ``backend=None`` runs for tensors on ``device`` (the env var first); float64 on CUDA
     runs ``torch``, since mamba-ssm's kernels take only fp32/fp16/bf16."""
-    forced = _override or os.environ.get(ENV_VAR)
+    if _override:
+        return _override
+    forced = os.environ.get(ENV_VAR)
     if forced:
-        return _check_backend(forced)
+        return _check_backend(forced, ENV_VAR)
     if torch.device(device).type == "cuda":
         return "cuda" if _mamba_selective_scan_fn() and dtype != torch.float64 else "torch"
     return "cpu" if _load_extension() is not None else "torch"
@@ -275,8 +290,9 @@ def last_backend() -> str | None:
 def backend_report() -> str:
     """One line: which backend runs for CPU and for CUDA tensors, and why."""
     forced = os.environ.get(ENV_VAR)
-    if forced and forced not in BACKENDS:
-        return f"{ENV_VAR}={forced!r} is not a backend (choose one of {', '.join(BACKENDS)})"
+    problem = forced and backend_problem(forced, ENV_VAR)
+    if problem:
+        return problem
     ext = _load_extension()
     kernel = (f"compiled C++ kernel {_ext_origin}: {ext.__file__}" if ext is not None
               else f"C++ kernel unavailable: {_ext_error}")

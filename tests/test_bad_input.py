@@ -534,7 +534,7 @@ def test_an_unknown_scan_backend_variable_is_named_before_anything_runs(monkeypa
     monkeypatch.setenv("BENCH_SCAN_BACKEND", "torh")  # a traceback at the first scan, after training began
     _fails(monkeypatch, capsys, "run", "--models", "vmunet", "--dataset", "synapse", "--synthetic", "--results",
            tmp_path, *QUICK, names="BENCH_SCAN_BACKEND='torh'",
-           phrase="is not a selective-scan backend; did you mean 'torch'? Backends: cuda, cpu, torch, ref")
+           phrase="is not a selective-scan backend (did you mean 'torch'?); choose one of cuda, cpu, torch, ref (or unset it")
     assert not (tmp_path / "runs").exists()
 
 

@@ -189,8 +189,11 @@ def test_command_lists_give_each_command_one_summary_line(group):
     assert len(summaries) >= 3 and all("\n" not in s.strip() for s in summaries.values()), summaries
 
 def test_models_and_doctor():
-    out = runner.invoke(app, ["models"]).output
-    assert "unet" in out and "cnn" in out
+    out = runner.invoke(app, ["models"]).output.splitlines()
+    assert out[0].split() == ["model", "family", "description"]
+    rows = {line.split()[0]: line.split()[1] for line in out[1:] if not line.startswith(" ")}
+    assert rows == {"unet": "cnn", "transunet": "transformer", "swin_unet": "transformer", "vmunet": "ssm",
+                    "vmunet_v2": "ssm", "lightm_unet": "ssm"}
     doc = runner.invoke(app, ["doctor"])
     assert doc.exit_code == 0 and "torch" in doc.output and "scan backend" in doc.output
 
