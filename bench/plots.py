@@ -135,12 +135,17 @@ def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path) -> Path:
         ax.step(on["cost"], on["dsc"], where="post", color="black", linewidth=1, alpha=0.6, zorder=1,
                 label="Pareto front")
         ax.scatter(on["cost"], on["dsc"], s=110, facecolors="none", edgecolors="black", linewidths=1.5, zorder=3)
-    for _, p in points.iterrows():
-        label = p["label"] if len(p["label"]) <= 40 else p["label"][:39] + "…"  # long config labels
-        ax.annotate(label, (p["cost"], p["dsc"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    if points["cost"].min() > 0 and points["cost"].max() / points["cost"].min() > 20:
+    log = points["cost"].min() > 0 and points["cost"].max() / points["cost"].min() > 20
+    if log:
         ax.set_xscale("log")  # 0.1 M to 100 M params: on a linear axis the small models pile up at 0
         xlabel += " (log scale)"
+    x = np.log10(points["cost"].to_numpy(float)) if log else points["cost"].to_numpy(float)
+    at = (x - x.min()) / (np.ptp(x) or 1.0)  # where each point lies across the axis, 0 to 1
+    for (_, p), right in zip(points.iterrows(), at > 0.6):
+        label = p["label"] if len(p["label"]) <= 40 else p["label"][:39] + "…"  # long config labels
+        # labels of the right-hand points run leftwards, inside the axes, not under the legend beside them
+        ax.annotate(label, (p["cost"], p["dsc"]), textcoords="offset points", xytext=(-5, 5) if right else (5, 5),
+                    ha="right" if right else "left", fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("DSC (%)")
     ax.set_title(title, fontsize=9)

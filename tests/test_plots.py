@@ -210,3 +210,28 @@ def test_empty_and_missing_results_give_no_plots(tmp_path):
 
     assert per_class_boxplots(pd.DataFrame(columns=["run_id", "dice"]), tmp_path / "out") == []
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("costs", [[1.0, 2.0, 3.0], [0.5, 30.0, 105.0]])  # a linear and a log axis
+def test_point_labels_stay_inside_the_axes(monkeypatch, tmp_path, costs):
+    """A long label at the dearest model ran off the axes, under the legend beside them."""
+    import pandas as pd
+
+    from bench import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    points = pd.DataFrame({"label": ["unet", "vmunet (tiny)", "transunet (hidden_size=96, num_layers=2)"],
+                           "family": ["cnn", "ssm", "transformer"], "cost": costs, "dsc": [70.0, 75.0, 72.0],
+                           "dsc_std": [1.0, 1.0, 1.0]})
+    plots._scatter(points, "params (M)", "title", tmp_path / "p.png")
+    (fig,) = figures
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    box, renderer = ax.get_window_extent(), fig.canvas.get_renderer()
+    labels = [t for t in ax.texts if t.get_text() in set(points["label"])]
+    assert len(labels) == 3
+    for text in labels:
+        extent = text.get_window_extent(renderer)
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1, text.get_text()
+    plots._pyplot().close(fig)
