@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import math
@@ -259,7 +260,7 @@ _UMASK = os.umask(0o022)  # read once (setting it is the only way), then restore
 os.umask(_UMASK)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp") -> Path:
+def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp", exclusive: bool = False) -> Path:
     """Have ``write(tmp)`` write a file that then replaces ``path`` atomically: readers see the old
     file, or the whole new one.
 
@@ -268,7 +269,8 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp"
     ``os.replace``; on any failure the temp file is removed and the target is untouched; a temp
     file a killed process left is removed by a later write into the folder once a day old. A folder
     that cannot be created or written in (no permission, a file in the way) is a BenchError naming
-    ``path``; commands check theirs up front with ``ensure_writable_dir``.
+    ``path``; commands check theirs up front with ``ensure_writable_dir``. ``exclusive``: never
+    replace a file at ``path`` (FileExistsError), even one another process puts there meanwhile.
     """
     path = Path(path)
     try:
@@ -282,7 +284,10 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp"
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would stay with the file after the rename
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            _link_new(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -290,6 +295,22 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp"
     # what killed writers left here (a later write of any file in the folder, so also a run never written again)
     remove_orphans(path.parent, f".*.{TEMP_MARK}*{glob.escape(suffix)}")
     return path
+
+
+def _link_new(tmp: str, path: Path) -> None:
+    """Give ``tmp``'s file the name ``path`` unless that exists; a hard link fails atomically where
+    a name exists (``os.replace`` would overwrite it). Filesystems without hard links (some network
+    and FUSE mounts) fall back to checking first, which leaves a window of microseconds."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
+        os.replace(tmp, path)
+    else:
+        os.unlink(tmp)
 
 
 TEMP_MARK = "bench-"  # in every temp name: sweeping never touches files of other programs (a report's --out folder)
@@ -308,9 +329,9 @@ def remove_orphans(folder: Path, pattern: str) -> None:
             pass
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
+def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> Path:
     """``atomic_write`` of ``text`` (UTF-8, newline "\\n")."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"))
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"), exclusive=exclusive)
 
 
 def ensure_writable_dir(directory: Path, option: str = "--results") -> Path:
@@ -368,9 +389,10 @@ def write_record(record: Mapping[str, Any], results_dir: Path) -> Path:
     data = _to_json_value(record, "")
     text = json.dumps(data, indent=1, allow_nan=False, ensure_ascii=False) + "\n"
     path = record_path(results_dir, record["run_id"])
-    if path.exists():
-        raise BenchError(f"{path}: a record with run_id {record['run_id']!r} already exists")
-    return atomic_write_text(path, text)
+    try:  # exclusive: two processes finishing the same run (a shard started twice) cannot both write
+        return atomic_write_text(path, text, exclusive=True)
+    except FileExistsError:
+        raise BenchError(f"{path}: a record with run_id {record['run_id']!r} already exists") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -78,11 +78,37 @@ def test_write_record_refuses_inf_and_existing_id(tmp_path):
         write_record(ok, tmp_path)
 
 
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_record_another_process_writes_meanwhile_is_never_replaced(tmp_path, monkeypatch, hard_links):
+    """Two processes finishing the same run (a shard started twice) both passed a check for an
+    existing record, then both renamed theirs into place: the second silently replaced the first."""
+    rec = make_record()
+    path = records.record_path(tmp_path, rec["run_id"])
+    theirs = '{"theirs": 1}\n'
+    real_fsync = os.fsync
+
+    def other_process_writes_first(fd):  # between our check and our rename
+        if not path.exists():
+            path.write_text(theirs)
+        real_fsync(fd)
+
+    monkeypatch.setattr(records.os, "fsync", other_process_writes_first)
+    if not hard_links:  # a filesystem without them: the fallback still refuses an existing record
+        monkeypatch.setattr(records.os, "link", lambda *a: (_ for _ in ()).throw(PermissionError("no links")))
+    with pytest.raises(BenchError, match="already exists"):
+        write_record(rec, tmp_path)
+    assert path.read_text() == theirs
+    assert os.listdir(path.parent) == [path.name]  # our temp file removed
+    monkeypatch.undo()
+    other = make_record(run_id="other")
+    assert write_record(other, tmp_path).is_file() and sorted(os.listdir(path.parent)) == sorted([path.name, "other.json"])
+
+
 def test_crash_during_write_leaves_nothing(tmp_path, monkeypatch):
-    def boom(src, dst):
+    def boom(*args):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(records.os, "replace", boom)
+    monkeypatch.setattr(records.os, "fsync", boom)
     with pytest.raises(OSError, match="disk gone"):
         write_record(make_record(), tmp_path)
     assert list((tmp_path / "records").iterdir()) == []
@@ -91,13 +117,13 @@ def test_crash_during_write_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_readers_never_see_a_write_in_flight(tmp_path, monkeypatch):
-    real_replace, seen = os.replace, []
+    real_link, seen = os.link, []
 
-    def replace_after_load(src, dst):
+    def link_after_load(src, dst):  # records are published by a hard link (never replacing one)
         seen.append(len(load(tmp_path)))  # the temp file exists and is complete here
-        real_replace(src, dst)
+        real_link(src, dst)
 
-    monkeypatch.setattr(records.os, "replace", replace_after_load)
+    monkeypatch.setattr(records.os, "link", link_after_load)
     write_record(make_record(), tmp_path)
     assert seen == [0] and len(load(tmp_path)) == 1
 
