@@ -316,7 +316,8 @@ _STRICT = Policy(
     penalty="diagonal", zero_division=NAN,
     table="""strict: per case and class; HD95 medpy-pooled in mm with the case's spacing (voxels where the
     spacing is unknown); mean over the valid cases per class, then over classes, with every NaN
-    counted (``n_nan_<metric>``, ``n_valid_<metric>``), never dropped silently.
+    counted (``n_nan_<metric>``, ``n_valid_<metric>``), never dropped silently: a class valid in no
+    case makes the mean over classes NaN (nnU-Net's foreground mean), not a mean of the others.
 
     | case                              | Dice | HD95                                      |
     |-----------------------------------|------|-------------------------------------------|
@@ -611,8 +612,8 @@ def aggregate(rows: Any, policy: str | Policy) -> dict[str, Any]:
         return {**pooled_from_counts(df), "hd95": NAN, "n_cases": n_cases, "n_classes": n_classes}
     per_class = aggregate_per_class(df, pol)
     out: dict[str, Any] = {}
-    for m in _metrics_in(df):
-        out[m] = _mean([r[m] for r in per_class])[0]
+    for m in _metrics_in(df):  # a class with no valid case makes it NaN (nnU-Net's foreground mean), not a
+        out[m] = float(np.mean([r[m] for r in per_class]))  # mean over the classes left
     out["n_cases"], out["n_classes"] = n_cases, n_classes
     for m in _metrics_in(df):
         _, out[f"n_valid_{m}"], out[f"n_nan_{m}"] = _mean(df[m])

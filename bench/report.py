@@ -369,7 +369,8 @@ def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
         note += f" Train time: mean per run of the training loop's wall-clock time, resumes included, {where}."
     if _has_exclusions(board):
         note += (" DSC n/a: case × class entries with both masks empty, over all runs; strict scores them NaN and "
-                 "leaves them out of the means.")
+                 "leaves them out of the means; a class with no other entry has no mean, and the DSC is nan (as "
+                 "nnU-Net's foreground mean), not a mean over the other classes.")
     if "dice_ci_lo" in board:
         note += (" 95% CI: percentile bootstrap over test cases of the number shown (each resample re-aggregated "
                  "under the board's policy, then averaged over seeds).")
@@ -654,8 +655,8 @@ def join_ci(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.Data
 
 def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.DataFrame],
                     reference: str) -> str:
-    """Per board: paired Wilcoxon tests of every model against ``reference`` (Holm-adjusted) and
-    the rank table with its bootstrap stability. ``groups``: the case rows per board."""
+    """Per board: paired tests of every model against ``reference`` (Holm-adjusted; ``stats.paired_tests``)
+    and the rank table with its bootstrap stability. ``groups``: the case rows per board."""
     from bench import stats
 
     parts = []
@@ -666,17 +667,18 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
         # a model name stands for its one row here ("unet" for "unet (tiny)")
         own = sorted(set(cases.loc[cases["model"] == reference, "model_label"]))
         ref = own[0] if reference not in labels and len(own) == 1 else reference
-        tests = stats.paired_tests(cases, ref, metrics=CI_METRICS)
+        tests = stats.paired_tests(cases, ref, metrics=CI_METRICS, policy=key.policy)
         ranks = stats.rank_stability(cases, "dice", key.policy)
         title = f"## Significance · {_caption(key, boards[key])[0]}"
         rank_table = pd.DataFrame({
             "Model": ranks["model"], "DSC (%)": [f"{100 * v:.2f}" for v in ranks["mean"]],
-            "Rank": ranks["rank"], "P(rank 1)": [f"{p:.2f}" for p in ranks["p_rank_1"]],
-            "95% rank interval": [f"{a}–{b}" for a, b in zip(ranks["rank_lo"], ranks["rank_hi"])],
+            "Rank": ranks["rank"], "P(rank 1)": [_num(p, ".2f") for p in ranks["p_rank_1"]],
+            "95% rank interval": ["" if math.isnan(a) else f"{a:.0f}–{b:.0f}"
+                                  for a, b in zip(ranks["rank_lo"], ranks["rank_hi"])],
         })
         rank_table = _md_table(rank_table)
         rank_note = ("Ranks by the board's DSC (its policy's aggregate) over the cases every model has; stability "
-                     "from 1000 bootstrap resamples of those cases.")
+                     "from 1000 bootstrap resamples of those cases (any in which a model's DSC is undefined left out).")
         if tests.empty:
             if ref in labels:
                 why = (f"{ref!r} is the only model on this board" if len(labels) == 1
@@ -688,18 +690,26 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
                 why = f"{reference!r} has no runs on this board"
             parts.append(f"{title}\n\nNo paired comparison: {why}. {rank_note}\n\n{rank_table}\n")
             continue
+        pooled = (tests["test"] == "paired bootstrap").any()
         shown = pd.DataFrame({
             "Model": tests["model"], "Metric": [METRICS[m][0] for m in tests["metric"]],
             "Cases": tests["n_cases"],
-            "Mean diff (model − ref)": [_num(d * (100 if METRICS[m][1] else 1), "+.2f") for d, m in
-                                        zip(tests["mean_diff"], tests["metric"])],
-            "Effect size (r)": [_num(r, "+.2f") for r in tests["effect_size"]],
-            "p (Wilcoxon)": [_num(p, ".3g") for p in tests["p"]],
+            ("Diff of board values (model − ref)" if pooled else "Mean diff (model − ref)"):
+                [_num(d * (100 if METRICS[m][1] else 1), "+.2f") for d, m in zip(tests["mean_diff"], tests["metric"])],
+            **({} if pooled else {"Effect size (r)": [_num(r, "+.2f") for r in tests["effect_size"]]}),
+            ("p (paired bootstrap)" if pooled else "p (Wilcoxon)"): [_num(p, ".3g") for p in tests["p"]],
             "p (Holm)": [_num(p, ".3g") for p in tests["p_holm"]],
         })
-        note = (f"Reference: {ref}. Two-sided Wilcoxon signed-rank over the shared test cases (each case "
-                "averaged over classes and seeds); effect size: matched-pairs rank-biserial correlation, > 0 "
-                f"means the model beats the reference; p adjusted with Holm over the board's tests. {rank_note}")
+        if pooled:
+            note = (f"Reference: {ref}. The board's number is pooled over all test pixels, not a mean over cases, so "
+                    "the test is a paired bootstrap of the difference of the board's values: "
+                    f"{stats.N_BOOT} resamples of the shared test cases, the same cases for both models; two-sided "
+                    "p, adjusted with Holm over the board's tests (a per-case test can contradict a pooled gap). "
+                    f"{rank_note}")
+        else:
+            note = (f"Reference: {ref}. Two-sided Wilcoxon signed-rank over the shared test cases (each case "
+                    "averaged over classes and seeds); effect size: matched-pairs rank-biserial correlation, > 0 "
+                    f"means the model beats the reference; p adjusted with Holm over the board's tests. {rank_note}")
         if key.policy == "legacy-synapse":
             note += (" Caution: under legacy-synapse a missed organ scores HD95 0 (the papers' rule), so a model "
                      "that finds nothing looks best on HD95; `--policy strict` penalises misses.")

@@ -8,19 +8,25 @@ board: one row per run × case × class, labelled with ``bench.report.label_runs
   the board's policy exactly as ``bench.metrics.aggregate`` computes it (per-case policies: mean
   over cases per class, NaN skipped, then over classes; legacy-isic: one pooled confusion matrix),
   then averaged over the model's seeds; each model is resampled over its own cases.
-- ``paired_tests``: for a reference model, a two-sided Wilcoxon signed-rank test (scipy) against
-  every other model per metric over the shared cases, the matched-pairs rank-biserial
-  correlation as effect size (+1: the other model is better on every case), and p-values
-  adjusted with Holm's step-down over all tests of the board. Its unit is the case: a case's value
-  is the mean over its foreground classes, averaged over seeds (``case_values``).
+- ``paired_tests``: for a reference model, a two-sided test against every other model per metric
+  over the shared cases, and p-values adjusted with Holm's step-down over all tests of the board.
+  Per-case policies: Wilcoxon signed-rank (scipy), its unit the case (a case's value is the mean
+  over its foreground classes, averaged over seeds: ``case_values``), effect size the matched-pairs
+  rank-biserial correlation (+1: the other model is better on every case). Pooled policies
+  (legacy-isic): their board number is no mean of per-case values, and a per-case test can
+  contradict it (a model better on many small lesions, worse on the large ones that dominate the
+  pooled matrix), so the test is a paired bootstrap of the board's own difference: the same
+  resampled cases for both models (``policy_statistic``); no per-case effect size.
 - ``rank_stability``: ranks by the board's statistic over the cases every model has, and how
   often each rank comes out when those cases are bootstrapped.
+
+A resample in which the statistic is undefined (under strict, a class valid in none of the drawn
+cases: the mean over classes is NaN, as nnU-Net's) is left out of the bootstrap's distribution.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -29,9 +35,10 @@ from scipy import stats as sps
 from bench import metrics
 
 __all__ = ["case_values", "policy_statistic", "bootstrap_ci", "holm", "rank_biserial", "paired_tests",
-           "rank_stability", "LOWER_IS_BETTER"]
+           "rank_stability", "LOWER_IS_BETTER", "N_BOOT"]
 
 LOWER_IS_BETTER = {"hd95"}
+N_BOOT = 2000  # resamples of bootstrap_ci and of the pooled paired test
 
 
 def case_values(df_cases: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
@@ -60,9 +67,8 @@ def _run_statistic(run: pd.DataFrame, metric: str, pooled: bool, cases: pd.Index
     table = run.set_index(["case", "class"])[metric].unstack("class").reindex(cases).to_numpy(np.float64)
     valid = ~np.isnan(table)
     sums, n = weights @ np.where(valid, table, 0.0), weights @ valid
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a class with no valid case: NaN, skipped
-        return np.nanmean(sums / n, axis=1), drawn
+    with np.errstate(invalid="ignore", divide="ignore"):  # a class no drawn case is valid for: NaN, as aggregate
+        return (sums / n).mean(axis=1), drawn
 
 
 def policy_statistic(df_cases: pd.DataFrame, metric: str, policy: str, weights: np.ndarray | None = None,
@@ -85,15 +91,18 @@ def policy_statistic(df_cases: pd.DataFrame, metric: str, policy: str, weights: 
     return pd.DataFrame(out)
 
 
-def bootstrap_ci(df_cases: pd.DataFrame, metric: str, policy: str, *, n_boot: int = 2000, alpha: float = 0.05,
-                 seed: int = 0) -> dict[str, tuple[float, float]]:
+def bootstrap_ci(df_cases: pd.DataFrame, metric: str, policy: str, *, n_boot: int = N_BOOT,
+                 alpha: float = 0.05, seed: int = 0) -> dict[str, tuple[float, float]]:
     """Per model: the percentile bootstrap ``(lo, hi)`` of the board's number (``policy_statistic``)
-    over resamples of that model's own test cases; NaN where the statistic is NaN in some resample."""
+    over resamples of that model's own test cases, those where it is undefined left out; NaN where
+    the number itself is NaN."""
     out = {}
     for model, rows in df_cases.groupby("model_label", sort=False):
         cases = pd.Index(sorted(rows["case"].unique()))
         v = policy_statistic(rows, metric, policy, _resample_weights(len(cases), n_boot, seed), cases)[model].to_numpy()
-        out[model] = ((math.nan, math.nan) if np.isnan(v).any()
+        v = v[~np.isnan(v)]
+        full = policy_statistic(rows, metric, policy, cases=cases)[model].iloc[0]
+        out[model] = ((math.nan, math.nan) if np.isnan(full) or v.size == 0
                       else (float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2))))
     return out
 
@@ -126,10 +135,27 @@ def rank_biserial(diff) -> float:
     return float((plus - minus) / (plus + minus))
 
 
-def paired_tests(df_cases: pd.DataFrame, reference: str, metrics=("dice", "hd95")) -> pd.DataFrame:
-    """One row per (model ≠ reference, metric) of one board: n shared cases, mean difference
-    (model − reference, in the record's unit), effect size, Wilcoxon p and Holm-adjusted p.
-    The effect size is oriented so that > 0 means the model is better than the reference."""
+def _bootstrap_p(diff: np.ndarray) -> float:
+    """Two-sided p of "no difference" from a bootstrap distribution of a difference: twice the
+    smaller tail beyond 0, counting the observed sample as one draw (never 0)."""
+    d = diff[~np.isnan(diff)]
+    if d.size == 0:
+        return math.nan
+    if np.all(d == 0):
+        return 1.0
+    tail = min((d <= 0).sum(), (d >= 0).sum())
+    return float(min(1.0, 2 * (tail + 1) / (d.size + 1)))
+
+
+def paired_tests(df_cases: pd.DataFrame, reference: str, metrics=("dice", "hd95"), policy: str | None = None, *,
+                 n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+    """One row per (model ≠ reference, metric) of one board: n shared cases, difference (model −
+    reference, in the record's unit), effect size, test, p and Holm-adjusted p. Per-case policies
+    (and ``policy`` None): the mean of the per-case differences, Wilcoxon's p and the rank-biserial
+    effect size, oriented so that > 0 means the model is better. A pooled ``policy``: the
+    difference of the board's numbers over the shared cases and its paired bootstrap p
+    (``n_boot`` resamples, the same cases drawn for both models); effect size NaN."""
+    pooled = policy is not None and _pooled(policy)
     rows = []
     for metric in metrics:
         if metric not in df_cases or df_cases[metric].notna().sum() == 0:
@@ -141,6 +167,11 @@ def paired_tests(df_cases: pd.DataFrame, reference: str, metrics=("dice", "hd95"
             if model == reference:
                 continue
             pair = wide[[model, reference]].dropna()
+            if pooled:
+                row = _pooled_pair(df_cases, model, reference, metric, policy, pair.index, n_boot, seed)
+                if row is not None:
+                    rows.append(row)
+                continue
             diff = (pair[model] - pair[reference]).to_numpy()
             better = -diff if metric in LOWER_IS_BETTER else diff
             if len(diff) == 0 or np.all(diff == 0):
@@ -150,35 +181,60 @@ def paired_tests(df_cases: pd.DataFrame, reference: str, metrics=("dice", "hd95"
                                        alternative="two-sided").pvalue)
             rows.append({"model": model, "reference": reference, "metric": metric, "n_cases": len(diff),
                          "mean_diff": float(diff.mean()) if len(diff) else math.nan,
-                         "effect_size": rank_biserial(better), "p": p})
-    table = pd.DataFrame(rows, columns=["model", "reference", "metric", "n_cases", "mean_diff", "effect_size", "p"])
+                         "effect_size": rank_biserial(better), "test": "wilcoxon", "p": p})
+    columns = ["model", "reference", "metric", "n_cases", "mean_diff", "effect_size", "test", "p"]
+    table = pd.DataFrame(rows, columns=columns)
     table["p_holm"] = holm(table["p"]) if len(table) else []
     return table
+
+
+def _pooled(policy: str) -> bool:
+    return metrics.get_policy(policy).pooled
+
+
+def _pooled_pair(df_cases: pd.DataFrame, model: str, reference: str, metric: str, policy: str, cases: pd.Index,
+                 n_boot: int, seed: int) -> dict | None:
+    """``paired_tests``' row for a pooled policy: the board's difference over ``cases`` (shared by
+    both models) and its paired bootstrap p; None where the pooled statistic has no such metric."""
+    both = df_cases[df_cases["model_label"].isin([model, reference])]
+    cases = pd.Index(sorted(cases))
+    full = policy_statistic(both, metric, policy, cases=cases)
+    diff = float(full[model].iloc[0] - full[reference].iloc[0]) if len(cases) else math.nan
+    if len(cases) and math.isnan(diff):
+        return None  # hd95: the pooled matrix has none
+    boot = policy_statistic(both, metric, policy, _resample_weights(len(cases), n_boot, seed), cases) if len(cases) \
+        else pd.DataFrame({model: [], reference: []})
+    return {"model": model, "reference": reference, "metric": metric, "n_cases": len(cases), "mean_diff": diff,
+            "effect_size": math.nan, "test": "paired bootstrap",
+            "p": _bootstrap_p((boot[model] - boot[reference]).to_numpy())}
 
 
 def rank_stability(df_cases: pd.DataFrame, metric: str, policy: str, *, n_boot: int = 1000,
                    seed: int = 0) -> pd.DataFrame:
     """Rank (1 = best) of each model by the board's statistic (``policy_statistic``) over the cases
     every model has, plus its bootstrap distribution: the share of resamples in which it ranks
-    first, and the 95% rank interval. Models whose statistic is NaN are left out; a resample's NaN
-    ranks last."""
+    first, and the 95% rank interval (NaN where no resample has every model's statistic defined).
+    Models whose statistic is NaN are left out; so are resamples where some model's is."""
     per_model = df_cases.groupby("model_label")["case"].agg(set)  # rows, not values: strict's NaN counts
     cases = pd.Index(sorted(set.intersection(*per_model))) if len(per_model) else pd.Index([])
     full = policy_statistic(df_cases, metric, policy, cases=cases).iloc[0].dropna() if len(cases) else pd.Series()
     if full.empty:
         return pd.DataFrame(columns=["model", "mean", "rank", "p_rank_1", "rank_lo", "rank_hi"])
     models = list(full.index)
-    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0  # rank ascending on sign * value; NaN worst
+    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0  # rank ascending on sign * value
 
     def rank_of(m):
-        return sps.rankdata(np.nan_to_num(sign * m, nan=np.inf), method="min", axis=-1)
+        return sps.rankdata(sign * m, method="min", axis=-1)
 
-    boot = rank_of(policy_statistic(df_cases, metric, policy, _resample_weights(len(cases), n_boot, seed),
-                                    cases)[models].to_numpy())
+    values = policy_statistic(df_cases, metric, policy, _resample_weights(len(cases), n_boot, seed), cases)[models]
+    defined = values.to_numpy()[values.notna().all(axis=1).to_numpy()]
     ranks = rank_of(full.to_numpy())
-    out = pd.DataFrame({
-        "model": models, "mean": full.to_numpy(), "rank": ranks.astype(int),
-        "p_rank_1": (boot == 1).mean(axis=0),
-        "rank_lo": np.quantile(boot, 0.025, axis=0).astype(int), "rank_hi": np.quantile(boot, 0.975, axis=0).astype(int),
-    })
+    if len(defined):
+        boot = rank_of(defined)
+        share, lo, hi = ((boot == 1).mean(axis=0), np.quantile(boot, 0.025, axis=0).astype(int),
+                         np.quantile(boot, 0.975, axis=0).astype(int))
+    else:
+        share = lo = hi = np.full(len(models), math.nan)
+    out = pd.DataFrame({"model": models, "mean": full.to_numpy(), "rank": ranks.astype(int), "p_rank_1": share,
+                        "rank_lo": lo, "rank_hi": hi})
     return out.sort_values(["rank", "model"]).reset_index(drop=True)

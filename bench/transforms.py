@@ -677,6 +677,7 @@ def prepare_slice(img2d: np.ndarray, protocol, stats: list[dict[str, float]] | N
 def prepare_binary_pair(image: np.ndarray, mask: np.ndarray, protocol) -> tuple[torch.Tensor, np.ndarray]:
     """Binary 2-D test item the VM-UNet way (engine.py test transform: normalise, tensor, bilinear
     resize of image AND mask): image float32 tensor (C, S, S), mask float32 (S, S) in [0, 1].
-    Scoring then happens at S x S (threshold the mask at ``protocol.eval.threshold``)."""
+    Scoring then happens at S x S (the mask is foreground where >= 0.5, as VM-UNet's; the
+    prediction's threshold is ``protocol.eval.threshold``)."""
     img = resize_bilinear(normalize_image(image, protocol.normalize), protocol.img_size)
     return torch.from_numpy(to_chw(img)), resize_mask_bilinear(mask, protocol.img_size)

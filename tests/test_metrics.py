@@ -168,7 +168,9 @@ def test_nsd_hand_computed_and_in_score_case():
     assert [r["nsd"] for r in rows][:2] == [pytest.approx(8 / 16), 0.0] and math.isnan(rows[2]["nsd"])
     assert "nsd" not in M.score_case(pred, gt, 4, "strict")[0]  # only when asked for
     agg = M.aggregate([{"case": "c", **r} for r in rows], "strict")
-    assert agg["nsd"] == pytest.approx((8 / 16 + 0.0) / 2) and agg["n_nan_nsd"] == 1
+    assert math.isnan(agg["nsd"]) and agg["n_nan_nsd"] == 1  # class 3 has no valid case: no mean over classes
+    agg = M.aggregate([{"case": "c", **r} for r in rows[:2]], "strict")
+    assert agg["nsd"] == pytest.approx((8 / 16 + 0.0) / 2) and agg["n_nan_nsd"] == 0
     assert "nsd" not in M.aggregate([{"case": "c", **r} for r in M.score_case(pred, gt, 4, "strict")], "strict")
 
 
@@ -503,6 +505,14 @@ def test_aggregate_all_nan_class_and_errors():
     agg = M.aggregate(rows, "strict")
     assert math.isnan(agg["dice"]) and agg["n_nan_dice"] == 1 and agg["n_valid_dice"] == 0
     assert agg["n_cases"] == 1
+    # a class valid in no case (absent from reference and prediction alike): nnU-Net's foreground
+    # mean is NaN; the mean over the classes left (1.0 here) would drop it silently
+    gt = np.zeros((6, 6), int)
+    gt[1:4, 1:4] = 1
+    two = [{"case": c, **r} for c in ("a", "b") for r in M.score_case(gt, gt, 3, "strict")]
+    agg = M.aggregate(two, "strict")
+    assert math.isnan(agg["dice"]) and agg["n_valid_dice"] == 2 and agg["n_nan_dice"] == 2
+    assert [r["dice"] for r in M.aggregate_per_class(two, "strict")][0] == 1.0
     with pytest.raises(BenchError, match="no scored rows"):
         M.aggregate([], "strict")
     with pytest.raises(BenchError, match="lack column"):

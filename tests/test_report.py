@@ -393,6 +393,29 @@ def test_ci_column_and_significance_section(tmp_path):
     assert "'swin_unet' has no runs on this board" in absent and "P(rank 1)" in absent  # the ranks stand alone
 
 
+def test_a_pooled_board_tests_the_difference_it_shows(tmp_path):
+    """legacy-isic: vmunet wins the pooled DSC (one large lesion), unet wins per image (five small
+    ones); the section gives the board's own difference and a paired bootstrap p, no per-case test."""
+    from bench import stats
+
+    images = {"vmunet": [(990, 10, 10)] + [(5, 5, 5)] * 5, "unet": [(800, 200, 200)] + [(9, 1, 1)] * 5}
+    for model, counts in images.items():
+        rec = make_record(model, dataset="isic17", n_cases=6)
+        for row, (tp, fp, fn) in zip(rec["per_case"], counts):
+            row.update(tp=tp, fp=fp, fn=fn, tn=10, n_pred=tp + fp, n_ref=tp + fn, dice=2 * tp / (2 * tp + fp + fn))
+        write_record(rec, tmp_path)
+    text = write_report(tmp_path, reference="unet")
+    sig = text[text.index("## Significance · isic17"):]
+    group = load(tmp_path, level="case").assign(model_label=lambda d: d["model"])
+    board = stats.policy_statistic(group, "dice", "legacy-isic").iloc[0]
+    assert board["vmunet"] > board["unet"] and stats.case_values(group).mean().idxmax() == "unet"
+    head = next(line for line in sig.splitlines() if line.startswith("| Model"))
+    assert "Diff of board values (model − ref)" in head and "p (paired bootstrap)" in head and "Effect" not in head
+    row = next(line for line in sig.splitlines() if line.startswith("| vmunet") and "DSC" in line)
+    assert f"{100 * (board['vmunet'] - board['unet']):+.2f}" in row
+    assert "the test is a paired bootstrap of the difference of the board's values" in sig
+
+
 def test_a_reference_run_in_several_configs_is_named_not_called_absent(tmp_path):
     """A model run in several configs on a board gets a row per config ("unet (base_c=8)"):
     --reference unet then names the labels to choose from; the ranks are shown either way."""

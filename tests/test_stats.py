@@ -88,6 +88,10 @@ def test_bootstrap_ci_is_the_board_number_recomputed_on_resampled_cases(policy):
         picked = [cases[i] for i in draw]
         expected.append(np.mean([metrics.aggregate(pd.concat([r[r["case"] == c] for c in picked]), policy)["dice"]
                                  for r in runs]))
+    expected = np.array(expected)
+    if policy == "strict":  # class 2 lies in 3 of 12 cases: some resamples draw none, and are left out
+        assert 0 < np.isnan(expected).sum() < n_boot // 4
+    expected = expected[~np.isnan(expected)]
     lo, hi = stats.bootstrap_ci(df, "dice", policy, n_boot=n_boot, seed=5)["m"]
     assert (lo, hi) == pytest.approx((np.quantile(expected, 0.025), np.quantile(expected, 0.975)), abs=1e-12)
     assert lo <= headline <= hi
@@ -138,6 +142,43 @@ def test_paired_tests_match_scipy_and_adjust():
     assert table.loc[("better", "dice"), "effect_size"] > 0.8
     assert table["p_holm"].to_numpy() == pytest.approx(stats.holm(table["p"].to_numpy()))
     assert table.loc[("better", "dice"), "n_cases"] == 8
+
+
+def test_pooled_boards_test_the_difference_the_board_shows():
+    """legacy-isic: "a" wins the pooled DSC on one large lesion, "b" wins per image on five small
+    ones; a Wilcoxon over per-image Dice said b − a = +30 beside a board ranking a first. The pooled
+    test reports the board's own difference, and its p is the paired bootstrap's, recomputed here
+    from metrics.aggregate on the resampled images."""
+
+    def image(tp, fp, fn):  # a 1-D "image" with these counts, and 10 background pixels
+        pred = np.array([1] * tp + [1] * fp + [0] * fn + [0] * 10)
+        gt = np.array([1] * tp + [0] * fp + [1] * fn + [0] * 10)
+        return pred, gt
+
+    a = [image(990, 10, 10)] + [image(5, 5, 5)] * 5
+    b = [image(800, 200, 200)] + [image(9, 1, 1)] * 5
+    runs = {"a": _scored("a", 0, a, "legacy-isic", 2), "b": _scored("b", 0, b, "legacy-isic", 2)}
+    df = pd.concat(runs.values(), ignore_index=True)
+    board = {m: metrics.aggregate(r, "legacy-isic")["dice"] for m, r in runs.items()}
+    assert board["a"] > board["b"] and stats.case_values(df)["b"].mean() > stats.case_values(df)["a"].mean()
+    n_boot = 300
+    row = stats.paired_tests(df, "a", metrics=("dice", "hd95"), policy="legacy-isic", n_boot=n_boot, seed=3)
+    assert list(row["metric"]) == ["dice"]  # no pooled HD95 to compare
+    row = row.iloc[0]
+    assert row["model"] == "b" and row["test"] == "paired bootstrap" and row["n_cases"] == 6
+    assert row["mean_diff"] == pytest.approx(board["b"] - board["a"]) and math.isnan(row["effect_size"])
+    cases = sorted(df["case"].unique())
+    diffs = []
+    for draw in np.random.default_rng(3).integers(0, len(cases), size=(n_boot, len(cases))):
+        picked = {m: pd.concat([r[r["case"] == cases[i]] for i in draw]) for m, r in runs.items()}
+        diffs.append(metrics.aggregate(picked["b"], "legacy-isic")["dice"]
+                     - metrics.aggregate(picked["a"], "legacy-isic")["dice"])
+    diffs = np.array(diffs)
+    tail = min((diffs <= 0).sum(), (diffs >= 0).sum())
+    assert row["p"] == pytest.approx(min(1.0, 2 * (tail + 1) / (n_boot + 1)))
+    assert row["p"] == row["p_holm"]
+    # per-case policies keep Wilcoxon
+    assert stats.paired_tests(df, "a", metrics=("dice",), policy="legacy-synapse").loc[0, "test"] == "wilcoxon"
 
 
 def test_paired_tests_edge_cases():
@@ -197,6 +238,23 @@ def test_models_and_seeds_with_different_case_sets():
     two = isic[isic["case"].isin(["c00", "c01"])]
     lo, hi = stats.bootstrap_ci(two, "dice", "legacy-isic")["m"]
     assert lo > 0.9 and hi <= 1.0
+
+
+def test_rank_stability_leaves_out_resamples_where_the_board_number_is_undefined():
+    """strict: a class valid in one case only; resamples that miss it have no DSC (NaN, as the mean
+    over classes is) and are left out, rather than ranking every model last together (all tied first)."""
+    rows = []
+    for model, (d1, d2) in {"good": (0.9, 0.9), "bad": (0.5, 0.5)}.items():
+        for i in range(6):
+            rows.append({"model_label": model, "run_id": model, "case": f"c{i}", "class": 1, "dice": d1})
+            rows.append({"model_label": model, "run_id": model, "case": f"c{i}", "class": 2,
+                         "dice": d2 if i == 0 else math.nan})
+    table = stats.rank_stability(pd.DataFrame(rows), "dice", "strict", n_boot=200).set_index("model")
+    assert table.loc["good", "p_rank_1"] == 1.0 and table.loc["bad", "p_rank_1"] == 0.0
+    assert (table.loc["bad", "rank_lo"], table.loc["bad", "rank_hi"]) == (2, 2)
+    one = pd.DataFrame([r for r in rows if r["case"] == "c0" or r["class"] == 1])
+    one.loc[(one["case"] == "c0") & (one["class"] == 2), "dice"] = math.nan  # no case where class 2 is valid
+    assert stats.rank_stability(one, "dice", "strict", n_boot=50).empty  # no model has a DSC to rank
 
 
 def test_rank_stability_keeps_cases_where_a_model_scores_nan():
