@@ -7,7 +7,8 @@ Counting conventions (every column says its unit):
   no backend runs it through the dispatcher, is added through the marker op that
   ``ssm_models.scan`` emits while a counter listens, with the Mamba authors' estimate
   (``ssm_models.scan.selective_scan_flops``: 9·B·L·D·N, + B·D·L each for D and the z gate).
-  Element-wise ops (activations, adds, norms' arithmetic) are not counted, as in every counter.
+  Element-wise ops (activations, adds, norms' arithmetic) are not counted, as torch's counter does
+  not; fvcore counts norms and upsampling, thop norms and activations (about 1 % of the totals here).
 - ``macs`` = ``flops`` / 2: the unit fvcore, thop and the papers' "GFLOPs" use.
 - ``paper_macs``, ``paper_params``: thop 0.1.1's count, the convention of VM-UNet, VM-UNet-V2 and
   most tables in this field: forward hooks on leaf ``nn.Module``s, so the scan, the einsums,
@@ -499,6 +500,10 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
         t = torch.randn(batch, in_chans, *spatial, device=device)
         return t.to(memory_format=layout) if channels_last else t
 
+    if timing and scan_backend_for(model, ran=False) == "ref":  # BENCH_SCAN_BACKEND=ref
+        timing = False  # counts only: the sequential oracle's speed would sit in a table as the model's
+        warnings.warn(f"{name}: not timed: the 'ref' selective-scan backend is the tests' sequential oracle, "
+                      "not a speed; unset BENCH_SCAN_BACKEND (or choose cpu, torch, cuda) to time it", stacklevel=2)
     if timing:
         row.update(measure_latency(run, inputs(1), warmup=warmup, iters=iters, precision=precision))
         row["batch_size"] = 1

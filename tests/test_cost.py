@@ -116,6 +116,21 @@ def test_counts_do_not_depend_on_the_scan_backend_asked_for(monkeypatch):
         assert cost.run_counts("vmunet", build, (64, 64))["paper_macs"] == paper["paper_macs"]
 
 
+def test_the_ref_scan_is_never_timed(monkeypatch):
+    """The sequential oracle's latency would sit in a cost table as the model's speed: a profile
+    under BENCH_SCAN_BACKEND=ref counts but does not time models that scan; others it times."""
+    monkeypatch.setenv("BENCH_SCAN_BACKEND", "ref")
+    tiny = dict(get_entry("vmunet").tiny)
+    with pytest.warns(UserWarning, match="vmunet: not timed: the 'ref' selective-scan backend"):
+        row = cost.profile_model("vmunet", img_size=32, overrides=tiny, warmup=0, iters=1)
+    assert row["macs"] > 0 and row["scan_backend"] == "ref"
+    assert not {"latency_ms_median", "fps", "peak_mem_mb"} & set(row)
+    unet = cost.profile_model("unet", img_size=32, overrides=dict(get_entry("unet").tiny), warmup=0, iters=1)
+    assert unet["latency_ms_median"] > 0 and unet["scan_backend"] is None
+    monkeypatch.setenv("BENCH_SCAN_BACKEND", "torch")  # a fallback is timed, and marked in the tables
+    assert cost.profile_model("vmunet", img_size=32, overrides=tiny, warmup=0, iters=1)["latency_ms_median"] > 0
+
+
 def test_fused_attention_is_counted_not_skipped():
     """nn.TransformerEncoderLayer in eval without grad runs one fused op no counter prices (it
     counted 0 FLOPs and raised nothing); counting takes the decomposed path and restores the flag."""
