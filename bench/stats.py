@@ -198,14 +198,15 @@ def _pooled_pair(df_cases: pd.DataFrame, model: str, reference: str, metric: str
     both models) and its paired bootstrap p; None where the pooled statistic has no such metric."""
     both = df_cases[df_cases["model_label"].isin([model, reference])]
     cases = pd.Index(sorted(cases))
-    full = policy_statistic(both, metric, policy, cases=cases)
-    diff = float(full[model].iloc[0] - full[reference].iloc[0]) if len(cases) else math.nan
-    if len(cases) and math.isnan(diff):
+    row = {"model": model, "reference": reference, "metric": metric, "n_cases": len(cases), "mean_diff": math.nan,
+           "effect_size": math.nan, "test": "paired bootstrap", "p": math.nan}
+    if not len(cases):
+        return row
+    full = policy_statistic(both, metric, policy, cases=cases).iloc[0]
+    if full.isna().any():
         return None  # hd95: the pooled matrix has none
-    boot = policy_statistic(both, metric, policy, _resample_weights(len(cases), n_boot, seed), cases) if len(cases) \
-        else pd.DataFrame({model: [], reference: []})
-    return {"model": model, "reference": reference, "metric": metric, "n_cases": len(cases), "mean_diff": diff,
-            "effect_size": math.nan, "test": "paired bootstrap",
+    boot = policy_statistic(both, metric, policy, _resample_weights(len(cases), n_boot, seed), cases)
+    return {**row, "mean_diff": float(full[model] - full[reference]),
             "p": _bootstrap_p((boot[model] - boot[reference]).to_numpy())}
 
 
