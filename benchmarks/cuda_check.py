@@ -154,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per cell on the candidate (median)")
     ap.add_argument("--cpu-repeats", type=int, default=3, help="timed runs per cell on the CPU oracle (median)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads of the oracle")
-    ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--tol", type=float, default=1e-4, help="bound for outputs (scan and models)")
+    # a gradient sums over the whole sequence, in another order on the GPU (and mamba-ssm compiles
+    # with fast math): its own tests allow 5-10x their output tolerance for dA, ddelta
+    ap.add_argument("--grad-tol", type=float, default=1e-3, help="bound for the scan's gradients")
     ap.add_argument("--out", help="also write the Markdown report to this file")
     args = ap.parse_args(argv)
     stages = {int(s) for s in args.stages.split(",") if s}
@@ -191,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     out()
     out(f"Backends: {scan.backend_report()}")
     out()
-    out(f"Errors: max |candidate − oracle| / max |oracle| (float32, TF32 off); bound {args.tol:g}. Times: medians "
+    out(f"Errors: max |candidate − oracle| / max |oracle| (float32, TF32 off); bound {args.tol:g} for outputs, "
+        f"{args.grad_tol:g} for gradients. Times: medians "
         f"of {args.repeats} runs on the candidate and {args.cpu_repeats} on the oracle, after one warm-up each.")
     ok = True
 
@@ -214,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 pairs = {"y": (got, want)} if not grad else {k: (got[k], want[k]) for k in want}
                 errs = {k: rel_err(g.float().cpu(), w.float()) for k, (g, w) in pairs.items()}
                 worst = max(errs, key=errs.get)
-                ok &= errs[worst] <= args.tol
+                ok &= errs[worst] <= (args.grad_tol if grad else args.tol)
                 out(f"| {stage} | {tuple(xc['u'].shape)} | {kind} | {fmt_ms(t_cpu)} | {fmt_ms(t_dev)} | "
                     f"{t_cpu / t_dev:.1f}× | {errs[worst]:.1e} | {worst} |")
 
@@ -254,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()
 
     out()
-    out(f"- All errors within {args.tol:g}: {'yes' if ok else 'NO'}")
+    out(f"- All errors within their bounds ({args.tol:g} outputs, {args.grad_tol:g} gradients): "
+        f"{'yes' if ok else 'NO'}")
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return 0 if ok else 1

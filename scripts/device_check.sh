@@ -8,14 +8,18 @@
 #
 # (or "all"; the machine stays warm for 30 s between calls, and each call reinstalls the wheels
 # in seconds). Everything lands in $OUT (at most 8 files come back): check.log (all output, with
-# each step's exit status and seconds), doctor.txt, cuda_check.md, profile.md and
-# profiles.tar.gz (the profile records, for results/). A failing step does not stop the others.
+# each step's exit status and seconds), doctor.txt, cuda_check.md, profile.md (bench report's
+# cost tables of the records) and profiles.tar.gz (the profile records, for results/). A failing
+# step does not stop the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
 out=${OUT:-/tmp/device-check}
 mkdir -p "$out"
 exec > >(tee -a "$out/check.log") 2>&1
+tee_pid=$!
+# tee must have written the last lines before the script returns (the tool ends what is left running)
+trap 'rc=$?; exec >&- 2>&-; wait "$tee_pid" 2>/dev/null; exit $rc' EXIT
 py=${PYTHON:-python3}
 threads=$(nproc)
 
@@ -39,12 +43,29 @@ else
 fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv || true
+ldd --version 2>&1 | head -n 1
+# the wheels were compiled for one torch, CUDA and Python: another image's would fail to load them
+if [ -f .whl/BUILD_INFO ]; then
+    built=$(cat .whl/BUILD_INFO)
+    here=$("$py" -c "import sys, torch; print(f'torch={torch.__version__} python={sys.version_info[0]}.{sys.version_info[1]}')")
+    case " $built " in
+        *" $here "*) echo "== wheels built for this machine's $here" ;;
+        *) echo "== WARNING: wheels built for '$built', this machine has '$here': rebuild with device_wheels.sh" ;;
+    esac
+fi
+# our CPU scan kernel (the oracle) compiles against Python.h: where the image lacks Python's headers,
+# take the ones device_wheels.sh packed (same Python minor version)
+inc=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+if [ ! -f "$inc/Python.h" ] && [ -f .whl/python-include/Python.h ]; then
+    echo "== no $inc/Python.h here: using .whl/python-include"
+    export CPATH=$PWD/.whl/python-include${CPATH:+:$CPATH}
+fi
 
-# mamba-ssm's scan kernel and causal-conv1d load next to this torch: else the CUDA tests skip
-# themselves and everything would run our torch backend, a check of nothing
+# mamba-ssm's scan kernel and causal-conv1d load next to this torch: else the CUDA tests fail and
+# everything would run our torch backend, a check of nothing
 kernels_load() {
-    "$py" -c "import sys; from ssm_models import scan; sys.exit(scan.default_backend('cuda') != 'cuda'
-        or scan.fused_mamba_inner('cuda') is None)"
+    "$py" -c "from ssm_models import scan; p = scan.mamba_kernels_problem(); print('==', p or 'kernels load')
+raise SystemExit(bool(p))"
 }
 
 if [ "$what" = checks ] || [ "$what" = all ]; then
@@ -71,11 +92,18 @@ if [ "$what" = profile ] || [ "$what" = all ]; then
         exit 1
     fi
     # every model at fp32, bf16 autocast and TF32, each with throughput at the largest batch that
-    # fits; one invocation counts each model's FLOPs once instead of three times (CPU work: 9-24 s
-    # a model on the 2-core dev machine). It stops 40 s before the call's limit, so the records
-    # written so far are still packed.
-    step profile bash -c "timeout ${PROFILE_LIMIT_S:-380} '$py' -m bench profile --models all --device cuda \
-        --precision fp32,bf16,tf32 --batch-size auto --results /tmp/device-results > '$out/profile.md'"
+    # fits; each invocation counts a model's FLOPs once, not once a precision (CPU work: 9-24 s a
+    # model on the 2-core dev machine). The SSM models first, so a run the limit cuts loses a
+    # baseline, not them; all stop 40 s before the call's limit, so the records are still packed.
+    limit=${PROFILE_LIMIT_S:-380} t0=$SECONDS
+    for group in vmunet,vmunet_v2,lightm_unet unet,transunet,swin_unet; do
+        left=$((limit - (SECONDS - t0)))
+        if [ "$left" -lt 20 ]; then echo "== profile: no time left for $group"; break; fi
+        step "profile $group" timeout "$left" "$py" -m bench profile --models "$group" --device cuda \
+            --precision fp32,bf16,tf32 --batch-size auto --results /tmp/device-results --format csv
+    done
+    # one set of tables of every model profiled, from the records (those of a cut run too)
+    "$py" -m bench report --results /tmp/device-results | grep -v '^No finished runs' > "$out/profile.md"
     tar czf "$out/profiles.tar.gz" -C /tmp/device-results profiles 2>/dev/null
 fi
 ls -l "$out"

@@ -91,9 +91,18 @@ import torch
 major = (torch.version.cuda or '').split('.')[0]
 assert major == '$DEVICE_CUDA', f'torch {torch.__version__} is built for CUDA {torch.version.cuda}, not $DEVICE_CUDA'
 from ssm_models import scan
-assert scan._mamba_ops() is not None, scan._mamba_error
-assert scan.fused_mamba_inner('cuda') is not None, 'causal-conv1d does not import'
+problem = scan.mamba_kernels_problem()
+assert problem is None, problem
 print('device_wheels: mamba-ssm and causal-conv1d load with torch', torch.__version__)"
+# what they were built for (device_check.sh compares it with the machine's), the newest C library
+# they need, and Python's headers for our CPU scan kernel where the image has none
+"$venv/bin/python" -c "import sys, torch; print(f'torch={torch.__version__} python={sys.version_info[0]}.{sys.version_info[1]}')" \
+    > .whl/BUILD_INFO
+echo "device_wheels: built for $(cat .whl/BUILD_INFO); needs glibc >=" \
+    "$(find "$venv" -path "*site-packages/*" \( -path "*mamba_ssm*" -o -path "*causal_conv1d*" \) -name "*.so" \
+        -exec objdump -T {} + 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1)"
+rm -rf .whl/python-include && cp -r "$("$PY312" -c "import sysconfig; print(sysconfig.get_paths()['include'])")" \
+    .whl/python-include
 ls -l .whl
 # the device tool carries the working tree and .whl together, 64 MiB at most
 total=$(( $(du -sb .whl | cut -f1) + $(git ls-files -z | xargs -0 du -cb | tail -n 1 | cut -f1) ))

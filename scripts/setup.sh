@@ -29,6 +29,15 @@ if [ -n "$cuda_torch" ]; then
     "$VENV/bin/pip" install -q -c "$pin" packaging wheel setuptools ninja
     MAMBA_KEEP_CUDA_BUILD=TRUE \
         "$VENV/bin/pip" install --no-build-isolation -c "$pin" -c constraints-cuda.txt -e ".[dev,cuda]"
+    # a prebuilt wheel made for another CUDA or torch installs, then fails to load: say so now, not
+    # as a silently slower scan backend later (bench doctor gives the reason)
+    if ! problem=$("$VENV/bin/python" -c "from ssm_models import scan; p = scan.mamba_kernels_problem(); print(p or '')
+raise SystemExit(bool(p))" 2>&1); then
+        echo "setup: WARNING: with torch $cuda_torch, $problem;"
+        echo "  the SSM models would run the slower torch scan backend. To compile them for this machine:"
+        echo "  MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE MAMBA_KEEP_CUDA_BUILD=TRUE $VENV/bin/pip install \\"
+        echo "    --no-build-isolation --no-deps --force-reinstall -c constraints-cuda.txt mamba-ssm causal-conv1d"
+    fi
 else
     echo "setup: no CUDA torch; installing the pinned CPU route"
     "$PYTHON" -m venv "$VENV"

@@ -53,7 +53,8 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 __all__ = ["selective_scan", "selective_scan_flops", "SCAN_COST_OP", "available_backends", "default_backend",
-           "last_backend", "backend_report", "fused_mamba_inner", "use_backend", "backend_problem", "BACKENDS"]
+           "last_backend", "backend_report", "fused_mamba_inner", "use_backend", "backend_problem",
+           "mamba_kernels_problem", "BACKENDS"]
 
 BACKENDS = ("cuda", "cpu", "torch", "ref")
 ENV_VAR = "BENCH_SCAN_BACKEND"
@@ -207,6 +208,16 @@ def _mamba_selective_scan_fn():
     """mamba-ssm's ``selective_scan_fn``, or None."""
     ops = _mamba_ops()
     return ops.selective_scan_fn if ops else None
+
+
+def mamba_kernels_problem() -> str | None:
+    """Why mamba-ssm's scan kernel or causal-conv1d's (its fused Mamba path) does not load here;
+    None when both do. Needs no GPU: setup, the device scripts and the CUDA tests all ask this."""
+    if _mamba_ops() is None:
+        return f"mamba-ssm's kernels do not import: {_mamba_error}"
+    if getattr(_mamba, "causal_conv1d_fn", None) is None:
+        return "causal-conv1d's kernels do not import (mamba-ssm's fused Mamba path needs them)"
+    return None
 
 
 def fused_mamba_inner(device: torch.device | str, dtype: torch.dtype | None = None):

@@ -143,9 +143,10 @@ def require_mamba_kernels() -> None:
 
     from ssm_models import scan
 
-    if scan._mamba_selective_scan_fn() is not None:
+    problem = scan.mamba_kernels_problem()
+    if problem is None:
         return
     if os.environ.get("BENCH_TEST_NO_MAMBA") == "1":
-        pytest.skip(f"mamba-ssm kernels do not import: {scan._mamba_error}")
-    pytest.fail(f"mamba-ssm kernels do not import on this CUDA machine ({scan._mamba_error}); `make setup` "
-                "installs them here (BENCH_TEST_NO_MAMBA=1 skips these tests)")
+        pytest.skip(problem)
+    pytest.fail(f"on this CUDA machine {problem}; `make setup` installs them here (BENCH_TEST_NO_MAMBA=1 skips "
+                "these tests)")

@@ -46,7 +46,7 @@ def test_dry_run_reports_every_scan_pass_and_model_within_bound(cuda_check, tmp_
     for row in models:  # logits, then the SSM blocks' outputs (with their count)
         blocks, count = re.fullmatch(r"(\S+) \((\d+)\)", row[7]).groups()
         assert float(row[6]) <= 1e-4 and 0 < float(blocks) <= 1e-4 and int(count) > 0
-    assert "All errors within 0.0001: yes" in text
+    assert "All errors within their bounds (0.0001 outputs, 0.001 gradients): yes" in text
 
 
 def test_a_wrong_candidate_fails_the_check(cuda_check, monkeypatch, tmp_path):
@@ -64,7 +64,7 @@ def test_a_wrong_candidate_fails_the_check(cuda_check, monkeypatch, tmp_path):
     out = tmp_path / "check.md"
     assert cuda_check.main([*DRY, "--models", "vmunet", "--out", str(out)]) == 1
     text = out.read_text()
-    assert "All errors within 0.0001: NO" in text
+    assert "All errors within their bounds (0.0001 outputs, 0.001 gradients): NO" in text
     assert [float(r[6]) > 5e-3 for r in _rows(text, "4 ")] == [True, True]  # y and the gradients
     (model,) = _rows(text, "VM-UNet")
     assert float(model[7].split()[0]) > 1e-4

@@ -471,9 +471,17 @@ def test_mamba_ssm_without_its_compiled_kernel_is_not_chosen(monkeypatch):
     monkeypatch.delenv(scan.ENV_VAR, raising=False)
     assert scan._mamba_ops() is None and "selective_scan_cuda" in scan._mamba_error
     assert scan.default_backend("cuda", torch.float32) == "torch"
+    # what setup, the device scripts and the CUDA tests ask: the missing kernel by name
+    assert scan.mamba_kernels_problem().startswith("mamba-ssm's kernels do not import: ")
+    assert "selective_scan_cuda" in scan.mamba_kernels_problem()
     monkeypatch.setitem(sys.modules, "selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
     monkeypatch.setattr(scan, "_mamba", None)
     assert scan._mamba_ops() is interface and scan.default_backend("cuda", torch.float32) == "cuda"
+    # the scan kernel alone: mamba-ssm's Mamba takes its fused path only with causal-conv1d's
+    interface.causal_conv1d_fn = None
+    assert scan.mamba_kernels_problem().startswith("causal-conv1d's kernels do not import")
+    interface.causal_conv1d_fn = object()
+    assert scan.mamba_kernels_problem() is None
 
 
 _OTHER_BUILD = """
