@@ -10,12 +10,14 @@ Grouping rules (why: a number only compares with numbers produced the same way):
   test split. Off-protocol runs (protocol overrides given) never share
   a board with on-protocol runs: their protocol label reads ``"synapse (off-protocol: epochs=2)"``;
   synthetic data reads ``"synapse (synthetic)"``; two on-protocol hashes of one protocol name get
-  ``"name@hash8"`` labels.
-- a row is a model with one ``model_config``; a model run with several configs in one board gets
-  one row per config, labelled with its overrides.
+  ``"name@hash8"`` labels; runs on other data of one dataset (other files, or synthetic data made
+  otherwise: the records' ``data_id``) get ``"synapse (data 1a2b3c4d)"`` boards of their own.
+- a row is a model with one ``model_config`` and one pretrained file (``init``); a model run with
+  several in one board gets one row each, labelled with what differs.
 - means and stds are over runs (seeds; under cross-validation seeds × folds) with
   ``skipna=False``: a run whose aggregate is NaN makes the mean NaN rather than quietly
-  disappearing; std is the sample std (ddof=1), NaN for one seed.
+  disappearing; std is the sample std (ddof=1), NaN for one run. Seeds that tested other folds
+  (an unfinished grid) are named in the Folds cell: their folds weigh more in the mean.
 
 Display: DSC, mIoU, Acc, Spe, Sen and per-class DSC ×100 with 2 decimals, as the papers print
 them; HD95 with 2 decimals in the unit the records name (``hd95_unit``: voxels/pixels, or mm
@@ -75,7 +77,7 @@ SYNAPSE_ORGANS: dict[str, str] = {
     "spleen": "Spleen",
     "stomach": "Stomach",
 }
-CV_LABEL = " (cross-validation)"  # board_dataset suffix of --folds runs
+CV_LABEL = " (cross-validation)"  # in the board_dataset of --folds runs
 _CSV_KEY_COLUMNS = ["dataset", "protocol", "protocol_version", "protocol_hash", "policy", "hd95_unit"]
 _BOARD_COLUMNS = ["model", "family", "model_config", "n_seeds", "n_runs", "folds", "n_cases", "params"]
 
@@ -101,6 +103,11 @@ def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
     if "split" in df:  # a fold's test cases are other cases: its numbers never average with a fixed split's
         df["board_dataset"] = np.where(df["split"].astype(str).map(split_fold).notna(),
                                        df["board_dataset"] + CV_LABEL, df["board_dataset"])
+    if "data_id" in df:  # other files under one dataset name (another copy, preprocessed otherwise): another board
+        ids = df["data_id"].fillna("").astype(str)  # "": a run identified by its data's path, older records
+        n_ids = ids.where(ids != "").groupby([df["board_dataset"], df["protocol"], df["policy"]]).transform("nunique")
+        tag = " (data " + ids.str.split(":").str[-1].str[:8] + ")"
+        df["board_dataset"] = np.where((n_ids > 1) & (ids != ""), df["board_dataset"] + tag, df["board_dataset"])
     hashes = df.groupby(["board_dataset", "protocol", "policy"])["protocol_hash"].transform("nunique")
     labels = []
     for (_, row), n_hash in zip(df.iterrows(), hashes):
@@ -110,6 +117,12 @@ def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
         labels.append(label)
     df["board_protocol"] = labels
     df["model_label"] = model_labels(df["model"], df["model_config"], df[["board_dataset", "board_protocol", "policy"]])
+    if "init" in df:  # weights started from other pretrained files (or from none): other rows
+        inits = df["init"].fillna("").astype(str)
+        n_inits = inits.groupby([df["board_dataset"], df["board_protocol"], df["policy"], df["model_label"]]
+                                ).transform("nunique")
+        named = np.where(inits != "", " (init " + inits + ")", " (from scratch)")
+        df["model_label"] = np.where(n_inits > 1, df["model_label"] + named, df["model_label"])
     return df
 
 
@@ -179,14 +192,14 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
     metrics = [m for m in METRICS if m in group.columns and (group[m].notna().any() or m in computed)]
     value_cols = metrics + _class_columns(group)
     rows = []
-    for (label, config), runs in group.groupby(["model_label", "model_config"], sort=False):
+    for (label, config), runs in group.groupby(["model_label", "model_config"], sort=False):  # label: init too
         row = {
             "model": label,
             "family": runs["family"].iloc[0],
             "model_config": config,
             "n_seeds": runs["seed"].nunique(),
             "n_runs": len(runs),
-            "folds": _folds(runs["split"]) if "split" in runs else "",
+            "folds": _folds_cell(runs) if "split" in runs else "",
             "n_cases": _joined(runs["n_cases"]) if "n_cases" in runs else "",
             "n_train": _joined(runs["n_train"]) if "n_train" in runs else "",  # training items; "" before kept
             "params": runs["params"].mean(),
@@ -232,6 +245,16 @@ def _folds(splits: pd.Series) -> str:
     if len(folds) > 2 and folds == list(range(folds[0], folds[-1] + 1)):
         return f"{folds[0]}-{folds[-1]}"
     return ", ".join(map(str, folds))
+
+
+def _folds_cell(runs: pd.DataFrame) -> str:
+    """``_folds`` of a model's runs, and where its seeds tested other folds (an unfinished grid,
+    whose mean weighs some folds more) each seed's: "0-4 (uneven: seed 0: 0-4; seed 1: 0, 1)"."""
+    every = _folds(runs["split"])
+    per_seed = {seed: _folds(g["split"]) for seed, g in runs.groupby("seed", sort=True)}
+    if len(set(per_seed.values())) <= 1:
+        return every
+    return f"{every} (uneven: {'; '.join(f'seed {s}: {f}' for s, f in per_seed.items())})"
 
 
 def _joined(values: pd.Series) -> str:
@@ -348,12 +371,14 @@ def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
         f"{f'; training items: {train}' if train else ''}. "
         f"DSC, mIoU, Acc, Spe, Sen in %; {hd}; NaN is shown, not dropped."
     )
-    if key.dataset.endswith(CV_LABEL):
+    if CV_LABEL in key.dataset:
         folds = sorted(set(board["folds"]))
         note = note.replace("over seeds: ", "over runs, one per seed and fold (each fold tests other cases, so the "
                                             "std holds the split's variance too); seeds: ")
         if len(folds) > 1:
             note += f" Models tested on different folds ({'; '.join(folds)}): not comparable."
+        if any("(uneven" in f for f in folds):
+            note += " Uneven: a model's seeds tested other folds (an unfinished grid), so some folds weigh more."
     if a.get("nsd_tolerances"):  # one per board: the tolerance is part of the protocol
         per_class = any(isinstance(t, str) for t in a["nsd_tolerances"])
         tol = ("; " if per_class else ", ").join(t if isinstance(t, str) else f"{t:g}" for t in a["nsd_tolerances"])
@@ -803,7 +828,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
     def why_not(p: pd.Series, key: BoardKey, a: dict, row: pd.Series) -> str | None:
         if not p["protocol"] or a["overrides"] or p["protocol"] != a["protocol_name"]:
             return "other recipe"
-        if key.dataset.endswith(CV_LABEL):  # the papers score one fixed test split
+        if CV_LABEL in key.dataset:  # the papers score one fixed test split
             return "other split (cross-validation)"
         if "(synthetic)" in key.dataset:
             return "synthetic data"
@@ -821,6 +846,9 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
         policy = p["convention"] if p["convention"] in POLICIES else proto.metric_policy
         if policy and policy != key.policy:
             return "other metric policy"
+        # mm against voxels, or a board of both (older records name no unit: not judged)
+        if p["metric"] == "hd95" and a["hd95_units"] and a["hd95_units"] != [p["unit"]]:
+            return "other unit"
         # this row's runs: their test cases and training items
         cases = (groups or {}).get(key)
         if cases is not None and "model_label" in cases:

@@ -770,6 +770,71 @@ def test_cross_validation_runs_get_their_own_board(tmp_path):
     assert "other split (cross-validation)" in dice
 
 
+def test_a_published_hd95_in_another_unit_gets_no_gap(tmp_path):
+    """A strict board on the real Synapse h5 files has HD95 in voxels (they hold no spacing): a
+    paper's HD95 in mm is shown without a difference (it was 31.00 - 12.50 = +18.50)."""
+    from bench.protocol import load_protocol
+
+    rec = make_record("transunet", dice=0.8, hd95=31.0, case_ids=TRANSUNET_TEST_CASES)
+    rec.update(policy="strict", hd95_unit="voxels")
+    rec["protocol"]["hash"] = load_protocol("synapse").hash
+    write_record(rec, tmp_path)
+    pub = tmp_path / "pub.csv"
+    rows = ("transunet,synapse,hd95,12.5,mm,strict,synapse,", "transunet,synapse,hd95,30.0,voxels,strict,synapse,")
+    pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
+                   + "".join(f"Paper,{r}\n" for r in rows))
+    text = write_report(tmp_path, published=pub)
+    lines = [line for line in text[text.index("## Published vs ours"):].splitlines() if line.startswith("| transunet")]
+    assert any("12.5" in line and "other unit" in line and "+18.50" not in line for line in lines)
+    assert any("| 30 " in line and "+1.00" in line for line in lines)
+
+
+def test_an_uneven_fold_grid_is_named(tmp_path):
+    """Seed 0 ran folds 0-4, seed 1 only 0-1 (an unfinished grid): the mean weighs folds 0-1 twice,
+    and the Folds cell and caption say so instead of a plain "0-4"."""
+    for seed, folds in ((0, range(5)), (1, range(2))):
+        for fold in folds:
+            rec = make_record("unet", seed=seed, dataset="nnunet", protocol="lightm_unet_2d", classes=["lung"],
+                              run_id=f"r{seed}{fold}", dice=0.9 if seed == 0 else 0.5)
+            rec.update(dataset_name="nnunet:Dataset802_LungXray", policy="strict", split=f"fold{fold}")
+            write_record(rec, tmp_path)
+    (board,) = leaderboards(load(tmp_path)).values()
+    assert board.loc[0, "folds"] == "0-4 (uneven: seed 0: 0-4; seed 1: 0, 1)" and board.loc[0, "n_runs"] == 7
+    assert "Uneven: a model's seeds tested other folds" in write_report(tmp_path)
+    for fold in range(2, 5):  # the grid finished: a plain range again
+        rec = make_record("unet", seed=1, dataset="nnunet", protocol="lightm_unet_2d", classes=["lung"],
+                          run_id=f"r1{fold}", dice=0.5)
+        rec.update(dataset_name="nnunet:Dataset802_LungXray", policy="strict", split=f"fold{fold}")
+        write_record(rec, tmp_path)
+    (board,) = leaderboards(load(tmp_path)).values()
+    assert board.loc[0, "folds"] == "0-4" and "Uneven" not in write_report(tmp_path)
+
+
+def test_runs_on_other_data_or_from_other_weights_are_not_averaged(tmp_path):
+    """Two copies of Synapse preprocessed otherwise (the records' data_id), or one model started
+    from two pretrained files: their runs averaged into one row ("1 (2 runs)", 70.00 ± 14.14)."""
+    for dice, data, sha in ((0.8, "files:aaaa1111aaaa1111", "1111"), (0.6, "files:bbbb2222bbbb2222", "2222")):
+        rec = make_record("vmunet", seed=0, dice=dice, run_id=f"r{sha}")
+        rec["data_id"] = data
+        write_record(rec, tmp_path / "data")
+        rec = make_record("vmunet", seed=0, dice=dice, run_id=f"i{sha}")
+        rec["init"] = {"source": "vmamba", "file": "vmamba_small.pth", "sha256": sha * 16, "filled": 10, "kept": 0}
+        write_record(rec, tmp_path / "init")
+    boards = leaderboards(load(tmp_path / "data"))
+    assert sorted(k.dataset for k in boards) == ["synapse (data aaaa1111)", "synapse (data bbbb2222)"]
+    assert [b.loc[0, "dice_mean"] for b in boards.values()] == pytest.approx([0.8, 0.6])
+    (board,) = leaderboards(load(tmp_path / "init")).values()
+    rows = board.set_index("model")
+    assert list(rows.index) == ["vmunet (init vmamba_small.pth@11111111)", "vmunet (init vmamba_small.pth@22222222)"]
+    assert list(rows["dice_mean"]) == pytest.approx([0.8, 0.6]) and list(rows["n_runs"]) == [1, 1]
+    # one data id on a board (and older records without one): no tag
+    write_record(make_record("unet", seed=0, dice=0.5), tmp_path / "one")
+    rec = make_record("vmunet", seed=0)
+    rec["data_id"] = "files:aaaa1111aaaa1111"
+    write_record(rec, tmp_path / "one")
+    assert [k.dataset for k in leaderboards(load(tmp_path / "one"))] == ["synapse"]
+
+
 def test_reference_typos_and_markdown_only_options_are_one_clear_error(tmp_path):
     """A misspelt --reference printed 'no runs on this board' under every board; --reference and
     --published were silently dropped from CSV and LaTeX output."""

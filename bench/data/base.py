@@ -167,8 +167,9 @@ class SegDataset:
         Every source file's path below the root and size, and the contents of ``CONTENT_SAMPLES``
         files spread over the list (their first and last MiB): a copy or another mount of the same
         files keeps the id (a grid over node-local copies, a moved disk: finished runs stay
-        finished); data preprocessed or labelled otherwise gets another, even where its files
-        keep their sizes (uncompressed slices do). Planning reads a few MiB, not the dataset."""
+        finished); data preprocessed or labelled otherwise gets another where a file's size or a
+        sampled file's bytes differ (uncompressed slices keep their sizes: an edit in place to
+        an unsampled one is not seen). Planning reads a few MiB, not the dataset."""
         files = self.source_files()
         entries = []
         for path in files:
