@@ -14,7 +14,9 @@ import hashlib
 import math
 import os
 import random
+import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import distributed
+from bench import distributed, env, records
 from bench.data.base import SegDataset
 from bench.data.torch_dataset import TrainDataset
 from bench.errors import BenchError
@@ -34,6 +36,9 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 LR_MIN = "lr_min.pt"  # select = "lr_min": the weights at the end of lr_min_epoch
 BEST, FINAL = "best.pt", "final.pt"
+# the best weights a checkpoint names (its "best" epoch): best.pt may hold a later epoch's, written by
+# a killed process after its last checkpoint, so a resume restores best.pt from this one
+BEST_AT = "best@{:04d}.pt"
 SELECTED_CHECKPOINTS = {"final": FINAL, "best_train_loss": BEST, "lr_min": LR_MIN}  # protocol select -> file
 
 
@@ -46,6 +51,7 @@ class TrainResult:
     selected: str  # which weights the model now holds: "final" | "best_train_loss@<epoch>" | "lr_min@<epoch>"
     epoch_losses: list[float] = field(default_factory=list)
     resumed_from: int | None = None  # epoch the run resumed after, if it did
+    devices: list[str] = field(default_factory=list)  # short fingerprints it trained on, in order
     world_size: int = 1  # processes that trained it (bench.distributed)
     cudnn_deterministic: bool | None = None  # deterministic cuDNN kernels, no autotuning; None: CPU
     base_lr: float | None = None  # the schedule's starting lr (train.lr after a batch-size rule)
@@ -59,6 +65,7 @@ class TrainResult:
             "selected": self.selected,
             "epoch_losses": self.epoch_losses,
             "resumed_from": self.resumed_from,
+            "devices": self.devices,
             "world_size": self.world_size,
             "cudnn_deterministic": self.cudnn_deterministic,
             "base_lr": self.base_lr,
@@ -187,11 +194,17 @@ def lr_min_epoch(protocol: Protocol, epochs: int, steps_per_epoch: int, total: i
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` through ``records.atomic_write``: a unique temp name (another host's process
+    on shared storage may have this pid), removed on failure; a failed write is one BenchError."""
+    _atomic_file(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _atomic_file(path: Path, write: Callable[[Path], None]) -> None:
+    try:
+        records.atomic_write(path, write)
+    except (OSError, RuntimeError) as exc:  # a full disk; torch reports a failed write as RuntimeError
+        raise BenchError(f"{path}: cannot write the checkpoint ({str(exc).strip().splitlines()[0][:200]}); "
+                         "free space and run it again with --resume") from exc
 
 
 def _rng_state() -> dict[str, Any]:
@@ -246,9 +259,8 @@ def train_model(
     seed_everything(seed)
     ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    if w.main:  # what a kill during a checkpoint write left behind; never read
-        for stale in ckpt_dir.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+    if w.main:  # what a kill during a checkpoint write left behind (once a day old: not a live writer's)
+        records.remove_orphans(ckpt_dir, ".*.tmp")
     data = TrainDataset(dataset, protocol, seed=seed)
     if len(data) == 0:
         raise BenchError(f"{dataset.root}: the training split is empty")
@@ -284,6 +296,8 @@ def train_model(
     start_epoch, step, epoch_losses, resumed_from, time_before = 0, 0, [], None, 0.0
     best: tuple[float, int] | None = None
     last = ckpt_dir / LAST
+    here = env.short_fingerprint(env.fingerprint(device))
+    devices = [here]  # where the training ran: a resume on another device (or thread count) is not bit-identical
     # rank 0's view for every rank: one rank resuming while another starts afresh would never meet again
     if resume and distributed.gather_objects(last.is_file() if w.main else None)[0]:
         state = load_checkpoint(last)
@@ -309,11 +323,20 @@ def train_model(
         _set_rng_state(state["rng_ranks"][w.rank] if w.distributed else state["rng"])
         start_epoch, step, epoch_losses = state["epoch"] + 1, state["step"], list(state["epoch_losses"])
         best = tuple(state["best"]) if state.get("best") else None
+        if best is not None and w.main and (ckpt_dir / BEST_AT.format(best[1])).is_file():
+            _atomic_file(ckpt_dir / BEST, lambda tmp: shutil.copyfile(ckpt_dir / BEST_AT.format(best[1]), tmp))
+        devices = list(state.get("devices") or [])  # absent in checkpoints written before it was kept
+        if devices and devices[-1] != here:
+            warnings.warn(f"{last}: written on {devices[-1]}, resumed on {here}: the rest of the training runs on "
+                          "another device or thread count, so it is not bit-identical to an uninterrupted run"
+                          + (" (and AMP follows the device)" if t.amp else ""), stacklevel=2)
+        devices += [here] if not devices or devices[-1] != here else []
         resumed_from = state["epoch"]
         time_before = state.get("time_s", math.nan)  # training time of the killed process(es)
 
     t0 = time.perf_counter()
     loss_value = float("nan")
+    wrote_final = False
     for epoch in range(start_epoch, epochs):
         model.train()
         sampler.set_epoch(epoch)
@@ -337,7 +360,8 @@ def train_model(
             if not math.isfinite(loss_value):
                 raise BenchError(
                     f"non-finite loss ({loss_value}) at epoch {epoch}, step {step}: training stopped. "
-                    f"Lower the learning rate or check the data (last good checkpoint: {last})"
+                    "Lower the learning rate or check the data"
+                    + (f" (last good checkpoint: {last})" if last.is_file() else " (no checkpoint written yet)")
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -372,21 +396,29 @@ def train_model(
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                     "rng": rngs[0], "epoch": epoch, "step": step, "epoch_losses": epoch_losses,
                     "best": list(best) if best else None, "protocol_hash": protocol.hash, "world_size": w.size,
-                    "trains_on": trains_on,
+                    "trains_on": trains_on, "devices": devices,
                     "time_s": time_before + time.perf_counter() - t0,
                 }
                 if w.distributed:
                     state["rng_ranks"] = rngs
                 if not final:
                     _atomic_save({"model": state["model"], "epoch": epoch}, ckpt_dir / f"epoch_{epoch:04d}.pt")
+                kept = ckpt_dir / BEST_AT.format(best[1]) if best is not None else None
+                if kept is not None and not kept.is_file():  # before last.pt names it
+                    _atomic_file(kept, lambda tmp: shutil.copyfile(ckpt_dir / BEST, tmp))
                 _atomic_save(state, last)
+                for old in ckpt_dir.glob(BEST_AT.format(0).replace("0000", "*")):  # no checkpoint names them now
+                    if old != kept:
+                        old.unlink(missing_ok=True)
                 if final:
                     _atomic_save({"model": state["model"], "epoch": epoch}, ckpt_dir / FINAL)
+                    wrote_final = True
             distributed.barrier()
         if on_epoch_end is not None:
             on_epoch_end(epoch)
 
-    if w.main and not (ckpt_dir / FINAL).is_file():  # killed between last.pt and final.pt
+    if w.main and not wrote_final:  # resumed from the last epoch's last.pt: killed before final.pt, or after
+        # it (a final.pt of an earlier attempt, not bit-identical on a GPU, must not stay)
         _atomic_save({"model": model.state_dict(), "epoch": epochs - 1}, ckpt_dir / FINAL)
     distributed.barrier()
     selected = "final"
@@ -405,6 +437,7 @@ def train_model(
         epochs=epochs, iterations=step, final_loss=epoch_losses[-1] if epoch_losses else loss_value,
         time_s=time_before + time.perf_counter() - t0, selected=selected, epoch_losses=epoch_losses,
         resumed_from=resumed_from,
+        devices=devices,
         world_size=w.size,
         cudnn_deterministic=(torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
                              if device.type == "cuda" else None),  # no cuDNN on CPU

@@ -155,7 +155,9 @@ def test_resume_after_sigkill_gives_the_uninterrupted_record(reference, tmp_path
     got = _record(results)
     assert got["train"]["resumed_from"] == RESUMES_AFTER[phase](n)
     assert _comparable(got) == _comparable(_record(ref_results))
-    assert not list(ckpts.glob(".*.tmp"))
+    # the half-written file was never read; it is young (it could be a live writer's on shared storage),
+    # so it stays until a later run's start finds it a day old (records.remove_orphans)
+    assert [p.name for p in ckpts.glob(".*.tmp")] == ([half.name] if phase == "checkpoint" else [])
     ref, ours = _final_weights(ref_results), _final_weights(results)  # the same weights, bit for bit
     assert ref.keys() == ours.keys() and all(torch.equal(ref[k], ours[k]) for k in ref)
 

@@ -341,8 +341,65 @@ def test_nan_loss_stops_with_clear_error(synapse_root, tmp_path):
     model = _tiny_unet(ds)
     with torch.no_grad():
         model.head.bias.fill_(float("nan"))
-    with pytest.raises(BenchError, match="non-finite loss"):
+    with pytest.raises(BenchError, match=r"non-finite loss .*check the data \(no checkpoint written yet\)"):
         train_model(model, ds, _proto(), seed=0, run_dir=tmp_path, device=torch.device("cpu"))
+
+
+def test_a_resume_on_other_threads_is_said_and_recorded(synapse_root, tmp_path):
+    """A run killed under 1 thread and resumed under 2 trains the rest otherwise (not bit-identical);
+    the record named only the last process's device."""
+    ds = open_dataset("synapse", synapse_root)
+    proto = _proto(max_iterations=0, epochs=2, batch_size=16)
+
+    def stop(epoch):
+        raise KeyboardInterrupt  # killed after epoch 0's checkpoint
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with pytest.raises(KeyboardInterrupt):
+            train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"),
+                        on_epoch_end=stop)
+        torch.set_num_threads(2)
+        with pytest.warns(UserWarning, match=r"last\.pt: written on .* x1 threads .*, resumed on .* x2 threads .*not "
+                                             r"bit-identical"):
+            res = train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"),
+                              resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert res.resumed_from == 0 and [d.split(" x")[1][:9] for d in res.devices] == ["1 threads", "2 threads"]
+    assert res.to_record()["devices"] == res.devices
+
+
+def test_a_failed_checkpoint_write_is_one_error_and_leaves_nothing(synapse_root, tmp_path, monkeypatch):
+    """A full disk while writing last.pt: a torch traceback, and the half-written temp file stayed."""
+    ds = open_dataset("synapse", synapse_root)
+
+    def full_disk(obj, path, *a, **k):
+        Path(path).write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(BenchError, match=r"checkpoints/last\.pt: cannot write the checkpoint \(\[enforce fail.*free space "
+                                         r"and run it again with --resume"):
+        train_model(_tiny_unet(ds), ds, _proto(), seed=0, run_dir=tmp_path, device=torch.device("cpu"))
+    assert not [p.name for p in (tmp_path / "checkpoints").iterdir()]
+
+
+def test_a_resume_from_the_last_epoch_rewrites_final(synapse_root, tmp_path):
+    """Killed after last.pt's final epoch, a final.pt of an earlier attempt stayed beside it, and
+    rescore and predict read it: other weights than the record was scored with."""
+    ds = open_dataset("synapse", synapse_root)
+    proto = _proto(max_iterations=0, epochs=1, batch_size=16)
+    model = _tiny_unet(ds)
+    train_model(model, ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
+    final = tmp_path / "checkpoints" / "final.pt"
+    stale = {k: v + 1 for k, v in torch.load(final, weights_only=True)["model"].items()}
+    torch.save({"model": stale, "epoch": 0}, final)  # an earlier attempt's
+    again = _tiny_unet(ds)
+    assert train_model(again, ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"), resume=True).resumed_from == 0
+    kept = torch.load(final, weights_only=True)["model"]
+    assert all(torch.equal(kept[k], v) for k, v in model.state_dict().items())
 
 
 def test_best_train_loss_selection(synapse_root, tmp_path):
@@ -352,9 +409,20 @@ def test_best_train_loss_selection(synapse_root, tmp_path):
     best_epoch = min(range(len(res.epoch_losses)), key=res.epoch_losses.__getitem__)
     assert res.selected == f"best_train_loss@{best_epoch}"
     # a killed process may write best.pt after its last last.pt; a resume that never beats the best it
-    # restored must not evaluate that other epoch's weights under the best epoch's name
-    best = tmp_path / "checkpoints" / "best.pt"
-    torch.save({**torch.load(best, weights_only=True), "epoch": best_epoch + 7}, best)
+    # restored must not evaluate that other epoch's weights under the best epoch's name: the
+    # checkpoint's own copy of the best (best@<epoch>.pt) is put back
+    ckpt = tmp_path / "checkpoints"
+    selected = {k: v.clone() for k, v in torch.load(ckpt / "best.pt", weights_only=True)["model"].items()}
+    assert sorted(p.name for p in ckpt.glob("best@*.pt")) == [f"best@{best_epoch:04d}.pt"]
+    torch.save({"model": {k: v + 1 for k, v in selected.items()}, "epoch": best_epoch + 7}, ckpt / "best.pt")
+    model = _tiny_unet(ds)
+    again = train_model(model, ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"), resume=True)
+    assert again.selected == f"best_train_loss@{best_epoch}"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, selected[k]), k
+    # a checkpoint written before it kept that copy: refused by name rather than evaluated
+    torch.save({"model": selected, "epoch": best_epoch + 7}, ckpt / "best.pt")
+    (ckpt / f"best@{best_epoch:04d}.pt").unlink()
     with pytest.raises(BenchError, match=rf"best\.pt: holds epoch {best_epoch + 7}'s weights, not those of the "
                                          rf"best epoch {best_epoch}"):
         train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"), resume=True)
