@@ -6,6 +6,7 @@ import enum
 import os
 import re
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
@@ -231,6 +232,7 @@ def run(
     say(f"bench run: {len(specs)} run(s){f' (shard {shard} of {total})' if shard else ''} · dataset {dataset} · protocol {proto.name} v{proto.version} "
         f"({proto.hash}{', off-protocol' if proto.off_protocol else ''}) · device {dev}"
         + (f" · {distributed.world().size} processes" if distributed.world().distributed else ""))
+    failed = []
     for spec in specs:
         # rank 0's view of the finished records decides for every rank (a record appearing meanwhile,
         # or a network file system's cache, would otherwise send ranks down different branches)
@@ -242,11 +244,30 @@ def run(
         if rescored:
             say(f"  {spec.key}: the same training was rescored under {spec.policy} ({rescored}), skipped")
             continue
-        rec = run_one(spec, results_dir=results, device=dev, resume=resume, show_progress=progress)
+        try:
+            rec = run_one(spec, results_dir=results, device=dev, resume=resume, show_progress=progress)
+        except Exception as exc:
+            # one run failing (a diverging loss, out of memory) does not cost the rest of the grid; under
+            # torchrun a failure still ends the run, as every rank must take the same path; the grid's
+            # last run, the first to fail, fails the command as a single run does (its own one line)
+            if distributed.world().distributed or (not failed and spec is specs[-1]):
+                raise
+            failed.append(spec.key)
+            if not isinstance(exc, BenchError):  # a bug, not bad input: its traceback
+                _echo_err(traceback.format_exc().rstrip())
+            why = _one_line(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+            _echo_err(f"  {spec.key}: FAILED: {why}")
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
         if rec is None:  # not rank 0
             continue
         say(f"  {spec.key}: {_scores_text(rec)} · {rec['wall_time_s']:.0f}s")
     distributed.shutdown()
+    if failed:
+        raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({', '.join(failed)}), the others finished; "
+                         "after fixing the cause, the same command runs them again (finished runs are skipped; "
+                         "--resume continues a failed one from its last checkpoint)")
 
 
 @app.command()

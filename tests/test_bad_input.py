@@ -662,3 +662,37 @@ def test_protocol_written_for_another_dataset(monkeypatch, capsys, tmp_path):
     _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "isic17", "--synthetic", "--results",
            tmp_path, "--protocol", "synapse", names="protocol 'synapse'", phrase="is written for synapse, not 'isic17'")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "synthetic").exists()  # refused before data is written
+
+
+def test_a_failing_run_does_not_stop_the_grid(monkeypatch, capsys, tmp_path):
+    """unet diverges (a non-finite loss): the grid stopped there, vmunet after it never ran, and a
+    rerun met the same failure first, for good. Now the others run, the failure is named, the exit
+    code says it, and the same command runs only what is missing."""
+    from bench import run as run_module
+
+    real = run_module.run_one
+
+    def diverges(spec, **kw):
+        if spec.model == "unet":
+            raise BenchError("non-finite loss (nan) at epoch 0, step 1: training stopped")
+        return real(spec, **kw)
+
+    monkeypatch.setattr(run_module, "run_one", diverges)
+    args = ["run", "--models", "unet,vmunet", "--dataset", "synapse", "--synthetic", "--results", tmp_path, *FAST]
+    code, err = _bench(monkeypatch, capsys, *args)
+    assert code == 2
+    assert re.search(r"synapse-smoke-unet-s0-\w+: FAILED: non-finite loss \(nan\)", err), err
+    assert re.search(r"error: 1 of 2 run\(s\) failed \(synapse-smoke-unet-s0-\w+\), the others finished", err), err
+    assert [p.name.split("-")[2] for p in (tmp_path / "records").glob("*.json")] == ["vmunet"]
+
+    def out_of_memory(spec, **kw):  # not a BenchError: a bug or the machine, so its traceback is shown
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(run_module, "run_one", out_of_memory)
+    code, err = _bench(monkeypatch, capsys, *args)
+    assert code == 2 and "Traceback (most recent call last)" in err
+    assert re.search(r"unet-s0-\w+: FAILED: RuntimeError: CUDA out of memory", err), err
+    monkeypatch.setattr(run_module, "run_one", real)
+    code, err = _bench(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert sorted(p.name.split("-")[2] for p in (tmp_path / "records").glob("*.json")) == ["unet", "vmunet"]
