@@ -8,8 +8,10 @@ Baseline file (one row per board × model × metric; reviewers may edit ``tolera
 ``bench check --update`` rewrites the values and keeps the tolerances edited by hand.
 
 ``dataset``/``protocol``/``model`` are the labels ``bench.report`` prints (so off-protocol and
-synthetic runs are keyed apart), ``value`` is the mean over seeds in the record's units (Dice and
-friends in [0, 1]), ``tolerance`` is absolute. An empty ``value`` is NaN.
+synthetic runs are keyed apart), ``value`` is the mean over the seeds that have one, in the record's
+units (Dice and friends in [0, 1]), ``tolerance`` is absolute. Where some seeds' value is NaN, a row
+``<metric> nan runs`` counts them (tolerance 0): one NaN seed no longer makes the mean NaN on both
+sides, which passed whatever the other seeds did. An empty ``value`` is NaN.
 
 Statuses of ``compare``:
 
@@ -40,6 +42,7 @@ _KEY = ["dataset", "protocol", "policy", "model", "metric"]
 STATUSES = ("ok", "drift", "missing", "new")
 
 Tolerance = float | Callable[[float], float]
+NAN_RUNS = " nan runs"  # the metric of a row counting a model's runs whose value is NaN
 # values are written with 6 significant digits (%.6g), which rounds them by up to 5e-6 of their size
 _WRITTEN_SLACK = 5.5e-6
 # Absolute tolerances. Overlap metrics live in [0, 1], so 0.02 is two DSC points; HD95 spreads
@@ -58,7 +61,8 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
 
 
 def _current_values(df_runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Long table (key columns, value, n_values) of mean-over-seeds per board × model × metric.
+    """Long table (key columns, value, n_values) of the mean over seeds per board × model × metric,
+    NaN seeds left out and counted in a ``<metric> nan runs`` row where there are any.
 
     ``n_values`` counts runs with a non-NaN value: 0 means the metric is absent now (``load``
     fills a key missing from a record with NaN, so "absent" and "NaN in every run" look alike;
@@ -74,9 +78,13 @@ def _current_values(df_runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
         ["board_dataset", "board_protocol", "policy", "model_label"], sort=True
     ):
         for metric in metrics:
+            if metric.endswith(NAN_RUNS):  # made with its metric's row, below
+                continue
             values = runs[metric] if metric in runs else pd.Series([math.nan] * len(runs))
-            mean = values.mean(skipna=False)
-            rows.append((dataset, protocol, policy, model, metric, mean, int(values.notna().sum())))
+            n = int(values.notna().sum())
+            rows.append((dataset, protocol, policy, model, metric, values.mean(), n))
+            if 0 < n < len(values):
+                rows.append((dataset, protocol, policy, model, metric + NAN_RUNS, float(len(values) - n), len(values)))
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -88,6 +96,7 @@ def baseline_table(
     """The baseline rows ``write_baseline`` writes (metrics with no value at all are left out)."""
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     metrics = metrics or [m for m in DEFAULT_TOLERANCES if m in df_runs.columns]
+    tolerances.update({m + NAN_RUNS: 0.0 for m in metrics})  # a count: exact
     unknown = [m for m in metrics if m not in tolerances]
     if unknown:
         raise BenchError(f"no tolerance for metric(s) {', '.join(unknown)}; pass tolerances={{name: value}}")
@@ -240,6 +249,15 @@ def compare(baseline_csv: Path, df_runs: pd.DataFrame) -> DriftResult:
     metrics = sorted(set(base["metric"]) | {m for m in DEFAULT_TOLERANCES if m in df_runs.columns})
     cur = _current_values(df_runs, metrics)
     merged = base.merge(cur, on=_KEY, how="outer", suffixes=("", "_cur"), indicator="side")
+    # a NaN count on one side only, where the model has rows on both: 0 on the other, so a seed
+    # turning NaN (or getting a value) is drift, not "new" (which passes) or "missing"
+    counts = merged["metric"].str.endswith(NAN_RUNS)
+    model = pd.Series(list(merged[_KEY[:4]].itertuples(index=False, name=None)), index=merged.index)
+    in_base, in_cur = set(base[_KEY[:4]].itertuples(index=False, name=None)), set(cur[_KEY[:4]].itertuples(index=False, name=None))
+    gone = counts & (merged["side"] == "left_only") & model.isin(in_cur)
+    merged.loc[gone, ["value_cur", "n_values"]] = [0.0, 1]
+    came = counts & (merged["side"] == "right_only") & model.isin(in_base)
+    merged.loc[came, ["value", "tolerance", "side"]] = [0.0, 0.0, "both"]
     # Rows only in the current results are "new" unless the metric has no value there either.
     merged = merged[~((merged["side"] == "right_only") & (merged["n_values"] == 0))]
     rows = []

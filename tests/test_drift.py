@@ -131,14 +131,26 @@ def test_off_protocol_runs_are_not_compared_with_baseline(tmp_path, baseline):
 
 
 def test_nan_rules(tmp_path):
+    """One NaN seed made the mean NaN on both sides, and "NaN vs NaN: ok" passed whatever the other
+    seeds did: the value is the mean over the seeds that have one, and their NaN count a row."""
     base_df = _runs(tmp_path, "base", [make_record("unet", seed=0, hd95=float("nan")), make_record("unet", seed=1, hd95=10.0)])
     path = tmp_path / "b.csv"
     write_baseline(base_df, path)
-    assert math.isnan(read_baseline(path).set_index("metric").loc["hd95", "value"])
-    same = compare(path, _runs(tmp_path, "same", [make_record("unet", seed=0, hd95=float("nan")), make_record("unet", seed=1, hd95=50.0)]))
-    assert _row(same, "unet", "hd95")["status"] == "ok"  # NaN vs NaN
+    rows = read_baseline(path).set_index("metric")
+    assert rows.loc["hd95", "value"] == 10.0 and (rows.loc["hd95 nan runs", "value"], rows.loc["hd95 nan runs", "tolerance"]) == (1, 0)
+    same = compare(path, _runs(tmp_path, "same", [make_record("unet", seed=0, hd95=float("nan")), make_record("unet", seed=1, hd95=10.0)]))
+    assert not same.failed and _row(same, "unet", "hd95 nan runs")["status"] == "ok"
+    worse = compare(path, _runs(tmp_path, "worse", [make_record("unet", seed=0, hd95=float("nan")), make_record("unet", seed=1, hd95=50.0)]))
+    assert _row(worse, "unet", "hd95")["status"] == "drift" and worse.failed  # seed 1 moved
     fixed = compare(path, _runs(tmp_path, "fixed", [make_record("unet", seed=0, hd95=10.0), make_record("unet", seed=1, hd95=10.0)]))
-    assert _row(fixed, "unet", "hd95")["status"] == "drift" and fixed.failed  # NaN vs number
+    assert _row(fixed, "unet", "hd95")["status"] == "ok"
+    gone = _row(fixed, "unet", "hd95 nan runs")
+    assert (gone["current"], gone["status"]) == (0, "drift") and fixed.failed  # the NaN seed has a value now
+    nan_now = compare(tmp_path / "b0.csv" if write_baseline(_runs(tmp_path, "b0", [make_record("unet", seed=0, hd95=5.0),
+                      make_record("unet", seed=1, hd95=5.0)]), tmp_path / "b0.csv") else None,
+                      _runs(tmp_path, "nan", [make_record("unet", seed=0, hd95=float("nan")), make_record("unet", seed=1, hd95=5.0)]))
+    came = _row(nan_now, "unet", "hd95 nan runs")  # a seed's HD95 turned NaN: drift, not "new"
+    assert _row(nan_now, "unet", "hd95")["status"] == "ok" and (came["baseline"], came["status"]) == (0, "drift")
 
 
 def test_reviewer_edited_tolerance_is_used(tmp_path, baseline):
