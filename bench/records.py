@@ -77,7 +77,7 @@ RUN_ID_COLUMNS = [
 RUN_COLUMNS = RUN_ID_COLUMNS + [
     "init", "data_id", "n_train", "rescored_from", "status", "git_commit", "device", "scan_backend", "hd95_unit", "started_at",
     "finished_at", "wall_time_s", "train_time_s", "train_loss", "params", "trainable_params", "macs", "paper_macs",
-    "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances",
+    "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes",
 ]  # fmt: skip
 # Aggregates every policy may produce; ``load`` puts them first, extra metric keys follow.
 STANDARD_METRICS = ["dice", "hd95", "iou", "acc", "spe", "sen", "n_cases"]
@@ -482,6 +482,9 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("params", "trainable_params", "macs", "paper_macs", "flops", "fps", "peak_mem_mb"):
         row[key] = cost.get(key)
     row["peak_mem_kind"] = cost.get("peak_mem_kind")  # what peak_mem_mb measured: "cuda_train", a whole training
+    # the run's class names in class-id order (JSON): its board orders per-class columns by it, since
+    # the frame's columns follow every record in the folder (another dataset may number them otherwise)
+    row["classes"] = json.dumps([pc["name"] for pc in sorted(rec["per_class"], key=lambda pc: pc["class"])])
     for key, value in rec["metrics"].items():
         # Only scalars become columns; a metric named like an id column would shadow it.
         if isinstance(value, (numbers.Real, type(None))) and not isinstance(value, bool):

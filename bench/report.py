@@ -171,7 +171,10 @@ def _class_columns(group: pd.DataFrame) -> list[str]:
         names = [c.split("/", 1)[1] for c in cols]
         if all(n in SYNAPSE_ORGANS for n in names):
             cols = [f"{metric}/{n}" for n in SYNAPSE_ORGANS if n in names]
-        out += cols  # load() already orders per-class columns by class id
+        elif "classes" in group:  # this board's class-id order (load's follows every record in the folder)
+            order = {n: i for i, n in enumerate(dict.fromkeys(n for c in group["classes"].dropna() for n in json.loads(c)))}
+            cols = sorted(cols, key=lambda c: order.get(c.split("/", 1)[1], len(order)))
+        out += cols
     return out
 
 

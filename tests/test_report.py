@@ -862,3 +862,19 @@ def test_synthetic_boards_get_no_gap_to_the_papers(tmp_path):
     section = write_report(tmp_path, published=True).split("## Published vs ours · nnunet:Dataset802_LungXray")[1]
     dice = next(line for line in section.splitlines() if line.startswith("| lightm_unet") and "96.17" in line)
     assert "| synthetic data " in dice and "-1.17" not in dice
+
+
+def test_per_class_columns_follow_each_boards_own_class_ids(tmp_path):
+    """ACDC (1 rv, 2 myo, 3 lv) beside a dataset numbering 1 lv, 2 rv: the frame's columns follow
+    every record in the folder, and ACDC's board showed lv, rv, myo."""
+    for model, name, classes in (("unet", "nnunet:Dataset027_ACDC", ["rv", "myo", "lv"]),
+                                 ("vmunet", "nnunet:Dataset900_Other", ["lv", "rv"])):
+        rec = make_record(model, dataset="nnunet", protocol="lightm_unet_2d", classes=classes,
+                          class_dice={c: 0.5 + 0.1 * i for i, c in enumerate(classes)})
+        rec.update(dataset_name=name, policy="strict")
+        write_record(rec, tmp_path)
+    boards = {k.dataset: b for k, b in leaderboards(load(tmp_path)).items()}
+    acdc = [c for c in boards["nnunet:Dataset027_ACDC"].attrs["value_columns"] if c.startswith("dice/")]
+    other = [c for c in boards["nnunet:Dataset900_Other"].attrs["value_columns"] if c.startswith("dice/")]
+    assert acdc == ["dice/rv", "dice/myo", "dice/lv"] and other == ["dice/lv", "dice/rv"]
+    assert boards["nnunet:Dataset027_ACDC"].loc[0, "dice/rv_mean"] == pytest.approx(0.5)
