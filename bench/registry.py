@@ -186,10 +186,10 @@ _THOP_BUFFERS = re.compile(r"(^|\.)(total_ops|total_params)$")
 
 
 def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Unwrap ``model``/``state_dict``/``network_weights`` (nnU-Net v2) containers, strip
-    ``module.``/``_orig_mod.``, drop thop buffers."""
+    """Unwrap ``model``/``state_dict``/``network_weights`` (nnU-Net v2)/``model_state_dict`` (the
+    VM-UNet authors' latest.pth) containers, strip ``module.``/``_orig_mod.``, drop thop buffers."""
     sd: Any = state_dict
-    for key in ("model", "state_dict", "model_state", "network_weights"):
+    for key in ("model", "state_dict", "model_state", "network_weights", "model_state_dict"):
         if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
             sd = sd[key]
             break

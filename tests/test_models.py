@@ -150,6 +150,10 @@ def test_pickled_code_is_refused(tmp_path):
 def test_clean_state_dict_unwraps_and_strips():
     sd = clean_state_dict({"state_dict": {"module._orig_mod.a": 1, "b.total_ops": 2}})
     assert sd == {"a": 1}
+    # the VM-UNet authors' latest.pth: weights beside the optimizer's and scheduler's state
+    latest = {"epoch": 300, "min_loss": 0.1, "model_state_dict": {"module.a": 1},
+              "optimizer_state_dict": {"state": {}}, "scheduler_state_dict": {"last_epoch": 300}}
+    assert clean_state_dict(latest) == {"a": 1}
 
 
 def test_third_party_registration():
