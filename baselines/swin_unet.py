@@ -21,6 +21,7 @@ import warnings
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bench.modeling import SegmentationModel
@@ -287,22 +288,44 @@ def load_swin_t(model: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:
         return _load_trained_swin_unet(model, sd, own)
     updates: dict[str, torch.Tensor] = {}
     used: set[str] = set()
+    resized: set[str] = set()
     for key, value in sd.items():
         targets = [key]
         if key.startswith("layers."):
             stage, rest = key.split(".", 2)[1:]
             targets.append(f"layers_up.{3 - int(stage)}.{rest}")
         for t in targets:
-            t = f"swin_unet.{t}"
-            if t in own and own[t].shape == value.shape:
-                updates[t] = value
+            t, v = f"swin_unet.{t}", value
+            if t in own and t.endswith("relative_position_bias_table") and v.shape != own[t].shape \
+                    and v.shape[1] == own[t].shape[1]:  # a smaller window, the same heads
+                v = _resize_bias_table(v, own[t].shape)
+                resized.add(t)
+            if t in own and own[t].shape == v.shape:
+                updates[t] = v
                 used.add(key)
     if not updates:
         raise BenchError("no tensor of the file matches Swin-Unet: is this the Swin-T ImageNet checkpoint?")
+    # timm's layout of Swin-T puts each patch merging at the start of the next stage: loaded as it is,
+    # the encoder's merging layers would stay random, silently
+    unmerged = [k for k in own if k.startswith("swin_unet.layers.") and ".downsample." in k and k not in updates]
+    if unmerged:
+        raise BenchError(f"the file fills Swin-Unet's encoder but not its patch merging ({unmerged[0]}, "
+                         f"{len(unmerged)} tensors): is it timm's layout of Swin-T? Give Microsoft's "
+                         "swin_tiny_patch4_window7_224.pth, the authors' file")
     model.load_state_dict({**own, **updates}, strict=True)
     return {"loaded": len(updates), "decoder_copies": sum(k.startswith("swin_unet.layers_up.") for k in updates),
+            "resized_bias_tables": len(resized),
             "not_loaded_from_file": sorted(set(sd) - used),
             "not_pretrained_in_model": sorted(k for k in own if k not in updates)}
+
+
+def _resize_bias_table(table: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A relative-position bias table ((2w-1)², heads) for another window, bicubic over the offset
+    grid, as Swin's own fine-tuning code resizes it (at 256² the window is 4, not the file's 7)."""
+    heads, (side, new) = table.shape[1], (round(n ** 0.5) for n in (table.shape[0], shape[0]))
+    grid = table.T.reshape(1, heads, side, side).float()
+    out = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    return out.reshape(heads, new * new).T.to(table.dtype).contiguous()
 
 
 def _load_trained_swin_unet(model: nn.Module, sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict:

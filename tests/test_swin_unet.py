@@ -136,3 +136,53 @@ def test_a_trained_swin_unet_fills_everything_but_its_head(tmp_path):
     bigger = create_model("swin_unet", num_classes=2, img_size=128, embed_dim=24, num_heads=(1, 2, 4, 8))
     with pytest.raises(BenchError, match=r"a trained Swin-Unet that does not fit this one .*: swin_unet\.\S+: file"):
         load_weights(bigger, path, source="swin_t")
+
+
+def _swin_t_file(kw, seed=1):
+    """A Swin-T-style state_dict (Microsoft's layout) for a model built with ``kw``."""
+    own = create_model("swin_unet", **kw).state_dict()
+    g = torch.Generator().manual_seed(seed)
+    return {k[len("swin_unet."):]: torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+            for k, v in own.items() if k.startswith(("swin_unet.patch_embed.", "swin_unet.layers.", "swin_unet.norm."))}
+
+
+def test_swin_t_in_timms_layout_is_refused_not_half_loaded(tmp_path):
+    """timm moves each patch merging to the start of the next stage: its Swin-T loaded 188 tensors
+    and left the encoder's three merging layers random, reported as a success."""
+    from bench.registry import load_weights
+
+    kw = dict(num_classes=2, img_size=224, embed_dim=24, num_heads=(1, 2, 4, 8))
+    timm = {}
+    for k, v in _swin_t_file(kw).items():
+        if ".downsample." in k:  # layers.i.downsample -> layers.(i+1).downsample
+            i = int(k.split(".")[1])
+            k = k.replace(f"layers.{i}.downsample.", f"layers.{i + 1}.downsample.")
+        timm[k] = v
+    timm["head.fc.weight"] = torch.zeros(1000, 192)
+    path = tmp_path / "swin_tiny_patch4_window7_224.pth"
+    torch.save(timm, path)
+    with pytest.raises(BenchError, match=r"fills Swin-Unet's encoder but not its patch merging "
+                                         r"\(swin_unet\.layers\.0\.downsample\..*timm's layout"):
+        load_weights(create_model("swin_unet", **kw), path, source="swin_t")
+
+
+def test_a_smaller_window_takes_the_files_bias_tables_resized(tmp_path):
+    """At 128² (window 4; 256² likewise) the file's 13×13 relative-position tables did not fit and
+    were skipped silently, all 14 left random: they are resized over the offset grid (bicubic)."""
+    from bench.registry import load_weights
+
+    file = _swin_t_file(dict(num_classes=2, img_size=224, embed_dim=24, num_heads=(1, 2, 4, 8)))
+    for k, v in file.items():
+        if k.endswith("relative_position_bias_table"):  # one constant per head: a resize keeps it
+            file[k] = torch.arange(v.shape[1], dtype=v.dtype).expand(v.shape).clone() + 0.5
+    path = tmp_path / "swin_tiny_patch4_window7_224.pth"
+    torch.save({"model": file}, path)
+    with pytest.warns(UserWarning, match="using 4"):
+        model = create_model("swin_unet", num_classes=2, img_size=128, embed_dim=24, num_heads=(1, 2, 4, 8))
+    report = load_weights(model, path, source="swin_t")
+    tables = {k: v for k, v in model.state_dict().items() if k.endswith("relative_position_bias_table")}
+    assert report["resized_bias_tables"] == len(tables) == 14
+    assert not [k for k in report["not_pretrained_in_model"] if k.endswith("relative_position_bias_table")]
+    for k, v in tables.items():
+        assert v.shape[0] == 7 * 7
+        torch.testing.assert_close(v, torch.arange(v.shape[1], dtype=v.dtype).expand(v.shape) + 0.5)
