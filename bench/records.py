@@ -72,10 +72,10 @@ POLICIES = tuple(METRIC_POLICIES)
 RUN_ID_COLUMNS = [
     "run_id", "model", "model_config", "family", "dataset", "dataset_name", "synthetic", "split",
     "protocol", "protocol_version", "protocol_hash", "off_protocol", "protocol_overrides",
-    "policy", "seed",
+    "policy", "seed", "init", "data_id",
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
-    "init", "data_id", "n_train", "rescored_from", "status", "git_commit", "device", "scan_backend", "hd95_unit", "started_at",
+    "n_train", "rescored_from", "status", "git_commit", "device", "scan_backend", "hd95_unit", "started_at",
     "finished_at", "wall_time_s", "train_time_s", "train_loss", "params", "trainable_params", "macs", "paper_macs",
     "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes",
 ]  # fmt: skip
@@ -447,6 +447,9 @@ def _run_ids(rec: Mapping[str, Any]) -> dict[str, Any]:
         "protocol_overrides": _canonical(proto["overrides"]),
         "policy": rec["policy"],
         "seed": rec["seed"],
+        # the pretrained file and the data: boards keep runs apart by them (bench.report.label_runs)
+        "init": f"{init['file']}@{init['sha256'][:8]}" if (init := rec.get("init")) else None,
+        "data_id": rec.get("data_id"),  # what the data was (bench.run.RunSpec.data_id); absent in older records
     }
 
 
@@ -460,11 +463,8 @@ def _tolerances_text(tolerances: Any) -> str | None:
 
 def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
     cost, train = rec["cost"], rec["train"]
-    row = _run_ids(rec)
-    init = rec.get("init")  # absent in older records; null: trained from scratch
+    row = _run_ids(rec)  # init: absent in older records; null: trained from scratch
     row.update(
-        init=f"{init['file']}@{init['sha256'][:8]}" if init else None,
-        data_id=rec.get("data_id"),  # what the data was (bench.run.RunSpec.data_id); absent in older records
         n_train=rec.get("n_train"),  # training items (slices, images, cases); absent in older records
         rescored_from=rec.get("rescored_from"),  # `bench rescore`: the run whose weights were scored
         status=rec["status"],

@@ -827,6 +827,15 @@ def test_runs_on_other_data_or_from_other_weights_are_not_averaged(tmp_path):
     rows = board.set_index("model")
     assert list(rows.index) == ["vmunet (init vmamba_small.pth@11111111)", "vmunet (init vmamba_small.pth@22222222)"]
     assert list(rows["dice_mean"]) == pytest.approx([0.8, 0.6]) and list(rows["n_runs"]) == [1, 1]
+    # the case rows carry the same split: each row's CI and its own line in the tests and ranks
+    text = write_report(tmp_path / "init", reference="vmunet (init vmamba_small.pth@11111111)")
+    board = text[: text.index("## Significance")]
+    assert "[80.00, 80.00]" in board and "[60.00, 60.00]" in board
+    sig = text[text.index("## Significance"):]
+    assert next(line for line in sig.splitlines() if line.startswith("| vmunet (init vmamba_small.pth@22222222)")
+                and "DSC" in line)
+    data = write_report(tmp_path / "data")
+    assert "[80.00, 80.00]" in data and "[60.00, 60.00]" in data
     # one data id on a board (and older records without one): no tag
     write_record(make_record("unet", seed=0, dice=0.5), tmp_path / "one")
     rec = make_record("vmunet", seed=0)
