@@ -718,22 +718,22 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
                 why = f"{reference!r} has no runs on this board"
             parts.append(f"{title}\n\nNo paired comparison: {why}. {rank_note}\n\n{rank_table}\n")
             continue
-        pooled = (tests["test"] == "paired bootstrap").any()
+        pooled = (tests["test"] == "permutation").any()
         shown = pd.DataFrame({
             "Model": tests["model"], "Metric": [METRICS[m][0] for m in tests["metric"]],
             "Cases": tests["n_cases"],
             ("Diff of board values (model − ref)" if pooled else "Mean diff (model − ref)"):
                 [_num(d * (100 if METRICS[m][1] else 1), "+.2f") for d, m in zip(tests["mean_diff"], tests["metric"])],
             **({} if pooled else {"Effect size (r)": [_num(r, "+.2f") for r in tests["effect_size"]]}),
-            ("p (paired bootstrap)" if pooled else "p (Wilcoxon)"): [_num(p, ".3g") for p in tests["p"]],
+            ("p (permutation)" if pooled else "p (Wilcoxon)"): [_num(p, ".3g") for p in tests["p"]],
             "p (Holm)": [_num(p, ".3g") for p in tests["p_holm"]],
         })
         if pooled:
             note = (f"Reference: {ref}. The board's number is pooled over all test pixels, not a mean over cases, so "
-                    "the test is a paired bootstrap of the difference of the board's values: "
-                    f"{stats.N_BOOT} resamples of the shared test cases, the same cases for both models; two-sided "
-                    "p, adjusted with Holm over the board's tests (a per-case test can contradict a pooled gap). "
-                    f"{rank_note}")
+                    "the test is a paired permutation test of that pooled difference: each shared case's two sets "
+                    "of confusion counts (each model's averaged over its seeds) swapped or not, every pattern up to "
+                    f"2^11 (else {stats.N_PERM} drawn); two-sided p, adjusted with Holm over the board's tests (a "
+                    f"per-case test can contradict a pooled gap). {rank_note}")
         else:
             note = (f"Reference: {ref}. Two-sided Wilcoxon signed-rank over the shared test cases (each case "
                     "averaged over classes and seeds); effect size: matched-pairs rank-biserial correlation, > 0 "

@@ -15,8 +15,10 @@ board: one row per run × case × class, labelled with ``bench.report.label_runs
   rank-biserial correlation (+1: the other model is better on every case). Pooled policies
   (legacy-isic): their board number is no mean of per-case values, and a per-case test can
   contradict it (a model better on many small lesions, worse on the large ones that dominate the
-  pooled matrix), so the test is a paired bootstrap of the board's own difference: the same
-  resampled cases for both models (``policy_statistic``); no per-case effect size.
+  pooled matrix), so the test is a paired permutation test of the pooled difference: under "no
+  difference" each case's two sets of confusion counts (each model's averaged over its seeds) are
+  exchangeable, so every swap pattern of the cases (all 2^n up to 2^11, else ``N_PERM`` drawn) gives
+  the difference's null distribution; no per-case effect size.
 - ``rank_stability``: ranks by the board's statistic over the cases every model has, and how
   often each rank comes out when those cases are bootstrapped.
 
@@ -35,10 +37,11 @@ from scipy import stats as sps
 from bench import metrics
 
 __all__ = ["case_values", "policy_statistic", "bootstrap_ci", "holm", "rank_biserial", "paired_tests",
-           "rank_stability", "LOWER_IS_BETTER", "N_BOOT"]
+           "rank_stability", "LOWER_IS_BETTER", "N_BOOT", "N_PERM"]
 
 LOWER_IS_BETTER = {"hd95"}
-N_BOOT = 2000  # resamples of bootstrap_ci and of the pooled paired test
+N_BOOT = 2000  # resamples of bootstrap_ci
+N_PERM = 4096  # swap patterns of the pooled paired test where there are more than that (2^12 with 12 cases)
 
 
 def case_values(df_cases: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
@@ -135,26 +138,35 @@ def rank_biserial(diff) -> float:
     return float((plus - minus) / (plus + minus))
 
 
-def _bootstrap_p(diff: np.ndarray) -> float:
-    """Two-sided p of "no difference" from a bootstrap distribution of a difference: twice the
-    smaller tail beyond 0, counting the observed sample as one draw (never 0)."""
-    d = diff[~np.isnan(diff)]
-    if d.size == 0:
+def permutation_p(a: np.ndarray, b: np.ndarray, statistic, *, n_perm: int = N_PERM, seed: int = 0) -> float:
+    """Two-sided p of a paired permutation test: ``a``, ``b`` (n_cases, k) hold each case's values for
+    two models; ``statistic`` maps (n_patterns, k) sums over cases to a number per pattern. Under
+    the null the two rows of a case are exchangeable; p is the share of swap patterns whose
+    |difference| reaches the observed one: exact over all 2^n patterns where 2^n <= ``n_perm``,
+    else over ``n_perm`` drawn ones, the observed counted as one (never 0)."""
+    n = len(a)
+    exact = 2 ** n <= n_perm
+    if exact:
+        swaps = (np.arange(2 ** n)[:, None] >> np.arange(n)) & 1
+    else:
+        swaps = np.random.default_rng(seed).integers(0, 2, size=(n_perm, n))
+    swaps = swaps.astype(np.float64)
+    diff = statistic(swaps @ b + (1 - swaps) @ a) - statistic(swaps @ a + (1 - swaps) @ b)
+    observed = statistic(a.sum(0, keepdims=True))[0] - statistic(b.sum(0, keepdims=True))[0]
+    if np.isnan(observed):
         return math.nan
-    if np.all(d == 0):
-        return 1.0
-    tail = min((d <= 0).sum(), (d >= 0).sum())
-    return float(min(1.0, 2 * (tail + 1) / (d.size + 1)))
+    hits = int((np.abs(diff) >= abs(observed) - 1e-12).sum())
+    return hits / len(diff) if exact else (hits + 1) / (len(diff) + 1)
 
 
 def paired_tests(df_cases: pd.DataFrame, reference: str, metrics=("dice", "hd95"), policy: str | None = None, *,
-                 n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+                 n_perm: int = N_PERM, seed: int = 0) -> pd.DataFrame:
     """One row per (model ≠ reference, metric) of one board: n shared cases, difference (model −
     reference, in the record's unit), effect size, test, p and Holm-adjusted p. Per-case policies
     (and ``policy`` None): the mean of the per-case differences, Wilcoxon's p and the rank-biserial
     effect size, oriented so that > 0 means the model is better. A pooled ``policy``: the
-    difference of the board's numbers over the shared cases and its paired bootstrap p
-    (``n_boot`` resamples, the same cases drawn for both models); effect size NaN."""
+    difference of the board's numbers over the shared cases and the paired permutation test's p
+    (``permutation_p``); effect size NaN."""
     pooled = policy is not None and _pooled(policy)
     rows = []
     for metric in metrics:
@@ -168,7 +180,7 @@ def paired_tests(df_cases: pd.DataFrame, reference: str, metrics=("dice", "hd95"
                 continue
             pair = wide[[model, reference]].dropna()
             if pooled:
-                row = _pooled_pair(df_cases, model, reference, metric, policy, pair.index, n_boot, seed)
+                row = _pooled_pair(df_cases, model, reference, metric, policy, pair.index, n_perm, seed)
                 if row is not None:
                     rows.append(row)
                 continue
@@ -193,21 +205,29 @@ def _pooled(policy: str) -> bool:
 
 
 def _pooled_pair(df_cases: pd.DataFrame, model: str, reference: str, metric: str, policy: str, cases: pd.Index,
-                 n_boot: int, seed: int) -> dict | None:
+                 n_perm: int, seed: int) -> dict | None:
     """``paired_tests``' row for a pooled policy: the board's difference over ``cases`` (shared by
-    both models) and its paired bootstrap p; None where the pooled statistic has no such metric."""
+    both models) and the permutation test's p; None where the pooled statistic has no such metric."""
     both = df_cases[df_cases["model_label"].isin([model, reference])]
     cases = pd.Index(sorted(cases))
     row = {"model": model, "reference": reference, "metric": metric, "n_cases": len(cases), "mean_diff": math.nan,
-           "effect_size": math.nan, "test": "paired bootstrap", "p": math.nan}
+           "effect_size": math.nan, "test": "permutation", "p": math.nan}
     if not len(cases):
         return row
     full = policy_statistic(both, metric, policy, cases=cases).iloc[0]
     if full.isna().any():
         return None  # hd95: the pooled matrix has none
-    boot = policy_statistic(both, metric, policy, _resample_weights(len(cases), n_boot, seed), cases)
+    counts = {}  # per case, the model's confusion counts averaged over its seeds
+    for label in (model, reference):
+        rows = both[both["model_label"] == label]
+        per_run = rows.groupby(["run_id", "case"])[list(metrics.COUNTS)].sum()
+        counts[label] = per_run.groupby(level="case").mean().reindex(cases).to_numpy(np.float64)
+
+    def statistic(sums: np.ndarray) -> np.ndarray:
+        return np.asarray(metrics.pooled_metrics(*sums.T)[metric], dtype=np.float64)
+
     return {**row, "mean_diff": float(full[model] - full[reference]),
-            "p": _bootstrap_p((boot[model] - boot[reference]).to_numpy())}
+            "p": permutation_p(counts[model], counts[reference], statistic, n_perm=n_perm, seed=seed)}
 
 
 def rank_stability(df_cases: pd.DataFrame, metric: str, policy: str, *, n_boot: int = 1000,

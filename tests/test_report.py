@@ -395,7 +395,7 @@ def test_ci_column_and_significance_section(tmp_path):
 
 def test_a_pooled_board_tests_the_difference_it_shows(tmp_path):
     """legacy-isic: vmunet wins the pooled DSC (one large lesion), unet wins per image (five small
-    ones); the section gives the board's own difference and a paired bootstrap p, no per-case test."""
+    ones); the section gives the board's own difference and a permutation test's p, no per-case test."""
     from bench import stats
 
     images = {"vmunet": [(990, 10, 10)] + [(5, 5, 5)] * 5, "unet": [(800, 200, 200)] + [(9, 1, 1)] * 5}
@@ -410,10 +410,10 @@ def test_a_pooled_board_tests_the_difference_it_shows(tmp_path):
     board = stats.policy_statistic(group, "dice", "legacy-isic").iloc[0]
     assert board["vmunet"] > board["unet"] and stats.case_values(group).mean().idxmax() == "unet"
     head = next(line for line in sig.splitlines() if line.startswith("| Model"))
-    assert "Diff of board values (model − ref)" in head and "p (paired bootstrap)" in head and "Effect" not in head
+    assert "Diff of board values (model − ref)" in head and "p (permutation)" in head and "Effect" not in head
     row = next(line for line in sig.splitlines() if line.startswith("| vmunet") and "DSC" in line)
     assert f"{100 * (board['vmunet'] - board['unet']):+.2f}" in row
-    assert "the test is a paired bootstrap of the difference of the board's values" in sig
+    assert "the test is a paired permutation test of that pooled difference" in sig
 
 
 def test_a_reference_run_in_several_configs_is_named_not_called_absent(tmp_path):

@@ -147,8 +147,9 @@ def test_paired_tests_match_scipy_and_adjust():
 def test_pooled_boards_test_the_difference_the_board_shows():
     """legacy-isic: "a" wins the pooled DSC on one large lesion, "b" wins per image on five small
     ones; a Wilcoxon over per-image Dice said b − a = +30 beside a board ranking a first. The pooled
-    test reports the board's own difference, and its p is the paired bootstrap's, recomputed here
-    from metrics.aggregate on the resampled images."""
+    test reports the board's own difference, and its p is the permutation test's, recomputed here
+    from metrics.aggregate over every way of swapping the two models' images."""
+    import itertools
 
     def image(tp, fp, fn):  # a 1-D "image" with these counts, and 10 background pixels
         pred = np.array([1] * tp + [1] * fp + [0] * fn + [0] * 10)
@@ -161,24 +162,40 @@ def test_pooled_boards_test_the_difference_the_board_shows():
     df = pd.concat(runs.values(), ignore_index=True)
     board = {m: metrics.aggregate(r, "legacy-isic")["dice"] for m, r in runs.items()}
     assert board["a"] > board["b"] and stats.case_values(df)["b"].mean() > stats.case_values(df)["a"].mean()
-    n_boot = 300
-    row = stats.paired_tests(df, "a", metrics=("dice", "hd95"), policy="legacy-isic", n_boot=n_boot, seed=3)
+    row = stats.paired_tests(df, "a", metrics=("dice", "hd95"), policy="legacy-isic")
     assert list(row["metric"]) == ["dice"]  # no pooled HD95 to compare
     row = row.iloc[0]
-    assert row["model"] == "b" and row["test"] == "paired bootstrap" and row["n_cases"] == 6
+    assert row["model"] == "b" and row["test"] == "permutation" and row["n_cases"] == 6
     assert row["mean_diff"] == pytest.approx(board["b"] - board["a"]) and math.isnan(row["effect_size"])
     cases = sorted(df["case"].unique())
-    diffs = []
-    for draw in np.random.default_rng(3).integers(0, len(cases), size=(n_boot, len(cases))):
-        picked = {m: pd.concat([r[r["case"] == cases[i]] for i in draw]) for m, r in runs.items()}
-        diffs.append(metrics.aggregate(picked["b"], "legacy-isic")["dice"]
-                     - metrics.aggregate(picked["a"], "legacy-isic")["dice"])
-    diffs = np.array(diffs)
-    tail = min((diffs <= 0).sum(), (diffs >= 0).sum())
-    assert row["p"] == pytest.approx(min(1.0, 2 * (tail + 1) / (n_boot + 1)))
-    assert row["p"] == row["p_holm"]
+    observed, diffs = board["b"] - board["a"], []
+    for swap in itertools.product([False, True], repeat=len(cases)):  # all 64 ways
+        other = {"a": "b", "b": "a"}
+        mine = {m: pd.concat([runs[other[m] if s else m][lambda r, c=c: r["case"] == c] for c, s in zip(cases, swap)])
+                for m in runs}
+        diffs.append(metrics.aggregate(mine["b"], "legacy-isic")["dice"]
+                     - metrics.aggregate(mine["a"], "legacy-isic")["dice"])
+    assert row["p"] == pytest.approx(np.mean(np.abs(diffs) >= abs(observed) - 1e-12))
+    assert row["p"] == row["p_holm"] and row["p"] > 0.03  # one large image decides: not significant
+    # a difference on one shared case cannot be told from a swap: p 1 (a bootstrap said 0.001)
+    one = df[df["case"] == cases[0]]
+    assert stats.paired_tests(one, "a", metrics=("dice",), policy="legacy-isic").loc[0, "p"] == 1.0
     # per-case policies keep Wilcoxon
     assert stats.paired_tests(df, "a", metrics=("dice",), policy="legacy-synapse").loc[0, "test"] == "wilcoxon"
+
+
+def test_permutation_p_drawn_when_the_cases_are_many():
+    """Over 2^12 swap patterns: drawn ones, the observed counted once; a clear difference is small."""
+    rng = np.random.default_rng(0)
+    a = np.c_[rng.integers(80, 90, 40), rng.integers(0, 5, 40)].astype(float)  # (hits, misses) per case
+    b = np.c_[rng.integers(60, 70, 40), rng.integers(20, 30, 40)].astype(float)
+
+    def share(sums):
+        return sums[:, 0] / sums.sum(axis=1)
+
+    p = stats.permutation_p(a, b, share, n_perm=999, seed=1)
+    assert p == pytest.approx(1 / 1000)  # no drawn pattern reaches it: (0 + 1) / (999 + 1)
+    assert stats.permutation_p(a, a.copy(), share, n_perm=999) == 1.0  # identical models
 
 
 def test_paired_tests_edge_cases():
