@@ -251,12 +251,16 @@ def compare(baseline_csv: Path, df_runs: pd.DataFrame) -> DriftResult:
     merged = base.merge(cur, on=_KEY, how="outer", suffixes=("", "_cur"), indicator="side")
     # a NaN count on one side only, where the model has rows on both: 0 on the other, so a seed
     # turning NaN (or getting a value) is drift, not "new" (which passes) or "missing"
+    # (only where the metric's own row is on both sides: with no value at all now it is "missing";
+    # a metric the baseline does not track is "new", its count too)
     counts = merged["metric"].str.endswith(NAN_RUNS)
-    model = pd.Series(list(merged[_KEY[:4]].itertuples(index=False, name=None)), index=merged.index)
-    in_base, in_cur = set(base[_KEY[:4]].itertuples(index=False, name=None)), set(cur[_KEY[:4]].itertuples(index=False, name=None))
-    gone = counts & (merged["side"] == "left_only") & model.isin(in_cur)
+    metric_key = pd.Series([(*k[:4], k[4].removesuffix(NAN_RUNS)) for k in
+                            merged[_KEY].itertuples(index=False, name=None)], index=merged.index)
+    in_base = set(base[_KEY].itertuples(index=False, name=None))
+    in_cur = set(cur.loc[cur["n_values"] > 0, _KEY].itertuples(index=False, name=None))
+    gone = counts & (merged["side"] == "left_only") & metric_key.isin(in_cur)
     merged.loc[gone, ["value_cur", "n_values"]] = [0.0, 1]
-    came = counts & (merged["side"] == "right_only") & model.isin(in_base)
+    came = counts & (merged["side"] == "right_only") & metric_key.isin(in_base)
     merged.loc[came, ["value", "tolerance", "side"]] = [0.0, 0.0, "both"]
     # Rows only in the current results are "new" unless the metric has no value there either.
     merged = merged[~((merged["side"] == "right_only") & (merged["n_values"] == 0))]

@@ -151,6 +151,16 @@ def test_nan_rules(tmp_path):
                       _runs(tmp_path, "nan", [make_record("unet", seed=0, hd95=float("nan")), make_record("unet", seed=1, hd95=5.0)]))
     came = _row(nan_now, "unet", "hd95 nan runs")  # a seed's HD95 turned NaN: drift, not "new"
     assert _row(nan_now, "unet", "hd95")["status"] == "ok" and (came["baseline"], came["status"]) == (0, "drift")
+    # every seed NaN now: the metric is missing (not "1 -> 0 nan runs", which read as fewer)
+    all_nan = compare(path, _runs(tmp_path, "all", [make_record("unet", seed=s, hd95=float("nan")) for s in (0, 1)]))
+    assert _row(all_nan, "unet", "hd95")["status"] == "missing" and all_nan.failed
+    assert math.isnan(_row(all_nan, "unet", "hd95 nan runs")["current"])
+    # a metric the baseline does not track: its count is new too, not drift
+    write_baseline(_runs(tmp_path, "dice_only", [make_record("unet", seed=s, hd95=10.0) for s in (0, 1)]),
+                   tmp_path / "d.csv", metrics=["dice"])
+    untracked = compare(tmp_path / "d.csv", _runs(tmp_path, "nan2", [make_record("unet", seed=0, hd95=float("nan")),
+                                                                     make_record("unet", seed=1, hd95=5.0)]))
+    assert not untracked.failed and _row(untracked, "unet", "hd95 nan runs")["status"] == "new"
 
 
 def test_reviewer_edited_tolerance_is_used(tmp_path, baseline):
