@@ -203,6 +203,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
             "n_seeds": runs["seed"].nunique(),
             "n_runs": len(runs),
             "folds": _folds_cell(runs) if "split" in runs else "",
+            "fold_set": _folds(runs["split"]) if "split" in runs else "",  # the folds alone, to compare
             "n_cases": _joined(runs["n_cases"]) if "n_cases" in runs else "",
             "n_train": _joined(runs["n_train"]) if "n_train" in runs else "",  # training items; "" before kept
             "params": runs["params"].mean(),
@@ -375,12 +376,12 @@ def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
         f"DSC, mIoU, Acc, Spe, Sen in %; {hd}; NaN is shown, not dropped."
     )
     if CV_LABEL in key.dataset:
-        folds = sorted(set(board["folds"]))
+        folds = sorted(set(board["fold_set"]))
         note = note.replace("over seeds: ", "over runs, one per seed and fold (each fold tests other cases, so the "
                                             "std holds the split's variance too); seeds: ")
         if len(folds) > 1:
             note += f" Models tested on different folds ({'; '.join(folds)}): not comparable."
-        if any("(uneven" in f for f in folds):
+        if any("(uneven" in f for f in board["folds"]):
             note += " Uneven: a model's seeds tested other folds (an unfinished grid), so some folds weigh more."
     if a.get("nsd_tolerances"):  # one per board: the tolerance is part of the protocol
         per_class = any(isinstance(t, str) for t in a["nsd_tolerances"])

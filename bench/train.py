@@ -203,6 +203,8 @@ def _atomic_file(path: Path, write: Callable[[Path], None]) -> None:
     try:
         records.atomic_write(path, write)
     except (OSError, RuntimeError) as exc:  # a full disk; torch reports a failed write as RuntimeError
+        if isinstance(exc, RuntimeError) and "writ" not in str(exc):  # not a write: a bug, its own traceback
+            raise
         raise BenchError(f"{path}: cannot write the checkpoint ({str(exc).strip().splitlines()[0][:200]}); "
                          "free space and run it again with --resume") from exc
 
@@ -325,12 +327,13 @@ def train_model(
         best = tuple(state["best"]) if state.get("best") else None
         if best is not None and w.main and (ckpt_dir / BEST_AT.format(best[1])).is_file():
             _atomic_file(ckpt_dir / BEST, lambda tmp: shutil.copyfile(ckpt_dir / BEST_AT.format(best[1]), tmp))
-        devices = list(state.get("devices") or [])  # absent in checkpoints written before it was kept
-        if devices and devices[-1] != here:
+        # absent in checkpoints written before it was kept: where their part ran is not known
+        devices = list(state.get("devices") or ["unknown (a checkpoint written before devices were kept)"])
+        if devices[-1] != here and "devices" in state:
             warnings.warn(f"{last}: written on {devices[-1]}, resumed on {here}: the rest of the training runs on "
                           "another device or thread count, so it is not bit-identical to an uninterrupted run"
                           + (" (and AMP follows the device)" if t.amp else ""), stacklevel=2)
-        devices += [here] if not devices or devices[-1] != here else []
+        devices += [here] if devices[-1] != here else []
         resumed_from = state["epoch"]
         time_before = state.get("time_s", math.nan)  # training time of the killed process(es)
 

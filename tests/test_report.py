@@ -798,16 +798,23 @@ def test_an_uneven_fold_grid_is_named(tmp_path):
                               run_id=f"r{seed}{fold}", dice=0.9 if seed == 0 else 0.5)
             rec.update(dataset_name="nnunet:Dataset802_LungXray", policy="strict", split=f"fold{fold}")
             write_record(rec, tmp_path)
+    for fold in range(5):  # another model on the same folds, one seed: comparable, whatever unet's grid
+        rec = make_record("vmunet", seed=0, dataset="nnunet", protocol="lightm_unet_2d", classes=["lung"],
+                          run_id=f"v{fold}")
+        rec.update(dataset_name="nnunet:Dataset802_LungXray", policy="strict", split=f"fold{fold}")
+        write_record(rec, tmp_path)
     (board,) = leaderboards(load(tmp_path)).values()
-    assert board.loc[0, "folds"] == "0-4 (uneven: seed 0: 0-4; seed 1: 0, 1)" and board.loc[0, "n_runs"] == 7
-    assert "Uneven: a model's seeds tested other folds" in write_report(tmp_path)
+    unet = board.set_index("model").loc["unet"]
+    assert unet["folds"] == "0-4 (uneven: seed 0: 0-4; seed 1: 0, 1)" and unet["n_runs"] == 7
+    text = write_report(tmp_path)
+    assert "Uneven: a model's seeds tested other folds" in text and "not comparable" not in text
     for fold in range(2, 5):  # the grid finished: a plain range again
         rec = make_record("unet", seed=1, dataset="nnunet", protocol="lightm_unet_2d", classes=["lung"],
                           run_id=f"r1{fold}", dice=0.5)
         rec.update(dataset_name="nnunet:Dataset802_LungXray", policy="strict", split=f"fold{fold}")
         write_record(rec, tmp_path)
     (board,) = leaderboards(load(tmp_path)).values()
-    assert board.loc[0, "folds"] == "0-4" and "Uneven" not in write_report(tmp_path)
+    assert list(board["folds"]) == ["0-4", "0-4"] and "Uneven" not in write_report(tmp_path)
 
 
 def test_runs_on_other_data_or_from_other_weights_are_not_averaged(tmp_path):

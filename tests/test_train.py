@@ -369,6 +369,17 @@ def test_a_resume_on_other_threads_is_said_and_recorded(synapse_root, tmp_path):
         torch.set_num_threads(threads)
     assert res.resumed_from == 0 and [d.split(" x")[1][:9] for d in res.devices] == ["1 threads", "2 threads"]
     assert res.to_record()["devices"] == res.devices
+    # a checkpoint from before devices were kept: its part is "unknown", not claimed for this machine
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path / "old", device=torch.device("cpu"),
+                    on_epoch_end=stop)
+    last = tmp_path / "old" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=False)
+    del state["devices"]
+    torch.save(state, last)
+    res = train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path / "old", device=torch.device("cpu"),
+                      resume=True)
+    assert len(res.devices) == 2 and res.devices[0].startswith("unknown (a checkpoint written before")
 
 
 def test_a_failed_checkpoint_write_is_one_error_and_leaves_nothing(synapse_root, tmp_path, monkeypatch):
@@ -384,6 +395,13 @@ def test_a_failed_checkpoint_write_is_one_error_and_leaves_nothing(synapse_root,
                                          r"and run it again with --resume"):
         train_model(_tiny_unet(ds), ds, _proto(), seed=0, run_dir=tmp_path, device=torch.device("cpu"))
     assert not [p.name for p in (tmp_path / "checkpoints").iterdir()]
+
+    def a_bug(obj, path, *a, **k):  # not a write failure: its own error, not "free space"
+        raise RuntimeError("Can't pickle local object")
+
+    monkeypatch.setattr(torch, "save", a_bug)
+    with pytest.raises(RuntimeError, match="Can't pickle"):
+        train_model(_tiny_unet(ds), ds, _proto(), seed=0, run_dir=tmp_path / "b", device=torch.device("cpu"))
 
 
 def test_a_resume_from_the_last_epoch_rewrites_final(synapse_root, tmp_path):
