@@ -399,6 +399,10 @@ def check(
         what = [f"{n['drift']} value(s) drifted past their tolerance" if n["drift"] else "",
                 f"{n['missing']} baseline row(s) have no value now" if n["missing"] else ""]
         _echo_err(f"{' and '.join(w for w in what if w)}: see the rows marked above")
+        if result.moved():
+            _echo_err(f"{result.moved()} of them are back under a tagged label ('name@hash', '(data …)', '(init …)'): "
+                      "other runs in the results folder (another protocol version, other data or pretrained files) "
+                      "change how boards label the grid's runs; check the drift grid in a folder of its own")
         if result.relabelled():
             _echo_err(f"{result.relabelled()} of them may be back under a new label: boards now call --tiny runs "
                       "'model (tiny)'; if so, bench check --update renames the baseline's rows, keeping hand-edited "

@@ -25,6 +25,7 @@ Statuses of ``compare``:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +205,20 @@ class DriftResult:
         new = t[t["status"] == "new"]
         renamed = {(*k[:3], pre_tiny_label(k[3]), k[4]) for k in new[_KEY].itertuples(index=False)}
         return sum(tuple(k) in renamed for k in t[t["status"] == "missing"][_KEY].itertuples(index=False))
+
+    def moved(self) -> int:
+        """Missing rows back as new rows under a longer label: a board or row now tagged
+        ("smoke@1234abcd", "synapse (data …)", "unet (init …)") because other runs share the
+        results folder (another version of the protocol, other data, other pretrained files)."""
+        t = self.table
+
+        def bare(key: tuple) -> tuple:
+            dataset, protocol, policy, model, metric = key
+            return (dataset.split(" (data ")[0], re.sub(r"@[0-9a-f]{8}", "", protocol), policy,
+                    re.sub(r" \((init [^)]*|from scratch)\)", "", model), metric)
+
+        new = {bare(k) for k in t[t["status"] == "new"][_KEY].itertuples(index=False, name=None)}
+        return sum(bare(k) in new for k in t[t["status"] == "missing"][_KEY].itertuples(index=False, name=None))
 
     def render(self, fmt: str = "md", only_changes: bool = False) -> str:
         """A diff table (``fmt="md"`` Markdown, ``"plain"`` aligned text) and a summary line."""

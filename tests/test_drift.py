@@ -272,3 +272,23 @@ def test_update_never_drops_rows_by_accident(tmp_path, baseline):
     assert baseline.read_text() == before  # untouched
     write_baseline(part, baseline, prune=True)
     assert set(read_baseline(baseline)["model"]) == {"vmunet"}
+
+
+def test_rows_moved_by_other_runs_in_the_folder_are_told(tmp_path, baseline):
+    """One record of another version of the protocol in the results folder gave every board of that
+    protocol the label 'synapse@<hash>': all rows missing and new, with no hint why."""
+    older = make_record("transunet", seed=0)
+    older["protocol"]["hash"] = "deadbeefdeadbeef"
+    result = compare(baseline, _runs(tmp_path, "mixed", [
+        make_record("vmunet", seed=0, dice=0.80, hd95=20.0), make_record("vmunet", seed=1, dice=0.84, hd95=30.0),
+        make_record("unet", seed=0, dice=0.70, hd95=40.0), older]))
+    assert result.failed and result.counts()["missing"] == result.moved() > 0
+    assert result.relabelled() == 0
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    cli = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", str(tmp_path / "mixed")])
+    assert cli.exit_code == 1 and f"{result.moved()} of them are back under a tagged label" in cli.output
+    plain = compare(baseline, _runs(tmp_path, "plain", [make_record("vmunet", seed=0, dice=0.80, hd95=20.0)]))
+    assert plain.failed and plain.moved() == 0  # rows really gone: no such hint
