@@ -201,24 +201,25 @@ class DriftResult:
     def relabelled(self) -> int:
         """Missing rows that may be back as new rows under their tiny label ("unet" -> "unet (tiny)"):
         a baseline written before labels named tiny configurations (or a full run gone, a tiny one new)."""
-        t = self.table
-        new = t[t["status"] == "new"]
-        renamed = {(*k[:3], pre_tiny_label(k[3]), k[4]) for k in new[_KEY].itertuples(index=False)}
-        return sum(tuple(k) in renamed for k in t[t["status"] == "missing"][_KEY].itertuples(index=False))
+        return self._back_as_new(new_key=lambda k: (*k[:3], pre_tiny_label(k[3]), k[4]))
 
     def moved(self) -> int:
         """Missing rows back as new rows under a longer label: a board or row now tagged
         ("smoke@1234abcd", "synapse (data …)", "unet (init …)") because other runs share the
         results folder (another version of the protocol, other data, other pretrained files)."""
-        t = self.table
 
         def bare(key: tuple) -> tuple:
             dataset, protocol, policy, model, metric = key
             return (dataset.split(" (data ")[0], re.sub(r"@[0-9a-f]{8}", "", protocol), policy,
                     re.sub(r" \((init [^)]*|from scratch)\)", "", model), metric)
 
-        new = {bare(k) for k in t[t["status"] == "new"][_KEY].itertuples(index=False, name=None)}
-        return sum(bare(k) in new for k in t[t["status"] == "missing"][_KEY].itertuples(index=False, name=None))
+        return self._back_as_new(new_key=bare, missing_key=bare)
+
+    def _back_as_new(self, new_key: Callable[[tuple], tuple], missing_key: Callable[[tuple], tuple] = tuple) -> int:
+        """Missing rows whose ``missing_key`` is the ``new_key`` of a new row."""
+        t = self.table
+        new = {new_key(k) for k in t[t["status"] == "new"][_KEY].itertuples(index=False, name=None)}
+        return sum(missing_key(k) in new for k in t[t["status"] == "missing"][_KEY].itertuples(index=False, name=None))
 
     def render(self, fmt: str = "md", only_changes: bool = False) -> str:
         """A diff table (``fmt="md"`` Markdown, ``"plain"`` aligned text) and a summary line."""

@@ -410,7 +410,7 @@ def train_model(
                 if kept is not None and not kept.is_file():  # before last.pt names it
                     _atomic_file(kept, lambda tmp: shutil.copyfile(ckpt_dir / BEST, tmp))
                 _atomic_save(state, last)
-                for old in ckpt_dir.glob(BEST_AT.format(0).replace("0000", "*")):  # no checkpoint names them now
+                for old in ckpt_dir.glob(BEST_AT.replace("{:04d}", "*")):  # no checkpoint names them now
                     if old != kept:
                         old.unlink(missing_ok=True)
                 if final:

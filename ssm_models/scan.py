@@ -227,10 +227,8 @@ def fused_mamba_inner(device: torch.device | str, dtype: torch.dtype | None = No
     turns the fused path off too). A caller that gets the function runs it, so the ``cuda``
     backend is recorded as used."""
     global _last
-    if torch.device(device).type != "cuda" or default_backend(device, dtype) != "cuda" or _mamba_ops() is None:
-        return None
-    if getattr(_mamba, "causal_conv1d_fn", None) is None:  # mamba-ssm's own fast-path condition
-        return None
+    if torch.device(device).type != "cuda" or default_backend(device, dtype) != "cuda" or mamba_kernels_problem():
+        return None  # (causal-conv1d's kernels too: mamba-ssm's own fast-path condition)
     _last = "cuda"
     return _mamba.mamba_inner_fn
 
