@@ -373,6 +373,57 @@ def test_binary_mask_stored_as_class_ids(data, key, name, rel):
     assert any(p.path == str(path) and "0/255" in p.message for p in verify_dataset(name, root))
 
 
+@pytest.mark.parametrize("scale, phrase", [(1000.0, "expected CT clipped to [-125, 275] HU and scaled to [0, 1]"),
+                                           (np.nan, "image contains NaN/inf")])
+def test_synapse_image_that_is_not_scaled_ct(data, scale, phrase):
+    # raw HU (or 0..255) passes no model's check: under normalize = "none" it would train as it is
+    root = data("synapse")
+    ds = open_dataset("synapse", root)
+    item, case = ds.train_ids()[0], ds.test_ids()[0]
+    npz = root / "train_npz" / f"{item}.npz"
+    with np.load(npz) as f:
+        image, label = f["image"], f["label"]
+    np.savez(npz, image=(image / max(float(image.max()), 1e-6)) * scale, label=label)
+    h5 = root / "test_vol_h5" / f"{case}.npy.h5"
+    with h5py.File(h5, "r+") as f:
+        image = f["image"][:]
+        f["image"][...] = image / max(float(image.max()), 1e-6) * scale
+    _raises(lambda: ds.load_train(item), names=npz, phrase=phrase)
+    _raises(lambda: ds.load_test(case), names=h5, phrase=phrase)
+    problems = {p.path: p.message for p in verify_dataset("synapse", root) if p.level == "error"}
+    assert phrase in problems[str(npz)] and phrase in problems[str(h5)]
+
+
+@pytest.mark.parametrize("spacing", [[np.nan, 1.0, 1.0], [0.8, 0.8], [3.0, 0.0, 0.8]])
+def test_synapse_h5_spacing_attribute_that_is_no_spacing(data, spacing):
+    # it would reach strict HD95 after training, without the file's name
+    root = data("synapse")
+    ds = open_dataset("synapse", root)
+    case = ds.test_ids()[0]
+    h5 = root / "test_vol_h5" / f"{case}.npy.h5"
+    with h5py.File(h5, "r+") as f:
+        f.attrs["spacing"] = spacing
+    _raises(lambda: ds.load_test(case), names=h5, phrase="expected 3 finite numbers > 0 (mm per D, H, W)")
+    assert [p.path for p in verify_dataset("synapse", root) if p.level == "error"] == [str(h5)]
+
+
+def test_nnunet_float_label_that_is_no_label_map(data):
+    # NIfTI labels may store ids as floats; 0.5 used to round to 0 (half to even) and train as background
+    root = data("nnunet")
+    ds = open_dataset("nnunet", root)
+    case = ds.test_ids()[0]
+    path = root / "labelsTr" / f"{case}.nii.gz"
+    img = nib.load(str(path))
+    arr = np.asarray(img.dataobj).astype(np.float32)
+    arr[0, 0, 0] = 0.5
+    nib.save(nib.Nifti1Image(arr, img.affine), str(path))
+    _raises(lambda: ds.load_test(case), names=path, phrase="label holds non-integer values")
+    assert str(path) in [p.path for p in verify_dataset("nnunet", root) if p.level == "error"]
+    arr[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(arr, img.affine), str(path))
+    _raises(lambda: ds.load_test(case), names=path, phrase="label contains NaN/inf")
+
+
 # --- empty lists, folders and splits ---------------------------------------------------------
 
 
@@ -416,6 +467,65 @@ def test_nnunet_split_with_empty_train_list(data):
     (root / "splits_final.json").write_text(json.dumps([{"train": [], "val": cases}]))
     _raises(lambda: open_dataset("nnunet", root), names=root / "splits_final.json",
             phrase="fold 0 has an empty 'train' list")
+
+
+def test_a_case_on_both_sides_of_the_split_or_listed_twice(monkeypatch, capsys, data, tmp_path):
+    # a test case's slices in train.txt: its score would be of data trained on; an id twice counts twice
+    root = data("synapse")
+    ds = open_dataset("synapse", root)
+    case, lists = ds.test_ids()[0], root / "lists" / "lists_Synapse"
+    shutil.copy(root / "train_npz" / f"{ds.train_ids()[0]}.npz", root / "train_npz" / f"{case}_slice000.npz")
+    with (lists / "train.txt").open("a") as fh:
+        fh.write(f"{case}_slice000\n")
+    _raises(open_dataset("synapse", root).check_splits, names=lists,
+            phrase=f"{case} in both the training and the test split")
+    _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "synapse", "--data-root", root,
+           "--results", tmp_path / "res", *FAST, names=lists, phrase="in both the training and the test split")
+    assert not (tmp_path / "res" / "runs").exists()
+    assert any(p.path == str(lists) and case in p.message for p in verify_dataset("synapse", root))
+    (lists / "train.txt").write_text("\n".join(ds.train_ids()) + "\n")
+    (lists / "test_vol.txt").write_text(f"{case}\n{case}\n")
+    _raises(open_dataset("synapse", root).check_splits, names=lists, phrase=f"the test split lists {case} twice")
+    assert any(p.path == str(lists) and "twice" in p.message for p in verify_dataset("synapse", root))
+
+
+def test_a_leaking_fold_in_splits_final_is_named_before_any_fold_trains(data):
+    root = data("nnunet2d")
+    cases = open_dataset("nnunet", root).cases
+    folds = [{"train": cases[:-1], "val": cases[-1:]}, {"train": cases[:-1], "val": cases[-2:]},
+             {"train": cases[1:], "val": cases[:1] * 2}]
+    (root / "splits_final.json").write_text(json.dumps(folds))
+    path = root / "splits_final.json"
+    _raises(lambda: open_dataset("nnunet", root), names=path,  # fold 0 is fine; fold 1 is read all the same
+            phrase=f"fold 1: {cases[-2]} in both the training and the test split")
+    messages = [p.message for p in verify_dataset("nnunet", root) if p.path == str(path)]
+    assert any(m.startswith("fold 1:") and cases[-2] in m for m in messages), messages
+    assert any(m.startswith("fold 2:") and "lists " + cases[0] + " twice" in m for m in messages), messages
+
+
+def test_a_listed_file_missing_is_found_before_anything_trains(monkeypatch, capsys, data, tmp_path):
+    root = data("synapse")
+    case = open_dataset("synapse", root).test_ids()[0]
+    h5 = root / "test_vol_h5" / f"{case}.npy.h5"
+    h5.unlink()  # found by evaluation, after the whole training, until now
+    _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "synapse", "--data-root", root,
+           "--results", tmp_path / "res", *FAST, names=h5, phrase="listed but missing")
+    assert not (tmp_path / "res" / "runs").exists()
+
+
+def test_rgb_png_cases_need_no_later_channel_files_but_a_missing_image_is_named(data):
+    # an RGB PNG supplies channels 0..2 from its _0000 file: the check of listed files must not ask for _0001
+    root = data("nnunet2d")
+    for path in (root / "imagesTr").glob("*_0000.png"):
+        Image.open(path).convert("RGB").save(path)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "R", "1": "G", "2": "B"}}))
+    ds = open_dataset("nnunet", root)
+    ds.check_splits()
+    assert ds.load_train(ds.train_ids()[0]).image.shape[-1] == 3
+    image = root / "imagesTr" / f"{ds.test_ids()[0]}_0000.png"  # found before training, not when scoring
+    image.unlink()
+    _raises(open_dataset("nnunet", root).check_splits, names=image, phrase="listed but missing")
 
 
 def test_run_on_a_dataset_without_training_split(monkeypatch, capsys, data, tmp_path):

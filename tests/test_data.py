@@ -601,6 +601,20 @@ def test_verify_warns_where_image_and_label_affines_differ(roots, tmp_path):
         plan_grid(models=["unet"], dataset="nnunet", protocol=load_protocol("smoke"), seeds=[0], data_root=root,
                   synthetic=False, results_dir=tmp_path / "res")
 
+def test_a_case_takes_its_spacing_from_the_image_as_nnunet_does(roots, tmp_path):
+    """Resampling (train_geometry) and scoring (Case.spacing) read one header: the image's, as
+    nnU-Net does; a label written with other zooms used to give the scores its spacing."""
+    root = _copy(roots["nnunet"], tmp_path)
+    ds = open_dataset("nnunet", root)
+    case = ds.test_ids()[0]
+    image = nib.load(str(root / "imagesTr" / f"{case}_0000.nii.gz"))
+    zx, zy, zz = (float(z) for z in image.header.get_zooms()[:3])
+    lab = root / "labelsTr" / f"{case}.nii.gz"
+    arr = np.asarray(nib.load(str(lab)).dataobj)
+    nib.save(nib.Nifti1Image(arr, np.diag([zx * 2, zy * 3, zz * 4, 1.0])), str(lab))
+    assert open_dataset("nnunet", root).load_test(case).spacing == pytest.approx((zz, zy, zx))
+
+
 def test_verify_missing_root_and_bad_json(tmp_path):
     assert _paths(verify_dataset("isic17", tmp_path / "none")) == [str(tmp_path / "none")]
     (tmp_path / "dataset.json").write_text("{not json")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -115,11 +116,30 @@ class SegDataset:
         """Whether the split comes from a file shipped with the data (fixed-split formats: always)."""
         return True
 
+    @property
+    def split_source(self) -> Path:
+        """Where the split is read from (a list folder, a splits file), for errors about it."""
+        return self.root
+
+    def case_of(self, item_id: str) -> str:
+        """The case a training item belongs to (a slice's volume): no case may be on both sides."""
+        return item_id
+
     def check_splits(self) -> None:
-        """BenchError unless both splits hold items (``bench run`` trains, then evaluates)."""
-        for split, ids in (("training", self.train_ids), ("test", self.test_ids)):
-            if not ids():
+        """BenchError unless both splits hold items (``bench run`` trains, then evaluates), none twice
+        and no case in both, and every listed file exists: found before training, not after it."""
+        train, test = self.train_ids(), self.test_ids()
+        for split, ids in (("training", train), ("test", test)):
+            if not ids:
                 raise BenchError(f"{self.root}: the {split} split is empty; expected {self.layout}")
+        problems = split_problems(train, test, self.case_of)
+        if problems:
+            raise BenchError(f"{self.split_source}: {'; '.join(problems)}")
+        missing = [path for path in self.required_files() if not path.is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more listed files)" if len(missing) > 1 else ""
+            raise BenchError(f"{missing[0]}: listed but missing{more}; "
+                             f"check with `bench data verify --dataset {self.name} --data-root {self.root}`")
 
     def load_train(self, item_id: str) -> Sample:
         raise NotImplementedError
@@ -161,6 +181,10 @@ class SegDataset:
     def source_files(self) -> list[Path]:
         """The files the items and the split are read from, in a fixed order (``content_id``)."""
         raise NotImplementedError
+
+    def required_files(self) -> list[Path]:
+        """The files that must exist, checked before training (``check_splits``): ``source_files``."""
+        return self.source_files()
 
     def content_id(self) -> str:
         """``files:<sha256[:16]>``: what identifies data of one's own in run ids, wherever it lies.
@@ -207,6 +231,25 @@ class SegDataset:
         else:
             zooms = case.spacing[::-1] if case.spacing else (1.0, 1.0, 1.0)
             write_nifti_labels(pred, path, self.num_classes, np.diag([*zooms, 1.0]))
+
+
+def split_problems(train: list[str], test: list[str], case_of=lambda item: item) -> list[str]:
+    """Why ``train``/``test`` are no split, or []: an id listed twice (it would count twice), a case
+    on both sides (its test score would be of data trained on). ``case_of``: an item's case.
+    Shared by the readers (which raise) and ``bench data verify`` (which reports)."""
+    problems = []
+    for split, ids in (("training", train), ("test", test)):
+        twice = sorted(item for item, n in Counter(ids).items() if n > 1)
+        if twice:
+            problems.append(f"the {split} split lists {_few(twice)} twice")
+    both = sorted({case_of(item) for item in train} & {case_of(item) for item in test})
+    if both:
+        problems.append(f"{_few(both)} in both the training and the test split; a test case is never trained on")
+    return problems
+
+
+def _few(ids: list[str], n: int = 5) -> str:
+    return ", ".join(ids[:n]) + (f" (and {len(ids) - n} more)" if len(ids) > n else "")
 
 
 def hidden(path: Path) -> bool:
@@ -274,16 +317,24 @@ def label_id_problem(label: np.ndarray, num_classes: int) -> str | None:
 
     Shared by the readers (which raise) and ``bench data verify`` (which reports)."""
     if label.dtype.kind == "f":  # the real Synapse files store ids as float32
-        if not np.all(np.isfinite(label)):
-            return "label contains NaN/inf"
-        if not np.array_equal(label, np.round(label)):
-            return "label holds non-integer values; expected class ids"
+        problem = float_id_problem(label)
+        if problem:
+            return problem
     elif label.dtype.kind not in "iub":
         return f"label dtype {label.dtype}; expected integer class ids"
     if label.size and (label.min() < 0 or label.max() >= num_classes):
         values = np.unique(label)
         bad = [int(v) for v in values[(values < 0) | (values >= num_classes)][:10]]
         return f"label values {bad} outside 0..{num_classes - 1}"
+    return None
+
+
+def float_id_problem(label: np.ndarray) -> str | None:
+    """What keeps a float label map from holding class ids (NaN/inf, fractions), or None."""
+    if not np.all(np.isfinite(label)):
+        return "label contains NaN/inf"
+    if not np.array_equal(label, np.round(label)):
+        return "label holds non-integer values; expected class ids"
     return None
 
 

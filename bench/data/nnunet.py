@@ -51,7 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.data.base import Case, Sample, SegDataset, class_ids, describe, hidden, id_dtype, reading, write_nifti_labels
+from bench.data.base import (Case, Sample, SegDataset, class_ids, describe, float_id_problem, hidden, id_dtype, reading,
+                              split_problems, write_nifti_labels)
 from bench.errors import BenchError
 from bench.records import atomic_write, remove_orphans
 
@@ -154,7 +155,11 @@ def read_nifti(path: Path, *, label: bool = False) -> tuple[np.ndarray, tuple[fl
         _check_3d(path, img.shape)
         if label:
             arr = np.asarray(img.dataobj)
-            arr = np.rint(arr).astype(np.int64) if arr.dtype.kind == "f" else arr.astype(np.int64)
+            if arr.dtype.kind == "f":  # ids stored as floats: whole numbers, or the file is no label map
+                problem = float_id_problem(arr)
+                if problem:
+                    raise BenchError(f"{path}: {problem}")
+            arr = arr.astype(np.int64)
         else:
             arr = np.asarray(img.get_fdata(dtype=np.float32))
     return np.ascontiguousarray(arr.transpose(2, 1, 0)), _spacing_zyx(img)
@@ -222,7 +227,8 @@ def read_case(root: Path, case: str, ending: str, n_channels: int,
     ``num_classes``: when given, label ids outside 0..num_classes-1 are a BenchError."""
     lab_path = label_path(root, case, ending)
     read = read_nifti if is_volume_ending(ending) else _read_png_pair
-    label, spacing = read(lab_path, label=True)
+    label, _ = read(lab_path, label=True)  # the spacing is the image's, as nnU-Net takes it
+    spacing = None
     if num_classes is not None:
         label = class_ids(lab_path, label, num_classes)
     chans = []
@@ -231,7 +237,8 @@ def read_case(root: Path, case: str, ending: str, n_channels: int,
         path = channel_path(root, case, c, ending)
         if not path.is_file():
             raise BenchError(f"{path}: missing (channel {c} of case {case!r}; dataset.json declares {n_channels})")
-        arr, _ = read(path)
+        arr, channel_spacing = read(path)
+        spacing = channel_spacing if c == 0 else spacing
         if not np.isfinite(arr).all():  # nnU-Net's dataset check refuses them too: they would train as NaN
             raise BenchError(f"{path}: image holds NaN or infinite values; expected finite intensities")
         chans.extend([arr] if arr.ndim == label.ndim else [arr[..., i] for i in range(arr.shape[-1])])
@@ -398,6 +405,14 @@ class NnUNetDataset(SegDataset):
         return (self.root / "splits_final.json").is_file()
 
     @property
+    def split_source(self) -> Path:
+        path = self.root / "splits_final.json"
+        return path if path.is_file() else self.root
+
+    def case_of(self, item_id: str) -> str:
+        return item_id.rsplit(":", 1)[0] if self.volumes else item_id  # a slice "case:z" of a volume
+
+    @property
     def n_folds(self) -> int:
         folds = self._splits_file()
         return N_FOLDS if folds is None else len(folds)
@@ -415,6 +430,16 @@ class NnUNetDataset(SegDataset):
             raise BenchError(f"{path}: expected {expected} ({describe(exc)})") from exc
         if not folds:
             raise BenchError(f"{path}: no folds; expected {expected}")
+        for k, fold in enumerate(folds):  # every fold before any trains: fold 3's leak found before fold 0 runs
+            unknown = sorted(set(fold["train"] + fold["val"]) - set(self.cases))
+            if unknown:
+                raise BenchError(f"{path}: fold {k} names cases without a label file: {', '.join(unknown[:5])}")
+            for key in ("train", "val"):
+                if not fold[key]:  # nothing to train on, or nothing to score
+                    raise BenchError(f"{path}: fold {k} has an empty {key!r} list; expected cases in both lists")
+            problems = split_problems(fold["train"], fold["val"])
+            if problems:
+                raise BenchError(f"{path}: fold {k}: {'; '.join(problems)}")
         return folds
 
     def _split(self) -> tuple[list[str], list[str]]:
@@ -440,12 +465,6 @@ class NnUNetDataset(SegDataset):
             except BenchError as exc:  # too few cases: say where they were counted
                 raise BenchError(f"{self.root / 'labelsTr'}: {exc} ('*{self.file_ending}' label files)") from None
         train, test = folds[k]["train"], folds[k]["val"]
-        unknown = sorted(set(train + test) - set(self.cases))
-        if unknown:
-            raise BenchError(f"{path}: fold {k} names cases without a label file: {', '.join(unknown[:5])}")
-        for key, ids in (("train", train), ("val", test)):
-            if not ids:  # nothing to train on, or nothing to score
-                raise BenchError(f"{path}: fold {k} has an empty {key!r} list; expected cases in both lists")
         self.notes.append(f"split: fold {k} of {path} (its val cases are the test set)")
         return train, test
 
@@ -550,6 +569,15 @@ class NnUNetDataset(SegDataset):
             *(channel_path(self.root, case, c, self.file_ending) for c in range(self.in_chans)),
             label_path(self.root, case, self.file_ending))]
         return [self.root / "dataset.json", *([split] if split.is_file() else []), *cases]
+
+    def required_files(self) -> list[Path]:
+        # an RGB PNG supplies three channels from its _0000 file: a 2-D case's later channel files
+        # need not exist (reading the case says so where they were needed)
+        if self.volumes:
+            return self.source_files()
+        later = {channel_path(self.root, case, c, self.file_ending) for case in self.cases
+                 for c in range(1, self.in_chans)}
+        return [path for path in self.source_files() if path not in later]
 
     def train_geometry(self):
         if not self.volumes:

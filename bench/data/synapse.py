@@ -51,6 +51,8 @@ LIST_DIRS = ("lists/lists_Synapse", "lists/list_Synapse", "lists_Synapse")
 TRAIN_LIST = "train.txt"
 TEST_LIST = "test_vol.txt"
 H5_SUFFIX = ".npy.h5"
+# what a scaled image may span: the real files' -0.15..1.19 with a margin; raw HU or 0..255 is far outside
+IMAGE_RANGE = (-1.0, 2.0)
 
 
 def read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -62,10 +64,39 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...] |
     """One test volume: image float32 (D, H, W), label int64 (D, H, W), spacing (mm) or None."""
     image, label, spacing = raw_volume(path)
     if spacing is not None:
-        with reading(path, "a TransUNet h5 volume"):
-            spacing = tuple(float(s) for s in np.asarray(spacing).ravel())
+        problem = spacing_problem(spacing)
+        if problem:
+            raise BenchError(f"{path}: {problem}")
+        spacing = tuple(float(s) for s in np.asarray(spacing).ravel())
     image, label = _checked_pair(path, image, label, 3)
     return image, label, spacing
+
+
+def spacing_problem(spacing: object) -> str | None:
+    """What keeps an h5's ``spacing`` attribute from being 3 finite mm > 0 (D, H, W), or None."""
+    try:
+        values = np.asarray(spacing, dtype=float).ravel()
+    except (TypeError, ValueError):
+        values = np.array([])
+    if values.size != 3 or not np.all(np.isfinite(values) & (values > 0)):
+        return f"spacing attribute {spacing!r}: expected 3 finite numbers > 0 (mm per D, H, W)"
+    return None
+
+
+def image_problem(image: np.ndarray) -> str | None:
+    """What keeps ``image`` from being CT scaled as the Synapse files are, or None: NaN/inf, or values
+    far outside [0, 1] (raw HU, 0..255): under the Synapse protocols they reach the networks as they are."""
+    if image.dtype.kind not in "fiub":
+        return f"image dtype {image.dtype}; expected float (CT scaled to [0, 1])"
+    if not image.size:
+        return None
+    if not np.all(np.isfinite(image)):
+        return "image contains NaN/inf"
+    lo, hi = float(image.min()), float(image.max())
+    if lo < IMAGE_RANGE[0] or hi > IMAGE_RANGE[1]:
+        return (f"image values {lo:g}..{hi:g}; expected CT clipped to [-125, 275] HU and scaled to [0, 1] "
+                f"(real files reach about -0.15..1.19): raw HU? `bench data convert --source btcv` writes this layout")
+    return None
 
 
 def raw_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +141,15 @@ def _checked_pair(path: Path, image: np.ndarray, label: np.ndarray, ndim: int) -
     if image.ndim != ndim or image.shape != label.shape:
         raise BenchError(f"{path}: image shape {image.shape} and label shape {label.shape}; "
                          f"expected one {ndim}-D shape for both")
+    problem = image_problem(image)
+    if problem:
+        raise BenchError(f"{path}: {problem}")
     return np.asarray(image, dtype=np.float32), class_ids(path, label, NUM_CLASSES)
+
+
+def slice_case(slice_id: str) -> str:
+    """The case of a training slice id: case0005_slice012 -> case0005."""
+    return slice_id.split("_slice", 1)[0]
 
 
 def find_list_dir(root: Path) -> Path | None:
@@ -211,6 +250,13 @@ class SynapseDataset(SegDataset):
         if not ids:
             raise BenchError(f"{folder}: no '*{suffix}' files (and no {list_name}); expected {self.layout}")
         return ids
+
+    @property
+    def split_source(self) -> Path:
+        return self.list_dir if self.list_dir is not None else self.root
+
+    def case_of(self, item_id: str) -> str:
+        return slice_case(item_id)
 
     def train_ids(self) -> list[str]:
         return list(self._train)

@@ -39,7 +39,7 @@ import numpy as np
 from bench.data import isic as isic_io
 from bench.data import nnunet as nn_io
 from bench.data import synapse as syn_io
-from bench.data.base import describe, hidden, label_id_problem
+from bench.data.base import describe, hidden, label_id_problem, split_problems
 from bench.errors import BenchError
 
 
@@ -102,6 +102,7 @@ def _check_synapse(root: Path, report: _Report, reader) -> None:
         report.add(root, f"no {syn_io.TRAIN_DIR}/ or {syn_io.TEST_DIR}/; expected {reader.layout}")
         return
     list_dir = syn_io.find_list_dir(root)
+    lists = {}  # list name -> its ids, for the split's own checks
     for list_name, folder, suffix, check in (
         (syn_io.TRAIN_LIST, train_dir, ".npz", _check_npz),
         (syn_io.TEST_LIST, test_dir, syn_io.H5_SUFFIX, _check_h5),
@@ -114,14 +115,11 @@ def _check_synapse(root: Path, report: _Report, reader) -> None:
             except BenchError as exc:  # unreadable or empty
                 report.add(list_path, _unreadable(exc, list_path))
                 continue
-            seen: set[str] = set()
-            for item in listed:
-                if item in seen:
-                    report.add(list_path, f"{item!r} listed twice")
-                seen.add(item)
+            lists[list_name] = listed
+            for item in dict.fromkeys(listed):
                 if item not in present:
                     report.add(folder / f"{item}{suffix}", f"listed in {list_path} but missing")
-            for item in sorted(set(present) - seen):
+            for item in sorted(set(present) - set(listed)):
                 report.add(present[item], f"not listed in {list_path}; the readers ignore it", "warning")
             targets = [present[i] for i in listed if i in present]
         else:
@@ -136,6 +134,10 @@ def _check_synapse(root: Path, report: _Report, reader) -> None:
             report.add(folder, f"no '*{suffix}' files")
         for path in dict.fromkeys(targets):
             check(path, report)
+    if lists:  # an id twice, a test case's slices in train.txt: the reader's rule
+        for problem in split_problems(lists.get(syn_io.TRAIN_LIST, []), lists.get(syn_io.TEST_LIST, []),
+                                      syn_io.slice_case):
+            report.add(list_dir, problem)
     _check_spacing_table(root, test_dir, report)
 
 
@@ -176,8 +178,9 @@ def _check_h5(path: Path, report: _Report) -> None:
     except BenchError as exc:
         report.add(path, _unreadable(exc, path))
         return
-    if spacing is not None and (np.asarray(spacing).size != 3 or np.any(np.asarray(spacing, dtype=float) <= 0)):
-        report.add(path, f"spacing attribute {spacing!r}: expected 3 positive numbers (mm per D, H, W)")
+    problem = syn_io.spacing_problem(spacing) if spacing is not None else None
+    if problem:
+        report.add(path, problem)
     _check_pair_arrays(path, image, label, 3, report)
 
 
@@ -189,8 +192,9 @@ def _check_pair_arrays(path: Path, image: np.ndarray, label: np.ndarray, ndim: i
         report.add(path, f"image shape {image.shape} != label shape {label.shape}")
     if image.dtype.kind != "f":
         report.add(path, f"image dtype {image.dtype}; expected float (CT scaled to [0, 1])")
-    elif not np.all(np.isfinite(image)):
-        report.add(path, "image contains NaN/inf")
+    problem = syn_io.image_problem(image) if image.dtype.kind in "fiub" else None  # the readers' rule
+    if problem:
+        report.add(path, problem)
     if label.dtype.kind not in "fiub":
         report.add(path, f"label dtype {label.dtype}; expected integer class ids")
         return
@@ -283,13 +287,18 @@ def _check_nnunet(root: Path, report: _Report, reader) -> None:
     splits = root / "splits_final.json"
     if splits.is_file():
         try:
-            fold = json.loads(splits.read_text())[0]
-            named = set(fold["train"]) | set(fold["val"])
+            folds = [(list(f["train"]), list(f["val"])) for f in json.loads(splits.read_text())]
         except Exception as exc:  # noqa: BLE001
             report.add(splits, f"expected a list of {{\"train\": [...], \"val\": [...]}} folds ({exc})")
-        else:
-            for case in sorted(named - known):
-                report.add(splits, f"fold 0 names {case!r}, which has no label file")
+            folds = []
+        for k, (train, val) in enumerate(folds):
+            for case in sorted(set(train + val) - known):
+                report.add(splits, f"fold {k} names {case!r}, which has no label file")
+            for key, ids in (("train", train), ("val", val)):
+                if not ids:
+                    report.add(splits, f"fold {k} has an empty {key!r} list")
+            for problem in split_problems(train, val):
+                report.add(splits, f"fold {k}: {problem}")
 
 
 def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set[int], report: _Report) -> None:
