@@ -323,10 +323,13 @@ def rescore(
     """
     from bench.env import resolve_device
     from bench.registry import resolve_models
+    from bench.protocol import load_protocol
     from bench.rescore import other_device_warning, plan_rescore, rescore_record
 
     dev = resolve_device(device.value)
-    todo = plan_rescore(results, policy, resolve_models(models))
+    if protocol is not None:  # a broken file: one error before anything is scored
+        load_protocol(protocol)
+    todo = plan_rescore(results, policy, None if models == "all" else resolve_models(models))
     if note := other_device_warning(todo, dev, "rescored"):
         warnings.warn(note, stacklevel=1)
     if not todo:
@@ -357,11 +360,14 @@ def predict(
     """
     from bench.env import resolve_device
     from bench.predict import plan_predict, predict_run
+    from bench.protocol import load_protocol
     from bench.records import ensure_writable_dir
     from bench.registry import resolve_models
     from bench.rescore import other_device_warning
 
     dev = resolve_device(device.value)
+    if protocol is not None:  # a broken file: one error before anything is written
+        load_protocol(protocol)
     todo = plan_predict(results, None if models == "all" else resolve_models(models), run)
     ensure_writable_dir(out, "--out")
     if note := other_device_warning(todo, dev, "predicted"):
@@ -580,6 +586,8 @@ def data_synth(
     from bench.data import SYNTH_SEEDS, get_reader
     from bench.data.synth import KINDS, synthesize
 
+    if seed is not None and seed < 0:  # numpy's generators take seeds >= 0
+        raise BenchError(f"--seed must be a whole number >= 0; got {seed}")
     kind = like.value if like.value in KINDS else get_reader(like.value).kind
     path = synthesize(kind, out, seed=SYNTH_SEEDS.get(like.value, 0) if seed is None else seed)
     typer.echo(f"wrote synthetic {like.value} dataset to {path}")
@@ -667,7 +675,6 @@ def main() -> None:
     if not os.environ.get("BENCH_DEBUG"):
         warnings.showwarning = _show_warning
     try:
-        _check_scan_backend_variable()
         code = app(standalone_mode=False, prog_name="bench")  # click's usage errors reach us: one line each
     except BenchError as exc:
         if os.environ.get("BENCH_DEBUG"):
@@ -704,14 +711,16 @@ def _usage_line(exc) -> str:
     return f"{text} ({where})"
 
 
-def _check_scan_backend_variable() -> None:
-    """BENCH_SCAN_BACKEND names a backend, or training would stop at the first scan with a traceback."""
-    from ssm_models.scan import ENV_VAR, backend_problem
+@app.callback()
+def _before_each_command(ctx: typer.Context) -> None:
+    # BENCH_SCAN_BACKEND must name a backend that runs here, or a command that runs models would stop
+    # at the first scan with a traceback (after training, for rescore); bench doctor reports it
+    if ctx.invoked_subcommand in ("run", "profile", "rescore", "predict"):
+        from ssm_models.scan import forced_backend_problem
 
-    value = os.environ.get(ENV_VAR)
-    problem = value and backend_problem(value, ENV_VAR)
-    if problem:
-        raise BenchError(f"{problem} (or unset it: automatic)")
+        problem = forced_backend_problem()
+        if problem:
+            raise BenchError(f"{problem} (or unset it: automatic)")
 
 
 def _one_line(exc: BenchError) -> str:

@@ -50,8 +50,10 @@ def plan_predict(results_dir: Path, models: list[str] | None = None,
         raise BenchError(f"{results_dir}: no run records; pass the --results folder of `bench run`")
     done = df[df["status"] == "finished"]
     runs = done[done["rescored_from"].isna()]
-    if models is not None:
-        runs = runs[runs["model"].isin(models)]
+    if models is not None:  # a name without finished runs: one error listing those there, as bench report
+        from bench.report import select_runs
+
+        runs = select_runs(runs, models, None, results_dir)
     if run_ids:
         source = dict(zip(done["run_id"], done["rescored_from"].fillna(done["run_id"])))
         wanted = {source.get(r, r) for r in run_ids}

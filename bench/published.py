@@ -50,7 +50,7 @@ def load_published(path: str | Path | None = None) -> pd.DataFrame:
     """Read and validate the published-numbers CSV; ``value`` is float, every other column str."""
     path = Path(path) if path is not None else DEFAULT_PATH
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM: spreadsheets' "CSV UTF-8"
             reader = csv.reader(f)
             header = next(reader, None)
             if header != COLUMNS:

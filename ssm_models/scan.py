@@ -296,10 +296,28 @@ def last_backend() -> str | None:
     return _last
 
 
+def forced_backend_problem() -> str | None:
+    """Why ``BENCH_SCAN_BACKEND`` cannot work here, or None: no backend's name, or ``cuda`` on a
+    machine without a CUDA device or mamba-ssm's kernels (every scan would fail, after setup)."""
+    forced = os.environ.get(ENV_VAR)
+    if not forced:
+        return None
+    problem = backend_problem(forced, ENV_VAR)
+    if problem or forced != "cuda":
+        return problem
+    if not torch.cuda.is_available():
+        why = "this machine has no CUDA device"
+    elif not _mamba_selective_scan_fn():
+        why = f"mamba-ssm's kernels do not import ({_mamba_error})"
+    else:
+        return None
+    return f"{ENV_VAR}='cuda' runs mamba-ssm's CUDA kernels, and {why}; choose cpu, torch or ref"
+
+
 def backend_report() -> str:
     """One line: which backend runs for CPU and for CUDA tensors, and why."""
     forced = os.environ.get(ENV_VAR)
-    problem = forced and backend_problem(forced, ENV_VAR)
+    problem = forced_backend_problem()
     if problem:
         return problem
     ext = _load_extension()

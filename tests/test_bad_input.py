@@ -648,6 +648,56 @@ def test_an_unknown_scan_backend_variable_is_named_before_anything_runs(monkeypa
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_scan_backend_forced_that_cannot_run_here_is_named_and_doctor_says_so(monkeypatch, capsys, tmp_path):
+    # =cuda without a GPU: doctor called it fine, then the first scan raised a 300-line traceback
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("BENCH_SCAN_BACKEND", "cuda")
+    said = "BENCH_SCAN_BACKEND='cuda' runs mamba-ssm's CUDA kernels, and this machine has no CUDA device"
+    _fails(monkeypatch, capsys, "run", "--models", "vmunet", "--dataset", "synapse", "--synthetic", "--results",
+           tmp_path, *QUICK, names="BENCH_SCAN_BACKEND='cuda'", phrase=said)
+    assert not (tmp_path / "runs").exists()
+    for value, phrase in (("cuda", said), ("torh", "BENCH_SCAN_BACKEND='torh' is not a selective-scan backend")):
+        monkeypatch.setenv("BENCH_SCAN_BACKEND", value)  # the diagnostic tool diagnoses instead of refusing
+        monkeypatch.setattr(sys, "argv", ["bench", "doctor"])
+        with pytest.raises(SystemExit) as info:
+            main()
+        assert info.value.code == 0 and f"scan backend {phrase}" in capsys.readouterr().out
+
+
+def test_a_negative_synthetic_data_seed_is_one_line(monkeypatch, capsys, tmp_path):
+    _fails(monkeypatch, capsys, "data", "synth", "--like", "synapse", "--out", tmp_path / "s", "--seed", "-1",
+           names="--seed", phrase="a whole number >= 0; got -1")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("command", [["rescore", "--policy", "strict"], ["predict", "--out", "OUT"]])
+def test_rescore_and_predict_of_models_without_runs_are_one_line(monkeypatch, capsys, tmp_path, command):
+    # it said "nothing to score: every finished run has a record under strict already" (or "0 run(s)"), exit 0
+    from tests.fixtures import make_record
+
+    records.write_record(make_record("unet"), tmp_path)
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in command]
+    _fails(monkeypatch, capsys, *args, "--results", tmp_path, "--models", "swin_unet",
+           names="--models swin_unet", phrase=f"no runs of it in {tmp_path} (there: unet)")
+
+
+@pytest.mark.parametrize("command", [["rescore", "--policy", "strict"], ["predict", "--out", "OUT"]])
+def test_rescore_and_predict_read_a_protocol_file_before_anything_else(monkeypatch, capsys, tmp_path, command):
+    # it was read when the first run needing it came up, after "N run(s) to score" was printed
+    from tests.fixtures import make_record
+
+    records.write_record(make_record("unet"), tmp_path)
+    bad = tmp_path / "mine.toml"
+    bad.write_text("[train\n")
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in command]
+    monkeypatch.setattr(sys, "argv", ["bench", *args, "--results", str(tmp_path), "--protocol", str(bad)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    out, err = capsys.readouterr()
+    assert info.value.code == 2 and err.startswith(f"error: {bad}: invalid TOML") and err.count("\n") == 1, err
+    assert out == "" and not (tmp_path / "out").exists()
+
+
 def test_unknown_protocol_file(tmp_path):
     _raises(lambda: load_protocol(tmp_path / "mine.toml"), names=tmp_path / "mine.toml", phrase="not found")
 

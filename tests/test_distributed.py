@@ -260,13 +260,50 @@ def test_a_timeout_that_is_not_a_number_is_named(monkeypatch):
 
 def test_launch_sets_omp_threads_for_torchrun(monkeypatch):
     """torchrun prints a several-line banner when OMP_NUM_THREADS is unset (and sets 1 itself): bench
-    sets it first, keeping a value the user gave."""
+    sets it first, keeping a value the user gave; the processes run `python -m bench <args>`."""
+    import torch.distributed.launcher.api as launcher
+
     from bench import distributed
 
     seen = []
-    monkeypatch.setattr(distributed.subprocess, "call", lambda cmd, env: seen.append(env["OMP_NUM_THREADS"]) or 0)
+
+    def fake(config, entrypoint):
+        assert config.nproc_per_node == 2 and config.rdzv_backend == "c10d" and config.max_restarts == 0
+        return lambda *args: seen.append((os.environ["OMP_NUM_THREADS"], entrypoint, args[-3:]))
+
+    monkeypatch.setattr(launcher, "elastic_launch", fake)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert distributed.launch(2, ["run"]) == 0
+    assert distributed.launch(2, ["run", "--x", "1"]) == 0
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    distributed.launch(2, ["run"])
-    assert seen == ["1", "3"]
+    distributed.launch(2, ["run", "--x", "1"])
+    assert seen == [("1", sys.executable, ("run", "--x", "1")), ("3", sys.executable, ("run", "--x", "1"))]
+
+
+def test_a_process_that_crashed_is_named_in_one_line(monkeypatch, capsys):
+    import torch.distributed.launcher.api as launcher
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from bench import distributed
+
+    def fails(code):
+        def run(*args):
+            failure = ProcessFailure(local_rank=1, pid=4321, exitcode=code, error_file="")
+            raise ChildFailedError("bench", {1: failure})
+        return lambda config, entrypoint: run
+
+    monkeypatch.setattr(launcher, "elastic_launch", fails(-9))  # the kernel's OOM killer, say
+    assert distributed.launch(2, ["run"]) == 1
+    assert capsys.readouterr().err == "error: process 1 of 2 failed (signal SIGKILL); its output is above\n"
+    monkeypatch.setattr(launcher, "elastic_launch", fails(2))  # a user error: the process printed its line
+    assert distributed.launch(2, ["run"]) == 2 and capsys.readouterr().err == ""
+
+
+def test_a_user_error_under_nproc_is_its_line_not_torchruns_traceback(tmp_path):
+    """A process's BenchError (here a non-finite loss) printed its line, then torchrun's 40-line
+    ChildFailedError traceback followed, exit 1; the README promises one line and exit 2."""
+    got = _bench("run", "--models", "unet", "--tiny", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
+                 "--img-size", "32", "--max-iterations", "3", "--lr", "1e30", "--threads", "1", "--no-progress",
+                 "--device", "cpu", "--results", str(tmp_path), "--nproc", "2")
+    assert got.returncode == 2, got.stderr
+    lines = got.stderr.strip().splitlines()
+    assert lines and all(line.startswith("error: non-finite loss (nan)") for line in lines), got.stderr

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import metrics
+from bench import metrics, records
 from bench.data import open_dataset, synthesize
 from bench.errors import BenchError
 from bench.predict import MANIFEST, plan_predict, predict_run
@@ -22,6 +22,7 @@ from bench.protocol import load_protocol
 from bench.registry import get_entry
 from bench.rescore import rescore_record
 from bench.run import plan_grid, run_one
+from tests.fixtures import make_record
 
 CPU = torch.device("cpu")
 
@@ -145,11 +146,15 @@ def test_predict_refuses_what_it_cannot_reproduce(tmp_path):
     root = synthesize("nnunet", tmp_path / "data", dims=2, n_cases=5, size=32)
     rec = _train("nnunet", root, tmp_path / "res")
     assert [r["run_id"] for r in plan_predict(tmp_path / "res")] == [rec["run_id"]]
-    assert plan_predict(tmp_path / "res", models=["vmunet"]) == []
+    with pytest.raises(BenchError, match=r"--models vmunet: no runs of it in .* \(there: unet\)"):
+        plan_predict(tmp_path / "res", models=["vmunet"])  # it was an empty plan: "0 run(s)", exit 0
     with pytest.raises(BenchError, match="--run nope: no finished run of that id"):
         plan_predict(tmp_path / "res", run_ids=["nope"])
+    other = make_record("vmunet", run_id="other-vmunet-run")  # a record is all planning reads
+    records.write_record(other, tmp_path / "res")
     with pytest.raises(BenchError, match=f"--run {rec['run_id']}: no finished run of --models vmunet of that id"):
         plan_predict(tmp_path / "res", models=["vmunet"], run_ids=[rec["run_id"]])
+    records.record_path(tmp_path / "res", "other-vmunet-run").unlink()
     rescore_record(rec, "legacy-synapse", tmp_path / "res", CPU)  # same weights: its id stands for the run
     assert [r["run_id"] for r in plan_predict(tmp_path / "res", run_ids=[f"{rec['run_id']}.legacy-synapse"])] == \
         [rec["run_id"]]

@@ -143,3 +143,11 @@ def test_good_tmp_file_round_trips(tmp_path):
     path.write_text(",".join(COLUMNS) + '\n"Paper, Table 1",unet,,params,7,M,unknown,,"about 7 M, approx"\n')
     df = load_published(path)
     assert df.iloc[0]["source"] == "Paper, Table 1" and df.iloc[0]["value"] == 7.0 and df.iloc[0]["dataset"] == ""
+
+
+def test_a_file_saved_by_a_spreadsheet_with_a_byte_order_mark_loads(tmp_path):
+    # "CSV UTF-8" from Excel starts with a BOM: the header read as '\ufeffsource' and was refused
+    path = tmp_path / "pub.csv"
+    path.write_text(",".join(COLUMNS) + '\nPaper,unet,,params,7,M,unknown,,\n', encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert load_published(path).iloc[0]["source"] == "Paper"

@@ -67,7 +67,8 @@ def test_rescored_metrics_equal_a_run_trained_under_that_policy(trained, tmp_pat
     with pytest.raises(BenchError, match=rf"'legacy-isic' pools .*; run {legacy['run_id']} has 8 foreground classes"):
         plan_rescore(results, "legacy-isic")
     assert plan_rescore(results, "legacy-synapse") == []  # already its policy
-    assert plan_rescore(results, "strict", models=["vmunet"]) == []
+    with pytest.raises(BenchError, match=r"--models vmunet: no runs of it in .* \(there: unet\)"):
+        plan_rescore(results, "strict", models=["vmunet"])  # it said "nothing to score" and exited 0
 
 
 def test_a_pooled_policy_leaves_multi_class_runs_out_and_says_so(trained, tmp_path):
