@@ -376,9 +376,13 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
 
 
 def write_plots(results_dir: Path, out_dir: Path, *, df_runs: pd.DataFrame | None = None,
-                df_cases: pd.DataFrame | None = None, df_profiles: pd.DataFrame | None = None) -> list[Path]:
+                df_cases: pd.DataFrame | None = None, df_profiles: pd.DataFrame | None = None,
+                set_runs: pd.DataFrame | None = None, set_cases: pd.DataFrame | None = None) -> list[Path]:
     """All figures of ``results_dir`` into ``out_dir``; the paths written (none for no runs).
-    Frames a caller has already loaded from ``results_dir`` (``bench.report``) are reused."""
+    Frames a caller has already loaded from ``results_dir`` (``bench.report``) are reused;
+    ``set_runs``/``set_cases``: the per-test-set boards' rows (``bench.report.split_test_sets``: a
+    polyp set, an isic_all year, the boards compared with the papers), plotted like the others
+    except for training curves, which are their pooled runs'."""
     from bench.cost import load_profiles
     from bench.records import load
 
@@ -390,7 +394,10 @@ def write_plots(results_dir: Path, out_dir: Path, *, df_runs: pd.DataFrame | Non
         return []
     df_cases = load(results_dir, level="case") if df_cases is None else df_cases
     df_profiles = load_profiles(results_dir) if df_profiles is None else df_profiles
-    paths = accuracy_vs_cost(df_runs, df_profiles, out_dir)
-    paths += per_class_boxplots(df_cases, out_dir)
+    boards_runs = df_runs if set_runs is None or set_runs.empty else pd.concat([df_runs, set_runs], ignore_index=True)
+    boards_cases = df_cases if set_cases is None or set_cases.empty else pd.concat([df_cases, set_cases],
+                                                                                   ignore_index=True)
+    paths = accuracy_vs_cost(boards_runs, df_profiles, out_dir)
+    paths += per_class_boxplots(boards_cases, out_dir)
     paths += training_curves(results_dir, out_dir, df_runs)
     return paths

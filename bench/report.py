@@ -866,15 +866,18 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
         rows = []
         for _, b in board.iterrows():
             model = b["model"].split(" (")[0]
+            # per-class rows ("dice:aorta") beside the board's per-class columns ("dice/aorta")
             pub = published[(published["model"] == model) & (published["dataset"] == dataset)
-                            & published["metric"].isin(PUBLISHED_METRICS)]
+                            & published["metric"].str.split(":").str[0].isin(PUBLISHED_METRICS)]
             for _, p in pub.iterrows():
-                mean = b.get(f"{p['metric']}_mean", math.nan)
-                scale = 100.0 if METRICS[p["metric"]][1] else 1.0
+                base, _, cls = p["metric"].partition(":")
+                mean = b.get(f"{base}/{cls}_mean" if cls else f"{base}_mean", math.nan)
+                scale = 100.0 if METRICS[base][1] else 1.0
                 ours = mean * scale if isinstance(mean, float) and not math.isnan(mean) else math.nan
                 blocked = why_not(p, key, board.attrs, b)
                 diff = blocked or ("" if math.isnan(ours) else f"{ours - p['value']:+.2f}")
-                rows.append({"Model": b["model"], "Metric": METRICS[p["metric"]][0],  # the board's row label
+                label = METRICS[base][0] + (f" ({cls})" if cls else "")
+                rows.append({"Model": b["model"], "Metric": label,  # the board's row label
                              "Published": f"{p['value']:g}", "Source": p["source"], "Their convention": p["convention"],
                              "Their recipe": p["protocol"] or "not one of ours",
                              "Ours": "" if math.isnan(ours) else f"{ours:.2f}", "Ours − published": diff,
@@ -1011,7 +1014,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                 from bench.plots import write_plots
 
                 images = Path(out).parent / f"{Path(out).stem}_files"
-                paths = write_plots(results_dir, images, df_runs=df_runs, df_cases=df_cases, df_profiles=profiles)
+                paths = write_plots(results_dir, images, df_runs=df_runs, df_cases=df_cases, df_profiles=profiles,
+                                    set_runs=set_runs, set_cases=set_cases)
                 if paths:
                     extra.append("## Plots\n\n" + "\n\n".join(
                         f"![{p.stem}](<{images.name}/{p.name}>)" for p in paths) + "\n")  # <>: names with spaces

@@ -503,6 +503,25 @@ def test_two_nnunet_datasets_get_two_boards_and_their_published_rows(tmp_path):
     assert [k.dataset for k in leaderboards(load(tmp_path / "old"))] == ["synapse"]
 
 
+def test_published_per_class_numbers_meet_the_boards_per_class_columns(tmp_path):
+    # results/published.csv's ~260 "dice:<organ>" rows were never shown
+    from bench.protocol import load_protocol
+
+    rec = make_record("vmunet", dice=0.8, class_dice={"aorta": 0.86, "liver": 0.95}, case_ids=TRANSUNET_TEST_CASES)
+    rec["protocol"]["hash"] = load_protocol("synapse").hash
+    write_record(rec, tmp_path)
+    pub = tmp_path / "pub.csv"
+    pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
+                   "Paper A Table 2,vmunet,synapse,dice:aorta,86.40,%,legacy-synapse,synapse,\n"
+                   "Paper A Table 2,vmunet,synapse,dice:liver,94.00,%,legacy-synapse,synapse,\n"
+                   "Paper A Table 2,vmunet,synapse,params,27.4,M,unknown,,\n")
+    text = write_report(tmp_path, published=pub)
+    lines = [line for line in text[text.index("## Published vs ours"):].splitlines() if line.startswith("| vmunet")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    got = {c[1]: (c[2], c[6], c[7]) for c in cells}  # Metric: Published, Ours, Ours − published
+    assert got == {"DSC (aorta)": ("86.4", "86.00", "-0.40"), "DSC (liver)": ("94", "95.00", "+1.00")}
+
+
 def test_split_mismatch_by_case_ids_counts_or_unpublished_splits():
     from bench.data.verify import PRANET_TEST_SETS, VMUNET_ISIC_SPLITS
     from bench.report import split_mismatch
@@ -641,6 +660,13 @@ def test_each_polyp_test_set_gets_its_own_board_scored_like_the_authors(tmp_path
     assert "## polyp · protocol" in text  # the run's own board, pooled over both sets, stays
     published = text.split("Published vs ours · polyp:CVC-ClinicDB")[1].split("\n## ")[0]
     assert "82.3" in published and "Published vs ours · polyp:Kvasir" not in text
+    # the per-set boards, the ones the papers print, get their plots too (only the pooled board's were drawn)
+    write_report(tmp_path, out=tmp_path / "report.md")
+    drawn = {p.name for p in (tmp_path / "report_files").iterdir()}
+    for board in ("polyp", "polyp-cvc-clinicdb", "polyp-kvasir"):
+        assert any(n.startswith(f"dsc_vs_params__{board}__") for n in drawn), (board, drawn)
+        assert any(n.startswith(f"per_class_dsc__{board}__") for n in drawn), (board, drawn)
+    assert sum(n.startswith("training_curves") for n in drawn) == 1  # one training: one figure
 
 
 def test_isic_all_gets_a_board_per_year_next_to_that_years_published_rows(tmp_path):
