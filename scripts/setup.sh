@@ -41,8 +41,19 @@ raise SystemExit(bool(p))" 2>&1); then
 else
     echo "setup: no CUDA torch; installing the pinned CPU route"
     "$PYTHON" -m venv "$VENV"
-    # torch first, alone: the local CPU wheel; everything after is pinned so nothing replaces it.
-    "$VENV/bin/pip" install -q "torch==2.13.0"
+    # torch first, alone; everything after is pinned so nothing replaces it. pip takes a CPU wheel it
+    # can see (a local wheel folder, as on the project's machines); elsewhere PyPI's Linux torch is the
+    # CUDA build (several GB), so the CPU wheel comes from PyTorch's own CPU index.
+    chosen=$("$VENV/bin/pip" install --dry-run --no-deps --ignore-installed --report - -q "torch==2.13.0" 2>/dev/null \
+        | "$VENV/bin/python" -c "import json, sys; print(json.load(sys.stdin)['install'][0]['metadata']['version'])" \
+        2>/dev/null || true)
+    if [[ "$chosen" == *+cpu ]] || [ "$(uname -s)" != Linux ]; then
+        "$VENV/bin/pip" install -q "torch==2.13.0"
+    else
+        echo "setup: installing torch 2.13.0 from PyTorch's CPU index (pip would choose ${chosen:-nothing} elsewhere)"
+        "$VENV/bin/pip" install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
+            --extra-index-url https://pypi.org/simple
+    fi
     "$VENV/bin/pip" install -q -c constraints-cpu.txt -e ".[dev]"
 fi
 "$VENV/bin/python" -c "import bench, torch; print('setup: ok, torch', torch.__version__)"
