@@ -194,6 +194,7 @@ def run(
 
     import torch
 
+    _check_scan_backend_variable()
     _set_threads(threads)
     if shard:
         parse_shard(shard)  # before anything is written
@@ -326,6 +327,7 @@ def rescore(
     from bench.protocol import load_protocol
     from bench.rescore import other_device_warning, plan_rescore, rescore_record
 
+    _check_scan_backend_variable()
     dev = resolve_device(device.value)
     if protocol is not None:  # a broken file: one error before anything is scored
         load_protocol(protocol)
@@ -365,6 +367,7 @@ def predict(
     from bench.registry import resolve_models
     from bench.rescore import other_device_warning
 
+    _check_scan_backend_variable()
     dev = resolve_device(device.value)
     if protocol is not None:  # a broken file: one error before anything is written
         load_protocol(protocol)
@@ -462,6 +465,7 @@ def profile(
     from bench.registry import get_entry, resolve_models
     from bench.report import profile_labels, render_cost_md
 
+    _check_scan_backend_variable()
     _set_threads(threads)
     if batch_size != "auto" and not batch_size.isdigit():
         raise BenchError(f"--batch-size takes a whole number or 'auto'; got {batch_size!r}")
@@ -711,16 +715,14 @@ def _usage_line(exc) -> str:
     return f"{text} ({where})"
 
 
-@app.callback()
-def _before_each_command(ctx: typer.Context) -> None:
-    # BENCH_SCAN_BACKEND must name a backend that runs here, or a command that runs models would stop
-    # at the first scan with a traceback (after training, for rescore); bench doctor reports it
-    if ctx.invoked_subcommand in ("run", "profile", "rescore", "predict"):
-        from ssm_models.scan import forced_backend_problem
+def _check_scan_backend_variable() -> None:
+    """For the commands that run models: BENCH_SCAN_BACKEND names a backend that runs here, or they
+    would stop at the first scan with a traceback (after training, for rescore); doctor reports it."""
+    from ssm_models.scan import forced_backend_problem
 
-        problem = forced_backend_problem()
-        if problem:
-            raise BenchError(f"{problem} (or unset it: automatic)")
+    problem = forced_backend_problem()
+    if problem:
+        raise BenchError(f"{problem} (or unset it: automatic)")
 
 
 def _one_line(exc: BenchError) -> str:

@@ -171,36 +171,30 @@ def check_batch(batch_size: int, nproc: int) -> None:
 
 
 def launch(nproc: int, args: list[str]) -> int:
-    """Run ``bench <args>`` as ``torchrun --standalone --nproc_per_node <nproc> -m bench <args>`` would
-    (its own argument parsing and launcher, in this process); the exit code. A process that stopped on
-    a user error printed its one line and exits 2, so does this, without torchrun's traceback of the
-    failure; a process that crashed otherwise is named in one line (exit 1); SIGTERM / Ctrl-C:
-    "aborted" (the processes are stopped)."""
+    """Run ``torchrun --standalone --nproc_per_node <nproc> -m bench <args>`` (torchrun's own code, in
+    this process); the exit code. A process that stopped on a user error printed its one line and
+    exits 2, so does this, without torchrun's traceback of the failure; a process that crashed
+    otherwise is named in one line (exit 1); SIGTERM / Ctrl-C: "aborted" (the processes are stopped)."""
     import logging
-    import uuid
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import elastic_launch
-    from torch.distributed.run import config_from_args, parse_args
+    from torch.distributed.run import parse_args, run
 
     # torchrun sets 1 itself where unset, with a banner of several lines; --threads still applies per process
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    parsed = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "bench", *args])
-    # what torchrun's run() does for --standalone: a rendezvous on a free local port
-    parsed.rdzv_backend, parsed.rdzv_endpoint, parsed.rdzv_id = "c10d", "localhost:0", str(uuid.uuid4())
-    config, cmd, cmd_args = config_from_args(parsed)
     debug = bool(os.environ.get("BENCH_DEBUG"))
     if not debug:  # the agent's log lines ("Sending process … SIGTERM", "failed (exitcode: 2)")
         logging.disable(logging.ERROR)
     try:
-        elastic_launch(config=config, entrypoint=cmd)(*cmd_args)
+        run(parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "bench", *args]))
     except ChildFailedError as exc:
         if debug:
             raise
-        rank, failure = min(exc.failures.items())
-        if any(f.exitcode == 2 for f in exc.failures.values()):
-            return 2  # the process's "error: …" line is above
+        # the first to fail: the agent then stops the others, which fail too (SIGTERM)
+        rank, failure = exc.get_first_failure()
+        if failure.exitcode == 2:
+            return 2  # its "error: …" line is above
         how = f"exit code {failure.exitcode}" if failure.exitcode > 0 else f"signal {failure.signal_name()}"
         print(f"error: process {rank} of {nproc} failed ({how}); its output is above", file=sys.stderr)
         return 1

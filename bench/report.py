@@ -764,6 +764,20 @@ _POLYP_SETS = {"cvc-300": "cvc300", "cvc-clinicdb": "clinicdb", "kvasir": "kvasi
 _NNUNET_ALIASES = {"liverct": "lits", "liver": "lits", "lungxray": "montgomery_shenzhen"}
 
 
+# class names of the data -> the papers' per-class columns where they differ (nnU-Net's ACDC labels)
+_CLASS_ALIASES = {"mlm": "myo", "lvc": "lv"}
+
+
+def _class_column(row: pd.Series, metric: str, cls: str) -> str | None:
+    """The board column of ``metric`` for the published class ``cls`` ("dice:aorta" -> "dice/aorta_mean";
+    "dice:myo" -> "dice/MLM_mean" on nnU-Net's ACDC), or None."""
+    for col in row.index:
+        name = str(col).removeprefix(f"{metric}/").removesuffix("_mean")
+        if col == f"{metric}/{name}_mean" and _CLASS_ALIASES.get(name.lower(), name.lower()) == cls:
+            return col
+    return None
+
+
 def published_dataset(board_dataset: str) -> str:
     """The ``dataset`` id of ``results/published.csv`` for a board: "nnunet:Dataset027_ACDC" and
     "nnunet:ACDC" -> "acdc", "nnunet:Dataset801_LiverCT" -> "lits" (``_NNUNET_ALIASES``),
@@ -851,7 +865,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
         if policy and policy != key.policy:
             return "other metric policy"
         # mm against voxels, or a board of both (older records name no unit: not judged)
-        if p["metric"] == "hd95" and a["hd95_units"] and a["hd95_units"] != [p["unit"]]:
+        if p["metric"].split(":")[0] == "hd95" and a["hd95_units"] and a["hd95_units"] != [p["unit"]]:
             return "other unit"
         # this row's runs: their test cases and training items
         cases = (groups or {}).get(key)
@@ -871,7 +885,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
                             & published["metric"].str.split(":").str[0].isin(PUBLISHED_METRICS)]
             for _, p in pub.iterrows():
                 base, _, cls = p["metric"].partition(":")
-                mean = b.get(f"{base}/{cls}_mean" if cls else f"{base}_mean", math.nan)
+                mean = b.get(_class_column(b, base, cls) if cls else f"{base}_mean", math.nan)
                 scale = 100.0 if METRICS[base][1] else 1.0
                 ours = mean * scale if isinstance(mean, float) and not math.isnan(mean) else math.nan
                 blocked = why_not(p, key, board.attrs, b)

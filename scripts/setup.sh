@@ -43,16 +43,18 @@ else
     "$PYTHON" -m venv "$VENV"
     # torch first, alone; everything after is pinned so nothing replaces it. pip takes a CPU wheel it
     # can see (a local wheel folder, as on the project's machines); elsewhere PyPI's Linux torch is the
-    # CUDA build (several GB), so the CPU wheel comes from PyTorch's own CPU index.
+    # CUDA build (several GB), so PyTorch's CPU index is added (beside the configured ones, whose
+    # settings stay; pip prefers its "+cpu" builds of the pinned versions, and falls back to PyPI's
+    # where that index cannot be reached), with torchvision's CPU build from there too.
     chosen=$("$VENV/bin/pip" install --dry-run --no-deps --ignore-installed --report - -q "torch==2.13.0" 2>/dev/null \
         | "$VENV/bin/python" -c "import json, sys; print(json.load(sys.stdin)['install'][0]['metadata']['version'])" \
         2>/dev/null || true)
     if [[ "$chosen" == *+cpu ]] || [ "$(uname -s)" != Linux ]; then
         "$VENV/bin/pip" install -q "torch==2.13.0"
     else
-        echo "setup: installing torch 2.13.0 from PyTorch's CPU index (pip would choose ${chosen:-nothing} elsewhere)"
-        "$VENV/bin/pip" install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
-            --extra-index-url https://pypi.org/simple
+        echo "setup: adding PyTorch's CPU index for torch 2.13.0 (the configured indexes offer ${chosen:-nothing})"
+        "$VENV/bin/pip" install -q "torch==2.13.0" "torchvision==0.28.0" \
+            --extra-index-url https://download.pytorch.org/whl/cpu
     fi
     "$VENV/bin/pip" install -q -c constraints-cpu.txt -e ".[dev]"
 fi

@@ -477,16 +477,23 @@ def test_a_case_on_both_sides_of_the_split_or_listed_twice(monkeypatch, capsys, 
     shutil.copy(root / "train_npz" / f"{ds.train_ids()[0]}.npz", root / "train_npz" / f"{case}_slice000.npz")
     with (lists / "train.txt").open("a") as fh:
         fh.write(f"{case}_slice000\n")
-    _raises(open_dataset("synapse", root).check_splits, names=lists,
-            phrase=f"{case} in both the training and the test split")
+    both = f"{case} in both lists/lists_Synapse/train.txt and lists/lists_Synapse/test_vol.txt"
+    _raises(open_dataset("synapse", root).check_splits, names=root, phrase=both)
     _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "synapse", "--data-root", root,
-           "--results", tmp_path / "res", *FAST, names=lists, phrase="in both the training and the test split")
+           "--results", tmp_path / "res", *FAST, names=root, phrase=both)
     assert not (tmp_path / "res" / "runs").exists()
-    assert any(p.path == str(lists) and case in p.message for p in verify_dataset("synapse", root))
+    assert any(p.path == str(root) and both in p.message for p in verify_dataset("synapse", root))
+    for name in ("train.txt", "test_vol.txt"):  # without lists, the folders' contents are the split
+        (lists / name).rename(tmp_path / name)
+    both = f"{case} in both train_npz/ (no train.txt) and test_vol_h5/ (no test_vol.txt)"
+    _raises(open_dataset("synapse", root).check_splits, names=root, phrase=both)
+    assert any(p.path == str(root) and both in p.message for p in verify_dataset("synapse", root))
+    (root / "train_npz" / f"{case}_slice000.npz").unlink()
     (lists / "train.txt").write_text("\n".join(ds.train_ids()) + "\n")
     (lists / "test_vol.txt").write_text(f"{case}\n{case}\n")
-    _raises(open_dataset("synapse", root).check_splits, names=lists, phrase=f"the test split lists {case} twice")
-    assert any(p.path == str(lists) and "twice" in p.message for p in verify_dataset("synapse", root))
+    twice = f"lists/lists_Synapse/test_vol.txt lists {case} twice"
+    _raises(open_dataset("synapse", root).check_splits, names=root, phrase=twice)
+    assert any(p.path == str(root) and twice in p.message for p in verify_dataset("synapse", root))
 
 
 def test_a_leaking_fold_in_splits_final_is_named_before_any_fold_trains(data):
@@ -497,10 +504,10 @@ def test_a_leaking_fold_in_splits_final_is_named_before_any_fold_trains(data):
     (root / "splits_final.json").write_text(json.dumps(folds))
     path = root / "splits_final.json"
     _raises(lambda: open_dataset("nnunet", root), names=path,  # fold 0 is fine; fold 1 is read all the same
-            phrase=f"fold 1: {cases[-2]} in both the training and the test split")
+            phrase=f'fold 1: {cases[-2]} in both "train" and "val"')
     messages = [p.message for p in verify_dataset("nnunet", root) if p.path == str(path)]
-    assert any(m.startswith("fold 1:") and cases[-2] in m for m in messages), messages
-    assert any(m.startswith("fold 2:") and "lists " + cases[0] + " twice" in m for m in messages), messages
+    assert f'fold 1: {cases[-2]} in both "train" and "val"; a test case is never trained on' in messages, messages
+    assert f'fold 2: "val" lists {cases[0]} twice' in messages, messages
 
 
 def test_a_listed_file_missing_is_found_before_anything_trains(monkeypatch, capsys, data, tmp_path):
@@ -656,6 +663,10 @@ def test_a_scan_backend_forced_that_cannot_run_here_is_named_and_doctor_says_so(
     _fails(monkeypatch, capsys, "run", "--models", "vmunet", "--dataset", "synapse", "--synthetic", "--results",
            tmp_path, *QUICK, names="BENCH_SCAN_BACKEND='cuda'", phrase=said)
     assert not (tmp_path / "runs").exists()
+    monkeypatch.setattr(sys, "argv", ["bench", "run", "--help"])  # help is no command that runs models
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 0 and "Usage: bench run" in capsys.readouterr().out
     for value, phrase in (("cuda", said), ("torh", "BENCH_SCAN_BACKEND='torh' is not a selective-scan backend")):
         monkeypatch.setenv("BENCH_SCAN_BACKEND", value)  # the diagnostic tool diagnoses instead of refusing
         monkeypatch.setattr(sys, "argv", ["bench", "doctor"])

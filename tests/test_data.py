@@ -615,6 +615,15 @@ def test_a_case_takes_its_spacing_from_the_image_as_nnunet_does(roots, tmp_path)
     assert open_dataset("nnunet", root).load_test(case).spacing == pytest.approx((zz, zy, zx))
 
 
+def test_split_problems_map_training_items_to_cases_and_take_test_ids_as_cases():
+    from bench.data.base import split_problems
+
+    slices = lambda item: item.rsplit(":", 1)[0]  # noqa: E731 (nnU-Net volumes' slice ids "case:z")
+    assert split_problems(["p:0", "p:1", "q:0"], ["p:1"], slices) == []  # a case named "p:1" is not case "p"
+    assert split_problems(["p:0", "q:0"], ["p", "r", "r"], slices) == [
+        "the test split lists r twice", "p in both the training split and the test split; a test case is never trained on"]
+
+
 def test_verify_missing_root_and_bad_json(tmp_path):
     assert _paths(verify_dataset("isic17", tmp_path / "none")) == [str(tmp_path / "none")]
     (tmp_path / "dataset.json").write_text("{not json")

@@ -261,7 +261,7 @@ def test_a_timeout_that_is_not_a_number_is_named(monkeypatch):
 def test_launch_sets_omp_threads_for_torchrun(monkeypatch):
     """torchrun prints a several-line banner when OMP_NUM_THREADS is unset (and sets 1 itself): bench
     sets it first, keeping a value the user gave; the processes run `python -m bench <args>`."""
-    import torch.distributed.launcher.api as launcher
+    import torch.distributed.run as torchrun
 
     from bench import distributed
 
@@ -271,31 +271,40 @@ def test_launch_sets_omp_threads_for_torchrun(monkeypatch):
         assert config.nproc_per_node == 2 and config.rdzv_backend == "c10d" and config.max_restarts == 0
         return lambda *args: seen.append((os.environ["OMP_NUM_THREADS"], entrypoint, args[-3:]))
 
-    monkeypatch.setattr(launcher, "elastic_launch", fake)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torchrun, "elastic_launch", fake)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # so that monkeypatch restores the variable afterwards
+    monkeypatch.delenv("OMP_NUM_THREADS")
     assert distributed.launch(2, ["run", "--x", "1"]) == 0
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     distributed.launch(2, ["run", "--x", "1"])
     assert seen == [("1", sys.executable, ("run", "--x", "1")), ("3", sys.executable, ("run", "--x", "1"))]
 
 
-def test_a_process_that_crashed_is_named_in_one_line(monkeypatch, capsys):
-    import torch.distributed.launcher.api as launcher
+@pytest.mark.parametrize("first, then, code, said", [
+    ((1, -9), (0, -15), 1, "error: process 1 of 2 failed (signal SIGKILL); its output is above\n"),  # OOM killer
+    ((1, 1), (0, 2), 1, "error: process 1 of 2 failed (exit code 1); its output is above\n"),  # a bug's traceback
+    ((0, 2), (1, -15), 2, ""),  # a user error: the process printed its line
+])
+def test_the_process_that_failed_first_decides(monkeypatch, capsys, first, then, code, said):
+    """The agent stops the other processes (SIGTERM), which count as failures too: the first one is
+    the cause (the lowest rank named a process the agent had stopped)."""
+    import torch.distributed.run as torchrun
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
     from bench import distributed
 
-    def fails(code):
-        def run(*args):
-            failure = ProcessFailure(local_rank=1, pid=4321, exitcode=code, error_file="")
-            raise ChildFailedError("bench", {1: failure})
-        return lambda config, entrypoint: run
+    def failures(config, entrypoint):
+        def go(*args):
+            out = {}
+            for t, (rank, exitcode) in enumerate((first, then)):
+                out[rank] = ProcessFailure(local_rank=rank, pid=4321 + rank, exitcode=exitcode, error_file="")
+                out[rank].timestamp = 1000 + t
+            raise ChildFailedError("bench", out)
+        return go
 
-    monkeypatch.setattr(launcher, "elastic_launch", fails(-9))  # the kernel's OOM killer, say
-    assert distributed.launch(2, ["run"]) == 1
-    assert capsys.readouterr().err == "error: process 1 of 2 failed (signal SIGKILL); its output is above\n"
-    monkeypatch.setattr(launcher, "elastic_launch", fails(2))  # a user error: the process printed its line
-    assert distributed.launch(2, ["run"]) == 2 and capsys.readouterr().err == ""
+    monkeypatch.setattr(torchrun, "elastic_launch", failures)
+    assert distributed.launch(2, ["run"]) == code
+    assert capsys.readouterr().err == said
 
 
 def test_a_user_error_under_nproc_is_its_line_not_torchruns_traceback(tmp_path):

@@ -520,6 +520,12 @@ def test_published_per_class_numbers_meet_the_boards_per_class_columns(tmp_path)
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     got = {c[1]: (c[2], c[6], c[7]) for c in cells}  # Metric: Published, Ours, Ours − published
     assert got == {"DSC (aorta)": ("86.4", "86.00", "-0.40"), "DSC (liver)": ("94", "95.00", "+1.00")}
+    # nnU-Net's ACDC names its classes RV, MLM, LVC; the papers' columns are rv, myo, lv
+    from bench.report import _class_column
+
+    acdc = pd.Series({"dice/RV_mean": 0.7, "dice/MLM_mean": 0.8, "dice/LVC_mean": 0.9, "dice_mean": 0.8})
+    assert [_class_column(acdc, "dice", c) for c in ("rv", "myo", "lv", "la")] == \
+        ["dice/RV_mean", "dice/MLM_mean", "dice/LVC_mean", None]
 
 
 def test_split_mismatch_by_case_ids_counts_or_unpublished_splits():

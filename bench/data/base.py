@@ -118,8 +118,13 @@ class SegDataset:
 
     @property
     def split_source(self) -> Path:
-        """Where the split is read from (a list folder, a splits file), for errors about it."""
+        """Where the split is read from (a splits file, else the root), for errors about it."""
         return self.root
+
+    @property
+    def split_names(self) -> tuple[str, str]:
+        """What the training and the test list are called in errors about them."""
+        return SPLIT_NAMES
 
     def case_of(self, item_id: str) -> str:
         """The case a training item belongs to (a slice's volume): no case may be on both sides."""
@@ -132,7 +137,7 @@ class SegDataset:
         for split, ids in (("training", train), ("test", test)):
             if not ids:
                 raise BenchError(f"{self.root}: the {split} split is empty; expected {self.layout}")
-        problems = split_problems(train, test, self.case_of)
+        problems = split_problems(train, test, self.case_of, self.split_names)
         if problems:
             raise BenchError(f"{self.split_source}: {'; '.join(problems)}")
         missing = [path for path in self.required_files() if not path.is_file()]
@@ -233,18 +238,23 @@ class SegDataset:
             write_nifti_labels(pred, path, self.num_classes, np.diag([*zooms, 1.0]))
 
 
-def split_problems(train: list[str], test: list[str], case_of=lambda item: item) -> list[str]:
-    """Why ``train``/``test`` are no split, or []: an id listed twice (it would count twice), a case
-    on both sides (its test score would be of data trained on). ``case_of``: an item's case.
+SPLIT_NAMES = ("the training split", "the test split")
+
+
+def split_problems(train: list[str], test: list[str], case_of=lambda item: item,
+                   names: tuple[str, str] = SPLIT_NAMES) -> list[str]:
+    """Why ``train``/``test`` are no split, or []: an id listed twice (it would count twice), a test
+    case with training items (its score would be of data trained on). ``case_of``: a training item's
+    case (test ids are cases); ``names``: what the two lists are called (their files, where known).
     Shared by the readers (which raise) and ``bench data verify`` (which reports)."""
     problems = []
-    for split, ids in (("training", train), ("test", test)):
+    for name, ids in zip(names, (train, test)):
         twice = sorted(item for item, n in Counter(ids).items() if n > 1)
         if twice:
-            problems.append(f"the {split} split lists {_few(twice)} twice")
-    both = sorted({case_of(item) for item in train} & {case_of(item) for item in test})
+            problems.append(f"{name} lists {_few(twice)} twice")
+    both = sorted({case_of(item) for item in train} & set(test))
     if both:
-        problems.append(f"{_few(both)} in both the training and the test split; a test case is never trained on")
+        problems.append(f"{_few(both)} in both {names[0]} and {names[1]}; a test case is never trained on")
     return problems
 
 

@@ -60,7 +60,10 @@ if TYPE_CHECKING:
     from bench.data.preprocess import VolumePrep
 
 SPLIT_SEED = 12345
-VOLUME_CACHE_FORMAT = 2  # part of the cached volumes' names: a change in how they are written renames them
+# part of the cached volumes' names: a change in how they are written renames them (3: a case's spacing
+# is its image's, no longer its label's)
+VOLUME_CACHE_FORMAT = 3
+FOLD_LISTS = ('"train"', '"val"')  # a splits_final.json fold's lists, as errors name them
 N_FOLDS = 5  # nnU-Net's default cross-validation
 TEST_FRACTION_DENOM = 5  # 1/5 = 20 % of the cases are test cases
 VOLUME_ENDINGS = (".nii.gz", ".nii")
@@ -227,8 +230,7 @@ def read_case(root: Path, case: str, ending: str, n_channels: int,
     ``num_classes``: when given, label ids outside 0..num_classes-1 are a BenchError."""
     lab_path = label_path(root, case, ending)
     read = read_nifti if is_volume_ending(ending) else _read_png_pair
-    label, _ = read(lab_path, label=True)  # the spacing is the image's, as nnU-Net takes it
-    spacing = None
+    label, _ = read(lab_path, label=True)  # the spacing is the image's (channel 0), as nnU-Net takes it
     if num_classes is not None:
         label = class_ids(lab_path, label, num_classes)
     chans = []
@@ -238,7 +240,8 @@ def read_case(root: Path, case: str, ending: str, n_channels: int,
         if not path.is_file():
             raise BenchError(f"{path}: missing (channel {c} of case {case!r}; dataset.json declares {n_channels})")
         arr, channel_spacing = read(path)
-        spacing = channel_spacing if c == 0 else spacing
+        if c == 0:
+            spacing = channel_spacing
         if not np.isfinite(arr).all():  # nnU-Net's dataset check refuses them too: they would train as NaN
             raise BenchError(f"{path}: image holds NaN or infinite values; expected finite intensities")
         chans.extend([arr] if arr.ndim == label.ndim else [arr[..., i] for i in range(arr.shape[-1])])
@@ -437,7 +440,7 @@ class NnUNetDataset(SegDataset):
             for key in ("train", "val"):
                 if not fold[key]:  # nothing to train on, or nothing to score
                     raise BenchError(f"{path}: fold {k} has an empty {key!r} list; expected cases in both lists")
-            problems = split_problems(fold["train"], fold["val"])
+            problems = split_problems(fold["train"], fold["val"], names=FOLD_LISTS)
             if problems:
                 raise BenchError(f"{path}: fold {k}: {'; '.join(problems)}")
         return folds

@@ -232,6 +232,7 @@ class SynapseDataset(SegDataset):
                 f"{self.root}: no {TRAIN_DIR}/ or {TEST_DIR}/ folder; expected {self.layout}"
             )
         self.list_dir = find_list_dir(self.root)
+        self._sources: list[str] = []  # where each split's ids came from, for errors about them
         self._train = self._ids(TRAIN_LIST, self.train_dir, ".npz")
         self._test = self._ids(TEST_LIST, self.test_dir, H5_SUFFIX)
         table = self.root / SPACING_FILE
@@ -239,7 +240,9 @@ class SynapseDataset(SegDataset):
 
     def _ids(self, list_name: str, folder: Path, suffix: str) -> list[str]:
         if self.list_dir is not None and (self.list_dir / list_name).is_file():
+            self._sources.append(str((self.list_dir / list_name).relative_to(self.root)))
             return read_list(self.list_dir / list_name, suffix)
+        self._sources.append(f"{folder.name}/ (no {list_name})")
         if not folder.is_dir():
             return []
         self.notes.append(
@@ -252,8 +255,8 @@ class SynapseDataset(SegDataset):
         return ids
 
     @property
-    def split_source(self) -> Path:
-        return self.list_dir if self.list_dir is not None else self.root
+    def split_names(self) -> tuple[str, str]:
+        return self._sources[0], self._sources[1]
 
     def case_of(self, item_id: str) -> str:
         return slice_case(item_id)

@@ -102,7 +102,7 @@ def _check_synapse(root: Path, report: _Report, reader) -> None:
         report.add(root, f"no {syn_io.TRAIN_DIR}/ or {syn_io.TEST_DIR}/; expected {reader.layout}")
         return
     list_dir = syn_io.find_list_dir(root)
-    lists = {}  # list name -> its ids, for the split's own checks
+    lists = {}  # list name -> (its ids, what they came from), for the split's own checks
     for list_name, folder, suffix, check in (
         (syn_io.TRAIN_LIST, train_dir, ".npz", _check_npz),
         (syn_io.TEST_LIST, test_dir, syn_io.H5_SUFFIX, _check_h5),
@@ -115,7 +115,7 @@ def _check_synapse(root: Path, report: _Report, reader) -> None:
             except BenchError as exc:  # unreadable or empty
                 report.add(list_path, _unreadable(exc, list_path))
                 continue
-            lists[list_name] = listed
+            lists[list_name] = listed, str(list_path.relative_to(root))
             for item in dict.fromkeys(listed):
                 if item not in present:
                     report.add(folder / f"{item}{suffix}", f"listed in {list_path} but missing")
@@ -130,14 +130,15 @@ def _check_synapse(root: Path, report: _Report, reader) -> None:
                 "warning",
             )
             targets = [present[k] for k in sorted(present)]
+            lists[list_name] = sorted(present), f"{folder.name}/ (no {list_name})"
         if folder.is_dir() and not present:
             report.add(folder, f"no '*{suffix}' files")
         for path in dict.fromkeys(targets):
             check(path, report)
-    if lists:  # an id twice, a test case's slices in train.txt: the reader's rule
-        for problem in split_problems(lists.get(syn_io.TRAIN_LIST, []), lists.get(syn_io.TEST_LIST, []),
-                                      syn_io.slice_case):
-            report.add(list_dir, problem)
+    if len(lists) == 2:  # an id twice, a test case's slices in train.txt: the reader's rule
+        (train, train_name), (test, test_name) = lists[syn_io.TRAIN_LIST], lists[syn_io.TEST_LIST]
+        for problem in split_problems(train, test, syn_io.slice_case, (train_name, test_name)):
+            report.add(root, problem)
     _check_spacing_table(root, test_dir, report)
 
 
@@ -297,7 +298,7 @@ def _check_nnunet(root: Path, report: _Report, reader) -> None:
             for key, ids in (("train", train), ("val", val)):
                 if not ids:
                     report.add(splits, f"fold {k} has an empty {key!r} list")
-            for problem in split_problems(train, val):
+            for problem in split_problems(train, val, names=nn_io.FOLD_LISTS):
                 report.add(splits, f"fold {k}: {problem}")
 
 
