@@ -156,6 +156,10 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
         raise BenchError(f"{name}: cannot build with these overrides ({exc}); --set takes the keys of its "
                          f"configuration: {', '.join(entry.paper_config) or 'none'}") from None
     _check_img_size(name, model, img_size)
+    built = getattr(model, "in_chans", in_chans)  # the authors' 3-channel stems take 3 whatever was asked
+    if in_chans not in (built, 1):
+        raise BenchError(f"{name}: its stem takes {built}-channel images (a 1-channel image is repeated, as its "
+                         f"authors do); got in_chans={in_chans}: this model cannot read this data's channels")
     model.bench_entry = entry
     # a constructor that adapts a value to the input (e.g. a window size) reports it in resolved_config
     model.bench_config = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size, **overrides,

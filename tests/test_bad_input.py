@@ -588,6 +588,18 @@ def test_img_size_a_model_cannot_take_fails_at_creation(name, size, phrase):
             phrase=phrase)
 
 
+@pytest.mark.parametrize("name", ["vmunet", "vmunet_v2", "transunet", "swin_unet"])
+def test_a_three_channel_stem_refuses_other_channel_counts(name):
+    # the record said in_chans 4 while the model took 3, and the first forward failed
+    tiny = dict(get_entry(name).tiny)
+    _raises(lambda: create_model(name, num_classes=2, in_chans=4, img_size=64, **tiny), names=name,
+            phrase="its stem takes 3-channel images (a 1-channel image is repeated, as its authors do); got in_chans=4")
+    for chans in (1, 3):
+        assert create_model(name, num_classes=2, in_chans=chans, img_size=64, **tiny).bench_config["in_chans"] == chans
+    unet = create_model("unet", num_classes=2, in_chans=4, img_size=64, **dict(get_entry("unet").tiny))
+    assert unet.eval()(torch.randn(1, 4, 64, 64)).shape == (1, 2, 64, 64)  # a stem of the data's width
+
+
 def test_non_square_img_size_in_a_protocol(tmp_path):
     text = (Path(__file__).parents[1] / "bench" / "protocols" / "smoke.toml").read_text()
     path = tmp_path / "wide.toml"
