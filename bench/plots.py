@@ -324,7 +324,7 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
     panel only). Runs without a record (still in progress) are not drawn. A missing directory or
     no records gives an empty list.
     """
-    from bench.records import load, record_path
+    from bench.records import load, read_record
     from bench.report import label_runs
 
     results_dir, out_dir = Path(results_dir), Path(out_dir)
@@ -336,7 +336,7 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
 
     def epoch_curve(run_id: str) -> tuple[list[float], list[float]]:
         # only runs without TensorBoard events need their record's train block
-        rec = json.loads(record_path(results_dir, run_id).read_text(encoding="utf-8"))
+        rec = read_record(results_dir, run_id)
         return _epoch_curve(rec.get("train") or {})
 
     df = label_runs(df).sort_values(["model_label", "seed", "run_id"])

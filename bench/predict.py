@@ -65,8 +65,7 @@ def plan_predict(results_dir: Path, models: list[str] | None = None,
             raise BenchError(f"--run {missing[0]}: no finished run{scope} of that id in {results_dir} "
                              f"(runs there: {listed})")
         runs = runs[runs["run_id"].isin(wanted)]
-    return [json.loads(records.record_path(results_dir, rid).read_text(encoding="utf-8"))
-            for rid in sorted(runs["run_id"])]
+    return [records.read_record(results_dir, rid) for rid in sorted(runs["run_id"])]
 
 
 def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: torch.device,

@@ -404,15 +404,25 @@ def _iter_records(results_dir: Path) -> Iterator[tuple[Path, dict]]:
     if not results_dir.is_dir():
         raise BenchError(f"results directory not found: {results_dir} (pass --results DIR)")
     for path in sorted(records_dir(results_dir).glob("*.json")):
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BenchError(f"{path}: not a readable run record ({exc}); fix or move the file") from exc
-        try:
-            validate_record(rec)
-        except BenchError as exc:
-            raise BenchError(f"{path}: {exc}") from exc
-        yield path, rec
+        yield path, _read(path)
+
+
+def read_record(results_dir: Path, run_id: str) -> dict[str, Any]:
+    """One run's record, read and checked as ``load`` reads them (for the commands that work on a
+    run ``load`` selected: rescore, predict, plots)."""
+    return _read(record_path(results_dir, run_id))
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BenchError(f"{path}: not a readable run record ({exc}); fix or move the file") from exc
+    try:
+        validate_record(rec)
+    except BenchError as exc:
+        raise BenchError(f"{path}: {exc}") from exc
+    return rec
 
 
 def _canonical(obj: Any) -> str:

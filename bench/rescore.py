@@ -12,7 +12,6 @@ board, with the same weights behind both.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 import warnings
 from pathlib import Path
@@ -171,8 +170,7 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
               & ~df["run_id"].map(lambda r: rescore_id(r, policy) in done) & ~pd.Series(has_twin, index=df.index)]
     if models is not None:
         todo = todo[todo["model"].isin(models)]
-    recs = [json.loads(records.record_path(results_dir, rid).read_text(encoding="utf-8"))
-            for rid in sorted(todo["run_id"])]
+    recs = [records.read_record(results_dir, rid) for rid in sorted(todo["run_id"])]
     # a pooled policy scores binary tasks only: other runs are left out, and said so
     misfit = {r["run_id"]: policy_misfit(policy, len(r["per_class"]), f"run {r['run_id']}") for r in recs}
     unfit = [m for m in misfit.values() if m]
