@@ -369,11 +369,12 @@ def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
     hd = f"HD95 in {unit}" if unit else "HD95 in the policy's unit"
     if len(units) > 1 or "mixed" in units:  # a mean over mm and voxels has no unit
         hd = f"HD95 units differ between or within runs ({', '.join(units)}): not comparable"
+    hd = f"; {hd}" if "hd95_mean" in board else ""  # pooled ISIC boards have no HD95
     train = "/".join(str(n) for n in a.get("n_train", []))  # absent in records written before it was kept
     note = (
         f"Mean ± std (sample, ddof=1) over seeds: {seeds} per model; test cases per run: {cases}"
         f"{f'; training items: {train}' if train else ''}. "
-        f"DSC, mIoU, Acc, Spe, Sen in %; {hd}; NaN is shown, not dropped."
+        f"DSC, mIoU, Acc, Spe, Sen in %{hd}; NaN is shown, not dropped."
     )
     if CV_LABEL in key.dataset:
         folds = sorted(set(board["fold_set"]))
@@ -844,35 +845,40 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
     protocols: dict[str, Any] = {}
 
     def why_not(p: pd.Series, key: BoardKey, a: dict, row: pd.Series) -> str | None:
-        if not p["protocol"] or a["overrides"] or p["protocol"] != a["protocol_name"]:
-            return "other recipe"
+        """Every reason the gap is not given ("; "-joined), or None where it is."""
+        if not p["protocol"] or p["protocol"] != a["protocol_name"]:
+            return "other recipe"  # nothing else compares with a recipe this board did not run
+        reasons = [f"off-protocol ({a['overrides']})"] if a["overrides"] else []
         if CV_LABEL in key.dataset:  # the papers score one fixed test split
-            return "other split (cross-validation)"
+            reasons.append("other split (cross-validation)")
         if "(synthetic)" in key.dataset:
-            return "synthetic data"
+            reasons.append("synthetic data")
         if p["protocol"] not in protocols:
             protocols[p["protocol"]] = load_protocol(p["protocol"])
         proto = protocols[p["protocol"]]
         if a["protocol_hash"] != proto.hash:  # an older version, or an edited copy of the file
-            return "other protocol version"
+            reasons.append("other protocol version")
         config = json.loads(row["model_config"] or "{}")
         extra = set(config) - BUILD_KEYS
         if config.get("spatial_dims") == proto.spatial_dims:  # a 3-D protocol builds the 3-D variant itself
             extra.discard("spatial_dims")
         if extra:  # --set, --tiny, an adapted window
-            return "other model config"
+            reasons.append("other model config")
         policy = p["convention"] if p["convention"] in POLICIES else proto.metric_policy
         if policy and policy != key.policy:
-            return "other metric policy"
+            reasons.append("other metric policy")
         # mm against voxels, or a board of both (older records name no unit: not judged)
         if p["metric"].split(":")[0] == "hd95" and a["hd95_units"] and a["hd95_units"] != [p["unit"]]:
-            return "other unit"
-        # this row's runs: their test cases and training items
-        cases = (groups or {}).get(key)
-        if cases is not None and "model_label" in cases:
-            cases = cases[cases["model_label"] == row["model"]]
-        n_train = [int(n) for n in str(row.get("n_train", "") or "").split("/") if n]
-        return split_mismatch(key.dataset, cases, n_train)
+            reasons.append("other unit")
+        if CV_LABEL not in key.dataset and "(synthetic)" not in key.dataset:
+            # this row's runs: their test cases and training items
+            cases = (groups or {}).get(key)
+            if cases is not None and "model_label" in cases:
+                cases = cases[cases["model_label"] == row["model"]]
+            n_train = [int(n) for n in str(row.get("n_train", "") or "").split("/") if n]
+            split = split_mismatch(key.dataset, cases, n_train)
+            reasons += [split] if split else []
+        return "; ".join(reasons) or None
 
     out: dict[str, pd.DataFrame] = {}
     for key, board in boards.items():

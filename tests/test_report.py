@@ -1,6 +1,7 @@
 import io
 import math
 import re
+import shutil
 import statistics
 
 import pandas as pd
@@ -466,6 +467,13 @@ def test_caption_names_the_hd95_unit_the_records_carry(tmp_path):
     write_record({**make_record("unet", seed=0), "hd95_unit": "mm"}, tmp_path / "mix")
     write_record({**make_record("unet", seed=1), "hd95_unit": "voxels"}, tmp_path / "mix")
     assert "HD95 units differ between or within runs (mm, voxels): not comparable" in render(load(tmp_path / "mix"))
+    # a pooled ISIC board has no HD95 column: its caption does not speak of one
+    isic = {**make_record("unet", "isic17"), "hd95_unit": None}
+    for rec in (isic, {k: v for k, v in isic.items() if k != "hd95_unit"}):
+        shutil.rmtree(tmp_path / "isic", ignore_errors=True)
+        write_record(rec, tmp_path / "isic")
+        text = render(load(tmp_path / "isic"))
+        assert "DSC, mIoU, Acc, Spe, Sen in %; NaN is shown" in text and "HD95" not in text, text
 
 
 def test_caption_names_the_nsd_tolerances_the_records_carry(tmp_path):
@@ -528,6 +536,28 @@ def test_published_per_class_numbers_meet_the_boards_per_class_columns(tmp_path)
         ["dice/RV_mean", "dice/MLM_mean", "dice/LVC_mean", None]
 
 
+def _published_section(results, *rows: str) -> str:
+    """The report's published-vs-ours sections for a published table of ``rows`` (CSV lines)."""
+    pub = results / "pub.csv"
+    pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n" + "".join(f"{r}\n" for r in rows))
+    return write_report(results, published=pub).split("## Published vs ours")[1]
+
+
+def test_a_run_of_the_papers_recipe_with_overrides_is_told_apart_from_another_recipe(tmp_path):
+    # it read "other recipe" beside a "Their recipe" cell naming the board's own protocol, and only the
+    # first reason was given: every reason is named now
+    from bench.protocol import load_protocol
+
+    rec = make_record("transunet", dice=0.8, overrides={"max_iterations": 3}, case_ids=TRANSUNET_TEST_CASES[:2])
+    rec["protocol"]["hash"] = load_protocol("synapse").hash
+    write_record(rec, tmp_path)
+    section = _published_section(tmp_path, "TransUNet Table 1,transunet,synapse,dice,77.48,%,legacy-synapse,synapse,",
+                                 "Other Table,transunet,synapse,dice,78.00,%,legacy-synapse,synapse_swin,")
+    ours, other = (next(line for line in section.splitlines() if t in line) for t in ("77.48", "78"))
+    assert "off-protocol (max_iterations=3); other split (2 test volumes, 2 of TransUNet's 12)" in ours, ours
+    assert "other recipe" in other and "off-protocol" not in other, other
+
+
 def test_split_mismatch_by_case_ids_counts_or_unpublished_splits():
     from bench.data.verify import PRANET_TEST_SETS, VMUNET_ISIC_SPLITS
     from bench.report import split_mismatch
@@ -565,11 +595,8 @@ def test_the_split_is_judged_per_model_row(tmp_path):
         rec = {**make_record(model, seed=0, dice=0.8, case_ids=ids), "n_train": 2211}
         rec["protocol"]["hash"] = synapse
         write_record(rec, tmp_path)
-    pub = tmp_path / "pub.csv"
-    pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
-                   "Paper A,vmunet,synapse,dice,81.00,%,legacy-synapse,synapse,\n"
-                   "Paper A,unet,synapse,dice,76.00,%,legacy-synapse,synapse,\n")
-    section = write_report(tmp_path, published=pub).split("## Published vs ours")[1]
+    section = _published_section(tmp_path, "Paper A,vmunet,synapse,dice,81.00,%,legacy-synapse,synapse,",
+                                 "Paper A,unet,synapse,dice,76.00,%,legacy-synapse,synapse,")
     rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ") and "DSC" in line}
     assert "-1.00" in rows["vmunet"] and "other split (12 test volumes, 11 of TransUNet's 12)" in rows["unet"]
 
