@@ -20,6 +20,7 @@ with ``"complete": true`` and the file of each case.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,14 +93,22 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
     files = {case_id: dataset.prediction_name(case_id) for case_id in ids}
     todo = [case_id for case_id in ids if not (folder / files[case_id]).is_file()]
 
+    unknown: list[str] = []  # volumes without a spacing (Synapse h5 files without spacing.csv)
+
     def write(case: Case, pred: np.ndarray, gt: np.ndarray) -> None:
         name = files[case.case_id]
+        if pred.ndim == 3 and not case.spacing:
+            unknown.append(case.case_id)
         records.atomic_write(folder / name, lambda tmp: dataset.write_prediction(case, pred, tmp),
                              suffix=f".tmp{name[len(case.case_id):]}")  # writers read the format off it
 
     prep = volume_prep(dataset, protocol) if protocol.patches else None
     predict_cases(model, dataset, todo, protocol, write, device=device, stats=intensity_stats(dataset, protocol),
                   prep=prep, workers=workers, progress=progress)
+    if unknown:  # documented, yet unseen where the files are overlaid on the CT in mm
+        warnings.warn(f"{rec['run_id']}: {len(unknown)} of {len(todo)} predicted volumes have no known spacing "
+                      f"(first: {unknown[0]}); written with 1 mm voxels, so they overlay the images by voxel, not in "
+                      f"mm (Synapse: {dataset.root}/spacing.csv supplies the spacing)", stacklevel=2)
     records.atomic_write_text(folder / MANIFEST, json.dumps({**manifest, "complete": True, "files": files},
                                                             indent=2) + "\n")
     return folder, len(todo)

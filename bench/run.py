@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -86,6 +87,25 @@ def _progress_bar(enabled: bool):
     return bar if bar.console.is_terminal else nullcontext(None)
 
 
+HEARTBEAT_S = 300.0  # where no live bar shows, a plain progress line at most this often
+
+
+class _Heartbeat:
+    """Where no live bar shows (output to a log file, or --no-progress): a plain line on stderr at most
+    every ``HEARTBEAT_S`` seconds, so a batch job's log shows that a run of hours is alive and how far
+    it is; a run shorter than that prints none."""
+
+    def __init__(self, label: str):
+        self.label, self.start = label, time.monotonic()
+        self.last = self.start
+
+    def __call__(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self.last >= HEARTBEAT_S:
+            self.last = now
+            print(f"  {self.label}: {text} · {(now - self.start) / 60:.0f} min", file=sys.stderr, flush=True)
+
+
 def _preprocess_volumes(dataset, protocol: Protocol, bar, main: bool) -> None:
     """Every training volume preprocessed into the cache before training starts (rank 0; the others
     wait), as nnU-Net preprocesses before it trains: loader workers then only map files, where several
@@ -153,10 +173,13 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
             if protocol.patches:
                 _preprocess_volumes(dataset, protocol, bar, main)
             task = bar.add_task(f"{spec.model} s{spec.seed} train", total=None, info="") if bar else None
+            beat = _Heartbeat(spec.key) if bar is None and main else None
 
             def on_step(step: int, total: int, loss: float) -> None:
                 if bar is not None:
                     bar.update(task, completed=step, total=total, info=f"loss {loss:.4f}")
+                elif beat is not None:
+                    beat(f"training, step {step} of {total} · loss {loss:.4f}")
 
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -174,6 +197,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
             def on_case(i: int, n: int) -> None:
                 if bar is not None:
                     bar.update(task, completed=i, total=n)
+                elif beat is not None:
+                    beat(f"evaluating, {i} of {n} test cases scored")
 
             scores = evaluate(model, dataset, protocol, spec.policy, device=device, progress=on_case)
         if writer is not None:

@@ -118,6 +118,20 @@ def test_synapse_volumes_become_nifti_with_their_spacing(tmp_path):
     _same_rows(_rescored(rec, preds, ds), rec["per_case"])
 
 
+def test_volumes_without_a_known_spacing_are_written_in_voxels_and_said_so(tmp_path):
+    import h5py
+
+    root = synthesize("synapse", tmp_path / "data", n_train=2, n_test=2, depth=4, size=32)
+    for path in (root / "test_vol_h5").glob("*.h5"):  # as the real files: no spacing attribute
+        with h5py.File(path, "r+") as f:
+            del f.attrs["spacing"]
+    rec = _train("synapse", root, tmp_path / "res")
+    with pytest.warns(UserWarning, match=rf"{rec['run_id']}: 2 of 2 predicted volumes have no known spacing "
+                                         r"\(first: case\d+\); written with 1 mm voxels"):
+        folder, _ = predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
+    assert all(nib.load(f).header.get_zooms() == (1.0, 1.0, 1.0) for f in folder.glob("*.nii.gz"))
+
+
 def test_binary_masks_are_0_255_pngs_at_model_resolution_in_test_set_folders(tmp_path):
     root = synthesize("polyp", tmp_path / "data")
     rec = _train("polyp", root, tmp_path / "res")

@@ -545,6 +545,25 @@ def test_run_record_carries_policy_conventions_and_hd95_unit(synapse_root, tmp_p
     assert rec["policy_conventions"]["use_spacing"] is True and "table" not in rec["policy_conventions"]
 
 
+def test_without_a_live_bar_a_run_says_how_far_it_is_now_and_then(synapse_root, tmp_path, monkeypatch, capsys):
+    # with --no-progress or output to a log file, a run of hours printed nothing until it finished
+    from bench import run
+    from bench.run import plan_grid, run_one
+
+    proto = _proto(max_iterations=2, max_cases=1)
+    (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=synapse_root,
+                        synthetic=False, results_dir=tmp_path, model_overrides=dict(get_entry("unet").tiny))
+    monkeypatch.setattr(run, "HEARTBEAT_S", 0.0)  # every step and case, instead of every 5 minutes
+    rec = run_one(spec, results_dir=tmp_path, device=torch.device("cpu"), show_progress=False)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" · ")[0] for line in lines] == [
+        f"  {rec['run_id']}: training, step 1 of 2", f"  {rec['run_id']}: training, step 2 of 2",
+        f"  {rec['run_id']}: evaluating, 1 of 1 test cases scored"], lines
+    monkeypatch.setattr(run, "HEARTBEAT_S", 300.0)
+    run_one(spec, results_dir=tmp_path / "again", device=torch.device("cpu"), show_progress=False)
+    assert capsys.readouterr().err == ""  # a short run prints none
+
+
 def _vmamba_file(folder, tiny):
     """A VMamba-S-layout file for the tiny VM-UNet (its encoder keys without the prefix)."""
     own = create_model("vmunet", num_classes=9, img_size=32, **tiny).state_dict()
