@@ -849,9 +849,10 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
         if not p["protocol"] or p["protocol"] != a["protocol_name"]:
             return "other recipe"  # nothing else compares with a recipe this board did not run
         reasons = [f"off-protocol ({a['overrides']})"] if a["overrides"] else []
-        if CV_LABEL in key.dataset:  # the papers score one fixed test split
+        folds, synthetic = CV_LABEL in key.dataset, "(synthetic)" in key.dataset
+        if folds:  # the papers score one fixed test split
             reasons.append("other split (cross-validation)")
-        if "(synthetic)" in key.dataset:
+        if synthetic:
             reasons.append("synthetic data")
         if p["protocol"] not in protocols:
             protocols[p["protocol"]] = load_protocol(p["protocol"])
@@ -870,7 +871,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
         # mm against voxels, or a board of both (older records name no unit: not judged)
         if p["metric"].split(":")[0] == "hd95" and a["hd95_units"] and a["hd95_units"] != [p["unit"]]:
             reasons.append("other unit")
-        if CV_LABEL not in key.dataset and "(synthetic)" not in key.dataset:
+        if not folds and not synthetic:  # else the split says nothing more
             # this row's runs: their test cases and training items
             cases = (groups or {}).get(key)
             if cases is not None and "model_label" in cases:

@@ -348,6 +348,14 @@ def float_id_problem(label: np.ndarray) -> str | None:
     return None
 
 
+def check_whole_ids(path: Path, label: np.ndarray) -> None:
+    """BenchError naming ``path`` where a label map stored as floats holds no class ids (NaN/inf,
+    fractions): rounding them would invent labels."""
+    problem = float_id_problem(label) if label.dtype.kind == "f" else None
+    if problem:
+        raise BenchError(f"{path}: {problem}")
+
+
 def class_ids(path: Path, label: np.ndarray, num_classes: int) -> np.ndarray:
     """``label`` as int64 ids, or BenchError naming ``path`` when it holds ids outside the task's
     classes (they would index past the model's outputs in the loss, or be scored as nothing)."""

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from bench.data import synapse as syn
-from bench.data.base import float_id_problem, reading
+from bench.data.base import check_whole_ids, reading
 from bench.errors import BenchError
 
 HU_WINDOW = (-125.0, 275.0)
@@ -92,10 +92,7 @@ def _read(img_path: Path, label_path: Path, table: np.ndarray) -> tuple[np.ndarr
         zooms = tuple(float(f"{float(z):.7g}") for z in img.header.get_zooms()[:3])
     with reading(label_path, "a NIfTI volume"):
         raw = np.asarray(nib.load(str(label_path)).dataobj)
-    if raw.dtype.kind == "f":  # ids stored as floats: whole numbers, or the file is no label map
-        problem = float_id_problem(raw)
-        if problem:
-            raise BenchError(f"{label_path}: {problem}")
+    check_whole_ids(label_path, raw)
     raw = raw.astype(np.int16, copy=False)  # ids 0..13; 2 bytes a voxel, not 8 (volumes are ~40 M voxels)
     if hu.ndim != 3 or raw.shape != hu.shape:
         raise BenchError(f"{label_path}: shape {raw.shape} differs from its image {img_path} {hu.shape}; "

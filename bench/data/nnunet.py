@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.data.base import (Case, Sample, SegDataset, class_ids, describe, float_id_problem, hidden, id_dtype, reading,
+from bench.data.base import (Case, Sample, SegDataset, check_whole_ids, class_ids, describe, hidden, id_dtype, reading,
                               split_problems, write_nifti_labels)
 from bench.errors import BenchError
 from bench.records import atomic_write, remove_orphans
@@ -63,7 +63,7 @@ SPLIT_SEED = 12345
 # part of the cached volumes' names: a change in how they are written renames them (3: a case's spacing
 # is its image's, no longer its label's)
 VOLUME_CACHE_FORMAT = 3
-FOLD_LISTS = ('"train"', '"val"')  # a splits_final.json fold's lists, as errors name them
+_FOLD_LISTS = ('"train"', '"val"')  # a splits_final.json fold's lists, as errors name them
 N_FOLDS = 5  # nnU-Net's default cross-validation
 TEST_FRACTION_DENOM = 5  # 1/5 = 20 % of the cases are test cases
 VOLUME_ENDINGS = (".nii.gz", ".nii")
@@ -158,10 +158,7 @@ def read_nifti(path: Path, *, label: bool = False) -> tuple[np.ndarray, tuple[fl
         _check_3d(path, img.shape)
         if label:
             arr = np.asarray(img.dataobj)
-            if arr.dtype.kind == "f":  # ids stored as floats: whole numbers, or the file is no label map
-                problem = float_id_problem(arr)
-                if problem:
-                    raise BenchError(f"{path}: {problem}")
+            check_whole_ids(path, arr)
             arr = arr.astype(np.int64)
         else:
             arr = np.asarray(img.get_fdata(dtype=np.float32))
@@ -273,6 +270,21 @@ def _read_compact(root: str | Path, case: str, ending: str, n_channels: int, num
 # Slices of one volume are usually requested together (a loader worker walks consecutive ids only
 # by chance, but evaluation and small datasets do); two entries keep it cheap.
 _read_case_cached = functools.lru_cache(maxsize=2)(_read_compact)
+
+
+def fold_problems(folds: list[tuple[list[str], list[str]]], cases: list[str]) -> list[str]:
+    """What is wrong with each (train, val) fold of a splits_final.json, or []: cases without a label
+    file, an empty list (nothing to train on, or to score), an id twice, a case on both sides.
+    Shared by the reader (which raises) and ``bench data verify`` (which reports)."""
+    known, out = set(cases), []
+    for k, (train, val) in enumerate(folds):
+        unknown = sorted(set(train + val) - known)
+        if unknown:
+            out.append(f"fold {k} names cases without a label file: {', '.join(unknown[:5])}")
+        out += [f"fold {k} has an empty {key!r} list; expected cases in both lists"
+                for key, ids in (("train", train), ("val", val)) if not ids]
+        out += [f"fold {k}: {problem}" for problem in split_problems(train, val, names=_FOLD_LISTS)]
+    return out
 
 
 def fixed_split(case_ids: list[str]) -> tuple[list[str], list[str]]:
@@ -433,16 +445,10 @@ class NnUNetDataset(SegDataset):
             raise BenchError(f"{path}: expected {expected} ({describe(exc)})") from exc
         if not folds:
             raise BenchError(f"{path}: no folds; expected {expected}")
-        for k, fold in enumerate(folds):  # every fold before any trains: fold 3's leak found before fold 0 runs
-            unknown = sorted(set(fold["train"] + fold["val"]) - set(self.cases))
-            if unknown:
-                raise BenchError(f"{path}: fold {k} names cases without a label file: {', '.join(unknown[:5])}")
-            for key in ("train", "val"):
-                if not fold[key]:  # nothing to train on, or nothing to score
-                    raise BenchError(f"{path}: fold {k} has an empty {key!r} list; expected cases in both lists")
-            problems = split_problems(fold["train"], fold["val"], names=FOLD_LISTS)
-            if problems:
-                raise BenchError(f"{path}: fold {k}: {'; '.join(problems)}")
+        # every fold before any trains: fold 3's leak is found before fold 0 runs
+        problems = fold_problems([(f["train"], f["val"]) for f in folds], self.cases)
+        if problems:
+            raise BenchError(f"{path}: {'; '.join(problems)}")
         return folds
 
     def _split(self) -> tuple[list[str], list[str]]:

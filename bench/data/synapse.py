@@ -152,6 +152,15 @@ def slice_case(slice_id: str) -> str:
     return slice_id.split("_slice", 1)[0]
 
 
+def list_source(root: Path, list_name: str, folder: Path) -> str:
+    """What a split's ids come from, as errors about the split name it: its list file (below
+    ``root``), else the folder whose sorted contents stand in for it."""
+    list_dir = find_list_dir(root)
+    if list_dir is not None and (list_dir / list_name).is_file():
+        return str((list_dir / list_name).relative_to(root))
+    return f"{folder.name}/ (no {list_name})"
+
+
 def find_list_dir(root: Path) -> Path | None:
     """The first list folder that exists, or None."""
     for rel in LIST_DIRS:
@@ -232,7 +241,6 @@ class SynapseDataset(SegDataset):
                 f"{self.root}: no {TRAIN_DIR}/ or {TEST_DIR}/ folder; expected {self.layout}"
             )
         self.list_dir = find_list_dir(self.root)
-        self._sources: list[str] = []  # where each split's ids came from, for errors about them
         self._train = self._ids(TRAIN_LIST, self.train_dir, ".npz")
         self._test = self._ids(TEST_LIST, self.test_dir, H5_SUFFIX)
         table = self.root / SPACING_FILE
@@ -240,9 +248,7 @@ class SynapseDataset(SegDataset):
 
     def _ids(self, list_name: str, folder: Path, suffix: str) -> list[str]:
         if self.list_dir is not None and (self.list_dir / list_name).is_file():
-            self._sources.append(str((self.list_dir / list_name).relative_to(self.root)))
             return read_list(self.list_dir / list_name, suffix)
-        self._sources.append(f"{folder.name}/ (no {list_name})")
         if not folder.is_dir():
             return []
         self.notes.append(
@@ -256,7 +262,7 @@ class SynapseDataset(SegDataset):
 
     @property
     def split_names(self) -> tuple[str, str]:
-        return self._sources[0], self._sources[1]
+        return (list_source(self.root, TRAIN_LIST, self.train_dir), list_source(self.root, TEST_LIST, self.test_dir))
 
     def case_of(self, item_id: str) -> str:
         return slice_case(item_id)

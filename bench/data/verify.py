@@ -102,7 +102,7 @@ def _check_synapse(root: Path, report: _Report, reader) -> None:
         report.add(root, f"no {syn_io.TRAIN_DIR}/ or {syn_io.TEST_DIR}/; expected {reader.layout}")
         return
     list_dir = syn_io.find_list_dir(root)
-    lists = {}  # list name -> (its ids, what they came from), for the split's own checks
+    lists = {}  # list name -> its ids, for the split's own checks
     for list_name, folder, suffix, check in (
         (syn_io.TRAIN_LIST, train_dir, ".npz", _check_npz),
         (syn_io.TEST_LIST, test_dir, syn_io.H5_SUFFIX, _check_h5),
@@ -115,7 +115,7 @@ def _check_synapse(root: Path, report: _Report, reader) -> None:
             except BenchError as exc:  # unreadable or empty
                 report.add(list_path, _unreadable(exc, list_path))
                 continue
-            lists[list_name] = listed, str(list_path.relative_to(root))
+            lists[list_name] = listed
             for item in dict.fromkeys(listed):
                 if item not in present:
                     report.add(folder / f"{item}{suffix}", f"listed in {list_path} but missing")
@@ -130,14 +130,15 @@ def _check_synapse(root: Path, report: _Report, reader) -> None:
                 "warning",
             )
             targets = [present[k] for k in sorted(present)]
-            lists[list_name] = sorted(present), f"{folder.name}/ (no {list_name})"
+            lists[list_name] = sorted(present)
         if folder.is_dir() and not present:
             report.add(folder, f"no '*{suffix}' files")
         for path in dict.fromkeys(targets):
             check(path, report)
     if len(lists) == 2:  # an id twice, a test case's slices in train.txt: the reader's rule
-        (train, train_name), (test, test_name) = lists[syn_io.TRAIN_LIST], lists[syn_io.TEST_LIST]
-        for problem in split_problems(train, test, syn_io.slice_case, (train_name, test_name)):
+        names = tuple(syn_io.list_source(root, name, folder)
+                      for name, folder in ((syn_io.TRAIN_LIST, train_dir), (syn_io.TEST_LIST, test_dir)))
+        for problem in split_problems(lists[syn_io.TRAIN_LIST], lists[syn_io.TEST_LIST], syn_io.slice_case, names):
             report.add(root, problem)
     _check_spacing_table(root, test_dir, report)
 
@@ -292,14 +293,8 @@ def _check_nnunet(root: Path, report: _Report, reader) -> None:
         except Exception as exc:  # noqa: BLE001
             report.add(splits, f"expected a list of {{\"train\": [...], \"val\": [...]}} folds ({exc})")
             folds = []
-        for k, (train, val) in enumerate(folds):
-            for case in sorted(set(train + val) - known):
-                report.add(splits, f"fold {k} names {case!r}, which has no label file")
-            for key, ids in (("train", train), ("val", val)):
-                if not ids:
-                    report.add(splits, f"fold {k} has an empty {key!r} list")
-            for problem in split_problems(train, val, names=nn_io.FOLD_LISTS):
-                report.add(splits, f"fold {k}: {problem}")
+        for problem in nn_io.fold_problems(folds, cases):  # the reader's rules
+            report.add(splits, problem)
 
 
 def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set[int], report: _Report) -> None:
