@@ -531,7 +531,8 @@ def models() -> None:
 
 @app.command()
 def doctor() -> None:
-    """Python/torch/CUDA versions, which selective-scan backend would run and why, mamba-ssm status.
+    """Python/torch/CUDA versions, which selective-scan backend would run and why, mamba-ssm status,
+    model plugins.
 
     Example: bench doctor
     """
@@ -556,6 +557,12 @@ def doctor() -> None:
     except ImportError:
         typer.echo("scan backend n/a: no SSM model is installed yet (ssm_models.scan missing)")
     typer.echo(f"mamba-ssm    {_mamba_status()}")
+    from bench import registry
+
+    registry.list_models()  # loads the plugins
+    plugins = [f"{k}: {', '.join(v) or 'no models'}" for k, v in registry.PLUGIN_MODELS.items()]
+    plugins += [f"{k}: failed to load ({v})" for k, v in registry.PLUGIN_ERRORS.items()]
+    typer.echo(f"plugins      {'; '.join(plugins) or f'none (entry point group {registry.ENTRY_POINT_GROUP})'}")
 
 
 def _mamba_status() -> str:

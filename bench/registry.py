@@ -15,6 +15,7 @@ import difflib
 import importlib
 import importlib.metadata
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -51,6 +52,9 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+# entry points of the group, by name: the models each registered, or why it failed to load (bench doctor)
+PLUGIN_MODELS: dict[str, list[str]] = {}
+PLUGIN_ERRORS: dict[str, str] = {}
 _loaded_builtins = False
 
 
@@ -75,6 +79,11 @@ def register_model(
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
+        held = _REGISTRY.get(key)
+        if held is not None and _origin(held.constructor) != _origin(fn):
+            # a plugin must not silently replace a model (a board would show its numbers under that name)
+            raise ValueError(f"model name {key!r} is taken by {_origin(held.constructor)}; "
+                             f"register {_origin(fn)} under another name (register_model(name=...))")
         _REGISTRY[key] = ModelEntry(
             name=key,
             family=family,
@@ -93,6 +102,10 @@ def register_model(
     return deco
 
 
+def _origin(fn: Callable) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
 def _load_builtins() -> None:
     global _loaded_builtins
     if _loaded_builtins:
@@ -101,7 +114,17 @@ def _load_builtins() -> None:
     for pkg in _BUILTIN_PACKAGES:
         importlib.import_module(pkg)
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()
+        before = set(_REGISTRY)
+        try:
+            ep.load()
+            PLUGIN_MODELS[ep.name] = sorted(set(_REGISTRY) - before)
+        except Exception as exc:  # one broken plugin must not take every command (and the other models) down
+            for half in set(_REGISTRY) - before:  # registered by a module that then failed: not to be trusted
+                del _REGISTRY[half]
+            first = (str(exc).splitlines() or [""])[0]
+            PLUGIN_ERRORS[ep.name] = f"{ep.value}: {type(exc).__name__}: {first}"
+            warnings.warn(f"model plugin {ep.name!r} (entry point {ep.value!r} in group {ENTRY_POINT_GROUP}) "
+                          f"failed to load, its models are missing: {type(exc).__name__}: {first}", stacklevel=2)
 
 
 def _unknown(kind: str, name: str, known: list[str]) -> BenchError:
@@ -118,7 +141,11 @@ def list_models(family: str | None = None) -> list[str]:
 def get_entry(name: str) -> ModelEntry:
     _load_builtins()
     if name not in _REGISTRY:
-        raise _unknown("model", name, list_models())
+        exc = _unknown("model", name, list_models())
+        if PLUGIN_ERRORS:
+            failed = "; ".join(f"{k} ({v})" for k, v in PLUGIN_ERRORS.items())
+            exc = BenchError(f"{exc}; model plugins that failed to load: {failed}")
+        raise exc
     return _REGISTRY[name]
 
 

@@ -112,9 +112,10 @@ def make_record(
     }
 
 
-def run_bench(*args, check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m bench ARGS`` in a fresh process with one OpenMP thread; ``check``: assert it exited 0."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run_bench(*args, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m bench ARGS`` in a fresh process with one OpenMP thread (and ``env`` added);
+    ``check``: assert it exited 0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True, env=env)
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from bench.registry import (
     clean_state_dict, create_model, get_entry, list_models, load_official_state_dict, load_weights,
     register_model, resolve_models,
 )
+from tests.fixtures import run_bench
 
 MODELS = list_models()
 
@@ -178,7 +181,83 @@ def test_third_party_registration():
         model = create_model("_test_tiny_plugin", num_classes=2)
         assert model.bench_entry.family == "cnn"
         assert model(torch.randn(1, 3, 8, 8)).shape == (1, 2, 8, 8)
+        # the same constructor registered again (a module reloaded) is no conflict
+        register_model(family="cnn", paper_config={}, name="_test_tiny_plugin")(_factory)
     finally:
         from bench import registry
 
         registry._REGISTRY.pop("_test_tiny_plugin")
+
+
+def test_a_plugin_cannot_take_a_registered_name():
+    # a board would show the plugin's numbers under the built-in model's name
+    with pytest.raises(ValueError, match=r"'unet' is taken by baselines\.unet\.unet.*register_model\(name="):
+        @register_model(family="cnn", paper_config={}, name="unet")
+        def mine(*, num_classes, in_chans=3, img_size=224):
+            raise AssertionError("never built")
+    assert get_entry("unet").constructor.__module__ == "baselines.unet"
+
+
+_PLUGIN = """
+from torch import nn
+
+from bench.modeling import SegmentationModel
+from bench.registry import register_model
+
+
+class TinyNet(SegmentationModel):
+    size_divisor = 2
+
+    def __init__(self, num_classes, in_chans, width):
+        super().__init__()
+        self.num_classes, self.in_chans = num_classes, in_chans
+        self.body = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Upsample(scale_factor=2), nn.Conv2d(width, num_classes, 3, padding=1))
+
+    def forward_logits(self, x):
+        return self.body(x)
+
+
+@register_model(family="cnn", paper_config={"width": 8}, tiny={"width": 4}, source="lab/mynet@abc123")
+def mynet(*, num_classes, in_chans=3, img_size=224, width=8):
+    \"\"\"A lab's own model.\"\"\"
+    return TinyNet(num_classes, in_chans, width)
+"""
+
+
+def _install_plugin(site, body: str) -> dict[str, str]:
+    """A package ``myplug`` declaring the entry point, as ``pip install`` leaves it (a dist-info
+    folder on the path); the environment that puts it on a subprocess's path."""
+    (site / "myplug.py").write_text(body)
+    info = site / "myplug-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[ssm_unet_bench.models]\nmynet = myplug\n")
+    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_entry_point_plugin_runs_like_a_built_in_model(tmp_path):
+    # DESIGN.md contract 1: a model from the user's own package, through bench's commands unchanged
+    env = _install_plugin(tmp_path, _PLUGIN)
+    listed = run_bench("models", env=env).stdout
+    assert "mynet" in listed and "lab/mynet@abc123" in listed
+    assert "plugins      mynet: mynet" in run_bench("doctor", env=env).stdout
+    results = tmp_path / "res"
+    run_bench("run", "--models", "mynet", "--dataset", "isic17", "--synthetic", "--protocol", "smoke", "--tiny",
+              "--max-iterations", "2", "--epochs", "1", "--results", results, "--threads", "1", env=env)
+    board = run_bench("report", "--results", results, env=env).stdout
+    assert "| mynet (tiny) | cnn" in board.replace("  ", " ").replace("  ", " ")
+    prof = run_bench("profile", "--models", "mynet", "--img-size", "32", "--no-timing", "--format", "csv", env=env)
+    assert "mynet" in prof.stdout
+
+
+def test_a_broken_plugin_is_named_and_the_rest_works(tmp_path):
+    # it registers its model, then fails: the half-loaded model must not be used
+    env = _install_plugin(tmp_path, _PLUGIN + "\nimport a_module_that_is_not_installed\n")
+    listed = run_bench("models", env=env)
+    assert "mynet" not in listed.stdout and "vmunet" in listed.stdout
+    assert "model plugin 'mynet'" in listed.stderr and "a_module_that_is_not_installed" in listed.stderr
+    assert "mynet: failed to load (myplug: ModuleNotFoundError" in run_bench("doctor", env=env).stdout
+    asked = run_bench("profile", "--models", "mynet", "--no-timing", check=False, env=env)
+    assert asked.returncode == 2
+    assert "unknown model 'mynet'" in asked.stderr and "model plugins that failed to load: mynet" in asked.stderr
