@@ -2,6 +2,7 @@ import io
 import math
 import re
 import shutil
+import subprocess
 import statistics
 
 import pandas as pd
@@ -148,6 +149,22 @@ def test_labels_with_markup_characters_keep_tables_whole(tmp_path):
     assert "a\\textbar{}b\\textless{}c\\textgreater{}" in tex and "\\texttt{\\char34}" in tex
     assert tex.count("\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%") == 1  # shrunk only
     assert "graphicx" in tex
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="needs pdflatex (TeX Live) to compile the table")
+def test_latex_report_compiles(tmp_path):
+    """What users paste into a paper must compile: every LaTeX special character in a label, Latin-1
+    text, boards of several policies, as one document with the packages the header names."""
+    write_record(make_record("unet", seed=0, model_config={"norm": "#$%&~_^\\{}|<>\"x"}), tmp_path)
+    write_record(make_record("unet", seed=1, model_config={"norm": "Überprüfung"}), tmp_path)
+    write_record(make_record("vmunet", dataset="isic17"), tmp_path)
+    (tmp_path / "tables.tex").write_text(render(load(tmp_path), "latex"))
+    (tmp_path / "doc.tex").write_text("\\documentclass{article}\\usepackage[T1]{fontenc}\\usepackage{booktabs}"
+                                      "\\usepackage{graphicx}\\begin{document}\\input{tables}\\end{document}\n")
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 0
 
 
 def test_hd95_column_stays_where_the_policy_computes_it(tmp_path):
