@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import math
 import numbers
 import tomllib
+import types
+import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,9 @@ from typing import Any
 from bench.errors import BenchError
 
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
+
+# the metadata of fields loading computes: a protocol file may not give them
+_COMPUTED = {"computed": True}
 
 
 @dataclass(frozen=True)
@@ -130,10 +137,10 @@ class Protocol:
     # e.g. where our fallback split would put frames of one patient on both sides (ACDC)
     requires_split_file: bool = False
     variant_of: str = ""
-    overrides: dict[str, Any] = field(default_factory=dict)
-    hash: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict, metadata=_COMPUTED)
+    hash: str = field(default="", metadata=_COMPUTED)
     # the file's own value of every field an override changed: an override back to it is none
-    file_values: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    file_values: dict[str, Any] = field(default_factory=dict, compare=False, repr=False, metadata=_COMPUTED)
 
     @property
     def torch_dtype(self) -> "torch.dtype":
@@ -209,16 +216,29 @@ class Protocol:
                                    overrides={k: v for k, v in changed.overrides.items() if k not in same})
 
 
+# A protocol file's tables: "" is its top level. Each dataclass's fields are the keys the table takes.
+_TABLES = {"": Protocol, "train": TrainConfig, "eval": EvalConfig}
+
+
+@functools.cache
+def _file_fields(table: str) -> dict[str, tuple[Any, bool]]:
+    """The keys a protocol file may give in ``table``, each with its type and whether it is required
+    (the field has no default); the top level's leave out the tables and what loading computes."""
+    cls = _TABLES[table]
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls) if f.name not in _TABLES and not f.metadata.get("computed")}
+
+
 _TOP_OVERRIDABLE = {"img_size", "patch_size", "target_spacing", "normalize", "metric_policy", "seed", "dtype",
                     "pretrained"}
 
 
 def _section(key: str) -> str:
     """Where an overridable field lives: "train", "eval" or "" (top level); BenchError otherwise."""
-    if key in {f.name for f in dataclasses.fields(TrainConfig)}:
-        return "train"
-    if key in {f.name for f in dataclasses.fields(EvalConfig)}:
-        return "eval"
+    for table in ("train", "eval"):
+        if key in _file_fields(table):
+            return table
     if key in _TOP_OVERRIDABLE:
         return ""
     raise BenchError(f"cannot override protocol field {key!r}")
@@ -248,12 +268,12 @@ _WHOLE_NUMBERS = (("", "img_size", 1), ("train", "batch_size", 1), ("train", "ep
 
 
 def _checked(protocol: Protocol, where: str) -> Protocol:
-    """BenchError naming ``where`` (the file, or "override") and the field when a size or count is
-    not a whole number in range; img_size is one side, since every model trains on square inputs.
-    Returns the protocol with patch_size a tuple (a TOML, CLI or record JSON gives a list) and
-    eval.nsd_tolerance in its stored form (``_nsd_tolerance``)."""
-    if isinstance(protocol.patch_size, list):
-        protocol = dataclasses.replace(protocol, patch_size=tuple(protocol.patch_size))
+    """BenchError naming ``where`` (the file, or "override") and the field when a value is not of the
+    field's type, or a size or count not a whole number in range; img_size is one side, since every
+    model trains on square inputs. Returns the protocol with tuple fields tuples (a TOML, CLI or
+    record JSON gives lists) and eval.nsd_tolerance in its stored form (``_nsd_tolerance``)."""
+    protocol = dataclasses.replace(_tuples(protocol, ""), train=_tuples(protocol.train, "train"),
+                                   eval=_tuples(protocol.eval, "eval"))
     for key, value, ok, expected in (
             ("train.oversample_foreground", protocol.train.oversample_foreground, lambda v: 0 <= v <= 1,
              "a share between 0 and 1"),
@@ -276,9 +296,9 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
             raise BenchError(f"{where} {key}: expected a whole number >= {low}{square}; got {value!r}")
     _check_input_size(protocol, where)
     protocol = _check_target_spacing(protocol, where)
-    for name in ("mirror", "autocast"):
-        if not isinstance(getattr(protocol.eval, name), bool):
-            raise BenchError(f"{where} eval.{name}: expected true or false; got {getattr(protocol.eval, name)!r}")
+    tol = _nsd_tolerance(protocol.eval.nsd_tolerance, f"{where} eval.nsd_tolerance")
+    protocol = dataclasses.replace(protocol, eval=dataclasses.replace(protocol.eval, nsd_tolerance=tol))
+    _check_types(protocol, where)  # the fields above have their own messages, so come first
     if protocol.eval.mirror and not protocol.patch_size:
         raise BenchError(f"{where} eval.mirror: test-time mirroring belongs to the sliding window of patch "
                          "protocols; this protocol zooms whole images (no patch_size)")
@@ -289,8 +309,62 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
             close = difflib.get_close_matches(str(value), names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise BenchError(f"{where} {key}: unknown {value!r}{hint} Expected one of {', '.join(names)}")
-    tol = _nsd_tolerance(protocol.eval.nsd_tolerance, f"{where} eval.nsd_tolerance")
-    return dataclasses.replace(protocol, eval=dataclasses.replace(protocol.eval, nsd_tolerance=tol))
+    return protocol
+
+
+def _tuples(config: Any, table: str) -> Any:
+    """``config`` with the lists in its tuple fields made tuples, so that the frozen config stays hashable."""
+    lists = {name: tuple(getattr(config, name)) for name, (hint, _) in _file_fields(table).items()
+             if typing.get_origin(hint) is tuple and isinstance(getattr(config, name), list)}
+    return dataclasses.replace(config, **lists)
+
+
+# what a value of each simple field type is called in an error: one, and a list of them
+_TYPE_NAMES = {bool: ("true or false", "true/false values"), int: ("a whole number", "whole numbers"),
+               float: ("a finite number", "finite numbers"), str: ("a string", "strings")}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the field type ``hint``: a TOML boolean only for bool (a quoted "false"
+    is a string, and true), a whole number also for float, a list also for a tuple."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (tuple, list)):
+            return False
+        if args[-1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(map(_fits, value, args))
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    """How an error names the field type ``hint``: "true or false", "a list of 2 finite numbers"…"""
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        items = _TYPE_NAMES.get(args[0], ("", "values"))[1]
+        return f"a list of {items}" if args[-1] is Ellipsis else f"a list of {len(args)} {items}"
+    return _TYPE_NAMES[hint][0]
+
+
+def _check_types(protocol: Protocol, where: str) -> None:
+    """BenchError naming ``where``, the field, its type and the value given, for the first field of any
+    table whose value is not of the field's type."""
+    for table in _TABLES:
+        config = getattr(protocol, table) if table else protocol
+        for name, (hint, _) in _file_fields(table).items():
+            value = getattr(config, name)
+            if not _fits(value, hint):
+                key = f"{table}.{name}" if table else name
+                shown = list(value) if isinstance(value, tuple) else value  # as the file or option gave it
+                raise BenchError(f"{where} {key}: expected {_type_name(hint)}; got {shown!r}")
 
 
 def _check_input_size(protocol: Protocol, where: str) -> None:
@@ -362,17 +436,64 @@ def _content_hash(data: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def _check_keys(data: dict[str, Any], path: Path) -> None:
+    """One BenchError naming the file and, with the table it sits in, every unknown, misplaced or
+    missing key or table (the likeliest slip: a top-level key appended at the end of a file)."""
+    problems, named = [], set()  # keys and tables a problem names already: not to be called missing too
+    first = next((k for k, v in data.items() if isinstance(v, dict)), "train")  # the first [table] header
+    for table in _TABLES:
+        given = data.get(table, {}) if table else data
+        if not isinstance(given, dict):
+            problems.append(f"{table}: expected a table [{table}]; got {given!r}")
+            continue
+        known = _file_fields(table)
+        for key, value in given.items():
+            if key in known or (not table and key in _TABLES):
+                continue
+            home = next((t for t in _TABLES if t != table and key in _file_fields(t)), None)
+            if home is not None:
+                named.add(key)
+                if home:
+                    owner, move = f"a key of [{home}]", f"under [{home}]"
+                else:
+                    owner, move = "a top-level key", f"above [{first}]"
+                here = (f"under [{table}] here (TOML puts every key after a [table] header into that table)"
+                        if table else "at the top level here")
+                problems.append(f"{key} is {owner}; it sits {here}: move it {move}")
+            elif not table and isinstance(value, dict):
+                close = difflib.get_close_matches(key, [t for t in _TABLES if t], n=1)
+                named.update(close)
+                problems.append(f"unknown table [{key}]" + (f" (did you mean [{close[0]}]?)" if close else ""))
+            else:
+                close = difflib.get_close_matches(key, known, n=1)
+                named.update(close)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"unknown key {key!r} {_place(table)}{hint}")
+    for table in _TABLES:
+        given = data.get(table, {}) if table else data
+        if not isinstance(given, dict):
+            continue  # said above
+        missing = [k for k, (_, required) in _file_fields(table).items()
+                   if required and k not in given and k not in named]
+        if not missing or table in named:
+            continue
+        if table and table not in data:
+            problems.append(f"missing table [{table}] (its required keys: {', '.join(missing)})")
+        else:
+            problems.append(f"missing required key{'s' * (len(missing) > 1)} {_place(table)}: {', '.join(missing)}")
+    if problems:
+        raise BenchError(f"{path}: {'; '.join(problems)}")
+
+
+def _place(table: str) -> str:
+    return f"under [{table}]" if table else "at the top level"
+
+
 def _build(data: dict[str, Any], path: Path) -> Protocol:
-    try:
-        raw = dict(data)
-        train = dict(raw.pop("train"))
-        if "betas" in train:
-            train["betas"] = tuple(train["betas"])
-        ev = dict(raw.pop("eval", {}))
-        raw["datasets"] = tuple(raw.get("datasets", ()))
-        protocol = Protocol(train=TrainConfig(**train), eval=EvalConfig(**ev), hash=_content_hash(data), **raw)
-    except (KeyError, TypeError) as exc:
-        raise BenchError(f"{path}: not a valid protocol file ({exc})") from exc
+    _check_keys(data, path)
+    raw = dict(data)
+    train, ev = raw.pop("train"), raw.pop("eval", {})
+    protocol = Protocol(train=TrainConfig(**train), eval=EvalConfig(**ev), hash=_content_hash(data), **raw)
     return _checked(protocol, f"{path}:")
 
 
@@ -396,4 +517,12 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise BenchError(f"{path}: invalid TOML ({exc})") from exc
-    return _build(data, path)
+    protocol = _build(data, path)
+    if path.resolve().parent != PROTOCOL_DIR.resolve() and protocol.name in list_protocols():
+        builtin = load_protocol(protocol.name)
+        if builtin.hash != protocol.hash:  # a copy differing in comments at most is the built-in recipe
+            warnings.warn(f"{path}: protocol name {protocol.name!r} is a built-in protocol's, but the content "
+                          f"differs (hash {protocol.hash}, the built-in's {builtin.hash}): its runs would be "
+                          f"labelled and grouped as the built-in {protocol.name!r} on boards, and bench rescore "
+                          "would find the built-in's hash changed; give the copy its own name", stacklevel=2)
+    return protocol

@@ -827,10 +827,11 @@ def test_missing_pretrained_files_are_named_before_anything_runs(monkeypatch, ca
 def test_nsd_tolerance_table_that_does_not_fit_the_dataset(monkeypatch, capsys, tmp_path):
     # organ-specific tolerances (U-Mamba style) written for other labels: named before anything trains
     path = tmp_path / "organs.toml"
-    path.write_text((Path(__file__).parents[1] / "bench" / "protocols" / "smoke.toml").read_text()
+    smoke = (Path(__file__).parents[1] / "bench" / "protocols" / "smoke.toml").read_text()
+    path.write_text(smoke.replace('name = "smoke"', 'name = "organs"')
                     + "\n[eval.nsd_tolerance]\nliver = 5.0\nspleen = 3.0\nlung = 2.0\n")
     _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--results",
-           tmp_path / "res", "--protocol", path, *QUICK, names="protocol 'smoke' eval.nsd_tolerance on dataset 'synapse'",
+           tmp_path / "res", "--protocol", path, *QUICK, names="protocol 'organs' eval.nsd_tolerance on dataset 'synapse'",
            phrase="no tolerance for aorta, gallbladder, kidney_l, kidney_r, pancreas, stomach; 'lung' is not a class. "
                   "Classes: aorta, gallbladder, kidney_l, kidney_r, liver, pancreas, spleen, stomach")
     assert not (tmp_path / "res" / "runs").exists()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+import warnings
 
 import pytest
 import torch
@@ -105,7 +108,8 @@ def test_hash_follows_content(tmp_path):
     copy.write_text((PROTOCOL_DIR / "smoke.toml").read_text() + "\n# a comment changes nothing\n")
     assert load_protocol(copy).hash == smoke
     copy.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace("lr = 1e-3", "lr = 2e-3"))
-    assert load_protocol(copy).hash != smoke
+    with pytest.warns(UserWarning, match="give the copy its own name"):
+        assert load_protocol(copy).hash != smoke
 
 
 def test_override_marks_off_protocol():
@@ -141,7 +145,7 @@ def test_override_repeating_the_protocols_value_stays_on_protocol():
     "edit, message",
     [
         (lambda s: s.replace('seed = 0', 'seed = 0\ndtype = "float16"'), r"bad\.toml: dtype: unknown 'float16'.* Expected one of float32, float64"),
-        (lambda s: s.replace("[train]", "[trian]"), r"bad\.toml: not a valid protocol file"),
+        (lambda s: s.replace("[train]", "[trian]"), r"bad\.toml: unknown table \[trian\] \(did you mean \[train\]\?\)$"),
         (lambda s: s + "\n[[[", r"bad\.toml: invalid TOML"),
         # a misspelt name fails when the protocol loads, not when a run of a grid reaches it
         (lambda s: s.replace('optimizer = "adamw"', 'optimizer = "adamm"'),
@@ -168,7 +172,8 @@ def test_bad_protocol_file_names_the_file(tmp_path, edit, message):
 def test_nsd_tolerance_per_class_table(tmp_path):
     smoke = load_protocol("smoke")
     path = tmp_path / "organs.toml"
-    path.write_text((PROTOCOL_DIR / "smoke.toml").read_text() + "\n[eval.nsd_tolerance]\nspleen = 3\nliver = 5.0\n")
+    path.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace('name = "smoke"', 'name = "organs"')
+                    + "\n[eval.nsd_tolerance]\nspleen = 3\nliver = 5.0\n")
     p = load_protocol(path)
     # sorted (name, tolerance) pairs: the config stays hashable, the order of the file is no content
     assert p.eval.nsd_tolerance == (("liver", 5.0), ("spleen", 3.0)) and hash(p.eval)
@@ -186,3 +191,109 @@ def test_nsd_tolerance_per_class_table(tmp_path):
     # rebuilds the protocol from them
     stored = json.loads(json.dumps(smoke.with_overrides(nsd_tolerance=p.eval.nsd_tolerance).overrides))
     assert smoke.with_overrides(**stored).eval.nsd_tolerance == p.eval.nsd_tolerance
+
+
+def _smoke_edited(tmp_path, edit):
+    path = tmp_path / "mine.toml"
+    path.write_text(edit((PROTOCOL_DIR / "smoke.toml").read_text()))
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        # "$": a misspelt or misplaced key is not also reported missing where it belongs
+        (lambda s: s.replace('normalize = "none"', 'normalise = "none"'),
+         r"unknown key 'normalise' at the top level \(did you mean 'normalize'\?\)$"),
+        (lambda s: s.replace("max_iterations", "max_iteration"),
+         r"unknown key 'max_iteration' under \[train\] \(did you mean 'max_iterations'\?\)$"),
+        (lambda s: s.replace("[train]", "[training]"), r"unknown table \[training\] \(did you mean \[train\]\?\)$"),
+        # the likeliest slip: a top-level key appended at the end lands in the last table
+        (lambda s: s + "pretrained = false\n",
+         r"pretrained is a top-level key; it sits under \[eval\] here \(TOML puts every key after a \[table\] header "
+         r"into that table\): move it above \[train\]$"),
+        (lambda s: s + "amp = true\n", r"amp is a key of \[train\]; it sits under \[eval\] here \(TOML .*: move it "
+                                       r"under \[train\]$"),
+        (lambda s: s.replace("lr = 1e-3\n", "").replace("seed = 0", "seed = 0\nlr = 1e-3"),
+         r"lr is a key of \[train\]; it sits at the top level here: move it under \[train\]$"),
+        (lambda s: s.replace("lr = 1e-3\n", "").replace("batch_size = 4\n", ""),
+         r"missing required keys under \[train\]: batch_size, lr$"),
+        (lambda s: s.replace("seed = 0\n", ""), r"missing required key at the top level: seed$"),
+        (lambda s: s[:s.index("[train]")], r"missing table \[train\] \(its required keys: epochs, batch_size, optimizer, "
+                                           r"lr, weight_decay\)$"),
+        (lambda s: s.replace("seed = 0", 'seed = 0\nhash = "0123"'), r"unknown key 'hash' at the top level$"),  # computed
+        # every problem, in one line
+        (lambda s: s.replace("seed = 0", "seed = 0\ncolour = 1") + "pretrained = true\n",
+         r"unknown key 'colour' at the top level; pretrained is a top-level key; .*move it above \[train\]$"),
+    ],
+)
+def test_unknown_misplaced_and_missing_keys_name_file_table_and_key(tmp_path, edit, message):
+    path = _smoke_edited(tmp_path, edit)
+    with pytest.raises(BenchError) as err:
+        load_protocol(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: ") and "\n" not in text and "__init__" not in text
+    assert re.search(message, text), text
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        # a quoted "false" is a true string: it would have trained from the pretrained files
+        (lambda s: s.replace("seed = 0", 'seed = 0\npretrained = "false"'), r"pretrained: expected true or false; got 'false'$"),
+        (lambda s: s.replace("[eval]", 'amp = "no"\n[eval]'), r"train\.amp: expected true or false; got 'no'$"),
+        (lambda s: s.replace("seed = 0", "seed = 0\nrequires_split_file = 1"), r"requires_split_file: expected true or false; got 1$"),
+        (lambda s: s.replace("version = 1", 'version = "1"'), r"version: expected a whole number; got '1'$"),
+        (lambda s: s.replace("seed = 0", "seed = 0.5"), r"seed: expected a whole number; got 0\.5$"),
+        (lambda s: s.replace('source = "ssm-unet-bench"', "source = 3"), r"source: expected a string; got 3$"),
+        (lambda s: s.replace("seed = 0", 'seed = 0\ndatasets = "synapse"'), r"datasets: expected a list of strings; got 'synapse'$"),
+        (lambda s: s.replace("[eval]", "betas = [0.9]\n[eval]"), r"train\.betas: expected a list of 2 finite numbers; got \[0\.9\]$"),
+        (lambda s: s.replace("[eval]", 'momentum = "0.9"\n[eval]'), r"train\.momentum: expected a finite number; got '0\.9'$"),
+        (lambda s: s.replace("loss_ce = 0.5", "loss_ce = nan"), r"train\.loss_ce: expected a finite number; got nan$"),
+        (lambda s: s.replace("image_order = 1", "image_order = 1.5"), r"eval\.image_order: expected a whole number; got 1\.5$"),
+        (lambda s: s + "mirror = 0\n", r"eval\.mirror: expected true or false; got 0$"),
+    ],
+)
+def test_field_types_are_checked(tmp_path, edit, message):
+    path = _smoke_edited(tmp_path, edit)
+    with pytest.raises(BenchError) as err:
+        load_protocol(path)
+    assert str(err.value).startswith(f"{path}: ") and re.search(message, str(err.value)), str(err.value)
+
+
+def test_overrides_are_type_checked_and_survive_a_records_json():
+    smoke = load_protocol("smoke")
+    with pytest.raises(BenchError, match=r"^override pretrained: expected true or false; got 'false'$"):
+        smoke.with_overrides(pretrained="false")
+    with pytest.raises(BenchError, match=r"^override train\.amp: expected true or false; got 'yes'$"):
+        smoke.with_overrides(amp="yes")
+    # a record keeps overrides as JSON (lists), and bench rescore rebuilds the protocol from them:
+    # the rebuilt recipe is the same (overrides keep what was given), and its configs stay hashable
+    patch = load_protocol("lightm_unet_2d")
+    for base, changes in ((smoke, {"betas": (0.8, 0.9), "pretrained": True, "amp": True}),
+                          (patch, {"patch_size": (16, 16), "target_spacing": (1.0, 1.5)})):
+        ran = base.with_overrides(**changes)
+        rec = json.loads(json.dumps(ran.to_record()))
+        rebuilt = load_protocol(rec["name"]).with_overrides(**rec["overrides"])
+        assert dataclasses.replace(rebuilt, overrides={}) == dataclasses.replace(ran, overrides={})
+        assert rebuilt.hash == rec["hash"] and rebuilt.overrides.keys() == changes.keys()
+        assert hash(rebuilt.train) and hash(rebuilt.eval)
+
+
+def test_a_copy_named_like_a_built_in_warns_when_its_content_differs(tmp_path):
+    smoke = load_protocol("smoke")
+    edited = _smoke_edited(tmp_path, lambda s: s.replace("lr = 1e-3", "lr = 2e-3"))
+    with pytest.warns(UserWarning) as caught:
+        mine = load_protocol(edited)
+    (warning,) = caught
+    assert re.fullmatch(rf"{re.escape(str(edited))}: protocol name 'smoke' is a built-in protocol's, but the content "
+                        rf"differs \(hash {mine.hash}, the built-in's {smoke.hash}\): .*give the copy its own name",
+                        str(warning.message)), warning.message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # the same recipe (byte for byte, or comments aside), a copy of its own name, the built-ins themselves
+        assert load_protocol(_smoke_edited(tmp_path, lambda s: s)) == smoke
+        assert load_protocol(_smoke_edited(tmp_path, lambda s: "# mine\n" + s)) == smoke
+        assert load_protocol(_smoke_edited(tmp_path, lambda s: s.replace('name = "smoke"', 'name = "mine"'))).name == "mine"
+        for name in list_protocols():
+            assert load_protocol(name) == load_protocol(PROTOCOL_DIR / f"{name}.toml")
