@@ -24,8 +24,8 @@ import torch
 from bench import distributed, env, records
 from bench.data import check_folds, get_reader, open_dataset, synthetic_identity, synthetic_root
 from bench.data.intensity import intensity_stats
-from bench.data.preprocess import (cache_training_volumes, preprocess_processes, slicing_note, target_spacing,
-                                   volume_prep)
+from bench.data.preprocess import (cache_training_volumes, patch_fit_note, preprocess_processes, slicing_note,
+                                   target_spacing, volume_prep)
 from bench.errors import BenchError
 from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
@@ -120,6 +120,11 @@ def _preprocess_volumes(dataset, protocol: Protocol, bar, main: bool) -> None:
                 bar.update(task, completed=i + 1, info=case)
         if bar is not None:
             bar.remove_task(task)
+        # the cached grids (memory maps: headers read) against the patch, before it trains on padding
+        note = patch_fit_note(protocol.patch_size, [dataset.load_train_volume(c, prep).label.shape
+                                                    for c in dataset.train_volume_ids()])
+        if note:
+            warnings.warn(note, stacklevel=2)
     distributed.barrier()
 
 

@@ -281,6 +281,29 @@ def test_2d_mirroring_averages_the_four_flips():
             torch.testing.assert_close(got[:, z], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_a_patch_larger_than_every_case_is_named(tmp_path):
+    """A recipe's patch copied onto smaller data (LightM-UNet's 512² on 64² images) trained on padding
+    at 64 times the cost, unsaid."""
+    from bench.data.preprocess import patch_fit_note
+    from bench.run import _preprocess_volumes
+
+    cases = [(1, 24, 20), (1, 16, 30)]  # 2-D patches: the in-plane part of each grid
+    assert patch_fit_note((16, 16), cases) is None and patch_fit_note((24, 30), cases) is None
+    note = patch_fit_note((32, 16), cases)
+    assert note.startswith("patch_size [32, 16] is larger than every training case along axis 0 (largest case "
+                           "[24, 30], median [20, 25] after preprocessing): at most 75% of a patch is data")
+    assert "along axis 1, 2 (largest case [12, 40, 40], median [11, 36, 36]" in patch_fit_note((8, 64, 64), [(10, 32, 32), (12, 40, 40)])
+    assert "at most 39% of a patch is data" in patch_fit_note((8, 64, 64), [(10, 32, 32), (12, 40, 40)])
+    # a run warns once the cases are preprocessed (their grids after cropping and resampling)
+    root = synthesize("nnunet", tmp_path / "png", dims=2, n_cases=4, size=16)
+    ds = open_dataset("nnunet", root)
+    ds.volume_cache = tmp_path / "cache"
+    protocol = load_protocol("drift_2d").with_overrides(patch_size=(32, 16), target_spacing="native")
+    with pytest.warns(UserWarning, match=r"patch_size \[32, 16\] is larger than every training case along axis 0 "
+                                         r"\(largest case \[2\d, \d+\]"):
+        _preprocess_volumes(ds, protocol, None, True)
+
+
 # --- end to end --------------------------------------------------------------------------------------
 
 
@@ -330,7 +353,7 @@ def test_planning_warns_where_nnunet_would_slice_along_another_axis(tmp_path):
 
     proto = load_protocol("lightm_unet_2d").with_overrides(patch_size=[16, 16])
     wide = synthesize("nnunet", tmp_path / "wide", dims=3, n_cases=4, depth=6, size=24, spacing=(1.0, 1.0, 3.0))
-    with pytest.warns(UserWarning, match=r"coarsest axis is axis 2 \(median spacing 1 x 1 x 3 mm.*slices along it, "
+    with pytest.warns(UserWarning, match=r"coarsest axis is axis 2 \(median spacing \(z, y, x\) \(1, 1, 3\) mm.*slices along it, "
                                          r"2-D patch protocols here along axis 0"):
         plan_grid(models=["lightm_unet"], dataset="nnunet", protocol=proto, seeds=[0], data_root=wide,
                   synthetic=False, results_dir=tmp_path / "r")

@@ -232,8 +232,26 @@ def slicing_note(root, spacings: Sequence[Sequence[float]]) -> str | None:
     if coarsest == 0:
         return None
     return (f"{root}: the training volumes' coarsest axis is axis {coarsest} (median spacing "
-            f"{' x '.join(f'{v:.4g}' for v in median)} mm, z x y x x); nnU-Net's 2d "
+            f"(z, y, x) ({', '.join(f'{v:.4g}' for v in median)}) mm); nnU-Net's 2d "
             "configuration slices along it, 2-D patch protocols here along axis 0")
+
+
+def patch_fit_note(patch: Sequence[int], shapes: Sequence[Sequence[int]]) -> str | None:
+    """A line where ``patch`` is larger than every preprocessed training case (``shapes``, the grids
+    patches are cut from; 2-D patches: their in-plane part) along some axis, else None. Every patch is
+    then mostly padding, computed at the patch's full cost: a recipe's patch copied onto smaller data.
+    nnU-Net's planner keeps a patch within the median case."""
+    grids = np.asarray([tuple(s)[-len(patch):] for s in shapes])
+    largest = grids.max(axis=0)
+    over = [i for i, (p, n) in enumerate(zip(patch, largest)) if p > n]
+    if not over:
+        return None
+    median = [int(v) for v in np.median(grids, axis=0)]
+    share = float(np.prod(np.minimum(patch, largest)) / np.prod(patch))
+    return (f"patch_size {list(patch)} is larger than every training case along axis {', '.join(map(str, over))} "
+            f"(largest case {[int(v) for v in largest]}, median {median} after preprocessing): at most "
+            f"{share:.0%} of a patch is data, the rest padding computed at full cost; nnU-Net plans patches within "
+            f"the median case: give the protocol a patch_size that fits this data (--patch-size tries one)")
 
 
 def target_spacing(dataset, protocol) -> tuple[float, ...] | None:
