@@ -531,8 +531,7 @@ def models() -> None:
 
 @app.command()
 def doctor() -> None:
-    """Python/torch/CUDA versions, which selective-scan backend would run and why, mamba-ssm status,
-    model plugins.
+    """Python/torch/CUDA versions, the selective-scan backend and why, mamba-ssm, model plugins.
 
     Example: bench doctor
     """
