@@ -185,6 +185,7 @@ def run(
     Example: bench run --models all --dataset synapse --synthetic --protocol smoke
     """
     from bench import distributed
+    from bench.data import get_reader
     from bench.env import resolve_device
     from bench.protocol import load_protocol
     from bench.registry import get_entry, resolve_models
@@ -199,6 +200,7 @@ def run(
     if shard:
         parse_shard(shard)  # before anything is written
     names = resolve_models(models)
+    dataset = get_reader(dataset).name  # any case; records and run ids hold the registered name
     proto = load_protocol(default_protocol(dataset, protocol))
     # --(no-)pretrained changes the recipe only where a chosen model has a pretrained file (an override
     # equal to the protocol's value changes nothing anywhere: Protocol.with_overrides)
@@ -233,6 +235,8 @@ def run(
     say(f"bench run: {len(specs)} run(s){f' (shard {shard} of {total})' if shard else ''} · dataset {dataset} · protocol {proto.name} v{proto.version} "
         f"({proto.hash}{', off-protocol' if proto.off_protocol else ''}) · device {dev}"
         + (f" · {distributed.world().size} processes" if distributed.world().distributed else ""))
+    for note in dict.fromkeys(n for spec in specs for n in spec.notes):  # which split, once each
+        say(f"note: {note}")
     failed = []
     for spec in specs:
         # rank 0's view of the finished records decides for every rank (a record appearing meanwhile,

@@ -15,7 +15,7 @@ import sys
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ class RunSpec:
     # a moved results folder holds the same data), other data by its files (SegDataset.content_id), or
     # by its absolute path for a run begun before that (plan_grid keeps its id); "" = the path
     data_id: str = ""
+    # what the reader says of the data it opened (which split file or rule made the split): shown, not identity
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def split(self) -> str:
@@ -274,15 +276,22 @@ def build_args(model: str, protocol: Protocol, dataset, overrides: dict[str, Any
                 **overrides)
     dims = overrides.get("spatial_dims", protocol.spatial_dims)
     if protocol.spatial_dims == 3:
-        if "spatial_dims" not in get_entry(model).paper_config:
-            three_d = [m for m in list_models() if "spatial_dims" in get_entry(m).paper_config]
-            raise BenchError(f"{model} is a 2-D model; protocol {protocol.name!r} trains 3-D patches "
-                             f"(patch_size {list(protocol.patch_size)}). Models with a 3-D variant: {', '.join(three_d)}")
+        refuse_2d_models([model], protocol)
         args["spatial_dims"] = 3
     if dims != protocol.spatial_dims:
         raise BenchError(f"{model}: --set spatial_dims={dims} does not fit protocol {protocol.name!r}, which is "
                          f"{protocol.spatial_dims}-D; 3-D protocols give patch_size and build 3-D variants themselves")
     return args
+
+
+def refuse_2d_models(models: list[str], protocol: Protocol) -> None:
+    """BenchError naming every one of ``models`` without a volumetric variant, under a 3-D protocol."""
+    flat = [m for m in models if "spatial_dims" not in get_entry(m).paper_config]
+    if protocol.spatial_dims == 3 and flat:
+        three_d = [m for m in list_models() if "spatial_dims" in get_entry(m).paper_config]
+        raise BenchError(f"{', '.join(flat)} {'is a 2-D model' if len(flat) == 1 else 'are 2-D models'}; protocol "
+                         f"{protocol.name!r} trains 3-D patches (patch_size {list(protocol.patch_size)}). Models with "
+                         f"a 3-D variant: {', '.join(three_d)}")
 
 
 def _check_patch(model: str, build: dict[str, Any], protocol: Protocol) -> None:
@@ -376,7 +385,9 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         raise BenchError("give either --data-root or --synthetic, not both")
     records.ensure_writable_dir(results_dir)  # before synthetic data is written or anything trains
     # what needs no data, before --synthetic writes any
-    get_reader(dataset)  # an unknown name: "did you mean", before anything else is said about it
+    # an unknown name: "did you mean", before anything else is said about it; "Synapse" is synapse,
+    # which records and run ids hold (else one run trains twice and counts twice on a board)
+    dataset = get_reader(dataset).name
     if folds is not None:
         check_folds(dataset)
     if protocol.datasets and dataset not in protocol.datasets:
@@ -427,6 +438,7 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         note = slicing_note(ds.root, [spacing for _, spacing in geometry]) if slices else None
         if note:
             warnings.warn(note, stacklevel=2)
+    refuse_2d_models(models, protocol)  # all of them at once (build_args names one)
     for m in models:  # img_size, --set overrides and pretrained files, for every model before one trains
         build = build_args(m, protocol, ds, model_overrides or {})
         if protocol.patches:  # before create_model's img_size check, whose advice names --img-size
@@ -443,11 +455,11 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         bad = [f for f in fold_list if not 0 <= f < n]
         if bad:
             raise BenchError(f"--folds {bad[0]}: {data_root} has folds 0..{n - 1}")
-    split_sha = {f: None if f is None else _ids_sha(open_dataset(dataset, data_root, fold=f).test_ids())
-                 for f in fold_list}
+    split = {f: ds if f is None else open_dataset(dataset, data_root, fold=f) for f in fold_list}
+    split_sha = {f: None if f is None else _ids_sha(d.test_ids()) for f, d in split.items()}
     data_id = made or ds.content_id()
     specs = [RunSpec(m, dataset, protocol, s, data_root, synthetic, chosen, extra, fold, inits.get(m),
-                     split_sha[fold], data_id)
+                     split_sha[fold], data_id, tuple(split[fold].notes))
              for m in models for s in seeds for fold in fold_list]
     return [_earlier_id(spec, results_dir) for spec in specs]
 

@@ -358,6 +358,11 @@ def test_nnunet_label_not_declared(data, key):
         arr[0, 0] = 3
         Image.fromarray(arr).save(path)
     _raises(lambda: ds.load_test(case), names=path, phrase="outside 0..2")
+    if key == "nnunet2d":  # the usual PNG mask, 0/255: its likely cause said, by the reader and by verify
+        Image.fromarray(np.where(arr > 0, 255, 0).astype(np.uint8)).save(path)
+        hint = "[255] outside 0..2; a 0/255 mask? store the foreground as 1 (mask // 255)"
+        _raises(lambda: ds.load_test(case), names=path, phrase=hint)
+        assert "a 0/255 mask? store the foreground as 1" in verify_dataset("nnunet", root)[0].message
 
 
 @pytest.mark.parametrize("key, name, rel", [("isic", "isic17", "train/masks/ISIC_0000000_segmentation.png"),
@@ -454,11 +459,38 @@ def test_empty_image_folders(data, key, name, rel):
 
 def test_nnunet_without_label_files(data):
     root = data("nnunet")
-    for p in (root / "labelsTr").iterdir():
+    for p in [*(root / "labelsTr").iterdir(), *(root / "imagesTr").iterdir()]:
         p.unlink()
     meta = json.loads((root / "dataset.json").read_text())
     (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 0}))
     _raises(lambda: open_dataset("nnunet", root), names=root / "labelsTr", phrase="needs at least 2 cases, got 0")
+
+
+def test_nnunet_image_files_that_fit_no_case(data):
+    """Cases are listed by their labels: an image without one, an undeclared channel or a name without
+    the channel index was dropped unsaid by bench run (verify reported it); nnU-Net refuses them."""
+    root = data("nnunet2d")
+    case = open_dataset("nnunet", root).cases[0]
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "labelsTr" / f"{case}.png").unlink()
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": meta["numTraining"] - 1}))
+    image = root / "imagesTr" / f"{case}_0000.png"
+    _raises(lambda: open_dataset("nnunet", root), names=image, phrase=f"no label file labelsTr/{case}.png")
+    assert [str(p.path) for p in verify_dataset("nnunet", root)] == [str(image)]  # the same rule
+    shutil.copy(image, root / "imagesTr" / f"{case}.png")
+    _raises(lambda: open_dataset("nnunet", root), names=root / "imagesTr" / f"{case}.png",
+            phrase="name does not end in _XXXX.png (4-digit channel index) (and 1 more imagesTr files")
+
+    root = data("nnunet")  # volumes, one channel declared
+    other = open_dataset("nnunet", root).cases[1]
+    stray = root / "imagesTr" / f"{other}_0001.nii.gz"
+    shutil.copy(root / "imagesTr" / f"{other}_0000.nii.gz", stray)
+    _raises(lambda: open_dataset("nnunet", root), names=stray,
+            phrase="channel 1, but dataset.json declares 1 (channel_names)")
+    stray.unlink()
+    (root / "imagesTr" / f"{other}_0000.nii.gz").unlink()
+    _raises(lambda: open_dataset("nnunet", root), names=root / "labelsTr" / f"{other}.nii.gz",
+            phrase=f"no image {other}_0000.nii.gz in imagesTr")
 
 
 def test_nnunet_split_with_empty_train_list(data):
@@ -530,9 +562,10 @@ def test_rgb_png_cases_need_no_later_channel_files_but_a_missing_image_is_named(
     ds = open_dataset("nnunet", root)
     ds.check_splits()
     assert ds.load_train(ds.train_ids()[0]).image.shape[-1] == 3
-    image = root / "imagesTr" / f"{ds.test_ids()[0]}_0000.png"  # found before training, not when scoring
-    image.unlink()
-    _raises(open_dataset("nnunet", root).check_splits, names=image, phrase="listed but missing")
+    case = ds.test_ids()[0]
+    (root / "imagesTr" / f"{case}_0000.png").unlink()  # found when the data opens, not when scoring
+    _raises(lambda: open_dataset("nnunet", root), names=root / "labelsTr" / f"{case}.png",
+            phrase=f"no image {case}_0000.png in imagesTr")
 
 
 def test_run_on_a_dataset_without_training_split(monkeypatch, capsys, data, tmp_path):

@@ -236,10 +236,18 @@ def test_predict_writes_each_runs_test_cases(smoke_results, tmp_path):
 
 
 def test_folds_give_one_record_per_fold(tmp_path):
-    _bench("run", "--models", "unet", "--dataset", "nnunet", "--synthetic", "--protocol", "smoke", "--folds", "0,1",
-           "--results", tmp_path, *FAST)
+    out = _bench("run", "--models", "unet", "--dataset", "nnunet", "--synthetic", "--protocol", "smoke", "--folds",
+                 "0,1", "--results", tmp_path, *FAST).stdout
     df = records.load(tmp_path)
     assert sorted(df["split"]) == ["fold0", "fold1"] and df["run_id"].nunique() == 2
+    # the run says how each fold's split was made (the reader's notes were never shown)
+    root = records.read_record(tmp_path, df["run_id"].iloc[0])["data_root"]
+    for k in (0, 1):
+        assert f"note: no splits_final.json in {root}; split: fold {k} of the 5 folds nnU-Net v2 generates" in out
+    # the dataset's name in any case is that dataset: the same runs, not new ones (they trained twice, counted twice)
+    again = _bench("run", "--models", "unet", "--dataset", "NNUNet", "--synthetic", "--protocol", "smoke", "--folds",
+                   "0,1", "--results", tmp_path, *FAST).stdout
+    assert again.count("finished earlier, skipped") == 2 and "dataset nnunet" in again
     bad = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--folds", "0", "--results",
                  tmp_path / "fixed", check=False)
     assert bad.returncode == 2 and "fixed test split" in bad.stderr

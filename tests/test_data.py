@@ -340,6 +340,12 @@ def test_nnunet_refuses_what_it_would_read_wrong(roots, tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"R": "R", "G": "G"}}))
     with pytest.raises(BenchError, match=r"channel_names keys must be 0\.\.1, got \['G', 'R'\]"):
         parse_dataset_json(tmp_path / "dataset.json")
+    # a quoted id, nnU-Net's region lists: each named as what it is (both were "no regions")
+    for value, said in (("1", "not a whole number (write 1 without quotes)"),
+                        ([1, 2], "a list of ids: region-based training, which is not supported")):
+        (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "lesion": value}}))
+        with pytest.raises(BenchError, match=rf"label 'lesion' = {re.escape(repr(value))}: {re.escape(said)}"):
+            parse_dataset_json(tmp_path / "dataset.json")
 
     root = _copy(roots["nnunet"], tmp_path)
     ds = open_dataset("nnunet", root)
@@ -392,6 +398,12 @@ def test_nnunet_uses_splits_final_fold0(roots, tmp_path):
     assert ds.train_ids() == cases[:3] and ds.test_ids() == cases[3:]
     (root / "splits_final.json").write_text(json.dumps([{"train": ["ghost"], "val": []}]))
     with pytest.raises(BenchError, match="splits_final.json.*ghost"):
+        open_dataset("nnunet", root)
+    # ids written with their file ending: five named, the rest counted
+    (root / "splits_final.json").write_text(json.dumps([{"train": [f"{c}.png" for c in cases[:3]] + ["a", "b"],
+                                                         "val": [f"{c}.png" for c in cases[3:]]}]))
+    with pytest.raises(BenchError, match=r"fold 0 names cases without a label file: a, b, synth_000\.png, "
+                                         r"synth_001\.png, synth_002\.png \(and 2 more\)"):
         open_dataset("nnunet", root)
 
 
@@ -884,8 +896,16 @@ def test_notes_say_whether_the_split_is_transunets(roots, tmp_path):
     split, order = dataset_notes("synapse", tmp_path)
     assert split.startswith("the split is TransUNet's (12 test volumes, 2211 training slices)")
     assert "cannot be checked" in order
-    _, note = dataset_notes("nnunet", roots["nnunet"])  # volumes: their spacing (tests/test_volumetric.py)
+    # the reader's notes come first: which split (nnU-Net: the rule without splits_final.json)
+    _, split, note = dataset_notes("nnunet", roots["nnunet"])  # volumes: their spacing (tests/test_volumetric.py)
+    assert split.startswith(f"no splits_final.json in {roots['nnunet']}; fixed split: default_rng(")
     assert note.startswith("voxel spacing of the")
+    volume = next((roots["synapse"] / "test_vol_h5").glob("*.npy.h5"))
+    (tmp_path / "test_vol_h5" / "case0001.npy.h5").write_bytes(volume.read_bytes())
+    (lists / "test_vol.txt").unlink()  # Synapse without a list: the folder's contents are the split
+    assert dataset_notes("synapse", tmp_path)[0] == (
+        f"no test_vol.txt under {tmp_path}/lists/lists_Synapse/ or {tmp_path}/lists_Synapse/; "
+        f"using the sorted contents of {tmp_path / 'test_vol_h5'}")
 
 
 def test_isic_notes_compare_the_counts_with_vmunets_split(roots, monkeypatch):

@@ -286,6 +286,12 @@ def test_published_vs_ours_table(tmp_path):
                    "Paper A Table 2,unet,synapse,dice,76.85,%,legacy-synapse,synapse,\n"
                    "Paper A Table 1,vmunet,isic17,dice,89.03,%,legacy-isic,isic17,\n")
     text = write_report(tmp_path, published=pub)
+    assert "No published numbers" not in text
+    own = make_record("unet", dataset="nnunet")
+    write_record({**own, "dataset_name": "nnunet:Dataset501_MyXray"}, tmp_path / "own")
+    # a board of the user's own data: said, where the section was left out without a word
+    assert (f"## Published vs ours\n\nNo published numbers for nnunet:Dataset501_MyXray: {pub} holds isic17, synapse "
+            "(--published-file takes your own table of its columns)") in write_report(tmp_path / "own", published=pub)
     section = text[text.index(f"## Published vs ours · synapse · protocol synapse v1 ({synapse}) · policy "
                               "legacy-synapse (ours)"):]
     lines = [line for line in section.splitlines() if line.startswith("| vmunet")]

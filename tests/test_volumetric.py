@@ -709,6 +709,8 @@ def test_lightm_unet_3d_run_trains_on_patches_and_scores_whole_volumes(volumes, 
 
 @pytest.mark.parametrize("args, phrase", [
     (["--models", "unet"], "unet is a 2-D model; protocol 'lightm_unet_3d' trains 3-D patches"),
+    (["--models", "all"], "swin_unet, transunet, unet, vmunet, vmunet_v2 are 2-D models; protocol 'lightm_unet_3d' "
+                          "trains 3-D patches (patch_size [8, 16, 16]). Models with a 3-D variant: lightm_unet"),
     (["--models", "lightm_unet", "--patch-size", "8,12,16"], "not multiples of 8"),
     (["--models", "lightm_unet", "--patch-size", "8,16,20"], "use e.g. [8, 16, 24]"),
     (["--models", "lightm_unet", "--img-size", "32"], "sizes its input with patch_size [128, 128, 128]; change that with --patch-size"),
@@ -807,15 +809,22 @@ def test_verify_notes_the_spacings_and_the_target_spacing(volumes):
     train = np.array([SPACINGS[ds.cases.index(c)] for c in ds.train_volume_ids()])
     notes = dataset_notes("nnunet", volumes)
     note = notes[-1]
-    assert len(notes) == 1 + bool(synthetic_identity(volumes))  # the synthetic data says so first
-    median = " x ".join(f"{v:.4g}" for v in np.median(train, 0))
-    assert f"voxel spacing of the {len(train)} training volumes (z x y x x, mm): median {median}" in note
+    # the synthetic data says so first, then which split the reader made (the runs print it too)
+    assert len(notes) == 2 + bool(synthetic_identity(volumes))
+    assert notes[-2] == ds.notes[0]
+
+    def mm(values) -> str:
+        return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+    median = mm(np.median(train, 0))
+    assert f"voxel spacing of the {len(train)} training volumes (z, y, x) in mm: median {median}" in note
     assert f"resamples them to {median} (nnU-Net's 3d_fullres rule" in note  # no axis much coarser here
-    in_plane = " x ".join(f"{v:.4g}" for v in np.median(train, 0)[1:])
+    in_plane = mm(np.median(train, 0)[1:])
     assert f"lightm_unet_2d resamples them in-plane to {in_plane}, each keeping its slice spacing" in note
-    assert " x ".join(f"{v:.4g}" for v in train.min(0)) in note
+    assert f"from {mm(train.min(0))} to {mm(train.max(0))}" in note
     png = synthesize("nnunet", volumes.parent / "png", dims=2, n_cases=4, size=16)
-    assert [n.split(",")[0] for n in dataset_notes("nnunet", png)] == ["synthetic data"]  # 2-D: no spacing note
+    # 2-D: no spacing note; no split file: the rule that drew the split
+    assert [n.split(" ")[:2] for n in dataset_notes("nnunet", png)] == [["synthetic", "data,"], ["no", "splits_final.json"]]
 
 
 def test_datasets_with_the_same_case_names_keep_their_own_cached_cases(tmp_path):

@@ -335,8 +335,14 @@ def label_id_problem(label: np.ndarray, num_classes: int) -> str | None:
     if label.size and (label.min() < 0 or label.max() >= num_classes):
         values = np.unique(label)
         bad = [int(v) for v in values[(values < 0) | (values >= num_classes)][:10]]
-        return f"label values {bad} outside 0..{num_classes - 1}"
+        return f"label values {bad} outside 0..{num_classes - 1}{mask_hint(bad)}"
     return None
+
+
+def mask_hint(bad: list[int]) -> str:
+    """The likeliest cause where 255 is the one id out of range: a binary mask saved as 0/255 (the
+    usual PNG mask), where nnU-Net-format labels hold class ids."""
+    return "; a 0/255 mask? store the foreground as 1 (mask // 255), as class ids" if bad == [255] else ""
 
 
 def float_id_problem(label: np.ndarray) -> str | None:

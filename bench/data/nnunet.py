@@ -130,9 +130,11 @@ def _label_map(labels: Any, path: Path) -> dict[str, int]:
     out: dict[str, int] = {}
     for name, value in labels.items():
         if isinstance(value, bool) or not isinstance(value, int):
-            raise BenchError(
-                f"{path}: label {name!r} = {value!r}; only integer labels are supported (no regions)"
-            )
+            # nnU-Net's region-based labels are lists of ids; a quoted number is a slip of the JSON
+            what = ("a list of ids: region-based training, which is not supported" if isinstance(value, list) else
+                    f"not a whole number (write {value} without quotes)" if isinstance(value, str) and value.isdigit()
+                    else "not a whole number")
+            raise BenchError(f"{path}: label {name!r} = {value!r}: {what}; labels must be {{name: integer id}}")
         out[name] = value
     values = sorted(out.values())
     if values != list(range(len(values))):
@@ -280,7 +282,8 @@ def fold_problems(folds: list[tuple[list[str], list[str]]], cases: list[str]) ->
     for k, (train, val) in enumerate(folds):
         unknown = sorted(set(train + val) - known)
         if unknown:
-            out.append(f"fold {k} names cases without a label file: {', '.join(unknown[:5])}")
+            more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+            out.append(f"fold {k} names cases without a label file: {', '.join(unknown[:5])}{more}")
         out += [f"fold {k} has an empty {key!r} list; expected cases in both lists"
                 for key, ids in (("train", train), ("val", val)) if not ids]
         out += [f"fold {k}: {problem}" for problem in split_problems(train, val, names=_FOLD_LISTS)]
@@ -355,6 +358,25 @@ def list_cases(root: Path, ending: str) -> list[str]:
     return sorted(n[: -len(ending)] for n in names if n.endswith(ending))
 
 
+def image_file_problems(root: Path, ending: str, cases: list[str], n_channels: int) -> list[tuple[Path, str]]:
+    """``imagesTr`` files that belong to no case: a name without the 4-digit channel index, an image
+    without a label file, a channel ``dataset.json`` does not declare. nnU-Net refuses each; a reader
+    that listed cases by their labels would drop them unsaid."""
+    known, out = set(cases), []
+    for p in sorted((root / "imagesTr").iterdir()):
+        if not p.name.endswith(ending) or hidden(p):
+            continue
+        case, _, channel = p.name[: -len(ending)].rpartition("_")
+        if not (len(channel) == 4 and channel.isdigit()):
+            out.append((p, f"name does not end in _XXXX{ending} (4-digit channel index)"))
+        elif case not in known:
+            out.append((p, f"no label file labelsTr/{case}{ending} (nnU-Net trains on labelled images only; "
+                           "unlabelled ones go in imagesTs)"))
+        elif int(channel) >= n_channels:
+            out.append((p, f"channel {int(channel)}, but dataset.json declares {n_channels} (channel_names)"))
+    return out
+
+
 class NnUNetDataset(SegDataset):
     kind = "nnunet"
     name = "nnunet"
@@ -387,6 +409,16 @@ class NnUNetDataset(SegDataset):
                 f"{meta}: numTraining is {self.meta['numTraining']} but {self.root / 'labelsTr'} holds "
                 f"{len(self.cases)} '*{self.file_ending}' label files"
             )
+        problems = image_file_problems(self.root, self.file_ending, self.cases, self.in_chans)
+        if problems:
+            (path, why), more = problems[0], len(problems) - 1
+            raise BenchError(f"{path}: {why}" + (f" (and {more} more imagesTr files that fit no case; `bench data "
+                                                 f"verify --dataset nnunet --data-root {self.root}` lists them)" if more else ""))
+        imageless = [c for c in self.cases if not channel_path(self.root, c, 0, self.file_ending).is_file()]
+        if imageless:
+            c = imageless[0]
+            raise BenchError(f"{label_path(self.root, c, self.file_ending)}: no image {c}_0000{self.file_ending} in "
+                             f"imagesTr" + (f" ({len(imageless)} labels lack their image)" if len(imageless) > 1 else ""))
         self._train_cases, self._test_cases = self._split()
         self._slice_ids: list[str] | None = None
 

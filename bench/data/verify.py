@@ -39,7 +39,7 @@ import numpy as np
 from bench.data import isic as isic_io
 from bench.data import nnunet as nn_io
 from bench.data import synapse as syn_io
-from bench.data.base import describe, hidden, label_id_problem, split_problems
+from bench.data.base import describe, label_id_problem, mask_hint, split_problems
 from bench.errors import BenchError
 
 
@@ -276,16 +276,8 @@ def _check_nnunet(root: Path, report: _Report, reader) -> None:
     valid = set(meta["labels"].values())
     for case in cases:
         _check_nnunet_case(root, case, ending, n_ch, valid, report)
-    # image files whose case has no label
-    known = set(cases)
-    for p in sorted((root / "imagesTr").iterdir()):
-        if p.name.endswith(ending) and not hidden(p):  # as the reader
-            stem = p.name[: -len(ending)]
-            case, _, channel = stem.rpartition("_")
-            if not (len(channel) == 4 and channel.isdigit()):
-                report.add(p, f"name does not end in _XXXX{ending} (4-digit channel index)")
-            elif case not in known:
-                report.add(p, f"no label file labelsTr/{case}{ending}")
+    for path, problem in nn_io.image_file_problems(root, ending, cases, n_ch):  # the reader's rule
+        report.add(path, problem)
     splits = root / "splits_final.json"
     if splits.is_file():
         try:
@@ -311,7 +303,8 @@ def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set
     if label is not None:
         bad = sorted(set(np.unique(label).tolist()) - valid)
         if bad:
-            report.add(lab_path, f"label values {bad[:10]} not declared in dataset.json labels {sorted(valid)}")
+            report.add(lab_path, f"label values {bad[:10]} not declared in dataset.json labels {sorted(valid)}"
+                                 f"{mask_hint(bad)}")
     channels = 0
     c = 0
     while channels < n_ch:
@@ -372,8 +365,8 @@ def _comparison_notes(name: str, root: str | Path) -> list[str]:
 
     reader = get_reader(name)
     if reader.kind == "nnunet":
-        ds = open_dataset(name, root)
-        return [spacing_note(list(ds.train_geometry()))] if ds.volumes else []
+        ds = open_dataset(name, root)  # its notes: which split (splits_final.json's fold 0, or the rule without one)
+        return ds.notes + ([spacing_note(list(ds.train_geometry()))] if ds.volumes else [])
     if reader.kind not in ("synapse", "isic", "polyp", "isic_all"):
         return []
     ds = open_dataset(name, root)  # lists and pairs file names; no image is decoded
@@ -383,7 +376,7 @@ def _comparison_notes(name: str, root: str | Path) -> list[str]:
         per_set = {s: sum(i.startswith(f"{s}/") for i in ds.test_ids()) for s in ds.sets}
         note = polyp_split_note if reader.kind == "polyp" else isic_all_split_note
         return [note(len(ds.train_ids()), per_set)]
-    notes = []
+    notes = list(ds.notes)  # list files missing: the folders' sorted contents were used
     test, n_train = set(ds.test_ids()), len(ds.train_ids())
     canonical = set(syn_io.TRANSUNET_TEST_CASES)
     if test == canonical and n_train == syn_io.TRANSUNET_TRAIN_SLICES:
@@ -411,10 +404,10 @@ def spacing_note(geometry: list[tuple[tuple[int, ...], tuple[float, ...]]]) -> s
     arr = np.array(spacings)
 
     def mm(values) -> str:
-        return " x ".join(f"{v:.4g}" for v in values)
+        return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
     target = nnunet_target_spacing(spacings, shapes)
-    return (f"voxel spacing of the {len(arr)} training volumes (z x y x x, mm): median {mm(np.median(arr, 0))}, "
+    return (f"voxel spacing of the {len(arr)} training volumes (z, y, x) in mm: median {mm(np.median(arr, 0))}, "
             f"from {mm(arr.min(0))} to {mm(arr.max(0))}; target_spacing = \"nnunet\" (lightm_unet_3d) resamples "
             f"them to {mm(target)} (nnU-Net's 3d_fullres rule on the whole volumes; lightm_unet_2d resamples them "
             f"in-plane to {mm(target[1:])}, each keeping its slice spacing; a run applies the rule to the volumes "
