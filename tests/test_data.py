@@ -852,7 +852,7 @@ def test_dataset_name_tells_nnunet_datasets_apart(roots, tmp_path):
     assert open_dataset("nnunet", root).dataset_name == "nnunet:Dataset027_ACDC"
 
 
-def test_nnunet_warns_when_the_protocol_leaves_ct_or_mri_raw(roots, tmp_path):
+def test_nnunet_warns_when_the_protocol_leaves_ct_or_mri_raw_or_takes_other_channels_for_ct(roots, tmp_path):
     ds = open_dataset("nnunet", roots["nnunet"])  # the synthesizer's 3-D data says CT
     assert "normalize = 'ct_window'" in ds.normalize_hint("none")
     assert ds.normalize_hint("ct_window") is None and ds.normalize_hint("zscore") is None
@@ -862,6 +862,14 @@ def test_nnunet_warns_when_the_protocol_leaves_ct_or_mri_raw(roots, tmp_path):
         (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": kind}}))
         got = open_dataset("nnunet", root).normalize_hint("none")
         assert (got is None) if hint is None else (f"normalize = '{hint}'" in got), (kind, got)
+    # CT's rules on channels that are not CT: MRI gets z-scoring, photos nothing
+    for kind, mode, hint in (("T2", "ct_foreground", "zscore"), ("rgb_to_0_1", "ct_window", "none"),
+                             ("ct", "ct_foreground", None)):
+        (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": kind}}))
+        got = open_dataset("nnunet", root).normalize_hint(mode)
+        assert (got is None) if hint is None else (
+            f"channels ['{kind.casefold()}'] are not CT, and normalize = '{mode}' treats them as Hounsfield units; "
+            f"a protocol with normalize = '{hint}' suits them" in got), (kind, got)
     assert open_dataset("synapse", roots["synapse"]).normalize_hint("none") is None
 
 

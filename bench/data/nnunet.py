@@ -436,7 +436,12 @@ class NnUNetDataset(SegDataset):
         # nnU-Net normalises by channel_names (CT: clip and z-score; noNorm / rgb_to_0_1: as is
         # or /255; anything else: z-score); protocols here name one mode for all channels
         kinds = {str(v).casefold() for v in self.meta["channel_names"].values()}  # as nnU-Net compares
-        if normalize != "none" or kinds <= {"nonorm", "rgb_to_0_1", "rescale_to_0_1"}:
+        raw = kinds <= {"nonorm", "rgb_to_0_1", "rescale_to_0_1"}
+        if normalize in ("ct_window", "ct_foreground") and "ct" not in kinds:  # HU rules on MRI or photos
+            return (f"{self.root / 'dataset.json'}: channels {sorted(kinds)} are not CT, and normalize = "
+                    f"'{normalize}' treats them as Hounsfield units; a protocol with normalize = "
+                    f"'{'none' if raw else 'zscore'}' suits them")
+        if normalize != "none" or raw:
             return None
         mode = "ct_window" if "ct" in kinds else "zscore"
         return (f"{self.root / 'dataset.json'}: channels {sorted(kinds)} reach the networks unnormalised under "
