@@ -190,7 +190,7 @@ def run(
     from bench.protocol import load_protocol
     from bench.registry import get_entry, resolve_models
     from bench.rescore import rescored_twin
-    from bench.run import parse_shard, plan_grid, resolve_inits, run_one, select_shard
+    from bench.run import parse_shard, plan_grid, refuse_2d_models, resolve_inits, run_one, select_shard
     from bench.records import record_path
 
     import torch
@@ -210,6 +210,7 @@ def run(
                                  img_size=img_size, patch_size=patch, lr=lr, pretrained=None if moot else pretrained,
                                  target_spacing=_parse_spacing(target_spacing))
     resolve_inits(names, proto, pretrained_dir)  # every missing file named at once, before anything runs
+    refuse_2d_models(names, proto)  # likewise every 2-D model under a 3-D protocol (the grid plans one by one)
     dev = resolve_device(device.value)
     launch = nproc != 1 and not distributed.launched_by_torchrun()  # this process starts torchrun's
     if launch:
