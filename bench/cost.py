@@ -468,7 +468,7 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     row of the same model and input (``COUNT_KEYS``), reused instead of counting again."""
     from bench import env
     from bench.registry import create_model, get_entry
-    from bench.scan_info import scan_backend_for
+    from bench.scan_info import note_scan_use, scan_backend_for
 
     device = torch.device(device)
     entry = get_entry(name)
@@ -484,6 +484,7 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
             warnings.warn(f"{name}: our count ({counts['macs'] / 1e9:.4g} GMACs) and fvcore's "
                           f"({counts['fvcore_macs'] / 1e9:.4g}) differ by more than {FVCORE_AGREEMENT:.0%}: an op "
                           "one of them counts and the other does not (the table shows both)", stacklevel=2)
+    note_scan_use(model, counts["scan_macs"], name)
     row: dict[str, Any] = {"model": name, "family": entry.family, **{k: counts[k] for k in COUNT_KEYS}}
     row.update(
         model_config={k: (list(v) if isinstance(v, tuple) else v) for k, v in model.bench_config.items()},

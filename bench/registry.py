@@ -78,6 +78,7 @@ def register_model(
         raise ValueError(f"init source {init[0]!r} is not one of the pretrained loaders {sorted(pretrained or {})}")
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _load_builtins()  # a script's model registered first must meet the built-in names, not take one
         key = name or fn.__name__
         held = _REGISTRY.get(key)
         if held is not None and _origin(held.constructor) != _origin(fn):
@@ -235,7 +236,9 @@ def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _strict_load(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
+def strict_load(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
+    """``model.load_state_dict(sd)``, or one BenchError naming ``what`` (the file) and every missing,
+    unexpected and mis-shaped key."""
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -256,13 +259,14 @@ def _strict_load(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> No
     model.load_state_dict(sd, strict=True)
 
 
-def load_official_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.Module:
-    """Load a state_dict in the authors' layout strictly (see shared/reference/<id>/manifest.tsv)."""
+def load_official_state_dict(model: nn.Module, state_dict: Mapping[str, Any], what: str = "state_dict") -> nn.Module:
+    """Load a state_dict in the authors' layout strictly (see shared/reference/<id>/manifest.tsv);
+    ``what`` names it in the error (``load_weights``: the file)."""
     sd = clean_state_dict(state_dict)
     entry: ModelEntry | None = getattr(model, "bench_entry", None)
     if entry is not None and entry.convert_official is not None:
         sd = entry.convert_official(dict(sd))
-    _strict_load(model, sd, "state_dict")
+    strict_load(model, sd, what)
     return model
 
 
@@ -287,9 +291,12 @@ def read_weights_file(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # pickle.UnpicklingError, zip errors, safetensors errors, …
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__:
+            # torch's text is pages of advice with terminal colour codes: the object it met is what matters
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+            held = f" (it holds {found[1]}; torch.save(model.state_dict(), path) writes tensors only)" if found else ""
             raise BenchError(
                 f"{path}: refused to load — the file needs pickled Python objects beyond tensors "
-                f"(weights_only=True), which could run code. Re-save it as a plain state_dict. ({msg})"
+                f"(weights_only=True), which could run code. Re-save it as a plain state_dict{held}."
             ) from None
         raise BenchError(f"{path}: cannot read weights ({type(exc).__name__}: {msg})") from None
 
@@ -303,7 +310,7 @@ def load_weights(model: nn.Module, path: str | Path, source: str = "authors") ->
     """
     raw = read_weights_file(path)
     if source == "authors":
-        load_official_state_dict(model, raw)
+        load_official_state_dict(model, raw, str(path))
         return {"source": source, "path": str(path), "loaded": len(model.state_dict()), "skipped": []}
     entry: ModelEntry | None = getattr(model, "bench_entry", None)
     loaders = dict(entry.pretrained) if entry else {}

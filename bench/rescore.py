@@ -28,7 +28,7 @@ from bench.errors import BenchError
 from bench.evaluate import evaluate, scored_ids
 from bench.metrics import get_policy, policy_fields, policy_misfit
 from bench.protocol import Protocol, load_protocol
-from bench.registry import create_model
+from bench.registry import create_model, strict_load
 from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, deterministic_kernels, load_checkpoint
 
 __all__ = ["rescore_id", "weights_path", "record_protocol", "run_model", "rescore_record", "plan_rescore",
@@ -94,7 +94,10 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
     dataset.target_spacing = rec.get("target_spacing")  # likewise how its volumes were preprocessed
     dataset.mask_norm = rec.get("mask_norm")
     model = create_model(rec["model"], **rec["model_config"]).to(protocol.torch_dtype)  # float64 runs stay exact
-    model.load_state_dict(load_checkpoint(path)["model"])
+    try:  # weights the model's code no longer fits (a plugin edited since): one line naming the keys
+        strict_load(model, load_checkpoint(path)["model"], str(path))
+    except BenchError as exc:
+        raise BenchError(f"run {rec['run_id']}: {exc}; the model's code changed since the run was trained") from None
     deterministic_kernels()  # cuDNN's kernel choice fixed, as when the run was scored
     return model, dataset, protocol
 

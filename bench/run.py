@@ -215,9 +215,11 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
     finally:  # a failed run keeps what it logged so far, flushed
         if writer is not None:
             writer.close()
-    from bench.scan_info import scan_backend_for
+    from bench.scan_info import note_scan_use, scan_backend_for
 
     n_params = sum(p.numel() for p in model.parameters())
+    counts = run_counts(spec.model, build, protocol.input_size)
+    note_scan_use(model, counts["scan_macs"], spec.model)
     record = {
         "schema": records.SCHEMA_VERSION,
         "run_id": spec.key,
@@ -260,7 +262,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "cost": {
             "params": n_params,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            **run_counts(spec.model, build, protocol.input_size),
+            **counts,
             "fps": None,  # timings: `bench profile`, on a machine chosen for it
             "peak_mem_mb": train_peak, "peak_mem_kind": "cuda_train" if train_peak is not None else None,
         },

@@ -7,6 +7,8 @@ model's device (``ssm_models.scan``, imported only for such models).
 
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 
@@ -19,3 +21,14 @@ def scan_backend_for(model: nn.Module, ran: bool = True) -> str | None:
 
     p = next(model.parameters())
     return (scan.last_backend() if ran else None) or scan.default_backend(p.device, p.dtype)
+
+
+def note_scan_use(model: nn.Module, scan_macs: float, name: str) -> None:
+    """Where a model's FLOP count holds selective scans but its class does not set
+    ``uses_selective_scan`` (a plugin that forgot): mark this instance, so that its records name the
+    backend and a reference backend is never timed as its speed, and say so."""
+    if scan_macs and not getattr(model, "uses_selective_scan", False):
+        model.uses_selective_scan = True
+        warnings.warn(f"{name}: {type(model).__name__} runs the selective scan but does not set "
+                      "uses_selective_scan = True; set it on the class (records and cost tables name the scan "
+                      "backend from it)", stacklevel=2)

@@ -131,6 +131,38 @@ def test_the_ref_scan_is_never_timed(monkeypatch):
     assert cost.profile_model("vmunet", img_size=32, overrides=tiny, warmup=0, iters=1)["latency_ms_median"] > 0
 
 
+def test_a_model_that_scans_without_saying_so_is_found_by_its_count(monkeypatch):
+    """A plugin that forgets uses_selective_scan: its records named no backend, and the oracle's
+    speed under BENCH_SCAN_BACKEND=ref went into the cost table unmarked."""
+    from bench import registry
+    from bench.modeling import SegmentationModel
+    from bench.registry import register_model
+
+    class Quiet(SegmentationModel):  # a Mamba layer over the pixels, no uses_selective_scan
+        def __init__(self, num_classes, in_chans):
+            super().__init__()
+            self.num_classes, self.in_chans = num_classes, in_chans
+            self.stem, self.mamba = nn.Conv2d(in_chans, 8, 1), Mamba(8, d_state=4)
+            self.head = nn.Conv2d(8, num_classes, 1)
+
+        def forward_logits(self, x):
+            y = self.stem(x)
+            b, c, h, w = y.shape
+            y = self.mamba(y.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, c, h, w)
+            return self.head(y)
+
+    register_model(family="ssm", paper_config={}, name="_quiet_scanner")(
+        lambda *, num_classes, in_chans=3, img_size=224: Quiet(num_classes, in_chans))
+    monkeypatch.setenv("BENCH_SCAN_BACKEND", "ref")
+    try:
+        with pytest.warns(UserWarning, match="_quiet_scanner: Quiet runs the selective scan but does not set "
+                                             "uses_selective_scan = True"):
+            row = cost.profile_model("_quiet_scanner", img_size=8, warmup=0, iters=1)
+        assert row["scan_macs"] > 0 and row["scan_backend"] == "ref" and "latency_ms_median" not in row
+    finally:
+        registry._REGISTRY.pop("_quiet_scanner")
+
+
 def test_fused_attention_is_counted_not_skipped():
     """nn.TransformerEncoderLayer in eval without grad runs one fused op no counter prices (it
     counted 0 FLOPs and raised nothing); counting takes the decomposed path and restores the flag."""

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
+from torch import nn
 
 from bench.errors import BenchError
 from bench.registry import (
@@ -136,6 +141,15 @@ def test_strict_load_lists_problems():
         load_official_state_dict(model, sd)
 
 
+def test_a_file_that_does_not_fit_is_named(tmp_path):
+    model = _tiny("unet")
+    path = tmp_path / "mine.pt"
+    torch.save({"module." + k: v for k, v in _tiny("unet", num_classes=5).state_dict().items()}, path)
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(path))} does not match UNet: missing 0 \[none\]; "
+                                         r"unexpected 0 \[none\]; mis-shaped 2 \[head\.weight: file \(5, 8, 1, 1\)"):
+        load_weights(model, path)
+
+
 def test_pickled_code_is_refused(tmp_path):
     import pickle
 
@@ -146,7 +160,11 @@ def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as fh:
         pickle.dump({"model": Evil()}, fh)
-    with pytest.raises(BenchError, match="refused"):
+    with pytest.raises(BenchError, match=r"evil\.pth: refused to load .* Re-save it as a plain state_dict\.$"):
+        load_weights(_tiny("unet"), path)  # one line, without torch's pages of advice and colour codes
+    torch.save(nn.Sequential(nn.Linear(2, 2)), path)  # a whole model saved: the class it holds is named
+    with pytest.raises(BenchError, match=r"plain state_dict \(it holds torch\.nn\.modules\.container\.Sequential; "
+                                         r"torch\.save\(model\.state_dict\(\), path\) writes tensors only\)\.$"):
         load_weights(_tiny("unet"), path)
 
 
@@ -160,8 +178,6 @@ def test_clean_state_dict_unwraps_and_strips():
 
 
 def test_third_party_registration():
-    from torch import nn
-
     from bench.modeling import SegmentationModel
 
     class Tiny(SegmentationModel):
@@ -196,6 +212,17 @@ def test_a_plugin_cannot_take_a_registered_name():
         def mine(*, num_classes, in_chans=3, img_size=224):
             raise AssertionError("never built")
     assert get_entry("unet").constructor.__module__ == "baselines.unet"
+    # a script's model registered before anything loaded the built-ins: refused too (it took the name, and
+    # loading the built-ins then failed, blaming baselines' unet)
+    script = ("from bench.registry import create_model, register_model\n"
+              "try:\n"
+              "    register_model(family='cnn', paper_config={}, name='unet')(lambda **kw: None)\n"
+              "except ValueError as exc:\n"
+              "    print(exc)\n"
+              "print(type(create_model('unet', num_classes=2)).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("model name 'unet' is taken by baselines.unet.unet; register __main__.<lambda>")
+    assert out.endswith("UNet\n")
 
 
 _PLUGIN = """
@@ -203,19 +230,23 @@ from torch import nn
 
 from bench.modeling import SegmentationModel
 from bench.registry import register_model
+from ssm_models.mamba import Mamba
 
 
-class TinyNet(SegmentationModel):
+class TinyNet(SegmentationModel):  # a Mamba layer over the pixels; uses_selective_scan forgotten
     size_divisor = 2
 
     def __init__(self, num_classes, in_chans, width):
         super().__init__()
         self.num_classes, self.in_chans = num_classes, in_chans
-        self.body = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                  nn.Upsample(scale_factor=2), nn.Conv2d(width, num_classes, 3, padding=1))
+        self.down = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.mamba = Mamba(width, d_state=4)
+        self.up = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(width, num_classes, 3, padding=1))
 
     def forward_logits(self, x):
-        return self.body(x)
+        y = self.down(x)
+        b, c, h, w = y.shape
+        return self.up(self.mamba(y.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, c, h, w))
 
 
 @register_model(family="cnn", paper_config={"width": 8}, tiny={"width": 4}, source="lab/mynet@abc123")
@@ -243,8 +274,12 @@ def test_entry_point_plugin_runs_like_a_built_in_model(tmp_path):
     assert "mynet" in listed and "lab/mynet@abc123" in listed
     assert "plugins      mynet: mynet" in run_bench("doctor", env=env).stdout
     results = tmp_path / "res"
-    run_bench("run", "--models", "mynet", "--dataset", "isic17", "--synthetic", "--protocol", "smoke", "--tiny",
-              "--max-iterations", "2", "--epochs", "1", "--results", results, "--threads", "1", env=env)
+    ran = run_bench("run", "--models", "mynet", "--dataset", "isic17", "--synthetic", "--protocol", "smoke", "--tiny",
+                    "--max-iterations", "2", "--epochs", "1", "--results", results, "--threads", "1", env=env)
+    # the scan its count found names the backend in the record, with a word about the missing flag
+    assert "mynet: TinyNet runs the selective scan but does not set uses_selective_scan = True" in ran.stderr
+    (record,) = (results / "records").glob("*.json")
+    assert json.loads(record.read_text())["scan_backend"] in ("cpu", "torch")
     board = run_bench("report", "--results", results, env=env).stdout
     assert "| mynet (tiny) | cnn" in board.replace("  ", " ").replace("  ", " ")
     prof = run_bench("profile", "--models", "mynet", "--img-size", "32", "--no-timing", "--format", "csv", env=env)
