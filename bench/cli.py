@@ -102,6 +102,17 @@ def _parse_sets(items: list[str]) -> dict[str, object]:
     return out
 
 
+def _model_overrides(name: str, tiny: bool, sets: dict[str, object]) -> dict[str, object]:
+    """The constructor arguments of ``name``: its tiny configuration under ``--tiny``, then ``--set``'s."""
+    from bench.registry import get_entry
+
+    small = dict(get_entry(name).tiny) if tiny else {}
+    if tiny and not small:  # a plugin registered without one: say so, rather than build the full model unasked
+        warnings.warn(f"{name}: has no tiny configuration (register_model(tiny=...)); --tiny builds its paper "
+                      "configuration")
+    return {**small, **sets}
+
+
 def _scores_text(rec: dict, unit: bool = False) -> str:
     """"DSC 81.23 · HD95 18.40" from a run record (no HD95 where the policy computes none)."""
     m = rec["metrics"]
@@ -188,10 +199,10 @@ def run(
     from bench.data import get_reader
     from bench.env import resolve_device
     from bench.protocol import load_protocol
-    from bench.registry import get_entry, resolve_models
+    from bench.registry import code_changed, get_entry, resolve_models
     from bench.rescore import rescored_twin
     from bench.run import parse_shard, plan_grid, refuse_2d_models, resolve_inits, run_one, select_shard
-    from bench.records import record_path
+    from bench.records import read_record, record_path
 
     import torch
 
@@ -219,7 +230,7 @@ def run(
     overrides = _parse_sets(set_ or [])
     specs = []
     for name in names:
-        model_over = {**(dict(get_entry(name).tiny) if tiny else {}), **overrides}
+        model_over = _model_overrides(name, tiny, overrides)
         specs += plan_grid(models=[name], dataset=dataset, protocol=proto, seeds=seed_list, data_root=data_root,
                            synthetic=synthetic, results_dir=results, policy=policy, model_overrides=model_over,
                            pretrained_dir=pretrained_dir,
@@ -245,7 +256,11 @@ def run(
         done, rescored = distributed.gather_objects(
             (record_path(results, spec.key).is_file(), rescored_twin(spec, results)) if main else None)[0]
         if done:
-            say(f"  {spec.key}: finished earlier, skipped")
+            old = main and code_changed(read_record(results, spec.key))
+            say(f"  {spec.key}: finished earlier, skipped" + (
+                f"; {spec.model}'s code changed since it trained, so its numbers are the old code's: to train the "
+                f"new code, choose another --results (or delete records/{spec.key}.json and runs/{spec.key}/)"
+                if old else ""))
             continue
         if rescored:
             say(f"  {spec.key}: the same training was rescored under {spec.policy} ({rescored}), skipped")
@@ -467,7 +482,7 @@ def profile(
     from bench import cost
     from bench.env import resolve_device
     from bench.records import ensure_writable_dir
-    from bench.registry import get_entry, resolve_models
+    from bench.registry import resolve_models
     from bench.report import profile_labels, render_cost_md
 
     _check_scan_backend_variable()
@@ -489,7 +504,7 @@ def profile(
     ensure_writable_dir(results / cost.PROFILE_DIR)  # before anything is timed
     rows = []
     for name in resolve_models(models):
-        over = {**(dict(get_entry(name).tiny) if tiny else {}), **_parse_sets(set_ or [])}
+        over = _model_overrides(name, tiny, _parse_sets(set_ or []))
         counts = None  # the counts do not depend on the precision: taken once per model
         for p in precisions:
             row = cost.profile_model(name, img_size=img_size, num_classes=num_classes, in_chans=in_chans,

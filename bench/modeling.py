@@ -42,5 +42,7 @@ class SegmentationModel(nn.Module):
             raise BenchError(f"{name} needs sizes divisible by {d}; got {shown}, pad to {padded}")
         out = self.forward_logits(x)
         if out.shape != (x.shape[0], self.num_classes, *size):
-            raise RuntimeError(f"{name} returned {tuple(out.shape)}, expected (B, {self.num_classes}, *{size})")
+            # a plugin's bug, named in one line (BenchError) where it surfaces: the first forward of a run
+            raise BenchError(f"{name} returned {tuple(out.shape)}, expected (B, {self.num_classes}, *{size}): "
+                             "forward_logits must give raw logits of the input's size")
         return out

@@ -12,9 +12,11 @@ Weights never unpickle code: ``load_weights`` reads safetensors, ``.npz`` (no pi
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.metadata
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
+from bench.modeling import SegmentationModel
 
 FAMILIES = ("ssm", "cnn", "transformer")
 _BUILTIN_PACKAGES = ("baselines", "ssm_models")
@@ -150,6 +153,31 @@ def get_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
+def model_code(name: str) -> str | None:
+    """A digest of a plugin model's source: the ``.py`` files of the package its constructor comes
+    from (or its one module). Run records keep it, so a run of code edited since is named as such
+    rather than taken for the new code's (a run is identified by name and configuration). None for
+    the built-in models, whose code the record's git commit names, and for code without files."""
+    module = sys.modules.get(get_entry(name).constructor.__module__)
+    top = sys.modules.get(module.__name__.split(".")[0]) if module is not None else None
+    if top is None or top.__name__ in _BUILTIN_PACKAGES:
+        return None
+    roots = [Path(p) for p in getattr(top, "__path__", [])]
+    files = sorted(f for r in roots for f in r.rglob("*.py")) if roots else [Path(getattr(top, "__file__", "") or "")]
+    digest = hashlib.sha256()
+    for f in files:
+        try:
+            digest.update(f.name.encode() + f.read_bytes())
+        except OSError:  # an interactive session's __main__, a file gone since: nothing to name
+            return None
+    return digest.hexdigest()[:16]
+
+
+def code_changed(rec: Mapping[str, Any]) -> bool:
+    """Whether the plugin model of a finished run record has other source code now than it trained with."""
+    return bool(rec.get("model_code")) and rec["model_code"] != model_code(rec["model"])
+
+
 def resolve_models(spec: str) -> list[str]:
     """``"all"`` or a comma list -> validated model names, in the given order, each once."""
     if spec.strip() == "all":
@@ -183,6 +211,10 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
         # spatial_dims=4): the constructor's own words say which
         raise BenchError(f"{name}: cannot build with these overrides ({exc}); --set takes the keys of its "
                          f"configuration: {', '.join(entry.paper_config) or 'none'}") from None
+    missing = [a for a in ("num_classes", "in_chans") if isinstance(model, SegmentationModel) and not hasattr(model, a)]
+    if missing:  # else the first forward fails with an AttributeError, after the data was prepared
+        raise BenchError(f"{name}: {type(model).__name__} does not set self.{' or self.'.join(missing)}; "
+                         "SegmentationModel's forward checks inputs and logits against them: set them in __init__")
     _check_img_size(name, model, img_size)
     built = getattr(model, "in_chans", in_chans)  # the authors' 3-channel stems take 3 whatever was asked
     if in_chans not in (built, 1):

@@ -28,7 +28,7 @@ from bench.errors import BenchError
 from bench.evaluate import evaluate, scored_ids
 from bench.metrics import get_policy, policy_fields, policy_misfit
 from bench.protocol import Protocol, load_protocol
-from bench.registry import create_model, strict_load
+from bench.registry import code_changed, create_model, strict_load
 from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, deterministic_kernels, load_checkpoint
 
 __all__ = ["rescore_id", "weights_path", "record_protocol", "run_model", "rescore_record", "plan_rescore",
@@ -94,6 +94,9 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
     dataset.target_spacing = rec.get("target_spacing")  # likewise how its volumes were preprocessed
     dataset.mask_norm = rec.get("mask_norm")
     model = create_model(rec["model"], **rec["model_config"]).to(protocol.torch_dtype)  # float64 runs stay exact
+    if code_changed(rec):  # weights that still fit can meet other code: the numbers would be neither's
+        warnings.warn(f"run {rec['run_id']}: {rec['model']}'s code changed since it trained; its weights are "
+                      f"{what} with the code as it is now", stacklevel=2)
     try:  # weights the model's code no longer fits (a plugin edited since): one line naming the keys
         strict_load(model, load_checkpoint(path)["model"], str(path))
     except BenchError as exc:

@@ -31,7 +31,7 @@ from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
 from bench.metrics import policy_fields, policy_misfit
 from bench.protocol import Protocol
-from bench.registry import check_buildable, create_model, get_entry, list_models, load_weights
+from bench.registry import check_buildable, create_model, get_entry, list_models, load_weights, model_code
 from bench.train import seed_everything, train_model
 
 
@@ -227,6 +227,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "model": spec.model,
         "family": entry.family,
         "model_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.bench_config.items()},
+        "model_code": model_code(spec.model),  # a plugin's source digest (built-ins: git_commit names their code)
         "dataset": spec.dataset,
         "dataset_name": dataset.dataset_name,
         "data_root": str(spec.data_root.resolve()),  # rescore and predict may start elsewhere

@@ -205,6 +205,40 @@ def test_third_party_registration():
         registry._REGISTRY.pop("_test_tiny_plugin")
 
 
+def test_a_plugin_model_that_breaks_the_forward_contract_is_named():
+    """Models written from the README's example: each slip one line when the model is built or first
+    runs (an AttributeError after the data was prepared, a RuntimeError traceback)."""
+    from bench.cli import _model_overrides
+    from bench.modeling import SegmentationModel
+
+    class Sloppy(SegmentationModel):
+        def __init__(self, num_classes, in_chans, set_attrs):
+            super().__init__()
+            if set_attrs:
+                self.num_classes, self.in_chans = num_classes, in_chans
+            self.conv = nn.Conv2d(in_chans, num_classes + 1, 1)  # one channel too many
+
+        def forward_logits(self, x):
+            return self.conv(x)
+
+    register_model(family="cnn", paper_config={"set_attrs": False}, name="_sloppy")(
+        lambda *, num_classes, in_chans=3, img_size=224, set_attrs=False: Sloppy(num_classes, in_chans, set_attrs))
+    try:
+        with pytest.raises(BenchError, match=r"_sloppy: Sloppy does not set self\.num_classes or self\.in_chans; "
+                                             "SegmentationModel's forward checks"):
+            create_model("_sloppy", num_classes=2)
+        model = create_model("_sloppy", num_classes=2, set_attrs=True)
+        with pytest.raises(BenchError, match=r"Sloppy returned \(1, 3, 8, 8\), expected \(B, 2, \*\(8, 8\)\)"):
+            model(torch.randn(1, 3, 8, 8))
+        with pytest.warns(UserWarning, match="_sloppy: has no tiny configuration .* --tiny builds its paper"):
+            assert _model_overrides("_sloppy", True, {"set_attrs": True}) == {"set_attrs": True}
+        assert _model_overrides("unet", True, {"widths": (4, 8)}) == {"widths": (4, 8)}  # --set over tiny
+    finally:
+        from bench import registry
+
+        registry._REGISTRY.pop("_sloppy")
+
+
 def test_a_plugin_cannot_take_a_registered_name():
     # a board would show the plugin's numbers under the built-in model's name
     with pytest.raises(ValueError, match=r"'unet' is taken by baselines\.unet\.unet.*register_model\(name="):
@@ -280,6 +314,13 @@ def test_entry_point_plugin_runs_like_a_built_in_model(tmp_path):
     assert "mynet: TinyNet runs the selective scan but does not set uses_selective_scan = True" in ran.stderr
     (record,) = (results / "records").glob("*.json")
     assert json.loads(record.read_text())["scan_backend"] in ("cpu", "torch")
+    # its code edited since: the finished run is still skipped (a run is its name and configuration),
+    # saying that its numbers are the old code's
+    assert json.loads(record.read_text())["model_code"]
+    (tmp_path / "myplug.py").write_text(_PLUGIN.replace("nn.ReLU()", "nn.GELU()"))
+    again = run_bench("run", "--models", "mynet", "--dataset", "isic17", "--synthetic", "--protocol", "smoke",
+                      "--tiny", "--max-iterations", "2", "--epochs", "1", "--results", results, env=env).stdout
+    assert "finished earlier, skipped; mynet's code changed since it trained, so its numbers are the old code's" in again
     board = run_bench("report", "--results", results, env=env).stdout
     assert "| mynet (tiny) | cnn" in board.replace("  ", " ").replace("  ", " ")
     prof = run_bench("profile", "--models", "mynet", "--img-size", "32", "--no-timing", "--format", "csv", env=env)

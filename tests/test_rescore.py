@@ -109,6 +109,10 @@ def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
     other = {**rec, "per_case": [{**row, "case": "case0001"} for row in rec["per_case"]]}
     with pytest.raises(BenchError, match="now holds other cases than the 1 it was scored on"):
         rescore_record(other, "strict", copy, CPU)
+    # a plugin's code edited since the run: its weights still fit, and are scored with a warning
+    with pytest.warns(UserWarning, match=rf"run {rec['run_id']}: unet's code changed since it trained; its weights "
+                                         "are rescored with the code as it is now"):
+        rescore_record({**rec, "model_code": "0" * 16}, "strict", copy, CPU)
     # weights the model's code no longer fits (a plugin edited since the run): one line, not torch's traceback
     widened = {**rec, "model_config": {**rec["model_config"], "widths": [8, 16, 32, 72]}}
     with pytest.raises(BenchError, match=rf"run {rec['run_id']}: .*final\.pt does not match UNet: missing 0 \[none\]; "
