@@ -165,7 +165,8 @@ def pre_tiny_label(label: str) -> str:
 def read_baseline(path: Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise BenchError(f"baseline file not found: {path}")
+        raise BenchError(f"baseline file not found: {path} (`bench check --update --baseline {path}` writes one from "
+                         "the --results runs)")
     try:
         table = pd.read_csv(path, dtype={c: str for c in _KEY})
     except (ValueError, pd.errors.ParserError) as exc:

@@ -209,7 +209,8 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
             raise
         # a misspelt --set key (TypeError) or a value the constructor refuses (ValueError, e.g.
         # spatial_dims=4): the constructor's own words say which
-        raise BenchError(f"{name}: cannot build with these overrides ({exc}); --set takes the keys of its "
+        given = ", ".join(f"{k}={v!r}" for k, v in overrides.items())  # as read: width='abc' is a string
+        raise BenchError(f"{name}: cannot build with {given} ({exc}); --set takes the keys of its "
                          f"configuration: {', '.join(entry.paper_config) or 'none'}") from None
     missing = [a for a in ("num_classes", "in_chans") if isinstance(model, SegmentationModel) and not hasattr(model, a)]
     if missing:  # else the first forward fails with an AttributeError, after the data was prepared

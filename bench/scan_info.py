@@ -1,7 +1,7 @@
 """Which selective-scan backend a model used (recorded with every run).
 
 Models that run the selective scan set ``uses_selective_scan = True``; others report None.
-The backend is the one of the last scan in this thread, else the one that would run on the
+The backend is the one of the last scan in this process, else the one that would run on the
 model's device (``ssm_models.scan``, imported only for such models).
 """
 

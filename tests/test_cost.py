@@ -200,7 +200,7 @@ def test_a_counts_only_profile_keeps_the_timings_of_the_same_setup(tmp_path, mon
     (["--num-classes", "0"], "--num-classes: expected a whole number >= 1; got 0"),
     (["--in-chans", "-1"], "--in-chans: expected a whole number >= 1; got -1"),
     (["--compile", "--warmup", "0"], "--warmup 0 with --compile: the first forward compiles the model"),
-    (["--set", "spatial_dims=4"], "cannot build with these overrides (spatial_dims must be 2 or 3, got 4)"),
+    (["--set", "spatial_dims=4"], "spatial_dims=4 (spatial_dims must be 2 or 3, got 4)"),
 ])
 def test_profile_options_out_of_range_are_one_line(tmp_path, args, message):
     proc = run_bench("profile", "--models", "lightm_unet", "--tiny", "--img-size", "32", *args, "--results", tmp_path,
