@@ -372,11 +372,14 @@ def predict(
     protocol: Annotated[Optional[Path], typer.Option(help="the runs' protocol .toml, for runs of a file that is "
                                                      "not built in")] = None,
     device: Annotated[Device, typer.Option(help="where to predict")] = Device.auto,
+    native_size: Annotated[bool, typer.Option(help="ISIC/polyp: masks at each image's own size (the scored "
+                                                   "ones are at model resolution); other data is native already")] = False,
 ) -> None:
     """Write finished runs' predicted label maps for their test cases, from their saved weights.
 
     Exactly what the run's metrics were computed on, in the data's format (nnU-Net: <case><ending>
-    with the label file's geometry; Synapse: NIfTI; ISIC/polyp: 0/255 PNG masks at model resolution).
+    with the label file's geometry; Synapse: NIfTI; ISIC/polyp: 0/255 PNG masks at model resolution,
+    or with --native-size at each image's size).
 
     Example: bench predict --results results --out predictions --models vmunet
     """
@@ -397,7 +400,7 @@ def predict(
         warnings.warn(note, stacklevel=1)
     typer.echo(f"bench predict: {len(todo)} run(s) · device {dev}")
     for rec in todo:
-        folder, written = predict_run(rec, results, out, dev, protocol)
+        folder, written = predict_run(rec, results, out, dev, protocol, native_size=native_size)
         done = f"{written} file(s) written" if written else "complete already, nothing written"
         typer.echo(f"  {rec['run_id']}: {done} -> {folder}")
 

@@ -35,7 +35,7 @@ from bench.data.base import Case, SegDataset
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import VolumePrep, as_volume, cancelling, volume_prep
 from bench.protocol import Protocol
-from bench.transforms import prepare_binary_pair, prepare_slice, zoom_labels_back
+from bench.transforms import prepare_binary_pair, prepare_slice, resize_bilinear, zoom_labels_back
 
 
 @dataclass
@@ -82,15 +82,17 @@ def _autocast(enabled: bool, device: torch.device):
 
 @torch.no_grad()
 def _predict(model: nn.Module, inputs: list[torch.Tensor], protocol: Protocol, device: torch.device,
-             binary: bool, batch_size: int) -> np.ndarray:
-    """Model-resolution label maps (N, S, S) for prepared inputs (C, S, S)."""
+             binary: bool, batch_size: int, probabilities: bool = False) -> np.ndarray:
+    """Model-resolution label maps (N, S, S) for prepared inputs (C, S, S); ``probabilities`` (binary):
+    the foreground probabilities (float32) instead of the thresholded masks."""
     out = []
     for i in range(0, len(inputs), batch_size):
         batch = torch.stack(inputs[i:i + batch_size]).to(device, dtype=protocol.torch_dtype)
         with _autocast(protocol.eval.autocast, device):
             logits = model(batch).float()
         if binary:
-            pred = (logits.sigmoid()[:, 0] >= protocol.eval.threshold).to(torch.uint8)
+            prob = logits.sigmoid()[:, 0]
+            pred = prob if probabilities else (prob >= protocol.eval.threshold).to(torch.uint8)
         else:
             pred = logits.softmax(dim=1).argmax(dim=1)
         out.append(pred.cpu().numpy())
@@ -163,10 +165,13 @@ def sliding_window_logits(model: nn.Module, x: np.ndarray, patch: tuple[int, ...
 
 def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bool, device: torch.device,
                  batch_size: int = 8, stats: list[dict[str, float]] | None = None,
-                 prep: VolumePrep | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 prep: VolumePrep | None = None, native: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Return (prediction, ground truth) as integer label maps on the grid they are scored on.
     ``stats``: the training foreground's statistics, for ``normalize = "ct_foreground"`` (whole images);
-    ``prep``: how a patch protocol's cases are preprocessed (``volume_prep``), required there."""
+    ``prep``: how a patch protocol's cases are preprocessed (``volume_prep``), required there.
+    ``native`` (binary data, scored at model resolution): both at each image's own size instead, the
+    foreground probabilities resized bilinearly and then thresholded (what ISIC's challenge and the
+    polyp evaluation toolboxes take); the other data is predicted on its own grid already."""
     model.eval()
     if protocol.patches:  # nnU-Net: preprocess, sliding window, logits back to the case's grid
         if prep is None:
@@ -177,8 +182,14 @@ def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bo
     if binary:  # VM-UNet: image and mask resized bilinearly, scored at model resolution
         labels = list(case.label) if case.is_volume else [case.label]
         pairs = [prepare_binary_pair(img, lab, protocol) for img, lab in zip(images, labels)]
-        pred = _predict(model, [x for x, _ in pairs], protocol, device, True, batch_size)
-        gt = np.stack([m >= 0.5 for _, m in pairs]).astype(np.uint8)
+        if native:
+            prob = _predict(model, [x for x, _ in pairs], protocol, device, True, batch_size, probabilities=True)
+            pred = np.stack([resize_bilinear(p, lab.shape) >= protocol.eval.threshold
+                             for p, lab in zip(prob, labels)]).astype(np.uint8)
+            gt = np.stack([np.asarray(lab) >= 0.5 for lab in labels]).astype(np.uint8)
+        else:
+            pred = _predict(model, [x for x, _ in pairs], protocol, device, True, batch_size)
+            gt = np.stack([m >= 0.5 for _, m in pairs]).astype(np.uint8)
     else:  # TransUNet: slice zoom in, argmax, nearest zoom back, scored at native resolution
         small = _predict(model, [prepare_slice(img, protocol, stats) for img in images], protocol, device, False, batch_size)
         native = case.label.shape[-2:]
@@ -258,7 +269,8 @@ def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: 
 def predict_cases(model: nn.Module, dataset: SegDataset, ids: list[str], protocol: Protocol,
                   finish: Callable[[Case, np.ndarray, np.ndarray], Any], *, device: torch.device,
                   stats: list[dict[str, float]] | None = None, prep: VolumePrep | None = None,
-                  workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> list:
+                  workers: int | None = None, progress: Callable[[int, int], None] | None = None,
+                  native: bool = False) -> list:
     """``finish(case, prediction, ground truth)`` of each test case in ``ids``, in that order, each
     case predicted as ``predict_case`` does; what evaluation scores and ``bench predict`` writes.
 
@@ -277,7 +289,7 @@ def predict_cases(model: nn.Module, dataset: SegDataset, ids: list[str], protoco
     for i, case_id in enumerate(ids):
         case = dataset.load_test(case_id)
         out.append(finish(case, *predict_case(model, case, protocol, binary=dataset.binary, device=device,
-                                              stats=stats, prep=prep)))
+                                              stats=stats, prep=prep, native=native)))
         if progress is not None:
             progress(i + 1, len(ids))
     return out

@@ -9,7 +9,9 @@ One file per case goes under ``OUT/<run_id>/``, in the data's own format
 - nnU-Net data: ``<case><file_ending>`` (NIfTI volumes with their label file's geometry, or PNG),
   the layout ``nnUNetv2_evaluate_folder`` and other tools read beside ``labelsTr``;
 - Synapse: ``<case>.nii.gz``, (D, H, W) stored as (x, y, z) with the spacing where known;
-- ISIC / polyp: ``<case>.png`` masks of 0/255 at the model resolution they are scored at.
+- ISIC / polyp: ``<case>.png`` masks of 0/255 at the model resolution they are scored at, or with
+  ``native_size`` (``--native-size``) at each image's own size (probabilities resized bilinearly,
+  then thresholded), as ISIC's challenge and the polyp evaluation toolboxes take them.
 
 Each file is written atomically and one already there is kept, so a killed ``bench predict``
 resumes: ``prediction.json`` (run, weights' sha256, data, class ids and names, grid) is written
@@ -71,11 +73,12 @@ def plan_predict(results_dir: Path, models: list[str] | None = None,
 
 def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: torch.device,
                 protocol_file: Path | None = None, progress: Callable[[int, int], None] | None = None,
-                workers: int | None = None) -> tuple[Path, int]:
+                workers: int | None = None, native_size: bool = False) -> tuple[Path, int]:
     """Write the run's test-case predictions under ``out_dir/<run_id>``; return that folder and how
     many files this call wrote (cases already written are kept). ``workers``: as
     ``bench.evaluate.predict_cases`` (on a GPU, threads load the next cases and write the predicted
-    ones); the files do not depend on it."""
+    ones); the files do not depend on it. ``native_size``: ISIC/polyp masks at each image's size
+    (``predict_case``'s ``native``) instead of the model resolution they were scored at."""
     model, dataset, protocol = run_model(rec, results_dir, protocol_file, "predicted")
     model.to(device=device, dtype=protocol.torch_dtype)
     folder = Path(out_dir) / rec["run_id"]
@@ -86,7 +89,8 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
         "split": rec["split"], "protocol": rec["protocol"]["name"], "policy": rec["policy"],
         "classes": ({"0": "background", "255": dataset.class_names[0]} if dataset.binary else
                     {"0": "background", **{str(i): n for i, n in enumerate(dataset.class_names, start=1)}}),
-        "grid": f"model input {protocol.img_size}x{protocol.img_size}" if dataset.binary else "native",
+        "grid": ("native" if not dataset.binary else "native (probabilities resized bilinearly, then thresholded)"
+                 if native_size else f"model input {protocol.img_size}x{protocol.img_size}"),
         "complete": False,
     }
     _claim(folder, manifest)
@@ -104,7 +108,7 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
 
     prep = volume_prep(dataset, protocol) if protocol.patches else None
     predict_cases(model, dataset, todo, protocol, write, device=device, stats=intensity_stats(dataset, protocol),
-                  prep=prep, workers=workers, progress=progress)
+                  prep=prep, workers=workers, progress=progress, native=native_size)
     if unknown:  # documented, yet unseen where the files are overlaid on the CT in mm
         warnings.warn(f"{rec['run_id']}: {len(unknown)} of {len(todo)} predicted volumes have no known spacing "
                       f"(first: {unknown[0]}); written with 1 mm voxels, so they overlay the images by voxel, not in "
@@ -119,10 +123,14 @@ def _claim(folder: Path, manifest: dict[str, Any]) -> None:
     (BenchError otherwise, rather than a folder mixing two models); temp files it left are removed."""
     old = folder / MANIFEST
     if old.is_file():
-        sha = json.loads(old.read_text(encoding="utf-8")).get("weights_sha256")
+        held = json.loads(old.read_text(encoding="utf-8"))
+        sha = held.get("weights_sha256")
         if sha != manifest["weights_sha256"]:
             raise BenchError(f"{folder}: holds predictions of other weights (sha256 {str(sha)[:16]}, this run's "
                              f"{manifest['weights_sha256'][:16]}); delete it or choose another --out")
+        if held.get("grid", manifest["grid"]) != manifest["grid"]:  # --native-size or not: files of one size
+            raise BenchError(f"{folder}: holds predictions on another grid ({held['grid']}; asked: "
+                             f"{manifest['grid']}); delete it or choose another --out")
     elif folder.is_dir() and any(p.is_file() and not p.name.startswith(".") for p in folder.rglob("*")):
         raise BenchError(f"{folder}: holds files but no {MANIFEST}; delete it or choose another --out")
     for stale in folder.rglob(".*.tmp*") if folder.is_dir() else ():

@@ -154,6 +154,24 @@ def test_binary_masks_are_0_255_pngs_at_model_resolution_in_test_set_folders(tmp
         gt = prepare_binary_pair(case.image, case.label, proto)[1] >= 0.5
         p = preds[case_id].astype(bool)
         assert (row["tp"], row["fp"], row["fn"]) == (int((p & gt).sum()), int((p & ~gt).sum()), int((~p & gt).sum()))
+    # --native-size: each image's own size, from the probabilities resized with torch's bilinear (half-pixel
+    # centres), then thresholded: what ISIC's challenge and the polyp toolboxes take
+    from bench.rescore import run_model
+
+    with pytest.raises(BenchError, match=r"holds predictions on another grid \(model input 32x32; asked: native"):
+        predict_run(rec, tmp_path / "res", tmp_path / "out", CPU, native_size=True)  # never two sizes in one folder
+    native, _ = predict_run(rec, tmp_path / "res", tmp_path / "native", CPU, native_size=True)
+    assert json.loads((native / MANIFEST).read_text())["grid"].startswith("native (probabilities resized bilinearly")
+    model = run_model(rec, tmp_path / "res")[0].eval()
+    for case_id in ds.test_ids()[:2]:
+        case = ds.load_test(case_id)
+        x = prepare_binary_pair(case.image, case.label, proto)[0]
+        with torch.no_grad():
+            prob = torch.nn.functional.interpolate(model(x[None]).sigmoid(), size=case.label.shape, mode="bilinear",
+                                                   align_corners=False)[0, 0].numpy()
+        mask = np.asarray(Image.open(native / f"{case_id}.png"))
+        assert mask.shape == case.label.shape == case.image.shape[:2] != (32, 32)
+        assert np.array_equal(mask == 255, prob >= 0.5)
 
 
 def test_predict_refuses_what_it_cannot_reproduce(tmp_path):
