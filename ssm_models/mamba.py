@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssm_models.scan import fused_mamba_inner, selective_scan
+from ssm_models.scan import fused_mamba_inner, selective_scan, upcast
 
 __all__ = ["Mamba"]
 
@@ -48,20 +48,20 @@ class Mamba(nn.Module):
         batch, L, _ = hidden.shape
         # in_proj and the causal conv applied as mamba-ssm applies them (weight @ x, causal_conv1d_fn):
         # functionally, so thop, which counts module calls only, skips them here as on the authors' models
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(upcast(self.A_log))
         fused = fused_mamba_inner(hidden.device, hidden.dtype)  # None for float64: no such kernels
         if fused is not None:
             # mamba-ssm's layout, W @ (d, B·L): xz's time axis is contiguous, so the fused op copies nothing
             xz = (self.in_proj.weight @ hidden.reshape(batch * L, -1).t()).view(-1, batch, L).transpose(0, 1)
             return fused(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
-                         self.out_proj.weight, self.out_proj.bias, A, None, None, self.D.float(),
-                         delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+                         self.out_proj.weight, self.out_proj.bias, A, None, None, upcast(self.D),
+                         delta_bias=upcast(self.dt_proj.bias), delta_softplus=True)
         xz = (hidden @ self.in_proj.weight.t()).transpose(1, 2)  # (B, 2·di, L), bit for bit in_proj(hidden)
         x, z = xz.chunk(2, dim=1)
         conv = self.conv1d  # causal: keep the first L outputs of the padded conv
         x = F.silu(F.conv1d(x, conv.weight, conv.bias, padding=conv.padding, groups=conv.groups)[..., :L])
         dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)
-        y = selective_scan(x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
-                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        y = selective_scan(x, dt, A, B.transpose(1, 2), C.transpose(1, 2), upcast(self.D), z=z,
+                           delta_bias=upcast(self.dt_proj.bias), delta_softplus=True)
         return self.out_proj(y.transpose(1, 2))

@@ -54,7 +54,7 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["selective_scan", "selective_scan_flops", "SCAN_COST_OP", "available_backends", "default_backend",
            "last_backend", "backend_report", "fused_mamba_inner", "use_backend", "backend_problem",
-           "mamba_kernels_problem", "BACKENDS"]
+           "mamba_kernels_problem", "BACKENDS", "upcast"]
 
 BACKENDS = ("cuda", "cpu", "torch", "ref")
 ENV_VAR = "BENCH_SCAN_BACKEND"
@@ -552,6 +552,13 @@ def _(u, A, with_D, with_z):
 
 
 SCAN_COST_OP = torch.ops.ssm_unet_bench.selective_scan_cost
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """The authors' ``.float()`` before a scan: half precision (fp16/bf16, e.g. under autocast) to
+    float32; float32 as is, and float64 kept, so a float64 model scans in float64 (``.float()``
+    rounded its scan to float32, and float32 kernels differ between CPUs in their last bits)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def selective_scan_flops(u_shape, A_shape, with_D: bool, with_z: bool) -> int:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssm_models.scan import selective_scan
+from ssm_models.scan import selective_scan, upcast
 
 __all__ = ["SS2D", "VSSBlock", "PatchEmbed2D", "PatchMerging2D", "PatchExpand2D", "DropPath"]
 
@@ -84,9 +84,9 @@ class SS2D(nn.Module):
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
         y = selective_scan(
-            xs.float().reshape(b, k * c, L), dts.float().reshape(b, k * c, L),
-            -torch.exp(self.A_logs.float()), Bs.float(), Cs.float(), self.Ds.float(),
-            delta_bias=self.dt_projs_bias.float().reshape(-1), delta_softplus=True,
+            upcast(xs).reshape(b, k * c, L), upcast(dts).reshape(b, k * c, L),
+            -torch.exp(upcast(self.A_logs)), upcast(Bs), upcast(Cs), upcast(self.Ds),
+            delta_bias=upcast(self.dt_projs_bias).reshape(-1), delta_softplus=True,
         ).reshape(b, k, c, L)
         back = y[:, 2:].flip(-1)  # directions 2, 3 un-reversed
         col_to_row = lambda t: t.reshape(b, c, w, h).transpose(2, 3).reshape(b, c, L)  # noqa: E731

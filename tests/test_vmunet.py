@@ -149,3 +149,29 @@ def test_ss2d_normalises_the_float32_scan_sum_under_autocast():
         want = ss2d.out_proj(ss2d.out_norm(y.transpose(1, 2).reshape(1, 8, 8, -1)) * F.silu(z))
     assert torch.equal(got, want)
     assert ss2d.to(torch.float64)(x.double()).dtype == torch.float64  # a model cast whole keeps working
+
+
+@pytest.mark.parametrize("block", ["ss2d", "mamba"])
+def test_a_float64_model_scans_in_float64_and_half_precision_in_float32(monkeypatch, block):
+    """The authors' .float() before the scan upcasts half precision; on a float64 model (the drift
+    protocols) it rounded the scan to float32, whose kernels differ between CPUs in their last bits."""
+    import ssm_models.mamba as mamba_module
+    import ssm_models.vss as vss_module
+
+    module = vss_module if block == "ss2d" else mamba_module
+    seen = []
+
+    def spy(u, delta, A, B, C, D=None, **kw):
+        seen.append((u.dtype, A.dtype, D.dtype, kw["delta_bias"].dtype))
+        return scan.selective_scan(u, delta, A, B, C, D, **kw)
+
+    monkeypatch.setattr(module, "selective_scan", spy)
+    torch.manual_seed(0)
+    layer = SS2D(16) if block == "ss2d" else mamba_module.Mamba(16, d_state=4)
+    x = torch.randn(1, 4, 4, 16) if block == "ss2d" else torch.randn(1, 6, 16)
+    assert layer.double()(x.double()).dtype == torch.float64 and set(seen[-1]) == {torch.float64}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer.float()(x)
+    # SS2D upcasts its inputs too; mamba-ssm's Mamba hands the kernel bf16 inputs with fp32 A, D, dt bias
+    u = torch.float32 if block == "ss2d" else torch.bfloat16
+    assert seen[-1] == (u, torch.float32, torch.float32, torch.float32)
