@@ -670,8 +670,10 @@ def data_verify(
 
     Example: bench data verify --dataset synapse --data-root data/Synapse
     """
+    from bench.data import get_reader
     from bench.data.verify import dataset_notes, verify_dataset
 
+    dataset = get_reader(dataset).name  # any case, as bench run takes it
     problems = verify_dataset(dataset, data_root)
     for p in problems:
         _echo_err(f"{p.level}: {p.path}: {p.message}")

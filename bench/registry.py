@@ -81,7 +81,10 @@ def register_model(
         raise ValueError(f"init source {init[0]!r} is not one of the pretrained loaders {sorted(pretrained or {})}")
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _load_builtins()  # a script's model registered first must meet the built-in names, not take one
+        if fn.__module__.split(".")[0] not in _BUILTIN_PACKAGES:
+            # a script's model registered first must meet the built-in names, not take one; the built-ins
+            # themselves do not load the rest (``import baselines`` would load plugins half-imported)
+            _load_builtins()
         key = name or fn.__name__
         held = _REGISTRY.get(key)
         if held is not None and _origin(held.constructor) != _origin(fn):

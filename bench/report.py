@@ -1029,14 +1029,23 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                 pub = load_published(None if published is True else Path(published))
                 for title, table in published_tables(boards, pub, groups).items():
                     extra.append(f"## {title}\n\n{PUBLISHED_NOTE}\n\n{_md_table(table)}\n")
-                # a board of data no paper reported on says so, rather than nothing at all
-                held = {d for d in pub["dataset"] if d}
-                unknown = sorted({k.dataset for k in boards if published_dataset(k.dataset) not in held})
-                if unknown:
+                # a board without a published table says why, rather than nothing at all (a pooled
+                # polyp / isic_all board is compared through its per-test-set boards)
+                held, silent = {d for d in pub["dataset"] if d}, []
+                for key, board in boards.items():
+                    data = published_dataset(key.dataset)
+                    if key.dataset.split(" (")[0] in TEST_SET_DATASETS:
+                        continue
+                    models = sorted({m.split(" (")[0] for m in board["model"]})
+                    if data not in held:
+                        silent.append(f"{key.dataset} (data no paper in it reports on)")
+                    elif not (pub["dataset"].eq(data) & pub["model"].isin(models)).any():
+                        silent.append(f"{key.dataset} (none for {', '.join(models)})")
+                if silent:
                     source = "results/published.csv" if published is True else str(published)
-                    extra.append(f"## Published vs ours\n\nNo published numbers for {', '.join(unknown)}: {source} "
-                                 f"holds {', '.join(sorted(held))} (--published-file takes your own table of its "
-                                 "columns).\n")
+                    extra.append(f"## Published vs ours\n\nNo published numbers for {'; '.join(silent)}. {source} "
+                                 f"holds data {', '.join(sorted(held))}; --published-file takes your own table of "
+                                 "its columns.\n")
             cost = render_cost_md(profiles)
             extra += [cost] if cost else []
             if out is not None:  # the images go beside the Markdown file, linked relatively

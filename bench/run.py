@@ -393,7 +393,7 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     dataset = get_reader(dataset).name
     if folds is not None:
         check_folds(dataset)
-    if protocol.datasets and dataset not in protocol.datasets:
+    if protocol.datasets and dataset not in {d.strip().lower() for d in protocol.datasets}:  # names in any case
         raise BenchError(
             f"protocol {protocol.name!r} is written for {', '.join(protocol.datasets)}, not {dataset!r}"
         )

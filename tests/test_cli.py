@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -248,6 +249,17 @@ def test_folds_give_one_record_per_fold(tmp_path):
     again = _bench("run", "--models", "unet", "--dataset", "NNUNet", "--synthetic", "--protocol", "smoke", "--folds",
                    "0,1", "--results", tmp_path, *FAST).stdout
     assert again.count("finished earlier, skipped") == 2 and "dataset nnunet" in again
+    assert _bench("data", "verify", "--dataset", "NNUNet", "--data-root", root).stdout.endswith("OK (nnunet)\n")
+    # a protocol file's datasets list, in any case too
+    import dataclasses
+
+    from bench.protocol import load_protocol
+    from bench.run import plan_grid
+
+    mine = dataclasses.replace(load_protocol("smoke"), datasets=("NNUNet",))
+    (spec,) = plan_grid(models=["unet"], dataset="nnunet", protocol=mine, seeds=[0], data_root=Path(root),
+                        synthetic=False, results_dir=tmp_path / "other")
+    assert spec.dataset == "nnunet"
     bad = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--folds", "0", "--results",
                  tmp_path / "fixed", check=False)
     assert bad.returncode == 2 and "fixed test split" in bad.stderr

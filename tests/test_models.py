@@ -327,6 +327,18 @@ def test_entry_point_plugin_runs_like_a_built_in_model(tmp_path):
     assert "mynet" in prof.stdout
 
 
+def test_a_plugin_taking_a_built_in_name_is_refused_whichever_module_loads_first(tmp_path):
+    # `import baselines` first: a built-in's registration loaded the plugins while baselines was half
+    # imported, so the plugin took unet and the built-in's import failed, blaming baselines
+    env = _install_plugin(tmp_path, "from bench.registry import register_model\n"
+                                    "register_model(family='cnn', paper_config={}, name='unet')(lambda **kw: None)\n")
+    script = "import baselines\nfrom bench.registry import get_entry\nprint(get_entry('unet').constructor.__module__)\n"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, **env}, check=True)
+    assert proc.stdout == "baselines.unet\n"
+    assert "model plugin 'mynet'" in proc.stderr and "model name 'unet' is taken by baselines.unet.unet" in proc.stderr
+
+
 def test_a_broken_plugin_is_named_and_the_rest_works(tmp_path):
     # it registers its model, then fails: the half-loaded model must not be used
     env = _install_plugin(tmp_path, _PLUGIN + "\nimport a_module_that_is_not_installed\n")

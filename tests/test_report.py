@@ -290,8 +290,15 @@ def test_published_vs_ours_table(tmp_path):
     own = make_record("unet", dataset="nnunet")
     write_record({**own, "dataset_name": "nnunet:Dataset501_MyXray"}, tmp_path / "own")
     # a board of the user's own data: said, where the section was left out without a word
-    assert (f"## Published vs ours\n\nNo published numbers for nnunet:Dataset501_MyXray: {pub} holds isic17, synapse "
-            "(--published-file takes your own table of its columns)") in write_report(tmp_path / "own", published=pub)
+    write_record(make_record("transunet", seed=0), tmp_path / "own")  # data in the table, but not this model
+    # the pooled board is compared through its per-test-set boards: only those are named
+    write_record(make_record("unet", dataset="polyp", protocol="polyp", case_ids=["Kvasir/1", "Kvasir/2"]),
+                 tmp_path / "poly")
+    assert "No published numbers for polyp:Kvasir (data no paper in it reports on)." in \
+        write_report(tmp_path / "poly", published=pub)
+    assert (f"## Published vs ours\n\nNo published numbers for nnunet:Dataset501_MyXray (data no paper in it reports "
+            f"on); synapse (none for transunet). {pub} holds data isic17, synapse; --published-file takes your own "
+            "table of its columns.") in write_report(tmp_path / "own", published=pub)
     section = text[text.index(f"## Published vs ours · synapse · protocol synapse v1 ({synapse}) · policy "
                               "legacy-synapse (ours)"):]
     lines = [line for line in section.splitlines() if line.startswith("| vmunet")]
