@@ -16,7 +16,7 @@ from bench.protocol import PROTOCOL_DIR, load_protocol
 from bench.records import load, record_path, write_record
 from bench.registry import get_entry
 from bench.report import leaderboards
-from bench.rescore import plan_rescore, record_protocol, rescore_record, weights_path
+from bench.rescore import plan_rescore, record_protocol, rescore_record, run_model, weights_path
 from bench.run import plan_grid, run_one
 
 CPU = torch.device("cpu")
@@ -112,7 +112,7 @@ def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
     # a plugin's code edited since the run: its weights still fit, and are scored with a warning
     with pytest.warns(UserWarning, match=rf"run {rec['run_id']}: unet's code changed since it trained; its weights "
                                          "are rescored with the code as it is now"):
-        rescore_record({**rec, "model_code": "0" * 16}, "strict", copy, CPU)
+        run_model({**rec, "model_code": "0" * 16}, copy, None, "rescored")  # what rescore and predict build
     # weights the model's code no longer fits (a plugin edited since the run): one line, not torch's traceback
     widened = {**rec, "model_config": {**rec["model_config"], "widths": [8, 16, 32, 72]}}
     with pytest.raises(BenchError, match=rf"run {rec['run_id']}: .*final\.pt does not match UNet: missing 0 \[none\]; "
