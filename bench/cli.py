@@ -233,7 +233,7 @@ def run(
         model_over = _model_overrides(name, tiny, overrides)
         specs += plan_grid(models=[name], dataset=dataset, protocol=proto, seeds=seed_list, data_root=data_root,
                            synthetic=synthetic, results_dir=results, policy=policy, model_overrides=model_over,
-                           pretrained_dir=pretrained_dir,
+                           pretrained_dir=pretrained_dir, tiny=tiny,
                            folds=folds if folds in (None, "all") else list(dict.fromkeys(_parse_ints(folds, "--folds"))))
     total = len(specs)
     specs = select_shard(specs, shard)
@@ -514,6 +514,7 @@ def profile(
                                      device=dev, precision=p, batch_size=batch, warmup=warmup, iters=iters,
                                      channels_last=channels_last, compile=compile, timing=timing, overrides=over,
                                      counts=counts)
+            row["tiny"] = tiny  # the tables' "(tiny)", as runs record it
             counts = row
             cost.write_profile(row, results)
             rows.append(row)

@@ -72,7 +72,7 @@ POLICIES = tuple(METRIC_POLICIES)
 RUN_ID_COLUMNS = [
     "run_id", "model", "model_config", "family", "dataset", "dataset_name", "synthetic", "split",
     "protocol", "protocol_version", "protocol_hash", "off_protocol", "protocol_overrides",
-    "policy", "seed", "init", "data_id",
+    "policy", "seed", "init", "data_id", "tiny",
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
     "n_train", "rescored_from", "status", "git_commit", "device", "scan_backend", "hd95_unit", "started_at",
@@ -460,6 +460,7 @@ def _run_ids(rec: Mapping[str, Any]) -> dict[str, Any]:
         # the pretrained file and the data: boards keep runs apart by them (bench.report.label_runs)
         "init": f"{init['file']}@{init['sha256'][:8]}" if (init := rec.get("init")) else None,
         "data_id": rec.get("data_id"),  # what the data was (bench.run.RunSpec.data_id); absent in older records
+        "tiny": rec.get("tiny"),  # built with --tiny (the label's "(tiny)"); absent in older records
     }
 
 

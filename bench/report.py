@@ -116,7 +116,8 @@ def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
             label += f" (off-protocol: {_overrides_text(row['protocol_overrides'])})"
         labels.append(label)
     df["board_protocol"] = labels
-    df["model_label"] = model_labels(df["model"], df["model_config"], df[["board_dataset", "board_protocol", "policy"]])
+    df["model_label"] = model_labels(df["model"], df["model_config"], df[["board_dataset", "board_protocol", "policy"]],
+                                     df["tiny"] if "tiny" in df else None)
     if "init" in df:  # weights started from other pretrained files (or from none): other rows
         inits = df["init"].fillna("").astype(str)
         n_inits = inits.groupby([df["board_dataset"], df["board_protocol"], df["policy"], df["model_label"]]
@@ -126,38 +127,60 @@ def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | None = None) -> list[str]:
+def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | None = None,
+                 tiny: pd.Series | None = None) -> list[str]:
     """Row labels: the model's name, ``"(tiny)"`` added wherever the run used the model's tiny test
-    configuration (``--tiny``), whatever else shares the table; where one model still runs in several
-    configurations within a group (a board), the config keys that differ between them:
-    ``"unet (base_c=8)"``, ``"unet (tiny, img_size=96)"``. ``configs``: JSON strings."""
+    configuration (``--tiny``; ``tiny``: the records' flag, else the config is compared with it), with
+    the tiny keys it set otherwise (``"mymodel (tiny, width=12)"``: neither the tiny nor the paper
+    model), whatever else shares the table; where one model still runs in several configurations
+    within a group (a board), the config keys that differ between them: ``"unet (base_c=8)"``,
+    ``"unet (tiny, img_size=96)"``. ``configs``: JSON strings."""
     parsed = pd.Series([json.loads(c) if isinstance(c, str) and c else {} for c in configs], index=models.index)
-    frame = pd.DataFrame({"model": models.astype(str), "tiny": [_is_tiny(m, p) for m, p in zip(models, parsed)]})
-    labels = frame["model"] + np.where(frame["tiny"], " (tiny)", "")
+    flags = tiny if tiny is not None else pd.Series([None] * len(models), index=models.index)
+
+    def shown(p: dict, k: str) -> str:
+        return f"{k}={json.dumps(p[k], ensure_ascii=False)}" if k in p else f"{k}=default"
+
+    own: dict[Any, list[str]] = {}  # by row: "tiny" and the tiny keys set otherwise
+    for i, m, p, flag in zip(models.index, models.astype(str), parsed, flags):
+        if flag is None or (isinstance(flag, float) and math.isnan(flag)):  # records from before the flag
+            flag = _is_tiny(m, p)
+        own[i] = ["tiny", *(shown(p, k) for k in _tiny_changes(m, p))] if flag else []
+    frame = pd.DataFrame({"model": models.astype(str), "own": [", ".join(own[i]) for i in models.index]},
+                         index=models.index)
+    labels = frame["model"] + frame["own"].map(lambda o: f" ({o})" if o else "")
     if groups is not None:
         frame = pd.concat([groups.add_prefix("group_"), frame], axis=1)
-    for (*_, model, is_tiny), idx in frame.groupby(list(frame.columns), sort=False, dropna=False).groups.items():
+    for (*_, model, _own), idx in frame.groupby(list(frame.columns), sort=False, dropna=False).groups.items():
         mine = parsed[idx].tolist()
         names = sorted({k for p in mine for k in p})
         differing = [k for k in names if len({json.dumps(p.get(k), sort_keys=True) for p in mine}) > 1]
         if not differing:
             continue
         for i, p in zip(idx, mine):
-            parts = ["tiny"] * is_tiny + [f"{k}={json.dumps(p[k], ensure_ascii=False)}" if k in p else f"{k}=default"
-                                         for k in differing]
+            parts = own[i] + [part for part in (shown(p, k) for k in differing) if part not in own[i]]
             labels[i] = f"{model} ({', '.join(parts)})"
     return labels.tolist()
 
 
-def _is_tiny(model: str, config: dict) -> bool:
-    """Whether ``config`` holds the model's tiny test configuration (registry ``tiny``)."""
+def _tiny_config(model: str) -> dict:
     from bench.registry import get_entry
 
     try:
-        tiny = get_entry(model).tiny
+        return dict(get_entry(model).tiny)
     except BenchError:  # a record of a model no longer registered
-        return False
+        return {}
+
+
+def _is_tiny(model: str, config: dict) -> bool:
+    """Whether ``config`` holds the model's tiny test configuration (registry ``tiny``)."""
+    tiny = _tiny_config(model)
     return bool(tiny) and all(json.dumps(config.get(k)) == json.dumps(v) for k, v in tiny.items())
+
+
+def _tiny_changes(model: str, config: dict) -> list[str]:
+    """The tiny configuration's keys that ``config`` sets otherwise (``--tiny --set width=12``)."""
+    return [k for k, v in _tiny_config(model).items() if k in config and json.dumps(config[k]) != json.dumps(v)]
 
 
 def _class_columns(group: pd.DataFrame) -> list[str]:
@@ -516,7 +539,7 @@ def profile_labels(g: pd.DataFrame) -> list[str]:
     config keys that differ where one model was profiled in several (``--set``, ``--num-classes``)."""
     configs = pd.Series([json.dumps(c, sort_keys=True) if isinstance(c, dict) else "" for c in
                          (g["model_config"] if "model_config" in g else [None] * len(g))], index=g.index)
-    return model_labels(g["model"].astype(str), configs)
+    return model_labels(g["model"].astype(str), configs, tiny=g["tiny"] if "tiny" in g else None)
 
 
 def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:

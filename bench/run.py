@@ -54,6 +54,8 @@ class RunSpec:
     data_id: str = ""
     # what the reader says of the data it opened (which split file or rule made the split): shown, not identity
     notes: tuple[str, ...] = field(default=(), compare=False)
+    # built from the model's tiny configuration (--tiny; model_overrides holds its keys): the boards' "(tiny)"
+    tiny: bool = field(default=False, compare=False)
 
     @property
     def split(self) -> str:
@@ -228,6 +230,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "family": entry.family,
         "model_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.bench_config.items()},
         "model_code": model_code(spec.model),  # a plugin's source digest (built-ins: git_commit names their code)
+        "tiny": spec.tiny,  # --tiny: the model's tiny configuration, some of its keys perhaps set otherwise
         "dataset": spec.dataset,
         "dataset_name": dataset.dataset_name,
         "data_root": str(spec.data_root.resolve()),  # rescore and predict may start elsewhere
@@ -379,11 +382,12 @@ def _check_init(model: str, init: tuple[str, str, str], build: dict[str, Any]) -
 def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: list[int], data_root: Path | None,
               synthetic: bool, results_dir: Path, policy: str | None = None,
               model_overrides: dict[str, Any] | None = None, folds: list[int] | str | None = None,
-              pretrained_dir: Path | None = None) -> list[RunSpec]:
+              pretrained_dir: Path | None = None, tiny: bool = False) -> list[RunSpec]:
     """Resolve data, policy, pretrained files and names once; one RunSpec per (model, seed[, fold]).
 
     ``folds``: cross-validation folds to run ("all" or a list), for data without a fixed test split.
-    ``pretrained_dir``: where the authors' pretrained files are, for protocols with ``pretrained``."""
+    ``pretrained_dir``: where the authors' pretrained files are, for protocols with ``pretrained``.
+    ``tiny``: ``model_overrides`` start from the models' tiny configurations (recorded, for labels)."""
     if synthetic and data_root is not None:
         raise BenchError("give either --data-root or --synthetic, not both")
     records.ensure_writable_dir(results_dir)  # before synthetic data is written or anything trains
@@ -462,7 +466,7 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     split_sha = {f: None if f is None else _ids_sha(d.test_ids()) for f, d in split.items()}
     data_id = made or ds.content_id()
     specs = [RunSpec(m, dataset, protocol, s, data_root, synthetic, chosen, extra, fold, inits.get(m),
-                     split_sha[fold], data_id, tuple(split[fold].notes))
+                     split_sha[fold], data_id, tuple(split[fold].notes), tiny)
              for m in models for s in seeds for fold in fold_list]
     return [_earlier_id(spec, results_dir) for spec in specs]
 

@@ -33,6 +33,7 @@ def test_run_writes_a_record_and_report_shows_organs(smoke_results):
     assert len(df) == 1
     row = df.iloc[0]
     assert row["model"] == "unet" and row["policy"] == "legacy-synapse" and bool(row["off_protocol"])
+    assert row["tiny"] == True  # noqa: E712 (numpy bool; older records: NaN). --tiny, recorded: no guess from the config
     assert 0.0 <= row["dice"] <= 1.0
     assert row["macs"] > 0 and row["flops"] == 2 * row["macs"] and row["paper_macs"] > 0  # counted at 32²
     rep = _bench("report", "--results", smoke_results).stdout

@@ -393,6 +393,7 @@ def test_several_precisions_are_timed_and_counted_once(tmp_path, monkeypatch):
     assert rows[0]["macs"] == rows[1]["macs"] > 0 and rows[0]["fvcore_macs"] == rows[1]["fvcore_macs"]
     assert all(r["latency_ms_median"] > 0 for r in rows)
     assert len(list((tmp_path / "profiles").glob("*.json"))) == 2  # one record per precision
+    assert all(json.loads(p.read_text())["tiny"] is True for p in (tmp_path / "profiles").glob("*.json"))  # --tiny
     bad = CliRunner().invoke(app, ["profile", "--models", "unet", "--device", "cpu", "--precision", "fp32,tf32",
                                    "--results", str(tmp_path / "none")])
     # CliRunner calls the app itself: the BenchError reaches it, which `bench` prints as one line, exit 2

@@ -260,6 +260,12 @@ def test_tiny_configurations_are_labelled_whatever_shares_the_board(tmp_path):
     half = {"widths": tiny["widths"][:3]}
     write_record(make_record("unet", dataset="acdc", seed=0, model_config=half), tmp_path)
     assert list(leaderboards(load(tmp_path))[("acdc", "synapse", "legacy-synapse")]["model"]) == ["unet"]
+    # the same config built with --tiny (the record says so) and a tiny key set otherwise: neither the
+    # tiny nor the paper model, even alone on its board (it read "unet", the paper's label)
+    write_record({**make_record("unet", dataset="acdc", seed=0, model_config=half, run_id="t"), "tiny": True},
+                 tmp_path / "flag")
+    assert list(leaderboards(load(tmp_path / "flag"))[("acdc", "synapse", "legacy-synapse")]["model"]) == [
+        "unet (tiny, widths=[8, 16, 32])"]
 
 
 def test_write_report_atomic(tmp_path, runs):
