@@ -190,6 +190,9 @@ def run(
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     nproc: Annotated[int, typer.Option(help="train each run with N processes (torchrun, DDP; gloo on CPU, "
                                             "one GPU each on CUDA); the protocol's batch is the global batch")] = 1,
+    weights: Annotated[Optional[Path], typer.Option(
+        help="evaluate this weights file instead of training (one model): the authors' checkpoint, loaded "
+             "strictly, or your own; its row reads 'model (weights FILE@sha)'")] = None,
 ) -> None:
     """Train and evaluate models on a dataset under a protocol; one record per (model, seed).
 
@@ -220,7 +223,11 @@ def run(
     proto = proto.with_overrides(epochs=epochs, max_iterations=max_iterations, batch_size=batch_size,
                                  img_size=img_size, patch_size=patch, lr=lr, pretrained=None if moot else pretrained,
                                  target_spacing=_parse_spacing(target_spacing))
-    resolve_inits(names, proto, pretrained_dir)  # every missing file named at once, before anything runs
+    if weights is not None and (len(names) != 1 or nproc != 1):
+        raise BenchError(f"--weights {weights}: evaluates one model's weights in one process; give one model "
+                         f"(got {', '.join(names)}) and no --nproc")
+    if weights is None:  # evaluated weights start from no pretrained file
+        resolve_inits(names, proto, pretrained_dir)  # every missing file named at once, before anything runs
     refuse_2d_models(names, proto)  # likewise every 2-D model under a 3-D protocol (the grid plans one by one)
     dev = resolve_device(device.value)
     launch = nproc != 1 and not distributed.launched_by_torchrun()  # this process starts torchrun's
@@ -233,7 +240,7 @@ def run(
         model_over = _model_overrides(name, tiny, overrides)
         specs += plan_grid(models=[name], dataset=dataset, protocol=proto, seeds=seed_list, data_root=data_root,
                            synthetic=synthetic, results_dir=results, policy=policy, model_overrides=model_over,
-                           pretrained_dir=pretrained_dir, tiny=tiny,
+                           pretrained_dir=pretrained_dir, tiny=tiny, weights=weights,
                            folds=folds if folds in (None, "all") else list(dict.fromkeys(_parse_ints(folds, "--folds"))))
     total = len(specs)
     specs = select_shard(specs, shard)

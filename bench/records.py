@@ -72,7 +72,7 @@ POLICIES = tuple(METRIC_POLICIES)
 RUN_ID_COLUMNS = [
     "run_id", "model", "model_config", "family", "dataset", "dataset_name", "synthetic", "split",
     "protocol", "protocol_version", "protocol_hash", "off_protocol", "protocol_overrides",
-    "policy", "seed", "init", "data_id", "tiny",
+    "policy", "seed", "init", "data_id", "tiny", "weights",
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
     "n_train", "rescored_from", "status", "git_commit", "device", "scan_backend", "hd95_unit", "started_at",
@@ -461,6 +461,8 @@ def _run_ids(rec: Mapping[str, Any]) -> dict[str, Any]:
         "init": f"{init['file']}@{init['sha256'][:8]}" if (init := rec.get("init")) else None,
         "data_id": rec.get("data_id"),  # what the data was (bench.run.RunSpec.data_id); absent in older records
         "tiny": rec.get("tiny"),  # built with --tiny (the label's "(tiny)"); absent in older records
+        # weights evaluated as given (bench run --weights), not trained by the run: boards say so on its row
+        "weights": f"{w['file']}@{w['sha256'][:8]}" if (w := rec.get("weights")) else None,
     }
 
 

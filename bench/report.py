@@ -124,6 +124,9 @@ def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
                                 ).transform("nunique")
         named = np.where(inits != "", " (init " + inits + ")", " (from scratch)")
         df["model_label"] = np.where(n_inits > 1, df["model_label"] + named, df["model_label"])
+    if "weights" in df:  # weights trained elsewhere and only evaluated here: never a row of the protocol's training
+        df["model_label"] = [(f"{label[:-1]}, weights {w})" if label.endswith(")") else f"{label} (weights {w})")
+                             if isinstance(w, str) and w else label for label, w in zip(df["model_label"], df["weights"])]
     return df
 
 

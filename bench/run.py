@@ -32,7 +32,7 @@ from bench.evaluate import evaluate, resolve_nsd_tolerance
 from bench.metrics import policy_fields, policy_misfit
 from bench.protocol import Protocol
 from bench.registry import check_buildable, create_model, get_entry, list_models, load_weights, model_code
-from bench.train import seed_everything, train_model
+from bench.train import CHECKPOINT_DIR, FINAL, TrainResult, save_checkpoint, seed_everything, train_model
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,9 @@ class RunSpec:
     notes: tuple[str, ...] = field(default=(), compare=False)
     # built from the model's tiny configuration (--tiny; model_overrides holds its keys): the boards' "(tiny)"
     tiny: bool = field(default=False, compare=False)
+    # weights evaluated as given, without training (--weights: the authors' checkpoint or one's own):
+    # (path, sha256[:16]); None: the run trains
+    weights: tuple[str, str] | None = None
 
     @property
     def split(self) -> str:
@@ -72,6 +75,8 @@ class RunSpec:
             ident.append([self.fold, self.split_sha])
         if self.init is not None:  # the file's content, not its path, defines the run
             ident.append(["init", self.init[0], self.init[2]])
+        if self.weights is not None:
+            ident.append(["weights", self.weights[1]])
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
         fold = "" if self.fold is None else f"-f{self.fold}"
         return f"{self.dataset}-{self.protocol.name}-{self.model}-s{self.seed}{fold}-{digest}"
@@ -179,7 +184,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
     writer = _tensorboard(run_dir) if main else None
     try:
         with _progress_bar(show_progress) as bar:
-            if protocol.patches:
+            if protocol.patches and spec.weights is None:  # training patches only: evaluation reads the cases
                 _preprocess_volumes(dataset, protocol, bar, main)
             task = bar.add_task(f"{spec.model} s{spec.seed} train", total=None, info="") if bar else None
             beat = _Heartbeat(spec.key) if bar is None and main else None
@@ -192,12 +197,15 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
 
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            result = train_model(model, dataset, protocol, seed=spec.seed, run_dir=run_dir, device=device,
-                                 resume=resume, writer=writer, progress=on_step, on_epoch_end=on_epoch_end)
+            if spec.weights is not None:
+                result = _given_weights(model, spec.weights[0], run_dir, main)
+            else:
+                result = train_model(model, dataset, protocol, seed=spec.seed, run_dir=run_dir, device=device,
+                                     resume=resume, writer=writer, progress=on_step, on_epoch_end=on_epoch_end)
             # the GPU memory training needed (per GPU under torchrun): what decides whether a model
             # fits a user's card; unknown after a resume, which measured only the rest
             train_peak = (torch.cuda.max_memory_allocated(device) / 2**20
-                          if device.type == "cuda" and result.resumed_from is None else None)
+                          if device.type == "cuda" and result.resumed_from is None and spec.weights is None else None)
             if not main:
                 return None
             if bar is not None:
@@ -241,6 +249,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "split": spec.split,
         "protocol": protocol.to_record(),
         "init": init,  # the pretrained file the weights started from (counts of what it filled), or null
+        # weights evaluated as given (--weights), not trained here; null: the run trained them
+        "weights": {"file": Path(spec.weights[0]).name, "sha256": spec.weights[1]} if spec.weights else None,
         # normalize = "ct_foreground": the training foreground's statistics the images were scaled with
         "intensity_stats": intensity_stats(dataset, protocol),
         # patch protocols: the spacing in mm cases were resampled to for training and prediction ((z, y, x);
@@ -273,6 +283,16 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
     }
     records.write_record(record, results_dir)
     return record
+
+
+def _given_weights(model, path: str, run_dir: Path, main: bool) -> TrainResult:
+    """A run of weights trained elsewhere: ``path`` loaded strictly into ``model`` and kept as the run's
+    final checkpoint (so that rescore and predict find them as any run's), nothing trained."""
+    load_weights(model, path)
+    if main:
+        (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        save_checkpoint({"model": model.state_dict(), "epoch": -1}, run_dir / CHECKPOINT_DIR / FINAL)
+    return TrainResult(epochs=0, iterations=0, final_loss=None, time_s=0.0, selected="final")
 
 
 def build_args(model: str, protocol: Protocol, dataset, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -382,14 +402,24 @@ def _check_init(model: str, init: tuple[str, str, str], build: dict[str, Any]) -
 def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: list[int], data_root: Path | None,
               synthetic: bool, results_dir: Path, policy: str | None = None,
               model_overrides: dict[str, Any] | None = None, folds: list[int] | str | None = None,
-              pretrained_dir: Path | None = None, tiny: bool = False) -> list[RunSpec]:
+              pretrained_dir: Path | None = None, tiny: bool = False,
+              weights: Path | None = None) -> list[RunSpec]:
     """Resolve data, policy, pretrained files and names once; one RunSpec per (model, seed[, fold]).
 
     ``folds``: cross-validation folds to run ("all" or a list), for data without a fixed test split.
     ``pretrained_dir``: where the authors' pretrained files are, for protocols with ``pretrained``.
-    ``tiny``: ``model_overrides`` start from the models' tiny configurations (recorded, for labels)."""
+    ``tiny``: ``model_overrides`` start from the models' tiny configurations (recorded, for labels).
+    ``weights``: a weights file to evaluate instead of training (one model, one seed, one split),
+    loaded strictly: an authors' checkpoint (``load_weights``) or a run's own."""
     if synthetic and data_root is not None:
         raise BenchError("give either --data-root or --synthetic, not both")
+    if weights is not None:
+        weights = Path(weights).expanduser()
+        if len(models) != 1 or len(seeds) != 1 or folds == "all" or (isinstance(folds, list) and len(folds) > 1):
+            raise BenchError(f"--weights {weights}: evaluates one model's weights, once: give one model, one seed and "
+                             "at most one fold")
+        if not weights.is_file():
+            raise BenchError(f"--weights {weights}: file not found")
     records.ensure_writable_dir(results_dir)  # before synthetic data is written or anything trains
     # what needs no data, before --synthetic writes any
     # an unknown name: "did you mean", before anything else is said about it; "Synapse" is synapse,
@@ -401,7 +431,7 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         raise BenchError(
             f"protocol {protocol.name!r} is written for {', '.join(protocol.datasets)}, not {dataset!r}"
         )
-    inits = resolve_inits(models, protocol, pretrained_dir)
+    inits = {} if weights is not None else resolve_inits(models, protocol, pretrained_dir)  # given: nothing starts
     if synthetic:
         data_root = synthetic_root(dataset, results_dir / "synthetic")
     if data_root is None:
@@ -450,7 +480,9 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         build = build_args(m, protocol, ds, model_overrides or {})
         if protocol.patches:  # before create_model's img_size check, whose advice names --img-size
             _check_patch(m, build, protocol)
-        if m in inits:
+        if weights is not None:  # a file that does not fit is named now, not after the data was prepared
+            load_weights(create_model(m, **build), weights)
+        elif m in inits:
             _check_init(m, inits[m], build)
         else:
             check_buildable(m, **build)
@@ -465,8 +497,9 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     split = {f: ds if f is None else open_dataset(dataset, data_root, fold=f) for f in fold_list}
     split_sha = {f: None if f is None else _ids_sha(d.test_ids()) for f, d in split.items()}
     data_id = made or ds.content_id()
+    given = None if weights is None else (str(weights.resolve()), file_sha256(weights)[:16])
     specs = [RunSpec(m, dataset, protocol, s, data_root, synthetic, chosen, extra, fold, inits.get(m),
-                     split_sha[fold], data_id, tuple(split[fold].notes), tiny)
+                     split_sha[fold], data_id, tuple(split[fold].notes), tiny, given)
              for m in models for s in seeds for fold in fold_list]
     return [_earlier_id(spec, results_dir) for spec in specs]
 

@@ -193,7 +193,7 @@ def lr_min_epoch(protocol: Protocol, epochs: int, steps_per_epoch: int, total: i
     return max(e for e, lr in enumerate(lrs) if math.isclose(lr, low, rel_tol=1e-9, abs_tol=1e-15))
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
+def save_checkpoint(obj: Any, path: Path) -> None:
     """``torch.save`` through ``records.atomic_write``: a unique temp name (another host's process
     on shared storage may have this pid), removed on failure; a failed write is one BenchError."""
     _atomic_file(path, lambda tmp: torch.save(obj, tmp))
@@ -388,9 +388,9 @@ def train_model(
         if t.select == "best_train_loss" and (best is None or epoch_loss < best[0]):
             best = (epoch_loss, epoch)
             if w.main:
-                _atomic_save({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / BEST)
+                save_checkpoint({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / BEST)
         if epoch == keep_epoch and w.main:  # every rank loads it at the end: a shared run dir, as for best.pt
-            _atomic_save({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / LR_MIN)
+            save_checkpoint({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / LR_MIN)
         final = epoch == epochs - 1
         if final or (t.checkpoint_every and (epoch + 1) % t.checkpoint_every == 0):
             rngs = distributed.gather_objects(_rng_state())  # every rank's, for an exact resume
@@ -405,16 +405,16 @@ def train_model(
                 if w.distributed:
                     state["rng_ranks"] = rngs
                 if not final:
-                    _atomic_save({"model": state["model"], "epoch": epoch}, ckpt_dir / f"epoch_{epoch:04d}.pt")
+                    save_checkpoint({"model": state["model"], "epoch": epoch}, ckpt_dir / f"epoch_{epoch:04d}.pt")
                 kept = ckpt_dir / BEST_AT.format(best[1]) if best is not None else None
                 if kept is not None and not kept.is_file():  # before last.pt names it
                     _atomic_file(kept, lambda tmp: shutil.copyfile(ckpt_dir / BEST, tmp))
-                _atomic_save(state, last)
+                save_checkpoint(state, last)
                 for old in ckpt_dir.glob(BEST_AT.replace("{:04d}", "*")):  # no checkpoint names them now
                     if old != kept:
                         old.unlink(missing_ok=True)
                 if final:
-                    _atomic_save({"model": state["model"], "epoch": epoch}, ckpt_dir / FINAL)
+                    save_checkpoint({"model": state["model"], "epoch": epoch}, ckpt_dir / FINAL)
                     wrote_final = True
             distributed.barrier()
         if on_epoch_end is not None:
@@ -422,7 +422,7 @@ def train_model(
 
     if w.main and not wrote_final:  # resumed from the last epoch's last.pt: killed before final.pt, or after
         # it (a final.pt of an earlier attempt, not bit-identical on a GPU, must not stay)
-        _atomic_save({"model": model.state_dict(), "epoch": epochs - 1}, ckpt_dir / FINAL)
+        save_checkpoint({"model": model.state_dict(), "epoch": epochs - 1}, ckpt_dir / FINAL)
     distributed.barrier()
     selected = "final"
     if t.select == "best_train_loss" and best is not None:

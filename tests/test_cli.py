@@ -53,6 +53,32 @@ def test_finished_runs_are_skipped(smoke_results):
     assert len(records.load(smoke_results)) == 1
 
 
+def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_path):
+    """bench run --weights: an authors' checkpoint (or one's own) scored under the protocol, without
+    training; the same weights score exactly as the run that trained them, and rescore takes them."""
+    (trained,) = [r for r in map(json.loads, (p.read_text() for p in (smoke_results / "records").glob("*.json")))
+                  if "rescored_from" not in r]
+    final = smoke_results / "runs" / trained["run_id"] / "checkpoints" / "final.pt"
+    mine = tmp_path / "mine.pth"
+    mine.write_bytes(final.read_bytes())
+    base = ["run", "--models", "unet", "--dataset", "synapse", "--data-root", trained["data_root"], "--protocol",
+            "smoke", "--tiny", "--img-size", "32", "--threads", "1", "--no-progress", "--results", tmp_path / "res"]
+    out = _bench(*base, "--weights", mine).stdout
+    (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "res" / "records").glob("*.json")]
+    assert rec["weights"]["file"] == "mine.pth" and rec["train"]["iterations"] == 0
+    assert rec["metrics"] == trained["metrics"] and rec["per_case"] == trained["per_case"]
+    assert "skipped" in _bench(*base, "--weights", mine).stdout and "skipped" not in out
+    sha = rec["weights"]["sha256"][:8]
+    assert re.search(rf"\| unet \(tiny, weights mine\.pth@{sha}\) +\|", _bench("report", "--results", tmp_path / "res").stdout)
+    _bench("rescore", "--policy", "strict", "--results", tmp_path / "res")  # its weights are the run's checkpoint
+    # what cannot be evaluated is refused before anything is written
+    two = _bench(*base[:2], "unet,vmunet", *base[3:-1], tmp_path / "two", "--weights", mine, check=False)
+    assert two.returncode == 2 and "evaluates one model's weights in one process; give one model" in two.stderr
+    other = _bench(*base[:-1], tmp_path / "other", "--set", "widths=[8, 16, 32, 128]", "--weights", mine, check=False)
+    assert other.returncode == 2 and f"{mine} does not match UNet" in other.stderr
+    assert not (tmp_path / "other" / "runs").exists()
+
+
 def test_runs_on_data_of_ones_own_follow_its_files_not_its_path(tmp_path):
     """A copy of the data elsewhere (a node-local copy in a grid, a moved disk) is the same data: its
     finished runs are skipped, as is a record written when runs were identified by their data's path."""
