@@ -223,9 +223,14 @@ def run(
     proto = proto.with_overrides(epochs=epochs, max_iterations=max_iterations, batch_size=batch_size,
                                  img_size=img_size, patch_size=patch, lr=lr, pretrained=None if moot else pretrained,
                                  target_spacing=_parse_spacing(target_spacing))
-    if weights is not None and (len(names) != 1 or nproc != 1):
-        raise BenchError(f"--weights {weights}: evaluates one model's weights in one process; give one model "
-                         f"(got {', '.join(names)}) and no --nproc")
+    if weights is not None:  # evaluated, not trained: one model, and nothing that only training would use
+        training = [f"--{k.replace('_', '-')}" for k, v in (("seeds", seeds), ("folds", folds), ("nproc", nproc != 1),
+                    ("epochs", epochs), ("max_iterations", max_iterations), ("batch_size", batch_size), ("lr", lr),
+                    ("pretrained", pretrained is not None), ("resume", resume)) if v]
+        if len(names) != 1 or training:
+            raise BenchError(f"--weights {weights}: evaluates one model's weights, without training; give one model "
+                             f"(got {', '.join(names)})" + (f" and drop {', '.join(training)}, which only a training "
+                                                            "would use" if training else ""))
     if weights is None:  # evaluated weights start from no pretrained file
         resolve_inits(names, proto, pretrained_dir)  # every missing file named at once, before anything runs
     refuse_2d_models(names, proto)  # likewise every 2-D model under a 3-D protocol (the grid plans one by one)

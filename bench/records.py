@@ -489,7 +489,7 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         started_at=rec["started_at"],
         finished_at=rec["finished_at"],
         wall_time_s=rec["wall_time_s"],
-        train_time_s=train.get("time_s"),
+        train_time_s=None if rec.get("weights") else train.get("time_s"),  # evaluated weights: trained elsewhere
         train_loss=train.get("final_loss"),  # the last epoch's mean loss: drift sees training paths
     )
     for key in ("params", "trainable_params", "macs", "paper_macs", "flops", "fps", "peak_mem_mb"):

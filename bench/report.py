@@ -119,11 +119,13 @@ def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
     df["model_label"] = model_labels(df["model"], df["model_config"], df[["board_dataset", "board_protocol", "policy"]],
                                      df["tiny"] if "tiny" in df else None)
     if "init" in df:  # weights started from other pretrained files (or from none): other rows
-        inits = df["init"].fillna("").astype(str)
+        # among the runs that trained here: evaluated weights (below) started from nothing of this run's
+        trained = df["weights"].isna() if "weights" in df else pd.Series(True, index=df.index)
+        inits = df["init"].fillna("").astype(str).where(trained)
         n_inits = inits.groupby([df["board_dataset"], df["board_protocol"], df["policy"], df["model_label"]]
                                 ).transform("nunique")
         named = np.where(inits != "", " (init " + inits + ")", " (from scratch)")
-        df["model_label"] = np.where(n_inits > 1, df["model_label"] + named, df["model_label"])
+        df["model_label"] = np.where(trained & (n_inits > 1), df["model_label"] + named, df["model_label"])
     if "weights" in df:  # weights trained elsewhere and only evaluated here: never a row of the protocol's training
         df["model_label"] = [(f"{label[:-1]}, weights {w})" if label.endswith(")") else f"{label} (weights {w})")
                              if isinstance(w, str) and w else label for label, w in zip(df["model_label"], df["weights"])]
@@ -146,9 +148,12 @@ def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | N
 
     own: dict[Any, list[str]] = {}  # by row: "tiny" and the tiny keys set otherwise
     for i, m, p, flag in zip(models.index, models.astype(str), parsed, flags):
-        if flag is None or (isinstance(flag, float) and math.isnan(flag)):  # records from before the flag
-            flag = _is_tiny(m, p)
-        own[i] = ["tiny", *(shown(p, k) for k in _tiny_changes(m, p))] if flag else []
+        recorded = flag is not None and not (isinstance(flag, float) and math.isnan(flag))  # older: none
+        # --tiny, or its configuration given by hand (--set): the same model either way
+        if (recorded and bool(flag)) or _is_tiny(m, p):
+            own[i] = ["tiny", *(shown(p, k) for k in _tiny_changes(m, p))]
+        else:
+            own[i] = []
     frame = pd.DataFrame({"model": models.astype(str), "own": [", ".join(own[i]) for i in models.index]},
                          index=models.index)
     labels = frame["model"] + frame["own"].map(lambda o: f" ({o})" if o else "")

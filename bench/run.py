@@ -244,7 +244,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "data_root": str(spec.data_root.resolve()),  # rescore and predict may start elsewhere
         "data_id": spec.data_id,  # the data's identity: rescore and predict check it is still that data
         # training items (slices or images; patch protocols: whole cases): whether the split is the paper's
-        "n_train": len(dataset.train_volume_ids() if protocol.patches else dataset.train_ids()),
+        "n_train": None if spec.weights else len(dataset.train_volume_ids() if protocol.patches else dataset.train_ids()),
         "synthetic": spec.synthetic,
         "split": spec.split,
         "protocol": protocol.to_record(),
@@ -415,9 +415,11 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         raise BenchError("give either --data-root or --synthetic, not both")
     if weights is not None:
         weights = Path(weights).expanduser()
-        if len(models) != 1 or len(seeds) != 1 or folds == "all" or (isinstance(folds, list) and len(folds) > 1):
-            raise BenchError(f"--weights {weights}: evaluates one model's weights, once: give one model, one seed and "
-                             "at most one fold")
+        if len(models) != 1 or len(seeds) != 1 or folds is not None:
+            # another seed or fold would score the same weights again, as if trained again (a fake mean over
+            # seeds, or folds whose test cases the weights may have trained on)
+            raise BenchError(f"--weights {weights}: evaluates one model's weights once, on the dataset's test split: "
+                             "give one model and one seed, no folds")
         if not weights.is_file():
             raise BenchError(f"--weights {weights}: file not found")
     records.ensure_writable_dir(results_dir)  # before synthetic data is written or anything trains

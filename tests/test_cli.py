@@ -65,7 +65,8 @@ def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_pat
             "smoke", "--tiny", "--img-size", "32", "--threads", "1", "--no-progress", "--results", tmp_path / "res"]
     out = _bench(*base, "--weights", mine).stdout
     (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "res" / "records").glob("*.json")]
-    assert rec["weights"]["file"] == "mine.pth" and rec["train"]["iterations"] == 0
+    assert rec["weights"]["file"] == "mine.pth" and rec["train"]["iterations"] == 0 and rec["n_train"] is None
+    assert records.load(tmp_path / "res")["train_time_s"].isna().all()  # nothing trained here: no train time
     assert rec["metrics"] == trained["metrics"] and rec["per_case"] == trained["per_case"]
     assert "skipped" in _bench(*base, "--weights", mine).stdout and "skipped" not in out
     sha = rec["weights"]["sha256"][:8]
@@ -73,7 +74,10 @@ def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_pat
     _bench("rescore", "--policy", "strict", "--results", tmp_path / "res")  # its weights are the run's checkpoint
     # what cannot be evaluated is refused before anything is written
     two = _bench(*base[:2], "unet,vmunet", *base[3:-1], tmp_path / "two", "--weights", mine, check=False)
-    assert two.returncode == 2 and "evaluates one model's weights in one process; give one model" in two.stderr
+    assert two.returncode == 2 and "evaluates one model's weights, without training; give one model" in two.stderr
+    # another seed would score the same weights again as a second "seed"; training options split the runs
+    again = _bench(*base[:-1], tmp_path / "two", "--seeds", "1", "--lr", "0.5", "--weights", mine, check=False)
+    assert again.returncode == 2 and "drop --seeds, --lr, which only a training would use" in again.stderr
     other = _bench(*base[:-1], tmp_path / "other", "--set", "widths=[8, 16, 32, 128]", "--weights", mine, check=False)
     assert other.returncode == 2 and f"{mine} does not match UNet" in other.stderr
     assert not (tmp_path / "other" / "runs").exists()

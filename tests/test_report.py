@@ -266,6 +266,23 @@ def test_tiny_configurations_are_labelled_whatever_shares_the_board(tmp_path):
                  tmp_path / "flag")
     assert list(leaderboards(load(tmp_path / "flag"))[("acdc", "synapse", "legacy-synapse")]["model"]) == [
         "unet (tiny, widths=[8, 16, 32])"]
+    # the tiny configuration given by hand (--set) is the tiny model too, flag or not
+    by_hand = {"img_size": 64, **tiny}
+    write_record({**make_record("unet", dataset="acdc", seed=0, model_config=by_hand, run_id="h"), "tiny": False},
+                 tmp_path / "hand")
+    assert list(leaderboards(load(tmp_path / "hand"))[("acdc", "synapse", "legacy-synapse")]["model"]) == ["unet (tiny)"]
+
+
+def test_evaluated_weights_have_a_row_of_their_own_that_leaves_the_trained_rows_alone(tmp_path):
+    trained = make_record("vmunet", seed=0, run_id="trained")
+    trained["init"] = {"source": "vmamba", "file": "vmamba_small_e238_ema.pth", "sha256": "ab" * 8}
+    given = {**make_record("vmunet", seed=0, dice=0.7, run_id="given"), "init": None,
+             "weights": {"file": "vmunet_synapse.pth", "sha256": "cd" * 8}}
+    for rec in (trained, given):
+        write_record(rec, tmp_path)
+    board = leaderboards(load(tmp_path))[("synapse", "synapse", "legacy-synapse")]
+    # not "(from scratch, weights …)" beside "(init …)": the evaluated weights started from nothing here
+    assert sorted(board["model"]) == ["vmunet", "vmunet (weights vmunet_synapse.pth@cdcdcdcd)"]
 
 
 def test_write_report_atomic(tmp_path, runs):
