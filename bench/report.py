@@ -739,7 +739,8 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
         })
         rank_table = _md_table(rank_table)
         rank_note = ("Ranks by the board's DSC (its policy's aggregate) over the cases every model has; stability "
-                     "from 1000 bootstrap resamples of those cases (any in which a model's DSC is undefined left out).")
+                     "from 1000 bootstrap resamples of those cases (any in which a model's DSC is undefined left out). "
+                     "Tied models share the better rank, so P(rank 1) can add up to more than 1.")
         if tests.empty:
             if ref in labels:
                 why = (f"{ref!r} is the only model on this board" if len(labels) == 1

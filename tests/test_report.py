@@ -440,6 +440,7 @@ def test_ci_column_and_significance_section(tmp_path):
     row = next(line for line in sig.splitlines() if line.startswith("| vmunet") and "DSC" in line)
     assert f"{100 * expected['mean_diff']:+.2f}" in row and f"{expected['p_holm']:.3g}" in row
     assert "P(rank 1)" in sig and "Caution: under legacy-synapse a missed organ scores HD95 0" in sig
+    assert "Tied models share the better rank, so P(rank 1) can add up to more than 1." in sig
     assert "Significance" not in write_report(tmp_path)
     write_record(make_record("swin_unet", dataset="isic17"), tmp_path)  # on another board only
     absent = write_report(tmp_path, reference="swin_unet")

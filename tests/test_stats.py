@@ -216,6 +216,9 @@ def test_rank_stability():
     assert table.loc["mid", "p_rank_1"] == 0.0
     hd = _cases({"a": [[1.0, 2.0]], "b": [[3.0, 4.0]]}, metric="hd95")
     assert stats.rank_stability(hd, "hd95", "strict").set_index("model").loc["a", "rank"] == 1  # lower is better
+    # tied models share the better rank (the report's note says so): P(rank 1) adds up to 2 here
+    tied = stats.rank_stability(_cases({"a": [top], "b": [top]}), "dice", "legacy-synapse", n_boot=50)
+    assert list(tied["rank"]) == [1, 1] and list(tied["p_rank_1"]) == [1.0, 1.0]
 
 
 def test_rank_stability_ranks_the_board_number_not_the_per_case_mean():
