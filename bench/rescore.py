@@ -50,18 +50,19 @@ def record_protocol(rec: dict[str, Any], protocol_file: Path | None = None) -> P
     protocol that file names (a results folder may hold runs of several); BenchError when its content
     hash is not the run's (the file changed since, so evaluation could too)."""
     meta = rec["protocol"]
-    source = protocol_file if protocol_file and load_protocol(protocol_file).name == meta["name"] else meta["name"]
-    try:
-        base = load_protocol(source)
-    except BenchError:
-        if source == protocol_file:
-            raise
-        given = f" (--protocol {protocol_file} is protocol {load_protocol(protocol_file).name!r})" if protocol_file else ""
-        raise BenchError(f"run {rec['run_id']}: its protocol {meta['name']!r} is not built in{given}; pass the "
-                         "file it was run with as --protocol FILE") from None
+    given = load_protocol(protocol_file) if protocol_file else None  # read once here (it was up to three times)
+    if given is not None and given.name == meta["name"]:
+        base, where = given, f"the file {protocol_file}"
+    else:
+        try:
+            base = load_protocol(meta["name"])
+        except BenchError:
+            named = f" (--protocol {protocol_file} is protocol {given.name!r})" if given is not None else ""
+            raise BenchError(f"run {rec['run_id']}: its protocol {meta['name']!r} is not built in{named}; pass the "
+                             "file it was run with as --protocol FILE") from None
+        where = f"the built-in {meta['name']!r}"
     proto = base.with_overrides(**meta["overrides"])
     if proto.hash != meta["hash"]:
-        where = f"the file {protocol_file}" if source == protocol_file else f"the built-in {meta['name']!r}"
         raise BenchError(f"run {rec['run_id']}: {where} now has hash {proto.hash}, the run used {meta['hash']}; "
                          f"pass the protocol file the run used with --protocol")
     return proto
