@@ -226,11 +226,13 @@ def run(
     if weights is not None:  # evaluated, not trained: one model, and nothing that only training would use
         training = [f"--{k.replace('_', '-')}" for k, v in (("seeds", seeds), ("folds", folds), ("nproc", nproc != 1),
                     ("epochs", epochs), ("max_iterations", max_iterations), ("batch_size", batch_size), ("lr", lr),
-                    ("pretrained", pretrained is not None), ("resume", resume)) if v]
+                    ("pretrained", pretrained is not None), ("pretrained_dir", pretrained_dir), ("resume", resume))
+                    if v]
         if len(names) != 1 or training:
-            raise BenchError(f"--weights {weights}: evaluates one model's weights, without training; give one model "
-                             f"(got {', '.join(names)})" + (f" and drop {', '.join(training)}, which only a training "
-                                                            "would use" if training else ""))
+            asks = ([f"give one model (got {', '.join(names)})"] if len(names) != 1 else []) + (
+                [f"drop {', '.join(training)}, which only a training would use"] if training else [])
+            raise BenchError(f"--weights {weights}: evaluates one model's weights, without training; "
+                             f"{' and '.join(asks)}")
     if weights is None:  # evaluated weights start from no pretrained file
         resolve_inits(names, proto, pretrained_dir)  # every missing file named at once, before anything runs
     refuse_2d_models(names, proto)  # likewise every 2-D model under a 3-D protocol (the grid plans one by one)

@@ -80,11 +80,15 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
     ones); the files do not depend on it. ``native_size``: ISIC/polyp masks at each image's size
     (``predict_case``'s ``native``) instead of the model resolution they were scored at."""
     model, dataset, protocol = run_model(rec, results_dir, protocol_file, "predicted")
+    if native_size and not dataset.binary:
+        warnings.warn(f"{rec['run_id']}: --native-size changes nothing here: {rec['dataset']} predictions are on "
+                      "each case's own grid already", stacklevel=2)
     model.to(device=device, dtype=protocol.torch_dtype)
     folder = Path(out_dir) / rec["run_id"]
     ids = scored_ids(dataset, protocol)
     manifest = {
         "run_id": rec["run_id"], "model": rec["model"], "weights_sha256": file_sha256(weights_path(results_dir, rec)),
+        "weights_file": rec.get("weights"),  # a --weights run: the file it scored (its checkpoint is a re-save)
         "dataset": rec["dataset"], "dataset_name": rec.get("dataset_name"), "data_root": rec["data_root"],
         "split": rec["split"], "protocol": rec["protocol"]["name"], "policy": rec["policy"],
         "classes": ({"0": "background", "255": dataset.class_names[0]} if dataset.binary else

@@ -292,6 +292,9 @@ def strict_load(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> 
             f"missing {len(missing)} [{show(missing)}]; unexpected {len(unexpected)} [{show(unexpected)}]; "
             f"mis-shaped {len(shaped)} [{show(shaped)}]"
         )
+    broken = [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:  # a diverged or corrupted save: it would score as a model that finds nothing, unsaid
+        raise BenchError(f"{what}: {len(broken)} tensor(s) hold NaN or infinite values (first: {broken[0]})")
     model.load_state_dict(sd, strict=True)
 
 
@@ -310,7 +313,7 @@ def read_weights_file(path: str | Path) -> dict[str, Any]:
     """Read a weights file without ever unpickling code: safetensors, npz or weights-only torch."""
     path = Path(path)
     if not path.is_file():
-        raise BenchError(f"weights file not found: {path}")
+        raise BenchError(f"weights file {'is a folder' if path.is_dir() else 'not found'}: {path}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -321,7 +324,8 @@ def read_weights_file(path: str | Path) -> dict[str, Any]:
 
             with np.load(path, allow_pickle=False) as z:
                 return {k: torch.from_numpy(z[k]) for k in z.files}
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            raw = torch.load(path, map_location="cpu", weights_only=True)
     except BenchError:
         raise
     except Exception as exc:  # pickle.UnpicklingError, zip errors, safetensors errors, …
@@ -335,6 +339,26 @@ def read_weights_file(path: str | Path) -> dict[str, Any]:
                 f"(weights_only=True), which could run code. Re-save it as a plain state_dict{held}."
             ) from None
         raise BenchError(f"{path}: cannot read weights ({type(exc).__name__}: {msg})") from None
+    if not isinstance(raw, Mapping):  # a bare list or tensor: no names to load by
+        raise BenchError(f"{path}: holds a {type(raw).__name__}, not a state_dict (a mapping of parameter names to "
+                         "tensors, perhaps under 'model' or 'state_dict')")
+    return raw
+
+
+def _numpy_globals() -> list:
+    """NumPy scalars and arrays, which weights-only loading refuses by default: the authors' checkpoints
+    keep losses as np.float64 beside the weights (VM-UNet's latest.pth, nnU-Net's logging). Arrays of
+    Python objects stay refused (their items need globals of their own). Their numpy 1.x names too."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray
+    names = [obj for f in (multiarray.scalar, multiarray._reconstruct)
+             for obj in (f, (f, f"numpy.core.multiarray.{f.__name__}"))]
+    kinds = (np.bool_, np.uint8, np.int8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64)
+    return names + [np.ndarray, np.dtype, *{type(np.dtype(k)) for k in kinds}]
 
 
 def load_weights(model: nn.Module, path: str | Path, source: str = "authors") -> dict[str, Any]:

@@ -237,6 +237,8 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
             "fold_set": _folds(runs["split"]) if "split" in runs else "",  # the folds alone, to compare
             "n_cases": _joined(runs["n_cases"]) if "n_cases" in runs else "",
             "n_train": _joined(runs["n_train"]) if "n_train" in runs else "",  # training items; "" before kept
+            # weights evaluated as given (--weights; the label names them): no training recipe applied
+            "evaluated": bool("weights" in runs and runs["weights"].notna().all()),
             "params": runs["params"].mean(),
             "macs": runs["macs"].mean() if "macs" in runs else math.nan,
             "paper_macs": runs["paper_macs"].mean() if "paper_macs" in runs else math.nan,
@@ -862,6 +864,18 @@ def split_mismatch(board_dataset: str, cases: pd.DataFrame | None, n_train: list
     return f"other split ({other[0]} {unit}, the paper's {train})" if other else None
 
 
+def _same_evaluation(a: str, b: str) -> bool:
+    """Whether built-in protocols ``a`` and ``b`` score a model alike (input, normalisation, precision,
+    policy, the [eval] table): a recipe's training settings aside."""
+    from bench.protocol import list_protocols, load_protocol
+
+    if not (a in list_protocols() and b in list_protocols()):
+        return False
+    x, y = load_protocol(a), load_protocol(b)
+    fields = ("img_size", "patch_size", "normalize", "target_spacing", "dtype", "metric_policy", "eval")
+    return all(getattr(x, f) == getattr(y, f) for f in fields)
+
+
 def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFrame,
                      groups: dict[BoardKey, pd.DataFrame] | None = None) -> dict[str, pd.DataFrame]:
     """Per board, the papers' numbers for its dataset next to ours: one row per (model, metric,
@@ -878,8 +892,11 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
 
     def why_not(p: pd.Series, key: BoardKey, a: dict, row: pd.Series) -> str | None:
         """Every reason the gap is not given ("; "-joined), or None where it is."""
-        if not p["protocol"] or p["protocol"] != a["protocol_name"]:
-            return "other recipe"  # nothing else compares with a recipe this board did not run
+        same = bool(p["protocol"]) and p["protocol"] == a["protocol_name"]
+        # nothing else compares with a recipe this board did not run; weights evaluated as given were trained
+        # elsewhere, so there only the evaluation need be the paper's (synapse_vmunet scores as synapse does)
+        if not same and not (row.get("evaluated") and _same_evaluation(p["protocol"], a["protocol_name"])):
+            return "other recipe"
         reasons = [f"off-protocol ({a['overrides']})"] if a["overrides"] else []
         folds, synthetic = CV_LABEL in key.dataset, "(synthetic)" in key.dataset
         if folds:  # the papers score one fixed test split
@@ -889,7 +906,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
         if p["protocol"] not in protocols:
             protocols[p["protocol"]] = load_protocol(p["protocol"])
         proto = protocols[p["protocol"]]
-        if a["protocol_hash"] != proto.hash:  # an older version, or an edited copy of the file
+        if same and a["protocol_hash"] != proto.hash:  # an older version, or an edited copy of the file
             reasons.append("other protocol version")
         config = json.loads(row["model_config"] or "{}")
         extra = set(config) - BUILD_KEYS

@@ -421,7 +421,8 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
             raise BenchError(f"--weights {weights}: evaluates one model's weights once, on the dataset's test split: "
                              "give one model and one seed, no folds")
         if not weights.is_file():
-            raise BenchError(f"--weights {weights}: file not found")
+            raise BenchError(f"--weights {weights}: {'a folder' if weights.is_dir() else 'not found'}; expected a "
+                             "weights file (.pth, .pt, .safetensors, .npz)")
     records.ensure_writable_dir(results_dir)  # before synthetic data is written or anything trains
     # what needs no data, before --synthetic writes any
     # an unknown name: "did you mean", before anything else is said about it; "Synapse" is synapse,

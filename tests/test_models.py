@@ -141,6 +141,31 @@ def test_strict_load_lists_problems():
         load_official_state_dict(model, sd)
 
 
+def test_authors_checkpoints_keeping_numpy_numbers_load_and_broken_ones_are_named(tmp_path):
+    """VM-UNet's latest.pth keeps its losses as np.float64 beside the weights, nnU-Net's
+    checkpoint_final.pth NumPy values in its logging: weights-only loading refused both."""
+    import numpy as np
+
+    sd = _tiny("unet").state_dict()
+    layouts = {"latest.pth": {"epoch": 300, "min_loss": np.float64(0.21), "loss": np.float32(0.23),
+                              "model_state_dict": sd, "optimizer_state_dict": {"state": {}}},
+               "checkpoint_final.pth": {"network_weights": sd, "logging": {"train_losses": [np.float64(0.5)],
+                                                                           "ema_fg_dice": np.arange(3.0)}}}
+    for name, layout in layouts.items():
+        torch.save(layout, tmp_path / name)
+        model = _tiny("unet")
+        load_weights(model, tmp_path / name)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
+    torch.save([1, 2], tmp_path / "list.pth")  # no names to load by: one line, not an AttributeError traceback
+    with pytest.raises(BenchError, match=r"list\.pth: holds a list, not a state_dict"):
+        load_weights(_tiny("unet"), tmp_path / "list.pth")
+    torch.save({k: v.float().fill_(float("nan")) if k == "head.weight" else v for k, v in sd.items()}, tmp_path / "nan.pth")
+    with pytest.raises(BenchError, match=r"nan\.pth: 1 tensor\(s\) hold NaN or infinite values \(first: head\.weight\)"):
+        load_weights(_tiny("unet"), tmp_path / "nan.pth")  # it scored DSC 0 as a model that finds nothing
+    with pytest.raises(BenchError, match="weights file is a folder"):
+        load_weights(_tiny("unet"), tmp_path)
+
+
 def test_a_file_that_does_not_fit_is_named(tmp_path):
     model = _tiny("unet")
     path = tmp_path / "mine.pt"

@@ -102,6 +102,9 @@ def test_2d_nnunet_cases_become_pngs_of_class_ids(tmp_path):
     ds = open_dataset("nnunet", root)
     preds = {c: np.asarray(Image.open(folder / f"{c}.png")).astype(np.int64) for c in ds.test_ids()}
     _same_rows(_rescored(rec, preds, ds), rec["per_case"])
+    # --native-size concerns masks scored at model resolution: here it is said to change nothing
+    with pytest.warns(UserWarning, match="--native-size changes nothing here: nnunet predictions are on each case's"):
+        predict_run(rec, tmp_path / "res", tmp_path / "native", CPU, native_size=True)
 
 
 def test_synapse_volumes_become_nifti_with_their_spacing(tmp_path):

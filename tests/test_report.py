@@ -332,6 +332,14 @@ def test_published_vs_ours_table(tmp_path):
     other = next(line for line in lines if "82" in line)
     assert "synapse_vmunet" in other and "other recipe" in other and "+1" not in other and "own recipe" in other
     assert len(lines) == 3  # no unet run, no isic board: their published rows have nothing to meet
+    # the authors' weights scored as given (--weights) were trained elsewhere: only the evaluation need be the
+    # paper's, and synapse_vmunet scores as synapse does, so Paper B's number gets its gap too
+    given = make_record("vmunet", seed=0, dice=0.83, case_ids=TRANSUNET_TEST_CASES, run_id="given")
+    given["protocol"]["hash"] = synapse
+    write_record({**given, "weights": {"file": "vmunet_synapse.pth", "sha256": "ef" * 8}}, tmp_path / "given")
+    rows = [line for line in write_report(tmp_path / "given", published=pub).splitlines()
+            if line.startswith("| vmunet (weights vmunet_synapse.pth@efefefef)") and "DSC" in line]
+    assert len(rows) == 2 and all("other recipe" not in r for r in rows) and any("+1.00" in r for r in rows)
     assert "Ours − published is given only where" in section
     assert "Published vs" not in write_report(tmp_path)  # only on request
     # runs of another version of the recipe (an older or edited protocol file), or a board under
