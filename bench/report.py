@@ -148,9 +148,8 @@ def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | N
 
     own: dict[Any, list[str]] = {}  # by row: "tiny" and the tiny keys set otherwise
     for i, m, p, flag in zip(models.index, models.astype(str), parsed, flags):
-        recorded = flag is not None and not (isinstance(flag, float) and math.isnan(flag))  # older: none
-        # --tiny, or its configuration given by hand (--set): the same model either way
-        if (recorded and bool(flag)) or _is_tiny(m, p):
+        # --tiny (older records: no flag), or its configuration given by hand (--set): the same model either way
+        if (flag is not None and not pd.isna(flag) and bool(flag)) or _is_tiny(m, p):
             own[i] = ["tiny", *(shown(p, k) for k in _tiny_changes(m, p))]
         else:
             own[i] = []
@@ -864,14 +863,9 @@ def split_mismatch(board_dataset: str, cases: pd.DataFrame | None, n_train: list
     return f"other split ({other[0]} {unit}, the paper's {train})" if other else None
 
 
-def _same_evaluation(a: str, b: str) -> bool:
-    """Whether built-in protocols ``a`` and ``b`` score a model alike (input, normalisation, precision,
-    policy, the [eval] table): a recipe's training settings aside."""
-    from bench.protocol import list_protocols, load_protocol
-
-    if not (a in list_protocols() and b in list_protocols()):
-        return False
-    x, y = load_protocol(a), load_protocol(b)
+def _same_evaluation(x, y) -> bool:
+    """Whether protocols ``x`` and ``y`` score a model alike (input, normalisation, precision, policy,
+    the [eval] table): a recipe's training settings aside."""
     fields = ("img_size", "patch_size", "normalize", "target_spacing", "dtype", "metric_policy", "eval")
     return all(getattr(x, f) == getattr(y, f) for f in fields)
 
@@ -886,16 +880,24 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
     policy where the CSV does not name one of ours) — see ``why_not``; elsewhere the difference
     would mix the model with something else."""
     from bench.metrics import POLICIES
-    from bench.protocol import load_protocol
+    from bench.protocol import list_protocols, load_protocol
 
     protocols: dict[str, Any] = {}
+    builtin = set(list_protocols())
+
+    def protocol(name: str):
+        """The built-in protocol ``name``, loaded once per report."""
+        if name not in protocols:
+            protocols[name] = load_protocol(name)
+        return protocols[name]
 
     def why_not(p: pd.Series, key: BoardKey, a: dict, row: pd.Series) -> str | None:
         """Every reason the gap is not given ("; "-joined), or None where it is."""
         same = bool(p["protocol"]) and p["protocol"] == a["protocol_name"]
         # nothing else compares with a recipe this board did not run; weights evaluated as given were trained
         # elsewhere, so there only the evaluation need be the paper's (synapse_vmunet scores as synapse does)
-        if not same and not (row.get("evaluated") and _same_evaluation(p["protocol"], a["protocol_name"])):
+        if not same and not (row.get("evaluated") and {p["protocol"], a["protocol_name"]} <= builtin
+                             and _same_evaluation(protocol(p["protocol"]), protocol(a["protocol_name"]))):
             return "other recipe"
         reasons = [f"off-protocol ({a['overrides']})"] if a["overrides"] else []
         folds, synthetic = CV_LABEL in key.dataset, "(synthetic)" in key.dataset
@@ -903,9 +905,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
             reasons.append("other split (cross-validation)")
         if synthetic:
             reasons.append("synthetic data")
-        if p["protocol"] not in protocols:
-            protocols[p["protocol"]] = load_protocol(p["protocol"])
-        proto = protocols[p["protocol"]]
+        proto = protocol(p["protocol"])
         if same and a["protocol_hash"] != proto.hash:  # an older version, or an edited copy of the file
             reasons.append("other protocol version")
         config = json.loads(row["model_config"] or "{}")
