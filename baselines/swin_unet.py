@@ -4,7 +4,7 @@ Paper: Cao et al., "Swin-Unet: Unet-like Pure Transformer for Medical Image Segm
 ECCV Workshops 2022, arXiv:2105.05537. Authors' code: HuCaoFighting/Swin-Unet@f48f623,
 networks/swin_transformer_unet_skip_expand_decoder_sys.py (``SwinTransformerSys``, wrapped as
 ``.swin_unet`` by ``SwinUnet``), config swin_tiny_patch4_window7_224_lite (MIT licence).
-Re-implemented from the facts in shared/spec/baselines.md §2 with the authors' names and their
+Re-implemented (no code copied) with the authors' names and their
 persistent ``relative_position_index`` / ``attn_mask`` buffers, so their checkpoints load strictly.
 
 As in the authors' code: encoder depths [2, 2, 2, 2] with the decoder mirroring them (the yaml's

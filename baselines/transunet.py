@@ -3,7 +3,7 @@
 Paper: Chen et al., "TransUNet: Transformers Make Strong Encoders for Medical Image
 Segmentation", arXiv:2102.04306. Authors' code: Beckschen/TransUNet, networks/vit_seg_modeling.py
 and vit_seg_modeling_resnet_skip.py (Apache-2.0), configuration get_r50_b16_config with n_skip 3.
-Re-implemented from the facts in shared/spec/baselines.md §1 with the authors' module names, so
+Re-implemented (no code copied) with the authors' module names, so
 their checkpoints load strictly (409 entries, 105,277,081 parameters for 9 classes).
 
 Details that matter for weight compatibility, kept as in the code: weight-standardised convs

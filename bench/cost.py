@@ -441,8 +441,8 @@ def run_counts(name: str, build: dict[str, Any], spatial: tuple[int, ...]) -> di
 
 
 PROFILE_DIR = "profiles"
-# `bench profile` columns, in order (DESIGN.md contract 8: model, params, input_shape, macs,
-# paper_macs, flops, the fingerprint and, where timed, latency_ms_median and fps)
+# `bench profile` columns, in order (the profile output's contract: model, params, input_shape,
+# macs, paper_macs, flops, the fingerprint and, where timed, latency_ms_median and fps)
 PROFILE_COLUMNS = ["model", "family", "params", "trainable_params", "paper_params", "input_shape", "macs",
                    "flops", "scan_macs", "paper_macs", "paper_macs_missing_pct", "fvcore_macs", "device",
                    "fingerprint", "scan_backend", "precision", "channels_last", "compiled", "batch_size",

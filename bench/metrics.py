@@ -1,6 +1,6 @@
 """One metrics core: per-case functions on numpy masks, three named policies, aggregation on rows.
 
-Definitions (each named, because the same name means different numbers elsewhere; STYLE 4.4):
+Definitions (each named, because the same name means different numbers elsewhere):
 
 - ``dice`` = 2TP / (2TP + FP + FN), ``iou`` = TP / (TP + FP + FN), on binary masks of any ndim;
   NaN when both masks are empty (the policy decides what that case scores).
@@ -100,7 +100,8 @@ def dice(pred: Any, gt: Any) -> float:
     """Dice 2TP / (2TP + FP + FN) of two binary masks (any ndim); NaN when both are empty.
 
     Equals medpy ``dc`` wherever a mask is non-empty (medpy's both-empty value depends on the
-    NumPy version, spec/ecosystem.md 2.4; ours is always NaN).
+    NumPy version: 1.0 where ``count_nonzero``
+    returns a Python int, NaN and a warning where it returns a NumPy integer; ours is always NaN).
     """
     c = confusion(pred, gt)
     return _ratio(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"], NAN)
@@ -232,7 +233,7 @@ class Outcome(NamedTuple):
 
 @dataclass(frozen=True)
 class Policy:
-    """The conventions behind a reported number (STYLE 4.2). Instances are in ``POLICIES``.
+    """The conventions behind a reported number. Instances are in ``POLICIES``.
 
     Fields: ``pooled`` (one confusion matrix over all test pixels vs per case), ``use_spacing``
     (HD95 in mm from the case spacing, or voxels), ``hd_definition`` ("pooled" = medpy,

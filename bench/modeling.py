@@ -1,4 +1,4 @@
-"""The forward contract every registered model follows (DESIGN.md, contract 2).
+"""The forward contract every registered model follows.
 
 ``SegmentationModel`` is a base class, not a wrapper, so state_dict keys stay the authors' own.
 Subclasses implement ``forward_logits``; ``forward`` checks the input, repeats a 1-channel input

@@ -13,7 +13,7 @@ number of processes (a sharded grid, several machines on one NFS share) can writ
 directory without locks.
 
 Non-finite numbers. JSON has no NaN, so NaN is written as ``null`` and read back as NaN in the
-DataFrames that ``load`` returns. NaN means "not applicable / no value" (STYLE 4.5), and every
+DataFrames that ``load`` returns. NaN means "not applicable / no value", and every
 per-class row keeps an explicit ``n_nan`` count, so nothing is dropped silently. ±inf has no
 meaning in a record (a missed structure gets its policy's penalty value, not inf), so writing one
 is an error that names the key, rather than a silent conversion that would merge "failed" into

@@ -1,4 +1,4 @@
-"""One registry of models: register, create, list, load weights (DESIGN.md, contracts 1 and 3).
+"""One registry of models: register, create, list, load weights.
 
 Model files register their paper configuration with ``@register_model(...)`` on a thin constructor
 ``def name(*, num_classes, in_chans=3, img_size=224, **overrides)``. Built-in models live in

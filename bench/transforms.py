@@ -47,7 +47,7 @@ from bench.errors import BenchError
 from bench.protocol import CHOICES
 
 NORMALIZE_MODES = CHOICES[("", "normalize")]
-CT_WINDOW = (-125.0, 275.0)  # HU; the abdominal window of the Synapse files (spec/baselines.md)
+CT_WINDOW = (-125.0, 275.0)  # HU; the abdominal window of the Synapse files (TransUNet's datasets/README)
 
 
 # --- pure array functions --------------------------------------------------------------------

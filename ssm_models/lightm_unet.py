@@ -4,7 +4,7 @@ Paper: Liao et al., "LightM-UNet: Mamba Assists in Lightweight UNet for Medical 
 Segmentation", arXiv:2403.05246. Authors' code: MrBlankness/LightM-UNet@6b72e27,
 lightm-unet/nnunetv2/nets/LightMUNet.py (Apache-2.0), built by nnUNetTrainerLightMUNet with
 init_filters 32, blocks_down [1,2,2,4], blocks_up [1,1,1], GroupNorm(8), ReLU, non-trainable
-(bi/tri)linear up-sampling. Re-implemented from the facts in shared/spec/ssm_models.md §3 with the
+(bi/tri)linear up-sampling. Re-implemented (no code copied) with the
 authors' module names (MONAI's ``Convolution`` wrapper shows up as ``.conv`` in the keys), so their
 ``network_weights`` load strictly.
 

@@ -426,7 +426,7 @@ class _CpuScan(torch.autograd.Function):
 
 # ------------------------------------------------------------------------------- torch backend
 # Layout (L, batch, dim, N), contiguous: each step of the loop is one in-place addcmul_ over a
-# contiguous slab (spec/environment.md §4, "seq_contig"), and the backward is the same loop
+# contiguous slab (memory read in order: the fastest layout on CPU), and the backward is the same loop
 # reversed. States and decays are kept (2 · L·batch·dim·N floats); forward+backward peaks at
 # ~1.2 GB at VM-UNet's stage 1. A fallback: the compiled kernel keeps no (L, dim, N) tensor.
 

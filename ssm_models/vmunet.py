@@ -2,7 +2,7 @@
 
 Paper: Ruan & Xiang, "VM-UNet: Vision Mamba UNet for Medical Image Segmentation", arXiv:2402.02491.
 Authors' code: JCruan519/VM-UNet (commit 43c495b), models/vmunet/vmunet.py + vmamba.py, Apache-2.0.
-Re-implemented from the architecture facts (shared/spec/ssm_models.md §1); module and parameter
+Re-implemented (no code copied); module and parameter
 names are the authors', so their checkpoints (``vmunet.*``) load strictly.
 
 What differs from the authors' code: (1) for one class we return logits; their forward ends in a

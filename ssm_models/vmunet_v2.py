@@ -2,7 +2,7 @@
 
 Paper: Zhang et al., "VM-UNET-V2: Rethinking Vision Mamba UNet for Medical Image Segmentation",
 arXiv:2403.09157. Authors' code: nobodyplayer1/VM-UNetV2@b65f04c, models/vmunet/vmunet_v2.py
-(Apache-2.0). Re-implemented from shared/spec/ssm_models.md §2 with the authors' names.
+(Apache-2.0). Re-implemented (no code copied) with the authors' names.
 
 As in the authors' code: the encoder's last stage (``vmunet.layers.3``) runs but its output is
 discarded, so its parameters get no gradient (kept for checkpoint compatibility); ``deconv5`` is

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,8 +17,7 @@ from bench.errors import BenchError
 from bench.registry import create_model, get_entry
 from ssm_models.mamba import Mamba
 from tests.fixtures import run_bench
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+from tests.test_vmunet import REFERENCE
 
 
 class _OneScan(nn.Module):

@@ -1,5 +1,5 @@
 """bench.metrics against independent references (medpy, MONAI, TransUNet's rule, a numpy confusion
-matrix) and against hand-computed tables, one row per edge case (STYLE 4.7)."""
+matrix) and against hand-computed tables, one row per edge case."""
 
 from __future__ import annotations
 
@@ -325,7 +325,7 @@ def test_strict_without_spacing_is_in_voxels():
 
 
 def _transunet_percase(pred, gt):
-    """TransUNet utils.py calculate_metric_percase, restated as the reference rule (spec 4.7)."""
+    """TransUNet utils.py calculate_metric_percase, restated as the reference rule."""
     pred = (pred > 0).astype(np.uint8)
     gt = (gt > 0).astype(np.uint8)
     if pred.sum() > 0 and gt.sum() > 0:

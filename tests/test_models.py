@@ -71,7 +71,7 @@ def test_state_dict_roundtrip_strict(name, tmp_path):
 
 
 def test_unet_paper_parameter_count():
-    # bigmb U_Net with 1 input and 9 output channels (spec/baselines.md §3.2)
+    # bigmb U_Net with 1 input and 9 output channels (bigmb/Unet-Segmentation-Pytorch-Nest-of-Unets, the U-Net of Swin-Unet's table)
     model = create_model("unet", num_classes=9, in_chans=1, img_size=224)
     assert sum(p.numel() for p in model.parameters()) == 34_526_409
 
@@ -327,7 +327,7 @@ def _install_plugin(site, body: str) -> dict[str, str]:
 
 
 def test_entry_point_plugin_runs_like_a_built_in_model(tmp_path):
-    # DESIGN.md contract 1: a model from the user's own package, through bench's commands unchanged
+    # a model from the user's own package, through bench's commands unchanged
     env = _install_plugin(tmp_path, _PLUGIN)
     listed = run_bench("models", env=env).stdout
     assert "mynet" in listed and "lab/mynet@abc123" in listed

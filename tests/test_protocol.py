@@ -68,7 +68,7 @@ def test_isic_is_vmunets_recipe():
 
 
 def test_polyp_is_vmunet_v2s_recipe():
-    # spec/ssm_models.md 2.4/2.5: VM-UNet's pipeline, loss and metric code with batch 80
+    # VM-UNet-V2's train.py runs VM-UNet's pipeline, loss and metric code with batch 80
     p = load_protocol("polyp")
     t = p.train
     assert (p.img_size, t.epochs, t.batch_size, p.seed, p.datasets) == (256, 300, 80, 42, ("polyp",))
@@ -82,7 +82,7 @@ def test_polyp_is_vmunet_v2s_recipe():
 
 
 def test_isic_all_is_vmunet_v2s_polyp_recipe_on_merged_isic():
-    # spec/ssm_models.md 2.4: train_isic_all.py trains with the same config_setting_v2.py as the polyp
+    # VM-UNet-V2's train_isic_all.py trains with the same config_setting_v2.py as the polyp
     # run, on ISIC17 + ISIC18 training images merged
     import dataclasses
 

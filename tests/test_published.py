@@ -38,7 +38,7 @@ def test_loads_from_repo_default(pub):
 def test_every_model_is_present_and_params_where_published(pub):
     assert set(OUR_MODELS) <= set(pub["model"])
     with_params = set(pub.loc[pub["metric"] == "params", "model"])
-    # VM-UNet-V2's params/FLOPs/FPS table (Table 3) is not in spec, so it has no params row; the only
+    # VM-UNet-V2's params/FLOPs/FPS table (Table 3) is not in our published table, so it has no params row; the only
     # U-Net count published (VM-UNet issue #22, about 7 M) is of another U-Net than ours (34.5 M)
     assert set(OUR_MODELS) - with_params == {"vmunet_v2", "unet"}
     assert "unet_7m" in with_params
@@ -60,7 +60,7 @@ def test_synapse_spot_checks(pub):
     tu = dict(source=TRANSUNET_T1, model="transunet", dataset="synapse")
     assert one(pub, **tu, metric="dice")["value"] == 77.48
     assert one(pub, **tu, metric="hd95")["value"] == 31.69
-    # printed as "mm", computed by medpy without a spacing: voxels of the 512x512xD grid (spec 4.7)
+    # printed as "mm", computed by medpy without a spacing: voxels of the 512x512xD grid (TransUNet's test_single_volume)
     assert (pub.loc[(pub["dataset"] == "synapse") & (pub["metric"] == "hd95"), "unit"] == "voxels").all()
     assert one(pub, **tu, metric="dice:pancreas")["value"] == 55.86
     vm = dict(source=VMUNET_T2, model="vmunet", dataset="synapse")

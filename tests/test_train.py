@@ -191,7 +191,7 @@ def test_bit_reproducible_and_checkpoints(synapse_root, tmp_path):
 
 
 def test_seed_everything_makes_cudnn_deterministic():
-    # TransUNet and VM-UNet set both flags with the seed (spec/baselines.md, spec/ssm_models.md)
+    # TransUNet and VM-UNet set both flags with the seed (their train.py files)
     saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
     try:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True

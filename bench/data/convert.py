@@ -4,7 +4,7 @@
 imgXXXX.nii.gz`` and ``label/labelXXXX.nii.gz``, 30 CT volumes, 13 organ ids) to TransUNet's
 Synapse layout (``bench.data.synapse``). TransUNet never released its preprocessing (its issue
 #10), so the files in circulation cannot be rebuilt bit for bit; this follows what its
-datasets/README states and what public re-creations do (spec/baselines.md 4.2):
+datasets/README states and what public re-creations (SAMed's preprocess_data.py) do:
 
 - HU clipped to [-125, 275] and scaled to [0, 1] as (x + 125) / 400 (equal to the README's
   per-volume min-max wherever a volume reaches both ends of the window, as abdominal CT does);
@@ -12,7 +12,7 @@ datasets/README states and what public re-creations do (spec/baselines.md 4.2):
 - Axes: nibabel's (x, y, z) transposed to (z, y, x) = (D, H, W), as the nnU-Net reader does.
 - Labels: the 8 evaluated organs get this project's class ids (``synapse.CLASS_NAMES``, the
   papers' column order), mapped by organ name from BTCV's ids, so the converted ids are known,
-  unlike those of the circulating files (spec/baselines.md 4.4); the other five structures
+  unlike those of the circulating files, which nobody documented; the other five structures
   (oesophagus, veins, adrenal glands) become background.
 - Split: TransUNet's 12 test volumes (``TRANSUNET_TEST_CASES``, as h5 volumes, in its list
   order) and every slice of the other 18 as training npz slices; ``spacing.csv`` from the NIfTI

@@ -9,13 +9,13 @@ Images and masks are paired by name where the names correspond (a mask named as 
 its image plus ``_...`` or ``-...``: ``ISIC_0000000_segmentation.png``), else by **sorted
 filename order**, as the authors' ``NPY_datasets`` does; on their data the two agree, and pairing by name keeps a
 renamed or missing file from shifting every later mask onto the wrong image. The authors' test
-set *is* ``val/`` (spec/ssm_models.md 1.4), so ``test_ids()`` are the ``val`` images.
+set *is* ``val/`` (its configs train on ``train/`` and test on ``val/``), so ``test_ids()`` are the ``val`` images.
 
 Arrays: image uint8 RGB (H, W, 3) (``Image.convert("RGB")``); mask read as grayscale ("L") and
 divided by 255 -> float32 (H, W) in [0, 1], kept soft because VM-UNet trains on the resized soft
 mask and thresholds only at scoring. Binary task: one sigmoid output channel.
 
-VM-UNet-V2's merged ISIC data (``Isic_datasets``, its train_isic_all.py; spec/ssm_models.md 2.6)
+VM-UNet-V2's merged ISIC data (``Isic_datasets``, its train_isic_all.py and datasets/dataset.py)
 is read by ``IsicAllDataset`` (registry name ``isic_all``)::
 
     <root>/train/images/*.png         <root>/train/masks/*.png        (ISIC17 + ISIC18 training images)

@@ -1,5 +1,5 @@
 """Colonoscopy polyps in the PraNet split layout (DengPingFan/PraNet; reused by VM-UNet-V2's
-``Polyp_datasets``, spec/ssm_models.md 2.6).
+``Polyp_datasets`` in its datasets/dataset.py).
 
 On disk::
 

@@ -30,12 +30,13 @@ from bench.data.base import Case, Sample, SegDataset, class_ids, hidden, reading
 from bench.errors import BenchError
 
 # Class id -> organ, the TransUNet-lineage order used by the VM-UNet code and the paper tables
-# (spec/baselines.md 4.4: the authors never documented it; other mappings circulate).
+# (the authors never documented it, and other mappings circulate: SAMed's re-created data orders
+# the organs by BTCV id).
 CLASS_NAMES = ("aorta", "gallbladder", "kidney_l", "kidney_r", "liver", "pancreas", "spleen", "stomach")
 DISPLAY_NAMES = ("Aorta", "Gallbladder", "Kidney(L)", "Kidney(R)", "Liver", "Pancreas", "Spleen", "Stomach")
 NUM_CLASSES = 9  # background + 8 organs
 
-# TransUNet's split (lists/lists_Synapse; spec/baselines.md 4.1, 4.3): every published Synapse number
+# TransUNet's split (Beckschen/TransUNet lists/lists_Synapse): every published Synapse number
 # is on these 12 test volumes, trained on 2,211 slices of the other 18 cases.
 TRANSUNET_TEST_CASES = ("case0008", "case0022", "case0038", "case0036", "case0032", "case0002",
                         "case0029", "case0003", "case0001", "case0004", "case0025", "case0035")

@@ -415,10 +415,10 @@ def spacing_note(geometry: list[tuple[tuple[int, ...], tuple[float, ...]]]) -> s
             "the value it used)")
 
 
-# VM-UNet's 7:3 splits, (train, test = val/) images (spec/ssm_models.md 1.6): the author's
+# VM-UNet's 7:3 splits, (train, test = val/) images (VM-UNet's README and paper): the author's
 # pre-split files, the same as in MALUNet and EGE-UNet.
 VMUNET_ISIC_SPLITS = {"isic17": (1500, 650), "isic18": (1886, 808)}
-# PraNet's polyp split, used by VM-UNet-V2 (spec 2.6): Kvasir 900 + ClinicDB 550 training images.
+# PraNet's polyp split, used by VM-UNet-V2 (its datasets/dataset.py): Kvasir 900 + ClinicDB 550 training images.
 PRANET_TRAIN_IMAGES = 1450
 # a folder only tells counts: another 7:3 draw of the same challenge images has them too
 _COUNTS_ONLY = "; only the counts are compared, and another 7:3 draw of the same images has them too"
