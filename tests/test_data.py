@@ -1017,3 +1017,34 @@ def test_synapse_spacing_table_fills_what_the_h5_files_lack(roots, tmp_path):
         with pytest.raises(BenchError, match=where):
             open_dataset("synapse", root)
         assert [p.path for p in verify_dataset("synapse", root) if p.level == "error"] == [str(root / "spacing.csv")]
+
+
+def test_verify_nnunet_rgb_png_case_missing_its_file_is_one_problem(tmp_path):
+    """nnU-Net keeps an RGB image in one ``_0000.png`` (three channels declared): a case without it
+    is one missing file, not three (``_0001``/``_0002`` were reported missing as well)."""
+    root = tmp_path / "Dataset900_Rgb"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    for case in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / "imagesTr" / f"{case}_0000.png")
+        Image.fromarray((rng.random((16, 16)) > 0.5).astype(np.uint8)).save(root / "labelsTr" / f"{case}.png")
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "road": 1},
+        "numTraining": 2, "file_ending": ".png"}))
+    assert verify_dataset("nnunet", root) == []
+    (root / "imagesTr" / "b_0000.png").unlink()
+    problems = verify_dataset("nnunet", root)
+    assert [(p.path, p.message) for p in problems if p.level == "error"] == [
+        (str(root / "imagesTr" / "b_0000.png"), "missing (channel 0 of case 'b')")]
+    # grey channels in files of their own: each missing one is named
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "a", "1": "b", "2": "c"}, "labels": {"background": 0, "road": 1},
+        "numTraining": 2, "file_ending": ".png"}))
+    for case in ("a", "b"):
+        for c in range(3):
+            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / "imagesTr" / f"{case}_000{c}.png")
+    (root / "imagesTr" / "b_0000.png").unlink()
+    (root / "imagesTr" / "b_0002.png").unlink()
+    assert _paths(verify_dataset("nnunet", root)) == [str(root / "imagesTr" / "b_0000.png"),
+                                                      str(root / "imagesTr" / "b_0002.png")]
