@@ -551,9 +551,20 @@ def profile_labels(g: pd.DataFrame) -> list[str]:
     return model_labels(g["model"].astype(str), configs, tiny=g["tiny"] if "tiny" in g else None)
 
 
+def _unit(v: Any, scale: float, unit: str, fmt: str = ".2f", small: str = ".4f") -> str:
+    """``v / scale`` with its unit ("27.43 M", "0.0045 G"); empty for a missing value."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    x = v / scale
+    return "0" if x == 0 else f"{format(x, fmt if abs(x) >= 1 else small)} {unit}"
+
+
 def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """One display table per (device fingerprint, input shape, precision, layout, compile):
-    timings only rank against timings taken the same way on the same machine."""
+    timings only rank against timings taken the same way on the same machine. The columns keep
+    the profile output's names (``model``, ``params``, ``input_shape``, ``macs``, ``paper_macs``,
+    ``flops``, ``latency_ms_median``, ``fps``, ``fingerprint``, as the CSV and JSON have them);
+    the cells carry their units (M, G) so that the table reads without the caption."""
     tables: dict[str, pd.DataFrame] = {}
     if df_prof is None or df_prof.empty:
         return tables
@@ -565,47 +576,53 @@ def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
         layout = (" · channels_last" if cl else "") + (" · torch.compile" if comp else "")
         title = f"Cost · input {shape} · {prec}{layout} · {fp}"
         none = [None] * len(g)  # columns a --no-timing profile has not got
+        flops = g["flops"] if "flops" in g else 2 * g["macs"]  # profiles keep both; 1 MAC = 2 FLOPs
         table = pd.DataFrame({
-            "Model": profile_labels(g), "Family": g["family"],
-            "Params (M)": [_num(v / 1e6, ".2f") for v in g["params"]],
-            "thop params (M)": [_num(v / 1e6, ".2f") for v in g["paper_params"]],
-            "GMACs": [_g(v) for v in g["macs"]],
-            "of which scan": [_g(v) for v in g["scan_macs"]],
-            "thop GMACs (papers)": [_g(v) for v in g["paper_macs"]],
-            "share thop misses (%)": [_num(v, ".1f") for v in g["paper_macs_missing_pct"]],
-            "fvcore GMACs": [_g(v) for v in g["fvcore_macs"]],
-            "Latency ms (median / p90)": [
-                f"{a:.2f} / {b:.2f}{m}" if t else ""
-                for a, b, m, t in zip(g.get("latency_ms_median", none), g.get("latency_ms_p90", none), mark, timed)],
-            "FPS (batch 1)": [_num(v, ".1f") + (m if t else "") for v, m, t in
-                              zip(g.get("fps", none), mark, timed)],
-            "Peak mem MB (fwd / train step)": [
-                f"{_num(f, '.0f')} / {_num(t, '.0f')} ({k})" if isinstance(f, (int, float)) and f == f else ""
-                for f, t, k in zip(g.get("peak_mem_mb", none), g.get("train_peak_mem_mb", none),
-                                   g.get("peak_mem_kind", none))],
+            "model": profile_labels(g), "family": g["family"],
+            "params": [_unit(v, 1e6, "M") for v in g["params"]],
+            "paper_params": [_unit(v, 1e6, "M") for v in g["paper_params"]],
+            "input_shape": g["input_shape"],
+            "macs": [_unit(v, 1e9, "G") for v in g["macs"]],
+            "scan_macs": [_unit(v, 1e9, "G") for v in g["scan_macs"]],
+            "paper_macs": [_unit(v, 1e9, "G") for v in g["paper_macs"]],
+            "paper_macs_missing_pct": [_num(v, ".1f") for v in g["paper_macs_missing_pct"]],
+            "flops": [_unit(v, 1e9, "G") for v in flops],
+            "fvcore_macs": [_unit(v, 1e9, "G") for v in g["fvcore_macs"]],
+            "latency_ms_median": [_num(v, ".2f") + m if t else ""
+                                  for v, m, t in zip(g.get("latency_ms_median", none), mark, timed)],
+            "latency_ms_p90": [_num(v, ".2f") if t else "" for v, t in zip(g.get("latency_ms_p90", none), timed)],
+            "fps": [_num(v, ".1f") + (m if t else "") for v, m, t in zip(g.get("fps", none), mark, timed)],
+            "peak_mem_mb": [f"{_num(f, '.0f')} ({k})" if isinstance(f, (int, float)) and f == f else ""
+                            for f, k in zip(g.get("peak_mem_mb", none), g.get("peak_mem_kind", none))],
+            "train_peak_mem_mb": [_num(v, ".0f") for v in g.get("train_peak_mem_mb", none)],
+            "fingerprint": g["fingerprint"],
         })
         if "throughput_fps" in g and g["throughput_fps"].notna().any():  # measured at a batch > 1
-            table.insert(table.columns.get_loc("FPS (batch 1)") + 1, "Throughput FPS @ batch",
-                         [f"{f:.1f} @ {int(b)}{m}" if f == f and f is not None else ""
+            table.insert(table.columns.get_loc("fps") + 1, "throughput_fps",
+                         [f"{f:.1f} @ batch {int(b)}{m}" if f == f and f is not None else ""
                           for f, b, m in zip(g["throughput_fps"], g["throughput_batch"], mark)])
-        untimed = [c for c in ("Latency ms (median / p90)", "FPS (batch 1)", "Peak mem MB (fwd / train step)")
+        untimed = [c for c in ("latency_ms_median", "latency_ms_p90", "fps", "peak_mem_mb", "train_peak_mem_mb")
                    if not table[c].astype(bool).any()]
         tables[title] = table.drop(columns=untimed)  # counts only (--no-timing): no empty timing columns
     return tables
 
 
-COST_NOTE = ("GMACs: our count (torch.utils.flop_counter, one multiply-add = 1 MAC = 2 FLOPs) with the "
-             "selective scan included (9·B·L·D·N FLOPs per scan, the Mamba authors' estimate). thop GMACs: "
-             "the convention of most papers in this field (thop 0.1.1: leaf modules only — no scan, no "
-             "einsum, no functional matmul). fvcore: a cross-check of ours in the same unit. Latency and FPS: "
-             "forward passes of random input after warm-up, synchronised on CUDA; a mark such as \"(torch scan)\" "
-             "means the selective scan ran on a fallback, not the kernel the model would use there.")
+COST_NOTE = ("params: `sum(p.numel())`; paper_params: what thop counts (no bare `nn.Parameter`). macs: our "
+             "count (torch.utils.flop_counter, one multiply-add = 1 MAC = 2 FLOPs, so flops = 2 × macs) with "
+             "the selective scan included (scan_macs: 9·B·L·D·N FLOPs per scan, the Mamba authors' estimate, "
+             "plus the D and z terms). paper_macs: thop's count, the convention of most papers in this field "
+             "(thop 0.1.1: leaf modules only — no scan, no einsum, no functional matmul); paper_macs_missing_pct: "
+             "the share of macs it leaves out. fvcore_macs: a cross-check of ours. M = 10⁶, G = 10⁹. "
+             "latency_ms_median / p90 and fps (batch 1): forward passes of random input after warm-up, "
+             "synchronised on CUDA; a mark such as \"(torch scan)\" means the selective scan ran on a fallback, "
+             "not the kernel the model would use there. peak_mem_mb: a forward's peak (its kind in brackets), "
+             "train_peak_mem_mb: a training step's.")
 
 
 def render_cost_md(df_prof: pd.DataFrame) -> str:
     parts = []
     for title, table in cost_tables(df_prof).items():
-        align = ["left", "left"] + ["right"] * (table.shape[1] - 2)
+        align = ["left" if c in ("model", "family", "input_shape", "fingerprint") else "right" for c in table.columns]
         parts.append(f"## {title}\n\n{COST_NOTE}\n\n"
                      + _md_table(table, align) + "\n")
     return "\n".join(parts)

@@ -151,3 +151,19 @@ def require_mamba_kernels() -> None:
         pytest.skip(problem)
     pytest.fail(f"on this CUDA machine {problem}; `make setup` installs them here (BENCH_TEST_NO_MAMBA=1 skips "
                 "these tests)")
+
+
+def md_rows(text: str, first_column: str) -> list[dict[str, str]]:
+    """The rows of the first Markdown table in ``text`` whose header starts with ``first_column``,
+    as dicts of stripped cells (the table's padding aside)."""
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|") and cells(line)[0] == first_column)
+    header, rows = cells(lines[start]), []
+    for line in lines[start + 2:]:  # past the header's separator line
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, cells(line))))
+    return rows

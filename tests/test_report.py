@@ -14,9 +14,9 @@ from bench.records import load, write_record
 from bench.report import BoardKey, leaderboards, render, write_report
 
 try:
-    from tests.fixtures import make_record
+    from tests.fixtures import make_record, md_rows
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from fixtures import make_record
+    from fixtures import make_record, md_rows
 
 
 @pytest.fixture
@@ -385,8 +385,14 @@ def test_profiles_join_the_accuracy_board(tmp_path):
     un = next(line for line in board.splitlines() if line.startswith("| unet"))
     assert "5.20" in vm and "3.16" in vm and "5.20" not in un
     cost = text[text.index("## Cost · input 1x3x224x224 · fp32 · cpu x1"):]
-    # a reference scan backend's timing is marked as such
-    assert "100.00 / 110.00 (ref scan)" in cost and "300 / 900 (cpu_tensors)" in cost and "39.2" in cost
+    (row,) = md_rows(cost, "model")
+    # the profile output's column names, as CSV and JSON have them; the cells carry their units
+    assert row == {"model": "vmunet", "family": "ssm", "params": "27.43 M", "paper_params": "22.00 M",
+                   "input_shape": "1x3x224x224", "macs": "5.20 G", "scan_macs": "0.9000 G", "paper_macs": "3.16 G",
+                   "paper_macs_missing_pct": "39.2", "flops": "10.40 G", "fvcore_macs": "5.25 G",
+                   "latency_ms_median": "100.00 (ref scan)",  # a reference scan backend's timing is marked
+                   "latency_ms_p90": "110.00", "fps": "10.0 (ref scan)", "peak_mem_mb": "300 (cpu_tensors)",
+                   "train_peak_mem_mb": "900", "fingerprint": "cpu x1"}
 
 
 def test_cost_table_shows_throughput_where_measured():
@@ -402,12 +408,13 @@ def test_cost_table_shows_throughput_where_measured():
             {**base, "model": "vmunet", "fingerprint": "cpu x1", "scan_backend": "cpu"}]
     tables = cost_tables(pd.DataFrame(rows))
     gpu = tables["Cost · input 1x3x224x224 · fp32 · gpu"]
-    assert list(gpu.columns).index("Throughput FPS @ batch") == list(gpu.columns).index("FPS (batch 1)") + 1
-    assert dict(zip(gpu["Model"], gpu["Throughput FPS @ batch"])) == {"vmunet": "812.5 @ 64 (torch scan)",
-                                                                      "unet": ""}
+    assert list(gpu.columns).index("throughput_fps") == list(gpu.columns).index("fps") + 1
+    assert dict(zip(gpu["model"], gpu["throughput_fps"])) == {"vmunet": "812.5 @ batch 64 (torch scan)", "unet": ""}
     # every timing column says the scan was a fallback, batch 1 included
-    assert dict(zip(gpu["Model"], gpu["FPS (batch 1)"])) == {"vmunet": "100.0 (torch scan)", "unet": "100.0"}
-    assert "Throughput FPS @ batch" not in tables["Cost · input 1x3x224x224 · fp32 · cpu x1"].columns
+    assert dict(zip(gpu["model"], gpu["fps"])) == {"vmunet": "100.0 (torch scan)", "unet": "100.0"}
+    assert dict(zip(gpu["model"], gpu["latency_ms_median"])) == {"vmunet": "10.00 (torch scan)", "unet": "10.00"}
+    assert dict(zip(gpu["model"], gpu["flops"])) == {"vmunet": "10.00 G", "unet": "10.00 G"}  # 2 × macs
+    assert "throughput_fps" not in tables["Cost · input 1x3x224x224 · fp32 · cpu x1"].columns
 
 
 def test_cost_rows_of_one_model_in_several_configurations_are_told_apart():
@@ -420,11 +427,11 @@ def test_cost_rows_of_one_model_in_several_configurations_are_told_apart():
             {**base, "params": 0.14e6, "macs": 1e7, "model_config": {"img_size": 32, "num_classes": 9, "base_c": 8}},
             {**base, "model": "vmunet", "family": "ssm", "params": 27e6, "macs": 2e9, "model_config": {"img_size": 32}}]
     (table,) = cost_tables(pd.DataFrame(rows)).values()
-    assert sorted(table["Model"]) == ["unet (base_c=8)", "unet (base_c=default)", "vmunet"]
+    assert sorted(table["model"]) == ["unet (base_c=8)", "unet (base_c=default)", "vmunet"]
     # bench profile --tiny: the tiny model is called so, also alone in its table
     tiny = {"img_size": 32, "num_classes": 9, "widths": [8, 16, 32, 64]}
     (table,) = cost_tables(pd.DataFrame([{**rows[0], "model_config": tiny}, rows[2]])).values()
-    assert sorted(table["Model"]) == ["unet (tiny)", "vmunet"]
+    assert sorted(table["model"]) == ["unet (tiny)", "vmunet"]
 
 
 def test_ci_column_and_significance_section(tmp_path):
