@@ -435,7 +435,8 @@ def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
                  "nnU-Net's foreground mean), not a mean over the other classes.")
     if "dice_ci_lo" in board:
         note += (" 95% CI: percentile bootstrap over test cases of the number shown (each resample re-aggregated "
-                 "under the board's policy, then averaged over seeds).")
+                 "under the board's policy, then averaged over seeds): how much the test set moves these trained "
+                 "models' number; the spread between seeds is the ± std, not part of the CI.")
     return title, note
 
 
@@ -756,8 +757,12 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
                                   for a, b in zip(ranks["rank_lo"], ranks["rank_hi"])],
         })
         rank_table = _md_table(rank_table)
+        unranked = sorted(set(labels) - set(ranks["model"]))
+        if unranked:  # their DSC is NaN on the shared cases (strict: a class valid in none of them)
+            rank_table += f"\n\nNot ranked (DSC nan over the cases every model has): {', '.join(unranked)}."
         rank_note = ("Ranks by the board's DSC (its policy's aggregate) over the cases every model has; stability "
-                     "from 1000 bootstrap resamples of those cases (any in which a model's DSC is undefined left out). "
+                     "from 1000 bootstrap resamples of those cases (any in which a model's DSC is undefined left out), "
+                     "for these trained runs: a retrained seed can rank otherwise. "
                      "Tied models share the better rank, so P(rank 1) can add up to more than 1.")
         if tests.empty:
             if ref in labels:
@@ -770,26 +775,37 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
                 why = f"{reference!r} has no runs on this board"
             parts.append(f"{title}\n\nNo paired comparison: {why}. {rank_note}\n\n{rank_table}\n")
             continue
-        pooled = (tests["test"] == "permutation").any()
+        pooled = tests["test"].str.startswith("permutation").any()
         shown = pd.DataFrame({
             "Model": tests["model"], "Metric": [METRICS[m][0] for m in tests["metric"]],
             "Cases": tests["n_cases"],
-            ("Diff of board values (model − ref)" if pooled else "Mean diff (model − ref)"):
+            ("Diff of board values (model − ref)" if pooled else "Mean per-case diff (model − ref)"):
                 [_num(d * (100 if METRICS[m][1] else 1), "+.2f") for d, m in zip(tests["mean_diff"], tests["metric"])],
             **({} if pooled else {"Effect size (r)": [_num(r, "+.2f") for r in tests["effect_size"]]}),
-            ("p (permutation)" if pooled else "p (Wilcoxon)"): [_num(p, ".3g") for p in tests["p"]],
+            ("p (permutation)" if pooled else "p (Wilcoxon)"): [
+                _num(p, ".3g") + (" (seed-averaged)" if test.endswith("(seed-averaged)") else "")
+                for p, test in zip(tests["p"], tests["test"])],
             "p (Holm)": [_num(p, ".3g") for p in tests["p_holm"]],
         })
         if pooled:
             note = (f"Reference: {ref}. The board's number is pooled over all test pixels, not a mean over cases, so "
-                    "the test is a paired permutation test of that pooled difference: each shared case's two sets "
-                    "of confusion counts (each model's averaged over its seeds) swapped or not, every pattern up to "
-                    f"2^11 (else {stats.N_PERM} drawn); two-sided p, adjusted with Holm over the board's tests (a "
-                    f"per-case test can contradict a pooled gap). {rank_note}")
+                    "the test is a paired permutation test of the board's difference: each shared case's confusion "
+                    "counts swapped or not between the two models' runs (paired in seed and fold order), every "
+                    f"pattern up to 2^12 (else {stats.N_PERM} drawn), the pooled numbers recomputed per run and "
+                    "averaged over runs; two-sided p, adjusted with Holm over the board's tests (a per-case test can "
+                    "contradict a pooled gap)."
+                    + (" \"seed-averaged\": the models' runs do not pair up (other seeds or folds), so each model's "
+                       "counts are averaged over its runs first, a statistic near the board's."
+                       if (tests["test"] == "permutation (seed-averaged)").any() else "") + f" {rank_note}")
         else:
             note = (f"Reference: {ref}. Two-sided Wilcoxon signed-rank over the shared test cases (each case "
-                    "averaged over classes and seeds); effect size: matched-pairs rank-biserial correlation, > 0 "
-                    f"means the model beats the reference; p adjusted with Holm over the board's tests. {rank_note}")
+                    "averaged over its classes and the seeds; where some classes are NaN in a case, this mean "
+                    "per-case difference can differ from the difference of board values, which averages each "
+                    "class over cases first); effect size: matched-pairs rank-biserial correlation, > 0 means the "
+                    f"model beats the reference; p adjusted with Holm over the board's tests. {rank_note}")
+            if (tests["test"] == "undefined").any():
+                note += (" nan: the board's number of the model or the reference is nan (a class valid in no "
+                         "shared case), so there is nothing to test.")
         if key.policy == "legacy-synapse":
             note += (" Caution: under legacy-synapse a missed organ scores HD95 0 (the papers' rule), so a model "
                      "that finds nothing looks best on HD95; `--policy strict` penalises misses.")
@@ -1063,6 +1079,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         raise BenchError(f"{' and '.join(asked)} add{'s' if len(asked) == 1 else ''} Markdown sections; use "
                          f"--format md (got --format {fmt.value})")
     df_runs, profiles = select_runs(load(results_dir), models, datasets, results_dir), load_profiles(results_dir)
+    if not df_runs.empty:  # as the boards: a run that did not finish feeds no CI, test, rank, plot or case row
+        df_runs = df_runs[df_runs["status"] == "finished"]
     if models and profiles is not None and "model" in profiles:
         profiles = profiles[profiles["model"].isin(models)]
     df_cases = load(results_dir, level="case") if not df_runs.empty else None

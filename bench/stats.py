@@ -15,10 +15,11 @@ board: one row per run × case × class, labelled with ``bench.report.label_runs
   rank-biserial correlation (+1: the other model is better on every case). Pooled policies
   (legacy-isic): their board number is no mean of per-case values, and a per-case test can
   contradict it (a model better on many small lesions, worse on the large ones that dominate the
-  pooled matrix), so the test is a paired permutation test of the pooled difference: under "no
-  difference" each case's two sets of confusion counts (each model's averaged over its seeds) are
-  exchangeable, so every swap pattern of the cases (all 2^n up to 2^11, else ``N_PERM`` drawn) gives
-  the difference's null distribution; no per-case effect size.
+  pooled matrix), so the test is a paired permutation test of the board's difference: under "no
+  difference" a case's confusion counts in the two models' runs (paired in seed and fold order) are
+  exchangeable, so every swap pattern of the cases (all 2^n up to 2^12, else ``N_PERM`` drawn), each
+  run's pooled metric recomputed and averaged over the runs, gives the difference's null
+  distribution; no per-case effect size.
 - ``rank_stability``: ranks by the board's statistic over the cases every model has, and how
   often each rank comes out when those cases are bootstrapped.
 
@@ -164,7 +165,8 @@ def paired_tests(df_cases: pd.DataFrame, reference: str, metrics=("dice", "hd95"
     """One row per (model ≠ reference, metric) of one board: n shared cases, difference (model −
     reference, in the record's unit), effect size, test, p and Holm-adjusted p. Per-case policies
     (and ``policy`` None): the mean of the per-case differences, Wilcoxon's p and the rank-biserial
-    effect size, oriented so that > 0 means the model is better. A pooled ``policy``: the
+    effect size, oriented so that > 0 means the model is better; with a per-case ``policy``, a pair
+    one of whose board numbers is NaN gets test "undefined" and NaN p. A pooled ``policy``: the
     difference of the board's numbers over the shared cases and the paired permutation test's p
     (``permutation_p``); effect size NaN."""
     pooled = policy is not None and _pooled(policy)
@@ -186,6 +188,14 @@ def paired_tests(df_cases: pd.DataFrame, reference: str, metrics=("dice", "hd95"
                 continue
             diff = (pair[model] - pair[reference]).to_numpy()
             better = -diff if metric in LOWER_IS_BETTER else diff
+            if policy is not None and len(diff) and policy_statistic(
+                    df_cases[df_cases["model_label"].isin([model, reference])], metric, policy,
+                    cases=pair.index).iloc[0].isna().any():
+                # the board's number of one of them is undefined (strict: a class valid in no case):
+                # a test of per-case means over the other classes would read as a test of that number
+                rows.append({"model": model, "reference": reference, "metric": metric, "n_cases": len(diff),
+                             "mean_diff": math.nan, "effect_size": math.nan, "test": "undefined", "p": math.nan})
+                continue
             if len(diff) == 0 or np.all(diff == 0):
                 p = math.nan if len(diff) == 0 else 1.0
             else:
@@ -204,10 +214,31 @@ def _pooled(policy: str) -> bool:
     return metrics.get_policy(policy).pooled
 
 
+def _run_blocks(rows: pd.DataFrame, cases: pd.Index) -> tuple[list[frozenset], np.ndarray]:
+    """A model's runs that scored any of ``cases``, in (seed, split, run id) order: each run's set of
+    those cases, and (n_cases, n_runs · 4) confusion counts, a run's block of 4 zero where it has no
+    such case (cross-validation: each fold scores its own cases)."""
+    runs = rows[rows["case"].isin(cases)]
+    order = runs.drop_duplicates("run_id").sort_values(
+        [c for c in ("seed", "split", "run_id") if c in runs])["run_id"]
+    blocks, owned = [], []
+    for run_id in order:
+        run = runs[runs["run_id"] == run_id]
+        owned.append(frozenset(run["case"]))
+        blocks.append(run.groupby("case")[list(metrics.COUNTS)].sum().reindex(cases, fill_value=0).to_numpy(np.float64))
+    return owned, np.concatenate(blocks, axis=1)
+
+
 def _pooled_pair(df_cases: pd.DataFrame, model: str, reference: str, metric: str, policy: str, cases: pd.Index,
                  n_perm: int, seed: int) -> dict | None:
     """``paired_tests``' row for a pooled policy: the board's difference over ``cases`` (shared by
-    both models) and the permutation test's p; None where the pooled statistic has no such metric."""
+    both models) and the permutation test's p; None where the pooled statistic has no such metric.
+
+    The permuted statistic is the board's own: each run's metric from its pooled counts, averaged over
+    the model's runs. Under "no difference" a case's counts in the two models' runs (paired in seed
+    and fold order) are exchangeable as a whole. Where the runs do not pair up (other seed counts or
+    folds), each model's counts are averaged over its runs first, a nearby statistic (``test``
+    "permutation (seed-averaged)")."""
     both = df_cases[df_cases["model_label"].isin([model, reference])]
     cases = pd.Index(sorted(cases))
     row = {"model": model, "reference": reference, "metric": metric, "n_cases": len(cases), "mean_diff": math.nan,
@@ -217,17 +248,23 @@ def _pooled_pair(df_cases: pd.DataFrame, model: str, reference: str, metric: str
     full = policy_statistic(both, metric, policy, cases=cases).iloc[0]
     if full.isna().any():
         return None  # hd95: the pooled matrix has none
-    counts = {}  # per case, the model's confusion counts averaged over its seeds
-    for label in (model, reference):
-        rows = both[both["model_label"] == label]
-        per_run = rows.groupby(["run_id", "case"])[list(metrics.COUNTS)].sum()
-        counts[label] = per_run.groupby(level="case").mean().reindex(cases).to_numpy(np.float64)
+    k = len(metrics.COUNTS)
+    (owned_m, counts_m), (owned_r, counts_r) = (_run_blocks(both[both["model_label"] == label], cases)
+                                                for label in (model, reference))
+    if owned_m == owned_r:  # the runs pair up case for case
+        def statistic(sums: np.ndarray) -> np.ndarray:  # (patterns, runs · 4) -> mean over runs
+            per_run = sums.reshape(len(sums), -1, k)
+            return np.asarray(metrics.pooled_metrics(*np.moveaxis(per_run, 2, 0))[metric]).mean(axis=1)
+    else:
+        row["test"] = "permutation (seed-averaged)"
+        counts_m, counts_r = (c.reshape(len(cases), -1, k).sum(axis=1) / len(o)
+                              for c, o in ((counts_m, owned_m), (counts_r, owned_r)))
 
-    def statistic(sums: np.ndarray) -> np.ndarray:
-        return np.asarray(metrics.pooled_metrics(*sums.T)[metric], dtype=np.float64)
+        def statistic(sums: np.ndarray) -> np.ndarray:
+            return np.asarray(metrics.pooled_metrics(*sums.T)[metric], dtype=np.float64)
 
     return {**row, "mean_diff": float(full[model] - full[reference]),
-            "p": permutation_p(counts[model], counts[reference], statistic, n_perm=n_perm, seed=seed)}
+            "p": permutation_p(counts_m, counts_r, statistic, n_perm=n_perm, seed=seed)}
 
 
 def rank_stability(df_cases: pd.DataFrame, metric: str, policy: str, *, n_boot: int = 1000,
@@ -252,8 +289,9 @@ def rank_stability(df_cases: pd.DataFrame, metric: str, policy: str, *, n_boot: 
     ranks = rank_of(full.to_numpy())
     if len(defined):
         boot = rank_of(defined)
-        share, lo, hi = ((boot == 1).mean(axis=0), np.quantile(boot, 0.025, axis=0).astype(int),
-                         np.quantile(boot, 0.975, axis=0).astype(int))
+        # ranks are whole numbers: the interval's ends are ranks drawn, not interpolated between two
+        share, lo, hi = ((boot == 1).mean(axis=0), np.quantile(boot, 0.025, axis=0, method="lower").astype(int),
+                         np.quantile(boot, 0.975, axis=0, method="higher").astype(int))
     else:
         share = lo = hi = np.full(len(models), math.nan)
     out = pd.DataFrame({"model": models, "mean": full.to_numpy(), "rank": ranks.astype(int), "p_rank_1": share,

@@ -463,6 +463,23 @@ def test_ci_column_and_significance_section(tmp_path):
     assert "'swin_unet' has no runs on this board" in absent and "P(rank 1)" in absent  # the ranks stand alone
 
 
+def test_a_run_that_did_not_finish_feeds_no_statistic(tmp_path):
+    """A record whose status is not "finished" is off the board, and so off its CI, paired tests,
+    ranks and case rows (they took it in: a CI beside the board value that did not contain it)."""
+    for model, dice in (("unet", 0.30), ("vmunet", 0.50)):
+        for seed in range(2):
+            rec = make_record(model, seed=seed, dice=dice, n_cases=4)
+            for row in rec["per_case"]:
+                row["dice"] = dice + 0.01 * int(row["case"][-4:])
+            write_record(rec, tmp_path)
+    clean = write_report(tmp_path, reference="unet")
+    failed = make_record("unet", seed=2, dice=1.0, n_cases=4)
+    failed["status"] = "failed"
+    write_record(failed, tmp_path)
+    assert write_report(tmp_path, reference="unet") == clean
+    assert failed["run_id"] not in write_report(tmp_path, fmt="cases")
+
+
 def test_a_pooled_board_tests_the_difference_it_shows(tmp_path):
     """legacy-isic: vmunet wins the pooled DSC (one large lesion), unet wins per image (five small
     ones); the section gives the board's own difference and a permutation test's p, no per-case test."""
@@ -483,7 +500,32 @@ def test_a_pooled_board_tests_the_difference_it_shows(tmp_path):
     assert "Diff of board values (model − ref)" in head and "p (permutation)" in head and "Effect" not in head
     row = next(line for line in sig.splitlines() if line.startswith("| vmunet") and "DSC" in line)
     assert f"{100 * (board['vmunet'] - board['unet']):+.2f}" in row
-    assert "the test is a paired permutation test of that pooled difference" in sig
+    assert "the test is a paired permutation test of the board's difference" in sig
+
+
+def test_a_model_whose_board_dsc_is_nan_is_neither_tested_nor_silently_unranked(tmp_path):
+    """strict: transunet's gallbladder is empty in both masks in every case, so its board DSC is nan
+    (not a mean over the other organs). The paired test said +x beside it (per-case means over the
+    other organs) and the rank table dropped it unsaid."""
+    for model, dice in (("unet", 0.5), ("vmunet", 0.6), ("transunet", 0.7)):
+        for seed in range(2):
+            rec = make_record(model, seed=seed, dice=dice, n_cases=4)
+            rec["policy"] = "strict"
+            for i, row in enumerate(rec["per_case"]):
+                row["dice"] = dice + 0.01 * i + 0.01 * seed
+                if model == "transunet" and row["name"] == "gallbladder":
+                    row.update(dice=None, iou=None, hd95=None, empty=True)
+            if model == "transunet":
+                rec["metrics"]["dice"] = None
+            write_record(rec, tmp_path)
+    text = write_report(tmp_path, reference="unet")
+    sig = text[text.index("## Significance"):]
+    rows = md_rows(sig, "Model")
+    tr = next(r for r in rows if r["Model"] == "transunet" and r["Metric"] == "DSC")
+    vm = next(r for r in rows if r["Model"] == "vmunet" and r["Metric"] == "DSC")
+    assert tr["Mean per-case diff (model − ref)"] == "" and tr["p (Wilcoxon)"] == ""
+    assert vm["p (Wilcoxon)"] != "" and "nothing to test" in sig
+    assert "Not ranked (DSC nan over the cases every model has): transunet." in sig
 
 
 def test_a_reference_run_in_several_configs_is_named_not_called_absent(tmp_path):

@@ -184,6 +184,42 @@ def test_pooled_boards_test_the_difference_the_board_shows():
     assert stats.paired_tests(df, "a", metrics=("dice",), policy="legacy-synapse").loc[0, "test"] == "wilcoxon"
 
 
+def test_pooled_test_over_seeds_permutes_the_board_statistic():
+    """With several seeds the board shows the mean over runs of each run's pooled DSC. The test
+    permutes that statistic, swapping a case's counts between paired runs (it averaged the counts
+    over seeds first: another number, here of the other sign when one seed floods the large image)."""
+    import itertools
+
+    def image(tp, fp, fn):
+        return np.array([1] * (tp + fp) + [0] * (fn + 10)), np.array([1] * tp + [0] * fp + [1] * fn + [0] * 10)
+
+    small, b = [image(5, 5, 5)] * 4, [image(400, 600, 600)] + [image(9, 1, 1)] * 4
+    cases = {("a", 0): [image(990, 10, 10)] + small, ("a", 1): [image(100, 5000, 900)] + small, ("b", 0): b, ("b", 1): b}
+    runs = {key: _scored(key[0], key[1], imgs, "legacy-isic", 2) for key, imgs in cases.items()}
+    df = pd.concat(runs.values(), ignore_index=True)
+
+    def board(pick):  # mean over the two seeds of each run's pooled DSC
+        return {m: np.mean([metrics.aggregate(pick(m, s), "legacy-isic")["dice"] for s in (0, 1)]) for m in "ab"}
+
+    shown = board(lambda m, s: runs[(m, s)])
+    averaged = {m: metrics.pooled_metrics(*sum(runs[(m, s)][list(metrics.COUNTS)].sum() for s in (0, 1)) / 2)["dice"]
+                for m in "ab"}
+    assert np.sign(shown["b"] - shown["a"]) != np.sign(averaged["b"] - averaged["a"])  # the trap
+    row = stats.paired_tests(df, "a", metrics=("dice",), policy="legacy-isic").iloc[0]
+    assert row["test"] == "permutation" and row["mean_diff"] == pytest.approx(shown["b"] - shown["a"])
+    ids, diffs = sorted(df["case"].unique()), []
+    for swap in itertools.product([False, True], repeat=len(ids)):
+        other = {"a": "b", "b": "a"}
+        mine = board(lambda m, s: pd.concat([runs[(other[m] if w else m, s)][lambda r, c=c: r["case"] == c]
+                                             for c, w in zip(ids, swap)]))
+        diffs.append(mine["b"] - mine["a"])
+    assert row["p"] == pytest.approx(np.mean(np.abs(diffs) >= abs(shown["b"] - shown["a"]) - 1e-12))
+    # runs that do not pair up (one seed of b): the counts averaged over runs, and the row says so
+    one = df[df["run_id"] != "b-s1"]
+    row = stats.paired_tests(one, "a", metrics=("dice",), policy="legacy-isic").iloc[0]
+    assert row["test"] == "permutation (seed-averaged)" and 0 < row["p"] <= 1
+
+
 def test_permutation_p_drawn_when_the_cases_are_many():
     """Over 2^12 swap patterns: drawn ones, the observed counted once; a clear difference is small."""
     rng = np.random.default_rng(0)
