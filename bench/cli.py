@@ -349,6 +349,8 @@ def rescore(
     protocol: Annotated[Optional[Path], typer.Option(help="the runs' protocol .toml, for runs of a file that is "
                                                      "not built in")] = None,
     device: Annotated[Device, typer.Option(help="where to evaluate")] = Device.auto,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (the run's own count repeats its CPU "
+                                                       "predictions bit for bit)")] = None,
 ) -> None:
     """Score finished runs under another metric policy from their saved weights.
 
@@ -362,6 +364,7 @@ def rescore(
     from bench.rescore import other_device_warning, plan_rescore, rescore_record
 
     _check_scan_backend_variable()
+    _set_threads(threads)
     dev = resolve_device(device.value)
     if protocol is not None:  # a broken file: one error before anything is scored
         load_protocol(protocol)
@@ -388,6 +391,8 @@ def predict(
     device: Annotated[Device, typer.Option(help="where to predict")] = Device.auto,
     native_size: Annotated[bool, typer.Option(help="ISIC/polyp: masks at each image's own size (the scored "
                                                    "ones are at model resolution); other data is native already")] = False,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (the run's own count repeats its CPU "
+                                                       "predictions bit for bit)")] = None,
 ) -> None:
     """Write finished runs' predicted label maps for their test cases, from their saved weights.
 
@@ -405,6 +410,7 @@ def predict(
     from bench.rescore import other_device_warning
 
     _check_scan_backend_variable()
+    _set_threads(threads)
     dev = resolve_device(device.value)
     if protocol is not None:  # a broken file: one error before anything is written
         load_protocol(protocol)

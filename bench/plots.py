@@ -266,7 +266,8 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path) -> list[Path]:
                        flierprops={"markersize": 3})
             ax.plot([], [], color=colour, linewidth=6, alpha=0.6, label=model)  # legend handle
         ax.set_xticks(range(len(classes)))
-        ax.set_xticklabels([SYNAPSE_ORGANS.get(n, n) for n in classes], rotation=30, ha="right")
+        synapse = key[0].split(" (")[0] == "synapse"  # the papers' organ names; other data keeps its own
+        ax.set_xticklabels([SYNAPSE_ORGANS.get(n, n) if synapse else n for n in classes], rotation=30, ha="right")
         ax.set_xlim(-0.6, len(classes) - 0.4)
         ax.set_ylabel("DSC (%) per test case")
         ax.set_title(f"Per-class DSC · {_board_title(key)}", fontsize=9)

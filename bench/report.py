@@ -193,35 +193,41 @@ def _tiny_changes(model: str, config: dict) -> list[str]:
 def _class_columns(group: pd.DataFrame) -> list[str]:
     """Per-class DSC then per-class HD95 columns with data in this board: Synapse organs in paper
     order, else class id order."""
+    # this board's classes in class-id order (load's columns follow every record in the folder); a
+    # class with no value in any run stays, as nan (strict: valid in no case)
+    own = (list(dict.fromkeys(n for c in group["classes"].dropna() for n in json.loads(c)))
+           if "classes" in group else [])
     out = []
     for metric in ("dice", "hd95"):
-        cols = [c for c in group.columns if c.startswith(f"{metric}/") and group[c].notna().any()]
+        cols = ([f"{metric}/{n}" for n in own if f"{metric}/{n}" in group] if own else
+                [c for c in group.columns if c.startswith(f"{metric}/") and group[c].notna().any()])
+        if metric == "hd95" and not group[cols].notna().any().any():
+            continue  # no per-class HD95 at all (legacy-isic)
         if len(cols) < 2:  # a binary task's one class repeats the aggregate column
             continue
         names = [c.split("/", 1)[1] for c in cols]
-        if all(n in SYNAPSE_ORGANS for n in names):
-            cols = [f"{metric}/{n}" for n in SYNAPSE_ORGANS if n in names]
-        elif "classes" in group:  # this board's class-id order (load's follows every record in the folder)
-            order = {n: i for i, n in enumerate(dict.fromkeys(n for c in group["classes"].dropna() for n in json.loads(c)))}
-            cols = sorted(cols, key=lambda c: order.get(c.split("/", 1)[1], len(order)))
+        if group["dataset"].iloc[0] == "synapse" and all(n in SYNAPSE_ORGANS for n in names):
+            cols = [f"{metric}/{n}" for n in SYNAPSE_ORGANS if n in names]  # the papers' column order
         out += cols
     return out
 
 
-def _display_name(col: str) -> str:
+def _display_name(col: str, dataset: str = "") -> str:
     if col in METRICS:
         return METRICS[col][0]
     metric, name = col.split("/", 1)
-    name = SYNAPSE_ORGANS.get(name, name)
+    name = SYNAPSE_ORGANS.get(name, name) if dataset.split(" (")[0] == "synapse" else name  # the papers' headers
     return name if metric == "dice" else f"{name} {METRICS[metric][0]}"
 
 
 def _board(group: pd.DataFrame) -> pd.DataFrame:
-    # HD95 stays where the policy computes it, NaN in every run too (the caption: NaN is shown)
     from bench.metrics import POLICIES
 
     policy = POLICIES.get(group["policy"].iloc[0])
-    computed = {"hd95"} if policy is not None and policy.hd_definition else set()
+    # a metric the runs computed stays, NaN in every run too (the caption: NaN is shown): Dice and IoU
+    # always, HD95 where the policy has one, the others where per-case counts of their NaNs were kept
+    computed = {"dice", "iou"} | ({"hd95"} if policy is not None and policy.hd_definition else set()) | {
+        m for m in ("acc", "spe", "sen") if f"n_nan_{m}" in group and group[f"n_nan_{m}"].notna().any()}
     metrics = [m for m in METRICS if m in group.columns and (group[m].notna().any() or m in computed)]
     value_cols = metrics + _class_columns(group)
     rows = []
@@ -260,6 +266,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
     board = board.reset_index(drop=True)
     first = group.iloc[0]
     board.attrs.update(
+        dataset=first["dataset"],
         protocol_name=first["protocol"],
         protocol_version=int(first["protocol_version"]),
         protocol_hash=first["protocol_hash"],
@@ -368,14 +375,14 @@ def _display_table(board: pd.DataFrame) -> pd.DataFrame:
         out["GMACs (scan incl.)"] = [_g(v) for v in board["macs"]]
         out["thop GMACs"] = [_g(v) for v in board["paper_macs"]]
     for col in board.attrs["value_columns"]:
-        head = _display_name(col)
+        head = _display_name(col, board.attrs.get("dataset", ""))
         if col in METRICS:
             head += f" {METRICS[col][2]}" + (" (%)" if METRICS[col][1] else "")
         cells = zip(board[f"{col}_mean"], board[f"{col}_std"], board[f"{col}_n_nan"], board["n_runs"])
         out[head] = [_fmt_value(m, s, k, n, col) for m, s, k, n in cells]
         if f"{col}_ci_lo" in board:  # joined by join_ci (bootstrap over cases)
             scale = 100.0 if METRICS[col][1] else 1.0
-            out[f"{_display_name(col)} 95% CI"] = [
+            out[f"{_display_name(col, board.attrs.get('dataset', ''))} 95% CI"] = [
                 "" if math.isnan(lo) else f"[{lo * scale:.2f}, {hi * scale:.2f}]"
                 for lo, hi in zip(board[f"{col}_ci_lo"], board[f"{col}_ci_hi"])]
     return out

@@ -454,7 +454,7 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     if ds.binary and nnunet_style:
         raise BenchError(f"protocol {protocol.name!r} trains with train.{' and train.'.join(nnunet_style)}, which "
                          f"need integer class labels (nnU-Net-format data); {dataset!r} is a binary dataset")
-    for hint in (ds.normalize_hint(protocol.normalize), ds.geometry_note()):
+    for hint in (ds.normalize_hint(protocol.normalize), ds.check_geometry()):
         if hint:
             warnings.warn(hint, stacklevel=2)
     chosen = policy or protocol.metric_policy or ds.default_policy

@@ -738,6 +738,27 @@ def test_rescore_and_predict_of_models_without_runs_are_one_line(monkeypatch, ca
 
 
 @pytest.mark.parametrize("command", [["rescore", "--policy", "strict"], ["predict", "--out", "OUT"]])
+def test_rescore_and_predict_take_threads_as_run_does(monkeypatch, capsys, tmp_path, command):
+    # "No such option: --threads": a run's CPU predictions repeat bit for bit at its own thread count
+    import torch
+
+    from tests.fixtures import make_record
+
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in command]
+    _fails(monkeypatch, capsys, *args, "--results", tmp_path, "--threads", "0",
+           names="--threads", phrase="a whole number >= 1 (torch's CPU threads); got 0")
+    records.write_record(make_record("unet"), tmp_path)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        _fails(monkeypatch, capsys, *args, "--results", tmp_path, "--threads", "1", "--models", "swin_unet",
+               names="--models swin_unet", phrase="no runs of it")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("command", [["rescore", "--policy", "strict"], ["predict", "--out", "OUT"]])
 def test_rescore_and_predict_read_a_protocol_file_before_anything_else(monkeypatch, capsys, tmp_path, command):
     # it was read when the first run needing it came up, after "N run(s) to score" was printed
     from tests.fixtures import make_record

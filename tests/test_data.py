@@ -411,8 +411,14 @@ def test_nnunet_num_training_must_match(roots, tmp_path):
     root = _copy(roots["nnunet2d"], tmp_path)
     meta = json.loads((root / "dataset.json").read_text())
     (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 7}))
-    with pytest.raises(BenchError, match=r"dataset.json: numTraining is 7 but .*labelsTr holds 5"):
+    with pytest.raises(BenchError, match=r"dataset.json: numTraining is 7 but .*labelsTr holds 5 '\*\.png' label files$"):
         open_dataset("nnunet", root)
+    # a wrong file_ending reads as a wrong count: the ending the files have is named
+    (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".bmp"}))
+    why = "holds 0 '*.bmp' label files; and 5 '*.png' files: is file_ending '.png'?"
+    with pytest.raises(BenchError, match=re.escape(why)):
+        open_dataset("nnunet", root)
+    assert any(p.message.endswith(why.replace("label files", "files")) for p in verify_dataset("nnunet", root))
 
 
 # --- synthetic generator ---------------------------------------------------------------------
@@ -613,18 +619,35 @@ def test_verify_warns_where_image_and_label_affines_differ(roots, tmp_path):
         plan_grid(models=["unet"], dataset="nnunet", protocol=load_protocol("smoke"), seeds=[0], data_root=root,
                   synthetic=False, results_dir=tmp_path / "res")
 
-def test_a_case_takes_its_spacing_from_the_image_as_nnunet_does(roots, tmp_path):
-    """Resampling (train_geometry) and scoring (Case.spacing) read one header: the image's, as
-    nnU-Net does; a label written with other zooms used to give the scores its spacing."""
+def test_an_image_and_label_on_other_grids_are_refused_before_training(roots, tmp_path):
+    """A test case's label written with other zooms (or another shape) than its image: nnU-Net's
+    integrity check refuses it. bench run took the image's spacing for the scores and wrote the
+    predictions with the label's geometry, so a tool scoring them got other HD95s; a test case of
+    another shape failed after the whole training. Both are refused when the run is planned."""
+    from bench.protocol import load_protocol
+    from bench.run import plan_grid
+
     root = _copy(roots["nnunet"], tmp_path)
     ds = open_dataset("nnunet", root)
     case = ds.test_ids()[0]
-    image = nib.load(str(root / "imagesTr" / f"{case}_0000.nii.gz"))
-    zx, zy, zz = (float(z) for z in image.header.get_zooms()[:3])
+    image_path = root / "imagesTr" / f"{case}_0000.nii.gz"
+    zx, zy, zz = (float(f"{z:.7g}") for z in nib.load(str(image_path)).header.get_zooms()[:3])  # float32 zooms
     lab = root / "labelsTr" / f"{case}.nii.gz"
     arr = np.asarray(nib.load(str(lab)).dataobj)
-    nib.save(nib.Nifti1Image(arr, np.diag([zx * 2, zy * 3, zz * 4, 1.0])), str(lab))
-    assert open_dataset("nnunet", root).load_test(case).spacing == pytest.approx((zz, zy, zx))
+    nib.save(nib.Nifti1Image(arr, np.diag([zx, zy, zz * 2, 1.0])), str(lab))
+    why = re.escape(f"{image_path}: spacing (z, y, x) {(zz, zy, zx)} mm differs from label {case}.nii.gz "
+                    f"{(2 * zz, zy, zx)} mm; expected image and label on one grid")
+    with pytest.raises(BenchError, match=why):
+        open_dataset("nnunet", root).load_test(case)
+    with pytest.raises(BenchError, match=why):
+        plan_grid(models=["unet"], dataset="nnunet", protocol=load_protocol("smoke"), seeds=[0], data_root=root,
+                  synthetic=False, results_dir=tmp_path / "res")
+    (problem,) = [p for p in verify_dataset("nnunet", root) if p.level == "error"]  # one rule, one message
+    assert re.match(why, f"{problem.path}: {problem.message}")
+    nib.save(nib.Nifti1Image(arr[:, :, 1:], np.diag([zx, zy, zz, 1.0])), str(lab))  # one slice fewer
+    with pytest.raises(BenchError, match=rf"{re.escape(str(image_path))}: shape \(z, y, x\) .* differs from label"):
+        plan_grid(models=["unet"], dataset="nnunet", protocol=load_protocol("smoke"), seeds=[0], data_root=root,
+                  synthetic=False, results_dir=tmp_path / "res2")
 
 
 def test_split_problems_map_training_items_to_cases_and_take_test_ids_as_cases():

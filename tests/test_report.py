@@ -528,6 +528,26 @@ def test_a_model_whose_board_dsc_is_nan_is_neither_tested_nor_silently_unranked(
     assert "Not ranked (DSC nan over the cases every model has): transunet." in sig
 
 
+def test_a_metric_nan_in_every_run_is_shown_not_dropped(tmp_path):
+    """strict, a declared class valid in no case (vessel): the runs' DSC, mIoU and the class's column
+    are nan. The board dropped them (only HD95 was kept), beside a caption saying NaN is shown; and an
+    nnU-Net board's classes keep their own names (Synapse's capitals were applied to 'liver')."""
+    rec = make_record("lightm_unet", dataset="nnunet", protocol="lightm_unet_3d", classes=["liver", "tumour", "vessel"])
+    rec["policy"] = "strict"
+    for row in rec["per_case"]:
+        if row["name"] == "vessel":
+            row.update(dice=None, iou=None, hd95=None, sen=None, empty=True)
+    rec["per_class"][2].update(dice=None, iou=None, hd95=None, n_nan=2)
+    rec["metrics"].update(dice=None, iou=None, sen=None, n_nan_dice=2, n_valid_dice=4, n_nan_sen=2, n_valid_sen=4)
+    write_record(rec, tmp_path)
+    (row,) = md_rows(write_report(tmp_path), "Model")
+    assert row["DSC ↑ (%)"] == "nan (1/1 runs)" and row["mIoU ↑ (%)"] == "nan (1/1 runs)"
+    assert row["Sen ↑ (%)"] == "nan (1/1 runs)" and row["vessel"] == "nan (1/1 runs)"
+    assert row["liver"] == "80.00" and "Liver" not in row
+    csv = pd.read_csv(io.StringIO(write_report(tmp_path, fmt="csv")))
+    assert {"dice_mean", "iou_mean", "dice/vessel_mean"} <= set(csv.columns) and csv["dice_mean"].isna().all()
+
+
 def test_a_reference_run_in_several_configs_is_named_not_called_absent(tmp_path):
     """A model run in several configs on a board gets a row per config ("unet (base_c=8)"):
     --reference unet then names the labels to choose from; the ranks are shown either way."""

@@ -93,9 +93,10 @@ class SegDataset:
         serves many datasets (nnunet), whose runs must not share a board."""
         return self.name
 
-    def geometry_note(self) -> str | None:
-        """A warning where images and labels of a case may not overlay (their headers place the voxels
-        differently), or None; headers only."""
+    def check_geometry(self) -> str | None:
+        """Headers only, before anything trains: BenchError where an image and its label are not on
+        one grid (shape, spacing); a warning where they may not overlay (their headers place the
+        voxels differently), or None."""
         return None
 
     def normalize_hint(self, normalize: str) -> str | None:

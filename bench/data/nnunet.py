@@ -42,6 +42,7 @@ Task: softmax over ``len(labels)`` classes incl. background; labels must be 0..K
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import json
@@ -229,7 +230,7 @@ def read_case(root: Path, case: str, ending: str, n_channels: int,
     ``num_classes``: when given, label ids outside 0..num_classes-1 are a BenchError."""
     lab_path = label_path(root, case, ending)
     read = read_nifti if is_volume_ending(ending) else _read_png_pair
-    label, _ = read(lab_path, label=True)  # the spacing is the image's (channel 0), as nnU-Net takes it
+    label, label_spacing = read(lab_path, label=True)
     if num_classes is not None:
         label = class_ids(lab_path, label, num_classes)
     chans = []
@@ -240,20 +241,17 @@ def read_case(root: Path, case: str, ending: str, n_channels: int,
             raise BenchError(f"{path}: missing (channel {c} of case {case!r}; dataset.json declares {n_channels})")
         arr, channel_spacing = read(path)
         if c == 0:
-            spacing = channel_spacing
+            spacing = channel_spacing  # the case's spacing is its image's, as nnU-Net takes it
         if not np.isfinite(arr).all():  # nnU-Net's dataset check refuses them too: they would train as NaN
             raise BenchError(f"{path}: image holds NaN or infinite values; expected finite intensities")
+        why = grid_mismatch(path, arr.shape[:label.ndim], channel_spacing, lab_path, label.shape, label_spacing)
+        if why:
+            raise BenchError(f"{path}: {why}")
         chans.extend([arr] if arr.ndim == label.ndim else [arr[..., i] for i in range(arr.shape[-1])])
         c += 1
     if len(chans) != n_channels:
         first = channel_path(root, case, 0, ending)
         raise BenchError(f"{first}: {len(chans)} channels, dataset.json says {n_channels}")
-    for c, arr in enumerate(chans):
-        if arr.shape != label.shape:
-            raise BenchError(
-                f"{channel_path(root, case, c, ending)}: shape {arr.shape} differs from label {lab_path} "
-                f"{label.shape}; expected image and label of one size"
-            )
     image = chans[0] if n_channels == 1 else np.stack(chans, axis=-1)
     return image, label, spacing
 
@@ -333,6 +331,56 @@ def kfold_split(case_ids: list[str], fold: int, n_folds: int = N_FOLDS) -> tuple
     return split["train"], split["val"]
 
 
+def grid_mismatch(image: Path, shape: tuple, spacing: tuple | None, label: Path, label_shape: tuple,
+                  label_spacing: tuple | None) -> str | None:
+    """Why an image file and its label are not on one grid (shape, or a volume's spacing), or None;
+    nnU-Net refuses both. Volumes' shapes and spacings are given in (z, y, x), as the arrays are read."""
+    axes = " (z, y, x)" if len(shape) == 3 else ""
+    if tuple(shape) != tuple(label_shape):
+        return (f"shape{axes} {tuple(shape)} differs from label {label.name} {tuple(label_shape)}; expected "
+                "image and label of one size")
+    if spacing is not None and label_spacing is not None and not np.allclose(spacing, label_spacing, rtol=1e-4):
+        return (f"spacing{axes} {tuple(spacing)} mm differs from label {label.name} {tuple(label_spacing)} mm; "
+                "expected image and label on one grid (scores and predictions would take the image's)")
+    return None
+
+
+def _header_grid(path: Path, volume: bool) -> tuple[tuple, tuple | None]:
+    """(shape, spacing) from a file's header: a NIfTI's (z, y, x) and mm, a PNG's (height, width)."""
+    if volume:
+        return nifti_geometry(path)
+    from PIL import Image
+
+    with reading(path, "a PNG image"), Image.open(path) as img:
+        return (img.size[1], img.size[0]), None
+
+
+@functools.lru_cache(maxsize=8)
+def _grid_problems(root: Path, ending: str, cases: tuple[str, ...], n_channels: int,
+                   stamp: tuple) -> tuple[tuple, tuple]:
+    """Headers only, once per process and state of the files (``stamp``; bench run plans each model of
+    a grid apart): image files whose grid differs from their label's, as (path, why) pairs, and the
+    cases whose first channel and label differ only in origin or orientation (NIfTI affines)."""
+    volume = is_volume_ending(ending)
+    errors, turned = [], []
+    for case in cases:
+        label = label_path(root, case, ending)
+        label_shape, label_spacing = _header_grid(label, volume)
+        found = 0
+        for c in range(n_channels):
+            image = channel_path(root, case, c, ending)
+            if not image.is_file():  # reading the case names it (an RGB PNG holds 3 channels in _0000)
+                continue
+            shape, spacing = _header_grid(image, volume)
+            why = grid_mismatch(image, shape, spacing, label, label_shape, label_spacing)
+            if why:
+                errors.append((image, why))
+                found += 1
+        if volume and not found and not same_geometry(channel_path(root, case, 0, ending), label):
+            turned.append(case)
+    return tuple(errors), tuple(turned)
+
+
 def same_geometry(image: Path, label: Path) -> bool:
     """Whether two NIfTI files place their voxels at the same points (affines within 1e-3 mm; headers
     only). Unreadable files count as the same: their reads report them."""
@@ -344,11 +392,16 @@ def same_geometry(image: Path, label: Path) -> bool:
         return True
 
 
-@functools.lru_cache(maxsize=8)
-def _affine_mismatches(root: Path, ending: str, cases: tuple[str, ...]) -> list[str]:
-    """Cases whose first image channel and label differ in geometry; once per process (bench run
-    plans each model of a grid apart)."""
-    return [c for c in cases if not same_geometry(channel_path(root, c, 0, ending), label_path(root, c, ending))]
+def _other_endings(root: Path, ending: str) -> str:
+    """"; and 6 '*.nii.gz' files: is file_ending '.nii.gz'?" where labelsTr holds files of another
+    ending than dataset.json's (a wrong ``file_ending`` reads as a wrong ``numTraining``), else ""."""
+    found = collections.Counter(
+        "." + p.name.split(".", 1)[1] for p in (root / "labelsTr").iterdir()
+        if "." in p.name and not hidden(p) and not p.name.endswith(ending))
+    if not found:
+        return ""
+    other, n = found.most_common(1)[0]
+    return f"; and {n} '*{other}' files: is file_ending {other!r}?"
 
 
 def list_cases(root: Path, ending: str) -> list[str]:
@@ -407,7 +460,7 @@ class NnUNetDataset(SegDataset):
         if len(self.cases) != self.meta["numTraining"]:
             raise BenchError(
                 f"{meta}: numTraining is {self.meta['numTraining']} but {self.root / 'labelsTr'} holds "
-                f"{len(self.cases)} '*{self.file_ending}' label files"
+                f"{len(self.cases)} '*{self.file_ending}' label files{_other_endings(self.root, self.file_ending)}"
             )
         problems = image_file_problems(self.root, self.file_ending, self.cases, self.in_chans)
         if problems:
@@ -422,10 +475,14 @@ class NnUNetDataset(SegDataset):
         self._train_cases, self._test_cases = self._split()
         self._slice_ids: list[str] | None = None
 
-    def geometry_note(self) -> str | None:
-        if not self.volumes:
-            return None
-        bad = _affine_mismatches(self.root, self.file_ending, tuple(self.cases))
+    def check_geometry(self) -> str | None:
+        files = self.source_files()
+        stamp = tuple((s.st_mtime_ns, s.st_size) for s in (f.stat() for f in files if f.is_file()))
+        errors, bad = _grid_problems(self.root, self.file_ending, tuple(self.cases), self.in_chans, stamp)
+        if errors:  # a test case's would surface after the whole training
+            (path, why), more = errors[0], len(errors) - 1
+            raise BenchError(f"{path}: {why}" + (f" (and {more} more image files; `bench data verify --dataset "
+                                                 f"nnunet --data-root {self.root}` lists them)" if more else ""))
         if not bad:
             return None
         return (f"{self.root}: {len(bad)} of {len(self.cases)} cases' image and label differ in origin or orientation "

@@ -272,7 +272,8 @@ def _check_nnunet(root: Path, report: _Report, reader) -> None:
     ending, n_ch = meta["file_ending"], len(meta["channel_names"])
     cases = nn_io.list_cases(root, ending)
     if len(cases) != meta["numTraining"]:
-        report.add(meta_path, f"numTraining is {meta['numTraining']} but labelsTr holds {len(cases)} '*{ending}' files")
+        report.add(meta_path, f"numTraining is {meta['numTraining']} but labelsTr holds {len(cases)} '*{ending}' files"
+                              f"{nn_io._other_endings(root, ending)}")
     valid = set(meta["labels"].values())
     for case in cases:
         _check_nnunet_case(root, case, ending, n_ch, valid, report)
@@ -330,10 +331,9 @@ def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set
             continue
         if not np.isfinite(image).all():
             report.add(path, "image contains NaN/inf")
-        if label is not None and image.shape != label.shape:
-            report.add(path, f"shape {image.shape} differs from label {lab_path.name} {label.shape}")
-        if spacing is not None and img_spacing is not None and not np.allclose(spacing, img_spacing, rtol=1e-4):
-            report.add(path, f"spacing {img_spacing} differs from label {lab_path.name} {spacing}")
+        why = label is not None and nn_io.grid_mismatch(path, image.shape, img_spacing, lab_path, label.shape, spacing)
+        if why:
+            report.add(path, why)
         elif volume and label is not None and not nn_io.same_geometry(path, lab_path):
             # the arrays are read as stored: a label stored flipped (its affine flipped too) lies on the
             # image mirrored. nnU-Net's dataset check warns on this too
@@ -414,7 +414,8 @@ def spacing_note(geometry: list[tuple[tuple[int, ...], tuple[float, ...]]]) -> s
             f"them to {mm(target)} (nnU-Net's 3d_fullres rule on the whole volumes; lightm_unet_2d resamples them "
             f"in-plane to {mm(target[1:])}, each keeping its slice spacing; a run applies the rule to the volumes "
             "cropped to their non-zero region, the same unless the images have a zero background, and records "
-            "the value it used)")
+            "the value it used; under --folds each fold plans from its own training cases, so no held-out case "
+            "informs it, where nnU-Net plans once from all of imagesTr)")
 
 
 # VM-UNet's 7:3 splits, (train, test = val/) images (VM-UNet's README and paper): the author's
