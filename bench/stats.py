@@ -257,7 +257,9 @@ def _pooled_pair(df_cases: pd.DataFrame, model: str, reference: str, metric: str
             return np.asarray(metrics.pooled_metrics(*np.moveaxis(per_run, 2, 0))[metric]).mean(axis=1)
     else:
         row["test"] = "permutation (seed-averaged)"
-        counts_m, counts_r = (c.reshape(len(cases), -1, k).sum(axis=1) / len(o)
+        # each case's counts averaged over the runs that scored it (under cross-validation, its fold's)
+        counts_m, counts_r = (c.reshape(len(cases), -1, k).sum(axis=1)
+                              / np.array([[sum(case in run for run in o)] for case in cases])
                               for c, o in ((counts_m, owned_m), (counts_r, owned_r)))
 
         def statistic(sums: np.ndarray) -> np.ndarray:

@@ -217,7 +217,15 @@ def test_pooled_test_over_seeds_permutes_the_board_statistic():
     # runs that do not pair up (one seed of b): the counts averaged over runs, and the row says so
     one = df[df["run_id"] != "b-s1"]
     row = stats.paired_tests(one, "a", metrics=("dice",), policy="legacy-isic").iloc[0]
-    assert row["test"] == "permutation (seed-averaged)" and 0 < row["p"] <= 1
+    assert row["test"] == "permutation (seed-averaged)"
+    per_case = {m: np.mean([runs[(m, s)].groupby("case")[list(metrics.COUNTS)].sum().to_numpy()
+                            for s in ((0, 1) if m == "a" else (0,))], axis=0) for m in "ab"}
+    dsc = lambda counts: metrics.pooled_metrics(*counts.sum(axis=0))["dice"]  # noqa: E731
+    diffs = [dsc(np.where(np.array(w)[:, None], per_case["a"], per_case["b"]))
+             - dsc(np.where(np.array(w)[:, None], per_case["b"], per_case["a"]))
+             for w in itertools.product([False, True], repeat=len(ids))]
+    observed = dsc(per_case["b"]) - dsc(per_case["a"])
+    assert row["p"] == pytest.approx(np.mean(np.abs(diffs) >= abs(observed) - 1e-12))
 
 
 def test_permutation_p_drawn_when_the_cases_are_many():
