@@ -170,8 +170,8 @@ def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bo
     ``stats``: the training foreground's statistics, for ``normalize = "ct_foreground"`` (whole images);
     ``prep``: how a patch protocol's cases are preprocessed (``volume_prep``), required there.
     ``native`` (binary data, scored at model resolution): both at each image's own size instead, the
-    foreground probabilities resized bilinearly and then thresholded (what ISIC's challenge and the
-    polyp evaluation toolboxes take); the other data is predicted on its own grid already."""
+    foreground probabilities resized bilinearly and then thresholded (what ISIC's challenge scorer
+    takes); the other data is predicted on its own grid already."""
     model.eval()
     if protocol.patches:  # nnU-Net: preprocess, sliding window, logits back to the case's grid
         if prep is None:

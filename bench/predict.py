@@ -11,7 +11,8 @@ One file per case goes under ``OUT/<run_id>/``, in the data's own format
 - Synapse: ``<case>.nii.gz``, (D, H, W) stored as (x, y, z) with the spacing where known;
 - ISIC / polyp: ``<case>.png`` masks of 0/255 at the model resolution they are scored at, or with
   ``native_size`` (``--native-size``) at each image's own size (probabilities resized bilinearly,
-  then thresholded), as ISIC's challenge and the polyp evaluation toolboxes take them.
+  then thresholded), the form ISIC's challenge scorer takes (the polyp toolboxes, which sweep
+  thresholds over grey probability maps, get one threshold to sweep).
 
 Each file is written atomically and one already there is kept, so a killed ``bench predict``
 resumes: ``prediction.json`` (run, weights' sha256, data, class ids and names, grid) is written

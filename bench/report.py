@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from bench.data.isic import test_set_id
 from bench.errors import BenchError
 from bench.records import CASE_COLUMNS, RUN_ID_COLUMNS, atomic_write_text, load, split_fold
 
@@ -406,6 +407,8 @@ def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
     units = a.get("hd95_units", [])
     unit = units[0] if len(units) == 1 and units[0] != "mixed" else ""
     hd = f"HD95 in {unit}" if unit else "HD95 in the policy's unit"
+    if unit == "pixels" and key.dataset.split(":")[0].split(" (")[0] in ("isic17", "isic18", "isic_all", "polyp"):
+        hd += " of the square model input (images are resized to it, so not the images' own pixels)"
     if len(units) > 1 or "mixed" in units:  # a mean over mm and voxels has no unit
         hd = f"HD95 units differ between or within runs ({', '.join(units)}): not comparable"
     hd = f"; {hd}" if "hd95_mean" in board else ""  # pooled ISIC boards have no HD95
@@ -829,11 +832,6 @@ PUBLISHED_NOTE = ("Ours − published is given only where the paper's number was
                   "policy), since the gap would mix the model with it.")
 
 
-# PraNet's test-set folder names -> the ids of results/published.csv
-_POLYP_SETS = {"cvc-300": "cvc300", "cvc-clinicdb": "clinicdb", "kvasir": "kvasir", "cvc-colondb": "colondb",
-               "etis-laribpolypdb": "etis"}
-
-
 # nnU-Net dataset names -> published ids: LightM-UNet's Dataset801_LiverCT / Dataset802_LungXray, MSD's liver
 _NNUNET_ALIASES = {"liverct": "lits", "liver": "lits", "lungxray": "montgomery_shenzhen"}
 
@@ -862,10 +860,9 @@ def published_dataset(board_dataset: str) -> str:
         name = re.sub(r"^Dataset\d+_", "", name.removeprefix("nnunet:")).lower()
         name = _NNUNET_ALIASES.get(name, name)
     elif name.startswith("polyp:"):
-        test_set = name.removeprefix("polyp:")
-        name = f"polyp:{_POLYP_SETS.get(test_set.lower(), test_set.lower())}"
+        name = f"polyp:{test_set_id(name.removeprefix('polyp:'))}"
     elif name.startswith("isic_all:"):
-        name = name.removeprefix("isic_all:").lower()
+        name = test_set_id(name.removeprefix("isic_all:"))
     return name
 
 
@@ -881,7 +878,7 @@ def split_mismatch(board_dataset: str, cases: pd.DataFrame | None, n_train: list
     from bench.data.verify import PRANET_TEST_SETS, PRANET_TRAIN_IMAGES, VMUNET_ISIC_SPLITS
 
     dataset = published_dataset(board_dataset)
-    pranet = {_POLYP_SETS.get(k.lower(), k.lower()): n for k, n in PRANET_TEST_SETS.items()}
+    pranet = {test_set_id(k): n for k, n in PRANET_TEST_SETS.items()}
     if cases is None or cases.empty:
         return "test cases unknown (no per-case rows)"
     ids = set(cases["case"].astype(str))

@@ -296,6 +296,35 @@ def test_mask_size_differs_from_image(data, key, name):
     mask = sorted(masks.iterdir())[0]
     Image.open(mask).resize((10, 12)).save(mask)
     _raises(lambda: ds.load_train(item), names=mask, phrase="mask size 10x12 differs from image")
+    # bench run finds it (a test mask's too) before anything trains, from the headers
+    test_masks = root / ("val" if key == "isic" else "TestDataset/Kvasir") / "masks"
+    Image.open(sorted(test_masks.iterdir())[0]).resize((11, 13)).save(sorted(test_masks.iterdir())[0])
+    _raises(lambda: open_dataset(name, root).check_geometry(), names=mask,
+            phrase="mask size 10x12 differs from image")
+    with pytest.raises(BenchError, match=r"\(and 1 more pairs; `bench data verify` lists them\)"):
+        open_dataset(name, root).check_geometry()
+
+
+def test_a_mask_that_fits_the_exif_turned_image_says_so(data):
+    """A phone photo tagged "rotate 90°" with its mask drawn on the turned view: the sizes differ
+    because pixels are read as stored (as the authors' loaders read them); the error says so."""
+    root = data("isic")
+    image = sorted((root / "train" / "images").iterdir())[0]
+    mask = sorted((root / "train" / "masks").iterdir())[0]
+    pixels = Image.open(image).convert("RGB").resize((50, 40))  # stored 50 wide, 40 high
+    exif = pixels.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to view
+    pixels.save(image, exif=exif)
+    Image.open(mask).resize((40, 50)).save(mask)  # drawn on the turned view: 40 wide, 50 high
+    _raises(lambda: open_dataset("isic17", root).check_geometry(), names=mask,
+            phrase="mask size 40x50 differs from image")
+    _raises(lambda: open_dataset("isic17", root).check_geometry(), names=mask,
+            phrase="; the image has an EXIF rotation, and pixels are read as stored: a mask drawn on the image as "
+                   "a viewer turns it fits the turned image")
+    pixels.save(image)  # no rotation tag: no such hint
+    with pytest.raises(BenchError) as info:
+        open_dataset("isic17", root).check_geometry()
+    assert "EXIF" not in str(info.value)
 
 
 @pytest.mark.parametrize("key", ["nnunet", "nnunet2d"])

@@ -205,12 +205,60 @@ def test_isic_pairs_masks_by_name_where_the_names_correspond(tmp_path):
     assert problems == [] and [(a.name, b.name) for a, b in pairs] == [(f"scan_{i}.png", f"label_{i}.png")
                                                                        for i in range(3)]
 
+    # sorted order pairs 001.jpg with 10_mask.png ("10_" sorts before "1_"): the numbers in the names
+    # disagree, so the pairs are refused (they were read as they sorted, unsaid)
+    shifted = tmp_path / "shifted"
+    for i in (1, 2, 10):
+        _write_pair(shifted, f"{i:03d}.png", f"{i}_mask_v2.png", 8)  # "_v2": a number both need not share
+    pairs, problems = pair_files(shifted / "images", shifted / "masks")
+    assert pairs == [] and [(p.name, m) for p, m in problems] == [(
+        "10_mask_v2.png", "paired by sorted file name with 001.png (no mask is named after its image), but the numbers "
+        "in the names differ (and in 1 more pairs); expected masks named after their images (ISIC_0000000.jpg ↔ "
+        "ISIC_0000000_segmentation.png) or names that sort alike")]
+    for i in (1, 2, 10):
+        (shifted / "masks" / f"{i}_mask_v2.png").rename(shifted / "masks" / f"{i:03d}_mask_v2.png")
+    pairs, problems = pair_files(shifted / "images", shifted / "masks")
+    assert problems == [] and [(a.name, b.name) for a, b in pairs][2] == ("010.png", "010_mask_v2.png")
+
+    # two images of one name would share one mask
+    (root / "val" / "images" / "img2.jpg").write_bytes((root / "val" / "images" / "img2.png").read_bytes())
+    pairs, problems = pair_files(root / "val" / "images", root / "val" / "masks")
+    assert pairs == [] and [(p.name, m) for p, m in problems] == [
+        ("img2.png", "a second image named 'img2' beside img2.jpg; expected one per name")]
+
     half = tmp_path / "half"
     for image, mask in (("a.png", "a_seg.png"), ("b.png", "c_seg.png"), ("c.png", "d_seg.png")):
         _write_pair(half, image, mask, 8)
     pairs, problems = pair_files(half / "images", half / "masks")
     assert pairs == [] and sorted((p.name, m.split(" in ")[0]) for p, m in problems) == [
         ("b.png", "no mask with a matching name"), ("d_seg.png", "no image with a matching name")]
+
+
+def test_verify_warns_of_a_multi_class_mask_in_a_binary_dataset(roots, tmp_path):
+    """A mask holding a second class as grey 128 (or 127) passed: values >= 128 train as lesion, the
+    rest as background, unsaid. Soft or JPEG-noisy edges are no such thing."""
+    import io as _io
+
+    from PIL import ImageFilter
+
+    root = _copy(roots["isic"], tmp_path)
+    masks = sorted((root / "train" / "masks").iterdir())
+    for path, value in zip(masks[:2], (128, 127)):
+        arr = np.zeros((40, 40), np.uint8)
+        arr[5:20, 5:35], arr[20:35, 5:35] = 255, value
+        h, w = np.asarray(Image.open(path)).shape[:2]
+        Image.fromarray(arr).resize((w, h), Image.NEAREST).save(path)
+    soft = Image.fromarray(np.pad(np.full((20, 20), 255, np.uint8), 10)).filter(ImageFilter.GaussianBlur(2))
+    h, w = np.asarray(Image.open(masks[2])).shape[:2]
+    soft.resize((w, h)).save(masks[2])
+    buf = _io.BytesIO()
+    soft.resize((w, h)).save(buf, "JPEG", quality=60)  # Kvasir's masks are JPEGs
+    Image.open(buf).save(masks[3])
+    warned = {p.path: p.message for p in verify_dataset("isic17", root) if p.level == "warning"}
+    assert sorted(warned) == sorted(str(m) for m in masks[:2])
+    assert "grey value 128 beside 0/255: several classes in one mask? The binary task counts values >= 128 as " \
+           "foreground, so they become foreground" in warned[str(masks[0])]
+    assert "so they become background" in warned[str(masks[1])]
 
 
 def test_a_test_set_folder_without_images_is_an_error_not_a_set_left_out(roots, tmp_path):
@@ -974,6 +1022,12 @@ def test_polyp_notes_compare_the_counts_with_pranets_split(roots, monkeypatch):
     assert "(CVC-ColonDB 379 images, not 380)" in polyp_split_note(1450, {**pranet, "CVC-ColonDB": 379})
     lower = {k.lower(): v for k, v in pranet.items()}  # folder names in another case are the same sets
     assert polyp_split_note(1450, lower) == polyp_split_note(1450, pranet)
+    # and in another spelling: underscores, the datasets' own names (they lost their published columns)
+    spelt = {"CVC_300": 60, "CVC-612": 62, "Kvasir-SEG": 100, "CVC_ColonDB": 380, "ETIS-Larib": 196}
+    assert polyp_split_note(1450, spelt) == polyp_split_note(1450, pranet)
+    # a set not in the split is named where the counts differ too
+    assert polyp_split_note(1450, {**pranet, "Kvasir": 99, "HyperKvasir": 5}).endswith(
+        "not comparable with runs on it; not in its split: HyperKvasir (5 images)")
     # on disk: TrainDataset 3 images, TestDataset/CVC-ClinicDB 2 and Kvasir 2
     assert dataset_notes("polyp", roots["polyp"])[1:] == [
         "the split is not PraNet's, which VM-UNet-V2 uses (3 training images, not 1450; CVC-ClinicDB 2 images, "

@@ -548,6 +548,20 @@ def test_a_metric_nan_in_every_run_is_shown_not_dropped(tmp_path):
     assert {"dice_mean", "iou_mean", "dice/vessel_mean"} <= set(csv.columns) and csv["dice_mean"].isna().all()
 
 
+def test_strict_hd95_on_resized_images_says_whose_pixels(tmp_path):
+    """ISIC/polyp images are resized to a square model input: strict's HD95 in "pixels" is in that
+    grid's pixels, not the images' (a 60x80 image's miss scored the 64x64 diagonal)."""
+    rec = make_record("unet", dataset="isic17", n_cases=2)
+    rec.update(policy="strict", hd95_unit="pixels")
+    rec["metrics"]["hd95"] = 12.0
+    for row in rec["per_case"]:
+        row["hd95"] = 12.0
+    rec["per_class"][0]["hd95"] = 12.0
+    write_record(rec, tmp_path)
+    assert "HD95 in pixels of the square model input (images are resized to it, so not the images' own pixels)" \
+        in write_report(tmp_path)
+
+
 def test_a_reference_run_in_several_configs_is_named_not_called_absent(tmp_path):
     """A model run in several configs on a board gets a row per config ("unet (base_c=8)"):
     --reference unet then names the labels to choose from; the ranks are shown either way."""
@@ -846,6 +860,9 @@ def test_isic_all_gets_a_board_per_year_next_to_that_years_published_rows(tmp_pa
     from bench.run import plan_grid, run_one
 
     assert [published_dataset(f"isic_all:{s}") for s in ("isic17", "isic18")] == ["isic17", "isic18"]
+    assert [published_dataset(f"isic_all:{s}") for s in ("ISIC2017", "isic_2018")] == ["isic17", "isic18"]
+    assert [published_dataset(f"polyp:{s}") for s in ("CVC_ClinicDB", "CVC-612", "Kvasir-SEG", "ETIS-LaribPolypDB")] == [
+        "polyp:clinicdb", "polyp:clinicdb", "polyp:kvasir", "polyp:etis"]
     assert published_dataset("isic_all:isic18 (synthetic)") == "isic18"
     root = synthetic_root("isic_all", tmp_path / "synth")
     (root / ".bench-synthetic.json").unlink()  # stands for real data: the boards keep their real names

@@ -29,6 +29,7 @@ conventions).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,23 @@ def read_mask(path: Path) -> np.ndarray:
     return raw.astype(np.float32) / np.float32(255.0)
 
 
+def mask_levels_note(mask: np.ndarray) -> str | None:
+    """A mask (read_mask's [0, 1]) one grey level of which fills a region, beside 0 and 255: a label
+    map of several classes, which a binary task splits at 128 unsaid; None for 0/255 masks and for
+    soft or JPEG-noisy edges (mid values spread over many levels, on boundaries)."""
+    raw = np.rint(mask * 255).astype(np.uint8)
+    mid = raw[(raw >= 32) & (raw <= 223)]
+    if mid.size < max(50, 0.02 * raw.size):
+        return None
+    level, count = np.unique(mid, return_counts=True)
+    if count.max() < 0.5 * mid.size:
+        return None
+    value = int(level[count.argmax()])
+    return (f"{int(count.max())} pixels of grey value {value} beside 0/255: several classes in one mask? The "
+            f"binary task counts values >= 128 as foreground, so they become {'foreground' if value >= 128 else 'background'}; "
+            "expected a binary 0/255 mask")
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(H, W) from the file header, without decoding the pixels."""
     with reading(path, "an image"):
@@ -96,6 +114,20 @@ def _image_of(mask_stem: str, image_stems: set[str]) -> str | None:
         return mask_stem
     cuts = [i for i, ch in enumerate(mask_stem) if ch in "_-"]
     return next((mask_stem[:i] for i in reversed(cuts) if mask_stem[:i] in image_stems), None)
+
+
+# Test-set folder names, lower case and letters and digits only (CVC-ClinicDB, CVC_ClinicDB), -> the ids
+# of results/published.csv (bench.report) and the split notes (bench.data.verify): PraNet's names, the
+# datasets' own (CVC-612, Kvasir-SEG, ETIS-Larib) and VM-UNet-V2's ISIC years spelt out (ISIC2017)
+_TEST_SETS = {"cvc300": "cvc300", "cvcclinicdb": "clinicdb", "clinicdb": "clinicdb", "cvc612": "clinicdb",
+              "kvasir": "kvasir", "kvasirseg": "kvasir", "cvccolondb": "colondb", "colondb": "colondb",
+              "etislaribpolypdb": "etis", "etislarib": "etis", "etis": "etis",
+              "isic17": "isic17", "isic2017": "isic17", "isic18": "isic18", "isic2018": "isic18"}
+
+
+def test_set_id(name: str) -> str:
+    """A test-set folder's published id ("CVC_ClinicDB" -> "clinicdb"), else its name in lower case."""
+    return _TEST_SETS.get(re.sub(r"[^a-z0-9]", "", name.lower()), name.lower())
 
 
 def pair_files(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
@@ -118,6 +150,13 @@ def pair_files(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, Path
     if not images and not masks:
         return [], [(images_dir, "no image files")]
     stems = {p.stem for p in images}
+    seen: dict[str, Path] = {}
+    for p in images:  # two images of one name (a .jpg and a .png) would share one mask
+        if p.stem in seen:
+            problems.append((p, f"a second image named {p.stem!r} beside {seen[p.stem].name}; expected one per name"))
+        seen.setdefault(p.stem, p)
+    if problems:
+        return [], problems
     owner = {m: _image_of(m.stem, stems) for m in masks}
     if any(owner.values()):  # names correspond: pair by name, so sorting cannot shift a mask onto another image
         by_image: dict[str, list[Path]] = {}
@@ -135,21 +174,47 @@ def pair_files(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, Path
         if problems:
             return [], problems
         return [(p, by_image[p.stem][0]) for p in images], []
-    if len(images) == len(masks):
-        return list(zip(images, masks)), []
-    return [], [(masks_dir, f"{len(images)} images in {images_dir} but {len(masks)} masks here, and no mask "
-                            f"is named after its image to pair them by")]
+    if len(images) != len(masks):
+        return [], [(masks_dir, f"{len(images)} images in {images_dir} but {len(masks)} masks here, and no mask "
+                                f"is named after its image to pair them by")]
+    pairs = list(zip(images, masks))
+    # sorted order pairs "001.jpg" with "10_mask.png" ("10_" sorts before "1_"): where both names carry
+    # numbers, they must share one, or the pairs are not what the names say
+    off = [(i, m) for i, m in pairs if _numbers(i.stem) and _numbers(m.stem) and not _numbers(i.stem) & _numbers(m.stem)]
+    if off:
+        (i, m), more = off[0], len(off) - 1
+        return [], [(m, f"paired by sorted file name with {i.name} (no mask is named after its image), but the "
+                        f"numbers in the names differ" + (f" (and in {more} more pairs)" if more else "")
+                        + "; expected masks named after their images (ISIC_0000000.jpg ↔ "
+                          "ISIC_0000000_segmentation.png) or names that sort alike")]
+    return pairs, []
+
+
+def _numbers(stem: str) -> set[int]:
+    """The whole numbers in a file name ("img_007_v2" -> {7, 2}), one of which a pair by sorted name shares."""
+    return {int(n) for n in re.findall(r"\d+", stem)}
 
 
 def load_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Image uint8 (H, W, 3) and mask float32 (H, W); a size mismatch is a BenchError naming both."""
     image, mask = read_rgb(image_path), read_mask(mask_path)
     if image.shape[:2] != mask.shape:
-        raise BenchError(
-            f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from image {image_path} "
-            f"({image.shape[1]}x{image.shape[0]}); expected equal sizes (W x H)"
-        )
+        raise BenchError(f"{mask_path}: {size_mismatch(image_path, image.shape[:2], mask.shape)}")
     return image, mask
+
+
+def size_mismatch(image: Path, hw: tuple[int, ...], mask_hw: tuple[int, ...]) -> str:
+    """Why a mask of size ``mask_hw`` (H, W) does not fit its image, with the likely cause where the
+    image carries an EXIF rotation (pixels are read as stored, as the authors' loaders read them;
+    a mask drawn on the image as a viewer shows it is turned)."""
+    try:
+        with Image.open(image) as im:
+            turned = im.getexif().get(0x0112, 1) not in (1, None)  # the Orientation tag
+    except Exception:  # noqa: BLE001 (its read names an unreadable file)
+        turned = False
+    return (f"mask size {mask_hw[1]}x{mask_hw[0]} differs from image {image} ({hw[1]}x{hw[0]}); expected "
+            "equal sizes (W x H)" + ("; the image has an EXIF rotation, and pixels are read as stored: a mask drawn "
+                                     "on the image as a viewer turns it fits the turned image" if turned else ""))
 
 
 def index_pairs(images_dir: Path, masks_dir: Path, prefix: str = "") -> dict[str, tuple[Path, Path]]:
@@ -193,6 +258,16 @@ class BinaryFolderDataset(SegDataset):
 
     def source_files(self) -> list[Path]:
         return [path for index in (self._train, self._test) for pair in index.values() for path in pair]
+
+    def check_geometry(self) -> str | None:
+        # headers only, every pair: a test mask of another size failed after the whole training
+        bad = [(image, mask, hw, mask_hw) for index in (self._train, self._test) for image, mask in index.values()
+               if (hw := image_size(image)) != (mask_hw := image_size(mask))]
+        if bad:
+            (image, mask, hw, mask_hw), more = bad[0], len(bad) - 1
+            raise BenchError(f"{mask}: {size_mismatch(image, hw, mask_hw)}"
+                             + (f" (and {more} more pairs; `bench data verify` lists them)" if more else ""))
+        return None
 
     def _lookup(self, index: dict[str, tuple[Path, Path]], item_id: str, split: str) -> tuple[Path, Path]:
         try:

@@ -223,13 +223,11 @@ def _check_pairs(images_dir: Path, masks_dir: Path, report: _Report) -> None:
             report.add(mask_path, _unreadable(exc, mask_path))
             continue
         if image_hw is not None and mask.shape != image_hw:
-            report.add(
-                mask_path,
-                f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image {image_path.name} "
-                f"{image_hw[1]}x{image_hw[0]} (W x H)",
-            )
+            report.add(mask_path, isic_io.size_mismatch(image_path, image_hw, mask.shape))
         if mask.max() == 0:
             report.add(mask_path, "mask is empty (all 0)", "warning")
+        elif note := isic_io.mask_levels_note(mask):
+            report.add(mask_path, note, "warning")
 
 
 def _check_isic(root: Path, report: _Report, reader) -> None:
@@ -481,18 +479,20 @@ def _test_sets_split_note(n_train: int, test_counts: dict[str, int], train: int,
                           fits: str, differs: str, published: str, caveat: str = "") -> str:
     """The note of ``polyp_split_note`` and ``isic_all_split_note``: ``train`` training images and
     the test sets ``sets`` (name -> images) expected; ``fits`` / ``differs`` open the sentence.
-    Folder names match the expected sets in any case ("kvasir" is Kvasir), as the report's do."""
-    canonical = {s.lower(): s for s in sets}
-    test_counts = {canonical.get(s.lower(), s): n for s, n in test_counts.items()}
+    Folder names match the expected sets as the report's do (``isic_io.test_set_id``: "kvasir" and
+    "CVC_ClinicDB" are Kvasir and CVC-ClinicDB)."""
+    canonical = {isic_io.test_set_id(s): s for s in sets}
+    test_counts = {canonical.get(isic_io.test_set_id(s), s): n for s, n in test_counts.items()}
+    missing = [f"{s} ({n} images)" for s, n in sets.items() if s not in test_counts]
+    extra = [f"{s} ({n} images)" for s, n in test_counts.items() if s not in sets]
     diffs = [f"{n_train} training images, not {train}"] if n_train != train else []
     diffs += [f"{s} {test_counts[s]} images, not {n}" for s, n in sets.items()
               if s in test_counts and test_counts[s] != n]
     if diffs:
-        return f"{differs} ({'; '.join(diffs)}): published {published} numbers are not comparable with runs on it"
+        return (f"{differs} ({'; '.join(diffs)}): published {published} numbers are not comparable with runs on it"
+                + (f"; not in its split: {', '.join(extra)}" if extra else ""))
     kept = ", ".join(f"{s} {n}" for s, n in sets.items() if s in test_counts)
     note = f"{fits} ({n_train} training images; test sets {kept or 'none'}){caveat}"
-    missing = [f"{s} ({n} images)" for s, n in sets.items() if s not in test_counts]
-    extra = [f"{s} ({n} images)" for s, n in test_counts.items() if s not in sets]
     if missing:
         note += f"; absent here: {', '.join(missing)}, whose published columns have no counterpart"
     if extra:
