@@ -242,15 +242,28 @@ def run(
         distributed.check_nproc(nproc, dev, proto.train.batch_size)  # before --synthetic writes data
     seed_list = list(dict.fromkeys(_parse_ints(seeds))) if seeds else [proto.seed]  # each seed once
     overrides = _parse_sets(set_ or [])
-    specs = []
+    specs, said = [], {}
+
+    def say_warnings(models) -> None:  # once each: the command line's warning display drops repeats
+        for w in (w for name in models for w in said.get(name, [])):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
     for name in names:
         model_over = _model_overrides(name, tiny, overrides)
-        specs += plan_grid(models=[name], dataset=dataset, protocol=proto, seeds=seed_list, data_root=data_root,
-                           synthetic=synthetic, results_dir=results, policy=policy, model_overrides=model_over,
-                           pretrained_dir=pretrained_dir, tiny=tiny, weights=weights,
-                           folds=folds if folds in (None, "all") else list(dict.fromkeys(_parse_ints(folds, "--folds"))))
+        try:
+            with warnings.catch_warnings(record=True) as said[name]:  # said for the models this shard runs
+                warnings.simplefilter("always")
+                specs += plan_grid(
+                    models=[name], dataset=dataset, protocol=proto, seeds=seed_list, data_root=data_root,
+                    synthetic=synthetic, results_dir=results, policy=policy, model_overrides=model_over,
+                    pretrained_dir=pretrained_dir, tiny=tiny, weights=weights,
+                    folds=folds if folds in (None, "all") else list(dict.fromkeys(_parse_ints(folds, "--folds"))))
+        except BenchError:
+            say_warnings([name])  # what led up to the error
+            raise
     total = len(specs)
     specs = select_shard(specs, shard)
+    say_warnings(dict.fromkeys(s.model for s in specs))
     if launch:  # the grid is valid: start the processes
         raise typer.Exit(code=distributed.launch(nproc, _argv_of(ctx, drop=("nproc",))))
     dev = distributed.init(dev)

@@ -213,8 +213,11 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
         # a misspelt --set key (TypeError) or a value the constructor refuses (ValueError, e.g.
         # spatial_dims=4): the constructor's own words say which
         given = ", ".join(f"{k}={v!r}" for k, v in overrides.items())  # as read: width='abc' is a string
-        raise BenchError(f"{name}: cannot build with {given} ({exc}); --set takes the keys of its "
-                         f"configuration: {', '.join(entry.paper_config) or 'none'}") from None
+        close = [f"{k} -> {m[0]}" for k in overrides if k not in entry.paper_config
+                 and (m := difflib.get_close_matches(k, list(entry.paper_config), n=1, cutoff=0.6))]
+        raise BenchError(f"{name}: cannot build with {given} ({exc}); "
+                         + (f"did you mean {', '.join(close)}? " if close else "")
+                         + f"--set takes the keys of its configuration: {', '.join(entry.paper_config) or 'none'}") from None
     missing = [a for a in ("num_classes", "in_chans") if isinstance(model, SegmentationModel) and not hasattr(model, a)]
     if missing:  # else the first forward fails with an AttributeError, after the data was prepared
         raise BenchError(f"{name}: {type(model).__name__} does not set self.{' or self.'.join(missing)}; "

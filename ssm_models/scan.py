@@ -40,7 +40,6 @@ import math
 import os
 import platform
 import re
-import shutil
 import sys
 import sysconfig
 import tempfile
@@ -65,7 +64,7 @@ _lock = threading.Lock()
 _ext = None  # the loaded kernel module
 _ext_error: str | None = None  # why it is unavailable (short); full text in _ext_error_detail
 _ext_error_detail: str | None = None
-_ext_origin = ""  # "built in 8.1 s" / "loaded from cache"
+_ext_origin = ""  # "built in 8.1 s" / "rebuilt in 8.1 s" / "loaded from cache"
 _mamba = None  # mamba-ssm's selective_scan_interface module, False once its import failed
 _mamba_error = ""
 
@@ -154,21 +153,41 @@ def _load_extension():
         try:
             from torch.utils import cpp_extension
 
-            if shutil.which("ninja") is None:  # pip's ninja sits next to python in a non-activated venv
-                here = Path(sys.executable).parent
-                if (here / "ninja").exists():
-                    os.environ["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
             build = _build_dir()
             _wait_for_build_lock(build / "lock")
-            cached = any(build.glob(f"{_EXT_NAME}*.so"))
+            before = {so: so.stat().st_mtime_ns for so in build.glob(f"{_EXT_NAME}*.so")}
             t0 = time.perf_counter()
-            with _real_std_streams():  # torch's build flushes them; callers may have set them to None
+            with _real_std_streams(), _venv_ninja_first():  # torch's build flushes the streams
                 _ext = cpp_extension.load(name=_EXT_NAME, sources=[str(_SOURCE)], extra_cflags=_CFLAGS,
                                           extra_ldflags=["-fopenmp"], build_directory=str(build), verbose=False)
-            _ext_origin = "loaded from cache" if cached else f"built in {time.perf_counter() - t0:.1f} s"
+            after = {so: so.stat().st_mtime_ns for so in build.glob(f"{_EXT_NAME}*.so")}
+            took = f"{time.perf_counter() - t0:.1f} s"
+            _ext_origin = ("loaded from cache" if before and after == before
+                           else f"rebuilt in {took}" if before else f"built in {took}")
         except Exception as exc:  # no compiler, no ninja, a build or load error
             _ext_error, _ext_error_detail = _short_reason(exc), str(exc)
         return _ext
+
+
+@contextlib.contextmanager
+def _venv_ninja_first():
+    """The ninja installed beside this Python (pip's, in the venv) first on PATH while building:
+    ninja's log keeps each command's hash, which another ninja version computes otherwise, so an
+    activated venv (its ninja) and a plain `.venv/bin/bench` (the system's) rebuilt the kernel each
+    time one followed the other. Without one there, PATH's ninja."""
+    here = Path(sys.executable).parent
+    if not (here / "ninja").exists():
+        yield
+        return
+    old = os.environ.get("PATH")
+    os.environ["PATH"] = f"{here}{os.pathsep}{old or ''}"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = old
 
 
 def _wait_for_build_lock(lock: Path) -> None:

@@ -699,7 +699,8 @@ def test_profile_with_img_size_a_model_cannot_take(monkeypatch, capsys, tmp_path
         (["--models", "unet", "--dataset", "synapsee"], "synapsee", "did you mean 'synapse'"),
         (["--models", "unet", "--protocol", "smok"], "smok", "did you mean 'smoke'"),
         (["--models", "unet", "--policy", "strictt"], "strictt", "unknown metric policy"),
-        (["--models", "unet", "--set", "widthz=3"], "widthz", "widthz=3 (unet() got an unexpected keyword argument"),
+        (["--models", "unet", "--set", "widthz=3"], "widthz",
+         "widthz=3 (unet() got an unexpected keyword argument 'widthz'); did you mean widthz -> widths? --set takes"),
     ],
 )
 def test_unknown_names(monkeypatch, capsys, tmp_path, args, names, phrase):

@@ -566,3 +566,20 @@ def test_kernel_loads_where_stdout_is_none():
     for code in (guard, counted_first):
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 0, proc.stderr
+
+
+def test_the_kernel_builds_with_the_ninja_beside_python(tmp_path, monkeypatch):
+    """ninja's log keys each command by a hash that another ninja version computes otherwise: an
+    activated venv (its ninja first on PATH) and `.venv/bin/bench` (the system's first) rebuilt the
+    kernel each time one followed the other, 15-20 s per process. The build puts the ninja installed
+    beside this Python first, whatever PATH says, and leaves PATH as it was."""
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    monkeypatch.setattr(sys, "executable", str(venv / "python"))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    with scan._venv_ninja_first():
+        assert os.environ["PATH"] == "/usr/bin:/bin"  # no ninja beside python: PATH's
+    (venv / "ninja").touch()
+    with scan._venv_ninja_first():
+        assert os.environ["PATH"].split(os.pathsep)[0] == str(venv)
+    assert os.environ["PATH"] == "/usr/bin:/bin"
