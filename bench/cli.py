@@ -5,7 +5,9 @@ from __future__ import annotations
 import enum
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -199,6 +201,7 @@ def run(
     Example: bench run --models all --dataset synapse --synthetic --protocol smoke
     """
     from bench import distributed
+    from bench.claim import claim_run
     from bench.data import get_reader
     from bench.env import resolve_device
     from bench.protocol import load_protocol
@@ -278,39 +281,50 @@ def run(
         say(f"note: {note}")
     failed = []
     for spec in specs:
-        # rank 0's view of the finished records decides for every rank (a record appearing meanwhile,
-        # or a network file system's cache, would otherwise send ranks down different branches)
-        done, rescored = distributed.gather_objects(
-            (record_path(results, spec.key).is_file(), rescored_twin(spec, results)) if main else None)[0]
-        if done:
-            old = main and code_changed(read_record(results, spec.key))
-            say(f"  {spec.key}: finished earlier, skipped" + (
-                f"; {spec.model}'s code changed since it trained, so its numbers are the old code's: to train the "
-                f"new code, choose another --results (or delete records/{spec.key}.json and runs/{spec.key}/)"
-                if old else ""))
-            continue
-        if rescored:
-            say(f"  {spec.key}: the same training was rescored under {spec.policy} ({rescored}), skipped")
-            continue
+        # rank 0 claims the run (bench.claim: no other process trains it meanwhile) and its view of the
+        # finished records decides for every rank (a record appearing meanwhile, or a network file
+        # system's cache, would otherwise send ranks down different branches)
+        claim = claim_run(results, spec.key) if main else None
         try:
-            rec = run_one(spec, results_dir=results, device=dev, resume=resume, show_progress=progress)
-        except Exception as exc:
-            # one run failing (a diverging loss, out of memory) does not cost the rest of the grid; under
-            # torchrun a failure still ends the run, as every rank must take the same path; the grid's
-            # last run, the first to fail, fails the command as a single run does (its own one line)
-            if distributed.world().distributed or (not failed and spec is specs[-1]):
-                raise
-            failed.append(spec.key)
-            if not isinstance(exc, BenchError):  # a bug, not bad input: its traceback
-                _echo_err(traceback.format_exc().rstrip())
-            why = _one_line(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
-            _echo_err(f"  {spec.key}: FAILED: {why}")
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-            continue
-        if rec is None:  # not rank 0
-            continue
-        say(f"  {spec.key}: {_scores_text(rec)} · {rec['wall_time_s']:.0f}s")
+            done, rescored, holder = distributed.gather_objects(
+                (record_path(results, spec.key).is_file(), rescored_twin(spec, results),
+                 claim if isinstance(claim, str) else None) if main else None)[0]
+            if done:
+                old = main and code_changed(read_record(results, spec.key))
+                say(f"  {spec.key}: finished earlier, skipped" + (
+                    f"; {spec.model}'s code changed since it trained, so its numbers are the old code's: to train "
+                    f"the new code, choose another --results (or delete records/{spec.key}.json and runs/{spec.key}/)"
+                    if old else ""))
+                continue
+            if rescored:
+                say(f"  {spec.key}: the same training was rescored under {spec.policy} ({rescored}), skipped")
+                continue
+            if holder:
+                say(f"  {spec.key}: being run by {holder}, skipped (the same command later finds it finished, or "
+                    "takes it over if that process died)")
+                continue
+            try:
+                rec = run_one(spec, results_dir=results, device=dev, resume=resume, show_progress=progress)
+            except Exception as exc:
+                # one run failing (a diverging loss, out of memory) does not cost the rest of the grid; under
+                # torchrun a failure still ends the run, as every rank must take the same path; the grid's
+                # last run, the first to fail, fails the command as a single run does (its own one line)
+                if distributed.world().distributed or (not failed and spec is specs[-1]):
+                    raise
+                failed.append(spec.key)
+                if not isinstance(exc, BenchError):  # a bug, not bad input: its traceback
+                    _echo_err(traceback.format_exc().rstrip())
+                why = _one_line(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+                _echo_err(f"  {spec.key}: FAILED: {why}")
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            if rec is None:  # not rank 0
+                continue
+            say(f"  {spec.key}: {_scores_text(rec)} · {rec['wall_time_s']:.0f}s")
+        finally:
+            if claim is not None and not isinstance(claim, str):
+                claim.release()
     distributed.shutdown()
     if failed:
         raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({', '.join(failed)}), the others finished; "
@@ -374,7 +388,8 @@ def rescore(
     from bench.env import resolve_device
     from bench.registry import resolve_models
     from bench.protocol import load_protocol
-    from bench.rescore import other_device_warning, plan_rescore, rescore_record
+    from bench.records import ensure_writable_dir, record_path
+    from bench.rescore import other_device_warning, plan_rescore, rescore_id, rescore_record
 
     _check_scan_backend_variable()
     _set_threads(threads)
@@ -382,6 +397,8 @@ def rescore(
     if protocol is not None:  # a broken file: one error before anything is scored
         load_protocol(protocol)
     todo = plan_rescore(results, policy, None if models == "all" else resolve_models(models))
+    if todo:  # before anything is scored: a read-only or full folder failed after the first evaluation
+        ensure_writable_dir(results / "records")
     if note := other_device_warning(todo, dev, "rescored"):
         warnings.warn(note, stacklevel=1)
     if not todo:
@@ -389,6 +406,9 @@ def rescore(
         return
     typer.echo(f"bench rescore: {len(todo)} run(s) to score under {policy} · device {dev}")
     for rec in todo:
+        if record_path(results, rescore_id(rec["run_id"], policy)).is_file():  # another rescore, meanwhile
+            typer.echo(f"  {rescore_id(rec['run_id'], policy)}: scored meanwhile by another process, skipped")
+            continue
         new = rescore_record(rec, policy, results, dev, protocol)
         typer.echo(f"  {new['run_id']}: {_scores_text(new, unit=True)}")
 
@@ -743,6 +763,10 @@ def main() -> None:
 
     if not os.environ.get("BENCH_DEBUG"):
         warnings.showwarning = _show_warning
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (what Slurm and torchrun send first) as Ctrl-C: cleanup runs (temp files, the run's
+        # claim) and the command says so, where the process died with neither
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = app(standalone_mode=False, prog_name="bench")  # click's usage errors reach us: one line each
     except BenchError as exc:
@@ -755,10 +779,15 @@ def main() -> None:
             raise
         _echo_err(f"error: {_usage_line(exc)}")
         sys.exit(2)
-    except typer.Abort:  # Ctrl-C
-        _echo_err("aborted")
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt):
+        code = 130
+    if code == 130:  # Ctrl-C or SIGTERM (typer returns 130 for them)
+        _echo_err("interrupted; the same command continues (bench run: with --resume, from the last checkpoint)")
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 _SYNONYMS = {"gpu": "cuda"}  # what users type for a choice whose spelling is not close

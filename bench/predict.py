@@ -128,7 +128,10 @@ def _claim(folder: Path, manifest: dict[str, Any]) -> None:
     (BenchError otherwise, rather than a folder mixing two models); temp files it left are removed."""
     old = folder / MANIFEST
     if old.is_file():
-        held = json.loads(old.read_text(encoding="utf-8"))
+        try:
+            held = json.loads(old.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise BenchError(f"{old}: not readable JSON (cut short?); delete {folder} and predict again") from None
         sha = held.get("weights_sha256")
         if sha != manifest["weights_sha256"]:
             raise BenchError(f"{folder}: holds predictions of other weights (sha256 {str(sha)[:16]}, this run's "
@@ -138,6 +141,7 @@ def _claim(folder: Path, manifest: dict[str, Any]) -> None:
                              f"{manifest['grid']}); delete it or choose another --out")
     elif folder.is_dir() and any(p.is_file() and not p.name.startswith(".") for p in folder.rglob("*")):
         raise BenchError(f"{folder}: holds files but no {MANIFEST}; delete it or choose another --out")
-    for stale in folder.rglob(".*.tmp*") if folder.is_dir() else ():
-        stale.unlink(missing_ok=True)  # what a killed predict was writing; never a prediction
+    for sub in [folder, *(d for d in folder.rglob("*") if d.is_dir())] if folder.is_dir() else ():
+        # what a killed predict was writing (never a prediction); a live one's, writing beside us, stays
+        records.remove_orphans(sub, ".*.tmp*")
     records.atomic_write_text(old, json.dumps(manifest, indent=2) + "\n")

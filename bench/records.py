@@ -38,6 +38,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -260,7 +261,8 @@ _UMASK = os.umask(0o022)  # read once (setting it is the only way), then restore
 os.umask(_UMASK)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp", exclusive: bool = False) -> Path:
+def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp", exclusive: bool = False,
+                 what: str = "", retry: str = "") -> Path:
     """Have ``write(tmp)`` write a file that then replaces ``path`` atomically: readers see the old
     file, or the whole new one.
 
@@ -271,14 +273,17 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp"
     that cannot be created or written in (no permission, a file in the way) is a BenchError naming
     ``path``; commands check theirs up front with ``ensure_writable_dir``. ``exclusive``: never
     replace a file at ``path`` (FileExistsError), even one another process puts there meanwhile.
+    A write that fails for want of disk (``disk_problem``) is a BenchError too: "<path>: cannot write
+    <what> (<why>)<retry>", ``retry`` by default asking to free space and run the command again.
     """
+    retry = retry or _RETRY
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{TEMP_MARK}", suffix=suffix)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{TEMP_MARK}{writer_tag()}", suffix=suffix)
         os.close(fd)
     except OSError as exc:
-        raise BenchError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise BenchError(f"{path}: cannot write{what and ' ' + what} ({exc.strerror or exc}){retry}") from None
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would stay with the file after the rename
@@ -288,8 +293,11 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp"
             _link_new(tmp, path)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = disk_problem(exc, path.parent)  # before the temp file goes: then the disk has room again
         Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise BenchError(f"{path}: cannot write{what and ' ' + what} ({full}){retry}") from exc
         raise
     _fsync_dir(path.parent)
     # what killed writers left here (a later write of any file in the folder, so also a run never written again)
@@ -315,18 +323,60 @@ def _link_new(tmp: str, path: Path) -> None:
 
 TEMP_MARK = "bench-"  # in every temp name: sweeping never touches files of other programs (a report's --out folder)
 ORPHAN_AGE_S = 24 * 3600  # a temp file this old was left by a killed writer; a live one is minutes old
+_WRITER = re.compile(r"(\d+)@([^~/]+)~")  # writer_tag() inside a temp name
+_RETRY = "; free space (or fix the folder) and run the command again"
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def writer_tag() -> str:
+    """``<pid>@<host>~``: which process writes a temp file, so that one a dead process left on this
+    host is removed at once (``remove_orphans``), not a day later."""
+    return f"{os.getpid()}@{socket.gethostname()}~"
+
+
+def dead_writer(name: str) -> bool:
+    """Whether the temp ``name`` carries the tag of a process on this host that no longer runs."""
+    found = _WRITER.search(name)
+    if found is None or found[2] != socket.gethostname():
+        return False  # untagged (older files), or another machine's on a shared disk: age decides
+    try:
+        os.kill(int(found[1]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):  # another user's live process; a pid no system has
+        return False
+    return False
 
 
 def remove_orphans(folder: Path, pattern: str) -> None:
     """Remove what killed writers left in ``folder``: temp files or folders matching ``pattern``
-    (a glob), once older than ``ORPHAN_AGE_S`` (younger ones may belong to a live writer)."""
+    (a glob) whose writer, a process of this host, is gone, or that are older than ``ORPHAN_AGE_S``
+    (younger ones of other hosts may belong to a live writer)."""
     now = time.time()
     for stale in Path(folder).glob(pattern):
         try:
-            if now - stale.lstat().st_mtime > ORPHAN_AGE_S:
+            if dead_writer(stale.name) or now - stale.lstat().st_mtime > ORPHAN_AGE_S:
                 shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
         except OSError:  # renamed or removed meanwhile, another user's, a stale NFS handle: best effort
             pass
+
+
+def disk_problem(exc: BaseException, folder: Path) -> str | None:
+    """Why a write into ``folder`` failed where the disk is the cause, else None: an OSError of a full
+    disk, a quota or a read-only mount anywhere in the exception's chain, or a write that failed
+    while the disk has no room left (torch.save reports a full disk as RuntimeError "unexpected pos")."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_ERRNOS:
+            return seen.strerror or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, (OSError, RuntimeError)):
+        try:
+            if shutil.disk_usage(folder).free < 1 << 20:
+                return f"no space left on the disk of {folder}"
+        except OSError:
+            pass
+    return None
 
 
 def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> Path:
@@ -348,8 +398,12 @@ def ensure_writable_dir(directory: Path, option: str = "--results") -> Path:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe-")
-        os.close(fd)
-        os.unlink(probe)
+        try:  # some bytes, synced: creating an empty file succeeds on a full disk
+            os.write(fd, bytes(1 << 16))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
     except OSError as exc:
         raise BenchError(f"{directory}: not writable ({exc.strerror or exc}); choose another {option}") from None
     return directory

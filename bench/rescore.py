@@ -98,8 +98,14 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
     if code_changed(rec):  # weights that still fit can meet other code: the numbers would be neither's
         warnings.warn(f"run {rec['run_id']}: {rec['model']}'s code changed since it trained; its weights are "
                       f"{what} with the code as it is now", stacklevel=2)
+    try:
+        state = load_checkpoint(path)["model"]
+    except BenchError:  # a damaged file: deleting it would leave the run nothing to score
+        raise BenchError(f"run {rec['run_id']}: {path}: unreadable (damaged or cut short), so its weights cannot be "
+                         f"{what}; train the run again (remove records/{rec['run_id']}.json and runs/{rec['run_id']}/, "
+                         "then bench run)") from None
     try:  # weights the model's code no longer fits (a plugin edited since): one line naming the keys
-        strict_load(model, load_checkpoint(path)["model"], str(path))
+        strict_load(model, state, str(path))
     except BenchError as exc:
         raise BenchError(f"run {rec['run_id']}: {exc}; the model's code changed since the run was trained") from None
     deterministic_kernels()  # cuDNN's kernel choice fixed, as when the run was scored

@@ -137,12 +137,39 @@ def _preprocess_volumes(dataset, protocol: Protocol, bar, main: bool) -> None:
     distributed.barrier()
 
 
-def _tensorboard(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a declared dependency; tolerate its absence in odd installs
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tb"))
+class _TensorBoard:
+    """TensorBoard scalars under ``run_dir/tb`` that never stop a run: a log that cannot be written (a
+    full disk: its writer thread fails, then every call) warns once and logs no more. The run's own
+    writes then report the disk in one line."""
+
+    def __init__(self, run_dir: Path):
+        self._dir, self._writer = run_dir / "tb", None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is a declared dependency; tolerate its absence in odd installs
+            return
+        self._call(lambda: setattr(self, "_writer", SummaryWriter(log_dir=str(self._dir))))
+
+    def _call(self, do) -> None:
+        try:
+            do()
+        except Exception as exc:  # noqa: BLE001 (an OSError, or the writer thread's failure surfacing)
+            warnings.warn(f"{self._dir}: TensorBoard log stopped ({type(exc).__name__}: {exc}); the run goes on",
+                          stacklevel=3)
+            self._writer = None
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        if self._writer is not None:
+            self._call(lambda: self._writer.add_scalar(*args, **kwargs))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._call(self._writer.close)
+            self._writer = None
+
+
+def _tensorboard(run_dir: Path) -> _TensorBoard:
+    return _TensorBoard(run_dir)
 
 
 def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: bool = False,

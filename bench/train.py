@@ -10,6 +10,7 @@ VM-UNet set it; ops outside cuDNN that use atomics (e.g. some backward passes) c
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import math
 import os
@@ -200,13 +201,8 @@ def save_checkpoint(obj: Any, path: Path) -> None:
 
 
 def _atomic_file(path: Path, write: Callable[[Path], None]) -> None:
-    try:
-        records.atomic_write(path, write)
-    except (OSError, RuntimeError) as exc:  # a full disk; torch reports a failed write as RuntimeError
-        if isinstance(exc, RuntimeError) and "writ" not in str(exc):  # not a write: a bug, its own traceback
-            raise
-        raise BenchError(f"{path}: cannot write the checkpoint ({str(exc).strip().splitlines()[0][:200]}); "
-                         "free space and run it again with --resume") from exc
+    # a full disk, a folder gone read-only: one line (records.disk_problem)
+    records.atomic_write(path, write, what="the checkpoint", retry="; free space and run it again with --resume")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -300,6 +296,10 @@ def train_model(
     last = ckpt_dir / LAST
     here = env.short_fingerprint(env.fingerprint(device))
     devices = [here]  # where the training ran: a resume on another device (or thread count) is not bit-identical
+    if not resume and w.main and last.is_file():  # days of training, replaced unsaid at the first epoch's end
+        written = dt.datetime.fromtimestamp(last.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+        warnings.warn(f"{last}: an earlier attempt's checkpoint (written {written}); training afresh replaces it "
+                      "(--resume continues it)", stacklevel=2)
     # rank 0's view for every rank: one rank resuming while another starts afresh would never meet again
     if resume and distributed.gather_objects(last.is_file() if w.main else None)[0]:
         state = load_checkpoint(last)

@@ -350,6 +350,39 @@ def test_two_shards_share_one_results_dir(tmp_path):
     assert bad.returncode == 2 and "--shard must be K/N" in bad.stderr
 
 
+def test_a_run_another_process_trains_is_skipped_not_trained_twice(tmp_path):
+    """Two processes given one grid (a shard started twice, a requeued job whose first copy still
+    runs) both trained the run; the second replaced the weights behind the first's record and then
+    failed. A run claimed by a live process is skipped; one whose process died is taken over."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from bench.claim import CLAIM, claim_run
+
+    base = ["run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
+            "--results", tmp_path, *FAST]
+    _bench(*base)
+    (record,) = (tmp_path / "records").glob("*.json")
+    run_id = record.stem
+    record.unlink()  # as if not finished yet
+    weights = (tmp_path / "runs" / run_id / "checkpoints" / "final.pt").read_bytes()
+    with claim_run(tmp_path, run_id) as claim:  # this test's process trains it, as far as anyone can tell
+        held = _bench(*base)
+        assert f"{run_id}: being run by pid {os.getpid()} on {socket.gethostname()} since" in held.stdout
+        assert not record.exists() and (tmp_path / "runs" / run_id / "checkpoints" / "final.pt").read_bytes() == weights
+        assert claim.path.exists()
+    assert not (tmp_path / "runs" / run_id / CLAIM).exists()  # released
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "runs" / run_id / CLAIM).write_text(json.dumps(
+        {"writer": f"{gone.stdout.strip()}@{socket.gethostname()}~", "started": "2026-01-01T00:00:00+00:00"}))
+    taken = _bench(*base)  # a killed process's claim: taken over, trained, released
+    assert "being run by" not in taken.stdout and record.exists()
+    assert not (tmp_path / "runs" / run_id / CLAIM).exists()
+
+
 def test_a_failed_run_closes_its_training_log(tmp_path, monkeypatch):
     """A run that fails after training closes its TensorBoard writer (its file and flush thread;
     the scalars logged so far are on disk) and writes no record."""
@@ -384,6 +417,32 @@ def test_a_failed_run_closes_its_training_log(tmp_path, monkeypatch):
     (run_dir,) = (tmp_path / "runs").iterdir()
     steps, losses = _tb_scalars(run_dir / "tb")["train/loss"]
     assert steps == [1, 2, 3, 4] and all(v > 0 for v in losses)
+
+
+def test_a_training_log_that_cannot_be_written_never_stops_the_run(tmp_path, monkeypatch):
+    """A disk filling up failed TensorBoard's writer first: its thread's traceback, then add_scalar
+    raised out of the training loop. The log stops with one warning; the run finishes."""
+    import errno
+
+    import torch.utils.tensorboard
+
+    class FullDisk:
+        def __init__(self, log_dir):
+            pass
+
+        def add_scalar(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch.utils.tensorboard, "SummaryWriter", FullDisk)
+    with pytest.warns(UserWarning, match=r"tb: TensorBoard log stopped \(OSError: .*No space left on device\); the run "
+                                         r"goes on") as said:
+        result = runner.invoke(app, ["run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol",
+                                     "smoke", "--results", str(tmp_path), *FAST])
+    assert result.exit_code == 0, result.output
+    assert len(records.load(tmp_path)) == 1 and sum("TensorBoard" in str(w.message) for w in said) == 1
 
 
 def test_no_pretrained_trains_from_scratch_off_protocol(tmp_path):

@@ -76,14 +76,31 @@ def test_nnunet_volumes_are_written_as_nnunet_does(tmp_path):
 
     # a killed predict resumes: files already there are kept, a missing one is written again, and
     # the temp file it was writing (named with the real ending, which other tools would pick up) goes
+    # (its name says which process wrote it: one still running, a second predict into the same folder,
+    # keeps its file; the first predict deleted it under the other's feet)
+    import socket
+    import subprocess
+    import sys
+
+    from bench.records import TEMP_MARK, writer_tag
+
     first = sorted(files.values())[0]
     stamp = {n: os.stat(folder / n).st_mtime_ns for n in files.values()}
     (folder / first).unlink()
-    (folder / f".{first}.k1ll3d.tmp.nii.gz").write_bytes(b"half")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (folder / f".{first}.{TEMP_MARK}{gone.stdout.strip()}@{socket.gethostname()}~k1ll3d.tmp.nii.gz").write_bytes(b"half")
+    live = folder / f".{first}.{TEMP_MARK}{writer_tag()}wr1t1ng.tmp.nii.gz"
+    live.write_bytes(b"being written")
     assert predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)[1] == 1
     assert all(os.stat(folder / n).st_mtime_ns == stamp[n] for n in files.values() if n != first)
-    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert [p for p in folder.iterdir() if p.name.startswith(".")] == [live]  # the dead writer's went
+    live.unlink()
     assert json.loads((folder / MANIFEST).read_text())["complete"] is True
+    text = (folder / MANIFEST).read_text()
+    (folder / MANIFEST).write_text(text[: len(text) // 2])  # cut short
+    with pytest.raises(BenchError, match=rf"{MANIFEST}: not readable JSON \(cut short\?\); delete .* and predict again"):
+        predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
+    (folder / MANIFEST).write_text(text)
 
     # files of other weights are never mixed in: the manifest names the weights they came from
     manifest = json.loads((folder / MANIFEST).read_text())

@@ -150,6 +150,42 @@ def test_temp_files_of_killed_writes_go_when_old(tmp_path):
     assert len(load(tmp_path)) == 1
 
 
+def test_temp_files_of_a_dead_writer_on_this_host_go_at_once(tmp_path):
+    """A killed checkpoint write's temp file (hundreds of MB) stayed a day, also beside a run resumed
+    and finished at once: temp names carry their writer (pid@host), so one whose process is gone on
+    this host goes at the next write; a live writer's, or another host's on a shared disk, stays."""
+    import socket
+    import subprocess
+    import sys
+
+    rec = make_record()
+    folder = records.record_path(tmp_path, rec["run_id"]).parent
+    folder.mkdir(parents=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    dead = folder / f".a.json.{records.TEMP_MARK}{gone.stdout.strip()}@{host}~x1.tmp"
+    live = folder / f".b.json.{records.TEMP_MARK}{records.writer_tag()}x2.tmp"
+    elsewhere = folder / f".c.json.{records.TEMP_MARK}{gone.stdout.strip()}@another-host.example~x3.tmp"
+    for path in (dead, live, elsewhere):
+        path.write_text("{")
+    write_record(rec, tmp_path)
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == sorted([live.name, elsewhere.name])
+
+
+def test_the_writable_probe_finds_a_full_disk(tmp_path, monkeypatch):
+    """An empty probe file is created on a full disk too: the folder passed, and the run failed at
+    its first checkpoint. The probe writes and syncs some bytes."""
+    import errno
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(records.os, "write", full)
+    with pytest.raises(BenchError, match=r"not writable \(No space left on device\); choose another --results"):
+        records.ensure_writable_dir(tmp_path / "res")
+    assert not [p for p in (tmp_path / "res").iterdir()]  # the probe is gone
+
+
 def test_a_sweep_that_cannot_remove_a_leftover_never_fails_the_write(tmp_path, monkeypatch):
     """Another user's leftover in a shared folder, a stale NFS handle: the record is written all the same."""
     import pathlib

@@ -118,6 +118,12 @@ def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
     with pytest.raises(BenchError, match=rf"run {rec['run_id']}: .*final\.pt does not match UNet: missing 0 \[none\]; "
                                          r"unexpected 0 \[none\]; mis-shaped \d+ \[.*; the model's code changed since"):
         rescore_record(widened, "strict", copy, CPU)
+    # a damaged weights file: said so (it read "delete it to restart; the model's code changed")
+    blob = weights_path(copy, rec).read_bytes()
+    weights_path(copy, rec).write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(BenchError, match=rf"run {rec['run_id']}: .*final\.pt: unreadable \(damaged or cut short\), so "
+                                         r"its weights cannot be rescored; train the run again"):
+        rescore_record(rec, "strict", copy, CPU)
     weights_path(copy, rec).unlink()
     with pytest.raises(BenchError, match=r"final\.pt: not found"):
         rescore_record(rec, "strict", copy, CPU)

@@ -383,18 +383,37 @@ def test_a_resume_on_other_threads_is_said_and_recorded(synapse_root, tmp_path):
 
 
 def test_a_failed_checkpoint_write_is_one_error_and_leaves_nothing(synapse_root, tmp_path, monkeypatch):
-    """A full disk while writing last.pt: a torch traceback, and the half-written temp file stayed."""
+    """A full disk while writing last.pt: a torch traceback, and the half-written temp file stayed.
+    torch 2.13 says only "unexpected pos" then: the disk's free space tells the cause."""
+    import collections
+    import errno
+
+    from bench import records
+
     ds = open_dataset("synapse", synapse_root)
 
     def full_disk(obj, path, *a, **k):
         Path(path).write_bytes(b"half")
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 189184 vs 189080")
 
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(records.shutil, "disk_usage", lambda folder: usage(10 << 20, 10 << 20, 0))
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(BenchError, match=r"checkpoints/last\.pt: cannot write the checkpoint \(\[enforce fail.*free space "
-                                         r"and run it again with --resume"):
+    with pytest.raises(BenchError, match=r"checkpoints/last\.pt: cannot write the checkpoint \(no space left on the "
+                                         r"disk of .*checkpoints\); free space and run it again with --resume$"):
         train_model(_tiny_unet(ds), ds, _proto(), seed=0, run_dir=tmp_path, device=torch.device("cpu"))
     assert not [p.name for p in (tmp_path / "checkpoints").iterdir()]
+
+    def enospc(obj, path, *a, **k):  # a Python write's own error, wherever in the chain
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as exc:
+            raise RuntimeError("write failed") from exc
+
+    monkeypatch.setattr(torch, "save", enospc)
+    monkeypatch.setattr(records.shutil, "disk_usage", lambda folder: usage(10 << 20, 0, 10 << 20))
+    with pytest.raises(BenchError, match=r"last\.pt: cannot write the checkpoint \(No space left on device\); free"):
+        train_model(_tiny_unet(ds), ds, _proto(), seed=0, run_dir=tmp_path / "c", device=torch.device("cpu"))
 
     def a_bug(obj, path, *a, **k):  # not a write failure: its own error, not "free space"
         raise RuntimeError("Can't pickle local object")
@@ -402,6 +421,16 @@ def test_a_failed_checkpoint_write_is_one_error_and_leaves_nothing(synapse_root,
     monkeypatch.setattr(torch, "save", a_bug)
     with pytest.raises(RuntimeError, match="Can't pickle"):
         train_model(_tiny_unet(ds), ds, _proto(), seed=0, run_dir=tmp_path / "b", device=torch.device("cpu"))
+
+
+def test_training_afresh_over_an_earlier_attempt_says_so(synapse_root, tmp_path):
+    """A killed run started again without --resume threw its checkpoint away unsaid."""
+    ds = open_dataset("synapse", synapse_root)
+    proto = _proto(max_iterations=0, epochs=1, batch_size=16)
+    train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
+    with pytest.warns(UserWarning, match=r"checkpoints/last\.pt: an earlier attempt's checkpoint \(written "
+                                         r"\d{4}-\d\d-\d\d \d\d:\d\d\); training afresh replaces it \(--resume continues it\)"):
+        train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
 
 
 def test_a_resume_from_the_last_epoch_rewrites_final(synapse_root, tmp_path):

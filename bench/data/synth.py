@@ -105,16 +105,16 @@ def synthetic_identity(root: str | Path) -> str | None:
     return "synthetic:" + hashlib.sha256(made.encode()).hexdigest()[:16]
 
 
-TEMP_SUFFIX = "tmp-"  # ".<folder>.tmp-<pid>-<random>": a folder being written
+TEMP_SUFFIX = "tmp-"  # ".<folder>.tmp-<pid>@<host>~<random>": a folder being written
 
 
 def write_atomically(out: Path, write: Callable[[Path], None]) -> Path:
-    from bench.records import ensure_writable_dir, remove_orphans  # here: bench.records imports pandas
+    from bench.records import ensure_writable_dir, remove_orphans, writer_tag  # here: bench.records imports pandas
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BenchError(f"{out}: already exists and is not empty; delete it or choose another folder")
     ensure_writable_dir(out.parent, "--out")
-    tmp = out.parent / f".{out.name}.{TEMP_SUFFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = out.parent / f".{out.name}.{TEMP_SUFFIX}{writer_tag()}{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         write(tmp)
