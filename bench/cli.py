@@ -472,10 +472,17 @@ def check(
     """
     from bench import drift, records
 
+    if prune and not update:
+        raise BenchError("--prune goes with --update (it drops baseline rows while rewriting the file)")
     df = records.load(results)
+    if df.empty or not (df["status"] == "finished").any():  # most likely not the folder meant: not drift
+        raise BenchError(f"No finished runs found in {results}: pass the --results folder of the grid's runs")
     if update:
+        before = len(drift.read_baseline(baseline)) if baseline.exists() else 0
         drift.write_baseline(df, baseline, prune=prune)
-        typer.echo(f"wrote baseline {baseline} from {len(df)} run(s)")
+        after = len(drift.read_baseline(baseline))
+        typer.echo(f"wrote baseline {baseline} from {len(df)} run(s): {after} rows"
+                   + (f" ({before - after} dropped by --prune)" if prune and before > after else ""))
         return
     result = drift.compare(baseline, df)
     typer.echo(result.render())
@@ -483,7 +490,9 @@ def check(
         n = result.counts()
         what = [f"{n['drift']} value(s) drifted past their tolerance" if n["drift"] else "",
                 f"{n['missing']} baseline row(s) have no value now" if n["missing"] else ""]
-        _echo_err(f"{' and '.join(w for w in what if w)}: see the rows marked above")
+        _echo_err(f"{' and '.join(w for w in what if w)}: see the rows marked above. If the change is meant, "
+                  f"`bench check --update --baseline {baseline} --results {results}` rewrites the values (hand-edited "
+                  "tolerances kept); else widen a row's tolerance (absolute, in its metric's unit) by hand")
         if result.moved():
             _echo_err(f"{result.moved()} of them are back under a tagged label ('name@hash', '(data …)', '(init …)'): "
                       "other runs in the results folder (another protocol version, other data or pretrained files) "

@@ -11,7 +11,9 @@ Baseline file (one row per board × model × metric; reviewers may edit ``tolera
 synthetic runs are keyed apart), ``value`` is the mean over the seeds that have one, in the record's
 units (Dice and friends in [0, 1]), ``tolerance`` is absolute. Where some seeds' value is NaN, a row
 ``<metric> nan runs`` counts them (tolerance 0): one NaN seed no longer makes the mean NaN on both
-sides, which passed whatever the other seeds did. An empty ``value`` is NaN.
+sides, which passed whatever the other seeds did. A row ``runs`` counts each model's finished runs
+(seeds × folds; tolerance 0): a seed whose run crashed (no record) moved the mean of the others by
+chance only. An empty ``value`` is NaN.
 
 Statuses of ``compare``:
 
@@ -44,6 +46,7 @@ STATUSES = ("ok", "drift", "missing", "new")
 
 Tolerance = float | Callable[[float], float]
 NAN_RUNS = " nan runs"  # the metric of a row counting a model's runs whose value is NaN
+RUNS = "runs"  # the metric of a row counting a model's finished runs
 # values are written with 6 significant digits (%.6g), which rounds them by up to 5e-6 of their size
 _WRITTEN_SLACK = 5.5e-6
 # Absolute tolerances. Overlap metrics live in [0, 1], so 0.02 is two DSC points; HD95 spreads
@@ -58,7 +61,13 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     # the last epoch's training loss: moves when a model's training path changes even where its
     # metrics cannot (a tiny model that still predicts only background scores DSC 0 either way)
     "train_loss": lambda v: max(1e-3, 0.01 * abs(v)) if not math.isnan(v) else 1e-3,
+    RUNS: 0.0,  # a count: exact
 }
+
+
+def _rule(metric: str) -> Tolerance | None:
+    """The default tolerance of a baseline row's metric (NaN-run counts: exact), None for others."""
+    return 0.0 if metric.endswith(NAN_RUNS) else DEFAULT_TOLERANCES.get(metric)
 
 
 def _current_values(df_runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -78,8 +87,9 @@ def _current_values(df_runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     for (dataset, protocol, policy, model), runs in df.groupby(
         ["board_dataset", "board_protocol", "policy", "model_label"], sort=True
     ):
+        rows.append((dataset, protocol, policy, model, RUNS, float(len(runs)), len(runs)))
         for metric in metrics:
-            if metric.endswith(NAN_RUNS):  # made with its metric's row, below
+            if metric.endswith(NAN_RUNS) or metric == RUNS:  # made with its metric's row, below; above
                 continue
             values = runs[metric] if metric in runs else pd.Series([math.nan] * len(runs))
             n = int(values.notna().sum())
@@ -97,6 +107,7 @@ def baseline_table(
     """The baseline rows ``write_baseline`` writes (metrics with no value at all are left out)."""
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     metrics = metrics or [m for m in DEFAULT_TOLERANCES if m in df_runs.columns]
+    metrics = [RUNS, *(m for m in metrics if m != RUNS)]
     tolerances.update({m + NAN_RUNS: 0.0 for m in metrics})  # a count: exact
     unknown = [m for m in metrics if m not in tolerances]
     if unknown:
@@ -126,33 +137,45 @@ def write_baseline(
     --results folder holding part of the grid, or none of it) are a BenchError unless ``prune``:
     an update never drops them, nor their tolerances, by accident.
     """
-    if df_runs.empty:
-        raise BenchError(f"no run records to write {path} from: is --results the folder of the grid's runs?")
+    if df_runs.empty or not (df_runs["status"] == "finished").any():
+        raise BenchError(f"no finished run records to write {path} from: is --results the folder of the grid's runs?")
+    # a baseline that does not read is an error: written afresh, it lost its hand-edited tolerances
+    # and rows unsaid (delete the file to start over)
+    old = read_baseline(path).set_index(_KEY) if Path(path).exists() else None
+    given = dict(tolerances or {})
+    # metrics a reviewer added to the baseline by hand (a per-class column: "dice/aorta") stay in it
+    added = [] if old is None or metrics else sorted(
+        {m for m in old.index.get_level_values("metric") if m in df_runs.columns and _rule(m) is None})
+    if added:
+        metrics = [m for m in DEFAULT_TOLERANCES if m in df_runs.columns] + added
+        tolerances = {**{m: math.nan for m in added}, **given}  # from the old rows, below
     table = baseline_table(df_runs, tolerances, metrics)
-    try:
-        old = read_baseline(path).set_index(_KEY) if Path(path).is_file() else None
-    except BenchError:  # a baseline of an older layout, or a broken one: written afresh
-        old = None
+    if added:  # those metrics' rows where the reviewer put them, not for every model and board
+        keys = pd.Series(list(table[_KEY].itertuples(index=False, name=None)), index=table.index)
+        table = table[~table["metric"].isin(added) | keys.isin(set(old.index))].reset_index(drop=True)
     if old is not None:
-        old = old[~old.index.duplicated(keep="last")]
         current = {tuple(k) for k in table[_KEY].itertuples(index=False)}
         kept = current | {(*k[:3], pre_tiny_label(k[3]), k[4]) for k in current}
         dropped = [k for k in old.index if tuple(k) not in kept]
-        if dropped and not prune:
-            first = " · ".join(str(v) for v in dropped[0])
-            raise BenchError(f"{path}: {len(dropped)} of its {len(old)} rows have no value in these runs (first: "
-                             f"{first}); run the whole grid into --results, or pass --prune to drop them")
+        fewer = [k for k, n in zip(table[_KEY].itertuples(index=False, name=None), table["value"])
+                 if k[4] == RUNS and k in old.index and n < old.loc[k, "value"]]
+        if (dropped or fewer) and not prune:
+            first = " · ".join(str(v) for v in (dropped or fewer)[0])
+            what = (f"{len(dropped)} of its {len(old)} rows have no value in these runs" if dropped else
+                    f"{len(fewer)} model(s) have fewer finished runs here than it counts")
+            raise BenchError(f"{path}: {what} (first: {first}); run the whole grid into --results, or pass --prune "
+                             "to drop them")
         for i, row in table.iterrows():
             key = tuple(row[c] for c in _KEY)
             bare = (*key[:3], pre_tiny_label(key[3]), key[4])
             if key not in old.index and bare not in current:  # a baseline from before labels named tiny configs
                 key = bare
-            rule = DEFAULT_TOLERANCES.get(row["metric"])
-            if key not in old.index or rule is None or row["metric"] in (tolerances or {}):
+            if key not in old.index or row["metric"] in given:
                 continue
-            value, tol = old.loc[key, "value"], old.loc[key, "tolerance"]
-            if not math.isclose(tol, rule(value) if callable(rule) else rule, rel_tol=1e-5, abs_tol=1e-12):
-                table.loc[i, "tolerance"] = tol  # set by hand
+            rule, value, tol = _rule(row["metric"]), old.loc[key, "value"], old.loc[key, "tolerance"]
+            if rule is None or not math.isclose(tol, rule(value) if callable(rule) else rule, rel_tol=1e-5,
+                                                 abs_tol=1e-12):
+                table.loc[i, "tolerance"] = tol  # set by hand (a row added by hand: its own)
     return atomic_write_text(Path(path), table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
 
 
@@ -163,26 +186,45 @@ def pre_tiny_label(label: str) -> str:
 
 
 def read_baseline(path: Path) -> pd.DataFrame:
+    """The baseline CSV, checked row by row: each problem names the file's line and what was expected."""
     path = Path(path)
+    if path.is_dir():
+        raise BenchError(f"{path}: is a folder; --baseline takes the baseline CSV file (results/baseline/smoke.csv)")
     if not path.is_file():
         raise BenchError(f"baseline file not found: {path} (`bench check --update --baseline {path}` writes one from "
                          "the --results runs)")
     try:
-        table = pd.read_csv(path, dtype={c: str for c in _KEY})
-    except (ValueError, pd.errors.ParserError) as exc:
+        table = pd.read_csv(path, dtype={c: str for c in _KEY}, skip_blank_lines=True)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise BenchError(f"{path}: not a readable baseline CSV ({exc})") from exc
     missing = [c for c in BASELINE_COLUMNS if c not in table.columns]
     if missing:
         raise BenchError(
             f"{path}: baseline CSV lacks column(s) {', '.join(missing)}; expected {', '.join(BASELINE_COLUMNS)}"
         )
+    if table.empty:
+        raise BenchError(f"{path}: holds no rows, so every check would pass; `bench check --update` writes them")
+    line = table.index + 2  # the file's line of each row (the header is line 1)
+    for col in _KEY:
+        blank = table[col].isna() | (table[col].astype(str).str.strip() == "")
+        if blank.any():
+            raise BenchError(f"{path}: line {line[blank.argmax()]}: empty {col!r}; every row names dataset, "
+                             "protocol, policy, model and metric")
     for col in ("value", "tolerance"):
-        try:
-            table[col] = pd.to_numeric(table[col])
-        except (ValueError, TypeError) as exc:
-            raise BenchError(f"{path}: column {col!r} must be numeric ({exc})") from exc
-    if table["tolerance"].isna().any() or (table["tolerance"] < 0).any():
-        raise BenchError(f"{path}: every row needs a tolerance >= 0")
+        numbers = pd.to_numeric(table[col], errors="coerce")
+        bad = numbers.isna() & table[col].notna() & (table[col].astype(str).str.strip().str.lower() != "nan")
+        if bad.any():
+            raise BenchError(f"{path}: line {line[bad.argmax()]}: {col} {table[col][bad].iloc[0]!r} is not a number")
+        table[col] = numbers
+    wrong = table["tolerance"].isna() | (table["tolerance"] < 0)
+    if wrong.any():
+        raise BenchError(f"{path}: line {line[wrong.argmax()]}: tolerance {table['tolerance'][wrong].iloc[0]}; every "
+                         "row needs a tolerance >= 0 (absolute, in the metric's unit)")
+    twice = table.duplicated(_KEY, keep=False)
+    if twice.any():
+        lines = [str(n) for n in line[twice]]
+        raise BenchError(f"{path}: lines {', '.join(lines[:2])} list one row twice "
+                         f"({' · '.join(table.loc[twice, _KEY].iloc[0])}); keep one")
     return table[BASELINE_COLUMNS]
 
 
@@ -263,7 +305,7 @@ def _status(baseline: float, current: float, n_values: float, tolerance: float) 
 def compare(baseline_csv: Path, df_runs: pd.DataFrame) -> DriftResult:
     """Compare ``df_runs`` (from ``records.load``) with the baseline file; see module docstring."""
     base = read_baseline(baseline_csv)
-    metrics = sorted(set(base["metric"]) | {m for m in DEFAULT_TOLERANCES if m in df_runs.columns})
+    metrics = sorted(set(base["metric"]) | {m for m in DEFAULT_TOLERANCES if m in df_runs.columns} | {RUNS})
     cur = _current_values(df_runs, metrics)
     merged = base.merge(cur, on=_KEY, how="outer", suffixes=("", "_cur"), indicator="side")
     # a NaN count on one side only, where the model has rows on both: 0 on the other, so a seed

@@ -47,7 +47,8 @@ def test_baseline_file_content(baseline):
     assert vm.loc["hd95", "value"] == pytest.approx(25.0) and vm.loc["hd95", "tolerance"] == pytest.approx(2.5)
     un = table[(table["model"] == "unet")].set_index("metric")
     assert un.loc["hd95", "tolerance"] == pytest.approx(4.0)
-    assert set(table["metric"]) == {"dice", "hd95", "iou", "train_loss"}  # acc/spe/sen: no values for Synapse
+    assert set(table["metric"]) == {"dice", "hd95", "iou", "train_loss", "runs"}  # acc/spe/sen: no values for Synapse
+    assert (vm.loc["runs", "value"], un.loc["runs", "value"], vm.loc["runs", "tolerance"]) == (2, 1, 0)
     assert un.loc["train_loss", "value"] == pytest.approx(0.123) and un.loc["train_loss", "tolerance"] == pytest.approx(0.00123)
     assert set(table["dataset"]) == {"synapse"} and set(table["policy"]) == {"legacy-synapse"}
 
@@ -100,12 +101,15 @@ def test_missing_metric_and_missing_model_fail(tmp_path, baseline):
     assert _row(result, "vmunet", "hd95")["status"] == "missing"
     assert _row(result, "vmunet", "dice")["status"] == "ok"
     assert _row(result, "unet", "dice")["status"] == "missing"
-    assert result.counts()["missing"] == 5  # vmunet hd95 + unet dice/hd95/iou/train_loss
+    assert result.counts()["missing"] == 6  # vmunet hd95 + unet dice/hd95/iou/train_loss/runs
+    # one of vmunet's two seeds left no record (a crashed run): its count drifts, whatever the mean does
+    assert _row(result, "vmunet", "runs")[["baseline", "current", "status"]].tolist() == [2, 1, "drift"]
 
 
 def test_new_model_does_not_fail(tmp_path, baseline):
     df = _runs(tmp_path, "now", [
-        make_record("vmunet", seed=0, dice=0.82, hd95=25.0),
+        make_record("vmunet", seed=0, dice=0.80, hd95=20.0),
+        make_record("vmunet", seed=1, dice=0.84, hd95=30.0),
         make_record("unet", seed=0, dice=0.70, hd95=40.0),
         make_record("swin_unet", seed=0, dice=0.79, hd95=21.0),
         make_record("unet", dataset="isic17", seed=0, dice=0.88),
@@ -120,7 +124,8 @@ def test_new_model_does_not_fail(tmp_path, baseline):
 
 def test_off_protocol_runs_are_not_compared_with_baseline(tmp_path, baseline):
     df = _runs(tmp_path, "now", [
-        make_record("vmunet", seed=0, dice=0.82, hd95=25.0),
+        make_record("vmunet", seed=0, dice=0.80, hd95=20.0),
+        make_record("vmunet", seed=1, dice=0.84, hd95=30.0),
         make_record("unet", seed=0, dice=0.70, hd95=40.0),
         make_record("unet", seed=1, dice=0.10, hd95=90.0, overrides={"epochs": 1}),
     ])  # fmt: skip
@@ -244,17 +249,53 @@ def test_render_plain_only_changes(tmp_path, baseline):
     assert "DRIFT" in text and " ok " not in text and "|" not in text.splitlines()[0]
 
 
-def test_update_rewrites_a_baseline_it_cannot_read(tmp_path):
-    """An older layout, an empty tolerance or a row written twice: --update writes the file afresh."""
+def test_a_baseline_that_does_not_read_is_refused_row_by_row_and_never_rewritten(tmp_path):
+    """--update over a baseline with one typo wrote it afresh, exit 0: rows and hand-set tolerances
+    gone unsaid. Now each problem names its line, and --update refuses the file as check does."""
     df = _runs(tmp_path, "now", [make_record("unet", seed=0, dice=0.7)])
     path = tmp_path / "b.csv"
-    path.write_text("dataset,model,metric,value\nsynapse,unet,dice,0.8\n")
     write_baseline(df, path)
+    good = path.read_text()
+    lines = good.splitlines()
+    cases = {  # what a hand edit can do to line 3 -> the error
+        lines[2].rsplit(",", 1)[0] + ",0.02x": r"line 3: tolerance '0\.02x' is not a number",
+        lines[2].rsplit(",", 1)[0] + ",-0.02": r"line 3: tolerance -0\.02; every row needs a tolerance >= 0",
+        lines[2].rsplit(",", 1)[0] + ",": r"line 3: tolerance nan; every row needs",
+        ",".join(["synapse", "", *lines[2].split(",")[2:]]): r"line 3: empty 'protocol'",
+        lines[1]: r"lines 2, 3 list one row twice \(synapse · synapse · legacy-synapse · unet · ",
+    }
+    for bad, why in cases.items():
+        path.write_text("\n".join([*lines[:2], bad, *lines[3:]]) + "\n")
+        with pytest.raises(BenchError, match=why):
+            compare(path, df)
+        with pytest.raises(BenchError, match=why):
+            write_baseline(df, path)
+        assert path.read_text().splitlines()[2] == bad  # untouched
+    path.write_text(lines[0] + "\n")
+    with pytest.raises(BenchError, match=r"holds no rows, so every check would pass"):
+        compare(path, df)
+    with pytest.raises(BenchError, match=r"is a folder; --baseline takes the baseline CSV file"):
+        compare(tmp_path, df)
+
+
+def test_update_keeps_rows_and_tolerances_set_by_hand(tmp_path):
+    """A per-class row added by hand ("dice/aorta") and a NaN-run count's tolerance set by hand were
+    dropped or reset by --update."""
+    recs = [make_record("unet", seed=0, dice=0.7), make_record("unet", seed=1, dice=0.7)]
+    recs[1]["metrics"]["hd95"] = None
+    df = _runs(tmp_path, "now", recs)
+    path = tmp_path / "b.csv"
+    write_baseline(df, path)
+    table = read_baseline(path)
+    table.loc[table["metric"] == "hd95 nan runs", "tolerance"] = 1.0
+    extra = pd.DataFrame([["synapse", "synapse", "legacy-synapse", "unet", "dice/aorta", 0.7, 0.05]],
+                         columns=BASELINE_COLUMNS)
+    pd.concat([table, extra]).to_csv(path, index=False)
+    write_baseline(df, path)
+    kept = read_baseline(path).set_index("metric")
+    assert kept.loc["hd95 nan runs", "tolerance"] == 1.0
+    assert kept.loc["dice/aorta", ["value", "tolerance"]].tolist() == [pytest.approx(0.7), 0.05]
     assert not compare(path, df).failed
-    table = pd.read_csv(path)
-    pd.concat([table, table]).to_csv(path, index=False)  # every row twice
-    write_baseline(df, path)
-    assert len(pd.read_csv(path)) == len(table)
 
 
 def test_update_never_drops_rows_by_accident(tmp_path, baseline):
@@ -263,7 +304,7 @@ def test_update_never_drops_rows_by_accident(tmp_path, baseline):
     before = baseline.read_text()
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(BenchError, match="no run records to write .*is --results the folder of the grid's runs"):
+    with pytest.raises(BenchError, match="no finished run records to write .*is --results the folder of the grid's runs"):
         write_baseline(load(empty), baseline)
     part = _runs(tmp_path, "part", [make_record("vmunet", seed=0, dice=0.80, hd95=20.0)])
     with pytest.raises(BenchError, match=r"baseline\.csv: \d+ of its \d+ rows have no value in these runs \(first: "
@@ -272,6 +313,14 @@ def test_update_never_drops_rows_by_accident(tmp_path, baseline):
     assert baseline.read_text() == before  # untouched
     write_baseline(part, baseline, prune=True)
     assert set(read_baseline(baseline)["model"]) == {"vmunet"}
+    # a model with fewer finished runs than the baseline counts: a partial grid too
+    two = tmp_path / "two.csv"
+    two.write_text(before)  # vmunet with 2 runs
+    one_seed = _runs(tmp_path, "one", [make_record("vmunet", seed=0, dice=0.80, hd95=20.0),
+                                       make_record("unet", seed=0, dice=0.70, hd95=40.0)])
+    with pytest.raises(BenchError, match=r"1 model\(s\) have fewer finished runs here than it counts \(first: "
+                                         r"synapse · synapse · legacy-synapse · vmunet · runs\)"):
+        write_baseline(one_seed, two)
 
 
 def test_rows_moved_by_other_runs_in_the_folder_are_told(tmp_path, baseline):
@@ -292,3 +341,24 @@ def test_rows_moved_by_other_runs_in_the_folder_are_told(tmp_path, baseline):
     assert cli.exit_code == 1 and f"{result.moved()} of them are back under a tagged label" in cli.output
     plain = compare(baseline, _runs(tmp_path, "plain", [make_record("vmunet", seed=0, dice=0.80, hd95=20.0)]))
     assert plain.failed and plain.moved() == 0  # rows really gone: no such hint
+
+
+def test_check_on_no_runs_is_a_user_error_not_drift(tmp_path, baseline):
+    """An empty or wrong --results printed every row MISSING and exited 1, as drift; a CI script
+    could not tell a typo from a regression. --prune alone was ignored."""
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    (tmp_path / "empty").mkdir()
+    cli = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", str(tmp_path / "empty")])
+    assert cli.exit_code == 1 and isinstance(cli.exception, BenchError)  # main() turns it into one line, exit 2
+    assert "No finished runs found in" in str(cli.exception)
+    cli = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", str(tmp_path), "--prune"])
+    assert "--prune goes with --update" in str(cli.exception)
+    df = _runs(tmp_path, "now", [make_record("vmunet", seed=0, dice=0.5, hd95=20.0),
+                                 make_record("vmunet", seed=1, dice=0.84, hd95=30.0),
+                                 make_record("unet", seed=0, dice=0.70, hd95=40.0)])
+    assert len(df) == 3
+    cli = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", str(tmp_path / "now")])
+    assert cli.exit_code == 1 and "bench check --update --baseline" in cli.output and "widen a row's tolerance" in cli.output
