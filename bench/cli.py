@@ -284,11 +284,16 @@ def run(
         # rank 0 claims the run (bench.claim: no other process trains it meanwhile) and its view of the
         # finished records decides for every rank (a record appearing meanwhile, or a network file
         # system's cache, would otherwise send ranks down different branches)
-        claim = claim_run(results, spec.key) if main else None
+        claim = None
         try:
+            if main:
+                done, rescored = record_path(results, spec.key).is_file(), rescored_twin(spec, results)
+                if not (done or rescored):
+                    claim = claim_run(results, spec.key)
+                    # finished by another process between the look and the claim: its record is there now
+                    done = not isinstance(claim, str) and record_path(results, spec.key).is_file()
             done, rescored, holder = distributed.gather_objects(
-                (record_path(results, spec.key).is_file(), rescored_twin(spec, results),
-                 claim if isinstance(claim, str) else None) if main else None)[0]
+                (done, rescored, claim if isinstance(claim, str) else None) if main else None)[0]
             if done:
                 old = main and code_changed(read_record(results, spec.key))
                 say(f"  {spec.key}: finished earlier, skipped" + (

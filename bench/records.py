@@ -365,12 +365,14 @@ def disk_problem(exc: BaseException, folder: Path) -> str | None:
     """Why a write into ``folder`` failed where the disk is the cause, else None: an OSError of a full
     disk, a quota or a read-only mount anywhere in the exception's chain, or a write that failed
     while the disk has no room left (torch.save reports a full disk as RuntimeError "unexpected pos")."""
-    seen = exc
-    while seen is not None:
+    seen, visited = exc, set()
+    while seen is not None and id(seen) not in visited:
         if isinstance(seen, OSError) and seen.errno in _DISK_ERRNOS:
             return seen.strerror or str(seen)
+        visited.add(id(seen))
         seen = seen.__cause__ or seen.__context__
-    if isinstance(exc, (OSError, RuntimeError)):
+    # an error that says nothing of its cause (not FileExistsError and the like, which have their own)
+    if isinstance(exc, RuntimeError) or (isinstance(exc, OSError) and exc.errno in (None, errno.EIO)):
         try:
             if shutil.disk_usage(folder).free < 1 << 20:
                 return f"no space left on the disk of {folder}"
