@@ -470,6 +470,7 @@ def check(
     update: Annotated[bool, typer.Option(help="(re)write the baseline from the current results instead")] = False,
     prune: Annotated[bool, typer.Option(help="with --update: drop baseline rows the current results have no value "
                                              "for (refused otherwise)")] = False,
+    changes_only: Annotated[bool, typer.Option(help="list only the rows that are not ok (a long grid's CI log)")] = False,
 ) -> None:
     """Compare current results with a baseline; exit 1 when any metric drifts past its tolerance.
 
@@ -490,7 +491,7 @@ def check(
                    + (f" ({before - after} dropped by --prune)" if prune and before > after else ""))
         return
     result = drift.compare(baseline, df)
-    typer.echo(result.render())
+    typer.echo(result.render(only_changes=changes_only))
     if result.failed:
         n = result.counts()
         what = [f"{n['drift']} value(s) drifted past their tolerance" if n["drift"] else "",

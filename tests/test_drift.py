@@ -362,3 +362,7 @@ def test_check_on_no_runs_is_a_user_error_not_drift(tmp_path, baseline):
     assert len(df) == 3
     cli = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", str(tmp_path / "now")])
     assert cli.exit_code == 1 and "bench check --update --baseline" in cli.output and "widen a row's tolerance" in cli.output
+    assert "| ok " in cli.output
+    short = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", str(tmp_path / "now"),
+                                     "--changes-only"])
+    assert short.exit_code == 1 and "| DRIFT " in short.output and "| ok " not in short.output
