@@ -2,12 +2,13 @@
 started twice, two people, a requeued job whose first copy still runs) never train one run at once.
 
 ``runs/<run_id>/.claim`` is created exclusively by the process that trains the run and names it
-(``<pid>@<host>~``, the tag of ``bench.records.writer_tag``, and when it started); a thread
-refreshes its time stamp while the run goes on, and the process removes it when the run ends, well
-or not. Another process finding it skips the run, unless the claim is dead: its process is gone
-(same host), or its time stamp is older than ``STALE_S`` (another host on a shared disk). Without
-claims the second process trained the whole run again and replaced the first's weights behind a
-record that had scored others.
+(``bench.records.writer_tag``: pid, host and pid namespace, plus the process's start time and when
+the run started); a thread renews its time stamp while the run goes on, and the process removes it
+when the run ends, well or not. Another process finding it skips the run, unless the claim is dead:
+its process is gone (this host and pid namespace: the pid decides, whatever the claim's age, so a
+suspended job keeps its runs), or its time stamp is older than ``STALE_S`` (another host on a shared
+disk). Without claims the second process trained the whole run again and replaced the first's
+weights behind a record that had scored others.
 """
 
 from __future__ import annotations
@@ -27,25 +28,35 @@ STALE_S = 600.0  # a claim of another host not renewed for this long was left by
 
 
 class Claim:
-    """A held claim: ``release()`` (or leaving the ``with`` block) stops its refresh and removes it."""
+    """A held claim: ``release()`` (or leaving the ``with`` block) stops its refresh and removes it,
+    if the file is still this claim's (never one another process made after taking it over)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, text: str):
+        self.path, self._text = path, text
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh, name=f"claim {path.parent.name}", daemon=True)
         self._thread.start()
 
+    def _ours(self) -> bool:  # the content, not the inode: a file made after ours was removed may reuse it
+        try:
+            return self.path.read_text(encoding="utf-8") == self._text
+        except FileNotFoundError:
+            return False
+
     def _refresh(self) -> None:
         while not self._stop.wait(REFRESH_S):
             try:
+                if not self._ours():  # removed (a user cleaning up) or taken over: nothing to keep alive
+                    return
                 os.utime(self.path)
-            except OSError:  # removed under us (a user cleaning up): nothing to keep alive
-                return
+            except OSError:  # a network file system's hiccup (ESTALE, EIO): try again next time
+                continue
 
     def release(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self.path.unlink(missing_ok=True)
+        if self._ours():
+            self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> Claim:
         return self
@@ -56,51 +67,71 @@ class Claim:
 
 def claim_run(results_dir: Path, run_id: str) -> Claim | str:
     """This process's claim on run ``run_id``, or who holds it ("pid 123 on node7 since 2026-12-05
-    03:00 UTC") where a live process does. A dead claim is taken over."""
+    03:00:00 UTC") where a live process does. A dead claim is taken over."""
     path = Path(results_dir) / "runs" / run_id / CLAIM
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(3):  # a dead claim removed, then created afresh; another taker may win the race
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
-            holder = _live_holder(path)
+            holder, judged = _holder(path)
             if holder is not None:
                 return holder
-            _remove_dead(path)
+            if not _remove_dead(path, judged):
+                return _holder(path)[0] or "another process (it took the run over just now)"
             continue
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"writer": records.writer_tag(), "pid": os.getpid(),
-                       "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}, fh)
-        return Claim(path)
-    return _live_holder(path) or "another process (its claim keeps changing hands)"
+        text = json.dumps({"writer": records.writer_tag(), "pid": os.getpid(), "proc_start": _proc_start(os.getpid()),
+                           "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")})
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return Claim(path, text)
+    return _holder(path)[0] or "another process (its claim keeps changing hands)"
 
 
-def _live_holder(path: Path) -> str | None:
-    """Who holds the claim at ``path`` where that process still runs, else None (it is dead)."""
+def _proc_start(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (Linux), which a reused pid does not share."""
     try:
-        age = time.time() - path.stat().st_mtime
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _holder(path: Path) -> tuple[str | None, str | None]:
+    """Who holds the claim at ``path`` where that process still runs (else None: it is dead), and the
+    content of the file judged."""
+    try:
+        stat = path.stat()
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return None
+        return None, None
     try:
         held = json.loads(text)
     except ValueError:  # being written this instant (empty), or damaged: its age decides
         held = {}
     tag = str(held.get("writer", ""))
     pid, _, host = tag.rstrip("~").partition("@")
-    if host and records.dead_writer(tag):
-        return None
-    if age > STALE_S:
-        return None
     since = str(held.get("started", "?")).replace("T", " ").replace("+00:00", " UTC")
-    return f"pid {pid} on {host} since {since}" if host else f"another process (claim {path})"
+    who = f"pid {pid} on {host.split(':')[0]} since {since}" if host else f"another process (claim {path})"
+    if host and records.here(tag):  # this host and pid namespace: the pid decides
+        alive = not records.dead_writer(tag) and held.get("proc_start") in (None, _proc_start(int(pid)))
+        return (who if alive else None), text
+    return (who if time.time() - stat.st_mtime <= STALE_S else None), text
 
 
-def _remove_dead(path: Path) -> None:
-    """Remove a dead claim; a rename first, so that two takers do not both remove a fresh one."""
+def _remove_dead(path: Path, judged: str | None) -> bool:
+    """Remove the dead claim at ``path`` (the file that read ``judged``); False where the file there
+    now is another (a live process took the run over meanwhile), which stays."""
     aside = path.with_name(f"{CLAIM}.{records.writer_tag()}dead")
     try:
         os.replace(path, aside)
-        aside.unlink(missing_ok=True)
     except FileNotFoundError:
+        return True
+    if aside.read_text(encoding="utf-8") == judged:
+        aside.unlink(missing_ok=True)
+        return True
+    try:  # a fresh claim moved aside: put it back (a hard link fails where yet another took the name)
+        os.link(aside, path)
+    except OSError:
         pass
+    aside.unlink(missing_ok=True)
+    return False

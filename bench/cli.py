@@ -279,7 +279,7 @@ def run(
         + (f" · {distributed.world().size} processes" if distributed.world().distributed else ""))
     for note in dict.fromkeys(n for spec in specs for n in spec.notes):  # which split, once each
         say(f"note: {note}")
-    failed = []
+    failed, held = [], []
     for spec in specs:
         # rank 0 claims the run (bench.claim: no other process trains it meanwhile) and its view of the
         # finished records decides for every rank (a record appearing meanwhile, or a network file
@@ -305,8 +305,8 @@ def run(
                 say(f"  {spec.key}: the same training was rescored under {spec.policy} ({rescored}), skipped")
                 continue
             if holder:
-                say(f"  {spec.key}: being run by {holder}, skipped (the same command later finds it finished, or "
-                    "takes it over if that process died)")
+                say(f"  {spec.key}: being run by {holder}, skipped")
+                held.append(spec.key)
                 continue
             try:
                 rec = run_one(spec, results_dir=results, device=dev, resume=resume, show_progress=progress)
@@ -334,7 +334,12 @@ def run(
     if failed:
         raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({', '.join(failed)}), the others finished; "
                          "after fixing the cause, the same command runs them again (finished runs are skipped; "
-                         "--resume continues a failed one from its last checkpoint)")
+                         "--resume continues a failed one from its last checkpoint)" + (
+                             f"; {len(held)} more were being run by other processes" if held else ""))
+    if held:  # not done here: a job requeued on another node before a killed one's claim went stale ends unfinished
+        raise BenchError(f"{len(held)} of {len(specs)} run(s) were being run by other processes and were skipped "
+                         f"({', '.join(held)}); the same command later finds them finished, or takes over those "
+                         "whose process died (with --resume, from their last checkpoint)")
 
 
 @app.command()
@@ -414,7 +419,13 @@ def rescore(
         if record_path(results, rescore_id(rec["run_id"], policy)).is_file():  # another rescore, meanwhile
             typer.echo(f"  {rescore_id(rec['run_id'], policy)}: scored meanwhile by another process, skipped")
             continue
-        new = rescore_record(rec, policy, results, dev, protocol)
+        try:
+            new = rescore_record(rec, policy, results, dev, protocol)
+        except BenchError:
+            if record_path(results, rescore_id(rec["run_id"], policy)).is_file():  # written while we scored
+                typer.echo(f"  {rescore_id(rec['run_id'], policy)}: scored meanwhile by another process, skipped")
+                continue
+            raise
         typer.echo(f"  {new['run_id']}: {_scores_text(new, unit=True)}")
 
 
@@ -484,11 +495,13 @@ def check(
     if df.empty or not (df["status"] == "finished").any():  # most likely not the folder meant: not drift
         raise BenchError(f"No finished runs found in {results}: pass the --results folder of the grid's runs")
     if update:
-        before = len(drift.read_baseline(baseline)) if baseline.exists() else 0
+        keys = drift.BASELINE_COLUMNS[:5]
+        rows = lambda: set(drift.read_baseline(baseline, allow_empty=True)[keys].itertuples(index=False))  # noqa: E731
+        before = rows() if baseline.exists() else set()
         drift.write_baseline(df, baseline, prune=prune)
-        after = len(drift.read_baseline(baseline))
-        typer.echo(f"wrote baseline {baseline} from {len(df)} run(s): {after} rows"
-                   + (f" ({before - after} dropped by --prune)" if prune and before > after else ""))
+        after = rows()
+        typer.echo(f"wrote baseline {baseline} from {len(df)} run(s): {len(after)} rows"
+                   + (f" ({len(before - after)} dropped by --prune)" if prune and before - after else ""))
         return
     result = drift.compare(baseline, df)
     typer.echo(result.render(only_changes=changes_only))

@@ -141,7 +141,7 @@ def write_baseline(
         raise BenchError(f"no finished run records to write {path} from: is --results the folder of the grid's runs?")
     # a baseline that does not read is an error: written afresh, it lost its hand-edited tolerances
     # and rows unsaid (delete the file to start over)
-    old = read_baseline(path).set_index(_KEY) if Path(path).exists() else None
+    old = read_baseline(path, allow_empty=True).set_index(_KEY) if Path(path).exists() else None
     given = dict(tolerances or {})
     # metrics a reviewer added to the baseline by hand (a per-class column: "dice/aorta") stay in it
     added = [] if old is None or metrics else sorted(
@@ -152,7 +152,8 @@ def write_baseline(
     table = baseline_table(df_runs, tolerances, metrics)
     if added:  # those metrics' rows where the reviewer put them, not for every model and board
         keys = pd.Series(list(table[_KEY].itertuples(index=False, name=None)), index=table.index)
-        table = table[~table["metric"].isin(added) | keys.isin(set(old.index))].reset_index(drop=True)
+        extra = table["metric"].isin(added + [m + NAN_RUNS for m in added])
+        table = table[~extra | keys.isin(set(old.index))].reset_index(drop=True)
     if old is not None:
         current = {tuple(k) for k in table[_KEY].itertuples(index=False)}
         kept = current | {(*k[:3], pre_tiny_label(k[3]), k[4]) for k in current}
@@ -185,8 +186,9 @@ def pre_tiny_label(label: str) -> str:
     return label.replace(" (tiny)", "").replace("(tiny, ", "(")
 
 
-def read_baseline(path: Path) -> pd.DataFrame:
-    """The baseline CSV, checked row by row: each problem names the file's line and what was expected."""
+def read_baseline(path: Path, allow_empty: bool = False) -> pd.DataFrame:
+    """The baseline CSV, checked row by row: each problem names the file's line and what was expected.
+    A header without rows is an error (every check would pass) unless ``allow_empty`` (an update)."""
     path = Path(path)
     if path.is_dir():
         raise BenchError(f"{path}: is a folder; --baseline takes the baseline CSV file (results/baseline/smoke.csv)")
@@ -194,7 +196,7 @@ def read_baseline(path: Path) -> pd.DataFrame:
         raise BenchError(f"baseline file not found: {path} (`bench check --update --baseline {path}` writes one from "
                          "the --results runs)")
     try:
-        table = pd.read_csv(path, dtype={c: str for c in _KEY}, skip_blank_lines=True)
+        table = pd.read_csv(path, dtype={c: str for c in _KEY}, skip_blank_lines=False)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise BenchError(f"{path}: not a readable baseline CSV ({exc})") from exc
     missing = [c for c in BASELINE_COLUMNS if c not in table.columns]
@@ -202,9 +204,12 @@ def read_baseline(path: Path) -> pd.DataFrame:
         raise BenchError(
             f"{path}: baseline CSV lacks column(s) {', '.join(missing)}; expected {', '.join(BASELINE_COLUMNS)}"
         )
-    if table.empty:
+    line = table.index + 2  # the file's line of each row (the header is line 1; blank lines kept, then dropped)
+    table = table[table.notna().any(axis=1)]
+    line = line[table.index]
+    table = table.reset_index(drop=True)
+    if table.empty and not allow_empty:
         raise BenchError(f"{path}: holds no rows, so every check would pass; `bench check --update` writes them")
-    line = table.index + 2  # the file's line of each row (the header is line 1)
     for col in _KEY:
         blank = table[col].isna() | (table[col].astype(str).str.strip() == "")
         if blank.any():

@@ -269,7 +269,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp"
     Temp file in the same directory (same filesystem, so the rename is atomic), ending in
     ``suffix`` (writers that pick the format from the name, e.g. nibabel, need it), fsync, then
     ``os.replace``; on any failure the temp file is removed and the target is untouched; a temp
-    file a killed process left is removed by a later write into the folder once a day old. A folder
+    file a killed process left is removed by a later write into the folder (``remove_orphans``). A folder
     that cannot be created or written in (no permission, a file in the way) is a BenchError naming
     ``path``; commands check theirs up front with ``ensure_writable_dir``. ``exclusive``: never
     replace a file at ``path`` (FileExistsError), even one another process puts there meanwhile.
@@ -328,17 +328,34 @@ _RETRY = "; free space (or fix the folder) and run the command again"
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
-def writer_tag() -> str:
-    """``<pid>@<host>~``: which process writes a temp file, so that one a dead process left on this
-    host is removed at once (``remove_orphans``), not a day later."""
-    return f"{os.getpid()}@{socket.gethostname()}~"
+def _where() -> str:
+    """``<host>:<pid namespace>``: where a pid means this process table (containers sharing a host
+    name, with host networking, have pid namespaces of their own)."""
+    try:
+        ns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        ns = ""
+    return f"{socket.gethostname()}:{ns}"
+
+
+def writer_tag(pid: int | None = None) -> str:
+    """``<pid>@<host>:<pid namespace>~`` of this process (or of ``pid`` here): which process writes a
+    temp file (or holds a run's claim), so that one a dead process left here is removed at once
+    (``remove_orphans``), not a day later."""
+    return f"{os.getpid() if pid is None else pid}@{_where()}~"
+
+
+def here(name: str) -> bool:
+    """Whether the writer tag in ``name`` is of this host and pid namespace (its pid can be checked)."""
+    found = _WRITER.search(name)
+    return found is not None and found[2] == _where()
 
 
 def dead_writer(name: str) -> bool:
-    """Whether the temp ``name`` carries the tag of a process on this host that no longer runs."""
+    """Whether the temp ``name`` carries the tag of a process here that no longer runs."""
     found = _WRITER.search(name)
-    if found is None or found[2] != socket.gethostname():
-        return False  # untagged (older files), or another machine's on a shared disk: age decides
+    if found is None or found[2] != _where():
+        return False  # untagged (older files), or another machine's (container's) on a shared disk: age decides
     try:
         os.kill(int(found[1]), 0)
     except ProcessLookupError:
@@ -401,7 +418,8 @@ def ensure_writable_dir(directory: Path, option: str = "--results") -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe-")
         try:  # some bytes, synced: creating an empty file succeeds on a full disk
-            os.write(fd, bytes(1 << 16))
+            if os.write(fd, bytes(1 << 16)) < 1 << 16:  # a short write: no room for them
+                raise OSError(errno.ENOSPC, "No space left on device")
             os.fsync(fd)
         finally:
             os.close(fd)

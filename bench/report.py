@@ -587,7 +587,7 @@ def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
         layout = (" · channels_last" if cl else "") + (" · torch.compile" if comp else "")
         title = f"Cost · input {shape} · {prec}{layout} · {fp}"
         none = [None] * len(g)  # columns a --no-timing profile has not got
-        flops = g["flops"] if "flops" in g else 2 * g["macs"]  # profiles keep both; 1 MAC = 2 FLOPs
+        flops = g["flops"].fillna(2 * g["macs"]) if "flops" in g else 2 * g["macs"]  # 1 MAC = 2 FLOPs
         table = pd.DataFrame({
             "model": profile_labels(g), "family": g["family"],
             "params": [_unit(v, 1e6, "M") for v in g["params"]],
@@ -804,8 +804,9 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
                     f"pattern up to 2^12 (else {stats.N_PERM} drawn), the pooled numbers recomputed per run and "
                     "averaged over runs; two-sided p, adjusted with Holm over the board's tests (a per-case test can "
                     "contradict a pooled gap)."
-                    + (" \"seed-averaged\": the models' runs do not pair up (other seeds or folds), so each model's "
-                       "counts are averaged over its runs first, a statistic near the board's."
+                    + (" \"seed-averaged\": the models' runs do not pair up (other seeds or folds), so the p tests "
+                       "another number, the pooled metric of each case's counts averaged over the model's runs, which "
+                       "can differ from the board values' difference, even in sign."
                        if (tests["test"] == "permutation (seed-averaged)").any() else "") + f" {rank_note}")
         else:
             note = (f"Reference: {ref}. Two-sided Wilcoxon signed-rank over the shared test cases (each case "

@@ -196,8 +196,16 @@ def lr_min_epoch(protocol: Protocol, epochs: int, steps_per_epoch: int, total: i
 
 def save_checkpoint(obj: Any, path: Path) -> None:
     """``torch.save`` through ``records.atomic_write``: a unique temp name (another host's process
-    on shared storage may have this pid), removed on failure; a failed write is one BenchError."""
-    _atomic_file(path, lambda tmp: torch.save(obj, tmp))
+    on shared storage may have this pid), removed on failure; a write failing for want of disk (full,
+    over quota, a file size limit) is one BenchError. torch writes through a Python file here, so
+    the disk's own error (ENOSPC, EDQUOT, EFBIG) reaches us, where its C++ writer says only
+    "unexpected pos"."""
+    _atomic_file(path, lambda tmp: _save(obj, tmp))
+
+
+def _save(obj: Any, path: Path) -> None:
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def _atomic_file(path: Path, write: Callable[[Path], None]) -> None:
@@ -257,7 +265,7 @@ def train_model(
     seed_everything(seed)
     ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    if w.main:  # what a kill during a checkpoint write left behind (once a day old: not a live writer's)
+    if w.main:  # what a kill during a checkpoint write left behind (a dead writer's; another host's once a day old)
         records.remove_orphans(ckpt_dir, ".*.tmp")
     data = TrainDataset(dataset, protocol, seed=seed)
     if len(data) == 0:

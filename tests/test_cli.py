@@ -361,6 +361,7 @@ def test_a_run_another_process_trains_is_skipped_not_trained_twice(tmp_path):
     import sys
 
     from bench.claim import CLAIM, claim_run
+    from bench.records import writer_tag
 
     base = ["run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
             "--results", tmp_path, *FAST]
@@ -370,14 +371,16 @@ def test_a_run_another_process_trains_is_skipped_not_trained_twice(tmp_path):
     record.unlink()  # as if not finished yet
     weights = (tmp_path / "runs" / run_id / "checkpoints" / "final.pt").read_bytes()
     with claim_run(tmp_path, run_id) as claim:  # this test's process trains it, as far as anyone can tell
-        held = _bench(*base)
+        held = _bench(*base, check=False)  # not done here: said, and not exit 0 (a requeued job would end)
         assert f"{run_id}: being run by pid {os.getpid()} on {socket.gethostname()} since" in held.stdout
+        assert held.returncode == 2 and f"1 of 1 run(s) were being run by other processes and were skipped ({run_id})" \
+            in held.stderr
         assert not record.exists() and (tmp_path / "runs" / run_id / "checkpoints" / "final.pt").read_bytes() == weights
         assert claim.path.exists()
     assert not (tmp_path / "runs" / run_id / CLAIM).exists()  # released
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / "runs" / run_id / CLAIM).write_text(json.dumps(
-        {"writer": f"{gone.stdout.strip()}@{socket.gethostname()}~", "started": "2026-01-01T00:00:00+00:00"}))
+        {"writer": writer_tag(int(gone.stdout)), "started": "2026-01-01T00:00:00+00:00"}))
     taken = _bench(*base)  # a killed process's claim: taken over, trained, released
     assert "being run by" not in taken.stdout and record.exists()
     assert not (tmp_path / "runs" / run_id / CLAIM).exists()

@@ -271,9 +271,14 @@ def test_a_baseline_that_does_not_read_is_refused_row_by_row_and_never_rewritten
         with pytest.raises(BenchError, match=why):
             write_baseline(df, path)
         assert path.read_text().splitlines()[2] == bad  # untouched
+    path.write_text("\n".join([*lines[:2], "", lines[2].rsplit(",", 1)[0] + ",x", *lines[3:]]) + "\n")
+    with pytest.raises(BenchError, match=r"line 4: tolerance 'x' is not a number"):  # the blank line counted
+        compare(path, df)
     path.write_text(lines[0] + "\n")
     with pytest.raises(BenchError, match=r"holds no rows, so every check would pass"):
         compare(path, df)
+    write_baseline(df, path)  # what the message asks for works
+    assert not compare(path, df).failed
     with pytest.raises(BenchError, match=r"is a folder; --baseline takes the baseline CSV file"):
         compare(tmp_path, df)
 

@@ -192,3 +192,42 @@ def test_a_claim_of_another_host_holds_while_fresh_and_is_taken_over_when_stale(
     assert claim_run(tmp_path, "r1").startswith(f"pid {os.getpid()} on ")  # ours now: a second taker waits
     taken.release()
     assert not path.exists() and [p.name for p in path.parent.iterdir()] == []
+
+
+def test_claims_of_this_host_go_by_the_pid_and_a_taken_over_claim_is_never_removed(tmp_path):
+    """A suspended job's claim (old time stamp, live process) was taken over after 10 minutes; a
+    second taker could move a fresh claim aside, and a released claim removed whatever file bore the
+    name, another process's too."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from bench import claim as claims
+    from bench.records import writer_tag
+
+    path = tmp_path / "runs" / "r1" / claims.CLAIM
+    path.parent.mkdir(parents=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        path.write_text(json.dumps({"writer": writer_tag(live.pid), "started": "2026-12-05T03:00:00+00:00",
+                                    "proc_start": claims._proc_start(live.pid)}))
+        os.utime(path, (time.time() - 10 * claims.STALE_S,) * 2)  # not renewed for long: suspended, say
+        assert claims.claim_run(tmp_path, "r1").startswith(f"pid {live.pid} on ")
+    finally:
+        live.kill()
+        live.wait()
+    taken = claims.claim_run(tmp_path, "r1")  # its process is gone now: taken over at once
+    assert isinstance(taken, claims.Claim)
+    # another process took the run over from us (say we were judged dead): our release leaves its claim
+    os.unlink(path)
+    path.write_text(json.dumps({"writer": writer_tag(1), "started": "2026-12-05T04:00:00+00:00"}))
+    taken.release()
+    assert path.exists() and json.loads(path.read_text())["writer"] == writer_tag(1)
+    # a claim judged dead, replaced by a live taker's before our rename: put back, not removed
+    judged = path.read_text()
+    os.unlink(path)
+    path.write_text(json.dumps({"writer": writer_tag(), "started": "2026-12-05T04:01:00+00:00"}))
+    assert claims._remove_dead(path, judged) is False and path.exists()
+    assert [p.name for p in path.parent.iterdir()] == [claims.CLAIM]

@@ -78,7 +78,6 @@ def test_nnunet_volumes_are_written_as_nnunet_does(tmp_path):
     # the temp file it was writing (named with the real ending, which other tools would pick up) goes
     # (its name says which process wrote it: one still running, a second predict into the same folder,
     # keeps its file; the first predict deleted it under the other's feet)
-    import socket
     import subprocess
     import sys
 
@@ -88,7 +87,7 @@ def test_nnunet_volumes_are_written_as_nnunet_does(tmp_path):
     stamp = {n: os.stat(folder / n).st_mtime_ns for n in files.values()}
     (folder / first).unlink()
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (folder / f".{first}.{TEMP_MARK}{gone.stdout.strip()}@{socket.gethostname()}~k1ll3d.tmp.nii.gz").write_bytes(b"half")
+    (folder / f".{first}.{TEMP_MARK}{writer_tag(int(gone.stdout))}k1ll3d.tmp.nii.gz").write_bytes(b"half")
     live = folder / f".{first}.{TEMP_MARK}{writer_tag()}wr1t1ng.tmp.nii.gz"
     live.write_bytes(b"being written")
     assert predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)[1] == 1

@@ -161,15 +161,18 @@ def test_temp_files_of_a_dead_writer_on_this_host_go_at_once(tmp_path):
     rec = make_record()
     folder = records.record_path(tmp_path, rec["run_id"]).parent
     folder.mkdir(parents=True)
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    host = socket.gethostname()
-    dead = folder / f".a.json.{records.TEMP_MARK}{gone.stdout.strip()}@{host}~x1.tmp"
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    dead = folder / f".a.json.{records.TEMP_MARK}{records.writer_tag(gone)}x1.tmp"
     live = folder / f".b.json.{records.TEMP_MARK}{records.writer_tag()}x2.tmp"
-    elsewhere = folder / f".c.json.{records.TEMP_MARK}{gone.stdout.strip()}@another-host.example~x3.tmp"
-    for path in (dead, live, elsewhere):
+    elsewhere = folder / f".c.json.{records.TEMP_MARK}{gone}@another-host.example:1~x3.tmp"
+    # a container sharing this host name, whose pids are another namespace's: its pid says nothing here
+    container = folder / f".d.json.{records.TEMP_MARK}{gone}@{socket.gethostname()}:1~x4.tmp"
+    for path in (dead, live, elsewhere, container):
         path.write_text("{")
     write_record(rec, tmp_path)
-    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == sorted([live.name, elsewhere.name])
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == sorted(
+        [live.name, elsewhere.name, container.name])
 
 
 def test_the_writable_probe_finds_a_full_disk(tmp_path, monkeypatch):

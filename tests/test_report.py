@@ -403,7 +403,7 @@ def test_cost_table_shows_throughput_where_measured():
             "precision": "fp32", "channels_last": False, "compiled": False, "latency_ms_median": 10.0,
             "latency_ms_p90": 11.0, "fps": 100.0}
     rows = [{**base, "model": "vmunet", "fingerprint": "gpu", "scan_backend": "torch", "throughput_batch": 64,
-             "throughput_fps": 812.5},
+             "throughput_fps": 812.5, "flops": 1e10},  # the others' (older profiles) NaN: 2 × macs
             {**base, "model": "unet", "fingerprint": "gpu", "scan_backend": None},  # batch 1 only
             {**base, "model": "vmunet", "fingerprint": "cpu x1", "scan_backend": "cpu"}]
     tables = cost_tables(pd.DataFrame(rows))

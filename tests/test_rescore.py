@@ -217,3 +217,24 @@ def test_rescored_records_say_where_they_were_scored_and_other_devices_are_warne
     assert other_device_warning([gpu, rec], CPU, "rescored") == (
         "runs scored on cuda are rescored on cpu: numbers can differ from the runs' own (autocast, TF32 and "
         "cuDNN kernels apply on CUDA only); --device cuda repeats their conditions")
+
+
+def test_a_record_another_rescore_wrote_meanwhile_skips_the_run(trained, tmp_path, monkeypatch):
+    """Two rescores of one folder: the slower one's exclusive write failed ("already exists") and
+    ended the command, the runs after it never scored."""
+    from typer.testing import CliRunner
+
+    import bench.rescore
+    from bench.cli import app
+
+    _, results, legacy = trained
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+
+    def raced(rec, policy, results_dir, *args, **kwargs):  # the other process finished first
+        record_path(results_dir, bench.rescore.rescore_id(rec["run_id"], policy)).write_text("{}")
+        raise BenchError("a record with that run_id already exists")
+
+    monkeypatch.setattr(bench.rescore, "rescore_record", raced)
+    out = CliRunner().invoke(app, ["rescore", "--policy", "strict", "--results", str(copy)])
+    assert out.exit_code == 0 and "scored meanwhile by another process, skipped" in out.output

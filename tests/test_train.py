@@ -392,8 +392,8 @@ def test_a_failed_checkpoint_write_is_one_error_and_leaves_nothing(synapse_root,
 
     ds = open_dataset("synapse", synapse_root)
 
-    def full_disk(obj, path, *a, **k):
-        Path(path).write_bytes(b"half")
+    def full_disk(obj, fh, *a, **k):
+        fh.write(b"half")
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 189184 vs 189080")
 
     usage = collections.namedtuple("usage", "total used free")

@@ -96,7 +96,7 @@ def synthetic_root(name: str, cache_dir: str | Path) -> Path:
     reader = get_reader(name)
     target = Path(cache_dir).expanduser() / f"{name}-synth-v{GENERATOR_VERSION}"
     if target.is_dir() and any(target.iterdir()):
-        remove_orphans(target.parent, f".*.{TEMP_SUFFIX}*")  # left by writers killed there, once a day old
+        remove_orphans(target.parent, f".*.{TEMP_SUFFIX}*")  # left by writers killed there
         return target
     try:
         return synthesize(reader.kind, target, seed=SYNTH_SEEDS.get(reader.name, 0))

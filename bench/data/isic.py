@@ -207,9 +207,9 @@ def size_mismatch(image: Path, hw: tuple[int, ...], mask_hw: tuple[int, ...]) ->
     """Why a mask of size ``mask_hw`` (H, W) does not fit its image, with the likely cause where the
     image carries an EXIF rotation (pixels are read as stored, as the authors' loaders read them;
     a mask drawn on the image as a viewer shows it is turned)."""
-    try:
+    try:  # a quarter turn (Orientation 5-8) swaps width and height: the mask fits the turned image
         with Image.open(image) as im:
-            turned = im.getexif().get(0x0112, 1) not in (1, None)  # the Orientation tag
+            turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8) and tuple(mask_hw) == tuple(hw)[::-1]
     except Exception:  # noqa: BLE001 (its read names an unreadable file)
         turned = False
     return (f"mask size {mask_hw[1]}x{mask_hw[0]} differs from image {image} ({hw[1]}x{hw[0]}); expected "
