@@ -231,3 +231,29 @@ def test_claims_of_this_host_go_by_the_pid_and_a_taken_over_claim_is_never_remov
     path.write_text(json.dumps({"writer": writer_tag(), "started": "2026-12-05T04:01:00+00:00"}))
     assert claims._remove_dead(path, judged) is False and path.exists()
     assert [p.name for p in path.parent.iterdir()] == [claims.CLAIM]
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
+    """Slurm (and torchrun) send SIGTERM before SIGKILL: the process died with no word, leaving its
+    claim and a temp file. Now it stops as on Ctrl-C: cleanup, one line, exit 130; --resume goes on."""
+    import time
+
+    from bench.data import synthesize
+
+    data = synthesize("synapse", tmp_path / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "bench", "run", "--models", "unet", "--tiny", "--dataset", "synapse", "--data-root",
+           str(data), "--protocol", "smoke", "--img-size", "32", "--max-iterations", "100000", "--threads", "1",
+           "--no-progress", "--results", str(tmp_path / "res")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "res").glob("runs/*/.claim")) and time.monotonic() < deadline:  # training now
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; the same command continues (bench run: with --resume, from the last checkpoint)" in err
+    assert "Traceback" not in err
+    leftovers = [p.name for p in (tmp_path / "res").rglob(".*") if p.name != ".bench-synthetic.json"]
+    assert leftovers == []  # no claim, no temp file
