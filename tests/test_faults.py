@@ -56,10 +56,9 @@ elif phase == "checkpoint":
             return save(obj, f, *a, **k)
         buf = io.BytesIO()
         save(obj, buf)
-        with open(f, "wb") as fh:  # the bytes a kill mid-write leaves behind
-            fh.write(buf.getvalue()[: len(buf.getvalue()) // 2])
-            fh.flush()
-            os.fsync(fh.fileno())
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])  # the bytes a kill mid-write leaves behind
+        f.flush()
+        os.fsync(f.fileno())
         die()
     torch.save = half_save
 elif phase == "eval":
