@@ -416,16 +416,16 @@ def rescore(
         return
     typer.echo(f"bench rescore: {len(todo)} run(s) to score under {policy} · device {dev}")
     for rec in todo:
-        if record_path(results, rescore_id(rec["run_id"], policy)).is_file():  # another rescore, meanwhile
-            typer.echo(f"  {rescore_id(rec['run_id'], policy)}: scored meanwhile by another process, skipped")
-            continue
-        try:
-            new = rescore_record(rec, policy, results, dev, protocol)
+        new_id = rescore_id(rec["run_id"], policy)
+        try:  # another rescore of the folder may write a run's record first, before or while this one scores
+            new = None if record_path(results, new_id).is_file() else rescore_record(rec, policy, results, dev, protocol)
         except BenchError:
-            if record_path(results, rescore_id(rec["run_id"], policy)).is_file():  # written while we scored
-                typer.echo(f"  {rescore_id(rec['run_id'], policy)}: scored meanwhile by another process, skipped")
-                continue
-            raise
+            if not record_path(results, new_id).is_file():
+                raise
+            new = None
+        if new is None:
+            typer.echo(f"  {new_id}: scored meanwhile by another process, skipped")
+            continue
         typer.echo(f"  {new['run_id']}: {_scores_text(new, unit=True)}")
 
 

@@ -230,7 +230,7 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path) -> list[Path]:
     the model's seeds (so each box has one value per test case); NaN DSC (both masks empty under
     ``strict``) is left out of the box. Classes in class-id order, models by median DSC.
     """
-    from bench.report import SYNAPSE_ORGANS, label_cases
+    from bench.report import class_display, label_cases
 
     out_dir = Path(out_dir)
     if df_cases is None or df_cases.empty or df_cases["dice"].notna().sum() == 0:
@@ -266,8 +266,7 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path) -> list[Path]:
                        flierprops={"markersize": 3})
             ax.plot([], [], color=colour, linewidth=6, alpha=0.6, label=model)  # legend handle
         ax.set_xticks(range(len(classes)))
-        synapse = key[0].split(" (")[0] == "synapse"  # the papers' organ names; other data keeps its own
-        ax.set_xticklabels([SYNAPSE_ORGANS.get(n, n) if synapse else n for n in classes], rotation=30, ha="right")
+        ax.set_xticklabels([class_display(n, key[0]) for n in classes], rotation=30, ha="right")
         ax.set_xlim(-0.6, len(classes) - 0.4)
         ax.set_ylabel("DSC (%) per test case")
         ax.set_title(f"Per-class DSC · {_board_title(key)}", fontsize=9)

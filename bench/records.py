@@ -353,9 +353,9 @@ def here(name: str) -> bool:
 
 def dead_writer(name: str) -> bool:
     """Whether the temp ``name`` carries the tag of a process here that no longer runs."""
-    found = _WRITER.search(name)
-    if found is None or found[2] != _where():
+    if not here(name):
         return False  # untagged (older files), or another machine's (container's) on a shared disk: age decides
+    found = _WRITER.search(name)
     try:
         os.kill(int(found[1]), 0)
     except ProcessLookupError:

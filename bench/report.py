@@ -213,11 +213,16 @@ def _class_columns(group: pd.DataFrame) -> list[str]:
     return out
 
 
+def class_display(name: str, dataset: str) -> str:
+    """A class as boards and plots name it: Synapse's organs as the papers print them, other data's own names."""
+    return SYNAPSE_ORGANS.get(name, name) if dataset.split(" (")[0] == "synapse" else name
+
+
 def _display_name(col: str, dataset: str = "") -> str:
     if col in METRICS:
         return METRICS[col][0]
     metric, name = col.split("/", 1)
-    name = SYNAPSE_ORGANS.get(name, name) if dataset.split(" (")[0] == "synapse" else name  # the papers' headers
+    name = class_display(name, dataset)
     return name if metric == "dice" else f"{name} {METRICS[metric][0]}"
 
 

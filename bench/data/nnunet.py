@@ -392,7 +392,7 @@ def same_geometry(image: Path, label: Path) -> bool:
         return True
 
 
-def _other_endings(root: Path, ending: str) -> str:
+def other_endings_hint(root: Path, ending: str) -> str:
     """"; and 6 '*.nii.gz' files: is file_ending '.nii.gz'?" where labelsTr holds files of another
     ending than dataset.json's (a wrong ``file_ending`` reads as a wrong ``numTraining``), else ""."""
     found = collections.Counter(
@@ -460,7 +460,7 @@ class NnUNetDataset(SegDataset):
         if len(self.cases) != self.meta["numTraining"]:
             raise BenchError(
                 f"{meta}: numTraining is {self.meta['numTraining']} but {self.root / 'labelsTr'} holds "
-                f"{len(self.cases)} '*{self.file_ending}' label files{_other_endings(self.root, self.file_ending)}"
+                f"{len(self.cases)} '*{self.file_ending}' label files{other_endings_hint(self.root, self.file_ending)}"
             )
         problems = image_file_problems(self.root, self.file_ending, self.cases, self.in_chans)
         if problems:

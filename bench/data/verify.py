@@ -271,7 +271,7 @@ def _check_nnunet(root: Path, report: _Report, reader) -> None:
     cases = nn_io.list_cases(root, ending)
     if len(cases) != meta["numTraining"]:
         report.add(meta_path, f"numTraining is {meta['numTraining']} but labelsTr holds {len(cases)} '*{ending}' files"
-                              f"{nn_io._other_endings(root, ending)}")
+                              f"{nn_io.other_endings_hint(root, ending)}")
     valid = set(meta["labels"].values())
     for case in cases:
         _check_nnunet_case(root, case, ending, n_ch, valid, report)
