@@ -180,7 +180,7 @@ def pair_files(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, Path
     pairs = list(zip(images, masks))
     # sorted order pairs "001.jpg" with "10_mask.png" ("10_" sorts before "1_"): where both names carry
     # numbers, they must share one, or the pairs are not what the names say
-    off = [(i, m) for i, m in pairs if _numbers(i.stem) and _numbers(m.stem) and not _numbers(i.stem) & _numbers(m.stem)]
+    off = [(i, m) for i, m in pairs if (a := _numbers(i.stem)) and (b := _numbers(m.stem)) and not a & b]
     if off:
         (i, m), more = off[0], len(off) - 1
         return [], [(m, f"paired by sorted file name with {i.name} (no mask is named after its image), but the "
@@ -224,13 +224,7 @@ def index_pairs(images_dir: Path, masks_dir: Path, prefix: str = "") -> dict[str
         shown = "; ".join(f"{p}: {msg}" for p, msg in problems[:6])
         more = f" (+{len(problems) - 6} more)" if len(problems) > 6 else ""
         raise BenchError(f"cannot pair images with masks: {shown}{more}")
-    index: dict[str, tuple[Path, Path]] = {}
-    for image, mask in pairs:
-        key = prefix + image.stem
-        if key in index:
-            raise BenchError(f"{image}: two images share the name {image.stem!r} in {images_dir}")
-        index[key] = (image, mask)
-    return index
+    return {prefix + image.stem: (image, mask) for image, mask in pairs}  # stems are unique (pair_files)
 
 
 class BinaryFolderDataset(SegDataset):
