@@ -495,13 +495,9 @@ def check(
     if df.empty or not (df["status"] == "finished").any():  # most likely not the folder meant: not drift
         raise BenchError(f"No finished runs found in {results}: pass the --results folder of the grid's runs")
     if update:
-        keys = drift.BASELINE_COLUMNS[:5]
-        rows = lambda: set(drift.read_baseline(baseline, allow_empty=True)[keys].itertuples(index=False))  # noqa: E731
-        before = rows() if baseline.exists() else set()
-        drift.write_baseline(df, baseline, prune=prune)
-        after = rows()
-        typer.echo(f"wrote baseline {baseline} from {len(df)} run(s): {len(after)} rows"
-                   + (f" ({len(before - after)} dropped by --prune)" if prune and before - after else ""))
+        rows, dropped = drift.write_baseline(df, baseline, prune=prune)
+        typer.echo(f"wrote baseline {baseline} from {len(df)} run(s): {rows} rows"
+                   + (f" ({dropped} dropped by --prune)" if dropped else ""))
         return
     result = drift.compare(baseline, df)
     typer.echo(result.render(only_changes=changes_only))

@@ -127,8 +127,9 @@ def write_baseline(
     tolerances: Mapping[str, Tolerance] | None = None,
     metrics: list[str] | None = None,
     prune: bool = False,
-) -> Path:
+) -> tuple[int, int]:
     """Write the baseline CSV for ``df_runs`` atomically; ``tolerances`` override the defaults.
+    Returns how many rows it wrote and how many rows of the old baseline ``prune`` dropped.
 
     A tolerance is an absolute number or a function of the baseline value (like the HD95 default).
     Where ``path`` already holds a baseline, a tolerance a reviewer edited there (one that is not
@@ -150,6 +151,7 @@ def write_baseline(
         metrics = [m for m in DEFAULT_TOLERANCES if m in df_runs.columns] + added
         tolerances = {**{m: math.nan for m in added}, **given}  # from the old rows, below
     table = baseline_table(df_runs, tolerances, metrics)
+    dropped: list = []
     if added:  # those metrics' rows where the reviewer put them, not for every model and board
         keys = pd.Series(list(table[_KEY].itertuples(index=False, name=None)), index=table.index)
         extra = table["metric"].isin(added + [m + NAN_RUNS for m in added])
@@ -177,7 +179,8 @@ def write_baseline(
             if rule is None or not math.isclose(tol, rule(value) if callable(rule) else rule, rel_tol=1e-5,
                                                  abs_tol=1e-12):
                 table.loc[i, "tolerance"] = tol  # set by hand (a row added by hand: its own)
-    return atomic_write_text(Path(path), table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
+    atomic_write_text(Path(path), table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
+    return len(table), len(dropped)
 
 
 def pre_tiny_label(label: str) -> str:

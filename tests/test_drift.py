@@ -371,3 +371,13 @@ def test_check_on_no_runs_is_a_user_error_not_drift(tmp_path, baseline):
     short = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", str(tmp_path / "now"),
                                      "--changes-only"])
     assert short.exit_code == 1 and "| DRIFT " in short.output and "| ok " not in short.output
+    part = _runs(tmp_path, "part", [make_record("vmunet", seed=0, dice=0.8, hd95=20.0),
+                                    make_record("vmunet", seed=1, dice=0.84, hd95=30.0)])
+    assert len(part) == 2
+    before = read_baseline(baseline)
+    gone = int((before["model"] == "unet").sum())
+    pruned = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", str(tmp_path / "part"),
+                                      "--update", "--prune"])
+    assert pruned.exit_code == 0, pruned.output
+    assert f"wrote baseline {baseline} from 2 run(s): {len(before) - gone} rows ({gone} dropped by --prune)" \
+        in pruned.output
