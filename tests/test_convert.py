@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -81,6 +82,8 @@ def test_btcv_becomes_transunets_synapse_layout(btcv, tmp_path):
 def test_convert_names_what_is_wrong(btcv, tmp_path):
     with pytest.raises(BenchError, match="no img/ and label/ folders"):
         btcv_to_synapse(tmp_path, tmp_path / "out")
+    with pytest.raises(BenchError, match=r"RawDta: not found; expected BTCV's RawData"):
+        btcv_to_synapse(tmp_path / "RawDta", tmp_path / "out")
     partial = tmp_path / "partial"
     shutil.copytree(btcv / "Training", partial)
     (partial / "img" / "img0040.nii.gz").unlink()
@@ -92,8 +95,19 @@ def test_convert_names_what_is_wrong(btcv, tmp_path):
         btcv_to_synapse(partial, tmp_path / "out")
     bad = nib.Nifti1Image(np.zeros((4, 4, 3), np.uint8), np.eye(4))
     nib.save(bad, partial / "label" / "label0040.nii.gz")
-    with pytest.raises(BenchError, match=r"label0040\.nii\.gz: shape \(4, 4, 3\) differs from its image"):
+    with pytest.raises(BenchError, match=r"img0040\.nii\.gz: shape \(z, y, x\) \(3, 10, 12\) differs from label "
+                                         r"label0040\.nii\.gz \(3, 4, 4\)"):
         btcv_to_synapse(partial, tmp_path / "out")
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), np.diag([0.7, 0.8, 5.0, 1])),
+             partial / "label" / "label0040.nii.gz")  # 5 mm slices, its image 2.5 mm: not one grid
+    with pytest.raises(BenchError, match=r"img0040\.nii\.gz: spacing \(z, y, x\) \(2\.5, 0\.8, 0\.7\) mm differs from "
+                                         r"label label0040\.nii\.gz \(5\.0, 0\.8, 0\.7\) mm"):
+        btcv_to_synapse(partial, tmp_path / "out")
+    shutil.copy(btcv / "Training" / "label" / "label0040.nii.gz", partial / "label")
+    nib.save(nib.Nifti1Image(np.zeros((*SHAPE, 1), np.float32), np.diag([*ZOOMS, 1])), partial / "img" / "img0040.nii.gz")
+    with pytest.raises(BenchError, match=r"img0040\.nii\.gz: expected a 3-D NIfTI volume, got shape \(12, 10, 3, 1\)"):
+        btcv_to_synapse(partial, tmp_path / "out")
+    shutil.copy(btcv / "Training" / "img" / "img0040.nii.gz", partial / "img")
     assert not (tmp_path / "out").exists()  # nothing half-written
     nib.save(nib.load(btcv / "Training" / "label" / "label0040.nii.gz"), partial / "label" / "label0040.nii")
     (partial / "label" / "label0040.nii.gz").unlink()
@@ -106,6 +120,41 @@ def test_convert_names_what_is_wrong(btcv, tmp_path):
     with pytest.raises(BenchError, match="already exists and is not empty"):
         btcv_to_synapse(btcv, tmp_path / "full")
 
+
+
+def test_labels_placed_apart_from_their_images_are_warned_about(btcv, tmp_path):
+    # nnU-Net warns when a label's affine differs from its image's: the arrays are converted as
+    # stored, and a label saved flipped with a flipped affine would lie mirrored on its image
+    raw = tmp_path / "raw"
+    shutil.copytree(btcv / "Training", raw)
+    label = nib.load(raw / "label" / "label0008.nii.gz")
+    flip = np.diag([-1.0, 1, 1, 1])
+    flip[0, 3] = SHAPE[0] - 1
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj)[::-1], label.affine @ flip), raw / "label" / "label0008.nii.gz")
+    shifted = label.affine.copy()
+    shifted[:3, 3] = 40.0
+    lab21 = nib.load(raw / "label" / "label0021.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(lab21.dataobj), shifted), raw / "label" / "label0021.nii.gz")
+    with pytest.warns(UserWarning) as said:
+        btcv_to_synapse(raw, tmp_path / "out")
+    (message,) = [str(w.message) for w in said]
+    assert message.startswith(f"{raw / 'label' / 'label0008.nii.gz'}: 2 of 30 labels differ from their image")
+    assert "this one: orientation LAS, its image's RAS; cases: case0008, case0021)" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        btcv_to_synapse(btcv, tmp_path / "clean")  # labels on their images' grids: not a word
+    shutil.rmtree(raw)
+    shutil.copytree(btcv / "Training", raw)
+    for kind in ("img", "label"):  # one case stored flipped, image and label alike
+        path = raw / kind / f"{kind}0021.nii.gz"
+        vol = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(vol.dataobj)[::-1], vol.affine @ flip), path)
+    with pytest.warns(UserWarning) as said:
+        btcv_to_synapse(raw, tmp_path / "turned")
+    (message,) = [str(w.message) for w in said]
+    assert message == (f"{raw / 'img' / 'img0021.nii.gz'}: orientation LAS, most images' RAS (1 of 30 differ: "
+                       "img0021.nii.gz); converted as stored, so their anatomy lies mirrored or turned against the "
+                       "other cases'")
 
 # --- Medical Segmentation Decathlon -------------------------------------------------------------
 

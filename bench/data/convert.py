@@ -14,6 +14,9 @@ datasets/README states and what public re-creations (SAMed's preprocess_data.py)
   papers' column order), mapped by organ name from BTCV's ids, so the converted ids are known,
   unlike those of the circulating files, which nobody documented; the other five structures
   (oesophagus, veins, adrenal glands) become background.
+- Geometry: the arrays are converted as stored, so a label must have its image's shape and
+  spacing (refused otherwise); labels whose NIfTI affine differs from their image's, and images in
+  another orientation than most, are warned about (nnU-Net's integrity check warns on both).
 - Split: TransUNet's 12 test volumes (``TRANSUNET_TEST_CASES``, as h5 volumes, in its list
   order) and every slice of the other 18 as training npz slices; ``spacing.csv`` from the NIfTI
   headers, so ``strict`` HD95 is in mm.
@@ -27,8 +30,10 @@ The output is written to a temporary folder and renamed when complete (nothing h
 
 from __future__ import annotations
 
+import collections
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +60,9 @@ def btcv_label_map() -> np.ndarray:
 
 def _btcv_files(raw: Path) -> dict[str, tuple[Path, Path]]:
     """{case id: (image, label)} from ``raw`` = RawData, RawData/Training or the folder with img/, label/."""
+    if not raw.is_dir():
+        raise BenchError(f"{raw}: {'not a folder' if raw.exists() else 'not found'}; expected BTCV's RawData (or "
+                         "RawData/Training, with img/ and label/)")
     for base in (raw, raw / "Training", raw / "RawData" / "Training"):
         if (base / "img").is_dir() and (base / "label").is_dir():
             break
@@ -86,24 +94,40 @@ def _read(img_path: Path, label_path: Path, table: np.ndarray) -> tuple[np.ndarr
     """Image float32 (D, H, W) in [0, 1], label uint8 class ids, spacing (d, h, w) in mm."""
     import nibabel as nib
 
+    from bench.data.nnunet import grid_mismatch, nifti_geometry
+
+    # headers first (cheap), by the rule the nnU-Net reader uses: one shape and one spacing
+    shape, spacing = nifti_geometry(img_path)
+    why = grid_mismatch(img_path, shape, spacing, label_path, *nifti_geometry(label_path))
+    if why:
+        raise BenchError(f"{img_path}: {why}")
     with reading(img_path, "a NIfTI volume"):
-        img = nib.load(str(img_path))
-        hu = np.asarray(img.get_fdata(dtype=np.float32))
-        zooms = tuple(float(f"{float(z):.7g}") for z in img.header.get_zooms()[:3])
+        hu = np.asarray(nib.load(str(img_path)).get_fdata(dtype=np.float32))
     with reading(label_path, "a NIfTI volume"):
         raw = np.asarray(nib.load(str(label_path)).dataobj)
     check_whole_ids(label_path, raw)
     raw = raw.astype(np.int16, copy=False)  # ids 0..13; 2 bytes a voxel, not 8 (volumes are ~40 M voxels)
-    if hu.ndim != 3 or raw.shape != hu.shape:
-        raise BenchError(f"{label_path}: shape {raw.shape} differs from its image {img_path} {hu.shape}; "
-                         f"expected two 3-D volumes of one shape")
     if raw.min() < 0 or raw.max() >= len(table):
         raise BenchError(f"{label_path}: label ids {int(raw.min())}..{int(raw.max())}; BTCV's are 0..13")
     lo, hi = HU_WINDOW
     np.clip(hu, lo, hi, out=hu)  # in place: no full-size temporaries
     hu -= lo
     hu /= hi - lo
-    return hu.transpose(2, 1, 0), table[raw].transpose(2, 1, 0), zooms[::-1]
+    return hu.transpose(2, 1, 0), table[raw].transpose(2, 1, 0), spacing
+
+
+def _placement(img_path: Path, label_path: Path) -> str | None:
+    """How a label's NIfTI affine places its voxels differently from its image's ("orientation LPS,
+    its image's RPS", or "origin"), or None. The arrays are converted as stored, so a label stored
+    flipped (its affine flipped too) would lie mirrored on its image; nnU-Net warns on both."""
+    import nibabel as nib
+
+    from bench.data.nnunet import same_geometry
+
+    if same_geometry(img_path, label_path):
+        return None
+    codes = ["".join(nib.aff2axcodes(nib.load(str(p)).affine)) for p in (label_path, img_path)]
+    return f"orientation {codes[0]}, its image's {codes[1]}" if codes[0] != codes[1] else "origin"
 
 
 def btcv_to_synapse(raw: str | Path, out: str | Path) -> Path:
@@ -113,6 +137,8 @@ def btcv_to_synapse(raw: str | Path, out: str | Path) -> Path:
 
     files = _btcv_files(Path(raw))
     table = btcv_label_map()
+    placed = {c: why for c, (img, lab) in files.items() if (why := _placement(img, lab))}
+    odd = _odd_orientations([img for img, _ in files.values()])
 
     def write(root: Path) -> None:
         import h5py
@@ -143,7 +169,30 @@ def btcv_to_synapse(raw: str | Path, out: str | Path) -> Path:
         rows = [f"{c},{d:g},{h:g},{w:g}" for c, (d, h, w) in sorted(spacing)]
         (root / syn.SPACING_FILE).write_text("case,d,h,w\n" + "\n".join(rows) + "\n")
 
-    return write_atomically(Path(out), write)
+    path = write_atomically(Path(out), write)
+    if placed:
+        first = next(iter(placed))
+        warnings.warn(f"{files[first][1]}: {len(placed)} of {len(files)} labels differ from their image in where "
+                      f"their voxels lie (NIfTI affines; this one: {placed[first]}; cases: {', '.join(placed)}); "
+                      "converted as stored, so those labels may not overlay their images: look at one in a viewer")
+    if odd:
+        warnings.warn(odd)
+    return path
+
+
+def _odd_orientations(images: list[Path]) -> str | None:
+    """A note naming the images stored in another orientation than most (nnU-Net v1 checked this
+    too): converted as stored, their anatomy is mirrored or turned against the other cases'."""
+    import nibabel as nib
+
+    codes = {p: "".join(nib.aff2axcodes(nib.load(str(p)).affine)) for p in images}
+    common, _ = collections.Counter(codes.values()).most_common(1)[0]
+    odd = [p for p, c in codes.items() if c != common]
+    if not odd:
+        return None
+    return (f"{odd[0]}: orientation {codes[odd[0]]}, most images' {common} ({len(odd)} of {len(images)} differ: "
+            f"{', '.join(p.name for p in odd)}); converted as stored, so their anatomy lies mirrored or turned "
+            "against the other cases'")
 
 
 # --- Medical Segmentation Decathlon -> nnU-Net v2 raw ---------------------------------------------
