@@ -104,17 +104,6 @@ def _parse_sets(items: list[str]) -> dict[str, object]:
     return out
 
 
-def _model_overrides(name: str, tiny: bool, sets: dict[str, object]) -> dict[str, object]:
-    """The constructor arguments of ``name``: its tiny configuration under ``--tiny``, then ``--set``'s."""
-    from bench.registry import get_entry
-
-    small = dict(get_entry(name).tiny) if tiny else {}
-    if tiny and not small:  # a plugin registered without one: say so, rather than build the full model unasked
-        warnings.warn(f"{name}: has no tiny configuration (register_model(tiny=...)); --tiny builds its paper "
-                      "configuration")
-    return {**small, **sets}
-
-
 def _scores_text(rec: dict, unit: bool = False) -> str:
     """"DSC 81.23 · HD95 18.40" from a run record (no HD95 where the policy computes none)."""
     m = rec["metrics"]
@@ -252,13 +241,12 @@ def run(
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     for name in names:
-        model_over = _model_overrides(name, tiny, overrides)
         try:
             with warnings.catch_warnings(record=True) as said[name]:  # said for the models this shard runs
                 warnings.simplefilter("always")
                 specs += plan_grid(
                     models=[name], dataset=dataset, protocol=proto, seeds=seed_list, data_root=data_root,
-                    synthetic=synthetic, results_dir=results, policy=policy, model_overrides=model_over,
+                    synthetic=synthetic, results_dir=results, policy=policy, model_overrides=overrides,
                     pretrained_dir=pretrained_dir, tiny=tiny, weights=weights,
                     folds=folds if folds in (None, "all") else list(dict.fromkeys(_parse_ints(folds, "--folds"))))
         except BenchError:
@@ -355,13 +343,19 @@ def report(
     models: Annotated[str, typer.Option(help="'all' or a comma list: only these models' runs and profiles")] = "all",
     dataset: Annotated[Optional[str], typer.Option(help="a comma list: only runs on these datasets (synapse, "
                                                         "isic17, ..., or a board's data name such as nnunet:ACDC)")] = None,
+    columns: Annotated[Optional[str], typer.Option(help="the tables' columns (md, latex), a comma list of: paper "
+                                                        "(= metrics,classes: the papers' layout), family, seeds, "
+                                                        "params, time, cost, metrics, ci, classes, class-hd95; "
+                                                        "default all")] = None,
 ) -> None:
     """Leaderboards (mean ± std over seeds, per organ) from the run records.
 
-    Example: bench report --results results --format md --out report.md --models vmunet,unet --dataset synapse
+    Example: bench report --results results --format latex --columns paper --dataset synapse --out table.tex
     """
     from bench.records import ensure_writable_dir
-    from bench.report import write_report
+    from bench.report import parse_columns, write_report
+
+    groups = parse_columns(columns)  # before anything is read
 
     if out is not None:  # before the plots are drawn beside it
         if out.is_dir():
@@ -370,7 +364,7 @@ def report(
     names = None if models.strip() == "all" else [m.strip() for m in models.split(",") if m.strip()]
     sets = [d.strip() for d in dataset.split(",") if d.strip()] if dataset else None
     text = write_report(results, format.value, out, published=published_file or published, reference=reference,
-                        models=names, datasets=sets)
+                        models=names, datasets=sets, columns=groups)
     if out is None:
         typer.echo(text)
     else:
@@ -582,16 +576,14 @@ def profile(
     for p in precisions:  # before any model is built
         cost.check_precision(p, dev)
     ensure_writable_dir(results / cost.PROFILE_DIR)  # before anything is timed
-    rows = []
+    rows, sets = [], _parse_sets(set_ or [])
     for name in resolve_models(models):
-        over = _model_overrides(name, tiny, _parse_sets(set_ or []))
         counts = None  # the counts do not depend on the precision: taken once per model
         for p in precisions:
             row = cost.profile_model(name, img_size=img_size, num_classes=num_classes, in_chans=in_chans,
                                      device=dev, precision=p, batch_size=batch, warmup=warmup, iters=iters,
-                                     channels_last=channels_last, compile=compile, timing=timing, overrides=over,
-                                     counts=counts)
-            row["tiny"] = tiny  # the tables' "(tiny)", as runs record it
+                                     channels_last=channels_last, compile=compile, timing=timing, overrides=sets,
+                                     tiny=tiny, counts=counts)
             counts = row
             cost.write_profile(row, results)
             rows.append(row)

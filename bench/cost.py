@@ -45,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.errors import BenchError
 
 __all__ = ["FlopCount", "UncountedOpsError", "count_params", "count_flops", "fvcore_macs", "paper_count",
-           "measure_latency", "peak_memory_mb", "PRECISIONS"]
+           "measure_latency", "peak_memory_mb", "profile_model", "write_profile", "load_profiles", "PRECISIONS"]
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
@@ -460,12 +460,14 @@ COUNT_KEYS = ("params", "trainable_params", "input_shape", "macs", "flops", "sca
 def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_chans: int = 3,
                   device: torch.device | str = "cpu", precision: str = "fp32", batch_size: int | str = 0,
                   warmup: int = 20, iters: int = 100, channels_last: bool = False, compile: bool = False,
-                  timing: bool = True, overrides: dict[str, Any] | None = None,
+                  timing: bool = True, overrides: dict[str, Any] | None = None, tiny: bool = False,
                   counts: dict[str, Any] | None = None) -> dict[str, Any]:
     """One `bench profile` row: counts on CPU in float32 (device-independent), timings and
     memory on ``device``. ``batch_size`` > 1 adds a throughput measurement at that batch;
-    ``"auto"`` at the largest power-of-two batch that fits (``find_batch_size``). ``counts``: a
-    row of the same model and input (``COUNT_KEYS``), reused instead of counting again."""
+    ``"auto"`` at the largest power-of-two batch that fits (``find_batch_size``). ``tiny``: the
+    model's tiny configuration, ``overrides`` over it (the row says so, as runs do). ``counts``: a
+    row of the same model and input (``COUNT_KEYS``), reused instead of counting again.
+    ``write_profile`` keeps the row where ``bench report`` joins it to the boards."""
     from bench import env
     from bench.registry import create_model, get_entry
     from bench.scan_info import note_scan_use, scan_backend_for
@@ -473,7 +475,8 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     device = torch.device(device)
     entry = get_entry(name)
     torch.manual_seed(0)
-    model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **(overrides or {}))
+    model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size, tiny=tiny,
+                         **(overrides or {}))
     spatial = (img_size,) * getattr(model, "spatial_dims", 2)  # a cube for 3-D variants (--set spatial_dims=3)
     layout = torch.channels_last if len(spatial) == 2 else torch.channels_last_3d
     x = torch.randn(1, in_chans, *spatial)
@@ -488,7 +491,7 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     row: dict[str, Any] = {"model": name, "family": entry.family, **{k: counts[k] for k in COUNT_KEYS}}
     row.update(
         model_config={k: (list(v) if isinstance(v, tuple) else v) for k, v in model.bench_config.items()},
-        device=device.type, precision=precision, channels_last=channels_last, compiled=compile,
+        device=device.type, precision=precision, channels_last=channels_last, compiled=compile, tiny=tiny,
     )
     model = model.to(device).eval()
     if channels_last:

@@ -141,11 +141,19 @@ def _unknown(kind: str, name: str, known: list[str]) -> BenchError:
 
 
 def list_models(family: str | None = None) -> list[str]:
+    """Registered model names (built-ins and plugins), sorted; of one family ("ssm", "cnn",
+    "transformer", in any case) if given."""
     _load_builtins()
+    if family is not None:
+        if family.lower() not in FAMILIES:
+            raise _unknown("family", family, list(FAMILIES))
+        family = family.lower()
     return sorted(n for n, e in _REGISTRY.items() if family is None or e.family == family)
 
 
 def get_entry(name: str) -> ModelEntry:
+    """A model's registry entry (family, paper and tiny configurations, source, weight loaders);
+    BenchError with "did you mean" for an unknown name."""
     _load_builtins()
     if name not in _REGISTRY:
         exc = _unknown("model", name, list_models())
@@ -193,18 +201,32 @@ def resolve_models(spec: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: int = 224, **overrides: Any) -> nn.Module:
-    """Build a registered model with its paper configuration, changed by ``overrides``.
+def model_overrides(name: str, overrides: Mapping[str, Any] | None = None, *, tiny: bool = False) -> dict[str, Any]:
+    """The constructor arguments that change ``name``'s paper configuration: its tiny configuration
+    when ``tiny`` (what ``--tiny`` builds), then ``overrides`` (``--set``'s) over it."""
+    small = dict(get_entry(name).tiny) if tiny else {}
+    if tiny and not small:  # a plugin registered without one: say so, rather than build the full model unasked
+        warnings.warn(f"{name}: has no tiny configuration (register_model(tiny=...)); --tiny builds its paper "
+                      "configuration", stacklevel=2)
+    return {**small, **(overrides or {})}
+
+
+def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: int = 224, tiny: bool = False,
+                 **overrides: Any) -> nn.Module:
+    """Build a registered model with its paper configuration, changed by ``overrides`` (its tiny
+    configuration first when ``tiny``, as ``--tiny`` builds it).
 
     ``None`` overrides are dropped, so unset CLI options fall back to the paper values.
 
     >>> model = create_model("unet", num_classes=9, in_chans=1, img_size=224)
+    >>> small = create_model("vmunet", num_classes=9, img_size=64, tiny=True)
     """
     entry = get_entry(name)
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
-        raise BenchError(f"{name}: img_size must be a positive whole number (inputs are img_size x img_size, "
-                         f"square); got {img_size!r}")
+    overrides = model_overrides(name, {k: v for k, v in overrides.items() if v is not None}, tiny=tiny)
+    for arg, value in (("num_classes", num_classes), ("in_chans", in_chans), ("img_size", img_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            what = " (inputs are img_size x img_size, square)" if arg == "img_size" else ""
+            raise BenchError(f"{name}: {arg} must be a positive whole number{what}; got {value!r}")
     try:
         model = entry.constructor(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **overrides)
     except (TypeError, ValueError) as exc:

@@ -26,6 +26,7 @@ under ``strict`` where the data has a spacing).
 
 from __future__ import annotations
 
+import collections
 import difflib
 import json
 import math
@@ -41,7 +42,7 @@ from bench.data.isic import test_set_id
 from bench.errors import BenchError
 from bench.records import CASE_COLUMNS, RUN_ID_COLUMNS, atomic_write_text, load, split_fold
 
-__all__ = ["BoardKey", "ReportFormat", "METRICS", "label_runs", "leaderboards", "render", "write_report"]
+__all__ = ["BoardKey", "ReportFormat", "METRICS", "label_runs", "label_cases", "leaderboards", "render", "write_report"]
 
 
 class ReportFormat(str, Enum):
@@ -313,7 +314,8 @@ def _joined(values: pd.Series) -> str:
 
 
 def leaderboards(df_runs: pd.DataFrame) -> dict[BoardKey, pd.DataFrame]:
-    """One numeric leaderboard per (dataset, protocol, policy), models sorted by mean DSC.
+    """One numeric leaderboard per (dataset, protocol, policy), models sorted by mean DSC (without
+    the CIs, per-test-set boards and profile GMACs that ``render`` adds from case rows and profiles).
 
     Each board has columns ``model, family, model_config, n_seeds, n_runs, n_cases, params`` then
     ``<metric>_mean``/``<metric>_std``/``<metric>_n_nan`` (runs whose value is NaN) for every
@@ -356,8 +358,44 @@ def _has_exclusions(board: pd.DataFrame) -> bool:
     return "dice_n_na" in board and bool(board["dice_n_na"].fillna(0).gt(0).any())
 
 
-def _display_table(board: pd.DataFrame) -> pd.DataFrame:
-    """Strings for humans: one column per metric, "81.23 ± 0.45"."""
+# Column groups of the Markdown/LaTeX boards (``--columns``); the model column is always shown.
+COLUMN_GROUPS = {
+    "family": "the model family", "seeds": "seeds and folds", "params": "parameters",
+    "time": "training time and GPU memory", "cost": "GMACs from bench profile",
+    "metrics": "the aggregate metrics (DSC, HD95, mIoU, ..., and DSC n/a)", "ci": "bootstrap 95% CIs",
+    "classes": "per-class DSC", "class-hd95": "per-class HD95 (and NSD)",
+}
+COLUMN_PRESETS = {"all": tuple(COLUMN_GROUPS), "paper": ("metrics", "classes")}  # paper: the papers' table layout
+
+
+def parse_columns(text: str | None) -> tuple[str, ...] | None:
+    """``--columns``: a comma list of ``COLUMN_GROUPS`` and presets (``all``, ``paper``: the metrics and
+    per-class DSC, as the papers' tables) -> groups; None (all) for None. BenchError naming the unknown."""
+    if text is None:
+        return None
+    groups: list[str] = []
+    for name in (n.strip().lower() for n in text.split(",") if n.strip()):
+        if name in COLUMN_PRESETS:
+            groups += COLUMN_PRESETS[name]
+        elif name in COLUMN_GROUPS:
+            groups.append(name)
+        else:
+            known = [*COLUMN_PRESETS, *COLUMN_GROUPS]
+            close = difflib.get_close_matches(name, known, n=1)
+            raise BenchError(f"--columns {name!r}: not a column group{f'; did you mean {close[0]!r}?' if close else ''} "
+                             f"Groups: {'; '.join(f'{k} ({v})' for k, v in COLUMN_GROUPS.items())}; presets: "
+                             "all, paper (metrics,classes)")
+    if not groups:
+        raise BenchError(f"--columns {text!r} names no column group; e.g. paper, or metrics,classes")
+    return tuple(dict.fromkeys(groups))
+
+
+def _display_table(board: pd.DataFrame, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Strings for humans: one column per metric, "81.23 ± 0.45"; of the ``COLUMN_GROUPS`` in
+    ``columns`` only (None: all)."""
+    group: dict[str, str] = {"Family": "family", "Seeds": "seeds", "Folds": "seeds", "Params (M)": "params",
+                             "DSC n/a": "metrics", "Train time": "time", "Train GPU peak (MB)": "time",
+                             "GMACs (scan incl.)": "cost", "thop GMACs": "cost"}
     out = pd.DataFrame(
         {
             "Model": board["model"],
@@ -386,11 +424,15 @@ def _display_table(board: pd.DataFrame) -> pd.DataFrame:
             head += f" {METRICS[col][2]}" + (" (%)" if METRICS[col][1] else "")
         cells = zip(board[f"{col}_mean"], board[f"{col}_std"], board[f"{col}_n_nan"], board["n_runs"])
         out[head] = [_fmt_value(m, s, k, n, col) for m, s, k, n in cells]
+        group[head] = "metrics" if col in METRICS else "classes" if col.startswith("dice/") else "class-hd95"
         if f"{col}_ci_lo" in board:  # joined by join_ci (bootstrap over cases)
             scale = 100.0 if METRICS[col][1] else 1.0
-            out[f"{_display_name(col, board.attrs.get('dataset', ''))} 95% CI"] = [
-                "" if math.isnan(lo) else f"[{lo * scale:.2f}, {hi * scale:.2f}]"
-                for lo, hi in zip(board[f"{col}_ci_lo"], board[f"{col}_ci_hi"])]
+            ci = f"{_display_name(col, board.attrs.get('dataset', ''))} 95% CI"
+            out[ci] = ["" if math.isnan(lo) else f"[{lo * scale:.2f}, {hi * scale:.2f}]"
+                       for lo, hi in zip(board[f"{col}_ci_lo"], board[f"{col}_ci_hi"])]
+            group[ci] = "ci"
+    if columns is not None:
+        out = out[[c for c in out.columns if c == "Model" or group[c] in columns]]
     return out
 
 
@@ -402,7 +444,9 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
+def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None = None) -> tuple[str, str]:
+    """(title, note) of a board; the note explains the ``columns`` shown (None: all)."""
+    shown = lambda group: columns is None or group in columns  # noqa: E731
     a = board.attrs
     off = f" · OFF-PROTOCOL ({a['overrides']})" if a["overrides"] else ""
     protocol = f"{a['protocol_name']} v{a['protocol_version']} ({a['protocol_hash']})"
@@ -439,30 +483,32 @@ def _caption(key: BoardKey, board: pd.DataFrame) -> tuple[str, str]:
                      f"{unit or 'the HD95 unit'}: {tol}.")
         else:
             note += f" NSD: % of both surfaces within {tol} {unit or '(HD95 unit)'} of the other."
-    if "train_time_s" in board and board["train_time_s"].notna().any():
+    if "train_time_s" in board and board["train_time_s"].notna().any() and shown("time"):
         devices = a.get("devices", [])
         where = (f"on {devices[0]}" if len(devices) == 1
                  else f"on different devices ({'; '.join(devices)}): not comparable between them")
         note += f" Train time: mean per run of the training loop's wall-clock time, resumes included, {where}."
-    if _has_exclusions(board):
+    if _has_exclusions(board) and shown("metrics"):
         note += (" DSC n/a: case × class entries with both masks empty, over all runs; strict scores them NaN and "
                  "leaves them out of the means; a class with no other entry has no mean, and the DSC is nan (as "
                  "nnU-Net's foreground mean), not a mean over the other classes.")
-    if "dice_ci_lo" in board:
+    if "dice_ci_lo" in board and shown("ci"):
+        over = "the model's runs, every seed and fold" if CV_LABEL in key.dataset else "seeds"
         note += (" 95% CI: percentile bootstrap over test cases of the number shown (each resample re-aggregated "
-                 "under the board's policy, then averaged over seeds): how much the test set moves these trained "
-                 "models' number; the spread between seeds is the ± std, not part of the CI.")
+                 f"under the board's policy, then averaged over {over}): how much the test set moves these trained "
+                 f"models' number; the spread between {'runs' if CV_LABEL in key.dataset else 'seeds'} is the ± std, "
+                 "not part of the CI.")
     return title, note
 
 
-def _render_md(boards: dict[BoardKey, pd.DataFrame]) -> str:
+def _render_md(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...] | None = None) -> str:
     if not boards:
         return "No finished runs found.\n"
     parts = []
     for key, board in boards.items():
-        title, note = _caption(key, board)
-        shown = _display_table(board)
-        align = ["left", "left"] + ["right"] * (shown.shape[1] - 2)
+        title, note = _caption(key, board, columns)
+        shown = _display_table(board, columns)
+        align = [_align(c) for c in shown.columns]
         parts.append(f"## {title}\n\n{note}\n\n{_md_table(shown, align)}\n")
     return "\n".join(parts)
 
@@ -478,27 +524,37 @@ def _md_table(table: pd.DataFrame, colalign: list[str] | None = None) -> str:
 _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "·": r"$\cdot$",
+    "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "·": r"$\cdot$", "×": r"$\times$", "−": r"$-$",
+    "–": "--", "—": "---", "²": r"$^2$", "³": r"$^3$",
     "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}", '"': r"\texttt{\char34}",  # straight quote, any encoding
 }  # fmt: skip
 
 
 def _latex_escape(text: str) -> str:
-    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+    escaped = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+    return re.sub(r"(?<=\d)-(?=\d)", "--", escaped)  # a range ("folds 0-4") takes an en dash
 
 
-def _render_latex(boards: dict[BoardKey, pd.DataFrame]) -> str:
+def _align(column: str) -> str:
+    return "left" if column in ("Model", "Family") else "right"
+
+
+def _render_latex(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...] | None = None) -> str:
     # A small booktabs emitter: DataFrame.to_latex needs jinja2, which is not a dependency.
     parts = ["% Requires \\usepackage{booktabs} and \\usepackage{graphicx} (tables wider than the line are shrunk to it);"
-             " names outside Latin-1 need xelatex or lualatex."]
+             " names outside Latin-1 need xelatex or lualatex. bench report --columns paper keeps the papers' columns."]
+    labels: collections.Counter = collections.Counter()
     for key, board in boards.items():
-        title, note = _caption(key, board)
-        table = _display_table(board)
-        spec = "ll" + "r" * (table.shape[1] - 2)
+        title, note = _caption(key, board, columns)
+        table = _display_table(board, columns)
+        spec = "".join(_align(c)[0] for c in table.columns)
+        label = "tab:" + re.sub(r"[^a-z0-9]+", "-", f"{key.dataset} {key.protocol} {key.policy}".lower()).strip("-")
+        labels[label] += 1
         lines = [
             "\\begin{table}[t]",
             "\\centering",
             f"\\caption{{{_latex_escape(title)}. {_latex_escape(note)}}}",
+            f"\\label{{{label}{'' if labels[label] == 1 else f'-{labels[label]}'}}}",
             # shrunk to the line where wider (Synapse's board has ~26 columns), never enlarged
             "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",
             f"\\begin{{tabular}}{{{spec}}}",
@@ -536,6 +592,8 @@ def _render_csv(boards: dict[BoardKey, pd.DataFrame]) -> str:
     aggregates = [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n_nan") if f"{m}_{s}" in values]
     first = [c for c in table.columns if c not in values]
     table = table[first + aggregates + [c for c in values if c not in aggregates]]
+    for c in (c for c in values if c.endswith("_n_nan")):  # counts: 0, not 0.0 where another board lacks the column
+        table[c] = table[c].astype("Int64")
     return table.to_csv(index=False, lineterminator="\n")
 
 
@@ -759,9 +817,7 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
         if key not in boards:
             continue
         labels = sorted(set(cases["model_label"]))
-        # a model name stands for its one row here ("unet" for "unet (tiny)")
-        own = sorted(set(cases.loc[cases["model"] == reference, "model_label"]))
-        ref = own[0] if reference not in labels and len(own) == 1 else reference
+        ref = stats.reference_label(cases, reference)  # "unet" for "unet (tiny)"
         tests = stats.paired_tests(cases, ref, metrics=CI_METRICS, policy=key.policy)
         ranks = stats.rank_stability(cases, "dice", key.policy)
         title = f"## Significance · {_caption(key, boards[key])[0]}"
@@ -989,11 +1045,13 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
                 ours = mean * scale if isinstance(mean, float) and not math.isnan(mean) else math.nan
                 blocked = why_not(p, key, board.attrs, b)
                 diff = blocked or ("" if math.isnan(ours) else f"{ours - p['value']:+.2f}")
-                label = METRICS[base][0] + (f" ({cls})" if cls else "")
+                label = METRICS[base][0] + (f" ({class_display(cls, key.dataset)})" if cls else "")  # as the board
+                units = board.attrs.get("hd95_units", [])
+                unit = "%" if METRICS[base][1] else (units[0] if len(units) == 1 else "")
                 rows.append({"Model": b["model"], "Metric": label,  # the board's row label
-                             "Published": f"{p['value']:g}", "Source": p["source"], "Their convention": p["convention"],
-                             "Their recipe": p["protocol"] or "not one of ours",
-                             "Ours": "" if math.isnan(ours) else f"{ours:.2f}", "Ours − published": diff,
+                             "Published": f"{p['value']:g} {p['unit']}".strip(), "Source": p["source"],
+                             "Their convention": p["convention"], "Their recipe": p["protocol"] or "not one of ours",
+                             "Ours": "" if math.isnan(ours) else f"{ours:.2f} {unit}".strip(), "Ours − published": diff,
                              "Note": p["note"]})
         if rows:
             synth = " — synthetic data: the difference says nothing about the model" if "(synthetic)" in key.dataset else ""
@@ -1003,22 +1061,58 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
     return out
 
 
-def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md") -> str:
+def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md", df_cases: pd.DataFrame | None = None,
+           profiles: pd.DataFrame | None = None, columns: tuple[str, ...] | None = None) -> str:
     """All leaderboards of ``df_runs`` (from ``records.load``) as Markdown, LaTeX or CSV text.
 
     ``md``: a ``##`` heading per board naming dataset, protocol (name, version, hash) and metric
     policy, a line with seeds/cases, then a table of "81.23 ± 0.45" strings. ``latex``: one
     booktabs ``table`` per board, same content. ``csv``: the numeric boards stacked into one tidy
     table (mean and std columns, metrics as stored in [0, 1]) with the board key columns first.
+    With ``df_cases`` (``records.load(dir, level="case")``) the boards gain their bootstrap CIs and
+    polyp/isic_all runs a board per test set; with ``profiles`` (``cost.load_profiles``), GMACs of
+    runs whose records count none: then the text is ``bench report``'s (``write_report``).
+    ``columns``: the Markdown/LaTeX tables' ``COLUMN_GROUPS`` (``parse_columns``); None: all.
     """
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
     if fmt == ReportFormat.cases:
-        raise BenchError("format 'cases' needs the records' case rows: use write_report (bench report --format cases)")
-    boards = leaderboards(df_runs)
-    return _RENDERERS[fmt](boards)
+        if df_cases is None:
+            raise BenchError("format 'cases' needs the records' case rows: pass df_cases (bench report --format cases)")
+        return render_cases(df_cases[df_cases["run_id"].isin(_finished(df_runs)["run_id"])])
+    _check_columns(columns, fmt)
+    boards, _ = _boards(df_runs, df_cases, profiles)
+    return _render(boards, fmt, columns)
 
 
-_RENDERERS = {ReportFormat.md: _render_md, ReportFormat.latex: _render_latex, ReportFormat.csv: _render_csv}
+def _render(boards: dict[BoardKey, pd.DataFrame], fmt: ReportFormat, columns: tuple[str, ...] | None) -> str:
+    if fmt == ReportFormat.csv:
+        return _render_csv(boards)
+    return (_render_md if fmt == ReportFormat.md else _render_latex)(boards, columns)
+
+
+def _check_columns(columns: tuple[str, ...] | None, fmt: ReportFormat) -> None:
+    if columns is not None and fmt not in (ReportFormat.md, ReportFormat.latex):
+        raise BenchError(f"--columns chooses the Markdown and LaTeX tables' columns; --format {fmt.value} holds every "
+                         "value (select columns where you read it)")
+
+
+def _finished(df_runs: pd.DataFrame) -> pd.DataFrame:
+    # a run that did not finish feeds no board, CI, test, rank, plot or case row
+    return df_runs[df_runs["status"] == "finished"] if not df_runs.empty else df_runs
+
+
+def _boards(df_runs: pd.DataFrame, df_cases: pd.DataFrame | None,
+            profiles: pd.DataFrame | None) -> tuple[dict[BoardKey, pd.DataFrame], dict[BoardKey, pd.DataFrame]]:
+    """The boards (per-test-set ones included, costs and CIs joined) and their case rows."""
+    df_runs = _finished(df_runs)
+    if df_cases is not None:
+        df_cases = df_cases[df_cases["run_id"].isin(df_runs["run_id"])]
+    set_runs, set_cases = split_test_sets(df_runs, df_cases)
+    boards = leaderboards(pd.concat([df_runs, set_runs], ignore_index=True) if len(set_runs) else df_runs)
+    groups = _case_groups(pd.concat([df_cases, set_cases], ignore_index=True) if len(set_cases) else df_cases)
+    join_cost(boards, profiles)
+    join_ci(boards, groups)
+    return boards, groups
 
 
 def _check_format(fmt: str) -> str:
@@ -1072,7 +1166,8 @@ def select_runs(df_runs: pd.DataFrame, models: list[str] | None = None, datasets
 
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
                  published: Path | bool | None = None, reference: str | None = None,
-                 models: list[str] | None = None, datasets: list[str] | None = None) -> str:
+                 models: list[str] | None = None, datasets: list[str] | None = None,
+                 columns: tuple[str, ...] | None = None) -> str:
     """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically.
 
     Accuracy boards gain GMAC columns from ``bench profile`` records of the same model and input
@@ -1080,7 +1175,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     against ``reference`` and, with ``published`` (True: the repo's ``results/published.csv``, or
     a path), a published-vs-ours table per board, then the cost tables; with ``out``, the plots of
     ``bench.plots`` are written to ``<out stem>_files/`` beside it and linked. ``models`` /
-    ``datasets``: only their runs (and profiles of those models; ``select_runs``)."""
+    ``datasets``: only their runs (and profiles of those models; ``select_runs``). ``columns``: the
+    boards' ``COLUMN_GROUPS`` (Markdown, LaTeX; None: all)."""
     from bench.cost import load_profiles
 
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
@@ -1088,9 +1184,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         asked = [o for o, v in (("--reference", reference), ("--published", published)) if v]
         raise BenchError(f"{' and '.join(asked)} add{'s' if len(asked) == 1 else ''} Markdown sections; use "
                          f"--format md (got --format {fmt.value})")
-    df_runs, profiles = select_runs(load(results_dir), models, datasets, results_dir), load_profiles(results_dir)
-    if not df_runs.empty:  # as the boards: a run that did not finish feeds no CI, test, rank, plot or case row
-        df_runs = df_runs[df_runs["status"] == "finished"]
+    _check_columns(columns, fmt)
+    df_runs, profiles = _finished(select_runs(load(results_dir), models, datasets, results_dir)), load_profiles(results_dir)
     if models and profiles is not None and "model" in profiles:
         profiles = profiles[profiles["model"].isin(models)]
     df_cases = load(results_dir, level="case") if not df_runs.empty else None
@@ -1099,12 +1194,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     if fmt == ReportFormat.cases:
         text = render_cases(df_cases)
     else:
-        set_runs, set_cases = split_test_sets(df_runs, df_cases)
-        boards = leaderboards(pd.concat([df_runs, set_runs], ignore_index=True) if len(set_runs) else df_runs)
-        groups = _case_groups(pd.concat([df_cases, set_cases], ignore_index=True) if len(set_cases) else df_cases)
-        join_cost(boards, profiles)
-        join_ci(boards, groups)
-        text = _RENDERERS[fmt](boards)
+        boards, groups = _boards(df_runs, df_cases, profiles)
+        text = _render(boards, fmt, columns)
         if not boards and fmt == ReportFormat.md:  # most likely not the folder meant
             text = (f"No finished runs found in {results_dir}"
                     f"{' for these --models/--dataset' if models or datasets else ''}: pass the --results folder "
@@ -1146,6 +1237,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                 from bench.plots import write_plots
 
                 images = Path(out).parent / f"{Path(out).stem}_files"
+                set_runs, set_cases = split_test_sets(df_runs, df_cases)
                 paths = write_plots(results_dir, images, df_runs=df_runs, df_cases=df_cases, df_profiles=profiles,
                                     set_runs=set_runs, set_cases=set_cases)
                 if paths:

@@ -32,6 +32,7 @@ from bench.evaluate import evaluate, resolve_nsd_tolerance
 from bench.metrics import policy_fields, policy_misfit
 from bench.protocol import Protocol
 from bench.registry import check_buildable, create_model, get_entry, list_models, load_weights, model_code
+from bench.registry import model_overrides as model_overrides_of
 from bench.train import CHECKPOINT_DIR, FINAL, TrainResult, save_checkpoint, seed_everything, train_model
 
 
@@ -180,7 +181,13 @@ def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: b
     returns it (the others return None once it is written). A rank that fails leaves without the
     closing barrier: the others may wait in another collective (a gradient all-reduce), which that
     barrier would never meet, so the run would hang until the process-group timeout; exiting lets
-    torchrun stop them."""
+    torchrun stop them. A finished run (its record there) is refused before anything trains: training
+    it again would replace the weights its record was scored from (``bench run`` skips it)."""
+    done = records.record_path(results_dir, spec.key)
+    if distributed.gather_objects(done.is_file() if distributed.world().main else None)[0]:  # rank 0's view
+        raise BenchError(f"{spec.key}: finished already ({done}); training it again would replace the weights that "
+                         f"record was scored from: to train it again, delete {done} and {results_dir / 'runs' / spec.key} "
+                         "(or choose another results folder)")
     record = _run_one(spec, results_dir=results_dir, device=device, resume=resume,
                       show_progress=show_progress and distributed.world().main, on_epoch_end=on_epoch_end)
     distributed.barrier()
@@ -435,7 +442,7 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
 
     ``folds``: cross-validation folds to run ("all" or a list), for data without a fixed test split.
     ``pretrained_dir``: where the authors' pretrained files are, for protocols with ``pretrained``.
-    ``tiny``: ``model_overrides`` start from the models' tiny configurations (recorded, for labels).
+    ``tiny``: each model's tiny configuration, ``model_overrides`` over it (as ``--tiny``; recorded, for labels).
     ``weights``: a weights file to evaluate instead of training (one model, one seed, one split),
     loaded strictly: an authors' checkpoint (``load_weights``) or a run's own."""
     if synthetic and data_root is not None:
@@ -506,8 +513,9 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         if note:
             warnings.warn(note, stacklevel=2)
     refuse_2d_models(models, protocol)  # all of them at once (build_args names one)
+    over = {m: model_overrides_of(m, model_overrides, tiny=tiny) for m in models}
     for m in models:  # img_size, --set overrides and pretrained files, for every model before one trains
-        build = build_args(m, protocol, ds, model_overrides or {})
+        build = build_args(m, protocol, ds, over[m])
         if protocol.patches:  # before create_model's img_size check, whose advice names --img-size
             _check_patch(m, build, protocol)
         if weights is not None:  # a file that does not fit is named now, not after the data was prepared
@@ -516,7 +524,6 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
             _check_init(m, inits[m], build)
         else:
             check_buildable(m, **build)
-    extra = tuple(sorted((model_overrides or {}).items()))
     fold_list: list[int | None] = [None]
     if folds is not None:
         n = ds.n_folds
@@ -528,7 +535,7 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     split_sha = {f: None if f is None else _ids_sha(d.test_ids()) for f, d in split.items()}
     data_id = made or ds.content_id()
     given = None if weights is None else (str(weights.resolve()), file_sha256(weights)[:16])
-    specs = [RunSpec(m, dataset, protocol, s, data_root, synthetic, chosen, extra, fold, inits.get(m),
+    specs = [RunSpec(m, dataset, protocol, s, data_root, synthetic, chosen, tuple(sorted(over[m].items())), fold, inits.get(m),
                      split_sha[fold], data_id, tuple(split[fold].notes), tiny, given)
              for m in models for s in seeds for fold in fold_list]
     return [_earlier_id(spec, results_dir) for spec in specs]

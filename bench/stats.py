@@ -1,7 +1,8 @@
 """Is a difference real? Confidence intervals, paired tests and rank stability over test cases.
 
 All functions work on the case-level table of ``bench.records.load(dir, level="case")`` for ONE
-board: one row per run × case × class, labelled with ``bench.report.label_runs``.
+board: one row per run × case × class, labelled with ``bench.report.label_cases`` (its board and
+``model_label`` columns; added here where missing; rows of several boards are refused).
 
 - ``bootstrap_ci``: percentile bootstrap of the number the board shows. Test cases are resampled
   with replacement (seeded, so a report is reproducible) and each run's metric is recomputed under
@@ -36,8 +37,9 @@ import pandas as pd
 from scipy import stats as sps
 
 from bench import metrics
+from bench.errors import BenchError
 
-__all__ = ["case_values", "policy_statistic", "bootstrap_ci", "holm", "rank_biserial", "paired_tests",
+__all__ = ["one_board", "reference_label", "case_values", "policy_statistic", "bootstrap_ci", "holm", "rank_biserial", "paired_tests",
            "rank_stability", "LOWER_IS_BETTER", "N_BOOT", "N_PERM"]
 
 LOWER_IS_BETTER = {"hd95"}
@@ -45,8 +47,32 @@ N_BOOT = 2000  # resamples of bootstrap_ci
 N_PERM = 4096  # swap patterns of the pooled paired test where there are more than that (2^12 with 12 cases)
 
 
+def one_board(df_cases: pd.DataFrame) -> pd.DataFrame:
+    """``df_cases`` with ``bench.report.label_cases``' labels (added where missing); BenchError where
+    its rows belong to several boards (datasets, protocols or policies), whose cases must not mix."""
+    if "model_label" not in df_cases:
+        from bench.report import label_cases
+
+        df_cases = label_cases(df_cases)
+    keys = [k for k in ("board_dataset", "board_protocol", "policy") if k in df_cases]
+    boards = df_cases[keys].drop_duplicates() if keys else ()
+    if len(boards) > 1:
+        listed = "; ".join(" · ".join(map(str, row)) for row in boards.itertuples(index=False))
+        raise BenchError(f"case rows of {len(boards)} boards ({listed}); these statistics compare the models of "
+                         "one board: select its rows (e.g. df[df.board_dataset == ...])")
+    return df_cases
+
+
+def reference_label(df_cases: pd.DataFrame, reference: str) -> str:
+    """The board row ``reference`` names: itself, or a model name standing for its one row there
+    ("unet" for "unet (tiny)")."""
+    own = set(df_cases.loc[df_cases["model"] == reference, "model_label"]) if "model" in df_cases else set()
+    return own.pop() if reference not in set(df_cases["model_label"]) and len(own) == 1 else reference
+
+
 def case_values(df_cases: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     """Wide table: one row per case, one column per ``model_label`` (mean over classes, then seeds)."""
+    df_cases = one_board(df_cases)
     per_run = df_cases.groupby(["model_label", "run_id", "case"], sort=False)[metric].mean()
     per_model = per_run.groupby(level=["model_label", "case"], sort=False).mean()
     return per_model.unstack("model_label")
@@ -100,6 +126,7 @@ def bootstrap_ci(df_cases: pd.DataFrame, metric: str, policy: str, *, n_boot: in
     """Per model: the percentile bootstrap ``(lo, hi)`` of the board's number (``policy_statistic``)
     over resamples of that model's own test cases, those where it is undefined left out; NaN where
     the number itself is NaN."""
+    df_cases = one_board(df_cases)
     out = {}
     for model, rows in df_cases.groupby("model_label", sort=False):
         cases = pd.Index(sorted(rows["case"].unique()))
@@ -168,7 +195,10 @@ def paired_tests(df_cases: pd.DataFrame, reference: str, metrics=("dice", "hd95"
     effect size, oriented so that > 0 means the model is better; with a per-case ``policy``, a pair
     one of whose board numbers is NaN gets test "undefined" and NaN p. A pooled ``policy``: the
     difference of the board's numbers over the shared cases and the paired permutation test's p
-    (``permutation_p``); effect size NaN."""
+    (``permutation_p``); effect size NaN. ``reference`` is a board row's label or a model's name
+    standing for its one row; no rows where it has no runs on the board."""
+    df_cases = one_board(df_cases)
+    reference = reference_label(df_cases, reference)
     pooled = policy is not None and _pooled(policy)
     rows = []
     for metric in metrics:
@@ -275,6 +305,7 @@ def rank_stability(df_cases: pd.DataFrame, metric: str, policy: str, *, n_boot: 
     every model has, plus its bootstrap distribution: the share of resamples in which it ranks
     first, and the 95% rank interval (NaN where no resample has every model's statistic defined).
     Models whose statistic is NaN are left out; so are resamples where some model's is."""
+    df_cases = one_board(df_cases)
     per_model = df_cases.groupby("model_label")["case"].agg(set)  # rows, not values: strict's NaN counts
     cases = pd.Index(sorted(set.intersection(*per_model))) if len(per_model) else pd.Index([])
     full = policy_statistic(df_cases, metric, policy, cases=cases).iloc[0].dropna() if len(cases) else pd.Series()

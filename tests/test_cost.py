@@ -178,8 +178,9 @@ def test_a_counts_only_profile_keeps_the_timings_of_the_same_setup(tmp_path, mon
     tiny = dict(get_entry("vmunet").tiny)
     timed = cost.profile_model("vmunet", img_size=32, overrides=tiny, warmup=0, iters=2)
     cost.write_profile(timed, tmp_path)
-    counts = cost.profile_model("vmunet", img_size=32, overrides=tiny, timing=False)
+    counts = cost.profile_model("vmunet", img_size=32, tiny=True, timing=False)  # as overrides=tiny, marked tiny
     assert counts["scan_backend"] == timed["scan_backend"] == "torch"  # the device's, not the counts'
+    assert counts["tiny"] and counts["model_config"] == timed["model_config"] and counts["macs"] == timed["macs"]
     path = cost.write_profile(counts, tmp_path)
     assert len(list((tmp_path / "profiles").glob("*.json"))) == 1
     assert json.loads(path.read_text())["latency_ms_median"] == timed["latency_ms_median"]

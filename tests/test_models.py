@@ -108,6 +108,9 @@ def test_unet_smp_encoder_builds_offline():
     resnet34 = sum(p.numel() for p in torchvision.models.resnet34().parameters())
     assert sum(p.numel() for p in model.net.encoder.parameters()) == resnet34 - (512 * 1000 + 1000)
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 9, 64, 64)
+    # a misspelt encoder: smp's KeyError listed every encoder on one line
+    with pytest.raises(BenchError, match=r"^unet: encoder 'resnet43' is not an smp encoder; did you mean 'resnet34'"):
+        create_model("unet", num_classes=9, img_size=64, encoder="resnet43")
 
 
 def test_unet_smp_encoder_local_weights(tmp_path):
@@ -129,6 +132,21 @@ def test_unknown_model_suggests_name():
         create_model("unett", num_classes=2)
     with pytest.raises(BenchError, match="unknown model"):
         resolve_models("unet,nope")
+
+
+def test_python_callers_get_the_tiny_configuration_and_argument_checks():
+    # create_model(tiny=True) builds what --tiny builds, a given key over it
+    model = create_model("vmunet", num_classes=2, img_size=64, tiny=True, drop_path_rate=0.0)
+    assert model.bench_config == {"num_classes": 2, "in_chans": 3, "img_size": 64, **get_entry("vmunet").tiny,
+                                  "drop_path_rate": 0.0}
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in _tiny("vmunet", num_classes=2).parameters())
+    # bad numbers are named as themselves, not blamed on the configuration's keys
+    for arg, value in (("num_classes", 0), ("num_classes", "9"), ("in_chans", 0), ("img_size", 64.0)):
+        with pytest.raises(BenchError, match=rf"^unet: {arg} must be a positive whole number.*; got {value!r}$"):
+            create_model("unet", **{"num_classes": 2, "img_size": 64, arg: value}, tiny=True)
+    assert list_models("SSM") == list_models("ssm") == ["lightm_unet", "vmunet", "vmunet_v2"]
+    with pytest.raises(BenchError, match=r"unknown family 'transformers'; did you mean 'transformer'"):
+        list_models("transformers")
 
 
 def test_strict_load_lists_problems():
@@ -233,8 +251,8 @@ def test_third_party_registration():
 def test_a_plugin_model_that_breaks_the_forward_contract_is_named():
     """Models written from the README's example: each slip one line when the model is built or first
     runs (an AttributeError after the data was prepared, a RuntimeError traceback)."""
-    from bench.cli import _model_overrides
     from bench.modeling import SegmentationModel
+    from bench.registry import model_overrides
 
     class Sloppy(SegmentationModel):
         def __init__(self, num_classes, in_chans, set_attrs):
@@ -256,8 +274,8 @@ def test_a_plugin_model_that_breaks_the_forward_contract_is_named():
         with pytest.raises(BenchError, match=r"Sloppy returned \(1, 3, 8, 8\), expected \(B, 2, \*\(8, 8\)\)"):
             model(torch.randn(1, 3, 8, 8))
         with pytest.warns(UserWarning, match="_sloppy: has no tiny configuration .* --tiny builds its paper"):
-            assert _model_overrides("_sloppy", True, {"set_attrs": True}) == {"set_attrs": True}
-        assert _model_overrides("unet", True, {"widths": (4, 8)}) == {"widths": (4, 8)}  # --set over tiny
+            assert model_overrides("_sloppy", {"set_attrs": True}, tiny=True) == {"set_attrs": True}
+        assert model_overrides("unet", {"widths": (4, 8)}, tiny=True) == {"widths": (4, 8)}  # --set over tiny
     finally:
         from bench import registry
 

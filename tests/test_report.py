@@ -11,7 +11,7 @@ import pytest
 from bench.data.synapse import TRANSUNET_TEST_CASES
 from bench.errors import BenchError
 from bench.records import load, write_record
-from bench.report import BoardKey, leaderboards, render, write_report
+from bench.report import BoardKey, _latex_escape, leaderboards, render, write_report
 
 try:
     from tests.fixtures import make_record, md_rows
@@ -30,6 +30,18 @@ def runs(tmp_path):
     write_record(make_record("vmunet", seed=0, dice=0.99, overrides={"epochs": 2}), tmp_path)
     write_record(make_record("vmunet", dataset="isic17", seed=0, dice=0.88), tmp_path)
     return load(tmp_path)
+
+
+def test_render_from_python_gives_bench_reports_tables(runs, tmp_path):
+    # render(runs) alone lacked the CI columns bench report shows; given the case rows it is the same text
+    from bench.cost import load_profiles
+
+    cases = load(tmp_path, level="case")
+    for fmt in ("md", "latex", "csv", "cases"):
+        assert render(runs, fmt, cases, load_profiles(tmp_path)) == write_report(tmp_path, fmt), fmt
+    assert "DSC 95% CI" in render(runs, "md", cases) and "DSC 95% CI" not in render(runs, "md")
+    with pytest.raises(BenchError, match="format 'cases' needs the records' case rows: pass df_cases"):
+        render(runs, "cases")
 
 
 def test_boards_are_split_by_dataset_protocol_policy(runs):
@@ -131,6 +143,33 @@ def test_latex(runs):
     assert "82.00 $\\pm$ 2.00" in tex
     assert "legacy-synapse" in tex and "Kidney(L)" in tex
     assert "DSC $\\uparrow$ (\\%)" in tex
+
+
+def test_paper_columns_and_labels_for_latex(runs, tmp_path):
+    # a paper's table: the metrics and per-organ DSC only (31 columns were shrunk to 1.6 pt type), a
+    # \label per board, and a caption that speaks only of the columns shown
+    from bench.report import COLUMN_GROUPS, parse_columns
+
+    tex = render(runs, "latex", load(tmp_path, level="case"), columns=parse_columns("paper"))
+    isic, synapse, _ = [line for line in tex.splitlines() if line.startswith("Model & ")]
+    assert isic == "Model & DSC $\\uparrow$ (\\%) & mIoU $\\uparrow$ (\\%) & Acc $\\uparrow$ (\\%) & Spe $\\uparrow$ (\\%) & Sen $\\uparrow$ (\\%) \\\\"
+    assert synapse == ("Model & DSC $\\uparrow$ (\\%) & HD95 $\\downarrow$ & mIoU $\\uparrow$ (\\%) & Aorta & Gallbladder & "
+                      "Kidney(L) & Kidney(R) & Liver & Pancreas & Spleen & Stomach \\\\")
+    assert "\\begin{tabular}{lrrrrrrrrrrr}" in tex and "95\\% CI" not in tex
+    labels = re.findall(r"\\label\{([^}]*)\}", tex)
+    assert labels == ["tab:isic17-isic17-legacy-isic", "tab:synapse-synapse-legacy-synapse",
+                      "tab:synapse-synapse-off-protocol-epochs-2-legacy-synapse"]
+    md = render(runs, "md", load(tmp_path, level="case"), columns=parse_columns("family,ci"))
+    header = [line for line in md.splitlines() if line.startswith("| Model")][1]  # synapse's
+    assert [c.strip() for c in header.strip("|").split("|")] == ["Model", "Family", "DSC 95% CI", "HD95 95% CI"]
+    assert "95% CI: percentile bootstrap" in md
+    assert parse_columns("paper,params") == ("metrics", "classes", "params") and parse_columns(None) is None
+    assert parse_columns("all") == tuple(COLUMN_GROUPS)
+    with pytest.raises(BenchError, match=r"--columns 'clases': not a column group; did you mean 'classes'\?"):
+        parse_columns("metrics,clases")
+    with pytest.raises(BenchError, match="--columns chooses the Markdown and LaTeX tables' columns; --format csv"):
+        render(runs, "csv", columns=("metrics",))
+    assert "Folds 0--4 $\\times$ 2" in _latex_escape("Folds 0-4 × 2")
 
 
 def test_labels_with_markup_characters_keep_tables_whole(tmp_path):
@@ -672,7 +711,8 @@ def test_published_per_class_numbers_meet_the_boards_per_class_columns(tmp_path)
     lines = [line for line in text[text.index("## Published vs ours"):].splitlines() if line.startswith("| vmunet")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     got = {c[1]: (c[2], c[6], c[7]) for c in cells}  # Metric: Published, Ours, Ours − published
-    assert got == {"DSC (aorta)": ("86.4", "86.00", "-0.40"), "DSC (liver)": ("94", "95.00", "+1.00")}
+    # the board's organ names, and each number's unit
+    assert got == {"DSC (Aorta)": ("86.4 %", "86.00 %", "-0.40"), "DSC (Liver)": ("94 %", "95.00 %", "+1.00")}
     # nnU-Net's ACDC names its classes RV, MLM, LVC; the papers' columns are rv, myo, lv
     from bench.report import _class_column
 

@@ -10,6 +10,7 @@ import pytest
 from scipy import stats as sps
 
 from bench import metrics, stats
+from bench.errors import BenchError
 
 
 def _cases(values: dict[str, list[list[float]]], metric="dice", classes=2) -> pd.DataFrame:
@@ -247,6 +248,23 @@ def test_paired_tests_edge_cases():
     table = stats.paired_tests(df, "ref", metrics=("dice",))
     assert table.loc[0, "p"] == 1.0 and table.loc[0, "effect_size"] == 0.0
     assert stats.paired_tests(df, "absent", metrics=("dice",)).empty
+
+
+def test_case_rows_as_records_load_them_are_labelled_and_must_be_one_boards():
+    # a script passes records.load(dir, level="case") as it comes: the labels were a bare KeyError,
+    # and "unet" found no rows labelled "unet (tiny)" (an empty table, unsaid)
+    df = _cases({"unet": [[0.5, 0.6, 0.7]], "vmunet": [[0.6, 0.7, 0.9]]}).drop(columns="model_label")
+    df = df.assign(model=df["run_id"].str.split("-").str[0], model_config="{}", dataset="synapse", synthetic=False,
+                   protocol="smoke", policy="legacy-synapse", protocol_hash="abc", off_protocol=False,
+                   protocol_overrides="{}", tiny=True)
+    table = stats.paired_tests(df, "unet", metrics=("dice",))
+    assert list(table["model"]) == ["vmunet (tiny)"] and list(table["reference"]) == ["unet (tiny)"]
+    assert table.loc[0, "mean_diff"] == pytest.approx(0.4 / 3)
+    assert set(stats.bootstrap_ci(df, "dice", "legacy-synapse")) == {"unet (tiny)", "vmunet (tiny)"}
+    two = pd.concat([df, df.assign(policy="strict")])
+    with pytest.raises(BenchError, match=r"^case rows of 2 boards \(synapse · smoke · legacy-synapse; synapse · smoke · "
+                                         r"strict\); these statistics compare the models of one board"):
+        stats.rank_stability(two, "dice", "strict")
 
 
 def test_rank_stability():

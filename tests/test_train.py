@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import os
 import signal
 import subprocess
@@ -591,6 +592,25 @@ def test_without_a_live_bar_a_run_says_how_far_it_is_now_and_then(synapse_root, 
     monkeypatch.setattr(run, "HEARTBEAT_S", 300.0)
     run_one(spec, results_dir=tmp_path / "again", device=torch.device("cpu"), show_progress=False)
     assert capsys.readouterr().err == ""  # a short run prints none
+
+
+def test_a_finished_run_is_not_trained_again_from_python(synapse_root, tmp_path):
+    # bench run skips finished runs; run_one, called from a script, trained it again and replaced the
+    # weights behind the record before failing on the record's name
+    from bench.records import record_path
+    from bench.run import plan_grid, run_one
+
+    proto = _proto(max_iterations=2, max_cases=1)
+    (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=synapse_root,
+                        synthetic=False, results_dir=tmp_path, tiny=True)  # tiny: the tiny configuration
+    assert dict(spec.model_overrides) == dict(get_entry("unet").tiny) and spec.tiny
+    run_one(spec, results_dir=tmp_path, device=torch.device("cpu"))
+    weights = tmp_path / "runs" / spec.key / "checkpoints" / "final.pt"
+    before = weights.read_bytes()
+    with pytest.raises(BenchError, match=rf"^{spec.key}: finished already \({re.escape(str(record_path(tmp_path, spec.key)))}\); "
+                                         "training it again would replace the weights"):
+        run_one(spec, results_dir=tmp_path, device=torch.device("cpu"))
+    assert weights.read_bytes() == before
 
 
 def _vmamba_file(folder, tiny):
