@@ -254,7 +254,8 @@ def run(
             raise
     total = len(specs)
     specs = select_shard(specs, shard)
-    say_warnings(dict.fromkeys(s.model for s in specs))
+    if not distributed.launched_by_bench():  # the launcher said them
+        say_warnings(dict.fromkeys(s.model for s in specs))
     if launch:  # the grid is valid: start the processes
         raise typer.Exit(code=distributed.launch(nproc, _argv_of(ctx, drop=("nproc",))))
     dev = distributed.init(dev)
@@ -763,7 +764,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     """``warnings.showwarning`` on the command line: one line per warning, without the source line,
     and each text once (planning a grid and running it build the same model and meet the same warning)."""
     text = str(message)
-    if text not in _warned:
+    from bench.distributed import rank_from_env
+
+    if text not in _warned and rank_from_env() == 0:  # under torchrun the first process says it for all
         _warned.add(text)
         kind = "" if category is UserWarning else f" ({category.__name__})"
         typer.secho(f"warning{kind}: {text}", fg=typer.colors.YELLOW, err=True)
@@ -783,20 +786,35 @@ def main() -> None:
         # SIGTERM (what Slurm and torchrun send first) as Ctrl-C: cleanup runs (temp files, the run's
         # claim) and the command says so, where the process died with neither
         signal.signal(signal.SIGTERM, _interrupt)
+    from bench import distributed
+
     try:
         code = app(standalone_mode=False, prog_name="bench")  # click's usage errors reach us: one line each
     except BenchError as exc:
         if os.environ.get("BENCH_DEBUG"):
             raise
-        _echo_err(f"error: {_one_line(exc)}")
+        line = f"error: {_one_line(exc)}"
+        if not distributed.note_error(line):  # kept for `bench run --nproc`'s launcher, else said here
+            _echo_err(line)
         sys.exit(2)
     except UsageError as exc:  # a value outside an option's choices, a missing or unknown option
         if os.environ.get("BENCH_DEBUG"):
             raise
-        _echo_err(f"error: {_usage_line(exc)}")
+        line = f"error: {_usage_line(exc)}"
+        if not distributed.note_error(line):
+            _echo_err(line)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         code = 130
+    except Exception as exc:
+        # a collective failing because another process died: that one's line (or the launcher's) tells
+        if not distributed.lost_peer(exc) or os.environ.get("BENCH_DEBUG"):
+            raise
+        if not distributed.launched_by_bench():
+            _echo_err(f"error: another process of this run is gone ({' '.join(str(exc).split())[:200]})")
+        sys.exit(1)
+    if code == 130 and distributed.launched_by_bench():
+        sys.exit(code)  # the launcher says it, once
     if code == 130:  # Ctrl-C or SIGTERM (typer returns 130 for them)
         _echo_err("interrupted; the same command continues (bench run: with --resume, from the last checkpoint)")
     sys.exit(code if isinstance(code, int) else 0)

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
+import signal
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +62,44 @@ def world() -> World:
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+# Set by `bench run --nproc`'s launcher for its processes: a folder where each leaves its error line.
+# The launcher has said the plan's warnings, and says the interruption and the error once; the
+# processes keep quiet (each would print the same line, or be stopped before it printed).
+ERRORS_ENV = "BENCH_PROCESS_ERRORS"
+
+
+def launched_by_bench() -> bool:
+    return launched_by_torchrun() and bool(os.environ.get(ERRORS_ENV))
+
+
+def rank_from_env() -> int:
+    """This process's rank as torchrun set it (before the process group is joined); 0 outside it."""
+    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
+
+
+def note_error(line: str) -> bool:
+    """Keep a process's error line for the launcher (True) where `bench run --nproc` started it;
+    False: print it."""
+    folder, rank = os.environ.get(ERRORS_ENV), rank_from_env()
+    if not launched_by_torchrun() or not folder:
+        return False
+    try:
+        with open(os.path.join(folder, f"{rank}.txt"), "w", encoding="utf-8") as f:
+            f.write(line)
+        return True
+    except OSError:
+        return False
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another process is gone (killed, crashed):
+    its own traceback would only hide the other's message."""
+    text = str(exc)
+    return launched_by_torchrun() and (isinstance(exc, getattr(dist, "DistError", ())) or (
+        isinstance(exc, RuntimeError) and any(s in text for s in ("Connection reset by peer", "Connection closed by peer",
+                                                                   "gloo", "NCCL"))))
 
 
 def init(device: torch.device) -> torch.device:
@@ -151,6 +192,13 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     if device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return DistributedDataParallel(model, device_ids=[device.index], static_graph=True)
+    norms = sorted({type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)})
+    if norms and world().main:
+        import warnings
+
+        warnings.warn(f"{type(model).__name__} has {', '.join(norms)}: on CPU each of the {world().size} processes "
+                      "normalises over its own share of the batch (torch has no SyncBatchNorm there), so this run "
+                      "trains otherwise than one process would, under the same run id", stacklevel=2)
     return DistributedDataParallel(model, static_graph=True)
 
 
@@ -160,6 +208,12 @@ def check_nproc(nproc: int, device: torch.device, batch_size: int) -> None:
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise BenchError(f"--nproc {nproc}: one GPU per process, and this machine has {torch.cuda.device_count()}")
     check_batch(batch_size, nproc)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if device.type == "cpu" and nproc > cores:
+        import warnings
+
+        warnings.warn(f"--nproc {nproc}: more processes than the {cores} CPU core(s) this process may use; they "
+                      "take turns, so the run is slower than with fewer", stacklevel=2)
 
 
 def check_batch(batch_size: int, nproc: int) -> None:
@@ -186,21 +240,46 @@ def launch(nproc: int, args: list[str]) -> int:
     debug = bool(os.environ.get("BENCH_DEBUG"))
     if not debug:  # the agent's log lines ("Sending process … SIGTERM", "failed (exitcode: 2)")
         logging.disable(logging.ERROR)
+    # torchrun's per-launch log folder (empty here: nothing is redirected) would stay behind in /tmp
+    logs, errors = tempfile.mkdtemp(prefix="bench-torchrun-"), tempfile.mkdtemp(prefix="bench-errors-")
+    os.environ[ERRORS_ENV] = errors
     try:
-        run(parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "bench", *args]))
+        run(parse_args(["--standalone", f"--nproc_per_node={nproc}", f"--log-dir={logs}", "-m", "bench", *args]))
     except ChildFailedError as exc:
         if debug:
             raise
-        # the first to fail: the agent then stops the others, which fail too (SIGTERM)
-        rank, failure = exc.get_first_failure()
-        if failure.exitcode == 2:
-            return 2  # its "error: …" line is above
-        how = f"exit code {failure.exitcode}" if failure.exitcode > 0 else f"signal {failure.signal_name()}"
-        print(f"error: process {rank} of {nproc} failed ({how}); its output is above", file=sys.stderr)
-        return 1
+        return _failed(exc, nproc, errors)
     except SignalException as exc:
-        print("aborted", file=sys.stderr)
+        if int(exc.sigval) in (signal.SIGINT, signal.SIGTERM):
+            return 130  # as one process: the caller says "interrupted" once
+        print(f"aborted ({signal.Signals(int(exc.sigval)).name})", file=sys.stderr)
         return 128 + int(exc.sigval)
     finally:
         logging.disable(logging.NOTSET)
+        os.environ.pop(ERRORS_ENV, None)
+        shutil.rmtree(logs, ignore_errors=True)
+        shutil.rmtree(errors, ignore_errors=True)
     return 0
+
+
+def _failed(exc, nproc: int, errors: str) -> int:
+    """The exit code of a failed launch, its one line said: the first process to fail (the agent then
+    stops the others, which fail too)."""
+    rank, failure = exc.get_first_failure()
+    if failure.exitcode == 2:  # a user error: the first process's line where it wrote one (the others met
+        for who in (0, rank):  # the same, as a rule), else the line of the one that met it
+            kept = os.path.join(errors, f"{who}.txt")
+            if os.path.isfile(kept):
+                with open(kept, encoding="utf-8") as f:
+                    print(f.read().rstrip() + (f" (process {who} of {nproc})" if who else ""), file=sys.stderr)
+                return 2
+        return 2  # its line is above (a process that could not leave it)
+    if failure.exitcode > 0:
+        print(f"error: process {rank} of {nproc} failed (exit code {failure.exitcode}); its output is above",
+              file=sys.stderr)
+    else:  # no output of its own: SIGKILL is what the kernel's out-of-memory killer sends
+        hint = ": out of memory? (the system log says whether the OOM killer took it)" \
+            if failure.signal_name() == "SIGKILL" else ""
+        print(f"error: process {rank} of {nproc} was killed by {failure.signal_name()}{hint}; the others were "
+              "stopped (bench run --resume continues from the last checkpoint)", file=sys.stderr)
+    return 1

@@ -16,6 +16,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -344,6 +345,9 @@ def train_model(
         devices += [here] if devices[-1] != here else []
         resumed_from = state["epoch"]
         time_before = state.get("time_s", math.nan)  # training time of the killed process(es)
+        if w.main:  # else a resume and a fresh start read alike
+            print(f"  {Path(run_dir).name}: resuming after epoch {resumed_from + 1} of {epochs} (step {step} of "
+                  f"{total}) from {last}", file=sys.stderr)
 
     t0 = time.perf_counter()
     loss_value = float("nan")
