@@ -264,9 +264,10 @@ def _window_for(img_size: int, window: int, stages: int, patch: int = 4) -> int:
     """The largest window ≤ ``window`` that tiles the token grid of every stage (or the grid itself)."""
     grids = [img_size // patch // 2**i for i in range(stages)]
     if img_size % (patch * 2 ** (stages - 1)):
-        from bench.errors import BenchError
+        from bench.modeling import size_error
 
-        raise BenchError(f"swin_unet needs img_size divisible by {patch * 2 ** (stages - 1)}; got {img_size}")
+        raise size_error("swin_unet", img_size, patch * 2 ** (stages - 1),
+                         f"its {patch}-pixel patches merged {stages - 1} times need")
     for w in range(window, 0, -1):
         if all(g % w == 0 or g <= w for g in grids):
             return w

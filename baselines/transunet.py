@@ -364,7 +364,7 @@ PAPER_CONFIG = {"hidden": 768, "layers": 12, "heads": 12, "mlp_dim": 3072, "drop
 def transunet(*, num_classes: int, in_chans: int = 3, img_size: int = 224, **overrides: Any) -> TransUNet:
     """TransUNet with the authors' Synapse configuration; ``img_size`` must be a multiple of 16."""
     if img_size % 16:
-        from bench.errors import BenchError
+        from bench.modeling import size_error
 
-        raise BenchError(f"transunet needs img_size divisible by 16 (ViT grid img_size/16); got {img_size}")
+        raise size_error("transunet", img_size, 16, "its ViT grid of 16-pixel patches needs")
     return TransUNet(num_classes=num_classes, img_size=img_size, in_chans=3, **{**PAPER_CONFIG, **overrides})

@@ -15,6 +15,14 @@ from torch import nn
 from bench.errors import BenchError
 
 
+def size_error(name: str, img_size: int, divisor: int, why: str) -> BenchError:
+    """The error for an ``img_size`` a model cannot take, with the nearest sizes it can."""
+    down, up = img_size // divisor * divisor, -(-img_size // divisor) * divisor
+    sizes = f"{down} or {up}" if down else f"{up}"
+    return BenchError(f"{name}: img_size {img_size} is not a multiple of {divisor}, which {why}; use {sizes} "
+                      "(--img-size or the protocol's img_size)")
+
+
 class SegmentationModel(nn.Module):
     num_classes: int
     in_chans: int
@@ -30,6 +38,12 @@ class SegmentationModel(nn.Module):
         if x.ndim != 2 + self.spatial_dims:
             layout = "(B, C, H, W)" if self.spatial_dims == 2 else "(B, C, D, H, W)"
             raise BenchError(f"{name} expects input {layout}; got shape {tuple(x.shape)}")
+        weight = next(self.parameters(), None)
+        if not x.is_floating_point() or (weight is not None and x.dtype != weight.dtype
+                                         and not torch.is_autocast_enabled(x.device.type)):
+            want = weight.dtype if weight is not None else torch.float32
+            raise BenchError(f"{name} expects a {str(want).replace('torch.', '')} input (its weights'); got "
+                             f"{str(x.dtype).replace('torch.', '')}: convert it with x.to({want})")
         if x.shape[1] != self.in_chans:
             if x.shape[1] != 1:
                 raise BenchError(f"{name} expects {self.in_chans} input channels (or 1, repeated); got {x.shape[1]}")

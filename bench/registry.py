@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.modeling import SegmentationModel
+from bench.modeling import SegmentationModel, size_error
 
 FAMILIES = ("ssm", "cnn", "transformer")
 _BUILTIN_PACKAGES = ("baselines", "ssm_models")
@@ -260,10 +260,7 @@ def _check_img_size(name: str, model: nn.Module, img_size: int) -> None:
     # At creation, not at the first forward: `bench run` then fails before its training starts.
     d = getattr(model, "size_divisor", 1)
     if img_size % d:
-        down, up = img_size // d * d, -(-img_size // d) * d
-        sizes = f"{down} or {up}" if down else f"{up}"
-        raise BenchError(f"{name}: img_size {img_size} is not a multiple of {d}, which {type(model).__name__} "
-                         f"needs (it downsamples {d}x); use {sizes} (--img-size or the protocol's img_size)")
+        raise size_error(name, img_size, d, f"{type(model).__name__} needs (it downsamples {d}x)")
 
 
 def check_buildable(name: str, *, num_classes: int, in_chans: int = 3, img_size: int = 224,

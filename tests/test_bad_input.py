@@ -641,10 +641,22 @@ def test_non_square_input_to_a_square_model(name, phrase):
         _raises(lambda: model(torch.zeros(1, 1, 64, 96)), names="(64, 96)", phrase=phrase)
 
 
+def test_an_input_of_another_dtype_is_named():
+    # a float64 or uint8 array from numpy reached the first conv as torch's own dtype error
+    model = create_model("unet", num_classes=2, in_chans=1, img_size=32, tiny=True).eval()
+    for dtype, shown in ((torch.float64, "float64"), (torch.uint8, "uint8")):
+        _raises(lambda: model(torch.zeros(1, 1, 32, 32, dtype=dtype)), names="UNet",
+                phrase=f"expects a float32 input (its weights'); got {shown}: convert it with x.to(torch.float32)")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts the input itself
+        assert model(torch.zeros(1, 1, 32, 32)).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("name, size, phrase", [("vmunet", 48, "not a multiple of 32"),
                                                 ("unet", 100, "not a multiple of 8"),
-                                                ("transunet", 100, "divisible by 16"),
-                                                ("swin_unet", 48, "divisible by 32")])
+                                                ("transunet", 100, "not a multiple of 16, which its ViT grid of "
+                                                                   "16-pixel patches needs; use 96 or 112"),
+                                                ("swin_unet", 48, "not a multiple of 32, which its 4-pixel patches "
+                                                                  "merged 3 times need; use 32 or 64")])
 def test_img_size_a_model_cannot_take_fails_at_creation(name, size, phrase):
     _raises(lambda: create_model(name, num_classes=2, img_size=size, **get_entry(name).tiny), names=name,
             phrase=phrase)

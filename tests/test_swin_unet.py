@@ -64,7 +64,7 @@ def test_small_inputs_adapt_the_window_and_record_it():
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 2, 64, 64)
     with pytest.raises(BenchError, match="built for 64x64"):
         model(torch.randn(1, 3, 96, 96))
-    with pytest.raises(BenchError, match="divisible by 32"):
+    with pytest.raises(BenchError, match="not a multiple of 32"):
         create_model("swin_unet", num_classes=2, img_size=100)
 
 

@@ -86,7 +86,7 @@ def test_size_rules():
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 2, 64, 64)
     with pytest.raises(BenchError, match="built for 64x64"):
         model(torch.randn(1, 3, 128, 128))
-    with pytest.raises(BenchError, match="divisible by 16"):
+    with pytest.raises(BenchError, match="not a multiple of 16"):
         create_model("transunet", num_classes=2, img_size=100)
 
 
