@@ -464,8 +464,9 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
     train = "/".join(str(n) for n in a.get("n_train", []))  # absent in records written before it was kept
     note = (
         f"Mean ± std (sample, ddof=1) over seeds: {seeds} per model; test cases per run: {cases}"
-        f"{f'; training items: {train}' if train else ''}. "
-        f"DSC, mIoU, Acc, Spe, Sen in %{hd}; NaN is shown, not dropped."
+        f"{f'; training items: {train}' if train else ''}."
+        + (f" DSC, mIoU, Acc, Spe, Sen in %{hd}; NaN is shown, not dropped."  # where a metric is shown
+           if any(shown(g) for g in ("metrics", "classes", "class-hd95", "ci")) else "")
     )
     if CV_LABEL in key.dataset:
         folds = sorted(set(board["fold_set"]))
@@ -475,7 +476,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
             note += f" Models tested on different folds ({'; '.join(folds)}): not comparable."
         if any("(uneven" in f for f in board["folds"]):
             note += " Uneven: a model's seeds tested other folds (an unfinished grid), so some folds weigh more."
-    if a.get("nsd_tolerances"):  # one per board: the tolerance is part of the protocol
+    if a.get("nsd_tolerances") and (shown("metrics") or shown("class-hd95")):  # one per board: the protocol's
         per_class = any(isinstance(t, str) for t in a["nsd_tolerances"])
         tol = ("; " if per_class else ", ").join(t if isinstance(t, str) else f"{t:g}" for t in a["nsd_tolerances"])
         if per_class:
@@ -488,6 +489,9 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         where = (f"on {devices[0]}" if len(devices) == 1
                  else f"on different devices ({'; '.join(devices)}): not comparable between them")
         note += f" Train time: mean per run of the training loop's wall-clock time, resumes included, {where}."
+    if "macs" in board and board["macs"].notna().any() and shown("cost"):
+        note += (" GMACs: one forward of one input at the protocol's input size (the square image, or the patch), "
+                 "the selective scan included; thop GMACs: what thop counts, the convention of published tables.")
     if _has_exclusions(board) and shown("metrics"):
         note += (" DSC n/a: case × class entries with both masks empty, over all runs; strict scores them NaN and "
                  "leaves them out of the means; a class with no other entry has no mean, and the DSC is nan (as "
@@ -531,8 +535,7 @@ _LATEX_ESCAPES = {
 
 
 def _latex_escape(text: str) -> str:
-    escaped = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
-    return re.sub(r"(?<=\d)-(?=\d)", "--", escaped)  # a range ("folds 0-4") takes an en dash
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
 
 
 def _align(column: str) -> str:
@@ -547,6 +550,8 @@ def _render_latex(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...]
     for key, board in boards.items():
         title, note = _caption(key, board, columns)
         table = _display_table(board, columns)
+        if "Folds" in table:  # a range of folds ("0-4") takes an en dash
+            table["Folds"] = table["Folds"].str.replace(r"(?<=\d)-(?=\d)", "–", regex=True)
         spec = "".join(_align(c)[0] for c in table.columns)
         label = "tab:" + re.sub(r"[^a-z0-9]+", "-", f"{key.dataset} {key.protocol} {key.policy}".lower()).strip("-")
         labels[label] += 1
@@ -1047,7 +1052,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
                 diff = blocked or ("" if math.isnan(ours) else f"{ours - p['value']:+.2f}")
                 label = METRICS[base][0] + (f" ({class_display(cls, key.dataset)})" if cls else "")  # as the board
                 units = board.attrs.get("hd95_units", [])
-                unit = "%" if METRICS[base][1] else (units[0] if len(units) == 1 else "")
+                unit = "%" if METRICS[base][1] else (units[0] if len(units) == 1 and units[0] != "mixed" else "")
                 rows.append({"Model": b["model"], "Metric": label,  # the board's row label
                              "Published": f"{p['value']:g} {p['unit']}".strip(), "Source": p["source"],
                              "Their convention": p["convention"], "Their recipe": p["protocol"] or "not one of ours",
@@ -1071,16 +1076,17 @@ def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md", df_cases: pd.D
     table (mean and std columns, metrics as stored in [0, 1]) with the board key columns first.
     With ``df_cases`` (``records.load(dir, level="case")``) the boards gain their bootstrap CIs and
     polyp/isic_all runs a board per test set; with ``profiles`` (``cost.load_profiles``), GMACs of
-    runs whose records count none: then the text is ``bench report``'s (``write_report``).
+    runs whose records count none: then these are ``bench report``'s boards (``write_report`` adds
+    the Markdown sections after them: paired tests, published numbers, cost tables, plots).
     ``columns``: the Markdown/LaTeX tables' ``COLUMN_GROUPS`` (``parse_columns``); None: all.
     """
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
+    _check_columns(columns, fmt)
     if fmt == ReportFormat.cases:
         if df_cases is None:
             raise BenchError("format 'cases' needs the records' case rows: pass df_cases (bench report --format cases)")
         return render_cases(df_cases[df_cases["run_id"].isin(_finished(df_runs)["run_id"])])
-    _check_columns(columns, fmt)
-    boards, _ = _boards(df_runs, df_cases, profiles)
+    boards, _, _ = _boards(df_runs, df_cases, profiles)
     return _render(boards, fmt, columns)
 
 
@@ -1101,9 +1107,10 @@ def _finished(df_runs: pd.DataFrame) -> pd.DataFrame:
     return df_runs[df_runs["status"] == "finished"] if not df_runs.empty else df_runs
 
 
-def _boards(df_runs: pd.DataFrame, df_cases: pd.DataFrame | None,
-            profiles: pd.DataFrame | None) -> tuple[dict[BoardKey, pd.DataFrame], dict[BoardKey, pd.DataFrame]]:
-    """The boards (per-test-set ones included, costs and CIs joined) and their case rows."""
+def _boards(df_runs: pd.DataFrame, df_cases: pd.DataFrame | None, profiles: pd.DataFrame | None) -> tuple[
+        dict[BoardKey, pd.DataFrame], dict[BoardKey, pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame]]:
+    """The boards (per-test-set ones included, costs and CIs joined), their case rows, and the
+    per-test-set (run rows, case rows) of ``split_test_sets``."""
     df_runs = _finished(df_runs)
     if df_cases is not None:
         df_cases = df_cases[df_cases["run_id"].isin(df_runs["run_id"])]
@@ -1112,7 +1119,7 @@ def _boards(df_runs: pd.DataFrame, df_cases: pd.DataFrame | None,
     groups = _case_groups(pd.concat([df_cases, set_cases], ignore_index=True) if len(set_cases) else df_cases)
     join_cost(boards, profiles)
     join_ci(boards, groups)
-    return boards, groups
+    return boards, groups, (set_runs, set_cases)
 
 
 def _check_format(fmt: str) -> str:
@@ -1194,7 +1201,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     if fmt == ReportFormat.cases:
         text = render_cases(df_cases)
     else:
-        boards, groups = _boards(df_runs, df_cases, profiles)
+        boards, groups, (set_runs, set_cases) = _boards(df_runs, df_cases, profiles)
         text = _render(boards, fmt, columns)
         if not boards and fmt == ReportFormat.md:  # most likely not the folder meant
             text = (f"No finished runs found in {results_dir}"
@@ -1237,7 +1244,6 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                 from bench.plots import write_plots
 
                 images = Path(out).parent / f"{Path(out).stem}_files"
-                set_runs, set_cases = split_test_sets(df_runs, df_cases)
                 paths = write_plots(results_dir, images, df_runs=df_runs, df_cases=df_cases, df_profiles=profiles,
                                     set_runs=set_runs, set_cases=set_cases)
                 if paths:

@@ -50,7 +50,7 @@ N_PERM = 4096  # swap patterns of the pooled paired test where there are more th
 def one_board(df_cases: pd.DataFrame) -> pd.DataFrame:
     """``df_cases`` with ``bench.report.label_cases``' labels (added where missing); BenchError where
     its rows belong to several boards (datasets, protocols or policies), whose cases must not mix."""
-    if "model_label" not in df_cases:
+    if "model_label" not in df_cases and not df_cases.empty:
         from bench.report import label_cases
 
         df_cases = label_cases(df_cases)

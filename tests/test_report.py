@@ -33,15 +33,22 @@ def runs(tmp_path):
 
 
 def test_render_from_python_gives_bench_reports_tables(runs, tmp_path):
-    # render(runs) alone lacked the CI columns bench report shows; given the case rows it is the same text
-    from bench.cost import load_profiles
+    # render(runs) alone lacked the CI columns bench report shows; given the case rows (and profiles)
+    # it gives the same boards, which bench report's Markdown follows with its own sections
+    from bench import cost
 
-    cases = load(tmp_path, level="case")
-    for fmt in ("md", "latex", "csv", "cases"):
-        assert render(runs, fmt, cases, load_profiles(tmp_path)) == write_report(tmp_path, fmt), fmt
-    assert "DSC 95% CI" in render(runs, "md", cases) and "DSC 95% CI" not in render(runs, "md")
+    cost.write_profile(cost.profile_model("unet", img_size=32, tiny=True, timing=False), tmp_path)
+    cases, profiles = load(tmp_path, level="case"), cost.load_profiles(tmp_path)
+    for fmt in ("latex", "csv", "cases"):
+        assert render(runs, fmt, cases, profiles) == write_report(tmp_path, fmt), fmt
+    md = render(runs, "md", cases, profiles)
+    full = write_report(tmp_path)
+    assert full.startswith(md.rstrip("\n")) and "## Cost" in full[len(md):] and "## Cost" not in md
+    assert "DSC 95% CI" in md and "DSC 95% CI" not in render(runs, "md")
     with pytest.raises(BenchError, match="format 'cases' needs the records' case rows: pass df_cases"):
         render(runs, "cases")
+    with pytest.raises(BenchError, match="--columns chooses the Markdown and LaTeX tables' columns; --format cases"):
+        render(runs, "cases", cases, columns=("metrics",))
 
 
 def test_boards_are_split_by_dataset_protocol_policy(runs):
@@ -169,7 +176,18 @@ def test_paper_columns_and_labels_for_latex(runs, tmp_path):
         parse_columns("metrics,clases")
     with pytest.raises(BenchError, match="--columns chooses the Markdown and LaTeX tables' columns; --format csv"):
         render(runs, "csv", columns=("metrics",))
-    assert "Folds 0--4 $\\times$ 2" in _latex_escape("Folds 0-4 × 2")
+    # names keep their hyphens (a GPU's, a weights file's date); × and friends are escaped
+    assert _latex_escape("A100-SXM4-80GB unet-2024-05-01.pth 2 × 3") == "A100-SXM4-80GB unet-2024-05-01.pth 2 $\\times$ 3"
+    caption = render(runs, "md", columns=("family",)).split("\n\n")[1]
+    assert "in %" not in caption and "NaN is shown" not in caption  # no metric column shown, none explained
+    # the cost columns say at which input their GMACs were counted, where they are shown
+    rec = make_record("unet", seed=0, dataset="isic18")
+    rec["cost"].update(macs=4.1e9, paper_macs=4.0e9)
+    write_record(rec, tmp_path)
+    md = render(load(tmp_path), "md")
+    isic18 = md[md.index("## isic18"):]
+    assert "GMACs (scan incl.) |" in isic18 and "GMACs: one forward of one input at the protocol's input size" in isic18
+    assert "GMACs: one forward" not in render(load(tmp_path), "md", columns=("metrics",))
 
 
 def test_labels_with_markup_characters_keep_tables_whole(tmp_path):
@@ -1062,6 +1080,7 @@ def test_an_uneven_fold_grid_is_named(tmp_path):
         write_record(rec, tmp_path)
     (board,) = leaderboards(load(tmp_path)).values()
     assert list(board["folds"]) == ["0-4", "0-4"] and "Uneven" not in write_report(tmp_path)
+    assert "& 0--4 &" in write_report(tmp_path, "latex")  # a range's en dash, in LaTeX
 
 
 def test_runs_on_other_data_or_from_other_weights_are_not_averaged(tmp_path):
