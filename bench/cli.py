@@ -203,6 +203,8 @@ def run(
 
     _check_scan_backend_variable()
     _set_threads(threads)
+    if distributed.rank_from_env() != 0:  # a process of a torchrun: the first says the warnings for all
+        warnings.simplefilter("ignore")
     if shard:
         parse_shard(shard)  # before anything is written
     names = resolve_models(models)
@@ -764,9 +766,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     """``warnings.showwarning`` on the command line: one line per warning, without the source line,
     and each text once (planning a grid and running it build the same model and meet the same warning)."""
     text = str(message)
-    from bench.distributed import rank_from_env
-
-    if text not in _warned and rank_from_env() == 0:  # under torchrun the first process says it for all
+    if text not in _warned:
         _warned.add(text)
         kind = "" if category is UserWarning else f" ({category.__name__})"
         typer.secho(f"warning{kind}: {text}", fg=typer.colors.YELLOW, err=True)
@@ -810,9 +810,10 @@ def main() -> None:
         # a collective failing because another process died: that one's line (or the launcher's) tells
         if not distributed.lost_peer(exc) or os.environ.get("BENCH_DEBUG"):
             raise
-        if not distributed.launched_by_bench():
-            _echo_err(f"error: another process of this run is gone ({' '.join(str(exc).split())[:200]})")
-        sys.exit(1)
+        line = f"error: another process of this run is gone ({' '.join(str(exc).split())[:200]})"
+        if not distributed.note_error(line):
+            _echo_err(line)
+        sys.exit(distributed.LOST_PEER_EXIT)
     if code == 130 and distributed.launched_by_bench():
         sys.exit(code)  # the launcher says it, once
     if code == 130:  # Ctrl-C or SIGTERM (typer returns 130 for them)

@@ -27,6 +27,7 @@ import signal
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,7 +77,13 @@ def launched_by_bench() -> bool:
 
 def rank_from_env() -> int:
     """This process's rank as torchrun set it (before the process group is joined); 0 outside it."""
-    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
+    try:
+        return int(os.environ.get("RANK") or 0) if launched_by_torchrun() else 0
+    except ValueError:
+        return 0
+
+
+LOST_PEER_EXIT = 3  # a process whose collective failed because another is gone: not the cause
 
 
 def note_error(line: str) -> bool:
@@ -94,12 +101,12 @@ def note_error(line: str) -> bool:
 
 
 def lost_peer(exc: BaseException) -> bool:
-    """Whether ``exc`` is a collective failing because another process is gone (killed, crashed):
-    its own traceback would only hide the other's message."""
+    """Whether ``exc`` is a collective failing because another process's connection closed (it was
+    killed or crashed): its traceback would only hide the other's message. An error of this process's
+    own (a CUDA error NCCL reports) is not one."""
     text = str(exc)
-    return launched_by_torchrun() and (isinstance(exc, getattr(dist, "DistError", ())) or (
-        isinstance(exc, RuntimeError) and any(s in text for s in ("Connection reset by peer", "Connection closed by peer",
-                                                                   "gloo", "NCCL"))))
+    return launched_by_torchrun() and isinstance(exc, RuntimeError) and any(
+        s in text for s in ("Connection reset by peer", "Connection closed by peer"))
 
 
 def init(device: torch.device) -> torch.device:
@@ -240,11 +247,15 @@ def launch(nproc: int, args: list[str]) -> int:
     debug = bool(os.environ.get("BENCH_DEBUG"))
     if not debug:  # the agent's log lines ("Sending process … SIGTERM", "failed (exitcode: 2)")
         logging.disable(logging.ERROR)
-    # torchrun's per-launch log folder (empty here: nothing is redirected) would stay behind in /tmp
-    logs, errors = tempfile.mkdtemp(prefix="bench-torchrun-"), tempfile.mkdtemp(prefix="bench-errors-")
-    os.environ[ERRORS_ENV] = errors
+    # torchrun's per-launch log folder (empty here: nothing is redirected) would stay behind in /tmp; the
+    # processes' error lines go beside it
+    root = Path(tempfile.mkdtemp(prefix="bench-torchrun-"))
+    errors, before = root / "errors", os.environ.get(ERRORS_ENV)
+    errors.mkdir()
+    os.environ[ERRORS_ENV] = str(errors)
     try:
-        run(parse_args(["--standalone", f"--nproc_per_node={nproc}", f"--log-dir={logs}", "-m", "bench", *args]))
+        run(parse_args(["--standalone", f"--nproc_per_node={nproc}", f"--log-dir={root / 'logs'}", "-m", "bench",
+                        *args]))
     except ChildFailedError as exc:
         if debug:
             raise
@@ -256,27 +267,41 @@ def launch(nproc: int, args: list[str]) -> int:
         return 128 + int(exc.sigval)
     finally:
         logging.disable(logging.NOTSET)
-        os.environ.pop(ERRORS_ENV, None)
-        shutil.rmtree(logs, ignore_errors=True)
-        shutil.rmtree(errors, ignore_errors=True)
+        if before is None:
+            os.environ.pop(ERRORS_ENV, None)
+        else:
+            os.environ[ERRORS_ENV] = before
+        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
-def _failed(exc, nproc: int, errors: str) -> int:
-    """The exit code of a failed launch, its one line said: the first process to fail (the agent then
-    stops the others, which fail too)."""
-    rank, failure = exc.get_first_failure()
+_STOPPED = (130, -int(signal.SIGTERM), -int(signal.SIGINT))  # stopped by the agent, or interrupted
+
+
+def _failed(exc, nproc: int, errors: Path) -> int:
+    """The exit code of a failed launch, its one line said. The cause is the first process to fail
+    that is not a consequence: the agent stops the others once one fails (SIGTERM, exit 130), and a
+    process whose collective lost the failed one exits LOST_PEER_EXIT, perhaps in the same instant."""
+    failures = sorted(exc.failures.items(), key=lambda kv: (kv[1].timestamp, kv[0]))
+    causes = [(r, f) for r, f in failures if f.exitcode not in (*_STOPPED, LOST_PEER_EXIT)]
+    if not causes:
+        if all(f.exitcode in _STOPPED for _, f in failures):
+            return 130  # interrupted: the caller says so, once
+        causes = failures
+    rank, failure = causes[0]
     if failure.exitcode == 2:  # a user error: the first process's line where it wrote one (the others met
         for who in (0, rank):  # the same, as a rule), else the line of the one that met it
-            kept = os.path.join(errors, f"{who}.txt")
-            if os.path.isfile(kept):
-                with open(kept, encoding="utf-8") as f:
-                    print(f.read().rstrip() + (f" (process {who} of {nproc})" if who else ""), file=sys.stderr)
+            kept = errors / f"{who}.txt"
+            if kept.is_file():
+                text = kept.read_text(encoding="utf-8").rstrip()
+                print(text + (f" (process {who} of {nproc})" if who else ""), file=sys.stderr)
                 return 2
         return 2  # its line is above (a process that could not leave it)
+    kept = errors / f"{rank}.txt"
     if failure.exitcode > 0:
-        print(f"error: process {rank} of {nproc} failed (exit code {failure.exitcode}); its output is above",
-              file=sys.stderr)
+        said = kept.read_text(encoding="utf-8").rstrip() if kept.is_file() else ""
+        print(f"error: process {rank} of {nproc} failed (exit code {failure.exitcode}); "
+              + (said.removeprefix("error: ") if said else "its output is above"), file=sys.stderr)
     else:  # no output of its own: SIGKILL is what the kernel's out-of-memory killer sends
         hint = ": out of memory? (the system log says whether the OOM killer took it)" \
             if failure.signal_name() == "SIGKILL" else ""

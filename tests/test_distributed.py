@@ -274,7 +274,7 @@ def test_launch_sets_omp_threads_for_torchrun(monkeypatch):
         assert config.nproc_per_node == 2 and config.rdzv_backend == "c10d" and config.max_restarts == 0
         # torchrun's log folder (one per launch) is ours, and goes: /tmp held hundreds of them
         logs.append(Path(config.logs_specs._root_log_dir))
-        assert logs[-1].is_dir() and logs[-1].name.startswith("bench-torchrun-")
+        assert logs[-1].is_dir() and logs[-1].parent.name.startswith("bench-torchrun-")
         return lambda *args: seen.append((os.environ["OMP_NUM_THREADS"], entrypoint, args[-3:]))
 
     logs: list[Path] = []
@@ -286,7 +286,7 @@ def test_launch_sets_omp_threads_for_torchrun(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     distributed.launch(2, ["run", "--x", "1"])
     assert seen == [("1", sys.executable, ("run", "--x", "1")), ("3", sys.executable, ("run", "--x", "1"))]
-    assert len(logs) == 2 and not any(d.exists() for d in logs)
+    assert len(logs) == 2 and not any(d.parent.exists() for d in logs)  # the launch's whole temp folder
 
 
 @pytest.mark.parametrize("first, then, kept, code, said", [
@@ -296,6 +296,9 @@ def test_launch_sets_omp_threads_for_torchrun(monkeypatch):
     ((1, 1), (0, 2), {0: "error: x"}, 1, "error: process 1 of 2 failed (exit code 1); its output is above\n"),  # a bug
     ((0, 2), (1, -15), {0: "error: bad input", 1: "error: bad input"}, 2, "error: bad input\n"),  # said once
     ((1, 2), (0, -15), {1: "error: bad input"}, 2, "error: bad input (process 1 of 2)\n"),  # 0 stopped before it wrote
+    ((0, 3), (1, 2), {1: "error: bad input"}, 2, "error: bad input (process 1 of 2)\n"),  # 0 lost its peer: a consequence
+    ((1, 1), (0, -15), {1: "error: RuntimeError: boom"}, 1, "error: process 1 of 2 failed (exit code 1); RuntimeError: boom\n"),
+    ((0, 130), (1, -15), {}, 130, ""),  # interrupted: the caller says so
 ])
 def test_the_process_that_failed_first_decides(monkeypatch, capsys, first, then, kept, code, said):
     """The agent stops the other processes (SIGTERM), which count as failures too: the first one is
