@@ -107,6 +107,9 @@ def test_convert_names_what_is_wrong(btcv, tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((*SHAPE, 1), np.float32), np.diag([*ZOOMS, 1])), partial / "img" / "img0040.nii.gz")
     with pytest.raises(BenchError, match=r"img0040\.nii\.gz: expected a 3-D NIfTI volume, got shape \(12, 10, 3, 1\)"):
         btcv_to_synapse(partial, tmp_path / "out")
+    (partial / "img" / "img0040.nii.gz").write_bytes(b"not a volume")  # its header is read before the volumes
+    with pytest.raises(BenchError, match=r"img0040\.nii\.gz: cannot read it as a NIfTI volume"):
+        btcv_to_synapse(partial, tmp_path / "out")
     shutil.copy(btcv / "Training" / "img" / "img0040.nii.gz", partial / "img")
     assert not (tmp_path / "out").exists()  # nothing half-written
     nib.save(nib.load(btcv / "Training" / "label" / "label0040.nii.gz"), partial / "label" / "label0040.nii")
@@ -149,12 +152,19 @@ def test_labels_placed_apart_from_their_images_are_warned_about(btcv, tmp_path):
         path = raw / kind / f"{kind}0021.nii.gz"
         vol = nib.load(path)
         nib.save(nib.Nifti1Image(np.asarray(vol.dataobj)[::-1], vol.affine @ flip), path)
+    sheared = np.diag([*ZOOMS, 1.0])
+    sheared[:, 1] = 0.0  # a degenerate affine: its y axis has no direction
+    for kind in ("img", "label"):
+        path = raw / kind / f"{kind}0040.nii.gz"
+        degenerate = nib.Nifti1Image(np.asarray(nib.load(path).dataobj), None)
+        degenerate.set_sform(sheared, code=1)  # the header's matrix as given (no qform can express it)
+        nib.save(degenerate, path)
     with pytest.warns(UserWarning) as said:
         btcv_to_synapse(raw, tmp_path / "turned")
     (message,) = [str(w.message) for w in said]
-    assert message == (f"{raw / 'img' / 'img0021.nii.gz'}: orientation LAS, most images' RAS (1 of 30 differ: "
-                       "img0021.nii.gz); converted as stored, so their anatomy lies mirrored or turned against the "
-                       "other cases'")
+    assert message == (f"{raw / 'img' / 'img0021.nii.gz'}: orientation LAS, most images' RAS (2 of 30 differ: "
+                       "img0021.nii.gz, img0040.nii.gz); converted as stored, so their anatomy lies mirrored or "
+                       "turned against the other cases'")
 
 # --- Medical Segmentation Decathlon -------------------------------------------------------------
 

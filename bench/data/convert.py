@@ -126,8 +126,17 @@ def _placement(img_path: Path, label_path: Path) -> str | None:
 
     if same_geometry(img_path, label_path):
         return None
-    codes = ["".join(nib.aff2axcodes(nib.load(str(p)).affine)) for p in (label_path, img_path)]
-    return f"orientation {codes[0]}, its image's {codes[1]}" if codes[0] != codes[1] else "origin"
+    codes = [_axcodes(p) for p in (label_path, img_path)]
+    return f"orientation {codes[0]}, its image's {codes[1]}" if codes[0] != codes[1] else "origin or direction"
+
+
+def _axcodes(path: Path) -> str:
+    """"LPS" and the like from a NIfTI header ("?" for an axis a degenerate affine leaves undefined)."""
+    import nibabel as nib
+
+    with reading(path, "a NIfTI volume"):
+        affine = nib.load(str(path)).affine
+    return "".join(c or "?" for c in nib.aff2axcodes(affine))
 
 
 def btcv_to_synapse(raw: str | Path, out: str | Path) -> Path:
@@ -183,9 +192,7 @@ def btcv_to_synapse(raw: str | Path, out: str | Path) -> Path:
 def _odd_orientations(images: list[Path]) -> str | None:
     """A note naming the images stored in another orientation than most (nnU-Net v1 checked this
     too): converted as stored, their anatomy is mirrored or turned against the other cases'."""
-    import nibabel as nib
-
-    codes = {p: "".join(nib.aff2axcodes(nib.load(str(p)).affine)) for p in images}
+    codes = {p: _axcodes(p) for p in images}
     common, _ = collections.Counter(codes.values()).most_common(1)[0]
     odd = [p for p, c in codes.items() if c != common]
     if not odd:
