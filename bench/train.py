@@ -54,6 +54,7 @@ class TrainResult:
     epoch_losses: list[float] = field(default_factory=list)
     resumed_from: int | None = None  # epoch the run resumed after, if it did
     devices: list[str] = field(default_factory=list)  # short fingerprints it trained on, in order
+    commits: list[str] = field(default_factory=list)  # the git commits of the code it trained under, in order
     world_size: int = 1  # processes that trained it (bench.distributed)
     cudnn_deterministic: bool | None = None  # deterministic cuDNN kernels, no autotuning; None: CPU
     base_lr: float | None = None  # the schedule's starting lr (train.lr after a batch-size rule)
@@ -68,10 +69,30 @@ class TrainResult:
             "epoch_losses": self.epoch_losses,
             "resumed_from": self.resumed_from,
             "devices": self.devices,
+            "commits": self.commits,
             "world_size": self.world_size,
             "cudnn_deterministic": self.cudnn_deterministic,
             "base_lr": self.base_lr,
         }
+
+
+def _resumed_commits(last: Path, state: dict[str, Any], code: str | None) -> list[str]:
+    """The commits a resumed training ran under, this one last; a warning where it differs from
+    the checkpoint's (an upgrade between a kill and its resume: the record names only the last)."""
+    commits = list(state.get("commits") or [])
+    if code is None:
+        return commits
+    if "commits" not in state:  # written before checkpoints named their code: by an older version
+        commits = ["unknown (a checkpoint written before commits were kept)"]
+        was = "an older version of bench"
+    else:
+        was = f"commit {commits[-1][:12]}" if commits else "code outside a git checkout"
+    if not commits or commits[-1] != code:
+        warnings.warn(f"{last}: written by {was}, resumed at commit {code[:12]}: the rest of the training runs "
+                      "other code (the record's train.commits lists each); run it without --resume to train it "
+                      "under one", stacklevel=3)
+        commits.append(code)
+    return commits
 
 
 def seed_everything(seed: int) -> None:
@@ -305,6 +326,8 @@ def train_model(
     last = ckpt_dir / LAST
     here = env.short_fingerprint(env.fingerprint(device))
     devices = [here]  # where the training ran: a resume on another device (or thread count) is not bit-identical
+    code = env.git_commit()  # None outside a git checkout: nothing to compare
+    commits = [code] if code else []  # a resume under other code trains the rest otherwise
     if not resume and w.main and last.is_file():  # days of training, replaced unsaid at the first epoch's end
         written = dt.datetime.fromtimestamp(last.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
         warnings.warn(f"{last}: an earlier attempt's checkpoint (written {written}); training afresh replaces it "
@@ -343,6 +366,7 @@ def train_model(
                           "another device or thread count, so it is not bit-identical to an uninterrupted run"
                           + (" (and AMP follows the device)" if t.amp else ""), stacklevel=2)
         devices += [here] if devices[-1] != here else []
+        commits = _resumed_commits(last, state, code)
         resumed_from = state["epoch"]
         time_before = state.get("time_s", math.nan)  # training time of the killed process(es)
         if w.main:  # else a resume and a fresh start read alike
@@ -411,7 +435,7 @@ def train_model(
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                     "rng": rngs[0], "epoch": epoch, "step": step, "epoch_losses": epoch_losses,
                     "best": list(best) if best else None, "protocol_hash": protocol.hash, "world_size": w.size,
-                    "trains_on": trains_on, "devices": devices,
+                    "trains_on": trains_on, "devices": devices, "commits": commits,
                     "time_s": time_before + time.perf_counter() - t0,
                 }
                 if w.distributed:
@@ -453,6 +477,7 @@ def train_model(
         time_s=time_before + time.perf_counter() - t0, selected=selected, epoch_losses=epoch_losses,
         resumed_from=resumed_from,
         devices=devices,
+        commits=commits,
         world_size=w.size,
         cudnn_deterministic=(torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
                              if device.type == "cuda" else None),  # no cuDNN on CPU

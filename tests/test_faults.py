@@ -74,8 +74,8 @@ main()
 RUN = ["run", "--models", "vmunet", "--tiny", "--dataset", "synapse", "--protocol", "drift",
        "--epochs", "3", "--max-iterations", "0", "--batch-size", "32", "--img-size", "32",
        "--threads", "1", "--no-progress", "--device", "cpu"]  # bit-identical resumes: a CPU claim
-# git_commit too: it says "-dirty" when the tree is edited while the reference and the resumed
-# run are minutes apart, which says nothing about resuming
+# git_commit too (and train.commits): it says "-dirty" when the tree is edited while the reference
+# and the resumed run are minutes apart, which says nothing about resuming
 VOLATILE = ("started_at", "finished_at", "wall_time_s", "git_commit")
 
 
@@ -89,7 +89,7 @@ def _run(tmp_path: Path, data: Path, results: Path, fault: str, *extra: str) -> 
 
 def _comparable(rec: dict) -> dict:
     rec = {k: v for k, v in rec.items() if k not in VOLATILE}
-    rec["train"] = {k: v for k, v in rec["train"].items() if k not in ("time_s", "resumed_from")}
+    rec["train"] = {k: v for k, v in rec["train"].items() if k not in ("time_s", "resumed_from", "commits")}
     return rec
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -336,6 +337,44 @@ def test_resume_refuses_a_checkpoint_of_other_data_or_another_model(synapse_root
         train_model(wider, ds, proto, seed=0, run_dir=tmp_path / "run", device=torch.device("cpu"), resume=True)
     assert train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path / "run", device=torch.device("cpu"),
                        resume=True).resumed_from == 0  # the same data and model resume
+
+def test_a_resume_under_other_code_is_said_and_recorded(synapse_root, tmp_path, monkeypatch):
+    """An upgrade between a kill and its resume trained the rest under other code, unsaid; the
+    record's git commit named only the last."""
+    from bench import env
+
+    ds = open_dataset("synapse", synapse_root)
+    proto = _proto(max_iterations=0, epochs=2, batch_size=16)
+
+    def stop(epoch):
+        raise KeyboardInterrupt  # killed after epoch 0's checkpoint
+
+    def attempt(commit, run, **kw):
+        monkeypatch.setattr(env, "git_commit", lambda: commit)
+        return train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path / run, device=torch.device("cpu"), **kw)
+
+    with pytest.raises(KeyboardInterrupt):
+        attempt("a" * 40, "run", on_epoch_end=stop)
+    with pytest.warns(UserWarning, match=r"last\.pt: written by commit aaaaaaaaaaaa, resumed at commit bbbbbbbbbbbb: "
+                                         r"the rest of the training runs other code"):
+        res = attempt("b" * 40, "run", resume=True)
+    assert res.resumed_from == 0 and res.to_record()["commits"] == ["a" * 40, "b" * 40]
+    with pytest.raises(KeyboardInterrupt):  # the same code: one commit, no warning
+        attempt("a" * 40, "same", on_epoch_end=stop)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert attempt("a" * 40, "same", resume=True).commits == ["a" * 40]
+    # a checkpoint of a version that did not keep commits: an older version's, so named as one
+    last = tmp_path / "same" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=False)
+    del state["commits"]
+    state["epoch"], state["step"] = 0, state["step"] // 2
+    torch.save(state, last)
+    with pytest.warns(UserWarning, match=r"written by an older version of bench, resumed at commit aaaaaaaaaaaa"):
+        res = attempt("a" * 40, "same", resume=True)
+    assert res.commits == ["unknown (a checkpoint written before commits were kept)", "a" * 40]
+    assert attempt(None, "none").commits == []  # outside a git checkout: nothing to compare
+
 
 def test_nan_loss_stops_with_clear_error(synapse_root, tmp_path):
     ds = open_dataset("synapse", synapse_root)
