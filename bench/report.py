@@ -237,8 +237,12 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         m for m in ("acc", "spe", "sen") if f"n_nan_{m}" in group and group[f"n_nan_{m}"].notna().any()}
     metrics = [m for m in METRICS if m in group.columns and (group[m].notna().any() or m in computed)]
     value_cols = metrics + _class_columns(group)
-    rows = []
+    rows, repeated = [], {}
     for (label, config), runs in group.groupby(["model_label", "model_config"], sort=False):  # label: init too
+        # one seed (of one fold) run twice: its data identified otherwise (by path in older records)
+        per_seed = runs.groupby(["seed", "split"] if "split" in runs else ["seed"]).size()
+        if (per_seed > 1).any():
+            repeated[label] = sorted({int(k[0] if isinstance(k, tuple) else k) for k in per_seed[per_seed > 1].index})
         row = {
             "model": label,
             "family": runs["family"].iloc[0],
@@ -284,6 +288,8 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         nsd_tolerances=[t for col in ("nsd_tolerance", "nsd_tolerances") if col in group
                         for t in sorted(set(group[col].dropna()))],
         devices=sorted(set(group["device"].dropna())) if "device" in group else [],
+        commits=sorted(set(group["git_commit"].dropna())) if "git_commit" in group else [],
+        repeated=repeated,
         n_train=sorted({int(n) for n in group["n_train"].dropna()}) if "n_train" in group else [],
     )
     return board
@@ -489,6 +495,17 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         where = (f"on {devices[0]}" if len(devices) == 1
                  else f"on different devices ({'; '.join(devices)}): not comparable between them")
         note += f" Train time: mean per run of the training loop's wall-clock time, resumes included, {where}."
+    if a.get("repeated"):
+        which = "; ".join(f"{m} seed {', '.join(map(str, seeds))}" for m, seeds in a["repeated"].items())
+        note += (f" Repeated: {which} ran more than once here, and each run counts in the mean: a record written "
+                 "before bench identified data by its content names it by its path, so a run on that data moved, "
+                 "or on other data of this name, was not the same run. records.load's data_id and data_root tell "
+                 "them apart: delete the record that should not count.")
+    commits = a.get("commits", [])
+    if len(commits) > 1:  # seeds run before and after an upgrade average two versions of the code
+        named = ", ".join(c[:12] for c in commits[:3]) + (", …" if len(commits) > 3 else "")
+        note += (f" Code: these runs come from {len(commits)} git commits ({named}); a change between them that "
+                 "moved scores is not told apart (records' git_commit).")
     if "macs" in board and board["macs"].notna().any() and shown("cost"):
         note += (" GMACs: one forward of one input at the protocol's input size (the square image, or the patch), "
                  "the selective scan included; thop GMACs: what thop counts, the convention of published tables.")

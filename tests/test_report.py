@@ -991,6 +991,18 @@ def test_training_time_is_shown_with_the_device_it_ran_on(tmp_path):
         render(load(tmp_path))
 
 
+def test_a_board_of_runs_from_several_commits_says_so(tmp_path):
+    """Seeds run before and after an upgrade were averaged with nothing saying the code differed."""
+    for seed in range(2):
+        write_record(make_record("unet", seed=seed), tmp_path)
+    assert "git commits" not in render(load(tmp_path))  # one commit: nothing to say
+    rec = make_record("unet", seed=2)
+    rec["git_commit"] = "fedcba9876543210" * 2 + "-dirty"
+    write_record(rec, tmp_path)
+    assert "Code: these runs come from 2 git commits (0123456789ab, fedcba987654); a change between them" in \
+        render(load(tmp_path))
+
+
 def test_csv_boards_name_their_hd95_unit(tmp_path):
     """strict's HD95 is in mm, voxels or pixels by the data: the policy column does not say which."""
     import io
@@ -1115,6 +1127,16 @@ def test_runs_on_other_data_or_from_other_weights_are_not_averaged(tmp_path):
     rec["data_id"] = "files:aaaa1111aaaa1111"
     write_record(rec, tmp_path / "one")
     assert [k.dataset for k in leaderboards(load(tmp_path / "one"))] == ["synapse"]
+    assert "Repeated" not in render(load(tmp_path / "one"))
+    # ...but the same model and seed once by path (an older record) and once by content: it counted twice
+    # unsaid ("1 (2 runs)", a std over one seed), a results folder moved with its data retraining every run
+    rec = make_record("unet", seed=0, dice=0.7)
+    rec["data_id"] = "files:aaaa1111aaaa1111"
+    write_record(rec, tmp_path / "one")
+    md = render(load(tmp_path / "one"))
+    assert re.search(r"\| unet +\| cnn +\| +1 \(2 runs\) \|", md)
+    assert "Repeated: unet seed 0 ran more than once here, and each run counts in the mean" in md
+    assert "vmunet seed" not in md
 
 
 def test_reference_typos_and_markdown_only_options_are_one_clear_error(tmp_path):
