@@ -205,6 +205,7 @@ def run(
     _set_threads(threads)
     if distributed.rank_from_env() != 0:  # a process of a torchrun: the first says the warnings for all
         warnings.simplefilter("ignore")
+    _warned.update(distributed.warned_by_launcher())  # and not those the launcher said
     if shard:
         parse_shard(shard)  # before anything is written
     names = resolve_models(models)
@@ -259,7 +260,7 @@ def run(
     if not distributed.launched_by_bench():  # the launcher said them
         say_warnings(dict.fromkeys(s.model for s in specs))
     if launch:  # the grid is valid: start the processes
-        raise typer.Exit(code=distributed.launch(nproc, _argv_of(ctx, drop=("nproc",))))
+        raise typer.Exit(code=distributed.launch(nproc, _argv_of(ctx, drop=("nproc",)), warned=_warned))
     dev = distributed.init(dev)
     main = distributed.world().main
     # rank 0's plan for every rank: run ids of earlier path-identified runs depend on what is on disk

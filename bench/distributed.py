@@ -21,6 +21,7 @@ What stays different from one process: float summation order, hence results equa
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -28,7 +29,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
@@ -231,11 +232,28 @@ def check_batch(batch_size: int, nproc: int) -> None:
                          f"needs at least one item); use --nproc {batch_size} or fewer, or a larger --batch-size")
 
 
-def launch(nproc: int, args: list[str]) -> int:
+WARNED_FILE = "warned.json"  # in the ERRORS_ENV folder: the warnings the launcher said already
+
+
+def warned_by_launcher() -> list[str]:
+    """The warnings `bench run --nproc`'s launcher said before starting this process (rank 0 meets
+    some again when it builds the models); [] outside it."""
+    folder = os.environ.get(ERRORS_ENV)
+    if not launched_by_bench() or not folder:
+        return []
+    try:
+        with open(os.path.join(folder, WARNED_FILE), encoding="utf-8") as f:
+            return [str(t) for t in json.load(f)]
+    except (OSError, ValueError):
+        return []
+
+
+def launch(nproc: int, args: list[str], warned: Iterable[str] = ()) -> int:
     """Run ``torchrun --standalone --nproc_per_node <nproc> -m bench <args>`` (torchrun's own code, in
     this process); the exit code. A process that stopped on a user error printed its one line and
     exits 2, so does this, without torchrun's traceback of the failure; a process that crashed
-    otherwise is named in one line (exit 1); SIGTERM / Ctrl-C: "aborted" (the processes are stopped)."""
+    otherwise is named in one line (exit 1); SIGTERM / Ctrl-C: "aborted" (the processes are stopped).
+    ``warned``: the warnings said already, which the processes then keep to themselves."""
     import logging
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -252,6 +270,7 @@ def launch(nproc: int, args: list[str]) -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-torchrun-"))
     errors, before = root / "errors", os.environ.get(ERRORS_ENV)
     errors.mkdir()
+    (errors / WARNED_FILE).write_text(json.dumps(sorted(warned)), encoding="utf-8")
     os.environ[ERRORS_ENV] = str(errors)
     try:
         run(parse_args(["--standalone", f"--nproc_per_node={nproc}", f"--log-dir={root / 'logs'}", "-m", "bench",
@@ -285,23 +304,28 @@ def _failed(exc, nproc: int, errors: Path) -> int:
     failures = sorted(exc.failures.items(), key=lambda kv: (kv[1].timestamp, kv[0]))
     causes = [(r, f) for r, f in failures if f.exitcode not in (*_STOPPED, LOST_PEER_EXIT)]
     if not causes:
-        if all(f.exitcode in _STOPPED for _, f in failures):
+        lost = [r for r, f in failures if f.exitcode == LOST_PEER_EXIT]
+        if not lost:
             return 130  # interrupted: the caller says so, once
-        causes = failures
+        kept = errors / f"{lost[0]}.txt"
+        detail = kept.read_text(encoding="utf-8").rstrip().removeprefix("error: ") if kept.is_file() else ""
+        print(f"error: process {lost[0]} of {nproc} stopped: {detail or 'another process of this run is gone'}, "
+              "without a failure of its own seen here (bench run --resume continues from the last checkpoint)",
+              file=sys.stderr)
+        return 1
     rank, failure = causes[0]
-    if failure.exitcode == 2:  # a user error: the first process's line where it wrote one (the others met
-        for who in (0, rank):  # the same, as a rule), else the line of the one that met it
+    if failure.exitcode == 2:  # a user error: the first process's line where it met one too (the others
+        # met the same, as a rule), else the line of the one that met it
+        for who in (0, rank) if exc.failures.get(0) is not None and exc.failures[0].exitcode == 2 else (rank,):
             kept = errors / f"{who}.txt"
             if kept.is_file():
                 text = kept.read_text(encoding="utf-8").rstrip()
                 print(text + (f" (process {who} of {nproc})" if who else ""), file=sys.stderr)
                 return 2
         return 2  # its line is above (a process that could not leave it)
-    kept = errors / f"{rank}.txt"
-    if failure.exitcode > 0:
-        said = kept.read_text(encoding="utf-8").rstrip() if kept.is_file() else ""
-        print(f"error: process {rank} of {nproc} failed (exit code {failure.exitcode}); "
-              + (said.removeprefix("error: ") if said else "its output is above"), file=sys.stderr)
+    if failure.exitcode > 0:  # a crash: its traceback is above
+        print(f"error: process {rank} of {nproc} failed (exit code {failure.exitcode}); its output is above",
+              file=sys.stderr)
     else:  # no output of its own: SIGKILL is what the kernel's out-of-memory killer sends
         hint = ": out of memory? (the system log says whether the OOM killer took it)" \
             if failure.signal_name() == "SIGKILL" else ""

@@ -289,6 +289,9 @@ def test_launch_sets_omp_threads_for_torchrun(monkeypatch):
     assert len(logs) == 2 and not any(d.parent.exists() for d in logs)  # the launch's whole temp folder
 
 
+LOST = "error: another process of this run is gone (Connection closed by peer)"
+
+
 @pytest.mark.parametrize("first, then, kept, code, said", [
     ((1, -9), (0, -15), {}, 1, "error: process 1 of 2 was killed by SIGKILL: out of memory? (the system log says "
      "whether the OOM killer took it); the others were stopped (bench run --resume continues from the last "
@@ -296,8 +299,11 @@ def test_launch_sets_omp_threads_for_torchrun(monkeypatch):
     ((1, 1), (0, 2), {0: "error: x"}, 1, "error: process 1 of 2 failed (exit code 1); its output is above\n"),  # a bug
     ((0, 2), (1, -15), {0: "error: bad input", 1: "error: bad input"}, 2, "error: bad input\n"),  # said once
     ((1, 2), (0, -15), {1: "error: bad input"}, 2, "error: bad input (process 1 of 2)\n"),  # 0 stopped before it wrote
-    ((0, 3), (1, 2), {1: "error: bad input"}, 2, "error: bad input (process 1 of 2)\n"),  # 0 lost its peer: a consequence
-    ((1, 1), (0, -15), {1: "error: RuntimeError: boom"}, 1, "error: process 1 of 2 failed (exit code 1); RuntimeError: boom\n"),
+    # 0 lost its peer (a consequence, though first), and left its line as cli.main does: 1's is the cause
+    ((0, 3), (1, 2), {0: LOST, 1: "error: bad input"}, 2, "error: bad input (process 1 of 2)\n"),
+    ((0, 3), (1, -15), {0: LOST}, 1, "error: process 0 of 2 stopped: another process of this run is gone "
+     "(Connection closed by peer), without a failure of its own seen here (bench run --resume continues from the "
+     "last checkpoint)\n"),  # the lost peer failed unseen (not this launcher's process)
     ((0, 130), (1, -15), {}, 130, ""),  # interrupted: the caller says so
 ])
 def test_the_process_that_failed_first_decides(monkeypatch, capsys, first, then, kept, code, said):
@@ -324,6 +330,18 @@ def test_the_process_that_failed_first_decides(monkeypatch, capsys, first, then,
     assert distributed.launch(2, ["run"]) == code
     assert capsys.readouterr().err == said
     assert distributed.ERRORS_ENV not in os.environ
+
+
+def test_warnings_under_nproc_are_said_once(tmp_path):
+    """The launcher says the plan's warnings; rank 0 met them again building its model and said them
+    a second time (swin_unet's window at 32²)."""
+    got = _bench("run", "--models", "swin_unet", "--tiny", "--dataset", "synapse", "--synthetic", "--protocol",
+                 "smoke", "--img-size", "32", "--max-iterations", "2", "--threads", "1", "--no-progress", "--device",
+                 "cpu", "--results", str(tmp_path), "--nproc", "2")
+    assert got.returncode == 0, got.stderr
+    said = [line for line in got.stderr.splitlines() if line.startswith("warning")]
+    assert sum("window 7 does not tile a 32² input" in line for line in said) == 1, got.stderr
+    assert len(said) == len(set(said)), got.stderr
 
 
 def test_a_user_error_under_nproc_is_its_line_not_torchruns_traceback(tmp_path):
