@@ -23,6 +23,16 @@ def size_error(name: str, img_size: int, divisor: int, why: str) -> BenchError:
                       "(--img-size or the protocol's img_size)")
 
 
+def _autocast(x: torch.Tensor) -> bool:
+    """Whether autocast will cast ``x`` to the weights' precision: on (for its device) and ``x`` of a
+    dtype it casts (float64 it leaves as is, so it would meet float32 weights)."""
+    try:
+        on = torch.is_autocast_enabled(x.device.type)
+    except RuntimeError:  # a device type autocast does not know (meta)
+        return False
+    return on and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+
+
 class SegmentationModel(nn.Module):
     num_classes: int
     in_chans: int
@@ -39,10 +49,9 @@ class SegmentationModel(nn.Module):
             layout = "(B, C, H, W)" if self.spatial_dims == 2 else "(B, C, D, H, W)"
             raise BenchError(f"{name} expects input {layout}; got shape {tuple(x.shape)}")
         weight = next(self.parameters(), None)
-        if not x.is_floating_point() or (weight is not None and x.dtype != weight.dtype
-                                         and not torch.is_autocast_enabled(x.device.type)):
-            want = weight.dtype if weight is not None else torch.float32
-            raise BenchError(f"{name} expects a {str(want).replace('torch.', '')} input (its weights'); got "
+        if not x.is_floating_point() or (weight is not None and x.dtype != weight.dtype and not _autocast(x)):
+            want, whose = (weight.dtype, " (its weights')") if weight is not None else (torch.float32, "")
+            raise BenchError(f"{name} expects a {str(want).replace('torch.', '')} input{whose}; got "
                              f"{str(x.dtype).replace('torch.', '')}: convert it with x.to({want})")
         if x.shape[1] != self.in_chans:
             if x.shape[1] != 1:

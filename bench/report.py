@@ -482,7 +482,8 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
             note += f" Models tested on different folds ({'; '.join(folds)}): not comparable."
         if any("(uneven" in f for f in board["folds"]):
             note += " Uneven: a model's seeds tested other folds (an unfinished grid), so some folds weigh more."
-    if a.get("nsd_tolerances") and (shown("metrics") or shown("class-hd95")):  # one per board: the protocol's
+    nsd_shown = shown("metrics") or shown("class-hd95") or (shown("ci") and "nsd_ci_lo" in board)
+    if a.get("nsd_tolerances") and nsd_shown:  # one per board: the protocol's
         per_class = any(isinstance(t, str) for t in a["nsd_tolerances"])
         tol = ("; " if per_class else ", ").join(t if isinstance(t, str) else f"{t:g}" for t in a["nsd_tolerances"])
         if per_class:

@@ -50,7 +50,9 @@ N_PERM = 4096  # swap patterns of the pooled paired test where there are more th
 def one_board(df_cases: pd.DataFrame) -> pd.DataFrame:
     """``df_cases`` with ``bench.report.label_cases``' labels (added where missing); BenchError where
     its rows belong to several boards (datasets, protocols or policies), whose cases must not mix."""
-    if "model_label" not in df_cases and not df_cases.empty:
+    if df_cases.empty:
+        raise BenchError("no case rows to compare: pass records.load(results, level='case') of finished runs")
+    if "model_label" not in df_cases:
         from bench.report import label_cases
 
         df_cases = label_cases(df_cases)

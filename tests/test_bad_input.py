@@ -649,6 +649,8 @@ def test_an_input_of_another_dtype_is_named():
                 phrase=f"expects a float32 input (its weights'); got {shown}: convert it with x.to(torch.float32)")
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts the input itself
         assert model(torch.zeros(1, 1, 32, 32)).dtype == torch.bfloat16
+        _raises(lambda: model(torch.zeros(1, 1, 32, 32, dtype=torch.float64)), names="UNet",  # but not float64
+                phrase="expects a float32 input (its weights'); got float64")
 
 
 @pytest.mark.parametrize("name, size, phrase", [("vmunet", 48, "not a multiple of 32"),

@@ -4,6 +4,7 @@ nnU-Net v2's raw layout; bad raw data is named."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import warnings
@@ -111,6 +112,19 @@ def test_convert_names_what_is_wrong(btcv, tmp_path):
     with pytest.raises(BenchError, match=r"img0040\.nii\.gz: cannot read it as a NIfTI volume"):
         btcv_to_synapse(partial, tmp_path / "out")
     shutil.copy(btcv / "Training" / "img" / "img0040.nii.gz", partial / "img")
+    # a header whose affine holds a NaN (nibabel will not write one: the bytes by hand): no orientation
+    label = np.asarray(nib.load(partial / "label" / "label0040.nii.gz").dataobj)
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(label.shape)
+    hdr.set_data_dtype(label.dtype)
+    hdr["sform_code"], hdr["vox_offset"] = 1, 352
+    hdr["srow_x"], hdr["srow_y"], hdr["srow_z"] = [np.nan, 0, 0, 0], [0, ZOOMS[1], 0, 0], [0, 0, ZOOMS[2], 0]
+    hdr["pixdim"][1:4] = ZOOMS
+    raw_bytes = hdr.binaryblock + b"\0" * 4 + label.tobytes(order="F")
+    (partial / "label" / "label0040.nii.gz").write_bytes(gzip.compress(raw_bytes))
+    with pytest.raises(BenchError, match=r"label0040\.nii\.gz: cannot read it as a NIfTI volume"):
+        btcv_to_synapse(partial, tmp_path / "out")
+    shutil.copy(btcv / "Training" / "label" / "label0040.nii.gz", partial / "label")
     assert not (tmp_path / "out").exists()  # nothing half-written
     nib.save(nib.load(btcv / "Training" / "label" / "label0040.nii.gz"), partial / "label" / "label0040.nii")
     (partial / "label" / "label0040.nii.gz").unlink()

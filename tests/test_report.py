@@ -693,6 +693,16 @@ def test_caption_names_the_nsd_tolerances_the_records_carry(tmp_path):
     md = render(runs)
     assert "NSD: % of both surfaces within the class's tolerance of the other, in mm: aorta 1, liver 5, spleen 2.5." in md
     assert load(tmp_path / "one")["nsd_tolerances"].isna().all()  # a number for all: the nsd_tolerance column
+    # --columns ci alone shows an NSD CI column: its tolerance is said too; --columns family shows no NSD
+    for seed in (0, 1):
+        with_cases = rec(seed, nsd_tolerance=2.0)
+        for row in with_cases["per_case"]:
+            row["nsd"] = 0.9
+        write_record(with_cases, tmp_path / "ci")
+    runs, cases = load(tmp_path / "ci"), load(tmp_path / "ci", level="case")
+    assert "NSD 95% CI" in render(runs, "md", cases, columns=("ci",))
+    assert "within 2 mm" in render(runs, "md", cases, columns=("ci",))
+    assert "within 2 mm" not in render(runs, "md", cases, columns=("family",))
 
 
 def test_two_nnunet_datasets_get_two_boards_and_their_published_rows(tmp_path):

@@ -265,6 +265,8 @@ def test_case_rows_as_records_load_them_are_labelled_and_must_be_one_boards():
     with pytest.raises(BenchError, match=r"^case rows of 2 boards \(synapse · smoke · legacy-synapse; synapse · smoke · "
                                          r"strict\); these statistics compare the models of one board"):
         stats.rank_stability(two, "dice", "strict")
+    with pytest.raises(BenchError, match=r"^no case rows to compare"):  # a KeyError before (a filter left none)
+        stats.bootstrap_ci(df.iloc[:0], "dice", "legacy-synapse")
 
 
 def test_rank_stability():

@@ -134,9 +134,9 @@ def _axcodes(path: Path) -> str:
     """"LPS" and the like from a NIfTI header ("?" for an axis a degenerate affine leaves undefined)."""
     import nibabel as nib
 
-    with reading(path, "a NIfTI volume"):
-        affine = nib.load(str(path)).affine
-    return "".join(c or "?" for c in nib.aff2axcodes(affine))
+    with reading(path, "a NIfTI volume"):  # a NaN in the affine fails in aff2axcodes: a corrupt header too
+        codes = nib.aff2axcodes(nib.load(str(path)).affine)
+    return "".join(c or "?" for c in codes)
 
 
 def btcv_to_synapse(raw: str | Path, out: str | Path) -> Path:
