@@ -206,6 +206,7 @@ def run(
     if distributed.rank_from_env() != 0:  # a process of a torchrun: the first says the warnings for all
         warnings.simplefilter("ignore")
     _warned.update(distributed.warned_by_launcher())  # and not those the launcher said
+    distributed.stop_with_launcher()
     if shard:
         parse_shard(shard)  # before anything is written
     names = resolve_models(models)

@@ -232,6 +232,27 @@ def check_batch(batch_size: int, nproc: int) -> None:
                          f"needs at least one item); use --nproc {batch_size} or fewer, or a larger --batch-size")
 
 
+LAUNCHER_ENV = "BENCH_LAUNCHER_PID"  # the launcher's process id, for its processes to outlive it never
+
+
+def stop_with_launcher() -> None:
+    """Where `bench run --nproc` started this process (Linux): have the kernel send it SIGTERM, which
+    stops it as Ctrl-C does (checkpoint kept, claim released), when the launcher dies. A launcher
+    killed outright (kill -9, the OOM killer) has no chance to stop its processes, which trained on
+    unseen, holding the run's claim against the next `bench run --resume`."""
+    if not launched_by_bench() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        launcher = int(os.environ[LAUNCHER_ENV])
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (KeyError, ValueError, OSError, AttributeError):
+        return
+    if os.getppid() != launcher:  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 WARNED_FILE = "warned.json"  # in the ERRORS_ENV folder: the warnings the launcher said already
 
 
@@ -271,7 +292,7 @@ def launch(nproc: int, args: list[str], warned: Iterable[str] = ()) -> int:
     errors, before = root / "errors", os.environ.get(ERRORS_ENV)
     errors.mkdir()
     (errors / WARNED_FILE).write_text(json.dumps(sorted(warned)), encoding="utf-8")
-    os.environ[ERRORS_ENV] = str(errors)
+    os.environ[ERRORS_ENV], os.environ[LAUNCHER_ENV] = str(errors), str(os.getpid())
     try:
         run(parse_args(["--standalone", f"--nproc_per_node={nproc}", f"--log-dir={root / 'logs'}", "-m", "bench",
                         *args]))
@@ -286,6 +307,7 @@ def launch(nproc: int, args: list[str], warned: Iterable[str] = ()) -> int:
         return 128 + int(exc.sigval)
     finally:
         logging.disable(logging.NOTSET)
+        os.environ.pop(LAUNCHER_ENV, None)
         if before is None:
             os.environ.pop(ERRORS_ENV, None)
         else:

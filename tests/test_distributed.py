@@ -354,3 +354,53 @@ def test_a_user_error_under_nproc_is_its_line_not_torchruns_traceback(tmp_path):
     assert "warning: UNet has BatchNorm2d: on CPU each of the 2 processes normalises over its own share" in got.stderr
     errors = [line for line in got.stderr.splitlines() if not line.startswith("warning: ")]
     assert len(errors) == 1 and errors[0].startswith("error: non-finite loss (nan)"), got.stderr  # once, not per process
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(name)": state, ppid, ...
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_processes_stop_when_the_launcher_is_killed(tmp_path):
+    """kill -9 of `bench run --nproc` (or the OOM killer taking it) left its processes training on,
+    unseen, holding the run's claim against the next `bench run --resume`."""
+    args = ["run", "--models", "unet", "--tiny", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
+            "--img-size", "32", "--max-iterations", "0", "--epochs", "100000", "--threads", "1", "--no-progress",
+            "--device", "cpu", "--results", str(tmp_path), "--nproc", "2"]
+    launcher = subprocess.Popen([sys.executable, "-m", "bench", *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(tmp_path.glob("runs/*/checkpoints/epoch_0000.pt")):  # both processes train
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        ranks = _children(launcher.pid)
+        assert len(ranks) == 2
+    finally:
+        launcher.kill()
+        launcher.wait()
+    try:
+        deadline = time.monotonic() + 60
+        while any(_running(p) for p in ranks):
+            assert time.monotonic() < deadline, "the processes outlived their launcher"
+            time.sleep(0.2)
+    finally:
+        for pid in filter(_running, ranks):  # a failure leaves nothing training
+            os.kill(pid, 9)
+    assert not list(tmp_path.glob("runs/*/.claim"))  # released: a resume can take the run
