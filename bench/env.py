@@ -122,7 +122,10 @@ def git_commit() -> str | None:
         return None
     commit = out.stdout.strip() if out.returncode == 0 else None
     if commit:
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        try:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):  # a slow network mount: the commit alone
+            return commit
         return commit + ("-dirty" if dirty else "")
     return None

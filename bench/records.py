@@ -56,6 +56,7 @@ __all__ = [
     "CASE_COLUMNS",
     "STANDARD_METRICS",
     "new_run_id",
+    "short_commit",
     "validate_record",
     "write_record",
     "atomic_write_text",
@@ -146,6 +147,11 @@ _REQUIRED_PER_CASE = {
 
 # ---------------------------------------------------------------------------------------------
 # ids and validation
+
+
+def short_commit(commit: str) -> str:
+    """A git commit as messages show it: 12 hex digits, and "-dirty" where the tree had edits."""
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def split_name(fold: int | None) -> str:

@@ -40,7 +40,7 @@ import pandas as pd
 
 from bench.data.isic import test_set_id
 from bench.errors import BenchError
-from bench.records import CASE_COLUMNS, RUN_ID_COLUMNS, atomic_write_text, load, split_fold
+from bench.records import CASE_COLUMNS, RUN_ID_COLUMNS, atomic_write_text, load, short_commit, split_fold
 
 __all__ = ["BoardKey", "ReportFormat", "METRICS", "label_runs", "label_cases", "leaderboards", "render", "write_report"]
 
@@ -504,7 +504,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
                  "them apart: delete the record that should not count.")
     commits = a.get("commits", [])
     if len(commits) > 1:  # seeds run before and after an upgrade average two versions of the code
-        named = ", ".join(c[:12] for c in commits[:3]) + (", …" if len(commits) > 3 else "")
+        named = ", ".join(map(short_commit, commits[:3])) + (", …" if len(commits) > 3 else "")
         note += (f" Code: these runs come from {len(commits)} git commits ({named}); a change between them that "
                  "moved scores is not told apart (records' git_commit).")
     if "macs" in board and board["macs"].notna().any() and shown("cost"):

@@ -198,6 +198,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
              on_epoch_end) -> dict[str, Any] | None:
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
+    commit = env.git_commit()  # the code this run trains under: a git pull meanwhile is not it
     dataset = open_dataset(spec.dataset, spec.data_root, spec.fold)
     protocol = spec.protocol
     if protocol.patches:  # preprocessed training cases, memory-mapped: a patch reads its region only
@@ -235,7 +236,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
                 result = _given_weights(model, spec.weights[0], run_dir, main)
             else:
                 result = train_model(model, dataset, protocol, seed=spec.seed, run_dir=run_dir, device=device,
-                                     resume=resume, writer=writer, progress=on_step, on_epoch_end=on_epoch_end)
+                                     resume=resume, writer=writer, progress=on_step, on_epoch_end=on_epoch_end,
+                                     commit=commit)
             # the GPU memory training needed (per GPU under torchrun): what decides whether a model
             # fits a user's card; unknown after a resume, which measured only the rest
             train_peak = (torch.cuda.max_memory_allocated(device) / 2**20
@@ -296,7 +298,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "policy_conventions": policy_fields(spec.policy),  # the rules behind the name, as they were
         "hd95_unit": scores.hd95_unit,
         "seed": spec.seed,
-        "git_commit": env.git_commit(),
+        "git_commit": commit,
         "packages": env.package_versions(),
         "device": env.fingerprint(device),
         "scan_backend": scan_backend_for(model),

@@ -79,19 +79,16 @@ class TrainResult:
 def _resumed_commits(last: Path, state: dict[str, Any], code: str | None) -> list[str]:
     """The commits a resumed training ran under, this one last; a warning where it differs from
     the checkpoint's (an upgrade between a kill and its resume: the record names only the last)."""
-    commits = list(state.get("commits") or [])
-    if code is None:
-        return commits
-    if "commits" not in state:  # written before checkpoints named their code: by an older version
-        commits = ["unknown (a checkpoint written before commits were kept)"]
-        was = "an older version of bench"
-    else:
-        was = f"commit {commits[-1][:12]}" if commits else "code outside a git checkout"
-    if not commits or commits[-1] != code:
-        warnings.warn(f"{last}: written by {was}, resumed at commit {code[:12]}: the rest of the training runs "
-                      "other code (the record's train.commits lists each); run it without --resume to train it "
-                      "under one", stacklevel=3)
-        commits.append(code)
+    older, outside = "unknown (a checkpoint written before commits were kept)", "unknown (outside a git checkout)"
+    commits = (list(state["commits"]) or [outside]) if "commits" in state else [older]
+    now = code or outside
+    if commits[-1] != now:
+        said = {older: "an older version of bench", outside: "code outside a git checkout"}
+        was, where = (said.get(c) or f"commit {records.short_commit(c)}" for c in (commits[-1], now))
+        warnings.warn(f"{last}: written by {was}, resumed at {where}: the rest of the training runs other code "
+                      "(the record's train.commits lists each); run it without --resume to train it under one",
+                      stacklevel=3)
+        commits.append(now)
     return commits
 
 
@@ -276,6 +273,7 @@ def train_model(
     writer: Any = None,
     progress: Callable[[int, int, float], None] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
+    commit: str | None = None,
 ) -> TrainResult:
     """Train ``model`` in place under ``protocol``; checkpoints go to ``run_dir/checkpoints``.
 
@@ -326,7 +324,7 @@ def train_model(
     last = ckpt_dir / LAST
     here = env.short_fingerprint(env.fingerprint(device))
     devices = [here]  # where the training ran: a resume on another device (or thread count) is not bit-identical
-    code = env.git_commit()  # None outside a git checkout: nothing to compare
+    code = commit or env.git_commit()  # the run's (read once, when it started); None outside a git checkout
     commits = [code] if code else []  # a resume under other code trains the rest otherwise
     if not resume and w.main and last.is_file():  # days of training, replaced unsaid at the first epoch's end
         written = dt.datetime.fromtimestamp(last.stat().st_mtime).strftime("%Y-%m-%d %H:%M")

@@ -1009,7 +1009,7 @@ def test_a_board_of_runs_from_several_commits_says_so(tmp_path):
     rec = make_record("unet", seed=2)
     rec["git_commit"] = "fedcba9876543210" * 2 + "-dirty"
     write_record(rec, tmp_path)
-    assert "Code: these runs come from 2 git commits (0123456789ab, fedcba987654); a change between them" in \
+    assert "Code: these runs come from 2 git commits (0123456789ab, fedcba987654-dirty); a change between them" in \
         render(load(tmp_path))
 
 

@@ -374,6 +374,15 @@ def test_a_resume_under_other_code_is_said_and_recorded(synapse_root, tmp_path, 
         res = attempt("a" * 40, "same", resume=True)
     assert res.commits == ["unknown (a checkpoint written before commits were kept)", "a" * 40]
     assert attempt(None, "none").commits == []  # outside a git checkout: nothing to compare
+    # an edited tree shows as such (its first 12 digits alone read as the same commit)
+    with pytest.raises(KeyboardInterrupt):
+        attempt("c" * 40, "dirty", on_epoch_end=stop)
+    with pytest.warns(UserWarning, match=r"written by commit cccccccccccc, resumed at commit cccccccccccc-dirty"):
+        attempt("c" * 40 + "-dirty", "dirty", resume=True)
+    with pytest.raises(KeyboardInterrupt):  # begun outside a git checkout, resumed in one
+        attempt(None, "outside", on_epoch_end=stop)
+    with pytest.warns(UserWarning, match=r"written by code outside a git checkout, resumed at commit aaaaaaaaaaaa"):
+        assert attempt("a" * 40, "outside", resume=True).commits == ["unknown (outside a git checkout)", "a" * 40]
 
 
 def test_nan_loss_stops_with_clear_error(synapse_root, tmp_path):
