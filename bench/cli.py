@@ -815,8 +815,12 @@ def main() -> None:
         line = f"error: another process of this run is gone ({' '.join(str(exc).split())[:200]})"
         if not distributed.note_error(line):
             _echo_err(line)
+        distributed.orphaned()
         sys.exit(distributed.LOST_PEER_EXIT)
     if code == 130 and distributed.launched_by_bench():
+        if distributed.orphaned() and distributed.rank_from_env() == 0:  # the launcher was killed: none says it
+            _echo_err("interrupted: the launcher is gone; the same command with --resume continues from the last "
+                      "checkpoint")
         sys.exit(code)  # the launcher says it, once
     if code == 130:  # Ctrl-C or SIGTERM (typer returns 130 for them)
         _echo_err("interrupted; the same command continues (bench run: with --resume, from the last checkpoint)")
@@ -824,6 +828,8 @@ def main() -> None:
 
 
 def _interrupt(signum, frame) -> None:
+    # once: the cleanup must not be cut short by another (a dying launcher signals once per thread)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 

@@ -27,6 +27,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -245,12 +246,44 @@ def stop_with_launcher() -> None:
     import ctypes
 
     try:
-        launcher = int(os.environ[LAUNCHER_ENV])
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    except (KeyError, ValueError, OSError, AttributeError):
+        set_it = ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
         return
-    if os.getppid() != launcher:  # it died before the request was made
+    if set_it == 0 and launcher_gone():  # it died before the request was made
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def launcher_gone(wait_s: float = 0.0) -> bool:
+    """Whether the `bench run --nproc` launcher of this process has died (never outside one), waiting
+    up to ``wait_s`` for it: the signal comes as its first thread exits, before the process is gone."""
+    try:
+        launcher = int(os.environ[LAUNCHER_ENV])
+    except (KeyError, ValueError):
+        return False
+    deadline = time.monotonic() + wait_s
+    while True:
+        if _FIRST_PARENT == launcher:  # its child is given to another parent once it is gone
+            gone = os.getppid() != launcher
+        else:  # started through a wrapper (torchrun's PYTHON_EXEC): whether it still runs
+            try:
+                gone = Path(f"/proc/{launcher}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+            except (OSError, IndexError):
+                gone = True
+        if gone or time.monotonic() >= deadline:
+            return gone
+        time.sleep(0.05)
+
+
+_FIRST_PARENT = os.getppid()  # this process's parent when it started
+
+
+def orphaned() -> bool:
+    """After this process was stopped: whether its launcher died (then the launch's temp folder,
+    which the launcher could not remove, is removed here)."""
+    if not launched_by_bench() or not launcher_gone(wait_s=1.0):
+        return False
+    shutil.rmtree(Path(os.environ[ERRORS_ENV]).parent, ignore_errors=True)
+    return True
 
 
 WARNED_FILE = "warned.json"  # in the ERRORS_ENV folder: the warnings the launcher said already

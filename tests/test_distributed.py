@@ -383,15 +383,18 @@ def test_processes_stop_when_the_launcher_is_killed(tmp_path):
     args = ["run", "--models", "unet", "--tiny", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
             "--img-size", "32", "--max-iterations", "0", "--epochs", "100000", "--threads", "1", "--no-progress",
             "--device", "cpu", "--results", str(tmp_path), "--nproc", "2"]
-    launcher = subprocess.Popen([sys.executable, "-m", "bench", *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    temp = tmp_path / "tmp"  # where the launch keeps its temp folder
+    temp.mkdir()
+    launcher = subprocess.Popen([sys.executable, "-m", "bench", *args], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(temp)})
     try:
         deadline = time.monotonic() + 300
         while not list(tmp_path.glob("runs/*/checkpoints/epoch_0000.pt")):  # both processes train
             assert launcher.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
         ranks = _children(launcher.pid)
-        assert len(ranks) == 2
+        assert len(ranks) == 2 and list(temp.glob("bench-torchrun-*/errors"))
     finally:
         launcher.kill()
         launcher.wait()
@@ -404,3 +407,6 @@ def test_processes_stop_when_the_launcher_is_killed(tmp_path):
         for pid in filter(_running, ranks):  # a failure leaves nothing training
             os.kill(pid, 9)
     assert not list(tmp_path.glob("runs/*/.claim"))  # released: a resume can take the run
+    assert not list(temp.glob("bench-*"))  # the launch's temp folder, which the launcher could not remove
+    said = launcher.stderr.read()
+    assert "interrupted: the launcher is gone; the same command with --resume continues" in said, said
