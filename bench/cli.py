@@ -530,8 +530,9 @@ def profile(
     img_size: Annotated[int, typer.Option(help="input side (square; a cube for 3-D variants: --set spatial_dims=3)")] = 224,
     num_classes: Annotated[int, typer.Option(help="output classes (9: Synapse, 1: ISIC)")] = 9,
     in_chans: Annotated[int, typer.Option(help="input channels")] = 3,
-    batch_size: Annotated[str, typer.Option(help="also measure throughput at this batch, or 'auto': the largest "
-                                                 "power of two that fits (default: batch 1 only)")] = "0",
+    batch_size: Annotated[Optional[str], typer.Option(help="also measure throughput at this batch (>= 2), or "
+                                                           "'auto': the largest power of two that fits "
+                                                           "(default: batch 1 only)")] = None,
     device: Annotated[Device, typer.Option(help="where to time (counts are always taken on CPU)")] = Device.auto,
     precision: Annotated[str, typer.Option(help="fp32 (TF32 off), tf32, bf16 or fp16 (autocast); a comma "
                                                 "list times each, counting once")] = "fp32",
@@ -566,11 +567,18 @@ def profile(
 
     _check_scan_backend_variable()
     _set_threads(threads)
-    if batch_size != "auto" and not batch_size.isdigit():
-        raise BenchError(f"--batch-size takes a whole number or 'auto'; got {batch_size!r}")
-    batch = batch_size if batch_size == "auto" else int(batch_size)
+    if batch_size is not None and batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) >= 2):
+        raise BenchError(f"--batch-size: expected a whole number >= 2 or 'auto' (batch 1 is always timed); "
+                         f"got {batch_size!r}")
+    batch = 0 if batch_size is None else batch_size if batch_size == "auto" else int(batch_size)
     if iters < 1 or warmup < 0:
         raise BenchError("--iters must be >= 1 and --warmup >= 0")
+    if not timing:  # options of the timing only: recorded, they would claim what was not measured
+        given = [o for o, v in (("--compile", compile), ("--channels-last", channels_last),
+                                ("--batch-size", batch_size is not None)) if v]
+        if given:
+            raise BenchError(f"{', '.join(given)} with --no-timing: {'they choose' if len(given) > 1 else 'it chooses'}"
+                             " how models are timed, and --no-timing times none")
     if compile and timing and warmup < 1:  # the first call compiles: timed, it would be the p90
         raise BenchError("--warmup 0 with --compile: the first forward compiles the model; give --warmup >= 1")
     for option, value in (("--img-size", img_size), ("--num-classes", num_classes), ("--in-chans", in_chans)):
@@ -578,6 +586,9 @@ def profile(
             raise BenchError(f"{option}: expected a whole number >= 1; got {value}")
     dev = resolve_device(device.value)
     precisions = [p.strip() for p in precision.split(",")]
+    twice = sorted({p for p in precisions if precisions.count(p) > 1})
+    if twice:  # each would be timed, and the second record would replace the first
+        raise BenchError(f"--precision: {', '.join(twice)} given twice")
     for p in precisions:  # before any model is built
         cost.check_precision(p, dev)
     ensure_writable_dir(results / cost.PROFILE_DIR)  # before anything is timed
@@ -605,9 +616,14 @@ def profile(
         # the tables' labels ("unet (tiny)") and the configuration, as the JSON output has it
         table.insert(cols.index("model") + 1 if "model" in cols else 0, "label", profile_labels(frame))
         table["model_config"] = [json.dumps(c, sort_keys=True) for c in frame["model_config"]]
+        for col in ("params", "trainable_params", "paper_params", "macs", "flops", "scan_macs", "paper_macs",
+                    "fvcore_macs", "batch_size", "throughput_batch"):  # counts: no "49545216.0"
+            if col in table:
+                table[col] = pd.to_numeric(table[col]).round().astype("Int64")
         typer.echo(table.to_csv(index=False, lineterminator="\n"), nl=False)
-    else:
-        typer.echo(json.dumps(rows, indent=1, default=str))
+    else:  # with the tables' labels too, as the CSV has them
+        labels = profile_labels(frame)
+        typer.echo(json.dumps([{**r, "label": label} for r, label in zip(rows, labels)], indent=1, default=str))
 
 
 @app.command()

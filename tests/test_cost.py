@@ -200,6 +200,12 @@ def test_a_counts_only_profile_keeps_the_timings_of_the_same_setup(tmp_path, mon
     (["--in-chans", "-1"], "--in-chans: expected a whole number >= 1; got -1"),
     (["--compile", "--warmup", "0"], "--warmup 0 with --compile: the first forward compiles the model"),
     (["--set", "spatial_dims=4"], "spatial_dims=4 (spatial_dims must be 2 or 3, got 4)"),
+    # batch 0 was accepted as "batch 1 only", which bench run refuses; a precision given twice was timed
+    # twice and its second record replaced the first; --compile untimed recorded compiled: true
+    (["--batch-size", "0"], "--batch-size: expected a whole number >= 2 or 'auto' (batch 1 is always timed); got '0'"),
+    (["--precision", "fp32,bf16,fp32"], "--precision: fp32 given twice"),
+    (["--no-timing", "--compile"], "--compile with --no-timing: it chooses how models are timed"),
+    (["--no-timing", "--channels-last", "--batch-size", "auto"], "--channels-last, --batch-size with --no-timing"),
 ])
 def test_profile_options_out_of_range_are_one_line(tmp_path, args, message):
     proc = run_bench("profile", "--models", "lightm_unet", "--tiny", "--img-size", "32", *args, "--results", tmp_path,
