@@ -481,6 +481,8 @@ def write_record(record: Mapping[str, Any], results_dir: Path) -> Path:
 
 def _iter_records(results_dir: Path) -> Iterator[tuple[Path, dict]]:
     results_dir = Path(results_dir)
+    if results_dir.exists() and not results_dir.is_dir():
+        raise BenchError(f"{results_dir}: is a file, not a folder; --results takes the results folder")
     if not results_dir.is_dir():
         raise BenchError(f"results directory not found: {results_dir} (pass --results DIR)")
     for path in sorted(records_dir(results_dir).glob("*.json")):

@@ -367,7 +367,7 @@ def _has_exclusions(board: pd.DataFrame) -> bool:
 # Column groups of the Markdown/LaTeX boards (``--columns``); the model column is always shown.
 COLUMN_GROUPS = {
     "family": "the model family", "seeds": "seeds and folds", "params": "parameters",
-    "time": "training time and GPU memory", "cost": "GMACs from bench profile",
+    "time": "training time and GPU memory", "cost": "GMACs, counted by each run at its input",
     "metrics": "the aggregate metrics (DSC, HD95, mIoU, ..., and DSC n/a)", "ci": "bootstrap 95% CIs",
     "classes": "per-class DSC", "class-hd95": "per-class HD95 (and NSD)",
 }
@@ -388,8 +388,8 @@ def parse_columns(text: str | None) -> tuple[str, ...] | None:
         else:
             known = [*COLUMN_PRESETS, *COLUMN_GROUPS]
             close = difflib.get_close_matches(name, known, n=1)
-            raise BenchError(f"--columns {name!r}: not a column group{f'; did you mean {close[0]!r}?' if close else ''} "
-                             f"Groups: {'; '.join(f'{k} ({v})' for k, v in COLUMN_GROUPS.items())}; presets: "
+            raise BenchError(f"--columns {name!r}: not a column group{f'; did you mean {close[0]!r}?' if close else '.'}"
+                             f" Groups: {'; '.join(f'{k} ({v})' for k, v in COLUMN_GROUPS.items())}; presets: "
                              "all, paper (metrics,classes)")
     if not groups:
         raise BenchError(f"--columns {text!r} names no column group; e.g. paper, or metrics,classes")
@@ -679,6 +679,8 @@ def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
             "params": [_unit(v, 1e6, "M") for v in g["params"]],
             "paper_params": [_unit(v, 1e6, "M") for v in g["paper_params"]],
             "input_shape": g["input_shape"],
+            # the head's size: a board's GMACs are its runs' own count, at their data's classes
+            "num_classes": [_config(c).get("num_classes", "") for c in g.get("model_config", none)],
             "macs": [_unit(v, 1e9, "G") for v in g["macs"]],
             "scan_macs": [_unit(v, 1e9, "G") for v in g["scan_macs"]],
             "paper_macs": [_unit(v, 1e9, "G") for v in g["paper_macs"]],
@@ -709,18 +711,28 @@ COST_NOTE = ("params: `sum(p.numel())`; paper_params: what thop counts (no bare 
              "the selective scan included (scan_macs: 9·B·L·D·N FLOPs per scan, the Mamba authors' estimate, "
              "plus the D and z terms). paper_macs: thop's count, the convention of most papers in this field "
              "(thop 0.1.1: leaf modules only — no scan, no einsum, no functional matmul); paper_macs_missing_pct: "
-             "the share of macs it leaves out. fvcore_macs: a cross-check of ours. M = 10⁶, G = 10⁹. "
-             "latency_ms_median / p90 and fps (batch 1): forward passes of random input after warm-up, "
-             "synchronised on CUDA; a mark such as \"(torch scan)\" means the selective scan ran on a fallback, "
-             "not the kernel the model would use there. peak_mem_mb: a forward's peak (its kind in brackets), "
-             "train_peak_mem_mb: a training step's.")
+             "the share of macs it leaves out. fvcore_macs: a cross-check of ours (it also prices normalisation, "
+             "up-sampling and pooling). num_classes: the head's classes (a board's GMACs are its runs' own "
+             "count). M = 10⁶, G = 10⁹.")
+TIMING_NOTE = ("latency_ms_median / p90 and fps (batch 1): forward passes of random input after warm-up, "
+               "synchronised on CUDA; a mark such as \"(torch scan)\" means the selective scan ran on a fallback, "
+               "not the kernel the model would use there. peak_mem_mb: a forward's peak (its kind in brackets), "
+               "train_peak_mem_mb: a training step's.")
+
+
+def _config(config: Any) -> dict:
+    """A model configuration as records and profiles keep it (a dict, or its JSON text), or {}."""
+    if isinstance(config, str):
+        config = json.loads(config) if config else {}
+    return config if isinstance(config, dict) else {}
 
 
 def render_cost_md(df_prof: pd.DataFrame) -> str:
     parts = []
     for title, table in cost_tables(df_prof).items():
         align = ["left" if c in ("model", "family", "input_shape", "fingerprint") else "right" for c in table.columns]
-        parts.append(f"## {title}\n\n{COST_NOTE}\n\n"
+        timed = "latency_ms_median" in table  # a --no-timing table has no timing to explain
+        parts.append(f"## {title}\n\n{COST_NOTE}{' ' + TIMING_NOTE if timed else ''}\n\n"
                      + _md_table(table, align) + "\n")
     return "\n".join(parts)
 
@@ -732,9 +744,7 @@ def cost_key(model: str, config: Any) -> str:
     """What makes a ``bench profile`` row the cost of a board row's model: the model (a board label's
     name part) and its configuration, input size included, with the output classes and input
     channels aside (they change the first and last layer only; profiles default to 9 and 3)."""
-    if isinstance(config, str):
-        config = json.loads(config) if config else {}
-    config = config if isinstance(config, dict) else {}  # a profile written before configs were kept
+    config = _config(config)  # {} for a profile written before configs were kept
     return json.dumps([model.split(" (")[0], {k: v for k, v in config.items() if k not in _HEAD_KEYS}],
                       sort_keys=True)
 
@@ -1183,6 +1193,10 @@ def select_runs(df_runs: pd.DataFrame, models: list[str] | None = None, datasets
             if name not in have:
                 close = difflib.get_close_matches(name, have, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
+                if option == "--models" and close:  # a registered model without runs is no misspelling
+                    from bench.registry import list_models
+
+                    hint = "" if name in list_models() else hint
                 raise BenchError(f"{option} {name}: no runs of it in {results_dir} (there: {', '.join(have) or 'none'})"
                                  f"{hint}")
         df_runs = df_runs[np.logical_or.reduce([df_runs[c].isin(names) for c in columns if c in df_runs])]
@@ -1221,7 +1235,9 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     else:
         boards, groups, (set_runs, set_cases) = _boards(df_runs, df_cases, profiles)
         text = _render(boards, fmt, columns)
-        if not boards and fmt == ReportFormat.md:  # most likely not the folder meant
+        if not boards and fmt == ReportFormat.md and profiles is not None and not profiles.empty:
+            text = f"No finished runs in {results_dir}: the cost tables of its `bench profile` records only.\n"
+        elif not boards and fmt == ReportFormat.md:  # most likely not the folder meant
             text = (f"No finished runs found in {results_dir}"
                     f"{' for these --models/--dataset' if models or datasets else ''}: pass the --results folder "
                     "of `bench run`.\n")

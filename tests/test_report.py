@@ -445,7 +445,8 @@ def test_profiles_join_the_accuracy_board(tmp_path):
     (row,) = md_rows(cost, "model")
     # the profile output's column names, as CSV and JSON have them; the cells carry their units
     assert row == {"model": "vmunet", "family": "ssm", "params": "27.43 M", "paper_params": "22.00 M",
-                   "input_shape": "1x3x224x224", "macs": "5.20 G", "scan_macs": "0.9000 G", "paper_macs": "3.16 G",
+                   "input_shape": "1x3x224x224", "num_classes": "9",  # the board's runs may have another head
+                   "macs": "5.20 G", "scan_macs": "0.9000 G", "paper_macs": "3.16 G",
                    "paper_macs_missing_pct": "39.2", "flops": "10.40 G", "fvcore_macs": "5.25 G",
                    "latency_ms_median": "100.00 (ref scan)",  # a reference scan backend's timing is marked
                    "latency_ms_p90": "110.00", "fps": "10.0 (ref scan)", "peak_mem_mb": "300 (cpu_tensors)",
@@ -827,8 +828,20 @@ def test_report_of_some_models_and_datasets(tmp_path, runs):
         write_report(tmp_path, models=["vmnet"])
     with pytest.raises(BenchError, match=r"--dataset isic: no runs of it .*did you mean 'isic17'"):
         write_report(tmp_path, datasets=["isic"])
+    with pytest.raises(BenchError, match=r"--models transunet: no runs of it in .* \(there: unet, vmunet\)$"):
+        write_report(tmp_path, models=["transunet"])  # a model without runs here, not a misspelt 'unet'
     with pytest.raises(BenchError, match=r"--reference 'unet': not among --models vmunet; add it there"):
         write_report(tmp_path, models=["vmunet"], reference="unet")
+    (tmp_path / "report.md").write_text("x")
+    with pytest.raises(BenchError, match=r"report\.md: is a file, not a folder; --results takes the results folder"):
+        write_report(tmp_path / "report.md")  # it read "results directory not found"
+    (tmp_path / "records").rename(tmp_path / "kept")  # a folder of profiles only: their tables, said so
+    from bench import cost
+
+    cost.write_profile(cost.profile_model("unet", img_size=32, tiny=True, timing=False), tmp_path)
+    md = write_report(tmp_path)
+    assert md.startswith(f"No finished runs in {tmp_path}: the cost tables of its `bench profile` records only.")
+    assert "## Cost · input 1x3x32x32" in md and "latency_ms_median /" not in md  # untimed: no timing explained
 
 
 def test_the_caption_names_the_training_items_where_runs_recorded_them(tmp_path):
