@@ -547,7 +547,8 @@ _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "·": r"$\cdot$", "×": r"$\times$", "−": r"$-$",
-    "–": "--", "—": "---", "²": r"$^2$", "³": r"$^3$",
+    "–": "--", "—": "---", "⁰": r"$^0$", "¹": r"$^1$", "²": r"$^2$", "³": r"$^3$", "⁴": r"$^4$", "⁵": r"$^5$",
+    "⁶": r"$^6$", "⁷": r"$^7$", "⁸": r"$^8$", "⁹": r"$^9$", "`": "",  # a Markdown code mark
     "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}", '"': r"\texttt{\char34}",  # straight quote, any encoding
 }  # fmt: skip
 
@@ -571,24 +572,42 @@ def _render_latex(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...]
         if "Folds" in table:  # a range of folds ("0-4") takes an en dash
             table["Folds"] = table["Folds"].str.replace(r"(?<=\d)-(?=\d)", "–", regex=True)
         spec = "".join(_align(c)[0] for c in table.columns)
-        label = "tab:" + re.sub(r"[^a-z0-9]+", "-", f"{key.dataset} {key.protocol} {key.policy}".lower()).strip("-")
-        labels[label] += 1
-        lines = [
-            "\\begin{table}[t]",
-            "\\centering",
-            f"\\caption{{{_latex_escape(title)}. {_latex_escape(note)}}}",
-            f"\\label{{{label}{'' if labels[label] == 1 else f'-{labels[label]}'}}}",
-            # shrunk to the line where wider (Synapse's board has ~26 columns), never enlarged
-            "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",
-            f"\\begin{{tabular}}{{{spec}}}",
-            "\\toprule",
-            " & ".join(_latex_escape(c) for c in table.columns) + " \\\\",
-            "\\midrule",
-        ]
-        lines += [" & ".join(_latex_escape(v) for v in row) + " \\\\" for row in table.itertuples(index=False)]
-        lines += ["\\bottomrule", "\\end{tabular}", "}", "\\end{table}"]
-        parts.append("\n".join(lines))
+        parts.append(_latex_table(f"{title}. {note}", f"{key.dataset} {key.protocol} {key.policy}", table, spec,
+                                  labels))
     return "\n\n".join(parts) + "\n"
+
+
+def _latex_table(caption: str, name: str, table: pd.DataFrame, spec: str, labels: collections.Counter) -> str:
+    """A booktabs table; its label from ``name`` ("tab:synapse-smoke-legacy-synapse"), numbered where
+    ``labels`` has seen it."""
+    label = "tab:" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    labels[label] += 1
+    lines = [
+        "\\begin{table}[t]",
+        "\\centering",
+        f"\\caption{{{_latex_escape(caption)}}}",
+        f"\\label{{{label}{'' if labels[label] == 1 else f'-{labels[label]}'}}}",
+        # shrunk to the line where wider (Synapse's board has ~26 columns), never enlarged
+        "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        " & ".join(_latex_escape(c) for c in table.columns) + " \\\\",
+        "\\midrule",
+    ]
+    lines += [" & ".join(_latex_escape(v) for v in row) + " \\\\" for row in table.itertuples(index=False)]
+    lines += ["\\bottomrule", "\\end{tabular}", "}", "\\end{table}"]
+    return "\n".join(lines)
+
+
+def render_cost_latex(df_prof: pd.DataFrame) -> str:
+    """The cost tables (``cost_tables``) as booktabs tables, the fingerprint in the caption."""
+    parts, labels = [], collections.Counter()
+    for title, table in cost_tables(df_prof).items():
+        table = table.drop(columns="fingerprint")  # the title names it
+        spec = "".join("l" if c in ("model", "family", "input_shape") else "r" for c in table.columns)
+        note = COST_NOTE + (" " + TIMING_NOTE if "latency_ms_median" in table else "")
+        parts.append(_latex_table(f"{title}. {note}", title.split(" · ", 1)[1], table, spec, labels))
+    return "\n\n".join(parts)
 
 
 def _render_csv(boards: dict[BoardKey, pd.DataFrame]) -> str:
@@ -1104,8 +1123,9 @@ def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md", df_cases: pd.D
     table (mean and std columns, metrics as stored in [0, 1]) with the board key columns first.
     With ``df_cases`` (``records.load(dir, level="case")``) the boards gain their bootstrap CIs and
     polyp/isic_all runs a board per test set; with ``profiles`` (``cost.load_profiles``), GMACs of
-    runs whose records count none: then these are ``bench report``'s boards (``write_report`` adds
-    the Markdown sections after them: paired tests, published numbers, cost tables, plots).
+    runs whose records count none, and in LaTeX the cost tables after the boards: then this is
+    ``bench report``'s text (``write_report`` adds the Markdown sections after the boards: paired
+    tests, published numbers, cost tables, plots).
     ``columns``: the Markdown/LaTeX tables' ``COLUMN_GROUPS`` (``parse_columns``); None: all.
     """
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
@@ -1115,7 +1135,17 @@ def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md", df_cases: pd.D
             raise BenchError("format 'cases' needs the records' case rows: pass df_cases (bench report --format cases)")
         return render_cases(df_cases[df_cases["run_id"].isin(_finished(df_runs)["run_id"])])
     boards, _, _ = _boards(df_runs, df_cases, profiles)
-    return _render(boards, fmt, columns)
+    return _with_cost_latex(_render(boards, fmt, columns), fmt, profiles, columns)
+
+
+def _with_cost_latex(text: str, fmt: ReportFormat, profiles: pd.DataFrame | None,
+                     columns: tuple[str, ...] | None) -> str:
+    """LaTeX boards followed by the cost tables of ``profiles`` (a paper's cost table), unless
+    ``columns`` leaves the cost out."""
+    if fmt != ReportFormat.latex or profiles is None or profiles.empty or (columns and "cost" not in columns):
+        return text
+    cost = render_cost_latex(profiles)
+    return text.rstrip("\n") + "\n\n" + cost + "\n" if cost else text
 
 
 def _render(boards: dict[BoardKey, pd.DataFrame], fmt: ReportFormat, columns: tuple[str, ...] | None) -> str:
@@ -1285,6 +1315,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                         f"![{p.stem}](<{images.name}/{p.name}>)" for p in paths) + "\n")  # <>: names with spaces
             if extra:
                 text = text.rstrip("\n") + "\n\n" + "\n".join(extra)
+        text = _with_cost_latex(text, fmt, profiles, columns)
     if out is not None:
         atomic_write_text(Path(out), text)
     return text

@@ -208,6 +208,20 @@ def test_labels_with_markup_characters_keep_tables_whole(tmp_path):
     assert "graphicx" in tex
 
 
+def test_latex_reports_carry_the_cost_tables(tmp_path):
+    """A paper's cost table (params, GMACs, latency) was Markdown only: LaTeX held the boards alone."""
+    from bench import cost
+
+    write_record(make_record("unet", seed=0), tmp_path)
+    cost.write_profile(cost.profile_model("unet", img_size=32, tiny=True, iters=2, warmup=1), tmp_path)
+    tex = write_report(tmp_path, "latex")
+    table = tex[tex.index("\\caption{Cost · input 1x3x32x32".replace("·", "$\\cdot$")):]
+    assert "\\label{tab:input-1x3x32x32-fp32-" in table and "latency\\_ms\\_median & " in table
+    assert "unet (tiny) & cnn & 0.1352 M" in table and "M = 10$^6$, G = 10$^9$" in table
+    assert all(ord(ch) < 256 for ch in tex), "pdflatex takes Latin-1 alone"
+    assert "Cost" not in write_report(tmp_path, "latex", columns=("metrics",))  # --columns without cost
+
+
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="needs pdflatex (TeX Live) to compile the table")
 def test_latex_report_compiles(tmp_path):
     """What users paste into a paper must compile: every LaTeX special character in a label, Latin-1
