@@ -605,7 +605,7 @@ def profile(
             rows.append(row)
             timed = f", {p} {row['latency_ms_median']:.1f} ms/forward" if "latency_ms_median" in row else ""
             label = profile_labels(pd.DataFrame([row]))[0]  # as the tables name it: "unet (tiny)"
-            typer.echo(f"  profiled {label}: {row['macs'] / 1e9:.2f} GMACs{timed}", err=True)  # progress
+            typer.echo(f"  profiled {label}: {row['macs'] / 1e9:.3g} GMACs{timed}", err=True)  # progress
 
     frame = pd.DataFrame(rows)
     if format == ProfileFormat.md:

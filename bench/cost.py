@@ -531,9 +531,15 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
         for _ in range(2 if compile else 1):
             with precision_context(precision, device):
                 forward = peak_memory_mb(run, inputs(1))
-            with precision_context(precision, device):
-                step = peak_memory_mb(run.train(), inputs(1), train_step=True)
-            run.eval()
+            try:
+                with precision_context(precision, device):
+                    step = peak_memory_mb(run.train(), inputs(1), train_step=True)
+            except ValueError as exc:  # BatchNorm training on a 1x1 map (a small input, batch 1): no step
+                warnings.warn(f"{name}: no training-step memory at {'x'.join(map(str, spatial))} ({exc}); a larger "
+                              "--img-size measures it", stacklevel=2)
+                step = {"peak_mem_mb": None}
+            finally:
+                run.eval()
         row.update(forward)
         row["train_peak_mem_mb"] = step["peak_mem_mb"]
     with precision_context(precision, device):  # the TF32 flags as the timed forwards had them
