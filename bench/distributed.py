@@ -233,7 +233,7 @@ def check_batch(batch_size: int, nproc: int) -> None:
                          f"needs at least one item); use --nproc {batch_size} or fewer, or a larger --batch-size")
 
 
-LAUNCHER_ENV = "BENCH_LAUNCHER_PID"  # the launcher's process id, for its processes to outlive it never
+LAUNCHER_ENV = "BENCH_LAUNCHER_PID"  # the launcher's process id: its processes stop when it dies
 
 
 def stop_with_launcher() -> None:

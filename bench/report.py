@@ -140,7 +140,7 @@ def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | N
     configuration (``--tiny``; ``tiny``: the records' flag, else the config is compared with it), with
     the tiny keys it set otherwise (``"mymodel (tiny, width=12)"``: neither the tiny nor the paper
     model), whatever else shares the table; where one model still runs in several configurations
-    within a group (a board), the config keys that differ between them: ``"unet (base_c=8)"``,
+    within a group (a board), the config keys that differ between them: ``"unet (encoder=resnet34)"``,
     ``"unet (tiny, img_size=96)"``. ``configs``: JSON strings."""
     parsed = pd.Series([json.loads(c) if isinstance(c, str) and c else {} for c in configs], index=models.index)
     flags = tiny if tiny is not None else pd.Series([None] * len(models), index=models.index)
@@ -891,7 +891,7 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
             if ref in labels:
                 why = (f"{ref!r} is the only model on this board" if len(labels) == 1
                        else f"{ref!r} shares no scored test case with another model")
-            elif configs := [m for m in labels if m.startswith(f"{reference} (")]:  # "unet (base_c=8)": per config
+            elif configs := [m for m in labels if m.startswith(f"{reference} (")]:  # "unet (encoder=resnet34)": per config
                 why = (f"{reference!r} runs here in several configurations ({', '.join(configs)}); pass one as "
                        "--reference")
             else:
