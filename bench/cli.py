@@ -567,7 +567,7 @@ def profile(
 
     _check_scan_backend_variable()
     _set_threads(threads)
-    if batch_size is not None and batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) >= 2):
+    if batch_size is not None and batch_size != "auto" and not (batch_size.isdecimal() and int(batch_size) >= 2):
         raise BenchError(f"--batch-size: expected a whole number >= 2 or 'auto' (batch 1 is always timed); "
                          f"got {batch_size!r}")
     batch = 0 if batch_size is None else batch_size if batch_size == "auto" else int(batch_size)
@@ -575,7 +575,7 @@ def profile(
         raise BenchError("--iters must be >= 1 and --warmup >= 0")
     if not timing:  # options of the timing only: recorded, they would claim what was not measured
         given = [o for o, v in (("--compile", compile), ("--channels-last", channels_last),
-                                ("--batch-size", batch_size is not None)) if v]
+                                ("--batch-size", batch_size is not None), ("--precision", precision != "fp32")) if v]
         if given:
             raise BenchError(f"{', '.join(given)} with --no-timing: {'they choose' if len(given) > 1 else 'it chooses'}"
                              " how models are timed, and --no-timing times none")

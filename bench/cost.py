@@ -417,6 +417,19 @@ def peak_memory_mb(model: nn.Module, x: torch.Tensor, *, train_step: bool = Fals
     return {"peak_mem_mb": peak / 2**20, "peak_mem_kind": kind}
 
 
+def _batch_norm_at_batch_1(exc: BaseException) -> str | None:
+    """BatchNorm's refusal to train on one value per channel (a small input at batch 1), where
+    ``exc`` is it or wraps it (torch.compile's errors do); None for any other error."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ValueError) and "Expected more than 1 value per channel" in str(seen):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)  # dynamo may carry it in its message alone
+    start = text.find("Expected more than 1 value per channel")
+    return text[start:].split("'")[0].split(")")[0] + ")" if start >= 0 else None
+
+
 # ----------------------------------------------------------------------------------------- profile
 
 def _counts(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
@@ -534,8 +547,11 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
             try:
                 with precision_context(precision, device):
                     step = peak_memory_mb(run.train(), inputs(1), train_step=True)
-            except ValueError as exc:  # BatchNorm training on a 1x1 map (a small input, batch 1): no step
-                warnings.warn(f"{name}: no training-step memory at {'x'.join(map(str, spatial))} ({exc}); a larger "
+            except Exception as exc:  # noqa: BLE001 - torch.compile wraps the ValueError in its own error
+                said = _batch_norm_at_batch_1(exc)
+                if said is None:
+                    raise
+                warnings.warn(f"{name}: no training-step memory at {'x'.join(map(str, spatial))} ({said}); a larger "
                               "--img-size measures it", stacklevel=2)
                 step = {"peak_mem_mb": None}
             finally:

@@ -33,7 +33,7 @@ import math
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -367,7 +367,8 @@ def _has_exclusions(board: pd.DataFrame) -> bool:
 # Column groups of the Markdown/LaTeX boards (``--columns``); the model column is always shown.
 COLUMN_GROUPS = {
     "family": "the model family", "seeds": "seeds and folds", "params": "parameters",
-    "time": "training time and GPU memory", "cost": "GMACs, counted by each run at its input",
+    "time": "training time and GPU memory",
+    "cost": "GMACs, counted by each run at its input (older records: from bench profile), and the cost tables",
     "metrics": "the aggregate metrics (DSC, HD95, mIoU, ..., and DSC n/a)", "ci": "bootstrap 95% CIs",
     "classes": "per-class DSC", "class-hd95": "per-class HD95 (and NSD)",
 }
@@ -572,20 +573,20 @@ def _render_latex(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...]
         if "Folds" in table:  # a range of folds ("0-4") takes an en dash
             table["Folds"] = table["Folds"].str.replace(r"(?<=\d)-(?=\d)", "–", regex=True)
         spec = "".join(_align(c)[0] for c in table.columns)
-        parts.append(_latex_table(f"{title}. {note}", f"{key.dataset} {key.protocol} {key.policy}", table, spec,
-                                  labels))
+        parts.append(_latex_table(title, note, f"{key.dataset} {key.protocol} {key.policy}", table, spec, labels))
     return "\n\n".join(parts) + "\n"
 
 
-def _latex_table(caption: str, name: str, table: pd.DataFrame, spec: str, labels: collections.Counter) -> str:
-    """A booktabs table; its label from ``name`` ("tab:synapse-smoke-legacy-synapse"), numbered where
-    ``labels`` has seen it."""
+def _latex_table(title: str, note: str, name: str, table: pd.DataFrame, spec: str,
+                 labels: collections.Counter) -> str:
+    """A booktabs table captioned ``title. note`` (the title alone in a list of tables); its label
+    from ``name`` ("tab:synapse-smoke-legacy-synapse"), numbered where ``labels`` has seen it."""
     label = "tab:" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     labels[label] += 1
     lines = [
         "\\begin{table}[t]",
         "\\centering",
-        f"\\caption{{{_latex_escape(caption)}}}",
+        f"\\caption[{{{_latex_escape(title)}}}]{{{_latex_escape(title)}. {_latex_escape(note)}}}",  # {}: a ] in it
         f"\\label{{{label}{'' if labels[label] == 1 else f'-{labels[label]}'}}}",
         # shrunk to the line where wider (Synapse's board has ~26 columns), never enlarged
         "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",
@@ -606,7 +607,8 @@ def render_cost_latex(df_prof: pd.DataFrame) -> str:
         table = table.drop(columns="fingerprint")  # the title names it
         spec = "".join("l" if c in ("model", "family", "input_shape") else "r" for c in table.columns)
         note = COST_NOTE + (" " + TIMING_NOTE if "latency_ms_median" in table else "")
-        parts.append(_latex_table(f"{title}. {note}", title.split(" · ", 1)[1], table, spec, labels))
+        # labelled by input and precision (the fingerprint would make a label of a line), numbered per machine
+        parts.append(_latex_table(title, note, " ".join(title.split(" · ")[:3]), table, spec, labels))
     return "\n\n".join(parts)
 
 
@@ -1212,15 +1214,16 @@ def _check_reference(reference: str, groups: dict[BoardKey, pd.DataFrame], resul
 
 
 def select_runs(df_runs: pd.DataFrame, models: list[str] | None = None, datasets: list[str] | None = None,
-                results_dir: Path | str = "") -> pd.DataFrame:
+                results_dir: Path | str = "", profiled: Iterable[str] = ()) -> pd.DataFrame:
     """The runs of ``models`` on ``datasets`` (a reader's name such as ``synapse``, or a board's data
-    name such as ``nnunet:ACDC``); None: all. BenchError for a name no run has, with the names there."""
+    name such as ``nnunet:ACDC``); None: all. BenchError for a name no run has, with the names there,
+    unless ``profiled`` has it (a model with a cost table only)."""
     for option, names, columns in (("--models", models, ["model"]), ("--dataset", datasets, ["dataset", "dataset_name"])):
         if not names:
             continue
         have = sorted({str(v) for c in columns if c in df_runs for v in df_runs[c].dropna()})
         for name in names:
-            if name not in have:
+            if name not in have and not (option == "--models" and name in set(profiled)):
                 close = difflib.get_close_matches(name, have, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 if option == "--models" and close:  # a registered model without runs is no misspelling
@@ -1254,7 +1257,9 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         raise BenchError(f"{' and '.join(asked)} add{'s' if len(asked) == 1 else ''} Markdown sections; use "
                          f"--format md (got --format {fmt.value})")
     _check_columns(columns, fmt)
-    df_runs, profiles = _finished(select_runs(load(results_dir), models, datasets, results_dir)), load_profiles(results_dir)
+    df_runs, profiles = load(results_dir), load_profiles(results_dir)  # load first: it checks the folder
+    profiled = set(profiles["model"]) if profiles is not None and "model" in profiles else set()
+    df_runs = _finished(select_runs(df_runs, models, datasets, results_dir, profiled))
     if models and profiles is not None and "model" in profiles:
         profiles = profiles[profiles["model"].isin(models)]
     df_cases = load(results_dir, level="case") if not df_runs.empty else None
@@ -1302,7 +1307,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                     extra.append(f"## Published vs ours\n\nNo published numbers for {'; '.join(silent)}. {source} "
                                  f"holds data {', '.join(sorted(held))}; --published-file takes your own table of "
                                  "its columns.\n")
-            cost = render_cost_md(profiles)
+            cost = render_cost_md(profiles) if not columns or "cost" in columns else ""
             extra += [cost] if cost else []
             if out is not None:  # the images go beside the Markdown file, linked relatively
                 from bench.plots import write_plots

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 
 import pandas as pd
 import pytest
@@ -190,8 +191,18 @@ def test_a_counts_only_profile_keeps_the_timings_of_the_same_setup(tmp_path, mon
     path = cost.write_profile({**counts, "macs": counts["macs"] + 1}, tmp_path)
     assert "latency_ms_median" not in json.loads(path.read_text())
     # the fvcore cross-check speaks up when the two counts part
-    monkeypatch.setattr(cost, "fvcore_macs", lambda model, x: {"total": 0.5 * cost.count_flops(model, x).macs})
-    with pytest.warns(UserWarning, match=r"unet: our count .* and fvcore's .* differ by more than 5%"):
+    # ... on the ops both price: fvcore's norms and up-sampling (LightM-UNet's 5 %) are not ours to count
+    def fvcore(conv: float, norm: float):
+        return lambda model, x: {"total": (conv + norm) * cost.count_flops(model, x).macs,
+                                 "conv": conv * cost.count_flops(model, x).macs,
+                                 "group_norm": norm * cost.count_flops(model, x).macs}
+
+    monkeypatch.setattr(cost, "fvcore_macs", fvcore(0.5, 0.5))
+    with pytest.warns(UserWarning, match=r"unet: our count .* and fvcore's on the same ops .* differ by more than 5%"):
+        cost.profile_model("unet", img_size=32, overrides=dict(get_entry("unet").tiny), timing=False)
+    monkeypatch.setattr(cost, "fvcore_macs", fvcore(1.0, 0.2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         cost.profile_model("unet", img_size=32, overrides=dict(get_entry("unet").tiny), timing=False)
 
 
@@ -202,6 +213,17 @@ def test_a_training_step_a_small_input_cannot_take_is_left_unmeasured():
                                          r"per channel when training.*a larger --img-size measures it"):
         row = cost.profile_model("vmunet_v2", img_size=32, tiny=True, iters=2, warmup=1)
     assert row["train_peak_mem_mb"] is None and row["latency_ms_median"] > 0 and row["peak_mem_mb"] >= 0
+    # torch.compile wraps the error (and says it in its message); any other error still stops the profile
+    said = "Expected more than 1 value per channel when training, got input size torch.Size([1, 8, 1, 1])"
+    try:
+        try:
+            raise ValueError(said)
+        except ValueError as exc:
+            raise RuntimeError("compiled") from exc
+    except RuntimeError as wrapped:
+        assert cost._batch_norm_at_batch_1(wrapped) == said
+    assert cost._batch_norm_at_batch_1(RuntimeError(f"when making fake tensor call: got ValueError('{said}')")) == said
+    assert cost._batch_norm_at_batch_1(ValueError("a plugin's own bug")) is None
 
 
 @pytest.mark.parametrize("args, message", [
@@ -215,6 +237,8 @@ def test_a_training_step_a_small_input_cannot_take_is_left_unmeasured():
     (["--precision", "fp32,bf16,fp32"], "--precision: fp32 given twice"),
     (["--no-timing", "--compile"], "--compile with --no-timing: it chooses how models are timed"),
     (["--no-timing", "--channels-last", "--batch-size", "auto"], "--channels-last, --batch-size with --no-timing"),
+    (["--no-timing", "--precision", "fp32,bf16"], "--precision with --no-timing"),  # untimed bf16 records
+    (["--batch-size", "²"], "--batch-size: expected a whole number >= 2"),  # isdigit() took it, int() did not
 ])
 def test_profile_options_out_of_range_are_one_line(tmp_path, args, message):
     proc = run_bench("profile", "--models", "lightm_unet", "--tiny", "--img-size", "32", *args, "--results", tmp_path,
@@ -299,8 +323,10 @@ def test_profile_cli_writes_records_that_report_joins(tmp_path):
     for col in ("model", "params", "input_shape", "macs", "paper_macs", "flops", "fingerprint",
                 "latency_ms_median", "fps", "throughput_fps", "peak_mem_mb", "train_peak_mem_mb", "scan_backend"):
         assert col in table.columns, col
-    assert list(table["model"]) == ["unet", "vmunet"]
+    assert list(table["model"]) == ["unet", "vmunet"] and list(table["label"]) == ["unet (tiny)", "vmunet (tiny)"]
     assert (table["flops"] == 2 * table["macs"]).all()
+    macs = out.splitlines()[1].split(",")[out.splitlines()[0].split(",").index("macs")]
+    assert macs.isdigit(), macs  # a count, not "49545216.0"
     vm = table.set_index("model").loc["vmunet"]
     assert vm["scan_macs"] > 0 and vm["scan_backend"] == "cpu" and vm["paper_macs"] < vm["macs"]
     profiles = cost.load_profiles(tmp_path)
@@ -309,9 +335,9 @@ def test_profile_cli_writes_records_that_report_joins(tmp_path):
     assert "## Cost · input 1x3x64x64 · fp32" in report
     assert [r["model"] for r in md_rows(report[report.index("## Cost"):], "model")] == ["vmunet (tiny)", "unet (tiny)"]
     # profiling the same setup again replaces its record rather than adding one
-    _bench("profile", "--models", "unet", "--tiny", "--img-size", "64", "--iters", "2", "--warmup", "0",
-           "--threads", "1", "--results", tmp_path, "--format", "json")
-    assert len(list((tmp_path / "profiles").glob("*.json"))) == 2
+    rows = json.loads(_bench("profile", "--models", "unet", "--tiny", "--img-size", "64", "--iters", "2", "--warmup",
+                             "0", "--threads", "1", "--results", tmp_path, "--format", "json"))
+    assert len(list((tmp_path / "profiles").glob("*.json"))) == 2 and rows[0]["label"] == "unet (tiny)"
     assert not math.isnan(cost.load_profiles(tmp_path).set_index("model").loc["unet", "macs"])
 
 

@@ -215,8 +215,9 @@ def test_latex_reports_carry_the_cost_tables(tmp_path):
     write_record(make_record("unet", seed=0), tmp_path)
     cost.write_profile(cost.profile_model("unet", img_size=32, tiny=True, iters=2, warmup=1), tmp_path)
     tex = write_report(tmp_path, "latex")
-    table = tex[tex.index("\\caption{Cost · input 1x3x32x32".replace("·", "$\\cdot$")):]
-    assert "\\label{tab:input-1x3x32x32-fp32-" in table and "latency\\_ms\\_median & " in table
+    title = "Cost · input 1x3x32x32 · fp32 · ".replace("·", "$\\cdot$")
+    table = tex[tex.index("\\caption[{" + title):]
+    assert "\\label{tab:cost-input-1x3x32x32-fp32}" in table and "latency\\_ms\\_median & " in table
     assert "unet (tiny) & cnn & 0.1352 M" in table and "M = 10$^6$, G = 10$^9$" in table
     assert all(ord(ch) < 256 for ch in tex), "pdflatex takes Latin-1 alone"
     assert "Cost" not in write_report(tmp_path, "latex", columns=("metrics",))  # --columns without cost
@@ -856,6 +857,8 @@ def test_report_of_some_models_and_datasets(tmp_path, runs):
     md = write_report(tmp_path)
     assert md.startswith(f"No finished runs in {tmp_path}: the cost tables of its `bench profile` records only.")
     assert "## Cost · input 1x3x32x32" in md and "latency_ms_median /" not in md  # untimed: no timing explained
+    assert "## Cost · input 1x3x32x32" in write_report(tmp_path, models=["unet"])  # profiled: no "no runs of it"
+    assert "## Cost" not in write_report(tmp_path, columns=("metrics",))  # --columns without cost, as in LaTeX
 
 
 def test_the_caption_names_the_training_items_where_runs_recorded_them(tmp_path):
