@@ -91,11 +91,10 @@ LOST_PEER_EXIT = 3  # a process whose collective failed because another is gone:
 def note_error(line: str) -> bool:
     """Keep a process's error line for the launcher (True) where `bench run --nproc` started it;
     False: print it."""
-    folder, rank = os.environ.get(ERRORS_ENV), rank_from_env()
-    if not launched_by_torchrun() or not folder:
+    if not launched_by_bench():
         return False
     try:
-        with open(os.path.join(folder, f"{rank}.txt"), "w", encoding="utf-8") as f:
+        with open(os.path.join(os.environ[ERRORS_ENV], f"{rank_from_env()}.txt"), "w", encoding="utf-8") as f:
             f.write(line)
         return True
     except OSError:
@@ -292,11 +291,10 @@ WARNED_FILE = "warned.json"  # in the ERRORS_ENV folder: the warnings the launch
 def warned_by_launcher() -> list[str]:
     """The warnings `bench run --nproc`'s launcher said before starting this process (rank 0 meets
     some again when it builds the models); [] outside it."""
-    folder = os.environ.get(ERRORS_ENV)
-    if not launched_by_bench() or not folder:
+    if not launched_by_bench():
         return []
     try:
-        with open(os.path.join(folder, WARNED_FILE), encoding="utf-8") as f:
+        with open(os.path.join(os.environ[ERRORS_ENV], WARNED_FILE), encoding="utf-8") as f:
             return [str(t) for t in json.load(f)]
     except (OSError, ValueError):
         return []
@@ -349,6 +347,12 @@ def launch(nproc: int, args: list[str], warned: Iterable[str] = ()) -> int:
     return 0
 
 
+def _kept_line(errors: Path, rank: int) -> str:
+    """The error line process ``rank`` left (``note_error``), or ""."""
+    kept = errors / f"{rank}.txt"
+    return kept.read_text(encoding="utf-8").rstrip() if kept.is_file() else ""
+
+
 _STOPPED = (130, -int(signal.SIGTERM), -int(signal.SIGINT))  # stopped by the agent, or interrupted
 
 
@@ -362,8 +366,7 @@ def _failed(exc, nproc: int, errors: Path) -> int:
         lost = [r for r, f in failures if f.exitcode == LOST_PEER_EXIT]
         if not lost:
             return 130  # interrupted: the caller says so, once
-        kept = errors / f"{lost[0]}.txt"
-        detail = kept.read_text(encoding="utf-8").rstrip().removeprefix("error: ") if kept.is_file() else ""
+        detail = _kept_line(errors, lost[0]).removeprefix("error: ")
         print(f"error: process {lost[0]} of {nproc} stopped: {detail or 'another process of this run is gone'}, "
               "without a failure of its own seen here (bench run --resume continues from the last checkpoint)",
               file=sys.stderr)
@@ -372,9 +375,7 @@ def _failed(exc, nproc: int, errors: Path) -> int:
     if failure.exitcode == 2:  # a user error: the first process's line where it met one too (the others
         # met the same, as a rule), else the line of the one that met it
         for who in (0, rank) if exc.failures.get(0) is not None and exc.failures[0].exitcode == 2 else (rank,):
-            kept = errors / f"{who}.txt"
-            if kept.is_file():
-                text = kept.read_text(encoding="utf-8").rstrip()
+            if text := _kept_line(errors, who):
                 print(text + (f" (process {who} of {nproc})" if who else ""), file=sys.stderr)
                 return 2
         return 2  # its line is above (a process that could not leave it)

@@ -453,7 +453,7 @@ def _fmt_duration(seconds: float) -> str:
 
 def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None = None) -> tuple[str, str]:
     """(title, note) of a board; the note explains the ``columns`` shown (None: all)."""
-    shown = lambda group: columns is None or group in columns  # noqa: E731
+    shown = lambda group: _shows(columns, group)  # noqa: E731
     a = board.attrs
     off = f" · OFF-PROTOCOL ({a['overrides']})" if a["overrides"] else ""
     protocol = f"{a['protocol_name']} v{a['protocol_version']} ({a['protocol_hash']})"
@@ -606,9 +606,8 @@ def render_cost_latex(df_prof: pd.DataFrame) -> str:
     for title, table in cost_tables(df_prof).items():
         table = table.drop(columns="fingerprint")  # the title names it
         spec = "".join("l" if c in ("model", "family", "input_shape") else "r" for c in table.columns)
-        note = COST_NOTE + (" " + TIMING_NOTE if "latency_ms_median" in table else "")
         # labelled by input and precision (the fingerprint would make a label of a line), numbered per machine
-        parts.append(_latex_table(title, note, " ".join(title.split(" · ")[:3]), table, spec, labels))
+        parts.append(_latex_table(title, _cost_note(table), " ".join(title.split(" · ")[:3]), table, spec, labels))
     return "\n\n".join(parts)
 
 
@@ -748,13 +747,16 @@ def _config(config: Any) -> dict:
     return config if isinstance(config, dict) else {}
 
 
+def _cost_note(table: pd.DataFrame) -> str:
+    """What a cost table's columns mean; timing only where it has some (--no-timing has none)."""
+    return COST_NOTE + (" " + TIMING_NOTE if "latency_ms_median" in table else "")
+
+
 def render_cost_md(df_prof: pd.DataFrame) -> str:
     parts = []
     for title, table in cost_tables(df_prof).items():
         align = ["left" if c in ("model", "family", "input_shape", "fingerprint") else "right" for c in table.columns]
-        timed = "latency_ms_median" in table  # a --no-timing table has no timing to explain
-        parts.append(f"## {title}\n\n{COST_NOTE}{' ' + TIMING_NOTE if timed else ''}\n\n"
-                     + _md_table(table, align) + "\n")
+        parts.append(f"## {title}\n\n{_cost_note(table)}\n\n" + _md_table(table, align) + "\n")
     return "\n".join(parts)
 
 
@@ -1144,7 +1146,7 @@ def _with_cost_latex(text: str, fmt: ReportFormat, profiles: pd.DataFrame | None
                      columns: tuple[str, ...] | None) -> str:
     """LaTeX boards followed by the cost tables of ``profiles`` (a paper's cost table), unless
     ``columns`` leaves the cost out."""
-    if fmt != ReportFormat.latex or profiles is None or profiles.empty or (columns and "cost" not in columns):
+    if fmt != ReportFormat.latex or profiles is None or profiles.empty or not _shows(columns, "cost"):
         return text
     cost = render_cost_latex(profiles)
     return text.rstrip("\n") + "\n\n" + cost + "\n" if cost else text
@@ -1154,6 +1156,11 @@ def _render(boards: dict[BoardKey, pd.DataFrame], fmt: ReportFormat, columns: tu
     if fmt == ReportFormat.csv:
         return _render_csv(boards)
     return (_render_md if fmt == ReportFormat.md else _render_latex)(boards, columns)
+
+
+def _shows(columns: tuple[str, ...] | None, group: str) -> bool:
+    """Whether the ``COLUMN_GROUPS`` chosen (None: all) include ``group``."""
+    return columns is None or group in columns
 
 
 def _check_columns(columns: tuple[str, ...] | None, fmt: ReportFormat) -> None:
@@ -1307,7 +1314,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                     extra.append(f"## Published vs ours\n\nNo published numbers for {'; '.join(silent)}. {source} "
                                  f"holds data {', '.join(sorted(held))}; --published-file takes your own table of "
                                  "its columns.\n")
-            cost = render_cost_md(profiles) if not columns or "cost" in columns else ""
+            cost = render_cost_md(profiles) if _shows(columns, "cost") else ""
             extra += [cost] if cost else []
             if out is not None:  # the images go beside the Markdown file, linked relatively
                 from bench.plots import write_plots

@@ -120,8 +120,6 @@ def _placement(img_path: Path, label_path: Path) -> str | None:
     """How a label's NIfTI affine places its voxels differently from its image's ("orientation LPS,
     its image's RPS", or "origin"), or None. The arrays are converted as stored, so a label stored
     flipped (its affine flipped too) would lie mirrored on its image; nnU-Net warns on both."""
-    import nibabel as nib
-
     from bench.data.nnunet import same_geometry
 
     if same_geometry(img_path, label_path):
