@@ -654,8 +654,13 @@ def doctor() -> None:
     import torch
 
     from bench import env
+    from bench.records import code_version, short_commit
 
     typer.echo(f"python       {platform.python_version()} ({sys.executable})")
+    # what run records will name the code by (records.code_version): the commit, else the sources' digest
+    commit = env.git_commit()
+    typer.echo(f"code         {short_commit(code_version(commit, env.source_digest()))}"
+               f"{'' if commit else ' (outside a git checkout)'}")
     for name, version in env.package_versions().items():
         typer.echo(f"{name:28s} {version or '-'}")
     cuda = torch.cuda.is_available()

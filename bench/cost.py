@@ -565,6 +565,8 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     # the backend that ran the timed forwards (untimed: the one that would run there, not the
     # counts' CPU one); a reference backend is marked in every table
     row["scan_backend"] = scan_backend_for(model, ran=timing)
+    # the code and packages that counted and timed it, as run records name theirs
+    row.update(git_commit=env.git_commit(), code_digest=env.source_digest(), packages=env.package_versions())
     return row
 
 

@@ -1,8 +1,12 @@
-"""Where a run ran: device fingerprint, package versions, git commit (for records and `bench doctor`)."""
+"""Where a run ran: device fingerprint, package versions, git commit and source digest (for records and
+`bench doctor`)."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import subprocess
@@ -110,6 +114,27 @@ def short_fingerprint(fp: dict[str, Any]) -> str:
         return (f"{fp.get('gpu')} / driver {fp.get('driver')} / CUDA {fp.get('cuda')} / cuDNN {fp.get('cudnn')} "
                 f"/ torch {fp.get('torch')}")
     return f"{fp.get('cpu')} x{fp.get('threads')} threads ({fp.get('cpu_capability')}) / torch {fp.get('torch')}"
+
+
+# bench's own packages and the files of them that run (the .py modules, protocols, the scan kernel's
+# C++): what a wheel installs of them, so a checkout and a wheel of the same code digest alike
+CODE_PACKAGES = ("bench", "baselines", "ssm_models")
+_SOURCE_SUFFIXES = (".py", ".toml", ".cpp")
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """16 hex digits of SHA-256 over bench's sources (path and content of each file), wherever
+    they are installed: the code's identity where git names none (a wheel) or not all of it (a
+    checkout with edits, "-dirty"). Read once per process: the code that runs is what was imported."""
+    digest = hashlib.sha256()
+    for package in CODE_PACKAGES:
+        root = Path(importlib.util.find_spec(package).origin).parent
+        for path in sorted(p for p in root.rglob("*") if p.suffix in _SOURCE_SUFFIXES and p.is_file()
+                           and "__pycache__" not in p.parts):
+            digest.update(f"{package}/{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def git_commit() -> str | None:

@@ -57,6 +57,7 @@ __all__ = [
     "STANDARD_METRICS",
     "new_run_id",
     "short_commit",
+    "code_version",
     "validate_record",
     "write_record",
     "atomic_write_text",
@@ -77,9 +78,9 @@ RUN_ID_COLUMNS = [
     "policy", "seed", "init", "data_id", "tiny", "weights",
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
-    "n_train", "rescored_from", "status", "git_commit", "device", "scan_backend", "hd95_unit", "started_at",
-    "finished_at", "wall_time_s", "train_time_s", "train_loss", "params", "trainable_params", "macs", "paper_macs",
-    "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes",
+    "n_train", "rescored_from", "status", "git_commit", "code_digest", "device", "scan_backend", "hd95_unit",
+    "started_at", "finished_at", "wall_time_s", "train_time_s", "train_loss", "params", "trainable_params", "macs",
+    "paper_macs", "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes",
 ]  # fmt: skip
 # Aggregates every policy may produce; ``load`` puts them first, extra metric keys follow.
 STANDARD_METRICS = ["dice", "hd95", "iou", "acc", "spe", "sen", "n_cases"]
@@ -149,9 +150,25 @@ _REQUIRED_PER_CASE = {
 # ids and validation
 
 
-def short_commit(commit: str) -> str:
-    """A git commit as messages show it: 12 hex digits, and "-dirty" where the tree had edits."""
-    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+def code_version(commit: str | None, digest: str | None) -> str | None:
+    """The code a run ran, as records' ``train.commits`` and boards name it: the git commit of a
+    clean checkout; else the sources' digest (``env.source_digest``), after the commit an edited
+    tree started from ("<commit>-dirty sources <digest>"), or alone outside git ("sources <digest>").
+    Records written before the digest was kept give their git commit (or None)."""
+    if not digest or (commit and not commit.endswith("-dirty")):
+        return commit
+    return f"{commit} sources {digest}" if commit else f"sources {digest}"
+
+
+def short_commit(version: str) -> str:
+    """A code version as messages show it: a commit's first 12 hex digits, "-dirty" where the
+    tree had edits, and then the sources' digest where ``code_version`` named one."""
+    commit, sources, digest = version.partition("sources ")
+    commit = commit.strip()
+    short = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+    if not sources:
+        return short
+    return f"{short} (sources {digest})" if commit else f"sources {digest}"
 
 
 def split_name(fold: int | None) -> str:
@@ -564,6 +581,7 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         rescored_from=rec.get("rescored_from"),  # `bench rescore`: the run whose weights were scored
         status=rec["status"],
         git_commit=rec["git_commit"],
+        code_digest=rec.get("code_digest"),  # bench's sources (env.source_digest); absent in older records
         device=_device_string(rec["device"]),
         scan_backend=rec["scan_backend"],
         hd95_unit=rec.get("hd95_unit"),  # absent in records written before it was recorded

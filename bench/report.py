@@ -40,7 +40,8 @@ import pandas as pd
 
 from bench.data.isic import test_set_id
 from bench.errors import BenchError
-from bench.records import CASE_COLUMNS, RUN_ID_COLUMNS, atomic_write_text, load, short_commit, split_fold
+from bench.records import (CASE_COLUMNS, RUN_ID_COLUMNS, atomic_write_text, code_version, load, short_commit,
+                           split_fold)
 
 __all__ = ["BoardKey", "ReportFormat", "METRICS", "label_runs", "label_cases", "leaderboards", "render", "write_report"]
 
@@ -288,11 +289,26 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         nsd_tolerances=[t for col in ("nsd_tolerance", "nsd_tolerances") if col in group
                         for t in sorted(set(group[col].dropna()))],
         devices=sorted(set(group["device"].dropna())) if "device" in group else [],
-        commits=sorted(set(group["git_commit"].dropna())) if "git_commit" in group else [],
+        commits=_code_versions(group),
         repeated=repeated,
         n_train=sorted({int(n) for n in group["n_train"].dropna()}) if "n_train" in group else [],
     )
     return board
+
+
+def _code_versions(group: pd.DataFrame) -> list[str]:
+    """The versions of bench's code a board's runs ran (``records.code_version``), one per source
+    digest: the same sources under a clean commit and in an edited tree ("-dirty": a README) are one
+    version. A record written before digests were kept counts by its commit, "unknown" without one."""
+    if "git_commit" not in group:
+        return []
+    pairs = [(c if isinstance(c, str) else None, d if isinstance(d, str) else None)
+             for c, d in zip(group["git_commit"], group.get("code_digest", pd.Series(None, index=group.index)))]
+    digest_of = {c: d for c, d in pairs if c and d and not c.endswith("-dirty")}  # a clean commit names its sources
+    versions: dict[str | None, str] = {}
+    for commit, digest in pairs:
+        versions.setdefault(digest or digest_of.get(commit) or commit, code_version(commit, digest) or "unknown")
+    return sorted(versions.values())
 
 
 def _folds(splits: pd.Series) -> str:
@@ -506,8 +522,8 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
     commits = a.get("commits", [])
     if len(commits) > 1:  # seeds run before and after an upgrade average two versions of the code
         named = ", ".join(map(short_commit, commits[:3])) + (", …" if len(commits) > 3 else "")
-        note += (f" Code: these runs come from {len(commits)} git commits ({named}); a change between them that "
-                 "moved scores is not told apart (records' git_commit).")
+        note += (f" Code: these runs come from {len(commits)} versions of bench ({named}); a change between them "
+                 "that moved scores is not told apart (records' git_commit and code_digest).")
     if "macs" in board and board["macs"].notna().any() and shown("cost"):
         note += (" GMACs: one forward of one input at the protocol's input size (the square image, or the patch), "
                  "the selective scan included; thop GMACs: what thop counts, the convention of published tables.")

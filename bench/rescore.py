@@ -215,7 +215,7 @@ def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: 
         "rescore_time_s": round(time.perf_counter() - t0, 3),
         # where and with what the new scores were computed (device, git_commit, packages stay the run's)
         "rescored_with": {"device": env.fingerprint(device), "git_commit": env.git_commit(),
-                          "packages": env.package_versions()},
+                          "code_digest": env.source_digest(), "packages": env.package_versions()},
     }
     records.write_record(new, results_dir)
     return new

@@ -199,6 +199,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     commit = env.git_commit()  # the code this run trains under: a git pull meanwhile is not it
+    code = records.code_version(commit, env.source_digest())
     dataset = open_dataset(spec.dataset, spec.data_root, spec.fold)
     protocol = spec.protocol
     if protocol.patches:  # preprocessed training cases, memory-mapped: a patch reads its region only
@@ -237,7 +238,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
             else:
                 result = train_model(model, dataset, protocol, seed=spec.seed, run_dir=run_dir, device=device,
                                      resume=resume, writer=writer, progress=on_step, on_epoch_end=on_epoch_end,
-                                     commit=commit)
+                                     code=code)
             # the GPU memory training needed (per GPU under torchrun): what decides whether a model
             # fits a user's card; unknown after a resume, which measured only the rest
             train_peak = (torch.cuda.max_memory_allocated(device) / 2**20
@@ -273,7 +274,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "model": spec.model,
         "family": entry.family,
         "model_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.bench_config.items()},
-        "model_code": model_code(spec.model),  # a plugin's source digest (built-ins: git_commit names their code)
+        "model_code": model_code(spec.model),  # a plugin's source digest (built-ins: code_digest names theirs)
         "tiny": spec.tiny,  # --tiny: the model's tiny configuration, some of its keys perhaps set otherwise
         "dataset": spec.dataset,
         "dataset_name": dataset.dataset_name,
@@ -299,6 +300,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "hd95_unit": scores.hd95_unit,
         "seed": spec.seed,
         "git_commit": commit,
+        "code_digest": env.source_digest(),  # the sources' identity, where git names none or "-dirty"
         "packages": env.package_versions(),
         "device": env.fingerprint(device),
         "scan_backend": scan_backend_for(model),

@@ -54,7 +54,7 @@ class TrainResult:
     epoch_losses: list[float] = field(default_factory=list)
     resumed_from: int | None = None  # epoch the run resumed after, if it did
     devices: list[str] = field(default_factory=list)  # short fingerprints it trained on, in order
-    commits: list[str] = field(default_factory=list)  # the git commits of the code it trained under, in order
+    commits: list[str] = field(default_factory=list)  # code versions it trained under, in order (records.code_version)
     world_size: int = 1  # processes that trained it (bench.distributed)
     cudnn_deterministic: bool | None = None  # deterministic cuDNN kernels, no autotuning; None: CPU
     base_lr: float | None = None  # the schedule's starting lr (train.lr after a batch-size rule)
@@ -76,15 +76,16 @@ class TrainResult:
         }
 
 
-def _resumed_commits(last: Path, state: dict[str, Any], code: str | None) -> list[str]:
-    """The commits a resumed training ran under, this one last; a warning where it differs from
+def _resumed_commits(last: Path, state: dict[str, Any], code: str) -> list[str]:
+    """The code versions a resumed training ran under, this one last; a warning where it differs from
     the checkpoint's (an upgrade between a kill and its resume: the record names only the last)."""
     older, outside = "unknown (a checkpoint written before commits were kept)", "unknown (outside a git checkout)"
     commits = (list(state["commits"]) or [outside]) if "commits" in state else [older]
-    now = code or outside
+    now = code
     if commits[-1] != now:
         said = {older: "an older version of bench", outside: "code outside a git checkout"}
-        was, where = (said.get(c) or f"commit {records.short_commit(c)}" for c in (commits[-1], now))
+        was, where = (said.get(c) or (f"{records.short_commit(c)} (outside a git checkout)" if c.startswith("sources ")
+                                      else f"commit {records.short_commit(c)}") for c in (commits[-1], now))
         warnings.warn(f"{last}: written by {was}, resumed at {where}: the rest of the training runs other code "
                       "(the record's train.commits lists each); run it without --resume to train it under one",
                       stacklevel=3)
@@ -273,7 +274,7 @@ def train_model(
     writer: Any = None,
     progress: Callable[[int, int, float], None] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
-    commit: str | None = None,
+    code: str | None = None,
 ) -> TrainResult:
     """Train ``model`` in place under ``protocol``; checkpoints go to ``run_dir/checkpoints``.
 
@@ -324,8 +325,9 @@ def train_model(
     last = ckpt_dir / LAST
     here = env.short_fingerprint(env.fingerprint(device))
     devices = [here]  # where the training ran: a resume on another device (or thread count) is not bit-identical
-    code = commit or env.git_commit()  # the run's (read once, when it started); None outside a git checkout
-    commits = [code] if code else []  # a resume under other code trains the rest otherwise
+    # the run's code version (read once, when it started): a resume under other code trains the rest otherwise
+    code = code or records.code_version(env.git_commit(), env.source_digest())
+    commits = [code]
     if not resume and w.main and last.is_file():  # days of training, replaced unsaid at the first epoch's end
         written = dt.datetime.fromtimestamp(last.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
         warnings.warn(f"{last}: an earlier attempt's checkpoint (written {written}); training afresh replaces it "

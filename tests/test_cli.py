@@ -228,6 +228,9 @@ def test_models_and_doctor():
                     "vmunet_v2": "ssm", "lightm_unet": "ssm"}
     doc = runner.invoke(app, ["doctor"])
     assert doc.exit_code == 0 and "torch" in doc.output and "scan backend" in doc.output
+    from bench import env  # the code's version, as records name it: the commit, with the sources' digest if no clean one
+    commit, line = env.git_commit(), next(s for s in doc.output.splitlines() if s.startswith("code "))
+    assert (commit or "")[:12] in line and (env.source_digest() in line) == (not commit or commit.endswith("-dirty"))
 
 
 def test_three_seed_grid_report_with_statistics_published_and_plots(tmp_path):

@@ -124,6 +124,10 @@ def test_the_ref_scan_is_never_timed(monkeypatch):
         row = cost.profile_model("vmunet", img_size=32, overrides=tiny, warmup=0, iters=1)
     assert row["macs"] > 0 and row["scan_backend"] == "ref"
     assert not {"latency_ms_median", "fps", "peak_mem_mb"} & set(row)
+    # the code and packages behind the numbers, as a run record names them (a wheel has no commit)
+    from bench import env
+
+    assert row["code_digest"] == env.source_digest() and row["packages"]["torch"] == torch.__version__
     unet = cost.profile_model("unet", img_size=32, overrides=dict(get_entry("unet").tiny), warmup=0, iters=1)
     assert unet["latency_ms_median"] > 0 and unet["scan_backend"] is None
     monkeypatch.setenv("BENCH_SCAN_BACKEND", "torch")  # a fallback is timed, and marked in the tables

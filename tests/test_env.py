@@ -1,8 +1,12 @@
-"""bench.env: the device fingerprint's driver version, read without torch's help."""
+"""bench.env: the device fingerprint's driver version, read without torch's help; the sources' digest."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +67,31 @@ def test_records_name_the_counter_behind_paper_macs():
     # paper_macs is thop's count: its version belongs with the numbers, like fvcore's
     versions = env.package_versions()
     assert versions["thop"] and versions["fvcore"] and versions["torch"]
+
+
+def _digest_of(tree) -> str:
+    """source_digest as a process importing bench from ``tree`` computes it."""
+    out = subprocess.run([sys.executable, "-c", "from bench import env; print(env.source_digest())"], cwd=tree,
+                         env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_source_digest_names_the_code_wherever_it_is_installed(tmp_path):
+    """Outside a git checkout (an installed wheel) the sources' digest is the code's identity: the
+    same files give the same digest in another folder, an edit or a new module another one, and
+    what does not run (bytecode caches, notes) none."""
+    root, here = Path(env.__file__).resolve().parent.parent, env.source_digest.__wrapped__()  # uncached: the files now
+    tree = tmp_path / "copy"
+    for package in env.CODE_PACKAGES:
+        shutil.copytree(root / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
+    assert _digest_of(tree) == here
+    (tree / "bench" / "NOTES.txt").write_text("not code")
+    (tree / "ssm_models" / "__pycache__").mkdir(exist_ok=True)
+    (tree / "ssm_models" / "__pycache__" / "junk.py").write_text("x = 1")
+    assert _digest_of(tree) == here
+    kernel = tree / "ssm_models" / "csrc" / "selective_scan_cpu.cpp"
+    kernel.write_text(kernel.read_text() + "\n// edited\n")
+    edited = _digest_of(tree)
+    assert edited != here
+    (tree / "baselines" / "extra.py").write_text("")
+    assert _digest_of(tree) not in (edited, here)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench import env as bench_env
 from bench.errors import BenchError
 from bench.registry import (
     clean_state_dict, create_model, get_entry, list_models, load_official_state_dict, load_weights,
@@ -360,6 +361,7 @@ def test_entry_point_plugin_runs_like_a_built_in_model(tmp_path):
     # its code edited since: the finished run is still skipped (a run is its name and configuration),
     # saying that its numbers are the old code's
     assert json.loads(record.read_text())["model_code"]
+    assert json.loads(record.read_text())["code_digest"] == bench_env.source_digest.__wrapped__()  # bench's code
     (tmp_path / "myplug.py").write_text(_PLUGIN.replace("nn.ReLU()", "nn.GELU()"))
     again = run_bench("run", "--models", "mynet", "--dataset", "isic17", "--synthetic", "--protocol", "smoke",
                       "--tiny", "--max-iterations", "2", "--epochs", "1", "--results", results, env=env).stdout

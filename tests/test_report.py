@@ -1035,12 +1035,34 @@ def test_a_board_of_runs_from_several_commits_says_so(tmp_path):
     """Seeds run before and after an upgrade were averaged with nothing saying the code differed."""
     for seed in range(2):
         write_record(make_record("unet", seed=seed), tmp_path)
-    assert "git commits" not in render(load(tmp_path))  # one commit: nothing to say
+    assert "Code:" not in render(load(tmp_path))  # one commit: nothing to say
     rec = make_record("unet", seed=2)
     rec["git_commit"] = "fedcba9876543210" * 2 + "-dirty"
     write_record(rec, tmp_path)
-    assert "Code: these runs come from 2 git commits (0123456789ab, fedcba987654-dirty); a change between them" in \
+    assert "Code: these runs come from 2 versions of bench (0123456789ab, fedcba987654-dirty); a change between" in \
         render(load(tmp_path))
+
+
+def test_a_board_tells_code_versions_apart_by_their_sources(tmp_path):
+    """A "-dirty" commit names no code (edits to a README or to a model read alike), and a wheel
+    install names none: the records' source digest decides."""
+    commit = "0123456789abcdef" * 2 + "01234567"
+
+    def run(seed, git, digest):
+        rec = make_record("unet", seed=seed)
+        rec["git_commit"] = git
+        if digest:
+            rec["code_digest"] = digest
+        write_record(rec, tmp_path)
+
+    run(0, commit, None)  # written before digests were kept: its commit names its code
+    run(1, commit, "aaaaaaaaaaaaaaaa")
+    run(2, commit + "-dirty", "aaaaaaaaaaaaaaaa")  # edits outside the code (a results file)
+    assert "Code:" not in render(load(tmp_path))
+    run(3, commit + "-dirty", "bbbbbbbbbbbbbbbb")  # the code edited
+    run(4, None, "cccccccccccccccc")  # an installed wheel
+    assert ("Code: these runs come from 3 versions of bench (0123456789ab, 0123456789ab-dirty (sources "
+            "bbbbbbbbbbbbbbbb), sources cccccccccccccccc)") in render(load(tmp_path))
 
 
 def test_csv_boards_name_their_hd95_unit(tmp_path):

@@ -349,8 +349,9 @@ def test_a_resume_under_other_code_is_said_and_recorded(synapse_root, tmp_path, 
     def stop(epoch):
         raise KeyboardInterrupt  # killed after epoch 0's checkpoint
 
-    def attempt(commit, run, **kw):
+    def attempt(commit, run, sources="0123456789abcdef", **kw):
         monkeypatch.setattr(env, "git_commit", lambda: commit)
+        monkeypatch.setattr(env, "source_digest", lambda: sources)
         return train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path / run, device=torch.device("cpu"), **kw)
 
     with pytest.raises(KeyboardInterrupt):
@@ -373,16 +374,34 @@ def test_a_resume_under_other_code_is_said_and_recorded(synapse_root, tmp_path, 
     with pytest.warns(UserWarning, match=r"written by an older version of bench, resumed at commit aaaaaaaaaaaa"):
         res = attempt("a" * 40, "same", resume=True)
     assert res.commits == ["unknown (a checkpoint written before commits were kept)", "a" * 40]
-    assert attempt(None, "none").commits == []  # outside a git checkout: nothing to compare
-    # an edited tree shows as such (its first 12 digits alone read as the same commit)
+    # an edited tree shows as such (its first 12 digits alone read as the same commit), with its sources
     with pytest.raises(KeyboardInterrupt):
         attempt("c" * 40, "dirty", on_epoch_end=stop)
-    with pytest.warns(UserWarning, match=r"written by commit cccccccccccc, resumed at commit cccccccccccc-dirty"):
+    with pytest.warns(UserWarning, match=r"written by commit cccccccccccc, resumed at commit cccccccccccc-dirty "
+                                         r"\(sources 0123456789abcdef\)"):
         attempt("c" * 40 + "-dirty", "dirty", resume=True)
-    with pytest.raises(KeyboardInterrupt):  # begun outside a git checkout, resumed in one
+    # edited again between kill and resume: the same "-dirty" commit, other sources
+    with pytest.raises(KeyboardInterrupt):
+        attempt("c" * 40 + "-dirty", "edited", on_epoch_end=stop)
+    with pytest.warns(UserWarning, match=r"resumed at commit cccccccccccc-dirty \(sources fedcba9876543210\)"):
+        res = attempt("c" * 40 + "-dirty", "edited", sources="fedcba9876543210", resume=True)
+    assert res.commits == ["c" * 40 + "-dirty sources 0123456789abcdef", "c" * 40 + "-dirty sources fedcba9876543210"]
+    # outside a git checkout (an installed wheel) the sources name the code
+    with pytest.raises(KeyboardInterrupt):
         attempt(None, "outside", on_epoch_end=stop)
-    with pytest.warns(UserWarning, match=r"written by code outside a git checkout, resumed at commit aaaaaaaaaaaa"):
-        assert attempt("a" * 40, "outside", resume=True).commits == ["unknown (outside a git checkout)", "a" * 40]
+    with pytest.warns(UserWarning, match=r"written by sources 0123456789abcdef \(outside a git checkout\), "
+                                         r"resumed at commit aaaaaaaaaaaa"):
+        assert attempt("a" * 40, "outside", resume=True).commits == ["sources 0123456789abcdef", "a" * 40]
+    # a checkpoint an older version wrote outside git kept no commit: unknown code
+    with pytest.raises(KeyboardInterrupt):
+        attempt(None, "old-outside", on_epoch_end=stop)
+    last = tmp_path / "old-outside" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=False)
+    state["commits"] = []
+    torch.save(state, last)
+    with pytest.warns(UserWarning, match=r"written by code outside a git checkout, resumed at sources 0123456789abcdef"):
+        assert attempt(None, "old-outside", resume=True).commits == ["unknown (outside a git checkout)",
+                                                                     "sources 0123456789abcdef"]
 
 
 def test_nan_loss_stops_with_clear_error(synapse_root, tmp_path):
