@@ -80,7 +80,7 @@ RUN_ID_COLUMNS = [
 RUN_COLUMNS = RUN_ID_COLUMNS + [
     "n_train", "rescored_from", "status", "git_commit", "code_digest", "device", "scan_backend", "hd95_unit",
     "started_at", "finished_at", "wall_time_s", "train_time_s", "train_loss", "params", "trainable_params", "macs",
-    "paper_macs", "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes",
+    "paper_macs", "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes", "n_missed", "n_present",
 ]  # fmt: skip
 # Aggregates every policy may produce; ``load`` puts them first, extra metric keys follow.
 STANDARD_METRICS = ["dice", "hd95", "iou", "acc", "spe", "sen", "n_cases"]
@@ -598,6 +598,10 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
     # the run's class names in class-id order (JSON): its board orders per-class columns by it, since
     # the frame's columns follow every record in the folder (another dataset may number them otherwise)
     row["classes"] = json.dumps([pc["name"] for pc in sorted(rec["per_class"], key=lambda pc: pc["class"])])
+    # case x class entries whose structure is in the reference, and those of them predicted nowhere (a
+    # policy may score a miss HD95 0, the best value: boards say how many)
+    empty = [case.get("empty") for case in rec["per_case"]]
+    row["n_present"], row["n_missed"] = sum(e in ("none", "ref_only") for e in empty), empty.count("ref_only")
     for key, value in rec["metrics"].items():
         # Only scalars become columns; a metric named like an id column would shadow it.
         if isinstance(value, (numbers.Real, type(None))) and not isinstance(value, bool):

@@ -262,6 +262,9 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
             "peak_mem_mb": runs["peak_mem_mb"].max() if "peak_mem_mb" in runs else math.nan,  # CUDA runs
             # NaN propagates: a run whose time is unknown (resumed from an older checkpoint) shows none
             "train_time_s": runs["train_time_s"].mean(skipna=False) if "train_time_s" in runs else math.nan,
+            # structures present in a case's reference and predicted nowhere, over all runs
+            "n_missed": int(runs["n_missed"].sum()) if "n_missed" in runs else 0,
+            "n_present": int(runs["n_present"].sum()) if "n_present" in runs else 0,
         }
         if {"n_nan_dice", "n_valid_dice"} <= set(runs) and runs["n_nan_dice"].notna().any():
             # strict: case x class entries with no Dice (both masks empty), excluded from the means
@@ -373,6 +376,17 @@ def _fmt_value(mean: float, std: float, n_nan: int, n_runs: int, col: str) -> st
 
 def _fmt_params(params: float) -> str:
     return "" if math.isnan(params) else f"{params / 1e6:.2f}"
+
+
+def _missed_at_hd95_zero(key: BoardKey, board: pd.DataFrame) -> str:
+    """"vmunet 24 of 24, unet 3 of 24": the entries each model missed, where the board's policy
+    scores a miss HD95 0 (legacy-synapse) and some model missed one; "" otherwise."""
+    from bench.metrics import POLICIES
+
+    policy = POLICIES.get(key.policy)
+    if policy is None or policy.ref_only.hd95 != 0 or "hd95_mean" not in board or not board["n_missed"].gt(0).any():
+        return ""
+    return ", ".join(f"{r.model} {r.n_missed} of {r.n_present}" for r in board.itertuples())
 
 
 def _has_exclusions(board: pd.DataFrame) -> bool:
@@ -527,6 +541,11 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
     if "macs" in board and board["macs"].notna().any() and shown("cost"):
         note += (" GMACs: one forward of one input at the protocol's input size (the square image, or the patch), "
                  "the selective scan included; thop GMACs: what thop counts, the convention of published tables.")
+    missed = _missed_at_hd95_zero(key, board)
+    if missed and any(shown(g) for g in ("metrics", "class-hd95")):
+        note += (f" HD95 of misses: {key.policy} scores a structure predicted nowhere in a case HD95 0, the best "
+                 f"value (the papers' rule), so misses lower a model's HD95; missed case × class entries, over all "
+                 f"runs: {missed}. `bench rescore --policy strict` scores them with a penalty.")
     if _has_exclusions(board) and shown("metrics"):
         note += (" DSC n/a: case × class entries with both masks empty, over all runs; strict scores them NaN and "
                  "leaves them out of the means; a class with no other entry has no mean, and the DSC is nan (as "

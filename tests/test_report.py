@@ -1,4 +1,5 @@
 import io
+import json
 import math
 import re
 import shutil
@@ -1063,6 +1064,30 @@ def test_a_board_tells_code_versions_apart_by_their_sources(tmp_path):
     run(4, None, "cccccccccccccccc")  # an installed wheel
     assert ("Code: these runs come from 3 versions of bench (0123456789ab, 0123456789ab-dirty (sources "
             "bbbbbbbbbbbbbbbb), sources cccccccccccccccc)") in render(load(tmp_path))
+
+
+def test_a_legacy_synapse_board_counts_the_misses_it_scores_hd95_zero(tmp_path):
+    """legacy-synapse scores an organ predicted nowhere HD95 0, the best value: a model that finds
+    nothing topped the HD95 column with no word of it outside the paired tests."""
+    for model in ("unet", "vmunet"):
+        write_record(make_record(model), tmp_path)
+    assert "HD95 of misses" not in render(load(tmp_path))  # nothing missed
+    rec = make_record("vmunet", seed=1, dice=0.0, hd95=0.0)
+    for case in rec["per_case"][:5]:
+        case.update(tp=0, fp=0, fn=90, n_pred=0, empty="ref_only")
+    rec["per_case"][5].update(n_ref=0, tp=0, fn=0, empty="pred_only")  # a false positive: present nowhere
+    write_record(rec, tmp_path)
+    n = len(make_record("unet")["per_case"])
+    assert (f"legacy-synapse scores a structure predicted nowhere in a case HD95 0, the best value (the papers' "
+            f"rule), so misses lower a model's HD95; missed case × class entries, over all runs: unet 0 of {n}, "
+            f"vmunet 5 of {2 * n - 1}. `bench rescore --policy strict` scores them with a penalty.") in render(load(tmp_path))
+    # strict scores a miss with a penalty: nothing to say; nor where the HD95 column is not shown
+    assert "HD95 of misses" not in render(load(tmp_path), columns=("params",))
+    for path in (tmp_path / "records").glob("*.json"):
+        rec = json.loads(path.read_text())
+        rec["policy"] = "strict"
+        path.write_text(json.dumps(rec))
+    assert "HD95 of misses" not in render(load(tmp_path))
 
 
 def test_csv_boards_name_their_hd95_unit(tmp_path):
