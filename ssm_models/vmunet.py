@@ -160,10 +160,19 @@ def load_vmamba_pretrained(model: nn.Module, state_dict: dict[str, Any], mirror_
             if ".blocks." in key and mirrored in own and own[mirrored].shape == value.shape:
                 updates[mirrored] = value
                 decoder.append(key)
-    if not updates:
-        from bench.errors import BenchError
+    from bench.errors import BenchError
 
+    if not updates:
         raise BenchError("no tensor of the file matches VM-UNet: is this the VMamba-S (Jan 2024) checkpoint?")
+    # VMamba-S fills every encoder tensor (and every mirrored decoder block): a file that leaves some
+    # random (keys renamed by a later VMamba release, another d_state) is not the recipe's start
+    expected = [k for k in own if k.startswith(("vmunet.patch_embed.", "vmunet.layers."))
+                or (mirror_decoder and k.startswith("vmunet.layers_up.") and ".blocks." in k)]
+    if unfilled := [k for k in expected if k not in updates]:
+        part = "encoder and mirrored decoder" if mirror_decoder else "encoder"
+        raise BenchError(f"the file fills {len(expected) - len(unfilled)} of the {len(expected)} {part} tensors "
+                         f"VMamba-S fills, leaving {', '.join(unfilled[:3])}{', …' if len(unfilled) > 3 else ''} "
+                         "random: is this the VMamba-S (Jan 2024) checkpoint, for this configuration?")
     model.load_state_dict({**own, **updates}, strict=True)
     used = set(encoder) | set(decoder)
     return {

@@ -685,7 +685,7 @@ def _vmamba_file(folder, tiny):
     own = create_model("vmunet", num_classes=9, img_size=32, **tiny).state_dict()
     g = torch.Generator().manual_seed(7)
     ckpt = {k[len("vmunet."):]: torch.randn(v.shape, generator=g) for k, v in own.items()
-            if k.startswith("vmunet.layers.")}
+            if k.startswith(("vmunet.patch_embed.", "vmunet.layers."))}
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({"model": ckpt}, folder / "vmamba_small_e238_ema.pth")
     return ckpt

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.errors import BenchError
 from bench.registry import create_model, load_official_state_dict, load_weights
 from bench.scan_info import scan_backend_for
 from ssm_models import scan
@@ -126,6 +127,13 @@ def test_vmamba_pretrained_mapping(tmp_path):
     assert {"norm.weight", "head.weight"} <= set(report["not_loaded_from_file"])
     assert "vmunet.final_conv.weight" in report["not_pretrained_in_model"]
     assert "vmunet.layers_up.1.upsample.expand.weight" in report["not_pretrained_in_model"]
+    # a later VMamba release renamed the blocks' norm (ln_1 -> norm): the file fits in part, which left
+    # most of the encoder random under a "pretrained" run
+    renamed = {k.replace(".ln_1.", ".norm."): v for k, v in ckpt.items()}
+    torch.save({"model": renamed}, path)
+    with pytest.raises(BenchError, match=r"the file fills 178 of the 208 encoder and mirrored "
+                                         r"decoder tensors VMamba-S fills, leaving vmunet\.layers\.0\.blocks\.0\.ln_1"):
+        load_weights(create_model("vmunet", num_classes=1, img_size=64, dims=dims, depths=depths), path, source="vmamba")
 
 
 def test_one_class_returns_logits_and_scan_backend_is_reported():

@@ -68,3 +68,9 @@ def test_vmamba_encoder_only(tmp_path):
     assert report["not_loaded_from_file"] == ["head.weight"]
     assert torch.equal(model.state_dict()["vmunet.layers.2.blocks.1.self_attention.Ds"],
                        ckpt["layers.2.blocks.1.self_attention.Ds"])
+    # VMamba of another d_state: its SSM tensors do not fit, the rest would (most of the encoder random)
+    other = {k: torch.randn(*v.shape[:-1], 8) if k.endswith("A_logs") else v for k, v in ckpt.items()}
+    torch.save({"model": other}, path)
+    with pytest.raises(BenchError, match=r"fills \d+ of the \d+ encoder tensors VMamba-S fills, leaving "
+                                         r"vmunet\.layers\.0\.blocks\.0\.self_attention\.A_logs"):
+        load_weights(model, path, source="vmamba")
