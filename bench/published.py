@@ -22,7 +22,8 @@ from bench.protocol import list_protocols
 COLUMNS = ["source", "model", "dataset", "metric", "value", "unit", "convention", "protocol", "note"]
 METRICS = frozenset({"dice", "hd95", "iou", "acc", "spe", "sen", "params", "flops", "fps"})
 UNITS = frozenset({"%", "mm", "voxels", "M", "G", "img/s"})  # voxels: Synapse HD95, which the papers print as "mm"
-DEFAULT_PATH = Path(__file__).resolve().parent.parent / "results" / "published.csv"
+# results/published.csv, through the package's link to it: an installed wheel holds a copy there
+DEFAULT_PATH = (Path(__file__).parent / "published.csv").resolve()
 
 
 def _check_row(row: list[str], protocols: list[str]) -> str | None:

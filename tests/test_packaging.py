@@ -1,0 +1,36 @@
+"""A wheel of the project holds every file bench reads from its own folders: an installed bench has
+no checkout beside it (no results/, no git)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from bench import env
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_wheel_ships_protocols_the_kernel_source_and_the_published_numbers(tmp_path):
+    src = tmp_path / "src"
+    for package in env.CODE_PACKAGES:
+        shutil.copytree(ROOT / package, src / package, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "results", src / "results", ignore=shutil.ignore_patterns("demo", "records", "profiles"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"bench/protocols/{p.name}" for p in (ROOT / "bench" / "protocols").glob("*.toml")}
+    assert shipped and shipped <= names
+    assert "ssm_models/csrc/selective_scan_cpu.cpp" in names
+    # the papers' numbers (bench report --published): the file itself, not a link into a checkout
+    assert zipfile.ZipFile(wheel).read("bench/published.csv") == (ROOT / "results" / "published.csv").read_bytes()
+    # the sources the records' code_digest covers are all there, so a wheel digests as its checkout does
+    ours = {f"{pkg}/{p.relative_to(ROOT / pkg).as_posix()}" for pkg in env.CODE_PACKAGES
+            for p in (ROOT / pkg).rglob("*") if p.suffix in (".py", ".toml", ".cpp") and "__pycache__" not in p.parts}
+    assert ours <= names
