@@ -798,6 +798,20 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main() -> None:
     """Console entry point: user errors print one line and exit 2, warnings one line each (tracebacks
     and Python's own warning format with BENCH_DEBUG=1)."""
+    handles = threading.current_thread() is threading.main_thread()
+    # SIGTERM (what Slurm and torchrun send first) as Ctrl-C: cleanup runs (temp files, the run's
+    # claim) and the command says so, where the process died with neither
+    previous = signal.signal(signal.SIGTERM, _interrupt) if handles else None
+    try:
+        _main()
+    finally:
+        # called in-process (tests, a notebook): the caller's handler back, or processes it forks later
+        # inherit ours (a multiprocessing pool's terminate() then hangs); kept once a SIGTERM came
+        if handles and signal.getsignal(signal.SIGTERM) is _interrupt:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _main() -> None:
     try:  # typer >= 0.20 carries its own copy of click
         from typer._click.exceptions import UsageError
     except ImportError:
@@ -805,10 +819,6 @@ def main() -> None:
 
     if not os.environ.get("BENCH_DEBUG"):
         warnings.showwarning = _show_warning
-    if threading.current_thread() is threading.main_thread():
-        # SIGTERM (what Slurm and torchrun send first) as Ctrl-C: cleanup runs (temp files, the run's
-        # claim) and the command says so, where the process died with neither
-        signal.signal(signal.SIGTERM, _interrupt)
     from bench import distributed
 
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench import records
-from bench.cli import app, default_protocol
+from bench.cli import app, default_protocol, main
 from bench.errors import BenchError
 from tests.fixtures import run_bench
 
@@ -231,6 +233,23 @@ def test_models_and_doctor():
     from bench import env  # the code's version, as records name it: the commit, with the sources' digest if no clean one
     commit, line = env.git_commit(), next(s for s in doc.output.splitlines() if s.startswith("code "))
     assert (commit or "")[:12] in line and (env.source_digest() in line) == (not commit or commit.endswith("-dirty"))
+
+
+def test_main_called_in_process_gives_the_sigterm_handler_back(monkeypatch):
+    """bench.cli.main's SIGTERM handler (Ctrl-C's cleanup) stayed installed after an in-process
+    call: a process forked later inherited it, and a multiprocessing pool's terminate() could hang
+    on a worker it interrupted mid-way."""
+    mine = lambda signum, frame: None  # noqa: E731
+    monkeypatch.setattr(sys, "argv", ["bench", "models"])
+    original = signal.getsignal(signal.SIGTERM)
+    try:
+        for before in (signal.SIG_DFL, mine):
+            signal.signal(signal.SIGTERM, before)
+            with pytest.raises(SystemExit) as info:
+                main()
+            assert info.value.code == 0 and signal.getsignal(signal.SIGTERM) is before
+    finally:
+        signal.signal(signal.SIGTERM, original)
 
 
 def test_three_seed_grid_report_with_statistics_published_and_plots(tmp_path):
