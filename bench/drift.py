@@ -196,8 +196,9 @@ def read_baseline(path: Path, allow_empty: bool = False) -> pd.DataFrame:
     if path.is_dir():
         raise BenchError(f"{path}: is a folder; --baseline takes the baseline CSV file (results/baseline/smoke.csv)")
     if not path.is_file():
-        raise BenchError(f"baseline file not found: {path} (`bench check --update --baseline {path}` writes one from "
-                         "the --results runs)")
+        raise BenchError(f"baseline file not found: {path} (the project's is results/baseline/smoke.csv in a checkout, "
+                         f"for `make check`'s grid; `bench check --update --baseline {path}` writes one from the "
+                         "--results runs, for later runs to be compared with)")
     try:
         table = pd.read_csv(path, dtype={c: str for c in _KEY}, skip_blank_lines=False)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:

@@ -235,7 +235,8 @@ def test_custom_tolerances_and_bad_files(tmp_path):
     write_baseline(df, path, tolerances={"dice": 0.05, "hd95": 1.0})
     tol = read_baseline(path).set_index("metric")["tolerance"]
     assert tol["dice"] == 0.05 and tol["hd95"] == 1.0 and tol["iou"] == 0.02
-    with pytest.raises(BenchError, match=r"nope\.csv \(`bench check --update --baseline .*nope\.csv` writes one"):
+    with pytest.raises(BenchError, match=r"nope\.csv \(the project's is results/baseline/smoke\.csv in a checkout, "
+                                         r"for `make check`'s grid; `bench check --update --baseline .*nope\.csv` writes one"):
         compare(tmp_path / "nope.csv", df)  # the way to make the first one
     bad = tmp_path / "bad.csv"
     bad.write_text("dataset,model,metric,value\nsynapse,unet,dice,0.8\n")

@@ -404,6 +404,15 @@ def test_a_resume_under_other_code_is_said_and_recorded(synapse_root, tmp_path, 
                                                                      "sources 0123456789abcdef"]
 
 
+def test_a_resume_with_no_checkpoint_says_it_starts_over(synapse_root, tmp_path, capsys):
+    """Ctrl-C in the first epoch left no checkpoint: --resume trained from scratch as if resuming."""
+    ds = open_dataset("synapse", synapse_root)
+    proto = _proto(max_iterations=0, epochs=1, batch_size=16)
+    train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path / "run", device=torch.device("cpu"), resume=True)
+    assert "run: no checkpoint to resume from (last.pt is written at the first epoch's end); training from the start" \
+        in capsys.readouterr().err
+
+
 def test_nan_loss_stops_with_clear_error(synapse_root, tmp_path):
     ds = open_dataset("synapse", synapse_root)
     model = _tiny_unet(ds)
