@@ -417,17 +417,20 @@ def peak_memory_mb(model: nn.Module, x: torch.Tensor, *, train_step: bool = Fals
     return {"peak_mem_mb": peak / 2**20, "peak_mem_kind": kind}
 
 
+# BatchNorm's refusal to train on one value per channel (torch.nn.functional.batch_norm's words)
+_ONE_VALUE_PER_CHANNEL = re.compile(r"Expected more than 1 value per channel when training, got input size "
+                                    r"torch\.Size\(\[[\d, ]*\]\)")
+
+
 def _batch_norm_at_batch_1(exc: BaseException) -> str | None:
-    """BatchNorm's refusal to train on one value per channel (a small input at batch 1), where
-    ``exc`` is it or wraps it (torch.compile's errors do); None for any other error."""
+    """BatchNorm's refusal (a small input at batch 1) where ``exc`` is it, chains it or quotes it
+    (torch.compile's errors do either); None for any other error."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, ValueError) and "Expected more than 1 value per channel" in str(seen):
-            return str(seen)
+        if found := _ONE_VALUE_PER_CHANNEL.search(str(seen)):
+            return found.group()
         seen = seen.__cause__ or seen.__context__
-    text = str(exc)  # dynamo may carry it in its message alone
-    start = text.find("Expected more than 1 value per channel")
-    return text[start:].split("'")[0].split(")")[0] + ")" if start >= 0 else None
+    return None
 
 
 # ----------------------------------------------------------------------------------------- profile
