@@ -855,7 +855,7 @@ def _main() -> None:
         sys.exit(code)  # the launcher says it, once
     if code == 130:  # Ctrl-C or SIGTERM (typer returns 130 for them)
         _echo_err("interrupted; the same command continues (bench run: with --resume, from each run's last "
-                  "checkpoint, written at every epoch's end)")
+                  "checkpoint, written every checkpoint_every epochs of its protocol)")
     sys.exit(code if isinstance(code, int) else 0)
 
 

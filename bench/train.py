@@ -372,9 +372,11 @@ def train_model(
         if w.main:  # else a resume and a fresh start read alike
             print(f"  {Path(run_dir).name}: resuming after epoch {resumed_from + 1} of {epochs} (step {step} of "
                   f"{total}) from {last}", file=sys.stderr)
-    elif resume and w.main:  # stopped in its first epoch, or never begun: say so, a resume reads alike otherwise
-        print(f"  {Path(run_dir).name}: no checkpoint to resume from ({last.name} is written at the first epoch's "
-              "end); training from the start", file=sys.stderr)
+    elif resume and w.main:  # stopped before its first checkpoint, or never begun: a resume reads alike otherwise
+        every = t.checkpoint_every
+        when = (f"every {every} epochs" if every > 1 else "at every epoch's end" if every == 1 else "at the end only")
+        print(f"  {Path(run_dir).name}: no checkpoint to resume from (its protocol writes {last.name} {when}); "
+              "training from the start", file=sys.stderr)
 
     t0 = time.perf_counter()
     loss_value = float("nan")

@@ -253,7 +253,7 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert ("interrupted; the same command continues (bench run: with --resume, from each run's last checkpoint, "
-            "written at every epoch's end)") in err
+            "written every checkpoint_every epochs of its protocol)") in err
     assert "Traceback" not in err
     leftovers = [p.name for p in (tmp_path / "res").rglob(".*") if p.name != ".bench-synthetic.json"]
     assert leftovers == []  # no claim, no temp file

@@ -405,12 +405,21 @@ def test_a_resume_under_other_code_is_said_and_recorded(synapse_root, tmp_path, 
 
 
 def test_a_resume_with_no_checkpoint_says_it_starts_over(synapse_root, tmp_path, capsys):
-    """Ctrl-C in the first epoch left no checkpoint: --resume trained from scratch as if resuming."""
+    """Ctrl-C before a run's first checkpoint (epoch 40 of a protocol writing one every 50) left
+    none: --resume trained from scratch as if resuming."""
     ds = open_dataset("synapse", synapse_root)
-    proto = _proto(max_iterations=0, epochs=1, batch_size=16)
+
+    def stop(epoch):
+        raise KeyboardInterrupt
+
+    proto = _proto(max_iterations=0, epochs=3, batch_size=16, checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):  # after epoch 1 of 3: no checkpoint yet
+        train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path / "run", device=torch.device("cpu"),
+                    on_epoch_end=stop)
+    capsys.readouterr()
     train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path / "run", device=torch.device("cpu"), resume=True)
-    assert "run: no checkpoint to resume from (last.pt is written at the first epoch's end); training from the start" \
-        in capsys.readouterr().err
+    assert ("run: no checkpoint to resume from (its protocol writes last.pt every 2 epochs); training from the "
+            "start") in capsys.readouterr().err
 
 
 def test_nan_loss_stops_with_clear_error(synapse_root, tmp_path):
