@@ -27,6 +27,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -324,6 +325,8 @@ def launch(nproc: int, args: list[str], warned: Iterable[str] = ()) -> int:
     errors.mkdir()
     (errors / WARNED_FILE).write_text(json.dumps(sorted(warned)), encoding="utf-8")
     os.environ[ERRORS_ENV], os.environ[LAUNCHER_ENV] = str(errors), str(os.getpid())
+    # torchrun's agent installs its handlers for these and leaves them: the caller's go back after it
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
     try:
         run(parse_args(["--standalone", f"--nproc_per_node={nproc}", f"--log-dir={root / 'logs'}", "-m", "bench",
                         *args]))
@@ -337,6 +340,9 @@ def launch(nproc: int, args: list[str], warned: Iterable[str] = ()) -> int:
         print(f"aborted ({signal.Signals(int(exc.sigval)).name})", file=sys.stderr)
         return 128 + int(exc.sigval)
     finally:
+        if threading.current_thread() is threading.main_thread():
+            for number, handler in handlers.items():
+                signal.signal(number, signal.SIG_DFL if handler is None else handler)
         logging.disable(logging.NOTSET)
         os.environ.pop(LAUNCHER_ENV, None)
         if before is None:

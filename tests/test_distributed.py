@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -275,9 +276,12 @@ def test_launch_sets_omp_threads_for_torchrun(monkeypatch):
         # torchrun's log folder (one per launch) is ours, and goes: /tmp held hundreds of them
         logs.append(Path(config.logs_specs._root_log_dir))
         assert logs[-1].is_dir() and logs[-1].parent.name.startswith("bench-torchrun-")
+        for number in (signal.SIGTERM, signal.SIGINT):  # as the agent does, never putting them back
+            signal.signal(number, lambda *a: None)
         return lambda *args: seen.append((os.environ["OMP_NUM_THREADS"], entrypoint, args[-3:]))
 
     logs: list[Path] = []
+    handlers = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
 
     monkeypatch.setattr(torchrun, "elastic_launch", fake)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # so that monkeypatch restores the variable afterwards
@@ -287,6 +291,8 @@ def test_launch_sets_omp_threads_for_torchrun(monkeypatch):
     distributed.launch(2, ["run", "--x", "1"])
     assert seen == [("1", sys.executable, ("run", "--x", "1")), ("3", sys.executable, ("run", "--x", "1"))]
     assert len(logs) == 2 and not any(d.parent.exists() for d in logs)  # the launch's whole temp folder
+    # the caller's handlers are back (an in-process main() would leave torchrun's to processes it forks)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
 
 
 LOST = "error: another process of this run is gone (Connection closed by peer)"
