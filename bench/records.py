@@ -41,7 +41,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -598,10 +598,7 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
     # the run's class names in class-id order (JSON): its board orders per-class columns by it, since
     # the frame's columns follow every record in the folder (another dataset may number them otherwise)
     row["classes"] = json.dumps([pc["name"] for pc in sorted(rec["per_class"], key=lambda pc: pc["class"])])
-    # case x class entries whose structure is in the reference, and those of them predicted nowhere (a
-    # policy may score a miss HD95 0, the best value: boards say how many)
-    empty = [case.get("empty") for case in rec["per_case"]]
-    row["n_present"], row["n_missed"] = sum(e in ("none", "ref_only") for e in empty), empty.count("ref_only")
+    row.update(miss_counts(case.get("empty") for case in rec["per_case"]))
     for key, value in rec["metrics"].items():
         # Only scalars become columns; a metric named like an id column would shadow it.
         if isinstance(value, (numbers.Real, type(None))) and not isinstance(value, bool):
@@ -610,6 +607,14 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         row[f"dice/{pc['name']}"] = pc.get("dice")
         row[f"hd95/{pc['name']}"] = pc.get("hd95")
     return row
+
+
+def miss_counts(empty: Iterable[Any]) -> dict[str, int]:
+    """From per-case rows' ``empty`` values: ``n_present``, the case x class entries whose structure
+    is in the reference, and ``n_missed``, those of them predicted nowhere (a policy may score a miss
+    HD95 0, the best value: boards say how many)."""
+    empty = list(empty)
+    return {"n_present": sum(e in ("none", "ref_only") for e in empty), "n_missed": empty.count("ref_only")}
 
 
 def _class_order(records: list[dict]) -> list[str]:

@@ -40,8 +40,8 @@ import pandas as pd
 
 from bench.data.isic import test_set_id
 from bench.errors import BenchError
-from bench.records import (CASE_COLUMNS, RUN_ID_COLUMNS, atomic_write_text, code_version, load, short_commit,
-                           split_fold)
+from bench.records import (CASE_COLUMNS, RUN_ID_COLUMNS, atomic_write_text, code_version, load, miss_counts,
+                           short_commit, split_fold)
 
 __all__ = ["BoardKey", "ReportFormat", "METRICS", "label_runs", "label_cases", "leaderboards", "render", "write_report"]
 
@@ -863,6 +863,9 @@ def split_test_sets(df_runs: pd.DataFrame, df_cases: pd.DataFrame | None) -> tup
             run[key] = value
         for pc in metrics.aggregate_per_class(rows, policy):
             run[f"dice/{pc['name']}"], run[f"hd95/{pc['name']}"] = pc["dice"], pc["hd95"]
+        if "empty" in rows:  # the misses of this set's cases (the run's row counts all its sets')
+            for key, value in miss_counts(rows["empty"]).items():
+                run[key] = value
         run["run_id"], run["dataset_name"] = set_id, name
         new_runs.append(run)
         new_cases.append(rows.assign(run_id=set_id, dataset_name=name))

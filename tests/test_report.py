@@ -1090,6 +1090,22 @@ def test_a_legacy_synapse_board_counts_the_misses_it_scores_hd95_zero(tmp_path):
     assert "HD95 of misses" not in render(load(tmp_path))
 
 
+def test_each_test_set_counts_its_own_misses(tmp_path):
+    """A run scored on several test sets (isic_all, polyp) gets a board per set: each set's row
+    carried the whole run's miss counts."""
+    from bench.report import split_test_sets
+
+    cases = ["isic17/a", "isic17/b", "isic18/c", "isic18/d", "isic18/e"]
+    rec = make_record("unet", dataset="isic_all", case_ids=cases)
+    for case in rec["per_case"][2:]:  # isic18's lesions missed
+        case.update(tp=0, fp=0, fn=90, n_pred=0, empty="ref_only")
+    write_record(rec, tmp_path)
+    runs, _ = split_test_sets(load(tmp_path), load(tmp_path, level="case"))
+    got = {r.dataset_name.split(":")[1]: (r.n_missed, r.n_present) for r in runs.itertuples()}
+    assert got == {"isic17": (0, 2), "isic18": (3, 3)}
+    assert load(tmp_path)[["n_missed", "n_present"]].values.tolist() == [[3, 5]]  # the run's, over its sets
+
+
 def test_csv_boards_name_their_hd95_unit(tmp_path):
     """strict's HD95 is in mm, voxels or pixels by the data: the policy column does not say which."""
     import io
