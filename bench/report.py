@@ -307,11 +307,20 @@ def _code_versions(group: pd.DataFrame) -> list[str]:
         return []
     pairs = [(c if isinstance(c, str) else None, d if isinstance(d, str) else None)
              for c, d in zip(group["git_commit"], group.get("code_digest", pd.Series(None, index=group.index)))]
-    digest_of = {c: d for c, d in pairs if c and d and not c.endswith("-dirty")}  # a clean commit names its sources
-    versions: dict[str | None, str] = {}
+    clean: dict[str, set[str]] = {}  # a clean commit names its sources, where all its records agree on them
     for commit, digest in pairs:
-        versions.setdefault(digest or digest_of.get(commit) or commit, code_version(commit, digest) or "unknown")
-    return sorted(versions.values())
+        if commit and digest and not commit.endswith("-dirty"):
+            clean.setdefault(commit, set()).add(digest)
+    digest_of = {c: next(iter(d)) for c, d in clean.items() if len(d) == 1}
+    versions: dict[str | None, tuple[str | None, str | None]] = {}
+    for commit, digest in pairs:
+        key = digest or digest_of.get(commit) or commit
+        if versions.get(key, (None, None))[1] is None:  # a record naming its digest names the version
+            versions[key] = (commit, digest)
+    labels = [code_version(c, d) or "unknown" for c, d in versions.values()]
+    # one clean commit with other sources (modules git does not track): its digests tell them apart
+    return sorted(label if labels.count(label) == 1 or not d else f"{c} sources {d}"
+                  for label, (c, d) in zip(labels, versions.values()))
 
 
 def _folds(splits: pd.Series) -> str:

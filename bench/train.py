@@ -76,21 +76,24 @@ class TrainResult:
         }
 
 
-def _resumed_commits(last: Path, state: dict[str, Any], code: str) -> list[str]:
-    """The code versions a resumed training ran under, this one last; a warning where it differs from
-    the checkpoint's (an upgrade between a kill and its resume: the record names only the last)."""
+def _resumed_commits(last: Path, state: dict[str, Any], code: str, digest: str) -> list[str]:
+    """The code versions a resumed training ran under, this one last; a warning where its sources
+    differ from the checkpoint's (an upgrade or an edit between a kill and its resume: the record
+    names only the last). Checkpoints written before digests were kept compare by version."""
     older, outside = "unknown (a checkpoint written before commits were kept)", "unknown (outside a git checkout)"
     commits = (list(state["commits"]) or [outside]) if "commits" in state else [older]
-    now = code
-    if commits[-1] != now:
-        said = {older: "an older version of bench", outside: "code outside a git checkout"}
-        was, where = (said.get(c) or (f"{records.short_commit(c)} (outside a git checkout)" if c.startswith("sources ")
-                                      else f"commit {records.short_commit(c)}") for c in (commits[-1], now))
-        warnings.warn(f"{last}: written by {was}, resumed at {where}: the rest of the training runs other code "
-                      "(the record's train.commits lists each); run it without --resume to train it under one",
-                      stacklevel=3)
-        commits.append(now)
-    return commits
+    was_digest = state.get("code_digest")
+    if (was_digest == digest) if was_digest else (commits[-1] == code):  # a README edited: the same code
+        return commits
+    if code == commits[-1]:  # one clean commit, other sources (a file git does not track): the digests tell
+        commits[-1], code = f"{code} sources {was_digest}", f"{code} sources {digest}"
+    said = {older: "an older version of bench", outside: "code outside a git checkout"}
+    was, where = (said.get(c) or (f"{records.short_commit(c)} (outside a git checkout)" if c.startswith("sources ")
+                                  else f"commit {records.short_commit(c)}") for c in (commits[-1], code))
+    warnings.warn(f"{last}: written by {was}, resumed at {where}: the rest of the training runs other code "
+                  "(the record's train.commits lists each); run it without --resume to train it under one",
+                  stacklevel=3)
+    return [*commits, code]
 
 
 def seed_everything(seed: int) -> None:
@@ -326,7 +329,8 @@ def train_model(
     here = env.short_fingerprint(env.fingerprint(device))
     devices = [here]  # where the training ran: a resume on another device (or thread count) is not bit-identical
     # the run's code version (read once, when it started): a resume under other code trains the rest otherwise
-    code = code or records.code_version(env.git_commit(), env.source_digest())
+    digest = env.source_digest()  # what checkpoints compare: the sources, whatever git says of the tree
+    code = code or records.code_version(env.git_commit(), digest)
     commits = [code]
     if not resume and w.main and last.is_file():  # days of training, replaced unsaid at the first epoch's end
         written = dt.datetime.fromtimestamp(last.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
@@ -366,7 +370,7 @@ def train_model(
                           "another device or thread count, so it is not bit-identical to an uninterrupted run"
                           + (" (and AMP follows the device)" if t.amp else ""), stacklevel=2)
         devices += [here] if devices[-1] != here else []
-        commits = _resumed_commits(last, state, code)
+        commits = _resumed_commits(last, state, code, digest)
         resumed_from = state["epoch"]
         time_before = state.get("time_s", math.nan)  # training time of the killed process(es)
         if w.main:  # else a resume and a fresh start read alike
@@ -440,7 +444,7 @@ def train_model(
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                     "rng": rngs[0], "epoch": epoch, "step": step, "epoch_losses": epoch_losses,
                     "best": list(best) if best else None, "protocol_hash": protocol.hash, "world_size": w.size,
-                    "trains_on": trains_on, "devices": devices, "commits": commits,
+                    "trains_on": trains_on, "devices": devices, "commits": commits, "code_digest": digest,
                     "time_s": time_before + time.perf_counter() - t0,
                 }
                 if w.distributed:

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 from bench import env
+from tests.test_env import _digest_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +31,10 @@ def test_a_wheel_ships_protocols_the_kernel_source_and_the_published_numbers(tmp
     assert "ssm_models/csrc/selective_scan_cpu.cpp" in names
     # the papers' numbers (bench report --published): the file itself, not a link into a checkout
     assert zipfile.ZipFile(wheel).read("bench/published.csv") == (ROOT / "results" / "published.csv").read_bytes()
-    # the sources the records' code_digest covers are all there, so a wheel digests as its checkout does
+    # the sources the records' code_digest covers are all there, and a wheel digests as its checkout does
     ours = {f"{pkg}/{p.relative_to(ROOT / pkg).as_posix()}" for pkg in env.CODE_PACKAGES
             for p in (ROOT / pkg).rglob("*") if p.suffix in (".py", ".toml", ".cpp") and "__pycache__" not in p.parts}
     assert ours <= names
+    unpacked = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    assert _digest_of(unpacked) == env.source_digest.__wrapped__()  # the files now, not this process's cache

@@ -1064,6 +1064,11 @@ def test_a_board_tells_code_versions_apart_by_their_sources(tmp_path):
     run(4, None, "cccccccccccccccc")  # an installed wheel
     assert ("Code: these runs come from 3 versions of bench (0123456789ab, 0123456789ab-dirty (sources "
             "bbbbbbbbbbbbbbbb), sources cccccccccccccccc)") in render(load(tmp_path))
+    # the clean commit with a module git does not track: its sources tell (and which of them the record
+    # without a digest ran is not known)
+    run(5, commit, "dddddddddddddddd")
+    assert ("5 versions of bench (0123456789ab, 0123456789ab (sources aaaaaaaaaaaaaaaa), 0123456789ab (sources "
+            "dddddddddddddddd), …)") in render(load(tmp_path))
 
 
 def test_a_legacy_synapse_board_counts_the_misses_it_scores_hd95_zero(tmp_path):

@@ -354,54 +354,58 @@ def test_a_resume_under_other_code_is_said_and_recorded(synapse_root, tmp_path, 
         monkeypatch.setattr(env, "source_digest", lambda: sources)
         return train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path / run, device=torch.device("cpu"), **kw)
 
-    with pytest.raises(KeyboardInterrupt):
-        attempt("a" * 40, "run", on_epoch_end=stop)
-    with pytest.warns(UserWarning, match=r"last\.pt: written by commit aaaaaaaaaaaa, resumed at commit bbbbbbbbbbbb: "
-                                         r"the rest of the training runs other code"):
-        res = attempt("b" * 40, "run", resume=True)
-    assert res.resumed_from == 0 and res.to_record()["commits"] == ["a" * 40, "b" * 40]
-    with pytest.raises(KeyboardInterrupt):  # the same code: one commit, no warning
-        attempt("a" * 40, "same", on_epoch_end=stop)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert attempt("a" * 40, "same", resume=True).commits == ["a" * 40]
-    # a checkpoint of a version that did not keep commits: an older version's, so named as one
-    last = tmp_path / "same" / "checkpoints" / "last.pt"
-    state = torch.load(last, weights_only=False)
-    del state["commits"]
-    state["epoch"], state["step"] = 0, state["step"] // 2
-    torch.save(state, last)
-    with pytest.warns(UserWarning, match=r"written by an older version of bench, resumed at commit aaaaaaaaaaaa"):
-        res = attempt("a" * 40, "same", resume=True)
-    assert res.commits == ["unknown (a checkpoint written before commits were kept)", "a" * 40]
-    # an edited tree shows as such (its first 12 digits alone read as the same commit), with its sources
-    with pytest.raises(KeyboardInterrupt):
-        attempt("c" * 40, "dirty", on_epoch_end=stop)
-    with pytest.warns(UserWarning, match=r"written by commit cccccccccccc, resumed at commit cccccccccccc-dirty "
-                                         r"\(sources 0123456789abcdef\)"):
-        attempt("c" * 40 + "-dirty", "dirty", resume=True)
-    # edited again between kill and resume: the same "-dirty" commit, other sources
-    with pytest.raises(KeyboardInterrupt):
-        attempt("c" * 40 + "-dirty", "edited", on_epoch_end=stop)
-    with pytest.warns(UserWarning, match=r"resumed at commit cccccccccccc-dirty \(sources fedcba9876543210\)"):
-        res = attempt("c" * 40 + "-dirty", "edited", sources="fedcba9876543210", resume=True)
-    assert res.commits == ["c" * 40 + "-dirty sources 0123456789abcdef", "c" * 40 + "-dirty sources fedcba9876543210"]
+    s0, s1 = "0123456789abcdef", "fedcba9876543210"  # two versions of the sources
+
+    def killed_then_resumed(run, before, after, **said):
+        """``before``/``after``: (git commit, source digest) of the killed and the resuming process."""
+        with pytest.raises(KeyboardInterrupt):
+            attempt(*before[:1], run, sources=before[1], on_epoch_end=stop)
+        return resumed(run, after, **said)
+
+    def resumed(run, after, match=None):
+        with (pytest.warns(UserWarning, match=match) if match else warnings.catch_warnings()):
+            if not match:
+                warnings.simplefilter("error")
+            return attempt(after[0], run, sources=after[1], resume=True).commits
+
+    a, b, c = "a" * 40, "b" * 40, "c" * 40
+    # an upgrade: other commit, other sources
+    assert killed_then_resumed("upgrade", (a, s0), (b, s1), match=r"last\.pt: written by commit aaaaaaaaaaaa, resumed "
+                               r"at commit bbbbbbbbbbbb: the rest of the training runs other code") == [a, b]
+    # the same code: one version, nothing to say; a commit that changed no source (the README) is the same code
+    assert killed_then_resumed("same", (a, s0), (a, s0)) == [a]
+    assert killed_then_resumed("docs", (a, s0), (c, s0)) == [a]
+    assert killed_then_resumed("readme", (c, s0), (c + "-dirty", s0)) == [c]  # an edit outside the code
+    # an edited tree: its sources name it (its first 12 digits alone read as the same commit)
+    assert killed_then_resumed("dirty", (c, s0), (c + "-dirty", s1), match=r"written by commit cccccccccccc, resumed at "
+                               r"commit cccccccccccc-dirty \(sources fedcba9876543210\)") == [c, f"{c}-dirty sources {s1}"]
+    assert killed_then_resumed("edited", (c + "-dirty", s0), (c + "-dirty", s1),
+                               match=r"resumed at commit cccccccccccc-dirty \(sources fedcba9876543210\)") == [
+        f"{c}-dirty sources {s0}", f"{c}-dirty sources {s1}"]
+    # one clean commit, other sources (a module git does not track): the digests tell them apart
+    assert killed_then_resumed("untracked", (c, s0), (c, s1), match=r"written by commit cccccccccccc \(sources "
+                               r"0123456789abcdef\), resumed at commit cccccccccccc \(sources fedcba9876543210\)") == [
+        f"{c} sources {s0}", f"{c} sources {s1}"]
     # outside a git checkout (an installed wheel) the sources name the code
-    with pytest.raises(KeyboardInterrupt):
-        attempt(None, "outside", on_epoch_end=stop)
-    with pytest.warns(UserWarning, match=r"written by sources 0123456789abcdef \(outside a git checkout\), "
-                                         r"resumed at commit aaaaaaaaaaaa"):
-        assert attempt("a" * 40, "outside", resume=True).commits == ["sources 0123456789abcdef", "a" * 40]
-    # a checkpoint an older version wrote outside git kept no commit: unknown code
-    with pytest.raises(KeyboardInterrupt):
-        attempt(None, "old-outside", on_epoch_end=stop)
-    last = tmp_path / "old-outside" / "checkpoints" / "last.pt"
-    state = torch.load(last, weights_only=False)
-    state["commits"] = []
-    torch.save(state, last)
-    with pytest.warns(UserWarning, match=r"written by code outside a git checkout, resumed at sources 0123456789abcdef"):
-        assert attempt(None, "old-outside", resume=True).commits == ["unknown (outside a git checkout)",
-                                                                     "sources 0123456789abcdef"]
+    assert killed_then_resumed("outside", (None, s0), (a, s1), match=r"written by sources 0123456789abcdef \(outside a "
+                               r"git checkout\), resumed at commit aaaaaaaaaaaa") == [f"sources {s0}", a]
+
+    def older(run, before, **kept):
+        """A checkpoint as a version of bench before source digests wrote it."""
+        with pytest.raises(KeyboardInterrupt):
+            attempt(*before[:1], run, sources=before[1], on_epoch_end=stop)
+        last = tmp_path / run / "checkpoints" / "last.pt"
+        state = {k: v for k, v in torch.load(last, weights_only=False).items() if k not in ("code_digest", "commits")}
+        torch.save({**state, **kept}, last)
+
+    older("old", (a, s0))  # before commits were kept too: an older version's code
+    assert resumed("old", (a, s0), match=r"written by an older version of bench, resumed at commit aaaaaaaaaaaa") == [
+        "unknown (a checkpoint written before commits were kept)", a]
+    older("old-same", (a, s0), commits=[a])  # its commit names its code
+    assert resumed("old-same", (a, s0)) == [a]
+    older("old-outside", (None, s0), commits=[])  # outside git it kept none: unknown code
+    assert resumed("old-outside", (None, s0), match=r"written by code outside a git checkout, resumed at sources "
+                   r"0123456789abcdef") == ["unknown (outside a git checkout)", f"sources {s0}"]
 
 
 def test_a_resume_with_no_checkpoint_says_it_starts_over(synapse_root, tmp_path, capsys):
