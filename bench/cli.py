@@ -645,7 +645,7 @@ def models() -> None:
 
 @app.command()
 def doctor() -> None:
-    """Python/torch/CUDA versions, the selective-scan backend and why, mamba-ssm, model plugins.
+    """Code version, Python/torch/CUDA versions, the selective-scan backend and why, mamba-ssm, model plugins.
 
     Example: bench doctor
     """
