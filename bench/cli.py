@@ -222,7 +222,8 @@ def run(
     if weights is not None:  # evaluated, not trained: one model, and nothing that only training would use
         training = [f"--{k.replace('_', '-')}" for k, v in (("seeds", seeds), ("folds", folds), ("nproc", nproc != 1),
                     ("epochs", epochs), ("max_iterations", max_iterations), ("batch_size", batch_size), ("lr", lr),
-                    ("pretrained", pretrained is not None), ("pretrained_dir", pretrained_dir), ("resume", resume))
+                    ("no_pretrained" if pretrained is False else "pretrained", pretrained is not None),
+                    ("pretrained_dir", pretrained_dir), ("resume", resume))
                     if v]
         if len(names) != 1 or training:
             asks = ([f"give one model (got {', '.join(names)})"] if len(names) != 1 else []) + (

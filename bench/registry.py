@@ -275,16 +275,19 @@ def check_buildable(name: str, *, num_classes: int, in_chans: int = 3, img_size:
 _THOP_BUFFERS = re.compile(r"(^|\.)(total_ops|total_params)$")
 
 
-def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Unwrap ``model``/``state_dict``/``network_weights`` (nnU-Net v2)/``model_state_dict`` (the
-    VM-UNet authors' latest.pth) containers, strip ``module.``/``_orig_mod.``, drop thop buffers."""
-    sd: Any = state_dict
+def _unwrap(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The tensors of a ``model``/``state_dict``/``network_weights`` (nnU-Net v2)/``model_state_dict``
+    (the VM-UNet authors' latest.pth) container, or the mapping itself."""
     for key in ("model", "state_dict", "model_state", "network_weights", "model_state_dict"):
-        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
-            sd = sd[key]
-            break
+        if key in state_dict and isinstance(state_dict[key], Mapping):
+            return state_dict[key]
+    return state_dict
+
+
+def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Unwrap the container (``_unwrap``), strip ``module.``/``_orig_mod.``, drop thop buffers."""
     out = {}
-    for k, v in sd.items():
+    for k, v in _unwrap(state_dict).items():
         if _THOP_BUFFERS.search(k):
             continue
         for prefix in ("module.", "_orig_mod."):
@@ -309,10 +312,15 @@ def strict_load(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> 
         def show(items: list[str]) -> str:
             return ", ".join(items[:12]) + (f" … (+{len(items) - 12})" if len(items) > 12 else "") or "none"
 
+        # what the model was built for: a head, stem or position table of another size tells which differs
+        cfg = getattr(model, "bench_config", None)
+        built = (f"; the model was built with {', '.join(f'{k}={v}' for k, v in cfg.items())} (the data's classes "
+                 "and channels, the protocol's input size, --set, --tiny): a file of another configuration does "
+                 "not fit" if cfg else "")
         raise BenchError(
             f"{what} does not match {type(model).__name__}: "
             f"missing {len(missing)} [{show(missing)}]; unexpected {len(unexpected)} [{show(unexpected)}]; "
-            f"mis-shaped {len(shaped)} [{show(shaped)}]"
+            f"mis-shaped {len(shaped)} [{show(shaped)}]{built}"
         )
     broken = [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:  # a diverged or corrupted save: it would score as a model that finds nothing, unsaid
@@ -336,6 +344,8 @@ def read_weights_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"weights file {'is a folder' if path.is_dir() else 'not found'}: {path}")
+    if path.stat().st_size == 0:  # a copy that failed, a placeholder: torch would say "EOFError"
+        raise BenchError(f"{path}: the weights file is empty (0 bytes)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -393,7 +403,9 @@ def load_weights(model: nn.Module, path: str | Path, source: str = "authors") ->
     raw = read_weights_file(path)
     if source == "authors":
         load_official_state_dict(model, raw, str(path))
-        return {"source": source, "path": str(path), "loaded": len(model.state_dict()), "skipped": []}
+        # what the file held beyond the model's tensors: thop's counters, which the authors' scripts save
+        skipped = sorted(k for k in _unwrap(raw) if _THOP_BUFFERS.search(k))
+        return {"source": source, "path": str(path), "loaded": len(model.state_dict()), "skipped": skipped}
     entry: ModelEntry | None = getattr(model, "bench_entry", None)
     loaders = dict(entry.pretrained) if entry else {}
     if source not in loaders:

@@ -80,6 +80,8 @@ def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_pat
     # another seed would score the same weights again as a second "seed"; training options split the runs
     again = _bench(*base[:-1], tmp_path / "two", "--seeds", "1", "--lr", "0.5", "--weights", mine, check=False)
     assert again.returncode == 2 and "drop --seeds, --lr, which only a training would use" in again.stderr
+    bare = _bench(*base[:-1], tmp_path / "two", "--no-pretrained", "--weights", mine, check=False)
+    assert bare.returncode == 2 and "drop --no-pretrained, which" in bare.stderr  # the option given, by its name
     other = _bench(*base[:-1], tmp_path / "other", "--set", "widths=[8, 16, 32, 128]", "--weights", mine, check=False)
     assert other.returncode == 2 and f"{mine} does not match UNet" in other.stderr
     assert not (tmp_path / "other" / "runs").exists()

@@ -66,7 +66,7 @@ def test_state_dict_roundtrip_strict(name, tmp_path):
     sd["module.encoder.total_params"] = torch.zeros(1)
     torch.save({"model": sd, "epoch": 3}, path)
     report = load_weights(b, path)
-    assert report["source"] == "authors"
+    assert report["source"] == "authors" and report["skipped"] == ["module.encoder.total_params", "module.total_ops"]
     for k, v in a.state_dict().items():
         torch.testing.assert_close(b.state_dict()[k], v)
 
@@ -190,8 +190,16 @@ def test_a_file_that_does_not_fit_is_named(tmp_path):
     path = tmp_path / "mine.pt"
     torch.save({"module." + k: v for k, v in _tiny("unet", num_classes=5).state_dict().items()}, path)
     with pytest.raises(BenchError, match=rf"^{re.escape(str(path))} does not match UNet: missing 0 \[none\]; "
-                                         r"unexpected 0 \[none\]; mis-shaped 2 \[head\.weight: file \(5, 8, 1, 1\)"):
+                                         r"unexpected 0 \[none\]; mis-shaped 2 \[head\.weight: file \(5, 8, 1, 1\)"
+                                         r".*\]; the model was built with num_classes=3, in_chans=3, img_size=64, "
+                                         r"widths=\(8, 16, 32, 64\) \(the data's classes and channels"):
         load_weights(model, path)
+
+
+def test_an_empty_weights_file_is_named_as_such(tmp_path):
+    (tmp_path / "best.pth").touch()  # a copy that failed: torch said "EOFError: EOFError"
+    with pytest.raises(BenchError, match=r"best\.pth: the weights file is empty \(0 bytes\)"):
+        load_weights(_tiny("unet"), tmp_path / "best.pth")
 
 
 def test_pickled_code_is_refused(tmp_path):
