@@ -21,3 +21,4 @@ def test_the_readmes_python_section_runs(tmp_path, monkeypatch, capsys):
     tests = namespace["stats"].paired_tests(namespace["one"], "unet", policy="legacy-synapse")
     assert list(tests["reference"].unique()) == ["unet (tiny)"] and set(tests["metric"]) == {"dice", "hd95"}
     assert len(list((tmp_path / "results" / "nb" / "records").glob("*.json"))) == 2
+    assert not namespace["model"].training  # a copied forward gives one answer, not drop-path's draw
