@@ -321,6 +321,9 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp"
         Path(tmp).unlink(missing_ok=True)
         if full:
             raise BenchError(f"{path}: cannot write{what and ' ' + what} ({full}){retry}") from exc
+        interrupt = _interrupt_behind(exc)
+        if interrupt is not None and interrupt is not exc:  # Ctrl-C (or SIGTERM) mid-write, hidden by the
+            raise interrupt from None  # writer's cleanup error (torch.save's zip writer: "unexpected pos")
         raise
     _fsync_dir(path.parent)
     # what killed writers left here (a later write of any file in the folder, so also a run never written again)
@@ -419,6 +422,14 @@ def disk_problem(exc: BaseException, folder: Path) -> str | None:
         except OSError:
             pass
     return None
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt ``exc`` is or arose while handling, if any."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, KeyboardInterrupt):
+        seen = seen.__cause__ or seen.__context__
+    return seen
 
 
 def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> Path:

@@ -313,3 +313,23 @@ def test_corrupt_file_error_names_the_file(tmp_path):
     with pytest.raises(BenchError, match=r"synapse-broken\.json.*\n.*missing"):
         load(tmp_path)
 
+
+
+def test_an_interrupt_mid_write_stays_an_interrupt(tmp_path):
+    """SIGTERM (as Ctrl-C) landing inside torch.save: its zip writer's cleanup raised its own
+    RuntimeError ("unexpected pos") over the KeyboardInterrupt, and a stopped run printed a
+    traceback instead of "interrupted"."""
+    def write(tmp):
+        try:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt("signal 15")
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 489408 vs 489304")
+
+    (tmp_path / "last.pt").write_bytes(b"the previous checkpoint")
+    with pytest.raises(KeyboardInterrupt, match="signal 15"):
+        records.atomic_write(tmp_path / "last.pt", write)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file; the old checkpoint whole
+    assert (tmp_path / "last.pt").read_bytes() == b"the previous checkpoint"
+    with pytest.raises(RuntimeError, match="disk on fire"):  # an error of its own stays that error
+        records.atomic_write(tmp_path / "x.pt", lambda tmp: (_ for _ in ()).throw(RuntimeError("disk on fire")))
