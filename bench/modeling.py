@@ -9,6 +9,8 @@ of shape (B, num_classes, H, W) come out — (B, num_classes, D, H, W) for 3-D m
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -31,6 +33,26 @@ def _autocast(x: torch.Tensor) -> bool:
     except RuntimeError:  # a device type autocast does not know (meta)
         return False
     return on and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+
+
+# A fresh model's one-class logits may all lie in [0, 1]; trained this long with BCE on data that is
+# mostly background, logits no longer do, while a sigmoid's output always does
+SIGMOID_CHECK_AT = 20
+
+
+def _check_not_probabilities(name: str, out: torch.Tensor, step: int) -> None:
+    """Logits, not a softmax's (checked at the first training forward) or a sigmoid's output (at the
+    SIGMOID_CHECK_AT-th): bench applies those itself (losses, predictions), so a model applying one
+    trains on squashed scores, and a sigmoid's are all foreground at the 0.5 threshold."""
+    if out.numel() == 0 or out.min() < 0 or out.max() > 1:
+        return
+    if step == 1 and out.shape[1] > 1 and torch.allclose(out.sum(1), torch.ones_like(out[:, 0]), atol=1e-3):
+        raise BenchError(f"{name} returned probabilities (in [0, 1], summing to 1 over its {out.shape[1]} channels "
+                         "at every pixel): forward_logits must give raw logits; bench applies the softmax itself")
+    if step == SIGMOID_CHECK_AT and out.shape[1] == 1:
+        warnings.warn(f"{name}'s outputs all still lie in [0, 1] after {step} training steps: if forward_logits "
+                      "ends with a sigmoid, remove it; bench applies it itself, before the protocol's threshold",
+                      stacklevel=3)
 
 
 class SegmentationModel(nn.Module):
@@ -64,6 +86,13 @@ class SegmentationModel(nn.Module):
             padded = "x".join(str(-(-s // d) * d) for s in size)
             raise BenchError(f"{name} needs sizes divisible by {d}; got {shown}, pad to {padded}")
         out = self.forward_logits(x)
+        if not torch.is_tensor(out):  # deep supervision's heads as a tuple, a dict of outputs
+            raise BenchError(f"{name}.forward_logits returned a {type(out).__name__}, expected one tensor of logits "
+                             f"(B, {self.num_classes}, *{size}): return the main output (fuse or drop extra heads)")
+        if self.training and not torch.compiler.is_compiling():  # twice a run, not per step
+            seen = self._training_forwards = getattr(self, "_training_forwards", 0) + 1
+            if seen in (1, SIGMOID_CHECK_AT):
+                _check_not_probabilities(name, out.detach().float(), seen)
         if out.shape != (x.shape[0], self.num_classes, *size):
             # a plugin's bug, named in one line (BenchError) where it surfaces: the first forward of a run
             raise BenchError(f"{name} returned {tuple(out.shape)}, expected (B, {self.num_classes}, *{size}): "

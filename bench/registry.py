@@ -160,6 +160,10 @@ def get_entry(name: str) -> ModelEntry:
         if PLUGIN_ERRORS:
             failed = "; ".join(f"{k} ({v})" for k, v in PLUGIN_ERRORS.items())
             exc = BenchError(f"{exc}; model plugins that failed to load: {failed}")
+        else:  # a model of one's own that is not installed, or whose module registers nothing
+            exc = BenchError(f"{exc}. A model of your own: its module registers it with @register_model and is "
+                             "an entry point of the group ssm_unet_bench.models of an installed package (bench "
+                             "doctor lists the plugins found)")
         raise exc
     return _REGISTRY[name]
 
@@ -230,16 +234,24 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
     try:
         model = entry.constructor(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **overrides)
     except (TypeError, ValueError) as exc:
-        if not overrides:
-            raise
-        # a misspelt --set key (TypeError) or a value the constructor refuses (ValueError, e.g.
-        # spatial_dims=4): the constructor's own words say which
-        given = ", ".join(f"{k}={v!r}" for k, v in overrides.items())  # as read: width='abc' is a string
+        build = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}
+        said = str(exc)
+        # a plugin's constructor without the registry's keywords: every command builds models with them
+        contract = [a for a in build if isinstance(exc, TypeError) and f"'{a}'" in said]
+        if contract:
+            raise BenchError(f"{name}: its constructor does not take {', '.join(contract)} ({said}); a registered "
+                             "constructor takes num_classes, in_chans and img_size as keywords (it may ignore "
+                             "those it does not use)") from exc
+        # a misspelt --set key (TypeError) or a value the constructor refuses (ValueError, e.g. spatial_dims=4,
+        # an img_size it cannot take): the constructor's own words say which
+        given = ", ".join(f"{k}={v!r}" for k, v in {**build, **overrides}.items())  # width='abc' is a string
         close = [f"{k} -> {m[0]}" for k in overrides if k not in entry.paper_config
                  and (m := difflib.get_close_matches(k, list(entry.paper_config), n=1, cutoff=0.6))]
-        raise BenchError(f"{name}: cannot build with {given} ({exc}); "
-                         + (f"did you mean {', '.join(close)}? " if close else "")
-                         + f"--set takes the keys of its configuration: {', '.join(entry.paper_config) or 'none'}") from None
+        unknown = isinstance(exc, TypeError) and any(f"'{k}'" in said for k in overrides)
+        raise BenchError(f"{name}: cannot build with {given} ({said})"
+                         + (f"; did you mean {', '.join(close)}?" if close else "")
+                         + (f"{';' if not close else ''} --set takes the keys of its configuration: "
+                            f"{', '.join(entry.paper_config) or 'none'}" if close or unknown else "")) from exc
     missing = [a for a in ("num_classes", "in_chans") if isinstance(model, SegmentationModel) and not hasattr(model, a)]
     if missing:  # else the first forward fails with an AttributeError, after the data was prepared
         raise BenchError(f"{name}: {type(model).__name__} does not set self.{' or self.'.join(missing)}; "

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -133,6 +134,10 @@ def test_unknown_model_suggests_name():
         create_model("unett", num_classes=2)
     with pytest.raises(BenchError, match="unknown model"):
         resolve_models("unet,nope")
+    # one's own model, not installed as a plugin: where bench looks for it
+    with pytest.raises(BenchError, match=r"unknown model 'mynet'.*A model of your own: its module registers it with "
+                                         r"@register_model and is an entry point of the group ssm_unet_bench\.models"):
+        create_model("mynet", num_classes=2)
 
 
 def test_python_callers_get_the_tiny_configuration_and_argument_checks():
@@ -289,6 +294,58 @@ def test_a_plugin_model_that_breaks_the_forward_contract_is_named():
         from bench import registry
 
         registry._REGISTRY.pop("_sloppy")
+
+
+def test_a_plugin_model_that_returns_no_logits_is_named():
+    """From a plugin journey: a forward ending in softmax or sigmoid trained and was scored unsaid (a
+    one-class sigmoid is foreground everywhere at 0.5), deep supervision's tuple of heads ended in an
+    AttributeError traceback, and a constructor without img_size blamed the --tiny configuration."""
+    from bench.modeling import SIGMOID_CHECK_AT, SegmentationModel
+
+    class Ends(SegmentationModel):
+        def __init__(self, num_classes, end):
+            super().__init__()
+            self.num_classes, self.in_chans, self.end = num_classes, 3, end
+            self.conv = nn.Conv2d(3, num_classes, 1)
+
+        def forward_logits(self, x):
+            y = self.conv(x)
+            return {"softmax": y.softmax(1), "sigmoid": y.sigmoid(), "tuple": (y, y), "none": y}[self.end]
+
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(BenchError, match=r"Ends returned probabilities \(in \[0, 1\], summing to 1 over its 3 channels "
+                                         r"at every pixel\): forward_logits must give raw logits"):
+        Ends(3, "softmax").train()(x)
+    assert Ends(3, "softmax").eval()(x).shape == (2, 3, 8, 8)  # checked in training, at its first forward
+    sigmoid = Ends(1, "sigmoid").train()
+    with warnings.catch_warnings():  # a fresh model's logits may all lie in [0, 1]: not said at once
+        warnings.simplefilter("error")
+        for _ in range(SIGMOID_CHECK_AT - 1):
+            sigmoid(x)
+    with pytest.warns(UserWarning, match=rf"Ends's outputs all still lie in \[0, 1\] after {SIGMOID_CHECK_AT} "
+                                         r"training steps: if forward_logits ends with a sigmoid, remove it"):
+        sigmoid(x)
+    with pytest.raises(BenchError, match=r"Ends\.forward_logits returned a tuple, expected one tensor of logits "
+                                         r"\(B, 3, \*\(8, 8\)\)"):
+        Ends(3, "tuple")(x)
+    with warnings.catch_warnings():  # logits pass
+        warnings.simplefilter("error")
+        for model in (Ends(1, "none").train(), Ends(3, "none").train()):
+            for _ in range(SIGMOID_CHECK_AT):
+                model(x)
+
+    @register_model(family="cnn", paper_config={"width": 4}, tiny={"width": 2}, name="_no_img_size")
+    def _no_img_size(*, num_classes, in_chans=3, width=4):
+        raise AssertionError("never built")
+
+    try:
+        with pytest.raises(BenchError, match=r"_no_img_size: its constructor does not take img_size \(.*\); a "
+                                             r"registered constructor takes num_classes, in_chans and img_size"):
+            create_model("_no_img_size", num_classes=2, tiny=True)
+    finally:
+        from bench import registry
+
+        registry._REGISTRY.pop("_no_img_size")
 
 
 def test_a_plugin_cannot_take_a_registered_name():
