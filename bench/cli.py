@@ -633,13 +633,14 @@ def models() -> None:
 
     Example: bench models
     """
-    from bench.registry import get_entry, list_models
+    from bench.registry import get_entry, is_builtin, list_models
 
     typer.echo(f"{'model':12s} {'family':12s} description")
     for name in list_models():
         e = get_entry(name)
         cfg = ", ".join(f"{k}={v}" for k, v in e.paper_config.items())
-        init = f"{e.init[1]} (load_weights source {e.init[0]!r})" if e.init else "none (the authors train from scratch)"
+        init = (f"{e.init[1]} (load_weights source {e.init[0]!r})" if e.init
+                else "none (the authors train from scratch)" if is_builtin(name) else "none")
         typer.echo(f"{name:12s} {e.family:12s} {e.description}\n{'':25s}paper config: {cfg}\n{'':25s}source: {e.source}"
                    f"\n{'':25s}pretrained init: {init}")
 

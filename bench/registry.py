@@ -168,6 +168,11 @@ def get_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is one of this project's models (not a plugin's)."""
+    return get_entry(name).constructor.__module__.split(".")[0] in _BUILTIN_PACKAGES
+
+
 def model_code(name: str) -> str | None:
     """A digest of a plugin model's source: the ``.py`` files of the package its constructor comes
     from (or its one module). Run records keep it, so a run of code edited since is named as such

@@ -415,6 +415,8 @@ def test_entry_point_plugin_runs_like_a_built_in_model(tmp_path):
     env = _install_plugin(tmp_path, _PLUGIN)
     listed = run_bench("models", env=env).stdout
     assert "mynet" in listed and "lab/mynet@abc123" in listed
+    # no pretrained file: nothing said of its authors' recipe (bench knows only the built-ins')
+    assert listed.split("\nmynet ", 1)[1].splitlines()[3].strip() == "pretrained init: none"
     assert "plugins      mynet: mynet" in run_bench("doctor", env=env).stdout
     results = tmp_path / "res"
     ran = run_bench("run", "--models", "mynet", "--dataset", "isic17", "--synthetic", "--protocol", "smoke", "--tiny",
