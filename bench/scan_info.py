@@ -24,11 +24,14 @@ def scan_backend_for(model: nn.Module, ran: bool = True) -> str | None:
 
 
 def note_scan_use(model: nn.Module, scan_macs: float, name: str) -> None:
-    """Where a model's FLOP count holds selective scans but its class does not set
-    ``uses_selective_scan`` (a plugin that forgot): mark this instance, so that its records name the
-    backend and a reference backend is never timed as its speed, and say so."""
-    if scan_macs and not getattr(model, "uses_selective_scan", False):
-        model.uses_selective_scan = True
+    """Where a model's FLOP count and its class's ``uses_selective_scan`` disagree (a plugin that
+    forgot it, or set it on a model that never scans): mark this instance as its count says, so that
+    its records name a backend where one ran and no other, and say so."""
+    says = bool(getattr(model, "uses_selective_scan", False))
+    if bool(scan_macs) != says:
+        model.uses_selective_scan = not says
         warnings.warn(f"{name}: {type(model).__name__} runs the selective scan but does not set "
                       "uses_selective_scan = True; set it on the class (records and cost tables name the scan "
-                      "backend from it)", stacklevel=2)
+                      "backend from it)" if not says else
+                      f"{name}: {type(model).__name__} sets uses_selective_scan = True but its forward runs no "
+                      "selective scan; drop it from the class", stacklevel=2)

@@ -136,7 +136,8 @@ def test_the_ref_scan_is_never_timed(monkeypatch):
 
 def test_a_model_that_scans_without_saying_so_is_found_by_its_count(monkeypatch):
     """A plugin that forgets uses_selective_scan: its records named no backend, and the oracle's
-    speed under BENCH_SCAN_BACKEND=ref went into the cost table unmarked."""
+    speed under BENCH_SCAN_BACKEND=ref went into the cost table unmarked; one that sets it without
+    scanning had a backend named (and was not timed under ref)."""
     from bench import registry
     from bench.modeling import SegmentationModel
     from bench.registry import register_model
@@ -164,6 +165,27 @@ def test_a_model_that_scans_without_saying_so_is_found_by_its_count(monkeypatch)
         assert row["scan_macs"] > 0 and row["scan_backend"] == "ref" and "latency_ms_median" not in row
     finally:
         registry._REGISTRY.pop("_quiet_scanner")
+
+    class Claims(SegmentationModel):  # the flag set, no scan: its records named a backend that never ran
+        uses_selective_scan = True
+
+        def __init__(self, num_classes, in_chans):
+            super().__init__()
+            self.num_classes, self.in_chans = num_classes, in_chans
+            self.head = nn.Conv2d(in_chans, num_classes, 1)
+
+        def forward_logits(self, x):
+            return self.head(x)
+
+    register_model(family="cnn", paper_config={}, name="_claims_a_scan")(
+        lambda *, num_classes, in_chans=3, img_size=224: Claims(num_classes, in_chans))
+    try:
+        with pytest.warns(UserWarning, match="_claims_a_scan: Claims sets uses_selective_scan = True but its forward "
+                                             "runs no selective scan"):
+            row = cost.profile_model("_claims_a_scan", img_size=8, warmup=0, iters=1)
+        assert row["scan_macs"] == 0 and row["scan_backend"] is None and row["latency_ms_median"] > 0
+    finally:
+        registry._REGISTRY.pop("_claims_a_scan")
 
 
 def test_fused_attention_is_counted_not_skipped():
