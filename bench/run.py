@@ -539,8 +539,9 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     split_sha = {f: None if f is None else _ids_sha(d.test_ids()) for f, d in split.items()}
     data_id = made or ds.content_id()
     given = None if weights is None else (str(weights.resolve()), file_sha256(weights)[:16])
+    small = {m: tiny and bool(get_entry(m).tiny) for m in models}  # no tiny configuration: the paper's is built
     specs = [RunSpec(m, dataset, protocol, s, data_root, synthetic, chosen, tuple(sorted(over[m].items())), fold, inits.get(m),
-                     split_sha[fold], data_id, tuple(split[fold].notes), tiny, given)
+                     split_sha[fold], data_id, tuple(split[fold].notes), small[m], given)
              for m in models for s in seeds for fold in fold_list]
     return [_earlier_id(spec, results_dir) for spec in specs]
 

@@ -262,11 +262,13 @@ def test_third_party_registration():
         registry._REGISTRY.pop("_test_tiny_plugin")
 
 
-def test_a_plugin_model_that_breaks_the_forward_contract_is_named():
+def test_a_plugin_model_that_breaks_the_forward_contract_is_named(tmp_path):
     """Models written from the README's example: each slip one line when the model is built or first
     runs (an AttributeError after the data was prepared, a RuntimeError traceback)."""
     from bench.modeling import SegmentationModel
+    from bench.protocol import load_protocol
     from bench.registry import model_overrides
+    from bench.run import plan_grid
 
     class Sloppy(SegmentationModel):
         def __init__(self, num_classes, in_chans, set_attrs):
@@ -289,6 +291,12 @@ def test_a_plugin_model_that_breaks_the_forward_contract_is_named():
             model(torch.randn(1, 3, 8, 8))
         with pytest.warns(UserWarning, match="_sloppy: has no tiny configuration .* --tiny builds its paper"):
             assert model_overrides("_sloppy", {"set_attrs": True}, tiny=True) == {"set_attrs": True}
+        # nor is its run labelled "(tiny)" on boards (the flag is a label, not the run's identity)
+        with pytest.warns(UserWarning, match="no tiny configuration"):
+            (spec,) = plan_grid(models=["_sloppy"], dataset="isic17", protocol=load_protocol("smoke"), seeds=[0],
+                                data_root=None, synthetic=True, results_dir=tmp_path, tiny=True,
+                                model_overrides={"set_attrs": True})
+        assert not spec.tiny
         assert model_overrides("unet", {"widths": (4, 8)}, tiny=True) == {"widths": (4, 8)}  # --set over tiny
     finally:
         from bench import registry
