@@ -257,6 +257,10 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
                          + (f"; did you mean {', '.join(close)}?" if close else "")
                          + (f"{';' if not close else ''} --set takes the keys of its configuration: "
                             f"{', '.join(entry.paper_config) or 'none'}" if close or unknown else "")) from exc
+    if not isinstance(model, SegmentationModel):  # a plugin's plain module: nothing checks its inputs or outputs
+        warnings.warn(f"{name}: {type(model).__name__} is not a bench.modeling.SegmentationModel, so its inputs and "
+                      "outputs go unchecked (an output of another size fails inside the loss, with a traceback): "
+                      "subclass it and give forward_logits", stacklevel=2)
     missing = [a for a in ("num_classes", "in_chans") if isinstance(model, SegmentationModel) and not hasattr(model, a)]
     if missing:  # else the first forward fails with an AttributeError, after the data was prepared
         raise BenchError(f"{name}: {type(model).__name__} does not set self.{' or self.'.join(missing)}; "

@@ -346,14 +346,22 @@ def test_a_plugin_model_that_returns_no_logits_is_named():
     def _no_img_size(*, num_classes, in_chans=3, width=4):
         raise AssertionError("never built")
 
+    @register_model(family="cnn", paper_config={}, name="_plain_module")  # no SegmentationModel: unchecked
+    def _plain_module(*, num_classes, in_chans=3, img_size=224):
+        return nn.Conv2d(in_chans, num_classes, 2, stride=2)  # half the input's size
+
     try:
         with pytest.raises(BenchError, match=r"_no_img_size: its constructor does not take img_size \(.*\); a "
                                              r"registered constructor takes num_classes, in_chans and img_size"):
             create_model("_no_img_size", num_classes=2, tiny=True)
+        with pytest.warns(UserWarning, match=r"_plain_module: Conv2d is not a bench\.modeling\.SegmentationModel, so "
+                                             r"its inputs and outputs go unchecked"):
+            create_model("_plain_module", num_classes=2)
     finally:
         from bench import registry
 
         registry._REGISTRY.pop("_no_img_size")
+        registry._REGISTRY.pop("_plain_module")
 
 
 def test_a_plugin_cannot_take_a_registered_name():
