@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.errors import BenchError
+from bench.errors import BenchError, exception_chain
 
 __all__ = ["FlopCount", "UncountedOpsError", "count_params", "count_flops", "fvcore_macs", "paper_count",
            "measure_latency", "peak_memory_mb", "profile_model", "write_profile", "load_profiles", "PRECISIONS"]
@@ -425,11 +425,9 @@ _ONE_VALUE_PER_CHANNEL = re.compile(r"Expected more than 1 value per channel whe
 def _batch_norm_at_batch_1(exc: BaseException) -> str | None:
     """BatchNorm's refusal (a small input at batch 1) where ``exc`` is it, chains it or quotes it
     (torch.compile's errors do either); None for any other error."""
-    seen: BaseException | None = exc
-    while seen is not None:
+    for seen in exception_chain(exc):
         if found := _ONE_VALUE_PER_CHANNEL.search(str(seen)):
             return found.group()
-        seen = seen.__cause__ or seen.__context__
     return None
 
 

@@ -47,7 +47,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.errors import BenchError
+from bench.errors import BenchError, exception_chain
 from bench.metrics import POLICIES as METRIC_POLICIES
 
 __all__ = [
@@ -321,9 +321,9 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp"
         Path(tmp).unlink(missing_ok=True)
         if full:
             raise BenchError(f"{path}: cannot write{what and ' ' + what} ({full}){retry}") from exc
-        interrupt = _interrupt_behind(exc)
-        if interrupt is not None and interrupt is not exc:  # Ctrl-C (or SIGTERM) mid-write, hidden by the
-            raise interrupt from None  # writer's cleanup error (torch.save's zip writer: "unexpected pos")
+        interrupt = next((e for e in exception_chain(exc) if isinstance(e, KeyboardInterrupt)), exc)
+        if interrupt is not exc:  # Ctrl-C (or SIGTERM) mid-write, hidden by the writer's cleanup error
+            raise interrupt from None  # (torch.save's zip writer: "unexpected pos")
         raise
     _fsync_dir(path.parent)
     # what killed writers left here (a later write of any file in the folder, so also a run never written again)
@@ -408,12 +408,9 @@ def disk_problem(exc: BaseException, folder: Path) -> str | None:
     """Why a write into ``folder`` failed where the disk is the cause, else None: an OSError of a full
     disk, a quota or a read-only mount anywhere in the exception's chain, or a write that failed
     while the disk has no room left (torch.save reports a full disk as RuntimeError "unexpected pos")."""
-    seen, visited = exc, set()
-    while seen is not None and id(seen) not in visited:
+    for seen in exception_chain(exc):
         if isinstance(seen, OSError) and seen.errno in _DISK_ERRNOS:
             return seen.strerror or str(seen)
-        visited.add(id(seen))
-        seen = seen.__cause__ or seen.__context__
     # an error that says nothing of its cause (not FileExistsError and the like, which have their own)
     if isinstance(exc, RuntimeError) or (isinstance(exc, OSError) and exc.errno in (None, errno.EIO)):
         try:
@@ -422,14 +419,6 @@ def disk_problem(exc: BaseException, folder: Path) -> str | None:
         except OSError:
             pass
     return None
-
-
-def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
-    """The KeyboardInterrupt ``exc`` is or arose while handling, if any."""
-    seen: BaseException | None = exc
-    while seen is not None and not isinstance(seen, KeyboardInterrupt):
-        seen = seen.__cause__ or seen.__context__
-    return seen
 
 
 def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> Path:

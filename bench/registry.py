@@ -177,7 +177,7 @@ def model_code(name: str) -> str | None:
     """A digest of a plugin model's source: the ``.py`` files of the package its constructor comes
     from (or its one module). Run records keep it, so a run of code edited since is named as such
     rather than taken for the new code's (a run is identified by name and configuration). None for
-    the built-in models, whose code the record's git commit names, and for code without files."""
+    the built-in models, whose code the record's code_digest names, and for code without files."""
     module = sys.modules.get(get_entry(name).constructor.__module__)
     top = sys.modules.get(module.__name__.split(".")[0]) if module is not None else None
     if top is None or top.__name__ in _BUILTIN_PACKAGES:
@@ -261,8 +261,8 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
         warnings.warn(f"{name}: {type(model).__name__} is not a bench.modeling.SegmentationModel, so its inputs and "
                       "outputs go unchecked (an output of another size fails inside the loss, with a traceback): "
                       "subclass it and give forward_logits", stacklevel=2)
-    missing = [a for a in ("num_classes", "in_chans") if isinstance(model, SegmentationModel) and not hasattr(model, a)]
-    if missing:  # else the first forward fails with an AttributeError, after the data was prepared
+    elif missing := [a for a in ("num_classes", "in_chans") if not hasattr(model, a)]:
+        # else the first forward fails with an AttributeError, after the data was prepared
         raise BenchError(f"{name}: {type(model).__name__} does not set self.{' or self.'.join(missing)}; "
                          "SegmentationModel's forward checks inputs and logits against them: set them in __init__")
     _check_img_size(name, model, img_size)

@@ -17,7 +17,7 @@ from bench import cost
 from bench.errors import BenchError
 from bench.registry import create_model, get_entry
 from ssm_models.mamba import Mamba
-from tests.fixtures import md_rows, run_bench
+from tests.fixtures import OneConv, md_rows, run_bench
 from tests.test_vmunet import REFERENCE
 
 
@@ -166,16 +166,8 @@ def test_a_model_that_scans_without_saying_so_is_found_by_its_count(monkeypatch)
     finally:
         registry._REGISTRY.pop("_quiet_scanner")
 
-    class Claims(SegmentationModel):  # the flag set, no scan: its records named a backend that never ran
+    class Claims(OneConv):  # the flag set, no scan: its records named a backend that never ran
         uses_selective_scan = True
-
-        def __init__(self, num_classes, in_chans):
-            super().__init__()
-            self.num_classes, self.in_chans = num_classes, in_chans
-            self.head = nn.Conv2d(in_chans, num_classes, 1)
-
-        def forward_logits(self, x):
-            return self.head(x)
 
     register_model(family="cnn", paper_config={}, name="_claims_a_scan")(
         lambda *, num_classes, in_chans=3, img_size=224: Claims(num_classes, in_chans))

@@ -19,7 +19,7 @@ from bench.registry import (
     clean_state_dict, create_model, get_entry, list_models, load_official_state_dict, load_weights,
     register_model, resolve_models,
 )
-from tests.fixtures import run_bench
+from tests.fixtures import OneConv, run_bench
 
 MODELS = list_models()
 
@@ -235,20 +235,9 @@ def test_clean_state_dict_unwraps_and_strips():
 
 
 def test_third_party_registration():
-    from bench.modeling import SegmentationModel
-
-    class Tiny(SegmentationModel):
-        def __init__(self, num_classes, in_chans):
-            super().__init__()
-            self.num_classes, self.in_chans = num_classes, in_chans
-            self.conv = nn.Conv2d(in_chans, num_classes, 1)
-
-        def forward_logits(self, x):
-            return self.conv(x)
-
     @register_model(family="cnn", paper_config={}, name="_test_tiny_plugin")
     def _factory(*, num_classes, in_chans=3, img_size=224):
-        return Tiny(num_classes, in_chans)
+        return OneConv(num_classes, in_chans)
 
     try:
         model = create_model("_test_tiny_plugin", num_classes=2)

@@ -333,3 +333,11 @@ def test_an_interrupt_mid_write_stays_an_interrupt(tmp_path):
     assert (tmp_path / "last.pt").read_bytes() == b"the previous checkpoint"
     with pytest.raises(RuntimeError, match="disk on fire"):  # an error of its own stays that error
         records.atomic_write(tmp_path / "x.pt", lambda tmp: (_ for _ in ()).throw(RuntimeError("disk on fire")))
+
+
+def test_the_exception_chain_is_walked_once_even_where_it_loops():
+    from bench.errors import exception_chain
+
+    a, b, c = RuntimeError("a"), OSError("b"), KeyboardInterrupt()
+    a.__cause__, b.__context__, c.__context__ = b, c, a  # a cycle: a -> b -> c -> a
+    assert list(exception_chain(a)) == [a, b, c]
