@@ -17,6 +17,7 @@ import importlib
 import importlib.metadata
 import re
 import sys
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,25 @@ def get_entry(name: str) -> ModelEntry:
 def is_builtin(name: str) -> bool:
     """Whether ``name`` is one of this project's models (not a plugin's)."""
     return get_entry(name).constructor.__module__.split(".")[0] in _BUILTIN_PACKAGES
+
+
+def plugin_forward_error(model: nn.Module, shape: tuple[int, ...], exc: Exception) -> BenchError | None:
+    """A plugin model's first forward failing (a layer sized for another input, most often) as one
+    line: the model, the batch, the line of its code that failed and what sets the size it is given.
+    None for the built-in models (their failure is bench's bug: its traceback) and for bench's own
+    errors, which already say what is wrong."""
+    entry: ModelEntry | None = getattr(model, "bench_entry", None)
+    if entry is None or isinstance(exc, BenchError) or is_builtin(entry.name):
+        return None
+    home = Path(sys.modules[type(model).__module__].__file__ or "").parent
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).parent == home]
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    size = "x".join(map(str, shape[2:]))
+    return BenchError(f"{entry.name} failed at its first forward, on a batch of shape {tuple(shape)}: "
+                      f"{type(exc).__name__}: {' '.join(str(exc).split())}{where}. Its factory was given "
+                      f"img_size {getattr(model, 'bench_config', {}).get('img_size', size)} (--img-size or the "
+                      "protocol's): a model that takes one input size only builds itself for the img_size it is given "
+                      "(BENCH_DEBUG=1 shows the traceback)")
 
 
 def model_code(name: str) -> str | None:

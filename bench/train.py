@@ -33,6 +33,7 @@ from bench.data.torch_dataset import TrainDataset
 from bench.errors import BenchError
 from bench.losses import segmentation_loss
 from bench.protocol import Protocol
+from bench.registry import plugin_forward_error
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -385,6 +386,7 @@ def train_model(
     t0 = time.perf_counter()
     loss_value = float("nan")
     wrote_final = False
+    stepped = False  # a plugin failing at its first forward is named in one line
     for epoch in range(start_epoch, epochs):
         model.train()
         sampler.set_epoch(epoch)
@@ -399,8 +401,15 @@ def train_model(
                 group["lr"] = lr
             image = image.to(device, dtype=protocol.torch_dtype, non_blocking=True)
             label = label.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = trained(image)
+            try:
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    logits = trained(image)
+            except Exception as exc:
+                failure = plugin_forward_error(model, tuple(image.shape), exc) if not stepped else None
+                if failure is None:
+                    raise
+                raise failure from exc
+            stepped = True
             loss = segmentation_loss(logits, label, ce=t.loss_ce, dice=t.loss_dice, bce=t.loss_bce, share=share,
                                      dice_loss=t.dice_loss)
             # the global batch's loss (every rank's term averages to it): same value on every rank

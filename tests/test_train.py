@@ -830,3 +830,40 @@ def test_a_checkpoints_cuda_rng_is_this_processs_device_only(monkeypatch):
     train_mod._set_rng_state({**state, "cuda": [states[0], states[1]]})  # an older checkpoint's list
     train_mod._set_rng_state({**state, "cuda": [states[0]]})  # written where this device did not exist: left as is
     assert [int(s[0]) for s in restored] == [2, 2]
+
+
+def test_a_plugin_sized_for_another_input_is_named_at_its_first_forward(synapse_root, tmp_path):
+    """From a plugin journey: a model whose layer fits one input size only ended the run in a
+    RuntimeError traceback from torch's Linear; the line names the model, the batch, the plugin's own
+    failing line and what sets the size it was given. A built-in model's failure keeps its traceback."""
+    from torch import nn
+
+    from bench.modeling import SegmentationModel
+    from bench.registry import register_model
+
+    class FixedSize(SegmentationModel):
+        def __init__(self, num_classes, in_chans):
+            super().__init__()
+            self.num_classes, self.in_chans = num_classes, in_chans
+            self.fc = nn.Linear(in_chans * 16 * 16, num_classes * 16 * 16)  # 16x16 inputs only
+
+        def forward_logits(self, x):
+            return self.fc(x.flatten(1)).view(x.shape[0], self.num_classes, 16, 16)
+
+    register_model(family="cnn", paper_config={}, name="_fixed_size")(
+        lambda *, num_classes, in_chans=3, img_size=224: FixedSize(num_classes, in_chans))
+    ds = open_dataset("synapse", synapse_root)
+    try:
+        model = create_model("_fixed_size", num_classes=ds.num_classes, in_chans=ds.in_chans, img_size=32)
+        with pytest.raises(BenchError, match=r"^_fixed_size failed at its first forward, on a batch of shape "
+                                             r"\(4, 1, 32, 32\): RuntimeError: mat1 and mat2 .* \(at test_train\.py:\d+ "
+                                             r"in forward_logits\)\. Its factory was given img_size 32 \(--img-size"):
+            train_model(model, ds, _proto(), seed=0, run_dir=tmp_path / "a", device=torch.device("cpu"))
+    finally:
+        from bench import registry
+
+        registry._REGISTRY.pop("_fixed_size")
+    broken = _tiny_unet(ds)
+    broken.forward_logits = lambda x: x @ torch.ones(1, 2)  # a built-in's bug: bench's, its traceback
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        train_model(broken, ds, _proto(), seed=0, run_dir=tmp_path / "b", device=torch.device("cpu"))
