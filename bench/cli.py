@@ -11,7 +11,7 @@ import threading
 import traceback
 import warnings
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
@@ -415,7 +415,8 @@ def rescore(
         typer.echo(f"bench rescore: nothing to score: every finished run has a record under {policy} already")
         return
     typer.echo(f"bench rescore: {len(todo)} run(s) to score under {policy} · device {dev}")
-    for rec in todo:
+
+    def score(rec: dict) -> None:
         new_id = rescore_id(rec["run_id"], policy)
         try:  # another rescore of the folder may write a run's record first, before or while this one scores
             new = None if record_path(results, new_id).is_file() else rescore_record(rec, policy, results, dev, protocol)
@@ -425,8 +426,10 @@ def rescore(
             new = None
         if new is None:
             typer.echo(f"  {new_id}: scored meanwhile by another process, skipped")
-            continue
-        typer.echo(f"  {new['run_id']}: {_scores_text(new, unit=True)}")
+        else:
+            typer.echo(f"  {new['run_id']}: {_scores_text(new, unit=True)}")
+
+    _each_run(todo, score, "rescored")
 
 
 @app.command()
@@ -468,10 +471,31 @@ def predict(
     if note := other_device_warning(todo, dev, "predicted"):
         warnings.warn(note, stacklevel=1)
     typer.echo(f"bench predict: {len(todo)} run(s) · device {dev}")
-    for rec in todo:
+
+    def write(rec: dict) -> None:
         folder, written = predict_run(rec, results, out, dev, protocol, native_size=native_size)
         done = f"{written} file(s) written" if written else "complete already, nothing written"
         typer.echo(f"  {rec['run_id']}: {done} -> {folder}")
+
+    _each_run(todo, write, "predicted")
+
+
+def _each_run(todo: list[dict], do: Callable[[dict], None], verb: str) -> None:
+    """``do(record)`` for each finished run: one that cannot be done (weights deleted, damaged or no
+    longer fitting a plugin's edited code) is one line and the rest are still done; then one error
+    names those left out. A single run's error is its own line."""
+    failed = []
+    for rec in todo:
+        try:
+            do(rec)
+        except BenchError as exc:
+            if len(todo) == 1:
+                raise
+            failed.append(rec["run_id"])
+            _echo_err(f"  {rec['run_id']}: FAILED: {_one_line(exc)}")
+    if failed:
+        raise BenchError(f"{len(failed)} of {len(todo)} run(s) could not be {verb} ({', '.join(failed)}), the others "
+                         "were; after fixing the cause, the same command does the rest")
 
 
 @app.command()

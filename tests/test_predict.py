@@ -311,3 +311,29 @@ def test_a_data_root_given_with_a_tilde_is_recorded_as_its_absolute_path(tmp_pat
     assert spec.data_root == tmp_path / "data"
     assert run_data_root({"run_id": "r", "data_root": "~/data", "synthetic": False}, tmp_path / "res") == \
         tmp_path / "data"  # a record written before roots were resolved
+
+
+def test_a_run_that_cannot_be_predicted_or_rescored_does_not_cost_the_others(tmp_path):
+    """From a plugin journey: predict stopped at the first run whose weights no longer fit, leaving the
+    runs after it unwritten; now each such run is one line, the others are done, and the command
+    fails naming those left out (a rerun does the rest)."""
+    from tests.fixtures import run_bench
+
+    root = synthesize("isic", tmp_path / "data", n_train=4, n_val=2, min_size=32, max_size=40)
+    results = tmp_path / "res"
+    rec = _train("isic17", root, results)
+    twin = {**rec, "run_id": rec["run_id"] + "-twin"}  # the same weights under a second id
+    records.write_record(twin, results)
+    shutil.copytree(results / "runs" / rec["run_id"], results / "runs" / twin["run_id"])
+    final = results / "runs" / rec["run_id"] / "checkpoints" / "final.pt"
+    final.write_bytes(final.read_bytes()[:100])  # damaged
+    for command, verb in (("predict", "predicted"), ("rescore", "rescored")):
+        args = ["--out", tmp_path / "preds"] if command == "predict" else ["--policy", "strict"]
+        proc = run_bench(command, "--results", results, *args, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert f"  {rec['run_id']}: FAILED: run {rec['run_id']}: " in proc.stderr and "final.pt" in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"error: 1 of 2 run(s) could not be {verb} ({rec['run_id']}), the others were; after fixing the "
+            "cause, the same command does the rest")
+    assert len(list((tmp_path / "preds" / twin["run_id"]).rglob("*.png"))) == 2
+    assert records.record_path(results, twin["run_id"] + ".strict").is_file()
