@@ -24,6 +24,8 @@ METRICS = frozenset({"dice", "hd95", "iou", "acc", "spe", "sen", "params", "flop
 UNITS = frozenset({"%", "mm", "voxels", "M", "G", "img/s"})  # voxels: Synapse HD95, which the papers print as "mm"
 # results/published.csv, through the package's link to it: an installed wheel holds a copy there
 DEFAULT_PATH = (Path(__file__).parent / "published.csv").resolve()
+# how messages name it: its place in a checkout, else (an installed wheel) the copy's path
+DEFAULT_NAME = "results/published.csv" if DEFAULT_PATH.parent.name == "results" else str(DEFAULT_PATH)
 
 
 def _check_row(row: list[str], protocols: list[str]) -> str | None:

@@ -991,7 +991,7 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
 PUBLISHED_METRICS = ("dice", "hd95", "iou", "acc", "spe", "sen")
 BUILD_KEYS = {"num_classes", "in_chans", "img_size"}  # what every run's model_config holds; more is a variant
 PUBLISHED_NOTE = ("Ours − published is given only where the paper's number was trained under this board's protocol "
-                  "(\"Their recipe\", results/published.csv column protocol) in its current version, run as written, "
+                  "(\"Their recipe\", the published table's column protocol) in its current version, run as written, "
                   "with the model as registered, on the paper's test split, and scored under the paper's convention; "
                   "otherwise the cell says what differs (recipe, split, protocol version, model config or metric "
                   "policy), since the gap would mix the model with it.")
@@ -1339,7 +1339,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                 _check_reference(reference, groups, results_dir)
                 extra.append(significance_md(boards, groups, reference))
             if published:
-                from bench.published import load_published
+                from bench.published import DEFAULT_NAME, load_published
 
                 pub = load_published(None if published is True else Path(published))
                 for title, table in published_tables(boards, pub, groups).items():
@@ -1357,7 +1357,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                     elif not (pub["dataset"].eq(data) & pub["model"].isin(models)).any():
                         silent.append(f"{key.dataset} (none for {', '.join(models)})")
                 if silent:
-                    source = "results/published.csv" if published is True else str(published)
+                    source = DEFAULT_NAME if published is True else str(published)
                     extra.append(f"## Published vs ours\n\nNo published numbers for {'; '.join(silent)}. {source} "
                                  f"holds data {', '.join(sorted(held))}; --published-file takes your own table of "
                                  "its columns.\n")

@@ -3,6 +3,7 @@ no checkout beside it (no results/, no git)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -38,3 +39,11 @@ def test_a_wheel_ships_protocols_the_kernel_source_and_the_published_numbers(tmp
     unpacked = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(unpacked)
     assert _digest_of(unpacked) == env.source_digest.__wrapped__()  # the files now, not this process's cache
+    # its messages name the table it reads, the copy (they named results/published.csv, not there)
+    named = subprocess.run([sys.executable, "-c", "from bench.published import DEFAULT_NAME; print(DEFAULT_NAME)"],
+                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(unpacked)}, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert named == str((unpacked / "bench" / "published.csv").resolve())
+    from bench.published import DEFAULT_NAME
+
+    assert DEFAULT_NAME == "results/published.csv"  # in this checkout, its place
