@@ -78,7 +78,7 @@ RUN_ID_COLUMNS = [
     "policy", "seed", "init", "data_id", "tiny", "weights",
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
-    "n_train", "rescored_from", "status", "git_commit", "code_digest", "device", "scan_backend", "hd95_unit",
+    "n_train", "rescored_from", "status", "git_commit", "code_digest", "model_code", "device", "scan_backend", "hd95_unit",
     "started_at", "finished_at", "wall_time_s", "train_time_s", "train_loss", "params", "trainable_params", "macs",
     "paper_macs", "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes", "n_missed", "n_present",
 ]  # fmt: skip
@@ -582,6 +582,7 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         status=rec["status"],
         git_commit=rec["git_commit"],
         code_digest=rec.get("code_digest"),  # bench's sources (env.source_digest); absent in older records
+        model_code=rec.get("model_code"),  # a plugin's sources (registry.model_code); null for built-ins
         device=_device_string(rec["device"]),
         scan_backend=rec["scan_backend"],
         hd95_unit=rec.get("hd95_unit"),  # absent in records written before it was recorded

@@ -293,6 +293,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
                         for t in sorted(set(group[col].dropna()))],
         devices=sorted(set(group["device"].dropna())) if "device" in group else [],
         commits=_code_versions(group),
+        plugin_code=_plugin_code_changed(group),
         repeated=repeated,
         n_train=sorted({int(n) for n in group["n_train"].dropna()}) if "n_train" in group else [],
     )
@@ -321,6 +322,29 @@ def _code_versions(group: pd.DataFrame) -> list[str]:
     # one clean commit with other sources (modules git does not track): its digests tell them apart
     return sorted(label if labels.count(label) == 1 or not d else f"{c} sources {d}"
                   for label, (c, d) in zip(labels, versions.values()))
+
+
+def _plugin_code_changed(group: pd.DataFrame) -> dict[str, str]:
+    """Per plugin model whose code changed since some of its runs trained (their records' model_code
+    against its sources now): "2 of 3 runs". A run is identified by its name and configuration, not
+    its code, so the board would show the old code's numbers under the model's name, unsaid. Models
+    not installed now are left out (nothing to compare with)."""
+    from bench.registry import model_code
+
+    if "model_code" not in group:
+        return {}
+    changed = {}
+    for model, codes in group.groupby("model")["model_code"]:
+        codes = codes.dropna()
+        if codes.empty:  # built-in models: records' code_digest names their code
+            continue
+        try:
+            now = model_code(model)
+        except BenchError:  # a plugin not installed here
+            continue
+        if (old := int((codes != now).sum())):
+            changed[model] = f"{old} of {len(codes)} run(s)"
+    return changed
 
 
 def _folds(splits: pd.Series) -> str:
@@ -547,6 +571,10 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         named = ", ".join(map(short_commit, commits[:3])) + (", …" if len(commits) > 3 else "")
         note += (f" Code: these runs come from {len(commits)} versions of bench ({named}); a change between them "
                  "that moved scores is not told apart (records' git_commit and code_digest).")
+    if plugin := a.get("plugin_code"):
+        which = "; ".join(f"{m}: {n}" for m, n in plugin.items())
+        note += (f" Plugin code changed since these runs trained ({which}; records' model_code): their numbers are "
+                 "the old code's; train them into another --results folder for the code as it is.")
     if "macs" in board and board["macs"].notna().any() and shown("cost"):
         note += (" GMACs: one forward of one input at the protocol's input size (the square image, or the patch), "
                  "the selective scan included; thop GMACs: what thop counts, the convention of published tables.")
