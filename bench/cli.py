@@ -8,14 +8,13 @@ import re
 import signal
 import sys
 import threading
-import traceback
 import warnings
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
 
-from bench.errors import BenchError
+from bench.errors import BenchError, one_line
 from bench.report import ReportFormat
 
 app = typer.Typer(
@@ -104,15 +103,6 @@ def _parse_sets(items: list[str]) -> dict[str, object]:
     return out
 
 
-def _scores_text(rec: dict, unit: bool = False) -> str:
-    """"DSC 81.23 · HD95 18.40" from a run record (no HD95 where the policy computes none)."""
-    m = rec["metrics"]
-    hd = m.get("hd95")
-    has_hd = hd is not None and hd == hd  # legacy-isic computes no HD95 (NaN)
-    hd_unit = f" {rec.get('hd95_unit')}" if unit and rec.get("hd95_unit") else ""
-    return f"DSC {100 * m['dice']:.2f}" + (f" · HD95 {hd:.2f}{hd_unit}" if has_hd else "")
-
-
 def default_protocol(dataset: str, protocol: str | None) -> str:
     """The protocol a run uses: ``--protocol`` if given, else the dataset's (BenchError if none)."""
     if protocol:
@@ -190,16 +180,11 @@ def run(
     Example: bench run --models all --dataset synapse --synthetic --protocol smoke
     """
     from bench import distributed
-    from bench.claim import claim_run
     from bench.data import get_reader
     from bench.env import resolve_device
     from bench.protocol import load_protocol
-    from bench.registry import code_changed, get_entry, resolve_models
-    from bench.rescore import rescored_twin
-    from bench.run import parse_shard, plan_grid, refuse_2d_models, resolve_inits, run_one, select_shard
-    from bench.records import read_record, record_path
-
-    import torch
+    from bench.registry import get_entry, resolve_models
+    from bench.run import parse_shard, plan_grid, refuse_2d_models, resolve_inits, run_grid, select_shard
 
     _check_scan_backend_variable()
     _set_threads(threads)
@@ -273,67 +258,8 @@ def run(
         + (f" · {distributed.world().size} processes" if distributed.world().distributed else ""))
     for note in dict.fromkeys(n for spec in specs for n in spec.notes):  # which split, once each
         say(f"note: {note}")
-    failed, held = [], []
-    for spec in specs:
-        # rank 0 claims the run (bench.claim: no other process trains it meanwhile) and its view of the
-        # finished records decides for every rank (a record appearing meanwhile, or a network file
-        # system's cache, would otherwise send ranks down different branches)
-        claim = None
-        try:
-            if main:
-                done, rescored = record_path(results, spec.key).is_file(), rescored_twin(spec, results)
-                if not (done or rescored):
-                    claim = claim_run(results, spec.key)
-                    # finished by another process between the look and the claim: its record is there now
-                    done = not isinstance(claim, str) and record_path(results, spec.key).is_file()
-            done, rescored, holder = distributed.gather_objects(
-                (done, rescored, claim if isinstance(claim, str) else None) if main else None)[0]
-            if done:
-                old = main and code_changed(read_record(results, spec.key))
-                say(f"  {spec.key}: finished earlier, skipped" + (
-                    f"; {spec.model}'s code changed since it trained, so its numbers are the old code's: to train "
-                    f"the new code, choose another --results (or delete records/{spec.key}.json and runs/{spec.key}/)"
-                    if old else ""))
-                continue
-            if rescored:
-                say(f"  {spec.key}: the same training was rescored under {spec.policy} ({rescored}), skipped")
-                continue
-            if holder:
-                say(f"  {spec.key}: being run by {holder}, skipped")
-                held.append(spec.key)
-                continue
-            try:
-                rec = run_one(spec, results_dir=results, device=dev, resume=resume, show_progress=progress)
-            except Exception as exc:
-                # one run failing (a diverging loss, out of memory) does not cost the rest of the grid; under
-                # torchrun a failure still ends the run, as every rank must take the same path; the grid's
-                # last run, the first to fail, fails the command as a single run does (its own one line)
-                if distributed.world().distributed or (not failed and spec is specs[-1]):
-                    raise
-                failed.append(spec.key)
-                if not isinstance(exc, BenchError):  # a bug, not bad input: its traceback
-                    _echo_err(traceback.format_exc().rstrip())
-                why = _one_line(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
-                _echo_err(f"  {spec.key}: FAILED: {why}")
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            if rec is None:  # not rank 0
-                continue
-            say(f"  {spec.key}: {_scores_text(rec)} · {rec['wall_time_s']:.0f}s")
-        finally:
-            if claim is not None and not isinstance(claim, str):
-                claim.release()
-    distributed.shutdown()
-    if failed:
-        raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({', '.join(failed)}), the others finished; "
-                         "after fixing the cause, the same command runs them again (finished runs are skipped; "
-                         "--resume continues a failed one from its last checkpoint)" + (
-                             f"; {len(held)} more were being run by other processes" if held else ""))
-    if held:  # not done here: a job requeued on another node before a killed one's claim went stale ends unfinished
-        raise BenchError(f"{len(held)} of {len(specs)} run(s) were being run by other processes and were skipped "
-                         f"({', '.join(held)}); the same command later finds them finished, or takes over those "
-                         "whose process died (with --resume, from their last checkpoint)")
+    run_grid(specs, results_dir=results, device=dev, resume=resume, show_progress=progress, say=say,
+             say_error=_echo_err)
 
 
 @app.command()
@@ -398,7 +324,7 @@ def rescore(
     from bench.env import resolve_device
     from bench.registry import resolve_models
     from bench.protocol import load_protocol
-    from bench.records import ensure_writable_dir, record_path
+    from bench.records import ensure_writable_dir, record_path, scores_text
     from bench.rescore import other_device_warning, plan_rescore, rescore_id, rescore_record
 
     _check_scan_backend_variable()
@@ -427,7 +353,7 @@ def rescore(
         if new is None:
             typer.echo(f"  {new_id}: scored meanwhile by another process, skipped")
         else:
-            typer.echo(f"  {new['run_id']}: {_scores_text(new, unit=True)}")
+            typer.echo(f"  {new['run_id']}: {scores_text(new, unit=True)}")
 
     _each_run(todo, score, "rescored")
 
@@ -484,15 +410,16 @@ def _each_run(todo: list[dict], do: Callable[[dict], None], verb: str) -> None:
     """``do(record)`` for each finished run: one that cannot be done (weights deleted, damaged or no
     longer fitting a plugin's edited code) is one line and the rest are still done; then one error
     names those left out. A single run's error is its own line."""
-    failed = []
+    from bench.run import note_failure
+
+    failed: list[str] = []
     for rec in todo:
         try:
             do(rec)
         except BenchError as exc:
             if len(todo) == 1:
                 raise
-            failed.append(rec["run_id"])
-            _echo_err(f"  {rec['run_id']}: FAILED: {_one_line(exc)}")
+            note_failure(rec["run_id"], exc, failed, _echo_err)
     if failed:
         raise BenchError(f"{len(failed)} of {len(todo)} run(s) could not be {verb} ({', '.join(failed)}), the others "
                          "were; after fixing the cause, the same command does the rest")
@@ -582,7 +509,6 @@ def profile(
     import json
 
     import pandas as pd
-    import torch
 
     from bench import cost
     from bench.env import resolve_device
@@ -852,7 +778,7 @@ def _main() -> None:
     except BenchError as exc:
         if os.environ.get("BENCH_DEBUG"):
             raise
-        line = f"error: {_one_line(exc)}"
+        line = f"error: {one_line(exc)}"
         if not distributed.note_error(line):  # kept for `bench run --nproc`'s launcher, else said here
             _echo_err(line)
         sys.exit(2)
@@ -918,12 +844,3 @@ def _check_scan_backend_variable() -> None:
     problem = forced_backend_problem()
     if problem:
         raise BenchError(f"{problem} (or unset it: automatic)")
-
-
-def _one_line(exc: BenchError) -> str:
-    # torch re-raises an error from a DataLoader worker as the same type, but with the worker's
-    # whole traceback as its message; the user's message is its last line.
-    text = str(exc)
-    if text.startswith("Caught BenchError in DataLoader worker"):
-        text = text.rstrip().rsplit("BenchError: ", 1)[-1]
-    return text

@@ -18,3 +18,13 @@ def exception_chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(current))
         yield current
         current = current.__cause__ or current.__context__
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message as the command line says it. torch re-raises an error from a DataLoader
+    worker as the same type, with the worker's whole traceback as its message: the user's message is
+    its last line."""
+    text = str(exc)
+    if text.startswith("Caught BenchError in DataLoader worker"):
+        text = text.rstrip().rsplit("BenchError: ", 1)[-1]
+    return text

@@ -677,3 +677,12 @@ def _numeric(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         if col in frame.columns:
             frame[col] = pd.to_numeric(frame[col], errors="coerce")
     return frame
+
+
+def scores_text(rec: Mapping[str, Any], unit: bool = False) -> str:
+    """"DSC 81.23 · HD95 18.40" from a run record (no HD95 where the policy computes none)."""
+    m = rec["metrics"]
+    hd = m.get("hd95")
+    has_hd = hd is not None and hd == hd  # legacy-isic computes no HD95 (NaN)
+    hd_unit = f" {rec.get('hd95_unit')}" if unit and rec.get("hd95_unit") else ""
+    return f"DSC {100 * m['dice']:.2f}" + (f" · HD95 {hd:.2f}{hd_unit}" if has_hd else "")

@@ -13,11 +13,12 @@ import hashlib
 import json
 import sys
 import time
+import traceback
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -26,7 +27,7 @@ from bench.data import check_folds, get_reader, open_dataset, synthetic_identity
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import (cache_training_volumes, patch_fit_note, preprocess_processes, slicing_note,
                                    target_spacing, volume_prep)
-from bench.errors import BenchError
+from bench.errors import BenchError, one_line
 from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
 from bench.metrics import policy_fields, policy_misfit
@@ -321,6 +322,91 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
     }
     records.write_record(record, results_dir)
     return record
+
+
+def run_grid(specs: list[RunSpec], *, results_dir: Path, device: torch.device, resume: bool = False,
+             show_progress: bool = False, say: Callable[[str], None] = print,
+             say_error: Callable[[str], None] = functools.partial(print, file=sys.stderr)) -> None:
+    """Run a planned grid (``plan_grid``) in order: finished runs, runs rescored into their policy and
+    runs another process holds are skipped, each said in one line (``say``); the others are claimed,
+    trained, evaluated and recorded (``run_one``). One run failing does not cost the rest: it is one
+    line (``say_error``) and the grid goes on; a BenchError at the end names those that failed or were
+    held by other processes. Under torchrun every rank calls it with rank 0's plan; the first failure
+    ends it on every rank, since all must take the same path; the process group is shut down after."""
+    from bench.claim import claim_run
+    from bench.registry import code_changed
+    from bench.rescore import rescored_twin
+
+    main = distributed.world().main
+    say = say if main else (lambda *a, **k: None)
+    failed, held = [], []
+    for spec in specs:
+        # rank 0 claims the run (bench.claim: no other process trains it meanwhile) and its view of the
+        # finished records decides for every rank (a record appearing meanwhile, or a network file
+        # system's cache, would otherwise send ranks down different branches)
+        claim = None
+        try:
+            if main:
+                done, rescored = records.record_path(results_dir, spec.key).is_file(), rescored_twin(spec, results_dir)
+                if not (done or rescored):
+                    claim = claim_run(results_dir, spec.key)
+                    # finished by another process between the look and the claim: its record is there now
+                    done = not isinstance(claim, str) and records.record_path(results_dir, spec.key).is_file()
+            done, rescored, holder = distributed.gather_objects(
+                (done, rescored, claim if isinstance(claim, str) else None) if main else None)[0]
+            if done:
+                old = main and code_changed(records.read_record(results_dir, spec.key))
+                say(f"  {spec.key}: finished earlier, skipped" + (
+                    f"; {spec.model}'s code changed since it trained, so its numbers are the old code's: to train "
+                    f"the new code, choose another --results (or delete records/{spec.key}.json and runs/{spec.key}/)"
+                    if old else ""))
+                continue
+            if rescored:
+                say(f"  {spec.key}: the same training was rescored under {spec.policy} ({rescored}), skipped")
+                continue
+            if holder:
+                say(f"  {spec.key}: being run by {holder}, skipped")
+                held.append(spec.key)
+                continue
+            try:
+                rec = run_one(spec, results_dir=results_dir, device=device, resume=resume,
+                              show_progress=show_progress)
+            except Exception as exc:
+                # one run failing (a diverging loss, out of memory) does not cost the rest of the grid; under
+                # torchrun a failure still ends the run, as every rank must take the same path; the grid's
+                # last run, the first to fail, fails the command as a single run does (its own one line)
+                if distributed.world().distributed or (not failed and spec is specs[-1]):
+                    raise
+                note_failure(spec.key, exc, failed, say_error)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            if rec is None:  # not rank 0
+                continue
+            say(f"  {spec.key}: {records.scores_text(rec)} · {rec['wall_time_s']:.0f}s")
+        finally:
+            if claim is not None and not isinstance(claim, str):
+                claim.release()
+    distributed.shutdown()  # every rank is through the grid (distributed.init began it)
+    if failed:
+        raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({', '.join(failed)}), the others finished; "
+                         "after fixing the cause, the same command runs them again (finished runs are skipped; "
+                         "--resume continues a failed one from its last checkpoint)" + (
+                             f"; {len(held)} more were being run by other processes" if held else ""))
+    if held:  # not done here: a job requeued on another node before a killed one's claim went stale ends unfinished
+        raise BenchError(f"{len(held)} of {len(specs)} run(s) were being run by other processes and were skipped "
+                         f"({', '.join(held)}); the same command later finds them finished, or takes over those "
+                         "whose process died (with --resume, from their last checkpoint)")
+
+
+def note_failure(key: str, exc: Exception, failed: list[str], say_error: Callable[[str], None]) -> None:
+    """One run of several that failed, said in one line (a bug rather than bad input: its traceback
+    first) and kept in ``failed`` for the command's closing error."""
+    failed.append(key)
+    if not isinstance(exc, BenchError):
+        say_error(traceback.format_exc().rstrip())
+    why = one_line(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+    say_error(f"  {key}: FAILED: {why}")
 
 
 def _given_weights(model, path: str, run_dir: Path, main: bool) -> TrainResult:
