@@ -36,6 +36,15 @@ DEFAULT_PROTOCOL = {"synapse": "synapse", "isic17": "isic17", "isic18": "isic18"
                     "isic_all": "isic_all"}
 
 
+# options several commands declare alike
+Models = Annotated[str, typer.Option(help="'all' or a comma list of registered models")]
+FinishedRuns = Annotated[Path, typer.Option(help="results directory with the finished runs")]
+RunsProtocol = Annotated[Optional[Path], typer.Option(help="the runs' protocol .toml, for runs of a file that is "
+                                                      "not built in")]
+ScoringThreads = Annotated[Optional[int], typer.Option(help="torch CPU threads (the run's own count repeats its CPU "
+                                                            "predictions bit for bit)")]
+
+
 class Device(str, enum.Enum):
     auto = "auto"
     cpu = "cpu"
@@ -56,8 +65,15 @@ def _echo_err(msg: str) -> None:
     typer.secho(msg, fg=typer.colors.RED, err=True)
 
 
-def _set_threads(threads: int | None) -> None:
-    """--threads: torch's CPU threads, where given."""
+def _compute_setup(threads: int | None) -> None:
+    """For the commands that run models: BENCH_SCAN_BACKEND names a backend that runs here (or they
+    would stop at the first scan with a traceback, after training for rescore; doctor reports it),
+    and --threads, torch's CPU threads, where given."""
+    from ssm_models.scan import forced_backend_problem
+
+    problem = forced_backend_problem()
+    if problem:
+        raise BenchError(f"{problem} (or unset it: automatic)")
     if threads is None:
         return
     if threads < 1:
@@ -138,7 +154,7 @@ def _argv_of(ctx: typer.Context, drop: tuple[str, ...] = ()) -> list[str]:
 @app.command()
 def run(
     ctx: typer.Context,
-    models: Annotated[str, typer.Option(help="'all' or a comma list of registered models")] = "all",
+    models: Models = "all",
     dataset: Annotated[str, typer.Option(help="synapse, isic17, isic18, polyp, isic_all or nnunet")] = "synapse",
     protocol: Annotated[Optional[str], typer.Option(help="protocol name or .toml path "
                                                     "(default: the dataset's; nnunet has none)")] = None,
@@ -186,8 +202,7 @@ def run(
     from bench.registry import get_entry, resolve_models
     from bench.run import parse_shard, plan_grid, refuse_2d_models, resolve_inits, run_grid, select_shard
 
-    _check_scan_backend_variable()
-    _set_threads(threads)
+    _compute_setup(threads)
     if distributed.rank_from_env() != 0:  # a process of a torchrun: the first says the warnings for all
         warnings.simplefilter("ignore")
     _warned.update(distributed.warned_by_launcher())  # and not those the launcher said
@@ -307,13 +322,11 @@ def report(
 def rescore(
     policy: Annotated[str, typer.Option(help="the policy to score under: legacy-synapse, legacy-isic, strict "
                                              "or strict-monai")],
-    results: Annotated[Path, typer.Option(help="results directory with the finished runs")] = DEFAULT_RESULTS,
-    models: Annotated[str, typer.Option(help="'all' or a comma list of registered models")] = "all",
-    protocol: Annotated[Optional[Path], typer.Option(help="the runs' protocol .toml, for runs of a file that is "
-                                                     "not built in")] = None,
+    results: FinishedRuns = DEFAULT_RESULTS,
+    models: Models = "all",
+    protocol: RunsProtocol = None,
     device: Annotated[Device, typer.Option(help="where to evaluate")] = Device.auto,
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (the run's own count repeats its CPU "
-                                                       "predictions bit for bit)")] = None,
+    threads: ScoringThreads = None,
 ) -> None:
     """Score finished runs under another metric policy from their saved weights.
 
@@ -327,8 +340,7 @@ def rescore(
     from bench.records import ensure_writable_dir, record_path, scores_text
     from bench.rescore import other_device_warning, plan_rescore, rescore_id, rescore_record
 
-    _check_scan_backend_variable()
-    _set_threads(threads)
+    _compute_setup(threads)
     dev = resolve_device(device.value)
     if protocol is not None:  # a broken file: one error before anything is scored
         load_protocol(protocol)
@@ -361,16 +373,14 @@ def rescore(
 @app.command()
 def predict(
     out: Annotated[Path, typer.Option(help="folder for the predictions: one subfolder per run")],
-    results: Annotated[Path, typer.Option(help="results directory with the finished runs")] = DEFAULT_RESULTS,
-    models: Annotated[str, typer.Option(help="'all' or a comma list of registered models")] = "all",
+    results: FinishedRuns = DEFAULT_RESULTS,
+    models: Models = "all",
     run: Annotated[Optional[list[str]], typer.Option(help="only this run id (repeatable)")] = None,
-    protocol: Annotated[Optional[Path], typer.Option(help="the runs' protocol .toml, for runs of a file that is "
-                                                     "not built in")] = None,
+    protocol: RunsProtocol = None,
     device: Annotated[Device, typer.Option(help="where to predict")] = Device.auto,
     native_size: Annotated[bool, typer.Option(help="ISIC/polyp: masks at each image's own size (the scored "
                                                    "ones are at model resolution); other data is native already")] = False,
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (the run's own count repeats its CPU "
-                                                       "predictions bit for bit)")] = None,
+    threads: ScoringThreads = None,
 ) -> None:
     """Write finished runs' predicted label maps for their test cases, from their saved weights.
 
@@ -387,8 +397,7 @@ def predict(
     from bench.registry import resolve_models
     from bench.rescore import other_device_warning
 
-    _check_scan_backend_variable()
-    _set_threads(threads)
+    _compute_setup(threads)
     dev = resolve_device(device.value)
     if protocol is not None:  # a broken file: one error before anything is written
         load_protocol(protocol)
@@ -478,7 +487,7 @@ class ProfileFormat(str, enum.Enum):
 
 @app.command()
 def profile(
-    models: Annotated[str, typer.Option(help="'all' or a comma list of registered models")] = "all",
+    models: Models = "all",
     img_size: Annotated[int, typer.Option(help="input side (square; a cube for 3-D variants: --set spatial_dims=3)")] = 224,
     num_classes: Annotated[int, typer.Option(help="output classes (9: Synapse, 1: ISIC)")] = 9,
     in_chans: Annotated[int, typer.Option(help="input channels")] = 3,
@@ -516,8 +525,7 @@ def profile(
     from bench.registry import resolve_models
     from bench.report import profile_labels, render_cost_md
 
-    _check_scan_backend_variable()
-    _set_threads(threads)
+    _compute_setup(threads)
     if batch_size is not None and batch_size != "auto" and not (batch_size.isdecimal() and int(batch_size) >= 2):
         raise BenchError(f"--batch-size: expected a whole number >= 2 or 'auto' (batch 1 is always timed); "
                          f"got {batch_size!r}")
@@ -834,13 +842,3 @@ def _usage_line(exc) -> str:
         text += f" Did you mean {close[0]!r}?" if close else ""
     where = f"{exc.ctx.command_path} --help" if getattr(exc, "ctx", None) else "bench --help"
     return f"{text} ({where})"
-
-
-def _check_scan_backend_variable() -> None:
-    """For the commands that run models: BENCH_SCAN_BACKEND names a backend that runs here, or they
-    would stop at the first scan with a traceback (after training, for rescore); doctor reports it."""
-    from ssm_models.scan import forced_backend_problem
-
-    problem = forced_backend_problem()
-    if problem:
-        raise BenchError(f"{problem} (or unset it: automatic)")
