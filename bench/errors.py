@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import difflib
+from collections.abc import Iterator, Sequence
 
 
 class BenchError(Exception):
     """A user-facing error: one clear message naming the file or argument and what was expected."""
+
+
+def unknown_name(kind: str, name: object, known: Sequence[str], *, plural: str | None = None,
+                 cutoff: float = 0.5) -> BenchError:
+    """"unknown <kind> 'x'; did you mean 'y'? Known <kind>s: ..." for a name outside ``known``."""
+    close = difflib.get_close_matches(str(name).lower(), list(known), n=1, cutoff=cutoff)
+    hint = f"; did you mean {close[0]!r}?" if close else "."
+    return BenchError(f"unknown {kind} {name!r}{hint} Known {plural or kind + 's'}: {', '.join(known)}")
 
 
 def exception_chain(exc: BaseException) -> Iterator[BaseException]:

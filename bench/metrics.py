@@ -50,7 +50,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 from scipy import ndimage
 
-from bench.errors import BenchError
+from bench.errors import BenchError, unknown_name
 
 __all__ = [
     "HD_DEFINITIONS", "PENALTY", "POLICIES", "Outcome", "Policy", "PooledConfusion", "aggregate",
@@ -355,9 +355,7 @@ def get_policy(policy: str | Policy) -> Policy:
     if isinstance(policy, Policy):
         return policy
     if policy not in POLICIES:
-        close = difflib.get_close_matches(str(policy), list(POLICIES), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else "."
-        raise BenchError(f"unknown metric policy {policy!r}{hint} Known policies: {', '.join(POLICIES)}")
+        raise unknown_name("metric policy", policy, list(POLICIES), plural="policies", cutoff=0.6)
     return POLICIES[policy]
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError
+from bench.errors import BenchError, unknown_name
 
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
 
@@ -507,10 +507,7 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
     if path.suffix != ".toml":
         path = PROTOCOL_DIR / f"{name_or_path}.toml"
         if not path.is_file():
-            known = list_protocols()
-            close = difflib.get_close_matches(str(name_or_path), known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise BenchError(f"unknown protocol {str(name_or_path)!r}{hint} Known protocols: {', '.join(known)}")
+            raise unknown_name("protocol", str(name_or_path), list_protocols(), cutoff=0.6)
     if not path.is_file():
         raise BenchError(f"protocol file not found: {path}")
     try:

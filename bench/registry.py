@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from bench.errors import BenchError
+from bench.errors import BenchError, unknown_name
 from bench.modeling import SegmentationModel, size_error
 
 FAMILIES = ("ssm", "cnn", "transformer")
@@ -135,19 +135,13 @@ def _load_builtins() -> None:
                           f"failed to load, its models are missing: {type(exc).__name__}: {first}", stacklevel=2)
 
 
-def _unknown(kind: str, name: str, known: list[str]) -> BenchError:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else "."
-    return BenchError(f"unknown {kind} {name!r}{hint} Known {kind}s: {', '.join(known)}")
-
-
 def list_models(family: str | None = None) -> list[str]:
     """Registered model names (built-ins and plugins), sorted; of one family ("ssm", "cnn",
     "transformer", in any case) if given."""
     _load_builtins()
     if family is not None:
         if family.lower() not in FAMILIES:
-            raise _unknown("family", family, list(FAMILIES))
+            raise unknown_name("family", family, list(FAMILIES))
         family = family.lower()
     return sorted(n for n, e in _REGISTRY.items() if family is None or e.family == family)
 
@@ -157,7 +151,7 @@ def get_entry(name: str) -> ModelEntry:
     BenchError with "did you mean" for an unknown name."""
     _load_builtins()
     if name not in _REGISTRY:
-        exc = _unknown("model", name, list_models())
+        exc = unknown_name("model", name, list_models())
         if PLUGIN_ERRORS:
             failed = "; ".join(f"{k} ({v})" for k, v in PLUGIN_ERRORS.items())
             exc = BenchError(f"{exc}; model plugins that failed to load: {failed}")
@@ -450,6 +444,6 @@ def load_weights(model: nn.Module, path: str | Path, source: str = "authors") ->
     entry: ModelEntry | None = getattr(model, "bench_entry", None)
     loaders = dict(entry.pretrained) if entry else {}
     if source not in loaders:
-        raise _unknown("weights source", source, ["authors", *sorted(loaders)])
+        raise unknown_name("weights source", source, ["authors", *sorted(loaders)])
     report = loaders[source](model, raw)
     return {"source": source, "path": str(path), **report}

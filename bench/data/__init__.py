@@ -21,7 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 from bench.data.base import Case, Sample, SegDataset
@@ -30,7 +29,7 @@ from bench.data.nnunet import NnUNetDataset
 from bench.data.polyp import PolypDataset
 from bench.data.synapse import SynapseDataset
 from bench.data.synth import GENERATOR_VERSION, TEMP_SUFFIX, synthesize, synthetic_identity
-from bench.errors import BenchError
+from bench.errors import BenchError, unknown_name
 from bench.records import remove_orphans
 
 DATASETS: dict[str, type[SegDataset]] = {
@@ -59,10 +58,7 @@ def get_reader(name: str) -> type[SegDataset]:
     except AttributeError:
         raise BenchError(f"dataset name must be a string, got {name!r}") from None
     except (KeyError, TypeError):
-        known = list_datasets()
-        close = difflib.get_close_matches(str(name).lower(), known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise BenchError(f"unknown dataset {name!r}{hint} Known datasets: {', '.join(known)}") from None
+        raise unknown_name("dataset", name, list_datasets(), cutoff=0.6) from None
 
 
 def check_folds(name: str) -> None:
