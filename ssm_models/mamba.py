@@ -21,6 +21,17 @@ from ssm_models.scan import fused_mamba_inner, selective_scan, upcast
 __all__ = ["Mamba"]
 
 
+def dt_bias(d_inner: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor: float = 1e-4) -> torch.Tensor:
+    """Inverse softplus of time steps drawn log-uniformly in [dt_min, dt_max] (Mamba's dt init; VMamba's too)."""
+    dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+def a_log(rows: int, d_state: int) -> torch.Tensor:
+    """S4D-real's A = -(1, 2, ..., N) per row, stored as log(-A) (Mamba's and VMamba's init)."""
+    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(rows, 1)
+
+
 class Mamba(nn.Module):
     """Input and output (B, L, d_model)."""
 
@@ -37,10 +48,9 @@ class Mamba(nn.Module):
         self.dt_proj = nn.Linear(self.dt_rank, di, bias=True)
         std = self.dt_rank**-0.5
         nn.init.uniform_(self.dt_proj.weight, -std, std)
-        dt = torch.exp(torch.rand(di) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
         with torch.no_grad():
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(di, 1))
+            self.dt_proj.bias.copy_(dt_bias(di, dt_min, dt_max, dt_init_floor))
+        self.A_log = nn.Parameter(a_log(di, d_state))
         self.D = nn.Parameter(torch.ones(di))
         self.out_proj = nn.Linear(di, d_model, bias=False)
 

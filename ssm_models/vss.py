@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssm_models.mamba import a_log, dt_bias
 from ssm_models.scan import selective_scan, upcast
 
 __all__ = ["SS2D", "VSSBlock", "PatchEmbed2D", "PatchMerging2D", "PatchExpand2D", "DropPath"]
@@ -42,12 +43,6 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
-def _dt_bias(d_inner: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor: float = 1e-4) -> torch.Tensor:
-    """Inverse softplus of time steps drawn log-uniformly in [dt_min, dt_max] (Mamba's dt init)."""
-    dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
-    return dt + torch.log(-torch.expm1(-dt))
-
-
 class SS2D(nn.Module):
     """2-D selective scan in four directions. Input and output (B, H, W, d_model)."""
 
@@ -66,9 +61,8 @@ class SS2D(nn.Module):
         self.x_proj_weight = nn.Parameter(torch.stack(x_proj))  # (K, r + 2N, di)
         std = r**-0.5
         self.dt_projs_weight = nn.Parameter(torch.empty(k, di, r).uniform_(-std, std))
-        self.dt_projs_bias = nn.Parameter(torch.stack([_dt_bias(di) for _ in range(k)]))  # (K, di)
-        a = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(k * di, 1)
-        self.A_logs = nn.Parameter(a)  # (K·di, N); A = -exp(A_logs)
+        self.dt_projs_bias = nn.Parameter(torch.stack([dt_bias(di) for _ in range(k)]))  # (K, di)
+        self.A_logs = nn.Parameter(a_log(k * di, d_state))  # (K·di, N); A = -exp(A_logs)
         self.Ds = nn.Parameter(torch.ones(k * di))
         self.out_norm = nn.LayerNorm(di)
         self.out_proj = nn.Linear(di, d_model, bias=False)
