@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import h5py
@@ -1125,3 +1126,50 @@ def test_verify_nnunet_rgb_png_case_missing_its_file_is_one_problem(tmp_path):
     (root / "imagesTr" / "b_0002.png").unlink()
     assert _paths(verify_dataset("nnunet", root)) == [str(root / "imagesTr" / "b_0000.png"),
                                                       str(root / "imagesTr" / "b_0002.png")]
+
+
+def test_test_images_that_are_training_images_are_found(roots, tmp_path):
+    """From a data journey: a test image copied into train/ passed `bench data verify` (which bench
+    run then refused), and merged ISIC data trained on its test images unsaid (DSC 9 -> 64). ISIC ids
+    name one image: isic17 refuses it, both verify it, isic_all warns (the authors' merged data may
+    hold such images), polyp, whose names repeat across sources, is not checked."""
+    from bench.data.verify import verify_dataset
+
+    isic = _copy(roots["isic"], tmp_path / "a")
+    for sub, name in (("images", "ISIC_0000004.png"), ("masks", "ISIC_0000004_segmentation.png")):
+        shutil.copy(isic / "val" / sub / name, isic / "train" / sub / name)
+    with pytest.raises(BenchError, match="ISIC_0000004 in both the training split and the test split"):
+        open_dataset("isic17", isic).check_splits()
+    assert [p.message for p in verify_dataset("isic17", isic) if p.level == "error"] == [
+        "ISIC_0000004 in both train/images and val/images; a test case is never trained on"]
+    merged = _copy(roots["isic_all"], tmp_path / "b")
+    for sub, name in (("images", "ISIC_0000005.png"), ("masks", "ISIC_0000005_segmentation.png")):
+        shutil.copy(merged / "val" / "isic18" / sub / name, merged / "train" / sub / name)
+    said = ("test images that are training images too (the same ISIC id) — isic18: 1 of 2 (ISIC_0000005): their "
+            "scores are of images the model trained on")
+    with pytest.warns(UserWarning, match=re.escape(said)):
+        open_dataset("isic_all", merged)
+    assert [(p.level, p.message) for p in verify_dataset("isic_all", merged)] == [("warning", said)]
+    polyp = _copy(roots["polyp"], tmp_path / "c")
+    test = sorted((polyp / "TestDataset").iterdir())[0]
+    for sub in ("images", "masks"):
+        image = sorted((test / sub).iterdir())[0]
+        shutil.copy(image, polyp / "TrainDataset" / sub / image.name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        open_dataset("polyp", polyp)
+
+
+def test_16_bit_images_are_scaled_to_8_bits(roots, tmp_path):
+    """From a data journey: a 16-bit grayscale image read as all white (convert("RGB") clips), and
+    verify said OK."""
+    from bench.data.isic import read_rgb
+
+    wide = (np.arange(48 * 40, dtype=np.uint32).reshape(48, 40) * 34).astype(np.uint16)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    rgb = read_rgb(tmp_path / "wide.png")
+    assert rgb.shape == (48, 40, 3) and rgb.dtype == np.uint8
+    assert np.array_equal(rgb[..., 1], np.rint(wide / 257).astype(np.uint8)) and len(np.unique(rgb)) > 200
+    Image.fromarray(wide.astype(np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(BenchError, match=r"float\.tif: a float image \(mode F\), which has no fixed range"):
+        read_rgb(tmp_path / "float.tif")

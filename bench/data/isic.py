@@ -11,7 +11,7 @@ filename order**, as the authors' ``NPY_datasets`` does; on their data the two a
 renamed or missing file from shifting every later mask onto the wrong image. The authors' test
 set *is* ``val/`` (its configs train on ``train/`` and test on ``val/``), so ``test_ids()`` are the ``val`` images.
 
-Arrays: image uint8 RGB (H, W, 3) (``Image.convert("RGB")``); mask read as grayscale ("L") and
+Arrays: image uint8 RGB (H, W, 3) (``Image.convert("RGB")``; 16-bit grayscale scaled to 8 bits); mask read as grayscale ("L") and
 divided by 255 -> float32 (H, W) in [0, 1], kept soft because VM-UNet trains on the resized soft
 mask and thresholds only at scoring. Binary task: one sigmoid output channel.
 
@@ -30,6 +30,7 @@ conventions).
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -58,11 +59,26 @@ def _decode(path: Path, mode: str) -> np.ndarray:
     # Image.open only parses the header: convert() decodes, where a truncated file fails.
     with reading(path, "an image"):
         with Image.open(path) as im:
+            if mode == "RGB" and im.mode.startswith(("I", "F")):
+                return _wide_to_rgb(path, im)
             return np.asarray(im.convert(mode), dtype=np.uint8).copy()
 
 
+def _wide_to_rgb(path: Path, im: Image.Image) -> np.ndarray:
+    """A 16-bit grayscale image scaled to 8 bits (65535 -> 255): convert("RGB") clips it, so all but
+    its darkest pixels read as white. Float or 32-bit integer values beyond 16 bits have no range to
+    scale by (Pillow reads some 16-bit files as mode "I": their values fit)."""
+    wide = np.asarray(im, dtype=np.float64)
+    if im.mode == "F" or (wide.size and (wide.min() < 0 or wide.max() > 65535)):
+        raise BenchError(f"{path}: a {'float' if im.mode == 'F' else '32-bit integer'} image (mode {im.mode}), "
+                         "which has no fixed range to read as 8-bit RGB; save it as an 8-bit or 16-bit image")
+    gray = np.rint(wide / 257.0).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
 def read_rgb(path: Path) -> np.ndarray:
-    """uint8 (H, W, 3). BenchError naming the file when it does not decode."""
+    """uint8 (H, W, 3); a 16-bit grayscale image scaled to 8 bits. BenchError naming the file when it
+    does not decode."""
     return _decode(path, "RGB")
 
 
@@ -298,6 +314,7 @@ class MultiSetDataset(BinaryFolderDataset):
 
     train_dir: str = ""
     test_dir: str = ""
+    unique_names = False  # a file name names one image across the data (ISIC ids): test images trained on are warned
 
     def __init__(self, root: str | Path):
         super().__init__(root)
@@ -314,6 +331,9 @@ class MultiSetDataset(BinaryFolderDataset):
         for name in self.sets:
             folder = self.root / self.test_dir / name
             self._test.update(index_pairs(folder / "images", folder / "masks", prefix=f"{name}/"))
+        if self.unique_names and (shared := shared_images(self.train_ids(), self.test_ids())):
+            counts = {name: sum(i.startswith(f"{name}/") for i in self._test) for name in self.sets}
+            warnings.warn(f"{self.root}: {shared_images_note(shared, counts)}", stacklevel=2)
 
     @classmethod
     def find_test_sets(cls, root: str | Path) -> list[str]:
@@ -353,9 +373,32 @@ class Isic18Dataset(IsicDataset):
     name = "isic18"
 
 
+def shared_images(train_ids: list[str], test_ids: list[str]) -> dict[str, list[str]]:
+    """Per test set ("" for a single test folder), the test images whose ISIC id is a training
+    image's too (test ids "<set>/<stem>" or "<stem>"). ISIC ids name one image across the archive's
+    years, so a shared id is the same image, scored after training on it; polyp images are named by
+    number within each source, so polyp data is not checked this way."""
+    train, shared = set(train_ids), {}
+    for item in test_ids:
+        name, _, stem = item.rpartition("/")
+        if stem in train:
+            shared.setdefault(name, []).append(stem)
+    return shared
+
+
+def shared_images_note(shared: dict[str, list[str]], counts: dict[str, int]) -> str:
+    """The warning for ``shared_images``' findings."""
+    parts = [f"{name or 'the test set'}: {len(ids)} of {counts[name]} ({', '.join(sorted(ids)[:3])}"
+             f"{', …' if len(ids) > 3 else ''})" for name, ids in sorted(shared.items())]
+    return (f"test images that are training images too (the same ISIC id) — {'; '.join(parts)}: their scores are "
+            "of images the model trained on")
+
+
 class IsicAllDataset(MultiSetDataset):
     """VM-UNet-V2's merged ISIC data: one model trains on the ISIC 2017 and 2018 training images
-    together and is tested on each year's test images on its own (train_isic_all.py)."""
+    together and is tested on each year's test images on its own (train_isic_all.py). A test image
+    that is also a training image (merged years can share images) is warned, not refused: it may be
+    the authors' own data, which a reproduction must be able to run."""
 
     kind = "isic_all"
     name = "isic_all"
@@ -366,3 +409,4 @@ class IsicAllDataset(MultiSetDataset):
         "<root>/train/{images,masks}/ and <root>/val/<set>/{images,masks}/ "
         "(VM-UNet-V2 Isic_datasets layout; sets isic17, isic18)"
     )
+    unique_names = True

@@ -233,6 +233,9 @@ def _check_pairs(images_dir: Path, masks_dir: Path, report: _Report) -> None:
 def _check_isic(root: Path, report: _Report, reader) -> None:
     for split in ("train", "val"):
         _check_pairs(root / split / "images", root / split / "masks", report)
+    stems = {split: [p.stem for p in isic_io.list_images(root / split / "images")] for split in ("train", "val")}
+    for problem in split_problems(stems["train"], stems["val"], names=("train/images", "val/images")):
+        report.add(root, problem)  # bench run refuses it: a test image trained on
 
 
 def _check_test_sets(root: Path, report: _Report, reader) -> None:
@@ -244,9 +247,15 @@ def _check_test_sets(root: Path, report: _Report, reader) -> None:
         report.add(path, message)
     if not sets:
         report.add(root / reader.test_dir, "no test set folders with images/ and masks/")
+    test: dict[str, list[str]] = {}
     for name in sets:
         folder = root / reader.test_dir / name
         _check_pairs(folder / "images", folder / "masks", report)
+        test[name] = [p.stem for p in isic_io.list_images(folder / "images")]
+    if reader.unique_names:  # warned by bench run, as the authors' merged data may hold such images
+        train_ids = [p.stem for p in isic_io.list_images(train / "images")]
+        if shared := isic_io.shared_images(train_ids, [f"{n}/{s}" for n, ids in test.items() for s in ids]):
+            report.add(root, isic_io.shared_images_note(shared, {n: len(ids) for n, ids in test.items()}), "warning")
 
 
 # --- nnU-Net ---------------------------------------------------------------------------------
