@@ -37,7 +37,7 @@ from bench.data.intensity import intensity_stats
 from bench.data.preprocess import volume_prep
 from bench.evaluate import predict_cases, scored_ids
 from bench.rescore import run_model, weights_path
-from bench.run import file_sha256
+from bench.fileio import file_sha256
 
 MANIFEST = "prediction.json"
 

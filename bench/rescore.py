@@ -87,7 +87,9 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
         raise BenchError(f"run {rec['run_id']}: its {split} split of {rec['data_root']} now holds other cases than "
                          f"the {len(scored)} it was scored on, so cases the model trained on could be {what}")
     recorded = rec.get("data_id")  # absent in older records, empty for runs identified by their data's path
-    if recorded and (synthetic_identity(root) or dataset.content_id()) != recorded:
+    # content ids of runs begun before they read the test labels are those without (scored=False)
+    if recorded and recorded not in ({synthetic_identity(root)} if synthetic_identity(root) else
+                                     {dataset.content_id(), dataset.content_id(scored=False)}):
         raise BenchError(f"run {rec['run_id']}: the data at {root} changed since it was scored (files, sizes or "
                          f"content differ), so it cannot be {what} on it")
     # the statistics its images were normalised with in training, not ones drawn from the data as it is now

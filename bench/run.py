@@ -28,6 +28,7 @@ from bench.data.intensity import intensity_stats
 from bench.data.preprocess import (cache_training_volumes, patch_fit_note, preprocess_processes, slicing_note,
                                    target_spacing, volume_prep)
 from bench.errors import BenchError, one_line
+from bench.fileio import file_sha256
 from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
 from bench.metrics import policy_fields, policy_misfit
@@ -477,20 +478,6 @@ def select_shard(specs: list[RunSpec], shard: str | None) -> list[RunSpec]:
     return sorted(specs, key=lambda s: s.key)[k - 1::n]
 
 
-def file_sha256(path: Path) -> str:
-    st = path.stat()
-    return _sha256_of(str(path.resolve()), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=None)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # a grid plans per model: hash each file once
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def resolve_inits(models: list[str], protocol: Protocol,
                   pretrained_dir: Path | None) -> dict[str, tuple[str, str, str]]:
     """The pretrained file each model starts from under ``protocol`` (registry ``init``, found in
@@ -629,18 +616,19 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     specs = [RunSpec(m, dataset, protocol, s, data_root, synthetic, chosen, tuple(sorted(over[m].items())), fold, inits.get(m),
                      split_sha[fold], data_id, tuple(split[fold].notes), small[m], given)
              for m in models for s in seeds for fold in fold_list]
-    return [_earlier_id(spec, results_dir) for spec in specs]
+    earlier = ("", ds.content_id(scored=False)) if data_id.startswith("files:") else ()
+    return [_earlier_id(spec, results_dir, earlier) for spec in specs]
 
 
-def _earlier_id(spec: RunSpec, results_dir: Path) -> RunSpec:
-    """A run begun when data was identified by its absolute path (before content_id) keeps that id
-    where its record or run folder is there: finished, it is skipped; interrupted, it resumes; its
-    rescored twins are found."""
-    if not spec.data_id.startswith("files:"):
-        return spec
-    by_path = replace(spec, data_id="")
-    started = (results_dir / "runs" / by_path.key).is_dir() or records.record_path(results_dir, by_path.key).is_file()
-    return by_path if started else spec
+def _earlier_id(spec: RunSpec, results_dir: Path, earlier: tuple[str, ...]) -> RunSpec:
+    """A run begun when its data was identified otherwise (``earlier``: by its absolute path, before
+    content_id; by content_id before it read the test labels) keeps that id where its record or run
+    folder is there: finished, it is skipped; interrupted, it resumes; its rescored twins are found."""
+    for data_id in earlier:
+        old = replace(spec, data_id=data_id)
+        if (results_dir / "runs" / old.key).is_dir() or records.record_path(results_dir, old.key).is_file():
+            return old
+    return spec
 
 
 def _ids_sha(ids: list[str]) -> str:

@@ -823,7 +823,7 @@ def test_fold_runs_are_identified_by_their_cases(roots, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["synapse", "isic", "polyp", "isic_all", "nnunet", "nnunet2d"])
-def test_data_is_identified_by_its_files_wherever_it_lies(roots, tmp_path, kind):
+def test_data_is_identified_by_its_files_wherever_it_lies(roots, tmp_path, kind, monkeypatch):
     """content_id: the same files under another root are the same data; a file of another size or
     other bytes, a missing one or a changed split file make other data."""
     dataset = {"isic": "isic17", "nnunet2d": "nnunet"}.get(kind, kind)
@@ -841,6 +841,7 @@ def test_data_is_identified_by_its_files_wherever_it_lies(roots, tmp_path, kind)
     grown = ident(b)
     assert grown != ident(a)
     # data made otherwise whose files keep their sizes (uncompressed slices do): the bytes sampled differ
+    from bench.data import base
     from bench.data.base import CONTENT_SAMPLES
 
     files_a = open_dataset(dataset, a).source_files()
@@ -849,6 +850,17 @@ def test_data_is_identified_by_its_files_wherever_it_lies(roots, tmp_path, kind)
     data[len(data) // 2] ^= 0xFF
     sampled.write_bytes(bytes(data))
     assert ident(a) != before
+    # a test label changed in place, its size kept (an organ relabelled in a test volume), in a file the
+    # sample does not read (one file sampled here): every byte of the files test labels come from is read
+    monkeypatch.setattr(base, "CONTENT_SAMPLES", 1)
+    ds = open_dataset(dataset, a)
+    label = ds.scored_files()[0]
+    assert label in ds.source_files()[1:]
+    before, legacy = ident(a), ds.content_id(scored=False)
+    data = bytearray(label.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    label.write_bytes(bytes(data))
+    assert ident(a) != before and open_dataset(dataset, a).content_id(scored=False) == legacy
     if kind == "synapse":  # a listed file gone (elsewhere a file gone is an unpaired item or a case gone)
         files[0].unlink()
         assert ident(b) not in (grown, ident(a))

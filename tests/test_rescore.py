@@ -16,7 +16,7 @@ from bench.protocol import PROTOCOL_DIR, load_protocol
 from bench.records import load, record_path, write_record
 from bench.registry import get_entry
 from bench.report import leaderboards
-from bench.rescore import plan_rescore, record_protocol, rescore_record, run_model, weights_path
+from bench.rescore import plan_rescore, record_protocol, rescore_id, rescore_record, run_model, weights_path
 from bench.run import plan_grid, run_one
 
 CPU = torch.device("cpu")
@@ -190,6 +190,11 @@ def test_rescore_refuses_data_changed_in_place_and_names_a_custom_protocol(train
     assert rec["n_train"] == len(open_dataset("synapse", data).train_ids())  # the report's split check reads it
     assert load(tmp_path / "res")["n_train"].tolist() == [rec["n_train"]]
     (strict,) = plan_rescore(tmp_path / "res", "strict")
+    # a run recorded when content ids did not read the test labels is still of this data
+    legacy = {**strict, "data_id": open_dataset("synapse", data).content_id(scored=False)}
+    assert legacy["data_id"] != rec["data_id"]
+    assert rescore_record(legacy, "strict", tmp_path / "res", CPU)["metrics"]
+    record_path(tmp_path / "res", rescore_id(rec["run_id"], "strict")).unlink(missing_ok=True)
     test_file = next((data / "test_vol_h5").iterdir())
     test_file.write_bytes(test_file.read_bytes() + b"\0")  # edited in place: same name, other size
     with pytest.raises(BenchError, match=rf"run {rec['run_id']}: the data at {data} changed since it was scored"):

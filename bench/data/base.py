@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.errors import BenchError
+from bench.fileio import file_sha256
 
 
 @dataclass
@@ -192,14 +193,20 @@ class SegDataset:
         """The files that must exist, checked before training (``check_splits``): ``source_files``."""
         return self.source_files()
 
-    def content_id(self) -> str:
+    def scored_files(self) -> list[Path]:
+        """The files the test labels are read from (``content_id`` reads every byte of them)."""
+        raise NotImplementedError
+
+    def content_id(self, *, scored: bool = True) -> str:
         """``files:<sha256[:16]>``: what identifies data of one's own in run ids, wherever it lies.
-        Every source file's path below the root and size, and the contents of ``CONTENT_SAMPLES``
-        files spread over the list (their first and last MiB): a copy or another mount of the same
-        files keeps the id (a grid over node-local copies, a moved disk: finished runs stay
-        finished); data preprocessed or labelled otherwise gets another where a file's size or a
-        sampled file's bytes differ (uncompressed slices keep their sizes: an edit in place to
-        an unsampled one is not seen). Planning reads a few MiB, not the dataset."""
+        Every source file's path below the root and size, the contents of ``CONTENT_SAMPLES`` files
+        spread over the list (their first and last MiB) and every byte of the files the test labels
+        are read from (``scored_files``: test masks, Synapse's test volumes, nnU-Net's label files):
+        a copy or another mount of the same files keeps the id (a grid over node-local copies, a
+        moved disk: finished runs stay finished); data preprocessed otherwise gets another where a
+        file's size or a sampled file's bytes differ (uncompressed training slices keep their sizes:
+        an edit in place to an unsampled one is not seen), test labels changed in any way get
+        another. ``scored=False``: the id without the last part, as runs begun before it have it."""
         files = self.source_files()
         entries = []
         for path in files:
@@ -217,6 +224,11 @@ class SegDataset:
                     if fh.seek(0, os.SEEK_END) > 2 * _MIB:
                         fh.seek(-_MIB, os.SEEK_END)
                         digest.update(fh.read(_MIB))
+            except OSError:
+                digest.update(b"unreadable")
+        for path in self.scored_files() if scored else ():
+            try:
+                digest.update(file_sha256(path).encode())
             except OSError:
                 digest.update(b"unreadable")
         return "files:" + digest.hexdigest()[:16]

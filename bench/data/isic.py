@@ -269,6 +269,9 @@ class BinaryFolderDataset(SegDataset):
     def source_files(self) -> list[Path]:
         return [path for index in (self._train, self._test) for pair in index.values() for path in pair]
 
+    def scored_files(self) -> list[Path]:
+        return [mask for _, mask in self._test.values()]
+
     def check_geometry(self) -> str | None:
         # headers only, every pair: a test mask of another size failed after the whole training
         bad = [(image, mask, hw, mask_hw) for index in (self._train, self._test) for image, mask in index.values()

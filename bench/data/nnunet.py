@@ -673,6 +673,10 @@ class NnUNetDataset(SegDataset):
             label_path(self.root, case, self.file_ending))]
         return [self.root / "dataset.json", *([split] if split.is_file() else []), *cases]
 
+    def scored_files(self) -> list[Path]:
+        # every case's label: each is a test case of some fold
+        return [label_path(self.root, case, self.file_ending) for case in self.cases]
+
     def required_files(self) -> list[Path]:
         # an RGB PNG supplies three channels from its _0000 file: a 2-D case's later channel files
         # need not exist (reading the case says so where they were needed)

@@ -290,6 +290,10 @@ class SynapseDataset(SegDataset):
         image, label, spacing = read_volume(_existing(self.test_file(case_id)))
         return Case(case_id=case_id, image=image, label=label, spacing=spacing or self._spacing.get(case_id))
 
+    def scored_files(self) -> list[Path]:
+        table = self.root / SPACING_FILE  # HD95 in mm reads it
+        return [self.test_file(i) for i in self._test] + ([table] if table.is_file() else [])
+
     def source_files(self) -> list[Path]:
         table = self.root / SPACING_FILE  # HD95 in mm reads it
         return ([self.train_file(i) for i in self._train] + [self.test_file(i) for i in self._test]
