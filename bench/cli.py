@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -465,9 +466,10 @@ def check(
         n = result.counts()
         what = [f"{n['drift']} value(s) drifted past their tolerance" if n["drift"] else "",
                 f"{n['missing']} baseline row(s) have no value now" if n["missing"] else ""]
+        update = f"bench check --update --baseline {shlex.quote(str(baseline))} --results {shlex.quote(str(results))}"
         _echo_err(f"{' and '.join(w for w in what if w)}: see the rows marked above. If the change is meant, "
-                  f"`bench check --update --baseline {baseline} --results {results}` rewrites the values (hand-edited "
-                  "tolerances kept); else widen a row's tolerance (absolute, in its metric's unit) by hand")
+                  f"`{update}` rewrites the values (hand-edited tolerances kept); else widen a row's tolerance "
+                  "(absolute, in its metric's unit) by hand")
         if result.moved():
             _echo_err(f"{result.moved()} of them are back under a tagged label ('name@hash', '(data …)', '(init …)'): "
                       "other runs in the results folder (another protocol version, other data or pretrained files) "
@@ -711,7 +713,7 @@ def data_convert(
     else:
         path, dataset = msd_to_nnunet(raw, out), "nnunet"
     typer.echo(f"wrote the {'Synapse' if dataset == 'synapse' else 'nnU-Net v2 raw'} layout to {path}; check it "
-               f"with: bench data verify --dataset {dataset} --data-root {path}")
+               f"with: bench data verify --dataset {dataset} --data-root {shlex.quote(str(path))}")
 
 
 @data_app.command("verify")

@@ -952,7 +952,7 @@ def test_nnunet_warns_when_the_protocol_leaves_ct_or_mri_raw_or_takes_other_chan
         (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": kind}}))
         got = open_dataset("nnunet", root).normalize_hint(mode)
         assert (got is None) if hint is None else (
-            f"channels ['{kind.casefold()}'] are not CT, and normalize = '{mode}' treats them as Hounsfield units; "
+            f"channels ['{kind}'] are not CT, and normalize = '{mode}' treats them as Hounsfield units; "
             f"a protocol with normalize = '{hint}' suits them" in got), (kind, got)
     assert open_dataset("synapse", roots["synapse"]).normalize_hint("none") is None
 
@@ -1185,3 +1185,17 @@ def test_16_bit_images_are_scaled_to_8_bits(roots, tmp_path):
     Image.fromarray(wide.astype(np.float32)).save(tmp_path / "float.tif")
     with pytest.raises(BenchError, match=r"float\.tif: a float image \(mode F\), which has no fixed range"):
         read_rgb(tmp_path / "float.tif")
+
+
+def test_a_zip_given_as_the_data_root_and_paths_with_spaces(roots, tmp_path):
+    """From a data journey: a download given before it was extracted read "dataset root not found";
+    commands suggested in errors broke on paths with spaces when pasted."""
+    archive = tmp_path / "ISIC2017.zip"
+    archive.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    with pytest.raises(BenchError, match=r"ISIC2017\.zip is a file, not a folder: extract it \(expected <root>/"):
+        open_dataset("isic17", archive)
+    assert [p.message.split(";")[0] for p in verify_dataset("isic17", archive)] == ["a file, not a folder: extract it"]
+    spaced = _copy(roots["synapse"], tmp_path / "my data")
+    next((spaced / "test_vol_h5").iterdir()).unlink()
+    with pytest.raises(BenchError, match=re.escape(f"--data-root '{spaced}'`")):
+        open_dataset("synapse", spaced).check_splits()

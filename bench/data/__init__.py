@@ -75,6 +75,8 @@ def open_dataset(name: str, root: str | Path, fold: int | None = None) -> SegDat
     if fold is not None:
         check_folds(name)
     root = Path(root).expanduser()
+    if root.is_file():  # a download not yet unpacked
+        raise BenchError(f"dataset root {root} is a file, not a folder: extract it (expected {reader.layout})")
     if not root.is_dir():
         raise BenchError(
             f"dataset root not found: {root} (expected {reader.layout}; "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -146,7 +147,7 @@ class SegDataset:
         if missing:
             more = f" (and {len(missing) - 1} more listed files)" if len(missing) > 1 else ""
             raise BenchError(f"{missing[0]}: listed but missing{more}; "
-                             f"check with `bench data verify --dataset {self.name} --data-root {self.root}`")
+                             f"check with `bench data verify --dataset {self.name} --data-root {shlex.quote(str(self.root))}`")
 
     def load_train(self, item_id: str) -> Sample:
         raise NotImplementedError

@@ -47,6 +47,7 @@ import functools
 import hashlib
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -466,7 +467,7 @@ class NnUNetDataset(SegDataset):
         if problems:
             (path, why), more = problems[0], len(problems) - 1
             raise BenchError(f"{path}: {why}" + (f" (and {more} more imagesTr files that fit no case; `bench data "
-                                                 f"verify --dataset nnunet --data-root {self.root}` lists them)" if more else ""))
+                                                 f"verify --dataset nnunet --data-root {shlex.quote(str(self.root))}` lists them)" if more else ""))
         imageless = [c for c in self.cases if not channel_path(self.root, c, 0, self.file_ending).is_file()]
         if imageless:
             c = imageless[0]
@@ -482,7 +483,7 @@ class NnUNetDataset(SegDataset):
         if errors:  # a test case's would surface after the whole training
             (path, why), more = errors[0], len(errors) - 1
             raise BenchError(f"{path}: {why}" + (f" (and {more} more image files; `bench data verify --dataset "
-                                                 f"nnunet --data-root {self.root}` lists them)" if more else ""))
+                                                 f"nnunet --data-root {shlex.quote(str(self.root))}` lists them)" if more else ""))
         if not bad:
             return None
         return (f"{self.root}: {len(bad)} of {len(self.cases)} cases' image and label differ in origin or orientation "
@@ -493,15 +494,16 @@ class NnUNetDataset(SegDataset):
         # nnU-Net normalises by channel_names (CT: clip and z-score; noNorm / rgb_to_0_1: as is
         # or /255; anything else: z-score); protocols here name one mode for all channels
         kinds = {str(v).casefold() for v in self.meta["channel_names"].values()}  # as nnU-Net compares
+        named = list(dict.fromkeys(str(v) for v in self.meta["channel_names"].values()))  # as dataset.json writes them
         raw = kinds <= {"nonorm", "rgb_to_0_1", "rescale_to_0_1"}
         if normalize in ("ct_window", "ct_foreground") and "ct" not in kinds:  # HU rules on MRI or photos
-            return (f"{self.root / 'dataset.json'}: channels {sorted(kinds)} are not CT, and normalize = "
+            return (f"{self.root / 'dataset.json'}: channels {named} are not CT, and normalize = "
                     f"'{normalize}' treats them as Hounsfield units; a protocol with normalize = "
                     f"'{'none' if raw else 'zscore'}' suits them")
         if normalize != "none" or raw:
             return None
         mode = "ct_window" if "ct" in kinds else "zscore"
-        return (f"{self.root / 'dataset.json'}: channels {sorted(kinds)} reach the networks unnormalised under "
+        return (f"{self.root / 'dataset.json'}: channels {named} reach the networks unnormalised under "
                 f"normalize = 'none'; a protocol with normalize = '{mode}' suits them")
 
     @property

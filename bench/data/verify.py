@@ -75,7 +75,8 @@ def verify_dataset(name: str, root: str | Path) -> list[Problem]:
     root = Path(root)
     report = _Report()
     if not root.is_dir():
-        report.add(root, f"dataset root not found; expected {reader.layout}")
+        found = "a file, not a folder: extract it" if root.is_file() else "dataset root not found"
+        report.add(root, f"{found}; expected {reader.layout}")
         return report.problems
     _CHECKS[reader.kind](root, report, reader)
     return report.problems
