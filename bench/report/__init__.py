@@ -46,8 +46,8 @@ import importlib
 
 __all__ = ["BoardKey", "ReportFormat", "METRICS", "label_runs", "label_cases", "leaderboards", "render", "write_report"]
 
-# name -> submodule, for every name callers import from bench.report (the submodules import pandas
-# and bench.data: loading them only when a name is used keeps `import bench.cli` fast)
+# name -> its module: the public names of the former bench/report.py and the private ones tests import.
+# The submodules import pandas and bench.data: loading them when a name is first used keeps `import bench.cli` fast.
 _SUBMODULE = {name: module for module, names in {
     "formats": ["ReportFormat"],
     "labels": ["BoardKey", "CV_LABEL", "label_runs", "label_cases", "model_labels"],
@@ -60,14 +60,16 @@ _SUBMODULE = {name: module for module, names in {
     "significance": ["significance_md"],
     "published": ["PUBLISHED_METRICS", "PUBLISHED_NOTE", "BUILD_KEYS", "published_dataset", "split_mismatch",
                   "published_tables", "_class_column"],
-    "write": ["render", "write_report", "select_runs"],
+    "write": ["render", "write_report"],
+    "bench.records": ["select_runs"],  # filters records.load's frame; bench report's --models/--dataset
 }.items() for name in names}
 
 
 def __getattr__(name: str):
     if name not in _SUBMODULE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_SUBMODULE[name]}"), name)
+    module = _SUBMODULE[name]
+    value = getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)
     globals()[name] = value  # once: later lookups skip __getattr__
     return value
 

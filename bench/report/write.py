@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Iterable
 
-import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import atomic_write_text, load
+from bench.records import atomic_write_text, load, select_runs
 from bench.report.board_text import _check_columns, _check_format, _render, _shows, render_cases
 from bench.report.boards import TEST_SET_DATASETS, _boards, _finished
 from bench.report.costs import render_cost_latex, render_cost_md
@@ -53,29 +50,6 @@ def _with_cost_latex(text: str, fmt: ReportFormat, profiles: pd.DataFrame | None
         return text
     cost = render_cost_latex(profiles)
     return text.rstrip("\n") + "\n\n" + cost + "\n" if cost else text
-
-
-def select_runs(df_runs: pd.DataFrame, models: list[str] | None = None, datasets: list[str] | None = None,
-                results_dir: Path | str = "", profiled: Iterable[str] = ()) -> pd.DataFrame:
-    """The runs of ``models`` on ``datasets`` (a reader's name such as ``synapse``, or a board's data
-    name such as ``nnunet:ACDC``); None: all. BenchError for a name no run has, with the names there,
-    unless ``profiled`` has it (a model with a cost table only)."""
-    for option, names, columns in (("--models", models, ["model"]), ("--dataset", datasets, ["dataset", "dataset_name"])):
-        if not names:
-            continue
-        have = sorted({str(v) for c in columns if c in df_runs for v in df_runs[c].dropna()})
-        for name in names:
-            if name not in have and not (option == "--models" and name in set(profiled)):
-                close = difflib.get_close_matches(name, have, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                if option == "--models" and close:  # a registered model without runs is no misspelling
-                    from bench.registry import list_models
-
-                    hint = "" if name in list_models() else hint
-                raise BenchError(f"{option} {name}: no runs of it in {results_dir} (there: {', '.join(have) or 'none'})"
-                                 f"{hint}")
-        df_runs = df_runs[np.logical_or.reduce([df_runs[c].isin(names) for c in columns if c in df_runs])]
-    return df_runs
 
 
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
