@@ -59,7 +59,7 @@ _SUBMODULE = {name: module for module, names in {
               "render_cost_latex", "cost_key", "join_cost"],
     "significance": ["significance_md"],
     "published": ["PUBLISHED_METRICS", "PUBLISHED_NOTE", "BUILD_KEYS", "published_dataset", "split_mismatch",
-                  "published_tables", "_class_column"],
+                  "published_tables", "missing_published_md", "_class_column"],
     "write": ["render", "write_report"],
     "bench.records": ["select_runs"],  # filters records.load's frame; bench report's --models/--dataset
 }.items() for name in names}

@@ -11,7 +11,7 @@ import pandas as pd
 
 from bench.data.isic import test_set_id
 from bench.report.board_text import _caption
-from bench.report.boards import METRICS, class_display
+from bench.report.boards import METRICS, TEST_SET_DATASETS, class_display
 from bench.report.labels import CV_LABEL, BoardKey
 
 
@@ -189,3 +189,23 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
             out[f"Published vs ours · {_caption(key, board)[0]} (ours){synth}"] = \
                 table if table["Note"].astype(bool).any() else table.drop(columns="Note")
     return out
+
+
+def missing_published_md(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFrame, source: str) -> str:
+    """The ``--published`` section's line for the boards without a published table, each saying why
+    (rather than nothing at all); "" where every board has one. ``source``: the table's name. A pooled
+    polyp / isic_all board is left out: it is compared through its per-test-set boards."""
+    held, silent = {d for d in published["dataset"] if d}, []
+    for key, board in boards.items():
+        data = published_dataset(key.dataset)
+        if key.dataset.split(" (")[0] in TEST_SET_DATASETS:
+            continue
+        row_models = sorted({m.split(" (")[0] for m in board["model"]})
+        if data not in held:
+            silent.append(f"{key.dataset} (data no paper in it reports on)")
+        elif not (published["dataset"].eq(data) & published["model"].isin(row_models)).any():
+            silent.append(f"{key.dataset} (none for {', '.join(row_models)})")
+    if not silent:
+        return ""
+    return (f"## Published vs ours\n\nNo published numbers for {'; '.join(silent)}. {source} "
+            f"holds data {', '.join(sorted(held))}; --published-file takes your own table of its columns.\n")

@@ -9,10 +9,10 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.records import atomic_write_text, load, select_runs
 from bench.report.board_text import _check_columns, _check_format, _render, _shows, render_cases
-from bench.report.boards import TEST_SET_DATASETS, _boards, _finished
+from bench.report.boards import _boards, _finished
 from bench.report.costs import render_cost_latex, render_cost_md
 from bench.report.formats import ReportFormat
-from bench.report.published import PUBLISHED_NOTE, published_dataset, published_tables
+from bench.report.published import PUBLISHED_NOTE, missing_published_md, published_tables
 from bench.report.significance import _check_reference, significance_md
 from bench.report.tables import _md_table
 
@@ -106,23 +106,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                 pub = load_published(None if published is True else Path(published))
                 for title, table in published_tables(boards, pub, groups).items():
                     extra.append(f"## {title}\n\n{PUBLISHED_NOTE}\n\n{_md_table(table)}\n")
-                # a board without a published table says why, rather than nothing at all (a pooled
-                # polyp / isic_all board is compared through its per-test-set boards)
-                held, silent = {d for d in pub["dataset"] if d}, []
-                for key, board in boards.items():
-                    data = published_dataset(key.dataset)
-                    if key.dataset.split(" (")[0] in TEST_SET_DATASETS:
-                        continue
-                    models = sorted({m.split(" (")[0] for m in board["model"]})
-                    if data not in held:
-                        silent.append(f"{key.dataset} (data no paper in it reports on)")
-                    elif not (pub["dataset"].eq(data) & pub["model"].isin(models)).any():
-                        silent.append(f"{key.dataset} (none for {', '.join(models)})")
-                if silent:
-                    source = DEFAULT_NAME if published is True else str(published)
-                    extra.append(f"## Published vs ours\n\nNo published numbers for {'; '.join(silent)}. {source} "
-                                 f"holds data {', '.join(sorted(held))}; --published-file takes your own table of "
-                                 "its columns.\n")
+                missing = missing_published_md(boards, pub, DEFAULT_NAME if published is True else str(published))
+                extra += [missing] if missing else []
             cost = render_cost_md(profiles) if _shows(columns, "cost") else ""
             extra += [cost] if cost else []
             if out is not None:  # the images go beside the Markdown file, linked relatively
