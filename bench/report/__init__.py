@@ -35,7 +35,7 @@ Grouping rules (why: a number only compares with numbers produced the same way):
   disappearing; std is the sample std (ddof=1), NaN for one run. Seeds that tested other folds
   (an unfinished grid) are named in the Folds cell: their folds weigh more in the mean.
 
-Display: DSC, mIoU, Acc, Spe, Sen and per-class DSC ×100 with 2 decimals, as the papers print
+Display: DSC, NSD, mIoU, Acc, Spe, Sen and per-class DSC ×100 with 2 decimals, as the papers print
 them; HD95 with 2 decimals in the unit the records name (``hd95_unit``: voxels/pixels, or mm
 under ``strict`` where the data has a spacing).
 """

@@ -116,7 +116,7 @@ def _display_table(board: pd.DataFrame, columns: tuple[str, ...] | None = None) 
         out["Train time"] = [_fmt_duration(v) for v in board["train_time_s"]]
     if "peak_mem_mb" in board and board["peak_mem_mb"].notna().any():  # training on CUDA, the most of its runs
         out["Train GPU peak (MB)"] = ["" if math.isnan(v) else f"{v:.0f}" for v in board["peak_mem_mb"]]
-    if "macs" in board and board["macs"].notna().any():  # joined from `bench profile` records
+    if "macs" in board and board["macs"].notna().any():  # the runs' own counts (older records: join_cost's)
         out["GMACs (scan incl.)"] = [_g(v) for v in board["macs"]]
         out["thop GMACs"] = [_g(v) for v in board["paper_macs"]]
     for col in board.attrs["value_columns"]:
@@ -153,7 +153,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
     protocol = f"{a['protocol_name']} v{a['protocol_version']} ({a['protocol_hash']})"
     title = f"{key.dataset} · protocol {protocol}{off} · policy {key.policy}"
     seeds = _joined(board["n_seeds"])
-    cases = "/".join(sorted({c for c in board["n_cases"] if c}, key=lambda c: c)) or "?"
+    cases = "/".join(sorted({c for c in board["n_cases"] if c})) or "?"
     units = a.get("hd95_units", [])
     unit = units[0] if len(units) == 1 and units[0] != "mixed" else ""
     hd = f"HD95 in {unit}" if unit else "HD95 in the policy's unit"

@@ -208,17 +208,23 @@ def _joined(values: pd.Series) -> str:
 
 def leaderboards(df_runs: pd.DataFrame) -> dict[BoardKey, pd.DataFrame]:
     """One numeric leaderboard per (dataset, protocol, policy), models sorted by mean DSC (without
-    the CIs, per-test-set boards and profile GMACs that ``render`` adds from case rows and profiles).
+    the CIs, per-test-set boards and older records' GMACs that ``render`` adds from case rows and
+    profiles).
 
-    Each board has columns ``model, family, model_config, n_seeds, n_runs, n_cases, params`` then
-    ``<metric>_mean``/``<metric>_std``/``<metric>_n_nan`` (runs whose value is NaN) for every
-    aggregate metric with data (record keys: dice, hd95, iou, acc, spe, sen; values as stored, in
-    [0, 1] and HD95 units) and the same three for per-class ``dice/<name>``; where records count
+    A board's row is a model label (``label_runs``) with its runs': ``model, family, model_config,
+    n_seeds, n_runs, folds`` (the cell shown), ``fold_set`` (the folds alone), ``n_cases, n_train``
+    ("12/4" where runs differ), ``evaluated`` (weights evaluated as given), ``params, macs,
+    paper_macs`` (means; the records' own counts), ``peak_mem_mb`` (max), ``train_time_s`` (mean),
+    ``n_missed, n_present`` (sums: structures predicted nowhere / present); where records count
     them, ``dice_n_na`` / ``dice_n_entries`` (case × class entries without a Dice, summed over
-    runs / all entries: what ``strict`` left out of the means). ``board.attrs``
-    holds protocol name, version, hash, overrides and the ordered value columns. Keys are
-    ``BoardKey`` named tuples (plain tuples work too). Runs whose status is not "finished" are
-    left out.
+    runs / all entries: what ``strict`` left out of the means); then ``<col>_mean``/``<col>_std``/
+    ``<col>_n_nan`` (runs whose value is NaN) for each value column: the aggregate metrics the runs
+    computed (``METRICS`` order: dice, hd95, nsd, iou, acc, spe, sen; values as stored, in [0, 1]
+    and HD95 units), then per-class ``dice/<name>`` and ``hd95/<name>`` (with data) where a board
+    has two or more classes. ``board.attrs`` holds the dataset, protocol name, version, hash and
+    overrides, the ordered value columns, HD95 units, NSD tolerances, devices, code versions,
+    changed plugin code, repeated seeds and training-set sizes. Keys are ``BoardKey`` named tuples
+    (plain tuples work too). Runs whose status is not "finished" are left out.
     """
     if df_runs.empty:
         return {}

@@ -1,4 +1,5 @@
-"""The ``--published`` section: the papers' numbers (``bench.published``) beside the boards', and why a gap is not given."""
+"""The ``--published`` section: the papers' numbers (``bench.published``) beside the boards', and
+why a gap is not given where it is not."""
 
 from __future__ import annotations
 

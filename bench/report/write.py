@@ -58,8 +58,9 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                  columns: tuple[str, ...] | None = None) -> str:
     """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically.
 
-    Accuracy boards gain GMAC columns from ``bench profile`` records of the same model and input
-    size and a bootstrap 95% CI over cases; Markdown reports end with, when asked, paired tests
+    Accuracy boards show each run's own GMAC count (records written before runs counted them:
+    from ``bench profile`` records of the same model and configuration, ``join_cost``) and a
+    bootstrap 95% CI over cases; Markdown reports end with, when asked, paired tests
     against ``reference`` and, with ``published`` (True: the repo's ``results/published.csv``, or
     a path), a published-vs-ours table per board, then the cost tables; with ``out``, the plots of
     ``bench.plots`` are written to ``<out stem>_files/`` beside it and linked. ``models`` /
