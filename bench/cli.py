@@ -16,7 +16,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from bench.errors import BenchError, one_line
-from bench.report import ReportFormat
+from bench.report.formats import ReportFormat  # not bench.report: its boards import pandas
 
 app = typer.Typer(
     help="ssm-unet-bench: train and evaluate medical segmentation UNets under fixed protocols.\n\n"

@@ -55,7 +55,7 @@ def plan_predict(results_dir: Path, models: list[str] | None = None,
     done = df[df["status"] == "finished"]
     runs = done[done["rescored_from"].isna()]
     if models is not None:  # a name without finished runs: one error listing those there, as bench report
-        from bench.report import select_runs
+        from bench.records import select_runs
 
         runs = select_runs(runs, models, None, results_dir)
     if run_ids:

@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import errno
 import glob
 import json
@@ -45,6 +46,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError, exception_chain
@@ -65,6 +67,7 @@ __all__ = [
     "records_dir",
     "record_path",
     "load",
+    "select_runs",
 ]
 
 SCHEMA_VERSION = 1
@@ -686,3 +689,26 @@ def scores_text(rec: Mapping[str, Any], unit: bool = False) -> str:
     has_hd = hd is not None and hd == hd  # legacy-isic computes no HD95 (NaN)
     hd_unit = f" {rec.get('hd95_unit')}" if unit and rec.get("hd95_unit") else ""
     return f"DSC {100 * m['dice']:.2f}" + (f" · HD95 {hd:.2f}{hd_unit}" if has_hd else "")
+
+
+def select_runs(df_runs: pd.DataFrame, models: list[str] | None = None, datasets: list[str] | None = None,
+                results_dir: Path | str = "", profiled: Iterable[str] = ()) -> pd.DataFrame:
+    """The runs of ``models`` on ``datasets`` (a reader's name such as ``synapse``, or a board's data
+    name such as ``nnunet:ACDC``); None: all. BenchError for a name no run has, with the names there,
+    unless ``profiled`` has it (a model with a cost table only)."""
+    for option, names, columns in (("--models", models, ["model"]), ("--dataset", datasets, ["dataset", "dataset_name"])):
+        if not names:
+            continue
+        have = sorted({str(v) for c in columns if c in df_runs for v in df_runs[c].dropna()})
+        for name in names:
+            if name not in have and not (option == "--models" and name in set(profiled)):
+                close = difflib.get_close_matches(name, have, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                if option == "--models" and close:  # a registered model without runs is no misspelling
+                    from bench.registry import list_models
+
+                    hint = "" if name in list_models() else hint
+                raise BenchError(f"{option} {name}: no runs of it in {results_dir} (there: {', '.join(have) or 'none'})"
+                                 f"{hint}")
+        df_runs = df_runs[np.logical_or.reduce([df_runs[c].isin(names) for c in columns if c in df_runs])]
+    return df_runs

@@ -1,0 +1,318 @@
+"""The boards as text: Markdown, LaTeX and CSV, their captions and ``--columns`` groups; the ``cases`` CSV."""
+
+from __future__ import annotations
+
+import collections
+import difflib
+import math
+
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.records import CASE_COLUMNS, RUN_ID_COLUMNS, short_commit
+from bench.report.boards import METRICS, _joined, class_display
+from bench.report.costs import _g
+from bench.report.formats import ReportFormat
+from bench.report.labels import CV_LABEL, BoardKey, label_cases
+from bench.report.tables import _align, _latex_table, _md_table
+
+
+_CSV_KEY_COLUMNS = ["dataset", "protocol", "protocol_version", "protocol_hash", "policy", "hd95_unit"]
+_BOARD_COLUMNS = ["model", "family", "model_config", "n_seeds", "n_runs", "folds", "n_cases", "params"]
+
+
+def _display_name(col: str, dataset: str = "") -> str:
+    if col in METRICS:
+        return METRICS[col][0]
+    metric, name = col.split("/", 1)
+    name = class_display(name, dataset)
+    return name if metric == "dice" else f"{name} {METRICS[metric][0]}"
+
+
+def _fmt_value(mean: float, std: float, n_nan: int, n_runs: int, col: str) -> str:
+    scale = 100.0 if METRICS[col.split("/", 1)[0]][1] else 1.0
+    if math.isnan(mean):
+        return f"nan ({n_nan}/{n_runs} runs)"
+    if math.isnan(std):
+        return f"{mean * scale:.2f}"
+    return f"{mean * scale:.2f} ± {std * scale:.2f}"
+
+
+def _fmt_params(params: float) -> str:
+    return "" if math.isnan(params) else f"{params / 1e6:.2f}"
+
+
+def _missed_at_hd95_zero(key: BoardKey, board: pd.DataFrame) -> str:
+    """"vmunet 24 of 24, unet 3 of 24": the entries each model missed, where the board's policy
+    scores a miss HD95 0 (legacy-synapse) and some model missed one; "" otherwise."""
+    from bench.metrics import POLICIES
+
+    policy = POLICIES.get(key.policy)
+    if policy is None or policy.ref_only.hd95 != 0 or "hd95_mean" not in board or not board["n_missed"].gt(0).any():
+        return ""
+    return ", ".join(f"{r.model} {r.n_missed} of {r.n_present}" for r in board.itertuples())
+
+
+def _has_exclusions(board: pd.DataFrame) -> bool:
+    """Some run of the board left case x class entries out of its means (strict, both empty)."""
+    return "dice_n_na" in board and bool(board["dice_n_na"].fillna(0).gt(0).any())
+
+
+# Column groups of the Markdown/LaTeX boards (``--columns``); the model column is always shown.
+COLUMN_GROUPS = {
+    "family": "the model family", "seeds": "seeds and folds", "params": "parameters",
+    "time": "training time and GPU memory",
+    "cost": "GMACs, counted by each run at its input (older records: from bench profile), and the cost tables",
+    "metrics": "the aggregate metrics (DSC, HD95, mIoU, ..., and DSC n/a)", "ci": "bootstrap 95% CIs",
+    "classes": "per-class DSC", "class-hd95": "per-class HD95 (and NSD)",
+}
+COLUMN_PRESETS = {"all": tuple(COLUMN_GROUPS), "paper": ("metrics", "classes")}  # paper: the papers' table layout
+
+
+def parse_columns(text: str | None) -> tuple[str, ...] | None:
+    """``--columns``: a comma list of ``COLUMN_GROUPS`` and presets (``all``, ``paper``: the metrics and
+    per-class DSC, as the papers' tables) -> groups; None (all) for None. BenchError naming the unknown."""
+    if text is None:
+        return None
+    groups: list[str] = []
+    for name in (n.strip().lower() for n in text.split(",") if n.strip()):
+        if name in COLUMN_PRESETS:
+            groups += COLUMN_PRESETS[name]
+        elif name in COLUMN_GROUPS:
+            groups.append(name)
+        else:
+            known = [*COLUMN_PRESETS, *COLUMN_GROUPS]
+            close = difflib.get_close_matches(name, known, n=1)
+            raise BenchError(f"--columns {name!r}: not a column group{f'; did you mean {close[0]!r}?' if close else '.'}"
+                             f" Groups: {'; '.join(f'{k} ({v})' for k, v in COLUMN_GROUPS.items())}; presets: "
+                             "all, paper (metrics,classes)")
+    if not groups:
+        raise BenchError(f"--columns {text!r} names no column group; e.g. paper, or metrics,classes")
+    return tuple(dict.fromkeys(groups))
+
+
+def _display_table(board: pd.DataFrame, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Strings for humans: one column per metric, "81.23 ± 0.45"; of the ``COLUMN_GROUPS`` in
+    ``columns`` only (None: all)."""
+    group: dict[str, str] = {"Family": "family", "Seeds": "seeds", "Folds": "seeds", "Params (M)": "params",
+                             "DSC n/a": "metrics", "Train time": "time", "Train GPU peak (MB)": "time",
+                             "GMACs (scan incl.)": "cost", "thop GMACs": "cost"}
+    out = pd.DataFrame(
+        {
+            "Model": board["model"],
+            "Family": board["family"],
+            "Seeds": [
+                str(s) if s == r else f"{s} ({r} runs)" for s, r in zip(board["n_seeds"], board["n_runs"])
+            ],
+            "Params (M)": [_fmt_params(p) for p in board["params"]],
+        }
+    )
+    if "folds" in board and board["folds"].astype(bool).any():
+        out.insert(3, "Folds", board["folds"])
+    if _has_exclusions(board):
+        out["DSC n/a"] = ["" if math.isnan(n) else f"{int(n)}/{int(t)}"
+                          for n, t in zip(board["dice_n_na"], board["dice_n_entries"])]
+    if "train_time_s" in board and board["train_time_s"].notna().any():
+        out["Train time"] = [_fmt_duration(v) for v in board["train_time_s"]]
+    if "peak_mem_mb" in board and board["peak_mem_mb"].notna().any():  # training on CUDA, the most of its runs
+        out["Train GPU peak (MB)"] = ["" if math.isnan(v) else f"{v:.0f}" for v in board["peak_mem_mb"]]
+    if "macs" in board and board["macs"].notna().any():  # the runs' own counts (older records: join_cost's)
+        out["GMACs (scan incl.)"] = [_g(v) for v in board["macs"]]
+        out["thop GMACs"] = [_g(v) for v in board["paper_macs"]]
+    for col in board.attrs["value_columns"]:
+        head = _display_name(col, board.attrs.get("dataset", ""))
+        if col in METRICS:
+            head += f" {METRICS[col][2]}" + (" (%)" if METRICS[col][1] else "")
+        cells = zip(board[f"{col}_mean"], board[f"{col}_std"], board[f"{col}_n_nan"], board["n_runs"])
+        out[head] = [_fmt_value(m, s, k, n, col) for m, s, k, n in cells]
+        group[head] = "metrics" if col in METRICS else "classes" if col.startswith("dice/") else "class-hd95"
+        if f"{col}_ci_lo" in board:  # joined by join_ci (bootstrap over cases)
+            scale = 100.0 if METRICS[col][1] else 1.0
+            ci = f"{_display_name(col, board.attrs.get('dataset', ''))} 95% CI"
+            out[ci] = ["" if math.isnan(lo) else f"[{lo * scale:.2f}, {hi * scale:.2f}]"
+                       for lo, hi in zip(board[f"{col}_ci_lo"], board[f"{col}_ci_hi"])]
+            group[ci] = "ci"
+    if columns is not None:
+        out = out[[c for c in out.columns if c == "Model" or group[c] in columns]]
+    return out
+
+
+def _fmt_duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return ""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None = None) -> tuple[str, str]:
+    """(title, note) of a board; the note explains the ``columns`` shown (None: all)."""
+    shown = lambda group: _shows(columns, group)  # noqa: E731
+    a = board.attrs
+    off = f" · OFF-PROTOCOL ({a['overrides']})" if a["overrides"] else ""
+    protocol = f"{a['protocol_name']} v{a['protocol_version']} ({a['protocol_hash']})"
+    title = f"{key.dataset} · protocol {protocol}{off} · policy {key.policy}"
+    seeds = _joined(board["n_seeds"])
+    cases = "/".join(sorted({c for c in board["n_cases"] if c})) or "?"
+    units = a.get("hd95_units", [])
+    unit = units[0] if len(units) == 1 and units[0] != "mixed" else ""
+    hd = f"HD95 in {unit}" if unit else "HD95 in the policy's unit"
+    if unit == "pixels" and key.dataset.split(":")[0].split(" (")[0] in ("isic17", "isic18", "isic_all", "polyp"):
+        hd += " of the square model input (images are resized to it, so not the images' own pixels)"
+    if len(units) > 1 or "mixed" in units:  # a mean over mm and voxels has no unit
+        hd = f"HD95 units differ between or within runs ({', '.join(units)}): not comparable"
+    hd = f"; {hd}" if "hd95_mean" in board else ""  # pooled ISIC boards have no HD95
+    train = "/".join(str(n) for n in a.get("n_train", []))  # absent in records written before it was kept
+    note = (
+        f"Mean ± std (sample, ddof=1) over seeds: {seeds} per model; test cases per run: {cases}"
+        f"{f'; training items: {train}' if train else ''}."
+        + (f" DSC, mIoU, Acc, Spe, Sen in %{hd}; NaN is shown, not dropped."  # where a metric is shown
+           if any(shown(g) for g in ("metrics", "classes", "class-hd95", "ci")) else "")
+    )
+    if CV_LABEL in key.dataset:
+        folds = sorted(set(board["fold_set"]))
+        note = note.replace("over seeds: ", "over runs, one per seed and fold (each fold tests other cases, so the "
+                                            "std holds the split's variance too); seeds: ")
+        if len(folds) > 1:
+            note += f" Models tested on different folds ({'; '.join(folds)}): not comparable."
+        if any("(uneven" in f for f in board["folds"]):
+            note += " Uneven: a model's seeds tested other folds (an unfinished grid), so some folds weigh more."
+    nsd_shown = shown("metrics") or shown("class-hd95") or (shown("ci") and "nsd_ci_lo" in board)
+    if a.get("nsd_tolerances") and nsd_shown:  # one per board: the protocol's
+        per_class = any(isinstance(t, str) for t in a["nsd_tolerances"])
+        tol = ("; " if per_class else ", ").join(t if isinstance(t, str) else f"{t:g}" for t in a["nsd_tolerances"])
+        if per_class:
+            note += (f" NSD: % of both surfaces within the class's tolerance of the other, in "
+                     f"{unit or 'the HD95 unit'}: {tol}.")
+        else:
+            note += f" NSD: % of both surfaces within {tol} {unit or '(HD95 unit)'} of the other."
+    if "train_time_s" in board and board["train_time_s"].notna().any() and shown("time"):
+        devices = a.get("devices", [])
+        where = (f"on {devices[0]}" if len(devices) == 1
+                 else f"on different devices ({'; '.join(devices)}): not comparable between them")
+        note += f" Train time: mean per run of the training loop's wall-clock time, resumes included, {where}."
+    if a.get("repeated"):
+        which = "; ".join(f"{m} seed {', '.join(map(str, seeds))}" for m, seeds in a["repeated"].items())
+        note += (f" Repeated: {which} ran more than once here, and each run counts in the mean: a record written "
+                 "before bench identified data by its content names it by its path, so a run on that data moved, "
+                 "or on other data of this name, was not the same run. records.load's data_id and data_root tell "
+                 "them apart: delete the record that should not count.")
+    commits = a.get("commits", [])
+    if len(commits) > 1:  # seeds run before and after an upgrade average two versions of the code
+        named = ", ".join(map(short_commit, commits[:3])) + (", …" if len(commits) > 3 else "")
+        note += (f" Code: these runs come from {len(commits)} versions of bench ({named}); a change between them "
+                 "that moved scores is not told apart (records' git_commit and code_digest).")
+    if plugin := a.get("plugin_code"):
+        which = "; ".join(f"{m}: {n}" for m, n in plugin.items())
+        note += (f" Plugin code changed since these runs trained ({which}; records' model_code): their numbers are "
+                 "the old code's; train them into another --results folder for the code as it is.")
+    if "macs" in board and board["macs"].notna().any() and shown("cost"):
+        note += (" GMACs: one forward of one input at the protocol's input size (the square image, or the patch), "
+                 "the selective scan included; thop GMACs: what thop counts, the convention of published tables.")
+    missed = _missed_at_hd95_zero(key, board)
+    if missed and any(shown(g) for g in ("metrics", "class-hd95")):
+        note += (f" HD95 of misses: {key.policy} scores a structure predicted nowhere in a case HD95 0, the best "
+                 f"value (the papers' rule), so misses lower a model's HD95; missed case × class entries, over all "
+                 f"runs: {missed}. `bench rescore --policy strict` scores them with a penalty.")
+    if _has_exclusions(board) and shown("metrics"):
+        note += (" DSC n/a: case × class entries with both masks empty, over all runs; strict scores them NaN and "
+                 "leaves them out of the means; a class with no other entry has no mean, and the DSC is nan (as "
+                 "nnU-Net's foreground mean), not a mean over the other classes.")
+    if "dice_ci_lo" in board and shown("ci"):
+        over = "the model's runs, every seed and fold" if CV_LABEL in key.dataset else "seeds"
+        note += (" 95% CI: percentile bootstrap over test cases of the number shown (each resample re-aggregated "
+                 f"under the board's policy, then averaged over {over}): how much the test set moves these trained "
+                 f"models' number; the spread between {'runs' if CV_LABEL in key.dataset else 'seeds'} is the ± std, "
+                 "not part of the CI.")
+    return title, note
+
+
+def _render_md(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...] | None = None) -> str:
+    if not boards:
+        return "No finished runs found.\n"
+    parts = []
+    for key, board in boards.items():
+        title, note = _caption(key, board, columns)
+        shown = _display_table(board, columns)
+        align = [_align(c) for c in shown.columns]
+        parts.append(f"## {title}\n\n{note}\n\n{_md_table(shown, align)}\n")
+    return "\n".join(parts)
+
+
+def _render_latex(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...] | None = None) -> str:
+    # A small booktabs emitter: DataFrame.to_latex needs jinja2, which is not a dependency.
+    parts = ["% Requires \\usepackage{booktabs} and \\usepackage{graphicx} (tables wider than the line are shrunk to it);"
+             " names outside Latin-1 need xelatex or lualatex. bench report --columns paper keeps the papers' columns."]
+    labels: collections.Counter = collections.Counter()
+    for key, board in boards.items():
+        title, note = _caption(key, board, columns)
+        table = _display_table(board, columns)
+        if "Folds" in table:  # a range of folds ("0-4") takes an en dash
+            table["Folds"] = table["Folds"].str.replace(r"(?<=\d)-(?=\d)", "–", regex=True)
+        spec = "".join(_align(c)[0] for c in table.columns)
+        parts.append(_latex_table(title, note, f"{key.dataset} {key.protocol} {key.policy}", table, spec, labels))
+    return "\n\n".join(parts) + "\n"
+
+
+def _render_csv(boards: dict[BoardKey, pd.DataFrame]) -> str:
+    frames = []
+    for key, board in boards.items():
+        head = pd.DataFrame(
+            {
+                "dataset": key.dataset,
+                "protocol": key.protocol,
+                "protocol_version": board.attrs["protocol_version"],
+                "protocol_hash": board.attrs["protocol_hash"],
+                "policy": key.policy,
+                # the policy does not say it: strict's HD95 is in mm, voxels or pixels by the data
+                "hd95_unit": "/".join(board.attrs.get("hd95_units", [])),
+            },
+            index=board.index,
+        )
+        frames.append(pd.concat([head, board], axis=1))
+    if not frames:
+        return ",".join(_CSV_KEY_COLUMNS + _BOARD_COLUMNS) + "\n"
+    table = pd.concat(frames, ignore_index=True)
+    # Column union follows board order; put aggregates in METRICS order, per-class after them.
+    values = [c for c in table.columns if c.endswith(("_mean", "_std", "_n_nan"))]
+    aggregates = [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n_nan") if f"{m}_{s}" in values]
+    first = [c for c in table.columns if c not in values]
+    table = table[first + aggregates + [c for c in values if c not in aggregates]]
+    for c in (c for c in values if c.endswith("_n_nan")):  # counts: 0, not 0.0 where another board lacks the column
+        table[c] = table[c].astype("Int64")
+    return table.to_csv(index=False, lineterminator="\n")
+
+
+def _render(boards: dict[BoardKey, pd.DataFrame], fmt: ReportFormat, columns: tuple[str, ...] | None) -> str:
+    if fmt == ReportFormat.csv:
+        return _render_csv(boards)
+    return (_render_md if fmt == ReportFormat.md else _render_latex)(boards, columns)
+
+
+def _shows(columns: tuple[str, ...] | None, group: str) -> bool:
+    """Whether the ``COLUMN_GROUPS`` chosen (None: all) include ``group``."""
+    return columns is None or group in columns
+
+
+def _check_columns(columns: tuple[str, ...] | None, fmt: ReportFormat) -> None:
+    if columns is not None and fmt not in (ReportFormat.md, ReportFormat.latex):
+        raise BenchError(f"--columns chooses the Markdown and LaTeX tables' columns; --format {fmt.value} holds every "
+                         "value (select columns where you read it)")
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in ReportFormat.__members__:
+        raise BenchError(f"unknown report format {fmt!r}; expected one of: {', '.join(ReportFormat.__members__)}")
+    return fmt
+
+
+def render_cases(df_cases: pd.DataFrame | None) -> str:
+    """The ``cases`` format: every run × case × class row (``records.load(level="case")``) as CSV,
+    led by the run's board and model labels, so any statistic can be recomputed elsewhere (R's
+    challengeR, a spreadsheet) on the rows behind a board; the per-test-set boards of polyp and
+    isic_all runs take the rows whose ``case`` starts with "<set>/"."""
+    if df_cases is None or df_cases.empty:
+        return ",".join(["board_dataset", "board_protocol", "model_label", *RUN_ID_COLUMNS, *CASE_COLUMNS]) + "\n"
+    df = label_cases(df_cases)
+    lead = ["board_dataset", "board_protocol", "model_label"]
+    return df[lead + [c for c in df.columns if c not in lead]].to_csv(index=False, lineterminator="\n")

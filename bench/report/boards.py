@@ -1,0 +1,324 @@
+"""Numeric leaderboards: mean ± std per board row, per-test-set boards, bootstrap CIs joined."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.records import code_version, miss_counts, split_fold
+from bench.report.costs import join_cost
+from bench.report.labels import BoardKey, _overrides_text, label_cases, label_runs
+
+
+# Aggregate metrics a board may show: record key -> (display name, ×100 for display, arrow).
+METRICS: dict[str, tuple[str, bool, str]] = {
+    "dice": ("DSC", True, "↑"),
+    "hd95": ("HD95", False, "↓"),
+    "nsd": ("NSD", True, "↑"),  # where the protocol asks for it (eval.nsd_tolerance)
+    "iou": ("mIoU", True, "↑"),
+    "acc": ("Acc", True, "↑"),
+    "spe": ("Spe", True, "↑"),
+    "sen": ("Sen", True, "↑"),
+}
+# Synapse organs in the order of the TransUNet / Swin-Unet / VM-UNet tables.
+SYNAPSE_ORGANS: dict[str, str] = {
+    "aorta": "Aorta",
+    "gallbladder": "Gallbladder",
+    "kidney_l": "Kidney(L)",
+    "kidney_r": "Kidney(R)",
+    "liver": "Liver",
+    "pancreas": "Pancreas",
+    "spleen": "Spleen",
+    "stomach": "Stomach",
+}
+
+
+def _class_columns(group: pd.DataFrame) -> list[str]:
+    """Per-class DSC then per-class HD95 columns with data in this board: Synapse organs in paper
+    order, else class id order."""
+    # this board's classes in class-id order (load's columns follow every record in the folder); a
+    # class with no value in any run stays, as nan (strict: valid in no case)
+    own = (list(dict.fromkeys(n for c in group["classes"].dropna() for n in json.loads(c)))
+           if "classes" in group else [])
+    out = []
+    for metric in ("dice", "hd95"):
+        cols = ([f"{metric}/{n}" for n in own if f"{metric}/{n}" in group] if own else
+                [c for c in group.columns if c.startswith(f"{metric}/") and group[c].notna().any()])
+        if metric == "hd95" and not group[cols].notna().any().any():
+            continue  # no per-class HD95 at all (legacy-isic)
+        if len(cols) < 2:  # a binary task's one class repeats the aggregate column
+            continue
+        names = [c.split("/", 1)[1] for c in cols]
+        if group["dataset"].iloc[0] == "synapse" and all(n in SYNAPSE_ORGANS for n in names):
+            cols = [f"{metric}/{n}" for n in SYNAPSE_ORGANS if n in names]  # the papers' column order
+        out += cols
+    return out
+
+
+def class_display(name: str, dataset: str) -> str:
+    """A class as boards and plots name it: Synapse's organs as the papers print them, other data's own names."""
+    return SYNAPSE_ORGANS.get(name, name) if dataset.split(" (")[0] == "synapse" else name
+
+
+def _board(group: pd.DataFrame) -> pd.DataFrame:
+    from bench.metrics import POLICIES
+
+    policy = POLICIES.get(group["policy"].iloc[0])
+    # a metric the runs computed stays, NaN in every run too (the caption: NaN is shown): Dice and IoU
+    # always, HD95 where the policy has one, the others where per-case counts of their NaNs were kept
+    computed = {"dice", "iou"} | ({"hd95"} if policy is not None and policy.hd_definition else set()) | {
+        m for m in ("acc", "spe", "sen") if f"n_nan_{m}" in group and group[f"n_nan_{m}"].notna().any()}
+    metrics = [m for m in METRICS if m in group.columns and (group[m].notna().any() or m in computed)]
+    value_cols = metrics + _class_columns(group)
+    rows, repeated = [], {}
+    for (label, config), runs in group.groupby(["model_label", "model_config"], sort=False):  # label: init too
+        # one seed (of one fold) run twice: its data identified otherwise (by path in older records)
+        per_seed = runs.groupby(["seed", "split"] if "split" in runs else ["seed"]).size()
+        if (per_seed > 1).any():
+            repeated[label] = sorted({int(k[0] if isinstance(k, tuple) else k) for k in per_seed[per_seed > 1].index})
+        row = {
+            "model": label,
+            "family": runs["family"].iloc[0],
+            "model_config": config,
+            "n_seeds": runs["seed"].nunique(),
+            "n_runs": len(runs),
+            "folds": _folds_cell(runs) if "split" in runs else "",
+            "fold_set": _folds(runs["split"]) if "split" in runs else "",  # the folds alone, to compare
+            "n_cases": _joined(runs["n_cases"]) if "n_cases" in runs else "",
+            "n_train": _joined(runs["n_train"]) if "n_train" in runs else "",  # training items; "" before kept
+            # weights evaluated as given (--weights; the label names them): no training recipe applied
+            "evaluated": bool("weights" in runs and runs["weights"].notna().all()),
+            "params": runs["params"].mean(),
+            "macs": runs["macs"].mean() if "macs" in runs else math.nan,
+            "paper_macs": runs["paper_macs"].mean() if "paper_macs" in runs else math.nan,
+            "peak_mem_mb": runs["peak_mem_mb"].max() if "peak_mem_mb" in runs else math.nan,  # CUDA runs
+            # NaN propagates: a run whose time is unknown (resumed from an older checkpoint) shows none
+            "train_time_s": runs["train_time_s"].mean(skipna=False) if "train_time_s" in runs else math.nan,
+            # structures present in a case's reference and predicted nowhere, over all runs
+            "n_missed": int(runs["n_missed"].sum()) if "n_missed" in runs else 0,
+            "n_present": int(runs["n_present"].sum()) if "n_present" in runs else 0,
+        }
+        if {"n_nan_dice", "n_valid_dice"} <= set(runs) and runs["n_nan_dice"].notna().any():
+            # strict: case x class entries with no Dice (both masks empty), excluded from the means
+            row["dice_n_na"] = int(runs["n_nan_dice"].sum())
+            row["dice_n_entries"] = row["dice_n_na"] + int(runs["n_valid_dice"].sum())
+        for col in value_cols:
+            row[f"{col}_mean"] = runs[col].mean(skipna=False)
+            row[f"{col}_std"] = runs[col].std(skipna=False) if len(runs) > 1 else math.nan
+            row[f"{col}_n_nan"] = int(runs[col].isna().sum())
+        rows.append(row)
+    board = pd.DataFrame(rows)
+    if "dice_mean" in board:
+        board = board.sort_values(["dice_mean", "model"], ascending=[False, True], na_position="last")
+    board = board.reset_index(drop=True)
+    first = group.iloc[0]
+    board.attrs.update(
+        dataset=first["dataset"],
+        protocol_name=first["protocol"],
+        protocol_version=int(first["protocol_version"]),
+        protocol_hash=first["protocol_hash"],
+        overrides=_overrides_text(first["protocol_overrides"]),
+        value_columns=value_cols,
+        hd95_units=sorted(set(group["hd95_unit"].dropna())) if "hd95_unit" in group else [],
+        # one for all classes (numbers), then per-class tables as records.load's text ("liver 5, spleen 3")
+        nsd_tolerances=[t for col in ("nsd_tolerance", "nsd_tolerances") if col in group
+                        for t in sorted(set(group[col].dropna()))],
+        devices=sorted(set(group["device"].dropna())) if "device" in group else [],
+        commits=_code_versions(group),
+        plugin_code=_plugin_code_changed(group),
+        repeated=repeated,
+        n_train=sorted({int(n) for n in group["n_train"].dropna()}) if "n_train" in group else [],
+    )
+    return board
+
+
+def _code_versions(group: pd.DataFrame) -> list[str]:
+    """The versions of bench's code a board's runs ran (``records.code_version``), one per source
+    digest: the same sources under a clean commit and in an edited tree ("-dirty": a README) are one
+    version. A record written before digests were kept counts by its commit, "unknown" without one."""
+    if "git_commit" not in group:
+        return []
+    pairs = [(c if isinstance(c, str) else None, d if isinstance(d, str) else None)
+             for c, d in zip(group["git_commit"], group.get("code_digest", pd.Series(None, index=group.index)))]
+    clean: dict[str, set[str]] = {}  # a clean commit names its sources, where all its records agree on them
+    for commit, digest in pairs:
+        if commit and digest and not commit.endswith("-dirty"):
+            clean.setdefault(commit, set()).add(digest)
+    digest_of = {c: next(iter(d)) for c, d in clean.items() if len(d) == 1}
+    versions: dict[str | None, tuple[str | None, str | None]] = {}
+    for commit, digest in pairs:
+        key = digest or digest_of.get(commit) or commit
+        if versions.get(key, (None, None))[1] is None:  # a record naming its digest names the version
+            versions[key] = (commit, digest)
+    labels = [code_version(c, d) or "unknown" for c, d in versions.values()]
+    # one clean commit with other sources (modules git does not track): its digests tell them apart
+    return sorted(label if labels.count(label) == 1 or not d else f"{c} sources {d}"
+                  for label, (c, d) in zip(labels, versions.values()))
+
+
+def _plugin_code_changed(group: pd.DataFrame) -> dict[str, str]:
+    """Per plugin model whose code changed since some of its runs trained (their records' model_code
+    against its sources now): "2 of 3 runs". A run is identified by its name and configuration, not
+    its code, so the board would show the old code's numbers under the model's name, unsaid. Models
+    not installed now are left out (nothing to compare with)."""
+    from bench.registry import model_code
+
+    if "model_code" not in group:
+        return {}
+    changed = {}
+    for model, codes in group.groupby("model")["model_code"]:
+        codes = codes.dropna()
+        if codes.empty:  # built-in models: records' code_digest names their code
+            continue
+        try:
+            now = model_code(model)
+        except BenchError:  # a plugin not installed here
+            continue
+        if (old := int((codes != now).sum())):
+            changed[model] = f"{old} of {len(codes)} run(s)"
+    return changed
+
+
+def _folds(splits: pd.Series) -> str:
+    """The cross-validation folds a model's runs tested, "0-4" or "0, 2"; "" for a fixed test split."""
+    folds = sorted({f for f in splits.astype(str).map(split_fold) if f is not None})
+    if len(folds) > 2 and folds == list(range(folds[0], folds[-1] + 1)):
+        return f"{folds[0]}-{folds[-1]}"
+    return ", ".join(map(str, folds))
+
+
+def _folds_cell(runs: pd.DataFrame) -> str:
+    """``_folds`` of a model's runs, and where its seeds tested other folds (an unfinished grid,
+    whose mean weighs some folds more) each seed's: "0-4 (uneven: seed 0: 0-4; seed 1: 0, 1)"."""
+    every = _folds(runs["split"])
+    per_seed = {seed: _folds(g["split"]) for seed, g in runs.groupby("seed", sort=True)}
+    if len(set(per_seed.values())) <= 1:
+        return every
+    return f"{every} (uneven: {'; '.join(f'seed {s}: {f}' for s, f in per_seed.items())})"
+
+
+def _joined(values: pd.Series) -> str:
+    # n_cases (n_train) normally agrees across runs; a smoke run with max_cases shows up as "12/4".
+    uniq = sorted({int(v) for v in values.dropna()})
+    return "/".join(str(v) for v in uniq)
+
+
+def leaderboards(df_runs: pd.DataFrame) -> dict[BoardKey, pd.DataFrame]:
+    """One numeric leaderboard per (dataset, protocol, policy), models sorted by mean DSC (without
+    the CIs, per-test-set boards and older records' GMACs that ``render`` adds from case rows and
+    profiles).
+
+    A board's row is a model label (``label_runs``) with its runs': ``model, family, model_config,
+    n_seeds, n_runs, folds`` (the cell shown), ``fold_set`` (the folds alone), ``n_cases, n_train``
+    ("12/4" where runs differ), ``evaluated`` (weights evaluated as given), ``params, macs,
+    paper_macs`` (means; the records' own counts), ``peak_mem_mb`` (max), ``train_time_s`` (mean),
+    ``n_missed, n_present`` (sums: structures predicted nowhere / present); where records count
+    them, ``dice_n_na`` / ``dice_n_entries`` (case × class entries without a Dice, summed over
+    runs / all entries: what ``strict`` left out of the means); then ``<col>_mean``/``<col>_std``/
+    ``<col>_n_nan`` (runs whose value is NaN) for each value column: the aggregate metrics the runs
+    computed (``METRICS`` order: dice, hd95, nsd, iou, acc, spe, sen; values as stored, in [0, 1]
+    and HD95 units), then per-class ``dice/<name>`` and ``hd95/<name>`` (with data) where a board
+    has two or more classes. ``board.attrs`` holds the dataset, protocol name, version, hash and
+    overrides, the ordered value columns, HD95 units, NSD tolerances, devices, code versions,
+    changed plugin code, repeated seeds and training-set sizes. Keys are ``BoardKey`` named tuples
+    (plain tuples work too). Runs whose status is not "finished" are left out.
+    """
+    if df_runs.empty:
+        return {}
+    df = label_runs(df_runs[df_runs["status"] == "finished"])
+    boards: dict[BoardKey, pd.DataFrame] = {}
+    for (dataset, protocol, policy), group in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
+        boards[BoardKey(dataset, protocol, policy)] = _board(group)
+    return boards
+
+
+CI_METRICS = ("dice", "hd95", "nsd")  # where the rows carry them
+
+
+# Datasets whose test ids are "<set>/<stem>" and whose authors score each test set on its own
+# (VM-UNet-V2's five polyp sets and its two ISIC years; bench.data.isic.MultiSetDataset). A run
+# on them also gets one board per set.
+TEST_SET_DATASETS = ("polyp", "isic_all")
+
+
+def split_test_sets(df_runs: pd.DataFrame, df_cases: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Runs on ``TEST_SET_DATASETS`` once more per test set, as (run rows, case rows) to append.
+
+    A set's run row is the run's, with ``dataset_name`` "<name>:<set>", ``run_id`` "<run_id>@<set>"
+    and its metrics re-aggregated from that set's case rows under the run's policy
+    (``bench.metrics.aggregate``: legacy-isic pools the set's confusion counts, as VM-UNet-V2's
+    engine does per set); its case rows are the run's, relabelled the same way. Every set then
+    gets its own board, CI, tests and published rows. Empty frames when there is nothing to split."""
+    from bench import metrics
+
+    empty = (df_runs.iloc[0:0], df_cases.iloc[0:0] if df_cases is not None else pd.DataFrame())
+    if df_cases is None or df_cases.empty or df_runs.empty:
+        return empty
+    runs = df_runs[df_runs["dataset"].isin(TEST_SET_DATASETS)]
+    cases = df_cases[df_cases["run_id"].isin(runs["run_id"]) & df_cases["case"].str.contains("/", regex=False)]
+    new_runs, new_cases = [], []
+    for (run_id, test_set), rows in cases.groupby(["run_id", cases["case"].str.split("/").str[0]], sort=True):
+        run = runs[runs["run_id"] == run_id].iloc[0].copy()
+        policy, set_id, name = run["policy"], f"{run_id}@{test_set}", f"{run['dataset_name']}:{test_set}"
+        for key, value in metrics.aggregate(rows, policy).items():
+            run[key] = value
+        for pc in metrics.aggregate_per_class(rows, policy):
+            run[f"dice/{pc['name']}"], run[f"hd95/{pc['name']}"] = pc["dice"], pc["hd95"]
+        if "empty" in rows:  # the misses of this set's cases (the run's row counts all its sets')
+            for key, value in miss_counts(rows["empty"]).items():
+                run[key] = value
+        run["run_id"], run["dataset_name"] = set_id, name
+        new_runs.append(run)
+        new_cases.append(rows.assign(run_id=set_id, dataset_name=name))
+    if not new_runs:
+        return empty
+    return pd.DataFrame(new_runs).reset_index(drop=True), pd.concat(new_cases, ignore_index=True)
+
+
+def _case_groups(df_cases: pd.DataFrame | None) -> dict[BoardKey, pd.DataFrame]:
+    """The case-level frame split like the boards (same labels), for statistics per board."""
+    if df_cases is None or df_cases.empty:
+        return {}
+    df = label_cases(df_cases)
+    return {BoardKey(*k): g for k, g in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True)}
+
+
+def join_ci(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.DataFrame]) -> None:
+    """Add ``<metric>_ci_lo/_ci_hi`` for ``CI_METRICS``: a bootstrap 95% CI of the board's own number
+    (test cases resampled, each run re-aggregated under the board's policy, then averaged over
+    seeds; ``bench.stats.bootstrap_ci``). ``groups``: the case rows per board (``_case_groups``)."""
+    from bench import stats
+
+    for key, board in boards.items():
+        cases = groups.get(key)
+        if cases is None:
+            continue
+        for metric in CI_METRICS:
+            if f"{metric}_mean" not in board or cases[metric].notna().sum() == 0:
+                continue
+            ci = stats.bootstrap_ci(cases, metric, key.policy)
+            cis = [ci.get(m, (math.nan, math.nan)) for m in board["model"]]
+            board[f"{metric}_ci_lo"], board[f"{metric}_ci_hi"] = [c[0] for c in cis], [c[1] for c in cis]
+
+
+def _finished(df_runs: pd.DataFrame) -> pd.DataFrame:
+    # a run that did not finish feeds no board, CI, test, rank, plot or case row
+    return df_runs[df_runs["status"] == "finished"] if not df_runs.empty else df_runs
+
+
+def _boards(df_runs: pd.DataFrame, df_cases: pd.DataFrame | None, profiles: pd.DataFrame | None) -> tuple[
+        dict[BoardKey, pd.DataFrame], dict[BoardKey, pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame]]:
+    """The boards (per-test-set ones included, costs and CIs joined), their case rows, and the
+    per-test-set (run rows, case rows) of ``split_test_sets``."""
+    df_runs = _finished(df_runs)
+    if df_cases is not None:
+        df_cases = df_cases[df_cases["run_id"].isin(df_runs["run_id"])]
+    set_runs, set_cases = split_test_sets(df_runs, df_cases)
+    boards = leaderboards(pd.concat([df_runs, set_runs], ignore_index=True) if len(set_runs) else df_runs)
+    groups = _case_groups(pd.concat([df_cases, set_cases], ignore_index=True) if len(set_cases) else df_cases)
+    join_cost(boards, profiles)
+    join_ci(boards, groups)
+    return boards, groups, (set_runs, set_cases)

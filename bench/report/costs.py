@@ -1,0 +1,169 @@
+"""Cost tables of ``bench profile`` records (Markdown, LaTeX), and GMACs joined to boards whose records lack them."""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+from typing import Any
+
+import pandas as pd
+
+from bench.report.labels import BoardKey, model_labels
+from bench.report.tables import _latex_table, _md_table
+
+
+def render_cost_latex(df_prof: pd.DataFrame) -> str:
+    """The cost tables (``cost_tables``) as booktabs tables, the fingerprint in the caption."""
+    parts, labels = [], collections.Counter()
+    for title, table in cost_tables(df_prof).items():
+        table = table.drop(columns="fingerprint")  # the title names it
+        spec = "".join("l" if c in ("model", "family", "input_shape") else "r" for c in table.columns)
+        # labelled by input and precision (the fingerprint would make a label of a line), numbered per machine
+        parts.append(_latex_table(title, _cost_note(table), " ".join(title.split(" · ")[:3]), table, spec, labels))
+    return "\n\n".join(parts)
+
+
+def _g(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v / 1e9:.2f}" if abs(v) >= 1e9 else f"{v / 1e9:.4f}"
+
+
+def _num(v, fmt: str) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def scan_mark(backend: Any) -> str:
+    """`` (ref scan)`` where a timing ran on a fallback scan, not the kernel the model would use
+    there (cpu, cuda): a reference backend is never shown as the model's speed without saying so."""
+    return "" if backend in (None, "cpu", "cuda") or (isinstance(backend, float) and math.isnan(backend)) \
+        else f" ({backend} scan)"
+
+
+def profile_labels(g: pd.DataFrame) -> list[str]:
+    """Model names labelled as boards label runs (``model_labels``): tiny configurations, and the
+    config keys that differ where one model was profiled in several (``--set``, ``--num-classes``)."""
+    configs = pd.Series([json.dumps(c, sort_keys=True) if isinstance(c, dict) else "" for c in
+                         (g["model_config"] if "model_config" in g else [None] * len(g))], index=g.index)
+    return model_labels(g["model"].astype(str), configs, tiny=g["tiny"] if "tiny" in g else None)
+
+
+def _unit(v: Any, scale: float, unit: str, fmt: str = ".2f", small: str = ".4f") -> str:
+    """``v / scale`` with its unit ("27.43 M", "0.0045 G"); empty for a missing value."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    x = v / scale
+    return "0" if x == 0 else f"{format(x, fmt if abs(x) >= 1 else small)} {unit}"
+
+
+def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """One display table per (device fingerprint, input shape, precision, layout, compile):
+    timings only rank against timings taken the same way on the same machine. The columns keep
+    the profile output's names (``model``, ``params``, ``input_shape``, ``macs``, ``paper_macs``,
+    ``flops``, ``latency_ms_median``, ``fps``, ``fingerprint``, as the CSV and JSON have them);
+    the cells carry their units (M, G) so that the table reads without the caption."""
+    tables: dict[str, pd.DataFrame] = {}
+    if df_prof is None or df_prof.empty:
+        return tables
+    keys = ["fingerprint", "input_shape", "precision", "channels_last", "compiled"]
+    for (fp, shape, prec, cl, comp), g in df_prof.groupby(keys, sort=True):
+        g = g.sort_values("macs")
+        timed = g["latency_ms_median"].notna() if "latency_ms_median" in g else pd.Series(False, index=g.index)
+        mark = [scan_mark(b) for b in g["scan_backend"]]
+        layout = (" · channels_last" if cl else "") + (" · torch.compile" if comp else "")
+        title = f"Cost · input {shape} · {prec}{layout} · {fp}"
+        none = [None] * len(g)  # columns a --no-timing profile has not got
+        flops = g["flops"].fillna(2 * g["macs"]) if "flops" in g else 2 * g["macs"]  # 1 MAC = 2 FLOPs
+        table = pd.DataFrame({
+            "model": profile_labels(g), "family": g["family"],
+            "params": [_unit(v, 1e6, "M") for v in g["params"]],
+            "paper_params": [_unit(v, 1e6, "M") for v in g["paper_params"]],
+            "input_shape": g["input_shape"],
+            # the head's size: a board's GMACs are its runs' own count, at their data's classes
+            "num_classes": [_config(c).get("num_classes", "") for c in g.get("model_config", none)],
+            "macs": [_unit(v, 1e9, "G") for v in g["macs"]],
+            "scan_macs": [_unit(v, 1e9, "G") for v in g["scan_macs"]],
+            "paper_macs": [_unit(v, 1e9, "G") for v in g["paper_macs"]],
+            "paper_macs_missing_pct": [_num(v, ".1f") for v in g["paper_macs_missing_pct"]],
+            "flops": [_unit(v, 1e9, "G") for v in flops],
+            "fvcore_macs": [_unit(v, 1e9, "G") for v in g["fvcore_macs"]],
+            "latency_ms_median": [_num(v, ".2f") + m if t else ""
+                                  for v, m, t in zip(g.get("latency_ms_median", none), mark, timed)],
+            "latency_ms_p90": [_num(v, ".2f") if t else "" for v, t in zip(g.get("latency_ms_p90", none), timed)],
+            "fps": [_num(v, ".1f") + (m if t else "") for v, m, t in zip(g.get("fps", none), mark, timed)],
+            "peak_mem_mb": [f"{_num(f, '.0f')} ({k})" if isinstance(f, (int, float)) and f == f else ""
+                            for f, k in zip(g.get("peak_mem_mb", none), g.get("peak_mem_kind", none))],
+            "train_peak_mem_mb": [_num(v, ".0f") for v in g.get("train_peak_mem_mb", none)],
+            "fingerprint": g["fingerprint"],
+        })
+        if "throughput_fps" in g and g["throughput_fps"].notna().any():  # measured at a batch > 1
+            table.insert(table.columns.get_loc("fps") + 1, "throughput_fps",
+                         [f"{f:.1f} @ batch {int(b)}{m}" if f == f and f is not None else ""
+                          for f, b, m in zip(g["throughput_fps"], g["throughput_batch"], mark)])
+        untimed = [c for c in ("latency_ms_median", "latency_ms_p90", "fps", "peak_mem_mb", "train_peak_mem_mb")
+                   if not table[c].astype(bool).any()]
+        tables[title] = table.drop(columns=untimed)  # counts only (--no-timing): no empty timing columns
+    return tables
+
+
+COST_NOTE = ("params: `sum(p.numel())`; paper_params: what thop counts (no bare `nn.Parameter`). macs: our "
+             "count (torch.utils.flop_counter, one multiply-add = 1 MAC = 2 FLOPs, so flops = 2 × macs) with "
+             "the selective scan included (scan_macs: 9·B·L·D·N FLOPs per scan, the Mamba authors' estimate, "
+             "plus the D and z terms). paper_macs: thop's count, the convention of most papers in this field "
+             "(thop 0.1.1: leaf modules only — no scan, no einsum, no functional matmul); paper_macs_missing_pct: "
+             "the share of macs it leaves out. fvcore_macs: a cross-check of ours (it also prices normalisation, "
+             "up-sampling and pooling). num_classes: the head's classes (a board's GMACs are its runs' own "
+             "count). M = 10⁶, G = 10⁹.")
+TIMING_NOTE = ("latency_ms_median / p90 and fps (batch 1): forward passes of random input after warm-up, "
+               "synchronised on CUDA; a mark such as \"(torch scan)\" means the selective scan ran on a fallback, "
+               "not the kernel the model would use there. peak_mem_mb: a forward's peak (its kind in brackets), "
+               "train_peak_mem_mb: a training step's.")
+
+
+def _config(config: Any) -> dict:
+    """A model configuration as records and profiles keep it (a dict, or its JSON text), or {}."""
+    if isinstance(config, str):
+        config = json.loads(config) if config else {}
+    return config if isinstance(config, dict) else {}
+
+
+def _cost_note(table: pd.DataFrame) -> str:
+    """What a cost table's columns mean; timing only where it has some (--no-timing has none)."""
+    return COST_NOTE + (" " + TIMING_NOTE if "latency_ms_median" in table else "")
+
+
+def render_cost_md(df_prof: pd.DataFrame) -> str:
+    parts = []
+    for title, table in cost_tables(df_prof).items():
+        align = ["left" if c in ("model", "family", "input_shape", "fingerprint") else "right" for c in table.columns]
+        parts.append(f"## {title}\n\n{_cost_note(table)}\n\n" + _md_table(table, align) + "\n")
+    return "\n".join(parts)
+
+
+_HEAD_KEYS = ("num_classes", "in_chans")
+
+
+def cost_key(model: str, config: Any) -> str:
+    """What makes a ``bench profile`` row the cost of a board row's model: the model (a board label's
+    name part) and its configuration, input size included, with the output classes and input
+    channels aside (they change the first and last layer only; profiles default to 9 and 3)."""
+    config = _config(config)  # {} for a profile written before configs were kept
+    return json.dumps([model.split(" (")[0], {k: v for k, v in config.items() if k not in _HEAD_KEYS}],
+                      sort_keys=True)
+
+
+def join_cost(boards: dict[BoardKey, pd.DataFrame], df_prof: pd.DataFrame | None) -> None:
+    """Fill ``macs``/``paper_macs`` of board rows whose records carry none (records written
+    before runs counted them) from the profile of the same model and configuration (``cost_key``);
+    counts do not depend on the device, so any fingerprint serves."""
+    if df_prof is None or df_prof.empty:
+        return
+    configs = df_prof["model_config"] if "model_config" in df_prof else [None] * len(df_prof)
+    lookup = {cost_key(m, c): (a, b) for m, c, a, b in
+              zip(df_prof["model"], configs, df_prof["macs"], df_prof["paper_macs"])}
+    for board in boards.values():
+        pairs = [lookup.get(cost_key(m, c), (math.nan, math.nan)) for m, c in zip(board["model"], board["model_config"])]
+        have = board["macs"].notna() if "macs" in board else pd.Series(False, index=board.index)
+        board["macs"] = board["macs"].where(have, [p[0] for p in pairs])
+        board["paper_macs"] = board["paper_macs"].where(have, [p[1] for p in pairs])

@@ -1,0 +1,135 @@
+"""Board and row labels of runs: the board a run joins (``BoardKey``) and its row's model label.
+
+The grouping rules are in ``bench.report``'s docstring; ``bench.drift`` labels its baselines with them too."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.records import split_fold
+
+
+class BoardKey(NamedTuple):
+    dataset: str  # e.g. "synapse" or "synapse (synthetic)"
+    protocol: str  # e.g. "synapse" or "synapse (off-protocol: epochs=2)"
+    policy: str
+
+
+CV_LABEL = " (cross-validation)"  # in the board_dataset of --folds runs
+
+
+def _overrides_text(overrides_json: str) -> str:
+    overrides = json.loads(overrides_json) if overrides_json else {}
+    return ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in sorted(overrides.items()))
+
+
+def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
+    """Add ``board_dataset``, ``board_protocol`` and ``model_label`` columns (rules: ``bench.report``'s docstring).
+
+    Shared with ``bench.drift`` so a baseline and a report name groups identically.
+    """
+    df = df_runs.copy()
+    # dataset_name, not dataset: runs on two nnU-Net-format datasets must not share a board
+    name = df["dataset_name"] if "dataset_name" in df else df["dataset"]
+    df["board_dataset"] = np.where(df["synthetic"].astype(bool), name + " (synthetic)", name)
+    if "split" in df:  # a fold's test cases are other cases: its numbers never average with a fixed split's
+        df["board_dataset"] = np.where(df["split"].astype(str).map(split_fold).notna(),
+                                       df["board_dataset"] + CV_LABEL, df["board_dataset"])
+    if "data_id" in df:  # other files under one dataset name (another copy, preprocessed otherwise): another board
+        ids = df["data_id"].fillna("").astype(str)  # "": a run identified by its data's path, older records
+        n_ids = ids.where(ids != "").groupby([df["board_dataset"], df["protocol"], df["policy"]]).transform("nunique")
+        tag = " (data " + ids.str.split(":").str[-1].str[:8] + ")"
+        df["board_dataset"] = np.where((n_ids > 1) & (ids != ""), df["board_dataset"] + tag, df["board_dataset"])
+    hashes = df.groupby(["board_dataset", "protocol", "policy"])["protocol_hash"].transform("nunique")
+    labels = []
+    for (_, row), n_hash in zip(df.iterrows(), hashes):
+        label = row["protocol"] if n_hash == 1 else f"{row['protocol']}@{row['protocol_hash'][:8]}"
+        if row["off_protocol"]:
+            label += f" (off-protocol: {_overrides_text(row['protocol_overrides'])})"
+        labels.append(label)
+    df["board_protocol"] = labels
+    df["model_label"] = model_labels(df["model"], df["model_config"], df[["board_dataset", "board_protocol", "policy"]],
+                                     df["tiny"] if "tiny" in df else None)
+    if "init" in df:  # weights started from other pretrained files (or from none): other rows
+        # among the runs that trained here: evaluated weights (below) started from nothing of this run's
+        trained = df["weights"].isna() if "weights" in df else pd.Series(True, index=df.index)
+        inits = df["init"].fillna("").astype(str).where(trained)
+        n_inits = inits.groupby([df["board_dataset"], df["board_protocol"], df["policy"], df["model_label"]]
+                                ).transform("nunique")
+        named = np.where(inits != "", " (init " + inits + ")", " (from scratch)")
+        df["model_label"] = np.where(trained & (n_inits > 1), df["model_label"] + named, df["model_label"])
+    if "weights" in df:  # weights trained elsewhere and only evaluated here: never a row of the protocol's training
+        df["model_label"] = [(f"{label[:-1]}, weights {w})" if label.endswith(")") else f"{label} (weights {w})")
+                             if isinstance(w, str) and w else label for label, w in zip(df["model_label"], df["weights"])]
+    return df
+
+
+def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | None = None,
+                 tiny: pd.Series | None = None) -> list[str]:
+    """Row labels: the model's name, ``"(tiny)"`` added wherever the run used the model's tiny test
+    configuration (``--tiny``; ``tiny``: the records' flag, else the config is compared with it), with
+    the tiny keys it set otherwise (``"mymodel (tiny, width=12)"``: neither the tiny nor the paper
+    model), whatever else shares the table; where one model still runs in several configurations
+    within a group (a board), the config keys that differ between them: ``"unet (encoder=resnet34)"``,
+    ``"unet (tiny, img_size=96)"``. ``configs``: JSON strings."""
+    parsed = pd.Series([json.loads(c) if isinstance(c, str) and c else {} for c in configs], index=models.index)
+    flags = tiny if tiny is not None else pd.Series([None] * len(models), index=models.index)
+
+    def shown(p: dict, k: str) -> str:
+        return f"{k}={json.dumps(p[k], ensure_ascii=False)}" if k in p else f"{k}=default"
+
+    own: dict[Any, list[str]] = {}  # by row: "tiny" and the tiny keys set otherwise
+    for i, m, p, flag in zip(models.index, models.astype(str), parsed, flags):
+        # --tiny (older records: no flag), or its configuration given by hand (--set): the same model either way
+        if (flag is not None and not pd.isna(flag) and bool(flag)) or _is_tiny(m, p):
+            own[i] = ["tiny", *(shown(p, k) for k in _tiny_changes(m, p))]
+        else:
+            own[i] = []
+    frame = pd.DataFrame({"model": models.astype(str), "own": [", ".join(own[i]) for i in models.index]},
+                         index=models.index)
+    labels = frame["model"] + frame["own"].map(lambda o: f" ({o})" if o else "")
+    if groups is not None:
+        frame = pd.concat([groups.add_prefix("group_"), frame], axis=1)
+    for (*_, model, _own), idx in frame.groupby(list(frame.columns), sort=False, dropna=False).groups.items():
+        mine = parsed[idx].tolist()
+        names = sorted({k for p in mine for k in p})
+        differing = [k for k in names if len({json.dumps(p.get(k), sort_keys=True) for p in mine}) > 1]
+        if not differing:
+            continue
+        for i, p in zip(idx, mine):
+            parts = own[i] + [part for part in (shown(p, k) for k in differing) if part not in own[i]]
+            labels[i] = f"{model} ({', '.join(parts)})"
+    return labels.tolist()
+
+
+def _tiny_config(model: str) -> dict:
+    from bench.registry import get_entry
+
+    try:
+        return dict(get_entry(model).tiny)
+    except BenchError:  # a record of a model no longer registered
+        return {}
+
+
+def _is_tiny(model: str, config: dict) -> bool:
+    """Whether ``config`` holds the model's tiny test configuration (registry ``tiny``)."""
+    tiny = _tiny_config(model)
+    return bool(tiny) and all(json.dumps(config.get(k)) == json.dumps(v) for k, v in tiny.items())
+
+
+def _tiny_changes(model: str, config: dict) -> list[str]:
+    """The tiny configuration's keys that ``config`` sets otherwise (``--tiny --set width=12``)."""
+    return [k for k, v in _tiny_config(model).items() if k in config and json.dumps(config[k]) != json.dumps(v)]
+
+
+def label_cases(df_cases: pd.DataFrame) -> pd.DataFrame:
+    """A case-level frame with the board and model labels of ``label_runs``, computed once per
+    run (a run has many case rows) and joined back."""
+    runs = df_cases.drop_duplicates("run_id")
+    labels = label_runs(runs)[["run_id", "board_dataset", "board_protocol", "model_label"]]
+    return df_cases.merge(labels, on="run_id", how="left")

@@ -1,0 +1,108 @@
+"""The ``--reference`` section: paired tests against one model and rank stability, per board."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.report.board_text import _caption
+from bench.report.boards import CI_METRICS, METRICS
+from bench.report.costs import _num
+from bench.report.labels import BoardKey
+from bench.report.tables import _md_table
+
+
+def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.DataFrame],
+                    reference: str) -> str:
+    """Per board: paired tests of every model against ``reference`` (Holm-adjusted; ``stats.paired_tests``)
+    and the rank table with its bootstrap stability. ``groups``: the case rows per board."""
+    from bench import stats
+
+    parts = []
+    for key, cases in groups.items():
+        if key not in boards:
+            continue
+        labels = sorted(set(cases["model_label"]))
+        ref = stats.reference_label(cases, reference)  # "unet" for "unet (tiny)"
+        tests = stats.paired_tests(cases, ref, metrics=CI_METRICS, policy=key.policy)
+        ranks = stats.rank_stability(cases, "dice", key.policy)
+        title = f"## Significance · {_caption(key, boards[key])[0]}"
+        rank_table = pd.DataFrame({
+            "Model": ranks["model"], "DSC (%)": [f"{100 * v:.2f}" for v in ranks["mean"]],
+            "Rank": ranks["rank"], "P(rank 1)": [_num(p, ".2f") for p in ranks["p_rank_1"]],
+            "95% rank interval": ["" if math.isnan(a) else f"{a:.0f}–{b:.0f}"
+                                  for a, b in zip(ranks["rank_lo"], ranks["rank_hi"])],
+        })
+        rank_table = _md_table(rank_table)
+        unranked = sorted(set(labels) - set(ranks["model"]))
+        if unranked:  # their DSC is NaN on the shared cases (strict: a class valid in none of them)
+            rank_table += f"\n\nNot ranked (DSC nan over the cases every model has): {', '.join(unranked)}."
+        rank_note = ("Ranks by the board's DSC (its policy's aggregate) over the cases every model has; stability "
+                     "from 1000 bootstrap resamples of those cases (any in which a model's DSC is undefined left out), "
+                     "for these trained runs: a retrained seed can rank otherwise. "
+                     "Tied models share the better rank, so P(rank 1) can add up to more than 1.")
+        if tests.empty:
+            if ref in labels:
+                why = (f"{ref!r} is the only model on this board" if len(labels) == 1
+                       else f"{ref!r} shares no scored test case with another model")
+            elif configs := [m for m in labels if m.startswith(f"{reference} (")]:  # "unet (encoder=resnet34)": per config
+                why = (f"{reference!r} runs here in several configurations ({', '.join(configs)}); pass one as "
+                       "--reference")
+            else:
+                why = f"{reference!r} has no runs on this board"
+            parts.append(f"{title}\n\nNo paired comparison: {why}. {rank_note}\n\n{rank_table}\n")
+            continue
+        pooled = tests["test"].str.startswith("permutation").any()
+        shown = pd.DataFrame({
+            "Model": tests["model"], "Metric": [METRICS[m][0] for m in tests["metric"]],
+            "Cases": tests["n_cases"],
+            ("Diff of board values (model − ref)" if pooled else "Mean per-case diff (model − ref)"):
+                [_num(d * (100 if METRICS[m][1] else 1), "+.2f") for d, m in zip(tests["mean_diff"], tests["metric"])],
+            **({} if pooled else {"Effect size (r)": [_num(r, "+.2f") for r in tests["effect_size"]]}),
+            ("p (permutation)" if pooled else "p (Wilcoxon)"): [
+                _num(p, ".3g") + (" (seed-averaged)" if test.endswith("(seed-averaged)") else "")
+                for p, test in zip(tests["p"], tests["test"])],
+            "p (Holm)": [_num(p, ".3g") for p in tests["p_holm"]],
+        })
+        if pooled:
+            note = (f"Reference: {ref}. The board's number is pooled over all test pixels, not a mean over cases, so "
+                    "the test is a paired permutation test of the board's difference: each shared case's confusion "
+                    "counts swapped or not between the two models' runs (paired in seed and fold order), every "
+                    f"pattern up to 2^12 (else {stats.N_PERM} drawn), the pooled numbers recomputed per run and "
+                    "averaged over runs; two-sided p, adjusted with Holm over the board's tests (a per-case test can "
+                    "contradict a pooled gap)."
+                    + (" \"seed-averaged\": the models' runs do not pair up (other seeds or folds), so the p tests "
+                       "another number, the pooled metric of each case's counts averaged over the model's runs, which "
+                       "can differ from the board values' difference, even in sign."
+                       if (tests["test"] == "permutation (seed-averaged)").any() else "") + f" {rank_note}")
+        else:
+            note = (f"Reference: {ref}. Two-sided Wilcoxon signed-rank over the shared test cases (each case "
+                    "averaged over its classes and the seeds; where some classes are NaN in a case, this mean "
+                    "per-case difference can differ from the difference of board values, which averages each "
+                    "class over cases first); effect size: matched-pairs rank-biserial correlation, > 0 means the "
+                    f"model beats the reference; p adjusted with Holm over the board's tests. {rank_note}")
+            if (tests["test"] == "undefined").any():
+                note += (" nan: the board's number of the model or the reference is nan (a class valid in no "
+                         "shared case), so there is nothing to test.")
+        if key.policy == "legacy-synapse":
+            note += (" Caution: under legacy-synapse a missed organ scores HD95 0 (the papers' rule), so a model "
+                     "that finds nothing looks best on HD95; `--policy strict` penalises misses.")
+        parts.append(f"{title}\n\n{note}\n\n" + _md_table(shown) + "\n\n" + rank_table + "\n")
+    return "\n".join(parts)
+
+
+def _check_reference(reference: str, groups: dict[BoardKey, pd.DataFrame], results_dir: Path) -> None:
+    """BenchError when ``reference`` names no model (nor a board row such as "unet (widths=...)") of
+    any board: a typo would print 'no runs on this board' under every board."""
+    rows = [g[["model", "model_label"]] for g in groups.values()]
+    names = sorted(set(pd.concat(rows).stack())) if rows else []
+    if reference in names:
+        return
+    close = difflib.get_close_matches(reference, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise BenchError(f"--reference {reference!r}: no runs of that model in {results_dir} (models there: "
+                     f"{', '.join(names) or 'none'}){hint}")

@@ -1,0 +1,57 @@
+"""Generic Markdown (pipe) and LaTeX (booktabs) table writers for string tables."""
+
+from __future__ import annotations
+
+import collections
+import re
+
+import pandas as pd
+
+
+def _md_table(table: pd.DataFrame, colalign: list[str] | None = None) -> str:
+    """A pipe table whose cells may hold ``|`` (a model config such as ``norm="a|b"``): escaped, so
+    the columns stay where they are."""
+    esc = lambda v: v.replace("|", "\\|") if isinstance(v, str) else v  # noqa: E731
+    table = table.rename(columns=esc).map(esc)
+    return table.to_markdown(index=False, disable_numparse=True, **({"colalign": colalign} if colalign else {}))
+
+
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "·": r"$\cdot$", "×": r"$\times$", "−": r"$-$",
+    "–": "--", "—": "---", "⁰": r"$^0$", "¹": r"$^1$", "²": r"$^2$", "³": r"$^3$", "⁴": r"$^4$", "⁵": r"$^5$",
+    "⁶": r"$^6$", "⁷": r"$^7$", "⁸": r"$^8$", "⁹": r"$^9$", "`": "",  # a Markdown code mark
+    "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}", '"': r"\texttt{\char34}",  # straight quote, any encoding
+}  # fmt: skip
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def _align(column: str) -> str:
+    return "left" if column in ("Model", "Family") else "right"
+
+
+def _latex_table(title: str, note: str, name: str, table: pd.DataFrame, spec: str,
+                 labels: collections.Counter) -> str:
+    """A booktabs table captioned ``title. note`` (the title alone in a list of tables); its label
+    from ``name`` ("tab:synapse-smoke-legacy-synapse"), numbered where ``labels`` has seen it."""
+    label = "tab:" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    labels[label] += 1
+    lines = [
+        "\\begin{table}[t]",
+        "\\centering",
+        f"\\caption[{{{_latex_escape(title)}}}]{{{_latex_escape(title)}. {_latex_escape(note)}}}",  # {}: a ] in it
+        f"\\label{{{label}{'' if labels[label] == 1 else f'-{labels[label]}'}}}",
+        # shrunk to the line where wider (Synapse's board has ~26 columns), never enlarged
+        "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        " & ".join(_latex_escape(c) for c in table.columns) + " \\\\",
+        "\\midrule",
+    ]
+    lines += [" & ".join(_latex_escape(v) for v in row) + " \\\\" for row in table.itertuples(index=False)]
+    lines += ["\\bottomrule", "\\end{tabular}", "}", "\\end{table}"]
+    return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""``render`` (the boards' text) and ``write_report`` (``bench report``: boards, sections, plots, the file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.records import atomic_write_text, load, select_runs
+from bench.report.board_text import _check_columns, _check_format, _render, _shows, render_cases
+from bench.report.boards import _boards, _finished
+from bench.report.costs import render_cost_latex, render_cost_md
+from bench.report.formats import ReportFormat
+from bench.report.published import PUBLISHED_NOTE, missing_published_md, published_tables
+from bench.report.significance import _check_reference, significance_md
+from bench.report.tables import _md_table
+
+
+def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md", df_cases: pd.DataFrame | None = None,
+           profiles: pd.DataFrame | None = None, columns: tuple[str, ...] | None = None) -> str:
+    """All leaderboards of ``df_runs`` (from ``records.load``) as Markdown, LaTeX or CSV text.
+
+    ``md``: a ``##`` heading per board naming dataset, protocol (name, version, hash) and metric
+    policy, a line with seeds/cases, then a table of "81.23 ± 0.45" strings. ``latex``: one
+    booktabs ``table`` per board, same content. ``csv``: the numeric boards stacked into one tidy
+    table (mean and std columns, metrics as stored in [0, 1]) with the board key columns first.
+    With ``df_cases`` (``records.load(dir, level="case")``) the boards gain their bootstrap CIs and
+    polyp/isic_all runs a board per test set; with ``profiles`` (``cost.load_profiles``), GMACs of
+    runs whose records count none, and in LaTeX the cost tables after the boards: then this is
+    ``bench report``'s text (``write_report`` adds the Markdown sections after the boards: paired
+    tests, published numbers, cost tables, plots).
+    ``columns``: the Markdown/LaTeX tables' ``COLUMN_GROUPS`` (``parse_columns``); None: all.
+    """
+    fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
+    _check_columns(columns, fmt)
+    if fmt == ReportFormat.cases:
+        if df_cases is None:
+            raise BenchError("format 'cases' needs the records' case rows: pass df_cases (bench report --format cases)")
+        return render_cases(df_cases[df_cases["run_id"].isin(_finished(df_runs)["run_id"])])
+    boards, _, _ = _boards(df_runs, df_cases, profiles)
+    return _with_cost_latex(_render(boards, fmt, columns), fmt, profiles, columns)
+
+
+def _with_cost_latex(text: str, fmt: ReportFormat, profiles: pd.DataFrame | None,
+                     columns: tuple[str, ...] | None) -> str:
+    """LaTeX boards followed by the cost tables of ``profiles`` (a paper's cost table), unless
+    ``columns`` leaves the cost out."""
+    if fmt != ReportFormat.latex or profiles is None or profiles.empty or not _shows(columns, "cost"):
+        return text
+    cost = render_cost_latex(profiles)
+    return text.rstrip("\n") + "\n\n" + cost + "\n" if cost else text
+
+
+def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
+                 published: Path | bool | None = None, reference: str | None = None,
+                 models: list[str] | None = None, datasets: list[str] | None = None,
+                 columns: tuple[str, ...] | None = None) -> str:
+    """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically.
+
+    Accuracy boards show each run's own GMAC count (records written before runs counted them:
+    from ``bench profile`` records of the same model and configuration, ``join_cost``) and a
+    bootstrap 95% CI over cases; Markdown reports end with, when asked, paired tests
+    against ``reference`` and, with ``published`` (True: the repo's ``results/published.csv``, or
+    a path), a published-vs-ours table per board, then the cost tables; with ``out``, the plots of
+    ``bench.plots`` are written to ``<out stem>_files/`` beside it and linked. ``models`` /
+    ``datasets``: only their runs (and profiles of those models; ``select_runs``). ``columns``: the
+    boards' ``COLUMN_GROUPS`` (Markdown, LaTeX; None: all)."""
+    from bench.cost import load_profiles
+
+    fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
+    if (reference or published) and fmt != ReportFormat.md:
+        asked = [o for o, v in (("--reference", reference), ("--published", published)) if v]
+        raise BenchError(f"{' and '.join(asked)} add{'s' if len(asked) == 1 else ''} Markdown sections; use "
+                         f"--format md (got --format {fmt.value})")
+    _check_columns(columns, fmt)
+    df_runs, profiles = load(results_dir), load_profiles(results_dir)  # load first: it checks the folder
+    profiled = set(profiles["model"]) if profiles is not None and "model" in profiles else set()
+    df_runs = _finished(select_runs(df_runs, models, datasets, results_dir, profiled))
+    if models and profiles is not None and "model" in profiles:
+        profiles = profiles[profiles["model"].isin(models)]
+    df_cases = load(results_dir, level="case") if not df_runs.empty else None
+    if df_cases is not None:
+        df_cases = df_cases[df_cases["run_id"].isin(df_runs["run_id"])]
+    if fmt == ReportFormat.cases:
+        text = render_cases(df_cases)
+    else:
+        boards, groups, (set_runs, set_cases) = _boards(df_runs, df_cases, profiles)
+        text = _render(boards, fmt, columns)
+        if not boards and fmt == ReportFormat.md and profiles is not None and not profiles.empty:
+            text = f"No finished runs in {results_dir}: the cost tables of its `bench profile` records only.\n"
+        elif not boards and fmt == ReportFormat.md:  # most likely not the folder meant
+            text = (f"No finished runs found in {results_dir}"
+                    f"{' for these --models/--dataset' if models or datasets else ''}: pass the --results folder "
+                    "of `bench run`.\n")
+        if fmt == ReportFormat.md:
+            extra = []
+            if reference:
+                if models and reference.split(" (")[0] not in models:
+                    raise BenchError(f"--reference {reference!r}: not among --models {','.join(models)}; add it "
+                                     "there to compare with it")
+                _check_reference(reference, groups, results_dir)
+                extra.append(significance_md(boards, groups, reference))
+            if published:
+                from bench.published import DEFAULT_NAME, load_published
+
+                pub = load_published(None if published is True else Path(published))
+                for title, table in published_tables(boards, pub, groups).items():
+                    extra.append(f"## {title}\n\n{PUBLISHED_NOTE}\n\n{_md_table(table)}\n")
+                missing = missing_published_md(boards, pub, DEFAULT_NAME if published is True else str(published))
+                extra += [missing] if missing else []
+            cost = render_cost_md(profiles) if _shows(columns, "cost") else ""
+            extra += [cost] if cost else []
+            if out is not None:  # the images go beside the Markdown file, linked relatively
+                from bench.plots import write_plots
+
+                images = Path(out).parent / f"{Path(out).stem}_files"
+                paths = write_plots(results_dir, images, df_runs=df_runs, df_cases=df_cases, df_profiles=profiles,
+                                    set_runs=set_runs, set_cases=set_cases)
+                if paths:
+                    extra.append("## Plots\n\n" + "\n\n".join(
+                        f"![{p.stem}](<{images.name}/{p.name}>)" for p in paths) + "\n")  # <>: names with spaces
+            if extra:
+                text = text.rstrip("\n") + "\n\n" + "\n".join(extra)
+        text = _with_cost_latex(text, fmt, profiles, columns)
+    if out is not None:
+        atomic_write_text(Path(out), text)
+    return text
