@@ -35,8 +35,9 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import atomic_write_text
+from bench.records import atomic_write_text, finished
 from bench.report import label_runs
+from bench.report.tables import _md_table
 
 __all__ = ["BASELINE_COLUMNS", "DEFAULT_TOLERANCES", "DriftResult", "baseline_table", "write_baseline", "compare"]
 
@@ -79,10 +80,10 @@ def _current_values(df_runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     both are treated as absent).
     """
     cols = _KEY + ["value", "n_values"]
-    finished = df_runs[df_runs["status"] == "finished"] if not df_runs.empty else df_runs
-    if finished.empty:
+    done = finished(df_runs)
+    if done.empty:
         return pd.DataFrame(columns=cols)
-    df = label_runs(finished)
+    df = label_runs(done)
     rows = []
     for (dataset, protocol, policy, model), runs in df.groupby(
         ["board_dataset", "board_protocol", "policy", "model_label"], sort=True
@@ -289,7 +290,8 @@ class DriftResult:
         summary = f"Drift check {'FAILED' if self.failed else 'passed'}: {counts}."
         if shown.empty:
             return summary + "\n"
-        body = shown.to_markdown(index=False, tablefmt="github" if fmt == "md" else "simple", disable_numparse=True)
+        body = _md_table(shown) if fmt == "md" else shown.to_markdown(index=False, tablefmt="simple",
+                                                                       disable_numparse=True)
         return f"{body}\n\n{summary}\n"
 
 

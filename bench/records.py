@@ -691,6 +691,12 @@ def scores_text(rec: Mapping[str, Any], unit: bool = False) -> str:
     return f"DSC {100 * m['dice']:.2f}" + (f" · HD95 {hd:.2f}{hd_unit}" if has_hd else "")
 
 
+def finished(df_runs: pd.DataFrame) -> pd.DataFrame:
+    """``load``'s rows of finished runs: what boards, drift checks and rescoring take (a run that did
+    not finish feeds no board, CI, test, rank, plot or case row)."""
+    return df_runs[df_runs["status"] == "finished"] if not df_runs.empty else df_runs
+
+
 def select_runs(df_runs: pd.DataFrame, models: list[str] | None = None, datasets: list[str] | None = None,
                 results_dir: Path | str = "", profiled: Iterable[str] = ()) -> pd.DataFrame:
     """The runs of ``models`` on ``datasets`` (a reader's name such as ``synapse``, or a board's data

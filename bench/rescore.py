@@ -163,9 +163,8 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
     if df.empty:  # as bench predict: a folder without records is most likely not the one meant
         raise BenchError(f"{results_dir}: no run records; pass the --results folder of `bench run`")
     if models is not None:  # a name without finished runs: one error listing those there, as bench report
-        from bench.records import select_runs
-
-        select_runs(df[(df["status"] == "finished") & df["rescored_from"].isna()], models, None, results_dir)
+        trained = records.finished(df)
+        records.select_runs(trained[trained["rescored_from"].isna()], models, None, results_dir)
     done = set(df["run_id"])
     # a run trained under ``policy`` from the start is the same training: rescoring its twin would
     # put the same weights on the board twice

@@ -382,3 +382,15 @@ def test_check_on_no_runs_is_a_user_error_not_drift(tmp_path, baseline):
     assert pruned.exit_code == 0, pruned.output
     assert f"wrote baseline {baseline} from 2 run(s): {len(before) - gone} rows ({gone} dropped by --prune)" \
         in pruned.output
+
+
+def test_a_label_with_a_pipe_keeps_the_markdown_table_whole(tmp_path):
+    """A model configuration holding "|" (its label "unet (norm=a|b)") split the drift table's row
+    into an extra column; the boards escape it, and so does the drift table."""
+    df = _runs(tmp_path, "base", [make_record("unet", model_config={"norm": "a|b"}, run_id="a"),
+                                  make_record("unet", run_id="b")])  # two configurations: labels name them
+    path = tmp_path / "baseline.csv"
+    write_baseline(df, path)
+    rows = [line for line in compare(path, df).render().splitlines() if line.startswith("|")]
+    assert rows and any("a\\|b" in line for line in rows)
+    assert len({line.replace("\\|", "").count("|") for line in rows}) == 1  # every row the same columns

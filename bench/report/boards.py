@@ -8,7 +8,7 @@ import math
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import code_version, miss_counts, split_fold
+from bench.records import code_version, finished, miss_counts, split_fold
 from bench.report.costs import join_cost
 from bench.report.labels import BoardKey, _overrides_text, label_cases, label_runs
 
@@ -228,7 +228,7 @@ def leaderboards(df_runs: pd.DataFrame) -> dict[BoardKey, pd.DataFrame]:
     """
     if df_runs.empty:
         return {}
-    df = label_runs(df_runs[df_runs["status"] == "finished"])
+    df = label_runs(finished(df_runs))
     boards: dict[BoardKey, pd.DataFrame] = {}
     for (dataset, protocol, policy), group in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
         boards[BoardKey(dataset, protocol, policy)] = _board(group)
@@ -304,16 +304,11 @@ def join_ci(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.Data
             board[f"{metric}_ci_lo"], board[f"{metric}_ci_hi"] = [c[0] for c in cis], [c[1] for c in cis]
 
 
-def _finished(df_runs: pd.DataFrame) -> pd.DataFrame:
-    # a run that did not finish feeds no board, CI, test, rank, plot or case row
-    return df_runs[df_runs["status"] == "finished"] if not df_runs.empty else df_runs
-
-
 def _boards(df_runs: pd.DataFrame, df_cases: pd.DataFrame | None, profiles: pd.DataFrame | None) -> tuple[
         dict[BoardKey, pd.DataFrame], dict[BoardKey, pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame]]:
     """The boards (per-test-set ones included, costs and CIs joined), their case rows, and the
     per-test-set (run rows, case rows) of ``split_test_sets``."""
-    df_runs = _finished(df_runs)
+    df_runs = finished(df_runs)
     if df_cases is not None:
         df_cases = df_cases[df_cases["run_id"].isin(df_runs["run_id"])]
     set_runs, set_cases = split_test_sets(df_runs, df_cases)

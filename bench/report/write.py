@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import atomic_write_text, load, select_runs
+from bench.records import atomic_write_text, finished, load, select_runs
 from bench.report.board_text import _check_columns, _check_format, _render, _shows, render_cases
-from bench.report.boards import _boards, _finished
+from bench.report.boards import _boards
 from bench.report.costs import render_cost_latex, render_cost_md
 from bench.report.formats import ReportFormat
 from bench.report.published import PUBLISHED_NOTE, missing_published_md, published_tables
@@ -37,7 +37,7 @@ def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md", df_cases: pd.D
     if fmt == ReportFormat.cases:
         if df_cases is None:
             raise BenchError("format 'cases' needs the records' case rows: pass df_cases (bench report --format cases)")
-        return render_cases(df_cases[df_cases["run_id"].isin(_finished(df_runs)["run_id"])])
+        return render_cases(df_cases[df_cases["run_id"].isin(finished(df_runs)["run_id"])])
     boards, _, _ = _boards(df_runs, df_cases, profiles)
     return _with_cost_latex(_render(boards, fmt, columns), fmt, profiles, columns)
 
@@ -76,7 +76,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     _check_columns(columns, fmt)
     df_runs, profiles = load(results_dir), load_profiles(results_dir)  # load first: it checks the folder
     profiled = set(profiles["model"]) if profiles is not None and "model" in profiles else set()
-    df_runs = _finished(select_runs(df_runs, models, datasets, results_dir, profiled))
+    df_runs = finished(select_runs(df_runs, models, datasets, results_dir, profiled))
     if models and profiles is not None and "model" in profiles:
         profiles = profiles[profiles["model"].isin(models)]
     df_cases = load(results_dir, level="case") if not df_runs.empty else None
