@@ -404,6 +404,8 @@ def test_published_vs_ours_table(tmp_path):
     # a number trained under another recipe is shown, its gap is not
     other = next(line for line in lines if "82" in line)
     assert "synapse_vmunet" in other and "other recipe" in other and "+1" not in other and "own recipe" in other
+    # published numbers as the papers print them (two decimals: "82.00", it read "82")
+    assert "| 82.00 % " in other and "| 76.85" not in section
     assert len(lines) == 3  # no unet run, no isic board: their published rows have nothing to meet
     # the authors' weights scored as given (--weights) were trained elsewhere: only the evaluation need be the
     # paper's, and synapse_vmunet scores as synapse does, so Paper B's number gets its gap too
@@ -757,7 +759,7 @@ def test_published_per_class_numbers_meet_the_boards_per_class_columns(tmp_path)
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     got = {c[1]: (c[2], c[6], c[7]) for c in cells}  # Metric: Published, Ours, Ours − published
     # the board's organ names, and each number's unit
-    assert got == {"DSC (Aorta)": ("86.4 %", "86.00 %", "-0.40"), "DSC (Liver)": ("94 %", "95.00 %", "+1.00")}
+    assert got == {"DSC (Aorta)": ("86.40 %", "86.00 %", "-0.40"), "DSC (Liver)": ("94.00 %", "95.00 %", "+1.00")}
     # nnU-Net's ACDC names its classes RV, MLM, LVC; the papers' columns are rv, myo, lv
     from bench.report import _class_column
 
@@ -900,7 +902,7 @@ def test_lightm_unets_lits_number_meets_a_lightm_unet_3d_board(tmp_path):
     write_record(rec, tmp_path)
     section = write_report(tmp_path, published=True).split("## Published vs ours · nnunet:Dataset801_LiverCT")[1]
     dice = next(line for line in section.splitlines() if line.startswith("| lightm_unet | DSC"))
-    assert "84.6 " in dice and "lightm_unet_3d" in dice and "80.00" in dice and "-4.60" not in dice
+    assert "84.60 " in dice and "lightm_unet_3d" in dice and "80.00" in dice and "-4.60" not in dice
     assert "other split (the paper's test cases are not published)" in dice
     rec2 = {**rec, "run_id": rec["run_id"] + "x", "model_config": {**rec["model_config"], "spatial_dims": 2}}
     write_record(rec2, tmp_path / "flat")
@@ -1171,7 +1173,7 @@ def test_a_published_hd95_in_another_unit_gets_no_gap(tmp_path):
     text = write_report(tmp_path, published=pub)
     lines = [line for line in text[text.index("## Published vs ours"):].splitlines() if line.startswith("| transunet")]
     assert any("12.5" in line and "other unit" in line and "+18.50" not in line for line in lines)
-    assert any("| 30 " in line and "+1.00" in line for line in lines)
+    assert any("| 30.00 " in line and "+1.00" in line for line in lines)
 
 
 def test_an_uneven_fold_grid_is_named(tmp_path):
@@ -1290,3 +1292,51 @@ def test_per_class_columns_follow_each_boards_own_class_ids(tmp_path):
     other = [c for c in boards["nnunet:Dataset900_Other"].attrs["value_columns"] if c.startswith("dice/")]
     assert acdc == ["dice/rv", "dice/myo", "dice/lv"] and other == ["dice/lv", "dice/rv"]
     assert boards["nnunet:Dataset027_ACDC"].loc[0, "dice/rv_mean"] == pytest.approx(0.5)
+
+
+def test_captions_say_what_the_numbers_are_where_names_could_mislead(tmp_path):
+    """From a numbers audit (every number was right): HD95's unit stood in the caption only, a single
+    run's board spoke of "mean ± std over seeds: 1", Synapse's mIoU/Acc/Spe/Sen (no paper reports
+    them; Acc and Spe near 100% from the background) and ISIC's "mIoU" (the pooled foreground IoU)
+    were unexplained, a gap to a paper named only the first of its reasons, and 3 test cases gave
+    p-values that could never fall below 0.25 unsaid."""
+    for model, dice in (("vmunet", 0.8), ("unet", 0.7)):
+        write_record({**make_record(model, seed=0, dice=dice), "hd95_unit": "voxels"}, tmp_path)
+    text = write_report(tmp_path)
+    header = next(line for line in text.splitlines() if line.startswith("| Model"))
+    assert "HD95 ↓ (voxels)" in header and "DSC ↑ (%)" in header
+    assert "One run per model (no ± std); test cases per run: 2" in text and "± std" not in text.split("(no ± std)")[1]
+    assert ("mIoU: per case and class, one class against the rest, then averaged as DSC is (no Synapse paper reports "
+            "it).") in text
+    full = tmp_path / "full"  # Acc/Spe/Sen too, as runs record them
+    rec = make_record("unet")
+    rec["metrics"].update(acc=0.99, spe=0.995, sen=0.8)
+    write_record(rec, full)
+    assert ("mIoU, Acc, Spe, Sen: per case and class, one class against the rest, then averaged as DSC is (no Synapse "
+            "paper reports them); Acc and Spe count every background voxel, so they sit near 100%.") in write_report(full)
+    write_record({**make_record("unet", seed=1, dice=0.72), "hd95_unit": "voxels"}, tmp_path)
+    assert "Mean ± std (sample, ddof=1) over seeds: 1/2 per model" in write_report(tmp_path)
+    isic = tmp_path / "isic"
+    write_record(make_record("unet", dataset="isic17"), isic)
+    assert ("mIoU: the foreground IoU of the confusion matrix pooled over the test set (the papers' name), not a "
+            "mean over classes.") in write_report(isic)
+    # a paired test over 2 cases: p >= 0.5 whatever the models do
+    sig = write_report(tmp_path, reference="unet")
+    assert ("Caution: with 2 shared test cases the smallest p these tests can give is 2/2^2 = 0.5, so no difference "
+            "can reach p < 0.05 here.") in sig
+    # every reason a gap is not given, not the first alone
+    pub = tmp_path / "pub.csv"
+    pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
+                   "Paper B Table 3,vmunet,synapse,dice,82.00,%,strict,synapse_vmunet,\n")
+    section = write_report(tmp_path, published=pub).split("## Published vs ours")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| vmunet"))
+    assert "other recipe; other metric policy" in row
+
+
+def test_a_folder_whose_runs_never_finished_says_so(tmp_path):
+    """From a data journey: runs that failed after training left their folders and no record, and
+    the report said to pass the --results folder of bench run, which it was."""
+    (tmp_path / "runs" / "synapse-smoke-unet-s0-1e81a7b6" / "checkpoints").mkdir(parents=True)
+    text = write_report(tmp_path)
+    assert text.startswith(f"No finished runs found in {tmp_path}: 1 run(s) began here (synapse-smoke-unet-s0-1e81a7b6) "
+                           "and none wrote its record")

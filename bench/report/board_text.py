@@ -122,7 +122,8 @@ def _display_table(board: pd.DataFrame, columns: tuple[str, ...] | None = None) 
     for col in board.attrs["value_columns"]:
         head = _display_name(col, board.attrs.get("dataset", ""))
         if col in METRICS:
-            head += f" {METRICS[col][2]}" + (" (%)" if METRICS[col][1] else "")
+            unit = "%" if METRICS[col][1] else _one_hd95_unit(board) if col == "hd95" else ""
+            head += f" {METRICS[col][2]}" + (f" ({unit})" if unit else "")
         cells = zip(board[f"{col}_mean"], board[f"{col}_std"], board[f"{col}_n_nan"], board["n_runs"])
         out[head] = [_fmt_value(m, s, k, n, col) for m, s, k, n in cells]
         group[head] = "metrics" if col in METRICS else "classes" if col.startswith("dice/") else "class-hd95"
@@ -135,6 +136,12 @@ def _display_table(board: pd.DataFrame, columns: tuple[str, ...] | None = None) 
     if columns is not None:
         out = out[[c for c in out.columns if c == "Model" or group[c] in columns]]
     return out
+
+
+def _one_hd95_unit(board: pd.DataFrame) -> str:
+    """The board's HD95 unit where its runs share one (mm, voxels, pixels), else ""."""
+    units = board.attrs.get("hd95_units", [])
+    return units[0] if len(units) == 1 and units[0] != "mixed" else ""
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -155,7 +162,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
     seeds = _joined(board["n_seeds"])
     cases = "/".join(sorted({c for c in board["n_cases"] if c})) or "?"
     units = a.get("hd95_units", [])
-    unit = units[0] if len(units) == 1 and units[0] != "mixed" else ""
+    unit = _one_hd95_unit(board)
     hd = f"HD95 in {unit}" if unit else "HD95 in the policy's unit"
     if unit == "pixels" and key.dataset.split(":")[0].split(" (")[0] in ("isic17", "isic18", "isic_all", "polyp"):
         hd += " of the square model input (images are resized to it, so not the images' own pixels)"
@@ -163,12 +170,16 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         hd = f"HD95 units differ between or within runs ({', '.join(units)}): not comparable"
     hd = f"; {hd}" if "hd95_mean" in board else ""  # pooled ISIC boards have no HD95
     train = "/".join(str(n) for n in a.get("n_train", []))  # absent in records written before it was kept
+    single = bool((board["n_runs"] == 1).all())  # one run per model: no std to show
     note = (
-        f"Mean ± std (sample, ddof=1) over seeds: {seeds} per model; test cases per run: {cases}"
-        f"{f'; training items: {train}' if train else ''}."
+        (f"One run per model (no ± std); test cases per run: {cases}" if single else
+         f"Mean ± std (sample, ddof=1) over seeds: {seeds} per model; test cases per run: {cases}")
+        + f"{f'; training items: {train}' if train else ''}."
         + (f" DSC, mIoU, Acc, Spe, Sen in %{hd}; NaN is shown, not dropped."  # where a metric is shown
            if any(shown(g) for g in ("metrics", "classes", "class-hd95", "ci")) else "")
     )
+    if shown("metrics"):
+        note += _metric_names_note(key, board)
     if CV_LABEL in key.dataset:
         folds = sorted(set(board["fold_set"]))
         note = note.replace("over seeds: ", "over runs, one per seed and fold (each fold tests other cases, so the "
@@ -222,9 +233,29 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         over = "the model's runs, every seed and fold" if CV_LABEL in key.dataset else "seeds"
         note += (" 95% CI: percentile bootstrap over test cases of the number shown (each resample re-aggregated "
                  f"under the board's policy, then averaged over {over}): how much the test set moves these trained "
-                 f"models' number; the spread between {'runs' if CV_LABEL in key.dataset else 'seeds'} is the ± std, "
-                 "not part of the CI.")
+                 "models' number" + ("." if single else f"; the spread between "
+                                         f"{'runs' if CV_LABEL in key.dataset else 'seeds'} is the ± std, not part "
+                                         "of the CI."))
     return title, note
+
+
+def _metric_names_note(key: BoardKey, board: pd.DataFrame) -> str:
+    """What the board's mIoU/Acc/Spe/Sen are where the name could mislead: under legacy-isic the
+    papers' "mIoU" is the foreground IoU of the pooled matrix; on multi-class boards they are this
+    harness's own per case × class numbers (no Synapse paper reports them), whose Acc and Spe count
+    every background voxel."""
+    extra = [METRICS[m][0] for m in ("iou", "acc", "spe", "sen") if f"{m}_mean" in board]
+    if key.policy == "legacy-isic" and "iou_mean" in board:
+        return (" mIoU: the foreground IoU of the confusion matrix pooled over the test set (the papers' name), "
+                "not a mean over classes.")
+    classes = [c for c in board.attrs["value_columns"] if c.startswith("dice/")]
+    if extra and len(classes) > 1:
+        them = "them" if len(extra) > 1 else "it"
+        papers = f" (no Synapse paper reports {them})" if key.dataset.split(" (")[0] == "synapse" else ""
+        near = ("; Acc and Spe count every background voxel, so they sit near 100%"
+                if {"Acc", "Spe"} & set(extra) else "")
+        return f" {', '.join(extra)}: per case and class, one class against the rest, then averaged as DSC is{papers}{near}."
+    return ""
 
 
 def _render_md(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...] | None = None) -> str:

@@ -93,6 +93,12 @@ def split_mismatch(board_dataset: str, cases: pd.DataFrame | None, n_train: list
     return f"other split ({other[0]} {unit}, the paper's {train})" if other else None
 
 
+def _paper_value(value: float) -> str:
+    """A published number as papers print it, two decimals ("96.70", not "96.7"), more where it has them."""
+    text = f"{value:.2f}"
+    return text if float(text) == value else f"{value:g}"
+
+
 def _same_evaluation(x, y) -> bool:
     """Whether protocols ``x`` and ``y`` score a model alike (input, normalisation, precision, policy,
     the [eval] table): a recipe's training settings aside."""
@@ -124,27 +130,27 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
     def why_not(p: pd.Series, key: BoardKey, a: dict, row: pd.Series) -> str | None:
         """Every reason the gap is not given ("; "-joined), or None where it is."""
         same = bool(p["protocol"]) and p["protocol"] == a["protocol_name"]
+        proto = protocol(p["protocol"]) if p["protocol"] in builtin else None  # the paper's recipe, where ours
         # nothing else compares with a recipe this board did not run; weights evaluated as given were trained
         # elsewhere, so there only the evaluation need be the paper's (synapse_vmunet scores as synapse does)
-        if not same and not (row.get("evaluated") and {p["protocol"], a["protocol_name"]} <= builtin
-                             and _same_evaluation(protocol(p["protocol"]), protocol(a["protocol_name"]))):
-            return "other recipe"
-        reasons = [f"off-protocol ({a['overrides']})"] if a["overrides"] else []
+        other = not same and not (row.get("evaluated") and proto is not None and a["protocol_name"] in builtin
+                                  and _same_evaluation(proto, protocol(a["protocol_name"])))
+        # and every other difference, not the first alone (overrides of another recipe than the paper's aside)
+        reasons = ["other recipe"] if other else [f"off-protocol ({a['overrides']})"] if a["overrides"] else []
         folds, synthetic = CV_LABEL in key.dataset, "(synthetic)" in key.dataset
         if folds:  # the papers score one fixed test split
             reasons.append("other split (cross-validation)")
         if synthetic:
             reasons.append("synthetic data")
-        proto = protocol(p["protocol"])
-        if same and a["protocol_hash"] != proto.hash:  # an older version, or an edited copy of the file
+        if same and proto is not None and a["protocol_hash"] != proto.hash:  # an older version, or an edited copy
             reasons.append("other protocol version")
         config = json.loads(row["model_config"] or "{}")
         extra = set(config) - BUILD_KEYS
-        if config.get("spatial_dims") == proto.spatial_dims:  # a 3-D protocol builds the 3-D variant itself
+        if proto is not None and config.get("spatial_dims") == proto.spatial_dims:  # a 3-D protocol builds it itself
             extra.discard("spatial_dims")
         if extra:  # --set, --tiny, an adapted window
             reasons.append("other model config")
-        policy = p["convention"] if p["convention"] in POLICIES else proto.metric_policy
+        policy = p["convention"] if p["convention"] in POLICIES else proto.metric_policy if proto is not None else None
         if policy and policy != key.policy:
             reasons.append("other metric policy")
         # mm against voxels, or a board of both (older records name no unit: not judged)
@@ -180,7 +186,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
                 units = board.attrs.get("hd95_units", [])
                 unit = "%" if METRICS[base][1] else (units[0] if len(units) == 1 and units[0] != "mixed" else "")
                 rows.append({"Model": b["model"], "Metric": label,  # the board's row label
-                             "Published": f"{p['value']:g} {p['unit']}".strip(), "Source": p["source"],
+                             "Published": f"{_paper_value(p['value'])} {p['unit']}".strip(), "Source": p["source"],
                              "Their convention": p["convention"], "Their recipe": p["protocol"] or "not one of ours",
                              "Ours": "" if math.isnan(ours) else f"{ours:.2f} {unit}".strip(), "Ours − published": diff,
                              "Note": p["note"]})

@@ -88,6 +88,10 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
             if (tests["test"] == "undefined").any():
                 note += (" nan: the board's number of the model or the reference is nan (a class valid in no "
                          "shared case), so there is nothing to test.")
+        fewest = int(tests["n_cases"].min())
+        if 2 / 2**fewest > 0.05:  # an exact sign-flip test's smallest two-sided p: every case one way
+            note += (f" Caution: with {fewest} shared test cases the smallest p these tests can give is "
+                     f"2/2^{fewest} = {2 / 2**fewest:.3g}, so no difference can reach p < 0.05 here.")
         if key.policy == "legacy-synapse":
             note += (" Caution: under legacy-synapse a missed organ scores HD95 0 (the papers' rule), so a model "
                      "that finds nothing looks best on HD95; `--policy strict` penalises misses.")

@@ -89,10 +89,15 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         text = _render(boards, fmt, columns)
         if not boards and fmt == ReportFormat.md and profiles is not None and not profiles.empty:
             text = f"No finished runs in {results_dir}: the cost tables of its `bench profile` records only.\n"
-        elif not boards and fmt == ReportFormat.md:  # most likely not the folder meant
-            text = (f"No finished runs found in {results_dir}"
-                    f"{' for these --models/--dataset' if models or datasets else ''}: pass the --results folder "
-                    "of `bench run`.\n")
+        elif not boards and fmt == ReportFormat.md:  # most likely not the folder meant, or no run finished
+            begun = sorted(p.name for p in (results_dir / "runs").glob("*") if p.is_dir()) \
+                if (results_dir / "runs").is_dir() else []
+            where = (f": {len(begun)} run(s) began here ({', '.join(begun[:3])}{', …' if len(begun) > 3 else ''}) and "
+                     "none wrote its record (a run failed or is still training; `bench run` says why, and the same "
+                     "command continues)" if begun and not (models or datasets) else
+                     f"{' for these --models/--dataset' if models or datasets else ''}: pass the --results folder "
+                     "of `bench run`")
+            text = f"No finished runs found in {results_dir}{where}.\n"
         if fmt == ReportFormat.md:
             extra = []
             if reference:
