@@ -1095,8 +1095,19 @@ def test_synapse_spacing_table_fills_what_the_h5_files_lack(roots, tmp_path):
     ds = open_dataset("synapse", root)
     assert ds.load_test(first).spacing == (3.0, 0.7, 0.7)
     assert ds.load_test(ds.test_ids()[2]).spacing == (2.5, 0.8, 0.8)  # the file's own attribute wins
-    (warning,) = verify_dataset("synapse", root)
-    assert warning.level == "warning" and warning.path == str(root / "spacing.csv") and second in warning.message
+    # the second volume has no spacing anywhere: its HD95 would be in voxels beside the others' mm, averaged
+    # into a number of no unit (a data journey's partial table did that unsaid); verify and bench run refuse it
+    (problem,) = verify_dataset("synapse", root)
+    assert problem.level == "error" and problem.path == str(root / "spacing.csv") and second in problem.message
+    with pytest.raises(BenchError, match=rf"spacing\.csv: no line for {second}, which have no spacing of their own"):
+        ds.check_geometry()
+    (root / "spacing.csv").write_text(f"case,d,h,w\n{first},3.0,0.7,0.7\n{second}.npy.h5,3.0,0.7,0.7\n")
+    with pytest.raises(BenchError, match=rf"spacing\.csv: {second}\.npy\.h5 name\(s\) no test case; expected test case"):
+        open_dataset("synapse", root).check_geometry()
+    assert "name(s) no test volume" in verify_dataset("synapse", root)[0].message
+    (root / "spacing.csv").write_text(f"case,d,h,w\n{first},3.0,0.7,0.7\n{second},3.0,0.7,0.7\n")
+    assert open_dataset("synapse", root).check_geometry() is None and not verify_dataset("synapse", root)
+    (root / "spacing.csv").write_text(f"case,d,h,w\n{first},3.0,0.7,0.7\n\n")
     (root / "spacing.csv").write_text(f"\ufeffcase,d,h,w\n{first},3.0,0.7,0.7\n", encoding="utf-8")  # Excel's BOM
     assert open_dataset("synapse", root).load_test(first).spacing == (3.0, 0.7, 0.7)
     for bad, where in (("case,z,y,x\n", "expected a header case,d,h,w"), (f"case,d,h,w\n{first},3,0.7\n", "line 2"),
@@ -1199,3 +1210,18 @@ def test_a_zip_given_as_the_data_root_and_paths_with_spaces(roots, tmp_path):
     next((spaced / "test_vol_h5").iterdir()).unlink()
     with pytest.raises(BenchError, match=re.escape(f"--data-root '{spaced}'`")):
         open_dataset("synapse", spaced).check_splits()
+
+
+@pytest.mark.parametrize("kind", ["synapse", "isic", "isic_all", "polyp", "nnunet"])
+def test_a_layout_one_folder_down_is_named(roots, tmp_path, kind):
+    """From a data journey: a download extracted into a folder of its own (ISIC2017/train/...) read
+    "missing .../train/images" without a word of what was there."""
+    dataset = {"isic": "isic17"}.get(kind, kind)
+    outer = tmp_path / "download"
+    shutil.copytree(roots[kind], outer / "Unpacked")
+    with pytest.raises(BenchError, match=rf"; Unpacked/ holds it: pass --data-root {re.escape(str(outer / 'Unpacked'))}$"):
+        open_dataset(dataset, outer)
+    (outer / "Other").mkdir()
+    shutil.rmtree(outer / "Unpacked")
+    with pytest.raises(BenchError, match=r" \(found Other/\)$"):
+        open_dataset(dataset, outer)

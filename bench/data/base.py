@@ -276,6 +276,19 @@ def _few(ids: list[str], n: int = 5) -> str:
     return ", ".join(ids[:n]) + (f" (and {len(ids) - n} more)" if len(ids) > n else "")
 
 
+def found_instead(root: Path, expected: tuple[str, ...]) -> str:
+    """For an error about a layout missing at ``root``: the folder one level down that holds it
+    (a zip extracted into a folder of its own), else what ``root`` holds; ``expected``: paths
+    relative to the layout's root that identify it."""
+    subs = sorted(p for p in root.iterdir() if p.is_dir() and not hidden(p) and p.name != "__MACOSX") \
+        if root.is_dir() else []
+    for sub in subs:
+        if all((sub / e).exists() for e in expected):
+            return f"; {sub.name}/ holds it: pass --data-root {shlex.quote(str(sub))}"
+    return f" (found {', '.join(p.name + '/' for p in subs[:6])}{', …' if len(subs) > 6 else ''})" if subs else \
+        " (the folder holds no folders)"
+
+
 def hidden(path: Path) -> bool:
     """Dot files (macOS's ``._`` AppleDouble copies, ``.DS_Store``): never data, in every reader."""
     return path.name.startswith(".")

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.data.base import Case, Sample, SegDataset, hidden, reading
+from bench.data.base import Case, Sample, SegDataset, found_instead, hidden, reading
 from bench.errors import BenchError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -323,7 +323,8 @@ class MultiSetDataset(BinaryFolderDataset):
         super().__init__(root)
         train = self.root / self.train_dir
         if not (train / "images").is_dir() or not (train / "masks").is_dir():
-            raise BenchError(f"{self.root}: missing {train}/images or {train}/masks; expected {self.layout}")
+            raise BenchError(f"{self.root}: missing {train}/images or {train}/masks; expected {self.layout}"
+                             + found_instead(self.root, (f"{self.train_dir}/images", self.test_dir)))
         self.sets = self.find_test_sets(self.root)
         if not self.sets:
             raise BenchError(
@@ -363,7 +364,8 @@ class IsicDataset(BinaryFolderDataset):
             if not (self.root / split / sub).is_dir()
         ]
         if missing:
-            raise BenchError(f"{self.root}: missing {', '.join(missing)}; expected {self.layout}")
+            raise BenchError(f"{self.root}: missing {', '.join(missing)}; expected {self.layout}"
+                             + found_instead(self.root, ("train/images", "val/images")))
         self._train = index_pairs(self.root / "train" / "images", self.root / "train" / "masks")
         self._test = index_pairs(self.root / "val" / "images", self.root / "val" / "masks")
 

@@ -53,8 +53,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.data.base import (Case, Sample, SegDataset, check_whole_ids, class_ids, describe, hidden, id_dtype, reading,
-                              split_problems, write_nifti_labels)
+from bench.data.base import (Case, Sample, SegDataset, check_whole_ids, class_ids, describe, found_instead, hidden,
+                              id_dtype, reading, split_problems, write_nifti_labels)
 from bench.errors import BenchError
 from bench.records import atomic_write, remove_orphans
 
@@ -445,7 +445,8 @@ class NnUNetDataset(SegDataset):
         self.fold = fold
         meta = self.root / "dataset.json"
         if not meta.is_file():
-            raise BenchError(f"{meta}: not found; expected {self.layout}")
+            raise BenchError(f"{meta}: not found; expected {self.layout}"
+                             + found_instead(self.root, ("dataset.json", "labelsTr")))
         for sub in ("imagesTr", "labelsTr"):
             if not (self.root / sub).is_dir():
                 raise BenchError(f"{self.root / sub}: folder missing; expected {self.layout}")

@@ -26,7 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from bench.data.base import Case, Sample, SegDataset, class_ids, hidden, reading
+from bench.data.base import Case, Sample, SegDataset, class_ids, found_instead, hidden, reading
 from bench.errors import BenchError
 
 # Class id -> organ, the TransUNet-lineage order used by the VM-UNet code and the paper tables
@@ -238,9 +238,8 @@ class SynapseDataset(SegDataset):
         self.train_dir = self.root / TRAIN_DIR
         self.test_dir = self.root / TEST_DIR
         if not self.train_dir.is_dir() and not self.test_dir.is_dir():
-            raise BenchError(
-                f"{self.root}: no {TRAIN_DIR}/ or {TEST_DIR}/ folder; expected {self.layout}"
-            )
+            raise BenchError(f"{self.root}: no {TRAIN_DIR}/ or {TEST_DIR}/ folder; expected {self.layout}"
+                             + found_instead(self.root, (TEST_DIR,)))
         self.list_dir = find_list_dir(self.root)
         self._train = self._ids(TRAIN_LIST, self.train_dir, ".npz")
         self._test = self._ids(TEST_LIST, self.test_dir, H5_SUFFIX)
@@ -289,6 +288,23 @@ class SynapseDataset(SegDataset):
     def load_test(self, case_id: str) -> Case:
         image, label, spacing = read_volume(_existing(self.test_file(case_id)))
         return Case(case_id=case_id, image=image, label=label, spacing=spacing or self._spacing.get(case_id))
+
+    def check_geometry(self) -> str | None:
+        # a spacing table that leaves out some test volumes (without a spacing of their own) gives HD95s
+        # in mm and in voxels, averaged into a number of no unit; a line naming no test case is a typo
+        if not self._spacing:
+            return None
+        unknown = sorted(set(self._spacing) - set(self._test))
+        if unknown:
+            raise BenchError(f"{self.root / SPACING_FILE}: {', '.join(unknown[:5])} name(s) no test case; expected "
+                             f"test case ids as test_vol.txt lists them ({', '.join(self._test[:3])}, …)")
+        missing = [c for c in self._test if c not in self._spacing and volume_spacing(_existing(self.test_file(c))) is None]
+        if missing:
+            raise BenchError(f"{self.root / SPACING_FILE}: no line for {', '.join(missing[:5])}"
+                             f"{f' (and {len(missing) - 5} more)' if len(missing) > 5 else ''}, which have no spacing "
+                             "of their own: their HD95 would be in voxels and the others' in mm; give every test case "
+                             "a line (or remove the file: HD95 in voxels for all)")
+        return None
 
     def scored_files(self) -> list[Path]:
         table = self.root / SPACING_FILE  # HD95 in mm reads it
