@@ -1225,3 +1225,24 @@ def test_a_layout_one_folder_down_is_named(roots, tmp_path, kind):
     shutil.rmtree(outer / "Unpacked")
     with pytest.raises(BenchError, match=r" \(found Other/\)$"):
         open_dataset(dataset, outer)
+
+
+def test_test_volumes_are_checked_before_training(roots, tmp_path):
+    """From a data journey: a test h5 with other key names, or saved slices last (H, W, D) as
+    nibabel's get_fdata() gives it, trained fully, then failed or was scored on 64 slices of 64x6."""
+    import h5py
+
+    root = _copy(roots["synapse"], tmp_path)
+    ds = open_dataset("synapse", root)
+    path = ds.test_file(ds.test_ids()[0])
+    with h5py.File(path, "r+") as f:
+        image, label = f["image"][()], f["label"][()]
+        del f["image"], f["label"]
+        f["image"], f["label"] = image.transpose(1, 2, 0), label.transpose(1, 2, 0)
+    assert re.search(r"looks like \(H, W, D\), slices last .*np\.transpose\(volume, \(2, 0, 1\)\)", ds.check_geometry())
+    assert any("looks like (H, W, D)" in p.message and p.level == "warning" for p in verify_dataset("synapse", root))
+    with h5py.File(path, "r+") as f:
+        f["img"] = f["image"][()]
+        del f["image"]
+    with pytest.raises(BenchError, match=r"no dataset 'image'; has \['img', 'label'\], expected 'image' and 'label'"):
+        ds.check_geometry()

@@ -115,6 +115,28 @@ def raw_volume(path: Path) -> tuple[np.ndarray, np.ndarray, object]:
             return (*_arrays(path, f, list(f.keys()), "dataset"), f.attrs.get("spacing"))
 
 
+def volume_header(path: Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The shapes of the h5's ``image`` and ``label`` (BenchError naming what is missing), without
+    reading their arrays."""
+    with reading(path, "a TransUNet h5 volume"):
+        with h5py.File(path, "r") as f:
+            keys = list(f.keys())
+            missing = [k for k in ("image", "label") if k not in keys]
+            if missing:
+                raise BenchError(f"{path}: no dataset {', '.join(repr(k) for k in missing)}; has {sorted(keys)}, "
+                                 "expected 'image' and 'label'")
+            return tuple(f["image"].shape), tuple(f["label"].shape)
+
+
+def slices_last_note(shape: tuple[int, ...]) -> str | None:
+    """A 3-D test volume whose square slices seem to lie on its first two axes ((H, W, D), as a NIfTI's
+    get_fdata() gives it, where TransUNet's files are (D, H, W)), or None. A hint, not a certainty."""
+    if len(shape) == 3 and shape[0] == shape[1] != shape[2]:
+        return (f"shape {shape} looks like (H, W, D), slices last (as a NIfTI's get_fdata() gives them); expected "
+                f"(D, H, W), slices first: np.transpose(volume, (2, 0, 1)) before saving")
+    return None
+
+
 def volume_spacing(path: Path) -> object:
     """The h5's ``spacing`` attribute (None if absent), without reading its arrays."""
     with reading(path, "a TransUNet h5 volume"):
@@ -290,21 +312,32 @@ class SynapseDataset(SegDataset):
         return Case(case_id=case_id, image=image, label=label, spacing=spacing or self._spacing.get(case_id))
 
     def check_geometry(self) -> str | None:
-        # a spacing table that leaves out some test volumes (without a spacing of their own) gives HD95s
-        # in mm and in voxels, averaged into a number of no unit; a line naming no test case is a typo
-        if not self._spacing:
-            return None
+        # the test volumes' headers: a missing key or a transposed volume surfaced after the whole training
+        turned = []
+        for case in self._test:
+            path = _existing(self.test_file(case))
+            image, label = volume_header(path)
+            if len(image) != 3 or image != label:
+                raise BenchError(f"{path}: image shape {image} and label shape {label}; expected one 3-D shape "
+                                 "(D, H, W) for both")
+            turned += [f"{path}: {note}"] if (note := slices_last_note(image)) else []
+        if self._spacing:
+            self._check_spacing_table()
+        return turned[0] + (f" (and {len(turned) - 1} more test volumes)" if len(turned) > 1 else "") if turned else None
+
+    def _check_spacing_table(self) -> None:
+        # a table that leaves out some test volumes (without a spacing of their own) gives HD95s in mm and
+        # in voxels, averaged into a number of no unit; a line naming no test case is a typo
         unknown = sorted(set(self._spacing) - set(self._test))
         if unknown:
             raise BenchError(f"{self.root / SPACING_FILE}: {', '.join(unknown[:5])} name(s) no test case; expected "
                              f"test case ids as test_vol.txt lists them ({', '.join(self._test[:3])}, …)")
-        missing = [c for c in self._test if c not in self._spacing and volume_spacing(_existing(self.test_file(c))) is None]
+        missing = [c for c in self._test if c not in self._spacing and volume_spacing(self.test_file(c)) is None]
         if missing:
             raise BenchError(f"{self.root / SPACING_FILE}: no line for {', '.join(missing[:5])}"
                              f"{f' (and {len(missing) - 5} more)' if len(missing) > 5 else ''}, which have no spacing "
                              "of their own: their HD95 would be in voxels and the others' in mm; give every test case "
                              "a line (or remove the file: HD95 in voxels for all)")
-        return None
 
     def scored_files(self) -> list[Path]:
         table = self.root / SPACING_FILE  # HD95 in mm reads it

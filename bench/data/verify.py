@@ -188,6 +188,8 @@ def _check_h5(path: Path, report: _Report) -> None:
     problem = syn_io.spacing_problem(spacing) if spacing is not None else None
     if problem:
         report.add(path, problem)
+    if note := syn_io.slices_last_note(image.shape):
+        report.add(path, note, "warning")
     _check_pair_arrays(path, image, label, 3, report)
 
 
