@@ -1246,3 +1246,22 @@ def test_test_volumes_are_checked_before_training(roots, tmp_path):
         del f["image"]
     with pytest.raises(BenchError, match=r"no dataset 'image'; has \['img', 'label'\], expected 'image' and 'label'"):
         ds.check_geometry()
+
+
+def test_masks_saved_in_colour_read_as_their_shape(tmp_path):
+    """From a data journey: a lesion drawn in a mask's alpha channel read as an empty mask, and a green
+    mask (gray value 150) trained as 0.59 instead of 1; both read as 0/255 now, a gray mask as before."""
+    from bench.data.isic import read_mask
+
+    shape = np.zeros((20, 30), bool)
+    shape[5:15, 8:20] = True
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[..., 3] = shape * 255
+    green = np.zeros((20, 30, 3), np.uint8)
+    green[shape, 1] = 255
+    for name, array in (("alpha.png", rgba), ("green.png", green)):
+        Image.fromarray(array).save(tmp_path / name)
+        assert np.array_equal(read_mask(tmp_path / name), shape.astype(np.float32)), name
+    soft = np.stack([np.linspace(0, 255, 30, dtype=np.uint8)] * 20)  # several grays: its gray values, as before
+    Image.fromarray(np.stack([soft] * 3, axis=-1)).save(tmp_path / "gray_rgb.png")
+    assert np.allclose(read_mask(tmp_path / "gray_rgb.png"), soft / 255)

@@ -61,7 +61,23 @@ def _decode(path: Path, mode: str) -> np.ndarray:
         with Image.open(path) as im:
             if mode == "RGB" and im.mode.startswith(("I", "F")):
                 return _wide_to_rgb(path, im)
+            if mode == "L" and im.mode in ("RGB", "RGBA", "LA", "P", "PA"):
+                return _coloured_mask(im)
             return np.asarray(im.convert(mode), dtype=np.uint8).copy()
+
+
+def _coloured_mask(im: Image.Image) -> np.ndarray:
+    """A mask saved in colour as 0/255 grayscale: a lesion drawn in the alpha channel over one colour,
+    or one colour on black (a green mask's gray value is 150, which trained as 0.59, not 1); other
+    colour masks as their gray value."""
+    rgba = np.asarray(im.convert("RGBA"))
+    rgb, alpha = rgba[..., :3], rgba[..., 3]
+    if alpha.min() != alpha.max() and rgb.min() == rgb.max():  # the shape is in the alpha channel alone
+        return alpha.copy()
+    colours = np.unique(rgb.reshape(-1, 3), axis=0)
+    if len(colours) == 2 and not colours[0].any():  # black and one colour
+        return np.where(rgb.any(axis=-1), 255, 0).astype(np.uint8)
+    return np.asarray(im.convert("L"), dtype=np.uint8).copy()
 
 
 def _wide_to_rgb(path: Path, im: Image.Image) -> np.ndarray:
