@@ -196,10 +196,20 @@ def test_h5_without_label_dataset(data):
 
 
 def test_unreadable_list_file(data):
+    """A list in another encoding is named as such, not as damaged; UTF-16 with its byte-order mark
+    (what some Windows editors save) reads; a pickled npz is named as such."""
     root = data("synapse")
     path = root / "lists" / "lists_Synapse" / "train.txt"
-    path.write_bytes(b"\xff\xfe\x00 not text")
-    _raises(lambda: open_dataset("synapse", root), names=path, phrase="truncated or corrupt")
+    ids = open_dataset("synapse", root).train_ids()
+    path.write_text("\n".join(ids) + "\n", encoding="utf-16")
+    assert open_dataset("synapse", root).train_ids() == ids
+    path.write_bytes(b"\xc3\x28 not text")
+    _raises(lambda: open_dataset("synapse", root), names=path, phrase="not UTF-8 text")
+    path.write_text("\n".join(ids) + "\n")
+    slice_path = root / "train_npz" / f"{ids[0]}.npz"
+    np.savez(slice_path, image=np.array([{"a": 1}], dtype=object), label=np.zeros((4, 4)))
+    _raises(lambda: open_dataset("synapse", root).load_train(ids[0]), names=slice_path,
+            phrase="it holds Python objects (an object array), which bench does not unpickle")
 
 
 @pytest.mark.parametrize(

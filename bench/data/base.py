@@ -344,9 +344,20 @@ def reading(path: Path, what: str) -> Iterator[None]:
         yield
     except BenchError:
         raise
+    except UnicodeDecodeError as exc:  # a text file in another encoding, not a damaged one
+        raise BenchError(f"{path}: cannot read it as {what}: not UTF-8 text ({describe(exc)}); save it as "
+                         "UTF-8") from exc
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise _damaged(path, what, exc) from exc
+        raise BenchError(f"{path}: cannot read it as {what}: it holds Python objects (an object array), which "
+                         "bench does not unpickle; save plain numeric arrays") from exc
     except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the file is bad
-        raise BenchError(f"{path}: cannot read it as {what}, the file is truncated or corrupt "
-                         f"({describe(exc)})") from exc
+        raise _damaged(path, what, exc) from exc
+
+
+def _damaged(path: Path, what: str, exc: Exception) -> BenchError:
+    return BenchError(f"{path}: cannot read it as {what}, the file is truncated or corrupt ({describe(exc)})")
 
 
 def label_id_problem(label: np.ndarray, num_classes: int) -> str | None:

@@ -201,7 +201,8 @@ def read_list(path: Path, suffix: str = "") -> list[str]:
     """Ids from a list file, one per line; blank lines skipped, a trailing ``suffix`` stripped.
     BenchError when it cannot be read or lists nothing (an empty split trains or tests nothing)."""
     with reading(path, "a text list of ids"):
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of an id
+        raw = path.read_bytes()  # a byte-order mark (Windows editors: UTF-8 or UTF-16) is not part of an id
+        text = raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
     ids = []
     for line in text.splitlines():
         line = line.strip()
