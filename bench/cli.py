@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import enum
 import os
 import re
@@ -31,6 +32,7 @@ data_app = typer.Typer(
 app.add_typer(data_app, name="data")
 
 DEFAULT_RESULTS = Path("results")
+VERIFY_SHOWN = 30  # problems bench data verify lists before counting the rest
 # The published recipe each dataset defaults to. nnunet has none: its format holds any dataset
 # (ACDC, X-ray, ...), so a run on it names its protocol rather than getting a smoke test silently.
 DEFAULT_PROTOCOL = {"synapse": "synapse", "isic17": "isic17", "isic18": "isic18", "polyp": "polyp",
@@ -720,6 +722,8 @@ def data_convert(
 def data_verify(
     dataset: Annotated[str, typer.Option(help="synapse, isic17, isic18, polyp, isic_all or nnunet")],
     data_root: Annotated[Path, typer.Option(help="dataset directory")],
+    all_: Annotated[bool, typer.Option("--all", help=f"list every problem (else the first {VERIFY_SHOWN}, "
+                                                     "then a count of each kind)")] = False,
 ) -> None:
     """Check a dataset: files present and readable, shapes, dtypes, label range, list files.
 
@@ -733,8 +737,14 @@ def data_verify(
 
     dataset = get_reader(dataset).name  # any case, as bench run takes it
     problems = verify_dataset(dataset, data_root)
-    for p in problems:
+    for p in problems if all_ else problems[:VERIFY_SHOWN]:
         _echo_err(f"{p.level}: {p.path}: {p.message}")
+    if not all_ and len(problems) > VERIFY_SHOWN:  # 2,000 masks saved as 0/1 read as 2,000 lines
+        kinds = collections.Counter(f"{p.level}: {re.sub(r'[0-9]+', 'N', p.message)[:80]}"
+                                    for p in problems[VERIFY_SHOWN:])
+        _echo_err(f"... and {len(problems) - VERIFY_SHOWN} more (--all lists them): "
+                  + "; ".join(f"{n} × {kind}" for kind, n in kinds.most_common(5))
+                  + ("; …" if len(kinds) > 5 else ""))
     errors = [p for p in problems if p.level == "error"]
     if errors:
         _echo_err(f"{len(errors)} error(s) in {data_root}")
