@@ -81,7 +81,7 @@ RUN_ID_COLUMNS = [
     "policy", "seed", "init", "data_id", "tiny", "weights",
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
-    "n_train", "rescored_from", "status", "git_commit", "code_digest", "model_code", "device", "scan_backend", "hd95_unit",
+    "n_train", "data_root", "rescored_from", "status", "git_commit", "code_digest", "model_code", "device", "scan_backend", "hd95_unit",
     "started_at", "finished_at", "wall_time_s", "train_time_s", "train_loss", "params", "trainable_params", "macs",
     "paper_macs", "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes", "n_missed", "n_present",
 ]  # fmt: skip
@@ -581,6 +581,7 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
     row = _run_ids(rec)  # init: absent in older records; null: trained from scratch
     row.update(
         n_train=rec.get("n_train"),  # training items (slices, images, cases); absent in older records
+        data_root=rec.get("data_root"),  # where the data was read from (data_id says what it was)
         rescored_from=rec.get("rescored_from"),  # `bench rescore`: the run whose weights were scored
         status=rec["status"],
         git_commit=rec["git_commit"],

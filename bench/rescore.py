@@ -12,6 +12,7 @@ board, with the same weights behind both.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 import warnings
 from pathlib import Path
@@ -178,9 +179,11 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
     trained: dict[tuple, set] = {}
     for key, data_id in zip(keys[under_policy], data[under_policy]):
         trained.setdefault(key, set()).add(data_id)
-    has_twin = [key in trained and (d is None or None in trained[key] or d in trained[key])
-                for key, d in zip(keys, data)]
-    todo = df[(df["status"] == "finished") & df["rescored_from"].isna() & (df["policy"] != policy)
+    roots = dict(zip(df["run_id"], df["data_root"])) if "data_root" in df else {}
+    has_twin = [key in trained and (d is None or None in trained[key] or d in trained[key]
+                                    or _same_data(d, trained[key], roots.get(rid), df.loc[i, "dataset"]))
+                for i, rid, key, d in zip(df.index, df["run_id"], keys, data)]
+    todo = df[df["run_id"].isin(records.finished(df)["run_id"]) & df["rescored_from"].isna() & (df["policy"] != policy)
               & ~df["run_id"].map(lambda r: rescore_id(r, policy) in done) & ~pd.Series(has_twin, index=df.index)]
     if models is not None:
         todo = todo[todo["model"].isin(models)]
@@ -193,6 +196,25 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
     if unfit:
         warnings.warn(f"{len(unfit)} run(s) left out: {unfit[0]}", stacklevel=2)
     return [r for r in recs if not misfit[r["run_id"]]]
+
+
+def _same_data(data_id: str, others: set, root: str | None, dataset: str) -> bool:
+    """Whether ``data_id`` and one of ``others`` name the data at ``root`` as it is, one by content_id's
+    rule of today and one by its rule before it read the test labels (a run begun before keeps that
+    id): the same training's twins, not runs on other data."""
+    if not (root and data_id.startswith("files:") and Path(root).is_dir()):
+        return False
+    try:
+        ids = _content_ids(dataset, root)
+    except BenchError:  # data that no longer opens: nothing to say they are the same
+        return False
+    return data_id in ids and bool(ids & others)
+
+
+@functools.lru_cache(maxsize=None)
+def _content_ids(dataset: str, root: str) -> frozenset[str]:
+    ds = open_dataset(dataset, Path(root))
+    return frozenset({ds.content_id(), ds.content_id(scored=False)})
 
 
 def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: torch.device,

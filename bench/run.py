@@ -31,7 +31,7 @@ from bench.errors import BenchError, one_line
 from bench.fileio import file_sha256
 from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
-from bench.metrics import policy_fields, policy_misfit
+from bench.metrics import POLICIES, policy_fields, policy_misfit
 from bench.protocol import Protocol
 from bench.registry import check_buildable, create_model, get_entry, list_models, load_weights, model_code
 from bench.registry import model_overrides as model_overrides_of
@@ -390,7 +390,8 @@ def run_grid(specs: list[RunSpec], *, results_dir: Path, device: torch.device, r
                 claim.release()
     distributed.shutdown()  # every rank is through the grid (distributed.init began it)
     if failed:
-        raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({', '.join(failed)}), the others finished; "
+        others = ", the others finished" if len(failed) < len(specs) else ""
+        raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({', '.join(failed)}){others}; "
                          "after fixing the cause, the same command runs them again (finished runs are skipped; "
                          "--resume continues a failed one from its last checkpoint)" + (
                              f"; {len(held)} more were being run by other processes" if held else ""))
@@ -573,6 +574,8 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     if misfit:
         raise BenchError(misfit)
     resolve_nsd_tolerance(protocol, ds, chosen)  # a per-class table must name exactly the dataset's classes
+    if POLICIES[chosen].use_spacing:  # HD95 in mm: every test case needs its spacing
+        ds.check_spacing()
     if protocol.normalize == "ct_foreground":
         ds.train_cases()  # BenchError naming the data where the reader has no whole training cases
     if protocol.patches:
@@ -624,9 +627,12 @@ def _earlier_id(spec: RunSpec, results_dir: Path, earlier: tuple[str, ...]) -> R
     """A run begun when its data was identified otherwise (``earlier``: by its absolute path, before
     content_id; by content_id before it read the test labels) keeps that id where its record or run
     folder is there: finished, it is skipped; interrupted, it resumes; its rescored twins are found."""
+    from bench.rescore import rescored_twin
+
     for data_id in earlier:
         old = replace(spec, data_id=data_id)
-        if (results_dir / "runs" / old.key).is_dir() or records.record_path(results_dir, old.key).is_file():
+        if ((results_dir / "runs" / old.key).is_dir() or records.record_path(results_dir, old.key).is_file()
+                or rescored_twin(old, results_dir)):
             return old
     return spec
 

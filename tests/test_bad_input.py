@@ -887,16 +887,27 @@ def test_record_write_into_unwritable_folder(unwritable):
 
 
 def test_failed_run_leaves_no_record(monkeypatch, capsys, data, tmp_path):
-    """Training finishes, evaluation meets a corrupt volume: no record, so the run is not
-    counted as finished and `bench run` tries it again."""
+    """Training finishes, evaluation meets a bad test label (values only reading the volume shows):
+    no record, so the run is not counted as finished and `bench run` tries it again. A truncated
+    test volume is refused before anything trains (its header does not read)."""
+    import h5py
+
     root = data("synapse")
     case = open_dataset("synapse", root).test_ids()[0]
-    path = _truncate(root / "test_vol_h5" / f"{case}.npy.h5")
+    path = root / "test_vol_h5" / f"{case}.npy.h5"
+    with h5py.File(path, "r+") as f:
+        label = f["label"][()]
+        label[0, 0, 0] = 14
+        f["label"][...] = label
     res = tmp_path / "res"
     _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "synapse", "--data-root", root,
-           "--results", res, *FAST, names=path, phrase="truncated or corrupt")
+           "--results", res, *FAST, names=path, phrase="label values [14] outside 0..8")
     assert list((res / "runs").iterdir())  # it did train
     assert records.load(res).empty and not list((res / "records").glob("*"))
+    _truncate(path)
+    _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "synapse", "--data-root", root,
+           "--results", tmp_path / "early", *FAST, names=path, phrase="truncated or corrupt")
+    assert not (tmp_path / "early" / "runs").exists()
 
 
 def test_corrupt_file_read_in_a_loader_worker(data, tmp_path):

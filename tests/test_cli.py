@@ -131,6 +131,14 @@ def test_runs_on_data_of_ones_own_follow_its_files_not_its_path(tmp_path):
     (again,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[proto.seed], data_root=here,
                          synthetic=False, results_dir=res, model_overrides=dict(get_entry("unet").tiny))
     assert again.key == legacy
+    # a run of that id rescored into strict is found from a strict plan (it was trained again beside it)
+    from bench.rescore import rescore_id
+
+    shutil.rmtree(res / "runs" / legacy)
+    (res / "records" / f"{rescore_id(legacy, 'strict')}.json").write_text("{}")
+    (strict,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[proto.seed], data_root=here,
+                          synthetic=False, results_dir=res, model_overrides=dict(get_entry("unet").tiny), policy="strict")
+    assert strict.data_id == open_dataset("synapse", here).content_id(scored=False)
 
 
 def test_data_root_from_synth_matches_synthetic(smoke_results, tmp_path):

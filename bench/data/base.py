@@ -101,6 +101,10 @@ class SegDataset:
         voxels differently), or None."""
         return None
 
+    def check_spacing(self) -> None:
+        """BenchError where the voxel spacings a policy scoring in mm reads are incomplete (Synapse's
+        spacing table); called only for such policies."""
+
     def normalize_hint(self, normalize: str) -> str | None:
         """A warning when a protocol's ``normalize`` leaves this data's intensities unsuitable for
         the networks (raw HU, raw MRI), or None."""
@@ -195,8 +199,9 @@ class SegDataset:
         return self.source_files()
 
     def scored_files(self) -> list[Path]:
-        """The files the test labels are read from (``content_id`` reads every byte of them)."""
-        raise NotImplementedError
+        """The files the test labels are read from (``content_id`` reads every byte of them); none
+        named by a reader that does not say."""
+        return []
 
     def content_id(self, *, scored: bool = True) -> str:
         """``files:<sha256[:16]>``: what identifies data of one's own in run ids, wherever it lies.
@@ -333,18 +338,22 @@ def describe(exc: BaseException) -> str:
 
 
 @contextmanager
-def reading(path: Path, what: str) -> Iterator[None]:
+def reading(path: Path, what: str, text: bool = False) -> Iterator[None]:
     """Turn any failure inside the block into one BenchError naming ``path``.
 
     Each reader wraps its raw decode (np.load, h5py, PIL, nibabel) in this: those libraries raise
     their own exception types for a truncated or corrupt file (BadZipFile, OSError, EOFError,
     UnidentifiedImageError, ImageFileError, zlib.error, ...). BenchErrors pass through unchanged.
+    ``text``: a text format, whose undecodable bytes are another encoding rather than damage.
     """
     try:
         yield
     except BenchError:
         raise
-    except UnicodeDecodeError as exc:  # a text file in another encoding, not a damaged one
+    except UnicodeDecodeError as exc:
+        if not text:
+            raise _damaged(path, what, exc) from exc
+        # a text file in another encoding, not a damaged one
         raise BenchError(f"{path}: cannot read it as {what}: not UTF-8 text ({describe(exc)}); save it as "
                          "UTF-8") from exc
     except ValueError as exc:

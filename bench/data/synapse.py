@@ -197,12 +197,18 @@ def data_files(folder: Path, suffix: str) -> list[Path]:
     return [p for p in folder.glob("*" + suffix) if not hidden(p)]
 
 
+def read_text(path: Path, what: str) -> str:
+    """A text file as Windows editors and Excel save it too: a byte-order mark (UTF-8 or UTF-16) is not
+    part of its text. BenchError naming the file otherwise."""
+    with reading(path, what, text=True):
+        raw = path.read_bytes()
+        return raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
+
+
 def read_list(path: Path, suffix: str = "") -> list[str]:
     """Ids from a list file, one per line; blank lines skipped, a trailing ``suffix`` stripped.
     BenchError when it cannot be read or lists nothing (an empty split trains or tests nothing)."""
-    with reading(path, "a text list of ids"):
-        raw = path.read_bytes()  # a byte-order mark (Windows editors: UTF-8 or UTF-16) is not part of an id
-        text = raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
+    text = read_text(path, "a text list of ids")
     ids = []
     for line in text.splitlines():
         line = line.strip()
@@ -221,8 +227,7 @@ def read_spacing_table(path: Path) -> dict[str, tuple[float, float, float]]:
     values; BenchError naming the file and line otherwise."""
     import csv
 
-    with reading(path, "a CSV of case spacings"):
-        rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))  # a BOM: saved by Excel
+    rows = list(csv.reader(read_text(path, "a CSV of case spacings").splitlines()))
     expected = "a header case,d,h,w and lines like case0001,3.0,0.76,0.76 (mm per h5 axis D, H, W)"
     if not rows or [c.strip() for c in rows[0]] != ["case", "d", "h", "w"]:
         raise BenchError(f"{path}: expected {expected}")
@@ -240,6 +245,25 @@ def read_spacing_table(path: Path) -> dict[str, tuple[float, float, float]]:
             raise BenchError(f"{path}: line {n}: {case} listed twice")
         table[case] = values
     return table
+
+
+def spacing_table_problem(table: dict[str, tuple[float, float, float]], test: dict[str, Path],
+                          train_cases: set[str]) -> str | None:
+    """What keeps a spacing table from giving every test volume (``test``: case -> h5 file) its HD95 in
+    mm, or None: a line naming no case (a typo, "case0001.npy.h5"), or test volumes without a line and
+    without a spacing of their own (their HD95 in voxels beside the others' in mm: a mean of no unit)."""
+    unknown = sorted(set(table) - set(test) - train_cases)
+    if unknown:
+        return (f"{', '.join(unknown[:5])} {'is not a case' if len(unknown) == 1 else 'are not cases'} of this data; "
+                "expected case ids such as case0001")
+    missing = [c for c, path in test.items() if c not in table and path.is_file() and volume_spacing(path) is None]
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        has, its = ("has", "its") if len(missing) == 1 else ("have", "their")
+        return (f"no line for {', '.join(missing[:5])}{more}, which {has} no spacing of {its} own: {its} HD95 would "
+                "be in voxels and the others' in mm; give every test case a line (or remove the file: HD95 in voxels "
+                "for all)")
+    return None
 
 
 class SynapseDataset(SegDataset):
@@ -322,32 +346,21 @@ class SynapseDataset(SegDataset):
                 raise BenchError(f"{path}: image shape {image} and label shape {label}; expected one 3-D shape "
                                  "(D, H, W) for both")
             turned += [f"{path}: {note}"] if (note := slices_last_note(image)) else []
-        if self._spacing:
-            self._check_spacing_table()
         return turned[0] + (f" (and {len(turned) - 1} more test volumes)" if len(turned) > 1 else "") if turned else None
 
-    def _check_spacing_table(self) -> None:
-        # a table that leaves out some test volumes (without a spacing of their own) gives HD95s in mm and
-        # in voxels, averaged into a number of no unit; a line naming no test case is a typo
-        unknown = sorted(set(self._spacing) - set(self._test))
-        if unknown:
-            raise BenchError(f"{self.root / SPACING_FILE}: {', '.join(unknown[:5])} name(s) no test case; expected "
-                             f"test case ids as test_vol.txt lists them ({', '.join(self._test[:3])}, …)")
-        missing = [c for c in self._test if c not in self._spacing and volume_spacing(self.test_file(c)) is None]
-        if missing:
-            raise BenchError(f"{self.root / SPACING_FILE}: no line for {', '.join(missing[:5])}"
-                             f"{f' (and {len(missing) - 5} more)' if len(missing) > 5 else ''}, which have no spacing "
-                             "of their own: their HD95 would be in voxels and the others' in mm; give every test case "
-                             "a line (or remove the file: HD95 in voxels for all)")
+    def check_spacing(self) -> None:
+        if self._spacing:
+            problem = spacing_table_problem(self._spacing, {c: self.test_file(c) for c in self._test},
+                                            {slice_case(i) for i in self._train})
+            if problem:
+                raise BenchError(f"{self.root / SPACING_FILE}: {problem}")
 
     def scored_files(self) -> list[Path]:
         table = self.root / SPACING_FILE  # HD95 in mm reads it
         return [self.test_file(i) for i in self._test] + ([table] if table.is_file() else [])
 
     def source_files(self) -> list[Path]:
-        table = self.root / SPACING_FILE  # HD95 in mm reads it
-        return ([self.train_file(i) for i in self._train] + [self.test_file(i) for i in self._test]
-                + ([table] if table.is_file() else []))
+        return [self.train_file(i) for i in self._train] + self.scored_files()
 
 
 def _existing(path: Path) -> Path:

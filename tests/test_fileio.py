@@ -1,0 +1,31 @@
+"""bench.fileio: file digests, kept on disk for large files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from bench import fileio
+
+
+def test_a_large_files_digest_is_kept_until_the_file_changes(tmp_path, monkeypatch):
+    """Synapse's test volumes (GBs together) identify the data: hashed once, not at every command."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    big = tmp_path / "case0001.npy.h5"
+    big.write_bytes(os.urandom(fileio.CACHED_FROM_BYTES))
+    truth = hashlib.sha256(big.read_bytes()).hexdigest()
+    fileio._sha256_of.cache_clear()
+    assert fileio.file_sha256(big) == truth
+    (kept,) = (tmp_path / "cache" / "ssm-unet-bench" / "digests").iterdir()
+    assert kept.read_text() == truth
+    kept.write_text("f" * 64)  # what a later process reads instead of the file
+    fileio._sha256_of.cache_clear()
+    assert fileio.file_sha256(big) == "f" * 64
+    st = big.stat()
+    os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # edited: another version of the file
+    fileio._sha256_of.cache_clear()
+    assert fileio.file_sha256(big) == truth
+    small = tmp_path / "mask.png"
+    small.write_bytes(b"x" * 100)
+    assert fileio.file_sha256(small) == hashlib.sha256(b"x" * 100).hexdigest()
+    assert len(list((tmp_path / "cache" / "ssm-unet-bench" / "digests").iterdir())) == 2  # small files: not kept
