@@ -433,8 +433,9 @@ def _each_run(todo: list[dict], do: Callable[[dict], None], verb: str) -> None:
                 raise
             note_failure(rec["run_id"], exc, failed, _echo_err)
     if failed:
-        raise BenchError(f"{len(failed)} of {len(todo)} run(s) could not be {verb} ({', '.join(failed)}), the others "
-                         "were; after fixing the cause, the same command does the rest")
+        others = ", the others were" if len(failed) < len(todo) else ""
+        raise BenchError(f"{len(failed)} of {len(todo)} run(s) could not be {verb} ({', '.join(failed)}){others}; "
+                         "after fixing the cause, the same command does the rest")
 
 
 @app.command()
@@ -455,7 +456,7 @@ def check(
     if prune and not update:
         raise BenchError("--prune goes with --update (it drops baseline rows while rewriting the file)")
     df = records.load(results)
-    if df.empty or not (df["status"] == "finished").any():  # most likely not the folder meant: not drift
+    if records.finished(df).empty:  # most likely not the folder meant: not drift
         raise BenchError(f"No finished runs found in {results}: pass the --results folder of the grid's runs")
     if update:
         rows, dropped = drift.write_baseline(df, baseline, prune=prune)
@@ -736,7 +737,7 @@ def data_verify(
     from bench.data.verify import dataset_notes, verify_dataset
 
     dataset = get_reader(dataset).name  # any case, as bench run takes it
-    problems = verify_dataset(dataset, data_root)
+    problems = sorted(verify_dataset(dataset, data_root), key=lambda p: p.level != "error")  # errors first
     for p in problems if all_ else problems[:VERIFY_SHOWN]:
         _echo_err(f"{p.level}: {p.path}: {p.message}")
     if not all_ and len(problems) > VERIFY_SHOWN:  # 2,000 masks saved as 0/1 read as 2,000 lines

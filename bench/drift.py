@@ -139,7 +139,7 @@ def write_baseline(
     --results folder holding part of the grid, or none of it) are a BenchError unless ``prune``:
     an update never drops them, nor their tolerances, by accident.
     """
-    if df_runs.empty or not (df_runs["status"] == "finished").any():
+    if finished(df_runs).empty:
         raise BenchError(f"no finished run records to write {path} from: is --results the folder of the grid's runs?")
     # a baseline that does not read is an error: written afresh, it lost its hand-edited tolerances
     # and rows unsaid (delete the file to start over)

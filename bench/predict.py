@@ -52,7 +52,7 @@ def plan_predict(results_dir: Path, models: list[str] | None = None,
     df = records.load(results_dir)
     if df.empty:
         raise BenchError(f"{results_dir}: no run records; pass the --results folder of `bench run`")
-    done = df[df["status"] == "finished"]
+    done = records.finished(df)
     runs = done[done["rescored_from"].isna()]
     if models is not None:  # a name without finished runs: one error listing those there, as bench report
         from bench.records import select_runs

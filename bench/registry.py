@@ -141,7 +141,7 @@ def list_models(family: str | None = None) -> list[str]:
     _load_builtins()
     if family is not None:
         if family.lower() not in FAMILIES:
-            raise unknown_name("family", family, list(FAMILIES))
+            raise unknown_name("family", family, list(FAMILIES), plural="families")
         family = family.lower()
     return sorted(n for n, e in _REGISTRY.items() if family is None or e.family == family)
 
@@ -174,10 +174,12 @@ def plugin_forward_error(model: nn.Module, shape: tuple[int, ...], exc: Exceptio
     None for the built-in models (their failure is bench's bug: its traceback) and for bench's own
     errors, which already say what is wrong."""
     entry: ModelEntry | None = getattr(model, "bench_entry", None)
-    if entry is None or isinstance(exc, BenchError) or is_builtin(entry.name):
+    # out of memory is no bug of the model's code: its own message says what to do
+    if entry is None or isinstance(exc, (BenchError, torch.OutOfMemoryError)) or is_builtin(entry.name):
         return None
-    home = Path(sys.modules[type(model).__module__].__file__ or "").parent
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).parent == home]
+    source = getattr(sys.modules.get(type(model).__module__), "__file__", None)  # none for a notebook's class
+    home = Path(source).parent if source else None
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if home and Path(f.filename).parent == home]
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
     size = "x".join(map(str, shape[2:]))
     return BenchError(f"{entry.name} failed at its first forward, on a batch of shape {tuple(shape)}: "

@@ -16,9 +16,13 @@ def test_importing_the_cli_loads_no_pandas():
 
 
 def test_every_reexported_name_is_its_submodules_object():
+    import pkgutil
+
+    submodules = {m.name for m in pkgutil.iter_modules(report.__path__)}
+    assert not submodules & set(report._SUBMODULE)  # importing such a submodule would replace the name with it
     for name, module in report._SUBMODULE.items():
         value = getattr(report, name)
         home = sys.modules[module if "." in module else f"bench.report.{module}"]
-        assert value is getattr(home, name), name  # a submodule of that name would shadow it
+        assert value is getattr(home, name), name
         assert type(value).__name__ != "module", name
     assert set(report.__all__) <= set(report._SUBMODULE) <= set(dir(report))

@@ -859,6 +859,9 @@ def test_a_plugin_sized_for_another_input_is_named_at_its_first_forward(synapse_
                                              r"\(4, 1, 32, 32\): RuntimeError: mat1 and mat2 .* \(at test_train\.py:\d+ "
                                              r"in forward_logits\)\. Its factory was given img_size 32 \(--img-size"):
             train_model(model, ds, _proto(), seed=0, run_dir=tmp_path / "a", device=torch.device("cpu"))
+        FixedSize.__module__ = "__no_file__"  # a class typed into a notebook: no file to point at
+        with pytest.raises(BenchError, match=r"RuntimeError: mat1 and mat2 [^(]*\(\d+x\d+ and \d+x\d+\)\. Its factory"):
+            train_model(model, ds, _proto(), seed=0, run_dir=tmp_path / "c", device=torch.device("cpu"))
     finally:
         from bench import registry
 

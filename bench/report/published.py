@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from bench.data.isic import test_set_id
-from bench.report.board_text import _caption
+from bench.report.board_text import _caption, _one_hd95_unit
 from bench.report.boards import METRICS, TEST_SET_DATASETS, class_display
 from bench.report.labels import CV_LABEL, BoardKey
 
@@ -183,8 +183,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
                 blocked = why_not(p, key, board.attrs, b)
                 diff = blocked or ("" if math.isnan(ours) else f"{ours - p['value']:+.2f}")
                 label = METRICS[base][0] + (f" ({class_display(cls, key.dataset)})" if cls else "")  # as the board
-                units = board.attrs.get("hd95_units", [])
-                unit = "%" if METRICS[base][1] else (units[0] if len(units) == 1 and units[0] != "mixed" else "")
+                unit = "%" if METRICS[base][1] else _one_hd95_unit(board)
                 rows.append({"Model": b["model"], "Metric": label,  # the board's row label
                              "Published": f"{_paper_value(p['value'])} {p['unit']}".strip(), "Source": p["source"],
                              "Their convention": p["convention"], "Their recipe": p["protocol"] or "not one of ours",

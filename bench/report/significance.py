@@ -88,8 +88,9 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
             if (tests["test"] == "undefined").any():
                 note += (" nan: the board's number of the model or the reference is nan (a class valid in no "
                          "shared case), so there is nothing to test.")
-        fewest = int(tests["n_cases"].min())
-        if 2 / 2**fewest > 0.05:  # an exact sign-flip test's smallest two-sided p: every case one way
+        tested = tests["n_cases"][tests["p"].notna() & (tests["n_cases"] > 0)]
+        fewest = int(tested.min()) if len(tested) else 0
+        if fewest and 2 / 2**fewest > 0.05:  # an exact sign-flip test's smallest two-sided p: every case one way
             note += (f" Caution: with {fewest} shared test cases the smallest p these tests can give is "
                      f"2/2^{fewest} = {2 / 2**fewest:.3g}, so no difference can reach p < 0.05 here.")
         if key.policy == "legacy-synapse":
