@@ -1296,3 +1296,16 @@ def test_verify_lists_the_first_problems_and_counts_the_rest(tmp_path):
     assert lines[-1] == f"{VERIFY_SHOWN + 4} error(s) in {root}"
     every = run_bench("data", "verify", "--dataset", "isic17", "--data-root", root, "--all", check=False)
     assert len(every.stderr.strip().splitlines()) == VERIFY_SHOWN + 5
+
+
+def test_synapse_files_named_otherwise_are_warned_without_list_files(roots, tmp_path):
+    """From a data journey: without list files, a browser's second download of a slice trained as
+    one more slice, unsaid."""
+    root = _copy(roots["synapse"], tmp_path)
+    shutil.rmtree(root / "lists")
+    first = sorted((root / "train_npz").iterdir())[0]
+    shutil.copy(first, first.with_name(f"{first.stem} (1).npz"))
+    with pytest.warns(UserWarning, match=re.escape(f"1 file(s) named otherwise than TransUNet's caseNNNN[_sliceNNN] "
+                                                   f"({first.stem} (1)), each taken as one more item")):
+        ds = open_dataset("synapse", root)
+    assert f"{first.stem} (1)" in ds.train_ids()

@@ -21,6 +21,8 @@ supplies it, so ``strict`` HD95 is in mm; a file's own attribute wins.
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from pathlib import Path
 
 import h5py
@@ -305,6 +307,12 @@ class SynapseDataset(SegDataset):
         ids = sorted(p.name[: -len(suffix)] for p in data_files(folder, suffix))
         if not ids:
             raise BenchError(f"{folder}: no '*{suffix}' files (and no {list_name}); expected {self.layout}")
+        # a browser's second download ("case0005_slice000 (1).npz") would count as one more item
+        odd = [i for i in ids if not re.fullmatch(r"case\d+(_slice\d+)?", i)]
+        if odd:
+            warnings.warn(f"{folder}: {len(odd)} file(s) named otherwise than TransUNet's caseNNNN[_sliceNNN] "
+                          f"({', '.join(odd[:3])}{', …' if len(odd) > 3 else ''}), each taken as one more item: a "
+                          f"download's duplicate? Without {list_name}, every file there is used", stacklevel=3)
         return ids
 
     @property
