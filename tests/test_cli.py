@@ -241,6 +241,18 @@ def test_command_lists_give_each_command_one_summary_line(group):
     summaries = {name: cmd.help.split("\n\n")[0] for name, cmd in cli.commands.items()}
     assert len(summaries) >= 3 and all("\n" not in s.strip() for s in summaries.values()), summaries
 
+
+def test_bench_cli_names_each_command_function_not_a_submodule():
+    """bench.cli is a package that re-exports its commands: a submodule named like one (bench/cli/run.py)
+    would replace the function with the module once imported."""
+    import bench.cli
+
+    infos = [*bench.cli.app.registered_commands, *bench.cli.data_app.registered_commands]
+    assert len(infos) >= 11
+    for info in infos:
+        assert getattr(bench.cli, info.callback.__name__) is info.callback, info.callback.__name__
+
+
 def test_models_and_doctor():
     out = runner.invoke(app, ["models"]).output.splitlines()
     assert out[0].split() == ["model", "family", "description"]

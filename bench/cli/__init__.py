@@ -1,0 +1,51 @@
+"""`bench` command line: a table of contents. Commands parse options; library functions do the work.
+
+- ``options``: the options several commands declare alike, their parsing, the setup of commands that run models.
+- ``console``: the entry point ``main``: user errors and warnings one line each, SIGTERM as Ctrl-C.
+- ``run_cmds``: ``run`` (train and evaluate a grid), ``rescore`` and ``predict`` (from finished runs' weights).
+- ``report_cmds``: ``report`` (leaderboards) and ``check`` (drift against a baseline).
+- ``profile_cmd``: ``profile`` (params, FLOPs, latency, memory).
+- ``info_cmds``: ``models`` and ``doctor``.
+- ``data_cmds``: the ``data`` group: ``synth``, ``convert``, ``verify``.
+
+Only typer and light modules load here: commands import torch, pandas and the data readers when they run.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from bench.cli.console import _warned, main
+from bench.cli.data_cmds import VERIFY_SHOWN, data_convert, data_synth, data_verify
+from bench.cli.info_cmds import doctor, models
+from bench.cli.profile_cmd import profile
+from bench.cli.report_cmds import check, report
+from bench.cli.run_cmds import default_protocol, predict, rescore, run
+
+# what other modules and tests import from here, besides the commands
+__all__ = ["app", "data_app", "main", "default_protocol", "VERIFY_SHOWN", "_warned"]
+
+app = typer.Typer(
+    help="ssm-unet-bench: train and evaluate medical segmentation UNets under fixed protocols.\n\n"
+    "Example: bench run --models all --dataset synapse --synthetic --protocol smoke",
+    no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False,
+)
+data_app = typer.Typer(
+    help="Synthesize, convert and verify datasets in their real on-disk formats.\n\n"
+    "Example: bench data synth --like isic --out data/isic-synth",
+    no_args_is_help=True,
+)
+
+# every command, in the order `bench --help` lists them
+app.command()(run)
+app.command()(report)
+app.command()(rescore)
+app.command()(predict)
+app.command()(check)
+app.command()(profile)
+app.command()(models)
+app.command()(doctor)
+app.add_typer(data_app, name="data")
+data_app.command("synth")(data_synth)
+data_app.command("convert")(data_convert)
+data_app.command("verify")(data_verify)

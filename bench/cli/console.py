@@ -1,0 +1,121 @@
+"""The console entry point `main`: user errors and warnings one line each, SIGTERM as Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import threading
+import warnings
+
+import typer
+
+from bench.errors import BenchError, one_line
+
+
+def _echo_err(msg: str) -> None:
+    typer.secho(msg, fg=typer.colors.RED, err=True)
+
+
+_warned: set[str] = set()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` on the command line: one line per warning, without the source line,
+    and each text once (planning a grid and running it build the same model and meet the same warning)."""
+    text = str(message)
+    if text not in _warned:
+        _warned.add(text)
+        kind = "" if category is UserWarning else f" ({category.__name__})"
+        typer.secho(f"warning{kind}: {text}", fg=typer.colors.YELLOW, err=True)
+
+
+def main() -> None:
+    """Console entry point: user errors print one line and exit 2, warnings one line each (tracebacks
+    and Python's own warning format with BENCH_DEBUG=1)."""
+    handles = threading.current_thread() is threading.main_thread()
+    # SIGTERM (what Slurm and torchrun send first) as Ctrl-C: cleanup runs (temp files, the run's
+    # claim) and the command says so, where the process died with neither
+    previous = signal.signal(signal.SIGTERM, _interrupt) if handles else None
+    try:
+        _main()
+    finally:
+        # called in-process (tests, a notebook): the caller's handler back, or processes it forks later
+        # inherit ours (a multiprocessing pool's terminate() then hangs); kept once a SIGTERM came
+        if handles and signal.getsignal(signal.SIGTERM) is _interrupt:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _main() -> None:
+    try:  # typer >= 0.20 carries its own copy of click
+        from typer._click.exceptions import UsageError
+    except ImportError:
+        from click.exceptions import UsageError
+
+    if not os.environ.get("BENCH_DEBUG"):
+        warnings.showwarning = _show_warning
+    from bench import distributed
+    from bench.cli import app  # the package, which imports this module, registers the commands on it
+
+    try:
+        code = app(standalone_mode=False, prog_name="bench")  # click's usage errors reach us: one line each
+    except BenchError as exc:
+        if os.environ.get("BENCH_DEBUG"):
+            raise
+        line = f"error: {one_line(exc)}"
+        if not distributed.note_error(line):  # kept for `bench run --nproc`'s launcher, else said here
+            _echo_err(line)
+        sys.exit(2)
+    except UsageError as exc:  # a value outside an option's choices, a missing or unknown option
+        if os.environ.get("BENCH_DEBUG"):
+            raise
+        line = f"error: {_usage_line(exc)}"
+        if not distributed.note_error(line):
+            _echo_err(line)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        code = 130
+    except Exception as exc:
+        # a collective failing because another process died: that one's line (or the launcher's) tells
+        if not distributed.lost_peer(exc) or os.environ.get("BENCH_DEBUG"):
+            raise
+        line = f"error: another process of this run is gone ({' '.join(str(exc).split())[:200]})"
+        if not distributed.note_error(line):
+            _echo_err(line)
+        distributed.orphaned()
+        sys.exit(distributed.LOST_PEER_EXIT)
+    if code == 130 and distributed.launched_by_bench():
+        if distributed.orphaned() and distributed.rank_from_env() == 0:  # the launcher was killed: none says it
+            _echo_err("interrupted: the launcher is gone; the same command with --resume continues from the last "
+                      "checkpoint")
+        sys.exit(code)  # the launcher says it, once
+    if code == 130:  # Ctrl-C or SIGTERM (typer returns 130 for them)
+        _echo_err("interrupted; the same command continues (bench run: with --resume, from each run's last "
+                  "checkpoint, written every checkpoint_every epochs of its protocol)")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupt(signum, frame) -> None:
+    # once: the cleanup must not be cut short by another (a dying launcher signals once per thread)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+_SYNONYMS = {"gpu": "cuda"}  # what users type for a choice whose spelling is not close
+
+
+def _usage_line(exc) -> str:
+    """Click's message on one line, with a "did you mean" among an option's choices; the command's
+    --help named."""
+    import difflib
+
+    text = " ".join(exc.format_message().split()).replace("Value error, ", "")
+    given = re.search(r"'([^']*)' is not one of (.*)", text)  # the choices, as the message lists them
+    if given:
+        choices = re.findall(r"'([^']*)'", given.group(2))
+        close = [c for c in choices if c == _SYNONYMS.get(given.group(1))] or \
+            difflib.get_close_matches(given.group(1), choices, n=1, cutoff=0.5)
+        text += f" Did you mean {close[0]!r}?" if close else ""
+    where = f"{exc.ctx.command_path} --help" if getattr(exc, "ctx", None) else "bench --help"
+    return f"{text} ({where})"

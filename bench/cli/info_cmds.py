@@ -1,0 +1,82 @@
+"""`bench models` (the registered models) and `bench doctor` (versions, scan backend, plugins)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+
+def models() -> None:
+    """List registered models with family, paper configuration and source.
+
+    Example: bench models
+    """
+    from bench.registry import get_entry, is_builtin, list_models
+
+    typer.echo(f"{'model':12s} {'family':12s} description")
+    for name in list_models():
+        e = get_entry(name)
+        cfg = ", ".join(f"{k}={v}" for k, v in e.paper_config.items())
+        init = (f"{e.init[1]} (load_weights source {e.init[0]!r})" if e.init
+                else "none (the authors train from scratch)" if is_builtin(name) else "none")
+        typer.echo(f"{name:12s} {e.family:12s} {e.description}\n{'':25s}paper config: {cfg}\n{'':25s}source: {e.source}"
+                   f"\n{'':25s}pretrained init: {init}")
+
+
+def doctor() -> None:
+    """Code version, Python/torch/CUDA versions, the selective-scan backend and why, mamba-ssm, model plugins.
+
+    Example: bench doctor
+    """
+    import platform
+
+    import torch
+
+    from bench import env
+    from bench.records import code_version, short_commit
+
+    typer.echo(f"python       {platform.python_version()} ({sys.executable})")
+    # what run records will name the code by (records.code_version): the commit, else the sources' digest
+    commit = env.git_commit()
+    typer.echo(f"code         {short_commit(code_version(commit, env.source_digest()))}"
+               f"{'' if commit else ' (outside a git checkout)'}")
+    for name, version in env.package_versions().items():
+        typer.echo(f"{name:28s} {version or '-'}")
+    cuda = torch.cuda.is_available()
+    typer.echo(f"torch CUDA   {'available: ' + torch.cuda.get_device_name(0) if cuda else 'not available'}"
+               f" (built with CUDA {torch.version.cuda})")
+    typer.echo(f"threads      {torch.get_num_threads()} of {os.cpu_count()} cores")
+    typer.echo(f"device       {env.short_fingerprint(env.fingerprint('cuda' if cuda else 'cpu'))}")
+    try:
+        from ssm_models.scan import backend_report  # provided by the SSM models
+
+        typer.echo(f"scan backend {backend_report()}")
+    except ImportError:
+        typer.echo("scan backend n/a: no SSM model is installed yet (ssm_models.scan missing)")
+    typer.echo(f"mamba-ssm    {_mamba_status()}")
+    from bench import registry
+
+    registry.list_models()  # loads the plugins
+    plugins = [f"{k}: {', '.join(v) or 'no models'}" for k, v in registry.PLUGIN_MODELS.items()]
+    plugins += [f"{k}: failed to load ({v})" for k, v in registry.PLUGIN_ERRORS.items()]
+    typer.echo(f"plugins      {'; '.join(plugins) or f'none (entry point group {registry.ENTRY_POINT_GROUP})'}")
+
+
+def _mamba_status() -> str:
+    """Whether mamba-ssm and its compiled kernels load, without importing mamba_ssm itself
+    (12 s of imports on CPU, and it fails there without its CUDA extension)."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("mamba_ssm") is None:
+        return "not installed (CPU machines use the built-in scan; `make setup` adds it where CUDA exists)"
+    parts = []
+    for ext in ("selective_scan_cuda", "causal_conv1d_cuda"):
+        try:
+            importlib.import_module(ext)
+            parts.append(f"{ext} loads")
+        except Exception as exc:  # ImportError, OSError from a CUDA/ABI mismatch, …
+            parts.append(f"{ext} does not load ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})")
+    return "installed; " + "; ".join(parts)

@@ -1,0 +1,81 @@
+"""The options several commands declare alike, the parsing of option text, and the setup of commands that run models."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from bench.errors import BenchError
+
+DEFAULT_RESULTS = Path("results")
+
+# options several commands declare alike
+Models = Annotated[str, typer.Option(help="'all' or a comma list of registered models")]
+FinishedRuns = Annotated[Path, typer.Option(help="results directory with the finished runs")]
+RunsProtocol = Annotated[Optional[Path], typer.Option(help="the runs' protocol .toml, for runs of a file that is "
+                                                      "not built in")]
+ScoringThreads = Annotated[Optional[int], typer.Option(help="torch CPU threads (the run's own count repeats its CPU "
+                                                            "predictions bit for bit)")]
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _compute_setup(threads: int | None) -> None:
+    """For the commands that run models: BENCH_SCAN_BACKEND names a backend that runs here (or they
+    would stop at the first scan with a traceback, after training for rescore; doctor reports it),
+    and --threads, torch's CPU threads, where given."""
+    from ssm_models.scan import forced_backend_problem
+
+    problem = forced_backend_problem()
+    if problem:
+        raise BenchError(f"{problem} (or unset it: automatic)")
+    if threads is None:
+        return
+    if threads < 1:
+        raise BenchError(f"--threads must be a whole number >= 1 (torch's CPU threads); got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _parse_ints(text: str, option: str = "--seeds", example: str = "0,1,2") -> list[int]:
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise BenchError(f"{option} must be a comma list of integers, e.g. {example}; got {text!r}") from None
+    if not values:  # an empty grid would run nothing and say nothing
+        raise BenchError(f"{option} must list at least one integer, e.g. {example}; got {text!r}")
+    return values
+
+
+def _parse_spacing(text: str | None) -> str | list[float] | None:
+    """--target-spacing: a name ("native", "nnunet"; checked with the protocol) or z,y,x (2-D patches: y,x) in mm."""
+    if text is None or not any(c.isdigit() for c in text):
+        return text
+    try:
+        return [float(s) for s in text.split(",")]
+    except ValueError:
+        raise BenchError(f"--target-spacing must be 'native', 'nnunet' or spacings in mm, one per patch axis, "
+                         f"e.g. 1,0.8,0.8; got {text!r}") from None
+
+
+def _parse_sets(items: list[str]) -> dict[str, object]:
+    import ast
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BenchError(f"--set expects key=value (a model constructor argument); got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out

@@ -1,0 +1,99 @@
+"""`bench report` (leaderboards from the run records) and `bench check` (drift against a baseline)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from bench.cli.console import _echo_err
+from bench.cli.options import DEFAULT_RESULTS
+from bench.errors import BenchError
+from bench.report.formats import ReportFormat  # not bench.report: its boards import pandas
+
+
+def report(
+    results: Annotated[Path, typer.Option(help="results directory")] = DEFAULT_RESULTS,
+    format: Annotated[ReportFormat, typer.Option("--format", help="output format; cases: every run x case x class "
+                                                 "row as CSV, for statistics elsewhere")] = ReportFormat.md,
+    out: Annotated[Optional[Path], typer.Option(help="write to this file instead of stdout (Markdown: plots go "
+                                                     "to <stem>_files/ beside it)")] = None,
+    published: Annotated[bool, typer.Option(help="add the papers' numbers next to ours (results/published.csv)")] = False,
+    published_file: Annotated[Optional[Path], typer.Option(help="another published-numbers CSV")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="paired tests of every model against this one")] = None,
+    models: Annotated[str, typer.Option(help="'all' or a comma list: only these models' runs and profiles")] = "all",
+    dataset: Annotated[Optional[str], typer.Option(help="a comma list: only runs on these datasets (synapse, "
+                                                        "isic17, ..., or a board's data name such as nnunet:ACDC)")] = None,
+    columns: Annotated[Optional[str], typer.Option(help="the tables' columns (md, latex), a comma list of: paper "
+                                                        "(= metrics,classes: the papers' layout), family, seeds, "
+                                                        "params, time, cost, metrics, ci, classes, class-hd95; "
+                                                        "default all")] = None,
+) -> None:
+    """Leaderboards (mean ± std over seeds, per organ) from the run records.
+
+    Example: bench report --results results --format latex --columns paper --dataset synapse --out table.tex
+    """
+    from bench.records import ensure_writable_dir
+    from bench.report import parse_columns, write_report
+
+    groups = parse_columns(columns)  # before anything is read
+
+    if out is not None:  # before the plots are drawn beside it
+        if out.is_dir():
+            raise BenchError(f"--out {out}: is a folder; give a file name, e.g. {out / 'report.md'}")
+        ensure_writable_dir(out.parent, "--out")
+    names = None if models.strip() == "all" else [m.strip() for m in models.split(",") if m.strip()]
+    sets = [d.strip() for d in dataset.split(",") if d.strip()] if dataset else None
+    text = write_report(results, format.value, out, published=published_file or published, reference=reference,
+                        models=names, datasets=sets, columns=groups)
+    if out is None:
+        typer.echo(text)
+    else:
+        typer.echo(f"wrote {out}")
+
+
+def check(
+    baseline: Annotated[Path, typer.Option(help="committed baseline CSV, e.g. results/baseline/smoke.csv")],
+    results: Annotated[Path, typer.Option(help="results directory with the current records")] = DEFAULT_RESULTS,
+    update: Annotated[bool, typer.Option(help="(re)write the baseline from the current results instead")] = False,
+    prune: Annotated[bool, typer.Option(help="with --update: drop baseline rows the current results have no value "
+                                             "for (refused otherwise)")] = False,
+    changes_only: Annotated[bool, typer.Option(help="list only the rows that are not ok (a long grid's CI log)")] = False,
+) -> None:
+    """Compare current results with a baseline; exit 1 when any metric drifts past its tolerance.
+
+    Example: bench check --baseline results/baseline/smoke.csv --results /tmp/smoke
+    """
+    from bench import drift, records
+
+    if prune and not update:
+        raise BenchError("--prune goes with --update (it drops baseline rows while rewriting the file)")
+    df = records.load(results)
+    if records.finished(df).empty:  # most likely not the folder meant: not drift
+        raise BenchError(f"No finished runs found in {results}: pass the --results folder of the grid's runs")
+    if update:
+        rows, dropped = drift.write_baseline(df, baseline, prune=prune)
+        typer.echo(f"wrote baseline {baseline} from {len(df)} run(s): {rows} rows"
+                   + (f" ({dropped} dropped by --prune)" if dropped else ""))
+        return
+    result = drift.compare(baseline, df)
+    typer.echo(result.render(only_changes=changes_only))
+    if result.failed:
+        n = result.counts()
+        what = [f"{n['drift']} value(s) drifted past their tolerance" if n["drift"] else "",
+                f"{n['missing']} baseline row(s) have no value now" if n["missing"] else ""]
+        update = f"bench check --update --baseline {shlex.quote(str(baseline))} --results {shlex.quote(str(results))}"
+        _echo_err(f"{' and '.join(w for w in what if w)}: see the rows marked above. If the change is meant, "
+                  f"`{update}` rewrites the values (hand-edited tolerances kept); else widen a row's tolerance "
+                  "(absolute, in its metric's unit) by hand")
+        if result.moved():
+            _echo_err(f"{result.moved()} of them are back under a tagged label ('name@hash', '(data …)', '(init …)'): "
+                      "other runs in the results folder (another protocol version, other data or pretrained files) "
+                      "change how boards label the grid's runs; check the drift grid in a folder of its own")
+        if result.relabelled():
+            _echo_err(f"{result.relabelled()} of them may be back under a new label: boards now call --tiny runs "
+                      "'model (tiny)'; if so, bench check --update renames the baseline's rows, keeping hand-edited "
+                      "tolerances")
+        raise typer.Exit(code=1)

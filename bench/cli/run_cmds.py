@@ -1,0 +1,292 @@
+"""`bench run`, which trains and evaluates a grid of runs, and the commands that reuse finished runs'
+weights: `bench rescore`, `bench predict`."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from bench.cli.console import _echo_err, _warned
+from bench.cli.options import (DEFAULT_RESULTS, Device, FinishedRuns, Models, RunsProtocol, ScoringThreads,
+                               _compute_setup, _parse_ints, _parse_sets, _parse_spacing)
+from bench.errors import BenchError
+
+# The published recipe each dataset defaults to. nnunet has none: its format holds any dataset
+# (ACDC, X-ray, ...), so a run on it names its protocol rather than getting a smoke test silently.
+DEFAULT_PROTOCOL = {"synapse": "synapse", "isic17": "isic17", "isic18": "isic18", "polyp": "polyp",
+                    "isic_all": "isic_all"}
+
+
+def default_protocol(dataset: str, protocol: str | None) -> str:
+    """The protocol a run uses: ``--protocol`` if given, else the dataset's (BenchError if none)."""
+    if protocol:
+        return protocol
+    from bench.data import get_reader
+    from bench.protocol import list_protocols, load_protocol
+
+    get_reader(dataset)  # a misspelt dataset gets "did you mean", not "no default protocol"
+    if dataset not in DEFAULT_PROTOCOL:
+        fit = [p for p in list_protocols() if dataset in (load_protocol(p).datasets or (dataset,))]
+        raise BenchError(f"--dataset {dataset} has no default protocol (no single published recipe fits every "
+                         f"dataset in its format); pass --protocol NAME or a .toml path "
+                         f"(built-in for {dataset}: {', '.join(fit)})")
+    return DEFAULT_PROTOCOL[dataset]
+
+
+def _argv_of(ctx: typer.Context, drop: tuple[str, ...] = ()) -> list[str]:
+    """The options of this invocation as a command line (defaults left out), to start it again
+    elsewhere (``bench run --nproc N`` starts torchrun with it)."""
+    args = [ctx.info_name or ""]
+    for param in ctx.command.params:  # typer's options (typer vendors click: no isinstance check)
+        value = ctx.params.get(param.name)
+        if param.name in drop or param.param_type_name != "option" or value is None or value == param.default:
+            continue
+        if getattr(param, "is_flag", False):  # --resume / --no-resume
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            for v in value if param.multiple else [value]:
+                args += [param.opts[0], str(getattr(v, "value", v))]
+    return args
+
+
+def run(
+    ctx: typer.Context,
+    models: Models = "all",
+    dataset: Annotated[str, typer.Option(help="synapse, isic17, isic18, polyp, isic_all or nnunet")] = "synapse",
+    protocol: Annotated[Optional[str], typer.Option(help="protocol name or .toml path "
+                                                    "(default: the dataset's; nnunet has none)")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="comma list of seeds (default: the protocol's seed)")] = None,
+    folds: Annotated[Optional[str], typer.Option(help="cross-validation folds, 'all' or a comma list (nnunet data)")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="K/N: run only share K of N of the grid (Slurm arrays)")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="dataset directory in its real on-disk format")] = None,
+    synthetic: Annotated[bool, typer.Option(help="use a built-in synthetic dataset in the same format")] = False,
+    results: Annotated[Path, typer.Option(help="results directory (records, runs, synthetic data)")] = DEFAULT_RESULTS,
+    device: Annotated[Device, typer.Option(help="where to train")] = Device.auto,
+    resume: Annotated[bool, typer.Option(help="continue killed runs from their last checkpoint")] = False,
+    policy: Annotated[Optional[str], typer.Option(help="metric policy (default: the protocol's)")] = None,
+    pretrained_dir: Annotated[Optional[Path], typer.Option(
+        help="folder with the authors' pretrained files (`bench models` names them)")] = None,
+    pretrained: Annotated[Optional[bool], typer.Option(
+        "--pretrained/--no-pretrained", help="override the protocol's pretrained init (off-protocol)")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
+    max_iterations: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="override: marks the record off-protocol")] = None,
+    img_size: Annotated[Optional[int], typer.Option(
+        help="override (whole-image protocols; patch protocols: --patch-size): marks the record off-protocol")] = None,
+    patch_size: Annotated[Optional[str], typer.Option(
+        help="override for patch protocols: the patch D,H,W (2-D: H,W) (off-protocol)")] = None,
+    target_spacing: Annotated[Optional[str], typer.Option(
+        help="override for patch protocols: 'native', 'nnunet' or z,y,x (2-D: y,x) in mm (off-protocol)")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="override: marks the record off-protocol")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="model constructor override key=value")] = None,
+    tiny: Annotated[bool, typer.Option(help="use each model's tiny test configuration")] = False,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (fix it for bit-reproducible runs)")] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    nproc: Annotated[int, typer.Option(help="train each run with N processes (torchrun, DDP; gloo on CPU, "
+                                            "one GPU each on CUDA); the protocol's batch is the global batch")] = 1,
+    weights: Annotated[Optional[Path], typer.Option(
+        help="evaluate this weights file instead of training (one model): the authors' checkpoint, loaded "
+             "strictly, or your own; its row reads 'model (weights FILE@sha)'")] = None,
+) -> None:
+    """Train and evaluate models on a dataset under a protocol; one record per (model, seed).
+
+    Example: bench run --models all --dataset synapse --synthetic --protocol smoke
+    """
+    from bench import distributed
+    from bench.data import get_reader
+    from bench.env import resolve_device
+    from bench.protocol import load_protocol
+    from bench.registry import get_entry, resolve_models
+    from bench.run import parse_shard, plan_grid, refuse_2d_models, resolve_inits, run_grid, select_shard
+
+    _compute_setup(threads)
+    if distributed.rank_from_env() != 0:  # a process of a torchrun: the first says the warnings for all
+        warnings.simplefilter("ignore")
+    _warned.update(distributed.warned_by_launcher())  # and not those the launcher said
+    distributed.stop_with_launcher()
+    if shard:
+        parse_shard(shard)  # before anything is written
+    names = resolve_models(models)
+    dataset = get_reader(dataset).name  # any case; records and run ids hold the registered name
+    proto = load_protocol(default_protocol(dataset, protocol))
+    # --(no-)pretrained changes the recipe only where a chosen model has a pretrained file (an override
+    # equal to the protocol's value changes nothing anywhere: Protocol.with_overrides)
+    moot = not any(get_entry(n).init for n in names)
+    patch = _parse_ints(patch_size, "--patch-size", "64,128,128") if patch_size else None
+    proto = proto.with_overrides(epochs=epochs, max_iterations=max_iterations, batch_size=batch_size,
+                                 img_size=img_size, patch_size=patch, lr=lr, pretrained=None if moot else pretrained,
+                                 target_spacing=_parse_spacing(target_spacing))
+    if weights is not None:  # evaluated, not trained: one model, and nothing that only training would use
+        training = [f"--{k.replace('_', '-')}" for k, v in (("seeds", seeds), ("folds", folds), ("nproc", nproc != 1),
+                    ("epochs", epochs), ("max_iterations", max_iterations), ("batch_size", batch_size), ("lr", lr),
+                    ("no_pretrained" if pretrained is False else "pretrained", pretrained is not None),
+                    ("pretrained_dir", pretrained_dir), ("resume", resume))
+                    if v]
+        if len(names) != 1 or training:
+            asks = ([f"give one model (got {', '.join(names)})"] if len(names) != 1 else []) + (
+                [f"drop {', '.join(training)}, which only a training would use"] if training else [])
+            raise BenchError(f"--weights {weights}: evaluates one model's weights, without training; "
+                             f"{' and '.join(asks)}")
+    if weights is None:  # evaluated weights start from no pretrained file
+        resolve_inits(names, proto, pretrained_dir)  # every missing file named at once, before anything runs
+    refuse_2d_models(names, proto)  # likewise every 2-D model under a 3-D protocol (the grid plans one by one)
+    dev = resolve_device(device.value)
+    launch = nproc != 1 and not distributed.launched_by_torchrun()  # this process starts torchrun's
+    if launch:
+        distributed.check_nproc(nproc, dev, proto.train.batch_size)  # before --synthetic writes data
+    seed_list = list(dict.fromkeys(_parse_ints(seeds))) if seeds else [proto.seed]  # each seed once
+    overrides = _parse_sets(set_ or [])
+    specs, said = [], {}
+
+    def say_warnings(models) -> None:  # once each: the command line's warning display drops repeats
+        for w in (w for name in models for w in said.get(name, [])):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+    for name in names:
+        try:
+            with warnings.catch_warnings(record=True) as said[name]:  # said for the models this shard runs
+                warnings.simplefilter("always")
+                specs += plan_grid(
+                    models=[name], dataset=dataset, protocol=proto, seeds=seed_list, data_root=data_root,
+                    synthetic=synthetic, results_dir=results, policy=policy, model_overrides=overrides,
+                    pretrained_dir=pretrained_dir, tiny=tiny, weights=weights,
+                    folds=folds if folds in (None, "all") else list(dict.fromkeys(_parse_ints(folds, "--folds"))))
+        except BenchError:
+            say_warnings([name])  # what led up to the error
+            raise
+    total = len(specs)
+    specs = select_shard(specs, shard)
+    if not distributed.launched_by_bench():  # the launcher said them
+        say_warnings(dict.fromkeys(s.model for s in specs))
+    if launch:  # the grid is valid: start the processes
+        raise typer.Exit(code=distributed.launch(nproc, _argv_of(ctx, drop=("nproc",)), warned=_warned))
+    dev = distributed.init(dev)
+    main = distributed.world().main
+    # rank 0's plan for every rank: run ids of earlier path-identified runs depend on what is on disk
+    specs = distributed.gather_objects(specs if main else None)[0]
+    say = typer.echo if main else (lambda *a, **k: None)
+    say(f"bench run: {len(specs)} run(s){f' (shard {shard} of {total})' if shard else ''} · dataset {dataset} · protocol {proto.name} v{proto.version} "
+        f"({proto.hash}{', off-protocol' if proto.off_protocol else ''}) · device {dev}"
+        + (f" · {distributed.world().size} processes" if distributed.world().distributed else ""))
+    for note in dict.fromkeys(n for spec in specs for n in spec.notes):  # which split, once each
+        say(f"note: {note}")
+    run_grid(specs, results_dir=results, device=dev, resume=resume, show_progress=progress, say=say,
+             say_error=_echo_err)
+
+
+def rescore(
+    policy: Annotated[str, typer.Option(help="the policy to score under: legacy-synapse, legacy-isic, strict "
+                                             "or strict-monai")],
+    results: FinishedRuns = DEFAULT_RESULTS,
+    models: Models = "all",
+    protocol: RunsProtocol = None,
+    device: Annotated[Device, typer.Option(help="where to evaluate")] = Device.auto,
+    threads: ScoringThreads = None,
+) -> None:
+    """Score finished runs under another metric policy from their saved weights.
+
+    Nothing is trained again; one record <run_id>.<policy> per run, beside the original.
+
+    Example: bench rescore --policy strict --results results
+    """
+    from bench.env import resolve_device
+    from bench.registry import resolve_models
+    from bench.protocol import load_protocol
+    from bench.records import ensure_writable_dir, record_path, scores_text
+    from bench.rescore import other_device_warning, plan_rescore, rescore_id, rescore_record
+
+    _compute_setup(threads)
+    dev = resolve_device(device.value)
+    if protocol is not None:  # a broken file: one error before anything is scored
+        load_protocol(protocol)
+    todo = plan_rescore(results, policy, None if models == "all" else resolve_models(models))
+    if todo:  # before anything is scored: a read-only or full folder failed after the first evaluation
+        ensure_writable_dir(results / "records")
+    if note := other_device_warning(todo, dev, "rescored"):
+        warnings.warn(note, stacklevel=1)
+    if not todo:
+        typer.echo(f"bench rescore: nothing to score: every finished run has a record under {policy} already")
+        return
+    typer.echo(f"bench rescore: {len(todo)} run(s) to score under {policy} · device {dev}")
+
+    def score(rec: dict) -> None:
+        new_id = rescore_id(rec["run_id"], policy)
+        try:  # another rescore of the folder may write a run's record first, before or while this one scores
+            new = None if record_path(results, new_id).is_file() else rescore_record(rec, policy, results, dev, protocol)
+        except BenchError:
+            if not record_path(results, new_id).is_file():
+                raise
+            new = None
+        if new is None:
+            typer.echo(f"  {new_id}: scored meanwhile by another process, skipped")
+        else:
+            typer.echo(f"  {new['run_id']}: {scores_text(new, unit=True)}")
+
+    _each_run(todo, score, "rescored")
+
+
+def predict(
+    out: Annotated[Path, typer.Option(help="folder for the predictions: one subfolder per run")],
+    results: FinishedRuns = DEFAULT_RESULTS,
+    models: Models = "all",
+    run: Annotated[Optional[list[str]], typer.Option(help="only this run id (repeatable)")] = None,
+    protocol: RunsProtocol = None,
+    device: Annotated[Device, typer.Option(help="where to predict")] = Device.auto,
+    native_size: Annotated[bool, typer.Option(help="ISIC/polyp: masks at each image's own size (the scored "
+                                                   "ones are at model resolution); other data is native already")] = False,
+    threads: ScoringThreads = None,
+) -> None:
+    """Write finished runs' predicted label maps for their test cases, from their saved weights.
+
+    Exactly what the run's metrics were computed on, in the data's format (nnU-Net: <case><ending>
+    with the label file's geometry; Synapse: NIfTI; ISIC/polyp: 0/255 PNG masks at model resolution,
+    or with --native-size at each image's size).
+
+    Example: bench predict --results results --out predictions --models vmunet
+    """
+    from bench.env import resolve_device
+    from bench.predict import plan_predict, predict_run
+    from bench.protocol import load_protocol
+    from bench.records import ensure_writable_dir
+    from bench.registry import resolve_models
+    from bench.rescore import other_device_warning
+
+    _compute_setup(threads)
+    dev = resolve_device(device.value)
+    if protocol is not None:  # a broken file: one error before anything is written
+        load_protocol(protocol)
+    todo = plan_predict(results, None if models == "all" else resolve_models(models), run)
+    ensure_writable_dir(out, "--out")
+    if note := other_device_warning(todo, dev, "predicted"):
+        warnings.warn(note, stacklevel=1)
+    typer.echo(f"bench predict: {len(todo)} run(s) · device {dev}")
+
+    def write(rec: dict) -> None:
+        folder, written = predict_run(rec, results, out, dev, protocol, native_size=native_size)
+        done = f"{written} file(s) written" if written else "complete already, nothing written"
+        typer.echo(f"  {rec['run_id']}: {done} -> {folder}")
+
+    _each_run(todo, write, "predicted")
+
+
+def _each_run(todo: list[dict], do: Callable[[dict], None], verb: str) -> None:
+    """``do(record)`` for each finished run: one that cannot be done (weights deleted, damaged or no
+    longer fitting a plugin's edited code) is one line and the rest are still done; then one error
+    names those left out. A single run's error is its own line."""
+    from bench.run import note_failure
+
+    failed: list[str] = []
+    for rec in todo:
+        try:
+            do(rec)
+        except BenchError as exc:
+            if len(todo) == 1:
+                raise
+            note_failure(rec["run_id"], exc, failed, _echo_err)
+    if failed:
+        others = ", the others were" if len(failed) < len(todo) else ""
+        raise BenchError(f"{len(failed)} of {len(todo)} run(s) could not be {verb} ({', '.join(failed)}){others}; "
+                         "after fixing the cause, the same command does the rest")
