@@ -2,7 +2,7 @@
 started twice, two people, a requeued job whose first copy still runs) never train one run at once.
 
 ``runs/<run_id>/.claim`` is created exclusively by the process that trains the run and names it
-(``bench.records.writer_tag``: pid, host and pid namespace, plus the process's start time and when
+(``bench.fileio.writer_tag``: pid, host and pid namespace, plus the process's start time and when
 the run started); a thread renews its time stamp while the run goes on, and the process removes it
 when the run ends, well or not. Another process finding it skips the run, unless the claim is dead:
 its process is gone (this host and pid namespace: the pid decides, whatever the claim's age, so a
@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench import records
+from bench import fileio
 
 CLAIM = ".claim"
 REFRESH_S = 60.0  # how often a live claim's time stamp is renewed
@@ -80,7 +80,7 @@ def claim_run(results_dir: Path, run_id: str) -> Claim | str:
             if not _remove_dead(path, judged):
                 return _holder(path)[0] or "another process (it took the run over just now)"
             continue
-        text = json.dumps({"writer": records.writer_tag(), "pid": os.getpid(), "proc_start": _proc_start(os.getpid()),
+        text = json.dumps({"writer": fileio.writer_tag(), "pid": os.getpid(), "proc_start": _proc_start(os.getpid()),
                            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")})
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -112,8 +112,8 @@ def _holder(path: Path) -> tuple[str | None, str | None]:
     pid, _, host = tag.rstrip("~").partition("@")
     since = str(held.get("started", "?")).replace("T", " ").replace("+00:00", " UTC")
     who = f"pid {pid} on {host.split(':')[0]} since {since}" if host else f"another process (claim {path})"
-    if host and records.here(tag):  # this host and pid namespace: the pid decides
-        alive = not records.dead_writer(tag) and held.get("proc_start") in (None, _proc_start(int(pid)))
+    if host and fileio.here(tag):  # this host and pid namespace: the pid decides
+        alive = not fileio.dead_writer(tag) and held.get("proc_start") in (None, _proc_start(int(pid)))
         return (who if alive else None), text
     return (who if time.time() - stat.st_mtime <= STALE_S else None), text
 
@@ -121,7 +121,7 @@ def _holder(path: Path) -> tuple[str | None, str | None]:
 def _remove_dead(path: Path, judged: str | None) -> bool:
     """Remove the dead claim at ``path`` (the file that read ``judged``); False where the file there
     now is another (a live process took the run over meanwhile), which stays."""
-    aside = path.with_name(f"{CLAIM}.{records.writer_tag()}dead")
+    aside = path.with_name(f"{CLAIM}.{fileio.writer_tag()}dead")
     try:
         os.replace(path, aside)
     except FileNotFoundError:

@@ -586,7 +586,7 @@ def write_profile(row: dict[str, Any], results_dir: Path) -> Path:
     except that a counts-only one (``--no-timing``) keeps the timings and memory already there."""
     import json
 
-    from bench.records import atomic_write_text
+    from bench.fileio import atomic_write_text
 
     path = Path(results_dir) / PROFILE_DIR / f"{profile_id(row)}.json"
     if "latency_ms_median" not in row and path.is_file():

@@ -35,7 +35,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import atomic_write_text, finished
+from bench.records import finished
+from bench.fileio import atomic_write_text
 from bench.report import label_runs
 from bench.report.tables import _md_table
 

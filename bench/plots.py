@@ -94,8 +94,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    """Save ``fig`` as PNG at ``path`` atomically (``records.atomic_write``); always close ``fig``."""
-    from bench.records import atomic_write
+    """Save ``fig`` as PNG at ``path`` atomically (``fileio.atomic_write``); always close ``fig``."""
+    from bench.fileio import atomic_write
 
     try:
         return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from bench import records
+from bench import fileio, records
 from bench.errors import BenchError
 from bench.data.base import Case
 from bench.data.intensity import intensity_stats
@@ -108,7 +108,7 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
         name = files[case.case_id]
         if pred.ndim == 3 and not case.spacing:
             unknown.append(case.case_id)
-        records.atomic_write(folder / name, lambda tmp: dataset.write_prediction(case, pred, tmp),
+        fileio.atomic_write(folder / name, lambda tmp: dataset.write_prediction(case, pred, tmp),
                              suffix=f".tmp{name[len(case.case_id):]}")  # writers read the format off it
 
     prep = volume_prep(dataset, protocol) if protocol.patches else None
@@ -118,7 +118,7 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
         warnings.warn(f"{rec['run_id']}: {len(unknown)} of {len(todo)} predicted volumes have no known spacing "
                       f"(first: {unknown[0]}); written with 1 mm voxels, so they overlay the images by voxel, not in "
                       f"mm (Synapse: {dataset.root}/spacing.csv supplies the spacing)", stacklevel=2)
-    records.atomic_write_text(folder / MANIFEST, json.dumps({**manifest, "complete": True, "files": files},
+    fileio.atomic_write_text(folder / MANIFEST, json.dumps({**manifest, "complete": True, "files": files},
                                                             indent=2) + "\n")
     return folder, len(todo)
 
@@ -143,5 +143,5 @@ def _claim(folder: Path, manifest: dict[str, Any]) -> None:
         raise BenchError(f"{folder}: holds files but no {MANIFEST}; delete it or choose another --out")
     for sub in [folder, *(d for d in folder.rglob("*") if d.is_dir())] if folder.is_dir() else ():
         # what a killed predict was writing (never a prediction); a live one's, writing beside us, stays
-        records.remove_orphans(sub, ".*.tmp*")
-    records.atomic_write_text(old, json.dumps(manifest, indent=2) + "\n")
+        fileio.remove_orphans(sub, ".*.tmp*")
+    fileio.atomic_write_text(old, json.dumps(manifest, indent=2) + "\n")

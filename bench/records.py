@@ -30,26 +30,20 @@ Example::
 from __future__ import annotations
 
 import difflib
-import errno
-import glob
 import json
 import math
 import numbers
-import os
 import re
 import secrets
-import shutil
-import socket
-import tempfile
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bench.errors import BenchError, exception_chain
+from bench.errors import BenchError
+from bench.fileio import atomic_write_text, ensure_writable_dir
 from bench.metrics import POLICIES as METRIC_POLICIES
 
 __all__ = [
@@ -281,192 +275,6 @@ def _to_json_value(value: Any, path: str) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise BenchError(f"run record: {path.lstrip('.')} has type {type(value).__name__}, not JSON-serialisable")
-
-
-_UMASK = os.umask(0o022)  # read once (setting it is the only way), then restored
-os.umask(_UMASK)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp", exclusive: bool = False,
-                 what: str = "", retry: str = "") -> Path:
-    """Have ``write(tmp)`` write a file that then replaces ``path`` atomically: readers see the old
-    file, or the whole new one.
-
-    Temp file in the same directory (same filesystem, so the rename is atomic), ending in
-    ``suffix`` (writers that pick the format from the name, e.g. nibabel, need it), fsync, then
-    ``os.replace``; on any failure the temp file is removed and the target is untouched; a temp
-    file a killed process left is removed by a later write into the folder (``remove_orphans``). A folder
-    that cannot be created or written in (no permission, a file in the way) is a BenchError naming
-    ``path``; commands check theirs up front with ``ensure_writable_dir``. ``exclusive``: never
-    replace a file at ``path`` (FileExistsError), even one another process puts there meanwhile.
-    A write that fails for want of disk (``disk_problem``) is a BenchError too: "<path>: cannot write
-    <what> (<why>)<retry>", ``retry`` by default asking to free space and run the command again.
-    """
-    retry = retry or _RETRY
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{TEMP_MARK}{writer_tag()}", suffix=suffix)
-        os.close(fd)
-    except OSError as exc:
-        raise BenchError(f"{path}: cannot write{what and ' ' + what} ({exc.strerror or exc}){retry}") from None
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would stay with the file after the rename
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        if exclusive:
-            _link_new(tmp, path)
-        else:
-            os.replace(tmp, path)
-    except BaseException as exc:
-        full = disk_problem(exc, path.parent)  # before the temp file goes: then the disk has room again
-        Path(tmp).unlink(missing_ok=True)
-        if full:
-            raise BenchError(f"{path}: cannot write{what and ' ' + what} ({full}){retry}") from exc
-        interrupt = next((e for e in exception_chain(exc) if isinstance(e, KeyboardInterrupt)), exc)
-        if interrupt is not exc:  # Ctrl-C (or SIGTERM) mid-write, hidden by the writer's cleanup error
-            raise interrupt from None  # (torch.save's zip writer: "unexpected pos")
-        raise
-    _fsync_dir(path.parent)
-    # what killed writers left here (a later write of any file in the folder, so also a run never written again)
-    remove_orphans(path.parent, f".*.{TEMP_MARK}*{glob.escape(suffix)}")
-    return path
-
-
-def _link_new(tmp: str, path: Path) -> None:
-    """Give ``tmp``'s file the name ``path`` unless that exists; a hard link fails atomically where
-    a name exists (``os.replace`` would overwrite it). Filesystems without hard links (some network
-    and FUSE mounts) fall back to checking first, which leaves a window of microseconds."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise
-    except OSError:
-        if os.path.lexists(path):
-            raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
-        os.replace(tmp, path)
-    else:
-        os.unlink(tmp)
-
-
-TEMP_MARK = "bench-"  # in every temp name: sweeping never touches files of other programs (a report's --out folder)
-ORPHAN_AGE_S = 24 * 3600  # a temp file this old was left by a killed writer; a live one is minutes old
-_WRITER = re.compile(r"(\d+)@([^~/]+)~")  # writer_tag() inside a temp name
-_RETRY = "; free space (or fix the folder) and run the command again"
-_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
-
-
-def _where() -> str:
-    """``<host>:<pid namespace>``: where a pid means this process table (containers sharing a host
-    name, with host networking, have pid namespaces of their own)."""
-    try:
-        ns = str(os.stat("/proc/self/ns/pid").st_ino)
-    except OSError:
-        ns = ""
-    return f"{socket.gethostname()}:{ns}"
-
-
-def writer_tag(pid: int | None = None) -> str:
-    """``<pid>@<host>:<pid namespace>~`` of this process (or of ``pid`` here): which process writes a
-    temp file (or holds a run's claim), so that one a dead process left here is removed at once
-    (``remove_orphans``), not a day later."""
-    return f"{os.getpid() if pid is None else pid}@{_where()}~"
-
-
-def here(name: str) -> bool:
-    """Whether the writer tag in ``name`` is of this host and pid namespace (its pid can be checked)."""
-    found = _WRITER.search(name)
-    return found is not None and found[2] == _where()
-
-
-def dead_writer(name: str) -> bool:
-    """Whether the temp ``name`` carries the tag of a process here that no longer runs."""
-    if not here(name):
-        return False  # untagged (older files), or another machine's (container's) on a shared disk: age decides
-    found = _WRITER.search(name)
-    try:
-        os.kill(int(found[1]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError):  # another user's live process; a pid no system has
-        return False
-    return False
-
-
-def remove_orphans(folder: Path, pattern: str) -> None:
-    """Remove what killed writers left in ``folder``: temp files or folders matching ``pattern``
-    (a glob) whose writer, a process of this host, is gone, or that are older than ``ORPHAN_AGE_S``
-    (younger ones of other hosts may belong to a live writer)."""
-    now = time.time()
-    for stale in Path(folder).glob(pattern):
-        try:
-            if dead_writer(stale.name) or now - stale.lstat().st_mtime > ORPHAN_AGE_S:
-                shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
-        except OSError:  # renamed or removed meanwhile, another user's, a stale NFS handle: best effort
-            pass
-
-
-def disk_problem(exc: BaseException, folder: Path) -> str | None:
-    """Why a write into ``folder`` failed where the disk is the cause, else None: an OSError of a full
-    disk, a quota or a read-only mount anywhere in the exception's chain, or a write that failed
-    while the disk has no room left (torch.save reports a full disk as RuntimeError "unexpected pos")."""
-    for seen in exception_chain(exc):
-        if isinstance(seen, OSError) and seen.errno in _DISK_ERRNOS:
-            return seen.strerror or str(seen)
-    # an error that says nothing of its cause (not FileExistsError and the like, which have their own)
-    if isinstance(exc, RuntimeError) or (isinstance(exc, OSError) and exc.errno in (None, errno.EIO)):
-        try:
-            if shutil.disk_usage(folder).free < 1 << 20:
-                return f"no space left on the disk of {folder}"
-        except OSError:
-            pass
-    return None
-
-
-def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> Path:
-    """``atomic_write`` of ``text`` (UTF-8, newline "\\n")."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"), exclusive=exclusive)
-
-
-def ensure_writable_dir(directory: Path, option: str = "--results") -> Path:
-    """Create ``directory`` if needed and prove that a file can be created in it.
-
-    Commands call this before any work (training, profiling, plots), so a results folder that is
-    read-only, under a file, or on a full disk fails at once, naming the folder and ``option``,
-    instead of after hours of training. A probe file is written and removed: permission bits say
-    nothing for root, or on read-only mounts and network shares.
-    """
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise BenchError(f"{directory}: is a file, not a folder; choose another {option}")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe-")
-        try:  # some bytes, synced: creating an empty file succeeds on a full disk
-            if os.write(fd, bytes(1 << 16)) < 1 << 16:  # a short write: no room for them
-                raise OSError(errno.ENOSPC, "No space left on device")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as exc:
-        raise BenchError(f"{directory}: not writable ({exc.strerror or exc}); choose another {option}") from None
-    return directory
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable after a power loss; not possible on every OS/filesystem.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def records_dir(results_dir: Path) -> Path:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from bench import distributed, env, records
+from bench import distributed, env, fileio, records
 from bench.data import check_folds, get_reader, open_dataset, synthetic_identity, synthetic_root
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import (cache_training_volumes, patch_fit_note, preprocess_processes, slicing_note,
@@ -535,7 +535,7 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
         if not weights.is_file():
             raise BenchError(f"--weights {weights}: {'a folder' if weights.is_dir() else 'not found'}; expected a "
                              "weights file (.pth, .pt, .safetensors, .npz)")
-    records.ensure_writable_dir(results_dir)  # before synthetic data is written or anything trains
+    fileio.ensure_writable_dir(results_dir)  # before synthetic data is written or anything trains
     # what needs no data, before --synthetic writes any
     # an unknown name: "did you mean", before anything else is said about it; "Synapse" is synapse,
     # which records and run ids hold (else one run trains twice and counts twice on a board)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import distributed, env, records
+from bench import distributed, env, fileio, records
 from bench.data.base import SegDataset
 from bench.data.torch_dataset import TrainDataset
 from bench.errors import BenchError
@@ -219,7 +219,7 @@ def lr_min_epoch(protocol: Protocol, epochs: int, steps_per_epoch: int, total: i
 
 
 def save_checkpoint(obj: Any, path: Path) -> None:
-    """``torch.save`` through ``records.atomic_write``: a unique temp name (another host's process
+    """``torch.save`` through ``fileio.atomic_write``: a unique temp name (another host's process
     on shared storage may have this pid), removed on failure; a write failing for want of disk (full,
     over quota, a file size limit) is one BenchError. torch writes through a Python file here, so
     the disk's own error (ENOSPC, EDQUOT, EFBIG) reaches us, where its C++ writer says only
@@ -233,8 +233,8 @@ def _save(obj: Any, path: Path) -> None:
 
 
 def _atomic_file(path: Path, write: Callable[[Path], None]) -> None:
-    # a full disk, a folder gone read-only: one line (records.disk_problem)
-    records.atomic_write(path, write, what="the checkpoint", retry="; free space and run it again with --resume")
+    # a full disk, a folder gone read-only: one line (fileio.disk_problem)
+    fileio.atomic_write(path, write, what="the checkpoint", retry="; free space and run it again with --resume")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -291,7 +291,7 @@ def train_model(
     ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     if w.main:  # what a kill during a checkpoint write left behind (a dead writer's; another host's once a day old)
-        records.remove_orphans(ckpt_dir, ".*.tmp")
+        fileio.remove_orphans(ckpt_dir, ".*.tmp")
     data = TrainDataset(dataset, protocol, seed=seed)
     if len(data) == 0:
         raise BenchError(f"{dataset.root}: the training split is empty")

@@ -414,7 +414,7 @@ def test_a_run_another_process_trains_is_skipped_not_trained_twice(tmp_path):
     import sys
 
     from bench.claim import CLAIM, claim_run
-    from bench.records import writer_tag
+    from bench.fileio import writer_tag
 
     base = ["run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
             "--results", tmp_path, *FAST]

@@ -155,7 +155,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_record(reference, tmp_path
     assert got["train"]["resumed_from"] == RESUMES_AFTER[phase](n)
     assert _comparable(got) == _comparable(_record(ref_results))
     # the half-written file was never read; its name says which process of this host wrote it, and that
-    # one is gone, so the resumed run removed it (records.remove_orphans); it stayed for a day before
+    # one is gone, so the resumed run removed it (fileio.remove_orphans); it stayed for a day before
     assert not list(ckpts.glob(".*.tmp"))
     ref, ours = _final_weights(ref_results), _final_weights(results)  # the same weights, bit for bit
     assert ref.keys() == ours.keys() and all(torch.equal(ref[k], ours[k]) for k in ref)
@@ -204,7 +204,7 @@ def test_claims_of_this_host_go_by_the_pid_and_a_taken_over_claim_is_never_remov
     import time
 
     from bench import claim as claims
-    from bench.records import writer_tag
+    from bench.fileio import writer_tag
 
     path = tmp_path / "runs" / "r1" / claims.CLAIM
     path.parent.mkdir(parents=True)

@@ -81,7 +81,7 @@ def test_nnunet_volumes_are_written_as_nnunet_does(tmp_path):
     import subprocess
     import sys
 
-    from bench.records import TEMP_MARK, writer_tag
+    from bench.fileio import TEMP_MARK, writer_tag
 
     first = sorted(files.values())[0]
     stamp = {n: os.stat(folder / n).st_mtime_ns for n in files.values()}

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from bench import records
+from bench import fileio, records
 from bench.errors import BenchError
 from bench.records import RUN_COLUMNS, load, new_run_id, validate_record, write_record
 
@@ -92,9 +92,9 @@ def test_a_record_another_process_writes_meanwhile_is_never_replaced(tmp_path, m
             path.write_text(theirs)
         real_fsync(fd)
 
-    monkeypatch.setattr(records.os, "fsync", other_process_writes_first)
+    monkeypatch.setattr(fileio.os, "fsync", other_process_writes_first)
     if not hard_links:  # a filesystem without them: the fallback still refuses an existing record
-        monkeypatch.setattr(records.os, "link", lambda *a: (_ for _ in ()).throw(PermissionError("no links")))
+        monkeypatch.setattr(fileio.os, "link", lambda *a: (_ for _ in ()).throw(PermissionError("no links")))
     with pytest.raises(BenchError, match="already exists"):
         write_record(rec, tmp_path)
     assert path.read_text() == theirs
@@ -108,7 +108,7 @@ def test_crash_during_write_leaves_nothing(tmp_path, monkeypatch):
     def boom(*args):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(records.os, "fsync", boom)
+    monkeypatch.setattr(fileio.os, "fsync", boom)
     with pytest.raises(OSError, match="disk gone"):
         write_record(make_record(), tmp_path)
     assert list((tmp_path / "records").iterdir()) == []
@@ -123,7 +123,7 @@ def test_readers_never_see_a_write_in_flight(tmp_path, monkeypatch):
         seen.append(len(load(tmp_path)))  # the temp file exists and is complete here
         real_link(src, dst)
 
-    monkeypatch.setattr(records.os, "link", link_after_load)
+    monkeypatch.setattr(fileio.os, "link", link_after_load)
     write_record(make_record(), tmp_path)
     assert seen == [0] and len(load(tmp_path)) == 1
 
@@ -137,9 +137,9 @@ def test_temp_files_of_killed_writes_go_when_old(tmp_path):
     rec = make_record()
     folder = records.record_path(tmp_path, rec["run_id"]).parent
     folder.mkdir(parents=True)
-    mine = folder / f".{rec['run_id']}.json.{records.TEMP_MARK}k1ll3d.tmp"
-    other = folder / f".another-run.json.{records.TEMP_MARK}k1ll3d.tmp"
-    young = folder / f".third-run.json.{records.TEMP_MARK}wr1t1ng.tmp"
+    mine = folder / f".{rec['run_id']}.json.{fileio.TEMP_MARK}k1ll3d.tmp"
+    other = folder / f".another-run.json.{fileio.TEMP_MARK}k1ll3d.tmp"
+    young = folder / f".third-run.json.{fileio.TEMP_MARK}wr1t1ng.tmp"
     foreign = folder / ".notes.tmp"  # not ours, however old
     for path in (mine, other, young, foreign):
         path.write_text("{")
@@ -163,11 +163,11 @@ def test_temp_files_of_a_dead_writer_on_this_host_go_at_once(tmp_path):
     folder.mkdir(parents=True)
     gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout)
-    dead = folder / f".a.json.{records.TEMP_MARK}{records.writer_tag(gone)}x1.tmp"
-    live = folder / f".b.json.{records.TEMP_MARK}{records.writer_tag()}x2.tmp"
-    elsewhere = folder / f".c.json.{records.TEMP_MARK}{gone}@another-host.example:1~x3.tmp"
+    dead = folder / f".a.json.{fileio.TEMP_MARK}{fileio.writer_tag(gone)}x1.tmp"
+    live = folder / f".b.json.{fileio.TEMP_MARK}{fileio.writer_tag()}x2.tmp"
+    elsewhere = folder / f".c.json.{fileio.TEMP_MARK}{gone}@another-host.example:1~x3.tmp"
     # a container sharing this host name, whose pids are another namespace's: its pid says nothing here
-    container = folder / f".d.json.{records.TEMP_MARK}{gone}@{socket.gethostname()}:1~x4.tmp"
+    container = folder / f".d.json.{fileio.TEMP_MARK}{gone}@{socket.gethostname()}:1~x4.tmp"
     for path in (dead, live, elsewhere, container):
         path.write_text("{")
     write_record(rec, tmp_path)
@@ -183,9 +183,9 @@ def test_the_writable_probe_finds_a_full_disk(tmp_path, monkeypatch):
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(records.os, "write", full)
+    monkeypatch.setattr(fileio.os, "write", full)
     with pytest.raises(BenchError, match=r"not writable \(No space left on device\); choose another --results"):
-        records.ensure_writable_dir(tmp_path / "res")
+        fileio.ensure_writable_dir(tmp_path / "res")
     assert not [p for p in (tmp_path / "res").iterdir()]  # the probe is gone
 
 
@@ -197,7 +197,7 @@ def test_a_sweep_that_cannot_remove_a_leftover_never_fails_the_write(tmp_path, m
     rec = make_record()
     folder = records.record_path(tmp_path, rec["run_id"]).parent
     folder.mkdir(parents=True)
-    theirs = folder / f".other.json.{records.TEMP_MARK}k1ll3d.tmp"
+    theirs = folder / f".other.json.{fileio.TEMP_MARK}k1ll3d.tmp"
     theirs.write_text("{")
     os.utime(theirs, (time.time() - 2 * 86400,) * 2)
     real = pathlib.Path.unlink
@@ -328,11 +328,11 @@ def test_an_interrupt_mid_write_stays_an_interrupt(tmp_path):
 
     (tmp_path / "last.pt").write_bytes(b"the previous checkpoint")
     with pytest.raises(KeyboardInterrupt, match="signal 15"):
-        records.atomic_write(tmp_path / "last.pt", write)
+        fileio.atomic_write(tmp_path / "last.pt", write)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file; the old checkpoint whole
     assert (tmp_path / "last.pt").read_bytes() == b"the previous checkpoint"
     with pytest.raises(RuntimeError, match="disk on fire"):  # an error of its own stays that error
-        records.atomic_write(tmp_path / "x.pt", lambda tmp: (_ for _ in ()).throw(RuntimeError("disk on fire")))
+        fileio.atomic_write(tmp_path / "x.pt", lambda tmp: (_ for _ in ()).throw(RuntimeError("disk on fire")))
 
 
 def test_the_exception_chain_is_walked_once_even_where_it_loops():

@@ -478,7 +478,7 @@ def test_a_failed_checkpoint_write_is_one_error_and_leaves_nothing(synapse_root,
     import collections
     import errno
 
-    from bench import records
+    from bench import fileio
 
     ds = open_dataset("synapse", synapse_root)
 
@@ -487,7 +487,7 @@ def test_a_failed_checkpoint_write_is_one_error_and_leaves_nothing(synapse_root,
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 189184 vs 189080")
 
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(records.shutil, "disk_usage", lambda folder: usage(10 << 20, 10 << 20, 0))
+    monkeypatch.setattr(fileio.shutil, "disk_usage", lambda folder: usage(10 << 20, 10 << 20, 0))
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(BenchError, match=r"checkpoints/last\.pt: cannot write the checkpoint \(no space left on the "
                                          r"disk of .*checkpoints\); free space and run it again with --resume$"):
@@ -501,7 +501,7 @@ def test_a_failed_checkpoint_write_is_one_error_and_leaves_nothing(synapse_root,
             raise RuntimeError("write failed") from exc
 
     monkeypatch.setattr(torch, "save", enospc)
-    monkeypatch.setattr(records.shutil, "disk_usage", lambda folder: usage(10 << 20, 0, 10 << 20))
+    monkeypatch.setattr(fileio.shutil, "disk_usage", lambda folder: usage(10 << 20, 0, 10 << 20))
     with pytest.raises(BenchError, match=r"last\.pt: cannot write the checkpoint \(No space left on device\); free"):
         train_model(_tiny_unet(ds), ds, _proto(), seed=0, run_dir=tmp_path / "c", device=torch.device("cpu"))
 

@@ -53,7 +53,7 @@ def profile(
 
     from bench import cost
     from bench.env import resolve_device
-    from bench.records import ensure_writable_dir
+    from bench.fileio import ensure_writable_dir
     from bench.registry import resolve_models
     from bench.report import profile_labels, render_cost_md
 

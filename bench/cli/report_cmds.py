@@ -35,7 +35,7 @@ def report(
 
     Example: bench report --results results --format latex --columns paper --dataset synapse --out table.tex
     """
-    from bench.records import ensure_writable_dir
+    from bench.fileio import ensure_writable_dir
     from bench.report import parse_columns, write_report
 
     groups = parse_columns(columns)  # before anything is read

@@ -195,7 +195,8 @@ def rescore(
     from bench.env import resolve_device
     from bench.registry import resolve_models
     from bench.protocol import load_protocol
-    from bench.records import ensure_writable_dir, record_path, scores_text
+    from bench.records import record_path, scores_text
+    from bench.fileio import ensure_writable_dir
     from bench.rescore import other_device_warning, plan_rescore, rescore_id, rescore_record
 
     _compute_setup(threads)
@@ -250,7 +251,7 @@ def predict(
     from bench.env import resolve_device
     from bench.predict import plan_predict, predict_run
     from bench.protocol import load_protocol
-    from bench.records import ensure_writable_dir
+    from bench.fileio import ensure_writable_dir
     from bench.registry import resolve_models
     from bench.rescore import other_device_warning
 

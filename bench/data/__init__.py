@@ -30,7 +30,7 @@ from bench.data.polyp import PolypDataset
 from bench.data.synapse import SynapseDataset
 from bench.data.synth import GENERATOR_VERSION, TEMP_SUFFIX, synthesize, synthetic_identity
 from bench.errors import BenchError, unknown_name
-from bench.records import remove_orphans
+from bench.fileio import remove_orphans
 
 DATASETS: dict[str, type[SegDataset]] = {
     "synapse": SynapseDataset,

@@ -213,7 +213,7 @@ def _read_fingerprint(path: Path | None) -> dict | None:
 
 
 def _write_fingerprint(path: Path, found: dict) -> None:
-    from bench.records import atomic_write_text
+    from bench.fileio import atomic_write_text
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

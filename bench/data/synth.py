@@ -38,6 +38,7 @@ from PIL import Image
 from scipy import ndimage
 
 from bench.errors import BenchError
+from bench.fileio import ensure_writable_dir, remove_orphans, writer_tag
 
 GENERATOR_VERSION = 1  # bump when any generated array changes: cache folders carry it
 # written into every synthetic dataset: how it was made. Runs on it are marked synthetic wherever it
@@ -109,8 +110,6 @@ TEMP_SUFFIX = "tmp-"  # ".<folder>.tmp-<pid>@<host>~<random>": a folder being wr
 
 
 def write_atomically(out: Path, write: Callable[[Path], None]) -> Path:
-    from bench.records import ensure_writable_dir, remove_orphans, writer_tag  # here: bench.records imports pandas
-
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BenchError(f"{out}: already exists and is not empty; delete it or choose another folder")
     ensure_writable_dir(out.parent, "--out")
