@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import numbers
+import re
 import tomllib
 import types
 import typing
@@ -179,6 +180,10 @@ class Protocol:
             "hash": self.hash,
             "off_protocol": self.off_protocol,
             "overrides": dict(self.overrides),
+            # every setting as the run used it, defaults and overrides included: the recipe stays
+            # readable in the record where its file is edited or lost
+            "recipe": json.loads(json.dumps({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                             if not f.metadata.get("computed")}, default=_plain)),
         }
 
     def with_overrides(self, **changes: Any) -> "Protocol":
@@ -221,6 +226,13 @@ _TABLES = {"": Protocol, "train": TrainConfig, "eval": EvalConfig}
 
 
 @functools.cache
+def _plain(value: Any) -> Any:
+    """The train and eval tables as JSON objects."""
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
 def _file_fields(table: str) -> dict[str, tuple[Any, bool]]:
     """The keys a protocol file may give in ``table``, each with its type and whether it is required
     (the field has no default); the top level's leave out the tables and what loading computes."""
@@ -263,7 +275,7 @@ CHOICES = {
 # (section, field, smallest allowed value): sizes and counts that must be whole numbers
 _WHOLE_NUMBERS = (("", "img_size", 1), ("train", "batch_size", 1), ("train", "epochs", 1),
                   ("train", "max_iterations", 0), ("train", "num_workers", 0), ("train", "lr_scale_batch", 0),
-                  ("train", "iterations_per_epoch", 0),
+                  ("train", "iterations_per_epoch", 0), ("train", "cosine_t_max", 1), ("train", "checkpoint_every", 0),
                   ("eval", "max_cases", 0))
 
 
@@ -299,6 +311,7 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
     tol = _nsd_tolerance(protocol.eval.nsd_tolerance, f"{where} eval.nsd_tolerance")
     protocol = dataclasses.replace(protocol, eval=dataclasses.replace(protocol.eval, nsd_tolerance=tol))
     _check_types(protocol, where)  # the fields above have their own messages, so come first
+    _check_ranges(protocol, where)
     if protocol.eval.mirror and not protocol.patch_size:
         raise BenchError(f"{where} eval.mirror: test-time mirroring belongs to the sliding window of patch "
                          "protocols; this protocol zooms whole images (no patch_size)")
@@ -307,9 +320,36 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
         if value not in names:
             key = f"{section}.{name}" if section else name
             close = difflib.get_close_matches(str(value), names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = f"; did you mean {close[0]!r}?" if close else "."
             raise BenchError(f"{where} {key}: unknown {value!r}{hint} Expected one of {', '.join(names)}")
     return protocol
+
+
+def _check_ranges(protocol: Protocol, where: str) -> None:
+    """Values of the right type that a run would take without a word and train or score nothing
+    meaningful with (a threshold of 1.5, all loss weights 0, a growing poly lr), or end in a traceback
+    (a spline order of 7)."""
+    t, e = protocol.train, protocol.eval
+    at_least_0, below_1 = (lambda v: 0 <= v < math.inf, "a number >= 0"), (lambda v: 0 <= v < 1, "a number >= 0 and < 1")
+    for key, value, (ok, expected) in (
+            ("train.momentum", t.momentum, below_1), ("train.betas[0]", t.betas[0], below_1),
+            ("train.betas[1]", t.betas[1], below_1), ("train.eps", t.eps, (lambda v: 0 < v < math.inf, "a number > 0")),
+            ("train.poly_power", t.poly_power, at_least_0), ("train.cosine_eta_min", t.cosine_eta_min, at_least_0),
+            ("train.grad_clip", t.grad_clip, (lambda v: 0 <= v < math.inf, "a norm >= 0 (0: no clipping)")),
+            ("train.loss_ce", t.loss_ce, at_least_0), ("train.loss_dice", t.loss_dice, at_least_0),
+            ("train.loss_bce", t.loss_bce, at_least_0),
+            ("eval.threshold", e.threshold, (lambda v: 0 < v < 1, "a probability > 0 and < 1 (binary tasks: "
+                                                                  "sigmoid >= it is foreground)"))):
+        if not ok(value):
+            raise BenchError(f"{where} {key}: expected {expected}; got {value!r}")
+    if not (t.loss_ce or t.loss_dice or t.loss_bce):
+        raise BenchError(f"{where} train.loss_ce, loss_dice, loss_bce: all 0, so nothing would train; expected "
+                         "weights >= 0, some > 0 (multi-class: ce + dice; binary: bce + dice)")
+    for key in ("image_order", "label_order"):  # scipy's spline orders
+        value = getattr(protocol.eval, key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 5:
+            raise BenchError(f"{where} eval.{key}: expected a spline order, a whole number 0..5 (0: nearest, 1: "
+                             f"linear, 3: cubic); got {value!r}")
 
 
 def _tuples(config: Any, table: str) -> Any:
@@ -461,7 +501,7 @@ def _check_keys(data: dict[str, Any], path: Path) -> None:
                         if table else "at the top level here")
                 problems.append(f"{key} is {owner}; it sits {here}: move it {move}")
             elif not table and isinstance(value, dict):
-                close = difflib.get_close_matches(key, [t for t in _TABLES if t], n=1)
+                close = difflib.get_close_matches(key, [t for t in _TABLES if t], n=1, cutoff=0.5)  # evaluation: eval
                 named.update(close)
                 problems.append(f"unknown table [{key}]" + (f" (did you mean [{close[0]}]?)" if close else ""))
             else:
@@ -494,7 +534,30 @@ def _build(data: dict[str, Any], path: Path) -> Protocol:
     raw = dict(data)
     train, ev = raw.pop("train"), raw.pop("eval", {})
     protocol = Protocol(train=TrainConfig(**train), eval=EvalConfig(**ev), hash=_content_hash(data), **raw)
-    return _checked(protocol, f"{path}:")
+    protocol = _checked(protocol, f"{path}:")
+    _check_names(protocol, path)
+    return protocol
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # run ids, run folders and file names are made of it
+
+
+def _check_names(protocol: Protocol, path: Path) -> None:
+    """The names a file gives: a protocol name that can be part of a file name (run folders are named
+    by it: "../x" wrote checkpoints outside --results), a metric policy and datasets that exist
+    (else an error at the first run, naming neither the file nor the key)."""
+    from bench.data import list_datasets
+    from bench.metrics import POLICIES
+
+    if not _SAFE_NAME.fullmatch(protocol.name):
+        raise BenchError(f"{path}: name {protocol.name!r}: expected letters, digits and . _ + - (run ids and "
+                         "folders are named by it), starting with a letter or digit, e.g. my_recipe")
+    if protocol.metric_policy and protocol.metric_policy not in POLICIES:
+        problem = unknown_name("metric policy", protocol.metric_policy, list(POLICIES), plural="policies", cutoff=0.6)
+        raise BenchError(f"{path}: metric_policy: {problem}")
+    unknown = [d for d in protocol.datasets if d not in list_datasets()]
+    if unknown:
+        raise BenchError(f"{path}: datasets: {unknown_name('dataset', unknown[0], list_datasets(), cutoff=0.6)}")
 
 
 def list_protocols() -> list[str]:
@@ -511,7 +574,7 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
     if not path.is_file():
         raise BenchError(f"protocol file not found: {path}")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # Notepad's byte-order mark is no TOML
     except tomllib.TOMLDecodeError as exc:
         raise BenchError(f"{path}: invalid TOML ({exc})") from exc
     protocol = _build(data, path)

@@ -297,3 +297,53 @@ def test_a_copy_named_like_a_built_in_warns_when_its_content_differs(tmp_path):
         assert load_protocol(_smoke_edited(tmp_path, lambda s: s.replace('name = "smoke"', 'name = "mine"'))).name == "mine"
         for name in list_protocols():
             assert load_protocol(name) == load_protocol(PROTOCOL_DIR / f"{name}.toml")
+
+
+def test_a_recipes_values_are_checked_where_the_file_names_them(tmp_path):
+    """From a custom-protocol journey: a name "../x" wrote checkpoints outside --results; cosine_t_max
+    0 and image_order 7 ended runs in tracebacks; a threshold of 1.5, all loss weights 0, a negative
+    loss weight or poly power, momentum 2 were taken silently (lr 0 stays: it keeps a model's initial weights); a misspelt policy or dataset surfaced
+    at the first run without the file's name; a Notepad byte-order mark was invalid TOML."""
+    from bench.protocol import PROTOCOL_DIR
+
+    base = (PROTOCOL_DIR / "smoke.toml").read_text().replace('name = "smoke"', 'name = "mine"')
+
+    def load(text: str):
+        path = tmp_path / "mine.toml"
+        path.write_text(text)
+        return load_protocol(path)
+
+    def refused(text: str, pattern: str) -> None:
+        with pytest.raises(BenchError, match=pattern):
+            load(text)
+
+    assert load(base).name == "mine"
+    assert load("\ufeff" + base).name == "mine"  # a byte-order mark
+    for name in ("x/../../../esc", "my recipe", ""):
+        refused(base.replace('name = "mine"', f'name = "{name}"'), r"mine\.toml: name .*: expected letters, digits")
+    for key, value, pattern in (
+            ("cosine_t_max", "0", r"train\.cosine_t_max: expected a whole number >= 1"),
+            ("poly_power", "-3", r"train\.poly_power: expected a number >= 0"),
+            ("momentum", "2.0", r"train\.momentum: expected a number >= 0 and < 1"),
+            ("grad_clip", "-5", r"train\.grad_clip: expected a norm >= 0"),
+            ("checkpoint_every", "-1", r"train\.checkpoint_every: expected a whole number >= 0"),
+            ("loss_ce", "-0.4", r"train\.loss_ce: expected a number >= 0")):
+        refused(base.replace("[train]\n", f"[train]\n{key} = {value}\n", 1) if f"\n{key} =" not in base else
+                re.sub(rf"\n{key} = [^\n]*", f"\n{key} = {value}", base), pattern)
+    refused(re.sub(r"\nloss_(ce|dice|bce) = [^\n]*", "", base).replace("[train]\n", "[train]\nloss_ce = 0.0\n"
+                                                                      "loss_dice = 0.0\nloss_bce = 0.0\n", 1),
+            r"train\.loss_ce, loss_dice, loss_bce: all 0, so nothing would train")
+    assert "\n[eval]\n" in base
+    with_eval = base
+    refused(re.sub(r"\nthreshold = [^\n]*", "", with_eval).replace("[eval]\n", "[eval]\nthreshold = 1.5\n", 1),
+            r"eval\.threshold: expected a probability")
+    refused(re.sub(r"\nimage_order = [^\n]*", "", with_eval).replace("[eval]\n", "[eval]\nimage_order = 7\n", 1),
+            r"eval\.image_order: expected a spline order")
+    refused(re.sub(r'\nmetric_policy = [^\n]*', '\nmetric_policy = "stict"', base),
+            r"mine\.toml: metric_policy: unknown metric policy 'stict'; did you mean 'strict'\?")
+    refused(base.replace('name = "mine"', 'name = "mine"\ndatasets = ["isic2017"]'),
+            r"mine\.toml: datasets: unknown dataset 'isic2017'")
+    refused(base + "\n[evaluation]\nthreshold = 0.4\n", r"unknown table \[evaluation\] \(did you mean \[eval\]\?\)")
+    # the record keeps every setting, overrides included
+    recipe = load(base).with_overrides(epochs=3).to_record()["recipe"]
+    assert recipe["name"] == "mine" and recipe["train"]["epochs"] == 3 and "hash" not in recipe
