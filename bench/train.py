@@ -266,6 +266,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise BenchError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc}); delete it to restart") from None
 
 
+def _other_versions(run_dir: Path) -> str:
+    """Where a run of the same model and seed under another version of the protocol (its file edited:
+    another hash, so another run id) left checkpoints: a resume there found none here, which read as if
+    nothing had run."""
+    stem = run_dir.name.rsplit("-", 1)[0]  # <dataset>-<protocol>-<model>-s<seed>, without the hash
+    others = sorted(d.name for d in run_dir.parent.glob(f"{stem}-*")
+                    if d != run_dir and d.name.rsplit("-", 1)[0] == stem and (d / CHECKPOINT_DIR / LAST).is_file())
+    if not others:
+        return ""
+    return (f"; {', '.join(others[:2])} holds checkpoints of this model and seed under other settings (a protocol "
+            "file edited since, or other overrides): that run resumes only with them")
+
+
 def train_model(
     model: nn.Module,
     dataset: SegDataset,
@@ -381,7 +394,7 @@ def train_model(
         every = t.checkpoint_every
         when = (f"every {every} epochs" if every > 1 else "at every epoch's end" if every == 1 else "at the end only")
         print(f"  {Path(run_dir).name}: no checkpoint to resume from (its protocol writes {last.name} {when}); "
-              "training from the start", file=sys.stderr)
+              f"training from the start{_other_versions(Path(run_dir))}", file=sys.stderr)
 
     t0 = time.perf_counter()
     loss_value = float("nan")

@@ -1340,3 +1340,11 @@ def test_a_folder_whose_runs_never_finished_says_so(tmp_path):
     text = write_report(tmp_path)
     assert text.startswith(f"No finished runs found in {tmp_path}: 1 run(s) began here (synapse-smoke-unet-s0-1e81a7b6) "
                            "and none wrote its record")
+
+
+def test_a_sub_second_training_time_is_not_shown_as_zero():
+    # a custom-protocol journey's 0.48 s loop read "0 s", as if untimed
+    from bench.report.board_text import _fmt_duration
+
+    assert [_fmt_duration(s) for s in (0.48, 5.2, 150.0, 9000.0)] == ["0.5 s", "5 s", "2.5 min", "2.5 h"]
+    assert _fmt_duration(float("nan")) == ""

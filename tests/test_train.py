@@ -423,7 +423,18 @@ def test_a_resume_with_no_checkpoint_says_it_starts_over(synapse_root, tmp_path,
     capsys.readouterr()
     train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path / "run", device=torch.device("cpu"), resume=True)
     assert ("run: no checkpoint to resume from (its protocol writes last.pt every 2 epochs); training from the "
-            "start") in capsys.readouterr().err
+            "start\n") in capsys.readouterr().err
+    # the same model and seed under an edited protocol file (another hash: another run id) left checkpoints:
+    # a resume of the edited recipe says where they are (it read as if nothing had run)
+    runs = tmp_path / "runs"
+    (runs / "synapse-mine-unet-s0-aaaa1111" / "checkpoints").mkdir(parents=True)
+    (runs / "synapse-mine-unet-s0-aaaa1111" / "checkpoints" / "last.pt").write_bytes(b"x")
+    (runs / "synapse-mine-unet-s1-cccc3333" / "checkpoints").mkdir(parents=True)  # another seed: not named
+    (runs / "synapse-mine-unet-s1-cccc3333" / "checkpoints" / "last.pt").write_bytes(b"x")
+    train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=runs / "synapse-mine-unet-s0-bbbb2222",
+                device=torch.device("cpu"), resume=True)
+    assert ("training from the start; synapse-mine-unet-s0-aaaa1111 holds checkpoints of this model and seed under "
+            "other settings (a protocol file edited since, or other overrides)") in capsys.readouterr().err
 
 
 def test_nan_loss_stops_with_clear_error(synapse_root, tmp_path):
