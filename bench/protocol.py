@@ -225,7 +225,6 @@ class Protocol:
 _TABLES = {"": Protocol, "train": TrainConfig, "eval": EvalConfig}
 
 
-@functools.cache
 def _plain(value: Any) -> Any:
     """The train and eval tables as JSON objects."""
     if dataclasses.is_dataclass(value):
@@ -233,6 +232,7 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
+@functools.cache
 def _file_fields(table: str) -> dict[str, tuple[Any, bool]]:
     """The keys a protocol file may give in ``table``, each with its type and whether it is required
     (the field has no default); the top level's leave out the tables and what loading computes."""
@@ -558,6 +558,19 @@ def _check_names(protocol: Protocol, path: Path) -> None:
     unknown = [d for d in protocol.datasets if d not in list_datasets()]
     if unknown:
         raise BenchError(f"{path}: datasets: {unknown_name('dataset', unknown[0], list_datasets(), cutoff=0.6)}")
+
+
+def protocol_from_record(meta: dict[str, Any]) -> Protocol | None:
+    """The protocol a run record's ``protocol`` entry says the run used, from its ``recipe`` (every
+    setting as it ran, overrides applied), whatever became of its file; None for records without one."""
+    recipe = meta.get("recipe")
+    if not isinstance(recipe, dict):
+        return None
+    top = dict(recipe)
+    train, ev = top.pop("train"), top.pop("eval")
+    protocol = Protocol(train=TrainConfig(**train), eval=EvalConfig(**ev), hash=meta["hash"],
+                        overrides=dict(meta["overrides"]), **top)
+    return _checked(protocol, f"run record's protocol {meta['name']!r}:")
 
 
 def list_protocols() -> list[str]:

@@ -28,7 +28,7 @@ from bench.data.base import SegDataset
 from bench.errors import BenchError
 from bench.evaluate import evaluate, scored_ids
 from bench.metrics import get_policy, policy_fields, policy_misfit
-from bench.protocol import Protocol, load_protocol
+from bench.protocol import Protocol, load_protocol, protocol_from_record
 from bench.registry import code_changed, create_model, strict_load
 from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, deterministic_kernels, load_checkpoint
 
@@ -47,10 +47,14 @@ def weights_path(results_dir: Path, rec: dict[str, Any]) -> Path:
 
 
 def record_protocol(rec: dict[str, Any], protocol_file: Path | None = None) -> Protocol:
-    """The run's protocol, rebuilt from its name and overrides, from ``protocol_file`` for runs of the
-    protocol that file names (a results folder may hold runs of several); BenchError when its content
-    hash is not the run's (the file changed since, so evaluation could too)."""
+    """The run's protocol: from the record's recipe (every setting as it ran) where it has one, else
+    rebuilt from its name and overrides, from ``protocol_file`` for runs of the protocol that file
+    names (a results folder may hold runs of several); BenchError when its content hash is not the
+    run's (the file changed since, so evaluation could too)."""
     meta = rec["protocol"]
+    kept = protocol_from_record(meta)
+    if kept is not None:  # its file edited, lost, or of several versions in one folder: the recipe ran
+        return kept
     given = load_protocol(protocol_file) if protocol_file else None  # read once here (it was up to three times)
     if given is not None and given.name == meta["name"]:
         base, where = given, f"the file {protocol_file}"

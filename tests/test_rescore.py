@@ -93,6 +93,11 @@ def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BenchError, match=r"empty: no run records; pass the --results folder of `bench run`"):
         plan_rescore(tmp_path / "empty", "strict")  # as bench predict: most likely not the folder meant
+    # a record keeps its recipe: its protocol whatever became of the file (edited, lost, several versions)
+    assert record_protocol({**rec, "protocol": {**rec["protocol"], "name": "gone"}}).train == \
+        load_protocol("smoke").with_overrides(**rec["protocol"]["overrides"]).train
+    # records written before they kept it are rebuilt from the file, checked by its hash
+    rec = {**rec, "protocol": {k: v for k, v in rec["protocol"].items() if k != "recipe"}}
     changed = {**rec, "protocol": {**rec["protocol"], "hash": "0" * 16}}
     with pytest.raises(BenchError, match="the built-in 'smoke' now has hash .* pass the protocol file the run used"):
         rescore_record(changed, "strict", copy, CPU)
@@ -199,7 +204,8 @@ def test_rescore_refuses_data_changed_in_place_and_names_a_custom_protocol(train
     test_file.write_bytes(test_file.read_bytes() + b"\0")  # edited in place: same name, other size
     with pytest.raises(BenchError, match=rf"run {rec['run_id']}: the data at {data} changed since it was scored"):
         rescore_record(strict, "strict", tmp_path / "res", CPU)
-    custom = {**rec, "protocol": {**rec["protocol"], "name": "my_recipe"}}
+    older = {k: v for k, v in rec["protocol"].items() if k != "recipe"}  # a record from before recipes were kept
+    custom = {**rec, "protocol": {**older, "name": "my_recipe"}}
     with pytest.raises(BenchError, match=rf"run {rec['run_id']}: its protocol 'my_recipe' is not built in; pass "
                                          "the file it was run with as --protocol FILE"):
         record_protocol(custom)

@@ -16,7 +16,7 @@ DEFAULT_RESULTS = Path("results")
 Models = Annotated[str, typer.Option(help="'all' or a comma list of registered models")]
 FinishedRuns = Annotated[Path, typer.Option(help="results directory with the finished runs")]
 RunsProtocol = Annotated[Optional[Path], typer.Option(help="the runs' protocol .toml, for runs of a file that is "
-                                                      "not built in")]
+                                                      "not built in whose records keep no recipe (older ones)")]
 ScoringThreads = Annotated[Optional[int], typer.Option(help="torch CPU threads (the run's own count repeats its CPU "
                                                             "predictions bit for bit)")]
 
