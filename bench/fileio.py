@@ -19,6 +19,9 @@ from pathlib import Path
 
 from bench.errors import BenchError, exception_chain
 
+# what run ids, run folders and protocol names are made of: a file name anywhere, never a path
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
 # files this large keep their digest on disk (by path, size and mtime): a dataset's test volumes
 # (Synapse's are about 270 MB each) are read once, not at every command that plans or rescores
 CACHED_FROM_BYTES = 16 << 20

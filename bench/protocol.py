@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import numbers
-import re
 import tomllib
 import types
 import typing
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError, unknown_name
+from bench.fileio import SAFE_NAME
 
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
 
@@ -539,9 +539,6 @@ def _build(data: dict[str, Any], path: Path) -> Protocol:
     return protocol
 
 
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # run ids, run folders and file names are made of it
-
-
 def _check_names(protocol: Protocol, path: Path) -> None:
     """The names a file gives: a protocol name that can be part of a file name (run folders are named
     by it: "../x" wrote checkpoints outside --results), a metric policy and datasets that exist
@@ -549,13 +546,13 @@ def _check_names(protocol: Protocol, path: Path) -> None:
     from bench.data import list_datasets
     from bench.metrics import POLICIES
 
-    if not _SAFE_NAME.fullmatch(protocol.name):
+    if not SAFE_NAME.fullmatch(protocol.name):
         raise BenchError(f"{path}: name {protocol.name!r}: expected letters, digits and . _ + - (run ids and "
                          "folders are named by it), starting with a letter or digit, e.g. my_recipe")
     if protocol.metric_policy and protocol.metric_policy not in POLICIES:
         problem = unknown_name("metric policy", protocol.metric_policy, list(POLICIES), plural="policies", cutoff=0.6)
         raise BenchError(f"{path}: metric_policy: {problem}")
-    unknown = [d for d in protocol.datasets if d not in list_datasets()]
+    unknown = [d for d in protocol.datasets if d.strip().lower() not in list_datasets()]  # any case, as bench run
     if unknown:
         raise BenchError(f"{path}: datasets: {unknown_name('dataset', unknown[0], list_datasets(), cutoff=0.6)}")
 
@@ -567,9 +564,12 @@ def protocol_from_record(meta: dict[str, Any]) -> Protocol | None:
     if not isinstance(recipe, dict):
         return None
     top = dict(recipe)
-    train, ev = top.pop("train"), top.pop("eval")
-    protocol = Protocol(train=TrainConfig(**train), eval=EvalConfig(**ev), hash=meta["hash"],
-                        overrides=dict(meta["overrides"]), **top)
+    try:
+        train, ev = top.pop("train"), top.pop("eval")
+        protocol = Protocol(train=TrainConfig(**train), eval=EvalConfig(**ev), hash=meta["hash"],
+                            overrides=dict(meta["overrides"]), **top)
+    except (KeyError, TypeError):  # settings another version of bench wrote: its file decides, as before
+        return None
     return _checked(protocol, f"run record's protocol {meta['name']!r}:")
 
 

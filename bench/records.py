@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.fileio import atomic_write_text, ensure_writable_dir
+from bench.fileio import SAFE_NAME, atomic_write_text
 from bench.metrics import POLICIES as METRIC_POLICIES
 
 __all__ = [
@@ -56,8 +56,6 @@ __all__ = [
     "code_version",
     "validate_record",
     "write_record",
-    "atomic_write_text",
-    "ensure_writable_dir",
     "records_dir",
     "record_path",
     "load",
@@ -87,7 +85,6 @@ CASE_COLUMNS = [
 ]  # fmt: skip
 
 _NUM = (numbers.Real,)  # int, float and numpy scalars; bool is excluded where it matters
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 # key -> (accepted types, description for the error message). ``None`` in a tuple allows null.
 _REQUIRED: dict[str, tuple[tuple, str]] = {
@@ -230,7 +227,7 @@ def validate_record(rec: Any) -> None:
         problems.append(f"family: expected one of {', '.join(FAMILIES)}, got {rec['family']!r}")
     if isinstance(rec.get("policy"), str) and rec["policy"] not in POLICIES:
         problems.append(f"policy: expected one of {', '.join(POLICIES)}, got {rec['policy']!r}")
-    if isinstance(rec.get("run_id"), str) and not _SAFE_ID.match(rec["run_id"]):
+    if isinstance(rec.get("run_id"), str) and not SAFE_NAME.fullmatch(rec["run_id"]):
         problems.append(f"run_id: must be a safe file name (letters, digits, . _ + -), got {rec['run_id']!r}")
     for key, spec in (("per_class", _REQUIRED_PER_CLASS), ("per_case", _REQUIRED_PER_CASE)):
         rows = rec.get(key)

@@ -174,8 +174,11 @@ def plugin_forward_error(model: nn.Module, shape: tuple[int, ...], exc: Exceptio
     None for the built-in models (their failure is bench's bug: its traceback) and for bench's own
     errors, which already say what is wrong."""
     entry: ModelEntry | None = getattr(model, "bench_entry", None)
+    from bench.cost import _out_of_memory
+
     # out of memory is no bug of the model's code: its own message says what to do
-    if entry is None or isinstance(exc, (BenchError, torch.OutOfMemoryError)) or is_builtin(entry.name):
+    if entry is None or isinstance(exc, BenchError) or is_builtin(entry.name) or (
+            isinstance(exc, RuntimeError) and _out_of_memory(exc)):
         return None
     source = getattr(sys.modules.get(type(model).__module__), "__file__", None)  # none for a notebook's class
     home = Path(source).parent if source else None

@@ -227,6 +227,8 @@ def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: 
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     model, dataset, protocol = run_model(rec, results_dir, protocol_file, "rescored")
+    if get_policy(policy).use_spacing:  # HD95 in mm: every test case needs its spacing (as bench run checks)
+        dataset.check_spacing()
     scores = evaluate(model, dataset, protocol, policy, device=device)
     new = {
         **rec,

@@ -267,16 +267,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _other_versions(run_dir: Path) -> str:
-    """Where a run of the same model and seed under another version of the protocol (its file edited:
-    another hash, so another run id) left checkpoints: a resume there found none here, which read as if
-    nothing had run."""
-    stem = run_dir.name.rsplit("-", 1)[0]  # <dataset>-<protocol>-<model>-s<seed>, without the hash
+    """Where an unfinished run of the same model and seed under other settings (an edited protocol
+    file: another hash, so another run id) left checkpoints: a resume found none here, which read as
+    if nothing had run. Finished runs (their record written) are no such leftover."""
+    stem = run_dir.name.rsplit("-", 1)[0]  # <dataset>-<protocol>-<model>-s<seed>, without the digest
+    results = run_dir.parent.parent
     others = sorted(d.name for d in run_dir.parent.glob(f"{stem}-*")
-                    if d != run_dir and d.name.rsplit("-", 1)[0] == stem and (d / CHECKPOINT_DIR / LAST).is_file())
+                    if d != run_dir and d.name.rsplit("-", 1)[0] == stem and (d / CHECKPOINT_DIR / LAST).is_file()
+                    and not records.record_path(results, d.name).is_file())
     if not others:
         return ""
-    return (f"; {', '.join(others[:2])} holds checkpoints of this model and seed under other settings (a protocol "
-            "file edited since, or other overrides): that run resumes only with them")
+    holds, that = ("holds", "that run resumes") if len(others) == 1 else ("hold", "those runs resume")
+    return (f"; {', '.join(others[:2])}{', …' if len(others) > 2 else ''} {holds} checkpoints of this model and seed "
+            "under other settings (another version of the protocol file, overrides, policy, --set or data): "
+            f"{that} only with those")
 
 
 def train_model(

@@ -344,6 +344,27 @@ def test_a_recipes_values_are_checked_where_the_file_names_them(tmp_path):
     refused(base.replace('name = "mine"', 'name = "mine"\ndatasets = ["isic2017"]'),
             r"mine\.toml: datasets: unknown dataset 'isic2017'")
     refused(base + "\n[evaluation]\nthreshold = 0.4\n", r"unknown table \[evaluation\] \(did you mean \[eval\]\?\)")
+    assert load(base.replace('name = "mine"', 'name = "mine"\ndatasets = ["Synapse"]')).datasets == ("Synapse",)  # any case
     # the record keeps every setting, overrides included
     recipe = load(base).with_overrides(epochs=3).to_record()["recipe"]
     assert recipe["name"] == "mine" and recipe["train"]["epochs"] == 3 and "hash" not in recipe
+    assert load(base).with_overrides(lr=0.0).train.lr == 0.0  # lr 0 keeps a model's initial weights (a test's tool)
+
+
+def test_a_records_recipe_rebuilds_the_protocol_it_ran():
+    """Every built-in protocol (patch protocols, per-class NSD tables, overrides) comes back whole from a
+    record's JSON; a recipe another version of bench wrote (unknown or missing settings) is left to the
+    file, as records without one."""
+    from bench.protocol import protocol_from_record
+
+    for name in list_protocols():
+        ran = load_protocol(name).with_overrides(seed=7)
+        ran = ran.with_overrides(nsd_tolerance={"liver": 2.0, "spleen": 1.0}) if name == "lightm_unet_3d" else ran
+        meta = json.loads(json.dumps(ran.to_record()))
+        back = protocol_from_record(meta)
+        assert back is not None and dataclasses.replace(back, file_values={}) == dataclasses.replace(ran, file_values={})
+        assert back.hash == ran.hash and back.off_protocol
+    meta = json.loads(json.dumps(load_protocol("smoke").to_record()))
+    assert protocol_from_record({**meta, "recipe": {**meta["recipe"], "new_setting": 1}}) is None
+    assert protocol_from_record({**meta, "recipe": {"name": "smoke"}}) is None
+    assert protocol_from_record({k: v for k, v in meta.items() if k != "recipe"}) is None

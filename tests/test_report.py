@@ -1346,5 +1346,6 @@ def test_a_sub_second_training_time_is_not_shown_as_zero():
     # a custom-protocol journey's 0.48 s loop read "0 s", as if untimed
     from bench.report.board_text import _fmt_duration
 
-    assert [_fmt_duration(s) for s in (0.48, 5.2, 150.0, 9000.0)] == ["0.5 s", "5 s", "2.5 min", "2.5 h"]
+    assert [_fmt_duration(s) for s in (0.04, 0.48, 5.2, 150.0, 9000.0)] == ["< 0.1 s", "0.5 s", "5 s", "2.5 min",
+                                                                          "2.5 h"]
     assert _fmt_duration(float("nan")) == ""

@@ -251,3 +251,26 @@ def test_a_record_another_rescore_wrote_meanwhile_skips_the_run(trained, tmp_pat
     monkeypatch.setattr(bench.rescore, "rescore_record", raced)
     out = CliRunner().invoke(app, ["rescore", "--policy", "strict", "--results", str(copy)])
     assert out.exit_code == 0 and "scored meanwhile by another process, skipped" in out.output
+
+
+def test_rescoring_into_mm_needs_every_test_case_s_spacing(trained, tmp_path):
+    """A review's find: bench run refuses a spacing table that leaves test volumes in voxels under a
+    policy scoring in mm, but the usual way there, legacy-synapse rescored into strict, did not."""
+    import h5py
+
+    from bench.data import open_dataset
+    from bench.data.synth import MARKER
+
+    root, _, _ = trained
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    (data / MARKER).unlink()
+    cases = open_dataset("synapse", data).test_ids()
+    for case in cases:  # as TransUNet's files: no spacing attribute
+        with h5py.File(data / "test_vol_h5" / f"{case}.npy.h5", "r+") as f:
+            del f.attrs["spacing"]
+    (data / "spacing.csv").write_text(f"case,d,h,w\n{cases[0]},3.0,0.7,0.7\n")  # the others left out
+    assert len(cases) > 1  # so that some are left out
+    rec = _run(data, tmp_path / "res", "legacy-synapse")  # voxels for all: the table is not read
+    with pytest.raises(BenchError, match=r"spacing\.csv: no line for .*: (its|their) HD95 would be in voxels"):
+        rescore_record(rec, "strict", tmp_path / "res", CPU)

@@ -434,7 +434,15 @@ def test_a_resume_with_no_checkpoint_says_it_starts_over(synapse_root, tmp_path,
     train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=runs / "synapse-mine-unet-s0-bbbb2222",
                 device=torch.device("cpu"), resume=True)
     assert ("training from the start; synapse-mine-unet-s0-aaaa1111 holds checkpoints of this model and seed under "
-            "other settings (a protocol file edited since, or other overrides)") in capsys.readouterr().err
+            "other settings (another version of the protocol file, overrides, policy, --set or data): that run "
+            "resumes only with those\n") in capsys.readouterr().err
+    # a finished run (its record written: every run keeps last.pt) is no leftover
+    (tmp_path / "records").mkdir()
+    for finished in ("aaaa1111", "bbbb2222"):  # bbbb2222 trained to its end above
+        (tmp_path / "records" / f"synapse-mine-unet-s0-{finished}.json").write_text("{}")
+    train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=runs / "synapse-mine-unet-s0-dddd4444",
+                device=torch.device("cpu"), resume=True)
+    assert "training from the start\n" in capsys.readouterr().err
 
 
 def test_nan_loss_stops_with_clear_error(synapse_root, tmp_path):

@@ -148,7 +148,7 @@ def _fmt_duration(seconds: float) -> str:
     if math.isnan(seconds):
         return ""
     if seconds < 1:  # a smoke run's loop: "0 s" read as not timed
-        return f"{seconds:.1f} s"
+        return f"{seconds:.1f} s" if seconds >= 0.05 else "< 0.1 s"
     if seconds < 120:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
