@@ -54,6 +54,9 @@ def record_protocol(rec: dict[str, Any], protocol_file: Path | None = None) -> P
     meta = rec["protocol"]
     kept = protocol_from_record(meta)
     if kept is not None:  # its file edited, lost, or of several versions in one folder: the recipe ran
+        if protocol_file is not None:  # said once per command (the CLI shows each warning text once)
+            warnings.warn(f"--protocol {protocol_file}: not used for runs whose records keep their recipe (every "
+                          "setting as it ran); those settings are used", stacklevel=2)
         return kept
     given = load_protocol(protocol_file) if protocol_file else None  # read once here (it was up to three times)
     if given is not None and given.name == meta["name"]:

@@ -96,6 +96,8 @@ def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
     # a record keeps its recipe: its protocol whatever became of the file (edited, lost, several versions)
     assert record_protocol({**rec, "protocol": {**rec["protocol"], "name": "gone"}}).train == \
         load_protocol("smoke").with_overrides(**rec["protocol"]["overrides"]).train
+    with pytest.warns(UserWarning, match=r"--protocol .*smoke\.toml: not used for runs whose records keep their recipe"):
+        record_protocol(rec, PROTOCOL_DIR / "smoke.toml")  # a file given for them is said to be unused
     # records written before they kept it are rebuilt from the file, checked by its hash
     rec = {**rec, "protocol": {k: v for k, v in rec["protocol"].items() if k != "recipe"}}
     changed = {**rec, "protocol": {**rec["protocol"], "hash": "0" * 16}}
