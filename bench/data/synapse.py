@@ -122,11 +122,7 @@ def volume_header(path: Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
     reading their arrays."""
     with reading(path, "a TransUNet h5 volume"):
         with h5py.File(path, "r") as f:
-            keys = list(f.keys())
-            missing = [k for k in ("image", "label") if k not in keys]
-            if missing:
-                raise BenchError(f"{path}: no dataset {', '.join(repr(k) for k in missing)}; has {sorted(keys)}, "
-                                 "expected 'image' and 'label'")
+            _check_keys(path, list(f.keys()), "dataset")
             return tuple(f["image"].shape), tuple(f["label"].shape)
 
 
@@ -153,11 +149,16 @@ def volume_labels(path: Path, step: int = 1) -> np.ndarray:
             return np.asarray(f["label"][::step])
 
 
-def _arrays(path: Path, container, keys: list[str], kind: str) -> tuple[np.ndarray, np.ndarray]:
+def _check_keys(path: Path, keys: list[str], kind: str) -> None:
+    """BenchError naming what the file lacks of its ``image`` and ``label``."""
     missing = [k for k in ("image", "label") if k not in keys]
     if missing:
         raise BenchError(f"{path}: no {kind} {', '.join(repr(k) for k in missing)}; has {sorted(keys)}, "
                          "expected 'image' and 'label'")
+
+
+def _arrays(path: Path, container, keys: list[str], kind: str) -> tuple[np.ndarray, np.ndarray]:
+    _check_keys(path, keys, kind)
     return np.asarray(container["image"][()]), np.asarray(container["label"][()])
 
 
