@@ -12,7 +12,6 @@ board, with the same weights behind both.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import time
 import warnings
 from pathlib import Path
@@ -95,9 +94,8 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
         raise BenchError(f"run {rec['run_id']}: its {split} split of {rec['data_root']} now holds other cases than "
                          f"the {len(scored)} it was scored on, so cases the model trained on could be {what}")
     recorded = rec.get("data_id")  # absent in older records, empty for runs identified by their data's path
-    # content ids of runs begun before they read the test labels are those without (scored=False)
-    if recorded and recorded not in ({synthetic_identity(root)} if synthetic_identity(root) else
-                                     {dataset.content_id(), dataset.content_id(scored=False)}):
+    made = synthetic_identity(root)
+    if recorded and recorded not in ({made} if made else data_ids(dataset)):
         raise BenchError(f"run {rec['run_id']}: the data at {root} changed since it was scored (files, sizes or "
                          f"content differ), so it cannot be {what} on it")
     # the statistics its images were normalised with in training, not ones drawn from the data as it is now
@@ -187,8 +185,9 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
     for key, data_id in zip(keys[under_policy], data[under_policy]):
         trained.setdefault(key, set()).add(data_id)
     roots = dict(zip(df["run_id"], df["data_root"])) if "data_root" in df else {}
+    opened: dict[tuple[str, str], set[str]] = {}  # each data folder read once per plan
     has_twin = [key in trained and (d is None or None in trained[key] or d in trained[key]
-                                    or _same_data(d, trained[key], roots.get(rid), df.loc[i, "dataset"]))
+                                    or _same_data(d, trained[key], roots.get(rid), df.loc[i, "dataset"], opened))
                 for i, rid, key, d in zip(df.index, df["run_id"], keys, data)]
     todo = df[df["run_id"].isin(records.finished(df)["run_id"]) & df["rescored_from"].isna() & (df["policy"] != policy)
               & ~df["run_id"].map(lambda r: rescore_id(r, policy) in done) & ~pd.Series(has_twin, index=df.index)]
@@ -205,23 +204,25 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
     return [r for r in recs if not misfit[r["run_id"]]]
 
 
-def _same_data(data_id: str, others: set, root: str | None, dataset: str) -> bool:
-    """Whether ``data_id`` and one of ``others`` name the data at ``root`` as it is, one by content_id's
-    rule of today and one by its rule before it read the test labels (a run begun before keeps that
-    id): the same training's twins, not runs on other data."""
+def _same_data(data_id: str, others: set, root: str | None, dataset: str,
+               opened: dict[tuple[str, str], set[str]]) -> bool:
+    """Whether ``data_id`` and one of ``others`` name the data at ``root`` as it is (``data_ids``):
+    the same training's twins, not runs on other data. ``opened``: ids of the folders read so far."""
     if not (root and data_id.startswith("files:") and Path(root).is_dir()):
         return False
-    try:
-        ids = _content_ids(dataset, root)
-    except BenchError:  # data that no longer opens: nothing to say they are the same
-        return False
+    if (dataset, root) not in opened:
+        try:
+            opened[dataset, root] = data_ids(open_dataset(dataset, Path(root)))
+        except BenchError:  # data that no longer opens: nothing to say they are the same
+            opened[dataset, root] = set()
+    ids = opened[dataset, root]
     return data_id in ids and bool(ids & others)
 
 
-@functools.lru_cache(maxsize=None)
-def _content_ids(dataset: str, root: str) -> frozenset[str]:
-    ds = open_dataset(dataset, Path(root))
-    return frozenset({ds.content_id(), ds.content_id(scored=False)})
+def data_ids(dataset: SegDataset) -> set[str]:
+    """The ids a run's record may name this data by: content_id's of today, and the one of runs
+    begun before it read the test labels (scored=False), which they keep."""
+    return {dataset.content_id(), dataset.content_id(scored=False)}
 
 
 def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: torch.device,
