@@ -271,7 +271,35 @@ def test_corrupt_splits_final(data):
     root = data("nnunet2d")
     (root / "splits_final.json").write_text("[{")
     _raises(lambda: open_dataset("nnunet", root, fold=1), names=root / "splits_final.json",
+            phrase="not readable JSON")
+    (root / "splits_final.json").write_text('[{"training": []}]')
+    _raises(lambda: open_dataset("nnunet", root, fold=1), names=root / "splits_final.json",
             phrase='expected a non-empty list of {"train"')
+
+
+def test_nnunet_json_files_saved_by_windows_editors_read(data):
+    """dataset.json and splits_final.json with a byte-order mark (UTF-8 or UTF-16) read like the
+    Synapse lists do; bytes of another encoding are named as such, not as a damaged file."""
+    root = data("nnunet2d")
+    ds = open_dataset("nnunet", root)
+    folds = [{"train": ds.train_ids()[:3], "val": ds.test_ids()}]
+    meta = (root / "dataset.json").read_text()
+    (root / "dataset.json").write_text(meta, encoding="utf-16")
+    (root / "splits_final.json").write_text(json.dumps(folds), encoding="utf-8-sig")
+    again = open_dataset("nnunet", root)
+    assert (again.num_classes, again.test_ids()) == (ds.num_classes, ds.test_ids())
+    assert verify_dataset("nnunet", root) == []
+    (root / "splits_final.json").write_bytes(json.dumps(folds).encode() + b"\xe9")
+    _raises(lambda: open_dataset("nnunet", root), names=root / "splits_final.json", phrase="not UTF-8 text")
+
+
+def test_a_file_bench_may_not_read_is_not_called_damaged(data, monkeypatch):
+    root = data("nnunet2d")
+    path = root / "dataset.json"
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda p: (_ for _ in ()).throw(PermissionError(13, "denied"))
+                        if p == path else real(p))
+    _raises(lambda: open_dataset("nnunet", root), names=path, phrase="cannot read it as JSON: permission denied")
 
 
 # --- images and masks of different sizes -----------------------------------------------------

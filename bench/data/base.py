@@ -350,6 +350,8 @@ def reading(path: Path, what: str, text: bool = False) -> Iterator[None]:
         yield
     except BenchError:
         raise
+    except PermissionError as exc:  # not damage: the file may be fine for its owner
+        raise BenchError(f"{path}: cannot read it as {what}: permission denied") from exc
     except UnicodeDecodeError as exc:
         if not text:
             raise _damaged(path, what, exc) from exc
@@ -363,6 +365,14 @@ def reading(path: Path, what: str, text: bool = False) -> Iterator[None]:
                          "bench does not unpickle; save plain numeric arrays") from exc
     except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the file is bad
         raise _damaged(path, what, exc) from exc
+
+
+def read_text(path: Path, what: str) -> str:
+    """A text file as Windows editors and Excel save it too: a byte-order mark (UTF-8 or UTF-16) is not
+    part of its text. BenchError naming the file otherwise."""
+    with reading(path, what, text=True):
+        raw = path.read_bytes()
+        return raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
 
 
 def _damaged(path: Path, what: str, exc: Exception) -> BenchError:

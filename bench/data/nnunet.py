@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bench.data.base import (Case, Sample, SegDataset, check_whole_ids, class_ids, describe, found_instead, hidden,
-                              id_dtype, reading, split_problems, write_nifti_labels)
+                              id_dtype, read_text, reading, split_problems, write_nifti_labels)
 from bench.errors import BenchError
 from bench.fileio import atomic_write, remove_orphans
 
@@ -89,9 +89,10 @@ def parse_dataset_json(path: Path) -> dict[str, Any]:
 
 def read_json(path: Path) -> Any:
     """The JSON in ``path``; BenchError naming it when it cannot be read or parsed."""
+    text = read_text(path, "JSON")
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
         raise BenchError(f"{path}: not readable JSON ({exc})") from exc
 
 
@@ -535,10 +536,10 @@ class NnUNetDataset(SegDataset):
         if not path.is_file():
             return None
         expected = 'a non-empty list of {"train": [...], "val": [...]} folds'
+        folds = read_json(path)
         try:
-            folds = json.loads(path.read_text())
             folds = [{"train": list(f["train"]), "val": list(f["val"])} for f in folds]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise BenchError(f"{path}: expected {expected} ({describe(exc)})") from exc
         if not folds:
             raise BenchError(f"{path}: no folds; expected {expected}")

@@ -28,7 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from bench.data.base import Case, Sample, SegDataset, class_ids, found_instead, hidden, reading
+from bench.data.base import Case, Sample, SegDataset, class_ids, found_instead, hidden, read_text, reading
 from bench.errors import BenchError
 
 # Class id -> organ, the TransUNet-lineage order used by the VM-UNet code and the paper tables
@@ -198,14 +198,6 @@ def find_list_dir(root: Path) -> Path | None:
 def data_files(folder: Path, suffix: str) -> list[Path]:
     """``folder``'s ``*<suffix>`` files, hidden ones left out."""
     return [p for p in folder.glob("*" + suffix) if not hidden(p)]
-
-
-def read_text(path: Path, what: str) -> str:
-    """A text file as Windows editors and Excel save it too: a byte-order mark (UTF-8 or UTF-16) is not
-    part of its text. BenchError naming the file otherwise."""
-    with reading(path, what, text=True):
-        raw = path.read_bytes()
-        return raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
 
 
 def read_list(path: Path, suffix: str = "") -> list[str]:

@@ -30,7 +30,6 @@ nnU-Net volumes: their voxel spacings and the 3d_fullres target spacing).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -293,8 +292,11 @@ def _check_nnunet(root: Path, report: _Report, reader) -> None:
     splits = root / "splits_final.json"
     if splits.is_file():
         try:
-            folds = [(list(f["train"]), list(f["val"])) for f in json.loads(splits.read_text())]
-        except Exception as exc:  # noqa: BLE001
+            folds = [(list(f["train"]), list(f["val"])) for f in nn_io.read_json(splits)]
+        except BenchError as exc:
+            report.add(splits, _unreadable(exc, splits))
+            folds = []
+        except (KeyError, TypeError) as exc:
             report.add(splits, f"expected a list of {{\"train\": [...], \"val\": [...]}} folds ({exc})")
             folds = []
         for problem in nn_io.fold_problems(folds, cases):  # the reader's rules
