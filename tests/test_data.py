@@ -1236,6 +1236,8 @@ def test_a_layout_one_folder_down_is_named(roots, tmp_path, kind):
     with pytest.raises(BenchError, match=rf"; Unpacked/ holds it: pass --data-root {re.escape(str(outer / 'Unpacked'))}$"):
         open_dataset(dataset, outer)
     (outer / "Other").mkdir()
+    (outer / "__MACOSX").mkdir()  # a macOS zip's metadata and a hidden folder are not named as content
+    (outer / ".cache").mkdir()
     shutil.rmtree(outer / "Unpacked")
     with pytest.raises(BenchError, match=r" \(found Other/\)$"):
         open_dataset(dataset, outer)

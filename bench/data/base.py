@@ -285,8 +285,7 @@ def found_instead(root: Path, expected: tuple[str, ...]) -> str:
     """For an error about a layout missing at ``root``: the folder one level down that holds it
     (a zip extracted into a folder of its own), else what ``root`` holds; ``expected``: paths
     relative to the layout's root that identify it."""
-    subs = sorted(p for p in root.iterdir() if p.is_dir() and not hidden(p) and p.name != "__MACOSX") \
-        if root.is_dir() else []
+    subs = subfolders(root)
     for sub in subs:
         if all((sub / e).exists() for e in expected):
             return f"; {sub.name}/ holds it: pass --data-root {shlex.quote(str(sub))}"
@@ -297,6 +296,14 @@ def found_instead(root: Path, expected: tuple[str, ...]) -> str:
 def hidden(path: Path) -> bool:
     """Dot files (macOS's ``._`` AppleDouble copies, ``.DS_Store``): never data, in every reader."""
     return path.name.startswith(".")
+
+
+def subfolders(folder: Path) -> list[Path]:
+    """``folder``'s subfolders that may hold data, sorted: hidden ones and the ``__MACOSX`` folder a
+    macOS zip extracts beside its content left out; none when ``folder`` is missing."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not hidden(p) and p.name != "__MACOSX")
 
 
 def id_dtype(num_classes: int) -> type:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.data.base import Case, Sample, SegDataset, found_instead, hidden, reading
+from bench.data.base import Case, Sample, SegDataset, found_instead, hidden, reading, subfolders
 from bench.errors import BenchError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -309,10 +309,8 @@ def test_set_folders(folder: Path) -> tuple[list[str], list[tuple[Path, str]]]:
     """The names of ``folder``'s subfolders that hold an ``images/`` folder (sorted; none when
     ``folder`` is missing), and ``(subfolder, problem)`` for each other one: a test set left out
     unseen (``Images/``, ``image/``). Hidden folders and macOS's ``__MACOSX`` are no test sets."""
-    if not folder.is_dir():
-        return [], []
     sets, problems = [], []
-    for p in sorted(p for p in folder.iterdir() if p.is_dir() and not hidden(p) and p.name != "__MACOSX"):
+    for p in subfolders(folder):
         if (p / "images").is_dir():
             sets.append(p.name)
         else:
