@@ -53,7 +53,7 @@ from scipy import ndimage
 from bench.errors import BenchError, unknown_name
 
 __all__ = [
-    "HD_DEFINITIONS", "PENALTY", "POLICIES", "Outcome", "Policy", "PooledConfusion", "aggregate",
+    "EmptyMaskError", "HD_DEFINITIONS", "PENALTY", "POLICIES", "Outcome", "Policy", "PooledConfusion", "aggregate",
     "aggregate_per_class", "class_tolerances", "confusion", "dice", "get_policy", "hd95", "hd95_max_directed",
     "hd95_penalty", "iou", "nsd", "policy_fields", "policy_misfit", "pooled_from_counts", "pooled_metrics", "score_case",
     "surface_distances",
@@ -68,12 +68,28 @@ COUNTS = ("tp", "fp", "fn", "tn")
 # ----------------------------------------------------------------------------------- mask metrics
 
 
-def _bool(mask: Any) -> np.ndarray:
-    return np.asarray(mask).astype(bool, copy=False)
+class EmptyMaskError(BenchError, ValueError):
+    """A surface distance asked of an empty mask: what that scores is a policy's decision."""
+
+
+def _bool(mask: Any, what: str) -> np.ndarray:
+    """``mask`` as bool: any array whose non-zero values are one value (0/1, 0/255, bool). BenchError
+    for more: a probability map or a label map would be scored as their union, unsaid."""
+    a = np.asarray(mask)
+    if a.dtype != bool:
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == object and a.size == 0):
+            raise BenchError(f"{what} must be a binary mask (a numeric or bool array); got dtype {a.dtype}")
+        ones = a[a != 0]
+        if ones.size and ones.min() != ones.max():
+            raise BenchError(
+                f"{what} must be a binary mask (bool, or 0 and one other value); got non-zero values from "
+                f"{ones.min()} to {ones.max()}: threshold a probability map (e.g. > 0.5), compare a label map "
+                "with one class id, or score a label map with score_case")
+    return a.astype(bool, copy=False)
 
 
 def _pair(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
-    p, g = _bool(pred), _bool(gt)
+    p, g = _bool(pred, "prediction"), _bool(gt, "reference")
     if p.shape != g.shape:
         raise BenchError(f"prediction shape {p.shape} does not match reference (ground-truth) shape {g.shape}")
     return p, g
@@ -134,7 +150,10 @@ def _union_box(p: np.ndarray, g: np.ndarray) -> tuple[slice, ...]:
 def _sampling(spacing: Any, ndim: int) -> np.ndarray | None:
     if spacing is None:
         return None
-    sp = np.asarray(spacing, dtype=np.float64)
+    try:
+        sp = np.asarray(spacing, dtype=np.float64)
+    except (TypeError, ValueError):  # "0.8,0.7": a string, not numbers
+        sp = np.full(ndim + 1, np.nan)
     if sp.ndim == 0:
         sp = np.full(ndim, float(sp))
     if sp.shape != (ndim,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
@@ -151,12 +170,13 @@ def surface_distances(pred: Any, gt: Any, spacing: Sequence[float] | float | Non
     (``generate_binary_structure(ndim, connectivity)``; 1 = face neighbours, medpy's default).
     Returns ``(d_pred_to_gt, d_gt_to_pred)``, 1-D float64 arrays, as medpy's
     ``__surface_distances(pred, gt)`` and ``__surface_distances(gt, pred)``.
-    Raises ValueError if either mask is empty (a policy decides what an empty mask scores).
+    Raises EmptyMaskError (a BenchError and a ValueError) if either mask is empty (a policy decides
+    what an empty mask scores).
     """
     p, g = _pair(pred, gt)
     sampling = _sampling(spacing, p.ndim)
     if not p.any() or not g.any():
-        raise ValueError(f"surface distances need two non-empty masks; got {np.count_nonzero(p)} prediction "
+        raise EmptyMaskError(f"surface distances need two non-empty masks; got {np.count_nonzero(p)} prediction "
                          f"and {np.count_nonzero(g)} reference voxels")
     box = _union_box(p, g)
     p, g = p[box], g[box]
@@ -173,7 +193,7 @@ def hd95(pred: Any, gt: Any, spacing: Sequence[float] | float | None = None, *, 
     """HD95, medpy's pooled definition: 95th percentile of both directions' surface distances pooled.
 
     Face connectivity, voxel units unless ``spacing`` (mm per axis) is given. Equals
-    ``medpy.metric.binary.hd95(pred, gt, voxelspacing=spacing)``. Raises ValueError on an empty mask.
+    ``medpy.metric.binary.hd95(pred, gt, voxelspacing=spacing)``. Raises EmptyMaskError on an empty mask.
     """
     d_pg, d_gp = surface_distances(pred, gt, spacing, connectivity)
     return float(np.percentile(np.hstack((d_pg, d_gp)), 95))
@@ -184,7 +204,7 @@ def hd95_max_directed(pred: Any, gt: Any, spacing: Sequence[float] | float | Non
     """HD95, MONAI's definition: max of the two directed 95th percentiles (linear interpolation).
 
     Equals ``monai.metrics.compute_hausdorff_distance(..., percentile=95)`` on non-empty masks
-    (MONAI's quantile runs in float32, so agreement is to ~1e-5 relative). Raises ValueError on an
+    (MONAI's quantile runs in float32, so agreement is to ~1e-5 relative). Raises EmptyMaskError on an
     empty mask (MONAI returns NaN there, which its mean then drops: Project-MONAI/MONAI#9095).
     """
     d_pg, d_gp = surface_distances(pred, gt, spacing, connectivity)
@@ -200,10 +220,22 @@ def nsd(pred: Any, gt: Any, tolerance: float, spacing: Sequence[float] | float |
     voxels that lie within ``tolerance`` of the other surface, (|{d_pg <= tol}| + |{d_gp <= tol}|)
     / (|S_pred| + |S_ref|), on the same face-connected surfaces as ``hd95``; mm with ``spacing``,
     else voxels. MONAI's ``compute_surface_dice`` without subvoxels; Metrics Reloaded pairs it with
-    Dice. Raises ValueError on an empty mask (a policy decides what that scores)."""
+    Dice. ``tolerance`` >= 0 (0: the share of surface voxels on the other surface). Raises
+    EmptyMaskError on an empty mask (a policy decides what that scores)."""
+    _check_tolerance(tolerance, "tolerance")
     d_pg, d_gp = surface_distances(pred, gt, spacing, connectivity)
     return float((np.count_nonzero(d_pg <= tolerance) + np.count_nonzero(d_gp <= tolerance))
                  / (d_pg.size + d_gp.size))
+
+
+def _check_tolerance(value: Any, what: str) -> float:
+    try:
+        tol = float(value)
+    except (TypeError, ValueError):
+        tol = math.nan
+    if not math.isfinite(tol) or tol < 0:  # a negative or NaN tolerance scores every case 0
+        raise BenchError(f"{what} must be a distance >= 0 (mm, or voxels without spacing); got {value!r}")
+    return tol
 
 
 def hd95_penalty(shape: Sequence[int], spacing: Sequence[float] | float | None = None) -> float:
@@ -420,8 +452,8 @@ def class_tolerances(tolerance: float | Sequence[float] | Mapping[str, float], n
                 problems.append(f"{k!r} is not a class" + (f" (did you mean {close[0]!r}?)" if close else ""))
         if problems:
             raise BenchError(f"{what}: {'; '.join(problems)}. Classes: {', '.join(names)}")
-        return {n: float(tolerance[n]) for n in names}
-    tols = [float(tolerance)] * n_fg if np.ndim(tolerance) == 0 else [float(t) for t in tolerance]
+        return {n: _check_tolerance(tolerance[n], f"{what} of {n}") for n in names}
+    tols = [_check_tolerance(t, what) for t in ([tolerance] * n_fg if np.ndim(tolerance) == 0 else tolerance)]
     if len(tols) != n_fg:
         raise BenchError(f"{what}: {len(tols)} values; expected one per foreground class "
                          f"({', '.join(names)})")
@@ -447,8 +479,8 @@ def score_case(pred: Any, gt: Any, num_classes: int, policy: str | Policy,
     ``nsd`` (NaN when both masks are empty, 0 when one is) and the ``nsd_tolerance`` it used.
     """
     pol = get_policy(policy)
-    if int(num_classes) < 1:
-        raise BenchError(f"num_classes must be >= 1; got {num_classes}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise BenchError(f"num_classes must be an integer >= 1 (background included); got {num_classes!r}")
     n_fg = max(int(num_classes) - 1, 1)
     p = _label_map(pred, "prediction", n_fg)
     g = _label_map(gt, "reference", n_fg)

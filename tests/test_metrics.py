@@ -236,6 +236,56 @@ def test_surface_distances_empty_and_bad_spacing():
         M.surface_distances(np.zeros_like(a), a)
     with pytest.raises(BenchError, match="spacing must be 2 positive"):
         M.hd95(a, a, spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(BenchError, match=r"spacing must be 2 positive numbers .*got '0.8,0.7'"):
+        M.hd95(a, a, spacing="0.8,0.7")  # a string, as a notebook may pass a spacing read from text
+    with pytest.raises(M.EmptyMaskError) as empty:  # one exception a caller of the API can catch as BenchError
+        M.hd95(a, np.zeros_like(a))
+    assert isinstance(empty.value, BenchError)
+
+
+def test_binary_metrics_refuse_what_is_no_binary_mask():
+    """From a notebook journey: a probability map (or a label map of 3 classes) given to dice, hd95 or
+    confusion was scored as its non-zero union (dice 0.316 for a map of 0.01..0.2) without a word."""
+    rng = np.random.default_rng(0)
+    gt = np.zeros((16, 16), np.uint8)
+    gt[4:10, 4:10] = 1
+    probs = rng.uniform(0.01, 0.2, gt.shape)
+    labels = np.where(gt == 1, 2, 0) + (np.arange(16)[:, None] > 12)
+    for fn in (M.dice, M.iou, M.confusion, M.hd95, lambda p, g: M.nsd(p, g, 1.0)):
+        with pytest.raises(BenchError, match=r"prediction must be a binary mask .*non-zero values from 0.01"):
+            fn(probs, gt)
+        with pytest.raises(BenchError, match=r"reference must be a binary mask .*from 1 to 2: .*compare a label map"):
+            fn(gt, labels)
+    # one non-zero value of any kind is a mask: 0/255 and 0/1 floats score as bool masks do
+    pred = np.zeros_like(gt)
+    pred[5:11, 4:9] = 1
+    for as_given in (pred * 255, pred.astype(np.float32), pred.astype(bool)):
+        assert M.dice(as_given, gt) == pytest.approx(medpy.dc(pred, gt))
+        assert M.hd95(as_given, gt * 255) == pytest.approx(medpy.hd95(pred, gt))
+    with pytest.raises(BenchError, match="must be a binary mask .*dtype <U1"):
+        M.dice(np.array(["a", "b"]), np.array([0, 1]))
+
+
+def test_nsd_tolerance_must_be_a_distance():
+    """A negative or NaN tolerance scored NSD 0 for every case (the protocol refused it; the API did not)."""
+    a = np.zeros((8, 8), bool)
+    a[2:5, 2:5] = True
+    b = np.roll(a, 1, axis=0)
+    for bad in (-1.0, float("nan"), float("inf"), "one"):
+        with pytest.raises(BenchError, match=r"tolerance must be a distance >= 0"):
+            M.nsd(a, b, bad)
+        with pytest.raises(BenchError, match=r"nsd_tolerance must be a distance >= 0"):
+            M.score_case(a.astype(int), b.astype(int), 2, "strict", nsd_tolerance=bad)
+    with pytest.raises(BenchError, match=r"nsd_tolerance of liver must be a distance >= 0 .*got -2"):
+        M.class_tolerances({"liver": -2, "kidney": 1.0}, 3, ["liver", "kidney"])
+    assert M.score_case(a.astype(int), b.astype(int), 2, "strict", nsd_tolerance=0)[0]["nsd"] == M.nsd(a, b, 0.0)
+
+
+@pytest.mark.parametrize("bad", ["3", 2.0, True, 0])
+def test_score_case_num_classes_is_a_positive_integer(bad):
+    a = np.zeros((4, 4), int)
+    with pytest.raises(BenchError, match=rf"num_classes must be an integer >= 1 \(background included\); got {bad!r}"):
+        M.score_case(a, a, bad, "strict")
 
 
 def test_dice_iou_confusion_hand_computed():
