@@ -51,7 +51,7 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
 class UncountedOpsError(BenchError):
-    pass
+    """A model ran ops that no count knows (a custom kernel): a FLOP count without them would be low."""
 
 
 def count_params(model: nn.Module) -> dict[str, int]:
@@ -125,6 +125,8 @@ class _OpRecorder(TorchDispatchMode):
 
 @dataclass
 class FlopCount:
+    """``count_flops``'s result: one forward's FLOPs with the selective scan counted, by op."""
+
     flops: int  # FLOPs (2 per multiply-add), scan included
     scan_flops: int  # of which the selective scan
     by_op: dict[str, int] = field(default_factory=dict)  # FLOPs per aten op (+ "selective_scan")
@@ -184,7 +186,9 @@ def _fvcore_scan_handle(inputs, outputs) -> float:
 
 def fvcore_macs(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """fvcore's ``FlopCountAnalysis`` (MACs) by operator, with handles for the scan Functions."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # its import scripts functions with torch.jit, which warns of deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     model = copy.deepcopy(model).cpu().eval()
     x = x.cpu()
@@ -200,7 +204,9 @@ def fvcore_macs(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
 
 def paper_count(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """thop 0.1.1's (MACs, params), as ``thop.profile`` reports them (on a copy: thop adds buffers)."""
-    import thop
+    with warnings.catch_warnings():  # thop 0.1.1 compares versions with distutils, which warns of deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import thop
 
     model = copy.deepcopy(model).eval()
     # thop prints per-module notes: into a sink, so stdout stays a stream for code that flushes it;
@@ -474,6 +480,15 @@ COUNT_KEYS = ("params", "trainable_params", "input_shape", "macs", "flops", "sca
               "paper_params", "flops_by_op", "paper_macs_missing_pct", "fvcore_macs")
 
 
+def check_timing(iters: int, warmup: int, compile: bool = False) -> None:
+    """BenchError unless ``iters`` timed forwards after ``warmup`` make a median (and, with ``compile``,
+    the first forward, which compiles, is not one of them)."""
+    if iters < 1 or warmup < 0:
+        raise BenchError(f"--iters must be >= 1 and --warmup >= 0; got iters={iters}, warmup={warmup}")
+    if compile and warmup < 1:  # the first call compiles: timed, it would be the p90
+        raise BenchError("--warmup 0 with --compile: the first forward compiles the model; give --warmup >= 1")
+
+
 def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_chans: int = 3,
                   device: torch.device | str = "cpu", precision: str = "fp32", batch_size: int | str = 0,
                   warmup: int = 20, iters: int = 100, channels_last: bool = False, compile: bool = False,
@@ -489,7 +504,10 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     from bench.registry import create_model, get_entry
     from bench.scan_info import note_scan_use, scan_backend_for
 
-    device = torch.device(device)
+    device = env.resolve_device(device) if isinstance(device, str) else device  # "cuda" without one: named
+    check_precision(precision, device)
+    if timing:
+        check_timing(iters, warmup, compile)
     entry = get_entry(name)
     torch.manual_seed(0)
     model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size, tiny=tiny,

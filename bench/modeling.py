@@ -67,6 +67,9 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         name = type(self).__name__
+        if not torch.is_tensor(x):  # a numpy array from a notebook
+            raise BenchError(f"{name} expects a torch.Tensor; got {type(x).__name__}: convert it with "
+                             "torch.from_numpy(x).float()")
         if x.ndim != 2 + self.spatial_dims:
             layout = "(B, C, H, W)" if self.spatial_dims == 2 else "(B, C, D, H, W)"
             raise BenchError(f"{name} expects input {layout}; got shape {tuple(x.shape)}")

@@ -59,6 +59,7 @@ __all__ = [
     "records_dir",
     "record_path",
     "load",
+    "name_list",
     "select_runs",
 ]
 
@@ -275,6 +276,7 @@ def _to_json_value(value: Any, path: str) -> Any:
 
 
 def records_dir(results_dir: Path) -> Path:
+    """Where the run records of ``results_dir`` are: one JSON file per finished run."""
     return Path(results_dir) / "records"
 
 
@@ -310,6 +312,10 @@ def _iter_records(results_dir: Path) -> Iterator[tuple[Path, dict]]:
         raise BenchError(f"{results_dir}: is a file, not a folder; --results takes the results folder")
     if not results_dir.is_dir():
         raise BenchError(f"results directory not found: {results_dir} (pass --results DIR)")
+    if not records_dir(results_dir).is_dir() and records_dir(results_dir.parent) == results_dir \
+            and any(results_dir.glob("*.json")):  # the records/ folder itself: read as empty, unsaid
+        raise BenchError(f"{results_dir}: is the records folder of a results folder; give the results folder, "
+                         f"{results_dir.parent}")
     for path in sorted(records_dir(results_dir).glob("*.json")):
         yield path, _read(path)
 
@@ -500,14 +506,30 @@ def scores_text(rec: Mapping[str, Any], unit: bool = False) -> str:
 def finished(df_runs: pd.DataFrame) -> pd.DataFrame:
     """``load``'s rows of finished runs: what boards, drift checks and rescoring take (a run that did
     not finish feeds no board, CI, test, rank, plot or case row)."""
-    return df_runs[df_runs["status"] == "finished"] if not df_runs.empty else df_runs
+    if df_runs.empty:
+        return df_runs
+    if "status" not in df_runs:
+        case_rows = "case" in df_runs  # load(level="case")'s rows, given where run rows go
+        raise BenchError("expected the run rows of records.load(results_dir); got a frame without a 'status' column"
+                         + (" (case rows: they go as df_cases)" if case_rows else ""))
+    return df_runs[df_runs["status"] == "finished"]
 
 
-def select_runs(df_runs: pd.DataFrame, models: list[str] | None = None, datasets: list[str] | None = None,
-                results_dir: Path | str = "", profiled: Iterable[str] = ()) -> pd.DataFrame:
+def name_list(names: str | Iterable[str] | None) -> list[str] | None:
+    """Names as the command line gives them (a comma list, or "all") or as a list -> a list; None: all."""
+    if names is None or (isinstance(names, str) and names.strip() == "all"):
+        return None
+    picked = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
+    return picked or None
+
+
+def select_runs(df_runs: pd.DataFrame, models: str | Iterable[str] | None = None,
+                datasets: str | Iterable[str] | None = None, results_dir: Path | str = "",
+                profiled: Iterable[str] = ()) -> pd.DataFrame:
     """The runs of ``models`` on ``datasets`` (a reader's name such as ``synapse``, or a board's data
-    name such as ``nnunet:ACDC``); None: all. BenchError for a name no run has, with the names there,
-    unless ``profiled`` has it (a model with a cost table only)."""
+    name such as ``nnunet:ACDC``; a list or a comma list, ``name_list``); None: all. BenchError for a
+    name no run has, with the names there, unless ``profiled`` has it (a model with a cost table only)."""
+    models, datasets = name_list(models), name_list(datasets)
     for option, names, columns in (("--models", models, ["model"]), ("--dataset", datasets, ["dataset", "dataset_name"])):
         if not names:
             continue

@@ -396,6 +396,11 @@ def read_weights_file(path: str | Path) -> dict[str, Any]:
 
             with np.load(path, allow_pickle=False) as z:
                 return {k: torch.from_numpy(z[k]) for k in z.files}
+        with path.open("rb") as f:
+            head = f.read(8)
+        if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or its legacy pickle
+            raise BenchError(f"{path}: not a weights file torch.save wrote (it begins {head!r}); expected a torch "
+                             "checkpoint (.pt, .pth), .safetensors or .npz")
         with torch.serialization.safe_globals(_numpy_globals()):
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except BenchError:
@@ -440,6 +445,10 @@ def load_weights(model: nn.Module, path: str | Path, source: str = "authors") ->
     loaded strictly. Other sources name a pretrained-backbone mapping registered by the model
     (e.g. ``"vmamba"`` for VM-UNet); their report says what was loaded and what was not.
     """
+    if not isinstance(model, nn.Module) or not isinstance(path, (str, Path)):
+        given = f"({type(model).__name__}, {type(path).__name__})"
+        hint = "; a state_dict in memory loads with strict_load(model, state_dict)" if isinstance(path, Mapping) else ""
+        raise BenchError(f"load_weights(model, path): expected a model and a file's path; got {given}{hint}")
     raw = read_weights_file(path)
     if source == "authors":
         load_official_state_dict(model, raw, str(path))

@@ -35,11 +35,14 @@ from bench.metrics import POLICIES, policy_fields, policy_misfit
 from bench.protocol import Protocol
 from bench.registry import check_buildable, create_model, get_entry, list_models, load_weights, model_code
 from bench.registry import model_overrides as model_overrides_of
-from bench.train import CHECKPOINT_DIR, FINAL, TrainResult, save_checkpoint, seed_everything, train_model
+from bench.train import (CHECKPOINT_DIR, FINAL, TrainResult, caller_rng_kept, save_checkpoint, seed_everything,
+                         train_model)
 
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One planned run (``plan_grid``): everything that defines it, which its ``key`` (the run id) hashes."""
+
     model: str
     dataset: str
     protocol: Protocol
@@ -325,7 +328,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
     return record
 
 
-def run_grid(specs: list[RunSpec], *, results_dir: Path, device: torch.device, resume: bool = False,
+def run_grid(specs: list[RunSpec], *, results_dir: Path | str, device: torch.device | str, resume: bool = False,
              show_progress: bool = False, say: Callable[[str], None] = print,
              say_error: Callable[[str], None] = functools.partial(print, file=sys.stderr)) -> None:
     """Run a planned grid (``plan_grid``) in order: finished runs, runs rescored into their policy and
@@ -333,7 +336,16 @@ def run_grid(specs: list[RunSpec], *, results_dir: Path, device: torch.device, r
     trained, evaluated and recorded (``run_one``). One run failing does not cost the rest: it is one
     line (``say_error``) and the grid goes on; a BenchError at the end names those that failed or were
     held by other processes. Under torchrun every rank calls it with rank 0's plan; the first failure
-    ends it on every rank, since all must take the same path; the process group is shut down after."""
+    ends it on every rank, since all must take the same path; the process group is shut down after.
+    ``device``: a torch.device or "auto", "cpu", "cuda". Each run seeds every RNG; the caller's RNG
+    states and cuDNN flags are back afterwards."""
+    device = env.resolve_device(device) if isinstance(device, str) else device
+    with caller_rng_kept():
+        _run_specs(specs, Path(results_dir), device, resume, show_progress, say, say_error)
+
+
+def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, resume: bool, show_progress: bool,
+               say: Callable[[str], None], say_error: Callable[[str], None]) -> None:
     from bench.claim import claim_run
     from bench.registry import code_changed
     from bench.rescore import rescored_twin
@@ -511,8 +523,23 @@ def _check_init(model: str, init: tuple[str, str, str], build: dict[str, Any]) -
                          "from; a run from it is not the protocol's recipe (load_weights fine-tunes from it in Python)")
 
 
-def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: list[int], data_root: Path | None,
-              synthetic: bool, results_dir: Path, policy: str | None = None,
+def _seed_list(seeds: Any) -> list[int]:
+    """``seeds`` (an int or a list of them) as a list, each once; BenchError naming the argument otherwise.
+    A string is refused rather than read: "0,1" would be three seeds '0', ',' and '1'."""
+    if isinstance(seeds, (int, str)) or not hasattr(seeds, "__iter__"):
+        seeds = [seeds]
+    out = []
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) and not hasattr(s, "__index__"):  # int, numpy int
+            raise BenchError(f"seeds: expected an integer or a list of integers, e.g. [0, 1, 2]; got {s!r}")
+        out.append(int(s))
+    if not out:
+        raise BenchError("seeds: an empty list plans no run; give at least one seed, e.g. [0]")
+    return list(dict.fromkeys(out))
+
+
+def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str, seeds: int | list[int],
+              data_root: Path | str | None, synthetic: bool, results_dir: Path | str, policy: str | None = None,
               model_overrides: dict[str, Any] | None = None, folds: list[int] | str | None = None,
               pretrained_dir: Path | None = None, tiny: bool = False,
               weights: Path | None = None) -> list[RunSpec]:
@@ -522,7 +549,14 @@ def plan_grid(*, models: list[str], dataset: str, protocol: Protocol, seeds: lis
     ``pretrained_dir``: where the authors' pretrained files are, for protocols with ``pretrained``.
     ``tiny``: each model's tiny configuration, ``model_overrides`` over it (as ``--tiny``; recorded, for labels).
     ``weights``: a weights file to evaluate instead of training (one model, one seed, one split),
-    loaded strictly: an authors' checkpoint (``load_weights``) or a run's own."""
+    loaded strictly: an authors' checkpoint (``load_weights``) or a run's own.
+    As the command line gives them: ``models`` "all" or a comma list, ``protocol`` a name or a file."""
+    from bench.protocol import load_protocol
+    from bench.registry import resolve_models
+
+    models = resolve_models(models) if isinstance(models, str) else list(dict.fromkeys(models))
+    protocol = load_protocol(protocol) if isinstance(protocol, (str, Path)) else protocol
+    seeds, results_dir = _seed_list(seeds), Path(results_dir)
     if synthetic and data_root is not None:
         raise BenchError("give either --data-root or --synthetic, not both")
     if weights is not None:

@@ -19,6 +19,7 @@ import shutil
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -103,6 +104,24 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     deterministic_kernels()
+
+
+@contextmanager
+def caller_rng_kept() -> Iterator[None]:
+    """The caller's RNG states and cuDNN flags back after the block (a notebook calling ``run_grid``,
+    which seeds every RNG and fixes cuDNN's kernels per run, goes on with its own)."""
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    flags = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags
 
 
 def deterministic_kernels() -> None:

@@ -22,3 +22,146 @@ def test_the_readmes_python_section_runs(tmp_path, monkeypatch, capsys):
     assert list(tests["reference"].unique()) == ["unet (tiny)"] and set(tests["metric"]) == {"dice", "hd95"}
     assert len(list((tmp_path / "results" / "nb" / "records").glob("*.json"))) == 2
     assert not namespace["model"].training  # a copied forward gives one answer, not drop-path's draw
+
+
+# --- what a notebook passes, from a journey through the Python API -------------------------------
+
+import random  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from bench.errors import BenchError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def synapse_root(tmp_path_factory):
+    from bench.data import synthetic_root
+
+    return synthetic_root("synapse", tmp_path_factory.mktemp("synth"))
+
+
+def _plan(root, results, **kw):
+    from bench.run import plan_grid
+
+    args = dict(models=["unet"], dataset="synapse", protocol="smoke", seeds=[0], data_root=root, synthetic=False,
+                results_dir=results, tiny=True)
+    return plan_grid(**{**args, **kw})
+
+
+def test_plan_grid_takes_what_the_command_line_takes_and_names_what_it_cannot(synapse_root, tmp_path):
+    """A string of models was read letter by letter ("unknown model 'u'"); seeds "0,1" planned seeds
+    '0', ',' and '1' (a '0' run beside the int 0's, then a TypeError in training); a protocol's
+    name or a results folder as a string failed with AttributeError/TypeError."""
+    from bench.protocol import load_protocol
+    from bench.registry import list_models
+
+    base = _plan(synapse_root, tmp_path, protocol=load_protocol("smoke"))
+    same = _plan(synapse_root, str(tmp_path), models="unet", seeds=0)
+    assert [s.key for s in same] == [s.key for s in base]
+    assert [s.model for s in _plan(synapse_root, tmp_path, models="all")] == list_models()
+    assert [s.seed for s in _plan(synapse_root, tmp_path, seeds=[1, np.int64(0), 1])] == [1, 0]  # each once
+    for bad in ("0,1", [0.0], [True], ["0"], None):
+        with pytest.raises(BenchError, match=r"^seeds: expected an integer or a list of integers, e\.g\. \[0, 1, 2\]"):
+            _plan(synapse_root, tmp_path, seeds=bad)
+    with pytest.raises(BenchError, match="seeds: an empty list plans no run"):
+        _plan(synapse_root, tmp_path, seeds=[])
+    with pytest.raises(BenchError, match="unknown model 'unett'"):
+        _plan(synapse_root, tmp_path, models="unet,unett")
+
+
+def test_run_grid_leaves_the_callers_random_state_as_it_was(synapse_root, tmp_path):
+    """Each run seeds every RNG; a notebook's own seeds (and cuDNN flags) came back as 0 and True."""
+    from bench.run import run_grid
+
+    specs = _plan(synapse_root, tmp_path, protocol=load_smoke_quick())
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
+    want = random.random(), np.random.rand(), torch.rand(1).item()
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    run_grid(specs, results_dir=str(tmp_path), device="cpu", say=lambda _: None)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == want
+    assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == (False, True)
+    torch.backends.cudnn.benchmark = False
+    assert len(list((tmp_path / "records").glob("*.json"))) == 1
+    if not torch.cuda.is_available():  # a device's name, as --device takes it
+        with pytest.raises(BenchError, match="--device cuda: no CUDA device"):
+            run_grid(specs, results_dir=tmp_path, device="cuda")
+
+
+def load_smoke_quick():
+    from bench.protocol import load_protocol
+
+    return load_protocol("smoke").with_overrides(img_size=32, max_iterations=2, batch_size=2)
+
+
+def test_reports_take_models_and_columns_as_the_command_line_does(synapse_root, tmp_path):
+    """--columns paper had no Python equivalent: columns=("paper",) or a misspelt group gave a board
+    of the Model column alone; models="unet" filtered by 'u'."""
+    from bench.records import load
+    from bench.report import render, write_report
+    from bench.run import run_grid
+
+    run_grid(_plan(synapse_root, tmp_path, protocol=load_smoke_quick(), models="unet,vmunet"), results_dir=tmp_path,
+             device="cpu", say=lambda _: None)
+    paper = write_report(tmp_path, "md", columns="paper", models="unet")
+    assert paper == write_report(tmp_path, "md", columns=["metrics", "classes"], models=["unet"])
+    assert "| unet (tiny)" in paper and "vmunet" not in paper and "DSC" in paper and "Params" not in paper
+    assert render(load(tmp_path), "md", columns=("paper",)) == render(load(tmp_path), "md", columns="metrics,classes")
+    with pytest.raises(BenchError, match=r"--columns 'papr': not a column group; did you mean 'paper'\?"):
+        render(load(tmp_path), "md", columns=("papr",))
+    with pytest.raises(BenchError, match=f"{tmp_path / 'records'}: is the records folder of a results folder; give "
+                                         f"the results folder, {tmp_path}"):
+        load(tmp_path / "records")  # one folder too deep read as no runs
+
+
+def test_load_weights_and_models_name_what_a_notebook_got_wrong(tmp_path):
+    from bench.registry import create_model, load_weights
+
+    model = create_model("unet", num_classes=2, in_chans=1, img_size=32, tiny=True)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello world, not weights")
+    with pytest.raises(BenchError, match=rf"{text}: not a weights file torch\.save wrote \(it begins b'hello wo'\); "
+                                         r"expected a torch checkpoint \(\.pt, \.pth\), \.safetensors or \.npz"):
+        load_weights(model, text)
+    with pytest.raises(BenchError, match=r"expected a model and a file's path; got \(UNet, OrderedDict\); a state_dict "
+                                         r"in memory loads with strict_load\(model, state_dict\)"):
+        load_weights(model, model.state_dict())
+    with pytest.raises(BenchError, match=r"got \(PosixPath, UNet\)"):
+        load_weights(text, model)  # swapped
+    legacy = tmp_path / "legacy.pth"
+    torch.save(model.state_dict(), legacy, _use_new_zipfile_serialization=False)  # old torch's pickle still loads
+    assert load_weights(model, legacy)["loaded"] == len(model.state_dict())
+    with pytest.raises(BenchError, match=r"UNet expects a torch\.Tensor; got ndarray: convert it with "
+                                         r"torch\.from_numpy\(x\)\.float\(\)"):
+        model(np.zeros((1, 1, 32, 32), np.float32))
+
+
+def test_profile_model_checks_its_arguments_as_bench_profile_does():
+    from bench.cost import profile_model
+
+    with pytest.raises(BenchError, match=r"--iters must be >= 1 and --warmup >= 0; got iters=0, warmup=1"):
+        profile_model("unet", img_size=32, tiny=True, iters=0, warmup=1)
+    with pytest.raises(BenchError, match="--precision must be one of"):
+        profile_model("unet", img_size=32, tiny=True, precision="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(BenchError, match="--device cuda: no CUDA device"):
+            profile_model("unet", img_size=32, tiny=True, device="cuda")
+    row = profile_model("unet", img_size=32, tiny=True, iters=0, timing=False)  # counts need no timing arguments
+    assert row["macs"] > 0 and "latency_ms_median" not in row
+
+
+def test_boards_of_case_rows_say_which_rows_they_take(synapse_root, tmp_path):
+    from bench.records import load
+    from bench.report import leaderboards, render
+    from bench.run import run_grid
+
+    run_grid(_plan(synapse_root, tmp_path, protocol=load_smoke_quick()), results_dir=tmp_path, device="cpu",
+             say=lambda _: None)
+    cases = load(tmp_path, level="case")
+    for fn in (render, leaderboards):  # KeyError: 'status'
+        with pytest.raises(BenchError, match=r"expected the run rows of records\.load\(results_dir\); .*\(case rows: "
+                                             "they go as df_cases\\)"):
+            fn(cases)
+    assert "| unet (tiny)" in render(load(tmp_path), "md", cases)

@@ -62,16 +62,14 @@ def profile(
         raise BenchError(f"--batch-size: expected a whole number >= 2 or 'auto' (batch 1 is always timed); "
                          f"got {batch_size!r}")
     batch = 0 if batch_size is None else batch_size if batch_size == "auto" else int(batch_size)
-    if iters < 1 or warmup < 0:
-        raise BenchError("--iters must be >= 1 and --warmup >= 0")
-    if not timing:  # options of the timing only: recorded, they would claim what was not measured
+    if timing:
+        cost.check_timing(iters, warmup, compile)
+    else:  # options of the timing only: recorded, they would claim what was not measured
         given = [o for o, v in (("--compile", compile), ("--channels-last", channels_last),
                                 ("--batch-size", batch_size is not None), ("--precision", precision != "fp32")) if v]
         if given:
             raise BenchError(f"{', '.join(given)} with --no-timing: {'they choose' if len(given) > 1 else 'it chooses'}"
                              " how models are timed, and --no-timing times none")
-    if compile and timing and warmup < 1:  # the first call compiles: timed, it would be the p90
-        raise BenchError("--warmup 0 with --compile: the first forward compiles the model; give --warmup >= 1")
     for option, value in (("--img-size", img_size), ("--num-classes", num_classes), ("--in-chans", in_chans)):
         if value < 1:
             raise BenchError(f"{option}: expected a whole number >= 1; got {value}")

@@ -44,10 +44,8 @@ def report(
         if out.is_dir():
             raise BenchError(f"--out {out}: is a folder; give a file name, e.g. {out / 'report.md'}")
         ensure_writable_dir(out.parent, "--out")
-    names = None if models.strip() == "all" else [m.strip() for m in models.split(",") if m.strip()]
-    sets = [d.strip() for d in dataset.split(",") if d.strip()] if dataset else None
     text = write_report(results, format.value, out, published=published_file or published, reference=reference,
-                        models=names, datasets=sets, columns=groups)
+                        models=models, datasets=dataset, columns=groups)
     if out is None:
         typer.echo(text)
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable
 import difflib
 import math
 
@@ -69,13 +70,14 @@ COLUMN_GROUPS = {
 COLUMN_PRESETS = {"all": tuple(COLUMN_GROUPS), "paper": ("metrics", "classes")}  # paper: the papers' table layout
 
 
-def parse_columns(text: str | None) -> tuple[str, ...] | None:
-    """``--columns``: a comma list of ``COLUMN_GROUPS`` and presets (``all``, ``paper``: the metrics and
-    per-class DSC, as the papers' tables) -> groups; None (all) for None. BenchError naming the unknown."""
+def parse_columns(text: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    """``--columns``: a comma list (or a list) of ``COLUMN_GROUPS`` and presets (``all``, ``paper``: the
+    metrics and per-class DSC, as the papers' tables) -> groups; None (all) for None. BenchError naming
+    the unknown."""
     if text is None:
         return None
     groups: list[str] = []
-    for name in (n.strip().lower() for n in text.split(",") if n.strip()):
+    for name in (n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()):
         if name in COLUMN_PRESETS:
             groups += COLUMN_PRESETS[name]
         elif name in COLUMN_GROUPS:
@@ -327,10 +329,12 @@ def _shows(columns: tuple[str, ...] | None, group: str) -> bool:
     return columns is None or group in columns
 
 
-def _check_columns(columns: tuple[str, ...] | None, fmt: ReportFormat) -> None:
+def _check_columns(columns: str | Iterable[str] | None, fmt: ReportFormat) -> tuple[str, ...] | None:
+    """``columns`` as groups (presets expanded, names checked: ``parse_columns``) for the format ``fmt``."""
     if columns is not None and fmt not in (ReportFormat.md, ReportFormat.latex):
         raise BenchError(f"--columns chooses the Markdown and LaTeX tables' columns; --format {fmt.value} holds every "
                          "value (select columns where you read it)")
+    return parse_columns(columns)
 
 
 def _check_format(fmt: str) -> str:

@@ -8,6 +8,8 @@ from enum import Enum
 
 
 class ReportFormat(str, Enum):
+    """``bench report --format``: Markdown, LaTeX, the boards as one CSV, or the case rows as CSV."""
+
     md = "md"
     latex = "latex"
     csv = "csv"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import finished, load, select_runs
+from bench.records import finished, load, name_list, select_runs
 from bench.fileio import atomic_write_text
 from bench.report.board_text import _check_columns, _check_format, _render, _shows, render_cases
 from bench.report.boards import _boards
@@ -19,7 +20,7 @@ from bench.report.tables import _md_table
 
 
 def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md", df_cases: pd.DataFrame | None = None,
-           profiles: pd.DataFrame | None = None, columns: tuple[str, ...] | None = None) -> str:
+           profiles: pd.DataFrame | None = None, columns: str | Iterable[str] | None = None) -> str:
     """All leaderboards of ``df_runs`` (from ``records.load``) as Markdown, LaTeX or CSV text.
 
     ``md``: a ``##`` heading per board naming dataset, protocol (name, version, hash) and metric
@@ -31,10 +32,11 @@ def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md", df_cases: pd.D
     runs whose records count none, and in LaTeX the cost tables after the boards: then this is
     ``bench report``'s text (``write_report`` adds the Markdown sections after the boards: paired
     tests, published numbers, cost tables, plots).
-    ``columns``: the Markdown/LaTeX tables' ``COLUMN_GROUPS`` (``parse_columns``); None: all.
+    ``columns``: the Markdown/LaTeX tables' ``COLUMN_GROUPS`` and presets, e.g. "paper" or ["metrics", "cost"]
+    (``parse_columns``); None: all.
     """
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
-    _check_columns(columns, fmt)
+    columns = _check_columns(columns, fmt)
     if fmt == ReportFormat.cases:
         if df_cases is None:
             raise BenchError("format 'cases' needs the records' case rows: pass df_cases (bench report --format cases)")
@@ -55,8 +57,8 @@ def _with_cost_latex(text: str, fmt: ReportFormat, profiles: pd.DataFrame | None
 
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
                  published: Path | bool | None = None, reference: str | None = None,
-                 models: list[str] | None = None, datasets: list[str] | None = None,
-                 columns: tuple[str, ...] | None = None) -> str:
+                 models: str | Iterable[str] | None = None, datasets: str | Iterable[str] | None = None,
+                 columns: str | Iterable[str] | None = None) -> str:
     """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically.
 
     Accuracy boards show each run's own GMAC count (records written before runs counted them:
@@ -65,8 +67,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     against ``reference`` and, with ``published`` (True: the repo's ``results/published.csv``, or
     a path), a published-vs-ours table per board, then the cost tables; with ``out``, the plots of
     ``bench.plots`` are written to ``<out stem>_files/`` beside it and linked. ``models`` /
-    ``datasets``: only their runs (and profiles of those models; ``select_runs``). ``columns``: the
-    boards' ``COLUMN_GROUPS`` (Markdown, LaTeX; None: all)."""
+    ``datasets``: only their runs, a list or a comma list (and profiles of those models; ``select_runs``).
+    ``columns``: the boards' ``COLUMN_GROUPS`` and presets (Markdown, LaTeX; None: all)."""
     from bench.cost import load_profiles
 
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
@@ -74,7 +76,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         asked = [o for o, v in (("--reference", reference), ("--published", published)) if v]
         raise BenchError(f"{' and '.join(asked)} add{'s' if len(asked) == 1 else ''} Markdown sections; use "
                          f"--format md (got --format {fmt.value})")
-    _check_columns(columns, fmt)
+    columns = _check_columns(columns, fmt)
+    models, datasets = name_list(models), name_list(datasets)
     df_runs, profiles = load(results_dir), load_profiles(results_dir)  # load first: it checks the folder
     profiled = set(profiles["model"]) if profiles is not None and "model" in profiles else set()
     df_runs = finished(select_runs(df_runs, models, datasets, results_dir, profiled))
