@@ -272,7 +272,12 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
         close = [f"{k} -> {m[0]}" for k in overrides if k not in entry.paper_config
                  and (m := difflib.get_close_matches(k, list(entry.paper_config), n=1, cutoff=0.6))]
         unknown = isinstance(exc, TypeError) and any(f"'{k}'" in said for k in overrides)
+        # widths="8,16,32,64": the constructor's own words ("not all arguments converted") say nothing of it
+        paper = {k: list(v) if isinstance(v, tuple) else v for k, v in entry.paper_config.items()}  # as --set writes it
+        typed = [f"{k} takes a {_kind(paper[k])}, e.g. {paper[k]!r}"
+                 for k, v in overrides.items() if k in paper and _kind(v) != _kind(paper[k])]
         raise BenchError(f"{name}: cannot build with {given} ({said})"
+                         + (f"; {'; '.join(typed)}" if typed else "")
                          + (f"; did you mean {', '.join(close)}?" if close else "")
                          + (f"{';' if not close else ''} --set takes the keys of its configuration: "
                             f"{', '.join(entry.paper_config) or 'none'}" if close or unknown else "")) from exc
@@ -294,6 +299,15 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
     model.bench_config = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size, **overrides,
                           **getattr(model, "resolved_config", {})}
     return model
+
+
+def _kind(value: Any) -> str:
+    """What a configuration value is, as far as a misplaced type goes (1 and 1.0 are both numbers)."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "list" if isinstance(value, (list, tuple)) else "string" if isinstance(value, str) else type(value).__name__
 
 
 def _check_img_size(name: str, model: nn.Module, img_size: int) -> None:

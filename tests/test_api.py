@@ -165,3 +165,14 @@ def test_boards_of_case_rows_say_which_rows_they_take(synapse_root, tmp_path):
                                              "they go as df_cases\\)"):
             fn(cases)
     assert "| unet (tiny)" in render(load(tmp_path), "md", cases)
+
+
+def test_a_configuration_value_of_another_type_is_named_with_what_it_takes():
+    """widths="8,16,32,64" failed with the constructor's "not all arguments converted during string formatting"."""
+    from bench.registry import create_model
+
+    with pytest.raises(BenchError, match=r"widths='8,16,32,64' \(.*\); widths takes a list, e\.g\. \[64, 128, 256, 512, "
+                                         r"1024\]$"):
+        create_model("unet", num_classes=2, img_size=64, widths="8,16,32,64")
+    with pytest.raises(BenchError, match=r"; depths takes a list, e\.g\. \[2, 2, 2, 2\]$"):
+        create_model("vmunet", num_classes=2, img_size=64, depths="1111")
