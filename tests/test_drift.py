@@ -53,6 +53,14 @@ def test_baseline_file_content(baseline):
     assert set(table["dataset"]) == {"synapse"} and set(table["policy"]) == {"legacy-synapse"}
 
 
+def test_the_baseline_value_is_the_mean_over_seeds(tmp_path):
+    """Guards against the median over seeds (0.80 here, where the mean is 0.70)."""
+    df = _runs(tmp_path, "base", [make_record("unet", seed=s, dice=d) for s, d in enumerate((0.80, 0.80, 0.50))])
+    write_baseline(df, tmp_path / "b.csv")
+    rows = read_baseline(tmp_path / "b.csv").set_index("metric")
+    assert rows.loc["dice", "value"] == pytest.approx(0.70)
+
+
 def test_within_tolerance_is_ok(tmp_path, baseline):
     df = _runs(tmp_path, "now", [
         make_record("vmunet", seed=0, dice=0.81, hd95=22.0),
@@ -166,6 +174,23 @@ def test_nan_rules(tmp_path):
     untracked = compare(tmp_path / "d.csv", _runs(tmp_path, "nan2", [make_record("unet", seed=0, hd95=float("nan")),
                                                                      make_record("unet", seed=1, hd95=5.0)]))
     assert not untracked.failed and _row(untracked, "unet", "hd95 nan runs")["status"] == "new"
+
+
+def test_nan_on_one_side_only_is_drift(tmp_path, baseline):
+    """Guards against a NaN on exactly one side passing as "ok" (only NaN against NaN is)."""
+    from bench.drift import _status
+
+    table = pd.read_csv(baseline)
+    table.loc[(table["model"] == "unet") & (table["metric"] == "dice"), "value"] = math.nan  # a baseline edited to nan
+    table.to_csv(baseline, index=False)
+    now = compare(baseline, _runs(tmp_path, "now", [
+        make_record("vmunet", seed=0, dice=0.80, hd95=20.0),
+        make_record("vmunet", seed=1, dice=0.84, hd95=30.0),
+        make_record("unet", seed=0, dice=0.80, hd95=40.0),
+    ]))  # fmt: skip
+    assert _row(now, "unet", "dice")["status"] == "drift" and now.failed
+    # the reverse, a NaN now against a number (a mean over seeds with values is not NaN; the rule itself)
+    assert _status(0.8, math.nan, 1, 0.02) == "drift" and _status(math.nan, math.nan, 1, 0.02) == "ok"
 
 
 def test_reviewer_edited_tolerance_is_used(tmp_path, baseline):

@@ -62,6 +62,28 @@ def test_mamba_block_matches_reference_path():
     torch.testing.assert_close(m(h2)[:, :15], m(h)[:, :15], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("block", ["mamba", "ss2d"])
+def test_dt_bias_and_a_log_start_where_mamba_ssm_starts_them(block):
+    """Guards against dt bias without the inverse softplus (time steps ~0.7, not in [1e-3, 0.1]) and an
+    A_log init other than log(1..N)."""
+    from ssm_models.vss import SS2D
+
+    torch.manual_seed(0)
+    if block == "mamba":
+        m = Mamba(d_model=32, d_state=6)
+        bias, a_log = m.dt_proj.bias, m.A_log
+    else:
+        m = SS2D(d_model=32, d_state=6)
+        bias, a_log = m.dt_projs_bias, m.A_logs
+    # mamba-ssm's Mamba.__init__: dt log-uniform in [dt_min 1e-3, dt_max 0.1] (floor 1e-4), bias = softplus⁻¹(dt)
+    dt = F.softplus(bias.detach().double())
+    assert dt.numel() == 64 * (1 if block == "mamba" else 4)  # expand 2: 64 channels (SS2D: 4 directions)
+    assert dt.min() >= 1e-3 * (1 - 1e-5) and dt.max() <= 0.1 * (1 + 1e-5)
+    assert dt.max() / dt.min() > 10  # spread over the range, not one value
+    # S4D-real: A = -(1, 2, ..., N) in every row, stored as log(-A)
+    torch.testing.assert_close(torch.exp(a_log.detach()), torch.arange(1.0, 7.0).expand_as(a_log))
+
+
 def test_mamba_layer_shares_its_norm():
     torch.manual_seed(0)
     layer = MambaLayer(8, 16)

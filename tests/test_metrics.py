@@ -483,6 +483,14 @@ def test_legacy_isic_pooled_hand_computed():
     assert M.pooled_metrics(0, 0, 0, 5) == {"dice": 0.0, "iou": 0.0, "acc": 1.0, "spe": 1.0, "sen": 0.0}
 
 
+def test_pooled_confusion_counts_a_ground_truth_of_exactly_half_as_foreground():
+    """Guards against gt > 0.5: a resized mask's 0.5 edge pixels dropped from the lesion (VM-UNet: >= 0.5)."""
+    acc = M.PooledConfusion()
+    acc.update(np.array([[0.9, 0.9], [0.1, 0.1]]), np.array([[0.5, 1.0], [0.5, 0.0]], np.float32))
+    # gt foreground: 0.5, 1.0, 0.5; pred foreground: the top row
+    assert acc.counts() == {"tp": 2, "fp": 0, "fn": 1, "tn": 1}
+
+
 def test_legacy_isic_matches_numpy_confusion_matrix():
     rng = np.random.default_rng(11)
     probs = [rng.random((16, 16)) for _ in range(5)]

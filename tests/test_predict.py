@@ -22,7 +22,7 @@ from bench.protocol import load_protocol
 from bench.registry import get_entry
 from bench.rescore import rescore_record
 from bench.run import plan_grid, run_one
-from tests.fixtures import make_record
+from tests.fixtures import OneConv, make_record
 
 CPU = torch.device("cpu")
 
@@ -191,6 +191,23 @@ def test_binary_masks_are_0_255_pngs_at_model_resolution_in_test_set_folders(tmp
         mask = np.asarray(Image.open(native / f"{case_id}.png"))
         assert mask.shape == case.label.shape == case.image.shape[:2] != (32, 32)
         assert np.array_equal(mask == 255, prob >= 0.5)
+
+
+def test_a_binary_ground_truth_resized_to_exactly_half_is_foreground():
+    """Guards against gt > 0.5: the resized mask's 0.5 pixels lost from the lesion (VM-UNet: >= 0.5)."""
+    from bench.data.base import Case
+    from bench.evaluate import predict_case
+
+    proto = load_protocol("isic17")  # 256²
+    mask = np.zeros((512, 512), np.float32)
+    mask[:, 0::2] = 1.0  # 512 -> 256 bilinear reads midway between a 1 and a 0 column: every pixel 0.5
+    image = np.random.default_rng(0).integers(0, 256, (512, 512, 3)).astype(np.uint8)
+    _, gt = predict_case(OneConv(1, 3), Case("img", image, mask), proto, binary=True, device=CPU)
+    # VM-UNet's test transform: torch's bilinear resize (half-pixel centres), then gts >= 0.5
+    ref = torch.nn.functional.interpolate(torch.from_numpy(mask)[None, None], size=(256, 256), mode="bilinear",
+                                          align_corners=False)[0, 0].numpy()
+    assert (ref == 0.5).all()
+    np.testing.assert_array_equal(gt, (ref >= 0.5).astype(np.uint8))
 
 
 def test_predict_refuses_what_it_cannot_reproduce(tmp_path):

@@ -87,6 +87,17 @@ def test_mean_std_hand_computed_and_sorted(runs):
     assert "acc_mean" not in board  # no data for it in this board
 
 
+def test_a_model_whose_dsc_is_nan_is_the_last_row(tmp_path):
+    """Guards against a NaN DSC sorted to the top of the board."""
+    for model, dice in (("unet", 0.70), ("vmunet", 0.80), ("transunet", 0.75)):
+        rec = make_record(model, dice=dice)
+        if model == "transunet":
+            rec["metrics"]["dice"] = None  # undefined, e.g. strict with a class valid in no case
+        write_record(rec, tmp_path)
+    board = leaderboards(load(tmp_path))[("synapse", "synapse", "legacy-synapse")]
+    assert list(board["model"]) == ["vmunet", "unet", "transunet"]
+
+
 def test_synapse_organ_order(runs):
     board = leaderboards(runs)[("synapse", "synapse", "legacy-synapse")]
     organs = [c[len("dice/"):-len("_mean")] for c in board.columns if c.startswith("dice/") and c.endswith("_mean")]
@@ -537,6 +548,51 @@ def test_ci_column_and_significance_section(tmp_path):
     absent = write_report(tmp_path, reference="swin_unet")
     absent = absent[absent.index("## Significance · synapse"):]
     assert "'swin_unet' has no runs on this board" in absent and "P(rank 1)" in absent  # the ranks stand alone
+
+
+def _per_case_dice_runs(tmp_path, per_model: dict[str, list[float]]) -> None:
+    """One legacy-synapse run per model whose case i has dice per_model[model][i] in every class."""
+    for model, dices in per_model.items():
+        rec = make_record(model, n_cases=len(dices))
+        for row in rec["per_case"]:
+            row["dice"] = dices[int(row["case"][-4:])]
+        write_record(rec, tmp_path)
+
+
+def test_the_holm_column_is_the_holm_adjusted_p(tmp_path):
+    """Guards against the "p (Holm)" column showing the raw, unadjusted p."""
+    from bench import stats
+    from bench.report.boards import METRICS
+
+    ref = [0.70 + 0.02 * i for i in range(6)]
+    _per_case_dice_runs(tmp_path, {
+        "unet": ref,
+        "vmunet": [d + 0.01 * (i + 1) for i, d in enumerate(ref)],  # better in every case
+        "transunet": [d + e for d, e in zip(ref, (0.03, -0.01, 0.02, 0.04, -0.005, 0.05))],
+    })
+    rows = md_rows(write_report(tmp_path, reference="unet").split("## Significance")[1], "Model")
+    group = load(tmp_path, level="case").assign(model_label=lambda d: d["model"])
+    raw = stats.paired_tests(group, "unet", metrics=("dice", "hd95"), policy="legacy-synapse")
+    # Holm by hand: the k-th smallest of m p-values times (m - k), running maximum, capped at 1
+    expected, running = {}, 0.0
+    ordered = raw.sort_values("p", kind="stable")
+    for k, (model, metric, p) in enumerate(zip(ordered["model"], ordered["metric"], ordered["p"])):
+        running = max(running, min(1.0, (len(raw) - k) * p))
+        expected[(model, METRICS[metric][0])] = f"{running:.3g}"
+    assert {(r["Model"], r["Metric"]): r["p (Holm)"] for r in rows} == expected
+    assert expected[("vmunet", "DSC")] == "0.125"  # every case better: exact p 2/2^6, times 4 tests
+    assert any(r["p (Holm)"] != r["p (Wilcoxon)"] for r in rows)
+
+
+@pytest.mark.parametrize("n_cases, caution", [(5, True), (6, False)])
+def test_the_few_cases_caution_is_where_no_p_can_reach_005(tmp_path, n_cases, caution):
+    """Guards against the caution threshold off by a factor 2: the smallest two-sided Wilcoxon p of n
+    cases is 2/2^n, 0.0625 at 5 cases (no p < 0.05 possible), 0.03125 at 6."""
+    ref = [0.70 + 0.02 * i for i in range(n_cases)]
+    _per_case_dice_runs(tmp_path, {"unet": ref, "vmunet": [d + 0.01 * (i + 1) for i, d in enumerate(ref)]})
+    sig = write_report(tmp_path, reference="unet").split("## Significance")[1]
+    text = f"Caution: with {n_cases} shared test cases the smallest p these tests can give is 2/2^{n_cases}"
+    assert (text in sig) is caution
 
 
 def test_a_run_that_did_not_finish_feeds_no_statistic(tmp_path):

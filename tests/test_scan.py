@@ -125,6 +125,19 @@ def test_every_backend_matches_sequential_float64(backend, bc, flags):
     torch.testing.assert_close(y_only, y, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softplus_keeps_its_log1p_term_up_to_20_float64(backend):
+    """Guards against a softplus threshold below torch's 20 (at 15, softplus(15.2) = 15.2: a step size
+    off by exp(-15.2) ~ 2.5e-7, 1.6e-8 relative)."""
+    x = make(B="grouped", C="grouped")
+    x["delta_bias"] = torch.linspace(15.2, 19.7, 4, dtype=torch.float64)  # one per channel; + delta: 15.25..20.75
+    kw = extras(x, (True, True, True, True))
+    want_y, want_last = sequential_scan(*core(x), **kw)
+    y, last = scan.selective_scan(*core(x), **kw, return_last_state=True, backend=backend)
+    torch.testing.assert_close(y, want_y, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(last, want_last, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_state_size_16(backend, dtype):

@@ -33,6 +33,16 @@ def test_case_values_average_classes_then_seeds():
     assert wide.loc["case01", "a"] == pytest.approx((0.7 + 0.9) / 2)
 
 
+def test_a_case_is_the_mean_of_its_classes_not_the_median():
+    """Guards against a case's value as the median over classes (0.9 here, not the mean 0.6)."""
+    df = _cases({"ref": [[0.5, 0.4, 0.3]], "a": [[0.9, 0.9, 0.9]]}, classes=3)
+    df.loc[(df["model_label"] == "a") & (df["class"] == 3), "dice"] = 0.0  # one class missed in every case
+    assert stats.case_values(df)["a"].tolist() == pytest.approx([0.6, 0.6, 0.6])  # (0.9 + 0.9 + 0) / 3
+    # the paired tests compare those values: differences 0.1, 0.2, 0.3
+    row = stats.paired_tests(df, "ref", metrics=("dice",)).iloc[0]
+    assert row["mean_diff"] == pytest.approx(0.2)
+
+
 def _scored(model: str, seed: int, cases: list[tuple[np.ndarray, np.ndarray]], policy: str, classes: int) -> pd.DataFrame:
     rows = []
     for i, (pred, gt) in enumerate(cases):

@@ -192,6 +192,29 @@ def test_bit_reproducible_and_checkpoints(synapse_root, tmp_path):
     assert any(not torch.equal(other.state_dict()[k], states[0][k]) for k in states[0])
 
 
+def test_grad_clip_rescales_the_whole_gradient_to_its_norm(synapse_root, tmp_path):
+    """Guards against clipping each gradient element at grad_clip (clip_grad_value_) instead of the norm."""
+    ds = open_dataset("synapse", synapse_root)
+    start = {k: p.detach().clone() for k, p in _tiny_unet(ds).named_parameters()}
+    lr = 0.1
+
+    def one_step(clip, name):
+        # one plain SGD step (no momentum, no decay): the update is -lr * the (clipped) gradient
+        model = _tiny_unet(ds)
+        proto = _proto(max_iterations=1, optimizer="sgd", momentum=0.0, weight_decay=0.0, scheduler="constant",
+                       lr=lr, grad_clip=clip)
+        train_model(model, ds, proto, seed=0, run_dir=tmp_path / name, device=torch.device("cpu"))
+        return {k: p.detach() - start[k] for k, p in model.named_parameters()}
+
+    free = one_step(0.0, "free")
+    norm = torch.linalg.vector_norm(torch.cat([d.flatten() for d in free.values()])).item() / lr
+    clip = 0.5 * norm  # every element scales by about a half; no single element comes near the norm
+    clipped = one_step(clip, "clipped")
+    coef = clip / (norm + 1e-6)  # torch's clip_grad_norm_: every gradient times max_norm / (total_norm + 1e-6)
+    for k, step in free.items():
+        torch.testing.assert_close(clipped[k], step * coef, rtol=0, atol=1e-6, msg=k)
+
+
 def test_seed_everything_makes_cudnn_deterministic():
     # TransUNet and VM-UNet set both flags with the seed (their train.py files)
     saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
@@ -653,6 +676,22 @@ def test_shards_are_disjoint_cover_the_grid_and_balance(synapse_root, tmp_path):
     for bad in ("0/3", "4/3", "3", "a/b", "1/0", "-1/2"):
         with pytest.raises(BenchError, match="--shard must be K/N"):
             parse_shard(bad)
+
+
+def test_model_overrides_are_part_of_the_run_id(synapse_root, tmp_path):
+    """Guards against one run id for two model configurations (the second run skipped as finished)."""
+    from bench.records import load
+    from bench.run import plan_grid, run_one
+
+    grid = dict(models=["unet"], dataset="synapse", protocol=_proto(max_iterations=1, max_cases=1), seeds=[0],
+                data_root=synapse_root, synthetic=False, results_dir=tmp_path)
+    (tiny,) = plan_grid(**grid, tiny=True)
+    (wider,) = plan_grid(**grid, tiny=True, model_overrides={"widths": (8, 16, 32, 128)})  # one --set value
+    (full,) = plan_grid(**grid)
+    assert len({tiny.key, wider.key, full.key}) == 3
+    for spec in (tiny, wider):  # two configurations into one results folder: two records
+        run_one(spec, results_dir=tmp_path, device=torch.device("cpu"))
+    assert sorted(load(tmp_path)["run_id"]) == sorted([tiny.key, wider.key])
 
 
 def test_hd95_unit_follows_policy_and_spacing():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 import bench.transforms as T
 from bench.data import open_dataset
@@ -104,6 +105,16 @@ def test_zoom_labels_back():
     pred = T.resize_image(_ct_sample().label, 32, 0)
     back = T.zoom_labels_back(pred, (40, 52), 0)
     assert back.shape == (40, 52) and set(np.unique(back)) <= set(np.unique(pred))
+
+
+def test_zoom_labels_back_is_nearest_neighbour_like_test_single_volume():
+    """Guards against a linear zoom back, which invents labels 2..7 where 1 touches 8."""
+    pred = np.zeros((8, 8), np.int64)
+    pred[2:6, 1:4], pred[2:6, 4:7] = 1, 8  # 1 and 8 side by side, both on 0
+    back = T.zoom_labels_back(pred, (40, 52))
+    # TransUNet's test_single_volume: zoom(out, (x / S, y / S), order=0)
+    np.testing.assert_array_equal(back, ndimage.zoom(pred, (40 / 8, 52 / 8), order=0))
+    assert set(np.unique(back)) == {0, 1, 8}
 
 
 # --- TransUNet -------------------------------------------------------------------------------
@@ -303,6 +314,24 @@ def test_nnunet_spatial_interpolation_orders_at_half_pixels():
     inner = slice(10, 31)
     ref = np.add.outer((t / 2) ** 2, 0.5 * t / 2) / 40.0
     np.testing.assert_allclose(out_x[0, inner, inner], ref[inner, inner], atol=1e-6)
+
+
+def test_nnunet_spatial_labels_are_linear_indicators_at_the_rotated_coordinates():
+    """Guards against the label indicators sampled with another spline order (cubic moves thin structures)."""
+    rng = np.random.default_rng(7)
+    label = rng.integers(0, 4, (15, 17))  # random labels: every structure is 1 pixel thin
+    x = rng.random((1, 15, 17))
+    angle, scale = 0.4, 1.1
+    _, out = T._nnunet_spatial(x, label, T._rotation_2d(angle), scale)
+    # batchgenerators: output p reads the input at rot.T @ (p - c_out) * scale + c_in, c = (n - 1) / 2
+    grid = np.stack(np.mgrid[0:15, 0:17]).reshape(2, -1).astype(np.float64)
+    ctr = np.array([[7.0], [8.0]])
+    coords = (T._rotation_2d(angle).T @ (grid - ctr) * scale + ctr).reshape(2, 15, 17)
+    expect = np.zeros_like(label)
+    for c in range(4):  # each label's indicator, linear, -1 outside, written where >= 0.5 in ascending order
+        hit = ndimage.map_coordinates((label == c).astype(np.float64), coords, order=1, mode="constant", cval=-1.0)
+        expect[hit >= 0.5] = c
+    np.testing.assert_array_equal(out, expect)
 
 
 def test_nnunet_spatial_labels_stay_in_the_class_set():
