@@ -290,7 +290,7 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
             ("train.oversample_foreground", protocol.train.oversample_foreground, lambda v: 0 <= v <= 1,
              "a share between 0 and 1"),
             ("eval.tile_step", protocol.eval.tile_step, lambda v: 0 < v <= 1, "a fraction of the patch, > 0 and <= 1"),
-            ("train.lr", protocol.train.lr, lambda v: 0 <= v < math.inf, "a learning rate >= 0"),
+            ("train.lr", protocol.train.lr, lambda v: 0 <= v < math.inf, "a learning rate, a finite number >= 0"),
             ("train.weight_decay", protocol.train.weight_decay, lambda v: 0 <= v < math.inf, "a number >= 0")):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(value):
             if where == "override" and key == "train.lr":  # the CLI spells it --lr

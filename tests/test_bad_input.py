@@ -116,6 +116,19 @@ def test_missing_root(tmp_path, name):
     _raises(lambda: open_dataset(name, tmp_path / "nowhere"), names=tmp_path / "nowhere", phrase="not found")
 
 
+def test_bench_debug_adds_the_traceback_and_keeps_the_exit_code(monkeypatch, capsys, tmp_path):
+    """BENCH_DEBUG=1 re-raised the error: exit 1 instead of 2, so a script's check of the code changed with it."""
+    code, err = _bench(monkeypatch, capsys, "report", "--results", tmp_path / "nowhere")
+    monkeypatch.setenv("BENCH_DEBUG", "1")
+    monkeypatch.setattr(sys, "argv", ["bench", "report", "--results", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit) as info:
+        main()
+    debug = capsys.readouterr().err
+    assert (code, info.value.code) == (2, 2)
+    assert debug.startswith("Traceback (most recent call last):") and "bench.errors.BenchError: results directory " \
+        "not found" in debug and debug.endswith(err), debug
+
+
 @pytest.mark.parametrize(
     "key, name, remove, named, phrase",
     [
@@ -655,8 +668,8 @@ def test_empty_name_lists(monkeypatch, capsys, tmp_path, option, value, phrase):
 
 
 
-@pytest.mark.parametrize("option, value, phrase", [("--lr", "-1", "override lr (--lr): expected a learning rate >= 0"),
-                                                   ("--lr", "nan", "expected a learning rate >= 0; got nan"),
+@pytest.mark.parametrize("option, value, phrase", [("--lr", "-1", "override lr (--lr): expected a learning rate, a finite number >= 0"),
+                                                   ("--lr", "nan", "expected a learning rate, a finite number >= 0; got nan"),
                                                    ("--threads", "0", "--threads must be a whole number >= 1")])
 def test_numbers_out_of_range_are_one_line_before_anything_runs(monkeypatch, capsys, tmp_path, option, value, phrase):
     """torch raised these deep inside (the optimiser's ValueError, set_num_threads' RuntimeError)."""

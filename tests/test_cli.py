@@ -175,10 +175,14 @@ def test_check_passes_on_itself_and_fails_on_drift(smoke_results, tmp_path):
     assert proc.returncode == 1
     n = (table["metric"] == "dice").sum()
     assert f"{n} value(s) drifted past their tolerance: see the rows marked above" in proc.stderr
+    assert f"--results {smoke_results}` rewrites the values" in proc.stderr  # no --prune: no row is missing
     table[table["metric"] != "dice"].assign(model="gone").to_csv(base, index=False)
     proc = _bench("check", "--baseline", base, "--results", smoke_results, check=False)
     assert proc.returncode == 1 and "value(s) drifted" not in proc.stderr
     assert f"{(table['metric'] != 'dice').sum()} baseline row(s) have no value now" in proc.stderr
+    # the command said is one that runs: --update alone refuses to drop rows that have no value now
+    suggested = proc.stderr.split("`")[1].split()
+    assert suggested[-1] == "--prune" and _bench(*suggested[1:], check=False).returncode == 0
 
 
 @pytest.mark.parametrize(

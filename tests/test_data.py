@@ -1113,9 +1113,11 @@ def test_synapse_spacing_table_fills_what_the_h5_files_lack(roots, tmp_path):
     with pytest.raises(BenchError, match="no line for"):
         plan("strict")
     (root / "spacing.csv").write_text(f"case,d,h,w\n{first},3.0,0.7,0.7\n{second}.npy.h5,3.0,0.7,0.7\n")
-    with pytest.raises(BenchError, match=rf"spacing\.csv: {second}\.npy\.h5 is not a case of this data; expected"):
-        open_dataset("synapse", root).check_spacing()
-    assert "is not a case of this data" in verify_dataset("synapse", root)[0].message
+    with pytest.raises(BenchError, match=rf"spacing\.csv: {second}\.npy\.h5 is not a case of this data; expected "
+                                         rf"case ids such as case0001; no line for {second}, which has"):
+        open_dataset("synapse", root).check_spacing()  # both problems at once: the misnamed line is the missing one
+    (said,) = verify_dataset("synapse", root)
+    assert "is not a case of this data" in said.message and f"no line for {second}" in said.message
     # a line for every test case, and for training cases too (what bench data convert writes): fine
     train_case = ds.train_ids()[0].split("_slice")[0]
     (root / "spacing.csv").write_text(f"case,d,h,w\n{first},3.0,0.7,0.7\n{second},3.0,0.7,0.7\n"

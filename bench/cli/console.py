@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import sys
+import traceback
 import threading
 import warnings
 
@@ -61,15 +62,15 @@ def _main() -> None:
     try:
         code = app(standalone_mode=False, prog_name="bench")  # click's usage errors reach us: one line each
     except BenchError as exc:
-        if os.environ.get("BENCH_DEBUG"):
-            raise
+        if os.environ.get("BENCH_DEBUG"):  # the traceback, then the same line and exit code as without it
+            traceback.print_exc()
         line = f"error: {one_line(exc)}"
         if not distributed.note_error(line):  # kept for `bench run --nproc`'s launcher, else said here
             _echo_err(line)
         sys.exit(2)
     except UsageError as exc:  # a value outside an option's choices, a missing or unknown option
         if os.environ.get("BENCH_DEBUG"):
-            raise
+            traceback.print_exc()
         line = f"error: {_usage_line(exc)}"
         if not distributed.note_error(line):
             _echo_err(line)

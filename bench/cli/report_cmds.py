@@ -20,7 +20,8 @@ def report(
                                                  "row as CSV, for statistics elsewhere")] = ReportFormat.md,
     out: Annotated[Optional[Path], typer.Option(help="write to this file instead of stdout (Markdown: plots go "
                                                      "to <stem>_files/ beside it)")] = None,
-    published: Annotated[bool, typer.Option(help="add the papers' numbers next to ours (results/published.csv)")] = False,
+    published: Annotated[bool, typer.Option(help="add the papers' numbers next to ours (the repository's "
+                                                 "results/published.csv; --published-file for another)")] = False,
     published_file: Annotated[Optional[Path], typer.Option(help="another published-numbers CSV")] = None,
     reference: Annotated[Optional[str], typer.Option(help="paired tests of every model against this one")] = None,
     models: Annotated[str, typer.Option(help="'all' or a comma list: only these models' runs and profiles")] = "all",
@@ -83,6 +84,7 @@ def check(
         what = [f"{n['drift']} value(s) drifted past their tolerance" if n["drift"] else "",
                 f"{n['missing']} baseline row(s) have no value now" if n["missing"] else ""]
         update = f"bench check --update --baseline {shlex.quote(str(baseline))} --results {shlex.quote(str(results))}"
+        update += " --prune" if n["missing"] else ""  # else --update refuses to drop the rows with no value now
         _echo_err(f"{' and '.join(w for w in what if w)}: see the rows marked above. If the change is meant, "
                   f"`{update}` rewrites the values (hand-edited tolerances kept); else widen a row's tolerance "
                   "(absolute, in its metric's unit) by hand")

@@ -91,7 +91,7 @@ def run(
         help="evaluate this weights file instead of training (one model): the authors' checkpoint, loaded "
              "strictly, or your own; its row reads 'model (weights FILE@sha)'")] = None,
 ) -> None:
-    """Train and evaluate models on a dataset under a protocol; one record per (model, seed).
+    """Train and evaluate models on a dataset under a protocol; one record per (model, seed[, fold]).
 
     Example: bench run --models all --dataset synapse --synthetic --protocol smoke
     """

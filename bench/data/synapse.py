@@ -247,18 +247,19 @@ def spacing_table_problem(table: dict[str, tuple[float, float, float]], test: di
     """What keeps a spacing table from giving every test volume (``test``: case -> h5 file) its HD95 in
     mm, or None: a line naming no case (a typo, "case0001.npy.h5"), or test volumes without a line and
     without a spacing of their own (their HD95 in voxels beside the others' in mm: a mean of no unit)."""
+    problems = []  # both, where both are there: one fix at a time would find the second after the first
     unknown = sorted(set(table) - set(test) - train_cases)
     if unknown:
-        return (f"{', '.join(unknown[:5])} {'is not a case' if len(unknown) == 1 else 'are not cases'} of this data; "
-                "expected case ids such as case0001")
+        problems.append(f"{', '.join(unknown[:5])} {'is not a case' if len(unknown) == 1 else 'are not cases'} of this "
+                        "data; expected case ids such as case0001")
     missing = [c for c, path in test.items() if c not in table and path.is_file() and volume_spacing(path) is None]
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
         has, its = ("has", "its") if len(missing) == 1 else ("have", "their")
-        return (f"no line for {', '.join(missing[:5])}{more}, which {has} no spacing of {its} own: {its} HD95 would "
-                "be in voxels and the others' in mm; give every test case a line (or remove the file: HD95 in voxels "
-                "for all)")
-    return None
+        problems.append(f"no line for {', '.join(missing[:5])}{more}, which {has} no spacing of {its} own: {its} HD95 "
+                        "would be in voxels and the others' in mm; give every test case a line (or remove the file: "
+                        "HD95 in voxels for all)")
+    return "; ".join(problems) or None
 
 
 class SynapseDataset(SegDataset):
