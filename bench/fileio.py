@@ -259,3 +259,23 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def read_text(path: Path, what: str) -> str:
+    """A text file (lists, CSV, JSON, TOML) as Windows editors and Excel save it too: a byte-order mark
+    (UTF-8 or UTF-16) is not part of its text. BenchError naming the file and ``what`` it was read as:
+    another encoding is not called damage, nor a file bench may not read."""
+    try:
+        raw = Path(path).read_bytes()
+        text = raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
+        if "\x00" in text:  # no text format holds NUL: UTF-16 without its mark decodes as UTF-8 with NULs
+            raise BenchError(f"{path}: cannot read it as {what}: not UTF-8 text (it holds NUL bytes: UTF-16 without a "
+                             "byte-order mark?); save it as UTF-8")
+        return text
+    except UnicodeDecodeError as exc:
+        raise BenchError(f"{path}: cannot read it as {what}: not UTF-8 text ({type(exc).__name__}: {exc}); save it "
+                         "as UTF-8") from exc
+    except PermissionError as exc:
+        raise BenchError(f"{path}: cannot read it as {what}: permission denied") from exc
+    except OSError as exc:
+        raise BenchError(f"{path}: cannot read it as {what} ({type(exc).__name__}: {exc.strerror or exc})") from exc

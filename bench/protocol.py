@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError, unknown_name
-from bench.fileio import SAFE_NAME
+from bench.fileio import SAFE_NAME, read_text
 
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
 
@@ -587,7 +587,7 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
     if not path.is_file():
         raise BenchError(f"protocol file not found: {path}")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # Notepad's byte-order mark is no TOML
+        data = tomllib.loads(read_text(path, "a protocol (TOML)"))  # Notepad's byte-order mark is no TOML
     except tomllib.TOMLDecodeError as exc:
         raise BenchError(f"{path}: invalid TOML ({exc})") from exc
     protocol = _build(data, path)

@@ -9,12 +9,14 @@ Reports show these next to measured numbers; nothing in the file is measured by 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.fileio import read_text
 from bench.protocol import list_protocols
 
 # protocol: the recipe here that the paper's number was trained under (its authors' or the paper it
@@ -52,18 +54,18 @@ def _check_row(row: list[str], protocols: list[str]) -> str | None:
 def load_published(path: str | Path | None = None) -> pd.DataFrame:
     """Read and validate the published-numbers CSV; ``value`` is float, every other column str."""
     path = Path(path) if path is not None else DEFAULT_PATH
+    text = read_text(path, "published numbers (CSV)")  # a BOM: spreadsheets' "CSV UTF-8"
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM: spreadsheets' "CSV UTF-8"
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header != COLUMNS:
-                raise BenchError(f"{path}: header must be {','.join(COLUMNS)}; got {header}")
-            rows, protocols = [], list_protocols()
-            for n, row in enumerate(reader, start=1):
-                if (problem := _check_row(row, protocols)) is not None:
-                    raise BenchError(f"{path}: row {n} (line {reader.line_num}): {problem}")
-                rows.append(row)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, None)
+        if header != COLUMNS:
+            raise BenchError(f"{path}: header must be {','.join(COLUMNS)}; got {header}")
+        rows, protocols = [], list_protocols()
+        for n, row in enumerate(reader, start=1):
+            if (problem := _check_row(row, protocols)) is not None:
+                raise BenchError(f"{path}: row {n} (line {reader.line_num}): {problem}")
+            rows.append(row)
+    except csv.Error as e:
         raise BenchError(f"{path}: cannot read published numbers ({e})") from None
     df = pd.DataFrame(rows, columns=COLUMNS, dtype=str)
     return df.assign(value=df["value"].astype(float))

@@ -319,6 +319,8 @@ def test_a_recipes_values_are_checked_where_the_file_names_them(tmp_path):
 
     assert load(base).name == "mine"
     assert load("\ufeff" + base).name == "mine"  # a byte-order mark
+    (tmp_path / "mine.toml").write_text(base, encoding="utf-16")  # Notepad's "Unicode": a traceback before
+    assert load_protocol(tmp_path / "mine.toml").name == "mine"
     for name in ("x/../../../esc", "my recipe", ""):
         refused(base.replace('name = "mine"', f'name = "{name}"'), r"mine\.toml: name .*: expected letters, digits")
     for key, value, pattern in (

@@ -159,6 +159,11 @@ def test_a_file_saved_by_a_spreadsheet_with_a_byte_order_mark_loads(tmp_path):
     path.write_text(",".join(COLUMNS) + '\nPaper,unet,,params,7,M,unknown,,\n', encoding="utf-8-sig")
     assert path.read_bytes().startswith(b"\xef\xbb\xbf")
     assert load_published(path).iloc[0]["source"] == "Paper"
+    path.write_text(",".join(COLUMNS) + '\nPaper,unet,,params,7,M,unknown,,\n', encoding="utf-16")  # "Unicode text"
+    assert load_published(path).iloc[0]["source"] == "Paper"
+    path.write_bytes(path.read_bytes()[2:])  # UTF-16 without its mark: another encoding, named as such
+    with pytest.raises(BenchError, match=rf"{path}: cannot read it as published numbers \(CSV\): not UTF-8 text"):
+        load_published(path)
 
 
 def test_rows_whose_authors_chose_their_checkpoint_on_the_test_set_say_so(pub):

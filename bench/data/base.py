@@ -345,13 +345,13 @@ def describe(exc: BaseException) -> str:
 
 
 @contextmanager
-def reading(path: Path, what: str, text: bool = False) -> Iterator[None]:
+def reading(path: Path, what: str) -> Iterator[None]:
     """Turn any failure inside the block into one BenchError naming ``path``.
 
     Each reader wraps its raw decode (np.load, h5py, PIL, nibabel) in this: those libraries raise
     their own exception types for a truncated or corrupt file (BadZipFile, OSError, EOFError,
     UnidentifiedImageError, ImageFileError, zlib.error, ...). BenchErrors pass through unchanged.
-    ``text``: a text format, whose undecodable bytes are another encoding rather than damage.
+    Text files: ``bench.fileio.read_text``.
     """
     try:
         yield
@@ -359,12 +359,6 @@ def reading(path: Path, what: str, text: bool = False) -> Iterator[None]:
         raise
     except PermissionError as exc:  # not damage: the file may be fine for its owner
         raise BenchError(f"{path}: cannot read it as {what}: permission denied") from exc
-    except UnicodeDecodeError as exc:
-        if not text:
-            raise _damaged(path, what, exc) from exc
-        # a text file in another encoding, not a damaged one
-        raise BenchError(f"{path}: cannot read it as {what}: not UTF-8 text ({describe(exc)}); save it as "
-                         "UTF-8") from exc
     except ValueError as exc:
         if "allow_pickle" not in str(exc):
             raise _damaged(path, what, exc) from exc
@@ -372,14 +366,6 @@ def reading(path: Path, what: str, text: bool = False) -> Iterator[None]:
                          "bench does not unpickle; save plain numeric arrays") from exc
     except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the file is bad
         raise _damaged(path, what, exc) from exc
-
-
-def read_text(path: Path, what: str) -> str:
-    """A text file as Windows editors and Excel save it too: a byte-order mark (UTF-8 or UTF-16) is not
-    part of its text. BenchError naming the file otherwise."""
-    with reading(path, what, text=True):
-        raw = path.read_bytes()
-        return raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
 
 
 def _damaged(path: Path, what: str, exc: Exception) -> BenchError:

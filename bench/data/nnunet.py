@@ -54,9 +54,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bench.data.base import (Case, Sample, SegDataset, check_whole_ids, class_ids, describe, found_instead, hidden,
-                              id_dtype, read_text, reading, split_problems, write_nifti_labels)
+                              id_dtype, reading, split_problems, write_nifti_labels)
 from bench.errors import BenchError
-from bench.fileio import atomic_write, remove_orphans
+from bench.fileio import atomic_write, read_text, remove_orphans
 
 if TYPE_CHECKING:
     from bench.data.preprocess import VolumePrep

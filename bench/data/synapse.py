@@ -28,8 +28,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from bench.data.base import Case, Sample, SegDataset, class_ids, found_instead, hidden, read_text, reading
+from bench.data.base import Case, Sample, SegDataset, class_ids, found_instead, hidden, reading
 from bench.errors import BenchError
+from bench.fileio import read_text
 
 # Class id -> organ, the TransUNet-lineage order used by the VM-UNet code and the paper tables
 # (the authors never documented it, and other mappings circulate: SAMed's re-created data orders
