@@ -76,16 +76,22 @@ def _bool(mask: Any, what: str) -> np.ndarray:
     """``mask`` as bool: any array whose non-zero values are one value (0/1, 0/255, bool). BenchError
     for more: a probability map or a label map would be scored as their union, unsaid."""
     a = np.asarray(mask)
-    if a.dtype != bool:
-        if not (np.issubdtype(a.dtype, np.number) or a.dtype == object and a.size == 0):
-            raise BenchError(f"{what} must be a binary mask (a numeric or bool array); got dtype {a.dtype}")
-        ones = a[a != 0]
-        if ones.size and ones.min() != ones.max():
+    if a.dtype == bool:
+        return a
+    if not np.issubdtype(a.dtype, np.number):
+        raise BenchError(f"{what} must be a binary mask (a numeric or bool array); got dtype {a.dtype}")
+    b = a != 0
+    if b.any():
+        one = a.flat[int(np.argmax(b))]  # the first non-zero value: every other one must equal it
+        if one != one or np.count_nonzero(a == one) != np.count_nonzero(b):
+            values = np.unique(a[b & (a != one)])[:3] if one == one else [one]
+            shown = ", ".join(f"{v:.3g}" for v in values)
             raise BenchError(
-                f"{what} must be a binary mask (bool, or 0 and one other value); got non-zero values from "
-                f"{ones.min()} to {ones.max()}: threshold a probability map (e.g. > 0.5), compare a label map "
-                "with one class id, or score a label map with score_case")
-    return a.astype(bool, copy=False)
+                f"{what} must be a binary mask (bool, or 0 and one other value); got {shown} beside {one:.3g}: "
+                "threshold a probability map (e.g. > 0.5), compare a label map with one class id, or score a "
+                "label map with score_case" if one == one else
+                f"{what} must be a binary mask (bool, or 0 and one other value); it holds NaN")
+    return b
 
 
 def _pair(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -44,6 +44,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.fileio import SAFE_NAME, atomic_write_text
+from bench.names import name_list
 from bench.metrics import POLICIES as METRIC_POLICIES
 
 __all__ = [
@@ -59,7 +60,6 @@ __all__ = [
     "records_dir",
     "record_path",
     "load",
-    "name_list",
     "select_runs",
 ]
 
@@ -515,20 +515,13 @@ def finished(df_runs: pd.DataFrame) -> pd.DataFrame:
     return df_runs[df_runs["status"] == "finished"]
 
 
-def name_list(names: str | Iterable[str] | None) -> list[str] | None:
-    """Names as the command line gives them (a comma list, or "all") or as a list -> a list; None: all."""
-    if names is None or (isinstance(names, str) and names.strip() == "all"):
-        return None
-    picked = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
-    return picked or None
-
-
 def select_runs(df_runs: pd.DataFrame, models: str | Iterable[str] | None = None,
                 datasets: str | Iterable[str] | None = None, results_dir: Path | str = "",
                 profiled: Iterable[str] = ()) -> pd.DataFrame:
     """The runs of ``models`` on ``datasets`` (a reader's name such as ``synapse``, or a board's data
-    name such as ``nnunet:ACDC``; a list or a comma list, ``name_list``); None: all. BenchError for a
-    name no run has, with the names there, unless ``profiled`` has it (a model with a cost table only)."""
+    name such as ``nnunet:ACDC``; a list or a comma list, ``bench.names.name_list``); None: all.
+    BenchError for a name no run has, with the names there, unless ``profiled`` has it (a model with
+    a cost table only)."""
     models, datasets = name_list(models), name_list(datasets)
     for option, names, columns in (("--models", models, ["model"]), ("--dataset", datasets, ["dataset", "dataset_name"])):
         if not names:

@@ -15,18 +15,20 @@ import difflib
 import hashlib
 import importlib
 import importlib.metadata
+import os
 import re
 import sys
 import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from bench.errors import BenchError, unknown_name
+from bench.names import name_list
 from bench.modeling import SegmentationModel, size_error
 
 FAMILIES = ("ssm", "cnn", "transformer")
@@ -217,16 +219,16 @@ def code_changed(rec: Mapping[str, Any]) -> bool:
     return bool(rec.get("model_code")) and rec["model_code"] != model_code(rec["model"])
 
 
-def resolve_models(spec: str) -> list[str]:
-    """``"all"`` or a comma list -> validated model names, in the given order, each once."""
-    if spec.strip() == "all":
+def resolve_models(spec: str | Iterable[str]) -> list[str]:
+    """``"all"`` or a comma list (or a list) -> validated model names, in the given order, each once."""
+    names = name_list(spec)
+    if names is None:
         return list_models()
-    names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise BenchError(f"--models {spec!r} names no model; give 'all' or a comma list of {', '.join(list_models())}")
     for n in names:
         get_entry(n)
-    return list(dict.fromkeys(names))
+    return names
 
 
 def model_overrides(name: str, overrides: Mapping[str, Any] | None = None, *, tiny: bool = False) -> dict[str, Any]:
@@ -413,8 +415,8 @@ def read_weights_file(path: str | Path) -> dict[str, Any]:
         with path.open("rb") as f:
             head = f.read(8)
         if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or its legacy pickle
-            raise BenchError(f"{path}: not a weights file torch.save wrote (it begins {head!r}); expected a torch "
-                             "checkpoint (.pt, .pth), .safetensors or .npz")
+            raise BenchError(f"{path}: not a checkpoint bench can read (it begins {head!r}); expected torch.save's "
+                             "file (.pt, .pth: its zip, or a pickle of protocol 2 or later), .safetensors or .npz")
         with torch.serialization.safe_globals(_numpy_globals()):
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except BenchError:
@@ -459,7 +461,7 @@ def load_weights(model: nn.Module, path: str | Path, source: str = "authors") ->
     loaded strictly. Other sources name a pretrained-backbone mapping registered by the model
     (e.g. ``"vmamba"`` for VM-UNet); their report says what was loaded and what was not.
     """
-    if not isinstance(model, nn.Module) or not isinstance(path, (str, Path)):
+    if not isinstance(model, nn.Module) or not isinstance(path, (str, os.PathLike)):
         given = f"({type(model).__name__}, {type(path).__name__})"
         hint = "; a state_dict in memory loads with strict_load(model, state_dict)" if isinstance(path, Mapping) else ""
         raise BenchError(f"load_weights(model, path): expected a model and a file's path; got {given}{hint}")

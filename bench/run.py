@@ -32,6 +32,7 @@ from bench.fileio import file_sha256
 from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
 from bench.metrics import POLICIES, policy_fields, policy_misfit
+from bench.names import int_list
 from bench.protocol import Protocol
 from bench.registry import check_buildable, create_model, get_entry, list_models, load_weights, model_code
 from bench.registry import model_overrides as model_overrides_of
@@ -340,7 +341,7 @@ def run_grid(specs: list[RunSpec], *, results_dir: Path | str, device: torch.dev
     ``device``: a torch.device or "auto", "cpu", "cuda". Each run seeds every RNG; the caller's RNG
     states and cuDNN flags are back afterwards."""
     device = env.resolve_device(device) if isinstance(device, str) else device
-    with caller_rng_kept():
+    with caller_rng_kept(cuda=device.type == "cuda"):
         _run_specs(specs, Path(results_dir), device, resume, show_progress, say, say_error)
 
 
@@ -523,22 +524,7 @@ def _check_init(model: str, init: tuple[str, str, str], build: dict[str, Any]) -
                          "from; a run from it is not the protocol's recipe (load_weights fine-tunes from it in Python)")
 
 
-def _seed_list(seeds: Any) -> list[int]:
-    """``seeds`` (an int or a list of them) as a list, each once; BenchError naming the argument otherwise.
-    A string is refused rather than read: "0,1" would be three seeds '0', ',' and '1'."""
-    if isinstance(seeds, (int, str)) or not hasattr(seeds, "__iter__"):
-        seeds = [seeds]
-    out = []
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) and not hasattr(s, "__index__"):  # int, numpy int
-            raise BenchError(f"seeds: expected an integer or a list of integers, e.g. [0, 1, 2]; got {s!r}")
-        out.append(int(s))
-    if not out:
-        raise BenchError("seeds: an empty list plans no run; give at least one seed, e.g. [0]")
-    return list(dict.fromkeys(out))
-
-
-def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str, seeds: int | list[int],
+def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str, seeds: int | list[int] | None,
               data_root: Path | str | None, synthetic: bool, results_dir: Path | str, policy: str | None = None,
               model_overrides: dict[str, Any] | None = None, folds: list[int] | str | None = None,
               pretrained_dir: Path | None = None, tiny: bool = False,
@@ -554,9 +540,11 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     from bench.protocol import load_protocol
     from bench.registry import resolve_models
 
-    models = resolve_models(models) if isinstance(models, str) else list(dict.fromkeys(models))
+    models = resolve_models(models)
     protocol = load_protocol(protocol) if isinstance(protocol, (str, Path)) else protocol
-    seeds, results_dir = _seed_list(seeds), Path(results_dir)
+    # each seed once: a seed given twice would train and count one run twice; None: the protocol's
+    seeds = list(dict.fromkeys(int_list(seeds, "seeds", "[0, 1, 2]"))) if seeds is not None else [protocol.seed]
+    results_dir = Path(results_dir)
     if synthetic and data_root is not None:
         raise BenchError("give either --data-root or --synthetic, not both")
     if weights is not None:

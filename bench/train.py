@@ -107,11 +107,13 @@ def seed_everything(seed: int) -> None:
 
 
 @contextmanager
-def caller_rng_kept() -> Iterator[None]:
+def caller_rng_kept(cuda: bool = False) -> Iterator[None]:
     """The caller's RNG states and cuDNN flags back after the block (a notebook calling ``run_grid``,
-    which seeds every RNG and fixes cuDNN's kernels per run, goes on with its own)."""
+    which seeds every RNG and fixes cuDNN's kernels per run, goes on with its own). ``cuda``: the
+    block uses the GPU (torch.manual_seed seeds it too), so its state is kept even where the block is
+    what starts CUDA."""
     states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    cuda = torch.cuda.get_rng_state_all() if cuda or torch.cuda.is_initialized() else None
     flags = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
     try:
         yield

@@ -58,17 +58,22 @@ def test_plan_grid_takes_what_the_command_line_takes_and_names_what_it_cannot(sy
     from bench.registry import list_models
 
     base = _plan(synapse_root, tmp_path, protocol=load_protocol("smoke"))
-    same = _plan(synapse_root, str(tmp_path), models="unet", seeds=0)
-    assert [s.key for s in same] == [s.key for s in base]
+    for same in (_plan(synapse_root, str(tmp_path), models="unet", seeds=0), _plan(synapse_root, tmp_path, seeds=None),
+                 _plan(synapse_root, tmp_path, seeds=np.array(0)), _plan(synapse_root, tmp_path, models=["unet", ""])):
+        assert [s.key for s in same] == [s.key for s in base]  # None: the protocol's seed, as without --seeds
     assert [s.model for s in _plan(synapse_root, tmp_path, models="all")] == list_models()
+    assert [s.model for s in _plan(synapse_root, tmp_path, models=["all"])] == list_models()
     assert [s.seed for s in _plan(synapse_root, tmp_path, seeds=[1, np.int64(0), 1])] == [1, 0]  # each once
-    for bad in ("0,1", [0.0], [True], ["0"], None):
-        with pytest.raises(BenchError, match=r"^seeds: expected an integer or a list of integers, e\.g\. \[0, 1, 2\]"):
+    assert [s.seed for s in _plan(synapse_root, tmp_path, seeds="0, 1,1")] == [0, 1]  # as --seeds takes them
+    for bad in ([0.0], [True], ["a"], "0;1"):
+        with pytest.raises(BenchError, match=r"^seeds must be a comma list of integers, e\.g\. \[0, 1, 2\]; got "):
             _plan(synapse_root, tmp_path, seeds=bad)
-    with pytest.raises(BenchError, match="seeds: an empty list plans no run"):
+    with pytest.raises(BenchError, match="seeds must list at least one integer"):
         _plan(synapse_root, tmp_path, seeds=[])
     with pytest.raises(BenchError, match="unknown model 'unett'"):
         _plan(synapse_root, tmp_path, models="unet,unett")
+    with pytest.raises(BenchError, match=r"--models \[\] names no model; give 'all' or a comma list of"):
+        _plan(synapse_root, tmp_path, models=[])  # it planned nothing, said nothing
 
 
 def test_run_grid_leaves_the_callers_random_state_as_it_was(synapse_root, tmp_path):
@@ -111,6 +116,8 @@ def test_reports_take_models_and_columns_as_the_command_line_does(synapse_root, 
     assert render(load(tmp_path), "md", columns=("paper",)) == render(load(tmp_path), "md", columns="metrics,classes")
     with pytest.raises(BenchError, match=r"--columns 'papr': not a column group; did you mean 'paper'\?"):
         render(load(tmp_path), "md", columns=("papr",))
+    with pytest.raises(BenchError, match=r"--columns '1': not a column group"):
+        render(load(tmp_path), "md", columns=[1])  # an AttributeError
     with pytest.raises(BenchError, match=f"{tmp_path / 'records'}: is the records folder of a results folder; give "
                                          f"the results folder, {tmp_path}"):
         load(tmp_path / "records")  # one folder too deep read as no runs
@@ -122,14 +129,23 @@ def test_load_weights_and_models_name_what_a_notebook_got_wrong(tmp_path):
     model = create_model("unet", num_classes=2, in_chans=1, img_size=32, tiny=True)
     text = tmp_path / "notes.pt"
     text.write_text("hello world, not weights")
-    with pytest.raises(BenchError, match=rf"{text}: not a weights file torch\.save wrote \(it begins b'hello wo'\); "
-                                         r"expected a torch checkpoint \(\.pt, \.pth\), \.safetensors or \.npz"):
+    with pytest.raises(BenchError, match=rf"{text}: not a checkpoint bench can read \(it begins b'hello wo'\); "
+                                         r"expected torch\.save's file \(\.pt, \.pth: its zip, or a pickle of protocol 2 "
+                                         r"or later\), \.safetensors or \.npz"):
         load_weights(model, text)
     with pytest.raises(BenchError, match=r"expected a model and a file's path; got \(UNet, OrderedDict\); a state_dict "
                                          r"in memory loads with strict_load\(model, state_dict\)"):
         load_weights(model, model.state_dict())
     with pytest.raises(BenchError, match=r"got \(PosixPath, UNet\)"):
         load_weights(text, model)  # swapped
+    saved = tmp_path / "unet.pt"
+    torch.save(model.state_dict(), saved)
+
+    class Located:  # any os.PathLike, as Path is
+        def __fspath__(self):
+            return str(saved)
+
+    assert load_weights(model, Located())["loaded"] == len(model.state_dict())
     legacy = tmp_path / "legacy.pth"
     torch.save(model.state_dict(), legacy, _use_new_zipfile_serialization=False)  # old torch's pickle still loads
     assert load_weights(model, legacy)["loaded"] == len(model.state_dict())
@@ -176,3 +192,20 @@ def test_a_configuration_value_of_another_type_is_named_with_what_it_takes():
         create_model("unet", num_classes=2, img_size=64, widths="8,16,32,64")
     with pytest.raises(BenchError, match=r"; depths takes a list, e\.g\. \[2, 2, 2, 2\]$"):
         create_model("vmunet", num_classes=2, img_size=64, depths="1111")
+
+
+def test_the_gpu_rng_is_kept_too_where_the_grid_is_what_starts_cuda(monkeypatch):
+    """Its state was saved only where CUDA had started before run_grid, which in a notebook is run_grid."""
+    from bench.train import caller_rng_kept
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: calls.append("get") or ["caller's"])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: calls.append(("set", states)))
+    with caller_rng_kept(cuda=True):
+        calls.append("grid")
+    assert calls == ["get", "grid", ("set", ["caller's"])]
+    calls.clear()
+    with caller_rng_kept():  # a CPU grid does not start CUDA to keep a state nothing changes
+        calls.append("grid")
+    assert calls == ["grid"]

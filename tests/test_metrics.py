@@ -252,10 +252,19 @@ def test_binary_metrics_refuse_what_is_no_binary_mask():
     probs = rng.uniform(0.01, 0.2, gt.shape)
     labels = np.where(gt == 1, 2, 0) + (np.arange(16)[:, None] > 12)
     for fn in (M.dice, M.iou, M.confusion, M.hd95, lambda p, g: M.nsd(p, g, 1.0)):
-        with pytest.raises(BenchError, match=r"prediction must be a binary mask .*non-zero values from 0.01"):
+        with pytest.raises(BenchError, match=rf"prediction must be a binary mask .*got (0\.0\d+, ){{2}}0\.0\d+ beside "
+                                             rf"{probs.flat[0]:.3g}: threshold a probability map"):
             fn(probs, gt)
-        with pytest.raises(BenchError, match=r"reference must be a binary mask .*from 1 to 2: .*compare a label map"):
+        with pytest.raises(BenchError, match=r"reference must be a binary mask .*got 1 beside 2: .*compare a label map"):
             fn(gt, labels)
+        nan = gt.astype(float)
+        nan[0, 0] = np.nan  # NaN != 0: it was counted as foreground
+        with pytest.raises(BenchError, match=r"reference must be a binary mask \(bool, or 0 and one other value\); it "
+                                             "holds NaN"):
+            fn(gt, nan)
+        nan[0, 0], nan[15, 15] = 0, np.nan
+        with pytest.raises(BenchError, match=r"got nan beside 1"):
+            fn(gt, nan)
     # one non-zero value of any kind is a mask: 0/255 and 0/1 floats score as bool masks do
     pred = np.zeros_like(gt)
     pred[5:11, 4:9] = 1

@@ -45,16 +45,6 @@ def _compute_setup(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def _parse_ints(text: str, option: str = "--seeds", example: str = "0,1,2") -> list[int]:
-    try:
-        values = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise BenchError(f"{option} must be a comma list of integers, e.g. {example}; got {text!r}") from None
-    if not values:  # an empty grid would run nothing and say nothing
-        raise BenchError(f"{option} must list at least one integer, e.g. {example}; got {text!r}")
-    return values
-
-
 def _parse_spacing(text: str | None) -> str | list[float] | None:
     """--target-spacing: a name ("native", "nnunet"; checked with the protocol) or z,y,x (2-D patches: y,x) in mm."""
     if text is None or not any(c.isdigit() for c in text):

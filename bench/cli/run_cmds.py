@@ -11,8 +11,9 @@ import typer
 
 from bench.cli.console import _echo_err, _warned
 from bench.cli.options import (DEFAULT_RESULTS, Device, FinishedRuns, Models, RunsProtocol, ScoringThreads,
-                               _compute_setup, _parse_ints, _parse_sets, _parse_spacing)
+                               _compute_setup, _parse_sets, _parse_spacing)
 from bench.errors import BenchError
+from bench.names import int_list
 
 # The published recipe each dataset defaults to. nnunet has none: its format holds any dataset
 # (ACDC, X-ray, ...), so a run on it names its protocol rather than getting a smoke test silently.
@@ -115,7 +116,7 @@ def run(
     # --(no-)pretrained changes the recipe only where a chosen model has a pretrained file (an override
     # equal to the protocol's value changes nothing anywhere: Protocol.with_overrides)
     moot = not any(get_entry(n).init for n in names)
-    patch = _parse_ints(patch_size, "--patch-size", "64,128,128") if patch_size else None
+    patch = int_list(patch_size, "--patch-size", "64,128,128") if patch_size else None
     proto = proto.with_overrides(epochs=epochs, max_iterations=max_iterations, batch_size=batch_size,
                                  img_size=img_size, patch_size=patch, lr=lr, pretrained=None if moot else pretrained,
                                  target_spacing=_parse_spacing(target_spacing))
@@ -137,7 +138,7 @@ def run(
     launch = nproc != 1 and not distributed.launched_by_torchrun()  # this process starts torchrun's
     if launch:
         distributed.check_nproc(nproc, dev, proto.train.batch_size)  # before --synthetic writes data
-    seed_list = list(dict.fromkeys(_parse_ints(seeds))) if seeds else [proto.seed]  # each seed once
+    seed_list = int_list(seeds) if seeds else None  # None: the protocol's
     overrides = _parse_sets(set_ or [])
     specs, said = [], {}
 
@@ -153,7 +154,7 @@ def run(
                     models=[name], dataset=dataset, protocol=proto, seeds=seed_list, data_root=data_root,
                     synthetic=synthetic, results_dir=results, policy=policy, model_overrides=overrides,
                     pretrained_dir=pretrained_dir, tiny=tiny, weights=weights,
-                    folds=folds if folds in (None, "all") else list(dict.fromkeys(_parse_ints(folds, "--folds"))))
+                    folds=folds if folds in (None, "all") else list(dict.fromkeys(int_list(folds, "--folds"))))
         except BenchError:
             say_warnings([name])  # what led up to the error
             raise

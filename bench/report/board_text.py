@@ -77,7 +77,7 @@ def parse_columns(text: str | Iterable[str] | None) -> tuple[str, ...] | None:
     if text is None:
         return None
     groups: list[str] = []
-    for name in (n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()):
+    for name in (str(n).strip().lower() for n in (text.split(",") if isinstance(text, str) else text) if str(n).strip()):
         if name in COLUMN_PRESETS:
             groups += COLUMN_PRESETS[name]
         elif name in COLUMN_GROUPS:

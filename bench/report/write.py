@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import finished, load, name_list, select_runs
+from bench.records import finished, load, select_runs
+from bench.names import name_list
 from bench.fileio import atomic_write_text
 from bench.report.board_text import _check_columns, _check_format, _render, _shows, render_cases
 from bench.report.boards import _boards
