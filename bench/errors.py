@@ -29,6 +29,11 @@ def exception_chain(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+def few(items: Sequence[str], n: int = 5) -> str:
+    """The first ``n`` of ``items`` and how many more: an error of a thousand ids stays one readable line."""
+    return ", ".join(items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
+
+
 def one_line(exc: BaseException) -> str:
     """An error's message as the command line says it. torch re-raises an error from a DataLoader
     worker as the same type, with the worker's whole traceback as its message: the user's message is

@@ -316,13 +316,14 @@ def _epoch_curve(train: dict) -> tuple[list[float], list[float]]:
 
 
 def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | None = None) -> list[Path]:
-    """Train loss and learning rate against step, one PNG per board, one line per run.
+    """Train loss and learning rate against step, one PNG per board, one line per run, one colour and
+    one legend entry per model (a grid of seeds × folds stays readable).
 
     Reads ``results_dir/runs/<run_id>/tb`` (the ``train/loss`` and ``train/lr`` scalars) for
     every run that has a record (``df_runs``: ``records.load(results_dir)``, loaded here when not
     given); a run without events falls back to its record's ``train.epoch_losses`` (dashed, loss
-    panel only). Runs without a record (still in progress) are not drawn. A missing directory or
-    no records gives an empty list.
+    panel only; no learning-rate panel where no run logged one). Runs without a record (still in
+    progress) are not drawn. A missing directory or no records gives an empty list.
     """
     from bench.records import load, read_record
     from bench.report import label_runs
@@ -341,6 +342,7 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
 
     df = label_runs(df).sort_values(["model_label", "seed", "run_id"])
     plt = _pyplot()
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     written: list[Path] = []
     for key, runs in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
         curves = []
@@ -350,26 +352,46 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
             scalars = _tb_scalars(results_dir / "runs" / run_dir / "tb")
             fallback = epoch_curve(str(run["run_id"])) if "train/loss" not in scalars else ([], [])
             if scalars or fallback[0]:
-                curves.append((f"{run['model_label']} s{run['seed']}", scalars, fallback))
+                curves.append((run, scalars, fallback))
         if not curves:
             continue
-        fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-        for label, scalars, (ep_steps, ep_losses) in curves:
+        with_lr = any("train/lr" in scalars for _, scalars, _ in curves)
+        fig, axes = plt.subplots(1, 2 if with_lr else 1, figsize=(11 if with_lr else 8, 4.2), layout="constrained",
+                                 squeeze=False)
+        ax_loss, ax_lr = axes[0][0], axes[0][-1] if with_lr else None
+        models = list(dict.fromkeys(run["model_label"] for run, _, _ in curves))
+        for run, scalars, (ep_steps, ep_losses) in curves:
+            model = run["model_label"]
+            mine = [r for r, _, _ in curves if r["model_label"] == model]
+            first = mine[0] is run
+            label = _curve_label(run, len(mine)) if first else "_nolegend_"
+            style = dict(linewidth=1, color=colours[models.index(model) % len(colours)], alpha=1 if len(mine) == 1 else 0.6)
             if "train/loss" in scalars:
-                (line,) = ax_loss.plot(*scalars["train/loss"], linewidth=1, label=label)
+                ax_loss.plot(*scalars["train/loss"], label=label, **style)
             else:
-                (line,) = ax_loss.plot(ep_steps, ep_losses, "--o", markersize=3, linewidth=1,
-                                       label=f"{label} (epoch means)")
-            if "train/lr" in scalars:
-                ax_lr.plot(*scalars["train/lr"], linewidth=1, color=line.get_color(), label=label)
-        ax_loss.set(xlabel="step", ylabel="train loss", title="Loss")
-        ax_lr.set(xlabel="step", ylabel="learning rate", title="Learning rate")
-        for ax in (ax_loss, ax_lr):
+                ax_loss.plot(ep_steps, ep_losses, "--o", markersize=3, label=label, **style)
+            if with_lr and "train/lr" in scalars:
+                ax_lr.plot(*scalars["train/lr"], **style)
+        ax_loss.set(xlabel="step", ylabel="train loss", title="Loss (dashed: the records' epoch means)"
+                    if any(not scalars.get("train/loss") for _, scalars, _ in curves) else "Loss")
+        if with_lr:
+            ax_lr.set(xlabel="step", ylabel="learning rate", title="Learning rate")
+        for ax in axes[0]:
             ax.grid(True, alpha=0.3)
-        fig.legend(*ax_loss.get_legend_handles_labels(), fontsize=7, loc="outside right upper")
+        fig.legend(*ax_loss.get_legend_handles_labels(), fontsize=7, loc="outside right center")
         fig.suptitle(f"Training · {_board_title(key)}", fontsize=9)
         written.append(_save(fig, out_dir / f"training_curves__{_board_slug(key)}.png"))
     return written
+
+
+def _curve_label(run: pd.Series, n_runs: int) -> str:
+    """The legend entry of a model's curves: the run itself (seed, fold) where it is the only one."""
+    if n_runs > 1:
+        return f"{run['model_label']} ({n_runs} runs)"
+    from bench.records import split_fold
+
+    fold = split_fold(str(run.get("split") or "test"))
+    return f"{run['model_label']} s{run['seed']}" + (f" fold {fold}" if fold is not None else "")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,6 +45,15 @@ def weights_path(results_dir: Path, rec: dict[str, Any]) -> Path:
     return Path(results_dir) / "runs" / rec["run_id"] / CHECKPOINT_DIR / SELECTED_CHECKPOINTS[selected]
 
 
+def check_weights_kept(todo: list[dict[str, Any]], results_dir: Path, verb: str) -> None:
+    """BenchError, before anything is done, where not one of several runs has its weights (records copied
+    without the run folders): one line instead of a FAILED line per run."""
+    if len(todo) > 1 and not any(weights_path(results_dir, rec).is_file() for rec in todo):
+        raise BenchError(f"none of the {len(todo)} runs has its weights under {Path(results_dir) / 'runs'} "
+                         f"(<run_id>/{CHECKPOINT_DIR}/final.pt), which they are {verb} from: were the records copied "
+                         "without the runs/ folder bench run wrote beside them?")
+
+
 def record_protocol(rec: dict[str, Any], protocol_file: Path | None = None) -> Protocol:
     """The run's protocol: from the record's recipe (every setting as it ran) where it has one, else
     rebuilt from its name and overrides, from ``protocol_file`` for runs of the protocol that file

@@ -27,7 +27,7 @@ from bench.data import check_folds, get_reader, open_dataset, synthetic_identity
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import (cache_training_volumes, patch_fit_note, preprocess_processes, slicing_note,
                                    target_spacing, volume_prep)
-from bench.errors import BenchError, one_line
+from bench.errors import BenchError, few, one_line
 from bench.fileio import file_sha256
 from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
@@ -404,13 +404,13 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
     distributed.shutdown()  # every rank is through the grid (distributed.init began it)
     if failed:
         others = ", the others finished" if len(failed) < len(specs) else ""
-        raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({', '.join(failed)}){others}; "
+        raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({few(failed)}){others}; "
                          "after fixing the cause, the same command runs them again (finished runs are skipped; "
                          "--resume continues a failed one from its last checkpoint)" + (
                              f"; {len(held)} more were being run by other processes" if held else ""))
     if held:  # not done here: a job requeued on another node before a killed one's claim went stale ends unfinished
         raise BenchError(f"{len(held)} of {len(specs)} run(s) were being run by other processes and were skipped "
-                         f"({', '.join(held)}); the same command later finds them finished, or takes over those "
+                         f"({few(held)}); the same command later finds them finished, or takes over those "
                          "whose process died (with --resume, from their last checkpoint)")
 
 

@@ -235,3 +235,30 @@ def test_point_labels_stay_inside_the_axes(monkeypatch, tmp_path, costs):
         extent = text.get_window_extent(renderer)
         assert box.x0 <= extent.x0 and extent.x1 <= box.x1, text.get_text()
     plots._pyplot().close(fig)
+
+
+def test_training_curves_of_many_runs_are_one_colour_and_one_legend_entry_per_model(tmp_path, monkeypatch):
+    """From a scale journey: 6 models × 3 seeds × 5 folds drew 90 legend entries, 'lightm_unet s0' five times
+    over (the fold was not in the label), and an empty learning-rate panel beside runs that logged none."""
+    from bench import plots
+
+    for model in ("unet", "vmunet"):
+        for seed in (0, 1):
+            for fold in range(3):
+                rec = make_record(model, seed=seed, protocol="smoke", synthetic=True)
+                rec["split"], rec["train"]["epoch_losses"], rec["train"]["iterations"] = f"fold{fold}", [0.9, 0.5], 20
+                write_record(rec, tmp_path)
+    lone = make_record("transunet", seed=3, protocol="smoke", synthetic=True)
+    lone["split"], lone["train"]["epoch_losses"] = "fold2", [0.8, 0.6]
+    write_record(lone, tmp_path)
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    (path,) = plots.training_curves(tmp_path, tmp_path / "out")
+    (fig,) = figures
+    assert len(fig.axes) == 1  # no run logged a learning rate: no empty panel
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["transunet s3 fold 2", "unet (6 runs)", "vmunet (6 runs)"]
+    lines = fig.axes[0].get_lines()
+    colour = {line.get_label(): line.get_color() for line in lines if not line.get_label().startswith("_")}
+    assert len(lines) == 13 and len(set(colour.values())) == 3  # every run drawn, one colour per model
+    assert all(line.get_color() in colour.values() for line in lines)

@@ -276,3 +276,27 @@ def test_rescoring_into_mm_needs_every_test_case_s_spacing(trained, tmp_path):
     rec = _run(data, tmp_path / "res", "legacy-synapse")  # voxels for all: the table is not read
     with pytest.raises(BenchError, match=r"spacing\.csv: no line for .*: (its|their) HD95 would be in voxels"):
         rescore_record(rec, "strict", tmp_path / "res", CPU)
+
+
+def test_records_copied_without_their_weights_are_one_line_and_long_failure_lists_are_cut(trained, tmp_path):
+    """From a scale journey: 1,050 records without runs/ printed a FAILED line each, then an error line of
+    37 KB naming every run id."""
+    from tests.fixtures import run_bench
+
+    _, results, legacy = trained
+    copy = tmp_path / "results"
+    ids = [f"{legacy['run_id']}-{i:02d}" for i in range(12)]
+    for run_id in ids:
+        write_record({**legacy, "run_id": run_id}, copy)
+    for command in ("rescore", "predict"):
+        extra = ["--policy", "strict"] if command == "rescore" else ["--out", tmp_path / "pred"]
+        proc = run_bench(command, "--results", copy, *extra, check=False)
+        verb = "rescored" if command == "rescore" else "predicted"
+        assert proc.returncode == 2 and proc.stderr == (
+            f"error: none of the 12 runs has its weights under {copy / 'runs'} (<run_id>/checkpoints/final.pt), which "
+            f"they are {verb} from: were the records copied without the runs/ folder bench run wrote beside them?\n")
+    shutil.copytree(results / "runs" / legacy["run_id"], copy / "runs" / ids[0])  # one of them has its weights
+    proc = run_bench("rescore", "--results", copy, "--policy", "strict", check=False)
+    assert proc.returncode == 2 and proc.stderr.count(": FAILED: ") == 11
+    assert proc.stderr.splitlines()[-1].startswith(
+        f"error: 11 of 12 run(s) could not be rescored ({', '.join(ids[1:6])} (and 6 more)), the others were; ")

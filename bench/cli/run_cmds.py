@@ -12,7 +12,7 @@ import typer
 from bench.cli.console import _echo_err, _warned
 from bench.cli.options import (DEFAULT_RESULTS, Device, FinishedRuns, Models, RunsProtocol, ScoringThreads,
                                _compute_setup, _parse_sets, _parse_spacing)
-from bench.errors import BenchError
+from bench.errors import BenchError, few
 from bench.names import int_list
 
 # The published recipe each dataset defaults to. nnunet has none: its format holds any dataset
@@ -198,7 +198,7 @@ def rescore(
     from bench.protocol import load_protocol
     from bench.records import record_path, scores_text
     from bench.fileio import ensure_writable_dir
-    from bench.rescore import other_device_warning, plan_rescore, rescore_id, rescore_record
+    from bench.rescore import check_weights_kept, other_device_warning, plan_rescore, rescore_id, rescore_record
 
     _compute_setup(threads)
     dev = resolve_device(device.value)
@@ -212,6 +212,7 @@ def rescore(
     if not todo:
         typer.echo(f"bench rescore: nothing to score: every finished run has a record under {policy} already")
         return
+    check_weights_kept(todo, results, "rescored")
     typer.echo(f"bench rescore: {len(todo)} run(s) to score under {policy} · device {dev}")
 
     def score(rec: dict) -> None:
@@ -254,7 +255,7 @@ def predict(
     from bench.protocol import load_protocol
     from bench.fileio import ensure_writable_dir
     from bench.registry import resolve_models
-    from bench.rescore import other_device_warning
+    from bench.rescore import check_weights_kept, other_device_warning
 
     _compute_setup(threads)
     dev = resolve_device(device.value)
@@ -264,6 +265,7 @@ def predict(
     ensure_writable_dir(out, "--out")
     if note := other_device_warning(todo, dev, "predicted"):
         warnings.warn(note, stacklevel=1)
+    check_weights_kept(todo, results, "predicted")
     typer.echo(f"bench predict: {len(todo)} run(s) · device {dev}")
 
     def write(rec: dict) -> None:
@@ -290,5 +292,5 @@ def _each_run(todo: list[dict], do: Callable[[dict], None], verb: str) -> None:
             note_failure(rec["run_id"], exc, failed, _echo_err)
     if failed:
         others = ", the others were" if len(failed) < len(todo) else ""
-        raise BenchError(f"{len(failed)} of {len(todo)} run(s) could not be {verb} ({', '.join(failed)}){others}; "
+        raise BenchError(f"{len(failed)} of {len(todo)} run(s) could not be {verb} ({few(failed)}){others}; "
                          "after fixing the cause, the same command does the rest")

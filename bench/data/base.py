@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.errors import BenchError
+from bench.errors import BenchError, few
 from bench.fileio import file_sha256
 
 
@@ -270,15 +270,11 @@ def split_problems(train: list[str], test: list[str], case_of=lambda item: item,
     for name, ids in zip(names, (train, test)):
         twice = sorted(item for item, n in Counter(ids).items() if n > 1)
         if twice:
-            problems.append(f"{name} lists {_few(twice)} twice")
+            problems.append(f"{name} lists {few(twice)} twice")
     both = sorted({case_of(item) for item in train} & set(test))
     if both:
-        problems.append(f"{_few(both)} in both {names[0]} and {names[1]}; a test case is never trained on")
+        problems.append(f"{few(both)} in both {names[0]} and {names[1]}; a test case is never trained on")
     return problems
-
-
-def _few(ids: list[str], n: int = 5) -> str:
-    return ", ".join(ids[:n]) + (f" (and {len(ids) - n} more)" if len(ids) > n else "")
 
 
 def found_instead(root: Path, expected: tuple[str, ...]) -> str:

@@ -55,7 +55,7 @@ import numpy as np
 
 from bench.data.base import (Case, Sample, SegDataset, check_whole_ids, class_ids, describe, found_instead, hidden,
                               id_dtype, reading, split_problems, write_nifti_labels)
-from bench.errors import BenchError
+from bench.errors import BenchError, few
 from bench.fileio import atomic_write, read_text, remove_orphans
 
 if TYPE_CHECKING:
@@ -282,8 +282,7 @@ def fold_problems(folds: list[tuple[list[str], list[str]]], cases: list[str]) ->
     for k, (train, val) in enumerate(folds):
         unknown = sorted(set(train + val) - known)
         if unknown:
-            more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
-            out.append(f"fold {k} names cases without a label file: {', '.join(unknown[:5])}{more}")
+            out.append(f"fold {k} names cases without a label file: {few(unknown)}")
         out += [f"fold {k} has an empty {key!r} list; expected cases in both lists"
                 for key, ids in (("train", train), ("val", val)) if not ids]
         out += [f"fold {k}: {problem}" for problem in split_problems(train, val, names=_FOLD_LISTS)]

@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from bench.data.base import Case, Sample, SegDataset, class_ids, found_instead, hidden, reading
-from bench.errors import BenchError
+from bench.errors import BenchError, few
 from bench.fileio import read_text
 
 # Class id -> organ, the TransUNet-lineage order used by the VM-UNet code and the paper tables
@@ -255,9 +255,8 @@ def spacing_table_problem(table: dict[str, tuple[float, float, float]], test: di
                         "data; expected case ids such as case0001")
     missing = [c for c, path in test.items() if c not in table and path.is_file() and volume_spacing(path) is None]
     if missing:
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
         has, its = ("has", "its") if len(missing) == 1 else ("have", "their")
-        problems.append(f"no line for {', '.join(missing[:5])}{more}, which {has} no spacing of {its} own: {its} HD95 "
+        problems.append(f"no line for {few(missing)}, which {has} no spacing of {its} own: {its} HD95 "
                         "would be in voxels and the others' in mm; give every test case a line (or remove the file: "
                         "HD95 in voxels for all)")
     return "; ".join(problems) or None
