@@ -96,7 +96,11 @@ def _run_statistic(run: pd.DataFrame, metric: str, pooled: bool, cases: pd.Index
         counts = run.groupby("case")[list(metrics.COUNTS)].sum().reindex(cases, fill_value=0)
         pooled_values = metrics.pooled_metrics(*(weights @ counts.to_numpy(np.float64)).T)
         return pooled_values.get(metric, np.full(len(weights), math.nan)), drawn  # hd95: NaN, as aggregate
-    table = run.set_index(["case", "class"])[metric].unstack("class").reindex(cases).to_numpy(np.float64)
+    # cases × classes, NaN where a case has no value (pandas' set_index/unstack here was most of a report's time)
+    class_codes, classes = pd.factorize(run["class"])
+    table = np.full((len(cases), len(classes)), np.nan)
+    rows = cases.get_indexer(run["case"])
+    table[rows[rows >= 0], class_codes[rows >= 0]] = run[metric].to_numpy(np.float64)[rows >= 0]
     valid = ~np.isnan(table)
     sums, n = weights @ np.where(valid, table, 0.0), weights @ valid
     with np.errstate(invalid="ignore", divide="ignore"):  # a class no drawn case is valid for: NaN, as aggregate
@@ -113,7 +117,10 @@ def policy_statistic(df_cases: pd.DataFrame, metric: str, policy: str, weights: 
     cases = pd.Index(sorted(df_cases["case"].unique())) if cases is None else cases
     weights = np.ones((1, len(cases))) if weights is None else weights
     pooled = metrics.get_policy(policy).pooled
-    df = df_cases[df_cases["case"].isin(cases)]
+    # the columns the statistic reads, before any grouping: slicing the whole case frame per run was
+    # most of a large report's time
+    needed = ["model_label", "run_id", "case", *(metrics.COUNTS if pooled else ("class", metric))]
+    df = df_cases.loc[df_cases["case"].isin(cases), needed]
     out = {}
     for model, runs in df.groupby("model_label", sort=False):
         values, drawn = map(np.array, zip(*(_run_statistic(run, metric, pooled, cases, weights)
