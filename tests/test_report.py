@@ -846,6 +846,17 @@ def test_a_run_of_the_papers_recipe_with_overrides_is_told_apart_from_another_re
     assert "other recipe" in other and "off-protocol" not in other, other
 
 
+def test_a_number_two_papers_print_is_one_row_naming_both(tmp_path):
+    """From a scale journey: VM-UNet-V2's Table 1 reprints VM-UNet's ISIC numbers, and each came twice."""
+    write_record(make_record("transunet", dice=0.8, case_ids=TRANSUNET_TEST_CASES[:2]), tmp_path)
+    section = _published_section(tmp_path, "TransUNet Table 1,transunet,synapse,dice,77.48,%,legacy-synapse,synapse,",
+                                 "Later Table 2,transunet,synapse,dice,77.48,%,legacy-synapse,synapse,",
+                                 "Other Table,transunet,synapse,dice,78.00,%,legacy-synapse,synapse,")
+    rows = [line for line in section.splitlines() if line.startswith("| transunet")]
+    cells = [[c.strip() for c in row.split("|")] for row in rows]
+    assert [c[4] for c in cells] == ["TransUNet Table 1; Later Table 2", "Other Table"], rows
+
+
 def test_split_mismatch_by_case_ids_counts_or_unpublished_splits():
     from bench.data.verify import PRANET_TEST_SETS, VMUNET_ISIC_SPLITS
     from bench.report import split_mismatch

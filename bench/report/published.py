@@ -191,10 +191,23 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
                              "Note": p["note"]})
         if rows:
             synth = " — synthetic data: the difference says nothing about the model" if "(synthetic)" in key.dataset else ""
-            table = pd.DataFrame(rows)
+            table = pd.DataFrame(_one_row_per_number(rows))
             out[f"Published vs ours · {_caption(key, board)[0]} (ours){synth}"] = \
                 table if table["Note"].astype(bool).any() else table.drop(columns="Note")
     return out
+
+
+def _one_row_per_number(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Rows that differ in their source alone as one, the sources joined: a paper that reprints another's
+    table (VM-UNet-V2's Table 1 holds VM-UNet's ISIC numbers) adds its name, not a second row."""
+    merged: dict[tuple, dict[str, str]] = {}
+    for row in rows:
+        key = tuple(v for k, v in row.items() if k != "Source")
+        if key in merged:
+            merged[key]["Source"] += f"; {row['Source']}"
+        else:
+            merged[key] = dict(row)
+    return list(merged.values())
 
 
 def missing_published_md(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFrame, source: str) -> str:
