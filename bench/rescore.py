@@ -104,7 +104,7 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
                          f"the {len(scored)} it was scored on, so cases the model trained on could be {what}")
     recorded = rec.get("data_id")  # absent in older records, empty for runs identified by their data's path
     made = synthetic_identity(root)
-    if recorded and recorded not in ({made} if made else data_ids(dataset)):
+    if recorded and recorded not in ({made} if made else data_ids(dataset, rec["policy"])):
         raise BenchError(f"run {rec['run_id']}: the data at {root} changed since it was scored (files, sizes or "
                          f"content differ), so it cannot be {what} on it")
     # the statistics its images were normalised with in training, not ones drawn from the data as it is now
@@ -228,10 +228,15 @@ def _same_data(data_id: str, others: set, root: str | None, dataset: str,
     return data_id in ids and bool(ids & others)
 
 
-def data_ids(dataset: SegDataset) -> set[str]:
+def data_ids(dataset: SegDataset, policy: str | None = None) -> set[str]:
     """The ids a run's record may name this data by: content_id's of today, and the one of runs
-    begun before it read the test labels (scored=False), which they keep."""
-    return {dataset.content_id(), dataset.content_id(scored=False)}
+    begun before it read the test labels (scored=False), which they keep; for a run scored under
+    ``policy`` without spacings (HD95 in voxels), also the id without the spacing table, which
+    changes none of its scores (bench predict's warning of 1 mm voxels advises adding one)."""
+    ids = {dataset.content_id(), dataset.content_id(scored=False)}
+    if policy is not None and not get_policy(policy).use_spacing and dataset.spacing_files():
+        ids.add(dataset.content_id(spacing=False))
+    return ids
 
 
 def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: torch.device,

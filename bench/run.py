@@ -642,12 +642,15 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
                      split_sha[fold], data_id, tuple(split[fold].notes), small[m], given)
              for m in models for s in seeds for fold in fold_list]
     earlier = ("", ds.content_id(scored=False)) if data_id.startswith("files:") else ()
+    if earlier and not POLICIES[chosen].use_spacing and ds.spacing_files():  # a spacing table added since
+        earlier += (ds.content_id(spacing=False),)  # changes none of the scores of a policy without spacings
     return [_earlier_id(spec, results_dir, earlier) for spec in specs]
 
 
 def _earlier_id(spec: RunSpec, results_dir: Path, earlier: tuple[str, ...]) -> RunSpec:
     """A run begun when its data was identified otherwise (``earlier``: by its absolute path, before
-    content_id; by content_id before it read the test labels) keeps that id where its record or run
+    content_id; by content_id before it read the test labels; before a spacing table its policy does
+    not read was added) keeps that id where its record or run
     folder is there: finished, it is skipped; interrupted, it resumes; its rescored twins are found."""
     from bench.rescore import rescored_twin
 

@@ -300,3 +300,34 @@ def test_records_copied_without_their_weights_are_one_line_and_long_failure_list
     assert proc.returncode == 2 and proc.stderr.count(": FAILED: ") == 11
     assert proc.stderr.splitlines()[-1].startswith(
         f"error: 11 of 12 run(s) could not be rescored ({', '.join(ids[1:6])} (and 6 more)), the others were; ")
+
+
+def test_a_spacing_table_added_after_a_run_scored_in_voxels_keeps_its_data(trained, tmp_path):
+    """From a predictions journey: bench predict's warning of 1 mm voxels advises a spacing.csv, and adding
+    it made a legacy-synapse run's data "changed since it was scored" (its scores, in voxels, read none)."""
+    from bench.data import open_dataset
+    from bench.data.synth import MARKER
+    from bench.predict import plan_predict, predict_run
+
+    root, _, _ = trained
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    (data / MARKER).unlink()
+    legacy = _run(data, tmp_path / "res", "legacy-synapse")
+    strict = _run(data, tmp_path / "res", "strict")
+    cases = open_dataset("synapse", data).test_ids()
+    (data / "spacing.csv").write_text("case,d,h,w\n" + "".join(f"{c},3.0,0.7,0.7\n" for c in cases))
+    assert open_dataset("synapse", data).content_id() != legacy["data_id"]
+    folder, written = predict_run(legacy, tmp_path / "res", tmp_path / "pred", CPU)
+    assert written == len({row["case"] for row in legacy["per_case"]})
+    # a run scored in mm read the spacings: for it the data did change
+    with pytest.raises(BenchError, match=rf"run {strict['run_id']}: the data at {data} changed since it was scored"):
+        predict_run(strict, tmp_path / "res", tmp_path / "pred", CPU)
+    # bench run finds the legacy run finished, and would train the strict one again
+    for policy, same in (("legacy-synapse", True), ("strict", False)):
+        proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=3, max_cases=2)
+        (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=data,
+                            synthetic=False, results_dir=tmp_path / "res", policy=policy,
+                            model_overrides=dict(get_entry("unet").tiny))
+        assert (spec.key == (legacy if policy == "legacy-synapse" else strict)["run_id"]) is same
+    assert {r["run_id"] for r in plan_predict(tmp_path / "res")} == {legacy["run_id"], strict["run_id"]}

@@ -203,7 +203,12 @@ class SegDataset:
         named by a reader that does not say."""
         return []
 
-    def content_id(self, *, scored: bool = True) -> str:
+    def spacing_files(self) -> list[Path]:
+        """Files that give test volumes their spacing and nothing else (Synapse's ``spacing.csv``): they
+        change scores only under policies that score HD95 in mm (``content_id(spacing=False)``)."""
+        return []
+
+    def content_id(self, *, scored: bool = True, spacing: bool = True) -> str:
         """``files:<sha256[:16]>``: what identifies data of one's own in run ids, wherever it lies.
         Every source file's path below the root and size, the contents of ``CONTENT_SAMPLES`` files
         spread over the list (their first and last MiB) and every byte of the files the test labels
@@ -212,8 +217,11 @@ class SegDataset:
         moved disk: finished runs stay finished); data preprocessed otherwise gets another where a
         file's size or a sampled file's bytes differ (uncompressed training slices keep their sizes:
         an edit in place to an unsampled one is not seen), test labels changed in any way get
-        another. ``scored=False``: the id without the last part, as runs begun before it have it."""
-        files = self.source_files()
+        another. ``scored=False``: the id without the last part, as runs begun before it have it.
+        ``spacing=False``: without ``spacing_files``, the id a run scored without them has, where a
+        spacing table added since changes none of its scores."""
+        left_out = set() if spacing else set(self.spacing_files())
+        files = [f for f in self.source_files() if f not in left_out]
         entries = []
         for path in files:
             try:
@@ -232,7 +240,7 @@ class SegDataset:
                         digest.update(fh.read(_MIB))
             except OSError:
                 digest.update(b"unreadable")
-        for path in self.scored_files() if scored else ():
+        for path in [f for f in self.scored_files() if f not in left_out] if scored else ():
             try:
                 digest.update(file_sha256(path).encode())
             except OSError:

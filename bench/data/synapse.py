@@ -358,8 +358,11 @@ class SynapseDataset(SegDataset):
                 raise BenchError(f"{self.root / SPACING_FILE}: {problem}")
 
     def scored_files(self) -> list[Path]:
+        return [self.test_file(i) for i in self._test] + self.spacing_files()
+
+    def spacing_files(self) -> list[Path]:
         table = self.root / SPACING_FILE  # HD95 in mm reads it
-        return [self.test_file(i) for i in self._test] + ([table] if table.is_file() else [])
+        return [table] if table.is_file() else []
 
     def source_files(self) -> list[Path]:
         return [self.train_file(i) for i in self._train] + self.scored_files()
