@@ -49,9 +49,10 @@ def check_weights_kept(todo: list[dict[str, Any]], results_dir: Path, verb: str)
     """BenchError, before anything is done, where not one of several runs has its weights (records copied
     without the run folders): one line instead of a FAILED line per run."""
     if len(todo) > 1 and not any(weights_path(results_dir, rec).is_file() for rec in todo):
+        first = weights_path(results_dir, todo[0])
         raise BenchError(f"none of the {len(todo)} runs has its weights under {Path(results_dir) / 'runs'} "
-                         f"(<run_id>/{CHECKPOINT_DIR}/final.pt), which they are {verb} from: were the records copied "
-                         "without the runs/ folder bench run wrote beside them?")
+                         f"(e.g. {first.relative_to(Path(results_dir) / 'runs')}), which they are {verb} from: were "
+                         "the records copied without the runs/ folder bench run wrote beside them?")
 
 
 def record_protocol(rec: dict[str, Any], protocol_file: Path | None = None) -> Protocol:
@@ -85,12 +86,14 @@ def record_protocol(rec: dict[str, Any], protocol_file: Path | None = None) -> P
 
 
 def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None = None,
-              what: str = "used") -> tuple[nn.Module, SegDataset, Protocol]:
+              what: str = "used", policy: str | None = None) -> tuple[nn.Module, SegDataset, Protocol]:
     """The run's model holding the weights it was evaluated with, its test data and its protocol.
 
     BenchError when the weights are gone, the protocol changed (``record_protocol``) or the run's
     split now holds other cases than it scored (the data, or how its split is drawn, changed since,
-    so cases it trained on could be ``what``: rescored, predicted)."""
+    so cases it trained on could be ``what``: rescored, predicted). ``policy``: what the data is now
+    scored under (default the run's): a spacing table added since counts as a change only for one that
+    reads it (``data_ids``)."""
     path = weights_path(results_dir, rec)
     if not path.is_file():
         raise BenchError(f"{path}: not found; run {rec['run_id']} can only be {what} from its run directory")
@@ -104,7 +107,7 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
                          f"the {len(scored)} it was scored on, so cases the model trained on could be {what}")
     recorded = rec.get("data_id")  # absent in older records, empty for runs identified by their data's path
     made = synthetic_identity(root)
-    if recorded and recorded not in ({made} if made else data_ids(dataset, rec["policy"])):
+    if recorded and recorded not in ({made} if made else data_ids(dataset, policy or rec["policy"])):
         raise BenchError(f"run {rec['run_id']}: the data at {root} changed since it was scored (files, sizes or "
                          f"content differ), so it cannot be {what} on it")
     # the statistics its images were normalised with in training, not ones drawn from the data as it is now
@@ -235,7 +238,7 @@ def data_ids(dataset: SegDataset, policy: str | None = None) -> set[str]:
     changes none of its scores (bench predict's warning of 1 mm voxels advises adding one)."""
     ids = {dataset.content_id(), dataset.content_id(scored=False)}
     if policy is not None and not get_policy(policy).use_spacing and dataset.spacing_files():
-        ids.add(dataset.content_id(spacing=False))
+        ids |= {dataset.content_id(spacing=False), dataset.content_id(scored=False, spacing=False)}
     return ids
 
 
@@ -244,7 +247,9 @@ def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: 
     """Evaluate the run of ``rec`` under ``policy`` and write (and return) its new record."""
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
-    model, dataset, protocol = run_model(rec, results_dir, protocol_file, "rescored")
+    # into a policy scoring in mm, a spacing table added since the run is a change of its data (as bench run
+    # trains such a run again): its rescored record would name data without the table its HD95 came from
+    model, dataset, protocol = run_model(rec, results_dir, protocol_file, "rescored", policy)
     if get_policy(policy).use_spacing:  # HD95 in mm: every test case needs its spacing (as bench run checks)
         dataset.check_spacing()
     scores = evaluate(model, dataset, protocol, policy, device=device)

@@ -643,7 +643,8 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
              for m in models for s in seeds for fold in fold_list]
     earlier = ("", ds.content_id(scored=False)) if data_id.startswith("files:") else ()
     if earlier and not POLICIES[chosen].use_spacing and ds.spacing_files():  # a spacing table added since
-        earlier += (ds.content_id(spacing=False),)  # changes none of the scores of a policy without spacings
+        earlier += (ds.content_id(spacing=False), ds.content_id(scored=False, spacing=False))  # changes none of
+        # the scores of a policy without spacings
     return [_earlier_id(spec, results_dir, earlier) for spec in specs]
 
 

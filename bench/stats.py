@@ -97,10 +97,14 @@ def _run_statistic(run: pd.DataFrame, metric: str, pooled: bool, cases: pd.Index
         pooled_values = metrics.pooled_metrics(*(weights @ counts.to_numpy(np.float64)).T)
         return pooled_values.get(metric, np.full(len(weights), math.nan)), drawn  # hd95: NaN, as aggregate
     # cases × classes, NaN where a case has no value (pandas' set_index/unstack here was most of a report's time)
-    class_codes, classes = pd.factorize(run["class"])
+    class_codes, classes = pd.factorize(run["class"], sort=True, use_na_sentinel=False)  # unstack's column order
     table = np.full((len(cases), len(classes)), np.nan)
     rows = cases.get_indexer(run["case"])
-    table[rows[rows >= 0], class_codes[rows >= 0]] = run[metric].to_numpy(np.float64)[rows >= 0]
+    kept = rows >= 0
+    cells = rows[kept] * len(classes) + class_codes[kept]
+    if np.unique(cells).size != cells.size:  # one value per case and class, as records hold them
+        raise BenchError(f"run {run['run_id'].iloc[0]}: a case and class hold more than one {metric} row")
+    table[rows[kept], class_codes[kept]] = run[metric].to_numpy(np.float64)[kept]
     valid = ~np.isnan(table)
     sums, n = weights @ np.where(valid, table, 0.0), weights @ valid
     with np.errstate(invalid="ignore", divide="ignore"):  # a class no drawn case is valid for: NaN, as aggregate

@@ -293,8 +293,10 @@ def test_records_copied_without_their_weights_are_one_line_and_long_failure_list
         proc = run_bench(command, "--results", copy, *extra, check=False)
         verb = "rescored" if command == "rescore" else "predicted"
         assert proc.returncode == 2 and proc.stderr == (
-            f"error: none of the 12 runs has its weights under {copy / 'runs'} (<run_id>/checkpoints/final.pt), which "
-            f"they are {verb} from: were the records copied without the runs/ folder bench run wrote beside them?\n")
+            f"error: none of the 12 runs has its weights under {copy / 'runs'} (e.g. {ids[0]}/checkpoints/final.pt), "
+            f"which they are {verb} from: were the records copied without the runs/ folder bench run wrote beside "
+            "them?\n")
+        assert not (tmp_path / "pred").exists()  # refused before --out is made
     shutil.copytree(results / "runs" / legacy["run_id"], copy / "runs" / ids[0])  # one of them has its weights
     proc = run_bench("rescore", "--results", copy, "--policy", "strict", check=False)
     assert proc.returncode == 2 and proc.stderr.count(": FAILED: ") == 11
@@ -323,6 +325,11 @@ def test_a_spacing_table_added_after_a_run_scored_in_voxels_keeps_its_data(train
     # a run scored in mm read the spacings: for it the data did change
     with pytest.raises(BenchError, match=rf"run {strict['run_id']}: the data at {data} changed since it was scored"):
         predict_run(strict, tmp_path / "res", tmp_path / "pred", CPU)
+    # rescoring it into a policy that reads the table is a change of its data, as for the strict run (its
+    # record would name data without the table its HD95 in mm came from)
+    with pytest.raises(BenchError, match=rf"run {legacy['run_id']}: the data at {data} changed since it was scored"):
+        rescore_record(legacy, "strict", tmp_path / "res", CPU)
+    assert rescore_record(strict, "legacy-synapse", tmp_path / "res", CPU)["metrics"]  # into voxels: read none
     # bench run finds the legacy run finished, and would train the strict one again
     for policy, same in (("legacy-synapse", True), ("strict", False)):
         proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=3, max_cases=2)

@@ -43,6 +43,23 @@ def test_a_case_is_the_mean_of_its_classes_not_the_median():
     assert row["mean_diff"] == pytest.approx(0.2)
 
 
+def test_the_board_statistic_of_rows_in_any_order_and_a_repeated_row_refused():
+    """The statistic's table is filled by position: rows shuffled, a class absent from a run's first case
+    or named by string give the numbers sorted rows give; one (case, class) twice is named, not overwritten."""
+    df = _cases({"a": [[0.5, 0.7, 0.2]], "b": [[0.6, 0.1, 0.9]]}, classes=3)
+    df["dice"] += np.arange(len(df)) / 1000  # every row its own value
+    want = stats.policy_statistic(df, "dice", "legacy-synapse")
+    shuffled = df.sample(frac=1.0, random_state=3)
+    assert stats.policy_statistic(shuffled, "dice", "legacy-synapse")[want.columns].equals(want)  # bit for bit
+    gap = df.drop(index=df[(df["case"] == "case00") & (df["class"] == 1)].index)  # absent from a's first case
+    by_hand = gap[gap["model_label"] == "a"].groupby("class")["dice"].mean().mean()
+    assert stats.policy_statistic(gap, "dice", "legacy-synapse")["a"].iloc[0] == pytest.approx(by_hand, abs=0)
+    named = df.assign(**{"class": df["class"].map({1: "aorta", 2: "kidney", 3: "liver"})})
+    assert stats.policy_statistic(named, "dice", "legacy-synapse").equals(want)
+    with pytest.raises(BenchError, match=r"run a-s0: a case and class hold more than one dice row"):
+        stats.policy_statistic(pd.concat([df, df.iloc[:1]]), "dice", "legacy-synapse")
+
+
 def _scored(model: str, seed: int, cases: list[tuple[np.ndarray, np.ndarray]], policy: str, classes: int) -> pd.DataFrame:
     rows = []
     for i, (pred, gt) in enumerate(cases):

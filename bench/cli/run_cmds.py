@@ -262,10 +262,10 @@ def predict(
     if protocol is not None:  # a broken file: one error before anything is written
         load_protocol(protocol)
     todo = plan_predict(results, None if models == "all" else resolve_models(models), run)
+    check_weights_kept(todo, results, "predicted")
     ensure_writable_dir(out, "--out")
     if note := other_device_warning(todo, dev, "predicted"):
         warnings.warn(note, stacklevel=1)
-    check_weights_kept(todo, results, "predicted")
     typer.echo(f"bench predict: {len(todo)} run(s) · device {dev}")
 
     def write(rec: dict) -> None:

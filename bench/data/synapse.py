@@ -251,7 +251,7 @@ def spacing_table_problem(table: dict[str, tuple[float, float, float]], test: di
     problems = []  # both, where both are there: one fix at a time would find the second after the first
     unknown = sorted(set(table) - set(test) - train_cases)
     if unknown:
-        problems.append(f"{', '.join(unknown[:5])} {'is not a case' if len(unknown) == 1 else 'are not cases'} of this "
+        problems.append(f"{few(unknown)} {'is not a case' if len(unknown) == 1 else 'are not cases'} of this "
                         "data; expected case ids such as case0001")
     missing = [c for c, path in test.items() if c not in table and path.is_file() and volume_spacing(path) is None]
     if missing:
