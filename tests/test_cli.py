@@ -167,7 +167,14 @@ def test_isic_run_uses_pooled_policy(tmp_path):
 def test_check_passes_on_itself_and_fails_on_drift(smoke_results, tmp_path):
     base = tmp_path / "baseline.csv"
     _bench("check", "--baseline", base, "--results", smoke_results, "--update")
-    assert _bench("check", "--baseline", base, "--results", smoke_results).returncode == 0
+    assert _bench("check", "--baseline", base, "--results", smoke_results).stderr == ""
+    table = pd.read_csv(base)
+    # rows a baseline lacks (a model added to the grid) pass as new, and a hint says how they get checked
+    table.iloc[:-2].to_csv(base, index=False)
+    proc = _bench("check", "--baseline", base, "--results", smoke_results)
+    assert "2 row(s) are new: the baseline does not check them yet; `bench check --update" in proc.stderr
+    _bench(*proc.stderr.split("`")[1].split()[1:])
+    assert _bench("check", "--baseline", base, "--results", smoke_results).stderr == ""
     table = pd.read_csv(base)
     table.loc[table["metric"] == "dice", "value"] += 0.5
     table.to_csv(base, index=False)
@@ -261,8 +268,14 @@ def test_models_and_doctor():
     out = runner.invoke(app, ["models"]).output.splitlines()
     assert out[0].split() == ["model", "family", "description"]
     rows = {line.split()[0]: line.split()[1] for line in out[1:] if not line.startswith(" ")}
-    assert rows == {"unet": "cnn", "transunet": "transformer", "swin_unet": "transformer", "vmunet": "ssm",
-                    "vmunet_v2": "ssm", "lightm_unet": "ssm"}
+    from bench.registry import list_models
+
+    assert set(rows) == set(list_models())  # a model added to the registry is listed (and its family below)
+    assert {m: rows[m] for m in ("unet", "transunet", "swin_unet", "vmunet", "vmunet_v2", "lightm_unet")} == {
+        "unet": "cnn", "transunet": "transformer", "swin_unet": "transformer", "vmunet": "ssm", "vmunet_v2": "ssm",
+        "lightm_unet": "ssm"}
+    heads = [line for line in out if not line.startswith(" ")]
+    assert len({line.index(f" {line.split()[1]} ", len(line.split()[0])) for line in heads}) == 1  # one family column
     doc = runner.invoke(app, ["doctor"])
     assert doc.exit_code == 0 and "torch" in doc.output and "scan backend" in doc.output
     from bench import env  # the code's version, as records name it: the commit, with the sources' digest if no clean one

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,6 +71,23 @@ def test_state_dict_roundtrip_strict(name, tmp_path):
     assert report["source"] == "authors" and report["skipped"] == ["module.encoder.total_params", "module.total_ops"]
     for k, v in a.state_dict().items():
         torch.testing.assert_close(b.state_dict()[k], v)
+
+
+def test_every_built_in_model_has_its_card_its_readme_row_and_drift_rows():
+    """From a contributor journey: a model added to the repository passed CI without a model card, a README
+    row or a row in the drift baseline (its new rows pass `bench check`, so nothing guarded it)."""
+    import pandas as pd
+
+    from bench.registry import get_entry, is_builtin, list_models
+
+    root = Path(__file__).resolve().parents[1]
+    cards, readme = (root / "docs" / "models.md").read_text(), (root / "README.md").read_text()
+    drift = {m.split(" (")[0] for m in pd.read_csv(root / "results" / "baseline" / "smoke.csv")["model"]}
+    for name in filter(is_builtin, list_models()):
+        family = get_entry(name).family
+        assert f"(`{name}`, {family})" in cards, f"docs/models.md: no card '## <Name> (`{name}`, {family})'"
+        assert f"\n| `{name}` | {family} |" in readme, f"README.md: no row of {name} in the Models table"
+        assert name in drift, f"results/baseline/smoke.csv: no rows of {name}; `make baseline` adds them"
 
 
 def test_unet_paper_parameter_count():

@@ -20,6 +20,7 @@ from bench.data.resample import new_shape
 from bench.errors import BenchError
 from bench.evaluate import gaussian_importance, sliding_window_logits, tile_starts
 from bench.protocol import load_protocol
+from bench.registry import list_models
 from tests.fixtures import Scripted, run_bench
 
 PROTOCOLS = Path(__file__).parents[1] / "bench" / "protocols"
@@ -709,8 +710,9 @@ def test_lightm_unet_3d_run_trains_on_patches_and_scores_whole_volumes(volumes, 
 
 @pytest.mark.parametrize("args, phrase", [
     (["--models", "unet"], "unet is a 2-D model; protocol 'lightm_unet_3d' trains 3-D patches"),
-    (["--models", "all"], "swin_unet, transunet, unet, vmunet, vmunet_v2 are 2-D models; protocol 'lightm_unet_3d' "
-                          "trains 3-D patches (patch_size [8, 16, 16]). Models with a 3-D variant: lightm_unet"),
+    (["--models", "all"], f"{', '.join(m for m in list_models() if m != 'lightm_unet')} are 2-D models; protocol "
+                          "'lightm_unet_3d' trains 3-D patches (patch_size [8, 16, 16]). Models with a 3-D variant: "
+                          "lightm_unet"),
     (["--models", "lightm_unet", "--patch-size", "8,12,16"], "not multiples of 8"),
     (["--models", "lightm_unet", "--patch-size", "8,16,20"], "use e.g. [8, 16, 24]"),
     (["--models", "lightm_unet", "--img-size", "32"], "sizes its input with patch_size [128, 128, 128]; change that with --patch-size"),

@@ -15,14 +15,16 @@ def models() -> None:
     """
     from bench.registry import get_entry, is_builtin, list_models
 
-    typer.echo(f"{'model':12s} {'family':12s} description")
+    width = max([12, *map(len, list_models())])  # a plugin's longer name keeps the columns
+    indent = " " * (width + 14)
+    typer.echo(f"{'model':{width}s} {'family':12s} description")
     for name in list_models():
         e = get_entry(name)
         cfg = ", ".join(f"{k}={v}" for k, v in e.paper_config.items())
         init = (f"{e.init[1]} (load_weights source {e.init[0]!r})" if e.init
                 else "none (the authors train from scratch)" if is_builtin(name) else "none")
-        typer.echo(f"{name:12s} {e.family:12s} {e.description}\n{'':25s}paper config: {cfg}\n{'':25s}source: {e.source}"
-                   f"\n{'':25s}pretrained init: {init}")
+        typer.echo(f"{name:{width}s} {e.family:12s} {e.description}\n{indent}paper config: {cfg}\n{indent}source: "
+                   f"{e.source}\n{indent}pretrained init: {init}")
 
 
 def doctor() -> None:

@@ -79,8 +79,12 @@ def check(
         return
     result = drift.compare(baseline, df)
     typer.echo(result.render(only_changes=changes_only))
+    n = result.counts()
+    if n["new"] and not result.failed:  # passing, yet nothing guards these rows (a model added to the grid)
+        _echo_err(f"{n['new']} row(s) are new: the baseline does not check them yet; `bench check --update --baseline "
+                  f"{shlex.quote(str(baseline))} --results {shlex.quote(str(results))}` adds them (hand-edited "
+                  "tolerances kept)")
     if result.failed:
-        n = result.counts()
         what = [f"{n['drift']} value(s) drifted past their tolerance" if n["drift"] else "",
                 f"{n['missing']} baseline row(s) have no value now" if n["missing"] else ""]
         update = f"bench check --update --baseline {shlex.quote(str(baseline))} --results {shlex.quote(str(results))}"
