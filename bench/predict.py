@@ -100,7 +100,8 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
     }
     _claim(folder, manifest)
     files = {case_id: dataset.prediction_name(case_id) for case_id in ids}
-    todo = [case_id for case_id in ids if not (folder / files[case_id]).is_file()]
+    # written atomically, so a file there is whole; an empty one (emptied since, a full disk's copy) is not
+    todo = [case_id for case_id in ids if not _written(folder / files[case_id])]
 
     unknown: list[str] = []  # volumes without a spacing (Synapse h5 files without spacing.csv)
 
@@ -121,6 +122,13 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
     fileio.atomic_write_text(folder / MANIFEST, json.dumps({**manifest, "complete": True, "files": files},
                                                             indent=2) + "\n")
     return folder, len(todo)
+
+
+def _written(path: Path) -> bool:
+    try:
+        return path.is_file() and path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _claim(folder: Path, manifest: dict[str, Any]) -> None:

@@ -164,6 +164,11 @@ def test_binary_masks_are_0_255_pngs_at_model_resolution_in_test_set_folders(tmp
         mask = np.asarray(Image.open(folder / f"{case_id}.png"))
         assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 255}
         preds[case_id] = (mask // 255).astype(np.uint8)
+    # a case file emptied since (0 bytes) is written again, not kept as done
+    first = folder / f"{ds.test_ids()[0]}.png"
+    whole = first.read_bytes()
+    first.write_bytes(b"")
+    assert predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)[1] == 1 and first.read_bytes() == whole
     # scored at model resolution: the ground truth is the resized mask, as in evaluation
     from bench.transforms import prepare_binary_pair
 
