@@ -463,7 +463,13 @@ def train_model(
             if t.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            scaler.step(optimizer)
+            try:
+                scaler.step(optimizer)
+            except RuntimeError as exc:  # Adam's lr / (1 - beta1) beyond float32: torch's traceback said no more
+                if "without overflow" not in str(exc):
+                    raise
+                raise BenchError(f"the optimizer's step overflows {protocol.dtype} at learning rate {lr:g} (epoch {epoch}, "
+                                 f"step {step}; --lr or train.lr): lower the learning rate") from exc
             scaler.update()
             step_losses.append(loss_value)
             step += 1

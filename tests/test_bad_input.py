@@ -680,6 +680,35 @@ def test_numbers_out_of_range_are_one_line_before_anything_runs(monkeypatch, cap
             phrase="expected a number >= 0; got -0.0001")
 
 
+def test_a_learning_rate_whose_step_overflows_is_one_line(tmp_path, monkeypatch):
+    """--lr 1e38 passed the range check, then a run could end in torch's traceback ("value cannot be converted
+    to type float without overflow": Adam's lr / (1 - beta1) beyond float32), or in a NaN loss a step later."""
+    from tests.fixtures import run_bench
+
+    proc = run_bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--results", tmp_path, *QUICK,
+                     "--img-size", "32", "--lr", "1e38", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines()[-1] in (
+        "error: the optimizer's step overflows float32 at learning rate 1e+38 (epoch 0, step 0; --lr or train.lr): "
+        "lower the learning rate",
+        "error: non-finite loss (nan) at epoch 0, step 1: training stopped. Lower the learning rate or check the data "
+        "(no checkpoint written yet)"), proc.stderr
+    # the overflow itself, wherever the optimiser meets it
+    from bench.train import train_model
+
+    def overflow(self, *args, **kwargs):
+        raise RuntimeError("value cannot be converted to type float without overflow")
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", overflow)
+    (data,) = (tmp_path / "synthetic").iterdir()  # what --synthetic wrote
+    ds = open_dataset("synapse", data)
+    proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=1, lr=1e38)
+    model = create_model("unet", num_classes=ds.num_classes, in_chans=1, img_size=32, tiny=True)
+    with pytest.raises(BenchError, match=r"^the optimizer's step overflows float32 at learning rate 1e\+38 \(epoch 0, "
+                                         r"step 0; --lr or train.lr\): lower the learning rate$"):
+        train_model(model, ds, proto, seed=0, run_dir=tmp_path / "run", device=torch.device("cpu"))
+
+
 # --- sizes: non-square inputs, sizes a model cannot take --------------------------------------
 
 
