@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import math
@@ -359,13 +360,14 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
         fig, axes = plt.subplots(1, 2 if with_lr else 1, figsize=(11 if with_lr else 8, 4.2), layout="constrained",
                                  squeeze=False)
         ax_loss, ax_lr = axes[0][0], axes[0][-1] if with_lr else None
-        models = list(dict.fromkeys(run["model_label"] for run, _, _ in curves))
+        n_runs = collections.Counter(run["model_label"] for run, _, _ in curves)  # in the order of first appearance
+        colour = {model: colours[i % len(colours)] for i, model in enumerate(n_runs)}
+        labelled: set[str] = set()
         for run, scalars, (ep_steps, ep_losses) in curves:
             model = run["model_label"]
-            mine = [r for r, _, _ in curves if r["model_label"] == model]
-            first = mine[0] is run
-            label = _curve_label(run, len(mine)) if first else "_nolegend_"
-            style = dict(linewidth=1, color=colours[models.index(model) % len(colours)], alpha=1 if len(mine) == 1 else 0.6)
+            label = "_nolegend_" if model in labelled else _curve_label(run, n_runs[model])  # one entry per model
+            labelled.add(model)
+            style = dict(linewidth=1, color=colour[model], alpha=1 if n_runs[model] == 1 else 0.6)
             if "train/loss" in scalars:
                 ax_loss.plot(*scalars["train/loss"], label=label, **style)
             else:

@@ -232,13 +232,18 @@ def _same_data(data_id: str, others: set, root: str | None, dataset: str,
 
 
 def data_ids(dataset: SegDataset, policy: str | None = None) -> set[str]:
-    """The ids a run's record may name this data by: content_id's of today, and the one of runs
-    begun before it read the test labels (scored=False), which they keep; for a run scored under
-    ``policy`` without spacings (HD95 in voxels), also the id without the spacing table, which
+    """The ids a run's record may name this data by: content_id's of today and ``earlier_data_ids``."""
+    return {dataset.content_id(), *earlier_data_ids(dataset, policy)}
+
+
+def earlier_data_ids(dataset: SegDataset, policy: str | None = None) -> list[str]:
+    """The other ids a run may name this data by, in the order bench run tries them: the one of runs
+    begun before content_id read the test labels (scored=False), which they keep; for a run scored
+    under ``policy`` without spacings (HD95 in voxels), also those without the spacing table, which
     changes none of its scores (bench predict's warning of 1 mm voxels advises adding one)."""
-    ids = {dataset.content_id(), dataset.content_id(scored=False)}
+    ids = [dataset.content_id(scored=False)]
     if policy is not None and not get_policy(policy).use_spacing and dataset.spacing_files():
-        ids |= {dataset.content_id(spacing=False), dataset.content_id(scored=False, spacing=False)}
+        ids += [dataset.content_id(spacing=False), dataset.content_id(scored=False, spacing=False)]
     return ids
 
 

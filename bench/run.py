@@ -539,6 +539,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     As the command line gives them: ``models`` "all" or a comma list, ``protocol`` a name or a file."""
     from bench.protocol import load_protocol
     from bench.registry import resolve_models
+    from bench.rescore import earlier_data_ids
 
     models = resolve_models(models)
     protocol = load_protocol(protocol) if isinstance(protocol, (str, Path)) else protocol
@@ -641,10 +642,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     specs = [RunSpec(m, dataset, protocol, s, data_root, synthetic, chosen, tuple(sorted(over[m].items())), fold, inits.get(m),
                      split_sha[fold], data_id, tuple(split[fold].notes), small[m], given)
              for m in models for s in seeds for fold in fold_list]
-    earlier = ("", ds.content_id(scored=False)) if data_id.startswith("files:") else ()
-    if earlier and not POLICIES[chosen].use_spacing and ds.spacing_files():  # a spacing table added since
-        earlier += (ds.content_id(spacing=False), ds.content_id(scored=False, spacing=False))  # changes none of
-        # the scores of a policy without spacings
+    earlier = ("", *earlier_data_ids(ds, chosen)) if data_id.startswith("files:") else ()
     return [_earlier_id(spec, results_dir, earlier) for spec in specs]
 
 

@@ -80,14 +80,13 @@ def check(
     result = drift.compare(baseline, df)
     typer.echo(result.render(only_changes=changes_only))
     n = result.counts()
+    update = f"bench check --update --baseline {shlex.quote(str(baseline))} --results {shlex.quote(str(results))}"
     if n["new"] and not result.failed:  # passing, yet nothing guards these rows (a model added to the grid)
-        _echo_err(f"{n['new']} row(s) are new: the baseline does not check them yet; `bench check --update --baseline "
-                  f"{shlex.quote(str(baseline))} --results {shlex.quote(str(results))}` adds them (hand-edited "
-                  "tolerances kept)")
+        _echo_err(f"{n['new']} row(s) are new: the baseline does not check them yet; `{update}` adds them "
+                  "(hand-edited tolerances kept)")
     if result.failed:
         what = [f"{n['drift']} value(s) drifted past their tolerance" if n["drift"] else "",
                 f"{n['missing']} baseline row(s) have no value now" if n["missing"] else ""]
-        update = f"bench check --update --baseline {shlex.quote(str(baseline))} --results {shlex.quote(str(results))}"
         update += " --prune" if n["missing"] else ""  # else --update refuses to drop the rows with no value now
         _echo_err(f"{' and '.join(w for w in what if w)}: see the rows marked above. If the change is meant, "
                   f"`{update}` rewrites the values (hand-edited tolerances kept); else widen a row's tolerance "
