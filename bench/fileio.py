@@ -261,6 +261,11 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def read_denied(path: Path, what: str) -> BenchError:
+    """A file bench may not read: not called damage, since it may be fine for its owner."""
+    return BenchError(f"{path}: cannot read it as {what}: permission denied")
+
+
 def read_text(path: Path, what: str) -> str:
     """A text file (lists, CSV, JSON, TOML) as Windows editors and Excel save it too: a byte-order mark
     (UTF-8 or UTF-16) is not part of its text. BenchError naming the file and ``what`` it was read as:
@@ -276,6 +281,6 @@ def read_text(path: Path, what: str) -> str:
         raise BenchError(f"{path}: cannot read it as {what}: not UTF-8 text ({type(exc).__name__}: {exc}); save it "
                          "as UTF-8") from exc
     except PermissionError as exc:
-        raise BenchError(f"{path}: cannot read it as {what}: permission denied") from exc
+        raise read_denied(path, what) from exc
     except OSError as exc:
         raise BenchError(f"{path}: cannot read it as {what} ({type(exc).__name__}: {exc.strerror or exc})") from exc

@@ -183,7 +183,7 @@ def test_paper_columns_and_labels_for_latex(runs, tmp_path):
     assert [c.strip() for c in header.strip("|").split("|")] == ["Model", "Family", "DSC 95% CI", "HD95 95% CI"]
     assert "95% CI: percentile bootstrap" in md
     assert parse_columns("paper,params") == ("metrics", "classes", "params") and parse_columns(None) is None
-    assert parse_columns("all") == tuple(COLUMN_GROUPS)
+    assert parse_columns("all") is None and parse_columns(" ALL ") == tuple(COLUMN_GROUPS)
     with pytest.raises(BenchError, match=r"--columns 'clases': not a column group; did you mean 'classes'\?"):
         parse_columns("metrics,clases")
     with pytest.raises(BenchError, match="--columns chooses the Markdown and LaTeX tables' columns; --format csv"):

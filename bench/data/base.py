@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.errors import BenchError, few
-from bench.fileio import file_sha256
+from bench.fileio import file_sha256, read_denied
 
 
 @dataclass
@@ -208,6 +208,11 @@ class SegDataset:
         change scores only under policies that score HD95 in mm (``content_id(spacing=False)``)."""
         return []
 
+    def spacing_unknown(self, case_ids: list[str]) -> list[str]:
+        """The test volumes among ``case_ids`` whose voxel spacing the data does not give (their HD95 is
+        in voxels, their predictions written with 1 mm voxels); read without loading the volumes."""
+        return []
+
     def content_id(self, *, scored: bool = True, spacing: bool = True) -> str:
         """``files:<sha256[:16]>``: what identifies data of one's own in run ids, wherever it lies.
         Every source file's path below the root and size, the contents of ``CONTENT_SAMPLES`` files
@@ -361,8 +366,8 @@ def reading(path: Path, what: str) -> Iterator[None]:
         yield
     except BenchError:
         raise
-    except PermissionError as exc:  # not damage: the file may be fine for its owner
-        raise BenchError(f"{path}: cannot read it as {what}: permission denied") from exc
+    except PermissionError as exc:
+        raise read_denied(path, what) from exc
     except ValueError as exc:
         if "allow_pickle" not in str(exc):
             raise _damaged(path, what, exc) from exc

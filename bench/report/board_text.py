@@ -10,6 +10,7 @@ import math
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.names import name_list
 from bench.records import CASE_COLUMNS, RUN_ID_COLUMNS, short_commit
 from bench.report.boards import METRICS, _joined, class_display
 from bench.report.costs import _g
@@ -74,10 +75,11 @@ def parse_columns(text: str | Iterable[str] | None) -> tuple[str, ...] | None:
     """``--columns``: a comma list (or a list) of ``COLUMN_GROUPS`` and presets (``all``, ``paper``: the
     metrics and per-class DSC, as the papers' tables) -> groups; None (all) for None. BenchError naming
     the unknown."""
-    if text is None:
+    picked = name_list(text)
+    if picked is None:  # None or "all"
         return None
     groups: list[str] = []
-    for name in (str(n).strip().lower() for n in (text.split(",") if isinstance(text, str) else text) if str(n).strip()):
+    for name in (n.lower() for n in picked):
         if name in COLUMN_PRESETS:
             groups += COLUMN_PRESETS[name]
         elif name in COLUMN_GROUPS:
