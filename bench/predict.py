@@ -17,7 +17,8 @@ One file per case goes under ``OUT/<run_id>/``, in the data's own format
 Each file is written atomically and one already there is kept, so a killed ``bench predict``
 resumes: ``prediction.json`` (run, weights' sha256, data, class ids and names, grid) is written
 first, so a folder holding another run's or other weights' files is refused, and again at the end
-with ``"complete": true`` and the file of each case.
+with ``"complete": true`` and the file of each case; ``spacing_unknown`` lists the volumes written
+with 1 mm voxels for want of a spacing.
 """
 
 from __future__ import annotations
@@ -98,17 +99,17 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
                  if native_size else f"model input {protocol.img_size}x{protocol.img_size}"),
         "complete": False,
     }
+    # a volume without a known spacing is written with 1 mm voxels (Synapse h5 files without spacing.csv)
+    unknown = dataset.spacing_unknown(ids)
+    if unknown:
+        manifest["spacing_unknown"] = unknown
     _claim(folder, manifest)
     files = {case_id: dataset.prediction_name(case_id) for case_id in ids}
     # written atomically, so a file there is whole; an empty one (emptied since, a full disk's copy) is not
     todo = [case_id for case_id in ids if not _written(folder / files[case_id])]
 
-    unknown: list[str] = []  # volumes without a spacing (Synapse h5 files without spacing.csv)
-
     def write(case: Case, pred: np.ndarray, gt: np.ndarray) -> None:
         name = files[case.case_id]
-        if pred.ndim == 3 and not case.spacing:
-            unknown.append(case.case_id)
         fileio.atomic_write(folder / name, lambda tmp: dataset.write_prediction(case, pred, tmp),
                              suffix=f".tmp{name[len(case.case_id):]}")  # writers read the format off it
 
@@ -116,9 +117,10 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
     predict_cases(model, dataset, todo, protocol, write, device=device, stats=intensity_stats(dataset, protocol),
                   prep=prep, workers=workers, progress=progress, native=native_size)
     if unknown:  # documented, yet unseen where the files are overlaid on the CT in mm
-        warnings.warn(f"{rec['run_id']}: {len(unknown)} of {len(todo)} predicted volumes have no known spacing "
-                      f"(first: {unknown[0]}); written with 1 mm voxels, so they overlay the images by voxel, not in "
-                      f"mm (Synapse: {dataset.root}/spacing.csv supplies the spacing)", stacklevel=2)
+        warnings.warn(f"{rec['run_id']}: {len(unknown)} of {len(ids)} predicted volumes have no known spacing "
+                      f"(first: {unknown[0]}; all named in {MANIFEST}); written with 1 mm voxels, so they overlay the "
+                      f"images by voxel, not in mm (Synapse: {dataset.root}/spacing.csv supplies the spacing)",
+                      stacklevel=2)
     fileio.atomic_write_text(folder / MANIFEST, json.dumps({**manifest, "complete": True, "files": files},
                                                             indent=2) + "\n")
     return folder, len(todo)

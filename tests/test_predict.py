@@ -135,20 +135,29 @@ def test_synapse_volumes_become_nifti_with_their_spacing(tmp_path):
         assert np.allclose(img.header.get_zooms(), spacing[::-1])
         preds[case_id] = np.asarray(img.dataobj).transpose(2, 1, 0).astype(np.int64)
     _same_rows(_rescored(rec, preds, ds), rec["per_case"])
+    assert "spacing_unknown" not in json.loads((folder / MANIFEST).read_text())
 
 
 def test_volumes_without_a_known_spacing_are_written_in_voxels_and_said_so(tmp_path):
     import h5py
 
     root = synthesize("synapse", tmp_path / "data", n_train=2, n_test=2, depth=4, size=32)
-    for path in (root / "test_vol_h5").glob("*.h5"):  # as the real files: no spacing attribute
-        with h5py.File(path, "r+") as f:
+    ids = open_dataset("synapse", root).test_ids()
+    for case_id in ids[:1]:  # as the real files: no spacing attribute; the second keeps its own
+        with h5py.File(root / "test_vol_h5" / f"{case_id}.npy.h5", "r+") as f:
             del f.attrs["spacing"]
     rec = _train("synapse", root, tmp_path / "res")
-    with pytest.warns(UserWarning, match=rf"{rec['run_id']}: 2 of 2 predicted volumes have no known spacing "
-                                         r"\(first: case\d+\); written with 1 mm voxels"):
+    said = rf"{rec['run_id']}: 1 of 2 predicted volumes have no known spacing \(first: {ids[0]}; all named in"
+    with pytest.warns(UserWarning, match=said + r" prediction.json\); written with 1 mm voxels"):
         folder, _ = predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
-    assert all(nib.load(f).header.get_zooms() == (1.0, 1.0, 1.0) for f in folder.glob("*.nii.gz"))
+    zooms = {f.name: nib.load(f).header.get_zooms() for f in folder.glob("*.nii.gz")}
+    assert [n for n, z in sorted(zooms.items()) if z == (1.0, 1.0, 1.0)] == [f"{ids[0]}.nii.gz"]
+    assert json.loads((folder / MANIFEST).read_text())["spacing_unknown"] == ids[:1]
+    # a resume that writes only the second volume still names the first, in its warning and its manifest
+    (folder / f"{ids[1]}.nii.gz").unlink()
+    with pytest.warns(UserWarning, match=said):
+        assert predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)[1] == 1
+    assert json.loads((folder / MANIFEST).read_text())["spacing_unknown"] == ids[:1]
 
 
 def test_binary_masks_are_0_255_pngs_at_model_resolution_in_test_set_folders(tmp_path):

@@ -338,6 +338,9 @@ class SynapseDataset(SegDataset):
         image, label, spacing = read_volume(_existing(self.test_file(case_id)))
         return Case(case_id=case_id, image=image, label=label, spacing=spacing or self._spacing.get(case_id))
 
+    def spacing_unknown(self, case_ids: list[str]) -> list[str]:
+        return [c for c in case_ids if c not in self._spacing and volume_spacing(_existing(self.test_file(c))) is None]
+
     def check_geometry(self) -> str | None:
         # the test volumes' headers: a missing key or a transposed volume surfaced after the whole training
         turned = []
