@@ -4,6 +4,8 @@ PY := $(VENV)/bin/python
 BENCH := $(VENV)/bin/bench
 DEMO_RESULTS ?= results/demo
 SMOKE_RESULTS ?= /tmp/ssm-unet-bench-smoke
+# the drift grid's models: `make baseline MODELS=mynet` runs and adds one model's rows, the others kept
+MODELS ?= all
 # one torch thread per process: 2 shared cores make op-heavy loops collapse otherwise,
 # and a fixed thread count keeps CPU runs bit-reproducible
 export OMP_NUM_THREADS ?= 1
@@ -27,13 +29,13 @@ demo:
 # the CI smoke grid: fixed seed and threads, compared with the committed baseline
 smoke:
 	rm -rf $(SMOKE_RESULTS)
-	bash scripts/smoke_grid.sh $(SMOKE_RESULTS)
+	bash scripts/smoke_grid.sh $(SMOKE_RESULTS) $(MODELS)
 
 check: smoke
-	$(BENCH) check --baseline results/baseline/smoke.csv --results $(SMOKE_RESULTS)
+	$(BENCH) check --baseline results/baseline/smoke.csv --results $(SMOKE_RESULTS) --models $(MODELS)
 
 baseline: smoke
-	$(BENCH) check --baseline results/baseline/smoke.csv --results $(SMOKE_RESULTS) --update
+	$(BENCH) check --baseline results/baseline/smoke.csv --results $(SMOKE_RESULTS) --models $(MODELS) --update
 
 bench-hd95:
 	$(PY) benchmarks/hd95_bench.py

@@ -5,7 +5,9 @@ Baseline file (one row per board × model × metric; reviewers may edit ``tolera
     dataset,protocol,policy,model,metric,value,tolerance
     synapse (synthetic),smoke,legacy-synapse,unet,dice,0.8123,0.02
 
-``bench check --update`` rewrites the values and keeps the tolerances edited by hand.
+``bench check --update`` rewrites the values and keeps the tolerances edited by hand; with
+``--models`` it compares (rewrites) those models' rows only, the baseline's others kept as they are
+(a model added to the grid gets its rows without the others' values moving).
 
 ``dataset``/``protocol``/``model`` are the labels ``bench.report`` prints (so off-protocol and
 synthetic runs are keyed apart), ``value`` is the mean over the seeds that have one, in the record's
@@ -72,19 +74,32 @@ def _rule(metric: str) -> Tolerance | None:
     return 0.0 if metric.endswith(NAN_RUNS) else DEFAULT_TOLERANCES.get(metric)
 
 
-def _current_values(df_runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+def label_model(label: str) -> str:
+    """The registered model a board label names: "unet (tiny)", "unet@3f2a" -> "unet"."""
+    return re.split(r"[ @]", label, maxsplit=1)[0]
+
+
+def _of_models(table: pd.DataFrame, models: list[str] | None) -> pd.Series:
+    """Which rows of a baseline-shaped ``table`` belong to ``models`` (all for None)."""
+    return table["model"].map(label_model).isin(models) if models is not None else pd.Series(True, index=table.index)
+
+
+def _current_values(df_runs: pd.DataFrame, metrics: list[str], models: list[str] | None = None) -> pd.DataFrame:
     """Long table (key columns, value, n_values) of the mean over seeds per board × model × metric,
     NaN seeds left out and counted in a ``<metric> nan runs`` row where there are any.
 
     ``n_values`` counts runs with a non-NaN value: 0 means the metric is absent now (``load``
     fills a key missing from a record with NaN, so "absent" and "NaN in every run" look alike;
-    both are treated as absent).
+    both are treated as absent). ``models``: only theirs, labelled among all runs (a label depends on
+    what else shares the board).
     """
     cols = _KEY + ["value", "n_values"]
     done = finished(df_runs)
     if done.empty:
         return pd.DataFrame(columns=cols)
     df = label_runs(done)
+    if models is not None:
+        df = df[df["model"].isin(models)]
     rows = []
     for (dataset, protocol, policy, model), runs in df.groupby(
         ["board_dataset", "board_protocol", "policy", "model_label"], sort=True
@@ -105,8 +120,10 @@ def baseline_table(
     df_runs: pd.DataFrame,
     tolerances: Mapping[str, Tolerance] | None = None,
     metrics: list[str] | None = None,
+    models: list[str] | None = None,
 ) -> pd.DataFrame:
-    """The baseline rows ``write_baseline`` writes (metrics with no value at all are left out)."""
+    """The baseline rows ``write_baseline`` writes (metrics with no value at all are left out), of
+    ``models`` only where given."""
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     metrics = metrics or [m for m in DEFAULT_TOLERANCES if m in df_runs.columns]
     metrics = [RUNS, *(m for m in metrics if m != RUNS)]
@@ -114,7 +131,7 @@ def baseline_table(
     unknown = [m for m in metrics if m not in tolerances]
     if unknown:
         raise BenchError(f"no tolerance for metric(s) {', '.join(unknown)}; pass tolerances={{name: value}}")
-    cur = _current_values(df_runs, metrics)
+    cur = _current_values(df_runs, metrics, models)
     cur = cur[cur["n_values"] > 0].drop(columns="n_values").reset_index(drop=True)
     cur["tolerance"] = [
         tol(value) if callable(tol) else float(tol)
@@ -129,6 +146,7 @@ def write_baseline(
     tolerances: Mapping[str, Tolerance] | None = None,
     metrics: list[str] | None = None,
     prune: bool = False,
+    models: list[str] | None = None,
 ) -> tuple[int, int]:
     """Write the baseline CSV for ``df_runs`` atomically; ``tolerances`` override the defaults.
     Returns how many rows it wrote and how many rows of the old baseline ``prune`` dropped.
@@ -138,13 +156,18 @@ def write_baseline(
     what ``DEFAULT_TOLERANCES`` gives for that row's old value) is kept, unless ``tolerances`` names
     its metric; the others follow the new values. Rows of the old baseline without a value now (a
     --results folder holding part of the grid, or none of it) are a BenchError unless ``prune``:
-    an update never drops them, nor their tolerances, by accident.
+    an update never drops them, nor their tolerances, by accident. ``models``: only their rows are
+    written (and checked for the above); the old baseline's other rows stay as they are.
     """
     if finished(df_runs).empty:
         raise BenchError(f"no finished run records to write {path} from: is --results the folder of the grid's runs?")
     # a baseline that does not read is an error: written afresh, it lost its hand-edited tolerances
     # and rows unsaid (delete the file to start over)
-    old = read_baseline(path, allow_empty=True).set_index(_KEY) if Path(path).exists() else None
+    old = read_baseline(path, allow_empty=True) if Path(path).exists() else None
+    others = None
+    if old is not None:
+        mine = _of_models(old, models)
+        others, old = old[~mine], old[mine].set_index(_KEY)
     given = dict(tolerances or {})
     # metrics a reviewer added to the baseline by hand (a per-class column: "dice/aorta") stay in it
     added = [] if old is None or metrics else sorted(
@@ -152,7 +175,7 @@ def write_baseline(
     if added:
         metrics = [m for m in DEFAULT_TOLERANCES if m in df_runs.columns] + added
         tolerances = {**{m: math.nan for m in added}, **given}  # from the old rows, below
-    table = baseline_table(df_runs, tolerances, metrics)
+    table = baseline_table(df_runs, tolerances, metrics, models)
     dropped: list = []
     if added:  # those metrics' rows where the reviewer put them, not for every model and board
         keys = pd.Series(list(table[_KEY].itertuples(index=False, name=None)), index=table.index)
@@ -181,6 +204,8 @@ def write_baseline(
             if rule is None or not math.isclose(tol, rule(value) if callable(rule) else rule, rel_tol=1e-5,
                                                  abs_tol=1e-12):
                 table.loc[i, "tolerance"] = tol  # set by hand (a row added by hand: its own)
+    if others is not None and not others.empty:  # in the order a whole update writes: by board and model
+        table = pd.concat([others, table], ignore_index=True).sort_values(_KEY[:4], kind="stable")
     atomic_write_text(Path(path), table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
     return len(table), len(dropped)
 
@@ -314,11 +339,13 @@ def _status(baseline: float, current: float, n_values: float, tolerance: float) 
     return "ok" if abs(current - baseline) <= tolerance + 1e-12 + _WRITTEN_SLACK * abs(baseline) else "drift"
 
 
-def compare(baseline_csv: Path, df_runs: pd.DataFrame) -> DriftResult:
-    """Compare ``df_runs`` (from ``records.load``) with the baseline file; see module docstring."""
+def compare(baseline_csv: Path, df_runs: pd.DataFrame, models: list[str] | None = None) -> DriftResult:
+    """Compare ``df_runs`` (from ``records.load``) with the baseline file; see module docstring.
+    ``models``: only their rows, on both sides."""
     base = read_baseline(baseline_csv)
+    base = base[_of_models(base, models)]
     metrics = sorted(set(base["metric"]) | {m for m in DEFAULT_TOLERANCES if m in df_runs.columns} | {RUNS})
-    cur = _current_values(df_runs, metrics)
+    cur = _current_values(df_runs, metrics, models)
     merged = base.merge(cur, on=_KEY, how="outer", suffixes=("", "_cur"), indicator="side")
     # a NaN count on one side only, where the model has rows on both: 0 on the other, so a seed
     # turning NaN (or getting a value) is drift, not "new" (which passes) or "missing"

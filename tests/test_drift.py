@@ -419,3 +419,41 @@ def test_a_label_with_a_pipe_keeps_the_markdown_table_whole(tmp_path):
     rows = [line for line in compare(path, df).render().splitlines() if line.startswith("|")]
     assert rows and any("a\\|b" in line for line in rows)
     assert len({line.replace("\\|", "").count("|") for line in rows}) == 1  # every row the same columns
+
+
+def test_models_compares_and_rewrites_only_their_rows(tmp_path, baseline):
+    """A contributor adding a model to the grid ran its runs only: --update refused (the others' rows
+    had no value), and a whole-grid update moved every model's values. --models touches its rows only."""
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    before = read_baseline(baseline)
+    mine = _runs(tmp_path, "mine", [make_record("swin_unet", seed=0, dice=0.79, hd95=21.0),
+                                    make_record("unet", seed=0, dice=0.10, hd95=90.0)])  # unet drifted here
+    cli = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", str(tmp_path / "mine"),
+                                   "--models", "swin_unet"])
+    assert cli.exit_code == 0, cli.output
+    assert "| unet " not in cli.output and "| vmunet " not in cli.output
+    assert "row(s) are new" in cli.output and "--models swin_unet" in cli.output  # the hint's command adds only them
+    cli = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", str(tmp_path / "mine"),
+                                   "--models", "swin_unet", "--update"])
+    assert cli.exit_code == 0 and "from 1 run(s)" in cli.output and "only the rows of swin_unet rewritten" in cli.output
+    after = read_baseline(baseline)
+    kept = after[after["model"] != "swin_unet"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, before)  # the others as they were, in their order (unet's too)
+    swin = after[after["model"] == "swin_unet"].set_index("metric")
+    assert swin.loc["dice", "value"] == pytest.approx(0.79) and swin.loc["runs", "value"] == 1
+    assert list(after["model"]) == sorted(after["model"], key=["swin_unet", "unet", "vmunet"].index)  # board order
+    # only the chosen models are compared, on both sides: unet's drift shows under --models unet alone
+    assert not compare(baseline, mine, ["swin_unet"]).failed
+    drifted = compare(baseline, mine, ["unet"])
+    assert drifted.failed and set(drifted.table["model"]) == {"unet"}
+    # an update of one model still refuses a partial grid of that model unsaid (2 seeds in the baseline)
+    with pytest.raises(BenchError, match=r"1 model\(s\) have fewer finished runs here than it counts \(first: "
+                                         r"synapse · synapse · legacy-synapse · vmunet · runs\)"):
+        write_baseline(_runs(tmp_path, "vm", [make_record("vmunet", seed=0, dice=0.8, hd95=20.0)]), baseline,
+                       models=["vmunet"])
+    cli = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", str(tmp_path / "mine"),
+                                   "--models", "vmunett"])
+    assert "--models vmunett: no runs of it" in str(cli.exception)

@@ -87,7 +87,7 @@ def test_every_built_in_model_has_its_card_its_readme_row_and_drift_rows():
         family = get_entry(name).family
         assert f"(`{name}`, {family})" in cards, f"docs/models.md: no card '## <Name> (`{name}`, {family})'"
         assert f"\n| `{name}` | {family} |" in readme, f"README.md: no row of {name} in the Models table"
-        assert name in drift, f"results/baseline/smoke.csv: no rows of {name}; `make baseline` adds them"
+        assert name in drift, f"results/baseline/smoke.csv: no rows of {name}; `make baseline MODELS={name}` adds them"
 
 
 def test_unet_paper_parameter_count():

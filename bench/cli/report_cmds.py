@@ -11,6 +11,7 @@ import typer
 from bench.cli.console import _echo_err
 from bench.cli.options import DEFAULT_RESULTS
 from bench.errors import BenchError
+from bench.names import name_list
 from bench.report.formats import ReportFormat  # not bench.report: its boards import pandas
 
 
@@ -60,6 +61,8 @@ def check(
     prune: Annotated[bool, typer.Option(help="with --update: drop baseline rows the current results have no value "
                                              "for (refused otherwise)")] = False,
     changes_only: Annotated[bool, typer.Option(help="list only the rows that are not ok (a long grid's CI log)")] = False,
+    models: Annotated[str, typer.Option(help="'all' or a comma list: compare (with --update: rewrite) only these "
+                                             "models' rows, the baseline's others kept as they are")] = "all",
 ) -> None:
     """Compare current results with a baseline; exit 1 when any metric drifts past its tolerance.
 
@@ -72,15 +75,24 @@ def check(
     df = records.load(results)
     if records.finished(df).empty:  # most likely not the folder meant: not drift
         raise BenchError(f"No finished runs found in {results}: pass the --results folder of the grid's runs")
+    picked = name_list(models)
+    if picked is not None:  # a name without finished runs: one error naming those there
+        if not picked:
+            raise BenchError(f"--models {models!r} names no model; e.g. all, or unet,vmunet")
+        records.select_runs(records.finished(df), picked, None, results)
     if update:
-        rows, dropped = drift.write_baseline(df, baseline, prune=prune)
-        typer.echo(f"wrote baseline {baseline} from {len(df)} run(s): {rows} rows"
-                   + (f" ({dropped} dropped by --prune)" if dropped else ""))
+        rows, dropped = drift.write_baseline(df, baseline, prune=prune, models=picked)
+        used = len(df) if picked is None else int(df["model"].isin(picked).sum())
+        typer.echo(f"wrote baseline {baseline} from {used} run(s): {rows} rows"
+                   + (f" ({dropped} dropped by --prune)" if dropped else "")
+                   + (f"; only the rows of {', '.join(picked)} rewritten, the others kept" if picked else ""))
         return
-    result = drift.compare(baseline, df)
+    result = drift.compare(baseline, df, picked)
     typer.echo(result.render(only_changes=changes_only))
     n = result.counts()
     update = f"bench check --update --baseline {shlex.quote(str(baseline))} --results {shlex.quote(str(results))}"
+    if picked is not None:
+        update += f" --models {shlex.quote(','.join(picked))}"
     if n["new"] and not result.failed:  # passing, yet nothing guards these rows (a model added to the grid)
         _echo_err(f"{n['new']} row(s) are new: the baseline does not check them yet; `{update}` adds them "
                   "(hand-edited tolerances kept)")
