@@ -37,7 +37,7 @@ from bench.data.base import Case
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import volume_prep
 from bench.evaluate import predict_cases, scored_ids
-from bench.rescore import run_model, weights_path
+from bench.rescore import DataRoots, run_model, weights_path
 from bench.fileio import file_sha256
 
 MANIFEST = "prediction.json"
@@ -75,13 +75,15 @@ def plan_predict(results_dir: Path, models: list[str] | None = None,
 
 def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: torch.device,
                 protocol_file: Path | None = None, progress: Callable[[int, int], None] | None = None,
-                workers: int | None = None, native_size: bool = False) -> tuple[Path, int]:
+                workers: int | None = None, native_size: bool = False,
+                data_roots: DataRoots | None = None) -> tuple[Path, int]:
     """Write the run's test-case predictions under ``out_dir/<run_id>``; return that folder and how
     many files this call wrote (cases already written are kept). ``workers``: as
     ``bench.evaluate.predict_cases`` (on a GPU, threads load the next cases and write the predicted
     ones); the files do not depend on it. ``native_size``: ISIC/polyp masks at each image's size
-    (``predict_case``'s ``native``) instead of the model resolution they were scored at."""
-    model, dataset, protocol = run_model(rec, results_dir, protocol_file, "predicted")
+    (``predict_case``'s ``native``) instead of the model resolution they were scored at. ``data_roots``:
+    where the data may be now (``bench.rescore.run_data_root``)."""
+    model, dataset, protocol = run_model(rec, results_dir, protocol_file, "predicted", data_roots=data_roots)
     if native_size and not dataset.binary:
         warnings.warn(f"{rec['run_id']}: --native-size changes nothing here: {rec['dataset']} predictions are on "
                       "each case's own grid already", stacklevel=2)
@@ -91,7 +93,7 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
     manifest = {
         "run_id": rec["run_id"], "model": rec["model"], "weights_sha256": file_sha256(weights_path(results_dir, rec)),
         "weights_file": rec.get("weights"),  # a --weights run: the file it scored (its checkpoint is a re-save)
-        "dataset": rec["dataset"], "dataset_name": rec.get("dataset_name"), "data_root": rec["data_root"],
+        "dataset": rec["dataset"], "dataset_name": rec.get("dataset_name"), "data_root": str(Path(dataset.root).resolve()),
         "split": rec["split"], "protocol": rec["protocol"]["name"], "policy": rec["policy"],
         "classes": ({"0": "background", "255": dataset.class_names[0]} if dataset.binary else
                     {"0": "background", **{str(i): n for i, n in enumerate(dataset.class_names, start=1)}}),

@@ -32,7 +32,7 @@ from bench.registry import code_changed, create_model, strict_load
 from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, deterministic_kernels, load_checkpoint
 
 __all__ = ["rescore_id", "weights_path", "record_protocol", "run_model", "rescore_record", "plan_rescore",
-           "rescored_twin"]
+           "rescored_twin", "DataRoots"]
 
 
 def rescore_id(run_id: str, policy: str) -> str:
@@ -86,24 +86,26 @@ def record_protocol(rec: dict[str, Any], protocol_file: Path | None = None) -> P
 
 
 def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None = None,
-              what: str = "used", policy: str | None = None) -> tuple[nn.Module, SegDataset, Protocol]:
+              what: str = "used", policy: str | None = None,
+              data_roots: DataRoots | None = None) -> tuple[nn.Module, SegDataset, Protocol]:
     """The run's model holding the weights it was evaluated with, its test data and its protocol.
 
     BenchError when the weights are gone, the protocol changed (``record_protocol``) or the run's
     split now holds other cases than it scored (the data, or how its split is drawn, changed since,
     so cases it trained on could be ``what``: rescored, predicted). ``policy``: what the data is now
     scored under (default the run's): a spacing table added since counts as a change only for one that
-    reads it (``data_ids``)."""
+    reads it (``data_ids``). ``data_roots``: where the data may be now (``run_data_root``); the
+    dataset's ``root`` is the folder read."""
     path = weights_path(results_dir, rec)
     if not path.is_file():
         raise BenchError(f"{path}: not found; run {rec['run_id']} can only be {what} from its run directory")
     protocol = record_protocol(rec, protocol_file)
     split = rec["split"]
-    root = run_data_root(rec, results_dir)
+    root = run_data_root(rec, results_dir, data_roots, policy or rec["policy"])
     dataset = open_dataset(rec["dataset"], root, records.split_fold(split))
     scored = sorted({row["case"] for row in rec["per_case"]})
     if sorted(scored_ids(dataset, protocol)) != scored:
-        raise BenchError(f"run {rec['run_id']}: its {split} split of {rec['data_root']} now holds other cases than "
+        raise BenchError(f"run {rec['run_id']}: its {split} split of {root} now holds other cases than "
                          f"the {len(scored)} it was scored on, so cases the model trained on could be {what}")
     recorded = rec.get("data_id")  # absent in older records, empty for runs identified by their data's path
     made = synthetic_identity(root)
@@ -143,18 +145,62 @@ def other_device_warning(recs: list[dict[str, Any]], device: torch.device, what:
             f"(autocast, TF32 and cuDNN kernels apply on CUDA only); --device {kinds[0]} repeats their conditions")
 
 
-def run_data_root(rec: dict[str, Any], results_dir: Path) -> Path:
-    """Where a run's data is now: its recorded path; for synthetic data kept in a results folder that
-    was moved since, the same folder under ``results_dir``. BenchError naming the run when it is gone."""
+class DataRoots:
+    """Where runs' data may be now (``--data-root``, repeatable: a results folder copied to another
+    machine, the data moved): a run takes the folder that holds the very data it was scored on, by
+    its record's ``data_id``. Each folder is read once per dataset kind, fold and policy."""
+
+    def __init__(self, paths: list[Path | str] | tuple = ()):
+        self.paths = [Path(p).expanduser() for p in paths]
+        for path in self.paths:
+            if not path.is_dir():
+                raise BenchError(f"--data-root {path}: not a folder; give the folder the data was moved to")
+        self._ids: dict[tuple, set[str]] = {}
+
+    def find(self, rec: dict[str, Any], policy: str) -> Path | None:
+        """The first folder holding ``rec``'s data; None where none does or the record names no data id."""
+        recorded, fold = rec.get("data_id"), records.split_fold(rec["split"])
+        for path in self.paths if recorded else ():
+            key = (rec["dataset"], path, fold, policy)
+            if key not in self._ids:
+                made = synthetic_identity(path)
+                try:
+                    self._ids[key] = {made} if made else data_ids(open_dataset(rec["dataset"], path, fold), policy)
+                except BenchError:  # another dataset's folder, given for other runs
+                    self._ids[key] = set()
+            if recorded in self._ids[key]:
+                return path
+        return None
+
+
+def run_data_root(rec: dict[str, Any], results_dir: Path, data_roots: DataRoots | None = None,
+                  policy: str | None = None) -> Path:
+    """Where a run's data is now: a ``data_roots`` folder holding its data, else its recorded path;
+    for synthetic data kept in a results folder that was moved since, the same folder under
+    ``results_dir``. BenchError naming the run, and what to do, when it is gone."""
+    if data_roots is not None and data_roots.paths:
+        found = data_roots.find(rec, policy or rec["policy"])
+        if found is not None:
+            return found
     root = Path(rec["data_root"]).expanduser()  # records written before paths were resolved may hold ~
     moved = Path(results_dir) / "synthetic" / root.name
     if not root.is_dir() and rec.get("synthetic") and moved.is_dir():
         return moved
-    if not root.is_dir():
-        relative = "" if root.is_absolute() else " (recorded relative to the folder bench run started in)"
-        raise BenchError(f"run {rec['run_id']}: its data {root} is not there{relative}; the run can only be "
-                         "rescored or predicted on the data it was trained and scored on")
-    return root
+    if root.is_dir():
+        return root
+    relative = "" if root.is_absolute() else " (recorded relative to the folder bench run started in)"
+    gone = f"run {rec['run_id']}: its data {root} is not there{relative}"
+    if data_roots is not None and data_roots.paths:
+        given = ", ".join(str(p) for p in data_roots.paths)
+        if not rec.get("data_id"):
+            raise BenchError(f"{gone}, and its record names no data id (an older bench), so --data-root {given} "
+                             "cannot be checked to hold the data it was scored on")
+        raise BenchError(f"{gone}, and --data-root {given} holds other data than it was scored on "
+                         f"({rec['dataset']} data of id {rec['data_id']})")
+    remake = (f"; synthetic data: `bench run` of its grid with --synthetic --results {results_dir} makes it again "
+              "(its finished runs are skipped)" if rec.get("synthetic") else "")
+    raise BenchError(f"{gone}; if it moved, pass its folder now as --data-root DIR (checked to hold the data the run "
+                     f"was scored on){remake}")
 
 
 def rescored_twin(spec, results_dir: Path) -> str | None:
@@ -248,13 +294,14 @@ def earlier_data_ids(dataset: SegDataset, policy: str | None = None) -> list[str
 
 
 def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: torch.device,
-                   protocol_file: Path | None = None) -> dict[str, Any]:
-    """Evaluate the run of ``rec`` under ``policy`` and write (and return) its new record."""
+                   protocol_file: Path | None = None, data_roots: DataRoots | None = None) -> dict[str, Any]:
+    """Evaluate the run of ``rec`` under ``policy`` and write (and return) its new record;
+    ``data_roots``: as ``run_data_root``."""
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     # into a policy scoring in mm, a spacing table added since the run is a change of its data (as bench run
     # trains such a run again): its rescored record would name data without the table its HD95 came from
-    model, dataset, protocol = run_model(rec, results_dir, protocol_file, "rescored", policy)
+    model, dataset, protocol = run_model(rec, results_dir, protocol_file, "rescored", policy, data_roots)
     if get_policy(policy).use_spacing:  # HD95 in mm: every test case needs its spacing (as bench run checks)
         dataset.check_spacing()
     scores = evaluate(model, dataset, protocol, policy, device=device)
@@ -268,6 +315,7 @@ def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: 
         "per_class": scores.per_class,
         "per_case": scores.per_case,
         "rescored_from": rec["run_id"],
+        "data_root": str(Path(dataset.root).resolve()),  # the folder scored now (data_id says it holds the same)
         "rescored_at": started.isoformat(),
         "rescore_time_s": round(time.perf_counter() - t0, 3),
         # where and with what the new scores were computed (device, git_commit, packages stay the run's)

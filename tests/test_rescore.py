@@ -338,3 +338,59 @@ def test_a_spacing_table_added_after_a_run_scored_in_voxels_keeps_its_data(train
                             model_overrides=dict(get_entry("unet").tiny))
         assert (spec.key == (legacy if policy == "legacy-synapse" else strict)["run_id"]) is same
     assert {r["run_id"] for r in plan_predict(tmp_path / "res")} == {legacy["run_id"], strict["run_id"]}
+
+
+def test_data_moved_since_the_run_is_found_by_its_identity(trained, tmp_path):
+    """A results folder copied to a colleague's machine: the data was no longer at the recorded path,
+    and rescore and predict had no way to be told where it is. --data-root gives candidates; a run
+    takes the one holding the very data it was scored on, and its new record names the folder read."""
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+    from bench.data.synth import synthesize
+    from bench.records import read_record
+    from bench.rescore import DataRoots
+
+    root, results, legacy = trained
+    bob = tmp_path / "bob"
+    shutil.copytree(results, bob)
+    for other_policy in (bob / "records").glob(f"{legacy['run_id']}.*.json"):  # other tests' rescores
+        other_policy.unlink()
+    moved = tmp_path / "moved data"
+    shutil.copytree(root, moved)
+    rec = read_record(bob, legacy["run_id"])
+    rec["data_root"] = str(tmp_path / "alice" / root.name)  # where it was on alice's machine
+    record_path(bob, rec["run_id"]).write_text(_json.dumps(rec))
+    with pytest.raises(BenchError, match=r"its data .*alice.* is not there; if it moved, pass its folder now as "
+                                         r"--data-root DIR \(checked to hold the data the run was scored on\); "
+                                         rf"synthetic data: `bench run` of its grid with --synthetic --results {bob} "
+                                         r"makes it again \(its finished runs are skipped\)$"):
+        rescore_record(rec, "strict", bob, CPU)
+    with pytest.raises(BenchError, match=r"is not there; if it moved, pass its folder now as --data-root DIR "
+                                         r"\(checked to hold the data the run was scored on\)$"):
+        run_model({**rec, "synthetic": False}, bob)
+    other = synthesize("synapse", tmp_path / "other", seed=1)  # synapse data too, of another identity
+    with pytest.raises(BenchError, match=rf"--data-root {other} holds other data than it was scored on \(synapse "
+                                         rf"data of id {rec['data_id']}\)"):
+        rescore_record(rec, "strict", bob, CPU, data_roots=DataRoots([other]))
+    new = rescore_record(rec, "strict", bob, CPU, data_roots=DataRoots([tmp_path / "bob", other, moved]))
+    assert new["data_root"] == str(moved.resolve())  # the folder scored, not alice's
+    out = tmp_path / "pred"
+    cli = CliRunner().invoke(app, ["predict", "--results", str(bob), "--out", str(out), "--data-root", str(moved)])
+    assert cli.exit_code == 0, cli.output
+    manifest = _json.loads((out / legacy["run_id"] / "prediction.json").read_text())
+    assert manifest["data_root"] == str(moved.resolve())
+    home = tmp_path / "home"
+    CliRunner().invoke(app, ["predict", "--results", str(results), "--out", str(home), "--run", legacy["run_id"]])
+    files = sorted(p.name for p in (out / legacy["run_id"]).glob("*.nii.gz"))
+    assert files and all((out / legacy["run_id"] / f).read_bytes() == (home / legacy["run_id"] / f).read_bytes()
+                         for f in files)
+    # what cannot be checked or found is said, not guessed
+    rec.pop("data_id")
+    with pytest.raises(BenchError, match=r"its record names no data id \(an older bench\), so --data-root .* cannot "
+                                         r"be checked"):
+        run_model(rec, bob, data_roots=DataRoots([moved]))
+    with pytest.raises(BenchError, match=r"--data-root .*prediction.json: not a folder"):
+        DataRoots([out / legacy["run_id"] / "prediction.json"])

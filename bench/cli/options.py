@@ -17,6 +17,10 @@ Models = Annotated[str, typer.Option(help="'all' or a comma list of registered m
 FinishedRuns = Annotated[Path, typer.Option(help="results directory with the finished runs")]
 RunsProtocol = Annotated[Optional[Path], typer.Option(help="the runs' protocol .toml, for runs of a file that is "
                                                       "not built in whose records keep no recipe (older ones)")]
+MovedData = Annotated[Optional[list[Path]], typer.Option(
+    "--data-root", help="where the runs' data is now, if it moved since bench run (a results folder from another "
+                        "machine; repeatable, one per dataset): a run takes the folder holding the very data it was "
+                        "scored on (its data id)")]
 ScoringThreads = Annotated[Optional[int], typer.Option(help="torch CPU threads (the run's own count repeats its CPU "
                                                             "predictions bit for bit)")]
 

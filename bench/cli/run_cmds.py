@@ -10,7 +10,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from bench.cli.console import _echo_err, _warned
-from bench.cli.options import (DEFAULT_RESULTS, Device, FinishedRuns, Models, RunsProtocol, ScoringThreads,
+from bench.cli.options import (DEFAULT_RESULTS, Device, FinishedRuns, Models, MovedData, RunsProtocol, ScoringThreads,
                                _compute_setup, _parse_sets, _parse_spacing)
 from bench.errors import BenchError, few
 from bench.names import int_list
@@ -186,6 +186,7 @@ def rescore(
     protocol: RunsProtocol = None,
     device: Annotated[Device, typer.Option(help="where to evaluate")] = Device.auto,
     threads: ScoringThreads = None,
+    data_root: MovedData = None,
 ) -> None:
     """Score finished runs under another metric policy from their saved weights.
 
@@ -198,9 +199,11 @@ def rescore(
     from bench.protocol import load_protocol
     from bench.records import record_path, scores_text
     from bench.fileio import ensure_writable_dir
-    from bench.rescore import check_weights_kept, other_device_warning, plan_rescore, rescore_id, rescore_record
+    from bench.rescore import (DataRoots, check_weights_kept, other_device_warning, plan_rescore, rescore_id,
+                               rescore_record)
 
     _compute_setup(threads)
+    roots = DataRoots(data_root or ())
     dev = resolve_device(device.value)
     if protocol is not None:  # a broken file: one error before anything is scored
         load_protocol(protocol)
@@ -218,7 +221,7 @@ def rescore(
     def score(rec: dict) -> None:
         new_id = rescore_id(rec["run_id"], policy)
         try:  # another rescore of the folder may write a run's record first, before or while this one scores
-            new = None if record_path(results, new_id).is_file() else rescore_record(rec, policy, results, dev, protocol)
+            new = None if record_path(results, new_id).is_file() else rescore_record(rec, policy, results, dev, protocol, roots)
         except BenchError:
             if not record_path(results, new_id).is_file():
                 raise
@@ -241,6 +244,7 @@ def predict(
     native_size: Annotated[bool, typer.Option(help="ISIC/polyp: masks at each image's own size (the scored "
                                                    "ones are at model resolution); other data is native already")] = False,
     threads: ScoringThreads = None,
+    data_root: MovedData = None,
 ) -> None:
     """Write finished runs' predicted label maps for their test cases, from their saved weights.
 
@@ -255,9 +259,10 @@ def predict(
     from bench.protocol import load_protocol
     from bench.fileio import ensure_writable_dir
     from bench.registry import resolve_models
-    from bench.rescore import check_weights_kept, other_device_warning
+    from bench.rescore import DataRoots, check_weights_kept, other_device_warning
 
     _compute_setup(threads)
+    roots = DataRoots(data_root or ())
     dev = resolve_device(device.value)
     if protocol is not None:  # a broken file: one error before anything is written
         load_protocol(protocol)
@@ -269,7 +274,7 @@ def predict(
     typer.echo(f"bench predict: {len(todo)} run(s) · device {dev}")
 
     def write(rec: dict) -> None:
-        folder, written = predict_run(rec, results, out, dev, protocol, native_size=native_size)
+        folder, written = predict_run(rec, results, out, dev, protocol, native_size=native_size, data_roots=roots)
         done = f"{written} file(s) written" if written else "complete already, nothing written"
         typer.echo(f"  {rec['run_id']}: {done} -> {folder}")
 
