@@ -577,8 +577,10 @@ def list_protocols() -> list[str]:
     return sorted(p.stem for p in PROTOCOL_DIR.glob("*.toml"))
 
 
-def load_protocol(name_or_path: str | Path) -> Protocol:
-    """Load a built-in protocol by name (``synapse``, ``isic17``, ``smoke``…) or a TOML file path."""
+def load_protocol(name_or_path: str | Path, *, earlier: bool = False) -> Protocol:
+    """Load a built-in protocol by name (``synapse``, ``isic17``, ``smoke``…) or a TOML file path.
+    ``earlier``: the file of finished runs (rescore, predict), which may be an earlier version of a
+    built-in under its name: not warned about as a copy to rename, as a file for new runs is."""
     path = Path(name_or_path)
     if path.suffix != ".toml":
         path = PROTOCOL_DIR / f"{name_or_path}.toml"
@@ -591,7 +593,7 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
     except tomllib.TOMLDecodeError as exc:
         raise BenchError(f"{path}: invalid TOML ({exc})") from exc
     protocol = _build(data, path)
-    if path.resolve().parent != PROTOCOL_DIR.resolve() and protocol.name in list_protocols():
+    if not earlier and path.resolve().parent != PROTOCOL_DIR.resolve() and protocol.name in list_protocols():
         builtin = load_protocol(protocol.name)
         if builtin.hash != protocol.hash:  # a copy differing in comments at most is the built-in recipe
             warnings.warn(f"{path}: protocol name {protocol.name!r} is a built-in protocol's, but the content "

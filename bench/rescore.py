@@ -12,6 +12,7 @@ board, with the same weights behind both.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 import warnings
 from pathlib import Path
@@ -67,7 +68,7 @@ def record_protocol(rec: dict[str, Any], protocol_file: Path | None = None) -> P
             warnings.warn(f"--protocol {protocol_file}: not used for runs whose records keep their recipe (every "
                           "setting as it ran); those settings are used", stacklevel=2)
         return kept
-    given = load_protocol(protocol_file) if protocol_file else None  # read once here (it was up to three times)
+    given = load_protocol(protocol_file, earlier=True) if protocol_file else None  # read once here (it was up to three times)
     if given is not None and given.name == meta["name"]:
         base, where = given, f"the file {protocol_file}"
     else:
@@ -80,8 +81,12 @@ def record_protocol(rec: dict[str, Any], protocol_file: Path | None = None) -> P
         where = f"the built-in {meta['name']!r}"
     proto = base.with_overrides(**meta["overrides"])
     if proto.hash != meta["hash"]:
+        commit = str(rec.get("git_commit") or "").removesuffix("-dirty")
+        older = (f" (a built-in of an earlier bench: `git show {commit[:12]}:bench/protocols/{meta['name']}.toml > "
+                 f"{meta['name']}_v{meta.get('version', 'old')}.toml` in a checkout writes the file the run's commit had)"
+                 if base is not given and re.fullmatch(r"[0-9a-f]{7,40}", commit) else "")
         raise BenchError(f"run {rec['run_id']}: {where} now has hash {proto.hash}, the run used {meta['hash']}; "
-                         f"pass the protocol file the run used with --protocol")
+                         f"pass the protocol file the run used with --protocol{older}")
     return proto
 
 

@@ -176,8 +176,13 @@ def test_paper_columns_and_labels_for_latex(runs, tmp_path):
                       "Kidney(L) & Kidney(R) & Liver & Pancreas & Spleen & Stomach \\\\")
     assert "\\begin{tabular}{lrrrrrrrrrrr}" in tex and "95\\% CI" not in tex
     labels = re.findall(r"\\label\{([^}]*)\}", tex)
-    assert labels == ["tab:isic17-isic17-legacy-isic", "tab:synapse-synapse-legacy-synapse",
-                      "tab:synapse-synapse-off-protocol-epochs-2-legacy-synapse"]
+    assert labels == ["tab:isic17-isic17-legacy-isic-metrics-classes", "tab:synapse-synapse-legacy-synapse-metrics-classes",
+                      "tab:synapse-synapse-off-protocol-epochs-2-legacy-synapse-metrics-classes"]
+    # another selection of the same boards, in another file of the same paper: labels of its own
+    cost = render(runs, "latex", load(tmp_path, level="case"), columns=parse_columns("params"))
+    assert not set(labels) & set(re.findall(r"\\label\{([^}]*)\}", cost))
+    whole = render(runs, "latex", load(tmp_path, level="case"))
+    assert re.findall(r"\\label\{([^}]*)\}", whole)[0] == "tab:isic17-isic17-legacy-isic"
     md = render(runs, "md", load(tmp_path, level="case"), columns=parse_columns("family,ci"))
     header = [line for line in md.splitlines() if line.startswith("| Model")][1]  # synapse's
     assert [c.strip() for c in header.strip("|").split("|")] == ["Model", "Family", "DSC 95% CI", "HD95 95% CI"]

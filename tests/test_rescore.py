@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -103,13 +104,18 @@ def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
     changed = {**rec, "protocol": {**rec["protocol"], "hash": "0" * 16}}
     with pytest.raises(BenchError, match="the built-in 'smoke' now has hash .* pass the protocol file the run used"):
         rescore_record(changed, "strict", copy, CPU)
+    # a run of an earlier bench, whose built-in changed since: where that version's file is
+    with pytest.raises(BenchError, match=r"--protocol \(a built-in of an earlier bench: `git show 0123456789ab:bench/"
+                                         r"protocols/smoke.toml > smoke_v1.toml` in a checkout writes the file"):
+        record_protocol({**changed, "git_commit": "0123456789abcdef0123-dirty"})
     # --protocol applies to runs of the protocol it names; the others keep their built-in one
     other = tmp_path / "other.toml"
     other.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace('name = "smoke"', 'name = "other"'))
     assert record_protocol(rec, other).hash == rec["protocol"]["hash"]
     edited = tmp_path / "smoke_edited.toml"  # a file of the run's protocol name, but other content
     edited.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace("seed = 0", "seed = 5"))
-    with pytest.raises(BenchError, match=f"the file {edited} now has hash"):
+    with pytest.raises(BenchError, match=f"the file {edited} now has hash"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # an earlier version of a built-in, named as it: not "give it its own name"
         record_protocol(rec, edited)
     # the split now holds other cases (data changed, or a fold drawn another way): refused, since
     # the weights could then be scored on cases they trained on

@@ -206,7 +206,7 @@ def rescore(
     roots = DataRoots(data_root or ())
     dev = resolve_device(device.value)
     if protocol is not None:  # a broken file: one error before anything is scored
-        load_protocol(protocol)
+        load_protocol(protocol, earlier=True)
     todo = plan_rescore(results, policy, None if models == "all" else resolve_models(models))
     if todo:  # before anything is scored: a read-only or full folder failed after the first evaluation
         ensure_writable_dir(results / "records")
@@ -229,7 +229,7 @@ def rescore(
         if new is None:
             typer.echo(f"  {new_id}: scored meanwhile by another process, skipped")
         else:
-            typer.echo(f"  {new['run_id']}: {scores_text(new, unit=True)}")
+            typer.echo(f"  {new['run_id']}: {scores_text(new)}")
 
     _each_run(todo, score, "rescored")
 
@@ -265,7 +265,7 @@ def predict(
     roots = DataRoots(data_root or ())
     dev = resolve_device(device.value)
     if protocol is not None:  # a broken file: one error before anything is written
-        load_protocol(protocol)
+        load_protocol(protocol, earlier=True)
     todo = plan_predict(results, None if models == "all" else resolve_models(models), run)
     check_weights_kept(todo, results, "predicted")
     ensure_writable_dir(out, "--out")

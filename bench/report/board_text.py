@@ -287,7 +287,11 @@ def _render_latex(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...]
         if "Folds" in table:  # a range of folds ("0-4") takes an en dash
             table["Folds"] = table["Folds"].str.replace(r"(?<=\d)-(?=\d)", "–", regex=True)
         spec = "".join(_align(c)[0] for c in table.columns)
-        parts.append(_latex_table(title, note, f"{key.dataset} {key.protocol} {key.policy}", table, spec, labels))
+        # a column selection in the label too: two tables of one board (--columns paper, --columns cost),
+        # written to two files and included in one paper, would define one label twice
+        chosen = "" if columns is None else " " + " ".join(columns)
+        parts.append(_latex_table(title, note, f"{key.dataset} {key.protocol} {key.policy}{chosen}", table, spec,
+                                  labels))
     return "\n\n".join(parts) + "\n"
 
 
