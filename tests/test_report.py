@@ -267,8 +267,9 @@ def test_csv_is_numeric_and_tidy(runs):
     import io
 
     table = pd.read_csv(io.StringIO(render(runs, "csv")))
-    assert list(table.columns[:7]) == ["dataset", "protocol", "protocol_version", "protocol_hash", "policy",
-                                       "hd95_unit", "model"]
+    assert list(table.columns[:8]) == ["dataset", "protocol", "protocol_version", "protocol_hash", "policy",
+                                       "hd95_unit", "code", "model"]
+    assert set(table["code"]) == {runs["git_commit"].iloc[0]}  # the bench version the numbers came from
     assert len(table) == 4
     row = table[(table["protocol"] == "synapse") & (table["model"] == "vmunet")].iloc[0]
     assert row["dice_mean"] == pytest.approx(0.82) and row["dice_std"] == pytest.approx(0.02)
@@ -1110,7 +1111,7 @@ def test_a_board_of_runs_from_several_commits_says_so(tmp_path):
     """Seeds run before and after an upgrade were averaged with nothing saying the code differed."""
     for seed in range(2):
         write_record(make_record("unet", seed=seed), tmp_path)
-    assert "Code:" not in render(load(tmp_path))  # one commit: nothing to say
+    assert "Code: bench 0123456789ab." in render(load(tmp_path))  # one commit: named, as a shared report needs
     rec = make_record("unet", seed=2)
     rec["git_commit"] = "fedcba9876543210" * 2 + "-dirty"
     write_record(rec, tmp_path)
@@ -1133,7 +1134,7 @@ def test_a_board_tells_code_versions_apart_by_their_sources(tmp_path):
     run(0, commit, None)  # written before digests were kept: its commit names its code
     run(1, commit, "aaaaaaaaaaaaaaaa")
     run(2, commit + "-dirty", "aaaaaaaaaaaaaaaa")  # edits outside the code (a results file)
-    assert "Code:" not in render(load(tmp_path))
+    assert "Code: bench 0123456789ab." in render(load(tmp_path))  # one version
     run(3, commit + "-dirty", "bbbbbbbbbbbbbbbb")  # the code edited
     run(4, None, "cccccccccccccccc")  # an installed wheel
     assert ("Code: these runs come from 3 versions of bench (0123456789ab, 0123456789ab-dirty (sources "

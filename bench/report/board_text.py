@@ -19,7 +19,7 @@ from bench.report.labels import CV_LABEL, BoardKey, label_cases
 from bench.report.tables import _align, _latex_table, _md_table
 
 
-_CSV_KEY_COLUMNS = ["dataset", "protocol", "protocol_version", "protocol_hash", "policy", "hd95_unit"]
+_CSV_KEY_COLUMNS = ["dataset", "protocol", "protocol_version", "protocol_hash", "policy", "hd95_unit", "code"]
 _BOARD_COLUMNS = ["model", "family", "model_config", "n_seeds", "n_runs", "folds", "n_cases", "params"]
 
 
@@ -219,6 +219,8 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         named = ", ".join(map(short_commit, commits[:3])) + (", …" if len(commits) > 3 else "")
         note += (f" Code: these runs come from {len(commits)} versions of bench ({named}); a change between them "
                  "that moved scores is not told apart (records' git_commit and code_digest).")
+    elif commits and commits != ["unknown"]:  # a shared report says which code made its numbers
+        note += f" Code: bench {short_commit(commits[0])}."
     if plugin := a.get("plugin_code"):
         which = "; ".join(f"{m}: {n}" for m, n in plugin.items())
         note += (f" Plugin code changed since these runs trained ({which}; records' model_code): their numbers are "
@@ -307,6 +309,7 @@ def _render_csv(boards: dict[BoardKey, pd.DataFrame]) -> str:
                 "policy": key.policy,
                 # the policy does not say it: strict's HD95 is in mm, voxels or pixels by the data
                 "hd95_unit": "/".join(board.attrs.get("hd95_units", [])),
+                "code": "; ".join(board.attrs.get("commits", [])),  # the bench version(s) the numbers came from
             },
             index=board.index,
         )
