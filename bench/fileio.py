@@ -94,14 +94,14 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp"
     A write that fails for want of disk (``disk_problem``) is a BenchError too: "<path>: cannot write
     <what> (<why>)<retry>", ``retry`` by default asking to free space and run the command again.
     """
-    retry = retry or _RETRY
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{TEMP_MARK}{writer_tag()}", suffix=suffix)
         os.close(fd)
     except OSError as exc:
-        raise BenchError(f"{path}: cannot write{what and ' ' + what} ({exc.strerror or exc}){retry}") from None
+        raise BenchError(f"{path}: cannot write{what and ' ' + what} ({exc.strerror or exc})"
+                         f"{retry or _advice(exc)}") from None
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would stay with the file after the rename
@@ -115,7 +115,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp"
         full = disk_problem(exc, path.parent)  # before the temp file goes: then the disk has room again
         Path(tmp).unlink(missing_ok=True)
         if full:
-            raise BenchError(f"{path}: cannot write{what and ' ' + what} ({full}){retry}") from exc
+            raise BenchError(f"{path}: cannot write{what and ' ' + what} ({full}){retry or _advice(exc)}") from exc
         interrupt = next((e for e in exception_chain(exc) if isinstance(e, KeyboardInterrupt)), exc)
         if interrupt is not exc:  # Ctrl-C (or SIGTERM) mid-write, hidden by the writer's cleanup error
             raise interrupt from None  # (torch.save's zip writer: "unexpected pos")
@@ -146,6 +146,14 @@ TEMP_MARK = "bench-"  # in every temp name: sweeping never touches files of othe
 ORPHAN_AGE_S = 24 * 3600  # a temp file this old was left by a killed writer; a live one is minutes old
 _WRITER = re.compile(r"(\d+)@([^~/]+)~")  # writer_tag() inside a temp name
 _RETRY = "; free space (or fix the folder) and run the command again"
+
+
+def _advice(exc: BaseException) -> str:
+    """What to do about a failed write: free space, unless the folder is read-only (a mount, a copy
+    shared read-only), where space is not the matter."""
+    if any(isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) for e in exception_chain(exc)):
+        return "; the folder is read-only here: make it writable, or write elsewhere, and run the command again"
+    return _RETRY
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 

@@ -29,3 +29,28 @@ def test_a_large_files_digest_is_kept_until_the_file_changes(tmp_path, monkeypat
     small.write_bytes(b"x" * 100)
     assert fileio.file_sha256(small) == hashlib.sha256(b"x" * 100).hexdigest()
     assert len(list((tmp_path / "cache" / "ssm-unet-bench" / "digests").iterdir())) == 2  # small files: not kept
+
+
+def test_a_failed_write_advises_by_its_cause(tmp_path, monkeypatch):
+    """A read-only folder (a colleague's results shared read-only) was told to free space."""
+    import errno
+
+    import pytest
+
+    from bench.errors import BenchError
+
+    def failing(code, text):
+        def write(tmp):
+            raise OSError(code, text)
+        return write
+
+    with pytest.raises(BenchError, match=r"a\.txt: cannot write \(Read-only file system\); the folder is read-only "
+                                         r"here: make it writable, or write elsewhere"):
+        fileio.atomic_write(tmp_path / "a.txt", failing(errno.EROFS, "Read-only file system"))
+    with pytest.raises(BenchError, match=r"cannot write \(No space left on device\); free space"):
+        fileio.atomic_write(tmp_path / "a.txt", failing(errno.ENOSPC, "No space left on device"))
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", lambda **kw: (_ for _ in ()).throw(
+        OSError(errno.EROFS, "Read-only file system")))  # the folder refuses even the temp file
+    with pytest.raises(BenchError, match=r"cannot write \(Read-only file system\); the folder is read-only here"):
+        fileio.atomic_write(tmp_path / "b.txt", lambda tmp: tmp.write_text("x"))
+    assert not list(tmp_path.iterdir())  # nothing half-written
