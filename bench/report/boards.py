@@ -73,12 +73,14 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         m for m in ("acc", "spe", "sen") if f"n_nan_{m}" in group and group[f"n_nan_{m}"].notna().any()}
     metrics = [m for m in METRICS if m in group.columns and (group[m].notna().any() or m in computed)]
     value_cols = metrics + _class_columns(group)
-    rows, repeated = [], {}
+    rows, repeated, repeated_runs = [], {}, []
     for (label, config), runs in group.groupby(["model_label", "model_config"], sort=False):  # label: init too
         # one seed (of one fold) run twice: its data identified otherwise (by path in older records)
         per_seed = runs.groupby(["seed", "split"] if "split" in runs else ["seed"]).size()
         if (per_seed > 1).any():
             repeated[label] = sorted({int(k[0] if isinstance(k, tuple) else k) for k in per_seed[per_seed > 1].index})
+            twice = runs.set_index(list(per_seed.index.names)).index.isin(per_seed[per_seed > 1].index)
+            repeated_runs.append(sorted(runs.loc[twice, "run_id"]))
         row = {
             "model": label,
             "family": runs["family"].iloc[0],
@@ -130,6 +132,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         commits=_code_versions(group),
         plugin_code=_plugin_code_changed(group),
         repeated=repeated,
+        repeated_runs=repeated_runs,  # per model, the run ids of its seeds counted more than once
         n_train=sorted({int(n) for n in group["n_train"].dropna()}) if "n_train" in group else [],
     )
     return board

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -56,6 +57,19 @@ def _with_cost_latex(text: str, fmt: ReportFormat, profiles: pd.DataFrame | None
     return text.rstrip("\n") + "\n\n" + cost + "\n" if cost else text
 
 
+def _warn_repeated(boards: dict) -> None:
+    """Said where it is seen, not only in a caption: a seed counted twice in a mean ± std (records of one
+    training naming its data otherwise, as older records of a moved folder do, or runs on other data of
+    one name), with the records to choose from."""
+    repeated = [ids for board in boards.values() for ids in board.attrs.get("repeated_runs", [])]
+    if repeated:
+        named = "; ".join(" and ".join(f"records/{r}.json" for r in ids[:3]) for ids in repeated[:3])
+        warnings.warn(f"{len(repeated)} board row(s) count a seed more than once in their mean ({named}"
+                      f"{'; …' if len(repeated) > 3 else ''}): records of one seed naming their data otherwise "
+                      "(older records in a moved folder name it by its path) or runs on other data of one name; "
+                      "delete the record that should not count", stacklevel=3)
+
+
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
                  published: Path | bool | None = None, reference: str | None = None,
                  models: str | Iterable[str] | None = None, datasets: str | Iterable[str] | None = None,
@@ -91,6 +105,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         text = render_cases(df_cases)
     else:
         boards, groups, (set_runs, set_cases) = _boards(df_runs, df_cases, profiles)
+        _warn_repeated(boards)
         text = _render(boards, fmt, columns)
         if not boards and fmt == ReportFormat.md and profiles is not None and not profiles.empty:
             text = f"No finished runs in {results_dir}: the cost tables of its `bench profile` records only.\n"
