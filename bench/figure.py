@@ -224,7 +224,9 @@ def draw_figure(panels: FigurePanels, out: Path) -> Path:
 
     plt = _pyplot()
     n_rows, n_cols = len(panels.case_ids), 2 + len(panels.columns)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 * n_cols, 2.2 * n_rows + 0.5), squeeze=False)
+    band = 0.22 * math.ceil(len(panels.class_names) / 5) + 0.1  # inches under the panels for the legend
+    height = 2.2 * n_rows + band
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 * n_cols, height), squeeze=False)
     try:
         for r, case in enumerate(panels.case_ids):
             image = panels.images[r]
@@ -246,7 +248,7 @@ def draw_figure(panels: FigurePanels, out: Path) -> Path:
         handles = [Patch(color=PALETTE[i % len(PALETTE)], alpha=ALPHA, label=name)
                    for i, name in enumerate(panels.class_names)]
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
-        fig.tight_layout(rect=(0, 0.4 / (2.2 * n_rows + 0.5) + 0.02, 1, 1))
+        fig.tight_layout(rect=(0, band / height, 1, 1))
         fmt = out.suffix.lower()[1:]
         return atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format=fmt, dpi=200, bbox_inches="tight"),
                             suffix=f".tmp{out.suffix}")
