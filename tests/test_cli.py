@@ -230,8 +230,8 @@ def test_warnings_are_one_line_each_and_shown_once(tmp_path):
     assert "UserWarning" not in proc.stderr and "entry.constructor" not in proc.stderr
 
 
-@pytest.mark.parametrize("cmd", [[], ["run"], ["rescore"], ["predict"], ["report"], ["check"], ["profile"], ["models"],
-                                 ["doctor"], ["data"], ["data", "synth"], ["data", "convert"],
+@pytest.mark.parametrize("cmd", [[], ["run"], ["rescore"], ["predict"], ["figure"], ["report"], ["check"], ["profile"],
+                                 ["models"], ["doctor"], ["data"], ["data", "synth"], ["data", "convert"],
                                  ["data", "verify"]])
 def test_every_help_shows_an_example(cmd):
     result = runner.invoke(app, [*cmd, "--help"])

@@ -3,6 +3,7 @@
 - ``options``: the options several commands declare alike, their parsing, the setup of commands that run models.
 - ``console``: the entry point ``main``: user errors and warnings one line each, SIGTERM as Ctrl-C.
 - ``run_cmds``: ``run`` (train and evaluate a grid), ``rescore`` and ``predict`` (from finished runs' weights).
+- ``figure_cmd``: ``figure`` (the papers' visual comparison of test cases, from finished runs' weights).
 - ``report_cmds``: ``report`` (leaderboards) and ``check`` (drift against a baseline).
 - ``profile_cmd``: ``profile`` (params, FLOPs, latency, memory).
 - ``info_cmds``: ``models`` and ``doctor``.
@@ -17,6 +18,7 @@ import typer
 
 from bench.cli.console import _warned, main
 from bench.cli.data_cmds import VERIFY_SHOWN, data_convert, data_synth, data_verify
+from bench.cli.figure_cmd import figure
 from bench.cli.info_cmds import doctor, models
 from bench.cli.profile_cmd import profile
 from bench.cli.report_cmds import check, report
@@ -41,6 +43,7 @@ app.command()(run)
 app.command()(report)
 app.command()(rescore)
 app.command()(predict)
+app.command()(figure)
 app.command()(check)
 app.command()(profile)
 app.command()(models)

@@ -1,0 +1,262 @@
+"""`bench figure`: the papers' visual comparison: rows = test cases, columns = Image | Ground truth |
+one column per model, each prediction overlaid on the image in a fixed colour per class.
+
+Predictions come from the runs' weights exactly as ``bench predict`` writes them (``run_model``,
+then ``predict_cases``), so every panel is on the grid its case was scored on: ISIC/polyp at model
+resolution (the image resized bilinearly to it), volumes at their own grid, shown by the axial slice
+(axis 0) with the most ground-truth foreground. ``figure_panels`` returns the arrays drawn;
+``draw_figure`` writes them as PNG or PDF.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+from bench import records
+from bench.errors import BenchError, few
+
+if TYPE_CHECKING:
+    from bench.rescore import DataRoots
+
+__all__ = ["FigurePanels", "choose_runs", "case_dsc", "choose_cases", "figure_panels", "draw_figure"]
+
+# tab10: class 1 is always blue, class 2 orange, ... (binary foreground: class 1's)
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")
+ALPHA = 0.45
+FORMATS = (".png", ".pdf")
+
+
+@dataclass
+class FigurePanels:
+    """What the figure draws. Per case (row): ``images`` (H, W) grey or (H, W, 3) RGB in [0, 1],
+    ``truths`` (H, W) class ids, ``slices`` the axial index shown (None for 2-D cases); per case
+    and run (column): ``predictions`` (H, W) class ids and ``dsc`` the case's mean DSC over classes, %."""
+
+    board: str
+    columns: list[str]
+    class_names: list[str]
+    case_ids: list[str]
+    slices: list[int | None]
+    images: list[np.ndarray]
+    truths: list[np.ndarray]
+    predictions: list[list[np.ndarray]]
+    dsc: list[list[float]]
+
+
+def _board(rec: dict[str, Any]) -> tuple[str, str, str]:
+    name = rec.get("dataset_name") or rec["dataset"]
+    proto = rec["protocol"]
+    return (f"{name} (synthetic)" if rec.get("synthetic") else name, f"{proto['name']}@{proto['hash'][:8]}",
+            rec["policy"])
+
+
+def board_label(rec: dict[str, Any]) -> str:
+    return " · ".join(_board(rec))
+
+
+def choose_runs(results_dir: Path, models: list[str] | None = None, dataset: str | None = None,
+                seed: int | None = None) -> list[dict[str, Any]]:
+    """One finished original run per model, all of one board: ``seed``'s, else the lowest seed (then
+    fold); in ``models``' order, else by model name."""
+    from bench.predict import plan_predict
+
+    runs = plan_predict(results_dir, models)
+    if dataset is not None:
+        there = sorted({str(r.get(k)) for r in runs for k in ("dataset", "dataset_name") if r.get(k)})
+        runs = [r for r in runs if dataset in (r["dataset"], r.get("dataset_name"))]
+        if not runs:
+            raise BenchError(f"--dataset {dataset}: no finished runs of it in {results_dir} "
+                             f"(there: {', '.join(there) or 'none'})")
+    if not runs:
+        raise BenchError(f"{results_dir}: no finished runs to show (bench run writes them)")
+    boards = sorted({_board(r) for r in runs})
+    if len(boards) > 1:
+        listed = "; ".join(" · ".join(b) for b in boards[:5]) + (" ..." if len(boards) > 5 else "")
+        raise BenchError(f"the runs form {len(boards)} boards ({listed}); a figure shows one: choose it with "
+                         "--dataset / --models")
+    if seed is not None:
+        missing = sorted({r["model"] for r in runs} - {r["model"] for r in runs if r["seed"] == seed})
+        if missing:
+            raise BenchError(f"--seed {seed}: no finished run of {', '.join(missing)} with that seed in {results_dir}")
+        runs = [r for r in runs if r["seed"] == seed]
+
+    def rank(rec: dict[str, Any]) -> tuple:
+        fold = records.split_fold(rec["split"])
+        return rec["seed"], -1 if fold is None else fold, rec["run_id"]
+
+    chosen: dict[str, dict[str, Any]] = {}
+    for rec in sorted(runs, key=rank):
+        chosen.setdefault(rec["model"], rec)
+    order = models if models is not None else sorted(chosen)
+    return [chosen[m] for m in order if m in chosen]
+
+
+def case_dsc(rec: dict[str, Any]) -> dict[str, float]:
+    """Each scored case's mean DSC over classes (NaN values left out, as the boards' case values)."""
+    values: dict[str, list[float]] = {}
+    for row in rec["per_case"]:
+        values.setdefault(row["case"], []).append(float(row["dice"]))
+    return {case: _nanmean(v) for case, v in values.items()}
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+def choose_cases(per_run: Sequence[dict[str, float]], cases: Sequence[str] | None = None, n: int = 3) -> list[str]:
+    """``cases`` as given (each must be scored by every run), else the ``n`` cases where the runs
+    differ most: the largest range of their case values (cases without one last), ties by case id."""
+    common = sorted(set.intersection(*(set(d) for d in per_run))) if per_run else []
+    if not common:
+        raise BenchError("the chosen runs have no scored test case in common (runs of other folds?)")
+    if cases:
+        for case in cases:
+            if case not in common:
+                raise BenchError(f"--cases {case}: not a test case the runs were scored on (there: {few(common)})")
+        return list(dict.fromkeys(cases))
+    if n < 1:
+        raise BenchError(f"--n-cases must be a whole number >= 1; got {n}")
+
+    def spread(case: str) -> float:
+        values = [d[case] for d in per_run if not math.isnan(d[case])]
+        # rounded: 0.6 - 0.2 and 1.0 - 0.6 are one range, ordered by id, not by a rounding error
+        return round(max(values) - min(values), 9) if values else -1.0
+
+    return sorted(common, key=lambda c: (-spread(c), c))[:n]
+
+
+def figure_panels(runs: list[dict[str, Any]], results_dir: Path, case_ids: list[str], device: torch.device,
+                  data_roots: DataRoots | None = None) -> FigurePanels:
+    """Predict ``case_ids`` with each run's weights and cut the panels (see ``FigurePanels``); the
+    image and ground truth are the first run's (a board's runs share the data)."""
+    from bench.data.intensity import intensity_stats
+    from bench.data.preprocess import volume_prep
+    from bench.evaluate import predict_cases
+    from bench.rescore import run_model
+
+    rows: dict[str, dict[str, Any]] = {c: {"preds": []} for c in case_ids}
+    names: list[str] = []
+    for i, rec in enumerate(runs):
+        model, dataset, protocol = run_model(rec, results_dir, None, "shown", data_roots=data_roots)
+        model.to(device=device, dtype=protocol.torch_dtype)
+        names = list(dataset.class_names)
+
+        def keep(case, pred: np.ndarray, gt: np.ndarray, first: bool = i == 0) -> None:
+            row = rows[case.case_id]
+            if first:
+                row.update(_ground(case.image, gt, pred.shape))
+            k = row["slice"]
+            row["preds"].append(np.asarray(pred if k is None else pred[k]).astype(np.int64))
+
+        prep = volume_prep(dataset, protocol) if protocol.patches else None
+        predict_cases(model, dataset, case_ids, protocol, keep, device=device,
+                      stats=intensity_stats(dataset, protocol), prep=prep, native=False)
+        del model
+    scores = [case_dsc(rec) for rec in runs]
+    return FigurePanels(
+        board=board_label(runs[0]), columns=[r["model"] + (" (tiny)" if r.get("tiny") else "") for r in runs],
+        class_names=names, case_ids=list(case_ids), slices=[rows[c]["slice"] for c in case_ids],
+        images=[rows[c]["image"] for c in case_ids], truths=[rows[c]["truth"] for c in case_ids],
+        predictions=[rows[c]["preds"] for c in case_ids],
+        dsc=[[100.0 * s[c] for s in scores] for c in case_ids])
+
+
+def _ground(image: np.ndarray, gt: np.ndarray, shape: tuple[int, ...]) -> dict[str, Any]:
+    """The row's image and ground-truth panels: a volume's slice with the most foreground (its
+    channel 0), a 2-D image resized to the prediction's grid (binary data is scored at model resolution)."""
+    image = np.asarray(image, dtype=np.float32)
+    gt = np.asarray(gt)
+    k = None
+    if gt.ndim == 3:
+        k = int(np.argmax((gt > 0).reshape(gt.shape[0], -1).sum(axis=1)))  # argmax: the lowest on ties
+        image, gt = image[k], gt[k]
+        if image.ndim == 3:  # nnU-Net's channels last
+            image = image[..., 0]
+    elif image.ndim == 3 and image.shape[-1] != 3:  # a 2-D image of other channels than RGB
+        image = image[..., 0]
+    if image.shape[:2] != tuple(shape[-2:]):
+        image = _resize(image, tuple(shape[-2:]))
+    # a binary mask may come as fractions (foreground >= 0.5, as scored); -1 (outside a volume's region): background
+    truth = (gt >= 0.5) if gt.dtype.kind == "f" else np.maximum(gt, 0)
+    return {"slice": k, "image": _display(image), "truth": truth.astype(np.int64)}
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear (half-pixel centres, as the binary test transform), channels kept."""
+    t = torch.from_numpy(np.ascontiguousarray(image))
+    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
+    out = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)[0]
+    return (out[0] if image.ndim == 2 else out.permute(1, 2, 0)).numpy()
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    """RGB: 8-bit values scaled to [0, 1]; grey: its 1st-99th percentile window -> [0, 1]."""
+    if image.ndim == 3:
+        return np.clip(image / 255.0 if image.max() > 1 else image, 0, 1)
+    lo, hi = np.percentile(image, [1, 99])
+    return np.clip((image - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(image)
+
+
+def _overlay(labels: np.ndarray) -> np.ndarray:
+    """RGBA: each class in its colour at ``ALPHA``, background transparent."""
+    from matplotlib.colors import to_rgb
+
+    rgba = np.zeros((*labels.shape, 4))
+    for c in np.unique(labels[labels > 0]):
+        rgba[labels == c] = (*to_rgb(PALETTE[(int(c) - 1) % len(PALETTE)]), ALPHA)
+    return rgba
+
+
+def draw_figure(panels: FigurePanels, out: Path) -> Path:
+    """Write the figure to ``out`` (.png at 200 dpi, or vector .pdf) atomically."""
+    from matplotlib.patches import Patch
+
+    from bench.fileio import atomic_write
+    from bench.plots import _pyplot
+
+    plt = _pyplot()
+    n_rows, n_cols = len(panels.case_ids), 2 + len(panels.columns)
+    band = 0.22 * math.ceil(len(panels.class_names) / 5) + 0.1  # inches under the panels for the legend
+    height = 2.2 * n_rows + band
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 * n_cols, height), squeeze=False)
+    try:
+        for r, case in enumerate(panels.case_ids):
+            image = panels.images[r]
+            shown = [None, panels.truths[r], *panels.predictions[r]]
+            for col, labels in enumerate(shown):
+                ax = axes[r, col]
+                ax.imshow(image, cmap=None if image.ndim == 3 else "gray", vmin=0, vmax=1, interpolation="nearest")
+                if labels is not None:
+                    ax.imshow(_overlay(labels), interpolation="nearest")
+                if col >= 2 and not math.isnan(d := panels.dsc[r][col - 2]):
+                    ax.text(0.03, 0.97, f"{d:.1f}", transform=ax.transAxes, va="top", ha="left", fontsize=8,
+                            color="white", bbox={"facecolor": "black", "alpha": 0.6, "pad": 1.5, "lw": 0})
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(["Image", "Ground truth", *panels.columns][col], fontsize=9)
+            k = panels.slices[r]
+            axes[r, 0].set_ylabel(case if k is None else f"{case}\nslice {k}", fontsize=8)
+        handles = [Patch(color=PALETTE[i % len(PALETTE)], alpha=ALPHA, label=name)
+                   for i, name in enumerate(panels.class_names)]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, band / height, 1, 1))
+        fmt = out.suffix.lower()[1:]
+        return atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format=fmt, dpi=200, bbox_inches="tight"),
+                            suffix=f".tmp{out.suffix}")
+    finally:
+        plt.close(fig)
+
+
+def check_out(out: Path) -> None:
+    if out.suffix.lower() not in FORMATS:
+        raise BenchError(f"--out {out}: the figure is written as {' or '.join(FORMATS)} (by its suffix); "
+                         f"got {out.suffix or 'no suffix'}")

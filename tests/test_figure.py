@@ -1,0 +1,144 @@
+"""`bench figure`: the runs and cases it shows, and panels that are exactly the predictions `bench
+predict` writes, on the grid each case was scored on."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench import records
+from bench.data import open_dataset, synthesize
+from bench.errors import BenchError
+from bench.figure import case_dsc, check_out, choose_cases, choose_runs, figure_panels
+from bench.predict import predict_run
+from bench.protocol import load_protocol
+from bench.registry import get_entry
+from bench.run import plan_grid, run_one
+from tests.fixtures import make_record, run_bench
+
+CPU = torch.device("cpu")
+
+
+def _train(dataset, root, results, model="unet", seed=0, tiny=False):
+    proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=2, max_cases=2)
+    (spec,) = plan_grid(models=[model], dataset=dataset, protocol=proto, seeds=[seed], data_root=root,
+                        synthetic=False, results_dir=results, tiny=tiny,
+                        model_overrides={} if tiny else dict(get_entry(model).tiny))
+    return run_one(spec, results_dir=results, device=CPU)
+
+
+def _rows(dsc_by_case):
+    """per_case rows of one run: {case: [class DSCs]}."""
+    return {"per_case": [{"case": c, "class": k, "dice": d} for c, ds in dsc_by_case.items()
+                         for k, d in enumerate(ds, start=1)]}
+
+
+def test_cases_shown_are_those_where_the_runs_differ_most():
+    a = case_dsc(_rows({"c1": [0.9, 0.7], "c2": [0.5, math.nan], "c3": [0.2, 0.2], "c4": [0.6, 0.6], "c5": [0.1, 0.1]}))
+    b = case_dsc(_rows({"c1": [0.8, 0.8], "c2": [0.9, 0.9], "c3": [0.6, 0.6], "c4": [1.0, 1.0], "c5": [0.1, 0.1]}))
+    assert a["c1"] == pytest.approx(0.8) and a["c2"] == 0.5  # a class without a value is left out, as the boards
+    # ranges: c1 0, c2 0.4, c3 0.4, c4 0.4, c5 0 -> the 0.4 ties by id, then c1 before c5
+    assert choose_cases([a, b], n=3) == ["c2", "c3", "c4"]
+    assert choose_cases([a, b], n=5) == ["c2", "c3", "c4", "c1", "c5"]
+    assert choose_cases([a, b], ["c5", "c1"]) == ["c5", "c1"]  # --cases: in the order given
+    with pytest.raises(BenchError, match=r"--cases c9: not a test case the runs were scored on \(there: c1, c2, c3"):
+        choose_cases([a, b], ["c1", "c9"])
+    # a case one run did not score is no candidate; a case without any value goes last
+    c = case_dsc(_rows({"c1": [math.nan], "c2": [0.3], "c3": [0.3]}))
+    assert choose_cases([a, b, c], n=3) == ["c2", "c3", "c1"]
+    with pytest.raises(BenchError, match="--n-cases must be a whole number >= 1; got 0"):
+        choose_cases([a, b], n=0)
+
+
+def test_one_run_per_model_of_one_board(tmp_path):
+    res = tmp_path / "res"
+    for model, seed in (("vmunet", 2), ("vmunet", 1), ("unet", 1), ("unet", 0)):
+        records.write_record(make_record(model, seed=seed), res)
+    assert [(r["model"], r["seed"]) for r in choose_runs(res)] == [("unet", 0), ("vmunet", 1)]
+    assert [(r["model"], r["seed"]) for r in choose_runs(res, ["vmunet", "unet"])] == [("vmunet", 1), ("unet", 0)]
+    assert [(r["model"], r["seed"]) for r in choose_runs(res, seed=1)] == [("unet", 1), ("vmunet", 1)]
+    with pytest.raises(BenchError, match=r"--seed 0: no finished run of vmunet with that seed"):
+        choose_runs(res, seed=0)
+    records.write_record(make_record("unet", "isic17"), res)
+    with pytest.raises(BenchError, match=r"the runs form 2 boards \(isic17 · isic17@0f1e2d3c · legacy-isic; synapse · "
+                                         r"synapse@a1b2c3d4 · legacy-synapse\); .* choose it with --dataset / --models"):
+        choose_runs(res)
+    assert [r["dataset"] for r in choose_runs(res, dataset="isic17")] == ["isic17"]
+    with pytest.raises(BenchError, match=r"--dataset polyp: no finished runs of it in .* \(there: isic17, synapse\)"):
+        choose_runs(res, dataset="polyp")
+
+
+def test_out_takes_png_or_pdf():
+    check_out(Path("fig.PDF"))
+    with pytest.raises(BenchError, match=r"--out fig.svg: the figure is written as .png or .pdf \(by its suffix\); got .svg"):
+        check_out(Path("fig.svg"))
+    with pytest.raises(BenchError, match=r"--out fig: .* got no suffix"):
+        check_out(Path("fig"))
+
+
+def test_synapse_panels_are_the_predicted_volumes_slice_with_most_foreground(tmp_path):
+    root = synthesize("synapse", tmp_path / "data", n_train=2, n_test=3, depth=6, size=32)
+    res = tmp_path / "res"
+    recs = [_train("synapse", root, res, "unet", 0), _train("synapse", root, res, "lightm_unet", 0, tiny=True)]
+    runs = choose_runs(res)
+    assert [r["run_id"] for r in runs] == [recs[1]["run_id"], recs[0]["run_id"]]  # by model name
+    ids = choose_cases([case_dsc(r) for r in runs], n=2)
+    panels = figure_panels(runs, res, ids, CPU)
+    assert panels.columns == ["lightm_unet (tiny)", "unet"] and panels.case_ids == ids
+    ds = open_dataset("synapse", root)
+    assert panels.class_names == list(ds.class_names)
+    for j, rec in enumerate(runs):
+        folder, _ = predict_run(rec, res, tmp_path / "pred", CPU)
+        for i, case_id in enumerate(ids):
+            written = np.asarray(nib.load(folder / f"{case_id}.nii.gz").dataobj).transpose(2, 1, 0)
+            label = ds.load_test(case_id).label
+            k = panels.slices[i]
+            assert k == int(np.argmax([(s > 0).sum() for s in label])) and (label[k] > 0).sum() > 0
+            np.testing.assert_array_equal(panels.predictions[i][j], written[k])
+            np.testing.assert_array_equal(panels.truths[i], label[k])
+            assert panels.dsc[i][j] == pytest.approx(100 * np.nanmean([r["dice"] for r in rec["per_case"]
+                                                                       if r["case"] == case_id]))
+    image = ds.load_test(ids[0]).image[panels.slices[0]]
+    lo, hi = np.percentile(image, [1, 99])
+    np.testing.assert_allclose(panels.images[0], np.clip((image - lo) / (hi - lo), 0, 1), atol=1e-6)
+
+    # the command: PNG and PDF, one line; an unknown case and a seed no run has are one error each
+    for name in ("fig.png", "sub/fig.pdf"):
+        proc = run_bench("figure", "--results", res, "--out", tmp_path / name, "--cases", ",".join(ids[::-1]),
+                         "--device", "cpu")
+        assert proc.stdout.strip() == (f"wrote {tmp_path / name} (2 cases × 2 models; board synapse (synthetic) · "
+                                       f"smoke@{runs[0]['protocol']['hash'][:8]} · {runs[0]['policy']})")
+    assert Image.open(tmp_path / "fig.png").size[0] > 500
+    assert (tmp_path / "sub" / "fig.pdf").read_bytes().startswith(b"%PDF")
+    proc = run_bench("figure", "--results", res, "--out", tmp_path / "x.png", "--cases", "nope", check=False)
+    assert proc.returncode == 2 and "error: --cases nope: not a test case the runs were scored on" in proc.stderr
+    proc = run_bench("figure", "--results", res, "--out", tmp_path / "x.png", "--seed", "7", check=False)
+    assert proc.returncode == 2 and "--seed 7: no finished run of lightm_unet, unet with that seed" in proc.stderr
+    proc = run_bench("figure", "--results", res, "--out", tmp_path / "x.jpg", check=False)
+    assert proc.returncode == 2 and "--out " in proc.stderr and ".png or .pdf" in proc.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_binary_panels_are_at_model_resolution(tmp_path):
+    from bench.figure import _resize
+
+    root = synthesize("isic", tmp_path / "data", n_train=4, n_val=2, min_size=40, max_size=48)
+    res = tmp_path / "res"
+    rec = _train("isic17", root, res)
+    ds = open_dataset("isic17", root)
+    case_id = ds.test_ids()[0]
+    panels = figure_panels([rec], res, [case_id], CPU)
+    folder, _ = predict_run(rec, res, tmp_path / "pred", CPU)
+    written = np.asarray(Image.open(folder / f"{case_id}.png")) // 255
+    np.testing.assert_array_equal(panels.predictions[0][0], written)
+    case = ds.load_test(case_id)
+    assert case.image.shape[:2] != (32, 32) and panels.images[0].shape == (32, 32, 3)
+    np.testing.assert_allclose(panels.images[0], _resize(case.image.astype(np.float32), (32, 32)) / 255, atol=1e-6)
+    assert panels.truths[0].shape == (32, 32) and set(np.unique(panels.truths[0])) <= {0, 1}
+    assert panels.slices == [None] and panels.class_names == list(ds.class_names)
