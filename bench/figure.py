@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FigurePanels", "choose_runs", "case_dsc", "choose_cases", "figure_panels", "draw_figure"]
 
-# tab10: class 1 is always blue, class 2 orange, ... (binary foreground: class 1's)
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+# tab10 with yellow for its grey, which vanishes on CT (Synapse's class 8): class 1 always blue, 2 orange, ...
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#ffd92f", "#bcbd22",
            "#17becf")
 ALPHA = 0.45
 FORMATS = (".png", ".pdf")

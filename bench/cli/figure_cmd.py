@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from bench.errors import BenchError
+from bench.names import name_list
 from bench.cli.options import DEFAULT_RESULTS, Device, FinishedRuns, Models, MovedData, ScoringThreads, _compute_setup
 
 
@@ -39,7 +40,7 @@ def figure(
     from bench.rescore import DataRoots, other_device_warning
 
     check_out(out)
-    wanted = None if cases is None else list(dict.fromkeys(c.strip() for c in cases.split(",") if c.strip()))
+    wanted = name_list(cases)
     if wanted == []:
         raise BenchError(f"--cases expects a comma list of test case ids; got {cases!r}")
     _compute_setup(threads)
