@@ -556,6 +556,35 @@ def test_ci_column_and_significance_section(tmp_path):
     assert "'swin_unet' has no runs on this board" in absent and "P(rank 1)" in absent  # the ranks stand alone
 
 
+def test_significance_and_published_tables_come_in_latex_too(tmp_path):
+    """A paper's tables: --reference and --published were Markdown only, retyped into LaTeX by hand."""
+    for model, base in (("unet", 0.70), ("vmunet", 0.74)):
+        rec = make_record(model, seed=0, dice=base, n_cases=6)
+        for row in rec["per_case"]:
+            row["dice"] = base + 0.02 * int(row["case"][-4:])
+        write_record(rec, tmp_path)
+    pub = tmp_path / "pub.csv"
+    pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
+                   "Paper A Table 2,vmunet,synapse,dice,81.08,%,legacy-synapse,synapse,\n")
+    md = write_report(tmp_path, reference="unet", published=pub)
+    tex = write_report(tmp_path, "latex", reference="unet", published=pub)
+    captions = re.findall(r"\\caption\[\{([^}]*)\}\]", tex)
+    assert [c.split(" $\\cdot$ ")[0] for c in captions] == ["synapse", "Paired tests", "Rank stability",
+                                                             "Published vs ours"]
+    labels = re.findall(r"\\label\{([^}]*)\}", tex)
+    assert len(set(labels)) == 4  # each table its own label
+    # the same numbers as the Markdown sections: the tests' row, the ranks' rows, the published row
+    sig = md[md.index("## Significance"):]
+    for line in (next(l for l in sig.splitlines() if l.startswith("| vmunet") and "DSC" in l),
+                 next(l for l in sig.splitlines() if l.startswith("| vmunet") and "DSC" not in l)):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert " & ".join(c.replace("−", "$-$").replace("–", "--") for c in cells) + " \\\\" in tex
+    assert "81.08 \\%" in tex and "Paper A Table 2" in tex
+    tests_caption = tex[tex.index("Paired tests"):tex.index("\\label{tab:significance")]
+    assert "Wilcoxon" in tests_caption and "Tied models" not in tests_caption  # the rank note goes with the ranks
+    assert "Tied models share the better rank" in tex[tex.index("Rank stability"):]
+
+
 def _per_case_dice_runs(tmp_path, per_model: dict[str, list[float]]) -> None:
     """One legacy-synapse run per model whose case i has dice per_model[model][i] in every class."""
     for model, dices in per_model.items():
@@ -1336,10 +1365,11 @@ def test_reference_typos_and_markdown_only_options_are_one_clear_error(tmp_path)
     with pytest.raises(BenchError, match=r"--reference 'vmunett': no runs of that model in .*\(models there: unet, "
                                          r"vmunet\); did you mean 'vmunet'\?"):
         write_report(tmp_path, reference="vmunett")
-    for fmt in ("csv", "latex", "cases"):
-        with pytest.raises(BenchError, match=rf"--published adds Markdown sections; use --format md \(got --format {fmt}\)"):
+    for fmt in ("csv", "cases"):
+        with pytest.raises(BenchError, match=rf"--published adds tables after the boards; use --format md or latex "
+                                             rf"\(got --format {fmt}\)"):
             write_report(tmp_path, fmt, published=True)
-    with pytest.raises(BenchError, match="--reference and --published add Markdown sections"):
+    with pytest.raises(BenchError, match="--reference and --published add tables after the boards"):
         write_report(tmp_path, "csv", reference="unet", published=True)
 
 

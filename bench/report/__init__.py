@@ -2,7 +2,7 @@
 
 The boards are a function of ``bench.records.load(results_dir)`` (runs, and case rows for CIs and
 per-test-set boards) and ``bench.cost.load_profiles`` (cost tables); ``render`` returns their text,
-``write_report`` (``bench report``) also reads the folder, adds the Markdown sections and writes
+``write_report`` (``bench report``) also reads the folder, adds the sections after the boards and writes
 the file and its plots. The submodules:
 
 - ``formats``: ``ReportFormat``, the output formats (importing it imports no pandas: ``bench.cli``).
@@ -57,7 +57,7 @@ _SUBMODULE = {name: module for module, names in {
     "board_text": ["COLUMN_GROUPS", "COLUMN_PRESETS", "parse_columns", "render_cases"],
     "costs": ["COST_NOTE", "TIMING_NOTE", "scan_mark", "profile_labels", "cost_tables", "render_cost_md",
               "render_cost_latex", "cost_key", "join_cost"],
-    "significance": ["significance_md"],
+    "significance": ["significance_md", "significance_latex", "significance_sections"],
     "published": ["PUBLISHED_METRICS", "PUBLISHED_NOTE", "BUILD_KEYS", "published_dataset", "split_mismatch",
                   "published_tables", "missing_published_md", "_class_column"],
     "write": ["render", "write_report"],

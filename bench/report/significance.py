@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import difflib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -13,13 +15,59 @@ from bench.report.board_text import _caption
 from bench.report.boards import CI_METRICS, METRICS
 from bench.report.costs import _num
 from bench.report.labels import BoardKey
-from bench.report.tables import _md_table
+from bench.report.tables import _latex_table, _md_table
+
+
+@dataclass
+class Section:
+    """One board's significance section: its caption title, the note above, the paired tests (None
+    where there are none) and the rank table, with ``after``: what follows the rank table."""
+
+    key: BoardKey
+    title: str
+    note: str
+    tests: pd.DataFrame | None
+    ranks: pd.DataFrame
+    after: str = ""
 
 
 def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.DataFrame],
                     reference: str) -> str:
     """Per board: paired tests of every model against ``reference`` (Holm-adjusted; ``stats.paired_tests``)
-    and the rank table with its bootstrap stability. ``groups``: the case rows per board."""
+    and the rank table with its bootstrap stability, as Markdown sections. ``groups``: the case rows per board."""
+    return "\n".join(f"## Significance · {s.title}\n\n{s.note}\n\n"
+                     + "".join(_md_table(t) + "\n\n" for t in (s.tests,) if t is not None)
+                     + _md_table(s.ranks) + s.after + "\n" for s in significance_sections(boards, groups, reference))
+
+
+def significance_latex(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.DataFrame],
+                       reference: str, labels: collections.Counter) -> str:
+    """The same as booktabs tables: the paired tests captioned with their note, the ranks with theirs."""
+    parts = []
+    for s in significance_sections(boards, groups, reference):
+        board = f"{s.key.dataset} {s.key.protocol} {s.key.policy}"
+        rank_note = s.note
+        if s.tests is not None:  # the rank note goes with the rank table, the rest with the tests
+            spec = "".join("l" if c in ("Model", "Metric") else "r" for c in s.tests.columns)
+            tests_note = " ".join(s.note.replace(RANK_NOTE, "").split())
+            parts.append(_latex_table(f"Paired tests · {s.title}", tests_note, f"significance {board}", s.tests, spec,
+                                      labels))
+            rank_note = RANK_NOTE
+        spec = "l" + "r" * (len(s.ranks.columns) - 1)
+        parts.append(_latex_table(f"Rank stability · {s.title}", " ".join((rank_note + s.after).split()),
+                                  f"ranks {board}", s.ranks, spec, labels))
+    return "\n\n".join(parts)
+
+
+RANK_NOTE = ("Ranks by the board's DSC (its policy's aggregate) over the cases every model has; stability "
+             "from 1000 bootstrap resamples of those cases (any in which a model's DSC is undefined left out), "
+             "for these trained runs: a retrained seed can rank otherwise. "
+             "Tied models share the better rank, so P(rank 1) can add up to more than 1.")
+
+
+def significance_sections(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.DataFrame],
+                          reference: str) -> list[Section]:
+    """The sections of ``significance_md`` and ``significance_latex``, one per board with case rows."""
     from bench import stats
 
     parts = []
@@ -30,21 +78,17 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
         ref = stats.reference_label(cases, reference)  # "unet" for "unet (tiny)"
         tests = stats.paired_tests(cases, ref, metrics=CI_METRICS, policy=key.policy)
         ranks = stats.rank_stability(cases, "dice", key.policy)
-        title = f"## Significance · {_caption(key, boards[key])[0]}"
+        title = _caption(key, boards[key])[0]
         rank_table = pd.DataFrame({
             "Model": ranks["model"], "DSC (%)": [f"{100 * v:.2f}" for v in ranks["mean"]],
             "Rank": ranks["rank"], "P(rank 1)": [_num(p, ".2f") for p in ranks["p_rank_1"]],
             "95% rank interval": ["" if math.isnan(a) else f"{a:.0f}–{b:.0f}"
                                   for a, b in zip(ranks["rank_lo"], ranks["rank_hi"])],
         })
-        rank_table = _md_table(rank_table)
         unranked = sorted(set(labels) - set(ranks["model"]))
-        if unranked:  # their DSC is NaN on the shared cases (strict: a class valid in none of them)
-            rank_table += f"\n\nNot ranked (DSC nan over the cases every model has): {', '.join(unranked)}."
-        rank_note = ("Ranks by the board's DSC (its policy's aggregate) over the cases every model has; stability "
-                     "from 1000 bootstrap resamples of those cases (any in which a model's DSC is undefined left out), "
-                     "for these trained runs: a retrained seed can rank otherwise. "
-                     "Tied models share the better rank, so P(rank 1) can add up to more than 1.")
+        # their DSC is NaN on the shared cases (strict: a class valid in none of them)
+        after = f"\n\nNot ranked (DSC nan over the cases every model has): {', '.join(unranked)}." if unranked else ""
+        rank_note = RANK_NOTE
         if tests.empty:
             if ref in labels:
                 why = (f"{ref!r} is the only model on this board" if len(labels) == 1
@@ -54,7 +98,7 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
                        "--reference")
             else:
                 why = f"{reference!r} has no runs on this board"
-            parts.append(f"{title}\n\nNo paired comparison: {why}. {rank_note}\n\n{rank_table}\n")
+            parts.append(Section(key, title, f"No paired comparison: {why}. {rank_note}", None, rank_table, after))
             continue
         pooled = tests["test"].str.startswith("permutation").any()
         shown = pd.DataFrame({
@@ -96,8 +140,8 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
         if key.policy == "legacy-synapse":
             note += (" Caution: under legacy-synapse a missed organ scores HD95 0 (the papers' rule), so a model "
                      "that finds nothing looks best on HD95; `--policy strict` penalises misses.")
-        parts.append(f"{title}\n\n{note}\n\n" + _md_table(shown) + "\n\n" + rank_table + "\n")
-    return "\n".join(parts)
+        parts.append(Section(key, title, note, shown, rank_table, after))
+    return parts
 
 
 def _check_reference(reference: str, groups: dict[BoardKey, pd.DataFrame], results_dir: Path) -> None:

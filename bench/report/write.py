@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,8 +18,8 @@ from bench.report.boards import _boards
 from bench.report.costs import render_cost_latex, render_cost_md
 from bench.report.formats import ReportFormat
 from bench.report.published import PUBLISHED_NOTE, missing_published_md, published_tables
-from bench.report.significance import _check_reference, significance_md
-from bench.report.tables import _md_table
+from bench.report.significance import _check_reference, significance_latex, significance_md
+from bench.report.tables import _latex_table, _md_table
 
 
 def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md", df_cases: pd.DataFrame | None = None,
@@ -32,8 +33,8 @@ def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md", df_cases: pd.D
     With ``df_cases`` (``records.load(dir, level="case")``) the boards gain their bootstrap CIs and
     polyp/isic_all runs a board per test set; with ``profiles`` (``cost.load_profiles``), GMACs of
     runs whose records count none, and in LaTeX the cost tables after the boards: then this is
-    ``bench report``'s text (``write_report`` adds the Markdown sections after the boards: paired
-    tests, published numbers, cost tables, plots).
+    ``bench report``'s text (``write_report`` adds the sections after the boards: paired tests,
+    published numbers, cost tables, and in Markdown the plots).
     ``columns``: the Markdown/LaTeX tables' ``COLUMN_GROUPS`` and presets, e.g. "paper" or ["metrics", "cost"]
     (``parse_columns``); None: all.
     """
@@ -57,6 +58,24 @@ def _with_cost_latex(text: str, fmt: ReportFormat, profiles: pd.DataFrame | None
     return text.rstrip("\n") + "\n\n" + cost + "\n" if cost else text
 
 
+def _latex_sections(text: str, boards: dict, groups: dict, reference: str | None, pub: pd.DataFrame | None,
+                    source: str) -> str:
+    """The LaTeX boards followed by the paired tests and ranks (``reference``) and the published-vs-ours
+    tables (``pub``), as the Markdown report has them; boards without a published table in a comment."""
+    labels: collections.Counter = collections.Counter()
+    parts = [text.rstrip("\n")]
+    if reference:
+        parts.append(significance_latex(boards, groups, reference, labels))
+    if pub is not None:
+        for title, table in published_tables(boards, pub, groups).items():
+            spec = "".join("r" if c in ("Published", "Ours", "Ours − published") else "l" for c in table.columns)
+            parts.append(_latex_table(title, PUBLISHED_NOTE, f"published {title}", table, spec, labels))
+        missing = missing_published_md(boards, pub, source)
+        if missing:  # a Markdown section's words, as a comment: no table to caption
+            parts.append("% " + " ".join(missing.replace("## ", "").split()))
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
 def _warn_repeated(boards: dict) -> None:
     """Said where it is seen, not only in a caption: a seed counted twice in a mean ± std (records of one
     training naming its data otherwise, as older records of a moved folder do, or runs on other data of
@@ -78,8 +97,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
 
     Accuracy boards show each run's own GMAC count (records written before runs counted them:
     from ``bench profile`` records of the same model and configuration, ``join_cost``) and a
-    bootstrap 95% CI over cases; Markdown reports end with, when asked, paired tests
-    against ``reference`` and, with ``published`` (True: the repo's ``results/published.csv``, or
+    bootstrap 95% CI over cases; Markdown and LaTeX reports end with, when asked, paired tests
+    against ``reference`` (tests and ranks) and, with ``published`` (True: the repo's ``results/published.csv``, or
     a path), a published-vs-ours table per board, then the cost tables; with ``out``, the plots of
     ``bench.plots`` are written to ``<out stem>_files/`` beside it and linked. ``models`` /
     ``datasets``: only their runs, a list or a comma list (and profiles of those models; ``select_runs``).
@@ -87,10 +106,10 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     from bench.cost import load_profiles
 
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
-    if (reference or published) and fmt != ReportFormat.md:
+    if (reference or published) and fmt not in (ReportFormat.md, ReportFormat.latex):
         asked = [o for o, v in (("--reference", reference), ("--published", published)) if v]
-        raise BenchError(f"{' and '.join(asked)} add{'s' if len(asked) == 1 else ''} Markdown sections; use "
-                         f"--format md (got --format {fmt.value})")
+        raise BenchError(f"{' and '.join(asked)} add{'s' if len(asked) == 1 else ''} tables after the boards; use "
+                         f"--format md or latex (got --format {fmt.value})")
     columns = _check_columns(columns, fmt)
     models, datasets = name_list(models), name_list(datasets)
     df_runs, profiles = load(results_dir), load_profiles(results_dir)  # load first: it checks the folder
@@ -118,21 +137,27 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                      f"{' for these --models/--dataset' if models or datasets else ''}: pass the --results folder "
                      "of `bench run`")
             text = f"No finished runs found in {results_dir}{where}.\n"
+        if reference and models and reference.split(" (")[0] not in models:
+            raise BenchError(f"--reference {reference!r}: not among --models {','.join(models)}; add it there to "
+                             "compare with it")
+        if reference:
+            _check_reference(reference, groups, results_dir)
+        pub = None
+        if published:
+            from bench.published import DEFAULT_NAME, load_published
+
+            pub = load_published(None if published is True else Path(published))
+            source = DEFAULT_NAME if published is True else str(published)
+        if fmt == ReportFormat.latex:
+            text = _latex_sections(text, boards, groups, reference, pub, source if pub is not None else "")
         if fmt == ReportFormat.md:
             extra = []
             if reference:
-                if models and reference.split(" (")[0] not in models:
-                    raise BenchError(f"--reference {reference!r}: not among --models {','.join(models)}; add it "
-                                     "there to compare with it")
-                _check_reference(reference, groups, results_dir)
                 extra.append(significance_md(boards, groups, reference))
-            if published:
-                from bench.published import DEFAULT_NAME, load_published
-
-                pub = load_published(None if published is True else Path(published))
+            if pub is not None:
                 for title, table in published_tables(boards, pub, groups).items():
                     extra.append(f"## {title}\n\n{PUBLISHED_NOTE}\n\n{_md_table(table)}\n")
-                missing = missing_published_md(boards, pub, DEFAULT_NAME if published is True else str(published))
+                missing = missing_published_md(boards, pub, source)
                 extra += [missing] if missing else []
             cost = render_cost_md(profiles) if _shows(columns, "cost") else ""
             extra += [cost] if cost else []
