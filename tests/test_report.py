@@ -172,12 +172,26 @@ def test_paper_columns_and_labels_for_latex(runs, tmp_path):
     tex = render(runs, "latex", load(tmp_path, level="case"), columns=parse_columns("paper"))
     isic, synapse, _ = [line for line in tex.splitlines() if line.startswith("Model & ")]
     assert isic == "Model & DSC $\\uparrow$ (\\%) & mIoU $\\uparrow$ (\\%) & Acc $\\uparrow$ (\\%) & Spe $\\uparrow$ (\\%) & Sen $\\uparrow$ (\\%) \\\\"
-    assert synapse == ("Model & DSC $\\uparrow$ (\\%) & HD95 $\\downarrow$ & mIoU $\\uparrow$ (\\%) & Aorta & Gallbladder & "
+    # the metrics the papers report: Synapse's DSC and HD95 (no mIoU), ISIC's five
+    assert synapse == ("Model & DSC $\\uparrow$ (\\%) & HD95 $\\downarrow$ & Aorta & Gallbladder & "
                       "Kidney(L) & Kidney(R) & Liver & Pancreas & Spleen & Stomach \\\\")
-    assert "\\begin{tabular}{lrrrrrrrrrrr}" in tex and "95\\% CI" not in tex
+    assert "\\begin{tabular}{lrrrrrrrrrr}" in tex and "95\\% CI" not in tex
+    # each column's best mean in bold (vmunet: DSC 82, HD95 19, every organ), per-class cells as means;
+    # a board of one model bolds nothing
+    board = tex[tex.index("synapse $\\cdot$ protocol synapse v1"):]
+    vm = next(line for line in board.splitlines() if line.startswith("vmunet &"))
+    assert vm == "vmunet & \\textbf{82.00 $\\pm$ 2.00} & \\textbf{19.00 $\\pm$ 1.00} & " + \
+        " & ".join(["\\textbf{82.00}"] * 8) + " \\\\"
+    un = next(line for line in board.splitlines() if line.startswith("unet &"))
+    assert un.split(" & ")[3] == "69.00" and "textbf" not in un  # aorta: (0.60 + 0.78) / 2, no ± std
+    assert "Bold: each column's best mean; per-class cells are means." in board.split("\\label")[0]
+    assert "textbf" not in tex[:tex.index("synapse $\\cdot$")] and "Bold:" not in tex[:tex.index("synapse $\\cdot$")]
+    md = render(runs, "md", load(tmp_path, level="case"), columns=parse_columns("paper"))
+    assert "| vmunet  | **82.00 ± 2.00** |" in md
     labels = re.findall(r"\\label\{([^}]*)\}", tex)
-    assert labels == ["tab:isic17-isic17-legacy-isic-metrics-classes", "tab:synapse-synapse-legacy-synapse-metrics-classes",
-                      "tab:synapse-synapse-off-protocol-epochs-2-legacy-synapse-metrics-classes"]
+    assert labels == ["tab:isic17-isic17-legacy-isic-paper-metrics-classes",
+                      "tab:synapse-synapse-legacy-synapse-paper-metrics-classes",
+                      "tab:synapse-synapse-off-protocol-epochs-2-legacy-synapse-paper-metrics-classes"]
     # another selection of the same boards, in another file of the same paper: labels of its own
     cost = render(runs, "latex", load(tmp_path, level="case"), columns=parse_columns("params"))
     assert not set(labels) & set(re.findall(r"\\label\{([^}]*)\}", cost))
@@ -187,7 +201,7 @@ def test_paper_columns_and_labels_for_latex(runs, tmp_path):
     header = [line for line in md.splitlines() if line.startswith("| Model")][1]  # synapse's
     assert [c.strip() for c in header.strip("|").split("|")] == ["Model", "Family", "DSC 95% CI", "HD95 95% CI"]
     assert "95% CI: percentile bootstrap" in md
-    assert parse_columns("paper,params") == ("metrics", "classes", "params") and parse_columns(None) is None
+    assert parse_columns("paper,params") == ("paper", "metrics", "classes", "params") and parse_columns(None) is None
     assert parse_columns("all") is None and parse_columns(" ALL ") == tuple(COLUMN_GROUPS)
     with pytest.raises(BenchError, match=r"--columns 'clases': not a column group; did you mean 'classes'\?"):
         parse_columns("metrics,clases")

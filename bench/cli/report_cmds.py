@@ -29,7 +29,7 @@ def report(
     dataset: Annotated[Optional[str], typer.Option(help="a comma list: only runs on these datasets (synapse, "
                                                         "isic17, ..., or a board's data name such as nnunet:ACDC)")] = None,
     columns: Annotated[Optional[str], typer.Option(help="the tables' columns (md, latex), a comma list of: paper "
-                                                        "(= metrics,classes: the papers' layout), family, seeds, "
+                                                        "(the papers' layout: their metrics, per-class DSC means, the best in bold), family, seeds, "
                                                         "params, time, cost, metrics, ci, classes, class-hd95; "
                                                         "default all")] = None,
 ) -> None:

@@ -47,12 +47,17 @@ def _fmt_params(params: float) -> str:
 def _missed_at_hd95_zero(key: BoardKey, board: pd.DataFrame) -> str:
     """"vmunet 24 of 24, unet 3 of 24": the entries each model missed, where the board's policy
     scores a miss HD95 0 (legacy-synapse) and some model missed one; "" otherwise."""
-    from bench.metrics import POLICIES
-
-    policy = POLICIES.get(key.policy)
-    if policy is None or policy.ref_only.hd95 != 0 or "hd95_mean" not in board or not board["n_missed"].gt(0).any():
+    if not _misses_score_zero(key.policy) or "hd95_mean" not in board or not board["n_missed"].gt(0).any():
         return ""
     return ", ".join(f"{r.model} {r.n_missed} of {r.n_present}" for r in board.itertuples())
+
+
+def _misses_score_zero(policy_name: str | None) -> bool:
+    """Whether the policy scores a structure predicted nowhere HD95 0, the best value (legacy-synapse)."""
+    from bench.metrics import POLICIES
+
+    policy = POLICIES.get(policy_name)
+    return policy is not None and policy.ref_only.hd95 == 0
 
 
 def _has_exclusions(board: pd.DataFrame) -> bool:
@@ -68,7 +73,11 @@ COLUMN_GROUPS = {
     "metrics": "the aggregate metrics (DSC, HD95, mIoU, ..., and DSC n/a)", "ci": "bootstrap 95% CIs",
     "classes": "per-class DSC", "class-hd95": "per-class HD95 (and NSD)",
 }
-COLUMN_PRESETS = {"all": tuple(COLUMN_GROUPS), "paper": ("metrics", "classes")}  # paper: the papers' table layout
+# paper: the papers' table layout; its "paper" mark (no group) keeps the metrics their tables report, the
+# per-class cells as means, and sets the best value of each column in bold
+COLUMN_PRESETS = {"all": tuple(COLUMN_GROUPS), "paper": ("paper", "metrics", "classes")}
+# what the papers report: TransUNet's lineage DSC and HD95 per organ set; VM-UNet's ISIC tables these five
+PAPER_METRICS = {"classes": ("dice", "hd95", "nsd"), "binary": ("dice", "iou", "acc", "spe", "sen")}
 
 
 def parse_columns(text: str | Iterable[str] | None) -> tuple[str, ...] | None:
@@ -89,7 +98,7 @@ def parse_columns(text: str | Iterable[str] | None) -> tuple[str, ...] | None:
             close = difflib.get_close_matches(name, known, n=1)
             raise BenchError(f"--columns {name!r}: not a column group{f'; did you mean {close[0]!r}?' if close else '.'}"
                              f" Groups: {'; '.join(f'{k} ({v})' for k, v in COLUMN_GROUPS.items())}; presets: "
-                             "all, paper (metrics,classes)")
+                             "all, paper (the papers' layout: their metrics and per-class DSC, the best in bold)")
     if not groups:
         raise BenchError(f"--columns {text!r} names no column group; e.g. paper, or metrics,classes")
     return tuple(dict.fromkeys(groups))
@@ -123,6 +132,7 @@ def _display_table(board: pd.DataFrame, columns: tuple[str, ...] | None = None) 
     if "macs" in board and board["macs"].notna().any():  # the runs' own counts (older records: join_cost's)
         out["GMACs (scan incl.)"] = [_g(v) for v in board["macs"]]
         out["thop GMACs"] = [_g(v) for v in board["paper_macs"]]
+    heads: dict[str, str] = {}  # value column -> its display column
     for col in board.attrs["value_columns"]:
         head = _display_name(col, board.attrs.get("dataset", ""))
         if col in METRICS:
@@ -130,6 +140,7 @@ def _display_table(board: pd.DataFrame, columns: tuple[str, ...] | None = None) 
             head += f" {METRICS[col][2]}" + (f" ({unit})" if unit else "")
         cells = zip(board[f"{col}_mean"], board[f"{col}_std"], board[f"{col}_n_nan"], board["n_runs"])
         out[head] = [_fmt_value(m, s, k, n, col) for m, s, k, n in cells]
+        heads[col] = head
         group[head] = "metrics" if col in METRICS else "classes" if col.startswith("dice/") else "class-hd95"
         if f"{col}_ci_lo" in board:  # joined by join_ci (bootstrap over cases)
             scale = 100.0 if METRICS[col][1] else 1.0
@@ -139,7 +150,37 @@ def _display_table(board: pd.DataFrame, columns: tuple[str, ...] | None = None) 
             group[ci] = "ci"
     if columns is not None:
         out = out[[c for c in out.columns if c == "Model" or group[c] in columns]]
+    if columns is not None and "paper" in columns:
+        out = _paper_table(board, out, heads)
     return out
+
+
+def _paper_table(board: pd.DataFrame, shown: pd.DataFrame, heads: dict[str, str]) -> pd.DataFrame:
+    """``--columns paper``: the metrics the papers report for such a board (``PAPER_METRICS``), the
+    per-class cells as means, and ``shown.attrs["best"]``: per column, the rows holding its best mean
+    (HD95 under a policy scoring misses 0: among models that missed no structure, whose 0 is the rule's)."""
+    kind = "classes" if any(c.startswith("dice/") for c in heads) else "binary"
+    shown = shown.drop(columns=[h for c, h in heads.items() if c in METRICS and c not in PAPER_METRICS[kind]
+                                and h in shown])
+    best: dict[str, list[int]] = {}
+    for col, head in heads.items():
+        if head not in shown:
+            continue
+        means = board[f"{col}_mean"].astype(float)
+        if col.startswith("dice/"):
+            shown[head] = [_fmt_value(m, math.nan, k, n, col)
+                           for m, k, n in zip(means, board[f"{col}_n_nan"], board["n_runs"])]
+        metric = METRICS[col.split("/", 1)[0]]
+        values = (means * (100.0 if metric[1] else 1.0)).round(2)  # as shown: a tie is a tie
+        if values.nunique() < 2:  # one value for all (every model 0.00): nothing stands out
+            continue
+        if col == "hd95" and "n_missed" in board and _misses_score_zero(board.attrs.get("policy")):
+            values = values.where(board["n_missed"] == 0)
+        if values.notna().any():
+            top = values.min() if metric[2] == "↓" else values.max()
+            best[head] = [i for i, v in enumerate(values) if v == top]
+    shown.attrs["best"] = best
+    return shown
 
 
 def _one_hd95_unit(board: pd.DataFrame) -> str:
@@ -185,7 +226,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
            if any(shown(g) for g in ("metrics", "classes", "class-hd95", "ci")) else "")
     )
     if shown("metrics"):
-        note += _metric_names_note(key, board)
+        note += _metric_names_note(key, board, paper=columns is not None and "paper" in columns)
     if CV_LABEL in key.dataset:
         folds = sorted(set(board["fold_set"]))
         note = note.replace("over seeds: ", "over runs, one per seed and fold (each fold tests other cases, so the "
@@ -244,20 +285,24 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
                  "models' number" + ("." if single else f"; the spread between "
                                          f"{'runs' if CV_LABEL in key.dataset else 'seeds'} is the ± std, not part "
                                          "of the CI."))
+    if columns is not None and "paper" in columns and len(board) > 1:
+        hd = (" (HD95 among the models that missed no structure)" if _misses_score_zero(key.policy)
+              and "hd95_mean" in board and board["n_missed"].gt(0).any() else "")
+        note += (f" Bold: each column's best mean{hd}" + ("" if single else "; per-class cells are means") + ".")
     return title, note
 
 
-def _metric_names_note(key: BoardKey, board: pd.DataFrame) -> str:
+def _metric_names_note(key: BoardKey, board: pd.DataFrame, paper: bool = False) -> str:
     """What the board's mIoU/Acc/Spe/Sen are where the name could mislead: under legacy-isic the
     papers' "mIoU" is the foreground IoU of the pooled matrix; on multi-class boards they are this
     harness's own per case × class numbers (no Synapse paper reports them), whose Acc and Spe count
-    every background voxel."""
+    every background voxel. ``paper``: ``--columns paper``, which shows none of them on multi-class boards."""
     extra = [METRICS[m][0] for m in ("iou", "acc", "spe", "sen") if f"{m}_mean" in board]
     if key.policy == "legacy-isic" and "iou_mean" in board:
         return (" mIoU: the foreground IoU of the confusion matrix pooled over the test set (the papers' name), "
                 "not a mean over classes.")
     classes = [c for c in board.attrs["value_columns"] if c.startswith("dice/")]
-    if extra and len(classes) > 1:
+    if extra and len(classes) > 1 and not paper:
         them = "them" if len(extra) > 1 else "it"
         papers = f" (no Synapse paper reports {them})" if key.dataset.split(" (")[0] == "synapse" else ""
         near = ("; Acc and Spe count every background voxel, so they sit near 100%"

@@ -122,6 +122,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         protocol_name=first["protocol"],
         protocol_version=int(first["protocol_version"]),
         protocol_hash=first["protocol_hash"],
+        policy=first["policy"],
         overrides=_overrides_text(first["protocol_overrides"]),
         value_columns=value_cols,
         hd95_units=sorted(set(group["hd95_unit"].dropna())) if "hd95_unit" in group else [],

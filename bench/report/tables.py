@@ -8,11 +8,22 @@ import re
 import pandas as pd
 
 
+def _bold_cells(table: pd.DataFrame) -> set[tuple[int, int]]:
+    """(row, column) positions of ``table.attrs["best"]`` (column name -> row positions): set in bold."""
+    best = table.attrs.get("best", {})
+    return {(i, table.columns.get_loc(head)) for head, rows in best.items() if head in table for i in rows}
+
+
 def _md_table(table: pd.DataFrame, colalign: list[str] | None = None) -> str:
     """A pipe table whose cells may hold ``|`` (a model config such as ``norm="a|b"``): escaped, so
-    the columns stay where they are."""
+    the columns stay where they are; the cells of ``table.attrs["best"]`` in bold."""
+    bold = _bold_cells(table)
     esc = lambda v: v.replace("|", "\\|") if isinstance(v, str) else v  # noqa: E731
     table = table.rename(columns=esc).map(esc)
+    if bold:
+        table = table.copy()
+        for i, j in bold:
+            table.iat[i, j] = f"**{table.iat[i, j]}**"
     return table.to_markdown(index=False, disable_numparse=True, **({"colalign": colalign} if colalign else {}))
 
 
@@ -52,6 +63,9 @@ def _latex_table(title: str, note: str, name: str, table: pd.DataFrame, spec: st
         " & ".join(_latex_escape(c) for c in table.columns) + " \\\\",
         "\\midrule",
     ]
-    lines += [" & ".join(_latex_escape(v) for v in row) + " \\\\" for row in table.itertuples(index=False)]
+    bold = _bold_cells(table)
+    cell = lambda i, j, v: f"\\textbf{{{_latex_escape(v)}}}" if (i, j) in bold else _latex_escape(v)  # noqa: E731
+    lines += [" & ".join(cell(i, j, v) for j, v in enumerate(row)) + " \\\\"
+              for i, row in enumerate(table.itertuples(index=False))]
     lines += ["\\bottomrule", "\\end{tabular}", "}", "\\end{table}"]
     return "\n".join(lines)
