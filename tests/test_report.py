@@ -12,7 +12,7 @@ import pytest
 from bench.data.synapse import TRANSUNET_TEST_CASES
 from bench.errors import BenchError
 from bench.records import load, write_record
-from bench.report import BoardKey, _latex_escape, leaderboards, render, write_report
+from bench.report import BoardKey, _latex_escape, leaderboards, parse_columns, render, write_report
 
 try:
     from tests.fixtures import make_record, md_rows
@@ -167,7 +167,7 @@ def test_latex(runs):
 def test_paper_columns_and_labels_for_latex(runs, tmp_path):
     # a paper's table: the metrics and per-organ DSC only (31 columns were shrunk to 1.6 pt type), a
     # \label per board, and a caption that speaks only of the columns shown
-    from bench.report import COLUMN_GROUPS, parse_columns
+    from bench.report import COLUMN_GROUPS
 
     tex = render(runs, "latex", load(tmp_path, level="case"), columns=parse_columns("paper"))
     isic, synapse, _ = [line for line in tex.splitlines() if line.startswith("Model & ")]
@@ -252,6 +252,20 @@ def test_latex_reports_carry_the_cost_tables(tmp_path):
     assert "unet (tiny) & cnn & 0.1352 M" in table and "M = 10$^6$, G = 10$^9$" in table
     assert all(ord(ch) < 256 for ch in tex), "pdflatex takes Latin-1 alone"
     assert "Cost" not in write_report(tmp_path, "latex", columns=("metrics",))  # --columns without cost
+    # --columns paper,cost: a paper's cost table, the few columns readers compare, named for them
+    paper = write_report(tmp_path, "latex", columns=parse_columns("paper,cost"))
+    paper = paper[paper.index("\\caption[{" + title):]
+    assert "Model & Params & GMACs (scan incl.) & thop GMACs & Latency (ms) & FPS \\\\" in paper
+    row = next(line for line in paper.splitlines() if line.startswith("unet (tiny) & "))
+    assert row.startswith("unet (tiny) & 0.1352 M & ") and row.count(" & ") == 5
+    assert "\\label{tab:cost-input-1x3x32x32-fp32-paper}" in paper and all(ord(ch) < 256 for ch in paper)
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    cli = CliRunner().invoke(app, ["profile", "--models", "unet", "--tiny", "--img-size", "32", "--no-timing",
+                                   "--results", str(tmp_path / "p"), "--format", "latex"])
+    assert cli.exit_code == 0 and "\\label{tab:cost-input-1x3x32x32-fp32}" in cli.stdout
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="needs pdflatex (TeX Live) to compile the table")

@@ -14,6 +14,7 @@ from bench.errors import BenchError
 
 class ProfileFormat(str, enum.Enum):
     md = "md"
+    latex = "latex"
     csv = "csv"
     json = "json"
 
@@ -55,7 +56,7 @@ def profile(
     from bench.env import resolve_device
     from bench.fileio import ensure_writable_dir
     from bench.registry import resolve_models
-    from bench.report import profile_labels, render_cost_md
+    from bench.report import profile_labels, render_cost_latex, render_cost_md
 
     _compute_setup(threads)
     if batch_size is not None and batch_size != "auto" and not (batch_size.isdecimal() and int(batch_size) >= 2):
@@ -99,6 +100,8 @@ def profile(
     frame = pd.DataFrame(rows)
     if format == ProfileFormat.md:
         typer.echo(render_cost_md(frame))
+    elif format == ProfileFormat.latex:  # as bench report's LaTeX has them (--columns paper,cost: a paper's few)
+        typer.echo(render_cost_latex(frame))
     elif format == ProfileFormat.csv:
         cols = [c for c in cost.PROFILE_COLUMNS if c in frame.columns]
         table = frame[cols].copy()

@@ -13,14 +13,29 @@ from bench.report.labels import BoardKey, model_labels
 from bench.report.tables import _latex_table, _md_table
 
 
-def render_cost_latex(df_prof: pd.DataFrame) -> str:
-    """The cost tables (``cost_tables``) as booktabs tables, the fingerprint in the caption."""
+# --columns paper,cost: a paper's cost table, the columns readers compare (cells keep their units)
+PAPER_COST = {"model": "Model", "params": "Params", "macs": "GMACs (scan incl.)", "paper_macs": "thop GMACs",
+              "latency_ms_median": "Latency (ms)", "fps": "FPS"}
+PAPER_COST_NOTE = ("Params: sum(p.numel()). GMACs: one forward at the input above with the selective scan counted "
+                   "(1 MAC = 2 FLOPs); thop GMACs: what thop counts, the convention of most published tables (no "
+                   "scan, no einsum or functional matmul). M = 10⁶, G = 10⁹.")
+PAPER_TIMING_NOTE = " Latency: median of batch-1 forwards after warm-up, on the machine named above; FPS: its inverse."
+
+
+def render_cost_latex(df_prof: pd.DataFrame, paper: bool = False) -> str:
+    """The cost tables (``cost_tables``) as booktabs tables, the fingerprint in the caption; ``paper``:
+    the columns of ``PAPER_COST`` only, named for a paper."""
     parts, labels = [], collections.Counter()
     for title, table in cost_tables(df_prof).items():
         table = table.drop(columns="fingerprint")  # the title names it
-        spec = "".join("l" if c in ("model", "family", "input_shape") else "r" for c in table.columns)
+        note = _cost_note(table)
+        if paper:
+            table = table[[c for c in PAPER_COST if c in table]].rename(columns=PAPER_COST)
+            note = PAPER_COST_NOTE + (PAPER_TIMING_NOTE if "Latency (ms)" in table else "")
+        spec = "".join("l" if c in ("model", "family", "input_shape", "Model") else "r" for c in table.columns)
         # labelled by input and precision (the fingerprint would make a label of a line), numbered per machine
-        parts.append(_latex_table(title, _cost_note(table), " ".join(title.split(" · ")[:3]), table, spec, labels))
+        name = " ".join(title.split(" · ")[:3]) + (" paper" if paper else "")
+        parts.append(_latex_table(title, note, name, table, spec, labels))
     return "\n\n".join(parts)
 
 

@@ -54,7 +54,7 @@ def _with_cost_latex(text: str, fmt: ReportFormat, profiles: pd.DataFrame | None
     ``columns`` leaves the cost out."""
     if fmt != ReportFormat.latex or profiles is None or profiles.empty or not _shows(columns, "cost"):
         return text
-    cost = render_cost_latex(profiles)
+    cost = render_cost_latex(profiles, paper=columns is not None and "paper" in columns)
     return text.rstrip("\n") + "\n\n" + cost + "\n" if cost else text
 
 
