@@ -99,7 +99,8 @@ def check(
     if result.failed:
         what = [f"{n['drift']} value(s) drifted past their tolerance" if n["drift"] else "",
                 f"{n['missing']} baseline row(s) have no value now" if n["missing"] else ""]
-        update += " --prune" if n["missing"] else ""  # else --update refuses to drop the rows with no value now
+        # else --update refuses to drop the rows with no value now; rows back under a new label it renames
+        update += " --prune" if n["missing"] > result.relabelled() else ""
         _echo_err(f"{' and '.join(w for w in what if w)}: see the rows marked above. If the change is meant, "
                   f"`{update}` rewrites the values (hand-edited tolerances kept); else widen a row's tolerance "
                   "(absolute, in its metric's unit) by hand")
