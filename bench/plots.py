@@ -30,6 +30,7 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -92,6 +93,14 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def model_colours(labels) -> dict[str, Any]:
+    """One colour per model label, the same in every figure of a report (box plots, training curves):
+    labels in name order over all boards, tab10's colours (tab20's beyond ten models)."""
+    names = sorted(set(map(str, labels)))
+    cmap = _pyplot().get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
 
 
 def _save(fig, path: Path) -> Path:
@@ -231,6 +240,7 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path) -> list[Path]:
     the model's seeds (so each box has one value per test case); NaN DSC (both masks empty under
     ``strict``) is left out of the box. Classes in class-id order, models by median DSC.
     """
+    from bench.metrics import POLICIES
     from bench.report import class_display, label_cases
 
     out_dir = Path(out_dir)
@@ -238,6 +248,7 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path) -> list[Path]:
         return []
     plt = _pyplot()
     df = label_cases(df_cases)
+    colour_of = model_colours(df["model_label"])
     written: list[Path] = []
     for key, board in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
         per_case = board.groupby(["model_label", "class", "name", "case"], sort=False)["dice"].mean().reset_index()
@@ -249,11 +260,8 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path) -> list[Path]:
         width = 0.8 / len(models)
         fig, ax = plt.subplots(figsize=(max(6.0, 0.5 + len(classes) * (0.35 + 0.25 * len(models))), 4.8),
                                layout="constrained")
-        # one colour per model: the default cycle repeats after 10
-        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"] if len(models) <= 10 else [
-            plt.get_cmap("tab20")(i % 20) for i in range(len(models))]
         for m, model in enumerate(models):
-            colour = colours[m % len(colours)]
+            colour = colour_of[model]
             data, pos = [], []
             for c, name in enumerate(classes):
                 vals = per_case[(per_case["model_label"] == model) & (per_case["name"] == name)]["dice"] * 100
@@ -270,7 +278,9 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_xticklabels([class_display(n, key[0]) for n in classes], rotation=30, ha="right")
         ax.set_xlim(-0.6, len(classes) - 0.4)
         ax.set_ylabel("DSC (%) per test case")
-        ax.set_title(f"Per-class DSC · {_board_title(key)}", fontsize=9)
+        pooled = getattr(POLICIES.get(key[2]), "pooled", False)  # the board's DSC is not these cases' mean
+        ax.set_title(f"Per-class DSC · {_board_title(key)}" + ("\n(each case's own DSC; the board's is pooled over "
+                                                             "all test pixels)" if pooled else ""), fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
         written.append(_save(fig, out_dir / f"per_class_dsc__{_board_slug(key)}.png"))
@@ -343,7 +353,7 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
 
     df = label_runs(df).sort_values(["model_label", "seed", "run_id"])
     plt = _pyplot()
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = model_colours(df["model_label"])
     written: list[Path] = []
     for key, runs in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
         curves = []
@@ -361,7 +371,6 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
                                  squeeze=False)
         ax_loss, ax_lr = axes[0][0], axes[0][-1] if with_lr else None
         n_runs = collections.Counter(run["model_label"] for run, _, _ in curves)  # in the order of first appearance
-        colour = {model: colours[i % len(colours)] for i, model in enumerate(n_runs)}
         labelled: set[str] = set()
         for run, scalars, (ep_steps, ep_losses) in curves:
             model = run["model_label"]

@@ -262,3 +262,31 @@ def test_training_curves_of_many_runs_are_one_colour_and_one_legend_entry_per_mo
     colour = {line.get_label(): line.get_color() for line in lines if not line.get_label().startswith("_")}
     assert len(lines) == 13 and len(set(colour.values())) == 3  # every run drawn, one colour per model
     assert all(line.get_color() in colour.values() for line in lines)
+
+
+def test_a_model_has_one_colour_in_every_figure_and_pooled_boards_say_their_boxes_are_per_case(tmp_path,
+                                                                                             monkeypatch):
+    """From a paper journey: LightM-UNet was blue in the Synapse box plot and orange in the ISIC one (colours
+    followed each board's median order), and ISIC's per-image boxes sat beside a pooled DSC unsaid."""
+    import matplotlib.colors as mcolors
+    import pandas as pd
+
+    from bench import plots
+    from bench.records import load
+
+    for dataset, dice in (("synapse", {"unet": 0.5, "vmunet": 0.8}), ("isic17", {"unet": 0.9, "vmunet": 0.4})):
+        for model, d in dice.items():  # the best model differs: the median order flips between boards
+            write_record(make_record(model, dataset=dataset, seed=0, dice=d), tmp_path)
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    plots.per_class_boxplots(load(tmp_path, level="case"), tmp_path / "out")
+    assert len(figures) == 2
+    colours = [{t.get_text(): mcolors.to_hex(h.get_color()) for t, h in zip(fig.axes[0].get_legend().get_texts(),
+                                                                          fig.axes[0].get_legend().legend_handles)}
+               for fig in figures]
+    assert colours[0] == colours[1] and len(set(colours[0].values())) == 2
+    assert colours[0] == {m: mcolors.to_hex(c) for m, c in plots.model_colours(["vmunet", "unet"]).items()}
+    titles = {fig.axes[0].get_title().split(" · ")[1]: fig.axes[0].get_title() for fig in figures}
+    assert "the board's is pooled over all test pixels" in titles["isic17"]
+    assert "pooled" not in titles["synapse"]
+    assert plots.model_colours(pd.Series(["b", "a", "b"])) == plots.model_colours(["a", "b"])
