@@ -67,13 +67,7 @@ def choose_runs(results_dir: Path, models: list[str] | None = None, dataset: str
     fold); in ``models``' order, else by model name."""
     from bench.predict import plan_predict
 
-    runs = plan_predict(results_dir, models)
-    if dataset is not None:
-        there = sorted({str(r.get(k)) for r in runs for k in ("dataset", "dataset_name") if r.get(k)})
-        runs = [r for r in runs if dataset in (r["dataset"], r.get("dataset_name"))]
-        if not runs:
-            raise BenchError(f"--dataset {dataset}: no finished runs of it in {results_dir} "
-                             f"(there: {', '.join(there) or 'none'})")
+    runs = plan_predict(results_dir, models, None, dataset)
     if not runs:
         raise BenchError(f"{results_dir}: no finished runs to show (bench run writes them)")
     boards = sorted({_board(r) for r in runs})

@@ -45,20 +45,18 @@ MANIFEST = "prediction.json"
 __all__ = ["MANIFEST", "plan_predict", "predict_run"]
 
 
-def plan_predict(results_dir: Path, models: list[str] | None = None,
-                 run_ids: list[str] | None = None) -> list[dict[str, Any]]:
-    """The finished original records of ``models``, or those of ``run_ids`` (a rescored record's id
-    stands for its source run: the same weights), in run-id order; BenchError naming a requested
-    run that is not there or not among ``models``."""
+def plan_predict(results_dir: Path, models: list[str] | None = None, run_ids: list[str] | None = None,
+                 datasets: str | list[str] | None = None) -> list[dict[str, Any]]:
+    """The finished original records of ``models`` on ``datasets`` (``records.select_runs``), or those
+    of ``run_ids`` (a rescored record's id stands for its source run: the same weights), in run-id
+    order; BenchError naming a requested run that is not there or not among ``models``."""
     df = records.load(results_dir)
     if df.empty:
         raise BenchError(f"{results_dir}: no run records; pass the --results folder of `bench run`")
     done = records.finished(df)
     runs = done[done["rescored_from"].isna()]
-    if models is not None:  # a name without finished runs: one error listing those there, as bench report
-        from bench.records import select_runs
-
-        runs = select_runs(runs, models, None, results_dir)
+    if models is not None or datasets is not None:  # a name without finished runs: one error, as bench report
+        runs = records.select_runs(runs, models, datasets, results_dir)
     if run_ids:
         source = dict(zip(done["run_id"], done["rescored_from"].fillna(done["run_id"])))
         wanted = {source.get(r, r) for r in run_ids}

@@ -223,17 +223,20 @@ def rescored_twin(spec, results_dir: Path) -> str | None:
     return None
 
 
-def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None) -> list[dict[str, Any]]:
-    """Finished original records (not rescored ones) of ``models`` whose policy differs from
+def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None,
+                 datasets: str | list[str] | None = None) -> list[dict[str, Any]]:
+    """Finished original records (not rescored ones) of ``models`` on ``datasets`` whose policy differs from
     ``policy`` and that have no ``<run_id>.<policy>`` record yet, in run-id order; BenchError for a
     folder without any record."""
     get_policy(policy)
     df = records.load(results_dir)
     if df.empty:  # as bench predict: a folder without records is most likely not the one meant
         raise BenchError(f"{results_dir}: no run records; pass the --results folder of `bench run`")
-    if models is not None:  # a name without finished runs: one error listing those there, as bench report
+    chosen = None
+    if models is not None or datasets is not None:  # a name without finished runs: one error, as bench report
         trained = records.finished(df)
-        records.select_runs(trained[trained["rescored_from"].isna()], models, None, results_dir)
+        chosen = set(records.select_runs(trained[trained["rescored_from"].isna()], models, datasets,
+                                         results_dir)["run_id"])
     done = set(df["run_id"])
     # a run trained under ``policy`` from the start is the same training: rescoring its twin would
     # put the same weights on the board twice
@@ -254,8 +257,8 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
                 for i, rid, key, d in zip(df.index, df["run_id"], keys, data)]
     todo = df[df["run_id"].isin(records.finished(df)["run_id"]) & df["rescored_from"].isna() & (df["policy"] != policy)
               & ~df["run_id"].map(lambda r: rescore_id(r, policy) in done) & ~pd.Series(has_twin, index=df.index)]
-    if models is not None:
-        todo = todo[todo["model"].isin(models)]
+    if chosen is not None:
+        todo = todo[todo["run_id"].isin(chosen)]
     recs = [records.read_record(results_dir, rid) for rid in sorted(todo["run_id"])]
     # a pooled policy scores binary tasks only: other runs are left out, and said so
     misfit = {r["run_id"]: policy_misfit(policy, len(r["per_class"]), f"run {r['run_id']}") for r in recs}

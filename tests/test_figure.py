@@ -70,7 +70,7 @@ def test_one_run_per_model_of_one_board(tmp_path):
                                          r"synapse@a1b2c3d4 · legacy-synapse\); .* choose it with --dataset / --models"):
         choose_runs(res)
     assert [r["dataset"] for r in choose_runs(res, dataset="isic17")] == ["isic17"]
-    with pytest.raises(BenchError, match=r"--dataset polyp: no finished runs of it in .* \(there: isic17, synapse\)"):
+    with pytest.raises(BenchError, match=r"--dataset polyp: no runs of it in .* \(there: isic17, synapse\)"):
         choose_runs(res, dataset="polyp")
 
 

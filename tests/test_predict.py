@@ -368,3 +368,19 @@ def test_a_run_that_cannot_be_predicted_or_rescored_does_not_cost_the_others(tmp
             "cause, the same command does the rest")
     assert len(list((tmp_path / "preds" / twin["run_id"]).rglob("*.png"))) == 2
     assert records.record_path(results, twin["run_id"] + ".strict").is_file()
+
+
+def test_predict_and_rescore_take_the_runs_of_some_datasets(tmp_path):
+    """A paper journey: predictions of the ISIC runs alone could not be asked for (no --dataset)."""
+    from bench.rescore import plan_rescore
+
+    for dataset in ("synapse", "isic17"):
+        records.write_record(make_record("unet", dataset=dataset, seed=0), tmp_path)
+    assert [r["dataset"] for r in plan_predict(tmp_path, datasets="isic17")] == ["isic17"]
+    assert [r["dataset"] for r in plan_predict(tmp_path, ["unet"], None, ["synapse"])] == ["synapse"]
+    assert [r["dataset"] for r in plan_rescore(tmp_path, "strict", None, "isic17")] == ["isic17"]
+    assert len(plan_rescore(tmp_path, "strict")) == 2
+    with pytest.raises(BenchError, match=r"--dataset isic18: no runs of it in .* \(there: isic17, synapse\)"):
+        plan_predict(tmp_path, datasets="isic18")
+    with pytest.raises(BenchError, match=r"--dataset isic18: no runs of it"):
+        plan_rescore(tmp_path, "strict", None, "isic18")

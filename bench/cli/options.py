@@ -17,6 +17,8 @@ Models = Annotated[str, typer.Option(help="'all' or a comma list of registered m
 FinishedRuns = Annotated[Path, typer.Option(help="results directory with the finished runs")]
 RunsProtocol = Annotated[Optional[Path], typer.Option(help="the runs' protocol .toml, for runs of a file that is "
                                                       "not built in whose records keep no recipe (older ones)")]
+RunDatasets = Annotated[Optional[str], typer.Option(help="a comma list: only runs on these datasets (synapse, "
+                                                          "isic17, ..., or a board's data name such as nnunet:ACDC)")]
 MovedData = Annotated[Optional[list[Path]], typer.Option(
     "--data-root", help="where the runs' data is now, if it moved since bench run (a results folder from another "
                         "machine; repeatable, one per dataset): a run takes the folder holding the very data it was "

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from bench.cli.console import _echo_err
-from bench.cli.options import DEFAULT_RESULTS
+from bench.cli.options import DEFAULT_RESULTS, RunDatasets
 from bench.errors import BenchError
 from bench.names import name_list
 from bench.report.formats import ReportFormat  # not bench.report: its boards import pandas
@@ -26,8 +26,7 @@ def report(
     published_file: Annotated[Optional[Path], typer.Option(help="another published-numbers CSV")] = None,
     reference: Annotated[Optional[str], typer.Option(help="paired tests of every model against this one")] = None,
     models: Annotated[str, typer.Option(help="'all' or a comma list: only these models' runs and profiles")] = "all",
-    dataset: Annotated[Optional[str], typer.Option(help="a comma list: only runs on these datasets (synapse, "
-                                                        "isic17, ..., or a board's data name such as nnunet:ACDC)")] = None,
+    dataset: RunDatasets = None,
     columns: Annotated[Optional[str], typer.Option(help="the tables' columns (md, latex), a comma list of: paper "
                                                         "(the papers' layout: their metrics, per-class DSC means, the best in bold), family, seeds, "
                                                         "params, time, cost, metrics, ci, classes, class-hd95; "

@@ -10,7 +10,8 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from bench.cli.console import _echo_err, _warned
-from bench.cli.options import (DEFAULT_RESULTS, Device, FinishedRuns, Models, MovedData, RunsProtocol, ScoringThreads,
+from bench.cli.options import (DEFAULT_RESULTS, Device, FinishedRuns, Models, MovedData, RunDatasets, RunsProtocol,
+                               ScoringThreads,
                                _compute_setup, _parse_sets, _parse_spacing)
 from bench.errors import BenchError, few
 from bench.names import int_list
@@ -187,6 +188,7 @@ def rescore(
     device: Annotated[Device, typer.Option(help="where to evaluate")] = Device.auto,
     threads: ScoringThreads = None,
     data_root: MovedData = None,
+    dataset: RunDatasets = None,
 ) -> None:
     """Score finished runs under another metric policy from their saved weights.
 
@@ -207,7 +209,7 @@ def rescore(
     dev = resolve_device(device.value)
     if protocol is not None:  # a broken file: one error before anything is scored
         load_protocol(protocol, earlier=True)
-    todo = plan_rescore(results, policy, None if models == "all" else resolve_models(models))
+    todo = plan_rescore(results, policy, None if models == "all" else resolve_models(models), dataset)
     if todo:  # before anything is scored: a read-only or full folder failed after the first evaluation
         ensure_writable_dir(results / "records")
     if note := other_device_warning(todo, dev, "rescored"):
@@ -245,6 +247,7 @@ def predict(
                                                    "ones are at model resolution); other data is native already")] = False,
     threads: ScoringThreads = None,
     data_root: MovedData = None,
+    dataset: RunDatasets = None,
 ) -> None:
     """Write finished runs' predicted label maps for their test cases, from their saved weights.
 
@@ -266,7 +269,7 @@ def predict(
     dev = resolve_device(device.value)
     if protocol is not None:  # a broken file: one error before anything is written
         load_protocol(protocol, earlier=True)
-    todo = plan_predict(results, None if models == "all" else resolve_models(models), run)
+    todo = plan_predict(results, None if models == "all" else resolve_models(models), run, dataset)
     check_weights_kept(todo, results, "predicted")
     ensure_writable_dir(out, "--out")
     if note := other_device_warning(todo, dev, "predicted"):
