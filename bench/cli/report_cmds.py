@@ -18,7 +18,8 @@ from bench.report.formats import ReportFormat  # not bench.report: its boards im
 def report(
     results: Annotated[Path, typer.Option(help="results directory")] = DEFAULT_RESULTS,
     format: Annotated[ReportFormat, typer.Option("--format", help="output format; cases: every run x case x class "
-                                                 "row as CSV, for statistics elsewhere")] = ReportFormat.md,
+                                                 "row as CSV, for statistics elsewhere; methods: a paper's "
+                                                 "Methods paragraphs per board, from what the runs did")] = ReportFormat.md,
     out: Annotated[Optional[Path], typer.Option(help="write to this file instead of stdout (Markdown: plots go "
                                                      "to <stem>_files/ beside it)")] = None,
     published: Annotated[bool, typer.Option(help="add the papers' numbers next to ours (the repository's "

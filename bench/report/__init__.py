@@ -13,6 +13,7 @@ the file and its plots. The submodules:
 - ``costs``: the cost tables of ``bench profile`` records, and GMACs for boards whose records lack them.
 - ``significance``: the ``--reference`` section (paired tests, rank stability).
 - ``published``: the ``--published`` section (the papers' numbers beside ours).
+- ``methods``: a paper's Methods paragraphs per board, from the full records (``render_methods``).
 - ``write``: ``render`` and ``write_report``.
 
 The names callers use (``_SUBMODULE`` below) import from ``bench.report`` itself, each loading its
@@ -44,7 +45,8 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["BoardKey", "ReportFormat", "METRICS", "label_runs", "label_cases", "leaderboards", "render", "write_report"]
+__all__ = ["BoardKey", "ReportFormat", "METRICS", "label_runs", "label_cases", "leaderboards", "render", "write_report",
+           "render_methods"]
 
 # name -> its module: the public names of the former bench/report.py and the private ones tests import.
 # The submodules import pandas and bench.data: loading them when a name is first used keeps `import bench.cli` fast.
@@ -60,6 +62,7 @@ _SUBMODULE = {name: module for module, names in {
     "significance": ["significance_md", "significance_latex", "significance_sections"],
     "published": ["PUBLISHED_METRICS", "PUBLISHED_NOTE", "BUILD_KEYS", "published_dataset", "split_mismatch",
                   "published_tables", "missing_published_md", "_class_column"],
+    "methods": ["render_methods"],
     "write": ["render", "write_report"],
     "bench.records": ["select_runs"],  # filters records.load's frame; bench report's --models/--dataset
 }.items() for name in names}

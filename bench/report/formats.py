@@ -8,9 +8,11 @@ from enum import Enum
 
 
 class ReportFormat(str, Enum):
-    """``bench report --format``: Markdown, LaTeX, the boards as one CSV, or the case rows as CSV."""
+    """``bench report --format``: Markdown, LaTeX, the boards as one CSV, the case rows as CSV, or a paper's
+    Methods paragraphs."""
 
     md = "md"
     latex = "latex"
     csv = "csv"
     cases = "cases"  # CSV of every run × case × class row (write_report only: it needs the case rows)
+    methods = "methods"  # Markdown prose of what ran, per board (write_report only: it reads the full records)

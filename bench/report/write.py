@@ -40,6 +40,9 @@ def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md", df_cases: pd.D
     """
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
     columns = _check_columns(columns, fmt)
+    if fmt == ReportFormat.methods:
+        raise BenchError("format 'methods' is written from the full records: call render_methods(results_dir) "
+                         "(bench report --format methods)")
     if fmt == ReportFormat.cases:
         if df_cases is None:
             raise BenchError("format 'cases' needs the records' case rows: pass df_cases (bench report --format cases)")
@@ -89,6 +92,18 @@ def _warn_repeated(boards: dict) -> None:
                       "delete the record that should not count", stacklevel=3)
 
 
+def _methods(results_dir: Path, models: str | Iterable[str] | None, datasets: str | Iterable[str] | None,
+             **refused: object) -> str:
+    """``--format methods``: prose of what ran, which the boards' options do not shape (one error names them)."""
+    from bench.report.methods import render_methods
+
+    given = [f"--{name}" for name, value in refused.items() if value]
+    if given:
+        raise BenchError(f"{' and '.join(given)} shape{'s' * (len(given) == 1)} the leaderboards; --format methods "
+                         "writes the Methods paragraphs only: leave them out")
+    return render_methods(results_dir, models, datasets)
+
+
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
                  published: Path | bool | None = None, reference: str | None = None,
                  models: str | Iterable[str] | None = None, datasets: str | Iterable[str] | None = None,
@@ -106,6 +121,11 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     from bench.cost import load_profiles
 
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
+    if fmt == ReportFormat.methods:
+        text = _methods(results_dir, models, datasets, columns=columns, reference=reference, published=published)
+        if out is not None:
+            atomic_write_text(Path(out), text)
+        return text
     if (reference or published) and fmt not in (ReportFormat.md, ReportFormat.latex):
         asked = [o for o, v in (("--reference", reference), ("--published", published)) if v]
         raise BenchError(f"{' and '.join(asked)} add{'s' if len(asked) == 1 else ''} tables after the boards; use "

@@ -1,0 +1,418 @@
+"""``bench report --format methods``: a paper's Methods paragraphs, per board, from what the runs did.
+
+Written from the full records (``records.read_record``), not from a protocol's description: the
+recipe as it ran (``protocol.recipe``, overrides applied), the iterations that actually ran, the
+metric policy's recorded conventions, the environment. Runs are grouped as the leaderboards group
+them (``label_runs``); where the runs of one board differ in a setting, the text says so.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.records import finished, load, read_record, select_runs, short_commit, split_fold
+from bench.report.board_text import _fmt_duration
+from bench.report.boards import _code_versions
+from bench.report.labels import _overrides_text, label_runs
+
+# keys the data and the protocol set, not the model's own configuration
+_SET_BY_RUN = ("num_classes", "in_chans", "img_size")
+_DICE_VARIANTS = {"transunet": "TransUNet's soft Dice over all classes, background included",
+                  "nnunet": "nnU-Net's batch Dice over the foreground classes"}
+_AUGMENT = {"transunet": "TransUNet's random rot90/flip or rotation", "vmunet_isic": "VM-UNet's ISIC flips and rotation",
+            "nnunet": "nnU-Net's default augmentation"}
+_SELECT = {"final": "the final ones", "best_train_loss": "those of the epoch with the lowest training loss",
+           "lr_min": "those of the last epoch at the schedule's lowest learning rate"}
+_SKIP_PACKAGES = {"ssm-unet-bench"}  # named as bench's version
+
+
+def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
+                   datasets: str | Iterable[str] | None = None) -> str:
+    """Markdown: per board (dataset × protocol × policy, as ``label_runs`` groups finished runs) a
+    ``##`` heading and short paragraphs on the models, training, data and evaluation, and environment."""
+    results_dir = Path(results_dir)
+    df = finished(select_runs(load(results_dir), models, datasets, results_dir))
+    if df.empty:
+        return f"No finished runs found in {results_dir}: pass the --results folder of `bench run`.\n"
+    df = label_runs(df)
+    parts = []
+    for _, group in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
+        recs = [read_record(results_dir, run_id) for run_id in group["run_id"]]
+        parts.append(_board(group, recs, results_dir))
+    return "\n".join(parts)
+
+
+def _board(group: pd.DataFrame, recs: list[dict], results_dir: Path) -> str:
+    first = recs[0]
+    proto = first["protocol"]
+    off = f" · OFF-PROTOCOL ({_overrides_text(json.dumps(proto['overrides']))})" if proto["off_protocol"] else ""
+    title = (f"{group['board_dataset'].iloc[0]} · protocol {proto['name']} v{proto['version']} ({proto['hash']})"
+             f"{off} · policy {first['policy']}")
+    labels = list(group["model_label"])
+    paragraphs = [_models(labels, recs), _training(recs), _evaluation(recs, results_dir),
+                  _environment(labels, recs, group)]
+    return f"## {title}\n\n" + "\n\n".join(p for p in paragraphs if p) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ wording
+
+
+def num(value: Any) -> str:
+    """A number as prose prints it: 0.001, 1e-5, 0.9, 300 (no "1e-05", no "300.0")."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:g}".replace("e-0", "e-").replace("e+0", "e+")
+
+
+def _shown(value: Any) -> str:
+    """A setting's value: lists as "[8, 16]", numbers plainly."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    return num(value)
+
+
+def _per_run(recs: list[dict], get: Callable[[dict], Any]) -> str:
+    """One value where the runs agree; else each value with its runs' seeds, said to differ."""
+    values: dict[str, list[str]] = {}
+    for rec in recs:
+        values.setdefault(str(get(rec)), []).append(_run_name(rec))
+    if len(values) == 1:
+        return next(iter(values))
+    return "differing between runs: " + "; ".join(f"{v} ({', '.join(runs)})" for v, runs in values.items())
+
+
+def _run_name(rec: dict) -> str:
+    fold = split_fold(rec["split"])
+    return f"{rec['model']} seed {rec['seed']}" + (f" fold {fold}" if fold is not None else "")
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _recipe(rec: dict) -> dict:
+    """The settings the run ran with; BenchError for records written before records kept them."""
+    recipe = rec["protocol"].get("recipe")
+    if not isinstance(recipe, dict):
+        raise BenchError(f"records/{rec['run_id']}.json: written before records kept their recipe (protocol.recipe); "
+                         "--format methods states what ran and needs it")
+    return recipe
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def _models(labels: list[str], recs: list[dict]) -> str:
+    by_label: dict[str, list[dict]] = {}
+    for label, rec in zip(labels, recs):
+        by_label.setdefault(label, []).append(rec)
+    return "**Models.** " + " ".join(_model(label, runs) for label, runs in by_label.items())
+
+
+def _model(label: str, runs: list[dict]) -> str:
+    rec = runs[0]
+    parts = [f"family {rec['family']}"]
+    config = _config_changes(rec)
+    if rec.get("tiny"):
+        parts.append("tiny test configuration" + (f" ({config})" if config else ""))
+    elif config:
+        parts.append(f"paper configuration with {config}")
+    else:
+        parts.append("paper configuration")
+    params = sorted({r["cost"]["params"] for r in runs if r["cost"].get("params")})
+    if params:
+        parts.append("–".join(f"{p / 1e6:.2f}" for p in dict.fromkeys((params[0], params[-1]))) + " M parameters")
+    parts.append(_start(runs))
+    return f"{label}: {'; '.join(parts)}."
+
+
+def _config_changes(rec: dict) -> str:
+    """The configuration keys that differ from the model's registered paper configuration."""
+    from bench.registry import get_entry
+
+    try:
+        paper = dict(get_entry(rec["model"]).paper_config)
+    except BenchError:  # a plugin not installed here: its whole configuration is what is known
+        paper = {}
+    changed = [f"{k}={_shown(v)}" for k, v in rec["model_config"].items()
+               if k not in _SET_BY_RUN and json.dumps(_listed(paper.get(k))) != json.dumps(_listed(v))]
+    return ", ".join(changed)
+
+
+def _listed(value: Any) -> Any:
+    return [_listed(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _start(runs: list[dict]) -> str:
+    def start(rec: dict) -> str:
+        if rec.get("weights"):
+            w = rec["weights"]
+            return f"evaluated from given weights {w['file']} (sha256 {w['sha256'][:8]}), not trained here"
+        if rec.get("init"):
+            return f"initialised from {rec['init']['file']} (sha256 {rec['init']['sha256'][:8]})"
+        return "trained from scratch"
+    return _per_run(runs, start)
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def _training(recs: list[dict]) -> str:
+    trained = [r for r in recs if not r.get("weights")]
+    if not trained:
+        return "**Training.** None here: every run evaluated given weights (`bench run --weights`)."
+    recipe, train = _recipe(trained[0]), trained[0]["train"]
+    t = recipe["train"]
+    sentences = [
+        f"Optimizer {_optimizer(t, train)}, {_schedule(t)}; batch size {t['batch_size']}.",
+        _length(t, trained),
+        f"Loss: {_loss(t, trained[0])}.",
+        _input(recipe, trained[0]),
+        _precision(recipe, trained),
+        f"Weights evaluated: {_select(t, trained)}.",
+        _seeds(trained) + f"; {_per_run(trained, lambda r: r.get('n_train'))} training items.",
+    ]
+    if len(trained) < len(recs):
+        sentences.append(f"{_count(len(recs) - len(trained), 'run')} evaluated given weights instead of training.")
+    return "**Training.** " + " ".join(s for s in sentences if s)
+
+
+def _optimizer(t: dict, train: dict) -> str:
+    lr = train.get("base_lr") or t["lr"]
+    scaled = (f" (train.lr {num(t['lr'])} × batch {t['batch_size']}/{t['lr_scale_batch']})"
+              if train.get("base_lr") and train["base_lr"] != t["lr"] else "")
+    if t["optimizer"] == "sgd":
+        return f"SGD (lr {num(lr)}{scaled}, momentum {num(t['momentum'])}, weight decay {num(t['weight_decay'])})"
+    name = {"adamw": "AdamW", "adam": "Adam"}.get(t["optimizer"], t["optimizer"])
+    betas = ", ".join(num(b) for b in t["betas"])
+    return f"{name} (lr {num(lr)}{scaled}, betas ({betas}), eps {num(t['eps'])}, weight decay {num(t['weight_decay'])})"
+
+
+def _schedule(t: dict) -> str:
+    kind = t["scheduler"]
+    if kind == "poly":
+        return f"poly learning-rate decay per iteration (power {num(t['poly_power'])})"
+    if kind == "poly_epoch":
+        return f"poly learning-rate decay per epoch (power {num(t['poly_power'])})"
+    if kind == "cosine":
+        return (f"cosine annealing per epoch (T_max {t['cosine_t_max']} epochs, eta_min "
+                f"{num(t['cosine_eta_min'])})")
+    return "a constant learning rate" if kind == "constant" else f"learning-rate schedule {kind}"
+
+
+def _span(values: list[int]) -> str:
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low} to {high} (runs differ)"
+
+
+def _length(t: dict, trained: list[dict]) -> str:
+    """The epochs and optimizer steps that ran (records' train block), against the recipe's cap."""
+    epochs = [r["train"]["epochs"] for r in trained]
+    steps = [r["train"]["iterations"] for r in trained]
+    per_epoch = (f" (epochs of {t['iterations_per_epoch']} batches drawn with replacement)"
+                 if t["iterations_per_epoch"] else "")
+    text = (f"Trained for {_span(epochs)} epoch{'s' * (max(epochs) != 1)}{per_epoch}, {_span(steps)} "
+            f"iteration{'s' * (max(steps) != 1)} in all")
+    cap = t["max_iterations"]
+    if cap and max(steps) >= cap:
+        text += f" (at most {cap}: max_iterations cut the recipe's {t['epochs']} epochs short)"
+    elif cap:
+        text += f" (max_iterations {cap} not reached)"
+    return text + "."
+
+
+def _binary(rec: dict) -> bool:
+    """One output channel: sigmoid, BCE + Dice (bench.losses.segmentation_loss)."""
+    return rec["model_config"].get("num_classes", len(rec["per_class"]) + 1) == 1
+
+
+def _loss(t: dict, rec: dict) -> str:
+    if _binary(rec):
+        terms = [(t["loss_bce"], "BCE"), (t["loss_dice"], "Dice (sigmoid)")]
+    else:
+        terms = [(t["loss_ce"], "CE"), (t["loss_dice"], f"Dice ({_DICE_VARIANTS.get(t['dice_loss'], t['dice_loss'])})")]
+    return " + ".join(f"{num(w)} {name}" for w, name in terms if w)
+
+
+def _input(recipe: dict, rec: dict) -> str:
+    aug = recipe["train"]["augment"]
+    augment = "no augmentation" if aug == "none" else f"augmentation: {_AUGMENT.get(aug, aug)}"
+    norm = "" if recipe["normalize"] == "none" else f", intensities normalised ({recipe['normalize']})"
+    if recipe["patch_size"]:
+        spacing = rec.get("target_spacing")
+        where = (f", cases resampled to {' × '.join(num(s) for s in spacing)} mm" if spacing
+                 else ", cases at their own spacing")
+        return f"Patches of {' × '.join(map(str, recipe['patch_size']))}{where}{norm}; {augment}."
+    return f"Inputs resized to {recipe['img_size']} × {recipe['img_size']}{norm}; {augment}."
+
+
+def _precision(recipe: dict, trained: list[dict]) -> str:
+    t = recipe["train"]
+    text = f"Precision {recipe['dtype']}"
+    if t["amp"]:  # autocast applies on CUDA only
+        text += "; float16 AMP " + _per_run(trained, lambda r: "on" if r["device"].get("device") == "cuda" else
+                                            "off (CPU)")
+    if t["grad_clip"] > 0:
+        text += f"; gradient norm clipped at {num(t['grad_clip'])}"
+    return text + "."
+
+
+def _select(t: dict, trained: list[dict]) -> str:
+    rule = _SELECT.get(t["select"], t["select"])
+    if t["select"] == "final":
+        return rule
+    # "lr_min@249": the 0-based epoch the weights are from
+    return rule + " (epoch " + _per_run(trained, lambda r: int(r["train"]["selected"].split("@")[1]) + 1
+                                        if "@" in str(r["train"].get("selected")) else "?") + ")"
+
+
+def _seeds(recs: list[dict]) -> str:
+    seeds = sorted({r["seed"] for r in recs})
+    folds = sorted({f for r in recs if (f := split_fold(r["split"])) is not None})
+    text = f"Seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
+    return text + (f", folds {', '.join(map(str, folds))}" if folds else "")
+
+
+# ------------------------------------------------------------------------------------------ data, evaluation
+
+
+def _evaluation(recs: list[dict], results_dir: Path) -> str:
+    rec, recipe = recs[0], _recipe(recs[0])
+    synthetic = "synthetic data generated by bench" if rec["synthetic"] else "real data"
+    data_id = f", data id {rec['data_id']}" if rec.get("data_id") else ""
+    split = "cross-validation folds" if split_fold(rec["split"]) is not None else "the dataset's test split"
+    cases = _per_run(recs, lambda r: r["metrics"]["n_cases"])
+    text = [f"**Data and evaluation.** {rec.get('dataset_name') or rec['dataset']} ({synthetic}{data_id}); "
+            f"{cases} test cases per run from {split}."]
+    text.append(_rescored(recs, results_dir))
+    text.append(f"Metric policy {rec['policy']}: {_conventions(rec)}.")
+    units = {r.get("hd95_unit") for r in recs if r.get("hd95_unit")}
+    if units:
+        text.append(f"HD95 unit: {_per_run(recs, lambda r: r.get('hd95_unit'))}.")
+    text.append(_eval_settings(recipe, rec))
+    return " ".join(t for t in text if t)
+
+
+def _rescored(recs: list[dict], results_dir: Path) -> str:
+    sources = [r for r in recs if r.get("rescored_from")]
+    if not sources:
+        return ""
+
+    def source_policy(rec: dict) -> str:
+        try:
+            return read_record(results_dir, rec["rescored_from"])["policy"]
+        except BenchError:  # its record deleted since
+            return "original"
+    was = _per_run(sources, source_policy)
+    which = "" if len(sources) == len(recs) else f" ({_count(len(sources), 'run')} of {len(recs)})"
+    return f"Scored under {recs[0]['policy']} from the weights of the {was} runs{which} (`bench rescore`)."
+
+
+def _outcome(pair: list, penalty: Any) -> str:
+    dice, hd = pair
+    dice = "NaN (left out, counted)" if dice is None else num(dice)
+    hd = {None: "NaN", "penalty": f"a penalty ({penalty}: the volume's diagonal)"}.get(hd, hd)
+    return f"DSC {dice} and HD95 {num(hd)}"
+
+
+def _conventions(rec: dict) -> str:
+    """The policy's conventions as recorded with the run (``metrics.policy_fields``), in words."""
+    from bench.metrics import policy_fields
+
+    c = rec.get("policy_conventions") or policy_fields(rec["policy"])
+    zero = "0" if c["zero_division"] == 0 else "NaN"
+    if c["pooled"]:
+        return ("one confusion matrix pooled over all test pixels (a micro average): DSC, IoU (the papers' mIoU, "
+                f"foreground only), accuracy, specificity and sensitivity from it, a ratio with a zero denominator "
+                f"{zero}; no HD95")
+    hd = {"pooled": "medpy's HD95 (95th percentile of both directions' surface distances pooled)",
+          "max_directed": "MONAI's HD95 (the larger of the two directed 95th percentiles)"}.get(
+        c["hd_definition"], "no HD95")
+    unit = "in mm from each case's spacing (voxels where it is unknown)" if c["use_spacing"] else \
+        "in voxels, spacing ignored"
+    return (f"per case and class, averaged over cases per class, then over classes; {hd} {unit}; a missed structure "
+            f"(in the reference only) scores {_outcome(c['ref_only'], c['penalty'])}, a prediction of an absent one "
+            f"{_outcome(c['pred_only'], c['penalty'])}, both masks empty {_outcome(c['both_empty'], c['penalty'])}; "
+            f"accuracy, specificity, sensitivity with a zero denominator {zero}")
+
+
+def _eval_settings(recipe: dict, rec: dict) -> str:
+    e, parts = recipe["eval"], []
+    if _binary(rec):
+        parts.append(f"foreground where the sigmoid ≥ {num(e['threshold'])}")
+    if recipe["patch_size"]:
+        overlap = num(1 - e["tile_step"])
+        parts.append(f"sliding-window prediction (tiles overlapping by {overlap} of a patch, Gaussian-weighted), "
+                     + ("with mirroring" if e["mirror"] else "no mirroring"))
+        if e["autocast"]:
+            parts.append("float16 autocast on CUDA")
+    if e["max_cases"]:
+        parts.append(f"only the first {e['max_cases']} test cases")
+    tol = e["nsd_tolerance"]
+    if tol:
+        tols = ", ".join(f"{n} {num(v)}" for n, v in tol) if isinstance(tol, list) else num(tol)
+        parts.append(f"NSD at tolerance {tols} (HD95 unit)")
+    return f"Evaluation: {'; '.join(parts)}." if parts else ""
+
+
+# ------------------------------------------------------------------------------------------ environment
+
+
+def _environment(labels: list[str], recs: list[dict], group: pd.DataFrame) -> str:
+    versions = [short_commit(v) for v in _code_versions(group)]
+    release = _per_run(recs, lambda r: r.get("packages", {}).get("ssm-unet-bench") or "?")
+    code = (f"bench {release} at {versions[0]}" if len(versions) == 1 else
+            f"bench {release}, {len(versions)} versions of its code ({', '.join(versions)})")
+    text = [f"**Environment.** {code}; {_per_run(recs, _packages)}; Python "
+            f"{_per_run(recs, lambda r: r['device'].get('python', '?'))}.",
+            f"Device: {_per_run(recs, _device)}."]
+    scan = {r.get("scan_backend") for r in recs} - {None}
+    if scan:
+        text.append("Selective scan: " + _per_run([r for r in recs if r.get("scan_backend")],
+                                                  lambda r: r["scan_backend"]) + ".")
+    text += [_resumes(recs), _train_time(labels, recs)]
+    return " ".join(t for t in text if t)
+
+
+def _packages(rec: dict) -> str:
+    return ", ".join(f"{name} {v}" for name, v in rec.get("packages", {}).items() if v and name not in _SKIP_PACKAGES)
+
+
+def _device(rec: dict) -> str:
+    d = rec["device"]
+    if str(d.get("device", "")).startswith("cuda"):
+        cudnn = f", cuDNN {d['cudnn']}" if d.get("cudnn") else ""
+        return f"{d.get('gpu') or 'GPU'} (CUDA {d.get('cuda')}{cudnn})"
+    threads = d.get("threads")
+    return f"CPU {d.get('cpu') or '?'}" + (f", {_count(threads, 'thread')}" if threads else "")
+
+
+def _resumes(recs: list[dict]) -> str:
+    """Runs whose training was killed and resumed, and where on several devices: not one uninterrupted run."""
+    said = []
+    for rec in recs:
+        train = rec["train"]
+        if train.get("resumed_from") is not None:
+            where = (f", on {' then '.join(train['devices'])}" if len(train.get("devices") or []) > 1 else "")
+            said.append(f"{_run_name(rec)} resumed after epoch {train['resumed_from'] + 1}{where}")
+        if (train.get("world_size") or 1) > 1:
+            said.append(f"{_run_name(rec)} trained on {train['world_size']} processes")
+    return f"{'; '.join(said).capitalize()}." if said else ""
+
+
+def _train_time(labels: list[str], recs: list[dict]) -> str:
+    by_label: dict[str, list[float]] = {}
+    for label, rec in zip(labels, recs):
+        if not rec.get("weights") and isinstance(rec["train"].get("time_s"), (int, float)):
+            by_label.setdefault(label, []).append(rec["train"]["time_s"])
+    if not by_label:
+        return ""
+    times = ", ".join(f"{label} {_fmt_duration(statistics.mean(ts))}" for label, ts in by_label.items())
+    return f"Training time per run (mean wall-clock of the training loop, resumes included): {times}."

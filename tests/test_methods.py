@@ -1,0 +1,131 @@
+"""`bench report --format methods`: the Methods paragraphs say what ran (the recipe as recorded, the
+iterations that ran, the policy's conventions, the code and environment), per board."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bench.cli import app
+from bench.data import synthetic_root
+from bench.errors import BenchError
+from bench.protocol import load_protocol
+from bench.records import write_record
+from bench.registry import get_entry
+from bench.report import render_methods, write_report
+from bench.run import plan_grid, run_one
+from tests.fixtures import make_record
+
+
+def _record(dataset: str = "synapse", seed: int = 0, iterations: int = 13950, commit: str | None = None,
+            **train: object) -> dict:
+    """make_record with the protocol's recipe as a real record keeps it (``train`` changes its [train]
+    settings) and the model's output channels in its config, as bench run writes them."""
+    rec = make_record("unet", dataset, seed)
+    recipe = load_protocol(rec["protocol"]["name"]).to_record()["recipe"]
+    recipe["train"].update(train)
+    rec["protocol"]["recipe"] = recipe
+    rec["model_config"] = {"num_classes": 1 if dataset.startswith("isic") else 9, "in_chans": 3}
+    rec["train"]["iterations"] = iterations
+    if commit:
+        rec["git_commit"] = commit
+    return rec
+
+
+def _methods(tmp_path, *recs: dict) -> str:
+    for rec in recs:
+        write_record(rec, tmp_path)
+    return render_methods(tmp_path)
+
+
+def test_adamw_names_its_settings_and_a_binary_board_bce(tmp_path):
+    text = _methods(tmp_path, _record("isic17"))
+    assert "AdamW (lr 0.001, betas (0.9, 0.999), eps 1e-8, weight decay 0.01)" in text
+    assert "momentum" not in text
+    assert "cosine annealing per epoch (T_max 50 epochs, eta_min 1e-5)" in text
+    assert "1 BCE + 1 Dice (sigmoid)" in text and not re.search(r"\bCE\b", text)
+    assert "foreground where the sigmoid ≥ 0.5" in text
+    assert text.startswith("## isic17 · protocol isic17 v1 (0f1e2d3c4b5a6978) · policy legacy-isic")
+
+
+def test_sgd_names_momentum_and_poly_power_and_the_multi_class_loss(tmp_path):
+    text = _methods(tmp_path, _record("synapse"))
+    assert "SGD (lr 0.01, momentum 0.9, weight decay 0.0001)" in text
+    assert "betas" not in text
+    assert "poly learning-rate decay per iteration (power 0.9)" in text
+    assert "0.5 CE + 0.5 Dice (TransUNet's soft Dice" in text and "BCE" not in text
+
+
+def test_legacy_synapse_conventions_say_voxels_and_the_miss_rule(tmp_path):
+    text = _methods(tmp_path, _record("synapse"))
+    assert "in voxels, spacing ignored" in text
+    assert "a missed structure (in the reference only) scores DSC 0 and HD95 0" in text
+
+
+def test_iterations_that_ran_a_range_where_runs_differ(tmp_path):
+    text = _methods(tmp_path, _record(seed=0, iterations=13950), _record(seed=1, iterations=13000))
+    assert "13000 to 13950 (runs differ) iterations in all" in text
+    assert "at most" not in text
+
+
+def test_iterations_capped_by_max_iterations_say_at_most(tmp_path):
+    text = _methods(tmp_path, _record(iterations=40, max_iterations=40))
+    assert "40 iterations in all (at most 40: max_iterations cut the recipe's 150 epochs short)" in text
+
+
+def test_two_code_versions_are_both_named(tmp_path):
+    text = _methods(tmp_path, _record(seed=0, commit="a" * 40), _record(seed=1, commit="b" * 40))
+    assert "2 versions of its code" in text and "a" * 12 in text and "b" * 12 in text
+
+
+def test_a_rescored_board_names_the_weights_it_scored(tmp_path):
+    source = _record()
+    rescored = {**_record(), "run_id": f"{source['run_id']}.strict", "policy": "strict",
+                "rescored_from": source["run_id"], "hd95_unit": "mm"}
+    text = _methods(tmp_path, source, rescored)
+    strict = text[text.index("policy strict"):]
+    assert "Scored under strict from the weights of the legacy-synapse runs" in strict
+    assert "Scored under" not in text[:text.index("policy strict")]  # the original board trained them
+    assert "HD95 unit: mm" in strict
+
+
+@pytest.mark.parametrize("option", [{"columns": "paper"}, {"reference": "unet"}, {"published": True}])
+def test_board_options_are_refused(tmp_path, option):
+    write_record(_record(), tmp_path)
+    with pytest.raises(BenchError, match=f"--{next(iter(option))} shapes the leaderboards; --format methods"):
+        write_report(tmp_path, "methods", **option)
+
+
+def test_the_cli_prints_it_and_writes_out(tmp_path):
+    write_record(_record("isic17"), tmp_path)
+    res = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--format", "methods"])
+    assert res.exit_code == 0, res.output
+    assert "**Training.**" in res.output and "AdamW" in res.output
+    out = tmp_path / "methods.md"
+    res = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--format", "methods", "--out", str(out)])
+    assert res.exit_code == 0 and "**Models.**" in out.read_text()
+    refused = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--format", "methods", "--reference", "unet"])
+    # bench's entry point turns it into one line and exit 2; in process it arrives as the exception
+    assert isinstance(refused.exception, BenchError) and "--reference shapes the leaderboards" in str(refused.exception)
+
+
+def test_a_real_tiny_run_states_what_ran(tmp_path):
+    """The smoke protocol's description says 40 iterations; capped at 3 here, the text says 3."""
+    root = synthetic_root("isic17", tmp_path / "synth")
+    proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=3, max_cases=2)
+    (spec,) = plan_grid(models=["unet"], dataset="isic17", protocol=proto, seeds=[0], data_root=root,
+                        synthetic=False, results_dir=tmp_path / "res", tiny=True)
+    rec = run_one(spec, results_dir=tmp_path / "res", device=torch.device("cpu"))
+    text = render_methods(tmp_path / "res")
+    assert "OFF-PROTOCOL (img_size=32, max_cases=2, max_iterations=3)" in text
+    assert "1 epoch, 3 iterations in all (at most 3" in text
+    assert "unet (tiny): family cnn; tiny test configuration (widths=[8, 16, 32, 64])" in text
+    assert f"{rec['cost']['params'] / 1e6:.2f} M parameters" in text
+    assert "1 BCE + 0.5 Dice (sigmoid)" in text and not re.search(r"\bCE\b", text)
+    assert "Inputs resized to 32 × 32" in text and "only the first 2 test cases" in text
+    assert f"{rec['n_train']} training items" in text and "2 test cases per run" in text
+    assert f"torch {torch.__version__}" in text and "trained from scratch" in text
+    assert get_entry("unet").family == "cnn"
