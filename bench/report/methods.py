@@ -404,7 +404,8 @@ def _resumes(recs: list[dict]) -> str:
             said.append(f"{_run_name(rec)} resumed after epoch {train['resumed_from'] + 1}{where}")
         if (train.get("world_size") or 1) > 1:
             said.append(f"{_run_name(rec)} trained on {train['world_size']} processes")
-    return f"{'; '.join(said).capitalize()}." if said else ""
+    text = "; ".join(said)
+    return f"{text[:1].upper()}{text[1:]}." if said else ""  # not str.capitalize: it lowers "CUDA" too
 
 
 def _train_time(labels: list[str], recs: list[dict]) -> str:
