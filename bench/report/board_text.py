@@ -222,7 +222,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         (f"One run per model (no ± std); test cases per run: {cases}" if single else
          f"Mean ± std (sample, ddof=1) over seeds: {seeds} per model; test cases per run: {cases}")
         + f"{f'; training items: {train}' if train else ''}."
-        + (f" DSC, mIoU, Acc, Spe, Sen in %{hd}; NaN is shown, not dropped."  # where a metric is shown
+        + (f" {_percent_names(board, columns)} in %{hd}; NaN is shown, not dropped."  # where a metric is shown
            if any(shown(g) for g in ("metrics", "classes", "class-hd95", "ci")) else "")
     )
     if shown("metrics"):
@@ -290,6 +290,14 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
               and "hd95_mean" in board and board["n_missed"].gt(0).any() else "")
         note += (f" Bold: each column's best mean{hd}" + ("" if single else "; per-class cells are means") + ".")
     return title, note
+
+
+def _percent_names(board: pd.DataFrame, columns: tuple[str, ...] | None) -> str:
+    """The metrics in % a board's caption names: those ``--columns paper`` keeps, else all of them."""
+    if columns is None or "paper" not in columns:
+        return "DSC, mIoU, Acc, Spe, Sen"
+    kind = "classes" if any(c.startswith("dice/") for c in board.attrs["value_columns"]) else "binary"
+    return ", ".join(METRICS[m][0] for m in PAPER_METRICS[kind] if m in METRICS and METRICS[m][1] and f"{m}_mean" in board)
 
 
 def _metric_names_note(key: BoardKey, board: pd.DataFrame, paper: bool = False) -> str:
