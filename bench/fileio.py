@@ -151,7 +151,8 @@ _RETRY = "; free space (or fix the folder) and run the command again"
 def _advice(exc: BaseException) -> str:
     """What to do about a failed write: free space, unless the folder is read-only (a mount, a copy
     shared read-only), where space is not the matter."""
-    if any(isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) for e in exception_chain(exc)):
+    refused = (errno.EROFS, errno.EACCES, errno.EPERM)
+    if any(isinstance(e, OSError) and e.errno in refused for e in exception_chain(exc)):
         return "; the folder is read-only here: make it writable, or write elsewhere, and run the command again"
     return _RETRY
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}

@@ -297,7 +297,8 @@ def _percent_names(board: pd.DataFrame, columns: tuple[str, ...] | None) -> str:
     if columns is None or "paper" not in columns:
         return "DSC, mIoU, Acc, Spe, Sen"
     kind = "classes" if any(c.startswith("dice/") for c in board.attrs["value_columns"]) else "binary"
-    return ", ".join(METRICS[m][0] for m in PAPER_METRICS[kind] if m in METRICS and METRICS[m][1] and f"{m}_mean" in board)
+    shown = [m for m in PAPER_METRICS[kind] if m in METRICS and METRICS[m][1] and f"{m}_mean" in board]
+    return ", ".join(METRICS[m][0] for m in shown)
 
 
 def _metric_names_note(key: BoardKey, board: pd.DataFrame, paper: bool = False) -> str:
