@@ -24,7 +24,7 @@ from bench.errors import BenchError, few
 if TYPE_CHECKING:
     from bench.rescore import DataRoots
 
-__all__ = ["FigurePanels", "choose_runs", "case_dsc", "choose_cases", "figure_panels", "draw_figure"]
+__all__ = ["FigurePanels", "Column", "choose_runs", "case_dsc", "choose_cases", "figure_panels", "draw_figure"]
 
 # tab10 with yellow for its grey, which vanishes on CT (Synapse's class 8): class 1 always blue, 2 orange, ...
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#ffd92f", "#bcbd22",
@@ -50,46 +50,58 @@ class FigurePanels:
     dsc: list[list[float]]
 
 
-def _board(rec: dict[str, Any]) -> tuple[str, str, str]:
-    name = rec.get("dataset_name") or rec["dataset"]
-    proto = rec["protocol"]
-    return (f"{name} (synthetic)" if rec.get("synthetic") else name, f"{proto['name']}@{proto['hash'][:8]}",
-            rec["policy"])
+@dataclass
+class Column:
+    """One model column: its board row's label, the run's record (its case DSCs) and the record of the
+    run whose weights predict (itself, or for a rescored record the run it rescored)."""
 
-
-def board_label(rec: dict[str, Any]) -> str:
-    return " · ".join(_board(rec))
+    label: str
+    rec: dict[str, Any]
+    weights_of: dict[str, Any]
+    board: str
 
 
 def choose_runs(results_dir: Path, models: list[str] | None = None, dataset: str | None = None,
-                seed: int | None = None) -> list[dict[str, Any]]:
-    """One finished original run per model, all of one board: ``seed``'s, else the lowest seed (then
-    fold); in ``models``' order, else by model name."""
-    from bench.predict import plan_predict
+                seed: int | None = None, protocol: str | None = None, policy: str | None = None) -> list[Column]:
+    """One finished run per row of one board, labelled as the board labels it (a model in two
+    configurations is two columns): ``seed``'s, else the lowest seed (then fold); in ``models``'
+    order, else by label. ``protocol``/``policy`` choose the board where several share the data; without
+    ``policy``, the runs' own (not records ``bench rescore`` added)."""
+    from bench.report import label_runs
 
-    runs = plan_predict(results_dir, models, None, dataset)
-    if not runs:
+    df = records.finished(records.load(results_dir))
+    if df.empty:
         raise BenchError(f"{results_dir}: no finished runs to show (bench run writes them)")
-    boards = sorted({_board(r) for r in runs})
+    if policy is None:
+        df = df[df["rescored_from"].isna()]
+    df = records.select_runs(df, models, dataset, results_dir)
+    for option, column, value in (("--protocol", "protocol", protocol), ("--policy", "policy", policy)):
+        if value is not None:
+            there = sorted(set(df[column].astype(str)))
+            df = df[df[column] == value]
+            if df.empty:
+                raise BenchError(f"{option} {value}: no finished runs of it here (there: {', '.join(there)})")
+    df = label_runs(df)
+    boards = sorted(set(zip(df["board_dataset"], df["board_protocol"], df["policy"])))
     if len(boards) > 1:
         listed = "; ".join(" · ".join(b) for b in boards[:5]) + (" ..." if len(boards) > 5 else "")
         raise BenchError(f"the runs form {len(boards)} boards ({listed}); a figure shows one: choose it with "
-                         "--dataset / --models")
+                         "--dataset, --protocol, --policy or --models")
     if seed is not None:
-        missing = sorted({r["model"] for r in runs} - {r["model"] for r in runs if r["seed"] == seed})
+        missing = sorted(set(df["model_label"]) - set(df.loc[df["seed"] == seed, "model_label"]))
         if missing:
             raise BenchError(f"--seed {seed}: no finished run of {', '.join(missing)} with that seed in {results_dir}")
-        runs = [r for r in runs if r["seed"] == seed]
-
-    def rank(rec: dict[str, Any]) -> tuple:
-        fold = records.split_fold(rec["split"])
-        return rec["seed"], -1 if fold is None else fold, rec["run_id"]
-
-    chosen: dict[str, dict[str, Any]] = {}
-    for rec in sorted(runs, key=rank):
-        chosen.setdefault(rec["model"], rec)
-    order = models if models is not None else sorted(chosen)
-    return [chosen[m] for m in order if m in chosen]
+        df = df[df["seed"] == seed]
+    fold = df["split"].map(lambda s: -1 if records.split_fold(s) is None else records.split_fold(s))
+    first = df.assign(fold=fold).sort_values(["seed", "fold", "run_id"]).drop_duplicates("model_label")
+    rank = (lambda r: (models.index(r.model), r.model_label)) if models else (lambda r: (r.model_label,))
+    board = " · ".join(boards[0])
+    columns = []
+    for row in sorted(first.itertuples(), key=rank):
+        rec = records.read_record(results_dir, row.run_id)
+        source = records.read_record(results_dir, rec["rescored_from"]) if rec.get("rescored_from") else rec
+        columns.append(Column(row.model_label, rec, source, board))
+    return columns
 
 
 def case_dsc(rec: dict[str, Any]) -> dict[str, float]:
@@ -127,7 +139,7 @@ def choose_cases(per_run: Sequence[dict[str, float]], cases: Sequence[str] | Non
     return sorted(common, key=lambda c: (-spread(c), c))[:n]
 
 
-def figure_panels(runs: list[dict[str, Any]], results_dir: Path, case_ids: list[str], device: torch.device,
+def figure_panels(columns: list[Column], results_dir: Path, case_ids: list[str], device: torch.device,
                   data_roots: DataRoots | None = None) -> FigurePanels:
     """Predict ``case_ids`` with each run's weights and cut the panels (see ``FigurePanels``); the
     image and ground truth are the first run's (a board's runs share the data)."""
@@ -138,8 +150,8 @@ def figure_panels(runs: list[dict[str, Any]], results_dir: Path, case_ids: list[
 
     rows: dict[str, dict[str, Any]] = {c: {"preds": []} for c in case_ids}
     names: list[str] = []
-    for i, rec in enumerate(runs):
-        model, dataset, protocol = run_model(rec, results_dir, None, "shown", data_roots=data_roots)
+    for i, column in enumerate(columns):
+        model, dataset, protocol = run_model(column.weights_of, results_dir, None, "shown", data_roots=data_roots)
         model.to(device=device, dtype=protocol.torch_dtype)
         names = list(dataset.class_names)
 
@@ -154,9 +166,9 @@ def figure_panels(runs: list[dict[str, Any]], results_dir: Path, case_ids: list[
         predict_cases(model, dataset, case_ids, protocol, keep, device=device,
                       stats=intensity_stats(dataset, protocol), prep=prep, native=False)
         del model
-    scores = [case_dsc(rec) for rec in runs]
+    scores = [case_dsc(c.rec) for c in columns]  # the board's policy's (a rescored record's own)
     return FigurePanels(
-        board=board_label(runs[0]), columns=[r["model"] + (" (tiny)" if r.get("tiny") else "") for r in runs],
+        board=columns[0].board, columns=[c.label for c in columns],
         class_names=names, case_ids=list(case_ids), slices=[rows[c]["slice"] for c in case_ids],
         images=[rows[c]["image"] for c in case_ids], truths=[rows[c]["truth"] for c in case_ids],
         predictions=[rows[c]["preds"] for c in case_ids],
@@ -244,8 +256,12 @@ def draw_figure(panels: FigurePanels, out: Path) -> Path:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
         fig.tight_layout(rect=(0, band / height, 1, 1))
         fmt = out.suffix.lower()[1:]
-        return atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format=fmt, dpi=200, bbox_inches="tight"),
-                            suffix=f".tmp{out.suffix}")
+
+        def save(tmp: Path) -> None:
+            with plt.rc_context({"pdf.fonttype": 42}):  # TrueType: publishers' PDF checks refuse Type 3 fonts
+                fig.savefig(tmp, format=fmt, dpi=200, bbox_inches="tight")
+
+        return atomic_write(Path(out), save, suffix=f".tmp{out.suffix}")
     finally:
         plt.close(fig)
 

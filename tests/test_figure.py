@@ -60,16 +60,34 @@ def test_one_run_per_model_of_one_board(tmp_path):
     res = tmp_path / "res"
     for model, seed in (("vmunet", 2), ("vmunet", 1), ("unet", 1), ("unet", 0)):
         records.write_record(make_record(model, seed=seed), res)
-    assert [(r["model"], r["seed"]) for r in choose_runs(res)] == [("unet", 0), ("vmunet", 1)]
-    assert [(r["model"], r["seed"]) for r in choose_runs(res, ["vmunet", "unet"])] == [("vmunet", 1), ("unet", 0)]
-    assert [(r["model"], r["seed"]) for r in choose_runs(res, seed=1)] == [("unet", 1), ("vmunet", 1)]
+    runs = lambda *a, **k: [(c.rec["model"], c.rec["seed"]) for c in choose_runs(res, *a, **k)]  # noqa: E731
+    assert runs() == [("unet", 0), ("vmunet", 1)]
+    assert runs(["vmunet", "unet"]) == [("vmunet", 1), ("unet", 0)]
+    assert runs(seed=1) == [("unet", 1), ("vmunet", 1)]
     with pytest.raises(BenchError, match=r"--seed 0: no finished run of vmunet with that seed"):
         choose_runs(res, seed=0)
+    # a model in two configurations is two board rows: two columns, labelled as the board labels them
+    records.write_record(make_record("unet", seed=0, model_config={"widths": [4, 8, 16, 32]}), res)
+    assert [c.label for c in choose_runs(res, ["unet"])] == ["unet (widths=[4, 8, 16, 32])", "unet (widths=default)"]
+    # a rescored record is its own board's, predicted from the weights of the run it rescored
+    from bench.metrics import policy_fields
+
+    source = choose_runs(res)[-1].rec["run_id"]
+    rescored = make_record("vmunet", seed=1, run_id=f"{source}.strict")
+    rescored.update(policy="strict", policy_conventions=policy_fields("strict"), rescored_from=source)
+    records.write_record(rescored, res)
+    (col,) = choose_runs(res, ["vmunet"], policy="strict")
+    assert col.rec["policy"] == "strict" and col.weights_of["run_id"] == rescored["rescored_from"]
+    assert runs(["vmunet"]) == [("vmunet", 1)]  # without --policy: the runs' own board
+    with pytest.raises(BenchError, match=r"--policy strict-monai: no finished runs of it here \(there: "):
+        choose_runs(res, policy="strict-monai")
     records.write_record(make_record("unet", "isic17"), res)
-    with pytest.raises(BenchError, match=r"the runs form 2 boards \(isic17 · isic17@0f1e2d3c · legacy-isic; synapse · "
-                                         r"synapse@a1b2c3d4 · legacy-synapse\); .* choose it with --dataset / --models"):
+    with pytest.raises(BenchError, match=r"the runs form 2 boards \(isic17 · isic17 · legacy-isic; synapse · "
+                                         r"synapse · legacy-synapse\); .* choose it with --dataset, --protocol, --policy "
+                                         "or --models"):
         choose_runs(res)
-    assert [r["dataset"] for r in choose_runs(res, dataset="isic17")] == ["isic17"]
+    assert [c.rec["dataset"] for c in choose_runs(res, dataset="isic17")] == ["isic17"]
+    assert [c.rec["dataset"] for c in choose_runs(res, protocol="isic17")] == ["isic17"]
     with pytest.raises(BenchError, match=r"--dataset polyp: no runs of it in .* \(there: isic17, synapse\)"):
         choose_runs(res, dataset="polyp")
 
@@ -86,11 +104,12 @@ def test_synapse_panels_are_the_predicted_volumes_slice_with_most_foreground(tmp
     root = synthesize("synapse", tmp_path / "data", n_train=2, n_test=3, depth=6, size=32)
     res = tmp_path / "res"
     recs = [_train("synapse", root, res, "unet", 0), _train("synapse", root, res, "lightm_unet", 0, tiny=True)]
-    runs = choose_runs(res)
-    assert [r["run_id"] for r in runs] == [recs[1]["run_id"], recs[0]["run_id"]]  # by model name
+    columns = choose_runs(res)
+    runs = [c.rec for c in columns]
+    assert [r["run_id"] for r in runs] == [recs[1]["run_id"], recs[0]["run_id"]]  # by label
     ids = choose_cases([case_dsc(r) for r in runs], n=2)
-    panels = figure_panels(runs, res, ids, CPU)
-    assert panels.columns == ["lightm_unet (tiny)", "unet"] and panels.case_ids == ids
+    panels = figure_panels(columns, res, ids, CPU)
+    assert panels.columns == ["lightm_unet (tiny)", "unet (tiny)"] and panels.case_ids == ids  # the boards' labels
     ds = open_dataset("synapse", root)
     assert panels.class_names == list(ds.class_names)
     for j, rec in enumerate(runs):
@@ -113,13 +132,18 @@ def test_synapse_panels_are_the_predicted_volumes_slice_with_most_foreground(tmp
         proc = run_bench("figure", "--results", res, "--out", tmp_path / name, "--cases", ",".join(ids[::-1]),
                          "--device", "cpu")
         assert proc.stdout.strip() == (f"wrote {tmp_path / name} (2 cases × 2 models; board synapse (synthetic) · "
-                                       f"smoke@{runs[0]['protocol']['hash'][:8]} · {runs[0]['policy']})")
+                                       f"smoke (off-protocol: img_size=32, max_cases=2, max_iterations=2) · "
+                                       f"{runs[0]['policy']})")  # as bench report titles it
     assert Image.open(tmp_path / "fig.png").size[0] > 500
-    assert (tmp_path / "sub" / "fig.pdf").read_bytes().startswith(b"%PDF")
+    pdf = (tmp_path / "sub" / "fig.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and b"/Type3" not in pdf and b"FontFile2" in pdf  # TrueType: publishers refuse Type 3
+    proc = run_bench("figure", "--results", res, "--out", tmp_path / "x.png", "--cases", ids[0], "--n-cases", "2",
+                     check=False)
+    assert proc.returncode == 2 and "--cases names the rows and --n-cases counts them" in proc.stderr
     proc = run_bench("figure", "--results", res, "--out", tmp_path / "x.png", "--cases", "nope", check=False)
     assert proc.returncode == 2 and "error: --cases nope: not a test case the runs were scored on" in proc.stderr
     proc = run_bench("figure", "--results", res, "--out", tmp_path / "x.png", "--seed", "7", check=False)
-    assert proc.returncode == 2 and "--seed 7: no finished run of lightm_unet, unet with that seed" in proc.stderr
+    assert proc.returncode == 2 and "--seed 7: no finished run of lightm_unet (tiny), unet (tiny) with that seed" in proc.stderr
     proc = run_bench("figure", "--results", res, "--out", tmp_path / "x.jpg", check=False)
     assert proc.returncode == 2 and "--out " in proc.stderr and ".png or .pdf" in proc.stderr
     assert not (tmp_path / "x.png").exists()
@@ -133,7 +157,9 @@ def test_binary_panels_are_at_model_resolution(tmp_path):
     rec = _train("isic17", root, res)
     ds = open_dataset("isic17", root)
     case_id = ds.test_ids()[0]
-    panels = figure_panels([rec], res, [case_id], CPU)
+    (column,) = choose_runs(res)
+    assert column.rec["run_id"] == rec["run_id"]
+    panels = figure_panels([column], res, [case_id], CPU)
     folder, _ = predict_run(rec, res, tmp_path / "pred", CPU)
     written = np.asarray(Image.open(folder / f"{case_id}.png")) // 255
     np.testing.assert_array_equal(panels.predictions[0][0], written)

@@ -18,18 +18,23 @@ def figure(
     results: FinishedRuns = DEFAULT_RESULTS,
     models: Models = "all",
     dataset: Annotated[Optional[str], typer.Option(help="only runs on this dataset (its reader's or data's name)")] = None,
+    protocol: Annotated[Optional[str], typer.Option(help="only runs of this protocol (where several share the "
+                                                         "data)")] = None,
+    policy: Annotated[Optional[str], typer.Option(help="the board of this metric policy, records of bench rescore "
+                                                       "included (default: the runs' own)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="each model's run of this seed (default: its lowest)")] = None,
     cases: Annotated[Optional[str], typer.Option(help="comma list of test case ids, one row each, in this order")] = None,
-    n_cases: Annotated[int, typer.Option(help="without --cases: this many cases where the models differ most")] = 3,
+    n_cases: Annotated[Optional[int], typer.Option(help="without --cases: this many cases where the models differ "
+                                                        "most [default: 3]")] = None,
     device: Annotated[Device, typer.Option(help="where to predict")] = Device.auto,
     threads: ScoringThreads = None,
     data_root: MovedData = None,
 ) -> None:
     """Draw test cases (rows) as Image | Ground truth | one column per model, predictions overlaid.
 
-    One run per model of one board (dataset, protocol, policy), predicted from its weights on the grid
-    it was scored on (ISIC/polyp: model resolution; volumes: the axial slice with the most
-    ground-truth foreground); each panel shows the case's DSC.
+    One run per row of one board (dataset, protocol, policy), predicted from its weights on the grid
+    it was scored on (ISIC/polyp: model resolution; volumes: the axial slice, counted from 0, with the
+    most ground-truth foreground); each panel shows the case's DSC (%), the whole volume's for volumes.
 
     Example: bench figure --results results/demo --out results/demo/figure.png --models unet,vmunet
     """
@@ -43,13 +48,20 @@ def figure(
     wanted = name_list(cases)
     if wanted == []:
         raise BenchError(f"--cases expects a comma list of test case ids; got {cases!r}")
+    if wanted and n_cases is not None:
+        raise BenchError("--cases names the rows and --n-cases counts them: give one of the two")
     _compute_setup(threads)
     dev = resolve_device(device.value)
-    runs = choose_runs(results, None if models == "all" else resolve_models(models), dataset, seed)
-    ids = choose_cases([case_dsc(rec) for rec in runs], wanted, n_cases)
+    columns = choose_runs(results, None if models == "all" else resolve_models(models), dataset, seed, protocol,
+                          policy)
+    asked = 3 if n_cases is None else n_cases
+    ids = choose_cases([case_dsc(c.rec) for c in columns], wanted, asked)
+    if not wanted and len(ids) < asked:
+        warnings.warn(f"--n-cases {asked}: the runs share {len(ids)} scored test case(s); all are drawn", stacklevel=1)
     ensure_writable_dir(out.parent, "--out")
-    if note := other_device_warning(runs, dev, "shown"):
+    if note := other_device_warning([c.weights_of for c in columns], dev, "shown"):
         warnings.warn(note, stacklevel=1)
-    panels = figure_panels(runs, results, ids, dev, DataRoots(data_root or ()))
+    panels = figure_panels(columns, results, ids, dev, DataRoots(data_root or ()))
     draw_figure(panels, out)
-    typer.echo(f"wrote {out} ({len(ids)} cases × {len(runs)} models; board {panels.board})")
+    rows = f"{len(ids)} case{'s' * (len(ids) != 1)} × {len(columns)} model{'s' * (len(columns) != 1)}"
+    typer.echo(f"wrote {out} ({rows}; board {panels.board})")
