@@ -103,7 +103,9 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
     dataset's ``root`` is the folder read."""
     path = weights_path(results_dir, rec)
     if not path.is_file():
-        raise BenchError(f"{path}: not found; run {rec['run_id']} can only be {what} from its run directory")
+        raise BenchError(f"{path}: not found; run {rec['run_id']} can only be {what} from its run directory (its "
+                         f"weights were deleted, or not copied with the records; `bench run` of its grid trains it "
+                         f"again once records/{rec['run_id']}.json is removed)")
     protocol = record_protocol(rec, protocol_file)
     split = rec["split"]
     root = run_data_root(rec, results_dir, data_roots, policy or rec["policy"])
@@ -202,8 +204,13 @@ def run_data_root(rec: dict[str, Any], results_dir: Path, data_roots: DataRoots 
                              "cannot be checked to hold the data it was scored on")
         raise BenchError(f"{gone}, and --data-root {given} holds other data than it was scored on "
                          f"({rec['dataset']} data of id {rec['data_id']})")
-    remake = (f"; synthetic data: `bench run` of its grid with --synthetic --results {results_dir} makes it again "
-              "(its finished runs are skipped)" if rec.get("synthetic") else "")
+    remake = ""
+    if rec.get("synthetic") and root.parent.name == "synthetic":  # bench run --synthetic's, in its results folder
+        remake = (f"; synthetic data: `bench run` of its grid with --synthetic --results {results_dir} makes it again "
+                  "(its finished runs are skipped)")
+    elif rec.get("synthetic"):  # bench data synth's: the same options make the same data (its id says so)
+        remake = ("; synthetic data made by `bench data synth`: the same options (--like, --seed, sizes) make it "
+                  "again, to pass as --data-root")
     raise BenchError(f"{gone}; if it moved, pass its folder now as --data-root DIR (checked to hold the data the run "
                      f"was scored on){remake}")
 

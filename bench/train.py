@@ -60,6 +60,7 @@ class TrainResult:
     world_size: int = 1  # processes that trained it (bench.distributed)
     cudnn_deterministic: bool | None = None  # deterministic cuDNN kernels, no autotuning; None: CPU
     base_lr: float | None = None  # the schedule's starting lr (train.lr after a batch-size rule)
+    steps_per_epoch: int | None = None  # optimizer steps an epoch has (the Methods text: was max_iterations a cut?)
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -75,6 +76,7 @@ class TrainResult:
             "world_size": self.world_size,
             "cudnn_deterministic": self.cudnn_deterministic,
             "base_lr": self.base_lr,
+            "steps_per_epoch": self.steps_per_epoch,
         }
 
 
@@ -544,4 +546,5 @@ def train_model(
         cudnn_deterministic=(torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
                              if device.type == "cuda" else None),  # no cuDNN on CPU
         base_lr=base_lr(protocol),
+        steps_per_epoch=steps_per_epoch,
     )

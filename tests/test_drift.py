@@ -458,3 +458,18 @@ def test_models_compares_and_rewrites_only_their_rows(tmp_path, baseline):
     cli = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", str(tmp_path / "mine"),
                                    "--models", "vmunett"])
     assert "--models vmunett: no runs of it" in str(cli.exception)
+
+
+def test_the_hint_for_a_new_models_rows_adds_them_alone(tmp_path, baseline):
+    """A journey: the hint's --update for a model added to the grid rewrote every model's values."""
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    _runs(tmp_path, "now", [make_record("vmunet", seed=0, dice=0.80, hd95=20.0),
+                            make_record("vmunet", seed=1, dice=0.84, hd95=30.0),
+                            make_record("unet", seed=0, dice=0.70, hd95=40.0),
+                            make_record("swin_unet", seed=0, dice=0.79, hd95=21.0)])
+    cli = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", str(tmp_path / "now")])
+    assert cli.exit_code == 0 and "row(s) are new" in cli.output
+    assert f"--results {tmp_path / 'now'} --models swin_unet` adds them" in cli.output

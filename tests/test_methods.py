@@ -21,7 +21,7 @@ from tests.fixtures import make_record
 
 
 def _record(dataset: str = "synapse", seed: int = 0, iterations: int = 13950, commit: str | None = None,
-            **train: object) -> dict:
+            steps_per_epoch: int | None = None, **train: object) -> dict:
     """make_record with the protocol's recipe as a real record keeps it (``train`` changes its [train]
     settings) and the model's output channels in its config, as bench run writes them."""
     rec = make_record("unet", dataset, seed)
@@ -30,6 +30,8 @@ def _record(dataset: str = "synapse", seed: int = 0, iterations: int = 13950, co
     rec["protocol"]["recipe"] = recipe
     rec["model_config"] = {"num_classes": 1 if dataset.startswith("isic") else 9, "in_chans": 3}
     rec["train"]["iterations"] = iterations
+    if steps_per_epoch:  # records since they keep it
+        rec["train"]["steps_per_epoch"] = steps_per_epoch
     if commit:
         rec["git_commit"] = commit
     return rec
@@ -67,13 +69,23 @@ def test_legacy_synapse_conventions_say_voxels_and_the_miss_rule(tmp_path):
 
 def test_iterations_that_ran_a_range_where_runs_differ(tmp_path):
     text = _methods(tmp_path, _record(seed=0, iterations=13950), _record(seed=1, iterations=13000))
-    assert "13000 to 13950 (runs differ) iterations in all" in text
-    assert "at most" not in text
+    assert "Trained for 13000 to 13950 (runs differ) iterations over" in text  # an older record: no epoch size
+    assert "cut" not in text
 
 
-def test_iterations_capped_by_max_iterations_say_at_most(tmp_path):
-    text = _methods(tmp_path, _record(iterations=40, max_iterations=40))
-    assert "40 iterations in all (at most 40: max_iterations cut the recipe's 150 epochs short)" in text
+def test_max_iterations_is_said_to_cut_only_where_it_cut(tmp_path):
+    """A journey: 2 full epochs of 6 iterations under max_iterations 12 were said to be cut short, and
+    Synapse's 40 of 2 × 24 iterations were called 2 epochs."""
+    text = _methods(tmp_path / "a", _record(iterations=40, max_iterations=40, epochs=2, steps_per_epoch=24))
+    assert ("Trained for 40 iterations (1 epoch of 24 iterations and 16 of the next); max_iterations 40 cut the "
+            "recipe's 2 epochs (48 iterations) short.") in text
+    text = _methods(tmp_path / "b", _record("isic17", iterations=12, max_iterations=12, epochs=2, steps_per_epoch=6))
+    assert "Trained for 12 iterations (2 epochs of 6 iterations); the recipe's 2 epochs, within max_iterations 12." \
+        in text and "cut" not in text
+    text = _methods(tmp_path / "c", _record(seed=0, iterations=30, steps_per_epoch=6),
+                    _record(seed=1, iterations=3, steps_per_epoch=6))
+    assert ("differing between runs: 5 epochs of 6 iterations (unet seed 0); 3 of the first epoch's 6 iterations "
+            "(unet seed 1)") in text
 
 
 def test_two_code_versions_are_both_named(tmp_path):
@@ -121,7 +133,9 @@ def test_a_real_tiny_run_states_what_ran(tmp_path):
     rec = run_one(spec, results_dir=tmp_path / "res", device=torch.device("cpu"))
     text = render_methods(tmp_path / "res")
     assert "OFF-PROTOCOL (img_size=32, max_cases=2, max_iterations=3)" in text
-    assert "1 epoch, 3 iterations in all (at most 3" in text
+    assert ("Trained for 3 iterations (3 of the first epoch's 6 iterations); max_iterations 3 cut the recipe's 2 "
+            "epochs (12 iterations) short.") in text  # 24 images in batches of 4
+    assert rec["train"]["steps_per_epoch"] == 6
     assert "unet (tiny): family cnn; tiny test configuration (widths=[8, 16, 32, 64])" in text
     assert f"{rec['cost']['params'] / 1e6:.2f} M parameters" in text
     assert "1 BCE + 0.5 Dice (sigmoid)" in text and not re.search(r"\bCE\b", text)
@@ -129,3 +143,22 @@ def test_a_real_tiny_run_states_what_ran(tmp_path):
     assert f"{rec['n_train']} training items" in text and "2 test cases per run" in text
     assert f"torch {torch.__version__}" in text and "trained from scratch" in text
     assert get_entry("unet").family == "cnn"
+
+
+def test_seeds_per_model_where_they_differ_and_a_set_key_called_so(tmp_path):
+    """A journey: a --tiny --set widths=... run of seed 0 beside seeds 0 and 1 of the tiny unet read
+    "Seeds 0, 1", and its widths as the tiny configuration's."""
+    tiny = {k: list(v) if isinstance(v, tuple) else v for k, v in get_entry("unet").tiny.items()}
+    recs = []
+    for seed, widths in ((0, None), (1, None), (0, [4, 8, 16, 32])):
+        rec = _record(seed=seed)
+        rec["model_config"].update(tiny, **({"widths": widths} if widths else {}))
+        rec["tiny"] = True
+        if widths:
+            rec["run_id"] += "-w4"
+        recs.append(rec)
+    text = _methods(tmp_path, *recs)
+    assert "Seeds differing between models: unet (tiny) 0, 1; unet (tiny, widths=[4, 8, 16, 32]) 0" in text
+    assert "unet (tiny, widths=[4, 8, 16, 32]): family cnn; tiny test configuration, with widths=[4, 8, 16, 32] " \
+           "set otherwise" in text
+    assert "unet (tiny): family cnn; tiny test configuration (widths=[8, 16, 32, 64])" in text

@@ -244,7 +244,9 @@ def test_predict_refuses_what_it_cannot_reproduce(tmp_path):
     with pytest.raises(BenchError, match="no run records"):
         plan_predict(tmp_path / "empty")
     shutil.rmtree(tmp_path / "res" / "runs" / rec["run_id"] / "checkpoints")
-    with pytest.raises(BenchError, match="final.pt: not found; run .* can only be predicted from its run directory"):
+    with pytest.raises(BenchError, match=r"final.pt: not found; run .* can only be predicted from its run directory "
+                                         rf"\(its weights were deleted, or not copied with the records; `bench run` of "
+                                         rf"its grid trains it again once records/{rec['run_id']}.json is removed\)"):
         predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
     assert not (tmp_path / "out").exists()  # nothing half-written
 

@@ -600,7 +600,8 @@ def test_significance_and_published_tables_come_in_latex_too(tmp_path):
     assert [c.split(" $\\cdot$ ")[0] for c in captions] == ["synapse", "Paired tests", "Rank stability",
                                                              "Published vs ours"]
     labels = re.findall(r"\\label\{([^}]*)\}", tex)
-    assert len(set(labels)) == 4  # each table its own label
+    assert len(set(labels)) == 4  # each table its own label, a short one
+    assert labels[-1] == "tab:published-synapse-protocol-synapse-v1-policy-legacy-synapse"
     # the same numbers as the Markdown sections: the tests' row, the ranks' rows, the published row
     sig = md[md.index("## Significance"):]
     for line in (next(l for l in sig.splitlines() if l.startswith("| vmunet") and "DSC" in l),

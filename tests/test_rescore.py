@@ -367,13 +367,17 @@ def test_data_moved_since_the_run_is_found_by_its_identity(trained, tmp_path):
     moved = tmp_path / "moved data"
     shutil.copytree(root, moved)
     rec = read_record(bob, legacy["run_id"])
-    rec["data_root"] = str(tmp_path / "alice" / root.name)  # where it was on alice's machine
+    rec["data_root"] = str(tmp_path / "alice" / "synthetic" / root.name)  # bench run --synthetic's, on alice's machine
     record_path(bob, rec["run_id"]).write_text(_json.dumps(rec))
     with pytest.raises(BenchError, match=r"its data .*alice.* is not there; if it moved, pass its folder now as "
                                          r"--data-root DIR \(checked to hold the data the run was scored on\); "
                                          rf"synthetic data: `bench run` of its grid with --synthetic --results {bob} "
                                          r"makes it again \(its finished runs are skipped\)$"):
         rescore_record(rec, "strict", bob, CPU)
+    # synthetic data of bench data synth's, elsewhere: bench run --synthetic would make other data (and train anew)
+    with pytest.raises(BenchError, match=r"synthetic data made by `bench data synth`: the same options \(--like, "
+                                         r"--seed, sizes\) make it again, to pass as --data-root$"):
+        run_model({**rec, "data_root": str(tmp_path / "alice" / "mydata")}, bob)
     with pytest.raises(BenchError, match=r"is not there; if it moved, pass its folder now as --data-root DIR "
                                          r"\(checked to hold the data the run was scored on\)$"):
         run_model({**rec, "synthetic": False}, bob)

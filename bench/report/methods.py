@@ -20,7 +20,7 @@ from bench.errors import BenchError
 from bench.records import finished, load, read_record, select_runs, short_commit, split_fold
 from bench.report.board_text import _fmt_duration
 from bench.report.boards import _code_versions
-from bench.report.labels import _overrides_text, label_runs
+from bench.report.labels import _overrides_text, _tiny_changes, label_runs
 
 # keys the data and the protocol set, not the model's own configuration
 _SET_BY_RUN = ("num_classes", "in_chans", "img_size")
@@ -56,7 +56,7 @@ def _board(group: pd.DataFrame, recs: list[dict], results_dir: Path) -> str:
     title = (f"{group['board_dataset'].iloc[0]} · protocol {proto['name']} v{proto['version']} ({proto['hash']})"
              f"{off} · policy {first['policy']}")
     labels = list(group["model_label"])
-    paragraphs = [_models(labels, recs), _training(recs), _evaluation(recs, results_dir),
+    paragraphs = [_models(labels, recs), _training(labels, recs), _evaluation(recs, results_dir),
                   _environment(labels, recs, group)]
     return f"## {title}\n\n" + "\n\n".join(p for p in paragraphs if p) + "\n"
 
@@ -119,11 +119,15 @@ def _models(labels: list[str], recs: list[dict]) -> str:
 def _model(label: str, runs: list[dict]) -> str:
     rec = runs[0]
     parts = [f"family {rec['family']}"]
-    config = _config_changes(rec)
-    if rec.get("tiny"):
-        parts.append("tiny test configuration" + (f" ({config})" if config else ""))
-    elif config:
-        parts.append(f"paper configuration with {config}")
+    changes = _config_changes(rec)
+    if rec.get("tiny"):  # the tiny configuration's keys, and those --set gave otherwise (as the label's)
+        other = set(_tiny_changes(rec["model"], rec["model_config"]))
+        own = ", ".join(text for key, text in changes if key not in other)
+        parts.append("tiny test configuration" + (f" ({own})" if own else "")
+                     + (f", with {', '.join(text for key, text in changes if key in other)} set otherwise"
+                        if other else ""))
+    elif changes:
+        parts.append(f"paper configuration with {', '.join(text for _, text in changes)}")
     else:
         parts.append("paper configuration")
     params = sorted({r["cost"]["params"] for r in runs if r["cost"].get("params")})
@@ -133,17 +137,16 @@ def _model(label: str, runs: list[dict]) -> str:
     return f"{label}: {'; '.join(parts)}."
 
 
-def _config_changes(rec: dict) -> str:
-    """The configuration keys that differ from the model's registered paper configuration."""
+def _config_changes(rec: dict) -> list[tuple[str, str]]:
+    """The configuration keys that differ from the model's registered paper configuration: (key, "key=value")."""
     from bench.registry import get_entry
 
     try:
         paper = dict(get_entry(rec["model"]).paper_config)
     except BenchError:  # a plugin not installed here: its whole configuration is what is known
         paper = {}
-    changed = [f"{k}={_shown(v)}" for k, v in rec["model_config"].items()
-               if k not in _SET_BY_RUN and json.dumps(_listed(paper.get(k))) != json.dumps(_listed(v))]
-    return ", ".join(changed)
+    return [(k, f"{k}={_shown(v)}") for k, v in rec["model_config"].items()
+            if k not in _SET_BY_RUN and json.dumps(_listed(paper.get(k))) != json.dumps(_listed(v))]
 
 
 def _listed(value: Any) -> Any:
@@ -164,8 +167,9 @@ def _start(runs: list[dict]) -> str:
 # ------------------------------------------------------------------------------------------ training
 
 
-def _training(recs: list[dict]) -> str:
+def _training(labels: list[str], recs: list[dict]) -> str:
     trained = [r for r in recs if not r.get("weights")]
+    trained_labels = [label for label, r in zip(labels, recs) if not r.get("weights")]
     if not trained:
         return "**Training.** None here: every run evaluated given weights (`bench run --weights`)."
     recipe, train = _recipe(trained[0]), trained[0]["train"]
@@ -177,7 +181,7 @@ def _training(recs: list[dict]) -> str:
         _input(recipe, trained[0]),
         _precision(recipe, trained),
         f"Weights evaluated: {_select(t, trained)}.",
-        _seeds(trained) + f"; {_per_run(trained, lambda r: r.get('n_train'))} training items.",
+        _seeds(trained_labels, trained) + f"; {_per_run(trained, lambda r: r.get('n_train'))} training items.",
     ]
     if len(trained) < len(recs):
         sentences.append(f"{_count(len(recs) - len(trained), 'run')} evaluated given weights instead of training.")
@@ -213,18 +217,36 @@ def _span(values: list[int]) -> str:
 
 
 def _length(t: dict, trained: list[dict]) -> str:
-    """The epochs and optimizer steps that ran (records' train block), against the recipe's cap."""
-    epochs = [r["train"]["epochs"] for r in trained]
+    """The optimizer steps that ran (records' train block) in epochs of the data, and whether the
+    recipe's max_iterations cut its epochs short (records since they kept ``steps_per_epoch``; older
+    ones say only the cap)."""
     steps = [r["train"]["iterations"] for r in trained]
-    per_epoch = (f" (epochs of {t['iterations_per_epoch']} batches drawn with replacement)"
-                 if t["iterations_per_epoch"] else "")
-    text = (f"Trained for {_span(epochs)} epoch{'s' * (max(epochs) != 1)}{per_epoch}, {_span(steps)} "
-            f"iteration{'s' * (max(steps) != 1)} in all")
+    sizes = {r["train"].get("steps_per_epoch") for r in trained}
+    drawn = (f", epochs of {t['iterations_per_epoch']} batches drawn with replacement"
+             if t["iterations_per_epoch"] else "")
+    text = f"Trained for {_span(steps)} iteration{'s' * (max(steps) != 1)}"
     cap = t["max_iterations"]
-    if cap and max(steps) >= cap:
-        text += f" (at most {cap}: max_iterations cut the recipe's {t['epochs']} epochs short)"
-    elif cap:
-        text += f" (max_iterations {cap} not reached)"
+    if len(sizes) == 1 and None not in sizes:
+        per = sizes.pop()
+        full = t["epochs"] * per
+
+        def epochs_of(rec: dict) -> str:
+            whole, rest = divmod(rec["train"]["iterations"], per)
+            if not whole:
+                return f"{rest} of the first epoch's {per} iterations"
+            epochs = f"{whole} epoch{'s' * (whole != 1)} of {per} iterations"
+            return f"{epochs} and {rest} of the next" if rest else epochs
+
+        text += f" ({_per_run(trained, epochs_of)}{drawn})"
+        if cap and cap < full:
+            text += f"; max_iterations {cap} cut the recipe's {t['epochs']} epochs ({full} iterations) short"
+        elif cap:
+            text += f"; the recipe's {t['epochs']} epochs, within max_iterations {cap}"
+    else:  # written before records kept the epoch's length
+        epochs = [r["train"]["epochs"] for r in trained]
+        text += f" over {_span(epochs)} epoch{'s' * (max(epochs) != 1)} begun{drawn}"
+        if cap:
+            text += f" (max_iterations {cap})"
     return text + "."
 
 
@@ -273,11 +295,21 @@ def _select(t: dict, trained: list[dict]) -> str:
                                         if "@" in str(r["train"].get("selected")) else "?") + ")"
 
 
-def _seeds(recs: list[dict]) -> str:
-    seeds = sorted({r["seed"] for r in recs})
-    folds = sorted({f for r in recs if (f := split_fold(r["split"])) is not None})
-    text = f"Seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
-    return text + (f", folds {', '.join(map(str, folds))}" if folds else "")
+def _seeds(labels: list[str], recs: list[dict]) -> str:
+    """"Seeds 0, 1" where every model ran them; else each model's (a board row may lack a seed)."""
+    def of(runs: list[dict]) -> str:
+        seeds = sorted({r["seed"] for r in runs})
+        folds = sorted({f for r in runs if (f := split_fold(r["split"])) is not None})
+        return ", ".join(map(str, seeds)) + (f", folds {', '.join(map(str, folds))}" if folds else "")
+
+    by_label: dict[str, list[dict]] = {}
+    for label, rec in zip(labels, recs):
+        by_label.setdefault(label, []).append(rec)
+    each = {label: of(runs) for label, runs in by_label.items()}
+    if len(set(each.values())) == 1:
+        shown = next(iter(each.values()))
+        return f"Seed{'s' * (',' in shown.split(', folds')[0])} {shown}"
+    return "Seeds differing between models: " + "; ".join(f"{label} {s}" for label, s in each.items())
 
 
 # ------------------------------------------------------------------------------------------ data, evaluation

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -72,7 +73,8 @@ def _latex_sections(text: str, boards: dict, groups: dict, reference: str | None
     if pub is not None:
         for title, table in published_tables(boards, pub, groups).items():
             spec = "".join("r" if c in ("Published", "Ours", "Ours − published") else "l" for c in table.columns)
-            parts.append(_latex_table(title, PUBLISHED_NOTE, f"published {title}", table, spec, labels))
+            board = re.sub(r"\s*\([^)]*\)", "", title.split(" — ")[0].split(" · ", 1)[-1])  # no hashes, "(ours)"
+            parts.append(_latex_table(title, PUBLISHED_NOTE, f"published {board}", table, spec, labels))
         missing = missing_published_md(boards, pub, source)
         if missing:  # a Markdown section's words, as a comment: no table to caption
             parts.append("% " + " ".join(missing.replace("## ", "").split()))
