@@ -64,6 +64,7 @@ def test_sgd_names_momentum_and_poly_power_and_the_multi_class_loss(tmp_path):
 def test_legacy_synapse_conventions_say_voxels_and_the_miss_rule(tmp_path):
     text = _methods(tmp_path, _record("synapse"))
     assert "in voxels, spacing ignored" in text
+    assert "the argmax over classes resized back to the slice's grid (nearest)" in text  # how volumes are scored
     assert "a missed structure (in the reference only) scores DSC 0 and HD95 0" in text
 
 

@@ -266,7 +266,8 @@ def _loss(t: dict, rec: dict) -> str:
 def _input(recipe: dict, rec: dict) -> str:
     aug = recipe["train"]["augment"]
     augment = "no augmentation" if aug == "none" else f"augmentation: {_AUGMENT.get(aug, aug)}"
-    norm = "" if recipe["normalize"] == "none" else f", intensities normalised ({recipe['normalize']})"
+    norm = (", intensities as stored (no normalisation)" if recipe["normalize"] == "none"
+            else f", intensities normalised ({recipe['normalize']})")
     if recipe["patch_size"]:
         spacing = rec.get("target_spacing")
         where = (f", cases resampled to {' × '.join(num(s) for s in spacing)} mm" if spacing
@@ -379,6 +380,11 @@ def _eval_settings(recipe: dict, rec: dict) -> str:
     e, parts = recipe["eval"], []
     if _binary(rec):
         parts.append(f"foreground where the sigmoid ≥ {num(e['threshold'])}")
+    elif not recipe["patch_size"]:  # TransUNet's: slice by slice at the model's size, back to the case's grid
+        orders = {0: "nearest", 1: "linear", 3: "cubic"}
+        parts.append(f"each slice resized to {recipe['img_size']} × {recipe['img_size']} "
+                     f"({orders.get(e['image_order'], 'order ' + str(e['image_order']))}), the argmax over classes "
+                     f"resized back to the slice's grid ({orders.get(e['label_order'], 'order ' + str(e['label_order']))})")
     if recipe["patch_size"]:
         overlap = num(1 - e["tile_step"])
         parts.append(f"sliding-window prediction (tiles overlapping by {overlap} of a patch, Gaussian-weighted), "
