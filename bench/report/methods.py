@@ -44,6 +44,7 @@ def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
     df = label_runs(df)
     parts = []
     for _, group in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
+        group = group.sort_values(["model_label", "seed", "run_id"])  # the same text whatever order files list in
         recs = [read_record(results_dir, run_id) for run_id in group["run_id"]]
         parts.append(_board(group, recs, results_dir))
     return "\n".join(parts)
