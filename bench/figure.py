@@ -93,7 +93,13 @@ def choose_runs(results_dir: Path, models: list[str] | None = None, dataset: str
             raise BenchError(f"--seed {seed}: no finished run of {', '.join(missing)} with that seed in {results_dir}")
         df = df[df["seed"] == seed]
     fold = df["split"].map(lambda s: -1 if records.split_fold(s) is None else records.split_fold(s))
-    first = df.assign(fold=fold).sort_values(["seed", "fold", "run_id"]).drop_duplicates("model_label")
+    df = df.assign(fold=fold)
+    # the lowest fold every row has: runs of one fold share their test cases (a model lacking fold 0
+    # would otherwise be shown on fold 1 beside the others' fold 0, with no case in common)
+    shared = set.intersection(*(set(g["fold"]) for _, g in df.groupby("model_label")))
+    if shared:
+        df = df[df["fold"] == min(shared)]
+    first = df.sort_values(["seed", "fold", "run_id"]).drop_duplicates("model_label")
     rank = (lambda r: (models.index(r.model), r.model_label)) if models else (lambda r: (r.model_label,))
     board = " · ".join(boards[0])
     columns = []
@@ -108,7 +114,8 @@ def case_dsc(rec: dict[str, Any]) -> dict[str, float]:
     """Each scored case's mean DSC over classes (NaN values left out, as the boards' case values)."""
     values: dict[str, list[float]] = {}
     for row in rec["per_case"]:
-        values.setdefault(row["case"], []).append(float(row["dice"]))
+        # a NaN DSC (strict: both masks empty) is null in the record, None here
+        values.setdefault(row["case"], []).append(math.nan if row["dice"] is None else float(row["dice"]))
     return {case: _nanmean(v) for case, v in values.items()}
 
 

@@ -146,6 +146,7 @@ TEMP_MARK = "bench-"  # in every temp name: sweeping never touches files of othe
 ORPHAN_AGE_S = 24 * 3600  # a temp file this old was left by a killed writer; a live one is minutes old
 _WRITER = re.compile(r"(\d+)@([^~/]+)~")  # writer_tag() inside a temp name
 _RETRY = "; free space (or fix the folder) and run the command again"
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def _advice(exc: BaseException) -> str:
@@ -155,7 +156,6 @@ def _advice(exc: BaseException) -> str:
     if any(isinstance(e, OSError) and e.errno in refused for e in exception_chain(exc)):
         return "; the folder is read-only here: make it writable, or write elsewhere, and run the command again"
     return _RETRY
-_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def _where() -> str:

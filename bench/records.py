@@ -74,7 +74,7 @@ RUN_ID_COLUMNS = [
     "policy", "seed", "init", "data_id", "tiny", "weights",
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
-    "n_train", "data_root", "rescored_from", "status", "git_commit", "code_digest", "model_code", "device", "scan_backend", "hd95_unit",
+    "n_train", "data_root", "rescored_from", "status", "git_commit", "code_digest", "scored_commit", "scored_digest", "model_code", "device", "scan_backend", "hd95_unit",
     "started_at", "finished_at", "wall_time_s", "train_time_s", "train_loss", "params", "trainable_params", "macs",
     "paper_macs", "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes", "n_missed", "n_present",
 ]  # fmt: skip
@@ -397,6 +397,9 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         status=rec["status"],
         git_commit=rec["git_commit"],
         code_digest=rec.get("code_digest"),  # bench's sources (env.source_digest); absent in older records
+        # bench rescore: the code that computed the record's numbers (git_commit, code_digest: its training's)
+        scored_commit=(rec.get("rescored_with") or {}).get("git_commit"),
+        scored_digest=(rec.get("rescored_with") or {}).get("code_digest"),
         model_code=rec.get("model_code"),  # a plugin's sources (registry.model_code); null for built-ins
         device=_device_string(rec["device"]),
         scan_backend=rec["scan_backend"],

@@ -168,3 +168,17 @@ def test_binary_panels_are_at_model_resolution(tmp_path):
     np.testing.assert_allclose(panels.images[0], _resize(case.image.astype(np.float32), (32, 32)) / 255, atol=1e-6)
     assert panels.truths[0].shape == (32, 32) and set(np.unique(panels.truths[0])) <= {0, 1}
     assert panels.slices == [None] and panels.class_names == list(ds.class_names)
+
+
+def test_nan_case_values_and_folds_every_model_has(tmp_path):
+    """A review: a strict record's null DSC crashed case_dsc; a model lacking fold 0 was shown on fold 1
+    beside the others' fold 0, with no test case in common."""
+    assert math.isnan(case_dsc({"per_case": [{"case": "a", "dice": None}]})["a"])
+    assert case_dsc({"per_case": [{"case": "a", "dice": None}, {"case": "a", "dice": 0.5}]})["a"] == 0.5
+    res = tmp_path / "res"
+    for model, folds in (("unet", (1, 2)), ("vmunet", (0, 1, 2))):
+        for fold in folds:
+            rec = make_record(model, dataset="nnunet", seed=0, classes=["spleen"])
+            rec["split"] = f"fold{fold}"
+            records.write_record(rec, res)
+    assert {c.rec["split"] for c in choose_runs(res)} == {"fold1"}

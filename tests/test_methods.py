@@ -163,3 +163,13 @@ def test_seeds_per_model_where_they_differ_and_a_set_key_called_so(tmp_path):
     assert "unet (tiny, widths=[4, 8, 16, 32]): family cnn; tiny test configuration, with widths=[4, 8, 16, 32] " \
            "set otherwise" in text
     assert "unet (tiny): family cnn; tiny test configuration (widths=[8, 16, 32, 64])" in text
+
+
+def test_a_tiny_key_set_back_to_the_papers_value_is_said_once(tmp_path):
+    """A review: --tiny --set widths=<the paper's> printed "tiny test configuration, with  set otherwise"."""
+    rec = _record()
+    rec["model_config"].update(widths=list(get_entry("unet").paper_config.get("widths", [64, 128, 256, 512, 1024])))
+    rec["tiny"] = True
+    text = _methods(tmp_path, rec)
+    model = text[text.index("**Models.**"):text.index("**Training.**")]
+    assert "with  set" not in model and "set otherwise" in model and "widths=[" in model

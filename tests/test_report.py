@@ -1487,3 +1487,34 @@ def test_a_sub_second_training_time_is_not_shown_as_zero():
     assert [_fmt_duration(s) for s in (0.04, 0.48, 5.2, 150.0, 9000.0)] == ["< 0.1 s", "0.5 s", "5 s", "2.5 min",
                                                                           "2.5 h"]
     assert _fmt_duration(float("nan")) == ""
+
+
+def test_paper_layout_bolds_ties_as_printed_and_keeps_hd95_of_one_class_softmax_boards(tmp_path):
+    """A review: 82.745 and 82.75 both print 82.75, yet only one was bold (numpy's round-half-even on
+    a scaled float); a softmax board of one foreground class (MSD Spleen) was laid out as ISIC's."""
+    for model, dice in (("unet", 0.82745), ("vmunet", 0.8275), ("transunet", 0.80)):
+        write_record(make_record(model, dataset="isic17", seed=0, dice=dice), tmp_path / "tie")
+    md = render(load(tmp_path / "tie"), "md", columns=parse_columns("paper"))
+    rows = [line for line in md.splitlines() if line.startswith(("| unet", "| vmunet"))]
+    assert len(rows) == 2 and all("**82.75**" in row for row in rows)
+    for model, hd in (("unet", 20.0), ("vmunet", 5.0)):
+        write_record(make_record(model, dataset="nnunet", seed=0, classes=["spleen"], hd95=hd), tmp_path / "spleen")
+    md = render(load(tmp_path / "spleen"), "md", columns=parse_columns("paper"))
+    header = next(line for line in md.splitlines() if line.startswith("| Model"))
+    assert "HD95" in header and "mIoU" not in header and "Acc" not in header
+    assert "**5.00**" in next(line for line in md.splitlines() if line.startswith("| vmunet"))
+    assert " DSC in %" in md  # the caption names the metrics shown
+
+
+def test_a_rescored_board_names_the_code_that_scored_it(tmp_path):
+    """A review: a strict board rescored at another commit named the training's code as its numbers'."""
+    rec = make_record("unet", seed=0)
+    write_record(rec, tmp_path)
+    rescored = make_record("unet", seed=0, run_id=f"{rec['run_id']}.strict")
+    rescored.update(policy="strict", rescored_from=rec["run_id"],
+                    rescored_with={"git_commit": "fedcba9876543210fedcba9876543210fedcba98", "code_digest": None,
+                                   "device": rec["device"], "packages": {}})
+    write_record(rescored, tmp_path)
+    md = render(load(tmp_path), "md")
+    strict = md[md.index("policy strict"):]
+    assert "Code: bench fedcba987654." in strict and "Code: bench 0123456789ab." in md[:md.index("policy strict")]

@@ -95,9 +95,9 @@ def check(
         update += f" --models {shlex.quote(','.join(picked))}"
     if n["new"] and not result.failed:  # passing, yet nothing guards these rows (a model added to the grid)
         table = result.table
-        models = table["model"].map(drift.label_model)
-        added = set(models[table["status"] == "new"]) - set(models[table["status"] != "new"])
-        if picked is None and added and (models[table["status"] == "new"].isin(added)).all():
+        row_models = table["model"].map(drift.label_model)
+        added = set(row_models[table["status"] == "new"]) - set(row_models[table["status"] != "new"])
+        if picked is None and added and (row_models[table["status"] == "new"].isin(added)).all():
             update += f" --models {shlex.quote(','.join(sorted(added)))}"  # their rows alone, the others' values kept
         _echo_err(f"{n['new']} row(s) are new: the baseline does not check them yet; `{update}` adds them "
                   "(hand-edited tolerances kept)")

@@ -159,7 +159,7 @@ def _paper_table(board: pd.DataFrame, shown: pd.DataFrame, heads: dict[str, str]
     """``--columns paper``: the metrics the papers report for such a board (``PAPER_METRICS``), the
     per-class cells as means, and ``shown.attrs["best"]``: per column, the rows holding its best mean
     (HD95 under a policy scoring misses 0: among models that missed no structure, whose 0 is the rule's)."""
-    kind = "classes" if any(c.startswith("dice/") for c in heads) else "binary"
+    kind = "binary" if board.attrs.get("binary") else "classes"
     shown = shown.drop(columns=[h for c, h in heads.items() if c in METRICS and c not in PAPER_METRICS[kind]
                                 and h in shown])
     best: dict[str, list[int]] = {}
@@ -171,7 +171,8 @@ def _paper_table(board: pd.DataFrame, shown: pd.DataFrame, heads: dict[str, str]
             shown[head] = [_fmt_value(m, math.nan, k, n, col)
                            for m, k, n in zip(means, board[f"{col}_n_nan"], board["n_runs"])]
         metric = METRICS[col.split("/", 1)[0]]
-        values = (means * (100.0 if metric[1] else 1.0)).round(2)  # as shown: a tie is a tie
+        # as the cells print them ("82.75" twice is a tie, whatever the third decimal was)
+        values = pd.Series([float(f"{v:.2f}") for v in means * (100.0 if metric[1] else 1.0)], index=means.index)
         if values.nunique() < 2:  # one value for all (every model 0.00): nothing stands out
             continue
         if col == "hd95" and "n_missed" in board and _misses_score_zero(board.attrs.get("policy")):
@@ -285,10 +286,14 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
                  "models' number" + ("." if single else f"; the spread between "
                                          f"{'runs' if CV_LABEL in key.dataset else 'seeds'} is the ± std, not part "
                                          "of the CI."))
-    if columns is not None and "paper" in columns and len(board) > 1:
+    if columns is not None and "paper" in columns:
         hd = (" (HD95 among the models that missed no structure)" if _misses_score_zero(key.policy)
               and "hd95_mean" in board and board["n_missed"].gt(0).any() else "")
-        note += (f" Bold: each column's best mean{hd}" + ("" if single else "; per-class cells are means") + ".")
+        said = ([f"Bold: each column's best mean{hd}"] if _display_table(board, columns).attrs.get("best") else []) \
+            + ([] if single else ["per-class cells are means"])
+        if said:
+            text = "; ".join(said)
+            note += f" {text[:1].upper()}{text[1:]}."
     return title, note
 
 
@@ -296,7 +301,7 @@ def _percent_names(board: pd.DataFrame, columns: tuple[str, ...] | None) -> str:
     """The metrics in % a board's caption names: those ``--columns paper`` keeps, else all of them."""
     if columns is None or "paper" not in columns:
         return "DSC, mIoU, Acc, Spe, Sen"
-    kind = "classes" if any(c.startswith("dice/") for c in board.attrs["value_columns"]) else "binary"
+    kind = "binary" if board.attrs.get("binary") else "classes"
     shown = [m for m in PAPER_METRICS[kind] if m in METRICS and METRICS[m][1] and f"{m}_mean" in board]
     return ", ".join(METRICS[m][0] for m in shown)
 

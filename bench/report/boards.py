@@ -123,6 +123,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         protocol_version=int(first["protocol_version"]),
         protocol_hash=first["protocol_hash"],
         policy=first["policy"],
+        binary=_binary_task(first["dataset"]),
         overrides=_overrides_text(first["protocol_overrides"]),
         value_columns=value_cols,
         hd95_units=sorted(set(group["hd95_unit"].dropna())) if "hd95_unit" in group else [],
@@ -139,14 +140,27 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
     return board
 
 
+def _binary_task(dataset: str) -> bool:
+    """Whether the dataset's reader is a one-channel sigmoid task (ISIC, polyp): a board of one foreground
+    class of softmax data (MSD Spleen in nnU-Net format) is not one."""
+    from bench.data import DATASETS
+
+    reader = DATASETS.get(dataset)
+    return reader is not None and reader.num_classes == 1
+
+
 def _code_versions(group: pd.DataFrame) -> list[str]:
-    """The versions of bench's code a board's runs ran (``records.code_version``), one per source
-    digest: the same sources under a clean commit and in an edited tree ("-dirty": a README) are one
-    version. A record written before digests were kept counts by its commit, "unknown" without one."""
+    """The versions of bench's code a board's numbers came from (``records.code_version``; a
+    ``bench rescore`` record's: the rescoring code), one per source digest: the same sources under a
+    clean commit and in an edited tree ("-dirty": a README) are one version. A record written before
+    digests were kept counts by its commit, "unknown" without one."""
     if "git_commit" not in group:
         return []
-    pairs = [(c if isinstance(c, str) else None, d if isinstance(d, str) else None)
-             for c, d in zip(group["git_commit"], group.get("code_digest", pd.Series(None, index=group.index)))]
+    none = pd.Series(None, index=group.index, dtype=object)
+    rescored = group.get("scored_commit", none).notna()  # a rescore's numbers come from its own code
+    commits = group["git_commit"].where(~rescored, group.get("scored_commit", none))
+    digests = group.get("code_digest", none).where(~rescored, group.get("scored_digest", none))
+    pairs = [(c if isinstance(c, str) else None, d if isinstance(d, str) else None) for c, d in zip(commits, digests)]
     clean: dict[str, set[str]] = {}  # a clean commit names its sources, where all its records agree on them
     for commit, digest in pairs:
         if commit and digest and not commit.endswith("-dirty"):

@@ -19,7 +19,9 @@ PAPER_COST = {"model": "Model", "params": "Params", "macs": "GMACs (scan incl.)"
 PAPER_COST_NOTE = ("Params: sum(p.numel()). GMACs: one forward at the input above with the selective scan counted "
                    "(1 MAC = 2 FLOPs); thop GMACs: what thop counts, the convention of most published tables (no "
                    "scan, no einsum or functional matmul). M = 10⁶, G = 10⁹.")
-PAPER_TIMING_NOTE = " Latency: median of batch-1 forwards after warm-up, on the machine named above; FPS: its inverse."
+PAPER_TIMING_NOTE = (" Latency: median of batch-1 forwards after warm-up, on the machine named above; FPS: its inverse;"
+                     " a mark such as \"(torch scan)\": the selective scan ran on a fallback, not the kernel the "
+                     "model would use there.")
 
 
 def render_cost_latex(df_prof: pd.DataFrame, paper: bool = False) -> str:

@@ -9,6 +9,7 @@ them (``label_runs``); where the runs of one board differ in a setting, the text
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,8 +20,8 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.records import finished, load, read_record, select_runs, short_commit, split_fold
 from bench.report.board_text import _fmt_duration
-from bench.report.boards import _code_versions
-from bench.report.labels import _overrides_text, _tiny_changes, label_runs
+from bench.report.boards import _binary_task, _code_versions
+from bench.report.labels import _overrides_text, _tiny_changes, _tiny_config, label_runs
 
 # keys the data and the protocol set, not the model's own configuration
 _SET_BY_RUN = ("num_classes", "in_chans", "img_size")
@@ -121,12 +122,13 @@ def _model(label: str, runs: list[dict]) -> str:
     rec = runs[0]
     parts = [f"family {rec['family']}"]
     changes = _config_changes(rec)
-    if rec.get("tiny"):  # the tiny configuration's keys, and those --set gave otherwise (as the label's)
-        other = set(_tiny_changes(rec["model"], rec["model_config"]))
+    if rec.get("tiny"):  # the tiny configuration's own keys, and what --set gave beside or instead of them
+        cfg, tiny = rec["model_config"], set(_tiny_config(rec["model"]))
+        other = set(_tiny_changes(rec["model"], cfg)) | {key for key, _ in changes if key not in tiny}
         own = ", ".join(text for key, text in changes if key not in other)
+        elsewise = ", ".join(f"{k}={_shown(cfg[k])}" for k in cfg if k in other)
         parts.append("tiny test configuration" + (f" ({own})" if own else "")
-                     + (f", with {', '.join(text for key, text in changes if key in other)} set otherwise"
-                        if other else ""))
+                     + (f", with {elsewise} set otherwise" if elsewise else ""))
     elif changes:
         parts.append(f"paper configuration with {', '.join(text for _, text in changes)}")
     else:
@@ -243,7 +245,7 @@ def _length(t: dict, trained: list[dict]) -> str:
             text += f"; max_iterations {cap} cut the recipe's {t['epochs']} epochs ({full} iterations) short"
         elif cap:
             text += f"; the recipe's {t['epochs']} epochs, within max_iterations {cap}"
-    else:  # written before records kept the epoch's length
+    else:  # records written before they kept the epoch's length, or runs of several (folds of other sizes)
         epochs = [r["train"]["epochs"] for r in trained]
         text += f" over {_span(epochs)} epoch{'s' * (max(epochs) != 1)} begun{drawn}"
         if cap:
@@ -252,8 +254,10 @@ def _length(t: dict, trained: list[dict]) -> str:
 
 
 def _binary(rec: dict) -> bool:
-    """One output channel: sigmoid, BCE + Dice (bench.losses.segmentation_loss)."""
-    return rec["model_config"].get("num_classes", len(rec["per_class"]) + 1) == 1
+    """One output channel: sigmoid, BCE + Dice (bench.losses.segmentation_loss); from the model's
+    configuration, else its data's reader (a plugin whose configuration names no num_classes)."""
+    classes = rec["model_config"].get("num_classes")
+    return classes == 1 if classes is not None else _binary_task(rec["dataset"])
 
 
 def _loss(t: dict, rec: dict) -> str:
@@ -350,7 +354,7 @@ def _rescored(recs: list[dict], results_dir: Path) -> str:
 
 
 def _outcome(pair: list, penalty: Any) -> str:
-    dice, hd = pair
+    dice, hd = (None if isinstance(v, float) and math.isnan(v) else v for v in pair)  # records: null; policy_fields: NaN
     dice = "NaN (left out, counted)" if dice is None else num(dice)
     hd = {None: "NaN", "penalty": f"a penalty ({penalty}: the volume's diagonal)"}.get(hd, hd)
     return f"DSC {dice} and HD95 {num(hd)}"
@@ -411,7 +415,11 @@ def _environment(labels: list[str], recs: list[dict], group: pd.DataFrame) -> st
             f"bench {release}, {len(versions)} versions of its code ({', '.join(versions)})")
     text = [f"**Environment.** {code}; {_per_run(recs, _packages)}; Python "
             f"{_per_run(recs, lambda r: r['device'].get('python', '?'))}.",
-            f"Device: {_per_run(recs, _device)}."]
+            f"Device: {_per_run(recs, lambda r: _device(r['device']))}."]
+    rescored = [r for r in recs if r.get("rescored_with")]
+    if rescored:  # the numbers of this board came from there; the packages and device above trained them
+        text.append("Scored by `bench rescore` on " + _per_run(rescored, lambda r: _device(r["rescored_with"]["device"]))
+                    + "; the packages and device above are the training's.")
     scan = {r.get("scan_backend") for r in recs} - {None}
     if scan:
         text.append("Selective scan: " + _per_run([r for r in recs if r.get("scan_backend")],
@@ -424,8 +432,8 @@ def _packages(rec: dict) -> str:
     return ", ".join(f"{name} {v}" for name, v in rec.get("packages", {}).items() if v and name not in _SKIP_PACKAGES)
 
 
-def _device(rec: dict) -> str:
-    d = rec["device"]
+def _device(d: dict) -> str:
+    """A device fingerprint (``env.fingerprint``, as records keep it) in words."""
     if str(d.get("device", "")).startswith("cuda"):
         cudnn = f", cuDNN {d['cudnn']}" if d.get("cudnn") else ""
         return f"{d.get('gpu') or 'GPU'} (CUDA {d.get('cuda')}{cudnn})"

@@ -46,7 +46,7 @@ def significance_latex(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardK
     parts = []
     for s in significance_sections(boards, groups, reference):
         board = f"{s.key.dataset} {s.key.protocol} {s.key.policy}"
-        rank_note = s.note
+        rank_note = s.note  # without tests, the section's note is the ranks' own
         if s.tests is not None:  # the rank note goes with the rank table, the rest with the tests
             spec = "".join("l" if c in ("Model", "Metric") else "r" for c in s.tests.columns)
             tests_note = " ".join(s.note.replace(RANK_NOTE, "").split())
@@ -88,7 +88,6 @@ def significance_sections(boards: dict[BoardKey, pd.DataFrame], groups: dict[Boa
         unranked = sorted(set(labels) - set(ranks["model"]))
         # their DSC is NaN on the shared cases (strict: a class valid in none of them)
         after = f"\n\nNot ranked (DSC nan over the cases every model has): {', '.join(unranked)}." if unranked else ""
-        rank_note = RANK_NOTE
         if tests.empty:
             if ref in labels:
                 why = (f"{ref!r} is the only model on this board" if len(labels) == 1
@@ -98,7 +97,7 @@ def significance_sections(boards: dict[BoardKey, pd.DataFrame], groups: dict[Boa
                        "--reference")
             else:
                 why = f"{reference!r} has no runs on this board"
-            parts.append(Section(key, title, f"No paired comparison: {why}. {rank_note}", None, rank_table, after))
+            parts.append(Section(key, title, f"No paired comparison: {why}. {RANK_NOTE}", None, rank_table, after))
             continue
         pooled = tests["test"].str.startswith("permutation").any()
         shown = pd.DataFrame({
@@ -122,13 +121,13 @@ def significance_sections(boards: dict[BoardKey, pd.DataFrame], groups: dict[Boa
                     + (" \"seed-averaged\": the models' runs do not pair up (other seeds or folds), so the p tests "
                        "another number, the pooled metric of each case's counts averaged over the model's runs, which "
                        "can differ from the board values' difference, even in sign."
-                       if (tests["test"] == "permutation (seed-averaged)").any() else "") + f" {rank_note}")
+                       if (tests["test"] == "permutation (seed-averaged)").any() else "") + f" {RANK_NOTE}")
         else:
             note = (f"Reference: {ref}. Two-sided Wilcoxon signed-rank over the shared test cases (each case "
                     "averaged over its classes and the seeds; where some classes are NaN in a case, this mean "
                     "per-case difference can differ from the difference of board values, which averages each "
                     "class over cases first); effect size: matched-pairs rank-biserial correlation, > 0 means the "
-                    f"model beats the reference; p adjusted with Holm over the board's tests. {rank_note}")
+                    f"model beats the reference; p adjusted with Holm over the board's tests. {RANK_NOTE}")
             if (tests["test"] == "undefined").any():
                 note += (" nan: the board's number of the model or the reference is nan (a class valid in no "
                          "shared case), so there is nothing to test.")
