@@ -643,20 +643,49 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
                      split_sha[fold], data_id, tuple(split[fold].notes), small[m], given)
              for m in models for s in seeds for fold in fold_list]
     earlier = ("", *earlier_data_ids(ds, chosen)) if data_id.startswith("files:") else ()
-    return [_earlier_id(spec, results_dir, earlier) for spec in specs]
+    # the old data itself, copied with its folder (data made again since is today's synthetic data, its own id)
+    moved = () if made else _moved_results_roots(results_dir, dataset, data_root)
+    return [_earlier_id(spec, results_dir, earlier, moved) for spec in specs]
 
 
-def _earlier_id(spec: RunSpec, results_dir: Path, earlier: tuple[str, ...]) -> RunSpec:
+def _moved_results_roots(results_dir: Path, dataset: str, data_root: Path) -> tuple[str, ...]:
+    """The paths older records name this results folder's data by (``<results>/synthetic/<name>``,
+    written before records named data by its identity) where the folder was moved since (a copy on a
+    colleague's machine): the same data, so their runs are these runs. Only data kept inside the
+    results folder moves with it; data elsewhere is told apart by its content."""
+    here = data_root.expanduser().resolve()
+    if here.parent != (Path(results_dir) / "synthetic").resolve():
+        return ()
+    found = set()
+    for path in sorted((Path(results_dir) / "records").glob(f"{dataset}-*.json")):
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # records.load names a damaged record; planning is not the place
+            continue
+        old = rec.get("data_root")
+        if isinstance(old, str) and not rec.get("data_id") and Path(old).name == here.name \
+                and Path(old).parent.name == "synthetic" and Path(old) != here and not Path(old).exists():
+            found.add(old)
+    return tuple(sorted(found))
+
+
+def _earlier_id(spec: RunSpec, results_dir: Path, earlier: tuple[str, ...], moved: tuple[str, ...] = ()) -> RunSpec:
     """A run begun when its data was identified otherwise (``earlier``: by its absolute path, before
     content_id; by content_id before it read the test labels; before a spacing table its policy does
     not read was added) keeps that id where its record or run
-    folder is there: finished, it is skipped; interrupted, it resumes; its rescored twins are found."""
+    folder is there: finished, it is skipped; interrupted, it resumes; its rescored twins are found.
+    ``moved``: the paths a moved results folder's older records name its data by
+    (``_moved_results_roots``): their finished runs are skipped (one resumed would record a path gone)."""
     from bench.rescore import rescored_twin
 
     for data_id in earlier:
         old = replace(spec, data_id=data_id)
         if ((results_dir / "runs" / old.key).is_dir() or records.record_path(results_dir, old.key).is_file()
                 or rescored_twin(old, results_dir)):
+            return old
+    for path in moved:
+        old = replace(spec, data_id=path)  # the key of a run identified by that path
+        if records.record_path(results_dir, old.key).is_file() or rescored_twin(old, results_dir):
             return old
     return spec
 

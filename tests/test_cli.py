@@ -141,6 +141,41 @@ def test_runs_on_data_of_ones_own_follow_its_files_not_its_path(tmp_path):
     assert strict.data_id == open_dataset("synapse", here).content_id(scored=False)
 
 
+def test_a_moved_results_folders_older_records_are_its_runs(tmp_path):
+    """An upgrade journey: records written before data had an id name it by its path; a copy of the
+    results folder (its synthetic data inside) elsewhere trained every run again beside them."""
+    import dataclasses
+    import shutil
+
+    from bench.data import synthesize
+    from bench.data.synth import MARKER
+    from bench.protocol import load_protocol
+    from bench.run import plan_grid
+
+    old = tmp_path / "alice" / "res"
+    synthesize("synapse", old / "synthetic" / "synapse-synth-v1")
+    (old / "synthetic" / "synapse-synth-v1" / MARKER).unlink()  # as data made before the marker
+    proto = load_protocol("smoke")
+    plan = lambda res: plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0],  # noqa: E731
+                                 data_root=res / "synthetic" / "synapse-synth-v1", synthetic=False, results_dir=res)
+    (spec,) = plan(old)
+    by_path = dataclasses.replace(spec, data_id="")  # the id runs had then
+    (old / "records").mkdir()
+    (old / "records" / f"{by_path.key}.json").write_text(json.dumps(
+        {"run_id": by_path.key, "data_root": str(by_path.data_root.resolve()), "synthetic": True}))
+    bob = tmp_path / "bob" / "res"
+    shutil.copytree(old, bob)
+    shutil.rmtree(tmp_path / "alice")
+    (moved,) = plan(bob)
+    assert moved.key == by_path.key  # skipped as finished, not trained again beside it
+    (bob / "records" / f"{by_path.key}.json").unlink()
+    assert plan(bob)[0].key != by_path.key  # no record of it: nothing to keep
+    # a record whose data still exists where it names it is other data, not this folder's
+    (bob / "records" / f"{by_path.key}.json").write_text(json.dumps(
+        {"run_id": by_path.key, "data_root": str(bob / "synthetic" / "synapse-synth-v1"), "synthetic": True}))
+    assert plan(bob)[0].key != by_path.key
+
+
 def test_data_root_from_synth_matches_synthetic(smoke_results, tmp_path):
     data = tmp_path / "syn"
     _bench("data", "synth", "--like", "synapse", "--out", data)
