@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.errors import BenchError
+
 __all__ = ["pareto_front", "accuracy_vs_cost", "per_class_boxplots", "training_curves", "write_plots"]
 
 FAMILY_COLOURS = {"ssm": "tab:green", "cnn": "tab:blue", "transformer": "tab:orange"}
@@ -103,12 +105,30 @@ def model_colours(labels) -> dict[str, Any]:
     return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
 
 
+PLOT_FORMATS = ("png", "pdf", "svg")  # by the file's suffix; pdf and svg: vector, for a paper
+
+
+def check_plot_format(fmt: str) -> str:
+    """``fmt`` where it is one of ``PLOT_FORMATS``, else one BenchError naming --plot-format."""
+    if fmt not in PLOT_FORMATS:
+        raise BenchError(f"--plot-format {fmt!r}: expected one of {', '.join(PLOT_FORMATS)}")
+    return fmt
+
+
 def _save(fig, path: Path) -> Path:
-    """Save ``fig`` as PNG at ``path`` atomically (``fileio.atomic_write``); always close ``fig``."""
+    """Save ``fig`` at ``path`` atomically (``fileio.atomic_write``) in the format its suffix names
+    (``PLOT_FORMATS``: PNG at 120 dpi; PDF with TrueType fonts, which publishers' checks ask for);
+    always close ``fig``."""
     from bench.fileio import atomic_write
 
+    fmt = Path(path).suffix.lstrip(".").lower()
+
+    def save(tmp: Path) -> None:
+        with _pyplot().rc_context({"pdf.fonttype": 42, "svg.fonttype": "none"}):  # text stays text
+            fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight")
+
     try:
-        return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+        return atomic_write(Path(path), save, suffix=f".tmp{Path(path).suffix}")
     finally:
         _pyplot().close(fig)
 
@@ -180,7 +200,8 @@ def _timed_profiles(profiles: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return timed, f"{fingerprint} · {first['precision']}{layout}"
 
 
-def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, out_dir: Path) -> list[Path]:
+def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, out_dir: Path,
+                     fmt: str = "png") -> list[Path]:
     """DSC (%) against GMACs, params (M) and latency (ms), one PNG per board and cost axis.
 
     GMACs are the boards' (``bench.report.join_cost``: the records' own counts, else the profile
@@ -225,7 +246,7 @@ def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, ou
             if len(points) < 1:
                 continue
             title = f"DSC vs {shown} · {_board_title(key)}{extra}"
-            written.append(_scatter(points, xlabel, title, out_dir / f"dsc_vs_{name}__{_board_slug(key)}.png"))
+            written.append(_scatter(points, xlabel, title, out_dir / f"dsc_vs_{name}__{_board_slug(key)}.{fmt}"))
     return written
 
 
@@ -233,7 +254,7 @@ def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, ou
 # per-class DSC
 
 
-def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path) -> list[Path]:
+def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path, fmt: str = "png") -> list[Path]:
     """Per-class DSC (%) box plots over test cases, one PNG per board, one box per model.
 
     Input: ``records.load(results_dir, level="case")``. A case's value is its DSC averaged over
@@ -283,7 +304,7 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path) -> list[Path]:
                                                              "all test pixels)" if pooled else ""), fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
-        written.append(_save(fig, out_dir / f"per_class_dsc__{_board_slug(key)}.png"))
+        written.append(_save(fig, out_dir / f"per_class_dsc__{_board_slug(key)}.{fmt}"))
     return written
 
 
@@ -326,7 +347,8 @@ def _epoch_curve(train: dict) -> tuple[list[float], list[float]]:
     return [per_epoch * (i + 1) for i in range(len(losses))], losses
 
 
-def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | None = None) -> list[Path]:
+def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | None = None,
+                    fmt: str = "png") -> list[Path]:
     """Train loss and learning rate against step, one PNG per board, one line per run, one colour and
     one legend entry per model (a grid of seeds × folds stays readable).
 
@@ -391,7 +413,7 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
             ax.grid(True, alpha=0.3)
         fig.legend(*ax_loss.get_legend_handles_labels(), fontsize=7, loc="outside right center")
         fig.suptitle(f"Training · {_board_title(key)}", fontsize=9)
-        written.append(_save(fig, out_dir / f"training_curves__{_board_slug(key)}.png"))
+        written.append(_save(fig, out_dir / f"training_curves__{_board_slug(key)}.{fmt}"))
     return written
 
 
@@ -410,12 +432,14 @@ def _curve_label(run: pd.Series, n_runs: int) -> str:
 
 def write_plots(results_dir: Path, out_dir: Path, *, df_runs: pd.DataFrame | None = None,
                 df_cases: pd.DataFrame | None = None, df_profiles: pd.DataFrame | None = None,
-                set_runs: pd.DataFrame | None = None, set_cases: pd.DataFrame | None = None) -> list[Path]:
+                set_runs: pd.DataFrame | None = None, set_cases: pd.DataFrame | None = None,
+                fmt: str = "png") -> list[Path]:
     """All figures of ``results_dir`` into ``out_dir``; the paths written (none for no runs).
     Frames a caller has already loaded from ``results_dir`` (``bench.report``) are reused;
     ``set_runs``/``set_cases``: the per-test-set boards' rows (``bench.report.split_test_sets``: a
     polyp set, an isic_all year, the boards compared with the papers), plotted like the others
-    except for training curves, which are their pooled runs'."""
+    except for training curves, which are their pooled runs'. ``fmt``: one of ``PLOT_FORMATS``."""
+    check_plot_format(fmt)
     from bench.cost import load_profiles
     from bench.records import load
 
@@ -430,7 +454,7 @@ def write_plots(results_dir: Path, out_dir: Path, *, df_runs: pd.DataFrame | Non
     boards_runs = df_runs if set_runs is None or set_runs.empty else pd.concat([df_runs, set_runs], ignore_index=True)
     boards_cases = df_cases if set_cases is None or set_cases.empty else pd.concat([df_cases, set_cases],
                                                                                    ignore_index=True)
-    paths = accuracy_vs_cost(boards_runs, df_profiles, out_dir)
-    paths += per_class_boxplots(boards_cases, out_dir)
-    paths += training_curves(results_dir, out_dir, df_runs)
+    paths = accuracy_vs_cost(boards_runs, df_profiles, out_dir, fmt)
+    paths += per_class_boxplots(boards_cases, out_dir, fmt)
+    paths += training_curves(results_dir, out_dir, df_runs, fmt)
     return paths

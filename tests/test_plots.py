@@ -134,6 +134,29 @@ def test_write_plots_writes_every_figure(results, tmp_path):
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
 
 
+def test_plots_for_a_paper_are_vector_files(results, tmp_path):
+    """A paper journey: the report's figures were 120-dpi PNGs only."""
+    from bench.errors import BenchError
+    from bench.report import write_report
+
+    results_dir, _ = results
+    pdfs = write_plots(results_dir, tmp_path / "pdf", fmt="pdf")
+    assert sorted(p.suffix for p in pdfs) == [".pdf"] * 5
+    assert all(p.read_bytes().startswith(b"%PDF") and b"/Type3" not in p.read_bytes() for p in pdfs)
+    (svg,) = [p for p in write_plots(results_dir, tmp_path / "svg", fmt="svg") if p.name.startswith("per_class")]
+    assert b"<svg" in svg.read_bytes()[:2000]
+    md = write_report(results_dir, out=tmp_path / "rep" / "report.md", plot_format="pdf")
+    assert f"(<report_files/per_class_dsc__{BOARD}.pdf>)" in md and (tmp_path / "rep" / "report_files").is_dir()
+    with pytest.raises(BenchError, match=r"--plot-format 'jpg': expected one of png, pdf, svg"):
+        write_plots(results_dir, tmp_path / "jpg", fmt="jpg")
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    cli = CliRunner().invoke(app, ["report", "--results", str(results_dir), "--plot-format", "jpg"])
+    assert "--plot-format 'jpg': expected one of png, pdf, svg" in str(cli.exception)  # said without --out too
+
+
 def test_accuracy_vs_cost_skips_axes_without_points(results, tmp_path):
     from bench.cost import load_profiles
     from bench.plots import accuracy_vs_cost

@@ -32,6 +32,8 @@ def report(
                                                         "(the papers' layout: their metrics, per-class DSC means, the best in bold), family, seeds, "
                                                         "params, time, cost, metrics, ci, classes, class-hd95; "
                                                         "default all")] = None,
+    plot_format: Annotated[str, typer.Option(help="with --out (Markdown): the plots as png, or pdf/svg (vector, "
+                                                  "for a paper)")] = "png",
 ) -> None:
     """Leaderboards (mean ± std over seeds, per organ) from the run records.
 
@@ -41,13 +43,16 @@ def report(
     from bench.report import parse_columns, write_report
 
     groups = parse_columns(columns)  # before anything is read
+    from bench.plots import check_plot_format
+
+    check_plot_format(plot_format)  # before anything is read, with or without --out
 
     if out is not None:  # before the plots are drawn beside it
         if out.is_dir():
             raise BenchError(f"--out {out}: is a folder; give a file name, e.g. {out / 'report.md'}")
         ensure_writable_dir(out.parent, "--out")
     text = write_report(results, format.value, out, published=published_file or published, reference=reference,
-                        models=models, datasets=dataset, columns=groups)
+                        models=models, datasets=dataset, columns=groups, plot_format=plot_format)
     if out is None:
         typer.echo(text)
     else:

@@ -109,7 +109,7 @@ def _methods(results_dir: Path, models: str | Iterable[str] | None, datasets: st
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
                  published: Path | bool | None = None, reference: str | None = None,
                  models: str | Iterable[str] | None = None, datasets: str | Iterable[str] | None = None,
-                 columns: str | Iterable[str] | None = None) -> str:
+                 columns: str | Iterable[str] | None = None, plot_format: str = "png") -> str:
     """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically.
 
     Accuracy boards show each run's own GMAC count (records written before runs counted them:
@@ -188,7 +188,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
 
                 images = Path(out).parent / f"{Path(out).stem}_files"
                 paths = write_plots(results_dir, images, df_runs=df_runs, df_cases=df_cases, df_profiles=profiles,
-                                    set_runs=set_runs, set_cases=set_cases)
+                                    set_runs=set_runs, set_cases=set_cases, fmt=plot_format)
                 if paths:
                     extra.append("## Plots\n\n" + "\n\n".join(
                         f"![{p.stem}](<{images.name}/{p.name}>)" for p in paths) + "\n")  # <>: names with spaces
