@@ -80,6 +80,23 @@ COLUMN_PRESETS = {"all": tuple(COLUMN_GROUPS), "paper": ("paper", "metrics", "cl
 PAPER_METRICS = {"classes": ("dice", "hd95", "nsd"), "binary": ("dice", "iou", "acc", "spe", "sen")}
 
 
+def paper_layout(columns: tuple[str, ...] | None) -> bool:
+    """Whether ``columns`` (``parse_columns``') hold the ``paper`` preset's mark."""
+    return columns is not None and "paper" in columns
+
+
+def _paper_metrics(board: pd.DataFrame) -> tuple[str, ...]:
+    """The metrics the papers report for the board's task (``PAPER_METRICS``)."""
+    return PAPER_METRICS["binary" if board.attrs.get("binary") else "classes"]
+
+
+def board_title(dataset: str, protocol: str, version: int, protocol_hash: str, overrides: str, policy: str) -> str:
+    """A board's title, as captions and the Methods text head it: "synapse · protocol synapse v1 (hash) ·
+    policy legacy-synapse", with "· OFF-PROTOCOL (<overrides>)" where the runs set some."""
+    off = f" · OFF-PROTOCOL ({overrides})" if overrides else ""
+    return f"{dataset} · protocol {protocol} v{version} ({protocol_hash}){off} · policy {policy}"
+
+
 def parse_columns(text: str | Iterable[str] | None) -> tuple[str, ...] | None:
     """``--columns``: a comma list (or a list) of ``COLUMN_GROUPS`` and presets (``all``, ``paper``: the
     metrics and per-class DSC, as the papers' tables) -> groups; None (all) for None. BenchError naming
@@ -150,7 +167,7 @@ def _display_table(board: pd.DataFrame, columns: tuple[str, ...] | None = None) 
             group[ci] = "ci"
     if columns is not None:
         out = out[[c for c in out.columns if c == "Model" or group[c] in columns]]
-    if columns is not None and "paper" in columns:
+    if paper_layout(columns):
         out = _paper_table(board, out, heads)
     return out
 
@@ -159,9 +176,8 @@ def _paper_table(board: pd.DataFrame, shown: pd.DataFrame, heads: dict[str, str]
     """``--columns paper``: the metrics the papers report for such a board (``PAPER_METRICS``), the
     per-class cells as means, and ``shown.attrs["best"]``: per column, the rows holding its best mean
     (HD95 under a policy scoring misses 0: among models that missed no structure, whose 0 is the rule's)."""
-    kind = "binary" if board.attrs.get("binary") else "classes"
-    shown = shown.drop(columns=[h for c, h in heads.items() if c in METRICS and c not in PAPER_METRICS[kind]
-                                and h in shown])
+    paper = _paper_metrics(board)
+    shown = shown.drop(columns=[h for c, h in heads.items() if c in METRICS and c not in paper and h in shown])
     best: dict[str, list[int]] = {}
     for col, head in heads.items():
         if head not in shown:
@@ -200,13 +216,14 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None = None) -> tuple[str, str]:
-    """(title, note) of a board; the note explains the ``columns`` shown (None: all)."""
+def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None = None,
+             table: pd.DataFrame | None = None) -> tuple[str, str]:
+    """(title, note) of a board; the note explains the ``columns`` shown (None: all). ``table``: its
+    ``_display_table`` where the caller has it (the paper layout's note says what it set in bold)."""
     shown = lambda group: _shows(columns, group)  # noqa: E731
     a = board.attrs
-    off = f" · OFF-PROTOCOL ({a['overrides']})" if a["overrides"] else ""
-    protocol = f"{a['protocol_name']} v{a['protocol_version']} ({a['protocol_hash']})"
-    title = f"{key.dataset} · protocol {protocol}{off} · policy {key.policy}"
+    title = board_title(key.dataset, a["protocol_name"], a["protocol_version"], a["protocol_hash"], a["overrides"],
+                        key.policy)
     seeds = _joined(board["n_seeds"])
     cases = "/".join(sorted({c for c in board["n_cases"] if c})) or "?"
     units = a.get("hd95_units", [])
@@ -227,7 +244,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
            if any(shown(g) for g in ("metrics", "classes", "class-hd95", "ci")) else "")
     )
     if shown("metrics"):
-        note += _metric_names_note(key, board, paper=columns is not None and "paper" in columns)
+        note += _metric_names_note(key, board, paper=paper_layout(columns))
     if CV_LABEL in key.dataset:
         folds = sorted(set(board["fold_set"]))
         note = note.replace("over seeds: ", "over runs, one per seed and fold (each fold tests other cases, so the "
@@ -286,10 +303,11 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
                  "models' number" + ("." if single else f"; the spread between "
                                          f"{'runs' if CV_LABEL in key.dataset else 'seeds'} is the ± std, not part "
                                          "of the CI."))
-    if columns is not None and "paper" in columns:
+    if paper_layout(columns):
         hd = (" (HD95 among the models that missed no structure)" if _misses_score_zero(key.policy)
               and "hd95_mean" in board and board["n_missed"].gt(0).any() else "")
-        said = ([f"Bold: each column's best mean{hd}"] if _display_table(board, columns).attrs.get("best") else []) \
+        table = _display_table(board, columns) if table is None else table
+        said = ([f"Bold: each column's best mean{hd}"] if table.attrs.get("best") else []) \
             + ([] if single else ["per-class cells are means"])
         if said:
             text = "; ".join(said)
@@ -299,10 +317,9 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
 
 def _percent_names(board: pd.DataFrame, columns: tuple[str, ...] | None) -> str:
     """The metrics in % a board's caption names: those ``--columns paper`` keeps, else all of them."""
-    if columns is None or "paper" not in columns:
+    if not paper_layout(columns):
         return "DSC, mIoU, Acc, Spe, Sen"
-    kind = "binary" if board.attrs.get("binary") else "classes"
-    shown = [m for m in PAPER_METRICS[kind] if m in METRICS and METRICS[m][1] and f"{m}_mean" in board]
+    shown = [m for m in _paper_metrics(board) if m in METRICS and METRICS[m][1] and f"{m}_mean" in board]
     return ", ".join(METRICS[m][0] for m in shown)
 
 
@@ -330,8 +347,8 @@ def _render_md(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...] | 
         return "No finished runs found.\n"
     parts = []
     for key, board in boards.items():
-        title, note = _caption(key, board, columns)
         shown = _display_table(board, columns)
+        title, note = _caption(key, board, columns, shown)
         align = [_align(c) for c in shown.columns]
         parts.append(f"## {title}\n\n{note}\n\n{_md_table(shown, align)}\n")
     return "\n".join(parts)
@@ -343,8 +360,8 @@ def _render_latex(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...]
              " names outside Latin-1 need xelatex or lualatex. bench report --columns paper keeps the papers' columns."]
     labels: collections.Counter = collections.Counter()
     for key, board in boards.items():
-        title, note = _caption(key, board, columns)
         table = _display_table(board, columns)
+        title, note = _caption(key, board, columns, table)
         if "Folds" in table:  # a range of folds ("0-4") takes an en dash
             table["Folds"] = table["Folds"].str.replace(r"(?<=\d)-(?=\d)", "–", regex=True)
         spec = "".join(_align(c)[0] for c in table.columns)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.records import finished, load, read_record, select_runs, short_commit, split_fold
-from bench.report.board_text import _fmt_duration
+from bench.report.board_text import _fmt_duration, board_title
 from bench.report.boards import _binary_task, _code_versions
 from bench.report.labels import _overrides_text, _tiny_changes, _tiny_config, label_runs
 
@@ -54,9 +54,8 @@ def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
 def _board(group: pd.DataFrame, recs: list[dict], results_dir: Path) -> str:
     first = recs[0]
     proto = first["protocol"]
-    off = f" · OFF-PROTOCOL ({_overrides_text(json.dumps(proto['overrides']))})" if proto["off_protocol"] else ""
-    title = (f"{group['board_dataset'].iloc[0]} · protocol {proto['name']} v{proto['version']} ({proto['hash']})"
-             f"{off} · policy {first['policy']}")
+    title = board_title(group["board_dataset"].iloc[0], proto["name"], proto["version"], proto["hash"],
+                        _overrides_text(json.dumps(proto["overrides"])), first["policy"])
     labels = list(group["model_label"])
     paragraphs = [_models(labels, recs), _training(labels, recs), _evaluation(recs, results_dir),
                   _environment(labels, recs, group)]
@@ -111,10 +110,16 @@ def _recipe(rec: dict) -> dict:
 # ------------------------------------------------------------------------------------------ models
 
 
-def _models(labels: list[str], recs: list[dict]) -> str:
+def _by_label(labels: list[str], recs: list[dict]) -> dict[str, list[dict]]:
+    """A board's records per row label, in the board's order."""
     by_label: dict[str, list[dict]] = {}
     for label, rec in zip(labels, recs):
         by_label.setdefault(label, []).append(rec)
+    return by_label
+
+
+def _models(labels: list[str], recs: list[dict]) -> str:
+    by_label = _by_label(labels, recs)
     return "**Models.** " + " ".join(_model(label, runs) for label, runs in by_label.items())
 
 
@@ -308,10 +313,7 @@ def _seeds(labels: list[str], recs: list[dict]) -> str:
         folds = sorted({f for r in runs if (f := split_fold(r["split"])) is not None})
         return ", ".join(map(str, seeds)) + (f", folds {', '.join(map(str, folds))}" if folds else "")
 
-    by_label: dict[str, list[dict]] = {}
-    for label, rec in zip(labels, recs):
-        by_label.setdefault(label, []).append(rec)
-    each = {label: of(runs) for label, runs in by_label.items()}
+    each = {label: of(runs) for label, runs in _by_label(labels, recs).items()}
     if len(set(each.values())) == 1:
         shown = next(iter(each.values()))
         return f"Seed{'s' * (',' in shown.split(', folds')[0])} {shown}"
@@ -456,11 +458,11 @@ def _resumes(recs: list[dict]) -> str:
 
 
 def _train_time(labels: list[str], recs: list[dict]) -> str:
-    by_label: dict[str, list[float]] = {}
-    for label, rec in zip(labels, recs):
-        if not rec.get("weights") and isinstance(rec["train"].get("time_s"), (int, float)):
-            by_label.setdefault(label, []).append(rec["train"]["time_s"])
-    if not by_label:
+    timed = {label: [r["train"]["time_s"] for r in runs
+                     if not r.get("weights") and isinstance(r["train"].get("time_s"), (int, float))]
+             for label, runs in _by_label(labels, recs).items()}
+    timed = {label: ts for label, ts in timed.items() if ts}
+    if not timed:
         return ""
-    times = ", ".join(f"{label} {_fmt_duration(statistics.mean(ts))}" for label, ts in by_label.items())
+    times = ", ".join(f"{label} {_fmt_duration(statistics.mean(ts))}" for label, ts in timed.items())
     return f"Training time per run (mean wall-clock of the training loop, resumes included): {times}."

@@ -14,7 +14,7 @@ from bench.errors import BenchError
 from bench.records import finished, load, select_runs
 from bench.names import name_list
 from bench.fileio import atomic_write_text
-from bench.report.board_text import _check_columns, _check_format, _render, _shows, render_cases
+from bench.report.board_text import _check_columns, _check_format, _render, _shows, paper_layout, render_cases
 from bench.report.boards import _boards
 from bench.report.costs import render_cost_latex, render_cost_md
 from bench.report.formats import ReportFormat
@@ -58,7 +58,7 @@ def _with_cost_latex(text: str, fmt: ReportFormat, profiles: pd.DataFrame | None
     ``columns`` leaves the cost out."""
     if fmt != ReportFormat.latex or profiles is None or profiles.empty or not _shows(columns, "cost"):
         return text
-    cost = render_cost_latex(profiles, paper=columns is not None and "paper" in columns)
+    cost = render_cost_latex(profiles, paper=paper_layout(columns))
     return text.rstrip("\n") + "\n\n" + cost + "\n" if cost else text
 
 
