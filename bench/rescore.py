@@ -115,8 +115,8 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
         raise BenchError(f"run {rec['run_id']}: its {split} split of {root} now holds other cases than "
                          f"the {len(scored)} it was scored on, so cases the model trained on could be {what}")
     recorded = rec.get("data_id")  # absent in older records, empty for runs identified by their data's path
-    made = synthetic_identity(root)
-    if recorded and recorded not in ({made} if made else data_ids(dataset, policy or rec["policy"])):
+    if recorded and recorded not in (data_roots or DataRoots()).ids(rec["dataset"], root, records.split_fold(split),
+                                                                    policy or rec["policy"], dataset):
         raise BenchError(f"run {rec['run_id']}: the data at {root} changed since it was scored (files, sizes or "
                          f"content differ), so it cannot be {what} on it")
     # the statistics its images were normalised with in training, not ones drawn from the data as it is now
@@ -155,7 +155,8 @@ def other_device_warning(recs: list[dict[str, Any]], device: torch.device, what:
 class DataRoots:
     """Where runs' data may be now (``--data-root``, repeatable: a results folder copied to another
     machine, the data moved): a run takes the folder that holds the very data it was scored on, by
-    its record's ``data_id``. Each folder is read once per dataset kind, fold and policy."""
+    its record's ``data_id``. Each folder's ids (``ids``) are read once per dataset kind, fold and
+    policy, its runs' recorded folders too: one command's runs on one dataset hash it once."""
 
     def __init__(self, paths: list[Path | str] | tuple = ()):
         self.paths = [Path(p).expanduser() for p in paths]
@@ -164,19 +165,25 @@ class DataRoots:
                 raise BenchError(f"--data-root {path}: not a folder; give the folder the data was moved to")
         self._ids: dict[tuple, set[str]] = {}
 
+    def ids(self, kind: str, path: Path, fold: int | None, policy: str,
+            dataset: SegDataset | None = None) -> set[str]:
+        """The ids a run's record may name the data at ``path`` by: its synthetic identity, else
+        ``data_ids`` (of ``dataset`` where the caller opened it)."""
+        key = (kind, Path(path).resolve(), fold, policy)
+        if key not in self._ids:
+            made = synthetic_identity(path)
+            self._ids[key] = {made} if made else data_ids(dataset or open_dataset(kind, path, fold), policy)
+        return self._ids[key]
+
     def find(self, rec: dict[str, Any], policy: str) -> Path | None:
         """The first folder holding ``rec``'s data; None where none does or the record names no data id."""
         recorded, fold = rec.get("data_id"), records.split_fold(rec["split"])
         for path in self.paths if recorded else ():
-            key = (rec["dataset"], path, fold, policy)
-            if key not in self._ids:
-                made = synthetic_identity(path)
-                try:
-                    self._ids[key] = {made} if made else data_ids(open_dataset(rec["dataset"], path, fold), policy)
-                except BenchError:  # another dataset's folder, given for other runs
-                    self._ids[key] = set()
-            if recorded in self._ids[key]:
-                return path
+            try:
+                if recorded in self.ids(rec["dataset"], path, fold, policy):
+                    return path
+            except BenchError:  # another dataset's folder, given for other runs
+                self._ids[(rec["dataset"], path.resolve(), fold, policy)] = set()
         return None
 
 
