@@ -10,14 +10,15 @@ import typer
 
 from bench.errors import BenchError
 from bench.names import name_list
-from bench.cli.options import DEFAULT_RESULTS, Device, FinishedRuns, Models, MovedData, ScoringThreads, _compute_setup
+from bench.cli.options import (DEFAULT_RESULTS, Device, FinishedRuns, Models, MovedData, RunDatasets, ScoringThreads,
+                               _compute_setup)
 
 
 def figure(
     out: Annotated[Path, typer.Option(help="the figure file: .png (200 dpi) or .pdf (vector)")],
     results: FinishedRuns = DEFAULT_RESULTS,
     models: Models = "all",
-    dataset: Annotated[Optional[str], typer.Option(help="only runs on this dataset (its reader's or data's name)")] = None,
+    dataset: RunDatasets = None,
     protocol: Annotated[Optional[str], typer.Option(help="only runs of this protocol (where several share the "
                                                          "data)")] = None,
     policy: Annotated[Optional[str], typer.Option(help="the board of this metric policy, records of bench rescore "
