@@ -92,7 +92,7 @@ def choose_runs(results_dir: Path, models: list[str] | None = None, dataset: str
         if missing:
             raise BenchError(f"--seed {seed}: no finished run of {', '.join(missing)} with that seed in {results_dir}")
         df = df[df["seed"] == seed]
-    fold = df["split"].map(lambda s: -1 if records.split_fold(s) is None else records.split_fold(s))
+    fold = df["split"].map(lambda s: -1 if (f := records.split_fold(s)) is None else f)
     df = df.assign(fold=fold)
     # the lowest fold every row has: runs of one fold share their test cases (a model lacking fold 0
     # would otherwise be shown on fold 1 beside the others' fold 0, with no case in common)
