@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.modeling import SegmentationModel
+from bench.modeling import SegmentationModel, init_linear_and_norm
 from bench.registry import register_model
 from ssm_models.vss import DropPath, PatchExpand2D, PatchMerging2D
 
@@ -206,17 +206,7 @@ class SwinTransformerSys(nn.Module):
         self.norm_up = nn.LayerNorm(embed_dim)
         self.up = PatchExpand2D(embed_dim, embed_dim, scale=4)
         self.output = nn.Conv2d(embed_dim, num_classes, 1, bias=False)
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_linear_and_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)

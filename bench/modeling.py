@@ -17,6 +17,19 @@ from torch import nn
 from bench.errors import BenchError
 
 
+def init_linear_and_norm(m: nn.Module) -> None:
+    """The Swin/VMamba initialisation: trunc-normal(0.02) Linear weights, zero biases, unit
+    LayerNorm. Bare Parameters (SS2D's stacked projections) keep their own. Use with
+    ``module.apply``."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 def size_error(name: str, img_size: int, divisor: int, why: str) -> BenchError:
     """The error for an ``img_size`` a model cannot take, with the nearest sizes it can."""
     down, up = img_size // divisor * divisor, -(-img_size // divisor) * divisor

@@ -18,23 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.modeling import SegmentationModel
+from bench.modeling import SegmentationModel, init_linear_and_norm
 from bench.registry import register_model
 from ssm_models.vss import PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSBlock
 
 __all__ = ["VMUNet", "VSSM", "load_vmamba_pretrained"]
-
-
-def _init_linear_and_norm(m: nn.Module) -> None:
-    """VSSM._init_weights: trunc-normal(0.02) Linear, unit LayerNorm. Bare Parameters (SS2D's
-    stacked projections) keep their own initialisation."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 class VSSLayer(nn.Module):
@@ -85,7 +73,7 @@ class VSSM(nn.Module):
             for i in range(len(dims))
         )
         if num_classes is None:
-            self.apply(_init_linear_and_norm)
+            self.apply(init_linear_and_norm)
             return
         dpr_dec = torch.linspace(0, drop_path_rate, sum(depths_decoder)).tolist()[::-1]
         self.layers_up = nn.ModuleList(
@@ -95,7 +83,7 @@ class VSSM(nn.Module):
         )
         self.final_up = PatchExpand2D(dims[0], dims[0] // 4, scale=4)
         self.final_conv = nn.Conv2d(dims[0] // 4, num_classes, 1)
-        self.apply(_init_linear_and_norm)
+        self.apply(init_linear_and_norm)
 
     def forward_encoder(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Returns the last stage's output and the inputs of every stage (channels-last)."""
