@@ -173,3 +173,15 @@ def test_a_tiny_key_set_back_to_the_papers_value_is_said_once(tmp_path):
     text = _methods(tmp_path, rec)
     model = text[text.index("**Models.**"):text.index("**Training.**")]
     assert "with  set" not in model and "set otherwise" in model and "widths=[" in model
+
+
+def test_a_gpu_run_names_its_tf32_and_cudnn_settings(tmp_path):
+    rec = _record()
+    rec["device"] = {"device": "cuda", "gpu": "NVIDIA H100", "cuda": "12.8", "cudnn": 91000,
+                     "tf32_cudnn": True, "tf32_matmul": False, "cudnn_deterministic": True, "cudnn_benchmark": False}
+    older = _record(seed=1)
+    older["device"] = {"device": "cuda", "gpu": "NVIDIA H100", "cuda": "12.8"}  # before the flags were kept
+    text = _methods(tmp_path, rec, older)
+    assert ("NVIDIA H100 (CUDA 12.8, cuDNN 91000, TF32 convolutions on, TF32 matmuls off, "
+            "deterministic cuDNN kernels)") in text
+    assert "NVIDIA H100 (CUDA 12.8)" in text

@@ -438,7 +438,13 @@ def _device(d: dict) -> str:
     """A device fingerprint (``env.fingerprint``, as records keep it) in words."""
     if str(d.get("device", "")).startswith("cuda"):
         cudnn = f", cuDNN {d['cudnn']}" if d.get("cudnn") else ""
-        return f"{d.get('gpu') or 'GPU'} (CUDA {d.get('cuda')}{cudnn})"
+        # what decides the last bits of a GPU's numbers, as the fingerprint kept it (older records lack it)
+        flags = [f"TF32 {what} {'on' if d[key] else 'off'}" for what, key in
+                 (("convolutions", "tf32_cudnn"), ("matmuls", "tf32_matmul")) if d.get(key) is not None]
+        if d.get("cudnn_deterministic") is not None:
+            flags.append("deterministic cuDNN kernels" if d["cudnn_deterministic"] and not d.get("cudnn_benchmark")
+                         else "autotuned cuDNN kernels" if d.get("cudnn_benchmark") else "default cuDNN kernels")
+        return f"{d.get('gpu') or 'GPU'} (CUDA {d.get('cuda')}{cudnn}{''.join(', ' + f for f in flags)})"
     threads = d.get("threads")
     return f"CPU {d.get('cpu') or '?'}" + (f", {_count(threads, 'thread')}" if threads else "")
 
