@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench import fileio
+from bench import fileio, records
 
 CLAIM = ".claim"
 REFRESH_S = 60.0  # how often a live claim's time stamp is renewed
@@ -68,7 +68,7 @@ class Claim:
 def claim_run(results_dir: Path, run_id: str) -> Claim | str:
     """This process's claim on run ``run_id``, or who holds it ("pid 123 on node7 since 2026-12-05
     03:00:00 UTC") where a live process does. A dead claim is taken over."""
-    path = Path(results_dir) / "runs" / run_id / CLAIM
+    path = records.run_dir(results_dir, run_id) / CLAIM
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(3):  # a dead claim removed, then created afresh; another taker may win the race
         try:

@@ -280,6 +280,16 @@ def records_dir(results_dir: Path) -> Path:
     return Path(results_dir) / "records"
 
 
+def runs_dir(results_dir: Path) -> Path:
+    """Where the runs of ``results_dir`` keep their weights, checkpoints and logs: one folder per run."""
+    return Path(results_dir) / "runs"
+
+
+def run_dir(results_dir: Path, run_id: str) -> Path:
+    """The folder of ``run_id`` (a rescored record shares the folder of the run it rescored)."""
+    return runs_dir(results_dir) / run_id
+
+
 def record_path(results_dir: Path, run_id: str) -> Path:
     """Where the record of ``run_id`` lives (exists once that run finished)."""
     return records_dir(results_dir) / f"{run_id}.json"
@@ -289,8 +299,8 @@ def write_record(record: Mapping[str, Any], results_dir: Path) -> Path:
     """Validate ``record`` and write it to ``results_dir/records/<run_id>.json`` atomically.
 
     Returns the path written. Raises ``BenchError`` if the record is invalid, holds ±inf, or a
-    record with the same ``run_id`` already exists (ids come from ``new_run_id``; a clash means
-    the caller reused one, and overwriting a finished run would lose it).
+    record with the same ``run_id`` already exists (ids name the run: a clash means the same run
+    finished twice, and overwriting it would lose the first).
     """
     validate_record(record)
     data = _to_json_value(record, "")

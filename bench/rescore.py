@@ -43,7 +43,7 @@ def rescore_id(run_id: str, policy: str) -> str:
 def weights_path(results_dir: Path, rec: dict[str, Any]) -> Path:
     """The checkpoint the run's record was evaluated with."""
     selected = str(rec["train"].get("selected") or "final").split("@")[0]
-    return Path(results_dir) / "runs" / rec["run_id"] / CHECKPOINT_DIR / SELECTED_CHECKPOINTS[selected]
+    return records.run_dir(results_dir, rec["run_id"]) / CHECKPOINT_DIR / SELECTED_CHECKPOINTS[selected]
 
 
 def check_weights_kept(todo: list[dict[str, Any]], results_dir: Path, verb: str) -> None:
@@ -51,8 +51,8 @@ def check_weights_kept(todo: list[dict[str, Any]], results_dir: Path, verb: str)
     without the run folders): one line instead of a FAILED line per run."""
     if len(todo) > 1 and not any(weights_path(results_dir, rec).is_file() for rec in todo):
         first = weights_path(results_dir, todo[0])
-        raise BenchError(f"none of the {len(todo)} runs has its weights under {Path(results_dir) / 'runs'} "
-                         f"(e.g. {first.relative_to(Path(results_dir) / 'runs')}), which they are {verb} from: were "
+        raise BenchError(f"none of the {len(todo)} runs has its weights under {records.runs_dir(results_dir)} "
+                         f"(e.g. {first.relative_to(records.runs_dir(results_dir))}), which they are {verb} from: were "
                          "the records copied without the runs/ folder bench run wrote beside them?")
 
 

@@ -192,7 +192,7 @@ def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: b
     done = records.record_path(results_dir, spec.key)
     if distributed.gather_objects(done.is_file() if distributed.world().main else None)[0]:  # rank 0's view
         raise BenchError(f"{spec.key}: finished already ({done}); training it again would replace the weights that "
-                         f"record was scored from: to train it again, delete {done} and {results_dir / 'runs' / spec.key} "
+                         f"record was scored from: to train it again, delete {done} and {records.run_dir(results_dir, spec.key)} "
                          "(or choose another results folder)")
     record = _run_one(spec, results_dir=results_dir, device=device, resume=resume,
                       show_progress=show_progress and distributed.world().main, on_epoch_end=on_epoch_end)
@@ -220,7 +220,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         report = load_weights(model, path, source=source)
         init = {"source": source, "file": Path(path).name, "sha256": sha,
                 **{k: (len(v) if isinstance(v, list) else v) for k, v in report.items() if k not in ("source", "path")}}
-    run_dir = results_dir / "runs" / spec.key
+    run_dir = records.run_dir(results_dir, spec.key)
     run_dir.mkdir(parents=True, exist_ok=True)
     main = distributed.world().main
     writer = _tensorboard(run_dir) if main else None
@@ -657,7 +657,7 @@ def _moved_results_roots(results_dir: Path, dataset: str, data_root: Path) -> tu
     if here.parent != (Path(results_dir) / "synthetic").resolve():
         return ()
     found = set()
-    for path in sorted((Path(results_dir) / "records").glob(f"{dataset}-*.json")):
+    for path in sorted(records.records_dir(results_dir).glob(f"{dataset}-*.json")):
         try:
             rec = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):  # records.load names a damaged record; planning is not the place
@@ -680,7 +680,7 @@ def _earlier_id(spec: RunSpec, results_dir: Path, earlier: tuple[str, ...], move
 
     for data_id in earlier:
         old = replace(spec, data_id=data_id)
-        if ((results_dir / "runs" / old.key).is_dir() or records.record_path(results_dir, old.key).is_file()
+        if (records.run_dir(results_dir, old.key).is_dir() or records.record_path(results_dir, old.key).is_file()
                 or rescored_twin(old, results_dir)):
             return old
     for path in moved:

@@ -212,3 +212,12 @@ def test_the_gpu_rng_is_kept_too_where_the_grid_is_what_starts_cuda(monkeypatch)
     with caller_rng_kept():  # a CPU grid does not start CUDA to keep a state nothing changes
         calls.append("grid")
     assert calls == ["grid"]
+
+
+def test_a_report_of_a_folder_given_as_a_string_says_nothing_finished(tmp_path):
+    from bench.report import write_report
+
+    (tmp_path / "runs" / "synapse-unet-s0").mkdir(parents=True)  # began, never finished
+    (tmp_path / "records").mkdir()
+    text = write_report(str(tmp_path), "md")  # a str crashed the "nothing finished" message
+    assert "1 run(s) began here (synapse-unet-s0)" in text

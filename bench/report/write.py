@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import finished, load, select_runs
+from bench.records import finished, load, runs_dir, select_runs
 from bench.names import name_list
 from bench.fileio import atomic_write_text
 from bench.report.board_text import _check_columns, _check_format, _render, _shows, paper_layout, render_cases
@@ -122,6 +122,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     ``columns``: the boards' ``COLUMN_GROUPS`` and presets (Markdown, LaTeX; None: all)."""
     from bench.cost import load_profiles
 
+    results_dir = Path(results_dir)
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
     if fmt == ReportFormat.methods:
         text = _methods(results_dir, models, datasets, columns=columns, reference=reference, published=published)
@@ -151,8 +152,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         if not boards and fmt == ReportFormat.md and profiles is not None and not profiles.empty:
             text = f"No finished runs in {results_dir}: the cost tables of its `bench profile` records only.\n"
         elif not boards and fmt == ReportFormat.md:  # most likely not the folder meant, or no run finished
-            begun = sorted(p.name for p in (results_dir / "runs").glob("*") if p.is_dir()) \
-                if (results_dir / "runs").is_dir() else []
+            begun = sorted(p.name for p in runs_dir(results_dir).glob("*") if p.is_dir())
             where = (f": {len(begun)} run(s) began here ({', '.join(begun[:3])}{', …' if len(begun) > 3 else ''}) and "
                      "none wrote its record (a run failed or is still training; `bench run` says why, and the same "
                      "command continues)" if begun and not (models or datasets) else
