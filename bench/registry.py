@@ -231,6 +231,12 @@ def resolve_models(spec: str | Iterable[str]) -> list[str]:
     return names
 
 
+def model_filter(spec: str | Iterable[str]) -> list[str] | None:
+    """``--models`` of a command on finished runs: None for ``"all"`` (every run, whatever model),
+    else the validated names (``resolve_models``)."""
+    return None if name_list(spec) is None else resolve_models(spec)
+
+
 def model_overrides(name: str, overrides: Mapping[str, Any] | None = None, *, tiny: bool = False) -> dict[str, Any]:
     """The constructor arguments that change ``name``'s paper configuration: its tiny configuration
     when ``tiny`` (what ``--tiny`` builds), then ``overrides`` (``--set``'s) over it."""

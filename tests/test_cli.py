@@ -254,6 +254,15 @@ def test_repeated_models_and_seeds_plan_each_run_once(tmp_path):
     assert "bench run: 1 run(s)" in proc.stdout and "skipped" not in proc.stdout
     assert "\n\n" not in proc.stdout  # progress bars (on by default) draw nothing into a pipe, not even a line
 
+
+def test_models_all_of_a_command_on_finished_runs_is_read_as_bench_run_reads_it():
+    from bench.registry import model_filter
+
+    assert model_filter("all") is model_filter("all,") is model_filter([" all"]) is None  # "all," was a model name
+    assert model_filter("unet, vmunet") == ["unet", "vmunet"]
+    with pytest.raises(BenchError, match="unknown model 'unt'"):
+        model_filter("unt")
+
 def test_warnings_are_one_line_each_and_shown_once(tmp_path):
     """Swin-Unet at 64² warns about its window where the grid is planned and again where the run
     builds the model: the user sees it once, as one line, without Python's source line."""

@@ -42,7 +42,7 @@ def figure(
     from bench.env import resolve_device
     from bench.figure import case_dsc, check_out, choose_cases, choose_runs, draw_figure, figure_panels
     from bench.fileio import ensure_writable_dir
-    from bench.registry import resolve_models
+    from bench.registry import model_filter
     from bench.rescore import DataRoots, other_device_warning
 
     check_out(out)
@@ -53,7 +53,7 @@ def figure(
         raise BenchError("--cases names the rows and --n-cases counts them: give one of the two")
     _compute_setup(threads)
     dev = resolve_device(device.value)
-    columns = choose_runs(results, None if models == "all" else resolve_models(models), dataset, seed, protocol,
+    columns = choose_runs(results, model_filter(models), dataset, seed, protocol,
                           policy)
     asked = 3 if n_cases is None else n_cases
     ids = choose_cases([case_dsc(c.rec) for c in columns], wanted, asked)

@@ -197,7 +197,7 @@ def rescore(
     Example: bench rescore --policy strict --results results
     """
     from bench.env import resolve_device
-    from bench.registry import resolve_models
+    from bench.registry import model_filter
     from bench.protocol import load_protocol
     from bench.records import record_path, scores_text
     from bench.fileio import ensure_writable_dir
@@ -209,7 +209,7 @@ def rescore(
     dev = resolve_device(device.value)
     if protocol is not None:  # a broken file: one error before anything is scored
         load_protocol(protocol, earlier=True)
-    todo = plan_rescore(results, policy, None if models == "all" else resolve_models(models), dataset)
+    todo = plan_rescore(results, policy, model_filter(models), dataset)
     if todo:  # before anything is scored: a read-only or full folder failed after the first evaluation
         ensure_writable_dir(results / "records")
     if note := other_device_warning(todo, dev, "rescored"):
@@ -261,7 +261,7 @@ def predict(
     from bench.predict import plan_predict, predict_run
     from bench.protocol import load_protocol
     from bench.fileio import ensure_writable_dir
-    from bench.registry import resolve_models
+    from bench.registry import model_filter
     from bench.rescore import DataRoots, check_weights_kept, other_device_warning
 
     _compute_setup(threads)
@@ -269,7 +269,7 @@ def predict(
     dev = resolve_device(device.value)
     if protocol is not None:  # a broken file: one error before anything is written
         load_protocol(protocol, earlier=True)
-    todo = plan_predict(results, None if models == "all" else resolve_models(models), run, dataset)
+    todo = plan_predict(results, model_filter(models), run, dataset)
     check_weights_kept(todo, results, "predicted")
     ensure_writable_dir(out, "--out")
     if note := other_device_warning(todo, dev, "predicted"):
