@@ -93,18 +93,20 @@ _CONTRACTION = re.compile(r"^(_?convolution|conv\d?d|conv_transpose\dd|mkldnn_.*
 
 
 @contextlib.contextmanager
-def _counting():
+def _counting(model: nn.Module):
     """What every count (ours, fvcore's, thop's) runs under, so it depends on the architecture alone: the scan on the CPU
     backend (the compiled kernel, else the torch one), whose calls the counters see as one op
     (bench.cost's formula; fvcore's handle) whatever BENCH_SCAN_BACKEND says; and PyTorch's fused
     attention fast path off (nn.MultiheadAttention / nn.TransformerEncoderLayer in eval without grad
-    run one fused op no counter has a formula for; the decomposed path is plain matmuls)."""
+    run one fused op no counter has a formula for; the decomposed path is plain matmuls). A model
+    whose class runs no scan (``uses_selective_scan``) gets the torch backend, which counts the same
+    and needs no compiled kernel: a UNet's first run waited for the kernel's build."""
     from ssm_models.scan import available_backends, use_backend
 
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with use_backend(available_backends("cpu")[0]):
+        with use_backend(available_backends("cpu")[0] if getattr(model, "uses_selective_scan", False) else "torch"):
             yield
     finally:
         torch.backends.mha.set_fastpath_enabled(fast)
@@ -148,7 +150,7 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> FlopCount:
     recorder, counter = _OpRecorder(), FlopCounterMode(display=False, custom_mapping=custom)
     try:
         # one forward: the recorder (innermost mode) sees each op first and passes it on to the counter
-        with torch.no_grad(), _counting(), counter, recorder:
+        with torch.no_grad(), _counting(model), counter, recorder:
             model(x)
     finally:
         model.train(was_training)
@@ -192,7 +194,7 @@ def fvcore_macs(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
 
     model = copy.deepcopy(model).cpu().eval()
     x = x.cpu()
-    with torch.no_grad(), _counting(), warnings.catch_warnings():
+    with torch.no_grad(), _counting(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fca = FlopCountAnalysis(model, x)
         for fn in ("_CpuScan", "_TorchScan"):
@@ -214,7 +216,7 @@ def paper_count(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     muted = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        with torch.no_grad(), _counting(), contextlib.redirect_stdout(io.StringIO()):
+        with torch.no_grad(), _counting(model), contextlib.redirect_stdout(io.StringIO()):
             macs, params = thop.profile(model, inputs=(x,), verbose=False)
     finally:
         logging.disable(muted)

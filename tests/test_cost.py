@@ -115,6 +115,23 @@ def test_counts_do_not_depend_on_the_scan_backend_asked_for(monkeypatch):
         assert cost.run_counts("vmunet", build, (64, 64))["paper_macs"] == paper["paper_macs"]
 
 
+def test_a_model_without_a_scan_is_counted_without_building_the_scan_kernel(monkeypatch):
+    """A UNet's first run on a machine waited some 15 s for the compiled scan kernel, only to count
+    its FLOPs; the torch backend a model that says it runs no scan is counted under counts the same."""
+    from ssm_models import scan
+
+    build = lambda name: {"num_classes": 9, "in_chans": 3, "img_size": 32, **dict(get_entry(name).tiny)}  # noqa: E731
+    expected = cost.run_counts("unet", build("unet"), (32, 32))
+
+    def no_build():
+        raise AssertionError("the scan kernel was loaded")
+
+    monkeypatch.setattr(scan, "_load_extension", no_build)
+    assert cost.run_counts("unet", build("unet"), (32, 32)) == expected
+    with pytest.raises(AssertionError, match="the scan kernel was loaded"):  # a model that scans still asks for it
+        cost.run_counts("vmunet", build("vmunet"), (32, 32))
+
+
 def test_the_ref_scan_is_never_timed(monkeypatch):
     """The sequential oracle's latency would sit in a cost table as the model's speed: a profile
     under BENCH_SCAN_BACKEND=ref counts but does not time models that scan; others it times."""
