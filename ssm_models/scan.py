@@ -45,6 +45,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -91,11 +92,12 @@ def _cpu_signature() -> str:
 
 
 def _build_dir() -> Path:
-    """One directory per (kernel source, flags, torch, Python, compiler, CPU): a cached binary is
-    only ever loaded into the setup that built it, and two checkouts or venvs sharing the cache
-    never rebuild over each other."""
+    """One directory per (kernel source and its path, flags, torch, Python, compiler, CPU): a cached
+    binary is only ever loaded into the setup that built it, and two checkouts or venvs sharing the
+    cache never rebuild over each other (ninja's files name the source's path: one directory for two
+    checkouts rebuilt it whenever the other had built)."""
     key = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), " ".join(_CFLAGS), torch.__version__, torch.__file__, sys.version,
+    for part in (_SOURCE.read_bytes(), str(_SOURCE.resolve()), " ".join(_CFLAGS), torch.__version__, torch.__file__, sys.version,
                  sysconfig.get_paths()["include"], os.environ.get("CXX", "c++"), platform.machine(),
                  _cpu_signature()):
         key.update(part if isinstance(part, bytes) else part.encode())
@@ -190,19 +192,62 @@ def _venv_ninja_first():
             os.environ["PATH"] = old
 
 
+def _lock_held(lock: Path) -> bool | None:
+    """Whether a live process has ``lock`` open (torch's FileBaton keeps it open from creating it to
+    removing it); None where that cannot be seen (no /proc, or a process of the lock's owner unreadable)."""
+    try:
+        owner, target = lock.stat().st_uid, os.path.realpath(lock)
+        pids = [p for p in Path("/proc").iterdir() if p.name.isdigit()]
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    if not pids:
+        return None
+    for pid in pids:
+        try:
+            if pid.stat().st_uid != owner:
+                continue
+            fds = list((pid / "fd").iterdir())
+        except FileNotFoundError:  # it exited meanwhile
+            continue
+        except OSError:
+            return None
+        for fd in fds:
+            try:
+                if os.readlink(fd) == target:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 def _wait_for_build_lock(lock: Path) -> None:
-    """Wait while another process builds into this directory; remove its lock once it is older than
-    ``_STALE_LOCK_S`` (a killed build leaves it). torch's own wait has no end: a process that found
-    a killed build's lock still young waited for ever."""
+    """Wait while another process builds into this directory. A lock nobody holds open was left by a
+    killed build: removed at once (a killed run's next command slept 10 min in silence); where that
+    cannot be seen, once older than ``_STALE_LOCK_S``. torch's own wait has no end. A wait of more
+    than a few seconds is said."""
+    start, next_look, said = time.monotonic(), 0.0, False
     while True:
         try:
-            age = time.time() - lock.stat().st_mtime
+            seen = lock.stat()
         except FileNotFoundError:
             return
-        if age > _STALE_LOCK_S:
-            lock.unlink(missing_ok=True)
-            return
-        time.sleep(min(0.1, _STALE_LOCK_S - age + 0.01))  # as torch polls its baton
+        if time.monotonic() >= next_look:  # about once a second: the look reads /proc
+            next_look = time.monotonic() + 1.0
+            if time.time() - seen.st_mtime > _STALE_LOCK_S or _lock_held(lock) is False:
+                try:  # only the lock looked at: another waiter may have removed it and begun its build
+                    if lock.stat().st_ino == seen.st_ino:
+                        lock.unlink()
+                except FileNotFoundError:
+                    pass
+                return
+            if not said and time.monotonic() - start > 5:
+                said = True
+                warnings.warn(f"waiting for another process's build of the selective-scan kernel ({lock}); a "
+                              f"lock left by a killed build is removed (at once, or after {_STALE_LOCK_S // 60:.0f} "
+                              "min where its process cannot be seen)", stacklevel=2)
+        time.sleep(0.1)  # as torch polls its baton
 
 
 def _mamba_ops():

@@ -536,23 +536,39 @@ def test_kernel_results_do_not_depend_on_the_vector_width(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(narrow, default))
 
 
-def test_a_killed_builds_lock_is_waited_out_not_for_ever(tmp_path, monkeypatch):
-    """A build killed mid-way leaves its lock; a process that found it young waited in torch's
-    endless wait (a CI run hung). Now: wait while a live build holds it, remove it once stale."""
+def test_a_killed_builds_lock_is_removed_and_a_live_one_waited_for(tmp_path, monkeypatch):
+    """A build killed mid-way leaves its lock; a process that found it waited in torch's endless
+    wait (a CI run hung), then 10 min in silence. Now: a lock nobody holds open goes at once, a live
+    build's (its baton keeps the file open) is waited for, and where holders cannot be seen, the lock
+    goes once stale."""
+    import os
     import threading
     import time
 
-    monkeypatch.setattr(scan, "_STALE_LOCK_S", 0.5)
     lock = tmp_path / "lock"
-    lock.touch()  # young, and nobody will remove it
+    lock.touch()  # a killed build's: no process has it open
     t0 = time.monotonic()
     scan._wait_for_build_lock(lock)
-    assert not lock.exists() and 0.4 < time.monotonic() - t0 < 5
-    lock.touch()  # a live build that finishes after 0.1 s
-    threading.Timer(0.1, lock.unlink).start()
+    assert not lock.exists() and time.monotonic() - t0 < 2
+
+    fd = os.open(lock, os.O_CREAT | os.O_EXCL)  # as torch's FileBaton takes it: open until released
+    assert scan._lock_held(lock) is True
+
+    def release():
+        os.close(fd)
+        lock.unlink()
+
+    threading.Timer(1.5, release).start()  # past the first look, which must see it held
     t0 = time.monotonic()
     scan._wait_for_build_lock(lock)
-    assert time.monotonic() - t0 < 0.45
+    assert 1.4 < time.monotonic() - t0 < 10
+
+    monkeypatch.setattr(scan, "_lock_held", lambda _: None)  # no /proc: its age decides
+    monkeypatch.setattr(scan, "_STALE_LOCK_S", 1.5)
+    lock.touch()
+    t0 = time.monotonic()
+    scan._wait_for_build_lock(lock)
+    assert not lock.exists() and 1.4 < time.monotonic() - t0 < 10
     scan._wait_for_build_lock(lock)  # no lock: no wait
 
 
