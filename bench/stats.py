@@ -34,7 +34,6 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from bench import metrics
 from bench.errors import BenchError
@@ -174,7 +173,9 @@ def rank_biserial(diff) -> float:
     d = d[d != 0]
     if d.size == 0:
         return 0.0  # every pair tied
-    ranks = sps.rankdata(np.abs(d))
+    from scipy.stats import rankdata  # in the functions: a board's intervals need none of it (0.5 s of import)
+
+    ranks = rankdata(np.abs(d))
     plus, minus = ranks[d > 0].sum(), ranks[d < 0].sum()
     return float((plus - minus) / (plus + minus))
 
@@ -210,6 +211,8 @@ def paired_tests(df_cases: pd.DataFrame, reference: str, metrics=("dice", "hd95"
     difference of the board's numbers over the shared cases and the paired permutation test's p
     (``permutation_p``); effect size NaN. ``reference`` is a board row's label or a model's name
     standing for its one row; no rows where it has no runs on the board."""
+    from scipy.stats import wilcoxon
+
     df_cases = one_board(df_cases)
     reference = reference_label(df_cases, reference)
     pooled = policy is not None and _pooled(policy)
@@ -242,8 +245,8 @@ def paired_tests(df_cases: pd.DataFrame, reference: str, metrics=("dice", "hd95"
             if len(diff) == 0 or np.all(diff == 0):
                 p = math.nan if len(diff) == 0 else 1.0
             else:
-                p = float(sps.wilcoxon(pair[model], pair[reference], zero_method="wilcox",
-                                       alternative="two-sided").pvalue)
+                p = float(wilcoxon(pair[model], pair[reference], zero_method="wilcox",
+                                   alternative="two-sided").pvalue)
             rows.append({"model": model, "reference": reference, "metric": metric, "n_cases": len(diff),
                          "mean_diff": float(diff.mean()) if len(diff) else math.nan,
                          "effect_size": rank_biserial(better), "test": "wilcoxon", "p": p})
@@ -318,6 +321,8 @@ def rank_stability(df_cases: pd.DataFrame, metric: str, policy: str, *, n_boot: 
     every model has, plus its bootstrap distribution: the share of resamples in which it ranks
     first, and the 95% rank interval (NaN where no resample has every model's statistic defined).
     Models whose statistic is NaN are left out; so are resamples where some model's is."""
+    from scipy.stats import rankdata
+
     df_cases = one_board(df_cases)
     per_model = df_cases.groupby("model_label")["case"].agg(set)  # rows, not values: strict's NaN counts
     cases = pd.Index(sorted(set.intersection(*per_model))) if len(per_model) else pd.Index([])
@@ -328,7 +333,7 @@ def rank_stability(df_cases: pd.DataFrame, metric: str, policy: str, *, n_boot: 
     sign = 1.0 if metric in LOWER_IS_BETTER else -1.0  # rank ascending on sign * value
 
     def rank_of(m):
-        return sps.rankdata(sign * m, method="min", axis=-1)
+        return rankdata(sign * m, method="min", axis=-1)
 
     values = policy_statistic(df_cases, metric, policy, _resample_weights(len(cases), n_boot, seed), cases)[models]
     defined = values.to_numpy()[values.notna().all(axis=1).to_numpy()]

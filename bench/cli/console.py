@@ -56,7 +56,6 @@ def _main() -> None:
 
     if not os.environ.get("BENCH_DEBUG"):
         warnings.showwarning = _show_warning
-    from bench import distributed
     from bench.cli import app  # the package, which imports this module, registers the commands on it
 
     try:
@@ -65,29 +64,29 @@ def _main() -> None:
         if os.environ.get("BENCH_DEBUG"):  # the traceback, then the same line and exit code as without it
             traceback.print_exc()
         line = f"error: {one_line(exc)}"
-        if not distributed.note_error(line):  # kept for `bench run --nproc`'s launcher, else said here
+        if not _distributed().note_error(line):  # kept for `bench run --nproc`'s launcher, else said here
             _echo_err(line)
         sys.exit(2)
     except UsageError as exc:  # a value outside an option's choices, a missing or unknown option
         if os.environ.get("BENCH_DEBUG"):
             traceback.print_exc()
         line = f"error: {_usage_line(exc)}"
-        if not distributed.note_error(line):
+        if not _distributed().note_error(line):
             _echo_err(line)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         code = 130
     except Exception as exc:
         # a collective failing because another process died: that one's line (or the launcher's) tells
-        if not distributed.lost_peer(exc) or os.environ.get("BENCH_DEBUG"):
+        if not _distributed().lost_peer(exc) or os.environ.get("BENCH_DEBUG"):
             raise
         line = f"error: another process of this run is gone ({' '.join(str(exc).split())[:200]})"
-        if not distributed.note_error(line):
+        if not _distributed().note_error(line):
             _echo_err(line)
-        distributed.orphaned()
-        sys.exit(distributed.LOST_PEER_EXIT)
-    if code == 130 and distributed.launched_by_bench():
-        if distributed.orphaned() and distributed.rank_from_env() == 0:  # the launcher was killed: none says it
+        _distributed().orphaned()
+        sys.exit(_distributed().LOST_PEER_EXIT)
+    if code == 130 and _distributed().launched_by_bench():
+        if _distributed().orphaned() and _distributed().rank_from_env() == 0:  # the launcher was killed: none says it
             _echo_err("interrupted: the launcher is gone; the same command with --resume continues from the last "
                       "checkpoint")
         sys.exit(code)  # the launcher says it, once
@@ -95,6 +94,14 @@ def _main() -> None:
         _echo_err("interrupted; the same command continues (bench run: with --resume, from each run's last "
                   "checkpoint, written every checkpoint_every epochs of its protocol)")
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _distributed():
+    """bench.distributed, imported where an error or an interrupt asks it whether a launcher started
+    this process: it brings torch (1-2 s), which --help and commands that load no model need not wait for."""
+    from bench import distributed
+
+    return distributed
 
 
 def _interrupt(signum, frame) -> None:
