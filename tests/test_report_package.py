@@ -15,6 +15,15 @@ def test_importing_the_cli_loads_no_pandas():
     assert out.strip() == "False"
 
 
+def test_help_and_a_usage_error_load_no_torch():
+    """The console entry point imported bench.distributed (torch, 1-2 s) before parsing anything."""
+    code = ("import sys; from bench.cli.console import main; sys.argv = ['bench'] + sys.argv[1:]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    print(e.code, 'torch' in sys.modules)")
+    for args, code_expected in ((["--help"], 0), (["run", "--modls", "x"], 2)):
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True).stdout
+        assert out.splitlines()[-1] == f"{code_expected} False", out
+
+
 def test_every_reexported_name_is_its_submodules_object():
     import pkgutil
 

@@ -9,6 +9,7 @@ import sys
 import traceback
 import threading
 import warnings
+from typing import Any
 
 import typer
 
@@ -64,29 +65,31 @@ def _main() -> None:
         if os.environ.get("BENCH_DEBUG"):  # the traceback, then the same line and exit code as without it
             traceback.print_exc()
         line = f"error: {one_line(exc)}"
-        if not _distributed().note_error(line):  # kept for `bench run --nproc`'s launcher, else said here
+        if not _note_error(line):  # kept for `bench run --nproc`'s launcher, else said here
             _echo_err(line)
         sys.exit(2)
     except UsageError as exc:  # a value outside an option's choices, a missing or unknown option
         if os.environ.get("BENCH_DEBUG"):
             traceback.print_exc()
         line = f"error: {_usage_line(exc)}"
-        if not _distributed().note_error(line):
+        if not _note_error(line):
             _echo_err(line)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         code = 130
     except Exception as exc:
         # a collective failing because another process died: that one's line (or the launcher's) tells
-        if not _distributed().lost_peer(exc) or os.environ.get("BENCH_DEBUG"):
+        distributed = _launched()
+        if distributed is None or not distributed.lost_peer(exc) or os.environ.get("BENCH_DEBUG"):
             raise
         line = f"error: another process of this run is gone ({' '.join(str(exc).split())[:200]})"
-        if not _distributed().note_error(line):
+        if not _note_error(line):
             _echo_err(line)
-        _distributed().orphaned()
-        sys.exit(_distributed().LOST_PEER_EXIT)
-    if code == 130 and _distributed().launched_by_bench():
-        if _distributed().orphaned() and _distributed().rank_from_env() == 0:  # the launcher was killed: none says it
+        distributed.orphaned()
+        sys.exit(distributed.LOST_PEER_EXIT)
+    distributed = _launched()
+    if code == 130 and distributed is not None and distributed.launched_by_bench():
+        if distributed.orphaned() and distributed.rank_from_env() == 0:  # the launcher was killed: none says it
             _echo_err("interrupted: the launcher is gone; the same command with --resume continues from the last "
                       "checkpoint")
         sys.exit(code)  # the launcher says it, once
@@ -96,12 +99,17 @@ def _main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _distributed():
-    """bench.distributed, imported where an error or an interrupt asks it whether a launcher started
-    this process: it brings torch (1-2 s), which --help and commands that load no model need not wait for."""
-    from bench import distributed
+def _note_error(line: str) -> bool:
+    """Whether ``line`` was kept for `bench run --nproc`'s launcher (then not said here)."""
+    distributed = _launched()
+    return distributed is not None and distributed.note_error(line)
 
-    return distributed
+
+def _launched() -> Any:
+    """bench.distributed where this process imported it, else None. Only `bench run` imports it (first
+    thing), and only its processes run under `bench run --nproc`'s launcher: --help, a usage error or
+    another command need not import torch (1-2 s) to learn that they were not launched."""
+    return sys.modules.get("bench.distributed")
 
 
 def _interrupt(signum, frame) -> None:
