@@ -15,6 +15,7 @@ import difflib
 import hashlib
 import importlib
 import importlib.metadata
+import json
 import os
 import re
 import sys
@@ -170,25 +171,35 @@ def is_builtin(name: str) -> bool:
     return get_entry(name).constructor.__module__.split(".")[0] in _BUILTIN_PACKAGES
 
 
-def plugin_forward_error(model: nn.Module, shape: tuple[int, ...], exc: Exception) -> BenchError | None:
-    """A plugin model's first forward failing (a layer sized for another input, most often) as one
-    line: the model, the batch, the line of its code that failed and what sets the size it is given.
-    None for the built-in models (their failure is bench's bug: its traceback) and for bench's own
-    errors, which already say what is wrong."""
+def first_forward_error(model: nn.Module, shape: tuple[int, ...], exc: Exception) -> BenchError | None:
+    """A model's first forward failing as one line: a plugin's (a layer sized for another input, most
+    often), with the line of its code that failed and what sets the size it is given; a built-in
+    model's built with keys set otherwise than its paper and tiny configurations (``--set
+    dims=[15, 32, 64, 128]``), naming them. None for other built-in runs (their failure is bench's
+    bug: its traceback), for bench's own errors, which already say what is wrong, and out of memory."""
     entry: ModelEntry | None = getattr(model, "bench_entry", None)
     from bench.cost import _out_of_memory
 
     # out of memory is no bug of the model's code: its own message says what to do
-    if entry is None or isinstance(exc, BenchError) or is_builtin(entry.name) or (
-            isinstance(exc, RuntimeError) and _out_of_memory(exc)):
+    if entry is None or isinstance(exc, BenchError) or (isinstance(exc, RuntimeError) and _out_of_memory(exc)):
         return None
+    said = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    if is_builtin(entry.name):
+        config = getattr(model, "bench_config", {})
+        changed = {k: v for k, v in config.items() if k in entry.paper_config
+                   and _as_set(v) != _as_set(entry.tiny.get(k, entry.paper_config[k]))}
+        if not changed:
+            return None
+        return BenchError(f"{entry.name} failed at its first forward, built with "
+                          f"{', '.join(f'{k}={_as_set(v)}' for k, v in changed.items())}: {said}; a value its "
+                          "architecture cannot take (BENCH_DEBUG=1 shows the traceback)")
     source = getattr(sys.modules.get(type(model).__module__), "__file__", None)  # none for a notebook's class
     home = Path(source).parent if source else None
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if home and Path(f.filename).parent == home]
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
     size = "x".join(map(str, shape[2:]))
     return BenchError(f"{entry.name} failed at its first forward, on a batch of shape {tuple(shape)}: "
-                      f"{type(exc).__name__}: {' '.join(str(exc).split())}{where}. Its factory was given "
+                      f"{said}{where}. Its factory was given "
                       f"img_size {getattr(model, 'bench_config', {}).get('img_size', size)} (--img-size or the "
                       "protocol's): a model that takes one input size only builds itself for the img_size it is given "
                       "(BENCH_DEBUG=1 shows the traceback)")
@@ -240,11 +251,32 @@ def model_filter(spec: str | Iterable[str]) -> list[str] | None:
 def model_overrides(name: str, overrides: Mapping[str, Any] | None = None, *, tiny: bool = False) -> dict[str, Any]:
     """The constructor arguments that change ``name``'s paper configuration: its tiny configuration
     when ``tiny`` (what ``--tiny`` builds), then ``overrides`` (``--set``'s) over it."""
-    small = dict(get_entry(name).tiny) if tiny else {}
+    entry = get_entry(name)
+    small = dict(entry.tiny) if tiny else {}
     if tiny and not small:  # a plugin registered without one: say so, rather than build the full model unasked
         warnings.warn(f"{name}: has no tiny configuration (register_model(tiny=...)); --tiny builds its paper "
                       "configuration", stacklevel=2)
-    return {**small, **(overrides or {})}
+    overrides = dict(overrides or {})
+    if fixed := [k for k in ("num_classes", "in_chans", "img_size") if k in overrides]:
+        raise BenchError(f"--set {', '.join(fixed)}: not a --set key; the data gives a run its classes and channels "
+                         "(bench profile: --num-classes, --in-chans) and --img-size its input size")
+    return {**small, **overrides}
+
+
+def identity_overrides(name: str, overrides: Mapping[str, Any], *, tiny: bool = False) -> dict[str, Any]:
+    """``overrides`` (``model_overrides``'s) less the keys at the paper's value that ``tiny`` does not
+    set otherwise: what identifies a run's model. ``--set d_state=16`` (VM-UNet's own) builds the paper
+    model, so it is the run without it, not a second run under another id. The constructor still sees
+    the key: ``deep_supervision=True`` on 9 classes is refused, not read as the paper's choice."""
+    entry = get_entry(name)
+    small = entry.tiny if tiny else {}
+    return {k: v for k, v in overrides.items() if k in small or k not in entry.paper_config
+            or _as_set(v) != _as_set(entry.paper_config[k])}
+
+
+def _as_set(value: Any) -> str:
+    """A configuration value as records write it (tuples as lists), to compare two."""
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: int = 224, tiny: bool = False,
@@ -265,7 +297,11 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
             raise BenchError(f"{name}: {arg} must be a positive whole number{what}; got {value!r}")
     try:
         model = entry.constructor(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **overrides)
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:
+        # other errors of a configuration's own (depths=[1, 1, 1]: an IndexError; d_state=-1: a RuntimeError)
+        # are the values' too; without overrides they are bench's bug, or the plugin's: the traceback
+        if isinstance(exc, BenchError) or not (isinstance(exc, (TypeError, ValueError)) or overrides):
+            raise
         build = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}
         said = str(exc)
         # a plugin's constructor without the registry's keywords: every command builds models with them

@@ -34,8 +34,8 @@ from bench.evaluate import evaluate, resolve_nsd_tolerance
 from bench.metrics import POLICIES, policy_fields, policy_misfit
 from bench.names import int_list
 from bench.protocol import Protocol
-from bench.registry import check_buildable, create_model, get_entry, list_models, load_weights, model_code
-from bench.registry import model_overrides as model_overrides_of
+from bench.registry import check_buildable, create_model, get_entry, identity_overrides, list_models, load_weights
+from bench.registry import model_code, model_overrides as model_overrides_of
 from bench.train import (CHECKPOINT_DIR, FINAL, TrainResult, caller_rng_kept, save_checkpoint, seed_everything,
                          train_model)
 
@@ -75,8 +75,9 @@ class RunSpec:
     def key(self) -> str:
         """Deterministic id: the same spec always maps to the same run directory and record."""
         data = self.data_id or str(self.data_root.expanduser().resolve())
+        model = identity_overrides(self.model, dict(self.model_overrides), tiny=self.tiny)
         ident = [self.model, self.dataset, self.protocol.hash, self.protocol.overrides, self.seed, data,
-                 self.policy, list(self.model_overrides)]
+                 self.policy, [kv for kv in self.model_overrides if kv[0] in model]]
         if self.fold is not None:  # appended only here, so test-split ids stay as they were
             # the fold's cases, not only its number: a changed splits_final.json or fold scheme is another run
             ident.append([self.fold, self.split_sha])

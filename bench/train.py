@@ -34,7 +34,7 @@ from bench.data.torch_dataset import TrainDataset
 from bench.errors import BenchError
 from bench.losses import segmentation_loss
 from bench.protocol import Protocol
-from bench.registry import plugin_forward_error
+from bench.registry import first_forward_error
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -445,7 +445,7 @@ def train_model(
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     logits = trained(image)
             except Exception as exc:
-                failure = plugin_forward_error(model, tuple(image.shape), exc) if not stepped else None
+                failure = first_forward_error(model, tuple(image.shape), exc) if not stepped else None
                 if failure is None:
                     raise
                 raise failure from exc

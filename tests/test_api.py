@@ -74,6 +74,11 @@ def test_plan_grid_takes_what_the_command_line_takes_and_names_what_it_cannot(sy
         _plan(synapse_root, tmp_path, models="unet,unett")
     with pytest.raises(BenchError, match=r"--models \[\] names no model; give 'all' or a comma list of"):
         _plan(synapse_root, tmp_path, models=[])  # it planned nothing, said nothing
+    # --set at the paper's value is the paper model's run; at another value, or at the paper's where --tiny
+    # sets another, a run of its own
+    key = lambda **kw: _plan(synapse_root, tmp_path, models="vmunet", **kw)[0].key  # noqa: E731
+    assert key(model_overrides={"d_state": 16}) == key() != key(model_overrides={"d_state": 8})
+    assert key(model_overrides={"dims": [96, 192, 384, 768]}) != key()
 
 
 def test_run_grid_leaves_the_callers_random_state_as_it_was(synapse_root, tmp_path):

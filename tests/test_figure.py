@@ -68,7 +68,7 @@ def test_one_run_per_model_of_one_board(tmp_path):
         choose_runs(res, seed=0)
     # a model in two configurations is two board rows: two columns, labelled as the board labels them
     records.write_record(make_record("unet", seed=0, model_config={"widths": [4, 8, 16, 32]}), res)
-    assert [c.label for c in choose_runs(res, ["unet"])] == ["unet (widths=[4, 8, 16, 32])", "unet (widths=default)"]
+    assert [c.label for c in choose_runs(res, ["unet"])] == ["unet", "unet (widths=[4, 8, 16, 32])"]
     # a rescored record is its own board's, predicted from the weights of the run it rescored
     from bench.metrics import policy_fields
 

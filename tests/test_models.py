@@ -147,6 +147,22 @@ def test_size_divisor_error_suggests_padding():
         model(torch.randn(1, 3, 66, 66))
 
 
+def test_a_set_key_at_its_paper_value_is_the_paper_model_and_fixed_keys_are_refused():
+    """--set d_state=16 (VM-UNet's own value) trained a second run of the paper model under another id
+    and row; --set num_classes=3 ended in a TypeError traceback; depths=[1, 1, 1] in an IndexError."""
+    from bench.registry import identity_overrides, model_overrides
+
+    assert identity_overrides("vmunet", {"d_state": 16, "depths": (2, 2, 2, 2)}) == {}
+    assert identity_overrides("vmunet", {"d_state": 8}) == {"d_state": 8}
+    tiny = identity_overrides("vmunet", model_overrides("vmunet", {"dims": [96, 192, 384, 768]}, tiny=True), tiny=True)
+    assert tiny["dims"] == [96, 192, 384, 768]  # the paper's value where --tiny sets another: kept
+    for key in ("num_classes", "in_chans", "img_size"):
+        with pytest.raises(BenchError, match=f"--set {key}: not a --set key"):
+            model_overrides("unet", {key: 3})
+    with pytest.raises(BenchError, match=r"vmunet: cannot build with .*depths=\[1, 1, 1\] \(list index out of range\)"):
+        create_model("vmunet", num_classes=9, img_size=64, depths=[1, 1, 1])
+
+
 def test_unknown_model_suggests_name():
     with pytest.raises(BenchError, match=r"did you mean 'unet'.*Known models: .*unet"):
         create_model("unett", num_classes=2)

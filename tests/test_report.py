@@ -344,10 +344,18 @@ def test_synthetic_and_model_config_are_separated(tmp_path):
     boards = leaderboards(load(tmp_path))
     assert ("synapse (synthetic)", "synapse", "legacy-synapse") in boards
     real = boards[("synapse", "synapse", "legacy-synapse")]
-    assert sorted(real["model"]) == ["unet (base_c=8)", "unet (base_c=default)"]
+    assert sorted(real["model"]) == ["unet", "unet (base_c=8)"]
     assert (real["n_seeds"] == 1).all()
     acdc = boards[("acdc", "synapse", "legacy-synapse")]
     assert sorted(acdc["model"]) == ["unet (base_c=16)", "unet (base_c=8)"]
+    # a run of the paper configuration keeps its plain label beside a variant: "vmunet (d_state=default)"
+    # renamed the unchanged row whenever an ablation joined the folder (and a drift baseline lost it)
+    write_record(make_record("vmunet", seed=0), tmp_path)
+    write_record(make_record("vmunet", seed=1, model_config={"d_state": 16}), tmp_path)  # its paper value
+    write_record(make_record("vmunet", seed=0, model_config={"d_state": 8}), tmp_path)
+    real = leaderboards(load(tmp_path))[("synapse", "synapse", "legacy-synapse")]
+    assert sorted(real["model"]) == ["unet", "unet (base_c=8)", "vmunet", "vmunet (d_state=8)"]
+    assert real.set_index("model").loc["vmunet", "n_seeds"] == 2
 
 
 def test_tiny_configurations_are_labelled_whatever_shares_the_board(tmp_path):
@@ -548,7 +556,7 @@ def test_cost_rows_of_one_model_in_several_configurations_are_told_apart():
             {**base, "params": 0.14e6, "macs": 1e7, "model_config": {"img_size": 32, "num_classes": 9, "base_c": 8}},
             {**base, "model": "vmunet", "family": "ssm", "params": 27e6, "macs": 2e9, "model_config": {"img_size": 32}}]
     (table,) = cost_tables(pd.DataFrame(rows)).values()
-    assert sorted(table["model"]) == ["unet (base_c=8)", "unet (base_c=default)", "vmunet"]
+    assert sorted(table["model"]) == ["unet", "unet (base_c=8)", "vmunet"]
     # bench profile --tiny: the tiny model is called so, also alone in its table
     tiny = {"img_size": 32, "num_classes": 9, "widths": [8, 16, 32, 64]}
     (table,) = cost_tables(pd.DataFrame([{**rows[0], "model_config": tiny}, rows[2]])).values()

@@ -928,3 +928,9 @@ def test_a_plugin_sized_for_another_input_is_named_at_its_first_forward(synapse_
     broken.forward_logits = lambda x: x @ torch.ones(1, 2)  # a built-in's bug: bench's, its traceback
     with pytest.raises(RuntimeError, match="cannot be multiplied"):
         train_model(broken, ds, _proto(), seed=0, run_dir=tmp_path / "b", device=torch.device("cpu"))
+    # a built-in model given a value its architecture cannot take (an ablation's --set): one line naming it
+    odd = create_model("vmunet", num_classes=ds.num_classes, in_chans=ds.in_chans, img_size=32, tiny=True,
+                       dims=[15, 32, 64, 128])
+    with pytest.raises(BenchError, match=r"^vmunet failed at its first forward, built with dims=\[15, 32, 64, 128\]: "
+                                         r"RuntimeError: .*a value its architecture cannot take"):
+        train_model(odd, ds, _proto(), seed=0, run_dir=tmp_path / "d", device=torch.device("cpu"))

@@ -29,8 +29,9 @@ Grouping rules (why: a number only compares with numbers produced the same way):
   synthetic data reads ``"synapse (synthetic)"``; two on-protocol hashes of one protocol name get
   ``"name@hash8"`` labels; runs on other data of one dataset (other files, or synthetic data made
   otherwise: the records' ``data_id``) get ``"synapse (data 1a2b3c4d)"`` boards of their own.
-- a row is a model with one ``model_config`` and one pretrained file (``init``); a model run with
-  several in one board gets one row each, labelled with what differs.
+- a row is a model with one configuration and one pretrained file (``init``); a model run with
+  several in one board gets one row each, labelled with the keys a run sets otherwise than the paper
+  (a key written at its paper value is the paper model: its row).
 - means and stds are over runs (seeds; under cross-validation seeds × folds) with
   ``skipna=False``: a run whose aggregate is NaN makes the mean NaN rather than quietly
   disappearing; std is the sample std (ddof=1), NaN for one run. Seeds that tested other folds

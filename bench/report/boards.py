@@ -74,7 +74,9 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
     metrics = [m for m in METRICS if m in group.columns and (group[m].notna().any() or m in computed)]
     value_cols = metrics + _class_columns(group)
     rows, repeated, repeated_runs = [], {}, []
-    for (label, config), runs in group.groupby(["model_label", "model_config"], sort=False):  # label: init too
+    # a label names one configuration (and init): a key written at its paper value is the same model
+    for label, runs in group.groupby("model_label", sort=False):
+        config = min(runs["model_config"], key=len)  # the fewest keys: the paper's values left out
         # one seed (of one fold) run twice: its data identified otherwise (by path in older records)
         per_seed = runs.groupby(["seed", "split"] if "split" in runs else ["seed"]).size()
         if (per_seed > 1).any():

@@ -75,13 +75,14 @@ def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | N
     configuration (``--tiny``; ``tiny``: the records' flag, else the config is compared with it), with
     the tiny keys it set otherwise (``"mymodel (tiny, width=12)"``: neither the tiny nor the paper
     model), whatever else shares the table; where one model still runs in several configurations
-    within a group (a board), the config keys that differ between them: ``"unet (encoder=resnet34)"``,
-    ``"unet (tiny, img_size=96)"``. ``configs``: JSON strings."""
+    within a group (a board), the config keys that differ between them, where a run set them
+    otherwise than the paper: ``"unet (encoder=resnet34)"`` beside ``"unet"``, ``"unet (tiny,
+    img_size=96)"``. ``configs``: JSON strings."""
     parsed = pd.Series([json.loads(c) if isinstance(c, str) and c else {} for c in configs], index=models.index)
     flags = tiny if tiny is not None else pd.Series([None] * len(models), index=models.index)
 
     def shown(p: dict, k: str) -> str:
-        return f"{k}={json.dumps(p[k], ensure_ascii=False)}" if k in p else f"{k}=default"
+        return f"{k}={json.dumps(p[k], ensure_ascii=False)}"
 
     own: dict[Any, list[str]] = {}  # by row: "tiny" and the tiny keys set otherwise
     for i, m, p, flag in zip(models.index, models.astype(str), parsed, flags):
@@ -101,9 +102,14 @@ def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | N
         differing = [k for k in names if len({json.dumps(p.get(k), sort_keys=True) for p in mine}) > 1]
         if not differing:
             continue
+        paper = _paper_config(model)
         for i, p in zip(idx, mine):
-            parts = own[i] + [part for part in (shown(p, k) for k in differing) if part not in own[i]]
-            labels[i] = f"{model} ({', '.join(parts)})"
+            # the keys a run set otherwise than its paper configuration: a run of that configuration keeps
+            # its plain label, whatever other configurations share the board (a drift baseline keys rows by it)
+            parts = own[i] + [part for part in (shown(p, k) for k in differing if k in p and not (
+                k in paper and json.dumps(p[k]) == json.dumps(paper[k]))) if part not in own[i]]
+            if parts:
+                labels[i] = f"{model} ({', '.join(parts)})"
     return labels.tolist()
 
 
@@ -113,6 +119,15 @@ def _tiny_config(model: str) -> dict:
     try:
         return dict(get_entry(model).tiny)
     except BenchError:  # a record of a model no longer registered
+        return {}
+
+
+def _paper_config(model: str) -> dict:
+    from bench.registry import get_entry
+
+    try:  # as records write it: tuples as lists
+        return json.loads(json.dumps(dict(get_entry(model).paper_config)))
+    except BenchError:
         return {}
 
 
