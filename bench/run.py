@@ -66,6 +66,9 @@ class RunSpec:
     # weights evaluated as given, without training (--weights: the authors' checkpoint or one's own):
     # (path, sha256[:16]); None: the run trains
     weights: tuple[str, str] | None = None
+    # data-loader processes (--workers; None: the protocol's num_workers): a batch is the same whatever
+    # the count, so it is no part of the run's identity
+    workers: int | None = field(default=None, compare=False)
 
     @property
     def split(self) -> str:
@@ -181,7 +184,7 @@ def _tensorboard(run_dir: Path) -> _TensorBoard:
 
 
 def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: bool = False,
-            show_progress: bool = False, on_epoch_end=None) -> dict[str, Any] | None:
+            show_progress: bool = False) -> dict[str, Any] | None:
     """Train and evaluate one model; write and return its record.
 
     Under torchrun every rank trains its share; rank 0 alone evaluates, writes the record and
@@ -196,13 +199,13 @@ def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: b
                          f"record was scored from: to train it again, delete {done} and {records.run_dir(results_dir, spec.key)} "
                          "(or choose another results folder)")
     record = _run_one(spec, results_dir=results_dir, device=device, resume=resume,
-                      show_progress=show_progress and distributed.world().main, on_epoch_end=on_epoch_end)
+                      show_progress=show_progress and distributed.world().main)
     distributed.barrier()
     return record
 
 
-def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: bool, show_progress: bool,
-             on_epoch_end) -> dict[str, Any] | None:
+def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: bool,
+             show_progress: bool) -> dict[str, Any] | None:
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     commit = env.git_commit()  # the code this run trains under: a git pull meanwhile is not it
@@ -244,8 +247,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
                 result = _given_weights(model, spec.weights[0], run_dir, main)
             else:
                 result = train_model(model, dataset, protocol, seed=spec.seed, run_dir=run_dir, device=device,
-                                     resume=resume, writer=writer, progress=on_step, on_epoch_end=on_epoch_end,
-                                     code=code)
+                                     resume=resume, writer=writer, progress=on_step, code=code,
+                                     workers=spec.workers)
             # the GPU memory training needed (per GPU under torchrun): what decides whether a model
             # fits a user's card; unknown after a resume, which measured only the rest
             train_peak = (torch.cuda.max_memory_allocated(device) / 2**20
@@ -529,7 +532,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
               data_root: Path | str | None, synthetic: bool, results_dir: Path | str, policy: str | None = None,
               model_overrides: dict[str, Any] | None = None, folds: list[int] | str | None = None,
               pretrained_dir: Path | None = None, tiny: bool = False,
-              weights: Path | None = None) -> list[RunSpec]:
+              weights: Path | None = None, workers: int | None = None) -> list[RunSpec]:
     """Resolve data, policy, pretrained files and names once; one RunSpec per (model, seed[, fold]).
 
     ``folds``: cross-validation folds to run ("all" or a list), for data without a fixed test split.
@@ -537,12 +540,16 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     ``tiny``: each model's tiny configuration, ``model_overrides`` over it (as ``--tiny``; recorded, for labels).
     ``weights``: a weights file to evaluate instead of training (one model, one seed, one split),
     loaded strictly: an authors' checkpoint (``load_weights``) or a run's own.
+    ``workers``: data-loader processes, the protocol's ``num_workers`` for None (no part of a run's identity).
     As the command line gives them: ``models`` "all" or a comma list, ``protocol`` a name or a file."""
     from bench.protocol import load_protocol
     from bench.registry import resolve_models
     from bench.rescore import earlier_data_ids
 
     models = resolve_models(models)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise BenchError(f"--workers: expected a whole number >= 0 (0: batches are loaded in the training "
+                         f"process); got {workers!r}")
     protocol = load_protocol(protocol) if isinstance(protocol, (str, Path)) else protocol
     # each seed once: a seed given twice would train and count one run twice; None: the protocol's
     seeds = list(dict.fromkeys(int_list(seeds, "seeds", "[0, 1, 2]"))) if seeds is not None else [protocol.seed]
@@ -641,7 +648,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     given = None if weights is None else (str(weights.resolve()), file_sha256(weights)[:16])
     small = {m: tiny and bool(get_entry(m).tiny) for m in models}  # no tiny configuration: the paper's is built
     specs = [RunSpec(m, dataset, protocol, s, data_root, synthetic, chosen, tuple(sorted(over[m].items())), fold, inits.get(m),
-                     split_sha[fold], data_id, tuple(split[fold].notes), small[m], given)
+                     split_sha[fold], data_id, tuple(split[fold].notes), small[m], given, workers)
              for m in models for s in seeds for fold in fold_list]
     earlier = ("", *earlier_data_ids(ds, chosen)) if data_id.startswith("files:") else ()
     # the old data itself, copied with its folder (data made again since is today's synthetic data, its own id)

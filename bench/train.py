@@ -61,6 +61,7 @@ class TrainResult:
     cudnn_deterministic: bool | None = None  # deterministic cuDNN kernels, no autotuning; None: CPU
     base_lr: float | None = None  # the schedule's starting lr (train.lr after a batch-size rule)
     steps_per_epoch: int | None = None  # optimizer steps an epoch has (the Methods text: was max_iterations a cut?)
+    loader_workers: int | None = None  # data-loader processes it ran with (--workers or the protocol's, capped)
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -77,6 +78,7 @@ class TrainResult:
             "cudnn_deterministic": self.cudnn_deterministic,
             "base_lr": self.base_lr,
             "steps_per_epoch": self.steps_per_epoch,
+            "loader_workers": self.loader_workers,
         }
 
 
@@ -319,11 +321,13 @@ def train_model(
     progress: Callable[[int, int, float], None] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
     code: str | None = None,
+    workers: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place under ``protocol``; checkpoints go to ``run_dir/checkpoints``.
 
     ``progress(step, total_steps, loss)`` is called after every step; ``on_epoch_end(epoch)`` after
-    each epoch's checkpoint (tests use it to kill a run mid-way).
+    each epoch's checkpoint (tests use it to kill a run mid-way). ``workers``: data-loader processes
+    (None: the protocol's ``num_workers``), at most one per CPU core; batches do not depend on it.
     """
     t = protocol.train
     w = distributed.world()
@@ -337,7 +341,7 @@ def train_model(
         raise BenchError(f"{dataset.root}: the training split is empty")
     sampler = EpochBatches(len(data), t.batch_size, seed, w.rank, w.size, draws=t.iterations_per_epoch)
     shares = sampler.shares() if w.distributed else None
-    workers = min(t.num_workers, os.cpu_count() or 1)
+    workers = min(t.num_workers if workers is None else workers, os.cpu_count() or 1)
     loader = torch.utils.data.DataLoader(
         data, batch_sampler=sampler, num_workers=workers,
         persistent_workers=workers > 0, pin_memory=device.type == "cuda",
@@ -547,4 +551,5 @@ def train_model(
                              if device.type == "cuda" else None),  # no cuDNN on CPU
         base_lr=base_lr(protocol),
         steps_per_epoch=steps_per_epoch,
+        loader_workers=workers,
     )

@@ -253,6 +253,12 @@ def test_repeated_models_and_seeds_plan_each_run_once(tmp_path):
                   "--protocol", "smoke", "--tiny", "--results", tmp_path, "--max-iterations", "1", "--threads", "1")
     assert "bench run: 1 run(s)" in proc.stdout and "skipped" not in proc.stdout
     assert "\n\n" not in proc.stdout  # progress bars (on by default) draw nothing into a pipe, not even a line
+    again = _bench("run", "--models", "unet", "--seeds", "5", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
+                   "--tiny", "--results", tmp_path, "--max-iterations", "1", "--threads", "1", "--workers", "1")
+    assert "skipped" in again.stdout  # the loader's worker count is no part of a run
+    bad = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke", "--tiny",
+                 "--results", tmp_path, "--workers", "-1", check=False)
+    assert bad.returncode == 2 and "--workers: expected a whole number >= 0" in bad.stderr
 
 
 def test_models_all_of_a_command_on_finished_runs_is_read_as_bench_run_reads_it():

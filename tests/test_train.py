@@ -308,6 +308,15 @@ def test_dropout_sees_one_stream_whatever_the_workers_and_across_a_resume(synaps
         assert train_model(resumed, ds, proto, seed=0, run_dir=run_dir, device=torch.device("cpu"),
                            resume=True).resumed_from == 0
         weights[f"resumed{workers}"] = resumed.state_dict()
+    # bench run --workers: a killed run of the protocol's 0 workers resumed with 1 (no part of its identity)
+    proto = _proto(max_iterations=0, epochs=3, batch_size=16, num_workers=0)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_Dropped(_tiny_unet(ds)), ds, proto, seed=0, run_dir=tmp_path / "given", device=torch.device("cpu"),
+                    on_epoch_end=stop)
+    given = _Dropped(_tiny_unet(ds))
+    assert train_model(given, ds, proto, seed=0, run_dir=tmp_path / "given", device=torch.device("cpu"), resume=True,
+                       workers=1).loader_workers == 1
+    weights["given"] = given.state_dict()
     for name, state in weights.items():
         assert all(torch.equal(state[k], weights["full0"][k]) for k in state), name
 

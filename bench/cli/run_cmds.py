@@ -86,6 +86,9 @@ def run(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="model constructor override key=value")] = None,
     tiny: Annotated[bool, typer.Option(help="use each model's tiny test configuration")] = False,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (fix it for bit-reproducible runs)")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help="data-loader processes (default: the protocol's num_workers); batches are the same whatever the "
+             "count, so a run keeps its id and numbers")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     nproc: Annotated[int, typer.Option(help="train each run with N processes (torchrun, DDP; gloo on CPU, "
                                             "one GPU each on CUDA); the protocol's batch is the global batch")] = 1,
@@ -154,7 +157,7 @@ def run(
                 specs += plan_grid(
                     models=[name], dataset=dataset, protocol=proto, seeds=seed_list, data_root=data_root,
                     synthetic=synthetic, results_dir=results, policy=policy, model_overrides=overrides,
-                    pretrained_dir=pretrained_dir, tiny=tiny, weights=weights,
+                    pretrained_dir=pretrained_dir, tiny=tiny, weights=weights, workers=workers,
                     folds=folds if folds in (None, "all") else list(dict.fromkeys(int_list(folds, "--folds"))))
         except BenchError:
             say_warnings([name])  # what led up to the error
