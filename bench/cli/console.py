@@ -94,8 +94,9 @@ def _main() -> None:
                       "checkpoint")
         sys.exit(code)  # the launcher says it, once
     if code == 130:  # Ctrl-C or SIGTERM (typer returns 130 for them)
-        _echo_err("interrupted; the same command continues (bench run: with --resume, from each run's last "
-                  "checkpoint, written every checkpoint_every epochs of its protocol)")
+        _echo_err("interrupted; the same command finishes the work (bench run: add --resume to continue each run "
+                  "from its last checkpoint, written every checkpoint_every epochs of its protocol; without it, "
+                  "runs train afresh)")
     sys.exit(code if isinstance(code, int) else 0)
 
 
