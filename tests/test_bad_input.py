@@ -795,6 +795,9 @@ def test_profile_with_img_size_a_model_cannot_take(monkeypatch, capsys, tmp_path
         (["--models", "unet", "--policy", "strictt"], "strictt", "unknown metric policy"),
         (["--models", "unet", "--set", "widthz=3"], "widthz",
          "widthz=3 (unet() got an unexpected keyword argument 'widthz'); did you mean widthz -> widths? --set takes"),
+        (["--models", "unet,vmunet", "--protocol", "smoke", "--set", "d_state=8"], "d_state",
+         "--set goes to every model of the command (unet, vmunet): run each model with its own keys in a command"),
+        (["--models", "vmunet", "--protocol", "smoke", "--set", "num_classes=3"], "num_classes", "not a --set key; the data gives a run"),
     ],
 )
 def test_unknown_names(monkeypatch, capsys, tmp_path, args, names, phrase):

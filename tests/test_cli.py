@@ -261,6 +261,14 @@ def test_repeated_models_and_seeds_plan_each_run_once(tmp_path):
     assert bad.returncode == 2 and "--workers: expected a whole number >= 0" in bad.stderr
 
 
+def test_set_reads_python_literals_json_words_and_plain_words():
+    from bench.cli.options import _parse_sets
+
+    # a value copied from a board's label or a record (JSON) means what it says there
+    assert _parse_sets(["a=false", "b=[true, null]", "c=resnet34", "d=16", "e=(1, 2)", "f=True"]) == {
+        "a": False, "b": [True, None], "c": "resnet34", "d": 16, "e": (1, 2), "f": True}
+
+
 def test_models_all_of_a_command_on_finished_runs_is_read_as_bench_run_reads_it():
     from bench.registry import model_filter
 

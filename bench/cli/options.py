@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -73,5 +74,8 @@ def _parse_sets(items: list[str]) -> dict[str, object]:
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            out[key] = value
+            try:  # labels and records write values as JSON: deep_supervision=false copied from a board is False
+                out[key] = json.loads(value)
+            except ValueError:
+                out[key] = value  # a word: encoder=resnet34
     return out

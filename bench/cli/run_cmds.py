@@ -159,8 +159,11 @@ def run(
                     synthetic=synthetic, results_dir=results, policy=policy, model_overrides=overrides,
                     pretrained_dir=pretrained_dir, tiny=tiny, weights=weights, workers=workers,
                     folds=folds if folds in (None, "all") else list(dict.fromkeys(int_list(folds, "--folds"))))
-        except BenchError:
+        except BenchError as exc:
             say_warnings([name])  # what led up to the error
+            if overrides and len(names) > 1 and "cannot build with" in str(exc):
+                raise BenchError(f"{exc}. --set goes to every model of the command ({', '.join(names)}): run each "
+                                 "model with its own keys in a command of its own") from exc
             raise
     total = len(specs)
     specs = select_shard(specs, shard)
