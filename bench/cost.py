@@ -503,7 +503,7 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     row of the same model and input (``COUNT_KEYS``), reused instead of counting again.
     ``write_profile`` keeps the row where ``bench report`` joins it to the boards."""
     from bench import env
-    from bench.registry import create_model, get_entry
+    from bench.registry import changed_keys, create_model, get_entry
     from bench.scan_info import note_scan_use, scan_backend_for
 
     device = env.resolve_device(device) if isinstance(device, str) else device  # "cuda" without one: named
@@ -532,6 +532,7 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     row.update(
         model_config={k: (list(v) if isinstance(v, tuple) else v) for k, v in model.bench_config.items()},
         device=device.type, precision=precision, channels_last=channels_last, compiled=compile, tiny=tiny,
+        set_keys=changed_keys(name, overrides or {}, tiny=tiny),  # what --set changed: the label names it
     )
     model = model.to(device).eval()
     if channels_last:

@@ -74,7 +74,7 @@ RUN_ID_COLUMNS = [
     "policy", "seed", "init", "data_id", "tiny", "weights",
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
-    "n_train", "data_root", "rescored_from", "status", "git_commit", "code_digest", "scored_commit", "scored_digest", "model_code", "device", "scan_backend", "hd95_unit",
+    "set_keys", "n_train", "data_root", "rescored_from", "status", "git_commit", "code_digest", "scored_commit", "scored_digest", "model_code", "device", "scan_backend", "hd95_unit",
     "started_at", "finished_at", "wall_time_s", "train_time_s", "train_loss", "params", "trainable_params", "macs",
     "paper_macs", "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes", "n_missed", "n_present",
 ]  # fmt: skip
@@ -384,6 +384,8 @@ def _run_ids(rec: Mapping[str, Any]) -> dict[str, Any]:
         "init": f"{init['file']}@{init['sha256'][:8]}" if (init := rec.get("init")) else None,
         "data_id": rec.get("data_id"),  # what the data was (bench.run.RunSpec.data_id); absent in older records
         "tiny": rec.get("tiny"),  # built with --tiny (the label's "(tiny)"); absent in older records
+        # the keys --set changed (labels name them), a comma list; None in older records
+        "set_keys": ",".join(rec["set_keys"]) if isinstance(rec.get("set_keys"), list) else None,
         # weights evaluated as given (bench run --weights), not trained by the run: boards say so on its row
         "weights": f"{w['file']}@{w['sha256'][:8]}" if (w := rec.get("weights")) else None,
     }

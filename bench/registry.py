@@ -274,6 +274,16 @@ def identity_overrides(name: str, overrides: Mapping[str, Any], *, tiny: bool = 
             or _as_set(v) != _as_set(entry.paper_config[k])}
 
 
+def changed_keys(name: str, overrides: Mapping[str, Any], *, tiny: bool = False) -> list[str]:
+    """The keys of ``overrides`` (``model_overrides``') that make a run another configuration than the
+    paper's (or, with ``tiny``, the tiny one's): what its label names even where it is alone. Records
+    and profiles keep them, since their ``model_config`` also holds values a constructor chose itself
+    (Swin-Unet's window for a small input), which are no one's change."""
+    small = get_entry(name).tiny if tiny else {}
+    return sorted(k for k, v in identity_overrides(name, overrides, tiny=tiny).items()
+                  if not (k in small and _as_set(v) == _as_set(small[k])))
+
+
 def _as_set(value: Any) -> str:
     """A configuration value as records write it (tuples as lists), to compare two."""
     return json.dumps(value, sort_keys=True, default=str)

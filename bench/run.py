@@ -34,8 +34,8 @@ from bench.evaluate import evaluate, resolve_nsd_tolerance
 from bench.metrics import POLICIES, policy_fields, policy_misfit
 from bench.names import int_list
 from bench.protocol import Protocol
-from bench.registry import check_buildable, create_model, get_entry, identity_overrides, list_models, load_weights
-from bench.registry import model_code, model_overrides as model_overrides_of
+from bench.registry import changed_keys, check_buildable, create_model, get_entry, identity_overrides, list_models
+from bench.registry import load_weights, model_code, model_overrides as model_overrides_of
 from bench.train import (CHECKPOINT_DIR, FINAL, TrainResult, caller_rng_kept, save_checkpoint, seed_everything,
                          train_model)
 
@@ -286,6 +286,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "model_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.bench_config.items()},
         "model_code": model_code(spec.model),  # a plugin's source digest (built-ins: code_digest names theirs)
         "tiny": spec.tiny,  # --tiny: the model's tiny configuration, some of its keys perhaps set otherwise
+        "set_keys": changed_keys(spec.model, dict(spec.model_overrides), tiny=spec.tiny),  # --set's changes
         "dataset": spec.dataset,
         "dataset_name": dataset.dataset_name,
         "data_root": str(spec.data_root.resolve()),  # rescore and predict may start elsewhere

@@ -132,6 +132,12 @@ def test_a_model_without_a_scan_is_counted_without_building_the_scan_kernel(monk
         cost.run_counts("vmunet", build("vmunet"), (32, 32))
 
 
+def test_a_profile_keeps_the_keys_set_changed():
+    tiny = dict(get_entry("vmunet").tiny)
+    row = cost.profile_model("vmunet", img_size=32, overrides={"d_state": 8}, tiny=True, timing=False)
+    assert row["set_keys"] == ["d_state"] and row["model_config"]["dims"] == list(tiny["dims"])
+
+
 def test_the_ref_scan_is_never_timed(monkeypatch):
     """The sequential oracle's latency would sit in a cost table as the model's speed: a profile
     under BENCH_SCAN_BACKEND=ref counts but does not time models that scan; others it times."""

@@ -152,6 +152,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert two.stdout.count("DSC") == 1  # rank 0 alone reports
     a, b = _only_record(tmp_path / "one"), _only_record(tmp_path / "two")
     assert a["train"]["world_size"] == 1 and b["train"]["world_size"] == 2
+    assert a["set_keys"] == b["set_keys"] == ["drop_path_rate"]  # what --set changed, for the boards' labels
     assert a["train"]["iterations"] == b["train"]["iterations"] == 5
     assert b["train"]["epoch_losses"] == pytest.approx(a["train"]["epoch_losses"], rel=1e-9)
     for name, value in a["metrics"].items():

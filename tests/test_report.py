@@ -358,6 +358,27 @@ def test_synthetic_and_model_config_are_separated(tmp_path):
     assert real.set_index("model").loc["vmunet", "n_seeds"] == 2
 
 
+def test_a_set_variant_is_named_even_alone_and_a_constructors_own_choice_is_not(tmp_path):
+    """A --set d_state=8 run alone in its folder (or profiled alone) read "vmunet (tiny)", the label of
+    the tiny model it is not; records and profiles keep the keys --set changed. A value the
+    constructor chose itself (Swin-Unet's window for a small input) is in model_config too, and no one's change."""
+    from bench.registry import changed_keys, get_entry
+    from bench.report import profile_labels
+
+    tiny = {k: list(v) for k, v in get_entry("vmunet").tiny.items()}
+    assert changed_keys("vmunet", {**tiny, "d_state": 8}, tiny=True) == ["d_state"]
+    assert changed_keys("vmunet", {**tiny, "d_state": 16}, tiny=True) == []  # the paper's value
+    rec = make_record("vmunet", seed=0, model_config={**tiny, "d_state": 8, "img_size": 64})
+    write_record({**rec, "tiny": True, "set_keys": ["d_state"]}, tmp_path)
+    swin = make_record("swin_unet", seed=0, model_config={"img_size": 64, "window_size": 2})
+    write_record({**swin, "set_keys": []}, tmp_path)
+    board = leaderboards(load(tmp_path))[("synapse", "synapse", "legacy-synapse")]
+    assert sorted(board["model"]) == ["swin_unet", "vmunet (tiny, d_state=8)"]
+    alone = pd.DataFrame({"model": ["vmunet"], "tiny": [True], "set_keys": [["d_state"]],
+                          "model_config": [{**tiny, "d_state": 8, "img_size": 64}]})
+    assert profile_labels(alone) == ["vmunet (tiny, d_state=8)"]
+
+
 def test_tiny_configurations_are_labelled_whatever_shares_the_board(tmp_path):
     """--tiny runs read "(tiny)" on their own (they used to read as the paper's model), and a full
     run joining them leaves every label as it was; --reference names the model's one row."""

@@ -63,7 +63,9 @@ def profile_labels(g: pd.DataFrame) -> list[str]:
     config keys that differ where one model was profiled in several (``--set``, ``--num-classes``)."""
     configs = pd.Series([json.dumps(c, sort_keys=True) if isinstance(c, dict) else "" for c in
                          (g["model_config"] if "model_config" in g else [None] * len(g))], index=g.index)
-    return model_labels(g["model"].astype(str), configs, tiny=g["tiny"] if "tiny" in g else None)
+    keys = pd.Series([",".join(k) if isinstance(k, list) else None for k in
+                      (g["set_keys"] if "set_keys" in g else [None] * len(g))], index=g.index)
+    return model_labels(g["model"].astype(str), configs, tiny=g["tiny"] if "tiny" in g else None, set_keys=keys)
 
 
 def _unit(v: Any, scale: float, unit: str, fmt: str = ".2f", small: str = ".4f") -> str:

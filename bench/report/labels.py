@@ -54,7 +54,7 @@ def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
         labels.append(label)
     df["board_protocol"] = labels
     df["model_label"] = model_labels(df["model"], df["model_config"], df[["board_dataset", "board_protocol", "policy"]],
-                                     df["tiny"] if "tiny" in df else None)
+                                     df["tiny"] if "tiny" in df else None, df["set_keys"] if "set_keys" in df else None)
     if "init" in df:  # weights started from other pretrained files (or from none): other rows
         # among the runs that trained here: evaluated weights (below) started from nothing of this run's
         trained = df["weights"].isna() if "weights" in df else pd.Series(True, index=df.index)
@@ -70,16 +70,18 @@ def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | None = None,
-                 tiny: pd.Series | None = None) -> list[str]:
+                 tiny: pd.Series | None = None, set_keys: pd.Series | None = None) -> list[str]:
     """Row labels: the model's name, ``"(tiny)"`` added wherever the run used the model's tiny test
     configuration (``--tiny``; ``tiny``: the records' flag, else the config is compared with it), with
     the tiny keys it set otherwise (``"mymodel (tiny, width=12)"``: neither the tiny nor the paper
-    model), whatever else shares the table; where one model still runs in several configurations
+    model) and the keys ``--set`` changed (``set_keys``: comma lists, None for records before they were
+    kept), whatever else shares the table; where one model still runs in several configurations
     within a group (a board), the config keys that differ between them, where a run set them
     otherwise than the paper: ``"unet (encoder=resnet34)"`` beside ``"unet"``, ``"unet (tiny,
     img_size=96)"``. ``configs``: JSON strings."""
     parsed = pd.Series([json.loads(c) if isinstance(c, str) and c else {} for c in configs], index=models.index)
     flags = tiny if tiny is not None else pd.Series([None] * len(models), index=models.index)
+    changes = set_keys if set_keys is not None else pd.Series([None] * len(models), index=models.index)
 
     def shown(p: dict, k: str) -> str:
         return f"{k}={json.dumps(p[k], ensure_ascii=False)}"
@@ -87,10 +89,13 @@ def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | N
     own: dict[Any, list[str]] = {}  # by row: "tiny" and the tiny keys set otherwise
     for i, m, p, flag in zip(models.index, models.astype(str), parsed, flags):
         # --tiny (older records: no flag), or its configuration given by hand (--set): the same model either way
-        if (flag is not None and not pd.isna(flag) and bool(flag)) or _is_tiny(m, p):
-            own[i] = ["tiny", *(shown(p, k) for k in _tiny_changes(m, p))]
-        else:
-            own[i] = []
+        small = (flag is not None and not pd.isna(flag) and bool(flag)) or _is_tiny(m, p)
+        own[i] = ["tiny", *(shown(p, k) for k in _tiny_changes(m, p))] if small else []
+        # --set's changes; a tiny row's tiny keys are said above (the tiny configuration given by hand is --set's too)
+        tiny_keys = _tiny_config(m) if small else {}
+        changed = changes[i] if isinstance(changes[i], str) else ""
+        own[i] += [part for part in (shown(p, k) for k in changed.split(",") if k in p and k not in tiny_keys)
+                   if part not in own[i]]
     frame = pd.DataFrame({"model": models.astype(str), "own": [", ".join(own[i]) for i in models.index]},
                          index=models.index)
     labels = frame["model"] + frame["own"].map(lambda o: f" ({o})" if o else "")
