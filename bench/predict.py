@@ -152,6 +152,7 @@ def _claim(folder: Path, manifest: dict[str, Any]) -> None:
     elif folder.is_dir() and any(p.is_file() and not p.name.startswith(".") for p in folder.rglob("*")):
         raise BenchError(f"{folder}: holds files but no {MANIFEST}; delete it or choose another --out")
     for sub in [folder, *(d for d in folder.rglob("*") if d.is_dir())] if folder.is_dir() else ():
-        # what a killed predict was writing (never a prediction); a live one's, writing beside us, stays
-        fileio.remove_orphans(sub, ".*.tmp*")
+        # what a killed predict was writing (never a prediction; older versions' names too); a live one's,
+        # writing beside us, stays
+        fileio.remove_orphans(sub, fileio.temp_glob(suffix=".tmp*"), f"{fileio.OLD_TEMP_FILE}.tmp*")
     fileio.atomic_write_text(old, json.dumps(manifest, indent=2) + "\n")

@@ -532,11 +532,15 @@ def test_synth_refuses_to_overwrite_and_leaves_no_temp(tmp_path):
     import os
     import time
 
-    # a writer of the same folder killed a day ago left its temp folder: this write removes it
-    killed = tmp_path / ".isic.tmp-999-k1ll3d00"
-    (killed / "train").mkdir(parents=True)
-    os.utime(killed, (time.time() - 2 * 86400,) * 2)
-    live = tmp_path / ".isic.tmp-998-wr1t1ng0"  # minutes old: may be a live writer's
+    from bench.fileio import TEMP_MARK
+
+    # writers of the same folder killed a day ago left their temp folders (one under an older version's
+    # name): this write removes them
+    killed, older = tmp_path / f".isic.{TEMP_MARK}999@elsewhere~k1ll3d00", tmp_path / ".isic.tmp-999-k1ll3d00"
+    for path in (killed, older):
+        (path / "train").mkdir(parents=True)
+        os.utime(path, (time.time() - 2 * 86400,) * 2)
+    live = tmp_path / f".isic.{TEMP_MARK}998@elsewhere~wr1t1ng0"  # minutes old: may be a live writer's
     live.mkdir()
     out = synthesize("isic", tmp_path / "isic", n_train=1, n_val=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "isic"]  # own temp folder renamed away
@@ -544,6 +548,15 @@ def test_synth_refuses_to_overwrite_and_leaves_no_temp(tmp_path):
         synthesize("isic", out, n_train=1, n_val=1)
     with pytest.raises(BenchError, match="unknown option.*n_test"):
         synthesize("isic", tmp_path / "other", n_test=3)
+
+
+def test_atomic_write_dir_temp_folder_carries_the_mark(tmp_path):
+    """The folder being written is named as every temp file is, so the one sweep finds it."""
+    from bench.fileio import TEMP_MARK, atomic_write_dir
+
+    seen = []
+    atomic_write_dir(tmp_path / "out", lambda tmp: seen.append(tmp.name) or (tmp / "a").write_text("x"))
+    assert seen[0].startswith(f".out.{TEMP_MARK}") and (tmp_path / "out" / "a").read_text() == "x"
 
 
 def test_synthetic_root_is_generated_once(tmp_path):
@@ -555,11 +568,15 @@ def test_synthetic_root_is_generated_once(tmp_path):
     import os
     import time
 
-    killed = tmp_path / f".synapse-synth-v{GENERATOR_VERSION}.tmp-999-k1ll3d00"
-    killed.mkdir()
-    os.utime(killed, (time.time() - 2 * 86400,) * 2)
+    from bench.fileio import TEMP_MARK
+
+    killed = tmp_path / f".synapse-synth-v{GENERATOR_VERSION}.{TEMP_MARK}999@elsewhere~k1ll3d00"
+    older = tmp_path / f".isic-synth-v{GENERATOR_VERSION}.tmp-999-k1ll3d00"  # an older version's name
+    for path in (killed, older):
+        path.mkdir()
+        os.utime(path, (time.time() - 2 * 86400,) * 2)
     assert synthetic_root("nnunet", tmp_path) == root
-    assert (root / "dataset.json").stat().st_mtime_ns == stamp and not killed.exists()
+    assert (root / "dataset.json").stat().st_mtime_ns == stamp and not killed.exists() and not older.exists()
     assert open_dataset("nnunet", root).num_classes == 3
 
 
