@@ -16,10 +16,10 @@ from PIL import Image
 
 from bench.data import DATASETS, list_datasets, open_dataset, synthetic_root
 from bench.data.nnunet import fixed_split
-from bench.data.synapse import DISPLAY_NAMES
 from bench.data.synth import GENERATOR_VERSION, synthesize
 from bench.data.verify import Problem, verify_dataset
 from bench.errors import BenchError
+from bench.organs import SYNAPSE_ORGANS
 
 SYN = dict(n_train=2, n_test=2, depth=8, size=48)
 ISIC = dict(n_train=4, n_val=3, min_size=40, max_size=60)
@@ -88,7 +88,7 @@ def test_wrong_layout_names_path_and_expectation(tmp_path, name, expected):
 def test_synapse_reader(roots):
     ds = open_dataset("synapse", roots["synapse"])
     assert (ds.num_classes, ds.in_chans, ds.binary, ds.default_policy) == (9, 1, False, "legacy-synapse")
-    assert ds.class_names[0] == "aorta" and len(ds.class_names) == len(DISPLAY_NAMES) == 8
+    assert ds.class_names[0] == "aorta" and list(ds.class_names) == list(SYNAPSE_ORGANS) and len(ds.class_names) == 8
     ids = ds.train_ids()
     assert len(ids) == 2 * 8 and ids[0] == "case0005_slice000" and ids[-1] == "case0006_slice007"
     assert ds.test_ids() == ["case0008", "case0022"]
