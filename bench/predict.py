@@ -51,13 +51,9 @@ def plan_predict(results_dir: Path, models: list[str] | None = None, run_ids: li
     of ``run_ids`` (a rescored record's id stands for its source run: the same weights), in run-id
     order; BenchError naming a requested run that is not there or not among ``models``."""
     df = records.load(results_dir)
-    if df.empty:
-        raise BenchError(f"{results_dir}: no run records; pass the --results folder of `bench run`")
-    done = records.finished(df)
-    runs = done[done["rescored_from"].isna()]
-    if models is not None or datasets is not None:  # a name without finished runs: one error, as bench report
-        runs = records.select_runs(runs, models, datasets, results_dir)
+    runs = records.finished_runs(df, results_dir, models, datasets)
     if run_ids:
+        done = records.finished(df)
         source = dict(zip(done["run_id"], done["rescored_from"].fillna(done["run_id"])))
         wanted = {source.get(r, r) for r in run_ids}
         missing = sorted(wanted - set(runs["run_id"]))
