@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,8 +68,7 @@ def plan_predict(results_dir: Path, models: list[str] | None = None, run_ids: li
 
 
 def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: torch.device,
-                protocol_file: Path | None = None, progress: Callable[[int, int], None] | None = None,
-                workers: int | None = None, native_size: bool = False,
+                protocol_file: Path | None = None, workers: int | None = None, native_size: bool = False,
                 data_roots: DataRoots | None = None) -> tuple[Path, int]:
     """Write the run's test-case predictions under ``out_dir/<run_id>``; return that folder and how
     many files this call wrote (cases already written are kept). ``workers``: as
@@ -111,7 +110,7 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
 
     prep = volume_prep(dataset, protocol) if protocol.patches else None
     predict_cases(model, dataset, todo, protocol, write, device=device, stats=intensity_stats(dataset, protocol),
-                  prep=prep, workers=workers, progress=progress, native=native_size)
+                  prep=prep, workers=workers, native=native_size)
     if unknown:  # documented, yet unseen where the files are overlaid on the CT in mm
         warnings.warn(f"{rec['run_id']}: {len(unknown)} of {len(ids)} predicted volumes have no known spacing "
                       f"(first: {unknown[0]}; all named in {MANIFEST}); written with 1 mm voxels, so they overlay the "
