@@ -66,7 +66,7 @@ def test_unknown_dataset_name_suggests_the_closest(tmp_path):
 
 def test_missing_root_names_the_path(tmp_path):
     missing = tmp_path / "nowhere"
-    with pytest.raises(BenchError, match=f"not found: {missing}.*train_npz"):
+    with pytest.raises(BenchError, match=f"^--data-root {missing}: dataset root not found \\(expected .*train_npz"):
         open_dataset("synapse", missing)
 
 

@@ -79,7 +79,7 @@ def open_dataset(name: str, root: str | Path, fold: int | None = None) -> SegDat
         raise BenchError(f"dataset root {root} is a file, not a folder: extract it (expected {reader.layout})")
     if not root.is_dir():
         raise BenchError(
-            f"dataset root not found: {root} (expected {reader.layout}; "
+            f"--data-root {root}: dataset root not found (expected {reader.layout}; "
             f"`bench run --synthetic` or `bench data synth` makes a small fake one)"
         )
     return reader(root) if fold is None else reader(root, fold=fold)
