@@ -67,7 +67,7 @@ def _keep(target: Path, digest: str) -> None:
     """Write ``digest`` to ``target`` whole or not at all (two processes may hash the same file)."""
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{TEMP_MARK}{writer_tag()}")
         with os.fdopen(fd, "w") as fh:
             fh.write(digest)
         os.replace(tmp, target)
