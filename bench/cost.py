@@ -325,10 +325,11 @@ def find_batch_size(model: nn.Module, make_input, *, precision: str = "fp32", li
     nearest upsampling) or silently compute garbage (pytorch#141831; mamba-ssm's scan offsets)."""
     if numel_at_1:
         limit = min(limit, max(1, INDEX_LIMIT // numel_at_1))
-    best, batch = 0, 1
+    best, batch, first = 0, 1, ""
     while batch <= limit:
         try:
             x = make_input(batch)
+            first = first or f" (input {tuple(x.shape)} on {x.device})"  # for the error where nothing fits
             with torch.inference_mode(), precision_context(precision, x.device):
                 model(x)
         except RuntimeError as exc:
@@ -340,7 +341,8 @@ def find_batch_size(model: nn.Module, make_input, *, precision: str = "fp32", li
                 torch.cuda.empty_cache()
         best, batch = batch, batch * 2
     if not best:
-        raise BenchError(f"{type(model).__name__}: even batch 1 runs out of memory")
+        raise BenchError(f"{type(model).__name__}: even batch 1{first} runs out of memory; profile it at a "
+                         "smaller --img-size, or with --device cpu")
     return best
 
 

@@ -163,8 +163,13 @@ def sliding_window_logits(model: nn.Module, x: np.ndarray, patch: tuple[int, ...
     return (acc / norm)[(slice(None),) + crop]
 
 
+# slices (or images) per forward pass when predicting whole images: enough to keep a GPU busy while a
+# volume's hundreds of slices never sit on it at once; eval-mode outputs do not depend on it
+PREDICT_BATCH = 8
+
+
 def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bool, device: torch.device,
-                 batch_size: int = 8, stats: list[dict[str, float]] | None = None,
+                 batch_size: int = PREDICT_BATCH, stats: list[dict[str, float]] | None = None,
                  prep: VolumePrep | None = None, native: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Return (prediction, ground truth) as integer label maps on the grid they are scored on.
     ``stats``: the training foreground's statistics, for ``normalize = "ct_foreground"`` (whole images);

@@ -69,12 +69,7 @@ def choose_runs(results_dir: Path, models: list[str] | None = None, dataset: str
     ``policy``, the runs' own (not records ``bench rescore`` added)."""
     from bench.report import label_runs
 
-    df = records.finished(records.load(results_dir))
-    if df.empty:
-        raise BenchError(f"{results_dir}: no finished runs to show (bench run writes them)")
-    if policy is None:
-        df = df[df["rescored_from"].isna()]
-    df = records.select_runs(df, models, dataset, results_dir)
+    df = records.finished_runs(records.load(results_dir), results_dir, models, dataset, rescored=policy is not None)
     for option, column, value in (("--protocol", "protocol", protocol), ("--policy", "policy", policy)):
         if value is not None:
             there = sorted(set(df[column].astype(str)))

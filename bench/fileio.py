@@ -1,5 +1,5 @@
-"""File helpers with no heavy imports: writes that are whole or absent (temp file, then an atomic
-rename), the sweep of what killed writers left, disk problems named in one line, and the digests of
+"""File helpers with no heavy imports: writes that are whole or absent (temp file or folder, then an
+atomic rename), the sweep of what killed writers left, disk problems named in one line, and the digests of
 files bench identifies things by."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import shutil
 import socket
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def _keep(target: Path, digest: str) -> None:
     """Write ``digest`` to ``target`` whole or not at all (two processes may hash the same file)."""
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{TEMP_MARK}{writer_tag()}")
         with os.fdopen(fd, "w") as fh:
             fh.write(digest)
         os.replace(tmp, target)
@@ -122,8 +123,32 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp"
         raise
     _fsync_dir(path.parent)
     # what killed writers left here (a later write of any file in the folder, so also a run never written again)
-    remove_orphans(path.parent, f".*.{TEMP_MARK}*{glob.escape(suffix)}")
+    remove_orphans(path.parent, temp_glob(suffix=glob.escape(suffix)))
     return path
+
+
+def atomic_write_dir(out: Path, write: Callable[[Path], None]) -> Path:
+    """Have ``write(tmp)`` fill a temp folder beside ``out`` that is then renamed to ``out`` (which must
+    not exist, or be empty): a crash never leaves half a dataset at ``out``. Returns ``out``."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BenchError(f"{out}: already exists and is not empty; delete it or choose another folder")
+    ensure_writable_dir(out.parent, "--out")
+    tmp = out.parent / f".{out.name}.{TEMP_MARK}{writer_tag()}{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        try:
+            os.replace(tmp, out)  # atomic on one file system; replaces an empty folder only
+        except OSError as exc:
+            raise BenchError(f"{out}: appeared while writing ({exc})") from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    # what killed writers of this folder left, also under the name versions before TEMP_MARK gave
+    name = glob.escape(out.name)
+    remove_orphans(out.parent, temp_glob(name), f".{name}.{OLD_TEMP_DIR}*")
+    return out
 
 
 def _link_new(tmp: str, path: Path) -> None:
@@ -143,6 +168,10 @@ def _link_new(tmp: str, path: Path) -> None:
 
 
 TEMP_MARK = "bench-"  # in every temp name: sweeping never touches files of other programs (a report's --out folder)
+# temp names of versions before TEMP_MARK, swept only where those versions swept them (their leftovers
+# go too): files ".<name>.<mkstemp's 8 characters><suffix>", synthetic data folders ".<name>.tmp-<pid>..."
+OLD_TEMP_FILE = ".*.????????"
+OLD_TEMP_DIR = "tmp-"
 ORPHAN_AGE_S = 24 * 3600  # a temp file this old was left by a killed writer; a live one is minutes old
 _WRITER = re.compile(r"(\d+)@([^~/]+)~")  # writer_tag() inside a temp name
 _RETRY = "; free space (or fix the folder) and run the command again"
@@ -195,12 +224,18 @@ def dead_writer(name: str) -> bool:
     return False
 
 
-def remove_orphans(folder: Path, pattern: str) -> None:
-    """Remove what killed writers left in ``folder``: temp files or folders matching ``pattern``
-    (a glob) whose writer, a process of this host, is gone, or that are older than ``ORPHAN_AGE_S``
-    (younger ones of other hosts may belong to a live writer)."""
+def temp_glob(name: str = "*", suffix: str = "") -> str:
+    """The glob of the temp names bench writes ``name`` (a glob; any by default) under, ending in
+    ``suffix`` (a glob): the one place that knows how temp names look."""
+    return f".{name}.{TEMP_MARK}*{suffix}"
+
+
+def remove_orphans(folder: Path, *patterns: str) -> None:
+    """Remove what killed writers left in ``folder``: temp files or folders matching any of
+    ``patterns`` (globs) whose writer, a process of this host, is gone, or that are older than
+    ``ORPHAN_AGE_S`` (younger ones of other hosts may belong to a live writer)."""
     now = time.time()
-    for stale in Path(folder).glob(pattern):
+    for stale in sorted({p for pattern in patterns for p in Path(folder).glob(pattern)}):
         try:
             if dead_writer(stale.name) or now - stale.lstat().st_mtime > ORPHAN_AGE_S:
                 shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()

@@ -38,7 +38,7 @@ def size_error(name: str, img_size: int, divisor: int, why: str) -> BenchError:
                       "(--img-size or the protocol's img_size)")
 
 
-def _autocast(x: torch.Tensor) -> bool:
+def _autocast_casts(x: torch.Tensor) -> bool:
     """Whether autocast will cast ``x`` to the weights' precision: on (for its device) and ``x`` of a
     dtype it casts (float64 it leaves as is, so it would meet float32 weights)."""
     try:
@@ -87,7 +87,7 @@ class SegmentationModel(nn.Module):
             layout = "(B, C, H, W)" if self.spatial_dims == 2 else "(B, C, D, H, W)"
             raise BenchError(f"{name} expects input {layout}; got shape {tuple(x.shape)}")
         weight = next(self.parameters(), None)
-        if not x.is_floating_point() or (weight is not None and x.dtype != weight.dtype and not _autocast(x)):
+        if not x.is_floating_point() or (weight is not None and x.dtype != weight.dtype and not _autocast_casts(x)):
             want, whose = (weight.dtype, " (its weights')") if weight is not None else (torch.float32, "")
             raise BenchError(f"{name} expects a {str(want).replace('torch.', '')} input{whose}; got "
                              f"{str(x.dtype).replace('torch.', '')}: convert it with x.to({want})")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,13 +51,9 @@ def plan_predict(results_dir: Path, models: list[str] | None = None, run_ids: li
     of ``run_ids`` (a rescored record's id stands for its source run: the same weights), in run-id
     order; BenchError naming a requested run that is not there or not among ``models``."""
     df = records.load(results_dir)
-    if df.empty:
-        raise BenchError(f"{results_dir}: no run records; pass the --results folder of `bench run`")
-    done = records.finished(df)
-    runs = done[done["rescored_from"].isna()]
-    if models is not None or datasets is not None:  # a name without finished runs: one error, as bench report
-        runs = records.select_runs(runs, models, datasets, results_dir)
+    runs = records.finished_runs(df, results_dir, models, datasets)
     if run_ids:
+        done = records.finished(df)
         source = dict(zip(done["run_id"], done["rescored_from"].fillna(done["run_id"])))
         wanted = {source.get(r, r) for r in run_ids}
         missing = sorted(wanted - set(runs["run_id"]))
@@ -72,8 +68,7 @@ def plan_predict(results_dir: Path, models: list[str] | None = None, run_ids: li
 
 
 def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: torch.device,
-                protocol_file: Path | None = None, progress: Callable[[int, int], None] | None = None,
-                workers: int | None = None, native_size: bool = False,
+                protocol_file: Path | None = None, workers: int | None = None, native_size: bool = False,
                 data_roots: DataRoots | None = None) -> tuple[Path, int]:
     """Write the run's test-case predictions under ``out_dir/<run_id>``; return that folder and how
     many files this call wrote (cases already written are kept). ``workers``: as
@@ -115,7 +110,7 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
 
     prep = volume_prep(dataset, protocol) if protocol.patches else None
     predict_cases(model, dataset, todo, protocol, write, device=device, stats=intensity_stats(dataset, protocol),
-                  prep=prep, workers=workers, progress=progress, native=native_size)
+                  prep=prep, workers=workers, native=native_size)
     if unknown:  # documented, yet unseen where the files are overlaid on the CT in mm
         warnings.warn(f"{rec['run_id']}: {len(unknown)} of {len(ids)} predicted volumes have no known spacing "
                       f"(first: {unknown[0]}; all named in {MANIFEST}); written with 1 mm voxels, so they overlay the "
@@ -152,6 +147,7 @@ def _claim(folder: Path, manifest: dict[str, Any]) -> None:
     elif folder.is_dir() and any(p.is_file() and not p.name.startswith(".") for p in folder.rglob("*")):
         raise BenchError(f"{folder}: holds files but no {MANIFEST}; delete it or choose another --out")
     for sub in [folder, *(d for d in folder.rglob("*") if d.is_dir())] if folder.is_dir() else ():
-        # what a killed predict was writing (never a prediction); a live one's, writing beside us, stays
-        fileio.remove_orphans(sub, ".*.tmp*")
+        # what a killed predict was writing (never a prediction; older versions' names too); a live one's,
+        # writing beside us, stays
+        fileio.remove_orphans(sub, fileio.temp_glob(suffix=".tmp*"), f"{fileio.OLD_TEMP_FILE}.tmp*")
     fileio.atomic_write_text(old, json.dumps(manifest, indent=2) + "\n")

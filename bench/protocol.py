@@ -253,7 +253,8 @@ def _section(key: str) -> str:
             return table
     if key in _TOP_OVERRIDABLE:
         return ""
-    raise BenchError(f"cannot override protocol field {key!r}")
+    can = sorted({*_file_fields("train"), *_file_fields("eval"), *_TOP_OVERRIDABLE})
+    raise BenchError(f"cannot override protocol field {key!r}; these can be: {', '.join(can)}")
 
 
 def _field(protocol: Protocol, key: str) -> Any:

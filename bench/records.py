@@ -531,6 +531,18 @@ def finished(df_runs: pd.DataFrame) -> pd.DataFrame:
     return df_runs[df_runs["status"] == "finished"]
 
 
+def finished_runs(df_runs: pd.DataFrame, results_dir: Path | str, models: str | Iterable[str] | None = None,
+                  datasets: str | Iterable[str] | None = None, rescored: bool = False) -> pd.DataFrame:
+    """The finished runs in ``df_runs`` (``load(results_dir)``) of ``models`` on ``datasets``
+    (``select_runs``), without the records ``bench rescore`` added unless ``rescored``. BenchError
+    where the folder holds no finished run: most likely not the folder meant."""
+    done = finished(df_runs)
+    if done.empty:
+        raise BenchError(f"{results_dir}: no finished run records; pass the --results folder of `bench run` "
+                         "(it writes them)")
+    return select_runs(done if rescored else done[done["rescored_from"].isna()], models, datasets, results_dir)
+
+
 def select_runs(df_runs: pd.DataFrame, models: str | Iterable[str] | None = None,
                 datasets: str | Iterable[str] | None = None, results_dir: Path | str = "",
                 profiled: Iterable[str] = ()) -> pd.DataFrame:

@@ -244,13 +244,7 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
     folder without any record."""
     get_policy(policy)
     df = records.load(results_dir)
-    if df.empty:  # as bench predict: a folder without records is most likely not the one meant
-        raise BenchError(f"{results_dir}: no run records; pass the --results folder of `bench run`")
-    chosen = None
-    if models is not None or datasets is not None:  # a name without finished runs: one error, as bench report
-        trained = records.finished(df)
-        chosen = set(records.select_runs(trained[trained["rescored_from"].isna()], models, datasets,
-                                         results_dir)["run_id"])
+    chosen = set(records.finished_runs(df, results_dir, models, datasets)["run_id"])
     done = set(df["run_id"])
     # a run trained under ``policy`` from the start is the same training: rescoring its twin would
     # put the same weights on the board twice
@@ -269,10 +263,8 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
     has_twin = [key in trained and (d is None or None in trained[key] or d in trained[key]
                                     or _same_data(d, trained[key], roots.get(rid), df.loc[i, "dataset"], opened))
                 for i, rid, key, d in zip(df.index, df["run_id"], keys, data)]
-    todo = df[df["run_id"].isin(records.finished(df)["run_id"]) & df["rescored_from"].isna() & (df["policy"] != policy)
+    todo = df[df["run_id"].isin(chosen) & (df["policy"] != policy)
               & ~df["run_id"].map(lambda r: rescore_id(r, policy) in done) & ~pd.Series(has_twin, index=df.index)]
-    if chosen is not None:
-        todo = todo[todo["run_id"].isin(chosen)]
     recs = [records.read_record(results_dir, rid) for rid in sorted(todo["run_id"])]
     # a pooled policy scores binary tasks only: other runs are left out, and said so
     misfit = {r["run_id"]: policy_misfit(policy, len(r["per_class"]), f"run {r['run_id']}") for r in recs}

@@ -66,7 +66,7 @@ class MambaLayer(nn.Module):
 
 
 class ResMambaBlock(nn.Module):
-    def __init__(self, dims: int, channels: int, groups: int):
+    def __init__(self, channels: int, groups: int):  # no spatial dims: GroupNorm and Mamba take any number
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, channels)
         self.norm2 = nn.GroupNorm(groups, channels)
@@ -126,7 +126,7 @@ class LightMUNet(SegmentationModel):
         for i, n in enumerate(blocks_down):
             c = f * 2**i
             down = nn.Sequential(MambaLayer(c // 2, c), pool(2, 2)) if i > 0 else nn.Identity()
-            self.down_layers.append(nn.Sequential(down, *[ResMambaBlock(dims, c, num_groups) for _ in range(n)]))
+            self.down_layers.append(nn.Sequential(down, *[ResMambaBlock(c, num_groups) for _ in range(n)]))
         n_up = len(blocks_up)
         self.up_layers, self.up_samples = nn.ModuleList(), nn.ModuleList()
         for i in range(n_up):

@@ -126,9 +126,11 @@ class VMUNet(SegmentationModel):
         return self.vmunet(x)
 
 
-def load_vmamba_pretrained(model: nn.Module, state_dict: dict[str, Any], mirror_decoder: bool = True) -> dict[str, Any]:
+def load_vmamba_pretrained(model: nn.Module, state_dict: dict[str, Any], mirror_decoder: bool = True,
+                           name: str = "VM-UNet") -> dict[str, Any]:
     """VM-UNet's ``load_from``: VMamba-S (``vmamba_small_e238_ema.pth``, tensors under ``model``)
     into the encoder, and stage i's blocks mirrored into decoder stage 3−i (block indices kept).
+    ``name``: the model the errors name (VM-UNet-V2 loads through this too).
 
     Every checkpoint key is accounted for in the report: loaded (encoder / mirrored decoder), or
     unused (deeper stage-3 blocks, ``norm``, ``head``, shape mismatches)."""
@@ -151,7 +153,7 @@ def load_vmamba_pretrained(model: nn.Module, state_dict: dict[str, Any], mirror_
     from bench.errors import BenchError
 
     if not updates:
-        raise BenchError("no tensor of the file matches VM-UNet: is this the VMamba-S (Jan 2024) checkpoint?")
+        raise BenchError(f"no tensor of the file matches {name}: is this the VMamba-S (Jan 2024) checkpoint?")
     # VMamba-S fills every encoder tensor (and every mirrored decoder block): a file that leaves some
     # random (keys renamed by a later VMamba release, another d_state) is not the recipe's start
     expected = [k for k in own if k.startswith(("vmunet.patch_embed.", "vmunet.layers."))

@@ -150,7 +150,7 @@ class VMUNetV2(SegmentationModel):
 def load_vmamba_encoder(model: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:
     """V2's ``load_from``: VMamba-S tensors into the encoder by exact name; no decoder mirroring
     (the authors commented it out)."""
-    report = load_vmamba_pretrained(model, state_dict, mirror_decoder=False)
+    report = load_vmamba_pretrained(model, state_dict, mirror_decoder=False, name="VM-UNet-V2")
     return report
 
 

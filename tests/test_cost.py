@@ -408,7 +408,8 @@ def test_find_batch_size_stops_before_out_of_memory():
         def forward(self, x):
             raise torch.OutOfMemoryError("simulated")
 
-    with pytest.raises(BenchError, match="even batch 1 runs out of memory"):
+    with pytest.raises(BenchError, match=r"^Never: even batch 1 \(input \(1, 1\) on cpu\) runs out of memory; "
+                                         r"profile it at a smaller --img-size, or with --device cpu$"):
         cost.find_batch_size(Never(), make)
 
     class CudnnWorkspace(nn.Module):  # near the limit cuDNN reports a failed allocation this way

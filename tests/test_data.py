@@ -16,10 +16,10 @@ from PIL import Image
 
 from bench.data import DATASETS, list_datasets, open_dataset, synthetic_root
 from bench.data.nnunet import fixed_split
-from bench.data.synapse import DISPLAY_NAMES
 from bench.data.synth import GENERATOR_VERSION, synthesize
 from bench.data.verify import Problem, verify_dataset
 from bench.errors import BenchError
+from bench.organs import SYNAPSE_ORGANS
 
 SYN = dict(n_train=2, n_test=2, depth=8, size=48)
 ISIC = dict(n_train=4, n_val=3, min_size=40, max_size=60)
@@ -66,7 +66,7 @@ def test_unknown_dataset_name_suggests_the_closest(tmp_path):
 
 def test_missing_root_names_the_path(tmp_path):
     missing = tmp_path / "nowhere"
-    with pytest.raises(BenchError, match=f"not found: {missing}.*train_npz"):
+    with pytest.raises(BenchError, match=f"^--data-root {missing}: dataset root not found \\(expected .*train_npz"):
         open_dataset("synapse", missing)
 
 
@@ -88,7 +88,7 @@ def test_wrong_layout_names_path_and_expectation(tmp_path, name, expected):
 def test_synapse_reader(roots):
     ds = open_dataset("synapse", roots["synapse"])
     assert (ds.num_classes, ds.in_chans, ds.binary, ds.default_policy) == (9, 1, False, "legacy-synapse")
-    assert ds.class_names[0] == "aorta" and len(ds.class_names) == len(DISPLAY_NAMES) == 8
+    assert ds.class_names[0] == "aorta" and list(ds.class_names) == list(SYNAPSE_ORGANS) and len(ds.class_names) == 8
     ids = ds.train_ids()
     assert len(ids) == 2 * 8 and ids[0] == "case0005_slice000" and ids[-1] == "case0006_slice007"
     assert ds.test_ids() == ["case0008", "case0022"]
@@ -532,11 +532,15 @@ def test_synth_refuses_to_overwrite_and_leaves_no_temp(tmp_path):
     import os
     import time
 
-    # a writer of the same folder killed a day ago left its temp folder: this write removes it
-    killed = tmp_path / ".isic.tmp-999-k1ll3d00"
-    (killed / "train").mkdir(parents=True)
-    os.utime(killed, (time.time() - 2 * 86400,) * 2)
-    live = tmp_path / ".isic.tmp-998-wr1t1ng0"  # minutes old: may be a live writer's
+    from bench.fileio import TEMP_MARK
+
+    # writers of the same folder killed a day ago left their temp folders (one under an older version's
+    # name): this write removes them
+    killed, older = tmp_path / f".isic.{TEMP_MARK}999@elsewhere~k1ll3d00", tmp_path / ".isic.tmp-999-k1ll3d00"
+    for path in (killed, older):
+        (path / "train").mkdir(parents=True)
+        os.utime(path, (time.time() - 2 * 86400,) * 2)
+    live = tmp_path / f".isic.{TEMP_MARK}998@elsewhere~wr1t1ng0"  # minutes old: may be a live writer's
     live.mkdir()
     out = synthesize("isic", tmp_path / "isic", n_train=1, n_val=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "isic"]  # own temp folder renamed away
@@ -544,6 +548,15 @@ def test_synth_refuses_to_overwrite_and_leaves_no_temp(tmp_path):
         synthesize("isic", out, n_train=1, n_val=1)
     with pytest.raises(BenchError, match="unknown option.*n_test"):
         synthesize("isic", tmp_path / "other", n_test=3)
+
+
+def test_atomic_write_dir_temp_folder_carries_the_mark(tmp_path):
+    """The folder being written is named as every temp file is, so the one sweep finds it."""
+    from bench.fileio import TEMP_MARK, atomic_write_dir
+
+    seen = []
+    atomic_write_dir(tmp_path / "out", lambda tmp: seen.append(tmp.name) or (tmp / "a").write_text("x"))
+    assert seen[0].startswith(f".out.{TEMP_MARK}") and (tmp_path / "out" / "a").read_text() == "x"
 
 
 def test_synthetic_root_is_generated_once(tmp_path):
@@ -555,11 +568,15 @@ def test_synthetic_root_is_generated_once(tmp_path):
     import os
     import time
 
-    killed = tmp_path / f".synapse-synth-v{GENERATOR_VERSION}.tmp-999-k1ll3d00"
-    killed.mkdir()
-    os.utime(killed, (time.time() - 2 * 86400,) * 2)
+    from bench.fileio import TEMP_MARK
+
+    killed = tmp_path / f".synapse-synth-v{GENERATOR_VERSION}.{TEMP_MARK}999@elsewhere~k1ll3d00"
+    older = tmp_path / f".isic-synth-v{GENERATOR_VERSION}.tmp-999-k1ll3d00"  # an older version's name
+    for path in (killed, older):
+        path.mkdir()
+        os.utime(path, (time.time() - 2 * 86400,) * 2)
     assert synthetic_root("nnunet", tmp_path) == root
-    assert (root / "dataset.json").stat().st_mtime_ns == stamp and not killed.exists()
+    assert (root / "dataset.json").stat().st_mtime_ns == stamp and not killed.exists() and not older.exists()
     assert open_dataset("nnunet", root).num_classes == 3
 
 

@@ -54,3 +54,13 @@ def test_a_failed_write_advises_by_its_cause(tmp_path, monkeypatch):
     with pytest.raises(BenchError, match=r"cannot write \(Read-only file system\); the folder is read-only here"):
         fileio.atomic_write(tmp_path / "b.txt", lambda tmp: tmp.write_text("x"))
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_kept_digests_temp_file_is_named_as_every_temp_file(tmp_path, monkeypatch):
+    """TEMP_MARK is in every temp name bench writes; the digest cache's was ".tmp-<random>"."""
+    seen = []
+    real = fileio.tempfile.mkstemp
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", lambda **kw: seen.append(kw["prefix"]) or real(**kw))
+    fileio._keep(tmp_path / "abc", "f" * 64)
+    assert seen[0].startswith(f".abc.{fileio.TEMP_MARK}") and (tmp_path / "abc").read_text() == "f" * 64
+    assert [p.name for p in tmp_path.iterdir()] == ["abc"]

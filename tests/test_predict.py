@@ -80,6 +80,7 @@ def test_nnunet_volumes_are_written_as_nnunet_does(tmp_path):
     # keeps its file; the first predict deleted it under the other's feet)
     import subprocess
     import sys
+    import time
 
     from bench.fileio import TEMP_MARK, writer_tag
 
@@ -90,10 +91,16 @@ def test_nnunet_volumes_are_written_as_nnunet_does(tmp_path):
     (folder / f".{first}.{TEMP_MARK}{writer_tag(int(gone.stdout))}k1ll3d.tmp.nii.gz").write_bytes(b"half")
     live = folder / f".{first}.{TEMP_MARK}{writer_tag()}wr1t1ng.tmp.nii.gz"
     live.write_bytes(b"being written")
+    older = folder / f".{first}.k1ll3d00.tmp.nii.gz"  # an older version's name (no TEMP_MARK), a day old: goes
+    theirs = folder / ".notes.tmp"  # not a name bench writes, as old: stays
+    for path in (older, theirs):
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - 2 * 86400,) * 2)
     assert predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)[1] == 1
     assert all(os.stat(folder / n).st_mtime_ns == stamp[n] for n in files.values() if n != first)
-    assert [p for p in folder.iterdir() if p.name.startswith(".")] == [live]  # the dead writer's went
+    assert sorted(p for p in folder.iterdir() if p.name.startswith(".")) == sorted([live, theirs])  # dead writers' went
     live.unlink()
+    theirs.unlink()
     assert json.loads((folder / MANIFEST).read_text())["complete"] is True
     text = (folder / MANIFEST).read_text()
     (folder / MANIFEST).write_text(text[: len(text) // 2])  # cut short
@@ -241,7 +248,7 @@ def test_predict_refuses_what_it_cannot_reproduce(tmp_path):
     assert [r["run_id"] for r in plan_predict(tmp_path / "res", run_ids=[f"{rec['run_id']}.legacy-synapse"])] == \
         [rec["run_id"]]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(BenchError, match="no run records"):
+    with pytest.raises(BenchError, match="empty: no finished run records; pass the --results folder of `bench run`"):
         plan_predict(tmp_path / "empty")
     shutil.rmtree(tmp_path / "res" / "runs" / rec["run_id"] / "checkpoints")
     with pytest.raises(BenchError, match=r"final.pt: not found; run .* can only be predicted from its run directory "

@@ -35,3 +35,12 @@ def test_every_reexported_name_is_its_submodules_object():
         assert value is getattr(home, name), name
         assert type(value).__name__ != "module", name
     assert set(report.__all__) <= set(report._SUBMODULE) <= set(dir(report))
+
+
+def test_boards_name_synapse_organs_without_the_data_readers():
+    """Organ names are defined once (bench.organs), shared by the Synapse reader and the boards; the
+    boards read them without loading torch or the readers (h5py)."""
+    code = ("import sys; from bench.report.boards import class_display\n"
+            "print(class_display('kidney_l', 'synapse'), [m for m in ('torch', 'h5py', 'bench.data') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "Kidney(L) []"

@@ -186,9 +186,22 @@ def test_bit_reproducible_and_checkpoints(synapse_root, tmp_path):
     ckpts = sorted(p.name for p in (tmp_path / "r0" / "checkpoints").iterdir())
     assert "final.pt" in ckpts and "last.pt" in ckpts
     assert not [n for n in ckpts if n.endswith(".tmp")]
-    # a different seed gives different weights
+    # a different seed gives different weights; checkpoint temp files killed writers left a day ago go,
+    # also under the name older versions gave them (no TEMP_MARK)
+    import os
+    import time
+
+    from bench.fileio import TEMP_MARK
+
+    left = tmp_path / "r2" / "checkpoints"
+    left.mkdir(parents=True)
+    leftovers = [left / f".last.pt.{TEMP_MARK}k1ll3d.tmp", left / ".last.pt.k1ll3d00.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half")
+        os.utime(path, (time.time() - 2 * 86400,) * 2)
     other = _tiny_unet(ds)
     train_model(other, ds, proto, seed=4, run_dir=tmp_path / "r2", device=torch.device("cpu"))
+    assert not any(path.exists() for path in leftovers)
     assert any(not torch.equal(other.state_dict()[k], states[0][k]) for k in states[0])
 
 

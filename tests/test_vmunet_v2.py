@@ -74,3 +74,7 @@ def test_vmamba_encoder_only(tmp_path):
     with pytest.raises(BenchError, match=r"fills \d+ of the \d+ encoder tensors VMamba-S fills, leaving "
                                          r"vmunet\.layers\.0\.blocks\.0\.self_attention\.A_logs"):
         load_weights(model, path, source="vmamba")
+    # a file with nothing of VMamba in it: the error names this model, not VM-UNet (whose loader it shares)
+    torch.save({"model": {"classifier.weight": torch.zeros(3)}}, path)
+    with pytest.raises(BenchError, match=r"no tensor of the file matches VM-UNet-V2: is this the VMamba-S"):
+        load_weights(model, path, source="vmamba")

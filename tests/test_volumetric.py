@@ -411,17 +411,22 @@ def test_temp_files_killed_writers_left_in_the_volume_cache_go_when_old(tmp_path
     import os
     import time
 
+    from bench.fileio import TEMP_MARK
+
     ds = open_dataset("nnunet", synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=3, depth=8, size=16))
     ds.volume_cache = tmp_path / "cache"
     first, second = ds.train_volume_ids()[:2]
     ds.load_train_volume(first, VolumePrep("zscore"))
     folder = ds.volume_folder
-    old, young = folder / f".{first}.image.k1ll3d.tmp.npy", folder / f".{first}.label.wr1t1ng.tmp.npy"
-    for path in (old, young):
+    old = folder / f".{first}.image.npy.{TEMP_MARK}k1ll3d.tmp.npy"
+    older = folder / f".{first}.label.npy.k1ll3d00.tmp.npy"  # an older version's name: mkstemp's, no TEMP_MARK
+    young = folder / f".{first}.label.npy.{TEMP_MARK}wr1t1ng.tmp.npy"
+    for path in (old, older, young):
         path.write_bytes(b"the first half of a volume")
-    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    for path in (old, older):
+        os.utime(path, (time.time() - 2 * 86400,) * 2)
     ds.load_train_volume(second, VolumePrep("zscore"))
-    assert not old.exists() and young.exists()
+    assert not old.exists() and not older.exists() and young.exists()
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == [young.name]
 
 def test_slice_protocols_still_train_on_slices(tmp_path):

@@ -51,12 +51,9 @@ def doctor() -> None:
                f" (built with CUDA {torch.version.cuda})")
     typer.echo(f"threads      {torch.get_num_threads()} of {os.cpu_count()} cores")
     typer.echo(f"device       {env.short_fingerprint(env.fingerprint('cuda' if cuda else 'cpu'))}")
-    try:
-        from ssm_models.scan import backend_report  # provided by the SSM models
+    from ssm_models.scan import backend_report  # ships in bench's own wheel: always there
 
-        typer.echo(f"scan backend {backend_report()}")
-    except ImportError:
-        typer.echo("scan backend n/a: no SSM model is installed yet (ssm_models.scan missing)")
+    typer.echo(f"scan backend {backend_report()}")
     typer.echo(f"mamba-ssm    {_mamba_status()}")
     from bench import registry
 

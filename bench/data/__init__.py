@@ -28,9 +28,9 @@ from bench.data.isic import Isic17Dataset, Isic18Dataset, IsicAllDataset
 from bench.data.nnunet import NnUNetDataset
 from bench.data.polyp import PolypDataset
 from bench.data.synapse import SynapseDataset
-from bench.data.synth import GENERATOR_VERSION, TEMP_SUFFIX, synthesize, synthetic_identity
+from bench.data.synth import GENERATOR_VERSION, synthesize, synthetic_identity
 from bench.errors import BenchError, unknown_name
-from bench.fileio import remove_orphans
+from bench.fileio import OLD_TEMP_DIR, remove_orphans, temp_glob
 
 DATASETS: dict[str, type[SegDataset]] = {
     "synapse": SynapseDataset,
@@ -79,7 +79,7 @@ def open_dataset(name: str, root: str | Path, fold: int | None = None) -> SegDat
         raise BenchError(f"dataset root {root} is a file, not a folder: extract it (expected {reader.layout})")
     if not root.is_dir():
         raise BenchError(
-            f"dataset root not found: {root} (expected {reader.layout}; "
+            f"--data-root {root}: dataset root not found (expected {reader.layout}; "
             f"`bench run --synthetic` or `bench data synth` makes a small fake one)"
         )
     return reader(root) if fold is None else reader(root, fold=fold)
@@ -94,7 +94,8 @@ def synthetic_root(name: str, cache_dir: str | Path) -> Path:
     reader = get_reader(name)
     target = Path(cache_dir).expanduser() / f"{name}-synth-v{GENERATOR_VERSION}"
     if target.is_dir() and any(target.iterdir()):
-        remove_orphans(target.parent, f".*.{TEMP_SUFFIX}*")  # left by writers killed there
+        # left by writers killed there (by older versions too, under their names)
+        remove_orphans(target.parent, temp_glob(), f".*.{OLD_TEMP_DIR}*")
         return target
     try:
         return synthesize(reader.kind, target, seed=SYNTH_SEEDS.get(reader.name, 0))

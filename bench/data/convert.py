@@ -42,6 +42,7 @@ import numpy as np
 from bench.data import synapse as syn
 from bench.data.base import check_whole_ids, reading
 from bench.errors import BenchError
+from bench.fileio import atomic_write_dir
 
 HU_WINDOW = (-125.0, 275.0)
 # BTCV label ids (the challenge's label list) of the organs the Synapse tables score
@@ -140,8 +141,6 @@ def _axcodes(path: Path) -> str:
 def btcv_to_synapse(raw: str | Path, out: str | Path) -> Path:
     """Convert BTCV's raw training volumes under ``raw`` to the Synapse layout at ``out`` (created;
     must not exist or be empty); return ``out``. BenchError naming the file for anything unreadable."""
-    from bench.data.synth import write_atomically
-
     files = _btcv_files(Path(raw))
     table = btcv_label_map()
     placed = {c: why for c, (img, lab) in files.items() if (why := _placement(img, lab))}
@@ -176,7 +175,7 @@ def btcv_to_synapse(raw: str | Path, out: str | Path) -> Path:
         rows = [f"{c},{d:g},{h:g},{w:g}" for c, (d, h, w) in sorted(spacing)]
         (root / syn.SPACING_FILE).write_text("case,d,h,w\n" + "\n".join(rows) + "\n")
 
-    path = write_atomically(Path(out), write)
+    path = atomic_write_dir(Path(out), write)
     if placed:
         first = next(iter(placed))
         warnings.warn(f"{files[first][1]}: {len(placed)} of {len(files)} labels differ from their image in where "
@@ -267,7 +266,6 @@ def msd_to_nnunet(raw: str | Path, out: str | Path) -> Path:
     import nibabel as nib
 
     from bench.data.nnunet import VOLUME_ENDINGS, check_dataset_meta, nifti_shape
-    from bench.data.synth import write_atomically
 
     raw = Path(raw)
     meta = _msd_meta(raw)
@@ -313,4 +311,4 @@ def msd_to_nnunet(raw: str | Path, out: str | Path) -> Path:
                 raise BenchError(f"{img}: could not be converted into {out} ({exc.strerror or exc})") from exc
         (root / "dataset.json").write_text(json.dumps(v2, indent=2) + "\n")
 
-    return write_atomically(Path(out), write)
+    return atomic_write_dir(Path(out), write)

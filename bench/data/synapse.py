@@ -31,12 +31,9 @@ import numpy as np
 from bench.data.base import Case, Sample, SegDataset, class_ids, found_instead, hidden, reading
 from bench.errors import BenchError, few
 from bench.fileio import read_text
+from bench.organs import SYNAPSE_ORGANS
 
-# Class id -> organ, the TransUNet-lineage order used by the VM-UNet code and the paper tables
-# (the authors never documented it, and other mappings circulate: SAMed's re-created data orders
-# the organs by BTCV id).
-CLASS_NAMES = ("aorta", "gallbladder", "kidney_l", "kidney_r", "liver", "pancreas", "spleen", "stomach")
-DISPLAY_NAMES = ("Aorta", "Gallbladder", "Kidney(L)", "Kidney(R)", "Liver", "Pancreas", "Spleen", "Stomach")
+CLASS_NAMES = tuple(SYNAPSE_ORGANS)  # class ids 1..8 (bench.organs says which order and why)
 NUM_CLASSES = 9  # background + 8 organs
 
 # TransUNet's split (Beckschen/TransUNet lists/lists_Synapse): every published Synapse number
@@ -267,7 +264,6 @@ class SynapseDataset(SegDataset):
     name = "synapse"
     num_classes = NUM_CLASSES
     class_names = CLASS_NAMES
-    display_names = DISPLAY_NAMES
     in_chans = 1
     default_policy = "legacy-synapse"
     volumes = True

@@ -24,12 +24,8 @@ Same ``seed`` and options -> identical arrays (every case draws from
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,7 +34,7 @@ from PIL import Image
 from scipy import ndimage
 
 from bench.errors import BenchError
-from bench.fileio import ensure_writable_dir, remove_orphans, writer_tag
+from bench.fileio import atomic_write_dir
 
 GENERATOR_VERSION = 1  # bump when any generated array changes: cache folders carry it
 # written into every synthetic dataset: how it was made. Runs on it are marked synthetic wherever it
@@ -93,7 +89,7 @@ def synthesize(kind: str, out: str | Path, *, seed: int = 0, **size_options: Any
         writer(tmp, seed=seed, **options)
         (tmp / MARKER).write_text(json.dumps(made, sort_keys=True, default=list) + "\n")
 
-    return write_atomically(Path(out), write)
+    return atomic_write_dir(Path(out), write)
 
 
 def synthetic_identity(root: str | Path) -> str | None:
@@ -104,28 +100,6 @@ def synthetic_identity(root: str | Path) -> str | None:
     except OSError:
         return None
     return "synthetic:" + hashlib.sha256(made.encode()).hexdigest()[:16]
-
-
-TEMP_SUFFIX = "tmp-"  # ".<folder>.tmp-<pid>@<host>~<random>": a folder being written
-
-
-def write_atomically(out: Path, write: Callable[[Path], None]) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BenchError(f"{out}: already exists and is not empty; delete it or choose another folder")
-    ensure_writable_dir(out.parent, "--out")
-    tmp = out.parent / f".{out.name}.{TEMP_SUFFIX}{writer_tag()}{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-        try:
-            os.replace(tmp, out)  # atomic on one file system; replaces an empty folder only
-        except OSError as exc:
-            raise BenchError(f"{out}: appeared while writing ({exc})") from exc
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    remove_orphans(out.parent, f".{glob.escape(out.name)}.{TEMP_SUFFIX}*")  # what killed writers of this folder left
-    return out
 
 
 def _rng(seed: int, kind: str, index: int) -> np.random.Generator:

@@ -8,6 +8,7 @@ import math
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.organs import SYNAPSE_ORGANS  # in the papers' column order
 from bench.records import code_version, finished, miss_counts, split_fold
 from bench.report.costs import join_cost
 from bench.report.labels import BoardKey, _overrides_text, label_cases, label_runs
@@ -22,17 +23,6 @@ METRICS: dict[str, tuple[str, bool, str]] = {
     "acc": ("Acc", True, "↑"),
     "spe": ("Spe", True, "↑"),
     "sen": ("Sen", True, "↑"),
-}
-# Synapse organs in the order of the TransUNet / Swin-Unet / VM-UNet tables.
-SYNAPSE_ORGANS: dict[str, str] = {
-    "aorta": "Aorta",
-    "gallbladder": "Gallbladder",
-    "kidney_l": "Kidney(L)",
-    "kidney_r": "Kidney(R)",
-    "liver": "Liver",
-    "pancreas": "Pancreas",
-    "spleen": "Spleen",
-    "stomach": "Stomach",
 }
 
 
