@@ -267,6 +267,8 @@ def test_set_reads_python_literals_json_words_and_plain_words():
     # a value copied from a board's label or a record (JSON) means what it says there
     assert _parse_sets(["a=false", "b=[true, null]", "c=resnet34", "d=16", "e=(1, 2)", "f=True"]) == {
         "a": False, "b": [True, None], "c": "resnet34", "d": 16, "e": (1, 2), "f": True}
+    with pytest.raises(BenchError, match=r"--set d_state: given twice \(d_state=8 and d_state=4\); give each key once"):
+        _parse_sets(["d_state=8", "d_state=4"])  # the last one won, unsaid
 
 
 def test_models_all_of_a_command_on_finished_runs_is_read_as_bench_run_reads_it():

@@ -252,8 +252,8 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert ("interrupted; the same command finishes the work (bench run: add --resume to continue each run from its "
-            "last checkpoint, written every checkpoint_every epochs of its protocol; without it, runs train afresh)") in err
+    assert ("interrupted; the same command with --resume continues each run from its last checkpoint (written every "
+            "checkpoint_every epochs of its protocol); without --resume, unfinished runs train afresh") in err
     assert "Traceback" not in err
     leftovers = [p.name for p in (tmp_path / "res").rglob(".*") if p.name != ".bench-synthetic.json"]
     assert leftovers == []  # no claim, no temp file

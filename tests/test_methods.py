@@ -185,3 +185,17 @@ def test_a_gpu_run_names_its_tf32_and_cudnn_settings(tmp_path):
     assert ("NVIDIA H100 (CUDA 12.8, cuDNN 91000, TF32 convolutions on, TF32 matmuls off, "
             "deterministic cuDNN kernels)") in text
     assert "NVIDIA H100 (CUDA 12.8)" in text
+
+
+def test_resumed_runs_are_named_by_their_rows_labels(tmp_path):
+    """A journey: "Vmunet_v2 seed 0 resumed after epoch 7; vmunet_v2 seed 0 resumed after epoch 1":
+    which configuration was which, and a model's name capitalised."""
+    plain, other = _record(), _record()
+    other["model_config"]["widths"] = [4, 8, 16, 32]
+    other["run_id"] += "-w4"
+    plain["train"]["resumed_from"], other["train"]["resumed_from"] = 6, 0
+    other["train"]["world_size"] = 2
+    text = _methods(tmp_path, plain, other)
+    assert ("Resumed after an interruption (last resume): unet seed 0 after epoch 7; "
+            "unet (widths=[4, 8, 16, 32]) seed 0 after epoch 1.") in text
+    assert "Trained in several processes: unet (widths=[4, 8, 16, 32]) seed 0 on 2 processes." in text

@@ -94,9 +94,10 @@ def _main() -> None:
                       "checkpoint")
         sys.exit(code)  # the launcher says it, once
     if code == 130:  # Ctrl-C or SIGTERM (typer returns 130 for them)
-        _echo_err("interrupted; the same command finishes the work (bench run: add --resume to continue each run "
-                  "from its last checkpoint, written every checkpoint_every epochs of its protocol; without it, "
-                  "runs train afresh)")
+        _echo_err("interrupted; " + (
+            "the same command with --resume continues each run from its last checkpoint (written every "
+            "checkpoint_every epochs of its protocol); without --resume, unfinished runs train afresh"
+            if sys.argv[1:2] == ["run"] else "the same command does it again"))
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -15,6 +15,9 @@ DEFAULT_RESULTS = Path("results")
 
 # options several commands declare alike
 Models = Annotated[str, typer.Option(help="'all' or a comma list of registered models")]
+ModelSets = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="a model constructor argument, key=value (a number, a word, [1, 2], true/false; once per key, "
+                  "repeated for more); it goes to every model of the command (`bench models` lists their keys)")]
 FinishedRuns = Annotated[Path, typer.Option(help="results directory with the finished runs")]
 RunsProtocol = Annotated[Optional[Path], typer.Option(help="the runs' protocol .toml, for runs of a file that is "
                                                       "not built in whose records keep no recipe (older ones)")]
@@ -71,6 +74,8 @@ def _parse_sets(items: list[str]) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise BenchError(f"--set expects key=value (a model constructor argument); got {item!r}")
+        if key in out:  # the last would win unsaid
+            raise BenchError(f"--set {key}: given twice ({key}={out[key]!r} and {item}); give each key once")
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

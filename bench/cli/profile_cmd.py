@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bench.cli.options import DEFAULT_RESULTS, Device, Models, _compute_setup, _parse_sets
+from bench.cli.options import DEFAULT_RESULTS, Device, ModelSets, Models, _compute_setup, _parse_sets
 from bench.errors import BenchError
 
 
@@ -36,7 +36,7 @@ def profile(
     iters: Annotated[int, typer.Option(help="timed forwards (median and p90 over them)")] = 100,
     timing: Annotated[bool, typer.Option(help="measure latency, FPS and memory (else counts only)")] = True,
     tiny: Annotated[bool, typer.Option(help="use each model's tiny test configuration")] = False,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="model constructor override key=value")] = None,
+    set_: ModelSets = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (part of the fingerprint)")] = None,
     results: Annotated[Path, typer.Option(help="results directory (profile records go to profiles/)")] = DEFAULT_RESULTS,
     format: Annotated[ProfileFormat, typer.Option("--format", help="what to print")] = ProfileFormat.md,

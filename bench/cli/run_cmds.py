@@ -10,7 +10,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from bench.cli.console import _echo_err, _warned
-from bench.cli.options import (DEFAULT_RESULTS, Device, FinishedRuns, Models, MovedData, RunDatasets, RunsProtocol,
+from bench.cli.options import (DEFAULT_RESULTS, Device, FinishedRuns, ModelSets, Models, MovedData, RunDatasets, RunsProtocol,
                                ScoringThreads,
                                _compute_setup, _parse_sets, _parse_spacing)
 from bench.errors import BenchError, few
@@ -83,7 +83,7 @@ def run(
     target_spacing: Annotated[Optional[str], typer.Option(
         help="override for patch protocols: 'native', 'nnunet' or z,y,x (2-D: y,x) in mm (off-protocol)")] = None,
     lr: Annotated[Optional[float], typer.Option(help="override: marks the record off-protocol")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="model constructor override key=value")] = None,
+    set_: ModelSets = None,
     tiny: Annotated[bool, typer.Option(help="use each model's tiny test configuration")] = False,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (fix it for bit-reproducible runs)")] = None,
     workers: Annotated[Optional[int], typer.Option(

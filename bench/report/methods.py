@@ -89,9 +89,10 @@ def _per_run(recs: list[dict], get: Callable[[dict], Any]) -> str:
     return "differing between runs: " + "; ".join(f"{v} ({', '.join(runs)})" for v, runs in values.items())
 
 
-def _run_name(rec: dict) -> str:
+def _run_name(rec: dict, label: str | None = None) -> str:
+    """A run in words: its row's label (else its model), seed and fold."""
     fold = split_fold(rec["split"])
-    return f"{rec['model']} seed {rec['seed']}" + (f" fold {fold}" if fold is not None else "")
+    return f"{label or rec['model']} seed {rec['seed']}" + (f" fold {fold}" if fold is not None else "")
 
 
 def _count(n: int, word: str) -> str:
@@ -426,7 +427,7 @@ def _environment(labels: list[str], recs: list[dict], group: pd.DataFrame) -> st
     if scan:
         text.append("Selective scan: " + _per_run([r for r in recs if r.get("scan_backend")],
                                                   lambda r: r["scan_backend"]) + ".")
-    text += [_resumes(recs), _train_time(labels, recs)]
+    text += [_resumes(labels, recs), _train_time(labels, recs)]
     return " ".join(t for t in text if t)
 
 
@@ -449,18 +450,19 @@ def _device(d: dict) -> str:
     return f"CPU {d.get('cpu') or '?'}" + (f", {_count(threads, 'thread')}" if threads else "")
 
 
-def _resumes(recs: list[dict]) -> str:
-    """Runs whose training was killed and resumed, and where on several devices: not one uninterrupted run."""
-    said = []
-    for rec in recs:
+def _resumes(labels: list[str], recs: list[dict]) -> str:
+    """Runs whose training was killed and resumed, and where on several devices: not one uninterrupted
+    run; runs trained by several processes. Named by their rows' labels (a model in two configurations)."""
+    resumed, parallel = [], []
+    for label, rec in zip(labels, recs):
         train = rec["train"]
-        if train.get("resumed_from") is not None:
+        if train.get("resumed_from") is not None:  # the last resume: records keep no earlier one
             where = (f", on {' then '.join(train['devices'])}" if len(train.get("devices") or []) > 1 else "")
-            said.append(f"{_run_name(rec)} resumed after epoch {train['resumed_from'] + 1}{where}")
+            resumed.append(f"{_run_name(rec, label)} after epoch {train['resumed_from'] + 1}{where}")
         if (train.get("world_size") or 1) > 1:
-            said.append(f"{_run_name(rec)} trained on {train['world_size']} processes")
-    text = "; ".join(said)
-    return f"{text[:1].upper()}{text[1:]}." if said else ""  # not str.capitalize: it lowers "CUDA" too
+            parallel.append(f"{_run_name(rec, label)} on {train['world_size']} processes")
+    return " ".join(f"{head}: {'; '.join(runs)}." for head, runs in (
+        ("Resumed after an interruption (last resume)", resumed), ("Trained in several processes", parallel)) if runs)
 
 
 def _train_time(labels: list[str], recs: list[dict]) -> str:
