@@ -78,8 +78,8 @@ def test_max_iterations_is_said_to_cut_only_where_it_cut(tmp_path):
     """A journey: 2 full epochs of 6 iterations under max_iterations 12 were said to be cut short, and
     Synapse's 40 of 2 × 24 iterations were called 2 epochs."""
     text = _methods(tmp_path / "a", _record(iterations=40, max_iterations=40, epochs=2, steps_per_epoch=24))
-    assert ("Trained for 40 iterations (1 epoch of 24 iterations and 16 of the next); max_iterations 40 cut the "
-            "recipe's 2 epochs (48 iterations) short.") in text
+    assert ("Trained for 40 iterations (1 epoch of 24 iterations and 16 iterations of the next); the recipe stops at "
+            "max_iterations 40, before the end of its 2 epochs (48 iterations).") in text
     text = _methods(tmp_path / "b", _record("isic17", iterations=12, max_iterations=12, epochs=2, steps_per_epoch=6))
     assert "Trained for 12 iterations (2 epochs of 6 iterations); the recipe's 2 epochs, within max_iterations 12." \
         in text and "cut" not in text
@@ -134,8 +134,8 @@ def test_a_real_tiny_run_states_what_ran(tmp_path):
     rec = run_one(spec, results_dir=tmp_path / "res", device=torch.device("cpu"))
     text = render_methods(tmp_path / "res")
     assert "OFF-PROTOCOL (img_size=32, max_cases=2, max_iterations=3)" in text
-    assert ("Trained for 3 iterations (3 of the first epoch's 6 iterations); max_iterations 3 cut the recipe's 2 "
-            "epochs (12 iterations) short.") in text  # 24 images in batches of 4
+    assert ("Trained for 3 iterations (3 of the first epoch's 6 iterations); the recipe stops at max_iterations 3, "
+            "before the end of its 2 epochs (12 iterations).") in text  # 24 images in batches of 4
     assert rec["train"]["steps_per_epoch"] == 6
     assert "unet (tiny): family cnn; tiny test configuration (widths=[8, 16, 32, 64])" in text
     assert f"{rec['cost']['params'] / 1e6:.2f} M parameters" in text

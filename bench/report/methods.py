@@ -244,11 +244,11 @@ def _length(t: dict, trained: list[dict]) -> str:
             if not whole:
                 return f"{rest} of the first epoch's {per} iterations"
             epochs = f"{whole} epoch{'s' * (whole != 1)} of {per} iterations"
-            return f"{epochs} and {rest} of the next" if rest else epochs
+            return f"{epochs} and {rest} iterations of the next" if rest else epochs
 
         text += f" ({_per_run(trained, epochs_of)}{drawn})"
         if cap and cap < full:
-            text += f"; max_iterations {cap} cut the recipe's {t['epochs']} epochs ({full} iterations) short"
+            text += f"; the recipe stops at max_iterations {cap}, before the end of its {t['epochs']} epochs ({full} iterations)"
         elif cap:
             text += f"; the recipe's {t['epochs']} epochs, within max_iterations {cap}"
     else:  # records written before they kept the epoch's length, or runs of several (folds of other sizes)
