@@ -847,6 +847,18 @@ def test_a_scan_backend_forced_that_cannot_run_here_is_named_and_doctor_says_so(
         assert info.value.code == 0 and f"scan backend {phrase}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("option, phrase", [
+    ("sise=3", "synthetic synapse data has no setting sise; its settings (and defaults): n_train=6, n_test=3, depth=16"),
+    ("size=-3", "synthetic synapse data: size takes a whole number >= 1, e.g. 96; got -3"),
+    ("spacing=[1, 2]", "spacing takes a list of 3 positive numbers, e.g. [2.5, 0.8, 0.8]; got [1, 2]"),
+    ("n_test", "--option expects key=value (a generator setting); got 'n_test'"),
+])
+def test_a_synthetic_data_setting_it_cannot_take_is_one_line(monkeypatch, capsys, tmp_path, option, phrase):
+    _fails(monkeypatch, capsys, "data", "synth", "--like", "synapse", "--out", tmp_path / "s", "--option", option,
+           names=option.split("=")[0], phrase=phrase)
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_negative_synthetic_data_seed_is_one_line(monkeypatch, capsys, tmp_path):
     _fails(monkeypatch, capsys, "data", "synth", "--like", "synapse", "--out", tmp_path / "s", "--seed", "-1",
            names="--seed", phrase="a whole number >= 0; got -1")

@@ -623,3 +623,18 @@ def test_data_synth_takes_dataset_names_and_writes_their_synthetic_data(tmp_path
     assert synthetic_identity(tmp_path / "mine") == synthetic_identity(synthetic_root("isic18", tmp_path / "cache"))
     result = runner.invoke(app, ["data", "synth", "--like", "isic18", "--seed", "5", "--out", str(tmp_path / "other")])
     assert synthetic_identity(tmp_path / "other") != synthetic_identity(tmp_path / "mine")
+
+
+def test_data_synth_writes_volumes_of_the_size_asked_for(tmp_path):
+    """To time evaluation at a real CT's size without the data: --option size=... depth=..."""
+    import h5py
+
+    from bench.data import open_dataset
+
+    result = runner.invoke(app, ["data", "synth", "--like", "synapse", "--out", str(tmp_path / "big"), "--option",
+                                 "size=128", "--option", "depth=20", "--option", "n_test=1", "--option", "n_train=1"])
+    assert result.exit_code == 0, result.output
+    ds = open_dataset("synapse", tmp_path / "big")
+    (case,) = ds.test_ids()
+    with h5py.File(next((tmp_path / "big" / "test_vol_h5").glob("*.h5"))) as f:
+        assert f["image"].shape == (20, 128, 128) and case

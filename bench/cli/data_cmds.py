@@ -32,18 +32,23 @@ def data_synth(
     out: Annotated[Path, typer.Option(help="output directory (created)")],
     seed: Annotated[Optional[int], typer.Option(help="generator seed; same seed, same data (default: that of "
                                                       "`bench run --synthetic` for this dataset)")] = None,
+    option: Annotated[Optional[list[str]], typer.Option(
+        help="a generator setting, key=value (repeated for more), e.g. size=512 depth=120 n_test=2 for volumes "
+             "of a real CT's size, to time evaluation at scale; a wrong key lists the format's settings")] = None,
 ) -> None:
     """Write a small, deterministic, learnable dataset in a real on-disk format.
 
     Example: bench data synth --like synapse --out data/synapse-synth
     """
+    from bench.cli.options import _parse_sets
     from bench.data import SYNTH_SEEDS, get_reader
     from bench.data.synth import KINDS, synthesize
 
     if seed is not None and seed < 0:  # numpy's generators take seeds >= 0
         raise BenchError(f"--seed must be a whole number >= 0; got {seed}")
     kind = like.value if like.value in KINDS else get_reader(like.value).kind
-    path = synthesize(kind, out, seed=SYNTH_SEEDS.get(like.value, 0) if seed is None else seed)
+    settings = _parse_sets(option or [], "--option", "a generator setting")
+    path = synthesize(kind, out, seed=SYNTH_SEEDS.get(like.value, 0) if seed is None else seed, **settings)
     typer.echo(f"wrote synthetic {like.value} dataset to {path}")
 
 

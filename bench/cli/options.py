@@ -66,16 +66,17 @@ def _parse_spacing(text: str | None) -> str | list[float] | None:
                          f"e.g. 1,0.8,0.8; got {text!r}") from None
 
 
-def _parse_sets(items: list[str]) -> dict[str, object]:
+def _parse_sets(items: list[str], option: str = "--set", what: str = "a model constructor argument") -> dict[str, object]:
+    """``key=value`` options (``--set``; ``bench data synth --option``) to a dict, values read as Python or JSON."""
     import ast
 
     out: dict[str, object] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise BenchError(f"--set expects key=value (a model constructor argument); got {item!r}")
+            raise BenchError(f"{option} expects key=value ({what}); got {item!r}")
         if key in out:  # the last would win unsaid
-            raise BenchError(f"--set {key}: given twice ({key}={out[key]!r} and {item}); give each key once")
+            raise BenchError(f"{option} {key}: given twice ({key}={out[key]!r} and {item}); give each key once")
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

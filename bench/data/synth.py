@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,10 +79,13 @@ def synthesize(kind: str, out: str | Path, *, seed: int = 0, **size_options: Any
         raise BenchError(f"unknown synthetic kind {kind!r}; expected one of {', '.join(KINDS)}")
     unknown = sorted(set(size_options) - set(DEFAULTS[kind]))
     if unknown:
-        raise BenchError(
-            f"synthesize({kind!r}): unknown option(s) {', '.join(unknown)}; accepted: {', '.join(DEFAULTS[kind])}"
-        )
+        raise BenchError(f"synthetic {kind} data has no setting {', '.join(unknown)}; its settings (and defaults): "
+                         + ", ".join(f"{k}={_shown(v)}" for k, v in DEFAULTS[kind].items()))
+    for key, value in size_options.items():
+        _check_setting(kind, key, value)
     options = {**DEFAULTS[kind], **size_options}
+    if options.get("min_size", 0) > options.get("max_size", math.inf):
+        raise BenchError(f"synthetic {kind} data: min_size {options['min_size']} is above max_size {options['max_size']}")
     writer: Callable[..., None] = _WRITERS[kind]
     made = {"generator": GENERATOR_VERSION, "kind": kind, "seed": seed, "options": options}
 
@@ -100,6 +104,28 @@ def synthetic_identity(root: str | Path) -> str | None:
     except OSError:
         return None
     return "synthetic:" + hashlib.sha256(made.encode()).hexdigest()[:16]
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def _check_setting(kind: str, key: str, value: Any) -> None:
+    """BenchError unless ``value`` is of the kind of ``key``'s default: a whole number >= 1 (``dims``: 2
+    or 3), a list of as many positive numbers (spacings), or a list of names."""
+    default = DEFAULTS[kind][key]
+    if isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool) and (value in (2, 3) if key == "dims" else value >= 1)
+        what = "2 or 3" if key == "dims" else "a whole number >= 1"
+    elif all(isinstance(v, (int, float)) for v in default):
+        ok = (isinstance(value, (list, tuple)) and len(value) == len(default)
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value))
+        what = f"a list of {len(default)} positive numbers"
+    else:
+        ok = isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(v, str) for v in value)
+        what = "a list of names"
+    if not ok:
+        raise BenchError(f"synthetic {kind} data: {key} takes {what}, e.g. {_shown(default)}; got {value!r}")
 
 
 def _rng(seed: int, kind: str, index: int) -> np.random.Generator:
