@@ -529,6 +529,12 @@ def _check_init(model: str, init: tuple[str, str, str], build: dict[str, Any]) -
                          "from; a run from it is not the protocol's recipe (load_weights fine-tunes from it in Python)")
 
 
+def check_workers(workers: int | None) -> None:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise BenchError(f"--workers: expected a whole number >= 0 (0: batches are loaded in the training "
+                         f"process); got {workers!r}")
+
+
 def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str, seeds: int | list[int] | None,
               data_root: Path | str | None, synthetic: bool, results_dir: Path | str, policy: str | None = None,
               model_overrides: dict[str, Any] | None = None, folds: list[int] | str | None = None,
@@ -548,9 +554,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     from bench.rescore import earlier_data_ids
 
     models = resolve_models(models)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-        raise BenchError(f"--workers: expected a whole number >= 0 (0: batches are loaded in the training "
-                         f"process); got {workers!r}")
+    check_workers(workers)
     protocol = load_protocol(protocol) if isinstance(protocol, (str, Path)) else protocol
     # each seed once: a seed given twice would train and count one run twice; None: the protocol's
     seeds = list(dict.fromkeys(int_list(seeds, "seeds", "[0, 1, 2]"))) if seeds is not None else [protocol.seed]

@@ -105,7 +105,7 @@ def run(
     from bench.env import resolve_device
     from bench.protocol import load_protocol
     from bench.registry import get_entry, resolve_models
-    from bench.run import parse_shard, plan_grid, refuse_2d_models, resolve_inits, run_grid, select_shard
+    from bench.run import check_workers, parse_shard, plan_grid, refuse_2d_models, resolve_inits, run_grid, select_shard
 
     _compute_setup(threads)
     if distributed.rank_from_env() != 0:  # a process of a torchrun: the first says the warnings for all
@@ -114,6 +114,7 @@ def run(
     distributed.stop_with_launcher()
     if shard:
         parse_shard(shard)  # before anything is written
+    check_workers(workers)  # before what needs files is checked
     names = resolve_models(models)
     dataset = get_reader(dataset).name  # any case; records and run ids hold the registered name
     proto = load_protocol(default_protocol(dataset, protocol))
