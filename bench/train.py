@@ -334,9 +334,9 @@ def train_model(
     seed_everything(seed)
     ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    if w.main:  # what a kill during a checkpoint write left behind (a dead writer's; another host's once a day old),
-        # under older versions' names too
-        fileio.remove_orphans(ckpt_dir, fileio.temp_glob(suffix=".tmp"), f"{fileio.OLD_TEMP_FILE}.tmp")
+    if w.main:  # what a kill during a checkpoint write left behind (a dead writer's; another host's once a day old):
+        # the folder is bench's alone, so every temp name, older versions' (".last.pt.<pid>.tmp") too
+        fileio.remove_orphans(ckpt_dir, ".*.tmp")
     data = TrainDataset(dataset, protocol, seed=seed)
     if len(data) == 0:
         raise BenchError(f"{dataset.root}: the training split is empty")

@@ -195,7 +195,8 @@ def test_bit_reproducible_and_checkpoints(synapse_root, tmp_path):
 
     left = tmp_path / "r2" / "checkpoints"
     left.mkdir(parents=True)
-    leftovers = [left / f".last.pt.{TEMP_MARK}k1ll3d.tmp", left / ".last.pt.k1ll3d00.tmp"]
+    # today's names, mkstemp's of earlier versions, and the "<pid>.tmp" of the first ones (any pid's length)
+    leftovers = [left / f".last.pt.{TEMP_MARK}k1ll3d.tmp", left / ".last.pt.k1ll3d00.tmp", left / ".last.pt.1234567.tmp"]
     for path in leftovers:
         path.write_bytes(b"half")
         os.utime(path, (time.time() - 2 * 86400,) * 2)

@@ -420,13 +420,14 @@ def test_temp_files_killed_writers_left_in_the_volume_cache_go_when_old(tmp_path
     folder = ds.volume_folder
     old = folder / f".{first}.image.npy.{TEMP_MARK}k1ll3d.tmp.npy"
     older = folder / f".{first}.label.npy.k1ll3d00.tmp.npy"  # an older version's name: mkstemp's, no TEMP_MARK
+    oldest = folder / f".{first}.label.1234567.tmp.npy"  # the first versions': "<pid>.tmp.npy"
     young = folder / f".{first}.label.npy.{TEMP_MARK}wr1t1ng.tmp.npy"
-    for path in (old, older, young):
+    for path in (old, older, oldest, young):
         path.write_bytes(b"the first half of a volume")
-    for path in (old, older):
+    for path in (old, older, oldest):
         os.utime(path, (time.time() - 2 * 86400,) * 2)
     ds.load_train_volume(second, VolumePrep("zscore"))
-    assert not old.exists() and not older.exists() and young.exists()
+    assert not old.exists() and not older.exists() and not oldest.exists() and young.exists()
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == [young.name]
 
 def test_slice_protocols_still_train_on_slices(tmp_path):

@@ -56,7 +56,7 @@ import numpy as np
 from bench.data.base import (Case, Sample, SegDataset, check_whole_ids, class_ids, describe, found_instead, hidden,
                               id_dtype, reading, split_problems, write_nifti_labels)
 from bench.errors import BenchError, few
-from bench.fileio import OLD_TEMP_FILE, atomic_write, read_text, remove_orphans, temp_glob
+from bench.fileio import atomic_write, read_text, remove_orphans
 
 if TYPE_CHECKING:
     from bench.data.preprocess import VolumePrep
@@ -644,8 +644,9 @@ class NnUNetDataset(SegDataset):
                 named = _CACHED.fullmatch(stale.name)  # temporary files (".<name>.<random>.tmp.npy") never match
                 if named is not None and named["case"] == case and (named["sig"] != sig or stale.parent != folder):
                     stale.unlink(missing_ok=True)
-            # other cases' temp files, each as large as a volume (older versions' names too)
-            remove_orphans(folder, temp_glob(suffix=".tmp.npy"), f"{OLD_TEMP_FILE}.tmp.npy")
+            # other cases' temp files, each as large as a volume: the cache is bench's alone, so every
+            # temp name, older versions' (".<stem>.<pid>.tmp.npy") too
+            remove_orphans(folder, ".*.tmp.npy")
             for arr, path in zip(arrays, paths):  # a unique temp name: shards on other hosts may share a pid
                 atomic_write(path, lambda tmp, arr=arr: np.save(tmp, arr), suffix=".tmp.npy")
             return tuple(np.load(p, mmap_mode="r") for p in paths)
