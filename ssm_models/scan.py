@@ -157,6 +157,7 @@ def _load_extension():
 
             build = _build_dir()
             _wait_for_build_lock(build / "lock")
+            _say_owner(build)
             before = {so: so.stat().st_mtime_ns for so in build.glob(f"{_EXT_NAME}*.so")}
             t0 = time.perf_counter()
             with _real_std_streams(), _venv_ninja_first():  # torch's build flushes the streams
@@ -192,50 +193,49 @@ def _venv_ninja_first():
             os.environ["PATH"] = old
 
 
-def _lock_held(lock: Path) -> bool | None:
-    """Whether a live process has ``lock`` open (torch's FileBaton keeps it open from creating it to
-    removing it); None where that cannot be seen (no /proc, or a process of the lock's owner unreadable)."""
+_LOCK_OWNER = "lock.owner"  # beside torch's lock, which cannot say who holds it: the builder's writer tag
+
+
+def _say_owner(build: Path) -> None:
+    """Name this process as the builder, before torch's baton is taken (a waiter that finds the lock
+    reads who holds it)."""
+    from bench.fileio import writer_tag
+
     try:
-        owner, target = lock.stat().st_uid, os.path.realpath(lock)
-        pids = [p for p in Path("/proc").iterdir() if p.name.isdigit()]
-    except FileNotFoundError:
-        return False
+        (build / _LOCK_OWNER).write_text(writer_tag())
+    except OSError:  # a read-only cache is no reason to fail the build: waiters then go by the lock's age
+        pass
+
+
+def _lock_left(lock: Path) -> bool:
+    """Whether ``lock`` was left by a killed build: the owner file, written just before it, names a
+    process of this host (and pid namespace) that is gone. A builder on another node sharing the home
+    folder, one no such file names (an older owner file: another's build), or this very process: not
+    known, so the lock's age decides."""
+    from bench.fileio import dead_writer, writer_tag
+
+    owner_file = lock.parent / _LOCK_OWNER
+    try:
+        owner, written, locked = owner_file.read_text().strip(), owner_file.stat().st_mtime, lock.stat().st_mtime
     except OSError:
-        return None
-    if not pids:
-        return None
-    for pid in pids:
-        try:
-            if pid.stat().st_uid != owner:
-                continue
-            fds = list((pid / "fd").iterdir())
-        except FileNotFoundError:  # it exited meanwhile
-            continue
-        except OSError:
-            return None
-        for fd in fds:
-            try:
-                if os.readlink(fd) == target:
-                    return True
-            except OSError:
-                continue
-    return False
+        return False
+    return -1 <= locked - written < 60 and owner != writer_tag() and dead_writer(owner)
 
 
 def _wait_for_build_lock(lock: Path) -> None:
-    """Wait while another process builds into this directory. A lock nobody holds open was left by a
-    killed build: removed at once (a killed run's next command slept 10 min in silence); where that
-    cannot be seen, once older than ``_STALE_LOCK_S``. torch's own wait has no end. A wait of more
-    than a few seconds is said."""
+    """Wait while another process builds into this directory. A lock whose builder is known gone
+    (``_lock_left``) is removed at once (a killed run's next command slept 10 min in silence); any
+    other once older than ``_STALE_LOCK_S``. torch's own wait has no end. A wait of more than a few
+    seconds is said."""
     start, next_look, said = time.monotonic(), 0.0, False
     while True:
         try:
             seen = lock.stat()
         except FileNotFoundError:
             return
-        if time.monotonic() >= next_look:  # about once a second: the look reads /proc
+        if time.monotonic() >= next_look:  # about once a second
             next_look = time.monotonic() + 1.0
-            if time.time() - seen.st_mtime > _STALE_LOCK_S or _lock_held(lock) is False:
+            if time.time() - seen.st_mtime > _STALE_LOCK_S or _lock_left(lock):
                 try:  # only the lock looked at: another waiter may have removed it and begun its build
                     if lock.stat().st_ino == seen.st_ino:
                         lock.unlink()
@@ -245,8 +245,8 @@ def _wait_for_build_lock(lock: Path) -> None:
             if not said and time.monotonic() - start > 5:
                 said = True
                 warnings.warn(f"waiting for another process's build of the selective-scan kernel ({lock}); a "
-                              f"lock left by a killed build is removed (at once, or after {_STALE_LOCK_S // 60:.0f} "
-                              "min where its process cannot be seen)", stacklevel=2)
+                              f"lock left by a killed build is removed (at once where its process was of this host, "
+                              f"else after {_STALE_LOCK_S // 60:.0f} min)", stacklevel=2)
         time.sleep(0.1)  # as torch polls its baton
 
 

@@ -538,32 +538,37 @@ def test_kernel_results_do_not_depend_on_the_vector_width(tmp_path):
 
 def test_a_killed_builds_lock_is_removed_and_a_live_one_waited_for(tmp_path, monkeypatch):
     """A build killed mid-way leaves its lock; a process that found it waited in torch's endless
-    wait (a CI run hung), then 10 min in silence. Now: a lock nobody holds open goes at once, a live
-    build's (its baton keeps the file open) is waited for, and where holders cannot be seen, the lock
-    goes once stale."""
-    import os
+    wait (a CI run hung), then 10 min in silence. Now: a lock whose builder (the owner file written
+    just before it) was a process of this host that is gone goes at once; a live builder's is waited
+    for; one no owner file speaks for (a builder on another node sharing the home folder) goes once stale."""
+    import subprocess
+    import sys
     import threading
     import time
 
-    lock = tmp_path / "lock"
-    lock.touch()  # a killed build's: no process has it open
-    t0 = time.monotonic()
-    scan._wait_for_build_lock(lock)
-    assert not lock.exists() and time.monotonic() - t0 < 2
+    from bench.fileio import writer_tag
 
-    fd = os.open(lock, os.O_CREAT | os.O_EXCL)  # as torch's FileBaton takes it: open until released
-    assert scan._lock_held(lock) is True
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    lock, owner = tmp_path / "lock", tmp_path / scan._LOCK_OWNER
+    try:
+        owner.write_text(writer_tag(gone.pid))
+        lock.touch()  # the killed build's
+        t0 = time.monotonic()
+        scan._wait_for_build_lock(lock)
+        assert not lock.exists() and time.monotonic() - t0 < 2
 
-    def release():
-        os.close(fd)
-        lock.unlink()
+        owner.write_text(writer_tag(live.pid))
+        lock.touch()
+        threading.Timer(1.5, lock.unlink).start()  # the live build ends after the first look
+        t0 = time.monotonic()
+        scan._wait_for_build_lock(lock)
+        assert 1.4 < time.monotonic() - t0 < 10
+    finally:
+        live.kill()
 
-    threading.Timer(1.5, release).start()  # past the first look, which must see it held
-    t0 = time.monotonic()
-    scan._wait_for_build_lock(lock)
-    assert 1.4 < time.monotonic() - t0 < 10
-
-    monkeypatch.setattr(scan, "_lock_held", lambda _: None)  # no /proc: its age decides
+    owner.unlink()  # no owner: another node's build, or an older bench's
     monkeypatch.setattr(scan, "_STALE_LOCK_S", 1.5)
     lock.touch()
     t0 = time.monotonic()
