@@ -351,6 +351,7 @@ PAPER_CONFIG = {"embed_dim": 96, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12,
     description="Swin-Unet: Swin-T blocks [2,2,2,2] with a mirrored decoder, window 7 (27.17 M params)",
     pretrained={"swin_t": load_swin_t},
     init=("swin_t", "swin_tiny_patch4_window7_224.pth"),  # Swin-T ImageNet-1k, encoder and decoder
+    chooses=("window_size",),  # fitted to a small input (resolved_config)
 )
 def swin_unet(*, num_classes: int, in_chans: int = 3, img_size: int = 224, **overrides: Any) -> SwinUnet:
     """Swin-Unet with the authors' Synapse configuration at ``img_size`` (224 in the paper)."""

@@ -56,6 +56,9 @@ class ModelEntry:
     # (source, file name): the file the authors' training starts from, loaded by `bench run`
     # under protocols with ``pretrained = true``; None: the authors train from scratch
     init: tuple[str, str] | None = None
+    # constructor keys the factory may choose itself for the input (its model's ``resolved_config``, which
+    # records keep in model_config): labels of records from before ``set_keys`` take them for no one's change
+    chooses: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -77,6 +80,7 @@ def register_model(
     pretrained: Mapping[str, Callable] | None = None,
     init: tuple[str, str] | None = None,
     name: str | None = None,
+    chooses: tuple[str, ...] = (),
 ) -> Callable:
     """Decorator: register ``fn`` under its function name (or ``name``)."""
     if family not in FAMILIES:
@@ -107,6 +111,7 @@ def register_model(
             convert_official=convert_official,
             pretrained=dict(pretrained or {}),
             init=tuple(init) if init else None,
+            chooses=tuple(chooses),
         )
         return fn
 

@@ -61,6 +61,20 @@ def test_the_baseline_value_is_the_mean_over_seeds(tmp_path):
     assert rows.loc["dice", "value"] == pytest.approx(0.70)
 
 
+def test_a_baseline_that_named_the_paper_configuration_by_its_default_keys_still_compares(tmp_path, baseline):
+    """Boards wrote "vmunet (d_state=default)" for the paper model beside a variant; today it is "vmunet":
+    a baseline saved so reads as today's labels, not as rows missing."""
+    text = baseline.read_text().replace(",vmunet,", ",vmunet (d_state=default),")
+    assert "vmunet (d_state=default)" in text
+    baseline.write_text(text)
+    df = _runs(tmp_path, "now", [
+        make_record("vmunet", seed=0, dice=0.80, hd95=20.0),
+        make_record("vmunet", seed=1, dice=0.84, hd95=30.0),
+        make_record("unet", seed=0, dice=0.70, hd95=40.0),
+    ])  # fmt: skip
+    assert set(compare(baseline, df).table["status"]) == {"ok"}
+
+
 def test_within_tolerance_is_ok(tmp_path, baseline):
     df = _runs(tmp_path, "now", [
         make_record("vmunet", seed=0, dice=0.81, hd95=22.0),

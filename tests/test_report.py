@@ -379,6 +379,24 @@ def test_a_set_variant_is_named_even_alone_and_a_constructors_own_choice_is_not(
     assert profile_labels(alone) == ["vmunet (tiny, d_state=8)"]
 
 
+def test_records_from_before_set_keys_join_todays_rows(tmp_path):
+    """A review: yesterday's --set d_state=8 seed 0 (no set_keys) beside today's seed 1 made two rows, the
+    old one read as the paper model; yesterday's tiny Swin-Unet (its window fitted to 64², in its
+    model_config) must not read as a variant of today's."""
+    from bench.registry import get_entry
+
+    tiny = {k: list(v) if isinstance(v, tuple) else v for k, v in get_entry("swin_unet").tiny.items()}
+    old = make_record("vmunet", seed=0, model_config={"d_state": 8})
+    write_record(old, tmp_path)
+    write_record({**make_record("vmunet", seed=1, model_config={"d_state": 8}), "set_keys": ["d_state"]}, tmp_path)
+    write_record({**make_record("swin_unet", seed=0, model_config={**tiny, "window_size": 2}), "tiny": True}, tmp_path)
+    write_record({**make_record("swin_unet", seed=1, model_config={**tiny, "window_size": 2}), "tiny": True,
+                  "set_keys": []}, tmp_path)
+    board = leaderboards(load(tmp_path))[("synapse", "synapse", "legacy-synapse")].set_index("model")
+    assert sorted(board.index) == ["swin_unet (tiny)", "vmunet (d_state=8)"]
+    assert (board["n_seeds"] == 2).all()
+
+
 def test_tiny_configurations_are_labelled_whatever_shares_the_board(tmp_path):
     """--tiny runs read "(tiny)" on their own (they used to read as the paper's model), and a full
     run joining them leaves every label as it was; --reference names the model's one row."""
@@ -406,7 +424,8 @@ def test_tiny_configurations_are_labelled_whatever_shares_the_board(tmp_path):
     # a config that only shares some tiny keys is not tiny
     half = {"widths": tiny["widths"][:3]}
     write_record(make_record("unet", dataset="acdc", seed=0, model_config=half), tmp_path)
-    assert list(leaderboards(load(tmp_path))[("acdc", "synapse", "legacy-synapse")]["model"]) == ["unet"]
+    assert list(leaderboards(load(tmp_path))[("acdc", "synapse", "legacy-synapse")]["model"]) == [
+        "unet (widths=[8, 16, 32])"]  # alone on its board, not the paper's model either (it read "unet")
     # the same config built with --tiny (the record says so) and a tiny key set otherwise: neither the
     # tiny nor the paper model, even alone on its board (it read "unet", the paper's label)
     write_record({**make_record("unet", dataset="acdc", seed=0, model_config=half, run_id="t"), "tiny": True},

@@ -93,8 +93,8 @@ def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | N
         own[i] = ["tiny", *(shown(p, k) for k in _tiny_changes(m, p))] if small else []
         # --set's changes; a tiny row's tiny keys are said above (the tiny configuration given by hand is --set's too)
         tiny_keys = _tiny_config(m) if small else {}
-        changed = changes[i] if isinstance(changes[i], str) else ""
-        own[i] += [part for part in (shown(p, k) for k in changed.split(",") if k in p and k not in tiny_keys)
+        changed = changes[i].split(",") if isinstance(changes[i], str) else _set_before_kept(m, p)
+        own[i] += [part for part in (shown(p, k) for k in changed if k in p and k not in tiny_keys)
                    if part not in own[i]]
     frame = pd.DataFrame({"model": models.astype(str), "own": [", ".join(own[i]) for i in models.index]},
                          index=models.index)
@@ -134,6 +134,20 @@ def _paper_config(model: str) -> dict:
         return json.loads(json.dumps(dict(get_entry(model).paper_config)))
     except BenchError:
         return {}
+
+
+def _set_before_kept(model: str, config: dict) -> list[str]:
+    """A record's --set keys where it predates ``set_keys``: the paper configuration's keys it holds
+    at other values, less those the constructor chooses itself and spatial_dims (a 3-D protocol's
+    build sets it), so that its label is that of a run of today with the same --set."""
+    from bench.registry import get_entry
+
+    try:
+        chosen = set(get_entry(model).chooses) | {"spatial_dims"}
+    except BenchError:
+        chosen = {"spatial_dims"}
+    paper = _paper_config(model)
+    return [k for k in config if k in paper and k not in chosen and json.dumps(config[k]) != json.dumps(paper[k])]
 
 
 def _is_tiny(model: str, config: dict) -> bool:
