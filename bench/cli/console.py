@@ -108,10 +108,14 @@ def _note_error(line: str) -> bool:
 
 
 def _launched() -> Any:
-    """bench.distributed where this process imported it, else None. Only `bench run` imports it (first
-    thing), and only its processes run under `bench run --nproc`'s launcher: --help, a usage error or
-    another command need not import torch (1-2 s) to learn that they were not launched."""
-    return sys.modules.get("bench.distributed")
+    """bench.distributed where this process may be one of those torchrun started (its WORLD_SIZE; a
+    Ctrl-C can reach one before `bench run` imported the module) or where it imported it; else None:
+    --help, a usage error or another command need not import torch (1-2 s) to learn that they were not."""
+    if "bench.distributed" in sys.modules or os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        from bench import distributed
+
+        return distributed
+    return None
 
 
 def _interrupt(signum, frame) -> None:
