@@ -37,6 +37,8 @@ def test_forward_shapes_and_logits(name):
     assert out.shape == (2, 3, 64, 64)
     # raw logits: no softmax inside (channels do not sum to one)
     assert not torch.allclose(out.softmax(1).sum(1), out.sum(1))
+    # what the factory fitted to the input is named in the registry: labels of older records leave it out
+    assert set(getattr(model, "resolved_config", {})) <= set(get_entry(name).chooses)
 
 
 @pytest.mark.parametrize("name", MODELS)
