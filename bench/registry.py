@@ -191,8 +191,8 @@ def first_forward_error(model: nn.Module, shape: tuple[int, ...], exc: Exception
     said = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     if is_builtin(entry.name):
         config = getattr(model, "bench_config", {})
-        changed = {k: v for k, v in config.items() if k in entry.paper_config
-                   and _as_set(v) != _as_set(entry.tiny.get(k, entry.paper_config[k]))}
+        keys = set(changed_keys(entry.name, config, tiny=True)) & set(entry.paper_config)  # not num_classes etc.
+        changed = {k: v for k, v in config.items() if k in keys}
         if not changed:
             return None
         return BenchError(f"{entry.name} failed at its first forward, built with "

@@ -207,16 +207,16 @@ def _say_owner(build: Path) -> None:
         pass
 
 
-def _lock_left(lock: Path) -> bool:
+def _lock_left(lock: Path, locked: float) -> bool:
     """Whether ``lock`` was left by a killed build: the owner file, written just before it, names a
     process of this host (and pid namespace) that is gone. A builder on another node sharing the home
     folder, one no such file names (an older owner file: another's build), or this very process: not
-    known, so the lock's age decides."""
+    known, so the lock's age decides. ``locked``: the lock's mtime."""
     from bench.fileio import dead_writer, writer_tag
 
     owner_file = lock.parent / _LOCK_OWNER
     try:
-        owner, written, locked = owner_file.read_text().strip(), owner_file.stat().st_mtime, lock.stat().st_mtime
+        owner, written = owner_file.read_text().strip(), owner_file.stat().st_mtime
     except OSError:
         return False
     return -1 <= locked - written < 60 and owner != writer_tag() and dead_writer(owner)
@@ -235,7 +235,7 @@ def _wait_for_build_lock(lock: Path) -> None:
             return
         if time.monotonic() >= next_look:  # about once a second
             next_look = time.monotonic() + 1.0
-            if time.time() - seen.st_mtime > _STALE_LOCK_S or _lock_left(lock):
+            if time.time() - seen.st_mtime > _STALE_LOCK_S or _lock_left(lock, seen.st_mtime):
                 try:  # only the lock looked at: another waiter may have removed it and begun its build
                     if lock.stat().st_ino == seen.st_ino:
                         lock.unlink()

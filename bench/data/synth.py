@@ -80,7 +80,7 @@ def synthesize(kind: str, out: str | Path, *, seed: int = 0, **size_options: Any
     unknown = sorted(set(size_options) - set(DEFAULTS[kind]))
     if unknown:
         raise BenchError(f"synthetic {kind} data has no setting {', '.join(unknown)}; its settings (and defaults): "
-                         + ", ".join(f"{k}={_shown(v)}" for k, v in DEFAULTS[kind].items()))
+                         + ", ".join(f"{k}={json.dumps(v)}" for k, v in DEFAULTS[kind].items()))
     for key, value in size_options.items():
         _check_setting(kind, key, value)
     options = {**DEFAULTS[kind], **size_options}
@@ -106,10 +106,6 @@ def synthetic_identity(root: str | Path) -> str | None:
     return "synthetic:" + hashlib.sha256(made.encode()).hexdigest()[:16]
 
 
-def _shown(value: Any) -> str:
-    return json.dumps(list(value) if isinstance(value, tuple) else value)
-
-
 def _check_setting(kind: str, key: str, value: Any) -> None:
     """BenchError unless ``value`` is of the kind of ``key``'s default: a whole number >= 1 (``dims``: 2
     or 3), a list of as many positive numbers (spacings), or a list of names."""
@@ -125,7 +121,7 @@ def _check_setting(kind: str, key: str, value: Any) -> None:
         ok = isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(v, str) for v in value)
         what = "a list of names"
     if not ok:
-        raise BenchError(f"synthetic {kind} data: {key} takes {what}, e.g. {_shown(default)}; got {value!r}")
+        raise BenchError(f"synthetic {kind} data: {key} takes {what}, e.g. {json.dumps(default)}; got {value!r}")
 
 
 def _rng(seed: int, kind: str, index: int) -> np.random.Generator:

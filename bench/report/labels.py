@@ -118,34 +118,30 @@ def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | N
     return labels.tolist()
 
 
-def _tiny_config(model: str) -> dict:
+def _entry(model: str) -> Any:
+    """The registry's entry of ``model``; None for a record of a model no longer registered."""
     from bench.registry import get_entry
 
     try:
-        return dict(get_entry(model).tiny)
-    except BenchError:  # a record of a model no longer registered
-        return {}
+        return get_entry(model)
+    except BenchError:
+        return None
+
+
+def _tiny_config(model: str) -> dict:
+    return dict(entry.tiny) if (entry := _entry(model)) else {}
 
 
 def _paper_config(model: str) -> dict:
-    from bench.registry import get_entry
-
-    try:  # as records write it: tuples as lists
-        return json.loads(json.dumps(dict(get_entry(model).paper_config)))
-    except BenchError:
-        return {}
+    return dict(entry.paper_config) if (entry := _entry(model)) else {}
 
 
 def _set_before_kept(model: str, config: dict) -> list[str]:
     """A record's --set keys where it predates ``set_keys``: the paper configuration's keys it holds
     at other values, less those the constructor chooses itself and spatial_dims (a 3-D protocol's
     build sets it), so that its label is that of a run of today with the same --set."""
-    from bench.registry import get_entry
-
-    try:
-        chosen = set(get_entry(model).chooses) | {"spatial_dims"}
-    except BenchError:
-        chosen = {"spatial_dims"}
+    entry = _entry(model)
+    chosen = {"spatial_dims", *(entry.chooses if entry else ())}
     paper = _paper_config(model)
     return [k for k in config if k in paper and k not in chosen and json.dumps(config[k]) != json.dumps(paper[k])]
 
