@@ -417,3 +417,32 @@ def test_processes_stop_when_the_launcher_is_killed(tmp_path):
     assert not list(temp.glob("bench-*"))  # the launch's temp folder, which the launcher could not remove
     said = launcher.stderr.read()
     assert "interrupted: the launcher is gone; the same command with --resume continues" in said, said
+
+
+@pytest.mark.parametrize("rank, orphaned, said, code", [
+    (0, True, "interrupted: the launcher is gone; the same command with --resume continues", 130),
+    (1, True, "", 130),
+    (0, False, "error: another process of this run is gone (Connection closed by peer [x]:1)", 3)])
+def test_a_peer_lost_after_the_launcher_died_is_said_as_the_launcher_gone(monkeypatch, capsys, rank, orphaned,
+                                                                          said, code):
+    """Killing the launcher stops every rank; which one notices first is a race. Rank 0 learning it from
+    a peer's closed connection still says what the user can do, not the peer's error."""
+    import types
+
+    import bench.cli
+    from bench.cli import console
+
+    def app(**kwargs):
+        raise RuntimeError("Connection closed by peer [x]:1")
+
+    fake = types.SimpleNamespace(lost_peer=lambda exc: True, orphaned=lambda: orphaned,
+                                 rank_from_env=lambda: rank, note_error=lambda line: False, LOST_PEER_EXIT=3,
+                                 launched_by_bench=lambda: True)
+    monkeypatch.setattr(bench.cli, "app", app)
+    monkeypatch.setattr(console, "_launched", lambda: fake)
+    monkeypatch.delenv("BENCH_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        console._main()
+    assert stop.value.code == code
+    err = capsys.readouterr().err
+    assert (said in err) if said else err == "", err

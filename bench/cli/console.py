@@ -82,16 +82,17 @@ def _main() -> None:
         distributed = _launched()
         if distributed is None or not distributed.lost_peer(exc) or os.environ.get("BENCH_DEBUG"):
             raise
+        if distributed.orphaned():  # the launcher was killed, and a peer's exit reached this one first
+            _say_orphaned(distributed)
+            sys.exit(130)
         line = f"error: another process of this run is gone ({' '.join(str(exc).split())[:200]})"
         if not _note_error(line):
             _echo_err(line)
-        distributed.orphaned()
         sys.exit(distributed.LOST_PEER_EXIT)
     distributed = _launched()
     if code == 130 and distributed is not None and distributed.launched_by_bench():
-        if distributed.orphaned() and distributed.rank_from_env() == 0:  # the launcher was killed: none says it
-            _echo_err("interrupted: the launcher is gone; the same command with --resume continues from the last "
-                      "checkpoint")
+        if distributed.orphaned():
+            _say_orphaned(distributed)
         sys.exit(code)  # the launcher says it, once
     if code == 130:  # Ctrl-C or SIGTERM (typer returns 130 for them)
         _echo_err("interrupted; " + (
@@ -99,6 +100,13 @@ def _main() -> None:
             "checkpoint_every epochs of its protocol); without --resume, unfinished runs train afresh"
             if sys.argv[1:2] == ["run"] else "the same command does it again"))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _say_orphaned(distributed: Any) -> None:
+    """The launcher was killed, so none says what the user can do: rank 0 says it."""
+    if distributed.rank_from_env() == 0:
+        _echo_err("interrupted: the launcher is gone; the same command with --resume continues from the last "
+                  "checkpoint")
 
 
 def _note_error(line: str) -> bool:
