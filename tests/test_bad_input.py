@@ -798,6 +798,10 @@ def test_profile_with_img_size_a_model_cannot_take(monkeypatch, capsys, tmp_path
         (["--models", "unet,vmunet", "--protocol", "smoke", "--set", "d_state=8"], "d_state",
          "--set goes to every model of the command (unet, vmunet): run each model with its own keys in a command"),
         (["--models", "vmunet", "--protocol", "smoke", "--set", "num_classes=3"], "num_classes", "not a --set key; the data gives a run"),
+        # 0 would build the model false builds under another run id and label
+        (["--models", "vmunet_v2", "--dataset", "isic17", "--protocol", "smoke", "--set", "deep_supervision=0"], "deep_supervision",
+         "takes true/false, e.g. true; got 0"),
+        (["--models", "vmunet", "--protocol", "smoke", "--set", "d_state=true"], "d_state", "takes a number, e.g. 16; got true"),
     ],
 )
 def test_unknown_names(monkeypatch, capsys, tmp_path, args, names, phrase):
