@@ -18,6 +18,7 @@ import json
 import os
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from bench import fileio, records
@@ -57,6 +58,8 @@ class Claim:
         self._thread.join(timeout=5)
         if self._ours():
             self.path.unlink(missing_ok=True)
+            with suppress(OSError):  # not empty: what the run wrote (one that failed before its first step wrote nothing)
+                self.path.parent.rmdir()
 
     def __enter__(self) -> Claim:
         return self

@@ -358,7 +358,7 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
     panel only; no learning-rate panel where no run logged one). Runs without a record (still in
     progress) are not drawn. A missing directory or no records gives an empty list.
     """
-    from bench.records import load, read_record, run_dir
+    from bench.records import TB_DIR, load, read_record, run_dir
     from bench.report import label_runs
 
     results_dir, out_dir = Path(results_dir), Path(out_dir)
@@ -382,7 +382,7 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
         for _, run in runs.iterrows():
             trained = run.get("rescored_from")  # a rescored record shares its run's directory
             trained_id = str(trained) if isinstance(trained, str) and trained else str(run["run_id"])
-            scalars = _tb_scalars(run_dir(results_dir, trained_id) / "tb")
+            scalars = _tb_scalars(run_dir(results_dir, trained_id) / TB_DIR)
             fallback = epoch_curve(str(run["run_id"])) if "train/loss" not in scalars else ([], [])
             if scalars or fallback[0]:
                 curves.append((run, scalars, fallback))

@@ -285,6 +285,9 @@ def runs_dir(results_dir: Path) -> Path:
     return Path(results_dir) / "runs"
 
 
+TB_DIR = "tb"  # in a run's folder: its TensorBoard scalars
+
+
 def run_dir(results_dir: Path, run_id: str) -> Path:
     """The folder of ``run_id`` (a rescored record shares the folder of the run it rescored)."""
     return runs_dir(results_dir) / run_id

@@ -11,11 +11,12 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import shutil
 import sys
 import time
 import traceback
 import warnings
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -154,7 +155,7 @@ class _TensorBoard:
     writes then report the disk in one line."""
 
     def __init__(self, run_dir: Path):
-        self._dir, self._writer = run_dir / "tb", None
+        self._dir, self._writer = run_dir / records.TB_DIR, None
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is a declared dependency; tolerate its absence in odd installs
@@ -225,9 +226,13 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         init = {"source": source, "file": Path(path).name, "sha256": sha,
                 **{k: (len(v) if isinstance(v, list) else v) for k, v in report.items() if k not in ("source", "path")}}
     run_dir = records.run_dir(results_dir, spec.key)
-    run_dir.mkdir(parents=True, exist_ok=True)
     main = distributed.world().main
+    # nothing of an earlier attempt here: failing before its first step, this one leaves no folder behind
+    # (a --set value the model's forward refuses), which reports would count as a run begun
+    first = main and not (run_dir / CHECKPOINT_DIR).exists() and not (run_dir / records.TB_DIR).exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
     writer = _tensorboard(run_dir) if main else None
+    stepped = False
     try:
         with _progress_bar(show_progress) as bar:
             if protocol.patches and spec.weights is None:  # training patches only: evaluation reads the cases
@@ -236,6 +241,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
             beat = _Heartbeat(spec.key) if bar is None and main else None
 
             def on_step(step: int, total: int, loss: float) -> None:
+                nonlocal stepped
+                stepped = True
                 if bar is not None:
                     bar.update(task, completed=step, total=total, info=f"loss {loss:.4f}")
                 elif beat is not None:
@@ -269,6 +276,13 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
             for name, value in scores.metrics.items():
                 if isinstance(value, (int, float)):
                     writer.add_scalar(f"eval/{name}", value, result.iterations)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+            writer = None
+        if first and not stepped:
+            _drop_empty_run(run_dir)
+        raise
     finally:  # a failed run keeps what it logged so far, flushed
         if writer is not None:
             writer.close()
@@ -417,6 +431,15 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
         raise BenchError(f"{len(held)} of {len(specs)} run(s) were being run by other processes and were skipped "
                          f"({few(held)}); the same command later finds them finished, or takes over those "
                          "whose process died (with --resume, from their last checkpoint)")
+
+
+def _drop_empty_run(run_dir: Path) -> None:
+    """A first attempt's folder that holds nothing to resume or read: its TensorBoard file without a
+    scalar, an empty checkpoint folder, the folder itself (its claim, where one is held, removes it)."""
+    shutil.rmtree(run_dir / records.TB_DIR, ignore_errors=True)
+    for folder in (run_dir / CHECKPOINT_DIR, run_dir):
+        with suppress(OSError):  # not empty: a checkpoint (max_iterations 0 trains none, yet saves one)
+            folder.rmdir()
 
 
 def note_failure(key: str, exc: Exception, failed: list[str], say_error: Callable[[str], None]) -> None:

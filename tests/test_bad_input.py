@@ -1056,6 +1056,28 @@ def test_protocol_written_for_another_dataset(monkeypatch, capsys, tmp_path):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "synthetic").exists()  # refused before data is written
 
 
+def test_a_run_failing_before_its_first_step_leaves_no_folder(monkeypatch, capsys, tmp_path):
+    """From the session-25 notes: an ablation's --set value the forward refuses left runs/<id>/ holding an
+    empty TensorBoard file, and every report after said that a run began there. A run failing after
+    steps keeps its log and checkpoints: they say how it went, and --resume reads them."""
+    from bench import run as run_module
+
+    args = ["run", "--models", "vmunet", "--tiny", "--dataset", "synapse", "--synthetic", "--results", tmp_path, *FAST]
+    code, err = _bench(monkeypatch, capsys, *args, "--set", "dims=[15, 32, 64, 128]")
+    assert code == 2 and "failed at its first forward" in err, err
+    assert list((tmp_path / "runs").iterdir()) == []
+
+    def fails(*a, **kw):
+        raise BenchError("evaluation failed")
+
+    monkeypatch.setattr(run_module, "evaluate", fails)
+    code, err = _bench(monkeypatch, capsys, *args)
+    assert code == 2 and "evaluation failed" in err, err
+    (run,) = (tmp_path / "runs").iterdir()
+    assert list((run / "tb").glob("events.out.tfevents.*")) and list((run / "checkpoints").glob("*.pt"))
+    assert not (run / ".claim").exists()
+
+
 def test_a_failing_run_does_not_stop_the_grid(monkeypatch, capsys, tmp_path):
     """unet diverges (a non-finite loss): the grid stopped there, vmunet after it never ran, and a
     rerun met the same failure first, for good. Now the others run, the failure is named, the exit

@@ -190,7 +190,7 @@ def test_a_claim_of_another_host_holds_while_fresh_and_is_taken_over_when_stale(
     assert isinstance(taken, Claim) and json.loads(path.read_text())["pid"] == os.getpid()
     assert claim_run(tmp_path, "r1").startswith(f"pid {os.getpid()} on ")  # ours now: a second taker waits
     taken.release()
-    assert not path.exists() and [p.name for p in path.parent.iterdir()] == []
+    assert not path.parent.exists()  # nothing left, not a claim moved aside: the folder holding only it went too
 
 
 def test_claims_of_this_host_go_by_the_pid_and_a_taken_over_claim_is_never_removed(tmp_path):
