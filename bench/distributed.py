@@ -129,7 +129,9 @@ def init(device: torch.device) -> torch.device:
     if timeout is None or timeout.total_seconds() <= 0:
         raise BenchError(f"{TIMEOUT_ENV}={seconds!r}: expected seconds (a positive number), how long processes "
                          "wait for each other")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    # NCCL told its device: barriers need not guess it from the rank (torch warns that it does)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout,
+                            **({"device_id": device} if device.type == "cuda" else {}))
     return device
 
 

@@ -166,7 +166,7 @@ def test_fused_call_gives_mamba_inner_fn_its_arguments(monkeypatch):
     assert len(calls) == 1  # the fused branch ran, not the unfused one twice
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU machines only)")
+@pytest.mark.cuda
 def test_fused_cuda_path_matches_our_path():
     require_mamba_kernels()
     torch.manual_seed(0)

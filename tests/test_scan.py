@@ -358,7 +358,7 @@ def test_import_is_cheap():
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU machines only)")
+@pytest.mark.cuda
 def test_cuda_backend_matches_cpu():
     require_mamba_kernels()
     x = make(batch=2, dim=8, L=64, N=16, G=4, dtype=torch.float32, grad=True)
@@ -375,7 +375,7 @@ def test_cuda_backend_matches_cpu():
         torch.testing.assert_close(xc[k].grad.cpu(), want[k], rtol=1e-3, atol=1e-3, msg=k)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU machines only)")
+@pytest.mark.cuda
 def test_cuda_backend_takes_every_layout_the_op_accepts():
     """mamba-ssm reads one group count for B and C and float32 A/D/delta_bias; float64, which it
     has no kernels for, runs the torch backend automatically and is refused by name."""

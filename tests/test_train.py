@@ -836,7 +836,7 @@ def test_pretrained_protocol_starts_each_model_from_its_authors_file(synapse_roo
     assert torch.equal(final["vmunet.layers_up.3.blocks.0.ln_1.weight"], ckpt["layers.0.blocks.0.ln_1.weight"])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU machines only)")
+@pytest.mark.cuda
 def test_cuda_run_records_its_training_peak_memory(synapse_root, tmp_path):
     from bench.run import plan_grid, run_one
 

@@ -623,8 +623,7 @@ class _AutocastProbe(nn.Module):
         return x.new_zeros((x.shape[0], 2, *x.shape[2:]))
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device (GPU machines only)"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_eval_autocast_runs_the_model_under_float16_autocast_on_cuda_only(device):
     """LightM-UNet's protocols predict as nnU-Net's predictor: under autocast on CUDA, in the
     protocol's dtype on a CPU; prediction stays unchanged where eval.autocast is off."""
