@@ -84,7 +84,8 @@ def claim_run(results_dir: Path, run_id: str) -> Claim | str:
                 return _holder(path)[0] or "another process (it took the run over just now)"
             continue
         text = json.dumps({"writer": fileio.writer_tag(), "pid": os.getpid(), "proc_start": _proc_start(os.getpid()),
-                           "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")})
+                           "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
+                           "folder": _folder_id(path.parent)})
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         return Claim(path, text)
@@ -117,8 +118,16 @@ def _holder(path: Path) -> tuple[str | None, str | None]:
     who = f"pid {pid} on {host.split(':')[0]} since {since}" if host else f"another process (claim {path})"
     if host and fileio.here(tag):  # this host and pid namespace: the pid decides
         alive = not fileio.dead_writer(tag) and held.get("proc_start") in (None, _proc_start(int(pid)))
-        return (who if alive else None), text
+        # a copy of a results folder (cp -r) copies the claims of the runs training in the original
+        copied = held.get("folder") not in (None, _folder_id(path.parent))
+        return (who if alive and not copied else None), text
     return (who if time.time() - stat.st_mtime <= STALE_S else None), text
+
+
+def _folder_id(folder: Path) -> str:
+    """The run folder's device and inode, which a copy does not share (a link or another path to it does)."""
+    st = folder.stat()
+    return f"{st.st_dev}:{st.st_ino}"
 
 
 def _remove_dead(path: Path, judged: str | None) -> bool:

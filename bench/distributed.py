@@ -36,7 +36,7 @@ from typing import Any, Iterable
 import torch
 import torch.distributed as dist
 
-from bench.errors import BenchError
+from bench.errors import BenchError, debugging
 
 # How long ranks wait at a barrier for rank 0 (evaluation of a large test set runs on rank 0 alone).
 TIMEOUT_ENV = "BENCH_DIST_TIMEOUT_S"
@@ -317,7 +317,7 @@ def launch(nproc: int, args: list[str], warned: Iterable[str] = ()) -> int:
 
     # torchrun sets 1 itself where unset, with a banner of several lines; --threads still applies per process
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    debug = bool(os.environ.get("BENCH_DEBUG"))
+    debug = debugging()
     if not debug:  # the agent's log lines ("Sending process … SIGTERM", "failed (exitcode: 2)")
         logging.disable(logging.ERROR)
     # torchrun's per-launch log folder (empty here: nothing is redirected) would stay behind in /tmp; the

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterator, Sequence
 
 
 class BenchError(Exception):
     """A user-facing error: one clear message naming the file or argument and what was expected."""
+
+
+def debugging() -> bool:
+    """Whether BENCH_DEBUG asks for tracebacks (0, false, no, off and empty do not: CI templates set 0)."""
+    return os.environ.get("BENCH_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def unknown_name(kind: str, name: object, known: Sequence[str], *, plural: str | None = None,

@@ -131,6 +131,9 @@ def atomic_write_dir(out: Path, write: Callable[[Path], None]) -> Path:
     """Have ``write(tmp)`` fill a temp folder beside ``out`` that is then renamed to ``out`` (which must
     not exist, or be empty): a crash never leaves half a dataset at ``out``. Returns ``out``."""
     out = Path(out)
+    if out.is_symlink():  # a folder on a larger disk, linked here: the data goes there, written beside it
+        _check_link(out, "--out")
+        out = Path(os.path.realpath(out))
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BenchError(f"{out}: already exists and is not empty; delete it or choose another folder")
     ensure_writable_dir(out.parent, "--out")
@@ -274,6 +277,7 @@ def ensure_writable_dir(directory: Path, option: str = "--results") -> Path:
     nothing for root, or on read-only mounts and network shares.
     """
     directory = Path(directory)
+    _check_link(directory, option)
     if directory.exists() and not directory.is_dir():
         raise BenchError(f"{directory}: is a file, not a folder; choose another {option}")
     try:
@@ -289,6 +293,14 @@ def ensure_writable_dir(directory: Path, option: str = "--results") -> Path:
     except OSError as exc:
         raise BenchError(f"{directory}: not writable ({exc.strerror or exc}); choose another {option}") from None
     return directory
+
+
+def _check_link(path: Path, option: str) -> None:
+    """A link to nothing (a disk not mounted) named as such: creating it failed with "File exists",
+    and creating its target's folders would write onto the disk the link points away from."""
+    if path.is_symlink() and not path.exists():
+        raise BenchError(f"{path}: a link to {os.readlink(path)}, which does not exist (a disk not mounted?); "
+                         f"choose another {option}")
 
 
 def _fsync_dir(directory: Path) -> None:

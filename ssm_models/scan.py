@@ -101,16 +101,23 @@ def _build_dir() -> Path:
                  sysconfig.get_paths()["include"], os.environ.get("CXX", "c++"), platform.machine(),
                  _cpu_signature()):
         key.update(part if isinstance(part, bytes) else part.encode())
-    base = os.environ.get("BENCH_EXTENSIONS_DIR")
+    base = os.environ.get("BENCH_EXTENSIONS_DIR") or None  # set empty: unset, not the working directory
     if base is None:
         cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         base = Path(cache) / "ssm-unet-bench" / "torch_extensions"
-    path = Path(base) / f"selective_scan_cpu-{key.hexdigest()[:16]}"
+    path = Path(base).expanduser() / f"selective_scan_cpu-{key.hexdigest()[:16]}"
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except OSError:  # read-only home (some CI runners)
-        path = Path(tempfile.gettempdir()) / f"ssm-unet-bench-{getattr(os, 'getuid', lambda: 0)()}" / path.name
-        path.mkdir(parents=True, exist_ok=True)
+    except OSError:  # read-only home (some CI runners): a folder of this user's own in the temp folder
+        own = Path(tempfile.gettempdir()) / f"ssm-unet-bench-{getattr(os, 'getuid', lambda: 0)()}"
+        own.mkdir(mode=0o700, exist_ok=True)
+        # a shared /tmp: a folder of that name made by another user could hand this process their binary
+        st = own.stat()
+        if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+            raise OSError(f"{path.parent} is not writable, and {own} belongs to another user or others may write "
+                          "to it: set BENCH_EXTENSIONS_DIR to a folder of your own") from None
+        path = own / path.name
+        path.mkdir(exist_ok=True)
     return path
 
 
@@ -169,6 +176,10 @@ def _load_extension():
                            else f"rebuilt in {took}" if before else f"built in {took}")
         except Exception as exc:  # no compiler, no ninja, a build or load error
             _ext_error, _ext_error_detail = _short_reason(exc), str(exc)
+            # said once a process: the run goes on, computing the same function, its scans far slower
+            warnings.warn(f"the selective-scan C++ kernel is unavailable ({_ext_error}); CPU scans run the torch "
+                          "backend, the same function about 15x slower (benchmarks/scan_bench.md); bench doctor "
+                          "says why", stacklevel=2)
         return _ext
 
 
@@ -328,12 +339,17 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return out + ["torch", "ref"]
 
 
+def _forced() -> str:
+    """BENCH_SCAN_BACKEND as a backend's name ("TORCH " is torch); "" where unset."""
+    return os.environ.get(ENV_VAR, "").strip().lower()
+
+
 def default_backend(device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> str:
     """What ``backend=None`` runs for tensors on ``device`` (the env var first); float64 on CUDA
     runs ``torch``, since mamba-ssm's kernels take only fp32/fp16/bf16."""
     if _override:
         return _override
-    forced = os.environ.get(ENV_VAR)
+    forced = _forced()
     if forced:
         return _check_backend(forced, ENV_VAR)
     if torch.device(device).type == "cuda":
@@ -363,7 +379,7 @@ def last_backend() -> str | None:
 def forced_backend_problem() -> str | None:
     """Why ``BENCH_SCAN_BACKEND`` cannot work here, or None: no backend's name, or ``cuda`` on a
     machine without a CUDA device or mamba-ssm's kernels (every scan would fail, after setup)."""
-    forced = os.environ.get(ENV_VAR)
+    forced = _forced()
     if not forced:
         return None
     problem = backend_problem(forced, ENV_VAR)
@@ -380,7 +396,7 @@ def forced_backend_problem() -> str | None:
 
 def backend_report() -> str:
     """One line: which backend runs for CPU and for CUDA tensors, and why."""
-    forced = os.environ.get(ENV_VAR)
+    forced = _forced()
     problem = forced_backend_problem()
     if problem:
         return problem

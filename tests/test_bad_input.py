@@ -127,6 +127,47 @@ def test_bench_debug_adds_the_traceback_and_keeps_the_exit_code(monkeypatch, cap
     assert (code, info.value.code) == (2, 2)
     assert debug.startswith("Traceback (most recent call last):") and "bench.errors.BenchError: results directory " \
         "not found" in debug and debug.endswith(err), debug
+    for off in ("0", "false", "No", ""):  # an odd-environment journey: CI templates set BENCH_DEBUG=0
+        monkeypatch.setenv("BENCH_DEBUG", off)
+        with pytest.raises(SystemExit):
+            main()
+        assert capsys.readouterr().err == err, off
+
+
+def test_folders_through_links_and_the_home_folder(monkeypatch, capsys, tmp_path):
+    """An odd-environment journey: `bench data synth --out LINK` to a folder on a larger disk wrote the
+    whole dataset, then failed ("appeared while writing"); a link to nothing said "File exists";
+    `--out=~/syn` (the shell leaves ~ after =) wrote into a folder named ~."""
+    monkeypatch.chdir(tmp_path)
+    big = tmp_path / "big" / "isic"
+    big.mkdir(parents=True)
+    (tmp_path / "isic").symlink_to(big)
+    code, err = _bench(monkeypatch, capsys, "data", "synth", "--like", "isic17", "--out", tmp_path / "isic")
+    assert code == 0, err
+    assert (big / "train" / "images").is_dir() and (tmp_path / "isic").is_symlink()
+    (tmp_path / "scratch").symlink_to(tmp_path / "unmounted")
+    _fails(monkeypatch, capsys, "run", "--models", "unet", "--tiny", "--dataset", "isic17", "--synthetic", "--results",
+           tmp_path / "scratch", *FAST, names=tmp_path / "scratch",
+           phrase=f"a link to {tmp_path / 'unmounted'}, which does not exist (a disk not mounted?); choose another "
+                  "--results")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    code, err = _bench(monkeypatch, capsys, "data", "synth", "--like", "isic17", "--out=~/syn")
+    assert code == 0, err
+    assert (tmp_path / "home" / "syn" / "train").is_dir() and not (tmp_path / "~").exists()
+
+
+def test_a_terminal_of_another_encoding_gets_the_output_with_what_it_cannot_show_replaced(tmp_path):
+    """An odd-environment journey: under a latin-1 (or cp1252) terminal or redirected file, `bench models`
+    and `bench report` crashed on their first … or ↑ with a UnicodeEncodeError traceback."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_DEBUG"}
+    proc = subprocess.run([sys.executable, "-m", "bench", "models"], capture_output=True,
+                          env={**env, "PYTHONIOENCODING": "latin-1"})
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout.decode("latin-1")
+    assert "vmunet_v2" in text and "?" in text and "\u2026" not in text
 
 
 @pytest.mark.parametrize(

@@ -232,6 +232,26 @@ def test_claims_of_this_host_go_by_the_pid_and_a_taken_over_claim_is_never_remov
     assert [p.name for p in path.parent.iterdir()] == [claims.CLAIM]
 
 
+def test_a_claim_copied_with_its_results_folder_holds_the_original_only(tmp_path):
+    """An odd-environment journey: `cp -r` of a folder whose run was training copied its claim, and
+    `bench run --resume` on the copy skipped the run as "being run by pid …", that process training the
+    original. The original's claim still holds, also through a link to its folder."""
+    import shutil
+
+    from bench.claim import Claim, claim_run
+
+    held = claim_run(tmp_path / "a", "r1")
+    try:
+        shutil.copytree(tmp_path / "a", tmp_path / "b")
+        (tmp_path / "link").symlink_to(tmp_path / "a")
+        assert claim_run(tmp_path / "link", "r1").startswith(f"pid {os.getpid()} on ")
+        copy = claim_run(tmp_path / "b", "r1")
+        assert isinstance(copy, Claim)
+        copy.release()
+    finally:
+        held.release()
+
+
 def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     """Slurm (and torchrun) send SIGTERM before SIGKILL: the process died with no word, leaving its
     claim and a temp file. Now it stops as on Ctrl-C: cleanup, one line, exit 130; --resume goes on."""

@@ -324,6 +324,24 @@ def test_cuda_backend_refuses_cpu_tensors():
         scan.selective_scan(*core(x), backend="cuda")
 
 
+def test_the_kernel_cache_folder(monkeypatch, tmp_path):
+    """An odd-environment journey: BENCH_EXTENSIONS_DIR set empty built the kernel in the working
+    directory; under a read-only home the fallback in the shared temp folder took a folder of that
+    name whoever had made it (another user could hand this process their binary)."""
+    monkeypatch.setenv("BENCH_EXTENSIONS_DIR", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert scan._build_dir().parent == tmp_path / "cache" / "ssm-unet-bench" / "torch_extensions"
+    (tmp_path / "home").write_text("")  # a cache folder that cannot be made
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(scan.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    own = tmp_path / "tmp" / f"ssm-unet-bench-{os.getuid()}"
+    assert scan._build_dir().parent == own and own.stat().st_mode & 0o777 == 0o700
+    own.chmod(0o777)  # as another user's, or a world-writable one, would be
+    with pytest.raises(OSError, match=r"belongs to another user or others may write to it: set BENCH_EXTENSIONS_DIR"):
+        scan._build_dir()
+
+
 def test_fallback_when_the_kernel_cannot_be_built(monkeypatch):
     """Simulate a machine without a compiler: the real loader path runs and fails."""
     from torch.utils import cpp_extension
@@ -335,7 +353,9 @@ def test_fallback_when_the_kernel_cannot_be_built(monkeypatch):
     monkeypatch.setattr(scan, "_ext", None)
     monkeypatch.setattr(scan, "_ext_error", None)
     monkeypatch.delenv(scan.ENV_VAR, raising=False)
-    assert scan.default_backend("cpu") == "torch"
+    with pytest.warns(UserWarning, match=r"C\+\+ kernel is unavailable \(build failed: c\+\+: fatal error: no such "
+                                         r"compiler \(simulated\)\); CPU scans run the torch backend"):
+        assert scan.default_backend("cpu") == "torch"  # said once: the next asks find the reason kept
     assert scan.available_backends("cpu") == ["torch", "ref"]
     report = scan.backend_report()
     assert report.startswith("CPU: torch (C++ kernel unavailable:") and "no such compiler (simulated)" in report

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from bench.errors import BenchError, one_line
+from bench.errors import BenchError, debugging, one_line
 
 
 def _echo_err(msg: str) -> None:
@@ -36,6 +36,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main() -> None:
     """Console entry point: user errors print one line and exit 2, warnings one line each (tracebacks
     and Python's own warning format with BENCH_DEBUG=1)."""
+    for stream in (sys.stdout, sys.stderr):
+        # a terminal or file of another encoding (latin-1, cp1252): a board's ↑ and ± shown as ?, not a crash
+        if callable(getattr(stream, "reconfigure", None)):
+            stream.reconfigure(errors="replace")
     handles = threading.current_thread() is threading.main_thread()
     # SIGTERM (what Slurm and torchrun send first) as Ctrl-C: cleanup runs (temp files, the run's
     # claim) and the command says so, where the process died with neither
@@ -55,21 +59,22 @@ def _main() -> None:
     except ImportError:
         from click.exceptions import UsageError
 
-    if not os.environ.get("BENCH_DEBUG"):
+    if not debugging():
         warnings.showwarning = _show_warning
     from bench.cli import app  # the package, which imports this module, registers the commands on it
 
+    sys.argv[1:] = map(_tilde_expanded, sys.argv[1:])
     try:
         code = app(standalone_mode=False, prog_name="bench")  # click's usage errors reach us: one line each
     except BenchError as exc:
-        if os.environ.get("BENCH_DEBUG"):  # the traceback, then the same line and exit code as without it
+        if debugging():  # the traceback, then the same line and exit code as without it
             traceback.print_exc()
         line = f"error: {one_line(exc)}"
         if not _note_error(line):  # kept for `bench run --nproc`'s launcher, else said here
             _echo_err(line)
         sys.exit(2)
     except UsageError as exc:  # a value outside an option's choices, a missing or unknown option
-        if os.environ.get("BENCH_DEBUG"):
+        if debugging():
             traceback.print_exc()
         line = f"error: {_usage_line(exc)}"
         if not _note_error(line):
@@ -80,7 +85,7 @@ def _main() -> None:
     except Exception as exc:
         # a collective failing because another process died: that one's line (or the launcher's) tells
         distributed = _launched()
-        if distributed is None or not distributed.lost_peer(exc) or os.environ.get("BENCH_DEBUG"):
+        if distributed is None or not distributed.lost_peer(exc) or debugging():
             raise
         if distributed.orphaned():  # the launcher was killed, and a peer's exit reached this one first
             _say_orphaned(distributed)
@@ -100,6 +105,13 @@ def _main() -> None:
             "checkpoint_every epochs of its protocol); without --resume, unfinished runs train afresh"
             if sys.argv[1:2] == ["run"] else "the same command does it again"))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _tilde_expanded(arg: str) -> str:
+    """``--results=~/runs`` with ~ expanded: the shell does it in ``--results ~/runs``, not after = (bash
+    only in assignments), and a folder named ~ appeared in the working directory."""
+    option, eq, value = arg.partition("=")
+    return f"{option}={os.path.expanduser(value)}" if option.startswith("--") and eq and value.startswith("~") else arg
 
 
 def _say_orphaned(distributed: Any) -> None:
