@@ -47,6 +47,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,11 @@ _EXT_NAME = "ssm_unet_bench_selective_scan_cpu"
 # -march=native is why the build directory is keyed by the CPU (below). No -ffast-math: the
 # kernel writes its own exp.
 _CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-trapping-math", "-fopenmp"]
+# Apple clang has no -fopenmp (older ones no -march=native on arm64 either): where the compiler
+# refuses them, the same kernel without them, single-threaded and for the architecture's baseline
+# (on x86 that has no FMA, so its last bits differ from a native build's); ~15x the torch backend still
+_PORTABLE_CFLAGS = ["-O3", "-ffp-contract=fast", "-fno-trapping-math"]
+_REFUSED = "refused.txt"  # in the native build's folder: the compiler's refusal, so later processes skip it
 _STALE_LOCK_S = 600  # a build takes well under a minute; an older lock was left by a killed build
 
 
@@ -87,17 +93,19 @@ def _cpu_signature() -> str:
     try:
         info = Path("/proc/cpuinfo").read_text()
         return next((line for line in info.splitlines() if line.startswith("flags")), info[:2000])
-    except OSError:
-        return platform.processor()
+    except OSError:  # no /proc (macOS): the CPU's model, as -march=native builds for it
+        from bench.env import cpu_model
+
+        return cpu_model()
 
 
-def _build_dir() -> Path:
+def _build_dir(cflags: list[str] | None = None) -> Path:
     """One directory per (kernel source and its path, flags, torch, Python, compiler, CPU): a cached
     binary is only ever loaded into the setup that built it, and two checkouts or venvs sharing the
     cache never rebuild over each other (ninja's files name the source's path: one directory for two
     checkouts rebuilt it whenever the other had built)."""
     key = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), str(_SOURCE.resolve()), " ".join(_CFLAGS), torch.__version__, torch.__file__, sys.version,
+    for part in (_SOURCE.read_bytes(), str(_SOURCE.resolve()), " ".join(cflags or _CFLAGS), torch.__version__, torch.__file__, sys.version,
                  sysconfig.get_paths()["include"], os.environ.get("CXX", "c++"), platform.machine(),
                  _cpu_signature()):
         key.update(part if isinstance(part, bytes) else part.encode())
@@ -159,28 +167,54 @@ def _load_extension():
     with _lock:
         if _ext is not None or _ext_error is not None:
             return _ext
+        refused, first = None, None
         try:
-            from torch.utils import cpp_extension
-
-            build = _build_dir()
-            _wait_for_build_lock(build / "lock")
-            _say_owner(build)
-            before = {so: so.stat().st_mtime_ns for so in build.glob(f"{_EXT_NAME}*.so")}
-            t0 = time.perf_counter()
-            with _real_std_streams(), _venv_ninja_first():  # torch's build flushes the streams
-                _ext = cpp_extension.load(name=_EXT_NAME, sources=[str(_SOURCE)], extra_cflags=_CFLAGS,
-                                          extra_ldflags=["-fopenmp"], build_directory=str(build), verbose=False)
-            after = {so: so.stat().st_mtime_ns for so in build.glob(f"{_EXT_NAME}*.so")}
-            took = f"{time.perf_counter() - t0:.1f} s"
-            _ext_origin = ("loaded from cache" if before and after == before
-                           else f"rebuilt in {took}" if before else f"built in {took}")
-        except Exception as exc:  # no compiler, no ninja, a build or load error
-            _ext_error, _ext_error_detail = _short_reason(exc), str(exc)
+            refused = (_build_dir() / _REFUSED).read_text(encoding="utf-8")
+        except OSError:
+            pass
+        for cflags in ([_PORTABLE_CFLAGS] if refused else [_CFLAGS, _PORTABLE_CFLAGS]):
+            try:
+                _ext, _ext_origin = _build(cflags)
+            except Exception as exc:  # no compiler, no ninja, a build or load error
+                first = first or exc
+                continue
+            if cflags is _PORTABLE_CFLAGS:
+                refused = refused or _short_reason(first)
+                if first is not None and refused.startswith("build failed"):  # not a lock's or a disk's hiccup
+                    with contextlib.suppress(OSError):  # a marker: a torn one is read as none
+                        (_build_dir() / _REFUSED).write_text(refused, encoding="utf-8")
+                left = " ".join(f for f in _CFLAGS if f not in _PORTABLE_CFLAGS)
+                _ext_origin += f", without {left} ({refused}): single-threaded"
+            break
+        else:
+            _ext_error, _ext_error_detail = _short_reason(first), str(first)
             # said once a process: the run goes on, computing the same function, its scans far slower
             warnings.warn(f"the selective-scan C++ kernel is unavailable ({_ext_error}); CPU scans run the torch "
                           "backend, the same function about 15x slower (benchmarks/scan_bench.md); bench doctor "
                           "says why", stacklevel=2)
         return _ext
+
+
+def _build(cflags: list[str]) -> tuple[Any, str]:
+    """The kernel built with ``cflags`` (or loaded from its cache), and how it was had."""
+    from torch.utils import cpp_extension
+
+    build = _build_dir(cflags)
+    # a name of its own: after a refused build, torch would name the same module _v1 in this process, and
+    # a later process, building it first, another
+    name = _EXT_NAME if cflags is _CFLAGS else f"{_EXT_NAME}_portable"
+    _wait_for_build_lock(build / "lock")
+    _say_owner(build)
+    before = {so: so.stat().st_mtime_ns for so in build.glob(f"{name}*.so")}
+    t0 = time.perf_counter()
+    with _real_std_streams(), _venv_ninja_first():  # torch's build flushes the streams
+        ext = cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=cflags,
+                                 extra_ldflags=["-fopenmp"] if "-fopenmp" in cflags else [],
+                                 build_directory=str(build), verbose=False)
+    after = {so: so.stat().st_mtime_ns for so in build.glob(f"{name}*.so")}
+    took = f"{time.perf_counter() - t0:.1f} s"
+    return ext, ("loaded from cache" if before and after == before else f"rebuilt in {took}" if before
+                 else f"built in {took}")
 
 
 @contextlib.contextmanager

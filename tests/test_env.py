@@ -95,3 +95,29 @@ def test_source_digest_names_the_code_wherever_it_is_installed(tmp_path):
     assert edited != here
     (tree / "baselines" / "extra.py").write_text("")
     assert _digest_of(tree) not in (edited, here)
+
+
+def test_a_mac_names_its_cpu_model(monkeypatch):
+    """A portability review: without /proc the boards said "on cpu: arm" (platform.processor()), and the
+    kernel's build folder, keyed by the CPU -march=native builds for, could not tell two models apart."""
+    from bench import env
+    from ssm_models import scan
+
+    real = env.Path.read_text
+
+    def no_proc(self, *a, **k):
+        if str(self).startswith("/proc/"):
+            raise FileNotFoundError(self)
+        return real(self, *a, **k)
+
+    calls = []
+
+    def sysctl(args, **kw):
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 0, stdout="Apple M2 Pro\n", stderr="")
+
+    monkeypatch.setattr(env.Path, "read_text", no_proc)
+    monkeypatch.setattr(env.sys, "platform", "darwin")
+    monkeypatch.setattr(env.subprocess, "run", sysctl)
+    assert env.cpu_model() == "Apple M2 Pro" and scan._cpu_signature() == "Apple M2 Pro"
+    assert calls[0] == ["sysctl", "-n", "machdep.cpu.brand_string"]

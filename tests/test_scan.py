@@ -527,6 +527,46 @@ torch.save(vectorisation_cases(), sys.argv[1])
 """
 
 
+_REFUSING_CXX = """#!/bin/sh
+# what Apple clang answers to two flags GCC takes
+for a in "$@"; do
+  case "$a" in -fopenmp|-march=native) echo "clang: error: unsupported option '$a'" >&2; exit 1;; esac
+done
+exec c++ "$@"
+"""
+
+_PORTABLE_BUILD = """
+import torch
+from ssm_models import scan
+from tests.test_scan import core, extras, make
+assert scan._load_extension() is not None, scan._ext_error_detail
+print(scan._ext_origin)
+x = make(batch=2, dim=8, L=40, N=16, G=2, dtype=torch.float64)
+kw = extras(x, (True, True, True, True))
+torch.testing.assert_close(scan.selective_scan(*core(x), **kw, backend="cpu"),
+                           scan.selective_scan(*core(x), **kw, backend="ref"))
+"""
+
+
+def test_a_compiler_that_refuses_openmp_still_builds_the_kernel(tmp_path):
+    """A portability review: Apple clang refuses -fopenmp (older ones -march=native too), and every scan
+    fell back to the torch backend, about 15x slower, unsaid. The kernel is built without them and
+    says so; later processes go to that build at once."""
+    cxx = tmp_path / "clang++"
+    cxx.write_text(_REFUSING_CXX)
+    cxx.chmod(0o755)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CXX": str(cxx), "BENCH_EXTENSIONS_DIR": str(tmp_path / "ext"),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    said = [subprocess.run([sys.executable, "-c", _PORTABLE_BUILD], env=env, capture_output=True, text=True,
+                           timeout=600) for _ in range(2)]
+    assert all(p.returncode == 0 for p in said), said[-1].stderr
+    without = ", without -march=native -fopenmp (build failed: clang: error: unsupported option '-march=native'): " \
+              "single-threaded"
+    assert said[0].stdout.startswith("built in ") and said[0].stdout.strip().endswith(without), said[0].stdout
+    assert said[1].stdout.strip() == "loaded from cache" + without
+    assert "unavailable" not in said[0].stderr + said[1].stderr
+
+
 def vectorisation_cases() -> list[torch.Tensor]:
     """The cpu kernel's outputs and every gradient for a few layouts and both dtypes (N = 16, the
     compiled-in state size, and N = 11, a run-time size with a partial last lane block)."""
