@@ -105,8 +105,10 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp"
                          f"{retry or _advice(exc)}") from None
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would stay with the file after the rename
-        with open(tmp, "rb") as fh:
+        # Writable handle: Windows' fsync (FlushFileBuffers) refuses a read-only one. Opened before the
+        # chmod, which may take the owner's write bit away (a umask of 0o2xx).
+        with open(tmp, "r+b") as fh:
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would stay with the file after the rename
             os.fsync(fh.fileno())
         if exclusive:
             _link_new(tmp, path)
