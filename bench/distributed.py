@@ -328,7 +328,9 @@ def launch(nproc: int, args: list[str], warned: Iterable[str] = ()) -> int:
     (errors / WARNED_FILE).write_text(json.dumps(sorted(warned)), encoding="utf-8")
     os.environ[ERRORS_ENV], os.environ[LAUNCHER_ENV] = str(errors), str(os.getpid())
     # torchrun's agent installs its handlers for these and leaves them: the caller's go back after it
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
+    # (Windows has no SIGHUP or SIGQUIT)
+    handlers = {getattr(signal, name): signal.getsignal(getattr(signal, name))
+                for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT") if hasattr(signal, name)}
     try:
         run(parse_args(["--standalone", f"--nproc_per_node={nproc}", f"--log-dir={root / 'logs'}", "-m", "bench",
                         *args]))
