@@ -267,7 +267,14 @@ def disk_problem(exc: BaseException, folder: Path) -> str | None:
 
 def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> Path:
     """``atomic_write`` of ``text`` (UTF-8, newline "\\n")."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"), exclusive=exclusive)
+    return atomic_write(path, lambda tmp: portable_write_text(tmp, text), exclusive=exclusive)
+
+
+def portable_write_text(path: Path, text: str) -> None:
+    """``text`` as UTF-8 with "\\n" line ends on every OS (Windows' default, CRLF in the local code page,
+    gave converted data another content id there). Not atomic: for files in a folder that
+    ``atomic_write_dir`` renames whole, or that no one keeps; others go through ``atomic_write_text``."""
+    Path(path).write_text(text, encoding="utf-8", newline="\n")
 
 
 def ensure_writable_dir(directory: Path, option: str = "--results") -> Path:

@@ -82,3 +82,18 @@ def test_an_atomic_write_syncs_through_a_writable_handle(tmp_path, monkeypatch):
     out = fileio.atomic_write_text(tmp_path / "record.json", "{}\n")
     assert out.read_bytes() == b"{}\n"
     assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~fileio._UMASK)  # not mkstemp's 0600
+
+
+def test_text_is_written_with_newline_fixed():
+    """Path.write_text without ``newline`` writes CRLF on Windows (and converted data got another id):
+    bench's code writes text through fileio's helpers, or names the newline."""
+    import ast
+    from pathlib import Path
+
+    repo = Path(fileio.__file__).parents[1]
+    unfixed = [f"{path.relative_to(repo)}:{node.lineno}"
+               for package in ("bench", "ssm_models", "baselines") for path in sorted((repo / package).rglob("*.py"))
+               for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+               if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+               and node.func.attr == "write_text" and not any(k.arg == "newline" for k in node.keywords)]
+    assert not unfixed
