@@ -14,6 +14,9 @@ from setuptools.command.build_py import build_py
 class BuildPy(build_py):
     def run(self):
         super().run()
+        if getattr(self, "editable_mode", False):  # `pip install -e`: the checkout's bench reads results/
+            return
+        self.mkpath(str(Path(self.build_lib, "bench")))
         self.copy_file("results/published.csv", str(Path(self.build_lib, "bench", "published.csv")))
 
 
