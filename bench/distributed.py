@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 
 from bench.errors import BenchError, debugging
+from bench.fileio import portable_write_text
 
 # How long ranks wait at a barrier for rank 0 (evaluation of a large test set runs on rank 0 alone).
 TIMEOUT_ENV = "BENCH_DIST_TIMEOUT_S"
@@ -325,10 +326,12 @@ def launch(nproc: int, args: list[str], warned: Iterable[str] = ()) -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-torchrun-"))
     errors, before = root / "errors", os.environ.get(ERRORS_ENV)
     errors.mkdir()
-    (errors / WARNED_FILE).write_text(json.dumps(sorted(warned)), encoding="utf-8")
+    portable_write_text(errors / WARNED_FILE, json.dumps(sorted(warned)))
     os.environ[ERRORS_ENV], os.environ[LAUNCHER_ENV] = str(errors), str(os.getpid())
     # torchrun's agent installs its handlers for these and leaves them: the caller's go back after it
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
+    # (Windows has no SIGHUP or SIGQUIT)
+    handlers = {getattr(signal, name): signal.getsignal(getattr(signal, name))
+                for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT") if hasattr(signal, name)}
     try:
         run(parse_args(["--standalone", f"--nproc_per_node={nproc}", f"--log-dir={root / 'logs'}", "-m", "bench",
                         *args]))

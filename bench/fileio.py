@@ -105,8 +105,10 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp"
                          f"{retry or _advice(exc)}") from None
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would stay with the file after the rename
-        with open(tmp, "rb") as fh:
+        # Writable handle: Windows' fsync (FlushFileBuffers) refuses a read-only one. Opened before the
+        # chmod, which may take the owner's write bit away (a umask of 0o2xx).
+        with open(tmp, "r+b") as fh:
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would stay with the file after the rename
             os.fsync(fh.fileno())
         if exclusive:
             _link_new(tmp, path)
@@ -265,7 +267,14 @@ def disk_problem(exc: BaseException, folder: Path) -> str | None:
 
 def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> Path:
     """``atomic_write`` of ``text`` (UTF-8, newline "\\n")."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"), exclusive=exclusive)
+    return atomic_write(path, lambda tmp: portable_write_text(tmp, text), exclusive=exclusive)
+
+
+def portable_write_text(path: Path, text: str) -> None:
+    """``text`` as UTF-8 with "\\n" line ends on every OS (Windows' default, CRLF in the local code page,
+    gave converted data another content id there). Not atomic: for files in a folder that
+    ``atomic_write_dir`` renames whole, or that no one keeps; others go through ``atomic_write_text``."""
+    Path(path).write_text(text, encoding="utf-8", newline="\n")
 
 
 def ensure_writable_dir(directory: Path, option: str = "--results") -> Path:

@@ -24,10 +24,12 @@ from bench.protocol import list_protocols
 COLUMNS = ["source", "model", "dataset", "metric", "value", "unit", "convention", "protocol", "note"]
 METRICS = frozenset({"dice", "hd95", "iou", "acc", "spe", "sen", "params", "flops", "fps"})
 UNITS = frozenset({"%", "mm", "voxels", "M", "G", "img/s"})  # voxels: Synapse HD95, which the papers print as "mm"
-# results/published.csv, through the package's link to it: an installed wheel holds a copy there
-DEFAULT_PATH = (Path(__file__).parent / "published.csv").resolve()
+# An installed wheel holds its copy of results/published.csv beside this file (setup.py); a checkout has
+# none there and reads results/ (no link: Windows checks one out as a file holding its path)
+_PACKAGED = Path(__file__).resolve().parent / "published.csv"
+DEFAULT_PATH = _PACKAGED if _PACKAGED.is_file() else _PACKAGED.parents[1] / "results" / "published.csv"
 # how messages name it: its place in a checkout, else (an installed wheel) the copy's path
-DEFAULT_NAME = "results/published.csv" if DEFAULT_PATH.parent.name == "results" else str(DEFAULT_PATH)
+DEFAULT_NAME = str(DEFAULT_PATH) if DEFAULT_PATH == _PACKAGED else "results/published.csv"
 
 
 def _check_row(row: list[str], protocols: list[str]) -> str | None:

@@ -244,10 +244,10 @@ _LOCK_OWNER = "lock.owner"  # beside torch's lock, which cannot say who holds it
 def _say_owner(build: Path) -> None:
     """Name this process as the builder, before torch's baton is taken (a waiter that finds the lock
     reads who holds it)."""
-    from bench.fileio import writer_tag
+    from bench.fileio import portable_write_text, writer_tag
 
     try:
-        (build / _LOCK_OWNER).write_text(writer_tag())
+        portable_write_text(build / _LOCK_OWNER, writer_tag())
     except OSError:  # a read-only cache is no reason to fail the build: waiters then go by the lock's age
         pass
 
@@ -261,7 +261,7 @@ def _lock_left(lock: Path, locked: float) -> bool:
 
     owner_file = lock.parent / _LOCK_OWNER
     try:
-        owner, written = owner_file.read_text().strip(), owner_file.stat().st_mtime
+        owner, written = owner_file.read_text(encoding="utf-8").strip(), owner_file.stat().st_mtime
     except OSError:
         return False
     return -1 <= locked - written < 60 and owner != writer_tag() and dead_writer(owner)

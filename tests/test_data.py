@@ -839,6 +839,19 @@ def test_fold_runs_are_identified_by_their_cases(roots, tmp_path):
     assert now[0] != generated[0] and now[1] != generated[1] and now[2:] == generated[2:]
 
 
+def test_data_written_on_windows_keeps_its_id(tmp_path, monkeypatch):
+    """Windows writes text with CRLF in the local code page unless told otherwise: dataset.json came out
+    larger there, so the same data had another id (and another run id)."""
+    here = open_dataset("nnunet", synthesize("nnunet", tmp_path / "linux", dims=2, n_cases=2, size=32)).content_id()
+    write_text = Path.write_text
+
+    def windows_default(self, data, encoding=None, errors=None, newline=None):
+        return write_text(self, data, encoding=encoding or "cp1252", errors=errors,
+                          newline="\r\n" if newline is None else newline)
+
+    monkeypatch.setattr(Path, "write_text", windows_default)
+    there = synthesize("nnunet", tmp_path / "windows", dims=2, n_cases=2, size=32)
+    assert open_dataset("nnunet", there).content_id() == here
 @pytest.mark.parametrize("kind", ["synapse", "isic", "polyp", "isic_all", "nnunet", "nnunet2d"])
 def test_data_is_identified_by_its_files_wherever_it_lies(roots, tmp_path, kind, monkeypatch):
     """content_id: the same files under another root are the same data; a file of another size or

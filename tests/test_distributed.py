@@ -296,6 +296,20 @@ def test_launch_sets_omp_threads_for_torchrun(monkeypatch):
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
 
 
+def test_launch_runs_where_the_platform_lacks_sighup_and_sigquit(monkeypatch):
+    """Windows has neither: asking for their handlers was an AttributeError before any process started."""
+    import torch.distributed.run as torchrun
+
+    from bench import distributed
+
+    started = []
+    monkeypatch.delattr(signal, "SIGHUP")
+    monkeypatch.delattr(signal, "SIGQUIT")
+    monkeypatch.setattr(torchrun, "elastic_launch", lambda config, entrypoint: lambda *args: started.append(args))
+    assert distributed.launch(2, ["run"]) == 0
+    assert len(started) == 1
+
+
 LOST = "error: another process of this run is gone (Connection closed by peer)"
 
 

@@ -64,3 +64,36 @@ def test_a_kept_digests_temp_file_is_named_as_every_temp_file(tmp_path, monkeypa
     fileio._keep(tmp_path / "abc", "f" * 64)
     assert seen[0].startswith(f".abc.{fileio.TEMP_MARK}") and (tmp_path / "abc").read_text() == "f" * 64
     assert [p.name for p in tmp_path.iterdir()] == ["abc"]
+
+
+def test_an_atomic_write_syncs_through_a_writable_handle(tmp_path, monkeypatch):
+    """Windows' fsync (FlushFileBuffers) fails on a read-only handle: every record and checkpoint failed there."""
+    import fcntl
+    import stat
+
+    real_fsync = os.fsync
+
+    def windows_fsync(fd):  # a folder's fsync is _fsync_dir's business (it gives up quietly on Windows)
+        if stat.S_ISREG(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise PermissionError(13, "Access is denied")
+        real_fsync(fd)
+
+    monkeypatch.setattr(fileio.os, "fsync", windows_fsync)
+    out = fileio.atomic_write_text(tmp_path / "record.json", "{}\n")
+    assert out.read_bytes() == b"{}\n"
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~fileio._UMASK)  # not mkstemp's 0600
+
+
+def test_text_is_written_with_newline_fixed():
+    """Path.write_text without ``newline`` writes CRLF on Windows (and converted data got another id):
+    bench's code writes text through fileio's helpers, or names the newline."""
+    import ast
+    from pathlib import Path
+
+    repo = Path(fileio.__file__).parents[1]
+    unfixed = [f"{path.relative_to(repo)}:{node.lineno}"
+               for package in ("bench", "ssm_models", "baselines") for path in sorted((repo / package).rglob("*.py"))
+               for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+               if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+               and node.func.attr == "write_text" and not any(k.arg == "newline" for k in node.keywords)]
+    assert not unfixed

@@ -21,7 +21,7 @@ def test_a_wheel_ships_protocols_the_kernel_source_and_the_published_numbers(tmp
     for package in env.CODE_PACKAGES:
         shutil.copytree(ROOT / package, src / package, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "results", src / "results", ignore=shutil.ignore_patterns("demo", "records", "profiles"))
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
         shutil.copy(ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
                     str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=300)
@@ -30,7 +30,9 @@ def test_a_wheel_ships_protocols_the_kernel_source_and_the_published_numbers(tmp
     shipped = {f"bench/protocols/{p.name}" for p in (ROOT / "bench" / "protocols").glob("*.toml")}
     assert shipped and shipped <= names
     assert "ssm_models/csrc/selective_scan_cpu.cpp" in names
-    # the papers' numbers (bench report --published): the file itself, not a link into a checkout
+    # the papers' numbers (bench report --published): a copy of the checkout's one file, which no link in the
+    # packages stands for (Windows checks a link out as a file holding its path)
+    assert not [p for pkg in env.CODE_PACKAGES for p in (ROOT / pkg).rglob("*") if p.is_symlink()]
     assert zipfile.ZipFile(wheel).read("bench/published.csv") == (ROOT / "results" / "published.csv").read_bytes()
     # the sources the records' code_digest covers are all there, and a wheel digests as its checkout does
     ours = {f"{pkg}/{p.relative_to(ROOT / pkg).as_posix()}" for pkg in env.CODE_PACKAGES

@@ -42,7 +42,7 @@ import numpy as np
 from bench.data import synapse as syn
 from bench.data.base import check_whole_ids, reading
 from bench.errors import BenchError
-from bench.fileio import atomic_write_dir
+from bench.fileio import atomic_write_dir, portable_write_text
 
 HU_WINDOW = (-125.0, 275.0)
 # BTCV label ids (the challenge's label list) of the organs the Synapse tables score
@@ -169,11 +169,11 @@ def btcv_to_synapse(raw: str | Path, out: str | Path) -> Path:
                 f.create_dataset("image", data=image)
                 f.create_dataset("label", data=label.astype(np.float32))  # ids stored as float, as in the real files
             del image, label
-        (lists / syn.TRAIN_LIST).write_text("\n".join(slices) + "\n")
-        (lists / syn.TEST_LIST).write_text("\n".join(syn.TRANSUNET_TEST_CASES) + "\n")
-        (lists / "all.lst").write_text("\n".join(f"{c}{syn.H5_SUFFIX}" for c in BTCV_CASES) + "\n")
+        portable_write_text(lists / syn.TRAIN_LIST, "\n".join(slices) + "\n")
+        portable_write_text(lists / syn.TEST_LIST, "\n".join(syn.TRANSUNET_TEST_CASES) + "\n")
+        portable_write_text(lists / "all.lst", "\n".join(f"{c}{syn.H5_SUFFIX}" for c in BTCV_CASES) + "\n")
         rows = [f"{c},{d:g},{h:g},{w:g}" for c, (d, h, w) in sorted(spacing)]
-        (root / syn.SPACING_FILE).write_text("case,d,h,w\n" + "\n".join(rows) + "\n")
+        portable_write_text(root / syn.SPACING_FILE, "case,d,h,w\n" + "\n".join(rows) + "\n")
 
     path = atomic_write_dir(Path(out), write)
     if placed:
@@ -309,6 +309,6 @@ def msd_to_nnunet(raw: str | Path, out: str | Path) -> Path:
                 shutil.copyfile(lab, root / "labelsTr" / f"{case}{ending}")
             except OSError as exc:  # a full disk, an unreadable file
                 raise BenchError(f"{img}: could not be converted into {out} ({exc.strerror or exc})") from exc
-        (root / "dataset.json").write_text(json.dumps(v2, indent=2) + "\n")
+        portable_write_text(root / "dataset.json", json.dumps(v2, indent=2) + "\n")
 
     return atomic_write_dir(Path(out), write)

@@ -35,7 +35,7 @@ from PIL import Image
 from scipy import ndimage
 
 from bench.errors import BenchError
-from bench.fileio import atomic_write_dir
+from bench.fileio import atomic_write_dir, portable_write_text
 
 GENERATOR_VERSION = 1  # bump when any generated array changes: cache folders carry it
 # written into every synthetic dataset: how it was made. Runs on it are marked synthetic wherever it
@@ -91,7 +91,7 @@ def synthesize(kind: str, out: str | Path, *, seed: int = 0, **size_options: Any
 
     def write(tmp: Path) -> None:
         writer(tmp, seed=seed, **options)
-        (tmp / MARKER).write_text(json.dumps(made, sort_keys=True, default=list) + "\n")
+        portable_write_text(tmp / MARKER, json.dumps(made, sort_keys=True, default=list) + "\n")
 
     return atomic_write_dir(Path(out), write)
 
@@ -215,9 +215,9 @@ def _write_synapse(root: Path, *, seed: int, n_train: int, n_test: int, depth: i
             f.create_dataset("label", data=label)
             # Our extension: real files carry no spacing (the legacy policy ignores it anyway).
             f.attrs["spacing"] = np.asarray(spacing, dtype=np.float64)
-    (lists / "train.txt").write_text("\n".join(train_lines) + "\n")
-    (lists / "test_vol.txt").write_text("\n".join(test_cases) + "\n")
-    (lists / "all.lst").write_text("\n".join(f"{c}.npy.h5" for c in sorted(train_cases + test_cases)) + "\n")
+    portable_write_text(lists / "train.txt", "\n".join(train_lines) + "\n")
+    portable_write_text(lists / "test_vol.txt", "\n".join(test_cases) + "\n")
+    portable_write_text(lists / "all.lst", "\n".join(f"{c}.npy.h5" for c in sorted(train_cases + test_cases)) + "\n")
 
 
 def _checked_synapse_volume(rng, depth, size, case):
@@ -410,7 +410,7 @@ def _write_nnunet(root: Path, *, seed: int, dims: int, n_cases: int, depth: int,
         "numTraining": n_cases,
         "file_ending": ending,
     }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    portable_write_text(root / "dataset.json", json.dumps(meta, indent=2) + "\n")
 
 
 def _save_nifti(array_zyx: np.ndarray, spacing_zyx, path: Path) -> None:
