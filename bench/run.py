@@ -32,7 +32,7 @@ from bench.errors import BenchError, few, one_line
 from bench.fileio import file_sha256
 from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
-from bench.metrics import POLICIES, policy_fields, policy_misfit
+from bench.metrics import POLICIES, get_policy, policy_fields, policy_misfit
 from bench.names import int_list
 from bench.protocol import Protocol
 from bench.registry import changed_keys, check_buildable, create_model, get_entry, identity_overrides, list_models
@@ -605,6 +605,8 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
         raise BenchError(
             f"protocol {protocol.name!r} is written for {', '.join(protocol.datasets)}, not {dataset!r}"
         )
+    if policy is not None:
+        get_policy(policy)  # an unknown name: its "did you mean"
     inits = {} if weights is not None else resolve_inits(models, protocol, pretrained_dir)  # given: nothing starts
     if synthetic:
         data_root = synthetic_root(dataset, results_dir / "synthetic")

@@ -181,8 +181,10 @@ def _load_extension():
             if cflags is _PORTABLE_CFLAGS:
                 refused = refused or _short_reason(first)
                 if first is not None and refused.startswith("build failed"):  # not a lock's or a disk's hiccup
+                    from bench.fileio import portable_write_text
+
                     with contextlib.suppress(OSError):  # a marker: a torn one is read as none
-                        (_build_dir() / _REFUSED).write_text(refused, encoding="utf-8")
+                        portable_write_text(_build_dir() / _REFUSED, refused)
                 left = " ".join(f for f in _CFLAGS if f not in _PORTABLE_CFLAGS)
                 _ext_origin += f", without {left} ({refused}): single-threaded"
             break

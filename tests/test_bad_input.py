@@ -156,6 +156,29 @@ def test_folders_through_links_and_the_home_folder(monkeypatch, capsys, tmp_path
     assert (tmp_path / "home" / "syn" / "train").is_dir() and not (tmp_path / "~").exists()
 
 
+def test_bare_commands_print_their_help_alone_and_version_says_the_package(monkeypatch, capsys, tmp_path):
+    """A CLI audit: `bench` and `bench data` alone printed an empty "error:" line after the help; no
+    --version; an unknown policy was refused after --synthetic wrote data, an unknown model after
+    `bench profile` made its profiles folder."""
+    from importlib.metadata import version
+
+    for args in ([], ["data"]):
+        monkeypatch.setattr(sys, "argv", ["bench", *args])
+        with pytest.raises(SystemExit) as stop:
+            main()
+        said = capsys.readouterr()
+        assert stop.value.code == 2 and "Usage: bench" in said.out and said.err == "", said.err
+    monkeypatch.setattr(sys, "argv", ["bench", "--version"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith(f"ssm-unet-bench {version('ssm-unet-bench')};")
+    _fails(monkeypatch, capsys, "run", "--models", "unet", "--tiny", "--synthetic", "--dataset", "synapse", "--policy",
+           "strictt", "--results", tmp_path, names="strictt", phrase="unknown metric policy")
+    _fails(monkeypatch, capsys, "profile", "--models", "unett", "--results", tmp_path, names="unett",
+           phrase="unknown model")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_terminal_of_another_encoding_gets_the_output_with_what_it_cannot_show_replaced(tmp_path):
     """An odd-environment journey: under a latin-1 (or cp1252) terminal or redirected file, `bench models`
     and `bench report` crashed on their first … or ↑ with a UnicodeEncodeError traceback."""

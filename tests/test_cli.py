@@ -218,13 +218,37 @@ def test_check_passes_on_itself_and_fails_on_drift(smoke_results, tmp_path):
     n = (table["metric"] == "dice").sum()
     assert f"{n} value(s) drifted past their tolerance: see the rows marked above" in proc.stderr
     assert f"--results {smoke_results}` rewrites the values" in proc.stderr  # no --prune: no row is missing
-    table[table["metric"] != "dice"].assign(model="gone").to_csv(base, index=False)
+    table.loc[table["metric"] == "dice", "value"] -= 0.5  # back in tolerance; the other rows' model gone
+    table.loc[table["metric"] != "dice", "model"] = "gone"
+    table.to_csv(base, index=False)
     proc = _bench("check", "--baseline", base, "--results", smoke_results, check=False)
     assert proc.returncode == 1 and "value(s) drifted" not in proc.stderr
     assert f"{(table['metric'] != 'dice').sum()} baseline row(s) have no value now" in proc.stderr
+    # none of the rows has a value: most likely another grid's folder, which --prune would take as the baseline
+    table.assign(model="gone").to_csv(base, index=False)
+    proc = _bench("check", "--baseline", base, "--results", smoke_results, check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith(f"none of the baseline's {len(table)} rows has a value "
+                                                           f"in {smoke_results}, which holds "), proc.stderr
+    assert "is it the results folder of the grid the baseline was written from" in proc.stderr
     # the command said is one that runs: --update alone refuses to drop rows that have no value now
     suggested = proc.stderr.split("`")[1].split()
     assert suggested[-1] == "--prune" and _bench(*suggested[1:], check=False).returncode == 0
+
+
+def test_report_takes_its_format_from_the_out_suffix_and_pipes_clean_csv(smoke_results, tmp_path):
+    """A CLI audit: `--out table.csv` wrote Markdown into it, and CSV on stdout ended in an empty row."""
+    import csv
+
+    _bench("report", "--results", smoke_results, "--out", tmp_path / "t.csv")
+    _bench("report", "--results", smoke_results, "--out", tmp_path / "t.tex")
+    assert list(csv.DictReader((tmp_path / "t.csv").open()))[0]["model"] == "unet (tiny)"
+    assert "\\begin{table" in (tmp_path / "t.tex").read_text() and not (tmp_path / "t_files").exists()
+    proc = _bench("report", "--results", smoke_results, "--format", "latex", "--out", tmp_path / "x.csv", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: --out {tmp_path / 'x.csv'} with --format latex: "
+                                                           "a .csv file holds csv or cases"), proc.stderr
+    piped = _bench("report", "--results", smoke_results, "--format", "csv").stdout
+    assert piped.endswith("\n") and not piped.endswith("\n\n")
+    assert all(row for row in csv.reader(piped.splitlines()))
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,8 @@ Only typer and light modules load here: commands import torch, pandas and the da
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from bench.cli.console import _warned, main
@@ -37,6 +39,24 @@ data_app = typer.Typer(
     "Example: bench data synth --like isic --out data/isic-synth",
     no_args_is_help=True,
 )
+
+def _version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("ssm-unet-bench")
+        except PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
+            number = "(not installed)"
+        typer.echo(f"ssm-unet-bench {number}; bench doctor names the exact code (git commit or sources' digest)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="the version, then exit")] = False) -> None:
+    pass
+
 
 # every command, in the order `bench --help` lists them
 app.command()(run)

@@ -76,8 +76,9 @@ def _main() -> None:
     except UsageError as exc:  # a value outside an option's choices, a missing or unknown option
         if debugging():
             traceback.print_exc()
-        line = f"error: {_usage_line(exc)}"
-        if not _note_error(line):
+        said = _usage_line(exc)
+        line = f"error: {said}" if said else ""
+        if line and not _note_error(line):
             _echo_err(line)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
@@ -153,6 +154,8 @@ def _usage_line(exc) -> str:
     import difflib
 
     text = " ".join(exc.format_message().split()).replace("Value error, ", "")
+    if not text:  # `bench` or `bench data` alone: the help was printed, which says it all
+        return ""
     given = re.search(r"'([^']*)' is not one of (.*)", text)  # the choices, as the message lists them
     if given:
         choices = re.findall(r"'([^']*)'", given.group(2))

@@ -27,8 +27,8 @@ MovedData = Annotated[Optional[list[Path]], typer.Option(
     "--data-root", help="where the runs' data is now, if it moved since bench run (a results folder from another "
                         "machine; repeatable, one per dataset): a run takes the folder holding the very data it was "
                         "scored on (its data id)")]
-ScoringThreads = Annotated[Optional[int], typer.Option(help="torch CPU threads (the run's own count repeats its CPU "
-                                                            "predictions bit for bit)")]
+ScoringThreads = Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's, all cores; the "
+                                                            "run's own count repeats its CPU predictions bit for bit)")]
 
 
 class Device(str, enum.Enum):

@@ -81,9 +81,10 @@ def profile(
         raise BenchError(f"--precision: {', '.join(twice)} given twice")
     for p in precisions:  # before any model is built
         cost.check_precision(p, dev)
-    ensure_writable_dir(results / cost.PROFILE_DIR)  # before anything is timed
-    rows, sets = [], _parse_sets(set_ or [])
-    for name in resolve_models(models):
+    names, sets = resolve_models(models), _parse_sets(set_ or [])
+    ensure_writable_dir(results / cost.PROFILE_DIR)  # before anything is timed, after the names are known
+    rows = []
+    for name in names:
         counts = None  # the counts do not depend on the precision: taken once per model
         for p in precisions:
             row = cost.profile_model(name, img_size=img_size, num_classes=num_classes, in_chans=in_chans,

@@ -17,9 +17,10 @@ from bench.report.formats import ReportFormat  # not bench.report: its boards im
 
 def report(
     results: Annotated[Path, typer.Option(help="results directory")] = DEFAULT_RESULTS,
-    format: Annotated[ReportFormat, typer.Option("--format", help="output format; cases: every run x case x class "
-                                                 "row as CSV, for statistics elsewhere; methods: a paper's "
-                                                 "Methods paragraphs per board, from what the runs did")] = ReportFormat.md,
+    format: Annotated[Optional[ReportFormat], typer.Option(
+        "--format", help="output format (default: from --out's suffix, .csv or .tex, else md); cases: every run x "
+                         "case x class row as CSV, for statistics elsewhere; methods: a paper's Methods paragraphs "
+                         "per board, from what the runs did")] = None,
     out: Annotated[Optional[Path], typer.Option(help="write to this file instead of stdout (Markdown: plots go "
                                                      "to <stem>_files/ beside it)")] = None,
     published: Annotated[bool, typer.Option(help="add the papers' numbers next to ours (the repository's "
@@ -47,6 +48,7 @@ def report(
 
     check_plot_format(plot_format)  # before anything is read, with or without --out
 
+    format = _format_for(format, out)
     if out is not None:  # before the plots are drawn beside it
         if out.is_dir():
             raise BenchError(f"--out {out}: is a folder; give a file name, e.g. {out / 'report.md'}")
@@ -54,9 +56,26 @@ def report(
     text = write_report(results, format.value, out, published=published_file or published, reference=reference,
                         models=models, datasets=dataset, columns=groups, plot_format=plot_format)
     if out is None:
-        typer.echo(text)
+        typer.echo(text, nl=not text.endswith("\n"))  # a CSV piped on ends in one newline, not an empty row
     else:
         typer.echo(f"wrote {out}")
+
+
+# the formats a file name's suffix allows (--out table.csv wrote Markdown into it)
+_SUFFIX_FORMATS = {".csv": (ReportFormat.csv, ReportFormat.cases), ".tex": (ReportFormat.latex,),
+                   ".md": (ReportFormat.md, ReportFormat.methods)}
+
+
+def _format_for(given: ReportFormat | None, out: Path | None) -> ReportFormat:
+    """--format, else the one --out's suffix names (md for any other); a suffix of another format is refused."""
+    fits = _SUFFIX_FORMATS.get(out.suffix.lower(), ()) if out is not None else ()
+    if given is None:
+        return fits[0] if fits else ReportFormat.md
+    if fits and given not in fits:
+        raise BenchError(f"--out {out} with --format {given.value}: a {out.suffix} file holds "
+                         f"{' or '.join(f.value for f in fits)}; give --out a name that fits {given.value} "
+                         "(or leave --format out: the suffix chooses)")
+    return given
 
 
 def check(
@@ -106,6 +125,12 @@ def check(
             update += f" --models {shlex.quote(','.join(sorted(added)))}"  # their rows alone, the others' values kept
         _echo_err(f"{n['new']} row(s) are new: the baseline does not check them yet; `{update}` adds them "
                   "(hand-edited tolerances kept)")
+    if result.failed and not (n["ok"] or n["drift"]):  # nothing compared: most likely another grid's folder
+        _echo_err(f"none of the baseline's {n['missing']} rows has a value in {results}, which holds "
+                  f"{n['new']} row(s) of other boards: is it the results folder of the grid the baseline was "
+                  f"written from (its protocol, datasets and models)? Only if these runs are to replace the "
+                  f"baseline whole, `{update} --prune` rewrites it")
+        raise typer.Exit(code=1)
     if result.failed:
         what = [f"{n['drift']} value(s) drifted past their tolerance" if n["drift"] else "",
                 f"{n['missing']} baseline row(s) have no value now" if n["missing"] else ""]
