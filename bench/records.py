@@ -548,13 +548,14 @@ def finished_runs(df_runs: pd.DataFrame, results_dir: Path | str, models: str | 
 
 def select_runs(df_runs: pd.DataFrame, models: str | Iterable[str] | None = None,
                 datasets: str | Iterable[str] | None = None, results_dir: Path | str = "",
-                profiled: Iterable[str] = ()) -> pd.DataFrame:
+                profiled: Iterable[str] = (), policies: str | Iterable[str] | None = None) -> pd.DataFrame:
     """The runs of ``models`` on ``datasets`` (a reader's name such as ``synapse``, or a board's data
-    name such as ``nnunet:ACDC``; a list or a comma list, ``bench.names.name_list``); None: all.
-    BenchError for a name no run has, with the names there, unless ``profiled`` has it (a model with
-    a cost table only)."""
-    models, datasets = name_list(models), name_list(datasets)
-    for option, names, columns in (("--models", models, ["model"]), ("--dataset", datasets, ["dataset", "dataset_name"])):
+    name such as ``nnunet:ACDC``) scored under ``policies`` (a list or a comma list each,
+    ``bench.names.name_list``); None: all. BenchError for a name no run has, with the names there,
+    unless ``profiled`` has it (a model with a cost table only)."""
+    models, datasets, policies = name_list(models), name_list(datasets), name_list(policies)
+    for option, names, columns in (("--models", models, ["model"]), ("--dataset", datasets, ["dataset", "dataset_name"]),
+                                   ("--policy", policies, ["policy"])):
         if not names:
             continue
         have = sorted({str(v) for c in columns if c in df_runs for v in df_runs[c].dropna()})

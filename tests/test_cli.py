@@ -622,6 +622,13 @@ def test_rescore_puts_the_same_weights_on_a_strict_board(tmp_path):
     assert df["rescored_from"].notna().sum() == 1
     rep = _bench("report", "--results", results).stdout
     assert "policy legacy-synapse" in rep and "policy strict" in rep and "HD95 in mm" in rep
+    strict = _bench("report", "--results", results, "--policy", "strict").stdout  # a CLI audit: no way to pick
+    assert "policy strict" in strict and "policy legacy-synapse" not in strict
+    methods = _bench("report", "--results", results, "--policy", "legacy-synapse", "--format", "methods").stdout
+    assert "legacy-synapse" in methods and "policy strict" not in methods
+    wrong = _bench("report", "--results", results, "--policy", "strictt", check=False)
+    assert wrong.returncode == 2 and "--policy strictt: no runs of it" in wrong.stderr and "did you mean 'strict'" \
+        in wrong.stderr
     again = _bench("rescore", "--policy", "strict", "--results", results).stdout
     assert "nothing to score: every finished run has a record under strict already" in again
     # asking bench run for the strict score of the same training reuses the rescored record

@@ -29,6 +29,8 @@ def report(
     reference: Annotated[Optional[str], typer.Option(help="paired tests of every model against this one")] = None,
     models: Annotated[str, typer.Option(help="'all' or a comma list: only these models' runs and profiles")] = "all",
     dataset: RunDatasets = None,
+    policy: Annotated[Optional[str], typer.Option(help="a comma list: only runs scored under these metric policies "
+                                                       "(bench rescore adds boards of another)")] = None,
     columns: Annotated[Optional[str], typer.Option(help="the tables' columns (md, latex), a comma list of: paper "
                                                         "(the papers' layout: their metrics, per-class DSC means, the best in bold), family, seeds, "
                                                         "params, time, cost, metrics, ci, classes, class-hd95; "
@@ -54,7 +56,7 @@ def report(
             raise BenchError(f"--out {out}: is a folder; give a file name, e.g. {out / 'report.md'}")
         ensure_writable_dir(out.parent, "--out")
     text = write_report(results, format.value, out, published=published_file or published, reference=reference,
-                        models=models, datasets=dataset, columns=groups, plot_format=plot_format)
+                        models=models, datasets=dataset, columns=groups, plot_format=plot_format, policies=policy)
     if out is None:
         typer.echo(text, nl=not text.endswith("\n"))  # a CSV piped on ends in one newline, not an empty row
     else:

@@ -35,11 +35,11 @@ _SKIP_PACKAGES = {"ssm-unet-bench"}  # named as bench's version
 
 
 def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
-                   datasets: str | Iterable[str] | None = None) -> str:
+                   datasets: str | Iterable[str] | None = None, policies: str | Iterable[str] | None = None) -> str:
     """Markdown: per board (dataset × protocol × policy, as ``label_runs`` groups finished runs) a
     ``##`` heading and short paragraphs on the models, training, data and evaluation, and environment."""
     results_dir = Path(results_dir)
-    df = finished(select_runs(load(results_dir), models, datasets, results_dir))
+    df = finished(select_runs(load(results_dir), models, datasets, results_dir, policies=policies))
     if df.empty:
         return f"No finished runs found in {results_dir}: pass the --results folder of `bench run`.\n"
     df = label_runs(df)

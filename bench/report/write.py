@@ -95,7 +95,7 @@ def _warn_repeated(boards: dict) -> None:
 
 
 def _methods(results_dir: Path, models: str | Iterable[str] | None, datasets: str | Iterable[str] | None,
-             **refused: object) -> str:
+             policies: str | Iterable[str] | None, **refused: object) -> str:
     """``--format methods``: prose of what ran, which the boards' options do not shape (one error names them)."""
     from bench.report.methods import render_methods
 
@@ -103,13 +103,14 @@ def _methods(results_dir: Path, models: str | Iterable[str] | None, datasets: st
     if given:
         raise BenchError(f"{' and '.join(given)} shape{'s' * (len(given) == 1)} the leaderboards; --format methods "
                          "writes the Methods paragraphs only: leave them out")
-    return render_methods(results_dir, models, datasets)
+    return render_methods(results_dir, models, datasets, policies)
 
 
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
                  published: Path | bool | None = None, reference: str | None = None,
                  models: str | Iterable[str] | None = None, datasets: str | Iterable[str] | None = None,
-                 columns: str | Iterable[str] | None = None, plot_format: str = "png") -> str:
+                 columns: str | Iterable[str] | None = None, plot_format: str = "png",
+                 policies: str | Iterable[str] | None = None) -> str:
     """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically.
 
     Accuracy boards show each run's own GMAC count (records written before runs counted them:
@@ -118,14 +119,16 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     against ``reference`` (tests and ranks) and, with ``published`` (True: the repo's ``results/published.csv``, or
     a path), a published-vs-ours table per board, then the cost tables; with ``out``, the plots of
     ``bench.plots`` are written to ``<out stem>_files/`` beside it and linked. ``models`` /
-    ``datasets``: only their runs, a list or a comma list (and profiles of those models; ``select_runs``).
+    ``datasets`` / ``policies``: only their runs, a list or a comma list (and profiles of those models;
+    ``select_runs``).
     ``columns``: the boards' ``COLUMN_GROUPS`` and presets (Markdown, LaTeX; None: all)."""
     from bench.cost import load_profiles
 
     results_dir = Path(results_dir)
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
     if fmt == ReportFormat.methods:
-        text = _methods(results_dir, models, datasets, columns=columns, reference=reference, published=published)
+        text = _methods(results_dir, models, datasets, policies, columns=columns, reference=reference,
+                        published=published)
         if out is not None:
             atomic_write_text(Path(out), text)
         return text
@@ -137,7 +140,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     models, datasets = name_list(models), name_list(datasets)
     df_runs, profiles = load(results_dir), load_profiles(results_dir)  # load first: it checks the folder
     profiled = set(profiles["model"]) if profiles is not None and "model" in profiles else set()
-    df_runs = finished(select_runs(df_runs, models, datasets, results_dir, profiled))
+    df_runs = finished(select_runs(df_runs, models, datasets, results_dir, profiled, policies))
     if models and profiles is not None and "model" in profiles:
         profiles = profiles[profiles["model"].isin(models)]
     df_cases = load(results_dir, level="case") if not df_runs.empty else None
@@ -155,8 +158,9 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
             begun = sorted(p.name for p in runs_dir(results_dir).glob("*") if p.is_dir())
             where = (f": {len(begun)} run(s) began here ({', '.join(begun[:3])}{', …' if len(begun) > 3 else ''}) and "
                      "none wrote its record (a run failed or is still training; `bench run` says why, and the same "
-                     "command continues)" if begun and not (models or datasets) else
-                     f"{' for these --models/--dataset' if models or datasets else ''}: pass the --results folder "
+                     "command continues)" if begun and not (models or datasets or policies) else
+                     f"{' for these --models/--dataset/--policy' if models or datasets or policies else ''}: pass the "
+                     "--results folder "
                      "of `bench run`")
             text = f"No finished runs found in {results_dir}{where}.\n"
         if reference and models and reference.split(" (")[0] not in models:
