@@ -359,7 +359,7 @@ def swin_unet(*, num_classes: int, in_chans: int = 3, img_size: int = 224, **ove
     window = _window_for(img_size, cfg["window_size"], len(cfg["depths"]))
     if window != cfg["window_size"]:
         warnings.warn(f"swin_unet: window {cfg['window_size']} does not tile a {img_size}² input; using {window} "
-                      "(recorded in the run's model_config)", stacklevel=2)
+                      "(recorded in the record's model_config)", stacklevel=2)
     cfg["window_size"] = window
     model = SwinUnet(num_classes=num_classes, img_size=img_size, in_chans=3, **cfg)
     model.resolved_config = {"window_size": window}

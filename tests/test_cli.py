@@ -309,7 +309,7 @@ def test_warnings_are_one_line_each_and_shown_once(tmp_path):
     proc = _bench("run", "--models", "swin_unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
                   "--max-iterations", "1", "--epochs", "1", "--threads", "1", "--results", tmp_path)
     lines = [line for line in proc.stderr.splitlines() if "window 7 does not tile" in line]
-    assert lines == ["warning: swin_unet: window 7 does not tile a 64² input; using 4 (recorded in the run's "
+    assert lines == ["warning: swin_unet: window 7 does not tile a 64² input; using 4 (recorded in the record's "
                      "model_config)"], proc.stderr
     assert "UserWarning" not in proc.stderr and "entry.constructor" not in proc.stderr
 
