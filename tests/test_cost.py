@@ -375,6 +375,10 @@ def test_profile_cli_writes_records_that_report_joins(tmp_path):
     report = _bench("report", "--results", tmp_path)
     assert "## Cost · input 1x3x64x64 · fp32" in report
     assert [r["model"] for r in md_rows(report[report.index("## Cost"):], "model")] == ["vmunet (tiny)", "unet (tiny)"]
+    # a CLI audit: the boards' CSV of a folder of profiles only was its header, without a word
+    csv_only = run_bench("report", "--results", tmp_path, "--format", "csv")
+    assert csv_only.stdout.count("\n") == 1 and "the boards' CSV holds its header only (its `bench profile` " \
+        "records' cost tables: --format md or latex)" in csv_only.stderr
     # profiling the same setup again replaces its record rather than adding one
     rows = json.loads(_bench("profile", "--models", "unet", "--tiny", "--img-size", "64", "--iters", "2", "--warmup",
                              "0", "--threads", "1", "--results", tmp_path, "--format", "json"))

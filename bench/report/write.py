@@ -163,6 +163,11 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                      "--results folder "
                      "of `bench run`")
             text = f"No finished runs found in {results_dir}{where}.\n"
+        elif not boards and fmt == ReportFormat.csv:  # its header alone, which a script would read as no runs
+            costs = profiles is not None and not profiles.empty
+            warnings.warn(f"no finished runs in {results_dir}: the boards' CSV holds its header only"
+                          + (" (its `bench profile` records' cost tables: --format md or latex)" if costs else ""),
+                          stacklevel=2)
         if reference and models and reference.split(" (")[0] not in models:
             raise BenchError(f"--reference {reference!r}: not among --models {','.join(models)}; add it there to "
                              "compare with it")
