@@ -159,8 +159,9 @@ def _usage_line(exc) -> str:
     given = re.search(r"'([^']*)' is not one of (.*)", text)  # the choices, as the message lists them
     if given:
         choices = re.findall(r"'([^']*)'", given.group(2))
-        close = [c for c in choices if c == _SYNONYMS.get(given.group(1))] or \
-            difflib.get_close_matches(given.group(1), choices, n=1, cutoff=0.5)
+        typed = given.group(1)
+        close = [c for c in choices if c in (_SYNONYMS.get(typed.lower()), typed.lower())] or \
+            difflib.get_close_matches(typed, choices, n=1, cutoff=0.5)
         text += f" Did you mean {close[0]!r}?" if close else ""
     where = f"{exc.ctx.command_path} --help" if getattr(exc, "ctx", None) else "bench --help"
     return f"{text} ({where})"
