@@ -76,6 +76,9 @@ def claim_run(results_dir: Path, run_id: str) -> Claim | str:
     for _ in range(3):  # a dead claim removed, then created afresh; another taker may win the race
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileNotFoundError:  # a claim released just now took its empty folder along
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
         except FileExistsError:
             holder, judged = _holder(path)
             if holder is not None:

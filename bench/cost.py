@@ -505,7 +505,7 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     row of the same model and input (``COUNT_KEYS``), reused instead of counting again.
     ``write_profile`` keeps the row where ``bench report`` joins it to the boards."""
     from bench import env
-    from bench.registry import changed_keys, create_model, get_entry
+    from bench.registry import changed_keys, check_set_kinds, create_model, get_entry
     from bench.scan_info import note_scan_use, scan_backend_for
 
     device = env.resolve_device(device) if isinstance(device, str) else device  # "cuda" without one: named
@@ -513,6 +513,7 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     if timing:
         check_timing(iters, warmup, compile)
     entry = get_entry(name)
+    check_set_kinds(name, overrides or {})
     torch.manual_seed(0)
     model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size, tiny=tiny,
                          **(overrides or {}))

@@ -265,14 +265,6 @@ def model_overrides(name: str, overrides: Mapping[str, Any] | None = None, *, ti
     if fixed := [k for k in ("num_classes", "in_chans", "img_size") if k in overrides]:
         raise BenchError(f"--set {', '.join(fixed)}: not a --set key; the data gives a run its classes and channels "
                          "(bench profile: --num-classes, --in-chans) and --img-size its input size")
-    # 0 for a true/false key builds the same model as false, yet would be another run id and label (and
-    # true for a number is 1): the constructor would take either without a word
-    paper = entry.paper_config
-    if flags := [f"{k} takes {'a ' * (_kind(paper[k]) != 'true/false')}{_kind(paper[k])}, e.g. "
-                 f"{_as_set(paper[k])}; got {_as_set(v)}"
-                 for k, v in overrides.items() if k in paper and paper[k] is not None
-                 and (isinstance(paper[k], bool) != isinstance(v, bool))]:
-        raise BenchError(f"{name}: --set {'; '.join(flags)}")
     return {**small, **overrides}
 
 
@@ -285,6 +277,19 @@ def identity_overrides(name: str, overrides: Mapping[str, Any], *, tiny: bool = 
     small = entry.tiny if tiny else {}
     return {k: v for k, v in overrides.items() if k in small or k not in entry.paper_config
             or _as_set(v) != _as_set(entry.paper_config[k])}
+
+
+def check_set_kinds(name: str, overrides: Mapping[str, Any]) -> None:
+    """BenchError for a --set number where the paper value is true/false, or true/false for a number: 0
+    builds the model false builds, yet would be another run id and label (and true for a number is 1),
+    and the constructor takes either without a word. Asked by bench run and profile of --set, not by
+    create_model, which rebuilds older records' configurations as they were kept."""
+    paper = get_entry(name).paper_config
+    if flags := [f"{k} takes {'a ' * (_kind(paper[k]) != 'true/false')}{_kind(paper[k])}, e.g. "
+                 f"{_as_set(paper[k])}; got {_as_set(v)}"
+                 for k, v in overrides.items() if k in paper and paper[k] is not None
+                 and (isinstance(paper[k], bool) != isinstance(v, bool))]:
+        raise BenchError(f"{name}: --set {'; '.join(flags)}")
 
 
 def changed_keys(name: str, overrides: Mapping[str, Any], *, tiny: bool = False) -> list[str]:

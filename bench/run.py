@@ -35,8 +35,8 @@ from bench.evaluate import evaluate, resolve_nsd_tolerance
 from bench.metrics import POLICIES, get_policy, policy_fields, policy_misfit
 from bench.names import int_list
 from bench.protocol import Protocol
-from bench.registry import changed_keys, check_buildable, create_model, get_entry, identity_overrides, list_models
-from bench.registry import load_weights, model_code, model_overrides as model_overrides_of
+from bench.registry import changed_keys, check_buildable, check_set_kinds, create_model, get_entry, identity_overrides
+from bench.registry import list_models, load_weights, model_code, model_overrides as model_overrides_of
 from bench.train import (CHECKPOINT_DIR, FINAL, TrainResult, caller_rng_kept, save_checkpoint, seed_everything,
                          train_model)
 
@@ -655,6 +655,8 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
             warnings.warn(note, stacklevel=2)
     refuse_2d_models(models, protocol)  # all of them at once (build_args names one)
     over = {m: model_overrides_of(m, model_overrides, tiny=tiny) for m in models}
+    for m in models:
+        check_set_kinds(m, model_overrides or {})
     for m in models:  # img_size, --set overrides and pretrained files, for every model before one trains
         build = build_args(m, protocol, ds, over[m])
         if protocol.patches:  # before create_model's img_size check, whose advice names --img-size

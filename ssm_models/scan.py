@@ -121,9 +121,11 @@ def _build_dir(cflags: list[str] | None = None) -> Path:
         own.mkdir(mode=0o700, exist_ok=True)
         # a shared /tmp: a folder of that name made by another user could hand this process their binary
         st = own.stat()
-        if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
-            raise OSError(f"{path.parent} is not writable, and {own} belongs to another user or others may write "
-                          "to it: set BENCH_EXTENSIONS_DIR to a folder of your own") from None
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            raise OSError(f"{path.parent} is not writable, and {own} belongs to another user: set "
+                          "BENCH_EXTENSIONS_DIR to a folder of your own") from None
+        if st.st_mode & 0o022:  # ours, made under a looser umask by an older bench: others could write in it
+            own.chmod(0o700)
         path = own / path.name
         path.mkdir(exist_ok=True)
     return path
@@ -179,14 +181,18 @@ def _load_extension():
                 first = first or exc
                 continue
             if cflags is _PORTABLE_CFLAGS:
-                refused = refused or _short_reason(first)
-                if first is not None and refused.startswith("build failed"):  # not a lock's or a disk's hiccup
-                    from bench.fileio import portable_write_text
+                left = [f for f in _CFLAGS if f not in _PORTABLE_CFLAGS]
+                marker = _build_dir() / _REFUSED
+                if not refused:
+                    refused = _short_reason(first)
+                    # the compiler's word on a flag, not a build killed for memory or a full disk's
+                    if any(f.split("=")[0] in refused for f in left):
+                        from bench.fileio import portable_write_text
 
-                    with contextlib.suppress(OSError):  # a marker: a torn one is read as none
-                        portable_write_text(_build_dir() / _REFUSED, refused)
-                left = " ".join(f for f in _CFLAGS if f not in _PORTABLE_CFLAGS)
-                _ext_origin += f", without {left} ({refused}): single-threaded"
+                        with contextlib.suppress(OSError):  # a marker: a torn one is read as none
+                            portable_write_text(marker, refused)
+                kept = f"; {marker} skips them in later processes: delete it to try again" if marker.exists() else ""
+                _ext_origin += f", without {' '.join(left)} ({refused}{kept}): single-threaded"
             break
         else:
             _ext_error, _ext_error_detail = _short_reason(first), str(first)

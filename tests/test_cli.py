@@ -230,6 +230,15 @@ def test_check_passes_on_itself_and_fails_on_drift(smoke_results, tmp_path):
     assert proc.returncode == 1 and proc.stderr.startswith(f"none of the baseline's {len(table)} rows has a value "
                                                            f"in {smoke_results}, which holds "), proc.stderr
     assert "is it the results folder of the grid the baseline was written from" in proc.stderr
+    # every row back under a new label (a baseline from before "(tiny)"): the renaming --update said, not --prune
+    fresh = tmp_path / "fresh.csv"
+    _bench("check", "--baseline", fresh, "--results", smoke_results, "--update")
+    table = pd.read_csv(fresh)
+    assert table["model"].str.endswith(" (tiny)").all()
+    table.assign(model=table["model"].str.replace(" (tiny)", "", regex=False)).to_csv(fresh, index=False)
+    renamed = _bench("check", "--baseline", fresh, "--results", smoke_results, check=False)
+    assert renamed.returncode == 1 and "none of the baseline's" not in renamed.stderr
+    assert "bench check --update renames the baseline's rows" in renamed.stderr
     # the command said is one that runs: --update alone refuses to drop rows that have no value now
     suggested = proc.stderr.split("`")[1].split()
     assert suggested[-1] == "--prune" and _bench(*suggested[1:], check=False).returncode == 0

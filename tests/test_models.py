@@ -505,3 +505,15 @@ def test_a_broken_plugin_is_named_and_the_rest_works(tmp_path):
     asked = run_bench("profile", "--models", "mynet", "--no-timing", check=False, env=env)
     assert asked.returncode == 2
     assert "unknown model 'mynet'" in asked.stderr and "model plugins that failed to load: mynet" in asked.stderr
+
+
+def test_set_kinds_are_checked_for_a_runs_set_not_when_a_record_is_rebuilt():
+    """A diff review: refusing deep_supervision=0 inside create_model would have kept bench rescore, predict
+    and figure from rebuilding a run trained with it before the check (records keep the value as given)."""
+    from bench.registry import check_set_kinds
+
+    with pytest.raises(BenchError, match=r"^vmunet_v2: --set deep_supervision takes true/false, e.g. true; got 0$"):
+        check_set_kinds("vmunet_v2", {"deep_supervision": 0})
+    check_set_kinds("vmunet_v2", {"deep_supervision": False, "drop_path_rate": 0})  # 0 for 0.2: both numbers
+    model = create_model("vmunet_v2", num_classes=1, in_chans=3, img_size=64, tiny=True, deep_supervision=0)
+    assert model.bench_config["deep_supervision"] == 0

@@ -337,8 +337,12 @@ def test_the_kernel_cache_folder(monkeypatch, tmp_path):
     (tmp_path / "tmp").mkdir()
     own = tmp_path / "tmp" / f"ssm-unet-bench-{os.getuid()}"
     assert scan._build_dir().parent == own and own.stat().st_mode & 0o777 == 0o700
-    own.chmod(0o777)  # as another user's, or a world-writable one, would be
-    with pytest.raises(OSError, match=r"belongs to another user or others may write to it: set BENCH_EXTENSIONS_DIR"):
+    own.chmod(0o777)  # as an older bench made it under a loose umask: still ours, closed again
+    assert scan._build_dir().parent == own and own.stat().st_mode & 0o777 == 0o700
+    uid = os.getuid()
+    monkeypatch.setattr(scan.os, "getuid", lambda: uid + 1)  # the folder of that name is now another user's
+    (tmp_path / "tmp" / f"ssm-unet-bench-{uid + 1}").mkdir()
+    with pytest.raises(OSError, match=r"belongs to another user: set BENCH_EXTENSIONS_DIR to a folder of your own"):
         scan._build_dir()
 
 
@@ -528,7 +532,8 @@ torch.save(vectorisation_cases(), sys.argv[1])
 
 
 _REFUSING_CXX = """#!/bin/sh
-# what Apple clang answers to two flags GCC takes
+# what Apple clang answers to two flags GCC takes; each call logged
+echo "$@" >> "$0.calls"
 for a in "$@"; do
   case "$a" in -fopenmp|-march=native) echo "clang: error: unsupported option '$a'" >&2; exit 1;; esac
 done
@@ -557,13 +562,19 @@ def test_a_compiler_that_refuses_openmp_still_builds_the_kernel(tmp_path):
     cxx.chmod(0o755)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CXX": str(cxx), "BENCH_EXTENSIONS_DIR": str(tmp_path / "ext"),
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
-    said = [subprocess.run([sys.executable, "-c", _PORTABLE_BUILD], env=env, capture_output=True, text=True,
-                           timeout=600) for _ in range(2)]
+    calls = tmp_path / "clang++.calls"
+    said, refused = [], []
+    for _ in range(2):
+        said.append(subprocess.run([sys.executable, "-c", _PORTABLE_BUILD], env=env, capture_output=True, text=True,
+                                   timeout=600))
+        refused.append(sum("-fopenmp" in line for line in calls.read_text().splitlines()))
     assert all(p.returncode == 0 for p in said), said[-1].stderr
-    without = ", without -march=native -fopenmp (build failed: clang: error: unsupported option '-march=native'): " \
-              "single-threaded"
+    marker = next((tmp_path / "ext").glob(f"*/{scan._REFUSED}"))
+    without = (", without -march=native -fopenmp (build failed: clang: error: unsupported option '-march=native'; "
+               f"{marker} skips them in later processes: delete it to try again): single-threaded")
     assert said[0].stdout.startswith("built in ") and said[0].stdout.strip().endswith(without), said[0].stdout
     assert said[1].stdout.strip() == "loaded from cache" + without
+    assert refused[0] >= 1 and refused[1] == refused[0]  # the second process asked the compiler nothing refused
     assert "unavailable" not in said[0].stderr + said[1].stderr
 
 

@@ -36,10 +36,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main() -> None:
     """Console entry point: user errors print one line and exit 2, warnings one line each (tracebacks
     and Python's own warning format with BENCH_DEBUG=1)."""
-    for stream in (sys.stdout, sys.stderr):
-        # a terminal or file of another encoding (latin-1, cp1252): a board's ↑ and ± shown as ?, not a crash
-        if callable(getattr(stream, "reconfigure", None)):
-            stream.reconfigure(errors="replace")
+    # a terminal or file of another encoding (latin-1, cp1252): a board's ↑ and ± shown as ?, not a crash
+    # (stderr escapes them already; --out writes UTF-8 files)
+    if callable(getattr(sys.stdout, "reconfigure", None)):
+        sys.stdout.reconfigure(errors="replace")
     handles = threading.current_thread() is threading.main_thread()
     # SIGTERM (what Slurm and torchrun send first) as Ctrl-C: cleanup runs (temp files, the run's
     # claim) and the command says so, where the process died with neither
@@ -88,11 +88,12 @@ def _main() -> None:
         distributed = _launched()
         if distributed is None or not distributed.lost_peer(exc) or debugging():
             raise
+        line = f"error: another process of this run is gone ({' '.join(str(exc).split())[:200]})"
+        kept = _note_error(line)  # first: a live launcher stops this process soon, and said nothing yet
         if distributed.orphaned():  # the launcher was killed, and a peer's exit reached this one first
             _say_orphaned(distributed)
             sys.exit(130)
-        line = f"error: another process of this run is gone ({' '.join(str(exc).split())[:200]})"
-        if not _note_error(line):
+        if not kept:
             _echo_err(line)
         sys.exit(distributed.LOST_PEER_EXIT)
     distributed = _launched()

@@ -127,7 +127,8 @@ def check(
             update += f" --models {shlex.quote(','.join(sorted(added)))}"  # their rows alone, the others' values kept
         _echo_err(f"{n['new']} row(s) are new: the baseline does not check them yet; `{update}` adds them "
                   "(hand-edited tolerances kept)")
-    if result.failed and not (n["ok"] or n["drift"]):  # nothing compared: most likely another grid's folder
+    # nothing compared, nor back under another label: most likely another grid's folder
+    if result.failed and not (n["ok"] or n["drift"] or result.relabelled() or result.moved()):
         _echo_err(f"none of the baseline's {n['missing']} rows has a value in {results}, which holds "
                   f"{n['new']} row(s) of other boards: is it the results folder of the grid the baseline was "
                   f"written from (its protocol, datasets and models)? Only if these runs are to replace the "
