@@ -54,13 +54,36 @@ def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
 
 def _digest_file(path: str, size: int, mtime_ns: int) -> Path | None:
     """Where the digest of this version of ``path`` is kept; None without a writable cache folder."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    folder = Path(base) / "ssm-unet-bench" / "digests"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:  # a read-only home: hashed every time
+        folder = cache_dir("digests")
+    except OSError:  # hashed every time
         return None
     return folder / hashlib.sha256(f"{path}\0{size}\0{mtime_ns}".encode()).hexdigest()
+
+
+def cache_dir(name: str, preferred: str | Path | None = None) -> Path:
+    """A cache folder of bench's, made: ``preferred`` (BENCH_EXTENSIONS_DIR for the scan kernel), else
+    ``<$XDG_CACHE_HOME or ~/.cache>/ssm-unet-bench/<name>``; where that cannot be made (a read-only home,
+    as on some CI runners), ``<temp folder>/ssm-unet-bench-<uid>/<name>``, which must be this user's own:
+    in a shared temp folder, one another user made could hand this process their files (a compiled
+    kernel). OSError where none can be had."""
+    first = (Path(preferred).expanduser() if preferred else
+             Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ssm-unet-bench" / name)
+    try:
+        first.mkdir(parents=True, exist_ok=True)
+        return first
+    except OSError:
+        pass
+    own = Path(tempfile.gettempdir()) / f"ssm-unet-bench-{getattr(os, 'getuid', lambda: 0)()}"
+    own.mkdir(mode=0o700, exist_ok=True)
+    st = own.stat()
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise OSError(f"{first} cannot be made, and {own} belongs to another user: set XDG_CACHE_HOME (the scan "
+                      "kernel: BENCH_EXTENSIONS_DIR) to a folder of your own")
+    if st.st_mode & 0o022:  # ours, made under a looser umask by an older bench: others could write in it
+        own.chmod(0o700)
+    (own / name).mkdir(exist_ok=True)
+    return own / name
 
 
 def _keep(target: Path, digest: str) -> None:

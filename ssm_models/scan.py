@@ -42,7 +42,6 @@ import platform
 import re
 import sys
 import sysconfig
-import tempfile
 import threading
 import time
 import warnings
@@ -109,25 +108,12 @@ def _build_dir(cflags: list[str] | None = None) -> Path:
                  sysconfig.get_paths()["include"], os.environ.get("CXX", "c++"), platform.machine(),
                  _cpu_signature()):
         key.update(part if isinstance(part, bytes) else part.encode())
-    base = os.environ.get("BENCH_EXTENSIONS_DIR") or None  # set empty: unset, not the working directory
-    if base is None:
-        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        base = Path(cache) / "ssm-unet-bench" / "torch_extensions"
-    path = Path(base).expanduser() / f"selective_scan_cpu-{key.hexdigest()[:16]}"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:  # read-only home (some CI runners): a folder of this user's own in the temp folder
-        own = Path(tempfile.gettempdir()) / f"ssm-unet-bench-{getattr(os, 'getuid', lambda: 0)()}"
-        own.mkdir(mode=0o700, exist_ok=True)
-        # a shared /tmp: a folder of that name made by another user could hand this process their binary
-        st = own.stat()
-        if hasattr(os, "getuid") and st.st_uid != os.getuid():
-            raise OSError(f"{path.parent} is not writable, and {own} belongs to another user: set "
-                          "BENCH_EXTENSIONS_DIR to a folder of your own") from None
-        if st.st_mode & 0o022:  # ours, made under a looser umask by an older bench: others could write in it
-            own.chmod(0o700)
-        path = own / path.name
-        path.mkdir(exist_ok=True)
+    from bench.fileio import cache_dir
+
+    # BENCH_EXTENSIONS_DIR set empty: unset, not the working directory
+    path = cache_dir("torch_extensions", os.environ.get("BENCH_EXTENSIONS_DIR") or None) / \
+        f"selective_scan_cpu-{key.hexdigest()[:16]}"
+    path.mkdir(exist_ok=True)
     return path
 
 

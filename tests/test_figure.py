@@ -4,6 +4,7 @@ predict` writes, on the grid each case was scored on."""
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -185,3 +186,18 @@ def test_nan_case_values_and_folds_every_model_has(tmp_path):
             rec["split"] = f"fold{fold}"
             records.write_record(rec, res)
     assert {c.rec["split"] for c in choose_runs(res)} == {"fold1"}
+
+
+def test_figure_takes_a_protocol_file_as_bench_run_does(monkeypatch, capsys, tmp_path):
+    """A CLI audit: --protocol of bench run takes a name or a .toml, figure's only a name ("--protocol
+    .../smoke.toml: no finished runs of it here (there: smoke)")."""
+    from bench.cli import main
+    from bench.protocol import PROTOCOL_DIR
+
+    records.write_record(make_record("unet"), tmp_path)
+    for given in ("isic17", str(PROTOCOL_DIR / "isic17.toml")):
+        monkeypatch.setattr(sys, "argv", ["bench", "figure", "--results", str(tmp_path), "--out",
+                                          str(tmp_path / "f.png"), "--protocol", given])
+        with pytest.raises(SystemExit):
+            main()
+        assert "error: --protocol isic17: no finished runs of it here (there: " in capsys.readouterr().err

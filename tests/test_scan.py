@@ -327,23 +327,31 @@ def test_cuda_backend_refuses_cpu_tensors():
 def test_the_kernel_cache_folder(monkeypatch, tmp_path):
     """An odd-environment journey: BENCH_EXTENSIONS_DIR set empty built the kernel in the working
     directory; under a read-only home the fallback in the shared temp folder took a folder of that
-    name whoever had made it (another user could hand this process their binary)."""
+    name whoever had made it (another user could hand this process their binary), and the data
+    digests, without a fallback, were computed again by every command."""
+    import tempfile
+
+    from bench import fileio
+
     monkeypatch.setenv("BENCH_EXTENSIONS_DIR", "")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert scan._build_dir().parent == tmp_path / "cache" / "ssm-unet-bench" / "torch_extensions"
     (tmp_path / "home").write_text("")  # a cache folder that cannot be made
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(scan.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     own = tmp_path / "tmp" / f"ssm-unet-bench-{os.getuid()}"
-    assert scan._build_dir().parent == own and own.stat().st_mode & 0o777 == 0o700
+    assert scan._build_dir().parent == own / "torch_extensions" and own.stat().st_mode & 0o777 == 0o700
+    assert fileio._digest_file("/data/x.nii.gz", 1, 2).parent == own / "digests"
     own.chmod(0o777)  # as an older bench made it under a loose umask: still ours, closed again
-    assert scan._build_dir().parent == own and own.stat().st_mode & 0o777 == 0o700
+    assert scan._build_dir().parent == own / "torch_extensions" and own.stat().st_mode & 0o777 == 0o700
     uid = os.getuid()
-    monkeypatch.setattr(scan.os, "getuid", lambda: uid + 1)  # the folder of that name is now another user's
+    monkeypatch.setattr(os, "getuid", lambda: uid + 1)  # the folder of that name is now another user's
     (tmp_path / "tmp" / f"ssm-unet-bench-{uid + 1}").mkdir()
-    with pytest.raises(OSError, match=r"belongs to another user: set BENCH_EXTENSIONS_DIR to a folder of your own"):
+    with pytest.raises(OSError, match=r"belongs to another user: set XDG_CACHE_HOME \(the scan kernel: "
+                                      r"BENCH_EXTENSIONS_DIR\) to a folder of your own"):
         scan._build_dir()
+    assert fileio._digest_file("/data/x.nii.gz", 1, 2) is None  # hashed every time, as before
 
 
 def test_fallback_when_the_kernel_cannot_be_built(monkeypatch):

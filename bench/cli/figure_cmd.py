@@ -10,7 +10,7 @@ import typer
 
 from bench.errors import BenchError
 from bench.names import name_list
-from bench.cli.options import (DEFAULT_RESULTS, Device, FinishedRuns, Models, MovedData, RunDatasets, ScoringThreads,
+from bench.cli.options import (DEFAULT_RESULTS, Device, FinishedRuns, Models, MovedData, ScoringThreads,
                                _compute_setup)
 
 
@@ -18,9 +18,10 @@ def figure(
     out: Annotated[Path, typer.Option(help="the figure file: .png (200 dpi) or .pdf (vector)")],
     results: FinishedRuns = DEFAULT_RESULTS,
     models: Models = "all",
-    dataset: RunDatasets = None,
-    protocol: Annotated[Optional[str], typer.Option(help="only runs of this protocol (where several share the "
-                                                         "data)")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="the board's dataset where the runs form several (synapse, "
+                                                        "isic17, ..., or a data name such as nnunet:ACDC)")] = None,
+    protocol: Annotated[Optional[str], typer.Option(help="only runs of this protocol, a name or its .toml (where "
+                                                         "several share the data)")] = None,
     policy: Annotated[Optional[str], typer.Option(help="the board of this metric policy, records of bench rescore "
                                                        "included (default: the runs' own)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="each model's run of this seed (default: its lowest)")] = None,
@@ -51,6 +52,10 @@ def figure(
         raise BenchError(f"--cases expects a comma list of test case ids; got {cases!r}")
     if wanted and n_cases is not None:
         raise BenchError("--cases names the rows and --n-cases counts them: give one of the two")
+    if protocol is not None and protocol.endswith(".toml"):  # as bench run takes it: its runs record the name
+        from bench.protocol import load_protocol
+
+        protocol = load_protocol(protocol).name
     _compute_setup(threads)
     dev = resolve_device(device.value)
     columns = choose_runs(results, model_filter(models), dataset, seed, protocol,
