@@ -909,11 +909,13 @@ def test_a_scan_backend_forced_that_cannot_run_here_is_named_and_doctor_says_so(
         main()
     assert info.value.code == 0 and "Usage: bench run" in capsys.readouterr().out
     for value, phrase in (("cuda", said), ("torh", "BENCH_SCAN_BACKEND='torh' is not a selective-scan backend")):
-        monkeypatch.setenv("BENCH_SCAN_BACKEND", value)  # the diagnostic tool diagnoses instead of refusing
+        monkeypatch.setenv("BENCH_SCAN_BACKEND", value)  # the diagnostic tool diagnoses, then says it failed
         monkeypatch.setattr(sys, "argv", ["bench", "doctor"])
         with pytest.raises(SystemExit) as info:
             main()
-        assert info.value.code == 0 and f"scan backend {phrase}" in capsys.readouterr().out
+        said_here = capsys.readouterr()
+        assert info.value.code == 1 and f"scan backend {phrase}" in said_here.out and "plugins " in said_here.out
+        assert said_here.err.startswith(f"doctor: 1 problem(s): {phrase}")
 
 
 @pytest.mark.parametrize("option, phrase", [

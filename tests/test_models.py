@@ -501,7 +501,9 @@ def test_a_broken_plugin_is_named_and_the_rest_works(tmp_path):
     listed = run_bench("models", env=env)
     assert "mynet" not in listed.stdout and "vmunet" in listed.stdout
     assert "model plugin 'mynet'" in listed.stderr and "a_module_that_is_not_installed" in listed.stderr
-    assert "mynet: failed to load (myplug: ModuleNotFoundError" in run_bench("doctor", env=env).stdout
+    doctor = run_bench("doctor", env=env, check=False)
+    assert doctor.returncode == 1 and "mynet: failed to load (myplug: ModuleNotFoundError" in doctor.stdout
+    assert "doctor: 1 problem(s): model plugin mynet failed to load" in doctor.stderr
     asked = run_bench("profile", "--models", "mynet", "--no-timing", check=False, env=env)
     assert asked.returncode == 2
     assert "unknown model 'mynet'" in asked.stderr and "model plugins that failed to load: mynet" in asked.stderr

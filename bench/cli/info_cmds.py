@@ -28,7 +28,8 @@ def models() -> None:
 
 
 def doctor() -> None:
-    """Code version, Python/torch/CUDA versions, the selective-scan backend and why, mamba-ssm, model plugins.
+    """Code version, Python/torch/CUDA versions, the selective-scan backend and why, mamba-ssm, model plugins;
+    exit 1 where one of them would stop a command (a forced scan backend that cannot run, a plugin that fails).
 
     Example: bench doctor
     """
@@ -51,7 +52,7 @@ def doctor() -> None:
                f" (built with CUDA {torch.version.cuda})")
     typer.echo(f"threads      {torch.get_num_threads()} of {os.cpu_count()} cores")
     typer.echo(f"device       {env.short_fingerprint(env.fingerprint('cuda' if cuda else 'cpu'))}")
-    from ssm_models.scan import backend_report  # ships in bench's own wheel: always there
+    from ssm_models.scan import backend_report, forced_backend_problem  # in bench's own wheel: always there
 
     typer.echo(f"scan backend {backend_report()}")
     typer.echo(f"mamba-ssm    {_mamba_status()}")
@@ -61,6 +62,12 @@ def doctor() -> None:
     plugins = [f"{k}: {', '.join(v) or 'no models'}" for k, v in registry.PLUGIN_MODELS.items()]
     plugins += [f"{k}: failed to load ({v})" for k, v in registry.PLUGIN_ERRORS.items()]
     typer.echo(f"plugins      {'; '.join(plugins) or f'none (entry point group {registry.ENTRY_POINT_GROUP})'}")
+    # the whole report first; then exit 1 where a command would fail here, so a script or CI can ask it
+    problems = [p for p in (forced_backend_problem(),) if p] + [f"model plugin {k} failed to load"
+                                                              for k in registry.PLUGIN_ERRORS]
+    if problems:
+        typer.secho(f"doctor: {len(problems)} problem(s): {'; '.join(problems)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1)
 
 
 def _mamba_status() -> str:
