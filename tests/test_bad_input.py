@@ -134,6 +134,12 @@ def test_bench_debug_adds_the_traceback_and_keeps_the_exit_code(monkeypatch, cap
         assert capsys.readouterr().err == err, off
 
 
+def test_profile_refuses_a_set_value_of_another_kind(monkeypatch, capsys, tmp_path):
+    _fails(monkeypatch, capsys, "profile", "--models", "vmunet_v2", "--tiny", "--set", "deep_supervision=0",
+           "--no-timing", "--results", tmp_path, names="deep_supervision", phrase="takes true/false, e.g. true; got 0")
+    assert not list((tmp_path / "profiles").glob("*.json"))
+
+
 def test_folders_through_links_and_the_home_folder(monkeypatch, capsys, tmp_path):
     """An odd-environment journey: `bench data synth --out LINK` to a folder on a larger disk wrote the
     whole dataset, then failed ("appeared while writing"); a link to nothing said "File exists";
@@ -150,6 +156,10 @@ def test_folders_through_links_and_the_home_folder(monkeypatch, capsys, tmp_path
            tmp_path / "scratch", *FAST, names=tmp_path / "scratch",
            phrase=f"a link to {tmp_path / 'unmounted'}, which does not exist (a disk not mounted?); choose another "
                   "--results")
+    (tmp_path / "o").symlink_to(tmp_path / "unmounted-too")  # --out too: nothing written at the target
+    _fails(monkeypatch, capsys, "data", "synth", "--like", "isic17", "--out", tmp_path / "o", names=tmp_path / "o",
+           phrase="which does not exist (a disk not mounted?); choose another --out")
+    assert not (tmp_path / "unmounted-too").exists()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     code, err = _bench(monkeypatch, capsys, "data", "synth", "--like", "isic17", "--out=~/syn")
     assert code == 0, err
@@ -1143,6 +1153,15 @@ def test_a_run_failing_before_its_first_step_leaves_no_folder(monkeypatch, capsy
     (run,) = (tmp_path / "runs").iterdir()
     assert list((run / "tb").glob("events.out.tfevents.*")) and list((run / "checkpoints").glob("*.pt"))
     assert not (run / ".claim").exists()
+    kept = sorted(p.name for p in run.rglob("*"))
+
+    def first_step_fails(*a, **kw):
+        raise BenchError("failed at its first forward")
+
+    monkeypatch.setattr(run_module, "train_model", first_step_fails)  # a later attempt keeps what earlier ones left
+    code, err = _bench(monkeypatch, capsys, *args)
+    assert code == 2 and "failed at its first forward" in err, err
+    assert set(kept) <= {p.name for p in run.rglob("*")}
 
 
 def test_a_failing_run_does_not_stop_the_grid(monkeypatch, capsys, tmp_path):

@@ -239,6 +239,10 @@ def test_check_passes_on_itself_and_fails_on_drift(smoke_results, tmp_path):
     renamed = _bench("check", "--baseline", fresh, "--results", smoke_results, check=False)
     assert renamed.returncode == 1 and "none of the baseline's" not in renamed.stderr
     assert "bench check --update renames the baseline's rows" in renamed.stderr
+    table.assign(value=table["value"] + 50).to_csv(fresh, index=False)  # every row drifted: drift, not another folder
+    drifted = _bench("check", "--baseline", fresh, "--results", smoke_results, check=False)
+    assert drifted.returncode == 1 and "drifted past their tolerance" in drifted.stderr
+    assert "none of the baseline's" not in drifted.stderr
     # the command said is one that runs: --update alone refuses to drop rows that have no value now
     suggested = proc.stderr.split("`")[1].split()
     assert suggested[-1] == "--prune" and _bench(*suggested[1:], check=False).returncode == 0

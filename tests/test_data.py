@@ -852,6 +852,12 @@ def test_data_written_on_windows_keeps_its_id(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "write_text", windows_default)
     there = synthesize("nnunet", tmp_path / "windows", dims=2, n_cases=2, size=32)
     assert open_dataset("nnunet", there).content_id() == here
+    from bench.fileio import portable_write_text
+
+    portable_write_text(tmp_path / "labels.txt", "±\n")  # non-ASCII text: UTF-8, not the code page
+    assert (tmp_path / "labels.txt").read_bytes() == "±\n".encode("utf-8")
+
+
 @pytest.mark.parametrize("kind", ["synapse", "isic", "polyp", "isic_all", "nnunet", "nnunet2d"])
 def test_data_is_identified_by_its_files_wherever_it_lies(roots, tmp_path, kind, monkeypatch):
     """content_id: the same files under another root are the same data; a file of another size or

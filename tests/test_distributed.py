@@ -449,9 +449,10 @@ def test_a_peer_lost_after_the_launcher_died_is_said_as_the_launcher_gone(monkey
     def app(**kwargs):
         raise RuntimeError("Connection closed by peer [x]:1")
 
-    fake = types.SimpleNamespace(lost_peer=lambda exc: True, orphaned=lambda: orphaned,
-                                 rank_from_env=lambda: rank, note_error=lambda line: False, LOST_PEER_EXIT=3,
-                                 launched_by_bench=lambda: True)
+    calls = []  # the line kept for a live launcher before the orphan check, which waits up to 1 s
+    fake = types.SimpleNamespace(lost_peer=lambda exc: True, orphaned=lambda: calls.append("orphaned") or orphaned,
+                                 rank_from_env=lambda: rank, note_error=lambda line: calls.append("note") and False,
+                                 LOST_PEER_EXIT=3, launched_by_bench=lambda: True)
     monkeypatch.setattr(bench.cli, "app", app)
     monkeypatch.setattr(console, "_launched", lambda: fake)
     monkeypatch.delenv("BENCH_DEBUG", raising=False)
@@ -460,3 +461,4 @@ def test_a_peer_lost_after_the_launcher_died_is_said_as_the_launcher_gone(monkey
     assert stop.value.code == code
     err = capsys.readouterr().err
     assert (said in err) if said else err == "", err
+    assert calls[:2] == ["note", "orphaned"]

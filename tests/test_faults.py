@@ -252,6 +252,24 @@ def test_a_claim_copied_with_its_results_folder_holds_the_original_only(tmp_path
         held.release()
 
 
+def test_a_claim_whose_folder_a_release_just_removed_is_made_again(tmp_path, monkeypatch):
+    """A diff review: another process's release removes an empty run folder between this one's mkdir and
+    its open; the FileNotFoundError ended the grid with a traceback."""
+    from bench import claim as claims
+
+    real = os.open
+
+    def folder_gone_first(path, *a, **kw):
+        monkeypatch.setattr(claims.os, "open", real)
+        os.rmdir(os.path.dirname(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(claims.os, "open", folder_gone_first)
+    taken = claims.claim_run(tmp_path, "r1")
+    assert isinstance(taken, claims.Claim) and (tmp_path / "runs" / "r1" / claims.CLAIM).is_file()
+    taken.release()
+
+
 def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     """Slurm (and torchrun) send SIGTERM before SIGKILL: the process died with no word, leaving its
     claim and a temp file. Now it stops as on Ctrl-C: cleanup, one line, exit 130; --resume goes on."""

@@ -354,6 +354,27 @@ def test_the_kernel_cache_folder(monkeypatch, tmp_path):
     assert fileio._digest_file("/data/x.nii.gz", 1, 2) is None  # hashed every time, as before
 
 
+def test_a_native_build_killed_for_another_reason_is_tried_again_later(monkeypatch, tmp_path):
+    """The refused-flags marker keeps later processes single-threaded for good: only the compiler's word
+    on a flag writes it, not a build killed for memory or a full disk's. BENCH_SCAN_BACKEND in any case."""
+    monkeypatch.setenv("BENCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(scan, "_ext", None)
+    monkeypatch.setattr(scan, "_ext_error", None)
+
+    def build(cflags):
+        if cflags is scan._CFLAGS:
+            raise RuntimeError("Error building extension 'x'\ncc1plus: fatal error: Killed signal terminated program")
+        return object(), "built in 1 s"
+
+    monkeypatch.setattr(scan, "_build", build)
+    assert scan._load_extension() is not None
+    assert not list(tmp_path.glob(f"*/{scan._REFUSED}")) and "delete it to try again" not in scan._ext_origin
+    assert scan._ext_origin.endswith("(build failed: cc1plus: fatal error: Killed signal terminated program): "
+                                     "single-threaded")
+    monkeypatch.setenv(scan.ENV_VAR, " TORCH ")
+    assert scan.default_backend("cpu") == "torch" and scan.forced_backend_problem() is None
+
+
 def test_fallback_when_the_kernel_cannot_be_built(monkeypatch):
     """Simulate a machine without a compiler: the real loader path runs and fails."""
     from torch.utils import cpp_extension
