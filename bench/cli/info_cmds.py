@@ -28,8 +28,9 @@ def models() -> None:
 
 
 def doctor() -> None:
-    """Code version, Python/torch/CUDA versions, the selective-scan backend and why, mamba-ssm, model plugins;
-    exit 1 where one of them would stop a command (a forced scan backend that cannot run, a plugin that fails).
+    """Code version, Python/torch/CUDA versions, the selective-scan backend and why, mamba-ssm, model plugins.
+
+    Exit 1 where one of them would stop a command (a forced scan backend that cannot run, a plugin that fails).
 
     Example: bench doctor
     """
