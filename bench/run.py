@@ -655,9 +655,8 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
             warnings.warn(note, stacklevel=2)
     refuse_2d_models(models, protocol)  # all of them at once (build_args names one)
     over = {m: model_overrides_of(m, model_overrides, tiny=tiny) for m in models}
-    for m in models:
-        check_set_kinds(m, model_overrides or {})
     for m in models:  # img_size, --set overrides and pretrained files, for every model before one trains
+        check_set_kinds(m, model_overrides or {})
         build = build_args(m, protocol, ds, over[m])
         if protocol.patches:  # before create_model's img_size check, whose advice names --img-size
             _check_patch(m, build, protocol)

@@ -155,9 +155,10 @@ def _load_extension():
     with _lock:
         if _ext is not None or _ext_error is not None:
             return _ext
-        refused, first = None, None
+        marker, refused, first = None, None, None
         try:
-            refused = (_build_dir() / _REFUSED).read_text(encoding="utf-8")
+            marker = _build_dir() / _REFUSED
+            refused = marker.read_text(encoding="utf-8")
         except OSError:
             pass
         for cflags in ([_PORTABLE_CFLAGS] if refused else [_CFLAGS, _PORTABLE_CFLAGS]):
@@ -168,7 +169,6 @@ def _load_extension():
                 continue
             if cflags is _PORTABLE_CFLAGS:
                 left = [f for f in _CFLAGS if f not in _PORTABLE_CFLAGS]
-                marker = _build_dir() / _REFUSED
                 if not refused:
                     refused = _short_reason(first)
                     # the compiler's word on a flag, not a build killed for memory or a full disk's
@@ -177,7 +177,8 @@ def _load_extension():
 
                         with contextlib.suppress(OSError):  # a marker: a torn one is read as none
                             portable_write_text(marker, refused)
-                kept = f"; {marker} skips them in later processes: delete it to try again" if marker.exists() else ""
+                kept = (f"; {marker} skips them in later processes: delete it to try again"
+                        if marker is not None and marker.exists() else "")
                 _ext_origin += f", without {' '.join(left)} ({refused}{kept}): single-threaded"
             break
         else:

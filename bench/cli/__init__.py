@@ -40,6 +40,7 @@ data_app = typer.Typer(
     no_args_is_help=True,
 )
 
+
 def _version(asked: bool) -> None:
     if asked:
         from importlib.metadata import PackageNotFoundError, version

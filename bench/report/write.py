@@ -156,12 +156,12 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
             text = f"No finished runs in {results_dir}: the cost tables of its `bench profile` records only.\n"
         elif not boards and fmt == ReportFormat.md:  # most likely not the folder meant, or no run finished
             begun = sorted(p.name for p in runs_dir(results_dir).glob("*") if p.is_dir())
+            filtered = bool(models or datasets or policies)
             where = (f": {len(begun)} run(s) began here ({', '.join(begun[:3])}{', …' if len(begun) > 3 else ''}) and "
                      "none wrote its record (a run failed or is still training; `bench run` says why, and the same "
-                     "command continues)" if begun and not (models or datasets or policies) else
-                     f"{' for these --models/--dataset/--policy' if models or datasets or policies else ''}: pass the "
-                     "--results folder "
-                     "of `bench run`")
+                     "command continues)" if begun and not filtered else
+                     f"{' for these --models/--dataset/--policy' if filtered else ''}: pass the --results folder of "
+                     "`bench run`")
             text = f"No finished runs found in {results_dir}{where}.\n"
         elif not boards and fmt == ReportFormat.csv:  # its header alone, which a script would read as no runs
             costs = profiles is not None and not profiles.empty
