@@ -1,7 +1,7 @@
-"""Several processes, one run: torchrun, DistributedDataParallel, and the few collectives we need.
+"""Several processes, one run: a launcher, DistributedDataParallel, and the few collectives we need.
 
-``torchrun --nproc_per_node N -m bench run ...`` (or ``bench run --nproc N``, which starts torchrun)
-runs the same grid in N processes. The rules, so that N processes train what one process would:
+``bench run --nproc N`` (or ``torchrun --nproc_per_node N -m bench run ...``) runs the same grid in
+N processes; bench's own launcher has them meet through a file, not a network server. The rules, so that N processes train what one process would:
 
 - The protocol's ``batch_size`` is the *global* batch. Every rank takes its contiguous share of
   each global batch of the same ``(seed, epoch)`` shuffle, or draws (``bench.train.EpochBatches``).
@@ -25,6 +25,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -36,7 +38,7 @@ from typing import Any, Iterable
 import torch
 import torch.distributed as dist
 
-from bench.errors import BenchError, debugging
+from bench.errors import BenchError
 from bench.fileio import portable_write_text
 
 # How long ranks wait at a barrier for rank 0 (evaluation of a large test set runs on rank 0 alone).
@@ -66,6 +68,7 @@ def world() -> World:
 
 
 def launched_by_torchrun() -> bool:
+    """Whether this is one of several processes of a run (started by `bench run --nproc` or torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -73,6 +76,7 @@ def launched_by_torchrun() -> bool:
 # The launcher has said the plan's warnings, and says the interruption and the error once; the
 # processes keep quiet (each would print the same line, or be stopped before it printed).
 ERRORS_ENV = "BENCH_PROCESS_ERRORS"
+STORE_ENV = "BENCH_DIST_STORE"  # set by the launcher: the file its processes meet through
 
 
 def launched_by_bench() -> bool:
@@ -113,7 +117,8 @@ def lost_peer(exc: BaseException) -> bool:
 
 
 def init(device: torch.device) -> torch.device:
-    """Join the process group torchrun set up (gloo on CPU, nccl on CUDA); returns this rank's device.
+    """Join the process group (gloo on CPU, nccl on CUDA): through the launcher's file (STORE_ENV), else
+    torchrun's rendezvous (its environment variables); returns this rank's device.
 
     A no-op returning ``device`` outside torchrun or once joined."""
     if not launched_by_torchrun() or world().distributed:
@@ -131,7 +136,11 @@ def init(device: torch.device) -> torch.device:
         raise BenchError(f"{TIMEOUT_ENV}={seconds!r}: expected seconds (a positive number), how long processes "
                          "wait for each other")
     # NCCL told its device: barriers need not guess it from the rank (torch warns that it does)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout,
+    meet = {}
+    if store := os.environ.get(STORE_ENV):
+        meet = {"init_method": Path(store).as_uri(), "rank": rank_from_env(),
+                "world_size": int(os.environ["WORLD_SIZE"])}
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout, **meet,
                             **({"device_id": device} if device.type == "cuda" else {}))
     return device
 
@@ -304,58 +313,124 @@ def warned_by_launcher() -> list[str]:
         return []
 
 
+STOP_GRACE_S = 30.0  # how long a stopped process may take (a checkpoint to keep, a claim to release)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How a process of a launch ended otherwise than with 0: its exit code (negative: the signal that
+    killed it, as subprocess says) and the order the launcher saw it in (0 first; several seen at once
+    in the order of their ranks)."""
+    exitcode: int
+    seen: int
+
+    def signal_name(self) -> str:
+        try:
+            return signal.Signals(-self.exitcode).name
+        except ValueError:
+            return f"signal {-self.exitcode}"
+
+
 def launch(nproc: int, args: list[str], warned: Iterable[str] = ()) -> int:
-    """Run ``torchrun --standalone --nproc_per_node <nproc> -m bench <args>`` (torchrun's own code, in
-    this process); the exit code. A process that stopped on a user error printed its one line and
-    exits 2, so does this, without torchrun's traceback of the failure; a process that crashed
-    otherwise is named in one line (exit 1); SIGTERM / Ctrl-C: "aborted" (the processes are stopped).
-    ``warned``: the warnings said already, which the processes then keep to themselves."""
-    import logging
-
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
-
-    # torchrun sets 1 itself where unset, with a banner of several lines; --threads still applies per process
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    debug = debugging()
-    if not debug:  # the agent's log lines ("Sending process … SIGTERM", "failed (exitcode: 2)")
-        logging.disable(logging.ERROR)
-    # torchrun's per-launch log folder (empty here: nothing is redirected) would stay behind in /tmp; the
-    # processes' error lines go beside it
-    root = Path(tempfile.mkdtemp(prefix="bench-torchrun-"))
-    errors, before = root / "errors", os.environ.get(ERRORS_ENV)
+    """Run ``python -P -m bench <args>`` in ``nproc`` processes, which meet through a file in a private
+    temp folder (nothing listens on the network: torchrun's rendezvous is a server on every interface
+    that unpickles what it is sent), and wait for them; the exit code. As torchrun's agent does, the
+    first process to fail has the others stopped (SIGTERM). A process that stopped on a user error
+    printed its one line and exits 2, so does this; a process that crashed otherwise is named in one
+    line (exit 1); SIGTERM / Ctrl-C: the processes are stopped, exit 130 ("interrupted" is the
+    caller's). ``warned``: the warnings said already, which the processes then keep to themselves."""
+    root = Path(tempfile.mkdtemp(prefix="bench-nproc-"))  # the user's alone (0700)
+    errors = root / "errors"
     errors.mkdir()
     portable_write_text(errors / WARNED_FILE, json.dumps(sorted(warned)))
-    os.environ[ERRORS_ENV], os.environ[LAUNCHER_ENV] = str(errors), str(os.getpid())
-    # torchrun's agent installs its handlers for these and leaves them: the caller's go back after it
-    # (Windows has no SIGHUP or SIGQUIT)
-    handlers = {getattr(signal, name): signal.getsignal(getattr(signal, name))
-                for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT") if hasattr(signal, name)}
+    env = {**os.environ, ERRORS_ENV: str(errors), LAUNCHER_ENV: str(os.getpid()), STORE_ENV: str(root / "store"),
+           "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc)}
+    env.setdefault("OMP_NUM_THREADS", "1")  # --threads still applies per process
+    if loopback := _loopback_interface():  # gloo's and NCCL's own sockets: this machine only
+        env.setdefault("GLOO_SOCKET_IFNAME", loopback)
+        env.setdefault("NCCL_SOCKET_IFNAME", loopback)
+    if home := _imported_from_dropped_path():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (home, env.get("PYTHONPATH"))))
+    stop: list[int] = []  # the signal the launcher was sent
+    names = [n for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT") if hasattr(signal, n)]  # Windows lacks two
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {getattr(signal, n): signal.getsignal(getattr(signal, n)) for n in names}
+        for number in handlers:
+            signal.signal(number, lambda signum, frame: stop.append(signum))
+    procs: list = []
     try:
-        run(parse_args(["--standalone", f"--nproc_per_node={nproc}", f"--log-dir={root / 'logs'}", "-m", "bench",
-                        *args]))
-    except ChildFailedError as exc:
-        if debug:
-            raise
-        return _failed(exc, nproc, errors)
-    except SignalException as exc:
-        if int(exc.sigval) in (signal.SIGINT, signal.SIGTERM):
-            return 130  # as one process: the caller says "interrupted" once
-        print(f"aborted ({signal.Signals(int(exc.sigval)).name})", file=sys.stderr)
-        return 128 + int(exc.sigval)
+        # -P: the current folder is not imported from (a numpy.py where the user stands would run)
+        for r in range(nproc):  # one by one: those started are stopped if a later one cannot start
+            procs.append(subprocess.Popen([sys.executable, "-P", "-m", "bench", *args],
+                                          env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}))
+        failures = _wait(procs, stop)
+        if stop:
+            if stop[0] in (signal.SIGINT, signal.SIGTERM):
+                return 130  # as one process: the caller says "interrupted" once
+            print(f"aborted ({signal.Signals(stop[0]).name})", file=sys.stderr)
+            return 128 + stop[0]
+        return _failed(failures, nproc, errors) if failures else 0
     finally:
-        if threading.current_thread() is threading.main_thread():
-            for number, handler in handlers.items():
-                signal.signal(number, signal.SIG_DFL if handler is None else handler)
-        logging.disable(logging.NOTSET)
-        os.environ.pop(LAUNCHER_ENV, None)
-        if before is None:
-            os.environ.pop(ERRORS_ENV, None)
-        else:
-            os.environ[ERRORS_ENV] = before
+        _stop(procs)
+        for number, handler in handlers.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
         shutil.rmtree(root, ignore_errors=True)
-    return 0
+
+
+def _wait(procs: list, stop: list[int]) -> dict[int, Failure]:
+    """Wait for every process; the first failure (or a signal to the launcher) has the others stopped.
+    The failures by rank, each with the order it was seen in."""
+    failures: dict[int, Failure] = {}
+    running = set(range(len(procs)))
+    while running:
+        for rank in sorted(running):
+            if (code := procs[rank].poll()) is not None:
+                running.discard(rank)
+                if code != 0:
+                    failures[rank] = Failure(code, len(failures))
+        if (failures or stop) and running:
+            _stop([procs[r] for r in running])
+            for rank in sorted(running):
+                code = procs[rank].wait()
+                if code != 0:
+                    failures[rank] = Failure(code, len(failures))
+            break
+        time.sleep(0.05)
+    return failures
+
+
+def _stop(procs: list) -> None:
+    """SIGTERM to the processes still running (they stop as on Ctrl-C), SIGKILL to those that take
+    longer than STOP_GRACE_S."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _loopback_interface() -> str | None:
+    """This machine's loopback interface (lo on Linux, lo0 on macOS), for the processes' sockets."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (OSError, AttributeError):
+        return None
+    return next((n for n in ("lo", "lo0") if n in names), None)
+
+
+def _imported_from_dropped_path() -> str | None:
+    """The folder this bench was imported from where ``-P`` would drop it (``python -m bench`` in a
+    source checkout, not installed): the processes run the launcher's code, from there alone."""
+    home = Path(__file__).resolve().parents[1]
+    if sys.flags.safe_path or not sys.path or home != Path(sys.path[0] or os.getcwd()).resolve():
+        return None
+    return str(home)
 
 
 def _kept_line(errors: Path, rank: int) -> str:
@@ -367,11 +442,11 @@ def _kept_line(errors: Path, rank: int) -> str:
 _STOPPED = (130, -int(signal.SIGTERM), -int(signal.SIGINT))  # stopped by the agent, or interrupted
 
 
-def _failed(exc, nproc: int, errors: Path) -> int:
+def _failed(failed: dict[int, Failure], nproc: int, errors: Path) -> int:
     """The exit code of a failed launch, its one line said. The cause is the first process to fail
-    that is not a consequence: the agent stops the others once one fails (SIGTERM, exit 130), and a
+    that is not a consequence: the launcher stops the others once one fails (SIGTERM, exit 130), and a
     process whose collective lost the failed one exits LOST_PEER_EXIT, perhaps in the same instant."""
-    failures = sorted(exc.failures.items(), key=lambda kv: (kv[1].timestamp, kv[0]))
+    failures = sorted(failed.items(), key=lambda kv: kv[1].seen)
     causes = [(r, f) for r, f in failures if f.exitcode not in (*_STOPPED, LOST_PEER_EXIT)]
     if not causes:
         lost = [r for r, f in failures if f.exitcode == LOST_PEER_EXIT]
@@ -385,7 +460,7 @@ def _failed(exc, nproc: int, errors: Path) -> int:
     rank, failure = causes[0]
     if failure.exitcode == 2:  # a user error: the first process's line where it met one too (the others
         # met the same, as a rule), else the line of the one that met it
-        for who in (0, rank) if exc.failures.get(0) is not None and exc.failures[0].exitcode == 2 else (rank,):
+        for who in (0, rank) if failed.get(0) is not None and failed[0].exitcode == 2 else (rank,):
             if text := _kept_line(errors, who):
                 print(text + (f" (process {who} of {nproc})" if who else ""), file=sys.stderr)
                 return 2

@@ -188,11 +188,11 @@ def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: b
             show_progress: bool = False) -> dict[str, Any] | None:
     """Train and evaluate one model; write and return its record.
 
-    Under torchrun every rank trains its share; rank 0 alone evaluates, writes the record and
+    Under --nproc (or torchrun) every rank trains its share; rank 0 alone evaluates, writes the record and
     returns it (the others return None once it is written). A rank that fails leaves without the
     closing barrier: the others may wait in another collective (a gradient all-reduce), which that
     barrier would never meet, so the run would hang until the process-group timeout; exiting lets
-    torchrun stop them. A finished run (its record there) is refused before anything trains: training
+    the launcher stop them. A finished run (its record there) is refused before anything trains: training
     it again would replace the weights its record was scored from (``bench run`` skips it)."""
     done = records.record_path(results_dir, spec.key)
     if distributed.gather_objects(done.is_file() if distributed.world().main else None)[0]:  # rank 0's view

@@ -40,7 +40,7 @@ def test_rank_shares_concatenate_to_the_global_batches(n, batch, world, draws):
 
 def test_more_processes_than_batch_items_are_refused(tmp_path):
     """Batch 2 over 4 processes: two ranks would train on a placeholder at every step (in SyncBatchNorm's
-    statistics on CUDA), so bench run refuses it before torchrun starts, and so does a direct torchrun."""
+    statistics on CUDA), so bench run refuses it before its processes start, and so does a direct torchrun."""
     with pytest.raises(BenchError, match=r"--nproc 4: the batch of 2 cannot be shared by 4 processes .* "
                                          r"use --nproc 2 or fewer"):
         EpochBatches(10, 2, seed=0, rank=0, world=4)
@@ -138,7 +138,7 @@ def _only_record(results: Path) -> dict:
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):
-    """`bench run --nproc 2` (torchrun, gloo) against one process with the same global batch.
+    """`bench run --nproc 2` (gloo) against one process with the same global batch.
     Batch 3 splits 2 + 1, so the share weighting is exercised; float64 and no drop-path, so the
     only difference left is summation order. Stated tolerance: losses 1e-9 relative, metrics 1e-6."""
     common = ["run", "--models", "vmunet", "--tiny", "--set", "drop_path_rate=0.0", "--dataset", "synapse",
@@ -263,51 +263,92 @@ def test_a_timeout_that_is_not_a_number_is_named(monkeypatch):
             distributed.init(torch.device("cpu"))
 
 
-def test_launch_sets_omp_threads_for_torchrun(monkeypatch):
-    """torchrun prints a several-line banner when OMP_NUM_THREADS is unset (and sets 1 itself): bench
-    sets it first, keeping a value the user gave; the processes run `python -m bench <args>`."""
-    import torch.distributed.run as torchrun
-
+def _fake_processes(monkeypatch, ends=None, stopped=None, kept=None):
+    """subprocess.Popen for distributed.launch: process r exits with ``ends[r]`` at once, or runs until
+    stopped and then exits with ``stopped[r]`` (-15, SIGTERM's, by default), having left ``kept[r]`` as
+    its error line (as cli.main does: distributed.note_error). The processes started: (argv, env)."""
     from bench import distributed
 
-    seen = []
+    started = []
 
-    def fake(config, entrypoint):
-        assert config.nproc_per_node == 2 and config.rdzv_backend == "c10d" and config.max_restarts == 0
-        # torchrun's log folder (one per launch) is ours, and goes: /tmp held hundreds of them
-        logs.append(Path(config.logs_specs._root_log_dir))
-        assert logs[-1].is_dir() and logs[-1].parent.name.startswith("bench-torchrun-")
-        for number in (signal.SIGTERM, signal.SIGINT):  # as the agent does, never putting them back
-            signal.signal(number, lambda *a: None)
-        return lambda *args: seen.append((os.environ["OMP_NUM_THREADS"], entrypoint, args[-3:]))
+    class Process:
+        def __init__(self, argv, env):
+            started.append((argv, env))
+            self.rank = int(env["RANK"])
+            self.code = (ends or {}).get(self.rank)
+            if self.rank in (kept or {}):
+                (Path(env[distributed.ERRORS_ENV]) / f"{self.rank}.txt").write_text(kept[self.rank])
 
-    logs: list[Path] = []
+        def poll(self):
+            return self.code
+
+        def terminate(self):
+            if self.code is None:
+                self.code = (stopped or {}).get(self.rank, -15)
+
+        kill = terminate
+
+        def wait(self, timeout=None):
+            assert self.code is not None, "waited for a process nobody stopped"
+            return self.code
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", Process)
+    return started
+
+
+def test_launch_starts_each_process_with_its_rank_and_the_launchs_private_folder(monkeypatch):
+    """torchrun's agent (in this process) and its processes met through a server on every network
+    interface, which unpickles what it is sent: anyone reaching the machine ran code as the user. The
+    processes now meet through a file in a private temp folder; they run `python -P -m bench <args>`
+    (a numpy.py where the user stands is not imported), one OMP thread unless the user set another."""
+    from bench import distributed
+
     handlers = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
-
-    monkeypatch.setattr(torchrun, "elastic_launch", fake)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # so that monkeypatch restores the variable afterwards
     monkeypatch.delenv("OMP_NUM_THREADS")
+    started = _fake_processes(monkeypatch, ends={0: 0, 1: 0})
     assert distributed.launch(2, ["run", "--x", "1"]) == 0
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    distributed.launch(2, ["run", "--x", "1"])
-    assert seen == [("1", sys.executable, ("run", "--x", "1")), ("3", sys.executable, ("run", "--x", "1"))]
-    assert len(logs) == 2 and not any(d.parent.exists() for d in logs)  # the launch's whole temp folder
-    # the caller's handlers are back (an in-process main() would leave torchrun's to processes it forks)
-    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
+    assert distributed.launch(2, ["run", "--x", "1"]) == 0
+    assert [argv for argv, _ in started] == [[sys.executable, "-P", "-m", "bench", "run", "--x", "1"]] * 4
+    assert [(env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"], env["OMP_NUM_THREADS"]) for _, env in started] == [
+        ("0", "0", "2", "1"), ("1", "1", "2", "1"), ("0", "0", "2", "3"), ("1", "1", "2", "3")]
+    stores = [Path(env[distributed.STORE_ENV]) for _, env in started]
+    assert stores[0] == stores[1] != stores[2] and stores[0].parent.name.startswith("bench-nproc-")
+    assert not any(s.parent.exists() for s in stores)  # the launch's whole temp folder goes
+    assert all(env[distributed.LAUNCHER_ENV] == str(os.getpid()) for _, env in started)
+    if sys.platform.startswith("linux"):  # gloo's own sockets on the loopback interface
+        assert {env["GLOO_SOCKET_IFNAME"] for _, env in started} == {"lo"}
+    assert distributed.ERRORS_ENV not in os.environ and distributed.STORE_ENV not in os.environ
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers  # the caller's, back
 
 
 def test_launch_runs_where_the_platform_lacks_sighup_and_sigquit(monkeypatch):
     """Windows has neither: asking for their handlers was an AttributeError before any process started."""
-    import torch.distributed.run as torchrun
-
     from bench import distributed
 
-    started = []
     monkeypatch.delattr(signal, "SIGHUP")
     monkeypatch.delattr(signal, "SIGQUIT")
-    monkeypatch.setattr(torchrun, "elastic_launch", lambda config, entrypoint: lambda *args: started.append(args))
+    started = _fake_processes(monkeypatch, ends={0: 0, 1: 0})
     assert distributed.launch(2, ["run"]) == 0
-    assert len(started) == 1
+    assert len(started) == 2
+
+
+def test_a_source_checkout_run_as_python_m_bench_keeps_its_own_folder_on_the_path(monkeypatch, tmp_path):
+    """-P drops the current folder from the processes' path: where the launcher's bench came from
+    there (a checkout, not installed), the processes are given that folder, and only it."""
+    from bench import distributed
+
+    home = str(Path(distributed.__file__).resolve().parents[1])
+    monkeypatch.setattr(sys, "path", [home, *sys.path[1:]])
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    started = _fake_processes(monkeypatch, ends={0: 0, 1: 0})
+    distributed.launch(2, ["run"])
+    assert {env["PYTHONPATH"] for _, env in started} == {f"{home}{os.pathsep}/elsewhere"}
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path[1:]])  # installed: imported from elsewhere
+    started.clear()
+    distributed.launch(2, ["run"])
+    assert {env["PYTHONPATH"] for _, env in started} == {"/elsewhere"}
 
 
 LOST = "error: another process of this run is gone (Connection closed by peer)"
@@ -328,29 +369,34 @@ LOST = "error: another process of this run is gone (Connection closed by peer)"
     ((0, 130), (1, -15), {}, 130, ""),  # interrupted: the caller says so
 ])
 def test_the_process_that_failed_first_decides(monkeypatch, capsys, first, then, kept, code, said):
-    """The agent stops the other processes (SIGTERM), which count as failures too: the first one is
-    the cause (the lowest rank named a process the agent had stopped). Processes leave their error
-    line to the launcher, which says it once (every process printed it, or one stopped before)."""
-    import torch.distributed.run as torchrun
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
-
+    """The launcher stops the other processes (SIGTERM) once one fails; they count as failures too:
+    the first one is the cause (the lowest rank named a process the launcher had stopped). Processes
+    leave their error line to the launcher, which says it once (every process printed it, or one
+    stopped before)."""
     from bench import distributed
 
-    def failures(config, entrypoint):
-        def go(*args):
-            out = {}
-            for rank, line in kept.items():  # as cli.main leaves them (distributed.note_error)
-                (Path(os.environ[distributed.ERRORS_ENV]) / f"{rank}.txt").write_text(line)
-            for t, (rank, exitcode) in enumerate((first, then)):
-                out[rank] = ProcessFailure(local_rank=rank, pid=4321 + rank, exitcode=exitcode, error_file="")
-                out[rank].timestamp = 1000 + t
-            raise ChildFailedError("bench", out)
-        return go
-
-    monkeypatch.setattr(torchrun, "elastic_launch", failures)
+    _fake_processes(monkeypatch, ends={first[0]: first[1]}, stopped={then[0]: then[1]}, kept=kept)
     assert distributed.launch(2, ["run"]) == code
     assert capsys.readouterr().err == said
     assert distributed.ERRORS_ENV not in os.environ
+
+
+def test_a_signal_to_the_launcher_stops_every_process(monkeypatch, capsys):
+    """SIGTERM (Slurm's) to `bench run --nproc`: its processes are stopped as on Ctrl-C, exit 130 as one
+    process's; another signal is named."""
+    from bench import distributed
+
+    real = distributed._wait
+    for number, code, said in ((signal.SIGTERM, 130, ""), (signal.SIGHUP, 129, "aborted (SIGHUP)\n")):
+        started = _fake_processes(monkeypatch, stopped={0: 130, 1: 130})
+
+        def signalled(procs, stop, number=number):
+            os.kill(os.getpid(), number)  # the launcher's handler notes it; its loop then stops the processes
+            return real(procs, stop)
+
+        monkeypatch.setattr(distributed, "_wait", signalled)
+        assert distributed.launch(2, ["run"]) == code
+        assert capsys.readouterr().err == said and len(started) == 2
 
 
 def test_warnings_under_nproc_are_said_once(tmp_path):
@@ -390,6 +436,32 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _listening(pids: list[int]) -> set[str]:
+    """The addresses the TCP sockets of ``pids`` listen on (Linux /proc)."""
+    import ipaddress
+
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    out = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                raw = bytes.fromhex(fields[1].split(":")[0])
+                # /proc writes each 32-bit word of the address in the host's (little-endian) order
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                address = ipaddress.ip_address(raw)
+                out.add(str(address.ipv4_mapped or address) if address.version == 6 else str(address))
+    return out
+
+
 def _running(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -415,7 +487,9 @@ def test_processes_stop_when_the_launcher_is_killed(tmp_path):
             assert launcher.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
         ranks = _children(launcher.pid)
-        assert len(ranks) == 2 and list(temp.glob("bench-torchrun-*/errors"))
+        assert len(ranks) == 2 and list(temp.glob("bench-nproc-*/errors"))
+        # torchrun's rendezvous listened on every interface (and unpickled what it was sent)
+        assert _listening([launcher.pid, *ranks]) <= {"127.0.0.1", "::1"}
     finally:
         launcher.kill()
         launcher.wait()

@@ -40,7 +40,7 @@ def default_protocol(dataset: str, protocol: str | None) -> str:
 
 def _argv_of(ctx: typer.Context, drop: tuple[str, ...] = ()) -> list[str]:
     """The options of this invocation as a command line (defaults left out), to start it again
-    elsewhere (``bench run --nproc N`` starts torchrun with it)."""
+    elsewhere (``bench run --nproc N`` starts its processes with it)."""
     args = [ctx.info_name or ""]
     for param in ctx.command.params:  # typer's options (typer vendors click: no isinstance check)
         value = ctx.params.get(param.name)
@@ -90,7 +90,7 @@ def run(
         help="data-loader processes (default: the protocol's num_workers); batches are the same whatever the "
              "count, so a run keeps its id and numbers")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
-    nproc: Annotated[int, typer.Option(help="train each run with N processes (torchrun, DDP; gloo on CPU, "
+    nproc: Annotated[int, typer.Option(help="train each run with N processes (DDP; gloo on CPU, "
                                             "one GPU each on CUDA); the protocol's batch is the global batch")] = 1,
     weights: Annotated[Optional[Path], typer.Option(
         help="evaluate this weights file instead of training (one model): the authors' checkpoint, loaded "
@@ -140,7 +140,7 @@ def run(
         resolve_inits(names, proto, pretrained_dir)  # every missing file named at once, before anything runs
     refuse_2d_models(names, proto)  # likewise every 2-D model under a 3-D protocol (the grid plans one by one)
     dev = resolve_device(device.value)
-    launch = nproc != 1 and not distributed.launched_by_torchrun()  # this process starts torchrun's
+    launch = nproc != 1 and not distributed.launched_by_torchrun()  # this process starts the others
     if launch:
         distributed.check_nproc(nproc, dev, proto.train.batch_size)  # before --synthetic writes data
     seed_list = int_list(seeds) if seeds else None  # None: the protocol's
