@@ -16,12 +16,25 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from bench.errors import BenchError, exception_chain
 
 # what run ids, run folders and protocol names are made of: a file name anywhere, never a path
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether ``name``, read from a data file (a list of case ids), is one file name that stays in the
+    folder it is joined to: not empty, ``.`` or ``..``, and no separator, drive or NUL on any system
+    (``folder / "/abs/x"`` or ``"../x"`` would name a file elsewhere)."""
+    return (name not in ("", ".", "..") and "\0" not in name and PurePosixPath(name).name == name
+            and PureWindowsPath(name).name == name)
+
+
+def is_within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` resolves (links followed) to ``folder`` or a file below it."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 # files this large keep their digest on disk (by path, size and mtime): a dataset's test volumes
 # (Synapse's are about 270 MB each) are read once, not at every command that plans or rescores

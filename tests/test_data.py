@@ -129,6 +129,17 @@ def test_synapse_accepts_the_other_list_folders(roots, tmp_path, where):
     assert ds.test_ids() == ["case0022"] and ds.notes == []
 
 
+@pytest.mark.parametrize("bad", ["/abs/path/victim", "../../x", "sub/case0008", "..\\x", "C:x", ".."])
+def test_synapse_list_ids_that_are_paths_are_refused(roots, tmp_path, bad):
+    # joined to test_vol_h5/ to read and to --out to predict: a path would reach files outside both
+    root = _copy(roots["synapse"], tmp_path)
+    listed = root / "lists" / "lists_Synapse" / "test_vol.txt"
+    listed.write_text(f"case0008\n\n{bad}.npy.h5\n")
+    with pytest.raises(BenchError, match=rf"{re.escape(str(listed))}: line 3 {re.escape(repr(bad))} is not a plain "
+                                         r"file name; expected a case or slice name like case0008"):
+        open_dataset("synapse", root)
+
+
 def test_synapse_without_spacing_attribute(roots, tmp_path):
     root = _copy(roots["synapse"], tmp_path)
     with h5py.File(root / "test_vol_h5" / "case0008.npy.h5", "a") as f:

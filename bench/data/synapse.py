@@ -30,7 +30,7 @@ import numpy as np
 
 from bench.data.base import Case, Sample, SegDataset, class_ids, found_instead, hidden, reading
 from bench.errors import BenchError, few
-from bench.fileio import read_text
+from bench.fileio import is_plain_name, read_text
 from bench.organs import SYNAPSE_ORGANS
 
 CLASS_NAMES = tuple(SYNAPSE_ORGANS)  # class ids 1..8 (bench.organs says which order and why)
@@ -200,15 +200,20 @@ def data_files(folder: Path, suffix: str) -> list[Path]:
 
 def read_list(path: Path, suffix: str = "") -> list[str]:
     """Ids from a list file, one per line; blank lines skipped, a trailing ``suffix`` stripped.
-    BenchError when it cannot be read or lists nothing (an empty split trains or tests nothing)."""
+    BenchError when it cannot be read, lists nothing (an empty split trains or tests nothing) or lists
+    anything but a plain file name."""
     text = read_text(path, "a text list of ids")
     ids = []
-    for line in text.splitlines():
+    for n, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line:
             continue
         if suffix and line.endswith(suffix):
             line = line[: -len(suffix)]
+        # an id is joined to a data folder and names a prediction: a path would reach files elsewhere
+        if not is_plain_name(line):
+            raise BenchError(f"{path}: line {n} {line!r} is not a plain file name; expected a case or slice "
+                             "name like case0008 or case0005_slice000, without a folder")
         ids.append(line)
     if not ids:
         raise BenchError(f"{path}: lists no ids; expected one id per line")
