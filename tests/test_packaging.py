@@ -61,3 +61,13 @@ def test_setup_refuses_a_cuda_torch_older_than_2_6(tmp_path):
                          timeout=120)
     assert res.returncode == 1 and "has CUDA torch 2.5.1+cu121, older than 2.6" in res.stderr
     assert "CVE-2025-32434" in res.stderr and not (tmp_path / "venv").exists()
+
+
+def test_the_smoke_results_folder_is_the_users_own_unless_named(tmp_path):
+    # a fixed /tmp path, emptied by make smoke and copied into the committed baseline, could be another user's
+    planned = subprocess.run(["make", "-n", "-C", str(ROOT), "smoke"], capture_output=True, text=True, check=True,
+                             timeout=60).stdout
+    assert f"rm -rf /tmp/ssm-unet-bench-smoke-{os.getuid()}\n" in planned
+    named = subprocess.run(["make", "-n", "-C", str(ROOT), "smoke", f"SMOKE_RESULTS={tmp_path}"], capture_output=True,
+                           text=True, check=True, timeout=60).stdout
+    assert f"rm -rf {tmp_path}\n" in named and "ssm-unet-bench-smoke" not in named
