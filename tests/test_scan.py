@@ -345,8 +345,8 @@ def test_the_kernel_cache_folder(monkeypatch, tmp_path):
     assert scan._build_dir().parent == own / "torch_extensions" and own.stat().st_mode & 0o777 == 0o700
     assert fileio._digest_file("/data/x.nii.gz", 1, 2).parent == own / "digests"
     own.chmod(0o777)  # as an older bench made it under a loose umask: anyone may have put a kernel there
-    with pytest.raises(OSError, match=rf"{own} can be written by group and others \(mode 777\); .*torch_extensions cannot be "
-                                      r"made, so this would be the cache: set XDG_CACHE_HOME"):
+    with pytest.raises(OSError, match=rf"{own} can be written by group and others \(mode 777\); "
+                                      r".*torch_extensions cannot be made, so this would be the cache: set XDG_CACHE_HOME"):
         scan._build_dir()
     own.chmod(0o700)
     shutil.move(own, tmp_path / "elsewhere")
