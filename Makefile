@@ -3,7 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH := $(VENV)/bin/bench
 DEMO_RESULTS ?= results/demo
-SMOKE_RESULTS ?= /tmp/ssm-unet-bench-smoke
+# per user: `make smoke` empties it and `make baseline` commits what it holds, so another user must not
+# be able to have made it (a shared name in /tmp could be theirs, filled with their rows)
+SMOKE_RESULTS ?= /tmp/ssm-unet-bench-smoke-$(shell id -u)
 # the drift grid's models: `make baseline MODELS=mynet` runs and adds one model's rows, the others kept
 MODELS ?= all
 # one torch thread per process: 2 shared cores make op-heavy loops collapse otherwise,

@@ -12,16 +12,30 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from bench.errors import BenchError, exception_chain
 
 # what run ids, run folders and protocol names are made of: a file name anywhere, never a path
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether ``name``, read from a data file (a list of case ids), is one file name that stays in the
+    folder it is joined to: not empty, ``.`` or ``..``, and no separator, drive or NUL on any system
+    (``folder / "/abs/x"`` or ``"../x"`` would name a file elsewhere)."""
+    return (name not in ("", ".", "..") and "\0" not in name and PurePosixPath(name).name == name
+            and PureWindowsPath(name).name == name)
+
+
+def is_within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` resolves (links followed) to ``folder`` or a file below it."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 # files this large keep their digest on disk (by path, size and mtime): a dataset's test volumes
 # (Synapse's are about 270 MB each) are read once, not at every command that plans or rescores
@@ -64,26 +78,44 @@ def _digest_file(path: str, size: int, mtime_ns: int) -> Path | None:
 def cache_dir(name: str, preferred: str | Path | None = None) -> Path:
     """A cache folder of bench's, made: ``preferred`` (BENCH_EXTENSIONS_DIR for the scan kernel), else
     ``<$XDG_CACHE_HOME or ~/.cache>/ssm-unet-bench/<name>``; where that cannot be made (a read-only home,
-    as on some CI runners), ``<temp folder>/ssm-unet-bench-<uid>/<name>``, which must be this user's own:
-    in a shared temp folder, one another user made could hand this process their files (a compiled
-    kernel). OSError where none can be had."""
+    as on some CI runners), ``<temp folder>/ssm-unet-bench-<uid>/<name>``. ``preferred`` and the temp
+    folder's must be this user's own (``_check_private``): bench loads the compiled kernel it finds there.
+    OSError where none can be had."""
     first = (Path(preferred).expanduser() if preferred else
              Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ssm-unet-bench" / name)
     try:
-        first.mkdir(parents=True, exist_ok=True)
-        return first
+        first.mkdir(mode=0o700, parents=True, exist_ok=True)  # a umask of 002 would let the group write in it
     except OSError:
         pass
+    else:
+        if preferred:
+            _check_private(first, "BENCH_EXTENSIONS_DIR must name a folder of your own that only you can write in")
+        return first
     own = Path(tempfile.gettempdir()) / f"ssm-unet-bench-{getattr(os, 'getuid', lambda: 0)()}"
     own.mkdir(mode=0o700, exist_ok=True)
-    st = own.stat()
-    if hasattr(os, "getuid") and st.st_uid != os.getuid():
-        raise OSError(f"{first} cannot be made, and {own} belongs to another user: set XDG_CACHE_HOME (the scan "
-                      "kernel: BENCH_EXTENSIONS_DIR) to a folder of your own")
-    if st.st_mode & 0o022:  # ours, made under a looser umask by an older bench: others could write in it
-        own.chmod(0o700)
+    _check_private(own, f"{first} cannot be made, so this would be the cache: set XDG_CACHE_HOME (the scan kernel: "
+                        "BENCH_EXTENSIONS_DIR) to a folder of your own (or remove this one, if it is yours)")
     (own / name).mkdir(exist_ok=True)
     return own / name
+
+
+def _check_private(folder: Path, fix: str) -> None:
+    """OSError "<folder> is a symbolic link / belongs to another user / can be written by others; <fix>": in
+    a folder another user made, links to or can write in, they could hand this process their files (a
+    compiled kernel, which it loads). The folder itself is looked at (lstat), never a link's target."""
+    if not hasattr(os, "getuid"):  # Windows: no owner and mode bits to check this way
+        return
+    st = folder.lstat()
+    writers = [who for who, bit in (("group", 0o020), ("others", 0o002)) if st.st_mode & bit]
+    if stat.S_ISLNK(st.st_mode):
+        problem = "is a symbolic link"
+    elif st.st_uid != os.getuid():
+        problem = "belongs to another user"
+    elif writers:
+        problem = f"can be written by {' and '.join(writers)} (mode {stat.S_IMODE(st.st_mode):o})"
+    else:
+        return
+    raise OSError(f"{folder} {problem}; {fix}")
 
 
 def _keep(target: Path, digest: str) -> None:

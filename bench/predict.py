@@ -98,8 +98,13 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
     unknown = dataset.spacing_unknown(ids)
     if unknown:
         manifest["spacing_unknown"] = unknown
-    _claim(folder, manifest)
     files = {case_id: dataset.prediction_name(case_id) for case_id in ids}
+    # a second guard to the readers' own: a case id that is a path would be written outside the folder
+    outside = [case_id for case_id, name in files.items() if not fileio.is_within(folder / name, folder)]
+    if outside:
+        raise BenchError(f"{dataset.root}: test case {outside[0]!r} would be written outside {folder} "
+                         f"({folder / files[outside[0]]}); expected case ids that are plain file names")
+    _claim(folder, manifest)
     # written atomically, so a file there is whole; an empty one (emptied since, a full disk's copy) is not
     todo = [case_id for case_id in ids if not _written(folder / files[case_id])]
 

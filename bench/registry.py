@@ -465,6 +465,29 @@ def load_official_state_dict(model: nn.Module, state_dict: Mapping[str, Any], wh
     return model
 
 
+# before 2.6, torch.load(weights_only=True) can be made to run code by a crafted file (CVE-2025-32434)
+SAFE_LOAD_TORCH = (2, 6)
+
+
+def old_torch_problem() -> str | None:
+    """Why this torch must not unpickle a checkpoint (``SAFE_LOAD_TORCH``), or None; ``bench doctor`` says it too."""
+    found = re.match(r"(\d+)\.(\d+)", str(torch.__version__))
+    if found and tuple(map(int, found.groups())) >= SAFE_LOAD_TORCH:
+        return None
+    return (f"torch {torch.__version__} is older than 2.6, whose weights-only loading a crafted file can get past to "
+            "run code (CVE-2025-32434); upgrade it: pip install 'torch>=2.6'")
+
+
+def torch_load(path: Path, allowed: list | tuple = ()) -> Any:
+    """A pickle-based torch checkpoint, tensors, plain containers and ``allowed`` globals only (weights_only);
+    the one place bench unpickles. BenchError naming ``path`` under a torch whose weights-only loading is unsafe."""
+    problem = old_torch_problem()
+    if problem:
+        raise BenchError(f"{path}: refused to load a pickle-based checkpoint: {problem}")
+    with torch.serialization.safe_globals(list(allowed)):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_weights_file(path: str | Path) -> dict[str, Any]:
     """Read a weights file without ever unpickling code: safetensors, npz or weights-only torch."""
     path = Path(path)
@@ -487,8 +510,7 @@ def read_weights_file(path: str | Path) -> dict[str, Any]:
         if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or its legacy pickle
             raise BenchError(f"{path}: not a checkpoint bench can read (it begins {head!r}); expected torch.save's "
                              "file (.pt, .pth: its zip, or a pickle of protocol 2 or later), .safetensors or .npz")
-        with torch.serialization.safe_globals(_numpy_globals()):
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = torch_load(path, _numpy_globals())
     except BenchError:
         raise
     except Exception as exc:  # pickle.UnpicklingError, zip errors, safetensors errors, …

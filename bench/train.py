@@ -34,7 +34,7 @@ from bench.data.torch_dataset import TrainDataset
 from bench.errors import BenchError
 from bench.losses import segmentation_loss
 from bench.protocol import Protocol
-from bench.registry import first_forward_error
+from bench.registry import first_forward_error, torch_load
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -286,7 +286,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read one of our checkpoints; tensors and plain containers only (weights_only=True)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch_load(path)
+    except BenchError:  # a torch too old to load it safely: the file is fine
+        raise
     except Exception as exc:
         raise BenchError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc}); delete it to restart") from None
 

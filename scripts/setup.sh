@@ -16,6 +16,13 @@ PY
 )
 
 if [ -n "$cuda_torch" ]; then
+    # kept as it is, so checked here: pip would only say the pin conflicts with pyproject's torch>=2.6
+    if ! "$PYTHON" -c "import re, torch; raise SystemExit(tuple(map(int, re.match(r'(\d+)\.(\d+)', torch.__version__).groups())) < (2, 6))"; then
+        echo "setup: $PYTHON has CUDA torch $cuda_torch, older than 2.6, whose weights-only checkpoint loading a crafted" >&2
+        echo "  file can get past to run code (CVE-2025-32434); bench needs torch>=2.6. Upgrade that torch for your CUDA" >&2
+        echo "  (https://pytorch.org/get-started/locally/), or set PYTHON to a python without torch (the CPU route)." >&2
+        exit 1
+    fi
     echo "setup: CUDA torch $cuda_torch found; keeping it and adding the cuda extra"
     "$PYTHON" -m venv --system-site-packages "$VENV"
     pin="$VENV/torch-pin.txt"

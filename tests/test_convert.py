@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import warnings
 
@@ -256,6 +257,21 @@ def test_msd_conversion_names_what_is_wrong(tmp_path):
         msd_to_nnunet(raw, tmp_path / "c")
     assert not (tmp_path / "c").exists()  # refused while writing: no output folder,
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # and no temporary one left
+
+
+@pytest.mark.parametrize("where", ["../secret.nii.gz", "ABSOLUTE", "./imagesTr/../../secret.nii.gz"])
+def test_msd_entries_outside_the_task_folder_are_refused(tmp_path, where):
+    # the converter copies what dataset.json names: a path outside --raw would copy any readable file
+    raw = _write_msd(tmp_path / "Task03_Liver")
+    shutil.copy(raw / "labelsTr" / "liver_0.nii.gz", tmp_path / "secret.nii.gz")
+    entry = str(tmp_path / "secret.nii.gz") if where == "ABSOLUTE" else where
+    meta = json.loads((raw / "dataset.json").read_text())
+    meta["training"][1]["label"] = entry
+    (raw / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(BenchError, match=rf"dataset.json: training entry label {re.escape(repr(entry))} lies outside "
+                                         rf"{re.escape(str(raw))}; expected a path inside the task folder"):
+        msd_to_nnunet(raw, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("labels, phrase", [

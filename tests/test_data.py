@@ -129,6 +129,60 @@ def test_synapse_accepts_the_other_list_folders(roots, tmp_path, where):
     assert ds.test_ids() == ["case0022"] and ds.notes == []
 
 
+@pytest.mark.parametrize("bad", ["/abs/path/victim", "../../x", "sub/case0008", "..\\x", "C:x", ".."])
+def test_synapse_list_ids_that_are_paths_are_refused(roots, tmp_path, bad):
+    # joined to test_vol_h5/ to read and to --out to predict: a path would reach files outside both
+    root = _copy(roots["synapse"], tmp_path)
+    listed = root / "lists" / "lists_Synapse" / "test_vol.txt"
+    listed.write_text(f"case0008\n\n{bad}.npy.h5\n")
+    with pytest.raises(BenchError, match=rf"{re.escape(str(listed))}: line 3 {re.escape(repr(bad))} is not a plain "
+                                         r"file name; expected a case or slice name like case0008"):
+        open_dataset("synapse", root)
+
+
+def _h5_reading_elsewhere(path: Path, how: str, victim: Path) -> None:
+    """Rewrite the test volume at ``path`` with its image read from ``victim`` (a raw float32 file, or an
+    h5 holding ``image``), as ``how`` stores it; its label stays in the file."""
+    with h5py.File(path, "r") as f:
+        image, label = f["image"][()], f["label"][()]
+    path.unlink()
+    with h5py.File(path, "w") as f:
+        f["label"] = label
+        if how == "external storage":
+            image.astype(np.float32).tofile(victim)
+            f.create_dataset("image", image.shape, np.float32, external=[(str(victim), 0, h5py.h5f.UNLIMITED)])
+            return
+        with h5py.File(victim, "w") as v:
+            v["image"] = image
+        if how == "virtual dataset":
+            layout = h5py.VirtualLayout(image.shape, image.dtype)
+            layout[...] = h5py.VirtualSource(str(victim), "image", shape=image.shape)
+            f.create_virtual_dataset("image", layout)
+        elif how == "external link":
+            f["image"] = h5py.ExternalLink(str(victim), "/image")
+        else:  # a soft link, here to a dataset of its own; it could as well lead to an external one
+            f["stored"] = image
+            f["image"] = h5py.SoftLink("/stored")
+
+
+@pytest.mark.parametrize("how, said", [("external storage", "stored in other files"),
+                                       ("virtual dataset", "a virtual dataset"),
+                                       ("external link", "a link to .*victim"), ("soft link", "a link to /stored")])
+def test_synapse_h5_data_kept_in_other_files_is_refused(roots, tmp_path, how, said):
+    # otherwise bench would read any local file this user can read as a CT volume (and predict it)
+    from bench.data import synapse as syn
+
+    root = _copy(roots["synapse"], tmp_path)
+    path = root / "test_vol_h5" / "case0008.npy.h5"
+    _h5_reading_elsewhere(path, how, tmp_path / "victim")
+    ds = open_dataset("synapse", root)
+    for read in (lambda: ds.load_test("case0008"), lambda: syn.volume_header(path),
+                 lambda: syn.volume_labels(path), lambda: syn.volume_spacing(path)):
+        with pytest.raises(BenchError, match=rf"{re.escape(str(path))}: 'image' is {said}[^;]*; expected 'image' and "
+                                             "'label' stored in the file itself"):
+            read()
+
+
 def test_synapse_without_spacing_attribute(roots, tmp_path):
     root = _copy(roots["synapse"], tmp_path)
     with h5py.File(root / "test_vol_h5" / "case0008.npy.h5", "a") as f:

@@ -261,6 +261,30 @@ def test_pickled_code_is_refused(tmp_path):
         load_weights(_tiny("unet"), path)
 
 
+def test_a_torch_whose_weights_only_loading_can_be_bypassed_unpickles_nothing(tmp_path, monkeypatch):
+    # before 2.6 a crafted file gets past weights_only=True (CVE-2025-32434); safetensors holds no pickle
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+    from bench.train import load_checkpoint
+
+    model = _tiny("unet")
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    monkeypatch.setattr(torch, "__version__", "2.10.0")  # compared as numbers, not as text
+    load_weights(model, tmp_path / "w.pt")
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cu121")
+    said = (r"w\.pt: refused to load a pickle-based checkpoint: torch 2\.5\.1\+cu121 is older than 2\.6, whose "
+            r"weights-only loading a crafted file can get past to run code \(CVE-2025-32434\); upgrade it")
+    for load in (lambda: load_weights(model, tmp_path / "w.pt"), lambda: load_checkpoint(tmp_path / "w.pt")):
+        with pytest.raises(BenchError, match=said):
+            load()
+    load_weights(model, tmp_path / "w.safetensors")
+    doc = CliRunner().invoke(app, ["doctor"])
+    assert doc.exit_code == 1 and "torch 2.5.1+cu121 is older than 2.6" in doc.output
+
+
 def test_clean_state_dict_unwraps_and_strips():
     sd = clean_state_dict({"state_dict": {"module._orig_mod.a": 1, "b.total_ops": 2}})
     assert sd == {"a": 1}

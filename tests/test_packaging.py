@@ -49,3 +49,25 @@ def test_a_wheel_ships_protocols_the_kernel_source_and_the_published_numbers(tmp
     from bench.published import DEFAULT_NAME
 
     assert DEFAULT_NAME == "results/published.csv"  # in this checkout, its place
+
+
+def test_setup_refuses_a_cuda_torch_older_than_2_6(tmp_path):
+    # the CUDA route keeps the machine's torch: one whose weights-only loading can be bypassed is refused
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(
+        '__version__ = "2.5.1+cu121"\n\n\nclass cuda:\n    is_available = staticmethod(lambda: True)\n')
+    run_env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHON": sys.executable, "VENV": str(tmp_path / "venv")}
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "setup.sh")], env=run_env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 1 and "has CUDA torch 2.5.1+cu121, older than 2.6" in res.stderr
+    assert "CVE-2025-32434" in res.stderr and not (tmp_path / "venv").exists()
+
+
+def test_the_smoke_results_folder_is_the_users_own_unless_named(tmp_path):
+    # a fixed /tmp path, emptied by make smoke and copied into the committed baseline, could be another user's
+    planned = subprocess.run(["make", "-n", "-C", str(ROOT), "smoke"], capture_output=True, text=True, check=True,
+                             timeout=60).stdout
+    assert f"rm -rf /tmp/ssm-unet-bench-smoke-{os.getuid()}\n" in planned
+    named = subprocess.run(["make", "-n", "-C", str(ROOT), "smoke", f"SMOKE_RESULTS={tmp_path}"], capture_output=True,
+                           text=True, check=True, timeout=60).stdout
+    assert f"rm -rf {tmp_path}\n" in named and "ssm-unet-bench-smoke" not in named

@@ -145,6 +145,18 @@ def test_synapse_volumes_become_nifti_with_their_spacing(tmp_path):
     assert "spacing_unknown" not in json.loads((folder / MANIFEST).read_text())
 
 
+def test_a_case_name_that_leaves_the_output_folder_is_refused_before_any_file_is_written(tmp_path, monkeypatch):
+    # the readers refuse such ids; this guard holds for any dataset whose case ids would name a path
+    from bench.data.synapse import SynapseDataset
+
+    root = synthesize("synapse", tmp_path / "data", n_train=2, n_test=2, depth=4, size=32)
+    rec = _train("synapse", root, tmp_path / "res")
+    monkeypatch.setattr(SynapseDataset, "prediction_name", lambda self, case_id: f"../{case_id}.nii.gz")
+    with pytest.raises(BenchError, match=r"would be written outside .*out.*; expected case ids that are plain"):
+        predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
+    assert not list((tmp_path / "out").glob("*.nii.gz")) and not (tmp_path / "out" / rec["run_id"]).exists()
+
+
 def test_volumes_without_a_known_spacing_are_written_in_voxels_and_said_so(tmp_path):
     import h5py
 

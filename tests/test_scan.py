@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -343,15 +344,42 @@ def test_the_kernel_cache_folder(monkeypatch, tmp_path):
     own = tmp_path / "tmp" / f"ssm-unet-bench-{os.getuid()}"
     assert scan._build_dir().parent == own / "torch_extensions" and own.stat().st_mode & 0o777 == 0o700
     assert fileio._digest_file("/data/x.nii.gz", 1, 2).parent == own / "digests"
-    own.chmod(0o777)  # as an older bench made it under a loose umask: still ours, closed again
-    assert scan._build_dir().parent == own / "torch_extensions" and own.stat().st_mode & 0o777 == 0o700
+    own.chmod(0o777)  # as an older bench made it under a loose umask: anyone may have put a kernel there
+    with pytest.raises(OSError, match=rf"{own} can be written by group and others \(mode 777\); "
+                                      r".*torch_extensions cannot be made, so this would be the cache: set XDG_CACHE_HOME"):
+        scan._build_dir()
+    own.chmod(0o700)
+    shutil.move(own, tmp_path / "elsewhere")
+    own.symlink_to(tmp_path / "elsewhere")  # chmod and the owner's check followed it to its target
+    with pytest.raises(OSError, match=rf"{own} is a symbolic link; "):
+        scan._build_dir()
+    own.unlink()
     uid = os.getuid()
     monkeypatch.setattr(os, "getuid", lambda: uid + 1)  # the folder of that name is now another user's
     (tmp_path / "tmp" / f"ssm-unet-bench-{uid + 1}").mkdir()
-    with pytest.raises(OSError, match=r"belongs to another user: set XDG_CACHE_HOME \(the scan kernel: "
+    with pytest.raises(OSError, match=r"belongs to another user; .* set XDG_CACHE_HOME \(the scan kernel: "
                                       r"BENCH_EXTENSIONS_DIR\) to a folder of your own"):
         scan._build_dir()
     assert fileio._digest_file("/data/x.nii.gz", 1, 2) is None  # hashed every time, as before
+
+
+def test_a_kernel_folder_others_can_write_in_is_not_loaded_from(monkeypatch, tmp_path):
+    # BENCH_EXTENSIONS_DIR was trusted as it was: a kernel planted there would be loaded into this process
+    folder = tmp_path / "ext"
+    folder.mkdir(mode=0o775)
+    folder.chmod(0o775)
+    monkeypatch.setenv("BENCH_EXTENSIONS_DIR", str(folder))
+    monkeypatch.setattr(scan, "_ext", None)
+    monkeypatch.setattr(scan, "_ext_error", None)
+    said = rf"{folder} can be written by group \(mode 775\); BENCH_EXTENSIONS_DIR must name a folder of your own"
+    with pytest.warns(UserWarning, match=rf"C\+\+ kernel is unavailable \(OSError: {said}.*torch backend"):
+        assert scan._load_extension() is None
+    assert not list(folder.iterdir())  # nothing built there, nothing loaded from it
+    uid = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: uid + 1)
+    folder.chmod(0o700)
+    with pytest.raises(OSError, match=rf"{folder} belongs to another user; BENCH_EXTENSIONS_DIR must name"):
+        scan._build_dir()
 
 
 def test_a_native_build_killed_for_another_reason_is_tried_again_later(monkeypatch, tmp_path):

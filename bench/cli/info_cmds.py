@@ -64,8 +64,8 @@ def doctor() -> None:
     plugins += [f"{k}: failed to load ({v})" for k, v in registry.PLUGIN_ERRORS.items()]
     typer.echo(f"plugins      {'; '.join(plugins) or f'none (entry point group {registry.ENTRY_POINT_GROUP})'}")
     # the whole report first; then exit 1 where a command would fail here, so a script or CI can ask it
-    problems = [p for p in (forced_backend_problem(),) if p] + [f"model plugin {k} failed to load"
-                                                              for k in registry.PLUGIN_ERRORS]
+    problems = [p for p in (forced_backend_problem(), registry.old_torch_problem()) if p]
+    problems += [f"model plugin {k} failed to load" for k in registry.PLUGIN_ERRORS]
     if problems:
         typer.secho(f"doctor: {len(problems)} problem(s): {'; '.join(problems)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1)

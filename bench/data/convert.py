@@ -42,7 +42,7 @@ import numpy as np
 from bench.data import synapse as syn
 from bench.data.base import check_whole_ids, reading
 from bench.errors import BenchError
-from bench.fileio import atomic_write_dir, portable_write_text
+from bench.fileio import atomic_write_dir, is_within, portable_write_text
 
 HU_WINDOW = (-125.0, 275.0)
 # BTCV label ids (the challenge's label list) of the organs the Synapse tables score
@@ -230,7 +230,11 @@ def _msd_case(raw: Path, entry: Any, meta_path: Path) -> tuple[str, Path, Path]:
         image, label = (raw / str(entry[k]).removeprefix("./") for k in ("image", "label"))
     except (TypeError, KeyError):
         raise BenchError(f"{meta_path}: training entry {entry!r} is not {{\"image\": ..., \"label\": ...}}") from None
-    for path in (image, label):
+    for key, path in (("image", image), ("label", label)):
+        # copied into the output: an absolute or ../ entry would copy any file this user can read
+        if not is_within(path, raw):
+            raise BenchError(f"{meta_path}: training entry {key} {entry[key]!r} lies outside {raw}; expected a "
+                             "path inside the task folder, like ./imagesTr/liver_0.nii.gz")
         if not path.is_file():
             raise BenchError(f"{path}: missing (listed in {meta_path})")
     case = image.name.removesuffix(".gz").removesuffix(".nii")

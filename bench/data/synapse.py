@@ -20,9 +20,11 @@ supplies it, so ``strict`` HD95 is in mm; a file's own attribute wins.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -30,7 +32,7 @@ import numpy as np
 
 from bench.data.base import Case, Sample, SegDataset, class_ids, found_instead, hidden, reading
 from bench.errors import BenchError, few
-from bench.fileio import read_text
+from bench.fileio import is_plain_name, read_text
 from bench.organs import SYNAPSE_ORGANS
 
 CLASS_NAMES = tuple(SYNAPSE_ORGANS)  # class ids 1..8 (bench.organs says which order and why)
@@ -108,20 +110,43 @@ def raw_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
             return _arrays(path, data, data.files, "array")
 
 
+@contextlib.contextmanager
+def _open_h5(path: Path) -> Iterator[h5py.File]:
+    """The h5 file open for reading, every failure a BenchError naming it, its ``image`` and ``label``
+    refused unless stored in the file itself: external storage, a virtual dataset or a link would have
+    bench read another file on this machine as image data. Every h5 read goes through here."""
+    with reading(path, "a TransUNet h5 volume"), h5py.File(path, "r") as f:
+        for key in ("image", "label"):
+            link = f.get(key, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                elsewhere = f"a link to {link.filename}:{link.path}"
+            elif isinstance(link, h5py.SoftLink):
+                elsewhere = f"a link to {link.path}"
+            else:
+                dset = f.get(key) if link is not None else None
+                if not isinstance(dset, h5py.Dataset):
+                    continue  # absent or a group: the readers say what they expected
+                elsewhere = ("a virtual dataset (its data in other files)" if dset.is_virtual else
+                             f"stored in other files ({', '.join(str(e[0]) for e in dset.external)})"
+                             if dset.external else None)
+            if elsewhere:
+                raise BenchError(f"{path}: {key!r} is {elsewhere}; expected 'image' and 'label' stored in the "
+                                 "file itself (bench reads no other file through an h5)")
+        yield f
+
+
 def raw_volume(path: Path) -> tuple[np.ndarray, np.ndarray, object]:
     """The h5's ``image``, ``label`` and ``spacing`` attribute (None if absent) as stored."""
-    with reading(path, "a TransUNet h5 volume"):
-        with h5py.File(path, "r") as f:
-            return (*_arrays(path, f, list(f.keys()), "dataset"), f.attrs.get("spacing"))
+    with _open_h5(path) as f:
+        return (*_arrays(path, f, list(f.keys()), "dataset"), f.attrs.get("spacing"))
 
 
 def volume_header(path: Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The shapes of the h5's ``image`` and ``label`` (BenchError naming what is missing), without
     reading their arrays."""
-    with reading(path, "a TransUNet h5 volume"):
-        with h5py.File(path, "r") as f:
-            _check_keys(path, list(f.keys()), "dataset")
-            return tuple(f["image"].shape), tuple(f["label"].shape)
+    with _open_h5(path) as f:
+        _check_keys(path, list(f.keys()), "dataset")
+        return tuple(f["image"].shape), tuple(f["label"].shape)
 
 
 def slices_last_note(shape: tuple[int, ...]) -> str | None:
@@ -135,16 +160,14 @@ def slices_last_note(shape: tuple[int, ...]) -> str | None:
 
 def volume_spacing(path: Path) -> object:
     """The h5's ``spacing`` attribute (None if absent), without reading its arrays."""
-    with reading(path, "a TransUNet h5 volume"):
-        with h5py.File(path, "r") as f:
-            return f.attrs.get("spacing")
+    with _open_h5(path) as f:
+        return f.attrs.get("spacing")
 
 
 def volume_labels(path: Path, step: int = 1) -> np.ndarray:
     """Every ``step``-th slice of the h5's ``label``, as stored; the image is not read."""
-    with reading(path, "a TransUNet h5 volume"):
-        with h5py.File(path, "r") as f:
-            return np.asarray(f["label"][::step])
+    with _open_h5(path) as f:
+        return np.asarray(f["label"][::step])
 
 
 def _check_keys(path: Path, keys: list[str], kind: str) -> None:
@@ -200,15 +223,20 @@ def data_files(folder: Path, suffix: str) -> list[Path]:
 
 def read_list(path: Path, suffix: str = "") -> list[str]:
     """Ids from a list file, one per line; blank lines skipped, a trailing ``suffix`` stripped.
-    BenchError when it cannot be read or lists nothing (an empty split trains or tests nothing)."""
+    BenchError when it cannot be read, lists nothing (an empty split trains or tests nothing) or lists
+    anything but a plain file name."""
     text = read_text(path, "a text list of ids")
     ids = []
-    for line in text.splitlines():
+    for n, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line:
             continue
         if suffix and line.endswith(suffix):
             line = line[: -len(suffix)]
+        # an id is joined to a data folder and names a prediction: a path would reach files elsewhere
+        if not is_plain_name(line):
+            raise BenchError(f"{path}: line {n} {line!r} is not a plain file name; expected a case or slice "
+                             "name like case0008 or case0005_slice000, without a folder")
         ids.append(line)
     if not ids:
         raise BenchError(f"{path}: lists no ids; expected one id per line")
