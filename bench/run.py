@@ -28,7 +28,7 @@ from bench.data import check_folds, get_reader, open_dataset, synthetic_identity
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import (cache_training_volumes, patch_fit_note, preprocess_processes, slicing_note,
                                    target_spacing, volume_prep)
-from bench.errors import BenchError, few, one_line
+from bench.errors import BenchError, DataError, few, one_line
 from bench.fileio import file_sha256
 from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
@@ -372,7 +372,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
 
     main = distributed.world().main
     say = say if main else (lambda *a, **k: None)
-    failed, held = [], []
+    failed, held, by_data = [], [], []
     for spec in specs:
         # rank 0 claims the run (bench.claim: no other process trains it meanwhile) and its view of the
         # finished records decides for every rank (a record appearing meanwhile, or a network file
@@ -411,6 +411,8 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                 if distributed.world().distributed or (not failed and spec is specs[-1]):
                     raise
                 note_failure(spec.key, exc, failed, say_error)
+                if isinstance(exc, DataError):
+                    by_data.append(spec.key)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
@@ -423,9 +425,12 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
     distributed.shutdown()  # every rank is through the grid (distributed.init began it)
     if failed:
         others = ", the others finished" if len(failed) < len(specs) else ""
-        raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({few(failed)}){others}; "
-                         "after fixing the cause, the same command runs them again (finished runs are skipped; "
-                         "--resume continues a failed one from its last checkpoint)" + (
+        # fixed data is other data: its runs have new ids, which no checkpoint of these belongs to
+        again = ("after fixing the data, the same command trains them afresh (under new run ids: --resume cannot "
+                 "continue them)" if len(by_data) == len(failed) else
+                 "after fixing the cause, the same command runs them again (finished runs are skipped; "
+                 "--resume continues a failed one from its last checkpoint)")
+        raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({few(failed)}){others}; {again}" + (
                              f"; {len(held)} more were being run by other processes" if held else ""))
     if held:  # not done here: a job requeued on another node before a killed one's claim went stale ends unfinished
         raise BenchError(f"{len(held)} of {len(specs)} run(s) were being run by other processes and were skipped "
@@ -674,6 +679,8 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
         if bad:
             raise BenchError(f"--folds {bad[0]}: {data_root} has folds 0..{n - 1}")
     split = {f: ds if f is None else open_dataset(dataset, data_root, fold=f) for f in fold_list}
+    for d in split.values():  # each fold's test cases, scored after its training
+        d.check_labels()
     split_sha = {f: None if f is None else _ids_sha(d.test_ids()) for f, d in split.items()}
     data_id = made or ds.content_id()
     given = None if weights is None else (str(weights.resolve()), file_sha256(weights)[:16])

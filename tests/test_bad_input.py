@@ -1196,3 +1196,23 @@ def test_a_failing_run_does_not_stop_the_grid(monkeypatch, capsys, tmp_path):
     code, err = _bench(monkeypatch, capsys, *args)
     assert code == 0, err
     assert sorted(p.name.split("-")[2] for p in (tmp_path / "records").glob("*.json")) == ["unet", "vmunet"]
+
+
+def test_a_grid_failing_on_its_data_does_not_offer_resume(monkeypatch, capsys, tmp_path):
+    """Fixed data has another content id, so its runs have new ids: --resume, which the closing line
+    suggested, continues none of them. Other failures keep the hint."""
+    from bench import run as run_module
+    from bench.errors import DataError
+
+    args = ["run", "--models", "unet,vmunet", "--dataset", "synapse", "--synthetic", "--results", tmp_path, *FAST]
+    for error, said in ((DataError, "after fixing the data, the same command trains them afresh (under new run ids: "
+                                     "--resume cannot continue them)"),
+                        (BenchError, "--resume continues a failed one from its last checkpoint")):
+        def unet_fails(spec, error=error, **kw):  # vmunet "finishes" (None: as on a rank other than 0)
+            if spec.model == "unet":
+                raise error("labelsTr/a.nii.gz: label values [7] outside 0..8")
+
+        monkeypatch.setattr(run_module, "run_one", unet_fails)
+        code, err = _bench(monkeypatch, capsys, *args)
+        assert code == 2 and said in err, err
+        assert ("--resume continues" in err) == (error is BenchError), err

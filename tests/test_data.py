@@ -1349,3 +1349,51 @@ def test_synapse_files_named_otherwise_are_warned_without_list_files(roots, tmp_
                                                    f"({first.stem} (1)), each taken as one more item")):
         ds = open_dataset("synapse", root)
     assert f"{first.stem} (1)" in ds.train_ids()
+
+
+def test_label_ids_outside_the_classes_stop_a_grid_before_it_trains(roots, tmp_path, monkeypatch):
+    """A test label saved 0/127/254 was found at evaluation, after every model of a grid had trained:
+    plan_grid names the file and its values now; 2-D training labels are checked too (cheap)."""
+    from bench.protocol import load_protocol
+    from bench.run import plan_grid
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = _copy(roots["nnunet2d"], tmp_path)
+    ds = open_dataset("nnunet", root)
+    plan = lambda: plan_grid(models=["unet"], dataset="nnunet", protocol=load_protocol("smoke"),  # noqa: E731
+                             seeds=[0], data_root=root, synthetic=False, results_dir=tmp_path / "res")
+    plan()
+    for case in (ds.test_ids()[0], ds.train_ids()[0]):
+        path = root / "labelsTr" / f"{case}.png"
+        original = path.read_bytes()
+        Image.fromarray((np.asarray(Image.open(path)) * 127).astype(np.uint8)).save(path)
+        with pytest.raises(BenchError, match=rf"^{re.escape(str(path))}: label values \[127, 254\] outside 0\.\.2; "
+                                             r"this dataset has 3 classes \(0 = background\)$"):
+            plan()
+        path.write_bytes(original)
+
+
+def test_label_ids_of_volumes_are_decoded_once_per_content(roots, tmp_path, monkeypatch):
+    """Decoding every label of a 3-D dataset takes minutes: the ids a label file holds are kept by its
+    sha256, so another process (or a copy of the data) reads them back; an edited file is decoded again.
+    Training volumes are not decoded before training (they fail as they are first read)."""
+    from bench.data import nnunet
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = _copy(roots["nnunet"], tmp_path)
+    ds = open_dataset("nnunet", root)
+    decoded = []
+    real = nnunet.read_nifti
+    monkeypatch.setattr(nnunet, "read_nifti", lambda path, **kw: decoded.append(path.name) or real(path, **kw))
+    ds.check_labels()
+    assert decoded == [f"{case}.nii.gz" for case in ds.test_ids()]
+    nnunet._label_values.cache_clear()  # as a new process
+    ds.check_labels()
+    assert len(decoded) == len(ds.test_ids())
+    test, train = (root / "labelsTr" / f"{ds.test_ids()[0]}.nii.gz", root / "labelsTr" / f"{ds._train_cases[0]}.nii.gz")
+    for path in (train, test):
+        img = nib.load(str(path))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 3, img.affine, img.header), str(path))
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(test))}: label values \[3, 6\] outside 0\.\.2"):
+        open_dataset("nnunet", root).check_labels()
+    assert decoded[-1] == test.name and train.name not in decoded

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.errors import BenchError, few
+from bench.errors import BenchError, DataError, few
 from bench.fileio import file_sha256, read_denied
 
 
@@ -100,6 +100,10 @@ class SegDataset:
         one grid (shape, spacing); a warning where they may not overlay (their headers place the
         voxels differently), or None."""
         return None
+
+    def check_labels(self) -> None:
+        """BenchError, before anything trains, where label files this reader can check cheaply hold ids
+        outside the classes (else found at evaluation, after a whole grid trained)."""
 
     def check_spacing(self) -> None:
         """BenchError where the voxel spacings a policy scoring in mm reads are incomplete (Synapse's
@@ -426,5 +430,5 @@ def class_ids(path: Path, label: np.ndarray, num_classes: int) -> np.ndarray:
     classes (they would index past the model's outputs in the loss, or be scored as nothing)."""
     problem = label_id_problem(np.asarray(label), num_classes)
     if problem:
-        raise BenchError(f"{path}: {problem}; this dataset has {num_classes} classes (0 = background)")
+        raise DataError(f"{path}: {problem}; this dataset has {num_classes} classes (0 = background)")
     return np.asarray(label).astype(np.int64)

@@ -56,7 +56,7 @@ import numpy as np
 from bench.data.base import (Case, Sample, SegDataset, check_whole_ids, class_ids, describe, found_instead, hidden,
                               id_dtype, reading, split_problems, write_nifti_labels)
 from bench.errors import BenchError, few
-from bench.fileio import atomic_write, read_text, remove_orphans
+from bench.fileio import atomic_write, atomic_write_text, cache_dir, file_sha256, read_text, remove_orphans
 
 if TYPE_CHECKING:
     from bench.data.preprocess import VolumePrep
@@ -260,6 +260,34 @@ def read_case(root: Path, case: str, ending: str, n_channels: int,
 
 def _read_png_pair(path: Path, *, label: bool = False) -> tuple[np.ndarray, None]:
     return read_png(path, label=label), None  # read_nifti's (array, spacing) shape; PNGs have no spacing
+
+
+def label_values(path: Path) -> np.ndarray:
+    """The distinct ids a label file holds, decoded once per content: kept by the file's sha256
+    (``file_sha256``, which ``content_id`` takes of every label file anyway) beside bench's file
+    digests, so a grid's later commands and runs on a copy of the data do not decode every volume again."""
+    return np.asarray(_label_values(str(path), file_sha256(path)), dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=None)
+def _label_values(path: str, sha: str) -> tuple[int, ...]:
+    try:
+        kept = cache_dir("digests") / f"{sha}.label-ids.json"
+    except OSError:  # no cache folder: decoded every time
+        kept = None
+    if kept is not None:
+        try:
+            return tuple(int(v) for v in json.loads(kept.read_text()))
+        except (OSError, ValueError, TypeError):  # none yet, or unreadable: decoded again
+            pass
+    read = read_nifti if any(path.endswith(e) for e in VOLUME_ENDINGS) else _read_png_pair
+    values = tuple(int(v) for v in np.unique(read(Path(path), label=True)[0]))
+    if kept is not None:
+        try:
+            atomic_write_text(kept, json.dumps(values))
+        except (OSError, BenchError):  # a full disk: just not kept
+            pass
+    return values
 
 
 def _read_compact(root: str | Path, case: str, ending: str, n_channels: int, num_classes: int):
@@ -490,6 +518,16 @@ class NnUNetDataset(SegDataset):
         return (f"{self.root}: {len(bad)} of {len(self.cases)} cases' image and label differ in origin or orientation "
                 f"(NIfTI affines; first: {bad[0]}); the arrays are used as stored, so they may not overlay: "
                 f"bench data verify names each")
+
+    def check_labels(self) -> None:
+        """BenchError naming the first label file that holds ids outside the classes, before anything
+        trains (reading it at evaluation would fail a whole grid after its training). The test cases
+        always; the training cases where they are images (volumes take minutes to decode: those of a
+        training case fail as the case is first read, at the start of training)."""
+        cases = self._test_cases if self.volumes else [*self._test_cases, *self._train_cases]
+        for case in cases:
+            path = label_path(self.root, case, self.file_ending)
+            class_ids(path, label_values(path), self.num_classes)  # the message reading it gives
 
     def normalize_hint(self, normalize: str) -> str | None:
         # nnU-Net normalises by channel_names (CT: clip and z-score; noNorm / rgb_to_0_1: as is
