@@ -972,24 +972,28 @@ def test_dataset_name_tells_nnunet_datasets_apart(roots, tmp_path):
     assert open_dataset("nnunet", root).dataset_name == "nnunet:Dataset027_ACDC"
 
 
-def test_nnunet_warns_when_the_protocol_leaves_ct_or_mri_raw_or_takes_other_channels_for_ct(roots, tmp_path):
+def test_nnunet_warns_where_the_protocols_mode_is_not_what_a_channels_name_asks_for(roots, tmp_path):
+    """nnU-Net normalises each channel by its channel_names entry; a protocol here has one mode for all.
+    The warning fired only for normalize = 'none'; now for any mode other than what a channel asks for."""
     ds = open_dataset("nnunet", roots["nnunet"])  # the synthesizer's 3-D data says CT
-    assert "normalize = 'ct_window'" in ds.normalize_hint("none")
-    assert ds.normalize_hint("ct_window") is None and ds.normalize_hint("zscore") is None
+    assert ds.normalize_hint("ct_window") is None and ds.normalize_hint("ct_foreground") is None
+    assert ("the protocol's normalize = 'zscore' is not what channel_names ask nnU-Net for ('CT': CT normalisation "
+            "('ct_foreground' or 'ct_window')); set the top-level key normalize in a protocol file of your own"
+            in ds.normalize_hint("zscore"))
     root = Path(shutil.copytree(roots["nnunet2d"], tmp_path / "mri"))
     meta = json.loads((root / "dataset.json").read_text())
-    for kind, hint in (("T2", "zscore"), ("noNorm", None), ("nonorm", None), ("rgb_to_0_1", None), ("ct", "ct_window")):
-        (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": kind}}))
-        got = open_dataset("nnunet", root).normalize_hint("none")
-        assert (got is None) if hint is None else (f"normalize = '{hint}'" in got), (kind, got)
-    # CT's rules on channels that are not CT: MRI gets z-scoring, photos nothing
-    for kind, mode, hint in (("T2", "ct_foreground", "zscore"), ("rgb_to_0_1", "ct_window", "none"),
-                             ("ct", "ct_foreground", None)):
+    for kind, mode, suits in (("T2", "none", "'zscore'"), ("T2", "ct_foreground", "'zscore'"), ("T2", "zscore", None),
+                              ("noNorm", "none", None), ("nonorm", "zscore", "'none'"),
+                              ("rgb_to_0_1", "none", None), ("rgb_to_0_1", "ct_window", "'none' or 'minmax255'"),
+                              ("rescale_to_0_1", "minmax255", None), ("ct", "none", "'ct_foreground' or 'ct_window'")):
         (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": kind}}))
         got = open_dataset("nnunet", root).normalize_hint(mode)
-        assert (got is None) if hint is None else (
-            f"channels ['{kind}'] are not CT, and normalize = '{mode}' treats them as Hounsfield units; "
-            f"a protocol with normalize = '{hint}' suits them" in got), (kind, got)
+        assert (got is None) if suits is None else (f"normalize = '{mode}' is not" in got and f"'{kind}': " in got
+                                                    and f"({suits})" in got and "\n" not in got), (kind, mode, got)
+    # channels asking for different modes: each named once with what suits it
+    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "CT", "1": "T2", "2": "T2"}}))
+    got = open_dataset("nnunet", root).normalize_hint("ct_window")
+    assert "ask nnU-Net for ('T2': z-scoring ('zscore'))" in got and "'CT'" not in got
     assert open_dataset("synapse", roots["synapse"]).normalize_hint("none") is None
 
 

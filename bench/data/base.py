@@ -110,8 +110,8 @@ class SegDataset:
         spacing table); called only for such policies."""
 
     def normalize_hint(self, normalize: str) -> str | None:
-        """A warning when a protocol's ``normalize`` leaves this data's intensities unsuitable for
-        the networks (raw HU, raw MRI), or None."""
+        """A warning when a protocol's ``normalize`` is not what this data's channels ask for (raw HU,
+        raw MRI, HU rules on photos), or None."""
         return None
 
     @property

@@ -15,8 +15,9 @@ as nnU-Net's NaturalImage2DIO reads it); ``.nii.gz`` / ``.nii`` -> 3-D volumes r
 Volumes are returned as (D, H, W) = (z, y, x), the axis order SimpleITK (and so nnU-Net) uses,
 with ``spacing`` the header zooms reordered the same way (mm). Multi-channel images are
 channels-last: (H, W, C) or (D, H, W, C). Images are float32 as stored; the protocol's
-``normalize`` (``zscore``, ``ct_window``, ``ct_foreground``) prepares them, and a run whose protocol
-leaves CT or MRI channels raw is warned (``normalize_hint``); labels are int64 ids. The whole
+``normalize`` (``zscore``, ``ct_window``, ``ct_foreground``) prepares them, one mode for all channels, and
+a run whose mode is not what nnU-Net would apply to some channel by its name is warned (``normalize_hint``);
+labels are int64 ids. The whole
 training cases of patch protocols (``load_train_volume``) are preprocessed instead
 (``bench.data.preprocess.VolumePrep``): image float32 (C, *grid), label in a compact signed type,
 -1 outside the non-zero region; a 2-D case becomes a volume of one slice there, as nnU-Net reads it.
@@ -72,6 +73,15 @@ VOLUME_ENDINGS = (".nii.gz", ".nii")
 # a cached volume: <case>.<sources' signature>[.<preprocessing key>; absent in format 1].<part>.npy
 _CACHED = re.compile(r"(?P<case>[^.].*?)\.(?P<sig>[0-9a-f]{16})(?:\.[0-9a-f]{16})?\.(?:image|label)\.npy")
 IMAGE_ENDINGS = (".png", ".bmp", ".tif", ".tiff")
+# nnU-Net normalises each channel by its name in channel_names (casefolded): the scheme it applies,
+# and the protocol modes here that do it or suit it (bench.transforms.normalize_image)
+CHANNEL_SCHEMES = {
+    "ct": ("CT normalisation", ("ct_foreground", "ct_window")),
+    "nonorm": ("none", ("none",)),
+    "rescale_to_0_1": ("a per-image min-max", ("minmax255",)),  # the same min-max, to [0, 255]
+    "rgb_to_0_1": ("/255", ("none", "minmax255")),  # a fixed 0..255 scale, as stored or stretched to it
+}
+_ZSCORE = ("z-scoring", ("zscore",))  # any other name
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 
 
@@ -530,20 +540,19 @@ class NnUNetDataset(SegDataset):
             class_ids(path, label_values(path), self.num_classes)  # the message reading it gives
 
     def normalize_hint(self, normalize: str) -> str | None:
-        # nnU-Net normalises by channel_names (CT: clip and z-score; noNorm / rgb_to_0_1: as is
-        # or /255; anything else: z-score); protocols here name one mode for all channels
-        kinds = {str(v).casefold() for v in self.meta["channel_names"].values()}  # as nnU-Net compares
-        named = list(dict.fromkeys(str(v) for v in self.meta["channel_names"].values()))  # as dataset.json writes them
-        raw = kinds <= {"nonorm", "rgb_to_0_1", "rescale_to_0_1"}
-        if normalize in ("ct_window", "ct_foreground") and "ct" not in kinds:  # HU rules on MRI or photos
-            return (f"{self.root / 'dataset.json'}: channels {named} are not CT, and normalize = "
-                    f"'{normalize}' treats them as Hounsfield units; a protocol with normalize = "
-                    f"'{'none' if raw else 'zscore'}' suits them")
-        if normalize != "none" or raw:
+        """One line where the protocol's one ``normalize`` mode is not what some channels' names ask nnU-Net
+        for (``CHANNEL_SCHEMES``): the channels, what suits each, and the key to change; else None."""
+        wanted: dict[str, list[str]] = {}  # suited modes -> the channels (as dataset.json writes them) asking
+        for name in dict.fromkeys(str(v) for v in self.meta["channel_names"].values()):
+            scheme, modes = CHANNEL_SCHEMES.get(name.casefold(), _ZSCORE)  # casefolded, as nnU-Net compares
+            if normalize not in modes:
+                wanted.setdefault(f"{scheme} ({' or '.join(map(repr, modes))})", []).append(repr(name))
+        if not wanted:
             return None
-        mode = "ct_window" if "ct" in kinds else "zscore"
-        return (f"{self.root / 'dataset.json'}: channels {named} reach the networks unnormalised under "
-                f"normalize = 'none'; a protocol with normalize = '{mode}' suits them")
+        asks = "; ".join(f"{', '.join(names)}: {scheme}" for scheme, names in wanted.items())
+        return (f"{self.root / 'dataset.json'}: the protocol's normalize = '{normalize}' is not what channel_names "
+                f"ask nnU-Net for ({asks}); set the top-level key normalize in a protocol file of your own "
+                "(one mode for all channels)")
 
     @property
     def dataset_name(self) -> str:
