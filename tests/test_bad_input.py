@@ -1216,3 +1216,26 @@ def test_a_grid_failing_on_its_data_does_not_offer_resume(monkeypatch, capsys, t
         code, err = _bench(monkeypatch, capsys, *args)
         assert code == 2 and said in err, err
         assert ("--resume continues" in err) == (error is BenchError), err
+
+
+def test_a_grid_names_every_model_that_cannot_read_the_datas_channels(tmp_path):
+    """--models all on 2-channel data stopped at the first model refusing it, naming it alone."""
+    from bench.run import plan_grid
+
+    root = synthesize("nnunet", tmp_path / "two", dims=2, n_cases=5, size=32)
+    for first in (root / "imagesTr").glob("*_0000.png"):
+        shutil.copy(first, first.with_name(first.name.replace("_0000", "_0001")))
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "T1", "1": "T2"}}))
+    plan = lambda models: plan_grid(models=models, dataset="nnunet", protocol=load_protocol("smoke"),  # noqa: E731
+                                    seeds=[0], data_root=root, synthetic=False, results_dir=tmp_path / "r", tiny=True)
+    with pytest.raises(BenchError) as info:
+        plan("all")
+    assert str(info.value) == (
+        f"{root}: 2-channel images, which 4 of the 6 models cannot read (their stems take the channels in brackets; "
+        "a 1-channel image is repeated): swin_unet (3), transunet (3), vmunet (3), vmunet_v2 (3); "
+        "--models lightm_unet,unet take 2 channels")
+    with pytest.raises(BenchError, match=r"none of those asked takes 2 channels \(`bench models` lists the others\)$"):
+        plan("vmunet,transunet")
+    with pytest.raises(BenchError, match=r"^vmunet: its stem takes 3-channel images"):  # one model: its own words
+        plan("vmunet")
