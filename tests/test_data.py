@@ -1193,7 +1193,15 @@ def test_verify_nnunet_rgb_png_case_missing_its_file_is_one_problem(tmp_path):
     (root / "imagesTr" / "b_0000.png").unlink()
     problems = verify_dataset("nnunet", root)
     assert [(p.path, p.message) for p in problems if p.level == "error"] == [
-        (str(root / "imagesTr" / "b_0000.png"), "missing (channel 0 of case 'b')")]
+        (str(root / "imagesTr" / "b_0000.png"), "missing (channel 0 of case 'b'; dataset.json declares 3)")]
+    # a grayscale image among RGB ones: that image is named, not a _0001 file the dataset never has
+    Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / "imagesTr" / "b_0000.png")
+    said = ("1 channel (a grayscale image), where dataset.json declares 3 (channel_names) held as one RGB file per "
+            "case (no case has a _0001 file); save it as RGB")
+    assert [(p.path, p.message) for p in verify_dataset("nnunet", root) if p.level == "error"] == [
+        (str(root / "imagesTr" / "b_0000.png"), said)]
+    with pytest.raises(BenchError, match=f"^{re.escape(str(root / 'imagesTr' / 'b_0000.png'))}: {re.escape(said)}$"):
+        open_dataset("nnunet", root).load_test("b")
     # grey channels in files of their own: each missing one is named
     (root / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "a", "1": "b", "2": "c"}, "labels": {"background": 0, "road": 1},

@@ -250,7 +250,7 @@ def read_case(root: Path, case: str, ending: str, n_channels: int,
     while len(chans) < n_channels:  # an RGB PNG supplies 3 channels from one file
         path = channel_path(root, case, c, ending)
         if not path.is_file():
-            raise BenchError(f"{path}: missing (channel {c} of case {case!r}; dataset.json declares {n_channels})")
+            raise BenchError("{}: {}".format(*missing_channel(root, case, c, ending, n_channels, len(chans))))
         arr, channel_spacing = read(path)
         if c == 0:
             spacing = channel_spacing  # the case's spacing is its image's, as nnU-Net takes it
@@ -266,6 +266,18 @@ def read_case(root: Path, case: str, ending: str, n_channels: int,
         raise BenchError(f"{first}: {len(chans)} channels, dataset.json says {n_channels}")
     image = chans[0] if n_channels == 1 else np.stack(chans, axis=-1)
     return image, label, spacing
+
+
+def missing_channel(root: Path, case: str, c: int, ending: str, n_channels: int, found: int) -> tuple[Path, str]:
+    """(file, why) for a case without channel ``c``'s file, ``found`` channels read before it. A grayscale
+    ``_0000`` of a 2-D case where dataset.json declares 3 channels and no case has a ``_0001`` file is the
+    file to name: the dataset holds RGB images, one file each, not separate channel files.
+    Shared by the reader (which raises) and ``bench data verify`` (which reports)."""
+    if (not is_volume_ending(ending) and c == found == 1 and n_channels == 3
+            and not any((root / "imagesTr").glob(f"*_0001{ending}"))):
+        return (channel_path(root, case, 0, ending), "1 channel (a grayscale image), where dataset.json declares 3 "
+                "(channel_names) held as one RGB file per case (no case has a _0001 file); save it as RGB")
+    return channel_path(root, case, c, ending), f"missing (channel {c} of case {case!r}; dataset.json declares {n_channels})"
 
 
 def _read_png_pair(path: Path, *, label: bool = False) -> tuple[np.ndarray, None]:
