@@ -722,6 +722,20 @@ def test_rgb_png_cases_need_no_later_channel_files_but_a_missing_image_is_named(
             phrase=f"no image {case}_0000.png in imagesTr")
 
 
+def test_jpeg_images_beside_png_labels_are_named(data):
+    """JPEG images with PNG labels: the images were skipped unsaid and the error read "no image
+    c_000_0000.png", as if they were missing."""
+    root = data("nnunet2d")
+    for path in (root / "imagesTr").glob("*_0000.png"):
+        Image.open(path).convert("RGB").save(path.with_suffix(".jpg"))
+        path.unlink()
+    jpegs = sorted(p.name for p in (root / "imagesTr").iterdir())
+    err = _raises(lambda: open_dataset("nnunet", root), names=root / "labelsTr",
+                  phrase=f"in imagesTr ({len(jpegs)} labels lack their image); imagesTr holds {len(jpegs)} '*.jpg' "
+                         f"files ({', '.join(jpegs[:5])}")
+    assert str(err).endswith("images and labels share dataset.json's file_ending '.png': save the images as '.png'")
+
+
 def test_run_on_a_dataset_without_training_split(monkeypatch, capsys, data, tmp_path):
     root = data("synapse")
     shutil.rmtree(root / "train_npz")

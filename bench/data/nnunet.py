@@ -277,7 +277,8 @@ def missing_channel(root: Path, case: str, c: int, ending: str, n_channels: int,
             and not any((root / "imagesTr").glob(f"*_0001{ending}"))):
         return (channel_path(root, case, 0, ending), "1 channel (a grayscale image), where dataset.json declares 3 "
                 "(channel_names) held as one RGB file per case (no case has a _0001 file); save it as RGB")
-    return channel_path(root, case, c, ending), f"missing (channel {c} of case {case!r}; dataset.json declares {n_channels})"
+    why = f"missing (channel {c} of case {case!r}; dataset.json declares {n_channels})"
+    return channel_path(root, case, c, ending), why
 
 
 def _read_png_pair(path: Path, *, label: bool = False) -> tuple[np.ndarray, None]:
@@ -443,16 +444,20 @@ def same_geometry(image: Path, label: Path) -> bool:
         return True
 
 
-def other_endings_hint(root: Path, ending: str) -> str:
+def other_endings_hint(root: Path, ending: str, folder: str = "labelsTr") -> str:
     """"; and 6 '*.nii.gz' files: is file_ending '.nii.gz'?" where labelsTr holds files of another
-    ending than dataset.json's (a wrong ``file_ending`` reads as a wrong ``numTraining``), else ""."""
-    found = collections.Counter(
-        "." + p.name.split(".", 1)[1] for p in (root / "labelsTr").iterdir()
-        if "." in p.name and not hidden(p) and not p.name.endswith(ending))
-    if not found:
+    ending than dataset.json's (a wrong ``file_ending`` reads as a wrong ``numTraining``); for
+    ``folder="imagesTr"``, the image files of another ending (JPEG images beside PNG labels), which
+    nnU-Net reads with the labels' one ``file_ending``; else ""."""
+    others = sorted(p.name for p in (root / folder).iterdir()
+                    if "." in p.name and not hidden(p) and not p.name.endswith(ending))
+    if not others:
         return ""
-    other, n = found.most_common(1)[0]
-    return f"; and {n} '*{other}' files: is file_ending {other!r}?"
+    other, n = collections.Counter("." + name.split(".", 1)[1] for name in others).most_common(1)[0]
+    if folder == "labelsTr":
+        return f"; and {n} '*{other}' files: is file_ending {other!r}?"
+    return (f"; {folder} holds {n} '*{other}' files ({few(others)}): images and labels share dataset.json's "
+            f"file_ending {ending!r}: save the images as {ending!r}")
 
 
 def list_cases(root: Path, ending: str) -> list[str]:
@@ -523,7 +528,8 @@ class NnUNetDataset(SegDataset):
         if imageless:
             c = imageless[0]
             raise BenchError(f"{label_path(self.root, c, self.file_ending)}: no image {c}_0000{self.file_ending} in "
-                             f"imagesTr" + (f" ({len(imageless)} labels lack their image)" if len(imageless) > 1 else ""))
+                             f"imagesTr" + (f" ({len(imageless)} labels lack their image)" if len(imageless) > 1 else "")
+                             + other_endings_hint(self.root, self.file_ending, "imagesTr"))
         self._train_cases, self._test_cases = self._split()
         self._slice_ids: list[str] | None = None
 
