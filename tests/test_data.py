@@ -1409,3 +1409,19 @@ def test_label_ids_of_volumes_are_decoded_once_per_content(roots, tmp_path, monk
     with pytest.raises(BenchError, match=rf"^{re.escape(str(test))}: label values \[3, 6\] outside 0\.\.2"):
         open_dataset("nnunet", root).check_labels()
     assert decoded[-1] == test.name and train.name not in decoded
+
+
+def test_a_target_spacing_on_png_cases_suggests_native(roots, tmp_path):
+    """drift_2d resamples to 1.2 mm; on PNGs the error asked for --dataset nnunet, which was given."""
+    from bench.protocol import load_protocol
+    from bench.run import plan_grid
+
+    root = roots["nnunet2d"]
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(root))}: a target spacing resamples volumes by their voxel "
+                                         r"spacing, and these '\*\.png' images have none; --target-spacing native "
+                                         "keeps them as they are$"):
+        plan_grid(models=["unet"], dataset="nnunet", protocol=load_protocol("drift_2d"), seeds=[0], data_root=root,
+                  synthetic=False, results_dir=tmp_path / "r", tiny=True)
+    native = load_protocol("drift_2d").with_overrides(target_spacing="native")  # the advice works
+    assert plan_grid(models=["unet"], dataset="nnunet", protocol=native, seeds=[0], data_root=root, synthetic=False,
+                     results_dir=tmp_path / "r", tiny=True)

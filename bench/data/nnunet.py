@@ -757,8 +757,9 @@ class NnUNetDataset(SegDataset):
         return [path for path in self.source_files() if path not in later]
 
     def train_geometry(self):
-        if not self.volumes:
-            return super().train_geometry()
+        if not self.volumes:  # the base class's advice, --dataset nnunet, was given
+            raise BenchError(f"{self.root}: a target spacing resamples volumes by their voxel spacing, and these "
+                             f"'*{self.file_ending}' images have none; --target-spacing native keeps them as they are")
         # headers only; nnU-Net's fingerprint takes the spacing of the image
         return (nifti_geometry(channel_path(self.root, case, 0, self.file_ending)) for case in self._train_cases)
 
