@@ -1425,3 +1425,30 @@ def test_a_target_spacing_on_png_cases_suggests_native(roots, tmp_path):
     native = load_protocol("drift_2d").with_overrides(target_spacing="native")  # the advice works
     assert plan_grid(models=["unet"], dataset="nnunet", protocol=native, seeds=[0], data_root=root, synthetic=False,
                      results_dir=tmp_path / "r", tiny=True)
+
+
+def test_nifti_and_png_shapes_bench_refuses_come_with_their_remedy(roots, tmp_path):
+    """A 2-D NIfTI, a 4-D one with a trailing axis of 1, an RGBA or LA PNG were refused without a word
+    on what to do."""
+    from bench.data.nnunet import read_nifti
+
+    for shape, fix in (((6, 5), "save it with a slice axis, shape (x, y, 1)"),
+                       ((6, 5, 4, 1), "one volume with a trailing axis of 1: save it squeezed to (x, y, z)"),
+                       ((6, 5, 4, 2), "split the last axis into CASE_0000, CASE_0001")):
+        path = tmp_path / f"v{len(shape)}{shape[-1]}.nii.gz"
+        nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), str(path))
+        with pytest.raises(BenchError, match=rf"^{re.escape(str(path))}: expected a 3-D NIfTI volume, got shape "
+                                             rf"{re.escape(str(shape))}; .*{re.escape(fix)}"):
+            read_nifti(path)
+    root = _copy(roots["nnunet2d"], tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    case = open_dataset("nnunet", root).test_ids()[0]
+    image = root / "imagesTr" / f"{case}_0000.png"
+    for mode, channels, fix in (("LA", {"0": "X-ray"}, "'L'"), ("RGBA", {"0": "R", "1": "G", "2": "B"}, "'RGB'")):
+        (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": channels}))
+        Image.open(image).convert(mode).save(image)
+        said = (f"{len(mode)} channels; dataset.json declares {len(channels)}; an alpha channel? drop it "
+                f"(PIL: Image.convert({fix}))")
+        with pytest.raises(BenchError, match=rf"^{re.escape(str(image))}: {re.escape(said)}$"):
+            open_dataset("nnunet", root).load_test(case)
+        assert (str(image), said) in [(p.path, p.message) for p in verify_dataset("nnunet", root)]

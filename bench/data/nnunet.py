@@ -203,8 +203,29 @@ def nifti_shape(path: Path) -> tuple[int, int, int]:
 
 
 def _check_3d(path: Path, shape: tuple[int, ...]) -> None:
-    if len(shape) != 3:
-        raise BenchError(f"{path}: expected a 3-D NIfTI volume, got shape {shape}")
+    # an (x, y, z, 1) file is refused, not squeezed: bench data convert reads the volumes whose headers
+    # this checks with nibabel as they are
+    if len(shape) == 3:
+        return
+    if len(shape) == 2:
+        fix = "; a 2-D image: save it with a slice axis, shape (x, y, 1), or as a PNG dataset (file_ending '.png')"
+    elif len(shape) == 4 and shape[3] == 1:
+        fix = "; one volume with a trailing axis of 1: save it squeezed to (x, y, z)"
+    elif len(shape) == 4:
+        fix = ("; nnU-Net keeps each channel in a file of its own: split the last axis into CASE_0000, CASE_0001, "
+               "... and declare them in channel_names")
+    else:
+        fix = ""
+    raise BenchError(f"{path}: expected a 3-D NIfTI volume, got shape {shape}{fix}")
+
+
+def channel_count_problem(found: int, declared: int) -> str:
+    """Why a 2-D case's images hold ``found`` channels where dataset.json declares ``declared``, with the
+    remedy where the extra one is a PNG's alpha (RGBA for RGB, LA for grayscale). Shared by the reader
+    (which raises) and ``bench data verify`` (which reports)."""
+    alpha = found == declared + 1 and found in (2, 4)
+    return (f"{found} channels; dataset.json declares {declared}"
+            + (f"; an alpha channel? drop it (PIL: Image.convert('{'RGB' if found == 4 else 'L'}'))" if alpha else ""))
 
 
 def read_png(path: Path, *, label: bool = False) -> np.ndarray:
@@ -263,7 +284,7 @@ def read_case(root: Path, case: str, ending: str, n_channels: int,
         c += 1
     if len(chans) != n_channels:
         first = channel_path(root, case, 0, ending)
-        raise BenchError(f"{first}: {len(chans)} channels, dataset.json says {n_channels}")
+        raise BenchError(f"{first}: {channel_count_problem(len(chans), n_channels)}")
     image = chans[0] if n_channels == 1 else np.stack(chans, axis=-1)
     return image, label, spacing
 

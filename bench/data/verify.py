@@ -355,7 +355,7 @@ def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set
             report.add(path, f"origin or orientation differs from label {lab_path.name} (NIfTI affines); the "
                              "arrays are used as stored, so image and label may not overlay", "warning")
     if not volume and channels != n_ch:
-        report.add(nn_io.channel_path(root, case, 0, ending), f"{channels} channels; dataset.json declares {n_ch}")
+        report.add(nn_io.channel_path(root, case, 0, ending), nn_io.channel_count_problem(channels, n_ch))
 
 
 # --- conventions (notes, not problems) ------------------------------------------------------
