@@ -1452,3 +1452,21 @@ def test_nifti_and_png_shapes_bench_refuses_come_with_their_remedy(roots, tmp_pa
         with pytest.raises(BenchError, match=rf"^{re.escape(str(image))}: {re.escape(said)}$"):
             open_dataset("nnunet", root).load_test(case)
         assert (str(image), said) in [(p.path, p.message) for p in verify_dataset("nnunet", root)]
+
+
+def test_nnunet_v1_dataset_json_reads_as_nifti(roots, tmp_path):
+    """v1's dataset.json (modality, labels {"0": "background"}, no file_ending) was refused for its missing
+    file_ending, though v1 is supported: v1 read .nii.gz only. A Decathlon task as downloaded (the same
+    JSON, one 4-D file per case without _0000) is pointed to bench data convert --source msd."""
+    root = _copy(roots["nnunet"], tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    v1 = {"modality": meta["channel_names"], "labels": {str(v): k for k, v in meta["labels"].items()},
+          "numTraining": meta["numTraining"]}
+    (root / "dataset.json").write_text(json.dumps(v1))
+    ds = open_dataset("nnunet", root)
+    assert ds.file_ending == ".nii.gz" and ds.num_classes == 3 and ds.load_test(ds.test_ids()[0]).is_volume
+    for image in (root / "imagesTr").glob("*_0000.nii.gz"):
+        image.rename(image.with_name(image.name.replace("_0000", "")))
+    with pytest.raises(BenchError, match=r"name does not end in _XXXX\.nii\.gz .*a Medical Segmentation Decathlon "
+                                         r"task as downloaded\? `bench data convert --source msd --raw "):
+        open_dataset("nnunet", root)

@@ -91,8 +91,9 @@ REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 def parse_dataset_json(path: Path) -> dict[str, Any]:
     """Read and check ``dataset.json``; return it with ``labels`` normalised to ``{name: int}``.
 
-    Accepts nnU-Net v1's ``modality`` / ``{"0": "background"}`` spellings too. BenchError (naming
-    the file and the field) on anything the readers cannot use.
+    Accepts nnU-Net v1's ``modality`` / ``{"0": "background"}`` spellings too, and its lack of
+    ``file_ending`` (v1 read ``.nii.gz`` only). BenchError (naming the file and the field) on anything
+    the readers cannot use.
     """
     return check_dataset_meta(read_json(path), path)
 
@@ -113,6 +114,8 @@ def check_dataset_meta(data: Any, path: Path) -> dict[str, Any]:
     data = dict(data)
     if "channel_names" not in data and "modality" in data:  # nnU-Net v1 spelling
         data["channel_names"] = data["modality"]
+    if "file_ending" not in data and "modality" in data:  # nnU-Net v1 read NIfTI only, and wrote no file_ending
+        data["file_ending"] = ".nii.gz"
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise BenchError(f"{path}: missing field(s) {', '.join(missing)}; nnU-Net v2 needs {', '.join(REQUIRED_KEYS)}")
@@ -543,8 +546,13 @@ class NnUNetDataset(SegDataset):
         problems = image_file_problems(self.root, self.file_ending, self.cases, self.in_chans)
         if problems:
             (path, why), more = problems[0], len(problems) - 1
-            raise BenchError(f"{path}: {why}" + (f" (and {more} more imagesTr files that fit no case; `bench data "
-                                                 f"verify --dataset nnunet --data-root {shlex.quote(str(self.root))}` lists them)" if more else ""))
+            # a Decathlon task as downloaded has v1's dataset.json and one (4-D) file per case, no _0000
+            msd = (f"; a Medical Segmentation Decathlon task as downloaded? `bench data convert --source msd --raw "
+                   f"{shlex.quote(str(self.root))} --out DIR` writes it in nnU-Net's layout"
+                   if "modality" in self.meta else "")
+            listed = (f" (and {more} more imagesTr files that fit no case; `bench data verify --dataset nnunet "
+                      f"--data-root {shlex.quote(str(self.root))}` lists them)" if more else "")
+            raise BenchError(f"{path}: {why}{listed}{msd}")
         imageless = [c for c in self.cases if not channel_path(self.root, c, 0, self.file_ending).is_file()]
         if imageless:
             c = imageless[0]
