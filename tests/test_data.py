@@ -1409,6 +1409,11 @@ def test_label_ids_of_volumes_are_decoded_once_per_content(roots, tmp_path, monk
     with pytest.raises(BenchError, match=rf"^{re.escape(str(test))}: label values \[3, 6\] outside 0\.\.2"):
         open_dataset("nnunet", root).check_labels()
     assert decoded[-1] == test.name and train.name not in decoded
+    img = nib.load(str(test))
+    negative = np.asarray(img.dataobj).astype(np.int16) // 3 - 1  # {-1, 0, 1}: ids that cannot be counted
+    nib.save(nib.Nifti1Image(negative, img.affine), str(test))
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(test))}: label values \[-1\] outside 0\.\.2"):
+        open_dataset("nnunet", root).check_labels()
 
 
 def test_a_target_spacing_on_png_cases_suggests_native(roots, tmp_path):

@@ -328,7 +328,11 @@ def _label_values(path: str, sha: str) -> tuple[int, ...]:
         except (OSError, ValueError, TypeError):  # none yet, or unreadable: decoded again
             pass
     read = read_nifti if any(path.endswith(e) for e in VOLUME_ENDINGS) else _read_png_pair
-    values = tuple(int(v) for v in np.unique(read(Path(path), label=True)[0]))
+    label = read(Path(path), label=True)[0]
+    if label.size and label.min() >= 0 and label.max() < 1 << 16:  # counting is linear (a LiTS label: 1e8 voxels)
+        values = tuple(int(v) for v in np.flatnonzero(np.bincount(label.ravel())))
+    else:  # negative or huge ids: sorted
+        values = tuple(int(v) for v in np.unique(label))
     if kept is not None:
         try:
             atomic_write_text(kept, json.dumps(values))
