@@ -11,6 +11,11 @@ class BenchError(Exception):
     """A user-facing error: one clear message naming the file or argument and what was expected."""
 
 
+class DataError(BenchError):
+    """A BenchError in the data's files themselves (label ids outside the classes): fixing them changes the
+    data's content id and so the run ids, which --resume cannot continue."""
+
+
 def debugging() -> bool:
     """Whether BENCH_DEBUG asks for tracebacks (0, false, no, off and empty do not: CI templates set 0)."""
     return os.environ.get("BENCH_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")

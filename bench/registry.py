@@ -37,6 +37,14 @@ _BUILTIN_PACKAGES = ("baselines", "ssm_models")
 ENTRY_POINT_GROUP = "ssm_unet_bench.models"
 
 
+class ChannelsError(BenchError):
+    """A model whose stem cannot read the data's channel count: a grid names every such model at once."""
+
+    def __init__(self, message: str, model: str, takes: int):
+        super().__init__(message)
+        self.model, self.takes = model, takes
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """What the registry knows about a model; attached to built models as ``model.bench_entry``."""
@@ -364,8 +372,9 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
     _check_img_size(name, model, img_size)
     built = getattr(model, "in_chans", in_chans)  # the authors' 3-channel stems take 3 whatever was asked
     if in_chans not in (built, 1):
-        raise BenchError(f"{name}: its stem takes {built}-channel images (a 1-channel image is repeated, as its "
-                         f"authors do); got in_chans={in_chans}: this model cannot read this data's channels")
+        raise ChannelsError(f"{name}: its stem takes {built}-channel images (a 1-channel image is repeated, as its "
+                            f"authors do); got in_chans={in_chans}: this model cannot read this data's channels",
+                            name, built)
     model.bench_entry = entry
     # a constructor that adapts a value to the input (e.g. a window size) reports it in resolved_config
     model.bench_config = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size, **overrides,

@@ -28,14 +28,15 @@ from bench.data import check_folds, get_reader, open_dataset, synthetic_identity
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import (cache_training_volumes, patch_fit_note, preprocess_processes, slicing_note,
                                    target_spacing, volume_prep)
-from bench.errors import BenchError, few, one_line
+from bench.errors import BenchError, DataError, few, one_line
 from bench.fileio import file_sha256
 from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
 from bench.metrics import POLICIES, get_policy, policy_fields, policy_misfit
 from bench.names import int_list
 from bench.protocol import Protocol
-from bench.registry import changed_keys, check_buildable, check_set_kinds, create_model, get_entry, identity_overrides
+from bench.registry import (ChannelsError, changed_keys, check_buildable, check_set_kinds, create_model, get_entry,
+                            identity_overrides)
 from bench.registry import list_models, load_weights, model_code, model_overrides as model_overrides_of
 from bench.train import (CHECKPOINT_DIR, FINAL, TrainResult, caller_rng_kept, save_checkpoint, seed_everything,
                          train_model)
@@ -372,7 +373,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
 
     main = distributed.world().main
     say = say if main else (lambda *a, **k: None)
-    failed, held = [], []
+    failed, held, by_data = [], [], []
     for spec in specs:
         # rank 0 claims the run (bench.claim: no other process trains it meanwhile) and its view of the
         # finished records decides for every rank (a record appearing meanwhile, or a network file
@@ -411,6 +412,8 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                 if distributed.world().distributed or (not failed and spec is specs[-1]):
                     raise
                 note_failure(spec.key, exc, failed, say_error)
+                if isinstance(exc, DataError):
+                    by_data.append(spec.key)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
@@ -423,9 +426,12 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
     distributed.shutdown()  # every rank is through the grid (distributed.init began it)
     if failed:
         others = ", the others finished" if len(failed) < len(specs) else ""
-        raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({few(failed)}){others}; "
-                         "after fixing the cause, the same command runs them again (finished runs are skipped; "
-                         "--resume continues a failed one from its last checkpoint)" + (
+        # fixed data is other data: its runs have new ids, which no checkpoint of these belongs to
+        again = ("after fixing the data, the same command trains them afresh (under new run ids: --resume cannot "
+                 "continue them)" if len(by_data) == len(failed) else
+                 "after fixing the cause, the same command runs them again (finished runs are skipped; "
+                 "--resume continues a failed one from its last checkpoint)")
+        raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({few(failed)}){others}; {again}" + (
                              f"; {len(held)} more were being run by other processes" if held else ""))
     if held:  # not done here: a job requeued on another node before a killed one's claim went stale ends unfinished
         raise BenchError(f"{len(held)} of {len(specs)} run(s) were being run by other processes and were skipped "
@@ -538,12 +544,24 @@ def resolve_inits(models: list[str], protocol: Protocol,
             for m, (source, file) in wanted.items()}
 
 
+def channels_error(refused: list, models: list[str], n: int, data_root: Path) -> BenchError:
+    """One error for the models of a grid whose stems cannot read ``n``-channel data, naming those that can."""
+    able = [m for m in models if m not in {e.model for e in refused}]
+    stems = ", ".join(f"{e.model} ({e.takes})" for e in refused)
+    return BenchError(f"{data_root}: {n}-channel images, which {len(refused)} of the {len(models)} models cannot read "
+                      f"(their stems take the channels in brackets; a 1-channel image is repeated): {stems}; "
+                      + (f"--models {','.join(able)} take {n} channels" if able else
+                         f"none of those asked takes {n} channels (`bench models` lists the others)"))
+
+
 def _check_init(model: str, init: tuple[str, str, str], build: dict[str, Any]) -> None:
     """Load the pretrained file into a model built like the run's: a file that does not fit the
     configuration (``--tiny``, ``--set``) fails the grid now, not after the models before it."""
     source, path, _ = init
     try:
         report = load_weights(create_model(model, **build), path, source=source)
+    except ChannelsError:  # the data's, not the file's: plan_grid names every such model
+        raise
     except (BenchError, RuntimeError) as exc:
         raise BenchError(f"{model}: {Path(path).name} does not load into this configuration ({exc}); "
                          "--no-pretrained trains it from scratch") from None
@@ -655,17 +673,23 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
             warnings.warn(note, stacklevel=2)
     refuse_2d_models(models, protocol)  # all of them at once (build_args names one)
     over = {m: model_overrides_of(m, model_overrides, tiny=tiny) for m in models}
+    refused: list[ChannelsError] = []
     for m in models:  # img_size, --set overrides and pretrained files, for every model before one trains
         check_set_kinds(m, model_overrides or {})
         build = build_args(m, protocol, ds, over[m])
         if protocol.patches:  # before create_model's img_size check, whose advice names --img-size
             _check_patch(m, build, protocol)
-        if weights is not None:  # a file that does not fit is named now, not after the data was prepared
-            load_weights(create_model(m, **build), weights)
-        elif m in inits:
-            _check_init(m, inits[m], build)
-        else:
-            check_buildable(m, **build)
+        try:
+            if weights is not None:  # a file that does not fit is named now, not after the data was prepared
+                load_weights(create_model(m, **build), weights)
+            elif m in inits:
+                _check_init(m, inits[m], build)
+            else:
+                check_buildable(m, **build)
+        except ChannelsError as exc:  # every model that cannot read the data, named at once
+            refused.append(exc)
+    if refused:
+        raise refused[0] if len(models) == 1 else channels_error(refused, models, ds.in_chans, data_root)
     fold_list: list[int | None] = [None]
     if folds is not None:
         n = ds.n_folds
@@ -674,6 +698,8 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
         if bad:
             raise BenchError(f"--folds {bad[0]}: {data_root} has folds 0..{n - 1}")
     split = {f: ds if f is None else open_dataset(dataset, data_root, fold=f) for f in fold_list}
+    for d in split.values():  # each fold's test cases, scored after its training
+        d.check_labels()
     split_sha = {f: None if f is None else _ids_sha(d.test_ids()) for f, d in split.items()}
     data_id = made or ds.content_id()
     given = None if weights is None else (str(weights.resolve()), file_sha256(weights)[:16])

@@ -722,6 +722,20 @@ def test_rgb_png_cases_need_no_later_channel_files_but_a_missing_image_is_named(
             phrase=f"no image {case}_0000.png in imagesTr")
 
 
+def test_jpeg_images_beside_png_labels_are_named(data):
+    """JPEG images with PNG labels: the images were skipped unsaid and the error read "no image
+    c_000_0000.png", as if they were missing."""
+    root = data("nnunet2d")
+    for path in (root / "imagesTr").glob("*_0000.png"):
+        Image.open(path).convert("RGB").save(path.with_suffix(".jpg"))
+        path.unlink()
+    jpegs = sorted(p.name for p in (root / "imagesTr").iterdir())
+    err = _raises(lambda: open_dataset("nnunet", root), names=root / "labelsTr",
+                  phrase=f"in imagesTr ({len(jpegs)} labels lack their image); imagesTr holds {len(jpegs)} '*.jpg' "
+                         f"files ({', '.join(jpegs[:5])}")
+    assert str(err).endswith("images and labels share dataset.json's file_ending '.png': save the images as '.png'")
+
+
 def test_run_on_a_dataset_without_training_split(monkeypatch, capsys, data, tmp_path):
     root = data("synapse")
     shutil.rmtree(root / "train_npz")
@@ -1196,3 +1210,46 @@ def test_a_failing_run_does_not_stop_the_grid(monkeypatch, capsys, tmp_path):
     code, err = _bench(monkeypatch, capsys, *args)
     assert code == 0, err
     assert sorted(p.name.split("-")[2] for p in (tmp_path / "records").glob("*.json")) == ["unet", "vmunet"]
+
+
+def test_a_grid_failing_on_its_data_does_not_offer_resume(monkeypatch, capsys, tmp_path):
+    """Fixed data has another content id, so its runs have new ids: --resume, which the closing line
+    suggested, continues none of them. Other failures keep the hint."""
+    from bench import run as run_module
+    from bench.errors import DataError
+
+    args = ["run", "--models", "unet,vmunet", "--dataset", "synapse", "--synthetic", "--results", tmp_path, *FAST]
+    for error, said in ((DataError, "after fixing the data, the same command trains them afresh (under new run ids: "
+                                     "--resume cannot continue them)"),
+                        (BenchError, "--resume continues a failed one from its last checkpoint")):
+        def unet_fails(spec, error=error, **kw):  # vmunet "finishes" (None: as on a rank other than 0)
+            if spec.model == "unet":
+                raise error("labelsTr/a.nii.gz: label values [7] outside 0..8")
+
+        monkeypatch.setattr(run_module, "run_one", unet_fails)
+        code, err = _bench(monkeypatch, capsys, *args)
+        assert code == 2 and said in err, err
+        assert ("--resume continues" in err) == (error is BenchError), err
+
+
+def test_a_grid_names_every_model_that_cannot_read_the_datas_channels(tmp_path):
+    """--models all on 2-channel data stopped at the first model refusing it, naming it alone."""
+    from bench.run import plan_grid
+
+    root = synthesize("nnunet", tmp_path / "two", dims=2, n_cases=5, size=32)
+    for first in (root / "imagesTr").glob("*_0000.png"):
+        shutil.copy(first, first.with_name(first.name.replace("_0000", "_0001")))
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "T1", "1": "T2"}}))
+    plan = lambda models: plan_grid(models=models, dataset="nnunet", protocol=load_protocol("smoke"),  # noqa: E731
+                                    seeds=[0], data_root=root, synthetic=False, results_dir=tmp_path / "r", tiny=True)
+    with pytest.raises(BenchError) as info:
+        plan("all")
+    assert str(info.value) == (
+        f"{root}: 2-channel images, which 4 of the 6 models cannot read (their stems take the channels in brackets; "
+        "a 1-channel image is repeated): swin_unet (3), transunet (3), vmunet (3), vmunet_v2 (3); "
+        "--models lightm_unet,unet take 2 channels")
+    with pytest.raises(BenchError, match=r"none of those asked takes 2 channels \(`bench models` lists the others\)$"):
+        plan("vmunet,transunet")
+    with pytest.raises(BenchError, match=r"^vmunet: its stem takes 3-channel images"):  # one model: its own words
+        plan("vmunet")

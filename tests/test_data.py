@@ -1026,24 +1026,28 @@ def test_dataset_name_tells_nnunet_datasets_apart(roots, tmp_path):
     assert open_dataset("nnunet", root).dataset_name == "nnunet:Dataset027_ACDC"
 
 
-def test_nnunet_warns_when_the_protocol_leaves_ct_or_mri_raw_or_takes_other_channels_for_ct(roots, tmp_path):
+def test_nnunet_warns_where_the_protocols_mode_is_not_what_a_channels_name_asks_for(roots, tmp_path):
+    """nnU-Net normalises each channel by its channel_names entry; a protocol here has one mode for all.
+    The warning fired only for normalize = 'none'; now for any mode other than what a channel asks for."""
     ds = open_dataset("nnunet", roots["nnunet"])  # the synthesizer's 3-D data says CT
-    assert "normalize = 'ct_window'" in ds.normalize_hint("none")
-    assert ds.normalize_hint("ct_window") is None and ds.normalize_hint("zscore") is None
+    assert ds.normalize_hint("ct_window") is None and ds.normalize_hint("ct_foreground") is None
+    assert ("the protocol's normalize = 'zscore' is not what channel_names ask nnU-Net for ('CT': CT normalisation "
+            "('ct_foreground' or 'ct_window')); set the top-level key normalize in a protocol file of your own"
+            in ds.normalize_hint("zscore"))
     root = Path(shutil.copytree(roots["nnunet2d"], tmp_path / "mri"))
     meta = json.loads((root / "dataset.json").read_text())
-    for kind, hint in (("T2", "zscore"), ("noNorm", None), ("nonorm", None), ("rgb_to_0_1", None), ("ct", "ct_window")):
-        (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": kind}}))
-        got = open_dataset("nnunet", root).normalize_hint("none")
-        assert (got is None) if hint is None else (f"normalize = '{hint}'" in got), (kind, got)
-    # CT's rules on channels that are not CT: MRI gets z-scoring, photos nothing
-    for kind, mode, hint in (("T2", "ct_foreground", "zscore"), ("rgb_to_0_1", "ct_window", "none"),
-                             ("ct", "ct_foreground", None)):
+    for kind, mode, suits in (("T2", "none", "'zscore'"), ("T2", "ct_foreground", "'zscore'"), ("T2", "zscore", None),
+                              ("noNorm", "none", None), ("nonorm", "zscore", "'none'"),
+                              ("rgb_to_0_1", "none", None), ("rgb_to_0_1", "ct_window", "'none' or 'minmax255'"),
+                              ("rescale_to_0_1", "minmax255", None), ("ct", "none", "'ct_foreground' or 'ct_window'")):
         (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": kind}}))
         got = open_dataset("nnunet", root).normalize_hint(mode)
-        assert (got is None) if hint is None else (
-            f"channels ['{kind}'] are not CT, and normalize = '{mode}' treats them as Hounsfield units; "
-            f"a protocol with normalize = '{hint}' suits them" in got), (kind, got)
+        assert (got is None) if suits is None else (f"normalize = '{mode}' is not" in got and f"'{kind}': " in got
+                                                    and f"({suits})" in got and "\n" not in got), (kind, mode, got)
+    # channels asking for different modes: each named once with what suits it
+    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "CT", "1": "T2", "2": "T2"}}))
+    got = open_dataset("nnunet", root).normalize_hint("ct_window")
+    assert "ask nnU-Net for ('T2': z-scoring ('zscore'))" in got and "'CT'" not in got
     assert open_dataset("synapse", roots["synapse"]).normalize_hint("none") is None
 
 
@@ -1243,7 +1247,15 @@ def test_verify_nnunet_rgb_png_case_missing_its_file_is_one_problem(tmp_path):
     (root / "imagesTr" / "b_0000.png").unlink()
     problems = verify_dataset("nnunet", root)
     assert [(p.path, p.message) for p in problems if p.level == "error"] == [
-        (str(root / "imagesTr" / "b_0000.png"), "missing (channel 0 of case 'b')")]
+        (str(root / "imagesTr" / "b_0000.png"), "missing (channel 0 of case 'b'; dataset.json declares 3)")]
+    # a grayscale image among RGB ones: that image is named, not a _0001 file the dataset never has
+    Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / "imagesTr" / "b_0000.png")
+    said = ("1 channel (a grayscale image), where dataset.json declares 3 (channel_names) held as one RGB file per "
+            "case (no case has a _0001 file); save it as RGB")
+    assert [(p.path, p.message) for p in verify_dataset("nnunet", root) if p.level == "error"] == [
+        (str(root / "imagesTr" / "b_0000.png"), said)]
+    with pytest.raises(BenchError, match=f"^{re.escape(str(root / 'imagesTr' / 'b_0000.png'))}: {re.escape(said)}$"):
+        open_dataset("nnunet", root).load_test("b")
     # grey channels in files of their own: each missing one is named
     (root / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "a", "1": "b", "2": "c"}, "labels": {"background": 0, "road": 1},
@@ -1403,3 +1415,117 @@ def test_synapse_files_named_otherwise_are_warned_without_list_files(roots, tmp_
                                                    f"({first.stem} (1)), each taken as one more item")):
         ds = open_dataset("synapse", root)
     assert f"{first.stem} (1)" in ds.train_ids()
+
+
+def test_label_ids_outside_the_classes_stop_a_grid_before_it_trains(roots, tmp_path, monkeypatch):
+    """A test label saved 0/127/254 was found at evaluation, after every model of a grid had trained:
+    plan_grid names the file and its values now; 2-D training labels are checked too (cheap)."""
+    from bench.protocol import load_protocol
+    from bench.run import plan_grid
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = _copy(roots["nnunet2d"], tmp_path)
+    ds = open_dataset("nnunet", root)
+    plan = lambda: plan_grid(models=["unet"], dataset="nnunet", protocol=load_protocol("smoke"),  # noqa: E731
+                             seeds=[0], data_root=root, synthetic=False, results_dir=tmp_path / "res")
+    plan()
+    for case in (ds.test_ids()[0], ds.train_ids()[0]):
+        path = root / "labelsTr" / f"{case}.png"
+        original = path.read_bytes()
+        Image.fromarray((np.asarray(Image.open(path)) * 127).astype(np.uint8)).save(path)
+        with pytest.raises(BenchError, match=rf"^{re.escape(str(path))}: label values \[127, 254\] outside 0\.\.2; "
+                                             r"this dataset has 3 classes \(0 = background\)$"):
+            plan()
+        path.write_bytes(original)
+
+
+def test_label_ids_of_volumes_are_decoded_once_per_content(roots, tmp_path, monkeypatch):
+    """Decoding every label of a 3-D dataset takes minutes: the ids a label file holds are kept by its
+    sha256, so another process (or a copy of the data) reads them back; an edited file is decoded again.
+    Training volumes are not decoded before training (they fail as they are first read)."""
+    from bench.data import nnunet
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = _copy(roots["nnunet"], tmp_path)
+    ds = open_dataset("nnunet", root)
+    decoded = []
+    real = nnunet.read_nifti
+    monkeypatch.setattr(nnunet, "read_nifti", lambda path, **kw: decoded.append(path.name) or real(path, **kw))
+    ds.check_labels()
+    assert decoded == [f"{case}.nii.gz" for case in ds.test_ids()]
+    nnunet._label_values.cache_clear()  # as a new process
+    ds.check_labels()
+    assert len(decoded) == len(ds.test_ids())
+    test, train = (root / "labelsTr" / f"{ds.test_ids()[0]}.nii.gz", root / "labelsTr" / f"{ds._train_cases[0]}.nii.gz")
+    for path in (train, test):
+        img = nib.load(str(path))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 3, img.affine, img.header), str(path))
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(test))}: label values \[3, 6\] outside 0\.\.2"):
+        open_dataset("nnunet", root).check_labels()
+    assert decoded[-1] == test.name and train.name not in decoded
+    img = nib.load(str(test))
+    negative = np.asarray(img.dataobj).astype(np.int16) // 3 - 1  # {-1, 0, 1}: ids that cannot be counted
+    nib.save(nib.Nifti1Image(negative, img.affine), str(test))
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(test))}: label values \[-1\] outside 0\.\.2"):
+        open_dataset("nnunet", root).check_labels()
+
+
+def test_a_target_spacing_on_png_cases_suggests_native(roots, tmp_path):
+    """drift_2d resamples to 1.2 mm; on PNGs the error asked for --dataset nnunet, which was given."""
+    from bench.protocol import load_protocol
+    from bench.run import plan_grid
+
+    root = roots["nnunet2d"]
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(root))}: a target spacing resamples volumes by their voxel "
+                                         r"spacing, and these '\*\.png' images have none; --target-spacing native "
+                                         "keeps them as they are$"):
+        plan_grid(models=["unet"], dataset="nnunet", protocol=load_protocol("drift_2d"), seeds=[0], data_root=root,
+                  synthetic=False, results_dir=tmp_path / "r", tiny=True)
+    native = load_protocol("drift_2d").with_overrides(target_spacing="native")  # the advice works
+    assert plan_grid(models=["unet"], dataset="nnunet", protocol=native, seeds=[0], data_root=root, synthetic=False,
+                     results_dir=tmp_path / "r", tiny=True)
+
+
+def test_nifti_and_png_shapes_bench_refuses_come_with_their_remedy(roots, tmp_path):
+    """A 2-D NIfTI, a 4-D one with a trailing axis of 1, an RGBA or LA PNG were refused without a word
+    on what to do."""
+    from bench.data.nnunet import read_nifti
+
+    for shape, fix in (((6, 5), "save it with a slice axis, shape (x, y, 1)"),
+                       ((6, 5, 4, 1), "one volume with a trailing axis of 1: save it squeezed to (x, y, z)"),
+                       ((6, 5, 4, 2), "split the last axis into CASE_0000, CASE_0001")):
+        path = tmp_path / f"v{len(shape)}{shape[-1]}.nii.gz"
+        nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), str(path))
+        with pytest.raises(BenchError, match=rf"^{re.escape(str(path))}: expected a 3-D NIfTI volume, got shape "
+                                             rf"{re.escape(str(shape))}; .*{re.escape(fix)}"):
+            read_nifti(path)
+    root = _copy(roots["nnunet2d"], tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    case = open_dataset("nnunet", root).test_ids()[0]
+    image = root / "imagesTr" / f"{case}_0000.png"
+    for mode, channels, fix in (("LA", {"0": "X-ray"}, "'L'"), ("RGBA", {"0": "R", "1": "G", "2": "B"}, "'RGB'")):
+        (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": channels}))
+        Image.open(image).convert(mode).save(image)
+        said = (f"{len(mode)} channels; dataset.json declares {len(channels)}; an alpha channel? drop it "
+                f"(PIL: Image.convert({fix}))")
+        with pytest.raises(BenchError, match=rf"^{re.escape(str(image))}: {re.escape(said)}$"):
+            open_dataset("nnunet", root).load_test(case)
+        assert (str(image), said) in [(p.path, p.message) for p in verify_dataset("nnunet", root)]
+
+
+def test_nnunet_v1_dataset_json_reads_as_nifti(roots, tmp_path):
+    """v1's dataset.json (modality, labels {"0": "background"}, no file_ending) was refused for its missing
+    file_ending, though v1 is supported: v1 read .nii.gz only. A Decathlon task as downloaded (the same
+    JSON, one 4-D file per case without _0000) is pointed to bench data convert --source msd."""
+    root = _copy(roots["nnunet"], tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    v1 = {"modality": meta["channel_names"], "labels": {str(v): k for k, v in meta["labels"].items()},
+          "numTraining": meta["numTraining"]}
+    (root / "dataset.json").write_text(json.dumps(v1))
+    ds = open_dataset("nnunet", root)
+    assert ds.file_ending == ".nii.gz" and ds.num_classes == 3 and ds.load_test(ds.test_ids()[0]).is_volume
+    for image in (root / "imagesTr").glob("*_0000.nii.gz"):
+        image.rename(image.with_name(image.name.replace("_0000", "")))
+    with pytest.raises(BenchError, match=r"name does not end in _XXXX\.nii\.gz .*a Medical Segmentation Decathlon "
+                                         r"task as downloaded\? `bench data convert --source msd --raw "):
+        open_dataset("nnunet", root)

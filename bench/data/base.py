@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.errors import BenchError, few
+from bench.errors import BenchError, DataError, few
 from bench.fileio import file_sha256, read_denied
 
 
@@ -101,13 +101,17 @@ class SegDataset:
         voxels differently), or None."""
         return None
 
+    def check_labels(self) -> None:
+        """BenchError, before anything trains, where label files this reader can check cheaply hold ids
+        outside the classes (else found at evaluation, after a whole grid trained)."""
+
     def check_spacing(self) -> None:
         """BenchError where the voxel spacings a policy scoring in mm reads are incomplete (Synapse's
         spacing table); called only for such policies."""
 
     def normalize_hint(self, normalize: str) -> str | None:
-        """A warning when a protocol's ``normalize`` leaves this data's intensities unsuitable for
-        the networks (raw HU, raw MRI), or None."""
+        """A warning when a protocol's ``normalize`` is not what this data's channels ask for (raw HU,
+        raw MRI, HU rules on photos), or None."""
         return None
 
     @property
@@ -426,5 +430,5 @@ def class_ids(path: Path, label: np.ndarray, num_classes: int) -> np.ndarray:
     classes (they would index past the model's outputs in the loss, or be scored as nothing)."""
     problem = label_id_problem(np.asarray(label), num_classes)
     if problem:
-        raise BenchError(f"{path}: {problem}; this dataset has {num_classes} classes (0 = background)")
+        raise DataError(f"{path}: {problem}; this dataset has {num_classes} classes (0 = background)")
     return np.asarray(label).astype(np.int64)

@@ -15,8 +15,9 @@ as nnU-Net's NaturalImage2DIO reads it); ``.nii.gz`` / ``.nii`` -> 3-D volumes r
 Volumes are returned as (D, H, W) = (z, y, x), the axis order SimpleITK (and so nnU-Net) uses,
 with ``spacing`` the header zooms reordered the same way (mm). Multi-channel images are
 channels-last: (H, W, C) or (D, H, W, C). Images are float32 as stored; the protocol's
-``normalize`` (``zscore``, ``ct_window``, ``ct_foreground``) prepares them, and a run whose protocol
-leaves CT or MRI channels raw is warned (``normalize_hint``); labels are int64 ids. The whole
+``normalize`` (``zscore``, ``ct_window``, ``ct_foreground``) prepares them, one mode for all channels, and
+a run whose mode is not what nnU-Net would apply to some channel by its name is warned (``normalize_hint``);
+labels are int64 ids. The whole
 training cases of patch protocols (``load_train_volume``) are preprocessed instead
 (``bench.data.preprocess.VolumePrep``): image float32 (C, *grid), label in a compact signed type,
 -1 outside the non-zero region; a 2-D case becomes a volume of one slice there, as nnU-Net reads it.
@@ -56,7 +57,7 @@ import numpy as np
 from bench.data.base import (Case, Sample, SegDataset, check_whole_ids, class_ids, describe, found_instead, hidden,
                               id_dtype, reading, split_problems, write_nifti_labels)
 from bench.errors import BenchError, few
-from bench.fileio import atomic_write, read_text, remove_orphans
+from bench.fileio import atomic_write, atomic_write_text, cache_dir, file_sha256, read_text, remove_orphans
 
 if TYPE_CHECKING:
     from bench.data.preprocess import VolumePrep
@@ -72,6 +73,15 @@ VOLUME_ENDINGS = (".nii.gz", ".nii")
 # a cached volume: <case>.<sources' signature>[.<preprocessing key>; absent in format 1].<part>.npy
 _CACHED = re.compile(r"(?P<case>[^.].*?)\.(?P<sig>[0-9a-f]{16})(?:\.[0-9a-f]{16})?\.(?:image|label)\.npy")
 IMAGE_ENDINGS = (".png", ".bmp", ".tif", ".tiff")
+# nnU-Net normalises each channel by its name in channel_names (casefolded): the scheme it applies,
+# and the protocol modes here that do it or suit it (bench.transforms.normalize_image)
+CHANNEL_SCHEMES = {
+    "ct": ("CT normalisation", ("ct_foreground", "ct_window")),
+    "nonorm": ("none", ("none",)),
+    "rescale_to_0_1": ("a per-image min-max", ("minmax255",)),  # the same min-max, to [0, 255]
+    "rgb_to_0_1": ("/255", ("none", "minmax255")),  # a fixed 0..255 scale, as stored or stretched to it
+}
+_ZSCORE = ("z-scoring", ("zscore",))  # any other name
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 
 
@@ -81,8 +91,9 @@ REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 def parse_dataset_json(path: Path) -> dict[str, Any]:
     """Read and check ``dataset.json``; return it with ``labels`` normalised to ``{name: int}``.
 
-    Accepts nnU-Net v1's ``modality`` / ``{"0": "background"}`` spellings too. BenchError (naming
-    the file and the field) on anything the readers cannot use.
+    Accepts nnU-Net v1's ``modality`` / ``{"0": "background"}`` spellings too, and its lack of
+    ``file_ending`` (v1 read ``.nii.gz`` only). BenchError (naming the file and the field) on anything
+    the readers cannot use.
     """
     return check_dataset_meta(read_json(path), path)
 
@@ -103,6 +114,8 @@ def check_dataset_meta(data: Any, path: Path) -> dict[str, Any]:
     data = dict(data)
     if "channel_names" not in data and "modality" in data:  # nnU-Net v1 spelling
         data["channel_names"] = data["modality"]
+    if "file_ending" not in data and "modality" in data:  # nnU-Net v1 read NIfTI only, and wrote no file_ending
+        data["file_ending"] = ".nii.gz"
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise BenchError(f"{path}: missing field(s) {', '.join(missing)}; nnU-Net v2 needs {', '.join(REQUIRED_KEYS)}")
@@ -193,8 +206,29 @@ def nifti_shape(path: Path) -> tuple[int, int, int]:
 
 
 def _check_3d(path: Path, shape: tuple[int, ...]) -> None:
-    if len(shape) != 3:
-        raise BenchError(f"{path}: expected a 3-D NIfTI volume, got shape {shape}")
+    # an (x, y, z, 1) file is refused, not squeezed: bench data convert reads the volumes whose headers
+    # this checks with nibabel as they are
+    if len(shape) == 3:
+        return
+    if len(shape) == 2:
+        fix = "; a 2-D image: save it with a slice axis, shape (x, y, 1), or as a PNG dataset (file_ending '.png')"
+    elif len(shape) == 4 and shape[3] == 1:
+        fix = "; one volume with a trailing axis of 1: save it squeezed to (x, y, z)"
+    elif len(shape) == 4:
+        fix = ("; nnU-Net keeps each channel in a file of its own: split the last axis into CASE_0000, CASE_0001, "
+               "... and declare them in channel_names")
+    else:
+        fix = ""
+    raise BenchError(f"{path}: expected a 3-D NIfTI volume, got shape {shape}{fix}")
+
+
+def channel_count_problem(found: int, declared: int) -> str:
+    """Why a 2-D case's images hold ``found`` channels where dataset.json declares ``declared``, with the
+    remedy where the extra one is a PNG's alpha (RGBA for RGB, LA for grayscale). Shared by the reader
+    (which raises) and ``bench data verify`` (which reports)."""
+    alpha = found == declared + 1 and found in (2, 4)
+    return (f"{found} channels; dataset.json declares {declared}"
+            + (f"; an alpha channel? drop it (PIL: Image.convert('{'RGB' if found == 4 else 'L'}'))" if alpha else ""))
 
 
 def read_png(path: Path, *, label: bool = False) -> np.ndarray:
@@ -240,7 +274,7 @@ def read_case(root: Path, case: str, ending: str, n_channels: int,
     while len(chans) < n_channels:  # an RGB PNG supplies 3 channels from one file
         path = channel_path(root, case, c, ending)
         if not path.is_file():
-            raise BenchError(f"{path}: missing (channel {c} of case {case!r}; dataset.json declares {n_channels})")
+            raise BenchError("{}: {}".format(*missing_channel(root, case, c, ending, n_channels, len(chans))))
         arr, channel_spacing = read(path)
         if c == 0:
             spacing = channel_spacing  # the case's spacing is its image's, as nnU-Net takes it
@@ -253,13 +287,58 @@ def read_case(root: Path, case: str, ending: str, n_channels: int,
         c += 1
     if len(chans) != n_channels:
         first = channel_path(root, case, 0, ending)
-        raise BenchError(f"{first}: {len(chans)} channels, dataset.json says {n_channels}")
+        raise BenchError(f"{first}: {channel_count_problem(len(chans), n_channels)}")
     image = chans[0] if n_channels == 1 else np.stack(chans, axis=-1)
     return image, label, spacing
 
 
+def missing_channel(root: Path, case: str, c: int, ending: str, n_channels: int, found: int) -> tuple[Path, str]:
+    """(file, why) for a case without channel ``c``'s file, ``found`` channels read before it. A grayscale
+    ``_0000`` of a 2-D case where dataset.json declares 3 channels and no case has a ``_0001`` file is the
+    file to name: the dataset holds RGB images, one file each, not separate channel files.
+    Shared by the reader (which raises) and ``bench data verify`` (which reports)."""
+    if (not is_volume_ending(ending) and c == found == 1 and n_channels == 3
+            and not any((root / "imagesTr").glob(f"*_0001{ending}"))):
+        return (channel_path(root, case, 0, ending), "1 channel (a grayscale image), where dataset.json declares 3 "
+                "(channel_names) held as one RGB file per case (no case has a _0001 file); save it as RGB")
+    why = f"missing (channel {c} of case {case!r}; dataset.json declares {n_channels})"
+    return channel_path(root, case, c, ending), why
+
+
 def _read_png_pair(path: Path, *, label: bool = False) -> tuple[np.ndarray, None]:
     return read_png(path, label=label), None  # read_nifti's (array, spacing) shape; PNGs have no spacing
+
+
+def label_values(path: Path) -> np.ndarray:
+    """The distinct ids a label file holds, decoded once per content: kept by the file's sha256
+    (``file_sha256``, which ``content_id`` takes of every label file anyway) beside bench's file
+    digests, so a grid's later commands and runs on a copy of the data do not decode every volume again."""
+    return np.asarray(_label_values(str(path), file_sha256(path)), dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=None)
+def _label_values(path: str, sha: str) -> tuple[int, ...]:
+    try:
+        kept = cache_dir("digests") / f"{sha}.label-ids.json"
+    except OSError:  # no cache folder: decoded every time
+        kept = None
+    if kept is not None:
+        try:
+            return tuple(int(v) for v in json.loads(kept.read_text()))
+        except (OSError, ValueError, TypeError):  # none yet, or unreadable: decoded again
+            pass
+    read = read_nifti if any(path.endswith(e) for e in VOLUME_ENDINGS) else _read_png_pair
+    label = read(Path(path), label=True)[0]
+    if label.size and label.min() >= 0 and label.max() < 1 << 16:  # counting is linear (a LiTS label: 1e8 voxels)
+        values = tuple(int(v) for v in np.flatnonzero(np.bincount(label.ravel())))
+    else:  # negative or huge ids: sorted
+        values = tuple(int(v) for v in np.unique(label))
+    if kept is not None:
+        try:
+            atomic_write_text(kept, json.dumps(values))
+        except (OSError, BenchError):  # a full disk: just not kept
+            pass
+    return values
 
 
 def _read_compact(root: str | Path, case: str, ending: str, n_channels: int, num_classes: int):
@@ -393,16 +472,20 @@ def same_geometry(image: Path, label: Path) -> bool:
         return True
 
 
-def other_endings_hint(root: Path, ending: str) -> str:
+def other_endings_hint(root: Path, ending: str, folder: str = "labelsTr") -> str:
     """"; and 6 '*.nii.gz' files: is file_ending '.nii.gz'?" where labelsTr holds files of another
-    ending than dataset.json's (a wrong ``file_ending`` reads as a wrong ``numTraining``), else ""."""
-    found = collections.Counter(
-        "." + p.name.split(".", 1)[1] for p in (root / "labelsTr").iterdir()
-        if "." in p.name and not hidden(p) and not p.name.endswith(ending))
-    if not found:
+    ending than dataset.json's (a wrong ``file_ending`` reads as a wrong ``numTraining``); for
+    ``folder="imagesTr"``, the image files of another ending (JPEG images beside PNG labels), which
+    nnU-Net reads with the labels' one ``file_ending``; else ""."""
+    others = sorted(p.name for p in (root / folder).iterdir()
+                    if "." in p.name and not hidden(p) and not p.name.endswith(ending))
+    if not others:
         return ""
-    other, n = found.most_common(1)[0]
-    return f"; and {n} '*{other}' files: is file_ending {other!r}?"
+    other, n = collections.Counter("." + name.split(".", 1)[1] for name in others).most_common(1)[0]
+    if folder == "labelsTr":
+        return f"; and {n} '*{other}' files: is file_ending {other!r}?"
+    return (f"; {folder} holds {n} '*{other}' files ({few(others)}): images and labels share dataset.json's "
+            f"file_ending {ending!r}: save the images as {ending!r}")
 
 
 def list_cases(root: Path, ending: str) -> list[str]:
@@ -467,13 +550,19 @@ class NnUNetDataset(SegDataset):
         problems = image_file_problems(self.root, self.file_ending, self.cases, self.in_chans)
         if problems:
             (path, why), more = problems[0], len(problems) - 1
-            raise BenchError(f"{path}: {why}" + (f" (and {more} more imagesTr files that fit no case; `bench data "
-                                                 f"verify --dataset nnunet --data-root {shlex.quote(str(self.root))}` lists them)" if more else ""))
+            # a Decathlon task as downloaded has v1's dataset.json and one (4-D) file per case, no _0000
+            msd = (f"; a Medical Segmentation Decathlon task as downloaded? `bench data convert --source msd --raw "
+                   f"{shlex.quote(str(self.root))} --out DIR` writes it in nnU-Net's layout"
+                   if "modality" in self.meta else "")
+            listed = (f" (and {more} more imagesTr files that fit no case; `bench data verify --dataset nnunet "
+                      f"--data-root {shlex.quote(str(self.root))}` lists them)" if more else "")
+            raise BenchError(f"{path}: {why}{listed}{msd}")
         imageless = [c for c in self.cases if not channel_path(self.root, c, 0, self.file_ending).is_file()]
         if imageless:
             c = imageless[0]
             raise BenchError(f"{label_path(self.root, c, self.file_ending)}: no image {c}_0000{self.file_ending} in "
-                             f"imagesTr" + (f" ({len(imageless)} labels lack their image)" if len(imageless) > 1 else ""))
+                             f"imagesTr" + (f" ({len(imageless)} labels lack their image)" if len(imageless) > 1 else "")
+                             + other_endings_hint(self.root, self.file_ending, "imagesTr"))
         self._train_cases, self._test_cases = self._split()
         self._slice_ids: list[str] | None = None
 
@@ -491,21 +580,30 @@ class NnUNetDataset(SegDataset):
                 f"(NIfTI affines; first: {bad[0]}); the arrays are used as stored, so they may not overlay: "
                 f"bench data verify names each")
 
+    def check_labels(self) -> None:
+        """BenchError naming the first label file that holds ids outside the classes, before anything
+        trains (reading it at evaluation would fail a whole grid after its training). The test cases
+        always; the training cases where they are images (volumes take minutes to decode: those of a
+        training case fail as the case is first read, at the start of training)."""
+        cases = self._test_cases if self.volumes else [*self._test_cases, *self._train_cases]
+        for case in cases:
+            path = label_path(self.root, case, self.file_ending)
+            class_ids(path, label_values(path), self.num_classes)  # the message reading it gives
+
     def normalize_hint(self, normalize: str) -> str | None:
-        # nnU-Net normalises by channel_names (CT: clip and z-score; noNorm / rgb_to_0_1: as is
-        # or /255; anything else: z-score); protocols here name one mode for all channels
-        kinds = {str(v).casefold() for v in self.meta["channel_names"].values()}  # as nnU-Net compares
-        named = list(dict.fromkeys(str(v) for v in self.meta["channel_names"].values()))  # as dataset.json writes them
-        raw = kinds <= {"nonorm", "rgb_to_0_1", "rescale_to_0_1"}
-        if normalize in ("ct_window", "ct_foreground") and "ct" not in kinds:  # HU rules on MRI or photos
-            return (f"{self.root / 'dataset.json'}: channels {named} are not CT, and normalize = "
-                    f"'{normalize}' treats them as Hounsfield units; a protocol with normalize = "
-                    f"'{'none' if raw else 'zscore'}' suits them")
-        if normalize != "none" or raw:
+        """One line where the protocol's one ``normalize`` mode is not what some channels' names ask nnU-Net
+        for (``CHANNEL_SCHEMES``): the channels, what suits each, and the key to change; else None."""
+        wanted: dict[str, list[str]] = {}  # suited modes -> the channels (as dataset.json writes them) asking
+        for name in dict.fromkeys(str(v) for v in self.meta["channel_names"].values()):
+            scheme, modes = CHANNEL_SCHEMES.get(name.casefold(), _ZSCORE)  # casefolded, as nnU-Net compares
+            if normalize not in modes:
+                wanted.setdefault(f"{scheme} ({' or '.join(map(repr, modes))})", []).append(repr(name))
+        if not wanted:
             return None
-        mode = "ct_window" if "ct" in kinds else "zscore"
-        return (f"{self.root / 'dataset.json'}: channels {named} reach the networks unnormalised under "
-                f"normalize = 'none'; a protocol with normalize = '{mode}' suits them")
+        asks = "; ".join(f"{', '.join(names)}: {scheme}" for scheme, names in wanted.items())
+        return (f"{self.root / 'dataset.json'}: the protocol's normalize = '{normalize}' is not what channel_names "
+                f"ask nnU-Net for ({asks}); set the top-level key normalize in a protocol file of your own "
+                "(one mode for all channels)")
 
     @property
     def dataset_name(self) -> str:
@@ -692,8 +790,9 @@ class NnUNetDataset(SegDataset):
         return [path for path in self.source_files() if path not in later]
 
     def train_geometry(self):
-        if not self.volumes:
-            return super().train_geometry()
+        if not self.volumes:  # the base class's advice, --dataset nnunet, was given
+            raise BenchError(f"{self.root}: a target spacing resamples volumes by their voxel spacing, and these "
+                             f"'*{self.file_ending}' images have none; --target-spacing native keeps them as they are")
         # headers only; nnU-Net's fingerprint takes the spacing of the image
         return (nifti_geometry(channel_path(self.root, case, 0, self.file_ending)) for case in self._train_cases)
 

@@ -325,9 +325,10 @@ def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set
         path = nn_io.channel_path(root, case, c, ending)
         c += 1
         if not path.is_file():
-            report.add(path, f"missing (channel {c - 1} of case {case!r})")
-            if not volume and c == 1 and not any(nn_io.channel_path(root, case, k, ending).is_file()
-                                                 for k in range(c, n_ch)):
+            where, why = nn_io.missing_channel(root, case, c - 1, ending, n_ch, channels)
+            report.add(where, why)
+            if where != path or (not volume and c == 1 and not any(nn_io.channel_path(root, case, k, ending).is_file()
+                                                                   for k in range(c, n_ch))):
                 return  # an RGB PNG holds its 3 channels in _0000: without it, the others are not missing too
             channels += 1
             continue
@@ -354,7 +355,7 @@ def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set
             report.add(path, f"origin or orientation differs from label {lab_path.name} (NIfTI affines); the "
                              "arrays are used as stored, so image and label may not overlay", "warning")
     if not volume and channels != n_ch:
-        report.add(nn_io.channel_path(root, case, 0, ending), f"{channels} channels; dataset.json declares {n_ch}")
+        report.add(nn_io.channel_path(root, case, 0, ending), nn_io.channel_count_problem(channels, n_ch))
 
 
 # --- conventions (notes, not problems) ------------------------------------------------------
