@@ -137,9 +137,11 @@ def init(device: torch.device) -> torch.device:
                          "wait for each other")
     # NCCL told its device: barriers need not guess it from the rank (torch warns that it does)
     meet = {}
-    if store := os.environ.get(STORE_ENV):
-        meet = {"init_method": Path(store).as_uri(), "rank": rank_from_env(),
-                "world_size": int(os.environ["WORLD_SIZE"])}
+    if path := os.environ.get(STORE_ENV):  # the store itself: a file:// address of a path with a space
+        # is not decoded by torch on POSIX, and every rank waited 5 minutes for a file that never came
+        store = dist.FileStore(path, int(os.environ["WORLD_SIZE"]))
+        store.set_timeout(timeout)
+        meet = {"store": store, "rank": rank_from_env(), "world_size": int(os.environ["WORLD_SIZE"])}
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout, **meet,
                             **({"device_id": device} if device.type == "cuda" else {}))
     return device
@@ -292,7 +294,11 @@ _FIRST_PARENT = os.getppid()  # this process's parent when it started
 def orphaned() -> bool:
     """After this process was stopped: whether its launcher died (then the launch's temp folder,
     which the launcher could not remove, is removed here)."""
-    if not launched_by_bench() or not launcher_gone(wait_s=1.0):
+    if not launched_by_bench():
+        return False
+    if threading.current_thread() is threading.main_thread():  # stopping anyway: the launcher's SIGTERM
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # must not cut the wait short with a traceback
+    if not launcher_gone(wait_s=1.0):
         return False
     shutil.rmtree(Path(os.environ[ERRORS_ENV]).parent, ignore_errors=True)
     return True
@@ -362,7 +368,9 @@ def launch(nproc: int, args: list[str], warned: Iterable[str] = ()) -> int:
     try:
         # -P: the current folder is not imported from (a numpy.py where the user stands would run)
         for r in range(nproc):  # one by one: those started are stopped if a later one cannot start
-            procs.append(subprocess.Popen([sys.executable, "-P", "-m", "bench", *args],
+            # a session of its own: a terminal's Ctrl-C reaches the launcher alone, which stops them with
+            # one SIGTERM (a SIGINT to each, then the launcher's SIGTERM, cut their cleanup short)
+            procs.append(subprocess.Popen([sys.executable, "-P", "-m", "bench", *args], start_new_session=True,
                                           env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}))
         failures = _wait(procs, stop)
         if stop:

@@ -34,8 +34,11 @@ def is_plain_name(name: str) -> bool:
 
 
 def is_within(path: Path, folder: Path) -> bool:
-    """Whether ``path`` resolves (links followed) to ``folder`` or a file below it."""
-    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+    """Whether ``path`` (relative to ``folder``, or absolute) names ``folder`` or a file below it as
+    written: ``..`` taken lexically, links not followed, so a data folder linked onto another disk
+    (or a git-annex/DVC checkout's files) stays inside."""
+    folder = os.path.abspath(folder)
+    return Path(os.path.abspath(os.path.join(folder, path))).is_relative_to(folder)
 
 # files this large keep their digest on disk (by path, size and mtime): a dataset's test volumes
 # (Synapse's are about 270 MB each) are read once, not at every command that plans or rescores

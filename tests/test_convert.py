@@ -274,6 +274,17 @@ def test_msd_entries_outside_the_task_folder_are_refused(tmp_path, where):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_msd_task_whose_folders_are_links_elsewhere_converts(tmp_path):
+    """imagesTr/labelsTr linked onto another disk (or a git-annex/DVC checkout's files, links into a
+    cache): the entries name files inside the task as written, and were refused once links were followed."""
+    raw = _write_msd(tmp_path / "Task03_Liver")
+    for sub in ("imagesTr", "labelsTr"):
+        shutil.move(raw / sub, tmp_path / f"disk_{sub}")
+        (raw / sub).symlink_to(tmp_path / f"disk_{sub}", target_is_directory=True)
+    out = msd_to_nnunet(raw, tmp_path / "out")
+    assert (out / "labelsTr" / "liver_3.nii.gz").read_bytes() == (tmp_path / "disk_labelsTr" / "liver_3.nii.gz").read_bytes()
+
+
 @pytest.mark.parametrize("labels, phrase", [
     ({"0": "background", "2": "liver"}, "label ids must be 0..1"),
     ({"0": "background", "1": "liver", "2": "liver"}, "label name(s) 'liver' given to more than one id"),

@@ -1051,6 +1051,21 @@ def test_nnunet_warns_where_the_protocols_mode_is_not_what_a_channels_name_asks_
     assert open_dataset("synapse", roots["synapse"]).normalize_hint("none") is None
 
 
+def test_built_in_recipes_on_synthetic_data_plan_without_the_normalize_warning(tmp_path):
+    """bench's synthetic volumes name their channel CT for show; CI's drift grid runs drift_2d (z-score)
+    on them, and every `make check` warned the user to write a protocol of their own."""
+    import warnings
+
+    from bench.run import plan_grid
+
+    for protocol in ("drift_2d", "drift_3d"):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            plan_grid(models=["lightm_unet"], dataset="nnunet", protocol=protocol, seeds=[0], data_root=None,
+                      synthetic=True, results_dir=tmp_path, tiny=True)
+        assert not [w for w in seen if "channel_names" in str(w.message)], protocol
+
+
 def test_organ_order_note_reads_the_label_order_from_organ_sizes():
     from bench.data.verify import organ_order_note
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -126,8 +127,8 @@ def test_sharded_loss_has_the_global_batch_gradient(tmp_path):
         torch.testing.assert_close(torch.tensor(ours["grad"], dtype=torch.float64), weight.grad, rtol=1e-10, atol=1e-13)
 
 
-def _bench(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _bench(*args: str, **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -272,7 +273,8 @@ def _fake_processes(monkeypatch, ends=None, stopped=None, kept=None):
     started = []
 
     class Process:
-        def __init__(self, argv, env):
+        def __init__(self, argv, env, start_new_session=False):
+            assert start_new_session  # a terminal's Ctrl-C reaches the launcher alone, which stops them once
             started.append((argv, env))
             self.rank = int(env["RANK"])
             self.code = (ends or {}).get(self.rank)
@@ -401,10 +403,13 @@ def test_a_signal_to_the_launcher_stops_every_process(monkeypatch, capsys):
 
 def test_warnings_under_nproc_are_said_once(tmp_path):
     """The launcher says the plan's warnings; rank 0 met them again building its model and said them
-    a second time (swin_unet's window at 32²)."""
+    a second time (swin_unet's window at 32²). The temp folder has a space in its path: the processes
+    met through a file:// address of it, which torch does not decode on POSIX, and waited 5 minutes."""
+    temp = tmp_path / "temp folder"
+    temp.mkdir()
     got = _bench("run", "--models", "swin_unet", "--tiny", "--dataset", "synapse", "--synthetic", "--protocol",
                  "smoke", "--img-size", "32", "--max-iterations", "2", "--threads", "1", "--no-progress", "--device",
-                 "cpu", "--results", str(tmp_path), "--nproc", "2")
+                 "cpu", "--results", str(tmp_path), "--nproc", "2", TMPDIR=str(temp), BENCH_DIST_TIMEOUT_S="60")
     assert got.returncode == 0, got.stderr
     said = [line for line in got.stderr.splitlines() if line.startswith("warning")]
     assert sum("window 7 does not tile a 32² input" in line for line in said) == 1, got.stderr
@@ -469,10 +474,9 @@ def _running(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
-def test_processes_stop_when_the_launcher_is_killed(tmp_path):
-    """kill -9 of `bench run --nproc` (or the OOM killer taking it) left its processes training on,
-    unseen, holding the run's claim against the next `bench run --resume`."""
+def _training_launch(tmp_path: Path, **popen: Any) -> tuple[subprocess.Popen, list[int], Path]:
+    """`bench run --nproc 2` training on for ever, once both processes train: the launcher, its
+    processes and the folder holding the launch's temp folder."""
     args = ["run", "--models", "unet", "--tiny", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
             "--img-size", "32", "--max-iterations", "0", "--epochs", "100000", "--threads", "1", "--no-progress",
             "--device", "cpu", "--results", str(tmp_path), "--nproc", "2"]
@@ -480,7 +484,7 @@ def test_processes_stop_when_the_launcher_is_killed(tmp_path):
     temp.mkdir()
     launcher = subprocess.Popen([sys.executable, "-m", "bench", *args], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(temp)})
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(temp)}, **popen)
     try:
         deadline = time.monotonic() + 300
         while not list(tmp_path.glob("runs/*/checkpoints/epoch_0000.pt")):  # both processes train
@@ -488,6 +492,19 @@ def test_processes_stop_when_the_launcher_is_killed(tmp_path):
             time.sleep(0.2)
         ranks = _children(launcher.pid)
         assert len(ranks) == 2 and list(temp.glob("bench-nproc-*/errors"))
+    except BaseException:
+        launcher.kill()
+        launcher.wait()
+        raise
+    return launcher, ranks, temp
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_processes_stop_when_the_launcher_is_killed(tmp_path):
+    """kill -9 of `bench run --nproc` (or the OOM killer taking it) left its processes training on,
+    unseen, holding the run's claim against the next `bench run --resume`."""
+    launcher, ranks, temp = _training_launch(tmp_path)
+    try:
         # torchrun's rendezvous listened on every interface (and unpickled what it was sent)
         assert _listening([launcher.pid, *ranks]) <= {"127.0.0.1", "::1"}
     finally:
@@ -505,6 +522,25 @@ def test_processes_stop_when_the_launcher_is_killed(tmp_path):
     assert not list(temp.glob("bench-*"))  # the launch's temp folder, which the launcher could not remove
     said = launcher.stderr.read()
     assert "interrupted: the launcher is gone; the same command with --resume continues" in said, said
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc lists the processes")
+def test_ctrl_c_in_a_terminal_stops_the_run_with_one_line(tmp_path):
+    """A terminal's Ctrl-C signals the whole foreground process group: each process stopped on its
+    SIGINT, and the launcher's SIGTERM then cut its cleanup short with an 18-line traceback per process."""
+    launcher, ranks, _ = _training_launch(tmp_path, start_new_session=True)  # its own group, as in a terminal
+    try:
+        os.killpg(launcher.pid, signal.SIGINT)
+        _, said = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert launcher.returncode == 130
+    assert [line for line in said.splitlines() if not line.startswith("warning: ")] == [
+        "interrupted; the same command with --resume continues each run from its last checkpoint (written every "
+        "checkpoint_every epochs of its protocol); without --resume, unfinished runs train afresh"], said
+    assert not any(_running(p) for p in ranks) and not list(tmp_path.glob("runs/*/.claim"))
 
 
 @pytest.mark.parametrize("rank, orphaned, said, code", [
