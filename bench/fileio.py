@@ -192,7 +192,7 @@ def atomic_write_dir(out: Path, write: Callable[[Path], None]) -> Path:
     not exist, or be empty): a crash never leaves half a dataset at ``out``. Returns ``out``."""
     out = Path(out)
     if out.is_symlink():  # a folder on a larger disk, linked here: the data goes there, written beside it
-        _check_link(out, "--out")
+        check_dangling_link(out, "--out")
         out = Path(os.path.realpath(out))
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BenchError(f"{out}: already exists and is not empty; delete it or choose another folder")
@@ -344,7 +344,7 @@ def ensure_writable_dir(directory: Path, option: str = "--results") -> Path:
     nothing for root, or on read-only mounts and network shares.
     """
     directory = Path(directory)
-    _check_link(directory, option)
+    check_dangling_link(directory, option)
     if directory.exists() and not directory.is_dir():
         raise BenchError(f"{directory}: is a file, not a folder; choose another {option}")
     try:
@@ -362,12 +362,14 @@ def ensure_writable_dir(directory: Path, option: str = "--results") -> Path:
     return directory
 
 
-def _check_link(path: Path, option: str) -> None:
-    """A link to nothing (a disk not mounted) named as such: creating it failed with "File exists",
-    and creating its target's folders would write onto the disk the link points away from."""
-    if path.is_symlink() and not path.exists():
-        raise BenchError(f"{path}: a link to {os.readlink(path)}, which does not exist (a disk not mounted?); "
-                         f"choose another {option}")
+def check_dangling_link(path: Path, option: str) -> None:
+    """A link to nothing (a disk not mounted) on ``path``'s way named as such: creating it failed with
+    "File exists" (or, a level down, "not found"), and creating its target's folders would write onto the
+    disk the link points away from."""
+    for part in (Path(path), *Path(path).parents):
+        if part.is_symlink() and not part.exists():
+            raise BenchError(f"{part}: a link to {os.readlink(part)}, which does not exist (a disk not mounted?); "
+                             f"choose another {option}")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -270,10 +270,14 @@ def model_overrides(name: str, overrides: Mapping[str, Any] | None = None, *, ti
         warnings.warn(f"{name}: has no tiny configuration (register_model(tiny=...)); --tiny builds its paper "
                       "configuration", stacklevel=2)
     overrides = dict(overrides or {})
+    _refuse_fixed_keys(overrides)
+    return {**small, **overrides}
+
+
+def _refuse_fixed_keys(overrides: Mapping[str, Any]) -> None:
     if fixed := [k for k in ("num_classes", "in_chans", "img_size") if k in overrides]:
         raise BenchError(f"--set {', '.join(fixed)}: not a --set key; the data gives a run its classes and channels "
                          "(bench profile: --num-classes, --in-chans) and --img-size its input size")
-    return {**small, **overrides}
 
 
 def identity_overrides(name: str, overrides: Mapping[str, Any], *, tiny: bool = False) -> dict[str, Any]:
@@ -292,6 +296,7 @@ def check_set_kinds(name: str, overrides: Mapping[str, Any]) -> None:
     builds the model false builds, yet would be another run id and label (and true for a number is 1),
     and the constructor takes either without a word. Asked by bench run and profile of --set, not by
     create_model, which rebuilds older records' configurations as they were kept."""
+    _refuse_fixed_keys(overrides)  # create_model's own arguments: a TypeError there
     paper = get_entry(name).paper_config
     if flags := [f"{k} takes {'a ' * (_kind(paper[k]) != 'true/false')}{_kind(paper[k])}, e.g. "
                  f"{_as_set(paper[k])}; got {_as_set(v)}"

@@ -138,6 +138,10 @@ def test_profile_refuses_a_set_value_of_another_kind(monkeypatch, capsys, tmp_pa
     _fails(monkeypatch, capsys, "profile", "--models", "vmunet_v2", "--tiny", "--set", "deep_supervision=0",
            "--no-timing", "--results", tmp_path, names="deep_supervision", phrase="takes true/false, e.g. true; got 0")
     assert not list((tmp_path / "profiles").glob("*.json"))
+    # create_model's own arguments: a TypeError's traceback ("got multiple values for keyword argument")
+    for key in ("num_classes=3", "img_size=32", "in_chans=1"):
+        _fails(monkeypatch, capsys, "profile", "--models", "unet", "--tiny", "--set", key, "--no-timing", "--results",
+               tmp_path, names=key.split("=")[0], phrase="not a --set key; the data gives a run its classes")
 
 
 def test_folders_through_links_and_the_home_folder(monkeypatch, capsys, tmp_path):
@@ -160,6 +164,11 @@ def test_folders_through_links_and_the_home_folder(monkeypatch, capsys, tmp_path
     _fails(monkeypatch, capsys, "data", "synth", "--like", "isic17", "--out", tmp_path / "o", names=tmp_path / "o",
            phrase="which does not exist (a disk not mounted?); choose another --out")
     assert not (tmp_path / "unmounted-too").exists()
+    # a level down (profile writes to <results>/profiles; report reads <results>/records): "File exists", "not found"
+    _fails(monkeypatch, capsys, "profile", "--models", "unet", "--tiny", "--no-timing", "--results", tmp_path / "scratch",
+           names=tmp_path / "scratch", phrase="which does not exist (a disk not mounted?); choose another --results")
+    _fails(monkeypatch, capsys, "report", "--results", tmp_path / "scratch", names=tmp_path / "scratch",
+           phrase="which does not exist (a disk not mounted?); choose another --results")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     code, err = _bench(monkeypatch, capsys, "data", "synth", "--like", "isic17", "--out=~/syn")
     assert code == 0, err

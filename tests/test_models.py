@@ -503,7 +503,8 @@ def test_entry_point_plugin_runs_like_a_built_in_model(tmp_path):
     # and its board says that its numbers are the old code's (it read as the edited model's)
     assert ("Plugin code changed since these runs trained (mynet: 1 of 1 run(s); records' model_code): their numbers "
             "are the old code's") in board
-    prof = run_bench("profile", "--models", "mynet", "--img-size", "32", "--no-timing", "--format", "csv", env=env)
+    prof = run_bench("profile", "--models", "mynet", "--img-size", "32", "--no-timing", "--format", "csv", "--results",
+                     results, env=env)
     assert "mynet" in prof.stdout
 
 
