@@ -319,8 +319,12 @@ def test_launch_starts_each_process_with_its_rank_and_the_launchs_private_folder
     assert stores[0] == stores[1] != stores[2] and stores[0].parent.name.startswith("bench-nproc-")
     assert not any(s.parent.exists() for s in stores)  # the launch's whole temp folder goes
     assert all(env[distributed.LAUNCHER_ENV] == str(os.getpid()) for _, env in started)
-    if sys.platform.startswith("linux"):  # gloo's own sockets on the loopback interface
-        assert {env["GLOO_SOCKET_IFNAME"] for _, env in started} == {"lo"}
+    if sys.platform.startswith("linux"):  # gloo's and NCCL's own sockets on the loopback interface
+        assert {(env["GLOO_SOCKET_IFNAME"], env["NCCL_SOCKET_IFNAME"]) for _, env in started} == {("lo", "lo")}
+        monkeypatch.setenv("NCCL_SOCKET_IFNAME", "ib0")  # the user's choice is kept
+        started.clear()
+        distributed.launch(2, ["run"])
+        assert {env["NCCL_SOCKET_IFNAME"] for _, env in started} == {"ib0"}
     assert distributed.ERRORS_ENV not in os.environ and distributed.STORE_ENV not in os.environ
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers  # the caller's, back
 
@@ -381,6 +385,111 @@ def test_the_process_that_failed_first_decides(monkeypatch, capsys, first, then,
     assert distributed.launch(2, ["run"]) == code
     assert capsys.readouterr().err == said
     assert distributed.ERRORS_ENV not in os.environ
+
+
+def test_processes_started_are_stopped_when_a_later_one_cannot_start(monkeypatch):
+    """The launcher's cleanup stops what it started, whatever ends the launch (here rank 1's start)."""
+    from bench import distributed
+
+    _fake_processes(monkeypatch)
+    real, made = distributed.subprocess.Popen, []
+
+    def start(argv, env, **kw):
+        if env["RANK"] == "1":
+            raise OSError("Resource temporarily unavailable")
+        made.append(real(argv, env, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", start)
+    with pytest.raises(OSError):
+        distributed.launch(2, ["run"])
+    assert [p.code for p in made] == [-15]  # rank 0, stopped
+
+
+def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_time(monkeypatch):
+    """A process stuck in a collective (NCCL) does not act on SIGTERM: the launcher must not wait for
+    ever."""
+    from bench import distributed
+
+    calls = []
+
+    class Stuck:
+        def __init__(self):
+            self.code = None
+
+        def poll(self):
+            return self.code
+
+        def terminate(self):
+            calls.append("terminate")
+
+        def kill(self):
+            calls.append("kill")
+            self.code = -9
+
+        def wait(self, timeout=None):
+            if self.code is None:
+                raise subprocess.TimeoutExpired("bench", timeout)
+            return self.code
+
+    monkeypatch.setattr(distributed, "STOP_GRACE_S", 0.01)
+    stuck = Stuck()
+    distributed._stop([stuck])
+    assert calls == ["terminate", "kill"] and stuck.code == -9
+
+
+def test_the_processes_meet_through_the_launchs_file_with_the_timeout_given(monkeypatch):
+    """`--nproc`'s processes build their FileStore (a file:// address of a path with a space was not
+    decoded) and wait on it as long as BENCH_DIST_TIMEOUT_S says (its default: 5 minutes)."""
+    import datetime as dt
+
+    from bench import distributed
+
+    made, joined = [], {}
+
+    class Store:
+        def __init__(self, path, world_size):
+            made.append((path, world_size))
+
+        def set_timeout(self, timeout):
+            made.append(timeout)
+
+    monkeypatch.setattr(distributed.dist, "FileStore", Store)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend, **kw: joined.update(kw, backend=backend))
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World())
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "1"), (distributed.STORE_ENV, "/tmp/a b/store"),
+                       (distributed.TIMEOUT_ENV, "7")):
+        monkeypatch.setenv(key, value)
+    distributed.init(torch.device("cpu"))
+    assert made == [("/tmp/a b/store", 2), dt.timedelta(seconds=7)]
+    assert isinstance(joined.pop("store"), Store)
+    assert joined == {"backend": "gloo", "rank": 1, "world_size": 2, "timeout": dt.timedelta(seconds=7)}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the launcher's liveness is read from /proc")
+def test_a_process_waiting_for_news_of_its_launcher_ignores_the_launchers_sigterm(monkeypatch):
+    """Stopping anyway, a process learns whether its launcher died (up to 1 s); the launcher's SIGTERM
+    arriving meanwhile raised KeyboardInterrupt there: a traceback per process."""
+    from bench import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv(distributed.ERRORS_ENV, "/nonexistent/errors")
+    before = signal.getsignal(signal.SIGTERM)
+
+    def interrupted(signum, frame):  # console._interrupt raises KeyboardInterrupt, which would stop pytest
+        raise RuntimeError("the wait was cut short")
+
+    def alive(wait_s=0.0):
+        os.kill(os.getpid(), signal.SIGTERM)  # the launcher stopping its processes
+        return False
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        monkeypatch.setattr(distributed, "launcher_gone", alive)
+        assert distributed.orphaned() is False
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_a_signal_to_the_launcher_stops_every_process(monkeypatch, capsys):

@@ -71,3 +71,37 @@ def test_the_smoke_results_folder_is_the_users_own_unless_named(tmp_path):
     named = subprocess.run(["make", "-n", "-C", str(ROOT), "smoke", f"SMOKE_RESULTS={tmp_path}"], capture_output=True,
                            text=True, check=True, timeout=60).stdout
     assert f"rm -rf {tmp_path}\n" in named and "ssm-unet-bench-smoke" not in named
+
+
+def _grid_with(tmp_path: Path, fails: str, models: str = "all") -> tuple[int, list[str]]:
+    """scripts/smoke_grid.sh with a stand-in bench that logs each command's dataset and protocol and
+    fails the one that names ``fails``: its exit code and the commands it ran."""
+    log = tmp_path / "log"
+    log.unlink(missing_ok=True)
+    fake = tmp_path / "bench"
+    fake.write_text('#!/usr/bin/env bash\nargs="$*"\n'
+                    'ds=$(sed -E "s/.*--dataset ([^ ]+).*/\\1/" <<<"$args"); pr=$(sed -E "s/.*--protocol ([^ ]+).*/\\1/" <<<"$args")\n'
+                    f'echo "$ds/$pr" >> {log}\n[[ " $args " == *" {fails} "* ]] && exit 7\nexit 0\n')
+    fake.chmod(0o755)
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "smoke_grid.sh"), str(tmp_path / "out"), models],
+                          env={**os.environ, "BENCH": str(fake)}, capture_output=True, text=True, timeout=60)
+    return proc.returncode, sorted(log.read_text().split()) if log.exists() else []
+
+
+def test_the_drift_grid_fails_when_any_lane_fails(tmp_path):
+    """The grid runs in two lanes (ISIC 2017 in the background): a lane's failure must fail `make check`,
+    not leave CI green with a part of the grid unchecked; a failed Synapse run skips the nnU-Net runs."""
+    everything = ["isic17/drift", "nnunet/drift_2d", "nnunet/drift_3d", "synapse/drift"]
+    assert _grid_with(tmp_path, "nothing") == (0, everything)
+    assert _grid_with(tmp_path, "isic17") == (7, everything)
+    assert _grid_with(tmp_path, "synapse") == (7, ["isic17/drift", "synapse/drift"])
+    assert _grid_with(tmp_path, "drift_3d") == (7, ["isic17/drift", "nnunet/drift_3d", "synapse/drift"])
+    assert _grid_with(tmp_path, "nothing", models="unet") == (0, ["isic17/drift", "synapse/drift"])
+
+
+def test_the_guard_against_tests_writing_into_the_checkout_watches_its_results_folder():
+    """tests/conftest.py fails a session whose tests wrote under the checkout's results/ (a profile
+    without --results did): pointed elsewhere, it would pass everything unseen."""
+    from tests.conftest import RESULTS
+
+    assert RESULTS == ROOT / "results" and (RESULTS / "baseline" / "smoke.csv").is_file()
