@@ -1241,15 +1241,21 @@ def test_a_grid_failing_on_its_data_does_not_offer_resume(monkeypatch, capsys, t
         assert ("--resume continues" in err) == (error is BenchError), err
 
 
-def test_a_grid_names_every_model_that_cannot_read_the_datas_channels(tmp_path):
-    """--models all on 2-channel data stopped at the first model refusing it, naming it alone."""
-    from bench.run import plan_grid
-
-    root = synthesize("nnunet", tmp_path / "two", dims=2, n_cases=5, size=32)
+def _two_channel_pngs(folder: Path) -> Path:
+    """2-D nnU-Net data whose cases have two grey channels (_0000 and _0001 PNGs)."""
+    root = synthesize("nnunet", folder, dims=2, n_cases=5, size=32)
     for first in (root / "imagesTr").glob("*_0000.png"):
         shutil.copy(first, first.with_name(first.name.replace("_0000", "_0001")))
     meta = json.loads((root / "dataset.json").read_text())
     (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "T1", "1": "T2"}}))
+    return root
+
+
+def test_a_grid_names_every_model_that_cannot_read_the_datas_channels(tmp_path):
+    """--models all on 2-channel data stopped at the first model refusing it, naming it alone."""
+    from bench.run import plan_grid
+
+    root = _two_channel_pngs(tmp_path / "two")
     plan = lambda models: plan_grid(models=models, dataset="nnunet", protocol=load_protocol("smoke"),  # noqa: E731
                                     seeds=[0], data_root=root, synthetic=False, results_dir=tmp_path / "r", tiny=True)
     with pytest.raises(BenchError) as info:
@@ -1262,3 +1268,25 @@ def test_a_grid_names_every_model_that_cannot_read_the_datas_channels(tmp_path):
         plan("vmunet,transunet")
     with pytest.raises(BenchError, match=r"^vmunet: its stem takes 3-channel images"):  # one model: its own words
         plan("vmunet")
+    # one refused of two asked is still a grid: the model that can read the data is named
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(root))}: 2-channel images, which 1 of the 2 models "
+                                         r"cannot read .*: vmunet \(3\); --models unet take 2 channels$"):
+        plan("unet,vmunet")
+
+
+def test_a_grid_with_pretrained_files_names_the_datas_channels_not_the_file(tmp_path):
+    """A model started from its authors' file is built to load it at planning: on data its stem cannot
+    read, the file is not at fault, and the grid's one message names every such model."""
+    from bench.run import plan_grid
+
+    root = _two_channel_pngs(tmp_path / "two")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "vmamba_small_e238_ema.pth").write_bytes(b"never loaded: the stem refuses the data first")
+    with pytest.raises(BenchError) as info:
+        plan_grid(models="unet,vmunet", dataset="nnunet", protocol=load_protocol("smoke").with_overrides(pretrained=True),
+                  seeds=[0], data_root=root, synthetic=False, results_dir=tmp_path / "r", tiny=True,
+                  pretrained_dir=weights)
+    said = str(info.value)
+    assert said.startswith(f"{root}: 2-channel images, which 1 of the 2 models cannot read"), said
+    assert said.endswith("--models unet take 2 channels") and "does not load" not in said, said

@@ -129,7 +129,7 @@ def test_synapse_accepts_the_other_list_folders(roots, tmp_path, where):
     assert ds.test_ids() == ["case0022"] and ds.notes == []
 
 
-@pytest.mark.parametrize("bad", ["/abs/path/victim", "../../x", "sub/case0008", "..\\x", "C:x", ".."])
+@pytest.mark.parametrize("bad", ["/abs/path/victim", "../../x", "sub/case0008", "..\\x", "C:x", "..", "."])
 def test_synapse_list_ids_that_are_paths_are_refused(roots, tmp_path, bad):
     # joined to test_vol_h5/ to read and to --out to predict: a path would reach files outside both
     root = _copy(roots["synapse"], tmp_path)
@@ -140,45 +140,48 @@ def test_synapse_list_ids_that_are_paths_are_refused(roots, tmp_path, bad):
         open_dataset("synapse", root)
 
 
-def _h5_reading_elsewhere(path: Path, how: str, victim: Path) -> None:
-    """Rewrite the test volume at ``path`` with its image read from ``victim`` (a raw float32 file, or an
-    h5 holding ``image``), as ``how`` stores it; its label stays in the file."""
+def _h5_reading_elsewhere(path: Path, how: str, victim: Path, key: str = "image") -> None:
+    """Rewrite the test volume at ``path`` with its ``key`` (image or label) read from ``victim`` (a raw
+    file, or an h5 holding ``key``), as ``how`` stores it; the other array stays in the file."""
     with h5py.File(path, "r") as f:
-        image, label = f["image"][()], f["label"][()]
+        arrays = {k: f[k][()] for k in ("image", "label")}
     path.unlink()
+    array = arrays.pop(key)
     with h5py.File(path, "w") as f:
-        f["label"] = label
+        for other, kept in arrays.items():
+            f[other] = kept
         if how == "external storage":
-            image.astype(np.float32).tofile(victim)
-            f.create_dataset("image", image.shape, np.float32, external=[(str(victim), 0, h5py.h5f.UNLIMITED)])
+            array.tofile(victim)
+            f.create_dataset(key, array.shape, array.dtype, external=[(str(victim), 0, h5py.h5f.UNLIMITED)])
             return
         with h5py.File(victim, "w") as v:
-            v["image"] = image
+            v[key] = array
         if how == "virtual dataset":
-            layout = h5py.VirtualLayout(image.shape, image.dtype)
-            layout[...] = h5py.VirtualSource(str(victim), "image", shape=image.shape)
-            f.create_virtual_dataset("image", layout)
+            layout = h5py.VirtualLayout(array.shape, array.dtype)
+            layout[...] = h5py.VirtualSource(str(victim), key, shape=array.shape)
+            f.create_virtual_dataset(key, layout)
         elif how == "external link":
-            f["image"] = h5py.ExternalLink(str(victim), "/image")
+            f[key] = h5py.ExternalLink(str(victim), "/" + key)
         else:  # a soft link, here to a dataset of its own; it could as well lead to an external one
-            f["stored"] = image
-            f["image"] = h5py.SoftLink("/stored")
+            f["stored"] = array
+            f[key] = h5py.SoftLink("/stored")
 
 
 @pytest.mark.parametrize("how, said", [("external storage", "stored in other files"),
                                        ("virtual dataset", "a virtual dataset"),
                                        ("external link", "a link to .*victim"), ("soft link", "a link to /stored")])
-def test_synapse_h5_data_kept_in_other_files_is_refused(roots, tmp_path, how, said):
+@pytest.mark.parametrize("key", ["image", "label"])  # the label as much as the image: both are read
+def test_synapse_h5_data_kept_in_other_files_is_refused(roots, tmp_path, how, said, key):
     # otherwise bench would read any local file this user can read as a CT volume (and predict it)
     from bench.data import synapse as syn
 
     root = _copy(roots["synapse"], tmp_path)
     path = root / "test_vol_h5" / "case0008.npy.h5"
-    _h5_reading_elsewhere(path, how, tmp_path / "victim")
+    _h5_reading_elsewhere(path, how, tmp_path / "victim", key)
     ds = open_dataset("synapse", root)
     for read in (lambda: ds.load_test("case0008"), lambda: syn.volume_header(path),
                  lambda: syn.volume_labels(path), lambda: syn.volume_spacing(path)):
-        with pytest.raises(BenchError, match=rf"{re.escape(str(path))}: 'image' is {said}[^;]*; expected 'image' and "
+        with pytest.raises(BenchError, match=rf"{re.escape(str(path))}: '{key}' is {said}[^;]*; expected 'image' and "
                                              "'label' stored in the file itself"):
             read()
 
@@ -1543,4 +1546,9 @@ def test_nnunet_v1_dataset_json_reads_as_nifti(roots, tmp_path):
         image.rename(image.with_name(image.name.replace("_0000", "")))
     with pytest.raises(BenchError, match=r"name does not end in _XXXX\.nii\.gz .*a Medical Segmentation Decathlon "
                                          r"task as downloaded\? `bench data convert --source msd --raw "):
+        open_dataset("nnunet", root)
+    # the default is v1's alone: v2 (channel_names, no modality) reads PNG and TIFF too, so no ending is assumed
+    v2 = {k: v for k, v in meta.items() if k != "file_ending"}
+    (root / "dataset.json").write_text(json.dumps(v2))
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(root / 'dataset.json'))}: missing field\(s\) file_ending; "):
         open_dataset("nnunet", root)
