@@ -1488,6 +1488,24 @@ def test_label_ids_of_volumes_are_decoded_once_per_content(roots, tmp_path, monk
         open_dataset("nnunet", root).check_labels()
 
 
+def test_a_folds_test_labels_are_checked_at_planning(roots, tmp_path):
+    """--folds scores each fold's own test cases: a bad label among them (a training case of the default
+    split, whose volume labels are not decoded before training) fails the grid at planning, not after a fold
+    trained."""
+    from bench.protocol import load_protocol
+    from bench.run import plan_grid
+
+    root = _copy(roots["nnunet"], tmp_path)
+    default_test = set(open_dataset("nnunet", root).test_ids())
+    case = next(c for c in open_dataset("nnunet", root, fold=1).test_ids() if c not in default_test)
+    path = root / "labelsTr" / f"{case}.nii.gz"
+    img = nib.load(str(path))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 3, img.affine, img.header), str(path))
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(path))}: label values \[3, 6\] outside 0\.\.2"):
+        plan_grid(models=["unet"], dataset="nnunet", protocol=load_protocol("smoke"), seeds=[0], data_root=root,
+                  synthetic=False, results_dir=tmp_path / "res", folds=[1])
+
+
 def test_a_target_spacing_on_png_cases_suggests_native(roots, tmp_path):
     """drift_2d resamples to 1.2 mm; on PNGs the error asked for --dataset nnunet, which was given."""
     from bench.protocol import load_protocol
