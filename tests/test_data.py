@@ -1281,10 +1281,33 @@ def test_verify_nnunet_rgb_png_case_missing_its_file_is_one_problem(tmp_path):
     for case in ("a", "b"):
         for c in range(3):
             Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / "imagesTr" / f"{case}_000{c}.png")
+    # one case without its _0001: that file is missing (another case has one), not a grey image to save as RGB
+    (root / "imagesTr" / "b_0001.png").unlink()
+    said = "missing (channel 1 of case 'b'; dataset.json declares 3)"
+    with pytest.raises(BenchError, match=f"^{re.escape(str(root / 'imagesTr' / 'b_0001.png'))}: {re.escape(said)}$"):
+        open_dataset("nnunet", root).load_test("b")
+    assert [(p.path, p.message) for p in verify_dataset("nnunet", root) if p.level == "error"] == [
+        (str(root / "imagesTr" / "b_0001.png"), said)]
+    Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / "imagesTr" / "b_0001.png")
     (root / "imagesTr" / "b_0000.png").unlink()
     (root / "imagesTr" / "b_0002.png").unlink()
     assert _paths(verify_dataset("nnunet", root)) == [str(root / "imagesTr" / "b_0000.png"),
                                                       str(root / "imagesTr" / "b_0002.png")]
+
+
+def test_nnunet_volumes_missing_their_other_channels_name_the_files(roots, tmp_path):
+    """An RGB image is a 2-D file: a volume where dataset.json declares 3 channels and no case has a _0001
+    file lacks two channel files (named), it is no grey image to save as RGB."""
+    root = _copy(roots["nnunet"], tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "T1", "1": "T2", "2": "FLAIR"}}))
+    ds = open_dataset("nnunet", root)
+    case = ds.test_ids()[0]
+    said = f"missing (channel 1 of case {case!r}; dataset.json declares 3)"
+    missing = root / "imagesTr" / f"{case}_0001.nii.gz"
+    with pytest.raises(BenchError, match=f"^{re.escape(str(missing))}: {re.escape(said)}$"):
+        ds.load_test(case)
+    assert (str(missing), said) in [(p.path, p.message) for p in verify_dataset("nnunet", root)]
 
 
 def test_test_images_that_are_training_images_are_found(roots, tmp_path):
