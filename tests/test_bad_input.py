@@ -1223,33 +1223,43 @@ def test_a_failing_run_does_not_stop_the_grid(monkeypatch, capsys, tmp_path):
 
 def test_a_grid_failing_on_its_data_does_not_offer_resume(monkeypatch, capsys, tmp_path):
     """Fixed data has another content id, so its runs have new ids: --resume, which the closing line
-    suggested, continues none of them. Other failures keep the hint."""
+    suggested, continues none of them. Other failures keep the hint, also beside one on the data."""
     from bench import run as run_module
     from bench.errors import DataError
 
     args = ["run", "--models", "unet,vmunet", "--dataset", "synapse", "--synthetic", "--results", tmp_path, *FAST]
-    for error, said in ((DataError, "after fixing the data, the same command trains them afresh (under new run ids: "
-                                     "--resume cannot continue them)"),
-                        (BenchError, "--resume continues a failed one from its last checkpoint")):
-        def unet_fails(spec, error=error, **kw):  # vmunet "finishes" (None: as on a rank other than 0)
-            if spec.model == "unet":
-                raise error("labelsTr/a.nii.gz: label values [7] outside 0..8")
+    data_said = ("after fixing the data, the same command trains them afresh (under new run ids: --resume cannot "
+                 "continue them)")
+    resume_said = "--resume continues a failed one from its last checkpoint"
+    # errors by model; a model not named "finishes" (None: as on a rank other than 0)
+    for errors, said in (({"unet": DataError}, data_said), ({"unet": BenchError}, resume_said),
+                         ({"unet": DataError, "vmunet": BenchError}, resume_said)):
+        def fails(spec, errors=errors, **kw):
+            if spec.model in errors:
+                raise errors[spec.model]("labelsTr/a.nii.gz: label values [7] outside 0..8")
 
-        monkeypatch.setattr(run_module, "run_one", unet_fails)
+        monkeypatch.setattr(run_module, "run_one", fails)
         code, err = _bench(monkeypatch, capsys, *args)
         assert code == 2 and said in err, err
-        assert ("--resume continues" in err) == (error is BenchError), err
+        assert f"{len(errors)} of 2 run(s) failed" in err, err
+        assert ("--resume continues" in err) == (said == resume_said), err
+
+
+def _two_channel_pngs(folder: Path) -> Path:
+    """2-D nnU-Net data whose cases have two grey channels (_0000 and _0001 PNGs)."""
+    root = synthesize("nnunet", folder, dims=2, n_cases=5, size=32)
+    for first in (root / "imagesTr").glob("*_0000.png"):
+        shutil.copy(first, first.with_name(first.name.replace("_0000", "_0001")))
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "T1", "1": "T2"}}))
+    return root
 
 
 def test_a_grid_names_every_model_that_cannot_read_the_datas_channels(tmp_path):
     """--models all on 2-channel data stopped at the first model refusing it, naming it alone."""
     from bench.run import plan_grid
 
-    root = synthesize("nnunet", tmp_path / "two", dims=2, n_cases=5, size=32)
-    for first in (root / "imagesTr").glob("*_0000.png"):
-        shutil.copy(first, first.with_name(first.name.replace("_0000", "_0001")))
-    meta = json.loads((root / "dataset.json").read_text())
-    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "T1", "1": "T2"}}))
+    root = _two_channel_pngs(tmp_path / "two")
     plan = lambda models: plan_grid(models=models, dataset="nnunet", protocol=load_protocol("smoke"),  # noqa: E731
                                     seeds=[0], data_root=root, synthetic=False, results_dir=tmp_path / "r", tiny=True)
     with pytest.raises(BenchError) as info:
@@ -1262,3 +1272,25 @@ def test_a_grid_names_every_model_that_cannot_read_the_datas_channels(tmp_path):
         plan("vmunet,transunet")
     with pytest.raises(BenchError, match=r"^vmunet: its stem takes 3-channel images"):  # one model: its own words
         plan("vmunet")
+    # one refused of two asked is still a grid: the model that can read the data is named
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(root))}: 2-channel images, which 1 of the 2 models "
+                                         r"cannot read .*: vmunet \(3\); --models unet take 2 channels$"):
+        plan("unet,vmunet")
+
+
+def test_a_grid_with_pretrained_files_names_the_datas_channels_not_the_file(tmp_path):
+    """A model started from its authors' file is built to load it at planning: on data its stem cannot
+    read, the file is not at fault, and the grid's one message names every such model."""
+    from bench.run import plan_grid
+
+    root = _two_channel_pngs(tmp_path / "two")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "vmamba_small_e238_ema.pth").write_bytes(b"never loaded: the stem refuses the data first")
+    with pytest.raises(BenchError) as info:
+        plan_grid(models="unet,vmunet", dataset="nnunet", seeds=[0], data_root=root, synthetic=False,
+                  protocol=load_protocol("smoke").with_overrides(pretrained=True), results_dir=tmp_path / "r",
+                  tiny=True, pretrained_dir=weights)
+    said = str(info.value)
+    assert said.startswith(f"{root}: 2-channel images, which 1 of the 2 models cannot read"), said
+    assert said.endswith("--models unet take 2 channels") and "does not load" not in said, said

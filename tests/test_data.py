@@ -129,7 +129,7 @@ def test_synapse_accepts_the_other_list_folders(roots, tmp_path, where):
     assert ds.test_ids() == ["case0022"] and ds.notes == []
 
 
-@pytest.mark.parametrize("bad", ["/abs/path/victim", "../../x", "sub/case0008", "..\\x", "C:x", ".."])
+@pytest.mark.parametrize("bad", ["/abs/path/victim", "../../x", "sub/case0008", "..\\x", "C:x", "..", "."])
 def test_synapse_list_ids_that_are_paths_are_refused(roots, tmp_path, bad):
     # joined to test_vol_h5/ to read and to --out to predict: a path would reach files outside both
     root = _copy(roots["synapse"], tmp_path)
@@ -140,45 +140,48 @@ def test_synapse_list_ids_that_are_paths_are_refused(roots, tmp_path, bad):
         open_dataset("synapse", root)
 
 
-def _h5_reading_elsewhere(path: Path, how: str, victim: Path) -> None:
-    """Rewrite the test volume at ``path`` with its image read from ``victim`` (a raw float32 file, or an
-    h5 holding ``image``), as ``how`` stores it; its label stays in the file."""
+def _h5_reading_elsewhere(path: Path, how: str, victim: Path, key: str = "image") -> None:
+    """Rewrite the test volume at ``path`` with its ``key`` (image or label) read from ``victim`` (a raw
+    file, or an h5 holding ``key``), as ``how`` stores it; the other array stays in the file."""
     with h5py.File(path, "r") as f:
-        image, label = f["image"][()], f["label"][()]
+        arrays = {k: f[k][()] for k in ("image", "label")}
     path.unlink()
+    array = arrays.pop(key)
     with h5py.File(path, "w") as f:
-        f["label"] = label
+        for other, kept in arrays.items():
+            f[other] = kept
         if how == "external storage":
-            image.astype(np.float32).tofile(victim)
-            f.create_dataset("image", image.shape, np.float32, external=[(str(victim), 0, h5py.h5f.UNLIMITED)])
+            array.tofile(victim)
+            f.create_dataset(key, array.shape, array.dtype, external=[(str(victim), 0, h5py.h5f.UNLIMITED)])
             return
         with h5py.File(victim, "w") as v:
-            v["image"] = image
+            v[key] = array
         if how == "virtual dataset":
-            layout = h5py.VirtualLayout(image.shape, image.dtype)
-            layout[...] = h5py.VirtualSource(str(victim), "image", shape=image.shape)
-            f.create_virtual_dataset("image", layout)
+            layout = h5py.VirtualLayout(array.shape, array.dtype)
+            layout[...] = h5py.VirtualSource(str(victim), key, shape=array.shape)
+            f.create_virtual_dataset(key, layout)
         elif how == "external link":
-            f["image"] = h5py.ExternalLink(str(victim), "/image")
+            f[key] = h5py.ExternalLink(str(victim), "/" + key)
         else:  # a soft link, here to a dataset of its own; it could as well lead to an external one
-            f["stored"] = image
-            f["image"] = h5py.SoftLink("/stored")
+            f["stored"] = array
+            f[key] = h5py.SoftLink("/stored")
 
 
 @pytest.mark.parametrize("how, said", [("external storage", "stored in other files"),
                                        ("virtual dataset", "a virtual dataset"),
                                        ("external link", "a link to .*victim"), ("soft link", "a link to /stored")])
-def test_synapse_h5_data_kept_in_other_files_is_refused(roots, tmp_path, how, said):
+@pytest.mark.parametrize("key", ["image", "label"])  # the label as much as the image: both are read
+def test_synapse_h5_data_kept_in_other_files_is_refused(roots, tmp_path, how, said, key):
     # otherwise bench would read any local file this user can read as a CT volume (and predict it)
     from bench.data import synapse as syn
 
     root = _copy(roots["synapse"], tmp_path)
     path = root / "test_vol_h5" / "case0008.npy.h5"
-    _h5_reading_elsewhere(path, how, tmp_path / "victim")
+    _h5_reading_elsewhere(path, how, tmp_path / "victim", key)
     ds = open_dataset("synapse", root)
     for read in (lambda: ds.load_test("case0008"), lambda: syn.volume_header(path),
                  lambda: syn.volume_labels(path), lambda: syn.volume_spacing(path)):
-        with pytest.raises(BenchError, match=rf"{re.escape(str(path))}: 'image' is {said}[^;]*; expected 'image' and "
+        with pytest.raises(BenchError, match=rf"{re.escape(str(path))}: '{key}' is {said}[^;]*; expected 'image' and "
                                              "'label' stored in the file itself"):
             read()
 
@@ -1278,10 +1281,33 @@ def test_verify_nnunet_rgb_png_case_missing_its_file_is_one_problem(tmp_path):
     for case in ("a", "b"):
         for c in range(3):
             Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / "imagesTr" / f"{case}_000{c}.png")
+    # one case without its _0001: that file is missing (another case has one), not a grey image to save as RGB
+    (root / "imagesTr" / "b_0001.png").unlink()
+    said = "missing (channel 1 of case 'b'; dataset.json declares 3)"
+    with pytest.raises(BenchError, match=f"^{re.escape(str(root / 'imagesTr' / 'b_0001.png'))}: {re.escape(said)}$"):
+        open_dataset("nnunet", root).load_test("b")
+    assert [(p.path, p.message) for p in verify_dataset("nnunet", root) if p.level == "error"] == [
+        (str(root / "imagesTr" / "b_0001.png"), said)]
+    Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / "imagesTr" / "b_0001.png")
     (root / "imagesTr" / "b_0000.png").unlink()
     (root / "imagesTr" / "b_0002.png").unlink()
     assert _paths(verify_dataset("nnunet", root)) == [str(root / "imagesTr" / "b_0000.png"),
                                                       str(root / "imagesTr" / "b_0002.png")]
+
+
+def test_nnunet_volumes_missing_their_other_channels_name_the_files(roots, tmp_path):
+    """An RGB image is a 2-D file: a volume where dataset.json declares 3 channels and no case has a _0001
+    file lacks two channel files (named), it is no grey image to save as RGB."""
+    root = _copy(roots["nnunet"], tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "T1", "1": "T2", "2": "FLAIR"}}))
+    ds = open_dataset("nnunet", root)
+    case = ds.test_ids()[0]
+    said = f"missing (channel 1 of case {case!r}; dataset.json declares 3)"
+    missing = root / "imagesTr" / f"{case}_0001.nii.gz"
+    with pytest.raises(BenchError, match=f"^{re.escape(str(missing))}: {re.escape(said)}$"):
+        ds.load_test(case)
+    assert (str(missing), said) in [(p.path, p.message) for p in verify_dataset("nnunet", root)]
 
 
 def test_test_images_that_are_training_images_are_found(roots, tmp_path):
@@ -1485,6 +1511,24 @@ def test_label_ids_of_volumes_are_decoded_once_per_content(roots, tmp_path, monk
         open_dataset("nnunet", root).check_labels()
 
 
+def test_a_folds_test_labels_are_checked_at_planning(roots, tmp_path):
+    """--folds scores each fold's own test cases: a bad label among them (a training case of the default
+    split, whose volume labels are not decoded before training) fails the grid at planning, not after a fold
+    trained."""
+    from bench.protocol import load_protocol
+    from bench.run import plan_grid
+
+    root = _copy(roots["nnunet"], tmp_path)
+    default_test = set(open_dataset("nnunet", root).test_ids())
+    case = next(c for c in open_dataset("nnunet", root, fold=1).test_ids() if c not in default_test)
+    path = root / "labelsTr" / f"{case}.nii.gz"
+    img = nib.load(str(path))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 3, img.affine, img.header), str(path))
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(path))}: label values \[3, 6\] outside 0\.\.2"):
+        plan_grid(models=["unet"], dataset="nnunet", protocol=load_protocol("smoke"), seeds=[0], data_root=root,
+                  synthetic=False, results_dir=tmp_path / "res", folds=[1])
+
+
 def test_a_target_spacing_on_png_cases_suggests_native(roots, tmp_path):
     """drift_2d resamples to 1.2 mm; on PNGs the error asked for --dataset nnunet, which was given."""
     from bench.protocol import load_protocol
@@ -1543,4 +1587,9 @@ def test_nnunet_v1_dataset_json_reads_as_nifti(roots, tmp_path):
         image.rename(image.with_name(image.name.replace("_0000", "")))
     with pytest.raises(BenchError, match=r"name does not end in _XXXX\.nii\.gz .*a Medical Segmentation Decathlon "
                                          r"task as downloaded\? `bench data convert --source msd --raw "):
+        open_dataset("nnunet", root)
+    # the default is v1's alone: v2 (channel_names, no modality) reads PNG and TIFF too, so no ending is assumed
+    v2 = {k: v for k, v in meta.items() if k != "file_ending"}
+    (root / "dataset.json").write_text(json.dumps(v2))
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(root / 'dataset.json'))}: missing field\(s\) file_ending; "):
         open_dataset("nnunet", root)

@@ -97,3 +97,16 @@ def test_text_is_written_with_newline_fixed():
                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                and node.func.attr == "write_text" and not any(k.arg == "newline" for k in node.keywords)]
     assert not unfixed
+
+
+def test_a_cache_folder_is_made_private_under_a_group_writable_umask(tmp_path, monkeypatch):
+    """bench loads the compiled scan kernel from its cache: under a umask of 002 (common on shared
+    machines) a folder made with the default mode would let the group put a kernel there."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    old = os.umask(0o002)
+    try:
+        made = fileio.cache_dir("x")
+    finally:
+        os.umask(old)
+    assert made == tmp_path / "ssm-unet-bench" / "x" and made.is_dir()
+    assert made.stat().st_mode & 0o022 == 0
