@@ -2,6 +2,7 @@
 marked ``cuda`` need a CUDA device; elsewhere they are skipped, and a lent GPU runs them alone with
 ``pytest -m cuda`` (scripts/device_check.sh)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,28 @@ torch.set_num_threads(1)
 RESULTS = Path(__file__).resolve().parents[1] / "results"  # the checkout's: what the repo commits, and `make demo`'s
 
 
+def _files(folder: Path) -> set[tuple[str, int, int]]:
+    """(path, size, mtime) of every file below ``folder``: a file written anew, or over (the committed
+    baseline by a `bench check --update`), shows as another entry."""
+    out = set()
+    for parent, _, names in os.walk(folder):  # a folder removed meanwhile (results/demo) is passed over
+        for name in names:
+            try:
+                st = os.stat(os.path.join(parent, name))
+            except OSError:
+                continue
+            out.add((os.path.relpath(os.path.join(parent, name), folder), st.st_size, st.st_mtime_ns))
+    return out
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _nothing_written_into_the_checkout():
     """A command without --results writes under ./results: a test that forgets it leaves files in the
-    checkout (a plugin's profile did), which a later `git add` may commit."""
-    before = set(RESULTS.rglob("*"))
+    checkout (a plugin's profile did), or rewrites what it commits. Reported at the end of the session
+    (by the test that ran last in its process, not necessarily the one that wrote)."""
+    before = _files(RESULTS)
     yield
-    if new := sorted(str(p.relative_to(RESULTS)) for p in set(RESULTS.rglob("*")) - before):
+    if new := sorted({path for path, *_ in _files(RESULTS) - before}):
         pytest.fail(f"tests wrote into {RESULTS}: {', '.join(new[:5])}; give the command --results tmp_path", pytrace=False)
 
 
