@@ -34,11 +34,10 @@ def is_plain_name(name: str) -> bool:
 
 
 def is_within(path: Path, folder: Path) -> bool:
-    """Whether ``path`` (relative to ``folder``, or absolute) names ``folder`` or a file below it as
-    written: ``..`` taken lexically, links not followed, so a data folder linked onto another disk
-    (or a git-annex/DVC checkout's files) stays inside."""
-    folder = os.path.abspath(folder)
-    return Path(os.path.abspath(os.path.join(folder, path))).is_relative_to(folder)
+    """Whether ``path`` (``folder / name``, as the callers join it) names ``folder`` or a file below it
+    as written: both taken from the working directory, ``..`` lexically, links not followed, so a data
+    folder linked onto another disk (or a git-annex/DVC checkout's files) stays inside."""
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
 
 # files this large keep their digest on disk (by path, size and mtime): a dataset's test volumes
 # (Synapse's are about 270 MB each) are read once, not at every command that plans or rescores

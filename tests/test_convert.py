@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import warnings
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -271,6 +272,20 @@ def test_msd_entries_outside_the_task_folder_are_refused(tmp_path, where):
     with pytest.raises(BenchError, match=rf"dataset.json: training entry label {re.escape(repr(entry))} lies outside "
                                          rf"{re.escape(str(raw))}; expected a path inside the task folder"):
         msd_to_nnunet(raw, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_msd_entries_outside_a_task_folder_given_relative_are_refused(tmp_path, monkeypatch):
+    """`--raw Task03_Liver` from its parent folder: joining the entry to the folder a second time put
+    ../ back inside it, and the entry outside was copied."""
+    raw = _write_msd(tmp_path / "Task03_Liver")
+    shutil.copy(raw / "labelsTr" / "liver_0.nii.gz", tmp_path / "secret.nii.gz")
+    meta = json.loads((raw / "dataset.json").read_text())
+    meta["training"][1]["label"] = "../secret.nii.gz"
+    (raw / "dataset.json").write_text(json.dumps(meta))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BenchError, match="training entry label '../secret.nii.gz' lies outside Task03_Liver"):
+        msd_to_nnunet(Path("Task03_Liver"), Path("out"))
     assert not (tmp_path / "out").exists()
 
 
