@@ -20,17 +20,26 @@ out=${1:?usage: smoke_grid.sh RESULTS_DIR [MODELS]}
 models=${2:-all}  # a comma list runs those models' part of the grid only
 bench=${BENCH:-.venv/bin/bench}
 grid() { "$bench" run --tiny --results "$out" --threads 1 --no-progress "$@"; }
+rest() {  # Synapse, then the nnU-Net runs (they share their synthetic data, so they stay in one lane)
+    grid --models "$models" --dataset synapse --synthetic --protocol drift || return
+    if [[ $models == all || ,$models, == *,lightm_unet,* ]]; then
+        for proto in drift_3d drift_2d; do
+            grid --models lightm_unet --dataset nnunet --synthetic --protocol "$proto" || return
+        done
+    fi
+}
 # two lanes, each process one thread, so both cores work and the numbers are those of one lane (two
-# processes share a results folder as two shards do): ISIC 2017 beside the rest, whose nnU-Net runs
-# share their synthetic data and so stay in one lane
+# processes share a results folder as two shards do): ISIC 2017 beside the rest. Each lane is a
+# process group of its own (set -m), so that a signal to this script (a CI timeout's SIGTERM, sent to
+# it alone) stops every process of both lanes; without it the runs would go on after the script ended.
+set -m
 grid --models "$models" --dataset isic17 --synthetic --protocol drift &
 isic=$!
+rest &
+synapse=$!
+set +m
+trap 'kill -TERM -- -"$isic" -"$synapse" 2>/dev/null; wait; exit 143' TERM INT HUP
 status=0
-grid --models "$models" --dataset synapse --synthetic --protocol drift || status=$?
-if [[ $status == 0 && ( $models == all || ,$models, == *,lightm_unet,* ) ]]; then
-    for proto in drift_3d drift_2d; do
-        grid --models lightm_unet --dataset nnunet --synthetic --protocol "$proto" || { status=$?; break; }
-    done
-fi
+wait "$synapse" || status=$?
 wait "$isic" || status=$?
 exit "$status"

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -97,6 +99,38 @@ def test_the_drift_grid_fails_when_any_lane_fails(tmp_path):
     assert _grid_with(tmp_path, "synapse") == (7, ["isic17/drift", "synapse/drift"])
     assert _grid_with(tmp_path, "drift_3d") == (7, ["isic17/drift", "nnunet/drift_3d", "synapse/drift"])
     assert _grid_with(tmp_path, "nothing", models="unet") == (0, ["isic17/drift", "synapse/drift"])
+
+
+def test_a_signal_to_the_drift_grid_stops_both_lanes(tmp_path):
+    """A CI timeout sends SIGTERM to the script alone: bash runs its trap only once a foreground
+    command ends, so the runs went on after the job was stopped. Both lanes' runs must end with it."""
+    pids = tmp_path / "pids"
+    fake = tmp_path / "bench"
+    fake.write_text(f'#!/usr/bin/env bash\necho $$ >> {pids}\nsleep 120\n')
+    fake.chmod(0o755)
+    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "smoke_grid.sh"), str(tmp_path / "out")],
+                            env={**os.environ, "BENCH": str(fake)})
+    deadline = time.monotonic() + 30
+    while (not pids.exists() or len(pids.read_text().split()) < 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    running = [int(p) for p in pids.read_text().split()]
+    assert len(running) == 2  # one run per lane
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 143
+    time.sleep(0.2)
+    left = [p for p in running if _alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, "runs of the drift grid outlived it"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat")  # a zombie (its parent gone) is dead
+    return not (state.exists() and state.read_text().split(")")[-1].split()[0] == "Z")
 
 
 def test_the_guard_against_tests_writing_into_the_checkout_watches_its_results_folder():
