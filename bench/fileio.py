@@ -367,6 +367,12 @@ def check_dangling_link(path: Path, option: str) -> None:
     disk the link points away from."""
     for part in (Path(path), *Path(path).parents):
         if part.is_symlink() and not part.exists():
+            try:
+                part.stat()
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # pathlib says "does not exist" of a loop too
+                    raise BenchError(f"{part}: a link to {os.readlink(part)}, which leads back to itself (a loop of "
+                                     f"links); choose another {option}") from None
             raise BenchError(f"{part}: a link to {os.readlink(part)}, which does not exist (a disk not mounted?); "
                              f"choose another {option}")
 

@@ -169,6 +169,9 @@ def test_folders_through_links_and_the_home_folder(monkeypatch, capsys, tmp_path
            names=tmp_path / "scratch", phrase="which does not exist (a disk not mounted?); choose another --results")
     _fails(monkeypatch, capsys, "report", "--results", tmp_path / "scratch", names=tmp_path / "scratch",
            phrase="which does not exist (a disk not mounted?); choose another --results")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # a loop is not a disk not mounted
+    _fails(monkeypatch, capsys, "report", "--results", tmp_path / "loop", names=tmp_path / "loop",
+           phrase="which leads back to itself (a loop of links); choose another --results")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     code, err = _bench(monkeypatch, capsys, "data", "synth", "--like", "isic17", "--out=~/syn")
     assert code == 0, err
