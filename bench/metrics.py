@@ -96,6 +96,8 @@ def _bool(mask: Any, what: str) -> np.ndarray:
 
 def _pair(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
     p, g = _bool(pred, "prediction"), _bool(gt, "reference")
+    if p.ndim == 0:
+        raise BenchError(f"prediction must be a mask of at least one dimension; got a {p.dtype} scalar")
     if p.shape != g.shape:
         raise BenchError(f"prediction shape {p.shape} does not match reference (ground-truth) shape {g.shape}")
     return p, g
@@ -167,6 +169,12 @@ def _sampling(spacing: Any, ndim: int) -> np.ndarray | None:
     return sp
 
 
+# A union box this many times the surfaces' voxels or more (a false positive far from the object: the
+# box spans the volume) is scored by nearest surface points, not by distance transforms of the box
+KDTREE_RATIO = 32
+KDTREE_MIN_BOX = 1 << 18
+
+
 def surface_distances(pred: Any, gt: Any, spacing: Sequence[float] | float | None = None,
                       connectivity: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Distances from every surface voxel of ``pred`` to the surface of ``gt``, and back.
@@ -175,24 +183,71 @@ def surface_distances(pred: Any, gt: Any, spacing: Sequence[float] | float | Non
     all axes); None = voxel units. connectivity: of the erosion footprint
     (``generate_binary_structure(ndim, connectivity)``; 1 = face neighbours, medpy's default).
     Returns ``(d_pred_to_gt, d_gt_to_pred)``, 1-D float64 arrays, as medpy's
-    ``__surface_distances(pred, gt)`` and ``__surface_distances(gt, pred)``.
+    ``__surface_distances(pred, gt)`` and ``__surface_distances(gt, pred)``, in the same order.
     Raises EmptyMaskError (a BenchError and a ValueError) if either mask is empty (a policy decides
     what an empty mask scores).
+
+    Each surface is taken inside its mask's box plus one voxel (beyond it, erosion only sees
+    background, as on the whole array), and the distances inside the union of those boxes, by
+    distance transforms. Where that box dwarfs the surfaces (a false positive in a far corner of a
+    CT: the box is the volume, seconds and gigabytes per class), each surface voxel's nearest voxel of
+    the other surface comes from a k-d tree instead, its distance computed as scipy's transform
+    computes it: equal to medpy's to the last bit, or within 1e-12 where two voxels are equally near.
     """
     p, g = _pair(pred, gt)
     sampling = _sampling(spacing, p.ndim)
     if not p.any() or not g.any():
         raise EmptyMaskError(f"surface distances need two non-empty masks; got {np.count_nonzero(p)} prediction "
                          f"and {np.count_nonzero(g)} reference voxels")
-    box = _union_box(p, g)
-    p, g = p[box], g[box]
     footprint = ndimage.generate_binary_structure(p.ndim, connectivity)
-    # border_value=0 (scipy's default, as medpy): a mask voxel on the array border is surface
-    p_surf = p ^ ndimage.binary_erosion(p, structure=footprint, iterations=1)
-    g_surf = g ^ ndimage.binary_erosion(g, structure=footprint, iterations=1)
+    p_pts, g_pts = _surface_points(p, footprint), _surface_points(g, footprint)
+    lo = np.maximum(np.minimum(p_pts.min(0), g_pts.min(0)) - 1, 0)
+    hi = np.minimum(np.maximum(p_pts.max(0), g_pts.max(0)) + 2, p.shape)
+    if math.prod(hi - lo) >= max(KDTREE_MIN_BOX, KDTREE_RATIO * (len(p_pts) + len(g_pts))):
+        return _nearest_distances(p_pts, g_pts, sampling)
+    p_surf, g_surf = np.zeros(tuple(hi - lo), bool), np.zeros(tuple(hi - lo), bool)
+    p_surf[tuple((p_pts - lo).T)] = g_surf[tuple((g_pts - lo).T)] = True
     d_pg = ndimage.distance_transform_edt(~g_surf, sampling=sampling)[p_surf]
     d_gp = ndimage.distance_transform_edt(~p_surf, sampling=sampling)[g_surf]
     return d_pg, d_gp
+
+
+def _surface_points(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """(n, ndim) indices of ``mask``'s (non-empty) surface voxels in C order, eroded inside its own box
+    plus one voxel; border_value=0 (scipy's default, as medpy): a mask voxel on the array border is surface."""
+    box = _union_box(mask, mask)
+    m = mask[box]
+    return np.argwhere(m ^ ndimage.binary_erosion(m, structure=footprint, iterations=1)) + [s.start for s in box]
+
+
+def _nearest_distances(p_pts: np.ndarray, g_pts: np.ndarray,
+                       sampling: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each point set's distances to the nearest point of the other, in mm with ``sampling``."""
+    from scipy.spatial import cKDTree
+
+    scale = np.ones(p_pts.shape[1]) if sampling is None else sampling
+
+    def directed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        _, nearest = cKDTree(b * scale).query(a * scale)
+        step = (b[nearest] - a).T.astype(np.float64)  # as distance_transform_edt: (feature - voxel) per axis,
+        if sampling is not None:  # times the spacing, squared, summed in axis order, square root
+            step *= sampling[:, None]
+        return np.sqrt(np.add.reduce(step * step, axis=0))
+
+    return directed(p_pts, g_pts), directed(g_pts, p_pts)
+
+
+def _pooled95(d_pg: np.ndarray, d_gp: np.ndarray) -> float:
+    return float(np.percentile(np.hstack((d_pg, d_gp)), 95))
+
+
+def _max_directed95(d_pg: np.ndarray, d_gp: np.ndarray) -> float:
+    return float(max(np.percentile(d_pg, 95), np.percentile(d_gp, 95)))
+
+
+def _within(d_pg: np.ndarray, d_gp: np.ndarray, tolerance: float) -> float:
+    return float((np.count_nonzero(d_pg <= tolerance) + np.count_nonzero(d_gp <= tolerance))
+                 / (d_pg.size + d_gp.size))
 
 
 def hd95(pred: Any, gt: Any, spacing: Sequence[float] | float | None = None, *, connectivity: int = 1) -> float:
@@ -201,8 +256,7 @@ def hd95(pred: Any, gt: Any, spacing: Sequence[float] | float | None = None, *, 
     Face connectivity, voxel units unless ``spacing`` (mm per axis) is given. Equals
     ``medpy.metric.binary.hd95(pred, gt, voxelspacing=spacing)``. Raises EmptyMaskError on an empty mask.
     """
-    d_pg, d_gp = surface_distances(pred, gt, spacing, connectivity)
-    return float(np.percentile(np.hstack((d_pg, d_gp)), 95))
+    return _pooled95(*surface_distances(pred, gt, spacing, connectivity))
 
 
 def hd95_max_directed(pred: Any, gt: Any, spacing: Sequence[float] | float | None = None, *,
@@ -213,11 +267,11 @@ def hd95_max_directed(pred: Any, gt: Any, spacing: Sequence[float] | float | Non
     (MONAI's quantile runs in float32, so agreement is to ~1e-5 relative). Raises EmptyMaskError on an
     empty mask (MONAI returns NaN there, which its mean then drops: Project-MONAI/MONAI#9095).
     """
-    d_pg, d_gp = surface_distances(pred, gt, spacing, connectivity)
-    return float(max(np.percentile(d_pg, 95), np.percentile(d_gp, 95)))
+    return _max_directed95(*surface_distances(pred, gt, spacing, connectivity))
 
 
 HD_DEFINITIONS = {"pooled": hd95, "max_directed": hd95_max_directed}
+_HD_OF_DISTANCES = {"pooled": _pooled95, "max_directed": _max_directed95}  # score_case: one surface pass
 
 
 def nsd(pred: Any, gt: Any, tolerance: float, spacing: Sequence[float] | float | None = None, *,
@@ -228,10 +282,8 @@ def nsd(pred: Any, gt: Any, tolerance: float, spacing: Sequence[float] | float |
     else voxels. MONAI's ``compute_surface_dice`` without subvoxels; Metrics Reloaded pairs it with
     Dice. ``tolerance`` >= 0 (0: the share of surface voxels on the other surface). Raises
     EmptyMaskError on an empty mask (a policy decides what that scores)."""
-    _check_tolerance(tolerance, "tolerance")
-    d_pg, d_gp = surface_distances(pred, gt, spacing, connectivity)
-    return float((np.count_nonzero(d_pg <= tolerance) + np.count_nonzero(d_gp <= tolerance))
-                 / (d_pg.size + d_gp.size))
+    tol = _check_tolerance(tolerance, "tolerance")
+    return _within(*surface_distances(pred, gt, spacing, connectivity), tol)
 
 
 def _check_tolerance(value: Any, what: str) -> float:
@@ -415,26 +467,25 @@ def _label_map(x: Any, what: str, n_fg: int) -> np.ndarray:
     a = np.asarray(x)
     if a.dtype == bool:
         return a.view(np.uint8)
-    if a.dtype.kind == "f":
-        if not np.array_equal(a, np.round(a)):
-            raise BenchError(f"{what} must be an integer label map (or a 0/1 mask); got non-integer {a.dtype} "
-                             "values (threshold probabilities first)")
-        a = a.astype(np.int64)
-    elif a.dtype.kind not in "iu":
+    if a.ndim == 0 or a.size == 0:
+        raise BenchError(f"{what} must be a label map with at least one pixel; got shape {a.shape}")
+    if a.dtype.kind == "f" and not np.array_equal(a, np.round(a)):
+        raise BenchError(f"{what} must be an integer label map (or a 0/1 mask); got non-integer {a.dtype} "
+                         "values (threshold probabilities first)")
+    if a.dtype.kind not in "iuf":
         raise BenchError(f"{what} must be an integer label map; got dtype {a.dtype}")
-    if a.size:
-        lo, hi = int(a.min()), int(a.max())
-        if lo < 0 or hi > n_fg:
-            raise BenchError(f"{what} holds labels {lo}..{hi}; expected 0..{n_fg} "
-                             f"(num_classes {n_fg + 1} including background)")
-    return a
+    lo, hi = a.min(), a.max()  # before a float map becomes int64: 1e20 would wrap around
+    if lo < 0 or hi > n_fg:
+        raise BenchError(f"{what} holds labels {lo:.0f}..{hi:.0f}; expected 0..{n_fg} "
+                         f"(num_classes {n_fg + 1} including background)")
+    return a.astype(np.int64) if a.dtype.kind == "f" else a
 
 
-def _class_names(class_names: Sequence[str] | None, n_fg: int, num_classes: int) -> list[str]:
+def _class_names(class_names: Sequence[str] | None, n_fg: int) -> list[str]:
     if not class_names:
         return [f"class{c}" for c in range(1, n_fg + 1)]
     names = [str(n) for n in class_names]
-    if len(names) == num_classes and num_classes == n_fg + 1:  # background included: drop it
+    if len(names) == n_fg + 1:  # background included (also for a 1-class sigmoid task): drop it
         names = names[1:]
     if len(names) != n_fg:
         raise BenchError(f"class_names has {len(names)} names; expected {n_fg} foreground names (classes 1..{n_fg})")
@@ -448,7 +499,7 @@ def class_tolerances(tolerance: float | Sequence[float] | Mapping[str, float], n
     BenchError starting with ``what``, naming the classes a mapping misses, the names that are no
     class, and the classes."""
     n_fg = max(int(num_classes) - 1, 1)
-    names = _class_names(class_names, n_fg, int(num_classes))
+    names = _class_names(class_names, n_fg)
     if isinstance(tolerance, Mapping):
         missing = [n for n in names if n not in tolerance]
         problems = [f"no tolerance for {', '.join(missing)}"] if missing else []
@@ -492,7 +543,7 @@ def score_case(pred: Any, gt: Any, num_classes: int, policy: str | Policy,
     g = _label_map(gt, "reference", n_fg)
     if p.shape != g.shape:
         raise BenchError(f"prediction shape {p.shape} does not match reference (ground-truth) shape {g.shape}")
-    names = _class_names(class_names, n_fg, int(num_classes))
+    names = _class_names(class_names, n_fg)
     tols = None if nsd_tolerance is None else list(class_tolerances(nsd_tolerance, num_classes, names).values())
     sp = _sampling(spacing, p.ndim) if pol.use_spacing else None
     # bounding boxes of every label in one pass per map: each class is then scored inside its box
@@ -514,8 +565,9 @@ def score_case(pred: Any, gt: Any, num_classes: int, policy: str | Policy,
         if n_pred and n_ref:
             empty = "none"
             d, j = 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)  # == medpy dc / jc, same operands
-            h = HD_DEFINITIONS[pol.hd_definition](pc, gc, sp) if pol.hd_definition else NAN
-            s = nsd(pc, gc, tols[c - 1], sp) if tols is not None else NAN
+            dists = surface_distances(pc, gc, sp) if pol.hd_definition or tols is not None else None
+            h = _HD_OF_DISTANCES[pol.hd_definition](*dists) if pol.hd_definition else NAN
+            s = _within(*dists, tols[c - 1]) if tols is not None else NAN
         else:
             empty = "ref_only" if n_ref else ("pred_only" if n_pred else "both")
             d, h = pol.outcome(empty)

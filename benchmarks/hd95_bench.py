@@ -2,13 +2,16 @@
 
 A deterministic label volume (default 100x512x512, a Synapse-sized CT grid) holds ``--organs``
 ellipsoid organs; the prediction is the ground truth shifted by a few voxels, dilated or eroded,
-plus one false-positive blob per organ somewhere in the volume. Both libraries score the same
+plus one false-positive blob per organ somewhere in the volume (``--stray``: also one false-positive
+voxel per organ in the volume's far corner from it, as a weak model leaves them, which makes the
+organ's box the whole volume). Both libraries score the same
 binary organ masks (TransUNet scores per organ on the whole volume, in voxel units); the values
 must agree to 1e-6, otherwise the script exits 1. Run single-threaded:
 
     OMP_NUM_THREADS=1 python benchmarks/hd95_bench.py            # full size; medpy takes ~1 min
     OMP_NUM_THREADS=1 python benchmarks/hd95_bench.py --small    # 40x192x192, a few seconds
     OMP_NUM_THREADS=1 python benchmarks/hd95_bench.py --spacing 3,0.8,0.8 --repeats 3
+    OMP_NUM_THREADS=1 python benchmarks/hd95_bench.py --stray
 
 Timings exclude building the masks (``pred == organ``), which both sides would share.
 """
@@ -26,7 +29,8 @@ from scipy import ndimage
 GOAL = 20.0  # required speed-up over medpy at full size
 
 
-def make_volumes(depth: int, size: int, organs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_volumes(depth: int, size: int, organs: int, seed: int = 0,
+                 stray: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(prediction, ground truth) uint8 label maps of shape (depth, size, size); organ ids 1..organs."""
     rng = np.random.default_rng(seed)
     z, y, x = np.ogrid[:depth, :size, :size]
@@ -43,6 +47,8 @@ def make_volumes(depth: int, size: int, organs: int, seed: int = 0) -> tuple[np.
         blob_c = rng.uniform([0, 0, 0], [depth, size, size])  # a false positive far from the organ
         blob = ((z - blob_c[0]) / 3) ** 2 + ((y - blob_c[1]) / 8) ** 2 + ((x - blob_c[2]) / 8) ** 2 <= 1
         pred[moved | blob] = organ
+        if stray:  # the corner farthest from the organ's centre
+            pred[tuple(0 if ci > n / 2 else n - 1 for ci, n in zip(c, gt.shape))] = organ
     return pred, gt
 
 
@@ -64,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="timed calls per library and organ; median reported")
     ap.add_argument("--small", action="store_true", help="quick look: 40x192x192 (overrides --depth/--size)")
     ap.add_argument("--spacing", default=None, help="mm per axis 'z,y,x' passed to both (default: voxel units)")
+    ap.add_argument("--stray", action="store_true", help="one false-positive voxel per organ in the far corner")
     args = ap.parse_args(argv)
     if args.small:
         args.depth, args.size = 40, 192
@@ -73,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.metrics import hd95
 
-    pred, gt = make_volumes(args.depth, args.size, args.organs)
-    print(f"volume {pred.shape}, {args.organs} organs, spacing {spacing or 'none (voxels)'}, "
+    pred, gt = make_volumes(args.depth, args.size, args.organs, stray=args.stray)
+    print(f"volume {pred.shape}, {args.organs} organs{', a stray voxel each' if args.stray else ''}, "
+          f"spacing {spacing or 'none (voxels)'}, "
           f"repeats {args.repeats}\n")
     print("| organ | medpy HD95 | ours HD95 | abs diff | medpy s | ours s |")
     print("|---|---|---|---|---|---|")

@@ -4,6 +4,7 @@ matrix) and against hand-computed tables, one row per edge case."""
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -241,6 +242,74 @@ def test_surface_distances_empty_and_bad_spacing():
     with pytest.raises(M.EmptyMaskError) as empty:  # one exception a caller of the API can catch as BenchError
         M.hd95(a, np.zeros_like(a))
     assert isinstance(empty.value, BenchError)
+
+
+@pytest.mark.parametrize("a, b, spacing", PAIRS[::3])
+def test_the_nearest_point_path_gives_the_distance_transforms_values(monkeypatch, a, b, spacing):
+    """Surface distances by a k-d tree (taken where the masks' box dwarfs their surfaces) are those of
+    the distance transforms, voxel for voxel, in the same order."""
+    if not a.any() or not b.any():
+        return
+    monkeypatch.setattr(M, "KDTREE_MIN_BOX", 1 << 62)
+    by_transform = M.surface_distances(a, b, spacing)
+    monkeypatch.setattr(M, "KDTREE_MIN_BOX", 0)
+    monkeypatch.setattr(M, "KDTREE_RATIO", 0)
+    by_tree = M.surface_distances(a, b, spacing)
+    for want, got in zip(by_transform, by_tree):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
+def test_a_stray_voxel_far_from_the_organ_is_scored_without_transforming_the_volume(monkeypatch):
+    """A metrics fuzz: one false-positive voxel in a far corner made the box of a class the whole CT
+    (10 s and 1.3 GB per class at 100x512x512); the values stay medpy's."""
+    gt = np.zeros((40, 96, 96), bool)
+    gt[15:25, 30:50, 40:60] = True
+    pred = np.roll(gt, 2, axis=2)
+    pred[0, 0, 0] = pred[39, 95, 95] = True
+    trees = []
+    nearest = M._nearest_distances
+    monkeypatch.setattr(M, "_nearest_distances", lambda *a: trees.append(1) or nearest(*a))
+    for spacing in (None, (2.5, 0.7, 0.7)):
+        assert M.hd95(pred, gt, spacing) == pytest.approx(medpy.hd95(pred, gt, voxelspacing=spacing), abs=1e-9)
+        d_pg, d_gp = M.surface_distances(pred, gt, spacing)
+        assert max(d_pg.max(), d_gp.max()) == pytest.approx(medpy.hd(pred, gt, voxelspacing=spacing), abs=1e-9)
+    assert len(trees) == 4
+    compact = np.roll(gt, 1, axis=1)  # its box is its surface's size: the transforms, bit for bit medpy's
+    assert M.hd95(compact, gt) == medpy.hd95(compact, gt) and len(trees) == 4
+
+
+def test_score_case_finds_the_surfaces_once_for_hd95_and_nsd(monkeypatch):
+    gt = np.zeros((20, 20), np.uint8)
+    gt[4:12, 4:12], gt[14:18, 2:9] = 1, 2
+    pred = np.roll(gt, 1, axis=0)
+    calls = []
+    surfaces = M.surface_distances
+    monkeypatch.setattr(M, "surface_distances", lambda *a, **k: calls.append(1) or surfaces(*a, **k))
+    rows = M.score_case(pred, gt, 3, "strict", spacing=(0.8, 1.2), nsd_tolerance=1.0)
+    assert len(calls) == 2  # one per class
+    for row, c in zip(rows, (1, 2)):
+        assert row["hd95"] == M.hd95(pred == c, gt == c, (0.8, 1.2))
+        assert row["nsd"] == M.nsd(pred == c, gt == c, 1.0, (0.8, 1.2))
+
+
+def test_odd_label_maps_and_class_names():
+    """A metrics fuzz: a float map holding 1e20 was reported as labels -9223372036854775808..0 (cast
+    before the check); empty and 0-D maps failed deep inside (ZeroDivisionError, IndexError); a
+    background name was dropped for 2 classes but refused for a 1-class sigmoid task."""
+    with pytest.raises(BenchError, match=r"prediction holds labels 0\.\.100000000000000000000; expected 0\.\.1"):
+        M.score_case(np.array([[0, 1e20]]), np.array([[0, 1.0]]), 2, "strict")
+    for bad in (np.zeros((0, 3), int), np.array(1)):
+        with pytest.raises(BenchError, match=rf"prediction must be a label map with at least one pixel; got shape "
+                                             rf"{re.escape(str(bad.shape))}"):
+            M.score_case(bad, bad, 2, "strict")
+    with pytest.raises(BenchError, match="prediction must be a mask of at least one dimension"):
+        M.hd95(np.array(1), np.array(1))
+    m = np.zeros((8, 8), np.uint8)
+    m[2:5, 2:5] = 1
+    for n in (1, 2):
+        (row,) = M.score_case(m, m, n, "strict", class_names=["background", "lesion"])
+        assert row["name"] == "lesion" and row["dice"] == 1.0
+    assert M.nsd(m, np.roll(m, 1, 0), "1") == M.nsd(m, np.roll(m, 1, 0), 1.0)  # checked, then used as that float
 
 
 def test_binary_metrics_refuse_what_is_no_binary_mask():
