@@ -71,7 +71,12 @@ class Claim:
 def claim_run(results_dir: Path, run_id: str) -> Claim | str:
     """This process's claim on run ``run_id``, or who holds it ("pid 123 on node7 since 2026-12-05
     03:00:00 UTC") where a live process does. A dead claim is taken over."""
-    path = records.run_dir(results_dir, run_id) / CLAIM
+    return claim_folder(records.run_dir(results_dir, run_id))
+
+
+def claim_folder(folder: Path) -> Claim | str:
+    """``claim_run``'s, on what a process writes into ``folder`` (bench predict's --out of a run); made."""
+    path = folder / CLAIM
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(3):  # a dead claim removed, then created afresh; another taker may win the race
         try:

@@ -38,7 +38,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.records import finished
-from bench.fileio import atomic_write_text
+from bench.fileio import atomic_write_text, folder_lock
 from bench.report import label_runs
 from bench.report.tables import _md_table
 
@@ -161,6 +161,11 @@ def write_baseline(
     """
     if finished(df_runs).empty:
         raise BenchError(f"no finished run records to write {path} from: is --results the folder of the grid's runs?")
+    with folder_lock(Path(path).parent):  # two updates of some models' rows each: both kept
+        return _write_baseline(df_runs, Path(path), tolerances, metrics, prune, models)
+
+
+def _write_baseline(df_runs, path, tolerances, metrics, prune, models) -> tuple[int, int]:
     # a baseline that does not read is an error: written afresh, it lost its hand-edited tolerances
     # and rows unsaid (delete the file to start over)
     old = read_baseline(path, allow_empty=True) if Path(path).exists() else None

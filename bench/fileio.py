@@ -4,6 +4,7 @@ files bench identifies things by."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import glob
@@ -16,7 +17,7 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from bench.errors import BenchError, exception_chain
@@ -320,6 +321,28 @@ def disk_problem(exc: BaseException, folder: Path) -> str | None:
         except OSError:
             pass
     return None
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Held while a file of ``folder`` is read, changed and written back (bench check --update's baseline):
+    two processes doing it at once would each write the file they read, and one's change be lost. A
+    flock on the folder itself (a file there is replaced by rename, and a lock file would be left in a
+    checkout); none where the system has none (Windows, some network file systems)."""
+    try:
+        import fcntl
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # the lock goes with it
 
 
 def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> Path:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from bench import fileio, records
+from bench.claim import claim_folder
 from bench.errors import BenchError
 from bench.data.base import Case
 from bench.data.intensity import intensity_stats
@@ -104,26 +105,30 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
     if outside:
         raise BenchError(f"{dataset.root}: test case {outside[0]!r} would be written outside {folder} "
                          f"({folder / files[outside[0]]}); expected case ids that are plain file names")
-    _claim(folder, manifest)
-    # written atomically, so a file there is whole; an empty one (emptied since, a full disk's copy) is not
-    todo = [case_id for case_id in ids if not _written(folder / files[case_id])]
+    holder = claim_folder(folder)  # two predicts into one --out (--native-size or not) would mix sizes
+    if isinstance(holder, str):
+        raise BenchError(f"{folder}: being written by {holder}; wait for it, or choose another --out")
+    with holder:
+        _check_folder(folder, manifest)
+        # written atomically, so a file there is whole; an empty one (emptied since, a full disk's copy) is not
+        todo = [case_id for case_id in ids if not _written(folder / files[case_id])]
 
-    def write(case: Case, pred: np.ndarray, gt: np.ndarray) -> None:
-        name = files[case.case_id]
-        fileio.atomic_write(folder / name, lambda tmp: dataset.write_prediction(case, pred, tmp),
-                             suffix=f".tmp{name[len(case.case_id):]}")  # writers read the format off it
+        def write(case: Case, pred: np.ndarray, gt: np.ndarray) -> None:
+            name = files[case.case_id]
+            fileio.atomic_write(folder / name, lambda tmp: dataset.write_prediction(case, pred, tmp),
+                                 suffix=f".tmp{name[len(case.case_id):]}")  # writers read the format off it
 
-    prep = volume_prep(dataset, protocol) if protocol.patches else None
-    predict_cases(model, dataset, todo, protocol, write, device=device, stats=intensity_stats(dataset, protocol),
-                  prep=prep, workers=workers, native=native_size)
-    if unknown:  # documented, yet unseen where the files are overlaid on the CT in mm
-        warnings.warn(f"{rec['run_id']}: {len(unknown)} of {len(ids)} predicted volumes have no known spacing "
-                      f"(first: {unknown[0]}; all named in {MANIFEST}); written with 1 mm voxels, so they overlay the "
-                      f"images by voxel, not in mm (Synapse: {dataset.root}/spacing.csv supplies the spacing)",
-                      stacklevel=2)
-    fileio.atomic_write_text(folder / MANIFEST, json.dumps({**manifest, "complete": True, "files": files},
-                                                            indent=2) + "\n")
-    return folder, len(todo)
+        prep = volume_prep(dataset, protocol) if protocol.patches else None
+        predict_cases(model, dataset, todo, protocol, write, device=device, stats=intensity_stats(dataset, protocol),
+                      prep=prep, workers=workers, native=native_size)
+        if unknown:  # documented, yet unseen where the files are overlaid on the CT in mm
+            warnings.warn(f"{rec['run_id']}: {len(unknown)} of {len(ids)} predicted volumes have no known spacing "
+                          f"(first: {unknown[0]}; all named in {MANIFEST}); written with 1 mm voxels, so they overlay the "
+                          f"images by voxel, not in mm (Synapse: {dataset.root}/spacing.csv supplies the spacing)",
+                          stacklevel=2)
+        fileio.atomic_write_text(folder / MANIFEST, json.dumps({**manifest, "complete": True, "files": files},
+                                                                indent=2) + "\n")
+        return folder, len(todo)
 
 
 def _written(path: Path) -> bool:
@@ -133,7 +138,7 @@ def _written(path: Path) -> bool:
         return False
 
 
-def _claim(folder: Path, manifest: dict[str, Any]) -> None:
+def _check_folder(folder: Path, manifest: dict[str, Any]) -> None:
     """Make ``folder`` this run's: files kept from a killed predict must come from the same weights
     (BenchError otherwise, rather than a folder mixing two models); temp files it left are removed."""
     old = folder / MANIFEST

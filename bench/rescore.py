@@ -237,6 +237,30 @@ def rescored_twin(spec, results_dir: Path) -> str | None:
     return None
 
 
+def claim_twins(spec, results_dir: Path) -> list | str:
+    """Claims (``bench.claim``) on the records `bench rescore` would write of ``spec``'s training under
+    ``spec.policy`` (its runs finished under other policies, rescored), held while `bench run` trains
+    it, as bench rescore claims each record it scores: one of the two does it, not both (the board
+    would count the training twice). Who holds one instead, where a rescore is scoring it now."""
+    from dataclasses import replace
+
+    from bench.claim import claim_run
+    from bench.metrics import POLICIES
+
+    held = []
+    for other in POLICIES:
+        original = replace(spec, policy=other).key
+        if other == spec.policy or not records.record_path(results_dir, original).is_file():
+            continue
+        claim = claim_run(results_dir, rescore_id(original, spec.policy))
+        if isinstance(claim, str):
+            for c in held:
+                c.release()
+            return claim
+        held.append(claim)
+    return held
+
+
 def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None,
                  datasets: str | list[str] | None = None) -> list[dict[str, Any]]:
     """Finished original records (not rescored ones) of ``models`` on ``datasets`` whose policy differs from

@@ -369,7 +369,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                say: Callable[[str], None], say_error: Callable[[str], None]) -> None:
     from bench.claim import claim_run
     from bench.registry import code_changed
-    from bench.rescore import rescored_twin
+    from bench.rescore import claim_twins, rescored_twin
 
     main = distributed.world().main
     say = say if main else (lambda *a, **k: None)
@@ -378,14 +378,20 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
         # rank 0 claims the run (bench.claim: no other process trains it meanwhile) and its view of the
         # finished records decides for every rank (a record appearing meanwhile, or a network file
         # system's cache, would otherwise send ranks down different branches)
-        claim = None
+        claim, twins = None, []
         try:
             if main:
                 done, rescored = records.record_path(results_dir, spec.key).is_file(), rescored_twin(spec, results_dir)
                 if not (done or rescored):
                     claim = claim_run(results_dir, spec.key)
-                    # finished by another process between the look and the claim: its record is there now
-                    done = not isinstance(claim, str) and records.record_path(results_dir, spec.key).is_file()
+                    if not isinstance(claim, str):
+                        twins = claim_twins(spec, results_dir)  # no bench rescore writes this training meanwhile
+                        if isinstance(twins, str):  # being rescored into this policy now: held by that process
+                            claim.release()
+                            claim, twins = twins, []
+                        # finished (or rescored) by another process between the look and the claims
+                        done = records.record_path(results_dir, spec.key).is_file()
+                        rescored = not done and rescored_twin(spec, results_dir)
             done, rescored, holder = distributed.gather_objects(
                 (done, rescored, claim if isinstance(claim, str) else None) if main else None)[0]
             if done:
@@ -421,8 +427,13 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                 continue
             say(f"  {spec.key}: {records.scores_text(rec)} · {rec['wall_time_s']:.0f}s")
         finally:
+            for c in twins:
+                c.release()
             if claim is not None and not isinstance(claim, str):
                 claim.release()
+    if held:  # finished by those processes meanwhile (two jobs given one grid): not left undone
+        held = distributed.gather_objects([k for k in held if not records.record_path(results_dir, k).is_file()]
+                                          if main else None)[0]
     distributed.shutdown()  # every rank is through the grid (distributed.init began it)
     if failed:
         others = ", the others finished" if len(failed) < len(specs) else ""

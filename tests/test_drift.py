@@ -487,3 +487,34 @@ def test_the_hint_for_a_new_models_rows_adds_them_alone(tmp_path, baseline):
     cli = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", str(tmp_path / "now")])
     assert cli.exit_code == 0 and "row(s) are new" in cli.output
     assert f"--results {tmp_path / 'now'} --models swin_unet` adds them" in cli.output
+
+
+def test_two_updates_of_some_models_rows_at_once_keep_both(tmp_path, baseline, monkeypatch):
+    """A concurrency journey: `bench check --update --models unet` beside the same for another model
+    (a CI matrix, one job per model) each wrote back the file it had read, so one update was lost."""
+    import threading
+    import time
+
+    import bench.drift
+
+    now = _runs(tmp_path, "now", [make_record("vmunet", seed=0, dice=0.60, hd95=20.0),
+                                  make_record("vmunet", seed=1, dice=0.64, hd95=30.0),
+                                  make_record("unet", seed=0, dice=0.50, hd95=40.0)])
+    read = bench.drift.read_baseline
+    first_read = threading.Event()
+
+    def slow_read(*args, **kwargs):  # the first update reads, then the second starts before it writes
+        out = read(*args, **kwargs)
+        if not first_read.is_set():
+            first_read.set()
+            time.sleep(0.5)
+        return out
+
+    monkeypatch.setattr(bench.drift, "read_baseline", slow_read)
+    one = threading.Thread(target=write_baseline, args=(now, baseline), kwargs={"models": ["unet"]})
+    one.start()
+    first_read.wait(10)
+    write_baseline(now, baseline, models=["vmunet"])
+    one.join(10)
+    after = read_baseline(baseline).set_index(["model", "metric"])["value"]
+    assert after["unet", "dice"] == pytest.approx(0.50) and after["vmunet", "dice"] == pytest.approx(0.62)

@@ -212,8 +212,17 @@ def test_binary_masks_are_0_255_pngs_at_model_resolution_in_test_set_folders(tmp
 
     with pytest.raises(BenchError, match=r"holds predictions on another grid \(model input 32x32; asked: native"):
         predict_run(rec, tmp_path / "res", tmp_path / "out", CPU, native_size=True)  # never two sizes in one folder
+    # two predicts into one folder at once (a concurrency journey: one with --native-size left 27 of 300 masks
+    # at the other size in a folder its manifest called complete): the second is refused while the first writes
+    from bench.claim import claim_folder
+
+    with claim_folder(tmp_path / "native" / rec["run_id"]):
+        with pytest.raises(BenchError, match=rf"{rec['run_id']}: being written by pid {os.getpid()} on .*; wait for it, "
+                                             "or choose another --out"):
+            predict_run(rec, tmp_path / "res", tmp_path / "native", CPU, native_size=True)
     native, _ = predict_run(rec, tmp_path / "res", tmp_path / "native", CPU, native_size=True)
     assert json.loads((native / MANIFEST).read_text())["grid"].startswith("native (probabilities resized bilinearly")
+    assert not (native / ".claim").exists()
     model = run_model(rec, tmp_path / "res")[0].eval()
     for case_id in ds.test_ids()[:2]:
         case = ds.load_test(case_id)

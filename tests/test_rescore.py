@@ -404,3 +404,81 @@ def test_data_moved_since_the_run_is_found_by_its_identity(trained, tmp_path):
         run_model(rec, bob, data_roots=DataRoots([moved]))
     with pytest.raises(BenchError, match=r"--data-root .*prediction.json: not a folder"):
         DataRoots([out / legacy["run_id"] / "prediction.json"])
+
+
+def _strict_spec(root, results):
+    proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=3, max_cases=2, dtype="float32")
+    (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=root,
+                        synthetic=False, results_dir=results, policy="strict",
+                        model_overrides=dict(get_entry("unet").tiny))
+    return spec
+
+
+def _alone(trained, tmp_path):
+    """A copy of the module's results without what other tests rescored into it."""
+    copy = tmp_path / "results"
+    shutil.copytree(trained[1], copy)
+    for other in (copy / "records").glob("*.*.json"):
+        other.unlink()
+    return copy
+
+
+def test_a_rescore_and_a_run_under_its_policy_never_both_record_one_training(trained, tmp_path, monkeypatch):
+    """A concurrency journey: `bench run --policy strict` beside `bench rescore --policy strict` on one
+    folder wrote both records of one training (seed 0 weighed double on the board). Each now claims
+    the record the rescore writes; the one that finds it held skips, and the rescore looks again."""
+    from typer.testing import CliRunner
+
+    import bench.claim
+    from bench.claim import claim_run
+    from bench.cli import app
+    from bench.run import run_grid
+
+    root, _, legacy = trained
+    copy = _alone(trained, tmp_path)
+    spec = _strict_spec(root, copy)
+    twin = rescore_id(legacy["run_id"], "strict")
+    with claim_run(copy, twin):  # a rescore scoring it now: the run waits its turn
+        with pytest.raises(BenchError, match=r"1 of 1 run\(s\) were being run by other processes"):
+            run_grid([spec], results_dir=copy, device=CPU, say=lambda *a: None)
+        out = CliRunner().invoke(app, ["rescore", "--policy", "strict", "--results", str(copy)])
+    assert f"{twin}: being scored or trained under strict by pid" in out.output
+    assert isinstance(out.exception, BenchError)  # the command's one error line: exit 2
+    assert "1 of 1 run(s) were being scored or trained under strict by other processes" in str(out.exception)
+    assert not list((copy / "records").glob("*.strict.json")) and not record_path(copy, spec.key).is_file()
+    assert not (copy / "runs" / twin).exists()  # the claims' folders went with them
+
+    claim = bench.claim.claim_run
+
+    def trained_meanwhile(results_dir, run_id):  # the run finished between the rescore's plan and its claim
+        if run_id == twin and not ran:
+            ran.append(1)  # (the run claims the twin too: once)
+            run_grid([spec], results_dir=copy, device=CPU, say=lambda *a: None)
+        return claim(results_dir, run_id)
+
+    ran = []
+
+    monkeypatch.setattr(bench.claim, "claim_run", trained_meanwhile)
+    out = CliRunner().invoke(app, ["rescore", "--policy", "strict", "--results", str(copy)])
+    assert out.exit_code == 0 and f"{twin}: trained under strict meanwhile" in out.output
+    assert record_path(copy, spec.key).is_file() and not record_path(copy, twin).is_file()
+
+
+def test_runs_another_process_held_and_finished_meanwhile_end_the_grid_well(trained, tmp_path, monkeypatch):
+    """Two jobs given one grid: each skipped the runs the other held, and both exited 2 although every
+    run had finished by then (a scheduler marks both failed)."""
+    import bench.claim
+    from bench.run import run_grid
+
+    root, _, _ = trained
+    copy = _alone(trained, tmp_path)
+    spec = _strict_spec(root, copy)
+
+    def held_then_done(results_dir, run_id):
+        record_path(results_dir, run_id).write_text("{}")  # the other process's record, by the grid's end
+        return "pid 1 on node7 since 2026-12-06 07:00:00 UTC"
+
+    monkeypatch.setattr(bench.claim, "claim_run", held_then_done)
+    said = []
+    run_grid([spec], results_dir=copy, device=CPU, say=said.append)
+    assert said == [f"  {spec.key}: being run by pid 1 on node7 since 2026-12-06 07:00:00 UTC, skipped"]

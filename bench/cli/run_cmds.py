@@ -208,6 +208,7 @@ def rescore(
     from bench.protocol import load_protocol
     from bench.records import record_path, scores_text
     from bench.fileio import ensure_writable_dir
+    from bench.claim import claim_run
     from bench.rescore import (DataRoots, check_weights_kept, other_device_warning, plan_rescore, rescore_id,
                                rescore_record)
 
@@ -227,20 +228,36 @@ def rescore(
     check_weights_kept(todo, results, "rescored")
     typer.echo(f"bench rescore: {len(todo)} run(s) to score under {policy} · device {dev}")
 
+    held: list[str] = []
+
     def score(rec: dict) -> None:
         new_id = rescore_id(rec["run_id"], policy)
-        try:  # another rescore of the folder may write a run's record first, before or while this one scores
-            new = None if record_path(results, new_id).is_file() else rescore_record(rec, policy, results, dev, protocol, roots)
-        except BenchError:
-            if not record_path(results, new_id).is_file():
-                raise
-            new = None
-        if new is None:
-            typer.echo(f"  {new_id}: scored meanwhile by another process, skipped")
-        else:
-            typer.echo(f"  {new['run_id']}: {scores_text(new)}")
+        # a claim on the record to write (bench.claim), as bench run --policy takes on the same training's:
+        # another rescore of the folder, or that run, does it meanwhile, not both
+        claim = claim_run(results, new_id)
+        if isinstance(claim, str):
+            typer.echo(f"  {new_id}: being scored or trained under {policy} by {claim}, skipped")
+            held.append(new_id)
+            return
+        with claim:
+            if record_path(results, new_id).is_file():
+                typer.echo(f"  {new_id}: scored meanwhile by another process, skipped")
+            elif rec["run_id"] not in {r["run_id"] for r in plan_rescore(results, policy, [rec["model"]])}:
+                typer.echo(f"  {new_id}: trained under {policy} meanwhile (bench run --policy {policy}), skipped")
+            else:
+                try:  # an older bench, which takes no claim, may write it first
+                    new = rescore_record(rec, policy, results, dev, protocol, roots)
+                except BenchError:
+                    if not record_path(results, new_id).is_file():
+                        raise
+                    typer.echo(f"  {new_id}: scored meanwhile by another process, skipped")
+                    return
+                typer.echo(f"  {new['run_id']}: {scores_text(new)}")
 
     _each_run(todo, score, "rescored")
+    if left := [k for k in held if not record_path(results, k).is_file()]:
+        raise BenchError(f"{len(left)} of {len(todo)} run(s) were being scored or trained under {policy} by other "
+                         f"processes and were skipped ({few(left)}); the same command later finds them done")
 
 
 def predict(
