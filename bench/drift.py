@@ -34,11 +34,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
 from bench.records import finished
-from bench.fileio import atomic_write_text, folder_lock
+from bench.fileio import absent, atomic_write_text, folder_lock
 from bench.report import label_runs
 from bench.report.tables import _md_table
 
@@ -227,8 +228,10 @@ def read_baseline(path: Path, allow_empty: bool = False) -> pd.DataFrame:
     path = Path(path)
     if path.is_dir():
         raise BenchError(f"{path}: is a folder; --baseline takes the baseline CSV file (results/baseline/smoke.csv)")
+    if path.exists() and not path.is_file():
+        raise BenchError(f"{path}: not a regular file (a FIFO?); --baseline takes the baseline CSV file")
     if not path.is_file():
-        raise BenchError(f"baseline file not found: {path} (the project's is results/baseline/smoke.csv in a checkout, "
+        raise absent(path, f"baseline file not found: {path} (the project's is results/baseline/smoke.csv in a checkout, "
                          f"for `make check`'s grid; `bench check --update --baseline {path}` writes one from the "
                          "--results runs, for later runs to be compared with)")
     try:
@@ -257,10 +260,14 @@ def read_baseline(path: Path, allow_empty: bool = False) -> pd.DataFrame:
         if bad.any():
             raise BenchError(f"{path}: line {line[bad.argmax()]}: {col} {table[col][bad].iloc[0]!r} is not a number")
         table[col] = numbers
-    wrong = table["tolerance"].isna() | (table["tolerance"] < 0)
-    if wrong.any():
+    wrong = table["tolerance"].isna() | (table["tolerance"] < 0) | np.isinf(table["tolerance"])
+    if wrong.any():  # inf would pass every value: the check off for that row, unsaid
         raise BenchError(f"{path}: line {line[wrong.argmax()]}: tolerance {table['tolerance'][wrong].iloc[0]}; every "
-                         "row needs a tolerance >= 0 (absolute, in the metric's unit)")
+                         "row needs a finite tolerance >= 0 (absolute, in the metric's unit)")
+    endless = np.isinf(table["value"])
+    if endless.any():  # its tolerance would grow endless with it
+        raise BenchError(f"{path}: line {line[endless.argmax()]}: value {table['value'][endless].iloc[0]}; expected a "
+                         "finite number (or nan, where the metric has none)")
     twice = table.duplicated(_KEY, keep=False)
     if twice.any():
         lines = [str(n) for n in line[twice]]

@@ -388,16 +388,27 @@ def check_dangling_link(path: Path, option: str) -> None:
     """A link to nothing (a disk not mounted) on ``path``'s way named as such: creating it failed with
     "File exists" (or, a level down, "not found"), and creating its target's folders would write onto the
     disk the link points away from."""
+    if (said := _dangling(path)) is not None:
+        raise BenchError(f"{said}; choose another {option}")
+
+
+def absent(path: Path, message: str) -> BenchError:
+    """The error ``message`` for an input ``path`` (a file or folder an option names) that is not there,
+    with the link to nothing on its way named where there is one (the README promises it)."""
+    said = _dangling(path)
+    return BenchError(f"{message}; {said}" if said else message)
+
+
+def _dangling(path: Path) -> str | None:
     for part in (Path(path), *Path(path).parents):
         if part.is_symlink() and not part.exists():
             try:
                 part.stat()
             except OSError as exc:
                 if exc.errno == errno.ELOOP:  # pathlib says "does not exist" of a loop too
-                    raise BenchError(f"{part}: a link to {os.readlink(part)}, which leads back to itself (a loop of "
-                                     f"links); choose another {option}") from None
-            raise BenchError(f"{part}: a link to {os.readlink(part)}, which does not exist (a disk not mounted?); "
-                             f"choose another {option}")
+                    return f"{part}: a link to {os.readlink(part)}, which leads back to itself (a loop of links)"
+            return f"{part}: a link to {os.readlink(part)}, which does not exist (a disk not mounted?)"
+    return None
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -424,6 +435,9 @@ def read_text(path: Path, what: str) -> str:
     (UTF-8 or UTF-16) is not part of its text. BenchError naming the file and ``what`` it was read as:
     another encoding is not called damage, nor a file bench may not read."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would hang the command, a folder say "Is a directory"
+            kind = "a folder" if Path(path).is_dir() else "not a regular file"
+            raise BenchError(f"{path}: cannot read it as {what}: {kind}; expected a file")
         raw = Path(path).read_bytes()
         text = raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
         if "\x00" in text:  # no text format holds NUL: UTF-16 without its mark decodes as UTF-8 with NULs
@@ -435,5 +449,7 @@ def read_text(path: Path, what: str) -> str:
                          "as UTF-8") from exc
     except PermissionError as exc:
         raise read_denied(path, what) from exc
+    except FileNotFoundError as exc:
+        raise absent(path, f"{path}: cannot read it as {what}: not found") from exc
     except OSError as exc:
         raise BenchError(f"{path}: cannot read it as {what} ({type(exc).__name__}: {exc.strerror or exc})") from exc

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError, unknown_name
-from bench.fileio import SAFE_NAME, read_text
+from bench.fileio import SAFE_NAME, absent, read_text
 
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
 
@@ -277,7 +277,8 @@ CHOICES = {
 _WHOLE_NUMBERS = (("", "img_size", 1), ("train", "batch_size", 1), ("train", "epochs", 1),
                   ("train", "max_iterations", 0), ("train", "num_workers", 0), ("train", "lr_scale_batch", 0),
                   ("train", "iterations_per_epoch", 0), ("train", "cosine_t_max", 1), ("train", "checkpoint_every", 0),
-                  ("eval", "max_cases", 0))
+                  ("eval", "max_cases", 0), ("", "seed", 0))
+SEED_LIMIT = 2**32  # seeds below it: what numpy's and torch's generators all take
 
 
 def _checked(protocol: Protocol, where: str) -> Protocol:
@@ -301,12 +302,14 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
         value = getattr(getattr(protocol, section) if section else protocol, name)
         if name == "img_size" and protocol.patch_size and value == 0:
             continue  # a patch protocol leaves it out (_check_input_size)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        huge = name == "seed" and isinstance(value, int) and value >= SEED_LIMIT
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or huge:
             key = f"{section}.{name}" if section else name
             if where == "override":  # the CLI spells overrides as options
                 key = f"{name} (--{name.replace('_', '-')})"
             square = " (the side of the square model input)" if name == "img_size" else ""
-            raise BenchError(f"{where} {key}: expected a whole number >= {low}{square}; got {value!r}")
+            below = f" and < {SEED_LIMIT}" if name == "seed" else ""
+            raise BenchError(f"{where} {key}: expected a whole number >= {low}{below}{square}; got {value!r}")
     _check_input_size(protocol, where)
     protocol = _check_target_spacing(protocol, where)
     tol = _nsd_tolerance(protocol.eval.nsd_tolerance, f"{where} eval.nsd_tolerance")
@@ -587,8 +590,11 @@ def load_protocol(name_or_path: str | Path, *, earlier: bool = False) -> Protoco
         path = PROTOCOL_DIR / f"{name_or_path}.toml"
         if not path.is_file():
             raise unknown_name("protocol", str(name_or_path), list_protocols(), cutoff=0.6)
+    if path.exists() and not path.is_file():  # a folder named x.toml, a FIFO
+        raise BenchError(f"--protocol {path}: {'a folder' if path.is_dir() else 'not a regular file'}; expected a "
+                         "protocol file (TOML)")
     if not path.is_file():
-        raise BenchError(f"protocol file not found: {path}")
+        raise absent(path, f"protocol file not found: {path}")
     try:
         data = tomllib.loads(read_text(path, "a protocol (TOML)"))  # Notepad's byte-order mark is no TOML
     except tomllib.TOMLDecodeError as exc:

@@ -30,6 +30,7 @@ from torch import nn
 
 from bench.errors import BenchError, unknown_name
 from bench.names import name_list
+from bench.fileio import absent
 from bench.modeling import SegmentationModel, size_error
 
 FAMILIES = ("ssm", "cnn", "transformer")
@@ -506,7 +507,7 @@ def read_weights_file(path: str | Path) -> dict[str, Any]:
     """Read a weights file without ever unpickling code: safetensors, npz or weights-only torch."""
     path = Path(path)
     if not path.is_file():
-        raise BenchError(f"weights file {'is a folder' if path.is_dir() else 'not found'}: {path}")
+        raise absent(path, f"weights file {'is a folder' if path.is_dir() else 'not found'}: {path}")
     if path.stat().st_size == 0:  # a copy that failed, a placeholder: torch would say "EOFError"
         raise BenchError(f"{path}: the weights file is empty (0 bytes)")
     try:

@@ -34,7 +34,7 @@ from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
 from bench.metrics import POLICIES, get_policy, policy_fields, policy_misfit
 from bench.names import int_list
-from bench.protocol import Protocol
+from bench.protocol import SEED_LIMIT, Protocol
 from bench.registry import (ChannelsError, changed_keys, check_buildable, check_set_kinds, create_model, get_entry,
                             identity_overrides)
 from bench.registry import list_models, load_weights, model_code, model_overrides as model_overrides_of
@@ -610,6 +610,8 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     protocol = load_protocol(protocol) if isinstance(protocol, (str, Path)) else protocol
     # each seed once: a seed given twice would train and count one run twice; None: the protocol's
     seeds = list(dict.fromkeys(int_list(seeds, "seeds", "[0, 1, 2]"))) if seeds is not None else [protocol.seed]
+    if bad := [s for s in seeds if not 0 <= s < SEED_LIMIT]:  # else a traceback once the run has begun
+        raise BenchError(f"seeds: {bad[0]} is no seed; expected whole numbers from 0 to {SEED_LIMIT - 1}")
     results_dir = Path(results_dir)
     if synthetic and data_root is not None:
         raise BenchError("give either --data-root or --synthetic, not both")
@@ -621,8 +623,8 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
             raise BenchError(f"--weights {weights}: evaluates one model's weights once, on the dataset's test split: "
                              "give one model and one seed, no folds")
         if not weights.is_file():
-            raise BenchError(f"--weights {weights}: {'a folder' if weights.is_dir() else 'not found'}; expected a "
-                             "weights file (.pth, .pt, .safetensors, .npz)")
+            raise fileio.absent(weights, f"--weights {weights}: {'a folder' if weights.is_dir() else 'not found'}; "
+                                "expected a weights file (.pth, .pt, .safetensors, .npz)")
     fileio.ensure_writable_dir(results_dir)  # before synthetic data is written or anything trains
     # what needs no data, before --synthetic writes any
     # an unknown name: "did you mean", before anything else is said about it; "Synapse" is synapse,

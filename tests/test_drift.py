@@ -300,7 +300,7 @@ def test_a_baseline_that_does_not_read_is_refused_row_by_row_and_never_rewritten
     lines = good.splitlines()
     cases = {  # what a hand edit can do to line 3 -> the error
         lines[2].rsplit(",", 1)[0] + ",0.02x": r"line 3: tolerance '0\.02x' is not a number",
-        lines[2].rsplit(",", 1)[0] + ",-0.02": r"line 3: tolerance -0\.02; every row needs a tolerance >= 0",
+        lines[2].rsplit(",", 1)[0] + ",-0.02": r"line 3: tolerance -0\.02; every row needs a finite tolerance >= 0",
         lines[2].rsplit(",", 1)[0] + ",": r"line 3: tolerance nan; every row needs",
         ",".join(["synapse", "", *lines[2].split(",")[2:]]): r"line 3: empty 'protocol'",
         lines[1]: r"lines 2, 3 list one row twice \(synapse · synapse · legacy-synapse · unet · ",

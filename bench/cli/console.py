@@ -65,6 +65,7 @@ def _main() -> None:
 
     sys.argv[1:] = map(_tilde_expanded, sys.argv[1:])
     try:
+        _refuse_empty_values(sys.argv[1:])
         code = app(standalone_mode=False, prog_name="bench")  # click's usage errors reach us: one line each
     except BenchError as exc:
         if debugging():  # the traceback, then the same line and exit code as without it
@@ -84,6 +85,14 @@ def _main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         code = 130
     except Exception as exc:
+        # what the system refused of a path an option named (a name too long, a folder made a file), and
+        # sizes beyond the memory: one line, as bench's own errors; other errors are bugs (their traceback)
+        if (line := _system_line(exc)) is not None:
+            if debugging():
+                traceback.print_exc()
+            if not _note_error(line):
+                _echo_err(line)
+            sys.exit(2)
         # a collective failing because another process died: that one's line (or the launcher's) tells
         distributed = _launched()
         if distributed is None or not distributed.lost_peer(exc) or debugging():
@@ -107,6 +116,29 @@ def _main() -> None:
             "checkpoint_every epochs of its protocol); without --resume, unfinished runs train afresh"
             if sys.argv[1:2] == ["run"] else "the same command does it again"))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _refuse_empty_values(args: list[str]) -> None:
+    """BenchError for an option given an empty value (``--protocol "$P"`` with P unset): click takes it
+    as the option left out, so --protocol '' trained the default recipe for hours and --shard '' ran the
+    whole grid in every job of an array."""
+    for i, arg in enumerate(args):
+        option, eq, value = arg.partition("=")
+        if option.startswith("--") and eq and not value.strip():
+            raise BenchError(f"{option}: an empty value ({arg!r}); give one, or leave the option out")
+        if not arg.strip() and i and args[i - 1].startswith("--"):
+            raise BenchError(f"{args[i - 1]}: an empty value ({arg!r}; an unset shell variable?); give one, or leave "
+                             "the option out")
+
+
+def _system_line(exc: BaseException) -> str | None:
+    """The one line for an error of the system rather than of bench, or None (a bug: its traceback)."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"error: {exc.filename}: {exc.strerror}"
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MemoryError) or "can't allocate memory" in text or type(exc).__name__ == "OutOfMemoryError":
+        return f"error: out of memory ({text[:300] or type(exc).__name__}); choose smaller sizes"
+    return None
 
 
 def _tilde_expanded(arg: str) -> str:
@@ -164,5 +196,6 @@ def _usage_line(exc) -> str:
         close = [c for c in choices if c in (_SYNONYMS.get(typed.lower()), typed.lower())] or \
             difflib.get_close_matches(typed, choices, n=1, cutoff=0.5)
         text += f" Did you mean {close[0]!r}?" if close else ""
-    where = f"{exc.ctx.command_path} --help" if getattr(exc, "ctx", None) else "bench --help"
+    command = " ".join(["bench", *(a for a in sys.argv[1:3] if not a.startswith("-"))][:3])  # before its options
+    where = f"{exc.ctx.command_path} --help" if getattr(exc, "ctx", None) else f"{command} --help"
     return f"{text} ({where})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -48,8 +49,9 @@ def _compute_setup(threads: int | None) -> None:
         raise BenchError(f"{problem} (or unset it: automatic)")
     if threads is None:
         return
-    if threads < 1:
-        raise BenchError(f"--threads must be a whole number >= 1 (torch's CPU threads); got {threads}")
+    most = max(1024, os.cpu_count() or 1)  # torch takes a C int, and OpenMP would start them all
+    if not 1 <= threads <= most:
+        raise BenchError(f"--threads must be a whole number from 1 to {most} (torch's CPU threads); got {threads}")
     import torch
 
     torch.set_num_threads(threads)

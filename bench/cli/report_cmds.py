@@ -42,7 +42,7 @@ def report(
 
     Example: bench report --results results --format latex --columns paper --dataset synapse --out table.tex
     """
-    from bench.fileio import ensure_writable_dir
+    from bench.fileio import check_dangling_link, ensure_writable_dir
     from bench.report import parse_columns, write_report
 
     groups = parse_columns(columns)  # before anything is read
@@ -52,6 +52,7 @@ def report(
 
     format = _format_for(format, out)
     if out is not None:  # before the plots are drawn beside it
+        check_dangling_link(out, "--out")  # else the link is replaced by the report, unsaid
         if out.is_dir():
             raise BenchError(f"--out {out}: is a folder; give a file name, e.g. {out / 'report.md'}")
         ensure_writable_dir(out.parent, "--out")

@@ -30,7 +30,7 @@ from bench.data.polyp import PolypDataset
 from bench.data.synapse import SynapseDataset
 from bench.data.synth import GENERATOR_VERSION, synthesize, synthetic_identity
 from bench.errors import BenchError, unknown_name
-from bench.fileio import OLD_TEMP_DIR, remove_orphans, temp_glob
+from bench.fileio import OLD_TEMP_DIR, absent, remove_orphans, temp_glob
 
 DATASETS: dict[str, type[SegDataset]] = {
     "synapse": SynapseDataset,
@@ -78,10 +78,8 @@ def open_dataset(name: str, root: str | Path, fold: int | None = None) -> SegDat
     if root.is_file():  # a download not yet unpacked
         raise BenchError(f"dataset root {root} is a file, not a folder: extract it (expected {reader.layout})")
     if not root.is_dir():
-        raise BenchError(
-            f"--data-root {root}: dataset root not found (expected {reader.layout}; "
-            f"`bench run --synthetic` or `bench data synth` makes a small fake one)"
-        )
+        raise absent(root, f"--data-root {root}: dataset root not found (expected {reader.layout}; "
+                           f"`bench run --synthetic` or `bench data synth` makes a small fake one)")
     return reader(root) if fold is None else reader(root, fold=fold)
 
 

@@ -40,6 +40,7 @@ from bench.data import nnunet as nn_io
 from bench.data import synapse as syn_io
 from bench.data.base import describe, label_id_problem, mask_hint, split_problems
 from bench.errors import BenchError
+from bench.fileio import absent
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def verify_dataset(name: str, root: str | Path) -> list[Problem]:
     report = _Report()
     if not root.is_dir():
         found = "a file, not a folder: extract it" if root.is_file() else "dataset root not found"
-        report.add(root, f"{found}; expected {reader.layout}")
+        report.add(root, str(absent(root, f"{found}; expected {reader.layout}")))
         return report.problems
     _CHECKS[reader.kind](root, report, reader)
     return report.problems
