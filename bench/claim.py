@@ -26,6 +26,7 @@ from bench import fileio, records
 CLAIM = ".claim"
 REFRESH_S = 60.0  # how often a live claim's time stamp is renewed
 STALE_S = 600.0  # a claim of another host not renewed for this long was left by a killed process
+EMPTY_STALE_S = 30.0  # an empty claim this old: its process died between creating and writing it (microseconds)
 
 
 class Claim:
@@ -129,7 +130,7 @@ def _holder(path: Path) -> tuple[str | None, str | None]:
         # a copy of a results folder (cp -r) copies the claims of the runs training in the original
         copied = held.get("folder") not in (None, _folder_id(path.parent))
         return (who if alive and not copied else None), text
-    return (who if time.time() - stat.st_mtime <= STALE_S else None), text
+    return (who if time.time() - stat.st_mtime <= (STALE_S if text else EMPTY_STALE_S) else None), text
 
 
 def _folder_id(folder: Path) -> str:

@@ -193,6 +193,24 @@ def test_a_claim_of_another_host_holds_while_fresh_and_is_taken_over_when_stale(
     assert not path.parent.exists()  # nothing left, not a claim moved aside: the folder holding only it went too
 
 
+def test_an_empty_claim_holds_only_while_its_process_may_still_be_writing_it(tmp_path):
+    """A concurrency journey: a process killed between creating its claim and writing it left an empty
+    file, which names no pid and so held the run for the 10 minutes of another host's claim."""
+    import os
+    import time
+
+    from bench.claim import CLAIM, EMPTY_STALE_S, Claim, claim_run
+
+    path = tmp_path / "runs" / "r1" / CLAIM
+    path.parent.mkdir(parents=True)
+    path.write_text("")
+    assert claim_run(tmp_path, "r1") == f"another process (claim {path})"  # being written this instant
+    os.utime(path, (time.time() - EMPTY_STALE_S - 1,) * 2)
+    taken = claim_run(tmp_path, "r1")
+    assert isinstance(taken, Claim)
+    taken.release()
+
+
 def test_claims_of_this_host_go_by_the_pid_and_a_taken_over_claim_is_never_removed(tmp_path):
     """A suspended job's claim (old time stamp, live process) was taken over after 10 minutes; a
     second taker could move a fresh claim aside, and a released claim removed whatever file bore the
