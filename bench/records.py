@@ -245,7 +245,7 @@ def validate_record(rec: Any) -> None:
             problems.append(f"{key}: … and {len(row_problems) - 5} more problems")
     if problems:
         rid = rec.get("run_id", "<no run_id>")
-        raise BenchError(f"invalid run record {rid!r}:\n  " + "\n  ".join(problems))
+        raise BenchError(f"invalid run record {rid!r}: " + "; ".join(problems))  # one line, as every error
 
 
 # ---------------------------------------------------------------------------------------------
