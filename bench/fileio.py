@@ -17,6 +17,7 @@ import stat
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -328,7 +329,8 @@ def folder_lock(folder: Path) -> Iterator[None]:
     """Held while a file of ``folder`` is read, changed and written back (bench check --update's baseline):
     two processes doing it at once would each write the file they read, and one's change be lost. A
     flock on the folder itself (a file there is replaced by rename, and a lock file would be left in a
-    checkout); none where the system has none (Windows, some network file systems)."""
+    checkout): processes of one machine wait for each other, said in a warning; on NFS a flock binds
+    one client only, and where the system has none (Windows) there is no lock."""
     try:
         import fcntl
         fd = os.open(folder, os.O_RDONLY)
@@ -337,8 +339,12 @@ def folder_lock(folder: Path) -> Iterator[None]:
         return
     try:
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            warnings.warn(f"{folder}: another process is rewriting a file here (bench check --update?); waiting for "
+                          "it", stacklevel=3)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
+        except OSError:  # no flock on this file system
             pass
         yield
     finally:
@@ -435,9 +441,8 @@ def read_text(path: Path, what: str) -> str:
     (UTF-8 or UTF-16) is not part of its text. BenchError naming the file and ``what`` it was read as:
     another encoding is not called damage, nor a file bench may not read."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would hang the command, a folder say "Is a directory"
-            kind = "a folder" if Path(path).is_dir() else "not a regular file"
-            raise BenchError(f"{path}: cannot read it as {what}: {kind}; expected a file")
+        if Path(path).is_dir():  # not "Is a directory"; a pipe (<(...), /dev/stdin) is read as a file
+            raise BenchError(f"{path}: cannot read it as {what}: a folder; expected a file")
         raw = Path(path).read_bytes()
         text = raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
         if "\x00" in text:  # no text format holds NUL: UTF-16 without its mark decodes as UTF-8 with NULs

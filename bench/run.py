@@ -406,7 +406,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                 continue
             if holder:
                 say(f"  {spec.key}: being run by {holder}, skipped")
-                held.append(spec.key)
+                held.append(spec)
                 continue
             try:
                 rec = run_one(spec, results_dir=results_dir, device=device, resume=resume,
@@ -431,9 +431,9 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                 c.release()
             if claim is not None and not isinstance(claim, str):
                 claim.release()
-    if held:  # finished by those processes meanwhile (two jobs given one grid): not left undone
-        held = distributed.gather_objects([k for k in held if not records.record_path(results_dir, k).is_file()]
-                                          if main else None)[0]
+    if held:  # finished (or rescored into its policy) by those processes meanwhile: not left undone
+        held = distributed.gather_objects([s.key for s in held if not records.record_path(results_dir, s.key).is_file()
+                                           and not rescored_twin(s, results_dir)] if main else None)[0]
     distributed.shutdown()  # every rank is through the grid (distributed.init began it)
     if failed:
         others = ", the others finished" if len(failed) < len(specs) else ""

@@ -29,17 +29,29 @@ rest() {  # Synapse, then the nnU-Net runs (they share their synthetic data, so 
     fi
 }
 # two lanes, each process one thread, so both cores work and the numbers are those of one lane (two
-# processes share a results folder as two shards do): ISIC 2017 beside the rest. Each lane is a
-# process group of its own (set -m), so that a signal to this script (a CI timeout's SIGTERM, sent to
-# it alone) stops every process of both lanes; without it the runs would go on after the script ended.
-set -m
+# processes share a results folder as two shards do): ISIC 2017 beside the rest. A signal to this
+# script alone (a CI timeout's SIGTERM) stops both lanes' runs, then the lanes: bash runs a trap only
+# once a foreground command ends, so the lanes run in the background and the script waits for them.
+# They stay in the script's process group, so whatever stops the group (Ctrl-C, a kill of the job's
+# group) reaches them too.
+lanes=()
+stop() {
+    trap - TERM INT HUP
+    if ((${#lanes[@]})); then
+        pkill -TERM -P "$(IFS=,; echo "${lanes[*]}")" 2>/dev/null || true  # the runs
+        kill -TERM "${lanes[@]}" 2>/dev/null || true
+    fi
+    wait
+    exit "$1"
+}
+trap 'stop 143' TERM
+trap 'stop 130' INT
+trap 'stop 129' HUP
 grid --models "$models" --dataset isic17 --synthetic --protocol drift &
-isic=$!
+lanes+=($!)
 rest &
-synapse=$!
-set +m
-trap 'kill -TERM -- -"$isic" -"$synapse" 2>/dev/null; wait; exit 143' TERM INT HUP
+lanes+=($!)
 status=0
-wait "$synapse" || status=$?
-wait "$isic" || status=$?
+wait "${lanes[1]}" || status=$?
+wait "${lanes[0]}" || status=$?
 exit "$status"

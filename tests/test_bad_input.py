@@ -5,7 +5,6 @@ docs/bad_input.md; each breaks one thing in a small valid synthetic dataset."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
@@ -1340,8 +1339,8 @@ def test_a_cli_fuzz_finds_no_traceback_and_no_empty_value_taken_for_none(monkeyp
 
 def test_inputs_through_links_to_nothing_are_named_as_such(monkeypatch, capsys, tmp_path, clean):
     """The README promises a link to nothing is named as such: --baseline, --protocol, --published-file,
-    --data-root and --weights said "not found" of one (--results and --out did name it), `bench report
-    --out LINK` replaced the link with the report, and a FIFO given as --published-file hung the command."""
+    --data-root and --weights said "not found" of one (--results and --out did name it), and `bench report
+    --out LINK` replaced the link with the report."""
     gone = tmp_path / "unmounted"
     for name in ("D", "D.toml"):
         (tmp_path / name).symlink_to(gone)
@@ -1362,10 +1361,28 @@ def test_inputs_through_links_to_nothing_are_named_as_such(monkeypatch, capsys, 
            phrase=said)
     _fails(monkeypatch, capsys, "report", "--results", tmp_path, "--out", link, names=link, phrase="choose another --out")
     assert link.is_symlink()
-    fifo = tmp_path / "fifo.csv"
-    os.mkfifo(fifo)
-    _fails(monkeypatch, capsys, "report", "--results", tmp_path, "--published-file", fifo, names=fifo,
-           phrase="not a regular file; expected a file")
+    (tmp_path / "folder.csv").mkdir()
+    _fails(monkeypatch, capsys, "report", "--results", tmp_path, "--published-file", tmp_path / "folder.csv",
+           names="folder.csv", phrase="a folder; expected a file")
     (tmp_path / "folder.toml").mkdir()
     _fails(monkeypatch, capsys, "run", "--models", "unet", "--tiny", "--dataset", "isic17", "--synthetic",
            "--protocol", tmp_path / "folder.toml", names="folder.toml", phrase="a folder; expected a protocol file")
+
+
+def test_only_system_errors_of_the_command_lines_paths_are_one_line(monkeypatch, tmp_path):
+    """A review: every OSError naming a file became one line, a bug in bench's own paths included; an
+    error of two paths named one; ENOMEM without a file kept its traceback."""
+    import errno
+
+    from bench.cli.console import _system_line
+
+    monkeypatch.setattr(sys, "argv", ["bench", "report", "--results", str(tmp_path / "r"), f"--out={tmp_path / 'o.md'}"])
+    inside = OSError(errno.ENAMETOOLONG, "File name too long", str(tmp_path / "r" / "records" / "x.json"))
+    assert _system_line(inside) == f"error: {inside.filename}: File name too long"
+    moved = OSError(errno.EXDEV, "Invalid cross-device link", str(tmp_path / "o.md.tmp"), None, str(tmp_path / "o.md"))
+    assert _system_line(moved) is None  # the temp file is no path of the command line
+    moved = OSError(errno.EXDEV, "Invalid cross-device link", str(tmp_path / "o.md"), None, "/elsewhere/o.md")
+    assert _system_line(moved) == f"error: {tmp_path / 'o.md'} (and /elsewhere/o.md): Invalid cross-device link"
+    assert _system_line(OSError(errno.EACCES, "Permission denied", "/usr/lib/bench-cache/x")) is None  # a bug's
+    assert _system_line(OSError(errno.ENOMEM, "Cannot allocate memory")).startswith("error: out of memory (")
+    assert _system_line(ValueError("x")) is None

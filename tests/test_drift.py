@@ -514,7 +514,8 @@ def test_two_updates_of_some_models_rows_at_once_keep_both(tmp_path, baseline, m
     one = threading.Thread(target=write_baseline, args=(now, baseline), kwargs={"models": ["unet"]})
     one.start()
     first_read.wait(10)
-    write_baseline(now, baseline, models=["vmunet"])
+    with pytest.warns(UserWarning, match="another process is rewriting a file here .*; waiting for it"):
+        write_baseline(now, baseline, models=["vmunet"])
     one.join(10)
     after = read_baseline(baseline).set_index(["model", "metric"])["value"]
     assert after["unet", "dice"] == pytest.approx(0.50) and after["vmunet", "dice"] == pytest.approx(0.62)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
+
+import pytest
 
 from bench import fileio
 
@@ -110,3 +113,28 @@ def test_a_cache_folder_is_made_private_under_a_group_writable_umask(tmp_path, m
         os.umask(old)
     assert made == tmp_path / "ssm-unet-bench" / "x" and made.is_dir()
     assert made.stat().st_mode & 0o022 == 0
+
+
+def test_text_is_read_from_a_pipe_and_a_folder_is_named(tmp_path):
+    """A review: refusing every file that is not a regular one broke --published-file <(...) (a pipe)."""
+    import os
+    import threading
+
+    from bench.errors import BenchError
+
+    r, w = os.pipe()
+    text = "model,value\n" + "unet,0.5\n" * 20000  # more than a pipe holds at once
+
+    def feed():
+        with os.fdopen(w, "w") as fh:
+            fh.write(text)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        assert fileio.read_text(Path(f"/dev/fd/{r}"), "published numbers (CSV)") == text
+    finally:
+        feeder.join(10)
+        os.close(r)
+    with pytest.raises(BenchError, match=rf"{tmp_path}: cannot read it as a protocol: a folder; expected a file"):
+        fileio.read_text(tmp_path, "a protocol")

@@ -103,25 +103,31 @@ def test_the_drift_grid_fails_when_any_lane_fails(tmp_path):
 
 def test_a_signal_to_the_drift_grid_stops_both_lanes(tmp_path):
     """A CI timeout sends SIGTERM to the script alone: bash runs its trap only once a foreground
-    command ends, so the runs went on after the job was stopped. Both lanes' runs must end with it."""
-    pids = tmp_path / "pids"
+    command ends, so the runs went on after the job was stopped. Both lanes' runs must end with it,
+    and with a kill of the job's whole process group (which lanes in groups of their own escaped)."""
     fake = tmp_path / "bench"
-    fake.write_text(f'#!/usr/bin/env bash\necho $$ >> {pids}\nsleep 120\n')
-    fake.chmod(0o755)
-    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "smoke_grid.sh"), str(tmp_path / "out")],
-                            env={**os.environ, "BENCH": str(fake)})
-    deadline = time.monotonic() + 30
-    while (not pids.exists() or len(pids.read_text().split()) < 2) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    running = [int(p) for p in pids.read_text().split()]
-    assert len(running) == 2  # one run per lane
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=10) == 143
-    time.sleep(0.2)
-    left = [p for p in running if _alive(p)]
-    for p in left:
-        os.kill(p, signal.SIGKILL)
-    assert not left, "runs of the drift grid outlived it"
+    for how in ("script", "group"):
+        pids = tmp_path / f"pids-{how}"
+        fake.write_text(f'#!/usr/bin/env bash\necho $$ >> {pids}\nexec sleep 120\n')
+        fake.chmod(0o755)
+        proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "smoke_grid.sh"), str(tmp_path / "out")],
+                                env={**os.environ, "BENCH": str(fake)}, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while (not pids.exists() or len(pids.read_text().split()) < 2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        running = [int(p) for p in pids.read_text().split()]
+        assert len(running) == 2  # one run per lane
+        if how == "script":
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 143
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        time.sleep(0.2)
+        left = [p for p in running if _alive(p)]
+        for p in left:
+            os.kill(p, signal.SIGKILL)
+        assert not left, f"runs of the drift grid outlived it ({how})"
 
 
 def _alive(pid: int) -> bool:

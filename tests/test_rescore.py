@@ -482,3 +482,48 @@ def test_runs_another_process_held_and_finished_meanwhile_end_the_grid_well(trai
     said = []
     run_grid([spec], results_dir=copy, device=CPU, say=said.append)
     assert said == [f"  {spec.key}: being run by pid 1 on node7 since 2026-12-06 07:00:00 UTC, skipped"]
+
+
+def test_work_held_by_the_other_kind_of_command_and_done_meanwhile_ends_well(trained, tmp_path, monkeypatch):
+    """A review: the held runs' recheck looked for the record this command would have written only, so a
+    rescore whose run was trained under the policy meanwhile (or a run whose training was rescored into
+    it) still exited 2, its work done."""
+    from typer.testing import CliRunner
+
+    import bench.claim
+    from bench.cli import app
+    from bench.run import run_grid
+
+    root, _, legacy = trained
+    copy = _alone(trained, tmp_path)
+    spec = _strict_spec(root, copy)
+    twin = rescore_id(legacy["run_id"], "strict")
+    claim = bench.claim.claim_run
+
+    def run_holds_it(results_dir, run_id):  # a bench run --policy strict holds the twin, and finishes
+        if run_id != twin:
+            return claim(results_dir, run_id)
+        monkeypatch.setattr(bench.claim, "claim_run", claim)
+        run_grid([spec], results_dir=copy, device=CPU, say=lambda *a: None)
+        return "pid 1 on node7 since 2026-12-06 07:00:00 UTC"
+
+    monkeypatch.setattr(bench.claim, "claim_run", run_holds_it)
+    out = CliRunner().invoke(app, ["rescore", "--policy", "strict", "--results", str(copy)])
+    assert out.exception is None and f"{twin}: being scored or trained under strict by pid 1" in out.output
+    assert record_path(copy, spec.key).is_file() and not record_path(copy, twin).is_file()
+
+    again = _alone(trained, tmp_path / "2")
+    spec = _strict_spec(root, again)
+
+    def rescore_holds_it(results_dir, run_id):  # a bench rescore holds the twin ...
+        return claim(results_dir, run_id) if run_id != twin else "pid 1 on node7 since 2026-12-06 07:00:00 UTC"
+
+    def finished(line):  # ... and writes it by the grid's end
+        said.append(line)
+        shutil.copy(record_path(again, legacy["run_id"]), record_path(again, twin))
+
+    monkeypatch.setattr(bench.claim, "claim_run", rescore_holds_it)
+    said = []
+    run_grid([spec], results_dir=again, device=CPU, say=finished)  # no BenchError: nothing left undone
+    assert said == [f"  {spec.key}: being run by pid 1 on node7 since 2026-12-06 07:00:00 UTC (scoring it under "
+                    "strict: bench rescore), skipped"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -132,13 +133,28 @@ def _refuse_empty_values(args: list[str]) -> None:
 
 
 def _system_line(exc: BaseException) -> str | None:
-    """The one line for an error of the system rather than of bench, or None (a bug: its traceback)."""
-    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        return f"error: {exc.filename}: {exc.strerror}"
+    """The one line for an error of the system rather than of bench, or None (a bug: its traceback): a
+    path the command line named (or one inside it) that the system refused, and memory run out."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror and _given(exc.filename):
+        also = f" (and {exc.filename2})" if exc.filename2 is not None else ""
+        return f"error: {exc.filename}{also}: {exc.strerror}"
     text = " ".join(str(exc).split())
-    if isinstance(exc, MemoryError) or "can't allocate memory" in text or type(exc).__name__ == "OutOfMemoryError":
+    if (isinstance(exc, MemoryError) or isinstance(exc, OSError) and exc.errno == errno.ENOMEM
+            or "can't allocate memory" in text or type(exc).__name__ == "OutOfMemoryError"):
         return f"error: out of memory ({text[:300] or type(exc).__name__}); choose smaller sizes"
     return None
+
+
+def _given(filename) -> bool:
+    """Whether ``filename`` is a path of the command line's options, or inside one (./results by default)."""
+    path = os.path.abspath(os.fsdecode(filename))
+    for arg in [*sys.argv[2:], "results"]:
+        value = arg.partition("=")[2] if arg.startswith("--") else arg
+        if value and not value.startswith("-"):
+            given = os.path.abspath(os.path.expanduser(value))
+            if path == given or path.startswith(given.rstrip(os.sep) + os.sep):
+                return True
+    return False
 
 
 def _tilde_expanded(arg: str) -> str:

@@ -228,7 +228,19 @@ def rescore(
     check_weights_kept(todo, results, "rescored")
     typer.echo(f"bench rescore: {len(todo)} run(s) to score under {policy} · device {dev}")
 
-    held: list[str] = []
+    held: dict[str, str] = {}  # record to write -> its run's id
+    plan = {"files": _unscored_records(results), "todo": {r["run_id"] for r in todo}}
+
+    def still_to_score(run_id: str) -> bool:
+        """Whether no run trained under the policy holds this training now: planned again only where
+        records other than rescored ones appeared since (bench run --policy, beside this command)."""
+        if (files := _unscored_records(results)) != plan["files"]:
+            plan["files"] = files
+            try:
+                plan["todo"] = {r["run_id"] for r in plan_rescore(results, policy, model_filter(models), dataset)}
+            except BenchError:  # only runs the policy cannot score are left: this one is not among them
+                plan["todo"] = set()
+        return run_id in plan["todo"]
 
     def score(rec: dict) -> None:
         new_id = rescore_id(rec["run_id"], policy)
@@ -237,12 +249,12 @@ def rescore(
         claim = claim_run(results, new_id)
         if isinstance(claim, str):
             typer.echo(f"  {new_id}: being scored or trained under {policy} by {claim}, skipped")
-            held.append(new_id)
+            held[new_id] = rec["run_id"]
             return
         with claim:
             if record_path(results, new_id).is_file():
                 typer.echo(f"  {new_id}: scored meanwhile by another process, skipped")
-            elif rec["run_id"] not in {r["run_id"] for r in plan_rescore(results, policy, [rec["model"]])}:
+            elif not still_to_score(rec["run_id"]):
                 typer.echo(f"  {new_id}: trained under {policy} meanwhile (bench run --policy {policy}), skipped")
             else:
                 try:  # an older bench, which takes no claim, may write it first
@@ -255,9 +267,18 @@ def rescore(
                 typer.echo(f"  {new['run_id']}: {scores_text(new)}")
 
     _each_run(todo, score, "rescored")
-    if left := [k for k in held if not record_path(results, k).is_file()]:
+    if left := [k for k, run_id in held.items() if not record_path(results, k).is_file() and still_to_score(run_id)]:
         raise BenchError(f"{len(left)} of {len(todo)} run(s) were being scored or trained under {policy} by other "
                          f"processes and were skipped ({few(left)}); the same command later finds them done")
+
+
+def _unscored_records(results: Path) -> frozenset[str]:
+    """The names of the folder's records that no rescore wrote (``<run_id>.<policy>.json``)."""
+    from bench.metrics import POLICIES
+    from bench.records import records_dir
+
+    return frozenset(p.name for p in records_dir(results).glob("*.json")
+                     if not any(p.name.endswith(f".{policy}.json") for policy in POLICIES))
 
 
 def predict(
