@@ -508,7 +508,7 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     from bench.registry import changed_keys, check_set_kinds, create_model, get_entry
     from bench.scan_info import note_scan_use, scan_backend_for
 
-    device = env.resolve_device(device) if isinstance(device, str) else device  # "cuda" without one: named
+    device = env.resolve_device(device)  # "cuda" without one: named; "CPU", None: refused by name
     check_precision(precision, device)
     if timing:
         check_timing(iters, warmup, compile)

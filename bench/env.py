@@ -9,6 +9,7 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,12 +74,19 @@ def nvidia_driver() -> str | None:
     return lines[0].strip() if lines and lines[0].strip() else None
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" (CUDA where there is one), "cpu", "cuda" or "cuda:N" (any case), or a torch.device: the
+    device to run on; BenchError for another name or a CUDA device this machine lacks."""
+    from bench.errors import BenchError
+
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device.strip().lower()):
+        raise BenchError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
+    device = device.strip().lower()
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        from bench.errors import BenchError
-
         raise BenchError("--device cuda: no CUDA device is available to this torch build")
     return torch.device(device)
 

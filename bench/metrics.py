@@ -75,7 +75,7 @@ class EmptyMaskError(BenchError, ValueError):
 def _bool(mask: Any, what: str) -> np.ndarray:
     """``mask`` as bool: any array whose non-zero values are one value (0/1, 0/255, bool). BenchError
     for more: a probability map or a label map would be scored as their union, unsaid."""
-    a = np.asarray(mask)
+    a = _array(mask)
     if a.dtype == bool:
         return a
     if not np.issubdtype(a.dtype, np.number):
@@ -463,12 +463,21 @@ def policy_misfit(policy: str | Policy, n_foreground: int, what: str) -> str | N
 # ------------------------------------------------------------------------------------------ scoring
 
 
+def _array(x: Any) -> np.ndarray:
+    """``x`` as a NumPy array; a torch tensor from anywhere (a GPU, one that requires grad) as its values."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":  # which NumPy has no type for
+            x = x.float()
+    return np.asarray(x)
+
+
 def _label_map(x: Any, what: str, n_fg: int) -> np.ndarray:
-    a = np.asarray(x)
-    if a.dtype == bool:
-        return a.view(np.uint8)
+    a = _array(x)
     if a.ndim == 0 or a.size == 0:
         raise BenchError(f"{what} must be a label map with at least one pixel; got shape {a.shape}")
+    if a.dtype == bool:
+        return a.view(np.uint8)
     if a.dtype.kind == "f" and not np.array_equal(a, np.round(a)):
         raise BenchError(f"{what} must be an integer label map (or a 0/1 mask); got non-integer {a.dtype} "
                          "values (threshold probabilities first)")

@@ -191,10 +191,15 @@ class Protocol:
 
         Keys are field names, e.g. ``epochs=2`` or ``img_size=64``; ``None`` values are ignored.
         """
-        changes = {k: v for k, v in changes.items() if v is not None}
+        # NumPy scalars as Python's (a notebook's np.int64(2)): the checks and the run id's JSON take those
+        changes = {k: v.item() if hasattr(v, "item") and getattr(v, "ndim", None) == 0 else v
+                   for k, v in changes.items() if v is not None}
         if not changes:
             return self
         if "patch_size" in changes:  # another patch, never another kind of protocol
+            if isinstance(changes["patch_size"], (str, bytes)) or not hasattr(changes["patch_size"], "__len__"):
+                raise BenchError(f"override patch_size (--patch-size): expected a list of sides, e.g. "
+                                 f"{list(self.patch_size) or [64, 128, 128]}; got {changes['patch_size']!r}")
             n = len(self.patch_size)
             if not n:
                 raise BenchError(f"override patch_size (--patch-size): protocol {self.name!r} zooms whole images "

@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import json
+import numbers
 import os
 import re
 import sys
@@ -71,6 +72,7 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 # entry points of the group, by name: the models each registered, or why it failed to load (bench doctor)
 PLUGIN_MODELS: dict[str, list[str]] = {}
 PLUGIN_ERRORS: dict[str, str] = {}
@@ -103,6 +105,8 @@ def register_model(
             # themselves do not load the rest (``import baselines`` would load plugins half-imported)
             _load_builtins()
         key = name or fn.__name__
+        if not isinstance(key, str) or not _MODEL_NAME.fullmatch(key):  # it names runs, records and files
+            raise ValueError(f"model name {key!r}: expected letters, digits, '_', '.', '+', '-' (e.g. 'mynet')")
         held = _REGISTRY.get(key)
         if held is not None and _origin(held.constructor) != _origin(fn):
             # a plugin must not silently replace a model (a board would show its numbers under that name)
@@ -333,12 +337,15 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
     """
     entry = get_entry(name)
     overrides = model_overrides(name, {k: v for k, v in overrides.items() if v is not None}, tiny=tiny)
-    for arg, value in (("num_classes", num_classes), ("in_chans", in_chans), ("img_size", img_size)):
+    sizes = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}
+    for arg, value in sizes.items():
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            value = sizes[arg] = int(value)  # labels.max() + 1 in a notebook: a NumPy integer
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             what = " (inputs are img_size x img_size, square)" if arg == "img_size" else ""
             raise BenchError(f"{name}: {arg} must be a positive whole number{what}; got {value!r}")
     try:
-        model = entry.constructor(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **overrides)
+        model = entry.constructor(**sizes, **overrides)
     except Exception as exc:
         # other errors of a configuration's own (depths=[1, 1, 1]: an IndexError; d_state=-1: a RuntimeError)
         # are the values' too; without overrides they are bench's bug, or the plugin's: the traceback
@@ -505,7 +512,7 @@ def torch_load(path: Path, allowed: list | tuple = ()) -> Any:
 
 def read_weights_file(path: str | Path) -> dict[str, Any]:
     """Read a weights file without ever unpickling code: safetensors, npz or weights-only torch."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise absent(path, f"weights file {'is a folder' if path.is_dir() else 'not found'}: {path}")
     if path.stat().st_size == 0:  # a copy that failed, a placeholder: torch would say "EOFError"

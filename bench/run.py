@@ -185,7 +185,7 @@ def _tensorboard(run_dir: Path) -> _TensorBoard:
     return _TensorBoard(run_dir)
 
 
-def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: bool = False,
+def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device | str, resume: bool = False,
             show_progress: bool = False) -> dict[str, Any] | None:
     """Train and evaluate one model; write and return its record.
 
@@ -195,6 +195,7 @@ def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: b
     barrier would never meet, so the run would hang until the process-group timeout; exiting lets
     the launcher stop them. A finished run (its record there) is refused before anything trains: training
     it again would replace the weights its record was scored from (``bench run`` skips it)."""
+    device = env.resolve_device(device)  # "cpu" as run_grid takes it
     done = records.record_path(results_dir, spec.key)
     if distributed.gather_objects(done.is_file() if distributed.world().main else None)[0]:  # rank 0's view
         raise BenchError(f"{spec.key}: finished already ({done}); training it again would replace the weights that "
@@ -360,9 +361,9 @@ def run_grid(specs: list[RunSpec], *, results_dir: Path | str, device: torch.dev
     ends it on every rank, since all must take the same path; the process group is shut down after.
     ``device``: a torch.device or "auto", "cpu", "cuda". Each run seeds every RNG; the caller's RNG
     states and cuDNN flags are back afterwards."""
-    device = env.resolve_device(device) if isinstance(device, str) else device
+    device = env.resolve_device(device)
     with caller_rng_kept(cuda=device.type == "cuda"):
-        _run_specs(specs, Path(results_dir), device, resume, show_progress, say, say_error)
+        _run_specs(specs, Path(results_dir).expanduser(), device, resume, show_progress, say, say_error)
 
 
 def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, resume: bool, show_progress: bool,
@@ -612,7 +613,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     seeds = list(dict.fromkeys(int_list(seeds, "seeds", "[0, 1, 2]"))) if seeds is not None else [protocol.seed]
     if bad := [s for s in seeds if not 0 <= s < SEED_LIMIT]:  # else a traceback once the run has begun
         raise BenchError(f"seeds: {bad[0]} is no seed; expected whole numbers from 0 to {SEED_LIMIT - 1}")
-    results_dir = Path(results_dir)
+    results_dir = Path(results_dir).expanduser()  # as data_root and the synthetic data's folder
     if synthetic and data_root is not None:
         raise BenchError("give either --data-root or --synthetic, not both")
     if weights is not None:

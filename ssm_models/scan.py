@@ -449,10 +449,20 @@ def backend_report() -> str:
 
 
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
+    for name, v in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                    ("delta_bias", delta_bias)):
+        if v is None and name in "u delta A B C":
+            raise TypeError(f"{name} must be a tensor; got None")
+        if v is not None and not isinstance(v, torch.Tensor):
+            raise TypeError(f"{name} must be a torch tensor; got {type(v).__name__}")
+        if v is not None and not (v.is_floating_point() or v.is_complex()):  # the result was cast back to it
+            raise TypeError(f"{name} must be a floating-point tensor; got {v.dtype}")
     if u.dim() != 3 or delta.shape != u.shape:
         raise ValueError(f"u and delta must be (batch, dim, L) of one shape; "
                          f"got {tuple(u.shape)}, {tuple(delta.shape)}")
     batch, dim, L = u.shape
+    if L == 0:
+        raise ValueError(f"u must hold a sequence (batch, dim, L) with L >= 1; got {tuple(u.shape)}")
     if A.dim() != 2 or A.shape[0] != dim or A.is_complex():
         raise ValueError(f"A must be real (dim, N) = ({dim}, N); got {tuple(A.shape)} {A.dtype}")
     N = A.shape[1]

@@ -226,3 +226,54 @@ def test_a_report_of_a_folder_given_as_a_string_says_nothing_finished(tmp_path):
     (tmp_path / "records").mkdir()
     text = write_report(str(tmp_path), "md")  # a str crashed the "nothing finished" message
     assert "1 run(s) began here (synapse-unet-s0)" in text
+
+
+def test_what_a_notebook_passes_from_an_api_fuzz(tmp_path, monkeypatch):
+    """A Python API fuzz: integer tensors scanned to a truncated integer result; NumPy integers refused
+    as "not a positive whole number"; "CPU" or None as a device a torch traceback; a model name 1 broke
+    every later list_models(); "~" kept literally by plan_grid (while its synthetic data went home) and
+    load_weights; a report's --out folder refused only after its plots were written beside it; tensors
+    that require grad, and empty boolean maps, deep errors of the metrics."""
+    import numpy as np
+    import pytest
+    import torch
+
+    from bench import metrics
+    from bench.env import resolve_device
+    from bench.errors import BenchError
+    from bench.protocol import load_protocol
+    from bench.registry import create_model, list_models, load_weights, register_model
+    from bench.report import write_report
+    from ssm_models.scan import selective_scan
+
+    u = torch.randint(0, 3, (1, 4, 6))
+    A, B, C = -torch.rand(4, 2), torch.rand(1, 2, 6), torch.rand(1, 2, 6)
+    with pytest.raises(TypeError, match="u must be a floating-point tensor; got torch.int64"):
+        selective_scan(u, u.float(), A, B, C)
+    with pytest.raises(TypeError, match="u must be a torch tensor; got ndarray"):
+        selective_scan(u.float().numpy(), u.float(), A, B, C)
+    with pytest.raises(ValueError, match="L >= 1"):
+        selective_scan(u.float()[..., :0], u.float()[..., :0], A, B[..., :0], C[..., :0], backend="torch")
+    model = create_model("unet", num_classes=np.int64(2), in_chans=np.int64(3), img_size=np.int64(32), tiny=True)
+    assert type(model.num_classes) is int and model.num_classes == 2
+    assert load_protocol("smoke").with_overrides(epochs=np.int64(2)).train.epochs == 2
+    assert resolve_device("CPU") == resolve_device(torch.device("cpu")) == torch.device("cpu")
+    for bad in ("gpu", None, "mps", 0):
+        with pytest.raises(BenchError, match=r"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+            resolve_device(bad)
+    with pytest.raises(ValueError, match="model name 1: expected letters"):
+        register_model(family="cnn", paper_config={}, name=1)(lambda **kw: None)
+    assert "unet" in list_models()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    load_weights(create_model("unet", num_classes=2, img_size=32, tiny=True), "~/w.pth")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(BenchError, match="is a folder; give a file name"):
+        write_report(tmp_path, out=tmp_path / "out")
+    assert not (tmp_path / "out_files").exists()
+    t = torch.zeros(8, 8)
+    t[2:5, 2:5] = 1
+    assert metrics.dice(t.clone().requires_grad_(), t) == 1.0
+    assert metrics.score_case(t.bfloat16(), t, 2, "strict")[0]["dice"] == 1.0
+    with pytest.raises(BenchError, match="at least one pixel"):
+        metrics.score_case(np.zeros((0, 8), bool), np.zeros((0, 8), bool), 2, "strict")

@@ -42,7 +42,6 @@ def report(
 
     Example: bench report --results results --format latex --columns paper --dataset synapse --out table.tex
     """
-    from bench.fileio import check_dangling_link, ensure_writable_dir
     from bench.report import parse_columns, write_report
 
     groups = parse_columns(columns)  # before anything is read
@@ -51,11 +50,6 @@ def report(
     check_plot_format(plot_format)  # before anything is read, with or without --out
 
     format = _format_for(format, out)
-    if out is not None:  # before the plots are drawn beside it
-        check_dangling_link(out, "--out")  # else the link is replaced by the report, unsaid
-        if out.is_dir():
-            raise BenchError(f"--out {out}: is a folder; give a file name, e.g. {out / 'report.md'}")
-        ensure_writable_dir(out.parent, "--out")
     text = write_report(results, format.value, out, published=published_file or published, reference=reference,
                         models=models, datasets=dataset, columns=groups, plot_format=plot_format, policies=policy)
     if out is None:

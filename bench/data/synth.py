@@ -93,7 +93,7 @@ def synthesize(kind: str, out: str | Path, *, seed: int = 0, **size_options: Any
         writer(tmp, seed=seed, **options)
         portable_write_text(tmp / MARKER, json.dumps(made, sort_keys=True, default=list) + "\n")
 
-    return atomic_write_dir(Path(out), write)
+    return atomic_write_dir(Path(out).expanduser(), write)
 
 
 def synthetic_identity(root: str | Path) -> str | None:

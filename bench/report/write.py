@@ -123,8 +123,15 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     ``select_runs``).
     ``columns``: the boards' ``COLUMN_GROUPS`` and presets (Markdown, LaTeX; None: all)."""
     from bench.cost import load_profiles
+    from bench.fileio import check_dangling_link, ensure_writable_dir
 
-    results_dir = Path(results_dir)
+    results_dir = Path(results_dir).expanduser()
+    if out is not None:  # before anything is read, and the plots drawn beside it
+        out = Path(out).expanduser()
+        check_dangling_link(out, "--out")  # else the link is replaced by the report, unsaid
+        if out.is_dir():
+            raise BenchError(f"--out {out}: is a folder; give a file name, e.g. {out / 'report.md'}")
+        ensure_writable_dir(out.parent, "--out")
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
     if fmt == ReportFormat.methods:
         text = _methods(results_dir, models, datasets, policies, columns=columns, reference=reference,
