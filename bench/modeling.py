@@ -86,6 +86,8 @@ class SegmentationModel(nn.Module):
         if x.ndim != 2 + self.spatial_dims:
             layout = "(B, C, H, W)" if self.spatial_dims == 2 else "(B, C, D, H, W)"
             raise BenchError(f"{name} expects input {layout}; got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:  # the SSM and Swin models failed to reshape 0 elements
+            raise BenchError(f"{name} got an empty batch (shape {tuple(x.shape)}); expected at least one image")
         weight = next(self.parameters(), None)
         if not x.is_floating_point() or (weight is not None and x.dtype != weight.dtype and not _autocast_casts(x)):
             want, whose = (weight.dtype, " (its weights')") if weight is not None else (torch.float32, "")

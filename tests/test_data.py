@@ -1593,3 +1593,20 @@ def test_nnunet_v1_dataset_json_reads_as_nifti(roots, tmp_path):
     (root / "dataset.json").write_text(json.dumps(v2))
     with pytest.raises(BenchError, match=rf"^{re.escape(str(root / 'dataset.json'))}: missing field\(s\) file_ending; "):
         open_dataset("nnunet", root)
+
+
+def test_synthetic_folder_names_stay_inside_out_and_seeds_are_checked(tmp_path):
+    """An API fuzz: test_sets=["/abs/x"] (or "../x", from `--option`) wrote images outside --out, a name
+    given twice failed with FileExistsError, and a seed of -1 with NumPy's words."""
+    import pytest
+
+    from bench.data.synth import synthesize
+    from bench.errors import BenchError
+
+    for sets in (["../outside"], [str(tmp_path / "abs")], ["A", "A"], ["A/B"]):
+        with pytest.raises(BenchError, match="test_sets takes a list of distinct folder names"):
+            synthesize("polyp", tmp_path / "d", test_sets=sets, jpeg_sets=["A"])
+    for seed in (-1, 2**32, 1.5, True):
+        with pytest.raises(BenchError, match="seed must be a whole number from 0 to 4294967295"):
+            synthesize("isic", tmp_path / "d", seed=seed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written anywhere

@@ -48,6 +48,15 @@ def test_one_channel_input_is_repeated(name):
     torch.testing.assert_close(model(x), model(x.repeat(1, 3, 1, 1)))
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_an_empty_batch_is_refused_by_name(name):
+    """An API fuzz: four models failed to reshape 0 elements, two returned an empty output."""
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match=r"got an empty batch \(shape \(0, 3, 64, 64\)\)"):
+        _tiny(name).eval()(torch.randn(0, 3, 64, 64))
+
+
 # parameters the authors' own model never uses in its forward (kept for checkpoint compatibility)
 UNUSED = {"vmunet_v2": ("deconv5.", "seg_outs.0.", "seg_outs.1.", "vmunet.layers.3.")}
 

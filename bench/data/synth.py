@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +36,8 @@ from PIL import Image
 from scipy import ndimage
 
 from bench.errors import BenchError
-from bench.fileio import atomic_write_dir, portable_write_text
+from bench.fileio import atomic_write_dir, is_plain_name, portable_write_text
+from bench.protocol import SEED_LIMIT
 
 GENERATOR_VERSION = 1  # bump when any generated array changes: cache folders carry it
 # written into every synthetic dataset: how it was made. Runs on it are marked synthetic wherever it
@@ -77,6 +79,9 @@ def synthesize(kind: str, out: str | Path, *, seed: int = 0, **size_options: Any
     """
     if kind not in DEFAULTS:
         raise BenchError(f"unknown synthetic kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
+        raise BenchError(f"synthetic {kind} data: seed must be a whole number from 0 to {SEED_LIMIT - 1}; got {seed!r}")
+    seed = int(seed)
     unknown = sorted(set(size_options) - set(DEFAULTS[kind]))
     if unknown:
         raise BenchError(f"synthetic {kind} data has no setting {', '.join(unknown)}; its settings (and defaults): "
@@ -118,9 +123,10 @@ def _check_setting(kind: str, key: str, value: Any) -> None:
         ok = (isinstance(value, (list, tuple)) and len(value) == len(default)
               and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value))
         what = f"a list of {len(default)} positive numbers"
-    else:
-        ok = isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(v, str) for v in value)
-        what = "a list of names"
+    else:  # folder names: one each, inside --out ("../x" or "/abs" would be written elsewhere), once each
+        ok = (isinstance(value, (list, tuple)) and len(value) > 0 and len(set(value)) == len(value)
+              and all(isinstance(v, str) and is_plain_name(v) for v in value))
+        what = "a list of distinct folder names"
     if not ok:
         raise BenchError(f"synthetic {kind} data: {key} takes {what}, e.g. {json.dumps(default)}; got {value!r}")
 
