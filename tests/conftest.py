@@ -2,13 +2,28 @@
 marked ``cuda`` need a CUDA device; elsewhere they are skipped, and a lent GPU runs them alone with
 ``pytest -m cuda`` (scripts/device_check.sh)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(1)
+
+# What the user's shell may hold changes what commands print (BENCH_DEBUG: tracebacks, Python's warning
+# format) and which scan runs (BENCH_SCAN_BACKEND); the tests that want them set them themselves.
+for _name in ("BENCH_DEBUG", "BENCH_SCAN_BACKEND"):
+    os.environ.pop(_name, None)
+# bench's caches (file digests, label ids) in a folder of this process's own, so the tests neither fill the
+# user's ~/.cache nor read what older code wrote there; the compiled scan kernel stays where it is (a build
+# takes a minute). Subprocesses inherit both.
+os.environ.setdefault("BENCH_EXTENSIONS_DIR", str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                                                  / "ssm-unet-bench" / "torch_extensions"))
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="bench-tests-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"  # the checkout's: what the repo commits, and `make demo`'s
 

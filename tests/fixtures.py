@@ -119,7 +119,9 @@ def run_bench(*args, check: bool = True, env: dict[str, str] | None = None) -> s
     """``python -m bench ARGS`` in a fresh process with one OpenMP thread (and ``env`` added);
     ``check``: assert it exited 0."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True, env=env)
+    # bench writes UTF-8 whatever the locale (LC_ALL=C: ASCII would not decode its "·")
+    proc = subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True,
+                          encoding="utf-8", env=env)
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc

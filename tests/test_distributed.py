@@ -129,7 +129,8 @@ def test_sharded_loss_has_the_global_batch_gradient(tmp_path):
 
 def _bench(*args: str, **env: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, encoding="utf-8",
+                          env=env, timeout=600)
 
 
 def _only_record(results: Path) -> dict:
@@ -193,7 +194,8 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_record(tmp_path):
     driver.write_text(DRIVER)
 
     def run(results: Path, fault: str, *extra: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "FAULT": fault}
+        # torchrun leaves a torchelastic_* folder in TMPDIR for each run killed or failed: in tmp_path
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "FAULT": fault, "TMPDIR": str(tmp_path)}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver),
                *RUN, "--data-root", str(data), "--results", str(results), *extra]
         return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -244,7 +246,7 @@ def test_a_rank_that_fails_mid_training_ends_the_run_with_its_error(tmp_path):
     data = synthetic_root("synapse", tmp_path / "synth")
     driver = tmp_path / "driver.py"
     driver.write_text(FAILING_RANK)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_DIST_TIMEOUT_S": "120"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_DIST_TIMEOUT_S": "120", "TMPDIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver),
            *RUN, "--data-root", str(data), "--results", str(tmp_path / "res")]
     t0 = time.monotonic()
