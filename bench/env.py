@@ -79,10 +79,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     device to run on; BenchError for another name or a CUDA device this machine lacks."""
     from bench.errors import BenchError
 
+    given = device
     if isinstance(device, torch.device):
         device = str(device)
-    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device.strip().lower()):
-        raise BenchError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu(:0)?|cuda(:\d+)?", device.strip().lower()):
+        raise BenchError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {given!r}")
     device = device.strip().lower()
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -625,7 +625,7 @@ class PooledConfusion:
         self.tp = self.fp = self.fn = self.tn = 0
 
     def update(self, pred: Any, gt: Any) -> None:
-        k = confusion(np.asarray(pred) >= self.threshold, np.asarray(gt) >= 0.5)
+        k = confusion(_array(pred) >= self.threshold, _array(gt) >= 0.5)
         self.tp += k["tp"]
         self.fp += k["fp"]
         self.fn += k["fn"]

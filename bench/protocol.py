@@ -191,9 +191,7 @@ class Protocol:
 
         Keys are field names, e.g. ``epochs=2`` or ``img_size=64``; ``None`` values are ignored.
         """
-        # NumPy scalars as Python's (a notebook's np.int64(2)): the checks and the run id's JSON take those
-        changes = {k: v.item() if hasattr(v, "item") and getattr(v, "ndim", None) == 0 else v
-                   for k, v in changes.items() if v is not None}
+        changes = {k: _python(v) for k, v in changes.items() if v is not None}
         if not changes:
             return self
         if "patch_size" in changes:  # another patch, never another kind of protocol
@@ -284,6 +282,16 @@ _WHOLE_NUMBERS = (("", "img_size", 1), ("train", "batch_size", 1), ("train", "ep
                   ("train", "iterations_per_epoch", 0), ("train", "cosine_t_max", 1), ("train", "checkpoint_every", 0),
                   ("eval", "max_cases", 0), ("", "seed", 0))
 SEED_LIMIT = 2**32  # seeds below it: what numpy's and torch's generators all take
+
+
+def _python(value: Any) -> Any:
+    """NumPy (or torch) values as Python's, inside lists too (a notebook's np.int64(2), np.array([64, 64])):
+    the checks and the run id's JSON take those."""
+    if hasattr(value, "tolist") and hasattr(value, "ndim"):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_python(v) for v in value)
+    return value
 
 
 def _checked(protocol: Protocol, where: str) -> Protocol:

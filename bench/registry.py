@@ -72,7 +72,7 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
-_MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+_MODEL_NAME = re.compile(r"\w[\w.+-]*")
 # entry points of the group, by name: the models each registered, or why it failed to load (bench doctor)
 PLUGIN_MODELS: dict[str, list[str]] = {}
 PLUGIN_ERRORS: dict[str, str] = {}
@@ -105,8 +105,10 @@ def register_model(
             # themselves do not load the rest (``import baselines`` would load plugins half-imported)
             _load_builtins()
         key = name or fn.__name__
-        if not isinstance(key, str) or not _MODEL_NAME.fullmatch(key):  # it names runs, records and files
-            raise ValueError(f"model name {key!r}: expected letters, digits, '_', '.', '+', '-' (e.g. 'mynet')")
+        if not isinstance(key, str) or not _MODEL_NAME.fullmatch(key) or len(key) > 64 or key == "all":
+            # it names runs, records and files; "all" is every model to --models
+            raise ValueError(f"model name {key!r}: expected up to 64 letters, digits, '_', '.', '+', '-', not 'all' "
+                             "(e.g. 'mynet')")
         held = _REGISTRY.get(key)
         if held is not None and _origin(held.constructor) != _origin(fn):
             # a plugin must not silently replace a model (a board would show its numbers under that name)

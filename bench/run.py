@@ -196,6 +196,7 @@ def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device | str, res
     the launcher stop them. A finished run (its record there) is refused before anything trains: training
     it again would replace the weights its record was scored from (``bench run`` skips it)."""
     device = env.resolve_device(device)  # "cpu" as run_grid takes it
+    results_dir = Path(results_dir).expanduser()
     done = records.record_path(results_dir, spec.key)
     if distributed.gather_objects(done.is_file() if distributed.world().main else None)[0]:  # rank 0's view
         raise BenchError(f"{spec.key}: finished already ({done}); training it again would replace the weights that "

@@ -697,8 +697,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     overrides the automatic choice, never an explicit argument).
     """
     global _last
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)  # first: the automatic choice reads u's device and dtype
     name = _check_backend(backend) if backend else default_backend(u.device, u.dtype)
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     if torch._C._len_torch_dispatch_stack() > 0:  # a FLOP counter is listening (see _cost_marker)
         SCAN_COST_OP(u.detach(), A.detach(), D is not None, z is not None)
     if name == "cuda":

@@ -20,8 +20,23 @@ for _name in ("BENCH_DEBUG", "BENCH_SCAN_BACKEND"):
 # bench's caches (file digests, label ids) in a folder of this process's own, so the tests neither fill the
 # user's ~/.cache nor read what older code wrote there; the compiled scan kernel stays where it is (a build
 # takes a minute). Subprocesses inherit both.
-os.environ.setdefault("BENCH_EXTENSIONS_DIR", str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                                                  / "ssm-unet-bench" / "torch_extensions"))
+def _kernel_cache() -> None:
+    """The kernel folder bench uses without BENCH_EXTENSIONS_DIR, named by it, where bench would take it so
+    named (its own, not a link, not writable by others: checked only of a named folder); elsewhere the
+    kernel is built in the tests' cache."""
+    if os.environ.get("BENCH_EXTENSIONS_DIR"):
+        return
+    from bench import fileio
+
+    try:
+        folder = fileio.cache_dir("torch_extensions")
+        fileio._check_private(folder, "")
+    except OSError:
+        return
+    os.environ["BENCH_EXTENSIONS_DIR"] = str(folder)
+
+
+_kernel_cache()
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="bench-tests-cache-")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 

@@ -261,7 +261,7 @@ def test_what_a_notebook_passes_from_an_api_fuzz(tmp_path, monkeypatch):
     for bad in ("gpu", None, "mps", 0):
         with pytest.raises(BenchError, match=r"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"):
             resolve_device(bad)
-    with pytest.raises(ValueError, match="model name 1: expected letters"):
+    with pytest.raises(ValueError, match="model name 1: expected up to 64 letters"):
         register_model(family="cnn", paper_config={}, name=1)(lambda **kw: None)
     assert "unet" in list_models()
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -277,3 +277,16 @@ def test_what_a_notebook_passes_from_an_api_fuzz(tmp_path, monkeypatch):
     assert metrics.score_case(t.bfloat16(), t, 2, "strict")[0]["dice"] == 1.0
     with pytest.raises(BenchError, match="at least one pixel"):
         metrics.score_case(np.zeros((0, 8), bool), np.zeros((0, 8), bool), 2, "strict")
+    # a review of the above: the automatic backend looked at u before it was checked; PooledConfusion kept
+    # np.asarray; arrays inside overrides; "cpu:0"; "all" and endless names
+    with pytest.raises(TypeError, match="u must be a torch tensor; got list"):
+        selective_scan([[[1.0]]], u.float(), A, B, C)
+    pooled = metrics.PooledConfusion()
+    pooled.update(t.clone().requires_grad_(), t)
+    assert pooled.compute()["dice"] == 1.0
+    patch = load_protocol("drift_2d").with_overrides(patch_size=np.array([16, 16])).patch_size
+    assert list(patch) == [16, 16] and all(type(s) is int for s in patch)
+    assert resolve_device("cpu:0") == resolve_device(torch.device("cpu", 0)) == torch.device("cpu:0")
+    for bad in ("all", "m" * 65):
+        with pytest.raises(ValueError, match="expected up to 64 letters"):
+            register_model(family="cnn", paper_config={}, name=bad)(lambda **kw: None)

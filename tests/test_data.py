@@ -1603,7 +1603,7 @@ def test_synthetic_folder_names_stay_inside_out_and_seeds_are_checked(tmp_path):
     from bench.data.synth import synthesize
     from bench.errors import BenchError
 
-    for sets in (["../outside"], [str(tmp_path / "abs")], ["A", "A"], ["A/B"]):
+    for sets in (["../outside"], [str(tmp_path / "abs")], ["A", "A"], ["A/B"], [["A"]]):
         with pytest.raises(BenchError, match="test_sets takes a list of distinct folder names"):
             synthesize("polyp", tmp_path / "d", test_sets=sets, jpeg_sets=["A"])
     for seed in (-1, 2**32, 1.5, True):

@@ -124,8 +124,8 @@ def _check_setting(kind: str, key: str, value: Any) -> None:
               and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value))
         what = f"a list of {len(default)} positive numbers"
     else:  # folder names: one each, inside --out ("../x" or "/abs" would be written elsewhere), once each
-        ok = (isinstance(value, (list, tuple)) and len(value) > 0 and len(set(value)) == len(value)
-              and all(isinstance(v, str) and is_plain_name(v) for v in value))
+        ok = (isinstance(value, (list, tuple)) and len(value) > 0
+              and all(isinstance(v, str) and is_plain_name(v) for v in value) and len(set(value)) == len(value))
         what = "a list of distinct folder names"
     if not ok:
         raise BenchError(f"synthetic {kind} data: {key} takes {what}, e.g. {json.dumps(default)}; got {value!r}")
