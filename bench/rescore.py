@@ -11,6 +11,7 @@ board, with the same weights behind both.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import time
@@ -248,26 +249,17 @@ def claim_twins(spec, results_dir: Path) -> list | str:
     from bench.metrics import POLICIES
 
     held = []
-    try:
+    with contextlib.ExitStack() as taken:  # released unless all are had: the caller releases only what it gets
         for other in POLICIES:
             original = replace(spec, policy=other).key
             if other == spec.policy or not records.record_path(results_dir, original).is_file():
                 continue
             claim = claim_run(results_dir, rescore_id(original, spec.policy))
             if isinstance(claim, str):
-                raise _Held(claim)
-            held.append(claim)
-    except (OSError, _Held) as exc:  # none kept: the caller releases only what it is given
-        for c in held:
-            c.release()
-        if isinstance(exc, _Held):
-            return f"{exc} (scoring it under {spec.policy}: bench rescore)"
-        raise
+                return f"{claim} (scoring it under {spec.policy}: bench rescore)"
+            held.append(taken.enter_context(claim))
+        taken.pop_all()
     return held
-
-
-class _Held(Exception):
-    """A claim another process holds (its holder as the message)."""
 
 
 def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None,
