@@ -140,18 +140,17 @@ def iou(pred: Any, gt: Any) -> float:
 # ------------------------------------------------------------------------------- surface distances
 
 
-def _union_box(p: np.ndarray, g: np.ndarray) -> tuple[slice, ...]:
-    """Bounding box of ``p | g`` plus one voxel each side, clipped to the array (p | g non-empty).
+def _box(mask: np.ndarray) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` (non-empty) plus one voxel each side, clipped to the array.
 
     Never padded beyond the array: outside the array, erosion already sees background."""
-    union = p | g
-    box = []
-    for axis in range(union.ndim):
-        # reduce the already-cropped union, so later axes scan a smaller array
-        hit = np.flatnonzero(union.any(axis=tuple(a for a in range(union.ndim) if a != axis)))
-        lo, hi = max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, union.shape[axis])
+    box, part = [], mask
+    for axis in range(mask.ndim):
+        # reduce the already-cropped mask, so later axes scan a smaller array
+        hit = np.flatnonzero(part.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        lo, hi = max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, mask.shape[axis])
         box.append(slice(lo, hi))
-        union = union[(slice(None),) * axis + (slice(int(hit[0]), int(hit[-1]) + 1),)]
+        part = part[(slice(None),) * axis + (slice(int(hit[0]), int(hit[-1]) + 1),)]
     return tuple(box)
 
 
@@ -215,7 +214,7 @@ def surface_distances(pred: Any, gt: Any, spacing: Sequence[float] | float | Non
 def _surface_points(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     """(n, ndim) indices of ``mask``'s (non-empty) surface voxels in C order, eroded inside its own box
     plus one voxel; border_value=0 (scipy's default, as medpy): a mask voxel on the array border is surface."""
-    box = _union_box(mask, mask)
+    box = _box(mask)  # not the whole array: a copy of it per surface
     m = mask[box]
     return np.argwhere(m ^ ndimage.binary_erosion(m, structure=footprint, iterations=1)) + [s.start for s in box]
 

@@ -276,12 +276,13 @@ CHOICES = {
     ("", "dtype"): ("float32", "float64"),
 }
 
-# (section, field, smallest allowed value): sizes and counts that must be whole numbers
-_WHOLE_NUMBERS = (("", "img_size", 1), ("train", "batch_size", 1), ("train", "epochs", 1),
-                  ("train", "max_iterations", 0), ("train", "num_workers", 0), ("train", "lr_scale_batch", 0),
-                  ("train", "iterations_per_epoch", 0), ("train", "cosine_t_max", 1), ("train", "checkpoint_every", 0),
-                  ("eval", "max_cases", 0), ("", "seed", 0))
 SEED_LIMIT = 2**32  # seeds below it: what numpy's and torch's generators all take
+# (section, field, smallest allowed value, bound it stays below or None): sizes, counts and seeds, whole numbers
+_WHOLE_NUMBERS = (("", "img_size", 1, None), ("train", "batch_size", 1, None), ("train", "epochs", 1, None),
+                  ("train", "max_iterations", 0, None), ("train", "num_workers", 0, None),
+                  ("train", "lr_scale_batch", 0, None), ("train", "iterations_per_epoch", 0, None),
+                  ("train", "cosine_t_max", 1, None), ("train", "checkpoint_every", 0, None),
+                  ("eval", "max_cases", 0, None), ("", "seed", 0, SEED_LIMIT))
 
 
 def _python(value: Any) -> Any:
@@ -311,17 +312,16 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
             if where == "override" and key == "train.lr":  # the CLI spells it --lr
                 key = "lr (--lr)"
             raise BenchError(f"{where} {key}: expected {expected}; got {value!r}")
-    for section, name, low in _WHOLE_NUMBERS:
+    for section, name, low, high in _WHOLE_NUMBERS:
         value = getattr(getattr(protocol, section) if section else protocol, name)
         if name == "img_size" and protocol.patch_size and value == 0:
             continue  # a patch protocol leaves it out (_check_input_size)
-        huge = name == "seed" and isinstance(value, int) and value >= SEED_LIMIT
-        if isinstance(value, bool) or not isinstance(value, int) or value < low or huge:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or high is not None and value >= high:
             key = f"{section}.{name}" if section else name
             if where == "override":  # the CLI spells overrides as options
                 key = f"{name} (--{name.replace('_', '-')})"
             square = " (the side of the square model input)" if name == "img_size" else ""
-            below = f" and < {SEED_LIMIT}" if name == "seed" else ""
+            below = f" and < {high}" if high is not None else ""
             raise BenchError(f"{where} {key}: expected a whole number >= {low}{below}{square}; got {value!r}")
     _check_input_size(protocol, where)
     protocol = _check_target_spacing(protocol, where)

@@ -11,6 +11,7 @@ board, with the same weights behind both.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import time
@@ -27,7 +28,7 @@ from bench.data import open_dataset, synthetic_identity
 from bench.data.base import SegDataset
 from bench.errors import BenchError
 from bench.evaluate import evaluate, scored_ids
-from bench.metrics import get_policy, policy_fields, policy_misfit
+from bench.metrics import POLICIES, get_policy, policy_fields, policy_misfit
 from bench.protocol import Protocol, load_protocol, protocol_from_record
 from bench.registry import code_changed, create_model, strict_load
 from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, deterministic_kernels, load_checkpoint
@@ -38,6 +39,12 @@ __all__ = ["rescore_id", "weights_path", "record_protocol", "run_model", "rescor
 
 def rescore_id(run_id: str, policy: str) -> str:
     return f"{run_id}.{policy}"
+
+
+def unscored_records(results_dir: Path) -> frozenset[str]:
+    """The names of the folder's records that no rescore wrote (``rescore_id``'s ``<run_id>.<policy>``)."""
+    return frozenset(p.name for p in records.records_dir(results_dir).glob("*.json")
+                     if not any(p.stem.endswith(f".{policy}") for policy in POLICIES))
 
 
 def weights_path(results_dir: Path, rec: dict[str, Any]) -> Path:
@@ -228,8 +235,6 @@ def rescored_twin(spec, results_dir: Path) -> str | None:
     `bench run` then skips ``spec`` instead of training it again."""
     from dataclasses import replace
 
-    from bench.metrics import POLICIES
-
     for other in POLICIES:
         twin = rescore_id(replace(spec, policy=other).key, spec.policy)
         if other != spec.policy and records.record_path(results_dir, twin).is_file():
@@ -245,29 +250,19 @@ def claim_twins(spec, results_dir: Path) -> list | str:
     from dataclasses import replace
 
     from bench.claim import claim_run
-    from bench.metrics import POLICIES
 
     held = []
-    try:
+    with contextlib.ExitStack() as taken:  # released unless all are had: the caller releases only what it gets
         for other in POLICIES:
             original = replace(spec, policy=other).key
             if other == spec.policy or not records.record_path(results_dir, original).is_file():
                 continue
             claim = claim_run(results_dir, rescore_id(original, spec.policy))
             if isinstance(claim, str):
-                raise _Held(claim)
-            held.append(claim)
-    except (OSError, _Held) as exc:  # none kept: the caller releases only what it is given
-        for c in held:
-            c.release()
-        if isinstance(exc, _Held):
-            return f"{exc} (scoring it under {spec.policy}: bench rescore)"
-        raise
+                return f"{claim} (scoring it under {spec.policy}: bench rescore)"
+            held.append(taken.enter_context(claim))
+        taken.pop_all()
     return held
-
-
-class _Held(Exception):
-    """A claim another process holds (its holder as the message)."""
 
 
 def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None,

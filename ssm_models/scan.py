@@ -449,13 +449,15 @@ def backend_report() -> str:
 
 
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
-    for name, v in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
-                    ("delta_bias", delta_bias)):
-        if v is None and name in "u delta A B C":
+    for name, v, optional in (("u", u, False), ("delta", delta, False), ("A", A, False), ("B", B, False),
+                              ("C", C, False), ("D", D, True), ("z", z, True), ("delta_bias", delta_bias, True)):
+        if v is None:
+            if optional:
+                continue
             raise TypeError(f"{name} must be a tensor; got None")
-        if v is not None and not isinstance(v, torch.Tensor):
+        if not isinstance(v, torch.Tensor):
             raise TypeError(f"{name} must be a torch tensor; got {type(v).__name__}")
-        if v is not None and not (v.is_floating_point() or v.is_complex()):  # the result was cast back to it
+        if not (v.is_floating_point() or v.is_complex()):  # the result was cast back to it
             raise TypeError(f"{name} must be a floating-point tensor; got {v.dtype}")
     if u.dim() != 3 or delta.shape != u.shape:
         raise ValueError(f"u and delta must be (batch, dim, L) of one shape; "

@@ -17,9 +17,8 @@ torch.set_num_threads(1)
 # format) and which scan runs (BENCH_SCAN_BACKEND); the tests that want them set them themselves.
 for _name in ("BENCH_DEBUG", "BENCH_SCAN_BACKEND"):
     os.environ.pop(_name, None)
-# bench's caches (file digests, label ids) in a folder of this process's own, so the tests neither fill the
-# user's ~/.cache nor read what older code wrote there; the compiled scan kernel stays where it is (a build
-# takes a minute). Subprocesses inherit both.
+
+
 def _kernel_cache() -> None:
     """The kernel folder bench uses without BENCH_EXTENSIONS_DIR, named by it, where bench would take it so
     named (its own, not a link, not writable by others: checked only of a named folder); elsewhere the
@@ -36,6 +35,9 @@ def _kernel_cache() -> None:
     os.environ["BENCH_EXTENSIONS_DIR"] = str(folder)
 
 
+# bench's caches (file digests, label ids) in a folder of this process's own, so the tests neither fill the
+# user's ~/.cache nor read what older code wrote there; the compiled scan kernel stays where it is (a build
+# takes a minute). Subprocesses inherit both.
 _kernel_cache()
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="bench-tests-cache-")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)

@@ -210,7 +210,7 @@ def rescore(
     from bench.fileio import ensure_writable_dir
     from bench.claim import claim_run
     from bench.rescore import (DataRoots, check_weights_kept, other_device_warning, plan_rescore, rescore_id,
-                               rescore_record)
+                               rescore_record, unscored_records)
 
     _compute_setup(threads)
     roots = DataRoots(data_root or ())
@@ -229,12 +229,12 @@ def rescore(
     typer.echo(f"bench rescore: {len(todo)} run(s) to score under {policy} · device {dev}")
 
     held: dict[str, str] = {}  # record to write -> its run's id
-    plan = {"files": _unscored_records(results), "todo": {r["run_id"] for r in todo}}
+    plan = {"files": unscored_records(results), "todo": {r["run_id"] for r in todo}}
 
     def still_to_score(run_id: str) -> bool:
         """Whether no run trained under the policy holds this training now: planned again only where
         records other than rescored ones appeared since (bench run --policy, beside this command)."""
-        if (files := _unscored_records(results)) != plan["files"]:
+        if (files := unscored_records(results)) != plan["files"]:
             plan["files"] = files
             try:
                 plan["todo"] = {r["run_id"] for r in plan_rescore(results, policy, model_filter(models), dataset)}
@@ -270,15 +270,6 @@ def rescore(
     if left := [k for k, run_id in held.items() if not record_path(results, k).is_file() and still_to_score(run_id)]:
         raise BenchError(f"{len(left)} of {len(todo)} run(s) were being scored or trained under {policy} by other "
                          f"processes and were skipped ({few(left)}); the same command later finds them done")
-
-
-def _unscored_records(results: Path) -> frozenset[str]:
-    """The names of the folder's records that no rescore wrote (``<run_id>.<policy>.json``)."""
-    from bench.metrics import POLICIES
-    from bench.records import records_dir
-
-    return frozenset(p.name for p in records_dir(results).glob("*.json")
-                     if not any(p.name.endswith(f".{policy}.json") for policy in POLICIES))
 
 
 def predict(
