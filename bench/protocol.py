@@ -277,6 +277,15 @@ CHOICES = {
 }
 
 SEED_LIMIT = 2**32  # seeds below it: what numpy's and torch's generators all take
+
+
+def check_seed(value: Any, what: str) -> int:
+    """``value`` as a seed (a whole number 0 .. SEED_LIMIT - 1: NumPy's too), or BenchError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < SEED_LIMIT:
+        raise BenchError(f"{what}: expected a whole number from 0 to {SEED_LIMIT - 1}; got {value!r}")
+    return int(value)
+
+
 # (section, field, smallest allowed value, bound it stays below or None): sizes, counts and seeds, whole numbers
 _WHOLE_NUMBERS = (("", "img_size", 1, None), ("train", "batch_size", 1, None), ("train", "epochs", 1, None),
                   ("train", "max_iterations", 0, None), ("train", "num_workers", 0, None),
@@ -321,8 +330,8 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
             if where == "override":  # the CLI spells overrides as options
                 key = f"{name} (--{name.replace('_', '-')})"
             square = " (the side of the square model input)" if name == "img_size" else ""
-            below = f" and < {high}" if high is not None else ""
-            raise BenchError(f"{where} {key}: expected a whole number >= {low}{below}{square}; got {value!r}")
+            span = f"from {low} to {high - 1}" if high is not None else f">= {low}"
+            raise BenchError(f"{where} {key}: expected a whole number {span}{square}; got {value!r}")
     _check_input_size(protocol, where)
     protocol = _check_target_spacing(protocol, where)
     tol = _nsd_tolerance(protocol.eval.nsd_tolerance, f"{where} eval.nsd_tolerance")

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.fileio import SAFE_NAME, atomic_write_text, check_dangling_link
+from bench.fileio import SAFE_NAME, absent, atomic_write_text
 from bench.names import name_list
 from bench.metrics import POLICIES as METRIC_POLICIES
 
@@ -324,8 +324,7 @@ def _iter_records(results_dir: Path) -> Iterator[tuple[Path, dict]]:
     if results_dir.exists() and not results_dir.is_dir():
         raise BenchError(f"{results_dir}: is a file, not a folder; --results takes the results folder")
     if not results_dir.is_dir():
-        check_dangling_link(results_dir, "--results")
-        raise BenchError(f"results directory not found: {results_dir} (pass --results DIR)")
+        raise absent(results_dir, f"results directory not found: {results_dir} (pass --results DIR)")
     if not records_dir(results_dir).is_dir() and records_dir(results_dir.parent) == results_dir \
             and any(results_dir.glob("*.json")):  # the records/ folder itself: read as empty, unsaid
         raise BenchError(f"{results_dir}: is the records folder of a results folder; give the results folder, "

@@ -1607,6 +1607,6 @@ def test_synthetic_folder_names_stay_inside_out_and_seeds_are_checked(tmp_path):
         with pytest.raises(BenchError, match="test_sets takes a list of distinct folder names"):
             synthesize("polyp", tmp_path / "d", test_sets=sets, jpeg_sets=["A"])
     for seed in (-1, 2**32, 1.5, True):
-        with pytest.raises(BenchError, match="seed must be a whole number from 0 to 4294967295"):
+        with pytest.raises(BenchError, match="seed: expected a whole number from 0 to 4294967295"):
             synthesize("isic", tmp_path / "d", seed=seed)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written anywhere

@@ -12,7 +12,6 @@ from typing import Annotated, Optional
 import typer
 
 from bench.cli.console import _echo_err
-from bench.errors import BenchError
 
 VERIFY_SHOWN = 30  # problems bench data verify lists before counting the rest
 
@@ -44,8 +43,10 @@ def data_synth(
     from bench.data import SYNTH_SEEDS, get_reader
     from bench.data.synth import KINDS, synthesize
 
-    if seed is not None and seed < 0:  # numpy's generators take seeds >= 0
-        raise BenchError(f"--seed must be a whole number >= 0; got {seed}")
+    from bench.protocol import check_seed
+
+    if seed is not None:
+        check_seed(seed, "--seed")  # before anything is written
     kind = like.value if like.value in KINDS else get_reader(like.value).kind
     settings = _parse_sets(option or [], "--option", "a generator setting")
     path = synthesize(kind, out, seed=SYNTH_SEEDS.get(like.value, 0) if seed is None else seed, **settings)
