@@ -529,6 +529,10 @@ def test_nnunet_label_not_declared(data, key):
         hint = "[255] outside 0..2; a 0/255 mask? store the foreground as 1 (mask // 255)"
         _raises(lambda: ds.load_test(case), names=path, phrase=hint)
         assert "a 0/255 mask? store the foreground as 1" in verify_dataset("nnunet", root)[0].message
+        arr[0, :3] = 0, 1, 2  # classes drawn as grey levels 0/128/255
+        Image.fromarray(np.array([0, 128, 255], np.uint8)[np.clip(arr, 0, 2)]).save(path)
+        _raises(lambda: ds.load_test(case), names=path, phrase="[128, 255] outside 0..2; grey levels standing for "
+                                                               "classes? store each as its class id")
 
 
 @pytest.mark.parametrize("key, name, rel", [("isic", "isic17", "train/masks/ISIC_0000000_segmentation.png"),

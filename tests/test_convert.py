@@ -302,6 +302,7 @@ def test_an_msd_task_whose_folders_are_links_elsewhere_converts(tmp_path):
 
 @pytest.mark.parametrize("labels, phrase", [
     ({"0": "background", "2": "liver"}, "label ids must be 0..1"),
+    ({"1": "lesion", "2": "cyst"}, 'no label has id 0; nnU-Net\'s labels start with the background, e.g. "background": 0'),
     ({"0": "background", "1": "liver", "2": "liver"}, "label name(s) 'liver' given to more than one id"),
 ])
 def test_msd_labels_are_checked_before_anything_is_copied(tmp_path, labels, phrase, monkeypatch):

@@ -202,7 +202,9 @@ def pair_files(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, Path
             if not found:
                 problems.append((p, f"no mask with a matching name in {masks_dir}"))
             elif len(found) > 1:
-                problems.append((p, f"{len(found)} masks match its name: {', '.join(m.name for m in found)}"))
+                problems.append((p, f"{len(found)} masks match its name: {', '.join(m.name for m in found)}; one "
+                                    "mask per image: merge them (their pixel-wise maximum) into one, or move the "
+                                    "others away"))
         if problems:
             return [], problems
         return [(p, by_image[p.stem][0]) for p in images], []
