@@ -497,7 +497,7 @@ def _class_names(class_names: Sequence[str] | None, n_fg: int) -> list[str]:
     if len(names) == n_fg + 1:  # background included (also for a 1-class sigmoid task): drop it
         names = names[1:]
     if len(names) != n_fg:
-        raise BenchError(f"class_names has {len(names)} names; expected {n_fg} foreground names (classes 1..{n_fg})")
+        raise BenchError(f"class_names: {len(names)} given; expected {n_fg} foreground names (classes 1..{n_fg})")
     return names
 
 

@@ -608,9 +608,12 @@ def load_protocol(name_or_path: str | Path, *, earlier: bool = False) -> Protoco
     ``earlier``: the file of finished runs (rescore, predict), which may be an earlier version of a
     built-in under its name: not warned about as a copy to rename, as a file for new runs is."""
     path = Path(name_or_path)
-    if path.suffix != ".toml":
-        path = PROTOCOL_DIR / f"{name_or_path}.toml"
-        if not path.is_file():
+    if path.suffix.lower() != ".toml":  # my.TOML is a file too
+        if (PROTOCOL_DIR / f"{name_or_path}.toml").is_file():
+            path = PROTOCOL_DIR / f"{name_or_path}.toml"
+        elif path.is_file():  # it read as a built-in's name, unknown
+            raise BenchError(f"--protocol {path}: a protocol file's name ends in .toml; rename it")
+        else:
             raise unknown_name("protocol", str(name_or_path), list_protocols(), cutoff=0.6)
     if path.exists() and not path.is_file():  # a folder named x.toml, a FIFO
         raise BenchError(f"--protocol {path}: {'a folder' if path.is_dir() else 'not a regular file'}; expected a "

@@ -658,7 +658,8 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     nnunet_style = [f"{k} = \"nnunet\"" for k in ("dice_loss", "augment") if getattr(protocol.train, k) == "nnunet"]
     if ds.binary and nnunet_style:
         raise BenchError(f"protocol {protocol.name!r} trains with train.{' and train.'.join(nnunet_style)}, which "
-                         f"need integer class labels (nnU-Net-format data); {dataset!r} is a binary dataset")
+                         f"{'need' if len(nnunet_style) > 1 else 'needs'} integer class labels (nnU-Net-format data); "
+                         f"{dataset!r} is a binary dataset")
     # bench's synthetic channels are named for show (CT, X-ray): a built-in recipe on them is no mismatch
     for hint in (None if synthetic else ds.normalize_hint(protocol.normalize), ds.check_geometry()):
         if hint:

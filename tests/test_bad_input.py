@@ -761,7 +761,8 @@ def test_run_on_a_dataset_without_training_split(monkeypatch, capsys, data, tmp_
     assert not (tmp_path / "res" / "runs").exists()
 
 
-@pytest.mark.parametrize("option, value, phrase", [("--models", ",", "names no model"),
+@pytest.mark.parametrize("option, value, phrase", [("--models", ",", "--models ',' names nothing; give 'all' or a comma "
+                                                                     "list, e.g. "),
                                                    ("--seeds", ",", "at least one integer"),
                                                    ("--folds", ",", "at least one integer")])
 def test_empty_name_lists(monkeypatch, capsys, tmp_path, option, value, phrase):
@@ -769,6 +770,20 @@ def test_empty_name_lists(monkeypatch, capsys, tmp_path, option, value, phrase):
     if option != "--models":
         args += ["--models", "unet"]
     _fails(monkeypatch, capsys, *args, names=option, phrase=phrase)
+
+
+@pytest.mark.parametrize("option, example", [("--models", "unet,vmunet"), ("--dataset", "synapse,isic17"),
+                                             ("--policy", "strict")])
+def test_a_list_naming_nothing_is_refused_by_the_commands_on_finished_runs(monkeypatch, capsys, tmp_path, option,
+                                                                           example):
+    """`bench report --models ,` reported every model, where bench run refused it."""
+    from tests.fixtures import make_record
+
+    records.write_record(make_record("unet"), tmp_path)
+    for command in ("report", "figure") if option == "--models" else ("report",):  # figure: one --dataset, --policy
+        extra = ["--out", tmp_path / "f.png"] if command == "figure" else []
+        _fails(monkeypatch, capsys, command, "--results", tmp_path, option, ",", *extra, names=option,
+               phrase=f"{option} ',' names nothing; give 'all' or a comma list, e.g. {example}")
 
 
 
@@ -898,7 +913,11 @@ def test_profile_with_img_size_a_model_cannot_take(monkeypatch, capsys, tmp_path
         (["--models", "unet", "--protocol", "smok"], "smok", "did you mean 'smoke'"),
         (["--models", "unet", "--policy", "strictt"], "strictt", "unknown metric policy"),
         (["--models", "unet", "--set", "widthz=3"], "widthz",
-         "widthz=3 (unet() got an unexpected keyword argument 'widthz'); did you mean widthz -> widths? --set takes"),
+         "unet: no --set key 'widthz' (did you mean 'widths'?); its configuration's keys: encoder, widths"),
+        # a key it takes, with a value it refuses: no "did you mean encoder_weights -> encoder"
+        (["--models", "unet", "--set", "encoder_weights=imagenet"], "encoder_weights",
+         "encoder_weights='imagenet' (encoder_weights applies to smp encoders only: choose one with encoder "
+         "(--set encoder=resnet34))"),
         (["--models", "unet,vmunet", "--protocol", "smoke", "--set", "d_state=8"], "d_state",
          "--set goes to every model of the command (unet, vmunet): run each model with its own keys in a command"),
         (["--models", "vmunet", "--protocol", "smoke", "--set", "num_classes=3"], "num_classes", "not a --set key; the data gives a run"),
@@ -1124,6 +1143,27 @@ def test_corrupt_file_read_in_a_loader_worker(data, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"error: {root / 'train_npz'}") and proc.stderr.count("\n") == 1, proc.stderr
     assert "truncated or corrupt" in proc.stderr
+
+
+def test_an_error_of_any_bench_kind_from_a_loader_worker_is_its_own_line():
+    """torch re-raises a worker's error as its type with the worker's traceback as its message: a label
+    out of range (a DataError) printed 27 lines, where a plain BenchError printed one."""
+    from torch._utils import ExceptionWrapper
+
+    from bench.errors import DataError, one_line
+
+    for kind in (BenchError, DataError):
+        try:
+            raise kind("case0005_slice000.npz: label values [20] outside 0..8")
+        except kind:
+            wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+        with pytest.raises(kind) as info:
+            wrapped.reraise()
+        assert str(info.value).count("\n") > 2  # the traceback, as torch gives it
+        assert one_line(info.value) == "case0005_slice000.npz: label values [20] outside 0..8"
+    # another library's words inside ours keep its lines (pandas': "...line 6, saw 5\n"): one line all the same
+    assert one_line(BenchError("b.csv: not a readable baseline CSV (Error tokenizing data.\n  saw 5\n)")) == \
+        "b.csv: not a readable baseline CSV (Error tokenizing data. saw 5 )"
 
 
 def test_missing_pretrained_files_are_named_before_anything_runs(monkeypatch, capsys, tmp_path):

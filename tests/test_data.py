@@ -299,7 +299,8 @@ def test_isic_pairs_masks_by_name_where_the_names_correspond(tmp_path):
     pairs, problems = pair_files(busi / "images", busi / "masks")
     assert pairs == [] and [(p.name, m) for p, m in problems] == [(
         "benign (1).png", "2 masks match its name: benign (1)_mask.png, benign (1)_mask_1.png; one mask per image: "
-        "merge them (their pixel-wise maximum) into one, or move the others away")]
+        "merge them (their pixel-wise maximum; `bench data convert --source pairs` does, into the nnU-Net layout), or "
+        "move the others away")]
 
 
 def test_verify_warns_of_a_multi_class_mask_in_a_binary_dataset(roots, tmp_path):
@@ -1380,9 +1381,14 @@ def test_a_zip_given_as_the_data_root_and_paths_with_spaces(roots, tmp_path):
     commands suggested in errors broke on paths with spaces when pasted."""
     archive = tmp_path / "ISIC2017.zip"
     archive.write_bytes(b"PK\x05\x06" + b"\0" * 18)
-    with pytest.raises(BenchError, match=r"ISIC2017\.zip is a file, not a folder: extract it \(expected <root>/"):
+    said = "a file, not a folder: extract it, and give the folder"
+    with pytest.raises(BenchError, match=rf"^--data-root .*ISIC2017\.zip: {said} \(expected <root>/"):
         open_dataset("isic17", archive)
-    assert [p.message.split(";")[0] for p in verify_dataset("isic17", archive)] == ["a file, not a folder: extract it"]
+    assert [p.message.split(";")[0] for p in verify_dataset("isic17", archive)] == [said]
+    image = tmp_path / "ISIC_0000000.png"  # a file of the dataset: nothing to extract
+    image.write_bytes(b"")
+    with pytest.raises(BenchError, match=rf"ISIC_0000000\.png: a file, not a folder: give the dataset's folder \("):
+        open_dataset("isic17", image)
     spaced = _copy(roots["synapse"], tmp_path / "my data")
     next((spaced / "test_vol_h5").iterdir()).unlink()
     with pytest.raises(BenchError, match=re.escape(f"--data-root '{spaced}'`")):

@@ -170,6 +170,20 @@ def test_bad_protocol_file_names_the_file(tmp_path, edit, message):
         load_protocol(bad)
 
 
+def test_a_protocol_file_is_read_by_its_toml_suffix_in_any_case(tmp_path):
+    """`--protocol my.TOML` and `--protocol ./custom`, files there, were "unknown protocol" with the built-ins listed."""
+    upper = tmp_path / "mine.TOML"
+    upper.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace('name = "smoke"', 'name = "mine"'))
+    assert load_protocol(upper).name == "mine"
+    bare = tmp_path / "custom"
+    bare.write_text(upper.read_text())
+    with pytest.raises(BenchError, match=rf"^--protocol {re.escape(str(bare))}: a protocol file's name ends in \.toml; "
+                                         "rename it$"):
+        load_protocol(bare)
+    with pytest.raises(BenchError, match=r"unknown protocol 'smok'.*did you mean 'smoke'"):
+        load_protocol("smok")
+
+
 def test_nsd_tolerance_per_class_table(tmp_path):
     smoke = load_protocol("smoke")
     path = tmp_path / "organs.toml"

@@ -113,7 +113,8 @@ def _check_setting(kind: str, key: str, value: Any) -> None:
     or 3), a list of as many positive numbers (spacings), or a list of names."""
     default = DEFAULTS[kind][key]
     if isinstance(default, int):
-        least = 2 if key in ("min_size", "max_size") else 1  # an image side of 1 pixel holds no lesion to draw
+        # an image side of 1 pixel holds no lesion to draw; one case, no training and test split
+        least = 2 if key in ("min_size", "max_size", "n_cases") else 1
         ok = isinstance(value, int) and not isinstance(value, bool) and (value in (2, 3) if key == "dims" else value >= least)
         what = "2 or 3" if key == "dims" else f"a whole number >= {least}"
     elif all(isinstance(v, (int, float)) for v in default):
