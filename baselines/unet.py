@@ -172,6 +172,7 @@ def unet(*, num_classes: int, in_chans: int = 3, img_size: int = 224, encoder: s
     """U-Net baseline; ``img_size`` only needs to be divisible by 16 (classic) or 32 (smp)."""
     if encoder == "classic":
         if encoder_weights is not None:
-            raise ValueError("encoder_weights applies to smp encoders only")
+            raise ValueError("encoder_weights applies to smp encoders only: choose one with encoder "
+                             "(--set encoder=resnet34)")
         return UNet(num_classes=num_classes, in_chans=in_chans, widths=tuple(widths))
     return SmpUNet(num_classes=num_classes, in_chans=in_chans, encoder=encoder, encoder_weights=encoder_weights)

@@ -161,7 +161,7 @@ def write_baseline(
     written (and checked for the above); the old baseline's other rows stay as they are.
     """
     if finished(df_runs).empty:
-        raise BenchError(f"no finished run records to write {path} from: is --results the folder of the grid's runs?")
+        raise BenchError(f"{path}: no finished runs to write it from; pass the --results folder that `bench run` wrote")
     with folder_lock(Path(path).parent):  # two updates of some models' rows each: both kept
         return _write_baseline(df_runs, Path(path), tolerances, metrics, prune, models)
 

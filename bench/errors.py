@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterator, Sequence
 
 
@@ -48,8 +49,8 @@ def few(items: Sequence[str], n: int = 5) -> str:
 def one_line(exc: BaseException) -> str:
     """An error's message as the command line says it. torch re-raises an error from a DataLoader
     worker as the same type, with the worker's whole traceback as its message: the user's message is
-    its last line."""
+    its last line (``bench.errors.DataError: ...``, for any of bench's errors)."""
     text = str(exc)
-    if text.startswith("Caught BenchError in DataLoader worker"):
-        text = text.rstrip().rsplit("BenchError: ", 1)[-1]
-    return text
+    if isinstance(exc, BenchError) and (caught := re.match(r"Caught (\w+) in DataLoader worker", text)):
+        text = text.rstrip().rsplit(f"{caught[1]}: ", 1)[-1]
+    return re.sub(r"\s*\n\s*", " ", text.strip())  # another library's words inside ours (pandas') may hold lines

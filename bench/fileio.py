@@ -195,7 +195,9 @@ def atomic_write_dir(out: Path, write: Callable[[Path], None]) -> Path:
     if out.is_symlink():  # a folder on a larger disk, linked here: the data goes there, written beside it
         check_dangling_link(out, "--out")
         out = Path(os.path.realpath(out))
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"{out}: a file; give a folder to write the data into (a new or empty one)")
+    if out.exists() and any(out.iterdir()):
         raise BenchError(f"{out}: already exists and is not empty; delete it or choose another folder")
     ensure_writable_dir(out.parent, "--out")
     tmp = out.parent / f".{out.name}.{TEMP_MARK}{writer_tag()}{uuid.uuid4().hex[:8]}"

@@ -19,6 +19,11 @@ def name_list(names: str | Iterable[str] | None) -> list[str] | None:
     return None if picked == ["all"] else picked
 
 
+def nothing_named(option: str, given: Any, example: str) -> BenchError:
+    """The error for a list option naming nothing (``--models ,``), which no command reads as "all"."""
+    return BenchError(f"{option} {given!r} names nothing; give 'all' or a comma list, e.g. {example}")
+
+
 def int_list(values: Any, option: str = "--seeds", example: str = "0,1,2") -> list[int]:
     """Whole numbers as a comma list ("0,1,2"), one number or a list -> a list, in order. BenchError
     naming ``option`` for anything else (a float, True, "a") or for none at all."""

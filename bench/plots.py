@@ -149,8 +149,9 @@ def _finite(value) -> bool:
 # accuracy against cost
 
 
-def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path) -> Path:
-    """``points``: columns label, family, cost, dsc (%), dsc_std (%); NaN-free cost and dsc."""
+def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path, left_out: Sequence[str] = ()) -> Path:
+    """``points``: columns label, family, cost, dsc (%), dsc_std (%); NaN-free cost and dsc. ``left_out``: the
+    board's rows without such a cost, named under the axis (the front is of the points shown)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.8), layout="constrained")
     front = np.array(pareto_front(points["cost"], points["dsc"]))
@@ -163,7 +164,7 @@ def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path) -> Path:
     on = points[front].sort_values(["cost", "dsc"])
     if not on.empty:
         ax.step(on["cost"], on["dsc"], where="post", color="black", linewidth=1, alpha=0.6, zorder=1,
-                label="Pareto front")
+                label="Pareto front" + (" (of those shown)" if left_out else ""))
         ax.scatter(on["cost"], on["dsc"], s=110, facecolors="none", edgecolors="black", linewidths=1.5, zorder=3)
     log = points["cost"].min() > 0 and points["cost"].max() / points["cost"].min() > 20
     if log:
@@ -176,6 +177,8 @@ def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path) -> Path:
         # labels of the right-hand points run leftwards, inside the axes, not under the legend beside them
         ax.annotate(label, (p["cost"], p["dsc"]), textcoords="offset points", xytext=(-5, 5) if right else (5, 5),
                     ha="right" if right else "left", fontsize=8)
+    if left_out:  # a model missing from the plot could be the front's best: said, not silently dropped
+        xlabel += "\nnot shown, without this cost measured like the others: " + ", ".join(left_out)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("DSC (%)")
     ax.set_title(title, fontsize=9)
@@ -242,11 +245,13 @@ def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, ou
                 "cost": np.asarray(cost, dtype=float), "dsc": board["dice_mean"].to_numpy(dtype=float) * 100,
                 "dsc_std": std.to_numpy(dtype=float) * 100,
             })
-            points = points[points["cost"].map(_finite) & points["dsc"].map(_finite)]
+            costed, scored = points["cost"].map(_finite), points["dsc"].map(_finite)
+            points, left_out = points[costed & scored], points.loc[scored & ~costed, "label"].tolist()
             if len(points) < 1:
                 continue
             title = f"DSC vs {shown} · {_board_title(key)}{extra}"
-            written.append(_scatter(points, xlabel, title, out_dir / f"dsc_vs_{name}__{_board_slug(key)}.{fmt}"))
+            written.append(_scatter(points, xlabel, title, out_dir / f"dsc_vs_{name}__{_board_slug(key)}.{fmt}",
+                                    left_out))
     return written
 
 

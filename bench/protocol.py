@@ -277,6 +277,15 @@ CHOICES = {
 }
 
 SEED_LIMIT = 2**32  # seeds below it: what numpy's and torch's generators all take
+
+
+def check_seed(value: Any, what: str) -> int:
+    """``value`` as a seed (a whole number 0 .. SEED_LIMIT - 1: NumPy's too), or BenchError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < SEED_LIMIT:
+        raise BenchError(f"{what}: expected a whole number from 0 to {SEED_LIMIT - 1}; got {value!r}")
+    return int(value)
+
+
 # (section, field, smallest allowed value, bound it stays below or None): sizes, counts and seeds, whole numbers
 _WHOLE_NUMBERS = (("", "img_size", 1, None), ("train", "batch_size", 1, None), ("train", "epochs", 1, None),
                   ("train", "max_iterations", 0, None), ("train", "num_workers", 0, None),
@@ -321,8 +330,8 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
             if where == "override":  # the CLI spells overrides as options
                 key = f"{name} (--{name.replace('_', '-')})"
             square = " (the side of the square model input)" if name == "img_size" else ""
-            below = f" and < {high}" if high is not None else ""
-            raise BenchError(f"{where} {key}: expected a whole number >= {low}{below}{square}; got {value!r}")
+            span = f"from {low} to {high - 1}" if high is not None else f">= {low}"
+            raise BenchError(f"{where} {key}: expected a whole number {span}{square}; got {value!r}")
     _check_input_size(protocol, where)
     protocol = _check_target_spacing(protocol, where)
     tol = _nsd_tolerance(protocol.eval.nsd_tolerance, f"{where} eval.nsd_tolerance")
@@ -599,9 +608,12 @@ def load_protocol(name_or_path: str | Path, *, earlier: bool = False) -> Protoco
     ``earlier``: the file of finished runs (rescore, predict), which may be an earlier version of a
     built-in under its name: not warned about as a copy to rename, as a file for new runs is."""
     path = Path(name_or_path)
-    if path.suffix != ".toml":
-        path = PROTOCOL_DIR / f"{name_or_path}.toml"
-        if not path.is_file():
+    if path.suffix.lower() != ".toml":  # my.TOML is a file too
+        if (PROTOCOL_DIR / f"{name_or_path}.toml").is_file():
+            path = PROTOCOL_DIR / f"{name_or_path}.toml"
+        elif path.is_file():  # it read as a built-in's name, unknown
+            raise BenchError(f"--protocol {path}: a protocol file's name ends in .toml; rename it")
+        else:
             raise unknown_name("protocol", str(name_or_path), list_protocols(), cutoff=0.6)
     if path.exists() and not path.is_file():  # a folder named x.toml, a FIFO
         raise BenchError(f"--protocol {path}: {'a folder' if path.is_dir() else 'not a regular file'}; expected a "

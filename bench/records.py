@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.errors import BenchError
-from bench.fileio import SAFE_NAME, atomic_write_text, check_dangling_link
-from bench.names import name_list
+from bench.errors import BenchError, few
+from bench.fileio import SAFE_NAME, absent, atomic_write_text
+from bench.names import name_list, nothing_named
 from bench.metrics import POLICIES as METRIC_POLICIES
 
 __all__ = [
@@ -324,8 +324,7 @@ def _iter_records(results_dir: Path) -> Iterator[tuple[Path, dict]]:
     if results_dir.exists() and not results_dir.is_dir():
         raise BenchError(f"{results_dir}: is a file, not a folder; --results takes the results folder")
     if not results_dir.is_dir():
-        check_dangling_link(results_dir, "--results")
-        raise BenchError(f"results directory not found: {results_dir} (pass --results DIR)")
+        raise absent(results_dir, f"results directory not found: {results_dir} (pass --results DIR)")
     if not records_dir(results_dir).is_dir() and records_dir(results_dir.parent) == results_dir \
             and any(results_dir.glob("*.json")):  # the records/ folder itself: read as empty, unsaid
         raise BenchError(f"{results_dir}: is the records folder of a results folder; give the results folder, "
@@ -535,6 +534,19 @@ def finished(df_runs: pd.DataFrame) -> pd.DataFrame:
     return df_runs[df_runs["status"] == "finished"]
 
 
+def no_runs(results_dir: Path | str, filtered: bool = False) -> str:
+    """What every command says of a results folder without a finished run (most likely not the folder
+    meant, or its runs failed): the runs begun there, if any; ``filtered``: of the --models/--dataset/--policy
+    asked for."""
+    if filtered:
+        return f"{results_dir}: no finished runs of these --models/--dataset/--policy"
+    begun = sorted(p.name for p in runs_dir(Path(results_dir)).glob("*") if p.is_dir())
+    if begun:
+        return (f"{results_dir}: no finished runs; {len(begun)} run(s) began here ({few(begun, 3)}) and none wrote "
+                "its record (a run failed or is still training; `bench run` says why, and the same command continues)")
+    return f"{results_dir}: no finished runs; pass the --results folder that `bench run` wrote"
+
+
 def finished_runs(df_runs: pd.DataFrame, results_dir: Path | str, models: str | Iterable[str] | None = None,
                   datasets: str | Iterable[str] | None = None, rescored: bool = False) -> pd.DataFrame:
     """The finished runs in ``df_runs`` (``load(results_dir)``) of ``models`` on ``datasets``
@@ -542,8 +554,7 @@ def finished_runs(df_runs: pd.DataFrame, results_dir: Path | str, models: str | 
     where the folder holds no finished run: most likely not the folder meant."""
     done = finished(df_runs)
     if done.empty:
-        raise BenchError(f"{results_dir}: no finished run records; pass the --results folder of `bench run` "
-                         "(it writes them)")
+        raise BenchError(no_runs(results_dir))
     return select_runs(done if rescored else done[done["rescored_from"].isna()], models, datasets, results_dir)
 
 
@@ -554,11 +565,15 @@ def select_runs(df_runs: pd.DataFrame, models: str | Iterable[str] | None = None
     name such as ``nnunet:ACDC``) scored under ``policies`` (a list or a comma list each,
     ``bench.names.name_list``); None: all. BenchError for a name no run has, with the names there,
     unless ``profiled`` has it (a model with a cost table only)."""
+    given = {"--models": models, "--dataset": datasets, "--policy": policies}
     models, datasets, policies = name_list(models), name_list(datasets), name_list(policies)
     for option, names, columns in (("--models", models, ["model"]), ("--dataset", datasets, ["dataset", "dataset_name"]),
                                    ("--policy", policies, ["policy"])):
-        if not names:
+        if names is None:
             continue
+        if not names:  # `--models ,` showed every model
+            raise nothing_named(option, given[option], {"--models": "unet,vmunet", "--dataset": "synapse,isic17",
+                                                        "--policy": "strict"}[option])
         have = sorted({str(v) for c in columns if c in df_runs for v in df_runs[c].dropna()})
         for name in names:
             if name not in have and not (option == "--models" and name in set(profiled)):

@@ -30,13 +30,18 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError, unknown_name
-from bench.names import name_list
+from bench.names import name_list, nothing_named
 from bench.fileio import absent
 from bench.modeling import SegmentationModel, size_error
 
 FAMILIES = ("ssm", "cnn", "transformer")
 _BUILTIN_PACKAGES = ("baselines", "ssm_models")
 ENTRY_POINT_GROUP = "ssm_unet_bench.models"
+
+
+class BuildError(BenchError):
+    """A model its constructor cannot build with the values given (a --set key it lacks, a value it
+    refuses): a grid of several models says that --set went to each."""
 
 
 class ChannelsError(BenchError):
@@ -256,7 +261,7 @@ def resolve_models(spec: str | Iterable[str]) -> list[str]:
     if names is None:
         return list_models()
     if not names:
-        raise BenchError(f"--models {spec!r} names no model; give 'all' or a comma list of {', '.join(list_models())}")
+        raise nothing_named("--models", spec, "unet,vmunet")
     for n in names:
         get_entry(n)
     return names
@@ -361,21 +366,23 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
             raise BenchError(f"{name}: its constructor does not take {', '.join(contract)} ({said}); a registered "
                              "constructor takes num_classes, in_chans and img_size as keywords (it may ignore "
                              "those it does not use)") from exc
-        # a misspelt --set key (TypeError) or a value the constructor refuses (ValueError, e.g. spatial_dims=4,
-        # an img_size it cannot take): the constructor's own words say which
+        # a misspelt --set key: the keys the constructor refused, the nearest of its configuration's offered
+        refused = [k for k in overrides if isinstance(exc, TypeError) and f"keyword argument '{k}'" in said]
+        if refused:
+            close = [f"{m[0]!r}" for k in refused if (m := difflib.get_close_matches(k, list(entry.paper_config),
+                                                                                   n=1, cutoff=0.6))]
+            raise BuildError(f"{name}: no --set key {', '.join(map(repr, refused))}"
+                             + (f" (did you mean {', '.join(close)}?)" if close else "")
+                             + f"; its configuration's keys: {', '.join(entry.paper_config) or 'none'}") from exc
+        # a value the constructor refuses (ValueError, e.g. spatial_dims=4, an img_size it cannot take):
+        # the constructor's own words say which
         given = ", ".join(f"{k}={v!r}" for k, v in {**build, **overrides}.items())  # width='abc' is a string
-        close = [f"{k} -> {m[0]}" for k in overrides if k not in entry.paper_config
-                 and (m := difflib.get_close_matches(k, list(entry.paper_config), n=1, cutoff=0.6))]
-        unknown = isinstance(exc, TypeError) and any(f"'{k}'" in said for k in overrides)
         # widths="8,16,32,64": the constructor's own words ("not all arguments converted") say nothing of it
         paper = {k: list(v) if isinstance(v, tuple) else v for k, v in entry.paper_config.items()}  # as --set writes it
         typed = [f"{k} takes a {_kind(paper[k])}, e.g. {paper[k]!r}"
                  for k, v in overrides.items() if k in paper and _kind(v) != _kind(paper[k])]
-        raise BenchError(f"{name}: cannot build with {given} ({said})"
-                         + (f"; {'; '.join(typed)}" if typed else "")
-                         + (f"; did you mean {', '.join(close)}?" if close else "")
-                         + (f"{';' if not close else ''} --set takes the keys of its configuration: "
-                            f"{', '.join(entry.paper_config) or 'none'}" if close or unknown else "")) from exc
+        raise BuildError(f"{name}: cannot build with {given} ({said})"
+                         + (f"; {'; '.join(typed)}" if typed else "")) from exc
     if not isinstance(model, SegmentationModel):  # a plugin's plain module: nothing checks its inputs or outputs
         warnings.warn(f"{name}: {type(model).__name__} is not a bench.modeling.SegmentationModel, so its inputs and "
                       "outputs go unchecked (an output of another size fails inside the loss, with a traceback): "

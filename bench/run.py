@@ -34,7 +34,7 @@ from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
 from bench.metrics import POLICIES, get_policy, policy_fields, policy_misfit
 from bench.names import int_list
-from bench.protocol import SEED_LIMIT, Protocol
+from bench.protocol import Protocol, check_seed
 from bench.registry import (ChannelsError, changed_keys, check_buildable, check_set_kinds, create_model, get_entry,
                             identity_overrides)
 from bench.registry import list_models, load_weights, model_code, model_overrides as model_overrides_of
@@ -612,8 +612,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     protocol = load_protocol(protocol) if isinstance(protocol, (str, Path)) else protocol
     # each seed once: a seed given twice would train and count one run twice; None: the protocol's
     seeds = list(dict.fromkeys(int_list(seeds, "seeds", "[0, 1, 2]"))) if seeds is not None else [protocol.seed]
-    if bad := [s for s in seeds if not 0 <= s < SEED_LIMIT]:  # else a traceback once the run has begun
-        raise BenchError(f"seeds: {bad[0]} is no seed; expected whole numbers from 0 to {SEED_LIMIT - 1}")
+    seeds = [check_seed(s, "seeds") for s in seeds]  # else a traceback once the run has begun
     results_dir = Path(results_dir).expanduser()  # as data_root and the synthetic data's folder
     if synthetic and data_root is not None:
         raise BenchError("give either --data-root or --synthetic, not both")
@@ -659,7 +658,8 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     nnunet_style = [f"{k} = \"nnunet\"" for k in ("dice_loss", "augment") if getattr(protocol.train, k) == "nnunet"]
     if ds.binary and nnunet_style:
         raise BenchError(f"protocol {protocol.name!r} trains with train.{' and train.'.join(nnunet_style)}, which "
-                         f"need integer class labels (nnU-Net-format data); {dataset!r} is a binary dataset")
+                         f"{'need' if len(nnunet_style) > 1 else 'needs'} integer class labels (nnU-Net-format data); "
+                         f"{dataset!r} is a binary dataset")
     # bench's synthetic channels are named for show (CT, X-ray): a built-in recipe on them is no mismatch
     for hint in (None if synthetic else ds.normalize_hint(protocol.normalize), ds.check_geometry()):
         if hint:

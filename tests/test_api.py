@@ -72,7 +72,7 @@ def test_plan_grid_takes_what_the_command_line_takes_and_names_what_it_cannot(sy
         _plan(synapse_root, tmp_path, seeds=[])
     with pytest.raises(BenchError, match="unknown model 'unett'"):
         _plan(synapse_root, tmp_path, models="unet,unett")
-    with pytest.raises(BenchError, match=r"--models \[\] names no model; give 'all' or a comma list of"):
+    with pytest.raises(BenchError, match=r"--models \[\] names nothing; give 'all' or a comma list, e.g. "):
         _plan(synapse_root, tmp_path, models=[])  # it planned nothing, said nothing
     # --set at the paper's value is the paper model's run; at another value, or at the paper's where --tiny
     # sets another, a run of its own

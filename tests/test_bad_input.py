@@ -168,10 +168,10 @@ def test_folders_through_links_and_the_home_folder(monkeypatch, capsys, tmp_path
     _fails(monkeypatch, capsys, "profile", "--models", "unet", "--tiny", "--no-timing", "--results", tmp_path / "scratch",
            names=tmp_path / "scratch", phrase="which does not exist (a disk not mounted?); choose another --results")
     _fails(monkeypatch, capsys, "report", "--results", tmp_path / "scratch", names=tmp_path / "scratch",
-           phrase="which does not exist (a disk not mounted?); choose another --results")
+           phrase="(pass --results DIR); " f"{tmp_path / 'scratch'}: a link to {tmp_path / 'unmounted'}, which does not exist")
     (tmp_path / "loop").symlink_to(tmp_path / "loop")  # a loop is not a disk not mounted
     _fails(monkeypatch, capsys, "report", "--results", tmp_path / "loop", names=tmp_path / "loop",
-           phrase="which leads back to itself (a loop of links); choose another --results")
+           phrase="which leads back to itself (a loop of links)")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     code, err = _bench(monkeypatch, capsys, "data", "synth", "--like", "isic17", "--out=~/syn")
     assert code == 0, err
@@ -529,6 +529,10 @@ def test_nnunet_label_not_declared(data, key):
         hint = "[255] outside 0..2; a 0/255 mask? store the foreground as 1 (mask // 255)"
         _raises(lambda: ds.load_test(case), names=path, phrase=hint)
         assert "a 0/255 mask? store the foreground as 1" in verify_dataset("nnunet", root)[0].message
+        arr[0, :3] = 0, 1, 2  # classes drawn as grey levels 0/128/255
+        Image.fromarray(np.array([0, 128, 255], np.uint8)[np.clip(arr, 0, 2)]).save(path)
+        _raises(lambda: ds.load_test(case), names=path, phrase="[128, 255] outside 0..2; grey levels standing for "
+                                                               "classes? store each as its class id")
 
 
 @pytest.mark.parametrize("key, name, rel", [("isic", "isic17", "train/masks/ISIC_0000000_segmentation.png"),
@@ -757,7 +761,8 @@ def test_run_on_a_dataset_without_training_split(monkeypatch, capsys, data, tmp_
     assert not (tmp_path / "res" / "runs").exists()
 
 
-@pytest.mark.parametrize("option, value, phrase", [("--models", ",", "names no model"),
+@pytest.mark.parametrize("option, value, phrase", [("--models", ",", "--models ',' names nothing; give 'all' or a comma "
+                                                                     "list, e.g. "),
                                                    ("--seeds", ",", "at least one integer"),
                                                    ("--folds", ",", "at least one integer")])
 def test_empty_name_lists(monkeypatch, capsys, tmp_path, option, value, phrase):
@@ -765,6 +770,20 @@ def test_empty_name_lists(monkeypatch, capsys, tmp_path, option, value, phrase):
     if option != "--models":
         args += ["--models", "unet"]
     _fails(monkeypatch, capsys, *args, names=option, phrase=phrase)
+
+
+@pytest.mark.parametrize("option, example", [("--models", "unet,vmunet"), ("--dataset", "synapse,isic17"),
+                                             ("--policy", "strict")])
+def test_a_list_naming_nothing_is_refused_by_the_commands_on_finished_runs(monkeypatch, capsys, tmp_path, option,
+                                                                           example):
+    """`bench report --models ,` reported every model, where bench run refused it."""
+    from tests.fixtures import make_record
+
+    records.write_record(make_record("unet"), tmp_path)
+    for command in ("report", "figure") if option == "--models" else ("report",):  # figure: one --dataset, --policy
+        extra = ["--out", tmp_path / "f.png"] if command == "figure" else []
+        _fails(monkeypatch, capsys, command, "--results", tmp_path, option, ",", *extra, names=option,
+               phrase=f"{option} ',' names nothing; give 'all' or a comma list, e.g. {example}")
 
 
 
@@ -894,7 +913,11 @@ def test_profile_with_img_size_a_model_cannot_take(monkeypatch, capsys, tmp_path
         (["--models", "unet", "--protocol", "smok"], "smok", "did you mean 'smoke'"),
         (["--models", "unet", "--policy", "strictt"], "strictt", "unknown metric policy"),
         (["--models", "unet", "--set", "widthz=3"], "widthz",
-         "widthz=3 (unet() got an unexpected keyword argument 'widthz'); did you mean widthz -> widths? --set takes"),
+         "unet: no --set key 'widthz' (did you mean 'widths'?); its configuration's keys: encoder, widths"),
+        # a key it takes, with a value it refuses: no "did you mean encoder_weights -> encoder"
+        (["--models", "unet", "--set", "encoder_weights=imagenet"], "encoder_weights",
+         "encoder_weights='imagenet' (encoder_weights applies to smp encoders only: choose one with encoder "
+         "(--set encoder=resnet34))"),
         (["--models", "unet,vmunet", "--protocol", "smoke", "--set", "d_state=8"], "d_state",
          "--set goes to every model of the command (unet, vmunet): run each model with its own keys in a command"),
         (["--models", "vmunet", "--protocol", "smoke", "--set", "num_classes=3"], "num_classes", "not a --set key; the data gives a run"),
@@ -968,7 +991,7 @@ def test_a_synthetic_data_setting_it_cannot_take_is_one_line(monkeypatch, capsys
 
 def test_a_negative_synthetic_data_seed_is_one_line(monkeypatch, capsys, tmp_path):
     _fails(monkeypatch, capsys, "data", "synth", "--like", "synapse", "--out", tmp_path / "s", "--seed", "-1",
-           names="--seed", phrase="a whole number >= 0; got -1")
+           names="--seed", phrase="--seed: expected a whole number from 0 to 4294967295; got -1")
     assert not (tmp_path / "s").exists()
 
 
@@ -1120,6 +1143,27 @@ def test_corrupt_file_read_in_a_loader_worker(data, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"error: {root / 'train_npz'}") and proc.stderr.count("\n") == 1, proc.stderr
     assert "truncated or corrupt" in proc.stderr
+
+
+def test_an_error_of_any_bench_kind_from_a_loader_worker_is_its_own_line():
+    """torch re-raises a worker's error as its type with the worker's traceback as its message: a label
+    out of range (a DataError) printed 27 lines, where a plain BenchError printed one."""
+    from torch._utils import ExceptionWrapper
+
+    from bench.errors import DataError, one_line
+
+    for kind in (BenchError, DataError):
+        try:
+            raise kind("case0005_slice000.npz: label values [20] outside 0..8")
+        except kind:
+            wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+        with pytest.raises(kind) as info:
+            wrapped.reraise()
+        assert str(info.value).count("\n") > 2  # the traceback, as torch gives it
+        assert one_line(info.value) == "case0005_slice000.npz: label values [20] outside 0..8"
+    # another library's words inside ours keep its lines (pandas': "...line 6, saw 5\n"): one line all the same
+    assert one_line(BenchError("b.csv: not a readable baseline CSV (Error tokenizing data.\n  saw 5\n)")) == \
+        "b.csv: not a readable baseline CSV (Error tokenizing data. saw 5 )"
 
 
 def test_missing_pretrained_files_are_named_before_anything_runs(monkeypatch, capsys, tmp_path):
@@ -1309,14 +1353,14 @@ def test_a_cli_fuzz_finds_no_traceback_and_no_empty_value_taken_for_none(monkeyp
         _fails(monkeypatch, capsys, *run, option, "", names=option, phrase="an empty value ('';")
     _fails(monkeypatch, capsys, *run, "--seeds=", names="--seeds", phrase="an empty value ('--seeds=')")
     for seed in ("-1", str(2**32), "99999999999999999999"):
-        _fails(monkeypatch, capsys, *run, "--seeds", seed, names=seed, phrase="is no seed; expected whole numbers "
+        _fails(monkeypatch, capsys, *run, "--seeds", seed, names=seed, phrase="seeds: expected a whole number "
                                                                             "from 0 to 4294967295")
     _fails(monkeypatch, capsys, *run, "--threads", "99999999999999999999", names="--threads", phrase="from 1 to ")
     proto = tmp_path / "big-seed.toml"
     proto.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace("seed = 0", f"seed = {2**40}"))
     assert f"seed = {2**40}" in proto.read_text()
     _fails(monkeypatch, capsys, *run[:-len(FAST)], "--protocol", proto, names=proto,
-           phrase="seed: expected a whole number >= 0 and < 4294967296")
+           phrase="seed: expected a whole number from 0 to 4294967295")
     assert not (tmp_path / "r" / "records").exists()  # all before anything ran
     long = tmp_path / ("a" * 300)
     _fails(monkeypatch, capsys, "report", "--results", long, names=long, phrase="File name too long")

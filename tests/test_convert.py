@@ -302,6 +302,7 @@ def test_an_msd_task_whose_folders_are_links_elsewhere_converts(tmp_path):
 
 @pytest.mark.parametrize("labels, phrase", [
     ({"0": "background", "2": "liver"}, "label ids must be 0..1"),
+    ({"1": "lesion", "2": "cyst"}, 'no label has id 0; nnU-Net\'s labels start with the background, e.g. "background": 0'),
     ({"0": "background", "1": "liver", "2": "liver"}, "label name(s) 'liver' given to more than one id"),
 ])
 def test_msd_labels_are_checked_before_anything_is_copied(tmp_path, labels, phrase, monkeypatch):
@@ -346,3 +347,119 @@ def test_convert_msd_from_the_command_line(tmp_path):
     assert res.exit_code == 0, res.output
     assert "nnU-Net v2 raw layout" in res.output and "bench data verify --dataset nnunet" in res.output
     assert open_dataset("nnunet", tmp_path / "out").n_train_cases == 2  # fixed split of 3 cases: 2 + 1
+
+
+# --- image and mask pairs of one's own ---------------------------------------------------------
+
+
+def _write_pairs(folder: Path, names: list[str], *, colour: bool = False, size=(20, 24), seed: int = 0) -> dict:
+    """images/NAME.png (gray saved as RGB, as BUSI's are; or colour) and masks/NAME_mask.png (0/255); returns
+    each name's foreground."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    truth = {}
+    for name in names:
+        gray = rng.integers(0, 256, size, dtype=np.uint8)
+        pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8) if colour else np.repeat(gray[..., None], 3, -1)
+        Image.fromarray(pixels).save(folder / "images" / f"{name}.png")
+        fg = np.zeros(size, bool)
+        fg[2:8, 3:9] = True
+        Image.fromarray(np.where(fg, 255, 0).astype(np.uint8)).save(folder / "masks" / f"{name}_mask.png")
+        truth[name] = (pixels, fg)
+    return truth
+
+
+def test_pairs_of_ones_own_become_an_nnunet_dataset_named_as_asked(tmp_path):
+    """A BUSI-like set: gray images saved as RGB, a second lesion in a mask of its own, names with spaces.
+    It trains under --dataset nnunet, named on boards, its class named (the ISIC layout called it isic17)."""
+    from PIL import Image
+
+    from bench.data.convert import pairs_to_nnunet
+
+    names = [f"benign ({i})" for i in range(5)] + ["normal (5)"]
+    truth = _write_pairs(tmp_path / "busi", names)
+    second = np.zeros((20, 24), bool)
+    second[12:15, 15:20] = True
+    Image.fromarray(np.where(second, 255, 0).astype(np.uint8)).save(tmp_path / "busi" / "masks" / "benign (1)_mask_1.png")
+    Image.fromarray(np.zeros((20, 24), np.uint8)).save(tmp_path / "busi" / "masks" / "normal (5)_mask.png")
+    with pytest.warns(UserWarning, match=r"^1 image\(s\) had several masks, merged into one \(their pixel-wise "
+                                         r"maximum\): benign \(1\)\.png$"):
+        out = pairs_to_nnunet(tmp_path / "busi", tmp_path / "out", name="BUSI-mini", label="lesion")
+    meta = json.loads((out / "dataset.json").read_text())
+    assert (meta["name"], meta["channel_names"], meta["labels"], meta["numTraining"], meta["file_ending"]) == (
+        "BUSI-mini", {"0": "gray"}, {"background": 0, "lesion": 1}, 6, ".png")
+    assert not (out / "splits_final.json").exists()  # bench's split, said when it runs
+    ds = open_dataset("nnunet", out)
+    assert ds.dataset_name == "nnunet:BUSI-mini" and tuple(ds.class_names) == ("lesion",)
+    assert sorted(ds.cases) == ["benign_0", "benign_1", "benign_2", "benign_3", "benign_4", "normal_5"]
+    for name in ("benign (0)", "benign (1)", "normal (5)"):
+        case = name.replace(" (", "_").rstrip(")")
+        label = np.asarray(Image.open(out / "labelsTr" / f"{case}.png"))
+        expected = truth[name][1] | second if name == "benign (1)" else truth[name][1] & (name != "normal (5)")
+        assert label.dtype == np.uint8 and np.array_equal(label, expected.astype(np.uint8)), name
+        image = np.asarray(Image.open(out / "imagesTr" / f"{case}_0000.png"))
+        assert image.ndim == 2 and np.array_equal(image, truth[name][0][..., 0])  # one channel, the pixels as given
+
+
+def test_pairs_with_a_split_of_ones_own_keep_it_and_colour_stays_rgb(tmp_path):
+    from bench.data.convert import pairs_to_nnunet
+
+    train = _write_pairs(tmp_path / "raw" / "train", ["a1", "a2", "a3"], colour=True)
+    _write_pairs(tmp_path / "raw" / "val", ["b1", "b2"], colour=True, seed=1)  # the ISIC layout's test set
+    out = pairs_to_nnunet(tmp_path / "raw", tmp_path / "out")
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["name"] == "raw" and meta["channel_names"] == {"0": "R", "1": "G", "2": "B"}
+    assert meta["labels"] == {"background": 0, "foreground": 1}
+    assert json.loads((out / "splits_final.json").read_text()) == [{"train": ["a1", "a2", "a3"], "val": ["b1", "b2"]}]
+    ds = open_dataset("nnunet", out)
+    assert ds.test_ids() == ["b1", "b2"] and not any("no splits_final.json" in n for n in ds.notes)
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(out / "imagesTr" / "a2_0000.png")), train["a2"][0])
+
+
+def test_pairs_that_cannot_be_converted_are_named_and_nothing_is_written(tmp_path):
+    from bench.data.convert import pairs_to_nnunet
+
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "benign").mkdir()
+    with pytest.raises(BenchError, match=r"flat: expected images/ and masks/ \(one pool of cases, split by bench\), "
+                                         r"or train/ and test/ \(or val/\) each holding them \(your own split\); "
+                                         r"found benign/"):
+        pairs_to_nnunet(tmp_path / "flat", tmp_path / "out")
+    _write_pairs(tmp_path / "two", ["a b", "a_b"])  # one case id for both
+    with pytest.raises(BenchError, match=r"a_b\.png: its case id 'a_b' is .*a b\.png's too; rename one of them"):
+        pairs_to_nnunet(tmp_path / "two", tmp_path / "out")
+    _write_pairs(tmp_path / "lone", ["x", "y"])
+    (tmp_path / "lone" / "masks" / "y_mask.png").unlink()
+    with pytest.raises(BenchError, match=r"y\.png: no mask with a matching name in .*lone/masks"):
+        pairs_to_nnunet(tmp_path / "lone", tmp_path / "out")
+    _write_pairs(tmp_path / "sizes", ["x"], size=(20, 24))
+    from PIL import Image
+
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "sizes" / "masks" / "x_mask.png")
+    with pytest.raises(BenchError, match=r"x_mask\.png: .*"):
+        pairs_to_nnunet(tmp_path / "sizes", tmp_path / "out")
+    for bad in ({"label": "background"}, {"name": " "}):
+        with pytest.raises(BenchError, match="^(label|name): "):
+            pairs_to_nnunet(tmp_path / "lone", tmp_path / "out", **bad)
+    _write_pairs(tmp_path / "ok", ["x", "y"])
+    (tmp_path / "taken.txt").write_text("mine")  # it said "already exists and is not empty" of a file
+    with pytest.raises(BenchError, match=r"taken\.txt: a file; give a folder to write the data into"):
+        pairs_to_nnunet(tmp_path / "ok", tmp_path / "taken.txt")
+    assert (tmp_path / "taken.txt").read_text() == "mine"
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_convert_options_of_pairs_only_are_refused_for_the_others(tmp_path):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    result = CliRunner().invoke(app, ["data", "convert", "--source", "msd", "--raw", str(tmp_path), "--out",
+                                      str(tmp_path / "o"), "--name", "x"])
+    assert isinstance(result.exception, BenchError)
+    assert str(result.exception) == "--name: for --source pairs (the msd files name their dataset and classes)"

@@ -291,6 +291,17 @@ def test_isic_pairs_masks_by_name_where_the_names_correspond(tmp_path):
     assert pairs == [] and sorted((p.name, m.split(" in ")[0]) for p, m in problems) == [
         ("b.png", "no mask with a matching name"), ("d_seg.png", "no image with a matching name")]
 
+    # BUSI's second lesion, a mask of its own: named, and what to do said
+    busi = tmp_path / "busi"
+    _write_pair(busi, "benign (1).png", "benign (1)_mask.png", 8)
+    _write_pair(busi, "benign (2).png", "benign (2)_mask.png", 8)
+    (busi / "masks" / "benign (1)_mask_1.png").write_bytes((busi / "masks" / "benign (1)_mask.png").read_bytes())
+    pairs, problems = pair_files(busi / "images", busi / "masks")
+    assert pairs == [] and [(p.name, m) for p, m in problems] == [(
+        "benign (1).png", "2 masks match its name: benign (1)_mask.png, benign (1)_mask_1.png; one mask per image: "
+        "merge them (their pixel-wise maximum; `bench data convert --source pairs` does, into the nnU-Net layout), or "
+        "move the others away")]
+
 
 def test_verify_warns_of_a_multi_class_mask_in_a_binary_dataset(roots, tmp_path):
     """A mask holding a second class as grey 128 (or 127) passed: values >= 128 train as lesion, the
@@ -525,6 +536,14 @@ def test_nnunet_num_training_must_match(roots, tmp_path):
     with pytest.raises(BenchError, match=re.escape(why)):
         open_dataset("nnunet", root)
     assert any(p.message.endswith(why.replace("label files", "files")) for p in verify_dataset("nnunet", root))
+    # labels saved as JPEG: not "is file_ending '.jpg'?", which the next run refuses, but what to save them as
+    (root / "dataset.json").write_text(json.dumps(meta))
+    for label in (root / "labelsTr").glob("*.png"):
+        label.rename(label.with_suffix(".jpg"))
+    with pytest.raises(BenchError, match=re.escape("holds 0 '*.png' label files; and 5 '*.jpg' files, which bench does "
+                                                   "not read as labels (JPEG's compression changes the ids at edges): "
+                                                   "save them in a lossless format bench reads (.nii.gz")):
+        open_dataset("nnunet", root)
 
 
 # --- synthetic generator ---------------------------------------------------------------------
@@ -1362,9 +1381,14 @@ def test_a_zip_given_as_the_data_root_and_paths_with_spaces(roots, tmp_path):
     commands suggested in errors broke on paths with spaces when pasted."""
     archive = tmp_path / "ISIC2017.zip"
     archive.write_bytes(b"PK\x05\x06" + b"\0" * 18)
-    with pytest.raises(BenchError, match=r"ISIC2017\.zip is a file, not a folder: extract it \(expected <root>/"):
+    said = "a file, not a folder: extract it, and give the folder"
+    with pytest.raises(BenchError, match=rf"^--data-root .*ISIC2017\.zip: {said} \(expected <root>/"):
         open_dataset("isic17", archive)
-    assert [p.message.split(";")[0] for p in verify_dataset("isic17", archive)] == ["a file, not a folder: extract it"]
+    assert [p.message.split(";")[0] for p in verify_dataset("isic17", archive)] == [said]
+    image = tmp_path / "ISIC_0000000.png"  # a file of the dataset: nothing to extract
+    image.write_bytes(b"")
+    with pytest.raises(BenchError, match=rf"ISIC_0000000\.png: a file, not a folder: give the dataset's folder \("):
+        open_dataset("isic17", image)
     spaced = _copy(roots["synapse"], tmp_path / "my data")
     next((spaced / "test_vol_h5").iterdir()).unlink()
     with pytest.raises(BenchError, match=re.escape(f"--data-root '{spaced}'`")):
@@ -1511,6 +1535,25 @@ def test_label_ids_of_volumes_are_decoded_once_per_content(roots, tmp_path, monk
         open_dataset("nnunet", root).check_labels()
 
 
+def test_a_class_no_test_case_holds_is_warned_of_at_planning(roots, tmp_path):
+    """A 12-case set of one's own, 2 test cases without its rare class: the run's DSC was nan, unexplained."""
+    root = _copy(roots["nnunet2d"], tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        open_dataset("nnunet", root).check_labels()  # every class in a test case: nothing said
+    labels = json.loads((root / "dataset.json").read_text())["labels"]
+    (rare,) = [name for name, i in labels.items() if i == 2]
+    for path in (root / "labelsTr").glob("*.png"):
+        arr = np.asarray(Image.open(path)).copy()
+        Image.fromarray(np.where(arr == 2, 0, arr).astype(arr.dtype)).save(path)
+    n = len(open_dataset("nnunet", root).test_ids())
+    with pytest.warns(UserWarning, match=rf"^{re.escape(str(root))}: class '{rare}' in none of the {n} test cases: "
+                                         r"scored on false positives alone, .* the run's DSC, mIoU and HD95 nan"):
+        open_dataset("nnunet", root).check_labels()
+    with pytest.warns(UserWarning, match=r"in none of the \d+ test cases of fold 1: "):
+        open_dataset("nnunet", root, fold=1).check_labels()
+
+
 def test_a_folds_test_labels_are_checked_at_planning(roots, tmp_path):
     """--folds scores each fold's own test cases: a bad label among them (a training case of the default
     split, whose volume labels are not decoded before training) fails the grid at planning, not after a fold
@@ -1570,6 +1613,12 @@ def test_nifti_and_png_shapes_bench_refuses_come_with_their_remedy(roots, tmp_pa
         with pytest.raises(BenchError, match=rf"^{re.escape(str(image))}: {re.escape(said)}$"):
             open_dataset("nnunet", root).load_test(case)
         assert (str(image), said) in [(p.path, p.message) for p in verify_dataset("nnunet", root)]
+    # colour beside grayscale (ultrasound frames saved both ways): what to save them as
+    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "US"}}))
+    Image.open(image).convert("RGB").save(image)
+    said = "3 channels; dataset.json declares 1; colour among grayscale images? save every image as grayscale"
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(image))}: {re.escape(said)} \(PIL: Image.convert\('L'\)\)$"):
+        open_dataset("nnunet", root).load_test(case)
 
 
 def test_nnunet_v1_dataset_json_reads_as_nifti(roots, tmp_path):
@@ -1607,6 +1656,6 @@ def test_synthetic_folder_names_stay_inside_out_and_seeds_are_checked(tmp_path):
         with pytest.raises(BenchError, match="test_sets takes a list of distinct folder names"):
             synthesize("polyp", tmp_path / "d", test_sets=sets, jpeg_sets=["A"])
     for seed in (-1, 2**32, 1.5, True):
-        with pytest.raises(BenchError, match="seed must be a whole number from 0 to 4294967295"):
+        with pytest.raises(BenchError, match="seed: expected a whole number from 0 to 4294967295"):
             synthesize("isic", tmp_path / "d", seed=seed)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written anywhere

@@ -350,7 +350,7 @@ def test_update_never_drops_rows_by_accident(tmp_path, baseline):
     before = baseline.read_text()
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(BenchError, match="no finished run records to write .*is --results the folder of the grid's runs"):
+    with pytest.raises(BenchError, match="no finished runs to write it from; pass the --results folder that `bench run` wrote"):
         write_baseline(load(empty), baseline)
     part = _runs(tmp_path, "part", [make_record("vmunet", seed=0, dice=0.80, hd95=20.0)])
     with pytest.raises(BenchError, match=r"baseline\.csv: \d+ of its \d+ rows have no value in these runs \(first: "
@@ -399,7 +399,7 @@ def test_check_on_no_runs_is_a_user_error_not_drift(tmp_path, baseline):
     (tmp_path / "empty").mkdir()
     cli = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", str(tmp_path / "empty")])
     assert cli.exit_code == 1 and isinstance(cli.exception, BenchError)  # main() turns it into one line, exit 2
-    assert "No finished runs found in" in str(cli.exception)
+    assert str(cli.exception) == f"{tmp_path / 'empty'}: no finished runs; pass the --results folder that `bench run` wrote"
     cli = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", str(tmp_path), "--prune"])
     assert "--prune goes with --update" in str(cli.exception)
     df = _runs(tmp_path, "now", [make_record("vmunet", seed=0, dice=0.5, hd95=20.0),

@@ -68,7 +68,7 @@ def test_one_run_per_model_of_one_board(tmp_path):
     with pytest.raises(BenchError, match=r"--seed 0: no finished run of vmunet with that seed"):
         choose_runs(res, seed=0)
     (tmp_path / "empty").mkdir()  # as bench predict and rescore: most likely not the folder meant
-    with pytest.raises(BenchError, match="empty: no finished run records; pass the --results folder of `bench run`"):
+    with pytest.raises(BenchError, match="empty: no finished runs; pass the --results folder that `bench run` wrote"):
         choose_runs(tmp_path / "empty")
     # a model in two configurations is two board rows: two columns, labelled as the board labels them
     records.write_record(make_record("unet", seed=0, model_config={"widths": [4, 8, 16, 32]}), res)

@@ -505,7 +505,7 @@ def test_score_case_rejects_bad_inputs():
         M.score_case(bad, np.zeros((4, 4), int), 4, "strict")
     with pytest.raises(BenchError, match="integer label map"):
         M.score_case(np.full((4, 4), 0.7), np.zeros((4, 4), int), 2, "strict")
-    with pytest.raises(BenchError, match="class_names has 1 names; expected 2"):
+    with pytest.raises(BenchError, match="class_names: 1 given; expected 2"):
         M.score_case(np.zeros((4, 4), int), np.zeros((4, 4), int), 3, "strict", class_names=["x"])
     with pytest.raises(BenchError, match="spacing must be 2"):
         M.score_case(P, G, 2, "strict", spacing=(1.0,))

@@ -174,6 +174,10 @@ def test_accuracy_vs_cost_skips_axes_without_points(results, tmp_path):
     assert len(paths) == 3
     for p in paths:
         _assert_png(p)
+    # the point left out is named under the axis (it could have been the front's best), where it is left out
+    svgs = {p.name.split("__")[0]: p.read_text() for p in accuracy_vs_cost(df_runs, prof, tmp_path / "s", fmt="svg")}
+    assert "not shown, without this cost measured like the others: transunet, vmunet" in svgs["dsc_vs_latency"]
+    assert "(of those shown)" in svgs["dsc_vs_latency"] and "not shown" not in svgs["dsc_vs_params"]
 
 
 @pytest.mark.parametrize("config", [{"img_size": 64}, {"img_size": 224, "base_c": 8}])

@@ -269,7 +269,7 @@ def test_predict_refuses_what_it_cannot_reproduce(tmp_path):
     assert [r["run_id"] for r in plan_predict(tmp_path / "res", run_ids=[f"{rec['run_id']}.legacy-synapse"])] == \
         [rec["run_id"]]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(BenchError, match="empty: no finished run records; pass the --results folder of `bench run`"):
+    with pytest.raises(BenchError, match="empty: no finished runs; pass the --results folder that `bench run` wrote"):
         plan_predict(tmp_path / "empty")
     shutil.rmtree(tmp_path / "res" / "runs" / rec["run_id"] / "checkpoints")
     with pytest.raises(BenchError, match=r"final.pt: not found; run .* can only be predicted from its run directory "

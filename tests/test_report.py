@@ -314,7 +314,13 @@ def test_empty_and_bad_format(tmp_path):
     with pytest.raises(BenchError, match="needs the records' case rows"):
         render(empty, "cases")
     assert write_report(tmp_path, "cases").startswith("board_dataset,board_protocol,model_label,run_id")
-    assert write_report(tmp_path) == f"No finished runs found in {tmp_path}: pass the --results folder of `bench run`.\n"
+    said = f"{tmp_path}: no finished runs; pass the --results folder that `bench run` wrote"
+    assert write_report(tmp_path) == f"{said}.\n"
+    # into a file, that line would read as a report (a .tex holding it): the command's error, nothing written
+    for fmt, name in (("md", "r.md"), ("latex", "r.tex"), ("csv", "r.csv"), ("cases", "c.csv"), ("methods", "m.md")):
+        with pytest.raises(BenchError, match=f"^{re.escape(said)}$"):
+            write_report(tmp_path, fmt, out=tmp_path / "out" / name)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_cases_format_is_every_row_behind_the_boards(tmp_path):
@@ -449,6 +455,30 @@ def test_evaluated_weights_have_a_row_of_their_own_that_leaves_the_trained_rows_
     board = leaderboards(load(tmp_path))[("synapse", "synapse", "legacy-synapse")]
     # not "(from scratch, weights …)" beside "(init …)": the evaluated weights started from nothing here
     assert sorted(board["model"]) == ["vmunet", "vmunet (weights vmunet_synapse.pth@cdcdcdcd)"]
+
+
+def test_a_board_mixing_pretrained_and_scratch_rows_says_which_is_which(tmp_path):
+    """A fairness review: the papers' protocols start VM-UNet from ImageNet weights and U-Net from scratch,
+    and no board but the Methods text said so: the rows read as an architecture comparison."""
+    import csv
+    import io
+
+    pretrained = make_record("vmunet", seed=0, run_id="pre")
+    pretrained["init"] = {"source": "vmamba", "file": "vmamba_small_e238_ema.pth", "sha256": "ab" * 8}
+    for rec in (pretrained, make_record("unet", seed=0, run_id="bare")):
+        write_record(rec, tmp_path / "mixed")
+    for columns in (None, "paper"):
+        text = write_report(tmp_path / "mixed", columns=columns)
+        header = next(line for line in text.splitlines() if line.startswith("| Model"))
+        assert [c.strip() for c in header.split("|")[1:4] if c.strip() != "Family"][:2] == ["Model", "Init"], header
+        assert re.search(r"\| vmunet +(\| cnn|\| ssm)? *\| vmamba_small_e238_ema\.pth +\|", text), text
+        assert re.search(r"\| unet +(\| cnn +)?\| scratch +\|", text), text
+    rows = {r["model"]: r["init"] for r in csv.DictReader(io.StringIO(write_report(tmp_path / "mixed", "csv")))}
+    assert rows == {"vmunet": "vmamba_small_e238_ema.pth@abababab", "unet": "scratch"}  # the file's hash too
+    assert "| Init" in write_report(tmp_path / "mixed", columns="metrics")  # it goes with the numbers
+    assert "| Init" not in write_report(tmp_path / "mixed", columns="family,params")
+    write_record(make_record("unet", seed=0, run_id="only"), tmp_path / "bare")  # all from scratch: no column
+    assert "| Init" not in write_report(tmp_path / "bare")
 
 
 def test_write_report_atomic(tmp_path, runs):
@@ -1037,7 +1067,7 @@ def test_report_of_some_models_and_datasets(tmp_path, runs):
 
     cost.write_profile(cost.profile_model("unet", img_size=32, tiny=True, timing=False), tmp_path)
     md = write_report(tmp_path)
-    assert md.startswith(f"No finished runs in {tmp_path}: the cost tables of its `bench profile` records only.")
+    assert md.startswith(f"{tmp_path}: no finished runs; the cost tables of its `bench profile` records only.")
     assert "## Cost · input 1x3x32x32" in md and "latency_ms_median /" not in md  # untimed: no timing explained
     assert "## Cost · input 1x3x32x32" in write_report(tmp_path, models=["unet"])  # profiled: no "no runs of it"
     assert "## Cost" not in write_report(tmp_path, columns=("metrics",))  # --columns without cost, as in LaTeX
@@ -1209,8 +1239,14 @@ def test_training_time_is_shown_with_the_device_it_ran_on(tmp_path):
     gpu = make_record("vmunet", seed=0)
     gpu["device"] = {**gpu["device"], "device": "cuda:0", "gpu": "NVIDIA H200", "cuda": "13.0"}
     write_record(gpu, tmp_path)
-    assert "on different devices (cpu: AMD EPYC 7763 x2; cuda:0: NVIDIA H200 (cuda 13.0)): not comparable" in \
-        render(load(tmp_path))
+    mixed = render(load(tmp_path))
+    assert "on different devices (cpu: AMD EPYC 7763 x2; cuda:0: NVIDIA H200 (cuda 13.0)): not comparable" in mixed
+    # the numbers too, not the time alone (a fairness review): said whatever columns are shown
+    said = "Devices: these runs trained on 2 (cpu: AMD EPYC 7763 x2; cuda:0: NVIDIA H200 (cuda 13.0)); a GPU's reduced"
+    assert said in mixed and said in render(load(tmp_path), columns="paper") and said not in md
+    # and seeds that differ between rows (unet 0, 1; vmunet 0)
+    assert "Seeds differ between rows (unet 0, 1; vmunet 0): each mean is over its own seeds" in mixed
+    assert "Seeds differ" not in md
 
 
 def test_a_board_of_runs_from_several_commits_says_so(tmp_path):
@@ -1524,7 +1560,7 @@ def test_a_folder_whose_runs_never_finished_says_so(tmp_path):
     the report said to pass the --results folder of bench run, which it was."""
     (tmp_path / "runs" / "synapse-smoke-unet-s0-1e81a7b6" / "checkpoints").mkdir(parents=True)
     text = write_report(tmp_path)
-    assert text.startswith(f"No finished runs found in {tmp_path}: 1 run(s) began here (synapse-smoke-unet-s0-1e81a7b6) "
+    assert text.startswith(f"{tmp_path}: no finished runs; 1 run(s) began here (synapse-smoke-unet-s0-1e81a7b6) "
                            "and none wrote its record")
 
 

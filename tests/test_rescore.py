@@ -93,7 +93,7 @@ def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
     with pytest.raises(BenchError, match="unknown metric policy"):
         plan_rescore(copy, "strictt")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(BenchError, match=r"empty: no finished run records; pass the --results folder of `bench run`"):
+    with pytest.raises(BenchError, match=r"empty: no finished runs; pass the --results folder that `bench run` wrote"):
         plan_rescore(tmp_path / "empty", "strict")  # as bench predict: most likely not the folder meant
     # a record keeps its recipe: its protocol whatever became of the file (edited, lost, several versions)
     assert record_protocol({**rec, "protocol": {**rec["protocol"], "name": "gone"}}).train == \

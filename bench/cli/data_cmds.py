@@ -44,8 +44,10 @@ def data_synth(
     from bench.data import SYNTH_SEEDS, get_reader
     from bench.data.synth import KINDS, synthesize
 
-    if seed is not None and seed < 0:  # numpy's generators take seeds >= 0
-        raise BenchError(f"--seed must be a whole number >= 0; got {seed}")
+    from bench.protocol import check_seed
+
+    if seed is not None:
+        check_seed(seed, "--seed")  # before anything is written
     kind = like.value if like.value in KINDS else get_reader(like.value).kind
     settings = _parse_sets(option or [], "--option", "a generator setting")
     path = synthesize(kind, out, seed=SYNTH_SEEDS.get(like.value, 0) if seed is None else seed, **settings)
@@ -55,30 +57,44 @@ def data_synth(
 class ConvertSource(str, enum.Enum):
     btcv = "btcv"
     msd = "msd"
+    pairs = "pairs"
 
 
 def data_convert(
     source: Annotated[ConvertSource, typer.Option(help="what --raw holds: btcv = BTCV's RawData/Training "
                                                       "(img/imgXXXX.nii.gz, label/labelXXXX.nii.gz); msd = a Medical "
-                                                      "Segmentation Decathlon task folder (e.g. Task03_Liver)")],
+                                                      "Segmentation Decathlon task folder (e.g. Task03_Liver); pairs = "
+                                                      "2-D images and binary masks of your own: images/ and masks/, "
+                                                      "or train/ and test/ (or val/) holding them")],
     raw: Annotated[Path, typer.Option(help="the downloaded data's folder")],
     out: Annotated[Path, typer.Option(help="output directory (created)")],
+    name: Annotated[Optional[str], typer.Option(help="pairs: the dataset's name on boards (nnunet:NAME; default: "
+                                                     "--raw's folder name)")] = None,
+    label: Annotated[Optional[str], typer.Option(help="pairs: the masks' class name, e.g. lesion (default: "
+                                                      "foreground)")] = None,
 ) -> None:
     """Convert data as distributed into the layout a reader expects.
 
     btcv -> TransUNet's Synapse layout (HU window [-125, 275] scaled to [0, 1], TransUNet's 18/12
     split, spacing.csv); organ ids in the tables' column order, 1 aorta ... 8 stomach (the circulating
     files' order is undocumented; bench data verify infers a copy's from its organs' sizes);
-    msd -> nnU-Net v2's raw layout (as nnUNetv2_convert_MSD_dataset: modalities split into _0000, ...).
+    msd -> nnU-Net v2's raw layout (as nnUNetv2_convert_MSD_dataset: modalities split into _0000, ...);
+    pairs -> that layout too, named --name, masks as class --label (several masks of an image merged; train/
+    and test/ kept as splits_final.json).
 
     Example: bench data convert --source msd --raw Task03_Liver --out data/Dataset003_Liver
     """
-    from bench.data.convert import btcv_to_synapse, msd_to_nnunet
+    from bench.data.convert import btcv_to_synapse, msd_to_nnunet, pairs_to_nnunet
 
+    if source is not ConvertSource.pairs and (given := [o for o, v in (("--name", name), ("--label", label)) if v]):
+        raise BenchError(f"{' and '.join(given)}: for --source pairs (the {source.value} files name their dataset "
+                         "and classes)")
     if source is ConvertSource.btcv:
         path, dataset = btcv_to_synapse(raw, out), "synapse"
-    else:
+    elif source is ConvertSource.msd:
         path, dataset = msd_to_nnunet(raw, out), "nnunet"
+    else:
+        path, dataset = pairs_to_nnunet(raw, out, name=name, label=label or "foreground"), "nnunet"
     typer.echo(f"wrote the {'Synapse' if dataset == 'synapse' else 'nnU-Net v2 raw'} layout to {path}; check it "
                f"with: bench data verify --dataset {dataset} --data-root {shlex.quote(str(path))}")
 

@@ -11,7 +11,7 @@ import typer
 from bench.cli.console import _echo_err
 from bench.cli.options import DEFAULT_RESULTS, RunDatasets
 from bench.errors import BenchError
-from bench.names import name_list
+from bench.names import name_list, nothing_named
 from bench.report.formats import ReportFormat  # not bench.report: its boards import pandas
 
 
@@ -95,11 +95,11 @@ def check(
         raise BenchError("--prune goes with --update (it drops baseline rows while rewriting the file)")
     df = records.load(results)
     if records.finished(df).empty:  # most likely not the folder meant: not drift
-        raise BenchError(f"No finished runs found in {results}: pass the --results folder of the grid's runs")
+        raise BenchError(records.no_runs(results))
     picked = name_list(models)
     if picked is not None:  # a name without finished runs: one error naming those there
         if not picked:
-            raise BenchError(f"--models {models!r} names no model; e.g. all, or unet,vmunet")
+            raise nothing_named("--models", models, "unet,vmunet")
         records.select_runs(records.finished(df), picked, None, results)
     if update:
         rows, dropped = drift.write_baseline(df, baseline, prune=prune, models=picked)

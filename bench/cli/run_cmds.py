@@ -104,7 +104,7 @@ def run(
     from bench.data import get_reader
     from bench.env import resolve_device
     from bench.protocol import load_protocol
-    from bench.registry import get_entry, resolve_models
+    from bench.registry import BuildError, get_entry, resolve_models
     from bench.run import check_workers, parse_shard, plan_grid, refuse_2d_models, resolve_inits, run_grid, select_shard
 
     _compute_setup(threads)
@@ -162,7 +162,7 @@ def run(
                     folds=folds if folds in (None, "all") else list(dict.fromkeys(int_list(folds, "--folds"))))
         except BenchError as exc:
             say_warnings([name])  # what led up to the error
-            if overrides and len(names) > 1 and "cannot build with" in str(exc):
+            if overrides and len(names) > 1 and isinstance(exc, BuildError):
                 raise BenchError(f"{exc}. --set goes to every model of the command ({', '.join(names)}): run each "
                                  "model with its own keys in a command of its own") from exc
             raise

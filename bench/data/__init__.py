@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.data.base import Case, Sample, SegDataset
+from bench.data.base import Case, Sample, SegDataset, root_is_file
 from bench.data.isic import Isic17Dataset, Isic18Dataset, IsicAllDataset
 from bench.data.nnunet import NnUNetDataset
 from bench.data.polyp import PolypDataset
@@ -75,8 +75,8 @@ def open_dataset(name: str, root: str | Path, fold: int | None = None) -> SegDat
     if fold is not None:
         check_folds(name)
     root = Path(root).expanduser()
-    if root.is_file():  # a download not yet unpacked
-        raise BenchError(f"dataset root {root} is a file, not a folder: extract it (expected {reader.layout})")
+    if root.is_file():  # a download not yet unpacked, or a file of the dataset
+        raise BenchError(f"--data-root {root}: {root_is_file(root)} (expected {reader.layout})")
     if not root.is_dir():
         raise absent(root, f"--data-root {root}: dataset root not found (expected {reader.layout}; "
                            f"`bench run --synthetic` or `bench data synth` makes a small fake one)")

@@ -402,10 +402,21 @@ def label_id_problem(label: np.ndarray, num_classes: int) -> str | None:
     return None
 
 
+def root_is_file(root: Path) -> str:
+    """What to do where a dataset's root is a file: a download not yet unpacked, or a file of the dataset."""
+    archive = root.name.lower().endswith((".zip", ".tar", ".gz", ".tgz", ".xz", ".bz2", ".7z", ".rar"))
+    return "a file, not a folder: " + ("extract it, and give the folder" if archive else "give the dataset's folder")
+
+
 def mask_hint(bad: list[int]) -> str:
     """The likeliest cause where 255 is the one id out of range: a binary mask saved as 0/255 (the
     usual PNG mask), where nnU-Net-format labels hold class ids."""
-    return "; a 0/255 mask? store the foreground as 1 (mask // 255), as class ids" if bad == [255] else ""
+    if bad == [255]:
+        return "; a 0/255 mask? store the foreground as 1 (mask // 255), as class ids"
+    if bad and bad[-1] in (127, 128, 255):  # 0/128/255: classes drawn as grey levels
+        return ("; grey levels standing for classes? store each as its class id (values 0, 128, 255 as "
+                "0, 1, 2: numpy.searchsorted([0, 128, 255], label))")
+    return ""
 
 
 def float_id_problem(label: np.ndarray) -> str | None:

@@ -25,6 +25,9 @@ datasets/README states and what public re-creations (SAMed's preprocess_data.py)
 which is LiTS) to nnU-Net v2's raw layout (``bench.data.nnunet``), as nnU-Net's own
 ``nnUNetv2_convert_MSD_dataset`` converts it.
 
+``pairs_to_nnunet``: 2-D images with binary masks of one's own (a BUSI-like folder, ISIC-layout data
+of another source) to that layout, which names its boards and carries a split of one's own.
+
 The output is written to a temporary folder and renamed when complete (nothing half-written).
 """
 
@@ -316,3 +319,100 @@ def msd_to_nnunet(raw: str | Path, out: str | Path) -> Path:
         portable_write_text(root / "dataset.json", json.dumps(v2, indent=2) + "\n")
 
     return atomic_write_dir(Path(out), write)
+
+
+# --- image and mask pairs of one's own -> nnU-Net v2 raw ------------------------------------------
+
+
+def _case_id(stem: str) -> str:
+    """An image's name as a case id nnU-Net's file names and shells take ("benign (1)" -> "benign_1")."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_.") or "case"
+
+
+def _pair_folders(raw: Path) -> list[tuple[str, Path]]:
+    """(part, folder holding images/ and masks/): ``raw`` itself as the one pool of cases, or its train/ and
+    test/ (or val/, the ISIC layout's test set) as a split of one's own."""
+    if (raw / "images").is_dir():
+        return [("", raw)]
+    tests = [d for d in ("test", "val") if (raw / d / "images").is_dir()]
+    if (raw / "train" / "images").is_dir() and len(tests) == 1:
+        return [("train", raw / "train"), ("test", raw / tests[0])]
+    found = ", ".join(sorted(p.name + "/" for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))) \
+        if raw.is_dir() else "no such folder"
+    raise BenchError(f"{raw}: expected images/ and masks/ (one pool of cases, split by bench), or train/ and test/ "
+                     f"(or val/) each holding them (your own split); found {found or 'no folders'}")
+
+
+def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None, label: str = "foreground") -> Path:
+    """Convert 2-D images with binary masks of one's own (a BUSI-like folder, an ISIC-layout copy) to
+    nnU-Net v2's raw layout at ``out``, the layout bench reads any dataset in, named ``name`` (boards:
+    ``nnunet:<name>``; default the folder's name) with the one class ``label``.
+
+    ``raw`` holds ``images/`` and ``masks/`` (bench splits the cases, as for any nnU-Net dataset without a
+    ``splits_final.json``), or ``train/`` and ``test/`` (or ``val/``) each holding them: that split is kept
+    as ``splits_final.json``'s fold 0. Images and masks pair as the ISIC reader pairs them (by name, else by
+    sorted order); several masks of one image (BUSI's ``x_mask.png``, ``x_mask_1.png``) merge into one
+    (their pixel-wise maximum), as its authors' loaders merge them. Masks read as the ISIC reader reads
+    them (0/255, colour on black, JPEG): pixels >= 128 are the class, id 1. Images become 8-bit PNGs:
+    grayscale where every image is gray (RGB files of equal channels included), else RGB (gray images
+    repeated); 16-bit images scaled to 8 bits. Case ids: the image names with other characters than
+    letters, digits, ``.``, ``-`` and ``_`` as ``_``. Everything is checked before the folder is renamed
+    into place (nothing half-written)."""
+    from PIL import Image
+
+    from bench.data.isic import mask_groups, read_mask, read_rgb, size_mismatch
+
+    raw = Path(raw).expanduser()
+    name = name if name is not None else raw.resolve().name
+    for what, value in (("name", name), ("label", label)):
+        if not isinstance(value, str) or not value.strip() or "\n" in value:
+            raise BenchError(f"{what}: expected a name; got {value!r}")
+    if label == "background":
+        raise BenchError("label: 'background' is class 0's name; name the masks' class otherwise, e.g. lesion")
+    cases: list[tuple[str, str, Path, list[Path]]] = []  # (part, case id, image, masks)
+    seen: dict[str, Path] = {}
+    for part, folder in _pair_folders(raw):
+        groups, problems = mask_groups(folder / "images", folder / "masks")
+        if problems:
+            (path, why), more = problems[0], len(problems) - 1
+            raise BenchError(f"{path}: {why}" + (f" (and {more} more problems)" if more else ""))
+        for image, masks in groups:
+            case = _case_id(image.stem)
+            if case.lower() in seen:  # in any case: a macOS or Windows disk holds one of two such files
+                raise BenchError(f"{image}: its case id {case!r} is {seen[case.lower()]}'s too; rename one of them")
+            seen[case.lower()] = image
+            cases.append((part, case, image, masks))
+    gray = all(_is_gray(read_rgb(image)) for _, _, image, _ in cases)  # one pass to choose, one to write
+    merged = [image.name for _, _, image, masks in cases if len(masks) > 1]
+    meta = {"name": name, "description": f"converted by bench data convert --source pairs from {raw.name}",
+            "channel_names": {"0": "gray"} if gray else {"0": "R", "1": "G", "2": "B"},
+            "labels": {"background": 0, label: 1}, "numTraining": len(cases), "file_ending": ".png"}
+
+    def write(root: Path) -> None:
+        (root / "imagesTr").mkdir()
+        (root / "labelsTr").mkdir()
+        for _, case, image, masks in cases:
+            pixels = read_rgb(image)
+            fg = np.zeros(pixels.shape[:2], bool)
+            for mask in masks:
+                m = read_mask(mask)
+                if m.shape != fg.shape:
+                    raise BenchError(f"{mask}: {size_mismatch(image, pixels.shape[:2], m.shape)}")
+                fg |= m >= 0.5
+            Image.fromarray(pixels[..., 0] if gray else pixels).save(root / "imagesTr" / f"{case}_0000.png")
+            Image.fromarray(fg.astype(np.uint8)).save(root / "labelsTr" / f"{case}.png")
+        if any(part for part, *_ in cases):  # the user's own split, as nnU-Net keeps one
+            fold = {key: [c for part, c, *_ in cases if part == part_name]
+                    for key, part_name in (("train", "train"), ("val", "test"))}
+            portable_write_text(root / "splits_final.json", json.dumps([fold], indent=2) + "\n")
+        portable_write_text(root / "dataset.json", json.dumps(meta, indent=2) + "\n")
+
+    path = atomic_write_dir(Path(out).expanduser(), write)
+    if merged:
+        warnings.warn(f"{len(merged)} image(s) had several masks, merged into one (their pixel-wise maximum): "
+                      f"{', '.join(merged[:3])}{', …' if len(merged) > 3 else ''}", stacklevel=2)
+    return path
+
+
+def _is_gray(rgb: np.ndarray) -> bool:
+    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]))

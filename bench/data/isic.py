@@ -163,13 +163,26 @@ def test_set_id(name: str) -> str:
 
 
 def pair_files(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
-    """Pair images with masks, in the images' sorted order.
+    """Pair images with masks, in the images' sorted order (``mask_groups``, one mask per image)."""
+    groups, problems = mask_groups(images_dir, masks_dir)
+    several = [(p, f"{len(found)} masks match its name: {', '.join(m.name for m in found)}; one mask per image: "
+                   "merge them (their pixel-wise maximum; `bench data convert --source pairs` does, into the nnU-Net "
+                   "layout), or move the others away")
+               for p, found in groups if len(found) > 1]
+    if several:  # BUSI's second lesion
+        return [], several
+    return [(p, found[0]) for p, found in groups], problems
+
+
+def mask_groups(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, list[Path]]], list[tuple[Path, str]]]:
+    """Group masks under their images, in the images' sorted order: several masks may share an image
+    (BUSI's ``x_mask.png`` and ``x_mask_1.png``).
 
     By name where the names correspond (a mask named as its image, or as its image plus ``_...`` or
     ``-...``, as ISIC's ``_segmentation`` masks): then every image needs its mask and every mask its image. By
     sorted file name, as the authors' loaders pair, where no mask name matches any image (another
-    naming scheme: ``img_001`` / ``mask_001``). Returns ``(pairs, problems)``; ``problems`` lists
-    ``(path, message)`` and is non-empty (with ``pairs`` empty) when a folder is missing, a name
+    naming scheme: ``img_001`` / ``mask_001``). Returns ``(groups, problems)``; ``problems`` lists
+    ``(path, message)`` and is non-empty (with the groups empty) when a folder is missing, a name
     has no partner, or the counts differ.
     """
     problems: list[tuple[Path, str]] = []
@@ -197,15 +210,10 @@ def pair_files(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, Path
                 problems.append((m, f"no image with a matching name in {images_dir}"))
             else:
                 by_image.setdefault(stem, []).append(m)
-        for p in images:
-            found = by_image.get(p.stem, [])
-            if not found:
-                problems.append((p, f"no mask with a matching name in {masks_dir}"))
-            elif len(found) > 1:
-                problems.append((p, f"{len(found)} masks match its name: {', '.join(m.name for m in found)}"))
+        problems += [(p, f"no mask with a matching name in {masks_dir}") for p in images if p.stem not in by_image]
         if problems:
             return [], problems
-        return [(p, by_image[p.stem][0]) for p in images], []
+        return [(p, by_image[p.stem]) for p in images], []
     if len(images) != len(masks):
         return [], [(masks_dir, f"{len(images)} images in {images_dir} but {len(masks)} masks here, and no mask "
                                 f"is named after its image to pair them by")]
@@ -219,7 +227,7 @@ def pair_files(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, Path
                         f"numbers in the names differ" + (f" (and in {more} more pairs)" if more else "")
                         + "; expected masks named after their images (ISIC_0000000.jpg ↔ "
                           "ISIC_0000000_segmentation.png) or names that sort alike")]
-    return pairs, []
+    return [(i, [m]) for i, m in pairs], []
 
 
 def _numbers(stem: str) -> set[int]:

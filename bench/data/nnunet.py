@@ -49,6 +49,7 @@ import hashlib
 import json
 import re
 import shlex
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,6 +154,9 @@ def _label_map(labels: Any, path: Path) -> dict[str, int]:
             raise BenchError(f"{path}: label {name!r} = {value!r}: {what}; labels must be {{name: integer id}}")
         out[name] = value
     values = sorted(out.values())
+    if 0 not in values:  # "0..1" would have read as the ids' count being wrong
+        raise BenchError(f"{path}: no label has id 0; nnU-Net's labels start with the background, "
+                         f"e.g. \"background\": 0, then the classes 1..{len(values)}; got ids {values}")
     if values != list(range(len(values))):
         raise BenchError(f"{path}: label ids must be 0..{len(values) - 1} with background 0, got {values}")
     if "ignore" in out:
@@ -227,8 +231,10 @@ def channel_count_problem(found: int, declared: int) -> str:
     remedy where the extra one is a PNG's alpha (RGBA for RGB, LA for grayscale). Shared by the reader
     (which raises) and ``bench data verify`` (which reports)."""
     alpha = found == declared + 1 and found in (2, 4)
-    return (f"{found} channels; dataset.json declares {declared}"
-            + (f"; an alpha channel? drop it (PIL: Image.convert('{'RGB' if found == 4 else 'L'}'))" if alpha else ""))
+    fix = (f"; an alpha channel? drop it (PIL: Image.convert('{'RGB' if found == 4 else 'L'}'))" if alpha else
+           "; colour among grayscale images? save every image as grayscale (PIL: Image.convert('L'))"
+           if (found, declared) == (3, 1) else "")
+    return f"{found} channels; dataset.json declares {declared}{fix}"
 
 
 def read_png(path: Path, *, label: bool = False) -> np.ndarray:
@@ -483,7 +489,11 @@ def other_endings_hint(root: Path, ending: str, folder: str = "labelsTr") -> str
         return ""
     other, n = collections.Counter("." + name.split(".", 1)[1] for name in others).most_common(1)[0]
     if folder == "labelsTr":
-        return f"; and {n} '*{other}' files: is file_ending {other!r}?"
+        if other in VOLUME_ENDINGS + IMAGE_ENDINGS:
+            return f"; and {n} '*{other}' files: is file_ending {other!r}?"
+        lossy = " (JPEG's compression changes the ids at edges)" if other.lower() in (".jpg", ".jpeg") else ""
+        return (f"; and {n} '*{other}' files, which bench does not read as labels{lossy}: save them in a "
+                f"lossless format bench reads ({', '.join(VOLUME_ENDINGS + IMAGE_ENDINGS)})")
     return (f"; {folder} holds {n} '*{other}' files ({few(others)}): images and labels share dataset.json's "
             f"file_ending {ending!r}: save the images as {ending!r}")
 
@@ -584,11 +594,23 @@ class NnUNetDataset(SegDataset):
         """BenchError naming the first label file that holds ids outside the classes, before anything
         trains (reading it at evaluation would fail a whole grid after its training). The test cases
         always; the training cases where they are images (volumes take minutes to decode: those of a
-        training case fail as the case is first read, at the start of training)."""
-        cases = self._test_cases if self.volumes else [*self._test_cases, *self._train_cases]
-        for case in cases:
+        training case fail as the case is first read, at the start of training). Warns of a class that
+        none of the test cases holds."""
+        test = set(self._test_cases)
+        tested: set[int] = set()
+        for case in self._test_cases if self.volumes else [*self._test_cases, *self._train_cases]:
             path = label_path(self.root, case, self.file_ending)
-            class_ids(path, label_values(path), self.num_classes)  # the message reading it gives
+            ids = class_ids(path, label_values(path), self.num_classes)  # the message reading it gives
+            if case in test:
+                tested.update(ids.tolist())
+        if absent := [name for name, i in self.meta["labels"].items() if i and i not in tested]:
+            # a 12-case set's 2 test cases: a rare class in none of them gave a DSC of nan, unexplained
+            fold = "" if self.fold is None else f" of fold {self.fold}"
+            warnings.warn(f"{self.root}: {'class' if len(absent) == 1 else 'classes'} {', '.join(map(repr, absent))}"
+                          f" in none of the {len(test)} test cases{fold}: scored on false positives alone, and "
+                          "where a policy leaves out cases with neither (strict) without a mean, which makes the "
+                          "run's DSC, mIoU and HD95 nan; more cases, or a splits_final.json whose test cases hold "
+                          "it, avoid that")
 
     def normalize_hint(self, normalize: str) -> str | None:
         """One line where the protocol's one ``normalize`` mode is not what some channels' names ask nnU-Net

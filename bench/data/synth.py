@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import numbers
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,7 +36,7 @@ from scipy import ndimage
 
 from bench.errors import BenchError
 from bench.fileio import atomic_write_dir, is_plain_name, portable_write_text
-from bench.protocol import SEED_LIMIT
+from bench.protocol import check_seed
 
 GENERATOR_VERSION = 1  # bump when any generated array changes: cache folders carry it
 # written into every synthetic dataset: how it was made. Runs on it are marked synthetic wherever it
@@ -79,9 +78,7 @@ def synthesize(kind: str, out: str | Path, *, seed: int = 0, **size_options: Any
     """
     if kind not in DEFAULTS:
         raise BenchError(f"unknown synthetic kind {kind!r}; expected one of {', '.join(KINDS)}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
-        raise BenchError(f"synthetic {kind} data: seed must be a whole number from 0 to {SEED_LIMIT - 1}; got {seed!r}")
-    seed = int(seed)
+    seed = check_seed(seed, f"synthetic {kind} data: seed")
     unknown = sorted(set(size_options) - set(DEFAULTS[kind]))
     if unknown:
         raise BenchError(f"synthetic {kind} data has no setting {', '.join(unknown)}; its settings (and defaults): "
@@ -116,7 +113,8 @@ def _check_setting(kind: str, key: str, value: Any) -> None:
     or 3), a list of as many positive numbers (spacings), or a list of names."""
     default = DEFAULTS[kind][key]
     if isinstance(default, int):
-        least = 2 if key in ("min_size", "max_size") else 1  # an image side of 1 pixel holds no lesion to draw
+        # an image side of 1 pixel holds no lesion to draw; one case, no training and test split
+        least = 2 if key in ("min_size", "max_size", "n_cases") else 1
         ok = isinstance(value, int) and not isinstance(value, bool) and (value in (2, 3) if key == "dims" else value >= least)
         what = "2 or 3" if key == "dims" else f"a whole number >= {least}"
     elif all(isinstance(v, (int, float)) for v in default):

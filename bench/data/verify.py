@@ -38,7 +38,7 @@ import numpy as np
 from bench.data import isic as isic_io
 from bench.data import nnunet as nn_io
 from bench.data import synapse as syn_io
-from bench.data.base import describe, label_id_problem, mask_hint, split_problems
+from bench.data.base import describe, label_id_problem, mask_hint, root_is_file, split_problems
 from bench.errors import BenchError
 from bench.fileio import absent
 
@@ -75,7 +75,7 @@ def verify_dataset(name: str, root: str | Path) -> list[Problem]:
     root = Path(root)
     report = _Report()
     if not root.is_dir():
-        found = "a file, not a folder: extract it" if root.is_file() else "dataset root not found"
+        found = root_is_file(root) if root.is_file() else "dataset root not found"
         report.add(root, str(absent(root, f"{found}; expected {reader.layout}")))
         return report.problems
     _CHECKS[reader.kind](root, report, reader)

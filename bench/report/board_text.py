@@ -20,7 +20,7 @@ from bench.report.tables import _align, _latex_table, _md_table
 
 
 _CSV_KEY_COLUMNS = ["dataset", "protocol", "protocol_version", "protocol_hash", "policy", "hd95_unit", "code"]
-_BOARD_COLUMNS = ["model", "family", "model_config", "n_seeds", "n_runs", "folds", "n_cases", "params"]
+_BOARD_COLUMNS = ["model", "family", "init", "model_config", "n_seeds", "n_runs", "folds", "n_cases", "params"]
 
 
 def _display_name(col: str, dataset: str = "") -> str:
@@ -124,7 +124,8 @@ def parse_columns(text: str | Iterable[str] | None) -> tuple[str, ...] | None:
 def _display_table(board: pd.DataFrame, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Strings for humans: one column per metric, "81.23 ± 0.45"; of the ``COLUMN_GROUPS`` in
     ``columns`` only (None: all)."""
-    group: dict[str, str] = {"Family": "family", "Seeds": "seeds", "Folds": "seeds", "Params (M)": "params",
+    # Init goes with the metrics: a board mixing pretrained and scratch rows is no architecture comparison alone
+    group: dict[str, str] = {"Family": "family", "Init": "metrics", "Seeds": "seeds", "Folds": "seeds", "Params (M)": "params",
                              "DSC n/a": "metrics", "Train time": "time", "Train GPU peak (MB)": "time",
                              "GMACs (scan incl.)": "cost", "thop GMACs": "cost"}
     out = pd.DataFrame(
@@ -139,6 +140,8 @@ def _display_table(board: pd.DataFrame, columns: tuple[str, ...] | None = None) 
     )
     if "folds" in board and board["folds"].astype(bool).any():
         out.insert(3, "Folds", board["folds"])
+    if "init" in board and not board["init"].isin(["scratch", ""]).all():  # some row started pretrained
+        out.insert(2, "Init", ["; ".join(f.split("@")[0] for f in i.split("; ")) for i in board["init"]])
     if _has_exclusions(board):
         out["DSC n/a"] = ["" if math.isnan(n) else f"{int(n)}/{int(t)}"
                           for n, t in zip(board["dice_n_na"], board["dice_n_entries"])]
@@ -262,8 +265,15 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
                      f"{unit or 'the HD95 unit'}: {tol}.")
         else:
             note += f" NSD: % of both surfaces within {tol} {unit or '(HD95 unit)'} of the other."
+    if len(set(board["seeds"])) > 1 and shown("metrics"):  # a model's extra seeds added later, another's not
+        each = "; ".join(f"{m} {s}" for m, s in zip(board["model"], board["seeds"]))
+        note += (f" Seeds differ between rows ({each}): each mean is over its own seeds' training draws, and "
+                 "paired tests average each model's cases over its own seeds.")
+    devices = a.get("devices", [])
+    if len(devices) > 1 and shown("metrics"):  # not only the time: a GPU's arithmetic is not a CPU's
+        note += (f" Devices: these runs trained on {len(devices)} ({'; '.join(devices)}); a GPU's reduced "
+                 "precision (TF32, autocast) and its kernels move the numbers beyond what the seed does.")
     if "train_time_s" in board and board["train_time_s"].notna().any() and shown("time"):
-        devices = a.get("devices", [])
         where = (f"on {devices[0]}" if len(devices) == 1
                  else f"on different devices ({'; '.join(devices)}): not comparable between them")
         note += f" Train time: mean per run of the training loop's wall-clock time, resumes included, {where}."

@@ -76,8 +76,10 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         row = {
             "model": label,
             "family": runs["family"].iloc[0],
+            "init": _init_cell(runs),
             "model_config": config,
             "n_seeds": runs["seed"].nunique(),
+            "seeds": ", ".join(map(str, sorted({int(s) for s in runs["seed"]}))),
             "n_runs": len(runs),
             "folds": _folds_cell(runs) if "split" in runs else "",
             "fold_set": _folds(runs["split"]) if "split" in runs else "",  # the folds alone, to compare
@@ -198,6 +200,16 @@ def _folds(splits: pd.Series) -> str:
     if len(folds) > 2 and folds == list(range(folds[0], folds[-1] + 1)):
         return f"{folds[0]}-{folds[-1]}"
     return ", ".join(map(str, folds))
+
+
+def _init_cell(runs: pd.DataFrame) -> str:
+    """The pretrained file(s) (``file@sha256[:8]``) a row's trained runs started from, "scratch" where they
+    started from none; "" where its weights were only evaluated (the label names them)."""
+    trained = runs[runs["weights"].isna()] if "weights" in runs else runs
+    if trained.empty:
+        return ""
+    inits = sorted({str(i) for i in trained["init"] if isinstance(i, str) and i}) if "init" in trained else []
+    return "; ".join(inits) or "scratch"
 
 
 def _folds_cell(runs: pd.DataFrame) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import finished, load, read_record, select_runs, short_commit, split_fold
+from bench.records import finished, load, no_runs, read_record, select_runs, short_commit, split_fold
 from bench.report.board_text import _fmt_duration, board_title
 from bench.report.boards import _binary_task, _code_versions
 from bench.report.labels import _overrides_text, _tiny_changes, _tiny_config, label_runs
@@ -35,13 +35,18 @@ _SKIP_PACKAGES = {"ssm-unet-bench"}  # named as bench's version
 
 
 def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
-                   datasets: str | Iterable[str] | None = None, policies: str | Iterable[str] | None = None) -> str:
+                   datasets: str | Iterable[str] | None = None, policies: str | Iterable[str] | None = None, *,
+                   empty_ok: bool = True) -> str:
     """Markdown: per board (dataset × protocol × policy, as ``label_runs`` groups finished runs) a
-    ``##`` heading and short paragraphs on the models, training, data and evaluation, and environment."""
+    ``##`` heading and short paragraphs on the models, training, data and evaluation, and environment.
+    Without finished runs, the line saying so (a BenchError unless ``empty_ok``: for a file)."""
     results_dir = Path(results_dir)
     df = finished(select_runs(load(results_dir), models, datasets, results_dir, policies=policies))
     if df.empty:
-        return f"No finished runs found in {results_dir}: pass the --results folder of `bench run`.\n"
+        said = no_runs(results_dir, bool(models or datasets or policies))
+        if not empty_ok:
+            raise BenchError(said)
+        return f"{said}.\n"
     df = label_runs(df)
     parts = []
     for _, group in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):

@@ -20,7 +20,10 @@ PUBLISHED_METRICS = ("dice", "hd95", "iou", "acc", "spe", "sen")
 BUILD_KEYS = {"num_classes", "in_chans", "img_size"}  # what every run's model_config holds; more is a variant
 PUBLISHED_NOTE = ("Ours − published is given only where the paper's number was trained under this board's protocol "
                   "(\"Their recipe\", the published table's column protocol) in its current version, run as written, "
-                  "with the model as registered, on the paper's test split, and scored under the paper's convention; "
+                  "with the model as registered, on the paper's test split (Synapse's volumes by id; ISIC's and "
+                  "PraNet's test and training sets by their counts alone, since their lists are unpublished: another "
+                  "draw of the same counts passes, so check such data with bench data verify), and scored under the "
+                  "paper's convention; "
                   "otherwise the cell says what differs (recipe, split, protocol version, model config or metric "
                   "policy), since the gap would mix the model with it.")
 

@@ -42,7 +42,7 @@ def _latex_escape(text: str) -> str:
 
 
 def _align(column: str) -> str:
-    return "left" if column in ("Model", "Family") else "right"
+    return "left" if column in ("Model", "Family", "Init") else "right"
 
 
 def _latex_table(title: str, note: str, name: str, table: pd.DataFrame, spec: str,

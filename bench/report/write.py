@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import finished, load, runs_dir, select_runs
+from bench.records import finished, load, no_runs, select_runs
 from bench.names import name_list
 from bench.fileio import atomic_write_text
 from bench.report.board_text import _check_columns, _check_format, _render, _shows, paper_layout, render_cases
@@ -95,15 +95,16 @@ def _warn_repeated(boards: dict) -> None:
 
 
 def _methods(results_dir: Path, models: str | Iterable[str] | None, datasets: str | Iterable[str] | None,
-             policies: str | Iterable[str] | None, **refused: object) -> str:
-    """``--format methods``: prose of what ran, which the boards' options do not shape (one error names them)."""
+             policies: str | Iterable[str] | None, out: Path | None, **refused: object) -> str:
+    """``--format methods``: prose of what ran, which the boards' options do not shape (one error names them);
+    for ``out``, runs to write of (as the boards)."""
     from bench.report.methods import render_methods
 
     given = [f"--{name}" for name, value in refused.items() if value]
     if given:
         raise BenchError(f"{' and '.join(given)} shape{'s' * (len(given) == 1)} the leaderboards; --format methods "
                          "writes the Methods paragraphs only: leave them out")
-    return render_methods(results_dir, models, datasets, policies)
+    return render_methods(results_dir, models, datasets, policies, empty_ok=out is None)
 
 
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
@@ -135,7 +136,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
     if fmt == ReportFormat.methods:
         text = _methods(results_dir, models, datasets, policies, columns=columns, reference=reference,
-                        published=published)
+                        published=published, out=out)
         if out is not None:
             atomic_write_text(Path(out), text)
         return text
@@ -144,10 +145,15 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         raise BenchError(f"{' and '.join(asked)} add{'s' if len(asked) == 1 else ''} tables after the boards; use "
                          f"--format md or latex (got --format {fmt.value})")
     columns = _check_columns(columns, fmt)
+    given = models, datasets  # as typed, for select_runs' errors (`--models ,`)
     models, datasets = name_list(models), name_list(datasets)
     df_runs, profiles = load(results_dir), load_profiles(results_dir)  # load first: it checks the folder
     profiled = set(profiles["model"]) if profiles is not None and "model" in profiles else set()
-    df_runs = finished(select_runs(df_runs, models, datasets, results_dir, profiled, policies))
+    df_runs = finished(select_runs(df_runs, *given, results_dir, profiled, policies))
+    costs, filtered = profiles is not None and not profiles.empty, bool(models or datasets or policies)
+    if df_runs.empty and out is not None and (fmt == ReportFormat.cases or not costs):
+        # a file saying there is nothing would read as a report; the message is the command's error
+        raise BenchError(no_runs(results_dir, filtered))
     if models and profiles is not None and "model" in profiles:
         profiles = profiles[profiles["model"].isin(models)]
     df_cases = load(results_dir, level="case") if not df_runs.empty else None
@@ -159,20 +165,12 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         boards, groups, (set_runs, set_cases) = _boards(df_runs, df_cases, profiles)
         _warn_repeated(boards)
         text = _render(boards, fmt, columns)
-        if not boards and fmt == ReportFormat.md and profiles is not None and not profiles.empty:
-            text = f"No finished runs in {results_dir}: the cost tables of its `bench profile` records only.\n"
+        if not boards and fmt == ReportFormat.md and costs:
+            text = f"{results_dir}: no finished runs; the cost tables of its `bench profile` records only.\n"
         elif not boards and fmt == ReportFormat.md:  # most likely not the folder meant, or no run finished
-            begun = sorted(p.name for p in runs_dir(results_dir).glob("*") if p.is_dir())
-            filtered = bool(models or datasets or policies)
-            where = (f": {len(begun)} run(s) began here ({', '.join(begun[:3])}{', …' if len(begun) > 3 else ''}) and "
-                     "none wrote its record (a run failed or is still training; `bench run` says why, and the same "
-                     "command continues)" if begun and not filtered else
-                     f"{' for these --models/--dataset/--policy' if filtered else ''}: pass the --results folder of "
-                     "`bench run`")
-            text = f"No finished runs found in {results_dir}{where}.\n"
+            text = f"{no_runs(results_dir, filtered)}.\n"
         elif not boards and fmt == ReportFormat.csv:  # its header alone, which a script would read as no runs
-            costs = profiles is not None and not profiles.empty
-            warnings.warn(f"no finished runs in {results_dir}: the boards' CSV holds its header only"
+            warnings.warn(f"{no_runs(results_dir, filtered)}: the boards' CSV holds its header only"
                           + (" (its `bench profile` records' cost tables: --format md or latex)" if costs else ""),
                           stacklevel=2)
         if reference and models and reference.split(" (")[0] not in models:
