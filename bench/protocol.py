@@ -257,7 +257,9 @@ def _section(key: str) -> str:
     if key in _TOP_OVERRIDABLE:
         return ""
     can = sorted({*_file_fields("train"), *_file_fields("eval"), *_TOP_OVERRIDABLE})
-    raise BenchError(f"cannot override protocol field {key!r}; these can be: {', '.join(can)}")
+    close = difflib.get_close_matches(key, can, n=1)
+    raise BenchError(f"cannot override protocol field {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                     + f"; these can be: {', '.join(can)}")
 
 
 def _field(protocol: Protocol, key: str) -> Any:

@@ -159,8 +159,9 @@ def _label_map(labels: Any, path: Path) -> dict[str, int]:
                          f"e.g. \"background\": 0, then the classes 1..{len(values)}; got ids {values}")
     if values != list(range(len(values))):
         raise BenchError(f"{path}: label ids must be 0..{len(values) - 1} with background 0, got {values}")
-    if "ignore" in out:
-        raise BenchError(f"{path}: the 'ignore' label is not supported")
+    if "ignore" in out:  # nnU-Net's unannotated pixels, left out of its loss: bench's losses count every pixel
+        raise BenchError(f"{path}: the 'ignore' label (nnU-Net's unannotated pixels) is not supported: bench trains "
+                         "and scores every pixel; give those pixels a class, or use fully annotated cases only")
     return out
 
 
