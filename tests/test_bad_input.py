@@ -1145,6 +1145,17 @@ def test_corrupt_file_read_in_a_loader_worker(data, tmp_path):
     assert "truncated or corrupt" in proc.stderr
 
 
+def test_a_set_key_a_model_lacks_stays_that_error_under_a_pretrained_protocol(tmp_path):
+    """The check that the authors' file loads wrapped the --set error as the file's ("does not load into this
+    configuration"), so a grid of several models lost its "--set goes to every model" advice."""
+    from bench.registry import BuildError
+    from bench.run import _check_init
+
+    with pytest.raises(BuildError, match=r"^vmunet: no --set key 'encoder'"):
+        _check_init("vmunet", ("vmamba", str(tmp_path / "vmamba_small_e238_ema.pth"), "0" * 16),
+                    {"num_classes": 2, "in_chans": 3, "img_size": 64, "encoder": "classic"})
+
+
 def test_an_error_of_any_bench_kind_from_a_loader_worker_is_its_own_line():
     """torch re-raises a worker's error as its type with the worker's traceback as its message: a label
     out of range (a DataError) printed 27 lines, where a plain BenchError printed one."""
