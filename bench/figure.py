@@ -26,9 +26,10 @@ if TYPE_CHECKING:
 
 __all__ = ["FigurePanels", "Column", "choose_runs", "case_dsc", "choose_cases", "figure_panels", "draw_figure"]
 
-# tab10 with yellow for its grey, which vanishes on CT (Synapse's class 8): class 1 always blue, 2 orange, ...
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#ffd92f", "#bcbd22",
-           "#17becf")
+# class 1 always blue, 2 orange, ...: Okabe and Ito's colour-blind-safe colours without black (which hides on
+# CT), then Tol's wine, olive and indigo; no red beside a green (tab10's pair fell on Synapse's two kidneys)
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#882255", "#999933",
+           "#332288")
 ALPHA = 0.45
 FORMATS = (".png", ".pdf")
 
@@ -148,6 +149,7 @@ def figure_panels(columns: list[Column], results_dir: Path, case_ids: list[str],
     from bench.data.intensity import intensity_stats
     from bench.data.preprocess import volume_prep
     from bench.evaluate import predict_cases
+    from bench.report import class_display
     from bench.rescore import run_model
 
     rows: dict[str, dict[str, Any]] = {c: {"preds": []} for c in case_ids}
@@ -155,7 +157,7 @@ def figure_panels(columns: list[Column], results_dir: Path, case_ids: list[str],
     for i, column in enumerate(columns):
         model, dataset, protocol = run_model(column.weights_of, results_dir, None, "shown", data_roots=data_roots)
         model.to(device=device, dtype=protocol.torch_dtype)
-        names = list(dataset.class_names)
+        names = [class_display(n, dataset.name) for n in dataset.class_names]  # as the boards name them
 
         def keep(case, pred: np.ndarray, gt: np.ndarray, first: bool = i == 0) -> None:
             row = rows[case.case_id]

@@ -269,9 +269,9 @@ def hd95_max_directed(pred: Any, gt: Any, spacing: Sequence[float] | float | Non
     return _max_directed95(*surface_distances(pred, gt, spacing, connectivity))
 
 
-# HD95 by definition name, of the two directed surface-distance arrays (as surface_distances gives them):
-# hd95 and hd95_max_directed are these of one mask pair; score_case computes the distances once for HD95 and NSD
-HD_DEFINITIONS = {"pooled": _pooled95, "max_directed": _max_directed95}
+HD_DEFINITIONS = {"pooled": hd95, "max_directed": hd95_max_directed}  # of two masks (public)
+# the same definitions of the two directed distance arrays: score_case finds the surfaces once for HD95 and NSD
+_HD_OF_DISTANCES = {"pooled": _pooled95, "max_directed": _max_directed95}
 
 
 def nsd(pred: Any, gt: Any, tolerance: float, spacing: Sequence[float] | float | None = None, *,
@@ -575,7 +575,7 @@ def score_case(pred: Any, gt: Any, num_classes: int, policy: str | Policy,
             empty = "none"
             d, j = 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)  # == medpy dc / jc, same operands
             dists = surface_distances(pc, gc, sp) if pol.hd_definition or tols is not None else None
-            h = HD_DEFINITIONS[pol.hd_definition](*dists) if pol.hd_definition else NAN
+            h = _HD_OF_DISTANCES[pol.hd_definition](*dists) if pol.hd_definition else NAN
             s = _within(*dists, tols[c - 1]) if tols is not None else NAN
         else:
             empty = "ref_only" if n_ref else ("pred_only" if n_pred else "both")

@@ -39,8 +39,13 @@ from bench.errors import BenchError
 
 __all__ = ["pareto_front", "accuracy_vs_cost", "per_class_boxplots", "training_curves", "write_plots"]
 
-FAMILY_COLOURS = {"ssm": "tab:green", "cnn": "tab:blue", "transformer": "tab:orange"}
-_OTHER_COLOUR = "tab:gray"
+# Okabe and Ito's colour-blind-safe palette (black last): each built-in model keeps its colour in every
+# figure of every report, whatever else is plotted; other models and configurations take the colours left
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+MODEL_COLOURS = {"unet": "#0072B2", "transunet": "#E69F00", "swin_unet": "#009E73", "vmunet": "#D55E00",
+                 "vmunet_v2": "#CC79A7", "lightm_unet": "#56B4E9", "lightm_unet_3d": "#56B4E9"}
+FAMILY_MARKERS = {"cnn": "o", "transformer": "s", "ssm": "^"}  # a second cue where colours do not print
+_OTHER_MARKER = "D"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,8 +75,9 @@ def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> list[bool]:
 
 
 def _slug(text: str) -> str:
-    """``"synapse (synthetic)"`` -> ``"synapse-synthetic"``: lower case, [a-z0-9._] and dashes."""
-    slug = re.sub(r"[^a-z0-9._]+", "-", str(text).lower()).strip("-.")
+    """``"synapse (synthetic)"`` -> ``"synapse-synthetic"``: lower case, [a-z0-9_] and dashes (no dots: LaTeX's
+    graphicx reads a name's first dot as its extension's)."""
+    slug = re.sub(r"[^a-z0-9_]+", "-", str(text).lower()).strip("-")
     return slug or "x"
 
 
@@ -98,11 +104,22 @@ def _pyplot():
 
 
 def model_colours(labels) -> dict[str, Any]:
-    """One colour per model label, the same in every figure of a report (box plots, training curves):
-    labels in name order over all boards, tab10's colours (tab20's beyond ten models)."""
+    """One colour per model label, the same in every figure of a report (scatter plots, box plots,
+    training curves): a built-in model's own (``MODEL_COLOURS``) for the first of its labels in name
+    order, whatever other models are plotted; the other labels (a second configuration, a plugin) take
+    the Okabe-Ito colours no label uses, in name order, then tab20's."""
     names = sorted(set(map(str, labels)))
-    cmap = _pyplot().get_cmap("tab10" if len(names) <= 10 else "tab20")
-    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+    out: dict[str, Any] = {}
+    for name in names:
+        own = MODEL_COLOURS.get(name.split(" (")[0])
+        if own is not None and own not in out.values():
+            out[name] = own
+    spare = [c for c in OKABE_ITO if c not in out.values() and c not in MODEL_COLOURS.values()] + [
+        c for c in OKABE_ITO if c in MODEL_COLOURS.values() and c not in out.values()]
+    cmap = _pyplot().get_cmap("tab20")
+    for i, name in enumerate(n for n in names if n not in out):
+        out[name] = spare[i] if i < len(spare) else cmap((i - len(spare)) % cmap.N)
+    return {name: out[name] for name in names}
 
 
 PLOT_FORMATS = ("png", "pdf", "svg")  # by the file's suffix; pdf and svg: vector, for a paper
@@ -110,9 +127,9 @@ PLOT_FORMATS = ("png", "pdf", "svg")  # by the file's suffix; pdf and svg: vecto
 
 def check_plot_format(fmt: str) -> str:
     """``fmt`` where it is one of ``PLOT_FORMATS``, else one BenchError naming --plot-format."""
-    if fmt not in PLOT_FORMATS:
+    if not isinstance(fmt, str) or fmt.lower() not in PLOT_FORMATS:
         raise BenchError(f"--plot-format {fmt!r}: expected one of {', '.join(PLOT_FORMATS)}")
-    return fmt
+    return fmt.lower()
 
 
 def _save(fig, path: Path) -> Path:
@@ -150,17 +167,19 @@ def _finite(value) -> bool:
 
 
 def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path, left_out: Sequence[str] = ()) -> Path:
-    """``points``: columns label, family, cost, dsc (%), dsc_std (%); NaN-free cost and dsc. ``left_out``: the
-    board's rows without such a cost, named under the axis (the front is of the points shown)."""
+    """``points``: columns label, family, colour (the model's, ``model_colours``), cost, dsc (%), dsc_std (%);
+    NaN-free cost and dsc; the family as the marker's shape. ``left_out``: the board's rows without such a
+    cost, named under the axis (the front is of the points shown)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.8), layout="constrained")
     front = np.array(pareto_front(points["cost"], points["dsc"]))
-    for family, group in points.groupby("family", sort=True):
-        colour = FAMILY_COLOURS.get(family, _OTHER_COLOUR)
-        yerr = group["dsc_std"].where(group["dsc_std"].map(_finite))
-        ax.errorbar(group["cost"], group["dsc"], yerr=None if yerr.isna().all() else yerr.fillna(0.0),
-                    fmt="o", color=colour, ecolor=colour, elinewidth=1, capsize=3, markersize=6,
-                    alpha=0.85, label=family)
+    for _, p in points.iterrows():
+        yerr = p["dsc_std"] if _finite(p["dsc_std"]) else None
+        ax.errorbar([p["cost"]], [p["dsc"]], yerr=None if yerr is None else [yerr],
+                    fmt=FAMILY_MARKERS.get(p["family"], _OTHER_MARKER), color=p["colour"], ecolor=p["colour"],
+                    elinewidth=1, capsize=3, markersize=7, alpha=0.9)
+    for family in sorted(set(points["family"])):  # the legend: families by shape (the points are labelled)
+        ax.plot([], [], FAMILY_MARKERS.get(family, _OTHER_MARKER), color="0.35", label=family)
     on = points[front].sort_values(["cost", "dsc"])
     if not on.empty:
         ax.step(on["cost"], on["dsc"], where="post", color="black", linewidth=1, alpha=0.6, zorder=1,
@@ -169,7 +188,7 @@ def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path, left_out
     log = points["cost"].min() > 0 and points["cost"].max() / points["cost"].min() > 20
     if log:
         ax.set_xscale("log")  # 0.1 M to 100 M params: on a linear axis the small models pile up at 0
-        xlabel += " (log scale)"
+        xlabel += ", log scale"
     x = np.log10(points["cost"].to_numpy(float)) if log else points["cost"].to_numpy(float)
     at = (x - x.min()) / (np.ptp(x) or 1.0)  # where each point lies across the axis, 0 to 1
     for (_, p), right in zip(points.iterrows(), at > 0.6):
@@ -180,7 +199,8 @@ def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path, left_out
     if left_out:  # a model missing from the plot could be the front's best: said, not silently dropped
         xlabel += "\nnot shown, without this cost measured like the others: " + ", ".join(left_out)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("DSC (%)")
+    bars = points["dsc_std"].map(_finite).any()  # what the bars are, where a reader sees them
+    ax.set_ylabel("DSC (%)" + (", bars: SD over seeds" if bars else ""))
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # beside, not over, the points
@@ -225,6 +245,7 @@ def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, ou
                       timed.get("scan_backend", []))}
     boards = leaderboards(df_runs)
     join_cost(boards, profiles)
+    colour_of = model_colours([m for board in boards.values() for m in board["model"]])  # as the other plots
     written: list[Path] = []
     for key, board in boards.items():
         if "dice_mean" not in board:
@@ -241,7 +262,7 @@ def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, ou
         ]
         for name, shown, xlabel, cost, extra, labels in axes:
             points = pd.DataFrame({
-                "label": labels, "family": board["family"].values,
+                "label": labels, "family": board["family"].values, "colour": [colour_of[m] for m in plain],
                 "cost": np.asarray(cost, dtype=float), "dsc": board["dice_mean"].to_numpy(dtype=float) * 100,
                 "dsc_std": std.to_numpy(dtype=float) * 100,
             })
@@ -444,7 +465,7 @@ def write_plots(results_dir: Path, out_dir: Path, *, df_runs: pd.DataFrame | Non
     ``set_runs``/``set_cases``: the per-test-set boards' rows (``bench.report.split_test_sets``: a
     polyp set, an isic_all year, the boards compared with the papers), plotted like the others
     except for training curves, which are their pooled runs'. ``fmt``: one of ``PLOT_FORMATS``."""
-    check_plot_format(fmt)
+    fmt = check_plot_format(fmt)
     from bench.cost import load_profiles
     from bench.records import load
 

@@ -257,7 +257,9 @@ def _section(key: str) -> str:
     if key in _TOP_OVERRIDABLE:
         return ""
     can = sorted({*_file_fields("train"), *_file_fields("eval"), *_TOP_OVERRIDABLE})
-    raise BenchError(f"cannot override protocol field {key!r}; these can be: {', '.join(can)}")
+    close = difflib.get_close_matches(key, can, n=1)
+    raise BenchError(f"cannot override protocol field {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                     + f"; these can be: {', '.join(can)}")
 
 
 def _field(protocol: Protocol, key: str) -> Any:
@@ -286,12 +288,11 @@ def check_seed(value: Any, what: str) -> int:
     return int(value)
 
 
-# (section, field, smallest allowed value, bound it stays below or None): sizes, counts and seeds, whole numbers
-_WHOLE_NUMBERS = (("", "img_size", 1, None), ("train", "batch_size", 1, None), ("train", "epochs", 1, None),
-                  ("train", "max_iterations", 0, None), ("train", "num_workers", 0, None),
-                  ("train", "lr_scale_batch", 0, None), ("train", "iterations_per_epoch", 0, None),
-                  ("train", "cosine_t_max", 1, None), ("train", "checkpoint_every", 0, None),
-                  ("eval", "max_cases", 0, None), ("", "seed", 0, SEED_LIMIT))
+# (section, field, smallest allowed value): sizes and counts, whole numbers (the seed: check_seed)
+_WHOLE_NUMBERS = (("", "img_size", 1), ("train", "batch_size", 1), ("train", "epochs", 1),
+                  ("train", "max_iterations", 0), ("train", "num_workers", 0), ("train", "lr_scale_batch", 0),
+                  ("train", "iterations_per_epoch", 0), ("train", "cosine_t_max", 1), ("train", "checkpoint_every", 0),
+                  ("eval", "max_cases", 0))
 
 
 def _python(value: Any) -> Any:
@@ -321,17 +322,17 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
             if where == "override" and key == "train.lr":  # the CLI spells it --lr
                 key = "lr (--lr)"
             raise BenchError(f"{where} {key}: expected {expected}; got {value!r}")
-    for section, name, low, high in _WHOLE_NUMBERS:
+    for section, name, low in _WHOLE_NUMBERS:
         value = getattr(getattr(protocol, section) if section else protocol, name)
         if name == "img_size" and protocol.patch_size and value == 0:
             continue  # a patch protocol leaves it out (_check_input_size)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low or high is not None and value >= high:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
             key = f"{section}.{name}" if section else name
             if where == "override":  # the CLI spells overrides as options
                 key = f"{name} (--{name.replace('_', '-')})"
             square = " (the side of the square model input)" if name == "img_size" else ""
-            span = f"from {low} to {high - 1}" if high is not None else f">= {low}"
-            raise BenchError(f"{where} {key}: expected a whole number {span}{square}; got {value!r}")
+            raise BenchError(f"{where} {key}: expected a whole number >= {low}{square}; got {value!r}")
+    check_seed(protocol.seed, f"{where} seed")
     _check_input_size(protocol, where)
     protocol = _check_target_spacing(protocol, where)
     tol = _nsd_tolerance(protocol.eval.nsd_tolerance, f"{where} eval.nsd_tolerance")

@@ -571,10 +571,9 @@ def _check_init(model: str, init: tuple[str, str, str], build: dict[str, Any]) -
     """Load the pretrained file into a model built like the run's: a file that does not fit the
     configuration (``--tiny``, ``--set``) fails the grid now, not after the models before it."""
     source, path, _ = init
+    built = create_model(model, **build)  # its own errors (a --set key it lacks, the data's channels) as they are
     try:
-        report = load_weights(create_model(model, **build), path, source=source)
-    except ChannelsError:  # the data's, not the file's: plan_grid names every such model
-        raise
+        report = load_weights(built, path, source=source)
     except (BenchError, RuntimeError) as exc:
         raise BenchError(f"{model}: {Path(path).name} does not load into this configuration ({exc}); "
                          "--no-pretrained trains it from scratch") from None

@@ -101,7 +101,7 @@ if [ "$what" = profile ] || [ "$what" = all ]; then
             --precision "${PROFILE_PRECISIONS:-fp32,bf16}" --batch-size auto --results /tmp/device-results --format csv
     done
     # one set of tables of every model profiled, from the records (those of a cut run too)
-    "$py" -m bench report --results /tmp/device-results | grep -v '^No finished runs' > "$out/profile.md"
+    "$py" -m bench report --results /tmp/device-results | grep -v ': no finished runs; the cost tables' > "$out/profile.md"
     tar czf "$out/profiles.tar.gz" -C /tmp/device-results profiles 2>/dev/null
 fi
 ls -l "$out"

@@ -127,6 +127,32 @@ def run_bench(*args, check: bool = True, env: dict[str, str] | None = None) -> s
     return proc
 
 
+def run_bench_here(monkeypatch, capsys, *args, check: bool = True) -> subprocess.CompletedProcess:
+    """``bench ARGS`` through its console entry point in this process, as a user runs it (BenchError: one
+    line, exit 2), without a new process's second of imports: for commands that load no model. Warnings
+    said once per process are said again, as in a fresh one. ``check``: assert it exited 0."""
+    import pytest
+
+    from bench.cli import _warned, main
+
+    monkeypatch.delenv("BENCH_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["bench", *map(str, args)])
+    saved = set(_warned)
+    _warned.clear()
+    capsys.readouterr()  # what came before is not this command's
+    try:
+        with pytest.raises(SystemExit) as info:
+            main()
+    finally:
+        _warned.clear()
+        _warned.update(saved)
+    out, err = capsys.readouterr()
+    proc = subprocess.CompletedProcess(["bench", *map(str, args)], info.value.code, out, err)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
 class Scripted:
     """A numpy Generator's stand-in for augmentation tests: ``random()`` returns the given values, then
     0.99 (no further draw fires); ``uniform`` returns the given values in turn."""

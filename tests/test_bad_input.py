@@ -25,6 +25,7 @@ from bench.data.verify import verify_dataset
 from bench.errors import BenchError
 from bench.protocol import PROTOCOL_DIR, load_protocol
 from bench.registry import create_model, get_entry
+from tests.fixtures import run_bench_here
 
 SYN = dict(n_train=1, n_test=1, depth=4, size=48)
 ISIC = dict(n_train=2, n_val=1, min_size=24, max_size=30)
@@ -57,11 +58,8 @@ def data(clean, tmp_path):
 def _bench(monkeypatch, capsys, *args) -> tuple[int, str]:
     """Run the console entry point as a user would (``bench.cli.main``: BenchError -> one red
     line, exit 2); return (exit code, stderr)."""
-    monkeypatch.delenv("BENCH_DEBUG", raising=False)
-    monkeypatch.setattr(sys, "argv", ["bench", *map(str, args)])
-    with pytest.raises(SystemExit) as info:
-        main()
-    return info.value.code, capsys.readouterr().err
+    proc = run_bench_here(monkeypatch, capsys, *args, check=False)
+    return proc.returncode, proc.stderr
 
 
 def _fails(monkeypatch, capsys, *args, names, phrase) -> str:
@@ -244,7 +242,9 @@ def test_listed_file_missing(data):
     ds = open_dataset("synapse", root)
     path = root / "train_npz" / f"{ds.train_ids()[0]}.npz"
     path.unlink()
-    _raises(lambda: ds.load_train(ds.train_ids()[0]), names=path, phrase="listed but missing")
+    # the command that checks the rest names this dataset's folder, not a placeholder
+    _raises(lambda: ds.load_train(ds.train_ids()[0]), names=path,
+            phrase=f"listed but missing (check with `bench data verify --dataset synapse --data-root {root}`)")
 
 
 def test_missing_nnunet_channel_file(data):
@@ -718,7 +718,7 @@ def test_a_listed_file_missing_is_found_before_anything_trains(monkeypatch, caps
     h5 = root / "test_vol_h5" / f"{case}.npy.h5"
     h5.unlink()  # found by evaluation, after the whole training, until now
     _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "synapse", "--data-root", root,
-           "--results", tmp_path / "res", *FAST, names=h5, phrase="listed but missing")
+           "--results", tmp_path / "res", *FAST, names=h5, phrase=": missing; check with `bench data verify --dataset synapse --data-root")
     assert not (tmp_path / "res" / "runs").exists()
 
 
@@ -1143,6 +1143,17 @@ def test_corrupt_file_read_in_a_loader_worker(data, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"error: {root / 'train_npz'}") and proc.stderr.count("\n") == 1, proc.stderr
     assert "truncated or corrupt" in proc.stderr
+
+
+def test_a_set_key_a_model_lacks_stays_that_error_under_a_pretrained_protocol(tmp_path):
+    """The check that the authors' file loads wrapped the --set error as the file's ("does not load into this
+    configuration"), so a grid of several models lost its "--set goes to every model" advice."""
+    from bench.registry import BuildError
+    from bench.run import _check_init
+
+    with pytest.raises(BuildError, match=r"^vmunet: no --set key 'encoder'"):
+        _check_init("vmunet", ("vmamba", str(tmp_path / "vmamba_small_e238_ema.pth"), "0" * 16),
+                    {"num_classes": 2, "in_chans": 3, "img_size": 64, "encoder": "classic"})
 
 
 def test_an_error_of_any_bench_kind_from_a_loader_worker_is_its_own_line():

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from bench import records
 from bench.cli import app, default_protocol, main
 from bench.errors import BenchError
-from tests.fixtures import run_bench
+from tests.fixtures import run_bench, run_bench_here
 
 runner = CliRunner()
 FAST = ["--tiny", "--max-iterations", "4", "--img-size", "32", "--threads", "1", "--no-progress"]
@@ -199,7 +199,10 @@ def test_isic_run_uses_pooled_policy(tmp_path):
     assert rec["metrics"]["dice"] == pytest.approx(expected)
 
 
-def test_check_passes_on_itself_and_fails_on_drift(smoke_results, tmp_path):
+def test_check_passes_on_itself_and_fails_on_drift(smoke_results, tmp_path, monkeypatch, capsys):
+    def _bench(*args, check=True):  # in this process: bench check loads no model (14 processes took 40 s)
+        return run_bench_here(monkeypatch, capsys, *args, check=check)
+
     base = tmp_path / "baseline.csv"
     _bench("check", "--baseline", base, "--results", smoke_results, "--update")
     assert _bench("check", "--baseline", base, "--results", smoke_results).stderr == ""

@@ -385,8 +385,8 @@ def test_pairs_of_ones_own_become_an_nnunet_dataset_named_as_asked(tmp_path):
     second[12:15, 15:20] = True
     Image.fromarray(np.where(second, 255, 0).astype(np.uint8)).save(tmp_path / "busi" / "masks" / "benign (1)_mask_1.png")
     Image.fromarray(np.zeros((20, 24), np.uint8)).save(tmp_path / "busi" / "masks" / "normal (5)_mask.png")
-    with pytest.warns(UserWarning, match=r"^1 image\(s\) had several masks, merged into one \(their pixel-wise "
-                                         r"maximum\): benign \(1\)\.png$"):
+    with pytest.warns(UserWarning, match=r"^1 mask\(s\) merged into their image's first \(the pixel-wise maximum\): "
+                                         r"benign \(1\)_mask_1\.png$"):
         out = pairs_to_nnunet(tmp_path / "busi", tmp_path / "out", name="BUSI-mini", label="lesion")
     meta = json.loads((out / "dataset.json").read_text())
     assert (meta["name"], meta["channel_names"], meta["labels"], meta["numTraining"], meta["file_ending"]) == (
@@ -437,21 +437,78 @@ def test_pairs_that_cannot_be_converted_are_named_and_nothing_is_written(tmp_pat
     (tmp_path / "lone" / "masks" / "y_mask.png").unlink()
     with pytest.raises(BenchError, match=r"y\.png: no mask with a matching name in .*lone/masks"):
         pairs_to_nnunet(tmp_path / "lone", tmp_path / "out")
-    _write_pairs(tmp_path / "sizes", ["x"], size=(20, 24))
+    _write_pairs(tmp_path / "sizes", ["x", "y"], size=(20, 24))
     from PIL import Image
 
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "sizes" / "masks" / "x_mask.png")
     with pytest.raises(BenchError, match=r"x_mask\.png: .*"):
         pairs_to_nnunet(tmp_path / "sizes", tmp_path / "out")
-    for bad in ({"label": "background"}, {"name": " "}):
-        with pytest.raises(BenchError, match="^(label|name): "):
+    for bad, said in (({"label": "Background"}, "--label 'Background': a name nnU-Net gives another meaning"),
+                      ({"label": "ignore"}, "--label 'ignore': a name nnU-Net gives another meaning"),
+                      ({"name": " "}, "--name: expected a name"),
+                      ({"name": "my,data"}, "--name 'my,data': no ',', ':', '/'")):
+        with pytest.raises(BenchError, match=f"^{re.escape(said)}"):
             pairs_to_nnunet(tmp_path / "lone", tmp_path / "out", **bad)
+    # a mask named after an image that is not there: not merged into the image its name starts with
+    _write_pairs(tmp_path / "stray", ["scan", "other"])
+    (tmp_path / "stray" / "masks" / "scan_2_mask.png").write_bytes((tmp_path / "stray" / "masks" / "scan_mask.png").read_bytes())
+    with pytest.raises(BenchError, match=r"scan\.png: masks scan_2_mask\.png match its name but are not parts of "
+                                         r"scan_mask\.png \(named scan_mask_1, _2, …, as BUSI's\)"):
+        pairs_to_nnunet(tmp_path / "stray", tmp_path / "out")
+    _write_pairs(tmp_path / "one", ["x"])
+    with pytest.raises(BenchError, match=r"1 image\(s\) with masks; a dataset needs at least 2"):
+        pairs_to_nnunet(tmp_path / "one", tmp_path / "out")
+    (tmp_path / "data.zip").write_bytes(b"PK")
+    with pytest.raises(BenchError, match=r"^--raw .*data\.zip: a file, not a folder: extract it"):
+        pairs_to_nnunet(tmp_path / "data.zip", tmp_path / "out")
+    # train/val/test: no validation set here, said; BUSI as downloaded (pairs in class folders): what to do
+    for part in ("train", "val", "test"):
+        _write_pairs(tmp_path / "tvt" / part, ["a", "b"])
+    with pytest.raises(BenchError, match=r"found test/, train/, val/; bench trains on one set and tests on the other, "
+                                         r"with no validation set: move val/'s pairs into train/"):
+        pairs_to_nnunet(tmp_path / "tvt", tmp_path / "out")
+    _write_pairs(tmp_path / "busi_dl" / "benign", ["benign (1)"])
+    for f in [*(tmp_path / "busi_dl" / "benign").rglob("*.png")]:
+        f.rename(tmp_path / "busi_dl" / "benign" / f.name)
+    with pytest.raises(BenchError, match=r"found benign/; images and masks side by side in class folders \(BUSI as "
+                                         r"downloaded\)\? gather them first"):
+        pairs_to_nnunet(tmp_path / "busi_dl", tmp_path / "out")
     _write_pairs(tmp_path / "ok", ["x", "y"])
     (tmp_path / "taken.txt").write_text("mine")  # it said "already exists and is not empty" of a file
     with pytest.raises(BenchError, match=r"taken\.txt: a file; give a folder to write the data into"):
         pairs_to_nnunet(tmp_path / "ok", tmp_path / "taken.txt")
     assert (tmp_path / "taken.txt").read_text() == "mine"
     assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_pairs_keep_16_bit_gray_and_read_0_1_masks_and_say_where_grey_classes_were_split(tmp_path):
+    """12-bit ultrasound in 16-bit files scaled to 8 bits kept 17 grey levels; a 0/1 mask was refused; a
+    second class drawn in grey 128 became the class unsaid (bench data verify cannot see it afterwards)."""
+    from PIL import Image
+
+    from bench.data.convert import pairs_to_nnunet
+
+    raw = tmp_path / "us"
+    _write_pairs(raw, ["a", "b", "c"])
+    rng = np.random.default_rng(3)
+    wide = {}
+    for name in ("a", "b", "c"):
+        wide[name] = rng.integers(0, 4096, (20, 24)).astype(np.uint16)
+        Image.fromarray(wide[name]).save(raw / "images" / f"{name}.png")
+    ids = np.zeros((20, 24), np.uint8)
+    ids[4:9, 4:9] = 1
+    Image.fromarray(ids).save(raw / "masks" / "b_mask.png")  # 0/1: one class, unambiguous
+    grey = np.zeros((20, 24), np.uint8)
+    grey[2:8, 3:9], grey[10:18, 10:20] = 255, 128  # a second class in grey, over a region
+    Image.fromarray(grey).save(raw / "masks" / "c_mask.png")
+    with pytest.warns(UserWarning, match=r"^1 mask\(s\) hold a grey level over a region beside 0/255, several classes "
+                                         r"in one mask\? Pixels >= 128 became 'foreground', the others background: "
+                                         r"c_mask\.png"):
+        out = pairs_to_nnunet(raw, tmp_path / "out")
+    image = np.asarray(Image.open(out / "imagesTr" / "a_0000.png"))
+    assert image.dtype == np.uint16 and np.array_equal(image, wide["a"])  # every grey level kept
+    assert np.array_equal(np.asarray(Image.open(out / "labelsTr" / "b.png")), ids)
+    assert np.array_equal(np.asarray(Image.open(out / "labelsTr" / "c.png")), (grey >= 128).astype(np.uint8))
 
 
 def test_convert_options_of_pairs_only_are_refused_for_the_others(tmp_path):

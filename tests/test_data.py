@@ -544,6 +544,11 @@ def test_nnunet_num_training_must_match(roots, tmp_path):
                                                    "not read as labels (JPEG's compression changes the ids at edges): "
                                                    "save them in a lossless format bench reads (.nii.gz")):
         open_dataset("nnunet", root)
+    # an ending in capitals, or dots in the case ids: the ending is the file's last known one
+    for i, label in enumerate(sorted((root / "labelsTr").glob("*.jpg"))):
+        label.rename(label.with_name(f"case.v{i}.PNG"))
+    with pytest.raises(BenchError, match=re.escape("and 5 '*.PNG' files: rename them to end in '.png'")):
+        open_dataset("nnunet", root)
 
 
 # --- synthetic generator ---------------------------------------------------------------------
@@ -1387,7 +1392,7 @@ def test_a_zip_given_as_the_data_root_and_paths_with_spaces(roots, tmp_path):
     assert [p.message.split(";")[0] for p in verify_dataset("isic17", archive)] == [said]
     image = tmp_path / "ISIC_0000000.png"  # a file of the dataset: nothing to extract
     image.write_bytes(b"")
-    with pytest.raises(BenchError, match=rf"ISIC_0000000\.png: a file, not a folder: give the dataset's folder \("):
+    with pytest.raises(BenchError, match=r"ISIC_0000000\.png: a file, not a folder: give the dataset's folder \("):
         open_dataset("isic17", image)
     spaced = _copy(roots["synapse"], tmp_path / "my data")
     next((spaced / "test_vol_h5").iterdir()).unlink()
@@ -1543,13 +1548,21 @@ def test_a_class_no_test_case_holds_is_warned_of_at_planning(roots, tmp_path):
         open_dataset("nnunet", root).check_labels()  # every class in a test case: nothing said
     labels = json.loads((root / "dataset.json").read_text())["labels"]
     (rare,) = [name for name, i in labels.items() if i == 2]
-    for path in (root / "labelsTr").glob("*.png"):
+    ds = open_dataset("nnunet", root)
+    for case in ds.test_ids():  # the training cases keep it: only the test cases count
+        path = root / "labelsTr" / f"{case}.png"
         arr = np.asarray(Image.open(path)).copy()
         Image.fromarray(np.where(arr == 2, 0, arr).astype(arr.dtype)).save(path)
-    n = len(open_dataset("nnunet", root).test_ids())
+    assert any(2 in np.asarray(Image.open(root / "labelsTr" / f"{c}.png")) for c in ds._train_cases)
+    n = len(ds.test_ids())
     with pytest.warns(UserWarning, match=rf"^{re.escape(str(root))}: class '{rare}' in none of the {n} test cases: "
-                                         r"scored on false positives alone, .* the run's DSC, mIoU and HD95 nan"):
+                                         r"only false positives score it; .* a DSC, mIoU and HD95 of nan"):
         open_dataset("nnunet", root).check_labels()
+    fold1 = open_dataset("nnunet", root, fold=1)
+    for case in fold1.test_ids():
+        path = root / "labelsTr" / f"{case}.png"
+        arr = np.asarray(Image.open(path)).copy()
+        Image.fromarray(np.where(arr == 2, 0, arr).astype(arr.dtype)).save(path)
     with pytest.warns(UserWarning, match=r"in none of the \d+ test cases of fold 1: "):
         open_dataset("nnunet", root, fold=1).check_labels()
 
@@ -1617,7 +1630,8 @@ def test_nifti_and_png_shapes_bench_refuses_come_with_their_remedy(roots, tmp_pa
     (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "US"}}))
     Image.open(image).convert("RGB").save(image)
     said = "3 channels; dataset.json declares 1; colour among grayscale images? save every image as grayscale"
-    with pytest.raises(BenchError, match=rf"^{re.escape(str(image))}: {re.escape(said)} \(PIL: Image.convert\('L'\)\)$"):
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(image))}: {re.escape(said)} \(PIL: Image.convert\('L'\)\), "
+                                         r"or, if all are colour, declare three channels"):
         open_dataset("nnunet", root).load_test(case)
 
 
@@ -1655,6 +1669,8 @@ def test_synthetic_folder_names_stay_inside_out_and_seeds_are_checked(tmp_path):
     for sets in (["../outside"], [str(tmp_path / "abs")], ["A", "A"], ["A/B"], [["A"]]):
         with pytest.raises(BenchError, match="test_sets takes a list of distinct folder names"):
             synthesize("polyp", tmp_path / "d", test_sets=sets, jpeg_sets=["A"])
+    with pytest.raises(BenchError, match=r"^unknown synthetic kind 'isci'; did you mean 'isic'\?"):
+        synthesize("isci", tmp_path / "d")
     for seed in (-1, 2**32, 1.5, True):
         with pytest.raises(BenchError, match="seed: expected a whole number from 0 to 4294967295"):
             synthesize("isic", tmp_path / "d", seed=seed)

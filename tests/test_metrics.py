@@ -105,6 +105,9 @@ def test_hd95_max_directed_equals_monai():
         # MONAI's distances and torch.quantile run in float32
         assert M.hd95_max_directed(a, b, spacing) == pytest.approx(float(ref[0, 0]), rel=1e-5, abs=1e-5), param.id
         assert M.hd95_max_directed(a, b, spacing) >= M.hd95(a, b, spacing) - 1e-9
+        # the public map by definition name takes masks, as these functions do (uint8 masks too)
+        assert M.HD_DEFINITIONS["max_directed"](a, b, spacing) == M.hd95_max_directed(a, b, spacing)
+        assert M.HD_DEFINITIONS["pooled"](a.astype(np.uint8), b.astype(np.uint8), spacing) == M.hd95(a, b, spacing)
 
 
 def test_strict_monai_scores_hd95_as_monai_and_the_rest_as_strict():

@@ -56,6 +56,7 @@ def test_slug():
     assert _slug("synapse (synthetic)") == "synapse-synthetic"
     assert _slug("smoke (off-protocol: epochs=2)") == "smoke-off-protocol-epochs-2"
     assert _slug("legacy-synapse") == "legacy-synapse"
+    assert _slug("smoke (off-protocol: lr=0.0035)") == "smoke-off-protocol-lr-0-0035"  # no dot for graphicx to cut at
     # boards whose slugs coincide (case, non-ASCII) or run long keep unique names below the limit
     a, b = _board_slug(("synapse", 'smoke (off-protocol: norm="BN")', "strict")), _board_slug(
         ("synapse", 'smoke (off-protocol: norm="bn")', "strict"))
@@ -149,6 +150,7 @@ def test_plots_for_a_paper_are_vector_files(results, tmp_path):
     assert f"(<report_files/per_class_dsc__{BOARD}.pdf>)" in md and (tmp_path / "rep" / "report_files").is_dir()
     with pytest.raises(BenchError, match=r"--plot-format 'jpg': expected one of png, pdf, svg"):
         write_plots(results_dir, tmp_path / "jpg", fmt="jpg")
+    assert {p.suffix for p in write_plots(results_dir, tmp_path / "upper", fmt="PDF")} == {".pdf"}  # as typed
     from typer.testing import CliRunner
 
     from bench.cli import app
@@ -249,8 +251,8 @@ def test_point_labels_stay_inside_the_axes(monkeypatch, tmp_path, costs):
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
     points = pd.DataFrame({"label": ["unet", "vmunet (tiny)", "transunet (hidden_size=96, num_layers=2)"],
-                           "family": ["cnn", "ssm", "transformer"], "cost": costs, "dsc": [70.0, 75.0, 72.0],
-                           "dsc_std": [1.0, 1.0, 1.0]})
+                           "family": ["cnn", "ssm", "transformer"], "colour": ["#0072B2", "#D55E00", "#E69F00"],
+                           "cost": costs, "dsc": [70.0, 75.0, 72.0], "dsc_std": [1.0, 1.0, 1.0]})
     plots._scatter(points, "params (M)", "title", tmp_path / "p.png")
     (fig,) = figures
     fig.canvas.draw()
@@ -317,3 +319,25 @@ def test_a_model_has_one_colour_in_every_figure_and_pooled_boards_say_their_boxe
     assert "the board's is pooled over all test pixels" in titles["isic17"]
     assert "pooled" not in titles["synapse"]
     assert plots.model_colours(pd.Series(["b", "a", "b"])) == plots.model_colours(["a", "b"])
+
+
+def test_a_model_keeps_its_colour_in_every_plot_and_report(results, tmp_path, monkeypatch):
+    """A plots review: U-Net was orange beside three models and blue beside two, and the scatter plots
+    coloured by family where the others coloured by model, so one model had two colours in one report."""
+    from bench import plots
+    from bench.records import load
+
+    alone, crowd = plots.model_colours(["unet"]), plots.model_colours(["vmunet", "unet", "swin_unet", "mine"])
+    assert alone["unet"] == crowd["unet"] == plots.MODEL_COLOURS["unet"]
+    # a second configuration and a plugin: colours of their own, none shared
+    labels = ["unet", "unet (tiny)", "mine", "vmunet", "vmunet (init x.pth@1234)"]
+    colours = plots.model_colours(labels)
+    assert colours["vmunet"] == plots.MODEL_COLOURS["vmunet"] and len(set(colours.values())) == len(labels)
+    seen = []
+    monkeypatch.setattr(plots, "_scatter", lambda points, xlabel, title, path, left_out=(): seen.append(points) or path)
+    results_dir, _ = results
+    plots.accuracy_vs_cost(load(results_dir), None, tmp_path / "a")
+    (points,) = seen  # the params axis: every model, each in its colour, its family as the marker
+    assert dict(zip(points["label"], points["colour"])) == {m: plots.model_colours(points["label"])[m]
+                                                              for m in points["label"]}
+    assert dict(zip(points["label"], points["colour"]))["unet"] == plots.MODEL_COLOURS["unet"]

@@ -121,6 +121,8 @@ def test_override_marks_off_protocol():
     with pytest.raises(BenchError, match=r"^cannot override protocol field 'colour'; these can be: .*\bepochs, .*"
                                          r"\bimg_size, .*\bmetric_policy\b"):
         p.with_overrides(colour="red")
+    with pytest.raises(BenchError, match=r"^cannot override protocol field 'epoch'; did you mean 'epochs'\?; these can"):
+        p.with_overrides(epoch=3)
     with pytest.raises(BenchError, match=r"override dtype: unknown 'float16'.* Expected one of float32, float64"):
         p.with_overrides(dtype="float16")  # checked like a protocol file, not a KeyError later
 

@@ -316,6 +316,9 @@ def test_empty_and_bad_format(tmp_path):
     assert write_report(tmp_path, "cases").startswith("board_dataset,board_protocol,model_label,run_id")
     said = f"{tmp_path}: no finished runs; pass the --results folder that `bench run` wrote"
     assert write_report(tmp_path) == f"{said}.\n"
+    assert write_report(tmp_path, "methods", models="all") == f"{said}.\n"  # "all" filters nothing
+    with pytest.warns(UserWarning, match=f"^{re.escape(said)}: no tables$"):  # LaTeX printed a comment alone
+        write_report(tmp_path, "latex")
     # into a file, that line would read as a report (a .tex holding it): the command's error, nothing written
     for fmt, name in (("md", "r.md"), ("latex", "r.tex"), ("csv", "r.csv"), ("cases", "c.csv"), ("methods", "m.md")):
         with pytest.raises(BenchError, match=f"^{re.escape(said)}$"):
@@ -1562,6 +1565,7 @@ def test_a_folder_whose_runs_never_finished_says_so(tmp_path):
     text = write_report(tmp_path)
     assert text.startswith(f"{tmp_path}: no finished runs; 1 run(s) began here (synapse-smoke-unet-s0-1e81a7b6) "
                            "and none wrote its record")
+    assert write_report(tmp_path, "methods", models="all") == text  # the same words, whatever the format
 
 
 def test_a_sub_second_training_time_is_not_shown_as_zero():

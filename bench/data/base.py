@@ -153,8 +153,9 @@ class SegDataset:
             raise BenchError(f"{self.split_source}: {'; '.join(problems)}")
         missing = [path for path in self.required_files() if not path.is_file()]
         if missing:
-            more = f" (and {len(missing) - 1} more listed files)" if len(missing) > 1 else ""
-            raise BenchError(f"{missing[0]}: listed but missing{more}; "
+            # "listed" only where a list names them (Synapse's); nnU-Net's come from dataset.json's channels
+            more = f" (and {len(missing) - 1} more files the split needs)" if len(missing) > 1 else ""
+            raise BenchError(f"{missing[0]}: missing{more}; "
                              f"check with `bench data verify --dataset {self.name} --data-root {shlex.quote(str(self.root))}`")
 
     def load_train(self, item_id: str) -> Sample:

@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 
 from bench.data import synapse as syn
-from bench.data.base import check_whole_ids, reading
+from bench.data.base import check_whole_ids, reading, root_is_file
 from bench.errors import BenchError
-from bench.fileio import atomic_write_dir, is_within, portable_write_text
+from bench.fileio import absent, atomic_write_dir, is_within, portable_write_text
 
 HU_WINDOW = (-125.0, 275.0)
 # BTCV label ids (the challenge's label list) of the organs the Synapse tables score
@@ -337,10 +337,20 @@ def _pair_folders(raw: Path) -> list[tuple[str, Path]]:
     tests = [d for d in ("test", "val") if (raw / d / "images").is_dir()]
     if (raw / "train" / "images").is_dir() and len(tests) == 1:
         return [("train", raw / "train"), ("test", raw / tests[0])]
-    found = ", ".join(sorted(p.name + "/" for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))) \
-        if raw.is_dir() else "no such folder"
+    if not raw.is_dir():
+        raise absent(raw, f"--raw {raw}: no such folder")
+    folders = sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = ", ".join(p.name + "/" for p in folders) or "no folders"
+    if len(tests) == 2:  # train/val/test: bench keeps no validation set (its protocols choose no checkpoint on one)
+        why = ("; bench trains on one set and tests on the other, with no validation set: move val/'s pairs into "
+               "train/ (or test/) first")
+    elif any("_mask" in f.name for d in folders for f in d.iterdir()):  # BUSI as downloaded: pairs per class folder
+        why = ("; images and masks side by side in class folders (BUSI as downloaded)? gather them first: "
+               "images/NAME.png and masks/NAME_mask*.png")
+    else:
+        why = ""
     raise BenchError(f"{raw}: expected images/ and masks/ (one pool of cases, split by bench), or train/ and test/ "
-                     f"(or val/) each holding them (your own split); found {found or 'no folders'}")
+                     f"(or val/) each holding them (your own split); found {found}{why}")
 
 
 def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None, label: str = "foreground") -> Path:
@@ -351,24 +361,29 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
     ``raw`` holds ``images/`` and ``masks/`` (bench splits the cases, as for any nnU-Net dataset without a
     ``splits_final.json``), or ``train/`` and ``test/`` (or ``val/``) each holding them: that split is kept
     as ``splits_final.json``'s fold 0. Images and masks pair as the ISIC reader pairs them (by name, else by
-    sorted order); several masks of one image (BUSI's ``x_mask.png``, ``x_mask_1.png``) merge into one
-    (their pixel-wise maximum), as its authors' loaders merge them. Masks read as the ISIC reader reads
-    them (0/255, colour on black, JPEG): pixels >= 128 are the class, id 1. Images become 8-bit PNGs:
-    grayscale where every image is gray (RGB files of equal channels included), else RGB (gray images
-    repeated); 16-bit images scaled to 8 bits. Case ids: the image names with other characters than
-    letters, digits, ``.``, ``-`` and ``_`` as ``_``. Everything is checked before the folder is renamed
-    into place (nothing half-written)."""
+    sorted order); the parts of one image's mask (BUSI's ``x_mask.png``, ``x_mask_1.png``: the first
+    mask's name plus ``_<number>``) merge into one (their pixel-wise maximum). Masks read as the ISIC
+    reader reads them (0/255, colour on black, JPEG; 0/1 too): pixels >= 128 (or 1) are the class, id 1;
+    a grey level filling a region beside them (a second class) is warned of. Images become PNGs:
+    grayscale where every image is gray (RGB files of equal channels included; 16-bit ones kept 16-bit
+    where every image is), else 8-bit RGB (gray images repeated, 16-bit scaled). Case ids: the image names
+    with other characters than letters, digits, ``.``, ``-`` and ``_`` as ``_``. Everything is checked
+    before the folder is renamed into place (nothing half-written)."""
     from PIL import Image
 
-    from bench.data.isic import mask_groups, read_mask, read_rgb, size_mismatch
+    from bench.data.isic import mask_groups, mask_levels_note, mask_pixels, read_rgb, size_mismatch
 
     raw = Path(raw).expanduser()
+    if raw.is_file():
+        raise BenchError(f"--raw {raw}: {root_is_file(raw)} (expected images/ and masks/)")
     name = name if name is not None else raw.resolve().name
-    for what, value in (("name", name), ("label", label)):
+    for what, value in (("--name", name), ("--label", label)):
         if not isinstance(value, str) or not value.strip() or "\n" in value:
             raise BenchError(f"{what}: expected a name; got {value!r}")
-    if label == "background":
-        raise BenchError("label: 'background' is class 0's name; name the masks' class otherwise, e.g. lesion")
+    if re.search(r"[,:/\\]", name):  # boards are `nnunet:<name>`, chosen with --dataset's comma list
+        raise BenchError(f"--name {name!r}: no ',', ':', '/' or '\\' (--dataset nnunet:NAME chooses its board)")
+    if label.strip().lower() in ("background", "ignore"):  # nnU-Net's names for class 0 and unannotated pixels
+        raise BenchError(f"--label {label!r}: a name nnU-Net gives another meaning; name the masks' class, e.g. lesion")
     cases: list[tuple[str, str, Path, list[Path]]] = []  # (part, case id, image, masks)
     seen: dict[str, Path] = {}
     for part, folder in _pair_folders(raw):
@@ -377,13 +392,24 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
             (path, why), more = problems[0], len(problems) - 1
             raise BenchError(f"{path}: {why}" + (f" (and {more} more problems)" if more else ""))
         for image, masks in groups:
+            first = min(masks, key=lambda m: (len(m.stem), m.stem))
+            if strays := [m.name for m in masks if m != first and not re.fullmatch(rf"{re.escape(first.stem)}_\d+", m.stem)]:
+                raise BenchError(f"{image}: masks {', '.join(strays)} match its name but are not parts of {first.name} "
+                                 f"(named {first.stem}_1, _2, …, as BUSI's): another image's? rename or move them")
+            masks = [first, *sorted(m for m in masks if m != first)]
             case = _case_id(image.stem)
             if case.lower() in seen:  # in any case: a macOS or Windows disk holds one of two such files
                 raise BenchError(f"{image}: its case id {case!r} is {seen[case.lower()]}'s too; rename one of them")
             seen[case.lower()] = image
             cases.append((part, case, image, masks))
+    if len(cases) < 2:  # else the dataset written is refused by every command (no train/test split)
+        raise BenchError(f"--raw {raw}: {len(cases)} image(s) with masks; a dataset needs at least 2 (a training and "
+                         "a test case)")
     gray = all(_is_gray(read_rgb(image)) for _, _, image, _ in cases)  # one pass to choose, one to write
-    merged = [image.name for _, _, image, masks in cases if len(masks) > 1]
+    # 16-bit gray kept as it is where every image is (12-bit data scaled to 8 bits keeps 17 grey levels)
+    wide = gray and all(_mode(image) in _WIDE for _, _, image, _ in cases)
+    merged = [m.name for _, _, _, masks in cases for m in masks[1:]]
+    levels: list[str] = []  # masks with a grey level beside 0/255
     meta = {"name": name, "description": f"converted by bench data convert --source pairs from {raw.name}",
             "channel_names": {"0": "gray"} if gray else {"0": "R", "1": "G", "2": "B"},
             "labels": {"background": 0, label: 1}, "numTraining": len(cases), "file_ending": ".png"}
@@ -392,14 +418,20 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
         (root / "imagesTr").mkdir()
         (root / "labelsTr").mkdir()
         for _, case, image, masks in cases:
-            pixels = read_rgb(image)
+            pixels = _wide(image) if wide else read_rgb(image)
             fg = np.zeros(pixels.shape[:2], bool)
             for mask in masks:
-                m = read_mask(mask)
+                m = mask_pixels(mask)
                 if m.shape != fg.shape:
                     raise BenchError(f"{mask}: {size_mismatch(image, pixels.shape[:2], m.shape)}")
-                fg |= m >= 0.5
-            Image.fromarray(pixels[..., 0] if gray else pixels).save(root / "imagesTr" / f"{case}_0000.png")
+                if m.max(initial=0) == 1:  # class ids 0/1: one class, unambiguous
+                    fg |= m == 1
+                    continue
+                if mask_levels_note(m.astype(np.float32) / np.float32(255.0)):
+                    levels.append(mask.name)
+                fg |= m >= 128
+            Image.fromarray(pixels if wide else pixels[..., 0] if gray else pixels).save(
+                root / "imagesTr" / f"{case}_0000.png")
             Image.fromarray(fg.astype(np.uint8)).save(root / "labelsTr" / f"{case}.png")
         if any(part for part, *_ in cases):  # the user's own split, as nnU-Net keeps one
             fold = {key: [c for part, c, *_ in cases if part == part_name]
@@ -408,10 +440,38 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
         portable_write_text(root / "dataset.json", json.dumps(meta, indent=2) + "\n")
 
     path = atomic_write_dir(Path(out).expanduser(), write)
+    if levels:  # a second class drawn in grey: the converter writes one class, so say where it split them
+        warnings.warn(f"{len(levels)} mask(s) hold a grey level over a region beside 0/255, several classes in one "
+                      f"mask? Pixels >= 128 became {label!r}, the others background: {', '.join(levels[:3])}"
+                      f"{', …' if len(levels) > 3 else ''}; for several classes, write class-id labels (0, 1, 2, …) "
+                      "into an nnU-Net dataset yourself", stacklevel=2)
     if merged:
-        warnings.warn(f"{len(merged)} image(s) had several masks, merged into one (their pixel-wise maximum): "
+        warnings.warn(f"{len(merged)} mask(s) merged into their image's first (the pixel-wise maximum): "
                       f"{', '.join(merged[:3])}{', …' if len(merged) > 3 else ''}", stacklevel=2)
     return path
+
+
+_WIDE = ("I;16", "I;16B", "I;16L", "I")  # Pillow's modes of 16-bit grayscale files
+
+
+def _mode(image: Path) -> str:
+    from PIL import Image
+
+    with reading(image, "an image"), Image.open(image) as im:  # the header only
+        return im.mode
+
+
+def _wide(image: Path) -> np.ndarray:
+    """A 16-bit grayscale image's pixels as they are (uint16; values beyond 16 bits refused, as read_rgb does)."""
+    from PIL import Image
+
+    from bench.data.isic import read_rgb
+
+    with reading(image, "an image"), Image.open(image) as im:
+        pixels = np.asarray(im)
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+        read_rgb(image)  # its error: no fixed range
+    return pixels.astype(np.uint16)
 
 
 def _is_gray(rgb: np.ndarray) -> bool:

@@ -98,12 +98,17 @@ def read_rgb(path: Path) -> np.ndarray:
     return _decode(path, "RGB")
 
 
+def mask_pixels(path: Path) -> np.ndarray:
+    """uint8 (H, W): a mask's gray values (a mask drawn in colour as 0/255), which ``read_mask`` divides."""
+    return _decode(path, "L")
+
+
 def read_mask(path: Path) -> np.ndarray:
     """float32 (H, W) in [0, 1]: the grayscale PNG divided by 255 (VM-UNet, PraNet).
 
     BenchError when no pixel reaches 128 (0.5 after /255) although some are set: such a mask
     stores class ids (0/1) instead of 0/255, and would train and score as all background."""
-    raw = _decode(path, "L")
+    raw = mask_pixels(path)
     top = int(raw.max(initial=0))
     if 0 < top < 128:
         raise BenchError(
@@ -165,13 +170,11 @@ def test_set_id(name: str) -> str:
 def pair_files(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
     """Pair images with masks, in the images' sorted order (``mask_groups``, one mask per image)."""
     groups, problems = mask_groups(images_dir, masks_dir)
-    several = [(p, f"{len(found)} masks match its name: {', '.join(m.name for m in found)}; one mask per image: "
-                   "merge them (their pixel-wise maximum; `bench data convert --source pairs` does, into the nnU-Net "
-                   "layout), or move the others away")
-               for p, found in groups if len(found) > 1]
-    if several:  # BUSI's second lesion
-        return [], several
-    return [(p, found[0]) for p, found in groups], problems
+    problems = [(p, f"{len(found)} masks match its name: {', '.join(m.name for m in found)}; one mask per image: "
+                    "merge them (their pixel-wise maximum; `bench data convert --source pairs` does, into the nnU-Net "
+                    "layout), or move the others away")
+                for p, found in groups if len(found) > 1] + problems  # BUSI's second lesion, among the others
+    return ([], problems) if problems else ([(p, found[0]) for p, found in groups], [])
 
 
 def mask_groups(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, list[Path]]], list[tuple[Path, str]]]:
@@ -182,8 +185,8 @@ def mask_groups(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, lis
     ``-...``, as ISIC's ``_segmentation`` masks): then every image needs its mask and every mask its image. By
     sorted file name, as the authors' loaders pair, where no mask name matches any image (another
     naming scheme: ``img_001`` / ``mask_001``). Returns ``(groups, problems)``; ``problems`` lists
-    ``(path, message)`` and is non-empty (with the groups empty) when a folder is missing, a name
-    has no partner, or the counts differ.
+    ``(path, message)`` and is non-empty when a folder is missing, a name has no partner, or the counts
+    differ; the groups are then those found by name (so every problem can be named at once), or none.
     """
     problems: list[tuple[Path, str]] = []
     for folder in (images_dir, masks_dir):
@@ -211,9 +214,7 @@ def mask_groups(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, lis
             else:
                 by_image.setdefault(stem, []).append(m)
         problems += [(p, f"no mask with a matching name in {masks_dir}") for p in images if p.stem not in by_image]
-        if problems:
-            return [], problems
-        return [(p, by_image[p.stem]) for p in images], []
+        return [(p, by_image[p.stem]) for p in images if p.stem in by_image], problems
     if len(images) != len(masks):
         return [], [(masks_dir, f"{len(images)} images in {images_dir} but {len(masks)} masks here, and no mask "
                                 f"is named after its image to pair them by")]

@@ -159,8 +159,9 @@ def _label_map(labels: Any, path: Path) -> dict[str, int]:
                          f"e.g. \"background\": 0, then the classes 1..{len(values)}; got ids {values}")
     if values != list(range(len(values))):
         raise BenchError(f"{path}: label ids must be 0..{len(values) - 1} with background 0, got {values}")
-    if "ignore" in out:
-        raise BenchError(f"{path}: the 'ignore' label is not supported")
+    if "ignore" in out:  # nnU-Net's unannotated pixels, left out of its loss: bench's losses count every pixel
+        raise BenchError(f"{path}: the 'ignore' label (nnU-Net's unannotated pixels) is not supported: bench trains "
+                         "and scores every pixel; give those pixels a class, or use fully annotated cases only")
     return out
 
 
@@ -232,7 +233,8 @@ def channel_count_problem(found: int, declared: int) -> str:
     (which raises) and ``bench data verify`` (which reports)."""
     alpha = found == declared + 1 and found in (2, 4)
     fix = (f"; an alpha channel? drop it (PIL: Image.convert('{'RGB' if found == 4 else 'L'}'))" if alpha else
-           "; colour among grayscale images? save every image as grayscale (PIL: Image.convert('L'))"
+           "; colour among grayscale images? save every image as grayscale (PIL: Image.convert('L')), or, "
+           "if all are colour, declare three channels (\"0\": \"R\", \"1\": \"G\", \"2\": \"B\")"
            if (found, declared) == (3, 1) else "")
     return f"{found} channels; dataset.json declares {declared}{fix}"
 
@@ -487,10 +489,17 @@ def other_endings_hint(root: Path, ending: str, folder: str = "labelsTr") -> str
                     if "." in p.name and not hidden(p) and not p.name.endswith(ending))
     if not others:
         return ""
-    other, n = collections.Counter("." + name.split(".", 1)[1] for name in others).most_common(1)[0]
+    known = VOLUME_ENDINGS + IMAGE_ENDINGS
+
+    def ending_of(name: str) -> str:  # "img.v1.png" ends in .png, not .v1.png
+        return next((name[-len(e):] for e in known if name.lower().endswith(e)), Path(name).suffix)
+
+    other, n = collections.Counter(ending_of(name) for name in others).most_common(1)[0]
     if folder == "labelsTr":
-        if other in VOLUME_ENDINGS + IMAGE_ENDINGS:
+        if other in known:
             return f"; and {n} '*{other}' files: is file_ending {other!r}?"
+        if other.lower() in known:  # .PNG: nnU-Net matches the ending as written
+            return f"; and {n} '*{other}' files: rename them to end in {other.lower()!r}"
         lossy = " (JPEG's compression changes the ids at edges)" if other.lower() in (".jpg", ".jpeg") else ""
         return (f"; and {n} '*{other}' files, which bench does not read as labels{lossy}: save them in a "
                 f"lossless format bench reads ({', '.join(VOLUME_ENDINGS + IMAGE_ENDINGS)})")
@@ -607,10 +616,10 @@ class NnUNetDataset(SegDataset):
             # a 12-case set's 2 test cases: a rare class in none of them gave a DSC of nan, unexplained
             fold = "" if self.fold is None else f" of fold {self.fold}"
             warnings.warn(f"{self.root}: {'class' if len(absent) == 1 else 'classes'} {', '.join(map(repr, absent))}"
-                          f" in none of the {len(test)} test cases{fold}: scored on false positives alone, and "
-                          "where a policy leaves out cases with neither (strict) without a mean, which makes the "
-                          "run's DSC, mIoU and HD95 nan; more cases, or a splits_final.json whose test cases hold "
-                          "it, avoid that")
+                          f" in none of the {len(test)} test cases{fold}: only false positives score it; under strict, "
+                          "which leaves out cases with neither, a model that predicts it nowhere has no mean for it, "
+                          "and so a DSC, mIoU and HD95 of nan; more cases, or a splits_final.json whose test cases "
+                          "hold it, avoid that")
 
     def normalize_hint(self, normalize: str) -> str | None:
         """One line where the protocol's one ``normalize`` mode is not what some channels' names ask nnU-Net

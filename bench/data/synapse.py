@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import shlex
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -396,7 +397,9 @@ class SynapseDataset(SegDataset):
 
 
 def _existing(path: Path) -> Path:
+    """``path`` (a slice's npz or a volume's h5, listed in lists/), or BenchError with the command that checks
+    the whole dataset (the root is the folder above train_npz/ and test_vol_h5/)."""
     if not path.is_file():
-        raise BenchError(f"{path}: listed but missing "
-                         "(check with `bench data verify --dataset synapse --data-root <root>`)")
+        raise BenchError(f"{path}: listed but missing (check with `bench data verify --dataset synapse "
+                         f"--data-root {shlex.quote(str(path.parent.parent))}`)")
     return path

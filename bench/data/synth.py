@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from bench.errors import BenchError
+from bench.errors import BenchError, unknown_name
 from bench.fileio import atomic_write_dir, is_plain_name, portable_write_text
 from bench.protocol import check_seed
 
@@ -77,7 +77,7 @@ def synthesize(kind: str, out: str | Path, *, seed: int = 0, **size_options: Any
         SynapseDataset(root).train_ids()[:2]   # ['case0005_slice000', 'case0005_slice001']
     """
     if kind not in DEFAULTS:
-        raise BenchError(f"unknown synthetic kind {kind!r}; expected one of {', '.join(KINDS)}")
+        raise unknown_name("synthetic kind", kind, KINDS)
     seed = check_seed(seed, f"synthetic {kind} data: seed")
     unknown = sorted(set(size_options) - set(DEFAULTS[kind]))
     if unknown:

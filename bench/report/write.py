@@ -150,7 +150,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     df_runs, profiles = load(results_dir), load_profiles(results_dir)  # load first: it checks the folder
     profiled = set(profiles["model"]) if profiles is not None and "model" in profiles else set()
     df_runs = finished(select_runs(df_runs, *given, results_dir, profiled, policies))
-    costs, filtered = profiles is not None and not profiles.empty, bool(models or datasets or policies)
+    costs = profiles is not None and not profiles.empty
+    filtered = any(name_list(x) is not None for x in (models, datasets, policies))  # "all" is no filter
     if df_runs.empty and out is not None and (fmt == ReportFormat.cases or not costs):
         # a file saying there is nothing would read as a report; the message is the command's error
         raise BenchError(no_runs(results_dir, filtered))
@@ -173,6 +174,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
             warnings.warn(f"{no_runs(results_dir, filtered)}: the boards' CSV holds its header only"
                           + (" (its `bench profile` records' cost tables: --format md or latex)" if costs else ""),
                           stacklevel=2)
+        elif not boards and not costs:  # LaTeX: a comment line alone, unexplained
+            warnings.warn(f"{no_runs(results_dir, filtered)}: no tables", stacklevel=2)
         if reference and models and reference.split(" (")[0] not in models:
             raise BenchError(f"--reference {reference!r}: not among --models {','.join(models)}; add it there to "
                              "compare with it")
