@@ -75,7 +75,7 @@ RUN_ID_COLUMNS = [
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
     "set_keys", "n_train", "data_root", "rescored_from", "status", "git_commit", "code_digest", "scored_commit", "scored_digest", "model_code", "device", "scan_backend", "hd95_unit",
-    "started_at", "finished_at", "wall_time_s", "train_time_s", "train_loss", "params", "trainable_params", "macs",
+    "started_at", "finished_at", "wall_time_s", "train_time_s", "train_loss", "world_size", "params", "trainable_params", "macs",
     "paper_macs", "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes", "n_missed", "n_present",
 ]  # fmt: skip
 # Aggregates every policy may produce; ``load`` puts them first, extra metric keys follow.
@@ -425,6 +425,8 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         wall_time_s=rec["wall_time_s"],
         train_time_s=None if rec.get("weights") else train.get("time_s"),  # evaluated weights: trained elsewhere
         train_loss=train.get("final_loss"),  # the last epoch's mean loss: drift sees training paths
+        # processes that trained it (--nproc; older records: 1, as every run was then); evaluated weights: none
+        world_size=None if rec.get("weights") else train.get("world_size", 1),
     )
     for key in ("params", "trainable_params", "macs", "paper_macs", "flops", "fps", "peak_mem_mb"):
         row[key] = cost.get(key)
@@ -498,7 +500,7 @@ def load(results_dir: Path, level: str = "run") -> pd.DataFrame:
     per_class = [f"{m}/{name}" for name in _class_order(records) for m in ("dice", "hd95")]
     columns = RUN_COLUMNS + metrics + per_class
     frame = frame.reindex(columns=columns)
-    numeric = ["wall_time_s", "train_time_s", "train_loss", "params", "trainable_params", "macs", "paper_macs",
+    numeric = ["wall_time_s", "train_time_s", "train_loss", "world_size", "params", "trainable_params", "macs", "paper_macs",
                "flops", "fps", "peak_mem_mb"] + metrics + per_class  # fmt: skip
     return _numeric(frame, numeric)
 

@@ -1249,7 +1249,20 @@ def test_training_time_is_shown_with_the_device_it_ran_on(tmp_path):
     assert said in mixed and said in render(load(tmp_path), columns="paper") and said not in md
     # and seeds that differ between rows (unet 0, 1; vmunet 0)
     assert "Seeds differ between rows (unet 0, 1; vmunet 0): each mean is over its own seeds" in mixed
-    assert "Seeds differ" not in md
+    assert "Seeds differ" not in md and "Processes:" not in mixed
+
+
+def test_a_board_of_runs_trained_by_different_process_counts_says_so(tmp_path):
+    """A fairness review: a seed trained with --nproc 2 joined the one-process seeds of its row, unmarked,
+    though BatchNorm then normalises over each process's share of the batch."""
+    for seed, size in ((0, 1), (1, 2)):
+        rec = make_record("unet", seed=seed)
+        rec["train"]["world_size"] = size
+        write_record(rec, tmp_path)
+    df = load(tmp_path)
+    assert sorted(df["world_size"]) == [1, 2]
+    assert "Processes: these runs trained with 1 or 2 processes (--nproc)" in render(df)
+    assert "Processes:" not in render(df[df["world_size"] == 1])
 
 
 def test_a_board_of_runs_from_several_commits_says_so(tmp_path):

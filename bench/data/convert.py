@@ -349,7 +349,7 @@ def _pair_folders(raw: Path) -> list[tuple[str, Path]]:
                "images/NAME.png and masks/NAME_mask*.png")
     else:
         why = ""
-    raise BenchError(f"{raw}: expected images/ and masks/ (one pool of cases, split by bench), or train/ and test/ "
+    raise BenchError(f"--raw {raw}: expected images/ and masks/ (one pool of cases, split by bench), or train/ and test/ "
                      f"(or val/) each holding them (your own split); found {found}{why}")
 
 

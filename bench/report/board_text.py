@@ -273,6 +273,9 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
     if len(devices) > 1 and shown("metrics"):  # not only the time: a GPU's arithmetic is not a CPU's
         note += (f" Devices: these runs trained on {len(devices)} ({'; '.join(devices)}); a GPU's reduced "
                  "precision (TF32, autocast) and its kernels move the numbers beyond what the seed does.")
+    if len(sizes := a.get("world_sizes", [])) > 1 and shown("metrics"):  # --nproc for some seeds, not others
+        note += (f" Processes: these runs trained with {' or '.join(map(str, sizes))} processes (--nproc); "
+                 "BatchNorm's batch statistics and the order of reductions differ with them, so the numbers too.")
     if "train_time_s" in board and board["train_time_s"].notna().any() and shown("time"):
         where = (f"on {devices[0]}" if len(devices) == 1
                  else f"on different devices ({'; '.join(devices)}): not comparable between them")

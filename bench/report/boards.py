@@ -125,6 +125,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         nsd_tolerances=[t for col in ("nsd_tolerance", "nsd_tolerances") if col in group
                         for t in sorted(set(group[col].dropna()))],
         devices=sorted(set(group["device"].dropna())) if "device" in group else [],
+        world_sizes=sorted({int(w) for w in group["world_size"].dropna()}) if "world_size" in group else [],
         commits=_code_versions(group),
         plugin_code=_plugin_code_changed(group),
         repeated=repeated,
