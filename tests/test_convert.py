@@ -91,7 +91,7 @@ def test_convert_names_what_is_wrong(btcv, tmp_path):
     shutil.copytree(btcv / "Training", partial)
     (partial / "img" / "img0040.nii.gz").unlink()
     (partial / "label" / "label0040.nii.gz").unlink()
-    with pytest.raises(BenchError, match=r"1 of BTCV's 30 training volumes missing \(case0040\)"):
+    with pytest.raises(BenchError, match=r"1 of BTCV's 30 training volumes missing \(img0040.nii.gz\)"):
         btcv_to_synapse(partial, tmp_path / "out")
     shutil.copy(btcv / "Training" / "img" / "img0040.nii.gz", partial / "img")
     with pytest.raises(BenchError, match=r"label0040\.nii\.gz: missing"):
@@ -132,7 +132,7 @@ def test_convert_names_what_is_wrong(btcv, tmp_path):
     (partial / "label" / "label0040.nii.gz").unlink()
     assert btcv_to_synapse(partial, tmp_path / "mixed").is_dir()  # an image .nii.gz may have a label .nii
     shutil.copy(partial / "img" / "img0040.nii.gz", partial / "img" / "img0040.nii")
-    with pytest.raises(BenchError, match="case0040 is there as .nii and .nii.gz"):
+    with pytest.raises(BenchError, match="volume 0040 is there as .nii and .nii.gz"):
         btcv_to_synapse(partial, tmp_path / "out")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")

@@ -44,7 +44,7 @@ import numpy as np
 
 from bench.data import synapse as syn
 from bench.data.base import check_whole_ids, reading, root_is_file
-from bench.errors import BenchError
+from bench.errors import BenchError, few
 from bench.fileio import absent, atomic_write_dir, is_within, portable_write_text
 
 HU_WINDOW = (-125.0, 275.0)
@@ -80,7 +80,7 @@ def _btcv_files(raw: Path) -> dict[str, tuple[Path, Path]]:
             continue
         case = f"case{m.group(1)}"
         if case in files:
-            raise BenchError(f"{img}: case {case} is there as .nii and .nii.gz; keep one")
+            raise BenchError(f"{img}: volume {m.group(1)} is there as .nii and .nii.gz; keep one")
         labels = [p for p in (base / "label" / f"label{m.group(1)}{e}" for e in (".nii.gz", ".nii")) if p.is_file()]
         if not labels:
             expected = base / "label" / f"label{m.group(1)}.nii.gz"
@@ -88,7 +88,7 @@ def _btcv_files(raw: Path) -> dict[str, tuple[Path, Path]]:
         files[case] = (img, labels[0])
     missing = [c for c in BTCV_CASES if c not in files]
     if missing:
-        listed = ", ".join(missing[:6]) + ("..." if len(missing) > 6 else "")
+        listed = few([f"img{c[4:]}.nii.gz" for c in missing], 6)  # as the files are named
         raise BenchError(f"{base / 'img'}: {len(missing)} of BTCV's 30 training volumes missing ({listed}); "
                          "TransUNet's split needs all 30")
     return {c: files[c] for c in BTCV_CASES}
