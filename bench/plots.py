@@ -14,7 +14,8 @@ File names (``<board>`` = ``<dataset>__<protocol>__<policy>``, each part slugifi
     training_curves__<board>.png  train loss and learning rate against step, one line per run
 
 matplotlib is imported inside the functions (Agg backend, headless), so ``import bench.plots``
-stays cheap. Every PNG is written to a temporary name in its folder and then renamed.
+stays cheap. Every PNG is written to a temporary name in its folder and then renamed. ``style``
+(``PLOT_STYLES``): "screen" for a report read on a screen, "paper" for a journal's columns.
 
 Example::
 
@@ -24,11 +25,13 @@ Example::
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import json
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +40,58 @@ import pandas as pd
 
 from bench.errors import BenchError
 
-__all__ = ["pareto_front", "accuracy_vs_cost", "per_class_boxplots", "training_curves", "write_plots"]
+__all__ = ["pareto_front", "accuracy_vs_cost", "per_class_boxplots", "training_curves", "write_plots",
+           "PLOT_STYLES"]
 
-# Okabe and Ito's colour-blind-safe palette (black last): each built-in model keeps its colour in every
-# figure of every report, whatever else is plotted; other models and configurations take the colours left
-OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+
+@dataclass(frozen=True)
+class PlotStyle:
+    """How big the plots are: ``scale`` times the screen sizes (inches), at most ``max_width`` wide, text of
+    ``font`` pt (legends and point labels a size smaller), the board's title drawn or not (a paper's
+    caption carries it), PNGs at ``dpi``."""
+
+    scale: float
+    max_width: float
+    font: float
+    title: bool
+    dpi: int
+
+    def size(self, width: float, height: float) -> tuple[float, float]:
+        return min(width * self.scale, self.max_width), height * self.scale
+
+    def rc(self) -> dict[str, Any]:
+        return {"font.size": self.font, "axes.titlesize": self.font, "axes.labelsize": self.font,
+                "xtick.labelsize": self.font - 1, "ytick.labelsize": self.font - 1, "legend.fontsize": self.font - 1}
+
+
+# paper: a journal's single column is about 3.5 in (8.5-9 cm) and its double 7 in, text 6-8 pt, raster 300 dpi
+PLOT_STYLES = {"screen": PlotStyle(1.0, 16.0, 10, True, 120), "paper": PlotStyle(0.5, 7.0, 7, False, 300)}
+
+
+def _styled(draw):
+    """``draw(..., looks=PlotStyle)`` called as ``draw(..., style="screen" | "paper")``, its figures made
+    under the style's font sizes (matplotlib reads them as each text is created)."""
+    @functools.wraps(draw)
+    def styled(*args: Any, style: str = "screen", **kwargs: Any) -> Any:
+        looks = check_plot_style(style)
+        with _pyplot().rc_context(looks.rc()):
+            return draw(*args, looks=looks, **kwargs)
+
+    return styled
+
+
+def check_plot_style(style: str) -> PlotStyle:
+    """The ``PLOT_STYLES`` entry named ``style`` (any case), else one BenchError naming --plot-style."""
+    if not isinstance(style, str) or style.lower() not in PLOT_STYLES:
+        raise BenchError(f"--plot-style {style!r}: expected one of {', '.join(PLOT_STYLES)}")
+    return PLOT_STYLES[style.lower()]
+
+# Each built-in model keeps its colour (Okabe and Ito's colour-blind-safe palette) in every figure of every
+# report, whatever else is plotted; other models and configurations take, in name order, black and Tol's
+# muted colours (no hue near a built-in's), then tab20's
 MODEL_COLOURS = {"unet": "#0072B2", "transunet": "#E69F00", "swin_unet": "#009E73", "vmunet": "#D55E00",
-                 "vmunet_v2": "#CC79A7", "lightm_unet": "#56B4E9", "lightm_unet_3d": "#56B4E9"}
+                 "vmunet_v2": "#CC79A7", "lightm_unet": "#56B4E9"}
+EXTRA_COLOURS = ("#000000", "#882255", "#44AA99", "#999933", "#AA4499", "#DDCC77", "#332288", "#117733", "#CC6677")
 FAMILY_MARKERS = {"cnn": "o", "transformer": "s", "ssm": "^"}  # a second cue where colours do not print
 _OTHER_MARKER = "D"
 
@@ -107,18 +155,17 @@ def model_colours(labels) -> dict[str, Any]:
     """One colour per model label, the same in every figure of a report (scatter plots, box plots,
     training curves): a built-in model's own (``MODEL_COLOURS``) for the first of its labels in name
     order, whatever other models are plotted; the other labels (a second configuration, a plugin) take
-    the Okabe-Ito colours no label uses, in name order, then tab20's."""
+    ``EXTRA_COLOURS`` in name order, then tab20's. ``write_plots`` takes it of all its figures' labels at
+    once, so a label of neither kind keeps its colour between them too."""
     names = sorted(set(map(str, labels)))
     out: dict[str, Any] = {}
     for name in names:
         own = MODEL_COLOURS.get(name.split(" (")[0])
         if own is not None and own not in out.values():
             out[name] = own
-    spare = [c for c in OKABE_ITO if c not in out.values() and c not in MODEL_COLOURS.values()] + [
-        c for c in OKABE_ITO if c in MODEL_COLOURS.values() and c not in out.values()]
     cmap = _pyplot().get_cmap("tab20")
     for i, name in enumerate(n for n in names if n not in out):
-        out[name] = spare[i] if i < len(spare) else cmap((i - len(spare)) % cmap.N)
+        out[name] = EXTRA_COLOURS[i] if i < len(EXTRA_COLOURS) else cmap((i - len(EXTRA_COLOURS)) % cmap.N)
     return {name: out[name] for name in names}
 
 
@@ -132,9 +179,9 @@ def check_plot_format(fmt: str) -> str:
     return fmt.lower()
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, dpi: int = 120) -> Path:
     """Save ``fig`` at ``path`` atomically (``fileio.atomic_write``) in the format its suffix names
-    (``PLOT_FORMATS``: PNG at 120 dpi; PDF with TrueType fonts, which publishers' checks ask for);
+    (``PLOT_FORMATS``: PNG at ``dpi``; PDF with TrueType fonts, which publishers' checks ask for);
     always close ``fig``."""
     from bench.fileio import atomic_write
 
@@ -142,7 +189,7 @@ def _save(fig, path: Path) -> Path:
 
     def save(tmp: Path) -> None:
         with _pyplot().rc_context({"pdf.fonttype": 42, "svg.fonttype": "none"}):  # text stays text
-            fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight")
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
 
     try:
         return atomic_write(Path(path), save, suffix=f".tmp{Path(path).suffix}")
@@ -166,25 +213,27 @@ def _finite(value) -> bool:
 # accuracy against cost
 
 
-def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path, left_out: Sequence[str] = ()) -> Path:
+def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path, left_out: Sequence[str] = (),
+             style: PlotStyle = PLOT_STYLES["screen"]) -> Path:
     """``points``: columns label, family, colour (the model's, ``model_colours``), cost, dsc (%), dsc_std (%);
     NaN-free cost and dsc; the family as the marker's shape. ``left_out``: the board's rows without such a
     cost, named under the axis (the front is of the points shown)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.8), layout="constrained")
+    fig, ax = plt.subplots(figsize=style.size(7, 4.8), layout="constrained")
     front = np.array(pareto_front(points["cost"], points["dsc"]))
     for _, p in points.iterrows():
         yerr = p["dsc_std"] if _finite(p["dsc_std"]) else None
         ax.errorbar([p["cost"]], [p["dsc"]], yerr=None if yerr is None else [yerr],
                     fmt=FAMILY_MARKERS.get(p["family"], _OTHER_MARKER), color=p["colour"], ecolor=p["colour"],
-                    elinewidth=1, capsize=3, markersize=7, alpha=0.9)
+                    elinewidth=1, capsize=3 * style.scale ** 0.5, markersize=7 * style.scale ** 0.5, alpha=0.9)
     for family in sorted(set(points["family"])):  # the legend: families by shape (the points are labelled)
         ax.plot([], [], FAMILY_MARKERS.get(family, _OTHER_MARKER), color="0.35", label=family)
     on = points[front].sort_values(["cost", "dsc"])
     if not on.empty:
         ax.step(on["cost"], on["dsc"], where="post", color="black", linewidth=1, alpha=0.6, zorder=1,
                 label="Pareto front" + (" (of those shown)" if left_out else ""))
-        ax.scatter(on["cost"], on["dsc"], s=110, facecolors="none", edgecolors="black", linewidths=1.5, zorder=3)
+        ax.scatter(on["cost"], on["dsc"], s=110 * style.scale, facecolors="none", edgecolors="black", linewidths=1.5,
+                   zorder=3)
     log = points["cost"].min() > 0 and points["cost"].max() / points["cost"].min() > 20
     if log:
         ax.set_xscale("log")  # 0.1 M to 100 M params: on a linear axis the small models pile up at 0
@@ -195,16 +244,17 @@ def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path, left_out
         label = p["label"] if len(p["label"]) <= 40 else p["label"][:39] + "…"  # long config labels
         # labels of the right-hand points run leftwards, inside the axes, not under the legend beside them
         ax.annotate(label, (p["cost"], p["dsc"]), textcoords="offset points", xytext=(-5, 5) if right else (5, 5),
-                    ha="right" if right else "left", fontsize=8)
+                    ha="right" if right else "left", fontsize=style.font - 2)
     if left_out:  # a model missing from the plot could be the front's best: said, not silently dropped
         xlabel += "\nnot shown, without this cost measured like the others: " + ", ".join(left_out)
     ax.set_xlabel(xlabel)
     bars = points["dsc_std"].map(_finite).any()  # what the bars are, where a reader sees them
     ax.set_ylabel("DSC (%)" + (", bars: SD over seeds" if bars else ""))
-    ax.set_title(title, fontsize=9)
+    if style.title:
+        ax.set_title(title, fontsize=style.font - 1)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # beside, not over, the points
-    return _save(fig, path)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # beside, not over, the points
+    return _save(fig, path, style.dpi)
 
 
 def _timed_profiles(profiles: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -223,8 +273,10 @@ def _timed_profiles(profiles: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return timed, f"{fingerprint} · {first['precision']}{layout}"
 
 
+@_styled
 def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, out_dir: Path,
-                     fmt: str = "png") -> list[Path]:
+                     fmt: str = "png", *, colours: dict[str, Any] | None = None,
+                     looks: PlotStyle = PLOT_STYLES["screen"]) -> list[Path]:
     """DSC (%) against GMACs, params (M) and latency (ms), one PNG per board and cost axis.
 
     GMACs are the boards' (``bench.report.join_cost``: the records' own counts, else the profile
@@ -245,7 +297,7 @@ def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, ou
                       timed.get("scan_backend", []))}
     boards = leaderboards(df_runs)
     join_cost(boards, profiles)
-    colour_of = model_colours([m for board in boards.values() for m in board["model"]])  # as the other plots
+    colour_of = {**model_colours([m for board in boards.values() for m in board["model"]]), **(colours or {})}
     written: list[Path] = []
     for key, board in boards.items():
         if "dice_mean" not in board:
@@ -272,7 +324,7 @@ def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, ou
                 continue
             title = f"DSC vs {shown} · {_board_title(key)}{extra}"
             written.append(_scatter(points, xlabel, title, out_dir / f"dsc_vs_{name}__{_board_slug(key)}.{fmt}",
-                                    left_out))
+                                    left_out, looks))
     return written
 
 
@@ -280,7 +332,9 @@ def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, ou
 # per-class DSC
 
 
-def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path, fmt: str = "png") -> list[Path]:
+@_styled
+def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path, fmt: str = "png", *,
+                       colours: dict[str, Any] | None = None, looks: PlotStyle = PLOT_STYLES["screen"]) -> list[Path]:
     """Per-class DSC (%) box plots over test cases, one PNG per board, one box per model.
 
     Input: ``records.load(results_dir, level="case")``. A case's value is its DSC averaged over
@@ -295,7 +349,7 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path, fmt: str = "png") 
         return []
     plt = _pyplot()
     df = label_cases(df_cases)
-    colour_of = model_colours(df["model_label"])
+    colour_of = {**model_colours(df["model_label"]), **(colours or {})}
     written: list[Path] = []
     for key, board in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
         per_case = board.groupby(["model_label", "class", "name", "case"], sort=False)["dice"].mean().reset_index()
@@ -305,7 +359,7 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path, fmt: str = "png") 
         classes = list(dict.fromkeys(per_case.sort_values("class", kind="stable")["name"]))
         models = list(per_case.groupby("model_label")["dice"].median().sort_values(ascending=False).index)
         width = 0.8 / len(models)
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.5 + len(classes) * (0.35 + 0.25 * len(models))), 4.8),
+        fig, ax = plt.subplots(figsize=looks.size(max(6.0, 0.5 + len(classes) * (0.35 + 0.25 * len(models))), 4.8),
                                layout="constrained")
         for m, model in enumerate(models):
             colour = colour_of[model]
@@ -319,18 +373,20 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path, fmt: str = "png") 
                 continue
             ax.boxplot(data, positions=pos, widths=width * 0.85, patch_artist=True, manage_ticks=False,
                        boxprops={"facecolor": colour, "alpha": 0.6}, medianprops={"color": "black"},
-                       flierprops={"markersize": 3})
+                       flierprops={"markersize": 3 * looks.scale})
             ax.plot([], [], color=colour, linewidth=6, alpha=0.6, label=model)  # legend handle
         ax.set_xticks(range(len(classes)))
         ax.set_xticklabels([class_display(n, key[0]) for n in classes], rotation=30, ha="right")
         ax.set_xlim(-0.6, len(classes) - 0.4)
-        ax.set_ylabel("DSC (%) per test case")
         pooled = getattr(POLICIES.get(key[2]), "pooled", False)  # the board's DSC is not these cases' mean
-        ax.set_title(f"Per-class DSC · {_board_title(key)}" + ("\n(each case's own DSC; the board's is pooled over "
-                                                             "all test pixels)" if pooled else ""), fontsize=9)
+        ax.set_ylabel("DSC (%) per test case" + (" (the board's: pooled)" if pooled and not looks.title else ""))
+        if looks.title:
+            ax.set_title(f"Per-class DSC · {_board_title(key)}" + ("\n(each case's own DSC; the board's is pooled "
+                                                                 "over all test pixels)" if pooled else ""),
+                         fontsize=looks.font - 1)
         ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
-        written.append(_save(fig, out_dir / f"per_class_dsc__{_board_slug(key)}.{fmt}"))
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+        written.append(_save(fig, out_dir / f"per_class_dsc__{_board_slug(key)}.{fmt}", looks.dpi))
     return written
 
 
@@ -373,8 +429,10 @@ def _epoch_curve(train: dict) -> tuple[list[float], list[float]]:
     return [per_epoch * (i + 1) for i in range(len(losses))], losses
 
 
+@_styled
 def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | None = None,
-                    fmt: str = "png") -> list[Path]:
+                    fmt: str = "png", *, colours: dict[str, Any] | None = None,
+                    looks: PlotStyle = PLOT_STYLES["screen"]) -> list[Path]:
     """Train loss and learning rate against step, one PNG per board, one line per run, one colour and
     one legend entry per model (a grid of seeds × folds stays readable).
 
@@ -401,7 +459,7 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
 
     df = label_runs(df).sort_values(["model_label", "seed", "run_id"])
     plt = _pyplot()
-    colour = model_colours(df["model_label"])
+    colour = {**model_colours(df["model_label"]), **(colours or {})}
     written: list[Path] = []
     for key, runs in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
         curves = []
@@ -415,8 +473,8 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
         if not curves:
             continue
         with_lr = any("train/lr" in scalars for _, scalars, _ in curves)
-        fig, axes = plt.subplots(1, 2 if with_lr else 1, figsize=(11 if with_lr else 8, 4.2), layout="constrained",
-                                 squeeze=False)
+        fig, axes = plt.subplots(1, 2 if with_lr else 1, figsize=looks.size(11 if with_lr else 8, 4.2),
+                                 layout="constrained", squeeze=False)
         ax_loss, ax_lr = axes[0][0], axes[0][-1] if with_lr else None
         n_runs = collections.Counter(run["model_label"] for run, _, _ in curves)  # in the order of first appearance
         labelled: set[str] = set()
@@ -424,22 +482,23 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
             model = run["model_label"]
             label = "_nolegend_" if model in labelled else _curve_label(run, n_runs[model])  # one entry per model
             labelled.add(model)
-            style = dict(linewidth=1, color=colour[model], alpha=1 if n_runs[model] == 1 else 0.6)
+            line = dict(linewidth=1, color=colour[model], alpha=1 if n_runs[model] == 1 else 0.6)
             if "train/loss" in scalars:
-                ax_loss.plot(*scalars["train/loss"], label=label, **style)
+                ax_loss.plot(*scalars["train/loss"], label=label, **line)
             else:
-                ax_loss.plot(ep_steps, ep_losses, "--o", markersize=3, label=label, **style)
+                ax_loss.plot(ep_steps, ep_losses, "--o", markersize=3 * looks.scale, label=label, **line)
             if with_lr and "train/lr" in scalars:
-                ax_lr.plot(*scalars["train/lr"], **style)
+                ax_lr.plot(*scalars["train/lr"], **line)
         ax_loss.set(xlabel="step", ylabel="train loss", title="Loss (dashed: the records' epoch means)"
                     if any(not scalars.get("train/loss") for _, scalars, _ in curves) else "Loss")
         if with_lr:
             ax_lr.set(xlabel="step", ylabel="learning rate", title="Learning rate")
         for ax in axes[0]:
             ax.grid(True, alpha=0.3)
-        fig.legend(*ax_loss.get_legend_handles_labels(), fontsize=7, loc="outside right center")
-        fig.suptitle(f"Training · {_board_title(key)}", fontsize=9)
-        written.append(_save(fig, out_dir / f"training_curves__{_board_slug(key)}.{fmt}"))
+        fig.legend(*ax_loss.get_legend_handles_labels(), fontsize=looks.font - 2, loc="outside right center")
+        if looks.title:
+            fig.suptitle(f"Training · {_board_title(key)}", fontsize=looks.font - 1)
+        written.append(_save(fig, out_dir / f"training_curves__{_board_slug(key)}.{fmt}", looks.dpi))
     return written
 
 
@@ -459,13 +518,14 @@ def _curve_label(run: pd.Series, n_runs: int) -> str:
 def write_plots(results_dir: Path, out_dir: Path, *, df_runs: pd.DataFrame | None = None,
                 df_cases: pd.DataFrame | None = None, df_profiles: pd.DataFrame | None = None,
                 set_runs: pd.DataFrame | None = None, set_cases: pd.DataFrame | None = None,
-                fmt: str = "png") -> list[Path]:
+                fmt: str = "png", style: str = "screen") -> list[Path]:
     """All figures of ``results_dir`` into ``out_dir``; the paths written (none for no runs).
     Frames a caller has already loaded from ``results_dir`` (``bench.report``) are reused;
     ``set_runs``/``set_cases``: the per-test-set boards' rows (``bench.report.split_test_sets``: a
     polyp set, an isic_all year, the boards compared with the papers), plotted like the others
-    except for training curves, which are their pooled runs'. ``fmt``: one of ``PLOT_FORMATS``."""
-    fmt = check_plot_format(fmt)
+    except for training curves, which are their pooled runs'. ``fmt``: one of ``PLOT_FORMATS``; ``style``:
+    of ``PLOT_STYLES``."""
+    fmt, _ = check_plot_format(fmt), check_plot_style(style)
     from bench.cost import load_profiles
     from bench.records import load
 
@@ -480,7 +540,11 @@ def write_plots(results_dir: Path, out_dir: Path, *, df_runs: pd.DataFrame | Non
     boards_runs = df_runs if set_runs is None or set_runs.empty else pd.concat([df_runs, set_runs], ignore_index=True)
     boards_cases = df_cases if set_cases is None or set_cases.empty else pd.concat([df_cases, set_cases],
                                                                                    ignore_index=True)
-    paths = accuracy_vs_cost(boards_runs, df_profiles, out_dir, fmt)
-    paths += per_class_boxplots(boards_cases, out_dir, fmt)
-    paths += training_curves(results_dir, out_dir, df_runs, fmt)
+    from bench.report import label_runs
+
+    # one colour per label across the figures (a plugin's too), whichever of them it appears in
+    colours = model_colours(label_runs(boards_runs)["model_label"])
+    paths = accuracy_vs_cost(boards_runs, df_profiles, out_dir, fmt, colours=colours, style=style)
+    paths += per_class_boxplots(boards_cases, out_dir, fmt, colours=colours, style=style)
+    paths += training_curves(results_dir, out_dir, df_runs, fmt, colours=colours, style=style)
     return paths

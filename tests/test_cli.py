@@ -386,16 +386,20 @@ def test_models_and_doctor():
 def test_main_called_in_process_gives_the_sigterm_handler_back(monkeypatch):
     """bench.cli.main's SIGTERM handler (Ctrl-C's cleanup) stayed installed after an in-process
     call: a process forked later inherited it, and a multiprocessing pool's terminate() could hang
-    on a worker it interrupted mid-way."""
+    on a worker it interrupted mid-way. Its one-line warnings likewise: the caller's warnings
+    (pytest's recwarn) went to stderr after it."""
+    import warnings
+
     mine = lambda signum, frame: None  # noqa: E731
     monkeypatch.setattr(sys, "argv", ["bench", "models"])
-    original = signal.getsignal(signal.SIGTERM)
+    original, shown = signal.getsignal(signal.SIGTERM), warnings.showwarning
     try:
         for before in (signal.SIG_DFL, mine):
             signal.signal(signal.SIGTERM, before)
             with pytest.raises(SystemExit) as info:
                 main()
             assert info.value.code == 0 and signal.getsignal(signal.SIGTERM) is before
+            assert warnings.showwarning is shown
     finally:
         signal.signal(signal.SIGTERM, original)
 

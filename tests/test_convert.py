@@ -91,7 +91,7 @@ def test_convert_names_what_is_wrong(btcv, tmp_path):
     shutil.copytree(btcv / "Training", partial)
     (partial / "img" / "img0040.nii.gz").unlink()
     (partial / "label" / "label0040.nii.gz").unlink()
-    with pytest.raises(BenchError, match=r"1 of BTCV's 30 training volumes missing \(case0040\)"):
+    with pytest.raises(BenchError, match=r"1 of BTCV's 30 training volumes missing \(img0040.nii.gz\)"):
         btcv_to_synapse(partial, tmp_path / "out")
     shutil.copy(btcv / "Training" / "img" / "img0040.nii.gz", partial / "img")
     with pytest.raises(BenchError, match=r"label0040\.nii\.gz: missing"):
@@ -132,7 +132,7 @@ def test_convert_names_what_is_wrong(btcv, tmp_path):
     (partial / "label" / "label0040.nii.gz").unlink()
     assert btcv_to_synapse(partial, tmp_path / "mixed").is_dir()  # an image .nii.gz may have a label .nii
     shutil.copy(partial / "img" / "img0040.nii.gz", partial / "img" / "img0040.nii")
-    with pytest.raises(BenchError, match="case0040 is there as .nii and .nii.gz"):
+    with pytest.raises(BenchError, match="volume 0040 is there as .nii and .nii.gz"):
         btcv_to_synapse(partial, tmp_path / "out")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
@@ -422,6 +422,8 @@ def test_pairs_with_a_split_of_ones_own_keep_it_and_colour_stays_rgb(tmp_path):
 
 
 def test_pairs_that_cannot_be_converted_are_named_and_nothing_is_written(tmp_path):
+    from PIL import Image
+
     from bench.data.convert import pairs_to_nnunet
 
     (tmp_path / "flat").mkdir()
@@ -438,8 +440,6 @@ def test_pairs_that_cannot_be_converted_are_named_and_nothing_is_written(tmp_pat
     with pytest.raises(BenchError, match=r"y\.png: no mask with a matching name in .*lone/masks"):
         pairs_to_nnunet(tmp_path / "lone", tmp_path / "out")
     _write_pairs(tmp_path / "sizes", ["x", "y"], size=(20, 24))
-    from PIL import Image
-
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "sizes" / "masks" / "x_mask.png")
     with pytest.raises(BenchError, match=r"x_mask\.png: .*"):
         pairs_to_nnunet(tmp_path / "sizes", tmp_path / "out")
@@ -452,9 +452,20 @@ def test_pairs_that_cannot_be_converted_are_named_and_nothing_is_written(tmp_pat
     # a mask named after an image that is not there: not merged into the image its name starts with
     _write_pairs(tmp_path / "stray", ["scan", "other"])
     (tmp_path / "stray" / "masks" / "scan_2_mask.png").write_bytes((tmp_path / "stray" / "masks" / "scan_mask.png").read_bytes())
-    with pytest.raises(BenchError, match=r"scan\.png: masks scan_2_mask\.png match its name but are not parts of "
-                                         r"scan_mask\.png \(named scan_mask_1, _2, …, as BUSI's\)"):
+    with pytest.raises(BenchError, match=r"scan\.png: masks scan_2_mask\.png, scan_mask\.png match its name but are not "
+                                         r"one mask's parts"):
         pairs_to_nnunet(tmp_path / "stray", tmp_path / "out")
+    # class ids 0/1/2 (or a 0/1 mask's JPEG noise) read as >= 128 were all background, unsaid
+    _write_pairs(tmp_path / "ids", ["x", "y"])
+    Image.fromarray(np.array([[0, 1], [2, 0]], np.uint8).repeat(10, 0).repeat(12, 1)).save(
+        tmp_path / "ids" / "masks" / "y_mask.png")
+    with pytest.raises(BenchError, match=r"y_mask\.png: mask values reach only 2: class ids\? --source pairs converts "
+                                         r"one class"):
+        pairs_to_nnunet(tmp_path / "ids", tmp_path / "out")
+    (tmp_path / "a,b").mkdir()  # a default name (the folder's) a board could not be chosen by
+    _write_pairs(tmp_path / "a,b", ["x", "y"])
+    with pytest.raises(BenchError, match=r"^the folder's name \(the default --name\) 'a,b': no ',', ':'"):
+        pairs_to_nnunet(tmp_path / "a,b", tmp_path / "out")
     _write_pairs(tmp_path / "one", ["x"])
     with pytest.raises(BenchError, match=r"1 image\(s\) with masks; a dataset needs at least 2"):
         pairs_to_nnunet(tmp_path / "one", tmp_path / "out")
@@ -520,3 +531,23 @@ def test_convert_options_of_pairs_only_are_refused_for_the_others(tmp_path):
                                       str(tmp_path / "o"), "--name", "x"])
     assert isinstance(result.exception, BenchError)
     assert str(result.exception) == "--name: for --source pairs (the msd files name their dataset and classes)"
+
+
+def test_pairs_merge_numbered_parts_and_say_where_16_bit_images_were_scaled(tmp_path):
+    from PIL import Image
+
+    from bench.data.convert import pairs_to_nnunet
+
+    raw = tmp_path / "raw"
+    _write_pairs(raw, ["a", "b", "c"])
+    for part in ("a_lesion_1", "a_lesion_2"):  # numbered parts without an unnumbered first
+        (raw / "masks" / f"{part}.png").write_bytes((raw / "masks" / "a_mask.png").read_bytes())
+    (raw / "masks" / "a_mask.png").unlink()
+    Image.fromarray(np.full((20, 24), 3000, np.uint16)).save(raw / "images" / "b.png")  # 16-bit beside 8-bit
+    with pytest.warns(UserWarning) as said:
+        out = pairs_to_nnunet(raw, tmp_path / "out")
+    texts = [str(w.message) for w in said]
+    assert "1 mask(s) merged into their image's first (the pixel-wise maximum): a_lesion_2.png" in texts
+    assert any(t.startswith("1 16-bit image(s) beside 8-bit ones scaled to 8 bits (65535 -> 255") and "b.png" in t
+               for t in texts), texts
+    assert np.asarray(Image.open(out / "imagesTr" / "b_0000.png")).max() == round(3000 / 257)

@@ -1567,6 +1567,27 @@ def test_a_class_no_test_case_holds_is_warned_of_at_planning(roots, tmp_path):
         open_dataset("nnunet", root, fold=1).check_labels()
 
 
+def test_ct_foreground_without_foreground_names_the_data_and_what_to_do(roots, tmp_path):
+    """It said "needs foreground (label > 0) in the training cases; none has any": which data, and then what?"""
+    from bench.data.intensity import intensity_stats
+    from bench.protocol import load_protocol
+
+    root = _copy(roots["nnunet2d"], tmp_path)
+    for path in (root / "labelsTr").glob("*.png"):
+        Image.fromarray(np.zeros_like(np.asarray(Image.open(path)))).save(path)
+    ds = open_dataset("nnunet", root)
+    with pytest.raises(BenchError, match=rf"^normalize 'ct_foreground' needs foreground \(label > 0\) in the "
+                                         rf"{len(ds.train_ids())} training cases of {re.escape(str(root))}; none has "
+                                         r"any, .*check the labels \(bench data verify\), or set normalize otherwise"):
+        intensity_stats(ds, load_protocol("smoke").with_overrides(normalize="ct_foreground"))
+
+
+def test_synthetic_volumes_too_small_for_the_organs_say_which_options_to_raise(tmp_path):
+    with pytest.raises(BenchError, match=r"organs \[.*\] do not fit at depth=1, size=8; give larger ones \(--option "
+                                         r"depth=N --option size=N; the defaults: depth=16, size=96\)"):
+        synthesize("synapse", tmp_path / "s", depth=1, size=8)
+
+
 def test_a_folds_test_labels_are_checked_at_planning(roots, tmp_path):
     """--folds scores each fold's own test cases: a bad label among them (a training case of the default
     split, whose volume labels are not decoded before training) fails the grid at planning, not after a fold

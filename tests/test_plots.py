@@ -249,7 +249,7 @@ def test_point_labels_stay_inside_the_axes(monkeypatch, tmp_path, costs):
     from bench import plots
 
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi=120: figures.append(fig) or path)
     points = pd.DataFrame({"label": ["unet", "vmunet (tiny)", "transunet (hidden_size=96, num_layers=2)"],
                            "family": ["cnn", "ssm", "transformer"], "colour": ["#0072B2", "#D55E00", "#E69F00"],
                            "cost": costs, "dsc": [70.0, 75.0, 72.0], "dsc_std": [1.0, 1.0, 1.0]})
@@ -281,7 +281,7 @@ def test_training_curves_of_many_runs_are_one_colour_and_one_legend_entry_per_mo
     lone["split"], lone["train"]["epoch_losses"] = "fold2", [0.8, 0.6]
     write_record(lone, tmp_path)
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi=120: figures.append(fig) or path)
     (path,) = plots.training_curves(tmp_path, tmp_path / "out")
     (fig,) = figures
     assert len(fig.axes) == 1  # no run logged a learning rate: no empty panel
@@ -307,7 +307,7 @@ def test_a_model_has_one_colour_in_every_figure_and_pooled_boards_say_their_boxe
         for model, d in dice.items():  # the best model differs: the median order flips between boards
             write_record(make_record(model, dataset=dataset, seed=0, dice=d), tmp_path)
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi=120: figures.append(fig) or path)
     plots.per_class_boxplots(load(tmp_path, level="case"), tmp_path / "out")
     assert len(figures) == 2
     colours = [{t.get_text(): mcolors.to_hex(h.get_color()) for t, h in zip(fig.axes[0].get_legend().get_texts(),
@@ -333,11 +333,46 @@ def test_a_model_keeps_its_colour_in_every_plot_and_report(results, tmp_path, mo
     labels = ["unet", "unet (tiny)", "mine", "vmunet", "vmunet (init x.pth@1234)"]
     colours = plots.model_colours(labels)
     assert colours["vmunet"] == plots.MODEL_COLOURS["vmunet"] and len(set(colours.values())) == len(labels)
+    # never a built-in's colour (transunet's, were it absent), nor a hue near one (tab20's first blue beside unet's)
+    extras = plots.model_colours(["unet", *(f"plugin{i}" for i in range(9))])
+    assert not {c for m, c in extras.items() if m != "unet"} & set(plots.MODEL_COLOURS.values())
+    assert "#1f77b4" not in extras.values()
     seen = []
-    monkeypatch.setattr(plots, "_scatter", lambda points, xlabel, title, path, left_out=(): seen.append(points) or path)
+    monkeypatch.setattr(plots, "_scatter", lambda points, xlabel, title, path, *rest: seen.append(points) or path)
     results_dir, _ = results
     plots.accuracy_vs_cost(load(results_dir), None, tmp_path / "a")
     (points,) = seen  # the params axis: every model, each in its colour, its family as the marker
     assert dict(zip(points["label"], points["colour"])) == {m: plots.model_colours(points["label"])[m]
                                                               for m in points["label"]}
     assert dict(zip(points["label"], points["colour"]))["unet"] == plots.MODEL_COLOURS["unet"]
+
+
+def test_paper_style_draws_for_a_journals_column(results, tmp_path, monkeypatch):
+    """A plots review: 7-11 inch figures scaled to an 8.5 cm column left 2-5 pt text, at 120 dpi, with the
+    board's title in the figure where a paper's caption says it."""
+    from bench import plots
+
+    results_dir, _ = results
+    saved, real = [], plots._save
+
+    def save(fig, path, dpi=120):  # size, dpi, titles and axis-label size of each figure, then saved
+        titles = [ax.get_title() for ax in fig.axes] + [fig._suptitle.get_text() if fig._suptitle else ""]
+        font = max(label.get_fontsize() for ax in fig.axes for label in (ax.xaxis.label, ax.yaxis.label))
+        saved.append((fig.get_size_inches().tolist(), dpi, titles, font))
+        return real(fig, path, dpi)
+
+    monkeypatch.setattr(plots, "_save", save)
+    paper = plots.write_plots(results_dir, tmp_path / "paper", style="paper")
+    screen_saved = len(saved)
+    plots.write_plots(results_dir, tmp_path / "screen")
+    assert len(paper) == screen_saved == len(saved) - screen_saved == 5
+    for (width, height), dpi, titles, font in saved[:screen_saved]:
+        assert width <= 7.0 and height <= 2.5 and dpi == 300 and font == 7
+        assert not any(t.startswith(("DSC vs", "Per-class DSC", "Training")) for t in titles)  # the caption's
+    for (width, height), dpi, titles, font in saved[screen_saved:]:
+        assert width >= 6.0 and dpi == 120 and font == 10
+        assert any(t.startswith(("DSC vs", "Per-class DSC", "Training")) for t in titles)
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match=r"--plot-style 'poster': expected one of screen, paper"):
+        plots.write_plots(results_dir, tmp_path / "x", style="poster")

@@ -287,7 +287,7 @@ def test_the_fingerprint_samples_the_foreground_of_the_cropped_cases():
     label[3:5, 5:9, 3:7] = 1
     label[0, 0, 0] = 1  # labelled, yet outside the non-zero box: nnU-Net's crop drops it
     box, _ = nonzero_box(image)
-    ds = SimpleNamespace(foreground_stats=None, target_spacing=None, mask_norm=None, n_train_cases=1,
+    ds = SimpleNamespace(root="data", foreground_stats=None, target_spacing=None, mask_norm=None, n_train_cases=1,
                          train_volume_ids=lambda: ["case"], train_case=lambda case: (image, label))
     _fingerprint(ds, SimpleNamespace(normalize="ct_foreground", target_spacing="native", patch_size=[8, 8, 8]))
     assert ds.foreground_stats == foreground_statistics([(image[box], label[box])], 1)

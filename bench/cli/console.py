@@ -45,9 +45,11 @@ def main() -> None:
     # SIGTERM (what Slurm and torchrun send first) as Ctrl-C: cleanup runs (temp files, the run's
     # claim) and the command says so, where the process died with neither
     previous = signal.signal(signal.SIGTERM, _interrupt) if handles else None
+    shown = warnings.showwarning  # _main puts the one-line form in its place
     try:
         _main()
     finally:
+        warnings.showwarning = shown  # called in-process, the caller's warnings go where they went
         # called in-process (tests, a notebook): the caller's handler back, or processes it forks later
         # inherit ours (a multiprocessing pool's terminate() then hangs); kept once a SIGTERM came
         if handles and signal.getsignal(signal.SIGTERM) is _interrupt:

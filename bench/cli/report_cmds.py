@@ -37,6 +37,8 @@ def report(
                                                         "default all")] = None,
     plot_format: Annotated[str, typer.Option(help="with --out (Markdown): the plots as png, or pdf/svg (vector, "
                                                   "for a paper)")] = "png",
+    plot_style: Annotated[str, typer.Option(help="with --out (Markdown): screen, or paper (a journal's column: "
+                                                 "half the size, 7 pt text, 300 dpi PNGs, no titles)")] = "screen",
 ) -> None:
     """Leaderboards (mean ± std over seeds, per organ) from the run records.
 
@@ -45,13 +47,15 @@ def report(
     from bench.report import parse_columns, write_report
 
     groups = parse_columns(columns)  # before anything is read
-    from bench.plots import check_plot_format
+    from bench.plots import check_plot_format, check_plot_style
 
     check_plot_format(plot_format)  # before anything is read, with or without --out
+    check_plot_style(plot_style)
 
     format = _format_for(format, out)
     text = write_report(results, format.value, out, published=published_file or published, reference=reference,
-                        models=models, datasets=dataset, columns=groups, plot_format=plot_format, policies=policy)
+                        models=models, datasets=dataset, columns=groups, plot_format=plot_format, policies=policy,
+                        plot_style=plot_style)
     if out is None:
         typer.echo(text, nl=not text.endswith("\n"))  # a CSV piped on ends in one newline, not an empty row
     else:

@@ -44,7 +44,7 @@ import numpy as np
 
 from bench.data import synapse as syn
 from bench.data.base import check_whole_ids, reading, root_is_file
-from bench.errors import BenchError
+from bench.errors import BenchError, few
 from bench.fileio import absent, atomic_write_dir, is_within, portable_write_text
 
 HU_WINDOW = (-125.0, 275.0)
@@ -80,7 +80,7 @@ def _btcv_files(raw: Path) -> dict[str, tuple[Path, Path]]:
             continue
         case = f"case{m.group(1)}"
         if case in files:
-            raise BenchError(f"{img}: case {case} is there as .nii and .nii.gz; keep one")
+            raise BenchError(f"{img}: volume {m.group(1)} is there as .nii and .nii.gz; keep one")
         labels = [p for p in (base / "label" / f"label{m.group(1)}{e}" for e in (".nii.gz", ".nii")) if p.is_file()]
         if not labels:
             expected = base / "label" / f"label{m.group(1)}.nii.gz"
@@ -88,7 +88,7 @@ def _btcv_files(raw: Path) -> dict[str, tuple[Path, Path]]:
         files[case] = (img, labels[0])
     missing = [c for c in BTCV_CASES if c not in files]
     if missing:
-        listed = ", ".join(missing[:6]) + ("..." if len(missing) > 6 else "")
+        listed = few([f"img{c[4:]}.nii.gz" for c in missing], 6)  # as the files are named
         raise BenchError(f"{base / 'img'}: {len(missing)} of BTCV's 30 training volumes missing ({listed}); "
                          "TransUNet's split needs all 30")
     return {c: files[c] for c in BTCV_CASES}
@@ -376,12 +376,14 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
     raw = Path(raw).expanduser()
     if raw.is_file():
         raise BenchError(f"--raw {raw}: {root_is_file(raw)} (expected images/ and masks/)")
-    name = name if name is not None else raw.resolve().name
+    name_given, name = name is not None, name if name is not None else raw.resolve().name
     for what, value in (("--name", name), ("--label", label)):
         if not isinstance(value, str) or not value.strip() or "\n" in value:
             raise BenchError(f"{what}: expected a name; got {value!r}")
     if re.search(r"[,:/\\]", name):  # boards are `nnunet:<name>`, chosen with --dataset's comma list
-        raise BenchError(f"--name {name!r}: no ',', ':', '/' or '\\' (--dataset nnunet:NAME chooses its board)")
+        given = "--name" if name_given else "the folder's name (the default --name)"
+        raise BenchError(f"{given} {name!r}: no ',', ':', '/' or '\\' (--dataset nnunet:NAME chooses its board); "
+                         "pass --name")
     if label.strip().lower() in ("background", "ignore"):  # nnU-Net's names for class 0 and unannotated pixels
         raise BenchError(f"--label {label!r}: a name nnU-Net gives another meaning; name the masks' class, e.g. lesion")
     cases: list[tuple[str, str, Path, list[Path]]] = []  # (part, case id, image, masks)
@@ -392,11 +394,12 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
             (path, why), more = problems[0], len(problems) - 1
             raise BenchError(f"{path}: {why}" + (f" (and {more} more problems)" if more else ""))
         for image, masks in groups:
-            first = min(masks, key=lambda m: (len(m.stem), m.stem))
-            if strays := [m.name for m in masks if m != first and not re.fullmatch(rf"{re.escape(first.stem)}_\d+", m.stem)]:
-                raise BenchError(f"{image}: masks {', '.join(strays)} match its name but are not parts of {first.name} "
-                                 f"(named {first.stem}_1, _2, …, as BUSI's): another image's? rename or move them")
-            masks = [first, *sorted(m for m in masks if m != first)]
+            # one mask's parts share a name but for a number (BUSI's x_mask, x_mask_1; a_lesion_1, a_lesion_2)
+            if len({re.sub(r"_\d+$", "", m.stem) for m in masks}) > 1:
+                raise BenchError(f"{image}: masks {', '.join(sorted(m.name for m in masks))} match its name but are "
+                                 "not one mask's parts (names alike but for a final _<number>, as BUSI's x_mask.png, "
+                                 "x_mask_1.png): another image's? rename or move them")
+            masks = sorted(masks, key=lambda m: (len(m.stem), m.stem))
             case = _case_id(image.stem)
             if case.lower() in seen:  # in any case: a macOS or Windows disk holds one of two such files
                 raise BenchError(f"{image}: its case id {case!r} is {seen[case.lower()]}'s too; rename one of them")
@@ -407,7 +410,13 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
                          "a test case)")
     gray = all(_is_gray(read_rgb(image)) for _, _, image, _ in cases)  # one pass to choose, one to write
     # 16-bit gray kept as it is where every image is (12-bit data scaled to 8 bits keeps 17 grey levels)
-    wide = gray and all(_mode(image) in _WIDE for _, _, image, _ in cases)
+    modes = [_mode(image) in _WIDE for _, _, image, _ in cases]
+    wide = gray and all(modes)
+    if any(modes) and not wide:  # some 16-bit beside 8-bit (or colour): scaled, 65535 -> 255, and said
+        named = [image.name for (_, _, image, _), w in zip(cases, modes) if w]
+        warnings.warn(f"{len(named)} 16-bit image(s) beside 8-bit ones scaled to 8 bits (65535 -> 255; a 12-bit "
+                      f"image keeps 17 grey levels): {', '.join(named[:3])}{', …' if len(named) > 3 else ''}; save "
+                      "them all in one depth", stacklevel=2)
     merged = [m.name for _, _, _, masks in cases for m in masks[1:]]
     levels: list[str] = []  # masks with a grey level beside 0/255
     meta = {"name": name, "description": f"converted by bench data convert --source pairs from {raw.name}",
@@ -424,9 +433,14 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
                 m = mask_pixels(mask)
                 if m.shape != fg.shape:
                     raise BenchError(f"{mask}: {size_mismatch(image, pixels.shape[:2], m.shape)}")
-                if m.max(initial=0) == 1:  # class ids 0/1: one class, unambiguous
+                top = int(m.max(initial=0))
+                if top == 1:  # class ids 0/1: one class, unambiguous
                     fg |= m == 1
                     continue
+                if top < 128 and top:  # ids 0/1/2 (or a 0/1 mask's JPEG noise): >= 128 would read as nothing
+                    raise BenchError(f"{mask}: mask values reach only {top}: class ids? --source pairs converts "
+                                     "one class, from 0/255 (or 0/1) masks; write class-id labels of several "
+                                     "classes into an nnU-Net dataset yourself, and save masks as PNG, not JPEG")
                 if mask_levels_note(m.astype(np.float32) / np.float32(255.0)):
                     levels.append(mask.name)
                 fg |= m >= 128

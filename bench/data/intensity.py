@@ -25,11 +25,12 @@ NNUNET_SEED = 1234
 
 
 def foreground_statistics(cases: Iterable[tuple[np.ndarray, np.ndarray]], n_cases: int,
-                          total_samples: float = NNUNET_SAMPLES) -> list[dict[str, float]]:
+                          total_samples: float = NNUNET_SAMPLES, where: str = "the training cases") -> list[dict[str, float]]:
     """Per channel {mean, std, percentile_00_5, percentile_99_5} (nnU-Net's names) of the foreground of
-    ``cases``: ``n_cases`` (image, label) pairs, image spatial or channels-last (spatial + C)."""
+    ``cases``: ``n_cases`` (image, label) pairs, image spatial or channels-last (spatial + C); ``where``
+    names them in the error where none holds foreground."""
     per_case = samples_per_case(n_cases, total_samples)
-    return statistics_of([case_draws(image, label, per_case) for image, label in cases])
+    return statistics_of([case_draws(image, label, per_case) for image, label in cases], where)
 
 
 def samples_per_case(n_cases: int, total_samples: float = NNUNET_SAMPLES) -> int:
@@ -49,10 +50,13 @@ def case_draws(image: np.ndarray, label: np.ndarray, per_case: int) -> list[np.n
             for c in range(chans.shape[-1])]
 
 
-def statistics_of(draws: list[list[np.ndarray]]) -> list[dict[str, float]]:
-    """The statistics of every case's draws (``case_draws``, in case order), per channel."""
+def statistics_of(draws: list[list[np.ndarray]], where: str = "the training cases") -> list[dict[str, float]]:
+    """The statistics of every case's draws (``case_draws``, in case order), per channel; ``where``: the cases,
+    for the error where none holds foreground."""
     if not any(len(case[0]) for case in draws):
-        raise BenchError("normalize 'ct_foreground' needs foreground (label > 0) in the training cases; none has any")
+        raise BenchError(f"normalize 'ct_foreground' needs foreground (label > 0) in {where}; none has any, so "
+                         "there are no intensities to take its window from: check the labels (bench data verify), "
+                         "or set normalize otherwise in a protocol file of your own")
     out = []
     for c in range(len(draws[0])):
         x = np.concatenate([case[c] for case in draws])
@@ -74,5 +78,7 @@ def intensity_stats(dataset, protocol) -> list[dict[str, float]] | None:
 
             volume_prep(dataset, protocol)
         else:
-            dataset.foreground_stats = foreground_statistics(dataset.train_cases(), dataset.n_train_cases)
+            dataset.foreground_stats = foreground_statistics(
+                dataset.train_cases(), dataset.n_train_cases,
+                where=f"the {dataset.n_train_cases} training cases of {dataset.root}")
     return dataset.foreground_stats

@@ -181,7 +181,8 @@ def _fingerprint(dataset, protocol) -> None:
         processes = preprocess_processes(len(ids), len(protocol.patch_size))
         parts = list(_over_cases(_case_fingerprint, (dataset, per_case), ids, processes, ordered=True))
         found = {"format": FINGERPRINT_FORMAT, "cases": ids, "shapes": [p[0] for p in parts],
-                 "kept": [p[1] for p in parts], "stats": statistics_of([p[2] for p in parts]) if need_stats else None}
+                 "kept": [p[1] for p in parts], "stats": statistics_of([p[2] for p in parts], f"the {len(ids)} training cases of {dataset.root}")
+                 if need_stats else None}
         if path is not None:
             _write_fingerprint(path, found)
     if need_stats:

@@ -229,7 +229,9 @@ def _checked_synapse_volume(rng, depth, size, case):
     image, label = synapse_volume(rng, depth, size)
     missing = sorted(set(range(1, 9)) - set(np.unique(label).tolist()))
     if missing:  # a generator bug or sizes too small to draw every organ
-        raise BenchError(f"synthetic {case}: labels {missing} missing at depth={depth}, size={size}; use larger sizes")
+        raise BenchError(f"synthetic {case}: organs {missing} do not fit at depth={depth}, size={size}; give larger "
+                         f"ones (--option depth=N --option size=N; the defaults: depth={DEFAULTS['synapse']['depth']}, "
+                         f"size={DEFAULTS['synapse']['size']})")
     return image, label
 
 

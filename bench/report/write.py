@@ -111,7 +111,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                  published: Path | bool | None = None, reference: str | None = None,
                  models: str | Iterable[str] | None = None, datasets: str | Iterable[str] | None = None,
                  columns: str | Iterable[str] | None = None, plot_format: str = "png",
-                 policies: str | Iterable[str] | None = None) -> str:
+                 policies: str | Iterable[str] | None = None, plot_style: str = "screen") -> str:
     """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically.
 
     Accuracy boards show each run's own GMAC count (records written before runs counted them:
@@ -122,7 +122,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     ``bench.plots`` are written to ``<out stem>_files/`` beside it and linked. ``models`` /
     ``datasets`` / ``policies``: only their runs, a list or a comma list (and profiles of those models;
     ``select_runs``).
-    ``columns``: the boards' ``COLUMN_GROUPS`` and presets (Markdown, LaTeX; None: all)."""
+    ``columns``: the boards' ``COLUMN_GROUPS`` and presets (Markdown, LaTeX; None: all). ``plot_format`` and
+    ``plot_style``: the plots' (``bench.plots.PLOT_FORMATS``, ``PLOT_STYLES``)."""
     from bench.cost import load_profiles
     from bench.fileio import check_dangling_link, ensure_writable_dir
 
@@ -205,7 +206,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
 
                 images = Path(out).parent / f"{Path(out).stem}_files"
                 paths = write_plots(results_dir, images, df_runs=df_runs, df_cases=df_cases, df_profiles=profiles,
-                                    set_runs=set_runs, set_cases=set_cases, fmt=plot_format)
+                                    set_runs=set_runs, set_cases=set_cases, fmt=plot_format, style=plot_style)
                 if paths:
                     extra.append("## Plots\n\n" + "\n\n".join(
                         f"![{p.stem}](<{images.name}/{p.name}>)" for p in paths) + "\n")  # <>: names with spaces
