@@ -86,6 +86,7 @@ def check_plot_style(style: str) -> PlotStyle:
         raise BenchError(f"--plot-style {style!r}: expected one of {', '.join(PLOT_STYLES)}")
     return PLOT_STYLES[style.lower()]
 
+
 # Each built-in model keeps its colour (Okabe and Ito's colour-blind-safe palette) in every figure of every
 # report, whatever else is plotted; other models and configurations take, in name order, black and Tol's
 # muted colours (no hue near a built-in's), then tab20's
@@ -214,25 +215,25 @@ def _finite(value) -> bool:
 
 
 def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path, left_out: Sequence[str] = (),
-             style: PlotStyle = PLOT_STYLES["screen"]) -> Path:
+             looks: PlotStyle = PLOT_STYLES["screen"]) -> Path:
     """``points``: columns label, family, colour (the model's, ``model_colours``), cost, dsc (%), dsc_std (%);
     NaN-free cost and dsc; the family as the marker's shape. ``left_out``: the board's rows without such a
-    cost, named under the axis (the front is of the points shown)."""
+    cost, named under the axis (the front is of the points shown). ``looks``: sizes and fonts."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=style.size(7, 4.8), layout="constrained")
+    fig, ax = plt.subplots(figsize=looks.size(7, 4.8), layout="constrained")
     front = np.array(pareto_front(points["cost"], points["dsc"]))
     for _, p in points.iterrows():
         yerr = p["dsc_std"] if _finite(p["dsc_std"]) else None
         ax.errorbar([p["cost"]], [p["dsc"]], yerr=None if yerr is None else [yerr],
                     fmt=FAMILY_MARKERS.get(p["family"], _OTHER_MARKER), color=p["colour"], ecolor=p["colour"],
-                    elinewidth=1, capsize=3 * style.scale ** 0.5, markersize=7 * style.scale ** 0.5, alpha=0.9)
+                    elinewidth=1, capsize=3 * looks.scale ** 0.5, markersize=7 * looks.scale ** 0.5, alpha=0.9)
     for family in sorted(set(points["family"])):  # the legend: families by shape (the points are labelled)
         ax.plot([], [], FAMILY_MARKERS.get(family, _OTHER_MARKER), color="0.35", label=family)
     on = points[front].sort_values(["cost", "dsc"])
     if not on.empty:
         ax.step(on["cost"], on["dsc"], where="post", color="black", linewidth=1, alpha=0.6, zorder=1,
                 label="Pareto front" + (" (of those shown)" if left_out else ""))
-        ax.scatter(on["cost"], on["dsc"], s=110 * style.scale, facecolors="none", edgecolors="black", linewidths=1.5,
+        ax.scatter(on["cost"], on["dsc"], s=110 * looks.scale, facecolors="none", edgecolors="black", linewidths=1.5,
                    zorder=3)
     log = points["cost"].min() > 0 and points["cost"].max() / points["cost"].min() > 20
     if log:
@@ -244,17 +245,17 @@ def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path, left_out
         label = p["label"] if len(p["label"]) <= 40 else p["label"][:39] + "…"  # long config labels
         # labels of the right-hand points run leftwards, inside the axes, not under the legend beside them
         ax.annotate(label, (p["cost"], p["dsc"]), textcoords="offset points", xytext=(-5, 5) if right else (5, 5),
-                    ha="right" if right else "left", fontsize=style.font - 2)
+                    ha="right" if right else "left", fontsize=looks.font - 2)
     if left_out:  # a model missing from the plot could be the front's best: said, not silently dropped
         xlabel += "\nnot shown, without this cost measured like the others: " + ", ".join(left_out)
     ax.set_xlabel(xlabel)
     bars = points["dsc_std"].map(_finite).any()  # what the bars are, where a reader sees them
     ax.set_ylabel("DSC (%)" + (", bars: SD over seeds" if bars else ""))
-    if style.title:
-        ax.set_title(title, fontsize=style.font - 1)
+    if looks.title:
+        ax.set_title(title, fontsize=looks.font - 1)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # beside, not over, the points
-    return _save(fig, path, style.dpi)
+    return _save(fig, path, looks.dpi)
 
 
 def _timed_profiles(profiles: pd.DataFrame) -> tuple[pd.DataFrame, str]:
