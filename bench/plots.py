@@ -435,7 +435,8 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
                     fmt: str = "png", *, colours: dict[str, Any] | None = None,
                     looks: PlotStyle = PLOT_STYLES["screen"]) -> list[Path]:
     """Train loss and learning rate against step, one PNG per board, one line per run, one colour and
-    one legend entry per model (a grid of seeds × folds stays readable).
+    one legend entry per model (a grid of seeds × folds stays readable); a model of several runs logged
+    by TensorBoard has its runs' mean loss drawn bold, at the steps all of them logged, over its runs thin.
 
     Reads ``results_dir/runs/<run_id>/tb`` (the ``train/loss`` and ``train/lr`` scalars) for
     every run that has a record (``df_runs``: ``records.load(results_dir)``, loaded here when not
@@ -478,18 +479,29 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
                                  layout="constrained", squeeze=False)
         ax_loss, ax_lr = axes[0][0], axes[0][-1] if with_lr else None
         n_runs = collections.Counter(run["model_label"] for run, _, _ in curves)  # in the order of first appearance
-        labelled: set[str] = set()
+        logged: dict[str, list[dict]] = {}  # per model, each run's logged loss by step
+        for run, scalars, _ in curves:
+            if "train/loss" in scalars:
+                logged.setdefault(run["model_label"], []).append(dict(zip(*scalars["train/loss"])))
+        averaged = {m for m, losses in logged.items() if len(losses) > 1}
+        labelled: set[str] = set(averaged)  # their legend entry is the mean's
         for run, scalars, (ep_steps, ep_losses) in curves:
             model = run["model_label"]
             label = "_nolegend_" if model in labelled else _curve_label(run, n_runs[model])  # one entry per model
             labelled.add(model)
-            line = dict(linewidth=1, color=colour[model], alpha=1 if n_runs[model] == 1 else 0.6)
+            line = dict(linewidth=0.6 if model in averaged else 1, color=colour[model],
+                        alpha=1 if n_runs[model] == 1 else 0.35 if model in averaged else 0.6)
             if "train/loss" in scalars:
                 ax_loss.plot(*scalars["train/loss"], label=label, **line)
             else:
                 ax_loss.plot(ep_steps, ep_losses, "--o", markersize=3 * looks.scale, label=label, **line)
             if with_lr and "train/lr" in scalars:
                 ax_lr.plot(*scalars["train/lr"], **line)
+        for model in averaged:  # the seeds' mean, where every run logged the step
+            losses = logged[model]
+            steps = sorted(set.intersection(*(set(loss) for loss in losses)))
+            ax_loss.plot(steps, [float(np.mean([loss[s] for loss in losses])) for s in steps], linewidth=1.6,
+                         color=colour[model], label=f"{model} (mean of {len(losses)} runs, each thin)")
         ax_loss.set(xlabel="step", ylabel="train loss", title="Loss (dashed: the records' epoch means)"
                     if any(not scalars.get("train/loss") for _, scalars, _ in curves) else "Loss")
         if with_lr:

@@ -376,3 +376,30 @@ def test_paper_style_draws_for_a_journals_column(results, tmp_path, monkeypatch)
 
     with pytest.raises(BenchError, match=r"--plot-style 'poster': expected one of screen, paper"):
         plots.write_plots(results_dir, tmp_path / "x", style="poster")
+
+
+def test_a_models_seeds_are_drawn_thin_under_their_mean_loss(tmp_path, monkeypatch):
+    """A plots review: every seed was one more line of the same colour, with no mean to read."""
+    import numpy as np
+    from torch.utils.tensorboard import SummaryWriter
+
+    from bench import plots
+
+    for seed, (scale, last) in enumerate(((1.0, 20), (3.0, 10))):  # the second logged half the steps
+        rec = make_record("unet", seed=seed, protocol="smoke", synthetic=True)
+        write_record(rec, tmp_path)
+        writer = SummaryWriter(log_dir=str(tmp_path / "runs" / rec["run_id"] / "tb"))
+        for step in range(1, last + 1):
+            writer.add_scalar("train/loss", scale / step, step)
+        writer.close()
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi=120: figures.append(fig) or path)
+    plots.training_curves(tmp_path, tmp_path / "out")
+    (fig,) = figures
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["unet (mean of 2 runs, each thin)"]
+    (mean,) = [line for line in fig.axes[0].get_lines() if line.get_label().startswith("unet (mean")]
+    assert list(mean.get_xdata()) == list(range(1, 11))  # the steps both runs logged
+    np.testing.assert_allclose(mean.get_ydata(), [2.0 / s for s in range(1, 11)], rtol=1e-6)
+    thin = [line for line in fig.axes[0].get_lines() if line is not mean]
+    assert len(thin) == 2 and all(line.get_linewidth() < mean.get_linewidth() for line in thin)
