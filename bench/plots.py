@@ -152,12 +152,12 @@ def _pyplot():
     return plt
 
 
-def model_colours(labels) -> dict[str, Any]:
+def model_colours(labels, given: dict[str, Any] | None = None) -> dict[str, Any]:
     """One colour per model label, the same in every figure of a report (scatter plots, box plots,
     training curves): a built-in model's own (``MODEL_COLOURS``) for the first of its labels in name
     order, whatever other models are plotted; the other labels (a second configuration, a plugin) take
-    ``EXTRA_COLOURS`` in name order, then tab20's. ``write_plots`` takes it of all its figures' labels at
-    once, so a label of neither kind keeps its colour between them too."""
+    ``EXTRA_COLOURS`` in name order, then tab20's. ``given``: colours chosen already, kept (``write_plots``
+    takes them of all its figures' labels at once, so a label of neither kind keeps its colour between them)."""
     names = sorted(set(map(str, labels)))
     out: dict[str, Any] = {}
     for name in names:
@@ -167,7 +167,7 @@ def model_colours(labels) -> dict[str, Any]:
     cmap = _pyplot().get_cmap("tab20")
     for i, name in enumerate(n for n in names if n not in out):
         out[name] = EXTRA_COLOURS[i] if i < len(EXTRA_COLOURS) else cmap((i - len(EXTRA_COLOURS)) % cmap.N)
-    return {name: out[name] for name in names}
+    return {**{name: out[name] for name in names}, **(given or {})}
 
 
 PLOT_FORMATS = ("png", "pdf", "svg")  # by the file's suffix; pdf and svg: vector, for a paper
@@ -298,7 +298,7 @@ def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, ou
                       timed.get("scan_backend", []))}
     boards = leaderboards(df_runs)
     join_cost(boards, profiles)
-    colour_of = {**model_colours([m for board in boards.values() for m in board["model"]]), **(colours or {})}
+    colour_of = model_colours([m for board in boards.values() for m in board["model"]], colours)
     written: list[Path] = []
     for key, board in boards.items():
         if "dice_mean" not in board:
@@ -350,7 +350,7 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path, fmt: str = "png", 
         return []
     plt = _pyplot()
     df = label_cases(df_cases)
-    colour_of = {**model_colours(df["model_label"]), **(colours or {})}
+    colour_of = model_colours(df["model_label"], colours)
     written: list[Path] = []
     for key, board in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
         per_case = board.groupby(["model_label", "class", "name", "case"], sort=False)["dice"].mean().reset_index()
@@ -461,7 +461,7 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
 
     df = label_runs(df).sort_values(["model_label", "seed", "run_id"])
     plt = _pyplot()
-    colour = {**model_colours(df["model_label"]), **(colours or {})}
+    colour = model_colours(df["model_label"], colours)
     written: list[Path] = []
     for key, runs in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
         curves = []

@@ -536,11 +536,11 @@ def finished(df_runs: pd.DataFrame) -> pd.DataFrame:
     return df_runs[df_runs["status"] == "finished"]
 
 
-def no_runs(results_dir: Path | str, filtered: bool = False) -> str:
+def no_runs(results_dir: Path | str, *filters: str | Iterable[str] | None) -> str:
     """What every command says of a results folder without a finished run (most likely not the folder
-    meant, or its runs failed): the runs begun there, if any; ``filtered``: of the --models/--dataset/--policy
-    asked for."""
-    if filtered:
+    meant, or its runs failed): the runs begun there, if any; where ``filters`` (the --models, --dataset,
+    --policy asked for, ``name_list``'s forms) name some, of those."""
+    if any(name_list(f) is not None for f in filters):  # "all" filters nothing
         return f"{results_dir}: no finished runs of these --models/--dataset/--policy"
     begun = sorted(p.name for p in runs_dir(Path(results_dir)).glob("*") if p.is_dir())
     if begun:

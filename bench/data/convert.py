@@ -415,7 +415,7 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
     if any(modes) and not wide:  # some 16-bit beside 8-bit (or colour): scaled, 65535 -> 255, and said
         named = [image.name for (_, _, image, _), w in zip(cases, modes) if w]
         warnings.warn(f"{len(named)} 16-bit image(s) beside 8-bit ones scaled to 8 bits (65535 -> 255; a 12-bit "
-                      f"image keeps 17 grey levels): {', '.join(named[:3])}{', …' if len(named) > 3 else ''}; save "
+                      f"image keeps 17 grey levels): {few(named, 3)}; save "
                       "them all in one depth", stacklevel=2)
     merged = [m.name for _, _, _, masks in cases for m in masks[1:]]
     levels: list[str] = []  # masks with a grey level beside 0/255
@@ -456,12 +456,12 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
     path = atomic_write_dir(Path(out).expanduser(), write)
     if levels:  # a second class drawn in grey: the converter writes one class, so say where it split them
         warnings.warn(f"{len(levels)} mask(s) hold a grey level over a region beside 0/255, several classes in one "
-                      f"mask? Pixels >= 128 became {label!r}, the others background: {', '.join(levels[:3])}"
-                      f"{', …' if len(levels) > 3 else ''}; for several classes, write class-id labels (0, 1, 2, …) "
+                      f"mask? Pixels >= 128 became {label!r}, the others background: {few(levels, 3)}; for several "
+                      "classes, write class-id labels (0, 1, 2, …) "
                       "into an nnU-Net dataset yourself", stacklevel=2)
     if merged:
         warnings.warn(f"{len(merged)} mask(s) merged into their image's first (the pixel-wise maximum): "
-                      f"{', '.join(merged[:3])}{', …' if len(merged) > 3 else ''}", stacklevel=2)
+                      f"{few(merged, 3)}", stacklevel=2)
     return path
 
 

@@ -18,7 +18,6 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.names import name_list
 from bench.records import finished, load, no_runs, read_record, select_runs, short_commit, split_fold
 from bench.report.board_text import _fmt_duration, board_title
 from bench.report.boards import _binary_task, _code_versions
@@ -44,7 +43,7 @@ def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
     results_dir = Path(results_dir)
     df = finished(select_runs(load(results_dir), models, datasets, results_dir, policies=policies))
     if df.empty:
-        said = no_runs(results_dir, any(name_list(x) is not None for x in (models, datasets, policies)))
+        said = no_runs(results_dir, models, datasets, policies)
         if not empty_ok:
             raise BenchError(said)
         return f"{said}.\n"

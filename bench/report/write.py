@@ -151,11 +151,10 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     df_runs, profiles = load(results_dir), load_profiles(results_dir)  # load first: it checks the folder
     profiled = set(profiles["model"]) if profiles is not None and "model" in profiles else set()
     df_runs = finished(select_runs(df_runs, *given, results_dir, profiled, policies))
-    costs = profiles is not None and not profiles.empty
-    filtered = any(name_list(x) is not None for x in (models, datasets, policies))  # "all" is no filter
+    costs, filters = profiles is not None and not profiles.empty, (models, datasets, policies)
     if df_runs.empty and out is not None and (fmt == ReportFormat.cases or not costs):
         # a file saying there is nothing would read as a report; the message is the command's error
-        raise BenchError(no_runs(results_dir, filtered))
+        raise BenchError(no_runs(results_dir, *filters))
     if models and profiles is not None and "model" in profiles:
         profiles = profiles[profiles["model"].isin(models)]
     df_cases = load(results_dir, level="case") if not df_runs.empty else None
@@ -170,13 +169,13 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         if not boards and fmt == ReportFormat.md and costs:
             text = f"{results_dir}: no finished runs; the cost tables of its `bench profile` records only.\n"
         elif not boards and fmt == ReportFormat.md:  # most likely not the folder meant, or no run finished
-            text = f"{no_runs(results_dir, filtered)}.\n"
+            text = f"{no_runs(results_dir, *filters)}.\n"
         elif not boards and fmt == ReportFormat.csv:  # its header alone, which a script would read as no runs
-            warnings.warn(f"{no_runs(results_dir, filtered)}: the boards' CSV holds its header only"
+            warnings.warn(f"{no_runs(results_dir, *filters)}: the boards' CSV holds its header only"
                           + (" (its `bench profile` records' cost tables: --format md or latex)" if costs else ""),
                           stacklevel=2)
         elif not boards and not costs:  # LaTeX: a comment line alone, unexplained
-            warnings.warn(f"{no_runs(results_dir, filtered)}: no tables", stacklevel=2)
+            warnings.warn(f"{no_runs(results_dir, *filters)}: no tables", stacklevel=2)
         if reference and models and reference.split(" (")[0] not in models:
             raise BenchError(f"--reference {reference!r}: not among --models {','.join(models)}; add it there to "
                              "compare with it")
