@@ -123,6 +123,7 @@ def init(device: torch.device) -> torch.device:
     A no-op returning ``device`` outside torchrun or once joined."""
     if not launched_by_torchrun() or world().distributed:
         return device
+    _check_no_gpu_index(device, int(os.environ.get("WORLD_SIZE", "1")))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
@@ -228,6 +229,7 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 def check_nproc(nproc: int, device: torch.device, batch_size: int) -> None:
     if nproc < 1:
         raise BenchError(f"--nproc must be >= 1; got {nproc}")
+    _check_no_gpu_index(device, nproc)
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise BenchError(f"--nproc {nproc}: one GPU per process, and this machine has {torch.cuda.device_count()}")
     check_batch(batch_size, nproc)
@@ -237,6 +239,12 @@ def check_nproc(nproc: int, device: torch.device, batch_size: int) -> None:
 
         warnings.warn(f"--nproc {nproc}: more processes than the {cores} CPU core(s) this process may use; they "
                       "take turns, so the run is slower than with fewer", stacklevel=2)
+
+
+def _check_no_gpu_index(device: torch.device, nproc: int) -> None:
+    if device.type == "cuda" and device.index is not None and nproc != 1:
+        raise BenchError(f"--device {device} with {nproc} processes: each process takes the GPU of its local rank, "
+                         "cuda:0 onwards; give --device cuda, and choose the GPUs with CUDA_VISIBLE_DEVICES")
 
 
 def check_batch(batch_size: int, nproc: int) -> None:

@@ -88,8 +88,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BenchError("--device cuda: no CUDA device is available to this torch build")
-    return torch.device(device)
+        raise BenchError(f"--device {device}: no CUDA device is available to this torch build")
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise BenchError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return chosen
 
 
 def fingerprint(device: torch.device | str = "cpu") -> dict[str, Any]:

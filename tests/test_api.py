@@ -287,6 +287,11 @@ def test_what_a_notebook_passes_from_an_api_fuzz(tmp_path, monkeypatch):
     patch = load_protocol("drift_2d").with_overrides(patch_size=np.array([16, 16])).patch_size
     assert list(patch) == [16, 16] and all(type(s) is int for s in patch)
     assert resolve_device("cpu:0") == resolve_device(torch.device("cpu", 0)) == torch.device("cpu:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with two GPUs picks one
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device(" CUDA:1 ") == torch.device("cuda", 1)
+    with pytest.raises(BenchError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
+        resolve_device("cuda:2")
     for bad in ("all", "m" * 65):
         with pytest.raises(ValueError, match="expected up to 64 letters"):
             register_model(family="cnn", paper_config={}, name=bad)(lambda **kw: None)

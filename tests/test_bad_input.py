@@ -934,9 +934,9 @@ def test_unknown_names(monkeypatch, capsys, tmp_path, args, names, phrase):
 
 @pytest.mark.parametrize("args, names, phrase", [
     (["run", "--models", "unet", "--dataset", "synapse", "--device", "gpu"], "Invalid value for '--device': 'gpu'",
-     "is not one of 'auto', 'cpu', 'cuda'. Did you mean 'cuda'? (bench run --help)"),
+     "is not one of 'auto', 'cpu', 'cuda', 'cuda:N'. Did you mean 'cuda'? (bench run --help)"),
     (["report", "--format", "lattex"], "'--format': 'lattex'", "Did you mean 'latex'? (bench report --help)"),
-    (["run", "--models", "unet", "--device", "CPU"], "'--device': 'CPU'", "Did you mean 'cpu'? (bench run --help)"),
+    (["predict", "--device", "cuda1"], "'--device': 'cuda1'", "Did you mean 'cuda'? (bench predict --help)"),
     (["data", "synth", "--like", "isic19", "--out", "x"], "'--like': 'isic19'", "Did you mean 'isic18'?"),
     (["data", "convert", "--source", "btcv", "--raw", "x"], "Missing option '--out'", "(bench data convert --help)"),
     (["report", "--nope"], "No such option: --nope", "(bench report --help)"),

@@ -51,6 +51,23 @@ def test_more_processes_than_batch_items_are_refused(tmp_path):
     assert not (tmp_path / "synthetic").exists()  # refused before the synthetic data is written
 
 
+def test_a_gpu_index_is_refused_where_each_process_takes_its_rank_gpu(monkeypatch):
+    """--device cuda:1 with several processes: distributed.init gives each process the GPU of its local
+    rank, so the index would be dropped unsaid; refused by the launcher's check and under torchrun."""
+    from bench import distributed
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(BenchError, match=r"--device cuda:1 with 2 processes: .* CUDA_VISIBLE_DEVICES"):
+        distributed.check_nproc(2, torch.device("cuda:1"), 8)
+    distributed.check_nproc(1, torch.device("cuda:1"), 8)  # one process keeps the GPU it was given
+    distributed.check_nproc(2, torch.device("cuda"), 8)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed, "launched_by_torchrun", lambda: True)
+    with pytest.raises(BenchError, match=r"--device cuda:0 with 2 processes"):
+        distributed.init(torch.device("cuda:0"))
+
+
 _GRAD_WORKER = r"""
 import os, sys, torch, torch.distributed as dist
 from bench.losses import segmentation_loss

@@ -10,8 +10,8 @@ import typer
 
 from bench.errors import BenchError
 from bench.names import name_list
-from bench.cli.options import (DEFAULT_RESULTS, Device, FinishedRuns, Models, MovedData, ScoringThreads,
-                               _compute_setup)
+from bench.cli.options import (DEFAULT_RESULTS, FinishedRuns, Models, MovedData, ScoringThreads,
+                               _compute_setup, device_option)
 
 
 def figure(
@@ -28,7 +28,7 @@ def figure(
     cases: Annotated[Optional[str], typer.Option(help="comma list of test case ids, one row each, in this order")] = None,
     n_cases: Annotated[Optional[int], typer.Option(help="without --cases: this many cases where the models differ "
                                                         "most [default: 3]")] = None,
-    device: Annotated[Device, typer.Option(help="where to predict")] = Device.auto,
+    device: Annotated[str, device_option("where to predict")] = "auto",
     threads: ScoringThreads = None,
     data_root: MovedData = None,
 ) -> None:
@@ -57,7 +57,7 @@ def figure(
 
         protocol = load_protocol(protocol).name
     _compute_setup(threads)
-    dev = resolve_device(device.value)
+    dev = resolve_device(device)
     columns = choose_runs(results, model_filter(models), dataset, seed, protocol,
                           policy)
     asked = 3 if n_cases is None else n_cases

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import enum
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -32,10 +32,17 @@ ScoringThreads = Annotated[Optional[int], typer.Option(help="torch CPU threads (
                                                             "run's own count repeats its CPU predictions bit for bit)")]
 
 
-class Device(str, enum.Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+def _device_name(value: str) -> str:
+    """--device: auto, cpu, cuda or cuda:N, any case (a machine with several GPUs picks one)."""
+    text = str(value).strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise ValueError(f"{value!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'.")
+    return text
+
+
+def device_option(help: str):
+    return typer.Option(parser=_device_name, metavar="DEVICE",
+                        help=f"{help}: auto (CUDA where there is one), cpu, cuda or cuda:N")
 
 
 def _compute_setup(threads: int | None) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bench.cli.options import DEFAULT_RESULTS, Device, ModelSets, Models, _compute_setup, _parse_sets
+from bench.cli.options import DEFAULT_RESULTS, ModelSets, Models, _compute_setup, _parse_sets, device_option
 from bench.errors import BenchError
 
 
@@ -27,7 +27,7 @@ def profile(
     batch_size: Annotated[Optional[str], typer.Option(help="also measure throughput at this batch (>= 2), or "
                                                            "'auto': the largest power of two that fits "
                                                            "(default: batch 1 only)")] = None,
-    device: Annotated[Device, typer.Option(help="where to time (counts are always taken on CPU)")] = Device.auto,
+    device: Annotated[str, device_option("where to time (counts are always taken on CPU)")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32 (TF32 off), tf32, bf16 or fp16 (autocast); a comma "
                                                 "list times each, counting once")] = "fp32",
     channels_last: Annotated[bool, typer.Option(help="time with channels_last memory format")] = False,
@@ -74,7 +74,7 @@ def profile(
     for option, value in (("--img-size", img_size), ("--num-classes", num_classes), ("--in-chans", in_chans)):
         if value < 1:
             raise BenchError(f"{option}: expected a whole number >= 1; got {value}")
-    dev = resolve_device(device.value)
+    dev = resolve_device(device)
     precisions = [p.strip() for p in precision.split(",")]
     twice = sorted({p for p in precisions if precisions.count(p) > 1})
     if twice:  # each would be timed, and the second record would replace the first

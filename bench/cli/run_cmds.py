@@ -10,9 +10,9 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from bench.cli.console import _echo_err, _warned
-from bench.cli.options import (DEFAULT_RESULTS, Device, FinishedRuns, ModelSets, Models, MovedData, RunDatasets, RunsProtocol,
+from bench.cli.options import (DEFAULT_RESULTS, FinishedRuns, ModelSets, Models, MovedData, RunDatasets, RunsProtocol,
                                ScoringThreads,
-                               _compute_setup, _parse_sets, _parse_spacing)
+                               _compute_setup, _parse_sets, _parse_spacing, device_option)
 from bench.errors import BenchError, few
 from bench.names import int_list
 
@@ -66,7 +66,7 @@ def run(
     data_root: Annotated[Optional[Path], typer.Option(help="dataset directory in its real on-disk format")] = None,
     synthetic: Annotated[bool, typer.Option(help="use a built-in synthetic dataset in the same format")] = False,
     results: Annotated[Path, typer.Option(help="results directory (records, runs, synthetic data)")] = DEFAULT_RESULTS,
-    device: Annotated[Device, typer.Option(help="where to train")] = Device.auto,
+    device: Annotated[str, device_option("where to train")] = "auto",
     resume: Annotated[bool, typer.Option(help="continue killed runs from their last checkpoint")] = False,
     policy: Annotated[Optional[str], typer.Option(help="metric policy (default: the protocol's)")] = None,
     pretrained_dir: Annotated[Optional[Path], typer.Option(
@@ -139,7 +139,7 @@ def run(
     if weights is None:  # evaluated weights start from no pretrained file
         resolve_inits(names, proto, pretrained_dir)  # every missing file named at once, before anything runs
     refuse_2d_models(names, proto)  # likewise every 2-D model under a 3-D protocol (the grid plans one by one)
-    dev = resolve_device(device.value)
+    dev = resolve_device(device)
     launch = nproc != 1 and not distributed.launched_by_torchrun()  # this process starts the others
     if launch:
         distributed.check_nproc(nproc, dev, proto.train.batch_size)  # before --synthetic writes data
@@ -192,7 +192,7 @@ def rescore(
     results: FinishedRuns = DEFAULT_RESULTS,
     models: Models = "all",
     protocol: RunsProtocol = None,
-    device: Annotated[Device, typer.Option(help="where to evaluate")] = Device.auto,
+    device: Annotated[str, device_option("where to evaluate")] = "auto",
     threads: ScoringThreads = None,
     data_root: MovedData = None,
     dataset: RunDatasets = None,
@@ -214,7 +214,7 @@ def rescore(
 
     _compute_setup(threads)
     roots = DataRoots(data_root or ())
-    dev = resolve_device(device.value)
+    dev = resolve_device(device)
     if protocol is not None:  # a broken file: one error before anything is scored
         load_protocol(protocol, earlier=True)
     todo = plan_rescore(results, policy, model_filter(models), dataset)
@@ -278,7 +278,7 @@ def predict(
     models: Models = "all",
     run: Annotated[Optional[list[str]], typer.Option(help="only this run id (repeatable)")] = None,
     protocol: RunsProtocol = None,
-    device: Annotated[Device, typer.Option(help="where to predict")] = Device.auto,
+    device: Annotated[str, device_option("where to predict")] = "auto",
     native_size: Annotated[bool, typer.Option(help="ISIC/polyp: masks at each image's own size (the scored "
                                                    "ones are at model resolution); other data is native already")] = False,
     threads: ScoringThreads = None,
@@ -302,7 +302,7 @@ def predict(
 
     _compute_setup(threads)
     roots = DataRoots(data_root or ())
-    dev = resolve_device(device.value)
+    dev = resolve_device(device)
     if protocol is not None:  # a broken file: one error before anything is written
         load_protocol(protocol, earlier=True)
     todo = plan_predict(results, model_filter(models), run, dataset)
