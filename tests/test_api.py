@@ -220,12 +220,15 @@ def test_the_gpu_rng_is_kept_too_where_the_grid_is_what_starts_cuda(monkeypatch)
 
 
 def test_a_report_of_a_folder_given_as_a_string_says_nothing_finished(tmp_path):
+    import pytest
+
+    from bench.errors import BenchError
     from bench.report import write_report
 
     (tmp_path / "runs" / "synapse-unet-s0").mkdir(parents=True)  # began, never finished
     (tmp_path / "records").mkdir()
-    text = write_report(str(tmp_path), "md")  # a str crashed the "nothing finished" message
-    assert "1 run(s) began here (synapse-unet-s0)" in text
+    with pytest.raises(BenchError, match=r"1 run\(s\) began here \(synapse-unet-s0\)"):
+        write_report(str(tmp_path), "md")  # a str crashed the "nothing finished" message
 
 
 def test_what_a_notebook_passes_from_an_api_fuzz(tmp_path, monkeypatch):

@@ -533,6 +533,11 @@ def test_nnunet_label_not_declared(data, key):
         Image.fromarray(np.array([0, 128, 255], np.uint8)[np.clip(arr, 0, 2)]).save(path)
         _raises(lambda: ds.load_test(case), names=path, phrase="[128, 255] outside 0..2; grey levels standing for "
                                                                "classes? store each as its class id")
+        ids = np.clip(arr, 0, 2).astype(np.uint8)
+        ids[-1] = 255  # a border of Pascal VOC's "void" beside class ids: not a 0/255 mask to divide by 255
+        Image.fromarray(ids).save(path)
+        _raises(lambda: ds.load_test(case), names=path, phrase="[255] outside 0..2; 255 beside class ids: an "
+                                                               "unlabelled border (Pascal VOC's void)?")
 
 
 @pytest.mark.parametrize("key, name, rel", [("isic", "isic17", "train/masks/ISIC_0000000_segmentation.png"),

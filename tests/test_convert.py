@@ -443,8 +443,13 @@ def test_pairs_that_cannot_be_converted_are_named_and_nothing_is_written(tmp_pat
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "sizes" / "masks" / "x_mask.png")
     with pytest.raises(BenchError, match=r"x_mask\.png: .*"):
         pairs_to_nnunet(tmp_path / "sizes", tmp_path / "out")
-    for bad, said in (({"label": "Background"}, "--label 'Background': a name nnU-Net gives another meaning"),
-                      ({"label": "ignore"}, "--label 'ignore': a name nnU-Net gives another meaning"),
+    for bad, said in (({"label": "Background"}, "--label 'Background': 'Background' is a name nnU-Net gives "
+                                                "another meaning"),
+                      ({"label": "ignore"}, "--label 'ignore': 'ignore' is a name nnU-Net gives another meaning"),
+                      ({"label": "a=1,b"}, "--label 'a=1,b': give every class a value (NAME=VALUE) or none"),
+                      ({"label": "a=1,b=1"}, "--label 'a=1,b=1': value 1 given to 'a' and 'b'"),
+                      ({"label": "a=red"}, "--label 'a=red': value 'red': expected a grey value or palette index"),
+                      ({"label": "a,A"}, "--label 'a,A': expected class names, each once"),
                       ({"name": " "}, "--name: expected a name"),
                       ({"name": "my,data"}, "--name 'my,data': no ',', ':', '/'")):
         with pytest.raises(BenchError, match=f"^{re.escape(said)}"):
@@ -459,8 +464,8 @@ def test_pairs_that_cannot_be_converted_are_named_and_nothing_is_written(tmp_pat
     _write_pairs(tmp_path / "ids", ["x", "y"])
     Image.fromarray(np.array([[0, 1], [2, 0]], np.uint8).repeat(10, 0).repeat(12, 1)).save(
         tmp_path / "ids" / "masks" / "y_mask.png")
-    with pytest.raises(BenchError, match=r"y_mask\.png: mask values reach only 2: class ids\? --source pairs converts "
-                                         r"one class"):
+    with pytest.raises(BenchError, match=r"y_mask\.png: mask values reach only 2: class ids\? give --label one name "
+                                         r"per id 1\.\.2, in order \(e\.g\. --label foreground,other\)$"):
         pairs_to_nnunet(tmp_path / "ids", tmp_path / "out")
     (tmp_path / "a,b").mkdir()  # a default name (the folder's) a board could not be chosen by
     _write_pairs(tmp_path / "a,b", ["x", "y"])
@@ -492,9 +497,10 @@ def test_pairs_that_cannot_be_converted_are_named_and_nothing_is_written(tmp_pat
     assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
-def test_pairs_keep_16_bit_gray_and_read_0_1_masks_and_say_where_grey_classes_were_split(tmp_path):
+def test_pairs_keep_16_bit_gray_and_read_0_1_masks_and_refuse_grey_classes(tmp_path):
     """12-bit ultrasound in 16-bit files scaled to 8 bits kept 17 grey levels; a 0/1 mask was refused; a
-    second class drawn in grey 128 became the class unsaid (bench data verify cannot see it afterwards)."""
+    second class drawn in grey 128 became the class unsaid (bench data verify cannot see it afterwards;
+    then it was warned of, and converted: REFUGE's masks, background 255, scored the disc at DSC 98.6)."""
     from PIL import Image
 
     from bench.data.convert import pairs_to_nnunet
@@ -512,14 +518,103 @@ def test_pairs_keep_16_bit_gray_and_read_0_1_masks_and_say_where_grey_classes_we
     grey = np.zeros((20, 24), np.uint8)
     grey[2:8, 3:9], grey[10:18, 10:20] = 255, 128  # a second class in grey, over a region
     Image.fromarray(grey).save(raw / "masks" / "c_mask.png")
-    with pytest.warns(UserWarning, match=r"^1 mask\(s\) hold a grey level over a region beside 0/255, several classes "
-                                         r"in one mask\? Pixels >= 128 became 'foreground', the others background: "
-                                         r"c_mask\.png"):
-        out = pairs_to_nnunet(raw, tmp_path / "out")
+    with pytest.raises(BenchError, match=r"c_mask\.png: grey values 128, 255 each cover a region: several classes in "
+                                         r"one mask\? name each class's value, e.g\. --label foreground=128,other=255 "
+                                         r"\(values not named become background\)$"):
+        pairs_to_nnunet(raw, tmp_path / "out")
+    soft = np.where(grey == 255, 255, 0).astype(np.uint8)
+    soft[8, 3:9] = 100, 140, 180, 200, 60, 90  # an antialiased edge: levels on a boundary, not a class
+    Image.fromarray(soft).save(raw / "masks" / "c_mask.png")
+    out = pairs_to_nnunet(raw, tmp_path / "out")
     image = np.asarray(Image.open(out / "imagesTr" / "a_0000.png"))
     assert image.dtype == np.uint16 and np.array_equal(image, wide["a"])  # every grey level kept
     assert np.array_equal(np.asarray(Image.open(out / "labelsTr" / "b.png")), ids)
-    assert np.array_equal(np.asarray(Image.open(out / "labelsTr" / "c.png")), (grey >= 128).astype(np.uint8))
+    assert np.array_equal(np.asarray(Image.open(out / "labelsTr" / "c.png")), (soft >= 128).astype(np.uint8))
+
+
+def _write_masks(folder: Path, masks: dict[str, np.ndarray], mode: str | None = None, palette=None) -> None:
+    """images/NAME.png (gray) and masks/NAME.png as given (a PIL mode, e.g. "P" with ``palette``)."""
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for name, mask in masks.items():
+        Image.fromarray(np.full(mask.shape[:2], 7, np.uint8)).save(folder / "images" / f"{name}.png")
+        im = Image.fromarray(mask, mode)
+        if palette is not None:
+            im.putpalette(palette)
+        im.save(folder / "masks" / f"{name}.png")
+
+
+def test_pairs_of_several_classes_convert_by_id_value_or_colour(tmp_path):
+    """A multi-class journey: index masks, REFUGE's grey levels (background 255, disc 128, cup 0), Pascal
+    VOC's palette masks (a void border 255), colour-coded masks: each converted to class ids as --label
+    names them, refused where the binary reading would have split them at 128 (VOC's colours lost every
+    class and kept the void border)."""
+    import warnings
+
+    from PIL import Image
+
+    from bench.data.convert import pairs_to_nnunet
+
+    ids = np.zeros((20, 24), np.uint8)
+    ids[2:12, 2:12], ids[5:9, 5:9], ids[14:18, 14:20] = 1, 2, 3
+    cases = {"a": ids, "b": np.flipud(ids).copy()}
+    _write_masks(tmp_path / "index", cases)
+    out = pairs_to_nnunet(tmp_path / "index", tmp_path / "o1", label="disc,cup,vessel")
+    assert json.loads((out / "dataset.json").read_text())["labels"] == {"background": 0, "disc": 1, "cup": 2,
+                                                                         "vessel": 3}
+    assert np.array_equal(np.asarray(Image.open(out / "labelsTr" / "b.png")), cases["b"])
+    assert tuple(open_dataset("nnunet", out).class_names) == ("disc", "cup", "vessel")
+    with pytest.raises(BenchError, match=r"a\.png: mask values 0, 1, 2, 3; --label disc,cup reads class ids 0\.\.2: "
+                                         r"give one name per id 1\.\.3, in order$"):
+        pairs_to_nnunet(tmp_path / "index", tmp_path / "o2", label="disc,cup")
+    with pytest.raises(BenchError, match=r"^--label disc,cup,vessel,x: x in none of the masks$"):
+        pairs_to_nnunet(tmp_path / "index", tmp_path / "o2", label="disc,cup,vessel,x")
+
+    refuge = {k: np.array([255, 128, 0, 255], np.uint8)[v] for k, v in cases.items()}  # vessel as background
+    _write_masks(tmp_path / "refuge", refuge)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every value named: nothing said
+        out = pairs_to_nnunet(tmp_path / "refuge", tmp_path / "o3", label="disc=128,cup=0,background=255")
+    assert np.array_equal(np.asarray(Image.open(out / "labelsTr" / "a.png")), np.where(ids == 3, 0, ids))
+    with pytest.warns(UserWarning, match=r"^values --label does not name became background: 255 \(79\.2% of "
+                                         r"the pixels\); name them"):
+        pairs_to_nnunet(tmp_path / "refuge", tmp_path / "o4", label="disc=128,cup=0")
+
+    voc = {k: np.where(np.arange(24) >= 22, 255, v).astype(np.uint8) for k, v in cases.items()}  # void border
+    palette = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [0] * (3 * 251) + [224, 224, 192]
+    _write_masks(tmp_path / "voc", voc, "P", palette)
+    with pytest.raises(BenchError, match=r"a\.png: palette indices 1, 2, 3, 255 each cover a region: several classes "
+                                         r"in one mask\?"):
+        pairs_to_nnunet(tmp_path / "voc", tmp_path / "o5", label="lesion")  # by brightness: void the class
+    with pytest.raises(BenchError, match=r"--label a,b,c reads class ids 0\.\.3: give each class's value, e\.g\. "
+                                         r"--label a=1,b=2,c=3 \(values not named become background\)$"):
+        pairs_to_nnunet(tmp_path / "voc", tmp_path / "o5", label="a,b,c")
+    with pytest.warns(UserWarning, match=r"became background: 255 \("):
+        out = pairs_to_nnunet(tmp_path / "voc", tmp_path / "o5", label="a=1,b=2,c=3")
+    assert np.array_equal(np.asarray(Image.open(out / "labelsTr" / "a.png")), np.where(voc["a"] == 255, 0, ids))
+
+    colours = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
+    _write_masks(tmp_path / "rgb", {k: colours[v] for k, v in cases.items()})
+    with pytest.raises(BenchError, match=r"a\.png: colours #0000ff, #00ff00, #ff0000 each cover a region"):
+        pairs_to_nnunet(tmp_path / "rgb", tmp_path / "o6")  # by brightness: green alone became the class
+    out = pairs_to_nnunet(tmp_path / "rgb", tmp_path / "o6", label="disc=#FF0000,cup=#00ff00,vessel=#0000ff")
+    assert np.array_equal(np.asarray(Image.open(out / "labelsTr" / "b.png")), cases["b"])
+
+    white = {k: np.where(v == 0, 255, 0).astype(np.uint8) for k, v in cases.items()}  # background drawn white
+    _write_masks(tmp_path / "inverted", white)
+    with pytest.warns(UserWarning, match=r"^'lesion' covers more than half of every mask \(from 74%\): masks whose "
+                                         r"background is white\? then --label lesion=0,background=255$"):
+        pairs_to_nnunet(tmp_path / "inverted", tmp_path / "o7", label="lesion")
+
+    _write_masks(tmp_path / "perclass", {})
+    for k in ("disc", "cup"):
+        (tmp_path / "perclass" / "masks" / k).mkdir()
+    Image.fromarray(ids).save(tmp_path / "perclass" / "images" / "a.png")
+    with pytest.raises(BenchError, match=r"1 images in .* but 0 masks here, .*; it holds folders \(cup/, disc/\), one "
+                                         r"per class\? bench reads one mask per image: merge them"):
+        pairs_to_nnunet(tmp_path / "perclass", tmp_path / "o8")
 
 
 def test_convert_options_of_pairs_only_are_refused_for_the_others(tmp_path):

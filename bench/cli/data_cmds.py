@@ -64,14 +64,17 @@ def data_convert(
     source: Annotated[ConvertSource, typer.Option(help="what --raw holds: btcv = BTCV's RawData/Training "
                                                       "(img/imgXXXX.nii.gz, label/labelXXXX.nii.gz); msd = a Medical "
                                                       "Segmentation Decathlon task folder (e.g. Task03_Liver); pairs = "
-                                                      "2-D images and binary masks of your own: images/ and masks/, "
+                                                      "2-D images and masks of your own: images/ and masks/, "
                                                       "or train/ and test/ (or val/) holding them")],
     raw: Annotated[Path, typer.Option(help="the downloaded data's folder")],
     out: Annotated[Path, typer.Option(help="output directory (created)")],
     name: Annotated[Optional[str], typer.Option(help="pairs: the dataset's name on boards (nnunet:NAME; default: "
                                                      "--raw's folder name)")] = None,
-    label: Annotated[Optional[str], typer.Option(help="pairs: the masks' class name, e.g. lesion (default: "
-                                                      "foreground)")] = None,
+    label: Annotated[Optional[str], typer.Option(help="pairs: the masks' class: a name, e.g. lesion (binary "
+                                                      "masks; default: foreground); several, disc,cup (masks of class "
+                                                      "ids 1, 2, …; palette masks' indices); or each class's value, "
+                                                      "disc=128,cup=255 (a grey value, palette index or #rrggbb "
+                                                      "colour; background=V for more background values)")] = None,
 ) -> None:
     """Convert data as distributed into the layout a reader expects.
 
@@ -79,8 +82,8 @@ def data_convert(
     split, spacing.csv); organ ids in the tables' column order, 1 aorta ... 8 stomach (the circulating
     files' order is undocumented; bench data verify infers a copy's from its organs' sizes);
     msd -> nnU-Net v2's raw layout (as nnUNetv2_convert_MSD_dataset: modalities split into _0000, ...);
-    pairs -> that layout too, named --name, masks as class --label (several masks of an image merged; train/
-    and test/ kept as splits_final.json).
+    pairs -> that layout too, named --name, masks as the classes --label names (several masks of an image
+    merged; train/ and test/ kept as splits_final.json).
 
     Example: bench data convert --source msd --raw Task03_Liver --out data/Dataset003_Liver
     """

@@ -18,7 +18,7 @@ import json
 import os
 import shlex
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -399,7 +399,7 @@ def label_id_problem(label: np.ndarray, num_classes: int) -> str | None:
     if label.size and (label.min() < 0 or label.max() >= num_classes):
         values = np.unique(label)
         bad = [int(v) for v in values[(values < 0) | (values >= num_classes)][:10]]
-        return f"label values {bad} outside 0..{num_classes - 1}{mask_hint(bad)}"
+        return f"label values {bad} outside 0..{num_classes - 1}{mask_hint(bad, values.tolist())}"
     return None
 
 
@@ -409,14 +409,20 @@ def root_is_file(root: Path) -> str:
     return "a file, not a folder: " + ("extract it, and give the folder" if archive else "give the dataset's folder")
 
 
-def mask_hint(bad: list[int]) -> str:
-    """The likeliest cause where 255 is the one id out of range: a binary mask saved as 0/255 (the
-    usual PNG mask), where nnU-Net-format labels hold class ids."""
-    if bad == [255]:
+def mask_hint(bad: list[int], values: Iterable[int]) -> str:
+    """The likeliest cause of the ids ``bad`` out of range among a label's ``values``, where nnU-Net-format
+    labels hold class ids: a binary mask saved as 0/255 (the usual PNG mask), an unlabelled border of
+    255 beside class ids (Pascal VOC's "void"), classes drawn as grey levels (REFUGE's 0/128/255)."""
+    convert = "; bench data convert --source pairs --label NAME=VALUE,… converts masks as drawn"
+    if bad == [255] and set(values) <= {0, 255}:
         return "; a 0/255 mask? store the foreground as 1 (mask // 255), as class ids"
+    if bad == [255]:  # nnU-Net's "ignore" label is refused (bench trains and scores every pixel)
+        return ("; 255 beside class ids: an unlabelled border (Pascal VOC's void)? store it as background (0) or "
+                "its class" + convert)
     if bad and bad[-1] in (127, 128, 255):  # 0/128/255: classes drawn as grey levels
-        return ("; grey levels standing for classes? store each as its class id (values 0, 128, 255 as "
-                "0, 1, 2: numpy.searchsorted([0, 128, 255], label))")
+        return ("; grey levels standing for classes? store each as its class id (where 0 is the background: "
+                "values 0, 128, 255 as 0, 1, 2, numpy.searchsorted([0, 128, 255], label); REFUGE's background "
+                "is 255)" + convert)
     return ""
 
 

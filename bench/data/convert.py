@@ -353,25 +353,168 @@ def _pair_folders(raw: Path) -> list[tuple[str, Path]]:
                      f"(or val/) each holding them (your own split); found {found}{why}")
 
 
+_COLOUR = 1 << 24  # a colour mask's pixel 0xRRGGBB, marked apart from grey values and palette indices
+
+
+class _Classes:
+    """``--label``: one name (binary masks: pixels >= 128, or 1, are the class), several names (masks of class
+    ids: 1, 2, … in the names' order; palette masks by their indices) or NAME=VALUE pairs (each class's grey
+    value, palette index or #rrggbb colour; background=VALUE for more values of background; the values not
+    named are background, and said)."""
+
+    def __init__(self, text: str):
+        items = [part.strip() for part in text.split(",")]
+        if not all(items):
+            raise BenchError(f"--label {text!r}: expected a class name, several (disc,cup: masks of class ids 1, "
+                             "2, …) or NAME=VALUE pairs (disc=128,cup=255; #rrggbb for colours)")
+        pairs = [item.partition("=") for item in items]
+        given = {sep for _, sep, _ in pairs}
+        if len(given) > 1:
+            raise BenchError(f"--label {text!r}: give every class a value (NAME=VALUE) or none (class ids in order)")
+        self.by_value = given == {"="}
+        self.background: list[int] = []  # the values named background (by_value only)
+        self.values: list[int] = []  # one per class (by_value), in the names' order
+        self.names: list[str] = []
+        seen: dict[int, str] = {}
+        for name, _, value in pairs:
+            name = name.strip()
+            if name.lower() == "ignore" or (name.lower() == "background" and not self.by_value):
+                raise BenchError(f"--label {text!r}: {name!r} is a name nnU-Net gives another meaning; name the "
+                                 "masks' classes, e.g. lesion" + ("" if name.lower() == "ignore" else
+                                                                  " (background=VALUE names background's values)"))
+            if not self.by_value:
+                self.names.append(name)
+                continue
+            v = _label_value(text, value.strip())
+            if v in seen:
+                raise BenchError(f"--label {text!r}: value {value.strip()} given to {seen[v]!r} and {name!r}")
+            seen[v] = name
+            if name.lower() == "background":
+                self.background.append(v)
+            else:
+                self.names.append(name)
+                self.values.append(v)
+        if len(set(map(str.lower, self.names))) != len(self.names) or not self.names:
+            raise BenchError(f"--label {text!r}: expected class names, each once")
+        if self.by_value and 0 not in seen:
+            self.background.append(0)  # black, or id 0, unless a class takes it (REFUGE: the cup is 0)
+
+    @property
+    def binary(self) -> bool:
+        return len(self.names) == 1 and not self.by_value
+
+    def ids(self, path: Path, mask: np.ndarray, colour: bool, unnamed: collections.Counter) -> np.ndarray:
+        """Class ids (uint8) of one mask (``_mask_values``), counting the values that became background."""
+        if not self.by_value:  # class ids as they are
+            found = np.unique(mask)
+            if colour or found[-1] > len(self.names):
+                shown = [_value_text(int(v), colour) for v in found]
+                ids = not colour and found[-1] <= 32 and found.tolist() == list(range(found[-1] + 1))
+                nonzero = [v for v in shown if v not in ("0", "#000000")]
+                named = ",".join(f"{n}={v}" for n, v in zip(self.names, nonzero))
+                fix = (f"one name per id 1..{found[-1]}, in order" if ids else
+                       f"each class's value, e.g. --label {named} (values not named become background)")
+                raise BenchError(f"{path}: mask values {few(shown, 6)}; --label {','.join(self.names)} reads class "
+                                 f"ids 0..{len(self.names)}: give {fix}" + _jpeg_note(path))
+            return mask.astype(np.uint8)
+        out = np.zeros(mask.shape, np.uint8)
+        known = np.zeros(mask.shape, bool)
+        for i, value in enumerate(self.values, 1):
+            hit = mask == (_as_colour(value) if colour else value)
+            out[hit] = i
+            known |= hit
+        for value in self.background:
+            known |= mask == (_as_colour(value) if colour else value)
+        values, counts = np.unique(mask[~known], return_counts=True)
+        unnamed.update({_value_text(int(v), colour): int(c) for v, c in zip(values, counts)})
+        return out
+
+
+def _label_value(text: str, value: str) -> int:
+    """A --label value: a grey value or palette index (0..65535), or #rrggbb (a colour, marked _COLOUR)."""
+    if re.fullmatch(r"#[0-9a-fA-F]{6}", value):
+        return _COLOUR | int(value[1:], 16)
+    if value.isdigit() and int(value) <= 65535:
+        return int(value)
+    raise BenchError(f"--label {text!r}: value {value!r}: expected a grey value or palette index (0..65535) or a "
+                     "colour #rrggbb")
+
+
+def _as_colour(value: int) -> int:
+    """A value as a colour mask's pixel: a grey value v is the colour (v, v, v)."""
+    return value if value & _COLOUR else _COLOUR | (min(value, 255) * 0x010101)
+
+
+def _value_text(value: int, colour: bool) -> str:
+    return f"#{value & 0xFFFFFF:06x}" if colour else str(value)
+
+
+def _jpeg_note(path: Path) -> str:
+    return "; and save masks as PNG, not JPEG (its noise adds values)" if path.suffix.lower() in (".jpg", ".jpeg") \
+        else ""
+
+
+def _mask_values(path: Path) -> tuple[np.ndarray, str]:
+    """A mask's pixels as stored (int64 (H, W)) and their kind: "palette" (indices), "grey" (values; RGB
+    of equal channels too) or "colour" (0xRRGGBB marked _COLOUR, where an RGB mask's channels differ);
+    an alpha channel dropped."""
+    from PIL import Image
+
+    with reading(path, "a mask"), Image.open(path) as im:
+        kind = "palette" if im.mode in ("P", "PA") else "grey"
+        arr = np.asarray(im.convert("RGB") if im.mode in ("CMYK", "YCbCr", "LAB", "HSV") else im)
+    if arr.ndim == 3:  # LA/PA: the value; RGB(A): the colour
+        arr = arr[..., :1] if arr.shape[-1] == 2 else arr[..., :3]
+    arr = arr.astype(np.int64)
+    if arr.ndim == 3 and not (arr[..., :1] == arr).all():
+        return _COLOUR | (arr[..., 0] << 16) | (arr[..., 1] << 8) | arr[..., 2], "colour"
+    return (arr[..., 0] if arr.ndim == 3 else arr), kind
+
+
+def _several_classes(path: Path, label: str) -> str | None:
+    """Why a mask that the binary reading (>= 128 is the class) would misread holds several classes: more
+    than one grey level (where ``mask_levels_note`` finds one beside 0/255), palette index or colour (black
+    aside) covering a region; else None."""
+    from bench.data.isic import mask_levels_note, mask_pixels
+
+    values, kind = _mask_values(path)
+    if kind == "grey" and not mask_levels_note(mask_pixels(path).astype(np.float32) / np.float32(255.0)):
+        return None  # 0/255 (soft or JPEG-noisy edges spread over many levels, on boundaries)
+    found, counts = np.unique(values, return_counts=True)
+    regions = [int(v) for v, c in zip(found, counts)  # JPEG noise spreads over many values, each rare
+               if c >= max(4, 0.005 * values.size) and v not in (0, _COLOUR)]
+    if len(regions) < 2:
+        return None
+    shown = [_value_text(v, kind == "colour") for v in regions]
+    what = {"palette": "palette indices", "colour": "colours", "grey": "grey values"}[kind]
+    return (f"{what} {few(shown, 6)} each cover a region: several classes in one mask? name each class's value, "
+            f"e.g. --label {label}={shown[0]},other={shown[1]} (values not named become background)")
+
+
 def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None, label: str = "foreground") -> Path:
-    """Convert 2-D images with binary masks of one's own (a BUSI-like folder, an ISIC-layout copy) to
-    nnU-Net v2's raw layout at ``out``, the layout bench reads any dataset in, named ``name`` (boards:
-    ``nnunet:<name>``; default the folder's name) with the one class ``label``.
+    """Convert 2-D images with masks of one's own (a BUSI-like folder, an ISIC-layout copy, fundus images
+    with disc and cup) to nnU-Net v2's raw layout at ``out``, the layout bench reads any dataset in, named
+    ``name`` (boards: ``nnunet:<name>``; default the folder's name) with the classes ``label`` names
+    (``_Classes``: one name for binary masks, several for masks of class ids, NAME=VALUE for classes drawn
+    as grey values, palette indices or colours).
 
     ``raw`` holds ``images/`` and ``masks/`` (bench splits the cases, as for any nnU-Net dataset without a
     ``splits_final.json``), or ``train/`` and ``test/`` (or ``val/``) each holding them: that split is kept
     as ``splits_final.json``'s fold 0. Images and masks pair as the ISIC reader pairs them (by name, else by
     sorted order); the parts of one image's mask (BUSI's ``x_mask.png``, ``x_mask_1.png``: the first
-    mask's name plus ``_<number>``) merge into one (their pixel-wise maximum). Masks read as the ISIC
+    mask's name plus ``_<number>``) merge into one (their pixel-wise maximum). Binary masks read as the ISIC
     reader reads them (0/255, colour on black, JPEG; 0/1 too): pixels >= 128 (or 1) are the class, id 1;
-    a grey level filling a region beside them (a second class) is warned of. Images become PNGs:
+    a mask with several grey levels, palette indices or colours over regions is refused (they would split
+    at 128 unsaid: REFUGE's 0/128/255 lost its cup), and a class covering most of every mask (a mask whose
+    background is white) is warned of. Masks of several classes: their values not named become background,
+    said with their share; a class in none of them is refused. Images become PNGs:
     grayscale where every image is gray (RGB files of equal channels included; 16-bit ones kept 16-bit
     where every image is), else 8-bit RGB (gray images repeated, 16-bit scaled). Case ids: the image names
     with other characters than letters, digits, ``.``, ``-`` and ``_`` as ``_``. Everything is checked
     before the folder is renamed into place (nothing half-written)."""
     from PIL import Image
 
-    from bench.data.isic import mask_groups, mask_levels_note, mask_pixels, read_rgb, size_mismatch
+    from bench.data.isic import mask_groups, mask_pixels, read_rgb, size_mismatch
 
     raw = Path(raw).expanduser()
     if raw.is_file():
@@ -380,12 +523,11 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
     for what, value in (("--name", name), ("--label", label)):
         if not isinstance(value, str) or not value.strip() or "\n" in value:
             raise BenchError(f"{what}: expected a name; got {value!r}")
+    classes = _Classes(label)
     if re.search(r"[,:/\\]", name):  # boards are `nnunet:<name>`, chosen with --dataset's comma list
         given = "--name" if name_given else "the folder's name (the default --name)"
         raise BenchError(f"{given} {name!r}: no ',', ':', '/' or '\\' (--dataset nnunet:NAME chooses its board); "
                          "pass --name")
-    if label.strip().lower() in ("background", "ignore"):  # nnU-Net's names for class 0 and unannotated pixels
-        raise BenchError(f"--label {label!r}: a name nnU-Net gives another meaning; name the masks' class, e.g. lesion")
     cases: list[tuple[str, str, Path, list[Path]]] = []  # (part, case id, image, masks)
     seen: dict[str, Path] = {}
     for part, folder in _pair_folders(raw):
@@ -418,35 +560,47 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
                       f"image keeps 17 grey levels): {few(named, 3)}; save "
                       "them all in one depth", stacklevel=2)
     merged = [m.name for _, _, _, masks in cases for m in masks[1:]]
-    levels: list[str] = []  # masks with a grey level beside 0/255
+    unnamed: collections.Counter = collections.Counter()  # pixels of values no class names (by value)
+    area = [0]  # the pixels of every mask read by value
+    present: set[int] = set()  # the class ids found
+    shares: list[float] = []  # each mask's share of the class (binary)
     meta = {"name": name, "description": f"converted by bench data convert --source pairs from {raw.name}",
             "channel_names": {"0": "gray"} if gray else {"0": "R", "1": "G", "2": "B"},
-            "labels": {"background": 0, label: 1}, "numTraining": len(cases), "file_ending": ".png"}
+            "labels": {"background": 0, **{n: i for i, n in enumerate(classes.names, 1)}},
+            "numTraining": len(cases), "file_ending": ".png"}
 
     def write(root: Path) -> None:
         (root / "imagesTr").mkdir()
         (root / "labelsTr").mkdir()
         for _, case, image, masks in cases:
             pixels = _wide(image) if wide else read_rgb(image)
-            fg = np.zeros(pixels.shape[:2], bool)
+            ids = np.zeros(pixels.shape[:2], np.uint8)
             for mask in masks:
-                m = mask_pixels(mask)
-                if m.shape != fg.shape:
+                if classes.binary:
+                    m = mask_pixels(mask)
+                else:
+                    m, kind = _mask_values(mask)
+                if m.shape != ids.shape:
                     raise BenchError(f"{mask}: {size_mismatch(image, pixels.shape[:2], m.shape)}")
-                top = int(m.max(initial=0))
-                if top == 1:  # class ids 0/1: one class, unambiguous
-                    fg |= m == 1
+                if not classes.binary:
+                    ids = np.maximum(ids, classes.ids(mask, m, kind == "colour", unnamed))
+                    area[0] += m.size
                     continue
-                if top < 128 and top:  # ids 0/1/2 (or a 0/1 mask's JPEG noise): >= 128 would read as nothing
-                    raise BenchError(f"{mask}: mask values reach only {top}: class ids? --source pairs converts "
-                                     "one class, from 0/255 (or 0/1) masks; write class-id labels of several "
-                                     "classes into an nnU-Net dataset yourself, and save masks as PNG, not JPEG")
-                if mask_levels_note(m.astype(np.float32) / np.float32(255.0)):
-                    levels.append(mask.name)
-                fg |= m >= 128
+                top = int(m.max(initial=0))
+                if 1 < top < 128:  # ids 0/1/2 (or a 0/1 mask's JPEG noise): >= 128 would read as nothing
+                    raise BenchError(f"{mask}: mask values reach only {top}: class ids? give --label one name "
+                                     f"per id 1..{top}, in order (e.g. --label {label},other)" + _jpeg_note(mask))
+                if top > 1 and (note := _several_classes(mask, label)):
+                    raise BenchError(f"{mask}: {note}")
+                ids |= (m == 1) if top == 1 else (m >= 128)  # class ids 0/1: one class, unambiguous
+            present.update(np.unique(ids).tolist())
+            shares.append(float(ids.astype(bool).mean()))
             Image.fromarray(pixels if wide else pixels[..., 0] if gray else pixels).save(
                 root / "imagesTr" / f"{case}_0000.png")
-            Image.fromarray(fg.astype(np.uint8)).save(root / "labelsTr" / f"{case}.png")
+            Image.fromarray(ids).save(root / "labelsTr" / f"{case}.png")
+        if absent_classes := [n for i, n in enumerate(classes.names, 1) if i not in present]:
+            values = f" (values {few(list(unnamed), 8)} are in them, unnamed)" if unnamed else ""
+            raise BenchError(f"--label {label}: {', '.join(absent_classes)} in none of the masks{values}")
         if any(part for part, *_ in cases):  # the user's own split, as nnU-Net keeps one
             fold = {key: [c for part, c, *_ in cases if part == part_name]
                     for key, part_name in (("train", "train"), ("val", "test"))}
@@ -454,11 +608,13 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
         portable_write_text(root / "dataset.json", json.dumps(meta, indent=2) + "\n")
 
     path = atomic_write_dir(Path(out).expanduser(), write)
-    if levels:  # a second class drawn in grey: the converter writes one class, so say where it split them
-        warnings.warn(f"{len(levels)} mask(s) hold a grey level over a region beside 0/255, several classes in one "
-                      f"mask? Pixels >= 128 became {label!r}, the others background: {few(levels, 3)}; for several "
-                      "classes, write class-id labels (0, 1, 2, …) "
-                      "into an nnU-Net dataset yourself", stacklevel=2)
+    if unnamed:
+        said = [f"{v} ({n / area[0]:.1%} of the pixels)" for v, n in unnamed.most_common()]
+        warnings.warn(f"values --label does not name became background: {few(said, 6)}; name "
+                      "them (NAME=VALUE, or background=VALUE) to say what they are", stacklevel=2)
+    if classes.binary and min(shares) > 0.5:  # a lesion larger than the rest of every image: inverted
+        warnings.warn(f"{label!r} covers more than half of every mask (from {min(shares):.0%}): masks whose "
+                      f"background is white? then --label {label}=0,background=255", stacklevel=2)
     if merged:
         warnings.warn(f"{len(merged)} mask(s) merged into their image's first (the pixel-wise maximum): "
                       f"{few(merged, 3)}", stacklevel=2)

@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from bench.data.base import Case, Sample, SegDataset, found_instead, hidden, reading, subfolders
-from bench.errors import BenchError
+from bench.errors import BenchError, few
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -216,8 +216,11 @@ def mask_groups(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, lis
         problems += [(p, f"no mask with a matching name in {masks_dir}") for p in images if p.stem not in by_image]
         return [(p, by_image[p.stem]) for p in images if p.stem in by_image], problems
     if len(images) != len(masks):
+        folders = [] if masks else [p.name + "/" for p in subfolders(masks_dir)]
+        per_class = (f"; it holds folders ({few(folders, 4)}), one per class? bench reads one mask per image: merge "
+                     "them into masks of class ids (0, 1, 2, …)" if folders else "")
         return [], [(masks_dir, f"{len(images)} images in {images_dir} but {len(masks)} masks here, and no mask "
-                                f"is named after its image to pair them by")]
+                                f"is named after its image to pair them by{per_class}")]
     pairs = list(zip(images, masks))
     # sorted order pairs "001.jpg" with "10_mask.png" ("10_" sorts before "1_"): where both names carry
     # numbers, they must share one, or the pairs are not what the names say

@@ -316,10 +316,11 @@ def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set
         report.add(lab_path, _unreadable(exc, lab_path))
         label = spacing = None
     if label is not None:
-        bad = sorted(set(np.unique(label).tolist()) - valid)
+        found = set(np.unique(label).tolist())
+        bad = sorted(found - valid)
         if bad:
             report.add(lab_path, f"label values {bad[:10]} not declared in dataset.json labels {sorted(valid)}"
-                                 f"{mask_hint(bad)}")
+                                 f"{mask_hint(bad, found)}")
     channels = 0
     c = 0
     while channels < n_ch:

@@ -95,16 +95,16 @@ def _warn_repeated(boards: dict) -> None:
 
 
 def _methods(results_dir: Path, models: str | Iterable[str] | None, datasets: str | Iterable[str] | None,
-             policies: str | Iterable[str] | None, out: Path | None, **refused: object) -> str:
+             policies: str | Iterable[str] | None, **refused: object) -> str:
     """``--format methods``: prose of what ran, which the boards' options do not shape (one error names them);
-    for ``out``, runs to write of (as the boards)."""
+    without finished runs, the error saying so (as the boards)."""
     from bench.report.methods import render_methods
 
     given = [f"--{name}" for name, value in refused.items() if value]
     if given:
         raise BenchError(f"{' and '.join(given)} shape{'s' * (len(given) == 1)} the leaderboards; --format methods "
                          "writes the Methods paragraphs only: leave them out")
-    return render_methods(results_dir, models, datasets, policies, empty_ok=out is None)
+    return render_methods(results_dir, models, datasets, policies, empty_ok=False)
 
 
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
@@ -137,7 +137,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
     if fmt == ReportFormat.methods:
         text = _methods(results_dir, models, datasets, policies, columns=columns, reference=reference,
-                        published=published, out=out)
+                        published=published)
         if out is not None:
             atomic_write_text(Path(out), text)
         return text
@@ -152,8 +152,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     profiled = set(profiles["model"]) if profiles is not None and "model" in profiles else set()
     df_runs = finished(select_runs(df_runs, *given, results_dir, profiled, policies))
     costs, filters = profiles is not None and not profiles.empty, (models, datasets, policies)
-    if df_runs.empty and out is not None and (fmt == ReportFormat.cases or not costs):
-        # a file saying there is nothing would read as a report; the message is the command's error
+    if df_runs.empty and (fmt == ReportFormat.cases or not costs):
+        # the command's error: a report saying there is nothing (`bench report > table.md`) would read as one
         raise BenchError(no_runs(results_dir, *filters))
     if models and profiles is not None and "model" in profiles:
         profiles = profiles[profiles["model"].isin(models)]
@@ -166,16 +166,11 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         boards, groups, (set_runs, set_cases) = _boards(df_runs, df_cases, profiles)
         _warn_repeated(boards)
         text = _render(boards, fmt, columns)
-        if not boards and fmt == ReportFormat.md and costs:
+        if not boards and fmt == ReportFormat.md:  # the folder's `bench profile` records alone
             text = f"{results_dir}: no finished runs; the cost tables of its `bench profile` records only.\n"
-        elif not boards and fmt == ReportFormat.md:  # most likely not the folder meant, or no run finished
-            text = f"{no_runs(results_dir, *filters)}.\n"
         elif not boards and fmt == ReportFormat.csv:  # its header alone, which a script would read as no runs
-            warnings.warn(f"{no_runs(results_dir, *filters)}: the boards' CSV holds its header only"
-                          + (" (its `bench profile` records' cost tables: --format md or latex)" if costs else ""),
-                          stacklevel=2)
-        elif not boards and not costs:  # LaTeX: a comment line alone, unexplained
-            warnings.warn(f"{no_runs(results_dir, *filters)}: no tables", stacklevel=2)
+            warnings.warn(f"{no_runs(results_dir, *filters)}: the boards' CSV holds its header only (its `bench "
+                          "profile` records' cost tables: --format md or latex)", stacklevel=2)
         if reference and models and reference.split(" (")[0] not in models:
             raise BenchError(f"--reference {reference!r}: not among --models {','.join(models)}; add it there to "
                              "compare with it")
