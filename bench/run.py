@@ -312,6 +312,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "n_train": None if spec.weights else len(dataset.train_volume_ids() if protocol.patches else dataset.train_ids()),
         "synthetic": spec.synthetic,
         "split": spec.split,
+        "split_rule": dataset.split_rule,  # how the split was made where the data fixes none (Methods)
+        "data_notes": list(spec.notes),  # what the reader said of the data when the run was planned
         "protocol": protocol.to_record(),
         "init": init,  # the pretrained file the weights started from (counts of what it filled), or null
         # weights evaluated as given (--weights), not trained here; null: the run trained them

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from bench import records
 from bench.cli import app, default_protocol, main
 from bench.errors import BenchError
+from bench.report import render_methods
 from tests.fixtures import run_bench, run_bench_here
 
 runner = CliRunner()
@@ -450,6 +451,9 @@ def test_folds_give_one_record_per_fold(tmp_path):
     root = records.read_record(tmp_path, df["run_id"].iloc[0])["data_root"]
     for k in (0, 1):
         assert f"note: no splits_final.json in {root}; split: fold {k} of the 5 folds nnU-Net v2 generates" in out
+    # and the Methods text, which said "the dataset's test split" of a split bench drew
+    assert ("test cases per run from cross-validation folds 0, 1 of the 5 folds nnU-Net v2 generates, drawn by "
+            "bench (KFold(shuffle=True, random_state=12345) over the sorted case ids).") in render_methods(tmp_path)
     # the dataset's name in any case is that dataset: the same runs, not new ones (they trained twice, counted twice)
     again = _bench("run", "--models", "unet", "--dataset", "NNUNet", "--synthetic", "--protocol", "smoke", "--folds",
                    "0,1", "--results", tmp_path, *FAST).stdout

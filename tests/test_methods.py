@@ -146,6 +146,24 @@ def test_a_real_tiny_run_states_what_ran(tmp_path):
     assert get_entry("unet").family == "cnn"
 
 
+def test_the_split_is_said_as_the_data_made_it(tmp_path):
+    """Own data without a splits_final.json: bench drew the split, which the text called "the dataset's
+    test split"; records before split_rule keep that wording."""
+    from bench.data import open_dataset, synthetic_root
+
+    root = synthetic_root("nnunet", tmp_path / "synth")
+    drawn = open_dataset("nnunet", root).split_rule
+    assert drawn.startswith("a split drawn by bench (numpy's default_rng(12345) permutation")
+    rec = _record()
+    rec["split_rule"] = drawn
+    assert f"test cases per run from {drawn}." in _methods(tmp_path / "drawn", rec)
+    del rec["split_rule"]
+    assert "test cases per run from the dataset's test split." in _methods(tmp_path / "old", rec)
+    (root / "splits_final.json").write_text('[{"train": ["synth_000", "synth_001"], "val": ["synth_002"]}]')
+    assert open_dataset("nnunet", root).split_rule == (
+        "fold 0 of the data's splits_final.json (its val cases as test cases)")
+
+
 def test_seeds_per_model_where_they_differ_and_a_set_key_called_so(tmp_path):
     """A journey: a --tiny --set widths=... run of seed 0 beside seeds 0 and 1 of the tiny unet read
     "Seeds 0, 1", and its widths as the tiny configuration's."""

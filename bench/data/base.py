@@ -88,6 +88,9 @@ class SegDataset:
         # Human-readable remarks about how the data was read (e.g. a fallback that was taken);
         # worth printing once and recording with a run.
         self.notes: list[str] = []
+        # how the test split was made where the data does not fix it, as the Methods text says it (no
+        # paths); None: the layout's own split (its folders or lists)
+        self.split_rule: str | None = None
 
     @property
     def dataset_name(self) -> str:

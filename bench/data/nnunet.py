@@ -685,21 +685,23 @@ class NnUNetDataset(SegDataset):
         if self.fold is not None and not 0 <= self.fold < n:
             raise BenchError(f"{self.root}: fold {self.fold} does not exist (folds 0..{n - 1})")
         if folds is None:
-            if self.fold is not None:
-                self.notes.append(
-                    f"no splits_final.json in {self.root}; split: fold {k} of the {N_FOLDS} folds nnU-Net v2 "
-                    f"generates (KFold(shuffle=True, random_state={SPLIT_SEED}) over the sorted case ids)"
-                )
+            if self.fold is not None:  # the rule, whichever fold (records name the fold)
+                self.split_rule = (f"the {N_FOLDS} folds nnU-Net v2 generates, drawn by bench "
+                                   f"(KFold(shuffle=True, random_state={SPLIT_SEED}) over the sorted case ids)")
+                self.notes.append(f"no splits_final.json in {self.root}; split: fold {k} of {self.split_rule}")
             else:
-                self.notes.append(
-                    f"no splits_final.json in {self.root}; fixed split: default_rng({SPLIT_SEED}) "
-                    "permutation of the sorted case ids, last 20% test"
-                )
+                self.split_rule = (f"a split drawn by bench (numpy's default_rng({SPLIT_SEED}) permutation of the "
+                                   "sorted case ids, the last 20% as test cases)")
+                self.notes.append(f"no splits_final.json in {self.root}; fixed split: default_rng({SPLIT_SEED}) "
+                                  "permutation of the sorted case ids, last 20% test")
             try:
                 return kfold_split(self.cases, k) if self.fold is not None else fixed_split(self.cases)
             except BenchError as exc:  # too few cases: say where they were counted
                 raise BenchError(f"{self.root / 'labelsTr'}: {exc} ('*{self.file_ending}' label files)") from None
         train, test = folds[k]["train"], folds[k]["val"]
+        self.split_rule = ("the data's splits_final.json (each fold's val cases as its test cases)"
+                           if self.fold is not None else "fold 0 of the data's splits_final.json (its val cases as "
+                                                         "test cases)")
         self.notes.append(f"split: fold {k} of {path} (its val cases are the test set)")
         return train, test
 
