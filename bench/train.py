@@ -10,7 +10,6 @@ VM-UNet set it; ops outside cuDNN that use atomics (e.g. some backward passes) c
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import math
 import os
@@ -381,7 +380,7 @@ def train_model(
     code = code or records.code_version(env.git_commit(), digest)
     commits = [code]
     if not resume and w.main and last.is_file():  # days of training, replaced unsaid at the first epoch's end
-        written = dt.datetime.fromtimestamp(last.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+        written = fileio.human_time(last.stat().st_mtime)
         warnings.warn(f"{last}: an earlier attempt's checkpoint (written {written}); training afresh replaces it "
                       "(--resume continues it)", stacklevel=2)
     # rank 0's view for every rank: one rank resuming while another starts afresh would never meet again

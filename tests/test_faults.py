@@ -183,8 +183,8 @@ def test_a_claim_of_another_host_holds_while_fresh_and_is_taken_over_when_stale(
 
     path = tmp_path / "runs" / "r1" / CLAIM
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"writer": "4242@node7.cluster~", "started": "2026-12-05T03:00:00+00:00"}))
-    assert claim_run(tmp_path, "r1") == "pid 4242 on node7.cluster since 2026-12-05 03:00:00 UTC"
+    path.write_text(json.dumps({"writer": "4242@node7.cluster~", "started": "2026-12-05T03:00:07.123456+00:00"}))
+    assert claim_run(tmp_path, "r1") == "pid 4242 on node7.cluster since 2026-12-05 03:00 UTC"
     os.utime(path, (time.time() - STALE_S - 5,) * 2)
     taken = claim_run(tmp_path, "r1")
     assert isinstance(taken, Claim) and json.loads(path.read_text())["pid"] == os.getpid()
