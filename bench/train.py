@@ -15,7 +15,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import distributed, env, fileio, records
+from bench import distributed, env, fileio, records, runlog
 from bench.data.base import SegDataset
 from bench.data.torch_dataset import TrainDataset
 from bench.errors import BenchError
@@ -282,6 +281,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(cuda)
 
 
+def checkpoints_when(every: int) -> str:
+    """When a protocol of ``checkpoint_every`` = ``every`` writes its resumable checkpoint."""
+    return f"every {every} epochs" if every > 1 else "at every epoch's end" if every == 1 else "at the end only"
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read one of our checkpoints; tensors and plain containers only (weights_only=True)."""
     try:
@@ -421,13 +425,12 @@ def train_model(
         resumed_from = state["epoch"]
         time_before = state.get("time_s", math.nan)  # training time of the killed process(es)
         if w.main:  # else a resume and a fresh start read alike
-            print(f"  {Path(run_dir).name}: resuming after epoch {resumed_from + 1} of {epochs} (step {step} of "
-                  f"{total}) from {last}", file=sys.stderr)
+            runlog.say(f"  {Path(run_dir).name}: resuming after epoch {resumed_from + 1} of {epochs} (step {step} of "
+                       f"{total}) from {last}")
     elif resume and w.main:  # stopped before its first checkpoint, or never begun: a resume reads alike otherwise
-        every = t.checkpoint_every
-        when = (f"every {every} epochs" if every > 1 else "at every epoch's end" if every == 1 else "at the end only")
-        print(f"  {Path(run_dir).name}: no checkpoint to resume from (its protocol writes {last.name} {when}); "
-              f"training from the start{_other_versions(Path(run_dir))}", file=sys.stderr)
+        when = checkpoints_when(t.checkpoint_every)
+        runlog.say(f"  {Path(run_dir).name}: no checkpoint to resume from (its protocol writes {last.name} {when}); "
+                   f"training from the start{_other_versions(Path(run_dir))}")
 
     t0 = time.perf_counter()
     loss_value = float("nan")

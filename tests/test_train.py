@@ -750,15 +750,17 @@ def test_without_a_live_bar_a_run_says_how_far_it_is_now_and_then(synapse_root, 
     from bench import run
     from bench.run import plan_grid, run_one
 
-    proto = _proto(max_iterations=2, max_cases=1)
+    proto = _proto(max_iterations=3, max_cases=1)
     (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=synapse_root,
                         synthetic=False, results_dir=tmp_path, model_overrides=dict(get_entry("unet").tiny))
     monkeypatch.setattr(run, "HEARTBEAT_S", 0.0)  # every step and case, instead of every 5 minutes
     rec = run_one(spec, results_dir=tmp_path, device=torch.device("cpu"), show_progress=False)
     lines = capsys.readouterr().err.splitlines()
     assert [line.split(" · ")[0] for line in lines] == [
-        f"  {rec['run_id']}: training, step 1 of 2", f"  {rec['run_id']}: training, step 2 of 2",
+        f"  {rec['run_id']}: training, step {i} of 3" for i in (1, 2, 3)] + [
         f"  {rec['run_id']}: evaluating, 1 of 1 test cases scored"], lines
+    # the time left, from the pace of the steps since the first: none to tell at the first, none left at the last
+    assert [bool(re.search(r" · about \d+ min left$", line)) for line in lines] == [False, True, False, False], lines
     monkeypatch.setattr(run, "HEARTBEAT_S", 300.0)
     run_one(spec, results_dir=tmp_path / "again", device=torch.device("cpu"), show_progress=False)
     assert capsys.readouterr().err == ""  # a short run prints none
