@@ -486,7 +486,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
 def _say_summary(say: Callable[[str], None], results_dir: Path, finished: int, skipped: int, held: int,
                  failed: list[str]) -> None:
     """The grid's closing line: what became of its runs, where their records are, what to run next."""
-    counts = [f"{finished} finished", f"{skipped} skipped (finished earlier)"]
+    counts = [f"{finished} finished"] + ([f"{skipped} skipped (finished earlier)"] if skipped else [])
     counts += [f"{held} skipped (being run by other processes)"] if held else []
     counts += [f"{len(failed)} failed"] if failed else []
     next_step = f"; next: bench report --results {results_dir}" if finished or skipped else ""

@@ -1269,7 +1269,7 @@ def test_a_failing_run_does_not_stop_the_grid(monkeypatch, capsys, tmp_path):
     assert [p.name.split("-")[2] for p in (tmp_path / "records").glob("*.json")] == ["vmunet"]
     # the grid's position, then its summary and the next command
     assert re.search(r"^\[1/2\] synapse-smoke-unet-s0-\w+: training$", proc.stdout, re.M), proc.stdout
-    assert proc.stdout.splitlines()[-1] == (f"bench run: 1 finished, 0 skipped (finished earlier), 1 failed; records "
+    assert proc.stdout.splitlines()[-1] == (f"bench run: 1 finished, 1 failed; records "
                                             f"in {tmp_path / 'records'}; next: bench report --results {tmp_path}")
     # the failure's reason kept beside the run (stderr is gone by the time `bench report` asks), with the time
     (log,) = (tmp_path / "runs").glob("synapse-smoke-unet-s0-*/run.log")

@@ -750,3 +750,32 @@ def test_the_live_bar_follows_stderr_and_each_phase_has_its_own_total(monkeypatc
                             data_root=None, results_dir=tmp_path, model_overrides=dict(get_entry("unet").tiny))
     run.run_one(spec, results_dir=tmp_path, device="cpu", show_progress=True)
     assert added == [("unet s0 train", None), ("unet s0 eval", None)]
+
+
+def test_a_runs_log_keeps_its_lines_warnings_and_interrupt(tmp_path, capsys, monkeypatch):
+    """A run's lines went to stdout and stderr only: with a batch job's log gone, nothing told why a run
+    had no record. Its warnings and an interrupt are kept too, and a later attempt appends."""
+    import warnings
+
+    from bench import runlog
+
+    monkeypatch.setattr(runlog, "current_run", None)  # both restored after the interrupt below set them
+    monkeypatch.setattr(runlog, "checkpoints", None)
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    runlog.say("outside any run")  # said, kept nowhere
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda *a, **k: None  # the command line's one-line display, say
+        with runlog.kept(run_dir, "every 50 epochs"):
+            runlog.say("  r1: resuming after epoch 50")
+            warnings.warn("r1: a warning about it", stacklevel=1)
+    assert runlog.current_run is None  # left well: no run to name
+    with pytest.raises(KeyboardInterrupt), runlog.kept(run_dir, "every 50 epochs"):
+        raise KeyboardInterrupt
+    assert (runlog.current_run, runlog.checkpoints) == ("r1", "every 50 epochs")  # for the interrupt message
+    said = (run_dir / runlog.RUN_LOG).read_text().splitlines()
+    assert [line.split("  ", 1)[1] for line in said] == ["r1: resuming after epoch 50", "warning: r1: a warning about it",
+                                                        "interrupted"], said
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  ", line) for line in said)
+    assert capsys.readouterr().err.splitlines() == ["outside any run", "  r1: resuming after epoch 50"]
