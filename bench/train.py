@@ -286,6 +286,15 @@ def checkpoints_when(every: int) -> str:
     return f"every {every} epochs" if every > 1 else "at every epoch's end" if every == 1 else "at the end only"
 
 
+def _clear_earlier_attempt(run_dir: Path) -> None:
+    """What an earlier attempt of a run training afresh left that this one would not replace: its
+    per-epoch checkpoints and its TensorBoard curves, which would read as this run's beside its own."""
+    for old in (run_dir / CHECKPOINT_DIR).glob("epoch_*.pt"):
+        old.unlink(missing_ok=True)
+    for old in (run_dir / records.TB_DIR).glob("events.out.tfevents.*"):
+        old.unlink(missing_ok=True)
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read one of our checkpoints; tensors and plain containers only (weights_only=True)."""
     try:
@@ -431,6 +440,12 @@ def train_model(
         when = checkpoints_when(t.checkpoint_every)
         runlog.say(f"  {Path(run_dir).name}: no checkpoint to resume from (its protocol writes {last.name} {when}); "
                    f"training from the start{_other_versions(Path(run_dir))}")
+    if resumed_from is None and w.main:
+        _clear_earlier_attempt(Path(run_dir))
+    if getattr(model, "uses_selective_scan", False):  # its kernel built (or loaded) outside the train time
+        from ssm_models.scan import available_backends
+
+        available_backends(device)
 
     t0 = time.perf_counter()
     loss_value = float("nan")

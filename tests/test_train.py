@@ -588,6 +588,54 @@ def test_training_afresh_over_an_earlier_attempt_says_so(synapse_root, tmp_path)
         train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
 
 
+def test_training_afresh_clears_the_earlier_attempts_curves_and_epoch_checkpoints(synapse_root, tmp_path):
+    """Its tb/ event files and epoch_*.pt stayed beside the new attempt's, read as this run's."""
+    ds = open_dataset("synapse", synapse_root)
+    proto = _proto(max_iterations=0, epochs=1, batch_size=16)
+    train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
+    old = [tmp_path / "checkpoints" / "epoch_0007.pt", tmp_path / "tb" / "events.out.tfevents.1.node7.1.0"]
+
+    def earlier_attempt():
+        old[1].parent.mkdir(exist_ok=True)
+        for path in old:
+            path.write_bytes(b"an earlier attempt's")
+
+    earlier_attempt()
+    train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"), resume=True)
+    assert all(p.is_file() for p in old)  # resumed: the same training's, kept
+    with pytest.warns(UserWarning, match="training afresh replaces it"):
+        train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
+    assert not any(p.exists() for p in old)
+    assert (tmp_path / "checkpoints" / "final.pt").is_file()  # this attempt's own
+    earlier_attempt()
+    (tmp_path / "checkpoints" / "last.pt").unlink()  # killed before its first checkpoint: --resume starts afresh
+    train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"), resume=True)
+    assert not any(p.exists() for p in old)
+
+
+def test_the_selective_scan_kernel_is_built_before_the_train_time_starts(synapse_root, tmp_path, monkeypatch):
+    """The first SSM run on a machine built the kernel (15-50 s) at its first forward, inside its
+    train time: the board's column was unfair to it."""
+    import time
+
+    from ssm_models import scan
+
+    ds = open_dataset("synapse", synapse_root)
+    built = []
+
+    def slow_build(device="cpu"):
+        time.sleep(1.0)
+        built.append(device)
+        return ["torch"]
+
+    monkeypatch.setattr(scan, "available_backends", slow_build)
+    model = _tiny_unet(ds)
+    model.uses_selective_scan = True  # as an SSM model's class says (the build is what is measured)
+    result = train_model(model, ds, _proto(max_iterations=1, epochs=1), seed=0, run_dir=tmp_path,
+                         device=torch.device("cpu"))
+    assert built == [torch.device("cpu")] and result.time_s < 1.0
+
+
 def test_a_resume_from_the_last_epoch_rewrites_final(synapse_root, tmp_path):
     """Killed after last.pt's final epoch, a final.pt of an earlier attempt stayed beside it, and
     rescore and predict read it: other weights than the record was scored with."""
