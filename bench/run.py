@@ -374,10 +374,12 @@ def run_grid(specs: list[RunSpec], *, results_dir: Path | str, device: torch.dev
              say_error: Callable[[str], None] = functools.partial(print, file=sys.stderr)) -> None:
     """Run a planned grid (``plan_grid``) in order: finished runs, runs rescored into their policy and
     runs another process holds are skipped, each said in one line (``say``); the others are claimed,
-    trained, evaluated and recorded (``run_one``). One run failing does not cost the rest: it is one
-    line (``say_error``) and the grid goes on; a BenchError at the end names those that failed or were
-    held by other processes. Under torchrun every rank calls it with rank 0's plan; the first failure
-    ends it on every rank, since all must take the same path; the process group is shut down after.
+    trained, evaluated and recorded (``run_one``), each begun with a line "[i/n] <run id>: training" and
+    its lines kept in its ``run.log`` (bench.runlog). One run failing does not cost the rest: it is one
+    line (``say_error``) and the grid goes on; a closing line counts what became of the runs, then a
+    BenchError names those that failed or were held by other processes. Under torchrun every rank calls
+    it with rank 0's plan; the first failure ends it on every rank, since all must take the same path;
+    the process group is shut down after.
     ``device``: a torch.device or "auto", "cpu", "cuda". Each run seeds every RNG; the caller's RNG
     states and cuDNN flags are back afterwards."""
     device = env.resolve_device(device)
@@ -495,7 +497,8 @@ def _say_summary(say: Callable[[str], None], results_dir: Path, finished: int, s
 
 def _drop_empty_run(run_dir: Path) -> None:
     """A first attempt's folder that holds nothing to resume or read: its TensorBoard file without a
-    scalar, an empty checkpoint folder, the folder itself (its claim, where one is held, removes it)."""
+    scalar, its run.log (the failure is said on stderr), an empty checkpoint folder, the folder itself
+    (its claim, where one is held, removes it)."""
     shutil.rmtree(run_dir / records.TB_DIR, ignore_errors=True)
     runlog.drop(run_dir)
     for folder in (run_dir / CHECKPOINT_DIR, run_dir):

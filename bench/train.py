@@ -443,9 +443,10 @@ def train_model(
     if resumed_from is None and w.main:
         _clear_earlier_attempt(Path(run_dir))
     if getattr(model, "uses_selective_scan", False):  # its kernel built (or loaded) outside the train time
-        from ssm_models.scan import available_backends
+        from ssm_models import scan
 
-        available_backends(device)
+        if scan.default_backend(device, protocol.torch_dtype) == "cpu":  # BENCH_SCAN_BACKEND=torch builds none
+            scan.available_backends(device)
 
     t0 = time.perf_counter()
     loss_value = float("nan")
