@@ -71,7 +71,7 @@ class Claim:
 
 def claim_run(results_dir: Path, run_id: str) -> Claim | str:
     """This process's claim on run ``run_id``, or who holds it ("pid 123 on node7 since 2026-12-05
-    03:00:00 UTC") where a live process does. A dead claim is taken over."""
+    03:00 UTC") where a live process does. A dead claim is taken over."""
     return claim_folder(records.run_dir(results_dir, run_id))
 
 
@@ -123,7 +123,10 @@ def _holder(path: Path) -> tuple[str | None, str | None]:
         held = {}
     tag = str(held.get("writer", ""))
     pid, _, host = tag.rstrip("~").partition("@")
-    since = str(held.get("started", "?")).replace("T", " ").replace("+00:00", " UTC")
+    try:
+        since = fileio.human_time(dt.datetime.fromisoformat(str(held["started"])).timestamp())
+    except (KeyError, ValueError):  # being written, or damaged
+        since = "?"
     who = f"pid {pid} on {host.split(':')[0]} since {since}" if host else f"another process (claim {path})"
     if host and fileio.here(tag):  # this host and pid namespace: the pid decides
         alive = not fileio.dead_writer(tag) and held.get("proc_start") in (None, _proc_start(int(pid)))

@@ -27,6 +27,15 @@ from bench.errors import BenchError, exception_chain
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
+def human_time(when: float | None = None, seconds: bool = False) -> str:
+    """``when`` (a POSIX time; None: now) as messages show it, "2026-12-06 11:41 UTC": UTC, named, so a
+    cluster's log and a laptop's read alike, to the minute (``seconds``: to the second, as run logs)."""
+    import datetime as dt
+
+    moment = dt.datetime.fromtimestamp(time.time() if when is None else when, dt.timezone.utc)
+    return moment.strftime(f"%Y-%m-%d %H:%M{':%S' if seconds else ''} UTC")
+
+
 def is_plain_name(name: str) -> bool:
     """Whether ``name``, read from a data file (a list of case ids), is one file name that stays in the
     folder it is joined to: not empty, ``.`` or ``..``, and no separator, drive or NUL on any system

@@ -45,6 +45,7 @@ import pandas as pd
 from bench.errors import BenchError, few
 from bench.fileio import SAFE_NAME, absent, atomic_write_text
 from bench.names import name_list, nothing_named
+from bench.runlog import RUN_LOG
 from bench.metrics import POLICIES as METRIC_POLICIES
 
 __all__ = [
@@ -545,7 +546,8 @@ def no_runs(results_dir: Path | str, *filters: str | Iterable[str] | None) -> st
     begun = sorted(p.name for p in runs_dir(Path(results_dir)).glob("*") if p.is_dir())
     if begun:
         return (f"{results_dir}: no finished runs; {len(begun)} run(s) began here ({few(begun, 3)}) and none wrote "
-                "its record (a run failed or is still training; `bench run` says why, and the same command continues)")
+                f"its record (a run failed or is still training: its {RUN_LOG} in {runs_dir(Path(results_dir))}/<run "
+                "id>/ says why; the same command continues)")
     return f"{results_dir}: no finished runs; pass the --results folder that `bench run` wrote"
 
 

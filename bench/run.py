@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from bench import distributed, env, fileio, records
+from bench import distributed, env, fileio, records, runlog
 from bench.data import check_folds, get_reader, open_dataset, synthetic_identity, synthetic_root
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import (cache_training_volumes, patch_fit_note, preprocess_processes, slicing_note,
@@ -38,8 +38,8 @@ from bench.protocol import Protocol, check_seed
 from bench.registry import (ChannelsError, changed_keys, check_buildable, check_set_kinds, create_model, get_entry,
                             identity_overrides)
 from bench.registry import list_models, load_weights, model_code, model_overrides as model_overrides_of
-from bench.train import (CHECKPOINT_DIR, FINAL, TrainResult, caller_rng_kept, save_checkpoint, seed_everything,
-                         train_model)
+from bench.train import (CHECKPOINT_DIR, FINAL, TrainResult, caller_rng_kept, checkpoints_when, save_checkpoint,
+                         seed_everything, train_model)
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,14 @@ CACHE_DIR = "cache"  # under the results folder: derived data, safe to delete
 def _progress_bar(enabled: bool):
     if not enabled:
         return nullcontext(None)
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=True)
+    # on stderr, beside the other progress lines: `bench run > out` at a terminal still shows it
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),  # "0/?" before a total
+                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=True,
+                   console=Console(stderr=True))
     # in a log file or a pipe a live bar shows nothing and leaves a blank line behind each run
     return bar if bar.console.is_terminal else nullcontext(None)
 
@@ -114,18 +118,25 @@ HEARTBEAT_S = 300.0  # where no live bar shows, a plain progress line at most th
 
 class _Heartbeat:
     """Where no live bar shows (output to a log file, or --no-progress): a plain line on stderr at most
-    every ``HEARTBEAT_S`` seconds, so a batch job's log shows that a run of hours is alive and how far
-    it is; a run shorter than that prints none."""
+    every ``HEARTBEAT_S`` seconds, so a batch job's log shows that a run of hours is alive, how far it
+    is and, from the pace of the phase's steps so far, how long it has left; a run shorter than that
+    prints none."""
 
     def __init__(self, label: str):
         self.label, self.start = label, time.monotonic()
         self.last = self.start
+        self.phase: tuple[str, float, int] | None = None  # (name, when, done): where the phase's pace counts from
 
-    def __call__(self, text: str) -> None:
+    def __call__(self, phase: str, done: int, total: int, text: str) -> None:
         now = time.monotonic()
+        if self.phase is None or self.phase[0] != phase:  # evaluating has a pace of its own
+            self.phase = (phase, now, done)
         if now - self.last >= HEARTBEAT_S:
             self.last = now
-            print(f"  {self.label}: {text} · {(now - self.start) / 60:.0f} min", file=sys.stderr, flush=True)
+            _, since, before = self.phase
+            left = (f" · about {(now - since) / (done - before) * (total - done) / 60:.0f} min left"
+                    if before < done < total else "")
+            runlog.say(f"  {self.label}: {phase}, {text} · {(now - self.start) / 60:.0f} min{left}")
 
 
 def _preprocess_volumes(dataset, protocol: Protocol, bar, main: bool) -> None:
@@ -156,7 +167,11 @@ class _TensorBoard:
     writes then report the disk in one line."""
 
     def __init__(self, run_dir: Path):
-        self._dir, self._writer = run_dir / records.TB_DIR, None
+        self._dir, self._writer, self._opened = run_dir / records.TB_DIR, None, False
+
+    def _open(self) -> None:
+        # at the first scalar: a run training afresh first clears the earlier attempt's files (bench.train)
+        self._opened = True
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is a declared dependency; tolerate its absence in odd installs
@@ -172,6 +187,8 @@ class _TensorBoard:
             self._writer = None
 
     def add_scalar(self, *args, **kwargs) -> None:
+        if not self._opened:
+            self._open()
         if self._writer is not None:
             self._call(lambda: self._writer.add_scalar(*args, **kwargs))
 
@@ -249,7 +266,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
                 if bar is not None:
                     bar.update(task, completed=step, total=total, info=f"loss {loss:.4f}")
                 elif beat is not None:
-                    beat(f"training, step {step} of {total} · loss {loss:.4f}")
+                    beat("training", step, total, f"step {step} of {total} · loss {loss:.4f}")
 
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -265,14 +282,15 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
                           if device.type == "cuda" and result.resumed_from is None and spec.weights is None else None)
             if not main:
                 return None
-            if bar is not None:
-                bar.update(task, description=f"{spec.model} s{spec.seed} eval", completed=0, total=None, info="")
+            if bar is not None:  # a task of its own: an update keeps training's total and clock
+                bar.remove_task(task)
+                task = bar.add_task(f"{spec.model} s{spec.seed} eval", total=None, info="")
 
             def on_case(i: int, n: int) -> None:
                 if bar is not None:
                     bar.update(task, completed=i, total=n)
                 elif beat is not None:
-                    beat(f"evaluating, {i} of {n} test cases scored")
+                    beat("evaluating", i, n, f"{i} of {n} test cases scored")
 
             scores = evaluate(model, dataset, protocol, spec.policy, device=device, progress=on_case)
         if writer is not None:
@@ -358,10 +376,12 @@ def run_grid(specs: list[RunSpec], *, results_dir: Path | str, device: torch.dev
              say_error: Callable[[str], None] = functools.partial(print, file=sys.stderr)) -> None:
     """Run a planned grid (``plan_grid``) in order: finished runs, runs rescored into their policy and
     runs another process holds are skipped, each said in one line (``say``); the others are claimed,
-    trained, evaluated and recorded (``run_one``). One run failing does not cost the rest: it is one
-    line (``say_error``) and the grid goes on; a BenchError at the end names those that failed or were
-    held by other processes. Under torchrun every rank calls it with rank 0's plan; the first failure
-    ends it on every rank, since all must take the same path; the process group is shut down after.
+    trained, evaluated and recorded (``run_one``), each begun with a line "[i/n] <run id>: training" and
+    its lines kept in its ``run.log`` (bench.runlog). One run failing does not cost the rest: it is one
+    line (``say_error``) and the grid goes on; a closing line counts what became of the runs, then a
+    BenchError names those that failed or were held by other processes. Under torchrun every rank calls
+    it with rank 0's plan; the first failure ends it on every rank, since all must take the same path;
+    the process group is shut down after.
     ``device``: a torch.device or "auto", "cpu", "cuda". Each run seeds every RNG; the caller's RNG
     states and cuDNN flags are back afterwards."""
     device = env.resolve_device(device)
@@ -377,8 +397,8 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
 
     main = distributed.world().main
     say = say if main else (lambda *a, **k: None)
-    failed, held, by_data = [], [], []
-    for spec in specs:
+    failed, held, by_data, skipped, finished = [], [], [], 0, 0
+    for i, spec in enumerate(specs, 1):
         # rank 0 claims the run (bench.claim: no other process trains it meanwhile) and its view of the
         # finished records decides for every rank (a record appearing meanwhile, or a network file
         # system's cache, would otherwise send ranks down different branches)
@@ -404,41 +424,53 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                     f"; {spec.model}'s code changed since it trained, so its numbers are the old code's: to train "
                     f"the new code, choose another --results (or delete records/{spec.key}.json and runs/{spec.key}/)"
                     if old else ""))
+                skipped += 1
                 continue
             if rescored:
                 say(f"  {spec.key}: the same training was rescored under {spec.policy} ({rescored}), skipped")
+                skipped += 1
                 continue
             if holder:
                 say(f"  {spec.key}: being run by {holder}, skipped")
                 held.append(spec)
                 continue
-            try:
-                rec = run_one(spec, results_dir=results_dir, device=device, resume=resume,
-                              show_progress=show_progress)
-            except Exception as exc:
-                # one run failing (a diverging loss, out of memory) does not cost the rest of the grid; under
-                # torchrun a failure still ends the run, as every rank must take the same path; the grid's
-                # last run, the first to fail, fails the command as a single run does (its own one line)
-                if distributed.world().distributed or (not failed and spec is specs[-1]):
-                    raise
-                note_failure(spec.key, exc, failed, say_error)
-                if isinstance(exc, DataError):
-                    by_data.append(spec.key)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            if rec is None:  # not rank 0
-                continue
-            say(f"  {spec.key}: {records.scores_text(rec)} · {rec['wall_time_s']:.0f}s")
+            when = checkpoints_when(spec.protocol.train.checkpoint_every)
+            with runlog.kept(records.run_dir(results_dir, spec.key), when) if main else nullcontext():
+                # the grid's position, for a batch job's log (the bar shows the rest)
+                runlog.say(f"[{i}/{len(specs)}] {spec.key}: "
+                           + ("evaluating the given weights" if spec.weights else "training"), say)
+                try:
+                    rec = run_one(spec, results_dir=results_dir, device=device, resume=resume,
+                                  show_progress=show_progress)
+                except Exception as exc:
+                    # one run failing (a diverging loss, out of memory) does not cost the rest of the grid; under
+                    # torchrun a failure still ends the run, as every rank must take the same path; the grid's
+                    # last run, the first to fail, fails the command as a single run does (its own one line)
+                    if distributed.world().distributed or (not failed and spec is specs[-1]):
+                        runlog.append(f"FAILED: {failure_text(exc)}")  # the command's error line says it
+                        _say_summary(say, results_dir, finished, skipped, len(held), failed + [spec.key])
+                        raise
+                    note_failure(spec.key, exc, failed, say_error)
+                    if isinstance(exc, DataError):
+                        by_data.append(spec.key)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                if rec is None:  # not rank 0
+                    continue
+                finished += 1
+                runlog.say(f"  {spec.key}: {records.scores_text(rec)} · {rec['wall_time_s']:.0f}s", say)
         finally:
             for c in twins:
                 c.release()
             if claim is not None and not isinstance(claim, str):
                 claim.release()
+    busy = len(held)
     if held:  # finished (or rescored into its policy) by those processes meanwhile: not left undone
         held = distributed.gather_objects([s.key for s in held if not records.record_path(results_dir, s.key).is_file()
                                            and not rescored_twin(s, results_dir)] if main else None)[0]
     distributed.shutdown()  # every rank is through the grid (distributed.init began it)
+    _say_summary(say, results_dir, finished, skipped, busy, failed)
     if failed:
         others = ", the others finished" if len(failed) < len(specs) else ""
         # fixed data is other data: its runs have new ids, which no checkpoint of these belongs to
@@ -446,7 +478,8 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                  "continue them)" if len(by_data) == len(failed) else
                  "after fixing the cause, the same command runs them again (finished runs are skipped; "
                  "--resume continues a failed one from its last checkpoint)")
-        raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({few(failed)}){others}; {again}" + (
+        raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({few(failed)}){others}; each one's "
+                         f"{records.runs_dir(results_dir)}/<run id>/{runlog.RUN_LOG} says why; {again}" + (
                              f"; {len(held)} more were being run by other processes" if held else ""))
     if held:  # not done here: a job requeued on another node before a killed one's claim went stale ends unfinished
         raise BenchError(f"{len(held)} of {len(specs)} run(s) were being run by other processes and were skipped "
@@ -454,10 +487,22 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                          "whose process died (with --resume, from their last checkpoint)")
 
 
+def _say_summary(say: Callable[[str], None], results_dir: Path, finished: int, skipped: int, held: int,
+                 failed: list[str]) -> None:
+    """The grid's closing line: what became of its runs, where their records are, what to run next."""
+    counts = [f"{finished} finished"] + ([f"{skipped} skipped (finished earlier)"] if skipped else [])
+    counts += [f"{held} skipped (being run by other processes)"] if held else []
+    counts += [f"{len(failed)} failed"] if failed else []
+    next_step = f"; next: bench report --results {results_dir}" if finished or skipped else ""
+    say(f"bench run: {', '.join(counts)}; records in {records.records_dir(results_dir)}{next_step}")
+
+
 def _drop_empty_run(run_dir: Path) -> None:
     """A first attempt's folder that holds nothing to resume or read: its TensorBoard file without a
-    scalar, an empty checkpoint folder, the folder itself (its claim, where one is held, removes it)."""
+    scalar, its run.log (the failure is said on stderr), an empty checkpoint folder, the folder itself
+    (its claim, where one is held, removes it)."""
     shutil.rmtree(run_dir / records.TB_DIR, ignore_errors=True)
+    runlog.drop(run_dir)
     for folder in (run_dir / CHECKPOINT_DIR, run_dir):
         with suppress(OSError):  # not empty: a checkpoint (max_iterations 0 trains none, yet saves one)
             folder.rmdir()
@@ -469,8 +514,11 @@ def note_failure(key: str, exc: Exception, failed: list[str], say_error: Callabl
     failed.append(key)
     if not isinstance(exc, BenchError):
         say_error(traceback.format_exc().rstrip())
-    why = one_line(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
-    say_error(f"  {key}: FAILED: {why}")
+    runlog.say(f"  {key}: FAILED: {failure_text(exc)}", say_error)
+
+
+def failure_text(exc: BaseException) -> str:
+    return one_line(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
 
 
 def _given_weights(model, path: str, run_dir: Path, main: bool) -> TrainResult:

@@ -10,13 +10,11 @@ VM-UNet set it; ops outside cuDNN that use atomics (e.g. some backward passes) c
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import math
 import os
 import random
 import shutil
-import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -28,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import distributed, env, fileio, records
+from bench import distributed, env, fileio, records, runlog
 from bench.data.base import SegDataset
 from bench.data.torch_dataset import TrainDataset
 from bench.errors import BenchError
@@ -283,6 +281,20 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(cuda)
 
 
+def checkpoints_when(every: int) -> str:
+    """When a protocol of ``checkpoint_every`` = ``every`` writes its resumable checkpoint."""
+    return f"every {every} epochs" if every > 1 else "at every epoch's end" if every == 1 else "at the end only"
+
+
+def _clear_earlier_attempt(run_dir: Path) -> None:
+    """What an earlier attempt of a run training afresh left that this one would not replace: its
+    per-epoch checkpoints and its TensorBoard curves, which would read as this run's beside its own."""
+    for old in (run_dir / CHECKPOINT_DIR).glob("epoch_*.pt"):
+        old.unlink(missing_ok=True)
+    for old in (run_dir / records.TB_DIR).glob("events.out.tfevents.*"):
+        old.unlink(missing_ok=True)
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read one of our checkpoints; tensors and plain containers only (weights_only=True)."""
     try:
@@ -381,7 +393,7 @@ def train_model(
     code = code or records.code_version(env.git_commit(), digest)
     commits = [code]
     if not resume and w.main and last.is_file():  # days of training, replaced unsaid at the first epoch's end
-        written = dt.datetime.fromtimestamp(last.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+        written = fileio.human_time(last.stat().st_mtime)
         warnings.warn(f"{last}: an earlier attempt's checkpoint (written {written}); training afresh replaces it "
                       "(--resume continues it)", stacklevel=2)
     # rank 0's view for every rank: one rank resuming while another starts afresh would never meet again
@@ -422,13 +434,19 @@ def train_model(
         resumed_from = state["epoch"]
         time_before = state.get("time_s", math.nan)  # training time of the killed process(es)
         if w.main:  # else a resume and a fresh start read alike
-            print(f"  {Path(run_dir).name}: resuming after epoch {resumed_from + 1} of {epochs} (step {step} of "
-                  f"{total}) from {last}", file=sys.stderr)
+            runlog.say(f"  {Path(run_dir).name}: resuming after epoch {resumed_from + 1} of {epochs} (step {step} of "
+                       f"{total}) from {last}")
     elif resume and w.main:  # stopped before its first checkpoint, or never begun: a resume reads alike otherwise
-        every = t.checkpoint_every
-        when = (f"every {every} epochs" if every > 1 else "at every epoch's end" if every == 1 else "at the end only")
-        print(f"  {Path(run_dir).name}: no checkpoint to resume from (its protocol writes {last.name} {when}); "
-              f"training from the start{_other_versions(Path(run_dir))}", file=sys.stderr)
+        when = checkpoints_when(t.checkpoint_every)
+        runlog.say(f"  {Path(run_dir).name}: no checkpoint to resume from (its protocol writes {last.name} {when}); "
+                   f"training from the start{_other_versions(Path(run_dir))}")
+    if resumed_from is None and w.main:
+        _clear_earlier_attempt(Path(run_dir))
+    if getattr(model, "uses_selective_scan", False):  # its kernel built (or loaded) outside the train time
+        from ssm_models import scan
+
+        if scan.default_backend(device, protocol.torch_dtype) == "cpu":  # BENCH_SCAN_BACKEND=torch builds none
+            scan.available_backends(device)
 
     t0 = time.perf_counter()
     loss_value = float("nan")

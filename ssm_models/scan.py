@@ -201,6 +201,9 @@ def _build(cflags: list[str]) -> tuple[Any, str]:
     _wait_for_build_lock(build / "lock")
     _say_owner(build)
     before = {so: so.stat().st_mtime_ns for so in build.glob(f"{name}*.so")}
+    if not before and sys.stderr is not None:  # 15-50 s of silence otherwise, before a run's first step
+        print(f"building the CPU selective-scan kernel (first use on this machine) in {build} ...", file=sys.stderr,
+              flush=True)
     t0 = time.perf_counter()
     with _real_std_streams(), _venv_ninja_first():  # torch's build flushes the streams
         ext = cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=cflags,

@@ -1265,11 +1265,25 @@ def test_a_failing_run_does_not_stop_the_grid(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(run_module, "run_one", diverges)
     args = ["run", "--models", "unet,vmunet", "--dataset", "synapse", "--synthetic", "--results", tmp_path, *FAST]
-    code, err = _bench(monkeypatch, capsys, *args)
+    proc = run_bench_here(monkeypatch, capsys, *map(str, args), check=False)
+    code, err = proc.returncode, proc.stderr
     assert code == 2
     assert re.search(r"synapse-smoke-unet-s0-\w+: FAILED: non-finite loss \(nan\)", err), err
-    assert re.search(r"error: 1 of 2 run\(s\) failed \(synapse-smoke-unet-s0-\w+\), the others finished", err), err
+    assert re.search(r"error: 1 of 2 run\(s\) failed \(synapse-smoke-unet-s0-\w+\), the others finished; each "
+                     r"one's .*/runs/<run id>/run\.log says why", err), err
     assert [p.name.split("-")[2] for p in (tmp_path / "records").glob("*.json")] == ["vmunet"]
+    # the grid's position, then its summary and the next command
+    assert re.search(r"^\[1/2\] synapse-smoke-unet-s0-\w+: training$", proc.stdout, re.M), proc.stdout
+    assert proc.stdout.splitlines()[-1] == (f"bench run: 1 finished, 1 failed; records "
+                                            f"in {tmp_path / 'records'}; next: bench report --results {tmp_path}")
+    # the failure's reason kept beside the run (stderr is gone by the time `bench report` asks), with the time
+    (log,) = (tmp_path / "runs").glob("synapse-smoke-unet-s0-*/run.log")
+    lines = log.read_text().splitlines()
+    assert [line.split("  ", 1)[1].split(":")[0] for line in lines] == [f"[1/2] {log.parent.name}", log.parent.name]
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  ", lines[1]) and "FAILED: non-finite loss (nan)" in lines[1]
+    (done,) = (tmp_path / "runs").glob("synapse-smoke-vmunet-s0-*/run.log")
+    said = [line.split("  ", 1)[1] for line in done.read_text().splitlines()]
+    assert said[0] == f"[2/2] {done.parent.name}: training" and said[-1].startswith(f"{done.parent.name}: "), said
 
     def out_of_memory(spec, **kw):  # not a BenchError: a bug or the machine, so its traceback is shown
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")

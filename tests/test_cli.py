@@ -693,3 +693,93 @@ def test_data_synth_writes_volumes_of_the_size_asked_for(tmp_path):
     (case,) = ds.test_ids()
     with h5py.File(next((tmp_path / "big" / "test_vol_h5").glob("*.h5"))) as f:
         assert f["image"].shape == (20, 128, 128) and case
+
+
+@pytest.mark.parametrize("argv, training, said", [
+    (["run", "--tiny"], None, "interrupted; the same command with --resume continues each unfinished run from its "
+     "last checkpoint (each protocol's checkpoint_every sets when); without --resume, unfinished runs train afresh"),
+    (["run", "--resume"], ("r1", "every 50 epochs"), "interrupted while training r1; the same command continues it "
+     "from its last checkpoint (its protocol writes one every 50 epochs)"),
+    (["run", "--resume", "--no-resume"], ("r1", "at every epoch's end"), "interrupted while training r1; the same "
+     "command with --resume continues it from its last checkpoint (its protocol writes one at every epoch's end); "
+     "without --resume, unfinished runs train afresh"),
+    (["rescore", "--policy", "strict"], None,
+     "interrupted; the same command scores the rest (the runs scored already are kept and skipped)"),
+    (["predict"], None, "interrupted; the same command does it again"),
+])
+def test_the_interrupt_message_fits_the_command(monkeypatch, argv, training, said):
+    """It said "checkpoint_every epochs of its protocol" (a key, not a value), told a command that had
+    --resume to add it, named no run, and told rescore it would do again what it keeps."""
+    from bench import runlog
+    from bench.cli.console import _interrupted_line
+
+    monkeypatch.setattr(sys, "argv", ["bench", *argv])
+    run, when = training or (None, None)
+    monkeypatch.setattr(runlog, "current_run", run)
+    monkeypatch.setattr(runlog, "checkpoints", when)
+    assert _interrupted_line() == said
+
+
+def test_the_live_bar_follows_stderr_and_each_phase_has_its_own_total(monkeypatch, tmp_path):
+    """The bar checked stdout's terminal (`bench run > out` at a terminal showed none), read "0/None"
+    before the first step, and evaluation kept training's total until its first case."""
+    import io
+
+    from rich.progress import Progress
+
+    from bench import run
+    from bench.protocol import load_protocol
+    from bench.registry import get_entry
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    with run._progress_bar(True) as bar:
+        assert isinstance(bar, Progress)
+        task = bar.add_task("unet s0 train", total=None, info="")
+        assert "0/?" in str(bar.columns[2].render(bar.tasks[task]))
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert not isinstance(run._progress_bar(True), Progress)
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    added, add_task = [], Progress.add_task
+    monkeypatch.setattr(Progress, "add_task", lambda self, name, **kw: added.append((name, kw.get("total")))
+                        or add_task(self, name, **kw))
+    proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=2, batch_size=4, max_cases=1)
+    (spec,) = run.plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], synthetic=True,
+                            data_root=None, results_dir=tmp_path, model_overrides=dict(get_entry("unet").tiny))
+    run.run_one(spec, results_dir=tmp_path, device="cpu", show_progress=True)
+    assert added == [("unet s0 train", None), ("unet s0 eval", None)]
+
+
+def test_a_runs_log_keeps_its_lines_warnings_and_interrupt(tmp_path, capsys, monkeypatch):
+    """A run's lines went to stdout and stderr only: with a batch job's log gone, nothing told why a run
+    had no record. Its warnings and an interrupt are kept too, and a later attempt appends."""
+    import warnings
+
+    from bench import runlog
+
+    monkeypatch.setattr(runlog, "current_run", None)  # both restored after the interrupt below set them
+    monkeypatch.setattr(runlog, "checkpoints", None)
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    runlog.say("outside any run")  # said, kept nowhere
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda *a, **k: None  # the command line's one-line display, say
+        with runlog.kept(run_dir, "every 50 epochs"):
+            runlog.say("  r1: resuming after epoch 50")
+            warnings.warn("r1: a warning about it", stacklevel=1)
+    assert runlog.current_run is None  # left well: no run to name
+    with pytest.raises(KeyboardInterrupt), runlog.kept(run_dir, "every 50 epochs"):
+        raise KeyboardInterrupt
+    assert (runlog.current_run, runlog.checkpoints) == ("r1", "every 50 epochs")  # for the interrupt message
+    said = (run_dir / runlog.RUN_LOG).read_text().splitlines()
+    assert [line.split("  ", 1)[1] for line in said] == ["r1: resuming after epoch 50", "warning: r1: a warning about it",
+                                                        "interrupted"], said
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  ", line) for line in said)
+    assert capsys.readouterr().err.splitlines() == ["outside any run", "  r1: resuming after epoch 50"]

@@ -666,8 +666,8 @@ def test_ctrl_c_in_a_terminal_stops_the_run_with_one_line(tmp_path):
             launcher.wait()
     assert launcher.returncode == 130
     assert [line for line in said.splitlines() if not line.startswith("warning: ")] == [
-        "interrupted; the same command with --resume continues each run from its last checkpoint (written every "
-        "checkpoint_every epochs of its protocol); without --resume, unfinished runs train afresh"], said
+        "interrupted; the same command with --resume continues each unfinished run from its last checkpoint (each "
+        "protocol's checkpoint_every sets when); without --resume, unfinished runs train afresh"], said
     assert not any(_running(p) for p in ranks) and not list(tmp_path.glob("runs/*/.claim"))
 
 

@@ -1574,8 +1574,9 @@ def test_a_folder_whose_runs_never_finished_says_so(tmp_path):
     (tmp_path / "runs" / "synapse-smoke-unet-s0-1e81a7b6" / "checkpoints").mkdir(parents=True)
     with pytest.raises(BenchError) as md:
         write_report(tmp_path)
-    assert str(md.value).startswith(f"{tmp_path}: no finished runs; 1 run(s) began here "
-                                    "(synapse-smoke-unet-s0-1e81a7b6) and none wrote its record")
+    assert str(md.value).startswith(
+        f"{tmp_path}: no finished runs; 1 run(s) began here (synapse-smoke-unet-s0-1e81a7b6) and none wrote its "
+        f"record (a run failed or is still training: its run.log in {tmp_path / 'runs'}/<run id>/ says why")
     with pytest.raises(BenchError) as methods:
         write_report(tmp_path, "methods", models="all")
     assert str(methods.value) == str(md.value)  # the same words, whatever the format

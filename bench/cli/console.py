@@ -114,11 +114,27 @@ def _main() -> None:
             _say_orphaned(distributed)
         sys.exit(code)  # the launcher says it, once
     if code == 130:  # Ctrl-C or SIGTERM (typer returns 130 for them)
-        _echo_err("interrupted; " + (
-            "the same command with --resume continues each run from its last checkpoint (written every "
-            "checkpoint_every epochs of its protocol); without --resume, unfinished runs train afresh"
-            if sys.argv[1:2] == ["run"] else "the same command does it again"))
+        _echo_err(_interrupted_line())
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted_line() -> str:
+    """What the same command does after an interrupt: `bench run` continues from the last checkpoint of
+    the run it was training (its protocol's schedule named) where it has --resume, and says to add it
+    where not; `bench rescore` keeps the runs it scored."""
+    command = sys.argv[1:2]
+    if command == ["rescore"]:
+        return "interrupted; the same command scores the rest (the runs scored already are kept and skipped)"
+    if command != ["run"]:
+        return "interrupted; the same command does it again"
+    runlog = sys.modules.get("bench.runlog")  # imported by a run that began
+    run = runlog.current_run if runlog else None
+    when = f"its protocol writes one {runlog.checkpoints}" if run else "each protocol's checkpoint_every sets when"
+    what = f"{'it' if run else 'each unfinished run'} from its last checkpoint ({when})"
+    resumes = [a for a in sys.argv[2:] if a in ("--resume", "--no-resume")][-1:] == ["--resume"]
+    return (f"interrupted{f' while training {run}' if run else ''}; the same command "
+            + (f"continues {what}" if resumes else
+               f"with --resume continues {what}; without --resume, unfinished runs train afresh"))
 
 
 def _refuse_empty_values(args: list[str]) -> None:

@@ -1,0 +1,78 @@
+"""A run's own log, ``runs/<id>/run.log``: the lines `bench run` says about the run (its start, resume
+notes, heartbeats, warnings, its result or why it failed), each with its UTC time, appended as they are
+said; a resumed run appends. A batch job's stderr is often gone when `bench report` asks why a run has
+no record: this file still says."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+RUN_LOG = "run.log"
+
+_log: Path | None = None  # the log of the run this process trains now (rank 0 only)
+# the run training when the command was interrupted, and when its protocol writes checkpoints
+# (bench.train.checkpoints_when): the interrupt message names them (bench.cli.console)
+current_run: str | None = None
+checkpoints: str | None = None
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)  # the stream of now (a test's capture, a redirection)
+
+
+@contextmanager
+def kept(run_dir: Path, when: str | None = None) -> Iterator[None]:
+    """Inside the block, ``say`` and warnings also go to ``run_dir``'s log; ``when``: when the run's
+    protocol writes checkpoints, for the interrupt message."""
+    global _log, current_run, checkpoints
+    _log, current_run, checkpoints = run_dir / RUN_LOG, run_dir.name, when
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        shown(message, category, filename, lineno, file, line)
+        append(f"warning: {message}")
+
+    warnings.showwarning = show
+    try:
+        yield
+    except KeyboardInterrupt:
+        append("interrupted")
+        raise
+    else:
+        current_run = checkpoints = None
+    finally:
+        if warnings.showwarning is show:
+            warnings.showwarning = shown
+        _log = None
+
+
+def say(text: str, out: Callable[[str], None] = _stderr) -> None:
+    """``text`` said (``out``: stderr by default) and kept in the current run's log."""
+    out(text)
+    append(text)
+
+
+def append(text: str) -> None:
+    """``text`` kept in the current run's log only (where it is said elsewhere: the command's closing
+    error line); nothing outside a run. A log that cannot be written never stops the run."""
+    if _log is None:
+        return
+    from bench.fileio import human_time
+
+    try:
+        with open(_log, "a", encoding="utf-8") as fh:  # one write: O_APPEND keeps lines whole
+            fh.write("".join(f"{human_time(seconds=True)}  {line.strip()}\n" for line in text.splitlines() or [""]))
+    except OSError:
+        pass
+
+
+def drop(run_dir: Path) -> None:
+    """The log of a run that leaves nothing behind (it failed before its first step): removed, and
+    nothing more kept of it, so that its folder goes with its claim."""
+    global _log
+    if _log is not None and _log.parent == run_dir:
+        _log.unlink(missing_ok=True)
+        _log = None
