@@ -41,9 +41,10 @@ def exception_chain(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def few(items: Sequence[str], n: int = 5) -> str:
-    """The first ``n`` of ``items`` and how many more: an error of a thousand ids stays one readable line."""
-    return ", ".join(items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
+def few(items: Sequence[str], n: int = 5, *, sep: str = ", ") -> str:
+    """The first ``n`` of ``items`` and how many more: an error of a thousand ids stays one readable line.
+    ``sep``: "; " where the items hold commas of their own (whole problems, not ids)."""
+    return sep.join(items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
 
 
 def one_line(exc: BaseException) -> str:

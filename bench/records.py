@@ -240,9 +240,8 @@ def validate_record(rec: Any) -> None:
                 row_problems.append(f"{key}[{i}]: expected object, got {type(row).__name__}")
             else:
                 row_problems += _check(row, spec, f"{key}[{i}].")
-        problems += row_problems[:5]
-        if len(row_problems) > 5:
-            problems.append(f"{key}: … and {len(row_problems) - 5} more problems")
+        if row_problems:
+            problems.append(few(row_problems, sep="; "))
     if problems:
         rid = rec.get("run_id", "<no run_id>")
         raise BenchError(f"invalid run record {rid!r}: " + "; ".join(problems))  # one line, as every error

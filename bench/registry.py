@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from bench.errors import BenchError, unknown_name
+from bench.errors import BenchError, few, unknown_name
 from bench.names import name_list, nothing_named
 from bench.fileio import absent
 from bench.modeling import SegmentationModel, size_error
@@ -467,7 +467,7 @@ def strict_load(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> 
     ]
     if missing or unexpected or shaped:
         def show(items: list[str]) -> str:
-            return ", ".join(items[:12]) + (f" … (+{len(items) - 12})" if len(items) > 12 else "") or "none"
+            return few(items, 12) or "none"
 
         # what the model was built for: a head, stem or position table of another size tells which differs
         cfg = getattr(model, "bench_config", None)
