@@ -29,7 +29,6 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import numbers
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.errors import BenchError, few
+from bench.errors import BenchError, did_you_mean, few
 from bench.fileio import SAFE_NAME, absent, atomic_write_text
 from bench.names import name_list, nothing_named
 from bench.metrics import POLICIES as METRIC_POLICIES
@@ -578,9 +577,8 @@ def select_runs(df_runs: pd.DataFrame, models: str | Iterable[str] | None = None
         have = sorted({str(v) for c in columns if c in df_runs for v in df_runs[c].dropna()})
         for name in names:
             if name not in have and not (option == "--models" and name in set(profiled)):
-                close = difflib.get_close_matches(name, have, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                if option == "--models" and close:  # a registered model without runs is no misspelling
+                hint = did_you_mean(name, have)
+                if option == "--models" and hint:  # a registered model without runs is no misspelling
                     from bench.registry import list_models
 
                     hint = "" if name in list_models() else hint

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import collections
-import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from bench.errors import BenchError
+from bench.errors import BenchError, did_you_mean
 from bench.report.board_text import _caption
 from bench.report.boards import CI_METRICS, METRICS
 from bench.report.costs import _num
@@ -150,7 +149,5 @@ def _check_reference(reference: str, groups: dict[BoardKey, pd.DataFrame], resul
     names = sorted(set(pd.concat(rows).stack())) if rows else []
     if reference in names:
         return
-    close = difflib.get_close_matches(reference, names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
     raise BenchError(f"--reference {reference!r}: no runs of that model in {results_dir} (models there: "
-                     f"{', '.join(names) or 'none'}){hint}")
+                     f"{', '.join(names) or 'none'}){did_you_mean(reference, names)}")
