@@ -59,7 +59,8 @@ __all__ = [
 ]
 
 NAN = float("nan")
-METRICS = ("dice", "iou", "hd95", "acc", "spe", "sen")  # per-row metric keys, in report order
+# the standard metrics: score_case's per-row keys and aggregate's, in the order reports print them
+METRICS = ("dice", "hd95", "iou", "acc", "spe", "sen")
 OPTIONAL_METRICS = ("nsd",)  # in rows only when asked for (score_case's nsd_tolerance)
 COUNTS = ("tp", "fp", "fn", "tn")
 

@@ -44,6 +44,7 @@ import pandas as pd
 from bench.errors import BenchError, did_you_mean, few
 from bench.fileio import SAFE_NAME, absent, atomic_write_text
 from bench.names import name_list, nothing_named
+from bench.metrics import METRICS
 from bench.metrics import POLICIES as METRIC_POLICIES
 
 __all__ = [
@@ -78,7 +79,7 @@ RUN_COLUMNS = RUN_ID_COLUMNS + [
     "paper_macs", "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes", "n_missed", "n_present",
 ]  # fmt: skip
 # Aggregates every policy may produce; ``load`` puts them first, extra metric keys follow.
-STANDARD_METRICS = ["dice", "hd95", "iou", "acc", "spe", "sen", "n_cases"]
+STANDARD_METRICS = [*METRICS, "n_cases"]
 CASE_COLUMNS = [
     "case", "class", "name", "dice", "iou", "hd95", "nsd", "acc", "spe", "sen",
     "tp", "fp", "fn", "tn", "n_pred", "n_ref", "empty",
