@@ -689,3 +689,12 @@ def test_data_synth_writes_volumes_of_the_size_asked_for(tmp_path):
     (case,) = ds.test_ids()
     with h5py.File(next((tmp_path / "big" / "test_vol_h5").glob("*.h5"))) as f:
         assert f["image"].shape == (20, 128, 128) and case
+
+
+def test_data_synths_choices_are_every_format_and_dataset():
+    from bench.cli.data_cmds import SynthKind
+    from bench.data import DATASETS
+    from bench.data.synth import KINDS
+
+    readers = {kind: [name for name, cls in DATASETS.items() if cls.kind == kind and name != kind] for kind in KINDS}
+    assert [k.value for k in SynthKind] == [name for kind in KINDS for name in (kind, *readers[kind])]
