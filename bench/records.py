@@ -21,7 +21,7 @@ is an error that names the key, rather than a silent conversion that would merge
 
 Example::
 
-    rec = {..., "run_id": new_run_id("synapse", "synapse", "vmunet", 0), ...}
+    rec = {..., "run_id": spec.key, ...}     # bench.run.RunSpec.key: synapse-synapse-vmunet-s0-<8 hex>
     path = write_record(rec, Path("results"))
     runs = load(Path("results"))               # one row per run
     cases = load(Path("results"), level="case")  # one row per (run, case, class)
@@ -32,8 +32,6 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import re
-import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,7 +50,6 @@ __all__ = [
     "RUN_COLUMNS",
     "CASE_COLUMNS",
     "STANDARD_METRICS",
-    "new_run_id",
     "short_commit",
     "code_version",
     "validate_record",
@@ -174,16 +171,6 @@ def split_name(fold: int | None) -> str:
 def split_fold(split: str) -> int | None:
     """The cross-validation fold a record's ``split`` names; None for the dataset's test split."""
     return int(split[4:]) if split.startswith("fold") else None
-
-
-def new_run_id(dataset: str, protocol: str, model: str, seed: int) -> str:
-    """``"{dataset}-{protocol}-{model}-s{seed}-{8 hex}"``, safe as a file name.
-
-    The random suffix (32 bits from ``secrets``) keeps ids unique across processes and machines
-    without coordination; the prefix keeps a directory listing readable.
-    """
-    parts = [re.sub(r"[^A-Za-z0-9._+]+", "_", str(p)) for p in (dataset, protocol, model)]
-    return f"{parts[0]}-{parts[1]}-{parts[2]}-s{int(seed)}-{secrets.token_hex(4)}"
 
 
 def _is_type(value: Any, types: tuple) -> bool:
