@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench import stats
 from bench.errors import BenchError, did_you_mean
 from bench.report.board_text import _caption
 from bench.report.boards import CI_METRICS, METRICS
@@ -59,16 +60,14 @@ def significance_latex(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardK
 
 
 RANK_NOTE = ("Ranks by the board's DSC (its policy's aggregate) over the cases every model has; stability "
-             "from 1000 bootstrap resamples of those cases (any in which a model's DSC is undefined left out), "
-             "for these trained runs: a retrained seed can rank otherwise. "
+             f"from {stats.N_BOOT_RANKS} bootstrap resamples of those cases (any in which a model's DSC is undefined "
+             "left out), for these trained runs: a retrained seed can rank otherwise. "
              "Tied models share the better rank, so P(rank 1) can add up to more than 1.")
 
 
 def significance_sections(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.DataFrame],
                           reference: str) -> list[Section]:
     """The sections of ``significance_md`` and ``significance_latex``, one per board with case rows."""
-    from bench import stats
-
     parts = []
     for key, cases in groups.items():
         if key not in boards:
