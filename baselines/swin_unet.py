@@ -11,7 +11,7 @@ As in the authors' code: encoder depths [2, 2, 2, 2] with the decoder mirroring 
 decoder depths are never used), skips taken from the INPUTS of encoder stages 0–2, concatenation
 + linear back-projection, PatchExpand, a final ×4 expand and a bias-free 1×1 output conv; the
 token grid is fixed by ``img_size``. Smaller inputs need a window that tiles every stage: when
-``img_size`` is not a multiple of 32·window, the largest window ≤ 7 that tiles the grid is chosen
+``img_size`` is not a multiple of 32·window (with four stages), the largest window ≤ 7 that tiles the grid is chosen
 and recorded in the run's model config (a warning says so).
 """
 
@@ -237,7 +237,7 @@ class SwinUnet(SegmentationModel):
                  depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), window_size: int = 7, drop_path_rate: float = 0.2):
         super().__init__()
         self.num_classes, self.in_chans, self.img_size = num_classes, in_chans, img_size
-        self.size_divisor = 32
+        self.size_divisor = _size_divisor(len(depths))
         self.swin_unet = SwinTransformerSys(img_size, in_chans, num_classes, embed_dim, depths, num_heads,
                                             window_size, drop_path_rate)
 
@@ -250,14 +250,19 @@ class SwinUnet(SegmentationModel):
         return self.swin_unet(x)
 
 
-def _window_for(img_size: int, window: int, stages: int, patch: int = 4) -> int:
+def _size_divisor(stages: int) -> int:
+    """What ``img_size`` must be a multiple of: 4-pixel patches, merged once after each stage but the last."""
+    return 4 * 2 ** (stages - 1)
+
+
+def _window_for(img_size: int, window: int, stages: int) -> int:
     """The largest window ≤ ``window`` that tiles the token grid of every stage (or the grid itself)."""
-    grids = [img_size // patch // 2**i for i in range(stages)]
-    if img_size % (patch * 2 ** (stages - 1)):
+    grids = [img_size // 4 // 2**i for i in range(stages)]
+    if img_size % _size_divisor(stages):  # before the model is built: a grid that does not halve fails inside it
         from bench.modeling import size_error
 
-        raise size_error("swin_unet", img_size, patch * 2 ** (stages - 1),
-                         f"its {patch}-pixel patches merged {stages - 1} times need")
+        raise size_error("swin_unet", img_size, _size_divisor(stages),
+                         f"its 4-pixel patches merged {stages - 1} times need")
     for w in range(window, 0, -1):
         if all(g % w == 0 or g <= w for g in grids):
             return w

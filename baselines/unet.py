@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.errors import BenchError
+from bench.errors import BenchError, did_you_mean
 from bench.modeling import SegmentationModel
 from bench.registry import register_model
 
@@ -118,12 +118,8 @@ class SmpUNet(SegmentationModel):
         self.num_classes, self.in_chans = num_classes, in_chans
         known = smp.encoders.get_encoder_names()
         if encoder not in known:  # smp's KeyError lists ~80 names on one line
-            import difflib
-
-            close = difflib.get_close_matches(encoder, known, n=3)
-            raise BenchError(f"unet: encoder {encoder!r} is not an smp encoder"
-                             + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
-                             + " (segmentation_models_pytorch.encoders.get_encoder_names() lists them; or 'classic')")
+            raise BenchError(f"unet: encoder {encoder!r} is not an smp encoder{did_you_mean(encoder, known)}"
+                             " (segmentation_models_pytorch.encoders.get_encoder_names() lists them; or 'classic')")
         self.net = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=in_chans, classes=num_classes)
         self.size_divisor = self.net.encoder.output_stride
         if encoder_weights is not None:

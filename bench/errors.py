@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 
 class BenchError(Exception):
@@ -22,12 +22,27 @@ def debugging() -> bool:
     return os.environ.get("BENCH_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def unknown_name(kind: str, name: object, known: Sequence[str], *, plural: str | None = None,
-                 cutoff: float = 0.5) -> BenchError:
-    """"unknown <kind> 'x'; did you mean 'y'? Known <kind>s: ..." for a name outside ``known``."""
-    close = difflib.get_close_matches(str(name).lower(), list(known), n=1, cutoff=cutoff)
-    hint = f"; did you mean {close[0]!r}?" if close else "."
-    return BenchError(f"unknown {kind} {name!r}{hint} Known {plural or kind + 's'}: {', '.join(known)}")
+def closest(name: object, choices: Iterable[str]) -> str | None:
+    """The choice nearest to a misspelt ``name``, any case, or None: difflib's at its default cutoff
+    (a lower one offers 'poly_power' for 'colour'), else the longest choice ``name`` spells out
+    (eval for [evaluation])."""
+    lowered = {c.lower(): c for c in reversed(list(choices))}  # the first of choices alike but for case
+    typed = str(name).lower()
+    close = difflib.get_close_matches(typed, list(lowered), n=1, cutoff=0.6) or sorted(
+        (c for c in lowered if len(c) >= 3 and typed.startswith(c)), key=len, reverse=True)
+    return lowered[close[0]] if close else None
+
+
+def did_you_mean(name: object, choices: Iterable[str]) -> str:
+    """" (did you mean 'x'?)" for the choice nearest to ``name``; "" where none is near."""
+    close = closest(name, choices)
+    return f" (did you mean {close!r}?)" if close is not None else ""
+
+
+def unknown_name(kind: str, name: object, known: Sequence[str], *, plural: str | None = None) -> BenchError:
+    """"unknown <kind> 'x' (did you mean 'y'?). Known <kind>s: ..." for a name outside ``known``."""
+    return BenchError(f"unknown {kind} {name!r}{did_you_mean(name, known)}. Known {plural or kind + 's'}: "
+                      f"{', '.join(known)}")
 
 
 def exception_chain(exc: BaseException) -> Iterator[BaseException]:
@@ -41,9 +56,10 @@ def exception_chain(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def few(items: Sequence[str], n: int = 5) -> str:
-    """The first ``n`` of ``items`` and how many more: an error of a thousand ids stays one readable line."""
-    return ", ".join(items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
+def few(items: Sequence[str], n: int = 5, *, sep: str = ", ") -> str:
+    """The first ``n`` of ``items`` and how many more: an error of a thousand ids stays one readable line.
+    ``sep``: "; " where the items hold commas of their own (whole problems, not ids)."""
+    return sep.join(items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
 
 
 def one_line(exc: BaseException) -> str:

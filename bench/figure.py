@@ -5,7 +5,7 @@ Predictions come from the runs' weights exactly as ``bench predict`` writes them
 then ``predict_cases``), so every panel is on the grid its case was scored on: ISIC/polyp at model
 resolution (the image resized bilinearly to it), volumes at their own grid, shown by the axial slice
 (axis 0) with the most ground-truth foreground. ``figure_panels`` returns the arrays drawn;
-``draw_figure`` writes them as PNG or PDF.
+``draw_figure`` writes them as PNG, PDF or SVG.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 from bench import records
 from bench.errors import BenchError, few
+from bench.plots import PLOT_FORMATS, _pyplot, save_figure
 
 if TYPE_CHECKING:
     from bench.rescore import DataRoots
@@ -31,7 +32,6 @@ __all__ = ["FigurePanels", "Column", "choose_runs", "case_dsc", "choose_cases", 
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#882255", "#999933",
            "#332288")
 ALPHA = 0.45
-FORMATS = (".png", ".pdf")
 
 
 @dataclass
@@ -226,11 +226,8 @@ def _overlay(labels: np.ndarray) -> np.ndarray:
 
 
 def draw_figure(panels: FigurePanels, out: Path) -> Path:
-    """Write the figure to ``out`` (.png at 200 dpi, or vector .pdf) atomically."""
+    """Write the figure to ``out`` (.png at 200 dpi, or vector .pdf or .svg) atomically."""
     from matplotlib.patches import Patch
-
-    from bench.fileio import atomic_write
-    from bench.plots import _pyplot
 
     plt = _pyplot()
     n_rows, n_cols = len(panels.case_ids), 2 + len(panels.columns)
@@ -259,18 +256,13 @@ def draw_figure(panels: FigurePanels, out: Path) -> Path:
                    for i, name in enumerate(panels.class_names)]
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
         fig.tight_layout(rect=(0, band / height, 1, 1))
-        fmt = out.suffix.lower()[1:]
-
-        def save(tmp: Path) -> None:
-            with plt.rc_context({"pdf.fonttype": 42}):  # TrueType: publishers' PDF checks refuse Type 3 fonts
-                fig.savefig(tmp, format=fmt, dpi=200, bbox_inches="tight")
-
-        return atomic_write(Path(out), save, suffix=f".tmp{out.suffix}")
+        return save_figure(fig, Path(out), dpi=200)
     finally:
         plt.close(fig)
 
 
 def check_out(out: Path) -> None:
-    if out.suffix.lower() not in FORMATS:
-        raise BenchError(f"--out {out}: the figure is written as {' or '.join(FORMATS)} (by its suffix); "
-                         f"got {out.suffix or 'no suffix'}")
+    """BenchError unless ``out``'s suffix names one of ``plots.PLOT_FORMATS``."""
+    if out.suffix.lower().lstrip(".") not in PLOT_FORMATS:
+        raise BenchError(f"--out {out}: the figure is written as {', '.join('.' + f for f in PLOT_FORMATS)} (by its "
+                         f"suffix); got {out.suffix or 'no suffix'}")

@@ -42,7 +42,6 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
@@ -50,7 +49,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 from scipy import ndimage
 
-from bench.errors import BenchError, unknown_name
+from bench.errors import BenchError, did_you_mean, unknown_name
 
 __all__ = [
     "EmptyMaskError", "HD_DEFINITIONS", "PENALTY", "POLICIES", "Outcome", "Policy", "PooledConfusion", "aggregate",
@@ -60,7 +59,8 @@ __all__ = [
 ]
 
 NAN = float("nan")
-METRICS = ("dice", "iou", "hd95", "acc", "spe", "sen")  # per-row metric keys, in report order
+# the standard metrics: score_case's per-row keys and aggregate's, in the order reports print them
+METRICS = ("dice", "hd95", "iou", "acc", "spe", "sen")
 OPTIONAL_METRICS = ("nsd",)  # in rows only when asked for (score_case's nsd_tolerance)
 COUNTS = ("tp", "fp", "fn", "tn")
 
@@ -445,7 +445,7 @@ def get_policy(policy: str | Policy) -> Policy:
     if isinstance(policy, Policy):
         return policy
     if policy not in POLICIES:
-        raise unknown_name("metric policy", policy, list(POLICIES), plural="policies", cutoff=0.6)
+        raise unknown_name("metric policy", policy, list(POLICIES), plural="policies")
     return POLICIES[policy]
 
 
@@ -514,8 +514,7 @@ def class_tolerances(tolerance: float | Sequence[float] | Mapping[str, float], n
         problems = [f"no tolerance for {', '.join(missing)}"] if missing else []
         for k in tolerance:
             if k not in names:
-                close = difflib.get_close_matches(str(k), missing, n=1)
-                problems.append(f"{k!r} is not a class" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                problems.append(f"{k!r} is not a class{did_you_mean(k, missing)}")
         if problems:
             raise BenchError(f"{what}: {'; '.join(problems)}. Classes: {', '.join(names)}")
         return {n: _check_tolerance(tolerance[n], f"{what} of {n}") for n in names}

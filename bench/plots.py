@@ -180,10 +180,10 @@ def check_plot_format(fmt: str) -> str:
     return fmt.lower()
 
 
-def _save(fig, path: Path, dpi: int = 120) -> Path:
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
     """Save ``fig`` at ``path`` atomically (``fileio.atomic_write``) in the format its suffix names
-    (``PLOT_FORMATS``: PNG at ``dpi``; PDF with TrueType fonts, which publishers' checks ask for);
-    always close ``fig``."""
+    (``PLOT_FORMATS``: PNG at ``dpi``; PDF with TrueType fonts, which publishers' checks ask for; SVG
+    with text as text); always close ``fig``. The report's plots and `bench figure` save through it."""
     from bench.fileio import atomic_write
 
     fmt = Path(path).suffix.lstrip(".").lower()
@@ -255,7 +255,7 @@ def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path, left_out
         ax.set_title(title, fontsize=looks.font - 1)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # beside, not over, the points
-    return _save(fig, path, looks.dpi)
+    return save_figure(fig, path, looks.dpi)
 
 
 def _timed_profiles(profiles: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -387,7 +387,7 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path, fmt: str = "png", 
                          fontsize=looks.font - 1)
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
-        written.append(_save(fig, out_dir / f"per_class_dsc__{_board_slug(key)}.{fmt}", looks.dpi))
+        written.append(save_figure(fig, out_dir / f"per_class_dsc__{_board_slug(key)}.{fmt}", looks.dpi))
     return written
 
 
@@ -511,7 +511,7 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
         fig.legend(*ax_loss.get_legend_handles_labels(), fontsize=looks.font - 2, loc="outside right center")
         if looks.title:
             fig.suptitle(f"Training · {_board_title(key)}", fontsize=looks.font - 1)
-        written.append(_save(fig, out_dir / f"training_curves__{_board_slug(key)}.{fmt}", looks.dpi))
+        written.append(save_figure(fig, out_dir / f"training_curves__{_board_slug(key)}.{fmt}", looks.dpi))
     return written
 
 

@@ -9,7 +9,6 @@ whose ``overrides`` are non-empty: the record is then marked off-protocol.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import hashlib
 import json
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError, unknown_name
+from bench.errors import BenchError, closest, did_you_mean, unknown_name
 from bench.fileio import SAFE_NAME, absent, read_text
 
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
@@ -257,9 +256,7 @@ def _section(key: str) -> str:
     if key in _TOP_OVERRIDABLE:
         return ""
     can = sorted({*_file_fields("train"), *_file_fields("eval"), *_TOP_OVERRIDABLE})
-    close = difflib.get_close_matches(key, can, n=1)
-    raise BenchError(f"cannot override protocol field {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-                     + f"; these can be: {', '.join(can)}")
+    raise BenchError(f"cannot override protocol field {key!r}{did_you_mean(key, can)}; these can be: {', '.join(can)}")
 
 
 def _field(protocol: Protocol, key: str) -> Any:
@@ -346,9 +343,8 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
         value = getattr(getattr(protocol, section) if section else protocol, name)
         if value not in names:
             key = f"{section}.{name}" if section else name
-            close = difflib.get_close_matches(str(value), names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else "."
-            raise BenchError(f"{where} {key}: unknown {value!r}{hint} Expected one of {', '.join(names)}")
+            raise BenchError(f"{where} {key}: unknown {value!r}{did_you_mean(value, names)}. Expected one of "
+                             f"{', '.join(names)}")
     return protocol
 
 
@@ -528,14 +524,13 @@ def _check_keys(data: dict[str, Any], path: Path) -> None:
                         if table else "at the top level here")
                 problems.append(f"{key} is {owner}; it sits {here}: move it {move}")
             elif not table and isinstance(value, dict):
-                close = difflib.get_close_matches(key, [t for t in _TABLES if t], n=1, cutoff=0.5)  # evaluation: eval
-                named.update(close)
-                problems.append(f"unknown table [{key}]" + (f" (did you mean [{close[0]}]?)" if close else ""))
+                close = closest(key, [t for t in _TABLES if t])
+                named.update([close] if close else [])
+                problems.append(f"unknown table [{key}]" + (f" (did you mean [{close}]?)" if close else ""))
             else:
-                close = difflib.get_close_matches(key, known, n=1)
-                named.update(close)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                problems.append(f"unknown key {key!r} {_place(table)}{hint}")
+                close = closest(key, known)
+                named.update([close] if close else [])
+                problems.append(f"unknown key {key!r} {_place(table)}{did_you_mean(key, known)}")
     for table in _TABLES:
         given = data.get(table, {}) if table else data
         if not isinstance(given, dict):
@@ -577,11 +572,11 @@ def _check_names(protocol: Protocol, path: Path) -> None:
         raise BenchError(f"{path}: name {protocol.name!r}: expected letters, digits and . _ + - (run ids and "
                          "folders are named by it), starting with a letter or digit, e.g. my_recipe")
     if protocol.metric_policy and protocol.metric_policy not in POLICIES:
-        problem = unknown_name("metric policy", protocol.metric_policy, list(POLICIES), plural="policies", cutoff=0.6)
+        problem = unknown_name("metric policy", protocol.metric_policy, list(POLICIES), plural="policies")
         raise BenchError(f"{path}: metric_policy: {problem}")
     unknown = [d for d in protocol.datasets if d.strip().lower() not in list_datasets()]  # any case, as bench run
     if unknown:
-        raise BenchError(f"{path}: datasets: {unknown_name('dataset', unknown[0], list_datasets(), cutoff=0.6)}")
+        raise BenchError(f"{path}: datasets: {unknown_name('dataset', unknown[0], list_datasets())}")
 
 
 def protocol_from_record(meta: dict[str, Any]) -> Protocol | None:
@@ -615,7 +610,7 @@ def load_protocol(name_or_path: str | Path, *, earlier: bool = False) -> Protoco
         elif path.is_file():  # it read as a built-in's name, unknown
             raise BenchError(f"--protocol {path}: a protocol file's name ends in .toml; rename it")
         else:
-            raise unknown_name("protocol", str(name_or_path), list_protocols(), cutoff=0.6)
+            raise unknown_name("protocol", str(name_or_path), list_protocols())
     if path.exists() and not path.is_file():  # a folder named x.toml, a FIFO
         raise BenchError(f"--protocol {path}: {'a folder' if path.is_dir() else 'not a regular file'}; expected a "
                          "protocol file (TOML)")

@@ -21,7 +21,7 @@ is an error that names the key, rather than a silent conversion that would merge
 
 Example::
 
-    rec = {..., "run_id": new_run_id("synapse", "synapse", "vmunet", 0), ...}
+    rec = {..., "run_id": spec.key, ...}     # bench.run.RunSpec.key: synapse-synapse-vmunet-s0-<8 hex>
     path = write_record(rec, Path("results"))
     runs = load(Path("results"))               # one row per run
     cases = load(Path("results"), level="case")  # one row per (run, case, class)
@@ -29,12 +29,9 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import numbers
-import re
-import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,18 +39,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.errors import BenchError, few
+from bench.errors import BenchError, did_you_mean, few
 from bench.fileio import SAFE_NAME, absent, atomic_write_text
 from bench.names import name_list, nothing_named
-from bench.runlog import RUN_LOG
+from bench.metrics import METRICS
 from bench.metrics import POLICIES as METRIC_POLICIES
+from bench.runlog import RUN_LOG
 
 __all__ = [
     "SCHEMA_VERSION",
     "RUN_COLUMNS",
     "CASE_COLUMNS",
     "STANDARD_METRICS",
-    "new_run_id",
     "short_commit",
     "code_version",
     "validate_record",
@@ -80,7 +77,7 @@ RUN_COLUMNS = RUN_ID_COLUMNS + [
     "paper_macs", "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes", "n_missed", "n_present",
 ]  # fmt: skip
 # Aggregates every policy may produce; ``load`` puts them first, extra metric keys follow.
-STANDARD_METRICS = ["dice", "hd95", "iou", "acc", "spe", "sen", "n_cases"]
+STANDARD_METRICS = [*METRICS, "n_cases"]
 CASE_COLUMNS = [
     "case", "class", "name", "dice", "iou", "hd95", "nsd", "acc", "spe", "sen",
     "tp", "fp", "fn", "tn", "n_pred", "n_ref", "empty",
@@ -177,16 +174,6 @@ def split_fold(split: str) -> int | None:
     return int(split[4:]) if split.startswith("fold") else None
 
 
-def new_run_id(dataset: str, protocol: str, model: str, seed: int) -> str:
-    """``"{dataset}-{protocol}-{model}-s{seed}-{8 hex}"``, safe as a file name.
-
-    The random suffix (32 bits from ``secrets``) keeps ids unique across processes and machines
-    without coordination; the prefix keeps a directory listing readable.
-    """
-    parts = [re.sub(r"[^A-Za-z0-9._+]+", "_", str(p)) for p in (dataset, protocol, model)]
-    return f"{parts[0]}-{parts[1]}-{parts[2]}-s{int(seed)}-{secrets.token_hex(4)}"
-
-
 def _is_type(value: Any, types: tuple) -> bool:
     # bool is an int subclass in Python; a flag where a count belongs is a bug, not a number.
     if isinstance(value, bool) and bool not in types:
@@ -241,9 +228,8 @@ def validate_record(rec: Any) -> None:
                 row_problems.append(f"{key}[{i}]: expected object, got {type(row).__name__}")
             else:
                 row_problems += _check(row, spec, f"{key}[{i}].")
-        problems += row_problems[:5]
-        if len(row_problems) > 5:
-            problems.append(f"{key}: … and {len(row_problems) - 5} more problems")
+        if row_problems:
+            problems.append(few(row_problems, sep="; "))
     if problems:
         rid = rec.get("run_id", "<no run_id>")
         raise BenchError(f"invalid run record {rid!r}: " + "; ".join(problems))  # one line, as every error
@@ -581,9 +567,8 @@ def select_runs(df_runs: pd.DataFrame, models: str | Iterable[str] | None = None
         have = sorted({str(v) for c in columns if c in df_runs for v in df_runs[c].dropna()})
         for name in names:
             if name not in have and not (option == "--models" and name in set(profiled)):
-                close = difflib.get_close_matches(name, have, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                if option == "--models" and close:  # a registered model without runs is no misspelling
+                hint = did_you_mean(name, have)
+                if option == "--models" and hint:  # a registered model without runs is no misspelling
                     from bench.registry import list_models
 
                     hint = "" if name in list_models() else hint

@@ -11,7 +11,6 @@ Weights never unpickle code: ``load_weights`` reads safetensors, ``.npz`` (no pi
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
 import importlib.metadata
@@ -29,7 +28,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from bench.errors import BenchError, unknown_name
+from bench.errors import BenchError, closest, few, unknown_name
 from bench.names import name_list, nothing_named
 from bench.fileio import absent
 from bench.modeling import SegmentationModel, size_error
@@ -369,8 +368,7 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
         # a misspelt --set key: the keys the constructor refused, the nearest of its configuration's offered
         refused = [k for k in overrides if isinstance(exc, TypeError) and f"keyword argument '{k}'" in said]
         if refused:
-            close = [f"{m[0]!r}" for k in refused if (m := difflib.get_close_matches(k, list(entry.paper_config),
-                                                                                   n=1, cutoff=0.6))]
+            close = [repr(m) for k in refused if (m := closest(k, entry.paper_config))]
             raise BuildError(f"{name}: no --set key {', '.join(map(repr, refused))}"
                              + (f" (did you mean {', '.join(close)}?)" if close else "")
                              + f"; its configuration's keys: {', '.join(entry.paper_config) or 'none'}") from exc
@@ -467,7 +465,7 @@ def strict_load(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> 
     ]
     if missing or unexpected or shaped:
         def show(items: list[str]) -> str:
-            return ", ".join(items[:12]) + (f" … (+{len(items) - 12})" if len(items) > 12 else "") or "none"
+            return few(items, 12) or "none"
 
         # what the model was built for: a head, stem or position table of another size tells which differs
         cfg = getattr(model, "bench_config", None)

@@ -39,10 +39,11 @@ from bench import metrics
 from bench.errors import BenchError
 
 __all__ = ["one_board", "reference_label", "case_values", "policy_statistic", "bootstrap_ci", "holm", "rank_biserial", "paired_tests",
-           "rank_stability", "LOWER_IS_BETTER", "N_BOOT", "N_PERM"]
+           "rank_stability", "LOWER_IS_BETTER", "N_BOOT", "N_BOOT_RANKS", "N_PERM"]
 
 LOWER_IS_BETTER = {"hd95"}
 N_BOOT = 2000  # resamples of bootstrap_ci
+N_BOOT_RANKS = 1000  # resamples of rank_stability (the report's rank note says how many)
 N_PERM = 4096  # swap patterns of the pooled paired test where there are more than that (2^12 with 12 cases)
 
 
@@ -315,7 +316,7 @@ def _pooled_pair(df_cases: pd.DataFrame, model: str, reference: str, metric: str
             "p": permutation_p(counts_m, counts_r, statistic, n_perm=n_perm, seed=seed)}
 
 
-def rank_stability(df_cases: pd.DataFrame, metric: str, policy: str, *, n_boot: int = 1000,
+def rank_stability(df_cases: pd.DataFrame, metric: str, policy: str, *, n_boot: int = N_BOOT_RANKS,
                    seed: int = 0) -> pd.DataFrame:
     """Rank (1 = best) of each model by the board's statistic (``policy_statistic``) over the cases
     every model has, plus its bootstrap distribution: the share of resamples in which it ranks

@@ -32,7 +32,6 @@ Importing this module is cheap: mamba-ssm is imported, and the kernel compiled, 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
 import hashlib
 import importlib.util
@@ -348,10 +347,10 @@ def backend_problem(name: str, variable: str | None = None) -> str | None:
     ``variable`` names the environment variable it came from."""
     if name in BACKENDS:
         return None
-    close = difflib.get_close_matches(name, BACKENDS, n=1, cutoff=0.5)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    from bench.errors import did_you_mean
+
     given = f"{variable}={name!r}" if variable else repr(name)
-    return f"{given} is not a selective-scan backend{hint}; choose one of {', '.join(BACKENDS)}"
+    return f"{given} is not a selective-scan backend{did_you_mean(name, BACKENDS)}; choose one of {', '.join(BACKENDS)}"
 
 
 def _check_backend(name: str, variable: str | None = None) -> str:

@@ -8,6 +8,7 @@ by hand.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import subprocess
@@ -17,8 +18,9 @@ from typing import Any
 from torch import nn
 
 from bench.modeling import SegmentationModel
-from bench.records import SCHEMA_VERSION, new_run_id
+from bench.records import SCHEMA_VERSION
 
+_RUN_NUMBERS = itertools.count()  # default run ids: unique within a process, shaped as RunSpec.key's
 SYNAPSE_CLASSES = ["aorta", "gallbladder", "kidney_l", "kidney_r", "liver", "pancreas", "spleen", "stomach"]
 FAMILIES = {"vmunet": "ssm", "vmunet_v2": "ssm", "lightm_unet": "ssm", "unet": "cnn", "transunet": "transformer", "swin_unet": "transformer"}
 PROTOCOL_HASHES = {"synapse": "a1b2c3d4e5f60718", "isic17": "0f1e2d3c4b5a6978", "smoke": "1234abcd5678ef90"}
@@ -82,7 +84,7 @@ def make_record(
     overrides = dict(overrides or {})
     return {
         "schema": SCHEMA_VERSION,
-        "run_id": run_id or new_run_id(dataset, protocol, model, seed),
+        "run_id": run_id or f"{dataset}-{protocol}-{model}-s{seed}-{next(_RUN_NUMBERS):08x}",
         "status": "finished",
         "model": model,
         "family": FAMILIES.get(model, "cnn"),

@@ -122,7 +122,7 @@ def test_reports_take_models_and_columns_as_the_command_line_does(synapse_root, 
     header = lambda text: next(line for line in text.splitlines() if line.startswith("| Model"))  # noqa: E731
     assert "mIoU" in header(render(load(tmp_path), "md", columns="metrics,classes"))
     assert "mIoU" not in paper  # Synapse papers report DSC and HD95: neither the column nor the caption names it
-    with pytest.raises(BenchError, match=r"--columns 'papr': not a column group; did you mean 'paper'\?"):
+    with pytest.raises(BenchError, match=r"--columns 'papr': not a column group \(did you mean 'paper'\?\)"):
         render(load(tmp_path), "md", columns=("papr",))
     with pytest.raises(BenchError, match=r"--columns '1': not a column group"):
         render(load(tmp_path), "md", columns=[1])  # an AttributeError

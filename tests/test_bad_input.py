@@ -438,7 +438,7 @@ def test_mask_size_differs_from_image(data, key, name):
     Image.open(sorted(test_masks.iterdir())[0]).resize((11, 13)).save(sorted(test_masks.iterdir())[0])
     _raises(lambda: open_dataset(name, root).check_geometry(), names=mask,
             phrase="mask size 10x12 differs from image")
-    with pytest.raises(BenchError, match=r"\(and 1 more pairs; `bench data verify` lists them\)"):
+    with pytest.raises(BenchError, match=r"\(and 1 more\); `bench data verify` lists them"):
         open_dataset(name, root).check_geometry()
 
 
@@ -654,7 +654,7 @@ def test_nnunet_image_files_that_fit_no_case(data):
     assert [str(p.path) for p in verify_dataset("nnunet", root)] == [str(image)]  # the same rule
     shutil.copy(image, root / "imagesTr" / f"{case}.png")
     _raises(lambda: open_dataset("nnunet", root), names=root / "imagesTr" / f"{case}.png",
-            phrase="name does not end in _XXXX.png (4-digit channel index) (and 1 more imagesTr files")
+            phrase="name does not end in _XXXX.png (4-digit channel index) (and 1 more); `bench data verify")
 
     root = data("nnunet")  # volumes, one channel declared
     other = open_dataset("nnunet", root).cases[1]

@@ -783,3 +783,12 @@ def test_a_runs_log_keeps_its_lines_warnings_and_interrupt(tmp_path, capsys, mon
                                                         "interrupted"], said
     assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  ", line) for line in said)
     assert capsys.readouterr().err.splitlines() == ["outside any run", "  r1: resuming after epoch 50"]
+
+
+def test_data_synths_choices_are_every_format_and_dataset():
+    from bench.cli.data_cmds import SynthKind
+    from bench.data import DATASETS
+    from bench.data.synth import KINDS
+
+    readers = {kind: [name for name, cls in DATASETS.items() if cls.kind == kind and name != kind] for kind in KINDS}
+    assert [k.value for k in SynthKind] == [name for kind in KINDS for name in (kind, *readers[kind])]

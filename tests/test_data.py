@@ -1690,7 +1690,7 @@ def test_synthetic_folder_names_stay_inside_out_and_seeds_are_checked(tmp_path):
     for sets in (["../outside"], [str(tmp_path / "abs")], ["A", "A"], ["A/B"], [["A"]]):
         with pytest.raises(BenchError, match="test_sets takes a list of distinct folder names"):
             synthesize("polyp", tmp_path / "d", test_sets=sets, jpeg_sets=["A"])
-    with pytest.raises(BenchError, match=r"^unknown synthetic kind 'isci'; did you mean 'isic'\?"):
+    with pytest.raises(BenchError, match=r"^unknown synthetic kind 'isci' \(did you mean 'isic'\?\)"):
         synthesize("isci", tmp_path / "d")
     for seed in (-1, 2**32, 1.5, True):
         with pytest.raises(BenchError, match="seed: expected a whole number from 0 to 4294967295"):

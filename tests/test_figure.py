@@ -16,7 +16,7 @@ from PIL import Image
 from bench import records
 from bench.data import open_dataset, synthesize
 from bench.errors import BenchError
-from bench.figure import case_dsc, check_out, choose_cases, choose_runs, figure_panels
+from bench.figure import FigurePanels, case_dsc, check_out, choose_cases, choose_runs, draw_figure, figure_panels
 from bench.predict import predict_run
 from bench.protocol import load_protocol
 from bench.registry import get_entry
@@ -96,12 +96,21 @@ def test_one_run_per_model_of_one_board(tmp_path):
         choose_runs(res, dataset="polyp")
 
 
-def test_out_takes_png_or_pdf():
+def test_out_takes_the_plots_formats():
     check_out(Path("fig.PDF"))
-    with pytest.raises(BenchError, match=r"--out fig.svg: the figure is written as .png or .pdf \(by its suffix\); got .svg"):
-        check_out(Path("fig.svg"))
+    check_out(Path("fig.svg"))
+    with pytest.raises(BenchError, match=r"--out fig.jpg: the figure is written as .png, .pdf, .svg \(by its suffix\); got .jpg"):
+        check_out(Path("fig.jpg"))
     with pytest.raises(BenchError, match=r"--out fig: .* got no suffix"):
         check_out(Path("fig"))
+
+
+def test_an_svg_figure_keeps_its_text_as_text(tmp_path):
+    labels = np.array([[0, 1], [1, 0]])
+    panels = FigurePanels(board="b", columns=["unet"], class_names=["lesion"], case_ids=["case_a"], slices=[None],
+                          images=[np.zeros((2, 2))], truths=[labels], predictions=[[labels]], dsc=[[100.0]])
+    svg = draw_figure(panels, tmp_path / "fig.svg").read_text()
+    assert ">case_a<" in svg and ">Ground truth<" in svg  # svg.fonttype none: words a journal's editor can fix
 
 
 def test_synapse_panels_are_the_predicted_volumes_slice_with_most_foreground(tmp_path):
@@ -152,7 +161,7 @@ def test_synapse_panels_are_the_predicted_volumes_slice_with_most_foreground(tmp
     proc = run_bench("figure", "--results", res, "--out", tmp_path / "x.png", "--seed", "7", check=False)
     assert proc.returncode == 2 and "--seed 7: no finished run of lightm_unet (tiny), unet (tiny) with that seed" in proc.stderr
     proc = run_bench("figure", "--results", res, "--out", tmp_path / "x.jpg", check=False)
-    assert proc.returncode == 2 and "--out " in proc.stderr and ".png or .pdf" in proc.stderr
+    assert proc.returncode == 2 and "--out " in proc.stderr and ".png, .pdf, .svg" in proc.stderr
     assert not (tmp_path / "x.png").exists()
 
 

@@ -249,7 +249,7 @@ def test_point_labels_stay_inside_the_axes(monkeypatch, tmp_path, costs):
     from bench import plots
 
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi=120: figures.append(fig) or path)
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=120: figures.append(fig) or path)
     points = pd.DataFrame({"label": ["unet", "vmunet (tiny)", "transunet (hidden_size=96, num_layers=2)"],
                            "family": ["cnn", "ssm", "transformer"], "colour": ["#0072B2", "#D55E00", "#E69F00"],
                            "cost": costs, "dsc": [70.0, 75.0, 72.0], "dsc_std": [1.0, 1.0, 1.0]})
@@ -281,7 +281,7 @@ def test_training_curves_of_many_runs_are_one_colour_and_one_legend_entry_per_mo
     lone["split"], lone["train"]["epoch_losses"] = "fold2", [0.8, 0.6]
     write_record(lone, tmp_path)
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi=120: figures.append(fig) or path)
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=120: figures.append(fig) or path)
     (path,) = plots.training_curves(tmp_path, tmp_path / "out")
     (fig,) = figures
     assert len(fig.axes) == 1  # no run logged a learning rate: no empty panel
@@ -307,7 +307,7 @@ def test_a_model_has_one_colour_in_every_figure_and_pooled_boards_say_their_boxe
         for model, d in dice.items():  # the best model differs: the median order flips between boards
             write_record(make_record(model, dataset=dataset, seed=0, dice=d), tmp_path)
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi=120: figures.append(fig) or path)
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=120: figures.append(fig) or path)
     plots.per_class_boxplots(load(tmp_path, level="case"), tmp_path / "out")
     assert len(figures) == 2
     colours = [{t.get_text(): mcolors.to_hex(h.get_color()) for t, h in zip(fig.axes[0].get_legend().get_texts(),
@@ -353,7 +353,7 @@ def test_paper_style_draws_for_a_journals_column(results, tmp_path, monkeypatch)
     from bench import plots
 
     results_dir, _ = results
-    saved, real = [], plots._save
+    saved, real = [], plots.save_figure
 
     def save(fig, path, dpi=120):  # size, dpi, titles and axis-label size of each figure, then saved
         titles = [ax.get_title() for ax in fig.axes] + [fig._suptitle.get_text() if fig._suptitle else ""]
@@ -361,7 +361,7 @@ def test_paper_style_draws_for_a_journals_column(results, tmp_path, monkeypatch)
         saved.append((fig.get_size_inches().tolist(), dpi, titles, font))
         return real(fig, path, dpi)
 
-    monkeypatch.setattr(plots, "_save", save)
+    monkeypatch.setattr(plots, "save_figure", save)
     paper = plots.write_plots(results_dir, tmp_path / "paper", style="paper")
     screen_saved = len(saved)
     plots.write_plots(results_dir, tmp_path / "screen")
@@ -393,7 +393,7 @@ def test_a_models_seeds_are_drawn_thin_under_their_mean_loss(tmp_path, monkeypat
             writer.add_scalar("train/loss", scale / step, step)
         writer.close()
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi=120: figures.append(fig) or path)
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=120: figures.append(fig) or path)
     plots.training_curves(tmp_path, tmp_path / "out")
     (fig,) = figures
     (legend,) = fig.legends

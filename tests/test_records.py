@@ -8,19 +8,12 @@ import pytest
 
 from bench import fileio, records
 from bench.errors import BenchError
-from bench.records import RUN_COLUMNS, load, new_run_id, validate_record, write_record
+from bench.records import RUN_COLUMNS, load, validate_record, write_record
 
 try:
     from tests.fixtures import SYNAPSE_CLASSES, make_record
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     from fixtures import SYNAPSE_CLASSES, make_record
-
-
-def test_new_run_id_format_and_uniqueness():
-    a = new_run_id("synapse", "synapse", "vmunet", 3)
-    assert a.startswith("synapse-synapse-vmunet-s3-") and len(a.rsplit("-", 1)[1]) == 8
-    assert len({new_run_id("d", "p", "m", 0) for _ in range(200)}) == 200
-    assert "/" not in new_run_id("nnunet/raw", "my proto", "m", 0)
 
 
 def test_validate_accepts_fixture_and_numpy_scalars():

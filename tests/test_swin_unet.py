@@ -68,6 +68,13 @@ def test_small_inputs_adapt_the_window_and_record_it():
         create_model("swin_unet", num_classes=2, img_size=100)
 
 
+def test_three_stages_take_multiples_of_16():
+    """Each stage but the last halves the 4-pixel patches' grid: 3 stages need 16, not the paper's 32."""
+    model = create_model("swin_unet", num_classes=2, img_size=48, embed_dim=12, depths=(1, 1, 1), num_heads=(1, 2, 4))
+    assert model.size_divisor == 16
+    assert model(torch.randn(1, 1, 48, 48)).shape == (1, 2, 48, 48)
+
+
 def test_swin_t_pretrained_fills_encoder_and_mirrored_decoder(tmp_path):
     from bench.registry import load_weights
 

@@ -17,7 +17,10 @@ from bench.errors import BenchError
 VERIFY_SHOWN = 30  # problems bench data verify lists before counting the rest
 
 
-class SynthKind(str, enum.Enum):  # the formats, and the --dataset names that read them
+class SynthKind(str, enum.Enum):
+    """synth.KINDS, each followed by the --dataset names that read it; written out, not built from them,
+    since importing bench.data (torch) would slow every command's start (tests/test_cli.py checks they match)."""
+
     synapse = "synapse"
     isic = "isic"
     isic17 = "isic17"

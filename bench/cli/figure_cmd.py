@@ -15,7 +15,7 @@ from bench.cli.options import (DEFAULT_RESULTS, FinishedRuns, Models, MovedData,
 
 
 def figure(
-    out: Annotated[Path, typer.Option(help="the figure file: .png (200 dpi) or .pdf (vector)")],
+    out: Annotated[Path, typer.Option(help="the figure file: .png (200 dpi), .pdf or .svg (vector)")],
     results: FinishedRuns = DEFAULT_RESULTS,
     models: Models = "all",
     dataset: Annotated[Optional[str], typer.Option(help="the board's dataset where the runs form several (synapse, "

@@ -58,7 +58,7 @@ def get_reader(name: str) -> type[SegDataset]:
     except AttributeError:
         raise BenchError(f"dataset name must be a string, got {name!r}") from None
     except (KeyError, TypeError):
-        raise unknown_name("dataset", name, list_datasets(), cutoff=0.6) from None
+        raise unknown_name("dataset", name, list_datasets()) from None
 
 
 def check_folds(name: str) -> None:

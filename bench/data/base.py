@@ -157,8 +157,7 @@ class SegDataset:
         missing = [path for path in self.required_files() if not path.is_file()]
         if missing:
             # "listed" only where a list names them (Synapse's); nnU-Net's come from dataset.json's channels
-            more = f" (and {len(missing) - 1} more files the split needs)" if len(missing) > 1 else ""
-            raise BenchError(f"{missing[0]}: missing{more}; "
+            raise BenchError(f"{few([str(p) for p in missing], 1)}: missing; "
                              f"check with `bench data verify --dataset {self.name} --data-root {shlex.quote(str(self.root))}`")
 
     def load_train(self, item_id: str) -> Sample:
@@ -306,7 +305,7 @@ def found_instead(root: Path, expected: tuple[str, ...]) -> str:
     for sub in subs:
         if all((sub / e).exists() for e in expected):
             return f"; {sub.name}/ holds it: pass --data-root {shlex.quote(str(sub))}"
-    return f" (found {', '.join(p.name + '/' for p in subs[:6])}{', …' if len(subs) > 6 else ''})" if subs else \
+    return f" (found {few([p.name + '/' for p in subs], 6)})" if subs else \
         " (the folder holds no folders)"
 
 

@@ -533,8 +533,7 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
     for part, folder in _pair_folders(raw):
         groups, problems = mask_groups(folder / "images", folder / "masks")
         if problems:
-            (path, why), more = problems[0], len(problems) - 1
-            raise BenchError(f"{path}: {why}" + (f" (and {more} more problems)" if more else ""))
+            raise BenchError(few([f"{path}: {why}" for path, why in problems], 1))
         for image, masks in groups:
             # one mask's parts share a name but for a number (BUSI's x_mask, x_mask_1; a_lesion_1, a_lesion_2)
             if len({re.sub(r"_\d+$", "", m.stem) for m in masks}) > 1:

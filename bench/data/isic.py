@@ -265,9 +265,7 @@ def index_pairs(images_dir: Path, masks_dir: Path, prefix: str = "") -> dict[str
     """``{id: (image, mask)}`` with id = ``prefix + image stem``; BenchError on any pairing problem."""
     pairs, problems = pair_files(images_dir, masks_dir)
     if problems:
-        shown = "; ".join(f"{p}: {msg}" for p, msg in problems[:6])
-        more = f" (+{len(problems) - 6} more)" if len(problems) > 6 else ""
-        raise BenchError(f"cannot pair images with masks: {shown}{more}")
+        raise BenchError(f"cannot pair images with masks: {few([f'{p}: {msg}' for p, msg in problems], 6, sep='; ')}")
     return {prefix + image.stem: (image, mask) for image, mask in pairs}  # stems are unique (pair_files)
 
 
@@ -305,9 +303,8 @@ class BinaryFolderDataset(SegDataset):
         bad = [(image, mask, hw, mask_hw) for index in (self._train, self._test) for image, mask in index.values()
                if (hw := image_size(image)) != (mask_hw := image_size(mask))]
         if bad:
-            (image, mask, hw, mask_hw), more = bad[0], len(bad) - 1
-            raise BenchError(f"{mask}: {size_mismatch(image, hw, mask_hw)}"
-                             + (f" (and {more} more pairs; `bench data verify` lists them)" if more else ""))
+            raise BenchError(few([f"{mask}: {size_mismatch(image, hw, mask_hw)}" for image, mask, hw, mask_hw in bad], 1)
+                             + ("; `bench data verify` lists them" if len(bad) > 1 else ""))
         return None
 
     def _lookup(self, index: dict[str, tuple[Path, Path]], item_id: str, split: str) -> tuple[Path, Path]:
@@ -419,8 +416,8 @@ def shared_images(train_ids: list[str], test_ids: list[str]) -> dict[str, list[s
 
 def shared_images_note(shared: dict[str, list[str]], counts: dict[str, int]) -> str:
     """The warning for ``shared_images``' findings."""
-    parts = [f"{name or 'the test set'}: {len(ids)} of {counts[name]} ({', '.join(sorted(ids)[:3])}"
-             f"{', …' if len(ids) > 3 else ''})" for name, ids in sorted(shared.items())]
+    parts = [f"{name or 'the test set'}: {len(ids)} of {counts[name]} ({few(sorted(ids), 3)})"
+             for name, ids in sorted(shared.items())]
     return (f"test images that are training images too (the same ISIC id) — {'; '.join(parts)}: their scores are "
             "of images the model trained on")
 

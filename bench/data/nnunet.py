@@ -568,14 +568,13 @@ class NnUNetDataset(SegDataset):
             )
         problems = image_file_problems(self.root, self.file_ending, self.cases, self.in_chans)
         if problems:
-            (path, why), more = problems[0], len(problems) - 1
             # a Decathlon task as downloaded has v1's dataset.json and one (4-D) file per case, no _0000
             msd = (f"; a Medical Segmentation Decathlon task as downloaded? `bench data convert --source msd --raw "
                    f"{shlex.quote(str(self.root))} --out DIR` writes it in nnU-Net's layout"
                    if "modality" in self.meta else "")
-            listed = (f" (and {more} more imagesTr files that fit no case; `bench data verify --dataset nnunet "
-                      f"--data-root {shlex.quote(str(self.root))}` lists them)" if more else "")
-            raise BenchError(f"{path}: {why}{listed}{msd}")
+            listed = (f"; `bench data verify --dataset nnunet --data-root {shlex.quote(str(self.root))}` lists them"
+                      if len(problems) > 1 else "")
+            raise BenchError(few([f"{path}: {why}" for path, why in problems], 1) + listed + msd)
         imageless = [c for c in self.cases if not channel_path(self.root, c, 0, self.file_ending).is_file()]
         if imageless:
             c = imageless[0]
@@ -590,9 +589,9 @@ class NnUNetDataset(SegDataset):
         stamp = tuple((s.st_mtime_ns, s.st_size) for s in (f.stat() for f in files if f.is_file()))
         errors, bad = _grid_problems(self.root, self.file_ending, tuple(self.cases), self.in_chans, stamp)
         if errors:  # a test case's would surface after the whole training
-            (path, why), more = errors[0], len(errors) - 1
-            raise BenchError(f"{path}: {why}" + (f" (and {more} more image files; `bench data verify --dataset "
-                                                 f"nnunet --data-root {shlex.quote(str(self.root))}` lists them)" if more else ""))
+            raise BenchError(few([f"{path}: {why}" for path, why in errors], 1) + (
+                f"; `bench data verify --dataset nnunet --data-root {shlex.quote(str(self.root))}` lists them"
+                if len(errors) > 1 else ""))
         if not bad:
             return None
         return (f"{self.root}: {len(bad)} of {len(self.cases)} cases' image and label differ in origin or orientation "

@@ -330,7 +330,7 @@ class SynapseDataset(SegDataset):
         odd = [i for i in ids if not re.fullmatch(r"case\d+(_slice\d+)?", i)]
         if odd:
             warnings.warn(f"{folder}: {len(odd)} file(s) named otherwise than TransUNet's caseNNNN[_sliceNNN] "
-                          f"({', '.join(odd[:3])}{', …' if len(odd) > 3 else ''}), each taken as one more item: a "
+                          f"({few(odd, 3)}), each taken as one more item: a "
                           f"download's duplicate? Without {list_name}, every file there is used", stacklevel=3)
         return ids
 
@@ -376,7 +376,7 @@ class SynapseDataset(SegDataset):
                 raise BenchError(f"{path}: image shape {image} and label shape {label}; expected one 3-D shape "
                                  "(D, H, W) for both")
             turned += [f"{path}: {note}"] if (note := slices_last_note(image)) else []
-        return turned[0] + (f" (and {len(turned) - 1} more test volumes)" if len(turned) > 1 else "") if turned else None
+        return few(turned, 1) if turned else None
 
     def check_spacing(self) -> None:
         if self._spacing:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable
-import difflib
 import math
 
 import pandas as pd
 
-from bench.errors import BenchError
+from bench.errors import BenchError, did_you_mean
 from bench.names import name_list
 from bench.records import CASE_COLUMNS, RUN_ID_COLUMNS, short_commit
 from bench.report.boards import METRICS, _joined, class_display
@@ -112,9 +111,7 @@ def parse_columns(text: str | Iterable[str] | None) -> tuple[str, ...] | None:
             groups.append(name)
         else:
             known = [*COLUMN_PRESETS, *COLUMN_GROUPS]
-            close = difflib.get_close_matches(name, known, n=1)
-            raise BenchError(f"--columns {name!r}: not a column group{f'; did you mean {close[0]!r}?' if close else '.'}"
-                             f" Groups: {'; '.join(f'{k} ({v})' for k, v in COLUMN_GROUPS.items())}; presets: "
+            raise BenchError(f"--columns {name!r}: not a column group{did_you_mean(name, known)}. Groups: {'; '.join(f'{k} ({v})' for k, v in COLUMN_GROUPS.items())}; presets: "
                              "all, paper (the papers' layout: their metrics and per-class DSC, the best in bold)")
     if not groups:
         raise BenchError(f"--columns {text!r} names no column group; e.g. paper, or metrics,classes")

@@ -68,12 +68,12 @@ def profile_labels(g: pd.DataFrame) -> list[str]:
     return model_labels(g["model"].astype(str), configs, tiny=g["tiny"] if "tiny" in g else None, set_keys=keys)
 
 
-def _unit(v: Any, scale: float, unit: str, fmt: str = ".2f", small: str = ".4f") -> str:
+def _unit(v: Any, scale: float, unit: str) -> str:
     """``v / scale`` with its unit ("27.43 M", "0.0045 G"); empty for a missing value."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     x = v / scale
-    return "0" if x == 0 else f"{format(x, fmt if abs(x) >= 1 else small)} {unit}"
+    return "0" if x == 0 else f"{x:.2f} {unit}" if abs(x) >= 1 else f"{x:.4f} {unit}"
 
 
 def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -10,13 +10,14 @@ from typing import Any
 
 import pandas as pd
 
+from bench import metrics
 from bench.data.isic import test_set_id
 from bench.report.board_text import _caption, _one_hd95_unit
 from bench.report.boards import METRICS, TEST_SET_DATASETS, class_display
 from bench.report.labels import CV_LABEL, BoardKey
 
 
-PUBLISHED_METRICS = ("dice", "hd95", "iou", "acc", "spe", "sen")
+PUBLISHED_METRICS = metrics.METRICS  # the papers' numbers compared: the standard metrics
 BUILD_KEYS = {"num_classes", "in_chans", "img_size"}  # what every run's model_config holds; more is a variant
 PUBLISHED_NOTE = ("Ours − published is given only where the paper's number was trained under this board's protocol "
                   "(\"Their recipe\", the published table's column protocol) in its current version, run as written, "

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import collections
-import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from bench.errors import BenchError
+from bench import stats
+from bench.errors import BenchError, did_you_mean
 from bench.report.board_text import _caption
 from bench.report.boards import CI_METRICS, METRICS
 from bench.report.costs import _num
@@ -60,16 +60,14 @@ def significance_latex(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardK
 
 
 RANK_NOTE = ("Ranks by the board's DSC (its policy's aggregate) over the cases every model has; stability "
-             "from 1000 bootstrap resamples of those cases (any in which a model's DSC is undefined left out), "
-             "for these trained runs: a retrained seed can rank otherwise. "
+             f"from {stats.N_BOOT_RANKS} bootstrap resamples of those cases (any in which a model's DSC is undefined "
+             "left out), for these trained runs: a retrained seed can rank otherwise. "
              "Tied models share the better rank, so P(rank 1) can add up to more than 1.")
 
 
 def significance_sections(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.DataFrame],
                           reference: str) -> list[Section]:
     """The sections of ``significance_md`` and ``significance_latex``, one per board with case rows."""
-    from bench import stats
-
     parts = []
     for key, cases in groups.items():
         if key not in boards:
@@ -150,7 +148,5 @@ def _check_reference(reference: str, groups: dict[BoardKey, pd.DataFrame], resul
     names = sorted(set(pd.concat(rows).stack())) if rows else []
     if reference in names:
         return
-    close = difflib.get_close_matches(reference, names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
     raise BenchError(f"--reference {reference!r}: no runs of that model in {results_dir} (models there: "
-                     f"{', '.join(names) or 'none'}){hint}")
+                     f"{', '.join(names) or 'none'}){did_you_mean(reference, names)}")

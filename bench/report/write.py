@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.errors import BenchError
+from bench.errors import BenchError, few
 from bench.records import finished, load, no_runs, select_runs
 from bench.names import name_list
 from bench.fileio import atomic_write_text
@@ -87,9 +87,8 @@ def _warn_repeated(boards: dict) -> None:
     one name), with the records to choose from."""
     repeated = [ids for board in boards.values() for ids in board.attrs.get("repeated_runs", [])]
     if repeated:
-        named = "; ".join(" and ".join(f"records/{r}.json" for r in ids[:3]) for ids in repeated[:3])
-        warnings.warn(f"{len(repeated)} board row(s) count a seed more than once in their mean ({named}"
-                      f"{'; …' if len(repeated) > 3 else ''}): records of one seed naming their data otherwise "
+        named = few([" and ".join(f"records/{r}.json" for r in ids[:3]) for ids in repeated], 3, sep="; ")
+        warnings.warn(f"{len(repeated)} board row(s) count a seed more than once in their mean ({named}): records of one seed naming their data otherwise "
                       "(older records in a moved folder name it by its path) or runs on other data of one name; "
                       "delete the record that should not count", stacklevel=3)
 
