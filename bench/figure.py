@@ -20,7 +20,7 @@ import torch
 
 from bench import records
 from bench.errors import BenchError, few
-from bench.plots import PLOT_FORMATS, _pyplot, save_figure
+from bench.plots import PLOT_FORMATS, _pyplot, save_figure, text_rc
 
 if TYPE_CHECKING:
     from bench.rescore import DataRoots
@@ -227,9 +227,14 @@ def _overlay(labels: np.ndarray) -> np.ndarray:
 
 def draw_figure(panels: FigurePanels, out: Path) -> Path:
     """Write the figure to ``out`` (.png at 200 dpi, or vector .pdf or .svg) atomically."""
+    plt = _pyplot()
+    with plt.rc_context(text_rc()):  # names drawn as written (a "$" is no math), in a font that has them
+        return _draw(plt, panels, out)
+
+
+def _draw(plt, panels: FigurePanels, out: Path) -> Path:
     from matplotlib.patches import Patch
 
-    plt = _pyplot()
     n_rows, n_cols = len(panels.case_ids), 2 + len(panels.columns)
     band = 0.22 * math.ceil(len(panels.class_names) / 5) + 0.1  # inches under the panels for the legend
     height = 2.2 * n_rows + band

@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,25 @@ class PlotStyle:
 
     def rc(self) -> dict[str, Any]:
         return {"font.size": self.font, "axes.titlesize": self.font, "axes.labelsize": self.font,
-                "xtick.labelsize": self.font - 1, "ytick.labelsize": self.font - 1, "legend.fontsize": self.font - 1}
+                "xtick.labelsize": self.font - 1, "ytick.labelsize": self.font - 1, "legend.fontsize": self.font - 1,
+                **text_rc()}
+
+
+# fonts with the scripts DejaVu Sans lacks (CJK), used where installed: matplotlib takes the first that has a glyph
+_FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK KR", "Source Han Sans", "WenQuanYi Zen Hei",
+                   "Droid Sans Fallback", "Noto Sans")
+
+
+@functools.lru_cache(maxsize=1)
+def text_rc() -> dict[str, Any]:
+    """Names drawn as written: a "$" in a class or dataset name is not TeX math (two of them crashed the
+    report), and the fallback fonts installed here draw what DejaVu Sans has no glyph for."""
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return {"text.parse_math": False,
+            "font.family": ["sans-serif"],
+            "font.sans-serif": ["DejaVu Sans", *(f for f in _FALLBACK_FONTS if f in installed)]}
 
 
 # paper: a journal's single column is about 3.5 in (8.5-9 cm) and its double 7 in, text 6-8 pt, raster 300 dpi
@@ -193,9 +212,32 @@ def save_figure(fig, path: Path, dpi: int = 120) -> Path:
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
 
     try:
-        return atomic_write(Path(path), save, suffix=f".tmp{Path(path).suffix}")
+        with warnings.catch_warnings(record=True) as said:  # matplotlib warns once per character
+            warnings.simplefilter("always")
+            written = atomic_write(Path(path), save, suffix=f".tmp{Path(path).suffix}")
     finally:
         _pyplot().close(fig)
+    missing = []
+    for w in said:
+        if glyph := re.match(r"Glyph \d+ \((.+?)\) missing from", str(w.message)):
+            missing.append(_character(glyph[1]))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing:
+        warnings.warn(f"{Path(path).name}: no installed font draws {''.join(dict.fromkeys(missing))}: shown as boxes "
+                      "(a font with them, such as Noto Sans CJK, is used once installed)", stacklevel=2)
+    return written
+
+
+def _character(shown: str) -> str:
+    """The character matplotlib's warning names, as "\\N{CJK UNIFIED IDEOGRAPH-809D}" or itself."""
+    import unicodedata
+
+    name = re.fullmatch(r"\\N\{(.+)\}", shown)
+    try:
+        return unicodedata.lookup(name[1]) if name else shown
+    except KeyError:
+        return shown
 
 
 def _true(value) -> bool:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -548,6 +549,10 @@ def finished_runs(df_runs: pd.DataFrame, results_dir: Path | str, models: str | 
     return select_runs(done if rescored else done[done["rescored_from"].isna()], models, datasets, results_dir)
 
 
+def _folded(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 def select_runs(df_runs: pd.DataFrame, models: str | Iterable[str] | None = None,
                 datasets: str | Iterable[str] | None = None, results_dir: Path | str = "",
                 profiled: Iterable[str] = (), policies: str | Iterable[str] | None = None) -> pd.DataFrame:
@@ -565,6 +570,10 @@ def select_runs(df_runs: pd.DataFrame, models: str | Iterable[str] | None = None
             raise nothing_named(option, given[option], {"--models": "unet,vmunet", "--dataset": "synapse,isic17",
                                                         "--policy": "strict"}[option])
         have = sorted({str(v) for c in columns if c in df_runs for v in df_runs[c].dropna()})
+        alike: dict[str, list[str]] = {}  # as typed in any case or Unicode form (a decomposed "ü" looks alike)
+        for h in have:
+            alike.setdefault(_folded(h), []).append(h)
+        names = [n if n in have or len(alike.get(_folded(n), [])) != 1 else alike[_folded(n)][0] for n in names]
         for name in names:
             if name not in have and not (option == "--models" and name in set(profiled)):
                 hint = did_you_mean(name, have)

@@ -421,7 +421,7 @@ def test_three_seed_grid_report_with_statistics_published_and_plots(tmp_path):
     assert "## Published vs ours · synapse (synthetic)" in text and "Ours − published" in text
     assert "## Cost · input 1x3x32x32" in text
     for kind in ("dsc_vs_gmacs", "dsc_vs_params", "per_class_dsc", "training_curves"):
-        assert re.search(rf"!\[{kind}__[^\]]+\]\(<report_files/{kind}__\S+\.png>\)", text), kind
+        assert re.search(rf"!\[{kind}__[^\]]+\]\(report_files/{kind}__\S+\.png\)", text), kind
     latex = _bench("report", "--results", results, "--format", "latex").stdout
     assert "\\toprule" in latex and "\\bottomrule" in latex
     _bench("report", "--results", results, "--format", "cases", "--out", tmp_path / "cases.csv")

@@ -395,6 +395,9 @@ def test_pairs_of_ones_own_become_an_nnunet_dataset_named_as_asked(tmp_path):
     ds = open_dataset("nnunet", out)
     assert ds.dataset_name == "nnunet:BUSI-mini" and tuple(ds.class_names) == ("lesion",)
     assert sorted(ds.cases) == ["benign_0", "benign_1", "benign_2", "benign_3", "benign_4", "normal_5"]
+    from bench.data.convert import _case_id  # letters of any script kept (患者甲 and 患者乙 were both "case")
+
+    assert [_case_id(n) for n in ("患者甲", "Müller", "-c09", "a b#c")] == ["患者甲", "Müller", "c09", "a_b_c"]
     for name in ("benign (0)", "benign (1)", "normal (5)"):
         case = name.replace(" (", "_").rstrip(")")
         label = np.asarray(Image.open(out / "labelsTr" / f"{case}.png"))

@@ -463,6 +463,13 @@ def test_nnunet_refuses_what_it_would_read_wrong(roots, tmp_path):
         (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "lesion": value}}))
         with pytest.raises(BenchError, match=rf"label 'lesion' = {re.escape(repr(value))}: {re.escape(said)}"):
             parse_dataset_json(tmp_path / "dataset.json")
+    # a line break in a class name split a Markdown board's header row in two (verify called it OK)
+    for name in ("Leber\nNeu", "a\tb", " "):
+        (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, name: 1}}))
+        with pytest.raises(BenchError, match=rf"label name {re.escape(repr(name))}: expected printable text on one line"):
+            parse_dataset_json(tmp_path / "dataset.json")
+    (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "Läsion 肝臓 & $5": 1}}))
+    assert parse_dataset_json(tmp_path / "dataset.json")["labels"] == {"background": 0, "Läsion 肝臓 & $5": 1}
 
     root = _copy(roots["nnunet"], tmp_path)
     ds = open_dataset("nnunet", root)

@@ -147,7 +147,7 @@ def test_plots_for_a_paper_are_vector_files(results, tmp_path):
     (svg,) = [p for p in write_plots(results_dir, tmp_path / "svg", fmt="svg") if p.name.startswith("per_class")]
     assert b"<svg" in svg.read_bytes()[:2000]
     md = write_report(results_dir, out=tmp_path / "rep" / "report.md", plot_format="pdf")
-    assert f"(<report_files/per_class_dsc__{BOARD}.pdf>)" in md and (tmp_path / "rep" / "report_files").is_dir()
+    assert f"(report_files/per_class_dsc__{BOARD}.pdf)" in md and (tmp_path / "rep" / "report_files").is_dir()
     with pytest.raises(BenchError, match=r"--plot-format 'jpg': expected one of png, pdf, svg"):
         write_plots(results_dir, tmp_path / "jpg", fmt="jpg")
     assert {p.suffix for p in write_plots(results_dir, tmp_path / "upper", fmt="PDF")} == {".pdf"}  # as typed
@@ -403,3 +403,25 @@ def test_a_models_seeds_are_drawn_thin_under_their_mean_loss(tmp_path, monkeypat
     np.testing.assert_allclose(mean.get_ydata(), [2.0 / s for s in range(1, 11)], rtol=1e-6)
     thin = [line for line in fig.axes[0].get_lines() if line is not mean]
     assert len(thin) == 2 and all(line.get_linewidth() < mean.get_linewidth() for line in thin)
+
+
+def test_names_are_drawn_as_written_and_missing_glyphs_are_said_once(tmp_path):
+    """A Unicode journey: a class named "$\\badcmd{x}$" crashed `bench report --out` (matplotlib read it as
+    TeX math), "Preis $5 und $6" was typeset as math, and each CJK character no font had was a warning."""
+    import warnings
+
+    from bench import plots
+    from bench.records import load
+
+    names = ["$\\badcmd{x}$", "Preis $5 und $6", "肝臓"]
+    for model in ("unet", "vmunet"):
+        write_record(make_record(model, seed=0, classes=names, dataset="nnunet"), tmp_path)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        (path,) = plots.per_class_boxplots(load(tmp_path, level="case"), tmp_path / "out")
+    _assert_png(path)
+    glyphs = [str(w.message) for w in said if "font" in str(w.message).lower()]
+    if len(plots.text_rc()["font.sans-serif"]) == 1:  # no CJK font installed here: boxes, said once
+        assert glyphs == [f"{path.name}: no installed font draws 肝臓: shown as boxes (a font with them, such as "
+                          "Noto Sans CJK, is used once installed)"]
+    assert all("Glyph" not in g for g in glyphs)

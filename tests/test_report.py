@@ -164,6 +164,15 @@ def test_latex(runs):
     assert "DSC $\\uparrow$ (\\%)" in tex
 
 
+def test_latex_rows_of_columns_alike_under_unicode_normalisation(tmp_path):
+    """Class names "Leber" and full-width "Ｌｅｂｅｒ" (a Japanese input method's): rows were namedtuples,
+    whose field names NFKC-normalise to one, and the LaTeX report crashed on a duplicate argument."""
+    write_record(make_record("unet", seed=0, dataset="nnunet", classes=["Leber", "Ｌｅｂｅｒ"],
+                             class_dice={"Leber": 0.5, "Ｌｅｂｅｒ": 0.7}), tmp_path)
+    tex = write_report(tmp_path, "latex")
+    assert "Ｌｅｂｅｒ" in tex and "70.00" in tex
+
+
 def test_paper_columns_and_labels_for_latex(runs, tmp_path):
     # a paper's table: the metrics and per-organ DSC only (31 columns were shrunk to 1.6 pt type), a
     # \label per board, and a caption that speaks only of the columns shown
@@ -862,14 +871,16 @@ def test_a_reference_run_in_several_configs_is_named_not_called_absent(tmp_path)
 
 
 def test_markdown_report_file_links_its_plots(tmp_path):
+    from urllib.parse import unquote
+
     results = tmp_path / "results"
     for model, d in (("unet", 0.7), ("vmunet", 0.8)):
         write_record(make_record(model, dice=d), results)
-    out = tmp_path / "report" / "my report.md"
+    out = tmp_path / "report" / "my report #2 100%.md"
     text = write_report(results, out=out)
-    # in <>: CommonMark takes a link target with a space (the file's name) only so
-    links = re.findall(r"!\[[^\]]*\]\(<(my report_files/[^>]+\.png)>\)", text)
-    assert links and all((out.parent / link).stat().st_size > 0 for link in links)
+    # percent-encoded: a space, '#' (a fragment) or '%' of the report's name broke the links (in <> too)
+    links = re.findall(r"!\[[^\]]*\]\((my%20report%20%232%20100%25_files/[^)]+\.png)\)", text)
+    assert links and all((out.parent / unquote(link)).stat().st_size > 0 for link in links)
     assert out.read_text() == text
     assert "![" not in write_report(results)  # on stdout: no images
 
@@ -1057,6 +1068,8 @@ def test_report_of_some_models_and_datasets(tmp_path, runs):
         write_report(tmp_path, datasets=["isic"])
     with pytest.raises(BenchError, match=r"--models transunet: no runs of it in .* \(there: unet, vmunet\)$"):
         write_report(tmp_path, models=["transunet"])  # a model without runs here, not a misspelt 'unet'
+    # a name in another case or Unicode form is that name (`--models UNET` was "no runs of it", no hint)
+    assert write_report(tmp_path, models=["UNET"], datasets=["Synapse"]) == text
     with pytest.raises(BenchError, match=r"--reference 'unet': not among --models vmunet; add it there"):
         write_report(tmp_path, models=["vmunet"], reference="unet")
     (tmp_path / "report.md").write_text("x")

@@ -325,8 +325,9 @@ def msd_to_nnunet(raw: str | Path, out: str | Path) -> Path:
 
 
 def _case_id(stem: str) -> str:
-    """An image's name as a case id nnU-Net's file names and shells take ("benign (1)" -> "benign_1")."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_.") or "case"
+    """An image's name as a case id nnU-Net's file names and shells take ("benign (1)" -> "benign_1"; letters
+    of any script kept, "Müller", "患者甲"; none starting with "-", which tools read as an option)."""
+    return re.sub(r"[^\w.-]+", "_", stem).strip("_.-") or "case"
 
 
 def _pair_folders(raw: Path) -> list[tuple[str, Path]]:

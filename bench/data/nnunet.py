@@ -146,6 +146,9 @@ def _label_map(labels: Any, path: Path) -> dict[str, int]:
         labels = {v: int(k) for k, v in labels.items()}  # nnU-Net v1: {"0": "background", ...}
     out: dict[str, int] = {}
     for name, value in labels.items():
+        if not str(name).strip() or any(c.isspace() and c != " " or not c.isprintable() for c in str(name)):
+            # a line break splits a Markdown board's header in two, a tab its columns
+            raise BenchError(f"{path}: label name {name!r}: expected printable text on one line")
         if isinstance(value, bool) or not isinstance(value, int):
             # nnU-Net's region-based labels are lists of ids; a quoted number is a slip of the JSON
             what = ("a list of ids: region-based training, which is not supported" if isinstance(value, list) else

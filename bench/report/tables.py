@@ -66,6 +66,6 @@ def _latex_table(title: str, note: str, name: str, table: pd.DataFrame, spec: st
     bold = _bold_cells(table)
     cell = lambda i, j, v: f"\\textbf{{{_latex_escape(v)}}}" if (i, j) in bold else _latex_escape(v)  # noqa: E731
     lines += [" & ".join(cell(i, j, v) for j, v in enumerate(row)) + " \\\\"
-              for i, row in enumerate(table.itertuples(index=False))]
+              for i, row in enumerate(table.itertuples(index=False, name=None))]  # plain tuples: any column names
     lines += ["\\bottomrule", "\\end{tabular}", "}", "\\end{table}"]
     return "\n".join(lines)

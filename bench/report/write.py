@@ -7,6 +7,7 @@ import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -200,9 +201,9 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                 images = Path(out).parent / f"{Path(out).stem}_files"
                 paths = write_plots(results_dir, images, df_runs=df_runs, df_cases=df_cases, df_profiles=profiles,
                                     set_runs=set_runs, set_cases=set_cases, fmt=plot_format, style=plot_style)
-                if paths:
+                if paths:  # links percent-encoded: a '#' or '%' of the report's name broke them
                     extra.append("## Plots\n\n" + "\n\n".join(
-                        f"![{p.stem}](<{images.name}/{p.name}>)" for p in paths) + "\n")  # <>: names with spaces
+                        f"![{p.stem}]({quote(f'{images.name}/{p.name}')})" for p in paths) + "\n")
             if extra:
                 text = text.rstrip("\n") + "\n\n" + "\n".join(extra)
         text = _with_cost_latex(text, fmt, profiles, columns)
