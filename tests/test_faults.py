@@ -178,13 +178,20 @@ def test_a_claim_of_another_host_holds_while_fresh_and_is_taken_over_when_stale(
     import json
     import os
     import time
+    from unittest import mock
 
     from bench.claim import CLAIM, STALE_S, Claim, claim_run
 
     path = tmp_path / "runs" / "r1" / CLAIM
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"writer": "4242@node7.cluster~", "started": "2026-12-05T03:00:00+00:00"}))
-    assert claim_run(tmp_path, "r1") == "pid 4242 on node7.cluster since 2026-12-05 03:00:00 UTC"
+    renewed = 1796439900  # 2026-12-05 03:05 UTC
+    os.utime(path, (renewed,) * 2)
+    with mock.patch("time.time", return_value=renewed + 60):
+        # a requeued job's user learns when it was last renewed, when it goes stale, and the way out sooner
+        assert claim_run(tmp_path, "r1") == (
+            f"pid 4242 on node7.cluster (claim {path}, last renewed 2026-12-05 03:05 UTC; taken over from "
+            "2026-12-05 03:15 UTC unless renewed; sooner by deleting that file, once that process is known dead)")
     os.utime(path, (time.time() - STALE_S - 5,) * 2)
     taken = claim_run(tmp_path, "r1")
     assert isinstance(taken, Claim) and json.loads(path.read_text())["pid"] == os.getpid()
