@@ -28,7 +28,7 @@ from bench.data import check_folds, get_reader, open_dataset, synthetic_identity
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import (cache_training_volumes, patch_fit_note, preprocess_processes, slicing_note,
                                    target_spacing, volume_prep)
-from bench.errors import BenchError, DataError, few, one_line
+from bench.errors import BenchError, DataError, HeldError, few, one_line
 from bench.fileio import file_sha256
 from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
@@ -447,9 +447,9 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
         raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({few(failed)}){others}; {again}" + (
                              f"; {len(held)} more were being run by other processes" if held else ""))
     if held:  # not done here: a job requeued on another node before a killed one's claim went stale ends unfinished
-        raise BenchError(f"{len(held)} of {len(specs)} run(s) were being run by other processes and were skipped "
-                         f"({few(held)}); the same command later finds them finished, or takes over those "
-                         "whose process died (with --resume, from their last checkpoint)")
+        raise HeldError(f"{len(held)} of {len(specs)} run(s) were being run by other processes and were skipped "
+                        f"({few(held)}); the same command later finds them finished, or takes over those "
+                        "whose process died (with --resume, from their last checkpoint)")
 
 
 def _drop_empty_run(run_dir: Path) -> None:
@@ -525,7 +525,10 @@ def parse_shard(text: str) -> tuple[int, int]:
     """``"K/N"`` -> (K, N) with 1 <= K <= N; BenchError otherwise."""
     k, sep, n = text.partition("/")
     if not (sep and k.strip().isdigit() and n.strip().isdigit()) or not 1 <= int(k) <= int(n):
-        raise BenchError(f"--shard must be K/N with 1 <= K <= N (e.g. 2/4); got {text!r}")
+        # a Slurm array numbered from 0 (--array=0-3) gives K 0: the way round it, in the shell's words
+        zero = " (shards count from 1; a 0-based array: --shard $((SLURM_ARRAY_TASK_ID+1))/N)" \
+            if sep and k.strip() == "0" else ""
+        raise BenchError(f"--shard must be K/N with 1 <= K <= N (e.g. 2/4); got {text!r}{zero}")
     return int(k), int(n)
 
 

@@ -546,8 +546,10 @@ def test_a_run_another_process_trains_is_skipped_not_trained_twice(tmp_path):
     weights = (tmp_path / "runs" / run_id / "checkpoints" / "final.pt").read_bytes()
     with claim_run(tmp_path, run_id) as claim:  # this test's process trains it, as far as anyone can tell
         held = _bench(*base, check=False)  # not done here: said, and not exit 0 (a requeued job would end)
-        assert f"{run_id}: being run by pid {os.getpid()} on {socket.gethostname()} since" in held.stdout
-        assert held.returncode == 2 and f"1 of 1 run(s) were being run by other processes and were skipped ({run_id})" \
+        assert f"{run_id}: being run by pid {os.getpid()} on {socket.gethostname()} (claim " in held.stdout
+        assert "taken over once that process ends" in held.stdout
+        # EX_TEMPFAIL, not a user error's 2: a job script can requeue ("try again later")
+        assert held.returncode == 75 and f"1 of 1 run(s) were being run by other processes and were skipped ({run_id})" \
             in held.stderr
         assert not record.exists() and (tmp_path / "runs" / run_id / "checkpoints" / "final.pt").read_bytes() == weights
         assert claim.path.exists()

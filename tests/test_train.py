@@ -699,6 +699,9 @@ def test_shards_are_disjoint_cover_the_grid_and_balance(synapse_root, tmp_path):
     for bad in ("0/3", "4/3", "3", "a/b", "1/0", "-1/2"):
         with pytest.raises(BenchError, match="--shard must be K/N"):
             parse_shard(bad)
+    # a 0-based Slurm array (--array=0-3) is told how to count from 1
+    with pytest.raises(BenchError, match=r"a 0-based array: --shard \$\(\(SLURM_ARRAY_TASK_ID\+1\)\)/N"):
+        parse_shard("0/4")
 
 
 def test_model_overrides_are_part_of_the_run_id(synapse_root, tmp_path):

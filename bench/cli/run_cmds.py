@@ -13,7 +13,7 @@ from bench.cli.console import _echo_err, _warned
 from bench.cli.options import (DEFAULT_RESULTS, FinishedRuns, ModelSets, Models, MovedData, RunDatasets, RunsProtocol,
                                ScoringThreads,
                                _compute_setup, _parse_sets, _parse_spacing, device_option)
-from bench.errors import BenchError, few
+from bench.errors import BenchError, HeldError, few
 from bench.names import int_list
 
 # The published recipe each dataset defaults to. nnunet has none: its format holds any dataset
@@ -268,8 +268,8 @@ def rescore(
 
     _each_run(todo, score, "rescored")
     if left := [k for k, run_id in held.items() if not record_path(results, k).is_file() and still_to_score(run_id)]:
-        raise BenchError(f"{len(left)} of {len(todo)} run(s) were being scored or trained under {policy} by other "
-                         f"processes and were skipped ({few(left)}); the same command later finds them done")
+        raise HeldError(f"{len(left)} of {len(todo)} run(s) were being scored or trained under {policy} by other "
+                        f"processes and were skipped ({few(left)}); the same command later finds them done")
 
 
 def predict(
