@@ -38,6 +38,7 @@ from typing import Any, Iterable
 import torch
 import torch.distributed as dist
 
+from bench import env
 from bench.errors import BenchError, HeldError
 from bench.fileio import portable_write_text
 
@@ -233,7 +234,7 @@ def check_nproc(nproc: int, device: torch.device, batch_size: int) -> None:
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise BenchError(f"--nproc {nproc}: one GPU per process, and this machine has {torch.cuda.device_count()}")
     check_batch(batch_size, nproc)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = env.usable_cores()
     if device.type == "cpu" and nproc > cores:
         import warnings
 

@@ -96,6 +96,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return chosen
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (Linux: its affinity, which Slurm's --cpus-per-task and
+    taskset set), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def fingerprint(device: torch.device | str = "cpu") -> dict[str, Any]:
     """What a timing or a bit-exact result depends on: hardware, threads, library builds."""
     device = torch.device(device)

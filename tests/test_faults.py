@@ -320,3 +320,25 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     assert "Traceback" not in err
     leftovers = [p.name for p in (tmp_path / "res").rglob(".*") if p.name != ".bench-synthetic.json"]
     assert leftovers == []  # no claim, no temp file
+
+
+def test_sigterm_to_the_process_group_says_one_line_with_loader_workers(tmp_path):
+    """Slurm's scancel and time limit signal the whole process group: the data loader's workers died
+    of it, and torch printed 17 lines ("DataLoader worker (pid N) is killed by signal: Terminated")
+    before bench's one. The workers ignore it and leave with the training process."""
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "bench", "run", "--models", "unet", "--tiny", "--dataset", "synapse", "--synthetic",
+           "--protocol", "smoke", "--img-size", "32", "--max-iterations", "0", "--epochs", "100000", "--threads", "1",
+           "--workers", "2", "--no-progress", "--results", str(tmp_path)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # a group of its own, as a batch job's
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("runs/*/.claim")) and time.monotonic() < deadline:  # training now
+        time.sleep(0.2)
+    time.sleep(2.0)  # the workers are loading batches
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.startswith("interrupted; the same command with --resume") and err.count("\n") == 1, err
