@@ -331,6 +331,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "code_digest": env.source_digest(),  # the sources' identity, where git names none or "-dirty"
         "packages": env.package_versions(),
         "device": env.fingerprint(device),
+        "launch": env.launch(),  # host, Slurm job, command line of the process that finished the run
         "scan_backend": scan_backend_for(model),
         "started_at": started.isoformat(),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),

@@ -524,6 +524,22 @@ def test_two_shards_share_one_results_dir(tmp_path):
     assert bad.returncode == 2 and "--shard must be K/N" in bad.stderr
 
 
+def test_a_record_says_which_host_job_and_command_line_made_it(tmp_path):
+    """A record of a Slurm array's shared results folder did not say which job (and so which log) it
+    came from."""
+    import socket
+
+    job = {"SLURM_JOB_ID": "1205", "SLURM_ARRAY_JOB_ID": "1200", "SLURM_ARRAY_TASK_ID": "5"}
+    args = ["run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke", "--results",
+            str(tmp_path), *FAST]
+    _bench(*args, env=job)
+    (path,) = (tmp_path / "records").glob("*.json")
+    launch = json.loads(path.read_text())["launch"]
+    assert launch["host"] == socket.gethostname() and launch["argv"][1:] == args
+    assert launch["slurm"] == {"job_id": "1205", "array_job_id": "1200", "array_task_id": "5"}
+    assert records.load(tmp_path)["slurm_job"].tolist() == ["1200_5"]
+
+
 def test_a_run_another_process_trains_is_skipped_not_trained_twice(tmp_path):
     """Two processes given one grid (a shard started twice, a requeued job whose first copy still
     runs) both trained the run; the second replaced the weights behind the first's record and then

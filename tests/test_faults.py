@@ -75,8 +75,8 @@ RUN = ["run", "--models", "vmunet", "--tiny", "--dataset", "synapse", "--protoco
        "--epochs", "3", "--max-iterations", "0", "--batch-size", "32", "--img-size", "32",
        "--threads", "1", "--no-progress", "--device", "cpu"]  # bit-identical resumes: a CPU claim
 # git_commit and code_digest too (and train.commits): they change when the tree is edited while the
-# reference and the resumed run are minutes apart, which says nothing about resuming
-VOLATILE = ("started_at", "finished_at", "wall_time_s", "git_commit", "code_digest")
+# reference and the resumed run are minutes apart, which says nothing about resuming; launch: its command line
+VOLATILE = ("started_at", "finished_at", "wall_time_s", "git_commit", "code_digest", "launch")
 
 
 def _run(tmp_path: Path, data: Path, results: Path, fault: str, *extra: str) -> subprocess.CompletedProcess:
