@@ -76,6 +76,12 @@ def claim_run(results_dir: Path, run_id: str) -> Claim | str:
     return claim_folder(records.run_dir(results_dir, run_id))
 
 
+def held_by(results_dir: Path, run_id: str) -> str | None:
+    """Who holds run ``run_id`` where a live process does (``claim_run``'s words), else None; takes
+    nothing (``bench run --dry-run``)."""
+    return _holder(records.run_dir(results_dir, run_id) / CLAIM)[0]
+
+
 def claim_folder(folder: Path) -> Claim | str:
     """``claim_run``'s, on what a process writes into ``folder`` (bench predict's --out of a run); made."""
     path = folder / CLAIM

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
@@ -522,6 +523,34 @@ def test_two_shards_share_one_results_dir(tmp_path):
     assert sorted(warned) == [False, True]
     bad = _bench(*base, "--shard", "3/2", check=False)
     assert bad.returncode == 2 and "--shard must be K/N" in bad.stderr
+
+
+def test_dry_run_lists_each_runs_state_and_shard_and_writes_nothing(tmp_path):
+    """A Slurm array's user could not see which runs of the grid were done, partial, running or missing
+    before submitting more: --dry-run lists them (each shard's), from the same plan, and writes nothing,
+    not even the synthetic data, which the runs' ids do not depend on the place of."""
+    from bench.claim import claim_run
+
+    base = ["run", "--models", "unet", "--seeds", "0,1,2,3", "--dataset", "synapse", "--synthetic", "--protocol",
+            "smoke", "--results", tmp_path, *FAST]
+    fresh = _bench(*base, "--shard", "1/2", "--dry-run")
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing written
+    planned = re.findall(r"^  shard (\d)/2  missing  (\S+)$", fresh.stdout, re.M)
+    assert len(planned) == 4 and fresh.stdout.rstrip().endswith("missing 4; shards with runs not done: 1,2")
+    _bench(*base, "--shard", "1/2")
+    first = {run for k, run in planned if k == "1"}
+    assert {p.stem for p in (tmp_path / "records").glob("*.json")} == first  # the ids the dry run listed
+    partial, running = sorted(run for k, run in planned if k == "2")
+    (tmp_path / "runs" / partial / "checkpoints").mkdir(parents=True)
+    (tmp_path / "runs" / partial / "checkpoints" / "last.pt").write_bytes(b"")
+    with claim_run(tmp_path, running):
+        files = sorted(tmp_path.rglob("*"))
+        listed = _bench(*base, "--shard", "2/2", "--dry-run").stdout
+        assert sorted(tmp_path.rglob("*")) == files
+    assert all(f"shard 1/2  done     {run}" in listed for run in first)
+    assert f"shard 2/2  partial  {partial}  (a checkpoint, no record: --resume continues it)" in listed
+    assert f"shard 2/2  running  {running}  (by pid {os.getpid()} on " in listed
+    assert listed.rstrip().endswith("done 2, partial 1, running 1; shards with runs not done: 2")
 
 
 def test_a_record_says_which_host_job_and_command_line_made_it(tmp_path):
