@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import os
 import random
 import shutil
 import signal
@@ -311,11 +312,15 @@ def _other_versions(run_dir: Path) -> str:
 
 
 def _loader_worker_init(worker_id: int) -> None:
-    """A data-loader worker ignores SIGTERM: Slurm's scancel and time limit signal the whole process
-    group, and a worker killed by it made torch print 17 lines ("DataLoader worker (pid N) is killed by
-    signal: Terminated") before bench's one "interrupted"; the worker exits once the training process
-    has gone (torch's watchdog), whose SIGTERM stops the run as Ctrl-C does."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """A data-loader worker leaves quietly on SIGTERM: Slurm's scancel and time limit signal the whole
+    process group, and a worker killed by it made torch print 17 lines ("DataLoader worker (pid N) is
+    killed by signal: Terminated") before bench's one "interrupted". Not ignored: multiprocessing's exit
+    stops workers with SIGTERM, then waits for them (for ever, where torch had not shut them down)."""
+    signal.signal(signal.SIGTERM, _leave_quietly)
+
+
+def _leave_quietly(signum, frame) -> None:
+    os._exit(0)  # torch reports a worker that exits otherwise than with 0; the training process stops on its own
 
 
 def train_model(
