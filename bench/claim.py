@@ -70,9 +70,16 @@ class Claim:
 
 
 def claim_run(results_dir: Path, run_id: str) -> Claim | str:
-    """This process's claim on run ``run_id``, or who holds it ("pid 123 on node7 since 2026-12-05
-    03:00 UTC") where a live process does. A dead claim is taken over."""
+    """This process's claim on run ``run_id``, or who holds it where a live process does ("pid 123 on
+    node7 (claim …/.claim, last renewed 2026-12-05 03:00 UTC; taken over from 2026-12-05 03:10 UTC
+    unless renewed; …)"). A dead claim is taken over."""
     return claim_folder(records.run_dir(results_dir, run_id))
+
+
+def held_by(results_dir: Path, run_id: str) -> str | None:
+    """Who holds run ``run_id`` where a live process does (``claim_run``'s words), else None; takes
+    nothing (``bench run --dry-run``)."""
+    return _holder(records.run_dir(results_dir, run_id) / CLAIM)[0]
 
 
 def claim_folder(folder: Path) -> Claim | str:
@@ -123,17 +130,18 @@ def _holder(path: Path) -> tuple[str | None, str | None]:
         held = {}
     tag = str(held.get("writer", ""))
     pid, _, host = tag.rstrip("~").partition("@")
-    try:
-        since = fileio.human_time(dt.datetime.fromisoformat(str(held["started"])).timestamp())
-    except (KeyError, ValueError):  # being written, or damaged
-        since = "?"
-    who = f"pid {pid} on {host.split(':')[0]} since {since}" if host else f"another process (claim {path})"
+    who = f"pid {pid} on {host.split(':')[0]} (claim {path}, last renewed {fileio.human_time(stat.st_mtime)}; "
     if host and fileio.here(tag):  # this host and pid namespace: the pid decides
         alive = not fileio.dead_writer(tag) and held.get("proc_start") in (None, _proc_start(int(pid)))
         # a copy of a results folder (cp -r) copies the claims of the runs training in the original
         copied = held.get("folder") not in (None, _folder_id(path.parent))
-        return (who if alive and not copied else None), text
-    return (who if time.time() - stat.st_mtime <= (STALE_S if text else EMPTY_STALE_S) else None), text
+        return (who + "taken over once that process ends)" if alive and not copied else None), text
+    if time.time() - stat.st_mtime > (STALE_S if text else EMPTY_STALE_S):
+        return None, text
+    # another host's process cannot be asked: a job killed outright (OOM, a node lost) holds the run until
+    # the claim goes stale, which its user may cut short
+    return (who + f"taken over from {fileio.human_time(stat.st_mtime + STALE_S)} unless renewed; sooner by "
+            "deleting that file, once that process is known dead)" if host else f"another process (claim {path})"), text
 
 
 def _folder_id(folder: Path) -> str:

@@ -38,7 +38,8 @@ from typing import Any, Iterable
 import torch
 import torch.distributed as dist
 
-from bench.errors import BenchError
+from bench import env
+from bench.errors import BenchError, HeldError
 from bench.fileio import portable_write_text
 
 # How long ranks wait at a barrier for rank 0 (evaluation of a large test set runs on rank 0 alone).
@@ -233,7 +234,7 @@ def check_nproc(nproc: int, device: torch.device, batch_size: int) -> None:
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise BenchError(f"--nproc {nproc}: one GPU per process, and this machine has {torch.cuda.device_count()}")
     check_batch(batch_size, nproc)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = env.usable_cores()
     if device.type == "cpu" and nproc > cores:
         import warnings
 
@@ -350,8 +351,8 @@ def launch(nproc: int, args: list[str], warned: Iterable[str] = ()) -> int:
     temp folder (nothing listens on the network: torchrun's rendezvous is a server on every interface
     that unpickles what it is sent), and wait for them; the exit code. As torchrun's agent does, the
     first process to fail has the others stopped (SIGTERM). A process that stopped on a user error
-    printed its one line and exits 2, so does this; a process that crashed otherwise is named in one
-    line (exit 1); SIGTERM / Ctrl-C: the processes are stopped, exit 130 ("interrupted" is the
+    printed its one line and exits 2 (75: runs held by other processes), so does this; a process that
+    crashed otherwise is named in one line (exit 1); SIGTERM / Ctrl-C: the processes are stopped, exit 130 ("interrupted" is the
     caller's). ``warned``: the warnings said already, which the processes then keep to themselves."""
     root = Path(tempfile.mkdtemp(prefix="bench-nproc-"))  # the user's alone (0700)
     errors = root / "errors"
@@ -474,13 +475,15 @@ def _failed(failed: dict[int, Failure], nproc: int, errors: Path) -> int:
               file=sys.stderr)
         return 1
     rank, failure = causes[0]
-    if failure.exitcode == 2:  # a user error: the first process's line where it met one too (the others
-        # met the same, as a rule), else the line of the one that met it
-        for who in (0, rank) if failed.get(0) is not None and failed[0].exitcode == 2 else (rank,):
+    if failure.exitcode in (BenchError.exit_code, HeldError.exit_code):  # a user error (or runs held): the
+        # first process's line where it met one too (the others met the same, as a rule), else the line of
+        # the one that met it
+        code = failure.exitcode
+        for who in (0, rank) if failed.get(0) is not None and failed[0].exitcode == code else (rank,):
             if text := _kept_line(errors, who):
                 print(text + (f" (process {who} of {nproc})" if who else ""), file=sys.stderr)
-                return 2
-        return 2  # its line is above (a process that could not leave it)
+                return code
+        return code  # its line is above (a process that could not leave it)
     if failure.exitcode > 0:  # a crash: its traceback is above
         print(f"error: process {rank} of {nproc} failed (exit code {failure.exitcode}); its output is above",
               file=sys.stderr)

@@ -10,6 +10,7 @@ import importlib.util
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,23 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise BenchError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return chosen
+
+
+SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")  # a record's job_id, array_job_id, ...
+
+
+def launch() -> dict[str, Any]:
+    """Where this process came from, for a record: its host, the Slurm job (and array task) it runs in
+    (null outside Slurm) and its command line, so that a surprising run can be traced to its job's
+    log. Nothing of a run's numbers depends on it."""
+    slurm = {k.removeprefix("SLURM_").lower(): os.environ[k] for k in SLURM_VARS if os.environ.get(k)}
+    return {"host": socket.gethostname(), "slurm": slurm or None, "argv": list(sys.argv)}
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (Linux: its affinity, which Slurm's --cpus-per-task and
+    taskset set), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def fingerprint(device: torch.device | str = "cpu") -> dict[str, Any]:

@@ -11,6 +11,15 @@ from collections.abc import Iterable, Iterator, Sequence
 class BenchError(Exception):
     """A user-facing error: one clear message naming the file or argument and what was expected."""
 
+    exit_code = 2  # the command line's, for every user error
+
+
+class HeldError(BenchError):
+    """Work skipped because other processes hold it (bench.claim), none of it failed: not done here, yet
+    nothing to fix; EX_TEMPFAIL ("try again later"), which a job script can tell from a user error."""
+
+    exit_code = 75
+
 
 class DataError(BenchError):
     """A BenchError in the data's files themselves (label ids outside the classes): fixing them changes the

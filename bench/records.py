@@ -73,7 +73,7 @@ RUN_ID_COLUMNS = [
     "policy", "seed", "init", "data_id", "tiny", "weights",
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
-    "set_keys", "n_train", "data_root", "rescored_from", "status", "git_commit", "code_digest", "scored_commit", "scored_digest", "model_code", "device", "scan_backend", "hd95_unit",
+    "set_keys", "n_train", "data_root", "rescored_from", "status", "git_commit", "code_digest", "scored_commit", "scored_digest", "model_code", "device", "host", "slurm_job", "scan_backend", "hd95_unit",
     "started_at", "finished_at", "wall_time_s", "train_time_s", "train_loss", "world_size", "params", "trainable_params", "macs",
     "paper_macs", "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes", "n_missed", "n_present",
 ]  # fmt: skip
@@ -382,6 +382,14 @@ def _run_ids(rec: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _slurm_job(launch: Any) -> str | None:
+    """The Slurm job a run ran in as Slurm names it (an array's task: "<array job>_<task>"), or None."""
+    slurm = (launch or {}).get("slurm") or {}
+    if slurm.get("array_job_id") and slurm.get("array_task_id"):
+        return f"{slurm['array_job_id']}_{slurm['array_task_id']}"
+    return slurm.get("job_id")
+
+
 def _tolerances_text(tolerances: Any) -> str | None:
     """A per-class NSD tolerance table ({name: tolerance}) as ``"liver 5, spleen 3"``; None where the
     run had none (one tolerance for all classes is the ``nsd_tolerance`` metric column)."""
@@ -405,6 +413,8 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         scored_digest=(rec.get("rescored_with") or {}).get("code_digest"),
         model_code=rec.get("model_code"),  # a plugin's sources (registry.model_code); null for built-ins
         device=_device_string(rec["device"]),
+        host=(rec.get("launch") or {}).get("host"),  # where it ran (older records: None)
+        slurm_job=_slurm_job(rec.get("launch")),
         scan_backend=rec["scan_backend"],
         hd95_unit=rec.get("hd95_unit"),  # absent in records written before it was recorded
         nsd_tolerances=_tolerances_text(rec["metrics"].get("nsd_tolerances")),
@@ -455,7 +465,8 @@ def load(results_dir: Path, level: str = "run") -> pd.DataFrame:
 
     ``level="run"``: one row per run. Columns ``RUN_COLUMNS`` (``device`` is a short fingerprint
     string; ``model_config``/``protocol_overrides`` are canonical JSON strings, ``"{}"`` when
-    unset; ``nsd_tolerances`` a per-class NSD tolerance table as text), then the scalar aggregate
+    unset; ``nsd_tolerances`` a per-class NSD tolerance table as text; ``host`` and ``slurm_job`` where
+    it ran, None in records older than ``launch``), then the scalar aggregate
     metrics (``STANDARD_METRICS`` first, others sorted), then
     ``dice/<class name>`` and ``hd95/<class name>`` per class, in class-id order.
 

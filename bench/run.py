@@ -13,22 +13,24 @@ import hashlib
 import json
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 import warnings
-from contextlib import nullcontext, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from bench import distributed, env, fileio, records, runlog
-from bench.data import check_folds, get_reader, open_dataset, synthetic_identity, synthetic_root
+from bench.data import (check_folds, get_reader, open_dataset, synthetic_folder, synthetic_identity,
+                        synthetic_root)
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import (cache_training_volumes, patch_fit_note, preprocess_processes, slicing_note,
                                    target_spacing, volume_prep)
-from bench.errors import BenchError, DataError, few, one_line
+from bench.errors import BenchError, DataError, HeldError, few, one_line
 from bench.fileio import file_sha256
 from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance
@@ -38,7 +40,7 @@ from bench.protocol import Protocol, check_seed
 from bench.registry import (ChannelsError, changed_keys, check_buildable, check_set_kinds, create_model, get_entry,
                             identity_overrides)
 from bench.registry import list_models, load_weights, model_code, model_overrides as model_overrides_of
-from bench.train import (CHECKPOINT_DIR, FINAL, TrainResult, caller_rng_kept, checkpoints_when, save_checkpoint,
+from bench.train import (CHECKPOINT_DIR, FINAL, LAST, TrainResult, caller_rng_kept, checkpoints_when, save_checkpoint,
                          seed_everything, train_model)
 
 
@@ -351,6 +353,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "code_digest": env.source_digest(),  # the sources' identity, where git names none or "-dirty"
         "packages": env.package_versions(),
         "device": env.fingerprint(device),
+        "launch": env.launch(),  # host, Slurm job, command line of the process that finished the run
         "scan_backend": scan_backend_for(model),
         "started_at": started.isoformat(),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
@@ -393,11 +396,11 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                say: Callable[[str], None], say_error: Callable[[str], None]) -> None:
     from bench.claim import claim_run
     from bench.registry import code_changed
-    from bench.rescore import claim_twins, rescored_twin
+    from bench.rescore import claim_twins
 
     main = distributed.world().main
     say = say if main else (lambda *a, **k: None)
-    failed, held, by_data, skipped, finished = [], [], [], 0, 0
+    failed, held, by_data, skipped, n_done = [], [], [], 0, 0
     for i, spec in enumerate(specs, 1):
         # rank 0 claims the run (bench.claim: no other process trains it meanwhile) and its view of the
         # finished records decides for every rank (a record appearing meanwhile, or a network file
@@ -405,7 +408,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
         claim, twins = None, []
         try:
             if main:
-                done, rescored = records.record_path(results_dir, spec.key).is_file(), rescored_twin(spec, results_dir)
+                done, rescored = finished(spec, results_dir)
                 if not (done or rescored):
                     claim = claim_run(results_dir, spec.key)
                     if not isinstance(claim, str):
@@ -414,8 +417,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                             claim.release()
                             claim, twins = twins, []
                         # finished (or rescored) by another process between the look and the claims
-                        done = records.record_path(results_dir, spec.key).is_file()
-                        rescored = not done and rescored_twin(spec, results_dir)
+                        done, rescored = finished(spec, results_dir)
             done, rescored, holder = distributed.gather_objects(
                 (done, rescored, claim if isinstance(claim, str) else None) if main else None)[0]
             if done:
@@ -448,7 +450,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                     # last run, the first to fail, fails the command as a single run does (its own one line)
                     if distributed.world().distributed or (not failed and spec is specs[-1]):
                         runlog.append(f"FAILED: {failure_text(exc)}")  # the command's error line says it
-                        _say_summary(say, results_dir, finished, skipped, len(held), failed + [spec.key])
+                        _say_summary(say, results_dir, n_done, skipped, len(held), failed + [spec.key])
                         raise
                     note_failure(spec.key, exc, failed, say_error)
                     if isinstance(exc, DataError):
@@ -458,7 +460,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                     continue
                 if rec is None:  # not rank 0
                     continue
-                finished += 1
+                n_done += 1
                 runlog.say(f"  {spec.key}: {records.scores_text(rec)} · {rec['wall_time_s']:.0f}s", say)
         finally:
             for c in twins:
@@ -467,10 +469,10 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                 claim.release()
     busy = len(held)
     if held:  # finished (or rescored into its policy) by those processes meanwhile: not left undone
-        held = distributed.gather_objects([s.key for s in held if not records.record_path(results_dir, s.key).is_file()
-                                           and not rescored_twin(s, results_dir)] if main else None)[0]
+        held = distributed.gather_objects([s.key for s in held if not any(finished(s, results_dir))]
+                                          if main else None)[0]
     distributed.shutdown()  # every rank is through the grid (distributed.init began it)
-    _say_summary(say, results_dir, finished, skipped, busy, failed)
+    _say_summary(say, results_dir, n_done, skipped, busy, failed)
     if failed:
         others = ", the others finished" if len(failed) < len(specs) else ""
         # fixed data is other data: its runs have new ids, which no checkpoint of these belongs to
@@ -482,9 +484,47 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                          f"{records.runs_dir(results_dir)}/<run id>/{runlog.RUN_LOG} says why; {again}" + (
                              f"; {len(held)} more were being run by other processes" if held else ""))
     if held:  # not done here: a job requeued on another node before a killed one's claim went stale ends unfinished
-        raise BenchError(f"{len(held)} of {len(specs)} run(s) were being run by other processes and were skipped "
-                         f"({few(held)}); the same command later finds them finished, or takes over those "
-                         "whose process died (with --resume, from their last checkpoint)")
+        raise HeldError(f"{len(held)} of {len(specs)} run(s) were being run by other processes and were skipped "
+                        f"({few(held)}); the same command later finds them finished, or takes over those "
+                        "whose process died (with --resume, from their last checkpoint)")
+
+
+def finished(spec: RunSpec, results_dir: Path) -> tuple[bool, str | None]:
+    """Whether run ``spec`` finished (its record is there), and where not, the id of the record its
+    training was rescored into under its policy (bench.rescore.rescored_twin), which counts as done."""
+    from bench.rescore import rescored_twin
+
+    done = records.record_path(results_dir, spec.key).is_file()
+    return done, None if done else rescored_twin(spec, results_dir)
+
+
+def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
+    """What became of run ``spec`` in ``results_dir``, as bench run would find it, without touching
+    anything (``--dry-run``): ("done" | "running" | "partial" | "missing", what says so)."""
+    from bench.claim import held_by
+
+    done, rescored = finished(spec, results_dir)
+    if done or rescored:
+        return "done", "" if done else f"rescored into its policy ({rescored})"
+    if holder := held_by(results_dir, spec.key):
+        return "running", f"by {holder}"
+    ckpt = records.run_dir(results_dir, spec.key) / CHECKPOINT_DIR
+    if (ckpt / LAST).is_file() or (ckpt / FINAL).is_file():
+        return "partial", "a checkpoint, no record: --resume continues it"
+    return "missing", ""
+
+
+@contextmanager
+def dry_run_data(dataset: str, results_dir: Path) -> Iterator[Path | None]:
+    """``--dry-run --synthetic``: None where the results folder holds the synthetic data (plan_grid
+    finds it there), else the same data written to a temporary folder removed afterwards, to plan
+    from as ``--data-root`` (runs are identified by how synthetic data was made, not where it lies:
+    the same run ids), since a dry run writes nothing into the results folder."""
+    if synthetic_identity(synthetic_folder(dataset, Path(results_dir).expanduser() / "synthetic")) is not None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-dry-run-") as tmp:
+        yield synthetic_root(dataset, tmp)
 
 
 def _say_summary(say: Callable[[str], None], results_dir: Path, finished: int, skipped: int, held: int,
@@ -575,7 +615,10 @@ def parse_shard(text: str) -> tuple[int, int]:
     """``"K/N"`` -> (K, N) with 1 <= K <= N; BenchError otherwise."""
     k, sep, n = text.partition("/")
     if not (sep and k.strip().isdigit() and n.strip().isdigit()) or not 1 <= int(k) <= int(n):
-        raise BenchError(f"--shard must be K/N with 1 <= K <= N (e.g. 2/4); got {text!r}")
+        # a Slurm array numbered from 0 (--array=0-3) gives K 0: the way round it, in the shell's words
+        zero = " (shards count from 1; a 0-based array: --shard $((SLURM_ARRAY_TASK_ID+1))/N)" \
+            if sep and k.strip() == "0" else ""
+        raise BenchError(f"--shard must be K/N with 1 <= K <= N (e.g. 2/4); got {text!r}{zero}")
     return int(k), int(n)
 
 
@@ -586,7 +629,13 @@ def select_shard(specs: list[RunSpec], shard: str | None) -> list[RunSpec]:
     if not shard:
         return specs
     k, n = parse_shard(shard)
-    return sorted(specs, key=lambda s: s.key)[k - 1::n]
+    number = shard_numbers(specs, n)
+    return [s for s in sorted(specs, key=lambda s: s.key) if number[s.key] == k]
+
+
+def shard_numbers(specs: list[RunSpec], n: int) -> dict[str, int]:
+    """The shard (1..N) each run of the grid falls in, by run id."""
+    return {s.key: i % n + 1 for i, s in enumerate(sorted(specs, key=lambda s: s.key))}
 
 
 def resolve_inits(models: list[str], protocol: Protocol,
@@ -642,7 +691,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
               data_root: Path | str | None, synthetic: bool, results_dir: Path | str, policy: str | None = None,
               model_overrides: dict[str, Any] | None = None, folds: list[int] | str | None = None,
               pretrained_dir: Path | None = None, tiny: bool = False,
-              weights: Path | None = None, workers: int | None = None) -> list[RunSpec]:
+              weights: Path | None = None, workers: int | None = None, dry_run: bool = False) -> list[RunSpec]:
     """Resolve data, policy, pretrained files and names once; one RunSpec per (model, seed[, fold]).
 
     ``folds``: cross-validation folds to run ("all" or a list), for data without a fixed test split.
@@ -651,6 +700,8 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     ``weights``: a weights file to evaluate instead of training (one model, one seed, one split),
     loaded strictly: an authors' checkpoint (``load_weights``) or a run's own.
     ``workers``: data-loader processes, the protocol's ``num_workers`` for None (no part of a run's identity).
+    ``dry_run``: writes nothing (``bench run --dry-run``): the results folder is not tried, and synthetic
+    data not yet written is a BenchError (the caller may plan from a temporary copy: ``dry_run_data``).
     As the command line gives them: ``models`` "all" or a comma list, ``protocol`` a name or a file."""
     from bench.protocol import load_protocol
     from bench.registry import resolve_models
@@ -675,7 +726,8 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
         if not weights.is_file():
             raise fileio.absent(weights, f"--weights {weights}: {'a folder' if weights.is_dir() else 'not found'}; "
                                 "expected a weights file (.pth, .pt, .safetensors, .npz)")
-    fileio.ensure_writable_dir(results_dir)  # before synthetic data is written or anything trains
+    if not dry_run:
+        fileio.ensure_writable_dir(results_dir)  # before synthetic data is written or anything trains
     # what needs no data, before --synthetic writes any
     # an unknown name: "did you mean", before anything else is said about it; "Synapse" is synapse,
     # which records and run ids hold (else one run trains twice and counts twice on a board)
@@ -690,7 +742,11 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
         get_policy(policy)  # an unknown name: its "did you mean"
     inits = {} if weights is not None else resolve_inits(models, protocol, pretrained_dir)  # given: nothing starts
     if synthetic:
-        data_root = synthetic_root(dataset, results_dir / "synthetic")
+        data_root = synthetic_folder(dataset, results_dir / "synthetic") if dry_run else \
+            synthetic_root(dataset, results_dir / "synthetic")
+        if dry_run and synthetic_identity(data_root) is None:
+            raise BenchError(f"--dry-run: the synthetic data is not written yet ({data_root}), and a dry run writes "
+                             "none: no run of this grid has begun in this results folder")
     if data_root is None:
         raise BenchError(f"--data-root is required for dataset {dataset!r} (or use --synthetic)")
     data_root = Path(data_root).expanduser()  # "--data-root=~/data": the shell leaves ~ alone after =

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import time
 import warnings
 from contextlib import contextmanager
@@ -322,6 +323,18 @@ def _other_versions(run_dir: Path) -> str:
             f"{that} only with those")
 
 
+def _loader_worker_init(worker_id: int) -> None:
+    """A data-loader worker leaves quietly on SIGTERM: Slurm's scancel and time limit signal the whole
+    process group, and a worker killed by it made torch print 17 lines ("DataLoader worker (pid N) is
+    killed by signal: Terminated") before bench's one "interrupted". Not ignored: multiprocessing's exit
+    stops workers with SIGTERM, then waits for them (for ever, where torch had not shut them down)."""
+    signal.signal(signal.SIGTERM, _leave_quietly)
+
+
+def _leave_quietly(signum, frame) -> None:
+    os._exit(0)  # torch reports a worker that exits otherwise than with 0; the training process stops on its own
+
+
 def train_model(
     model: nn.Module,
     dataset: SegDataset,
@@ -341,7 +354,8 @@ def train_model(
 
     ``progress(step, total_steps, loss)`` is called after every step; ``on_epoch_end(epoch)`` after
     each epoch's checkpoint (tests use it to kill a run mid-way). ``workers``: data-loader processes
-    (None: the protocol's ``num_workers``), at most one per CPU core; batches do not depend on it.
+    (None: the protocol's ``num_workers``), at most one per CPU core this process may use; batches do
+    not depend on it.
     """
     t = protocol.train
     w = distributed.world()
@@ -356,9 +370,9 @@ def train_model(
         raise BenchError(f"{dataset.root}: the training split is empty")
     sampler = EpochBatches(len(data), t.batch_size, seed, w.rank, w.size, draws=t.iterations_per_epoch)
     shares = sampler.shares() if w.distributed else None
-    workers = min(t.num_workers if workers is None else workers, os.cpu_count() or 1)
+    workers = min(t.num_workers if workers is None else workers, env.usable_cores())
     loader = torch.utils.data.DataLoader(
-        data, batch_sampler=sampler, num_workers=workers,
+        data, batch_sampler=sampler, num_workers=workers, worker_init_fn=_loader_worker_init,
         persistent_workers=workers > 0, pin_memory=device.type == "cuda",
         # each iterator draws its workers' base seed from this generator, not from torch's global RNG:
         # dropout and drop-path then see the same stream whatever the worker count, and a resumed run

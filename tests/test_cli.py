@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
@@ -528,6 +529,50 @@ def test_two_shards_share_one_results_dir(tmp_path):
     assert bad.returncode == 2 and "--shard must be K/N" in bad.stderr
 
 
+def test_dry_run_lists_each_runs_state_and_shard_and_writes_nothing(tmp_path):
+    """A Slurm array's user could not see which runs of the grid were done, partial, running or missing
+    before submitting more: --dry-run lists them (each shard's), from the same plan, and writes nothing,
+    not even the synthetic data, which the runs' ids do not depend on the place of."""
+    from bench.claim import claim_run
+
+    base = ["run", "--models", "unet", "--seeds", "0,1,2,3", "--dataset", "synapse", "--synthetic", "--protocol",
+            "smoke", "--results", tmp_path, *FAST]
+    fresh = _bench(*base, "--shard", "1/2", "--dry-run")
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing written
+    planned = re.findall(r"^  shard (\d)/2  missing  (\S+)$", fresh.stdout, re.M)
+    assert len(planned) == 4 and fresh.stdout.rstrip().endswith("missing 4; shards with runs not done: 1,2")
+    _bench(*base, "--shard", "1/2")
+    first = {run for k, run in planned if k == "1"}
+    assert {p.stem for p in (tmp_path / "records").glob("*.json")} == first  # the ids the dry run listed
+    partial, running = sorted(run for k, run in planned if k == "2")
+    (tmp_path / "runs" / partial / "checkpoints").mkdir(parents=True)
+    (tmp_path / "runs" / partial / "checkpoints" / "last.pt").write_bytes(b"")
+    with claim_run(tmp_path, running):
+        files = sorted(tmp_path.rglob("*"))
+        listed = _bench(*base, "--shard", "2/2", "--dry-run").stdout
+        assert sorted(tmp_path.rglob("*")) == files
+    assert all(f"shard 1/2  done     {run}" in listed for run in first)
+    assert f"shard 2/2  partial  {partial}  (a checkpoint, no record: --resume continues it)" in listed
+    assert f"shard 2/2  running  {running}  (by pid {os.getpid()} on " in listed
+    assert listed.rstrip().endswith("done 2, partial 1, running 1; shards with runs not done: 2")
+
+
+def test_a_record_says_which_host_job_and_command_line_made_it(tmp_path):
+    """A record of a Slurm array's shared results folder did not say which job (and so which log) it
+    came from."""
+    import socket
+
+    job = {"SLURM_JOB_ID": "1205", "SLURM_ARRAY_JOB_ID": "1200", "SLURM_ARRAY_TASK_ID": "5"}
+    args = ["run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke", "--results",
+            str(tmp_path), *FAST]
+    _bench(*args, env=job)
+    (path,) = (tmp_path / "records").glob("*.json")
+    launch = json.loads(path.read_text())["launch"]
+    assert launch["host"] == socket.gethostname() and launch["argv"][1:] == args
+    assert launch["slurm"] == {"job_id": "1205", "array_job_id": "1200", "array_task_id": "5"}
+    assert records.load(tmp_path)["slurm_job"].tolist() == ["1200_5"]
+
+
 def test_a_run_another_process_trains_is_skipped_not_trained_twice(tmp_path):
     """Two processes given one grid (a shard started twice, a requeued job whose first copy still
     runs) both trained the run; the second replaced the weights behind the first's record and then
@@ -550,8 +595,10 @@ def test_a_run_another_process_trains_is_skipped_not_trained_twice(tmp_path):
     weights = (tmp_path / "runs" / run_id / "checkpoints" / "final.pt").read_bytes()
     with claim_run(tmp_path, run_id) as claim:  # this test's process trains it, as far as anyone can tell
         held = _bench(*base, check=False)  # not done here: said, and not exit 0 (a requeued job would end)
-        assert f"{run_id}: being run by pid {os.getpid()} on {socket.gethostname()} since" in held.stdout
-        assert held.returncode == 2 and f"1 of 1 run(s) were being run by other processes and were skipped ({run_id})" \
+        assert f"{run_id}: being run by pid {os.getpid()} on {socket.gethostname()} (claim " in held.stdout
+        assert "taken over once that process ends" in held.stdout
+        # EX_TEMPFAIL, not a user error's 2: a job script can requeue ("try again later")
+        assert held.returncode == 75 and f"1 of 1 run(s) were being run by other processes and were skipped ({run_id})" \
             in held.stderr
         assert not record.exists() and (tmp_path / "runs" / run_id / "checkpoints" / "final.pt").read_bytes() == weights
         assert claim.path.exists()

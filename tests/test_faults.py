@@ -76,8 +76,8 @@ RUN = ["run", "--models", "vmunet", "--tiny", "--dataset", "synapse", "--protoco
        "--epochs", "3", "--max-iterations", "0", "--batch-size", "32", "--img-size", "32",
        "--threads", "1", "--no-progress", "--device", "cpu"]  # bit-identical resumes: a CPU claim
 # git_commit and code_digest too (and train.commits): they change when the tree is edited while the
-# reference and the resumed run are minutes apart, which says nothing about resuming
-VOLATILE = ("started_at", "finished_at", "wall_time_s", "git_commit", "code_digest")
+# reference and the resumed run are minutes apart, which says nothing about resuming; launch: its command line
+VOLATILE = ("started_at", "finished_at", "wall_time_s", "git_commit", "code_digest", "launch")
 
 
 def _run(tmp_path: Path, data: Path, results: Path, fault: str, *extra: str) -> subprocess.CompletedProcess:
@@ -179,13 +179,20 @@ def test_a_claim_of_another_host_holds_while_fresh_and_is_taken_over_when_stale(
     import json
     import os
     import time
+    from unittest import mock
 
     from bench.claim import CLAIM, STALE_S, Claim, claim_run
 
     path = tmp_path / "runs" / "r1" / CLAIM
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"writer": "4242@node7.cluster~", "started": "2026-12-05T03:00:07.123456+00:00"}))
-    assert claim_run(tmp_path, "r1") == "pid 4242 on node7.cluster since 2026-12-05 03:00 UTC"
+    path.write_text(json.dumps({"writer": "4242@node7.cluster~", "started": "2026-12-05T03:00:00+00:00"}))
+    renewed = 1796439900  # 2026-12-05 03:05 UTC
+    os.utime(path, (renewed,) * 2)
+    with mock.patch("time.time", return_value=renewed + 60):
+        # a requeued job's user learns when it was last renewed, when it goes stale, and the way out sooner
+        assert claim_run(tmp_path, "r1") == (
+            f"pid 4242 on node7.cluster (claim {path}, last renewed 2026-12-05 03:05 UTC; taken over from "
+            "2026-12-05 03:15 UTC unless renewed; sooner by deleting that file, once that process is known dead)")
     os.utime(path, (time.time() - STALE_S - 5,) * 2)
     taken = claim_run(tmp_path, "r1")
     assert isinstance(taken, Claim) and json.loads(path.read_text())["pid"] == os.getpid()
@@ -317,3 +324,50 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     assert "Traceback" not in err
     leftovers = [p.name for p in (tmp_path / "res").rglob(".*") if p.name != ".bench-synthetic.json"]
     assert leftovers == []  # no claim, no temp file
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of Linux's /proc/<pid>/stat after the command's name (state, parent, ...); None: no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _state(pid: int) -> str | None:
+    return (_stat(pid) or [None])[0]
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir()
+            if p.name.isdigit() and (_stat(int(p.name)) or [None, None])[1] == str(pid)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the loader's workers in Linux's /proc")
+def test_sigterm_to_the_process_group_says_one_line_with_loader_workers(tmp_path):
+    """Slurm's scancel and time limit signal the whole process group: the data loader's workers died
+    of it, and torch printed 17 lines ("DataLoader worker (pid N) is killed by signal: Terminated")
+    before bench's one. The workers leave quietly, and none is left behind."""
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "bench", "run", "--models", "unet", "--tiny", "--dataset", "synapse", "--synthetic",
+           "--protocol", "smoke", "--img-size", "32", "--max-iterations", "0", "--epochs", "100000", "--threads", "1",
+           "--workers", "2", "--no-progress", "--results", str(tmp_path)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # a group of its own, as a batch job's
+    deadline = time.monotonic() + 120
+    while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:  # the loader's workers started
+        time.sleep(0.2)
+    time.sleep(2.0)  # their SIGTERM handler set (a worker killed in its first instants is torch's to report)
+    workers = _children(proc.pid)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # a hung run is not left training behind the test
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 130, err
+    assert err.startswith("interrupted; the same command with --resume") and err.count("\n") == 1, err
+    # none left behind: ignoring SIGTERM, a worker outlived a training process that waited for it at exit
+    assert not [pid for pid in workers if _state(pid) not in (None, "Z")]

@@ -282,6 +282,20 @@ def test_load_case_level(tmp_path):
     assert df.groupby("name")["dice"].mean().to_dict() == pytest.approx({c: 0.8 for c in SYNAPSE_CLASSES})
 
 
+def test_load_says_where_a_run_ran_and_older_records_without_it_still_load(tmp_path):
+    """A surprising run of a Slurm array could not be traced to its job's log: records name the host and
+    the job (an array's task as Slurm writes it); records written before that load with None."""
+    array = {**make_record("unet", seed=0), "launch": {"host": "node7", "argv": ["bench", "run"], "slurm": {
+        "job_id": "1205", "array_job_id": "1200", "array_task_id": "5"}}}
+    job = {**make_record("unet", seed=1), "launch": {"host": "node8", "argv": [], "slurm": {"job_id": "1300"}}}
+    here = {**make_record("unet", seed=2), "launch": {"host": "laptop", "argv": [], "slurm": None}}
+    for rec in (array, job, here, make_record("unet", seed=3)):  # the last: an older record, no "launch"
+        write_record(rec, tmp_path)
+    df = load(tmp_path).set_index("seed")
+    assert df["host"].fillna("-").to_dict() == {0: "node7", 1: "node8", 2: "laptop", 3: "-"}
+    assert df["slurm_job"].fillna("-").to_dict() == {0: "1200_5", 1: "1300", 2: "-", 3: "-"}
+
+
 def test_load_empty_dir_has_columns(tmp_path):
     df = load(tmp_path)
     assert df.empty and list(df.columns) == RUN_COLUMNS + ["dice", "hd95", "iou", "acc", "spe", "sen", "n_cases"]

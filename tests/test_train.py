@@ -299,6 +299,21 @@ class _Dropped(torch.nn.Module):
         return F.dropout(self.inner(x), 0.3, self.training)
 
 
+def test_loader_workers_are_capped_by_the_cores_this_process_may_use(synapse_root, tmp_path, monkeypatch):
+    """A Slurm job given 1 of a node's cores (--cpus-per-task, its affinity) started one loader worker
+    per core of the node: they took turns on the one core."""
+    import os
+
+    from bench import env
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert env.usable_cores() == 1
+    ds = open_dataset("synapse", synapse_root)
+    proto = _proto(max_iterations=1, epochs=1, batch_size=16)
+    assert train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"),
+                       workers=2).loader_workers == 1
+
+
 def test_dropout_sees_one_stream_whatever_the_workers_and_across_a_resume(synapse_root, tmp_path):
     """DataLoader iterators draw their workers' base seed: from torch's global RNG, a resumed run
     (its persistent workers started again) and a run with another worker count drew differently,
@@ -748,6 +763,9 @@ def test_shards_are_disjoint_cover_the_grid_and_balance(synapse_root, tmp_path):
     for bad in ("0/3", "4/3", "3", "a/b", "1/0", "-1/2"):
         with pytest.raises(BenchError, match="--shard must be K/N"):
             parse_shard(bad)
+    # a 0-based Slurm array (--array=0-3) is told how to count from 1
+    with pytest.raises(BenchError, match=r"a 0-based array: --shard \$\(\(SLURM_ARRAY_TASK_ID\+1\)\)/N"):
+        parse_shard("0/4")
 
 
 def test_model_overrides_are_part_of_the_run_id(synapse_root, tmp_path):

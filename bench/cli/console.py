@@ -35,8 +35,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main() -> None:
-    """Console entry point: user errors print one line and exit 2, warnings one line each (tracebacks
-    and Python's own warning format with BENCH_DEBUG=1)."""
+    """Console entry point: user errors print one line and exit 2 (75: runs other processes hold were
+    skipped), warnings one line each (tracebacks and Python's own warning format with BENCH_DEBUG=1)."""
     # a terminal or file of another encoding (latin-1, cp1252): a board's ↑ and ± shown as ?, not a crash
     # (stderr escapes them already; --out writes UTF-8 files)
     if callable(getattr(sys.stdout, "reconfigure", None)):
@@ -76,7 +76,7 @@ def _main() -> None:
         line = f"error: {one_line(exc)}"
         if not _note_error(line):  # kept for `bench run --nproc`'s launcher, else said here
             _echo_err(line)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
     except UsageError as exc:  # a value outside an option's choices, a missing or unknown option
         if debugging():
             traceback.print_exc()

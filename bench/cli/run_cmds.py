@@ -4,6 +4,7 @@ weights: `bench rescore`, `bench predict`."""
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -13,7 +14,7 @@ from bench.cli.console import _echo_err, _warned
 from bench.cli.options import (DEFAULT_RESULTS, FinishedRuns, ModelSets, Models, MovedData, RunDatasets, RunsProtocol,
                                ScoringThreads,
                                _compute_setup, _parse_sets, _parse_spacing, device_option)
-from bench.errors import BenchError, few
+from bench.errors import BenchError, HeldError, few
 from bench.names import int_list
 
 # The published recipe each dataset defaults to. nnunet has none: its format holds any dataset
@@ -95,6 +96,9 @@ def run(
     weights: Annotated[Optional[Path], typer.Option(
         help="evaluate this weights file instead of training (one model): the authors' checkpoint, loaded "
              "strictly, or your own; its row reads 'model (weights FILE@sha)'")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        help="list the grid's runs, each done, partial, running or missing (with --shard K/N: every shard's "
+             "runs, each with its shard), then exit; nothing is trained or written")] = False,
 ) -> None:
     """Train and evaluate models on a dataset under a protocol; one record per (model, seed[, fold]).
 
@@ -105,7 +109,8 @@ def run(
     from bench.env import resolve_device
     from bench.protocol import load_protocol
     from bench.registry import BuildError, get_entry, resolve_models
-    from bench.run import check_workers, parse_shard, plan_grid, refuse_2d_models, resolve_inits, run_grid, select_shard
+    from bench.run import (check_workers, dry_run_data, parse_shard, plan_grid, refuse_2d_models, resolve_inits,
+                           run_grid, select_shard)
 
     _compute_setup(threads)
     if distributed.rank_from_env() != 0:  # a process of a torchrun: the first says the warnings for all
@@ -151,22 +156,30 @@ def run(
         for w in (w for name in models for w in said.get(name, [])):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
-    for name in names:
-        try:
-            with warnings.catch_warnings(record=True) as said[name]:  # said for the models this shard runs
-                warnings.simplefilter("always")
-                specs += plan_grid(
-                    models=[name], dataset=dataset, protocol=proto, seeds=seed_list, data_root=data_root,
-                    synthetic=synthetic, results_dir=results, policy=policy, model_overrides=overrides,
-                    pretrained_dir=pretrained_dir, tiny=tiny, weights=weights, workers=workers,
-                    folds=folds if folds in (None, "all") else list(dict.fromkeys(int_list(folds, "--folds"))))
-        except BenchError as exc:
-            say_warnings([name])  # what led up to the error
-            if overrides and len(names) > 1 and isinstance(exc, BuildError):
-                raise BenchError(f"{exc}. --set goes to every model of the command ({', '.join(names)}): run each "
-                                 "model with its own keys in a command of its own") from exc
-            raise
+    with dry_run_data(dataset, results) if dry_run and synthetic else nullcontext() as copy:
+        if copy is not None:  # the results folder has no synthetic data yet: none of its runs began
+            typer.echo(f"note: the synthetic data is not written yet under {results}; planned from a temporary copy")
+            data_root, synthetic = copy, False
+        for name in names:
+            try:
+                with warnings.catch_warnings(record=True) as said[name]:  # said for the models this shard runs
+                    warnings.simplefilter("always")
+                    specs += plan_grid(
+                        models=[name], dataset=dataset, protocol=proto, seeds=seed_list, data_root=data_root,
+                        synthetic=synthetic, results_dir=results, policy=policy, model_overrides=overrides,
+                        pretrained_dir=pretrained_dir, tiny=tiny, weights=weights, workers=workers, dry_run=dry_run,
+                        folds=folds if folds in (None, "all") else list(dict.fromkeys(int_list(folds, "--folds"))))
+            except BenchError as exc:
+                say_warnings([name])  # what led up to the error
+                if overrides and len(names) > 1 and isinstance(exc, BuildError):
+                    raise BenchError(f"{exc}. --set goes to every model of the command ({', '.join(names)}): run "
+                                     "each model with its own keys in a command of its own") from exc
+                raise
     total = len(specs)
+    if dry_run:
+        say_warnings(dict.fromkeys(s.model for s in specs))
+        _list_plan(specs, results, shard, proto)
+        return
     specs = select_shard(specs, shard)
     if not distributed.launched_by_bench():  # the launcher said them
         say_warnings(dict.fromkeys(s.model for s in specs))
@@ -184,6 +197,28 @@ def run(
         say(f"note: {note}")
     run_grid(specs, results_dir=results, device=dev, resume=resume, show_progress=progress, say=say,
              say_error=_echo_err)
+
+
+def _list_plan(specs: list, results: Path, shard: str | None, proto) -> None:
+    """``bench run --dry-run``: each run of the grid, its state (bench.run.run_state) and, with --shard
+    K/N, its shard; then the count of each state and the shards with runs not done (an array's indices
+    to submit again)."""
+    from bench.run import parse_shard, run_state, shard_numbers
+
+    n = parse_shard(shard)[1] if shard else None
+    number = shard_numbers(specs, n) if n else {}
+    states = {s.key: run_state(s, Path(results).expanduser()) for s in specs}
+    typer.echo(f"bench run --dry-run: {len(specs)} run(s) · protocol {proto.name} v{proto.version} ({proto.hash}"
+               f"{', off-protocol' if proto.off_protocol else ''}) · results {results}" + (f" · {n} shards" if n else "")
+               + "; nothing trained or written")
+    for s in sorted(specs, key=lambda s: (number.get(s.key, 0), s.key)):
+        state, why = states[s.key]
+        where = f"shard {number[s.key]}/{n}  " if n else ""
+        typer.echo(f"  {where}{state:<8} {s.key}" + (f"  ({why})" if why else ""))
+    counts = [f"{kind} {k}" for kind in ("done", "partial", "running", "missing")
+              if (k := sum(st == kind for st, _ in states.values()))]
+    left = sorted({number[key] for key, (st, _) in states.items() if st != "done"}) if n else []
+    typer.echo(", ".join(counts) + (f"; shards with runs not done: {','.join(map(str, left))}" if left else ""))
 
 
 def rescore(
@@ -268,8 +303,8 @@ def rescore(
 
     _each_run(todo, score, "rescored")
     if left := [k for k, run_id in held.items() if not record_path(results, k).is_file() and still_to_score(run_id)]:
-        raise BenchError(f"{len(left)} of {len(todo)} run(s) were being scored or trained under {policy} by other "
-                         f"processes and were skipped ({few(left)}); the same command later finds them done")
+        raise HeldError(f"{len(left)} of {len(todo)} run(s) were being scored or trained under {policy} by other "
+                        f"processes and were skipped ({few(left)}); the same command later finds them done")
 
 
 def predict(

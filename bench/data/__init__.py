@@ -83,6 +83,12 @@ def open_dataset(name: str, root: str | Path, fold: int | None = None) -> SegDat
     return reader(root) if fold is None else reader(root, fold=fold)
 
 
+def synthetic_folder(name: str, cache_dir: str | Path) -> Path:
+    """Where ``synthetic_root`` keeps the data shaped like ``name``, written or not (``bench run --dry-run``
+    writes none)."""
+    return Path(cache_dir).expanduser() / f"{name}-synth-v{GENERATOR_VERSION}"
+
+
 def synthetic_root(name: str, cache_dir: str | Path) -> Path:
     """A synthetic dataset shaped like ``name`` under ``cache_dir``, generated once and reused.
 
@@ -90,7 +96,7 @@ def synthetic_root(name: str, cache_dir: str | Path) -> Path:
     folder beside it and renamed into place, so concurrent callers never see half of it.
     """
     reader = get_reader(name)
-    target = Path(cache_dir).expanduser() / f"{name}-synth-v{GENERATOR_VERSION}"
+    target = synthetic_folder(name, cache_dir)
     if target.is_dir() and any(target.iterdir()):
         # left by writers killed there (by older versions too, under their names)
         remove_orphans(target.parent, temp_glob(), f".*.{OLD_TEMP_DIR}*")
@@ -112,6 +118,7 @@ __all__ = [
     "get_reader",
     "list_datasets",
     "open_dataset",
+    "synthetic_folder",
     "synthetic_identity",
     "synthetic_root",
 ]

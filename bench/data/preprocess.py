@@ -293,10 +293,11 @@ def cpu_budget() -> int:
 
     import torch
 
+    from bench.env import usable_cores
+
     threads = torch.get_num_threads()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = max(threads, cores)
+        threads = max(threads, usable_cores())
     return threads
 
 
