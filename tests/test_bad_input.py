@@ -1431,12 +1431,13 @@ def test_inputs_through_links_to_nothing_are_named_as_such(monkeypatch, capsys, 
            "--results", tmp_path / "r", names="dataset root not found", phrase=said)
     _fails(monkeypatch, capsys, "run", "--models", "unet", "--tiny", "--dataset", "isic17", "--data-root", clean["isic"],
            "--weights", link, "--results", tmp_path / "r", names="--weights", phrase=said)
-    _fails(monkeypatch, capsys, "report", "--results", tmp_path, "--published-file", link, names="published numbers",
-           phrase=said)
-    _fails(monkeypatch, capsys, "report", "--results", tmp_path, "--out", link, names=link, phrase="choose another --out")
+    _fails(monkeypatch, capsys, "report", "--results", tmp_path / "runs", "--published-file", link,
+           names="published numbers", phrase=said)
+    _fails(monkeypatch, capsys, "report", "--results", tmp_path / "runs", "--out", link, names=link,
+           phrase="choose another --out")
     assert link.is_symlink()
     (tmp_path / "folder.csv").mkdir()
-    _fails(monkeypatch, capsys, "report", "--results", tmp_path, "--published-file", tmp_path / "folder.csv",
+    _fails(monkeypatch, capsys, "report", "--results", tmp_path / "runs", "--published-file", tmp_path / "folder.csv",
            names="folder.csv", phrase="a folder; expected a file")
     (tmp_path / "folder.toml").mkdir()
     _fails(monkeypatch, capsys, "run", "--models", "unet", "--tiny", "--dataset", "isic17", "--synthetic",
