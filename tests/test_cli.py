@@ -686,8 +686,11 @@ def test_rescore_puts_the_same_weights_on_a_strict_board(tmp_path):
     results = tmp_path / "results"  # its own run: run ids depend on the (synthetic) data's path
     _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
            "--results", results, *FAST)
-    out = _bench("rescore", "--policy", "strict", "--results", results).stdout
+    scored = _bench("rescore", "--policy", "strict", "--results", results)
+    out = scored.stdout
     assert "1 run(s) to score under strict" in out and ".strict: DSC" in out and "mm" in out
+    # each run's start said on stderr: a real volume's evaluation took minutes without a line
+    assert re.fullmatch(r"\[1/1\] synapse-smoke-unet-s0-\w+: scoring\n", scored.stderr)
     df = records.load(results)
     assert sorted(df["policy"]) == ["legacy-synapse", "strict"]
     assert df["rescored_from"].notna().sum() == 1

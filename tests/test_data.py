@@ -246,7 +246,7 @@ def test_isic_pairs_masks_by_name_where_the_names_correspond(tmp_path):
     """Sorted order puts img10 before img2 and img10_mask before img1_mask: pairing by sorted name
     would give img1 the mask of img10. Names that correspond pair by name; another naming scheme
     pairs by sorted name, as the authors' loaders; names that half correspond are refused."""
-    from bench.data.isic import pair_files
+    from bench.data.image_folders import pair_files
 
     root = tmp_path / "isic"
     for split in ("train", "val"):
@@ -1376,7 +1376,7 @@ def test_test_images_that_are_training_images_are_found(roots, tmp_path):
 def test_16_bit_images_are_scaled_to_8_bits(roots, tmp_path):
     """From a data journey: a 16-bit grayscale image read as all white (convert("RGB") clips), and
     verify said OK."""
-    from bench.data.isic import read_rgb
+    from bench.data.image_folders import read_rgb
 
     wide = (np.arange(48 * 40, dtype=np.uint32).reshape(48, 40) * 34).astype(np.uint16)
     Image.fromarray(wide).save(tmp_path / "wide.png")
@@ -1448,7 +1448,7 @@ def test_test_volumes_are_checked_before_training(roots, tmp_path):
 def test_masks_saved_in_colour_read_as_their_shape(tmp_path):
     """From a data journey: a lesion drawn in a mask's alpha channel read as an empty mask, and a green
     mask (gray value 150) trained as 0.59 instead of 1; both read as 0/255 now, a gray mask as before."""
-    from bench.data.isic import read_mask
+    from bench.data.image_folders import read_mask
 
     shape = np.zeros((20, 30), bool)
     shape[5:15, 8:20] = True

@@ -301,7 +301,7 @@ def rescore(
                     return
                 typer.echo(f"  {new['run_id']}: {scores_text(new)}")
 
-    _each_run(todo, score, "rescored")
+    _each_run(todo, score, "rescored", "scoring")
     if left := [k for k, run_id in held.items() if not record_path(results, k).is_file() and still_to_score(run_id)]:
         raise HeldError(f"{len(left)} of {len(todo)} run(s) were being scored or trained under {policy} by other "
                         f"processes and were skipped ({few(left)}); the same command later finds them done")
@@ -352,17 +352,19 @@ def predict(
         done = f"{written} file(s) written" if written else "complete already, nothing written"
         typer.echo(f"  {rec['run_id']}: {done} -> {folder}")
 
-    _each_run(todo, write, "predicted")
+    _each_run(todo, write, "predicted", "predicting")
 
 
-def _each_run(todo: list[dict], do: Callable[[dict], None], verb: str) -> None:
-    """``do(record)`` for each finished run: one that cannot be done (weights deleted, damaged or no
+def _each_run(todo: list[dict], do: Callable[[dict], None], verb: str, doing: str) -> None:
+    """``do(record)`` for each finished run, its start said on stderr ("[2/6] <run id>: scoring": a real
+    volume's evaluation takes minutes, unsaid): one that cannot be done (weights deleted, damaged or no
     longer fitting a plugin's edited code) is one line and the rest are still done; then one error
     names those left out. A single run's error is its own line."""
     from bench.run import note_failure
 
     failed: list[str] = []
-    for rec in todo:
+    for i, rec in enumerate(todo, 1):
+        typer.echo(f"[{i}/{len(todo)}] {rec['run_id']}: {doing}", err=True)
         try:
             do(rec)
         except BenchError as exc:

@@ -476,7 +476,7 @@ def _several_classes(path: Path, label: str) -> str | None:
     """Why a mask that the binary reading (>= 128 is the class) would misread holds several classes: more
     than one grey level (where ``mask_levels_note`` finds one beside 0/255), palette index or colour (black
     aside) covering a region; else None."""
-    from bench.data.isic import mask_levels_note, mask_pixels
+    from bench.data.image_folders import mask_levels_note, mask_pixels
 
     values, kind = _mask_values(path)
     if kind == "grey" and not mask_levels_note(mask_pixels(path).astype(np.float32) / np.float32(255.0)):
@@ -515,7 +515,7 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
     before the folder is renamed into place (nothing half-written)."""
     from PIL import Image
 
-    from bench.data.isic import mask_groups, mask_pixels, read_rgb, size_mismatch
+    from bench.data.image_folders import mask_groups, mask_pixels, read_rgb, size_mismatch
 
     raw = Path(raw).expanduser()
     if raw.is_file():
@@ -635,7 +635,7 @@ def _wide(image: Path) -> np.ndarray:
     """A 16-bit grayscale image's pixels as they are (uint16; values beyond 16 bits refused, as read_rgb does)."""
     from PIL import Image
 
-    from bench.data.isic import read_rgb
+    from bench.data.image_folders import read_rgb
 
     with reading(image, "an image"), Image.open(image) as im:
         pixels = np.asarray(im)

@@ -11,7 +11,7 @@ ones are CVC-300, CVC-ClinicDB, Kvasir, CVC-ColonDB, ETIS-LaribPolypDB; one with
 error, so no set is left out unseen). Test ids are
 ``"<set>/<stem>"``, so per-set tables can split on the ``/``.
 
-Same conventions as ISIC (``bench.data.isic``): pairing by name (else sorted name), image uint8 RGB
+Same conventions as ISIC (``bench.data.image_folders``): pairing by name (else sorted name), image uint8 RGB
 (H, W, 3), mask grayscale / 255 -> float32 (H, W) in [0, 1], one sigmoid output. The reading is
 ``bench.data.isic.MultiSetDataset``'s, shared with VM-UNet-V2's merged ISIC reader (``isic_all``).
 """

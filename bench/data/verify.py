@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.data import image_folders as folders
 from bench.data import isic as isic_io
 from bench.data import nnunet as nn_io
 from bench.data import synapse as syn_io
@@ -210,26 +211,26 @@ def _check_pair_arrays(path: Path, image: np.ndarray, label: np.ndarray, ndim: i
 
 
 def _check_pairs(images_dir: Path, masks_dir: Path, report: _Report) -> None:
-    pairs, problems = isic_io.pair_files(images_dir, masks_dir)
+    pairs, problems = folders.pair_files(images_dir, masks_dir)
     for path, message in problems:
         report.add(path, message)
     for image_path, mask_path in pairs:
         try:
-            image_hw = isic_io.image_size(image_path)
-            isic_io.read_rgb(image_path)  # decode fully: a truncated file often has a valid header
+            image_hw = folders.image_size(image_path)
+            folders.read_rgb(image_path)  # decode fully: a truncated file often has a valid header
         except Exception as exc:  # noqa: BLE001
             report.add(image_path, _unreadable(exc, image_path))
             image_hw = None
         try:
-            mask = isic_io.read_mask(mask_path)
+            mask = folders.read_mask(mask_path)
         except Exception as exc:  # noqa: BLE001
             report.add(mask_path, _unreadable(exc, mask_path))
             continue
         if image_hw is not None and mask.shape != image_hw:
-            report.add(mask_path, isic_io.size_mismatch(image_path, image_hw, mask.shape))
+            report.add(mask_path, folders.size_mismatch(image_path, image_hw, mask.shape))
         if mask.max() == 0:
             report.add(mask_path, "mask is empty (all 0)", "warning")
-        elif note := isic_io.mask_levels_note(mask):
+        elif note := folders.mask_levels_note(mask):
             report.add(mask_path, note, "warning")
 
 
@@ -237,7 +238,7 @@ def _check_isic(root: Path, report: _Report, reader) -> None:
     for split in ("train", "val"):
         _check_pairs(root / split / "images", root / split / "masks", report)
     # each name once: one listed twice is pair_files' problem, reported above
-    stems = {split: sorted({p.stem for p in isic_io.list_images(root / split / "images")}) for split in ("train", "val")}
+    stems = {split: sorted({p.stem for p in folders.list_images(root / split / "images")}) for split in ("train", "val")}
     for problem in split_problems(stems["train"], stems["val"], names=("train/images", "val/images")):
         report.add(root, problem)  # bench run refuses it: a test image trained on
 
@@ -255,9 +256,9 @@ def _check_test_sets(root: Path, report: _Report, reader) -> None:
     for name in sets:
         folder = root / reader.test_dir / name
         _check_pairs(folder / "images", folder / "masks", report)
-        test[name] = [p.stem for p in isic_io.list_images(folder / "images")]
+        test[name] = [p.stem for p in folders.list_images(folder / "images")]
     if reader.unique_names:  # warned by bench run, as the authors' merged data may hold such images
-        train_ids = [p.stem for p in isic_io.list_images(train / "images")]
+        train_ids = [p.stem for p in folders.list_images(train / "images")]
         if shared := isic_io.shared_images(train_ids, [f"{n}/{s}" for n, ids in test.items() for s in ids]):
             report.add(root, isic_io.shared_images_note(shared, {n: len(ids) for n, ids in test.items()}), "warning")
 
