@@ -1633,3 +1633,14 @@ def test_a_rescored_board_names_the_code_that_scored_it(tmp_path):
     md = render(load(tmp_path), "md")
     strict = md[md.index("policy strict"):]
     assert "Code: bench fedcba987654." in strict and "Code: bench 0123456789ab." in md[:md.index("policy strict")]
+
+
+def test_a_one_class_board_of_ones_own_data_names_its_class(tmp_path):
+    """A data journey: `--label disc` was on no board (a one-class board shows no class column) nor in
+    the Methods text; built-in data (ISIC's lesion) needs no saying."""
+    rec = make_record("unet", seed=0, dataset="nnunet", classes=["disc"])
+    write_record({**rec, "dataset_name": "nnunet:Fundus"}, tmp_path / "own")
+    text = write_report(tmp_path / "own")
+    assert "## nnunet:Fundus" in text and " Class: disc." in text
+    write_record(make_record("unet", seed=0, dataset="isic17"), tmp_path / "isic")
+    assert "Class:" not in write_report(tmp_path / "isic")

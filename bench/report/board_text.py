@@ -245,6 +245,8 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
     )
     if shown("metrics"):
         note += _metric_names_note(key, board, paper=paper_layout(columns))
+    if ":" in key.dataset and len(a.get("classes", [])) == 1 and shown("metrics"):  # one's own data's one class
+        note += f" Class: {a['classes'][0]}."
     if CV_LABEL in key.dataset:
         folds = sorted(set(board["fold_set"]))
         note = note.replace("over seeds: ", "over runs, one per seed and fold (each fold tests other cases, so the "
