@@ -126,7 +126,7 @@ def init(device: torch.device) -> torch.device:
         return device
     _check_no_gpu_index(device, int(os.environ.get("WORLD_SIZE", "1")))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
+    if device.type == "cuda" and device.index is None:  # one process given cuda:N keeps it
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     seconds = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))

@@ -75,16 +75,29 @@ def nvidia_driver() -> str | None:
     return lines[0].strip() if lines and lines[0].strip() else None
 
 
+def device_name_problem(device: object) -> str | None:
+    """What is wrong with a device name (None: "auto", "cpu", "cuda" or "cuda:N", any case), with the
+    likely one where a GPU was named otherwise (gpu, gpu:1, cuda1); the one check of the CLI and the API."""
+    from bench.errors import did_you_mean
+
+    text = device.strip().lower() if isinstance(device, str) else None
+    if text is not None and re.fullmatch(r"auto|cpu(:0)?|cuda(:\d+)?", text):
+        return None
+    gpu = re.fullmatch(r"(?:gpu|cuda)[:_ -]?(\d*)", text or "")
+    hint = (f" (did you mean {'cuda' + (':' + gpu[1] if gpu[1] else '')!r}?)" if gpu else
+            did_you_mean(text, ["auto", "cpu", "cuda"]) if text else "")
+    return f"expected 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}{hint}"
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """"auto" (CUDA where there is one), "cpu", "cuda" or "cuda:N" (any case), or a torch.device: the
     device to run on; BenchError for another name or a CUDA device this machine lacks."""
     from bench.errors import BenchError
 
-    given = device
     if isinstance(device, torch.device):
         device = str(device)
-    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu(:0)?|cuda(:\d+)?", device.strip().lower()):
-        raise BenchError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {given!r}")
+    if problem := device_name_problem(device):
+        raise BenchError(f"device: {problem}")
     device = device.strip().lower()
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

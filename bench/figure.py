@@ -20,7 +20,7 @@ import torch
 
 from bench import records
 from bench.errors import BenchError, few
-from bench.plots import PLOT_FORMATS, _pyplot, save_figure, text_rc
+from bench.plots import PLOT_FORMATS, _pyplot, missing_glyphs_said_once, save_figure, text_rc
 
 if TYPE_CHECKING:
     from bench.rescore import DataRoots
@@ -228,7 +228,8 @@ def _overlay(labels: np.ndarray) -> np.ndarray:
 def draw_figure(panels: FigurePanels, out: Path) -> Path:
     """Write the figure to ``out`` (.png at 200 dpi, or vector .pdf or .svg) atomically."""
     plt = _pyplot()
-    with plt.rc_context(text_rc()):  # names drawn as written (a "$" is no math), in a font that has them
+    # names drawn as written (a "$" is no math), in a font that has them, or its lack said once
+    with plt.rc_context(text_rc()), missing_glyphs_said_once(Path(out).name):
         return _draw(plt, panels, out)
 
 

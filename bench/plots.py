@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import hashlib
 import json
@@ -212,11 +213,29 @@ def save_figure(fig, path: Path, dpi: int = 120) -> Path:
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
 
     try:
-        with warnings.catch_warnings(record=True) as said:  # matplotlib warns once per character
-            warnings.simplefilter("always")
-            written = atomic_write(Path(path), save, suffix=f".tmp{Path(path).suffix}")
+        with missing_glyphs_said_once(Path(path).name):
+            return atomic_write(Path(path), save, suffix=f".tmp{Path(path).suffix}")
     finally:
         _pyplot().close(fig)
+
+
+_glyph_watch = [0]  # how deep in missing_glyphs_said_once: the outermost says them
+
+
+@contextlib.contextmanager
+def missing_glyphs_said_once(name: str):
+    """matplotlib warns once per character no font draws, at each layout: one warning for the figure
+    ``name`` instead, naming them (a layout before saving, as `bench figure`'s, inside the same one)."""
+    if _glyph_watch[0]:
+        yield
+        return
+    _glyph_watch[0] += 1
+    try:
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        _glyph_watch[0] -= 1
     missing = []
     for w in said:
         if glyph := re.match(r"Glyph \d+ \((.+?)\) missing from", str(w.message)):
@@ -224,9 +243,8 @@ def save_figure(fig, path: Path, dpi: int = 120) -> Path:
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if missing:
-        warnings.warn(f"{Path(path).name}: no installed font draws {''.join(dict.fromkeys(missing))}: shown as boxes "
-                      "(a font with them, such as Noto Sans CJK, is used once installed)", stacklevel=2)
-    return written
+        warnings.warn(f"{name}: no installed font draws {''.join(dict.fromkeys(missing))}: shown as boxes (a font "
+                      "with them, such as Noto Sans CJK, is used once installed)", stacklevel=3)
 
 
 def _character(shown: str) -> str:

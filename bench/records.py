@@ -560,6 +560,15 @@ def finished_runs(df_runs: pd.DataFrame, results_dir: Path | str, models: str | 
     return select_runs(done if rescored else done[done["rescored_from"].isna()], models, datasets, results_dir)
 
 
+def matched_names(names: list[str], have: Iterable[str]) -> list[str]:
+    """``names`` as ``have`` spells them where one of it is alike but for case or Unicode form (`--models
+    UNET`; a decomposed "ü" looks like a composed one); others as given."""
+    alike: dict[str, list[str]] = {}
+    for h in dict.fromkeys(have):
+        alike.setdefault(_folded(h), []).append(h)
+    return [alike[_folded(n)][0] if len(alike.get(_folded(n), [])) == 1 else n for n in names]
+
+
 def _folded(name: str) -> str:
     return unicodedata.normalize("NFC", name).casefold()
 
@@ -581,10 +590,7 @@ def select_runs(df_runs: pd.DataFrame, models: str | Iterable[str] | None = None
             raise nothing_named(option, given[option], {"--models": "unet,vmunet", "--dataset": "synapse,isic17",
                                                         "--policy": "strict"}[option])
         have = sorted({str(v) for c in columns if c in df_runs for v in df_runs[c].dropna()})
-        alike: dict[str, list[str]] = {}  # as typed in any case or Unicode form (a decomposed "ü" looks alike)
-        for h in have:
-            alike.setdefault(_folded(h), []).append(h)
-        names = [n if n in have or len(alike.get(_folded(n), [])) != 1 else alike[_folded(n)][0] for n in names]
+        names = matched_names(names, [*have, *(profiled if option == "--models" else [])])
         for name in names:
             if name not in have and not (option == "--models" and name in set(profiled)):
                 hint = did_you_mean(name, have)

@@ -472,7 +472,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
         held = distributed.gather_objects([s.key for s in held if not any(finished(s, results_dir))]
                                           if main else None)[0]
     distributed.shutdown()  # every rank is through the grid (distributed.init began it)
-    _say_summary(say, results_dir, n_done, skipped, busy, failed)
+    _say_summary(say, results_dir, n_done, skipped + busy - len(held), len(held), failed)
     if failed:
         others = ", the others finished" if len(failed) < len(specs) else ""
         # fixed data is other data: its runs have new ids, which no checkpoint of these belongs to
@@ -480,8 +480,9 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                  "continue them)" if len(by_data) == len(failed) else
                  "after fixing the cause, the same command runs them again (finished runs are skipped; "
                  "--resume continues a failed one from its last checkpoint)")
-        raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({few(failed)}){others}; each one's "
-                         f"{records.runs_dir(results_dir)}/<run id>/{runlog.RUN_LOG} says why; {again}" + (
+        raise BenchError(f"{len(failed)} of {len(specs)} run(s) failed ({few(failed)}){others}; the lines above "
+                         f"say why, as does {records.runs_dir(results_dir)}/<run id>/{runlog.RUN_LOG} of a run that "
+                         f"began training; {again}" + (
                              f"; {len(held)} more were being run by other processes" if held else ""))
     if held:  # not done here: a job requeued on another node before a killed one's claim went stale ends unfinished
         raise HeldError(f"{len(held)} of {len(specs)} run(s) were being run by other processes and were skipped "
@@ -527,13 +528,13 @@ def dry_run_data(dataset: str, results_dir: Path) -> Iterator[Path | None]:
         yield synthetic_root(dataset, tmp)
 
 
-def _say_summary(say: Callable[[str], None], results_dir: Path, finished: int, skipped: int, held: int,
+def _say_summary(say: Callable[[str], None], results_dir: Path, n_done: int, skipped: int, held: int,
                  failed: list[str]) -> None:
     """The grid's closing line: what became of its runs, where their records are, what to run next."""
-    counts = [f"{finished} finished"] + ([f"{skipped} skipped (finished earlier)"] if skipped else [])
+    counts = [f"{n_done} finished"] + ([f"{skipped} skipped (done already)"] if skipped else [])
     counts += [f"{held} skipped (being run by other processes)"] if held else []
     counts += [f"{len(failed)} failed"] if failed else []
-    next_step = f"; next: bench report --results {results_dir}" if finished or skipped else ""
+    next_step = f"; next: bench report --results {results_dir}" if n_done or skipped else ""
     say(f"bench run: {', '.join(counts)}; records in {records.records_dir(results_dir)}{next_step}")
 
 

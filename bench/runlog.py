@@ -19,6 +19,7 @@ _log: Path | None = None  # the log of the run this process trains now (rank 0 o
 current_run: str | None = None
 checkpoints: str | None = None
 
+
 def _stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)  # the stream of now (a test's capture, a redirection)
 

@@ -30,7 +30,7 @@ from torch import nn
 from bench import distributed, env, fileio, records, runlog
 from bench.data.base import SegDataset
 from bench.data.torch_dataset import TrainDataset
-from bench.errors import BenchError
+from bench.errors import BenchError, few
 from bench.losses import segmentation_loss
 from bench.protocol import Protocol
 from bench.registry import first_forward_error, torch_load
@@ -290,8 +290,9 @@ def checkpoints_when(every: int) -> str:
 def _clear_earlier_attempt(run_dir: Path) -> None:
     """What an earlier attempt of a run training afresh left that this one would not replace: its
     per-epoch checkpoints and its TensorBoard curves, which would read as this run's beside its own."""
-    for old in (run_dir / CHECKPOINT_DIR).glob("epoch_*.pt"):
-        old.unlink(missing_ok=True)
+    for pattern in ("epoch_*.pt", "best@*.pt"):
+        for old in (run_dir / CHECKPOINT_DIR).glob(pattern):
+            old.unlink(missing_ok=True)
     for old in (run_dir / records.TB_DIR).glob("events.out.tfevents.*"):
         old.unlink(missing_ok=True)
 
@@ -318,7 +319,7 @@ def _other_versions(run_dir: Path) -> str:
     if not others:
         return ""
     holds, that = ("holds", "that run resumes") if len(others) == 1 else ("hold", "those runs resume")
-    return (f"; {', '.join(others[:2])}{', …' if len(others) > 2 else ''} {holds} checkpoints of this model and seed "
+    return (f"; {few(others, 2)} {holds} checkpoints of this model and seed "
             "under other settings (another version of the protocol file, overrides, policy, --set or data): "
             f"{that} only with those")
 
@@ -359,6 +360,8 @@ def train_model(
     """
     t = protocol.train
     w = distributed.world()
+    if device.type == "cuda" and device.index is not None:  # --device cuda:1: the RNG states a checkpoint
+        torch.cuda.set_device(device)  # keeps and restores are the current device's
     seed_everything(seed)
     ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -409,7 +412,8 @@ def train_model(
     if not resume and w.main and last.is_file():  # days of training, replaced unsaid at the first epoch's end
         written = fileio.human_time(last.stat().st_mtime)
         warnings.warn(f"{last}: an earlier attempt's checkpoint (written {written}); training afresh replaces it "
-                      "(--resume continues it)", stacklevel=2)
+                      "and deletes that attempt's per-epoch checkpoints and curves (--resume continues it)",
+                      stacklevel=2)
     # rank 0's view for every rank: one rank resuming while another starts afresh would never meet again
     if resume and distributed.gather_objects(last.is_file() if w.main else None)[0]:
         state = load_checkpoint(last)

@@ -150,7 +150,7 @@ def load_vmamba_pretrained(model: nn.Module, state_dict: dict[str, Any], mirror_
             if ".blocks." in key and mirrored in own and own[mirrored].shape == value.shape:
                 updates[mirrored] = value
                 decoder.append(key)
-    from bench.errors import BenchError
+    from bench.errors import BenchError, few
 
     if not updates:
         raise BenchError(f"no tensor of the file matches {name}: is this the VMamba-S (Jan 2024) checkpoint?")
@@ -161,7 +161,7 @@ def load_vmamba_pretrained(model: nn.Module, state_dict: dict[str, Any], mirror_
     if unfilled := [k for k in expected if k not in updates]:
         part = "encoder and mirrored decoder" if mirror_decoder else "encoder"
         raise BenchError(f"the file fills {len(expected) - len(unfilled)} of the {len(expected)} {part} tensors "
-                         f"VMamba-S fills, leaving {', '.join(unfilled[:3])}{', …' if len(unfilled) > 3 else ''} "
+                         f"VMamba-S fills, leaving {few(unfilled, 3)} "
                          "random: is this the VMamba-S (Jan 2024) checkpoint, for this configuration?")
     model.load_state_dict({**own, **updates}, strict=True)
     used = set(encoder) | set(decoder)

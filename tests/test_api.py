@@ -262,7 +262,7 @@ def test_what_a_notebook_passes_from_an_api_fuzz(tmp_path, monkeypatch):
     assert load_protocol("smoke").with_overrides(epochs=np.int64(2)).train.epochs == 2
     assert resolve_device("CPU") == resolve_device(torch.device("cpu")) == torch.device("cpu")
     for bad in ("gpu", None, "mps", 0):
-        with pytest.raises(BenchError, match=r"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        with pytest.raises(BenchError, match=r"^device: expected 'auto', 'cpu', 'cuda' or 'cuda:N'; got "):
             resolve_device(bad)
     with pytest.raises(ValueError, match="model name 1: expected up to 64 letters"):
         register_model(family="cnn", paper_config={}, name=1)(lambda **kw: None)

@@ -938,10 +938,11 @@ def test_unknown_names(monkeypatch, capsys, tmp_path, args, names, phrase):
 
 
 @pytest.mark.parametrize("args, names, phrase", [
-    (["run", "--models", "unet", "--dataset", "synapse", "--device", "gpu"], "Invalid value for '--device': 'gpu'",
-     "is not one of 'auto', 'cpu', 'cuda', 'cuda:N'. Did you mean 'cuda'? (bench run --help)"),
+    (["run", "--models", "unet", "--dataset", "synapse", "--device", "gpu:1"], "Invalid value for '--device'",
+     "expected 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'gpu:1' (did you mean 'cuda:1'?) (bench run --help)"),
     (["report", "--format", "lattex"], "'--format': 'lattex'", "Did you mean 'latex'? (bench report --help)"),
-    (["predict", "--device", "cuda1"], "'--device': 'cuda1'", "Did you mean 'cuda'? (bench predict --help)"),
+    (["predict", "--device", "cuda1"], "'--device': expected", "got 'cuda1' (did you mean 'cuda:1'?) (bench predict --help)"),
+    (["predict", "--device", "cpuu"], "'--device': expected", "got 'cpuu' (did you mean 'cpu'?) (bench predict --help)"),
     (["data", "synth", "--like", "isic19", "--out", "x"], "'--like': 'isic19'", "Did you mean 'isic18'?"),
     (["data", "convert", "--source", "btcv", "--raw", "x"], "Missing option '--out'", "(bench data convert --help)"),
     (["report", "--nope"], "No such option: --nope", "(bench report --help)"),
@@ -1269,8 +1270,8 @@ def test_a_failing_run_does_not_stop_the_grid(monkeypatch, capsys, tmp_path):
     code, err = proc.returncode, proc.stderr
     assert code == 2
     assert re.search(r"synapse-smoke-unet-s0-\w+: FAILED: non-finite loss \(nan\)", err), err
-    assert re.search(r"error: 1 of 2 run\(s\) failed \(synapse-smoke-unet-s0-\w+\), the others finished; each "
-                     r"one's .*/runs/<run id>/run\.log says why", err), err
+    assert re.search(r"error: 1 of 2 run\(s\) failed \(synapse-smoke-unet-s0-\w+\), the others finished; the "
+                     r"lines above say why, as does .*/runs/<run id>/run\.log of a run that began training", err), err
     assert [p.name.split("-")[2] for p in (tmp_path / "records").glob("*.json")] == ["vmunet"]
     # the grid's position, then its summary and the next command
     assert re.search(r"^\[1/2\] synapse-smoke-unet-s0-\w+: training$", proc.stdout, re.M), proc.stdout

@@ -756,11 +756,15 @@ def test_data_synth_writes_volumes_of_the_size_asked_for(tmp_path):
     (["rescore", "--policy", "strict"], None,
      "interrupted; the same command scores the rest (the runs scored already are kept and skipped)"),
     (["predict"], None, "interrupted; the same command does it again"),
+    (["run", "--resume"], ("r1", "at the end only"), "interrupted while training r1; the same command trains it "
+     "again from the start (its protocol writes no checkpoint before the end)"),
+    (["run", "--weights", "w.pth"], ("r1", "at every epoch's end"), "interrupted while evaluating r1; the same "
+     "command evaluates it again"),
 ])
 def test_the_interrupt_message_fits_the_command(monkeypatch, argv, training, said):
     """It said "checkpoint_every epochs of its protocol" (a key, not a value), told a command that had
     --resume to add it, named no run, and told rescore it would do again what it keeps."""
-    from bench import runlog
+    from bench import runlog, train  # noqa: F401 (a run imports both)
     from bench.cli.console import _interrupted_line
 
     monkeypatch.setattr(sys, "argv", ["bench", *argv])

@@ -649,3 +649,40 @@ def test_pairs_merge_numbered_parts_and_say_where_16_bit_images_were_scaled(tmp_
     assert any(t.startswith("1 16-bit image(s) beside 8-bit ones scaled to 8 bits (65535 -> 255") and "b.png" in t
                for t in texts), texts
     assert np.asarray(Image.open(out / "imagesTr" / "b_0000.png")).max() == round(3000 / 257)
+
+
+def test_pairs_of_one_colour_saved_as_jpeg_are_binary(tmp_path):
+    """A diff review: a red lesion on black saved as JPEG read as two colours (its noise, #000100 beside
+    #fe0000) and was refused with a hint that made the noise a class; as gray it is 76, all background."""
+    from PIL import Image
+
+    from bench.data.convert import pairs_to_nnunet
+
+    yy, xx = np.mgrid[:40, :48]
+    disc = (yy - 20) ** 2 + (xx - 22) ** 2 < 10 ** 2
+    (tmp_path / "jpeg" / "images").mkdir(parents=True)
+    (tmp_path / "jpeg" / "masks").mkdir()
+    for name, colour in (("a", (255, 0, 0)), ("b", (0, 200, 0))):
+        Image.fromarray(np.full((40, 48), 9, np.uint8)).save(tmp_path / "jpeg" / "images" / f"{name}.png")
+        rgb = np.zeros((40, 48, 3), np.uint8)
+        rgb[disc] = colour
+        Image.fromarray(rgb).save(tmp_path / "jpeg" / "masks" / f"{name}.jpg", quality=75)
+    out = pairs_to_nnunet(tmp_path / "jpeg", tmp_path / "out", label="lesion")
+    for name in ("a", "b"):
+        label = np.asarray(Image.open(out / "labelsTr" / f"{name}.png")).astype(bool)
+        assert (label != disc).sum() <= 0.1 * disc.sum(), name  # the lesion, up to JPEG's blur at its edge
+
+
+def test_pairs_names_and_values_of_other_scripts(tmp_path):
+    """Names as macOS writes them (decomposed: "Mu\u0308ller") kept whole, Devanagari's marks kept; digits
+    only ASCII in --label values ("²" crashed int()); a class name on one printable line."""
+    import unicodedata
+
+    from bench.data.convert import _case_id, pairs_to_nnunet
+
+    assert _case_id(unicodedata.normalize("NFD", "Müller")) == "Müller" and _case_id("रोगी 1") == "रोगी_1"
+    _write_pairs(tmp_path / "raw", ["x", "y"])
+    for label, said in (("disc=²", "value '²': expected a grey value"), ("disc=１２８", "value '１２８': expected"),
+                        ("a\tb", "class name 'a\\tb': expected printable text on one line")):
+        with pytest.raises(BenchError, match=re.escape(said)):
+            pairs_to_nnunet(tmp_path / "raw", tmp_path / "out", label=label)

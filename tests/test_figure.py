@@ -113,6 +113,26 @@ def test_an_svg_figure_keeps_its_text_as_text(tmp_path):
     assert ">case_a<" in svg and ">Ground truth<" in svg  # svg.fonttype none: words a journal's editor can fix
 
 
+def test_a_figure_draws_names_as_written_and_says_missing_glyphs_once(tmp_path):
+    """A class "$5 & $\\badcmd$" crashed the figure (TeX math); a CJK name no font here has was a warning per
+    character at the layout and again at the save."""
+    import warnings
+
+    from bench.plots import text_rc
+
+    labels = np.array([[0, 1], [1, 0]])
+    panels = FigurePanels(board="b", columns=["unet"], class_names=["$5 & $\\badcmd$", "肝臓"], case_ids=["c"],
+                          slices=[None], images=[np.zeros((2, 2))], truths=[labels], predictions=[[labels]],
+                          dsc=[[100.0]])
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        draw_figure(panels, tmp_path / "fig.png")
+    glyphs = [str(w.message) for w in said if "font" in str(w.message).lower()]
+    assert all("Glyph" not in g for g in glyphs)
+    if len(text_rc()["font.sans-serif"]) == 1:  # no CJK font installed here
+        assert len(glyphs) == 1 and glyphs[0].startswith("fig.png: no installed font draws 肝臓")
+
+
 def test_synapse_panels_are_the_predicted_volumes_slice_with_most_foreground(tmp_path):
     root = synthesize("synapse", tmp_path / "data", n_train=2, n_test=3, depth=6, size=32)
     res = tmp_path / "res"

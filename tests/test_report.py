@@ -1070,6 +1070,7 @@ def test_report_of_some_models_and_datasets(tmp_path, runs):
         write_report(tmp_path, models=["transunet"])  # a model without runs here, not a misspelt 'unet'
     # a name in another case or Unicode form is that name (`--models UNET` was "no runs of it", no hint)
     assert write_report(tmp_path, models=["UNET"], datasets=["Synapse"]) == text
+    assert "Significance" in write_report(tmp_path, models="UNET,vmunet", reference="unet")  # "not among --models"
     with pytest.raises(BenchError, match=r"--reference 'unet': not among --models vmunet; add it there"):
         write_report(tmp_path, models=["vmunet"], reference="unet")
     (tmp_path / "report.md").write_text("x")
@@ -1083,6 +1084,7 @@ def test_report_of_some_models_and_datasets(tmp_path, runs):
     assert md.startswith(f"{tmp_path}: no finished runs; the cost tables of its `bench profile` records only.")
     assert "## Cost · input 1x3x32x32" in md and "latency_ms_median /" not in md  # untimed: no timing explained
     assert "## Cost · input 1x3x32x32" in write_report(tmp_path, models=["unet"])  # profiled: no "no runs of it"
+    assert "## Cost · input 1x3x32x32" in write_report(tmp_path, models=["Unet"])  # its cost table kept
     assert "## Cost" not in write_report(tmp_path, columns=("metrics",))  # --columns without cost, as in LaTeX
 
 
@@ -1311,7 +1313,7 @@ def test_a_board_tells_code_versions_apart_by_their_sources(tmp_path):
     # without a digest ran is not known)
     run(5, commit, "dddddddddddddddd")
     assert ("5 versions of bench (0123456789ab, 0123456789ab (sources aaaaaaaaaaaaaaaa), 0123456789ab (sources "
-            "dddddddddddddddd), …)") in render(load(tmp_path))
+            "dddddddddddddddd) (and 2 more))") in render(load(tmp_path))
 
 
 def test_a_legacy_synapse_board_counts_the_misses_it_scores_hd95_zero(tmp_path):

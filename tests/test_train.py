@@ -599,7 +599,8 @@ def test_training_afresh_over_an_earlier_attempt_says_so(synapse_root, tmp_path)
     proto = _proto(max_iterations=0, epochs=1, batch_size=16)
     train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
     with pytest.warns(UserWarning, match=r"checkpoints/last\.pt: an earlier attempt's checkpoint \(written "
-                                         r"\d{4}-\d\d-\d\d \d\d:\d\d UTC\); training afresh replaces it \(--resume continues it\)"):
+                                         r"\d{4}-\d\d-\d\d \d\d:\d\d UTC\); training afresh replaces it and deletes that "
+                                         r"attempt's per-epoch checkpoints and curves \(--resume continues it\)"):
         train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
 
 
@@ -608,10 +609,11 @@ def test_training_afresh_clears_the_earlier_attempts_curves_and_epoch_checkpoint
     ds = open_dataset("synapse", synapse_root)
     proto = _proto(max_iterations=0, epochs=1, batch_size=16)
     train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
-    old = [tmp_path / "checkpoints" / "epoch_0007.pt", tmp_path / "tb" / "events.out.tfevents.1.node7.1.0"]
+    old = [tmp_path / "checkpoints" / "epoch_0007.pt", tmp_path / "checkpoints" / "best@0003.pt",
+           tmp_path / "tb" / "events.out.tfevents.1.node7.1.0"]
 
     def earlier_attempt():
-        old[1].parent.mkdir(exist_ok=True)
+        old[-1].parent.mkdir(exist_ok=True)
         for path in old:
             path.write_bytes(b"an earlier attempt's")
 

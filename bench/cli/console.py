@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from bench.errors import BenchError, debugging, one_line
+from bench.errors import BenchError, closest, debugging, one_line
 
 
 def _echo_err(msg: str) -> None:
@@ -129,6 +129,12 @@ def _interrupted_line() -> str:
         return "interrupted; the same command does it again"
     runlog = sys.modules.get("bench.runlog")  # imported by a run that began
     run = runlog.current_run if runlog else None
+    if run and any(a == "--weights" or a.startswith("--weights=") for a in sys.argv[2:]):
+        return f"interrupted while evaluating {run}; the same command evaluates it again"
+    train = sys.modules.get("bench.train")
+    if run and train and runlog.checkpoints == train.checkpoints_when(0):  # nothing to continue from
+        return (f"interrupted while training {run}; the same command trains it again from the start (its "
+                "protocol writes no checkpoint before the end)")
     when = f"its protocol writes one {runlog.checkpoints}" if run else "each protocol's checkpoint_every sets when"
     what = f"{'it' if run else 'each unfinished run'} from its last checkpoint ({when})"
     resumes = [a for a in sys.argv[2:] if a in ("--resume", "--no-resume")][-1:] == ["--resume"]
@@ -218,8 +224,6 @@ _SYNONYMS = {"gpu": "cuda"}  # what users type for a choice whose spelling is no
 def _usage_line(exc) -> str:
     """Click's message on one line, with a "did you mean" among an option's choices; the command's
     --help named."""
-    import difflib
-
     text = " ".join(exc.format_message().split()).replace("Value error, ", "")
     if not text:  # `bench` or `bench data` alone: the help was printed, which says it all
         return ""
@@ -228,8 +232,8 @@ def _usage_line(exc) -> str:
         choices = re.findall(r"'([^']*)'", given.group(2))
         typed = given.group(1)
         close = [c for c in choices if c in (_SYNONYMS.get(typed.lower()), typed.lower())] or \
-            difflib.get_close_matches(typed, choices, n=1, cutoff=0.5)
-        text += f" Did you mean {close[0]!r}?" if close else ""
+            [c for c in [closest(typed, choices)] if c]
+        text += f" Did you mean {close[0]!r}?" if close else ""  # after click's sentence, a sentence
     command = " ".join(["bench", *(a for a in sys.argv[1:3] if not a.startswith("-"))][:3])  # before its options
     where = f"{exc.ctx.command_path} --help" if getattr(exc, "ctx", None) else f"{command} --help"
     return f"{text} ({where})"

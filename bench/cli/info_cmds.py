@@ -51,7 +51,9 @@ def doctor() -> None:
     cuda = torch.cuda.is_available()
     typer.echo(f"torch CUDA   {'available: ' + torch.cuda.get_device_name(0) if cuda else 'not available'}"
                f" (built with CUDA {torch.version.cuda})")
-    typer.echo(f"threads      {torch.get_num_threads()} of {os.cpu_count()} cores")
+    usable = env.usable_cores()  # a Slurm job's --cpus-per-task, taskset: not the machine's count
+    typer.echo(f"threads      {torch.get_num_threads()} of the {usable} cores this process may use"
+               + (f" ({os.cpu_count()} on the machine)" if usable != os.cpu_count() else ""))
     typer.echo(f"device       {env.short_fingerprint(env.fingerprint('cuda' if cuda else 'cpu'))}")
     from ssm_models.scan import backend_report, forced_backend_problem  # in bench's own wheel: always there
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -34,10 +33,11 @@ ScoringThreads = Annotated[Optional[int], typer.Option(help="torch CPU threads (
 
 def _device_name(value: str) -> str:
     """--device: auto, cpu, cuda or cuda:N, any case (a machine with several GPUs picks one)."""
-    text = str(value).strip().lower()
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
-        raise ValueError(f"{value!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'.")
-    return text
+    from bench.env import device_name_problem  # bench.env imports torch: only once a device is given
+
+    if problem := device_name_problem(value):
+        raise ValueError(problem)  # click's "Invalid value for '--device': ..."
+    return value.strip().lower()
 
 
 def device_option(help: str):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 import json
 import re
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ import numpy as np
 
 from bench.data import synapse as syn
 from bench.data.base import check_whole_ids, reading, root_is_file
+from bench.data.nnunet import printable_name
 from bench.errors import BenchError, few
 from bench.fileio import absent, atomic_write_dir, is_within, portable_write_text
 
@@ -326,8 +328,11 @@ def msd_to_nnunet(raw: str | Path, out: str | Path) -> Path:
 
 def _case_id(stem: str) -> str:
     """An image's name as a case id nnU-Net's file names and shells take ("benign (1)" -> "benign_1"; letters
-    of any script kept, "Müller", "患者甲"; none starting with "-", which tools read as an option)."""
-    return re.sub(r"[^\w.-]+", "_", stem).strip("_.-") or "case"
+    of any script kept, "Müller", "患者甲", "रोगी", in their composed form as macOS names decompose them; none
+    starting with "-", which tools read as an option)."""
+    kept = "".join(c if c in "._-" or unicodedata.category(c)[0] in "LMN" else "\0"  # letters, marks, digits
+                   for c in unicodedata.normalize("NFC", stem))
+    return re.sub("\0+", "_", kept).strip("_.-") or "case"
 
 
 def _pair_folders(raw: Path) -> list[tuple[str, Path]]:
@@ -397,6 +402,8 @@ class _Classes:
                 self.values.append(v)
         if len(set(map(str.lower, self.names))) != len(self.names) or not self.names:
             raise BenchError(f"--label {text!r}: expected class names, each once")
+        if bad := [n for n in self.names if not printable_name(n)]:
+            raise BenchError(f"--label {text!r}: class name {bad[0]!r}: expected printable text on one line")
         if self.by_value and 0 not in seen:
             self.background.append(0)  # black, or id 0, unless a class takes it (REFUGE: the cup is 0)
 
@@ -435,7 +442,7 @@ def _label_value(text: str, value: str) -> int:
     """A --label value: a grey value or palette index (0..65535), or #rrggbb (a colour, marked _COLOUR)."""
     if re.fullmatch(r"#[0-9a-fA-F]{6}", value):
         return _COLOUR | int(value[1:], 16)
-    if value.isdigit() and int(value) <= 65535:
+    if re.fullmatch(r"[0-9]+", value) and int(value) <= 65535:  # not str.isdigit: "²" and "１２８" are digits
         return int(value)
     raise BenchError(f"--label {text!r}: value {value!r}: expected a grey value or palette index (0..65535) or a "
                      "colour #rrggbb")
@@ -481,15 +488,52 @@ def _several_classes(path: Path, label: str) -> str | None:
     values, kind = _mask_values(path)
     if kind == "grey" and not mask_levels_note(mask_pixels(path).astype(np.float32) / np.float32(255.0)):
         return None  # 0/255 (soft or JPEG-noisy edges spread over many levels, on boundaries)
-    found, counts = np.unique(values, return_counts=True)
-    regions = [int(v) for v, c in zip(found, counts)  # JPEG noise spreads over many values, each rare
-               if c >= max(4, 0.005 * values.size) and v not in (0, _COLOUR)]
+    if kind == "colour":
+        regions = _colour_regions(values)
+    else:
+        found, counts = np.unique(values, return_counts=True)
+        regions = [int(v) for v, c in zip(found, counts)  # exact values: a palette's indices, grey levels
+                   if c >= max(4, 0.005 * values.size) and v != 0]
     if len(regions) < 2:
         return None
     shown = [_value_text(v, kind == "colour") for v in regions]
     what = {"palette": "palette indices", "colour": "colours", "grey": "grey values"}[kind]
     return (f"{what} {few(shown, 6)} each cover a region: several classes in one mask? name each class's value, "
             f"e.g. --label {label}={shown[0]},other={shown[1]} (values not named become background)")
+
+
+def _binary_pixels(path: Path) -> np.ndarray:
+    """A binary mask's pixels (uint8), >= 128 the class: as the ISIC reader reads them, but a mask of one
+    colour on black by its brightest channel (a red lesion saved as JPEG is 76 in gray, all background)."""
+    from bench.data.image_folders import mask_pixels
+
+    values, kind = _mask_values(path)
+    if kind != "colour":
+        return mask_pixels(path)
+    return np.stack([(values >> shift) & 255 for shift in (16, 8, 0)]).max(axis=0).astype(np.uint8)
+
+
+def _colour_regions(values: np.ndarray) -> list[int]:
+    """A colour mask's classes: its lit pixels grouped by hue (a colour at any brightness, so a red mask's
+    JPEG noise and its edges' blends with black are one group, white one more), the groups covering a
+    region (1% of the mask, a tenth of the largest), each as its commonest colour."""
+    rgb = np.stack([(values >> shift) & 255 for shift in (16, 8, 0)], axis=-1).reshape(-1, 3).astype(np.float64)
+    top = rgb.max(axis=1)
+    lit = top >= 64  # near-black: the background's noise
+    r, g, b = rgb[lit].T
+    high, span = top[lit], np.ptp(rgb[lit], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # the hue in sixths of the circle (HSV's)
+        sixths = np.where(high == r, ((g - b) / span) % 6, np.where(high == g, (b - r) / span + 2, (r - g) / span + 4))
+    # red, yellow, green, cyan, blue, magenta; or grey where hardly saturated (JPEG greys a colour's edge a little)
+    hue = np.where(span < 0.25 * high, 6, np.rint(np.nan_to_num(sixths)) % 6)
+    groups, counts = np.unique(hue, return_counts=True)
+    big = groups[(counts >= max(4, 0.01 * values.size)) & (counts >= 0.1 * counts.max(initial=0))]
+    colours = values.reshape(-1)[lit]
+    regions = []
+    for g in big:
+        found, n = np.unique(colours[hue == g], return_counts=True)
+        regions.append(int(found[n.argmax()]))
+    return sorted(regions)
 
 
 def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None, label: str = "foreground") -> Path:
@@ -515,7 +559,7 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
     before the folder is renamed into place (nothing half-written)."""
     from PIL import Image
 
-    from bench.data.image_folders import mask_groups, mask_pixels, read_rgb, size_mismatch
+    from bench.data.image_folders import mask_groups, read_rgb, size_mismatch
 
     raw = Path(raw).expanduser()
     if raw.is_file():
@@ -577,7 +621,7 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
             ids = np.zeros(pixels.shape[:2], np.uint8)
             for mask in masks:
                 if classes.binary:
-                    m = mask_pixels(mask)
+                    m = _binary_pixels(mask)
                 else:
                     m, kind = _mask_values(mask)
                 if m.shape != ids.shape:

@@ -136,6 +136,13 @@ def check_dataset_meta(data: Any, path: Path) -> dict[str, Any]:
     return data
 
 
+def printable_name(name: object) -> bool:
+    """Whether a class name is printable text on one line: a line break split a Markdown board's header
+    in two, a tab its columns."""
+    text = str(name)
+    return bool(text.strip()) and all(c == " " or (c.isprintable() and not c.isspace()) for c in text)
+
+
 def _label_map(labels: Any, path: Path) -> dict[str, int]:
     if not isinstance(labels, dict) or not labels:
         raise BenchError(f"{path}: labels must be a non-empty object {{name: id}}")
@@ -146,8 +153,7 @@ def _label_map(labels: Any, path: Path) -> dict[str, int]:
         labels = {v: int(k) for k, v in labels.items()}  # nnU-Net v1: {"0": "background", ...}
     out: dict[str, int] = {}
     for name, value in labels.items():
-        if not str(name).strip() or any(c.isspace() and c != " " or not c.isprintable() for c in str(name)):
-            # a line break splits a Markdown board's header in two, a tab its columns
+        if not printable_name(name):
             raise BenchError(f"{path}: label name {name!r}: expected printable text on one line")
         if isinstance(value, bool) or not isinstance(value, int):
             # nnU-Net's region-based labels are lists of ids; a quoted number is a slip of the JSON

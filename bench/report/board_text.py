@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 
-from bench.errors import BenchError, did_you_mean
+from bench.errors import BenchError, did_you_mean, few
 from bench.names import name_list
 from bench.records import CASE_COLUMNS, RUN_ID_COLUMNS, short_commit
 from bench.report.boards import METRICS, _joined, class_display
@@ -287,7 +287,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
                  "them apart: delete the record that should not count.")
     commits = a.get("commits", [])
     if len(commits) > 1:  # seeds run before and after an upgrade average two versions of the code
-        named = ", ".join(map(short_commit, commits[:3])) + (", …" if len(commits) > 3 else "")
+        named = few([short_commit(c) for c in commits], 3)
         note += (f" Code: these runs come from {len(commits)} versions of bench ({named}); a change between them "
                  "that moved scores is not told apart (records' git_commit and code_digest).")
     elif commits and commits != ["unknown"]:  # a shared report says which code made its numbers

@@ -39,7 +39,7 @@ def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
                    empty_ok: bool = True) -> str:
     """Markdown: per board (dataset × protocol × policy, as ``label_runs`` groups finished runs) a
     ``##`` heading and short paragraphs on the models, training, data and evaluation, and environment.
-    Without finished runs, the line saying so (a BenchError unless ``empty_ok``: for a file)."""
+    Without finished runs, the line saying so (``empty_ok``; else a BenchError, as `bench report` raises it)."""
     results_dir = Path(results_dir)
     df = finished(select_runs(load(results_dir), models, datasets, results_dir, policies=policies))
     if df.empty:

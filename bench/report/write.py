@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from bench.errors import BenchError, few
-from bench.records import finished, load, no_runs, select_runs
+from bench.records import finished, load, matched_names, no_runs, select_runs
 from bench.names import name_list
 from bench.fileio import atomic_write_text
 from bench.report.board_text import _check_columns, _check_format, _render, _shows, paper_layout, render_cases
@@ -150,6 +150,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     models, datasets = name_list(models), name_list(datasets)
     df_runs, profiles = load(results_dir), load_profiles(results_dir)  # load first: it checks the folder
     profiled = set(profiles["model"]) if profiles is not None and "model" in profiles else set()
+    if models:  # as the runs and profiles spell them (`--models UNET`), for the profiles and --reference too
+        models = matched_names(models, [*df_runs.get("model", []), *profiled])
     df_runs = finished(select_runs(df_runs, *given, results_dir, profiled, policies))
     costs, filters = profiles is not None and not profiles.empty, (models, datasets, policies)
     if df_runs.empty and (fmt == ReportFormat.cases or not costs):
