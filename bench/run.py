@@ -282,6 +282,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
             # fits a user's card; unknown after a resume, which measured only the rest
             train_peak = (torch.cuda.max_memory_allocated(device) / 2**20
                           if device.type == "cuda" and result.resumed_from is None and spec.weights is None else None)
+            runlog.phase = "evaluating"  # an interrupt from here on says so
             if not main:
                 return None
             if bar is not None:  # a task of its own: an update keeps training's total and clock
@@ -534,8 +535,9 @@ def _say_summary(say: Callable[[str], None], results_dir: Path, n_done: int, ski
     counts = [f"{n_done} finished"] + ([f"{skipped} skipped (done already)"] if skipped else [])
     counts += [f"{held} skipped (being run by other processes)"] if held else []
     counts += [f"{len(failed)} failed"] if failed else []
-    next_step = f"; next: bench report --results {results_dir}" if n_done or skipped else ""
-    say(f"bench run: {', '.join(counts)}; records in {records.records_dir(results_dir)}{next_step}")
+    where = (f"; records in {records.records_dir(results_dir)}; next: bench report --results {results_dir}"
+             if n_done or skipped else "")  # none written: no folder to name
+    say(f"bench run: {', '.join(counts)}{where}")
 
 
 def _drop_empty_run(run_dir: Path) -> None:

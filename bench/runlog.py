@@ -18,6 +18,7 @@ _log: Path | None = None  # the log of the run this process trains now (rank 0 o
 # (bench.train.checkpoints_when): the interrupt message names them (bench.cli.console)
 current_run: str | None = None
 checkpoints: str | None = None
+phase = "training"  # or "evaluating": what the run was doing when interrupted
 
 
 def _stderr(text: str) -> None:
@@ -28,8 +29,8 @@ def _stderr(text: str) -> None:
 def kept(run_dir: Path, when: str | None = None) -> Iterator[None]:
     """Inside the block, ``say`` and warnings also go to ``run_dir``'s log; ``when``: when the run's
     protocol writes checkpoints, for the interrupt message."""
-    global _log, current_run, checkpoints
-    _log, current_run, checkpoints = run_dir / RUN_LOG, run_dir.name, when
+    global _log, current_run, checkpoints, phase
+    _log, current_run, checkpoints, phase = run_dir / RUN_LOG, run_dir.name, when, "training"
     shown = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
@@ -40,7 +41,7 @@ def kept(run_dir: Path, when: str | None = None) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        append("interrupted")
+        append(f"interrupted while {phase} (Ctrl-C or SIGTERM)")
         raise
     else:
         current_run = checkpoints = None

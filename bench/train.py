@@ -287,14 +287,13 @@ def checkpoints_when(every: int) -> str:
     return f"every {every} epochs" if every > 1 else "at every epoch's end" if every == 1 else "at the end only"
 
 
-def _clear_earlier_attempt(run_dir: Path) -> None:
+def _earlier_attempt_files(run_dir: Path) -> list[Path]:
     """What an earlier attempt of a run training afresh left that this one would not replace: its
-    per-epoch checkpoints and its TensorBoard curves, which would read as this run's beside its own."""
-    for pattern in ("epoch_*.pt", "best@*.pt"):
-        for old in (run_dir / CHECKPOINT_DIR).glob(pattern):
-            old.unlink(missing_ok=True)
-    for old in (run_dir / records.TB_DIR).glob("events.out.tfevents.*"):
-        old.unlink(missing_ok=True)
+    per-epoch checkpoints, the best weights its last.pt names, and its TensorBoard curves, which would
+    read as this run's beside its own. Deleted at this attempt's first checkpoint, not before: until
+    then a --resume continues that attempt, whose last.pt needs them."""
+    found = [(run_dir / CHECKPOINT_DIR).glob(p) for p in ("epoch_*.pt", "best@*.pt")]
+    return [old for files in (*found, (run_dir / records.TB_DIR).glob("events.out.tfevents.*")) for old in files]
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -458,8 +457,7 @@ def train_model(
         when = checkpoints_when(t.checkpoint_every)
         runlog.say(f"  {Path(run_dir).name}: no checkpoint to resume from (its protocol writes {last.name} {when}); "
                    f"training from the start{_other_versions(Path(run_dir))}")
-    if resumed_from is None and w.main:
-        _clear_earlier_attempt(Path(run_dir))
+    earlier = _earlier_attempt_files(Path(run_dir)) if resumed_from is None and w.main else []
     if getattr(model, "uses_selective_scan", False):  # its kernel built (or loaded) outside the train time
         from ssm_models import scan
 
@@ -547,6 +545,11 @@ def train_model(
                 }
                 if w.distributed:
                     state["rng_ranks"] = rngs
+                if earlier:  # trained afresh: that attempt's last.pt first, so no resume finds it without its files
+                    last.unlink(missing_ok=True)
+                    for old in earlier:
+                        old.unlink(missing_ok=True)
+                    earlier = []
                 if not final:
                     save_checkpoint({"model": state["model"], "epoch": epoch}, ckpt_dir / f"epoch_{epoch:04d}.pt")
                 kept = ckpt_dir / BEST_AT.format(best[1]) if best is not None else None

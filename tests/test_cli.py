@@ -689,8 +689,8 @@ def test_rescore_puts_the_same_weights_on_a_strict_board(tmp_path):
     scored = _bench("rescore", "--policy", "strict", "--results", results)
     out = scored.stdout
     assert "1 run(s) to score under strict" in out and ".strict: DSC" in out and "mm" in out
-    # each run's start said on stderr: a real volume's evaluation took minutes without a line
-    assert re.fullmatch(r"\[1/1\] synapse-smoke-unet-s0-\w+: scoring\n", scored.stderr)
+    # each run's start said: a real volume's evaluation took minutes without a line
+    assert re.search(r"\n\[1/1\] synapse-smoke-unet-s0-\w+: scoring\n  synapse-smoke-unet-s0-\w+\.strict: DSC", out)
     df = records.load(results)
     assert sorted(df["policy"]) == ["legacy-synapse", "strict"]
     assert df["rescored_from"].notna().sum() == 1
@@ -771,7 +771,11 @@ def test_the_interrupt_message_fits_the_command(monkeypatch, argv, training, sai
     run, when = training or (None, None)
     monkeypatch.setattr(runlog, "current_run", run)
     monkeypatch.setattr(runlog, "checkpoints", when)
+    monkeypatch.setattr(runlog, "phase", "training")
     assert _interrupted_line() == said
+    if run and "--resume" in argv and when != "at the end only":  # after its last epoch: evaluating, so said
+        monkeypatch.setattr(runlog, "phase", "evaluating")
+        assert _interrupted_line() == said.replace("while training", "while evaluating")
 
 
 def test_the_live_bar_follows_stderr_and_each_phase_has_its_own_total(monkeypatch, tmp_path):
@@ -834,7 +838,7 @@ def test_a_runs_log_keeps_its_lines_warnings_and_interrupt(tmp_path, capsys, mon
     assert (runlog.current_run, runlog.checkpoints) == ("r1", "every 50 epochs")  # for the interrupt message
     said = (run_dir / runlog.RUN_LOG).read_text().splitlines()
     assert [line.split("  ", 1)[1] for line in said] == ["r1: resuming after epoch 50", "warning: r1: a warning about it",
-                                                        "interrupted"], said
+                                                        "interrupted while training (Ctrl-C or SIGTERM)"], said
     assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  ", line) for line in said)
     assert capsys.readouterr().err.splitlines() == ["outside any run", "  r1: resuming after epoch 50"]
 

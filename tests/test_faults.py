@@ -320,7 +320,7 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
                      r"it from its last checkpoint \(its protocol writes one at every epoch.s end\); without --resume, "
                      r"unfinished runs train afresh", err), err
     (log,) = (tmp_path / "res").glob("runs/*/run.log")
-    assert log.read_text().splitlines()[-1].endswith("UTC  interrupted")
+    assert log.read_text().splitlines()[-1].endswith("UTC  interrupted while training (Ctrl-C or SIGTERM)")
     assert "Traceback" not in err
     leftovers = [p.name for p in (tmp_path / "res").rglob(".*") if p.name != ".bench-synthetic.json"]
     assert leftovers == []  # no claim, no temp file

@@ -1070,7 +1070,7 @@ def test_report_of_some_models_and_datasets(tmp_path, runs):
         write_report(tmp_path, models=["transunet"])  # a model without runs here, not a misspelt 'unet'
     # a name in another case or Unicode form is that name (`--models UNET` was "no runs of it", no hint)
     assert write_report(tmp_path, models=["UNET"], datasets=["Synapse"]) == text
-    assert "Significance" in write_report(tmp_path, models="UNET,vmunet", reference="unet")  # "not among --models"
+    assert "Significance" in write_report(tmp_path, models="UNET,vmunet", reference="Unet")  # "not among --models"
     with pytest.raises(BenchError, match=r"--reference 'unet': not among --models vmunet; add it there"):
         write_report(tmp_path, models=["vmunet"], reference="unet")
     (tmp_path / "report.md").write_text("x")

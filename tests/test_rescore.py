@@ -483,8 +483,8 @@ def test_runs_another_process_held_and_finished_meanwhile_end_the_grid_well(trai
     said = []
     run_grid([spec], results_dir=copy, device=CPU, say=said.append)
     assert said == [f"  {spec.key}: being run by pid 1 on node7 since 2026-12-06 07:00:00 UTC, skipped",
-                    f"bench run: 0 finished, 1 skipped (being run by other processes); "
-                    f"records in {copy / 'records'}"]
+                    f"bench run: 0 finished, 1 skipped (done already); records in {copy / 'records'}; next: "
+                    f"bench report --results {copy}"]  # done by that process meanwhile
 
 
 def test_work_held_by_the_other_kind_of_command_and_done_meanwhile_ends_well(trained, tmp_path, monkeypatch):
@@ -529,5 +529,5 @@ def test_work_held_by_the_other_kind_of_command_and_done_meanwhile_ends_well(tra
     said = []
     run_grid([spec], results_dir=again, device=CPU, say=finished)  # no BenchError: nothing left undone
     assert said == [f"  {spec.key}: being run by pid 1 on node7 since 2026-12-06 07:00:00 UTC (scoring it under "
-                    "strict: bench rescore), skipped", f"bench run: 0 finished, 1 skipped (being run by "
-                    f"other processes); records in {again / 'records'}"]
+                    "strict: bench rescore), skipped", f"bench run: 0 finished, 1 skipped (done already); records in "
+                    f"{again / 'records'}; next: bench report --results {again}"]

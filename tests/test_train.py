@@ -620,6 +620,14 @@ def test_training_afresh_clears_the_earlier_attempts_curves_and_epoch_checkpoint
     earlier_attempt()
     train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"), resume=True)
     assert all(p.is_file() for p in old)  # resumed: the same training's, kept
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    with pytest.warns(UserWarning, match="training afresh replaces it"), pytest.raises(KeyboardInterrupt):
+        train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"), progress=stop)
+    # stopped before its first checkpoint: the earlier attempt, resumable, keeps what its last.pt names
+    assert all(p.is_file() for p in old) and (tmp_path / "checkpoints" / "last.pt").is_file()
     with pytest.warns(UserWarning, match="training afresh replaces it"):
         train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
     assert not any(p.exists() for p in old)

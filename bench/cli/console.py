@@ -138,7 +138,7 @@ def _interrupted_line() -> str:
     when = f"its protocol writes one {runlog.checkpoints}" if run else "each protocol's checkpoint_every sets when"
     what = f"{'it' if run else 'each unfinished run'} from its last checkpoint ({when})"
     resumes = [a for a in sys.argv[2:] if a in ("--resume", "--no-resume")][-1:] == ["--resume"]
-    return (f"interrupted{f' while training {run}' if run else ''}; the same command "
+    return (f"interrupted{f' while {runlog.phase} {run}' if run else ''}; the same command "
             + (f"continues {what}" if resumes else
                f"with --resume continues {what}; without --resume, unfinished runs train afresh"))
 

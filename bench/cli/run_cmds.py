@@ -356,7 +356,7 @@ def predict(
 
 
 def _each_run(todo: list[dict], do: Callable[[dict], None], verb: str, doing: str) -> None:
-    """``do(record)`` for each finished run, its start said on stderr ("[2/6] <run id>: scoring": a real
+    """``do(record)`` for each finished run, its start said ("[2/6] <run id>: scoring": a real
     volume's evaluation takes minutes, unsaid): one that cannot be done (weights deleted, damaged or no
     longer fitting a plugin's edited code) is one line and the rest are still done; then one error
     names those left out. A single run's error is its own line."""
@@ -364,7 +364,7 @@ def _each_run(todo: list[dict], do: Callable[[dict], None], verb: str, doing: st
 
     failed: list[str] = []
     for i, rec in enumerate(todo, 1):
-        typer.echo(f"[{i}/{len(todo)}] {rec['run_id']}: {doing}", err=True)
+        typer.echo(f"[{i}/{len(todo)}] {rec['run_id']}: {doing}")  # beside its result line, as bench run's
         try:
             do(rec)
         except BenchError as exc:

@@ -150,8 +150,12 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     models, datasets = name_list(models), name_list(datasets)
     df_runs, profiles = load(results_dir), load_profiles(results_dir)  # load first: it checks the folder
     profiled = set(profiles["model"]) if profiles is not None and "model" in profiles else set()
-    if models:  # as the runs and profiles spell them (`--models UNET`), for the profiles and --reference too
-        models = matched_names(models, [*df_runs.get("model", []), *profiled])
+    spelt = [*df_runs.get("model", []), *profiled]  # names as the runs and profiles spell them (`--models UNET`)
+    if models:  # for the profiles and --reference too
+        models = matched_names(models, spelt)
+    if reference:  # its model, its configuration as typed ("unet (base_c=8)")
+        head, sep, rest = reference.partition(" (")
+        reference = matched_names([head], spelt)[0] + sep + rest
     df_runs = finished(select_runs(df_runs, *given, results_dir, profiled, policies))
     costs, filters = profiles is not None and not profiles.empty, (models, datasets, policies)
     if df_runs.empty and (fmt == ReportFormat.cases or not costs):
