@@ -841,6 +841,12 @@ def test_a_runs_log_keeps_its_lines_warnings_and_interrupt(tmp_path, capsys, mon
                                                         "interrupted while training (Ctrl-C or SIGTERM)"], said
     assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  ", line) for line in said)
     assert capsys.readouterr().err.splitlines() == ["outside any run", "  r1: resuming after epoch 50"]
+    # a log that cannot be written (a full disk; here a folder in its place) never stops the run: said still
+    unwritable = tmp_path / "runs" / "r2"
+    (unwritable / runlog.RUN_LOG).mkdir(parents=True)
+    with runlog.kept(unwritable, "every 50 epochs"):
+        runlog.say("  r2: training")
+    assert capsys.readouterr().err == "  r2: training\n" and (unwritable / runlog.RUN_LOG).is_dir()
 
 
 def test_data_synths_choices_are_every_format_and_dataset():

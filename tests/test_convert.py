@@ -683,6 +683,8 @@ def test_pairs_names_and_values_of_other_scripts(tmp_path):
     assert _case_id(unicodedata.normalize("NFD", "Müller")) == "Müller" and _case_id("रोगी 1") == "रोगी_1"
     _write_pairs(tmp_path / "raw", ["x", "y"])
     for label, said in (("disc=²", "value '²': expected a grey value"), ("disc=１２８", "value '１２８': expected"),
+                        ("disc,", "--label 'disc,': expected a class name, several (disc,cup"),
+                        ("disc,,cup", "--label 'disc,,cup': expected a class name"),
                         ("a\tb", "class name 'a\\tb': expected printable text on one line")):
         with pytest.raises(BenchError, match=re.escape(said)):
             pairs_to_nnunet(tmp_path / "raw", tmp_path / "out", label=label)

@@ -425,3 +425,15 @@ def test_names_are_drawn_as_written_and_missing_glyphs_are_said_once(tmp_path):
         assert glyphs == [f"{path.name}: no installed font draws 肝臓: shown as boxes (a font with them, such as "
                           "Noto Sans CJK, is used once installed)"]
     assert all("Glyph" not in g for g in glyphs)
+
+
+def test_other_warnings_while_drawing_are_passed_on(tmp_path):
+    """missing_glyphs_said_once records every warning while a figure is drawn, to say missing glyphs once:
+    the others must still come out (they were dropped, and no test would have seen it)."""
+    import warnings
+
+    from bench import plots
+
+    with pytest.warns(UserWarning, match="^another warning while drawing$"):
+        with plots.missing_glyphs_said_once("fig.png"):
+            warnings.warn("another warning while drawing", UserWarning, stacklevel=1)
