@@ -462,7 +462,7 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_time(monkeypat
 
 def test_the_processes_meet_through_the_launchs_file_with_the_timeout_given(monkeypatch):
     """`--nproc`'s processes build their FileStore (a file:// address of a path with a space was not
-    decoded) and wait on it as long as BENCH_DIST_TIMEOUT_S says (its default: 5 minutes)."""
+    decoded) and wait on it as long as BENCH_DIST_TIMEOUT_S says (its default: 4 hours)."""
     import datetime as dt
 
     from bench import distributed
