@@ -230,21 +230,24 @@ def missing_glyphs_said_once(name: str):
         yield
         return
     _glyph_watch[0] += 1
+    said: list = []
     try:
         with warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")
             yield
-    finally:
+    finally:  # said on an error too
         _glyph_watch[0] -= 1
-    missing = []
-    for w in said:
-        if glyph := re.match(r"Glyph \d+ \((.+?)\) missing from", str(w.message)):
-            missing.append(_character(glyph[1]))
-        else:
+        missing, others = [], {}
+        for w in said:
+            if glyph := re.match(r"Glyph \d+ \((.+?)\) missing from", str(w.message)):
+                missing.append(_character(glyph[1]))
+            else:  # once each, as outside ("always" recorded repeats)
+                others.setdefault((str(w.message), w.category, w.filename, w.lineno), w)
+        for w in others.values():
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if missing:
-        warnings.warn(f"{name}: no installed font draws {''.join(dict.fromkeys(missing))}: shown as boxes (a font "
-                      "with them, such as Noto Sans CJK, is used once installed)", stacklevel=3)
+        if missing:
+            warnings.warn(f"{name}: no installed font draws {''.join(dict.fromkeys(missing))}: shown as boxes (a "
+                          "font with them, such as Noto Sans CJK, is used once installed)", stacklevel=3)
 
 
 def _character(shown: str) -> str:

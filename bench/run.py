@@ -172,7 +172,8 @@ class _TensorBoard:
         self._dir, self._writer, self._opened = run_dir / records.TB_DIR, None, False
 
     def _open(self) -> None:
-        # at the first scalar: a run training afresh first clears the earlier attempt's files (bench.train)
+        # at the first scalar: the earlier attempt's event files a run training afresh deletes were listed
+        # before (bench.train), so this attempt's file is not among them
         self._opened = True
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -411,7 +411,8 @@ def train_model(
     if not resume and w.main and last.is_file():  # days of training, replaced unsaid at the first epoch's end
         written = fileio.human_time(last.stat().st_mtime)
         warnings.warn(f"{last}: an earlier attempt's checkpoint (written {written}); training afresh replaces it "
-                      "and deletes that attempt's per-epoch checkpoints and curves (--resume continues it)",
+                      "and, at its first checkpoint, deletes that attempt's per-epoch and best@ checkpoints and curves "
+                      "(--resume continues it)",
                       stacklevel=2)
     # rank 0's view for every rank: one rank resuming while another starts afresh would never meet again
     if resume and distributed.gather_objects(last.is_file() if w.main else None)[0]:

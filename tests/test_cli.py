@@ -776,6 +776,10 @@ def test_the_interrupt_message_fits_the_command(monkeypatch, argv, training, sai
     if run and "--resume" in argv and when != "at the end only":  # after its last epoch: evaluating, so said
         monkeypatch.setattr(runlog, "phase", "evaluating")
         assert _interrupted_line() == said.replace("while training", "while evaluating")
+    if when == "at the end only":  # evaluating, its last epoch's checkpoint is there to continue from
+        monkeypatch.setattr(runlog, "phase", "evaluating")
+        assert _interrupted_line() == ("interrupted while evaluating r1; the same command continues it from its last "
+                                       "checkpoint (its protocol writes one at the end only)")
 
 
 def test_the_live_bar_follows_stderr_and_each_phase_has_its_own_total(monkeypatch, tmp_path):

@@ -662,15 +662,32 @@ def test_pairs_of_one_colour_saved_as_jpeg_are_binary(tmp_path):
     disc = (yy - 20) ** 2 + (xx - 22) ** 2 < 10 ** 2
     (tmp_path / "jpeg" / "images").mkdir(parents=True)
     (tmp_path / "jpeg" / "masks").mkdir()
-    for name, colour in (("a", (255, 0, 0)), ("b", (0, 200, 0))):
+    for name, colour in (("a", (255, 0, 0)), ("b", (0, 200, 0)), ("c", (255, 128, 0)), ("d", (0, 128, 255))):
         Image.fromarray(np.full((40, 48), 9, np.uint8)).save(tmp_path / "jpeg" / "images" / f"{name}.png")
         rgb = np.zeros((40, 48, 3), np.uint8)
         rgb[disc] = colour
         Image.fromarray(rgb).save(tmp_path / "jpeg" / "masks" / f"{name}.jpg", quality=75)
     out = pairs_to_nnunet(tmp_path / "jpeg", tmp_path / "out", label="lesion")
-    for name in ("a", "b"):
+    for name in ("a", "b", "c", "d"):  # orange, sky blue: on the edge of a hue's bin, split in two by one
         label = np.asarray(Image.open(out / "labelsTr" / f"{name}.png")).astype(bool)
         assert (label != disc).sum() <= 0.1 * disc.sum(), name  # the lesion, up to JPEG's blur at its edge
+    # two classes of one hue (red and dark red, white and pink) are two, and a shape drawn in the alpha
+    # channel over one colour is that shape (its colour's brightest channel made all of it the class)
+    for name, second in (("a", (128, 0, 0)), ("b", (0, 110, 0)), ("c", (255, 200, 200))):
+        rgb = np.zeros((40, 48, 3), np.uint8)
+        rgb[disc] = (255, 255, 255) if name == "c" else (255, 0, 0) if name == "a" else (0, 255, 0)
+        rgb[32:38, 2:20] = second
+        Image.fromarray(rgb).save(tmp_path / "jpeg" / "masks" / f"{name}.png")
+        (tmp_path / "jpeg" / "masks" / f"{name}.jpg").unlink(missing_ok=True)
+        with pytest.raises(BenchError, match=rf"{name}\.png: colours #\w+, #\w+ each cover a region"):
+            pairs_to_nnunet(tmp_path / "jpeg", tmp_path / f"o-{name}", label="lesion")
+        (tmp_path / "jpeg" / "masks" / f"{name}.png").unlink()
+        Image.fromarray(np.zeros((40, 48), np.uint8)).save(tmp_path / "jpeg" / "masks" / f"{name}.png")
+    rgba = np.zeros((40, 48, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 255, np.where(disc, 255, 0)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "jpeg" / "masks" / "a.png")
+    out = pairs_to_nnunet(tmp_path / "jpeg", tmp_path / "alpha", label="lesion")
+    assert np.array_equal(np.asarray(Image.open(out / "labelsTr" / "a.png")).astype(bool), disc)
 
 
 def test_pairs_names_and_values_of_other_scripts(tmp_path):

@@ -434,6 +434,12 @@ def test_other_warnings_while_drawing_are_passed_on(tmp_path):
 
     from bench import plots
 
-    with pytest.warns(UserWarning, match="^another warning while drawing$"):
+    with pytest.warns(UserWarning, match="^another warning while drawing$") as said:
         with plots.missing_glyphs_said_once("fig.png"):
-            warnings.warn("another warning while drawing", UserWarning, stacklevel=1)
+            for _ in range(3):  # once, as outside the block
+                warnings.warn("another warning while drawing", UserWarning, stacklevel=1)
+    assert len(said) == 1
+    with pytest.warns(UserWarning, match="^said before the error$"), pytest.raises(OSError):
+        with plots.missing_glyphs_said_once("fig.png"):  # a failing save: what was said still comes out
+            warnings.warn("said before the error", UserWarning, stacklevel=1)
+            raise OSError("disk full")

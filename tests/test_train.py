@@ -599,8 +599,9 @@ def test_training_afresh_over_an_earlier_attempt_says_so(synapse_root, tmp_path)
     proto = _proto(max_iterations=0, epochs=1, batch_size=16)
     train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
     with pytest.warns(UserWarning, match=r"checkpoints/last\.pt: an earlier attempt's checkpoint \(written "
-                                         r"\d{4}-\d\d-\d\d \d\d:\d\d UTC\); training afresh replaces it and deletes that "
-                                         r"attempt's per-epoch checkpoints and curves \(--resume continues it\)"):
+                                         r"\d{4}-\d\d-\d\d \d\d:\d\d UTC\); training afresh replaces it and, at its first "
+                                         r"checkpoint, deletes that attempt's per-epoch and best@ checkpoints and "
+                                         r"curves \(--resume continues it\)"):
         train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
 
 

@@ -132,7 +132,8 @@ def _interrupted_line() -> str:
     if run and any(a == "--weights" or a.startswith("--weights=") for a in sys.argv[2:]):
         return f"interrupted while evaluating {run}; the same command evaluates it again"
     train = sys.modules.get("bench.train")
-    if run and train and runlog.checkpoints == train.checkpoints_when(0):  # nothing to continue from
+    # nothing to continue from while it trains (evaluating, its last epoch's checkpoint is written)
+    if run and train and runlog.phase == "training" and runlog.checkpoints == train.checkpoints_when(0):
         return (f"interrupted while training {run}; the same command trains it again from the start (its "
                 "protocol writes no checkpoint before the end)")
     when = f"its protocol writes one {runlog.checkpoints}" if run else "each protocol's checkpoint_every sets when"

@@ -504,36 +504,51 @@ def _several_classes(path: Path, label: str) -> str | None:
 
 def _binary_pixels(path: Path) -> np.ndarray:
     """A binary mask's pixels (uint8), >= 128 the class: as the ISIC reader reads them, but a mask of one
-    colour on black by its brightest channel (a red lesion saved as JPEG is 76 in gray, all background)."""
+    colour on black by its brightest channel (a red lesion saved as JPEG is 76 in gray, all background),
+    and one drawn in the alpha channel over any one colour by its alpha."""
     from bench.data.image_folders import mask_pixels
 
+    if (alpha := _drawn_alpha(path)) is not None:  # a shape drawn in the alpha channel, over one colour
+        return alpha
     values, kind = _mask_values(path)
     if kind != "colour":
         return mask_pixels(path)
     return np.stack([(values >> shift) & 255 for shift in (16, 8, 0)]).max(axis=0).astype(np.uint8)
 
 
+def _drawn_alpha(path: Path) -> np.ndarray | None:
+    """A mask's alpha channel (uint8) where its shape is drawn there, over one colour; else None."""
+    from PIL import Image
+
+    with reading(path, "a mask"), Image.open(path) as im:
+        if "A" not in im.getbands() or len(im.convert("RGB").getcolors(2) or ()) != 1:
+            return None
+        alpha = np.asarray(im.getchannel("A"), dtype=np.uint8)
+    return alpha.copy() if alpha.min() != alpha.max() else None
+
+
 def _colour_regions(values: np.ndarray) -> list[int]:
-    """A colour mask's classes: its lit pixels grouped by hue (a colour at any brightness, so a red mask's
-    JPEG noise and its edges' blends with black are one group, white one more), the groups covering a
-    region (1% of the mask, a tenth of the largest), each as its commonest colour."""
-    rgb = np.stack([(values >> shift) & 255 for shift in (16, 8, 0)], axis=-1).reshape(-1, 3).astype(np.float64)
-    top = rgb.max(axis=1)
-    lit = top >= 64  # near-black: the background's noise
-    r, g, b = rgb[lit].T
-    high, span = top[lit], np.ptp(rgb[lit], axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):  # the hue in sixths of the circle (HSV's)
-        sixths = np.where(high == r, ((g - b) / span) % 6, np.where(high == g, (b - r) / span + 2, (r - g) / span + 4))
-    # red, yellow, green, cyan, blue, magenta; or grey where hardly saturated (JPEG greys a colour's edge a little)
-    hue = np.where(span < 0.25 * high, 6, np.rint(np.nan_to_num(sixths)) % 6)
-    groups, counts = np.unique(hue, return_counts=True)
-    big = groups[(counts >= max(4, 0.01 * values.size)) & (counts >= 0.1 * counts.max(initial=0))]
-    colours = values.reshape(-1)[lit]
-    regions = []
-    for g in big:
-        found, n = np.unique(colours[hue == g], return_counts=True)
-        regions.append(int(found[n.argmax()]))
-    return sorted(regions)
+    """A colour mask's classes: the colours covering a region, each with the colours near it (within 48
+    of 255 per channel: JPEG's noise around one colour, a hue's two roundings) and the lit pixels nearer
+    it than any other; a region is 1% of the mask and a tenth of the largest. Dark red beside red, pink
+    beside white: two. Near-black pixels (the background's noise) count for none."""
+    flat = values.reshape(-1)
+    found, counts = np.unique(flat, return_counts=True)
+    rgb = np.stack([(found >> shift) & 255 for shift in (16, 8, 0)], axis=-1).astype(np.float64)
+    lit = rgb.max(axis=1) >= 64
+    found, counts, rgb = found[lit], counts[lit], rgb[lit]
+    seeds: list[int] = []  # the commonest colours first, each far from those kept before it
+    for k in np.argsort(-counts, kind="stable"):
+        if counts[k] < max(4, 0.005 * flat.size):
+            break
+        if all(np.abs(rgb[k] - rgb[s]).max() > 48 for s in seeds):
+            seeds.append(k)
+    if len(seeds) < 2:
+        return [int(found[s]) for s in seeds]
+    nearest = np.abs(rgb[:, None, :] - rgb[None, seeds, :]).max(axis=2).argmin(axis=1)  # per distinct colour
+    size = np.bincount(nearest, weights=counts, minlength=len(seeds))
+    keep = (size >= max(4, 0.01 * flat.size)) & (size >= 0.1 * size.max())
+    return sorted(int(found[s]) for s, k in zip(seeds, keep) if k)
 
 
 def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None, label: str = "foreground") -> Path:

@@ -23,8 +23,8 @@ is read by ``IsicAllDataset`` (registry name ``isic_all``)::
 
 It and the PraNet polyp reader are ``MultiSetDataset``: one training folder, several test sets,
 test ids ``"<set>/<stem>"``; a subfolder of the test folder without ``images/`` is an error, not a
-test set left out. The image helpers here are shared with the polyp reader (same
-conventions; ``bench.data.image_folders``).
+test set left out. Images and masks are read and paired by ``bench.data.image_folders``, as for the
+polyp reader (same conventions).
 """
 
 from __future__ import annotations
