@@ -3,6 +3,7 @@ Python API may (a list, one value): one reading for both."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
@@ -47,3 +48,16 @@ def int_list(values: Any, option: str = "--seeds", example: str = "0,1,2") -> li
     if not out:  # an empty grid would run nothing and say nothing
         raise BenchError(f"{option} must list at least one integer, e.g. {example}; got {given!r}")
     return out
+
+
+def matched_names(names: list[str], have: Iterable[str]) -> list[str]:
+    """``names`` as ``have`` spells them where one of it is alike but for case or Unicode form (`--models
+    UNET`; a decomposed "ü" looks like a composed one); others as given."""
+    alike: dict[str, list[str]] = {}
+    for h in dict.fromkeys(have):
+        alike.setdefault(_folded(h), []).append(h)
+    return [alike[_folded(n)][0] if len(alike.get(_folded(n), [])) == 1 else n for n in names]
+
+
+def _folded(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ import pandas as pd
 
 from bench.errors import BenchError, did_you_mean, few
 from bench.fileio import SAFE_NAME, absent, atomic_write_text
-from bench.names import name_list, nothing_named
+from bench.names import matched_names, name_list, nothing_named
 from bench.metrics import METRICS
 from bench.metrics import POLICIES as METRIC_POLICIES
 from bench.runlog import RUN_LOG
@@ -558,19 +557,6 @@ def finished_runs(df_runs: pd.DataFrame, results_dir: Path | str, models: str | 
     if done.empty:
         raise BenchError(no_runs(results_dir))
     return select_runs(done if rescored else done[done["rescored_from"].isna()], models, datasets, results_dir)
-
-
-def matched_names(names: list[str], have: Iterable[str]) -> list[str]:
-    """``names`` as ``have`` spells them where one of it is alike but for case or Unicode form (`--models
-    UNET`; a decomposed "ü" looks like a composed one); others as given."""
-    alike: dict[str, list[str]] = {}
-    for h in dict.fromkeys(have):
-        alike.setdefault(_folded(h), []).append(h)
-    return [alike[_folded(n)][0] if len(alike.get(_folded(n), [])) == 1 else n for n in names]
-
-
-def _folded(name: str) -> str:
-    return unicodedata.normalize("NFC", name).casefold()
 
 
 def select_runs(df_runs: pd.DataFrame, models: str | Iterable[str] | None = None,

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError, closest, few, unknown_name
-from bench.names import name_list, nothing_named
+from bench.names import matched_names, name_list, nothing_named
 from bench.fileio import absent
 from bench.modeling import SegmentationModel, size_error
 
@@ -261,6 +261,7 @@ def resolve_models(spec: str | Iterable[str]) -> list[str]:
         return list_models()
     if not names:
         raise nothing_named("--models", spec, "unet,vmunet")
+    names = list(dict.fromkeys(matched_names(names, list_models())))  # `--models UNET`, as reports take it
     for n in names:
         get_entry(n)
     return names

@@ -291,6 +291,8 @@ def test_repeated_models_and_seeds_plan_each_run_once(tmp_path):
     from bench.registry import resolve_models
 
     assert resolve_models("unet,vmunet,unet") == ["unet", "vmunet"]
+    # in any case, as reports took it and the commands that train or load a model did not: one model, once
+    assert resolve_models("UNET,Vmunet,unet") == ["unet", "vmunet"]
     proc = _bench("run", "--models", "unet,unet", "--seeds", "5,5", "--dataset", "synapse", "--synthetic",
                   "--protocol", "smoke", "--tiny", "--results", tmp_path, "--max-iterations", "1", "--threads", "1")
     assert "bench run: 1 run(s)" in proc.stdout and "skipped" not in proc.stdout

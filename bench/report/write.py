@@ -12,8 +12,8 @@ from urllib.parse import quote
 import pandas as pd
 
 from bench.errors import BenchError, few
-from bench.records import finished, load, matched_names, no_runs, select_runs
-from bench.names import name_list
+from bench.records import finished, load, no_runs, select_runs
+from bench.names import matched_names, name_list
 from bench.fileio import atomic_write_text
 from bench.report.board_text import _check_columns, _check_format, _render, _shows, paper_layout, render_cases
 from bench.report.boards import _boards
