@@ -295,7 +295,8 @@ def test_repeated_models_and_seeds_plan_each_run_once(tmp_path):
     assert resolve_models("UNET,Vmunet,unet") == ["unet", "vmunet"]
     proc = _bench("run", "--models", "unet,unet", "--seeds", "5,5", "--dataset", "synapse", "--synthetic",
                   "--protocol", "smoke", "--tiny", "--results", tmp_path, "--max-iterations", "1", "--threads", "1")
-    assert "bench run: 1 run(s)" in proc.stdout and "skipped" not in proc.stdout
+    assert "bench run: 1 run(s) · dataset synapse · protocol smoke v1 (" in proc.stdout and "skipped" not in proc.stdout
+    assert "· policy legacy-synapse · device cpu" in proc.stdout
     assert "\n\n" not in proc.stdout  # progress bars (on by default) draw nothing into a pipe, not even a line
     again = _bench("run", "--models", "unet", "--seeds", "5", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
                    "--tiny", "--results", tmp_path, "--max-iterations", "1", "--threads", "1", "--workers", "1")
@@ -541,6 +542,9 @@ def test_dry_run_lists_each_runs_state_and_shard_and_writes_nothing(tmp_path):
             "smoke", "--results", tmp_path, *FAST]
     fresh = _bench(*base, "--shard", "1/2", "--dry-run")
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing written
+    # the grid as bench run's header says it (the dry run's named neither the data nor the policy)
+    assert re.search(r"^bench run --dry-run: 4 run\(s\) · dataset synapse · protocol smoke v1 \(\w+, off-protocol\) · "
+                    r"policy legacy-synapse · results ", fresh.stdout, re.M), fresh.stdout
     planned = re.findall(r"^  shard (\d)/2  missing  (\S+)$", fresh.stdout, re.M)
     assert len(planned) == 4 and fresh.stdout.rstrip().endswith("missing 4; shards with runs not done: 1,2")
     _bench(*base, "--shard", "1/2")

@@ -178,7 +178,7 @@ def run(
     total = len(specs)
     if dry_run:
         say_warnings(dict.fromkeys(s.model for s in specs))
-        _list_plan(specs, results, shard, proto)
+        _list_plan(specs, results, shard, _grid_text(specs, dataset, proto))
         return
     specs = select_shard(specs, shard)
     if not distributed.launched_by_bench():  # the launcher said them
@@ -190,8 +190,8 @@ def run(
     # rank 0's plan for every rank: run ids of earlier path-identified runs depend on what is on disk
     specs = distributed.gather_objects(specs if main else None)[0]
     say = typer.echo if main else (lambda *a, **k: None)
-    say(f"bench run: {len(specs)} run(s){f' (shard {shard} of {total})' if shard else ''} · dataset {dataset} · protocol {proto.name} v{proto.version} "
-        f"({proto.hash}{', off-protocol' if proto.off_protocol else ''}) · device {dev}"
+    say(f"bench run: {len(specs)} run(s){f' (shard {shard} of {total})' if shard else ''} · "
+        f"{_grid_text(specs, dataset, proto)} · device {dev}"
         + (f" · {distributed.world().size} processes" if distributed.world().distributed else ""))
     for note in dict.fromkeys(n for spec in specs for n in spec.notes):  # which split, once each
         say(f"note: {note}")
@@ -199,7 +199,14 @@ def run(
              say_error=_echo_err)
 
 
-def _list_plan(specs: list, results: Path, shard: str | None, proto) -> None:
+def _grid_text(specs: list, dataset: str, proto) -> str:
+    """What a grid runs, as its header says it (bench run's and --dry-run's alike)."""
+    policies = ", ".join(dict.fromkeys(s.policy for s in specs)) or "-"
+    return (f"dataset {dataset} · protocol {proto.name} v{proto.version} ({proto.hash}"
+            f"{', off-protocol' if proto.off_protocol else ''}) · policy {policies}")
+
+
+def _list_plan(specs: list, results: Path, shard: str | None, grid: str) -> None:
     """``bench run --dry-run``: each run of the grid, its state (bench.run.run_state) and, with --shard
     K/N, its shard; then the count of each state and the shards with runs not done (an array's indices
     to submit again)."""
@@ -208,8 +215,7 @@ def _list_plan(specs: list, results: Path, shard: str | None, proto) -> None:
     n = parse_shard(shard)[1] if shard else None
     number = shard_numbers(specs, n) if n else {}
     states = {s.key: run_state(s, Path(results).expanduser()) for s in specs}
-    typer.echo(f"bench run --dry-run: {len(specs)} run(s) · protocol {proto.name} v{proto.version} ({proto.hash}"
-               f"{', off-protocol' if proto.off_protocol else ''}) · results {results}" + (f" · {n} shards" if n else "")
+    typer.echo(f"bench run --dry-run: {len(specs)} run(s) · {grid} · results {results}" + (f" · {n} shards" if n else "")
                + "; nothing trained or written")
     for s in sorted(specs, key=lambda s: (number.get(s.key, 0), s.key)):
         state, why = states[s.key]
