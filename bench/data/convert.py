@@ -453,6 +453,11 @@ def _as_colour(value: int) -> int:
     return value if value & _COLOUR else _COLOUR | (min(value, 255) * 0x010101)
 
 
+def _rgb(values: np.ndarray) -> np.ndarray:
+    """Colour pixels (0xRRGGBB, marked _COLOUR) as their channels, a last axis of 3."""
+    return np.stack([(values >> shift) & 255 for shift in (16, 8, 0)], axis=-1)
+
+
 def _value_text(value: int, colour: bool) -> str:
     return f"#{value & 0xFFFFFF:06x}" if colour else str(value)
 
@@ -479,14 +484,14 @@ def _mask_values(path: Path) -> tuple[np.ndarray, str]:
     return (arr[..., 0] if arr.ndim == 3 else arr), kind
 
 
-def _several_classes(path: Path, label: str) -> str | None:
-    """Why a mask that the binary reading (>= 128 is the class) would misread holds several classes: more
-    than one grey level (where ``mask_levels_note`` finds one beside 0/255), palette index or colour (black
-    aside) covering a region; else None."""
-    from bench.data.image_folders import mask_levels_note, mask_pixels
+def _several_classes(values: np.ndarray, kind: str, pixels: np.ndarray, label: str) -> str | None:
+    """Why a mask (``_mask_values``; ``pixels``: its binary reading, ``_binary_pixels``) that the binary
+    reading (>= 128 is the class) would misread holds several classes: more than one grey level (where
+    ``mask_levels_note`` finds one beside 0/255), palette index or colour (black aside) covering a region;
+    else None."""
+    from bench.data.image_folders import mask_levels_note
 
-    values, kind = _mask_values(path)
-    if kind == "grey" and not mask_levels_note(mask_pixels(path).astype(np.float32) / np.float32(255.0)):
+    if kind == "grey" and not mask_levels_note(pixels.astype(np.float32) / np.float32(255.0)):
         return None  # 0/255 (soft or JPEG-noisy edges spread over many levels, on boundaries)
     if kind == "colour":
         regions = _colour_regions(values)
@@ -502,18 +507,18 @@ def _several_classes(path: Path, label: str) -> str | None:
             f"e.g. --label {label}={shown[0]},other={shown[1]} (values not named become background)")
 
 
-def _binary_pixels(path: Path) -> np.ndarray:
-    """A binary mask's pixels (uint8), >= 128 the class: as the ISIC reader reads them, but a mask of one
-    colour on black by its brightest channel (a red lesion saved as JPEG is 76 in gray, all background),
-    and one drawn in the alpha channel over any one colour by its alpha."""
+def _binary_pixels(path: Path, values: np.ndarray, kind: str) -> np.ndarray:
+    """A binary mask's pixels (uint8; ``values``, ``kind``: its ``_mask_values``), >= 128 the class: as the
+    ISIC reader reads them, but a mask of one colour on black by its brightest channel (a red lesion saved
+    as JPEG is 76 in gray, all background), and one drawn in the alpha channel over any one colour by its
+    alpha."""
     from bench.data.image_folders import mask_pixels
 
     if (alpha := _drawn_alpha(path)) is not None:  # a shape drawn in the alpha channel, over one colour
         return alpha
-    values, kind = _mask_values(path)
     if kind != "colour":
         return mask_pixels(path)
-    return np.stack([(values >> shift) & 255 for shift in (16, 8, 0)]).max(axis=0).astype(np.uint8)
+    return _rgb(values).max(axis=-1).astype(np.uint8)
 
 
 def _drawn_alpha(path: Path) -> np.ndarray | None:
@@ -534,7 +539,7 @@ def _colour_regions(values: np.ndarray) -> list[int]:
     beside white: two. Near-black pixels (the background's noise) count for none."""
     flat = values.reshape(-1)
     found, counts = np.unique(flat, return_counts=True)
-    rgb = np.stack([(found >> shift) & 255 for shift in (16, 8, 0)], axis=-1).astype(np.float64)
+    rgb = _rgb(found).astype(np.float64)
     lit = rgb.max(axis=1) >= 64
     found, counts, rgb = found[lit], counts[lit], rgb[lit]
     seeds: list[int] = []  # the commonest colours first, each far from those kept before it
@@ -635,10 +640,8 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
             pixels = _wide(image) if wide else read_rgb(image)
             ids = np.zeros(pixels.shape[:2], np.uint8)
             for mask in masks:
-                if classes.binary:
-                    m = _binary_pixels(mask)
-                else:
-                    m, kind = _mask_values(mask)
+                values, kind = _mask_values(mask)  # read once: the binary reading and its checks take it
+                m = _binary_pixels(mask, values, kind) if classes.binary else values
                 if m.shape != ids.shape:
                     raise BenchError(f"{mask}: {size_mismatch(image, pixels.shape[:2], m.shape)}")
                 if not classes.binary:
@@ -649,7 +652,7 @@ def pairs_to_nnunet(raw: str | Path, out: str | Path, *, name: str | None = None
                 if 1 < top < 128:  # ids 0/1/2 (or a 0/1 mask's JPEG noise): >= 128 would read as nothing
                     raise BenchError(f"{mask}: mask values reach only {top}: class ids? give --label one name "
                                      f"per id 1..{top}, in order (e.g. --label {label},other)" + _jpeg_note(mask))
-                if top > 1 and (note := _several_classes(mask, label)):
+                if top > 1 and (note := _several_classes(values, kind, m, label)):
                     raise BenchError(f"{mask}: {note}")
                 ids |= (m == 1) if top == 1 else (m >= 128)  # class ids 0/1: one class, unambiguous
             present.update(np.unique(ids).tolist())
