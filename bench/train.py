@@ -291,8 +291,8 @@ def _earlier_attempt_files(run_dir: Path) -> list[Path]:
     """What an earlier attempt of a run training afresh left that this one would not replace: its
     per-epoch checkpoints, the best weights its last.pt names, and its TensorBoard curves, which would
     read as this run's beside its own. Deleted at this attempt's first checkpoint, not before: until
-    then a --resume continues that attempt, whose last.pt needs them."""
-    found = [(run_dir / CHECKPOINT_DIR).glob(p) for p in ("epoch_*.pt", "best@*.pt")]
+    then a --resume continues that attempt, whose last.pt needs them (lr_min.pt too)."""
+    found = [(run_dir / CHECKPOINT_DIR).glob(p) for p in ("epoch_*.pt", "best@*.pt", LR_MIN)]
     return [old for files in (*found, (run_dir / records.TB_DIR).glob("events.out.tfevents.*")) for old in files]
 
 
@@ -411,8 +411,8 @@ def train_model(
     if not resume and w.main and last.is_file():  # days of training, replaced unsaid at the first epoch's end
         written = fileio.human_time(last.stat().st_mtime)
         warnings.warn(f"{last}: an earlier attempt's checkpoint (written {written}); training afresh replaces it "
-                      "and, at its first checkpoint, deletes that attempt's per-epoch and best@ checkpoints and curves "
-                      "(--resume continues it)",
+                      "and, at its first checkpoint, deletes that attempt's per-epoch, best@ and lr_min checkpoints "
+                      "and curves (--resume continues it)",
                       stacklevel=2)
     # rank 0's view for every rank: one rank resuming while another starts afresh would never meet again
     if resume and distributed.gather_objects(last.is_file() if w.main else None)[0]:
@@ -459,6 +459,7 @@ def train_model(
         runlog.say(f"  {Path(run_dir).name}: no checkpoint to resume from (its protocol writes {last.name} {when}); "
                    f"training from the start{_other_versions(Path(run_dir))}")
     earlier = _earlier_attempt_files(Path(run_dir)) if resumed_from is None and w.main else []
+    lr_min = None  # select = "lr_min": that epoch's weights, until they may be written
     if getattr(model, "uses_selective_scan", False):  # its kernel built (or loaded) outside the train time
         from ssm_models import scan
 
@@ -532,7 +533,12 @@ def train_model(
             if w.main:
                 save_checkpoint({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / BEST)
         if epoch == keep_epoch and w.main:  # every rank loads it at the end: a shared run dir, as for best.pt
-            save_checkpoint({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / LR_MIN)
+            lr_min = {"model": model.state_dict(), "epoch": epoch}
+            if not earlier:  # else held until the earlier attempt's files go: a --resume of it reads its own
+                save_checkpoint(lr_min, ckpt_dir / LR_MIN)
+                lr_min = None
+            else:  # a copy: training goes on in place
+                lr_min["model"] = {k: v.detach().clone() for k, v in lr_min["model"].items()}
         final = epoch == epochs - 1
         if final or (t.checkpoint_every and (epoch + 1) % t.checkpoint_every == 0):
             rngs = distributed.gather_objects(_rng_state())  # every rank's, for an exact resume
@@ -551,6 +557,9 @@ def train_model(
                     for old in earlier:
                         old.unlink(missing_ok=True)
                     earlier = []
+                if lr_min is not None:
+                    save_checkpoint(lr_min, ckpt_dir / LR_MIN)
+                    lr_min = None
                 if not final:
                     save_checkpoint({"model": state["model"], "epoch": epoch}, ckpt_dir / f"epoch_{epoch:04d}.pt")
                 kept = ckpt_dir / BEST_AT.format(best[1]) if best is not None else None

@@ -600,8 +600,8 @@ def test_training_afresh_over_an_earlier_attempt_says_so(synapse_root, tmp_path)
     train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
     with pytest.warns(UserWarning, match=r"checkpoints/last\.pt: an earlier attempt's checkpoint \(written "
                                          r"\d{4}-\d\d-\d\d \d\d:\d\d UTC\); training afresh replaces it and, at its first "
-                                         r"checkpoint, deletes that attempt's per-epoch and best@ checkpoints and "
-                                         r"curves \(--resume continues it\)"):
+                                         r"checkpoint, deletes that attempt's per-epoch, best@ and lr_min "
+                                         r"checkpoints and curves \(--resume continues it\)"):
         train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
 
 
@@ -742,6 +742,38 @@ def test_lr_min_selection_keeps_that_epochs_weights(synapse_root, tmp_path):
     for k, v in _state(three).items():
         assert torch.equal(model.state_dict()[k], v), k
     assert (tmp_path / "a" / "checkpoints" / "lr_min.pt").is_file()
+
+
+def test_an_interrupted_fresh_attempt_leaves_the_earlier_attempts_lr_min_weights(synapse_root, tmp_path):
+    """A fresh attempt wrote lr_min.pt at its lowest-lr epoch, before its first checkpoint replaced the
+    earlier attempt's last.pt: interrupted in between, a --resume of that attempt evaluated the aborted
+    one's weights."""
+    ds = open_dataset("synapse", synapse_root)
+    # lr over 5 epochs: max, mid, min, mid, max -> epoch 2; the first checkpoint after epoch 3
+    proto = _proto(select="lr_min", epochs=5, scheduler="cosine", cosine_t_max=2, cosine_eta_min=1e-5,
+                   max_iterations=0, batch_size=16, checkpoint_every=4)
+    kept = tmp_path / "checkpoints" / "lr_min.pt"
+    model = _tiny_unet(ds)
+    assert train_model(model, ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu")).selected == "lr_min@2"
+    first = _state(model)
+
+    def stop_in_epoch_3(step, total, loss):  # after lr_min's epoch, before the first checkpoint
+        if step == 3 * total // 5 + 1:
+            raise KeyboardInterrupt
+
+    with pytest.warns(UserWarning, match="training afresh"), pytest.raises(KeyboardInterrupt):
+        train_model(_tiny_unet(ds, seed=1), ds, proto, seed=1, run_dir=tmp_path, device=torch.device("cpu"),
+                    progress=stop_in_epoch_3)
+    resumed = _tiny_unet(ds, seed=1)
+    res = train_model(resumed, ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"), resume=True)
+    assert res.resumed_from == 4 and res.selected == "lr_min@2"
+    assert all(torch.equal(v, first[k]) for k, v in _state(resumed).items())  # the earlier attempt's own
+    other = _tiny_unet(ds, seed=1)
+    with pytest.warns(UserWarning, match="training afresh"):  # its own, written at its first checkpoint
+        train_model(other, ds, proto, seed=1, run_dir=tmp_path, device=torch.device("cpu"))
+    on_disk = torch.load(kept, weights_only=True)
+    assert on_disk["epoch"] == 2 and all(torch.equal(v, on_disk["model"][k]) for k, v in _state(other).items())
+    assert not all(torch.equal(v, first[k]) for k, v in _state(other).items())
 
 
 def test_float64_protocol_trains_and_evaluates_in_float64(synapse_root, tmp_path):
