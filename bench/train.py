@@ -53,7 +53,8 @@ class TrainResult:
     time_s: float
     selected: str  # which weights the model now holds: "final" | "best_train_loss@<epoch>" | "lr_min@<epoch>"
     epoch_losses: list[float] = field(default_factory=list)
-    resumed_from: int | None = None  # epoch the run resumed after, if it did
+    resumed_from: int | None = None  # epoch the run resumed after, if it did (its last resume)
+    resumes: list[int] = field(default_factory=list)  # every epoch it resumed after, in order
     devices: list[str] = field(default_factory=list)  # short fingerprints it trained on, in order
     commits: list[str] = field(default_factory=list)  # code versions it trained under, in order (records.code_version)
     world_size: int = 1  # processes that trained it (bench.distributed)
@@ -71,6 +72,7 @@ class TrainResult:
             "selected": self.selected,
             "epoch_losses": self.epoch_losses,
             "resumed_from": self.resumed_from,
+            "resumes": self.resumes,
             "devices": self.devices,
             "commits": self.commits,
             "world_size": self.world_size,
@@ -400,6 +402,7 @@ def train_model(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     start_epoch, step, epoch_losses, resumed_from, time_before = 0, 0, [], None, 0.0
+    resumes: list[int] = []
     best: tuple[float, int] | None = None
     last = ckpt_dir / LAST
     here = env.short_fingerprint(env.fingerprint(device))
@@ -450,6 +453,7 @@ def train_model(
         devices += [here] if devices[-1] != here else []
         commits = _resumed_commits(last, state, code, digest)
         resumed_from = state["epoch"]
+        resumes = [*state.get("resumes", []), resumed_from]  # absent before they were kept: this one only
         time_before = state.get("time_s", math.nan)  # training time of the killed process(es)
         if w.main:  # else a resume and a fresh start read alike
             runlog.say(f"  {Path(run_dir).name}: resuming after epoch {resumed_from + 1} of {epochs} (step {step} of "
@@ -548,6 +552,7 @@ def train_model(
                     "rng": rngs[0], "epoch": epoch, "step": step, "epoch_losses": epoch_losses,
                     "best": list(best) if best else None, "protocol_hash": protocol.hash, "world_size": w.size,
                     "trains_on": trains_on, "devices": devices, "commits": commits, "code_digest": digest,
+                    "resumes": resumes,
                     "time_s": time_before + time.perf_counter() - t0,
                 }
                 if w.distributed:
@@ -596,6 +601,7 @@ def train_model(
         epochs=epochs, iterations=step, final_loss=epoch_losses[-1] if epoch_losses else loss_value,
         time_s=time_before + time.perf_counter() - t0, selected=selected, epoch_losses=epoch_losses,
         resumed_from=resumed_from,
+        resumes=resumes,
         devices=devices,
         commits=commits,
         world_size=w.size,

@@ -90,7 +90,7 @@ def _run(tmp_path: Path, data: Path, results: Path, fault: str, *extra: str) -> 
 
 def _comparable(rec: dict) -> dict:
     rec = {k: v for k, v in rec.items() if k not in VOLATILE}
-    rec["train"] = {k: v for k, v in rec["train"].items() if k not in ("time_s", "resumed_from", "commits")}
+    rec["train"] = {k: v for k, v in rec["train"].items() if k not in ("time_s", "resumed_from", "resumes", "commits")}
     return rec
 
 
@@ -154,6 +154,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_record(reference, tmp_path
     assert resumed.returncode == 0, resumed.stderr
     got = _record(results)
     assert got["train"]["resumed_from"] == RESUMES_AFTER[phase](n)
+    assert got["train"]["resumes"] == ([] if got["train"]["resumed_from"] is None else [got["train"]["resumed_from"]])
     assert _comparable(got) == _comparable(_record(ref_results))
     # the half-written file was never read; its name says which process of this host wrote it, and that
     # one is gone, so the resumed run removed it (fileio.remove_orphans); it stayed for a day before

@@ -212,8 +212,11 @@ def test_resumed_runs_are_named_by_their_rows_labels(tmp_path):
     other["model_config"]["widths"] = [4, 8, 16, 32]
     other["run_id"] += "-w4"
     plain["train"]["resumed_from"], other["train"]["resumed_from"] = 6, 0
+    plain["train"]["resumes"], other["train"]["resumes"] = [2, 4, 6], [0]
     other["train"]["world_size"] = 2
     text = _methods(tmp_path, plain, other)
-    assert ("Resumed after an interruption (last resume): unet seed 0 after epoch 7; "
+    assert ("Resumed after an interruption: unet seed 0 after epochs 3, 5 and 7; "
             "unet (widths=[4, 8, 16, 32]) seed 0 after epoch 1.") in text
     assert "Trained in several processes: unet (widths=[4, 8, 16, 32]) seed 0 on 2 processes." in text
+    del plain["train"]["resumes"]  # a record before every resume was kept: its last one only, said so
+    assert "unet seed 0 after epoch 7 (the last resume);" in _methods(tmp_path / "older", plain, other)

@@ -776,6 +776,28 @@ def test_an_interrupted_fresh_attempt_leaves_the_earlier_attempts_lr_min_weights
     assert not all(torch.equal(v, first[k]) for k, v in _state(other).items())
 
 
+def test_a_run_resumed_twice_keeps_both_resumes(synapse_root, tmp_path):
+    """Records kept the last resume only: a run killed twice read as killed once."""
+    ds = open_dataset("synapse", synapse_root)
+    proto = _proto(max_iterations=0, epochs=3, batch_size=16)
+
+    def stop_after(epoch_to_stop):
+        def stop(epoch):
+            if epoch == epoch_to_stop:
+                raise KeyboardInterrupt
+        return stop
+
+    for resume, stop_at in ((False, 0), (True, 1)):
+        with pytest.raises(KeyboardInterrupt):
+            train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"),
+                        resume=resume, on_epoch_end=stop_after(stop_at))
+    res = train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"), resume=True)
+    assert (res.resumes, res.resumed_from) == ([0, 1], 1)
+    assert res.to_record()["resumes"] == [0, 1]
+    fresh = train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path / "b", device=torch.device("cpu"))
+    assert (fresh.resumes, fresh.resumed_from) == ([], None)
+
+
 def test_float64_protocol_trains_and_evaluates_in_float64(synapse_root, tmp_path):
     from bench.evaluate import evaluate
 

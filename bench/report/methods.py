@@ -467,13 +467,18 @@ def _resumes(labels: list[str], recs: list[dict]) -> str:
     resumed, parallel = [], []
     for label, rec in zip(labels, recs):
         train = rec["train"]
-        if train.get("resumed_from") is not None:  # the last resume: records keep no earlier one
+        # every resume; records before they were kept name their last one only
+        after = train.get("resumes") or ([train["resumed_from"]] if train.get("resumed_from") is not None else [])
+        if after:
             where = (f", on {' then '.join(train['devices'])}" if len(train.get("devices") or []) > 1 else "")
-            resumed.append(f"{_run_name(rec, label)} after epoch {train['resumed_from'] + 1}{where}")
+            last = "" if "resumes" in train else " (the last resume)"
+            *before, end = [str(e + 1) for e in after]
+            epochs = f"epochs {', '.join(before)} and {end}" if before else f"epoch {end}"
+            resumed.append(f"{_run_name(rec, label)} after {epochs}{last}{where}")
         if (train.get("world_size") or 1) > 1:
             parallel.append(f"{_run_name(rec, label)} on {train['world_size']} processes")
     return " ".join(f"{head}: {'; '.join(runs)}." for head, runs in (
-        ("Resumed after an interruption (last resume)", resumed), ("Trained in several processes", parallel)) if runs)
+        ("Resumed after an interruption", resumed), ("Trained in several processes", parallel)) if runs)
 
 
 def _train_time(labels: list[str], recs: list[dict]) -> str:
