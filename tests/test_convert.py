@@ -107,8 +107,8 @@ def test_convert_names_what_is_wrong(btcv, tmp_path):
                                          r"label label0040\.nii\.gz \(5\.0, 0\.8, 0\.7\) mm"):
         btcv_to_synapse(partial, tmp_path / "out")
     shutil.copy(btcv / "Training" / "label" / "label0040.nii.gz", partial / "label")
-    nib.save(nib.Nifti1Image(np.zeros((*SHAPE, 1), np.float32), np.diag([*ZOOMS, 1])), partial / "img" / "img0040.nii.gz")
-    with pytest.raises(BenchError, match=r"img0040\.nii\.gz: expected a 3-D NIfTI volume, got shape \(12, 10, 3, 1\)"):
+    nib.save(nib.Nifti1Image(np.zeros((*SHAPE, 2), np.float32), np.diag([*ZOOMS, 1])), partial / "img" / "img0040.nii.gz")
+    with pytest.raises(BenchError, match=r"img0040\.nii\.gz: expected a 3-D NIfTI volume, got shape \(12, 10, 3, 2\)"):
         btcv_to_synapse(partial, tmp_path / "out")
     (partial / "img" / "img0040.nii.gz").write_bytes(b"not a volume")  # its header is read before the volumes
     with pytest.raises(BenchError, match=r"img0040\.nii\.gz: cannot read it as a NIfTI volume"):
@@ -139,6 +139,30 @@ def test_convert_names_what_is_wrong(btcv, tmp_path):
     with pytest.raises(BenchError, match="already exists and is not empty"):
         btcv_to_synapse(btcv, tmp_path / "full")
 
+
+
+def _add_trailing_axis(path: Path) -> None:
+    """Store a NIfTI volume as 3D Slicer, ITK exports and MRI converters often do: shape (x, y, z, 1)."""
+    vol = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(vol.dataobj)[..., None], vol.affine, vol.header), path)
+    assert nib.load(path).shape == (*SHAPE, 1)
+
+
+def test_btcv_volumes_stored_with_a_trailing_axis_of_1_convert_as_their_volumes(btcv, tmp_path):
+    """An (x, y, z, 1) image or label was refused ("expected a 3-D NIfTI volume"); it converts as its volume."""
+    raw = tmp_path / "raw"
+    shutil.copytree(btcv / "Training", raw)
+    for path in (raw / "img" / "img0008.nii.gz", raw / "label" / "label0008.nii.gz",  # a test volume
+                 raw / "label" / "label0005.nii.gz"):  # a training one's label
+        _add_trailing_axis(path)
+    got, ref = (open_dataset("synapse", btcv_to_synapse(r, tmp_path / name))
+                for r, name in ((raw, "got"), (btcv, "ref")))
+    case, was = got.load_test("case0008"), ref.load_test("case0008")
+    assert np.array_equal(case.image, was.image) and np.array_equal(case.label, was.label)
+    assert case.spacing == pytest.approx(ZOOMS[::-1]) and case.spacing == was.spacing
+    assert got.train_ids() == ref.train_ids()
+    sl, was_sl = got.load_train("case0005_slice001"), ref.load_train("case0005_slice001")
+    assert np.array_equal(sl.image, was_sl.image) and np.array_equal(sl.label, was_sl.label)
 
 
 def test_labels_placed_apart_from_their_images_are_warned_about(btcv, tmp_path):
@@ -238,6 +262,35 @@ def test_msd_modalities_are_split_into_channel_files(tmp_path):
         assert np.allclose(part.affine, np.diag([*ZOOMS, 1.0]))
     ds = open_dataset("nnunet", out)
     assert ds.in_chans == 2 and ds.load_test("BRATS_002").image.shape == (*SHAPE[::-1], 2)
+
+
+def test_msd_volumes_stored_with_a_trailing_axis_of_1_become_plain_files(tmp_path):
+    """An (x, y, z, 1) image or label (one modality) was refused; each becomes the plain (x, y, z) file nnU-Net
+    writes, voxels and geometry kept; a 4-D one of several modalities with a trailing axis of 1 still splits."""
+    raw = _write_msd(tmp_path / "Task03_Liver")
+    paths = (raw / "imagesTr" / "liver_3.nii.gz", raw / "labelsTr" / "liver_3.nii.gz")
+    stored = [(np.asarray(v.dataobj), v.affine) for v in map(nib.load, paths)]
+    for path in paths:
+        _add_trailing_axis(path)
+    out = msd_to_nnunet(raw, tmp_path / "out")
+    for (data, affine), written in zip(stored, (out / "imagesTr" / "liver_3_0000.nii.gz",
+                                                out / "labelsTr" / "liver_3.nii.gz")):
+        vol = nib.load(written)
+        assert vol.shape == SHAPE and vol.header.get_zooms() == pytest.approx(ZOOMS)
+        assert np.allclose(vol.affine, affine) and np.array_equal(np.asarray(vol.dataobj), data)
+        assert vol.get_data_dtype() == data.dtype
+    assert verify_dataset("nnunet", out) == []
+    ds = open_dataset("nnunet", out)
+    assert ds.load_test("liver_3").image.shape == SHAPE[::-1]
+    raw = _write_msd(tmp_path / "Task01_BrainTumour", channels=2, cases=("BRATS_001", "BRATS_002"))
+    path = raw / "imagesTr" / "BRATS_002.nii.gz"
+    src = nib.load(path)
+    data = np.asarray(src.dataobj)
+    nib.save(nib.Nifti1Image(data[..., None], src.affine, src.header), path)  # (x, y, z, 2, 1)
+    out = msd_to_nnunet(raw, tmp_path / "brats")
+    for c in range(2):
+        part = nib.load(out / "imagesTr" / f"BRATS_002_{c:04d}.nii.gz")
+        assert part.shape == SHAPE and np.array_equal(np.asarray(part.dataobj), data[..., c])
 
 
 def test_msd_conversion_names_what_is_wrong(tmp_path):

@@ -1630,13 +1630,13 @@ def test_a_target_spacing_on_png_cases_suggests_native(roots, tmp_path):
 
 
 def test_nifti_and_png_shapes_bench_refuses_come_with_their_remedy(roots, tmp_path):
-    """A 2-D NIfTI, a 4-D one with a trailing axis of 1, an RGBA or LA PNG were refused without a word
+    """A 2-D NIfTI, a 4-D one of several channels, an RGBA or LA PNG were refused without a word
     on what to do."""
     from bench.data.nnunet import read_nifti
 
     for shape, fix in (((6, 5), "save it with a slice axis, shape (x, y, 1)"),
-                       ((6, 5, 4, 1), "one volume with a trailing axis of 1: save it squeezed to (x, y, z)"),
-                       ((6, 5, 4, 2), "split the last axis into CASE_0000, CASE_0001")):
+                       ((6, 5, 4, 2), "split the last axis into CASE_0000, CASE_0001"),
+                       ((6, 5, 4, 2, 1), "split the last axis into CASE_0000, CASE_0001")):
         path = tmp_path / f"v{len(shape)}{shape[-1]}.nii.gz"
         nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), str(path))
         with pytest.raises(BenchError, match=rf"^{re.escape(str(path))}: expected a 3-D NIfTI volume, got shape "
@@ -1661,6 +1661,53 @@ def test_nifti_and_png_shapes_bench_refuses_come_with_their_remedy(roots, tmp_pa
     with pytest.raises(BenchError, match=rf"^{re.escape(str(image))}: {re.escape(said)} \(PIL: Image.convert\('L'\)\), "
                                          r"or, if all are colour, declare three channels"):
         open_dataset("nnunet", root).load_test(case)
+
+
+def _save_with_trailing_ones(path: Path, axes: int = 1) -> None:
+    """Rewrite a NIfTI file as 3D Slicer, ITK exports and MRI converters store one volume: shape (x, y, z, 1)."""
+    img = nib.load(path)
+    data = np.asarray(img.dataobj).reshape(img.shape + (1,) * axes)
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), path)
+    assert nib.load(path).shape == data.shape
+
+
+def test_nifti_volumes_stored_with_a_trailing_axis_of_1_read_as_their_volume(roots, tmp_path):
+    """(x, y, z, 1) files were refused ("save it squeezed"), though SimpleITK and so nnU-Net read them as
+    the (x, y, z) volume: images and labels read, verify, plan and predict as the squeezed files do."""
+    from bench.data.nnunet import nifti_geometry, read_nifti
+
+    plain = roots["nnunet"]
+    root = _copy(plain, tmp_path)
+    ref = open_dataset("nnunet", plain)
+    test_case, train_case = ref.test_ids()[0], ref.train_ids()[0].rpartition(":")[0]
+    files = [root / "imagesTr" / f"{test_case}_0000.nii.gz", root / "labelsTr" / f"{test_case}.nii.gz",
+             root / "imagesTr" / f"{train_case}_0000.nii.gz", root / "labelsTr" / f"{train_case}.nii.gz"]
+    for path, axes in zip(files, [1, 1, 2, 1]):  # one image (x, y, z, 1, 1)
+        _save_with_trailing_ones(path, axes)
+        label = path.parent.name == "labelsTr"
+        got, was = read_nifti(path, label=label), read_nifti(plain / path.relative_to(root), label=label)
+        assert got[0].dtype == was[0].dtype and np.array_equal(got[0], was[0]) and got[1] == was[1]
+        assert nifti_geometry(path) == nifti_geometry(plain / path.relative_to(root))  # from the header
+    ds = open_dataset("nnunet", root)
+    case, was = ds.load_test(test_case), ref.load_test(test_case)
+    assert np.array_equal(case.image, was.image) and np.array_equal(case.label, was.label)
+    assert case.spacing == was.spacing
+    item = f"{train_case}:2"
+    assert np.array_equal(ds.load_train(item).image, ref.load_train(item).image)
+    assert ds.train_ids() == ref.train_ids()  # the slices counted from the (x, y, z, 1) label's header
+    assert verify_dataset("nnunet", root) == []
+    # a prediction takes its (x, y, z, 1) label's geometry, written as the plain volume nnU-Net writes
+    ds.write_prediction(case, case.label, tmp_path / "pred.nii.gz")
+    pred, src = nib.load(tmp_path / "pred.nii.gz"), nib.load(files[1])
+    assert pred.shape == src.shape[:3] and np.allclose(pred.affine, src.affine)
+    assert pred.header.get_zooms() == src.header.get_zooms()[:3]
+    assert np.array_equal(np.asarray(pred.dataobj), np.asarray(src.dataobj)[..., 0])
+    # one slice stored (x, y, 1, 1) is the slice (x, y, 1); a genuine 2-D file stays refused (the test above)
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(30, dtype=np.float32).reshape(6, 5, 1, 1), np.diag([0.5, 0.6, 3.0, 1.0])),
+             flat)
+    image, spacing = read_nifti(flat)
+    assert image.shape == (1, 5, 6) and spacing == (3.0, 0.6, 0.5) and image[0, 1, 2] == 2 * 5 + 1
 
 
 def test_nnunet_v1_dataset_json_reads_as_nifti(roots, tmp_path):

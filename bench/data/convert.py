@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from bench.data import synapse as syn
-from bench.data.base import check_whole_ids, reading, root_is_file
+from bench.data.base import reading, root_is_file
 from bench.data.nnunet import printable_name
 from bench.errors import BenchError, few
 from bench.fileio import absent, atomic_write_dir, is_within, portable_write_text
@@ -100,7 +100,7 @@ def _read(img_path: Path, label_path: Path, table: np.ndarray) -> tuple[np.ndarr
     """Image float32 (D, H, W) in [0, 1], label uint8 class ids, spacing (d, h, w) in mm."""
     import nibabel as nib
 
-    from bench.data.nnunet import grid_mismatch, nifti_geometry
+    from bench.data.nnunet import grid_mismatch, nifti_geometry, nifti_voxels
 
     # headers first (cheap), by the rule the nnU-Net reader uses: one shape and one spacing
     shape, spacing = nifti_geometry(img_path)
@@ -108,10 +108,9 @@ def _read(img_path: Path, label_path: Path, table: np.ndarray) -> tuple[np.ndarr
     if why:
         raise BenchError(f"{img_path}: {why}")
     with reading(img_path, "a NIfTI volume"):
-        hu = np.asarray(nib.load(str(img_path)).get_fdata(dtype=np.float32))
+        hu = nifti_voxels(img_path, nib.load(str(img_path)))
     with reading(label_path, "a NIfTI volume"):
-        raw = np.asarray(nib.load(str(label_path)).dataobj)
-    check_whole_ids(label_path, raw)
+        raw = nifti_voxels(label_path, nib.load(str(label_path)), label=True)
     raw = raw.astype(np.int16, copy=False)  # ids 0..13; 2 bytes a voxel, not 8 (volumes are ~40 M voxels)
     if raw.min() < 0 or raw.max() >= len(table):
         raise BenchError(f"{label_path}: label ids {int(raw.min())}..{int(raw.max())}; BTCV's are 0..13")
@@ -246,19 +245,33 @@ def _msd_case(raw: Path, entry: Any, meta_path: Path) -> tuple[str, Path, Path]:
     return case, image, label
 
 
-def _split_4d(vol, src: Path, case: str, folder: Path, ending: str) -> None:
-    """One 3-D file per modality (the 4th axis), with the volume's affine and header; values as the
-    source stores them scaled (``dataobj`` applies scl_slope/scl_inter), written without rescaling."""
+def _write_volume(vol, src: Path, c: int, dest: Path) -> None:
+    """Channel ``c`` (the 4th axis) of ``vol`` (``src`` loaded) as a plain 3-D file with the volume's affine
+    and header: an MSD modality, or the one volume of an (x, y, z, 1) file. Values as the source stores them
+    scaled (``dataobj`` applies scl_slope/scl_inter), written without rescaling."""
     import nibabel as nib
 
-    for c in range(vol.shape[3]):
-        with reading(src, "a NIfTI volume"):
-            data = np.asanyarray(vol.dataobj[..., c])
-        header = vol.header.copy()
-        header.set_data_dtype(data.dtype)
-        part = nib.Nifti1Image(data, vol.affine, header)
-        part.header.set_slope_inter(1.0, 0.0)
-        nib.save(part, str(folder / f"{case}_{c:04d}{ending}"))
+    from bench.data.nnunet import volume_shape
+
+    with reading(src, "a NIfTI volume"):
+        data = np.asanyarray(vol.dataobj[:, :, :, c])
+    data = data.reshape(volume_shape(data.shape))  # (x, y, z, 1) of an (x, y, z, C, 1) file
+    header = vol.header.copy()
+    header.set_data_dtype(data.dtype)
+    part = nib.Nifti1Image(data, vol.affine, header)
+    part.header.set_slope_inter(1.0, 0.0)
+    nib.save(part, str(dest))
+
+
+def _copy_volume(vol, src: Path, dest: Path) -> None:
+    """``src`` (loaded as ``vol``) copied byte for byte, as nnU-Net's converter copies it; one stored with
+    trailing axes of size 1, (x, y, z, 1), written as its plain 3-D volume."""
+    import shutil
+
+    if vol.ndim == 3:
+        shutil.copyfile(src, dest)
+    else:
+        _write_volume(vol, src, 0, dest)
 
 
 def msd_to_nnunet(raw: str | Path, out: str | Path) -> Path:
@@ -266,15 +279,15 @@ def msd_to_nnunet(raw: str | Path, out: str | Path) -> Path:
     labelsTr/; e.g. Task03_Liver, which is LiTS) to nnU-Net v2's raw layout at ``out``, as
     ``nnUNetv2_convert_MSD_dataset`` does: every case of dataset.json's ``training`` list, a 3-D image
     copied byte for byte as ``<case>_0000<ending>``, a 4-D one (several modalities) split along its
-    last axis into ``<case>_0000``, ``_0001``, ... with the volume's affine, labels copied;
+    last axis into ``<case>_0000``, ``_0001``, ... with the volume's affine, labels copied (a file
+    stored with trailing axes of size 1, (x, y, z, 1), is written as its plain 3-D volume instead);
     dataset.json rewritten in v2 form (channel_names from modality, labels name -> id), checked
     before any file is copied. The macOS ``._*`` files the MSD archives carry are never read: cases
     come from the list. Written to a temporary folder and renamed when complete."""
-    import shutil
 
     import nibabel as nib
 
-    from bench.data.nnunet import VOLUME_ENDINGS, check_dataset_meta, nifti_shape
+    from bench.data.nnunet import VOLUME_ENDINGS, check_dataset_meta, volume_shape
 
     raw = Path(raw)
     meta = _msd_meta(raw)
@@ -303,19 +316,23 @@ def msd_to_nnunet(raw: str | Path, out: str | Path) -> Path:
         (root / "labelsTr").mkdir()
         for case, img, lab in cases:
             with reading(img, "a NIfTI volume"):
-                vol = nib.load(str(img))  # the header only, until a 4-D volume is split
-            shape, lab_shape = tuple(vol.shape), nifti_shape(lab)[::-1]  # both as stored: (x, y, z)
+                vol = nib.load(str(img))  # the headers only, until a volume is written
+            with reading(lab, "a NIfTI volume"):
+                lab_vol = nib.load(str(lab))
+            # (x, y, z) and (x, y, z, C) as stored, less trailing axes of size 1, as the nnU-Net reader takes them
+            shape, lab_shape = volume_shape(vol.shape), volume_shape(lab_vol.shape)
             if shape[:3] != lab_shape:
                 raise BenchError(f"{lab}: shape {lab_shape} differs from its image's {shape[:3]}")
             try:
                 if len(shape) == 3 and n_channels == 1:
-                    shutil.copyfile(img, root / "imagesTr" / f"{case}_0000{ending}")
+                    _copy_volume(vol, img, root / "imagesTr" / f"{case}_0000{ending}")
                 elif len(shape) == 4 and shape[3] == n_channels:
-                    _split_4d(vol, img, case, root / "imagesTr", ending)
+                    for c in range(n_channels):
+                        _write_volume(vol, img, c, root / "imagesTr" / f"{case}_{c:04d}{ending}")
                 else:
-                    raise BenchError(f"{img}: shape {shape}; dataset.json names {n_channels} modality(ies), so "
-                                     f"expected a 3-D volume{' with them on a 4th axis' if n_channels > 1 else ''}")
-                shutil.copyfile(lab, root / "labelsTr" / f"{case}{ending}")
+                    raise BenchError(f"{img}: shape {tuple(vol.shape)}; dataset.json names {n_channels} modality(ies), "
+                                     f"so expected a 3-D volume{' with them on a 4th axis' if n_channels > 1 else ''}")
+                _copy_volume(lab_vol, lab, root / "labelsTr" / f"{case}{ending}")
             except OSError as exc:  # a full disk, an unreadable file
                 raise BenchError(f"{img}: could not be converted into {out} ({exc.strerror or exc})") from exc
         portable_write_text(root / "dataset.json", json.dumps(v2, indent=2) + "\n")

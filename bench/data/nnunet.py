@@ -11,7 +11,8 @@ On disk::
                                             copy it here to use exactly those folds)
 
 File endings: ``.png`` -> 2-D cases (an RGB PNG supplies three channels from one ``_0000`` file,
-as nnU-Net's NaturalImage2DIO reads it); ``.nii.gz`` / ``.nii`` -> 3-D volumes read with nibabel.
+as nnU-Net's NaturalImage2DIO reads it); ``.nii.gz`` / ``.nii`` -> 3-D volumes read with nibabel (one
+stored with trailing axes of size 1, (x, y, z, 1) as 3D Slicer and ITK write it, as its (x, y, z) volume).
 Volumes are returned as (D, H, W) = (z, y, x), the axis order SimpleITK (and so nnU-Net) uses,
 with ``spacing`` the header zooms reordered the same way (mm). Multi-channel images are
 channels-last: (H, W, C) or (D, H, W, C). Images are float32 as stored; the protocol's
@@ -187,14 +188,21 @@ def read_nifti(path: Path, *, label: bool = False) -> tuple[np.ndarray, tuple[fl
 
     with reading(path, "a NIfTI volume"):
         img = nib.load(str(path))
-        _check_3d(path, img.shape)
-        if label:
-            arr = np.asarray(img.dataobj)
-            check_whole_ids(path, arr)
-            arr = arr.astype(np.int64)
-        else:
-            arr = np.asarray(img.get_fdata(dtype=np.float32))
+        arr = nifti_voxels(path, img, label=label)
+    if label:
+        arr = arr.astype(np.int64)
     return np.ascontiguousarray(arr.transpose(2, 1, 0)), _spacing_zyx(img)
+
+
+def nifti_voxels(path: Path, img, *, label: bool = False) -> np.ndarray:
+    """The voxels of ``img`` (``path`` loaded with nibabel) as stored, (x, y, z): float32 for an image, the
+    stored ids for a label, checked whole. The one place NIfTI voxels are read (the nnU-Net reader, the BTCV
+    converter), so an (x, y, z, 1) file reads as its volume everywhere (``volume_shape``)."""
+    shape = _check_3d(path, img.shape)
+    arr = np.asarray(img.dataobj) if label else img.get_fdata(dtype=np.float32)
+    if label:
+        check_whole_ids(path, arr)
+    return arr.reshape(shape)  # a view: only axes of size 1 go
 
 
 def _spacing_zyx(img) -> tuple[float, float, float]:
@@ -209,8 +217,7 @@ def nifti_geometry(path: Path) -> tuple[tuple[int, int, int], tuple[float, float
 
     with reading(path, "a NIfTI volume"):
         img = nib.load(str(path))
-    shape = img.shape
-    _check_3d(path, shape)
+    shape = _check_3d(path, img.shape)
     return (shape[2], shape[1], shape[0]), _spacing_zyx(img)
 
 
@@ -219,21 +226,30 @@ def nifti_shape(path: Path) -> tuple[int, int, int]:
     return nifti_geometry(path)[0]
 
 
-def _check_3d(path: Path, shape: tuple[int, ...]) -> None:
-    # an (x, y, z, 1) file is refused, not squeezed: bench data convert reads the volumes whose headers
-    # this checks with nibabel as they are
+def volume_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A NIfTI's stored shape as the volume it holds: trailing axes of size 1 beyond the third dropped, as
+    SimpleITK (and so nnU-Net) reads them. 3D Slicer, ITK exports and MRI converters write (x, y, z, 1);
+    (x, y, 1, 1) is the slice (x, y, 1). A 4th axis of several channels stays."""
+    shape = tuple(shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _check_3d(path: Path, stored: tuple[int, ...]) -> tuple[int, int, int]:
+    """The (x, y, z) volume of a NIfTI of shape ``stored`` (``volume_shape``); BenchError with the remedy
+    for any other shape."""
+    shape = volume_shape(stored)
     if len(shape) == 3:
-        return
+        return shape
     if len(shape) == 2:
         fix = "; a 2-D image: save it with a slice axis, shape (x, y, 1), or as a PNG dataset (file_ending '.png')"
-    elif len(shape) == 4 and shape[3] == 1:
-        fix = "; one volume with a trailing axis of 1: save it squeezed to (x, y, z)"
     elif len(shape) == 4:
         fix = ("; nnU-Net keeps each channel in a file of its own: split the last axis into CASE_0000, CASE_0001, "
                "... and declare them in channel_names")
     else:
         fix = ""
-    raise BenchError(f"{path}: expected a 3-D NIfTI volume, got shape {shape}{fix}")
+    raise BenchError(f"{path}: expected a 3-D NIfTI volume, got shape {tuple(stored)}{fix}")
 
 
 def channel_count_problem(found: int, declared: int) -> str:
