@@ -31,7 +31,8 @@ from bench.evaluate import evaluate, scored_ids
 from bench.metrics import POLICIES, get_policy, policy_fields, policy_misfit
 from bench.protocol import Protocol, load_protocol, protocol_from_record
 from bench.registry import code_changed, create_model, strict_load
-from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, deterministic_kernels, load_checkpoint
+from bench.rng import deterministic_kernels
+from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, load_checkpoint
 
 __all__ = ["rescore_id", "weights_path", "record_protocol", "run_model", "rescore_record", "plan_rescore",
            "rescored_twin", "DataRoots"]
