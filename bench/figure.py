@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from bench import records
+from bench import env, records
 from bench.errors import BenchError, few
 from bench.plots import PLOT_FORMATS, missing_glyphs_said_once, new_figure, save_figure, text_rc
 
@@ -142,7 +142,7 @@ def choose_cases(per_run: Sequence[dict[str, float]], cases: Sequence[str] | Non
     return sorted(common, key=lambda c: (-spread(c), c))[:n]
 
 
-def figure_panels(columns: list[Column], results_dir: Path, case_ids: list[str], device: torch.device,
+def figure_panels(columns: list[Column], results_dir: Path, case_ids: list[str], device: torch.device | str,
                   data_roots: DataRoots | None = None) -> FigurePanels:
     """Predict ``case_ids`` with each run's weights and cut the panels (see ``FigurePanels``); the
     image and ground truth are the first run's (a board's runs share the data)."""
@@ -152,6 +152,7 @@ def figure_panels(columns: list[Column], results_dir: Path, case_ids: list[str],
     from bench.report import class_display
     from bench.rescore import run_model
 
+    device = env.resolve_device(device)  # "cpu", "cuda:1" as the Python API's other calls take them
     rows: dict[str, dict[str, Any]] = {c: {"preds": []} for c in case_ids}
     names: list[str] = []
     for i, column in enumerate(columns):

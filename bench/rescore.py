@@ -336,10 +336,11 @@ def earlier_data_ids(dataset: SegDataset, policy: str | None = None) -> list[str
     return ids
 
 
-def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: torch.device,
+def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: torch.device | str,
                    protocol_file: Path | None = None, data_roots: DataRoots | None = None) -> dict[str, Any]:
     """Evaluate the run of ``rec`` under ``policy`` and write (and return) its new record;
     ``data_roots``: as ``run_data_root``."""
+    device = env.resolve_device(device)  # "cpu", "cuda:1" as the Python API's other calls take them
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     # into a policy scoring in mm, a spacing table added since the run is a change of its data (as bench run

@@ -24,6 +24,16 @@ def test_the_readmes_python_section_runs(tmp_path, monkeypatch, capsys):
     assert not namespace["model"].training  # a copied forward gives one answer, not drop-path's draw
 
 
+def test_a_command_line_runs_in_process_as_the_readme_says(tmp_path):
+    """A notebook journey: bench.cli.main() exits the kernel's cell with SystemExit, even on success;
+    the README points at the app's own in-process call, whose errors are raised."""
+    from bench.cli import app
+
+    assert "standalone_mode=False" in README.read_text()
+    with pytest.raises(BenchError, match=f"results directory not found: {re.escape(str(tmp_path / 'none'))}"):
+        app(["report", "--results", str(tmp_path / "none")], standalone_mode=False)
+
+
 # --- what a notebook passes, from a journey through the Python API -------------------------------
 
 import random  # noqa: E402
