@@ -43,6 +43,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.errors import BenchError, exception_chain
+from bench.rng import caller_rng_kept
 
 __all__ = ["FlopCount", "UncountedOpsError", "count_params", "count_flops", "fvcore_macs", "paper_count",
            "measure_latency", "peak_memory_mb", "profile_model", "write_profile", "load_profiles", "PRECISIONS"]
@@ -493,6 +494,7 @@ def check_timing(iters: int, warmup: int, compile: bool = False) -> None:
         raise BenchError("--warmup 0 with --compile: the first forward compiles the model; give --warmup >= 1")
 
 
+@caller_rng_kept()  # it seeds: a notebook's own RNG goes on where it was
 def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_chans: int = 3,
                   device: torch.device | str = "cpu", precision: str = "fp32", batch_size: int | str = 0,
                   warmup: int = 20, iters: int = 100, channels_last: bool = False, compile: bool = False,

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from bench import records
+from bench import env, records
 from bench.errors import BenchError, few
-from bench.plots import PLOT_FORMATS, _pyplot, missing_glyphs_said_once, save_figure, text_rc
+from bench.plots import PLOT_FORMATS, missing_glyphs_said_once, new_figure, save_figure, text_rc
 
 if TYPE_CHECKING:
     from bench.rescore import DataRoots
@@ -142,7 +142,7 @@ def choose_cases(per_run: Sequence[dict[str, float]], cases: Sequence[str] | Non
     return sorted(common, key=lambda c: (-spread(c), c))[:n]
 
 
-def figure_panels(columns: list[Column], results_dir: Path, case_ids: list[str], device: torch.device,
+def figure_panels(columns: list[Column], results_dir: Path, case_ids: list[str], device: torch.device | str,
                   data_roots: DataRoots | None = None) -> FigurePanels:
     """Predict ``case_ids`` with each run's weights and cut the panels (see ``FigurePanels``); the
     image and ground truth are the first run's (a board's runs share the data)."""
@@ -152,6 +152,7 @@ def figure_panels(columns: list[Column], results_dir: Path, case_ids: list[str],
     from bench.report import class_display
     from bench.rescore import run_model
 
+    device = env.resolve_device(device)  # "cpu", "cuda:1" as the Python API's other calls take them
     rows: dict[str, dict[str, Any]] = {c: {"preds": []} for c in case_ids}
     names: list[str] = []
     for i, column in enumerate(columns):
@@ -227,44 +228,43 @@ def _overlay(labels: np.ndarray) -> np.ndarray:
 
 def draw_figure(panels: FigurePanels, out: Path) -> Path:
     """Write the figure to ``out`` (.png at 200 dpi, or vector .pdf or .svg) atomically."""
-    plt = _pyplot()
+    import matplotlib
+
     # names drawn as written (a "$" is no math), in a font that has them, or its lack said once
-    with plt.rc_context(text_rc()), missing_glyphs_said_once(Path(out).name):
-        return _draw(plt, panels, out)
+    with matplotlib.rc_context(text_rc()), missing_glyphs_said_once(Path(out).name):
+        return _draw(panels, out)
 
 
-def _draw(plt, panels: FigurePanels, out: Path) -> Path:
+def _draw(panels: FigurePanels, out: Path) -> Path:
     from matplotlib.patches import Patch
 
     n_rows, n_cols = len(panels.case_ids), 2 + len(panels.columns)
     band = 0.22 * math.ceil(len(panels.class_names) / 5) + 0.1  # inches under the panels for the legend
     height = 2.2 * n_rows + band
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 * n_cols, height), squeeze=False)
-    try:
-        for r, case in enumerate(panels.case_ids):
-            image = panels.images[r]
-            shown = [None, panels.truths[r], *panels.predictions[r]]
-            for col, labels in enumerate(shown):
-                ax = axes[r, col]
-                ax.imshow(image, cmap=None if image.ndim == 3 else "gray", vmin=0, vmax=1, interpolation="nearest")
-                if labels is not None:
-                    ax.imshow(_overlay(labels), interpolation="nearest")
-                if col >= 2 and not math.isnan(d := panels.dsc[r][col - 2]):
-                    ax.text(0.03, 0.97, f"{d:.1f}", transform=ax.transAxes, va="top", ha="left", fontsize=8,
-                            color="white", bbox={"facecolor": "black", "alpha": 0.6, "pad": 1.5, "lw": 0})
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if r == 0:
-                    ax.set_title(["Image", "Ground truth", *panels.columns][col], fontsize=9)
-            k = panels.slices[r]
-            axes[r, 0].set_ylabel(case if k is None else f"{case}\nslice {k}", fontsize=8)
-        handles = [Patch(color=PALETTE[i % len(PALETTE)], alpha=ALPHA, label=name)
-                   for i, name in enumerate(panels.class_names)]
-        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
-        fig.tight_layout(rect=(0, band / height, 1, 1))
-        return save_figure(fig, Path(out), dpi=200)
-    finally:
-        plt.close(fig)
+    fig = new_figure(figsize=(2.2 * n_cols, height))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for r, case in enumerate(panels.case_ids):
+        image = panels.images[r]
+        shown = [None, panels.truths[r], *panels.predictions[r]]
+        for col, labels in enumerate(shown):
+            ax = axes[r, col]
+            ax.imshow(image, cmap=None if image.ndim == 3 else "gray", vmin=0, vmax=1, interpolation="nearest")
+            if labels is not None:
+                ax.imshow(_overlay(labels), interpolation="nearest")
+            if col >= 2 and not math.isnan(d := panels.dsc[r][col - 2]):
+                ax.text(0.03, 0.97, f"{d:.1f}", transform=ax.transAxes, va="top", ha="left", fontsize=8,
+                        color="white", bbox={"facecolor": "black", "alpha": 0.6, "pad": 1.5, "lw": 0})
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(["Image", "Ground truth", *panels.columns][col], fontsize=9)
+        k = panels.slices[r]
+        axes[r, 0].set_ylabel(case if k is None else f"{case}\nslice {k}", fontsize=8)
+    handles = [Patch(color=PALETTE[i % len(PALETTE)], alpha=ALPHA, label=name)
+               for i, name in enumerate(panels.class_names)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, band / height, 1, 1))
+    return save_figure(fig, Path(out), dpi=200)
 
 
 def check_out(out: Path) -> None:

@@ -93,8 +93,10 @@ def _styled(draw):
     under the style's font sizes (matplotlib reads them as each text is created)."""
     @functools.wraps(draw)
     def styled(*args: Any, style: str = "screen", **kwargs: Any) -> Any:
+        import matplotlib
+
         looks = check_plot_style(style)
-        with _pyplot().rc_context(looks.rc()):
+        with matplotlib.rc_context(looks.rc()):
             return draw(*args, looks=looks, **kwargs)
 
     return styled
@@ -163,13 +165,15 @@ def _board_title(key: Sequence[str]) -> str:
     return f"{dataset} · protocol {protocol} · policy {policy}"
 
 
-def _pyplot():
-    import matplotlib
+def new_figure(**kwargs: Any):
+    """A matplotlib Figure on its own Agg canvas (``Figure(**kwargs)``), never pyplot's: a caller's
+    backend (a notebook's inline plots) stays as it was, and nothing is left open to close."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def model_colours(labels, given: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -184,7 +188,9 @@ def model_colours(labels, given: dict[str, Any] | None = None) -> dict[str, Any]
         own = MODEL_COLOURS.get(name.split(" (")[0])
         if own is not None and own not in out.values():
             out[name] = own
-    cmap = _pyplot().get_cmap("tab20")
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
     for i, name in enumerate(n for n in names if n not in out):
         out[name] = EXTRA_COLOURS[i] if i < len(EXTRA_COLOURS) else cmap((i - len(EXTRA_COLOURS)) % cmap.N)
     return {**{name: out[name] for name in names}, **(given or {})}
@@ -203,20 +209,19 @@ def check_plot_format(fmt: str) -> str:
 def save_figure(fig, path: Path, dpi: int = 120) -> Path:
     """Save ``fig`` at ``path`` atomically (``fileio.atomic_write``) in the format its suffix names
     (``PLOT_FORMATS``: PNG at ``dpi``; PDF with TrueType fonts, which publishers' checks ask for; SVG
-    with text as text); always close ``fig``. The report's plots and `bench figure` save through it."""
+    with text as text). The report's plots and `bench figure` save through it."""
+    import matplotlib
+
     from bench.fileio import atomic_write
 
     fmt = Path(path).suffix.lstrip(".").lower()
 
     def save(tmp: Path) -> None:
-        with _pyplot().rc_context({"pdf.fonttype": 42, "svg.fonttype": "none"}):  # text stays text
+        with matplotlib.rc_context({"pdf.fonttype": 42, "svg.fonttype": "none"}):  # text stays text
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
 
-    try:
-        with missing_glyphs_said_once(Path(path).name):
-            return atomic_write(Path(path), save, suffix=f".tmp{Path(path).suffix}")
-    finally:
-        _pyplot().close(fig)
+    with missing_glyphs_said_once(Path(path).name):
+        return atomic_write(Path(path), save, suffix=f".tmp{Path(path).suffix}")
 
 
 _glyph_watch = [0]  # how deep in missing_glyphs_said_once: the outermost says them
@@ -282,8 +287,8 @@ def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path, left_out
     """``points``: columns label, family, colour (the model's, ``model_colours``), cost, dsc (%), dsc_std (%);
     NaN-free cost and dsc; the family as the marker's shape. ``left_out``: the board's rows without such a
     cost, named under the axis (the front is of the points shown). ``looks``: sizes and fonts."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=looks.size(7, 4.8), layout="constrained")
+    fig = new_figure(figsize=looks.size(7, 4.8), layout="constrained")
+    ax = fig.subplots()
     front = np.array(pareto_front(points["cost"], points["dsc"]))
     for _, p in points.iterrows():
         yerr = p["dsc_std"] if _finite(p["dsc_std"]) else None
@@ -411,7 +416,6 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path, fmt: str = "png", 
     out_dir = Path(out_dir)
     if df_cases is None or df_cases.empty or df_cases["dice"].notna().sum() == 0:
         return []
-    plt = _pyplot()
     df = label_cases(df_cases)
     colour_of = model_colours(df["model_label"], colours)
     written: list[Path] = []
@@ -423,8 +427,9 @@ def per_class_boxplots(df_cases: pd.DataFrame, out_dir: Path, fmt: str = "png", 
         classes = list(dict.fromkeys(per_case.sort_values("class", kind="stable")["name"]))
         models = list(per_case.groupby("model_label")["dice"].median().sort_values(ascending=False).index)
         width = 0.8 / len(models)
-        fig, ax = plt.subplots(figsize=looks.size(max(6.0, 0.5 + len(classes) * (0.35 + 0.25 * len(models))), 4.8),
-                               layout="constrained")
+        fig = new_figure(figsize=looks.size(max(6.0, 0.5 + len(classes) * (0.35 + 0.25 * len(models))), 4.8),
+                         layout="constrained")
+        ax = fig.subplots()
         for m, model in enumerate(models):
             colour = colour_of[model]
             data, pos = [], []
@@ -523,7 +528,6 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
         return _epoch_curve(rec.get("train") or {})
 
     df = label_runs(df).sort_values(["model_label", "seed", "run_id"])
-    plt = _pyplot()
     colour = model_colours(df["model_label"], colours)
     written: list[Path] = []
     for key, runs in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
@@ -538,8 +542,8 @@ def training_curves(results_dir: Path, out_dir: Path, df_runs: pd.DataFrame | No
         if not curves:
             continue
         with_lr = any("train/lr" in scalars for _, scalars, _ in curves)
-        fig, axes = plt.subplots(1, 2 if with_lr else 1, figsize=looks.size(11 if with_lr else 8, 4.2),
-                                 layout="constrained", squeeze=False)
+        fig = new_figure(figsize=looks.size(11 if with_lr else 8, 4.2), layout="constrained")
+        axes = fig.subplots(1, 2 if with_lr else 1, squeeze=False)
         ax_loss, ax_lr = axes[0][0], axes[0][-1] if with_lr else None
         n_runs = collections.Counter(run["model_label"] for run, _, _ in curves)  # in the order of first appearance
         logged: dict[str, list[dict]] = {}  # per model, each run's logged loss by step

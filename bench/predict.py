@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench import fileio, records
+from bench import env, fileio, records
 from bench.claim import claim_folder
 from bench.errors import BenchError
 from bench.data.base import Case
@@ -68,7 +68,7 @@ def plan_predict(results_dir: Path, models: list[str] | None = None, run_ids: li
     return [records.read_record(results_dir, rid) for rid in sorted(runs["run_id"])]
 
 
-def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: torch.device,
+def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: torch.device | str,
                 protocol_file: Path | None = None, workers: int | None = None, native_size: bool = False,
                 data_roots: DataRoots | None = None) -> tuple[Path, int]:
     """Write the run's test-case predictions under ``out_dir/<run_id>``; return that folder and how
@@ -77,6 +77,7 @@ def predict_run(rec: dict[str, Any], results_dir: Path, out_dir: Path, device: t
     ones); the files do not depend on it. ``native_size``: ISIC/polyp masks at each image's size
     (``predict_case``'s ``native``) instead of the model resolution they were scored at. ``data_roots``:
     where the data may be now (``bench.rescore.run_data_root``)."""
+    device = env.resolve_device(device)  # "cpu", "cuda:1" as the Python API's other calls take them
     model, dataset, protocol = run_model(rec, results_dir, protocol_file, "predicted", data_roots=data_roots)
     if native_size and not dataset.binary:
         warnings.warn(f"{rec['run_id']}: --native-size changes nothing here: {rec['dataset']} predictions are on "

@@ -31,7 +31,8 @@ from bench.evaluate import evaluate, scored_ids
 from bench.metrics import POLICIES, get_policy, policy_fields, policy_misfit
 from bench.protocol import Protocol, load_protocol, protocol_from_record
 from bench.registry import code_changed, create_model, strict_load
-from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, deterministic_kernels, load_checkpoint
+from bench.rng import deterministic_kernels
+from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, load_checkpoint
 
 __all__ = ["rescore_id", "weights_path", "record_protocol", "run_model", "rescore_record", "plan_rescore",
            "rescored_twin", "DataRoots"]
@@ -335,10 +336,11 @@ def earlier_data_ids(dataset: SegDataset, policy: str | None = None) -> list[str
     return ids
 
 
-def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: torch.device,
+def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: torch.device | str,
                    protocol_file: Path | None = None, data_roots: DataRoots | None = None) -> dict[str, Any]:
     """Evaluate the run of ``rec`` under ``policy`` and write (and return) its new record;
     ``data_roots``: as ``run_data_root``."""
+    device = env.resolve_device(device)  # "cpu", "cuda:1" as the Python API's other calls take them
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     # into a policy scoring in mm, a spacing table added since the run is a change of its data (as bench run

@@ -40,8 +40,8 @@ from bench.protocol import Protocol, check_seed
 from bench.registry import (ChannelsError, changed_keys, check_buildable, check_set_kinds, create_model, get_entry,
                             identity_overrides)
 from bench.registry import list_models, load_weights, model_code, model_overrides as model_overrides_of
-from bench.train import (CHECKPOINT_DIR, FINAL, LAST, TrainResult, caller_rng_kept, checkpoints_when, save_checkpoint,
-                         seed_everything, train_model)
+from bench.rng import caller_rng_kept, seed_everything
+from bench.train import CHECKPOINT_DIR, FINAL, LAST, TrainResult, checkpoints_when, save_checkpoint, train_model
 
 
 @dataclass(frozen=True)
@@ -691,6 +691,7 @@ def check_workers(workers: int | None) -> None:
                          f"process); got {workers!r}")
 
 
+@caller_rng_kept()  # it builds every model to check it: the caller's RNG stays where it was
 def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str, seeds: int | list[int] | None,
               data_root: Path | str | None, synthetic: bool, results_dir: Path | str, policy: str | None = None,
               model_overrides: dict[str, Any] | None = None, folds: list[int] | str | None = None,

@@ -13,17 +13,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import random
 import shutil
 import signal
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -34,6 +31,7 @@ from bench.errors import BenchError, few
 from bench.losses import segmentation_loss
 from bench.protocol import Protocol
 from bench.registry import first_forward_error, torch_load
+from bench.rng import seed_everything
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -101,41 +99,6 @@ def _resumed_commits(last: Path, state: dict[str, Any], code: str, digest: str) 
                   "(the record's train.commits lists each); run it without --resume to train it under one",
                   stacklevel=3)
     return [*commits, code]
-
-
-def seed_everything(seed: int) -> None:
-    """Seed every RNG and fix cuDNN's kernel choice, as the authors' set-ups do (no-op on CPU)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    deterministic_kernels()
-
-
-@contextmanager
-def caller_rng_kept(cuda: bool = False) -> Iterator[None]:
-    """The caller's RNG states and cuDNN flags back after the block (a notebook calling ``run_grid``,
-    which seeds every RNG and fixes cuDNN's kernels per run, goes on with its own). ``cuda``: the
-    block uses the GPU (torch.manual_seed seeds it too), so its state is kept even where the block is
-    what starts CUDA."""
-    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if cuda or torch.cuda.is_initialized() else None
-    flags = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.random.set_rng_state(states[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags
-
-
-def deterministic_kernels() -> None:
-    """cuDNN's deterministic kernels, without autotuning (no-op on CPU): benchmark mode times
-    candidate kernels per shape and keeps the fastest, which varies by run."""
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
 
 
 def share_sizes(batch: int, world: int) -> list[int]:

@@ -24,6 +24,16 @@ def test_the_readmes_python_section_runs(tmp_path, monkeypatch, capsys):
     assert not namespace["model"].training  # a copied forward gives one answer, not drop-path's draw
 
 
+def test_a_command_line_runs_in_process_as_the_readme_says(tmp_path):
+    """A notebook journey: bench.cli.main() exits the kernel's cell with SystemExit, even on success;
+    the README points at the app's own in-process call, whose errors are raised."""
+    from bench.cli import app
+
+    assert "standalone_mode=False" in README.read_text()
+    with pytest.raises(BenchError, match=f"results directory not found: {re.escape(str(tmp_path / 'none'))}"):
+        app(["report", "--results", str(tmp_path / "none")], standalone_mode=False)
+
+
 # --- what a notebook passes, from a journey through the Python API -------------------------------
 
 import random  # noqa: E402
@@ -202,9 +212,23 @@ def test_a_configuration_value_of_another_type_is_named_with_what_it_takes():
         create_model("vmunet", num_classes=2, img_size=64, depths="1111")
 
 
+def test_planning_and_profiling_leave_the_callers_random_state_as_it_was(synapse_root, tmp_path):
+    """A notebook journey: profile_model reseeded torch's RNG to 0, plan_grid drew from it (it builds
+    every model to check it)."""
+    from bench.cost import profile_model
+
+    torch.manual_seed(7)
+    want = torch.rand(1).item()
+    for call in (lambda: profile_model("unet", img_size=32, tiny=True, timing=False),
+                 lambda: _plan(synapse_root, tmp_path)):
+        torch.manual_seed(7)
+        call()
+        assert torch.rand(1).item() == want
+
+
 def test_the_gpu_rng_is_kept_too_where_the_grid_is_what_starts_cuda(monkeypatch):
     """Its state was saved only where CUDA had started before run_grid, which in a notebook is run_grid."""
-    from bench.train import caller_rng_kept
+    from bench.rng import caller_rng_kept
 
     calls = []
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)

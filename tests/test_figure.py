@@ -195,8 +195,8 @@ def test_binary_panels_are_at_model_resolution(tmp_path):
     case_id = ds.test_ids()[0]
     (column,) = choose_runs(res)
     assert column.rec["run_id"] == rec["run_id"]
-    panels = figure_panels([column], res, [case_id], CPU)
-    folder, _ = predict_run(rec, res, tmp_path / "pred", CPU)
+    panels = figure_panels([column], res, [case_id], "cpu")  # a device's name, as run_grid takes it
+    folder, _ = predict_run(rec, res, tmp_path / "pred", "cpu")
     written = np.asarray(Image.open(folder / f"{case_id}.png")) // 255
     np.testing.assert_array_equal(panels.predictions[0][0], written)
     case = ds.load_test(case_id)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -263,7 +266,6 @@ def test_point_labels_stay_inside_the_axes(monkeypatch, tmp_path, costs):
     for text in labels:
         extent = text.get_window_extent(renderer)
         assert box.x0 <= extent.x0 and extent.x1 <= box.x1, text.get_text()
-    plots._pyplot().close(fig)
 
 
 def test_training_curves_of_many_runs_are_one_colour_and_one_legend_entry_per_model(tmp_path, monkeypatch):
@@ -443,3 +445,23 @@ def test_other_warnings_while_drawing_are_passed_on(tmp_path):
         with plots.missing_glyphs_said_once("fig.png"):  # a failing save: what was said still comes out
             warnings.warn("said before the error", UserWarning, stacklevel=1)
             raise OSError("disk full")
+
+
+def test_drawing_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+    """A notebook journey: writing a report switched matplotlib to Agg (pyplot's global backend), and
+    the notebook's inline plots showed nothing from then on."""
+    code = """
+import sys, matplotlib
+matplotlib.use("svg")
+import pandas as pd
+from bench import plots
+points = pd.DataFrame({"label": ["unet"], "family": ["cnn"], "colour": ["#0072B2"], "cost": [1.0],
+                       "dsc": [70.0], "dsc_std": [1.0]})
+plots._scatter(points, "params (M)", "title", __import__("pathlib").Path(sys.argv[1]))
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.png")], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["svg", "False"]
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

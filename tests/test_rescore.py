@@ -47,7 +47,7 @@ def test_rescored_metrics_equal_a_run_trained_under_that_policy(trained, tmp_pat
     results = _alone(trained, tmp_path / "copy")  # whichever test of the module ran first, and rescored it
     (rec,) = plan_rescore(results, "strict")
     assert rec["run_id"] == legacy["run_id"]
-    new = rescore_record(rec, "strict", results, CPU)
+    new = rescore_record(rec, "strict", results, "cpu")  # a device's name, as run_grid takes it
     direct = _run(root, tmp_path, "strict")  # trained again, under strict from the start
     assert new["run_id"] == f"{legacy['run_id']}.strict" and new["rescored_from"] == legacy["run_id"]
     assert new["policy"] == "strict" and new["hd95_unit"] == "mm" and new["policy_conventions"]["use_spacing"]

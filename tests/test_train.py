@@ -21,7 +21,8 @@ from bench.errors import BenchError
 from bench.losses import binary_dice_loss, multiclass_dice_loss, nnunet_dice_loss, segmentation_loss
 from bench.protocol import load_protocol
 from bench.registry import create_model, get_entry
-from bench.train import lr_at, seed_everything, train_model
+from bench.rng import seed_everything
+from bench.train import lr_at, train_model
 
 
 @pytest.fixture(scope="module")
