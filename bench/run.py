@@ -377,7 +377,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
 
 
 def run_grid(specs: list[RunSpec], *, results_dir: Path | str, device: torch.device | str, resume: bool = False,
-             show_progress: bool = False, say: Callable[[str], None] = print,
+             show_progress: bool = False, say: Callable[[str], None] = functools.partial(print, flush=True),
              say_error: Callable[[str], None] = functools.partial(print, file=sys.stderr)) -> None:
     """Run a planned grid (``plan_grid``) in order: finished runs, runs rescored into their policy and
     runs another process holds are skipped, each said in one line (``say``); the others are claimed,
@@ -388,7 +388,9 @@ def run_grid(specs: list[RunSpec], *, results_dir: Path | str, device: torch.dev
     it with rank 0's plan; the first failure ends it on every rank, since all must take the same path;
     the process group is shut down after.
     ``device``: a torch.device or "auto", "cpu", "cuda". Each run seeds every RNG; the caller's RNG
-    states and cuDNN flags are back afterwards."""
+    states and cuDNN flags are back afterwards. ``show_progress``: a live bar where stderr is a terminal
+    (a notebook's is not: each run says a progress line every 5 minutes there). ``say`` flushes, as the
+    run's own lines on stderr do, so the two streams keep their order."""
     device = env.resolve_device(device)
     with caller_rng_kept(cuda=device.type == "cuda"):
         _run_specs(specs, Path(results_dir).expanduser(), device, resume, show_progress, say, say_error)
