@@ -604,8 +604,9 @@ def test_a_run_another_process_trains_is_skipped_not_trained_twice(tmp_path):
         assert f"{run_id}: being run by pid {os.getpid()} on {socket.gethostname()} (claim " in held.stdout
         assert "taken over once that process ends" in held.stdout
         # EX_TEMPFAIL, not a user error's 2: a job script can requeue ("try again later")
-        assert held.returncode == 75 and f"1 of 1 run(s) were being run by other processes and were skipped ({run_id})" \
-            in held.stderr
+        # skipped on purpose, nothing failed: "held:", not "error:"
+        assert held.returncode == 75 and "error:" not in held.stderr
+        assert f"held: 1 of 1 run(s) were being run by other processes and were skipped ({run_id})" in held.stderr
         assert not record.exists() and (tmp_path / "runs" / run_id / "checkpoints" / "final.pt").read_bytes() == weights
         assert claim.path.exists()
     assert not (tmp_path / "runs" / run_id / CLAIM).exists()  # released

@@ -410,8 +410,8 @@ LOST = "error: another process of this run is gone (Connection closed by peer)"
      "last checkpoint)\n"),  # the lost peer failed unseen (not this launcher's process)
     ((0, 130), (1, -15), {}, 130, ""),  # interrupted: the caller says so
     # runs held by other processes (EX_TEMPFAIL): "try again later" stays so through the launcher
-    ((0, 75), (1, 75), {0: "error: 1 of 1 run(s) were being run", 1: "error: 1 of 1 run(s) were being run"}, 75,
-     "error: 1 of 1 run(s) were being run\n"),
+    ((0, 75), (1, 75), {0: "held: 1 of 1 run(s) were being run", 1: "held: 1 of 1 run(s) were being run"}, 75,
+     "held: 1 of 1 run(s) were being run\n"),
 ])
 def test_the_process_that_failed_first_decides(monkeypatch, capsys, first, then, kept, code, said):
     """The launcher stops the other processes (SIGTERM) once one fails; they count as failures too:
