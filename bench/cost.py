@@ -515,6 +515,7 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     if timing:
         check_timing(iters, warmup, compile)
     entry = get_entry(name)
+    name = entry.name  # as registered: the row's model ("VMUNet" asked)
     check_set_kinds(name, overrides or {})
     torch.manual_seed(0)
     model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size, tiny=tiny,

@@ -78,6 +78,7 @@ def launched_by_torchrun() -> bool:
 # processes keep quiet (each would print the same line, or be stopped before it printed).
 ERRORS_ENV = "BENCH_PROCESS_ERRORS"
 STORE_ENV = "BENCH_DIST_STORE"  # set by the launcher: the file its processes meet through
+LAUNCH_ARGV_ENV = "BENCH_LAUNCH_ARGV"  # set by the launcher: its command line (JSON), as typed, for the records
 
 
 def launched_by_bench() -> bool:
@@ -359,7 +360,7 @@ def launch(nproc: int, args: list[str], warned: Iterable[str] = ()) -> int:
     errors.mkdir()
     portable_write_text(errors / WARNED_FILE, json.dumps(sorted(warned)))
     env = {**os.environ, ERRORS_ENV: str(errors), LAUNCHER_ENV: str(os.getpid()), STORE_ENV: str(root / "store"),
-           "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc)}
+           LAUNCH_ARGV_ENV: json.dumps(sys.argv), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc)}
     env.setdefault("OMP_NUM_THREADS", "1")  # --threads still applies per process
     if loopback := _loopback_interface():  # gloo's and NCCL's own sockets: this machine only
         env.setdefault("GLOO_SOCKET_IFNAME", loopback)

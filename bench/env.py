@@ -7,6 +7,7 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import platform
 import re
@@ -115,10 +116,15 @@ SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")  # a 
 
 def launch() -> dict[str, Any]:
     """Where this process came from, for a record: its host, the Slurm job (and array task) it runs in
-    (null outside Slurm) and its command line, so that a surprising run can be traced to its job's
-    log. Nothing of a run's numbers depends on it."""
+    (null outside Slurm) and its command line as typed (under ``--nproc``, the launcher's, not that of
+    the process it started), so that a surprising run can be traced to its job's log. Nothing of a
+    run's numbers depends on it."""
+    from bench.distributed import LAUNCH_ARGV_ENV, launched_by_bench
+
     slurm = {k.removeprefix("SLURM_").lower(): os.environ[k] for k in SLURM_VARS if os.environ.get(k)}
-    return {"host": socket.gethostname(), "slurm": slurm or None, "argv": list(sys.argv)}
+    typed = os.environ.get(LAUNCH_ARGV_ENV) if launched_by_bench() else None
+    argv = json.loads(typed) if typed else sys.argv
+    return {"host": socket.gethostname(), "slurm": slurm or None, "argv": list(argv)}
 
 
 def usable_cores() -> int:

@@ -12,6 +12,7 @@ class BenchError(Exception):
     """A user-facing error: one clear message naming the file or argument and what was expected."""
 
     exit_code = 2  # the command line's, for every user error
+    prefix = "error"  # the word its one line begins with
 
 
 class HeldError(BenchError):
@@ -19,6 +20,7 @@ class HeldError(BenchError):
     nothing to fix; EX_TEMPFAIL ("try again later"), which a job script can tell from a user error."""
 
     exit_code = 75
+    prefix = "held"  # "error:" said something failed
 
 
 class DataError(BenchError):

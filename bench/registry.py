@@ -174,9 +174,12 @@ def list_models(family: str | None = None) -> list[str]:
 
 
 def get_entry(name: str) -> ModelEntry:
-    """A model's registry entry (family, paper and tiny configurations, source, weight loaders);
-    BenchError with "did you mean" for an unknown name."""
+    """A model's registry entry (family, paper and tiny configurations, source, weight loaders), by its
+    name in any case or Unicode form (``"UNET"``, as ``--models`` takes it; ``entry.name`` spells it as
+    registered); BenchError with "did you mean" for an unknown name."""
     _load_builtins()
+    if isinstance(name, str):  # two registered names alike but for case: only the exact one is either
+        name = matched_names([name], _REGISTRY)[0]
     if name not in _REGISTRY:
         exc = unknown_name("model", name, list_models())
         if PLUGIN_ERRORS:
@@ -261,10 +264,7 @@ def resolve_models(spec: str | Iterable[str]) -> list[str]:
         return list_models()
     if not names:
         raise nothing_named("--models", spec, "unet,vmunet")
-    names = list(dict.fromkeys(matched_names(names, list_models())))  # `--models UNET`, as reports take it
-    for n in names:
-        get_entry(n)
-    return names
+    return list(dict.fromkeys(get_entry(n).name for n in names))  # `--models UNET,unet`: one model, once
 
 
 def model_filter(spec: str | Iterable[str]) -> list[str] | None:
@@ -343,6 +343,7 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
     >>> small = create_model("vmunet", num_classes=9, img_size=64, tiny=True)
     """
     entry = get_entry(name)
+    name = entry.name  # as registered, in its messages too ("VMUNet" asked)
     overrides = model_overrides(name, {k: v for k, v in overrides.items() if v is not None}, tiny=tiny)
     sizes = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}
     for arg, value in sizes.items():

@@ -489,8 +489,9 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                          f"began training; {again}" + (
                              f"; {len(held)} more were being run by other processes" if held else ""))
     if held:  # not done here: a job requeued on another node before a killed one's claim went stale ends unfinished
-        raise HeldError(f"{len(held)} of {len(specs)} run(s) were being run by other processes and were skipped "
-                        f"({few(held)}); the same command later finds them finished, or takes over those "
+        # the ids after a colon: few's "(and 3 more)" inside parentheses of the line's own was two deep
+        raise HeldError(f"{len(held)} of {len(specs)} run(s) were being run by other processes and were skipped: "
+                        f"{few(held)}; the same command later finds them finished, or takes over those "
                         "whose process died (with --resume, from their last checkpoint)")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -536,6 +537,8 @@ def test_dry_run_lists_each_runs_state_and_shard_and_writes_nothing(tmp_path):
     """A Slurm array's user could not see which runs of the grid were done, partial, running or missing
     before submitting more: --dry-run lists them (each shard's), from the same plan, and writes nothing,
     not even the synthetic data, which the runs' ids do not depend on the place of."""
+    import socket
+
     from bench.claim import claim_run
 
     base = ["run", "--models", "unet", "--seeds", "0,1,2,3", "--dataset", "synapse", "--synthetic", "--protocol",
@@ -558,8 +561,11 @@ def test_dry_run_lists_each_runs_state_and_shard_and_writes_nothing(tmp_path):
         listed = _bench(*base, "--shard", "2/2", "--dry-run").stdout
         assert sorted(tmp_path.rglob("*")) == files
     assert all(f"shard 1/2  done     {run}" in listed for run in first)
-    assert f"shard 2/2  partial  {partial}  (a checkpoint, no record: --resume continues it)" in listed
-    assert f"shard 2/2  running  {running}  (by pid {os.getpid()} on " in listed
+    assert f"shard 2/2  partial  {partial}  a checkpoint, no record: --resume continues it\n" in listed
+    assert f"shard 2/2  running  {running}  by pid {os.getpid()} on {socket.gethostname()} (claim " in listed
+    # the claim's own parentheses were inside the line's: "(by pid … on … (claim …))"
+    (line,) = [line for line in listed.splitlines() if running in line]
+    assert _parentheses_depth(line) == 1
     assert listed.rstrip().endswith("done 2, partial 1, running 1; shards with runs not done: 2")
 
 
@@ -604,8 +610,9 @@ def test_a_run_another_process_trains_is_skipped_not_trained_twice(tmp_path):
         assert f"{run_id}: being run by pid {os.getpid()} on {socket.gethostname()} (claim " in held.stdout
         assert "taken over once that process ends" in held.stdout
         # EX_TEMPFAIL, not a user error's 2: a job script can requeue ("try again later")
-        assert held.returncode == 75 and f"1 of 1 run(s) were being run by other processes and were skipped ({run_id})" \
-            in held.stderr
+        # skipped on purpose, nothing failed: "held:", not "error:"
+        assert held.returncode == 75 and "error:" not in held.stderr
+        assert f"held: 1 of 1 run(s) were being run by other processes and were skipped: {run_id}; " in held.stderr
         assert not record.exists() and (tmp_path / "runs" / run_id / "checkpoints" / "final.pt").read_bytes() == weights
         assert claim.path.exists()
     assert not (tmp_path / "runs" / run_id / CLAIM).exists()  # released
@@ -615,6 +622,27 @@ def test_a_run_another_process_trains_is_skipped_not_trained_twice(tmp_path):
     taken = _bench(*base)  # a killed process's claim: taken over, trained, released
     assert "being run by" not in taken.stdout and record.exists()
     assert not (tmp_path / "runs" / run_id / CLAIM).exists()
+
+
+def _parentheses_depth(line: str) -> int:
+    return max(itertools.accumulate((c == "(") - (c == ")") for c in line), default=0)
+
+
+def test_many_held_runs_are_said_without_parentheses_in_parentheses(tmp_path, monkeypatch):
+    """Six runs held by other processes were named "skipped (a, b, c, d, e (and 1 more))"."""
+    import bench.claim
+    from bench.errors import HeldError
+    from bench.run import plan_grid, run_grid
+
+    specs = plan_grid(models="unet", dataset="synapse", protocol="smoke", seeds=list(range(6)), data_root=None,
+                      synthetic=True, results_dir=tmp_path, tiny=True)
+    monkeypatch.setattr(bench.claim, "claim_run", lambda results_dir, run_id: f"pid 1 on node7 (claim {run_id})")
+    said = []
+    with pytest.raises(HeldError, match=r"6 of 6 run\(s\) were being run by other processes and were skipped: "
+                                        rf"{specs[0].key}, .* \(and 1 more\); the same command later") as held:
+        run_grid(specs, results_dir=tmp_path, device="cpu", say=said.append)
+    assert said[0] == f"  {specs[0].key}: being run by pid 1 on node7 (claim {specs[0].key}), skipped"
+    assert [_parentheses_depth(line) for line in [str(held.value), *said]] == [1] * 8
 
 
 def test_a_failed_run_closes_its_training_log(tmp_path, monkeypatch):

@@ -170,6 +170,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert two.returncode == 0, two.stdout + two.stderr
     assert two.stdout.count("DSC") == 1  # rank 0 alone reports
     a, b = _only_record(tmp_path / "one"), _only_record(tmp_path / "two")
+    # the command line as typed, --nproc in it, not that of the process the launcher started
+    assert b["launch"]["argv"][1:] == [*common, "--data-root", str(synth), "--results", str(tmp_path / "two"),
+                                       "--nproc", "2"]
     assert a["train"]["world_size"] == 1 and b["train"]["world_size"] == 2
     assert a["set_keys"] == b["set_keys"] == ["drop_path_rate"]  # what --set changed, for the boards' labels
     assert a["train"]["iterations"] == b["train"]["iterations"] == 5
@@ -317,6 +320,19 @@ def _fake_processes(monkeypatch, ends=None, stopped=None, kept=None):
     return started
 
 
+def test_a_record_under_nproc_keeps_the_command_line_typed(monkeypatch, tmp_path):
+    """Records of `bench run --nproc 2` kept the command line of the process the launcher started, which
+    has no --nproc: not how the run was launched."""
+    from bench import distributed, env
+
+    typed = ["/usr/bin/bench", "run", "--models", "unet", "--nproc", "2"]
+    monkeypatch.setenv(distributed.LAUNCH_ARGV_ENV, json.dumps(typed))
+    assert env.launch()["argv"] == sys.argv  # outside a launch, a variable inherited is not believed
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv(distributed.ERRORS_ENV, str(tmp_path))
+    assert env.launch()["argv"] == typed
+
+
 def test_launch_starts_each_process_with_its_rank_and_the_launchs_private_folder(monkeypatch):
     """torchrun's agent (in this process) and its processes met through a server on every network
     interface, which unpickles what it is sent: anyone reaching the machine ran code as the user. The
@@ -334,6 +350,7 @@ def test_launch_starts_each_process_with_its_rank_and_the_launchs_private_folder
     assert [argv for argv, _ in started] == [[sys.executable, "-P", "-m", "bench", "run", "--x", "1"]] * 4
     assert [(env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"], env["OMP_NUM_THREADS"]) for _, env in started] == [
         ("0", "0", "2", "1"), ("1", "1", "2", "1"), ("0", "0", "2", "3"), ("1", "1", "2", "3")]
+    assert {env[distributed.LAUNCH_ARGV_ENV] for _, env in started} == {json.dumps(sys.argv)}  # for the records
     stores = [Path(env[distributed.STORE_ENV]) for _, env in started]
     assert stores[0] == stores[1] != stores[2] and stores[0].parent.name.startswith("bench-nproc-")
     assert not any(s.parent.exists() for s in stores)  # the launch's whole temp folder goes
@@ -393,8 +410,8 @@ LOST = "error: another process of this run is gone (Connection closed by peer)"
      "last checkpoint)\n"),  # the lost peer failed unseen (not this launcher's process)
     ((0, 130), (1, -15), {}, 130, ""),  # interrupted: the caller says so
     # runs held by other processes (EX_TEMPFAIL): "try again later" stays so through the launcher
-    ((0, 75), (1, 75), {0: "error: 1 of 1 run(s) were being run", 1: "error: 1 of 1 run(s) were being run"}, 75,
-     "error: 1 of 1 run(s) were being run\n"),
+    ((0, 75), (1, 75), {0: "held: 1 of 1 run(s) were being run", 1: "held: 1 of 1 run(s) were being run"}, 75,
+     "held: 1 of 1 run(s) were being run\n"),
 ])
 def test_the_process_that_failed_first_decides(monkeypatch, capsys, first, then, kept, code, said):
     """The launcher stops the other processes (SIGTERM) once one fails; they count as failures too:

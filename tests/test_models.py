@@ -185,6 +185,41 @@ def test_unknown_model_suggests_name():
         create_model("mynet", num_classes=2)
 
 
+def test_python_callers_name_a_model_in_any_case_as_the_cli_does():
+    from bench.cost import profile_model
+    from bench.registry import is_builtin
+    from bench.report.labels import _entry
+
+    # create_model("VMUNet") said "unknown model" where `--models VMUNet` ran it
+    assert get_entry("UNET").name == "unet" and is_builtin("UNet")
+    model = create_model("VMUNet", num_classes=2, img_size=64, tiny=True)
+    assert model.bench_entry.name == "vmunet"
+    with pytest.raises(BenchError, match="^unet: num_classes must be a positive whole number"):  # as registered
+        create_model("UNET", num_classes=0)
+    assert profile_model("UNet", img_size=32, tiny=True, timing=False)["model"] == "unet"  # the row's name
+    # a record names its model as registered: another spelling is no model of its
+    assert _entry("unet") is not None and _entry("UNET") is None
+
+    def build(*, num_classes, in_chans=3, img_size=224):
+        return OneConv(num_classes, in_chans)
+
+    # a decomposed "é" is the composed one; two names alike but for case: each only as registered
+    for name in ("_t\u00e9st_plugin", "_Twin_plugin", "_twin_plugin"):
+        register_model(family="cnn", paper_config={}, name=name)(build)
+    try:
+        assert get_entry("_TE\u0301ST_PLUGIN").name == "_t\u00e9st_plugin"
+        assert get_entry("_Twin_plugin").name == "_Twin_plugin" and get_entry("_twin_plugin").name == "_twin_plugin"
+        with pytest.raises(BenchError, match="unknown model '_TWIN_PLUGIN'"):
+            create_model("_TWIN_PLUGIN", num_classes=2)
+        with pytest.raises(BenchError, match="unknown model '_TWIN_PLUGIN'"):
+            resolve_models("unet,_TWIN_PLUGIN")
+    finally:
+        from bench import registry
+
+        for name in ("_t\u00e9st_plugin", "_Twin_plugin", "_twin_plugin"):
+            registry._REGISTRY.pop(name)
+
+
 def test_python_callers_get_the_tiny_configuration_and_argument_checks():
     # create_model(tiny=True) builds what --tiny builds, a given key over it
     model = create_model("vmunet", num_classes=2, img_size=64, tiny=True, drop_path_rate=0.0)

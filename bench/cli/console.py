@@ -35,8 +35,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main() -> None:
-    """Console entry point: user errors print one line and exit 2 (75: runs other processes hold were
-    skipped), warnings one line each (tracebacks and Python's own warning format with BENCH_DEBUG=1)."""
+    """Console entry point: user errors print one line and exit 2 (runs other processes hold were
+    skipped: a "held:" line, exit 75), warnings one line each (tracebacks and Python's own warning
+    format with BENCH_DEBUG=1)."""
     # a terminal or file of another encoding (latin-1, cp1252): a board's ↑ and ± shown as ?, not a crash
     # (stderr escapes them already; --out writes UTF-8 files)
     if callable(getattr(sys.stdout, "reconfigure", None)):
@@ -73,7 +74,7 @@ def _main() -> None:
     except BenchError as exc:
         if debugging():  # the traceback, then the same line and exit code as without it
             traceback.print_exc()
-        line = f"error: {one_line(exc)}"
+        line = f"{exc.prefix}: {one_line(exc)}"  # "held:" for runs skipped (exit 75)
         if not _note_error(line):  # kept for `bench run --nproc`'s launcher, else said here
             _echo_err(line)
         sys.exit(exc.exit_code)

@@ -220,7 +220,8 @@ def _list_plan(specs: list, results: Path, shard: str | None, grid: str) -> None
     for s in sorted(specs, key=lambda s: (number.get(s.key, 0), s.key)):
         state, why = states[s.key]
         where = f"shard {number[s.key]}/{n}  " if n else ""
-        typer.echo(f"  {where}{state:<8} {s.key}" + (f"  ({why})" if why else ""))
+        # why as a column, not in parentheses: a claim's holder and a rescored twin hold their own
+        typer.echo(f"  {where}{state:<8} {s.key}" + (f"  {why}" if why else ""))
     counts = [f"{kind} {k}" for kind in ("done", "partial", "running", "missing")
               if (k := sum(st == kind for st, _ in states.values()))]
     left = sorted({number[key] for key, (st, _) in states.items() if st != "done"}) if n else []
@@ -310,7 +311,7 @@ def rescore(
     _each_run(todo, score, "rescored", "scoring")
     if left := [k for k, run_id in held.items() if not record_path(results, k).is_file() and still_to_score(run_id)]:
         raise HeldError(f"{len(left)} of {len(todo)} run(s) were being scored or trained under {policy} by other "
-                        f"processes and were skipped ({few(left)}); the same command later finds them done")
+                        f"processes and were skipped: {few(left)}; the same command later finds them done")
 
 
 def predict(

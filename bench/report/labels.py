@@ -119,13 +119,15 @@ def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | N
 
 
 def _entry(model: str) -> Any:
-    """The registry's entry of ``model``; None for a record of a model no longer registered."""
+    """The registry's entry of ``model``; None for a record of a model no longer registered (a record
+    names its model as registered: another model alike but for case is not its)."""
     from bench.registry import get_entry
 
     try:
-        return get_entry(model)
+        entry = get_entry(model)
     except BenchError:
         return None
+    return entry if entry.name == model else None
 
 
 def _tiny_config(model: str) -> dict:

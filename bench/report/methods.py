@@ -21,7 +21,7 @@ from bench.errors import BenchError
 from bench.records import finished, load, no_runs, read_record, select_runs, short_commit, split_fold
 from bench.report.board_text import _fmt_duration, board_title
 from bench.report.boards import _binary_task, _code_versions
-from bench.report.labels import _overrides_text, _tiny_changes, _tiny_config, label_runs
+from bench.report.labels import _overrides_text, _paper_config, _tiny_changes, _tiny_config, label_runs
 
 # keys the data and the protocol set, not the model's own configuration
 _SET_BY_RUN = ("num_classes", "in_chans", "img_size")
@@ -153,12 +153,7 @@ def _model(label: str, runs: list[dict]) -> str:
 
 def _config_changes(rec: dict) -> list[tuple[str, str]]:
     """The configuration keys that differ from the model's registered paper configuration: (key, "key=value")."""
-    from bench.registry import get_entry
-
-    try:
-        paper = dict(get_entry(rec["model"]).paper_config)
-    except BenchError:  # a plugin not installed here: its whole configuration is what is known
-        paper = {}
+    paper = _paper_config(rec["model"])  # {} for a plugin not installed here: its whole configuration is what is known
     return [(k, f"{k}={_shown(v)}") for k, v in rec["model_config"].items()
             if k not in _SET_BY_RUN and json.dumps(_listed(paper.get(k))) != json.dumps(_listed(v))]
 
