@@ -894,3 +894,20 @@ def test_data_synths_choices_are_every_format_and_dataset():
 
     readers = {kind: [name for name, cls in DATASETS.items() if cls.kind == kind and name != kind] for kind in KINDS}
     assert [k.value for k in SynthKind] == [name for kind in KINDS for name in (kind, *readers[kind])]
+
+
+def test_threads_are_the_commands_own_in_process(tmp_path):
+    """A notebook journey: a command line run in-process with --threads 1 left the kernel's torch on
+    one thread from then on."""
+    import torch
+
+    from bench.cli import app
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        app(["profile", "--models", "unet", "--tiny", "--img-size", "32", "--no-timing", "--threads", "1",
+             "--results", str(tmp_path)], standalone_mode=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

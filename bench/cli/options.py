@@ -61,7 +61,16 @@ def _compute_setup(threads: int | None) -> None:
         raise BenchError(f"--threads must be a whole number from 1 to {most} (torch's CPU threads); got {threads}")
     import torch
 
+    try:  # typer >= 0.20 carries its own copy of click
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    # for this command only: one run in-process (a notebook, tests) leaves the caller's count as it was
+    if (ctx := get_current_context(silent=True)) is not None:
+        ctx.call_on_close(lambda: torch.set_num_threads(before))
 
 
 def _parse_spacing(text: str | None) -> str | list[float] | None:
