@@ -61,6 +61,15 @@ def test_a_run_predicted_then_scored_gives_its_record(tmp_path, policy):
     assert scores.hd95_unit == ("mm" if policy == "strict" else "voxels") and not scores.notes
 
 
+def test_2d_nnunet_pngs_predicted_then_scored_give_the_record(tmp_path):
+    root = synthesize("nnunet", tmp_path / "data", dims=2, n_cases=5, size=32)
+    rec = _train("nnunet", root, tmp_path / "res")
+    folder, _ = predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
+    scores = score_predictions(folder, open_dataset("nnunet", root), record_protocol(rec))
+    _assert_scores_are_the_record(scores, rec)
+    assert scores.hd95_unit == "pixels"
+
+
 def test_binary_masks_predicted_then_scored_give_the_record_and_native_ones_are_resized(tmp_path):
     root = synthesize("isic", tmp_path / "data", n_train=4, n_val=3, min_size=40, max_size=48)
     rec = _train("isic17", root, tmp_path / "res")
@@ -186,6 +195,22 @@ def test_binary_masks_must_be_0_255(tmp_path):
         score_predictions(folder, ds, proto)
 
 
+def test_polyp_masks_are_read_from_a_folder_per_test_set(tmp_path):
+    root = synthesize("polyp", tmp_path / "data", n_train=2, n_test=2, min_size=40, max_size=48)
+    ds = open_dataset("polyp", root)
+    folder = tmp_path / "preds"
+    proto = load_protocol("smoke")
+    for case_id in ds.test_ids():
+        case = ds.load_test(case_id)
+        path = folder / ds.prediction_name(case_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.write_prediction(case, np.zeros(case.label.shape, np.uint8), path)  # nothing found: DSC 0
+    assert {p.parent.name for p in folder.rglob("*.png")} == {"CVC-ClinicDB", "Kvasir"}
+    scores = score_predictions(folder, ds, proto)
+    assert scores.scored["n_cases"] == len(ds.test_ids()) and scores.metrics["dice"] == 0.0
+    assert scores.metrics["spe"] == 1.0 and scores.per_case["tp"].sum() == 0
+
+
 def test_the_command_prints_a_table_writes_csv_and_json_and_fails_in_one_line(tmp_path, monkeypatch, capsys):
     ds, folder = _gt_folder(tmp_path)
     base = ["score", "--predictions", folder, "--dataset", "synapse", "--data-root", ds.root, "--protocol", "smoke"]
@@ -213,3 +238,14 @@ def test_the_command_prints_a_table_writes_csv_and_json_and_fails_in_one_line(tm
     assert "extra.nii.gz: no test case scored here" in proc.stderr
     proc = run_bench_here(monkeypatch, capsys, *base[:5], "--protocol", "smoke", check=False)
     assert proc.returncode == 2 and "give --data-root DIR" in proc.stderr
+    # --synthetic: the data bench run --synthetic wrote into --results, never written here
+    (folder / "extra.nii.gz").unlink()
+    synthetic = [*base[:5], "--synthetic", "--results", tmp_path / "res", "--protocol", "smoke"]
+    proc = run_bench_here(monkeypatch, capsys, *synthetic, check=False)
+    assert proc.returncode == 2 and "--synthetic: no synthetic synapse data at " in proc.stderr
+    assert not (tmp_path / "res").exists()
+    from bench.data import synthetic_folder
+
+    synthesize("synapse", synthetic_folder("synapse", tmp_path / "res" / "synthetic"), n_train=2, n_test=2, depth=6,
+               size=32)  # the same data as _gt_folder's
+    assert "2 cases of synapse" in run_bench_here(monkeypatch, capsys, *synthetic).stdout
