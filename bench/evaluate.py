@@ -35,7 +35,8 @@ from bench.data.base import Case, SegDataset
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import VolumePrep, as_volume, cancelling, volume_prep
 from bench.protocol import Protocol
-from bench.transforms import prepare_binary_pair, prepare_slice, resize_bilinear, zoom_labels_back
+from bench.transforms import (prepare_binary_pair, prepare_slice, resize_bilinear, resize_mask_bilinear,
+                              zoom_labels_back)
 
 
 @dataclass
@@ -58,6 +59,12 @@ def hd95_unit(policy: str, spacings: list[tuple[float, ...] | None], volumes: bo
         return grid
     known = {s is not None for s in spacings}
     return "mixed" if len(known) > 1 else ("mm" if known == {True} else grid)
+
+
+def scoring_policy(policy: str | None, protocol: Protocol, dataset: SegDataset) -> str:
+    """The policy test cases are scored under: ``policy`` where given, else the protocol's
+    ``metric_policy``, else the dataset's default (``bench run`` and ``bench score`` alike)."""
+    return policy or protocol.metric_policy or dataset.default_policy
 
 
 def resolve_nsd_tolerance(protocol: Protocol, dataset: SegDataset, policy: str) -> float | dict[str, float] | None:
@@ -182,7 +189,7 @@ def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bo
         if prep is None:
             raise TypeError("predict_case: a patch protocol needs prep (bench.data.preprocess.volume_prep)")
         x, box = _patch_input(case, prep)
-        return _patch_output(_window_logits(model, x, protocol, device), box, case, prep)
+        return _patch_output(_window_logits(model, x, protocol, device), box, case, prep, protocol)
     images = list(case.image) if case.is_volume else [case.image]
     if binary:  # VM-UNet: image and mask resized bilinearly, scored at model resolution
         labels = list(case.label) if case.is_volume else [case.label]
@@ -191,16 +198,12 @@ def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bo
             prob = _predict(model, [x for x, _ in pairs], protocol, device, True, batch_size, probabilities=True)
             pred = np.stack([resize_bilinear(p, lab.shape) >= protocol.eval.threshold
                              for p, lab in zip(prob, labels)]).astype(np.uint8)
-            gt = np.stack([np.asarray(lab) >= 0.5 for lab in labels]).astype(np.uint8)
         else:
             pred = _predict(model, [x for x, _ in pairs], protocol, device, True, batch_size)
-            gt = np.stack([m >= 0.5 for _, m in pairs]).astype(np.uint8)
     else:  # TransUNet: slice zoom in, argmax, nearest zoom back, scored at native resolution
         small = _predict(model, [prepare_slice(img, protocol, stats) for img in images], protocol, device, False, batch_size)
-        native = case.label.shape[-2:]
-        pred = np.stack([zoom_labels_back(p, native, protocol.eval.label_order) for p in small])
-        gt = case.label.astype(np.int64)
-    return (pred, gt) if case.is_volume else (pred[0], gt if gt.ndim == 2 else gt[0])
+        pred = np.stack([zoom_labels_back(p, case.label.shape[-2:], protocol.eval.label_order) for p in small])
+    return (pred if case.is_volume else pred[0]), ground_truth(case, protocol, binary, native=native)
 
 
 def _patch_input(case: Case, prep: VolumePrep) -> tuple[np.ndarray, tuple[slice, ...]]:
@@ -216,12 +219,12 @@ def _window_logits(model: nn.Module, x: np.ndarray, protocol: Protocol, device: 
     return logits.cpu().numpy()
 
 
-def _patch_output(logits: np.ndarray, box: tuple[slice, ...], case: Case,
-                  prep: VolumePrep) -> tuple[np.ndarray, np.ndarray]:
+def _patch_output(logits: np.ndarray, box: tuple[slice, ...], case: Case, prep: VolumePrep,
+                  protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
     """(prediction, ground truth) of a patch protocol's ``case`` from its logits on the resampled grid."""
     _, label = as_volume(case.image, case.label)
     pred = prep.labels_back(logits, box, label.shape, case.spacing, f"test case {case.case_id!r}")
-    return pred.reshape(case.label.shape), case.label.astype(np.int64, copy=False)
+    return pred.reshape(case.label.shape), ground_truth(case, protocol, binary=False)
 
 
 EVAL_WORKERS = 3  # nnU-Net's default preprocessing and export processes beside the GPU's prediction
@@ -233,42 +236,79 @@ def scored_ids(dataset: SegDataset, protocol: Protocol) -> list[str]:
     return ids[: protocol.eval.max_cases] if protocol.eval.max_cases > 0 else ids
 
 
+def ground_truth(case: Case, protocol: Protocol, binary: bool, *, native: bool = False) -> np.ndarray:
+    """The label map ``case``'s prediction is scored against: its labels as int64 ids, or a binary
+    mask as 0/1 on the grid it is scored on (``scored_mask``; ``native``: at its own size)."""
+    if not binary:
+        return case.label.astype(np.int64, copy=False)
+    labels = list(case.label) if case.is_volume else [case.label]
+    gt = np.stack([np.asarray(lab) >= 0.5 if native else scored_mask(lab, protocol) for lab in labels]).astype(np.uint8)
+    return gt if case.is_volume else gt[0]
+
+
+def scored_mask(mask: np.ndarray, protocol: Protocol) -> np.ndarray:
+    """A binary mask (H, W) in [0, 1] on the grid it is scored on: resized bilinearly to ``img_size``
+    (VM-UNet's test transform), foreground where >= 0.5 (VM-UNet's ``gts >= 0.5``)."""
+    return resize_mask_bilinear(mask, protocol.img_size) >= 0.5
+
+
+@dataclass
+class ScoredCase:
+    rows: list[dict[str, Any]]  # score_case's rows, each tagged with ``case``
+    spacing: tuple[float, ...] | None  # the spacing its HD95 was computed with (None: voxels or pixels)
+    is_volume: bool
+
+
+@dataclass
+class Scoring:
+    """How test cases are scored under ``policy``: one per evaluation (``bench run``, ``bench rescore``)
+    and per ``bench score`` of predictions made elsewhere, so both compute the same numbers.
+    ``case`` scores one (case, prediction, ground truth); ``result`` aggregates the scored cases."""
+
+    dataset: SegDataset
+    policy: str
+    nsd_tolerance: float | dict[str, float] | None
+
+    @classmethod
+    def of(cls, dataset: SegDataset, protocol: Protocol, policy: str) -> "Scoring":
+        return cls(dataset, policy, resolve_nsd_tolerance(protocol, dataset, policy))
+
+    def case(self, case: Case, pred: np.ndarray, gt: np.ndarray) -> ScoredCase:
+        """The rows of a predicted case (its arrays are not kept)."""
+        # binary tasks are scored at model resolution, where the native spacing no longer holds
+        spacing = None if self.dataset.binary else case.spacing
+        rows = metrics.score_case(pred, gt, self.dataset.num_classes, self.policy, spacing=spacing,
+                                  class_names=self.dataset.class_names, nsd_tolerance=self.nsd_tolerance)
+        return ScoredCase([{"case": case.case_id, **row} for row in rows], spacing, case.is_volume)
+
+    def result(self, scored: list[ScoredCase]) -> EvalResult:
+        rows = [row for case in scored for row in case.rows]
+        scores = metrics.aggregate(rows, self.policy)
+        if isinstance(self.nsd_tolerance, dict):  # records.load shows it as the text "liver 5, spleen 3"
+            scores["nsd_tolerances"] = self.nsd_tolerance
+        elif self.nsd_tolerance is not None:
+            scores["nsd_tolerance"] = self.nsd_tolerance  # a run column, so boards can say it
+        return EvalResult(
+            per_case=rows,
+            per_class=metrics.aggregate_per_class(rows, self.policy),
+            metrics=scores,
+            hd95_unit=hd95_unit(self.policy, [c.spacing for c in scored], any(c.is_volume for c in scored)),
+        )
+
+
 def evaluate(model: nn.Module, dataset: SegDataset, protocol: Protocol, policy: str, *, device: torch.device,
              progress: Callable[[int, int], None] | None = None, workers: int | None = None) -> EvalResult:
     """Score every test case of ``dataset`` under ``policy``; rows keep raw counts for re-aggregation.
 
     ``workers``: as ``predict_cases``; the rows do not depend on it."""
-    binary = dataset.binary
     model.to(device=device, dtype=protocol.torch_dtype)
     ids = scored_ids(dataset, protocol)
-    nsd_tolerance = resolve_nsd_tolerance(protocol, dataset, policy)  # before any case is predicted
+    scoring = Scoring.of(dataset, protocol, policy)  # before any case is predicted
     prep = volume_prep(dataset, protocol) if protocol.patches else None  # one fingerprint pass
     stats = intensity_stats(dataset, protocol)
-
-    def score(case: Case, pred: np.ndarray, gt: np.ndarray):
-        """(rows, spacing, is_volume) of a predicted case; the case's arrays are not kept."""
-        # binary tasks are scored at model resolution, where the native spacing no longer holds
-        spacing = None if binary else case.spacing
-        rows = metrics.score_case(pred, gt, dataset.num_classes, policy, spacing=spacing,
-                                  class_names=dataset.class_names, nsd_tolerance=nsd_tolerance)
-        return [{"case": case.case_id, **row} for row in rows], spacing, case.is_volume
-
-    scored = predict_cases(model, dataset, ids, protocol, score, device=device, stats=stats, prep=prep,
+    scored = predict_cases(model, dataset, ids, protocol, scoring.case, device=device, stats=stats, prep=prep,
                            workers=workers, progress=progress)
-    rows = [row for case_rows, _, _ in scored for row in case_rows]
-    spacings = [spacing for _, spacing, _ in scored]
-    volumes = any(is_volume for _, _, is_volume in scored)
-    scores = metrics.aggregate(rows, policy)
-    if isinstance(nsd_tolerance, dict):  # records.load shows it as the text "liver 5, spleen 3"
-        scores["nsd_tolerances"] = nsd_tolerance
-    elif nsd_tolerance is not None:
-        scores["nsd_tolerance"] = nsd_tolerance  # a run column, so boards can say it
-    return EvalResult(
-        per_case=rows,
-        per_class=metrics.aggregate_per_class(rows, policy),
-        metrics=scores,
-        hd95_unit=hd95_unit(policy, spacings, volumes),
-    )
+    return scoring.result(scored)
 
 
 def predict_cases(model: nn.Module, dataset: SegDataset, ids: list[str], protocol: Protocol,
@@ -288,7 +328,7 @@ def predict_cases(model: nn.Module, dataset: SegDataset, ids: list[str], protoco
     if protocol.patches and workers > 0:
         model.eval()
         return _pipelined(ids, dataset, prep, lambda x: _window_logits(model, x, protocol, device),
-                          lambda logits, box, case: finish(case, *_patch_output(logits, box, case, prep)),
+                          lambda logits, box, case: finish(case, *_patch_output(logits, box, case, prep, protocol)),
                           workers, progress)
     out = []
     for i, case_id in enumerate(ids):

@@ -172,6 +172,11 @@ class Protocol:
     def off_protocol(self) -> bool:
         return bool(self.overrides)
 
+    def check_dataset(self, dataset: str) -> None:
+        """BenchError where the protocol is written for other datasets than ``dataset`` (a registry name)."""
+        if self.datasets and dataset not in {d.strip().lower() for d in self.datasets}:  # names in any case
+            raise BenchError(f"protocol {self.name!r} is written for {', '.join(self.datasets)}, not {dataset!r}")
+
     def to_record(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -33,7 +33,7 @@ from bench.data.preprocess import (cache_training_volumes, patch_fit_note, prepr
 from bench.errors import BenchError, DataError, HeldError, few, one_line
 from bench.fileio import file_sha256
 from bench.cost import run_counts
-from bench.evaluate import evaluate, resolve_nsd_tolerance
+from bench.evaluate import evaluate, resolve_nsd_tolerance, scoring_policy
 from bench.metrics import POLICIES, get_policy, policy_fields, policy_misfit
 from bench.names import int_list
 from bench.protocol import Protocol, check_seed
@@ -742,10 +742,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     dataset = get_reader(dataset).name
     if folds is not None:
         check_folds(dataset)
-    if protocol.datasets and dataset not in {d.strip().lower() for d in protocol.datasets}:  # names in any case
-        raise BenchError(
-            f"protocol {protocol.name!r} is written for {', '.join(protocol.datasets)}, not {dataset!r}"
-        )
+    protocol.check_dataset(dataset)
     if policy is not None:
         get_policy(policy)  # an unknown name: its "did you mean"
     inits = {} if weights is not None else resolve_inits(models, protocol, pretrained_dir)  # given: nothing starts
@@ -777,7 +774,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     for hint in (None if synthetic else ds.normalize_hint(protocol.normalize), ds.check_geometry()):
         if hint:
             warnings.warn(hint, stacklevel=2)
-    chosen = policy or protocol.metric_policy or ds.default_policy
+    chosen = scoring_policy(policy, protocol, ds)
     misfit = policy_misfit(chosen, 1 if ds.binary else ds.num_classes - 1, f"{dataset!r} data at {data_root}")
     if misfit:
         raise BenchError(misfit)

@@ -3,6 +3,7 @@
 - ``options``: the options several commands declare alike, their parsing, the setup of commands that run models.
 - ``console``: the entry point ``main``: user errors and warnings one line each, SIGTERM as Ctrl-C.
 - ``run_cmds``: ``run`` (train and evaluate a grid), ``rescore`` and ``predict`` (from finished runs' weights).
+- ``score_cmd``: ``score`` (predictions made elsewhere, scored as a run is).
 - ``figure_cmd``: ``figure`` (the papers' visual comparison of test cases, from finished runs' weights).
 - ``report_cmds``: ``report`` (leaderboards) and ``check`` (drift against a baseline).
 - ``profile_cmd``: ``profile`` (params, FLOPs, latency, memory).
@@ -25,6 +26,7 @@ from bench.cli.info_cmds import doctor, models
 from bench.cli.profile_cmd import profile
 from bench.cli.report_cmds import check, report
 from bench.cli.run_cmds import default_protocol, predict, rescore, run
+from bench.cli.score_cmd import score
 
 # what other modules and tests import from here, besides the commands
 __all__ = ["app", "data_app", "main", "default_protocol", "VERIFY_SHOWN", "_warned"]
@@ -64,6 +66,7 @@ app.command()(run)
 app.command()(report)
 app.command()(rescore)
 app.command()(predict)
+app.command()(score)
 app.command()(figure)
 app.command()(check)
 app.command()(profile)

@@ -27,6 +27,11 @@ MovedData = Annotated[Optional[list[Path]], typer.Option(
     "--data-root", help="where the runs' data is now, if it moved since bench run (a results folder from another "
                         "machine; repeatable, one per dataset): a run takes the folder holding the very data it was "
                         "scored on (its data id)")]
+DataName = Annotated[str, typer.Option(help="synapse, isic17, isic18, polyp, isic_all or nnunet")]
+DataRoot = Annotated[Optional[Path], typer.Option(help="dataset directory in its real on-disk format")]
+Synthetic = Annotated[bool, typer.Option(help="use a built-in synthetic dataset in the same format")]
+ProtocolName = Annotated[Optional[str], typer.Option(help="protocol name or .toml path "
+                                                     "(default: the dataset's; nnunet has none)")]
 ScoringThreads = Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's, all cores; the "
                                                             "run's own count repeats its CPU predictions bit for bit)")]
 

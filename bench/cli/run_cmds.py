@@ -11,8 +11,8 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from bench.cli.console import _echo_err, _warned
-from bench.cli.options import (DEFAULT_RESULTS, FinishedRuns, ModelSets, Models, MovedData, RunDatasets, RunsProtocol,
-                               ScoringThreads,
+from bench.cli.options import (DEFAULT_RESULTS, DataName, DataRoot, FinishedRuns, ModelSets, Models, MovedData,
+                               ProtocolName, RunDatasets, RunsProtocol, ScoringThreads, Synthetic,
                                _compute_setup, _parse_sets, _parse_spacing, device_option)
 from bench.errors import BenchError, HeldError, few
 from bench.names import int_list
@@ -58,14 +58,13 @@ def _argv_of(ctx: typer.Context, drop: tuple[str, ...] = ()) -> list[str]:
 def run(
     ctx: typer.Context,
     models: Models = "all",
-    dataset: Annotated[str, typer.Option(help="synapse, isic17, isic18, polyp, isic_all or nnunet")] = "synapse",
-    protocol: Annotated[Optional[str], typer.Option(help="protocol name or .toml path "
-                                                    "(default: the dataset's; nnunet has none)")] = None,
+    dataset: DataName = "synapse",
+    protocol: ProtocolName = None,
     seeds: Annotated[Optional[str], typer.Option(help="comma list of seeds (default: the protocol's seed)")] = None,
     folds: Annotated[Optional[str], typer.Option(help="cross-validation folds, 'all' or a comma list (nnunet data)")] = None,
     shard: Annotated[Optional[str], typer.Option(help="K/N: run only share K of N of the grid (Slurm arrays)")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="dataset directory in its real on-disk format")] = None,
-    synthetic: Annotated[bool, typer.Option(help="use a built-in synthetic dataset in the same format")] = False,
+    data_root: DataRoot = None,
+    synthetic: Synthetic = False,
     results: Annotated[Path, typer.Option(help="results directory (records, runs, synthetic data)")] = DEFAULT_RESULTS,
     device: Annotated[str, device_option("where to train")] = "auto",
     resume: Annotated[bool, typer.Option(help="continue killed runs from their last checkpoint")] = False,

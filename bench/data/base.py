@@ -276,6 +276,24 @@ class SegDataset:
             zooms = case.spacing[::-1] if case.spacing else (1.0, 1.0, 1.0)
             write_nifti_labels(pred, path, self.num_classes, np.diag([*zooms, 1.0]))
 
+    def read_prediction(self, path: Path) -> np.ndarray:
+        """A label map as ``write_prediction`` writes one (``bench score`` reads those made elsewhere): class
+        ids from a NIfTI volume (D, H, W) or a PNG; a binary task's 0/255 mask as 0/1. BenchError naming
+        ``path`` for an unreadable file or values that are no class of this data."""
+        from bench.data.nnunet import VOLUME_ENDINGS, read_nifti, read_png
+
+        volume = path.name.lower().endswith(VOLUME_ENDINGS)
+        pred = read_nifti(path, label=True)[0] if volume else read_png(path, label=True)
+        if not self.binary:
+            return class_ids(path, pred, self.num_classes)
+        values = np.unique(pred)
+        bad = [int(v) for v in values if v not in (0, 255)]
+        if bad:
+            hint = "; a 0/1 mask? store the foreground as 255" if set(values.tolist()) <= {0, 1} else ""
+            raise BenchError(f"{path}: mask values {bad[:10]}; expected 0 (background) and 255 "
+                             f"({self.class_names[0]}), as the dataset's masks{hint}")
+        return (pred // 255).astype(np.uint8)
+
 
 SPLIT_NAMES = ("the training split", "the test split")
 

@@ -1,0 +1,72 @@
+"""`bench score`: predictions made elsewhere scored as bench scores its runs (bench.score)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from bench.cli.console import _echo_err
+from bench.cli.options import DEFAULT_RESULTS, DataName, DataRoot, ProtocolName, Synthetic
+from bench.errors import BenchError
+
+
+class ScoreFormat(str, Enum):
+    md = "md"
+    csv = "csv"
+    json = "json"
+
+
+def score(
+    predictions: Annotated[Path, typer.Option(help="folder of label maps, one per test case, named and stored as "
+                                                   "bench predict writes them")],
+    dataset: DataName,
+    data_root: DataRoot = None,
+    synthetic: Synthetic = False,
+    results: Annotated[Path, typer.Option(help="with --synthetic: the results folder bench run --synthetic wrote "
+                                               "the data into")] = DEFAULT_RESULTS,
+    fold: Annotated[Optional[int], typer.Option(help="nnunet data: score the test cases of this cross-validation "
+                                                     "fold (as bench run --folds K)")] = None,
+    protocol: ProtocolName = None,
+    policy: Annotated[Optional[str], typer.Option(help="metric policy (default: the protocol's)")] = None,
+    format: Annotated[Optional[ScoreFormat], typer.Option(
+        "--format", help="md (a table), csv (case x class rows) or json (all); default: from --out's suffix, "
+                         "else md")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="write to this file instead of stdout")] = None,
+) -> None:
+    """Score predictions made elsewhere (nnU-Net, your own code) under a metric policy, as bench scores a run.
+
+    The same ground truth, spacing, metrics and aggregation as a run's evaluation; the protocol gives
+    which test cases are scored, on which grid, and the default policy. Nothing is written to a results folder.
+
+    Example: bench score --predictions preds/ --dataset synapse --data-root data/Synapse --policy strict
+    """
+    from bench.cli.run_cmds import default_protocol
+    from bench.data import get_reader, open_dataset, synthetic_folder, synthetic_identity
+    from bench.fileio import atomic_write_text
+    from bench.protocol import load_protocol
+    from bench.score import render, score_predictions
+
+    name = get_reader(dataset).name
+    if synthetic == (data_root is not None):
+        raise BenchError("give --data-root DIR (the data the predictions are of) or --synthetic, one of them")
+    if synthetic:
+        data_root = synthetic_folder(name, results / "synthetic")
+        if synthetic_identity(data_root) is None:
+            raise BenchError(f"--synthetic: no synthetic {name} data at {data_root}; bench run --synthetic --results "
+                             f"{results} writes it (or give --data-root)")
+    proto = load_protocol(default_protocol(name, protocol))
+    suffix = out.suffix.lower() if out is not None else ""
+    fmt = format.value if format else {".csv": "csv", ".json": "json"}.get(suffix, "md")
+    scores = score_predictions(predictions, open_dataset(name, data_root, fold), proto, policy)
+    text = render(scores, fmt)
+    if fmt != "md":  # the table says them
+        for note in scores.notes:
+            _echo_err(f"note: {note}")
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        atomic_write_text(out, text)
+        typer.echo(f"wrote {out}")

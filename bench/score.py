@@ -1,0 +1,194 @@
+"""`bench score`: score predictions made elsewhere (nnU-Net, another codebase) as bench scores its runs.
+
+The folder holds one file per scored test case, in the layout `bench predict` writes
+(``SegDataset.prediction_name``: Synapse ``<case>.nii.gz``, nnU-Net ``<case><file_ending>``, ISIC/polyp
+``<case>.png`` 0/255 masks); its ``prediction.json`` (bench predict's) only says which run it came from.
+Each file is scored against the ground truth evaluation reads (``bench.evaluate.ground_truth``), with the
+case's spacing, under the policy, by the same ``bench.evaluate.Scoring`` that scores a run: the numbers
+are those a run's record would hold for these label maps. The protocol gives the evaluation settings
+only: the test cases scored (``eval.max_cases``), the grid of binary masks (``img_size``) and the
+default policy. Binary masks written at each image's own size (``bench predict --native-size``) are
+brought to the scored grid as the ground truth is (``scored_mask``) and said to be. Nothing is
+written into a results folder: a score is no run (no training, params or cost).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.data.base import SegDataset, hidden
+from bench.errors import BenchError, few
+from bench.evaluate import Scoring, ground_truth, scored_ids, scored_mask, scoring_policy
+from bench.fileio import file_sha256
+from bench.metrics import get_policy, policy_misfit
+from bench.predict import MANIFEST
+from bench.protocol import Protocol
+
+__all__ = ["Scores", "score_predictions"]
+
+
+@dataclass
+class Scores:
+    """What ``score_predictions`` found: ``metrics`` (``bench.metrics.aggregate``'s numbers), ``per_class``
+    and ``per_case`` (one row per case and class, as a run record's ``per_case``), the HD95 unit, what was
+    scored (``scored``: dataset, data, protocol, policy, predictions and their sha256, cases) and notes."""
+
+    metrics: dict[str, Any]
+    per_class: pd.DataFrame
+    per_case: pd.DataFrame
+    hd95_unit: str | None
+    scored: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Protocol,
+                      policy: str | None = None) -> Scores:
+    """Score the label maps in ``pred_dir``, one per test case ``protocol`` scores on ``dataset``, under
+    ``policy`` (default: as ``bench run`` picks it). BenchError naming the folder or file for a folder
+    that is not there or empty, files of no scored case, cases without a file, a map on another grid or
+    with ids that are no class of the data."""
+    pred_dir = Path(pred_dir).expanduser()
+    protocol.check_dataset(dataset.name)
+    policy = scoring_policy(policy, protocol, dataset)
+    misfit = policy_misfit(policy, 1 if dataset.binary else dataset.num_classes - 1,
+                           f"{dataset.dataset_name!r} data at {dataset.root}")
+    if misfit:
+        raise BenchError(misfit)
+    if get_policy(policy).use_spacing:  # HD95 in mm: every test case needs its spacing (as bench run checks)
+        dataset.check_spacing()
+    ids = scored_ids(dataset, protocol)
+    files = _case_files(pred_dir, dataset, ids, protocol)
+    scoring = Scoring.of(dataset, protocol, policy)
+    scored, resized = [], []
+    for case_id in ids:
+        path = pred_dir / files[case_id]
+        case = dataset.load_test(case_id)
+        gt = ground_truth(case, protocol, dataset.binary)
+        pred = dataset.read_prediction(path)
+        if pred.shape != gt.shape and dataset.binary and pred.shape == case.label.shape:  # --native-size's
+            pred = scored_mask(pred.astype(np.float32), protocol).astype(np.uint8)
+            resized.append(case_id)
+        if pred.shape != gt.shape:
+            native = f" (or its image's own size {case.label.shape})" if dataset.binary else ""
+            raise BenchError(f"{path}: shape {pred.shape}; expected {gt.shape}{native}, the grid test case "
+                             f"{case_id!r} is scored on")
+        scored.append(scoring.case(case, pred, gt))
+    result = scoring.result(scored)
+    notes = []
+    if resized:
+        notes.append(f"{len(resized)} of {len(ids)} masks were at their image's own size and were resized to the "
+                     f"scored {protocol.img_size}x{protocol.img_size} grid as the ground truth is (bilinear, then "
+                     f">= 0.5); a run scores masks predicted at that size")
+    return Scores(
+        metrics=result.metrics,
+        per_class=pd.DataFrame(result.per_class),
+        per_case=pd.DataFrame(result.per_case),
+        hd95_unit=result.hd95_unit,
+        scored={
+            "dataset": dataset.dataset_name, "data_root": str(Path(dataset.root).resolve()),
+            "split": dataset.split_rule, "protocol": protocol.name, "protocol_version": protocol.version,
+            "protocol_hash": protocol.hash, "off_protocol": protocol.off_protocol, "policy": policy,
+            "predictions": str(pred_dir.resolve()), "predictions_sha256": _folder_sha256(pred_dir, files),
+            "run_id": _manifest_run(pred_dir), "n_cases": len(ids), "resized": resized,
+        },
+        notes=notes,
+    )
+
+
+def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: Protocol) -> dict[str, str]:
+    """{case id: its file below ``pred_dir``}; BenchError for a folder not there or holding no file, files
+    that are no scored case's (hidden files and bench predict's manifest aside), or cases without one."""
+    if not pred_dir.is_dir():
+        raise BenchError(f"--predictions {pred_dir}: {'a file, not a folder' if pred_dir.exists() else 'not found'}; "
+                         "expected the folder holding one label map per test case")
+    expected = {dataset.prediction_name(case_id): case_id for case_id in ids}
+    found = {p.relative_to(pred_dir).as_posix() for p in pred_dir.rglob("*")
+             if p.is_file() and not any(hidden(Path(part)) for part in p.relative_to(pred_dir).parts)}
+    found.discard(MANIFEST)
+    example = next(iter(expected), "")
+    if not found:
+        raise BenchError(f"{pred_dir}: no prediction files; expected one per test case, named as {example}")
+    extra = sorted(found - set(expected))
+    if extra:
+        unscored = [name for name in extra if name in {dataset.prediction_name(c) for c in dataset.test_ids()}]
+        why = (f"; protocol {protocol.name!r} scores the first {protocol.eval.max_cases} test cases only "
+               "(eval.max_cases)" if unscored else f"; expected files named as the test cases, e.g. {example}")
+        raise BenchError(f"{pred_dir}: {few(extra)}: no test case scored here{why}")
+    missing = [case_id for name, case_id in expected.items() if name not in found]
+    if missing:
+        raise BenchError(f"{pred_dir}: no prediction of test case(s) {few(missing)} ({len(missing)} of {len(ids)}; "
+                         f"expected {dataset.prediction_name(missing[0])})")
+    return {case_id: name for name, case_id in expected.items()}
+
+
+def _folder_sha256(pred_dir: Path, files: dict[str, str]) -> str:
+    """One sha256 over the scored files: each one's name and content digest, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(files.values()):
+        digest.update(f"{name}\0{file_sha256(pred_dir / name)}\n".encode())
+    return digest.hexdigest()
+
+
+def _manifest_run(pred_dir: Path) -> str | None:
+    """The run ``bench predict`` wrote the folder from, where its manifest says; None otherwise."""
+    try:
+        run_id = json.loads((pred_dir / MANIFEST).read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError):  # no manifest, or not bench predict's: nothing to say
+        return None
+    return run_id if isinstance(run_id, str) else None
+
+
+SCORE_FORMATS = ("md", "csv", "json")
+
+
+def render(scores: Scores, fmt: str) -> str:
+    """``scores`` as ``bench score --format`` writes them: ``md`` (what was scored, the aggregate numbers
+    and one row per class, as a board shows a run), ``csv`` (the per-case × per-class rows of a run
+    record's ``per_case``, with the HD95 unit) or ``json`` (everything; NaN as null, as in records)."""
+    from bench.records import CASE_COLUMNS
+
+    if fmt == "csv":
+        cols = [c for c in CASE_COLUMNS if c in scores.per_case]
+        return scores.per_case[cols].assign(hd95_unit=scores.hd95_unit).to_csv(index=False, lineterminator="\n")
+    if fmt == "json":
+        from bench.records import _to_json_value
+
+        data = {"scored": scores.scored, "metrics": scores.metrics, "hd95_unit": scores.hd95_unit,
+                "per_class": scores.per_class.to_dict("records"), "per_case": scores.per_case.to_dict("records"),
+                "notes": scores.notes}
+        return json.dumps(_to_json_value(data, ""), indent=1, allow_nan=False, ensure_ascii=False) + "\n"
+    if fmt != "md":
+        raise BenchError(f"unknown score format {fmt!r}; expected one of: {', '.join(SCORE_FORMATS)}")
+    return _render_md(scores)
+
+
+def _render_md(scores: Scores) -> str:
+    from bench.report.boards import METRICS, class_display
+    from bench.report.tables import _md_table
+
+    s = scores.scored
+    shown = [m for m in METRICS if m in scores.metrics and not (m == "hd95" and scores.hd95_unit is None)]
+
+    def head(m: str) -> str:
+        unit = "%" if METRICS[m][1] else scores.hd95_unit if m == "hd95" else ""
+        return f"{METRICS[m][0]} {METRICS[m][2]}" + (f" ({unit})" if unit else "")
+
+    def cell(value: float, m: str) -> str:
+        return "n/a" if value != value else f"{value * (100.0 if METRICS[m][1] else 1.0):.2f}"
+
+    overall = pd.DataFrame([{head(m): cell(scores.metrics[m], m) for m in shown}])
+    classes = pd.DataFrame([{"Class": class_display(r["name"], s["dataset"]), **{head(m): cell(r[m], m) for m in shown},
+                             "Cases": str(r["n"])} for r in scores.per_class.to_dict("records")])
+    run = f" (bench predict of run {s['run_id']})" if s["run_id"] else ""
+    title = (f"{s['predictions']}{run}: {s['n_cases']} cases of {s['dataset']} ({s['data_root']}) · protocol "
+             f"{s['protocol']} v{s['protocol_version']} ({s['protocol_hash']}"
+             f"{', off-protocol' if s['off_protocol'] else ''}) · policy {s['policy']}")
+    parts = [title, _md_table(overall), _md_table(classes), *(f"note: {n}" for n in scores.notes)]
+    return "\n\n".join(parts) + "\n"

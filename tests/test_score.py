@@ -1,0 +1,251 @@
+"""`bench score`: predictions made elsewhere get the numbers a run's record holds for the same label maps
+(round trip through bench predict), the numbers medpy computes (hand-made maps), and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from medpy.metric import binary as medpy
+
+from bench.data import open_dataset, synthesize
+from bench.errors import BenchError
+from bench.metrics import hd95_penalty
+from bench.predict import MANIFEST, predict_run
+from bench.protocol import load_protocol
+from bench.registry import get_entry
+from bench.rescore import record_protocol
+from bench.run import plan_grid, run_one
+from bench.score import render, score_predictions
+from tests.fixtures import md_rows, run_bench_here
+
+CPU = torch.device("cpu")
+SMOKE = load_protocol("smoke").with_overrides(img_size=32, max_iterations=3, max_cases=2)
+
+
+def _train(dataset, root, results, policy=None):
+    (spec,) = plan_grid(models=["unet"], dataset=dataset, protocol=SMOKE, seeds=[0], data_root=root,
+                        synthetic=False, results_dir=results, policy=policy,
+                        model_overrides=dict(get_entry("unet").tiny))
+    return run_one(spec, results_dir=results, device=CPU)
+
+
+def _same(value, expected):
+    return (math.isnan(value) and math.isnan(expected)) if isinstance(expected, float) and math.isnan(expected) \
+        else value == pytest.approx(expected, rel=0, abs=1e-12)
+
+
+def _assert_scores_are_the_record(scores, rec):
+    assert scores.hd95_unit == rec["hd95_unit"] and scores.scored["policy"] == rec["policy"]
+    assert scores.scored["run_id"] == rec["run_id"] and scores.scored["n_cases"] == len({r["case"] for r in rec["per_case"]})
+    assert set(scores.metrics) == set(rec["metrics"])
+    for key, value in rec["metrics"].items():
+        assert _same(scores.metrics[key], value), (key, scores.metrics[key], value)
+    rows = scores.per_case.to_dict("records")
+    assert len(rows) == len(rec["per_case"])
+    for row, want in zip(rows, rec["per_case"]):
+        for key, value in want.items():
+            assert row[key] == value or _same(row[key], value), (key, row, want)
+
+
+@pytest.mark.parametrize("policy", ["legacy-synapse", "strict"])
+def test_a_run_predicted_then_scored_gives_its_record(tmp_path, policy):
+    root = synthesize("synapse", tmp_path / "data", n_train=2, n_test=3, depth=4, size=32)
+    rec = _train("synapse", root, tmp_path / "res", policy=policy)
+    folder, _ = predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
+    scores = score_predictions(folder, open_dataset("synapse", root), record_protocol(rec), policy)
+    _assert_scores_are_the_record(scores, rec)
+    assert scores.hd95_unit == ("mm" if policy == "strict" else "voxels") and not scores.notes
+
+
+def test_2d_nnunet_pngs_predicted_then_scored_give_the_record(tmp_path):
+    root = synthesize("nnunet", tmp_path / "data", dims=2, n_cases=5, size=32)
+    rec = _train("nnunet", root, tmp_path / "res")
+    folder, _ = predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
+    scores = score_predictions(folder, open_dataset("nnunet", root), record_protocol(rec))
+    _assert_scores_are_the_record(scores, rec)
+    assert scores.hd95_unit == "pixels"
+
+
+def test_binary_masks_predicted_then_scored_give_the_record_and_native_ones_are_resized(tmp_path):
+    root = synthesize("isic", tmp_path / "data", n_train=4, n_val=3, min_size=40, max_size=48)
+    rec = _train("isic17", root, tmp_path / "res")
+    ds, proto = open_dataset("isic17", root), record_protocol(rec)
+    folder, _ = predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
+    scores = score_predictions(folder, ds, proto)  # the protocol's policy: legacy-isic
+    _assert_scores_are_the_record(scores, rec)
+    assert scores.hd95_unit is None and "HD95" not in render(scores, "md")
+    # --native-size: masks at each image's size, brought to the scored 32x32 grid as the ground truth is, and said so
+    native, _ = predict_run(rec, tmp_path / "res", tmp_path / "native", CPU, native_size=True)
+    resized = score_predictions(native, ds, proto)
+    assert resized.scored["resized"] == ds.test_ids()[:2]
+    assert "2 of 2 masks were at their image's own size and were resized to the scored 32x32 grid" in resized.notes[0]
+    assert resized.notes[0] in render(resized, "md")
+
+
+def _gt_folder(tmp_path, n_test=2, edit=None):
+    """Synthetic Synapse data and a folder of its ground truth written as predictions (``edit(case_id, label)``
+    changes a copy first)."""
+    root = synthesize("synapse", tmp_path / "data", n_train=2, n_test=n_test, depth=6, size=32)
+    ds = open_dataset("synapse", root)
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    for case_id in ds.test_ids():
+        case = ds.load_test(case_id)
+        label = case.label.copy()
+        if edit is not None:
+            edit(case_id, label)
+        ds.write_prediction(case, label, folder / ds.prediction_name(case_id))
+    return ds, folder
+
+
+def test_hand_made_predictions_score_as_medpy_and_the_policies_say(tmp_path):
+    ds, folder = _gt_folder(tmp_path)
+    proto = load_protocol("smoke")
+    perfect = score_predictions(folder, ds, proto, "legacy-synapse").per_case
+    present = perfect[perfect["n_ref"] > 0]
+    assert len(present) and (present["dice"] == 1.0).all() and (present["hd95"] == 0.0).all()
+
+    first = ds.test_ids()[0]
+    case = ds.load_test(first)
+    organs = [c for c in range(1, ds.num_classes) if (case.label == c).any()]
+    erased, shifted = organs[0], organs[1]
+
+    def edit(case_id, label):
+        if case_id == first:
+            label[label == erased] = 0  # missed
+            moved = np.roll(label == shifted, 2, axis=2)  # shifted 2 voxels in x
+            label[label == shifted] = 0
+            label[moved & (label == 0)] = shifted
+
+    edit(first, pred := case.label.copy())
+    ds.write_prediction(case, pred, folder / ds.prediction_name(first))
+    legacy = score_predictions(folder, ds, proto, "legacy-synapse").per_case.set_index(["case", "class"])
+    strict = score_predictions(folder, ds, proto, "strict").per_case.set_index(["case", "class"])
+    assert (legacy.loc[(first, erased), "dice"], legacy.loc[(first, erased), "hd95"]) == (0.0, 0.0)  # TransUNet's rule
+    assert strict.loc[(first, erased), "dice"] == 0.0
+    assert strict.loc[(first, erased), "hd95"] == pytest.approx(hd95_penalty(case.label.shape, case.spacing))
+    p, g = pred == shifted, case.label == shifted
+    assert legacy.loc[(first, shifted), "dice"] == pytest.approx(medpy.dc(p, g), abs=1e-12)
+    assert legacy.loc[(first, shifted), "hd95"] == pytest.approx(medpy.hd95(p, g), abs=1e-12)  # voxels
+    assert strict.loc[(first, shifted), "hd95"] == pytest.approx(medpy.hd95(p, g, voxelspacing=case.spacing), abs=1e-12)
+    assert medpy.hd95(p, g) > 0 and strict.loc[(first, shifted), "hd95"] != legacy.loc[(first, shifted), "hd95"]
+
+
+def test_what_cannot_be_scored_is_one_line_naming_the_path(tmp_path):
+    ds, folder = _gt_folder(tmp_path, n_test=3)
+    proto = load_protocol("smoke")
+    ids = ds.test_ids()
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "some-run"}))  # bench predict's: not a prediction
+    (folder / ".DS_Store").write_bytes(b"x")  # hidden: never data
+    assert score_predictions(folder, ds, proto).scored["run_id"] == "some-run"
+
+    with pytest.raises(BenchError, match=r"--predictions .*nowhere: not found; expected the folder"):
+        score_predictions(tmp_path / "nowhere", ds, proto)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BenchError, match=rf"empty: no prediction files; expected one per test case, named as {ids[0]}"):
+        score_predictions(tmp_path / "empty", ds, proto)
+    (folder / "notes.txt").write_text("x")
+    with pytest.raises(BenchError, match=r"preds: notes.txt: no test case scored here; expected files named as"):
+        score_predictions(folder, ds, proto)
+    (folder / "notes.txt").unlink()
+    with pytest.raises(BenchError, match=rf"{ids[2]}.nii.gz: no test case scored here; protocol 'smoke' scores the "
+                                         r"first 2 test cases only \(eval.max_cases\)"):
+        score_predictions(folder, ds, proto.with_overrides(max_cases=2))
+    moved = (folder / f"{ids[1]}.nii.gz").rename(tmp_path / "aside.nii.gz")
+    with pytest.raises(BenchError, match=rf"preds: no prediction of test case\(s\) {ids[1]} \(1 of 3; expected "
+                                         rf"{ids[1]}.nii.gz\)"):
+        score_predictions(folder, ds, proto)
+    moved.rename(folder / f"{ids[1]}.nii.gz")
+
+    case = ds.load_test(ids[0])
+    path = folder / f"{ids[0]}.nii.gz"
+    ds.write_prediction(case, case.label[:, :, :-4], path)
+    want = tuple(case.label.shape)
+    with pytest.raises(BenchError, match=rf"{ids[0]}.nii.gz: shape \({want[0]}, {want[1]}, {want[2] - 4}\); expected "
+                                         rf"\({want[0]}, {want[1]}, {want[2]}\), the grid test case '{ids[0]}' is scored on"):
+        score_predictions(folder, ds, proto)
+    ds.write_prediction(case, np.where(case.label == 1, ds.num_classes, case.label), path)
+    with pytest.raises(BenchError, match=rf"{ids[0]}.nii.gz: label values \[{ds.num_classes}\] outside 0..8"):
+        score_predictions(folder, ds, proto)
+    path.write_bytes(b"not a volume")
+    with pytest.raises(BenchError, match=rf"{ids[0]}.nii.gz: cannot read it as a NIfTI volume"):
+        score_predictions(folder, ds, proto)
+
+
+def test_binary_masks_must_be_0_255(tmp_path):
+    root = synthesize("isic", tmp_path / "data", n_train=2, n_val=2, min_size=40, max_size=48)
+    ds = open_dataset("isic17", root)
+    proto = load_protocol("smoke")
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    for case_id in ds.test_ids():
+        case = ds.load_test(case_id)
+        ds.write_prediction(case, (case.label >= 0.5).astype(np.uint8), folder / ds.prediction_name(case_id))
+    assert score_predictions(folder, ds, proto).metrics["dice"] == 1.0  # native size, resized as the ground truth
+    path = folder / ds.prediction_name(ds.test_ids()[0])
+    from PIL import Image
+
+    Image.fromarray(np.asarray(Image.open(path)) // 255).save(path)
+    with pytest.raises(BenchError, match=r"mask values \[1\]; expected 0 \(background\) and 255 .*a 0/1 mask\? store "
+                                         "the foreground as 255"):
+        score_predictions(folder, ds, proto)
+
+
+def test_polyp_masks_are_read_from_a_folder_per_test_set(tmp_path):
+    root = synthesize("polyp", tmp_path / "data", n_train=2, n_test=2, min_size=40, max_size=48)
+    ds = open_dataset("polyp", root)
+    folder = tmp_path / "preds"
+    proto = load_protocol("smoke")
+    for case_id in ds.test_ids():
+        case = ds.load_test(case_id)
+        path = folder / ds.prediction_name(case_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.write_prediction(case, np.zeros(case.label.shape, np.uint8), path)  # nothing found: DSC 0
+    assert {p.parent.name for p in folder.rglob("*.png")} == {"CVC-ClinicDB", "Kvasir"}
+    scores = score_predictions(folder, ds, proto)
+    assert scores.scored["n_cases"] == len(ds.test_ids()) and scores.metrics["dice"] == 0.0
+    assert scores.metrics["spe"] == 1.0 and scores.per_case["tp"].sum() == 0
+
+
+def test_the_command_prints_a_table_writes_csv_and_json_and_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    ds, folder = _gt_folder(tmp_path)
+    base = ["score", "--predictions", folder, "--dataset", "synapse", "--data-root", ds.root, "--protocol", "smoke"]
+    proc = run_bench_here(monkeypatch, capsys, *base)
+    (overall,) = md_rows(proc.stdout, "DSC ↑ (%)")
+    assert list(overall) == ["DSC ↑ (%)", "HD95 ↓ (voxels)", "mIoU ↑ (%)", "Acc ↑ (%)", "Spe ↑ (%)", "Sen ↑ (%)"]
+    assert overall["HD95 ↓ (voxels)"] == "0.00" and overall["Acc ↑ (%)"] == "100.00"
+    classes = md_rows(proc.stdout, "Class")
+    assert [r["Class"] for r in classes[:3]] == ["Aorta", "Gallbladder", "Kidney(L)"] and len(classes) == 8
+    assert "policy legacy-synapse" in proc.stdout and "2 cases of synapse" in proc.stdout
+
+    run_bench_here(monkeypatch, capsys, *base, "--out", tmp_path / "x.csv")
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "x.csv")
+    assert len(rows) == 2 * 8 and list(rows.columns[:3]) == ["case", "class", "name"] and set(rows["hd95_unit"]) == {"voxels"}
+    run_bench_here(monkeypatch, capsys, *base, "--policy", "strict", "--format", "json", "--out", tmp_path / "s.json")
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["scored"]["policy"] == "strict" and data["hd95_unit"] == "mm" and len(data["per_class"]) == 8
+    assert data["scored"]["predictions_sha256"] and data["scored"]["n_cases"] == 2
+
+    (folder / "extra.nii.gz").write_bytes(b"x")
+    proc = run_bench_here(monkeypatch, capsys, *base, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "extra.nii.gz: no test case scored here" in proc.stderr
+    proc = run_bench_here(monkeypatch, capsys, *base[:5], "--protocol", "smoke", check=False)
+    assert proc.returncode == 2 and "give --data-root DIR" in proc.stderr
+    # --synthetic: the data bench run --synthetic wrote into --results, never written here
+    (folder / "extra.nii.gz").unlink()
+    synthetic = [*base[:5], "--synthetic", "--results", tmp_path / "res", "--protocol", "smoke"]
+    proc = run_bench_here(monkeypatch, capsys, *synthetic, check=False)
+    assert proc.returncode == 2 and "--synthetic: no synthetic synapse data at " in proc.stderr
+    assert not (tmp_path / "res").exists()
+    from bench.data import synthetic_folder
+
+    synthesize("synapse", synthetic_folder("synapse", tmp_path / "res" / "synthetic"), n_train=2, n_test=2, depth=6,
+               size=32)  # the same data as _gt_folder's
+    assert "2 cases of synapse" in run_bench_here(monkeypatch, capsys, *synthetic).stdout
