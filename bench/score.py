@@ -93,7 +93,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         hd95_unit=result.hd95_unit,
         scored={
             "dataset": dataset.dataset_name, "data_root": str(Path(dataset.root).resolve()),
-            "split": dataset.split_rule, "protocol": protocol.name, "protocol_version": protocol.version,
+            "split": dataset.split_rule, "fold": getattr(dataset, "fold", None), "protocol": protocol.name, "protocol_version": protocol.version,
             "protocol_hash": protocol.hash, "off_protocol": protocol.off_protocol, "policy": policy,
             "predictions": str(pred_dir.resolve()), "predictions_sha256": _folder_sha256(pred_dir, files),
             "run_id": _manifest_run(pred_dir), "n_cases": len(ids), "resized": resized,
@@ -187,7 +187,8 @@ def _render_md(scores: Scores) -> str:
     classes = pd.DataFrame([{"Class": class_display(r["name"], s["dataset"]), **{head(m): cell(r[m], m) for m in shown},
                              "Cases": str(r["n"])} for r in scores.per_class.to_dict("records")])
     run = f" (bench predict of run {s['run_id']})" if s["run_id"] else ""
-    title = (f"{s['predictions']}{run}: {s['n_cases']} cases of {s['dataset']} ({s['data_root']}) · protocol "
+    fold = f" fold {s['fold']}" if s["fold"] is not None else ""
+    title = (f"{s['predictions']}{run}: {s['n_cases']} cases of {s['dataset']}{fold} ({s['data_root']}) · protocol "
              f"{s['protocol']} v{s['protocol_version']} ({s['protocol_hash']}"
              f"{', off-protocol' if s['off_protocol'] else ''}) · policy {s['policy']}")
     parts = [title, _md_table(overall), _md_table(classes), *(f"note: {n}" for n in scores.notes)]

@@ -70,6 +70,23 @@ def test_2d_nnunet_pngs_predicted_then_scored_give_the_record(tmp_path):
     assert scores.hd95_unit == "pixels"
 
 
+def test_a_folds_test_cases_are_scored_and_the_fold_said(tmp_path):
+    """--fold K scores fold K's test cases; the output said no fold, so two folds' tables read alike."""
+    import shutil
+
+    root = synthesize("nnunet", tmp_path / "data", dims=2, n_cases=5, size=32)
+    ds = open_dataset("nnunet", root, fold=1)
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    for case_id in ds.test_ids():  # the ground truth itself, as a prediction
+        shutil.copyfile(root / "labelsTr" / ds.prediction_name(case_id), folder / ds.prediction_name(case_id))
+    scores = score_predictions(folder, ds, SMOKE)
+    assert scores.scored["fold"] == 1 and scores.metrics["dice"] == 1.0
+    assert f"{len(ds.test_ids())} cases of " in render(scores, "md") and " fold 1 (" in render(scores, "md")
+    with pytest.raises(BenchError, match="no test case scored here"):  # fold 0's test cases are others
+        score_predictions(folder, open_dataset("nnunet", root, fold=0), SMOKE)
+
+
 def test_binary_masks_predicted_then_scored_give_the_record_and_native_ones_are_resized(tmp_path):
     root = synthesize("isic", tmp_path / "data", n_train=4, n_val=3, min_size=40, max_size=48)
     rec = _train("isic17", root, tmp_path / "res")
@@ -231,6 +248,8 @@ def test_the_command_prints_a_table_writes_csv_and_json_and_fails_in_one_line(tm
     data = json.loads((tmp_path / "s.json").read_text())
     assert data["scored"]["policy"] == "strict" and data["hd95_unit"] == "mm" and len(data["per_class"]) == 8
     assert data["scored"]["predictions_sha256"] and data["scored"]["n_cases"] == 2
+    proc = run_bench_here(monkeypatch, capsys, *base, "--format", "md", "--out", tmp_path / "t.csv", check=False)
+    assert proc.returncode == 2 and "a .csv file holds csv" in proc.stderr and not (tmp_path / "t.csv").exists()
 
     (folder / "extra.nii.gz").write_bytes(b"x")
     proc = run_bench_here(monkeypatch, capsys, *base, check=False)

@@ -108,3 +108,17 @@ def _parse_sets(items: list[str], option: str = "--set", what: str = "a model co
             except ValueError:
                 out[key] = value  # a word: encoder=resnet34
     return out
+
+
+def out_format(given, out: Path | None, suffixes: dict[str, tuple[str, ...]], default: str = "md") -> str:
+    """--format's value (an Enum's, or None), else the first that --out's suffix allows (``suffixes``:
+    suffix -> formats; ``default`` for any other); a suffix allowing other formats is refused
+    (--out table.csv would hold Markdown)."""
+    given = getattr(given, "value", given)
+    fits = suffixes.get(out.suffix.lower(), ()) if out is not None else ()
+    if given is None:
+        return fits[0] if fits else default
+    if fits and given not in fits:
+        raise BenchError(f"--out {out} with --format {given}: a {out.suffix} file holds {' or '.join(fits)}; give "
+                         f"--out a name that fits {given} (or leave --format out: the suffix chooses)")
+    return given

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from bench.cli.console import _echo_err
-from bench.cli.options import DEFAULT_RESULTS, RunDatasets
+from bench.cli.options import DEFAULT_RESULTS, RunDatasets, out_format
 from bench.errors import BenchError
 from bench.names import name_list, nothing_named
 from bench.report.formats import ReportFormat  # not bench.report: its boards import pandas
@@ -52,7 +52,7 @@ def report(
     check_plot_format(plot_format)  # before anything is read, with or without --out
     check_plot_style(plot_style)
 
-    format = _format_for(format, out)
+    format = ReportFormat(out_format(format, out, _SUFFIX_FORMATS))
     text = write_report(results, format.value, out, published=published_file or published, reference=reference,
                         models=models, datasets=dataset, columns=groups, plot_format=plot_format, policies=policy,
                         plot_style=plot_style)
@@ -63,20 +63,7 @@ def report(
 
 
 # the formats a file name's suffix allows (--out table.csv wrote Markdown into it)
-_SUFFIX_FORMATS = {".csv": (ReportFormat.csv, ReportFormat.cases), ".tex": (ReportFormat.latex,),
-                   ".md": (ReportFormat.md, ReportFormat.methods)}
-
-
-def _format_for(given: ReportFormat | None, out: Path | None) -> ReportFormat:
-    """--format, else the one --out's suffix names (md for any other); a suffix of another format is refused."""
-    fits = _SUFFIX_FORMATS.get(out.suffix.lower(), ()) if out is not None else ()
-    if given is None:
-        return fits[0] if fits else ReportFormat.md
-    if fits and given not in fits:
-        raise BenchError(f"--out {out} with --format {given.value}: a {out.suffix} file holds "
-                         f"{' or '.join(f.value for f in fits)}; give --out a name that fits {given.value} "
-                         "(or leave --format out: the suffix chooses)")
-    return given
+_SUFFIX_FORMATS = {".csv": ("csv", "cases"), ".tex": ("latex",), ".md": ("md", "methods")}
 
 
 def check(

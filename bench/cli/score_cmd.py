@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from bench.cli.console import _echo_err
-from bench.cli.options import DEFAULT_RESULTS, DataName, DataRoot, ProtocolName, Synthetic
+from bench.cli.options import DEFAULT_RESULTS, DataName, DataRoot, ProtocolName, Synthetic, out_format
 from bench.errors import BenchError
 
 
@@ -58,8 +58,7 @@ def score(
             raise BenchError(f"--synthetic: no synthetic {name} data at {data_root}; bench run --synthetic --results "
                              f"{results} writes it (or give --data-root)")
     proto = load_protocol(default_protocol(name, protocol))
-    suffix = out.suffix.lower() if out is not None else ""
-    fmt = format.value if format else {".csv": "csv", ".json": "json"}.get(suffix, "md")
+    fmt = out_format(format, out, {".csv": ("csv",), ".json": ("json",), ".md": ("md",)})
     scores = score_predictions(predictions, open_dataset(name, data_root, fold), proto, policy)
     text = render(scores, fmt)
     if fmt != "md":  # the table says them
