@@ -1023,14 +1023,12 @@ def test_rescore_and_predict_take_threads_as_run_does(monkeypatch, capsys, tmp_p
     _fails(monkeypatch, capsys, *args, "--results", tmp_path, "--threads", "0",
            names="--threads", phrase="a whole number from 1 to")
     records.write_record(make_record("unet"), tmp_path)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        _fails(monkeypatch, capsys, *args, "--results", tmp_path, "--threads", "1", "--models", "swin_unet",
-               names="--models swin_unet", phrase="no runs of it")
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    before, set_to = torch.get_num_threads(), []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n, set_threads=torch.set_num_threads: set_to.append(n)
+                        or set_threads(n))
+    _fails(monkeypatch, capsys, *args, "--results", tmp_path, "--threads", "1", "--models", "swin_unet",
+           names="--models swin_unet", phrase="no runs of it")
+    assert set_to == [1, before]  # the command's own, then the caller's back
 
 
 @pytest.mark.parametrize("command", [["rescore", "--policy", "strict"], ["predict", "--out", "OUT"]])
