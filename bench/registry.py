@@ -593,7 +593,10 @@ def load_weights(model: nn.Module, path: str | Path, source: str = "authors") ->
         load_official_state_dict(model, raw, str(path))
         # what the file held beyond the model's tensors: thop's counters, which the authors' scripts save
         skipped = sorted(k for k in _unwrap(raw) if _THOP_BUFFERS.search(k))
-        return {"source": source, "path": str(path), "loaded": len(model.state_dict()), "skipped": skipped}
+        # a checkpoint of bench's own says which run wrote it (train.py's trained_by); others: None
+        trained_by = raw.get("trained_by") if isinstance(raw.get("trained_by"), Mapping) else None
+        return {"source": source, "path": str(path), "loaded": len(model.state_dict()), "skipped": skipped,
+                "trained_by": dict(trained_by) if trained_by else None}
     entry: ModelEntry | None = getattr(model, "bench_entry", None)
     loaders = dict(entry.pretrained) if entry else {}
     if source not in loaders:

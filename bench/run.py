@@ -41,7 +41,8 @@ from bench.registry import (ChannelsError, changed_keys, check_buildable, check_
                             identity_overrides)
 from bench.registry import list_models, load_weights, model_code, model_overrides as model_overrides_of
 from bench.rng import caller_rng_kept, seed_everything
-from bench.train import CHECKPOINT_DIR, FINAL, LAST, TrainResult, checkpoints_when, save_checkpoint, train_model
+from bench.train import (CHECKPOINT_DIR, FINAL, LAST, TrainResult, checkpoints_when, items_digest, save_checkpoint,
+                         train_model)
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
     protocol = spec.protocol
     if protocol.patches:  # preprocessed training cases, memory-mapped: a patch reads its region only
         dataset.volume_cache = results_dir / CACHE_DIR
+    # training items (slices or images; patch protocols: whole cases), as train.TrainDataset takes them
+    train_ids = dataset.train_volume_ids() if protocol.patches else dataset.train_ids()
     entry = get_entry(spec.model)
     seed_everything(spec.seed)  # the initial weights are part of the run: seed before building
     build = build_args(spec.model, protocol, dataset, dict(spec.model_overrides))
@@ -273,8 +276,9 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
 
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
+            trained_by = None  # --weights: the run that wrote them, where one of bench's did
             if spec.weights is not None:
-                result = _given_weights(model, spec.weights[0], run_dir, main)
+                result, trained_by = _given_weights(model, spec.weights[0], run_dir, main, train_ids)
             else:
                 result = train_model(model, dataset, protocol, seed=spec.seed, run_dir=run_dir, device=device,
                                      resume=resume, writer=writer, progress=on_step, code=code,
@@ -331,7 +335,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "data_root": str(spec.data_root.resolve()),  # rescore and predict may start elsewhere
         "data_id": spec.data_id,  # the data's identity: rescore and predict check it is still that data
         # training items (slices or images; patch protocols: whole cases): whether the split is the paper's
-        "n_train": None if spec.weights else len(dataset.train_volume_ids() if protocol.patches else dataset.train_ids()),
+        "n_train": None if spec.weights else len(train_ids),
         "synthetic": spec.synthetic,
         "split": spec.split,
         "split_rule": dataset.split_rule,  # how the split was made where the data fixes none (Methods)
@@ -339,7 +343,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         "protocol": protocol.to_record(),
         "init": init,  # the pretrained file the weights started from (counts of what it filled), or null
         # weights evaluated as given (--weights), not trained here; null: the run trained them
-        "weights": {"file": Path(spec.weights[0]).name, "sha256": spec.weights[1]} if spec.weights else None,
+        "weights": {"file": Path(spec.weights[0]).name, "sha256": spec.weights[1], "trained_by": trained_by}
+        if spec.weights else None,
         # normalize = "ct_foreground": the training foreground's statistics the images were scaled with
         "intensity_stats": intensity_stats(dataset, protocol),
         # patch protocols: the spacing in mm cases were resampled to for training and prediction ((z, y, x);
@@ -568,14 +573,26 @@ def failure_text(exc: BaseException) -> str:
     return one_line(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
 
 
-def _given_weights(model, path: str, run_dir: Path, main: bool) -> TrainResult:
+def _given_weights(model, path: str, run_dir: Path, main: bool,
+                   train_ids: list[str]) -> tuple[TrainResult, dict[str, Any] | None]:
     """A run of weights trained elsewhere: ``path`` loaded strictly into ``model`` and kept as the run's
-    final checkpoint (so that rescore and predict find them as any run's), nothing trained."""
-    load_weights(model, path)
+    final checkpoint (so that rescore and predict find them as any run's), nothing trained; and where
+    they came from, where a run of bench wrote them (its checkpoints say: ``trained_by``), with whether
+    they trained on the items this run's split trains on (``train_ids``): else some of its test cases may
+    have been among them, which the run says."""
+    trained_by = load_weights(model, path).get("trained_by")
+    if trained_by is not None:
+        trained_by = {**trained_by, "same_items": trained_by.get("items") == items_digest(train_ids)}
+        if not trained_by["same_items"] and main:
+            warnings.warn(f"{path}: weights of run {trained_by.get('run_id')} (protocol {trained_by.get('protocol')}), "
+                          f"trained on other items than this split's training set ({trained_by.get('n_items')} "
+                          f"items, not these {len(train_ids)}): where this split's test cases were among them, its "
+                          "scores are of cases the weights trained on", stacklevel=2)
     if main:
         (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-        save_checkpoint({"model": model.state_dict(), "epoch": -1}, run_dir / CHECKPOINT_DIR / FINAL)
-    return TrainResult(epochs=0, iterations=0, final_loss=None, time_s=0.0, selected="final")
+        save_checkpoint({"model": model.state_dict(), "epoch": -1, "trained_by": trained_by},
+                        run_dir / CHECKPOINT_DIR / FINAL)
+    return TrainResult(epochs=0, iterations=0, final_loss=None, time_s=0.0, selected="final"), trained_by
 
 
 def build_args(model: str, protocol: Protocol, dataset, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -247,6 +247,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(cuda)
 
 
+def items_digest(ids: list[str]) -> str:
+    """A short digest of the training items (their ids, in order): what checkpoints name as trained on."""
+    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()[:16]
+
+
 def checkpoints_when(every: int) -> str:
     """When a protocol of ``checkpoint_every`` = ``every`` writes its resumable checkpoint."""
     return f"every {every} epochs" if every > 1 else "at every epoch's end" if every == 1 else "at the end only"
@@ -352,8 +357,16 @@ def train_model(
         total = min(total, t.max_iterations)
     epochs = math.ceil(total / steps_per_epoch)
     # what a checkpoint was trained on: a resume from one of other data would mix two trainings
-    trains_on = {"items": hashlib.sha256("\n".join(map(str, data.ids)).encode()).hexdigest()[:16],
-                 "n_items": len(data), "steps_per_epoch": steps_per_epoch, "total_steps": total}
+    trains_on = {"items": items_digest(data.ids), "n_items": len(data), "steps_per_epoch": steps_per_epoch,
+                 "total_steps": total}
+    # what every weights file of the run says of itself: given to `bench run --weights`, its record names
+    # the run and protocol they came from, and whether they trained on the items that run trains on
+    trained_by = {"run_id": Path(run_dir).name, "protocol": protocol.name, "protocol_hash": protocol.hash,
+                  "items": trains_on["items"], "n_items": len(data)}
+
+    def weights(state: dict[str, Any], epoch: int) -> dict[str, Any]:
+        return {"model": state, "epoch": epoch, "trained_by": trained_by}
+
     keep_epoch = lr_min_epoch(protocol, epochs, steps_per_epoch, total) if t.select == "lr_min" else None
 
     model.to(device=device, dtype=protocol.torch_dtype)
@@ -498,9 +511,9 @@ def train_model(
         if t.select == "best_train_loss" and (best is None or epoch_loss < best[0]):
             best = (epoch_loss, epoch)
             if w.main:
-                save_checkpoint({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / BEST)
+                save_checkpoint(weights(model.state_dict(), epoch), ckpt_dir / BEST)
         if epoch == keep_epoch and w.main:  # every rank loads it at the end: a shared run dir, as for best.pt
-            lr_min = {"model": model.state_dict(), "epoch": epoch}
+            lr_min = weights(model.state_dict(), epoch)
             if not earlier:  # else held until the earlier attempt's files go: a --resume of it reads its own
                 save_checkpoint(lr_min, ckpt_dir / LR_MIN)
                 lr_min = None
@@ -529,7 +542,7 @@ def train_model(
                     save_checkpoint(lr_min, ckpt_dir / LR_MIN)
                     lr_min = None
                 if not final:
-                    save_checkpoint({"model": state["model"], "epoch": epoch}, ckpt_dir / f"epoch_{epoch:04d}.pt")
+                    save_checkpoint(weights(state["model"], epoch), ckpt_dir / f"epoch_{epoch:04d}.pt")
                 kept = ckpt_dir / BEST_AT.format(best[1]) if best is not None else None
                 if kept is not None and not kept.is_file():  # before last.pt names it
                     _atomic_file(kept, lambda tmp: shutil.copyfile(ckpt_dir / BEST, tmp))
@@ -538,7 +551,7 @@ def train_model(
                     if old != kept:
                         old.unlink(missing_ok=True)
                 if final:
-                    save_checkpoint({"model": state["model"], "epoch": epoch}, ckpt_dir / FINAL)
+                    save_checkpoint(weights(state["model"], epoch), ckpt_dir / FINAL)
                     wrote_final = True
             distributed.barrier()
         if on_epoch_end is not None:
@@ -546,7 +559,7 @@ def train_model(
 
     if w.main and not wrote_final:  # resumed from the last epoch's last.pt: killed before final.pt, or after
         # it (a final.pt of an earlier attempt, not bit-identical on a GPU, must not stay)
-        save_checkpoint({"model": model.state_dict(), "epoch": epochs - 1}, ckpt_dir / FINAL)
+        save_checkpoint(weights(model.state_dict(), epochs - 1), ckpt_dir / FINAL)
     distributed.barrier()
     selected = "final"
     if t.select == "best_train_loss" and best is not None:

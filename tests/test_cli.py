@@ -73,6 +73,11 @@ def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_pat
     assert rec["weights"]["file"] == "mine.pth" and rec["train"]["iterations"] == 0 and rec["n_train"] is None
     assert records.load(tmp_path / "res")["train_time_s"].isna().all()  # nothing trained here: no train time
     assert rec["metrics"] == trained["metrics"] and rec["per_case"] == trained["per_case"]
+    # the checkpoint names the run that wrote it: the record and Methods trace the weights to it
+    assert {k: rec["weights"]["trained_by"][k] for k in ("run_id", "protocol", "same_items")} == {
+        "run_id": trained["run_id"], "protocol": "smoke", "same_items": True}
+    methods = _bench("report", "--results", tmp_path / "res", "--format", "methods").stdout
+    assert f"trained by run {trained['run_id']} under protocol smoke on this split's training items" in methods
     assert "skipped" in _bench(*base, "--weights", mine).stdout and "skipped" not in out
     sha = rec["weights"]["sha256"][:8]
     assert re.search(rf"\| unet \(tiny, weights mine\.pth@{sha}\) +\|", _bench("report", "--results", tmp_path / "res").stdout)

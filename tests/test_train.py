@@ -799,6 +799,25 @@ def test_a_run_resumed_twice_keeps_both_resumes(synapse_root, tmp_path):
     assert (fresh.resumes, fresh.resumed_from) == ([], None)
 
 
+def test_weights_given_to_another_split_say_where_they_came_from(synapse_root, tmp_path):
+    """--weights of a run's checkpoint trained on other items: its record could not say the weights might
+    have trained on the test cases they were scored on."""
+    from bench.run import _given_weights
+
+    ds = open_dataset("synapse", synapse_root)
+    train_model(_tiny_unet(ds), ds, _proto(), seed=0, run_dir=tmp_path / "r0", device=torch.device("cpu"))
+    final = tmp_path / "r0" / "checkpoints" / "final.pt"
+    _, same = _given_weights(_tiny_unet(ds), str(final), tmp_path / "same", True, ds.train_ids())
+    assert same["run_id"] == "r0" and same["same_items"] is True and same["protocol"] == "smoke"
+    with pytest.warns(UserWarning, match=r"final\.pt: weights of run r0 \(protocol smoke\), trained on other items "
+                                         r"than this split's training set \(\d+ items, not these 3\)"):
+        _, other = _given_weights(_tiny_unet(ds), str(final), tmp_path / "other", True, ds.train_ids()[:3])
+    assert other["same_items"] is False
+    # the given-weights run's own final.pt keeps naming the run that trained them
+    kept = torch.load(tmp_path / "other" / "checkpoints" / "final.pt", weights_only=True)
+    assert kept["trained_by"]["run_id"] == "r0"
+
+
 def test_float64_protocol_trains_and_evaluates_in_float64(synapse_root, tmp_path):
     from bench.evaluate import evaluate
 

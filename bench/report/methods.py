@@ -166,7 +166,12 @@ def _start(runs: list[dict]) -> str:
     def start(rec: dict) -> str:
         if rec.get("weights"):
             w = rec["weights"]
-            return f"evaluated from given weights {w['file']} (sha256 {w['sha256'][:8]}), not trained here"
+            by = w.get("trained_by")  # a bench run's checkpoint names it; others (the authors') do not
+            whence = (f", trained by run {by.get('run_id')} under protocol {by.get('protocol')} on "
+                      + ("this split's training items" if by.get("same_items") else
+                         "other items than this split's training set (its test cases may be among them)")
+                      if by else "")
+            return f"evaluated from given weights {w['file']} (sha256 {w['sha256'][:8]}){whence}, not trained here"
         if rec.get("init"):
             return f"initialised from {rec['init']['file']} (sha256 {rec['init']['sha256'][:8]})"
         return "trained from scratch"
