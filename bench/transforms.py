@@ -64,8 +64,9 @@ def normalize_image(img: np.ndarray, mode: str, spatial_dims: int = 2,
       image (all channels) to [0, 255]; the mean/std cancel, so only the min-max is computed.
       A constant image (max == min), where the authors' code divides by zero, becomes all 0.
     - ``"zscore"``: per channel, (x - mean) / std over the image (nnU-Net's default for non-CT
-      channels, per 2-D image or slice, or per cropped case in patch protocols, ``bench.data.preprocess``);
-      a constant channel becomes 0.
+      channels): per 2-D image, per slice of a volume trained slice by slice (nnU-Net would take the
+      whole case's statistics; TransUNet's ACDC preprocessing, the protocol using it, is not public), or
+      per cropped case in patch protocols (``bench.data.preprocess``); a constant channel becomes 0.
     - ``"ct_window"``: CT in HU clipped to [-125, 275] and scaled to [0, 1], the preparation the
       Synapse files were distributed with (TransUNet lineage), for CT in nnU-Net format.
     - ``"ct_foreground"``: nnU-Net's CTNormalization: per channel, clipped to the 0.5th-99.5th
