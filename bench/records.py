@@ -72,7 +72,7 @@ RUN_ID_COLUMNS = [
     "policy", "seed", "init", "data_id", "tiny", "weights",
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
-    "set_keys", "n_train", "data_root", "rescored_from", "status", "git_commit", "code_digest", "scored_commit", "scored_digest", "model_code", "device", "host", "slurm_job", "scan_backend", "hd95_unit",
+    "set_keys", "n_train", "data_root", "rescored_from", "status", "git_commit", "code_digest", "train_commits", "scored_commit", "scored_digest", "model_code", "device", "host", "slurm_job", "scan_backend", "hd95_unit",
     "started_at", "finished_at", "wall_time_s", "train_time_s", "train_loss", "world_size", "params", "trainable_params", "macs",
     "paper_macs", "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes", "n_missed", "n_present",
 ]  # fmt: skip
@@ -400,6 +400,7 @@ def _tolerances_text(tolerances: Any) -> str | None:
 def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
     cost, train = rec["cost"], rec["train"]
     row = _run_ids(rec)  # init: absent in older records; null: trained from scratch
+    commits = train.get("commits") if isinstance(train.get("commits"), list) else None
     row.update(
         n_train=rec.get("n_train"),  # training items (slices, images, cases); absent in older records
         data_root=rec.get("data_root"),  # where the data was read from (data_id says what it was)
@@ -407,6 +408,9 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         status=rec["status"],
         git_commit=rec["git_commit"],
         code_digest=rec.get("code_digest"),  # bench's sources (env.source_digest); absent in older records
+        # every code version it trained under (code_version; a resume under other code adds one), a comma
+        # list; None in records older than train.commits (git_commit, code_digest name their code)
+        train_commits=",".join(v or "unknown" for v in commits) if commits else None,
         # bench rescore: the code that computed the record's numbers (git_commit, code_digest: its training's)
         scored_commit=(rec.get("rescored_with") or {}).get("git_commit"),
         scored_digest=(rec.get("rescored_with") or {}).get("code_digest"),
@@ -465,7 +469,8 @@ def load(results_dir: Path, level: str = "run") -> pd.DataFrame:
     ``level="run"``: one row per run. Columns ``RUN_COLUMNS`` (``device`` is a short fingerprint
     string; ``model_config``/``protocol_overrides`` are canonical JSON strings, ``"{}"`` when
     unset; ``nsd_tolerances`` a per-class NSD tolerance table as text; ``host`` and ``slurm_job`` where
-    it ran, None in records older than ``launch``), then the scalar aggregate
+    it ran, None in records older than ``launch``; ``train_commits`` the code versions it trained under
+    (``code_version``), a comma list, None in records older than them), then the scalar aggregate
     metrics (``STANDARD_METRICS`` first, others sorted), then
     ``dice/<class name>`` and ``hd95/<class name>`` per class, in class-id order.
 

@@ -94,6 +94,32 @@ def test_two_code_versions_are_both_named(tmp_path):
     assert "2 versions of its code" in text and "a" * 12 in text and "b" * 12 in text
 
 
+def test_the_code_of_a_resumed_run_and_of_a_rescore_is_named(tmp_path):
+    """An audit: a run trained under edited code, resumed (or rescored) under clean code, read as the clean code's."""
+    dirty, clean = "a" * 40 + "-dirty", "b" * 40
+    resumed = {**_record(seed=0), "git_commit": clean, "code_digest": "d" * 16}
+    resumed["train"]["commits"] = [f"{dirty} sources {'c' * 16}", clean]
+    text = _methods(tmp_path / "resumed", resumed)
+    assert (f"2 versions of its code ({'a' * 12}-dirty (sources {'c' * 16}), {'b' * 12})" in text
+            and "Every run trained under each in turn" in text and '"-dirty": a checkout with uncommitted edits' in text)
+    source = {**_record(seed=0), "git_commit": dirty, "code_digest": "c" * 16}
+    rescored = {**source, "run_id": f"{source['run_id']}.strict", "policy": "strict", "rescored_from": source["run_id"],
+                "hd95_unit": "mm", "rescored_with": {"git_commit": clean, "code_digest": "d" * 16,
+                                                     "device": source["device"], "packages": {}}}
+    text = _methods(tmp_path / "rescored", source, rescored)
+    strict = text[text.index("policy strict"):]
+    assert f"trained under {'a' * 12}-dirty (sources {'c' * 16}), scored under {'b' * 12};" in strict
+
+
+def test_code_that_follows_the_rows_is_named_per_row(tmp_path):
+    """An audit: every vmunet run under one version, every unet run under another; Methods named two
+    versions, not which model ran which, though the comparison is the code's too."""
+    vmunet = {**_record(seed=0), "model": "vmunet", "git_commit": "b" * 40}
+    text = _methods(tmp_path, _record(seed=0, commit="a" * 40), vmunet)
+    assert (f"Code per row: unet: {'a' * 12}; vmunet: {'b' * 12}; the versions follow the rows, so between rows of other "
+            "code the model comparison and the code change cannot be told apart.") in text
+
+
 def test_a_rescored_board_names_the_weights_it_scored(tmp_path):
     source = _record()
     rescored = {**_record(), "run_id": f"{source['run_id']}.strict", "policy": "strict",

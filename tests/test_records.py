@@ -243,6 +243,7 @@ def test_concurrent_writers(tmp_path):
 def test_load_run_level_columns_and_values(tmp_path):
     rec = make_record("vmunet", seed=0, dice=0.8, class_dice={"aorta": 0.6}, hd95=float("nan"))
     rec["cost"].update(peak_mem_mb=1234.5, peak_mem_kind="cuda_train")  # a training on a GPU
+    rec["train"]["commits"] = ["a-dirty sources d", "b"]
     write_record(rec, tmp_path)
     write_record(make_record("isic-model", dataset="isic17", seed=1, dice=0.9), tmp_path)
     df = load(tmp_path)
@@ -256,6 +257,8 @@ def test_load_run_level_columns_and_values(tmp_path):
 
     syn = df[df["dataset"] == "synapse"].iloc[0]
     assert syn["dice"] == pytest.approx((0.6 + 7 * 0.8) / 8)
+    # the code versions it trained under (a resume under other code adds one); older records: none kept
+    assert syn["train_commits"] == "a-dirty sources d,b" and df["train_commits"].isna().sum() == 1  # isic17's
     # what peak_mem_mb measured: a whole training's allocator peak, not a profile's forward
     assert (syn["peak_mem_mb"], syn["peak_mem_kind"]) == (1234.5, "cuda_train")
     assert syn["dice/aorta"] == pytest.approx(0.6)

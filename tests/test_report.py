@@ -1285,8 +1285,10 @@ def test_a_board_of_runs_from_several_commits_says_so(tmp_path):
     rec = make_record("unet", seed=2)
     rec["git_commit"] = "fedcba9876543210" * 2 + "-dirty"
     write_record(rec, tmp_path)
-    assert "Code: these runs come from 2 versions of bench (0123456789ab, fedcba987654-dirty); a change between" in \
-        render(load(tmp_path))
+    caption = render(load(tmp_path))
+    assert "Code: these runs come from 2 versions of bench (0123456789ab, fedcba987654-dirty). A change between" \
+        in caption and '"-dirty": a checkout with uncommitted edits.' in caption
+    assert "Code per row" not in caption  # one row: its seeds are the versions' runs
 
 
 def test_a_board_tells_code_versions_apart_by_their_sources(tmp_path):
@@ -1634,7 +1636,76 @@ def test_a_rescored_board_names_the_code_that_scored_it(tmp_path):
     write_record(rescored, tmp_path)
     md = render(load(tmp_path), "md")
     strict = md[md.index("policy strict"):]
-    assert "Code: bench fedcba987654." in strict and "Code: bench 0123456789ab." in md[:md.index("policy strict")]
+    # the numbers' code and the weights' code, both
+    assert "Code: trained under bench 0123456789ab; scored under bench fedcba987654." in strict
+    assert "Code: bench 0123456789ab." in md[:md.index("policy strict")]
+
+
+def test_a_rescored_board_names_the_code_that_trained_it(tmp_path):
+    """An audit: a run trained under edited code and rescored under clean code read as clean code's."""
+    clean = "fedcba9876543210fedcba9876543210fedcba98"
+    rec = make_record("unet", seed=0)
+    rec.update(git_commit="0123456789abcdef0123456789abcdef01234567-dirty", code_digest="aaaaaaaaaaaaaaaa")
+
+    def strict_board(folder, commit, digest):
+        rescored = make_record("unet", seed=0, run_id=f"{rec['run_id']}.strict")
+        rescored.update(policy="strict", rescored_from=rec["run_id"], git_commit=rec["git_commit"],
+                        code_digest=rec["code_digest"], rescored_with={"git_commit": commit, "code_digest": digest,
+                                                                       "device": rec["device"], "packages": {}})
+        write_record(rec, tmp_path / folder)
+        write_record(rescored, tmp_path / folder)
+        md = render(load(tmp_path / folder), "md")
+        return md[md.index("policy strict"):]
+
+    assert ("Code: trained under bench 0123456789ab-dirty (sources aaaaaaaaaaaaaaaa); scored under bench "
+            'fedcba987654. "-dirty": a checkout with uncommitted edits.') in strict_board("a", clean, "c" * 16)
+    # scored under the code it trained under: one version, said once
+    strict = strict_board("b", rec["git_commit"], rec["code_digest"])
+    assert "Code: bench 0123456789ab-dirty (sources aaaaaaaaaaaaaaaa)." in strict and "scored under" not in strict
+
+
+def test_a_resumed_run_names_every_code_it_trained_under(tmp_path):
+    """An audit: a run trained under edited code, killed and resumed under clean code, read as the clean code's."""
+    dirty, clean = "0123456789abcdef" * 2 + "01234567-dirty", "fedcba9876543210" * 2 + "fedcba98"
+    rec = make_record("unet", seed=0)
+    rec.update(git_commit=clean, code_digest="bbbbbbbbbbbbbbbb")
+    rec["train"]["commits"] = [f"{dirty} sources aaaaaaaaaaaaaaaa", clean]  # as train._resumed_commits keeps them
+    write_record(rec, tmp_path)
+    df = load(tmp_path)
+    assert df["train_commits"].iloc[0] == f"{dirty} sources aaaaaaaaaaaaaaaa,{clean}"
+    caption = render(df)
+    assert ("Code: these runs come from 2 versions of bench (0123456789ab-dirty (sources aaaaaaaaaaaaaaaa), "
+            "fedcba987654). Every run trained under each in turn") in caption
+    # a seed trained under the clean code alone: the row's mean is over runs of other code
+    write_record({**make_record("unet", seed=1), "git_commit": clean, "code_digest": "bbbbbbbbbbbbbbbb"}, tmp_path)
+    caption = render(load(tmp_path))
+    assert "fedcba987654). A change between versions that moved scores is not told apart" in caption
+
+
+def test_a_board_whose_code_follows_its_rows_says_the_comparison_is_confounded(tmp_path):
+    """An audit: every vmunet run under edited code, every unet run under a commit; the caption named two
+    versions, not which rows ran which, though the model comparison is then the code's too."""
+    import io
+
+    dirty, clean = "0123456789abcdef" * 2 + "01234567-dirty", "fedcba9876543210" * 2 + "fedcba98"
+    for seed in range(2):
+        write_record({**make_record("unet", seed=seed), "git_commit": clean}, tmp_path)
+        write_record({**make_record("vmunet", seed=seed, dice=0.9), "git_commit": dirty}, tmp_path)
+    df = load(tmp_path)
+    caption = render(df)
+    # in the board's order (vmunet's higher DSC first)
+    assert ("Code per row: vmunet: 0123456789ab-dirty; unet: fedcba987654; the versions follow the rows, so between "
+            "rows of other code the model comparison and the code change cannot be told apart.") in caption
+    table = pd.read_csv(io.StringIO(render(df, "csv")))
+    assert dict(zip(table["model"], table["code"])) == {"unet": clean, "vmunet": dirty}  # each row's own
+    # a model's seeds under both: the rows do not split by code, a row's mean is over both
+    write_record({**make_record("unet", seed=2), "git_commit": dirty}, tmp_path)
+    caption = render(load(tmp_path))
+    assert "unet: 0123456789ab-dirty, fedcba987654; a change between versions" in caption
+    # many rows: the first few, and how many more
+    for model in ("transunet", "swinunet", "missformer", "hiformer"):
+        write_record({**make_record(model), "git_commit": model[0] * 40}, tmp_path)
+    assert "(and 2 more); a change between versions" in render(load(tmp_path))
 
 
 def test_a_one_class_board_of_ones_own_data_names_its_class(tmp_path):

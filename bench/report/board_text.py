@@ -285,13 +285,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
                  "before bench identified data by its content names it by its path, so a run on that data moved, "
                  "or on other data of this name, was not the same run. records.load's data_id and data_root tell "
                  "them apart: delete the record that should not count.")
-    commits = a.get("commits", [])
-    if len(commits) > 1:  # seeds run before and after an upgrade average two versions of the code
-        named = few([short_commit(c) for c in commits], 3)
-        note += (f" Code: these runs come from {len(commits)} versions of bench ({named}); a change between them "
-                 "that moved scores is not told apart (records' git_commit and code_digest).")
-    elif commits and commits != ["unknown"]:  # a shared report says which code made its numbers
-        note += f" Code: bench {short_commit(commits[0])}."
+    note += code_note(a.get("code", {}))
     if plugin := a.get("plugin_code"):
         which = "; ".join(f"{m}: {n}" for m, n in plugin.items())
         note += (f" Plugin code changed since these runs trained ({which}; records' model_code): their numbers are "
@@ -385,6 +379,52 @@ def _render_latex(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...]
     return "\n\n".join(parts) + "\n"
 
 
+def code_note(code: dict) -> str:
+    """The caption's words on which versions of bench made a board's numbers (``code``:
+    ``boards._code_versions``): every version a run trained or was scored under, and where runs differ,
+    each row's: a change of code between them moves scores as a model does."""
+    versions = code.get("versions", [])
+    if not versions or versions == ["unknown"]:
+        return ""
+    if len(versions) == 1:  # a shared report says which code made its numbers
+        note = f" Code: bench {_short(versions)}."
+    elif code["rescored"]:  # the weights' code and the numbers' code, both
+        note = f" Code: trained under bench {_short(code['trained'])}; scored under bench {_short(code['scored'])}."
+    else:
+        note = f" Code: these runs come from {len(versions)} versions of bench ({_short(versions)})."
+    return note + code_detail(code)
+
+
+def code_detail(code: dict) -> str:
+    """After a board's versions are named (``code_note``, Methods), which runs ran which: every run the
+    same ones, else each row's, and what "-dirty" means where one is."""
+    note = ""
+    if code["split"] == "same" and len(code["trained"]) > 1:
+        note += " Every run trained under each in turn (resumed; records' train.commits)."
+    elif code["split"] != "same":
+        rows = few([f"{label}: {_short(r['trained'])}" + (f" (scored under {_short(r['scored'])})"
+                                                           if set(r["scored"]) - set(r["trained"]) else "")
+                    for label, r in code["rows"].items()], 4, sep="; ")
+        why = ("the versions follow the rows, so between rows of other code the model comparison and the code "
+               "change cannot be told apart." if code["split"] == "rows" else
+               "a change between versions that moved scores is not told apart (records' git_commit, code_digest "
+               "and train.commits).")
+        note += f" Code per row: {rows}; {why}" if len(code["rows"]) > 1 else f" {why[0].upper()}{why[1:]}"
+    if any("-dirty" in v for v in code["versions"]):
+        note += ' "-dirty": a checkout with uncommitted edits.'
+    return note
+
+
+def _short(versions: list[str]) -> str:
+    return few([short_commit(v) for v in versions], 3)
+
+
+def _row_code(code: dict, label: str) -> str:
+    """A board row's bench versions, in full, for the CSV's ``code`` column."""
+    row = code.get("rows", {}).get(label, {})
+    return "; ".join(sorted({*row.get("trained", []), *row.get("scored", [])}))
+
+
 def _render_csv(boards: dict[BoardKey, pd.DataFrame]) -> str:
     frames = []
     for key, board in boards.items():
@@ -397,7 +437,8 @@ def _render_csv(boards: dict[BoardKey, pd.DataFrame]) -> str:
                 "policy": key.policy,
                 # the policy does not say it: strict's HD95 is in mm, voxels or pixels by the data
                 "hd95_unit": "/".join(board.attrs.get("hd95_units", [])),
-                "code": "; ".join(board.attrs.get("commits", [])),  # the bench version(s) the numbers came from
+                # the bench versions the row's numbers came from (trained, scored)
+                "code": [_row_code(board.attrs.get("code", {}), label) for label in board["model"]],
             },
             index=board.index,
         )

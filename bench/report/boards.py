@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import math
+import re
 
 import pandas as pd
 
@@ -111,6 +113,9 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         board = board.sort_values(["dice_mean", "model"], ascending=[False, True], na_position="last")
     board = board.reset_index(drop=True)
     first = group.iloc[0]
+    code = _code_versions(group)
+    if code:  # each row's, in the board's order
+        code["rows"] = {label: code["rows"][label] for label in board["model"]}
     board.attrs.update(
         dataset=first["dataset"],
         protocol_name=first["protocol"],
@@ -126,7 +131,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
                         for t in sorted(set(group[col].dropna()))],
         devices=sorted(set(group["device"].dropna())) if "device" in group else [],
         world_sizes=sorted({int(w) for w in group["world_size"].dropna()}) if "world_size" in group else [],
-        commits=_code_versions(group),
+        code=code,  # the bench versions behind the numbers, per row too
         plugin_code=_plugin_code_changed(group),
         repeated=repeated,
         repeated_runs=repeated_runs,  # per model, the run ids of its seeds counted more than once
@@ -147,32 +152,80 @@ def _binary_task(dataset: str) -> bool:
     return reader is not None and reader.num_classes == 1
 
 
-def _code_versions(group: pd.DataFrame) -> list[str]:
-    """The versions of bench's code a board's numbers came from (``records.code_version``; a
-    ``bench rescore`` record's: the rescoring code), one per source digest: the same sources under a
-    clean commit and in an edited tree ("-dirty": a README) are one version. A record written before
-    digests were kept counts by its commit, "unknown" without one."""
+def _code_versions(group: pd.DataFrame) -> dict:
+    """The versions of bench's code a board's numbers came from (``records.code_version``): per run,
+    every version it trained under (``train_commits``; older records: its git_commit and code_digest)
+    and the one that scored it (a ``bench rescore`` record's: the rescoring code; else its training's
+    last). ``versions``, ``trained``, ``scored``: sorted; ``rescored``: whether a record was rescored;
+    ``rows``: per row label, its ``trained`` and ``scored``; ``split``: "same" (every run one history),
+    "rows" (each row's runs one history, rows others) or "mixed"."""
     if "git_commit" not in group:
-        return []
-    none = pd.Series(None, index=group.index, dtype=object)
-    rescored = group.get("scored_commit", none).notna()  # a rescore's numbers come from its own code
-    commits = group["git_commit"].where(~rescored, group.get("scored_commit", none))
-    digests = group.get("code_digest", none).where(~rescored, group.get("scored_digest", none))
-    pairs = [(c if isinstance(c, str) else None, d if isinstance(d, str) else None) for c, d in zip(commits, digests)]
-    clean: dict[str, set[str]] = {}  # a clean commit names its sources, where all its records agree on them
+        return {}
+    runs = []  # (row label, trained pairs, scoring pair, rescored): pairs are (commit, digest)
+    for r in group.to_dict("records"):
+        own = (_text(r.get("git_commit")), _text(r.get("code_digest")))
+        listed = _text(r.get("train_commits"))
+        trained = [_version_pair(v) for v in listed.split(",")] if listed else [own]
+        # the record's digest names a clean commit's sources (code_version leaves them out)
+        trained = [own if own[0] and pair == (own[0], None) else pair for pair in trained]
+        scored = (_text(r.get("scored_commit")), _text(r.get("scored_digest")))  # bench rescore's code
+        rescored = any(scored)
+        runs.append((r.get("model_label") or r["model"], trained, scored if rescored else trained[-1], rescored))
+    name = _version_names([pair for _, trained, scored, _ in runs for pair in (*trained, scored)])
+    histories: dict[str, list[tuple[tuple[str, ...], str]]] = {}
+    for label, trained, scored, _ in runs:
+        histories.setdefault(label, []).append((tuple(dict.fromkeys(name[p] for p in trained)), name[scored]))
+    every = [h for hs in histories.values() for h in hs]
+    rows = {label: {"trained": sorted({v for t, _ in hs for v in t}), "scored": sorted({s for _, s in hs})}
+            for label, hs in histories.items()}
+    return {
+        "versions": sorted({v for t, s in every for v in (*t, s)}),
+        "trained": sorted({v for t, _ in every for v in t}),
+        "scored": sorted({s for _, s in every}),
+        "rescored": any(rescored for *_, rescored in runs),
+        "rows": rows,
+        "split": ("same" if len(set(every)) == 1 else
+                  "rows" if all(len(set(hs)) == 1 for hs in histories.values()) else "mixed"),
+    }
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None  # NaN: the record has none
+
+
+def _version_pair(version: str) -> tuple[str | None, str | None]:
+    """A ``records.code_version`` text back as its (commit, digest); "unknown" (a checkpoint older
+    than commits, or none at all) as (None, None)."""
+    if version.startswith("unknown"):
+        return None, None
+    if match := re.fullmatch(r"(?:(\S+) )?sources (\S+)", version):
+        return match[1], match[2]
+    return version, None
+
+
+def _version_names(pairs: list[tuple[str | None, str | None]]) -> dict[tuple[str | None, str | None], str]:
+    """Each (commit, digest) as the version it names (``records.code_version``), one per source digest:
+    the same sources under a clean commit and in an edited tree ("-dirty": a README) are one version. A
+    pair without a digest (records older than them) counts by its commit, "unknown" without one."""
+    clean: dict[str, set[str]] = {}  # a clean commit names its sources, where all its pairs agree on them
     for commit, digest in pairs:
         if commit and digest and not commit.endswith("-dirty"):
             clean.setdefault(commit, set()).add(digest)
     digest_of = {c: next(iter(d)) for c, d in clean.items() if len(d) == 1}
+
+    def key(pair: tuple[str | None, str | None]) -> str | None:
+        return pair[1] or digest_of.get(pair[0]) or pair[0]
+
     versions: dict[str | None, tuple[str | None, str | None]] = {}
-    for commit, digest in pairs:
-        key = digest or digest_of.get(commit) or commit
-        if versions.get(key, (None, None))[1] is None:  # a record naming its digest names the version
-            versions[key] = (commit, digest)
-    labels = [code_version(c, d) or "unknown" for c, d in versions.values()]
+    for pair in pairs:
+        if versions.get(key(pair), (None, None))[1] is None:  # a pair naming its digest names the version
+            versions[key(pair)] = pair
+    labels = {k: code_version(*pair) or "unknown" for k, pair in versions.items()}
+    counts = collections.Counter(labels.values())
     # one clean commit with other sources (modules git does not track): its digests tell them apart
-    return sorted(label if labels.count(label) == 1 or not d else f"{c} sources {d}"
-                  for label, (c, d) in zip(labels, versions.values()))
+    names = {k: label if counts[label] == 1 or not versions[k][1] else f"{versions[k][0]} sources {versions[k][1]}"
+             for k, label in labels.items()}
+    return {pair: names[key(pair)] for pair in pairs}
 
 
 def _plugin_code_changed(group: pd.DataFrame) -> dict[str, str]:

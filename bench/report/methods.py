@@ -19,7 +19,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.records import finished, load, no_runs, read_record, select_runs, short_commit, split_fold
-from bench.report.board_text import _fmt_duration, board_title
+from bench.report.board_text import _fmt_duration, board_title, code_detail
 from bench.report.boards import _binary_task, _code_versions
 from bench.report.labels import _overrides_text, _paper_config, _tiny_changes, _tiny_config, label_runs
 
@@ -423,12 +423,17 @@ def _eval_settings(recipe: dict, rec: dict) -> str:
 
 
 def _environment(labels: list[str], recs: list[dict], group: pd.DataFrame) -> str:
-    versions = [short_commit(v) for v in _code_versions(group)]
+    versions = _code_versions(group)
+    named = [short_commit(v) for v in versions["versions"]]
     release = _per_run(recs, lambda r: r.get("packages", {}).get("ssm-unet-bench") or "?")
-    code = (f"bench {release} at {versions[0]}" if len(versions) == 1 else
-            f"bench {release}, {len(versions)} versions of its code ({', '.join(versions)})")
+    code = (f"bench {release} at {named[0]}" if len(named) == 1 else
+            # the weights' code and the numbers' code, both
+            f"bench {release}, {len(named)} versions of its code: trained under "
+            f"{', '.join(map(short_commit, versions['trained']))}, scored under "
+            f"{', '.join(map(short_commit, versions['scored']))}" if versions["rescored"] else
+            f"bench {release}, {len(named)} versions of its code ({', '.join(named)})")
     text = [f"**Environment.** {code}; {_per_run(recs, _packages)}; Python "
-            f"{_per_run(recs, lambda r: r['device'].get('python', '?'))}.",
+            f"{_per_run(recs, lambda r: r['device'].get('python', '?'))}.{code_detail(versions)}",
             f"Device: {_per_run(recs, lambda r: _device(r['device']))}."]
     rescored = [r for r in recs if r.get("rescored_with")]
     if rescored:  # the numbers of this board came from there; the packages and device above trained them
