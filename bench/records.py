@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -316,8 +317,14 @@ def _iter_records(results_dir: Path) -> Iterator[tuple[Path, dict]]:
             and any(results_dir.glob("*.json")):  # the records/ folder itself: read as empty, unsaid
         raise BenchError(f"{results_dir}: is the records folder of a results folder; give the results folder, "
                          f"{results_dir.parent}")
+    seen: dict[str, Path] = {}
     for path in sorted(records_dir(results_dir).glob("*.json")):
-        yield path, _read(path)
+        rec = _read(path)
+        if (first := seen.setdefault(rec["run_id"], path)) != path:  # a copy (cp X.json X_copy.json): counted twice
+            raise BenchError(f"{first} and {path}: two records of run {rec['run_id']!r}; a run has one record, "
+                             f"{record_path(results_dir, rec['run_id']).name}: move the other out of "
+                             f"{records_dir(results_dir)}")
+        yield path, rec
 
 
 def read_record(results_dir: Path, run_id: str) -> dict[str, Any]:
@@ -551,6 +558,49 @@ def no_runs(results_dir: Path | str, *filters: str | Iterable[str] | None) -> st
                 f"its record (a run failed or is still training: its {RUN_LOG} in {runs_dir(Path(results_dir))}/<run "
                 "id>/ says why; the same command continues)")
     return f"{results_dir}: no finished runs; pass the --results folder that `bench run` wrote"
+
+
+# a run id (bench.run.RunSpec.key) after its "<dataset>-<protocol>-"
+_RUN_REST = re.compile(r"(?P<model>.+)-s(?P<seed>\d+)(?:-f(?P<fold>\d+))?-[0-9a-f]{8}")
+
+
+def unrecorded_runs(results_dir: Path | str, boards: Iterable[tuple[str, str]],
+                    models: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The runs of ``boards`` ((dataset, protocol name) pairs; of ``models`` only, where given) that began
+    in ``results_dir`` (a folder under runs/ with a log or a checkpoint) and have no record, neither their
+    own nor one ``bench rescore`` wrote of them, and that no live process trains or scores now (its claim,
+    bench.claim): each as {run_id, dataset, protocol, model, seed, split, why}, ``why`` as reports say it
+    ("finished, record missing: deleted?", "failed: <reason>", "interrupted"). A finished run's record
+    deleted, or a diverged seed, would otherwise leave a board with fewer seeds and nothing said."""
+    from bench.claim import held_by
+    from bench.runlog import last_outcome
+    from bench.train import CHECKPOINT_DIR, FINAL, LAST
+
+    results_dir, boards, wanted = Path(results_dir), sorted(set(boards)), None if models is None else set(models)
+    found = []
+    for folder in sorted(p for p in runs_dir(results_dir).glob("*") if p.is_dir()):
+        run_id = folder.name
+        for dataset, protocol in boards:
+            rest = _RUN_REST.fullmatch(run_id[len(f"{dataset}-{protocol}-"):]) \
+                if run_id.startswith(f"{dataset}-{protocol}-") else None
+            if rest is None or (wanted is not None and rest["model"] not in wanted):
+                continue
+            recorded = [record_path(results_dir, name) for name in (run_id, *(f"{run_id}.{p}" for p in POLICIES))]
+            ckpt = folder / CHECKPOINT_DIR
+            began = (folder / RUN_LOG).is_file() or (ckpt / LAST).is_file() or (ckpt / FINAL).is_file()
+            if not began or any(path.is_file() for path in recorded) or held_by(results_dir, run_id):
+                break
+            state, said = last_outcome(folder) or (None, "")
+            why = {"finished": "finished, record missing: deleted?", "failed": f"failed: {said}",
+                   "interrupted": "interrupted"}.get(state)
+            if why is None:  # its log says nothing of an end: killed outright, or older than run logs
+                why = "finished, record missing" if (ckpt / FINAL).is_file() else "interrupted"
+            fold = rest["fold"]
+            found.append({"run_id": run_id, "dataset": dataset, "protocol": protocol, "model": rest["model"],
+                          "seed": int(rest["seed"]), "split": split_name(None if fold is None else int(fold)),
+                          "why": why})
+            break
+    return found
 
 
 def finished_runs(df_runs: pd.DataFrame, results_dir: Path | str, models: str | Iterable[str] | None = None,

@@ -511,7 +511,8 @@ def finished(spec: RunSpec, results_dir: Path) -> tuple[bool, str | None]:
 
 def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
     """What became of run ``spec`` in ``results_dir``, as bench run would find it, without touching
-    anything (``--dry-run``): ("done" | "running" | "partial" | "missing", what says so)."""
+    anything (``--dry-run``): ("done" | "running" | "finished" | "partial" | "missing", what says so);
+    "finished": trained (its final.pt there), without a record: deleted, or its evaluation cut short."""
     from bench.claim import held_by
 
     done, rescored = finished(spec, results_dir)
@@ -520,7 +521,12 @@ def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
     if holder := held_by(results_dir, spec.key):
         return "running", f"by {holder}"
     ckpt = records.run_dir(results_dir, spec.key) / CHECKPOINT_DIR
-    if (ckpt / LAST).is_file() or (ckpt / FINAL).is_file():
+    if (ckpt / FINAL).is_file():  # what bench run does with it (train_model: a resume from the last epoch trains none)
+        again = ("bench run evaluates the given weights again" if spec.weights else
+                 "--resume evaluates its trained weights again without training; without --resume, bench run "
+                 "trains it afresh" if (ckpt / LAST).is_file() else "bench run trains it afresh (no last.pt to resume)")
+        return "finished", f"record missing: {again}"
+    if (ckpt / LAST).is_file():
         return "partial", "a checkpoint, no record: --resume continues it"
     return "missing", ""
 

@@ -5,6 +5,7 @@ no record: this file still says."""
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from contextlib import contextmanager
@@ -69,6 +70,29 @@ def append(text: str) -> None:
             fh.write("".join(f"{human_time(seconds=True)}  {line.strip()}\n" for line in text.splitlines() or [""]))
     except OSError:
         pass
+
+
+def last_outcome(run_dir: Path) -> tuple[str, str] | None:
+    """How the run's last attempt ended, as its log says: ("finished", its result line), ("failed", the
+    reason's first sentence) or ("interrupted", while what); None without a log, or where the last attempt
+    said none of these (it goes on, or was killed outright: its checkpoints say more)."""
+    run_id, outcome = run_dir.name, None
+    try:
+        lines = (run_dir / RUN_LOG).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        text = line.split("  ", 1)[-1].strip()  # after append's time stamp
+        if re.match(rf"\[\d+/\d+\] {re.escape(run_id)}: ", text):  # bench run began an attempt
+            outcome = None
+        elif text.startswith((f"{run_id}: FAILED: ", "FAILED: ")):  # note_failure's, or the command's last run's
+            reason = text.split("FAILED: ", 1)[1].split(". ", 1)[0]
+            outcome = ("failed", reason if len(reason) <= 100 else reason[:99] + "…")
+        elif text.startswith("interrupted while "):
+            outcome = ("interrupted", text.split(" (", 1)[0])
+        elif text.startswith(f"{run_id}: DSC "):  # its result line (records.scores_text), said after its record
+            outcome = ("finished", text)
+    return outcome
 
 
 def drop(run_dir: Path) -> None:

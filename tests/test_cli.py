@@ -574,6 +574,27 @@ def test_dry_run_lists_each_runs_state_and_shard_and_writes_nothing(tmp_path):
     assert listed.rstrip().endswith("done 2, partial 1, running 1; shards with runs not done: 2")
 
 
+def test_dry_run_calls_a_trained_run_without_its_record_finished_and_says_what_bench_run_does(
+        tmp_path, monkeypatch, capsys):
+    """A run whose record was deleted (its final.pt there) read "partial (a checkpoint, no record: --resume
+    continues it)": it is finished, and --resume only evaluates it again (train_model resumes after its
+    last epoch); without last.pt nothing resumes and bench run trains it afresh."""
+    base = ["run", "--models", "unet", "--seeds", "0,1", "--dataset", "synapse", "--synthetic", "--protocol",
+            "smoke", "--results", tmp_path, *FAST, "--dry-run"]
+    _, trained = re.findall(r"^  missing  (\S+)$", run_bench_here(monkeypatch, capsys, *base).stdout, re.M)
+    ckpt = tmp_path / "runs" / trained / "checkpoints"
+    ckpt.mkdir(parents=True)
+    for name in ("last.pt", "final.pt"):
+        (ckpt / name).write_bytes(b"")
+    listed = run_bench_here(monkeypatch, capsys, *base).stdout
+    assert (f"  finished {trained}  record missing: --resume evaluates its trained weights again without training; "
+            "without --resume, bench run trains it afresh\n") in listed
+    assert listed.rstrip().endswith("finished 1, missing 1")
+    (ckpt / "last.pt").unlink()
+    listed = run_bench_here(monkeypatch, capsys, *base).stdout
+    assert f"  finished {trained}  record missing: bench run trains it afresh (no last.pt to resume)\n" in listed
+
+
 def test_a_record_says_which_host_job_and_command_line_made_it(tmp_path):
     """A record of a Slurm array's shared results folder did not say which job (and so which log) it
     came from."""

@@ -246,3 +246,57 @@ def test_resumed_runs_are_named_by_their_rows_labels(tmp_path):
     assert "Trained in several processes: unet (widths=[4, 8, 16, 32]) seed 0 on 2 processes." in text
     del plain["train"]["resumes"]  # a record before every resume was kept: its last one only, said so
     assert "unet seed 0 after epoch 7 (the last resume);" in _methods(tmp_path / "older", plain, other)
+
+
+def _run_folder(results, run_id: str, *said: str, checkpoints: tuple[str, ...] = ()) -> None:
+    """``runs/<run_id>/`` as bench run leaves it: its log (``said``, as runlog writes lines) and checkpoint files."""
+    from bench import runlog
+    from bench.records import run_dir
+
+    folder = run_dir(results, run_id)
+    (folder / "checkpoints").mkdir(parents=True)
+    for name in checkpoints:
+        (folder / "checkpoints" / name).write_bytes(b"weights")
+    with runlog.kept(folder):
+        for text in said:
+            runlog.append(text)
+
+
+def test_runs_without_a_record_are_named_in_methods_and_warned(tmp_path, monkeypatch, capsys):
+    """A seed's record deleted, or a seed diverged: the board showed "Seeds 0, 2" and said nothing. Runs
+    of the boards' datasets and protocols begun without a record are named, with what their folders
+    say; not a run a live process trains, one rescored into another record, or one of another board."""
+    from bench.claim import claim_run
+    from bench.rescore import rescore_id
+    from tests.fixtures import run_bench_here
+
+    kept = _record()
+    write_record(kept, tmp_path)
+    stem = kept["run_id"].rsplit("-s0-", 1)[0].rsplit("-unet", 1)[0]  # synapse-synapse
+    deleted, diverged, killed, live, twin = (f"{stem}-{m}-s{s}-0000000{s}" for m, s in
+                                             (("unet", 1), ("vmunet", 1), ("unet", 2), ("unet", 3), ("unet", 4)))
+    _run_folder(tmp_path, deleted, f"[2/5] {deleted}: training", f"  {deleted}: DSC 80.00 · HD95 20.00 voxels · 9s",
+                checkpoints=("last.pt", "final.pt"))
+    _run_folder(tmp_path, diverged, f"[3/5] {diverged}: training", f"  {diverged}: FAILED: non-finite loss (nan) at "
+                "epoch 3, step 40: training stopped. Lower the learning rate or check the data",
+                checkpoints=("last.pt",))
+    _run_folder(tmp_path, killed, checkpoints=("last.pt",))  # killed before run logs were kept
+    _run_folder(tmp_path, live, f"[4/5] {live}: training", checkpoints=("last.pt",))
+    _run_folder(tmp_path, twin, f"[5/5] {twin}: training", checkpoints=("last.pt", "final.pt"))
+    rescored = _record(seed=4)
+    rescored.update(run_id=rescore_id(twin, "strict"), policy="strict", rescored_from=twin)
+    write_record(rescored, tmp_path)
+    _run_folder(tmp_path, "isic17-isic17-unet-s1-00000001", checkpoints=("final.pt",))  # no board of it here
+    said = ("Runs without a record, which no board counts: unet seed 1 (finished, record missing: deleted?); "
+            "unet seed 2 (interrupted); vmunet seed 1 (failed: non-finite loss (nan) at epoch 3, step 40: "
+            "training stopped).")
+    with claim_run(tmp_path, live):
+        with pytest.warns(UserWarning, match=re.escape(said)):
+            text = render_methods(tmp_path)
+        assert text.endswith(f"## Runs without a record\n\n{said}\n")
+        report = run_bench_here(monkeypatch, capsys, "report", "--results", tmp_path)
+        (line,) = [line for line in report.stderr.splitlines() if "without a record" in line]
+        assert line.startswith(f"warning: {said} Their logs: ")
+    with pytest.warns(UserWarning):
+        assert "unet seed 3 (interrupted)" in render_methods(tmp_path)  # its process gone: not trained now
+        assert "vmunet" not in render_methods(tmp_path, models="unet")  # of the models asked for only

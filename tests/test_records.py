@@ -2,6 +2,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import re
 
 import numpy as np
 import pytest
@@ -323,6 +324,18 @@ def test_corrupt_file_error_names_the_file(tmp_path):
     with pytest.raises(BenchError, match=r"synapse-broken\.json: invalid run record .x.: status: missing \(str\); model: missing"):
         load(tmp_path)
 
+
+
+def test_a_copied_record_is_one_error_naming_both_files(tmp_path):
+    """`cp X.json X_copy.json` in records/ aborted the report with "a case and class hold more than one
+    dice row" (bench.stats), naming neither file."""
+    first = write_record(make_record(), tmp_path)
+    copy = first.with_name(first.stem + "_copy.json")
+    copy.write_text(first.read_text())
+    for level in ("run", "case"):
+        with pytest.raises(BenchError, match=rf"^{re.escape(str(first))} and {re.escape(str(copy))}: two records "
+                                             rf"of run '{re.escape(first.stem)}'; .* move the other out of "):
+            load(tmp_path, level=level)
 
 
 def test_an_interrupt_mid_write_stays_an_interrupt(tmp_path):

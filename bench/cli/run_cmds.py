@@ -96,8 +96,8 @@ def run(
         help="evaluate this weights file instead of training (one model): the authors' checkpoint, loaded "
              "strictly, or your own; its row reads 'model (weights FILE@sha)'")] = None,
     dry_run: Annotated[bool, typer.Option(
-        help="list the grid's runs, each done, partial, running or missing (with --shard K/N: every shard's "
-             "runs, each with its shard), then exit; nothing is trained or written")] = False,
+        help="list the grid's runs, each done, finished (no record), partial, running or missing (with --shard K/N: "
+             "every shard's runs, each with its shard), then exit; nothing is trained or written")] = False,
 ) -> None:
     """Train and evaluate models on a dataset under a protocol; one record per (model, seed[, fold]).
 
@@ -221,7 +221,7 @@ def _list_plan(specs: list, results: Path, shard: str | None, grid: str) -> None
         where = f"shard {number[s.key]}/{n}  " if n else ""
         # why as a column, not in parentheses: a claim's holder and a rescored twin hold their own
         typer.echo(f"  {where}{state:<8} {s.key}" + (f"  {why}" if why else ""))
-    counts = [f"{kind} {k}" for kind in ("done", "partial", "running", "missing")
+    counts = [f"{kind} {k}" for kind in ("done", "finished", "partial", "running", "missing")
               if (k := sum(st == kind for st, _ in states.values()))]
     left = sorted({number[key] for key, (st, _) in states.items() if st != "done"}) if n else []
     typer.echo(", ".join(counts) + (f"; shards with runs not done: {','.join(map(str, left))}" if left else ""))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,10 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import finished, load, no_runs, read_record, select_runs, short_commit, split_fold
+from bench.names import name_list
+from bench.records import (finished, load, no_runs, read_record, runs_dir, select_runs, short_commit, split_fold,
+                           unrecorded_runs)
+from bench.runlog import RUN_LOG
 from bench.report.board_text import _fmt_duration, board_title, code_detail
 from bench.report.boards import _binary_task, _code_versions
 from bench.report.labels import _overrides_text, _paper_config, _tiny_changes, _tiny_config, label_runs
@@ -53,7 +57,31 @@ def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
         group = group.sort_values(["model_label", "seed", "run_id"])  # the same text whatever order files list in
         recs = [read_record(results_dir, run_id) for run_id in group["run_id"]]
         parts.append(_board(group, recs, results_dir))
+    missing = warn_unrecorded(results_dir, df, models)
+    if missing:
+        parts.append(f"## Runs without a record\n\n{missing}\n")
     return "\n".join(parts)
+
+
+def warn_unrecorded(results_dir: Path, df: pd.DataFrame, models: str | Iterable[str] | None) -> str:
+    """The runs of the boards of ``df`` (finished runs, as selected) that began in ``results_dir`` and have
+    no record (``records.unrecorded_runs``; of ``models`` only, where given), in one sentence, said as a
+    warning too; "" where there are none. A deleted record or a diverged seed otherwise only shows as a
+    board with fewer seeds."""
+    given = name_list(models)
+    runs = unrecorded_runs(results_dir, zip(df["dataset"], df["protocol"]),
+                           None if given is None else {*given, *df["model"]})
+    if not runs:
+        return ""
+    by_board: dict[str, list[str]] = {}
+    for run in runs:
+        by_board.setdefault(f"{run['dataset']}, protocol {run['protocol']}",
+                            []).append(f"{_run_name(run)} ({run['why']})")
+    named = " — ".join((f"{board}: " if len(by_board) > 1 else "") + "; ".join(names)
+                       for board, names in by_board.items())
+    text = f"Runs without a record, which no board counts: {named}."
+    warnings.warn(f"{text} Their logs: {runs_dir(results_dir)}/<run id>/{RUN_LOG}", stacklevel=3)
+    return text
 
 
 def _board(group: pd.DataFrame, recs: list[dict], results_dir: Path) -> str:

@@ -161,6 +161,10 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     if df_runs.empty and (fmt == ReportFormat.cases or not costs):
         # the command's error: a report saying there is nothing (`bench report > table.md`) would read as one
         raise BenchError(no_runs(results_dir, *filters))
+    if not df_runs.empty:  # in the Methods paragraphs too (--format methods)
+        from bench.report.methods import warn_unrecorded
+
+        warn_unrecorded(results_dir, df_runs, models)
     if models and profiles is not None and "model" in profiles:
         profiles = profiles[profiles["model"].isin(models)]
     df_cases = load(results_dir, level="case") if not df_runs.empty else None
