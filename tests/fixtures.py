@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from bench.metrics import pooled_metrics
 from bench.modeling import SegmentationModel
 from bench.records import SCHEMA_VERSION
 
@@ -61,23 +62,29 @@ def make_record(
     per_case, per_class = [], []
     for cid, name in enumerate(classes, start=1):
         d = per_class_dice[name]
+        # legacy-isic pools these counts: their Dice is d (to 1e-6); the per-case policies read the rows' dice
+        tp = round(d * 1_000_000) if isic else 80
+        counts = {"tp": tp, "fp": 1_000_000 - tp, "fn": 1_000_000 - tp, "tn": 18_000_000} if isic else \
+            {"tp": 80, "fp": 10, "fn": 10, "tn": 900}
+        pooled = pooled_metrics(*counts.values()) if isic else {"dice": d, "iou": d / (2 - d)}
         for case in cases:
             per_case.append({
                 "case": case, "class": cid, "name": name, "dice": d, "iou": d / (2 - d),
                 "hd95": None if isic or math.isnan(hd95) else hd95,
                 "acc": 0.95, "spe": 0.97, "sen": d,
-                "tp": 80, "fp": 10, "fn": 10, "tn": 900, "n_pred": 90, "n_ref": 90, "empty": "none",
+                **counts, "n_pred": counts["tp"] + counts["fp"], "n_ref": counts["tp"] + counts["fn"], "empty": "none",
             })  # fmt: skip
         per_class.append({
-            "class": cid, "name": name, "dice": d,
-            "hd95": None if isic else hd95, "iou": d / (2 - d),
+            "class": cid, "name": name, "dice": pooled["dice"],
+            "hd95": None if isic else hd95, "iou": pooled["iou"],
             "n": n_cases, "n_nan": n_cases if (not isic and math.isnan(hd95)) else 0,
         })  # fmt: skip
 
-    mean_dice = sum(per_class_dice.values()) / len(classes)
-    metrics: dict[str, Any] = {"dice": mean_dice, "iou": mean_dice / (2 - mean_dice), "n_cases": n_cases}
+    # as bench.metrics.aggregate gives them from the rows (bench report recomputes and compares them)
+    metrics: dict[str, Any] = {"dice": sum(pc["dice"] for pc in per_class) / len(classes),
+                               "iou": sum(pc["iou"] for pc in per_class) / len(classes), "n_cases": n_cases}
     if isic:
-        metrics.update(acc=0.95, spe=0.97, sen=mean_dice)
+        metrics.update({k: v for k, v in pooled.items() if k in ("acc", "spe", "sen")})
     else:
         metrics["hd95"] = hd95  # NaN is allowed in memory; written as null
 

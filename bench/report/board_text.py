@@ -308,6 +308,10 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         note += (" DSC n/a: case × class entries with both masks empty, over all runs; strict scores them NaN and "
                  "leaves them out of the means; a class with no other entry has no mean, and the DSC is nan (as "
                  "nnU-Net's foreground mean), not a mean over the other classes.")
+    if restated := a.get("restated"):
+        which = few([f"records/{r.split('@')[0]}.json: {t}" for r, t in restated.items()], 3, sep="; ")
+        note += (f" Restated: the stored numbers of {len(restated)} record(s) do not match their own case rows "
+                 f"({which}); this board shows the numbers recomputed from the case rows.")
     if "dice_ci_lo" in board and shown("ci"):
         over = "the model's runs, every seed and fold" if CV_LABEL in key.dataset else "seeds"
         note += (" 95% CI: percentile bootstrap over test cases of the number shown (each resample re-aggregated "

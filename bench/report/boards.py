@@ -131,6 +131,9 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         repeated=repeated,
         repeated_runs=repeated_runs,  # per model, the run ids of its seeds counted more than once
         n_train=sorted({int(n) for n in group["n_train"].dropna()}) if "n_train" in group else [],
+        # records.load(recheck=True): runs whose stored numbers their case rows do not give, shown recomputed
+        restated={r: t for r, t in zip(group["run_id"], group["restated"]) if isinstance(t, str)}
+        if "restated" in group else {},
         # the board's classes in id order (a one-class board shows no column naming its class)
         classes=list(dict.fromkeys(n for c in group["classes"].dropna() for n in json.loads(c)))
         if "classes" in group else [],
