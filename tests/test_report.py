@@ -968,7 +968,8 @@ def test_published_per_class_numbers_meet_the_boards_per_class_columns(tmp_path)
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     got = {c[1]: (c[2], c[6], c[7]) for c in cells}  # Metric: Published, Ours, Ours − published
     # the board's organ names, and each number's unit
-    assert got == {"DSC (Aorta)": ("86.40 %", "86.00 %", "-0.40"), "DSC (Liver)": ("94.00 %", "95.00 %", "+1.00")}
+    # († : "Paper A" is not in the bundled table)
+    assert got == {"DSC (Aorta)": ("86.40 % †", "86.00 %", "-0.40"), "DSC (Liver)": ("94.00 % †", "95.00 %", "+1.00")}
     # nnU-Net's ACDC names its classes RV, MLM, LVC; the papers' columns are rv, myo, lv
     from bench.report import _class_column
 
@@ -1668,3 +1669,33 @@ def test_a_hand_edited_aggregate_is_recomputed_from_its_case_rows_and_said(tmp_p
            ".json: dice 0.8 stored, 0.3 from the case rows); this board shows the numbers recomputed" in text
     assert "Restated" not in isic
     assert load(tmp_path).set_index("model").loc["unet", "dice"] == 0.80  # load as such reads what is stored
+
+
+def test_a_published_file_is_named_and_its_numbers_unlike_the_bundled_tables_marked(tmp_path):
+    """--published-file's rows read "6.85 % | VM-UNet (arXiv:…) Table 2" as the paper's, and the report never
+    named the file: its caption names it (path as given, sha256), and a number the bundled table gives otherwise,
+    or not at all, is marked †, its Note saying what the bundled table gives."""
+    import hashlib
+
+    from bench.published import DEFAULT_PATH
+
+    write_record(make_record("vmunet", seed=0, dice=0.8, hd95=18.0, case_ids=TRANSUNET_TEST_CASES), tmp_path)
+    t2 = "VM-UNet (arXiv:2402.02491v1) Table 2"
+    pub = tmp_path / "mine.csv"
+    pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
+                   f"{t2},vmunet,synapse,dice,6.85,%,legacy-synapse,synapse_vmunet,\n"  # bundled: 81.08
+                   f"{t2},vmunet,synapse,hd95,19.21,voxels,legacy-synapse,synapse_vmunet,\n"  # as bundled
+                   "Made-up Table 9,vmunet,synapse,dice:aorta,99.00,%,legacy-synapse,synapse_vmunet,made up\n")
+    sha = hashlib.sha256(pub.read_bytes()).hexdigest()[:12]
+    for fmt in ("md", "latex"):
+        text = write_report(tmp_path, fmt, published=pub)
+        assert f"Published numbers: from {pub} (sha256 {sha}) (--published-file), not the bundled" in text.replace(
+            "\\_", "_")
+    rows = {r["Metric"]: r for r in md_rows(write_report(tmp_path, published=pub).split("## Published vs ours")[1],
+                                            "Model")}
+    assert (rows["DSC"]["Published"], rows["DSC"]["Note"]) == ("6.85 % †", "† differs from the bundled table's 81.08 %")
+    assert (rows["HD95"]["Published"], rows["HD95"]["Note"]) == ("19.21 voxels", "")
+    assert (rows["DSC (Aorta)"]["Published"], rows["DSC (Aorta)"]["Note"]) == (
+        "99.00 % †", "† not in the bundled table; made up")
+    bundled = write_report(tmp_path, published=DEFAULT_PATH)  # the bundled table by its path: nothing to mark
+    assert "--published-file" not in bundled.split("## Published vs ours")[1] and "†" not in bundled
