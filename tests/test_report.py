@@ -11,6 +11,7 @@ import pytest
 
 from bench.data.synapse import TRANSUNET_TEST_CASES
 from bench.errors import BenchError
+from bench.protocol import load_protocol
 from bench.records import load, write_record
 from bench.report import BoardKey, _latex_escape, leaderboards, parse_columns, render, write_report
 
@@ -145,8 +146,9 @@ def test_nan_is_propagated_not_dropped(tmp_path):
 
 def test_markdown(runs):
     md = render(runs, "md")
-    assert "## synapse · protocol synapse v1 (a1b2c3d4e5f60718) · policy legacy-synapse" in md
-    assert "## synapse · protocol synapse v1 (a1b2c3d4e5f60718) · OFF-PROTOCOL (epochs=2) · policy" in md
+    synapse = load_protocol("synapse").hash
+    assert f"## synapse · protocol synapse v1 ({synapse}) · policy legacy-synapse" in md
+    assert f"## synapse · protocol synapse v1 ({synapse}) · OFF-PROTOCOL (epochs=2) · policy" in md
     assert "policy legacy-isic" in md
     assert "over seeds: 2/3 per model; test cases per run: 2" in md
     assert "82.00 ± 2.00" in md  # vmunet DSC ×100
@@ -304,8 +306,9 @@ def test_csv_is_numeric_and_tidy(runs):
     import io
 
     table = pd.read_csv(io.StringIO(render(runs, "csv")))
-    assert list(table.columns[:8]) == ["dataset", "protocol", "protocol_version", "protocol_hash", "policy",
-                                       "hd95_unit", "code", "model"]
+    assert list(table.columns[:9]) == ["dataset", "protocol", "protocol_version", "protocol_hash", "protocol_builtin",
+                                       "policy", "hd95_unit", "code", "model"]
+    assert table["protocol_builtin"].isna().all()  # the built-ins as they are: empty
     assert set(table["code"]) == {runs["git_commit"].iloc[0]}  # the bench version the numbers came from
     assert len(table) == 4
     row = table[(table["protocol"] == "synapse") & (table["model"] == "vmunet")].iloc[0]
@@ -501,7 +504,7 @@ def test_write_report_atomic(tmp_path, runs):
 def test_published_vs_ours_table(tmp_path):
     from bench.protocol import load_protocol
 
-    synapse = load_protocol("synapse").hash  # the built-in recipe as it is now
+    synapse, synapse_v = load_protocol("synapse").hash, load_protocol("synapse").version  # the built-in as it is now
     for seed, d in enumerate([0.80, 0.82]):
         rec = make_record("vmunet", seed=seed, dice=d, hd95=18.0 + 2 * seed, case_ids=TRANSUNET_TEST_CASES)
         rec["protocol"]["hash"] = synapse
@@ -551,9 +554,14 @@ def test_published_vs_ours_table(tmp_path):
     assert "Published vs" not in write_report(tmp_path)  # only on request
     # runs of another version of the recipe (an older or edited protocol file), or a board under
     # another metric policy than the paper's: shown, without a gap
-    old = make_record("vmunet", seed=0, dice=0.8, case_ids=TRANSUNET_TEST_CASES)  # a hash not today's synapse file's
+    old = make_record("vmunet", seed=0, dice=0.8, case_ids=TRANSUNET_TEST_CASES)
+    old["protocol"].update(version=0, hash="a1b2c3d4e5f60718")  # an earlier synapse
     write_record(old, tmp_path / "old")
     assert "other protocol version" in write_report(tmp_path / "old", published=pub)
+    copy = make_record("vmunet", seed=0, dice=0.8, case_ids=TRANSUNET_TEST_CASES)
+    copy["protocol"].update(version=synapse_v, hash="a1b2c3d4e5f60718")  # synapse as it is not: a copy, edited
+    write_record(copy, tmp_path / "copy")
+    assert "modified protocol copy" in write_report(tmp_path / "copy", published=pub)
     strict = make_record("vmunet", seed=0, dice=0.8, case_ids=TRANSUNET_TEST_CASES)
     strict.update(policy="strict", run_id="strict-run")
     strict["protocol"]["hash"] = synapse
@@ -658,7 +666,8 @@ def test_ci_column_and_significance_section(tmp_path):
     lo, hi = stats.bootstrap_ci(group, "dice", "legacy-synapse")["vmunet"]
     vm = next(line for line in text.splitlines() if line.startswith("| vmunet"))
     assert f"[{100 * lo:.2f}, {100 * hi:.2f}]" in vm and "95% CI: percentile bootstrap" in text
-    sig = text[text.index("## Significance · synapse · protocol synapse v1 (a1b2c3d4e5f60718) · policy legacy-synapse"):]
+    sig = text[text.index(f"## Significance · synapse · protocol synapse v1 ({load_protocol('synapse').hash}) · policy "
+                          "legacy-synapse"):]
     expected = stats.paired_tests(group, "unet", metrics=("dice",)).iloc[0]
     row = next(line for line in sig.splitlines() if line.startswith("| vmunet") and "DSC" in line)
     assert f"{100 * expected['mean_diff']:+.2f}" in row and f"{expected['p_holm']:.3g}" in row
@@ -1699,3 +1708,24 @@ def test_a_published_file_is_named_and_its_numbers_unlike_the_bundled_tables_mar
         "99.00 % †", "† not in the bundled table; made up")
     bundled = write_report(tmp_path, published=DEFAULT_PATH)  # the bundled table by its path: nothing to mark
     assert "--published-file" not in bundled.split("## Published vs ours")[1] and "†" not in bundled
+
+
+def test_a_modified_copy_of_a_built_in_protocol_says_so_in_its_title(tmp_path):
+    """A copy of smoke.toml with other epochs, its name still "smoke", read "protocol smoke v1 (7a420ec5…)" as the
+    built-in does but for the hash: its title, in Markdown, LaTeX and the CSV, says it is a modified copy and names
+    the built-in's hash; an earlier version of a built-in is called that; the built-in as it is, nothing."""
+    smoke = load_protocol("smoke")
+    for folder, version, digest in (("copy", smoke.version, "7a420ec553f93057"), ("old", smoke.version - 1, "7a420ec553f93057"),
+                                    ("same", smoke.version, smoke.hash)):
+        rec = make_record("unet", protocol="smoke")
+        rec["protocol"].update(version=version, hash=digest)
+        write_record(rec, tmp_path / folder)
+    title = f"protocol smoke v{smoke.version} (7a420ec553f93057), a modified copy (built-in: {smoke.hash}) · policy"
+    assert title in write_report(tmp_path / "copy")
+    assert title.replace("·", "$\\cdot$") in write_report(tmp_path / "copy", "latex")
+    csv = pd.read_csv(io.StringIO(write_report(tmp_path / "copy", "csv")))
+    assert list(csv["protocol_builtin"]) == [f"a modified copy (built-in: {smoke.hash})"]
+    assert f"v{smoke.version - 1} (7a420ec553f93057), another version (built-in: v{smoke.version}, {smoke.hash})" \
+        in write_report(tmp_path / "old")
+    same = write_report(tmp_path / "same")
+    assert f"protocol smoke v{smoke.version} ({smoke.hash}) · policy" in same and "built-in:" not in same

@@ -149,7 +149,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
     would mix the model with something else. ``bundled``: the bundled table where ``published`` is another
     (``--published-file``): a number it gives otherwise, or not at all, is marked "†" and its Note says so."""
     from bench.metrics import POLICIES
-    from bench.protocol import list_protocols, load_protocol
+    from bench.protocol import builtin_difference, list_protocols, load_protocol
 
     protocols: dict[str, Any] = {}
     builtin = set(list_protocols())
@@ -175,8 +175,8 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
             reasons.append("other split (cross-validation)")
         if synthetic:
             reasons.append("synthetic data")
-        if same and proto is not None and a["protocol_hash"] != proto.hash:  # an older version, or an edited copy
-            reasons.append("other protocol version")
+        if same and (differs := builtin_difference(a["protocol_name"], a["protocol_version"], a["protocol_hash"])):
+            reasons.append("modified protocol copy" if differs.startswith("a modified copy") else "other protocol version")
         config = json.loads(row["model_config"] or "{}")
         extra = set(config) - BUILD_KEYS
         if proto is not None and config.get("spatial_dims") == proto.spatial_dims:  # a 3-D protocol builds it itself
