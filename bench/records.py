@@ -76,6 +76,7 @@ RUN_COLUMNS = RUN_ID_COLUMNS + [
     "set_keys", "n_train", "data_root", "rescored_from", "status", "git_commit", "code_digest", "scored_commit", "scored_digest", "model_code", "device", "host", "slurm_job", "scan_backend", "hd95_unit",
     "started_at", "finished_at", "wall_time_s", "train_time_s", "train_loss", "world_size", "params", "trainable_params", "macs",
     "paper_macs", "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes", "n_missed", "n_present",
+    "rescored_from_policy",
 ]  # fmt: skip
 # Aggregates every policy may produce; ``load`` puts them first, extra metric keys follow.
 STANDARD_METRICS = [*METRICS, "n_cases"]
@@ -515,7 +516,8 @@ def _class_order(records: list[dict]) -> list[str]:
 def load(results_dir: Path, level: str = "run", recheck: bool = False) -> pd.DataFrame:
     """Read every record under ``results_dir/records/`` into one DataFrame.
 
-    ``level="run"``: one row per run. Columns ``RUN_COLUMNS`` (``device`` is a short fingerprint
+    ``level="run"``: one row per run. Columns ``RUN_COLUMNS`` (``rescored_from_policy``: a rescored
+    record's run's policy, where that record is in the folder; ``device`` is a short fingerprint
     string; ``model_config``/``protocol_overrides`` are canonical JSON strings, ``"{}"`` when
     unset; ``nsd_tolerances`` a per-class NSD tolerance table as text; ``host`` and ``slurm_job`` where
     it ran, None in records older than ``launch``), then the scalar aggregate
@@ -547,6 +549,9 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False) -> pd.Dat
         numeric = [c for c in CASE_COLUMNS if c not in ("case", "name", "empty")]
         return _numeric(frame, numeric)
     rows, found = [_run_row(rec) for rec in records], []
+    policies = {rec["run_id"]: rec["policy"] for rec in records}
+    for row in rows:  # `bench rescore`: the policy its run was first scored under (None: that record is gone)
+        row["rescored_from_policy"] = policies.get(row["rescored_from"]) if row["rescored_from"] else None
     if recheck:
         for row, (path, rec) in zip(rows, read):
             _restate(row, rec, path, found)

@@ -1729,3 +1729,23 @@ def test_a_modified_copy_of_a_built_in_protocol_says_so_in_its_title(tmp_path):
         in write_report(tmp_path / "old")
     same = write_report(tmp_path / "same")
     assert f"protocol smoke v{smoke.version} ({smoke.hash}) · policy" in same and "built-in:" not in same
+
+
+def test_a_rescored_board_says_so_in_its_caption_and_csv(tmp_path):
+    """Rescored boards were marked only in the Methods text: their caption says under which policy the runs were
+    first scored, and the CSV's rescored_from_policy column names it per row ("" where nothing was rescored)."""
+    for model in ("unet", "vmunet"):
+        rec = make_record(model, seed=0)
+        write_record(rec, tmp_path)
+        if model == "unet":  # one of the strict board's two runs is a rescore
+            rescored = make_record(model, seed=0, run_id=f"{rec['run_id']}.strict")
+            write_record({**rescored, "policy": "strict", "rescored_from": rec["run_id"]}, tmp_path)
+    write_record({**make_record("transunet", seed=0), "policy": "strict"}, tmp_path)
+    md = write_report(tmp_path)
+    legacy, strict = md[:md.index("policy strict")], md[md.index("policy strict"):]
+    assert ("Rescored: scored under strict from the weights of runs trained and first scored under legacy-synapse "
+            "(1 of 2 runs) (bench rescore).") in strict and "Rescored" not in legacy
+    assert "first scored under legacy-synapse (1 of 2" in write_report(tmp_path, "latex")
+    csv = pd.read_csv(io.StringIO(write_report(tmp_path, "csv")), keep_default_na=False)
+    assert dict(zip(csv["policy"] + " " + csv["model"], csv["rescored_from_policy"])) == {
+        "legacy-synapse unet": "", "legacy-synapse vmunet": "", "strict unet": "legacy-synapse", "strict transunet": ""}

@@ -312,6 +312,12 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         note += (" DSC n/a: case × class entries with both masks empty, over all runs; strict scores them NaN and "
                  "leaves them out of the means; a class with no other entry has no mean, and the DSC is nan (as "
                  "nnU-Net's foreground mean), not a mean over the other classes.")
+    n_rescored, n_runs, first = a.get("rescored", (0, 0, ""))
+    if n_rescored:
+        which = "" if n_rescored == n_runs else f" ({n_rescored} of {n_runs} runs)"
+        first = "another policy" if first == "?" else first.replace("?", "another")
+        note += (f" Rescored: scored under {key.policy} from the weights of runs trained and first scored under "
+                 f"{first}{which} (bench rescore).")
     if restated := a.get("restated"):
         which = few([f"records/{r.split('@')[0]}.json: {t}" for r, t in restated.items()], 3, sep="; ")
         note += (f" Restated: the stored numbers of {len(restated)} record(s) do not match their own case rows "
