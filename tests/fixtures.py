@@ -130,6 +130,21 @@ def make_record(
     }
 
 
+def restate(rec: dict[str, Any]) -> dict[str, Any]:
+    """``rec`` (changed in place) with the numbers it stores (``metrics``, ``per_class`` dice and hd95)
+    recomputed from its ``per_case`` rows under its policy, as a run writes them: for a test that edits the
+    rows or the policy (bench report would otherwise restate them, and warn)."""
+    from bench.metrics import aggregate, aggregate_per_class
+
+    rows = [{k: math.nan if v is None else v for k, v in row.items()} for row in rec["per_case"]]
+    again = aggregate(rows, rec["policy"])
+    rec["metrics"].update({k: again[k] for k in rec["metrics"] if k in again})
+    per_class = {pc["class"]: pc for pc in aggregate_per_class(rows, rec["policy"])}
+    for pc in rec["per_class"]:
+        pc.update({m: per_class[pc["class"]][m] for m in ("dice", "hd95") if m in pc})
+    return rec
+
+
 def run_bench(*args, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m bench ARGS`` in a fresh process with one OpenMP thread (and ``env`` added);
     ``check``: assert it exited 0."""

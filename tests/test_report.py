@@ -16,9 +16,9 @@ from bench.records import load, write_record
 from bench.report import BoardKey, _latex_escape, leaderboards, parse_columns, render, write_report
 
 try:
-    from tests.fixtures import make_record, md_rows
+    from tests.fixtures import make_record, md_rows, restate
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from fixtures import make_record, md_rows
+    from fixtures import make_record, md_rows, restate
 
 
 @pytest.fixture
@@ -427,7 +427,7 @@ def test_tiny_configurations_are_labelled_whatever_shares_the_board(tmp_path):
             rec = make_record(model, seed=seed, dice=dice, n_cases=6, model_config={"img_size": 64, **config})
             for row in rec["per_case"]:
                 row["dice"] = dice + 0.02 * int(row["case"][-4:]) + 0.01 * seed
-            write_record(rec, tmp_path)
+            write_record(restate(rec), tmp_path)
     key = ("synapse", "synapse", "legacy-synapse")
     assert sorted(leaderboards(load(tmp_path))[key]["model"]) == ["unet (tiny)", "vmunet"]
     sig = write_report(tmp_path, reference="unet")
@@ -659,7 +659,7 @@ def test_ci_column_and_significance_section(tmp_path):
             rec = make_record(model, seed=seed, dice=base, n_cases=6)
             for row in rec["per_case"]:
                 row["dice"] = base + 0.02 * int(row["case"][-4:]) + 0.01 * seed
-            write_record(rec, tmp_path)
+            write_record(restate(rec), tmp_path)
     text = write_report(tmp_path, reference="unet")
     # the board's cases taken here, not through the report's grouping: one board, labels = model names
     group = load(tmp_path, level="case").assign(model_label=lambda d: d["model"])
@@ -686,7 +686,7 @@ def test_significance_and_published_tables_come_in_latex_too(tmp_path):
         rec = make_record(model, seed=0, dice=base, n_cases=6)
         for row in rec["per_case"]:
             row["dice"] = base + 0.02 * int(row["case"][-4:])
-        write_record(rec, tmp_path)
+        write_record(restate(rec), tmp_path)
     pub = tmp_path / "pub.csv"
     pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
                    "Paper A Table 2,vmunet,synapse,dice,81.08,%,legacy-synapse,synapse,\n")
@@ -716,7 +716,7 @@ def _per_case_dice_runs(tmp_path, per_model: dict[str, list[float]]) -> None:
         rec = make_record(model, n_cases=len(dices))
         for row in rec["per_case"]:
             row["dice"] = dices[int(row["case"][-4:])]
-        write_record(rec, tmp_path)
+        write_record(restate(rec), tmp_path)
 
 
 def test_the_holm_column_is_the_holm_adjusted_p(tmp_path):
@@ -763,7 +763,7 @@ def test_a_run_that_did_not_finish_feeds_no_statistic(tmp_path):
             rec = make_record(model, seed=seed, dice=dice, n_cases=4)
             for row in rec["per_case"]:
                 row["dice"] = dice + 0.01 * int(row["case"][-4:])
-            write_record(rec, tmp_path)
+            write_record(restate(rec), tmp_path)
     clean = write_report(tmp_path, reference="unet")
     failed = make_record("unet", seed=2, dice=1.0, n_cases=4)
     failed["status"] = "failed"
@@ -782,7 +782,7 @@ def test_a_pooled_board_tests_the_difference_it_shows(tmp_path):
         rec = make_record(model, dataset="isic17", n_cases=6)
         for row, (tp, fp, fn) in zip(rec["per_case"], counts):
             row.update(tp=tp, fp=fp, fn=fn, tn=10, n_pred=tp + fp, n_ref=tp + fn, dice=2 * tp / (2 * tp + fp + fn))
-        write_record(rec, tmp_path)
+        write_record(restate(rec), tmp_path)
     text = write_report(tmp_path, reference="unet")
     sig = text[text.index("## Significance · isic17"):]
     group = load(tmp_path, level="case").assign(model_label=lambda d: d["model"])
@@ -809,7 +809,7 @@ def test_a_model_whose_board_dsc_is_nan_is_neither_tested_nor_silently_unranked(
                     row.update(dice=None, iou=None, hd95=None, empty=True)
             if model == "transunet":
                 rec["metrics"]["dice"] = None
-            write_record(rec, tmp_path)
+            write_record(restate(rec), tmp_path)
     text = write_report(tmp_path, reference="unet")
     sig = text[text.index("## Significance"):]
     rows = md_rows(sig, "Model")
@@ -831,7 +831,7 @@ def test_a_metric_nan_in_every_run_is_shown_not_dropped(tmp_path):
             row.update(dice=None, iou=None, hd95=None, sen=None, empty=True)
     rec["per_class"][2].update(dice=None, iou=None, hd95=None, n_nan=2)
     rec["metrics"].update(dice=None, iou=None, sen=None, n_nan_dice=2, n_valid_dice=4, n_nan_sen=2, n_valid_sen=4)
-    write_record(rec, tmp_path)
+    write_record(restate(rec), tmp_path)
     (row,) = md_rows(write_report(tmp_path), "Model")
     assert row["DSC ↑ (%)"] == "nan (1/1 runs)" and row["mIoU ↑ (%)"] == "nan (1/1 runs)"
     assert row["Sen ↑ (%)"] == "nan (1/1 runs)" and row["vessel"] == "nan (1/1 runs)"
@@ -849,7 +849,7 @@ def test_strict_hd95_on_resized_images_says_whose_pixels(tmp_path):
     for row in rec["per_case"]:
         row["hd95"] = 12.0
     rec["per_class"][0]["hd95"] = 12.0
-    write_record(rec, tmp_path)
+    write_record(restate(rec), tmp_path)
     assert "HD95 in pixels of the square model input (images are resized to it, so not the images' own pixels)" \
         in write_report(tmp_path)
 
@@ -862,7 +862,7 @@ def test_a_reference_run_in_several_configs_is_named_not_called_absent(tmp_path)
             rec = make_record(model, seed=seed, dice=base, n_cases=6, model_config=config)
             for row in rec["per_case"]:
                 row["dice"] = base + 0.02 * int(row["case"][-4:]) + 0.01 * seed
-            write_record(rec, tmp_path)
+            write_record(restate(rec), tmp_path)
     write_record(make_record("unet", dataset="acdc", protocol="acdc", classes=["rv"]), tmp_path)
     text = write_report(tmp_path, reference="unet")
     sig = text[text.index("## Significance · synapse"):]
@@ -870,7 +870,7 @@ def test_a_reference_run_in_several_configs_is_named_not_called_absent(tmp_path)
     assert next(line for line in sig.splitlines() if line.startswith("| vmunet") and "DSC" in line)
     assert "'unet' is the only model on this board" in text[text.index("## Significance · acdc"):]
     rec = make_record("unet", seed=0, dice=0.6, n_cases=6, model_config={"base_c": 16})
-    write_record(rec, tmp_path)
+    write_record(restate(rec), tmp_path)
     sig = write_report(tmp_path, reference="unet")
     sig = sig[sig.index("## Significance · synapse"):]
     assert ("'unet' runs here in several configurations (unet (base_c=16), unet (base_c=8)); pass one as "
@@ -1571,7 +1571,7 @@ def test_captions_say_what_the_numbers_are_where_names_could_mislead(tmp_path):
     full = tmp_path / "full"  # Acc/Spe/Sen too, as runs record them
     rec = make_record("unet")
     rec["metrics"].update(acc=0.99, spe=0.995, sen=0.8)
-    write_record(rec, full)
+    write_record(restate(rec), full)
     assert ("mIoU, Acc, Spe, Sen: per case and class, one class against the rest, then averaged as DSC is (no Synapse "
             "paper reports them); Acc and Spe count every background voxel, so they sit near 100%.") in write_report(full)
     write_record({**make_record("unet", seed=1, dice=0.72), "hd95_unit": "voxels"}, tmp_path)
