@@ -604,6 +604,21 @@ def list_protocols() -> list[str]:
     return sorted(p.stem for p in PROTOCOL_DIR.glob("*.toml"))
 
 
+def builtin_difference(name: str, version: int, protocol_hash: str) -> str | None:
+    """How a protocol of ``name``, ``version`` and content hash (a record's, a board's) stands to the built-in
+    of that name as it is now: None where it is that built-in, or no built-in has the name; else "a
+    modified copy (built-in: <hash>)" (the built-in's version, other content: a copied file run under the
+    built-in's name) or "another version (built-in: v<n>, <hash>)" (an earlier, or later, built-in)."""
+    if name not in list_protocols():
+        return None
+    builtin = load_protocol(name)
+    if builtin.hash == protocol_hash:
+        return None
+    if builtin.version == version:
+        return f"a modified copy (built-in: {builtin.hash})"
+    return f"another version (built-in: v{builtin.version}, {builtin.hash})"
+
+
 def load_protocol(name_or_path: str | Path, *, earlier: bool = False) -> Protocol:
     """Load a built-in protocol by name (``synapse``, ``isic17``, ``smoke``…) or a TOML file path.
     ``earlier``: the file of finished runs (rescore, predict), which may be an earlier version of a

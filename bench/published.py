@@ -9,6 +9,7 @@ Reports show these next to measured numbers; nothing in the file is measured by 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 from pathlib import Path
@@ -70,4 +71,6 @@ def load_published(path: str | Path | None = None) -> pd.DataFrame:
     except csv.Error as e:
         raise BenchError(f"{path}: cannot read published numbers ({e})") from None
     df = pd.DataFrame(rows, columns=COLUMNS, dtype=str)
-    return df.assign(value=df["value"].astype(float))
+    df = df.assign(value=df["value"].astype(float))
+    df.attrs["sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()  # of what was read: a pipe reads once
+    return df

@@ -33,6 +33,7 @@ import json
 import math
 import numbers
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ RUN_COLUMNS = RUN_ID_COLUMNS + [
     "set_keys", "n_train", "data_root", "rescored_from", "status", "git_commit", "code_digest", "train_commits", "scored_commit", "scored_digest", "model_code", "device", "host", "slurm_job", "scan_backend", "hd95_unit",
     "started_at", "finished_at", "wall_time_s", "train_time_s", "train_loss", "world_size", "params", "trainable_params", "macs",
     "paper_macs", "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes", "n_missed", "n_present",
+    "rescored_from_policy",
 ]  # fmt: skip
 # Aggregates every policy may produce; ``load`` puts them first, extra metric keys follow.
 STANDARD_METRICS = [*METRICS, "n_cases"]
@@ -461,6 +463,58 @@ def miss_counts(empty: Iterable[Any]) -> dict[str, int]:
     return {"n_present": sum(e in ("none", "ref_only") for e in empty), "n_missed": empty.count("ref_only")}
 
 
+def _same(stored: Any, recomputed: Any) -> bool:
+    """Equal but for float noise (a JSON round trip, another summation order); NaN (null) equals NaN."""
+    a, b = (math.nan if v is None else float(v) for v in (stored, recomputed))
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def restated(rec: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The numbers of ``rec`` its own case rows do not give: {key: (stored, recomputed)}, ``key`` a
+    ``metrics`` key or ``dice/<class>`` / ``hd95/<class>`` (``per_class``), each recomputed from
+    ``per_case`` under the record's policy (``bench.metrics.aggregate``, as the run scored them). Only
+    keys the record stores are compared; {} where its rows lack what the policy needs (nothing to
+    check against). A record edited by hand (``metrics.dice``) shows here."""
+    from bench import metrics
+
+    if not rec["per_case"]:
+        return {}
+    cases = pd.DataFrame([{k: math.nan if v is None else v for k, v in row.items()}  # null: NaN, as the run had it
+                          for row in rec["per_case"]])
+    try:
+        agg = metrics.aggregate(cases, rec["policy"])
+        per_class = {pc["class"]: pc for pc in metrics.aggregate_per_class(cases, rec["policy"])}
+    except BenchError:
+        return {}
+    out = {k: (v, agg[k]) for k, v in rec["metrics"].items()
+           if k in agg and (v is None or isinstance(v, numbers.Real)) and not _same(v, agg[k])}
+    for pc in rec["per_class"]:
+        again = per_class.get(pc["class"], {})
+        for m in ("dice", "hd95"):
+            if m in pc and m in again and not _same(pc[m], again[m]):
+                out[f"{m}/{pc['name']}"] = (pc[m], again[m])
+    return out
+
+
+def _restate(row: dict[str, Any], rec: Mapping[str, Any], path: Path, found: list[str]) -> None:
+    """``row`` with the numbers ``restated`` finds in ``rec`` replaced by the recomputed ones, and its
+    ``restated`` text ("dice 0.8 stored, 0.3312 from the case rows"); ``found`` gains the file's line."""
+    diffs = restated(rec)
+    if not diffs:
+        return
+    for key, (_, value) in diffs.items():
+        row[key if "/" in key or key not in RUN_COLUMNS else f"metrics/{key}"] = value
+    row["restated"] = few([f"{k} {_num(s)} stored, {_num(r)} from the case rows" for k, (s, r) in diffs.items()], 3,
+                          sep="; ")
+    found.append(f"{path}: {row['restated']}")
+
+
+def _num(value: Any) -> str:
+    return "null" if value is None else f"{float(value):.6g}"
+
+
 def _class_order(records: list[dict]) -> list[str]:
     pairs = {(pc["class"], pc["name"]) for rec in records for pc in rec["per_class"]}
     names: list[str] = []
@@ -470,10 +524,11 @@ def _class_order(records: list[dict]) -> list[str]:
     return names
 
 
-def load(results_dir: Path, level: str = "run") -> pd.DataFrame:
+def load(results_dir: Path, level: str = "run", recheck: bool = False) -> pd.DataFrame:
     """Read every record under ``results_dir/records/`` into one DataFrame.
 
-    ``level="run"``: one row per run. Columns ``RUN_COLUMNS`` (``device`` is a short fingerprint
+    ``level="run"``: one row per run. Columns ``RUN_COLUMNS`` (``rescored_from_policy``: a rescored
+    record's run's policy, where that record is in the folder; ``device`` is a short fingerprint
     string; ``model_config``/``protocol_overrides`` are canonical JSON strings, ``"{}"`` when
     unset; ``nsd_tolerances`` a per-class NSD tolerance table as text; ``host`` and ``slurm_job`` where
     it ran, None in records older than ``launch``; ``train_commits`` the code versions it trained under
@@ -484,13 +539,19 @@ def load(results_dir: Path, level: str = "run") -> pd.DataFrame:
     ``level="case"``: tidy long table, one row per (run, case, class): ``RUN_ID_COLUMNS`` repeated,
     then ``CASE_COLUMNS`` (and any extra per-case keys), then the run's ``hd95_unit``.
 
+    ``recheck`` (``bench report``): each run's stored aggregates and per-class numbers are recomputed
+    from its case rows (``restated``); where they differ (a record edited by hand) the row holds the
+    recomputed ones and its ``restated`` column says what was stored, and one warning names the files.
+    Boards then agree with their CIs and tests, which the case rows give.
+
     JSON ``null`` reads back as NaN. An unreadable or invalid file raises ``BenchError`` naming
     it: silently dropping a result would change a leaderboard without anyone noticing. A results
     directory without records gives an empty frame with the columns above.
     """
     if level not in ("run", "case"):
         raise BenchError(f"load(level={level!r}): expected 'run' or 'case'")
-    records = [rec for _, rec in _iter_records(results_dir)]
+    read = list(_iter_records(results_dir))
+    records = [rec for _, rec in read]
     if level == "case":
         # each row names its HD95 unit (mm, voxels, pixels: the run's policy and data decide)
         rows = [{**_run_ids(rec), **case, "hd95_unit": rec.get("hd95_unit")} for rec in records for case in rec["per_case"]]
@@ -499,7 +560,18 @@ def load(results_dir: Path, level: str = "run") -> pd.DataFrame:
         frame = frame.reindex(columns=RUN_ID_COLUMNS + CASE_COLUMNS + extra)
         numeric = [c for c in CASE_COLUMNS if c not in ("case", "name", "empty")]
         return _numeric(frame, numeric)
-    rows = [_run_row(rec) for rec in records]
+    rows, found = [_run_row(rec) for rec in records], []
+    policies = {rec["run_id"]: rec["policy"] for rec in records}
+    for row in rows:  # `bench rescore`: the policy its run was first scored under (None: that record is gone)
+        row["rescored_from_policy"] = policies.get(row["rescored_from"]) if row["rescored_from"] else None
+    if recheck:
+        for row, (path, rec) in zip(rows, read):
+            _restate(row, rec, path, found)
+    restated_text = [row.pop("restated", None) for row in rows]
+    if found:
+        warnings.warn(f"{len(found)} record(s) hold numbers their own case rows do not give (edited by hand?): "
+                      f"{few(found, 3, sep='; ')}; boards show the numbers recomputed from the case rows",
+                      stacklevel=2)
     frame = pd.DataFrame(rows)
     metric_keys = {c for c in frame.columns if c not in RUN_COLUMNS and "/" not in c}
     metric_keys |= {c for c in frame.columns if c.startswith("metrics/")}
@@ -510,6 +582,8 @@ def load(results_dir: Path, level: str = "run") -> pd.DataFrame:
     per_class = [f"{m}/{name}" for name in _class_order(records) for m in ("dice", "hd95")]
     columns = RUN_COLUMNS + metrics + per_class
     frame = frame.reindex(columns=columns)
+    if recheck:  # the stored numbers replaced, per run (None: none)
+        frame["restated"] = pd.Series(restated_text, index=frame.index, dtype=object)
     numeric = ["wall_time_s", "train_time_s", "train_loss", "world_size", "params", "trainable_params", "macs", "paper_macs",
                "flops", "fps", "peak_mem_mb"] + metrics + per_class  # fmt: skip
     return _numeric(frame, numeric)

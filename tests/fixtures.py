@@ -17,13 +17,20 @@ from typing import Any
 
 from torch import nn
 
+from bench.metrics import pooled_metrics
 from bench.modeling import SegmentationModel
+from bench.protocol import list_protocols, load_protocol
 from bench.records import SCHEMA_VERSION
 
 _RUN_NUMBERS = itertools.count()  # default run ids: unique within a process, shaped as RunSpec.key's
 SYNAPSE_CLASSES = ["aorta", "gallbladder", "kidney_l", "kidney_r", "liver", "pancreas", "spleen", "stomach"]
 FAMILIES = {"vmunet": "ssm", "vmunet_v2": "ssm", "lightm_unet": "ssm", "unet": "cnn", "transunet": "transformer", "swin_unet": "transformer"}
-PROTOCOL_HASHES = {"synapse": "a1b2c3d4e5f60718", "isic17": "0f1e2d3c4b5a6978", "smoke": "1234abcd5678ef90"}
+
+
+def protocol_hash(name: str) -> str:
+    """A built-in protocol's hash as it is now (a board of other content under its name says "a modified
+    copy"), else a made-up one."""
+    return load_protocol(name).hash if name in list_protocols() else "ffffeeeeddddcccc"
 
 
 def make_record(
@@ -61,23 +68,29 @@ def make_record(
     per_case, per_class = [], []
     for cid, name in enumerate(classes, start=1):
         d = per_class_dice[name]
+        # legacy-isic pools these counts: their Dice is d (to 1e-6); the per-case policies read the rows' dice
+        tp = round(d * 1_000_000) if isic else 80
+        counts = {"tp": tp, "fp": 1_000_000 - tp, "fn": 1_000_000 - tp, "tn": 18_000_000} if isic else \
+            {"tp": 80, "fp": 10, "fn": 10, "tn": 900}
+        pooled = pooled_metrics(*counts.values()) if isic else {"dice": d, "iou": d / (2 - d)}
         for case in cases:
             per_case.append({
                 "case": case, "class": cid, "name": name, "dice": d, "iou": d / (2 - d),
                 "hd95": None if isic or math.isnan(hd95) else hd95,
                 "acc": 0.95, "spe": 0.97, "sen": d,
-                "tp": 80, "fp": 10, "fn": 10, "tn": 900, "n_pred": 90, "n_ref": 90, "empty": "none",
+                **counts, "n_pred": counts["tp"] + counts["fp"], "n_ref": counts["tp"] + counts["fn"], "empty": "none",
             })  # fmt: skip
         per_class.append({
-            "class": cid, "name": name, "dice": d,
-            "hd95": None if isic else hd95, "iou": d / (2 - d),
+            "class": cid, "name": name, "dice": pooled["dice"],
+            "hd95": None if isic else hd95, "iou": pooled["iou"],
             "n": n_cases, "n_nan": n_cases if (not isic and math.isnan(hd95)) else 0,
         })  # fmt: skip
 
-    mean_dice = sum(per_class_dice.values()) / len(classes)
-    metrics: dict[str, Any] = {"dice": mean_dice, "iou": mean_dice / (2 - mean_dice), "n_cases": n_cases}
+    # as bench.metrics.aggregate gives them from the rows (bench report recomputes and compares them)
+    metrics: dict[str, Any] = {"dice": sum(pc["dice"] for pc in per_class) / len(classes),
+                               "iou": sum(pc["iou"] for pc in per_class) / len(classes), "n_cases": n_cases}
     if isic:
-        metrics.update(acc=0.95, spe=0.97, sen=mean_dice)
+        metrics.update({k: v for k, v in pooled.items() if k in ("acc", "spe", "sen")})
     else:
         metrics["hd95"] = hd95  # NaN is allowed in memory; written as null
 
@@ -96,7 +109,7 @@ def make_record(
         "protocol": {
             "name": protocol,
             "version": 1,
-            "hash": PROTOCOL_HASHES.get(protocol, "ffffeeeeddddcccc"),
+            "hash": protocol_hash(protocol),
             "off_protocol": bool(overrides),
             "overrides": overrides,
         },
@@ -115,6 +128,21 @@ def make_record(
         "per_case": per_case,
         "cost": {"params": params, "trainable_params": params, "macs": None, "flops": None, "fps": None, "peak_mem_mb": None},
     }
+
+
+def restate(rec: dict[str, Any]) -> dict[str, Any]:
+    """``rec`` (changed in place) with the numbers it stores (``metrics``, ``per_class`` dice and hd95)
+    recomputed from its ``per_case`` rows under its policy, as a run writes them: for a test that edits the
+    rows or the policy (bench report would otherwise restate them, and warn)."""
+    from bench.metrics import aggregate, aggregate_per_class
+
+    rows = [{k: math.nan if v is None else v for k, v in row.items()} for row in rec["per_case"]]
+    again = aggregate(rows, rec["policy"])
+    rec["metrics"].update({k: again[k] for k in rec["metrics"] if k in again})
+    per_class = {pc["class"]: pc for pc in aggregate_per_class(rows, rec["policy"])}
+    for pc in rec["per_class"]:
+        pc.update({m: per_class[pc["class"]][m] for m in ("dice", "hd95") if m in pc})
+    return rec
 
 
 def run_bench(*args, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

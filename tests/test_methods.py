@@ -50,7 +50,7 @@ def test_adamw_names_its_settings_and_a_binary_board_bce(tmp_path):
     assert "cosine annealing per epoch (T_max 50 epochs, eta_min 1e-5)" in text
     assert "1 BCE + 1 Dice (sigmoid)" in text and not re.search(r"\bCE\b", text)
     assert "foreground where the sigmoid ≥ 0.5" in text
-    assert text.startswith("## isic17 · protocol isic17 v1 (0f1e2d3c4b5a6978) · policy legacy-isic")
+    assert text.startswith(f"## isic17 · protocol isic17 v1 ({load_protocol('isic17').hash}) · policy legacy-isic")
 
 
 def test_sgd_names_momentum_and_poly_power_and_the_multi_class_loss(tmp_path):

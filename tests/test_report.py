@@ -11,13 +11,14 @@ import pytest
 
 from bench.data.synapse import TRANSUNET_TEST_CASES
 from bench.errors import BenchError
+from bench.protocol import load_protocol
 from bench.records import load, write_record
 from bench.report import BoardKey, _latex_escape, leaderboards, parse_columns, render, write_report
 
 try:
-    from tests.fixtures import make_record, md_rows
+    from tests.fixtures import make_record, md_rows, restate
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from fixtures import make_record, md_rows
+    from fixtures import make_record, md_rows, restate
 
 
 @pytest.fixture
@@ -145,8 +146,9 @@ def test_nan_is_propagated_not_dropped(tmp_path):
 
 def test_markdown(runs):
     md = render(runs, "md")
-    assert "## synapse · protocol synapse v1 (a1b2c3d4e5f60718) · policy legacy-synapse" in md
-    assert "## synapse · protocol synapse v1 (a1b2c3d4e5f60718) · OFF-PROTOCOL (epochs=2) · policy" in md
+    synapse = load_protocol("synapse").hash
+    assert f"## synapse · protocol synapse v1 ({synapse}) · policy legacy-synapse" in md
+    assert f"## synapse · protocol synapse v1 ({synapse}) · OFF-PROTOCOL (epochs=2) · policy" in md
     assert "policy legacy-isic" in md
     assert "over seeds: 2/3 per model; test cases per run: 2" in md
     assert "82.00 ± 2.00" in md  # vmunet DSC ×100
@@ -304,8 +306,9 @@ def test_csv_is_numeric_and_tidy(runs):
     import io
 
     table = pd.read_csv(io.StringIO(render(runs, "csv")))
-    assert list(table.columns[:8]) == ["dataset", "protocol", "protocol_version", "protocol_hash", "policy",
-                                       "hd95_unit", "code", "model"]
+    assert list(table.columns[:9]) == ["dataset", "protocol", "protocol_version", "protocol_hash", "protocol_builtin",
+                                       "policy", "hd95_unit", "code", "model"]
+    assert table["protocol_builtin"].isna().all()  # the built-ins as they are: empty
     assert set(table["code"]) == {runs["git_commit"].iloc[0]}  # the bench version the numbers came from
     assert len(table) == 4
     row = table[(table["protocol"] == "synapse") & (table["model"] == "vmunet")].iloc[0]
@@ -424,7 +427,7 @@ def test_tiny_configurations_are_labelled_whatever_shares_the_board(tmp_path):
             rec = make_record(model, seed=seed, dice=dice, n_cases=6, model_config={"img_size": 64, **config})
             for row in rec["per_case"]:
                 row["dice"] = dice + 0.02 * int(row["case"][-4:]) + 0.01 * seed
-            write_record(rec, tmp_path)
+            write_record(restate(rec), tmp_path)
     key = ("synapse", "synapse", "legacy-synapse")
     assert sorted(leaderboards(load(tmp_path))[key]["model"]) == ["unet (tiny)", "vmunet"]
     sig = write_report(tmp_path, reference="unet")
@@ -501,7 +504,7 @@ def test_write_report_atomic(tmp_path, runs):
 def test_published_vs_ours_table(tmp_path):
     from bench.protocol import load_protocol
 
-    synapse = load_protocol("synapse").hash  # the built-in recipe as it is now
+    synapse, synapse_v = load_protocol("synapse").hash, load_protocol("synapse").version  # the built-in as it is now
     for seed, d in enumerate([0.80, 0.82]):
         rec = make_record("vmunet", seed=seed, dice=d, hd95=18.0 + 2 * seed, case_ids=TRANSUNET_TEST_CASES)
         rec["protocol"]["hash"] = synapse
@@ -551,9 +554,14 @@ def test_published_vs_ours_table(tmp_path):
     assert "Published vs" not in write_report(tmp_path)  # only on request
     # runs of another version of the recipe (an older or edited protocol file), or a board under
     # another metric policy than the paper's: shown, without a gap
-    old = make_record("vmunet", seed=0, dice=0.8, case_ids=TRANSUNET_TEST_CASES)  # a hash not today's synapse file's
+    old = make_record("vmunet", seed=0, dice=0.8, case_ids=TRANSUNET_TEST_CASES)
+    old["protocol"].update(version=0, hash="a1b2c3d4e5f60718")  # an earlier synapse
     write_record(old, tmp_path / "old")
     assert "other protocol version" in write_report(tmp_path / "old", published=pub)
+    copy = make_record("vmunet", seed=0, dice=0.8, case_ids=TRANSUNET_TEST_CASES)
+    copy["protocol"].update(version=synapse_v, hash="a1b2c3d4e5f60718")  # synapse as it is not: a copy, edited
+    write_record(copy, tmp_path / "copy")
+    assert "modified protocol copy" in write_report(tmp_path / "copy", published=pub)
     strict = make_record("vmunet", seed=0, dice=0.8, case_ids=TRANSUNET_TEST_CASES)
     strict.update(policy="strict", run_id="strict-run")
     strict["protocol"]["hash"] = synapse
@@ -651,14 +659,15 @@ def test_ci_column_and_significance_section(tmp_path):
             rec = make_record(model, seed=seed, dice=base, n_cases=6)
             for row in rec["per_case"]:
                 row["dice"] = base + 0.02 * int(row["case"][-4:]) + 0.01 * seed
-            write_record(rec, tmp_path)
+            write_record(restate(rec), tmp_path)
     text = write_report(tmp_path, reference="unet")
     # the board's cases taken here, not through the report's grouping: one board, labels = model names
     group = load(tmp_path, level="case").assign(model_label=lambda d: d["model"])
     lo, hi = stats.bootstrap_ci(group, "dice", "legacy-synapse")["vmunet"]
     vm = next(line for line in text.splitlines() if line.startswith("| vmunet"))
     assert f"[{100 * lo:.2f}, {100 * hi:.2f}]" in vm and "95% CI: percentile bootstrap" in text
-    sig = text[text.index("## Significance · synapse · protocol synapse v1 (a1b2c3d4e5f60718) · policy legacy-synapse"):]
+    sig = text[text.index(f"## Significance · synapse · protocol synapse v1 ({load_protocol('synapse').hash}) · policy "
+                          "legacy-synapse"):]
     expected = stats.paired_tests(group, "unet", metrics=("dice",)).iloc[0]
     row = next(line for line in sig.splitlines() if line.startswith("| vmunet") and "DSC" in line)
     assert f"{100 * expected['mean_diff']:+.2f}" in row and f"{expected['p_holm']:.3g}" in row
@@ -677,7 +686,7 @@ def test_significance_and_published_tables_come_in_latex_too(tmp_path):
         rec = make_record(model, seed=0, dice=base, n_cases=6)
         for row in rec["per_case"]:
             row["dice"] = base + 0.02 * int(row["case"][-4:])
-        write_record(rec, tmp_path)
+        write_record(restate(rec), tmp_path)
     pub = tmp_path / "pub.csv"
     pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
                    "Paper A Table 2,vmunet,synapse,dice,81.08,%,legacy-synapse,synapse,\n")
@@ -707,7 +716,7 @@ def _per_case_dice_runs(tmp_path, per_model: dict[str, list[float]]) -> None:
         rec = make_record(model, n_cases=len(dices))
         for row in rec["per_case"]:
             row["dice"] = dices[int(row["case"][-4:])]
-        write_record(rec, tmp_path)
+        write_record(restate(rec), tmp_path)
 
 
 def test_the_holm_column_is_the_holm_adjusted_p(tmp_path):
@@ -754,7 +763,7 @@ def test_a_run_that_did_not_finish_feeds_no_statistic(tmp_path):
             rec = make_record(model, seed=seed, dice=dice, n_cases=4)
             for row in rec["per_case"]:
                 row["dice"] = dice + 0.01 * int(row["case"][-4:])
-            write_record(rec, tmp_path)
+            write_record(restate(rec), tmp_path)
     clean = write_report(tmp_path, reference="unet")
     failed = make_record("unet", seed=2, dice=1.0, n_cases=4)
     failed["status"] = "failed"
@@ -773,7 +782,7 @@ def test_a_pooled_board_tests_the_difference_it_shows(tmp_path):
         rec = make_record(model, dataset="isic17", n_cases=6)
         for row, (tp, fp, fn) in zip(rec["per_case"], counts):
             row.update(tp=tp, fp=fp, fn=fn, tn=10, n_pred=tp + fp, n_ref=tp + fn, dice=2 * tp / (2 * tp + fp + fn))
-        write_record(rec, tmp_path)
+        write_record(restate(rec), tmp_path)
     text = write_report(tmp_path, reference="unet")
     sig = text[text.index("## Significance · isic17"):]
     group = load(tmp_path, level="case").assign(model_label=lambda d: d["model"])
@@ -800,7 +809,7 @@ def test_a_model_whose_board_dsc_is_nan_is_neither_tested_nor_silently_unranked(
                     row.update(dice=None, iou=None, hd95=None, empty=True)
             if model == "transunet":
                 rec["metrics"]["dice"] = None
-            write_record(rec, tmp_path)
+            write_record(restate(rec), tmp_path)
     text = write_report(tmp_path, reference="unet")
     sig = text[text.index("## Significance"):]
     rows = md_rows(sig, "Model")
@@ -822,7 +831,7 @@ def test_a_metric_nan_in_every_run_is_shown_not_dropped(tmp_path):
             row.update(dice=None, iou=None, hd95=None, sen=None, empty=True)
     rec["per_class"][2].update(dice=None, iou=None, hd95=None, n_nan=2)
     rec["metrics"].update(dice=None, iou=None, sen=None, n_nan_dice=2, n_valid_dice=4, n_nan_sen=2, n_valid_sen=4)
-    write_record(rec, tmp_path)
+    write_record(restate(rec), tmp_path)
     (row,) = md_rows(write_report(tmp_path), "Model")
     assert row["DSC ↑ (%)"] == "nan (1/1 runs)" and row["mIoU ↑ (%)"] == "nan (1/1 runs)"
     assert row["Sen ↑ (%)"] == "nan (1/1 runs)" and row["vessel"] == "nan (1/1 runs)"
@@ -840,7 +849,7 @@ def test_strict_hd95_on_resized_images_says_whose_pixels(tmp_path):
     for row in rec["per_case"]:
         row["hd95"] = 12.0
     rec["per_class"][0]["hd95"] = 12.0
-    write_record(rec, tmp_path)
+    write_record(restate(rec), tmp_path)
     assert "HD95 in pixels of the square model input (images are resized to it, so not the images' own pixels)" \
         in write_report(tmp_path)
 
@@ -853,7 +862,7 @@ def test_a_reference_run_in_several_configs_is_named_not_called_absent(tmp_path)
             rec = make_record(model, seed=seed, dice=base, n_cases=6, model_config=config)
             for row in rec["per_case"]:
                 row["dice"] = base + 0.02 * int(row["case"][-4:]) + 0.01 * seed
-            write_record(rec, tmp_path)
+            write_record(restate(rec), tmp_path)
     write_record(make_record("unet", dataset="acdc", protocol="acdc", classes=["rv"]), tmp_path)
     text = write_report(tmp_path, reference="unet")
     sig = text[text.index("## Significance · synapse"):]
@@ -861,7 +870,7 @@ def test_a_reference_run_in_several_configs_is_named_not_called_absent(tmp_path)
     assert next(line for line in sig.splitlines() if line.startswith("| vmunet") and "DSC" in line)
     assert "'unet' is the only model on this board" in text[text.index("## Significance · acdc"):]
     rec = make_record("unet", seed=0, dice=0.6, n_cases=6, model_config={"base_c": 16})
-    write_record(rec, tmp_path)
+    write_record(restate(rec), tmp_path)
     sig = write_report(tmp_path, reference="unet")
     sig = sig[sig.index("## Significance · synapse"):]
     assert ("'unet' runs here in several configurations (unet (base_c=16), unet (base_c=8)); pass one as "
@@ -968,7 +977,8 @@ def test_published_per_class_numbers_meet_the_boards_per_class_columns(tmp_path)
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     got = {c[1]: (c[2], c[6], c[7]) for c in cells}  # Metric: Published, Ours, Ours − published
     # the board's organ names, and each number's unit
-    assert got == {"DSC (Aorta)": ("86.40 %", "86.00 %", "-0.40"), "DSC (Liver)": ("94.00 %", "95.00 %", "+1.00")}
+    # († : "Paper A" is not in the bundled table)
+    assert got == {"DSC (Aorta)": ("86.40 % †", "86.00 %", "-0.40"), "DSC (Liver)": ("94.00 % †", "95.00 %", "+1.00")}
     # nnU-Net's ACDC names its classes RV, MLM, LVC; the papers' columns are rv, myo, lv
     from bench.report import _class_column
 
@@ -1563,7 +1573,7 @@ def test_captions_say_what_the_numbers_are_where_names_could_mislead(tmp_path):
     full = tmp_path / "full"  # Acc/Spe/Sen too, as runs record them
     rec = make_record("unet")
     rec["metrics"].update(acc=0.99, spe=0.995, sen=0.8)
-    write_record(rec, full)
+    write_record(restate(rec), full)
     assert ("mIoU, Acc, Spe, Sen: per case and class, one class against the rest, then averaged as DSC is (no Synapse "
             "paper reports them); Acc and Spe count every background voxel, so they sit near 100%.") in write_report(full)
     write_record({**make_record("unet", seed=1, dice=0.72), "hd95_unit": "voxels"}, tmp_path)
@@ -1717,3 +1727,96 @@ def test_a_one_class_board_of_ones_own_data_names_its_class(tmp_path):
     assert "## nnunet:Fundus" in text and " Class: disc." in text
     write_record(make_record("unet", seed=0, dataset="isic17"), tmp_path / "isic")
     assert "Class:" not in write_report(tmp_path / "isic")
+
+
+def test_a_hand_edited_aggregate_is_recomputed_from_its_case_rows_and_said(tmp_path):
+    """metrics.dice edited to 0.80 printed 80.00 beside its own CI [26, 40] and per-organ 30.00 cells, and --columns
+    paper set it in bold: bench report recomputes each record's numbers from its case rows, shows those, warns
+    naming the file and the numbers, and the caption says so. Records as bench writes them say nothing."""
+    edited = make_record("unet", seed=0, dice=0.3)
+    edited["metrics"]["dice"] = 0.80
+    write_record(edited, tmp_path)
+    write_record(make_record("vmunet", seed=0, dice=0.5), tmp_path)
+    write_record(make_record("vmunet", dataset="isic17", seed=0, dice=0.88), tmp_path)  # legacy-isic: pooled counts
+    with pytest.warns(UserWarning, match=rf"1 record\(s\) hold numbers .*{edited['run_id']}\.json: dice 0\.8 stored, "
+                                         r"0\.3 from the case rows") as caught:
+        text = write_report(tmp_path, columns="paper")
+    assert sum("case rows do not give" in str(w.message) for w in caught) == 1  # once, the isic record silent
+    isic, synapse = text.split("## synapse")
+    rows = {r["Model"]: r for r in md_rows(synapse, "Model")}
+    assert rows["unet"]["DSC ↑ (%)"] == "30.00" and rows["vmunet"]["DSC ↑ (%)"] == "**50.00**"
+    assert f"Restated: the stored numbers of 1 record(s) do not match their own case rows (records/{edited['run_id']}" \
+           ".json: dice 0.8 stored, 0.3 from the case rows); this board shows the numbers recomputed" in text
+    assert "Restated" not in isic
+    assert load(tmp_path).set_index("model").loc["unet", "dice"] == 0.80  # load as such reads what is stored
+
+
+def test_a_published_file_is_named_and_its_numbers_unlike_the_bundled_tables_marked(tmp_path):
+    """--published-file's rows read "6.85 % | VM-UNet (arXiv:…) Table 2" as the paper's, and the report never
+    named the file: its caption names it (path as given, sha256), and a number the bundled table gives otherwise,
+    or not at all, is marked †, its Note saying what the bundled table gives."""
+    import hashlib
+
+    from bench.published import DEFAULT_PATH
+
+    write_record(make_record("vmunet", seed=0, dice=0.8, hd95=18.0, case_ids=TRANSUNET_TEST_CASES), tmp_path)
+    t2 = "VM-UNet (arXiv:2402.02491v1) Table 2"
+    pub = tmp_path / "mine.csv"
+    pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
+                   f"{t2},vmunet,synapse,dice,6.85,%,legacy-synapse,synapse_vmunet,\n"  # bundled: 81.08
+                   f"{t2},vmunet,synapse,hd95,19.21,voxels,legacy-synapse,synapse_vmunet,\n"  # as bundled
+                   "Made-up Table 9,vmunet,synapse,dice:aorta,99.00,%,legacy-synapse,synapse_vmunet,made up\n")
+    sha = hashlib.sha256(pub.read_bytes()).hexdigest()[:12]
+    for fmt in ("md", "latex"):
+        text = write_report(tmp_path, fmt, published=pub)
+        assert f"Published numbers: from {pub} (sha256 {sha}) (--published-file), not the bundled" in text.replace(
+            "\\_", "_")
+    rows = {r["Metric"]: r for r in md_rows(write_report(tmp_path, published=pub).split("## Published vs ours")[1],
+                                            "Model")}
+    assert (rows["DSC"]["Published"], rows["DSC"]["Note"]) == ("6.85 % †", "† differs from the bundled table's 81.08 %")
+    assert (rows["HD95"]["Published"], rows["HD95"]["Note"]) == ("19.21 voxels", "")
+    assert (rows["DSC (Aorta)"]["Published"], rows["DSC (Aorta)"]["Note"]) == (
+        "99.00 % †", "† not in the bundled table; made up")
+    bundled = write_report(tmp_path, published=DEFAULT_PATH)  # the bundled table by its path: nothing to mark
+    assert "--published-file" not in bundled.split("## Published vs ours")[1] and "†" not in bundled
+
+
+def test_a_modified_copy_of_a_built_in_protocol_says_so_in_its_title(tmp_path):
+    """A copy of smoke.toml with other epochs, its name still "smoke", read "protocol smoke v1 (7a420ec5…)" as the
+    built-in does but for the hash: its title, in Markdown, LaTeX and the CSV, says it is a modified copy and names
+    the built-in's hash; an earlier version of a built-in is called that; the built-in as it is, nothing."""
+    smoke = load_protocol("smoke")
+    for folder, version, digest in (("copy", smoke.version, "7a420ec553f93057"), ("old", smoke.version - 1, "7a420ec553f93057"),
+                                    ("same", smoke.version, smoke.hash)):
+        rec = make_record("unet", protocol="smoke")
+        rec["protocol"].update(version=version, hash=digest)
+        write_record(rec, tmp_path / folder)
+    title = f"protocol smoke v{smoke.version} (7a420ec553f93057), a modified copy (built-in: {smoke.hash}) · policy"
+    assert title in write_report(tmp_path / "copy")
+    assert title.replace("·", "$\\cdot$") in write_report(tmp_path / "copy", "latex")
+    csv = pd.read_csv(io.StringIO(write_report(tmp_path / "copy", "csv")))
+    assert list(csv["protocol_builtin"]) == [f"a modified copy (built-in: {smoke.hash})"]
+    assert f"v{smoke.version - 1} (7a420ec553f93057), another version (built-in: v{smoke.version}, {smoke.hash})" \
+        in write_report(tmp_path / "old")
+    same = write_report(tmp_path / "same")
+    assert f"protocol smoke v{smoke.version} ({smoke.hash}) · policy" in same and "built-in:" not in same
+
+
+def test_a_rescored_board_says_so_in_its_caption_and_csv(tmp_path):
+    """Rescored boards were marked only in the Methods text: their caption says under which policy the runs were
+    first scored, and the CSV's rescored_from_policy column names it per row ("" where nothing was rescored)."""
+    for model in ("unet", "vmunet"):
+        rec = make_record(model, seed=0)
+        write_record(rec, tmp_path)
+        if model == "unet":  # one of the strict board's two runs is a rescore
+            rescored = make_record(model, seed=0, run_id=f"{rec['run_id']}.strict")
+            write_record({**rescored, "policy": "strict", "rescored_from": rec["run_id"]}, tmp_path)
+    write_record({**make_record("transunet", seed=0), "policy": "strict"}, tmp_path)
+    md = write_report(tmp_path)
+    legacy, strict = md[:md.index("policy strict")], md[md.index("policy strict"):]
+    assert ("Rescored: scored under strict from the weights of runs trained and first scored under legacy-synapse "
+            "(1 of 2 runs) (bench rescore).") in strict and "Rescored" not in legacy
+    assert "first scored under legacy-synapse (1 of 2" in write_report(tmp_path, "latex")
+    csv = pd.read_csv(io.StringIO(write_report(tmp_path, "csv")), keep_default_na=False)
+    assert dict(zip(csv["policy"] + " " + csv["model"], csv["rescored_from_policy"])) == {
+        "legacy-synapse unet": "", "legacy-synapse vmunet": "", "strict unet": "legacy-synapse", "strict transunet": ""}

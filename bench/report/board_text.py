@@ -10,6 +10,7 @@ import pandas as pd
 
 from bench.errors import BenchError, did_you_mean, few
 from bench.names import name_list
+from bench.protocol import builtin_difference
 from bench.records import CASE_COLUMNS, RUN_ID_COLUMNS, short_commit
 from bench.report.boards import METRICS, _joined, class_display
 from bench.report.costs import _g
@@ -18,7 +19,8 @@ from bench.report.labels import CV_LABEL, BoardKey, label_cases
 from bench.report.tables import _align, _latex_table, _md_table
 
 
-_CSV_KEY_COLUMNS = ["dataset", "protocol", "protocol_version", "protocol_hash", "policy", "hd95_unit", "code"]
+_CSV_KEY_COLUMNS = ["dataset", "protocol", "protocol_version", "protocol_hash", "protocol_builtin", "policy", "hd95_unit",
+                    "code"]
 _BOARD_COLUMNS = ["model", "family", "init", "model_config", "n_seeds", "n_runs", "folds", "n_cases", "params"]
 
 
@@ -91,9 +93,11 @@ def _paper_metrics(board: pd.DataFrame) -> tuple[str, ...]:
 
 def board_title(dataset: str, protocol: str, version: int, protocol_hash: str, overrides: str, policy: str) -> str:
     """A board's title, as captions and the Methods text head it: "synapse · protocol synapse v1 (hash) ·
-    policy legacy-synapse", with "· OFF-PROTOCOL (<overrides>)" where the runs set some."""
+    policy legacy-synapse", with "· OFF-PROTOCOL (<overrides>)" where the runs set some, and where a built-in's
+    name names other content ", a modified copy (built-in: <hash>)" (``protocol.builtin_difference``)."""
     off = f" · OFF-PROTOCOL ({overrides})" if overrides else ""
-    return f"{dataset} · protocol {protocol} v{version} ({protocol_hash}){off} · policy {policy}"
+    other = builtin_difference(protocol, version, protocol_hash)
+    return f"{dataset} · protocol {protocol} v{version} ({protocol_hash}){f', {other}' if other else ''}{off} · policy {policy}"
 
 
 def parse_columns(text: str | Iterable[str] | None) -> tuple[str, ...] | None:
@@ -302,6 +306,16 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         note += (" DSC n/a: case × class entries with both masks empty, over all runs; strict scores them NaN and "
                  "leaves them out of the means; a class with no other entry has no mean, and the DSC is nan (as "
                  "nnU-Net's foreground mean), not a mean over the other classes.")
+    n_rescored, n_runs, first = a.get("rescored", (0, 0, ""))
+    if n_rescored:
+        which = "" if n_rescored == n_runs else f" ({n_rescored} of {n_runs} runs)"
+        first = "another policy" if first == "?" else first.replace("?", "another")
+        note += (f" Rescored: scored under {key.policy} from the weights of runs trained and first scored under "
+                 f"{first}{which} (bench rescore).")
+    if restated := a.get("restated"):
+        which = few([f"records/{r.split('@')[0]}.json: {t}" for r, t in restated.items()], 3, sep="; ")
+        note += (f" Restated: the stored numbers of {len(restated)} record(s) do not match their own case rows "
+                 f"({which}); this board shows the numbers recomputed from the case rows.")
     if "dice_ci_lo" in board and shown("ci"):
         over = "the model's runs, every seed and fold" if CV_LABEL in key.dataset else "seeds"
         note += (" 95% CI: percentile bootstrap over test cases of the number shown (each resample re-aggregated "
@@ -434,6 +448,9 @@ def _render_csv(boards: dict[BoardKey, pd.DataFrame]) -> str:
                 "protocol": key.protocol,
                 "protocol_version": board.attrs["protocol_version"],
                 "protocol_hash": board.attrs["protocol_hash"],
+                # "a modified copy (built-in: <hash>)" where a built-in's name names other content; "" otherwise
+                "protocol_builtin": builtin_difference(board.attrs["protocol_name"], board.attrs["protocol_version"],
+                                                       board.attrs["protocol_hash"]) or "",
                 "policy": key.policy,
                 # the policy does not say it: strict's HD95 is in mm, voxels or pixels by the data
                 "hd95_unit": "/".join(board.attrs.get("hd95_units", [])),

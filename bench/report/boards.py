@@ -98,6 +98,8 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
             # structures present in a case's reference and predicted nowhere, over all runs
             "n_missed": int(runs["n_missed"].sum()) if "n_missed" in runs else 0,
             "n_present": int(runs["n_present"].sum()) if "n_present" in runs else 0,
+            # bench rescore: the policies its runs were first scored under ("?": the run's record is gone)
+            "rescored_from_policy": _rescored_from(runs),
         }
         if {"n_nan_dice", "n_valid_dice"} <= set(runs) and runs["n_nan_dice"].notna().any():
             # strict: case x class entries with no Dice (both masks empty), excluded from the means
@@ -136,11 +138,27 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         repeated=repeated,
         repeated_runs=repeated_runs,  # per model, the run ids of its seeds counted more than once
         n_train=sorted({int(n) for n in group["n_train"].dropna()}) if "n_train" in group else [],
+        # bench rescore: (runs rescored, runs, the policies they were first scored under)
+        rescored=(int(group["rescored_from"].notna().sum()), len(group), _rescored_from(group))
+        if "rescored_from" in group else (0, len(group), ""),
+        # records.load(recheck=True): runs whose stored numbers their case rows do not give, shown recomputed
+        restated={r: t for r, t in zip(group["run_id"], group["restated"]) if isinstance(t, str)}
+        if "restated" in group else {},
         # the board's classes in id order (a one-class board shows no column naming its class)
         classes=list(dict.fromkeys(n for c in group["classes"].dropna() for n in json.loads(c)))
         if "classes" in group else [],
     )
     return board
+
+
+def _rescored_from(runs: pd.DataFrame) -> str:
+    """The policies the rescored ones of ``runs`` were first scored under ("legacy-synapse"; "?" where the
+    run's record is gone), "" where none was rescored."""
+    if "rescored_from" not in runs:
+        return ""
+    rescored = runs[runs["rescored_from"].notna()]
+    return ", ".join(sorted({p if isinstance(p, str) else "?" for p in rescored.get("rescored_from_policy",
+                                                                                       [None] * len(rescored))}))
 
 
 def _binary_task(dataset: str) -> bool:

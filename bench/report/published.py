@@ -12,6 +12,7 @@ import pandas as pd
 
 from bench import metrics
 from bench.data.isic import test_set_id
+from bench.published import DEFAULT_NAME
 from bench.report.board_text import _caption, _one_hd95_unit
 from bench.report.boards import METRICS, TEST_SET_DATASETS, class_display
 from bench.report.labels import CV_LABEL, BoardKey
@@ -27,6 +28,32 @@ PUBLISHED_NOTE = ("Ours − published is given only where the paper's number was
                   "paper's convention; "
                   "otherwise the cell says what differs (recipe, split, protocol version, model config or metric "
                   "policy), since the gap would mix the model with it.")
+
+
+
+def published_note(origin: str | None = None) -> str:
+    """A published table's caption note: ``PUBLISHED_NOTE``, and where the numbers come from another
+    file than the bundled table (``--published-file``; ``origin``: its path as given and sha256) that
+    file, so a table of invented numbers does not pass as the papers'."""
+    if origin is None:
+        return PUBLISHED_NOTE
+    return (f"{PUBLISHED_NOTE} Published numbers: from {origin} (--published-file), not the bundled "
+            f"{DEFAULT_NAME}; † marks a number the bundled table gives otherwise, or not at all.")
+
+
+def _against_bundled(p: pd.Series, bundled: pd.DataFrame | None) -> str:
+    """"" where ``bundled`` (the bundled table; None: ``p`` is from it) gives ``p``'s number for its source,
+    model, dataset and metric; else the Note's "†" footnote saying what it gives."""
+    if bundled is None:
+        return ""
+    same = bundled[(bundled["source"] == p["source"]) & (bundled["model"] == p["model"])
+                   & (bundled["dataset"] == p["dataset"]) & (bundled["metric"] == p["metric"])]
+    if same.empty:
+        return "† not in the bundled table"
+    if any(math.isclose(v, p["value"], rel_tol=1e-9) and u == p["unit"] for v, u in zip(same["value"], same["unit"])):
+        return ""
+    theirs = ", ".join(f"{_paper_value(v)} {u}".strip() for v, u in zip(same["value"], same["unit"]))
+    return f"† differs from the bundled table's {theirs}"
 
 
 # nnU-Net dataset names -> published ids: LightM-UNet's Dataset801_LiverCT / Dataset802_LungXray, MSD's liver
@@ -111,16 +138,18 @@ def _same_evaluation(x, y) -> bool:
 
 
 def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFrame,
-                     groups: dict[BoardKey, pd.DataFrame] | None = None) -> dict[str, pd.DataFrame]:
+                     groups: dict[BoardKey, pd.DataFrame] | None = None,
+                     bundled: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Per board, the papers' numbers for its dataset next to ours: one row per (model, metric,
     published source), with both metric conventions and the paper's recipe named. ours − published
     only where that recipe is the board's protocol as built in now, run as written (not
     off-protocol), with the model as registered, on the paper's test split (``split_mismatch``;
     ``groups``: the case rows per board), and scored under the paper's convention (the protocol's
     policy where the CSV does not name one of ours) — see ``why_not``; elsewhere the difference
-    would mix the model with something else."""
+    would mix the model with something else. ``bundled``: the bundled table where ``published`` is another
+    (``--published-file``): a number it gives otherwise, or not at all, is marked "†" and its Note says so."""
     from bench.metrics import POLICIES
-    from bench.protocol import list_protocols, load_protocol
+    from bench.protocol import builtin_difference, list_protocols, load_protocol
 
     protocols: dict[str, Any] = {}
     builtin = set(list_protocols())
@@ -146,8 +175,8 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
             reasons.append("other split (cross-validation)")
         if synthetic:
             reasons.append("synthetic data")
-        if same and proto is not None and a["protocol_hash"] != proto.hash:  # an older version, or an edited copy
-            reasons.append("other protocol version")
+        if same and (differs := builtin_difference(a["protocol_name"], a["protocol_version"], a["protocol_hash"])):
+            reasons.append("modified protocol copy" if differs.startswith("a modified copy") else "other protocol version")
         config = json.loads(row["model_config"] or "{}")
         extra = set(config) - BUILD_KEYS
         if proto is not None and config.get("spatial_dims") == proto.spatial_dims:  # a 3-D protocol builds it itself
@@ -188,11 +217,14 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
                 diff = blocked or ("" if math.isnan(ours) else f"{ours - p['value']:+.2f}")
                 label = METRICS[base][0] + (f" ({class_display(cls, key.dataset)})" if cls else "")  # as the board
                 unit = "%" if METRICS[base][1] else _one_hd95_unit(board)
+                mark = _against_bundled(p, bundled)
+                note = "; ".join(n for n in (mark, p["note"]) if n)
                 rows.append({"Model": b["model"], "Metric": label,  # the board's row label
-                             "Published": f"{_paper_value(p['value'])} {p['unit']}".strip(), "Source": p["source"],
+                             "Published": f"{_paper_value(p['value'])} {p['unit']}{' †' * bool(mark)}".strip(),
+                             "Source": p["source"],
                              "Their convention": p["convention"], "Their recipe": p["protocol"] or "not one of ours",
                              "Ours": "" if math.isnan(ours) else f"{ours:.2f} {unit}".strip(), "Ours − published": diff,
-                             "Note": p["note"]})
+                             "Note": note})
         if rows:
             synth = " — synthetic data: the difference says nothing about the model" if "(synthetic)" in key.dataset else ""
             table = pd.DataFrame(_one_row_per_number(rows))

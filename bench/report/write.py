@@ -19,7 +19,7 @@ from bench.report.board_text import _check_columns, _check_format, _render, _sho
 from bench.report.boards import _boards
 from bench.report.costs import render_cost_latex, render_cost_md
 from bench.report.formats import ReportFormat
-from bench.report.published import PUBLISHED_NOTE, missing_published_md, published_tables
+from bench.report.published import PUBLISHED_NOTE, missing_published_md, published_note, published_tables
 from bench.report.significance import _check_reference, significance_latex, significance_md
 from bench.report.tables import _latex_table, _md_table
 
@@ -64,22 +64,35 @@ def _with_cost_latex(text: str, fmt: ReportFormat, profiles: pd.DataFrame | None
 
 
 def _latex_sections(text: str, boards: dict, groups: dict, reference: str | None, pub: pd.DataFrame | None,
-                    source: str) -> str:
+                    source: str, bundled: pd.DataFrame | None = None, note: str = PUBLISHED_NOTE) -> str:
     """The LaTeX boards followed by the paired tests and ranks (``reference``) and the published-vs-ours
-    tables (``pub``), as the Markdown report has them; boards without a published table in a comment."""
+    tables (``pub``; ``bundled``, ``note``: ``_published``'s), as the Markdown report has them; boards
+    without a published table in a comment."""
     labels: collections.Counter = collections.Counter()
     parts = [text.rstrip("\n")]
     if reference:
         parts.append(significance_latex(boards, groups, reference, labels))
     if pub is not None:
-        for title, table in published_tables(boards, pub, groups).items():
+        for title, table in published_tables(boards, pub, groups, bundled).items():
             spec = "".join("r" if c in ("Published", "Ours", "Ours − published") else "l" for c in table.columns)
             board = re.sub(r"\s*\([^)]*\)", "", title.split(" — ")[0].split(" · ", 1)[-1])  # no hashes, "(ours)"
-            parts.append(_latex_table(title, PUBLISHED_NOTE, f"published {board}", table, spec, labels))
+            parts.append(_latex_table(title, note, f"published {board}", table, spec, labels))
         missing = missing_published_md(boards, pub, source)
         if missing:  # a Markdown section's words, as a comment: no table to caption
             parts.append("% " + " ".join(missing.replace("## ", "").split()))
     return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _published(published: Path | bool) -> tuple[pd.DataFrame, str, pd.DataFrame | None, str]:
+    """``--published``'s table, its name, and where it is another file than the bundled table
+    (``--published-file``) the bundled table to mark its numbers against; the tables' caption note
+    (naming that file, its path as given and sha256)."""
+    from bench.published import DEFAULT_NAME, DEFAULT_PATH, load_published
+
+    if published is True or Path(published).resolve() == DEFAULT_PATH.resolve():  # the bundled table
+        return load_published(), DEFAULT_NAME, None, PUBLISHED_NOTE
+    pub = load_published(Path(published))
+    return pub, str(published), load_published(), published_note(f"{published} (sha256 {pub.attrs['sha256'][:12]})")
 
 
 def _warn_repeated(boards: dict) -> None:
@@ -148,7 +161,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     columns = _check_columns(columns, fmt)
     given = models, datasets  # as typed, for select_runs' errors (`--models ,`)
     models, datasets = name_list(models), name_list(datasets)
-    df_runs, profiles = load(results_dir), load_profiles(results_dir)  # load first: it checks the folder
+    df_runs, profiles = load(results_dir, recheck=True), load_profiles(results_dir)  # load first: it checks the folder
     profiled = set(profiles["model"]) if profiles is not None and "model" in profiles else set()
     spelt = [*df_runs.get("model", []), *profiled]  # names as the runs and profiles spell them (`--models UNET`)
     if models:  # for the profiles and --reference too
@@ -186,21 +199,16 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                              "compare with it")
         if reference:
             _check_reference(reference, groups, results_dir)
-        pub = None
-        if published:
-            from bench.published import DEFAULT_NAME, load_published
-
-            pub = load_published(None if published is True else Path(published))
-            source = DEFAULT_NAME if published is True else str(published)
+        pub, source, bundled, note = _published(published) if published else (None, "", None, PUBLISHED_NOTE)
         if fmt == ReportFormat.latex:
-            text = _latex_sections(text, boards, groups, reference, pub, source if pub is not None else "")
+            text = _latex_sections(text, boards, groups, reference, pub, source, bundled, note)
         if fmt == ReportFormat.md:
             extra = []
             if reference:
                 extra.append(significance_md(boards, groups, reference))
             if pub is not None:
-                for title, table in published_tables(boards, pub, groups).items():
-                    extra.append(f"## {title}\n\n{PUBLISHED_NOTE}\n\n{_md_table(table)}\n")
+                for title, table in published_tables(boards, pub, groups, bundled).items():
+                    extra.append(f"## {title}\n\n{note}\n\n{_md_table(table)}\n")
                 missing = missing_published_md(boards, pub, source)
                 extra += [missing] if missing else []
             cost = render_cost_md(profiles) if _shows(columns, "cost") else ""
