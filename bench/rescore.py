@@ -30,7 +30,7 @@ from bench.errors import BenchError
 from bench.evaluate import evaluate, scored_ids
 from bench.metrics import POLICIES, get_policy, policy_fields, policy_misfit
 from bench.protocol import Protocol, load_protocol, protocol_from_record
-from bench.registry import code_changed, create_model, strict_load
+from bench.registry import code_changed, create_model, get_entry, strict_load
 from bench.rng import deterministic_kernels
 from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, load_checkpoint
 
@@ -109,6 +109,9 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
     scored under (default the run's): a spacing table added since counts as a change only for one that
     reads it (``data_ids``). ``data_roots``: where the data may be now (``run_data_root``); the
     dataset's ``root`` is the folder read."""
+    if (registered := get_entry(rec["model"]).name) != rec["model"]:  # as the record spells it: "UNet" is no "unet"
+        raise BenchError(f"run {rec['run_id']}: its model {rec['model']!r} is not installed here ({registered!r} is "
+                         "another model, alike but for case); install the package that registers it")
     path = weights_path(results_dir, rec)
     if not path.is_file():
         raise BenchError(f"{path}: not found; run {rec['run_id']} can only be {what} from its run directory (its "

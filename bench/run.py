@@ -278,11 +278,11 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
                 torch.cuda.reset_peak_memory_stats(device)
             trained_by = None  # --weights: the run that wrote them, where one of bench's did
             if spec.weights is not None:
-                result, trained_by = _given_weights(model, spec.weights[0], run_dir, main, train_ids)
+                result, trained_by = _given_weights(model, spec.weights[0], run_dir, main, train_ids, spec.data_id)
             else:
                 result = train_model(model, dataset, protocol, seed=spec.seed, run_dir=run_dir, device=device,
                                      resume=resume, writer=writer, progress=on_step, code=code,
-                                     workers=spec.workers)
+                                     workers=spec.workers, data_id=spec.data_id)
             # the GPU memory training needed (per GPU under torchrun): what decides whether a model
             # fits a user's card; unknown after a resume, which measured only the rest
             train_peak = (torch.cuda.max_memory_allocated(device) / 2**20
@@ -579,19 +579,26 @@ def failure_text(exc: BaseException) -> str:
     return one_line(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
 
 
-def _given_weights(model, path: str, run_dir: Path, main: bool,
-                   train_ids: list[str]) -> tuple[TrainResult, dict[str, Any] | None]:
+def _given_weights(model, path: str, run_dir: Path, main: bool, train_ids: list[str],
+                   data_id: str | None) -> tuple[TrainResult, dict[str, Any] | None]:
     """A run of weights trained elsewhere: ``path`` loaded strictly into ``model`` and kept as the run's
     final checkpoint (so that rescore and predict find them as any run's), nothing trained; and where
     they came from, where a run of bench wrote them (its checkpoints say: ``trained_by``), with whether
-    they trained on the items this run's split trains on (``train_ids``): else some of its test cases may
-    have been among them, which the run says."""
+    they trained on this data (``data_id``; unknown in files written before it was kept) and on the
+    items this run's split trains on (``train_ids``): else some of its test cases may have been among
+    them, which the run says."""
     trained_by = load_weights(model, path).get("trained_by")
     if trained_by is not None:
-        trained_by = {**trained_by, "same_items": trained_by.get("items") == items_digest(train_ids)}
-        if not trained_by["same_items"] and main:
-            warnings.warn(f"{path}: weights of run {trained_by.get('run_id')} (protocol {trained_by.get('protocol')}), "
-                          f"trained on other items than this split's training set ({trained_by.get('n_items')} "
+        same_data = trained_by.get("data_id") in (None, data_id)
+        same_items = same_data and trained_by.get("items") == items_digest(train_ids)
+        trained_by = {**trained_by, "same_data": same_data, "same_items": same_items}
+        whose = f"{path}: weights of run {trained_by.get('run_id')} (protocol {trained_by.get('protocol')}), trained on"
+        if not same_data and main:
+            warnings.warn(f"{whose} other data (data id {trained_by['data_id']}, not this run's {data_id}): where "
+                          "this data's test cases were among its, its scores are of cases the weights trained on",
+                          stacklevel=2)
+        elif not same_items and main:
+            warnings.warn(f"{whose} other items than this split's training set ({trained_by.get('n_items')} "
                           f"items, not these {len(train_ids)}): where this split's test cases were among them, its "
                           "scores are of cases the weights trained on", stacklevel=2)
     if main:

@@ -319,13 +319,14 @@ def train_model(
     on_epoch_end: Callable[[int], None] | None = None,
     code: str | None = None,
     workers: int | None = None,
+    data_id: str | None = None,
 ) -> TrainResult:
     """Train ``model`` in place under ``protocol``; checkpoints go to ``run_dir/checkpoints``.
 
     ``progress(step, total_steps, loss)`` is called after every step; ``on_epoch_end(epoch)`` after
     each epoch's checkpoint (tests use it to kill a run mid-way). ``workers``: data-loader processes
     (None: the protocol's ``num_workers``), at most one per CPU core this process may use; batches do
-    not depend on it.
+    not depend on it. ``data_id``: the data's identity (bench run's), which its weights files name.
     """
     t = protocol.train
     w = distributed.world()
@@ -362,7 +363,7 @@ def train_model(
     # what every weights file of the run says of itself: given to `bench run --weights`, its record names
     # the run and protocol they came from, and whether they trained on the items that run trains on
     trained_by = {"run_id": Path(run_dir).name, "protocol": protocol.name, "protocol_hash": protocol.hash,
-                  "items": trains_on["items"], "n_items": len(data)}
+                  "data_id": data_id, "items": trains_on["items"], "n_items": len(data)}
 
     def weights(state: dict[str, Any], epoch: int) -> dict[str, Any]:
         return {"model": state, "epoch": epoch, "trained_by": trained_by}

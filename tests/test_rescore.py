@@ -127,6 +127,10 @@ def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
     with pytest.warns(UserWarning, match=rf"run {rec['run_id']}: unet's code changed since it trained; its weights "
                                          "are rescored with the code as it is now"):
         run_model({**rec, "model_code": "0" * 16}, copy, None, "rescored")  # what rescore and predict build
+    # a record's model as it spells it: a plugin "UNet" not installed here is not the built-in unet
+    with pytest.raises(BenchError, match=rf"run {rec['run_id']}: its model 'UNet' is not installed here \('unet' is "
+                                         "another model, alike but for case\)"):
+        run_model({**rec, "model": "UNet"}, copy, None, "rescored")
     # weights the model's code no longer fits (a plugin edited since the run): one line, not torch's traceback
     widened = {**rec, "model_config": {**rec["model_config"], "widths": [8, 16, 32, 72]}}
     with pytest.raises(BenchError, match=rf"run {rec['run_id']}: .*final\.pt does not match UNet: missing 0 \[none\]; "

@@ -805,14 +805,20 @@ def test_weights_given_to_another_split_say_where_they_came_from(synapse_root, t
     from bench.run import _given_weights
 
     ds = open_dataset("synapse", synapse_root)
-    train_model(_tiny_unet(ds), ds, _proto(), seed=0, run_dir=tmp_path / "r0", device=torch.device("cpu"))
+    train_model(_tiny_unet(ds), ds, _proto(), seed=0, run_dir=tmp_path / "r0", device=torch.device("cpu"),
+                data_id="files:aaaa")
     final = tmp_path / "r0" / "checkpoints" / "final.pt"
-    _, same = _given_weights(_tiny_unet(ds), str(final), tmp_path / "same", True, ds.train_ids())
+    _, same = _given_weights(_tiny_unet(ds), str(final), tmp_path / "same", True, ds.train_ids(), "files:aaaa")
     assert same["run_id"] == "r0" and same["same_items"] is True and same["protocol"] == "smoke"
     with pytest.warns(UserWarning, match=r"final\.pt: weights of run r0 \(protocol smoke\), trained on other items "
                                          r"than this split's training set \(\d+ items, not these 3\)"):
-        _, other = _given_weights(_tiny_unet(ds), str(final), tmp_path / "other", True, ds.train_ids()[:3])
+        _, other = _given_weights(_tiny_unet(ds), str(final), tmp_path / "other", True, ds.train_ids()[:3],
+                                  "files:aaaa")
     assert other["same_items"] is False
+    # other data whose items are named alike (synthetic sets, case_000-style ids): not "this split's items"
+    with pytest.warns(UserWarning, match=r"trained on other data \(data id files:aaaa, not this run's files:bbbb\)"):
+        _, elsewhere = _given_weights(_tiny_unet(ds), str(final), tmp_path / "b", True, ds.train_ids(), "files:bbbb")
+    assert (elsewhere["same_data"], elsewhere["same_items"]) == (False, False)
     # the given-weights run's own final.pt keeps naming the run that trained them
     kept = torch.load(tmp_path / "other" / "checkpoints" / "final.pt", weights_only=True)
     assert kept["trained_by"]["run_id"] == "r0"

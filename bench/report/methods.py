@@ -197,6 +197,8 @@ def _start(runs: list[dict]) -> str:
             by = w.get("trained_by")  # a bench run's checkpoint names it; others (the authors') do not
             whence = (f", trained by run {by.get('run_id')} under protocol {by.get('protocol')} on "
                       + ("this split's training items" if by.get("same_items") else
+                         "other data than this run's (its test cases may be among them)"
+                         if by.get("same_data") is False else
                          "other items than this split's training set (its test cases may be among them)")
                       if by else "")
             return f"evaluated from given weights {w['file']} (sha256 {w['sha256'][:8]}){whence}, not trained here"
