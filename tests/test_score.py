@@ -250,6 +250,19 @@ def test_the_command_prints_a_table_writes_csv_and_json_and_fails_in_one_line(tm
     assert data["scored"]["predictions_sha256"] and data["scored"]["n_cases"] == 2
     proc = run_bench_here(monkeypatch, capsys, *base, "--format", "md", "--out", tmp_path / "t.csv", check=False)
     assert proc.returncode == 2 and "a .csv file holds csv" in proc.stderr and not (tmp_path / "t.csv").exists()
+    # --out a folder or a link to nothing: report's one line, before any case is scored (a case error is not said)
+    (folder / "extra.nii.gz").write_bytes(b"x")
+    proc = run_bench_here(monkeypatch, capsys, *base, "--out", tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: --out {tmp_path}: is a folder; give a file name, " \
+                                                          f"e.g. {tmp_path / 'scores.md'}"
+    (tmp_path / "gone.json").symlink_to(tmp_path / "nowhere" / "s.json")
+    proc = run_bench_here(monkeypatch, capsys, *base, "--out", tmp_path / "gone.json", check=False)
+    assert proc.returncode == 2 and "gone.json: a link to " in proc.stderr and "choose another --out" in proc.stderr
+    # --fold: the data's fixed test split said in words that fit score's option (not run's --folds)
+    proc = run_bench_here(monkeypatch, capsys, *base, "--fold", "0", check=False)
+    assert proc.returncode == 2 and "fixed test split; cross-validation folds apply to nnunet-format data" in proc.stderr
+    assert "--folds" not in proc.stderr
+    (folder / "extra.nii.gz").unlink()
 
     (folder / "extra.nii.gz").write_bytes(b"x")
     proc = run_bench_here(monkeypatch, capsys, *base, check=False)
