@@ -401,6 +401,17 @@ def ensure_writable_dir(directory: Path, option: str = "--results") -> Path:
     return directory
 
 
+def check_out_file(out: Path, example: str, option: str = "--out") -> Path:
+    """``out``, the file a command writes, checked before any work: no link to nothing on its way (it would be
+    replaced, unsaid), no folder (``example``: a file name to suggest in it), a writable folder to hold it."""
+    out = Path(out).expanduser()
+    check_dangling_link(out, option)
+    if out.is_dir():
+        raise BenchError(f"{option} {out}: is a folder; give a file name, e.g. {out / example}")
+    ensure_writable_dir(out.parent, option)
+    return out
+
+
 def check_dangling_link(path: Path, option: str) -> None:
     """A link to nothing (a disk not mounted) on ``path``'s way named as such: creating it failed with
     "File exists" (or, a level down, "not found"), and creating its target's folders would write onto the

@@ -2,7 +2,8 @@
 
 The folder holds one file per scored test case, in the layout `bench predict` writes
 (``SegDataset.prediction_name``: Synapse ``<case>.nii.gz``, nnU-Net ``<case><file_ending>``, ISIC/polyp
-``<case>.png`` 0/255 masks); its ``prediction.json`` (bench predict's) only says which run it came from.
+``<case>.png`` 0/255 masks); ``NOT_PREDICTIONS`` beside them (nnUNetv2_predict's json, npz and pkl files)
+are passed over, and bench predict's ``prediction.json`` only says which run (and protocol) they came from.
 Each file is scored against the ground truth evaluation reads (``bench.evaluate.ground_truth``), with the
 case's spacing, under the policy, by the same ``bench.evaluate.Scoring`` that scores a run: the numbers
 are those a run's record would hold for these label maps. The protocol gives the evaluation settings
@@ -64,7 +65,9 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     if get_policy(policy).use_spacing:  # HD95 in mm: every test case needs its spacing (as bench run checks)
         dataset.check_spacing()
     ids = scored_ids(dataset, protocol)
-    files = _case_files(pred_dir, dataset, ids, protocol)
+    made_by = _manifest(pred_dir)
+    hint = _protocol_hint(made_by, protocol)
+    files = _case_files(pred_dir, dataset, ids, protocol, hint)
     scoring = Scoring.of(dataset, protocol, policy)
     scored, resized = [], []
     for case_id in ids:
@@ -78,7 +81,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         if pred.shape != gt.shape:
             native = f" (or its image's own size {case.label.shape})" if dataset.binary else ""
             raise BenchError(f"{path}: shape {pred.shape}; expected {gt.shape}{native}, the grid test case "
-                             f"{case_id!r} is scored on")
+                             f"{case_id!r} is scored on{hint}")
         scored.append(scoring.case(case, pred, gt))
     result = scoring.result(scored)
     notes = []
@@ -96,22 +99,29 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
             "split": dataset.split_rule, "fold": getattr(dataset, "fold", None), "protocol": protocol.name, "protocol_version": protocol.version,
             "protocol_hash": protocol.hash, "off_protocol": protocol.off_protocol, "policy": policy,
             "predictions": str(pred_dir.resolve()), "predictions_sha256": _folder_sha256(pred_dir, files),
-            "run_id": _manifest_run(pred_dir), "n_cases": len(ids), "resized": resized,
+            "run_id": made_by.get("run_id"), "n_cases": len(ids), "resized": resized,
         },
         notes=notes,
     )
 
 
-def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: Protocol) -> dict[str, str]:
+# files that are no label map, beside them: bench predict's prediction.json; nnUNetv2_predict's dataset.json,
+# plans.json, predict_from_raw_data_args.json and, with --save_probabilities, a <case>.npz and <case>.pkl each
+NOT_PREDICTIONS = (".json", ".npz", ".pkl")
+
+
+def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: Protocol,
+                hint: str = "") -> dict[str, str]:
     """{case id: its file below ``pred_dir``}; BenchError for a folder not there or holding no file, files
-    that are no scored case's (hidden files and bench predict's manifest aside), or cases without one."""
+    that are no scored case's (hidden files and ``NOT_PREDICTIONS`` aside), or cases without one
+    (``hint``: ``_protocol_hint``'s, added to those two)."""
     if not pred_dir.is_dir():
         raise BenchError(f"--predictions {pred_dir}: {'a file, not a folder' if pred_dir.exists() else 'not found'}; "
                          "expected the folder holding one label map per test case")
     expected = {dataset.prediction_name(case_id): case_id for case_id in ids}
     found = {p.relative_to(pred_dir).as_posix() for p in pred_dir.rglob("*")
              if p.is_file() and not any(hidden(Path(part)) for part in p.relative_to(pred_dir).parts)}
-    found.discard(MANIFEST)
+    found = {name for name in found if name in expected or not name.endswith(NOT_PREDICTIONS)}
     example = next(iter(expected), "")
     if not found:
         raise BenchError(f"{pred_dir}: no prediction files; expected one per test case, named as {example}")
@@ -120,11 +130,11 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
         unscored = [name for name in extra if name in {dataset.prediction_name(c) for c in dataset.test_ids()}]
         why = (f"; protocol {protocol.name!r} scores the first {protocol.eval.max_cases} test cases only "
                "(eval.max_cases)" if unscored else f"; expected files named as the test cases, e.g. {example}")
-        raise BenchError(f"{pred_dir}: {few(extra)}: no test case scored here{why}")
+        raise BenchError(f"{pred_dir}: {few(extra)}: no test case scored here{why}{hint}")
     missing = [case_id for name, case_id in expected.items() if name not in found]
     if missing:
         raise BenchError(f"{pred_dir}: no prediction of test case(s) {few(missing)} ({len(missing)} of {len(ids)}; "
-                         f"expected {dataset.prediction_name(missing[0])})")
+                         f"expected {dataset.prediction_name(missing[0])}){hint}")
     return {case_id: name for name, case_id in expected.items()}
 
 
@@ -136,13 +146,24 @@ def _folder_sha256(pred_dir: Path, files: dict[str, str]) -> str:
     return digest.hexdigest()
 
 
-def _manifest_run(pred_dir: Path) -> str | None:
-    """The run ``bench predict`` wrote the folder from, where its manifest says; None otherwise."""
+def _manifest(pred_dir: Path) -> dict[str, str]:
+    """What ``bench predict``'s manifest says of the folder: its ``run_id`` and ``protocol``, those that are
+    strings; {} where there is none (or it is no bench predict's)."""
     try:
-        run_id = json.loads((pred_dir / MANIFEST).read_text(encoding="utf-8")).get("run_id")
-    except (OSError, ValueError, AttributeError):  # no manifest, or not bench predict's: nothing to say
-        return None
-    return run_id if isinstance(run_id, str) else None
+        data = json.loads((pred_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no manifest, or not bench predict's: nothing to say
+        return {}
+    return {k: data[k] for k in ("run_id", "protocol") if isinstance(data, dict) and isinstance(data.get(k), str)}
+
+
+def _protocol_hint(made_by: dict[str, str], protocol: Protocol) -> str:
+    """Where bench predict's run was scored under another protocol than ``protocol``, the words that say so
+    (its cases and grid differ: the likely cause of a shape or case error); "" otherwise."""
+    theirs = made_by.get("protocol")
+    if theirs is None or theirs == protocol.name:
+        return ""
+    return (f"; these are bench predict's predictions of run {made_by.get('run_id', '?')}, protocol {theirs!r} "
+            f"(scored here under {protocol.name!r}): pass --protocol {theirs}")
 
 
 SCORE_FORMATS = ("md", "csv", "json")

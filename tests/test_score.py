@@ -87,6 +87,49 @@ def test_a_folds_test_cases_are_scored_and_the_fold_said(tmp_path):
         score_predictions(folder, open_dataset("nnunet", root, fold=0), SMOKE)
 
 
+def test_an_nnunet_predict_folder_is_scored_its_other_files_aside(tmp_path):
+    """nnUNetv2_predict writes dataset.json, plans.json, predict_from_raw_data_args.json beside the label maps
+    (and a .npz and .pkl per case with --save_probabilities): none is a prediction. A label map's file of no
+    scored case still is."""
+    import shutil
+
+    root = synthesize("nnunet", tmp_path / "data", dims=2, n_cases=5, size=32)
+    ds = open_dataset("nnunet", root, fold=0)
+    folder = tmp_path / "nnunet_out"
+    folder.mkdir()
+    for case_id in ds.test_ids():
+        shutil.copyfile(root / "labelsTr" / ds.prediction_name(case_id), folder / ds.prediction_name(case_id))
+        (folder / f"{case_id}.npz").write_bytes(b"probabilities")
+        (folder / f"{case_id}.pkl").write_bytes(b"properties")
+    for name in ("dataset.json", "plans.json", "predict_from_raw_data_args.json"):
+        (folder / name).write_text("{}")
+    scores = score_predictions(folder, ds, SMOKE)
+    assert scores.metrics["dice"] == 1.0 and scores.scored["run_id"] is None
+    (folder / f"extra{ds.file_ending}").write_bytes(b"x")
+    with pytest.raises(BenchError, match=r"nnunet_out: extra\.png: no test case scored here"):
+        score_predictions(folder, ds, SMOKE)
+
+
+def test_predictions_of_a_run_under_another_protocol_say_which(tmp_path):
+    """bench predict's masks of a smoke run (64x64) scored under isic17's 256x256 grid: the error names the
+    run's protocol and the option that scores them; under the same protocol nothing more is said."""
+    root = synthesize("isic", tmp_path / "data", n_train=2, n_val=2, min_size=40, max_size=48)
+    ds = open_dataset("isic17", root)
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    for case_id in ds.test_ids():
+        ds.write_prediction(ds.load_test(case_id), np.zeros((64, 64), np.uint8), folder / ds.prediction_name(case_id))
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-1", "protocol": "smoke"}))
+    with pytest.raises(BenchError, match=r"shape \(64, 64\); expected \(256, 256\).*; these are bench predict's "
+                                         r"predictions of run run-1, protocol 'smoke' \(scored here under 'isic17'\): "
+                                         r"pass --protocol smoke$"):
+        score_predictions(folder, ds, load_protocol("isic17"))
+    assert score_predictions(folder, ds, load_protocol("smoke")).scored["run_id"] == "run-1"
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-1", "protocol": "isic17"}))  # the same: no hint
+    with pytest.raises(BenchError, match=r"is scored on$"):
+        score_predictions(folder, ds, load_protocol("isic17"))
+
+
 def test_binary_masks_predicted_then_scored_give_the_record_and_native_ones_are_resized(tmp_path):
     root = synthesize("isic", tmp_path / "data", n_train=4, n_val=3, min_size=40, max_size=48)
     rec = _train("isic17", root, tmp_path / "res")
@@ -250,6 +293,19 @@ def test_the_command_prints_a_table_writes_csv_and_json_and_fails_in_one_line(tm
     assert data["scored"]["predictions_sha256"] and data["scored"]["n_cases"] == 2
     proc = run_bench_here(monkeypatch, capsys, *base, "--format", "md", "--out", tmp_path / "t.csv", check=False)
     assert proc.returncode == 2 and "a .csv file holds csv" in proc.stderr and not (tmp_path / "t.csv").exists()
+    # --out a folder or a link to nothing: report's one line, before any case is scored (a case error is not said)
+    (folder / "extra.nii.gz").write_bytes(b"x")
+    proc = run_bench_here(monkeypatch, capsys, *base, "--out", tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: --out {tmp_path}: is a folder; give a file name, " \
+                                                          f"e.g. {tmp_path / 'scores.md'}"
+    (tmp_path / "gone.json").symlink_to(tmp_path / "nowhere" / "s.json")
+    proc = run_bench_here(monkeypatch, capsys, *base, "--out", tmp_path / "gone.json", check=False)
+    assert proc.returncode == 2 and "gone.json: a link to " in proc.stderr and "choose another --out" in proc.stderr
+    # --fold: the data's fixed test split said in words that fit score's option (not run's --folds)
+    proc = run_bench_here(monkeypatch, capsys, *base, "--fold", "0", check=False)
+    assert proc.returncode == 2 and "fixed test split; cross-validation folds apply to nnunet-format data" in proc.stderr
+    assert "--folds" not in proc.stderr
+    (folder / "extra.nii.gz").unlink()
 
     (folder / "extra.nii.gz").write_bytes(b"x")
     proc = run_bench_here(monkeypatch, capsys, *base, check=False)

@@ -45,7 +45,7 @@ def score(
     """
     from bench.cli.run_cmds import default_protocol
     from bench.data import get_reader, open_dataset, synthetic_folder, synthetic_identity
-    from bench.fileio import atomic_write_text
+    from bench.fileio import atomic_write_text, check_out_file
     from bench.protocol import load_protocol
     from bench.score import render, score_predictions
 
@@ -59,6 +59,8 @@ def score(
                              f"{results} writes it (or give --data-root)")
     proto = load_protocol(default_protocol(name, protocol))
     fmt = out_format(format, out, {".csv": ("csv",), ".json": ("json",), ".md": ("md",)})
+    if out is not None:  # before the cases are scored
+        out = check_out_file(out, f"scores.{fmt}")
     scores = score_predictions(predictions, open_dataset(name, data_root, fold), proto, policy)
     text = render(scores, fmt)
     if fmt != "md":  # the table says them

@@ -64,7 +64,7 @@ def get_reader(name: str) -> type[SegDataset]:
 def check_folds(name: str) -> None:
     """BenchError where ``name`` has a fixed test split, so cross-validation folds do not apply."""
     if not hasattr(get_reader(name), "n_folds"):
-        raise BenchError(f"dataset {name!r} has a fixed test split; folds (--folds) apply to nnunet-format data")
+        raise BenchError(f"dataset {name!r} has a fixed test split; cross-validation folds apply to nnunet-format data only")
 
 
 def open_dataset(name: str, root: str | Path, fold: int | None = None) -> SegDataset:

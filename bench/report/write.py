@@ -138,15 +138,11 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     ``columns``: the boards' ``COLUMN_GROUPS`` and presets (Markdown, LaTeX; None: all). ``plot_format`` and
     ``plot_style``: the plots' (``bench.plots.PLOT_FORMATS``, ``PLOT_STYLES``)."""
     from bench.cost import load_profiles
-    from bench.fileio import check_dangling_link, ensure_writable_dir
+    from bench.fileio import check_out_file
 
     results_dir = Path(results_dir).expanduser()
     if out is not None:  # before anything is read, and the plots drawn beside it
-        out = Path(out).expanduser()
-        check_dangling_link(out, "--out")  # else the link is replaced by the report, unsaid
-        if out.is_dir():
-            raise BenchError(f"--out {out}: is a folder; give a file name, e.g. {out / 'report.md'}")
-        ensure_writable_dir(out.parent, "--out")
+        out = check_out_file(out, "report.md")
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
     if fmt == ReportFormat.methods:
         text = _methods(results_dir, models, datasets, policies, columns=columns, reference=reference,
