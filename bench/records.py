@@ -539,7 +539,7 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False) -> pd.Dat
     ``level="case"``: tidy long table, one row per (run, case, class): ``RUN_ID_COLUMNS`` repeated,
     then ``CASE_COLUMNS`` (and any extra per-case keys), then the run's ``hd95_unit``.
 
-    ``recheck`` (``bench report``): each run's stored aggregates and per-class numbers are recomputed
+    ``recheck`` (``bench report``, ``bench check``): each run's stored aggregates and per-class numbers are recomputed
     from its case rows (``restated``); where they differ (a record edited by hand) the row holds the
     recomputed ones and its ``restated`` column says what was stored, and one warning names the files.
     Boards then agree with their CIs and tests, which the case rows give.
@@ -570,7 +570,7 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False) -> pd.Dat
     restated_text = [row.pop("restated", None) for row in rows]
     if found:
         warnings.warn(f"{len(found)} record(s) hold numbers their own case rows do not give (edited by hand?): "
-                      f"{few(found, 3, sep='; ')}; boards show the numbers recomputed from the case rows",
+                      f"{few(found, 3, sep='; ')}; reports and checks use the numbers recomputed from the case rows",
                       stacklevel=2)
     frame = pd.DataFrame(rows)
     metric_keys = {c for c in frame.columns if c not in RUN_COLUMNS and "/" not in c}

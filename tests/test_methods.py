@@ -131,6 +131,17 @@ def test_a_rescored_board_names_the_weights_it_scored(tmp_path):
     assert "HD95 unit: mm" in strict
 
 
+def test_records_whose_numbers_the_boards_restate_are_named(tmp_path):
+    """A review: the boards show a hand-edited record's numbers recomputed from its case rows, and the
+    Methods text, written beside them, said nothing of it."""
+    edited = _record(seed=1)
+    edited["metrics"]["dice"] = 0.99
+    with pytest.warns(UserWarning, match="case rows do not give"):
+        text = _methods(tmp_path, _record(), edited)
+    assert "Restated from their case rows: unet seed 1 (stored numbers differed: edited by hand?)." in text
+    assert "seed 0 (stored" not in text
+
+
 @pytest.mark.parametrize("option", [{"columns": "paper"}, {"reference": "unet"}, {"published": True}])
 def test_board_options_are_refused(tmp_path, option):
     write_record(_record(), tmp_path)
