@@ -1501,12 +1501,13 @@ def test_runs_on_other_data_or_from_other_weights_are_not_averaged(tmp_path):
     md = render(load(tmp_path / "one"))
     assert re.search(r"\| unet +\| cnn +\| +1 \(2 runs\) \|", md)
     assert "Repeated: unet seed 0 ran more than once here, and each run counts in the mean" in md
+    assert "delete the record that should not count and its folder runs/<run id>/ (else the run is named" in md
     assert "vmunet seed" not in md
     # and said where it is seen, naming the records to choose from
     ids = sorted(load(tmp_path / "one").query("model == 'unet'")["run_id"])
     with pytest.warns(UserWarning, match=rf"1 board row\(s\) count a seed more than once in their mean "
                                          rf"\(records/{ids[0]}\.json and records/{ids[1]}\.json\): .*delete the "
-                                         "record that should not count"):
+                                         r"record that should not count and its folder runs/<run id>/ \(else"):
         write_report(tmp_path / "one")
 
 

@@ -288,7 +288,8 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         note += (f" Repeated: {which} ran more than once here, and each run counts in the mean: a record written "
                  "before bench identified data by its content names it by its path, so a run on that data moved, "
                  "or on other data of this name, was not the same run. records.load's data_id and data_root tell "
-                 "them apart: delete the record that should not count.")
+                 "them apart: delete the record that should not count and its folder runs/<run id>/ (else the run is "
+                 "named as one without a record).")
     note += code_note(a.get("code", {}))
     if plugin := a.get("plugin_code"):
         which = "; ".join(f"{m}: {n}" for m, n in plugin.items())

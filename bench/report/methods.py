@@ -67,7 +67,8 @@ def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
 def warn_unrecorded(results_dir: Path, df: pd.DataFrame, models: str | Iterable[str] | None) -> str:
     """The runs of the boards of ``df`` (finished runs, as selected) that began in ``results_dir`` and have
     no record (``records.unrecorded_runs``; of ``models`` only, where given), in one sentence, said as a
-    warning too; "" where there are none. A deleted record or a diverged seed otherwise only shows as a
+    warning too; "" where there are none. Each is named with its run id's last part: an off-protocol
+    variant (`--lr 1e30`) of "unet seed 0" is not the unet seed 0 of the board. A deleted record or a diverged seed otherwise only shows as a
     board with fewer seeds."""
     given = name_list(models)
     runs = unrecorded_runs(results_dir, zip(df["dataset"], df["protocol"]),
@@ -77,11 +78,13 @@ def warn_unrecorded(results_dir: Path, df: pd.DataFrame, models: str | Iterable[
     by_board: dict[str, list[str]] = {}
     for run in runs:
         by_board.setdefault(f"{run['dataset']}, protocol {run['protocol']}",
-                            []).append(f"{_run_name(run)} ({run['why']})")
+                            []).append(f"{_run_name(run)}, run …{run['run_id'][-8:]} ({run['why']})")
     named = " — ".join((f"{board}: " if len(by_board) > 1 else "") + "; ".join(names)
                        for board, names in by_board.items())
     text = f"Runs without a record, which no board counts: {named}."
-    warnings.warn(f"{text} Their logs: {runs_dir(results_dir)}/<run id>/{RUN_LOG}", stacklevel=3)
+    folder = f"{runs_dir(results_dir)}/<run id>/"
+    warnings.warn(f"{text} Their logs: {folder}{RUN_LOG}; once a run should not count, delete (or move out) its "
+                  f"folder {folder} and it is no longer said", stacklevel=3)
     return text
 
 
