@@ -1672,7 +1672,7 @@ def test_a_rescored_board_names_the_code_that_trained_it(tmp_path):
             'fedcba987654. "-dirty": a checkout with uncommitted edits.') in strict_board("a", clean, "c" * 16)
     # scored under the code it trained under: one version, said once
     strict = strict_board("b", rec["git_commit"], rec["code_digest"])
-    assert "Code: bench 0123456789ab-dirty (sources aaaaaaaaaaaaaaaa)." in strict and "scored under" not in strict
+    assert "Code: bench 0123456789ab-dirty (sources aaaaaaaaaaaaaaaa)." in strict and "scored under bench" not in strict
 
 
 def test_a_resumed_run_names_every_code_it_trained_under(tmp_path):
