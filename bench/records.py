@@ -539,7 +539,7 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False) -> pd.Dat
     ``level="case"``: tidy long table, one row per (run, case, class): ``RUN_ID_COLUMNS`` repeated,
     then ``CASE_COLUMNS`` (and any extra per-case keys), then the run's ``hd95_unit``.
 
-    ``recheck`` (``bench report``): each run's stored aggregates and per-class numbers are recomputed
+    ``recheck`` (``bench report``, ``bench check``): each run's stored aggregates and per-class numbers are recomputed
     from its case rows (``restated``); where they differ (a record edited by hand) the row holds the
     recomputed ones and its ``restated`` column says what was stored, and one warning names the files.
     Boards then agree with their CIs and tests, which the case rows give.
@@ -570,7 +570,7 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False) -> pd.Dat
     restated_text = [row.pop("restated", None) for row in rows]
     if found:
         warnings.warn(f"{len(found)} record(s) hold numbers their own case rows do not give (edited by hand?): "
-                      f"{few(found, 3, sep='; ')}; boards show the numbers recomputed from the case rows",
+                      f"{few(found, 3, sep='; ')}; reports and checks use the numbers recomputed from the case rows",
                       stacklevel=2)
     frame = pd.DataFrame(rows)
     metric_keys = {c for c in frame.columns if c not in RUN_COLUMNS and "/" not in c}
@@ -641,11 +641,12 @@ _RUN_REST = re.compile(r"(?P<model>.+)-s(?P<seed>\d+)(?:-f(?P<fold>\d+))?-[0-9a-
 def unrecorded_runs(results_dir: Path | str, boards: Iterable[tuple[str, str]],
                     models: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """The runs of ``boards`` ((dataset, protocol name) pairs; of ``models`` only, where given) that began
-    in ``results_dir`` (a folder under runs/ with a log or a checkpoint) and have no record, neither their
-    own nor one ``bench rescore`` wrote of them, and that no live process trains or scores now (its claim,
-    bench.claim): each as {run_id, dataset, protocol, model, seed, split, why}, ``why`` as reports say it
-    ("finished, record missing: deleted?", "failed: <reason>", "interrupted"). A finished run's record
-    deleted, or a diverged seed, would otherwise leave a board with fewer seeds and nothing said."""
+    in ``results_dir`` (a folder under runs/ with a log or a checkpoint) and have no record of their own
+    (a ``bench rescore`` copy, on another policy's board, is said in ``why``), and that no live process
+    trains or scores now (its claim, bench.claim): each as {run_id, dataset, protocol, model, seed, split,
+    why}, ``why`` as reports say it ("finished, record missing: deleted?", "failed: <reason>",
+    "interrupted"; "...; its rescore under strict remains"). A finished run's record deleted, or a
+    diverged seed, would otherwise leave a board with fewer seeds and nothing said."""
     from bench.claim import held_by
     from bench.runlog import last_outcome
     from bench.train import CHECKPOINT_DIR, FINAL, LAST
@@ -659,16 +660,18 @@ def unrecorded_runs(results_dir: Path | str, boards: Iterable[tuple[str, str]],
                 if run_id.startswith(f"{dataset}-{protocol}-") else None
             if rest is None or (wanted is not None and rest["model"] not in wanted):
                 continue
-            recorded = [record_path(results_dir, name) for name in (run_id, *(f"{run_id}.{p}" for p in POLICIES))]
             ckpt = folder / CHECKPOINT_DIR
             began = (folder / RUN_LOG).is_file() or (ckpt / LAST).is_file() or (ckpt / FINAL).is_file()
-            if not began or any(path.is_file() for path in recorded) or held_by(results_dir, run_id):
+            if not began or record_path(results_dir, run_id).is_file() or held_by(results_dir, run_id):
                 break
             state, said = last_outcome(folder) or (None, "")
             why = {"finished": "finished, record missing: deleted?", "failed": f"failed: {said}",
                    "interrupted": "interrupted"}.get(state)
             if why is None:  # its log says nothing of an end: killed outright, or older than run logs
                 why = "finished, record missing" if (ckpt / FINAL).is_file() else "interrupted"
+            # a rescored copy is on its own policy's board only: the run is gone from its first one
+            kept = [p for p in POLICIES if record_path(results_dir, f"{run_id}.{p}").is_file()]
+            why += f"; its rescore under {', '.join(kept)} remains" if kept else ""
             fold = rest["fold"]
             found.append({"run_id": run_id, "dataset": dataset, "protocol": protocol, "model": rest["model"],
                           "seed": int(rest["seed"]), "split": split_name(None if fold is None else int(fold)),

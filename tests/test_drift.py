@@ -519,3 +519,26 @@ def test_two_updates_of_some_models_rows_at_once_keep_both(tmp_path, baseline, m
     one.join(10)
     after = read_baseline(baseline).set_index(["model", "metric"])["value"]
     assert after["unet", "dice"] == pytest.approx(0.50) and after["vmunet", "dice"] == pytest.approx(0.62)
+
+
+def test_check_and_its_update_use_the_numbers_report_shows_of_a_hand_edited_record(tmp_path, baseline):
+    """A review: bench report restated a hand-edited dice (0.99 stored, 0.70 from its case rows) while bench
+    check flagged drift on the 0.99 and --update wrote it into the baseline: check reads the numbers alike."""
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    edited = make_record("unet", seed=0, dice=0.70, hd95=40.0)
+    edited["metrics"]["dice"] = 0.99
+    _runs(tmp_path, "now", [make_record("vmunet", seed=0, dice=0.80, hd95=20.0),
+                            make_record("vmunet", seed=1, dice=0.84, hd95=30.0), edited])
+    now = str(tmp_path / "now")
+    with pytest.warns(UserWarning, match=rf"{edited['run_id']}\.json: dice 0\.99 stored, 0\.7 from the case rows"):
+        cli = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", now])
+    assert cli.exit_code == 0 and "DRIFT" not in cli.output, cli.output
+    fresh = tmp_path / "fresh.csv"
+    with pytest.warns(UserWarning, match="case rows do not give"):
+        cli = CliRunner().invoke(app, ["check", "--baseline", str(fresh), "--results", now, "--update"])
+    assert cli.exit_code == 0, cli.output
+    rows = read_baseline(fresh).set_index(["model", "metric"])
+    assert rows.loc[("unet", "dice"), "value"] == pytest.approx(0.70)

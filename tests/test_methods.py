@@ -4,6 +4,8 @@ iterations that ran, the policy's conventions, the code and environment), per bo
 from __future__ import annotations
 
 import re
+import shutil
+import warnings
 
 import pytest
 import torch
@@ -129,6 +131,17 @@ def test_a_rescored_board_names_the_weights_it_scored(tmp_path):
     assert "Scored under strict from the weights of the legacy-synapse runs" in strict
     assert "Scored under" not in text[:text.index("policy strict")]  # the original board trained them
     assert "HD95 unit: mm" in strict
+
+
+def test_records_whose_numbers_the_boards_restate_are_named(tmp_path):
+    """A review: the boards show a hand-edited record's numbers recomputed from its case rows, and the
+    Methods text, written beside them, said nothing of it."""
+    edited = _record(seed=1)
+    edited["metrics"]["dice"] = 0.99
+    with pytest.warns(UserWarning, match="case rows do not give"):
+        text = _methods(tmp_path, _record(), edited)
+    assert "Restated from their case rows: unet seed 1 (stored numbers differed: edited by hand?)." in text
+    assert "seed 0 (stored" not in text
 
 
 @pytest.mark.parametrize("option", [{"columns": "paper"}, {"reference": "unet"}, {"published": True}])
@@ -265,7 +278,9 @@ def _run_folder(results, run_id: str, *said: str, checkpoints: tuple[str, ...] =
 def test_runs_without_a_record_are_named_in_methods_and_warned(tmp_path, monkeypatch, capsys):
     """A seed's record deleted, or a seed diverged: the board showed "Seeds 0, 2" and said nothing. Runs
     of the boards' datasets and protocols begun without a record are named, with what their folders
-    say; not a run a live process trains, one rescored into another record, or one of another board."""
+    say; not a run a live process trains, or one of another board. Each is named with its run id's last part
+    (a failed off-protocol variant of unet seed 0 read as the board's unet seed 0), a run whose rescore
+    remains is named all the same (its first board lost it), and the warning says how it goes away."""
     from bench.claim import claim_run
     from bench.rescore import rescore_id
     from tests.fixtures import run_bench_here
@@ -282,14 +297,18 @@ def test_runs_without_a_record_are_named_in_methods_and_warned(tmp_path, monkeyp
                 checkpoints=("last.pt",))
     _run_folder(tmp_path, killed, checkpoints=("last.pt",))  # killed before run logs were kept
     _run_folder(tmp_path, live, f"[4/5] {live}: training", checkpoints=("last.pt",))
-    _run_folder(tmp_path, twin, f"[5/5] {twin}: training", checkpoints=("last.pt", "final.pt"))
+    _run_folder(tmp_path, twin, f"[5/5] {twin}: training", f"  {twin}: DSC 80.00 · HD95 20.00 voxels · 9s",
+                checkpoints=("last.pt", "final.pt"))
     rescored = _record(seed=4)
     rescored.update(run_id=rescore_id(twin, "strict"), policy="strict", rescored_from=twin)
     write_record(rescored, tmp_path)
     _run_folder(tmp_path, "isic17-isic17-unet-s1-00000001", checkpoints=("final.pt",))  # no board of it here
-    said = ("Runs without a record, which no board counts: unet seed 1 (finished, record missing: deleted?); "
-            "unet seed 2 (interrupted); vmunet seed 1 (failed: non-finite loss (nan) at epoch 3, step 40: "
-            "training stopped).")
+    variant = f"{stem}-unet-s0-abcdef12"  # `bench run ... --lr 1e30`: another run id
+    _run_folder(tmp_path, variant, f"[1/1] {variant}: training", f"  {variant}: FAILED: non-finite loss (inf)")
+    said = ("Runs without a record, which no board counts: unet seed 0, run …abcdef12 (failed: non-finite loss "
+            "(inf)); unet seed 1, run …00000001 (finished, record missing: deleted?); unet seed 2, run …00000002 "
+            "(interrupted); unet seed 4, run …00000004 (finished, record missing: deleted?; its rescore under strict remains); vmunet seed 1, "
+            "run …00000001 (failed: non-finite loss (nan) at epoch 3, step 40: training stopped).")
     with claim_run(tmp_path, live):
         with pytest.warns(UserWarning, match=re.escape(said)):
             text = render_methods(tmp_path)
@@ -297,6 +316,13 @@ def test_runs_without_a_record_are_named_in_methods_and_warned(tmp_path, monkeyp
         report = run_bench_here(monkeypatch, capsys, "report", "--results", tmp_path)
         (line,) = [line for line in report.stderr.splitlines() if "without a record" in line]
         assert line.startswith(f"warning: {said} Their logs: ")
+        assert line.endswith(f"once a run should not count, delete (or move out) its folder {tmp_path}/runs/<run "
+                             "id>/ and it is no longer said")
     with pytest.warns(UserWarning):
-        assert "unet seed 3 (interrupted)" in render_methods(tmp_path)  # its process gone: not trained now
+        assert "unet seed 3, run …00000003 (interrupted)" in render_methods(tmp_path)  # its process gone: not trained now
         assert "vmunet" not in render_methods(tmp_path, models="unet")  # of the models asked for only
+    for run_id in (variant, deleted, diverged, killed, live, twin):  # the advice followed: nothing said
+        shutil.rmtree(tmp_path / "runs" / run_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "without a record" not in render_methods(tmp_path)

@@ -1501,12 +1501,13 @@ def test_runs_on_other_data_or_from_other_weights_are_not_averaged(tmp_path):
     md = render(load(tmp_path / "one"))
     assert re.search(r"\| unet +\| cnn +\| +1 \(2 runs\) \|", md)
     assert "Repeated: unet seed 0 ran more than once here, and each run counts in the mean" in md
+    assert "delete the record that should not count and its folder runs/<run id>/ (else the run is named" in md
     assert "vmunet seed" not in md
     # and said where it is seen, naming the records to choose from
     ids = sorted(load(tmp_path / "one").query("model == 'unet'")["run_id"])
     with pytest.warns(UserWarning, match=rf"1 board row\(s\) count a seed more than once in their mean "
                                          rf"\(records/{ids[0]}\.json and records/{ids[1]}\.json\): .*delete the "
-                                         "record that should not count"):
+                                         r"record that should not count and its folder runs/<run id>/ \(else"):
         write_report(tmp_path / "one")
 
 
@@ -1820,3 +1821,16 @@ def test_a_rescored_board_says_so_in_its_caption_and_csv(tmp_path):
     csv = pd.read_csv(io.StringIO(write_report(tmp_path, "csv")), keep_default_na=False)
     assert dict(zip(csv["policy"] + " " + csv["model"], csv["rescored_from_policy"])) == {
         "legacy-synapse unet": "", "legacy-synapse vmunet": "", "strict unet": "legacy-synapse", "strict transunet": ""}
+    # a run's first record gone: said so, not "first scored under another, legacy-synapse"
+    for model in ("unet", "vmunet"):
+        rec = make_record(model, seed=0)
+        write_record({**rec, "run_id": f"{rec['run_id']}.strict", "policy": "strict", "rescored_from": rec["run_id"]},
+                     tmp_path / "gone")
+        if model == "unet":
+            write_record(rec, tmp_path / "gone")
+            kept = rec["run_id"]
+    assert ("first scored under legacy-synapse (1 of 2 runs; the other's first record is gone) (bench rescore)."
+            in write_report(tmp_path / "gone"))
+    (tmp_path / "gone" / "records" / f"{kept}.json").unlink()
+    assert ("first scored under another policy (their first records are gone) (bench rescore)."
+            in write_report(tmp_path / "gone"))

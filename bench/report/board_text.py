@@ -288,7 +288,8 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         note += (f" Repeated: {which} ran more than once here, and each run counts in the mean: a record written "
                  "before bench identified data by its content names it by its path, so a run on that data moved, "
                  "or on other data of this name, was not the same run. records.load's data_id and data_root tell "
-                 "them apart: delete the record that should not count.")
+                 "them apart: delete the record that should not count and its folder runs/<run id>/ (else the run is "
+                 "named as one without a record).")
     note += code_note(a.get("code", {}))
     if plugin := a.get("plugin_code"):
         which = "; ".join(f"{m}: {n}" for m, n in plugin.items())
@@ -306,12 +307,10 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         note += (" DSC n/a: case × class entries with both masks empty, over all runs; strict scores them NaN and "
                  "leaves them out of the means; a class with no other entry has no mean, and the DSC is nan (as "
                  "nnU-Net's foreground mean), not a mean over the other classes.")
-    n_rescored, n_runs, first = a.get("rescored", (0, 0, ""))
+    n_rescored, n_runs, first, gone = a.get("rescored", (0, 0, [], 0))
     if n_rescored:
-        which = "" if n_rescored == n_runs else f" ({n_rescored} of {n_runs} runs)"
-        first = "another policy" if first == "?" else first.replace("?", "another")
         note += (f" Rescored: scored under {key.policy} from the weights of runs trained and first scored under "
-                 f"{first}{which} (bench rescore).")
+                 f"{_first_scored(n_rescored, n_runs, first, gone)} (bench rescore).")
     if restated := a.get("restated"):
         which = few([f"records/{r.split('@')[0]}.json: {t}" for r, t in restated.items()], 3, sep="; ")
         note += (f" Restated: the stored numbers of {len(restated)} record(s) do not match their own case rows "
@@ -391,6 +390,23 @@ def _render_latex(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...]
         parts.append(_latex_table(title, note, f"{key.dataset} {key.protocol} {key.policy}{chosen}", table, spec,
                                   labels))
     return "\n\n".join(parts) + "\n"
+
+
+def _first_scored(n_rescored: int, n_runs: int, first: list[str], gone: int) -> str:
+    """The policies a board's rescored runs were first scored under, in words: "legacy-synapse (1 of 2 runs;
+    the other's first record is gone)"; a run whose first record is gone has no policy to name."""
+    if not gone:
+        return ", ".join(first) + ("" if n_rescored == n_runs else f" ({n_rescored} of {n_runs} runs)")
+    if not first:
+        which = "" if n_rescored == n_runs else f"{n_rescored} of {n_runs} runs; "
+        return f"another policy ({which}{'its first record is' if gone == 1 else 'their first records are'} gone)"
+    known, rest = n_rescored - gone, n_rescored == n_runs  # rest: the runs not named are all those gone
+    if rest:
+        others = "the other's first record is" if gone == 1 else "the others' first records are"
+    else:
+        others = ("1 other rescored run's first record is" if gone == 1
+                  else f"{gone} other rescored runs' first records are")
+    return f"{', '.join(first)} ({known} of {n_runs} runs; {others} gone)"
 
 
 def code_note(code: dict) -> str:

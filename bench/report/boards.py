@@ -138,9 +138,8 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         repeated=repeated,
         repeated_runs=repeated_runs,  # per model, the run ids of its seeds counted more than once
         n_train=sorted({int(n) for n in group["n_train"].dropna()}) if "n_train" in group else [],
-        # bench rescore: (runs rescored, runs, the policies they were first scored under)
-        rescored=(int(group["rescored_from"].notna().sum()), len(group), _rescored_from(group))
-        if "rescored_from" in group else (0, len(group), ""),
+        # bench rescore: (runs rescored, runs, their first policies, how many have their first record gone)
+        rescored=_rescored_count(group),
         # records.load(recheck=True): runs whose stored numbers their case rows do not give, shown recomputed
         restated={r: t for r, t in zip(group["run_id"], group["restated"]) if isinstance(t, str)}
         if "restated" in group else {},
@@ -159,6 +158,17 @@ def _rescored_from(runs: pd.DataFrame) -> str:
     rescored = runs[runs["rescored_from"].notna()]
     return ", ".join(sorted({p if isinstance(p, str) else "?" for p in rescored.get("rescored_from_policy",
                                                                                        [None] * len(rescored))}))
+
+
+def _rescored_count(runs: pd.DataFrame) -> tuple[int, int, list[str], int]:
+    """(runs rescored, runs, the policies the rescored ones were first scored under, how many of them have
+    their first record gone: no policy to name)."""
+    if "rescored_from" not in runs:
+        return 0, len(runs), [], 0
+    first = runs.loc[runs["rescored_from"].notna(), "rescored_from_policy"] if "rescored_from_policy" in runs \
+        else pd.Series([None] * int(runs["rescored_from"].notna().sum()), dtype=object)
+    known = [p for p in first if isinstance(p, str)]
+    return len(first), len(runs), sorted(set(known)), len(first) - len(known)
 
 
 def _binary_task(dataset: str) -> bool:

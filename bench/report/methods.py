@@ -45,7 +45,8 @@ def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
     ``##`` heading and short paragraphs on the models, training, data and evaluation, and environment.
     Without finished runs, the line saying so (``empty_ok``; else a BenchError, as `bench report` raises it)."""
     results_dir = Path(results_dir)
-    df = finished(select_runs(load(results_dir), models, datasets, results_dir, policies=policies))
+    # recheck: the numbers the boards show, and which records they restate (said per board)
+    df = finished(select_runs(load(results_dir, recheck=True), models, datasets, results_dir, policies=policies))
     if df.empty:
         said = no_runs(results_dir, models, datasets, policies)
         if not empty_ok:
@@ -66,7 +67,8 @@ def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
 def warn_unrecorded(results_dir: Path, df: pd.DataFrame, models: str | Iterable[str] | None) -> str:
     """The runs of the boards of ``df`` (finished runs, as selected) that began in ``results_dir`` and have
     no record (``records.unrecorded_runs``; of ``models`` only, where given), in one sentence, said as a
-    warning too; "" where there are none. A deleted record or a diverged seed otherwise only shows as a
+    warning too; "" where there are none. Each is named with its run id's last part: an off-protocol
+    variant (`--lr 1e30`) of "unet seed 0" is not the unet seed 0 of the board. A deleted record or a diverged seed otherwise only shows as a
     board with fewer seeds."""
     given = name_list(models)
     runs = unrecorded_runs(results_dir, zip(df["dataset"], df["protocol"]),
@@ -76,11 +78,13 @@ def warn_unrecorded(results_dir: Path, df: pd.DataFrame, models: str | Iterable[
     by_board: dict[str, list[str]] = {}
     for run in runs:
         by_board.setdefault(f"{run['dataset']}, protocol {run['protocol']}",
-                            []).append(f"{_run_name(run)} ({run['why']})")
+                            []).append(f"{_run_name(run)}, run …{run['run_id'][-8:]} ({run['why']})")
     named = " — ".join((f"{board}: " if len(by_board) > 1 else "") + "; ".join(names)
                        for board, names in by_board.items())
     text = f"Runs without a record, which no board counts: {named}."
-    warnings.warn(f"{text} Their logs: {runs_dir(results_dir)}/<run id>/{RUN_LOG}", stacklevel=3)
+    folder = f"{runs_dir(results_dir)}/<run id>/"
+    warnings.warn(f"{text} Their logs: {folder}{RUN_LOG}; once a run should not count, delete (or move out) its "
+                  f"folder {folder} and it is no longer said", stacklevel=3)
     return text
 
 
@@ -90,8 +94,8 @@ def _board(group: pd.DataFrame, recs: list[dict], results_dir: Path) -> str:
     title = board_title(group["board_dataset"].iloc[0], proto["name"], proto["version"], proto["hash"],
                         _overrides_text(json.dumps(proto["overrides"])), first["policy"])
     labels = list(group["model_label"])
-    paragraphs = [_models(labels, recs), _training(labels, recs), _evaluation(recs, results_dir),
-                  _environment(labels, recs, group)]
+    evaluation = " ".join(t for t in (_evaluation(recs, results_dir), _restated(labels, recs, group)) if t)
+    paragraphs = [_models(labels, recs), _training(labels, recs), evaluation, _environment(labels, recs, group)]
     return f"## {title}\n\n" + "\n\n".join(p for p in paragraphs if p) + "\n"
 
 
@@ -380,6 +384,16 @@ def _evaluation(recs: list[dict], results_dir: Path) -> str:
         text.append(f"HD95 unit: {_per_run(recs, lambda r: r.get('hd95_unit'))}.")
     text.append(_eval_settings(recipe, rec))
     return " ".join(t for t in text if t)
+
+
+def _restated(labels: list[str], recs: list[dict], group: pd.DataFrame) -> str:
+    """The runs whose stored numbers their own case rows do not give (``load(recheck=True)``'s ``restated``),
+    shown by the boards as recomputed: a record edited by hand."""
+    said = group["restated"] if "restated" in group else [None] * len(recs)
+    names = [_run_name(rec, label) for label, rec, text in zip(labels, recs, said) if isinstance(text, str)]
+    if not names:
+        return ""
+    return f"Restated from their case rows: {', '.join(names)} (stored numbers differed: edited by hand?)."
 
 
 def _rescored(recs: list[dict], results_dir: Path) -> str:

@@ -104,7 +104,8 @@ def _warn_repeated(boards: dict) -> None:
         named = few([" and ".join(f"records/{r}.json" for r in ids[:3]) for ids in repeated], 3, sep="; ")
         warnings.warn(f"{len(repeated)} board row(s) count a seed more than once in their mean ({named}): records of one seed naming their data otherwise "
                       "(older records in a moved folder name it by its path) or runs on other data of one name; "
-                      "delete the record that should not count", stacklevel=3)
+                      "delete the record that should not count and its folder runs/<run id>/ (else the run is named as one "
+                      "without a record)", stacklevel=3)
 
 
 def _methods(results_dir: Path, models: str | Iterable[str] | None, datasets: str | Iterable[str] | None,
