@@ -68,8 +68,8 @@ def warn_unrecorded(results_dir: Path, df: pd.DataFrame, models: str | Iterable[
     """The runs of the boards of ``df`` (finished runs, as selected) that began in ``results_dir`` and have
     no record (``records.unrecorded_runs``; of ``models`` only, where given), in one sentence, said as a
     warning too; "" where there are none. Each is named with its run id's last part: an off-protocol
-    variant (`--lr 1e30`) of "unet seed 0" is not the unet seed 0 of the board. A deleted record or a diverged seed otherwise only shows as a
-    board with fewer seeds."""
+    variant (`--lr 1e30`) of "unet seed 0" is not the unet seed 0 of the board. A deleted record or a
+    diverged seed otherwise only shows as a board with fewer seeds."""
     given = name_list(models)
     runs = unrecorded_runs(results_dir, zip(df["dataset"], df["protocol"]),
                            None if given is None else {*given, *df["model"]})
