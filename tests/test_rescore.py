@@ -129,7 +129,7 @@ def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
         run_model({**rec, "model_code": "0" * 16}, copy, None, "rescored")  # what rescore and predict build
     # a record's model as it spells it: a plugin "UNet" not installed here is not the built-in unet
     with pytest.raises(BenchError, match=rf"run {rec['run_id']}: its model 'UNet' is not installed here \('unet' is "
-                                         "another model, alike but for case\)"):
+                                         r"another model, alike but for case\)"):
         run_model({**rec, "model": "UNet"}, copy, None, "rescored")
     # weights the model's code no longer fits (a plugin edited since the run): one line, not torch's traceback
     widened = {**rec, "model_config": {**rec["model_config"], "widths": [8, 16, 32, 72]}}
