@@ -1834,3 +1834,18 @@ def test_a_rescored_board_says_so_in_its_caption_and_csv(tmp_path):
     (tmp_path / "gone" / "records" / f"{kept}.json").unlink()
     assert ("first scored under another policy (their first records are gone) (bench rescore)."
             in write_report(tmp_path / "gone"))
+
+
+def test_paper_columns_bold_the_runs_trained_here_not_weights_only_evaluated(tmp_path):
+    """An integrity audit: weights given with --weights (trained elsewhere, maybe on this split's test
+    cases) topped a board of the protocol's trainings and were bolded as its best."""
+    write_record(make_record("unet", seed=0, dice=0.70, hd95=30.0), tmp_path)
+    given = make_record("vmunet", seed=0, dice=0.90, hd95=10.0)
+    given["weights"] = {"file": "w.pth", "sha256": "ab" * 32, "trained_by": None}
+    write_record(given, tmp_path)
+    md = render(load(tmp_path), "md", load(tmp_path, level="case"), columns=parse_columns("paper"))
+    rows = {r.split("|")[1].strip(): r for r in md.splitlines() if r.startswith("| unet") or r.startswith("| vmunet")}
+    assert "**70.00**" in rows["unet"] and "**" not in rows["vmunet (weights w.pth@abababab)"]
+    assert "Bold: each column's best mean among the models trained here (not the weights only evaluated)" in md
+    write_record(make_record("transunet", seed=0, dice=0.80), tmp_path / "only")  # no mix: as before
+    assert "among the models trained here" not in render(load(tmp_path / "only"), "md", columns=parse_columns("paper"))

@@ -176,10 +176,16 @@ def _display_table(board: pd.DataFrame, columns: tuple[str, ...] | None = None) 
     return out
 
 
+def _mixes_evaluated(board: pd.DataFrame) -> bool:
+    """Whether a board holds both runs trained here and weights only evaluated (``bench run --weights``)."""
+    return "evaluated" in board and 0 < int(board["evaluated"].astype(bool).sum()) < len(board)
+
+
 def _paper_table(board: pd.DataFrame, shown: pd.DataFrame, heads: dict[str, str]) -> pd.DataFrame:
     """``--columns paper``: the metrics the papers report for such a board (``PAPER_METRICS``), the
     per-class cells as means, and ``shown.attrs["best"]``: per column, the rows holding its best mean
-    (HD95 under a policy scoring misses 0: among models that missed no structure, whose 0 is the rule's)."""
+    (HD95 under a policy scoring misses 0: among models that missed no structure, whose 0 is the rule's;
+    on a board mixing runs trained here with weights only evaluated, among those trained here)."""
     paper = _paper_metrics(board)
     shown = shown.drop(columns=[h for c, h in heads.items() if c in METRICS and c not in paper and h in shown])
     best: dict[str, list[int]] = {}
@@ -197,6 +203,8 @@ def _paper_table(board: pd.DataFrame, shown: pd.DataFrame, heads: dict[str, str]
             continue
         if col == "hd95" and "n_missed" in board and _misses_score_zero(board.attrs.get("policy")):
             values = values.where(board["n_missed"] == 0)
+        if _mixes_evaluated(board):  # weights trained elsewhere (--weights) beside the protocol's trainings
+            values = values.where(~board["evaluated"].astype(bool))
         if values.notna().any():
             top = values.min() if metric[2] == "↓" else values.max()
             best[head] = [i for i, v in enumerate(values) if v == top]
@@ -326,7 +334,8 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         hd = (" (HD95 among the models that missed no structure)" if _misses_score_zero(key.policy)
               and "hd95_mean" in board and board["n_missed"].gt(0).any() else "")
         table = _display_table(board, columns) if table is None else table
-        said = ([f"Bold: each column's best mean{hd}"] if table.attrs.get("best") else []) \
+        among = " among the models trained here (not the weights only evaluated)" if _mixes_evaluated(board) else ""
+        said = ([f"Bold: each column's best mean{among}{hd}"] if table.attrs.get("best") else []) \
             + ([] if single else ["per-class cells are means"])
         if said:
             text = "; ".join(said)
