@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -128,6 +129,29 @@ def test_predictions_of_a_run_under_another_protocol_say_which(tmp_path):
     (folder / MANIFEST).write_text(json.dumps({"run_id": "run-1", "protocol": "isic17"}))  # the same: no hint
     with pytest.raises(BenchError, match=r"is scored on$"):
         score_predictions(folder, ds, load_protocol("isic17"))
+
+
+def test_a_volume_off_its_labels_grid_is_refused_by_name(tmp_path):
+    """A prediction reoriented by another tool (RAS), of the label's shape, was scored voxel by voxel
+    against other places of the body: a low DSC, unexplained."""
+    import nibabel as nib
+
+    root = synthesize("nnunet", tmp_path / "data", n_cases=5, depth=4, size=16)
+    ds = open_dataset("nnunet", root)
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    for case_id in ds.test_ids():  # the ground truth itself, on its own grid: scored, DSC 1
+        name = ds.prediction_name(case_id)
+        (folder / name).write_bytes((root / "labelsTr" / name).read_bytes())
+    assert score_predictions(folder, ds, SMOKE).metrics["dice"] == 1.0
+    name = ds.prediction_name(ds.test_ids()[0])
+    label = nib.load(str(root / "labelsTr" / name))
+    data = np.asarray(label.dataobj)
+    for affine, said in ((np.diag([-1.0, 1.0, 1.0, 1.0]) @ label.affine, "orientation "),
+                         (label.affine @ np.diag([2.0, 1.0, 1.0, 1.0]), "spacing (")):
+        nib.save(nib.Nifti1Image(data, affine), str(folder / name))
+        with pytest.raises(BenchError, match=rf"{name}: not on the grid of its label file .*\({re.escape(said)}"):
+            score_predictions(folder, ds, SMOKE)
 
 
 def test_binary_masks_predicted_then_scored_give_the_record_and_native_ones_are_resized(tmp_path):

@@ -292,6 +292,27 @@ def label_path(root: Path, case: str, ending: str) -> Path:
     return root / "labelsTr" / f"{case}{ending}"
 
 
+def check_same_grid(path: Path, ref: Path) -> None:
+    """BenchError unless the NIfTI at ``path`` has the affine of ``ref`` (its label file), to 1e-3 mm:
+    naming what differs (orientation, spacing, origin) and how to put it right."""
+    import nibabel as nib
+
+    with reading(path, "a NIfTI volume"):
+        mine = nib.load(str(path)).affine
+    with reading(ref, "a NIfTI volume"):
+        theirs = nib.load(str(ref)).affine
+    if np.allclose(mine, theirs, rtol=0, atol=1e-3):
+        return
+    axes = ["".join(nib.aff2axcodes(a)) for a in (mine, theirs)]
+    zooms = [tuple(round(float(z), 4) for z in np.linalg.norm(a[:3, :3], axis=0)) for a in (mine, theirs)]
+    what = (f"orientation {axes[0]}, not {axes[1]}" if axes[0] != axes[1] else
+            f"spacing {zooms[0]}, not {zooms[1]}" if not np.allclose(zooms[0], zooms[1], atol=1e-3) else
+            f"origin {tuple(np.round(mine[:3, 3], 3))}, not {tuple(np.round(theirs[:3, 3], 3))}")
+    raise BenchError(f"{path}: not on the grid of its label file {ref} ({what}): its voxels would be scored against "
+                     "other places; write it on the label's grid, as nnU-Net does (an array already on that grid "
+                     "with a wrong header: save it with the label file's affine and header)")
+
+
 def read_case(root: Path, case: str, ending: str, n_channels: int,
               num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray, tuple | None]:
     """Image (spatial + channels-last if >1 channel), label int64, spacing (volumes) or None.
@@ -880,6 +901,15 @@ class NnUNetDataset(SegDataset):
 
     def prediction_name(self, case_id: str) -> str:
         return f"{case_id}{self.file_ending}"  # nnU-Net's own: nnUNetv2_evaluate_folder pairs it with labelsTr
+
+    def read_prediction(self, path: Path) -> np.ndarray:
+        """As ``SegDataset.read_prediction``; a volume must lie on its label file's grid (its affine): the
+        same shape in another orientation (a tool that reoriented it to RAS) would be scored voxel by
+        voxel against another place of the body, unsaid."""
+        pred = super().read_prediction(path)
+        if self.volumes:
+            check_same_grid(path, label_path(self.root, path.name[: -len(self.file_ending)], self.file_ending))
+        return pred
 
     def write_prediction(self, case: Case, pred: np.ndarray, path: Path) -> None:
         """As nnU-Net writes a prediction: the file ending of the data; volumes carry the geometry
