@@ -31,6 +31,7 @@ from bench.fileio import file_sha256
 from bench.metrics import get_policy, policy_misfit
 from bench.predict import MANIFEST
 from bench.protocol import Protocol
+from bench.records import miss_counts
 
 __all__ = ["Scores", "score_predictions"]
 
@@ -57,7 +58,16 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     with ids that are no class of the data."""
     pred_dir = Path(pred_dir).expanduser()
     protocol.check_dataset(dataset.name)
+    made_by = _manifest(pred_dir)
+    notes = []
+    if policy is None and made_by.get("policy") and made_by.get("protocol") == protocol.name:
+        policy = made_by["policy"]  # a bench predict folder: its run's own numbers, as the README promises
+        if policy != scoring_policy(None, protocol, dataset):
+            notes.append(f"policy {policy}: the one bench predict's run {made_by.get('run_id', '?')} was scored under")
     policy = scoring_policy(policy, protocol, dataset)
+    if made_by.get("policy") not in (None, policy):
+        notes.append(f"bench predict's run {made_by.get('run_id', '?')} was scored under {made_by['policy']}; "
+                     f"these numbers are under {policy}")
     misfit = policy_misfit(policy, 1 if dataset.binary else dataset.num_classes - 1,
                            f"{dataset.dataset_name!r} data at {dataset.root}")
     if misfit:
@@ -65,7 +75,6 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     if get_policy(policy).use_spacing:  # HD95 in mm: every test case needs its spacing (as bench run checks)
         dataset.check_spacing()
     ids = scored_ids(dataset, protocol)
-    made_by = _manifest(pred_dir)
     hint = _protocol_hint(made_by, protocol)
     files = _case_files(pred_dir, dataset, ids, protocol, hint)
     scoring = Scoring.of(dataset, protocol, policy)
@@ -79,12 +88,17 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
             pred = scored_mask(pred.astype(np.float32), protocol).astype(np.uint8)
             resized.append(case_id)
         if pred.shape != gt.shape:
-            native = f" (or its image's own size {case.label.shape})" if dataset.binary else ""
-            raise BenchError(f"{path}: shape {pred.shape}; expected {gt.shape}{native}, the grid test case "
-                             f"{case_id!r} is scored on{hint}")
+            raise BenchError(f"{path}: {_shape_problem(pred.shape, gt.shape, case, dataset, path)}, the grid test "
+                             f"case {case_id!r} is scored on{hint}")
         scored.append(scoring.case(case, pred, gt))
     result = scoring.result(scored)
-    notes = []
+    per_case = pd.DataFrame(result.per_case)
+    if get_policy(policy).ref_only.hd95 == 0 and "empty" in per_case:  # legacy-synapse: a miss is HD95 0, the best
+        counts = miss_counts(per_case["empty"])
+        if counts["n_missed"]:
+            notes.append(f"{policy} scores a structure predicted nowhere in a case DSC 0 and HD95 0, the best HD95 "
+                         f"(the papers' rule): {counts['n_missed']} of {counts['n_present']} (case, class) pairs with "
+                         "the structure were missed here, and the HD95 gains from each")
     if resized:
         notes.append(f"{len(resized)} of {len(ids)} masks were at their image's own size and were resized to the "
                      f"scored {protocol.img_size}x{protocol.img_size} grid as the ground truth is (bilinear, then "
@@ -92,12 +106,12 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     return Scores(
         metrics=result.metrics,
         per_class=pd.DataFrame(result.per_class),
-        per_case=pd.DataFrame(result.per_case),
+        per_case=per_case,
         hd95_unit=result.hd95_unit,
         scored={
             "dataset": dataset.dataset_name, "data_root": str(Path(dataset.root).resolve()),
-            "split": dataset.split_rule, "fold": getattr(dataset, "fold", None), "protocol": protocol.name, "protocol_version": protocol.version,
-            "protocol_hash": protocol.hash, "off_protocol": protocol.off_protocol, "policy": policy,
+            "split": dataset.split_rule, "fold": getattr(dataset, "fold", None), "protocol": protocol.name,
+            "protocol_version": protocol.version, "protocol_hash": protocol.hash, "off_protocol": protocol.off_protocol, "policy": policy,
             "predictions": str(pred_dir.resolve()), "predictions_sha256": _folder_sha256(pred_dir, files),
             "run_id": made_by.get("run_id"), "n_cases": len(ids), "resized": resized,
         },
@@ -147,13 +161,26 @@ def _folder_sha256(pred_dir: Path, files: dict[str, str]) -> str:
 
 
 def _manifest(pred_dir: Path) -> dict[str, str]:
-    """What ``bench predict``'s manifest says of the folder: its ``run_id`` and ``protocol``, those that are
-    strings; {} where there is none (or it is no bench predict's)."""
+    """What ``bench predict``'s manifest says of the folder: its ``run_id``, ``protocol`` and ``policy``, those
+    that are strings; {} where there is none (or it is no bench predict's)."""
     try:
         data = json.loads((pred_dir / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):  # no manifest, or not bench predict's: nothing to say
         return {}
-    return {k: data[k] for k in ("run_id", "protocol") if isinstance(data, dict) and isinstance(data.get(k), str)}
+    return {k: data[k] for k in ("run_id", "protocol", "policy")
+            if isinstance(data, dict) and isinstance(data.get(k), str)}
+
+
+def _shape_problem(shape: tuple[int, ...], expected: tuple[int, ...], case, dataset: SegDataset, path: Path) -> str:
+    """Why a prediction of ``shape`` is not on its case's grid ``expected``, in the file's own terms: a NIfTI
+    volume stores (x, y, z) = (W, H, D), the reverse of the (D, H, W) arrays, and a (z, y, x) array saved as
+    it is reads back reversed."""
+    if len(expected) == 3 and path.name.lower().endswith((".nii", ".nii.gz")):
+        stored, wanted = shape[::-1], expected[::-1]
+        fix = (": a (D, H, W) array saved as it is; save np.transpose(volume, (2, 1, 0))" if stored == expected else "")
+        return f"stored shape {stored}; expected {wanted}, (x, y, z) = (W, H, D){fix}"
+    native = f" (or its image's own size {case.label.shape})" if dataset.binary else ""
+    return f"shape {shape}; expected {expected}{native}"
 
 
 def _protocol_hint(made_by: dict[str, str], protocol: Protocol) -> str:

@@ -59,7 +59,19 @@ def test_a_run_predicted_then_scored_gives_its_record(tmp_path, policy):
     folder, _ = predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
     scores = score_predictions(folder, open_dataset("synapse", root), record_protocol(rec), policy)
     _assert_scores_are_the_record(scores, rec)
-    assert scores.hd95_unit == ("mm" if policy == "strict" else "voxels") and not scores.notes
+    assert scores.hd95_unit == ("mm" if policy == "strict" else "voxels")
+    assert [n.split(" in a case")[0] for n in scores.notes] == (
+        [] if policy == "strict" else [f"{policy} scores a structure predicted nowhere"])  # misses: HD95 0
+    # no --policy: the policy the run was scored under, as its folder's manifest says (not the protocol's)
+    again = score_predictions(folder, open_dataset("synapse", root), record_protocol(rec))
+    assert again.scored["policy"] == policy and again.metrics == scores.metrics
+    if policy == "strict":  # not the dataset's default (the smoke protocol names none): said
+        assert again.notes == [f"policy strict: the one bench predict's run {rec['run_id']} was scored under"]
+    else:
+        assert again.notes == scores.notes
+    other = "strict" if policy == "legacy-synapse" else "legacy-synapse"
+    assert f"was scored under {policy}; these numbers are under {other}" in score_predictions(
+        folder, open_dataset("synapse", root), record_protocol(rec), other).notes[0]
 
 
 def test_2d_nnunet_pngs_predicted_then_scored_give_the_record(tmp_path):
@@ -207,8 +219,13 @@ def test_hand_made_predictions_score_as_medpy_and_the_policies_say(tmp_path):
 
     edit(first, pred := case.label.copy())
     ds.write_prediction(case, pred, folder / ds.prediction_name(first))
-    legacy = score_predictions(folder, ds, proto, "legacy-synapse").per_case.set_index(["case", "class"])
+    said = score_predictions(folder, ds, proto, "legacy-synapse")
+    legacy = said.per_case.set_index(["case", "class"])
     strict = score_predictions(folder, ds, proto, "strict").per_case.set_index(["case", "class"])
+    # a miss scores the best HD95 there, as the papers' tables count it: said, with how many (the board's caption does)
+    (note,) = said.notes
+    assert note.startswith("legacy-synapse scores a structure predicted nowhere in a case DSC 0 and HD95 0") and \
+        "1 of " in note
     assert (legacy.loc[(first, erased), "dice"], legacy.loc[(first, erased), "hd95"]) == (0.0, 0.0)  # TransUNet's rule
     assert strict.loc[(first, erased), "dice"] == 0.0
     assert strict.loc[(first, erased), "hd95"] == pytest.approx(hd95_penalty(case.label.shape, case.spacing))
@@ -248,9 +265,17 @@ def test_what_cannot_be_scored_is_one_line_naming_the_path(tmp_path):
     case = ds.load_test(ids[0])
     path = folder / f"{ids[0]}.nii.gz"
     ds.write_prediction(case, case.label[:, :, :-4], path)
-    want = tuple(case.label.shape)
-    with pytest.raises(BenchError, match=rf"{ids[0]}.nii.gz: shape \({want[0]}, {want[1]}, {want[2] - 4}\); expected "
-                                         rf"\({want[0]}, {want[1]}, {want[2]}\), the grid test case '{ids[0]}' is scored on"):
+    d, h, w = case.label.shape  # a NIfTI stores (x, y, z) = (W, H, D): the file's own terms
+    with pytest.raises(BenchError, match=rf"{ids[0]}.nii.gz: stored shape \({w - 4}, {h}, {d}\); expected "
+                                         rf"\({w}, {h}, {d}\), \(x, y, z\) = \(W, H, D\), the grid test case "
+                                         rf"'{ids[0]}' is scored on"):
+        score_predictions(folder, ds, proto)
+    import nibabel as nib  # a (D, H, W) array saved as it is: stored reversed, and said how to fix
+
+    nib.save(nib.Nifti1Image(case.label.astype(np.uint8), np.eye(4)), str(path))
+    with pytest.raises(BenchError, match=rf"stored shape \({d}, {h}, {w}\); expected \({w}, {h}, {d}\), \(x, y, z\) = "
+                                         r"\(W, H, D\): a \(D, H, W\) array saved as it is; save "
+                                         r"np\.transpose\(volume, \(2, 1, 0\)\)"):
         score_predictions(folder, ds, proto)
     ds.write_prediction(case, np.where(case.label == 1, ds.num_classes, case.label), path)
     with pytest.raises(BenchError, match=rf"{ids[0]}.nii.gz: label values \[{ds.num_classes}\] outside 0..8"):

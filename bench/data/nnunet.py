@@ -307,7 +307,8 @@ def check_same_grid(path: Path, ref: Path) -> None:
     zooms = [tuple(round(float(z), 4) for z in np.linalg.norm(a[:3, :3], axis=0)) for a in (mine, theirs)]
     what = (f"orientation {axes[0]}, not {axes[1]}" if axes[0] != axes[1] else
             f"spacing {zooms[0]}, not {zooms[1]}" if not np.allclose(zooms[0], zooms[1], atol=1e-3) else
-            f"origin {tuple(np.round(mine[:3, 3], 3))}, not {tuple(np.round(theirs[:3, 3], 3))}")
+            f"origin {tuple(round(float(v), 3) for v in mine[:3, 3])}, "
+            f"not {tuple(round(float(v), 3) for v in theirs[:3, 3])}")
     raise BenchError(f"{path}: not on the grid of its label file {ref} ({what}): its voxels would be scored against "
                      "other places; write it on the label's grid, as nnU-Net does (an array already on that grid "
                      "with a wrong header: save it with the label file's affine and header)")
