@@ -143,13 +143,30 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
     if extra:
         unscored = [name for name in extra if name in {dataset.prediction_name(c) for c in dataset.test_ids()}]
         why = (f"; protocol {protocol.name!r} scores the first {protocol.eval.max_cases} test cases only "
-               "(eval.max_cases)" if unscored else f"; expected files named as the test cases, e.g. {example}")
+               "(eval.max_cases)" if unscored else _name_hint(extra, expected, pred_dir) or
+               f"; expected files named as the test cases, e.g. {example}")
         raise BenchError(f"{pred_dir}: {few(extra)}: no test case scored here{why}{hint}")
     missing = [case_id for name, case_id in expected.items() if name not in found]
     if missing:
         raise BenchError(f"{pred_dir}: no prediction of test case(s) {few(missing)} ({len(missing)} of {len(ids)}; "
                          f"expected {dataset.prediction_name(missing[0])}){hint}")
     return {case_id: name for name, case_id in expected.items()}
+
+
+def _name_hint(extra: list[str], expected: dict[str, str], pred_dir: Path) -> str:
+    """Why files that are the test cases' name otherwise are not taken: another ending (.nii for the data's
+    .nii.gz), or one folder down; "" where neither."""
+    def stem(name: str) -> str:
+        return name.split("/")[-1].split(".")[0]
+
+    stems = {stem(name): name for name in expected}
+    if all("/" not in name for name in extra) and (alike := [n for n in extra if stem(n) in stems]):
+        return (f"; {alike[0]} stands for {stems[stem(alike[0])]}: name the files with the data's ending "
+                f"({stems[stem(alike[0])][len(stem(alike[0])):]})")
+    below = {name.split("/")[0] for name in extra if "/" in name and stem(name) in stems}
+    if len(below) == 1 and all(name.split("/", 1)[-1] in expected for name in extra):
+        return f"; they are one folder down: --predictions {pred_dir / below.pop()}"
+    return ""
 
 
 def _folder_sha256(pred_dir: Path, files: dict[str, str]) -> str:

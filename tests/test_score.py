@@ -298,10 +298,42 @@ def test_binary_masks_must_be_0_255(tmp_path):
     path = folder / ds.prediction_name(ds.test_ids()[0])
     from PIL import Image
 
-    Image.fromarray(np.asarray(Image.open(path)) // 255).save(path)
+    mask = np.asarray(Image.open(path))
+    Image.fromarray(mask // 255).save(path)
     with pytest.raises(BenchError, match=r"mask values \[1\]; expected 0 \(background\) and 255 .*a 0/1 mask\? store "
                                          "the foreground as 255"):
         score_predictions(folder, ds, proto)
+    Image.fromarray(mask > 0).save(path)  # a 1-bit PNG, which cannot store 255: foreground and background
+    assert score_predictions(folder, ds, proto).metrics["dice"] == 1.0
+    Image.fromarray((mask * 0.8).astype(np.uint8)).save(path)  # grey levels: a probability map
+    with pytest.raises(BenchError, match=r"mask values \[204\]; .*a probability map \(or a JPEG's noise\)\? threshold "
+                                         r"it into a 0/255 PNG"):
+        score_predictions(folder, ds, proto)
+
+
+def test_files_named_otherwise_and_one_hot_volumes_are_said_what_to_do(tmp_path):
+    import nibabel as nib
+
+    ds, folder = _gt_folder(tmp_path)
+    proto = load_protocol("smoke")
+    first = ds.prediction_name(ds.test_ids()[0])  # <case>.nii.gz
+    (folder / first).rename(folder / first.replace(".nii.gz", ".nii"))
+    with pytest.raises(BenchError, match=rf"{first[:-3]} stands for {first}: name the files with the data's ending "
+                                         r"\(\.nii\.gz\)"):
+        score_predictions(folder, ds, proto)
+    (folder / first.replace(".nii.gz", ".nii")).rename(folder / first)
+    below = folder / "run1"  # the files one folder down
+    below.mkdir()
+    for path in list(folder.glob("*.nii.gz")):
+        path.rename(below / path.name)
+    with pytest.raises(BenchError, match=rf"they are one folder down: --predictions {re.escape(str(below))}"):
+        score_predictions(folder, ds, proto)
+    case = ds.load_test(ds.test_ids()[0])
+    one_hot = np.stack([case.label.transpose(2, 1, 0) == c for c in range(ds.num_classes)], axis=-1)
+    nib.save(nib.Nifti1Image(one_hot.astype(np.uint8), np.eye(4)), str(below / first))
+    with pytest.raises(BenchError, match=r"expected a label map of class ids, \(x, y, z\), not one channel per class: "
+                                         "save the argmax over the channel axis"):
+        score_predictions(below, ds, proto)
 
 
 def test_polyp_masks_are_read_from_a_folder_per_test_set(tmp_path):

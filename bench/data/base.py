@@ -283,16 +283,44 @@ class SegDataset:
         from bench.data.nnunet import VOLUME_ENDINGS, read_nifti, read_png
 
         volume = path.name.lower().endswith(VOLUME_ENDINGS)
+        if volume:
+            _refuse_channels(path)
         pred = read_nifti(path, label=True)[0] if volume else read_png(path, label=True)
         if not self.binary:
             return class_ids(path, pred, self.num_classes)
+        if not volume and _one_bit(path):  # foreground and background: it cannot store 255
+            return (pred > 0).astype(np.uint8)
         values = np.unique(pred)
         bad = [int(v) for v in values if v not in (0, 255)]
         if bad:
-            hint = "; a 0/1 mask? store the foreground as 255" if set(values.tolist()) <= {0, 1} else ""
+            hint = ("; a 0/1 mask? store the foreground as 255" if set(values.tolist()) <= {0, 1} else
+                    "; grey levels: a probability map (or a JPEG's noise)? threshold it into a 0/255 PNG, e.g. "
+                    "foreground where >= 128 (the harness thresholds probabilities at 0.5)")
             raise BenchError(f"{path}: mask values {bad[:10]}; expected 0 (background) and 255 "
                              f"({self.class_names[0]}), as the dataset's masks{hint}")
         return (pred // 255).astype(np.uint8)
+
+
+def _one_bit(path: Path) -> bool:
+    """Whether the PNG at ``path`` is a 1-bit image (PIL mode "1")."""
+    from PIL import Image
+
+    with reading(path, "a PNG image"), Image.open(path) as im:
+        return im.mode == "1"
+
+
+def _refuse_channels(path: Path) -> None:
+    """A prediction volume of several channels (per-class probabilities, one-hot) refused by name, with the
+    remedy for a prediction: the reader's own advice is for input images (one file per channel)."""
+    import nibabel as nib
+
+    from bench.data.nnunet import volume_shape
+
+    with reading(path, "a NIfTI volume"):
+        stored = tuple(nib.load(str(path)).shape)
+    if len(volume_shape(stored)) == 4:
+        raise BenchError(f"{path}: shape {stored}; expected a label map of class ids, (x, y, z), not one channel "
+                         "per class: save the argmax over the channel axis")
 
 
 SPLIT_NAMES = ("the training split", "the test split")
