@@ -35,7 +35,7 @@ from bench.data.base import Case, SegDataset
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import VolumePrep, as_volume, cancelling, volume_prep
 from bench.protocol import Protocol
-from bench.transforms import (prepare_binary_pair, prepare_slice, resize_bilinear, resize_mask_bilinear,
+from bench.transforms import (prepare_binary_image, prepare_slice, resize_bilinear, resize_mask_bilinear,
                               zoom_labels_back)
 
 
@@ -192,14 +192,14 @@ def predict_case(model: nn.Module, case: Case, protocol: Protocol, *, binary: bo
         return _patch_output(_window_logits(model, x, protocol, device), box, case, prep, protocol)
     images = list(case.image) if case.is_volume else [case.image]
     if binary:  # VM-UNet: image and mask resized bilinearly, scored at model resolution
-        labels = list(case.label) if case.is_volume else [case.label]
-        pairs = [prepare_binary_pair(img, lab, protocol) for img, lab in zip(images, labels)]
+        inputs = [prepare_binary_image(img, protocol) for img in images]  # the mask: ground_truth's
         if native:
-            prob = _predict(model, [x for x, _ in pairs], protocol, device, True, batch_size, probabilities=True)
+            prob = _predict(model, inputs, protocol, device, True, batch_size, probabilities=True)
+            labels = list(case.label) if case.is_volume else [case.label]
             pred = np.stack([resize_bilinear(p, lab.shape) >= protocol.eval.threshold
                              for p, lab in zip(prob, labels)]).astype(np.uint8)
         else:
-            pred = _predict(model, [x for x, _ in pairs], protocol, device, True, batch_size)
+            pred = _predict(model, inputs, protocol, device, True, batch_size)
     else:  # TransUNet: slice zoom in, argmax, nearest zoom back, scored at native resolution
         small = _predict(model, [prepare_slice(img, protocol, stats) for img in images], protocol, device, False, batch_size)
         pred = np.stack([zoom_labels_back(p, case.label.shape[-2:], protocol.eval.label_order) for p in small])

@@ -680,5 +680,10 @@ def prepare_binary_pair(image: np.ndarray, mask: np.ndarray, protocol) -> tuple[
     resize of image AND mask): image float32 tensor (C, S, S), mask float32 (S, S) in [0, 1].
     Scoring then happens at S x S (the mask is foreground where >= 0.5, as VM-UNet's; the
     prediction's threshold is ``protocol.eval.threshold``)."""
-    img = resize_bilinear(normalize_image(image, protocol.normalize), protocol.img_size)
-    return torch.from_numpy(to_chw(img)), resize_mask_bilinear(mask, protocol.img_size)
+    return prepare_binary_image(image, protocol), resize_mask_bilinear(mask, protocol.img_size)
+
+
+def prepare_binary_image(image: np.ndarray, protocol) -> torch.Tensor:
+    """The image half of ``prepare_binary_pair`` (evaluation takes its mask from
+    ``bench.evaluate.scored_mask``, which ``bench score`` shares)."""
+    return torch.from_numpy(to_chw(resize_bilinear(normalize_image(image, protocol.normalize), protocol.img_size)))
