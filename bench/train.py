@@ -51,7 +51,6 @@ class TrainResult:
     time_s: float
     selected: str  # which weights the model now holds: "final" | "best_train_loss@<epoch>" | "lr_min@<epoch>"
     epoch_losses: list[float] = field(default_factory=list)
-    resumed_from: int | None = None  # epoch the run resumed after, if it did (its last resume)
     resumes: list[int] = field(default_factory=list)  # every epoch it resumed after, in order
     devices: list[str] = field(default_factory=list)  # short fingerprints it trained on, in order
     commits: list[str] = field(default_factory=list)  # code versions it trained under, in order (records.code_version)
@@ -60,6 +59,11 @@ class TrainResult:
     base_lr: float | None = None  # the schedule's starting lr (train.lr after a batch-size rule)
     steps_per_epoch: int | None = None  # optimizer steps an epoch has (the Methods text: was max_iterations a cut?)
     loader_workers: int | None = None  # data-loader processes it ran with (--workers or the protocol's, capped)
+
+    @property
+    def resumed_from(self) -> int | None:
+        """The epoch its last resume continued after; None where it was never resumed."""
+        return self.resumes[-1] if self.resumes else None
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -577,7 +581,6 @@ def train_model(
     return TrainResult(
         epochs=epochs, iterations=step, final_loss=epoch_losses[-1] if epoch_losses else loss_value,
         time_s=time_before + time.perf_counter() - t0, selected=selected, epoch_losses=epoch_losses,
-        resumed_from=resumed_from,
         resumes=resumes,
         devices=devices,
         commits=commits,
