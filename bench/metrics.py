@@ -354,6 +354,12 @@ class Policy:
             raise ValueError(f"policy {self.name!r} scores a PENALTY but names no penalty rule (penalty='diagonal')")
         object.__setattr__(self, "__doc__", self.table or Policy.__doc__)
 
+    @property
+    def misses_score_zero(self) -> bool:
+        """Whether a structure predicted nowhere scores HD95 0, the best value (legacy-synapse): boards and
+        `bench score` say how many were missed."""
+        return self.ref_only.hd95 == 0
+
     def outcome(self, empty: str) -> Outcome:
         """The rule for ``empty`` in {"both", "ref_only", "pred_only"}."""
         return {"both": self.both_empty, "ref_only": self.ref_only, "pred_only": self.pred_only}[empty]

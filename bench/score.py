@@ -93,7 +93,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         scored.append(scoring.case(case, pred, gt))
     result = scoring.result(scored)
     per_case = pd.DataFrame(result.per_case)
-    if get_policy(policy).ref_only.hd95 == 0 and "empty" in per_case:  # legacy-synapse: a miss is HD95 0, the best
+    if get_policy(policy).misses_score_zero and "empty" in per_case:  # legacy-synapse: said, as its boards say it
         counts = miss_counts(per_case["empty"])
         if counts["n_missed"]:
             notes.append(f"{policy} scores a structure predicted nowhere in a case DSC 0 and HD95 0, the best HD95 "
@@ -111,7 +111,8 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         scored={
             "dataset": dataset.dataset_name, "data_root": str(Path(dataset.root).resolve()),
             "split": dataset.split_rule, "fold": getattr(dataset, "fold", None), "protocol": protocol.name,
-            "protocol_version": protocol.version, "protocol_hash": protocol.hash, "off_protocol": protocol.off_protocol, "policy": policy,
+            "protocol_version": protocol.version, "protocol_hash": protocol.hash,
+            "off_protocol": protocol.off_protocol, "policy": policy,
             "predictions": str(pred_dir.resolve()), "predictions_sha256": _folder_sha256(pred_dir, files),
             "run_id": made_by.get("run_id"), "n_cases": len(ids), "resized": resized,
         },

@@ -58,7 +58,7 @@ def _misses_score_zero(policy_name: str | None) -> bool:
     from bench.metrics import POLICIES
 
     policy = POLICIES.get(policy_name)
-    return policy is not None and policy.ref_only.hd95 == 0
+    return policy is not None and policy.misses_score_zero
 
 
 def _has_exclusions(board: pd.DataFrame) -> bool:
