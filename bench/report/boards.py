@@ -153,11 +153,8 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
 def _rescored_from(runs: pd.DataFrame) -> str:
     """The policies the rescored ones of ``runs`` were first scored under ("legacy-synapse"; "?" where the
     run's record is gone), "" where none was rescored."""
-    if "rescored_from" not in runs:
-        return ""
-    rescored = runs[runs["rescored_from"].notna()]
-    return ", ".join(sorted({p if isinstance(p, str) else "?" for p in rescored.get("rescored_from_policy",
-                                                                                       [None] * len(rescored))}))
+    _, _, first, gone = _rescored_count(runs)
+    return ", ".join(sorted([*first, *(["?"] if gone else [])]))
 
 
 def _rescored_count(runs: pd.DataFrame) -> tuple[int, int, list[str], int]:
