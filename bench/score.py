@@ -2,8 +2,10 @@
 
 The folder holds one file per scored test case, in the layout `bench predict` writes
 (``SegDataset.prediction_name``: Synapse ``<case>.nii.gz``, nnU-Net ``<case><file_ending>``, ISIC/polyp
-``<case>.png`` 0/255 masks); ``NOT_PREDICTIONS`` beside them (nnUNetv2_predict's json, npz and pkl files)
-are passed over, and bench predict's ``prediction.json`` only says which run (and protocol) they came from.
+``<case>.png`` 0/255 masks; ISIC's also as its challenge names them, ``<case>_segmentation.png``:
+``SegDataset.prediction_names``); ``NOT_PREDICTIONS`` beside them (nnUNetv2_predict's json, npz and pkl
+files) are passed over, and bench predict's ``prediction.json`` says which run they came from: its protocol,
+policy, data and split (fold), which are checked against those scored.
 Each file is scored against the ground truth evaluation reads (``bench.evaluate.ground_truth``), with the
 case's spacing, under the policy, by the same ``bench.evaluate.Scoring`` that scores a run: the numbers
 are those a run's record would hold for these label maps. The protocol gives the evaluation settings
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +31,10 @@ from bench.data.base import SegDataset, hidden
 from bench.errors import BenchError, few
 from bench.evaluate import Scoring, ground_truth, scored_ids, scored_mask, scoring_policy
 from bench.fileio import file_sha256
-from bench.metrics import get_policy, policy_misfit
+from bench.metrics import PENALTY, Policy, get_policy, policy_misfit
 from bench.predict import MANIFEST
 from bench.protocol import Protocol
-from bench.records import miss_counts
+from bench.records import miss_counts, split_fold, split_name
 
 __all__ = ["Scores", "score_predictions"]
 
@@ -55,11 +58,12 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     """Score the label maps in ``pred_dir``, one per test case ``protocol`` scores on ``dataset``, under
     ``policy`` (default: as ``bench run`` picks it). BenchError naming the folder or file for a folder
     that is not there or empty, files of no scored case, cases without a file, a map on another grid or
-    with ids that are no class of the data."""
+    with ids that are no class of the data, and for bench predict's predictions of another dataset (its
+    manifest's ``dataset_name``); its run's fold, where not the one scored, is named in a case error."""
     pred_dir = Path(pred_dir).expanduser()
     protocol.check_dataset(dataset.name)
     made_by = _manifest(pred_dir)
-    notes = []
+    notes = _data_notes(made_by, dataset, pred_dir)  # another dataset's predictions: refused before all else
     if policy is None and made_by.get("policy") and made_by.get("protocol") == protocol.name:
         policy = made_by["policy"]  # a bench predict folder: its run's own numbers, as the README promises
         if policy != scoring_policy(None, protocol, dataset):
@@ -75,15 +79,16 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     if get_policy(policy).use_spacing:  # HD95 in mm: every test case needs its spacing (as bench run checks)
         dataset.check_spacing()
     ids = scored_ids(dataset, protocol)
-    hint = _protocol_hint(made_by, protocol)
+    fold = _fold_mismatch(made_by, dataset)
+    hint = _protocol_hint(made_by, protocol) + (f"; {fold}" if fold else "")
     files = _case_files(pred_dir, dataset, ids, protocol, hint)
     scoring = Scoring.of(dataset, protocol, policy)
-    scored, resized = [], []
+    scored, resized, greyed = [], [], []
     for case_id in ids:
         path = pred_dir / files[case_id]
         case = dataset.load_test(case_id)
         gt = ground_truth(case, protocol, dataset.binary)
-        pred = dataset.read_prediction(path)
+        pred = dataset.read_prediction(path, greyed)
         if pred.shape != gt.shape and dataset.binary and pred.shape == case.label.shape:  # --native-size's
             pred = scored_mask(pred.astype(np.float32), protocol).astype(np.uint8)
             resized.append(case_id)
@@ -93,12 +98,19 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         scored.append(scoring.case(case, pred, gt))
     result = scoring.result(scored)
     per_case = pd.DataFrame(result.per_case)
-    if get_policy(policy).misses_score_zero and "empty" in per_case:  # legacy-synapse: said, as its boards say it
-        counts = miss_counts(per_case["empty"])
-        if counts["n_missed"]:
-            notes.append(f"{policy} scores a structure predicted nowhere in a case DSC 0 and HD95 0, the best HD95 "
-                         f"(the papers' rule): {counts['n_missed']} of {counts['n_present']} (case, class) pairs with "
-                         "the structure were missed here, and the HD95 gains from each")
+    if fold:  # else a case error above: the same test cases, so the numbers hold; the output names the fold scored
+        notes.append(f"{fold} to have the output name its fold; both hold the same test cases ({len(ids)}), so "
+                     "these are the run's numbers")
+    suffixed = [case_id for case_id in ids if files[case_id] != dataset.prediction_name(case_id)]
+    if suffixed:
+        notes.append(f"{len(suffixed)} of {len(ids)} files are named as the data's challenge names its masks, with "
+                     f"{dataset.mask_suffix!r} after the case id ({files[suffixed[0]]}): each scored as its case's")
+    if greyed:
+        notes.append(f"{len(greyed)} of {len(ids)} masks were PNGs stored in colour whose channels are equal (first: "
+                     f"{greyed[0].relative_to(pred_dir).as_posix()}): read as that grey")
+    missed = _miss_note(get_policy(policy), per_case, result.hd95_unit)
+    if missed:
+        notes.append(missed)
     if resized:
         notes.append(f"{len(resized)} of {len(ids)} masks were at their image's own size and were resized to the "
                      f"scored {protocol.img_size}x{protocol.img_size} grid as the ground truth is (bilinear, then "
@@ -127,39 +139,53 @@ NOT_PREDICTIONS = (".json", ".npz", ".pkl")
 
 def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: Protocol,
                 hint: str = "") -> dict[str, str]:
-    """{case id: its file below ``pred_dir``}; BenchError for a folder not there or holding no file, files
-    that are no scored case's (hidden files and ``NOT_PREDICTIONS`` aside), or cases without one
-    (``hint``: ``_protocol_hint``'s, added to those two)."""
+    """{case id: its file below ``pred_dir``}, named by one of ``SegDataset.prediction_names``; BenchError for a
+    folder not there or holding no file, files that are no scored case's (hidden files and ``NOT_PREDICTIONS``
+    aside), a case with two files, or cases without one (``hint``: ``score_predictions``'s, added to those)."""
     if not pred_dir.is_dir():
         raise BenchError(f"--predictions {pred_dir}: {'a file, not a folder' if pred_dir.exists() else 'not found'}; "
                          "expected the folder holding one label map per test case")
-    expected = {dataset.prediction_name(case_id): case_id for case_id in ids}
+    names = {case_id: dataset.prediction_names(case_id) for case_id in ids}
+    expected = {name: case_id for case_id, its in names.items() for name in its}
     found = {p.relative_to(pred_dir).as_posix() for p in pred_dir.rglob("*")
              if p.is_file() and not any(hidden(Path(part)) for part in p.relative_to(pred_dir).parts)}
     found = {name for name in found if name in expected or not name.endswith(NOT_PREDICTIONS)}
-    example = next(iter(expected), "")
+    example = dataset.prediction_name(ids[0]) if ids else ""
     if not found:
         raise BenchError(f"{pred_dir}: no prediction files; expected one per test case, named as {example}")
     extra = sorted(found - set(expected))
     if extra:
-        unscored = [name for name in extra if name in {dataset.prediction_name(c) for c in dataset.test_ids()}]
+        tested = {name for case_id in dataset.test_ids() for name in dataset.prediction_names(case_id)}
+        unscored = [name for name in extra if name in tested]
         why = (f"; protocol {protocol.name!r} scores the first {protocol.eval.max_cases} test cases only "
                "(eval.max_cases)" if unscored else _name_hint(extra, expected, pred_dir) or
                f"; expected files named as the test cases, e.g. {example}")
         raise BenchError(f"{pred_dir}: {few(extra)}: no test case scored here{why}{hint}")
-    missing = [case_id for name, case_id in expected.items() if name not in found]
+    files = {case_id: [name for name in its if name in found] for case_id, its in names.items()}
+    twice = [case_id for case_id, its in files.items() if len(its) > 1]
+    if twice:
+        raise BenchError(f"{pred_dir}: {' and '.join(files[twice[0]])} both name test case {twice[0]!r} "
+                         f"({len(twice)} of {len(ids)} cases have two files); keep one of each")
+    missing = [case_id for case_id, its in files.items() if not its]
     if missing:
         raise BenchError(f"{pred_dir}: no prediction of test case(s) {few(missing)} ({len(missing)} of {len(ids)}; "
                          f"expected {dataset.prediction_name(missing[0])}){hint}")
-    return {case_id: name for name, case_id in expected.items()}
+    return {case_id: its[0] for case_id, its in files.items()}
+
+
+JPEG_ENDINGS = (".jpg", ".jpeg")
 
 
 def _name_hint(extra: list[str], expected: dict[str, str], pred_dir: Path) -> str:
-    """Why files that are the test cases' name otherwise are not taken: another ending (.nii for the data's
-    .nii.gz), or one folder down; "" where neither."""
+    """Why files that are the test cases' name otherwise are not taken: a JPEG, another ending (.nii for the
+    data's .nii.gz), or one folder down; "" where none."""
     def stem(name: str) -> str:
         return name.split("/")[-1].split(".")[0]
 
+    jpeg = next((name for name in extra if name.lower().endswith(JPEG_ENDINGS)), None)
+    if jpeg:  # renamed, it would be refused for its grey levels: say the remedy now
+        return (f"; {jpeg} is a JPEG, whose lossy compression leaves edges that are neither background nor "
+                f"foreground; save the masks as PNG, named as the test cases (e.g. {next(iter(expected))})")
     stems = {stem(name): name for name in expected}
     if all("/" not in name for name in extra) and (alike := [n for n in extra if stem(n) in stems]):
         return (f"; {alike[0]} stands for {stems[stem(alike[0])]}: name the files with the data's ending "
@@ -179,13 +205,14 @@ def _folder_sha256(pred_dir: Path, files: dict[str, str]) -> str:
 
 
 def _manifest(pred_dir: Path) -> dict[str, str]:
-    """What ``bench predict``'s manifest says of the folder: its ``run_id``, ``protocol`` and ``policy``, those
-    that are strings; {} where there is none (or it is no bench predict's)."""
+    """What ``bench predict``'s manifest says of the folder: its ``run_id``, ``protocol``, ``policy``, ``dataset``,
+    ``dataset_name``, ``data_root`` and ``split``, those that are strings; {} where there is none (or it is no
+    bench predict's)."""
     try:
         data = json.loads((pred_dir / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):  # no manifest, or not bench predict's: nothing to say
         return {}
-    return {k: data[k] for k in ("run_id", "protocol", "policy")
+    return {k: data[k] for k in ("run_id", "protocol", "policy", "dataset", "dataset_name", "data_root", "split")
             if isinstance(data, dict) and isinstance(data.get(k), str)}
 
 
@@ -209,6 +236,64 @@ def _protocol_hint(made_by: dict[str, str], protocol: Protocol) -> str:
         return ""
     return (f"; these are bench predict's predictions of run {made_by.get('run_id', '?')}, protocol {theirs!r} "
             f"(scored here under {protocol.name!r}): pass --protocol {theirs}")
+
+
+def _data_notes(made_by: dict[str, str], dataset: SegDataset, pred_dir: Path) -> list[str]:
+    """Where bench predict's run read other data than ``dataset``: BenchError for another dataset (its numbers
+    against this ground truth would mean nothing); a note for the same dataset read at another folder (a copy,
+    or another version of it); [] otherwise."""
+    run = made_by.get("run_id", "?")
+    # an older run's record may lack dataset_name (nnunet's "nnunet:<name>"): its reader's name then
+    theirs, ours = ((made_by["dataset_name"], dataset.dataset_name) if "dataset_name" in made_by else
+                    (made_by.get("dataset"), dataset.name))
+    if theirs is not None and theirs != ours:
+        where = f" at {made_by['data_root']}" if "data_root" in made_by else ""
+        raise BenchError(f"{pred_dir}: bench predict's predictions of run {run}, of {theirs!r} data{where}; scored "
+                         f"here against {ours!r} data at {dataset.root}: give the data they are of (--dataset "
+                         f"{made_by.get('dataset', theirs)} and its --data-root)")
+    root = str(Path(dataset.root).resolve())
+    if made_by.get("data_root") not in (None, root):
+        return [f"bench predict's run {run} read its {ours} data at {made_by['data_root']}; the ground truth here "
+                f"is that at {root}"]
+    return []
+
+
+def _fold_mismatch(made_by: dict[str, str], dataset: SegDataset) -> str:
+    """Where bench predict's run was of another split (a cross-validation fold, or the data's test split)
+    than the one scored, the words that name the mismatch and the --fold that matches; "" otherwise."""
+    theirs, ours = made_by.get("split"), split_name(getattr(dataset, "fold", None))
+    if theirs is None or theirs == ours or not re.fullmatch(r"test|fold\d+", theirs):  # a record's split_name
+        return ""
+
+    def words(split: str) -> str:
+        return "the data's test split" if split_fold(split) is None else f"fold {split_fold(split)}"
+
+    fix = "pass no --fold" if split_fold(theirs) is None else f"pass --fold {split_fold(theirs)}"
+    return (f"fold mismatch: bench predict's run {made_by.get('run_id', '?')} is of {words(theirs)}, scored here "
+            f"as {words(ours)}: {fix}")
+
+
+def _miss_note(policy: Policy, per_case: pd.DataFrame, unit: str | None) -> str:
+    """How ``policy`` scored the structures predicted nowhere in a case, counted as the boards count them, where
+    its HD95 for them is no measured distance: 0, the best value (legacy-synapse, the papers' rule), or the
+    penalty (strict); "" where none was missed or the policy computes no HD95."""
+    if "empty" not in per_case or policy.hd_definition is None:
+        return ""
+    counts = miss_counts(per_case["empty"])
+    if not counts["n_missed"]:
+        return ""
+    missed = f"{counts['n_missed']} of {counts['n_present']} (case, class) pairs with the structure were missed here"
+    if policy.misses_score_zero:
+        return (f"{policy.name} scores a structure predicted nowhere in a case DSC 0 and HD95 0, the best HD95 "
+                f"(the papers' rule): {missed}, and the HD95 gains from each")
+    if policy.ref_only.hd95 != PENALTY:
+        return ""
+    penalties = per_case.loc[per_case["empty"] == "ref_only", "hd95"]
+    low, high = penalties.min(), penalties.max()
+    value = f"{low:.2f}" if np.isclose(low, high) else f"{low:.2f} to {high:.2f}"
+    return (f"{policy.name} scores a structure predicted nowhere in a case DSC 0 and HD95 the penalty, the "
+            f"diagonal of the case's extent ({value} {unit} here), the worst HD95: {missed}, each adding its "
+            "penalty to its class's mean HD95")
 
 
 SCORE_FORMATS = ("md", "csv", "json")

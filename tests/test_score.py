@@ -60,13 +60,14 @@ def test_a_run_predicted_then_scored_gives_its_record(tmp_path, policy):
     scores = score_predictions(folder, open_dataset("synapse", root), record_protocol(rec), policy)
     _assert_scores_are_the_record(scores, rec)
     assert scores.hd95_unit == ("mm" if policy == "strict" else "voxels")
-    assert [n.split(" in a case")[0] for n in scores.notes] == (
-        [] if policy == "strict" else [f"{policy} scores a structure predicted nowhere"])  # misses: HD95 0
+    # misses (the tiny model's): HD95 0 under legacy-synapse, the penalty under strict; said under both
+    assert [n.split(" in a case")[0] for n in scores.notes] == [f"{policy} scores a structure predicted nowhere"]
     # no --policy: the policy the run was scored under, as its folder's manifest says (not the protocol's)
     again = score_predictions(folder, open_dataset("synapse", root), record_protocol(rec))
     assert again.scored["policy"] == policy and again.metrics == scores.metrics
     if policy == "strict":  # not the dataset's default (the smoke protocol names none): said
-        assert again.notes == [f"policy strict: the one bench predict's run {rec['run_id']} was scored under"]
+        assert again.notes == [f"policy strict: the one bench predict's run {rec['run_id']} was scored under",
+                               *scores.notes]
     else:
         assert again.notes == scores.notes
     other = "strict" if policy == "legacy-synapse" else "legacy-synapse"
@@ -228,7 +229,12 @@ def test_hand_made_predictions_score_as_medpy_and_the_policies_say(tmp_path):
         "1 of " in note
     assert (legacy.loc[(first, erased), "dice"], legacy.loc[(first, erased), "hd95"]) == (0.0, 0.0)  # TransUNet's rule
     assert strict.loc[(first, erased), "dice"] == 0.0
-    assert strict.loc[(first, erased), "hd95"] == pytest.approx(hd95_penalty(case.label.shape, case.spacing))
+    penalty = hd95_penalty(case.label.shape, case.spacing)
+    assert strict.loc[(first, erased), "hd95"] == pytest.approx(penalty)
+    # strict's penalty for the miss: said with its count and value, as legacy-synapse's 0 is
+    (note,) = score_predictions(folder, ds, proto, "strict").notes
+    assert note.startswith("strict scores a structure predicted nowhere in a case DSC 0 and HD95 the penalty, the "
+                           f"diagonal of the case's extent ({penalty:.2f} mm here), the worst HD95: 1 of ")
     p, g = pred == shifted, case.label == shifted
     assert legacy.loc[(first, shifted), "dice"] == pytest.approx(medpy.dc(p, g), abs=1e-12)
     assert legacy.loc[(first, shifted), "hd95"] == pytest.approx(medpy.hd95(p, g), abs=1e-12)  # voxels
@@ -309,6 +315,130 @@ def test_binary_masks_must_be_0_255(tmp_path):
     with pytest.raises(BenchError, match=r"mask values \[204\]; .*a probability map \(or a JPEG's noise\)\? threshold "
                                          r"it into a 0/255 PNG"):
         score_predictions(folder, ds, proto)
+
+
+def _isic_gt_folder(tmp_path, named=None):
+    """Synthetic ISIC data and a folder of its test masks written as predictions, each named ``named(case_id)``
+    (default: as bench predict names them)."""
+    from bench.evaluate import ground_truth
+
+    root = synthesize("isic", tmp_path / "data", n_train=2, n_val=2, min_size=40, max_size=48)
+    ds = open_dataset("isic17", root)
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    for case_id in ds.test_ids():  # on the smoke protocol's grid: none resized
+        name = ds.prediction_name(case_id) if named is None else named(case_id)
+        ds.write_prediction(case := ds.load_test(case_id), ground_truth(case, load_protocol("smoke"), True),
+                            folder / name)
+    return ds, folder
+
+
+def test_isic_masks_named_as_the_challenge_ships_them_are_scored_and_said(tmp_path):
+    """ISIC's challenge names a mask ISIC_0000000_segmentation.png: taken for ISIC_0000000.png, said; a case
+    with both names is refused, naming the two."""
+    ds, folder = _isic_gt_folder(tmp_path, lambda case_id: f"{case_id}_segmentation.png")
+    proto = load_protocol("smoke")
+    first = ds.test_ids()[0]
+    scores = score_predictions(folder, ds, proto)
+    assert scores.metrics["dice"] == 1.0 and scores.scored["n_cases"] == 2
+    assert scores.notes == [f"2 of 2 files are named as the data's challenge names its masks, with '_segmentation' "
+                            f"after the case id ({first}_segmentation.png): each scored as its case's"]
+    (folder / f"{first}_segmentation.png").rename(folder / f"{first}.png")  # one so, one as bench predict names it
+    assert [n[:4] for n in score_predictions(folder, ds, proto).notes] == ["1 of"]
+    ds.write_prediction(ds.load_test(first), np.zeros((8, 8), np.uint8), folder / f"{first}_segmentation.png")
+    with pytest.raises(BenchError, match=rf"preds: {first}.png and {first}_segmentation.png both name test case "
+                                         rf"'{first}' \(1 of 2 cases have two files\); keep one of each"):
+        score_predictions(folder, ds, proto)
+    (tmp_path / "synapse").mkdir()
+    synapse, volumes = _gt_folder(tmp_path / "synapse")  # no challenge suffix there: such a name is no case's
+    name = synapse.prediction_name(synapse.test_ids()[0])
+    (volumes / name).rename(volumes / name.replace(".nii.gz", "_segmentation.nii.gz"))
+    with pytest.raises(BenchError, match="_segmentation.nii.gz: no test case scored here"):
+        score_predictions(volumes, synapse, proto)
+
+
+def test_colour_and_jpeg_masks_are_read_as_grey_or_refused_by_name(tmp_path):
+    """A mask saved as RGB with three equal channels (OpenCV's imwrite of a 3-channel array) is that grey, said;
+    one of other colours, or see-through, has no one label to read; a JPEG's edges are no 0/255."""
+    from PIL import Image
+
+    ds, folder = _isic_gt_folder(tmp_path)
+    proto = load_protocol("smoke")
+    path = folder / ds.prediction_name(ds.test_ids()[0])
+    mask = np.asarray(Image.open(path))
+    Image.fromarray(np.stack([mask] * 3, axis=-1)).save(path)
+    scores = score_predictions(folder, ds, proto)
+    assert scores.metrics["dice"] == 1.0
+    assert scores.notes == [f"1 of 2 masks were PNGs stored in colour whose channels are equal (first: {path.name}): "
+                            "read as that grey"]
+    Image.fromarray(np.stack([mask, mask, 0 * mask], axis=-1)).save(path)  # yellow on black
+    expected = r"expected a single-channel PNG of 0 \(background\) and 255 \(lesion\), or a 1-bit one$"
+    with pytest.raises(BenchError, match=rf"{path.name}: a colour PNG \(mode RGB\) with colour channels that differ; "
+                                         + expected):
+        score_predictions(folder, ds, proto)
+    Image.fromarray(np.stack([mask] * 3 + [mask], axis=-1)).save(path)  # the mask in the alpha channel too
+    with pytest.raises(BenchError, match=r"a colour PNG \(mode RGBA\) with an alpha channel that is not opaque "
+                                         r"everywhere; " + expected):
+        score_predictions(folder, ds, proto)
+    Image.fromarray(mask).save(path.with_suffix(".jpg"))
+    path.unlink()
+    with pytest.raises(BenchError, match=rf"{path.stem}.jpg: no test case scored here; {path.stem}.jpg is a JPEG, "
+                                         r"whose lossy compression leaves edges that are neither background nor "
+                                         rf"foreground; save the masks as PNG, named as the test cases \(e.g. "):
+        score_predictions(folder, ds, proto)
+
+
+def test_predictions_of_another_dataset_or_fold_are_named_so(tmp_path):
+    """bench predict's manifest names the run's data and split: another dataset is refused (its numbers against
+    this ground truth mean nothing), the same one read elsewhere is said; another fold is named in the error
+    its other cases give, and said where its cases are the same ones."""
+    import shutil
+
+    ds, folder = _isic_gt_folder(tmp_path)
+    proto = load_protocol("smoke")
+    manifest = {"run_id": "run-1", "protocol": "smoke", "dataset": "isic18", "dataset_name": "isic18",
+                "data_root": str(tmp_path / "isic18"), "split": "test"}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BenchError, match=r"preds: bench predict's predictions of run run-1, of 'isic18' data at .*isic18; "
+                                         r"scored here against 'isic17' data at .*: give the data they are of "
+                                         r"\(--dataset isic18 and its --data-root\)$"):
+        score_predictions(folder, ds, proto)
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-1", "dataset": "synapse"}))  # an older run's: no name
+    with pytest.raises(BenchError, match=r"of 'synapse' data; scored here against 'isic17' data"):
+        score_predictions(folder, ds, proto)
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "dataset": "isic17", "dataset_name": "isic17"}))
+    assert score_predictions(folder, ds, proto).notes == [
+        f"bench predict's run run-1 read its isic17 data at {tmp_path / 'isic18'}; the ground truth here is that at "
+        f"{ds.root.resolve()}"]
+
+    root = synthesize("nnunet", tmp_path / "nnunet", dims=2, n_cases=5, size=32)
+    cases = sorted(p.name.split(".")[0] for p in (root / "labelsTr").iterdir())
+    (root / "splits_final.json").write_text(json.dumps(  # fold k tests case k
+        [{"train": [c for c in cases if c != case], "val": [case]} for case in cases]))
+    fold1 = open_dataset("nnunet", root, fold=1)
+    folder = tmp_path / "fold1"
+    folder.mkdir()
+    name = fold1.prediction_name(cases[1])
+    shutil.copyfile(root / "labelsTr" / name, folder / name)
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-2", "split": "fold1"}))
+    assert score_predictions(folder, fold1, SMOKE).notes == []
+    with pytest.raises(BenchError, match=rf"{name}: no test case scored here.*; fold mismatch: bench predict's run "
+                                         r"run-2 is of fold 1, scored here as fold 0: pass --fold 1$"):
+        score_predictions(folder, open_dataset("nnunet", root, fold=0), SMOKE)
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-2", "split": "test"}))
+    with pytest.raises(BenchError, match=r"fold mismatch: bench predict's run run-2 is of the data's test split, scored "
+                                         r"here as fold 2: pass no --fold$"):
+        score_predictions(folder, open_dataset("nnunet", root, fold=2), SMOKE)
+    # the data's test split is fold 0 of its splits_final.json: a fold-0 run's cases, its numbers, the fold said
+    (folder / name).unlink()
+    name = fold1.prediction_name(cases[0])
+    shutil.copyfile(root / "labelsTr" / name, folder / name)
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-3", "split": "fold0"}))
+    scores = score_predictions(folder, open_dataset("nnunet", root), SMOKE)
+    assert scores.metrics["dice"] == 1.0
+    assert scores.notes == ["fold mismatch: bench predict's run run-3 is of fold 0, scored here as the data's test "
+                            "split: pass --fold 0 to have the output name its fold; both hold the same test cases (1), "
+                            "so these are the run's numbers"]
 
 
 def test_files_named_otherwise_and_one_hot_volumes_are_said_what_to_do(tmp_path):

@@ -70,6 +70,9 @@ class SegDataset:
     default_policy: str = "strict"
     volumes: bool = False  # test cases are 3-D volumes (scored per volume), not 2-D images
     layout: str = ""  # one line describing the expected on-disk layout, used in error messages
+    # what the data's own challenge adds to a case id in its masks' names (ISIC: "_segmentation", as in
+    # ISIC_0000000_segmentation.png): bench score takes a prediction so named too (prediction_names)
+    mask_suffix: str = ""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -276,19 +279,36 @@ class SegDataset:
             zooms = case.spacing[::-1] if case.spacing else (1.0, 1.0, 1.0)
             write_nifti_labels(pred, path, self.num_classes, np.diag([*zooms, 1.0]))
 
-    def read_prediction(self, path: Path) -> np.ndarray:
+    def prediction_names(self, case_id: str) -> tuple[str, ...]:
+        """The names ``bench score`` takes a prediction of ``case_id`` by: ``prediction_name``, then, where the
+        data's challenge names its masks with a ``mask_suffix``, that name with the suffix after the case id."""
+        name = self.prediction_name(case_id)
+        return (name, f"{case_id}{self.mask_suffix}{name[len(case_id):]}") if self.mask_suffix else (name,)
+
+    def read_prediction(self, path: Path, greyed: list[Path] | None = None) -> np.ndarray:
         """A label map as ``write_prediction`` writes one (``bench score`` reads those made elsewhere): class
-        ids from a NIfTI volume (D, H, W) or a PNG; a binary task's 0/255 mask as 0/1. BenchError naming
-        ``path`` for an unreadable file or values that are no class of this data."""
+        ids from a NIfTI volume (D, H, W) or a PNG; a binary task's 0/255 mask as 0/1. A PNG stored in colour
+        that holds one grey (``_colour_as_grey``) is read as that grey, its path appended to ``greyed``
+        where given. BenchError naming ``path`` for an unreadable file, a colour PNG, or values that are no
+        class of this data."""
         from bench.data.nnunet import VOLUME_ENDINGS, read_nifti, read_png
 
         volume = path.name.lower().endswith(VOLUME_ENDINGS)
+        mode = None if volume else _png_mode(path)
         if volume:
             _refuse_channels(path)
-        pred = read_nifti(path, label=True)[0] if volume else read_png(path, label=True)
+            pred = read_nifti(path, label=True)[0]
+        elif mode in _COLOUR_MODES:
+            pred = _colour_as_grey(path, mode, f"a single-channel PNG of 0 (background) and 255 "
+                                               f"({self.class_names[0]}), or a 1-bit one" if self.binary else
+                                               f"a single-channel PNG of class ids 0..{self.num_classes - 1}")
+            if greyed is not None:
+                greyed.append(path)
+        else:
+            pred = read_png(path, label=True)
         if not self.binary:
             return class_ids(path, pred, self.num_classes)
-        if not volume and _one_bit(path):  # foreground and background: it cannot store 255
+        if mode == "1":  # a 1-bit PNG, foreground and background: it cannot store 255
             return (pred > 0).astype(np.uint8)
         values = np.unique(pred)
         bad = [int(v) for v in values if v not in (0, 255)]
@@ -301,12 +321,33 @@ class SegDataset:
         return (pred // 255).astype(np.uint8)
 
 
-def _one_bit(path: Path) -> bool:
-    """Whether the PNG at ``path`` is a 1-bit image (PIL mode "1")."""
+def _png_mode(path: Path) -> str:
+    """The PIL mode of the image at ``path`` ("1" a 1-bit PNG, "L" grey, "RGB", ...), from its header."""
     from PIL import Image
 
     with reading(path, "a PNG image"), Image.open(path) as im:
-        return im.mode == "1"
+        return im.mode
+
+
+_COLOUR_MODES = ("RGB", "RGBA", "LA")  # PIL modes of several channels; "LA" is grey and alpha
+
+
+def _colour_as_grey(path: Path, mode: str, expected: str) -> np.ndarray:
+    """The label map stored in colour at ``path`` (PIL ``mode``) as its grey, where that is all it holds: its
+    colour channels equal and any alpha opaque everywhere (a grey map saved by a tool that writes RGB or
+    RGBA). BenchError naming ``path`` and what was ``expected`` otherwise: which channel is the label is
+    unknown."""
+    from bench.data.nnunet import read_png
+
+    pixels = read_png(path)  # (H, W, C)
+    colour, alpha = (pixels[..., :-1], pixels[..., -1]) if mode in ("RGBA", "LA") else (pixels, None)
+    if alpha is not None and (alpha != 255).any():
+        why = "an alpha channel that is not opaque everywhere"
+    elif (colour != colour[..., :1]).any():
+        why = "colour channels that differ"
+    else:
+        return colour[..., 0].astype(np.int64)
+    raise BenchError(f"{path}: a colour PNG (mode {mode}) with {why}; expected {expected}")
 
 
 def _refuse_channels(path: Path) -> None:

@@ -51,6 +51,10 @@ def test_set_id(name: str) -> str:
     return _TEST_SETS.get(re.sub(r"[^a-z0-9]", "", name.lower()), name.lower())
 
 
+# ISIC's challenge names a lesion mask after its image with this suffix (ISIC_0000000_segmentation.png)
+ISIC_MASK_SUFFIX = "_segmentation"
+
+
 class BinaryFolderDataset(SegDataset):
     """Image/mask folder pairs, binary (sigmoid) task. Subclasses fill ``_train`` / ``_test``."""
 
@@ -158,6 +162,7 @@ class IsicDataset(BinaryFolderDataset):
     kind = "isic"
     name = "isic"
     class_names = ("lesion",)
+    mask_suffix = ISIC_MASK_SUFFIX
     layout = "<root>/{train,val}/{images,masks}/*.png (VM-UNet ISIC layout; val/ is the test set)"
 
     def __init__(self, root: str | Path):
@@ -213,6 +218,7 @@ class IsicAllDataset(MultiSetDataset):
     kind = "isic_all"
     name = "isic_all"
     class_names = ("lesion",)
+    mask_suffix = ISIC_MASK_SUFFIX
     train_dir = "train"
     test_dir = "val"
     layout = (

@@ -903,11 +903,11 @@ class NnUNetDataset(SegDataset):
     def prediction_name(self, case_id: str) -> str:
         return f"{case_id}{self.file_ending}"  # nnU-Net's own: nnUNetv2_evaluate_folder pairs it with labelsTr
 
-    def read_prediction(self, path: Path) -> np.ndarray:
+    def read_prediction(self, path: Path, greyed: list[Path] | None = None) -> np.ndarray:
         """As ``SegDataset.read_prediction``; a volume must lie on its label file's grid (its affine): the
         same shape in another orientation (a tool that reoriented it to RAS) would be scored voxel by
         voxel against another place of the body, unsaid."""
-        pred = super().read_prediction(path)
+        pred = super().read_prediction(path, greyed)
         if self.volumes:
             check_same_grid(path, label_path(self.root, path.name[: -len(self.file_ending)], self.file_ending))
         return pred
