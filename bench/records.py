@@ -167,6 +167,27 @@ def short_commit(version: str) -> str:
     return f"{short} (sources {digest})" if commit else f"sources {digest}"
 
 
+def make_run_id(dataset: str, protocol: str, model: str, seed: int, fold: int | None, digest: str) -> str:
+    """A run's id, ``<dataset>-<protocol>-<model>-s<seed>[-f<fold>]-<digest>`` (``bench.run.RunSpec.key``
+    hashes what defines the run into ``digest``, 8 hex digits); ``parse_run_id`` reads it back."""
+    return f"{dataset}-{protocol}-{model}-s{seed}{'' if fold is None else f'-f{fold}'}-{digest}"
+
+
+# what follows "<dataset>-<protocol>-" in make_run_id's ids (the names may hold "-": they are given)
+_RUN_REST = re.compile(r"(?P<model>.+)-s(?P<seed>\d+)(?:-f(?P<fold>\d+))?-[0-9a-f]{8}")
+
+
+def parse_run_id(run_id: str, dataset: str, protocol: str) -> dict[str, Any] | None:
+    """The model, seed and fold (None: the test split) of ``run_id``, a ``make_run_id`` id of a run of
+    ``dataset`` under ``protocol``; None where it is not one (another board's, or a `bench rescore`
+    record's ``<run id>.<policy>``)."""
+    prefix = f"{dataset}-{protocol}-"
+    rest = _RUN_REST.fullmatch(run_id[len(prefix):]) if run_id.startswith(prefix) else None
+    if rest is None:
+        return None
+    return {"model": rest["model"], "seed": int(rest["seed"]), "fold": None if rest["fold"] is None else int(rest["fold"])}
+
+
 def split_name(fold: int | None) -> str:
     """A record's ``split``: "test" (the dataset's test split) or "fold<k>" (cross-validation)."""
     return "test" if fold is None else f"fold{fold}"
@@ -634,10 +655,6 @@ def no_runs(results_dir: Path | str, *filters: str | Iterable[str] | None) -> st
     return f"{results_dir}: no finished runs; pass the --results folder that `bench run` wrote"
 
 
-# a run id (bench.run.RunSpec.key) after its "<dataset>-<protocol>-"
-_RUN_REST = re.compile(r"(?P<model>.+)-s(?P<seed>\d+)(?:-f(?P<fold>\d+))?-[0-9a-f]{8}")
-
-
 def unrecorded_runs(results_dir: Path | str, boards: Iterable[tuple[str, str]],
                     models: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """The runs of ``boards`` ((dataset, protocol name) pairs; of ``models`` only, where given) that began
@@ -656,9 +673,8 @@ def unrecorded_runs(results_dir: Path | str, boards: Iterable[tuple[str, str]],
     for folder in sorted(p for p in runs_dir(results_dir).glob("*") if p.is_dir()):
         run_id = folder.name
         for dataset, protocol in boards:
-            rest = _RUN_REST.fullmatch(run_id[len(f"{dataset}-{protocol}-"):]) \
-                if run_id.startswith(f"{dataset}-{protocol}-") else None
-            if rest is None or (wanted is not None and rest["model"] not in wanted):
+            parts = parse_run_id(run_id, dataset, protocol)
+            if parts is None or (wanted is not None and parts["model"] not in wanted):
                 continue
             ckpt = folder / CHECKPOINT_DIR
             began = (folder / RUN_LOG).is_file() or (ckpt / LAST).is_file() or (ckpt / FINAL).is_file()
@@ -672,10 +688,8 @@ def unrecorded_runs(results_dir: Path | str, boards: Iterable[tuple[str, str]],
             # a rescored copy is on its own policy's board only: the run is gone from its first one
             kept = [p for p in POLICIES if record_path(results_dir, f"{run_id}.{p}").is_file()]
             why += f"; its rescore under {', '.join(kept)} remains" if kept else ""
-            fold = rest["fold"]
-            found.append({"run_id": run_id, "dataset": dataset, "protocol": protocol, "model": rest["model"],
-                          "seed": int(rest["seed"]), "split": split_name(None if fold is None else int(fold)),
-                          "why": why})
+            found.append({"run_id": run_id, "dataset": dataset, "protocol": protocol, "model": parts["model"],
+                          "seed": parts["seed"], "split": split_name(parts["fold"]), "why": why})
             break
     return found
 

@@ -364,3 +364,24 @@ def test_the_exception_chain_is_walked_once_even_where_it_loops():
     a, b, c = RuntimeError("a"), OSError("b"), KeyboardInterrupt()
     a.__cause__, b.__context__, c.__context__ = b, c, a  # a cycle: a -> b -> c -> a
     assert list(exception_chain(a)) == [a, b, c]
+
+
+def test_a_run_id_reads_back_as_the_run_that_made_it():
+    """RunSpec.key writes run ids and unrecorded_runs read them with a regex of its own: one format now
+    (make_run_id, parse_run_id), read back whatever "-" or "-s<n>" the names hold."""
+    from pathlib import Path
+
+    from bench.protocol import load_protocol
+    from bench.rescore import rescore_id
+    from bench.run import RunSpec
+
+    for dataset, protocol, model, seed, fold in [("synapse", "smoke", "unet", 0, None),
+                                                 ("nnunet", "nnunet-2d", "my-s1-net", 12, 3)]:
+        run_id = records.make_run_id(dataset, protocol, model, seed, fold, "0123abcd")
+        assert records.parse_run_id(run_id, dataset, protocol) == {"model": model, "seed": seed, "fold": fold}
+        assert records.parse_run_id(rescore_id(run_id, "strict"), dataset, protocol) is None  # a rescore's record
+    assert records.parse_run_id(run_id, "synapse", "smoke") is None  # another board's run
+    spec = RunSpec(model="vmunet_v2", dataset="synapse", protocol=load_protocol("smoke"), seed=2,
+                   data_root=Path("/data/synapse"), synthetic=False, policy="strict", fold=1, split_sha="ab" * 8)
+    assert spec.key.startswith("synapse-smoke-vmunet_v2-s2-f1-")
+    assert records.parse_run_id(spec.key, "synapse", "smoke") == {"model": "vmunet_v2", "seed": 2, "fold": 1}
