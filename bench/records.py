@@ -497,7 +497,8 @@ def restated(rec: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     ``metrics`` key or ``dice/<class>`` / ``hd95/<class>`` (``per_class``), each recomputed from
     ``per_case`` under the record's policy (``bench.metrics.aggregate``, as the run scored them). Only
     keys the record stores are compared; {} where its rows lack what the policy needs (nothing to
-    check against). A record edited by hand (``metrics.dice``) shows here."""
+    check against). A record edited by hand (``metrics.dice``) shows here, and so would one written by
+    a bench that aggregated otherwise: the numbers are recomputed under this code."""
     from bench import metrics
 
     if not rec["per_case"]:
@@ -521,7 +522,8 @@ def restated(rec: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
 
 def _restate(row: dict[str, Any], rec: Mapping[str, Any], path: Path, found: list[str]) -> None:
     """``row`` with the numbers ``restated`` finds in ``rec`` replaced by the recomputed ones, and its
-    ``restated`` text ("dice 0.8 stored, 0.3312 from the case rows"); ``found`` gains the file's line."""
+    ``restated`` text ("dice 0.8 stored, 0.3312 from the case rows (stored by code 0123456789ab)");
+    ``found`` gains the file's line."""
     diffs = restated(rec)
     if not diffs:
         return
@@ -529,6 +531,10 @@ def _restate(row: dict[str, Any], rec: Mapping[str, Any], path: Path, found: lis
         row[key if "/" in key or key not in RUN_COLUMNS else f"metrics/{key}"] = value
     row["restated"] = few([f"{k} {_num(s)} stored, {_num(r)} from the case rows" for k, (s, r) in diffs.items()], 3,
                           sep="; ")
+    # the code that computed the stored numbers: another version's aggregation differs without any hand edit
+    scored = rec.get("rescored_with") or rec  # bench rescore computed a rescored record's numbers
+    if version := code_version(scored.get("git_commit"), scored.get("code_digest")):
+        row["restated"] += f" (stored by code {short_commit(version)})"
     found.append(f"{path}: {row['restated']}")
 
 
@@ -561,8 +567,9 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False) -> pd.Dat
     then ``CASE_COLUMNS`` (and any extra per-case keys), then the run's ``hd95_unit``.
 
     ``recheck`` (``bench report``, ``bench check``): each run's stored aggregates and per-class numbers are recomputed
-    from its case rows (``restated``); where they differ (a record edited by hand) the row holds the
-    recomputed ones and its ``restated`` column says what was stored, and one warning names the files.
+    from its case rows (``restated``); where they differ (a record edited by hand, or written by a bench that
+    aggregated otherwise) the row holds the recomputed ones and its ``restated`` column says what was stored
+    and which code stored it, and one warning names the files.
     Boards then agree with their CIs and tests, which the case rows give.
 
     JSON ``null`` reads back as NaN. An unreadable or invalid file raises ``BenchError`` naming
@@ -590,9 +597,9 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False) -> pd.Dat
             _restate(row, rec, path, found)
     restated_text = [row.pop("restated", None) for row in rows]
     if found:
-        warnings.warn(f"{len(found)} record(s) hold numbers their own case rows do not give (edited by hand?): "
-                      f"{few(found, 3, sep='; ')}; reports and checks use the numbers recomputed from the case rows",
-                      stacklevel=2)
+        warnings.warn(f"{len(found)} record(s) hold numbers other than this code recomputes from their own case rows "
+                      f"(edited by hand, or stored by a version of bench that aggregated otherwise): "
+                      f"{few(found, 3, sep='; ')}; reports and checks use the recomputed numbers", stacklevel=2)
     frame = pd.DataFrame(rows)
     metric_keys = {c for c in frame.columns if c not in RUN_COLUMNS and "/" not in c}
     metric_keys |= {c for c in frame.columns if c.startswith("metrics/")}

@@ -138,9 +138,10 @@ def test_records_whose_numbers_the_boards_restate_are_named(tmp_path):
     Methods text, written beside them, said nothing of it."""
     edited = _record(seed=1)
     edited["metrics"]["dice"] = 0.99
-    with pytest.warns(UserWarning, match="case rows do not give"):
+    with pytest.warns(UserWarning, match="other than this code recomputes from their own case rows"):
         text = _methods(tmp_path, _record(), edited)
-    assert "Restated from their case rows: unet seed 1 (stored numbers differed: edited by hand?)." in text
+    assert ("Restated from their case rows: unet seed 1 (stored numbers differ from those this version of bench "
+            "recomputes: edited by hand, or stored by a version that aggregated otherwise).") in text
     assert "seed 0 (stored" not in text
 
 

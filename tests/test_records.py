@@ -385,3 +385,24 @@ def test_a_run_id_reads_back_as_the_run_that_made_it():
                    data_root=Path("/data/synapse"), synthetic=False, policy="strict", fold=1, split_sha="ab" * 8)
     assert spec.key.startswith("synapse-smoke-vmunet_v2-s2-f1-")
     assert records.parse_run_id(spec.key, "synapse", "smoke") == {"model": "vmunet_v2", "seed": 2, "fold": 1}
+
+
+def test_restated_numbers_name_the_code_that_stored_them(tmp_path):
+    """A record whose numbers its case rows, recomputed under today's aggregation, do not give was called
+    "edited by hand?": one stored by a bench that aggregated otherwise reads alike, so the warning names the
+    code that computed the stored numbers (for a rescored record, bench rescore's) instead of guessing."""
+    run = make_record("unet", seed=0, dice=0.3)
+    run["metrics"]["dice"] = 0.8
+    rescored = make_record("vmunet", seed=0, dice=0.3)
+    rescored.update(run_id=f"{rescored['run_id']}.strict", rescored_from=rescored["run_id"],
+                    rescored_with={"git_commit": "feedbeef" * 5 + "-dirty", "code_digest": "d" * 16})
+    rescored["metrics"]["dice"] = 0.7
+    for rec in (run, rescored):
+        write_record(rec, tmp_path)
+    with pytest.warns(UserWarning, match="stored by a version of bench that aggregated otherwise") as caught:
+        df = load(tmp_path, recheck=True).set_index("model")
+    (said,) = [str(w.message) for w in caught]
+    assert f"{run['run_id']}.json: dice 0.8 stored, 0.3 from the case rows (stored by code 0123456789ab)" in said
+    assert f"{rescored['run_id']}.json: dice 0.7 stored, 0.3 from the case rows (stored by code feedbeeffeed-dirty " \
+           f"(sources {'d' * 16}))" in said
+    assert df.loc["unet", "restated"].endswith("(stored by code 0123456789ab)") and df.loc["unet", "dice"] == 0.3

@@ -397,12 +397,13 @@ def _evaluation(recs: list[dict], results_dir: Path) -> str:
 
 def _restated(labels: list[str], recs: list[dict], group: pd.DataFrame) -> str:
     """The runs whose stored numbers their own case rows do not give (``load(recheck=True)``'s ``restated``),
-    shown by the boards as recomputed: a record edited by hand."""
+    shown by the boards as recomputed: a record edited by hand, or stored by a bench that aggregated otherwise."""
     said = group["restated"] if "restated" in group else [None] * len(recs)
     names = [_run_name(rec, label) for label, rec, text in zip(labels, recs, said) if isinstance(text, str)]
     if not names:
         return ""
-    return f"Restated from their case rows: {', '.join(names)} (stored numbers differed: edited by hand?)."
+    return (f"Restated from their case rows: {', '.join(names)} (stored numbers differ from those this version of "
+            "bench recomputes: edited by hand, or stored by a version that aggregated otherwise).")
 
 
 def _rescored(recs: list[dict], results_dir: Path) -> str:
