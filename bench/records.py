@@ -167,6 +167,27 @@ def short_commit(version: str) -> str:
     return f"{short} (sources {digest})" if commit else f"sources {digest}"
 
 
+def make_run_id(dataset: str, protocol: str, model: str, seed: int, fold: int | None, digest: str) -> str:
+    """A run's id, ``<dataset>-<protocol>-<model>-s<seed>[-f<fold>]-<digest>`` (``bench.run.RunSpec.key``
+    hashes what defines the run into ``digest``, 8 hex digits); ``parse_run_id`` reads it back."""
+    return f"{dataset}-{protocol}-{model}-s{seed}{'' if fold is None else f'-f{fold}'}-{digest}"
+
+
+# what follows "<dataset>-<protocol>-" in make_run_id's ids (the names may hold "-": they are given)
+_RUN_REST = re.compile(r"(?P<model>.+)-s(?P<seed>\d+)(?:-f(?P<fold>\d+))?-[0-9a-f]{8}")
+
+
+def parse_run_id(run_id: str, dataset: str, protocol: str) -> dict[str, Any] | None:
+    """The model, seed and fold (None: the test split) of ``run_id``, a ``make_run_id`` id of a run of
+    ``dataset`` under ``protocol``; None where it is not one (another board's, or a `bench rescore`
+    record's ``<run id>.<policy>``)."""
+    prefix = f"{dataset}-{protocol}-"
+    rest = _RUN_REST.fullmatch(run_id[len(prefix):]) if run_id.startswith(prefix) else None
+    if rest is None:
+        return None
+    return {"model": rest["model"], "seed": int(rest["seed"]), "fold": None if rest["fold"] is None else int(rest["fold"])}
+
+
 def split_name(fold: int | None) -> str:
     """A record's ``split``: "test" (the dataset's test split) or "fold<k>" (cross-validation)."""
     return "test" if fold is None else f"fold{fold}"
@@ -476,7 +497,8 @@ def restated(rec: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     ``metrics`` key or ``dice/<class>`` / ``hd95/<class>`` (``per_class``), each recomputed from
     ``per_case`` under the record's policy (``bench.metrics.aggregate``, as the run scored them). Only
     keys the record stores are compared; {} where its rows lack what the policy needs (nothing to
-    check against). A record edited by hand (``metrics.dice``) shows here."""
+    check against). A record edited by hand (``metrics.dice``) shows here, and so would one written by
+    a bench that aggregated otherwise: the numbers are recomputed under this code."""
     from bench import metrics
 
     if not rec["per_case"]:
@@ -500,7 +522,8 @@ def restated(rec: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
 
 def _restate(row: dict[str, Any], rec: Mapping[str, Any], path: Path, found: list[str]) -> None:
     """``row`` with the numbers ``restated`` finds in ``rec`` replaced by the recomputed ones, and its
-    ``restated`` text ("dice 0.8 stored, 0.3312 from the case rows"); ``found`` gains the file's line."""
+    ``restated`` text ("dice 0.8 stored, 0.3312 from the case rows (stored by code 0123456789ab)");
+    ``found`` gains the file's line."""
     diffs = restated(rec)
     if not diffs:
         return
@@ -508,6 +531,10 @@ def _restate(row: dict[str, Any], rec: Mapping[str, Any], path: Path, found: lis
         row[key if "/" in key or key not in RUN_COLUMNS else f"metrics/{key}"] = value
     row["restated"] = few([f"{k} {_num(s)} stored, {_num(r)} from the case rows" for k, (s, r) in diffs.items()], 3,
                           sep="; ")
+    # the code that computed the stored numbers: another version's aggregation differs without any hand edit
+    scored = rec.get("rescored_with") or rec  # bench rescore computed a rescored record's numbers
+    if version := code_version(scored.get("git_commit"), scored.get("code_digest")):
+        row["restated"] += f" (stored by code {short_commit(version)})"
     found.append(f"{path}: {row['restated']}")
 
 
@@ -540,8 +567,9 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False) -> pd.Dat
     then ``CASE_COLUMNS`` (and any extra per-case keys), then the run's ``hd95_unit``.
 
     ``recheck`` (``bench report``, ``bench check``): each run's stored aggregates and per-class numbers are recomputed
-    from its case rows (``restated``); where they differ (a record edited by hand) the row holds the
-    recomputed ones and its ``restated`` column says what was stored, and one warning names the files.
+    from its case rows (``restated``); where they differ (a record edited by hand, or written by a bench that
+    aggregated otherwise) the row holds the recomputed ones and its ``restated`` column says what was stored
+    and which code stored it, and one warning names the files.
     Boards then agree with their CIs and tests, which the case rows give.
 
     JSON ``null`` reads back as NaN. An unreadable or invalid file raises ``BenchError`` naming
@@ -569,9 +597,9 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False) -> pd.Dat
             _restate(row, rec, path, found)
     restated_text = [row.pop("restated", None) for row in rows]
     if found:
-        warnings.warn(f"{len(found)} record(s) hold numbers their own case rows do not give (edited by hand?): "
-                      f"{few(found, 3, sep='; ')}; reports and checks use the numbers recomputed from the case rows",
-                      stacklevel=2)
+        warnings.warn(f"{len(found)} record(s) hold numbers other than this code recomputes from their own case rows "
+                      f"(edited by hand, or stored by a version of bench that aggregated otherwise): "
+                      f"{few(found, 3, sep='; ')}; reports and checks use the recomputed numbers", stacklevel=2)
     frame = pd.DataFrame(rows)
     metric_keys = {c for c in frame.columns if c not in RUN_COLUMNS and "/" not in c}
     metric_keys |= {c for c in frame.columns if c.startswith("metrics/")}
@@ -634,10 +662,6 @@ def no_runs(results_dir: Path | str, *filters: str | Iterable[str] | None) -> st
     return f"{results_dir}: no finished runs; pass the --results folder that `bench run` wrote"
 
 
-# a run id (bench.run.RunSpec.key) after its "<dataset>-<protocol>-"
-_RUN_REST = re.compile(r"(?P<model>.+)-s(?P<seed>\d+)(?:-f(?P<fold>\d+))?-[0-9a-f]{8}")
-
-
 def unrecorded_runs(results_dir: Path | str, boards: Iterable[tuple[str, str]],
                     models: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """The runs of ``boards`` ((dataset, protocol name) pairs; of ``models`` only, where given) that began
@@ -656,9 +680,8 @@ def unrecorded_runs(results_dir: Path | str, boards: Iterable[tuple[str, str]],
     for folder in sorted(p for p in runs_dir(results_dir).glob("*") if p.is_dir()):
         run_id = folder.name
         for dataset, protocol in boards:
-            rest = _RUN_REST.fullmatch(run_id[len(f"{dataset}-{protocol}-"):]) \
-                if run_id.startswith(f"{dataset}-{protocol}-") else None
-            if rest is None or (wanted is not None and rest["model"] not in wanted):
+            parts = parse_run_id(run_id, dataset, protocol)
+            if parts is None or (wanted is not None and parts["model"] not in wanted):
                 continue
             ckpt = folder / CHECKPOINT_DIR
             began = (folder / RUN_LOG).is_file() or (ckpt / LAST).is_file() or (ckpt / FINAL).is_file()
@@ -672,10 +695,8 @@ def unrecorded_runs(results_dir: Path | str, boards: Iterable[tuple[str, str]],
             # a rescored copy is on its own policy's board only: the run is gone from its first one
             kept = [p for p in POLICIES if record_path(results_dir, f"{run_id}.{p}").is_file()]
             why += f"; its rescore under {', '.join(kept)} remains" if kept else ""
-            fold = rest["fold"]
-            found.append({"run_id": run_id, "dataset": dataset, "protocol": protocol, "model": rest["model"],
-                          "seed": int(rest["seed"]), "split": split_name(None if fold is None else int(fold)),
-                          "why": why})
+            found.append({"run_id": run_id, "dataset": dataset, "protocol": protocol, "model": parts["model"],
+                          "seed": parts["seed"], "split": split_name(parts["fold"]), "why": why})
             break
     return found
 

@@ -94,8 +94,7 @@ class RunSpec:
         if self.weights is not None:
             ident.append(["weights", self.weights[1]])
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        fold = "" if self.fold is None else f"-f{self.fold}"
-        return f"{self.dataset}-{self.protocol.name}-{self.model}-s{self.seed}{fold}-{digest}"
+        return records.make_run_id(self.dataset, self.protocol.name, self.model, self.seed, self.fold, digest)
 
 
 CACHE_DIR = "cache"  # under the results folder: derived data, safe to delete

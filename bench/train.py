@@ -364,13 +364,15 @@ def train_model(
     # what a checkpoint was trained on: a resume from one of other data would mix two trainings
     trains_on = {"items": items_digest(data.ids), "n_items": len(data), "steps_per_epoch": steps_per_epoch,
                  "total_steps": total}
-    # what every weights file of the run says of itself: given to `bench run --weights`, its record names
-    # the run and protocol they came from, and whether they trained on the items that run trains on
+    # what every weights file of the run (last.pt too) says of itself: given to `bench run --weights`, its
+    # record names the run and protocol they came from, whether they trained on the items that run trains
+    # on, and after which of its epochs (an interrupted run's last.pt holds no finished training)
     trained_by = {"run_id": Path(run_dir).name, "protocol": protocol.name, "protocol_hash": protocol.hash,
-                  "data_id": data_id, "items": trains_on["items"], "n_items": len(data)}
+                  "data_id": data_id, "items": trains_on["items"], "n_items": len(data), "epochs": epochs}
 
     def weights(state: dict[str, Any], epoch: int) -> dict[str, Any]:
-        return {"model": state, "epoch": epoch, "trained_by": trained_by}
+        """A checkpoint's weights part, the one every file of the run has."""
+        return {"model": state, "epoch": epoch, "trained_by": {**trained_by, "epoch": epoch}}
 
     keep_epoch = lr_min_epoch(protocol, epochs, steps_per_epoch, total) if t.select == "lr_min" else None
 
@@ -529,8 +531,8 @@ def train_model(
             rngs = distributed.gather_objects(_rng_state())  # every rank's, for an exact resume
             if w.main:
                 state = {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                    "rng": rngs[0], "epoch": epoch, "step": step, "epoch_losses": epoch_losses,
+                    **weights(model.state_dict(), epoch), "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(), "rng": rngs[0], "step": step, "epoch_losses": epoch_losses,
                     "best": list(best) if best else None, "protocol_hash": protocol.hash, "world_size": w.size,
                     "trains_on": trains_on, "devices": devices, "commits": commits, "code_digest": digest,
                     "resumes": resumes,

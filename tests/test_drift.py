@@ -537,7 +537,7 @@ def test_check_and_its_update_use_the_numbers_report_shows_of_a_hand_edited_reco
         cli = CliRunner().invoke(app, ["check", "--baseline", str(baseline), "--results", now])
     assert cli.exit_code == 0 and "DRIFT" not in cli.output, cli.output
     fresh = tmp_path / "fresh.csv"
-    with pytest.warns(UserWarning, match="case rows do not give"):
+    with pytest.warns(UserWarning, match="other than this code recomputes from their own case rows"):
         cli = CliRunner().invoke(app, ["check", "--baseline", str(fresh), "--results", now, "--update"])
     assert cli.exit_code == 0, cli.output
     rows = read_baseline(fresh).set_index(["model", "metric"])

@@ -138,10 +138,23 @@ def test_records_whose_numbers_the_boards_restate_are_named(tmp_path):
     Methods text, written beside them, said nothing of it."""
     edited = _record(seed=1)
     edited["metrics"]["dice"] = 0.99
-    with pytest.warns(UserWarning, match="case rows do not give"):
+    with pytest.warns(UserWarning, match="other than this code recomputes from their own case rows"):
         text = _methods(tmp_path, _record(), edited)
-    assert "Restated from their case rows: unet seed 1 (stored numbers differed: edited by hand?)." in text
+    assert ("Restated from their case rows: unet seed 1 (stored numbers differ from those this version of bench "
+            "recomputes: edited by hand, or stored by a version that aggregated otherwise).") in text
     assert "seed 0 (stored" not in text
+
+
+def test_given_weights_from_before_a_runs_last_epoch_say_which_epoch(tmp_path):
+    """--weights of an interrupted run's last.pt read as "trained by run r0" alone, as its finished weights."""
+    by = {"run_id": "r0", "protocol": "smoke", "same_data": True, "same_items": True, "epochs": 10}
+    unfinished, done = _record(seed=0), _record(seed=1)
+    unfinished["weights"] = {"file": "last.pt", "sha256": "ab" * 32, "trained_by": {**by, "epoch": 2}}
+    done["weights"] = {"file": "final.pt", "sha256": "cd" * 32, "trained_by": {**by, "epoch": 9}}
+    text = _methods(tmp_path, unfinished, done)
+    assert ("evaluated from given weights last.pt (sha256 abababab), trained by run r0 (its weights after epoch 3 of "
+            "10, not its final ones) under protocol smoke on this split's training items") in text
+    assert "given weights final.pt (sha256 cdcdcdcd), trained by run r0 under protocol smoke" in text
 
 
 @pytest.mark.parametrize("option", [{"columns": "paper"}, {"reference": "unet"}, {"published": True}])

@@ -364,3 +364,45 @@ def test_the_exception_chain_is_walked_once_even_where_it_loops():
     a, b, c = RuntimeError("a"), OSError("b"), KeyboardInterrupt()
     a.__cause__, b.__context__, c.__context__ = b, c, a  # a cycle: a -> b -> c -> a
     assert list(exception_chain(a)) == [a, b, c]
+
+
+def test_a_run_id_reads_back_as_the_run_that_made_it():
+    """RunSpec.key writes run ids and unrecorded_runs read them with a regex of its own: one format now
+    (make_run_id, parse_run_id), read back whatever "-" or "-s<n>" the names hold."""
+    from pathlib import Path
+
+    from bench.protocol import load_protocol
+    from bench.rescore import rescore_id
+    from bench.run import RunSpec
+
+    for dataset, protocol, model, seed, fold in [("synapse", "smoke", "unet", 0, None),
+                                                 ("nnunet", "nnunet-2d", "my-s1-net", 12, 3)]:
+        run_id = records.make_run_id(dataset, protocol, model, seed, fold, "0123abcd")
+        assert records.parse_run_id(run_id, dataset, protocol) == {"model": model, "seed": seed, "fold": fold}
+        assert records.parse_run_id(rescore_id(run_id, "strict"), dataset, protocol) is None  # a rescore's record
+    assert records.parse_run_id(run_id, "synapse", "smoke") is None  # another board's run
+    spec = RunSpec(model="vmunet_v2", dataset="synapse", protocol=load_protocol("smoke"), seed=2,
+                   data_root=Path("/data/synapse"), synthetic=False, policy="strict", fold=1, split_sha="ab" * 8)
+    assert spec.key.startswith("synapse-smoke-vmunet_v2-s2-f1-")
+    assert records.parse_run_id(spec.key, "synapse", "smoke") == {"model": "vmunet_v2", "seed": 2, "fold": 1}
+
+
+def test_restated_numbers_name_the_code_that_stored_them(tmp_path):
+    """A record whose numbers its case rows, recomputed under today's aggregation, do not give was called
+    "edited by hand?": one stored by a bench that aggregated otherwise reads alike, so the warning names the
+    code that computed the stored numbers (for a rescored record, bench rescore's) instead of guessing."""
+    run = make_record("unet", seed=0, dice=0.3)
+    run["metrics"]["dice"] = 0.8
+    rescored = make_record("vmunet", seed=0, dice=0.3)
+    rescored.update(run_id=f"{rescored['run_id']}.strict", rescored_from=rescored["run_id"],
+                    rescored_with={"git_commit": "feedbeef" * 5 + "-dirty", "code_digest": "d" * 16})
+    rescored["metrics"]["dice"] = 0.7
+    for rec in (run, rescored):
+        write_record(rec, tmp_path)
+    with pytest.warns(UserWarning, match="stored by a version of bench that aggregated otherwise") as caught:
+        df = load(tmp_path, recheck=True).set_index("model")
+    (said,) = [str(w.message) for w in caught]
+    assert f"{run['run_id']}.json: dice 0.8 stored, 0.3 from the case rows (stored by code 0123456789ab)" in said
+    assert f"{rescored['run_id']}.json: dice 0.7 stored, 0.3 from the case rows (stored by code feedbeeffeed-dirty " \
+           f"(sources {'d' * 16}))" in said
+    assert df.loc["unet", "restated"].endswith("(stored by code 0123456789ab)") and df.loc["unet", "dice"] == 0.3

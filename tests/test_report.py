@@ -1733,21 +1733,27 @@ def test_a_one_class_board_of_ones_own_data_names_its_class(tmp_path):
 def test_a_hand_edited_aggregate_is_recomputed_from_its_case_rows_and_said(tmp_path):
     """metrics.dice edited to 0.80 printed 80.00 beside its own CI [26, 40] and per-organ 30.00 cells, and --columns
     paper set it in bold: bench report recomputes each record's numbers from its case rows, shows those, warns
-    naming the file and the numbers, and the caption says so. Records as bench writes them say nothing."""
+    naming the file and the numbers, and the caption says so. Records as bench writes them say nothing. Not
+    "edited by hand?" alone: a record stored by a bench that aggregated otherwise differs too, and the code that
+    stored it is named."""
     edited = make_record("unet", seed=0, dice=0.3)
     edited["metrics"]["dice"] = 0.80
     write_record(edited, tmp_path)
     write_record(make_record("vmunet", seed=0, dice=0.5), tmp_path)
     write_record(make_record("vmunet", dataset="isic17", seed=0, dice=0.88), tmp_path)  # legacy-isic: pooled counts
-    with pytest.warns(UserWarning, match=rf"1 record\(s\) hold numbers .*{edited['run_id']}\.json: dice 0\.8 stored, "
-                                         r"0\.3 from the case rows") as caught:
+    with pytest.warns(UserWarning, match=r"1 record\(s\) hold numbers other than this code recomputes from their own "
+                                         r"case rows \(edited by hand, or stored by a version of bench that aggregated "
+                                         rf"otherwise\): .*{edited['run_id']}\.json: dice 0\.8 stored, 0\.3 from the "
+                                         r"case rows \(stored by code 0123456789ab\)") as caught:
         text = write_report(tmp_path, columns="paper")
-    assert sum("case rows do not give" in str(w.message) for w in caught) == 1  # once, the isic record silent
+    assert sum("this code recomputes" in str(w.message) for w in caught) == 1  # once, the isic record silent
     isic, synapse = text.split("## synapse")
     rows = {r["Model"]: r for r in md_rows(synapse, "Model")}
     assert rows["unet"]["DSC ↑ (%)"] == "30.00" and rows["vmunet"]["DSC ↑ (%)"] == "**50.00**"
-    assert f"Restated: the stored numbers of 1 record(s) do not match their own case rows (records/{edited['run_id']}" \
-           ".json: dice 0.8 stored, 0.3 from the case rows); this board shows the numbers recomputed" in text
+    assert (f"Restated: the stored numbers of 1 record(s) differ from those this code recomputes from their own case "
+            f"rows (records/{edited['run_id']}.json: dice 0.8 stored, 0.3 from the case rows (stored by code "
+            "0123456789ab)): edited by hand, or stored by a version of bench that aggregated otherwise; this board "
+            "shows the recomputed numbers.") in text
     assert "Restated" not in isic
     assert load(tmp_path).set_index("model").loc["unet", "dice"] == 0.80  # load as such reads what is stored
 

@@ -535,3 +535,36 @@ def test_work_held_by_the_other_kind_of_command_and_done_meanwhile_ends_well(tra
     assert said == [f"  {spec.key}: being run by pid 1 on node7 since 2026-12-06 07:00:00 UTC (scoring it under "
                     "strict: bench rescore), skipped", f"bench run: 0 finished, 1 skipped (done already); records in "
                     f"{again / 'records'}; next: bench report --results {again}"]
+
+
+def test_a_rescore_in_progress_leaves_no_run_unrecorded_and_no_record_half_written(trained, tmp_path, monkeypatch):
+    """A report while `bench rescore` scores: the rescore claims the record it writes (runs/<run id>.<policy>/,
+    bench.claim) and writes it whole once scored, so the claim's folder is no run without a record, and the
+    records read are the run's alone."""
+    from typer.testing import CliRunner
+
+    import bench.rescore
+    from bench.cli import app
+    from bench.records import unrecorded_runs
+
+    _, _, legacy = trained
+    copy = _alone(trained, tmp_path)
+    twin = rescore_id(legacy["run_id"], "strict")
+    evaluate, seen = bench.rescore.evaluate, []
+    boards = [(legacy["dataset"], legacy["protocol"]["name"])]
+
+    def midway(*args, **kwargs):  # scoring now: its claim held, its record not written
+        seen.append(((copy / "runs" / twin / ".claim").is_file(), list(load(copy)["run_id"]),
+                     unrecorded_runs(copy, boards)))
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(bench.rescore, "evaluate", midway)
+    out = CliRunner().invoke(app, ["rescore", "--policy", "strict", "--results", str(copy)])
+    assert out.exit_code == 0, out.output
+    assert seen == [(True, [legacy["run_id"]], [])]
+    assert record_path(copy, twin).is_file() and not (copy / "runs" / twin).exists()  # written, claim released
+    # the same folder with the run's record gone: the run is named, the rescore's folder is not
+    record_path(copy, legacy["run_id"]).unlink()
+    (copy / "runs" / twin).mkdir()
+    (found,) = unrecorded_runs(copy, boards)
+    assert found["run_id"] == legacy["run_id"] and found["why"].endswith("its rescore under strict remains")

@@ -824,6 +824,31 @@ def test_weights_given_to_another_split_say_where_they_came_from(synapse_root, t
     assert kept["trained_by"]["run_id"] == "r0"
 
 
+def test_an_interrupted_runs_last_checkpoint_given_as_weights_names_its_run_and_epoch(synapse_root, tmp_path):
+    """last.pt carried no trained_by: --weights runs/<id>/checkpoints/last.pt of a killed run was recorded as
+    weights of unknown origin, and nothing said they were an unfinished training's. Every weights file of
+    a run now names the run and the epoch they are from."""
+    from bench.run import _given_weights
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch):
+        raise Killed
+
+    ds = open_dataset("synapse", synapse_root)
+    with pytest.raises(Killed):  # 2 steps an epoch, 2 epochs: killed after the first
+        train_model(_tiny_unet(ds), ds, _proto(batch_size=48, max_iterations=4), seed=0, run_dir=tmp_path / "r0",
+                    device=torch.device("cpu"), data_id="files:aaaa", on_epoch_end=kill)
+    last = tmp_path / "r0" / "checkpoints" / "last.pt"
+    _, by = _given_weights(_tiny_unet(ds), str(last), tmp_path / "given", True, ds.train_ids(), "files:aaaa")
+    assert (by["run_id"], by["epoch"], by["epochs"], by["same_items"]) == ("r0", 0, 2, True)
+    train_model(_tiny_unet(ds), ds, _proto(batch_size=48, max_iterations=4), seed=0, run_dir=tmp_path / "r0",
+                device=torch.device("cpu"), data_id="files:aaaa", resume=True)
+    for name in ("last.pt", "final.pt"):  # finished: its last epoch's
+        assert torch.load(tmp_path / "r0" / "checkpoints" / name, weights_only=True)["trained_by"]["epoch"] == 1
+
+
 def test_float64_protocol_trains_and_evaluates_in_float64(synapse_root, tmp_path):
     from bench.evaluate import evaluate
 

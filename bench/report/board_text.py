@@ -321,8 +321,9 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
                  f"{_first_scored(n_rescored, n_runs, first, gone)} (bench rescore).")
     if restated := a.get("restated"):
         which = few([f"records/{r.split('@')[0]}.json: {t}" for r, t in restated.items()], 3, sep="; ")
-        note += (f" Restated: the stored numbers of {len(restated)} record(s) do not match their own case rows "
-                 f"({which}); this board shows the numbers recomputed from the case rows.")
+        note += (f" Restated: the stored numbers of {len(restated)} record(s) differ from those this code recomputes "
+                 f"from their own case rows ({which}): edited by hand, or stored by a version of bench that "
+                 "aggregated otherwise; this board shows the recomputed numbers.")
     if "dice_ci_lo" in board and shown("ci"):
         over = "the model's runs, every seed and fold" if CV_LABEL in key.dataset else "seeds"
         note += (" 95% CI: percentile bootstrap over test cases of the number shown (each resample re-aggregated "

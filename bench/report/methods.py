@@ -199,7 +199,7 @@ def _start(runs: list[dict]) -> str:
         if rec.get("weights"):
             w = rec["weights"]
             by = w.get("trained_by")  # a bench run's checkpoint names it; others (the authors') do not
-            whence = (f", trained by run {by.get('run_id')} under protocol {by.get('protocol')} on "
+            whence = (f", trained by run {by.get('run_id')}{_epoch_of(by)} under protocol {by.get('protocol')} on "
                       + ("this split's training items" if by.get("same_items") else
                          "other data than this run's (its test cases may be among them)"
                          if by.get("same_data") is False else
@@ -210,6 +210,15 @@ def _start(runs: list[dict]) -> str:
             return f"initialised from {rec['init']['file']} (sha256 {rec['init']['sha256'][:8]})"
         return "trained from scratch"
     return _per_run(runs, start)
+
+
+def _epoch_of(by: dict) -> str:
+    """Given weights from before a run's last epoch (an interrupted run's last.pt, a per-epoch or best
+    checkpoint), which epoch; "" for its last epoch's, or a file older than ``trained_by`` kept epochs."""
+    epoch, epochs = by.get("epoch"), by.get("epochs")
+    if epoch is None or epochs is None or epoch + 1 >= epochs:
+        return ""
+    return f" (its weights after epoch {epoch + 1} of {epochs}, not its final ones)"
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -388,12 +397,13 @@ def _evaluation(recs: list[dict], results_dir: Path) -> str:
 
 def _restated(labels: list[str], recs: list[dict], group: pd.DataFrame) -> str:
     """The runs whose stored numbers their own case rows do not give (``load(recheck=True)``'s ``restated``),
-    shown by the boards as recomputed: a record edited by hand."""
+    shown by the boards as recomputed: a record edited by hand, or stored by a bench that aggregated otherwise."""
     said = group["restated"] if "restated" in group else [None] * len(recs)
     names = [_run_name(rec, label) for label, rec, text in zip(labels, recs, said) if isinstance(text, str)]
     if not names:
         return ""
-    return f"Restated from their case rows: {', '.join(names)} (stored numbers differed: edited by hand?)."
+    return (f"Restated from their case rows: {', '.join(names)} (stored numbers differ from those this version of "
+            "bench recomputes: edited by hand, or stored by a version that aggregated otherwise).")
 
 
 def _rescored(recs: list[dict], results_dir: Path) -> str:
