@@ -144,9 +144,11 @@ def test_predictions_of_a_run_under_another_protocol_say_which(tmp_path):
         score_predictions(folder, ds, load_protocol("isic17"))
 
 
-def test_a_volume_off_its_labels_grid_is_refused_by_name(tmp_path):
+def test_a_volume_off_its_images_grid_is_refused_by_name_and_on_it_scored(tmp_path):
     """A prediction reoriented by another tool (RAS), of the label's shape, was scored voxel by voxel
-    against other places of the body: a low DSC, unexplained."""
+    against other places of the body: a low DSC, unexplained. nnU-Net writes a prediction with its IMAGE's
+    geometry (SimpleITK's CopyInformation): where the label's header places the case elsewhere (another
+    origin; nnU-Net's verify only warns), that prediction was refused, saying nnU-Net writes the label's."""
     import nibabel as nib
 
     root = synthesize("nnunet", tmp_path / "data", n_cases=5, depth=4, size=16)
@@ -163,8 +165,19 @@ def test_a_volume_off_its_labels_grid_is_refused_by_name(tmp_path):
     for affine, said in ((np.diag([-1.0, 1.0, 1.0, 1.0]) @ label.affine, "orientation "),
                          (label.affine @ np.diag([2.0, 1.0, 1.0, 1.0]), "spacing (")):
         nib.save(nib.Nifti1Image(data, affine), str(folder / name))
-        with pytest.raises(BenchError, match=rf"{name}: not on the grid of its label file .*\({re.escape(said)}"):
+        with pytest.raises(BenchError, match=rf"{name}: not on the grid of its image .*_0000\.nii\.gz "
+                                             rf"\({re.escape(said)}.*; write it on the image's grid, as nnU-Net does"):
             score_predictions(folder, ds, SMOKE)
+    shifted = label.affine.copy()  # the label 2 mm off its image, the voxels the same
+    shifted[0, 3] += 2.0
+    nib.save(nib.Nifti1Image(data, shifted, label.header), str(root / "labelsTr" / name))
+    image = nib.load(str(root / "imagesTr" / name.replace(".nii.gz", "_0000.nii.gz")))
+    for grid in (image.affine, shifted):  # nnUNetv2_predict's (the image's) and bench predict's (the label's)
+        nib.save(nib.Nifti1Image(data, grid), str(folder / name))
+        assert score_predictions(folder, ds, SMOKE).metrics["dice"] == 1.0
+    nib.save(nib.Nifti1Image(data, shifted @ np.diag([1.0, 1.0, 2.0, 1.0])), str(folder / name))
+    with pytest.raises(BenchError, match=r"not on the grid of its image .*\(spacing \(.*nor on its label file's"):
+        score_predictions(folder, ds, SMOKE)
 
 
 def test_binary_masks_predicted_then_scored_give_the_record_and_native_ones_are_resized(tmp_path):

@@ -292,16 +292,19 @@ def label_path(root: Path, case: str, ending: str) -> Path:
     return root / "labelsTr" / f"{case}{ending}"
 
 
-def check_same_grid(path: Path, ref: Path) -> None:
-    """BenchError unless the NIfTI at ``path`` has the affine of ``ref`` (its label file), to 1e-3 mm:
-    naming what differs (orientation, spacing, origin) and how to put it right."""
+def check_same_grid(path: Path, image: Path, label: Path) -> None:
+    """BenchError unless the NIfTI at ``path`` has the affine of its case's ``image`` (``_0000``: nnU-Net's
+    writer copies the image's geometry) or of its ``label`` file, to 1e-3 mm (where the two headers differ,
+    the arrays are still used voxel for voxel): naming what differs from the image (orientation, spacing,
+    origin) and how to put it right."""
     import nibabel as nib
 
-    with reading(path, "a NIfTI volume"):
-        mine = nib.load(str(path)).affine
-    with reading(ref, "a NIfTI volume"):
-        theirs = nib.load(str(ref)).affine
-    if np.allclose(mine, theirs, rtol=0, atol=1e-3):
+    affines = []
+    for file in (path, image, label):
+        with reading(file, "a NIfTI volume"):
+            affines.append(nib.load(str(file)).affine)
+    mine, theirs, labels = affines
+    if any(np.allclose(mine, a, rtol=0, atol=1e-3) for a in (theirs, labels)):
         return
     axes = ["".join(nib.aff2axcodes(a)) for a in (mine, theirs)]
     zooms = [tuple(round(float(z), 4) for z in np.linalg.norm(a[:3, :3], axis=0)) for a in (mine, theirs)]
@@ -309,9 +312,9 @@ def check_same_grid(path: Path, ref: Path) -> None:
             f"spacing {zooms[0]}, not {zooms[1]}" if not np.allclose(zooms[0], zooms[1], atol=1e-3) else
             f"origin {tuple(round(float(v), 3) for v in mine[:3, 3])}, "
             f"not {tuple(round(float(v), 3) for v in theirs[:3, 3])}")
-    raise BenchError(f"{path}: not on the grid of its label file {ref} ({what}): its voxels would be scored against "
-                     "other places; write it on the label's grid, as nnU-Net does (an array already on that grid "
-                     "with a wrong header: save it with the label file's affine and header)")
+    raise BenchError(f"{path}: not on the grid of its image {image} ({what}), nor on its label file's: its voxels "
+                     "would be scored against other places; write it on the image's grid, as nnU-Net does (an array "
+                     "already on that grid with a wrong header: save it with the image's affine and header)")
 
 
 def read_case(root: Path, case: str, ending: str, n_channels: int,
@@ -904,12 +907,15 @@ class NnUNetDataset(SegDataset):
         return f"{case_id}{self.file_ending}"  # nnU-Net's own: nnUNetv2_evaluate_folder pairs it with labelsTr
 
     def read_prediction(self, path: Path, greyed: list[Path] | None = None) -> np.ndarray:
-        """As ``SegDataset.read_prediction``; a volume must lie on its label file's grid (its affine): the
-        same shape in another orientation (a tool that reoriented it to RAS) would be scored voxel by
-        voxel against another place of the body, unsaid."""
+        """As ``SegDataset.read_prediction``; a volume must lie on its image's grid (its affine), as nnU-Net
+        writes it, or on its label file's, as bench predict does: the same shape in another orientation (a
+        tool that reoriented it to RAS) would be scored voxel by voxel against another place of the body,
+        unsaid."""
         pred = super().read_prediction(path, greyed)
         if self.volumes:
-            check_same_grid(path, label_path(self.root, path.name[: -len(self.file_ending)], self.file_ending))
+            case = path.name[: -len(self.file_ending)]
+            check_same_grid(path, channel_path(self.root, case, 0, self.file_ending),
+                            label_path(self.root, case, self.file_ending))
         return pred
 
     def write_prediction(self, case: Case, pred: np.ndarray, path: Path) -> None:
