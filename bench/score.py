@@ -64,6 +64,9 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     protocol.check_dataset(dataset.name)
     made_by = _manifest(pred_dir)
     notes = _data_notes(made_by, dataset, pred_dir)  # another dataset's predictions: refused before all else
+    other_data = pred_dir.is_dir() and dataset.prediction_folder_problem(pred_dir)
+    if other_data:  # nnUNetv2_predict's copy of the model's dataset.json: a model of other labels
+        raise BenchError(other_data)
     if policy is None and made_by.get("policy") and made_by.get("protocol") == protocol.name:
         policy = made_by["policy"]  # a bench predict folder: its run's own numbers, as the README promises
         if policy != scoring_policy(None, protocol, dataset):

@@ -119,6 +119,17 @@ def test_an_nnunet_predict_folder_is_scored_its_other_files_aside(tmp_path):
         (folder / name).write_text("{}")
     scores = score_predictions(folder, ds, SMOKE)
     assert scores.metrics["dice"] == 1.0 and scores.scored["run_id"] is None
+    # the model's dataset.json, as nnUNetv2_predict copies it: the data's labels, scored; other ids refused (liver
+    # and tumor swapped scored DSC 0.8 % where 84.9 % was right, unsaid)
+    meta = json.loads((root / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    assert score_predictions(folder, ds, SMOKE).metrics["dice"] == 1.0
+    (folder / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "lesion": 1, "organ": 2}}))
+    with pytest.raises(BenchError, match=r"nnunet_out/dataset.json \(the model's, as nnUNetv2_predict copies it\): its "
+                                         r"labels \(background 0, lesion 1, organ 2\) are not the data's \(background "
+                                         r"0, organ 1, lesion 2, .*data/dataset.json\)"):
+        score_predictions(folder, ds, SMOKE)
+    (folder / "dataset.json").write_text("{}")
     (folder / f"extra{ds.file_ending}").write_bytes(b"x")
     with pytest.raises(BenchError, match=r"nnunet_out: extra\.png: no test case scored here"):
         score_predictions(folder, ds, SMOKE)

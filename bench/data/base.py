@@ -285,6 +285,11 @@ class SegDataset:
         name = self.prediction_name(case_id)
         return (name, f"{case_id}{self.mask_suffix}{name[len(case_id):]}") if self.mask_suffix else (name,)
 
+    def prediction_folder_problem(self, folder: Path) -> str | None:
+        """Why the files another tool wrote beside its predictions in ``folder`` say they are of other data
+        than this (``bench score``), or None."""
+        return None
+
     def read_prediction(self, path: Path, greyed: list[Path] | None = None) -> np.ndarray:
         """A label map as ``write_prediction`` writes one (``bench score`` reads those made elsewhere): class
         ids from a NIfTI volume (D, H, W) or a PNG; a binary task's 0/255 mask as 0/1. A PNG stored in colour

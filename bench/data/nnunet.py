@@ -918,6 +918,27 @@ class NnUNetDataset(SegDataset):
                             label_path(self.root, case, self.file_ending))
         return pred
 
+    def prediction_folder_problem(self, folder: Path) -> str | None:
+        """Where ``folder`` holds the model's ``dataset.json`` (nnUNetv2_predict copies it beside its
+        predictions) and its ``labels`` map names to other ids than this data's: the ids would be scored as
+        other classes (a swapped liver and tumor read as DSC 1 % for 85 %)."""
+        path = folder / "dataset.json"
+        try:
+            theirs = _label_map(json.loads(path.read_text(encoding="utf-8"))["labels"], path)
+        except (OSError, ValueError, KeyError, TypeError, BenchError):  # none, or no labels: nothing to compare
+            return None
+        ours = self.meta["labels"]
+        if theirs == ours:
+            return None
+
+        def said(labels: dict[str, int]) -> str:
+            return ", ".join(f"{name} {i}" for name, i in sorted(labels.items(), key=lambda kv: kv[1]))
+
+        return (f"{path} (the model's, as nnUNetv2_predict copies it): its labels ({said(theirs)}) are not the data's "
+                f"({said(ours)}, "
+                f"{self.root / 'dataset.json'}): its ids would be scored as other classes; score it against the "
+                "data the model was trained on")
+
     def write_prediction(self, case: Case, pred: np.ndarray, path: Path) -> None:
         """As nnU-Net writes a prediction: the file ending of the data; volumes carry the geometry
         (affine, zooms) of the case's label file, which they are scored against."""
