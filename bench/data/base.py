@@ -285,6 +285,12 @@ class SegDataset:
         name = self.prediction_name(case_id)
         return (name, f"{case_id}{self.mask_suffix}{name[len(case_id):]}") if self.mask_suffix else (name,)
 
+    def unscored_hint(self, extra: list[str], held: list[str]) -> str:
+        """Whose files ``extra`` (names in a prediction folder that are no test case scored here, beside the
+        files of the scored cases ``held``) are, in the words of the data's own tools, with the remedy; ""
+        where the reader knows no more (``bench score``; the nnU-Net reader names folds, imagesTs)."""
+        return ""
+
     def prediction_folder_problem(self, folder: Path) -> str | None:
         """Why the files another tool wrote beside its predictions in ``folder`` say they are of other data
         than this (``bench score``), or None."""

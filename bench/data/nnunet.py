@@ -918,6 +918,44 @@ class NnUNetDataset(SegDataset):
                             label_path(self.root, case, self.file_ending))
         return pred
 
+    def unscored_hint(self, extra: list[str], held: list[str]) -> str:
+        """As ``SegDataset.unscored_hint``, where every name in ``extra`` is a case's prediction
+        (``<case><ending>``): all the cases found (``held`` too) are in one cross-validation fold's validation
+        cases (an nnU-Net fold's ``validation/`` folder: the --fold to pass), or cases of imagesTs/labelsTs
+        (which bench does not score), or training cases of the split scored (nnU-Net's
+        ``crossval_results_folds_*``, which holds every case)."""
+        n = len(self.file_ending)
+        if not extra or not all("/" not in name and name.endswith(self.file_ending) for name in extra):
+            return ""
+        ids = [name[:-n] for name in extra]
+        # no splits_final.json: bench draws nnU-Net's default folds; one of the user's own is elsewhere
+        copy = ("" if self.has_split_file else f" (no splits_final.json in {self.root}: nnU-Net keeps its folds in "
+                f"nnUNet_preprocessed/{self.root.resolve().name}/splits_final.json; bench reads that file copied "
+                "beside dataset.json)")
+        try:
+            folds = self._splits_file() or crossval_splits(self.cases)
+        except BenchError:  # fewer cases than folds: no fold to name
+            folds = []
+        found = {*ids, *held}
+        fold = next((k for k, f in enumerate(folds) if found <= set(f["val"])), None)
+        if fold is not None and fold != self.fold:
+            source = (str(self.root / "splits_final.json") if self.has_split_file else
+                      f"the {N_FOLDS} folds nnU-Net v2 generates")
+            return f"; they are validation cases of fold {fold} of {source}: pass --fold {fold}{copy}"
+        known = set(self.cases)
+        outside = [c for c in ids if c not in known]
+        held_out = [c for c in outside if (self.root / "labelsTs" / f"{c}{self.file_ending}").is_file()
+                    or (self.root / "imagesTs" / f"{c}_0000{self.file_ending}").is_file()]
+        if held_out and len(held_out) == len(outside):
+            return (f"; {few(held_out)} {'is a case' if len(held_out) == 1 else 'are cases'} of imagesTs/labelsTs, "
+                    "which bench does not score: it scores test cases drawn from labelsTr")
+        train = set(self._train_cases)
+        trained = [c for c in ids if c in train]
+        if trained and len(trained) == len(ids):
+            return (f"; {'it is a training case' if len(ids) == 1 else f'these {len(ids)} are training cases'} of "
+                    f"the split scored: give a folder holding the test cases' predictions only{copy}")
+        return ""
+
     def prediction_folder_problem(self, folder: Path) -> str | None:
         """Where ``folder`` holds the model's ``dataset.json`` (nnUNetv2_predict copies it beside its
         predictions) and its ``labels`` map names to other ids than this data's: the ids would be scored as
