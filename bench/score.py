@@ -57,13 +57,18 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
                       policy: str | None = None) -> Scores:
     """Score the label maps in ``pred_dir``, one per test case ``protocol`` scores on ``dataset``, under
     ``policy`` (default: as ``bench run`` picks it). BenchError naming the folder or file for a folder
-    that is not there or empty, files of no scored case, cases without a file, a map on another grid or
-    with ids that are no class of the data, and for bench predict's predictions of another dataset (its
-    manifest's ``dataset_name``); its run's fold, where not the one scored, is named in a case error."""
+    that is not there or empty, files of no scored case (whose they are, where the reader knows: an nnU-Net
+    fold's, imagesTs'), cases without a file, a map on another grid or with ids that are no class of the data,
+    for bench predict's predictions of another dataset (its manifest's ``dataset_name``) and for a folder whose
+    model's files name other classes (``SegDataset.prediction_folder_problem``); its run's fold, where not the
+    one scored, is named in a case error."""
     pred_dir = Path(pred_dir).expanduser()
     protocol.check_dataset(dataset.name)
     made_by = _manifest(pred_dir)
     notes = _data_notes(made_by, dataset, pred_dir)  # another dataset's predictions: refused before all else
+    other_data = pred_dir.is_dir() and dataset.prediction_folder_problem(pred_dir)
+    if other_data:  # nnUNetv2_predict's copy of the model's dataset.json: a model of other labels
+        raise BenchError(other_data)
     if policy is None and made_by.get("policy") and made_by.get("protocol") == protocol.name:
         policy = made_by["policy"]  # a bench predict folder: its run's own numbers, as the README promises
         if policy != scoring_policy(None, protocol, dataset):
@@ -93,8 +98,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
             pred = scored_mask(pred.astype(np.float32), protocol).astype(np.uint8)
             resized.append(case_id)
         if pred.shape != gt.shape:
-            raise BenchError(f"{path}: {_shape_problem(pred.shape, gt.shape, case, dataset, path)}, the grid test "
-                             f"case {case_id!r} is scored on{hint}")
+            raise BenchError(f"{path}: {_shape_problem(pred.shape, gt.shape, case, dataset, path)}{hint}")
         scored.append(scoring.case(case, pred, gt))
     result = scoring.result(scored)
     per_case = pd.DataFrame(result.per_case)
@@ -150,17 +154,23 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
     found = {p.relative_to(pred_dir).as_posix() for p in pred_dir.rglob("*")
              if p.is_file() and not any(hidden(Path(part)) for part in p.relative_to(pred_dir).parts)}
     found = {name for name in found if name in expected or not name.endswith(NOT_PREDICTIONS)}
-    example = dataset.prediction_name(ids[0]) if ids else ""
+    # an example of the names expected: one not in the folder already
+    example = next((name for name in expected if name not in found), dataset.prediction_name(ids[0]) if ids else "")
     if not found:
-        raise BenchError(f"{pred_dir}: no prediction files; expected one per test case, named as {example}")
+        raise BenchError(f"{pred_dir}: no prediction files; expected one per test case, named as {example}"
+                         f"{_probabilities_only(pred_dir)}")
     extra = sorted(found - set(expected))
     if extra:
         tested = {name for case_id in dataset.test_ids() for name in dataset.prediction_names(case_id)}
         unscored = [name for name in extra if name in tested]
+        held = sorted({expected[name] for name in found if name in expected})
         why = (f"; protocol {protocol.name!r} scores the first {protocol.eval.max_cases} test cases only "
-               "(eval.max_cases)" if unscored else _name_hint(extra, expected, pred_dir) or
-               f"; expected files named as the test cases, e.g. {example}")
-        raise BenchError(f"{pred_dir}: {few(extra)}: no test case scored here{why}{hint}")
+               "(eval.max_cases)" if unscored else _name_hint(extra, expected, found, pred_dir) or
+               dataset.unscored_hint(extra, held) or
+               (f"; expected files named as the test cases, e.g. {example}" if len(held) < len(ids) else
+                "; the test cases' files are here too: leave the others out"))
+        raise BenchError(f"{pred_dir}: {few(extra)}: no test case scored here{why}; scored here: the {len(ids)} test "
+                         f"case(s) of {split_said(dataset)}{hint}")
     files = {case_id: [name for name in its if name in found] for case_id, its in names.items()}
     twice = [case_id for case_id, its in files.items() if len(its) > 1]
     if twice:
@@ -176,9 +186,32 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
 JPEG_ENDINGS = (".jpg", ".jpeg")
 
 
-def _name_hint(extra: list[str], expected: dict[str, str], pred_dir: Path) -> str:
+DATA_SPLIT = "the data's test split"  # a layout's own (its folders or lists): the reader has no rule to say
+
+
+def split_said(dataset: SegDataset) -> str:
+    """The split whose test cases are scored, in words: the reader's rule (an nnU-Net fold's, or bench's own
+    drawn split) with its fold, else the data's own test split."""
+    fold = getattr(dataset, "fold", None)
+    if dataset.split_rule is None:
+        return DATA_SPLIT
+    return f"fold {fold} of {dataset.split_rule}" if fold is not None else dataset.split_rule
+
+
+def _probabilities_only(pred_dir: Path) -> str:
+    """Where a folder holds nnUNetv2_predict's .npz/.pkl files and no label map, the words that say so; ""
+    otherwise."""
+    passed = [p.name for p in pred_dir.iterdir() if p.name.endswith((".npz", ".pkl")) and not hidden(p)]
+    if not passed:
+        return ""
+    return (f"; its {len(passed)} .npz/.pkl files (e.g. {sorted(passed)[0]}) were passed over as probabilities and "
+            "their pickled properties: nnUNetv2_predict writes each case's label map beside them")
+
+
+def _name_hint(extra: list[str], expected: dict[str, str], found: set[str], pred_dir: Path) -> str:
     """Why files that are the test cases' name otherwise are not taken: a JPEG, another ending (.nii for the
-    data's .nii.gz), or one folder down; "" where none."""
+    data's .nii.gz), or one folder down (an nnU-Net ``fold_K`` beside its checkpoint and logs, the label
+    maps in ``validation/``); "" where none."""
     def stem(name: str) -> str:
         return name.split("/")[-1].split(".")[0]
 
@@ -190,8 +223,10 @@ def _name_hint(extra: list[str], expected: dict[str, str], pred_dir: Path) -> st
     if all("/" not in name for name in extra) and (alike := [n for n in extra if stem(n) in stems]):
         return (f"; {alike[0]} stands for {stems[stem(alike[0])]}: name the files with the data's ending "
                 f"({stems[stem(alike[0])][len(stem(alike[0])):]})")
-    below = {name.split("/")[0] for name in extra if "/" in name and stem(name) in stems}
-    if len(below) == 1 and all(name.split("/", 1)[-1] in expected for name in extra):
+    # nothing scored at the top, and one subfolder holds files of the predictions' ending
+    ending = next(iter(expected))[len(stem(next(iter(expected)))):]
+    below = {name.split("/")[0] for name in extra if name.count("/") == 1 and name.endswith(ending)}
+    if len(below) == 1 and not found & set(expected) and all("/" not in name for name in expected):
         return f"; they are one folder down: --predictions {pred_dir / below.pop()}"
     return ""
 
@@ -220,12 +255,13 @@ def _shape_problem(shape: tuple[int, ...], expected: tuple[int, ...], case, data
     """Why a prediction of ``shape`` is not on its case's grid ``expected``, in the file's own terms: a NIfTI
     volume stores (x, y, z) = (W, H, D), the reverse of the (D, H, W) arrays, and a (z, y, x) array saved as
     it is reads back reversed."""
+    scored = f"test case {case.case_id!r} is scored on"
     if len(expected) == 3 and path.name.lower().endswith((".nii", ".nii.gz")):
         stored, wanted = shape[::-1], expected[::-1]
-        fix = (": a (D, H, W) array saved as it is; save np.transpose(volume, (2, 1, 0))" if stored == expected else "")
-        return f"stored shape {stored}; expected {wanted}, (x, y, z) = (W, H, D){fix}"
+        fix = ("; a (D, H, W) array saved as it is: save np.transpose(volume, (2, 1, 0))" if stored == expected else "")
+        return f"stored shape {stored}, where {scored} (x, y, z) = (W, H, D) = {wanted}{fix}"
     native = f" (or its image's own size {case.label.shape})" if dataset.binary else ""
-    return f"shape {shape}; expected {expected}{native}"
+    return f"shape {shape}, where {scored} {expected}{native}"
 
 
 def _protocol_hint(made_by: dict[str, str], protocol: Protocol) -> str:
@@ -339,8 +375,9 @@ def _render_md(scores: Scores) -> str:
                              "Cases": str(r["n"])} for r in scores.per_class.to_dict("records")])
     run = f" (bench predict of run {s['run_id']})" if s["run_id"] else ""
     fold = f" fold {s['fold']}" if s["fold"] is not None else ""
-    title = (f"{s['predictions']}{run}: {s['n_cases']} cases of {s['dataset']}{fold} ({s['data_root']}) · protocol "
-             f"{s['protocol']} v{s['protocol_version']} ({s['protocol_hash']}"
+    split = f" · split: {s['split'] or DATA_SPLIT}"
+    title = (f"{s['predictions']}{run}: {s['n_cases']} cases of {s['dataset']}{fold} ({s['data_root']}){split} · "
+             f"protocol {s['protocol']} v{s['protocol_version']} ({s['protocol_hash']}"
              f"{', off-protocol' if s['off_protocol'] else ''}) · policy {s['policy']}")
     parts = [title, _md_table(overall), _md_table(classes), *(f"note: {n}" for n in scores.notes)]
     return "\n\n".join(parts) + "\n"

@@ -85,7 +85,8 @@ def test_2d_nnunet_pngs_predicted_then_scored_give_the_record(tmp_path):
 
 
 def test_a_folds_test_cases_are_scored_and_the_fold_said(tmp_path):
-    """--fold K scores fold K's test cases; the output said no fold, so two folds' tables read alike."""
+    """--fold K scores fold K's test cases; the output said no fold, so two folds' tables read alike, nor the
+    split (nnU-Net's folds drawn by bench, or a splits_final.json's), which only the JSON held."""
     import shutil
 
     root = synthesize("nnunet", tmp_path / "data", dims=2, n_cases=5, size=32)
@@ -97,6 +98,7 @@ def test_a_folds_test_cases_are_scored_and_the_fold_said(tmp_path):
     scores = score_predictions(folder, ds, SMOKE)
     assert scores.scored["fold"] == 1 and scores.metrics["dice"] == 1.0
     assert f"{len(ds.test_ids())} cases of " in render(scores, "md") and " fold 1 (" in render(scores, "md")
+    assert f") · split: {ds.split_rule} · protocol" in render(scores, "md") and "KFold" in ds.split_rule
     with pytest.raises(BenchError, match="no test case scored here"):  # fold 0's test cases are others
         score_predictions(folder, open_dataset("nnunet", root, fold=0), SMOKE)
 
@@ -119,9 +121,91 @@ def test_an_nnunet_predict_folder_is_scored_its_other_files_aside(tmp_path):
         (folder / name).write_text("{}")
     scores = score_predictions(folder, ds, SMOKE)
     assert scores.metrics["dice"] == 1.0 and scores.scored["run_id"] is None
+    # the model's dataset.json, as nnUNetv2_predict copies it: the data's labels, scored; other ids refused (liver
+    # and tumor swapped scored DSC 0.8 % where 84.9 % was right, unsaid)
+    meta = json.loads((root / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    assert score_predictions(folder, ds, SMOKE).metrics["dice"] == 1.0
+    (folder / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "lesion": 1, "organ": 2}}))
+    with pytest.raises(BenchError, match=r"nnunet_out/dataset.json \(the model's, as nnUNetv2_predict copies it\): its "
+                                         r"labels \(background 0, lesion 1, organ 2\) are not the data's \(background "
+                                         r"0, organ 1, lesion 2, .*data/dataset.json\)"):
+        score_predictions(folder, ds, SMOKE)
+    (folder / "dataset.json").write_text("{}")
     (folder / f"extra{ds.file_ending}").write_bytes(b"x")
     with pytest.raises(BenchError, match=r"nnunet_out: extra\.png: no test case scored here"):
         score_predictions(folder, ds, SMOKE)
+    for path in folder.glob(f"*{ds.file_ending}"):  # the probabilities alone: said what they are
+        path.unlink()
+    n = 2 * len(ds.test_ids())
+    with pytest.raises(BenchError, match=rf"nnunet_out: no prediction files; .*; its {n} \.npz/\.pkl files \(e\.g\. "
+                                         r".*\) were passed over as probabilities and their pickled properties: "
+                                         r"nnUNetv2_predict writes each case's label map beside them$"):
+        score_predictions(folder, ds, SMOKE)
+
+
+def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored(tmp_path, monkeypatch, capsys):
+    """What nnU-Net users point bench score at: a fold's validation/ folder without --fold (the fold to pass,
+    and where nnU-Net keeps the splits_final.json bench reads beside dataset.json), the fold_K folder itself
+    (beside its checkpoint and logs), predictions of imagesTs, every case (crossval_results_folds_*). Each
+    error names the split scored, which the command says first, as bench run does."""
+    import shutil
+
+    from bench.data.nnunet import crossval_splits
+
+    root = synthesize("nnunet", tmp_path / "Dataset900_Synth", n_cases=5, depth=4, size=16)
+    ds = open_dataset("nnunet", root)
+    (test,) = ds.test_ids()
+    k, case = next((k, f["val"][0]) for k, f in enumerate(crossval_splits(ds.cases)) if f["val"] != [test])
+    fold = tmp_path / "results" / f"fold_{k}"
+    (fold / "validation").mkdir(parents=True)
+    shutil.copyfile(root / "labelsTr" / f"{case}.nii.gz", fold / "validation" / f"{case}.nii.gz")
+    (fold / "validation" / "summary.json").write_text("{}")
+    for name in ("checkpoint_final.pth", "progress.png", "training_log_2024_1_1_00_00_00.txt"):
+        (fold / name).write_bytes(b"x")
+    split = r"scored here: the 1 test case\(s\) of a split drawn by bench \(numpy's default_rng"
+    with pytest.raises(BenchError, match=rf"validation: {case}.nii.gz: no test case scored here; they are validation "
+                                         rf"cases of fold {k} of the 5 folds nnU-Net v2 generates: pass --fold {k} \(no "
+                                         rf"splits_final.json in .*: nnU-Net keeps its folds in nnUNet_preprocessed/"
+                                         rf"Dataset900_Synth/splits_final.json; bench reads that file copied beside "
+                                         rf"dataset.json\); {split}"):
+        score_predictions(fold / "validation", ds, SMOKE)
+    assert score_predictions(fold / "validation", open_dataset("nnunet", root, fold=k), SMOKE).metrics["dice"] == 1.0
+    with pytest.raises(BenchError, match=rf"fold_{k}: checkpoint_final.pth, .*: no test case scored here; they are one "
+                                         rf"folder down: --predictions {re.escape(str(fold / 'validation'))}; {split}"):
+        score_predictions(fold, ds, SMOKE)
+    # the command says the split before the error, as bench run says it
+    proc = run_bench_here(monkeypatch, capsys, "score", "--predictions", fold / "validation", "--dataset", "nnunet",
+                          "--data-root", root, "--protocol", "smoke", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"note: no splits_final.json in {root}; fixed split")
+    # nnU-Net's splits_final.json copied beside dataset.json: its folds are read (here the last tests the case)
+    order = [*(c for c in ds.cases if c != case), case]
+    (root / "splits_final.json").write_text(json.dumps(
+        [{"train": [c for c in ds.cases if c != val], "val": [val]} for val in order]))
+    with pytest.raises(BenchError, match=rf"they are validation cases of fold 4 of {re.escape(str(root))}/"
+                                         r"splits_final.json: pass --fold 4; scored here: the 1 test case\(s\) of "
+                                         r"fold 0 of the data's splits_final.json"):
+        score_predictions(fold / "validation", open_dataset("nnunet", root), SMOKE)
+    (root / "splits_final.json").unlink()
+    # imagesTs/labelsTs: no case bench scores
+    for sub, name in (("imagesTs", "other_000_0000.nii.gz"), ("labelsTs", "other_000.nii.gz")):
+        (root / sub).mkdir()
+        shutil.copyfile(root / ("imagesTr" if sub == "imagesTs" else "labelsTr") / f"{test}{name[9:]}",
+                        root / sub / name)
+    held_out = tmp_path / "imagesTs_pred"
+    held_out.mkdir()
+    shutil.copyfile(root / "labelsTs" / "other_000.nii.gz", held_out / "other_000.nii.gz")
+    with pytest.raises(BenchError, match=r"other_000.nii.gz: no test case scored here; other_000 is a case of "
+                                         r"imagesTs/labelsTs, which bench does not score: it scores test cases drawn "
+                                         rf"from labelsTr; {split}"):
+        score_predictions(held_out, ds, SMOKE)
+    # every case (crossval_results_folds_*): the training cases named so, and no example that is here already
+    every = tmp_path / "crossval_results_folds_0_1_2_3_4"
+    shutil.copytree(root / "labelsTr", every)
+    with pytest.raises(BenchError, match=rf"these 4 are training cases of the split scored: give a folder holding the "
+                                         rf"test cases' predictions only \(no splits_final.json .*\); {split}") as info:
+        score_predictions(every, ds, SMOKE)
+    assert "e.g." not in str(info.value)
 
 
 def test_predictions_of_a_run_under_another_protocol_say_which(tmp_path):
@@ -134,19 +218,22 @@ def test_predictions_of_a_run_under_another_protocol_say_which(tmp_path):
     for case_id in ds.test_ids():
         ds.write_prediction(ds.load_test(case_id), np.zeros((64, 64), np.uint8), folder / ds.prediction_name(case_id))
     (folder / MANIFEST).write_text(json.dumps({"run_id": "run-1", "protocol": "smoke"}))
-    with pytest.raises(BenchError, match=r"shape \(64, 64\); expected \(256, 256\).*; these are bench predict's "
+    with pytest.raises(BenchError, match=r"shape \(64, 64\), where test case '.*' is scored on \(256, 256\) \(or its "
+                                         r"image's own size \(\d+, \d+\)\); these are bench predict's "
                                          r"predictions of run run-1, protocol 'smoke' \(scored here under 'isic17'\): "
                                          r"pass --protocol smoke$"):
         score_predictions(folder, ds, load_protocol("isic17"))
     assert score_predictions(folder, ds, load_protocol("smoke")).scored["run_id"] == "run-1"
     (folder / MANIFEST).write_text(json.dumps({"run_id": "run-1", "protocol": "isic17"}))  # the same: no hint
-    with pytest.raises(BenchError, match=r"is scored on$"):
+    with pytest.raises(BenchError, match=r"is scored on \(256, 256\) \(or its image's own size \(\d+, \d+\)\)$"):
         score_predictions(folder, ds, load_protocol("isic17"))
 
 
-def test_a_volume_off_its_labels_grid_is_refused_by_name(tmp_path):
+def test_a_volume_off_its_images_grid_is_refused_by_name_and_on_it_scored(tmp_path):
     """A prediction reoriented by another tool (RAS), of the label's shape, was scored voxel by voxel
-    against other places of the body: a low DSC, unexplained."""
+    against other places of the body: a low DSC, unexplained. nnU-Net writes a prediction with its IMAGE's
+    geometry (SimpleITK's CopyInformation): where the label's header places the case elsewhere (another
+    origin; nnU-Net's verify only warns), that prediction was refused, saying nnU-Net writes the label's."""
     import nibabel as nib
 
     root = synthesize("nnunet", tmp_path / "data", n_cases=5, depth=4, size=16)
@@ -163,8 +250,19 @@ def test_a_volume_off_its_labels_grid_is_refused_by_name(tmp_path):
     for affine, said in ((np.diag([-1.0, 1.0, 1.0, 1.0]) @ label.affine, "orientation "),
                          (label.affine @ np.diag([2.0, 1.0, 1.0, 1.0]), "spacing (")):
         nib.save(nib.Nifti1Image(data, affine), str(folder / name))
-        with pytest.raises(BenchError, match=rf"{name}: not on the grid of its label file .*\({re.escape(said)}"):
+        with pytest.raises(BenchError, match=rf"{name}: not on the grid of its image .*_0000\.nii\.gz "
+                                             rf"\({re.escape(said)}.*; write it on the image's grid, as nnU-Net does"):
             score_predictions(folder, ds, SMOKE)
+    shifted = label.affine.copy()  # the label 2 mm off its image, the voxels the same
+    shifted[0, 3] += 2.0
+    nib.save(nib.Nifti1Image(data, shifted, label.header), str(root / "labelsTr" / name))
+    image = nib.load(str(root / "imagesTr" / name.replace(".nii.gz", "_0000.nii.gz")))
+    for grid in (image.affine, shifted):  # nnUNetv2_predict's (the image's) and bench predict's (the label's)
+        nib.save(nib.Nifti1Image(data, grid), str(folder / name))
+        assert score_predictions(folder, ds, SMOKE).metrics["dice"] == 1.0
+    nib.save(nib.Nifti1Image(data, shifted @ np.diag([1.0, 1.0, 2.0, 1.0])), str(folder / name))
+    with pytest.raises(BenchError, match=r"not on the grid of its image .*\(spacing \(.*nor on its label file's"):
+        score_predictions(folder, ds, SMOKE)
 
 
 def test_binary_masks_predicted_then_scored_give_the_record_and_native_ones_are_resized(tmp_path):
@@ -256,7 +354,9 @@ def test_what_cannot_be_scored_is_one_line_naming_the_path(tmp_path):
     with pytest.raises(BenchError, match=rf"empty: no prediction files; expected one per test case, named as {ids[0]}"):
         score_predictions(tmp_path / "empty", ds, proto)
     (folder / "notes.txt").write_text("x")
-    with pytest.raises(BenchError, match=r"preds: notes.txt: no test case scored here; expected files named as"):
+    with pytest.raises(BenchError, match=r"preds: notes.txt: no test case scored here; the test cases' files are here "
+                                         r"too: leave the others out; scored here: the 3 test case\(s\) of the data's "
+                                         r"test split$"):
         score_predictions(folder, ds, proto)
     (folder / "notes.txt").unlink()
     with pytest.raises(BenchError, match=rf"{ids[2]}.nii.gz: no test case scored here; protocol 'smoke' scores the "
@@ -272,16 +372,15 @@ def test_what_cannot_be_scored_is_one_line_naming_the_path(tmp_path):
     path = folder / f"{ids[0]}.nii.gz"
     ds.write_prediction(case, case.label[:, :, :-4], path)
     d, h, w = case.label.shape  # a NIfTI stores (x, y, z) = (W, H, D): the file's own terms
-    with pytest.raises(BenchError, match=rf"{ids[0]}.nii.gz: stored shape \({w - 4}, {h}, {d}\); expected "
-                                         rf"\({w}, {h}, {d}\), \(x, y, z\) = \(W, H, D\), the grid test case "
-                                         rf"'{ids[0]}' is scored on"):
+    with pytest.raises(BenchError, match=rf"{ids[0]}.nii.gz: stored shape \({w - 4}, {h}, {d}\), where test case "
+                                         rf"'{ids[0]}' is scored on \(x, y, z\) = \(W, H, D\) = \({w}, {h}, {d}\)$"):
         score_predictions(folder, ds, proto)
     import nibabel as nib  # a (D, H, W) array saved as it is: stored reversed, and said how to fix
 
     nib.save(nib.Nifti1Image(case.label.astype(np.uint8), np.eye(4)), str(path))
-    with pytest.raises(BenchError, match=rf"stored shape \({d}, {h}, {w}\); expected \({w}, {h}, {d}\), \(x, y, z\) = "
-                                         r"\(W, H, D\): a \(D, H, W\) array saved as it is; save "
-                                         r"np\.transpose\(volume, \(2, 1, 0\)\)"):
+    with pytest.raises(BenchError, match=rf"stored shape \({d}, {h}, {w}\), where test case '{ids[0]}' is scored on "
+                                         rf"\(x, y, z\) = \(W, H, D\) = \({w}, {h}, {d}\); a \(D, H, W\) array saved "
+                                         r"as it is: save np\.transpose\(volume, \(2, 1, 0\)\)$"):
         score_predictions(folder, ds, proto)
     ds.write_prediction(case, np.where(case.label == 1, ds.num_classes, case.label), path)
     with pytest.raises(BenchError, match=rf"{ids[0]}.nii.gz: label values \[{ds.num_classes}\] outside 0..8"):
@@ -492,6 +591,7 @@ def test_the_command_prints_a_table_writes_csv_and_json_and_fails_in_one_line(tm
     classes = md_rows(proc.stdout, "Class")
     assert [r["Class"] for r in classes[:3]] == ["Aorta", "Gallbladder", "Kidney(L)"] and len(classes) == 8
     assert "policy legacy-synapse" in proc.stdout and "2 cases of synapse" in proc.stdout
+    assert " · split: the data's test split · " in proc.stdout and "note:" not in proc.stderr  # Synapse's own lists
 
     run_bench_here(monkeypatch, capsys, *base, "--out", tmp_path / "x.csv")
     import pandas as pd

@@ -61,7 +61,10 @@ def score(
     fmt = out_format(format, out, {".csv": ("csv",), ".json": ("json",), ".md": ("md",)})
     if out is not None:  # before the cases are scored
         out = check_out_file(out, f"scores.{fmt}")
-    scores = score_predictions(predictions, open_dataset(name, data_root, fold), proto, policy)
+    data = open_dataset(name, data_root, fold)
+    for note in data.notes:  # which split is scored, as bench run says it: before any error about the cases
+        _echo_err(f"note: {note}")
+    scores = score_predictions(predictions, data, proto, policy)
     text = render(scores, fmt)
     if fmt != "md":  # the table says them
         for note in scores.notes:

@@ -285,6 +285,17 @@ class SegDataset:
         name = self.prediction_name(case_id)
         return (name, f"{case_id}{self.mask_suffix}{name[len(case_id):]}") if self.mask_suffix else (name,)
 
+    def unscored_hint(self, extra: list[str], held: list[str]) -> str:
+        """Whose files ``extra`` (names in a prediction folder that are no test case scored here, beside the
+        files of the scored cases ``held``) are, in the words of the data's own tools, with the remedy; ""
+        where the reader knows no more (``bench score``; the nnU-Net reader names folds, imagesTs)."""
+        return ""
+
+    def prediction_folder_problem(self, folder: Path) -> str | None:
+        """Why the files another tool wrote beside its predictions in ``folder`` say they are of other data
+        than this (``bench score``), or None."""
+        return None
+
     def read_prediction(self, path: Path, greyed: list[Path] | None = None) -> np.ndarray:
         """A label map as ``write_prediction`` writes one (``bench score`` reads those made elsewhere): class
         ids from a NIfTI volume (D, H, W) or a PNG; a binary task's 0/255 mask as 0/1. A PNG stored in colour

@@ -292,16 +292,19 @@ def label_path(root: Path, case: str, ending: str) -> Path:
     return root / "labelsTr" / f"{case}{ending}"
 
 
-def check_same_grid(path: Path, ref: Path) -> None:
-    """BenchError unless the NIfTI at ``path`` has the affine of ``ref`` (its label file), to 1e-3 mm:
-    naming what differs (orientation, spacing, origin) and how to put it right."""
+def check_same_grid(path: Path, image: Path, label: Path) -> None:
+    """BenchError unless the NIfTI at ``path`` has the affine of its case's ``image`` (``_0000``: nnU-Net's
+    writer copies the image's geometry) or of its ``label`` file, to 1e-3 mm (where the two headers differ,
+    the arrays are still used voxel for voxel): naming what differs from the image (orientation, spacing,
+    origin) and how to put it right."""
     import nibabel as nib
 
-    with reading(path, "a NIfTI volume"):
-        mine = nib.load(str(path)).affine
-    with reading(ref, "a NIfTI volume"):
-        theirs = nib.load(str(ref)).affine
-    if np.allclose(mine, theirs, rtol=0, atol=1e-3):
+    affines = []
+    for file in (path, image, label):
+        with reading(file, "a NIfTI volume"):
+            affines.append(nib.load(str(file)).affine)
+    mine, theirs, labels = affines
+    if any(np.allclose(mine, a, rtol=0, atol=1e-3) for a in (theirs, labels)):
         return
     axes = ["".join(nib.aff2axcodes(a)) for a in (mine, theirs)]
     zooms = [tuple(round(float(z), 4) for z in np.linalg.norm(a[:3, :3], axis=0)) for a in (mine, theirs)]
@@ -309,9 +312,9 @@ def check_same_grid(path: Path, ref: Path) -> None:
             f"spacing {zooms[0]}, not {zooms[1]}" if not np.allclose(zooms[0], zooms[1], atol=1e-3) else
             f"origin {tuple(round(float(v), 3) for v in mine[:3, 3])}, "
             f"not {tuple(round(float(v), 3) for v in theirs[:3, 3])}")
-    raise BenchError(f"{path}: not on the grid of its label file {ref} ({what}): its voxels would be scored against "
-                     "other places; write it on the label's grid, as nnU-Net does (an array already on that grid "
-                     "with a wrong header: save it with the label file's affine and header)")
+    raise BenchError(f"{path}: not on the grid of its image {image} ({what}), nor on its label file's: its voxels "
+                     "would be scored against other places; write it on the image's grid, as nnU-Net does (an array "
+                     "already on that grid with a wrong header: save it with the image's affine and header)")
 
 
 def read_case(root: Path, case: str, ending: str, n_channels: int,
@@ -904,13 +907,75 @@ class NnUNetDataset(SegDataset):
         return f"{case_id}{self.file_ending}"  # nnU-Net's own: nnUNetv2_evaluate_folder pairs it with labelsTr
 
     def read_prediction(self, path: Path, greyed: list[Path] | None = None) -> np.ndarray:
-        """As ``SegDataset.read_prediction``; a volume must lie on its label file's grid (its affine): the
-        same shape in another orientation (a tool that reoriented it to RAS) would be scored voxel by
-        voxel against another place of the body, unsaid."""
+        """As ``SegDataset.read_prediction``; a volume must lie on its image's grid (its affine), as nnU-Net
+        writes it, or on its label file's, as bench predict does: the same shape in another orientation (a
+        tool that reoriented it to RAS) would be scored voxel by voxel against another place of the body,
+        unsaid."""
         pred = super().read_prediction(path, greyed)
         if self.volumes:
-            check_same_grid(path, label_path(self.root, path.name[: -len(self.file_ending)], self.file_ending))
+            case = path.name[: -len(self.file_ending)]
+            check_same_grid(path, channel_path(self.root, case, 0, self.file_ending),
+                            label_path(self.root, case, self.file_ending))
         return pred
+
+    def unscored_hint(self, extra: list[str], held: list[str]) -> str:
+        """As ``SegDataset.unscored_hint``, where every name in ``extra`` is a case's prediction
+        (``<case><ending>``): all the cases found (``held`` too) are in one cross-validation fold's validation
+        cases (an nnU-Net fold's ``validation/`` folder: the --fold to pass), or cases of imagesTs/labelsTs
+        (which bench does not score), or training cases of the split scored (nnU-Net's
+        ``crossval_results_folds_*``, which holds every case)."""
+        n = len(self.file_ending)
+        if not extra or not all("/" not in name and name.endswith(self.file_ending) for name in extra):
+            return ""
+        ids = [name[:-n] for name in extra]
+        # no splits_final.json: bench draws nnU-Net's default folds; one of the user's own is elsewhere
+        copy = ("" if self.has_split_file else f" (no splits_final.json in {self.root}: nnU-Net keeps its folds in "
+                f"nnUNet_preprocessed/{self.root.resolve().name}/splits_final.json; bench reads that file copied "
+                "beside dataset.json)")
+        try:
+            folds = self._splits_file() or crossval_splits(self.cases)
+        except BenchError:  # fewer cases than folds: no fold to name
+            folds = []
+        found = {*ids, *held}
+        fold = next((k for k, f in enumerate(folds) if found <= set(f["val"])), None)
+        if fold is not None and fold != self.fold:
+            source = (str(self.root / "splits_final.json") if self.has_split_file else
+                      f"the {N_FOLDS} folds nnU-Net v2 generates")
+            return f"; they are validation cases of fold {fold} of {source}: pass --fold {fold}{copy}"
+        known = set(self.cases)
+        outside = [c for c in ids if c not in known]
+        held_out = [c for c in outside if (self.root / "labelsTs" / f"{c}{self.file_ending}").is_file()
+                    or (self.root / "imagesTs" / f"{c}_0000{self.file_ending}").is_file()]
+        if held_out and len(held_out) == len(outside):
+            return (f"; {few(held_out)} {'is a case' if len(held_out) == 1 else 'are cases'} of imagesTs/labelsTs, "
+                    "which bench does not score: it scores test cases drawn from labelsTr")
+        train = set(self._train_cases)
+        trained = [c for c in ids if c in train]
+        if trained and len(trained) == len(ids):
+            return (f"; {'it is a training case' if len(ids) == 1 else f'these {len(ids)} are training cases'} of "
+                    f"the split scored: give a folder holding the test cases' predictions only{copy}")
+        return ""
+
+    def prediction_folder_problem(self, folder: Path) -> str | None:
+        """Where ``folder`` holds the model's ``dataset.json`` (nnUNetv2_predict copies it beside its
+        predictions) and its ``labels`` map names to other ids than this data's: the ids would be scored as
+        other classes (a swapped liver and tumor read as DSC 1 % for 85 %)."""
+        path = folder / "dataset.json"
+        try:
+            theirs = _label_map(json.loads(path.read_text(encoding="utf-8"))["labels"], path)
+        except (OSError, ValueError, KeyError, TypeError, BenchError):  # none, or no labels: nothing to compare
+            return None
+        ours = self.meta["labels"]
+        if theirs == ours:
+            return None
+
+        def said(labels: dict[str, int]) -> str:
+            return ", ".join(f"{name} {i}" for name, i in sorted(labels.items(), key=lambda kv: kv[1]))
+
+        return (f"{path} (the model's, as nnUNetv2_predict copies it): its labels ({said(theirs)}) are not the data's "
+                f"({said(ours)}, "
+                f"{self.root / 'dataset.json'}): its ids would be scored as other classes; score it against the "
+                "data the model was trained on")
 
     def write_prediction(self, case: Case, pred: np.ndarray, path: Path) -> None:
         """As nnU-Net writes a prediction: the file ending of the data; volumes carry the geometry
