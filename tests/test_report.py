@@ -188,17 +188,18 @@ def test_paper_columns_and_labels_for_latex(runs, tmp_path):
                       "Kidney(L) & Kidney(R) & Liver & Pancreas & Spleen & Stomach \\\\")
     assert "\\begin{tabular}{lrrrrrrrrrr}" in tex and "95\\% CI" not in tex
     # each column's best mean in bold (vmunet: DSC 82, HD95 19, every organ), per-class cells as means;
-    # a board of one model bolds nothing
+    # a board of one model bolds nothing; 2 test cases separate nothing (†)
     board = tex[tex.index("synapse $\\cdot$ protocol synapse v1"):]
     vm = next(line for line in board.splitlines() if line.startswith("vmunet &"))
-    assert vm == "vmunet & \\textbf{82.00 $\\pm$ 2.00} & \\textbf{19.00 $\\pm$ 1.00} & " + \
+    assert vm == "vmunet & \\textbf{82.00 $\\pm$ 2.00 $^\\dagger$} & \\textbf{19.00 $\\pm$ 1.00 $^\\dagger$} & " + \
         " & ".join(["\\textbf{82.00}"] * 8) + " \\\\"
     un = next(line for line in board.splitlines() if line.startswith("unet &"))
     assert un.split(" & ")[3] == "69.00" and "textbf" not in un  # aorta: (0.60 + 0.78) / 2, no ± std
-    assert "Bold: each column's best mean; per-class cells are means." in board.split("\\label")[0]
+    assert "Bold: each column's best mean, tested against the runner-up" in board.split("\\label")[0]
+    assert "untested (best mean only): the per-class columns; per-class cells are means." in board.split("\\label")[0]
     assert "textbf" not in tex[:tex.index("synapse $\\cdot$")] and "Bold:" not in tex[:tex.index("synapse $\\cdot$")]
     md = render(runs, "md", load(tmp_path, level="case"), columns=parse_columns("paper"))
-    assert "| vmunet  | **82.00 ± 2.00** |" in md
+    assert "| vmunet  | **82.00 ± 2.00 †** |" in md
     labels = re.findall(r"\\label\{([^}]*)\}", tex)
     assert labels == ["tab:isic17-isic17-legacy-isic-paper-metrics-classes",
                       "tab:synapse-synapse-legacy-synapse-paper-metrics-classes",
@@ -1636,6 +1637,54 @@ def test_paper_layout_bolds_ties_as_printed_and_keeps_hd95_of_one_class_softmax_
     assert " DSC in %" in md  # the caption names the metrics shown
 
 
+def test_paper_bold_is_tested_against_the_runner_up(tmp_path):
+    """A review: --columns paper bolded the best mean where the report's own paired tests could not tell it
+    from the runner-up (3 test cases: no Wilcoxon p below 0.25). The bold stays the best mean; the caption
+    gives its paired test against the runner-up, a † marks p >= 0.05, and without case rows it says untested."""
+    for n, folder in ((3, "few"), (8, "many")):
+        for model, dice, hd in (("vmunet", 0.80, 20.0), ("unet", 0.70, 25.0)):
+            write_record(make_record(model, seed=0, dice=dice, hd95=hd, n_cases=n), tmp_path / folder)
+    paper = parse_columns("paper")
+    few = render(load(tmp_path / "few"), "md", load(tmp_path / "few", level="case"), columns=paper)
+    vm = next(r for r in md_rows(few, "Model") if r["Model"] == "vmunet")
+    assert vm["DSC ↑ (%)"] == "**80.00 †**" and vm["HD95 ↓"] == "**20.00 †**" and vm["Aorta"] == "**80.00**"
+    assert ("DSC p = 0.25 † against unet over 3 cases; HD95 p = 0.25 † against unet over 3 cases; †: p >= 0.05, "
+            "these cases do not separate it from the runner-up; untested (best mean only): the per-class columns"
+            in few)
+    many = render(load(tmp_path / "many"), "md", load(tmp_path / "many", level="case"), columns=paper)
+    vm = next(r for r in md_rows(many, "Model") if r["Model"] == "vmunet")
+    assert vm["DSC ↑ (%)"] == "**80.00**" and "DSC p = 0.00781 against unet over 8 cases" in many
+    untested = render(load(tmp_path / "many"), "md", columns=paper)  # no case rows: no test
+    assert "Bold: each column's best mean, untested (no paired test against the runner-up)." in untested
+    assert "†" not in untested
+    tex = render(load(tmp_path / "few"), "latex", load(tmp_path / "few", level="case"), columns=paper)
+    assert "\\textbf{80.00 $^\\dagger$}" in tex
+
+
+def test_paper_bold_leaves_out_a_model_that_found_nothing_from_spe_and_acc(tmp_path):
+    """A review: Spe 100.00 went in bold to a model predicting background everywhere (DSC 0); a column
+    with no row to bold said nothing of why."""
+    write_record(make_record("unet", dataset="isic17", seed=0, dice=0.70), tmp_path)
+    empty = make_record("vmunet", dataset="isic17", seed=0, dice=0.0)
+    for row in empty["per_case"]:  # background everywhere: every lesion missed, every background pixel right
+        row.update(tp=0, fp=0, fn=1_000_000, tn=19_000_000, n_pred=0, empty="ref_only", dice=0.0, iou=0.0, sen=0.0,
+                   spe=1.0, acc=0.95)
+    empty["metrics"].update(spe=1.0, acc=0.95, sen=0.0)
+    write_record(empty, tmp_path)
+    md = render(load(tmp_path), "md", columns=parse_columns("paper"))
+    rows = {r["Model"]: r for r in md_rows(md, "Model")}
+    assert rows["vmunet"]["Spe ↑ (%)"] == "100.00" and rows["unet"]["Spe ↑ (%)"].startswith("**")
+    assert "Bold: each column's best mean (Spe and Acc among the models that found some structure)" in md
+    # legacy-synapse: every model missed an organ somewhere, so no HD95 is bold, and the caption says why
+    for model, dice in (("unet", 0.7), ("vmunet", 0.8)):
+        rec = make_record(model, seed=0, dice=dice, hd95=10.0 if model == "unet" else 20.0)
+        rec["per_case"][0]["empty"] = "ref_only"
+        write_record(rec, tmp_path / "missed")
+    md = render(load(tmp_path / "missed"), "md", columns=parse_columns("paper"))
+    assert "**" not in "".join(r["HD95 ↓"] for r in md_rows(md, "Model"))
+    assert "HD95: no bold, every model missed some structure, which its policy scores HD95 0" in md
+
+
 def test_a_rescored_board_names_the_code_that_scored_it(tmp_path):
     """A review: a strict board rescored at another commit named the training's code as its numbers'."""
     rec = make_record("unet", seed=0)
@@ -1745,7 +1794,8 @@ def test_a_hand_edited_aggregate_is_recomputed_from_its_case_rows_and_said(tmp_p
     assert sum("case rows do not give" in str(w.message) for w in caught) == 1  # once, the isic record silent
     isic, synapse = text.split("## synapse")
     rows = {r["Model"]: r for r in md_rows(synapse, "Model")}
-    assert rows["unet"]["DSC ↑ (%)"] == "30.00" and rows["vmunet"]["DSC ↑ (%)"] == "**50.00**"
+    # † : 2 test cases cannot separate the best from the runner-up
+    assert rows["unet"]["DSC ↑ (%)"] == "30.00" and rows["vmunet"]["DSC ↑ (%)"] == "**50.00 †**"
     assert f"Restated: the stored numbers of 1 record(s) do not match their own case rows (records/{edited['run_id']}" \
            ".json: dice 0.8 stored, 0.3 from the case rows); this board shows the numbers recomputed" in text
     assert "Restated" not in isic
