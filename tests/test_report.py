@@ -756,6 +756,28 @@ def test_the_few_cases_caution_is_where_no_p_can_reach_005(tmp_path, n_cases, ca
     assert (text in sig) is caution
 
 
+@pytest.mark.parametrize("n_cases, caution", [(9, True), (10, False)])
+def test_a_bootstrap_ci_over_few_cases_and_a_test_over_few_seeds_say_so(tmp_path, n_cases, caution):
+    """A review: with 3 test cases the percentile bootstrap has 10 distinct resamples, yet its CIs were
+    shown as any others; the paired tests over one or two seeds lacked the rank table's "for these trained
+    runs". Under 10 cases the caption cautions (stats.FEW_CI_CASES); under 3 seeds the tests' caption says so."""
+    ref = [0.70 + 0.02 * i for i in range(n_cases)]
+    _per_case_dice_runs(tmp_path, {"unet": ref, "vmunet": [d + 0.01 for d in ref]})
+    text = write_report(tmp_path, reference="unet")
+    board, sig = text.split("## Significance")
+    distinct = math.comb(2 * n_cases - 1, n_cases)  # resamples of n cases with replacement, as multisets
+    said = f"Caution: with {n_cases} test cases the bootstrap has {distinct} distinct resamples"
+    assert (said in board) is caution and "95% CI: percentile bootstrap" in board
+    assert "For these trained runs: with 1 seed per model (the fewest here), p counts the test cases" in sig
+    for seed in (1, 2):  # three seeds each: the caveat goes
+        for model, dices in (("unet", ref), ("vmunet", [d + 0.01 for d in ref])):
+            rec = make_record(model, seed=seed, n_cases=n_cases)
+            for row in rec["per_case"]:
+                row["dice"] = dices[int(row["case"][-4:])]
+            write_record(restate(rec), tmp_path)
+    assert "For these trained runs" not in write_report(tmp_path, reference="unet").split("## Significance")[1]
+
+
 def test_a_run_that_did_not_finish_feeds_no_statistic(tmp_path):
     """A record whose status is not "finished" is off the board, and so off its CI, paired tests,
     ranks and case rows (they took it in: a CI beside the board value that did not contain it)."""

@@ -11,6 +11,7 @@ import pandas as pd
 from bench.errors import BenchError, did_you_mean, few
 from bench.names import name_list
 from bench.protocol import builtin_difference
+from bench.stats import ci_caution
 from bench.records import CASE_COLUMNS, RUN_ID_COLUMNS, short_commit
 from bench.report.boards import METRICS, _joined, class_display
 from bench.report.costs import _g
@@ -384,7 +385,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
                  f"under the board's policy, then averaged over {over}): how much the test set moves these trained "
                  "models' number" + ("." if single else f"; the spread between "
                                          f"{'runs' if CV_LABEL in key.dataset else 'seeds'} is the ± std, not part "
-                                         "of the CI."))
+                                         "of the CI.")) + ci_caution(a.get("ci_cases", 0))
     if paper_layout(columns):
         note += _bold_note(key, board, _display_table(board, columns) if table is None else table, single)
     return title, note

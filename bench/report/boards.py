@@ -400,6 +400,8 @@ def join_ci(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.Data
         cases = groups.get(key)
         if cases is None:
             continue
+        # the fewest cases a row's bootstrap resampled: its caption's caution (stats.ci_caution)
+        board.attrs["ci_cases"] = int(cases.groupby("model_label")["case"].nunique().min())
         for metric in CI_METRICS:
             if f"{metric}_mean" not in board or cases[metric].notna().sum() == 0:
                 continue
