@@ -634,6 +634,30 @@ def test_cost_table_shows_throughput_where_measured():
     assert "throughput_fps" not in tables["Cost · input 1x3x224x224 · fp32 · cpu x1"].columns
 
 
+def test_a_noisy_latency_is_marked_and_the_timed_forwards_counted():
+    """A review: latencies timed on a busy machine (p90 2.7× the median) sat in the cost table as any
+    other, and the table never said how many forwards were timed."""
+    from bench.report import cost_tables, render_cost_latex, render_cost_md
+
+    base = {"family": "cnn", "input_shape": "1x3x64x64", "macs": 5e7, "paper_macs": 5e7, "params": 1e5,
+            "paper_params": 1e5, "scan_macs": 0.0, "paper_macs_missing_pct": 0.0, "fvcore_macs": 5e7,
+            "precision": "fp32", "channels_last": False, "compiled": False, "fingerprint": "cpu x2",
+            "scan_backend": None, "timed_iters": 5, "fps": 3.1}
+    rows = [{**base, "model": "unet", "latency_ms_median": 324.0, "latency_ms_p90": 865.0},  # 2.67×
+            {**base, "model": "transunet", "latency_ms_median": 100.0, "latency_ms_p90": 200.0}]  # 2× exactly: not
+    (table,) = cost_tables(pd.DataFrame(rows)).values()
+    assert dict(zip(table["model"], table["latency_ms_median"])) == {"unet": "324.00 (noisy)", "transunet": "100.00"}
+    assert list(table["timed_iters"]) == ["5", "5"]
+    noisy = "\"(noisy)\": the p90 latency is over 2× the median"
+    assert noisy in render_cost_md(pd.DataFrame(rows)) and "timed_iters: how many were timed" in render_cost_md(
+        pd.DataFrame(rows))
+    paper = render_cost_latex(pd.DataFrame(rows), paper=True)
+    assert "Timed forwards per model: 5." in paper and "324.00 (noisy)" in paper
+    assert "over 2$\\times$ the median" in paper
+    quiet = [{**r, "latency_ms_p90": r["latency_ms_median"] * 1.2} for r in rows]
+    assert "noisy" not in render_cost_md(pd.DataFrame(quiet))
+
+
 def test_cost_rows_of_one_model_in_several_configurations_are_told_apart():
     from bench.report import cost_tables
 
