@@ -1731,15 +1731,20 @@ def test_paper_bold_leaves_out_a_model_that_found_nothing_from_spe_and_acc(tmp_p
     assert "HD95: no bold, every model missed some structure, which its policy scores HD95 0" in md
 
 
-def test_a_rescored_board_names_the_code_that_scored_it(tmp_path):
-    """A review: a strict board rescored at another commit named the training's code as its numbers'."""
+def _trained_and_rescored_at_another_commit(folder) -> None:
+    """A unet run (make_record's commit) and its strict rescore, scored at commit fedcba98..."""
     rec = make_record("unet", seed=0)
-    write_record(rec, tmp_path)
+    write_record(rec, folder)
     rescored = make_record("unet", seed=0, run_id=f"{rec['run_id']}.strict")
     rescored.update(policy="strict", rescored_from=rec["run_id"],
                     rescored_with={"git_commit": "fedcba9876543210fedcba9876543210fedcba98", "code_digest": None,
                                    "device": rec["device"], "packages": {}})
-    write_record(rescored, tmp_path)
+    write_record(rescored, folder)
+
+
+def test_a_rescored_board_names_the_code_that_scored_it(tmp_path):
+    """A review: a strict board rescored at another commit named the training's code as its numbers'."""
+    _trained_and_rescored_at_another_commit(tmp_path)
     md = render(load(tmp_path), "md")
     strict = md[md.index("policy strict"):]
     # the numbers' code and the weights' code, both
@@ -1897,6 +1902,24 @@ def test_a_modified_copy_of_a_built_in_protocol_says_so_in_its_title(tmp_path):
         in write_report(tmp_path / "old")
     same = write_report(tmp_path / "same")
     assert f"protocol smoke v{smoke.version} ({smoke.hash}) · policy" in same and "built-in:" not in same
+
+
+def test_the_cases_csv_names_each_runs_code_and_first_policy_and_the_board_csv_its_training_device(tmp_path):
+    """A review: `--format cases` rows had no code version nor rescored_from_policy, which the board CSV has
+    per row, so rows from other code or a rescore could not be told apart elsewhere; the board CSV's
+    train_time_s did not say on which device (and CPU threads) it was taken."""
+    _trained_and_rescored_at_another_commit(tmp_path)
+    cases = pd.read_csv(io.StringIO(write_report(tmp_path, "cases")), keep_default_na=False)
+    assert list(cases.columns).index("case") == list(cases.columns).index("rescored_from_policy") + 1
+    per_run = cases.drop_duplicates("run_id").set_index("policy")
+    trained = "0123456789abcdef0123456789abcdef01234567"
+    assert per_run.loc["legacy-synapse", ["code", "rescored_from_policy"]].tolist() == [trained, ""]
+    assert per_run.loc["strict", ["code", "rescored_from_policy"]].tolist() == [
+        f"{trained}; fedcba9876543210fedcba9876543210fedcba98", "legacy-synapse"]
+    assert render(load(tmp_path), "cases", load(tmp_path, level="case")) == write_report(tmp_path, "cases")
+    board = pd.read_csv(io.StringIO(write_report(tmp_path, "csv")), keep_default_na=False)
+    assert set(board["train_device"]) == {"cpu: AMD EPYC 7763 x2"}  # make_record's device, its threads
+    assert list(board.columns).index("train_device") == list(board.columns).index("train_time_s") + 1
 
 
 def test_a_rescored_board_says_so_in_its_caption_and_csv(tmp_path):

@@ -13,10 +13,10 @@ from bench.names import name_list
 from bench.protocol import builtin_difference
 from bench.stats import ci_caution
 from bench.records import CASE_COLUMNS, RUN_ID_COLUMNS, short_commit
-from bench.report.boards import METRICS, _joined, class_display
+from bench.report.boards import METRICS, _code_versions, _joined, _rescored_from, class_display
 from bench.report.costs import _g
 from bench.report.formats import ReportFormat
-from bench.report.labels import CV_LABEL, BoardKey, label_cases
+from bench.report.labels import CV_LABEL, BoardKey, label_cases, label_runs
 from bench.report.tables import _align, _latex_table, _md_table
 
 
@@ -607,13 +607,36 @@ def _check_format(fmt: str) -> str:
     return fmt
 
 
-def render_cases(df_cases: pd.DataFrame | None) -> str:
+def render_cases(df_cases: pd.DataFrame | None, df_runs: pd.DataFrame | None = None) -> str:
     """The ``cases`` format: every run × case × class row (``records.load(level="case")``) as CSV,
     led by the run's board and model labels, so any statistic can be recomputed elsewhere (R's
     challengeR, a spreadsheet) on the rows behind a board; the per-test-set boards of polyp and
-    isic_all runs take the rows whose ``case`` starts with "<set>/"."""
+    isic_all runs take the rows whose ``case`` starts with "<set>/". With ``df_runs`` (``records.load``),
+    each row's run also gives ``code`` and ``rescored_from_policy`` before the case columns, as the
+    board CSV has them per row (``_run_provenance``)."""
+    extra = [] if df_runs is None else _RUN_PROVENANCE
     if df_cases is None or df_cases.empty:
-        return ",".join(["board_dataset", "board_protocol", "model_label", *RUN_ID_COLUMNS, *CASE_COLUMNS]) + "\n"
+        lead = ["board_dataset", "board_protocol", "model_label"]
+        return ",".join([*lead, *RUN_ID_COLUMNS, *extra, *CASE_COLUMNS]) + "\n"
     df = label_cases(df_cases)
+    if df_runs is not None:
+        df = df.merge(_run_provenance(df_runs), on="run_id", how="left")
     lead = ["board_dataset", "board_protocol", "model_label"]
-    return df[lead + [c for c in df.columns if c not in lead]].to_csv(index=False, lineterminator="\n")
+    rest = [c for c in df.columns if c not in lead + extra]
+    at = rest.index("case") if "case" in rest else len(rest)  # the run's columns, then the case's
+    return df[lead + rest[:at] + extra + rest[at:]].to_csv(index=False, lineterminator="\n")
+
+
+_RUN_PROVENANCE = ["code", "rescored_from_policy"]
+
+
+def _run_provenance(df_runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run: ``code``, the bench versions it trained and was scored under (``_code_versions`` over its
+    board's runs, each run a row of its own, so versions are named as its board's CSV names them), and
+    ``rescored_from_policy`` (``_rescored_from``: "?" where its first record is gone)."""
+    out = []
+    for _, runs in label_runs(df_runs).groupby(["board_dataset", "board_protocol", "policy"], sort=False):
+        code = _code_versions(runs.assign(model_label=runs["run_id"]))
+        out += [{"run_id": r, "code": _row_code(code, r),
+                 "rescored_from_policy": _rescored_from(runs[runs["run_id"] == r])} for r in runs["run_id"]]
+    return pd.DataFrame(out, columns=["run_id", *_RUN_PROVENANCE])
