@@ -339,7 +339,11 @@ def _timed_profiles(profiles: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     first = timed.iloc[0]
     layout = (" · channels_last" if _true(first["channels_last"]) else "") + (
         " · compiled" if _true(first["compiled"]) else "")
-    return timed, f"{fingerprint} · {first['precision']}{layout}"
+    classes = sorted({str(c["num_classes"]) for c in timed.get("model_config", []) if isinstance(c, dict)
+                      and "num_classes" in c})
+    shapes = ", ".join(sorted(set(timed["input_shape"].dropna().astype(str)))) if "input_shape" in timed else ""
+    inputs = f"input {shapes or '?'}" + (f" ({'/'.join(classes)} class{'es' * (classes != ['1'])})" if classes else "")
+    return timed, f"{inputs} · {fingerprint} · {first['precision']}{layout}"
 
 
 @_styled
@@ -350,20 +354,17 @@ def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, ou
 
     GMACs are the boards' (``bench.report.join_cost``: the records' own counts, else the profile
     of the same model and configuration); latency comes from a ``bench profile`` row of the same
-    model and configuration, input size included (``bench.report.cost_key``), with the most common
-    device fingerprint, named in the title. A cost of another size or configuration is never shown
-    for a run (patch runs are keyed by their patch's largest side, as their models are built). Error bars: std over seeds. The Pareto front
+    model and configuration, input size included (``bench.report.cost_key``), among the profiles at the
+    board's own input, channels and classes where there are some (``bench.report.same_input``), with
+    their most common device fingerprint; the title names that input and fingerprint. A cost of another
+    size or configuration is never shown for a run (patch runs are keyed by their patch's largest side, as their models are built). Error bars: std over seeds. The Pareto front
     (higher DSC, lower cost) is drawn as a step line with ringed markers. Points with a missing
     cost or DSC are left out; an axis without points writes no file.
     """
-    from bench.report import cost_key, join_cost, leaderboards, scan_mark
+    from bench.report import cost_key, join_cost, leaderboards, same_input, scan_mark
 
     out_dir = Path(out_dir)
     profiles = df_profiles if df_profiles is not None else pd.DataFrame(columns=["model", "input_shape"])
-    timed, timed_title = _timed_profiles(profiles) if not profiles.empty else (profiles[:0], "")
-    latency_of = {cost_key(m, c): (float(v), scan_mark(b)) for m, c, v, b in
-                  zip(timed.get("model", []), timed.get("model_config", []), timed.get("latency_ms_median", []),
-                      timed.get("scan_backend", []))}
     boards = leaderboards(df_runs)
     join_cost(boards, profiles)
     colour_of = model_colours([m for board in boards.values() for m in board["model"]], colours)
@@ -372,6 +373,12 @@ def accuracy_vs_cost(df_runs: pd.DataFrame, df_profiles: pd.DataFrame | None, ou
         if "dice_mean" not in board:
             continue
         gmacs = pd.to_numeric(board["macs"], errors="coerce") / 1e9 if "macs" in board else [math.nan] * len(board)
+        # the board's own input (size, channels, classes) where profiled: another's is another model's speed
+        timed, timed_title = (_timed_profiles(same_input(profiles, board["model_config"])) if not profiles.empty
+                              else (profiles[:0], ""))
+        latency_of = {cost_key(m, c): (float(v), scan_mark(b)) for m, c, v, b in
+                      zip(timed.get("model", []), timed.get("model_config", []), timed.get("latency_ms_median", []),
+                          timed.get("scan_backend", []))}
         timing = [latency_of.get(cost_key(m, c), (math.nan, "")) for m, c in zip(board["model"], board["model_config"])]
         std = board["dice_std"] if "dice_std" in board else pd.Series(math.nan, index=board.index)
         plain = board["model"].tolist()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bench.plots import _board_slug, _slug, pareto_front, write_plots
@@ -183,6 +184,28 @@ def test_accuracy_vs_cost_skips_axes_without_points(results, tmp_path):
     svgs = {p.name.split("__")[0]: p.read_text() for p in accuracy_vs_cost(df_runs, prof, tmp_path / "s", fmt="svg")}
     assert "not shown, without this cost measured like the others: transunet, vmunet" in svgs["dsc_vs_latency"]
     assert "(of those shown)" in svgs["dsc_vs_latency"] and "not shown" not in svgs["dsc_vs_params"]
+
+
+def test_latency_comes_from_profiles_at_the_boards_input(tmp_path):
+    """A review: the DSC-vs-latency plot took the folder's most common fingerprint, so an ISIC board (3
+    channels, 1 class) was plotted with timings of Synapse's models (1 channel, 9 classes) on another
+    machine. Profiles at the board's input are taken where there are some, and the title names the input."""
+    from bench.plots import accuracy_vs_cost
+    from bench.records import load
+
+    isic = {"img_size": 64, "in_chans": 3, "num_classes": 1}
+    for model in ("unet", "vmunet"):
+        write_record(make_record(model, dataset="isic17", model_config=isic), tmp_path)
+    profiles = []
+    for model in ("unet", "vmunet", "transunet"):  # Synapse's input, the most common fingerprint
+        profiles.append({**_profile(model, "cnn", 1e9, 1_000_000, 10.0, "cpu x1"), "input_shape": "1x1x64x64",
+                         "model_config": {"img_size": 64, "in_chans": 1, "num_classes": 9}})
+    for model in ("unet", "vmunet"):  # the board's own input, timed elsewhere
+        profiles.append({**_profile(model, "cnn", 1e9, 1_000_000, 500.0, "cpu x2"), "input_shape": "1x3x64x64",
+                         "model_config": isic})
+    paths = accuracy_vs_cost(load(tmp_path), pd.DataFrame(profiles), tmp_path / "p", fmt="svg")
+    svg = next(p for p in paths if p.name.startswith("dsc_vs_latency")).read_text()
+    assert "input 1x3x64x64 (1 class) · cpu x2" in svg and "cpu x1" not in svg
 
 
 @pytest.mark.parametrize("config", [{"img_size": 64}, {"img_size": 224, "base_c": 8}])

@@ -188,17 +188,18 @@ def test_paper_columns_and_labels_for_latex(runs, tmp_path):
                       "Kidney(L) & Kidney(R) & Liver & Pancreas & Spleen & Stomach \\\\")
     assert "\\begin{tabular}{lrrrrrrrrrr}" in tex and "95\\% CI" not in tex
     # each column's best mean in bold (vmunet: DSC 82, HD95 19, every organ), per-class cells as means;
-    # a board of one model bolds nothing
+    # a board of one model bolds nothing; 2 test cases separate nothing (†)
     board = tex[tex.index("synapse $\\cdot$ protocol synapse v1"):]
     vm = next(line for line in board.splitlines() if line.startswith("vmunet &"))
-    assert vm == "vmunet & \\textbf{82.00 $\\pm$ 2.00} & \\textbf{19.00 $\\pm$ 1.00} & " + \
+    assert vm == "vmunet & \\textbf{82.00 $\\pm$ 2.00 $^\\dagger$} & \\textbf{19.00 $\\pm$ 1.00 $^\\dagger$} & " + \
         " & ".join(["\\textbf{82.00}"] * 8) + " \\\\"
     un = next(line for line in board.splitlines() if line.startswith("unet &"))
     assert un.split(" & ")[3] == "69.00" and "textbf" not in un  # aorta: (0.60 + 0.78) / 2, no ± std
-    assert "Bold: each column's best mean; per-class cells are means." in board.split("\\label")[0]
+    assert "Bold: each column's best mean, tested against the runner-up" in board.split("\\label")[0]
+    assert "untested (best mean only): the per-class columns; per-class cells are means." in board.split("\\label")[0]
     assert "textbf" not in tex[:tex.index("synapse $\\cdot$")] and "Bold:" not in tex[:tex.index("synapse $\\cdot$")]
     md = render(runs, "md", load(tmp_path, level="case"), columns=parse_columns("paper"))
-    assert "| vmunet  | **82.00 ± 2.00** |" in md
+    assert "| vmunet  | **82.00 ± 2.00 †** |" in md
     labels = re.findall(r"\\label\{([^}]*)\}", tex)
     assert labels == ["tab:isic17-isic17-legacy-isic-paper-metrics-classes",
                       "tab:synapse-synapse-legacy-synapse-paper-metrics-classes",
@@ -633,6 +634,30 @@ def test_cost_table_shows_throughput_where_measured():
     assert "throughput_fps" not in tables["Cost · input 1x3x224x224 · fp32 · cpu x1"].columns
 
 
+def test_a_noisy_latency_is_marked_and_the_timed_forwards_counted():
+    """A review: latencies timed on a busy machine (p90 2.7× the median) sat in the cost table as any
+    other, and the table never said how many forwards were timed."""
+    from bench.report import cost_tables, render_cost_latex, render_cost_md
+
+    base = {"family": "cnn", "input_shape": "1x3x64x64", "macs": 5e7, "paper_macs": 5e7, "params": 1e5,
+            "paper_params": 1e5, "scan_macs": 0.0, "paper_macs_missing_pct": 0.0, "fvcore_macs": 5e7,
+            "precision": "fp32", "channels_last": False, "compiled": False, "fingerprint": "cpu x2",
+            "scan_backend": None, "timed_iters": 5, "fps": 3.1}
+    rows = [{**base, "model": "unet", "latency_ms_median": 324.0, "latency_ms_p90": 865.0},  # 2.67×
+            {**base, "model": "transunet", "latency_ms_median": 100.0, "latency_ms_p90": 200.0}]  # 2× exactly: not
+    (table,) = cost_tables(pd.DataFrame(rows)).values()
+    assert dict(zip(table["model"], table["latency_ms_median"])) == {"unet": "324.00 (noisy)", "transunet": "100.00"}
+    assert list(table["timed_iters"]) == ["5", "5"]
+    noisy = "\"(noisy)\": the p90 latency is over 2× the median"
+    assert noisy in render_cost_md(pd.DataFrame(rows)) and "timed_iters: how many were timed" in render_cost_md(
+        pd.DataFrame(rows))
+    paper = render_cost_latex(pd.DataFrame(rows), paper=True)
+    assert "Timed forwards per model: 5." in paper and "324.00 (noisy)" in paper
+    assert "over 2$\\times$ the median" in paper
+    quiet = [{**r, "latency_ms_p90": r["latency_ms_median"] * 1.2} for r in rows]
+    assert "noisy" not in render_cost_md(pd.DataFrame(quiet))
+
+
 def test_cost_rows_of_one_model_in_several_configurations_are_told_apart():
     from bench.report import cost_tables
 
@@ -753,6 +778,28 @@ def test_the_few_cases_caution_is_where_no_p_can_reach_005(tmp_path, n_cases, ca
     sig = write_report(tmp_path, reference="unet").split("## Significance")[1]
     text = f"Caution: with {n_cases} shared test cases the smallest p these tests can give is 2/2^{n_cases}"
     assert (text in sig) is caution
+
+
+@pytest.mark.parametrize("n_cases, caution", [(9, True), (10, False)])
+def test_a_bootstrap_ci_over_few_cases_and_a_test_over_few_seeds_say_so(tmp_path, n_cases, caution):
+    """A review: with 3 test cases the percentile bootstrap has 10 distinct resamples, yet its CIs were
+    shown as any others; the paired tests over one or two seeds lacked the rank table's "for these trained
+    runs". Under 10 cases the caption cautions (stats.FEW_CI_CASES); under 3 seeds the tests' caption says so."""
+    ref = [0.70 + 0.02 * i for i in range(n_cases)]
+    _per_case_dice_runs(tmp_path, {"unet": ref, "vmunet": [d + 0.01 for d in ref]})
+    text = write_report(tmp_path, reference="unet")
+    board, sig = text.split("## Significance")
+    distinct = math.comb(2 * n_cases - 1, n_cases)  # resamples of n cases with replacement, as multisets
+    said = f"Caution: with {n_cases} test cases the bootstrap has {distinct} distinct resamples"
+    assert (said in board) is caution and "95% CI: percentile bootstrap" in board
+    assert "For these trained runs: with 1 seed per model (the fewest here), p counts the test cases" in sig
+    for seed in (1, 2):  # three seeds each: the caveat goes
+        for model, dices in (("unet", ref), ("vmunet", [d + 0.01 for d in ref])):
+            rec = make_record(model, seed=seed, n_cases=n_cases)
+            for row in rec["per_case"]:
+                row["dice"] = dices[int(row["case"][-4:])]
+            write_record(restate(rec), tmp_path)
+    assert "For these trained runs" not in write_report(tmp_path, reference="unet").split("## Significance")[1]
 
 
 def test_a_run_that_did_not_finish_feeds_no_statistic(tmp_path):
@@ -1636,15 +1683,68 @@ def test_paper_layout_bolds_ties_as_printed_and_keeps_hd95_of_one_class_softmax_
     assert " DSC in %" in md  # the caption names the metrics shown
 
 
-def test_a_rescored_board_names_the_code_that_scored_it(tmp_path):
-    """A review: a strict board rescored at another commit named the training's code as its numbers'."""
+def test_paper_bold_is_tested_against_the_runner_up(tmp_path):
+    """A review: --columns paper bolded the best mean where the report's own paired tests could not tell it
+    from the runner-up (3 test cases: no Wilcoxon p below 0.25). The bold stays the best mean; the caption
+    gives its paired test against the runner-up, a † marks p >= 0.05, and without case rows it says untested."""
+    for n, folder in ((3, "few"), (8, "many")):
+        for model, dice, hd in (("vmunet", 0.80, 20.0), ("unet", 0.70, 25.0)):
+            write_record(make_record(model, seed=0, dice=dice, hd95=hd, n_cases=n), tmp_path / folder)
+    paper = parse_columns("paper")
+    few = render(load(tmp_path / "few"), "md", load(tmp_path / "few", level="case"), columns=paper)
+    vm = next(r for r in md_rows(few, "Model") if r["Model"] == "vmunet")
+    assert vm["DSC ↑ (%)"] == "**80.00 †**" and vm["HD95 ↓"] == "**20.00 †**" and vm["Aorta"] == "**80.00**"
+    assert ("DSC p = 0.25 † against unet over 3 cases; HD95 p = 0.25 † against unet over 3 cases; †: p >= 0.05, "
+            "these cases do not separate it from the runner-up; untested (best mean only): the per-class columns"
+            in few)
+    many = render(load(tmp_path / "many"), "md", load(tmp_path / "many", level="case"), columns=paper)
+    vm = next(r for r in md_rows(many, "Model") if r["Model"] == "vmunet")
+    assert vm["DSC ↑ (%)"] == "**80.00**" and "DSC p = 0.00781 against unet over 8 cases" in many
+    untested = render(load(tmp_path / "many"), "md", columns=paper)  # no case rows: no test
+    assert "Bold: each column's best mean, untested (no paired test against the runner-up)." in untested
+    assert "†" not in untested
+    tex = render(load(tmp_path / "few"), "latex", load(tmp_path / "few", level="case"), columns=paper)
+    assert "\\textbf{80.00 $^\\dagger$}" in tex
+
+
+def test_paper_bold_leaves_out_a_model_that_found_nothing_from_spe_and_acc(tmp_path):
+    """A review: Spe 100.00 went in bold to a model predicting background everywhere (DSC 0); a column
+    with no row to bold said nothing of why."""
+    write_record(make_record("unet", dataset="isic17", seed=0, dice=0.70), tmp_path)
+    empty = make_record("vmunet", dataset="isic17", seed=0, dice=0.0)
+    for row in empty["per_case"]:  # background everywhere: every lesion missed, every background pixel right
+        row.update(tp=0, fp=0, fn=1_000_000, tn=19_000_000, n_pred=0, empty="ref_only", dice=0.0, iou=0.0, sen=0.0,
+                   spe=1.0, acc=0.95)
+    empty["metrics"].update(spe=1.0, acc=0.95, sen=0.0)
+    write_record(empty, tmp_path)
+    md = render(load(tmp_path), "md", columns=parse_columns("paper"))
+    rows = {r["Model"]: r for r in md_rows(md, "Model")}
+    assert rows["vmunet"]["Spe ↑ (%)"] == "100.00" and rows["unet"]["Spe ↑ (%)"].startswith("**")
+    assert "Bold: each column's best mean (Spe and Acc among the models that found some structure)" in md
+    # legacy-synapse: every model missed an organ somewhere, so no HD95 is bold, and the caption says why
+    for model, dice in (("unet", 0.7), ("vmunet", 0.8)):
+        rec = make_record(model, seed=0, dice=dice, hd95=10.0 if model == "unet" else 20.0)
+        rec["per_case"][0]["empty"] = "ref_only"
+        write_record(rec, tmp_path / "missed")
+    md = render(load(tmp_path / "missed"), "md", columns=parse_columns("paper"))
+    assert "**" not in "".join(r["HD95 ↓"] for r in md_rows(md, "Model"))
+    assert "HD95: no bold, every model missed some structure, which its policy scores HD95 0" in md
+
+
+def _trained_and_rescored_at_another_commit(folder) -> None:
+    """A unet run (make_record's commit) and its strict rescore, scored at commit fedcba98..."""
     rec = make_record("unet", seed=0)
-    write_record(rec, tmp_path)
+    write_record(rec, folder)
     rescored = make_record("unet", seed=0, run_id=f"{rec['run_id']}.strict")
     rescored.update(policy="strict", rescored_from=rec["run_id"],
                     rescored_with={"git_commit": "fedcba9876543210fedcba9876543210fedcba98", "code_digest": None,
                                    "device": rec["device"], "packages": {}})
-    write_record(rescored, tmp_path)
+    write_record(rescored, folder)
+
+
+def test_a_rescored_board_names_the_code_that_scored_it(tmp_path):
+    """A review: a strict board rescored at another commit named the training's code as its numbers'."""
+    _trained_and_rescored_at_another_commit(tmp_path)
     md = render(load(tmp_path), "md")
     strict = md[md.index("policy strict"):]
     # the numbers' code and the weights' code, both
@@ -1749,7 +1849,8 @@ def test_a_hand_edited_aggregate_is_recomputed_from_its_case_rows_and_said(tmp_p
     assert sum("this code recomputes" in str(w.message) for w in caught) == 1  # once, the isic record silent
     isic, synapse = text.split("## synapse")
     rows = {r["Model"]: r for r in md_rows(synapse, "Model")}
-    assert rows["unet"]["DSC ↑ (%)"] == "30.00" and rows["vmunet"]["DSC ↑ (%)"] == "**50.00**"
+    # † : 2 test cases cannot separate the best from the runner-up
+    assert rows["unet"]["DSC ↑ (%)"] == "30.00" and rows["vmunet"]["DSC ↑ (%)"] == "**50.00 †**"
     assert (f"Restated: the stored numbers of 1 record(s) differ from those this code recomputes from their own case "
             f"rows (records/{edited['run_id']}.json: dice 0.8 stored, 0.3 from the case rows (stored by code "
             "0123456789ab)): edited by hand, or stored by a version of bench that aggregated otherwise; this board "
@@ -1807,6 +1908,24 @@ def test_a_modified_copy_of_a_built_in_protocol_says_so_in_its_title(tmp_path):
         in write_report(tmp_path / "old")
     same = write_report(tmp_path / "same")
     assert f"protocol smoke v{smoke.version} ({smoke.hash}) · policy" in same and "built-in:" not in same
+
+
+def test_the_cases_csv_names_each_runs_code_and_first_policy_and_the_board_csv_its_training_device(tmp_path):
+    """A review: `--format cases` rows had no code version nor rescored_from_policy, which the board CSV has
+    per row, so rows from other code or a rescore could not be told apart elsewhere; the board CSV's
+    train_time_s did not say on which device (and CPU threads) it was taken."""
+    _trained_and_rescored_at_another_commit(tmp_path)
+    cases = pd.read_csv(io.StringIO(write_report(tmp_path, "cases")), keep_default_na=False)
+    assert list(cases.columns).index("case") == list(cases.columns).index("rescored_from_policy") + 1
+    per_run = cases.drop_duplicates("run_id").set_index("policy")
+    trained = "0123456789abcdef0123456789abcdef01234567"
+    assert per_run.loc["legacy-synapse", ["code", "rescored_from_policy"]].tolist() == [trained, ""]
+    assert per_run.loc["strict", ["code", "rescored_from_policy"]].tolist() == [
+        f"{trained}; fedcba9876543210fedcba9876543210fedcba98", "legacy-synapse"]
+    assert render(load(tmp_path), "cases", load(tmp_path, level="case")) == write_report(tmp_path, "cases")
+    board = pd.read_csv(io.StringIO(write_report(tmp_path, "csv")), keep_default_na=False)
+    assert set(board["train_device"]) == {"cpu: AMD EPYC 7763 x2"}  # make_record's device, its threads
+    assert list(board.columns).index("train_device") == list(board.columns).index("train_time_s") + 1
 
 
 def test_a_rescored_board_says_so_in_its_caption_and_csv(tmp_path):

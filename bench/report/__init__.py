@@ -59,7 +59,7 @@ _SUBMODULE = {name: module for module, names in {
     "tables": ["_latex_escape"],
     "board_text": ["COLUMN_GROUPS", "COLUMN_PRESETS", "parse_columns", "render_cases"],
     "costs": ["COST_NOTE", "TIMING_NOTE", "scan_mark", "profile_labels", "cost_tables", "render_cost_md",
-              "render_cost_latex", "cost_key", "join_cost"],
+              "render_cost_latex", "cost_key", "same_input", "join_cost"],
     "significance": ["significance_md", "significance_latex", "significance_sections"],
     "published": ["PUBLISHED_METRICS", "PUBLISHED_NOTE", "BUILD_KEYS", "published_dataset", "split_mismatch",
                   "published_tables", "missing_published_md", "_class_column"],

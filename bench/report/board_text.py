@@ -11,11 +11,12 @@ import pandas as pd
 from bench.errors import BenchError, did_you_mean, few
 from bench.names import name_list
 from bench.protocol import builtin_difference
+from bench.stats import ci_caution
 from bench.records import CASE_COLUMNS, RUN_ID_COLUMNS, short_commit
-from bench.report.boards import METRICS, _joined, class_display
+from bench.report.boards import METRICS, _code_versions, _joined, _rescored_from, class_display
 from bench.report.costs import _g
 from bench.report.formats import ReportFormat
-from bench.report.labels import CV_LABEL, BoardKey, label_cases
+from bench.report.labels import CV_LABEL, BoardKey, label_cases, label_runs
 from bench.report.tables import _align, _latex_table, _md_table
 
 
@@ -122,9 +123,10 @@ def parse_columns(text: str | Iterable[str] | None) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(groups))
 
 
-def _display_table(board: pd.DataFrame, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+def _display_table(board: pd.DataFrame, columns: tuple[str, ...] | None = None,
+                   cases: pd.DataFrame | None = None) -> pd.DataFrame:
     """Strings for humans: one column per metric, "81.23 ± 0.45"; of the ``COLUMN_GROUPS`` in
-    ``columns`` only (None: all)."""
+    ``columns`` only (None: all). ``cases``: the board's case rows, where the paper layout tests its bold."""
     # Init goes with the metrics: a board mixing pretrained and scratch rows is no architecture comparison alone
     group: dict[str, str] = {"Family": "family", "Init": "metrics", "Seeds": "seeds", "Folds": "seeds", "Params (M)": "params",
                              "DSC n/a": "metrics", "Train time": "time", "Train GPU peak (MB)": "time",
@@ -172,7 +174,7 @@ def _display_table(board: pd.DataFrame, columns: tuple[str, ...] | None = None) 
     if columns is not None:
         out = out[[c for c in out.columns if c == "Model" or group[c] in columns]]
     if paper_layout(columns):
-        out = _paper_table(board, out, heads)
+        out = _paper_table(board, out, heads, cases)
     return out
 
 
@@ -181,14 +183,18 @@ def _mixes_evaluated(board: pd.DataFrame) -> bool:
     return "evaluated" in board and 0 < int(board["evaluated"].astype(bool).sum()) < len(board)
 
 
-def _paper_table(board: pd.DataFrame, shown: pd.DataFrame, heads: dict[str, str]) -> pd.DataFrame:
+def _paper_table(board: pd.DataFrame, shown: pd.DataFrame, heads: dict[str, str],
+                 cases: pd.DataFrame | None = None) -> pd.DataFrame:
     """``--columns paper``: the metrics the papers report for such a board (``PAPER_METRICS``), the
     per-class cells as means, and ``shown.attrs["best"]``: per column, the rows holding its best mean
-    (HD95 under a policy scoring misses 0: among models that missed no structure, whose 0 is the rule's;
-    on a board mixing runs trained here with weights only evaluated, among those trained here)."""
+    among the rows ``_bold_excluded`` leaves (``attrs["no_best"]``: why a column has none);
+    ``attrs["tested"]``: per column of one best row, its paired test against the runner-up over
+    ``cases`` (the board's case rows; ``_runner_up_test``), its cell marked † where p >= 0.05."""
     paper = _paper_metrics(board)
     shown = shown.drop(columns=[h for c, h in heads.items() if c in METRICS and c not in paper and h in shown])
     best: dict[str, list[int]] = {}
+    no_best: dict[str, str] = {}
+    tested: dict[str, dict] = {}
     for col, head in heads.items():
         if head not in shown:
             continue
@@ -201,15 +207,65 @@ def _paper_table(board: pd.DataFrame, shown: pd.DataFrame, heads: dict[str, str]
         values = pd.Series([float(f"{v:.2f}") for v in means * (100.0 if metric[1] else 1.0)], index=means.index)
         if values.nunique() < 2:  # one value for all (every model 0.00): nothing stands out
             continue
-        if col == "hd95" and "n_missed" in board and _misses_score_zero(board.attrs.get("policy")):
-            values = values.where(board["n_missed"] == 0)
-        if _mixes_evaluated(board):  # weights trained elsewhere (--weights) beside the protocol's trainings
-            values = values.where(~board["evaluated"].astype(bool))
+        out, why = _bold_excluded(board, col)
+        values = values.where(~out)
         if values.notna().any():
             top = values.min() if metric[2] == "↓" else values.max()
             best[head] = [i for i, v in enumerate(values) if v == top]
-    shown.attrs["best"] = best
+            if (test := _runner_up_test(board, col, values, best[head], cases)) is not None:
+                tested[head] = test
+                if not test["p"] < 0.05:
+                    shown.iat[best[head][0], shown.columns.get_loc(head)] += " †"
+        else:
+            no_best[head] = why
+    shown.attrs.update(best=best, no_best=no_best, tested=tested, cols={head: col for col, head in heads.items()})
     return shown
+
+
+def _bold_excluded(board: pd.DataFrame, col: str) -> tuple[pd.Series, str]:
+    """The rows whose mean in ``col`` cannot be a column's best, and why none is where no row is left.
+    One rule: a value that a miss earns is no segmentation's. HD95 under a policy scoring misses 0,
+    the models that missed some structure (their 0 is the rule's); Spe and Acc, those that found none
+    (background everywhere scores Spe 100); on a board mixing runs trained here with weights only
+    evaluated, the evaluated ones (trained elsewhere: no comparison of the protocol's trainings)."""
+    out = pd.Series(False, index=board.index)
+    why = []
+    if col == "hd95" and "n_missed" in board and _misses_score_zero(board.attrs.get("policy")):
+        out |= board["n_missed"] > 0
+        why.append("every model missed some structure, which its policy scores HD95 0")
+    if col in ("spe", "acc"):
+        out |= _found_nothing(board)
+        why.append("every model found no structure (background everywhere scores Spe 100)")
+    if _mixes_evaluated(board):
+        out |= board["evaluated"].astype(bool)
+        why.append("the other rows' weights were only evaluated")
+    return out, "; ".join(why)
+
+
+def _found_nothing(board: pd.DataFrame) -> pd.Series:
+    """Rows whose runs missed every structure present (``n_missed`` of ``n_present``): no segmentation."""
+    if "n_missed" not in board or "n_present" not in board:
+        return pd.Series(False, index=board.index)
+    return (board["n_present"] > 0) & (board["n_missed"] == board["n_present"])
+
+
+def _runner_up_test(board: pd.DataFrame, col: str, values: pd.Series, top: list[int],
+                    cases: pd.DataFrame | None) -> dict | None:
+    """The board's paired test (``stats.paired_tests``: Wilcoxon over cases, or the permutation test of
+    a pooled policy) of a column's one best row against the runner-up, the next best of ``values``
+    (its rows that may be best): {"runner_up", "p", "n", "metric"}; None where there is none to run
+    (a tie at the top, a per-class column, no case rows, or a p that is nan)."""
+    from bench import stats
+
+    rest = values.drop(values.index[top]).dropna()
+    if len(top) != 1 or col not in METRICS or cases is None or rest.empty or col not in cases:
+        return None
+    runner = board["model"].loc[rest.idxmin() if METRICS[col][2] == "↓" else rest.idxmax()]
+    pair = cases[cases["model_label"].isin([board["model"].iloc[top[0]], runner])]
+    tests = stats.paired_tests(pair, runner, metrics=(col,), policy=board.attrs.get("policy"))
+    if tests.empty or math.isnan(tests["p"].iloc[0]):
+        return None
+    return {"runner_up": runner, "p": float(tests["p"].iloc[0]), "n": int(tests["n_cases"].iloc[0]), "metric": col}
 
 
 def _one_hd95_unit(board: pd.DataFrame) -> str:
@@ -330,18 +386,42 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
                  f"under the board's policy, then averaged over {over}): how much the test set moves these trained "
                  "models' number" + ("." if single else f"; the spread between "
                                          f"{'runs' if CV_LABEL in key.dataset else 'seeds'} is the ± std, not part "
-                                         "of the CI."))
+                                         "of the CI.")) + ci_caution(a.get("ci_cases", 0))
     if paper_layout(columns):
-        hd = (" (HD95 among the models that missed no structure)" if _misses_score_zero(key.policy)
-              and "hd95_mean" in board and board["n_missed"].gt(0).any() else "")
-        table = _display_table(board, columns) if table is None else table
-        among = " among the models trained here (not the weights only evaluated)" if _mixes_evaluated(board) else ""
-        said = ([f"Bold: each column's best mean{among}{hd}"] if table.attrs.get("best") else []) \
-            + ([] if single else ["per-class cells are means"])
-        if said:
-            text = "; ".join(said)
-            note += f" {text[:1].upper()}{text[1:]}."
+        note += _bold_note(key, board, _display_table(board, columns) if table is None else table, single)
     return title, note
+
+
+def _bold_note(key: BoardKey, board: pd.DataFrame, table: pd.DataFrame, single: bool) -> str:
+    """The paper layout's words on its bold (``_paper_table``): best mean, among which rows; per column
+    tested against the runner-up (p, † where p >= 0.05), else untested; why a column has no bold."""
+    a = table.attrs
+    name = lambda head: _display_name(a["cols"][head], key.dataset)  # noqa: E731
+    said = []
+    if a.get("best"):
+        among = " among the models trained here (not the weights only evaluated)" if _mixes_evaluated(board) else ""
+        rules = (["HD95 among the models that missed no structure"] if _misses_score_zero(key.policy)
+                 and "hd95_mean" in board and board["n_missed"].gt(0).any() else []) + (
+            ["Spe and Acc among the models that found some structure"]
+            if {"Spe", "Acc"} & {name(h) for h in a["best"]} and _found_nothing(board).any() else [])
+        text = f"Bold: each column's best mean{among}" + (f" ({'; '.join(rules)})" if rules else "")
+        tested, untested = a.get("tested", {}), [h for h in a["best"] if h not in a.get("tested", {})]
+        # per-class columns: the papers' tables bold them too, and no per-class test is run
+        untested = (["the per-class columns"] if all(a["cols"][h] not in METRICS for h in untested)
+                    else [name(h) for h in untested]) if untested else []
+        if tested:
+            runs = "; ".join(f"{name(h)} p = {t['p']:.3g}{' †' if not t['p'] < 0.05 else ''} against "
+                             f"{t['runner_up']} over {t['n']} cases" for h, t in tested.items())
+            text += (f", tested against the runner-up (the next best mean) by the board's paired test over test "
+                     f"cases (two-sided, unadjusted): {runs}; †: p >= 0.05, these cases do not separate it from "
+                     "the runner-up" + (f"; untested (best mean only): {few(untested, 4)}" if untested else ""))
+        else:
+            text += ", untested (no paired test against the runner-up)"
+        said.append(text)
+    said += [f"{name(h)}: no bold, {why}" for h, why in a.get("no_best", {}).items()]
+    said += [] if single else ["per-class cells are means"]
+    text = "; ".join(said)
+    return f" {text[:1].upper()}{text[1:]}." if text else ""
 
 
 def _percent_names(board: pd.DataFrame, columns: tuple[str, ...] | None) -> str:
@@ -371,25 +451,27 @@ def _metric_names_note(key: BoardKey, board: pd.DataFrame, paper: bool = False) 
     return ""
 
 
-def _render_md(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...] | None = None) -> str:
+def _render_md(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...] | None = None,
+               groups: dict[BoardKey, pd.DataFrame] | None = None) -> str:
     if not boards:
         return "No finished runs found.\n"
     parts = []
     for key, board in boards.items():
-        shown = _display_table(board, columns)
+        shown = _display_table(board, columns, (groups or {}).get(key))
         title, note = _caption(key, board, columns, shown)
         align = [_align(c) for c in shown.columns]
         parts.append(f"## {title}\n\n{note}\n\n{_md_table(shown, align)}\n")
     return "\n".join(parts)
 
 
-def _render_latex(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...] | None = None) -> str:
+def _render_latex(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...] | None = None,
+                  groups: dict[BoardKey, pd.DataFrame] | None = None) -> str:
     # A small booktabs emitter: DataFrame.to_latex needs jinja2, which is not a dependency.
     parts = ["% Requires \\usepackage{booktabs} and \\usepackage{graphicx} (tables wider than the line are shrunk to it);"
              " names outside Latin-1 need xelatex or lualatex. bench report --columns paper keeps the papers' columns."]
     labels: collections.Counter = collections.Counter()
     for key, board in boards.items():
-        table = _display_table(board, columns)
+        table = _display_table(board, columns, (groups or {}).get(key))
         title, note = _caption(key, board, columns, table)
         if "Folds" in table:  # a range of folds ("0-4") takes an en dash
             table["Folds"] = table["Folds"].str.replace(r"(?<=\d)-(?=\d)", "–", regex=True)
@@ -499,10 +581,12 @@ def _render_csv(boards: dict[BoardKey, pd.DataFrame]) -> str:
     return table.to_csv(index=False, lineterminator="\n")
 
 
-def _render(boards: dict[BoardKey, pd.DataFrame], fmt: ReportFormat, columns: tuple[str, ...] | None) -> str:
+def _render(boards: dict[BoardKey, pd.DataFrame], fmt: ReportFormat, columns: tuple[str, ...] | None,
+            groups: dict[BoardKey, pd.DataFrame] | None = None) -> str:
+    """The boards in ``fmt``; ``groups``: their case rows (``_boards``), where the paper layout tests its bold."""
     if fmt == ReportFormat.csv:
         return _render_csv(boards)
-    return (_render_md if fmt == ReportFormat.md else _render_latex)(boards, columns)
+    return (_render_md if fmt == ReportFormat.md else _render_latex)(boards, columns, groups)
 
 
 def _shows(columns: tuple[str, ...] | None, group: str) -> bool:
@@ -524,13 +608,36 @@ def _check_format(fmt: str) -> str:
     return fmt
 
 
-def render_cases(df_cases: pd.DataFrame | None) -> str:
+def render_cases(df_cases: pd.DataFrame | None, df_runs: pd.DataFrame | None = None) -> str:
     """The ``cases`` format: every run × case × class row (``records.load(level="case")``) as CSV,
     led by the run's board and model labels, so any statistic can be recomputed elsewhere (R's
     challengeR, a spreadsheet) on the rows behind a board; the per-test-set boards of polyp and
-    isic_all runs take the rows whose ``case`` starts with "<set>/"."""
+    isic_all runs take the rows whose ``case`` starts with "<set>/". With ``df_runs`` (``records.load``),
+    each row's run also gives ``code`` and ``rescored_from_policy`` before the case columns, as the
+    board CSV has them per row (``_run_provenance``)."""
+    extra = [] if df_runs is None else _RUN_PROVENANCE
     if df_cases is None or df_cases.empty:
-        return ",".join(["board_dataset", "board_protocol", "model_label", *RUN_ID_COLUMNS, *CASE_COLUMNS]) + "\n"
+        lead = ["board_dataset", "board_protocol", "model_label"]
+        return ",".join([*lead, *RUN_ID_COLUMNS, *extra, *CASE_COLUMNS]) + "\n"
     df = label_cases(df_cases)
+    if df_runs is not None:
+        df = df.merge(_run_provenance(df_runs), on="run_id", how="left")
     lead = ["board_dataset", "board_protocol", "model_label"]
-    return df[lead + [c for c in df.columns if c not in lead]].to_csv(index=False, lineterminator="\n")
+    rest = [c for c in df.columns if c not in lead + extra]
+    at = rest.index("case") if "case" in rest else len(rest)  # the run's columns, then the case's
+    return df[lead + rest[:at] + extra + rest[at:]].to_csv(index=False, lineterminator="\n")
+
+
+_RUN_PROVENANCE = ["code", "rescored_from_policy"]
+
+
+def _run_provenance(df_runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run: ``code``, the bench versions it trained and was scored under (``_code_versions`` over its
+    board's runs, each run a row of its own, so versions are named as its board's CSV names them), and
+    ``rescored_from_policy`` (``_rescored_from``: "?" where its first record is gone)."""
+    out = []
+    for _, runs in label_runs(df_runs).groupby(["board_dataset", "board_protocol", "policy"], sort=False):
+        code = _code_versions(runs.assign(model_label=runs["run_id"]))
+        out += [{"run_id": r, "code": _row_code(code, r),
+                 "rescored_from_policy": _rescored_from(runs[runs["run_id"] == r])} for r in runs["run_id"]]
+    return pd.DataFrame(out, columns=["run_id", *_RUN_PROVENANCE])

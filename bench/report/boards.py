@@ -95,6 +95,9 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
             "peak_mem_mb": runs["peak_mem_mb"].max() if "peak_mem_mb" in runs else math.nan,  # CUDA runs
             # NaN propagates: a run whose time is unknown (resumed from an older checkpoint) shows none
             "train_time_s": runs["train_time_s"].mean(skipna=False) if "train_time_s" in runs else math.nan,
+            # where that time was taken ("cpu: <model> x<threads>", "cuda: <GPU>"): a time without its machine
+            # compares with nothing; evaluated weights trained nowhere here
+            "train_device": _train_devices(runs),
             # structures present in a case's reference and predicted nowhere, over all runs
             "n_missed": int(runs["n_missed"].sum()) if "n_missed" in runs else 0,
             "n_present": int(runs["n_present"].sum()) if "n_present" in runs else 0,
@@ -148,6 +151,14 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         if "classes" in group else [],
     )
     return board
+
+
+def _train_devices(runs: pd.DataFrame) -> str:
+    """The devices ``runs`` trained on, as records.load names them (CPU threads included), "; "-joined."""
+    if "device" not in runs:
+        return ""
+    trained = runs["weights"].isna() if "weights" in runs else pd.Series(True, index=runs.index)
+    return "; ".join(sorted(set(runs.loc[trained, "device"].dropna())))
 
 
 def _rescored_from(runs: pd.DataFrame) -> str:
@@ -319,7 +330,7 @@ def leaderboards(df_runs: pd.DataFrame) -> dict[BoardKey, pd.DataFrame]:
     n_seeds, n_runs, folds`` (the cell shown), ``fold_set`` (the folds alone), ``n_cases, n_train``
     ("12/4" where runs differ), ``evaluated`` (weights evaluated as given), ``params, macs,
     paper_macs`` (means; the records' own counts), ``peak_mem_mb`` (max), ``train_time_s`` (mean),
-    ``n_missed, n_present`` (sums: structures predicted nowhere / present); where records count
+    ``train_device`` (where: CPU threads included), ``n_missed, n_present`` (sums: structures predicted nowhere / present); where records count
     them, ``dice_n_na`` / ``dice_n_entries`` (case × class entries without a Dice, summed over
     runs / all entries: what ``strict`` left out of the means); then ``<col>_mean``/``<col>_std``/
     ``<col>_n_nan`` (runs whose value is NaN) for each value column: the aggregate metrics the runs
@@ -400,6 +411,8 @@ def join_ci(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.Data
         cases = groups.get(key)
         if cases is None:
             continue
+        # the fewest cases a row's bootstrap resampled: its caption's caution (stats.ci_caution)
+        board.attrs["ci_cases"] = int(cases.groupby("model_label")["case"].nunique().min())
         for metric in CI_METRICS:
             if f"{metric}_mean" not in board or cases[metric].notna().sum() == 0:
                 continue

@@ -22,6 +22,13 @@ PAPER_COST_NOTE = ("Params: sum(p.numel()). GMACs: one forward at the input abov
 PAPER_TIMING_NOTE = (" Latency: median of batch-1 forwards after warm-up, on the machine named above; FPS: its inverse;"
                      " a mark such as \"(torch scan)\": the selective scan ran on a fallback, not the kernel the "
                      "model would use there.")
+# A p90 over twice the median: the timed forwards were not alike (another process on the machine, CPU
+# frequency changes), so the median is no steady speed. A quiet CPU gave 1.1 to 1.4 over 5 timed forwards
+# (a smoke grid's tiny models); one shared with other jobs 1.9 to 6.6: 2 leaves room for the first.
+NOISY_P90 = 2.0
+NOISY_MARK = " (noisy)"
+NOISY_NOTE = (f" \"{NOISY_MARK.strip()}\": the p90 latency is over {NOISY_P90:g}× the median, so the timed forwards "
+              "varied (a busy machine): retime with bench profile on an idle one before comparing.")
 
 
 def render_cost_latex(df_prof: pd.DataFrame, paper: bool = False) -> str:
@@ -32,8 +39,10 @@ def render_cost_latex(df_prof: pd.DataFrame, paper: bool = False) -> str:
         table = table.drop(columns="fingerprint")  # the title names it
         note = _cost_note(table)
         if paper:
+            iters = table.get("timed_iters", pd.Series(dtype=object))  # said in the note, not a column
             table = table[[c for c in PAPER_COST if c in table]].rename(columns=PAPER_COST)
-            note = PAPER_COST_NOTE + (PAPER_TIMING_NOTE if "Latency (ms)" in table else "")
+            note = PAPER_COST_NOTE + (PAPER_TIMING_NOTE + _iters_note(iters) + _noisy_note(table["Latency (ms)"])
+                                      if "Latency (ms)" in table else "")
         spec = "".join("l" if c in ("model", "family", "input_shape", "Model") else "r" for c in table.columns)
         # labelled by input and precision (the fingerprint would make a label of a line), numbered per machine
         name = " ".join(title.split(" · ")[:3]) + (" paper" if paper else "")
@@ -107,9 +116,12 @@ def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
             "paper_macs_missing_pct": [_num(v, ".1f") for v in g["paper_macs_missing_pct"]],
             "flops": [_unit(v, 1e9, "G") for v in flops],
             "fvcore_macs": [_unit(v, 1e9, "G") for v in g["fvcore_macs"]],
-            "latency_ms_median": [_num(v, ".2f") + m if t else ""
-                                  for v, m, t in zip(g.get("latency_ms_median", none), mark, timed)],
+            "latency_ms_median": [_num(v, ".2f") + m + (NOISY_MARK if _noisy(v, p) else "") if t else ""
+                                  for v, p, m, t in zip(g.get("latency_ms_median", none),
+                                                        g.get("latency_ms_p90", none), mark, timed)],
             "latency_ms_p90": [_num(v, ".2f") if t else "" for v, t in zip(g.get("latency_ms_p90", none), timed)],
+            # the forwards behind the median and p90 (bench profile --iters; older profiles: none kept)
+            "timed_iters": [_num(v, ".0f") if t else "" for v, t in zip(g.get("timed_iters", none), timed)],
             "fps": [_num(v, ".1f") + (m if t else "") for v, m, t in zip(g.get("fps", none), mark, timed)],
             "peak_mem_mb": [f"{_num(f, '.0f')} ({k})" if isinstance(f, (int, float)) and f == f else ""
                             for f, k in zip(g.get("peak_mem_mb", none), g.get("peak_mem_kind", none))],
@@ -120,7 +132,8 @@ def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
             table.insert(table.columns.get_loc("fps") + 1, "throughput_fps",
                          [f"{f:.1f} @ batch {int(b)}{m}" if f == f and f is not None else ""
                           for f, b, m in zip(g["throughput_fps"], g["throughput_batch"], mark)])
-        untimed = [c for c in ("latency_ms_median", "latency_ms_p90", "fps", "peak_mem_mb", "train_peak_mem_mb")
+        untimed = [c for c in ("latency_ms_median", "latency_ms_p90", "timed_iters", "fps", "peak_mem_mb",
+                               "train_peak_mem_mb")
                    if not table[c].astype(bool).any()]
         tables[title] = table.drop(columns=untimed)  # counts only (--no-timing): no empty timing columns
     return tables
@@ -135,9 +148,9 @@ COST_NOTE = ("params: `sum(p.numel())`; paper_params: what thop counts (no bare 
              "up-sampling and pooling). num_classes: the head's classes (a board's GMACs are its runs' own "
              "count). M = 10⁶, G = 10⁹.")
 TIMING_NOTE = ("latency_ms_median / p90 and fps (batch 1): forward passes of random input after warm-up, "
-               "synchronised on CUDA; a mark such as \"(torch scan)\" means the selective scan ran on a fallback, "
-               "not the kernel the model would use there. peak_mem_mb: a forward's peak (its kind in brackets), "
-               "train_peak_mem_mb: a training step's.")
+               "synchronised on CUDA (timed_iters: how many were timed); a mark such as \"(torch scan)\" means the "
+               "selective scan ran on a fallback, not the kernel the model would use there. peak_mem_mb: a "
+               "forward's peak (its kind in brackets), train_peak_mem_mb: a training step's.")
 
 
 def _config(config: Any) -> dict:
@@ -149,7 +162,31 @@ def _config(config: Any) -> dict:
 
 def _cost_note(table: pd.DataFrame) -> str:
     """What a cost table's columns mean; timing only where it has some (--no-timing has none)."""
-    return COST_NOTE + (" " + TIMING_NOTE if "latency_ms_median" in table else "")
+    if "latency_ms_median" not in table:
+        return COST_NOTE
+    return COST_NOTE + " " + TIMING_NOTE + _noisy_note(table["latency_ms_median"])
+
+
+def _noisy(median: Any, p90: Any) -> bool:
+    """Whether a timing's p90 is over ``NOISY_P90`` × its median (a busy machine)."""
+    try:
+        return float(p90) > NOISY_P90 * float(median) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def _noisy_note(latency: pd.Series) -> str:
+    """``NOISY_NOTE`` where a cell of ``latency`` carries its mark, else ""."""
+    return NOISY_NOTE if latency.str.contains(NOISY_MARK, regex=False).any() else ""
+
+
+def _iters_note(counts: pd.Series) -> str:
+    """The paper cost table's words on how many forwards were timed (``counts``: the table's
+    ``timed_iters`` cells): " Timed forwards per model: 100."; "" where no profile kept the count."""
+    kept = sorted({c for c in counts if c})
+    if not kept:
+        return ""
+    return f" Timed forwards per model: {', '.join(kept)}."
 
 
 def render_cost_md(df_prof: pd.DataFrame) -> str:
@@ -170,6 +207,23 @@ def cost_key(model: str, config: Any) -> str:
     config = _config(config)  # {} for a profile written before configs were kept
     return json.dumps([model.split(" (")[0], {k: v for k, v in config.items() if k not in _HEAD_KEYS}],
                       sort_keys=True)
+
+
+# what a model reads and writes: a timing at another image size, channel count or head is not its cost
+_INPUT_KEYS = ("img_size", "patch_size", "in_chans", "num_classes")
+
+
+def same_input(df_prof: pd.DataFrame, configs) -> pd.DataFrame:
+    """The profiles taken at the input of ``configs`` (a board's rows' model configurations): their
+    image (or patch) size, input channels and classes as some row's; all profiles where none is (a
+    board's records or older profiles that keep no such keys), as the plot's title then shows."""
+    def key(config: Any) -> str:
+        c = _config(config)
+        return json.dumps([c.get(k) for k in _INPUT_KEYS])
+
+    wanted = {key(c) for c in configs}
+    kept = df_prof[[key(c) in wanted for c in df_prof.get("model_config", [None] * len(df_prof))]]
+    return kept if len(kept) else df_prof
 
 
 def join_cost(boards: dict[BoardKey, pd.DataFrame], df_prof: pd.DataFrame | None) -> None:

@@ -59,6 +59,10 @@ def significance_latex(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardK
     return "\n\n".join(parts)
 
 
+# Under this many seeds per model the paired tests' caption says they speak of these trained runs: with
+# 2 seeds a model's training spread rests on one degree of freedom, with 1 on none, so a difference over
+# cases cannot be told from the luck of a training draw.
+FEW_SEEDS = 3
 RANK_NOTE = ("Ranks by the board's DSC (its policy's aggregate) over the cases every model has; stability "
              f"from {stats.N_BOOT_RANKS} bootstrap resamples of those cases (any in which a model's DSC is undefined "
              "left out), for these trained runs: a retrained seed can rank otherwise. "
@@ -134,6 +138,11 @@ def significance_sections(boards: dict[BoardKey, pd.DataFrame], groups: dict[Boa
         if fewest and 2 / 2**fewest > 0.05:  # an exact sign-flip test's smallest two-sided p: every case one way
             note += (f" Caution: with {fewest} shared test cases the smallest p these tests can give is "
                      f"2/2^{fewest} = {2 / 2**fewest:.3g}, so no difference can reach p < 0.05 here.")
+        seeds = int(boards[key]["n_seeds"].min())
+        if seeds < FEW_SEEDS:
+            note += (f" For these trained runs: with {seeds} seed{'s' * (seeds != 1)} per model (the fewest here), p "
+                     "counts the test cases as the sample, not the training draws: a retrained seed can compare "
+                     "otherwise.")
         if key.policy == "legacy-synapse":
             note += (" Caution: under legacy-synapse a missed organ scores HD95 0 (the papers' rule), so a model "
                      "that finds nothing looks best on HD95; `--policy strict` penalises misses.")

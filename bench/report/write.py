@@ -48,9 +48,9 @@ def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md", df_cases: pd.D
     if fmt == ReportFormat.cases:
         if df_cases is None:
             raise BenchError("format 'cases' needs the records' case rows: pass df_cases (bench report --format cases)")
-        return render_cases(df_cases[df_cases["run_id"].isin(finished(df_runs)["run_id"])])
-    boards, _, _ = _boards(df_runs, df_cases, profiles)
-    return _with_cost_latex(_render(boards, fmt, columns), fmt, profiles, columns)
+        return render_cases(df_cases[df_cases["run_id"].isin(finished(df_runs)["run_id"])], finished(df_runs))
+    boards, groups, _ = _boards(df_runs, df_cases, profiles)
+    return _with_cost_latex(_render(boards, fmt, columns, groups), fmt, profiles, columns)
 
 
 def _with_cost_latex(text: str, fmt: ReportFormat, profiles: pd.DataFrame | None,
@@ -181,11 +181,11 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     if df_cases is not None:
         df_cases = df_cases[df_cases["run_id"].isin(df_runs["run_id"])]
     if fmt == ReportFormat.cases:
-        text = render_cases(df_cases)
+        text = render_cases(df_cases, df_runs)
     else:
         boards, groups, (set_runs, set_cases) = _boards(df_runs, df_cases, profiles)
         _warn_repeated(boards)
-        text = _render(boards, fmt, columns)
+        text = _render(boards, fmt, columns, groups)
         if not boards and fmt == ReportFormat.md:  # the folder's `bench profile` records alone
             text = f"{results_dir}: no finished runs; the cost tables of its `bench profile` records only.\n"
         elif not boards and fmt == ReportFormat.csv:  # its header alone, which a script would read as no runs
