@@ -103,7 +103,7 @@ def test_the_code_of_a_resumed_run_and_of_a_rescore_is_named(tmp_path):
     resumed["train"]["commits"] = [f"{dirty} sources {'c' * 16}", clean]
     text = _methods(tmp_path / "resumed", resumed)
     assert (f"2 versions of its code ({'a' * 12}-dirty (sources {'c' * 16}), {'b' * 12})" in text
-            and "Every run trained under each in turn" in text and '"-dirty": a checkout with uncommitted edits' in text)
+            and "Every run was trained under each in turn" in text and '"-dirty": a checkout with uncommitted edits' in text)
     source = {**_record(seed=0), "git_commit": dirty, "code_digest": "c" * 16}
     rescored = {**source, "run_id": f"{source['run_id']}.strict", "policy": "strict", "rescored_from": source["run_id"],
                 "hd95_unit": "mm", "rescored_with": {"git_commit": clean, "code_digest": "d" * 16,

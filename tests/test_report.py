@@ -1296,7 +1296,7 @@ def test_a_board_of_runs_from_several_commits_says_so(tmp_path):
     rec["git_commit"] = "fedcba9876543210" * 2 + "-dirty"
     write_record(rec, tmp_path)
     caption = render(load(tmp_path))
-    assert "Code: these runs come from 2 versions of bench (0123456789ab, fedcba987654-dirty). A change between" \
+    assert "Code: these runs come from 2 versions of bench (0123456789ab, fedcba987654-dirty). A row's mean can mix" \
         in caption and '"-dirty": a checkout with uncommitted edits.' in caption
     assert "Code per row" not in caption  # one row: its seeds are the versions' runs
 
@@ -1686,11 +1686,11 @@ def test_a_resumed_run_names_every_code_it_trained_under(tmp_path):
     assert df["train_commits"].iloc[0] == f"{dirty} sources aaaaaaaaaaaaaaaa,{clean}"
     caption = render(df)
     assert ("Code: these runs come from 2 versions of bench (0123456789ab-dirty (sources aaaaaaaaaaaaaaaa), "
-            "fedcba987654). Every run trained under each in turn") in caption
+            "fedcba987654). Every run was trained under each in turn") in caption
     # a seed trained under the clean code alone: the row's mean is over runs of other code
     write_record({**make_record("unet", seed=1), "git_commit": clean, "code_digest": "bbbbbbbbbbbbbbbb"}, tmp_path)
     caption = render(load(tmp_path))
-    assert "fedcba987654). A change between versions that moved scores is not told apart" in caption
+    assert "fedcba987654). A row's mean can mix runs of several versions" in caption
 
 
 def test_a_board_whose_code_follows_its_rows_says_the_comparison_is_confounded(tmp_path):
@@ -1712,11 +1712,26 @@ def test_a_board_whose_code_follows_its_rows_says_the_comparison_is_confounded(t
     # a model's seeds under both: the rows do not split by code, a row's mean is over both
     write_record({**make_record("unet", seed=2), "git_commit": dirty}, tmp_path)
     caption = render(load(tmp_path))
-    assert "unet: 0123456789ab-dirty, fedcba987654; a change between versions" in caption
-    # many rows: the first few, and how many more
+    assert "unet: 0123456789ab-dirty, fedcba987654; a row's mean can mix" in caption
+    # many rows of other code each: every one named, none cut off as "(and 2 more)"
     for model in ("transunet", "swinunet", "missformer", "hiformer"):
         write_record({**make_record(model), "git_commit": model[0] * 40}, tmp_path)
-    assert "(and 2 more); a change between versions" in render(load(tmp_path))
+    per_row = render(load(tmp_path)).split("Code per row: ")[1]
+    assert "more)" not in per_row and all(f"{m}: {m[0] * 12};" in per_row for m in ("missformer", "hiformer"))
+
+
+def test_code_per_row_names_every_row_of_other_code_and_sums_up_the_rest(tmp_path):
+    """An audit: "Code per row" named the first 4 rows and "(and 2 more)", which read as the last row's
+    and hid the one row trained on uncommitted code."""
+    clean, dirty = "fedcba9876543210" * 2 + "fedcba98", "0123456789abcdef" * 2 + "01234567-dirty"
+    models = ("hiformer", "missformer", "swinunet", "transunet", "unet", "vmunet")
+    for model in models:
+        write_record({**make_record(model), "git_commit": clean}, tmp_path)
+    write_record({**make_record("unet", seed=1), "git_commit": "a" * 40}, tmp_path)
+    write_record({**make_record("vmunet", seed=1), "git_commit": dirty}, tmp_path)
+    caption = render(load(tmp_path)).split("Code per row: ")[1]
+    assert f"unet: {'a' * 12}, fedcba987654;" in caption and "vmunet: 0123456789ab-dirty, fedcba987654;" in caption
+    assert "; all 4 other rows: fedcba987654; a row's mean can mix" in caption and "more)" not in caption
 
 
 def test_a_one_class_board_of_ones_own_data_names_its_class(tmp_path):

@@ -436,22 +436,36 @@ def code_note(code: dict) -> str:
 
 def code_detail(code: dict) -> str:
     """After a board's versions are named (``code_note``, Methods), which runs ran which: every run the
-    same ones, else each row's, and what "-dirty" means where one is."""
+    same ones, else each row's (``_rows_code``), and what "-dirty" means where one is."""
     note = ""
     if code["split"] == "same" and len(code["trained"]) > 1:
-        note += " Every run trained under each in turn (resumed; records' train.commits)."
+        note += " Every run was trained under each in turn (interrupted and resumed under the next)."
     elif code["split"] != "same":
-        rows = few([f"{label}: {_short(r['trained'])}" + (f" (scored under {_short(r['scored'])})"
-                                                           if set(r["scored"]) - set(r["trained"]) else "")
-                    for label, r in code["rows"].items()], 4, sep="; ")
         why = ("the versions follow the rows, so between rows of other code the model comparison and the code "
                "change cannot be told apart." if code["split"] == "rows" else
-               "a change between versions that moved scores is not told apart (records' git_commit, code_digest "
-               "and train.commits).")
-        note += f" Code per row: {rows}; {why}" if len(code["rows"]) > 1 else f" {why[0].upper()}{why[1:]}"
+               "a row's mean can mix runs of several versions, and whether a change between them moved scores "
+               "cannot be told apart.")
+        note += (f" Code per row: {_rows_code(code['rows'])}; {why}" if len(code["rows"]) > 1
+                 else f" {why[0].upper()}{why[1:]}")
     if any("-dirty" in v for v in code["versions"]):
         note += ' "-dirty": a checkout with uncommitted edits.'
     return note
+
+
+def _rows_code(rows: dict[str, dict]) -> str:
+    """Each row's versions (those it was scored under after, where others), in the board's order; the rows
+    of the most common versions, where two or more share them and they hold no "-dirty" one, summed up
+    after the others as "all other rows": a row of other code, or of uncommitted edits, is always named."""
+    texts = {label: ", ".join(map(short_commit, r["trained"]))
+             + (f" (scored under {', '.join(map(short_commit, r['scored']))})"
+                if set(r["scored"]) - set(r["trained"]) else "") for label, r in rows.items()}
+    common, n = collections.Counter(texts.values()).most_common(1)[0]
+    if n == len(texts):
+        return f"every row: {common}"
+    if n < 2 or "-dirty" in common:
+        return "; ".join(f"{label}: {text}" for label, text in texts.items())
+    return "; ".join(f"{label}: {text}" for label, text in texts.items() if text != common) + \
+        f"; all {n} other rows: {common}"
 
 
 def _short(versions: list[str]) -> str:
