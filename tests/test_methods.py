@@ -130,7 +130,20 @@ def test_a_rescored_board_names_the_weights_it_scored(tmp_path):
     strict = text[text.index("policy strict"):]
     assert "Scored under strict from the weights of the legacy-synapse runs" in strict
     assert "Scored under" not in text[:text.index("policy strict")]  # the original board trained them
-    assert "HD95 unit: mm" in strict
+    assert "HD95 (95th percentile of both directions' surface distances pooled) in mm from each case's voxel " \
+        "spacing; a missed structure (in the reference only) scores DSC 0 and HD95 a penalty, the diagonal of the " \
+        "volume in mm" in strict
+
+
+def test_a_2d_board_under_strict_says_pixels_and_the_image_diagonal_once(tmp_path):
+    """A review: a 2-D strict board's Methods said HD95 "in mm from each case's spacing", a penalty of
+    "the volume's diagonal", then "HD95 unit: pixels"."""
+    with warnings.catch_warnings():  # its stored numbers are legacy-isic's: restated from its case rows
+        warnings.simplefilter("ignore")
+        text = _methods(tmp_path, {**_record("isic17"), "policy": "strict", "hd95_unit": "pixels"})
+    assert "in pixels of the model's input (2-D images are scored at its resolution)" in text
+    assert "HD95 a penalty, the image's diagonal in pixels" in text
+    assert not re.search(r"\bmm\b|volume|HD95 unit", text)
 
 
 def test_records_whose_numbers_the_boards_restate_are_named(tmp_path):

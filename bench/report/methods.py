@@ -378,9 +378,9 @@ def _evaluation(recs: list[dict], results_dir: Path) -> str:
     text = [f"**Data and evaluation.** {rec.get('dataset_name') or rec['dataset']} ({synthetic}{data_id}); "
             f"{cases} test cases per run from {split}."]
     text.append(_rescored(recs, results_dir))
-    text.append(f"Metric policy {rec['policy']}: {_conventions(rec)}.")
     units = {r.get("hd95_unit") for r in recs if r.get("hd95_unit")}
-    if units:
+    text.append(f"Metric policy {rec['policy']}: {_conventions(rec, units.pop() if len(units) == 1 else None)}.")
+    if len(units) > 1:  # runs of other units: each named
         text.append(f"HD95 unit: {_per_run(recs, lambda r: r.get('hd95_unit'))}.")
     text.append(_eval_settings(recipe, rec))
     return " ".join(t for t in text if t)
@@ -411,32 +411,50 @@ def _rescored(recs: list[dict], results_dir: Path) -> str:
     return f"Scored under {recs[0]['policy']} from the weights of the {was} runs{which} (`bench rescore`)."
 
 
-def _outcome(pair: list, penalty: Any) -> str:
+# where HD95 is in what unit (records' hd95_unit: evaluate.hd95_unit), and its penalty's extent
+_HD95_UNITS = {
+    "mm": ("in mm from each case's voxel spacing", "the diagonal of the volume in mm"),
+    "voxels": ("in voxels (the volumes carry no spacing)", "the volume's diagonal in voxels"),
+    "pixels": ("in pixels of the model's input (2-D images are scored at its resolution)",
+               "the image's diagonal in pixels"),
+    "mixed": ("in mm where a case's spacing is known and in voxels where not, so the mean adds both",
+              "the volume's diagonal in the same unit"),
+}
+
+
+def _outcome(pair: list, penalty: str) -> str:
     dice, hd = (None if isinstance(v, float) and math.isnan(v) else v for v in pair)  # records: null; policy_fields: NaN
-    dice = "NaN (left out, counted)" if dice is None else num(dice)
-    hd = {None: "NaN", "penalty": f"a penalty ({penalty}: the volume's diagonal)"}.get(hd, hd)
+    dice = "NaN (left out of the means, counted)" if dice is None else num(dice)
+    hd = {None: "NaN", "penalty": f"a penalty, {penalty}"}.get(hd, hd)
     return f"DSC {dice} and HD95 {num(hd)}"
 
 
-def _conventions(rec: dict) -> str:
-    """The policy's conventions as recorded with the run (``metrics.policy_fields``), in words."""
+def _conventions(rec: dict, unit: str | None) -> str:
+    """The policy's conventions as recorded with the run (``metrics.policy_fields``), in words; HD95 in
+    ``unit`` (the board's runs' ``hd95_unit``, where they agree; None: older records, said generally)."""
     from bench.metrics import policy_fields
 
     c = rec.get("policy_conventions") or policy_fields(rec["policy"])
     zero = "0" if c["zero_division"] == 0 else "NaN"
     if c["pooled"]:
         return ("one confusion matrix pooled over all test pixels (a micro average): DSC, IoU (the papers' mIoU, "
-                f"foreground only), accuracy, specificity and sensitivity from it, a ratio with a zero denominator "
-                f"{zero}; no HD95")
+                f"foreground only), accuracy, specificity and sensitivity from it; a ratio with a zero denominator "
+                f"counts as {zero}; no HD95")
     hd = {"pooled": "medpy's HD95 (95th percentile of both directions' surface distances pooled)",
           "max_directed": "MONAI's HD95 (the larger of the two directed 95th percentiles)"}.get(
         c["hd_definition"], "no HD95")
-    unit = "in mm from each case's spacing (voxels where it is unknown)" if c["use_spacing"] else \
-        "in voxels, spacing ignored"
-    return (f"per case and class, averaged over cases per class, then over classes; {hd} {unit}; a missed structure "
-            f"(in the reference only) scores {_outcome(c['ref_only'], c['penalty'])}, a prediction of an absent one "
-            f"{_outcome(c['pred_only'], c['penalty'])}, both masks empty {_outcome(c['both_empty'], c['penalty'])}; "
-            f"accuracy, specificity, sensitivity with a zero denominator {zero}")
+    if not c["use_spacing"]:
+        where = f"in {unit or 'voxels'}, spacing ignored"
+        extent = "the image's diagonal" if unit == "pixels" else "the volume's diagonal"
+    elif unit in _HD95_UNITS:
+        where, extent = _HD95_UNITS[unit]
+    else:  # records before they named their unit
+        where, extent = ("in mm from each case's spacing (voxels or pixels where it is unknown)",
+                         "the diagonal of the image or volume")
+    return (f"per case and class, averaged over cases per class, then over classes; {hd} {where}; a missed "
+            f"structure (in the reference only) scores {_outcome(c['ref_only'], extent)}, a prediction of an absent "
+            f"one {_outcome(c['pred_only'], extent)}, both masks empty {_outcome(c['both_empty'], extent)}; "
+            f"accuracy, specificity and sensitivity with a zero denominator count as {zero}")
 
 
 def _eval_settings(recipe: dict, rec: dict) -> str:
