@@ -317,9 +317,11 @@ def test_runs_without_a_record_are_named_in_methods_and_warned(tmp_path, monkeyp
     write_record(rescored, tmp_path)
     _run_folder(tmp_path, "isic17-isic17-unet-s1-00000001", checkpoints=("final.pt",))  # no board of it here
     variant = f"{stem}-unet-s0-abcdef12"  # `bench run ... --lr 1e30`: another run id
-    _run_folder(tmp_path, variant, f"[1/1] {variant}: training", f"  {variant}: FAILED: non-finite loss (inf)")
-    said = ("Runs without a record, which no board counts: unet seed 0, run …abcdef12 (failed: non-finite loss "
-            "(inf)); unet seed 1, run …00000001 (finished, record missing: deleted?); unet seed 2, run …00000002 "
+    _run_folder(tmp_path, variant, f"[1/1] {variant}: training", f"{variant}: settings: unet (tiny) · off-protocol: "
+                "lr=1e+30", f"  {variant}: FAILED: non-finite loss (inf)")
+    said = ("Runs without a record, which no board counts: unet (tiny) seed 0, off-protocol: lr=1e+30, run …abcdef12 "
+            f"(failed: non-finite loss (inf)), another run than the board's unet seed 0 (run …{kept['run_id'][-8:]}); "
+            "unet seed 1, run …00000001 (finished, record missing: deleted?); unet seed 2, run …00000002 "
             "(interrupted); unet seed 4, run …00000004 (finished, record missing: deleted?; its rescore under strict remains); vmunet seed 1, "
             "run …00000001 (failed: non-finite loss (nan) at epoch 3, step 40: training stopped).")
     with claim_run(tmp_path, live):

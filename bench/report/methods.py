@@ -77,14 +77,29 @@ def warn_unrecorded(results_dir: Path, df: pd.DataFrame, models: str | Iterable[
         return ""
     by_board: dict[str, list[str]] = {}
     for run in runs:
-        by_board.setdefault(f"{run['dataset']}, protocol {run['protocol']}",
-                            []).append(f"{_run_name(run)}, run …{run['run_id'][-8:]} ({run['why']})")
+        by_board.setdefault(f"{run['dataset']}, protocol {run['protocol']}", []).append(_unrecorded(run, df))
     named = " — ".join((f"{board}: " if len(by_board) > 1 else "") + "; ".join(names)
                        for board, names in by_board.items())
     text = f"Runs without a record, which no board counts: {named}."
     folder = f"{runs_dir(results_dir)}/<run id>/"
     warnings.warn(f"{text} Their logs: {folder}{RUN_LOG}; once a run should not count, delete (or move out) its "
                   f"folder {folder} and it is no longer said", stacklevel=3)
+    return text
+
+
+def _unrecorded(run: dict, df: pd.DataFrame) -> str:
+    """A run without a record in words: its row label and off-protocol changes where its log says them
+    (``runlog.settings``), its id's last part and why it has no record, and the board's run of the same
+    model and seed where there is one: the two are other runs (other settings, data or policy)."""
+    label, _, off = (run.get("settings") or run["model"]).partition(" · ")
+    text = f"{_run_name(run, label)}{', ' + off if off else ''}, run …{run['run_id'][-8:]} ({run['why']})"
+    same = df[(df["dataset"] == run["dataset"]) & (df["protocol"] == run["protocol"]) & (df["model"] == run["model"])
+              & (df["seed"] == run["seed"]) & (df["split"] == run["split"])
+              & (df["run_id"].str.split(".").str[0] != run["run_id"])]  # not its own rescored copy
+    if not same.empty:
+        row = same.iloc[0]
+        text += (f", another run than the board's {_run_name(run, row.get('model_label') or run['model'])} "
+                 f"(run …{row['run_id'].split('.')[0][-8:]})")
     return text
 
 
