@@ -36,6 +36,12 @@ _AUGMENT = {"transunet": "TransUNet's random rot90/flip or rotation", "vmunet_is
 _SELECT = {"final": "the final ones", "best_train_loss": "those of the epoch with the lowest training loss",
            "lr_min": "those of the last epoch at the schedule's lowest learning rate"}
 _SKIP_PACKAGES = {"ssm-unet-bench"}  # named as bench's version
+_FAMILIES = {"ssm": "a state-space (Mamba-style) model", "cnn": "a convolutional network",
+             "transformer": "a transformer-based network"}
+# the selective scan's implementations (ssm_models.scan.BACKENDS), as a reader knows them
+_SCANS = {"cuda": "the CUDA kernels of mamba-ssm", "cpu": "this project's C++ CPU kernel",
+          "torch": "this project's implementation in PyTorch operations",
+          "ref": "the step-by-step reference implementation (slow; for testing)"}
 
 
 def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
@@ -110,8 +116,19 @@ def _board(group: pd.DataFrame, recs: list[dict], results_dir: Path) -> str:
                         _overrides_text(json.dumps(proto["overrides"])), first["policy"])
     labels = list(group["model_label"])
     evaluation = " ".join(t for t in (_evaluation(recs, results_dir), _restated(labels, recs, group)) if t)
-    paragraphs = [_models(labels, recs), _training(labels, recs), evaluation, _environment(labels, recs, group)]
+    paragraphs = [_lead(first), _models(labels, recs), _training(labels, recs), evaluation,
+                  _environment(labels, recs, group)]
     return f"## {title}\n\n" + "\n\n".join(p for p in paragraphs if p) + "\n"
+
+
+def _lead(rec: dict) -> str:
+    """The heading's board key in a sentence: the protocol (name, version, the hash of its settings, what
+    was changed) and the metric policy."""
+    proto = rec["protocol"]
+    changed = _overrides_text(json.dumps(proto["overrides"]))
+    return (f"Runs of bench's protocol {proto['name']}, version {proto['version']} (settings hash {proto['hash']})"
+            + (f", with these settings changed: {changed}" if changed else "")
+            + f"; scores under the metric policy {rec['policy']}.")
 
 
 # ------------------------------------------------------------------------------------------ wording
@@ -178,24 +195,37 @@ def _models(labels: list[str], recs: list[dict]) -> str:
 
 def _model(label: str, runs: list[dict]) -> str:
     rec = runs[0]
-    parts = [f"family {rec['family']}"]
+    parts = [_FAMILIES.get(rec["family"], f"family {rec['family']}")]
     changes = _config_changes(rec)
     if rec.get("tiny"):  # the tiny configuration's own keys, and what --set gave beside or instead of them
         cfg, tiny = rec["model_config"], set(_tiny_config(rec["model"]))
         other = set(_tiny_changes(rec["model"], cfg)) | {key for key, _ in changes if key not in tiny}
         own = ", ".join(text for key, text in changes if key not in other)
-        elsewise = ", ".join(f"{k}={_shown(cfg[k])}" for k in cfg if k in other)
-        parts.append("tiny test configuration" + (f" ({own})" if own else "")
-                     + (f", with {elsewise} set otherwise" if elsewise else ""))
+        parts.append("the small test configuration, not the paper's" + (f" ({own})" if own else "")
+                     + _set_otherwise(rec, [(k, f"{k}={_shown(cfg[k])}") for k in cfg if k in other]))
     elif changes:
-        parts.append(f"paper configuration with {', '.join(text for _, text in changes)}")
+        parts.append("the paper's configuration" + _set_otherwise(rec, changes))
     else:
-        parts.append("paper configuration")
+        parts.append("the paper's configuration")
     params = sorted({r["cost"]["params"] for r in runs if r["cost"].get("params")})
     if params:
         parts.append("–".join(f"{p / 1e6:.2f}" for p in dict.fromkeys((params[0], params[-1]))) + " M parameters")
     parts.append(_start(runs))
     return f"{label}: {'; '.join(parts)}."
+
+
+def _set_otherwise(rec: dict, changes: list[tuple[str, str]]) -> str:
+    """Keys set otherwise than the configuration named: those the user set (records' ``set_keys``), and
+    those the model chose itself for the input (Swin-Unet's window for a small image); records before
+    ``set_keys`` were kept tell them apart by nothing."""
+    if not changes:
+        return ""
+    if not isinstance(rec.get("set_keys"), list):
+        return f", with {', '.join(text for _, text in changes)} set otherwise"
+    given = [text for key, text in changes if key in rec["set_keys"]]
+    chosen = [text for key, text in changes if key not in rec["set_keys"]]
+    return "".join((f", with {', '.join(given)} set by the user" if given else "",
+                    f", with {', '.join(chosen)} chosen by the model for the input size" if chosen else ""))
 
 
 def _config_changes(rec: dict) -> list[tuple[str, str]]:
@@ -234,7 +264,7 @@ def _training(labels: list[str], recs: list[dict]) -> str:
     trained = [r for r in recs if not r.get("weights")]
     trained_labels = [label for label, r in zip(labels, recs) if not r.get("weights")]
     if not trained:
-        return "**Training.** None here: every run evaluated given weights (`bench run --weights`)."
+        return "**Training.** None here: every run evaluated given weights."
     recipe, train = _recipe(trained[0]), trained[0]["train"]
     t = recipe["train"]
     sentences = [
@@ -244,7 +274,8 @@ def _training(labels: list[str], recs: list[dict]) -> str:
         _input(recipe, trained[0]),
         _precision(recipe, trained),
         f"Weights evaluated: {_select(t, trained)}.",
-        _seeds(trained_labels, trained) + f"; {_per_run(trained, lambda r: r.get('n_train'))} training items.",
+        _seeds(trained_labels, trained) + ".",
+        _n_train(trained),
     ]
     if len(trained) < len(recs):
         sentences.append(f"{_count(len(recs) - len(trained), 'run')} evaluated given weights instead of training.")
@@ -302,14 +333,15 @@ def _length(t: dict, trained: list[dict]) -> str:
 
         text += f" ({_per_run(trained, epochs_of)}{drawn})"
         if cap and cap < full:
-            text += f"; the recipe stops at max_iterations {cap}, before the end of its {t['epochs']} epochs ({full} iterations)"
+            text += (f"; the recipe caps training at {cap} iterations, before the end of its {t['epochs']} epochs "
+                     f"({full} iterations)")
         elif cap:
-            text += f"; the recipe's {t['epochs']} epochs, within max_iterations {cap}"
+            text += f"; the recipe's full {t['epochs']} epochs (its cap of {cap} iterations not reached)"
     else:  # records written before they kept the epoch's length, or runs of several (folds of other sizes)
         epochs = [r["train"]["epochs"] for r in trained]
         text += f" over {_span(epochs)} epoch{'s' * (max(epochs) != 1)} begun{drawn}"
         if cap:
-            text += f" (max_iterations {cap})"
+            text += f" (capped at {cap} iterations)"
     return text + "."
 
 
@@ -361,6 +393,11 @@ def _select(t: dict, trained: list[dict]) -> str:
                                         if "@" in str(r["train"].get("selected")) else "?") + ")"
 
 
+def _n_train(trained: list[dict]) -> str:
+    n = _per_run(trained, lambda r: r.get("n_train"))
+    return "" if n == "None" else f"Training set: {n} items."  # older records: not kept
+
+
 def _seeds(labels: list[str], recs: list[dict]) -> str:
     """"Seeds 0, 1" where every model ran them; else each model's (a board row may lack a seed)."""
     def of(runs: list[dict]) -> str:
@@ -381,7 +418,7 @@ def _seeds(labels: list[str], recs: list[dict]) -> str:
 def _evaluation(recs: list[dict], results_dir: Path) -> str:
     rec, recipe = recs[0], _recipe(recs[0])
     synthetic = "synthetic data generated by bench" if rec["synthetic"] else "real data"
-    data_id = f", data id {rec['data_id']}" if rec.get("data_id") else ""
+    data_id = _data_id(rec.get("data_id"))
     rule = rec.get("split_rule")  # how the split was made, where the data fixes none (older records: unsaid)
     folds = sorted({f for r in recs if (f := split_fold(r["split"])) is not None})
     if folds:
@@ -399,6 +436,15 @@ def _evaluation(recs: list[dict], results_dir: Path) -> str:
         text.append(f"HD95 unit: {_per_run(recs, lambda r: r.get('hd95_unit'))}.")
     text.append(_eval_settings(recipe, rec))
     return " ".join(t for t in text if t)
+
+
+def _data_id(data_id: str | None) -> str:
+    """A run's data identity (``RunSpec.data_id``) in words: what it was computed from."""
+    if not data_id:
+        return ""
+    kind, _, digest = data_id.partition(":")
+    return {"synthetic": f", identity {digest} from its generator's settings",
+            "files": f", identity {digest} from its files' contents"}.get(kind, f", at {data_id}")
 
 
 def _restated(labels: list[str], recs: list[dict], group: pd.DataFrame) -> str:
@@ -423,7 +469,8 @@ def _rescored(recs: list[dict], results_dir: Path) -> str:
             return "original"
     was = _per_run(sources, source_policy)
     which = "" if len(sources) == len(recs) else f" ({_count(len(sources), 'run')} of {len(recs)})"
-    return f"Scored under {recs[0]['policy']} from the weights of the {was} runs{which} (`bench rescore`)."
+    return (f"Scores under {recs[0]['policy']} come from evaluating again the weights trained in the {was} "
+            f"runs{which}, without retraining.")
 
 
 # where HD95 is in what unit (records' hd95_unit: evaluate.hd95_unit), and its penalty's extent
@@ -514,12 +561,13 @@ def _environment(labels: list[str], recs: list[dict], group: pd.DataFrame) -> st
             f"Device: {_per_run(recs, lambda r: _device(r['device']))}."]
     rescored = [r for r in recs if r.get("rescored_with")]
     if rescored:  # the numbers of this board came from there; the packages and device above trained them
-        text.append("Scored by `bench rescore` on " + _per_run(rescored, lambda r: _device(r["rescored_with"]["device"]))
+        text.append("Evaluated again on " + _per_run(rescored, lambda r: _device(r["rescored_with"]["device"]))
                     + "; the packages and device above are the training's.")
     scan = {r.get("scan_backend") for r in recs} - {None}
     if scan:
-        text.append("Selective scan: " + _per_run([r for r in recs if r.get("scan_backend")],
-                                                  lambda r: r["scan_backend"]) + ".")
+        text.append("Selective scan (the state-space models' recurrence) run by " + _per_run(
+            [r for r in recs if r.get("scan_backend")], lambda r: _SCANS.get(r["scan_backend"], r["scan_backend"]))
+            + ".")
     text += [_resumes(labels, recs), _train_time(labels, recs)]
     return " ".join(t for t in text if t)
 
