@@ -1283,7 +1283,7 @@ def test_a_board_of_runs_trained_by_different_process_counts_says_so(tmp_path):
         write_record(rec, tmp_path)
     df = load(tmp_path)
     assert sorted(df["world_size"]) == [1, 2]
-    assert "Processes: these runs trained with 1 or 2 processes (--nproc)" in render(df)
+    assert "Processes: these runs trained with 1 or 2 processes;" in render(df)
     assert "Processes:" not in render(df[df["world_size"] == 1])
 
 
@@ -1342,7 +1342,12 @@ def test_a_legacy_synapse_board_counts_the_misses_it_scores_hd95_zero(tmp_path):
     n = len(make_record("unet")["per_case"])
     assert (f"legacy-synapse scores a structure predicted nowhere in a case HD95 0, the best value (the papers' "
             f"rule), so misses lower a model's HD95; missed case × class entries, over all runs: unet 0 of {n}, "
-            f"vmunet 5 of {2 * n - 1}. `bench rescore --policy strict` scores them with a penalty.") in render(load(tmp_path))
+            f"vmunet 5 of {2 * n - 1}; the strict policy scores them with a penalty instead.") in render(load(tmp_path))
+    # what to do is the command's to say, not a paper's caption
+    with pytest.warns(UserWarning, match=r"scores the structures predicted nowhere HD95 0.*`bench rescore --policy "
+                      r"strict --results <folder>` scores them with a penalty"):
+        text = write_report(tmp_path)
+    assert "bench rescore" not in text
     # strict scores a miss with a penalty: nothing to say; nor where the HD95 column is not shown
     assert "HD95 of misses" not in render(load(tmp_path), columns=("params",))
     for path in (tmp_path / "records").glob("*.json"):
@@ -1501,7 +1506,7 @@ def test_runs_on_other_data_or_from_other_weights_are_not_averaged(tmp_path):
     md = render(load(tmp_path / "one"))
     assert re.search(r"\| unet +\| cnn +\| +1 \(2 runs\) \|", md)
     assert "Repeated: unet seed 0 ran more than once here, and each run counts in the mean" in md
-    assert "delete the record that should not count and its folder runs/<run id>/ (else the run is named" in md
+    assert "delete the record" not in md  # the warning's to say (below), not a paper's caption
     assert "vmunet seed" not in md
     # and said where it is seen, naming the records to choose from
     ids = sorted(load(tmp_path / "one").query("model == 'unet'")["run_id"])
@@ -1831,7 +1836,7 @@ def test_a_rescored_board_says_so_in_its_caption_and_csv(tmp_path):
     md = write_report(tmp_path)
     legacy, strict = md[:md.index("policy strict")], md[md.index("policy strict"):]
     assert ("Rescored: scored under strict from the weights of runs trained and first scored under legacy-synapse "
-            "(1 of 2 runs) (bench rescore).") in strict and "Rescored" not in legacy
+            "(1 of 2 runs), evaluated again without retraining.") in strict and "Rescored" not in legacy
     assert "first scored under legacy-synapse (1 of 2" in write_report(tmp_path, "latex")
     csv = pd.read_csv(io.StringIO(write_report(tmp_path, "csv")), keep_default_na=False)
     assert dict(zip(csv["policy"] + " " + csv["model"], csv["rescored_from_policy"])) == {
@@ -1844,10 +1849,10 @@ def test_a_rescored_board_says_so_in_its_caption_and_csv(tmp_path):
         if model == "unet":
             write_record(rec, tmp_path / "gone")
             kept = rec["run_id"]
-    assert ("first scored under legacy-synapse (1 of 2 runs; the other's first record is gone) (bench rescore)."
+    assert ("first scored under legacy-synapse (1 of 2 runs; the other's first record is gone), evaluated again without retraining."
             in write_report(tmp_path / "gone"))
     (tmp_path / "gone" / "records" / f"{kept}.json").unlink()
-    assert ("first scored under another policy (their first records are gone) (bench rescore)."
+    assert ("first scored under another policy (their first records are gone), evaluated again without retraining."
             in write_report(tmp_path / "gone"))
 
 

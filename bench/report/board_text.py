@@ -285,7 +285,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         note += (f" Devices: these runs trained on {len(devices)} ({'; '.join(devices)}); a GPU's reduced "
                  "precision (TF32, autocast) and its kernels move the numbers beyond what the seed does.")
     if len(sizes := a.get("world_sizes", [])) > 1 and shown("metrics"):  # --nproc for some seeds, not others
-        note += (f" Processes: these runs trained with {' or '.join(map(str, sizes))} processes (--nproc); "
+        note += (f" Processes: these runs trained with {' or '.join(map(str, sizes))} processes; "
                  "BatchNorm's batch statistics and the order of reductions differ with them, so the numbers too.")
     if "train_time_s" in board and board["train_time_s"].notna().any() and shown("time"):
         where = (f"on {devices[0]}" if len(devices) == 1
@@ -295,14 +295,11 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         which = "; ".join(f"{m} seed {', '.join(map(str, seeds))}" for m, seeds in a["repeated"].items())
         note += (f" Repeated: {which} ran more than once here, and each run counts in the mean: a record written "
                  "before bench identified data by its content names it by its path, so a run on that data moved, "
-                 "or on other data of this name, was not the same run. records.load's data_id and data_root tell "
-                 "them apart: delete the record that should not count and its folder runs/<run id>/ (else the run is "
-                 "named as one without a record).")
+                 "or on other data of this name, was not the same run.")
     note += code_note(a.get("code", {}))
     if plugin := a.get("plugin_code"):
         which = "; ".join(f"{m}: {n}" for m, n in plugin.items())
-        note += (f" Plugin code changed since these runs trained ({which}; records' model_code): their numbers are "
-                 "the old code's; train them into another --results folder for the code as it is.")
+        note += (f" Plugin code changed since these runs trained ({which}): their numbers are the old code's.")
     if "macs" in board and board["macs"].notna().any() and shown("cost"):
         note += (" GMACs: one forward of one input at the protocol's input size (the square image, or the patch), "
                  "the selective scan included; thop GMACs: what thop counts, the convention of published tables.")
@@ -310,7 +307,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
     if missed and any(shown(g) for g in ("metrics", "class-hd95")):
         note += (f" HD95 of misses: {key.policy} scores a structure predicted nowhere in a case HD95 0, the best "
                  f"value (the papers' rule), so misses lower a model's HD95; missed case × class entries, over all "
-                 f"runs: {missed}. `bench rescore --policy strict` scores them with a penalty.")
+                 f"runs: {missed}; the strict policy scores them with a penalty instead.")
     if _has_exclusions(board) and shown("metrics"):
         note += (" DSC n/a: case × class entries with both masks empty, over all runs; strict scores them NaN and "
                  "leaves them out of the means; a class with no other entry has no mean, and the DSC is nan (as "
@@ -318,7 +315,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
     n_rescored, n_runs, first, gone = a.get("rescored", (0, 0, [], 0))
     if n_rescored:
         note += (f" Rescored: scored under {key.policy} from the weights of runs trained and first scored under "
-                 f"{_first_scored(n_rescored, n_runs, first, gone)} (bench rescore).")
+                 f"{_first_scored(n_rescored, n_runs, first, gone)}, evaluated again without retraining.")
     if restated := a.get("restated"):
         which = few([f"records/{r.split('@')[0]}.json: {t}" for r, t in restated.items()], 3, sep="; ")
         note += (f" Restated: the stored numbers of {len(restated)} record(s) do not match their own case rows "
