@@ -159,11 +159,71 @@ def test_records_whose_numbers_the_boards_restate_are_named(tmp_path):
     assert "seed 0 (stored" not in text
 
 
-@pytest.mark.parametrize("option", [{"columns": "paper"}, {"reference": "unet"}, {"published": True}])
+@pytest.mark.parametrize("option", [{"columns": "paper"}, {"published": True}])
 def test_board_options_are_refused(tmp_path, option):
     write_record(_record(), tmp_path)
     with pytest.raises(BenchError, match=f"--{next(iter(option))} shapes the leaderboards; --format methods"):
         write_report(tmp_path, "methods", **option)
+
+
+def test_the_statistics_the_tables_use_are_said_and_the_reference_adds_its_tests(tmp_path):
+    """A review: Methods said nothing of the CIs, the paired tests, Holm or the ranks the report's tables
+    show, and --reference, which decides the tests, was refused with --format methods."""
+    from bench import stats
+
+    vmunet = {**_record(seed=0), "model": "vmunet", "run_id": "synapse-synapse-vmunet-s0-00000001"}
+    for rec in (_record(seed=0), vmunet):
+        write_record(rec, tmp_path)
+    text = write_report(tmp_path, "methods")
+    assert ("**Statistical analysis.** Tables give each model's mean over its seeds ± their sample standard "
+            "deviation (n − 1).") in text
+    assert (f"95% confidence intervals of DSC and HD95: percentile bootstrap over test cases ({stats.N_BOOT} "
+            "resamples, seeded)") in text
+    assert "Wilcoxon" not in text and "Holm" not in text and "rank" not in text  # no --reference: no such tables
+    text = write_report(tmp_path, "methods", reference="unet")
+    assert ("Each model was compared with unet on DSC and HD95 by a two-sided Wilcoxon signed-rank test over the "
+            "shared test cases") in text and "adjusted with Holm's step-down method" in text
+    assert f"{stats.N_BOOT_RANKS} bootstrap resamples of those cases" in text
+    with pytest.raises(BenchError, match="--reference 'swin_unet': no runs of that model"):
+        write_report(tmp_path, "methods", reference="swin_unet")
+
+
+def test_the_pooled_policy_is_tested_by_permutation(tmp_path):
+    from bench import stats
+
+    unet = _record("isic17")
+    vmunet = {**_record("isic17"), "model": "vmunet", "run_id": "isic17-isic17-vmunet-s0-00000001"}
+    text = _methods(tmp_path, unet, vmunet)
+    assert "95% confidence intervals of DSC:" in text  # no HD95 under legacy-isic
+    text = render_methods(tmp_path, reference="vmunet")
+    assert (f"Each model was compared with vmunet on DSC by a two-sided paired permutation test of the difference "
+            f"of the board's numbers (pooled over all test pixels)") in text and f"else {stats.N_PERM} drawn" in text
+
+
+def test_the_cost_tables_counting_and_timing_are_said(tmp_path):
+    """A review: Methods said nothing of how GMACs were counted (the scan included, beside thop's) nor of
+    the latency setup."""
+    from bench.cost import write_profile
+
+    rec = _record()
+    rec["cost"].update(macs=1e9, paper_macs=5e8)
+    write_record(rec, tmp_path)
+    assert "## Computational cost" in (text := render_methods(tmp_path))
+    assert "FlopCounterMode" in text and "selective scan included" in text and "thop 0.1.1" in text
+    assert "Latency" not in text  # no bench profile record: no cost table timed
+    row = {"model": "unet", "input_shape": "1x3x224x224", "model_config": {},
+           "device_fingerprint": {"device": "cpu", "cpu": "AMD EPYC", "threads": 4, "torch": "2.5"},
+           "fingerprint": "AMD EPYC x4 threads (AVX2) / torch 2.5", "device": "cpu", "precision": "fp32",
+           "channels_last": False, "compiled": False, "scan_backend": None, "macs": 1e9, "paper_macs": 5e8,
+           "latency_ms_median": 10.0, "timed_iters": 100, "warmup_iters": 20, "batch_size": 1}
+    write_profile(row, tmp_path)
+    text = render_methods(tmp_path)
+    assert ("Latency on CPU AMD EPYC, 4 threads, torch 2.5 (float32, batch size 1): the median and "
+            "90th percentile of 100 timed forward passes of random input, after 20 warm-up passes (unet; input "
+            "1x3x224x224).") in text
+    del row["warmup_iters"]  # a profile written before it was kept: said so, not guessed
+    write_profile(row, tmp_path)
+    assert "after warm-up passes (their number not recorded)" in render_methods(tmp_path)
 
 
 def test_the_cli_prints_it_and_writes_out(tmp_path):
@@ -174,9 +234,11 @@ def test_the_cli_prints_it_and_writes_out(tmp_path):
     out = tmp_path / "methods.md"
     res = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--format", "methods", "--out", str(out)])
     assert res.exit_code == 0 and "**Models.**" in out.read_text()
-    refused = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--format", "methods", "--reference", "unet"])
+    refused = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--format", "methods", "--published"])
     # bench's entry point turns it into one line and exit 2; in process it arrives as the exception
-    assert isinstance(refused.exception, BenchError) and "--reference shapes the leaderboards" in str(refused.exception)
+    assert isinstance(refused.exception, BenchError) and "--published shapes the leaderboards" in str(refused.exception)
+    res = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--format", "methods", "--reference", "unet"])
+    assert res.exit_code == 0 and "**Statistical analysis.**" in res.output, res.output
 
 
 def test_a_real_tiny_run_states_what_ran(tmp_path):

@@ -46,9 +46,11 @@ _SCANS = {"cuda": "the CUDA kernels of mamba-ssm", "cpu": "this project's C++ CP
 
 def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
                    datasets: str | Iterable[str] | None = None, policies: str | Iterable[str] | None = None, *,
-                   empty_ok: bool = True) -> str:
+                   empty_ok: bool = True, reference: str | None = None) -> str:
     """Markdown: per board (dataset × protocol × policy, as ``label_runs`` groups finished runs) a
-    ``##`` heading and short paragraphs on the models, training, data and evaluation, and environment.
+    ``##`` heading and short paragraphs on the models, training, data and evaluation, the statistics the
+    report's tables use (with ``reference``: `bench report --reference`'s paired tests and ranks too), and
+    environment; then how the cost tables counted and timed (the folder's ``bench profile`` records).
     Without finished runs, the line saying so (``empty_ok``; else a BenchError, as `bench report` raises it)."""
     results_dir = Path(results_dir)
     # recheck: the numbers the boards show, and which records they restate (said per board)
@@ -59,11 +61,18 @@ def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
             raise BenchError(said)
         return f"{said}.\n"
     df = label_runs(df)
+    if reference:  # a model (or board row) of these runs, as --reference of the other formats checks it
+        from bench.report.significance import _check_reference
+
+        _check_reference(reference, {"runs": df}, results_dir)
     parts = []
     for _, group in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
         group = group.sort_values(["model_label", "seed", "run_id"])  # the same text whatever order files list in
         recs = [read_record(results_dir, run_id) for run_id in group["run_id"]]
-        parts.append(_board(group, recs, results_dir))
+        parts.append(_board(group, recs, results_dir, reference))
+    cost = _cost(df, results_dir)
+    if cost:
+        parts.append(f"## Computational cost\n\n{cost}\n")
     missing = warn_unrecorded(results_dir, df, models)
     if missing:
         parts.append(f"## Runs without a record\n\n{missing}\n")
@@ -109,7 +118,7 @@ def _unrecorded(run: dict, df: pd.DataFrame) -> str:
     return text
 
 
-def _board(group: pd.DataFrame, recs: list[dict], results_dir: Path) -> str:
+def _board(group: pd.DataFrame, recs: list[dict], results_dir: Path, reference: str | None = None) -> str:
     first = recs[0]
     proto = first["protocol"]
     title = board_title(group["board_dataset"].iloc[0], proto["name"], proto["version"], proto["hash"],
@@ -117,7 +126,7 @@ def _board(group: pd.DataFrame, recs: list[dict], results_dir: Path) -> str:
     labels = list(group["model_label"])
     evaluation = " ".join(t for t in (_evaluation(recs, results_dir), _restated(labels, recs, group)) if t)
     paragraphs = [_lead(first), _models(labels, recs), _training(labels, recs), evaluation,
-                  _environment(labels, recs, group)]
+                  _statistics(group, recs, reference), _environment(labels, recs, group)]
     return f"## {title}\n\n" + "\n\n".join(p for p in paragraphs if p) + "\n"
 
 
@@ -541,6 +550,121 @@ def _eval_settings(recipe: dict, rec: dict) -> str:
         tols = ", ".join(f"{n} {num(v)}" for n, v in tol) if isinstance(tol, list) else num(tol)
         parts.append(f"NSD at tolerance {tols} (HD95 unit)")
     return f"Evaluation: {'; '.join(parts)}." if parts else ""
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def _statistics(group: pd.DataFrame, recs: list[dict], reference: str | None) -> str:
+    """What the report's tables of this board compute: mean ± std over seeds, the bootstrap CIs
+    (``stats.bootstrap_ci``, where case rows hold the metric), and with ``reference`` the paired tests,
+    Holm's correction and the rank stability (``significance_sections``), their constants from ``stats``."""
+    from bench import stats
+    from bench.report.boards import CI_METRICS, METRICS
+    from bench.report.labels import CV_LABEL
+
+    cv = CV_LABEL in group["board_dataset"].iloc[0]
+    runs = "runs (every seed and fold)" if cv else "seeds"
+    text = [f"**Statistical analysis.** Tables give each model's mean over its {runs} ± their sample standard "
+            "deviation (n − 1)."]
+    measured = [m for m in CI_METRICS if any(_value(case.get(m)) for r in recs for case in r.get("per_case", []))]
+    if measured:
+        text.append(f"95% confidence intervals of {_and([METRICS[m][0] for m in measured])}: percentile bootstrap "
+                    f"over test cases ({stats.N_BOOT} resamples, seeded), each resample scored under the board's "
+                    f"policy as the board is, then averaged over the model's {runs}; they show how much the test set "
+                    "moves these trained models' numbers, not the spread between seeds.")
+    if reference and measured:
+        text.append(_paired(group, recs, reference, measured))
+    return " ".join(text)
+
+
+def _paired(group: pd.DataFrame, recs: list[dict], reference: str, measured: list[str]) -> str:
+    from bench import metrics, stats
+    from bench.report.boards import METRICS
+
+    labels = sorted(set(group["model_label"]))
+    ref = stats.reference_label(group, reference)
+    ranks = (f"Models ranked by the board's DSC over the test cases every model has; the ranks' stability from "
+             f"{stats.N_BOOT_RANKS} bootstrap resamples of those cases (the share in which a model ranks first, "
+             "and its 95% rank interval).")
+    if ref not in labels or len(labels) < 2:
+        return ranks
+    pooled = (recs[0].get("policy_conventions") or metrics.policy_fields(recs[0]["policy"]))["pooled"]
+    if pooled:
+        test = ("a two-sided paired permutation test of the difference of the board's numbers (pooled over all "
+                "test pixels): each shared test case's confusion counts swapped or not between the two models' runs "
+                f"(paired in seed and fold order), all 2^n swap patterns where they are at most {stats.N_PERM}, "
+                f"else {stats.N_PERM} drawn")
+    else:
+        test = ("a two-sided Wilcoxon signed-rank test over the shared test cases (a case's value: the mean over "
+                "its foreground classes, averaged over the model's runs), with the matched-pairs rank-biserial "
+                "correlation as effect size")
+    return (f"Each model was compared with {ref} on {_and([METRICS[m][0] for m in measured])} by {test}; the "
+            "p-values were adjusted with Holm's step-down method over all of the board's tests. " + ranks)
+
+
+def _value(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+# ------------------------------------------------------------------------------------------ cost
+
+
+_PRECISIONS = {"fp32": "float32 (TF32 off)", "tf32": "float32 with TF32 tensor cores",
+               "bf16": "bfloat16 autocast", "fp16": "float16 autocast"}
+
+
+def _cost(df: pd.DataFrame, results_dir: Path) -> str:
+    """How the boards' GMACs were counted (where the runs' records count them) and the cost tables timed
+    (the folder's ``bench profile`` records of these models): ``bench.cost``'s conventions."""
+    from bench.cost import load_profiles
+
+    text = []
+    counted = "macs" in df and df["macs"].notna().any()
+    profiles = load_profiles(results_dir)
+    if not profiles.empty:
+        profiles = profiles[profiles["model"].isin(set(df["model"]))]
+    if counted or (not profiles.empty and profiles["macs"].notna().any()):
+        text.append("MACs (multiply-accumulates) were counted for one forward pass of one input at the protocol's "
+                    "input size with PyTorch's FlopCounterMode (a multiply-add is 2 FLOPs; MACs = FLOPs / 2), the "
+                    "selective scan included by the Mamba authors' estimate (9·B·L·D·N FLOPs, plus the D and gate "
+                    "terms); element-wise operations are not counted. The thop count (thop 0.1.1: forward hooks on "
+                    "leaf modules, so the scan, einsums and functional matrix products count zero), the convention "
+                    "of published tables, is given beside it.")
+    timed = profiles[profiles["latency_ms_median"].notna()] if not profiles.empty else profiles
+    for (fp, precision, last, compiled), rows in timed.groupby(
+            ["fingerprint", "precision", "channels_last", "compiled"], sort=True, dropna=False):
+        cuda = (rows["device"] == "cuda").any()
+        timed_n = _per_value(rows, "timed_iters")
+        warm = _per_value(rows, "warmup_iters")
+        precise = "float32" if precision == "fp32" and not cuda else _PRECISIONS.get(precision, str(precision))
+        setup = ", ".join(p for p in (precise, "batch size 1",
+                                      "channels-last memory layout" if last else "",
+                                      "compiled with torch.compile" if compiled else "") if p)
+        scan = {b for b in rows["scan_backend"].dropna()} if "scan_backend" in rows else set()
+        device = rows["device_fingerprint"].iloc[0] if "device_fingerprint" in rows else None
+        where = (f"{_device(device)}, torch {device.get('torch')}" if isinstance(device, dict) and device.get("torch")
+                 else fp)  # older profiles: the short fingerprint only
+        shown = sorted({m + (" (tiny)" if t is True else "") for m, t in
+                        zip(rows["model"], rows["tiny"] if "tiny" in rows else [None] * len(rows))})
+        text.append(f"Latency on {where} ({setup}): the median and 90th percentile of {timed_n} timed forward passes "
+                    f"of random input, after {warm + ' warm-up passes' if warm else 'warm-up passes (their number not recorded)'}"
+                    + (", synchronised on the GPU before and after each" if cuda else "")
+                    + (f"; the selective scan run by {_and([_SCANS.get(b, b) for b in sorted(scan)])}" if scan else "")
+                    + f" ({', '.join(shown)}; input {', '.join(sorted(set(rows['input_shape'])))}).")
+    return " ".join(text)
+
+
+def _per_value(rows: pd.DataFrame, column: str) -> str:
+    """A profile column's values, "" where none recorded (older profiles)."""
+    if column not in rows:
+        return ""
+    values = sorted({int(v) for v in rows[column].dropna()})
+    return " or ".join(map(str, values))
 
 
 # ------------------------------------------------------------------------------------------ environment

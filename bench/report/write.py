@@ -126,16 +126,17 @@ def _warn_boards(boards: dict) -> None:
 
 
 def _methods(results_dir: Path, models: str | Iterable[str] | None, datasets: str | Iterable[str] | None,
-             policies: str | Iterable[str] | None, **refused: object) -> str:
+             policies: str | Iterable[str] | None, reference: str | None, **refused: object) -> str:
     """``--format methods``: prose of what ran, which the boards' options do not shape (one error names them);
-    without finished runs, the error saying so (as the boards)."""
+    ``reference`` chooses the paired tests its statistics name; without finished runs, the error saying so
+    (as the boards)."""
     from bench.report.methods import render_methods
 
     given = [f"--{name}" for name, value in refused.items() if value]
     if given:
         raise BenchError(f"{' and '.join(given)} shape{'s' * (len(given) == 1)} the leaderboards; --format methods "
                          "writes the Methods paragraphs only: leave them out")
-    return render_methods(results_dir, models, datasets, policies, empty_ok=False)
+    return render_methods(results_dir, models, datasets, policies, empty_ok=False, reference=reference)
 
 
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
@@ -163,8 +164,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         out = check_out_file(out, "report.md")
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
     if fmt == ReportFormat.methods:
-        text = _methods(results_dir, models, datasets, policies, columns=columns, reference=reference,
-                        published=published)
+        text = _methods(results_dir, models, datasets, policies, reference, columns=columns, published=published)
         if out is not None:
             atomic_write_text(Path(out), text)
         return text
