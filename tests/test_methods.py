@@ -127,6 +127,7 @@ def test_a_rescored_board_names_the_weights_it_scored(tmp_path):
     source = _record()
     rescored = {**_record(), "run_id": f"{source['run_id']}.strict", "policy": "strict",
                 "rescored_from": source["run_id"], "hd95_unit": "mm"}
+    rescored["protocol"]["recipe"]["eval"]["nsd_tolerance"] = 2
     text = _methods(tmp_path, source, rescored)
     strict = text[text.index("policy strict"):]
     assert ("Scores under strict come from evaluating again the weights trained in the legacy-synapse runs, without "
@@ -134,7 +135,7 @@ def test_a_rescored_board_names_the_weights_it_scored(tmp_path):
     assert "Scored under" not in text[:text.index("policy strict")]  # the original board trained them
     assert "HD95 (95th percentile of both directions' surface distances pooled) in mm from each case's voxel " \
         "spacing; a missed structure (in the reference only) scores DSC 0 and HD95 a penalty, the diagonal of the " \
-        "volume in mm" in strict
+        "volume in mm" in strict and "NSD (normalised surface distance) at tolerance 2 mm." in strict
 
 
 def test_a_2d_board_under_strict_says_pixels_and_the_image_diagonal_once(tmp_path):

@@ -440,10 +440,11 @@ def _evaluation(recs: list[dict], results_dir: Path) -> str:
             f"{cases} test cases per run from {split}."]
     text.append(_rescored(recs, results_dir))
     units = {r.get("hd95_unit") for r in recs if r.get("hd95_unit")}
-    text.append(f"Metric policy {rec['policy']}: {_conventions(rec, units.pop() if len(units) == 1 else None)}.")
-    if len(units) > 1:  # runs of other units: each named
+    unit = next(iter(units)) if len(units) == 1 else None  # runs of other units: each named below
+    text.append(f"Metric policy {rec['policy']}: {_conventions(rec, unit)}.")
+    if len(units) > 1:
         text.append(f"HD95 unit: {_per_run(recs, lambda r: r.get('hd95_unit'))}.")
-    text.append(_eval_settings(recipe, rec))
+    text.append(_eval_settings(recipe, rec, unit))
     return " ".join(t for t in text if t)
 
 
@@ -528,7 +529,7 @@ def _conventions(rec: dict, unit: str | None) -> str:
             f"accuracy, specificity and sensitivity with a zero denominator count as {zero}")
 
 
-def _eval_settings(recipe: dict, rec: dict) -> str:
+def _eval_settings(recipe: dict, rec: dict, unit: str | None = None) -> str:
     e, parts = recipe["eval"], []
     if _binary(rec):
         parts.append(f"foreground where the sigmoid ≥ {num(e['threshold'])}")
@@ -548,7 +549,7 @@ def _eval_settings(recipe: dict, rec: dict) -> str:
     tol = e["nsd_tolerance"]
     if tol:
         tols = ", ".join(f"{n} {num(v)}" for n, v in tol) if isinstance(tol, list) else num(tol)
-        parts.append(f"NSD at tolerance {tols} (HD95 unit)")
+        parts.append(f"NSD (normalised surface distance) at tolerance {tols} {unit or 'in the HD95 unit'}")
     return f"Evaluation: {'; '.join(parts)}." if parts else ""
 
 
@@ -674,7 +675,7 @@ def _environment(labels: list[str], recs: list[dict], group: pd.DataFrame) -> st
     versions = _code_versions(group)
     named = [short_commit(v) for v in versions["versions"]]
     release = _per_run(recs, lambda r: r.get("packages", {}).get("ssm-unet-bench") or "?")
-    code = (f"bench {release} at {named[0]}" if len(named) == 1 else
+    code = (f"bench {release} at commit {named[0]}" if len(named) == 1 else
             # the weights' code and the numbers' code, both
             f"bench {release}, {len(named)} versions of its code: trained under "
             f"{', '.join(map(short_commit, versions['trained']))}, scored under "
