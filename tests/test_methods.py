@@ -173,7 +173,7 @@ def test_the_statistics_the_tables_use_are_said_and_the_reference_adds_its_tests
     from bench import stats
 
     vmunet = {**_record(seed=0), "model": "vmunet", "run_id": "synapse-synapse-vmunet-s0-00000001"}
-    for rec in (_record(seed=0), vmunet):
+    for rec in (_record(seed=0), _record(seed=1), vmunet):
         write_record(rec, tmp_path)
     text = write_report(tmp_path, "methods")
     assert ("**Statistical analysis.** Tables give each model's mean over its seeds ± their sample standard "
@@ -196,6 +196,7 @@ def test_the_pooled_policy_is_tested_by_permutation(tmp_path):
     vmunet = {**_record("isic17"), "model": "vmunet", "run_id": "isic17-isic17-vmunet-s0-00000001"}
     text = _methods(tmp_path, unet, vmunet)
     assert "95% confidence intervals of DSC:" in text  # no HD95 under legacy-isic
+    assert "Tables give each model's one run: no standard deviation." in text and "n − 1" not in text
     text = render_methods(tmp_path, reference="vmunet")
     assert (f"Each model was compared with vmunet on DSC by a two-sided paired permutation test of the difference "
             f"of the board's numbers (pooled over all test pixels)") in text and f"else {stats.N_PERM} drawn" in text

@@ -566,8 +566,9 @@ def _statistics(group: pd.DataFrame, recs: list[dict], reference: str | None) ->
 
     cv = CV_LABEL in group["board_dataset"].iloc[0]
     runs = "runs (every seed and fold)" if cv else "seeds"
-    text = [f"**Statistical analysis.** Tables give each model's mean over its {runs} ± their sample standard "
-            "deviation (n − 1)."]
+    single = group.groupby("model_label")["run_id"].nunique().max() == 1  # as the boards: no ± std then
+    text = ["**Statistical analysis.** " + ("Tables give each model's one run: no standard deviation." if single else
+            f"Tables give each model's mean over its {runs} ± their sample standard deviation (n − 1).")]
     measured = [m for m in CI_METRICS if any(_value(case.get(m)) for r in recs for case in r.get("per_case", []))]
     if measured:
         text.append(f"95% confidence intervals of {_and([METRICS[m][0] for m in measured])}: percentile bootstrap "
