@@ -380,7 +380,7 @@ def test_runs_without_a_record_are_named_in_methods_and_warned(tmp_path, monkeyp
     from bench.rescore import rescore_id
     from tests.fixtures import run_bench_here
 
-    kept = _record()
+    kept = {**_record(), "tiny": True}  # its row "unet (tiny)", in Methods and bench report's warning alike
     write_record(kept, tmp_path)
     stem = kept["run_id"].rsplit("-s0-", 1)[0].rsplit("-unet", 1)[0]  # synapse-synapse
     deleted, diverged, killed, live, twin = (f"{stem}-{m}-s{s}-0000000{s}" for m, s in
@@ -402,7 +402,7 @@ def test_runs_without_a_record_are_named_in_methods_and_warned(tmp_path, monkeyp
     _run_folder(tmp_path, variant, f"[1/1] {variant}: training", f"{variant}: settings: unet (tiny) · off-protocol: "
                 "lr=1e+30", f"  {variant}: FAILED: non-finite loss (inf)")
     said = ("Runs without a record, which no board counts: unet (tiny) seed 0, off-protocol: lr=1e+30, run …abcdef12 "
-            f"(failed: non-finite loss (inf)), another run than the board's unet seed 0 (run …{kept['run_id'][-8:]}); "
+            f"(failed: non-finite loss (inf)), another run than the board's unet (tiny) seed 0 (run …{kept['run_id'][-8:]}); "
             "unet seed 1, run …00000001 (finished, record missing: deleted?); unet seed 2, run …00000002 "
             "(interrupted); unet seed 4, run …00000004 (finished, record missing: deleted?; its rescore under strict remains); vmunet seed 1, "
             "run …00000001 (failed: non-finite loss (nan) at epoch 3, step 40: training stopped).")

@@ -86,6 +86,8 @@ def warn_unrecorded(results_dir: Path, df: pd.DataFrame, models: str | Iterable[
     variant (`--lr 1e30`) of "unet seed 0" is not the unet seed 0 of the board. A deleted record or a
     diverged seed otherwise only shows as a board with fewer seeds."""
     given = name_list(models)
+    if "model_label" not in df:  # `bench report`'s runs: named by their rows' labels, as the boards show them
+        df = label_runs(df)
     runs = unrecorded_runs(results_dir, zip(df["dataset"], df["protocol"]),
                            None if given is None else {*given, *df["model"]})
     if not runs:
