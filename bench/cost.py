@@ -279,7 +279,7 @@ def measure_latency(model: nn.Module, x: torch.Tensor, *, warmup: int = 20, iter
     median = statistics.median(times)
     p90 = times[min(len(times) - 1, math.ceil(0.9 * len(times)) - 1)]
     return {"latency_ms_median": median * 1e3, "latency_ms_p90": p90 * 1e3, "fps": x.shape[0] / median,
-            "timed_iters": iters}
+            "timed_iters": iters, "warmup_iters": warmup}  # both said in Methods
 
 
 def _out_of_memory(exc: RuntimeError) -> bool:

@@ -668,11 +668,12 @@ def unrecorded_runs(results_dir: Path | str, boards: Iterable[tuple[str, str]],
     in ``results_dir`` (a folder under runs/ with a log or a checkpoint) and have no record of their own
     (a ``bench rescore`` copy, on another policy's board, is said in ``why``), and that no live process
     trains or scores now (its claim, bench.claim): each as {run_id, dataset, protocol, model, seed, split,
-    why}, ``why`` as reports say it ("finished, record missing: deleted?", "failed: <reason>",
+    why, settings}, ``settings`` its row label and protocol changes where its log says them (``runlog.settings``;
+    else None), ``why`` as reports say it ("finished, record missing: deleted?", "failed: <reason>",
     "interrupted"; "...; its rescore under strict remains"). A finished run's record deleted, or a
     diverged seed, would otherwise leave a board with fewer seeds and nothing said."""
     from bench.claim import held_by
-    from bench.runlog import last_outcome
+    from bench.runlog import last_outcome, settings
     from bench.train import CHECKPOINT_DIR, FINAL, LAST
 
     results_dir, boards, wanted = Path(results_dir), sorted(set(boards)), None if models is None else set(models)
@@ -696,7 +697,8 @@ def unrecorded_runs(results_dir: Path | str, boards: Iterable[tuple[str, str]],
             kept = [p for p in POLICIES if record_path(results_dir, f"{run_id}.{p}").is_file()]
             why += f"; its rescore under {', '.join(kept)} remains" if kept else ""
             found.append({"run_id": run_id, "dataset": dataset, "protocol": protocol, "model": parts["model"],
-                          "seed": parts["seed"], "split": split_name(parts["fold"]), "why": why})
+                          "seed": parts["seed"], "split": split_name(parts["fold"]), "why": why,
+                          "settings": settings(folder)})
             break
     return found
 

@@ -449,6 +449,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                 # the grid's position, for a batch job's log (the bar shows the rest)
                 runlog.say(f"[{i}/{len(specs)}] {spec.key}: "
                            + ("evaluating the given weights" if spec.weights else "training"), say)
+                runlog.append(f"{spec.key}: {runlog.SETTINGS}{_settings(spec)}")  # what no run id's hash says
                 try:
                     rec = run_one(spec, results_dir=results_dir, device=device, resume=resume,
                                   show_progress=show_progress)
@@ -572,6 +573,20 @@ def note_failure(key: str, exc: Exception, failed: list[str], say_error: Callabl
     if not isinstance(exc, BenchError):
         say_error(traceback.format_exc().rstrip())
     runlog.say(f"  {key}: FAILED: {failure_text(exc)}", say_error)
+
+
+def _settings(spec: RunSpec) -> str:
+    """The run as boards show it: its row label ("unet (tiny)") and protocol changes ("off-protocol: lr=1e+12"),
+    kept in its log (``runlog.settings``) for a report to name a run that wrote no record."""
+    import pandas as pd
+
+    from bench.report.labels import _overrides_text, model_labels
+
+    label = model_labels(pd.Series([spec.model]), pd.Series([json.dumps(dict(spec.model_overrides))]),
+                         tiny=pd.Series([spec.tiny]), set_keys=pd.Series(
+                             [",".join(changed_keys(spec.model, dict(spec.model_overrides), tiny=spec.tiny))]))[0]
+    off = _overrides_text(json.dumps(spec.protocol.overrides))
+    return label + (f" · off-protocol: {off}" if off else "")
 
 
 def failure_text(exc: BaseException) -> str:

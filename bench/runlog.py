@@ -76,13 +76,10 @@ def last_outcome(run_dir: Path) -> tuple[str, str] | None:
     """How the run's last attempt ended, as its log says: ("finished", its result line), ("failed", the
     reason's first sentence) or ("interrupted", while what); None without a log, or where the last attempt
     said none of these (it goes on, or was killed outright: its checkpoints say more)."""
-    run_id, outcome = run_dir.name, None
-    try:
-        lines = (run_dir / RUN_LOG).read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
+    run_id, outcome, said = run_dir.name, None, _said(run_dir)
+    if said is None:
         return None
-    for line in lines:
-        text = line.split("  ", 1)[-1].strip()  # after append's time stamp
+    for text in said:
         if re.match(rf"\[\d+/\d+\] {re.escape(run_id)}: ", text):  # bench run began an attempt
             outcome = None
         elif text.startswith((f"{run_id}: FAILED: ", "FAILED: ")):  # note_failure's, or the command's last run's
@@ -93,6 +90,25 @@ def last_outcome(run_dir: Path) -> tuple[str, str] | None:
         elif text.startswith(f"{run_id}: DSC "):  # its result line (records.scores_text), said after its record
             outcome = ("finished", text)
     return outcome
+
+
+SETTINGS = "settings: "  # "<run id>: settings: <row label>[ · off-protocol: <overrides>]", as each attempt begins
+
+
+def settings(run_dir: Path) -> str | None:
+    """What the run was, as its log's last ``SETTINGS`` line says: its row label and protocol changes as
+    boards show them (a run id's hash names none); None in a log without one (older runs)."""
+    prefix = f"{run_dir.name}: {SETTINGS}"
+    return next((text[len(prefix):] for text in reversed(_said(run_dir) or []) if text.startswith(prefix)), None)
+
+
+def _said(run_dir: Path) -> list[str] | None:
+    """The run log's lines without their time stamps; None without a readable log."""
+    try:
+        lines = (run_dir / RUN_LOG).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    return [line.split("  ", 1)[-1].strip() for line in lines]  # after append's time stamp
 
 
 def drop(run_dir: Path) -> None:

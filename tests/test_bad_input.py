@@ -1278,8 +1278,10 @@ def test_a_failing_run_does_not_stop_the_grid(monkeypatch, capsys, tmp_path):
     # the failure's reason kept beside the run (stderr is gone by the time `bench report` asks), with the time
     (log,) = (tmp_path / "runs").glob("synapse-smoke-unet-s0-*/run.log")
     lines = log.read_text().splitlines()
-    assert [line.split("  ", 1)[1].split(":")[0] for line in lines] == [f"[1/2] {log.parent.name}", log.parent.name]
-    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  ", lines[1]) and "FAILED: non-finite loss (nan)" in lines[1]
+    assert [line.split("  ", 1)[1].split(":")[0] for line in lines] == [f"[1/2] {log.parent.name}", *[log.parent.name] * 2]
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  ", lines[2]) and "FAILED: non-finite loss (nan)" in lines[2]
+    # what the run was, as its board row would show it: a report names the run by it, having no record
+    assert lines[1].endswith(f"{log.parent.name}: settings: unet (tiny) · off-protocol: img_size=32, max_iterations=2")
     (done,) = (tmp_path / "runs").glob("synapse-smoke-vmunet-s0-*/run.log")
     said = [line.split("  ", 1)[1] for line in done.read_text().splitlines()]
     assert said[0] == f"[2/2] {done.parent.name}: training" and said[-1].startswith(f"{done.parent.name}: "), said

@@ -80,10 +80,11 @@ def test_max_iterations_is_said_to_cut_only_where_it_cut(tmp_path):
     """A journey: 2 full epochs of 6 iterations under max_iterations 12 were said to be cut short, and
     Synapse's 40 of 2 × 24 iterations were called 2 epochs."""
     text = _methods(tmp_path / "a", _record(iterations=40, max_iterations=40, epochs=2, steps_per_epoch=24))
-    assert ("Trained for 40 iterations (1 epoch of 24 iterations and 16 iterations of the next); the recipe stops at "
-            "max_iterations 40, before the end of its 2 epochs (48 iterations).") in text
+    assert ("Trained for 40 iterations (1 epoch of 24 iterations and 16 iterations of the next); the recipe caps "
+            "training at 40 iterations, before the end of its 2 epochs (48 iterations).") in text
     text = _methods(tmp_path / "b", _record("isic17", iterations=12, max_iterations=12, epochs=2, steps_per_epoch=6))
-    assert "Trained for 12 iterations (2 epochs of 6 iterations); the recipe's 2 epochs, within max_iterations 12." \
+    assert ("Trained for 12 iterations (2 epochs of 6 iterations); the recipe's full 2 epochs (its cap of 12 "
+            "iterations not reached).") \
         in text and "cut" not in text
     text = _methods(tmp_path / "c", _record(seed=0, iterations=30, steps_per_epoch=6),
                     _record(seed=1, iterations=3, steps_per_epoch=6))
@@ -103,7 +104,7 @@ def test_the_code_of_a_resumed_run_and_of_a_rescore_is_named(tmp_path):
     resumed["train"]["commits"] = [f"{dirty} sources {'c' * 16}", clean]
     text = _methods(tmp_path / "resumed", resumed)
     assert (f"2 versions of its code ({'a' * 12}-dirty (sources {'c' * 16}), {'b' * 12})" in text
-            and "Every run trained under each in turn" in text and '"-dirty": a checkout with uncommitted edits' in text)
+            and "Every run was trained under each in turn" in text and '"-dirty": a checkout with uncommitted edits' in text)
     source = {**_record(seed=0), "git_commit": dirty, "code_digest": "c" * 16}
     rescored = {**source, "run_id": f"{source['run_id']}.strict", "policy": "strict", "rescored_from": source["run_id"],
                 "hd95_unit": "mm", "rescored_with": {"git_commit": clean, "code_digest": "d" * 16,
@@ -126,11 +127,26 @@ def test_a_rescored_board_names_the_weights_it_scored(tmp_path):
     source = _record()
     rescored = {**_record(), "run_id": f"{source['run_id']}.strict", "policy": "strict",
                 "rescored_from": source["run_id"], "hd95_unit": "mm"}
+    rescored["protocol"]["recipe"]["eval"]["nsd_tolerance"] = 2
     text = _methods(tmp_path, source, rescored)
     strict = text[text.index("policy strict"):]
-    assert "Scored under strict from the weights of the legacy-synapse runs" in strict
+    assert ("Scores under strict come from evaluating again the weights trained in the legacy-synapse runs, without "
+            "retraining.") in strict
     assert "Scored under" not in text[:text.index("policy strict")]  # the original board trained them
-    assert "HD95 unit: mm" in strict
+    assert "HD95 (95th percentile of both directions' surface distances pooled) in mm from each case's voxel " \
+        "spacing; a missed structure (in the reference only) scores DSC 0 and HD95 a penalty, the diagonal of the " \
+        "volume in mm" in strict and "NSD (normalised surface distance) at tolerance 2 mm." in strict
+
+
+def test_a_2d_board_under_strict_says_pixels_and_the_image_diagonal_once(tmp_path):
+    """A review: a 2-D strict board's Methods said HD95 "in mm from each case's spacing", a penalty of
+    "the volume's diagonal", then "HD95 unit: pixels"."""
+    with warnings.catch_warnings():  # its stored numbers are legacy-isic's: restated from its case rows
+        warnings.simplefilter("ignore")
+        text = _methods(tmp_path, {**_record("isic17"), "policy": "strict", "hd95_unit": "pixels"})
+    assert "in pixels of the model's input (2-D images are scored at its resolution)" in text
+    assert "HD95 a penalty, the image's diagonal in pixels" in text
+    assert not re.search(r"\bmm\b|volume|HD95 unit", text)
 
 
 def test_records_whose_numbers_the_boards_restate_are_named(tmp_path):
@@ -157,11 +173,72 @@ def test_given_weights_from_before_a_runs_last_epoch_say_which_epoch(tmp_path):
     assert "given weights final.pt (sha256 cdcdcdcd), trained by run r0 under protocol smoke" in text
 
 
-@pytest.mark.parametrize("option", [{"columns": "paper"}, {"reference": "unet"}, {"published": True}])
+@pytest.mark.parametrize("option", [{"columns": "paper"}, {"published": True}])
 def test_board_options_are_refused(tmp_path, option):
     write_record(_record(), tmp_path)
     with pytest.raises(BenchError, match=f"--{next(iter(option))} shapes the leaderboards; --format methods"):
         write_report(tmp_path, "methods", **option)
+
+
+def test_the_statistics_the_tables_use_are_said_and_the_reference_adds_its_tests(tmp_path):
+    """A review: Methods said nothing of the CIs, the paired tests, Holm or the ranks the report's tables
+    show, and --reference, which decides the tests, was refused with --format methods."""
+    from bench import stats
+
+    vmunet = {**_record(seed=0), "model": "vmunet", "run_id": "synapse-synapse-vmunet-s0-00000001"}
+    for rec in (_record(seed=0), _record(seed=1), vmunet):
+        write_record(rec, tmp_path)
+    text = write_report(tmp_path, "methods")
+    assert ("**Statistical analysis.** Tables give each model's mean over its seeds ± their sample standard "
+            "deviation (n − 1).") in text
+    assert (f"95% confidence intervals of DSC and HD95: percentile bootstrap over test cases ({stats.N_BOOT} "
+            "resamples, seeded)") in text
+    assert "Wilcoxon" not in text and "Holm" not in text and "rank" not in text  # no --reference: no such tables
+    text = write_report(tmp_path, "methods", reference="unet")
+    assert ("Each model was compared with unet on DSC and HD95 by a two-sided Wilcoxon signed-rank test over the "
+            "shared test cases") in text and "adjusted with Holm's step-down method" in text
+    assert f"{stats.N_BOOT_RANKS} bootstrap resamples of those cases" in text
+    with pytest.raises(BenchError, match="--reference 'swin_unet': no runs of that model"):
+        write_report(tmp_path, "methods", reference="swin_unet")
+
+
+def test_the_pooled_policy_is_tested_by_permutation(tmp_path):
+    from bench import stats
+
+    unet = _record("isic17")
+    vmunet = {**_record("isic17"), "model": "vmunet", "run_id": "isic17-isic17-vmunet-s0-00000001"}
+    text = _methods(tmp_path, unet, vmunet)
+    assert "95% confidence intervals of DSC:" in text  # no HD95 under legacy-isic
+    assert "Tables give each model's one run: no standard deviation." in text and "n − 1" not in text
+    text = render_methods(tmp_path, reference="vmunet")
+    assert (f"Each model was compared with vmunet on DSC by a two-sided paired permutation test of the difference "
+            f"of the board's numbers (pooled over all test pixels)") in text and f"else {stats.N_PERM} drawn" in text
+
+
+def test_the_cost_tables_counting_and_timing_are_said(tmp_path):
+    """A review: Methods said nothing of how GMACs were counted (the scan included, beside thop's) nor of
+    the latency setup."""
+    from bench.cost import write_profile
+
+    rec = _record()
+    rec["cost"].update(macs=1e9, paper_macs=5e8)
+    write_record(rec, tmp_path)
+    assert "## Computational cost" in (text := render_methods(tmp_path))
+    assert "FlopCounterMode" in text and "selective scan included" in text and "thop 0.1.1" in text
+    assert "Latency" not in text  # no bench profile record: no cost table timed
+    row = {"model": "unet", "input_shape": "1x3x224x224", "model_config": {},
+           "device_fingerprint": {"device": "cpu", "cpu": "AMD EPYC", "threads": 4, "torch": "2.5"},
+           "fingerprint": "AMD EPYC x4 threads (AVX2) / torch 2.5", "device": "cpu", "precision": "fp32",
+           "channels_last": False, "compiled": False, "scan_backend": None, "macs": 1e9, "paper_macs": 5e8,
+           "latency_ms_median": 10.0, "timed_iters": 100, "warmup_iters": 20, "batch_size": 1}
+    write_profile(row, tmp_path)
+    text = render_methods(tmp_path)
+    assert ("Latency on CPU AMD EPYC, 4 threads, torch 2.5 (float32, batch size 1): the median and "
+            "90th percentile of 100 timed forward passes of random input, after 20 warm-up passes (unet; input "
+            "1x3x224x224).") in text
+    del row["warmup_iters"]  # a profile written before it was kept: said so, not guessed
+    write_profile(row, tmp_path)
+    assert "after warm-up passes (their number not recorded)" in render_methods(tmp_path)
 
 
 def test_the_cli_prints_it_and_writes_out(tmp_path):
@@ -172,9 +249,11 @@ def test_the_cli_prints_it_and_writes_out(tmp_path):
     out = tmp_path / "methods.md"
     res = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--format", "methods", "--out", str(out)])
     assert res.exit_code == 0 and "**Models.**" in out.read_text()
-    refused = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--format", "methods", "--reference", "unet"])
+    refused = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--format", "methods", "--published"])
     # bench's entry point turns it into one line and exit 2; in process it arrives as the exception
-    assert isinstance(refused.exception, BenchError) and "--reference shapes the leaderboards" in str(refused.exception)
+    assert isinstance(refused.exception, BenchError) and "--published shapes the leaderboards" in str(refused.exception)
+    res = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--format", "methods", "--reference", "unet"])
+    assert res.exit_code == 0 and "**Statistical analysis.**" in res.output, res.output
 
 
 def test_a_real_tiny_run_states_what_ran(tmp_path):
@@ -186,14 +265,17 @@ def test_a_real_tiny_run_states_what_ran(tmp_path):
     rec = run_one(spec, results_dir=tmp_path / "res", device=torch.device("cpu"))
     text = render_methods(tmp_path / "res")
     assert "OFF-PROTOCOL (img_size=32, max_cases=2, max_iterations=3)" in text
-    assert ("Trained for 3 iterations (3 of the first epoch's 6 iterations); the recipe stops at max_iterations 3, "
+    assert ("Trained for 3 iterations (3 of the first epoch's 6 iterations); the recipe caps training at 3 iterations, "
             "before the end of its 2 epochs (12 iterations).") in text  # 24 images in batches of 4
     assert rec["train"]["steps_per_epoch"] == 6
-    assert "unet (tiny): family cnn; tiny test configuration (widths=[8, 16, 32, 64])" in text
+    assert ("unet (tiny): a convolutional network; the small test configuration, not the paper's (widths=[8, 16, 32, "
+            "64])") in text
     assert f"{rec['cost']['params'] / 1e6:.2f} M parameters" in text
     assert "1 BCE + 0.5 Dice (sigmoid)" in text and not re.search(r"\bCE\b", text)
     assert "Inputs resized to 32 × 32" in text and "only the first 2 test cases" in text
-    assert f"{rec['n_train']} training items" in text and "2 test cases per run" in text
+    assert f"Seed 0. Training set: {rec['n_train']} items." in text and "2 test cases per run" in text
+    assert f"(synthetic data generated by bench, identity {rec['data_id'].split(':')[1]} from its generator's " \
+           "settings)" in text and "data id" not in text
     assert f"torch {torch.__version__}" in text and "trained from scratch" in text
     assert get_entry("unet").family == "cnn"
 
@@ -230,9 +312,22 @@ def test_seeds_per_model_where_they_differ_and_a_set_key_called_so(tmp_path):
         recs.append(rec)
     text = _methods(tmp_path, *recs)
     assert "Seeds differing between models: unet (tiny) 0, 1; unet (tiny, widths=[4, 8, 16, 32]) 0" in text
-    assert "unet (tiny, widths=[4, 8, 16, 32]): family cnn; tiny test configuration, with widths=[4, 8, 16, 32] " \
-           "set otherwise" in text
-    assert "unet (tiny): family cnn; tiny test configuration (widths=[8, 16, 32, 64])" in text
+    assert ("unet (tiny, widths=[4, 8, 16, 32]): a convolutional network; the small test configuration, not the "
+            "paper's, with widths=[4, 8, 16, 32] set otherwise") in text  # records before set_keys: by whom unsaid
+    assert "unet (tiny): a convolutional network; the small test configuration, not the paper's (widths=[8, 16, " \
+           "32, 64])" in text
+
+
+def test_a_key_the_model_chose_for_the_input_is_told_from_one_the_user_set(tmp_path):
+    """A review: Swin-Unet's window, which it chose itself for a small input, read "with window_size=4 set
+    otherwise", as if the user had set it."""
+    tiny = {k: list(v) if isinstance(v, tuple) else v for k, v in get_entry("unet").tiny.items()}
+    rec = _record()
+    rec["model_config"].update(tiny, widths=[4, 8, 16, 32], window_size=4)
+    rec.update(tiny=True, set_keys=["widths"])
+    text = _methods(tmp_path, rec)
+    assert ("the small test configuration, not the paper's, with widths=[4, 8, 16, 32] set by the user, with "
+            "window_size=4 chosen by the model for the input size") in text and "set otherwise" not in text
 
 
 def test_a_tiny_key_set_back_to_the_papers_value_is_said_once(tmp_path):
@@ -298,7 +393,7 @@ def test_runs_without_a_record_are_named_in_methods_and_warned(tmp_path, monkeyp
     from bench.rescore import rescore_id
     from tests.fixtures import run_bench_here
 
-    kept = _record()
+    kept = {**_record(), "tiny": True}  # its row "unet (tiny)", in Methods and bench report's warning alike
     write_record(kept, tmp_path)
     stem = kept["run_id"].rsplit("-s0-", 1)[0].rsplit("-unet", 1)[0]  # synapse-synapse
     deleted, diverged, killed, live, twin = (f"{stem}-{m}-s{s}-0000000{s}" for m, s in
@@ -317,9 +412,11 @@ def test_runs_without_a_record_are_named_in_methods_and_warned(tmp_path, monkeyp
     write_record(rescored, tmp_path)
     _run_folder(tmp_path, "isic17-isic17-unet-s1-00000001", checkpoints=("final.pt",))  # no board of it here
     variant = f"{stem}-unet-s0-abcdef12"  # `bench run ... --lr 1e30`: another run id
-    _run_folder(tmp_path, variant, f"[1/1] {variant}: training", f"  {variant}: FAILED: non-finite loss (inf)")
-    said = ("Runs without a record, which no board counts: unet seed 0, run …abcdef12 (failed: non-finite loss "
-            "(inf)); unet seed 1, run …00000001 (finished, record missing: deleted?); unet seed 2, run …00000002 "
+    _run_folder(tmp_path, variant, f"[1/1] {variant}: training", f"{variant}: settings: unet (tiny) · off-protocol: "
+                "lr=1e+30", f"  {variant}: FAILED: non-finite loss (inf)")
+    said = ("Runs without a record, which no board counts: unet (tiny) seed 0, off-protocol: lr=1e+30, run …abcdef12 "
+            f"(failed: non-finite loss (inf)), another run than the board's unet (tiny) seed 0 (run …{kept['run_id'][-8:]}); "
+            "unet seed 1, run …00000001 (finished, record missing: deleted?); unet seed 2, run …00000002 "
             "(interrupted); unet seed 4, run …00000004 (finished, record missing: deleted?; its rescore under strict remains); vmunet seed 1, "
             "run …00000001 (failed: non-finite loss (nan) at epoch 3, step 40: training stopped).")
     with claim_run(tmp_path, live):

@@ -542,11 +542,13 @@ def test_entry_point_plugin_runs_like_a_built_in_model(tmp_path):
     again = run_bench("run", "--models", "mynet", "--dataset", "isic17", "--synthetic", "--protocol", "smoke",
                       "--tiny", "--max-iterations", "2", "--epochs", "1", "--results", results, env=env).stdout
     assert "finished earlier, skipped; mynet's code changed since it trained, so its numbers are the old code's" in again
-    board = run_bench("report", "--results", results, env=env).stdout
+    report = run_bench("report", "--results", results, env=env)
+    board = report.stdout
     assert "| mynet (tiny) | cnn" in board.replace("  ", " ").replace("  ", " ")
+    assert "train them into another --results folder for the code as it is" in report.stderr  # not in the caption
     # and its board says that its numbers are the old code's (it read as the edited model's)
-    assert ("Plugin code changed since these runs trained (mynet: 1 of 1 run(s); records' model_code): their numbers "
-            "are the old code's") in board
+    assert "Plugin code changed since these runs trained (mynet: 1 of 1 run(s)): their numbers are the old code's" \
+        in board
     prof = run_bench("profile", "--models", "mynet", "--img-size", "32", "--no-timing", "--format", "csv", "--results",
                      results, env=env)
     assert "mynet" in prof.stdout

@@ -1330,7 +1330,7 @@ def test_a_board_of_runs_trained_by_different_process_counts_says_so(tmp_path):
         write_record(rec, tmp_path)
     df = load(tmp_path)
     assert sorted(df["world_size"]) == [1, 2]
-    assert "Processes: these runs trained with 1 or 2 processes (--nproc)" in render(df)
+    assert "Processes: these runs trained with 1 or 2 processes;" in render(df)
     assert "Processes:" not in render(df[df["world_size"] == 1])
 
 
@@ -1343,7 +1343,7 @@ def test_a_board_of_runs_from_several_commits_says_so(tmp_path):
     rec["git_commit"] = "fedcba9876543210" * 2 + "-dirty"
     write_record(rec, tmp_path)
     caption = render(load(tmp_path))
-    assert "Code: these runs come from 2 versions of bench (0123456789ab, fedcba987654-dirty). A change between" \
+    assert "Code: these runs come from 2 versions of bench (0123456789ab, fedcba987654-dirty). A row's mean can mix" \
         in caption and '"-dirty": a checkout with uncommitted edits.' in caption
     assert "Code per row" not in caption  # one row: its seeds are the versions' runs
 
@@ -1389,7 +1389,12 @@ def test_a_legacy_synapse_board_counts_the_misses_it_scores_hd95_zero(tmp_path):
     n = len(make_record("unet")["per_case"])
     assert (f"legacy-synapse scores a structure predicted nowhere in a case HD95 0, the best value (the papers' "
             f"rule), so misses lower a model's HD95; missed case × class entries, over all runs: unet 0 of {n}, "
-            f"vmunet 5 of {2 * n - 1}. `bench rescore --policy strict` scores them with a penalty.") in render(load(tmp_path))
+            f"vmunet 5 of {2 * n - 1}; the strict policy scores them with a penalty instead.") in render(load(tmp_path))
+    # what to do is the command's to say, not a paper's caption
+    with pytest.warns(UserWarning, match=r"scores the structures predicted nowhere HD95 0.*`bench rescore --policy "
+                      r"strict --results <folder>` scores them with a penalty"):
+        text = write_report(tmp_path)
+    assert "bench rescore" not in text
     # strict scores a miss with a penalty: nothing to say; nor where the HD95 column is not shown
     assert "HD95 of misses" not in render(load(tmp_path), columns=("params",))
     for path in (tmp_path / "records").glob("*.json"):
@@ -1548,7 +1553,7 @@ def test_runs_on_other_data_or_from_other_weights_are_not_averaged(tmp_path):
     md = render(load(tmp_path / "one"))
     assert re.search(r"\| unet +\| cnn +\| +1 \(2 runs\) \|", md)
     assert "Repeated: unet seed 0 ran more than once here, and each run counts in the mean" in md
-    assert "delete the record that should not count and its folder runs/<run id>/ (else the run is named" in md
+    assert "delete the record" not in md  # the warning's to say (below), not a paper's caption
     assert "vmunet seed" not in md
     # and said where it is seen, naming the records to choose from
     ids = sorted(load(tmp_path / "one").query("model == 'unet'")["run_id"])
@@ -1786,11 +1791,11 @@ def test_a_resumed_run_names_every_code_it_trained_under(tmp_path):
     assert df["train_commits"].iloc[0] == f"{dirty} sources aaaaaaaaaaaaaaaa,{clean}"
     caption = render(df)
     assert ("Code: these runs come from 2 versions of bench (0123456789ab-dirty (sources aaaaaaaaaaaaaaaa), "
-            "fedcba987654). Every run trained under each in turn") in caption
+            "fedcba987654). Every run was trained under each in turn") in caption
     # a seed trained under the clean code alone: the row's mean is over runs of other code
     write_record({**make_record("unet", seed=1), "git_commit": clean, "code_digest": "bbbbbbbbbbbbbbbb"}, tmp_path)
     caption = render(load(tmp_path))
-    assert "fedcba987654). A change between versions that moved scores is not told apart" in caption
+    assert "fedcba987654). A row's mean can mix runs of several versions" in caption
 
 
 def test_a_board_whose_code_follows_its_rows_says_the_comparison_is_confounded(tmp_path):
@@ -1812,11 +1817,26 @@ def test_a_board_whose_code_follows_its_rows_says_the_comparison_is_confounded(t
     # a model's seeds under both: the rows do not split by code, a row's mean is over both
     write_record({**make_record("unet", seed=2), "git_commit": dirty}, tmp_path)
     caption = render(load(tmp_path))
-    assert "unet: 0123456789ab-dirty, fedcba987654; a change between versions" in caption
-    # many rows: the first few, and how many more
+    assert "unet: 0123456789ab-dirty, fedcba987654; a row's mean can mix" in caption
+    # many rows of other code each: every one named, none cut off as "(and 2 more)"
     for model in ("transunet", "swinunet", "missformer", "hiformer"):
         write_record({**make_record(model), "git_commit": model[0] * 40}, tmp_path)
-    assert "(and 2 more); a change between versions" in render(load(tmp_path))
+    per_row = render(load(tmp_path)).split("Code per row: ")[1]
+    assert "more)" not in per_row and all(f"{m}: {m[0] * 12};" in per_row for m in ("missformer", "hiformer"))
+
+
+def test_code_per_row_names_every_row_of_other_code_and_sums_up_the_rest(tmp_path):
+    """An audit: "Code per row" named the first 4 rows and "(and 2 more)", which read as the last row's
+    and hid the one row trained on uncommitted code."""
+    clean, dirty = "fedcba9876543210" * 2 + "fedcba98", "0123456789abcdef" * 2 + "01234567-dirty"
+    models = ("hiformer", "missformer", "swinunet", "transunet", "unet", "vmunet")
+    for model in models:
+        write_record({**make_record(model), "git_commit": clean}, tmp_path)
+    write_record({**make_record("unet", seed=1), "git_commit": "a" * 40}, tmp_path)
+    write_record({**make_record("vmunet", seed=1), "git_commit": dirty}, tmp_path)
+    caption = render(load(tmp_path)).split("Code per row: ")[1]
+    assert f"unet: {'a' * 12}, fedcba987654;" in caption and "vmunet: 0123456789ab-dirty, fedcba987654;" in caption
+    assert "; all 4 other rows: fedcba987654; a row's mean can mix" in caption and "more)" not in caption
 
 
 def test_a_one_class_board_of_ones_own_data_names_its_class(tmp_path):
@@ -1941,7 +1961,7 @@ def test_a_rescored_board_says_so_in_its_caption_and_csv(tmp_path):
     md = write_report(tmp_path)
     legacy, strict = md[:md.index("policy strict")], md[md.index("policy strict"):]
     assert ("Rescored: scored under strict from the weights of runs trained and first scored under legacy-synapse "
-            "(1 of 2 runs) (bench rescore).") in strict and "Rescored" not in legacy
+            "(1 of 2 runs), evaluated again without retraining.") in strict and "Rescored" not in legacy
     assert "first scored under legacy-synapse (1 of 2" in write_report(tmp_path, "latex")
     csv = pd.read_csv(io.StringIO(write_report(tmp_path, "csv")), keep_default_na=False)
     assert dict(zip(csv["policy"] + " " + csv["model"], csv["rescored_from_policy"])) == {
@@ -1954,10 +1974,10 @@ def test_a_rescored_board_says_so_in_its_caption_and_csv(tmp_path):
         if model == "unet":
             write_record(rec, tmp_path / "gone")
             kept = rec["run_id"]
-    assert ("first scored under legacy-synapse (1 of 2 runs; the other's first record is gone) (bench rescore)."
+    assert ("first scored under legacy-synapse (1 of 2 runs; the other's first record is gone), evaluated again without retraining."
             in write_report(tmp_path / "gone"))
     (tmp_path / "gone" / "records" / f"{kept}.json").unlink()
-    assert ("first scored under another policy (their first records are gone) (bench rescore)."
+    assert ("first scored under another policy (their first records are gone), evaluated again without retraining."
             in write_report(tmp_path / "gone"))
 
 

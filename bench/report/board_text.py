@@ -341,7 +341,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         note += (f" Devices: these runs trained on {len(devices)} ({'; '.join(devices)}); a GPU's reduced "
                  "precision (TF32, autocast) and its kernels move the numbers beyond what the seed does.")
     if len(sizes := a.get("world_sizes", [])) > 1 and shown("metrics"):  # --nproc for some seeds, not others
-        note += (f" Processes: these runs trained with {' or '.join(map(str, sizes))} processes (--nproc); "
+        note += (f" Processes: these runs trained with {' or '.join(map(str, sizes))} processes; "
                  "BatchNorm's batch statistics and the order of reductions differ with them, so the numbers too.")
     if "train_time_s" in board and board["train_time_s"].notna().any() and shown("time"):
         where = (f"on {devices[0]}" if len(devices) == 1
@@ -351,14 +351,11 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         which = "; ".join(f"{m} seed {', '.join(map(str, seeds))}" for m, seeds in a["repeated"].items())
         note += (f" Repeated: {which} ran more than once here, and each run counts in the mean: a record written "
                  "before bench identified data by its content names it by its path, so a run on that data moved, "
-                 "or on other data of this name, was not the same run. records.load's data_id and data_root tell "
-                 "them apart: delete the record that should not count and its folder runs/<run id>/ (else the run is "
-                 "named as one without a record).")
+                 "or on other data of this name, was not the same run.")
     note += code_note(a.get("code", {}))
     if plugin := a.get("plugin_code"):
         which = "; ".join(f"{m}: {n}" for m, n in plugin.items())
-        note += (f" Plugin code changed since these runs trained ({which}; records' model_code): their numbers are "
-                 "the old code's; train them into another --results folder for the code as it is.")
+        note += (f" Plugin code changed since these runs trained ({which}): their numbers are the old code's.")
     if "macs" in board and board["macs"].notna().any() and shown("cost"):
         note += (" GMACs: one forward of one input at the protocol's input size (the square image, or the patch), "
                  "the selective scan included; thop GMACs: what thop counts, the convention of published tables.")
@@ -366,7 +363,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
     if missed and any(shown(g) for g in ("metrics", "class-hd95")):
         note += (f" HD95 of misses: {key.policy} scores a structure predicted nowhere in a case HD95 0, the best "
                  f"value (the papers' rule), so misses lower a model's HD95; missed case × class entries, over all "
-                 f"runs: {missed}. `bench rescore --policy strict` scores them with a penalty.")
+                 f"runs: {missed}; the strict policy scores them with a penalty instead.")
     if _has_exclusions(board) and shown("metrics"):
         note += (" DSC n/a: case × class entries with both masks empty, over all runs; strict scores them NaN and "
                  "leaves them out of the means; a class with no other entry has no mean, and the DSC is nan (as "
@@ -374,7 +371,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
     n_rescored, n_runs, first, gone = a.get("rescored", (0, 0, [], 0))
     if n_rescored:
         note += (f" Rescored: scored under {key.policy} from the weights of runs trained and first scored under "
-                 f"{_first_scored(n_rescored, n_runs, first, gone)} (bench rescore).")
+                 f"{_first_scored(n_rescored, n_runs, first, gone)}, evaluated again without retraining.")
     if restated := a.get("restated"):
         which = few([f"records/{r.split('@')[0]}.json: {t}" for r, t in restated.items()], 3, sep="; ")
         note += (f" Restated: the stored numbers of {len(restated)} record(s) differ from those this code recomputes "
@@ -519,22 +516,36 @@ def code_note(code: dict) -> str:
 
 def code_detail(code: dict) -> str:
     """After a board's versions are named (``code_note``, Methods), which runs ran which: every run the
-    same ones, else each row's, and what "-dirty" means where one is."""
+    same ones, else each row's (``_rows_code``), and what "-dirty" means where one is."""
     note = ""
     if code["split"] == "same" and len(code["trained"]) > 1:
-        note += " Every run trained under each in turn (resumed; records' train.commits)."
+        note += " Every run was trained under each in turn (interrupted and resumed under the next)."
     elif code["split"] != "same":
-        rows = few([f"{label}: {_short(r['trained'])}" + (f" (scored under {_short(r['scored'])})"
-                                                           if set(r["scored"]) - set(r["trained"]) else "")
-                    for label, r in code["rows"].items()], 4, sep="; ")
         why = ("the versions follow the rows, so between rows of other code the model comparison and the code "
                "change cannot be told apart." if code["split"] == "rows" else
-               "a change between versions that moved scores is not told apart (records' git_commit, code_digest "
-               "and train.commits).")
-        note += f" Code per row: {rows}; {why}" if len(code["rows"]) > 1 else f" {why[0].upper()}{why[1:]}"
+               "a row's mean can mix runs of several versions, and whether a change between them moved scores "
+               "cannot be told apart.")
+        note += (f" Code per row: {_rows_code(code['rows'])}; {why}" if len(code["rows"]) > 1
+                 else f" {why[0].upper()}{why[1:]}")
     if any("-dirty" in v for v in code["versions"]):
         note += ' "-dirty": a checkout with uncommitted edits.'
     return note
+
+
+def _rows_code(rows: dict[str, dict]) -> str:
+    """Each row's versions (those it was scored under after, where others), in the board's order; the rows
+    of the most common versions, where two or more share them and they hold no "-dirty" one, summed up
+    after the others as "all other rows": a row of other code, or of uncommitted edits, is always named."""
+    texts = {label: ", ".join(map(short_commit, r["trained"]))
+             + (f" (scored under {', '.join(map(short_commit, r['scored']))})"
+                if set(r["scored"]) - set(r["trained"]) else "") for label, r in rows.items()}
+    common, n = collections.Counter(texts.values()).most_common(1)[0]
+    if n == len(texts):
+        return f"every row: {common}"
+    if n < 2 or "-dirty" in common:
+        return "; ".join(f"{label}: {text}" for label, text in texts.items())
+    return "; ".join(f"{label}: {text}" for label, text in texts.items() if text != common) + \
+        f"; all {n} other rows: {common}"
 
 
 def _short(versions: list[str]) -> str:

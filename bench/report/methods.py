@@ -36,13 +36,21 @@ _AUGMENT = {"transunet": "TransUNet's random rot90/flip or rotation", "vmunet_is
 _SELECT = {"final": "the final ones", "best_train_loss": "those of the epoch with the lowest training loss",
            "lr_min": "those of the last epoch at the schedule's lowest learning rate"}
 _SKIP_PACKAGES = {"ssm-unet-bench"}  # named as bench's version
+_FAMILIES = {"ssm": "a state-space (Mamba-style) model", "cnn": "a convolutional network",
+             "transformer": "a transformer-based network"}
+# the selective scan's implementations (ssm_models.scan.BACKENDS), as a reader knows them
+_SCANS = {"cuda": "the CUDA kernels of mamba-ssm", "cpu": "this project's C++ CPU kernel",
+          "torch": "this project's implementation in PyTorch operations",
+          "ref": "the step-by-step reference implementation (slow; for testing)"}
 
 
 def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
                    datasets: str | Iterable[str] | None = None, policies: str | Iterable[str] | None = None, *,
-                   empty_ok: bool = True) -> str:
+                   empty_ok: bool = True, reference: str | None = None) -> str:
     """Markdown: per board (dataset × protocol × policy, as ``label_runs`` groups finished runs) a
-    ``##`` heading and short paragraphs on the models, training, data and evaluation, and environment.
+    ``##`` heading and short paragraphs on the models, training, data and evaluation, the statistics the
+    report's tables use (with ``reference``: `bench report --reference`'s paired tests and ranks too), and
+    environment; then how the cost tables counted and timed (the folder's ``bench profile`` records).
     Without finished runs, the line saying so (``empty_ok``; else a BenchError, as `bench report` raises it)."""
     results_dir = Path(results_dir)
     # recheck: the numbers the boards show, and which records they restate (said per board)
@@ -53,11 +61,18 @@ def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
             raise BenchError(said)
         return f"{said}.\n"
     df = label_runs(df)
+    if reference:  # a model (or board row) of these runs, as --reference of the other formats checks it
+        from bench.report.significance import _check_reference
+
+        _check_reference(reference, {"runs": df}, results_dir)
     parts = []
     for _, group in df.groupby(["board_dataset", "board_protocol", "policy"], sort=True):
         group = group.sort_values(["model_label", "seed", "run_id"])  # the same text whatever order files list in
         recs = [read_record(results_dir, run_id) for run_id in group["run_id"]]
-        parts.append(_board(group, recs, results_dir))
+        parts.append(_board(group, recs, results_dir, reference))
+    cost = _cost(df, results_dir)
+    if cost:
+        parts.append(f"## Computational cost\n\n{cost}\n")
     missing = warn_unrecorded(results_dir, df, models)
     if missing:
         parts.append(f"## Runs without a record\n\n{missing}\n")
@@ -71,14 +86,15 @@ def warn_unrecorded(results_dir: Path, df: pd.DataFrame, models: str | Iterable[
     variant (`--lr 1e30`) of "unet seed 0" is not the unet seed 0 of the board. A deleted record or a
     diverged seed otherwise only shows as a board with fewer seeds."""
     given = name_list(models)
+    if "model_label" not in df:  # `bench report`'s runs: named by their rows' labels, as the boards show them
+        df = label_runs(df)
     runs = unrecorded_runs(results_dir, zip(df["dataset"], df["protocol"]),
                            None if given is None else {*given, *df["model"]})
     if not runs:
         return ""
     by_board: dict[str, list[str]] = {}
     for run in runs:
-        by_board.setdefault(f"{run['dataset']}, protocol {run['protocol']}",
-                            []).append(f"{_run_name(run)}, run …{run['run_id'][-8:]} ({run['why']})")
+        by_board.setdefault(f"{run['dataset']}, protocol {run['protocol']}", []).append(_unrecorded(run, df))
     named = " — ".join((f"{board}: " if len(by_board) > 1 else "") + "; ".join(names)
                        for board, names in by_board.items())
     text = f"Runs without a record, which no board counts: {named}."
@@ -88,15 +104,42 @@ def warn_unrecorded(results_dir: Path, df: pd.DataFrame, models: str | Iterable[
     return text
 
 
-def _board(group: pd.DataFrame, recs: list[dict], results_dir: Path) -> str:
+def _unrecorded(run: dict, df: pd.DataFrame) -> str:
+    """A run without a record in words: its row label and off-protocol changes where its log says them
+    (``runlog.settings``), its id's last part and why it has no record, and the board's run of the same
+    model and seed where there is one: the two are other runs (other settings, data or policy)."""
+    label, _, off = (run.get("settings") or run["model"]).partition(" · ")
+    text = f"{_run_name(run, label)}{', ' + off if off else ''}, run …{run['run_id'][-8:]} ({run['why']})"
+    same = df[(df["dataset"] == run["dataset"]) & (df["protocol"] == run["protocol"]) & (df["model"] == run["model"])
+              & (df["seed"] == run["seed"]) & (df["split"] == run["split"])
+              & (df["run_id"].str.split(".").str[0] != run["run_id"])]  # not its own rescored copy
+    if not same.empty:
+        row = same.iloc[0]
+        text += (f", another run than the board's {_run_name(run, row.get('model_label') or run['model'])} "
+                 f"(run …{row['run_id'].split('.')[0][-8:]})")
+    return text
+
+
+def _board(group: pd.DataFrame, recs: list[dict], results_dir: Path, reference: str | None = None) -> str:
     first = recs[0]
     proto = first["protocol"]
     title = board_title(group["board_dataset"].iloc[0], proto["name"], proto["version"], proto["hash"],
                         _overrides_text(json.dumps(proto["overrides"])), first["policy"])
     labels = list(group["model_label"])
     evaluation = " ".join(t for t in (_evaluation(recs, results_dir), _restated(labels, recs, group)) if t)
-    paragraphs = [_models(labels, recs), _training(labels, recs), evaluation, _environment(labels, recs, group)]
+    paragraphs = [_lead(first), _models(labels, recs), _training(labels, recs), evaluation,
+                  _statistics(group, recs, reference), _environment(labels, recs, group)]
     return f"## {title}\n\n" + "\n\n".join(p for p in paragraphs if p) + "\n"
+
+
+def _lead(rec: dict) -> str:
+    """The heading's board key in a sentence: the protocol (name, version, the hash of its settings, what
+    was changed) and the metric policy."""
+    proto = rec["protocol"]
+    changed = _overrides_text(json.dumps(proto["overrides"]))
+    return (f"Runs of bench's protocol {proto['name']}, version {proto['version']} (settings hash {proto['hash']})"
+            + (f", with these settings changed: {changed}" if changed else "")
+            + f"; scores under the metric policy {rec['policy']}.")
 
 
 # ------------------------------------------------------------------------------------------ wording
@@ -163,24 +206,37 @@ def _models(labels: list[str], recs: list[dict]) -> str:
 
 def _model(label: str, runs: list[dict]) -> str:
     rec = runs[0]
-    parts = [f"family {rec['family']}"]
+    parts = [_FAMILIES.get(rec["family"], f"family {rec['family']}")]
     changes = _config_changes(rec)
     if rec.get("tiny"):  # the tiny configuration's own keys, and what --set gave beside or instead of them
         cfg, tiny = rec["model_config"], set(_tiny_config(rec["model"]))
         other = set(_tiny_changes(rec["model"], cfg)) | {key for key, _ in changes if key not in tiny}
         own = ", ".join(text for key, text in changes if key not in other)
-        elsewise = ", ".join(f"{k}={_shown(cfg[k])}" for k in cfg if k in other)
-        parts.append("tiny test configuration" + (f" ({own})" if own else "")
-                     + (f", with {elsewise} set otherwise" if elsewise else ""))
+        parts.append("the small test configuration, not the paper's" + (f" ({own})" if own else "")
+                     + _set_otherwise(rec, [(k, f"{k}={_shown(cfg[k])}") for k in cfg if k in other]))
     elif changes:
-        parts.append(f"paper configuration with {', '.join(text for _, text in changes)}")
+        parts.append("the paper's configuration" + _set_otherwise(rec, changes))
     else:
-        parts.append("paper configuration")
+        parts.append("the paper's configuration")
     params = sorted({r["cost"]["params"] for r in runs if r["cost"].get("params")})
     if params:
         parts.append("–".join(f"{p / 1e6:.2f}" for p in dict.fromkeys((params[0], params[-1]))) + " M parameters")
     parts.append(_start(runs))
     return f"{label}: {'; '.join(parts)}."
+
+
+def _set_otherwise(rec: dict, changes: list[tuple[str, str]]) -> str:
+    """Keys set otherwise than the configuration named: those the user set (records' ``set_keys``), and
+    those the model chose itself for the input (Swin-Unet's window for a small image); records before
+    ``set_keys`` were kept tell them apart by nothing."""
+    if not changes:
+        return ""
+    if not isinstance(rec.get("set_keys"), list):
+        return f", with {', '.join(text for _, text in changes)} set otherwise"
+    given = [text for key, text in changes if key in rec["set_keys"]]
+    chosen = [text for key, text in changes if key not in rec["set_keys"]]
+    return "".join((f", with {', '.join(given)} set by the user" if given else "",
+                    f", with {', '.join(chosen)} chosen by the model for the input size" if chosen else ""))
 
 
 def _config_changes(rec: dict) -> list[tuple[str, str]]:
@@ -228,7 +284,7 @@ def _training(labels: list[str], recs: list[dict]) -> str:
     trained = [r for r in recs if not r.get("weights")]
     trained_labels = [label for label, r in zip(labels, recs) if not r.get("weights")]
     if not trained:
-        return "**Training.** None here: every run evaluated given weights (`bench run --weights`)."
+        return "**Training.** None here: every run evaluated given weights."
     recipe, train = _recipe(trained[0]), trained[0]["train"]
     t = recipe["train"]
     sentences = [
@@ -238,7 +294,8 @@ def _training(labels: list[str], recs: list[dict]) -> str:
         _input(recipe, trained[0]),
         _precision(recipe, trained),
         f"Weights evaluated: {_select(t, trained)}.",
-        _seeds(trained_labels, trained) + f"; {_per_run(trained, lambda r: r.get('n_train'))} training items.",
+        _seeds(trained_labels, trained) + ".",
+        _n_train(trained),
     ]
     if len(trained) < len(recs):
         sentences.append(f"{_count(len(recs) - len(trained), 'run')} evaluated given weights instead of training.")
@@ -296,14 +353,15 @@ def _length(t: dict, trained: list[dict]) -> str:
 
         text += f" ({_per_run(trained, epochs_of)}{drawn})"
         if cap and cap < full:
-            text += f"; the recipe stops at max_iterations {cap}, before the end of its {t['epochs']} epochs ({full} iterations)"
+            text += (f"; the recipe caps training at {cap} iterations, before the end of its {t['epochs']} epochs "
+                     f"({full} iterations)")
         elif cap:
-            text += f"; the recipe's {t['epochs']} epochs, within max_iterations {cap}"
+            text += f"; the recipe's full {t['epochs']} epochs (its cap of {cap} iterations not reached)"
     else:  # records written before they kept the epoch's length, or runs of several (folds of other sizes)
         epochs = [r["train"]["epochs"] for r in trained]
         text += f" over {_span(epochs)} epoch{'s' * (max(epochs) != 1)} begun{drawn}"
         if cap:
-            text += f" (max_iterations {cap})"
+            text += f" (capped at {cap} iterations)"
     return text + "."
 
 
@@ -355,6 +413,11 @@ def _select(t: dict, trained: list[dict]) -> str:
                                         if "@" in str(r["train"].get("selected")) else "?") + ")"
 
 
+def _n_train(trained: list[dict]) -> str:
+    n = _per_run(trained, lambda r: r.get("n_train"))
+    return "" if n == "None" else f"Training set: {n} items."  # older records: not kept
+
+
 def _seeds(labels: list[str], recs: list[dict]) -> str:
     """"Seeds 0, 1" where every model ran them; else each model's (a board row may lack a seed)."""
     def of(runs: list[dict]) -> str:
@@ -375,7 +438,7 @@ def _seeds(labels: list[str], recs: list[dict]) -> str:
 def _evaluation(recs: list[dict], results_dir: Path) -> str:
     rec, recipe = recs[0], _recipe(recs[0])
     synthetic = "synthetic data generated by bench" if rec["synthetic"] else "real data"
-    data_id = f", data id {rec['data_id']}" if rec.get("data_id") else ""
+    data_id = _data_id(rec.get("data_id"))
     rule = rec.get("split_rule")  # how the split was made, where the data fixes none (older records: unsaid)
     folds = sorted({f for r in recs if (f := split_fold(r["split"])) is not None})
     if folds:
@@ -387,12 +450,22 @@ def _evaluation(recs: list[dict], results_dir: Path) -> str:
     text = [f"**Data and evaluation.** {rec.get('dataset_name') or rec['dataset']} ({synthetic}{data_id}); "
             f"{cases} test cases per run from {split}."]
     text.append(_rescored(recs, results_dir))
-    text.append(f"Metric policy {rec['policy']}: {_conventions(rec)}.")
     units = {r.get("hd95_unit") for r in recs if r.get("hd95_unit")}
-    if units:
+    unit = next(iter(units)) if len(units) == 1 else None  # runs of other units: each named below
+    text.append(f"Metric policy {rec['policy']}: {_conventions(rec, unit)}.")
+    if len(units) > 1:
         text.append(f"HD95 unit: {_per_run(recs, lambda r: r.get('hd95_unit'))}.")
-    text.append(_eval_settings(recipe, rec))
+    text.append(_eval_settings(recipe, rec, unit))
     return " ".join(t for t in text if t)
+
+
+def _data_id(data_id: str | None) -> str:
+    """A run's data identity (``RunSpec.data_id``) in words: what it was computed from."""
+    if not data_id:
+        return ""
+    kind, _, digest = data_id.partition(":")
+    return {"synthetic": f", identity {digest} from its generator's settings",
+            "files": f", identity {digest} from its files' contents"}.get(kind, f", at {data_id}")
 
 
 def _restated(labels: list[str], recs: list[dict], group: pd.DataFrame) -> str:
@@ -418,38 +491,57 @@ def _rescored(recs: list[dict], results_dir: Path) -> str:
             return "original"
     was = _per_run(sources, source_policy)
     which = "" if len(sources) == len(recs) else f" ({_count(len(sources), 'run')} of {len(recs)})"
-    return f"Scored under {recs[0]['policy']} from the weights of the {was} runs{which} (`bench rescore`)."
+    return (f"Scores under {recs[0]['policy']} come from evaluating again the weights trained in the {was} "
+            f"runs{which}, without retraining.")
 
 
-def _outcome(pair: list, penalty: Any) -> str:
+# where HD95 is in what unit (records' hd95_unit: evaluate.hd95_unit), and its penalty's extent
+_HD95_UNITS = {
+    "mm": ("in mm from each case's voxel spacing", "the diagonal of the volume in mm"),
+    "voxels": ("in voxels (the volumes carry no spacing)", "the volume's diagonal in voxels"),
+    "pixels": ("in pixels of the model's input (2-D images are scored at its resolution)",
+               "the image's diagonal in pixels"),
+    "mixed": ("in mm where a case's spacing is known and in voxels where not, so the mean adds both",
+              "the volume's diagonal in the same unit"),
+}
+
+
+def _outcome(pair: list, penalty: str) -> str:
     dice, hd = (None if isinstance(v, float) and math.isnan(v) else v for v in pair)  # records: null; policy_fields: NaN
-    dice = "NaN (left out, counted)" if dice is None else num(dice)
-    hd = {None: "NaN", "penalty": f"a penalty ({penalty}: the volume's diagonal)"}.get(hd, hd)
+    dice = "NaN (left out of the means, counted)" if dice is None else num(dice)
+    hd = {None: "NaN", "penalty": f"a penalty, {penalty}"}.get(hd, hd)
     return f"DSC {dice} and HD95 {num(hd)}"
 
 
-def _conventions(rec: dict) -> str:
-    """The policy's conventions as recorded with the run (``metrics.policy_fields``), in words."""
+def _conventions(rec: dict, unit: str | None) -> str:
+    """The policy's conventions as recorded with the run (``metrics.policy_fields``), in words; HD95 in
+    ``unit`` (the board's runs' ``hd95_unit``, where they agree; None: older records, said generally)."""
     from bench.metrics import policy_fields
 
     c = rec.get("policy_conventions") or policy_fields(rec["policy"])
     zero = "0" if c["zero_division"] == 0 else "NaN"
     if c["pooled"]:
         return ("one confusion matrix pooled over all test pixels (a micro average): DSC, IoU (the papers' mIoU, "
-                f"foreground only), accuracy, specificity and sensitivity from it, a ratio with a zero denominator "
-                f"{zero}; no HD95")
+                f"foreground only), accuracy, specificity and sensitivity from it; a ratio with a zero denominator "
+                f"counts as {zero}; no HD95")
     hd = {"pooled": "medpy's HD95 (95th percentile of both directions' surface distances pooled)",
           "max_directed": "MONAI's HD95 (the larger of the two directed 95th percentiles)"}.get(
         c["hd_definition"], "no HD95")
-    unit = "in mm from each case's spacing (voxels where it is unknown)" if c["use_spacing"] else \
-        "in voxels, spacing ignored"
-    return (f"per case and class, averaged over cases per class, then over classes; {hd} {unit}; a missed structure "
-            f"(in the reference only) scores {_outcome(c['ref_only'], c['penalty'])}, a prediction of an absent one "
-            f"{_outcome(c['pred_only'], c['penalty'])}, both masks empty {_outcome(c['both_empty'], c['penalty'])}; "
-            f"accuracy, specificity, sensitivity with a zero denominator {zero}")
+    if not c["use_spacing"]:
+        where = f"in {unit or 'voxels'}, spacing ignored"
+        extent = "the image's diagonal" if unit == "pixels" else "the volume's diagonal"
+    elif unit in _HD95_UNITS:
+        where, extent = _HD95_UNITS[unit]
+    else:  # records before they named their unit
+        where, extent = ("in mm from each case's spacing (voxels or pixels where it is unknown)",
+                         "the diagonal of the image or volume")
+    return (f"per case and class, averaged over cases per class, then over classes; {hd} {where}; a missed "
+            f"structure (in the reference only) scores {_outcome(c['ref_only'], extent)}, a prediction of an absent "
+            f"one {_outcome(c['pred_only'], extent)}, both masks empty {_outcome(c['both_empty'], extent)}; "
+            f"accuracy, specificity and sensitivity with a zero denominator count as {zero}")
 
 
-def _eval_settings(recipe: dict, rec: dict) -> str:
+def _eval_settings(recipe: dict, rec: dict, unit: str | None = None) -> str:
     e, parts = recipe["eval"], []
     if _binary(rec):
         parts.append(f"foreground where the sigmoid ≥ {num(e['threshold'])}")
@@ -469,8 +561,124 @@ def _eval_settings(recipe: dict, rec: dict) -> str:
     tol = e["nsd_tolerance"]
     if tol:
         tols = ", ".join(f"{n} {num(v)}" for n, v in tol) if isinstance(tol, list) else num(tol)
-        parts.append(f"NSD at tolerance {tols} (HD95 unit)")
+        parts.append(f"NSD (normalised surface distance) at tolerance {tols} {unit or 'in the HD95 unit'}")
     return f"Evaluation: {'; '.join(parts)}." if parts else ""
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def _statistics(group: pd.DataFrame, recs: list[dict], reference: str | None) -> str:
+    """What the report's tables of this board compute: mean ± std over seeds, the bootstrap CIs
+    (``stats.bootstrap_ci``, where case rows hold the metric), and with ``reference`` the paired tests,
+    Holm's correction and the rank stability (``significance_sections``), their constants from ``stats``."""
+    from bench import stats
+    from bench.report.boards import CI_METRICS, METRICS
+    from bench.report.labels import CV_LABEL
+
+    cv = CV_LABEL in group["board_dataset"].iloc[0]
+    runs = "runs (every seed and fold)" if cv else "seeds"
+    single = group.groupby("model_label")["run_id"].nunique().max() == 1  # as the boards: no ± std then
+    text = ["**Statistical analysis.** " + ("Tables give each model's one run: no standard deviation." if single else
+            f"Tables give each model's mean over its {runs} ± their sample standard deviation (n − 1).")]
+    measured = [m for m in CI_METRICS if any(_value(case.get(m)) for r in recs for case in r.get("per_case", []))]
+    if measured:
+        text.append(f"95% confidence intervals of {_and([METRICS[m][0] for m in measured])}: percentile bootstrap "
+                    f"over test cases ({stats.N_BOOT} resamples, seeded), each resample scored under the board's "
+                    f"policy as the board is, then averaged over the model's {runs}; they show how much the test set "
+                    "moves these trained models' numbers, not the spread between seeds.")
+    if reference and measured:
+        text.append(_paired(group, recs, reference, measured))
+    return " ".join(text)
+
+
+def _paired(group: pd.DataFrame, recs: list[dict], reference: str, measured: list[str]) -> str:
+    from bench import metrics, stats
+    from bench.report.boards import METRICS
+
+    labels = sorted(set(group["model_label"]))
+    ref = stats.reference_label(group, reference)
+    ranks = (f"Models ranked by the board's DSC over the test cases every model has; the ranks' stability from "
+             f"{stats.N_BOOT_RANKS} bootstrap resamples of those cases (the share in which a model ranks first, "
+             "and its 95% rank interval).")
+    if ref not in labels or len(labels) < 2:
+        return ranks
+    pooled = (recs[0].get("policy_conventions") or metrics.policy_fields(recs[0]["policy"]))["pooled"]
+    if pooled:
+        test = ("a two-sided paired permutation test of the difference of the board's numbers (pooled over all "
+                "test pixels): each shared test case's confusion counts swapped or not between the two models' runs "
+                f"(paired in seed and fold order), all 2^n swap patterns where they are at most {stats.N_PERM}, "
+                f"else {stats.N_PERM} drawn")
+    else:
+        test = ("a two-sided Wilcoxon signed-rank test over the shared test cases (a case's value: the mean over "
+                "its foreground classes, averaged over the model's runs), with the matched-pairs rank-biserial "
+                "correlation as effect size")
+    return (f"Each model was compared with {ref} on {_and([METRICS[m][0] for m in measured])} by {test}; the "
+            "p-values were adjusted with Holm's step-down method over all of the board's tests. " + ranks)
+
+
+def _value(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+# ------------------------------------------------------------------------------------------ cost
+
+
+_PRECISIONS = {"fp32": "float32 (TF32 off)", "tf32": "float32 with TF32 tensor cores",
+               "bf16": "bfloat16 autocast", "fp16": "float16 autocast"}
+
+
+def _cost(df: pd.DataFrame, results_dir: Path) -> str:
+    """How the boards' GMACs were counted (where the runs' records count them) and the cost tables timed
+    (the folder's ``bench profile`` records of these models): ``bench.cost``'s conventions."""
+    from bench.cost import load_profiles
+
+    text = []
+    counted = "macs" in df and df["macs"].notna().any()
+    profiles = load_profiles(results_dir)
+    if not profiles.empty:
+        profiles = profiles[profiles["model"].isin(set(df["model"]))]
+    if counted or (not profiles.empty and profiles["macs"].notna().any()):
+        text.append("MACs (multiply-accumulates) were counted for one forward pass of one input at the protocol's "
+                    "input size with PyTorch's FlopCounterMode (a multiply-add is 2 FLOPs; MACs = FLOPs / 2), the "
+                    "selective scan included by the Mamba authors' estimate (9·B·L·D·N FLOPs, plus the D and gate "
+                    "terms); element-wise operations are not counted. The thop count (thop 0.1.1: forward hooks on "
+                    "leaf modules, so the scan, einsums and functional matrix products count zero), the convention "
+                    "of published tables, is given beside it.")
+    timed = profiles[profiles["latency_ms_median"].notna()] if not profiles.empty else profiles
+    for (fp, precision, last, compiled), rows in timed.groupby(
+            ["fingerprint", "precision", "channels_last", "compiled"], sort=True, dropna=False):
+        cuda = (rows["device"] == "cuda").any()
+        timed_n = _per_value(rows, "timed_iters")
+        warm = _per_value(rows, "warmup_iters")
+        precise = "float32" if precision == "fp32" and not cuda else _PRECISIONS.get(precision, str(precision))
+        setup = ", ".join(p for p in (precise, "batch size 1",
+                                      "channels-last memory layout" if last else "",
+                                      "compiled with torch.compile" if compiled else "") if p)
+        scan = {b for b in rows["scan_backend"].dropna()} if "scan_backend" in rows else set()
+        device = rows["device_fingerprint"].iloc[0] if "device_fingerprint" in rows else None
+        where = (f"{_device(device)}, torch {device.get('torch')}" if isinstance(device, dict) and device.get("torch")
+                 else fp)  # older profiles: the short fingerprint only
+        shown = sorted({m + (" (tiny)" if t is True else "") for m, t in
+                        zip(rows["model"], rows["tiny"] if "tiny" in rows else [None] * len(rows))})
+        text.append(f"Latency on {where} ({setup}): the median and 90th percentile of {timed_n} timed forward passes "
+                    f"of random input, after {warm + ' warm-up passes' if warm else 'warm-up passes (their number not recorded)'}"
+                    + (", synchronised on the GPU before and after each" if cuda else "")
+                    + (f"; the selective scan run by {_and([_SCANS.get(b, b) for b in sorted(scan)])}" if scan else "")
+                    + f" ({', '.join(shown)}; input {', '.join(sorted(set(rows['input_shape'])))}).")
+    return " ".join(text)
+
+
+def _per_value(rows: pd.DataFrame, column: str) -> str:
+    """A profile column's values, "" where none recorded (older profiles)."""
+    if column not in rows:
+        return ""
+    values = sorted({int(v) for v in rows[column].dropna()})
+    return " or ".join(map(str, values))
 
 
 # ------------------------------------------------------------------------------------------ environment
@@ -480,7 +688,7 @@ def _environment(labels: list[str], recs: list[dict], group: pd.DataFrame) -> st
     versions = _code_versions(group)
     named = [short_commit(v) for v in versions["versions"]]
     release = _per_run(recs, lambda r: r.get("packages", {}).get("ssm-unet-bench") or "?")
-    code = (f"bench {release} at {named[0]}" if len(named) == 1 else
+    code = (f"bench {release} at commit {named[0]}" if len(named) == 1 else
             # the weights' code and the numbers' code, both
             f"bench {release}, {len(named)} versions of its code: trained under "
             f"{', '.join(map(short_commit, versions['trained']))}, scored under "
@@ -491,12 +699,13 @@ def _environment(labels: list[str], recs: list[dict], group: pd.DataFrame) -> st
             f"Device: {_per_run(recs, lambda r: _device(r['device']))}."]
     rescored = [r for r in recs if r.get("rescored_with")]
     if rescored:  # the numbers of this board came from there; the packages and device above trained them
-        text.append("Scored by `bench rescore` on " + _per_run(rescored, lambda r: _device(r["rescored_with"]["device"]))
+        text.append("Evaluated again on " + _per_run(rescored, lambda r: _device(r["rescored_with"]["device"]))
                     + "; the packages and device above are the training's.")
     scan = {r.get("scan_backend") for r in recs} - {None}
     if scan:
-        text.append("Selective scan: " + _per_run([r for r in recs if r.get("scan_backend")],
-                                                  lambda r: r["scan_backend"]) + ".")
+        text.append("Selective scan (the state-space models' recurrence) run by " + _per_run(
+            [r for r in recs if r.get("scan_backend")], lambda r: _SCANS.get(r["scan_backend"], r["scan_backend"]))
+            + ".")
     text += [_resumes(labels, recs), _train_time(labels, recs)]
     return " ".join(t for t in text if t)
 

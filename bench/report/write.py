@@ -108,17 +108,35 @@ def _warn_repeated(boards: dict) -> None:
                       "without a record)", stacklevel=3)
 
 
+def _warn_boards(boards: dict) -> None:
+    """What to do about a board, said where it is seen rather than in its caption (a paper's text): misses
+    scored HD95 0, and plugin code changed since its runs trained."""
+    from bench.report.board_text import _missed_at_hd95_zero
+
+    for key, board in boards.items():
+        if missed := _missed_at_hd95_zero(key, board):
+            warnings.warn(f"{key.dataset} · {key.protocol}: {key.policy} scores the structures predicted nowhere HD95 "
+                          f"0, the best value ({missed}); `bench rescore --policy strict --results <folder>` scores "
+                          "them with a penalty", stacklevel=3)
+        if plugin := board.attrs.get("plugin_code"):
+            warnings.warn(f"{key.dataset} · {key.protocol}: plugin code changed since these runs trained "
+                          f"({'; '.join(f'{m}: {n}' for m, n in plugin.items())}; records' model_code): their numbers "
+                          "are the old code's; train them into another --results folder for the code as it is",
+                          stacklevel=3)
+
+
 def _methods(results_dir: Path, models: str | Iterable[str] | None, datasets: str | Iterable[str] | None,
-             policies: str | Iterable[str] | None, **refused: object) -> str:
+             policies: str | Iterable[str] | None, reference: str | None, **refused: object) -> str:
     """``--format methods``: prose of what ran, which the boards' options do not shape (one error names them);
-    without finished runs, the error saying so (as the boards)."""
+    ``reference`` chooses the paired tests its statistics name; without finished runs, the error saying so
+    (as the boards)."""
     from bench.report.methods import render_methods
 
     given = [f"--{name}" for name, value in refused.items() if value]
     if given:
         raise BenchError(f"{' and '.join(given)} shape{'s' * (len(given) == 1)} the leaderboards; --format methods "
                          "writes the Methods paragraphs only: leave them out")
-    return render_methods(results_dir, models, datasets, policies, empty_ok=False)
+    return render_methods(results_dir, models, datasets, policies, empty_ok=False, reference=reference)
 
 
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
@@ -146,8 +164,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         out = check_out_file(out, "report.md")
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
     if fmt == ReportFormat.methods:
-        text = _methods(results_dir, models, datasets, policies, columns=columns, reference=reference,
-                        published=published)
+        text = _methods(results_dir, models, datasets, policies, reference, columns=columns, published=published)
         if out is not None:
             atomic_write_text(Path(out), text)
         return text
@@ -185,6 +202,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     else:
         boards, groups, (set_runs, set_cases) = _boards(df_runs, df_cases, profiles)
         _warn_repeated(boards)
+        _warn_boards(boards)
         text = _render(boards, fmt, columns, groups)
         if not boards and fmt == ReportFormat.md:  # the folder's `bench profile` records alone
             text = f"{results_dir}: no finished runs; the cost tables of its `bench profile` records only.\n"
