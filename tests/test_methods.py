@@ -436,3 +436,25 @@ def test_runs_without_a_record_are_named_in_methods_and_warned(tmp_path, monkeyp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert "without a record" not in render_methods(tmp_path)
+
+
+def test_the_lead_says_whose_protocol_the_runs_followed(tmp_path):
+    """A user's protocol file read as "bench's protocol", and a built-in's name over other settings as the
+    built-in itself: a reader takes both for the bench recipe."""
+    synapse = load_protocol("synapse")
+    builtin, own, copied, earlier = _record(seed=0), _record(seed=1), _record(seed=2), _record(seed=3)
+    for rec in (builtin, own, copied, earlier):
+        rec["protocol"]["version"] = synapse.version  # the fixture's records are of an earlier synapse's version
+    own["protocol"]["name"] = "smoke_student"
+    copied["protocol"]["hash"] = earlier["protocol"]["hash"] = "0" * 16
+    earlier["protocol"]["version"] = synapse.version - 1
+    text = _methods(tmp_path, builtin)
+    assert f"Runs of bench protocol synapse, version {synapse.version} (settings hash {synapse.hash}); scores" in text
+    text = _methods(tmp_path / "own", own)
+    assert "Runs of the custom protocol smoke_student (a protocol file, not one built into bench), version" in text
+    text = _methods(tmp_path / "copied", copied)
+    assert (f"Runs of bench protocol synapse, version {synapse.version} (settings hash {'0' * 16}), a modified copy "
+            f"(built-in: {synapse.hash}); scores") in text
+    text = _methods(tmp_path / "earlier", earlier)
+    assert (f"version {synapse.version - 1} (settings hash {'0' * 16}), another version (built-in: v{synapse.version}, "
+            f"{synapse.hash}); scores") in text

@@ -20,6 +20,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.names import name_list
+from bench.protocol import builtin_difference, list_protocols
 from bench.records import (finished, load, no_runs, read_record, runs_dir, select_runs, short_commit, split_fold,
                            unrecorded_runs)
 from bench.runlog import RUN_LOG
@@ -137,7 +138,11 @@ def _lead(rec: dict) -> str:
     was changed) and the metric policy."""
     proto = rec["protocol"]
     changed = _overrides_text(json.dumps(proto["overrides"]))
-    return (f"Runs of bench's protocol {proto['name']}, version {proto['version']} (settings hash {proto['hash']})"
+    builtin = proto["name"] in list_protocols()  # else a protocol file of the user's: not bench's to vouch for
+    differs = builtin and builtin_difference(proto["name"], proto["version"], proto["hash"])
+    return (f"Runs of {'bench' if builtin else 'the custom'} protocol {proto['name']}"
+            + ("" if builtin else " (a protocol file, not one built into bench)")
+            + f", version {proto['version']} (settings hash {proto['hash']})" + (f", {differs}" if differs else "")
             + (f", with these settings changed: {changed}" if changed else "")
             + f"; scores under the metric policy {rec['policy']}.")
 
