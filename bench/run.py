@@ -69,7 +69,8 @@ class RunSpec:
     # built from the model's tiny configuration (--tiny; model_overrides holds its keys): the boards' "(tiny)"
     tiny: bool = field(default=False, compare=False)
     # weights evaluated as given, without training (--weights: the authors' checkpoint or one's own):
-    # (path, sha256[:16]); None: the run trains
+    # (path, sha256, full: the record keeps it; the run id hashes its first 16 digits, as it always has);
+    # None: the run trains
     weights: tuple[str, str] | None = None
     # data-loader processes (--workers; None: the protocol's num_workers): a batch is the same whatever
     # the count, so it is no part of the run's identity
@@ -92,7 +93,7 @@ class RunSpec:
         if self.init is not None:  # the file's content, not its path, defines the run
             ident.append(["init", self.init[0], self.init[2]])
         if self.weights is not None:
-            ident.append(["weights", self.weights[1]])
+            ident.append(["weights", self.weights[1][:16]])
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return records.make_run_id(self.dataset, self.protocol.name, self.model, self.seed, self.fold, digest)
 
@@ -622,14 +623,17 @@ def build_args(model: str, protocol: Protocol, dataset, overrides: dict[str, Any
     return args
 
 
-def refuse_2d_models(models: list[str], protocol: Protocol) -> None:
-    """BenchError naming every one of ``models`` without a volumetric variant, under a 3-D protocol."""
+def refuse_2d_models(models: list[str], protocol: Protocol, evaluated: bool = False) -> None:
+    """BenchError naming every one of ``models`` without a volumetric variant, under a 3-D protocol;
+    ``evaluated``: weights given to evaluate (--weights), which that protocol scores, not trains."""
     flat = [m for m in models if "spatial_dims" not in get_entry(m).paper_config]
     if protocol.spatial_dims == 3 and flat:
         three_d = [m for m in list_models() if "spatial_dims" in get_entry(m).paper_config]
+        does = (f"evaluates a 3-D model over 3-D patches (patch_size {list(protocol.patch_size)}), which 2-D "
+                "weights do not fit; a 2-D protocol evaluates them (lightm_unet_2d on nnU-Net data)" if evaluated else
+                f"trains 3-D patches (patch_size {list(protocol.patch_size)})")
         raise BenchError(f"{', '.join(flat)} {'is a 2-D model' if len(flat) == 1 else 'are 2-D models'}; protocol "
-                         f"{protocol.name!r} trains 3-D patches (patch_size {list(protocol.patch_size)}). Models with "
-                         f"a 3-D variant: {', '.join(three_d)}")
+                         f"{protocol.name!r} {does}. Models with a 3-D variant: {', '.join(three_d)}")
 
 
 def _check_patch(model: str, build: dict[str, Any], protocol: Protocol) -> None:
@@ -815,7 +819,8 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     if protocol.patches:
         ds.train_volume_ids()  # patch protocols need whole training cases: BenchError naming the data otherwise
         if protocol.spatial_dims == 3 and not ds.volumes:
-            raise BenchError(f"{data_root}: protocol {protocol.name!r} trains 3-D patches, and this data holds 2-D "
+            does = "evaluates 3-D volumes" if weights is not None else "trains 3-D patches"
+            raise BenchError(f"{data_root}: protocol {protocol.name!r} {does}, and this data holds 2-D "
                              "images; a 2-D protocol suits it (lightm_unet_2d: 2-D patches)")
         if ds.binary:
             raise BenchError(f"protocol {protocol.name!r} (patches) needs integer class labels; {dataset!r} is binary")
@@ -826,7 +831,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
         note = slicing_note(ds.root, [spacing for _, spacing in geometry]) if slices else None
         if note:
             warnings.warn(note, stacklevel=2)
-    refuse_2d_models(models, protocol)  # all of them at once (build_args names one)
+    refuse_2d_models(models, protocol, weights is not None)  # all of them at once (build_args names one)
     over = {m: model_overrides_of(m, model_overrides, tiny=tiny) for m in models}
     refused: list[ChannelsError] = []
     for m in models:  # img_size, --set overrides and pretrained files, for every model before one trains
@@ -857,7 +862,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
         d.check_labels()
     split_sha = {f: None if f is None else _ids_sha(d.test_ids()) for f, d in split.items()}
     data_id = made or ds.content_id()
-    given = None if weights is None else (str(weights.resolve()), file_sha256(weights)[:16])
+    given = None if weights is None else (str(weights.resolve()), file_sha256(weights))
     small = {m: tiny and bool(get_entry(m).tiny) for m in models}  # no tiny configuration: the paper's is built
     specs = [RunSpec(m, dataset, protocol, s, data_root, synthetic, chosen, tuple(sorted(over[m].items())), fold, inits.get(m),
                      split_sha[fold], data_id, tuple(split[fold].notes), small[m], given, workers)
