@@ -36,7 +36,7 @@ from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance, scoring_policy
 from bench.metrics import POLICIES, get_policy, policy_fields, policy_misfit
 from bench.names import int_list
-from bench.protocol import Protocol, check_seed
+from bench.protocol import Protocol, check_seed, protocol_from_record, same_evaluation
 from bench.registry import (ChannelsError, changed_keys, check_buildable, check_set_kinds, create_model, get_entry,
                             identity_overrides)
 from bench.registry import list_models, load_weights, model_code, model_overrides as model_overrides_of
@@ -445,6 +445,8 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                 say(f"  {spec.key}: being run by {holder}, skipped")
                 held.append(spec)
                 continue
+            if main and (board := evaluated_elsewhere(spec, results_dir)):
+                say(f"  note: {spec.key}: {board}")
             when = checkpoints_when(spec.protocol.train.checkpoint_every)
             with runlog.kept(records.run_dir(results_dir, spec.key), when) if main else nullcontext():
                 # the grid's position, for a batch job's log (the bar shows the rest)
@@ -498,6 +500,33 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
         raise HeldError(f"{len(held)} of {len(specs)} run(s) were being run by other processes and were skipped: "
                         f"{few(held)}; the same command later finds them finished, or takes over those "
                         "whose process died (with --resume, from their last checkpoint)")
+
+
+def evaluated_elsewhere(spec: RunSpec, results_dir: Path) -> str | None:
+    """For weights evaluated as given (--weights): where ``results_dir`` holds a record of the same file
+    (its sha256's first 16 digits: older records keep no more), model, data and policy under another
+    protocol that scores as ``spec``'s does (``same_evaluation``: synapse_vmunet as synapse), what to say,
+    since this run scores them a second time for a board of their own; else None."""
+    if spec.weights is None:
+        return None
+    for path in sorted(records.records_dir(results_dir).glob(f"{spec.dataset}-*.json")):
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # records.load names a damaged record; planning is not the place
+            continue
+        weights, meta = rec.get("weights"), rec.get("protocol")
+        if not (isinstance(weights, dict) and isinstance(meta, dict)
+                and str(weights.get("sha256", ""))[:16] == spec.weights[1][:16] and rec.get("model") == spec.model
+                and rec.get("data_id") == spec.data_id and rec.get("policy") == spec.policy
+                and meta.get("name") != spec.protocol.name):
+            continue
+        other = protocol_from_record(meta)
+        if other is not None and same_evaluation(other, spec.protocol):
+            return (f"these weights were already evaluated under protocol {meta['name']} (run {rec['run_id']}), which "
+                    f"scores as {spec.protocol.name} does; that board holds them, and this run puts them on "
+                    f"{spec.protocol.name}'s board too (the same numbers: one --protocol for every model's weights "
+                    "puts them on one board)")
+    return None
 
 
 def finished(spec: RunSpec, results_dir: Path) -> tuple[bool, str | None]:

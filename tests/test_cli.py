@@ -108,6 +108,15 @@ def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_pat
     other = _bench(*base[:-1], tmp_path / "other", "--set", "widths=[8, 16, 32, 128]", "--weights", mine, check=False)
     assert other.returncode == 2 and f"{mine} does not match UNet" in other.stderr
     assert not (tmp_path / "other" / "runs").exists()
+    # the same file under a recipe that evaluates as smoke does, training aside: scored for its own board, and said
+    lr = tmp_path / "smoke_lr.toml"
+    lr.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace('name = "smoke"', 'name = "smoke_lr"')
+                  .replace("lr = 1e-3", "lr = 5e-4"))
+    note = _bench(*base[:8], lr, *base[9:], "--weights", mine).stdout
+    assert re.search(rf"note: synapse-smoke_lr-unet-s0-[0-9a-f]{{8}}: these weights were already evaluated under "
+                     rf"protocol smoke \(run {rec['run_id']}\), which scores as smoke_lr does; that board holds them",
+                     note), note
+    assert "already evaluated" not in out  # the first evaluation of the file says nothing of the kind
 
 
 def test_runs_on_data_of_ones_own_follow_its_files_not_its_path(tmp_path):
