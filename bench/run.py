@@ -14,10 +14,11 @@ import json
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -117,21 +118,33 @@ def _progress_bar(enabled: bool):
 
 
 HEARTBEAT_S = 300.0  # where no live bar shows, a plain progress line at most this often
+# how often a step that reports no progress of its own (one 3-D test case: minutes of sliding windows) is
+# looked at: no progress for this long, the heartbeat says the last line again with the time gone by
+TICK_S = 30.0
 
 
 class _Heartbeat:
     """Where no live bar shows (output to a log file, or --no-progress): a plain line on stderr at most
     every ``HEARTBEAT_S`` seconds, so a batch job's log shows that a run of hours is alive, how far it
     is and, from the pace of the phase's steps so far, how long it has left; a run shorter than that
-    prints none."""
+    prints none. Within ``ticking``, a step longer than that (a large volume's prediction) beats too."""
 
     def __init__(self, label: str):
         self.label, self.start = label, time.monotonic()
         self.last = self.start
         self.phase: tuple[str, float, int] | None = None  # (name, when, done): where the phase's pace counts from
+        self.latest: tuple[str, int, int, str] | None = None  # the last progress told, and when
+        self.updated = self.start
+        self.lock = threading.Lock()  # the ticking thread beats too
 
-    def __call__(self, phase: str, done: int, total: int, text: str) -> None:
+    def __call__(self, phase: str, done: int, total: int, text: str, *, news: bool = True) -> None:
+        with self.lock:
+            self._beat(phase, done, total, text, news)
+
+    def _beat(self, phase: str, done: int, total: int, text: str, news: bool) -> None:
         now = time.monotonic()
+        if news:
+            self.latest, self.updated = (phase, done, total, text), now
         if self.phase is None or self.phase[0] != phase:  # evaluating has a pace of its own
             self.phase = (phase, now, done)
         if now - self.last >= HEARTBEAT_S:
@@ -140,6 +153,25 @@ class _Heartbeat:
             left = (f" · about {(now - since) / (done - before) * (total - done) / 60:.0f} min left"
                     if before < done < total else "")
             runlog.say(f"  {self.label}: {phase}, {text} · {(now - self.start) / 60:.0f} min{left}")
+
+    @contextmanager
+    def ticking(self) -> Iterator[None]:
+        """Beats from a thread of its own while no progress came for ``TICK_S`` seconds: the last line
+        again, its minutes gone by, rather than silence through a test case of ten minutes."""
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(TICK_S):
+                if self.latest is not None and time.monotonic() - self.updated >= TICK_S:
+                    self(*self.latest, news=False)
+
+        thread = threading.Thread(target=tick, name="bench-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
 
 def _preprocess_volumes(dataset, protocol: Protocol, bar, main: bool) -> None:
@@ -260,11 +292,13 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
     writer = _tensorboard(run_dir) if main else None
     stepped = False
     try:
-        with _progress_bar(show_progress) as bar:
+        with _progress_bar(show_progress) as bar, ExitStack() as alive:
             if protocol.patches and spec.weights is None:  # training patches only: evaluation reads the cases
                 _preprocess_volumes(dataset, protocol, bar, main)
             task = bar.add_task(f"{spec.model} s{spec.seed} train", total=None, info="") if bar else None
             beat = _Heartbeat(spec.key) if bar is None and main else None
+            if beat is not None:
+                alive.enter_context(beat.ticking())
 
             def on_step(step: int, total: int, loss: float) -> None:
                 nonlocal stepped
@@ -300,6 +334,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
                 elif beat is not None:
                     beat("evaluating", i, n, f"{i} of {n} test cases scored")
 
+            if beat is not None:  # what the ticking says until the first case is scored (not training's last step)
+                beat.latest, beat.updated = ("evaluating", 0, 0, "no test case scored yet"), time.monotonic()
             scores = evaluate(model, dataset, protocol, spec.policy, device=device, progress=on_case)
         if writer is not None:
             for name, value in scores.metrics.items():
