@@ -17,6 +17,8 @@ and recorded in the run's model config (a warning says so).
 
 from __future__ import annotations
 
+import math
+import re
 import warnings
 from typing import Any
 
@@ -240,6 +242,18 @@ class SwinUnet(SegmentationModel):
         self.size_divisor = _size_divisor(len(depths))
         self.swin_unet = SwinTransformerSys(img_size, in_chans, num_classes, embed_dim, depths, num_heads,
                                             window_size, drop_path_rate)
+
+    @staticmethod
+    def img_size_of(state_dict: dict[str, torch.Tensor]) -> int | None:
+        """The input size a state_dict of this model was trained at (bench.registry.strict_load's advice),
+        from an encoder stage's shifted-window mask (nW, W², W²): that stage's grid is W·√nW tokens, stage
+        L's grid is img_size / 4 / 2^L. None where no block has a mask (no grid larger than its window)."""
+        for key, mask in state_dict.items():
+            found = re.fullmatch(r"swin_unet\.layers\.(\d+)\.blocks\.\d+\.attn_mask", key)
+            if found and torch.is_tensor(mask) and mask.ndim == 3:
+                window, windows = math.isqrt(mask.shape[-1]), math.isqrt(mask.shape[0])
+                return window * windows * 4 * 2 ** int(found[1])
+        return None
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != (self.img_size, self.img_size):

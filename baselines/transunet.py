@@ -255,6 +255,14 @@ class TransUNet(SegmentationModel):
         self.segmentation_head = nn.Sequential(nn.Conv2d(decoder_channels[-1], num_classes, 3, padding=1),
                                                nn.Identity())
 
+    @staticmethod
+    def img_size_of(state_dict: dict[str, torch.Tensor]) -> int | None:
+        """The input size a state_dict of this model was trained at (bench.registry.strict_load's advice):
+        its position embedding (1, N, hidden) holds a token of each 16-pixel patch, N = (img_size / 16)²."""
+        pos = state_dict.get("transformer.embeddings.position_embeddings")
+        n = pos.shape[1] if torch.is_tensor(pos) and pos.ndim == 3 else 0
+        return 16 * math.isqrt(n) if n and math.isqrt(n) ** 2 == n else None
+
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != (self.img_size, self.img_size):
             from bench.errors import BenchError

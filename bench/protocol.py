@@ -604,6 +604,14 @@ def list_protocols() -> list[str]:
     return sorted(p.stem for p in PROTOCOL_DIR.glob("*.toml"))
 
 
+def same_evaluation(x: Protocol, y: Protocol) -> bool:
+    """Whether protocols ``x`` and ``y`` score a model alike (input, normalisation, precision, policy,
+    the [eval] table): a recipe's training settings aside (``synapse``, ``synapse_swin`` and
+    ``synapse_vmunet`` score alike; they differ in training alone)."""
+    fields = ("img_size", "patch_size", "normalize", "target_spacing", "dtype", "metric_policy", "eval")
+    return all(getattr(x, f) == getattr(y, f) for f in fields)
+
+
 def builtin_difference(name: str, version: int, protocol_hash: str) -> str | None:
     """How a protocol of ``name``, ``version`` and content hash (a record's, a board's) stands to the built-in
     of that name as it is now: None where it is that built-in, or no built-in has the name; else "a

@@ -11,6 +11,7 @@ Weights never unpickle code: ``load_weights`` reads safetensors, ``.npz`` (no pi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -474,15 +475,81 @@ def strict_load(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> 
         built = (f"; the model was built with {', '.join(f'{k}={v}' for k, v in cfg.items())} (the data's classes "
                  "and channels, the protocol's input size, --set, --tiny): a file of another configuration does "
                  "not fit" if cfg else "")
+        seen = misfit_diagnosis(model, sd, missing, unexpected)
         raise BenchError(
             f"{what} does not match {type(model).__name__}: "
             f"missing {len(missing)} [{show(missing)}]; unexpected {len(unexpected)} [{show(unexpected)}]; "
-            f"mis-shaped {len(shaped)} [{show(shaped)}]{built}"
+            f"mis-shaped {len(shaped)} [{show(shaped)}]{built}" + (f". What it looks like: {seen}" if seen else "")
         )
     broken = [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:  # a diverged or corrupted save: it would score as a model that finds nothing, unsaid
         raise BenchError(f"{what}: {len(broken)} tensor(s) hold NaN or infinite values (first: {broken[0]})")
     model.load_state_dict(sd, strict=True)
+
+
+IMAGENET_CLASSES = (1000, 21841, 21843)  # ImageNet-1k and -21k classifier heads: a pretrained encoder's file
+# tensors whose size follows the input's: position embeddings, relative position tables, shifted-window masks
+_SIZED_BY_INPUT = re.compile(r"pos(ition)?_?emb|relative_position|attn_mask")
+
+
+def misfit_diagnosis(model: nn.Module, sd: Mapping[str, torch.Tensor], missing: list[str],
+                     unexpected: list[str]) -> str:
+    """What a file that does not load into ``model`` (``strict_load``) looks like, where a cheap test
+    tells: an ImageNet classifier (a pretrained encoder, not a trained model), convolutions of the
+    other dimensionality (the 2-D or 3-D variant), position tables of another input size, or another
+    registered model's keys; "" where none does."""
+    entry: ModelEntry | None = getattr(model, "bench_entry", None)
+    name = entry.name if entry else type(model).__name__
+    own = model.state_dict()
+    heads = [k for k in unexpected if torch.is_tensor(sd[k]) and re.search(r"(^|\.)(head|classifier|fc)\.", k)
+             and set(sd[k].shape) & set(IMAGENET_CLASSES)]
+    if heads:
+        start = (f"; the authors' training starts from it ({entry.init[1]}): give its folder to bench run as "
+                 "--pretrained-dir DIR under a protocol with pretrained = true (in Python: load_weights(model, path, "
+                 f"source={entry.init[0]!r}))" if entry and entry.init else "")
+        return (f"an ImageNet classifier's weights ({heads[0]}: {tuple(sd[heads[0]].shape)}), a pretrained encoder "
+                f"rather than a trained {name}; --weights takes a trained segmentation model{start}")
+    flat = [k for k in own if k in sd and torch.is_tensor(sd[k]) and min(sd[k].ndim, own[k].ndim) >= 4
+            and abs(sd[k].ndim - own[k].ndim) == 1]  # a convolution's kernel: (out, in, *space)
+    if flat:
+        dims = sd[flat[0]].ndim - 2
+        from bench.protocol import list_protocols, load_protocol
+
+        # the built-in protocols of that many dimensions that predict in patches (CI's drift grids aside)
+        fits = [p for p in list_protocols() if not p.startswith("drift")
+                and (proto := load_protocol(p)).patches and proto.spatial_dims == dims]
+        return (f"{dims}-D convolutions ({flat[0]}: file {tuple(sd[flat[0]].shape)}) for this {own[flat[0]].ndim - 2}-D "
+                f"model: weights of {name}'s {dims}-D variant, which a {dims}-D protocol builds"
+                + (f" (--protocol {' or '.join(fits)})" if fits else ""))
+    tables = [k for k in own if k in sd and torch.is_tensor(sd[k]) and sd[k].shape != own[k].shape
+              and _SIZED_BY_INPUT.search(k)]
+    if tables:
+        trained = getattr(model, "img_size_of", lambda _: None)(sd)
+        built = getattr(model, "bench_config", {}).get("img_size")
+        size = (f"{trained}x{trained}, where this model was built for {built}x{built}: --img-size {trained} builds "
+                "it so" if trained and trained != built else "another input size than this model was built for")
+        return f"position tables or window masks of another input size ({tables[0]}): trained at {size}"
+    if len(unexpected) > len(sd) / 2 and len(missing) > len(own) / 2:
+        tops = {k.split(".")[0] for k in sd}
+        alike = [m for m in list_models() if m != name and tops == _top_keys(m)] or [
+            m for m in list_models() if m != name and tops <= _top_keys(m)]  # all its keys, else some of them
+        if alike:
+            return (f"{' or '.join(alike)}'s keys ({', '.join(sorted(tops)[:4])}{', …' * (len(tops) > 4)}): "
+                    f"weights of another model; --models {alike[0]}")
+    return ""
+
+
+@functools.lru_cache(maxsize=None)
+def _top_keys(name: str) -> frozenset[str]:
+    """The first parts of a registered model's state_dict keys ("transformer", "decoder", …), from its
+    tiny configuration (what names the keys, not their sizes); empty where it will not build so."""
+    try:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # the caller's RNG, its warnings
+            warnings.simplefilter("ignore")
+            built = create_model(name, num_classes=2, img_size=64, tiny=True)
+    except Exception:  # noqa: BLE001 (a plugin that cannot build small: it is not named, nothing more)
+        return frozenset()
+    return frozenset(k.split(".")[0] for k in built.state_dict())
 
 
 def load_official_state_dict(model: nn.Module, state_dict: Mapping[str, Any], what: str = "state_dict") -> nn.Module:

@@ -14,10 +14,11 @@ import json
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -36,7 +37,7 @@ from bench.cost import run_counts
 from bench.evaluate import evaluate, resolve_nsd_tolerance, scoring_policy
 from bench.metrics import POLICIES, get_policy, policy_fields, policy_misfit
 from bench.names import int_list
-from bench.protocol import Protocol, check_seed
+from bench.protocol import Protocol, check_seed, protocol_from_record, same_evaluation
 from bench.registry import (ChannelsError, changed_keys, check_buildable, check_set_kinds, create_model, get_entry,
                             identity_overrides)
 from bench.registry import list_models, load_weights, model_code, model_overrides as model_overrides_of
@@ -69,7 +70,8 @@ class RunSpec:
     # built from the model's tiny configuration (--tiny; model_overrides holds its keys): the boards' "(tiny)"
     tiny: bool = field(default=False, compare=False)
     # weights evaluated as given, without training (--weights: the authors' checkpoint or one's own):
-    # (path, sha256[:16]); None: the run trains
+    # (path, sha256, full: the record keeps it; the run id hashes its first 16 digits, as it always has);
+    # None: the run trains
     weights: tuple[str, str] | None = None
     # data-loader processes (--workers; None: the protocol's num_workers): a batch is the same whatever
     # the count, so it is no part of the run's identity
@@ -92,7 +94,7 @@ class RunSpec:
         if self.init is not None:  # the file's content, not its path, defines the run
             ident.append(["init", self.init[0], self.init[2]])
         if self.weights is not None:
-            ident.append(["weights", self.weights[1]])
+            ident.append(["weights", self.weights[1][:16]])
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return records.make_run_id(self.dataset, self.protocol.name, self.model, self.seed, self.fold, digest)
 
@@ -116,21 +118,33 @@ def _progress_bar(enabled: bool):
 
 
 HEARTBEAT_S = 300.0  # where no live bar shows, a plain progress line at most this often
+# how often a step that reports no progress of its own (one 3-D test case: minutes of sliding windows) is
+# looked at: no progress for this long, the heartbeat says the last line again with the time gone by
+TICK_S = 30.0
 
 
 class _Heartbeat:
     """Where no live bar shows (output to a log file, or --no-progress): a plain line on stderr at most
     every ``HEARTBEAT_S`` seconds, so a batch job's log shows that a run of hours is alive, how far it
     is and, from the pace of the phase's steps so far, how long it has left; a run shorter than that
-    prints none."""
+    prints none. Within ``ticking``, a step longer than that (a large volume's prediction) beats too."""
 
     def __init__(self, label: str):
         self.label, self.start = label, time.monotonic()
         self.last = self.start
         self.phase: tuple[str, float, int] | None = None  # (name, when, done): where the phase's pace counts from
+        self.latest: tuple[str, int, int, str] | None = None  # the last progress told, and when
+        self.updated = self.start
+        self.lock = threading.Lock()  # the ticking thread beats too
 
-    def __call__(self, phase: str, done: int, total: int, text: str) -> None:
+    def __call__(self, phase: str, done: int, total: int, text: str, *, news: bool = True) -> None:
+        with self.lock:
+            self._beat(phase, done, total, text, news)
+
+    def _beat(self, phase: str, done: int, total: int, text: str, news: bool) -> None:
         now = time.monotonic()
+        if news:
+            self.latest, self.updated = (phase, done, total, text), now
         if self.phase is None or self.phase[0] != phase:  # evaluating has a pace of its own
             self.phase = (phase, now, done)
         if now - self.last >= HEARTBEAT_S:
@@ -139,6 +153,25 @@ class _Heartbeat:
             left = (f" · about {(now - since) / (done - before) * (total - done) / 60:.0f} min left"
                     if before < done < total else "")
             runlog.say(f"  {self.label}: {phase}, {text} · {(now - self.start) / 60:.0f} min{left}")
+
+    @contextmanager
+    def ticking(self) -> Iterator[None]:
+        """Beats from a thread of its own while no progress came for ``TICK_S`` seconds: the last line
+        again, its minutes gone by, rather than silence through a test case of ten minutes."""
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(TICK_S):
+                if self.latest is not None and time.monotonic() - self.updated >= TICK_S:
+                    self(*self.latest, news=False)
+
+        thread = threading.Thread(target=tick, name="bench-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
 
 def _preprocess_volumes(dataset, protocol: Protocol, bar, main: bool) -> None:
@@ -259,11 +292,13 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
     writer = _tensorboard(run_dir) if main else None
     stepped = False
     try:
-        with _progress_bar(show_progress) as bar:
+        with _progress_bar(show_progress) as bar, ExitStack() as alive:
             if protocol.patches and spec.weights is None:  # training patches only: evaluation reads the cases
                 _preprocess_volumes(dataset, protocol, bar, main)
             task = bar.add_task(f"{spec.model} s{spec.seed} train", total=None, info="") if bar else None
             beat = _Heartbeat(spec.key) if bar is None and main else None
+            if beat is not None:
+                alive.enter_context(beat.ticking())
 
             def on_step(step: int, total: int, loss: float) -> None:
                 nonlocal stepped
@@ -299,6 +334,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
                 elif beat is not None:
                     beat("evaluating", i, n, f"{i} of {n} test cases scored")
 
+            if beat is not None:  # what the ticking says until the first case is scored (not training's last step)
+                beat.latest, beat.updated = ("evaluating", 0, 0, "no test case scored yet"), time.monotonic()
             scores = evaluate(model, dataset, protocol, spec.policy, device=device, progress=on_case)
         if writer is not None:
             for name, value in scores.metrics.items():
@@ -444,6 +481,8 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                 say(f"  {spec.key}: being run by {holder}, skipped")
                 held.append(spec)
                 continue
+            if main and (board := evaluated_elsewhere(spec, results_dir)):
+                say(f"  note: {spec.key}: {board}")
             when = checkpoints_when(spec.protocol.train.checkpoint_every)
             with runlog.kept(records.run_dir(results_dir, spec.key), when) if main else nullcontext():
                 # the grid's position, for a batch job's log (the bar shows the rest)
@@ -498,6 +537,33 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
         raise HeldError(f"{len(held)} of {len(specs)} run(s) were being run by other processes and were skipped: "
                         f"{few(held)}; the same command later finds them finished, or takes over those "
                         "whose process died (with --resume, from their last checkpoint)")
+
+
+def evaluated_elsewhere(spec: RunSpec, results_dir: Path) -> str | None:
+    """For weights evaluated as given (--weights): where ``results_dir`` holds a record of the same file
+    (its sha256's first 16 digits: older records keep no more), model, data and policy under another
+    protocol that scores as ``spec``'s does (``same_evaluation``: synapse_vmunet as synapse), what to say,
+    since this run scores them a second time for a board of their own; else None."""
+    if spec.weights is None:
+        return None
+    for path in sorted(records.records_dir(results_dir).glob(f"{spec.dataset}-*.json")):
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # records.load names a damaged record; planning is not the place
+            continue
+        weights, meta = rec.get("weights"), rec.get("protocol")
+        if not (isinstance(weights, dict) and isinstance(meta, dict)
+                and str(weights.get("sha256", ""))[:16] == spec.weights[1][:16] and rec.get("model") == spec.model
+                and rec.get("data_id") == spec.data_id and rec.get("policy") == spec.policy
+                and meta.get("name") != spec.protocol.name):
+            continue
+        other = protocol_from_record(meta)
+        if other is not None and same_evaluation(other, spec.protocol):
+            return (f"these weights were already evaluated under protocol {meta['name']} (run {rec['run_id']}), which "
+                    f"scores as {spec.protocol.name} does; that board holds them, and this run puts them on "
+                    f"{spec.protocol.name}'s board too (the same numbers: one --protocol for every model's weights "
+                    "puts them on one board)")
+    return None
 
 
 def finished(spec: RunSpec, results_dir: Path) -> tuple[bool, str | None]:
@@ -637,14 +703,17 @@ def build_args(model: str, protocol: Protocol, dataset, overrides: dict[str, Any
     return args
 
 
-def refuse_2d_models(models: list[str], protocol: Protocol) -> None:
-    """BenchError naming every one of ``models`` without a volumetric variant, under a 3-D protocol."""
+def refuse_2d_models(models: list[str], protocol: Protocol, evaluated: bool = False) -> None:
+    """BenchError naming every one of ``models`` without a volumetric variant, under a 3-D protocol;
+    ``evaluated``: weights given to evaluate (--weights), which that protocol scores, not trains."""
     flat = [m for m in models if "spatial_dims" not in get_entry(m).paper_config]
     if protocol.spatial_dims == 3 and flat:
         three_d = [m for m in list_models() if "spatial_dims" in get_entry(m).paper_config]
+        does = (f"evaluates a 3-D model over 3-D patches (patch_size {list(protocol.patch_size)}), which 2-D "
+                "weights do not fit; a 2-D protocol evaluates them (lightm_unet_2d on nnU-Net data)" if evaluated else
+                f"trains 3-D patches (patch_size {list(protocol.patch_size)})")
         raise BenchError(f"{', '.join(flat)} {'is a 2-D model' if len(flat) == 1 else 'are 2-D models'}; protocol "
-                         f"{protocol.name!r} trains 3-D patches (patch_size {list(protocol.patch_size)}). Models with "
-                         f"a 3-D variant: {', '.join(three_d)}")
+                         f"{protocol.name!r} {does}. Models with a 3-D variant: {', '.join(three_d)}")
 
 
 def _check_patch(model: str, build: dict[str, Any], protocol: Protocol) -> None:
@@ -830,7 +899,8 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     if protocol.patches:
         ds.train_volume_ids()  # patch protocols need whole training cases: BenchError naming the data otherwise
         if protocol.spatial_dims == 3 and not ds.volumes:
-            raise BenchError(f"{data_root}: protocol {protocol.name!r} trains 3-D patches, and this data holds 2-D "
+            does = "evaluates 3-D volumes" if weights is not None else "trains 3-D patches"
+            raise BenchError(f"{data_root}: protocol {protocol.name!r} {does}, and this data holds 2-D "
                              "images; a 2-D protocol suits it (lightm_unet_2d: 2-D patches)")
         if ds.binary:
             raise BenchError(f"protocol {protocol.name!r} (patches) needs integer class labels; {dataset!r} is binary")
@@ -841,7 +911,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
         note = slicing_note(ds.root, [spacing for _, spacing in geometry]) if slices else None
         if note:
             warnings.warn(note, stacklevel=2)
-    refuse_2d_models(models, protocol)  # all of them at once (build_args names one)
+    refuse_2d_models(models, protocol, weights is not None)  # all of them at once (build_args names one)
     over = {m: model_overrides_of(m, model_overrides, tiny=tiny) for m in models}
     refused: list[ChannelsError] = []
     for m in models:  # img_size, --set overrides and pretrained files, for every model before one trains
@@ -872,7 +942,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
         d.check_labels()
     split_sha = {f: None if f is None else _ids_sha(d.test_ids()) for f, d in split.items()}
     data_id = made or ds.content_id()
-    given = None if weights is None else (str(weights.resolve()), file_sha256(weights)[:16])
+    given = None if weights is None else (str(weights.resolve()), file_sha256(weights))
     small = {m: tiny and bool(get_entry(m).tiny) for m in models}  # no tiny configuration: the paper's is built
     specs = [RunSpec(m, dataset, protocol, s, data_root, synthetic, chosen, tuple(sorted(over[m].items())), fold, inits.get(m),
                      split_sha[fold], data_id, tuple(split[fold].notes), small[m], given, workers)

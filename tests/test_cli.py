@@ -61,6 +61,12 @@ def test_finished_runs_are_skipped(smoke_results):
 def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_path):
     """bench run --weights: an authors' checkpoint (or one's own) scored under the protocol, without
     training; the same weights score exactly as the run that trained them, and rescore takes them."""
+    import dataclasses
+    import hashlib
+
+    from bench.protocol import PROTOCOL_DIR, load_protocol
+    from bench.run import plan_grid
+
     (trained,) = [r for r in map(json.loads, (p.read_text() for p in (smoke_results / "records").glob("*.json")))
                   if "rescored_from" not in r]
     final = smoke_results / "runs" / trained["run_id"] / "checkpoints" / "final.pt"
@@ -71,6 +77,13 @@ def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_pat
     out = _bench(*base, "--weights", mine).stdout
     (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "res" / "records").glob("*.json")]
     assert rec["weights"]["file"] == "mine.pth" and rec["train"]["iterations"] == 0 and rec["n_train"] is None
+    # the file's whole sha256, to check a copy against; the run id hashes its first 16 digits, as it did when
+    # records kept only those, so runs of the same file made then are still this run (skipped, not run again)
+    assert rec["weights"]["sha256"] == hashlib.sha256(mine.read_bytes()).hexdigest()
+    (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=load_protocol("smoke").with_overrides(img_size=32),
+                        seeds=None, data_root=trained["data_root"], synthetic=False, results_dir=tmp_path / "res",
+                        tiny=True, weights=mine)
+    assert spec.key == rec["run_id"] == dataclasses.replace(spec, weights=(str(mine), spec.weights[1][:16])).key
     assert records.load(tmp_path / "res")["train_time_s"].isna().all()  # nothing trained here: no train time
     assert rec["metrics"] == trained["metrics"] and rec["per_case"] == trained["per_case"]
     # the checkpoint names the run that wrote it: the record and Methods trace the weights to it
@@ -85,6 +98,8 @@ def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_pat
     # what cannot be evaluated is refused before anything is written
     two = _bench(*base[:2], "unet,vmunet", *base[3:-1], tmp_path / "two", "--weights", mine, check=False)
     assert two.returncode == 2 and "evaluates one model's weights, without training; give one model" in two.stderr
+    every = _bench(*base[:1], *base[3:-1], tmp_path / "two", "--weights", mine, check=False)  # no --models: all
+    assert every.returncode == 2 and "give one model: --models NAME (got all" in every.stderr, every.stderr
     # another seed would score the same weights again as a second "seed"; training options split the runs
     again = _bench(*base[:-1], tmp_path / "two", "--seeds", "1", "--lr", "0.5", "--weights", mine, check=False)
     assert again.returncode == 2 and "drop --seeds, --lr, which only a training would use" in again.stderr
@@ -93,6 +108,15 @@ def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_pat
     other = _bench(*base[:-1], tmp_path / "other", "--set", "widths=[8, 16, 32, 128]", "--weights", mine, check=False)
     assert other.returncode == 2 and f"{mine} does not match UNet" in other.stderr
     assert not (tmp_path / "other" / "runs").exists()
+    # the same file under a recipe that evaluates as smoke does, training aside: scored for its own board, and said
+    lr = tmp_path / "smoke_lr.toml"
+    lr.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace('name = "smoke"', 'name = "smoke_lr"')
+                  .replace("lr = 1e-3", "lr = 5e-4"))
+    note = _bench(*base[:8], lr, *base[9:], "--weights", mine).stdout
+    assert re.search(rf"note: synapse-smoke_lr-unet-s0-[0-9a-f]{{8}}: these weights were already evaluated under "
+                     rf"protocol smoke \(run {rec['run_id']}\), which scores as smoke_lr does; that board holds them",
+                     note), note
+    assert "already evaluated" not in out  # the first evaluation of the file says nothing of the kind
 
 
 def test_runs_on_data_of_ones_own_follow_its_files_not_its_path(tmp_path):

@@ -245,6 +245,36 @@ def test_strict_load_lists_problems():
         load_official_state_dict(model, sd)
 
 
+def test_a_file_that_does_not_load_is_said_to_look_like_what_it_is(tmp_path):
+    """Beside the key lists, what a misfit file recognisably is: a pretrained encoder (an ImageNet
+    head, no decoder), the other dimensionality's variant, another input size, another model."""
+    def said(model, sd) -> str:
+        torch.save(sd, tmp_path / "w.pth")
+        with pytest.raises(BenchError) as err:
+            load_weights(model, tmp_path / "w.pth")
+        return str(err.value)
+
+    # VMamba-S as its release holds it: the encoder's keys without "vmunet.", a 1000-class head, no decoder
+    vm = _tiny("vmunet")
+    encoder = {k.removeprefix("vmunet."): v for k, v in vm.state_dict().items()
+               if "layers_up" not in k and "final" not in k and "concat" not in k}
+    text = said(vm, {**encoder, "head.weight": torch.zeros(1000, 8), "head.bias": torch.zeros(1000)})
+    assert "an ImageNet classifier's weights (head.weight: (1000, 8)), a pretrained encoder rather than a trained " \
+           "vmunet" in text and "(vmamba_small_e238_ema.pth): give its folder to bench run as --pretrained-dir" in text
+    flat = _tiny("lightm_unet").state_dict()
+    assert re.search(r"2-D convolutions \(convInit\.0\.conv\.weight: file \(\d+, \d+, 3, 3\)\) for this 3-D model: weights "
+                     r"of lightm_unet's 2-D variant, which a 2-D protocol builds \(--protocol lightm_unet_2d\)",
+                     said(_tiny("lightm_unet", spatial_dims=3), flat))
+    # position tables say the size the file was trained at: TransUNet's embedding, Swin-Unet's window masks
+    assert "(transformer.embeddings.position_embeddings): trained at 64x64, where this model was built for 32x32: " \
+           "--img-size 64 builds it so" in said(_tiny("transunet", img_size=32), _tiny("transunet").state_dict())
+    assert "trained at 128x128, where this model was built for 64x64: --img-size 128" in said(
+        _tiny("swin_unet"), _tiny("swin_unet", img_size=128).state_dict())
+    assert "transunet's keys (decoder, segmentation_head, transformer): weights of another model; --models transunet" \
+        in said(_tiny("vmunet"), _tiny("transunet").state_dict())
+    assert "What it looks like" not in said(_tiny("unet"), {})  # nothing recognisable: the key lists alone
+
+
 def test_authors_checkpoints_keeping_numpy_numbers_load_and_broken_ones_are_named(tmp_path):
     """VM-UNet's latest.pth keeps its losses as np.float64 beside the weights, nnU-Net's
     checkpoint_final.pth NumPy values in its logging: weights-only loading refused both."""

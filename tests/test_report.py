@@ -1191,6 +1191,27 @@ def test_lightm_unets_lits_number_meets_a_lightm_unet_3d_board(tmp_path):
     assert "other model config" in next(line for line in section.splitlines() if line.startswith("| lightm_unet | DSC"))
 
 
+def test_swin_unets_recorded_window_at_the_papers_value_is_the_registered_model(tmp_path):
+    """Swin-Unet's record always holds the window it chose (7 at 224, the paper's own): a key at the paper
+    configuration's value is the model as registered, so its gap to the paper is given; another window is not."""
+    from bench.protocol import load_protocol
+
+    config = {"num_classes": 9, "in_chans": 3, "img_size": 224, "window_size": 7}
+    rec = make_record("swin_unet", dice=0.80, protocol="synapse_swin", case_ids=TRANSUNET_TEST_CASES,
+                      model_config=config)
+    rec["protocol"]["hash"] = load_protocol("synapse_swin").hash
+    write_record(rec, tmp_path / "paper")
+    write_record({**rec, "model_config": {**config, "window_size": 4}}, tmp_path / "window4")
+
+    def dice_row(results):
+        section = write_report(results, published=True).split("## Published vs ours · synapse")[1]
+        return next(line for line in section.splitlines() if line.startswith("| swin_unet") and "| DSC " in line)
+
+    row = dice_row(tmp_path / "paper")
+    assert "79.13" in row and "80.00" in row and "+0.87" in row and "other model config" not in row
+    assert "other model config" in dice_row(tmp_path / "window4")
+
+
 def test_each_polyp_test_set_gets_its_own_board_scored_like_the_authors(tmp_path):
     """VM-UNet-V2 pools one confusion matrix per test set, not over all five: the per-set boards
     must equal 2TP/(2TP+FP+FN) summed over that set's images, and find that set's published rows."""

@@ -949,6 +949,32 @@ def test_without_a_live_bar_a_run_says_how_far_it_is_now_and_then(synapse_root, 
     assert capsys.readouterr().err == ""  # a short run prints none
 
 
+def test_a_long_test_case_still_beats_while_it_is_scored(synapse_root, tmp_path, monkeypatch, capsys):
+    # beats came per test case only: a 3-D volume predicted for ten minutes printed nothing all that time
+    import time
+
+    from bench import run
+    from bench.run import plan_grid, run_one
+
+    proto = _proto(max_iterations=1, max_cases=1)
+    (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=synapse_root,
+                        synthetic=False, results_dir=tmp_path, model_overrides=dict(get_entry("unet").tiny))
+    scored = run.evaluate
+
+    def slow(*args, **kwargs):  # one long case: no progress for a while
+        time.sleep(0.5)
+        return scored(*args, **kwargs)
+
+    monkeypatch.setattr(run, "evaluate", slow)
+    monkeypatch.setattr(run, "HEARTBEAT_S", 0.0)
+    monkeypatch.setattr(run, "TICK_S", 0.05)  # no progress for 0.05 s: the last line again
+    rec = run_one(spec, results_dir=tmp_path, device=torch.device("cpu"), show_progress=False)
+    lines = capsys.readouterr().err.splitlines()
+    waiting = [line for line in lines if line.startswith(f"  {rec['run_id']}: evaluating, no test case scored yet · ")]
+    assert len(waiting) >= 2, lines
+    assert any(line.startswith(f"  {rec['run_id']}: evaluating, 1 of 1 test cases scored") for line in lines), lines
+
+
 def test_a_finished_run_is_not_trained_again_from_python(synapse_root, tmp_path):
     # bench run skips finished runs; run_one, called from a script, trained it again and replaced the
     # weights behind the record before failing on the record's name

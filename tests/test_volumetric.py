@@ -737,6 +737,22 @@ def test_3d_runs_refuse_what_cannot_work_before_training(volumes, tmp_path, args
     assert not (res / "runs").exists()
 
 
+def test_weights_a_3d_protocol_cannot_evaluate_are_refused_in_an_evaluations_words(volumes, tmp_path):
+    """--weights trains nothing: a 2-D model's weights, or 2-D data, under a 3-D protocol are refused for
+    what the protocol evaluates, not for the patches it would train on."""
+    given = tmp_path / "w.pth"
+    torch.save({}, given)
+    base = ["run", "--dataset", "nnunet", "--protocol", "lightm_unet_3d", "--results", tmp_path / "r", "--tiny",
+            "--weights", given, "--no-progress"]
+    proc = _bench(*base, "--models", "unet", "--data-root", volumes, check=False)
+    assert proc.returncode == 2 and "unet is a 2-D model; protocol 'lightm_unet_3d' evaluates a 3-D model over 3-D " \
+        "patches (patch_size [128, 128, 128]), which 2-D weights do not fit; a 2-D protocol" in proc.stderr, proc.stderr
+    png = synthesize("nnunet", tmp_path / "png", dims=2, n_cases=4, size=24)
+    proc = _bench(*base, "--models", "lightm_unet", "--data-root", png, check=False)
+    assert proc.returncode == 2 and "'lightm_unet_3d' evaluates 3-D volumes, and this data holds 2-D" in proc.stderr
+    assert "trains" not in proc.stderr and not (tmp_path / "r" / "runs").exists()
+
+
 def test_ct_foreground_on_a_reader_without_training_cases_fails_at_planning(tmp_path):
     from bench.data import synthetic_root
     from bench.run import plan_grid

@@ -15,7 +15,7 @@ from bench.cli.options import (DEFAULT_RESULTS, DataName, DataRoot, FinishedRuns
                                ProtocolName, RunDatasets, RunsProtocol, ScoringThreads, Synthetic,
                                _compute_setup, _parse_sets, _parse_spacing, device_option)
 from bench.errors import BenchError, HeldError, few
-from bench.names import int_list
+from bench.names import int_list, name_list
 
 # The published recipe each dataset defaults to. nnunet has none: its format holds any dataset
 # (ACDC, X-ray, ...), so a run on it names its protocol rather than getting a smoke test silently.
@@ -136,13 +136,16 @@ def run(
                     ("pretrained_dir", pretrained_dir), ("resume", resume))
                     if v]
         if len(names) != 1 or training:
-            asks = ([f"give one model (got {', '.join(names)})"] if len(names) != 1 else []) + (
+            # --models left out is every model (its default, all): the option to give, by its name
+            got = f"all {len(names)} models" if name_list(models) is None else ", ".join(names)
+            asks = ([f"give one model: --models NAME (got {got})"] if len(names) != 1 else []) + (
                 [f"drop {', '.join(training)}, which only a training would use"] if training else [])
             raise BenchError(f"--weights {weights}: evaluates one model's weights, without training; "
                              f"{' and '.join(asks)}")
     if weights is None:  # evaluated weights start from no pretrained file
         resolve_inits(names, proto, pretrained_dir)  # every missing file named at once, before anything runs
-    refuse_2d_models(names, proto)  # likewise every 2-D model under a 3-D protocol (the grid plans one by one)
+    # likewise every 2-D model under a 3-D protocol (the grid plans one by one)
+    refuse_2d_models(names, proto, evaluated=weights is not None)
     dev = resolve_device(device)
     launch = nproc != 1 and not distributed.launched_by_torchrun()  # this process starts the others
     if launch:

@@ -15,11 +15,12 @@ from bench.data.isic import test_set_id
 from bench.published import DEFAULT_NAME
 from bench.report.board_text import _caption, _one_hd95_unit
 from bench.report.boards import METRICS, TEST_SET_DATASETS, class_display
-from bench.report.labels import CV_LABEL, BoardKey
+from bench.report.labels import CV_LABEL, BoardKey, _paper_config
 
 
 PUBLISHED_METRICS = metrics.METRICS  # the papers' numbers compared: the standard metrics
-BUILD_KEYS = {"num_classes", "in_chans", "img_size"}  # what every run's model_config holds; more is a variant
+BUILD_KEYS = {"num_classes", "in_chans", "img_size"}  # what every run's model_config holds; more at other
+# values than the paper configuration's is a variant
 PUBLISHED_NOTE = ("Ours − published is given only where the paper's number was trained under this board's protocol "
                   "(\"Their recipe\", the published table's column protocol) in its current version, run as written, "
                   "with the model as registered, on the paper's test split (Synapse's volumes by id; ISIC's and "
@@ -130,13 +131,6 @@ def _paper_value(value: float) -> str:
     return text if float(text) == value else f"{value:g}"
 
 
-def _same_evaluation(x, y) -> bool:
-    """Whether protocols ``x`` and ``y`` score a model alike (input, normalisation, precision, policy,
-    the [eval] table): a recipe's training settings aside."""
-    fields = ("img_size", "patch_size", "normalize", "target_spacing", "dtype", "metric_policy", "eval")
-    return all(getattr(x, f) == getattr(y, f) for f in fields)
-
-
 def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFrame,
                      groups: dict[BoardKey, pd.DataFrame] | None = None,
                      bundled: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
@@ -149,7 +143,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
     would mix the model with something else. ``bundled``: the bundled table where ``published`` is another
     (``--published-file``): a number it gives otherwise, or not at all, is marked "†" and its Note says so."""
     from bench.metrics import POLICIES
-    from bench.protocol import builtin_difference, list_protocols, load_protocol
+    from bench.protocol import builtin_difference, list_protocols, load_protocol, same_evaluation
 
     protocols: dict[str, Any] = {}
     builtin = set(list_protocols())
@@ -167,7 +161,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
         # nothing else compares with a recipe this board did not run; weights evaluated as given were trained
         # elsewhere, so there only the evaluation need be the paper's (synapse_vmunet scores as synapse does)
         other = not same and not (row.get("evaluated") and proto is not None and a["protocol_name"] in builtin
-                                  and _same_evaluation(proto, protocol(a["protocol_name"])))
+                                  and same_evaluation(proto, protocol(a["protocol_name"])))
         # and every other difference, not the first alone (overrides of another recipe than the paper's aside)
         reasons = ["other recipe"] if other else [f"off-protocol ({a['overrides']})"] if a["overrides"] else []
         folds, synthetic = CV_LABEL in key.dataset, "(synthetic)" in key.dataset
@@ -178,9 +172,13 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
         if same and (differs := builtin_difference(a["protocol_name"], a["protocol_version"], a["protocol_hash"])):
             reasons.append("modified protocol copy" if differs.startswith("a modified copy") else "other protocol version")
         config = json.loads(row["model_config"] or "{}")
-        extra = set(config) - BUILD_KEYS
-        if proto is not None and config.get("spatial_dims") == proto.spatial_dims:  # a 3-D protocol builds it itself
-            extra.discard("spatial_dims")
+        # the model as registered: its paper configuration (Swin-Unet records the window 7 it keeps at 224), in
+        # the paper recipe's dimensions (a 3-D protocol builds the volumetric variant itself); keys at other
+        # values, or that configuration lacks, are a variant
+        registered = {**_paper_config(row["model"].split(" (")[0]),  # the label's model
+                      **({"spatial_dims": proto.spatial_dims} if proto is not None else {})}
+        extra = {k for k in set(config) - BUILD_KEYS
+                 if k not in registered or json.dumps(config[k]) != json.dumps(registered[k])}
         if extra:  # --set, --tiny, an adapted window
             reasons.append("other model config")
         policy = p["convention"] if p["convention"] in POLICIES else proto.metric_policy if proto is not None else None
