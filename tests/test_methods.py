@@ -168,9 +168,9 @@ def test_given_weights_from_before_a_runs_last_epoch_say_which_epoch(tmp_path):
     unfinished["weights"] = {"file": "last.pt", "sha256": "ab" * 32, "trained_by": {**by, "epoch": 2}}
     done["weights"] = {"file": "final.pt", "sha256": "cd" * 32, "trained_by": {**by, "epoch": 9}}
     text = _methods(tmp_path, unfinished, done)
-    assert ("evaluated from given weights last.pt (sha256 abababab), trained by run r0 (its weights after epoch 3 of "
+    assert (f"evaluated from given weights last.pt (sha256 {'ab' * 32}), trained by run r0 (its weights after epoch 3 of "
             "10, not its final ones) under protocol smoke on this split's training items") in text
-    assert "given weights final.pt (sha256 cdcdcdcd), trained by run r0 under protocol smoke" in text
+    assert f"given weights final.pt (sha256 {'cd' * 32}), trained by run r0 under protocol smoke" in text
 
 
 @pytest.mark.parametrize("option", [{"columns": "paper"}, {"published": True}])
@@ -458,3 +458,15 @@ def test_the_lead_says_whose_protocol_the_runs_followed(tmp_path):
     text = _methods(tmp_path / "earlier", earlier)
     assert (f"version {synapse.version - 1} (settings hash {'0' * 16}), another version (built-in: v{synapse.version}, "
             f"{synapse.hash}); scores") in text
+
+
+def test_weights_only_evaluated_still_say_the_inputs_they_were_given(tmp_path):
+    """A board of the authors' checkpoints said "Training. None here" and nothing of the resize and the
+    normalisation the scores depend on; the full sha256 is said, to match the authors' published one."""
+    rec = _record("isic17")
+    rec["weights"] = {"file": "best.pth", "sha256": "ab" * 32, "trained_by": None}
+    isic = load_protocol("isic17")
+    text = _methods(tmp_path, rec)
+    assert (f"**Training.** None here: every run evaluated given weights. At evaluation: inputs resized to "
+            f"{isic.img_size} × {isic.img_size}, intensities normalised ({isic.normalize}). Precision {isic.dtype}.") in text
+    assert f"given weights best.pth (sha256 {'ab' * 32})" in text

@@ -266,7 +266,7 @@ def _start(runs: list[dict]) -> str:
                          if by.get("same_data") is False else
                          "other items than this split's training set (its test cases may be among them)")
                       if by else "")
-            return f"evaluated from given weights {w['file']} (sha256 {w['sha256'][:8]}){whence}, not trained here"
+            return f"evaluated from given weights {w['file']} (sha256 {w['sha256']}){whence}, not trained here"
         if rec.get("init"):
             return f"initialised from {rec['init']['file']} (sha256 {rec['init']['sha256'][:8]})"
         return "trained from scratch"
@@ -288,8 +288,10 @@ def _epoch_of(by: dict) -> str:
 def _training(labels: list[str], recs: list[dict]) -> str:
     trained = [r for r in recs if not r.get("weights")]
     trained_labels = [label for label, r in zip(labels, recs) if not r.get("weights")]
-    if not trained:
-        return "**Training.** None here: every run evaluated given weights."
+    if not trained:  # the input pipeline still shapes the scores: weights see the inputs this recipe makes
+        recipe = _recipe(recs[0])
+        return ("**Training.** None here: every run evaluated given weights. "
+                + _input(recipe, recs[0], evaluated=True) + f" Precision {recipe['dtype']}.")
     recipe, train = _recipe(trained[0]), trained[0]["train"]
     t = recipe["train"]
     sentences = [
@@ -385,17 +387,23 @@ def _loss(t: dict, rec: dict) -> str:
     return " + ".join(f"{num(w)} {name}" for w, name in terms if w)
 
 
-def _input(recipe: dict, rec: dict) -> str:
+def _input(recipe: dict, rec: dict, evaluated: bool = False) -> str:
+    """How the recipe makes a model's inputs; ``evaluated``: for weights given, not trained here (no
+    augmentation to say; the normalisation's statistics are this data's training cases', not the weights')."""
     aug = recipe["train"]["augment"]
     augment = "no augmentation" if aug == "none" else f"augmentation: {_AUGMENT.get(aug, aug)}"
     norm = (", intensities as stored (no normalisation)" if recipe["normalize"] == "none"
             else f", intensities normalised ({recipe['normalize']})")
+    if evaluated and recipe["normalize"] == "ct_foreground":  # a checkpoint's own plans are not read
+        norm += " with statistics of this dataset's training cases' foreground (a checkpoint's own plans are not read)"
     if recipe["patch_size"]:
         spacing = rec.get("target_spacing")
         where = (f", cases resampled to {' × '.join(num(s) for s in spacing)} mm" if spacing
                  else ", cases at their own spacing")
-        return f"Patches of {' × '.join(map(str, recipe['patch_size']))}{where}{norm}; {augment}."
-    return f"Inputs resized to {recipe['img_size']} × {recipe['img_size']}{norm}; {augment}."
+        text = f"Patches of {' × '.join(map(str, recipe['patch_size']))}{where}{norm}"
+    else:
+        text = f"Inputs resized to {recipe['img_size']} × {recipe['img_size']}{norm}"
+    return f"At evaluation: {text[0].lower()}{text[1:]}." if evaluated else f"{text}; {augment}."
 
 
 def _precision(recipe: dict, trained: list[dict]) -> str:
