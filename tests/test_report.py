@@ -468,6 +468,9 @@ def test_evaluated_weights_have_a_row_of_their_own_that_leaves_the_trained_rows_
     board = leaderboards(load(tmp_path))[("synapse", "synapse", "legacy-synapse")]
     # not "(from scratch, weights …)" beside "(init …)": the evaluated weights started from nothing here
     assert sorted(board["model"]) == ["vmunet", "vmunet (weights vmunet_synapse.pth@cdcdcdcd)"]
+    # a given file is scored once, of no training seed: its Seeds cell read "1" beside the trained row's
+    seeds = {r["Model"]: r["Seeds"] for r in md_rows(write_report(tmp_path), "Model")}
+    assert seeds == {"vmunet": "1", "vmunet (weights vmunet_synapse.pth@cdcdcdcd)": "— (given weights)"}
 
 
 def test_a_board_mixing_pretrained_and_scratch_rows_says_which_is_which(tmp_path):

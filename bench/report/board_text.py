@@ -135,8 +135,11 @@ def _display_table(board: pd.DataFrame, columns: tuple[str, ...] | None = None,
         {
             "Model": board["model"],
             "Family": board["family"],
+            # weights only evaluated: one scoring of a given file, no training seed
             "Seeds": [
-                str(s) if s == r else f"{s} ({r} runs)" for s, r in zip(board["n_seeds"], board["n_runs"])
+                "— (given weights)" if given else str(s) if s == r else f"{s} ({r} runs)"
+                for s, r, given in zip(board["n_seeds"], board["n_runs"],
+                                       board["evaluated"] if "evaluated" in board else [False] * len(board))
             ],
             "Params (M)": [_fmt_params(p) for p in board["params"]],
         }
@@ -380,7 +383,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
     if "dice_ci_lo" in board and shown("ci"):
         over = "the model's runs, every seed and fold" if CV_LABEL in key.dataset else "seeds"
         note += (" 95% CI: percentile bootstrap over test cases of the number shown (each resample re-aggregated "
-                 f"under the board's policy, then averaged over {over}): how much the test set moves these trained "
+                 f"under the board's policy, then averaged over {over}): how much the test set moves these "
                  "models' number" + ("." if single else f"; the spread between "
                                          f"{'runs' if CV_LABEL in key.dataset else 'seeds'} is the ± std, not part "
                                          "of the CI.")) + ci_caution(a.get("ci_cases", 0))

@@ -599,7 +599,7 @@ def _statistics(group: pd.DataFrame, recs: list[dict], reference: str | None) ->
         text.append(f"95% confidence intervals of {_and([METRICS[m][0] for m in measured])}: percentile bootstrap "
                     f"over test cases ({stats.N_BOOT} resamples, seeded), each resample scored under the board's "
                     f"policy as the board is, then averaged over the model's {runs}; they show how much the test set "
-                    "moves these trained models' numbers, not the spread between seeds.")
+                    "moves these models' numbers, not the spread between seeds.")
     if reference and measured:
         text.append(_paired(group, recs, reference, measured))
     return " ".join(text)
