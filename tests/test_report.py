@@ -1027,8 +1027,8 @@ def test_published_per_class_numbers_meet_the_boards_per_class_columns(tmp_path)
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     got = {c[1]: (c[2], c[6], c[7]) for c in cells}  # Metric: Published, Ours, Ours − published
     # the board's organ names, and each number's unit
-    # († : "Paper A" is not in the bundled table)
-    assert got == {"DSC (Aorta)": ("86.40 % †", "86.00 %", "-0.40"), "DSC (Liver)": ("94.00 % †", "95.00 %", "+1.00")}
+    # (§ : "Paper A" is not in the bundled table)
+    assert got == {"DSC (Aorta)": ("86.40 % §", "86.00 %", "-0.40"), "DSC (Liver)": ("94.00 % §", "95.00 %", "+1.00")}
     # nnU-Net's ACDC names its classes RV, MLM, LVC; the papers' columns are rv, myo, lv
     from bench.report import _class_column
 
@@ -1906,7 +1906,8 @@ def test_a_hand_edited_aggregate_is_recomputed_from_its_case_rows_and_said(tmp_p
 def test_a_published_file_is_named_and_its_numbers_unlike_the_bundled_tables_marked(tmp_path):
     """--published-file's rows read "6.85 % | VM-UNet (arXiv:…) Table 2" as the paper's, and the report never
     named the file: its caption names it (path as given, sha256), and a number the bundled table gives otherwise,
-    or not at all, is marked †, its Note saying what the bundled table gives."""
+    or not at all, is marked § (not †, the paper layout's untested bold), its Note saying what the bundled table
+    gives."""
     import hashlib
 
     from bench.published import DEFAULT_PATH
@@ -1923,14 +1924,16 @@ def test_a_published_file_is_named_and_its_numbers_unlike_the_bundled_tables_mar
         text = write_report(tmp_path, fmt, published=pub)
         assert f"Published numbers: from {pub} (sha256 {sha}) (--published-file), not the bundled" in text.replace(
             "\\_", "_")
+        assert ("§ marks a number the bundled table gives otherwise" if fmt == "md" else
+                "\\S{} marks a number the bundled table gives otherwise") in text
     rows = {r["Metric"]: r for r in md_rows(write_report(tmp_path, published=pub).split("## Published vs ours")[1],
                                             "Model")}
-    assert (rows["DSC"]["Published"], rows["DSC"]["Note"]) == ("6.85 % †", "† differs from the bundled table's 81.08 %")
+    assert (rows["DSC"]["Published"], rows["DSC"]["Note"]) == ("6.85 % §", "§ differs from the bundled table's 81.08 %")
     assert (rows["HD95"]["Published"], rows["HD95"]["Note"]) == ("19.21 voxels", "")
     assert (rows["DSC (Aorta)"]["Published"], rows["DSC (Aorta)"]["Note"]) == (
-        "99.00 % †", "† not in the bundled table; made up")
+        "99.00 % §", "§ not in the bundled table; made up")
     bundled = write_report(tmp_path, published=DEFAULT_PATH)  # the bundled table by its path: nothing to mark
-    assert "--published-file" not in bundled.split("## Published vs ours")[1] and "†" not in bundled
+    assert "--published-file" not in bundled.split("## Published vs ours")[1] and "§" not in bundled
 
 
 def test_a_modified_copy_of_a_built_in_protocol_says_so_in_its_title(tmp_path):
