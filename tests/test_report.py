@@ -805,6 +805,36 @@ def test_a_bootstrap_ci_over_few_cases_and_a_test_over_few_seeds_say_so(tmp_path
     assert "For these trained runs" not in write_report(tmp_path, reference="unet").split("## Significance")[1]
 
 
+def test_significance_of_weights_only_evaluated_names_no_retrained_seed(tmp_path):
+    """A review: a board of released weights only evaluated read "For these trained runs: with 1 seed per model
+    ...: a retrained seed can compare otherwise" and "for these trained runs: a retrained seed can rank otherwise";
+    those rows have no training seed here. On a board mixing them, the seeds are said of the trained rows."""
+    for model, base in (("vmunet", 0.80), ("transunet", 0.75), ("swin_unet", 0.78)):
+        rec = make_record(model, n_cases=12)
+        for row in rec["per_case"]:
+            row["dice"] = base + 0.01 * int(row["case"][-4:])
+        rec["weights"] = {"file": f"{model}.pth", "sha256": "ab" * 32, "trained_by": None}
+        write_record(restate(rec), tmp_path)
+    sig = write_report(tmp_path, reference="transunet").split("## Significance")[1]
+    assert "trained runs" not in sig and "retrained seed" not in sig
+    assert ("For these weights: one given file per model, trained elsewhere, so p compares these files on these "
+            "cases, not the models' training: other weights can compare otherwise.") in sig
+    assert "for these weights, each a given file evaluated once: other weights of these models can rank otherwise" in sig
+    rec = make_record("unet", n_cases=12)  # one run trained here: its seeds are said of it
+    for row in rec["per_case"]:
+        row["dice"] = 0.70 + 0.01 * int(row["case"][-4:])
+    write_record(restate(rec), tmp_path)
+    sig = write_report(tmp_path, reference="transunet").split("## Significance")[1]
+    assert "For the runs trained here: with 1 seed per model (the fewest here), p counts the test cases" in sig
+    assert "For the weights only evaluated: one given file per model" in sig
+    assert ("for these runs and weights: a retrained seed of the models trained here, or other weights of those only "
+            "evaluated, can rank otherwise") in sig
+    tex = write_report(tmp_path, "latex", reference="transunet")  # the rank note goes with the rank table
+    ranks = tex[tex.index("Rank stability"):]
+    assert "other weights of those only evaluated" in ranks
+    assert "other weights of those only evaluated" not in tex[tex.index("Paired tests"):tex.index("Rank stability")]
+
+
 def test_a_run_that_did_not_finish_feeds_no_statistic(tmp_path):
     """A record whose status is not "finished" is off the board, and so off its CI, paired tests,
     ranks and case rows (they took it in: a CI beside the board value that did not contain it)."""
@@ -1417,8 +1447,9 @@ def test_a_legacy_synapse_board_counts_the_misses_it_scores_hd95_zero(tmp_path):
     # what to do is the command's to say, not a paper's caption
     with pytest.warns(UserWarning, match=r"scores the structures predicted nowhere HD95 0.*`bench rescore --policy "
                       r"strict --results <folder>` scores them with a penalty"):
-        text = write_report(tmp_path)
-    assert "bench rescore" not in text
+        text = write_report(tmp_path, reference="unet")
+    assert "bench rescore" not in text and "--policy strict" not in text  # the significance caution's fact alone
+    assert "a model that finds nothing looks best on HD95." in text.split("## Significance")[1]
     # strict scores a miss with a penalty: nothing to say; nor where the HD95 column is not shown
     assert "HD95 of misses" not in render(load(tmp_path), columns=("params",))
     for path in (tmp_path / "records").glob("*.json"):
