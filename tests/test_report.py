@@ -1767,6 +1767,24 @@ def test_paper_bold_is_tested_against_the_runner_up(tmp_path):
     assert "\\textbf{80.00 $^\\dagger$}" in tex
 
 
+def test_paper_bold_whose_test_favours_the_runner_up_is_marked(tmp_path):
+    """A review: a best mean resting on one case (unet 0.81 in 19 of 20 cases and 0 in one, vmunet 0.80 in all:
+    vmunet's mean is higher, yet unet wins 19 cases, p = 0.0004) was bolded with no mark, as backed by the cases.
+    A p < 0.05 in the runner-up's favour (the effect size's sign) is marked ‡, † keeping p >= 0.05 alone."""
+    n = 20
+    for model, dices in (("unet", [0.81] * (n - 1) + [0.0]), ("vmunet", [0.80] * n)):
+        rec = make_record(model, n_cases=n)
+        for row in rec["per_case"]:
+            row["dice"] = dices[int(row["case"][-4:])]
+        write_record(restate(rec), tmp_path)
+    md = render(load(tmp_path), "md", load(tmp_path, level="case"), columns=parse_columns("paper"))
+    rows = {r["Model"]: r for r in md_rows(md, "Model")}
+    assert rows["vmunet"]["DSC ↑ (%)"] == "**80.00 ‡**" and rows["unet"]["DSC ↑ (%)"] == "76.95"
+    assert ("DSC p = 0.000393 ‡ against unet over 20 cases; ‡: p < 0.05 in the runner-up's favour: by the test the "
+            "cases favour it, and the best mean rests on a few of them") in md
+    assert "†" not in md  # no p >= 0.05 here: its mark is not explained either
+
+
 def test_paper_bold_leaves_out_a_model_that_found_nothing_from_spe_and_acc(tmp_path):
     """A review: Spe 100.00 went in bold to a model predicting background everywhere (DSC 0); a column
     with no row to bold said nothing of why."""

@@ -192,7 +192,8 @@ def _paper_table(board: pd.DataFrame, shown: pd.DataFrame, heads: dict[str, str]
     per-class cells as means, and ``shown.attrs["best"]``: per column, the rows holding its best mean
     among the rows ``_bold_excluded`` leaves (``attrs["no_best"]``: why a column has none);
     ``attrs["tested"]``: per column of one best row, its paired test against the runner-up over
-    ``cases`` (the board's case rows; ``_runner_up_test``), its cell marked † where p >= 0.05."""
+    ``cases`` (the board's case rows; ``_runner_up_test``), its cell marked where the test does not back
+    it (``_bold_mark``)."""
     paper = _paper_metrics(board)
     shown = shown.drop(columns=[h for c, h in heads.items() if c in METRICS and c not in paper and h in shown])
     best: dict[str, list[int]] = {}
@@ -217,8 +218,8 @@ def _paper_table(board: pd.DataFrame, shown: pd.DataFrame, heads: dict[str, str]
             best[head] = [i for i, v in enumerate(values) if v == top]
             if (test := _runner_up_test(board, col, values, best[head], cases)) is not None:
                 tested[head] = test
-                if not test["p"] < 0.05:
-                    shown.iat[best[head][0], shown.columns.get_loc(head)] += " †"
+                if mark := _bold_mark(test):
+                    shown.iat[best[head][0], shown.columns.get_loc(head)] += f" {mark}"
         else:
             no_best[head] = why
     shown.attrs.update(best=best, no_best=no_best, tested=tested, cols={head: col for col, head in heads.items()})
@@ -256,8 +257,10 @@ def _runner_up_test(board: pd.DataFrame, col: str, values: pd.Series, top: list[
                     cases: pd.DataFrame | None) -> dict | None:
     """The board's paired test (``stats.paired_tests``: Wilcoxon over cases, or the permutation test of
     a pooled policy) of a column's one best row against the runner-up, the next best of ``values``
-    (its rows that may be best): {"runner_up", "p", "n", "metric"}; None where there is none to run
-    (a tie at the top, a per-class column, no case rows, or a p that is nan)."""
+    (its rows that may be best): {"runner_up", "p", "n", "metric", "favours"}, ``favours`` the row the
+    test's difference favours (a per-case test's effect size, a pooled one's difference: the best mean can
+    rest on a few cases while most favour the runner-up); None where there is none to run (a tie at the
+    top, a per-class column, no case rows, or a p that is nan)."""
     from bench import stats
 
     rest = values.drop(values.index[top]).dropna()
@@ -268,7 +271,26 @@ def _runner_up_test(board: pd.DataFrame, col: str, values: pd.Series, top: list[
     tests = stats.paired_tests(pair, runner, metrics=(col,), policy=board.attrs.get("policy"))
     if tests.empty or math.isnan(tests["p"].iloc[0]):
         return None
-    return {"runner_up": runner, "p": float(tests["p"].iloc[0]), "n": int(tests["n_cases"].iloc[0]), "metric": col}
+    test = tests.iloc[0]  # the best row against the runner-up: > 0 favours the best row (``paired_tests``)
+    lead = test["effect_size"] if not math.isnan(test["effect_size"]) else (
+        -test["mean_diff"] if col in stats.LOWER_IS_BETTER else test["mean_diff"])
+    return {"runner_up": runner, "p": float(test["p"]), "n": int(test["n_cases"]), "metric": col,
+            "favours": runner if lead < 0 else test["model"]}
+
+
+# The paper layout's marks of a bold tested against the runner-up: one per meaning, each explained in the
+# caption where it is used (``_bold_note``)
+BOLD_MARKS = {"†": "p >= 0.05, these cases do not separate it from the runner-up",
+              "‡": "p < 0.05 in the runner-up's favour: by the test the cases favour it, and the best mean rests on "
+                   "a few of them"}
+
+
+def _bold_mark(test: dict) -> str:
+    """The mark of a tested bold (``BOLD_MARKS``): † where p >= 0.05, ‡ where p < 0.05 favours the
+    runner-up, "" where the test backs the best mean."""
+    if not test["p"] < 0.05:
+        return "†"
+    return "‡" if test["favours"] == test["runner_up"] else ""
 
 
 def _one_hd95_unit(board: pd.DataFrame) -> str:
@@ -394,7 +416,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
 
 def _bold_note(key: BoardKey, board: pd.DataFrame, table: pd.DataFrame, single: bool) -> str:
     """The paper layout's words on its bold (``_paper_table``): best mean, among which rows; per column
-    tested against the runner-up (p, † where p >= 0.05), else untested; why a column has no bold."""
+    tested against the runner-up (p and its ``BOLD_MARKS``), else untested; why a column has no bold."""
     a = table.attrs
     name = lambda head: _display_name(a["cols"][head], key.dataset)  # noqa: E731
     said = []
@@ -410,11 +432,13 @@ def _bold_note(key: BoardKey, board: pd.DataFrame, table: pd.DataFrame, single: 
         untested = (["the per-class columns"] if all(a["cols"][h] not in METRICS for h in untested)
                     else [name(h) for h in untested]) if untested else []
         if tested:
-            runs = "; ".join(f"{name(h)} p = {t['p']:.3g}{' †' if not t['p'] < 0.05 else ''} against "
+            marks = {h: _bold_mark(t) for h, t in tested.items()}
+            runs = "; ".join(f"{name(h)} p = {t['p']:.3g}{f' {marks[h]}' if marks[h] else ''} against "
                              f"{t['runner_up']} over {t['n']} cases" for h, t in tested.items())
+            legend = "".join(f"; {m}: {meaning}" for m, meaning in BOLD_MARKS.items() if m in marks.values())
             text += (f", tested against the runner-up (the next best mean) by the board's paired test over test "
-                     f"cases (two-sided, unadjusted): {runs}; †: p >= 0.05, these cases do not separate it from "
-                     "the runner-up" + (f"; untested (best mean only): {few(untested, 4)}" if untested else ""))
+                     f"cases (two-sided, unadjusted): {runs}{legend}"
+                     + (f"; untested (best mean only): {few(untested, 4)}" if untested else ""))
         else:
             text += ", untested (no paired test against the runner-up)"
         said.append(text)
