@@ -1806,7 +1806,52 @@ def test_paper_bold_leaves_out_a_model_that_found_nothing_from_spe_and_acc(tmp_p
         write_record(rec, tmp_path / "missed")
     md = render(load(tmp_path / "missed"), "md", columns=parse_columns("paper"))
     assert "**" not in "".join(r["HD95 ↓"] for r in md_rows(md, "Model"))
-    assert "HD95: no bold, every model missed some structure, which its policy scores HD95 0" in md
+    assert "HD95: no bold, every model missed some structure, which the policy scores HD95 0" in md
+
+
+def test_no_bold_names_the_rows_each_rule_left_out(tmp_path):
+    """A review: a column with no bold read "every model missed some structure ...; the other rows' weights were
+    only evaluated" where the models that missed were two of three: each reason names the rows it left out."""
+    given = {"file": "t.pth", "sha256": "ab" * 32, "trained_by": None}
+    for model, hd, miss, weights in (("unet", 25.0, True, None), ("vmunet", 20.0, True, None),
+                                     ("transunet", 15.0, False, given)):
+        rec = make_record(model, hd95=hd, n_cases=4)
+        if miss:
+            rec["per_case"][0].update(dice=0.0, hd95=0.0, empty="ref_only", tp=0, n_pred=0, fp=0)
+        if weights:
+            rec["weights"] = weights
+        write_record(restate(rec), tmp_path / "synapse")
+    md = render(load(tmp_path / "synapse"), "md", columns=parse_columns("paper"))
+    assert ("HD95: no bold, unet and vmunet missed some structure, which the policy scores HD95 0; the weights of "
+            "transunet (weights t.pth@abababab) were only evaluated.") in md and "every model" not in md
+    # Spe and Acc: the trained model found nothing, the other's weights were only evaluated
+    write_record({**make_record("unet", dataset="isic17", dice=0.70), "weights": given}, tmp_path / "isic")
+    empty = make_record("vmunet", dataset="isic17", dice=0.0)
+    for row in empty["per_case"]:
+        row.update(tp=0, fp=0, fn=1_000_000, tn=19_000_000, n_pred=0, empty="ref_only", dice=0.0, iou=0.0, sen=0.0,
+                   spe=1.0, acc=0.95)
+    empty["metrics"].update(spe=1.0, acc=0.95, sen=0.0)
+    write_record(empty, tmp_path / "isic")
+    md = render(load(tmp_path / "isic"), "md", columns=parse_columns("paper"))
+    assert ("Spe: no bold, vmunet found no structure (background everywhere scores Spe 100); the weights of unet "
+            "(weights t.pth@abababab) were only evaluated") in md
+
+
+def test_single_run_reads_a_board_and_its_runs_alike(tmp_path):
+    """One place decides "one run per model, so no ± std", for the board's caption and the Methods text (which
+    holds the labelled runs, not the board)."""
+    from bench.report.board_text import single_run
+    from bench.report.labels import label_runs
+
+    for model, seed in (("unet", 0), ("vmunet", 0)):
+        write_record(make_record(model, seed=seed), tmp_path)
+    runs = label_runs(load(tmp_path))
+    board = next(iter(leaderboards(load(tmp_path)).values()))
+    assert single_run(board) and single_run(runs)
+    write_record(make_record("vmunet", seed=1), tmp_path)
+    runs = label_runs(load(tmp_path))
+    board = next(iter(leaderboards(load(tmp_path)).values()))
+    assert not single_run(board) and not single_run(runs)
 
 
 def _trained_and_rescored_at_another_commit(folder) -> None:

@@ -49,9 +49,17 @@ def _fmt_params(params: float) -> str:
 def _missed_at_hd95_zero(key: BoardKey, board: pd.DataFrame) -> str:
     """"vmunet 24 of 24, unet 3 of 24": the entries each model missed, where the board's policy
     scores a miss HD95 0 (legacy-synapse) and some model missed one; "" otherwise."""
-    if not _misses_score_zero(key.policy) or "hd95_mean" not in board or not board["n_missed"].gt(0).any():
+    if not _hd95_of_misses(board).any():
         return ""
     return ", ".join(f"{r.model} {r.n_missed} of {r.n_present}" for r in board.itertuples())
+
+
+def _hd95_of_misses(board: pd.DataFrame) -> pd.Series:
+    """The rows whose HD95 mean holds misses scored 0, the best value: the board's policy scores a structure
+    predicted nowhere so (legacy-synapse) and the row's runs missed some. Such a mean is no segmentation's."""
+    if "hd95_mean" not in board or "n_missed" not in board or not _misses_score_zero(board.attrs.get("policy")):
+        return pd.Series(False, index=board.index)
+    return board["n_missed"] > 0
 
 
 def _misses_score_zero(policy_name: str | None) -> bool:
@@ -60,6 +68,18 @@ def _misses_score_zero(policy_name: str | None) -> bool:
 
     policy = POLICIES.get(policy_name)
     return policy is not None and policy.misses_score_zero
+
+
+def and_list(items: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def single_run(rows: pd.DataFrame) -> bool:
+    """Whether each row of a board holds one run, so its mean has no ± std (the caption and Methods say so).
+    ``rows``: the board (its ``n_runs``) or its labelled runs (one row per run, ``model_label``)."""
+    counts = rows["n_runs"] if "n_runs" in rows else rows.groupby("model_label")["run_id"].nunique()
+    return bool((counts == 1).all())
 
 
 def _has_exclusions(board: pd.DataFrame) -> bool:
@@ -227,22 +247,25 @@ def _paper_table(board: pd.DataFrame, shown: pd.DataFrame, heads: dict[str, str]
 
 
 def _bold_excluded(board: pd.DataFrame, col: str) -> tuple[pd.Series, str]:
-    """The rows whose mean in ``col`` cannot be a column's best, and why none is where no row is left.
-    One rule: a value that a miss earns is no segmentation's. HD95 under a policy scoring misses 0,
-    the models that missed some structure (their 0 is the rule's); Spe and Acc, those that found none
-    (background everywhere scores Spe 100); on a board mixing runs trained here with weights only
-    evaluated, the evaluated ones (trained elsewhere: no comparison of the protocol's trainings)."""
-    out = pd.Series(False, index=board.index)
-    why = []
-    if col == "hd95" and "n_missed" in board and _misses_score_zero(board.attrs.get("policy")):
-        out |= board["n_missed"] > 0
-        why.append("every model missed some structure, which its policy scores HD95 0")
-    if col in ("spe", "acc"):
-        out |= _found_nothing(board)
-        why.append("every model found no structure (background everywhere scores Spe 100)")
-    if _mixes_evaluated(board):
-        out |= board["evaluated"].astype(bool)
-        why.append("the other rows' weights were only evaluated")
+    """The rows whose mean in ``col`` cannot be a column's best, and why none is where no row is left:
+    each reason naming the rows it removed ("every model" where it removed all). One rule: a value that a
+    miss earns is no segmentation's. HD95 under a policy scoring misses 0, the models that missed some
+    structure (their 0 is the rule's: ``_hd95_of_misses``); Spe and Acc, those that found none (background
+    everywhere scores Spe 100); on a board mixing runs trained here with weights only evaluated, the
+    evaluated ones (trained elsewhere: no comparison of the protocol's trainings)."""
+    none = pd.Series(False, index=board.index)
+    rules = [
+        (_hd95_of_misses(board) if col == "hd95" else none, "{} missed some structure, which the policy scores HD95 0"),
+        (_found_nothing(board) if col in ("spe", "acc") else none,
+         "{} found no structure (background everywhere scores Spe 100)"),
+        (board["evaluated"].astype(bool) if _mixes_evaluated(board) else none, "the weights of {} were only evaluated"),
+    ]
+    out, why = none, []
+    for rows, reason in rules:  # each reason names the rows it removes, not removed before
+        if (new := rows & ~out).any():
+            who = "every model" if new.all() else and_list(list(board["model"][new]))
+            why.append(reason.format(who))
+            out = out | new
     return out, "; ".join(why)
 
 
@@ -328,7 +351,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         hd = f"HD95 units differ between or within runs ({', '.join(units)}): not comparable"
     hd = f"; {hd}" if "hd95_mean" in board else ""  # pooled ISIC boards have no HD95
     train = "/".join(str(n) for n in a.get("n_train", []))  # absent in records written before it was kept
-    single = bool((board["n_runs"] == 1).all())  # one run per model: no std to show
+    single = single_run(board)
     note = (
         (f"One run per model (no ± std); test cases per run: {cases}" if single else
          f"Mean ± std (sample, ddof=1) over seeds: {seeds} per model; test cases per run: {cases}")
@@ -422,8 +445,7 @@ def _bold_note(key: BoardKey, board: pd.DataFrame, table: pd.DataFrame, single: 
     said = []
     if a.get("best"):
         among = " among the models trained here (not the weights only evaluated)" if _mixes_evaluated(board) else ""
-        rules = (["HD95 among the models that missed no structure"] if _misses_score_zero(key.policy)
-                 and "hd95_mean" in board and board["n_missed"].gt(0).any() else []) + (
+        rules = (["HD95 among the models that missed no structure"] if _hd95_of_misses(board).any() else []) + (
             ["Spe and Acc among the models that found some structure"]
             if {"Spe", "Acc"} & {name(h) for h in a["best"]} and _found_nothing(board).any() else [])
         text = f"Bold: each column's best mean{among}" + (f" ({'; '.join(rules)})" if rules else "")
