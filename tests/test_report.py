@@ -805,6 +805,36 @@ def test_a_bootstrap_ci_over_few_cases_and_a_test_over_few_seeds_say_so(tmp_path
     assert "For these trained runs" not in write_report(tmp_path, reference="unet").split("## Significance")[1]
 
 
+def test_significance_of_weights_only_evaluated_names_no_retrained_seed(tmp_path):
+    """A review: a board of released weights only evaluated read "For these trained runs: with 1 seed per model
+    ...: a retrained seed can compare otherwise" and "for these trained runs: a retrained seed can rank otherwise";
+    those rows have no training seed here. On a board mixing them, the seeds are said of the trained rows."""
+    for model, base in (("vmunet", 0.80), ("transunet", 0.75), ("swin_unet", 0.78)):
+        rec = make_record(model, n_cases=12)
+        for row in rec["per_case"]:
+            row["dice"] = base + 0.01 * int(row["case"][-4:])
+        rec["weights"] = {"file": f"{model}.pth", "sha256": "ab" * 32, "trained_by": None}
+        write_record(restate(rec), tmp_path)
+    sig = write_report(tmp_path, reference="transunet").split("## Significance")[1]
+    assert "trained runs" not in sig and "retrained seed" not in sig
+    assert ("For these weights: one given file per model, trained elsewhere, so p compares these files on these "
+            "cases, not the models' training: other weights can compare otherwise.") in sig
+    assert "for these weights, each a given file evaluated once: other weights of these models can rank otherwise" in sig
+    rec = make_record("unet", n_cases=12)  # one run trained here: its seeds are said of it
+    for row in rec["per_case"]:
+        row["dice"] = 0.70 + 0.01 * int(row["case"][-4:])
+    write_record(restate(rec), tmp_path)
+    sig = write_report(tmp_path, reference="transunet").split("## Significance")[1]
+    assert "For the runs trained here: with 1 seed per model (the fewest here), p counts the test cases" in sig
+    assert "For the weights only evaluated: one given file per model" in sig
+    assert ("for these runs and weights: a retrained seed of the models trained here, or other weights of those only "
+            "evaluated, can rank otherwise") in sig
+    tex = write_report(tmp_path, "latex", reference="transunet")  # the rank note goes with the rank table
+    ranks = tex[tex.index("Rank stability"):]
+    assert "other weights of those only evaluated" in ranks
+    assert "other weights of those only evaluated" not in tex[tex.index("Paired tests"):tex.index("Rank stability")]
+
+
 def test_a_run_that_did_not_finish_feeds_no_statistic(tmp_path):
     """A record whose status is not "finished" is off the board, and so off its CI, paired tests,
     ranks and case rows (they took it in: a CI beside the board value that did not contain it)."""
@@ -1027,8 +1057,8 @@ def test_published_per_class_numbers_meet_the_boards_per_class_columns(tmp_path)
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     got = {c[1]: (c[2], c[6], c[7]) for c in cells}  # Metric: Published, Ours, Ours − published
     # the board's organ names, and each number's unit
-    # († : "Paper A" is not in the bundled table)
-    assert got == {"DSC (Aorta)": ("86.40 % †", "86.00 %", "-0.40"), "DSC (Liver)": ("94.00 % †", "95.00 %", "+1.00")}
+    # (§ : "Paper A" is not in the bundled table)
+    assert got == {"DSC (Aorta)": ("86.40 % §", "86.00 %", "-0.40"), "DSC (Liver)": ("94.00 % §", "95.00 %", "+1.00")}
     # nnU-Net's ACDC names its classes RV, MLM, LVC; the papers' columns are rv, myo, lv
     from bench.report import _class_column
 
@@ -1417,8 +1447,9 @@ def test_a_legacy_synapse_board_counts_the_misses_it_scores_hd95_zero(tmp_path):
     # what to do is the command's to say, not a paper's caption
     with pytest.warns(UserWarning, match=r"scores the structures predicted nowhere HD95 0.*`bench rescore --policy "
                       r"strict --results <folder>` scores them with a penalty"):
-        text = write_report(tmp_path)
-    assert "bench rescore" not in text
+        text = write_report(tmp_path, reference="unet")
+    assert "bench rescore" not in text and "--policy strict" not in text  # the significance caution's fact alone
+    assert "a model that finds nothing looks best on HD95." in text.split("## Significance")[1]
     # strict scores a miss with a penalty: nothing to say; nor where the HD95 column is not shown
     assert "HD95 of misses" not in render(load(tmp_path), columns=("params",))
     for path in (tmp_path / "records").glob("*.json"):
@@ -1736,6 +1767,24 @@ def test_paper_bold_is_tested_against_the_runner_up(tmp_path):
     assert "\\textbf{80.00 $^\\dagger$}" in tex
 
 
+def test_paper_bold_whose_test_favours_the_runner_up_is_marked(tmp_path):
+    """A review: a best mean resting on one case (unet 0.81 in 19 of 20 cases and 0 in one, vmunet 0.80 in all:
+    vmunet's mean is higher, yet unet wins 19 cases, p = 0.0004) was bolded with no mark, as backed by the cases.
+    A p < 0.05 in the runner-up's favour (the effect size's sign) is marked ‡, † keeping p >= 0.05 alone."""
+    n = 20
+    for model, dices in (("unet", [0.81] * (n - 1) + [0.0]), ("vmunet", [0.80] * n)):
+        rec = make_record(model, n_cases=n)
+        for row in rec["per_case"]:
+            row["dice"] = dices[int(row["case"][-4:])]
+        write_record(restate(rec), tmp_path)
+    md = render(load(tmp_path), "md", load(tmp_path, level="case"), columns=parse_columns("paper"))
+    rows = {r["Model"]: r for r in md_rows(md, "Model")}
+    assert rows["vmunet"]["DSC ↑ (%)"] == "**80.00 ‡**" and rows["unet"]["DSC ↑ (%)"] == "76.95"
+    assert ("DSC p = 0.000393 ‡ against unet over 20 cases; ‡: p < 0.05 in the runner-up's favour: by the test the "
+            "cases favour it, and the best mean rests on a few of them") in md
+    assert "†" not in md  # no p >= 0.05 here: its mark is not explained either
+
+
 def test_paper_bold_leaves_out_a_model_that_found_nothing_from_spe_and_acc(tmp_path):
     """A review: Spe 100.00 went in bold to a model predicting background everywhere (DSC 0); a column
     with no row to bold said nothing of why."""
@@ -1757,7 +1806,52 @@ def test_paper_bold_leaves_out_a_model_that_found_nothing_from_spe_and_acc(tmp_p
         write_record(rec, tmp_path / "missed")
     md = render(load(tmp_path / "missed"), "md", columns=parse_columns("paper"))
     assert "**" not in "".join(r["HD95 ↓"] for r in md_rows(md, "Model"))
-    assert "HD95: no bold, every model missed some structure, which its policy scores HD95 0" in md
+    assert "HD95: no bold, every model missed some structure, which the policy scores HD95 0" in md
+
+
+def test_no_bold_names_the_rows_each_rule_left_out(tmp_path):
+    """A review: a column with no bold read "every model missed some structure ...; the other rows' weights were
+    only evaluated" where the models that missed were two of three: each reason names the rows it left out."""
+    given = {"file": "t.pth", "sha256": "ab" * 32, "trained_by": None}
+    for model, hd, miss, weights in (("unet", 25.0, True, None), ("vmunet", 20.0, True, None),
+                                     ("transunet", 15.0, False, given)):
+        rec = make_record(model, hd95=hd, n_cases=4)
+        if miss:
+            rec["per_case"][0].update(dice=0.0, hd95=0.0, empty="ref_only", tp=0, n_pred=0, fp=0)
+        if weights:
+            rec["weights"] = weights
+        write_record(restate(rec), tmp_path / "synapse")
+    md = render(load(tmp_path / "synapse"), "md", columns=parse_columns("paper"))
+    assert ("HD95: no bold, unet and vmunet missed some structure, which the policy scores HD95 0; the weights of "
+            "transunet (weights t.pth@abababab) were only evaluated.") in md and "every model" not in md
+    # Spe and Acc: the trained model found nothing, the other's weights were only evaluated
+    write_record({**make_record("unet", dataset="isic17", dice=0.70), "weights": given}, tmp_path / "isic")
+    empty = make_record("vmunet", dataset="isic17", dice=0.0)
+    for row in empty["per_case"]:
+        row.update(tp=0, fp=0, fn=1_000_000, tn=19_000_000, n_pred=0, empty="ref_only", dice=0.0, iou=0.0, sen=0.0,
+                   spe=1.0, acc=0.95)
+    empty["metrics"].update(spe=1.0, acc=0.95, sen=0.0)
+    write_record(empty, tmp_path / "isic")
+    md = render(load(tmp_path / "isic"), "md", columns=parse_columns("paper"))
+    assert ("Spe: no bold, vmunet found no structure (background everywhere scores Spe 100); the weights of unet "
+            "(weights t.pth@abababab) were only evaluated") in md
+
+
+def test_single_run_reads_a_board_and_its_runs_alike(tmp_path):
+    """One place decides "one run per model, so no ± std", for the board's caption and the Methods text (which
+    holds the labelled runs, not the board)."""
+    from bench.report.board_text import single_run
+    from bench.report.labels import label_runs
+
+    for model, seed in (("unet", 0), ("vmunet", 0)):
+        write_record(make_record(model, seed=seed), tmp_path)
+    runs = label_runs(load(tmp_path))
+    board = next(iter(leaderboards(load(tmp_path)).values()))
+    assert single_run(board) and single_run(runs)
+    write_record(make_record("vmunet", seed=1), tmp_path)
+    runs = label_runs(load(tmp_path))
+    board = next(iter(leaderboards(load(tmp_path)).values()))
+    assert not single_run(board) and not single_run(runs)
 
 
 def _trained_and_rescored_at_another_commit(folder) -> None:
@@ -1906,7 +2000,8 @@ def test_a_hand_edited_aggregate_is_recomputed_from_its_case_rows_and_said(tmp_p
 def test_a_published_file_is_named_and_its_numbers_unlike_the_bundled_tables_marked(tmp_path):
     """--published-file's rows read "6.85 % | VM-UNet (arXiv:…) Table 2" as the paper's, and the report never
     named the file: its caption names it (path as given, sha256), and a number the bundled table gives otherwise,
-    or not at all, is marked †, its Note saying what the bundled table gives."""
+    or not at all, is marked § (not †, the paper layout's untested bold), its Note saying what the bundled table
+    gives."""
     import hashlib
 
     from bench.published import DEFAULT_PATH
@@ -1923,14 +2018,16 @@ def test_a_published_file_is_named_and_its_numbers_unlike_the_bundled_tables_mar
         text = write_report(tmp_path, fmt, published=pub)
         assert f"Published numbers: from {pub} (sha256 {sha}) (--published-file), not the bundled" in text.replace(
             "\\_", "_")
+        assert ("§ marks a number the bundled table gives otherwise" if fmt == "md" else
+                "\\S{} marks a number the bundled table gives otherwise") in text
     rows = {r["Metric"]: r for r in md_rows(write_report(tmp_path, published=pub).split("## Published vs ours")[1],
                                             "Model")}
-    assert (rows["DSC"]["Published"], rows["DSC"]["Note"]) == ("6.85 % †", "† differs from the bundled table's 81.08 %")
+    assert (rows["DSC"]["Published"], rows["DSC"]["Note"]) == ("6.85 % §", "§ differs from the bundled table's 81.08 %")
     assert (rows["HD95"]["Published"], rows["HD95"]["Note"]) == ("19.21 voxels", "")
     assert (rows["DSC (Aorta)"]["Published"], rows["DSC (Aorta)"]["Note"]) == (
-        "99.00 % †", "† not in the bundled table; made up")
+        "99.00 % §", "§ not in the bundled table; made up")
     bundled = write_report(tmp_path, published=DEFAULT_PATH)  # the bundled table by its path: nothing to mark
-    assert "--published-file" not in bundled.split("## Published vs ours")[1] and "†" not in bundled
+    assert "--published-file" not in bundled.split("## Published vs ours")[1] and "§" not in bundled
 
 
 def test_a_modified_copy_of_a_built_in_protocol_says_so_in_its_title(tmp_path):

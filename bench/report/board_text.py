@@ -49,9 +49,17 @@ def _fmt_params(params: float) -> str:
 def _missed_at_hd95_zero(key: BoardKey, board: pd.DataFrame) -> str:
     """"vmunet 24 of 24, unet 3 of 24": the entries each model missed, where the board's policy
     scores a miss HD95 0 (legacy-synapse) and some model missed one; "" otherwise."""
-    if not _misses_score_zero(key.policy) or "hd95_mean" not in board or not board["n_missed"].gt(0).any():
+    if not _hd95_of_misses(board).any():
         return ""
     return ", ".join(f"{r.model} {r.n_missed} of {r.n_present}" for r in board.itertuples())
+
+
+def _hd95_of_misses(board: pd.DataFrame) -> pd.Series:
+    """The rows whose HD95 mean holds misses scored 0, the best value: the board's policy scores a structure
+    predicted nowhere so (legacy-synapse) and the row's runs missed some. Such a mean is no segmentation's."""
+    if "hd95_mean" not in board or "n_missed" not in board or not _misses_score_zero(board.attrs.get("policy")):
+        return pd.Series(False, index=board.index)
+    return board["n_missed"] > 0
 
 
 def _misses_score_zero(policy_name: str | None) -> bool:
@@ -60,6 +68,18 @@ def _misses_score_zero(policy_name: str | None) -> bool:
 
     policy = POLICIES.get(policy_name)
     return policy is not None and policy.misses_score_zero
+
+
+def and_list(items: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def single_run(rows: pd.DataFrame) -> bool:
+    """Whether each row of a board holds one run, so its mean has no ± std (the caption and Methods say so).
+    ``rows``: the board (its ``n_runs``) or its labelled runs (one row per run, ``model_label``)."""
+    counts = rows["n_runs"] if "n_runs" in rows else rows.groupby("model_label")["run_id"].nunique()
+    return bool((counts == 1).all())
 
 
 def _has_exclusions(board: pd.DataFrame) -> bool:
@@ -192,7 +212,8 @@ def _paper_table(board: pd.DataFrame, shown: pd.DataFrame, heads: dict[str, str]
     per-class cells as means, and ``shown.attrs["best"]``: per column, the rows holding its best mean
     among the rows ``_bold_excluded`` leaves (``attrs["no_best"]``: why a column has none);
     ``attrs["tested"]``: per column of one best row, its paired test against the runner-up over
-    ``cases`` (the board's case rows; ``_runner_up_test``), its cell marked † where p >= 0.05."""
+    ``cases`` (the board's case rows; ``_runner_up_test``), its cell marked where the test does not back
+    it (``_bold_mark``)."""
     paper = _paper_metrics(board)
     shown = shown.drop(columns=[h for c, h in heads.items() if c in METRICS and c not in paper and h in shown])
     best: dict[str, list[int]] = {}
@@ -217,8 +238,8 @@ def _paper_table(board: pd.DataFrame, shown: pd.DataFrame, heads: dict[str, str]
             best[head] = [i for i, v in enumerate(values) if v == top]
             if (test := _runner_up_test(board, col, values, best[head], cases)) is not None:
                 tested[head] = test
-                if not test["p"] < 0.05:
-                    shown.iat[best[head][0], shown.columns.get_loc(head)] += " †"
+                if mark := _bold_mark(test):
+                    shown.iat[best[head][0], shown.columns.get_loc(head)] += f" {mark}"
         else:
             no_best[head] = why
     shown.attrs.update(best=best, no_best=no_best, tested=tested, cols={head: col for col, head in heads.items()})
@@ -226,22 +247,25 @@ def _paper_table(board: pd.DataFrame, shown: pd.DataFrame, heads: dict[str, str]
 
 
 def _bold_excluded(board: pd.DataFrame, col: str) -> tuple[pd.Series, str]:
-    """The rows whose mean in ``col`` cannot be a column's best, and why none is where no row is left.
-    One rule: a value that a miss earns is no segmentation's. HD95 under a policy scoring misses 0,
-    the models that missed some structure (their 0 is the rule's); Spe and Acc, those that found none
-    (background everywhere scores Spe 100); on a board mixing runs trained here with weights only
-    evaluated, the evaluated ones (trained elsewhere: no comparison of the protocol's trainings)."""
-    out = pd.Series(False, index=board.index)
-    why = []
-    if col == "hd95" and "n_missed" in board and _misses_score_zero(board.attrs.get("policy")):
-        out |= board["n_missed"] > 0
-        why.append("every model missed some structure, which its policy scores HD95 0")
-    if col in ("spe", "acc"):
-        out |= _found_nothing(board)
-        why.append("every model found no structure (background everywhere scores Spe 100)")
-    if _mixes_evaluated(board):
-        out |= board["evaluated"].astype(bool)
-        why.append("the other rows' weights were only evaluated")
+    """The rows whose mean in ``col`` cannot be a column's best, and why none is where no row is left:
+    each reason naming the rows it removed ("every model" where it removed all). One rule: a value that a
+    miss earns is no segmentation's. HD95 under a policy scoring misses 0, the models that missed some
+    structure (their 0 is the rule's: ``_hd95_of_misses``); Spe and Acc, those that found none (background
+    everywhere scores Spe 100); on a board mixing runs trained here with weights only evaluated, the
+    evaluated ones (trained elsewhere: no comparison of the protocol's trainings)."""
+    none = pd.Series(False, index=board.index)
+    rules = [
+        (_hd95_of_misses(board) if col == "hd95" else none, "{} missed some structure, which the policy scores HD95 0"),
+        (_found_nothing(board) if col in ("spe", "acc") else none,
+         "{} found no structure (background everywhere scores Spe 100)"),
+        (board["evaluated"].astype(bool) if _mixes_evaluated(board) else none, "the weights of {} were only evaluated"),
+    ]
+    out, why = none, []
+    for rows, reason in rules:  # each reason names the rows it removes, not removed before
+        if (new := rows & ~out).any():
+            who = "every model" if new.all() else and_list(list(board["model"][new]))
+            why.append(reason.format(who))
+            out = out | new
     return out, "; ".join(why)
 
 
@@ -256,8 +280,10 @@ def _runner_up_test(board: pd.DataFrame, col: str, values: pd.Series, top: list[
                     cases: pd.DataFrame | None) -> dict | None:
     """The board's paired test (``stats.paired_tests``: Wilcoxon over cases, or the permutation test of
     a pooled policy) of a column's one best row against the runner-up, the next best of ``values``
-    (its rows that may be best): {"runner_up", "p", "n", "metric"}; None where there is none to run
-    (a tie at the top, a per-class column, no case rows, or a p that is nan)."""
+    (its rows that may be best): {"runner_up", "p", "n", "metric", "favours"}, ``favours`` the row the
+    test's difference favours (a per-case test's effect size, a pooled one's difference: the best mean can
+    rest on a few cases while most favour the runner-up); None where there is none to run (a tie at the
+    top, a per-class column, no case rows, or a p that is nan)."""
     from bench import stats
 
     rest = values.drop(values.index[top]).dropna()
@@ -268,7 +294,26 @@ def _runner_up_test(board: pd.DataFrame, col: str, values: pd.Series, top: list[
     tests = stats.paired_tests(pair, runner, metrics=(col,), policy=board.attrs.get("policy"))
     if tests.empty or math.isnan(tests["p"].iloc[0]):
         return None
-    return {"runner_up": runner, "p": float(tests["p"].iloc[0]), "n": int(tests["n_cases"].iloc[0]), "metric": col}
+    test = tests.iloc[0]  # the best row against the runner-up: > 0 favours the best row (``paired_tests``)
+    lead = test["effect_size"] if not math.isnan(test["effect_size"]) else (
+        -test["mean_diff"] if col in stats.LOWER_IS_BETTER else test["mean_diff"])
+    return {"runner_up": runner, "p": float(test["p"]), "n": int(test["n_cases"]), "metric": col,
+            "favours": runner if lead < 0 else test["model"]}
+
+
+# The paper layout's marks of a bold tested against the runner-up: one per meaning, each explained in the
+# caption where it is used (``_bold_note``)
+BOLD_MARKS = {"†": "p >= 0.05, these cases do not separate it from the runner-up",
+              "‡": "p < 0.05 in the runner-up's favour: by the test the cases favour it, and the best mean rests on "
+                   "a few of them"}
+
+
+def _bold_mark(test: dict) -> str:
+    """The mark of a tested bold (``BOLD_MARKS``): † where p >= 0.05, ‡ where p < 0.05 favours the
+    runner-up, "" where the test backs the best mean."""
+    if not test["p"] < 0.05:
+        return "†"
+    return "‡" if test["favours"] == test["runner_up"] else ""
 
 
 def _one_hd95_unit(board: pd.DataFrame) -> str:
@@ -306,7 +351,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         hd = f"HD95 units differ between or within runs ({', '.join(units)}): not comparable"
     hd = f"; {hd}" if "hd95_mean" in board else ""  # pooled ISIC boards have no HD95
     train = "/".join(str(n) for n in a.get("n_train", []))  # absent in records written before it was kept
-    single = bool((board["n_runs"] == 1).all())  # one run per model: no std to show
+    single = single_run(board)
     note = (
         (f"One run per model (no ± std); test cases per run: {cases}" if single else
          f"Mean ± std (sample, ddof=1) over seeds: {seeds} per model; test cases per run: {cases}")
@@ -394,14 +439,13 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
 
 def _bold_note(key: BoardKey, board: pd.DataFrame, table: pd.DataFrame, single: bool) -> str:
     """The paper layout's words on its bold (``_paper_table``): best mean, among which rows; per column
-    tested against the runner-up (p, † where p >= 0.05), else untested; why a column has no bold."""
+    tested against the runner-up (p and its ``BOLD_MARKS``), else untested; why a column has no bold."""
     a = table.attrs
     name = lambda head: _display_name(a["cols"][head], key.dataset)  # noqa: E731
     said = []
     if a.get("best"):
         among = " among the models trained here (not the weights only evaluated)" if _mixes_evaluated(board) else ""
-        rules = (["HD95 among the models that missed no structure"] if _misses_score_zero(key.policy)
-                 and "hd95_mean" in board and board["n_missed"].gt(0).any() else []) + (
+        rules = (["HD95 among the models that missed no structure"] if _hd95_of_misses(board).any() else []) + (
             ["Spe and Acc among the models that found some structure"]
             if {"Spe", "Acc"} & {name(h) for h in a["best"]} and _found_nothing(board).any() else [])
         text = f"Bold: each column's best mean{among}" + (f" ({'; '.join(rules)})" if rules else "")
@@ -410,11 +454,13 @@ def _bold_note(key: BoardKey, board: pd.DataFrame, table: pd.DataFrame, single: 
         untested = (["the per-class columns"] if all(a["cols"][h] not in METRICS for h in untested)
                     else [name(h) for h in untested]) if untested else []
         if tested:
-            runs = "; ".join(f"{name(h)} p = {t['p']:.3g}{' †' if not t['p'] < 0.05 else ''} against "
+            marks = {h: _bold_mark(t) for h, t in tested.items()}
+            runs = "; ".join(f"{name(h)} p = {t['p']:.3g}{f' {marks[h]}' if marks[h] else ''} against "
                              f"{t['runner_up']} over {t['n']} cases" for h, t in tested.items())
+            legend = "".join(f"; {m}: {meaning}" for m, meaning in BOLD_MARKS.items() if m in marks.values())
             text += (f", tested against the runner-up (the next best mean) by the board's paired test over test "
-                     f"cases (two-sided, unadjusted): {runs}; †: p >= 0.05, these cases do not separate it from "
-                     "the runner-up" + (f"; untested (best mean only): {few(untested, 4)}" if untested else ""))
+                     f"cases (two-sided, unadjusted): {runs}{legend}"
+                     + (f"; untested (best mean only): {few(untested, 4)}" if untested else ""))
         else:
             text += ", untested (no paired test against the runner-up)"
         said.append(text)

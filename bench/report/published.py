@@ -39,22 +39,22 @@ def published_note(origin: str | None = None) -> str:
     if origin is None:
         return PUBLISHED_NOTE
     return (f"{PUBLISHED_NOTE} Published numbers: from {origin} (--published-file), not the bundled "
-            f"{DEFAULT_NAME}; † marks a number the bundled table gives otherwise, or not at all.")
+            f"{DEFAULT_NAME}; § marks a number the bundled table gives otherwise, or not at all.")
 
 
 def _against_bundled(p: pd.Series, bundled: pd.DataFrame | None) -> str:
     """"" where ``bundled`` (the bundled table; None: ``p`` is from it) gives ``p``'s number for its source,
-    model, dataset and metric; else the Note's "†" footnote saying what it gives."""
+    model, dataset and metric; else the Note's "§" footnote saying what it gives."""
     if bundled is None:
         return ""
     same = bundled[(bundled["source"] == p["source"]) & (bundled["model"] == p["model"])
                    & (bundled["dataset"] == p["dataset"]) & (bundled["metric"] == p["metric"])]
     if same.empty:
-        return "† not in the bundled table"
+        return "§ not in the bundled table"
     if any(math.isclose(v, p["value"], rel_tol=1e-9) and u == p["unit"] for v, u in zip(same["value"], same["unit"])):
         return ""
     theirs = ", ".join(f"{_paper_value(v)} {u}".strip() for v, u in zip(same["value"], same["unit"]))
-    return f"† differs from the bundled table's {theirs}"
+    return f"§ differs from the bundled table's {theirs}"
 
 
 # nnU-Net dataset names -> published ids: LightM-UNet's Dataset801_LiverCT / Dataset802_LungXray, MSD's liver
@@ -141,7 +141,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
     ``groups``: the case rows per board), and scored under the paper's convention (the protocol's
     policy where the CSV does not name one of ours) — see ``why_not``; elsewhere the difference
     would mix the model with something else. ``bundled``: the bundled table where ``published`` is another
-    (``--published-file``): a number it gives otherwise, or not at all, is marked "†" and its Note says so."""
+    (``--published-file``): a number it gives otherwise, or not at all, is marked "§" and its Note says so."""
     from bench.metrics import POLICIES
     from bench.protocol import builtin_difference, list_protocols, load_protocol, same_evaluation
 
@@ -218,7 +218,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
                 mark = _against_bundled(p, bundled)
                 note = "; ".join(n for n in (mark, p["note"]) if n)
                 rows.append({"Model": b["model"], "Metric": label,  # the board's row label
-                             "Published": f"{_paper_value(p['value'])} {p['unit']}{' †' * bool(mark)}".strip(),
+                             "Published": f"{_paper_value(p['value'])} {p['unit']}{' §' * bool(mark)}".strip(),
                              "Source": p["source"],
                              "Their convention": p["convention"], "Their recipe": p["protocol"] or "not one of ours",
                              "Ours": "" if math.isnan(ours) else f"{ours:.2f} {unit}".strip(), "Ours − published": diff,

@@ -20,14 +20,15 @@ from bench.report.tables import _latex_table, _md_table
 
 @dataclass
 class Section:
-    """One board's significance section: its caption title, the note above, the paired tests (None
-    where there are none) and the rank table, with ``after``: what follows the rank table."""
+    """One board's significance section: its caption title, the note above (``rank_note`` within it), the
+    paired tests (None where there are none) and the rank table, with ``after``: what follows the rank table."""
 
     key: BoardKey
     title: str
     note: str
     tests: pd.DataFrame | None
     ranks: pd.DataFrame
+    rank_note: str
     after: str = ""
 
 
@@ -49,10 +50,10 @@ def significance_latex(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardK
         rank_note = s.note  # without tests, the section's note is the ranks' own
         if s.tests is not None:  # the rank note goes with the rank table, the rest with the tests
             spec = "".join("l" if c in ("Model", "Metric") else "r" for c in s.tests.columns)
-            tests_note = " ".join(s.note.replace(RANK_NOTE, "").split())
+            tests_note = " ".join(s.note.replace(s.rank_note, "").split())
             parts.append(_latex_table(f"Paired tests · {s.title}", tests_note, f"significance {board}", s.tests, spec,
                                       labels))
-            rank_note = RANK_NOTE
+            rank_note = s.rank_note
         spec = "l" + "r" * (len(s.ranks.columns) - 1)
         parts.append(_latex_table(f"Rank stability · {s.title}", " ".join((rank_note + s.after).split()),
                                   f"ranks {board}", s.ranks, spec, labels))
@@ -63,10 +64,41 @@ def significance_latex(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardK
 # 2 seeds a model's training spread rests on one degree of freedom, with 1 on none, so a difference over
 # cases cannot be told from the luck of a training draw.
 FEW_SEEDS = 3
-RANK_NOTE = ("Ranks by the board's DSC (its policy's aggregate) over the cases every model has; stability "
-             f"from {stats.N_BOOT_RANKS} bootstrap resamples of those cases (any in which a model's DSC is undefined "
-             "left out), for these trained runs: a retrained seed can rank otherwise. "
-             "Tied models share the better rank, so P(rank 1) can add up to more than 1.")
+
+
+def rank_note(board: pd.DataFrame) -> str:
+    """The rank table's note: how ranks and their stability are drawn, and of which rows a retrained seed
+    (runs trained here) or other weights (weights only evaluated: no training seed here) can rank otherwise."""
+    given = _given(board)
+    other = ("for these trained runs: a retrained seed" if not given.any() else
+             "for these weights, each a given file evaluated once: other weights of these models" if given.all() else
+             "for these runs and weights: a retrained seed of the models trained here, or other weights of those "
+             "only evaluated,")
+    return ("Ranks by the board's DSC (its policy's aggregate) over the cases every model has; stability "
+            f"from {stats.N_BOOT_RANKS} bootstrap resamples of those cases (any in which a model's DSC is undefined "
+            f"left out), {other} can rank otherwise. "
+            "Tied models share the better rank, so P(rank 1) can add up to more than 1.")
+
+
+def _given(board: pd.DataFrame) -> pd.Series:
+    """The board's rows of weights only evaluated (``bench run --weights``): trained elsewhere, no seed here."""
+    return board["evaluated"].astype(bool) if "evaluated" in board else pd.Series(False, index=board.index)
+
+
+def _draws_note(board: pd.DataFrame) -> str:
+    """What p does not count, said of each kind of row: the trained runs' training draws under ``FEW_SEEDS``
+    seeds; the given weights' training (one file each, trained elsewhere) always."""
+    given, note = _given(board), ""
+    seeds = int(board["n_seeds"][~given].min()) if (~given).any() else FEW_SEEDS
+    if seeds < FEW_SEEDS:
+        which = "For these trained runs" if not given.any() else "For the runs trained here"
+        note += (f" {which}: with {seeds} seed{'s' * (seeds != 1)} per model (the fewest here), p counts the test "
+                 "cases as the sample, not the training draws: a retrained seed can compare otherwise.")
+    if given.any():
+        which = "For these weights" if given.all() else "For the weights only evaluated"
+        note += (f" {which}: one given file per model, trained elsewhere, so p compares these files on these "
+                 "cases, not the models' training: other weights can compare otherwise.")
+    return note
 
 
 def significance_sections(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.DataFrame],
@@ -87,6 +119,7 @@ def significance_sections(boards: dict[BoardKey, pd.DataFrame], groups: dict[Boa
             "95% rank interval": ["" if math.isnan(a) else f"{a:.0f}–{b:.0f}"
                                   for a, b in zip(ranks["rank_lo"], ranks["rank_hi"])],
         })
+        ranked = rank_note(boards[key])
         unranked = sorted(set(labels) - set(ranks["model"]))
         # their DSC is NaN on the shared cases (strict: a class valid in none of them)
         after = f"\n\nNot ranked (DSC nan over the cases every model has): {', '.join(unranked)}." if unranked else ""
@@ -99,7 +132,7 @@ def significance_sections(boards: dict[BoardKey, pd.DataFrame], groups: dict[Boa
                        "--reference")
             else:
                 why = f"{reference!r} has no runs on this board"
-            parts.append(Section(key, title, f"No paired comparison: {why}. {RANK_NOTE}", None, rank_table, after))
+            parts.append(Section(key, title, f"No paired comparison: {why}. {ranked}", None, rank_table, ranked, after))
             continue
         pooled = tests["test"].str.startswith("permutation").any()
         shown = pd.DataFrame({
@@ -123,13 +156,13 @@ def significance_sections(boards: dict[BoardKey, pd.DataFrame], groups: dict[Boa
                     + (" \"seed-averaged\": the models' runs do not pair up (other seeds or folds), so the p tests "
                        "another number, the pooled metric of each case's counts averaged over the model's runs, which "
                        "can differ from the board values' difference, even in sign."
-                       if (tests["test"] == "permutation (seed-averaged)").any() else "") + f" {RANK_NOTE}")
+                       if (tests["test"] == "permutation (seed-averaged)").any() else "") + f" {ranked}")
         else:
             note = (f"Reference: {ref}. Two-sided Wilcoxon signed-rank over the shared test cases (each case "
                     "averaged over its classes and the seeds; where some classes are NaN in a case, this mean "
                     "per-case difference can differ from the difference of board values, which averages each "
                     "class over cases first); effect size: matched-pairs rank-biserial correlation, > 0 means the "
-                    f"model beats the reference; p adjusted with Holm over the board's tests. {RANK_NOTE}")
+                    f"model beats the reference; p adjusted with Holm over the board's tests. {ranked}")
             if (tests["test"] == "undefined").any():
                 note += (" nan: the board's number of the model or the reference is nan (a class valid in no "
                          "shared case), so there is nothing to test.")
@@ -138,15 +171,11 @@ def significance_sections(boards: dict[BoardKey, pd.DataFrame], groups: dict[Boa
         if fewest and 2 / 2**fewest > 0.05:  # an exact sign-flip test's smallest two-sided p: every case one way
             note += (f" Caution: with {fewest} shared test cases the smallest p these tests can give is "
                      f"2/2^{fewest} = {2 / 2**fewest:.3g}, so no difference can reach p < 0.05 here.")
-        seeds = int(boards[key]["n_seeds"].min())
-        if seeds < FEW_SEEDS:
-            note += (f" For these trained runs: with {seeds} seed{'s' * (seeds != 1)} per model (the fewest here), p "
-                     "counts the test cases as the sample, not the training draws: a retrained seed can compare "
-                     "otherwise.")
-        if key.policy == "legacy-synapse":
+        note += _draws_note(boards[key])
+        if key.policy == "legacy-synapse":  # what to do about it: bench report's warning (write._warn_boards)
             note += (" Caution: under legacy-synapse a missed organ scores HD95 0 (the papers' rule), so a model "
-                     "that finds nothing looks best on HD95; `--policy strict` penalises misses.")
-        parts.append(Section(key, title, note, shown, rank_table, after))
+                     "that finds nothing looks best on HD95.")
+        parts.append(Section(key, title, note, shown, rank_table, ranked, after))
     return parts
 
 
