@@ -438,6 +438,33 @@ def test_runs_without_a_record_are_named_in_methods_and_warned(tmp_path, monkeyp
         assert "without a record" not in render_methods(tmp_path)
 
 
+def test_a_runs_logged_label_is_its_board_rows(tmp_path):
+    """The label a run's log keeps (runlog.settings), which names it where it wrote no record, is made by
+    the board's rule (label_runs): a failed --weights run read "unet" where its row reads "unet (weights
+    mine.pth@abababab)". A pretrained file is named in the log always (read beside runs of any init); on
+    a board, where its runs started from several."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from bench.records import load
+    from bench.report.labels import label_runs
+    from bench.run import RunSpec, _settings
+
+    spec = RunSpec(model="unet", dataset="synapse", protocol=load_protocol("smoke"), seed=0, data_root=Path("/data"),
+                   synthetic=False, policy="strict", weights=("/w/mine.pth", "ab" * 32))
+    given = {**make_record("unet", protocol="smoke", seed=0),
+             "weights": {"file": "mine.pth", "sha256": "ab" * 32, "trained_by": None}}
+    started = {**make_record("unet", protocol="smoke", seed=1),
+               "init": {"source": "imagenet", "file": "r34.pth", "sha256": "cd" * 8}}
+    for rec in (given, started, make_record("unet", protocol="smoke", seed=2)):
+        write_record(rec, tmp_path)
+    rows = label_runs(load(tmp_path)).set_index("seed")["model_label"]
+    assert _settings(spec) == rows[0] == "unet (weights mine.pth@abababab)"
+    init = replace(spec, weights=None, init=("imagenet", "/w/r34.pth", "cd" * 8))
+    assert _settings(init) == rows[1] == "unet (init r34.pth@cdcdcdcd)"
+    assert _settings(replace(spec, weights=None)) == "unet" and rows[2] == "unet (from scratch)"
+
+
 def test_the_lead_says_whose_protocol_the_runs_followed(tmp_path):
     """A user's protocol file read as "bench's protocol", and a built-in's name over other settings as the
     built-in itself: a reader takes both for the bench recipe."""

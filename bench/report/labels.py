@@ -53,20 +53,33 @@ def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
             label += f" (off-protocol: {_overrides_text(row['protocol_overrides'])})"
         labels.append(label)
     df["board_protocol"] = labels
-    df["model_label"] = model_labels(df["model"], df["model_config"], df[["board_dataset", "board_protocol", "policy"]],
-                                     df["tiny"] if "tiny" in df else None, df["set_keys"] if "set_keys" in df else None)
+    df["model_label"] = run_labels(df, df[["board_dataset", "board_protocol", "policy"]])
+    return df
+
+
+def run_labels(df: pd.DataFrame, groups: pd.DataFrame | None = None) -> list[str]:
+    """Row labels of runs (``records.load``'s columns: ``model``, ``model_config``, and where present
+    ``tiny``, ``set_keys``, ``init``, ``weights``): ``model_labels``, the pretrained file a row's runs
+    started from where its board (``groups``) holds runs of several, and the weights a row evaluated.
+    ``groups`` None: runs alone, read beside runs of any board (a run's log, ``bench.run._settings``),
+    so a pretrained file is named wherever one was given."""
+    labels = pd.Series(model_labels(df["model"], df["model_config"], groups, df["tiny"] if "tiny" in df else None,
+                                    df["set_keys"] if "set_keys" in df else None), index=df.index)
     if "init" in df:  # weights started from other pretrained files (or from none): other rows
         # among the runs that trained here: evaluated weights (below) started from nothing of this run's
         trained = df["weights"].isna() if "weights" in df else pd.Series(True, index=df.index)
         inits = df["init"].fillna("").astype(str).where(trained)
-        n_inits = inits.groupby([df["board_dataset"], df["board_protocol"], df["policy"], df["model_label"]]
-                                ).transform("nunique")
+        if groups is None:
+            several = inits.fillna("") != ""
+        else:
+            several = inits.groupby([*(groups[c] for c in groups), labels]).transform("nunique") > 1
         named = np.where(inits != "", " (init " + inits + ")", " (from scratch)")
-        df["model_label"] = np.where(trained & (n_inits > 1), df["model_label"] + named, df["model_label"])
+        labels = pd.Series(np.where(trained & several, labels + named, labels), index=df.index)
     if "weights" in df:  # weights trained elsewhere and only evaluated here: never a row of the protocol's training
-        df["model_label"] = [(f"{label[:-1]}, weights {w})" if label.endswith(")") else f"{label} (weights {w})")
-                             if isinstance(w, str) and w else label for label, w in zip(df["model_label"], df["weights"])]
-    return df
+        labels = pd.Series([(f"{label[:-1]}, weights {w})" if label.endswith(")") else f"{label} (weights {w})")
+                            if isinstance(w, str) and w else label for label, w in zip(labels, df["weights"])],
+                           index=df.index)
+    return labels.tolist()
 
 
 def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | None = None,
