@@ -330,6 +330,22 @@ def test_a_key_the_model_chose_for_the_input_is_told_from_one_the_user_set(tmp_p
             "window_size=4 chosen by the model for the input size") in text and "set otherwise" not in text
 
 
+def test_a_3d_protocols_volumetric_variant_is_the_papers_configuration(tmp_path):
+    """A review: every lightm_unet_3d run read "the paper's configuration, with spatial_dims=3 chosen by the
+    model for the input size", while its label and the published table take the protocol's dimensions for
+    no change (one rule: labels.config_changes); a key the user set is still said."""
+    rec = make_record("lightm_unet", dataset="nnunet", protocol="lightm_unet_3d", classes=["liver", "tumour"],
+                      model_config={"num_classes": 3, "in_chans": 1, "img_size": 128, "spatial_dims": 3})
+    rec["protocol"]["recipe"] = load_protocol("lightm_unet_3d").to_record()["recipe"]
+    rec["set_keys"] = []
+    set_one = {**rec, "run_id": rec["run_id"] + "x", "seed": 1, "set_keys": ["init_filters"],
+               "model_config": {**rec["model_config"], "init_filters": 16}}
+    text = _methods(tmp_path, rec, set_one)
+    assert "lightm_unet: a state-space (Mamba-style) model; the paper's configuration; " in text
+    assert ("lightm_unet (init_filters=16): a state-space (Mamba-style) model; the paper's configuration, with "
+            "init_filters=16 set by the user;") in text and "spatial_dims" not in text
+
+
 def test_a_tiny_key_set_back_to_the_papers_value_is_said_once(tmp_path):
     """A review: --tiny --set widths=<the paper's> printed "tiny test configuration, with  set otherwise"."""
     rec = _record()

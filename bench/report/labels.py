@@ -151,14 +151,31 @@ def _paper_config(model: str) -> dict:
     return dict(entry.paper_config) if (entry := _entry(model)) else {}
 
 
-def _set_before_kept(model: str, config: dict) -> list[str]:
-    """A record's --set keys where it predates ``set_keys``: the paper configuration's keys it holds
-    at other values, less those the constructor chooses itself and spatial_dims (a 3-D protocol's
-    build sets it), so that its label is that of a run of today with the same --set."""
-    entry = _entry(model)
-    chosen = {"spatial_dims", *(entry.chooses if entry else ())}
+# keys every build sets from the data and the protocol (bench.run.build_args), not the model's own configuration
+BUILD_KEYS = frozenset({"num_classes", "in_chans", "img_size"})
+
+
+def config_changes(model: str, config: dict, spatial_dims: int | None = None) -> list[str]:
+    """The keys of ``config`` (a record's ``model_config``) that make it another configuration than
+    the model's paper one: at other values, or that it lacks (a plugin not installed here: all), less
+    ``BUILD_KEYS``. ``spatial_dims``: the protocol's, where known: its own variant is no change (a 3-D
+    protocol builds lightm_unet's volumetric one, the paper configuration being 2-D)."""
     paper = _paper_config(model)
-    return [k for k in config if k in paper and k not in chosen and json.dumps(config[k]) != json.dumps(paper[k])]
+    if spatial_dims is not None and "spatial_dims" in paper:
+        paper["spatial_dims"] = spatial_dims
+    return [k for k in config if k not in BUILD_KEYS
+            and (k not in paper or json.dumps(config[k], sort_keys=True) != json.dumps(paper[k], sort_keys=True))]
+
+
+def _set_before_kept(model: str, config: dict) -> list[str]:
+    """A record's --set keys where it predates ``set_keys``: its ``config_changes`` that its paper
+    configuration holds, less those the constructor chooses itself, so that its label is that of a
+    run of today with the same --set. Its spatial_dims is its protocol's (``bench.run.build_args``
+    refuses another): no change."""
+    entry = _entry(model)
+    paper = _paper_config(model)
+    return [k for k in config_changes(model, config, config.get("spatial_dims"))
+            if k in paper and k not in (entry.chooses if entry else ())]
 
 
 def _is_tiny(model: str, config: dict) -> bool:

@@ -20,16 +20,14 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.names import name_list
-from bench.protocol import builtin_difference, list_protocols
+from bench.protocol import builtin_difference, list_protocols, protocol_from_record
 from bench.records import (finished, load, no_runs, read_record, runs_dir, select_runs, short_commit, split_fold,
                            unrecorded_runs)
 from bench.runlog import RUN_LOG
 from bench.report.board_text import _fmt_duration, board_title, code_detail
 from bench.report.boards import _binary_task, _code_versions
-from bench.report.labels import _overrides_text, _paper_config, _tiny_changes, _tiny_config, label_runs
+from bench.report.labels import _overrides_text, _tiny_changes, _tiny_config, config_changes, label_runs
 
-# keys the data and the protocol set, not the model's own configuration
-_SET_BY_RUN = ("num_classes", "in_chans", "img_size")
 _DICE_VARIANTS = {"transunet": "TransUNet's soft Dice over all classes, background included",
                   "nnunet": "nnU-Net's batch Dice over the foreground classes"}
 _AUGMENT = {"transunet": "TransUNet's random rot90/flip or rotation", "vmunet_isic": "VM-UNet's ISIC flips and rotation",
@@ -245,14 +243,12 @@ def _set_otherwise(rec: dict, changes: list[tuple[str, str]]) -> str:
 
 
 def _config_changes(rec: dict) -> list[tuple[str, str]]:
-    """The configuration keys that differ from the model's registered paper configuration: (key, "key=value")."""
-    paper = _paper_config(rec["model"])  # {} for a plugin not installed here: its whole configuration is what is known
-    return [(k, f"{k}={_shown(v)}") for k, v in rec["model_config"].items()
-            if k not in _SET_BY_RUN and json.dumps(_listed(paper.get(k))) != json.dumps(_listed(v))]
-
-
-def _listed(value: Any) -> Any:
-    return [_listed(v) for v in value] if isinstance(value, (list, tuple)) else value
+    """The configuration keys that differ from the model's registered paper configuration
+    (``labels.config_changes``, in its protocol's dimensions): (key, "key=value")."""
+    protocol = protocol_from_record(rec["protocol"])
+    cfg = rec["model_config"]
+    return [(k, f"{k}={_shown(cfg[k])}")
+            for k in config_changes(rec["model"], cfg, protocol.spatial_dims if protocol is not None else None)]
 
 
 def _start(runs: list[dict]) -> str:
