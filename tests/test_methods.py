@@ -162,15 +162,27 @@ def test_records_whose_numbers_the_boards_restate_are_named(tmp_path):
 
 
 def test_given_weights_from_before_a_runs_last_epoch_say_which_epoch(tmp_path):
-    """--weights of an interrupted run's last.pt read as "trained by run r0" alone, as its finished weights."""
+    """--weights of an interrupted run's last.pt read as "trained by run r0" alone, as its finished weights.
+    A review: a best.pt or lr_min.pt, the weights its run selects, read as "not its final ones" too, and a
+    record's 16-digit sha256 (before the full hash was kept) as a whole hash."""
     by = {"run_id": "r0", "protocol": "smoke", "same_data": True, "same_items": True, "epochs": 10}
-    unfinished, done = _record(seed=0), _record(seed=1)
-    unfinished["weights"] = {"file": "last.pt", "sha256": "ab" * 32, "trained_by": {**by, "epoch": 2}}
-    done["weights"] = {"file": "final.pt", "sha256": "cd" * 32, "trained_by": {**by, "epoch": 9}}
-    text = _methods(tmp_path, unfinished, done)
-    assert (f"evaluated from given weights last.pt (sha256 {'ab' * 32}), trained by run r0 (its weights after epoch 3 of "
-            "10, not its final ones) under protocol smoke on this split's training items") in text
+    recs = [_record(seed=seed) for seed in range(5)]
+    for rec, (file, sha, epoch, checkpoint) in zip(recs, [
+            ("last.pt", "ab" * 32, 2, "last"), ("final.pt", "cd" * 32, 9, "final"),
+            ("best.pt", "ef" * 8, 4, "best_train_loss"), ("lr_min.pt", "01" * 32, 6, "lr_min"),
+            ("old.pt", "23" * 32, 2, None)]):  # a file written before trained_by named its checkpoint
+        rec["weights"] = {"file": file, "sha256": sha, "trained_by": {**by, "epoch": epoch, "checkpoint": checkpoint}}
+    text = _methods(tmp_path, *recs)
+    assert (f"evaluated from given weights last.pt (sha256 {'ab' * 32}), trained by run r0 (its last checkpoint, "
+            "after epoch 3 of 10: an unfinished training's, not its final weights) under protocol smoke on this "
+            "split's training items") in text
     assert f"given weights final.pt (sha256 {'cd' * 32}), trained by run r0 under protocol smoke" in text
+    assert (f"given weights best.pt (sha256 {'ef' * 8}…, its first 16 hex digits), trained by run r0 (the weights "
+            "it selects, those of the epoch with the lowest training loss: after epoch 5 of 10) under") in text
+    assert ("lr_min.pt (sha256 " + "01" * 32 + "), trained by run r0 (the weights it selects, those of the last "
+            "epoch at the schedule's lowest learning rate: after epoch 7 of 10) under") in text
+    assert "old.pt (sha256 " + "23" * 32 + "), trained by run r0 (its weights after epoch 3 of 10, not its last " \
+           "epoch's) under" in text
 
 
 @pytest.mark.parametrize("option", [{"columns": "paper"}, {"published": True}])

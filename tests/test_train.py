@@ -692,6 +692,11 @@ def test_best_train_loss_selection(synapse_root, tmp_path):
     ckpt = tmp_path / "checkpoints"
     selected = {k: v.clone() for k, v in torch.load(ckpt / "best.pt", weights_only=True)["model"].items()}
     assert sorted(p.name for p in ckpt.glob("best@*.pt")) == [f"best@{best_epoch:04d}.pt"]
+    # each file says which it is, for Methods to word weights given from it (the run's selected ones, not
+    # "not its final ones"): the select rule it keeps, or final, last, per-epoch
+    said = {p.name: torch.load(p, weights_only=True)["trained_by"]["checkpoint"] for p in ckpt.glob("*.pt")}
+    assert said == {"best.pt": "best_train_loss", f"best@{best_epoch:04d}.pt": "best_train_loss", "final.pt": "final",
+                    "last.pt": "last", "epoch_0000.pt": "epoch"}
     torch.save({"model": {k: v + 1 for k, v in selected.items()}, "epoch": best_epoch + 7}, ckpt / "best.pt")
     model = _tiny_unet(ds)
     again = train_model(model, ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"), resume=True)
@@ -742,7 +747,8 @@ def test_lr_min_selection_keeps_that_epochs_weights(synapse_root, tmp_path):
     train_model(three, ds, _proto(epochs=3, **cosine), seed=0, run_dir=tmp_path / "b", device=torch.device("cpu"))
     for k, v in _state(three).items():
         assert torch.equal(model.state_dict()[k], v), k
-    assert (tmp_path / "a" / "checkpoints" / "lr_min.pt").is_file()
+    assert torch.load(tmp_path / "a" / "checkpoints" / "lr_min.pt", weights_only=True)["trained_by"]["checkpoint"] \
+        == "lr_min"
 
 
 def test_an_interrupted_fresh_attempt_leaves_the_earlier_attempts_lr_min_weights(synapse_root, tmp_path):

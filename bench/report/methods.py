@@ -262,20 +262,37 @@ def _start(runs: list[dict]) -> str:
                          if by.get("same_data") is False else
                          "other items than this split's training set (its test cases may be among them)")
                       if by else "")
-            return f"evaluated from given weights {w['file']} (sha256 {w['sha256']}){whence}, not trained here"
+            return f"evaluated from given weights {w['file']} ({_sha256(w['sha256'])}){whence}, not trained here"
         if rec.get("init"):
             return f"initialised from {rec['init']['file']} (sha256 {rec['init']['sha256'][:8]})"
         return "trained from scratch"
     return _per_run(runs, start)
 
 
+def _sha256(digest: str) -> str:
+    """A weights file's sha256 as its record keeps it: records before the full hash was kept hold its
+    first 16 hex digits, which must not read as the whole."""
+    return f"sha256 {digest}" if len(digest) >= 64 else f"sha256 {digest}…, its first {len(digest)} hex digits"
+
+
 def _epoch_of(by: dict) -> str:
-    """Given weights from before a run's last epoch (an interrupted run's last.pt, a per-epoch or best
-    checkpoint), which epoch; "" for its last epoch's, or a file older than ``trained_by`` kept epochs."""
-    epoch, epochs = by.get("epoch"), by.get("epochs")
-    if epoch is None or epochs is None or epoch + 1 >= epochs:
+    """Which of a run's weights were given, where not its final ones: those its protocol's select rule keeps
+    (best.pt, lr_min.pt), an unfinished run's last.pt or a per-epoch checkpoint, with the epoch they are from
+    (``trained_by``'s ``checkpoint``; files written before it was kept: the epoch alone); "" for its last
+    epoch's, or a file older than ``trained_by`` kept epochs."""
+    epoch, epochs, checkpoint = by.get("epoch"), by.get("epochs"), by.get("checkpoint")
+    if epoch is None or epochs is None:
         return ""
-    return f" (its weights after epoch {epoch + 1} of {epochs}, not its final ones)"
+    after = f"after epoch {epoch + 1} of {epochs}"
+    if checkpoint in ("best_train_loss", "lr_min"):  # what the run itself selects, whichever epoch that was
+        return f" (the weights it selects, {_SELECT[checkpoint]}: {after})"
+    if epoch + 1 >= epochs:
+        return ""
+    if checkpoint == "last":
+        return f" (its last checkpoint, {after}: an unfinished training's, not its final weights)"
+    if checkpoint == "epoch":
+        return f" (its per-epoch checkpoint {after}, not its final weights)"
+    return f" (its weights {after}, not its last epoch's)"
 
 
 # ------------------------------------------------------------------------------------------ training
