@@ -188,6 +188,14 @@ def parse_run_id(run_id: str, dataset: str, protocol: str) -> dict[str, Any] | N
     return {"model": rest["model"], "seed": int(rest["seed"]), "fold": None if rest["fold"] is None else int(rest["fold"])}
 
 
+def run_stem(run_id: str) -> str | None:
+    """``run_id`` less its digest, ``<dataset>-<protocol>-<model>-s<seed>[-f<fold>]``: what the runs of one
+    model, seed and fold under other settings (another protocol version, overrides, --set) share; None
+    where it is no ``make_run_id`` id (a `bench rescore` record's ``<run id>.<policy>``, another folder)."""
+    rest = _RUN_REST.fullmatch(run_id)
+    return None if rest is None else run_id[:rest.end("fold") if rest["fold"] is not None else rest.end("seed")]
+
+
 def split_name(fold: int | None) -> str:
     """A record's ``split``: "test" (the dataset's test split) or "fold<k>" (cross-validation)."""
     return "test" if fold is None else f"fold{fold}"

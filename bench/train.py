@@ -284,10 +284,12 @@ def _other_versions(run_dir: Path) -> str:
     """Where an unfinished run of the same model and seed under other settings (an edited protocol
     file: another hash, so another run id) left checkpoints: a resume found none here, which read as
     if nothing had run. Finished runs (their record written) are no such leftover."""
-    stem = run_dir.name.rsplit("-", 1)[0]  # <dataset>-<protocol>-<model>-s<seed>, without the digest
+    stem = records.run_stem(run_dir.name)
+    if stem is None:  # no run's folder (train_model called by hand): no other versions of it
+        return ""
     results = run_dir.parent.parent
     others = sorted(d.name for d in run_dir.parent.glob(f"{stem}-*")
-                    if d != run_dir and d.name.rsplit("-", 1)[0] == stem and (d / CHECKPOINT_DIR / LAST).is_file()
+                    if d != run_dir and records.run_stem(d.name) == stem and (d / CHECKPOINT_DIR / LAST).is_file()
                     and not records.record_path(results, d.name).is_file())
     if not others:
         return ""

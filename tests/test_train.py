@@ -493,6 +493,10 @@ def test_a_resume_with_no_checkpoint_says_it_starts_over(synapse_root, tmp_path,
     (runs / "synapse-mine-unet-s0-aaaa1111" / "checkpoints" / "last.pt").write_bytes(b"x")
     (runs / "synapse-mine-unet-s1-cccc3333" / "checkpoints").mkdir(parents=True)  # another seed: not named
     (runs / "synapse-mine-unet-s1-cccc3333" / "checkpoints" / "last.pt").write_bytes(b"x")
+    # folders whose names are no run id of this model and seed (read by records' one parser): not named
+    for name in ("synapse-mine-unet-s0-backup", "synapse-mine-unet-s0-f1-eeee5555"):
+        (runs / name / "checkpoints").mkdir(parents=True)
+        (runs / name / "checkpoints" / "last.pt").write_bytes(b"x")
     train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=runs / "synapse-mine-unet-s0-bbbb2222",
                 device=torch.device("cpu"), resume=True)
     assert ("training from the start; synapse-mine-unet-s0-aaaa1111 holds checkpoints of this model and seed under "
