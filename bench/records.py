@@ -188,6 +188,14 @@ def parse_run_id(run_id: str, dataset: str, protocol: str) -> dict[str, Any] | N
     return {"model": rest["model"], "seed": int(rest["seed"]), "fold": None if rest["fold"] is None else int(rest["fold"])}
 
 
+def run_stem(run_id: str) -> str | None:
+    """``run_id`` less its digest, ``<dataset>-<protocol>-<model>-s<seed>[-f<fold>]``: what the runs of one
+    model, seed and fold under other settings (another protocol version, overrides, --set) share; None
+    where it is no ``make_run_id`` id (a `bench rescore` record's ``<run id>.<policy>``, another folder)."""
+    rest = _RUN_REST.fullmatch(run_id)
+    return None if rest is None else run_id[:rest.end("fold") if rest["fold"] is not None else rest.end("seed")]
+
+
 def split_name(fold: int | None) -> str:
     """A record's ``split``: "test" (the dataset's test split) or "fold<k>" (cross-validation)."""
     return "test" if fold is None else f"fold{fold}"
@@ -401,14 +409,19 @@ def _run_ids(rec: Mapping[str, Any]) -> dict[str, Any]:
         "policy": rec["policy"],
         "seed": rec["seed"],
         # the pretrained file and the data: boards keep runs apart by them (bench.report.label_runs)
-        "init": f"{init['file']}@{init['sha256'][:8]}" if (init := rec.get("init")) else None,
+        "init": file_tag(init["file"], init["sha256"]) if (init := rec.get("init")) else None,
         "data_id": rec.get("data_id"),  # what the data was (bench.run.RunSpec.data_id); absent in older records
         "tiny": rec.get("tiny"),  # built with --tiny (the label's "(tiny)"); absent in older records
         # the keys --set changed (labels name them), a comma list; None in older records
         "set_keys": ",".join(rec["set_keys"]) if isinstance(rec.get("set_keys"), list) else None,
         # weights evaluated as given (bench run --weights), not trained by the run: boards say so on its row
-        "weights": f"{w['file']}@{w['sha256'][:8]}" if (w := rec.get("weights")) else None,
+        "weights": file_tag(w["file"], w["sha256"]) if (w := rec.get("weights")) else None,
     }
+
+
+def file_tag(file: str, sha256: str) -> str:
+    """A weights file as row labels name it: its name and its sha256's first 8 hex digits."""
+    return f"{file}@{sha256[:8]}"
 
 
 def _slurm_job(launch: Any) -> str | None:

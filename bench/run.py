@@ -642,15 +642,19 @@ def note_failure(key: str, exc: Exception, failed: list[str], say_error: Callabl
 
 
 def _settings(spec: RunSpec) -> str:
-    """The run as boards show it: its row label ("unet (tiny)") and protocol changes ("off-protocol: lr=1e+12"),
-    kept in its log (``runlog.settings``) for a report to name a run that wrote no record."""
+    """The run as boards show it: its row label as ``label_runs`` makes it ("unet (tiny)", "unet (weights
+    mine.pth@abababab)") and protocol changes ("off-protocol: lr=1e+12"), kept in its log
+    (``runlog.settings``) for a report to name a run that wrote no record."""
     import pandas as pd
 
-    from bench.report.labels import _overrides_text, model_labels
+    from bench.report.labels import _overrides_text, run_labels
 
-    label = model_labels(pd.Series([spec.model]), pd.Series([json.dumps(dict(spec.model_overrides))]),
-                         tiny=pd.Series([spec.tiny]), set_keys=pd.Series(
-                             [",".join(changed_keys(spec.model, dict(spec.model_overrides), tiny=spec.tiny))]))[0]
+    overrides = dict(spec.model_overrides)
+    label = run_labels(pd.DataFrame([{
+        "model": spec.model, "model_config": json.dumps(overrides), "tiny": spec.tiny,
+        "set_keys": ",".join(changed_keys(spec.model, overrides, tiny=spec.tiny)),
+        "init": records.file_tag(Path(spec.init[1]).name, spec.init[2]) if spec.init else None,
+        "weights": records.file_tag(Path(spec.weights[0]).name, spec.weights[1]) if spec.weights else None}]))[0]
     off = _overrides_text(json.dumps(spec.protocol.overrides))
     return label + (f" · off-protocol: {off}" if off else "")
 

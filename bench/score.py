@@ -60,15 +60,14 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     that is not there or empty, files of no scored case (whose they are, where the reader knows: an nnU-Net
     fold's, imagesTs'), cases without a file, a map on another grid or with ids that are no class of the data,
     for bench predict's predictions of another dataset (its manifest's ``dataset_name``) and for a folder whose
-    model's files name other classes (``SegDataset.prediction_folder_problem``); its run's fold, where not the
-    one scored, is named in a case error."""
+    model's files name other classes (``SegDataset.prediction_folder_notes``; a note where they name the
+    same classes otherwise); its run's fold, where not the one scored, is named in a case error."""
     pred_dir = Path(pred_dir).expanduser()
     protocol.check_dataset(dataset.name)
     made_by = _manifest(pred_dir)
     notes = _data_notes(made_by, dataset, pred_dir)  # another dataset's predictions: refused before all else
-    other_data = pred_dir.is_dir() and dataset.prediction_folder_problem(pred_dir)
-    if other_data:  # nnUNetv2_predict's copy of the model's dataset.json: a model of other labels
-        raise BenchError(other_data)
+    if pred_dir.is_dir():  # nnUNetv2_predict's copy of the model's dataset.json: a model of other labels refused
+        notes += dataset.prediction_folder_notes(pred_dir)
     if policy is None and made_by.get("policy") and made_by.get("protocol") == protocol.name:
         policy = made_by["policy"]  # a bench predict folder: its run's own numbers, as the README promises
         if policy != scoring_policy(None, protocol, dataset):

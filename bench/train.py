@@ -284,10 +284,12 @@ def _other_versions(run_dir: Path) -> str:
     """Where an unfinished run of the same model and seed under other settings (an edited protocol
     file: another hash, so another run id) left checkpoints: a resume found none here, which read as
     if nothing had run. Finished runs (their record written) are no such leftover."""
-    stem = run_dir.name.rsplit("-", 1)[0]  # <dataset>-<protocol>-<model>-s<seed>, without the digest
+    stem = records.run_stem(run_dir.name)
+    if stem is None:  # no run's folder (train_model called by hand): no other versions of it
+        return ""
     results = run_dir.parent.parent
     others = sorted(d.name for d in run_dir.parent.glob(f"{stem}-*")
-                    if d != run_dir and d.name.rsplit("-", 1)[0] == stem and (d / CHECKPOINT_DIR / LAST).is_file()
+                    if d != run_dir and records.run_stem(d.name) == stem and (d / CHECKPOINT_DIR / LAST).is_file()
                     and not records.record_path(results, d.name).is_file())
     if not others:
         return ""
@@ -366,13 +368,15 @@ def train_model(
                  "total_steps": total}
     # what every weights file of the run (last.pt too) says of itself: given to `bench run --weights`, its
     # record names the run and protocol they came from, whether they trained on the items that run trains
-    # on, and after which of its epochs (an interrupted run's last.pt holds no finished training)
+    # on, after which of its epochs (an interrupted run's last.pt holds no finished training), and which of its
+    # files they are (``checkpoint``): "final" (final.pt), "last" (last.pt), "epoch" (epoch_<n>.pt), or the
+    # select rule whose weights they keep ("best_train_loss": best.pt and its best@<n>.pt copy, "lr_min": lr_min.pt)
     trained_by = {"run_id": Path(run_dir).name, "protocol": protocol.name, "protocol_hash": protocol.hash,
                   "data_id": data_id, "items": trains_on["items"], "n_items": len(data), "epochs": epochs}
 
-    def weights(state: dict[str, Any], epoch: int) -> dict[str, Any]:
+    def weights(state: dict[str, Any], epoch: int, checkpoint: str) -> dict[str, Any]:
         """A checkpoint's weights part, the one every file of the run has."""
-        return {"model": state, "epoch": epoch, "trained_by": {**trained_by, "epoch": epoch}}
+        return {"model": state, "epoch": epoch, "trained_by": {**trained_by, "epoch": epoch, "checkpoint": checkpoint}}
 
     keep_epoch = lr_min_epoch(protocol, epochs, steps_per_epoch, total) if t.select == "lr_min" else None
 
@@ -518,9 +522,9 @@ def train_model(
         if t.select == "best_train_loss" and (best is None or epoch_loss < best[0]):
             best = (epoch_loss, epoch)
             if w.main:
-                save_checkpoint(weights(model.state_dict(), epoch), ckpt_dir / BEST)
+                save_checkpoint(weights(model.state_dict(), epoch, "best_train_loss"), ckpt_dir / BEST)
         if epoch == keep_epoch and w.main:  # every rank loads it at the end: a shared run dir, as for best.pt
-            lr_min = weights(model.state_dict(), epoch)
+            lr_min = weights(model.state_dict(), epoch, "lr_min")
             if not earlier:  # else held until the earlier attempt's files go: a --resume of it reads its own
                 save_checkpoint(lr_min, ckpt_dir / LR_MIN)
                 lr_min = None
@@ -531,7 +535,7 @@ def train_model(
             rngs = distributed.gather_objects(_rng_state())  # every rank's, for an exact resume
             if w.main:
                 state = {
-                    **weights(model.state_dict(), epoch), "optimizer": optimizer.state_dict(),
+                    **weights(model.state_dict(), epoch, "last"), "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(), "rng": rngs[0], "step": step, "epoch_losses": epoch_losses,
                     "best": list(best) if best else None, "protocol_hash": protocol.hash, "world_size": w.size,
                     "trains_on": trains_on, "devices": devices, "commits": commits, "code_digest": digest,
@@ -549,7 +553,7 @@ def train_model(
                     save_checkpoint(lr_min, ckpt_dir / LR_MIN)
                     lr_min = None
                 if not final:
-                    save_checkpoint(weights(state["model"], epoch), ckpt_dir / f"epoch_{epoch:04d}.pt")
+                    save_checkpoint(weights(state["model"], epoch, "epoch"), ckpt_dir / f"epoch_{epoch:04d}.pt")
                 kept = ckpt_dir / BEST_AT.format(best[1]) if best is not None else None
                 if kept is not None and not kept.is_file():  # before last.pt names it
                     _atomic_file(kept, lambda tmp: shutil.copyfile(ckpt_dir / BEST, tmp))
@@ -558,7 +562,7 @@ def train_model(
                     if old != kept:
                         old.unlink(missing_ok=True)
                 if final:
-                    save_checkpoint(weights(state["model"], epoch), ckpt_dir / FINAL)
+                    save_checkpoint(weights(state["model"], epoch, "final"), ckpt_dir / FINAL)
                     wrote_final = True
             distributed.barrier()
         if on_epoch_end is not None:
@@ -566,7 +570,7 @@ def train_model(
 
     if w.main and not wrote_final:  # resumed from the last epoch's last.pt: killed before final.pt, or after
         # it (a final.pt of an earlier attempt, not bit-identical on a GPU, must not stay)
-        save_checkpoint(weights(model.state_dict(), epochs - 1), ckpt_dir / FINAL)
+        save_checkpoint(weights(model.state_dict(), epochs - 1, "final"), ckpt_dir / FINAL)
     distributed.barrier()
     selected = "final"
     if t.select == "best_train_loss" and best is not None:

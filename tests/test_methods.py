@@ -162,15 +162,27 @@ def test_records_whose_numbers_the_boards_restate_are_named(tmp_path):
 
 
 def test_given_weights_from_before_a_runs_last_epoch_say_which_epoch(tmp_path):
-    """--weights of an interrupted run's last.pt read as "trained by run r0" alone, as its finished weights."""
+    """--weights of an interrupted run's last.pt read as "trained by run r0" alone, as its finished weights.
+    A review: a best.pt or lr_min.pt, the weights its run selects, read as "not its final ones" too, and a
+    record's 16-digit sha256 (before the full hash was kept) as a whole hash."""
     by = {"run_id": "r0", "protocol": "smoke", "same_data": True, "same_items": True, "epochs": 10}
-    unfinished, done = _record(seed=0), _record(seed=1)
-    unfinished["weights"] = {"file": "last.pt", "sha256": "ab" * 32, "trained_by": {**by, "epoch": 2}}
-    done["weights"] = {"file": "final.pt", "sha256": "cd" * 32, "trained_by": {**by, "epoch": 9}}
-    text = _methods(tmp_path, unfinished, done)
-    assert (f"evaluated from given weights last.pt (sha256 {'ab' * 32}), trained by run r0 (its weights after epoch 3 of "
-            "10, not its final ones) under protocol smoke on this split's training items") in text
+    recs = [_record(seed=seed) for seed in range(5)]
+    for rec, (file, sha, epoch, checkpoint) in zip(recs, [
+            ("last.pt", "ab" * 32, 2, "last"), ("final.pt", "cd" * 32, 9, "final"),
+            ("best.pt", "ef" * 8, 4, "best_train_loss"), ("lr_min.pt", "01" * 32, 6, "lr_min"),
+            ("old.pt", "23" * 32, 2, None)]):  # a file written before trained_by named its checkpoint
+        rec["weights"] = {"file": file, "sha256": sha, "trained_by": {**by, "epoch": epoch, "checkpoint": checkpoint}}
+    text = _methods(tmp_path, *recs)
+    assert (f"evaluated from given weights last.pt (sha256 {'ab' * 32}), trained by run r0 (its last checkpoint, "
+            "after epoch 3 of 10: an unfinished training's, not its final weights) under protocol smoke on this "
+            "split's training items") in text
     assert f"given weights final.pt (sha256 {'cd' * 32}), trained by run r0 under protocol smoke" in text
+    assert (f"given weights best.pt (sha256 {'ef' * 8}…, its first 16 hex digits), trained by run r0 (the weights "
+            "it selects, those of the epoch with the lowest training loss: after epoch 5 of 10) under") in text
+    assert ("lr_min.pt (sha256 " + "01" * 32 + "), trained by run r0 (the weights it selects, those of the last "
+            "epoch at the schedule's lowest learning rate: after epoch 7 of 10) under") in text
+    assert "old.pt (sha256 " + "23" * 32 + "), trained by run r0 (its weights after epoch 3 of 10, not its last " \
+           "epoch's) under" in text
 
 
 @pytest.mark.parametrize("option", [{"columns": "paper"}, {"published": True}])
@@ -330,6 +342,22 @@ def test_a_key_the_model_chose_for_the_input_is_told_from_one_the_user_set(tmp_p
             "window_size=4 chosen by the model for the input size") in text and "set otherwise" not in text
 
 
+def test_a_3d_protocols_volumetric_variant_is_the_papers_configuration(tmp_path):
+    """A review: every lightm_unet_3d run read "the paper's configuration, with spatial_dims=3 chosen by the
+    model for the input size", while its label and the published table take the protocol's dimensions for
+    no change (one rule: labels.config_changes); a key the user set is still said."""
+    rec = make_record("lightm_unet", dataset="nnunet", protocol="lightm_unet_3d", classes=["liver", "tumour"],
+                      model_config={"num_classes": 3, "in_chans": 1, "img_size": 128, "spatial_dims": 3})
+    rec["protocol"]["recipe"] = load_protocol("lightm_unet_3d").to_record()["recipe"]
+    rec["set_keys"] = []
+    set_one = {**rec, "run_id": rec["run_id"] + "x", "seed": 1, "set_keys": ["init_filters"],
+               "model_config": {**rec["model_config"], "init_filters": 16}}
+    text = _methods(tmp_path, rec, set_one)
+    assert "lightm_unet: a state-space (Mamba-style) model; the paper's configuration; " in text
+    assert ("lightm_unet (init_filters=16): a state-space (Mamba-style) model; the paper's configuration, with "
+            "init_filters=16 set by the user;") in text and "spatial_dims" not in text
+
+
 def test_a_tiny_key_set_back_to_the_papers_value_is_said_once(tmp_path):
     """A review: --tiny --set widths=<the paper's> printed "tiny test configuration, with  set otherwise"."""
     rec = _record()
@@ -436,6 +464,33 @@ def test_runs_without_a_record_are_named_in_methods_and_warned(tmp_path, monkeyp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert "without a record" not in render_methods(tmp_path)
+
+
+def test_a_runs_logged_label_is_its_board_rows(tmp_path):
+    """The label a run's log keeps (runlog.settings), which names it where it wrote no record, is made by
+    the board's rule (label_runs): a failed --weights run read "unet" where its row reads "unet (weights
+    mine.pth@abababab)". A pretrained file is named in the log always (read beside runs of any init); on
+    a board, where its runs started from several."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from bench.records import load
+    from bench.report.labels import label_runs
+    from bench.run import RunSpec, _settings
+
+    spec = RunSpec(model="unet", dataset="synapse", protocol=load_protocol("smoke"), seed=0, data_root=Path("/data"),
+                   synthetic=False, policy="strict", weights=("/w/mine.pth", "ab" * 32))
+    given = {**make_record("unet", protocol="smoke", seed=0),
+             "weights": {"file": "mine.pth", "sha256": "ab" * 32, "trained_by": None}}
+    started = {**make_record("unet", protocol="smoke", seed=1),
+               "init": {"source": "imagenet", "file": "r34.pth", "sha256": "cd" * 8}}
+    for rec in (given, started, make_record("unet", protocol="smoke", seed=2)):
+        write_record(rec, tmp_path)
+    rows = label_runs(load(tmp_path)).set_index("seed")["model_label"]
+    assert _settings(spec) == rows[0] == "unet (weights mine.pth@abababab)"
+    init = replace(spec, weights=None, init=("imagenet", "/w/r34.pth", "cd" * 8))
+    assert _settings(init) == rows[1] == "unet (init r34.pth@cdcdcdcd)"
+    assert _settings(replace(spec, weights=None)) == "unet" and rows[2] == "unet (from scratch)"
 
 
 def test_the_lead_says_whose_protocol_the_runs_followed(tmp_path):

@@ -380,6 +380,9 @@ def test_a_run_id_reads_back_as_the_run_that_made_it():
         run_id = records.make_run_id(dataset, protocol, model, seed, fold, "0123abcd")
         assert records.parse_run_id(run_id, dataset, protocol) == {"model": model, "seed": seed, "fold": fold}
         assert records.parse_run_id(rescore_id(run_id, "strict"), dataset, protocol) is None  # a rescore's record
+        # less its digest: what its runs under other settings share (train names their leftover checkpoints)
+        assert records.run_stem(run_id) == run_id[:-len("-0123abcd")]
+        assert records.run_stem(rescore_id(run_id, "strict")) is None
     assert records.parse_run_id(run_id, "synapse", "smoke") is None  # another board's run
     spec = RunSpec(model="vmunet_v2", dataset="synapse", protocol=load_protocol("smoke"), seed=2,
                    data_root=Path("/data/synapse"), synthetic=False, policy="strict", fold=1, split_sha="ab" * 8)

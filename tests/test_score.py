@@ -131,6 +131,18 @@ def test_an_nnunet_predict_folder_is_scored_its_other_files_aside(tmp_path):
                                          r"labels \(background 0, lesion 1, organ 2\) are not the data's \(background "
                                          r"0, organ 1, lesion 2, .*data/dataset.json\)"):
         score_predictions(folder, ds, SMOKE)
+    # the same ids named otherwise (capitalised): the same classes, scored with a note; a class named alike at
+    # another id, or another id set, still refused
+    (folder / "dataset.json").write_text(json.dumps({**meta, "labels": {"Background": 0, "Organ": 1, "Lesion": 2}}))
+    scores = score_predictions(folder, ds, SMOKE)
+    assert scores.metrics["dice"] == 1.0
+    assert scores.notes == [f"{folder}/dataset.json (the model's, as nnUNetv2_predict copies it): its labels "
+                            "(Background 0, Organ 1, Lesion 2) name the data's ids otherwise (background 0, organ 1, "
+                            f"lesion 2, {root}/dataset.json); scored as the data names them"]
+    for labels in ({"background": 0, "Lesion": 1, "organ": 2}, {"background": 0, "organ": 1, "lesion": 2, "vessel": 3}):
+        (folder / "dataset.json").write_text(json.dumps({**meta, "labels": labels}))
+        with pytest.raises(BenchError, match=r"are not the data's .*would be scored as other classes"):
+            score_predictions(folder, ds, SMOKE)
     (folder / "dataset.json").write_text("{}")
     (folder / f"extra{ds.file_ending}").write_bytes(b"x")
     with pytest.raises(BenchError, match=r"nnunet_out: extra\.png: no test case scored here"):

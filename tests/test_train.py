@@ -493,6 +493,10 @@ def test_a_resume_with_no_checkpoint_says_it_starts_over(synapse_root, tmp_path,
     (runs / "synapse-mine-unet-s0-aaaa1111" / "checkpoints" / "last.pt").write_bytes(b"x")
     (runs / "synapse-mine-unet-s1-cccc3333" / "checkpoints").mkdir(parents=True)  # another seed: not named
     (runs / "synapse-mine-unet-s1-cccc3333" / "checkpoints" / "last.pt").write_bytes(b"x")
+    # folders whose names are no run id of this model and seed (read by records' one parser): not named
+    for name in ("synapse-mine-unet-s0-backup", "synapse-mine-unet-s0-f1-eeee5555"):
+        (runs / name / "checkpoints").mkdir(parents=True)
+        (runs / name / "checkpoints" / "last.pt").write_bytes(b"x")
     train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=runs / "synapse-mine-unet-s0-bbbb2222",
                 device=torch.device("cpu"), resume=True)
     assert ("training from the start; synapse-mine-unet-s0-aaaa1111 holds checkpoints of this model and seed under "
@@ -692,6 +696,11 @@ def test_best_train_loss_selection(synapse_root, tmp_path):
     ckpt = tmp_path / "checkpoints"
     selected = {k: v.clone() for k, v in torch.load(ckpt / "best.pt", weights_only=True)["model"].items()}
     assert sorted(p.name for p in ckpt.glob("best@*.pt")) == [f"best@{best_epoch:04d}.pt"]
+    # each file says which it is, for Methods to word weights given from it (the run's selected ones, not
+    # "not its final ones"): the select rule it keeps, or final, last, per-epoch
+    said = {p.name: torch.load(p, weights_only=True)["trained_by"]["checkpoint"] for p in ckpt.glob("*.pt")}
+    assert said == {"best.pt": "best_train_loss", f"best@{best_epoch:04d}.pt": "best_train_loss", "final.pt": "final",
+                    "last.pt": "last", "epoch_0000.pt": "epoch"}
     torch.save({"model": {k: v + 1 for k, v in selected.items()}, "epoch": best_epoch + 7}, ckpt / "best.pt")
     model = _tiny_unet(ds)
     again = train_model(model, ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"), resume=True)
@@ -742,7 +751,8 @@ def test_lr_min_selection_keeps_that_epochs_weights(synapse_root, tmp_path):
     train_model(three, ds, _proto(epochs=3, **cosine), seed=0, run_dir=tmp_path / "b", device=torch.device("cpu"))
     for k, v in _state(three).items():
         assert torch.equal(model.state_dict()[k], v), k
-    assert (tmp_path / "a" / "checkpoints" / "lr_min.pt").is_file()
+    assert torch.load(tmp_path / "a" / "checkpoints" / "lr_min.pt", weights_only=True)["trained_by"]["checkpoint"] \
+        == "lr_min"
 
 
 def test_an_interrupted_fresh_attempt_leaves_the_earlier_attempts_lr_min_weights(synapse_root, tmp_path):

@@ -291,10 +291,10 @@ class SegDataset:
         where the reader knows no more (``bench score``; the nnU-Net reader names folds, imagesTs)."""
         return ""
 
-    def prediction_folder_problem(self, folder: Path) -> str | None:
-        """Why the files another tool wrote beside its predictions in ``folder`` say they are of other data
-        than this (``bench score``), or None."""
-        return None
+    def prediction_folder_notes(self, folder: Path) -> list[str]:
+        """BenchError where the files another tool wrote beside its predictions in ``folder`` say they are
+        of other data than this (``bench score``); what they say otherwise worth a note ([] for nothing)."""
+        return []
 
     def read_prediction(self, path: Path, greyed: list[Path] | None = None) -> np.ndarray:
         """A label map as ``write_prediction`` writes one (``bench score`` reads those made elsewhere): class

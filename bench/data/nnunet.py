@@ -956,26 +956,35 @@ class NnUNetDataset(SegDataset):
                     f"the split scored: give a folder holding the test cases' predictions only{copy}")
         return ""
 
-    def prediction_folder_problem(self, folder: Path) -> str | None:
+    def prediction_folder_notes(self, folder: Path) -> list[str]:
         """Where ``folder`` holds the model's ``dataset.json`` (nnUNetv2_predict copies it beside its
-        predictions) and its ``labels`` map names to other ids than this data's: the ids would be scored as
-        other classes (a swapped liver and tumor read as DSC 1 % for 85 %)."""
+        predictions): BenchError where its ``labels`` hold other ids than this data's, or give a class named
+        alike (case, spaces and punctuation aside) another id: the ids would be scored as other classes (a
+        swapped liver and tumor read as DSC 1 % for 85 %); a note where they only name the same ids otherwise
+        ("Liver" for "liver")."""
         path = folder / "dataset.json"
         try:
             theirs = _label_map(json.loads(path.read_text(encoding="utf-8"))["labels"], path)
         except (OSError, ValueError, KeyError, TypeError, BenchError):  # none, or no labels: nothing to compare
-            return None
+            return []
         ours = self.meta["labels"]
         if theirs == ours:
-            return None
+            return []
 
         def said(labels: dict[str, int]) -> str:
             return ", ".join(f"{name} {i}" for name, i in sorted(labels.items(), key=lambda kv: kv[1]))
 
-        return (f"{path} (the model's, as nnUNetv2_predict copies it): its labels ({said(theirs)}) are not the data's "
-                f"({said(ours)}, "
-                f"{self.root / 'dataset.json'}): its ids would be scored as other classes; score it against the "
-                "data the model was trained on")
+        def alike(name: str) -> str:
+            return re.sub(r"[\W_]+", "", name).casefold()
+
+        ids = {alike(name): i for name, i in ours.items()}
+        moved = [name for name, i in theirs.items() if ids.get(alike(name), i) != i]
+        whose = f"{path} (the model's, as nnUNetv2_predict copies it): its labels ({said(theirs)})"
+        data = f"({said(ours)}, {self.root / 'dataset.json'})"
+        if sorted(theirs.values()) == sorted(ours.values()) and not moved:
+            return [f"{whose} name the data's ids otherwise {data}; scored as the data names them"]
+        raise BenchError(f"{whose} are not the data's {data}: its ids would be scored as other classes; score it "
+                         "against the data the model was trained on")
 
     def write_prediction(self, case: Case, pred: np.ndarray, path: Path) -> None:
         """As nnU-Net writes a prediction: the file ending of the data; volumes carry the geometry

@@ -53,7 +53,7 @@ __all__ = ["BoardKey", "ReportFormat", "METRICS", "label_runs", "label_cases", "
 # The submodules import pandas and bench.data: loading them when a name is first used keeps `import bench.cli` fast.
 _SUBMODULE = {name: module for module, names in {
     "formats": ["ReportFormat"],
-    "labels": ["BoardKey", "CV_LABEL", "label_runs", "label_cases", "model_labels"],
+    "labels": ["BoardKey", "CV_LABEL", "BUILD_KEYS", "label_runs", "label_cases", "model_labels"],
     "boards": ["METRICS", "SYNAPSE_ORGANS", "CI_METRICS", "TEST_SET_DATASETS", "class_display", "leaderboards",
                "split_test_sets", "join_ci"],
     "tables": ["_latex_escape"],
@@ -61,7 +61,7 @@ _SUBMODULE = {name: module for module, names in {
     "costs": ["COST_NOTE", "TIMING_NOTE", "scan_mark", "profile_labels", "cost_tables", "render_cost_md",
               "render_cost_latex", "cost_key", "same_input", "join_cost"],
     "significance": ["significance_md", "significance_latex", "significance_sections"],
-    "published": ["PUBLISHED_METRICS", "PUBLISHED_NOTE", "BUILD_KEYS", "published_dataset", "split_mismatch",
+    "published": ["PUBLISHED_METRICS", "PUBLISHED_NOTE", "published_dataset", "split_mismatch",
                   "published_tables", "missing_published_md", "_class_column"],
     "methods": ["render_methods"],
     "write": ["render", "write_report"],

@@ -53,20 +53,33 @@ def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
             label += f" (off-protocol: {_overrides_text(row['protocol_overrides'])})"
         labels.append(label)
     df["board_protocol"] = labels
-    df["model_label"] = model_labels(df["model"], df["model_config"], df[["board_dataset", "board_protocol", "policy"]],
-                                     df["tiny"] if "tiny" in df else None, df["set_keys"] if "set_keys" in df else None)
+    df["model_label"] = run_labels(df, df[["board_dataset", "board_protocol", "policy"]])
+    return df
+
+
+def run_labels(df: pd.DataFrame, groups: pd.DataFrame | None = None) -> list[str]:
+    """Row labels of runs (``records.load``'s columns: ``model``, ``model_config``, and where present
+    ``tiny``, ``set_keys``, ``init``, ``weights``): ``model_labels``, the pretrained file a row's runs
+    started from where its board (``groups``) holds runs of several, and the weights a row evaluated.
+    ``groups`` None: runs alone, read beside runs of any board (a run's log, ``bench.run._settings``),
+    so a pretrained file is named wherever one was given."""
+    labels = pd.Series(model_labels(df["model"], df["model_config"], groups, df["tiny"] if "tiny" in df else None,
+                                    df["set_keys"] if "set_keys" in df else None), index=df.index)
     if "init" in df:  # weights started from other pretrained files (or from none): other rows
         # among the runs that trained here: evaluated weights (below) started from nothing of this run's
         trained = df["weights"].isna() if "weights" in df else pd.Series(True, index=df.index)
         inits = df["init"].fillna("").astype(str).where(trained)
-        n_inits = inits.groupby([df["board_dataset"], df["board_protocol"], df["policy"], df["model_label"]]
-                                ).transform("nunique")
+        if groups is None:
+            several = inits.fillna("") != ""
+        else:
+            several = inits.groupby([*(groups[c] for c in groups), labels]).transform("nunique") > 1
         named = np.where(inits != "", " (init " + inits + ")", " (from scratch)")
-        df["model_label"] = np.where(trained & (n_inits > 1), df["model_label"] + named, df["model_label"])
+        labels = pd.Series(np.where(trained & several, labels + named, labels), index=df.index)
     if "weights" in df:  # weights trained elsewhere and only evaluated here: never a row of the protocol's training
-        df["model_label"] = [(f"{label[:-1]}, weights {w})" if label.endswith(")") else f"{label} (weights {w})")
-                             if isinstance(w, str) and w else label for label, w in zip(df["model_label"], df["weights"])]
-    return df
+        labels = pd.Series([(f"{label[:-1]}, weights {w})" if label.endswith(")") else f"{label} (weights {w})")
+                            if isinstance(w, str) and w else label for label, w in zip(labels, df["weights"])],
+                           index=df.index)
+    return labels.tolist()
 
 
 def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | None = None,
@@ -138,14 +151,31 @@ def _paper_config(model: str) -> dict:
     return dict(entry.paper_config) if (entry := _entry(model)) else {}
 
 
-def _set_before_kept(model: str, config: dict) -> list[str]:
-    """A record's --set keys where it predates ``set_keys``: the paper configuration's keys it holds
-    at other values, less those the constructor chooses itself and spatial_dims (a 3-D protocol's
-    build sets it), so that its label is that of a run of today with the same --set."""
-    entry = _entry(model)
-    chosen = {"spatial_dims", *(entry.chooses if entry else ())}
+# keys every build sets from the data and the protocol (bench.run.build_args), not the model's own configuration
+BUILD_KEYS = frozenset({"num_classes", "in_chans", "img_size"})
+
+
+def config_changes(model: str, config: dict, spatial_dims: int | None = None) -> list[str]:
+    """The keys of ``config`` (a record's ``model_config``) that make it another configuration than
+    the model's paper one: at other values, or that it lacks (a plugin not installed here: all), less
+    ``BUILD_KEYS``. ``spatial_dims``: the protocol's, where known: its own variant is no change (a 3-D
+    protocol builds lightm_unet's volumetric one, the paper configuration being 2-D)."""
     paper = _paper_config(model)
-    return [k for k in config if k in paper and k not in chosen and json.dumps(config[k]) != json.dumps(paper[k])]
+    if spatial_dims is not None and "spatial_dims" in paper:
+        paper["spatial_dims"] = spatial_dims
+    return [k for k in config if k not in BUILD_KEYS
+            and (k not in paper or json.dumps(config[k], sort_keys=True) != json.dumps(paper[k], sort_keys=True))]
+
+
+def _set_before_kept(model: str, config: dict) -> list[str]:
+    """A record's --set keys where it predates ``set_keys``: its ``config_changes`` that its paper
+    configuration holds, less those the constructor chooses itself, so that its label is that of a
+    run of today with the same --set. Its spatial_dims is its protocol's (``bench.run.build_args``
+    refuses another): no change."""
+    entry = _entry(model)
+    paper = _paper_config(model)
+    return [k for k in config_changes(model, config, config.get("spatial_dims"))
+            if k in paper and k not in (entry.chooses if entry else ())]
 
 
 def _is_tiny(model: str, config: dict) -> bool:

@@ -20,16 +20,14 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.names import name_list
-from bench.protocol import builtin_difference, list_protocols
+from bench.protocol import builtin_difference, list_protocols, protocol_from_record
 from bench.records import (finished, load, no_runs, read_record, runs_dir, select_runs, short_commit, split_fold,
                            unrecorded_runs)
 from bench.runlog import RUN_LOG
 from bench.report.board_text import _fmt_duration, board_title, code_detail
 from bench.report.boards import _binary_task, _code_versions
-from bench.report.labels import _overrides_text, _paper_config, _tiny_changes, _tiny_config, label_runs
+from bench.report.labels import _overrides_text, _tiny_changes, _tiny_config, config_changes, label_runs
 
-# keys the data and the protocol set, not the model's own configuration
-_SET_BY_RUN = ("num_classes", "in_chans", "img_size")
 _DICE_VARIANTS = {"transunet": "TransUNet's soft Dice over all classes, background included",
                   "nnunet": "nnU-Net's batch Dice over the foreground classes"}
 _AUGMENT = {"transunet": "TransUNet's random rot90/flip or rotation", "vmunet_isic": "VM-UNet's ISIC flips and rotation",
@@ -245,14 +243,12 @@ def _set_otherwise(rec: dict, changes: list[tuple[str, str]]) -> str:
 
 
 def _config_changes(rec: dict) -> list[tuple[str, str]]:
-    """The configuration keys that differ from the model's registered paper configuration: (key, "key=value")."""
-    paper = _paper_config(rec["model"])  # {} for a plugin not installed here: its whole configuration is what is known
-    return [(k, f"{k}={_shown(v)}") for k, v in rec["model_config"].items()
-            if k not in _SET_BY_RUN and json.dumps(_listed(paper.get(k))) != json.dumps(_listed(v))]
-
-
-def _listed(value: Any) -> Any:
-    return [_listed(v) for v in value] if isinstance(value, (list, tuple)) else value
+    """The configuration keys that differ from the model's registered paper configuration
+    (``labels.config_changes``, in its protocol's dimensions): (key, "key=value")."""
+    protocol = protocol_from_record(rec["protocol"])
+    cfg = rec["model_config"]
+    return [(k, f"{k}={_shown(cfg[k])}")
+            for k in config_changes(rec["model"], cfg, protocol.spatial_dims if protocol is not None else None)]
 
 
 def _start(runs: list[dict]) -> str:
@@ -266,20 +262,37 @@ def _start(runs: list[dict]) -> str:
                          if by.get("same_data") is False else
                          "other items than this split's training set (its test cases may be among them)")
                       if by else "")
-            return f"evaluated from given weights {w['file']} (sha256 {w['sha256']}){whence}, not trained here"
+            return f"evaluated from given weights {w['file']} ({_sha256(w['sha256'])}){whence}, not trained here"
         if rec.get("init"):
             return f"initialised from {rec['init']['file']} (sha256 {rec['init']['sha256'][:8]})"
         return "trained from scratch"
     return _per_run(runs, start)
 
 
+def _sha256(digest: str) -> str:
+    """A weights file's sha256 as its record keeps it: records before the full hash was kept hold its
+    first 16 hex digits, which must not read as the whole."""
+    return f"sha256 {digest}" if len(digest) >= 64 else f"sha256 {digest}…, its first {len(digest)} hex digits"
+
+
 def _epoch_of(by: dict) -> str:
-    """Given weights from before a run's last epoch (an interrupted run's last.pt, a per-epoch or best
-    checkpoint), which epoch; "" for its last epoch's, or a file older than ``trained_by`` kept epochs."""
-    epoch, epochs = by.get("epoch"), by.get("epochs")
-    if epoch is None or epochs is None or epoch + 1 >= epochs:
+    """Which of a run's weights were given, where not its final ones: those its protocol's select rule keeps
+    (best.pt, lr_min.pt), an unfinished run's last.pt or a per-epoch checkpoint, with the epoch they are from
+    (``trained_by``'s ``checkpoint``; files written before it was kept: the epoch alone); "" for its last
+    epoch's, or a file older than ``trained_by`` kept epochs."""
+    epoch, epochs, checkpoint = by.get("epoch"), by.get("epochs"), by.get("checkpoint")
+    if epoch is None or epochs is None:
         return ""
-    return f" (its weights after epoch {epoch + 1} of {epochs}, not its final ones)"
+    after = f"after epoch {epoch + 1} of {epochs}"
+    if checkpoint in ("best_train_loss", "lr_min"):  # what the run itself selects, whichever epoch that was
+        return f" (the weights it selects, {_SELECT[checkpoint]}: {after})"
+    if epoch + 1 >= epochs:
+        return ""
+    if checkpoint == "last":
+        return f" (its last checkpoint, {after}: an unfinished training's, not its final weights)"
+    if checkpoint == "epoch":
+        return f" (its per-epoch checkpoint {after}, not its final weights)"
+    return f" (its weights {after}, not its last epoch's)"
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -15,12 +15,10 @@ from bench.data.isic import test_set_id
 from bench.published import DEFAULT_NAME
 from bench.report.board_text import _caption, _one_hd95_unit
 from bench.report.boards import METRICS, TEST_SET_DATASETS, class_display
-from bench.report.labels import CV_LABEL, BoardKey, _paper_config
+from bench.report.labels import CV_LABEL, BoardKey, config_changes
 
 
 PUBLISHED_METRICS = metrics.METRICS  # the papers' numbers compared: the standard metrics
-BUILD_KEYS = {"num_classes", "in_chans", "img_size"}  # what every run's model_config holds; more at other
-# values than the paper configuration's is a variant
 PUBLISHED_NOTE = ("Ours − published is given only where the paper's number was trained under this board's protocol "
                   "(\"Their recipe\", the published table's column protocol) in its current version, run as written, "
                   "with the model as registered, on the paper's test split (Synapse's volumes by id; ISIC's and "
@@ -175,10 +173,8 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
         # the model as registered: its paper configuration (Swin-Unet records the window 7 it keeps at 224), in
         # the paper recipe's dimensions (a 3-D protocol builds the volumetric variant itself); keys at other
         # values, or that configuration lacks, are a variant
-        registered = {**_paper_config(row["model"].split(" (")[0]),  # the label's model
-                      **({"spatial_dims": proto.spatial_dims} if proto is not None else {})}
-        extra = {k for k in set(config) - BUILD_KEYS
-                 if k not in registered or json.dumps(config[k]) != json.dumps(registered[k])}
+        extra = config_changes(row["model"].split(" (")[0], config,  # the label's model
+                               proto.spatial_dims if proto is not None else None)
         if extra:  # --set, --tiny, an adapted window
             reasons.append("other model config")
         policy = p["convention"] if p["convention"] in POLICIES else proto.metric_policy if proto is not None else None
