@@ -83,8 +83,8 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     if get_policy(policy).use_spacing:  # HD95 in mm: every test case needs its spacing (as bench run checks)
         dataset.check_spacing()
     ids = scored_ids(dataset, protocol)
-    fold = _fold_mismatch(made_by, dataset)
-    hint = _protocol_hint(made_by, protocol) + (f"; {fold}" if fold else "")
+    fold, other_protocol = _fold_mismatch(made_by, dataset), _protocol_hint(made_by, protocol)
+    hint = other_protocol + (f"; {fold}" if fold else "")
     files = _case_files(pred_dir, dataset, ids, protocol, hint)
     scoring = Scoring.of(dataset, protocol, policy)
     scored, resized, greyed = [], [], []
@@ -101,6 +101,8 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         scored.append(scoring.case(case, pred, gt))
     result = scoring.result(scored)
     per_case = pd.DataFrame(result.per_case)
+    if other_protocol:  # no error above (the same cases and grid): still not the run's own evaluation, said
+        notes.append(other_protocol.removeprefix("; ") + " for the run's own evaluation")
     if fold:  # else a case error above: the same test cases, so the numbers hold; the output names the fold scored
         notes.append(f"{fold} to have the output name its fold; both hold the same test cases ({len(ids)}), so "
                      "these are the run's numbers")

@@ -248,6 +248,8 @@ def test_the_cost_tables_counting_and_timing_are_said(tmp_path):
     assert ("Latency on CPU AMD EPYC, 4 threads, torch 2.5 (float32, batch size 1): the median and "
             "90th percentile of 100 timed forward passes of random input, after 20 warm-up passes (unet; input "
             "1x3x224x224).") in text
+    write_profile({**row, "warmup_iters": 1}, tmp_path)
+    assert "after 1 warm-up pass (unet;" in render_methods(tmp_path)
     del row["warmup_iters"]  # a profile written before it was kept: said so, not guessed
     write_profile(row, tmp_path)
     assert "after warm-up passes (their number not recorded)" in render_methods(tmp_path)

@@ -239,6 +239,13 @@ def test_predictions_of_a_run_under_another_protocol_say_which(tmp_path):
     (folder / MANIFEST).write_text(json.dumps({"run_id": "run-1", "protocol": "isic17"}))  # the same: no hint
     with pytest.raises(BenchError, match=r"is scored on \(256, 256\) \(or its image's own size \(\d+, \d+\)\)$"):
         score_predictions(folder, ds, load_protocol("isic17"))
+    # another protocol on the same grid scores without an error: still said, as the README promises
+    for case_id in ds.test_ids():
+        ds.write_prediction(ds.load_test(case_id), np.zeros((256, 256), np.uint8), folder / ds.prediction_name(case_id))
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-1", "protocol": "isic17_copy"}))
+    assert ("these are bench predict's predictions of run run-1, protocol 'isic17_copy' (scored here under 'isic17'): "
+            "pass --protocol isic17_copy for the run's own evaluation") in score_predictions(
+                folder, ds, load_protocol("isic17")).notes
 
 
 def test_a_volume_off_its_images_grid_is_refused_by_name_and_on_it_scored(tmp_path):
@@ -647,3 +654,13 @@ def test_the_command_prints_a_table_writes_csv_and_json_and_fails_in_one_line(tm
     synthesize("synapse", synthetic_folder("synapse", tmp_path / "res" / "synthetic"), n_train=2, n_test=2, depth=6,
                size=32)  # the same data as _gt_folder's
     assert "2 cases of synapse" in run_bench_here(monkeypatch, capsys, *synthetic).stdout
+
+
+def test_the_splits_file_is_looked_for_under_nnunets_dataset_name(tmp_path):
+    """The hint named nnUNet_preprocessed/<the raw folder's name>, wrong where that folder is no nnU-Net
+    dataset folder (data/nnunet): nnU-Net names preprocessed data DatasetXXX_Name as the raw folder."""
+    from bench.data.nnunet import _dataset_folder
+
+    assert _dataset_folder(tmp_path / "Dataset501_Liver") == "Dataset501_Liver"
+    assert _dataset_folder(tmp_path / "nnunet") == "DatasetXXX_Name"
+    assert _dataset_folder(tmp_path / "Dataset5_Liver") == "DatasetXXX_Name"  # nnU-Net's ids have 3 digits

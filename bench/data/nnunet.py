@@ -288,6 +288,13 @@ def channel_path(root: Path, case: str, channel: int, ending: str) -> Path:
     return root / "imagesTr" / f"{case}_{channel:04d}{ending}"
 
 
+def _dataset_folder(root: Path) -> str:
+    """The folder nnU-Net names a dataset's files by under nnUNet_preprocessed and nnUNet_results: the raw
+    folder's own name where it is one of nnU-Net's (``Dataset501_Liver``), else a placeholder for it."""
+    name = root.resolve().name
+    return name if re.fullmatch(r"Dataset\d{3}_.+", name) else "DatasetXXX_Name"
+
+
 def label_path(root: Path, case: str, ending: str) -> Path:
     return root / "labelsTr" / f"{case}{ending}"
 
@@ -930,7 +937,7 @@ class NnUNetDataset(SegDataset):
         ids = [name[:-n] for name in extra]
         # no splits_final.json: bench draws nnU-Net's default folds; one of the user's own is elsewhere
         copy = ("" if self.has_split_file else f" (no splits_final.json in {self.root}: nnU-Net keeps its folds in "
-                f"nnUNet_preprocessed/{self.root.resolve().name}/splits_final.json; bench reads that file copied "
+                f"nnUNet_preprocessed/{_dataset_folder(self.root)}/splits_final.json; bench reads that file copied "
                 "beside dataset.json)")
         try:
             folds = self._splits_file() or crossval_splits(self.cases)

@@ -24,7 +24,7 @@ from bench.protocol import builtin_difference, list_protocols, protocol_from_rec
 from bench.records import (finished, load, no_runs, read_record, runs_dir, select_runs, short_commit, split_fold,
                            unrecorded_runs)
 from bench.runlog import RUN_LOG
-from bench.report.board_text import _fmt_duration, board_title, code_detail
+from bench.report.board_text import _fmt_duration, and_list, board_title, code_detail, single_run
 from bench.report.boards import _binary_task, _code_versions
 from bench.report.labels import _overrides_text, _tiny_changes, _tiny_config, config_changes, label_runs
 
@@ -604,12 +604,12 @@ def _statistics(group: pd.DataFrame, recs: list[dict], reference: str | None) ->
 
     cv = CV_LABEL in group["board_dataset"].iloc[0]
     runs = "runs (every seed and fold)" if cv else "seeds"
-    single = group.groupby("model_label")["run_id"].nunique().max() == 1  # as the boards: no ± std then
+    single = single_run(group)  # as the boards: no ± std then
     text = ["**Statistical analysis.** " + ("Tables give each model's one run: no standard deviation." if single else
             f"Tables give each model's mean over its {runs} ± their sample standard deviation (n − 1).")]
     measured = [m for m in CI_METRICS if any(_value(case.get(m)) for r in recs for case in r.get("per_case", []))]
     if measured:
-        text.append(f"95% confidence intervals of {_and([METRICS[m][0] for m in measured])}: percentile bootstrap "
+        text.append(f"95% confidence intervals of {and_list([METRICS[m][0] for m in measured])}: percentile bootstrap "
                     f"over test cases ({stats.N_BOOT} resamples, seeded), each resample scored under the board's "
                     f"policy as the board is, then averaged over the model's {runs}; they show how much the test set "
                     "moves these models' numbers, not the spread between seeds.")
@@ -639,16 +639,12 @@ def _paired(group: pd.DataFrame, recs: list[dict], reference: str, measured: lis
         test = ("a two-sided Wilcoxon signed-rank test over the shared test cases (a case's value: the mean over "
                 "its foreground classes, averaged over the model's runs), with the matched-pairs rank-biserial "
                 "correlation as effect size")
-    return (f"Each model was compared with {ref} on {_and([METRICS[m][0] for m in measured])} by {test}; the "
+    return (f"Each model was compared with {ref} on {and_list([METRICS[m][0] for m in measured])} by {test}; the "
             "p-values were adjusted with Holm's step-down method over all of the board's tests. " + ranks)
 
 
 def _value(v: Any) -> bool:
     return isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))
-
-
-def _and(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 # ------------------------------------------------------------------------------------------ cost
@@ -692,11 +688,18 @@ def _cost(df: pd.DataFrame, results_dir: Path) -> str:
         shown = sorted({m + (" (tiny)" if t is True else "") for m, t in
                         zip(rows["model"], rows["tiny"] if "tiny" in rows else [None] * len(rows))})
         text.append(f"Latency on {where} ({setup}): the median and 90th percentile of {timed_n} timed forward passes "
-                    f"of random input, after {warm + ' warm-up passes' if warm else 'warm-up passes (their number not recorded)'}"
+                    f"of random input, after {_warm_up(warm)}"
                     + (", synchronised on the GPU before and after each" if cuda else "")
-                    + (f"; the selective scan run by {_and([_SCANS.get(b, b) for b in sorted(scan)])}" if scan else "")
+                    + (f"; the selective scan run by {and_list([_SCANS.get(b, b) for b in sorted(scan)])}" if scan else "")
                     + f" ({', '.join(shown)}; input {', '.join(sorted(set(rows['input_shape'])))}).")
     return " ".join(text)
+
+
+def _warm_up(warm: str) -> str:
+    """The warm-up passes said: "1 warm-up pass", "20 warm-up passes", "1 or 20 …" where profiles differ."""
+    if not warm:  # older profiles
+        return "warm-up passes (their number not recorded)"
+    return f"{warm} warm-up pass" + ("" if warm == "1" else "es")
 
 
 def _per_value(rows: pd.DataFrame, column: str) -> str:

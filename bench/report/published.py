@@ -20,7 +20,8 @@ from bench.report.labels import CV_LABEL, BoardKey, config_changes
 
 PUBLISHED_METRICS = metrics.METRICS  # the papers' numbers compared: the standard metrics
 PUBLISHED_NOTE = ("Ours − published is given only where the paper's number was trained under this board's protocol "
-                  "(\"Their recipe\", the published table's column protocol) in its current version, run as written, "
+                  "(\"Their recipe\", the published table's column protocol) in its current version (for weights only evaluated "
+                  "here, also under a protocol that evaluates as this board's does), run as written, "
                   "with the model as registered, on the paper's test split (Synapse's volumes by id; ISIC's and "
                   "PraNet's test and training sets by their counts alone, since their lists are unpublished: another "
                   "draw of the same counts passes, so check such data with bench data verify), and scored under the "
