@@ -18,7 +18,7 @@ from bench import records
 from bench.cli import app, default_protocol, main
 from bench.errors import BenchError
 from bench.report import render_methods
-from tests.fixtures import run_bench, run_bench_here
+from tests.fixtures import make_record, run_bench, run_bench_here
 
 runner = CliRunner()
 FAST = ["--tiny", "--max-iterations", "4", "--img-size", "32", "--threads", "1", "--no-progress"]
@@ -117,6 +117,31 @@ def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_pat
                      rf"protocol smoke \(run {rec['run_id']}\), which scores as smoke_lr does; that board holds them",
                      note), note
     assert "already evaluated" not in out  # the first evaluation of the file says nothing of the kind
+
+
+def test_weights_evaluated_before_are_said_only_where_they_scored_alike_on_another_board(tmp_path):
+    """bench run --weights says the same file already sits on another protocol's board that scores as this one
+    (synapse as synapse_vmunet); not where that record is of another metric policy (its numbers differ: a
+    rescore), nor under this very protocol (this run's own board, not another)."""
+    from bench.protocol import load_protocol
+    from bench.run import RunSpec, evaluated_elsewhere
+
+    sha = "ab" * 32
+    spec = RunSpec(model="unet", dataset="synapse", protocol=load_protocol("synapse_vmunet"), seed=0,
+                   data_root=Path("/data/synapse"), synthetic=False, policy="legacy-synapse", data_id="d",
+                   weights=("/w/mine.pth", sha))
+
+    def said(protocol: str, policy: str = "legacy-synapse") -> str | None:
+        results = tmp_path / f"{protocol}-{policy}"
+        rec = {**make_record("unet", "synapse", protocol=protocol), "data_id": "d", "policy": policy,
+               "weights": {"file": "mine.pth", "sha256": sha, "trained_by": None}}
+        rec["protocol"] = load_protocol(protocol).to_record()
+        records.write_record(rec, results)
+        return evaluated_elsewhere(spec, results)
+
+    assert "these weights were already evaluated under protocol synapse (run synapse-synapse-unet" in said("synapse")
+    assert said("synapse", policy="strict") is None
+    assert said("synapse_vmunet") is None
 
 
 def test_runs_on_data_of_ones_own_follow_its_files_not_its_path(tmp_path):

@@ -527,3 +527,15 @@ def test_weights_only_evaluated_still_say_the_inputs_they_were_given(tmp_path):
     assert (f"**Training.** None here: every run evaluated given weights. At evaluation: inputs resized to "
             f"{isic.img_size} × {isic.img_size}, intensities normalised ({isic.normalize}). Precision {isic.dtype}.") in text
     assert f"given weights best.pth (sha256 {'ab' * 32})" in text
+
+
+def test_given_weights_normalised_by_this_datas_foreground_say_whose_statistics(tmp_path):
+    """lightm_unet_3d normalises CT by the training cases' foreground (nnU-Net's CTNormalization): for a
+    checkpoint only evaluated those are this data's, not its own plans'; a run trained here needs no such word."""
+    rec = make_record("lightm_unet", dataset="nnunet", protocol="lightm_unet_3d", classes=["liver", "tumour"],
+                      model_config={"num_classes": 3, "in_chans": 1, "img_size": 128, "spatial_dims": 3})
+    rec["protocol"]["recipe"] = load_protocol("lightm_unet_3d").to_record()["recipe"]
+    said = "statistics of this dataset's training cases' foreground (a checkpoint's own plans are not read)"
+    assert said not in _methods(tmp_path / "trained", rec)
+    rec["weights"] = {"file": "checkpoint_final.pth", "sha256": "ab" * 32, "trained_by": None}
+    assert said in _methods(tmp_path / "given", rec)

@@ -273,6 +273,9 @@ def test_a_file_that_does_not_load_is_said_to_look_like_what_it_is(tmp_path):
     assert "transunet's keys (decoder, segmentation_head, transformer): weights of another model; --models transunet" \
         in said(_tiny("vmunet"), _tiny("transunet").state_dict())
     assert "What it looks like" not in said(_tiny("unet"), {})  # nothing recognisable: the key lists alone
+    # a small classifier head beside a whole unet (5 classes, not ImageNet's): no pretrained encoder said
+    five = {**_tiny("unet").state_dict(), "fc.weight": torch.zeros(5, 8)}
+    assert "What it looks like" not in said(_tiny("unet"), five)
 
 
 def test_authors_checkpoints_keeping_numpy_numbers_load_and_broken_ones_are_named(tmp_path):

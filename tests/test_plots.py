@@ -186,10 +186,12 @@ def test_accuracy_vs_cost_skips_axes_without_points(results, tmp_path):
     assert "(of those shown)" in svgs["dsc_vs_latency"] and "not shown" not in svgs["dsc_vs_params"]
 
 
-def test_latency_comes_from_profiles_at_the_boards_input(tmp_path):
+@pytest.mark.parametrize("chans", [1, 3])
+def test_latency_comes_from_profiles_at_the_boards_input(tmp_path, chans):
     """A review: the DSC-vs-latency plot took the folder's most common fingerprint, so an ISIC board (3
     channels, 1 class) was plotted with timings of Synapse's models (1 channel, 9 classes) on another
-    machine. Profiles at the board's input are taken where there are some, and the title names the input."""
+    machine. Profiles at the board's input are taken where there are some, and the title names the input;
+    the class count alone differing (3-channel Synapse-like data) is another input too."""
     from bench.plots import accuracy_vs_cost
     from bench.records import load
 
@@ -198,8 +200,8 @@ def test_latency_comes_from_profiles_at_the_boards_input(tmp_path):
         write_record(make_record(model, dataset="isic17", model_config=isic), tmp_path)
     profiles = []
     for model in ("unet", "vmunet", "transunet"):  # Synapse's input, the most common fingerprint
-        profiles.append({**_profile(model, "cnn", 1e9, 1_000_000, 10.0, "cpu x1"), "input_shape": "1x1x64x64",
-                         "model_config": {"img_size": 64, "in_chans": 1, "num_classes": 9}})
+        profiles.append({**_profile(model, "cnn", 1e9, 1_000_000, 10.0, "cpu x1"), "input_shape": f"1x{chans}x64x64",
+                         "model_config": {"img_size": 64, "in_chans": chans, "num_classes": 9}})
     for model in ("unet", "vmunet"):  # the board's own input, timed elsewhere
         profiles.append({**_profile(model, "cnn", 1e9, 1_000_000, 500.0, "cpu x2"), "input_shape": "1x3x64x64",
                          "model_config": isic})

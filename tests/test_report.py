@@ -1746,7 +1746,8 @@ def test_paper_layout_bolds_ties_as_printed_and_keeps_hd95_of_one_class_softmax_
 def test_paper_bold_is_tested_against_the_runner_up(tmp_path):
     """A review: --columns paper bolded the best mean where the report's own paired tests could not tell it
     from the runner-up (3 test cases: no Wilcoxon p below 0.25). The bold stays the best mean; the caption
-    gives its paired test against the runner-up, a † marks p >= 0.05, and without case rows it says untested."""
+    gives its paired test against the runner-up (the second best, not the worst of three), a † marks p >= 0.05,
+    and without case rows it says untested."""
     for n, folder in ((3, "few"), (8, "many")):
         for model, dice, hd in (("vmunet", 0.80, 20.0), ("unet", 0.70, 25.0)):
             write_record(make_record(model, seed=0, dice=dice, hd95=hd, n_cases=n), tmp_path / folder)
@@ -1765,6 +1766,10 @@ def test_paper_bold_is_tested_against_the_runner_up(tmp_path):
     assert "†" not in untested
     tex = render(load(tmp_path / "few"), "latex", load(tmp_path / "few", level="case"), columns=paper)
     assert "\\textbf{80.00 $^\\dagger$}" in tex
+    for model, dice in (("vmunet", 0.80), ("unet", 0.79), ("transunet", 0.50)):
+        write_record(make_record(model, seed=0, dice=dice, n_cases=8), tmp_path / "three")
+    three = render(load(tmp_path / "three"), "md", load(tmp_path / "three", level="case"), columns=paper)
+    assert "DSC p = 0.00781 against unet over 8 cases" in three and "against transunet" not in three
 
 
 def test_paper_bold_whose_test_favours_the_runner_up_is_marked(tmp_path):
@@ -1786,18 +1791,19 @@ def test_paper_bold_whose_test_favours_the_runner_up_is_marked(tmp_path):
 
 
 def test_paper_bold_leaves_out_a_model_that_found_nothing_from_spe_and_acc(tmp_path):
-    """A review: Spe 100.00 went in bold to a model predicting background everywhere (DSC 0); a column
-    with no row to bold said nothing of why."""
+    """A review: Spe 100.00 went in bold to a model predicting background everywhere (DSC 0), as its Acc
+    would where the lesions are small; a column with no row to bold said nothing of why."""
     write_record(make_record("unet", dataset="isic17", seed=0, dice=0.70), tmp_path)
     empty = make_record("vmunet", dataset="isic17", seed=0, dice=0.0)
     for row in empty["per_case"]:  # background everywhere: every lesion missed, every background pixel right
-        row.update(tp=0, fp=0, fn=1_000_000, tn=19_000_000, n_pred=0, empty="ref_only", dice=0.0, iou=0.0, sen=0.0,
-                   spe=1.0, acc=0.95)
-    empty["metrics"].update(spe=1.0, acc=0.95, sen=0.0)
+        row.update(tp=0, fp=0, fn=200_000, tn=19_800_000, n_pred=0, empty="ref_only", dice=0.0, iou=0.0, sen=0.0,
+                   spe=1.0, acc=0.99)  # small lesions: its Acc the best too
+    empty["metrics"].update(spe=1.0, acc=0.99, sen=0.0)
     write_record(empty, tmp_path)
     md = render(load(tmp_path), "md", columns=parse_columns("paper"))
     rows = {r["Model"]: r for r in md_rows(md, "Model")}
     assert rows["vmunet"]["Spe ↑ (%)"] == "100.00" and rows["unet"]["Spe ↑ (%)"].startswith("**")
+    assert rows["vmunet"]["Acc ↑ (%)"] == "99.00" and rows["unet"]["Acc ↑ (%)"].startswith("**")
     assert "Bold: each column's best mean (Spe and Acc among the models that found some structure)" in md
     # legacy-synapse: every model missed an organ somewhere, so no HD95 is bold, and the caption says why
     for model, dice in (("unet", 0.7), ("vmunet", 0.8)):

@@ -183,6 +183,14 @@ def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored
                                          rf"dataset.json\); {split}"):
         score_predictions(fold / "validation", ds, SMOKE)
     assert score_predictions(fold / "validation", open_dataset("nnunet", root, fold=k), SMOKE).metrics["dice"] == 1.0
+    # the test case's file beside it: the two are no one fold's validation cases, so no --fold is named
+    shutil.copyfile(root / "labelsTr" / f"{test}.nii.gz", fold / "validation" / f"{test}.nii.gz")
+    with pytest.raises(BenchError, match=rf"validation: {case}.nii.gz: no test case scored here; it is a training case "
+                                         rf"of the split scored: give a folder holding the test cases' predictions "
+                                         rf"only \(no splits_final.json .*\); {split}") as info:
+        score_predictions(fold / "validation", ds, SMOKE)
+    assert "--fold" not in str(info.value)
+    (fold / "validation" / f"{test}.nii.gz").unlink()
     with pytest.raises(BenchError, match=rf"fold_{k}: checkpoint_final.pth, .*: no test case scored here; they are one "
                                          rf"folder down: --predictions {re.escape(str(fold / 'validation'))}; {split}"):
         score_predictions(fold, ds, SMOKE)
@@ -498,6 +506,10 @@ def test_colour_and_jpeg_masks_are_read_as_grey_or_refused_by_name(tmp_path):
     with pytest.raises(BenchError, match=r"a colour PNG \(mode RGBA\) with an alpha channel that is not opaque "
                                          r"everywhere; " + expected):
         score_predictions(folder, ds, proto)
+    Image.fromarray(np.stack([mask] * 3 + [np.full_like(mask, 128)], axis=-1)).save(path)  # half see-through
+    with pytest.raises(BenchError, match=r"a colour PNG \(mode RGBA\) with an alpha channel that is not opaque "
+                                         r"everywhere; "):
+        score_predictions(folder, ds, proto)
     Image.fromarray(mask).save(path.with_suffix(".jpg"))
     path.unlink()
     with pytest.raises(BenchError, match=rf"{path.stem}.jpg: no test case scored here; {path.stem}.jpg is a JPEG, "
@@ -508,8 +520,9 @@ def test_colour_and_jpeg_masks_are_read_as_grey_or_refused_by_name(tmp_path):
 
 def test_predictions_of_another_dataset_or_fold_are_named_so(tmp_path):
     """bench predict's manifest names the run's data and split: another dataset is refused (its numbers against
-    this ground truth mean nothing), the same one read elsewhere is said; another fold is named in the error
-    its other cases give, and said where its cases are the same ones."""
+    this ground truth mean nothing; another nnU-Net dataset by its name), the same one read elsewhere is said;
+    another fold is named in the error its other cases give, and said where its cases are the same ones; a
+    split of no record's form (test, foldN) is passed over, not a crash."""
     import shutil
 
     ds, folder = _isic_gt_folder(tmp_path)
@@ -540,6 +553,15 @@ def test_predictions_of_another_dataset_or_fold_are_named_so(tmp_path):
     shutil.copyfile(root / "labelsTr" / name, folder / name)
     (folder / MANIFEST).write_text(json.dumps({"run_id": "run-2", "split": "fold1"}))
     assert score_predictions(folder, fold1, SMOKE).notes == []
+    for split in ("fold_1", "fold"):  # no split a record names: nothing to compare, nothing said
+        (folder / MANIFEST).write_text(json.dumps({"run_id": "run-2", "split": split}))
+        assert score_predictions(folder, fold1, SMOKE).notes == []
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-2", "dataset": "nnunet", "split": "fold1",
+                                               "dataset_name": "nnunet:Dataset002_B"}))  # the same reader's
+    with pytest.raises(BenchError, match=rf"of 'nnunet:Dataset002_B' data; scored here against "
+                                         rf"'{re.escape(fold1.dataset_name)}' data"):
+        score_predictions(folder, fold1, SMOKE)
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-2", "split": "fold1"}))
     with pytest.raises(BenchError, match=rf"{name}: no test case scored here.*; fold mismatch: bench predict's run "
                                          r"run-2 is of fold 1, scored here as fold 0: pass --fold 1$"):
         score_predictions(folder, open_dataset("nnunet", root, fold=0), SMOKE)

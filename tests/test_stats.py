@@ -137,6 +137,14 @@ def test_bootstrap_ci_brackets_a_pooled_number_a_per_case_mean_would_miss():
     assert stats.bootstrap_ci(df, "dice", "legacy-isic", seed=3) == stats.bootstrap_ci(df, "dice", "legacy-isic", seed=3)
 
 
+def test_the_few_cases_caution_counts_the_distinct_resamples_in_words():
+    """A caption's caution over 2 test cases says "2 test cases" and "3 distinct resamples", not "2 test case":
+    the plural follows the count (1 case: 1 resample); 10 cases need no caution."""
+    assert stats.ci_caution(2).startswith(" Caution: with 2 test cases the bootstrap has 3 distinct resamples, ")
+    assert stats.ci_caution(1).startswith(" Caution: with 1 test case the bootstrap has 1 distinct resample, ")
+    assert stats.ci_caution(stats.FEW_CI_CASES) == stats.ci_caution(0) == ""
+
+
 def test_holm_hand_computed():
     # sorted 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 → monotone 0.06
     got = stats.holm([0.01, 0.04, 0.03, 0.005])
