@@ -640,13 +640,13 @@ def _numeric(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def scores_text(rec: Mapping[str, Any]) -> str:
-    """"DSC 81.23 · HD95 18.40 mm" from a run record (no HD95 where the policy computes none); bench run
+    """"DSC 81.23 % · HD95 18.40 mm" from a run record (no HD95 where the policy computes none); bench run
     and bench rescore print it alike, so the unit is said wherever a run's scores are."""
     m = rec["metrics"]
     hd = m.get("hd95")
     has_hd = hd is not None and hd == hd  # legacy-isic computes no HD95 (NaN)
     hd_unit = f" {rec['hd95_unit']}" if rec.get("hd95_unit") else ""
-    return f"DSC {100 * m['dice']:.2f}" + (f" · HD95 {hd:.2f}{hd_unit}" if has_hd else "")
+    return f"DSC {100 * m['dice']:.2f} %" + (f" · HD95 {hd:.2f}{hd_unit}" if has_hd else "")
 
 
 def finished(df_runs: pd.DataFrame) -> pd.DataFrame:

@@ -428,14 +428,14 @@ def test_runs_without_a_record_are_named_in_methods_and_warned(tmp_path, monkeyp
     stem = kept["run_id"].rsplit("-s0-", 1)[0].rsplit("-unet", 1)[0]  # synapse-synapse
     deleted, diverged, killed, live, twin = (f"{stem}-{m}-s{s}-0000000{s}" for m, s in
                                              (("unet", 1), ("vmunet", 1), ("unet", 2), ("unet", 3), ("unet", 4)))
-    _run_folder(tmp_path, deleted, f"[2/5] {deleted}: training", f"  {deleted}: DSC 80.00 · HD95 20.00 voxels · 9s",
+    _run_folder(tmp_path, deleted, f"[2/5] {deleted}: training", f"  {deleted}: DSC 80.00 % · HD95 20.00 voxels · 9s",
                 checkpoints=("last.pt", "final.pt"))
     _run_folder(tmp_path, diverged, f"[3/5] {diverged}: training", f"  {diverged}: FAILED: non-finite loss (nan) at "
                 "epoch 3, step 40: training stopped. Lower the learning rate or check the data",
                 checkpoints=("last.pt",))
     _run_folder(tmp_path, killed, checkpoints=("last.pt",))  # killed before run logs were kept
     _run_folder(tmp_path, live, f"[4/5] {live}: training", checkpoints=("last.pt",))
-    _run_folder(tmp_path, twin, f"[5/5] {twin}: training", f"  {twin}: DSC 80.00 · HD95 20.00 voxels · 9s",
+    _run_folder(tmp_path, twin, f"[5/5] {twin}: training", f"  {twin}: DSC 80.00 % · HD95 20.00 voxels · 9s",
                 checkpoints=("last.pt", "final.pt"))
     rescored = _record(seed=4)
     rescored.update(run_id=rescore_id(twin, "strict"), policy="strict", rescored_from=twin)
@@ -539,3 +539,16 @@ def test_given_weights_normalised_by_this_datas_foreground_say_whose_statistics(
     assert said not in _methods(tmp_path / "trained", rec)
     rec["weights"] = {"file": "checkpoint_final.pth", "sha256": "ab" * 32, "trained_by": None}
     assert said in _methods(tmp_path / "given", rec)
+
+
+def test_a_cross_validation_board_says_its_folds_are_averaged(tmp_path):
+    """A CV journey: the board's mean of the folds' scores read as nnU-Net's summary of all folds' cases."""
+    recs = []
+    for fold in (0, 1):
+        rec = _record(seed=0)
+        rec["split"], rec["run_id"] = f"fold{fold}", f"r_fold{fold}"
+        recs.append(rec)
+    text = _methods(tmp_path, *recs)
+    assert "(cross-validation)" in text
+    assert text.count("Each fold is scored over its own validation cases and the folds' scores are averaged") == 1
+    assert "Each fold is scored" not in _methods(tmp_path / "test", _record(seed=0), _record(seed=1))

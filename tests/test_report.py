@@ -1513,6 +1513,9 @@ def test_cross_validation_runs_get_their_own_board(tmp_path):
     unet_row = next(line for line in section.splitlines() if line.startswith("| unet"))
     assert [c.strip() for c in header.split("|")][4] == "Folds" and unet_row.split("|")[4].strip() == "0-2"
     assert "over runs, one per seed and fold" in section
+    # a CV journey: the folds' mean read as nnU-Net's cross-validation summary, which pools the folds' cases
+    assert "The mean is over the folds' own scores, each over its validation cases: not nnU-Net's" in section
+    assert "The mean is over the folds' own scores" not in md[:md.index("## nnunet:Dataset802_LungXray (cross-")]
     assert "Models tested on different folds (0; 0-2): not comparable." in section
     published = md.split("## Published vs ours · nnunet:Dataset802_LungXray (cross-validation)")[1]
     dice = next(line for line in published.splitlines() if line.startswith("| lightm_unet") and "96.17" in line)

@@ -367,6 +367,10 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         folds = sorted(set(board["fold_set"]))
         note = note.replace("over seeds: ", "over runs, one per seed and fold (each fold tests other cases, so the "
                                             "std holds the split's variance too); seeds: ")
+        # nnU-Net's cross-validation summary pools every fold's validation cases into one aggregate instead
+        note += (" The mean is over the folds' own scores, each over its validation cases: not nnU-Net's "
+                 "cross-validation summary, which scores all folds' cases together (they differ where folds "
+                 "hold different numbers of cases or per-class means leave cases out).")
         if len(folds) > 1:
             note += f" Models tested on different folds ({'; '.join(folds)}): not comparable."
         if any("(uneven" in f for f in board["folds"]):
