@@ -23,10 +23,10 @@ from tests.fixtures import make_record
 
 
 def _record(dataset: str = "synapse", seed: int = 0, iterations: int = 13950, commit: str | None = None,
-            steps_per_epoch: int | None = None, **train: object) -> dict:
+            steps_per_epoch: int | None = None, n_cases: int = 2, **train: object) -> dict:
     """make_record with the protocol's recipe as a real record keeps it (``train`` changes its [train]
     settings) and the model's output channels in its config, as bench run writes them."""
-    rec = make_record("unet", dataset, seed)
+    rec = make_record("unet", dataset, seed, n_cases=n_cases)
     recipe = load_protocol(rec["protocol"]["name"]).to_record()["recipe"]
     recipe["train"].update(train)
     rec["protocol"]["recipe"] = recipe
@@ -544,11 +544,13 @@ def test_given_weights_normalised_by_this_datas_foreground_say_whose_statistics(
 def test_a_cross_validation_board_says_its_folds_are_averaged(tmp_path):
     """A CV journey: the board's mean of the folds' scores read as nnU-Net's summary of all folds' cases."""
     recs = []
-    for fold in (0, 1):
-        rec = _record(seed=0)
+    for fold, n_cases in ((0, 3), (1, 2)):  # 5 cases in 2 folds: k-fold's own unevenness, no runs that differ
+        rec = _record(seed=0, n_cases=n_cases)
         rec["split"], rec["run_id"] = f"fold{fold}", f"r_fold{fold}"
         recs.append(rec)
     text = _methods(tmp_path, *recs)
-    assert "(cross-validation)" in text
+    assert "(cross-validation)" in text and "differing between runs: 3" not in text
+    assert ("each fold's run scored on that fold's own validation cases (2 to 3 per fold, 5 over the folds run) "
+            "and trained on its training cases, from cross-validation folds 0, 1.") in text
     assert text.count("Each fold is scored over its own validation cases and the folds' scores are averaged") == 1
     assert "Each fold is scored" not in _methods(tmp_path / "test", _record(seed=0), _record(seed=1))

@@ -472,9 +472,16 @@ def _evaluation(recs: list[dict], results_dir: Path) -> str:
         split += f" of {rule}" if rule else ""
     else:
         split = rule or "the dataset's test split"
-    cases = _per_run(recs, lambda r: r["metrics"]["n_cases"])
+    if folds:  # uneven folds are k-fold's own (11 cases in 5 folds): said per fold, not as runs that differ
+        per_fold = {split_fold(r["split"]): r["metrics"]["n_cases"] for r in recs}
+        sizes = sorted(set(per_fold.values()))
+        each = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]} to {sizes[-1]}"
+        scored = (f"each fold's run scored on that fold's own validation cases ({each} per fold, "
+                  f"{sum(per_fold.values())} over the folds run) and trained on its training cases, from {split}")
+    else:
+        scored = f"{_per_run(recs, lambda r: r['metrics']['n_cases'])} test cases per run from {split}"
     text = [f"**Data and evaluation.** {rec.get('dataset_name') or rec['dataset']} ({synthetic}{data_id}); "
-            f"{cases} test cases per run from {split}."]
+            f"{scored}."]
     text.append(_rescored(recs, results_dir))
     units = {r.get("hd95_unit") for r in recs if r.get("hd95_unit")}
     unit = next(iter(units)) if len(units) == 1 else None  # runs of other units: each named below
