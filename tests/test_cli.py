@@ -511,8 +511,9 @@ def test_folds_give_one_record_per_fold(tmp_path):
     for k in (0, 1):
         assert f"note: no splits_final.json in {root}; split: fold {k} of the 5 folds nnU-Net v2 generates" in out
     # and the Methods text, which said "the dataset's test split" of a split bench drew
-    assert ("test cases per run from cross-validation folds 0, 1 of the 5 folds nnU-Net v2 generates, drawn by "
-            "bench (KFold(shuffle=True, random_state=12345) over the sorted case ids).") in render_methods(tmp_path)
+    assert ("own validation cases (2 per fold, 4 over the folds run) and trained on its training cases, from "
+            "cross-validation folds 0, 1 of the 5 folds nnU-Net v2 generates, drawn by bench (KFold(shuffle=True, "
+            "random_state=12345) over the sorted case ids).") in render_methods(tmp_path)
     # the dataset's name in any case is that dataset: the same runs, not new ones (they trained twice, counted twice)
     again = _bench("run", "--models", "unet", "--dataset", "NNUNet", "--synthetic", "--protocol", "smoke", "--folds",
                    "0,1", "--results", tmp_path, *FAST).stdout
