@@ -307,11 +307,13 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     data = synthesize("synapse", tmp_path / "data")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "bench", "run", "--models", "unet", "--tiny", "--dataset", "synapse", "--data-root",
-           str(data), "--protocol", "smoke", "--img-size", "32", "--max-iterations", "100000", "--threads", "1",
-           "--no-progress", "--results", str(tmp_path / "res")]
+           str(data), "--protocol", "smoke", "--img-size", "32", "--epochs", "1000", "--max-iterations", "100000",
+           "--threads", "1", "--no-progress", "--results", str(tmp_path / "res")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list((tmp_path / "res").glob("runs/*/tb/*")) and time.monotonic() < deadline:  # a step trained
+    # an epoch trained (its checkpoint written), far from the last: the TensorBoard file, which this waited
+    # for, is there before the first step, and a run stopped before it leaves no folder (nor its log)
+    while not list((tmp_path / "res").glob("runs/*/checkpoints/last.pt")) and time.monotonic() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
