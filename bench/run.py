@@ -446,6 +446,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
     main = distributed.world().main
     say = say if main else (lambda *a, **k: None)
     failed, held, by_data, skipped, n_done = [], [], [], 0, 0
+    read: dict[str, list[dict]] = {}  # the records evaluated_elsewhere read, by dataset: once per command
     for i, spec in enumerate(specs, 1):
         # rank 0 claims the run (bench.claim: no other process trains it meanwhile) and its view of the
         # finished records decides for every rank (a record appearing meanwhile, or a network file
@@ -481,7 +482,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                 say(f"  {spec.key}: being run by {holder}, skipped")
                 held.append(spec)
                 continue
-            if main and (board := evaluated_elsewhere(spec, results_dir)):
+            if main and (board := evaluated_elsewhere(spec, results_dir, read)):
                 say(f"  note: {spec.key}: {board}")
             when = checkpoints_when(spec.protocol.train.checkpoint_every)
             with runlog.kept(records.run_dir(results_dir, spec.key), when) if main else nullcontext():
@@ -539,18 +540,19 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                         "whose process died (with --resume, from their last checkpoint)")
 
 
-def evaluated_elsewhere(spec: RunSpec, results_dir: Path) -> str | None:
+def evaluated_elsewhere(spec: RunSpec, results_dir: Path, read: dict[str, list[dict]] | None = None) -> str | None:
     """For weights evaluated as given (--weights): where ``results_dir`` holds a record of the same file
     (its sha256's first 16 digits: older records keep no more), model, data and policy under another
     protocol that scores as ``spec``'s does (``same_evaluation``: synapse_vmunet as synapse), what to say,
-    since this run scores them a second time for a board of their own; else None."""
+    since this run scores them a second time for a board of their own; else None. ``read``: the records
+    read so far, by dataset, which a caller keeps across its specs to read them once per command (a
+    record this command writes is of its own protocol, which this passes over anyway)."""
     if spec.weights is None:
         return None
-    for path in sorted(records.records_dir(results_dir).glob(f"{spec.dataset}-*.json")):
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # records.load names a damaged record; planning is not the place
-            continue
+    read = {} if read is None else read
+    if spec.dataset not in read:
+        read[spec.dataset] = records.dataset_records(results_dir, spec.dataset)
+    for rec in read[spec.dataset]:
         weights, meta = rec.get("weights"), rec.get("protocol")
         if not (isinstance(weights, dict) and isinstance(meta, dict)
                 and str(weights.get("sha256", ""))[:16] == spec.weights[1][:16] and rec.get("model") == spec.model
@@ -966,11 +968,7 @@ def _moved_results_roots(results_dir: Path, dataset: str, data_root: Path) -> tu
     if here.parent != (Path(results_dir) / "synthetic").resolve():
         return ()
     found = set()
-    for path in sorted(records.records_dir(results_dir).glob(f"{dataset}-*.json")):
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # records.load names a damaged record; planning is not the place
-            continue
+    for rec in records.dataset_records(results_dir, dataset):
         old = rec.get("data_root")
         if isinstance(old, str) and not rec.get("data_id") and Path(old).name == here.name \
                 and Path(old).parent.name == "synthetic" and Path(old) != here and not Path(old).exists():
