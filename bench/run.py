@@ -59,7 +59,9 @@ class RunSpec:
     policy: str
     model_overrides: tuple[tuple[str, Any], ...] = ()
     fold: int | None = None  # cross-validation fold (nnunet data); None: the dataset's test split
-    init: tuple[str, str, str] | None = None  # pretrained (source, path, sha256[:16]); None: from scratch
+    # pretrained (source, path, sha256: the record keeps it whole; the run id hashes its first 16 digits, as
+    # records before kept no more); None: from scratch
+    init: tuple[str, str, str] | None = None
     split_sha: str | None = None  # a fold's test cases (sha256[:16] of the sorted ids): its split by content
     # what the data is, fixed when planned: synthetic data by how it was made (bench.data.synthetic_identity;
     # a moved results folder holds the same data), other data by its files (SegDataset.content_id), or
@@ -92,7 +94,7 @@ class RunSpec:
             # the fold's cases, not only its number: a changed splits_final.json or fold scheme is another run
             ident.append([self.fold, self.split_sha])
         if self.init is not None:  # the file's content, not its path, defines the run
-            ident.append(["init", self.init[0], self.init[2]])
+            ident.append(["init", self.init[0], self.init[2][:16]])
         if self.weights is not None:
             ident.append(["weights", self.weights[1][:16]])
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -767,7 +769,7 @@ def shard_numbers(specs: list[RunSpec], n: int) -> dict[str, int]:
 def resolve_inits(models: list[str], protocol: Protocol,
                   pretrained_dir: Path | None) -> dict[str, tuple[str, str, str]]:
     """The pretrained file each model starts from under ``protocol`` (registry ``init``, found in
-    ``pretrained_dir``), as (source, path, sha256[:16]); BenchError listing every missing file."""
+    ``pretrained_dir``), as (source, path, sha256); BenchError listing every missing file."""
     if not protocol.pretrained:
         return {}
     wanted = {m: get_entry(m).init for m in models if get_entry(m).init is not None}
@@ -778,7 +780,7 @@ def resolve_inits(models: list[str], protocol: Protocol,
         raise BenchError(f"protocol {protocol.name!r} starts these models from their authors' pretrained files "
                          f"({'; '.join(missing)}): {where}, or --no-pretrained to train from scratch "
                          "(the runs are then marked off-protocol)")
-    return {m: (source, str(Path(pretrained_dir) / file), file_sha256(Path(pretrained_dir) / file)[:16])
+    return {m: (source, str(Path(pretrained_dir) / file), file_sha256(Path(pretrained_dir) / file))
             for m, (source, file) in wanted.items()}
 
 
