@@ -358,6 +358,18 @@ def _iter_records(results_dir: Path) -> Iterator[tuple[Path, dict]]:
         yield path, rec
 
 
+def dataset_records(results_dir: Path, dataset: str) -> list[dict[str, Any]]:
+    """The records of ``dataset``'s runs in ``results_dir`` as stored, for planning a run (bench run): one
+    unreadable is passed over, unchecked (``load`` names a damaged record; planning is not the place)."""
+    found = []
+    for path in sorted(records_dir(results_dir).glob(f"{dataset}-*.json")):
+        try:
+            found.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def read_record(results_dir: Path, run_id: str) -> dict[str, Any]:
     """One run's record, read and checked as ``load`` reads them (for the commands that work on a
     run ``load`` selected: rescore, predict, plots)."""

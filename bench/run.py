@@ -59,7 +59,9 @@ class RunSpec:
     policy: str
     model_overrides: tuple[tuple[str, Any], ...] = ()
     fold: int | None = None  # cross-validation fold (nnunet data); None: the dataset's test split
-    init: tuple[str, str, str] | None = None  # pretrained (source, path, sha256[:16]); None: from scratch
+    # pretrained (source, path, sha256: the record keeps it whole; the run id hashes its first 16 digits, as
+    # records before kept no more); None: from scratch
+    init: tuple[str, str, str] | None = None
     split_sha: str | None = None  # a fold's test cases (sha256[:16] of the sorted ids): its split by content
     # what the data is, fixed when planned: synthetic data by how it was made (bench.data.synthetic_identity;
     # a moved results folder holds the same data), other data by its files (SegDataset.content_id), or
@@ -92,7 +94,7 @@ class RunSpec:
             # the fold's cases, not only its number: a changed splits_final.json or fold scheme is another run
             ident.append([self.fold, self.split_sha])
         if self.init is not None:  # the file's content, not its path, defines the run
-            ident.append(["init", self.init[0], self.init[2]])
+            ident.append(["init", self.init[0], self.init[2][:16]])
         if self.weights is not None:
             ident.append(["weights", self.weights[1][:16]])
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -446,6 +448,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
     main = distributed.world().main
     say = say if main else (lambda *a, **k: None)
     failed, held, by_data, skipped, n_done = [], [], [], 0, 0
+    read: dict[str, list[dict]] = {}  # the records evaluated_elsewhere read, by dataset: once per command
     for i, spec in enumerate(specs, 1):
         # rank 0 claims the run (bench.claim: no other process trains it meanwhile) and its view of the
         # finished records decides for every rank (a record appearing meanwhile, or a network file
@@ -481,7 +484,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                 say(f"  {spec.key}: being run by {holder}, skipped")
                 held.append(spec)
                 continue
-            if main and (board := evaluated_elsewhere(spec, results_dir)):
+            if main and (board := evaluated_elsewhere(spec, results_dir, read)):
                 say(f"  note: {spec.key}: {board}")
             when = checkpoints_when(spec.protocol.train.checkpoint_every)
             with runlog.kept(records.run_dir(results_dir, spec.key), when) if main else nullcontext():
@@ -539,18 +542,19 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                         "whose process died (with --resume, from their last checkpoint)")
 
 
-def evaluated_elsewhere(spec: RunSpec, results_dir: Path) -> str | None:
+def evaluated_elsewhere(spec: RunSpec, results_dir: Path, read: dict[str, list[dict]] | None = None) -> str | None:
     """For weights evaluated as given (--weights): where ``results_dir`` holds a record of the same file
     (its sha256's first 16 digits: older records keep no more), model, data and policy under another
     protocol that scores as ``spec``'s does (``same_evaluation``: synapse_vmunet as synapse), what to say,
-    since this run scores them a second time for a board of their own; else None."""
+    since this run scores them a second time for a board of their own; else None. ``read``: the records
+    read so far, by dataset, which a caller keeps across its specs to read them once per command (a
+    record this command writes is of its own protocol, which this passes over anyway)."""
     if spec.weights is None:
         return None
-    for path in sorted(records.records_dir(results_dir).glob(f"{spec.dataset}-*.json")):
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # records.load names a damaged record; planning is not the place
-            continue
+    read = {} if read is None else read
+    if spec.dataset not in read:
+        read[spec.dataset] = records.dataset_records(results_dir, spec.dataset)
+    for rec in read[spec.dataset]:
         weights, meta = rec.get("weights"), rec.get("protocol")
         if not (isinstance(weights, dict) and isinstance(meta, dict)
                 and str(weights.get("sha256", ""))[:16] == spec.weights[1][:16] and rec.get("model") == spec.model
@@ -765,7 +769,7 @@ def shard_numbers(specs: list[RunSpec], n: int) -> dict[str, int]:
 def resolve_inits(models: list[str], protocol: Protocol,
                   pretrained_dir: Path | None) -> dict[str, tuple[str, str, str]]:
     """The pretrained file each model starts from under ``protocol`` (registry ``init``, found in
-    ``pretrained_dir``), as (source, path, sha256[:16]); BenchError listing every missing file."""
+    ``pretrained_dir``), as (source, path, sha256); BenchError listing every missing file."""
     if not protocol.pretrained:
         return {}
     wanted = {m: get_entry(m).init for m in models if get_entry(m).init is not None}
@@ -776,7 +780,7 @@ def resolve_inits(models: list[str], protocol: Protocol,
         raise BenchError(f"protocol {protocol.name!r} starts these models from their authors' pretrained files "
                          f"({'; '.join(missing)}): {where}, or --no-pretrained to train from scratch "
                          "(the runs are then marked off-protocol)")
-    return {m: (source, str(Path(pretrained_dir) / file), file_sha256(Path(pretrained_dir) / file)[:16])
+    return {m: (source, str(Path(pretrained_dir) / file), file_sha256(Path(pretrained_dir) / file))
             for m, (source, file) in wanted.items()}
 
 
@@ -966,11 +970,7 @@ def _moved_results_roots(results_dir: Path, dataset: str, data_root: Path) -> tu
     if here.parent != (Path(results_dir) / "synthetic").resolve():
         return ()
     found = set()
-    for path in sorted(records.records_dir(results_dir).glob(f"{dataset}-*.json")):
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # records.load names a damaged record; planning is not the place
-            continue
+    for rec in records.dataset_records(results_dir, dataset):
         old = rec.get("data_root")
         if isinstance(old, str) and not rec.get("data_id") and Path(old).name == here.name \
                 and Path(old).parent.name == "synthetic" and Path(old) != here and not Path(old).exists():

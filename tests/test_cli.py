@@ -144,6 +144,28 @@ def test_weights_evaluated_before_are_said_only_where_they_scored_alike_on_anoth
     assert said("synapse_vmunet") is None
 
 
+def test_weights_evaluated_before_are_looked_up_in_records_read_once_per_command(tmp_path, monkeypatch):
+    """evaluated_elsewhere reads the dataset's records once for all the specs of a command (the ``read`` it is
+    given), not once per spec; a damaged record is passed over, not an error of planning."""
+    from bench.protocol import load_protocol
+    from bench.run import RunSpec, evaluated_elsewhere
+
+    sha = "cd" * 32
+    rec = {**make_record("unet", "synapse", protocol="synapse"), "data_id": "d", "policy": "legacy-synapse",
+           "weights": {"file": "mine.pth", "sha256": sha, "trained_by": None}}
+    rec["protocol"] = load_protocol("synapse").to_record()
+    records.write_record(rec, tmp_path)
+    (records.records_dir(tmp_path) / "synapse-damaged.json").write_text("{", encoding="utf-8")
+    calls, real = [], records.dataset_records
+    monkeypatch.setattr(records, "dataset_records", lambda *a: calls.append(a) or real(*a))
+    specs = [RunSpec(model="unet", dataset="synapse", protocol=load_protocol("synapse_vmunet"), seed=seed,
+                     data_root=Path("/data/synapse"), synthetic=False, policy="legacy-synapse", data_id="d",
+                     weights=("/w/mine.pth", sha)) for seed in (0, 1)]
+    read: dict = {}
+    assert all("already evaluated under protocol synapse" in evaluated_elsewhere(s, tmp_path, read) for s in specs)
+    assert calls == [(tmp_path, "synapse")]
+
+
 def test_runs_on_data_of_ones_own_follow_its_files_not_its_path(tmp_path):
     """A copy of the data elsewhere (a node-local copy in a grid, a moved disk) is the same data: its
     finished runs are skipped, as is a record written when runs were identified by their data's path."""

@@ -360,6 +360,22 @@ def test_a_3d_protocols_volumetric_variant_is_the_papers_configuration(tmp_path)
             "init_filters=16 set by the user;") in text and "spatial_dims" not in text
 
 
+def test_the_protocols_dimensions_are_read_once_per_board_not_per_row(tmp_path, monkeypatch):
+    """A board's rows share its protocol: its recipe is rebuilt once for the board (a lightm_unet_3d board
+    of two rows still says both in the 3-D variant's terms), not once per row."""
+    import bench.report.methods as methods
+
+    rec = make_record("lightm_unet", dataset="nnunet", protocol="lightm_unet_3d", classes=["liver", "tumour"],
+                      model_config={"num_classes": 3, "in_chans": 1, "img_size": 128, "spatial_dims": 3})
+    rec["protocol"]["recipe"] = load_protocol("lightm_unet_3d").to_record()["recipe"]
+    other = {**rec, "run_id": rec["run_id"] + "x", "model_config": {**rec["model_config"], "init_filters": 16}}
+    built, real = [], methods.protocol_from_record
+    monkeypatch.setattr(methods, "protocol_from_record", lambda meta: built.append(meta["name"]) or real(meta))
+    text = _methods(tmp_path, rec, other)
+    assert text.count("the paper's configuration") == 2 and "spatial_dims" not in text
+    assert built == ["lightm_unet_3d"]
+
+
 def test_a_tiny_key_set_back_to_the_papers_value_is_said_once(tmp_path):
     """A review: --tiny --set widths=<the paper's> printed "tiny test configuration, with  set otherwise"."""
     rec = _record()

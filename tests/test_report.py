@@ -1775,6 +1775,18 @@ def test_paper_bold_is_tested_against_the_runner_up(tmp_path):
     assert "DSC p = 0.00781 against unet over 8 cases" in three and "against transunet" not in three
 
 
+def test_paper_board_of_one_model_says_once_why_nothing_is_bold(tmp_path):
+    """A review: a board of one model row (two seeds) printed no bold and said nothing of why; it says so once
+    for the board, not per column; a board of two models does not say it."""
+    for seed, dice in ((0, 0.70), (1, 0.74)):
+        write_record(make_record("unet", dataset="isic17", seed=seed, dice=dice), tmp_path / "one")
+    md = render(load(tmp_path / "one"), "md", columns=parse_columns("paper"))
+    assert "**" not in md and md.lower().count("no bold") == 1
+    assert "No bold: one model, nothing to compare; " in md
+    write_record(make_record("vmunet", dataset="isic17", dice=0.80), tmp_path / "one")
+    assert "nothing to compare" not in render(load(tmp_path / "one"), "md", columns=parse_columns("paper"))
+
+
 def test_paper_bold_whose_test_favours_the_runner_up_is_marked(tmp_path):
     """A review: a best mean resting on one case (unet 0.81 in 19 of 20 cases and 0 in one, vmunet 0.80 in all:
     vmunet's mean is higher, yet unet wins 19 cases, p = 0.0004) was bolded with no mark, as backed by the cases.

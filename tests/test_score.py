@@ -518,6 +518,23 @@ def test_colour_and_jpeg_masks_are_read_as_grey_or_refused_by_name(tmp_path):
         score_predictions(folder, ds, proto)
 
 
+def test_each_png_prediction_is_opened_once(tmp_path, monkeypatch):
+    """Its mode (1-bit, grey or colour) and its pixels come from one open of the file, grey or colour."""
+    from collections import Counter
+    from pathlib import Path
+
+    from PIL import Image
+
+    ds, folder = _isic_gt_folder(tmp_path)
+    first = folder / ds.prediction_name(ds.test_ids()[0])
+    Image.fromarray(np.stack([np.asarray(Image.open(first))] * 3, axis=-1)).save(first)  # one colour, one grey
+    opened, real_open = Counter(), Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **k: opened.update([Path(fp)]) or real_open(fp, *a, **k))
+    assert score_predictions(folder, ds, load_protocol("smoke")).metrics["dice"] == 1.0
+    assert {path: n for path, n in opened.items() if path.parent == folder} == \
+        {folder / ds.prediction_name(case_id): 1 for case_id in ds.test_ids()}
+
+
 def test_predictions_of_another_dataset_or_fold_are_named_so(tmp_path):
     """bench predict's manifest names the run's data and split: another dataset is refused (its numbers against
     this ground truth mean nothing; another nnU-Net dataset by its name), the same one read elsewhere is said;

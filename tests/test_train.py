@@ -1016,6 +1016,7 @@ def _vmamba_file(folder, tiny):
 
 
 def test_pretrained_protocol_starts_each_model_from_its_authors_file(synapse_root, tmp_path):
+    import dataclasses
     import hashlib
 
     from bench.records import load
@@ -1041,14 +1042,16 @@ def test_pretrained_protocol_starts_each_model_from_its_authors_file(synapse_roo
         plan_grid(models=["vmunet"], pretrained_dir=misfit, **grid)  # at planning, before any run trains
     ckpt = _vmamba_file(tmp_path / "weights", tiny)
     (spec,) = plan_grid(models=["vmunet"], pretrained_dir=tmp_path / "weights", **grid)
-    sha = hashlib.sha256((tmp_path / "weights" / "vmamba_small_e238_ema.pth").read_bytes()).hexdigest()[:16]
+    # the whole sha256, as weights.sha256 keeps it; the run id hashes its first 16 digits (older records' ids)
+    sha = hashlib.sha256((tmp_path / "weights" / "vmamba_small_e238_ema.pth").read_bytes()).hexdigest()
     assert spec.init == ("vmamba", str(tmp_path / "weights" / "vmamba_small_e238_ema.pth"), sha)
+    assert spec.key == dataclasses.replace(spec, init=(*spec.init[:2], sha[:16])).key
     scratch = load_protocol("smoke").with_overrides(img_size=32, max_iterations=1, lr=0.0, max_cases=1)
     (other,) = plan_grid(models=["vmunet"], **{**grid, "protocol": scratch})
     assert other.init is None and other.key != spec.key
 
     rec = run_one(spec, results_dir=tmp_path / "res", device=torch.device("cpu"))
-    assert rec["init"]["file"] == "vmamba_small_e238_ema.pth" and rec["init"]["sha256"] == sha
+    assert rec["init"]["file"] == "vmamba_small_e238_ema.pth" and rec["init"]["sha256"] == sha and len(sha) == 64
     assert rec["init"]["encoder"] == len(ckpt) and rec["init"]["decoder_mirrored"] > 0
     assert load(tmp_path / "res")["init"].tolist() == [f"vmamba_small_e238_ema.pth@{sha[:8]}"]
     final = torch.load(tmp_path / "res" / "runs" / spec.key / "checkpoints" / "final.pt", weights_only=True)["model"]

@@ -302,21 +302,21 @@ class SegDataset:
         that holds one grey (``_colour_as_grey``) is read as that grey, its path appended to ``greyed``
         where given. BenchError naming ``path`` for an unreadable file, a colour PNG, or values that are no
         class of this data."""
-        from bench.data.nnunet import VOLUME_ENDINGS, read_nifti, read_png
+        from bench.data.nnunet import VOLUME_ENDINGS, png_array, png_pixels, read_nifti
 
         volume = path.name.lower().endswith(VOLUME_ENDINGS)
-        mode = None if volume else _png_mode(path)
+        pixels, mode = (None, None) if volume else png_pixels(path, "a PNG image")  # one open: mode and pixels
         if volume:
             _refuse_channels(path)
             pred = read_nifti(path, label=True)[0]
         elif mode in _COLOUR_MODES:
-            pred = _colour_as_grey(path, mode, f"a single-channel PNG of 0 (background) and 255 "
+            pred = _colour_as_grey(path, pixels, mode, f"a single-channel PNG of 0 (background) and 255 "
                                                f"({self.class_names[0]}), or a 1-bit one" if self.binary else
                                                f"a single-channel PNG of class ids 0..{self.num_classes - 1}")
             if greyed is not None:
                 greyed.append(path)
         else:
-            pred = read_png(path, label=True)
+            pred = png_array(path, pixels, mode, label=True)
         if not self.binary:
             return class_ids(path, pred, self.num_classes)
         if mode == "1":  # a 1-bit PNG, foreground and background: it cannot store 255
@@ -332,25 +332,14 @@ class SegDataset:
         return (pred // 255).astype(np.uint8)
 
 
-def _png_mode(path: Path) -> str:
-    """The PIL mode of the image at ``path`` ("1" a 1-bit PNG, "L" grey, "RGB", ...), from its header."""
-    from PIL import Image
-
-    with reading(path, "a PNG image"), Image.open(path) as im:
-        return im.mode
-
-
 _COLOUR_MODES = ("RGB", "RGBA", "LA")  # PIL modes of several channels; "LA" is grey and alpha
 
 
-def _colour_as_grey(path: Path, mode: str, expected: str) -> np.ndarray:
-    """The label map stored in colour at ``path`` (PIL ``mode``) as its grey, where that is all it holds: its
-    colour channels equal and any alpha opaque everywhere (a grey map saved by a tool that writes RGB or
-    RGBA). BenchError naming ``path`` and what was ``expected`` otherwise: which channel is the label is
+def _colour_as_grey(path: Path, pixels: np.ndarray, mode: str, expected: str) -> np.ndarray:
+    """The label map stored in colour at ``path`` (its ``pixels``, (H, W, C), of PIL ``mode``) as its grey,
+    where that is all it holds: its colour channels equal and any alpha opaque everywhere (a grey map saved
+    by a tool that writes RGB or RGBA). BenchError naming ``path`` and what was ``expected`` otherwise: which channel is the label is
     unknown."""
-    from bench.data.nnunet import read_png
-
-    pixels = read_png(path)  # (H, W, C)
     colour, alpha = (pixels[..., :-1], pixels[..., -1]) if mode in ("RGBA", "LA") else (pixels, None)
     if alpha is not None and (alpha != 255).any():
         why = "an alpha channel that is not opaque everywhere"

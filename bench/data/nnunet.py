@@ -266,17 +266,27 @@ def channel_count_problem(found: int, declared: int) -> str:
 
 def read_png(path: Path, *, label: bool = False) -> np.ndarray:
     """(H, W) or (H, W, C) float32 image, or (H, W) int64 label."""
+    return png_array(path, *png_pixels(path), label=label)
+
+
+def png_pixels(path: Path, what: str = "an image") -> tuple[np.ndarray, str]:
+    """The pixels of the 2-D image at ``path`` as stored, and its PIL mode ("1" 1-bit, "L" grey, "RGB",
+    "P" palette, ...), from one open; BenchError naming ``path`` (as ``what``) for an unreadable file."""
     from PIL import Image
 
-    with reading(path, "an image"):
+    with reading(path, what):
         with Image.open(path) as im:
             if getattr(im, "n_frames", 1) > 1:  # Pillow would read the first page alone
                 raise BenchError(f"{path}: {im.n_frames} pages; expected a 2-D image (nnU-Net reads 3-D TIFFs "
                                  "with its Tiff3DIO and a spacing .json, which this reader does not support)")
-            if im.mode == "P" and not label:
-                raise BenchError(f"{path}: a palette image, whose pixels are palette indices, not intensities; "
-                                 "expected a grayscale or RGB image")
-            arr = np.asarray(im)
+            return np.asarray(im), im.mode
+
+
+def png_array(path: Path, arr: np.ndarray, mode: str, *, label: bool = False) -> np.ndarray:
+    """``png_pixels``' ``arr`` (of PIL ``mode``) as ``read_png`` returns it."""
+    if mode == "P" and not label:
+        raise BenchError(f"{path}: a palette image, whose pixels are palette indices, not intensities; "
+                         "expected a grayscale or RGB image")
     if label:
         if arr.ndim != 2:
             raise BenchError(f"{path}: a label image must be single-channel, got shape {arr.shape}")

@@ -443,10 +443,11 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
 
 def _bold_note(key: BoardKey, board: pd.DataFrame, table: pd.DataFrame, single: bool) -> str:
     """The paper layout's words on its bold (``_paper_table``): best mean, among which rows; per column
-    tested against the runner-up (p and its ``BOLD_MARKS``), else untested; why a column has no bold."""
+    tested against the runner-up (p and its ``BOLD_MARKS``), else untested; why a column has no bold (a
+    board of one row: once for all)."""
     a = table.attrs
     name = lambda head: _display_name(a["cols"][head], key.dataset)  # noqa: E731
-    said = []
+    said = ["no bold: one model, nothing to compare"] if len(board) == 1 else []
     if a.get("best"):
         among = " among the models trained here (not the weights only evaluated)" if _mixes_evaluated(board) else ""
         rules = (["HD95 among the models that missed no structure"] if _hd95_of_misses(board).any() else []) + (

@@ -204,13 +204,16 @@ def _by_label(labels: list[str], recs: list[dict]) -> dict[str, list[dict]]:
 
 def _models(labels: list[str], recs: list[dict]) -> str:
     by_label = _by_label(labels, recs)
-    return "**Models.** " + " ".join(_model(label, runs) for label, runs in by_label.items())
+    # one protocol per board (its key): its dimensions from the first record's recipe, not each row's
+    protocol = protocol_from_record(recs[0]["protocol"])
+    dims = protocol.spatial_dims if protocol is not None else None
+    return "**Models.** " + " ".join(_model(label, runs, dims) for label, runs in by_label.items())
 
 
-def _model(label: str, runs: list[dict]) -> str:
+def _model(label: str, runs: list[dict], dims: int | None) -> str:
     rec = runs[0]
     parts = [_FAMILIES.get(rec["family"], f"family {rec['family']}")]
-    changes = _config_changes(rec)
+    changes = _config_changes(rec, dims)
     if rec.get("tiny"):  # the tiny configuration's own keys, and what --set gave beside or instead of them
         cfg, tiny = rec["model_config"], set(_tiny_config(rec["model"]))
         other = set(_tiny_changes(rec["model"], cfg)) | {key for key, _ in changes if key not in tiny}
@@ -242,13 +245,11 @@ def _set_otherwise(rec: dict, changes: list[tuple[str, str]]) -> str:
                     f", with {', '.join(chosen)} chosen by the model for the input size" if chosen else ""))
 
 
-def _config_changes(rec: dict) -> list[tuple[str, str]]:
+def _config_changes(rec: dict, dims: int | None) -> list[tuple[str, str]]:
     """The configuration keys that differ from the model's registered paper configuration
-    (``labels.config_changes``, in its protocol's dimensions): (key, "key=value")."""
-    protocol = protocol_from_record(rec["protocol"])
+    (``labels.config_changes``, in its protocol's spatial ``dims``): (key, "key=value")."""
     cfg = rec["model_config"]
-    return [(k, f"{k}={_shown(cfg[k])}")
-            for k in config_changes(rec["model"], cfg, protocol.spatial_dims if protocol is not None else None)]
+    return [(k, f"{k}={_shown(cfg[k])}") for k in config_changes(rec["model"], cfg, dims)]
 
 
 def _start(runs: list[dict]) -> str:
