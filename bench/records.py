@@ -74,7 +74,7 @@ RUN_ID_COLUMNS = [
     "policy", "seed", "init", "data_id", "tiny", "weights",
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
-    "set_keys", "n_train", "data_root", "rescored_from", "status", "git_commit", "code_digest", "train_commits", "scored_commit", "scored_digest", "model_code", "device", "host", "slurm_job", "scan_backend", "hd95_unit",
+    "set_keys", "n_train", "data_root", "rescored_from", "status", "git_commit", "code_digest", "train_commits", "scored_commit", "scored_digest", "model_code", "device", "train_devices", "host", "slurm_job", "scan_backend", "hd95_unit",
     "started_at", "finished_at", "wall_time_s", "train_time_s", "train_loss", "world_size", "params", "trainable_params", "macs",
     "paper_macs", "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes", "n_missed", "n_present",
     "rescored_from_policy",
@@ -402,6 +402,11 @@ def _device_string(dev: Mapping[str, Any]) -> str:
     return f"{kind}: {dev.get('cpu') or '?'}{threads}"
 
 
+def _train_devices(rec: Mapping[str, Any]) -> str | None:
+    devices = rec["train"].get("devices")
+    return "; ".join(map(str, devices)) if isinstance(devices, list) and devices and not rec.get("weights") else None
+
+
 def _run_ids(rec: Mapping[str, Any]) -> dict[str, Any]:
     proto = rec["protocol"]
     return {
@@ -471,6 +476,9 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         scored_digest=(rec.get("rescored_with") or {}).get("code_digest"),
         model_code=rec.get("model_code"),  # a plugin's sources (registry.model_code); null for built-ins
         device=_device_string(rec["device"]),
+        # where it trained (env.short_fingerprint each; a resume on another adds one), "; "-joined; None for
+        # given weights and records older than train.devices (device then names where it ran)
+        train_devices=_train_devices(rec),
         host=(rec.get("launch") or {}).get("host"),  # where it ran (older records: None)
         slurm_job=_slurm_job(rec.get("launch")),
         scan_backend=rec["scan_backend"],

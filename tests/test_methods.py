@@ -570,3 +570,25 @@ def test_a_cross_validation_board_says_its_folds_are_averaged(tmp_path):
             "and trained on its training cases, from cross-validation folds 0, 1.") in text
     assert text.count("Each fold is scored over its own validation cases and the folds' scores are averaged") == 1
     assert "Each fold is scored" not in _methods(tmp_path / "test", _record(seed=0), _record(seed=1))
+
+
+def test_reproducibility_says_what_repeats_bit_for_bit_where_the_runs_trained(tmp_path):
+    """A reviewer found the Methods text named threads and CPU but not what they mean for repeating a run:
+    bit-identical on a CPU at the same thread count and instruction set, not on a GPU."""
+    cpu = _record()
+    cpu["device"].update(cpu_capability="AVX2", mkl_cbwr="COMPATIBLE")
+    text = _methods(tmp_path / "cpu", cpu)
+    assert ("**Reproducibility.** Every run seeds its random generators from its seed (the data order from seed and "
+            "epoch, each item's augmentation from seed, epoch and item); on a CPU, a run repeated with the same code, "
+            "data, seed, thread count, vector instruction set (AVX2) and MKL reproducibility mode (COMPATIBLE) "
+            "gives bit-identical weights and scores") in text
+    assert "on a GPU" not in text
+    gpu = _record(seed=1)
+    gpu["device"] = {"device": "cuda", "gpu": "NVIDIA H100", "cuda": "12.8"}
+    both = _methods(tmp_path / "both", _record(), gpu)
+    assert "(another thread count sums in another order, and training carries last-bit differences on); on a GPU, " \
+           "kernels that add with atomics can differ in the last bits between repeats" in both
+    assert "vector instruction set" not in both  # a record that keeps none: nothing made up
+    given = _record("isic17")
+    given["weights"] = {"file": "best.pth", "sha256": "ab" * 32, "trained_by": None}
+    assert "Reproducibility" not in _methods(tmp_path / "given", given)

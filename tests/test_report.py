@@ -2136,3 +2136,16 @@ def test_paper_columns_bold_the_runs_trained_here_not_weights_only_evaluated(tmp
     assert "Bold: each column's best mean among the models trained here (not the weights only evaluated)" in md
     write_record(make_record("transunet", seed=0, dice=0.80), tmp_path / "only")  # no mix: as before
     assert "among the models trained here" not in render(load(tmp_path / "only"), "md", columns=parse_columns("paper"))
+
+
+def test_the_board_csv_names_every_device_a_resumed_run_trained_on(tmp_path):
+    """A run killed on one machine and resumed on another trained on both (train.devices); the board
+    CSV's train_device named only the device the record was written on."""
+    rec = make_record("unet", seed=0)
+    rec["train"]["devices"] = ["Xeon x2 threads (AVX2) / torch 2.13.0", "EPYC x16 threads (AVX2) / torch 2.13.0"]
+    write_record(rec, tmp_path)
+    write_record(make_record("unet", seed=1), tmp_path)  # older record: no train.devices, its device
+    board = pd.read_csv(io.StringIO(write_report(tmp_path, "csv")), keep_default_na=False)
+    assert board["train_device"].tolist() == ["EPYC x16 threads (AVX2) / torch 2.13.0; "
+                                              "Xeon x2 threads (AVX2) / torch 2.13.0; cpu: AMD EPYC 7763 x2"]
+    assert load(tmp_path)["train_devices"].isna().tolist() == [False, True]

@@ -290,6 +290,10 @@ def test_a_volume_off_its_images_grid_is_refused_by_name_and_on_it_scored(tmp_pa
     nib.save(nib.Nifti1Image(data, shifted @ np.diag([1.0, 1.0, 2.0, 1.0])), str(folder / name))
     with pytest.raises(BenchError, match=r"not on the grid of its image .*\(spacing \(.*nor on its label file's"):
         score_predictions(folder, ds, SMOKE)
+    # a (D, H, W) array saved as it is with a made-up affine: the transpose is named, not the grid
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), np.eye(4)), str(folder / name))
+    with pytest.raises(BenchError, match=r"stored shape .*: save np\.transpose\(volume, \(2, 1, 0\)\)$"):
+        score_predictions(folder, ds, SMOKE)
 
 
 def test_binary_masks_predicted_then_scored_give_the_record_and_native_ones_are_resized(tmp_path):

@@ -310,17 +310,20 @@ def label_path(root: Path, case: str, ending: str) -> Path:
 
 
 def check_same_grid(path: Path, image: Path, label: Path) -> None:
-    """BenchError unless the NIfTI at ``path`` has the affine of its case's ``image`` (``_0000``: nnU-Net's
-    writer copies the image's geometry) or of its ``label`` file, to 1e-3 mm (where the two headers differ,
-    the arrays are still used voxel for voxel): naming what differs from the image (orientation, spacing,
-    origin) and how to put it right."""
+    """BenchError unless the NIfTI at ``path``, of its ``label``'s shape, has the affine of its case's ``image``
+    (``_0000``: nnU-Net's writer copies the image's geometry) or of its ``label`` file, to 1e-3 mm (where the
+    two headers differ, the arrays are still used voxel for voxel): naming what differs from the image
+    (orientation, spacing, origin) and how to put it right. Of another shape, it returns: the caller's shape
+    check says that (a (D, H, W) array saved as it is, with a made-up affine, is a transpose to name first)."""
     import nibabel as nib
 
-    affines = []
+    volumes = []
     for file in (path, image, label):
         with reading(file, "a NIfTI volume"):
-            affines.append(nib.load(str(file)).affine)
-    mine, theirs, labels = affines
+            volumes.append(nib.load(str(file)))
+    if volumes[0].shape != volumes[2].shape:
+        return
+    mine, theirs, labels = (v.affine for v in volumes)
     if any(np.allclose(mine, a, rtol=0, atol=1e-3) for a in (theirs, labels)):
         return
     axes = ["".join(nib.aff2axcodes(a)) for a in (mine, theirs)]

@@ -154,11 +154,13 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
 
 
 def _train_devices(runs: pd.DataFrame) -> str:
-    """The devices ``runs`` trained on, as records.load names them (CPU threads included), "; "-joined."""
+    """The devices ``runs`` trained on (CPU threads included), "; "-joined: each run's ``train_devices``
+    (every device a resume moved it to), else, in older records, the device it ran on."""
     if "device" not in runs:
         return ""
     trained = runs["weights"].isna() if "weights" in runs else pd.Series(True, index=runs.index)
-    return "; ".join(sorted(set(runs.loc[trained, "device"].dropna())))
+    where = runs["train_devices"].fillna(runs["device"]) if "train_devices" in runs else runs["device"]
+    return "; ".join(sorted({d for joined in where[trained].dropna() for d in str(joined).split("; ")}))
 
 
 def _rescored_from(runs: pd.DataFrame) -> str:

@@ -127,7 +127,7 @@ def _board(group: pd.DataFrame, recs: list[dict], results_dir: Path, reference: 
     labels = list(group["model_label"])
     evaluation = " ".join(t for t in (_evaluation(recs, results_dir), _restated(labels, recs, group)) if t)
     paragraphs = [_lead(first), _models(labels, recs), _training(labels, recs), evaluation,
-                  _statistics(group, recs, reference), _environment(labels, recs, group)]
+                  _statistics(group, recs, reference), _environment(labels, recs, group), _reproducibility(recs)]
     return f"## {title}\n\n" + "\n\n".join(p for p in paragraphs if p) + "\n"
 
 
@@ -748,6 +748,30 @@ def _environment(labels: list[str], recs: list[dict], group: pd.DataFrame) -> st
             + ".")
     text += [_resumes(labels, recs), _train_time(labels, recs)]
     return " ".join(t for t in text if t)
+
+
+def _reproducibility(recs: list[dict]) -> str:
+    """What repeating the board's training runs gives: bit-identical on a CPU under what the records keep
+    (thread count, vector instruction set, MKL's reproducibility mode), not on a GPU; "" where every row
+    is given weights (nothing trained here)."""
+    trained = [r for r in recs if not r.get("weights")]
+    if not trained:
+        return ""
+    gpu = [r for r in trained if str(r["device"].get("device", "")).startswith("cuda")]
+    cpu = [r for r in trained if r not in gpu]
+    said = []
+    if cpu:
+        isa = sorted({str(r["device"]["cpu_capability"]) for r in cpu if r["device"].get("cpu_capability")})
+        mkl = sorted({str(r["device"]["mkl_cbwr"]) for r in cpu if r["device"].get("mkl_cbwr")})
+        same = ["code", "data", "seed", "thread count", *([f"vector instruction set ({', '.join(isa)})"] if isa else []),
+                *([f"MKL reproducibility mode ({', '.join(mkl)})"] if mkl else [])]
+        said.append(f"on a CPU, a run repeated with the same {and_list(same)} gives bit-identical weights and scores "
+                    "(another thread count sums in another order, and training carries last-bit differences on)")
+    if gpu:
+        said.append("on a GPU, kernels that add with atomics can differ in the last bits between repeats, so a "
+                    "repeated run is not bit-identical")
+    return ("**Reproducibility.** Every run seeds its random generators from its seed (the data order from seed "
+            "and epoch, each item's augmentation from seed, epoch and item); " + "; ".join(said) + ".")
 
 
 def _packages(rec: dict) -> str:
