@@ -11,7 +11,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.organs import SYNAPSE_ORGANS  # in the papers' column order
-from bench.records import code_version, finished, miss_counts, split_fold
+from bench.records import code_version, finished, folds_text, miss_counts, split_fold
 from bench.report.costs import join_cost
 from bench.report.labels import BoardKey, _overrides_text, label_cases, label_runs
 
@@ -289,10 +289,7 @@ def _plugin_code_changed(group: pd.DataFrame) -> dict[str, str]:
 
 def _folds(splits: pd.Series) -> str:
     """The cross-validation folds a model's runs tested, "0-4" or "0, 2"; "" for a fixed test split."""
-    folds = sorted({f for f in splits.astype(str).map(split_fold) if f is not None})
-    if len(folds) > 2 and folds == list(range(folds[0], folds[-1] + 1)):
-        return f"{folds[0]}-{folds[-1]}"
-    return ", ".join(map(str, folds))
+    return folds_text([f for f in splits.astype(str).map(split_fold) if f is not None])
 
 
 def _init_cell(runs: pd.DataFrame) -> str:
