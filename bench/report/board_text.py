@@ -341,7 +341,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
     title = board_title(key.dataset, a["protocol_name"], a["protocol_version"], a["protocol_hash"], a["overrides"],
                         key.policy)
     seeds = _joined(board["n_seeds"])
-    cases = "/".join(sorted({c for c in board["n_cases"] if c})) or "?"
+    cases = "/".join(map(str, a.get("n_cases", []))) or "?"  # per run
     units = a.get("hd95_units", [])
     unit = _one_hd95_unit(board)
     hd = f"HD95 in {unit}" if unit else "HD95 in the policy's unit"
@@ -640,7 +640,8 @@ def _render_csv(boards: dict[BoardKey, pd.DataFrame]) -> str:
     aggregates = [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n_nan") if f"{m}_{s}" in values]
     first = [c for c in table.columns if c not in values]
     table = table[first + aggregates + [c for c in values if c not in aggregates]]
-    for c in (c for c in values if c.endswith("_n_nan")):  # counts: 0, not 0.0 where another board lacks the column
+    # counts: 0, not 0.0 where another board lacks the column (n_train: empty where records did not keep it)
+    for c in [c for c in values if c.endswith("_n_nan")] + ["n_cases", "n_train"]:
         table[c] = table[c].astype("Int64")
     return table.to_csv(index=False, lineterminator="\n")
 

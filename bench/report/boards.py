@@ -85,8 +85,13 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
             "n_runs": len(runs),
             "folds": _folds_cell(runs) if "split" in runs else "",
             "fold_set": _folds(runs["split"]) if "split" in runs else "",  # the folds alone, to compare
-            "n_cases": _joined(runs["n_cases"]) if "n_cases" in runs else "",
-            "n_train": _joined(runs["n_train"]) if "n_train" in runs else "",  # training items; "" before kept
+            # numbers (a CSV's int columns), with the runs' own counts where they differ: k-fold's folds of
+            # 2 and 3 cases, a smoke run's max_cases
+            "n_cases": _cases_scored(runs),
+            "n_cases_per_run": _differing(runs["n_cases"]),
+            # training items: the most of a run (each fold trains on others); NaN before records kept them
+            "n_train": runs["n_train"].max() if "n_train" in runs else math.nan,
+            "n_train_per_run": _differing(runs["n_train"]) if "n_train" in runs else "",
             # weights evaluated as given (--weights; the label names them): no training recipe applied
             "evaluated": bool("weights" in runs and runs["weights"].notna().all()),
             "params": runs["params"].mean(),
@@ -114,6 +119,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
             row[f"{col}_n_nan"] = int(runs[col].isna().sum())
         rows.append(row)
     board = pd.DataFrame(rows)
+    board = board.drop(columns=[c for c in ("n_cases_per_run", "n_train_per_run") if not board[c].any()])
     if "dice_mean" in board:
         board = board.sort_values(["dice_mean", "model"], ascending=[False, True], na_position="last")
     board = board.reset_index(drop=True)
@@ -140,6 +146,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         plugin_code=_plugin_code_changed(group),
         repeated=repeated,
         repeated_runs=repeated_runs,  # per model, the run ids of its seeds counted more than once
+        n_cases=sorted({int(n) for n in group["n_cases"].dropna()}),  # per run, as the caption says them
         n_train=sorted({int(n) for n in group["n_train"].dropna()}) if "n_train" in group else [],
         # bench rescore: (runs rescored, runs, their first policies, how many have their first record gone)
         rescored=_rescored_count(group),
@@ -313,9 +320,30 @@ def _folds_cell(runs: pd.DataFrame) -> str:
 
 
 def _joined(values: pd.Series) -> str:
-    # n_cases (n_train) normally agrees across runs; a smoke run with max_cases shows up as "12/4".
     uniq = sorted({int(v) for v in values.dropna()})
     return "/".join(str(v) for v in uniq)
+
+
+def _differing(values: pd.Series) -> str:
+    """The runs' counts, "2/3", where they differ; "" where they agree."""
+    return _joined(values) if values.dropna().nunique() > 1 else ""
+
+
+def per_run(row: pd.Series, column: str) -> list[int]:
+    """A board row's ``n_cases`` or ``n_train`` as its runs' own counts (``<column>_per_run`` where
+    they differ); [] where its records kept none."""
+    differing = row.get(f"{column}_per_run")
+    if isinstance(differing, str) and differing:
+        return [int(n) for n in differing.split("/")]
+    return [] if pd.isna(row.get(column, math.nan)) else [int(row[column])]
+
+
+def _cases_scored(runs: pd.DataFrame) -> int:
+    """The test cases a row's runs were scored on: a cross-validation's folds hold other cases, so
+    their sum; of one split the most a run scored (max_cases scores the first of the same cases)."""
+    if "split" not in runs:
+        return int(runs["n_cases"].max())
+    return int(runs.groupby("split")["n_cases"].max().sum())
 
 
 def leaderboards(df_runs: pd.DataFrame) -> dict[BoardKey, pd.DataFrame]:
@@ -324,8 +352,10 @@ def leaderboards(df_runs: pd.DataFrame) -> dict[BoardKey, pd.DataFrame]:
     profiles).
 
     A board's row is a model label (``label_runs``) with its runs': ``model, family, model_config,
-    n_seeds, n_runs, folds`` (the cell shown), ``fold_set`` (the folds alone), ``n_cases, n_train``
-    ("12/4" where runs differ), ``evaluated`` (weights evaluated as given), ``params, macs,
+    n_seeds, n_runs, folds`` (the cell shown), ``fold_set`` (the folds alone), ``n_cases`` (the test
+    cases its runs were scored on: a cross-validation's summed over its folds), ``n_train`` (the most
+    training items of a run; NaN before records kept them), each with ``<column>_per_run`` ("2/3", the
+    runs' own counts) on boards where some row's runs differ, ``evaluated`` (weights evaluated as given), ``params, macs,
     paper_macs`` (means; the records' own counts), ``peak_mem_mb`` (max), ``train_time_s`` (mean),
     ``train_device`` (where: CPU threads included), ``n_missed, n_present`` (sums: structures predicted nowhere / present); where records count
     them, ``dice_n_na`` / ``dice_n_entries`` (case × class entries without a Dice, summed over
