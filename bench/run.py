@@ -811,7 +811,6 @@ def check_workers(workers: int | None) -> None:
                          f"process); got {workers!r}")
 
 
-@caller_rng_kept()  # it builds every model to check it: the caller's RNG stays where it was
 def grid_notes(specs: list[RunSpec]) -> list[str]:
     """The readers' notes of a grid's runs, once each, as bench run says them: the folds' split notes
     (the nnU-Net reader's "split: fold 3 of <rule>", one per fold) as one naming every fold run
@@ -827,6 +826,7 @@ def grid_notes(specs: list[RunSpec]) -> list[str]:
             for (before, after), folds in said.items()]
 
 
+@caller_rng_kept()  # it builds every model to check it: the caller's RNG stays where it was
 def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str, seeds: int | list[int] | None,
               data_root: Path | str | None, synthetic: bool, results_dir: Path | str, policy: str | None = None,
               model_overrides: dict[str, Any] | None = None, folds: list[int] | str | None = None,
