@@ -1598,6 +1598,27 @@ def test_a_csv_board_keeps_its_case_counts_numbers_when_folds_differ(tmp_path):
     assert "n_cases_per_run" not in old and old["n_cases"].tolist() == [2] and old["n_train"].isna().all()
 
 
+def test_a_cross_validation_board_gives_the_dsc_pooled_over_all_folds_cases(tmp_path):
+    """nnU-Net's cross-validation summary scores every fold's validation cases together; the board's
+    mean is over the folds' own scores. Folds of 3 cases and 2, at 0.8 and 0.5 (seed 0), 0.9 and 0.6
+    (seed 1): the board's 70.00; pooled per seed (3 × 0.8 + 2 × 0.5) / 5 = 0.68 and 0.78, so 73.00, in
+    the caption and the CSV."""
+    for seed, shift in ((0, 0.0), (1, 0.1)):
+        for fold, cases, dice in ((0, ["a", "b", "c"], 0.8), (1, ["d", "e"], 0.5)):
+            write_record(_cv_record("unet", fold, cases, dice + shift, seed=seed), tmp_path)
+    write_record(make_record("unet", seed=0), tmp_path)  # a fixed split: no folds to pool
+    md = write_report(tmp_path)
+    cv = md[md.index("## nnunet:Dataset802_LungXray (cross-validation)"):]
+    assert "| 70.00 ± " in next(line for line in cv.splitlines() if line.startswith("| unet"))
+    assert ("DSC pooled over all folds' validation cases, as nnU-Net's cross-validation summary scores them "
+            "(under the board's policy; per seed, then averaged over seeds): unet 73.00 over 5 cases.") in cv
+    assert "DSC pooled" not in md[:md.index("## nnunet:Dataset802_LungXray (cross-validation)")]
+    table = pd.read_csv(io.StringIO(write_report(tmp_path, "csv"))).set_index("dataset")
+    assert table.loc["nnunet:Dataset802_LungXray (cross-validation)", "dice_pooled"] == pytest.approx(0.73)
+    assert table.loc["nnunet:Dataset802_LungXray (cross-validation)", "dice_mean"] == pytest.approx(0.70)
+    assert pd.isna(table.loc["synapse", "dice_pooled"])
+
+
 def test_runs_on_other_data_or_from_other_weights_are_not_averaged(tmp_path):
     """Two copies of Synapse preprocessed otherwise (the records' data_id), or one model started
     from two pretrained files: their runs averaged into one row ("1 (2 runs)", 70.00 ± 14.14)."""

@@ -371,6 +371,8 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         note += (" The mean is over the folds' own scores, each over its validation cases: not nnU-Net's "
                  "cross-validation summary, which scores all folds' cases together (they differ where folds "
                  "hold different numbers of cases or per-class means leave cases out).")
+        if "dice_pooled" in board and board["dice_pooled"].notna().any() and shown("metrics"):
+            note += _pooled_note(board)
         if len(folds) > 1:
             note += f" Models tested on different folds ({'; '.join(folds)}): not comparable."
         if any("(uneven" in f for f in board["folds"]):
@@ -439,6 +441,15 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
     if paper_layout(columns):
         note += _bold_note(key, board, _display_table(board, columns) if table is None else table, single)
     return title, note
+
+
+def _pooled_note(board: pd.DataFrame) -> str:
+    """A cross-validation board's DSC pooled over all its folds' cases (``boards.join_pooled``), per row."""
+    each = "; ".join(f"{m} {d * 100:.2f} over {n} cases"  # a row without case rows has none
+                     for m, d, n in zip(board["model"], board["dice_pooled"], board["n_cases"]) if not math.isnan(d))
+    seeds = "; per seed, then averaged over seeds" if (board["n_seeds"] > 1).any() else ""
+    return (f" DSC pooled over all folds' validation cases, as nnU-Net's cross-validation summary scores them "
+            f"(under the board's policy{seeds}): {each}.")
 
 
 def _bold_note(key: BoardKey, board: pd.DataFrame, table: pd.DataFrame, single: bool) -> str:

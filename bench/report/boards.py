@@ -6,6 +6,7 @@ import collections
 import json
 import math
 import re
+import statistics
 
 import pandas as pd
 
@@ -13,7 +14,7 @@ from bench.errors import BenchError
 from bench.organs import SYNAPSE_ORGANS  # in the papers' column order
 from bench.records import code_version, finished, folds_text, miss_counts, split_fold
 from bench.report.costs import join_cost
-from bench.report.labels import BoardKey, _overrides_text, label_cases, label_runs
+from bench.report.labels import CV_LABEL, BoardKey, _overrides_text, label_cases, label_runs
 
 
 # Aggregate metrics a board may show: record key -> (display name, ×100 for display, arrow).
@@ -448,10 +449,27 @@ def join_ci(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.Data
             board[f"{metric}_ci_lo"], board[f"{metric}_ci_hi"] = [c[0] for c in cis], [c[1] for c in cis]
 
 
+def join_pooled(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.DataFrame]) -> None:
+    """Add ``dice_pooled`` to cross-validation boards: per seed, the DSC of all its folds' validation
+    cases scored together under the board's policy (what nnU-Net's cross-validation summary gives,
+    where the board's mean is over the folds' own scores), averaged over seeds. ``groups``: the case
+    rows per board (``_case_groups``)."""
+    from bench import metrics
+
+    for key, board in boards.items():
+        cases = groups.get(key)
+        if CV_LABEL not in key.dataset or cases is None or "dice_mean" not in board:
+            continue
+        pooled = {label: statistics.fmean(metrics.aggregate(seed_rows, key.policy)["dice"]
+                                          for _, seed_rows in rows.groupby("seed"))
+                  for label, rows in cases.groupby("model_label")}
+        board["dice_pooled"] = [pooled.get(m, math.nan) for m in board["model"]]
+
+
 def _boards(df_runs: pd.DataFrame, df_cases: pd.DataFrame | None, profiles: pd.DataFrame | None) -> tuple[
         dict[BoardKey, pd.DataFrame], dict[BoardKey, pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame]]:
-    """The boards (per-test-set ones included, costs and CIs joined), their case rows, and the
-    per-test-set (run rows, case rows) of ``split_test_sets``."""
+    """The boards (per-test-set ones included, costs, CIs and cross-validation boards' pooled DSC joined),
+    their case rows, and the per-test-set (run rows, case rows) of ``split_test_sets``."""
     df_runs = finished(df_runs)
     if df_cases is not None:
         df_cases = df_cases[df_cases["run_id"].isin(df_runs["run_id"])]
@@ -460,4 +478,5 @@ def _boards(df_runs: pd.DataFrame, df_cases: pd.DataFrame | None, profiles: pd.D
     groups = _case_groups(pd.concat([df_cases, set_cases], ignore_index=True) if len(set_cases) else df_cases)
     join_cost(boards, profiles)
     join_ci(boards, groups)
+    join_pooled(boards, groups)
     return boards, groups, (set_runs, set_cases)
