@@ -206,6 +206,14 @@ def split_fold(split: str) -> int | None:
     return int(split[4:]) if split.startswith("fold") else None
 
 
+def folds_text(folds: list[int]) -> str:
+    """Cross-validation folds as boards and bench run name them: "0-4" (three or more in a row) or "0, 2"."""
+    folds = sorted(set(folds))
+    if len(folds) > 2 and folds == list(range(folds[0], folds[-1] + 1)):
+        return f"{folds[0]}-{folds[-1]}"
+    return ", ".join(map(str, folds))
+
+
 def _is_type(value: Any, types: tuple) -> bool:
     # bool is an int subclass in Python; a flag where a count belongs is a bug, not a number.
     if isinstance(value, bool) and bool not in types:

@@ -815,6 +815,21 @@ def check_workers(workers: int | None) -> None:
                          f"process); got {workers!r}")
 
 
+def grid_notes(specs: list[RunSpec]) -> list[str]:
+    """The readers' notes of a grid's runs, once each, as bench run says them: the folds' split notes
+    (the nnU-Net reader's "split: fold 3 of <rule>", one per fold) as one naming every fold run
+    ("split: folds 0-4 of <rule>"). Each run's record keeps its own fold's note."""
+    said: dict[tuple[str, str | None], set[int]] = {}  # (before, after "fold k of ") or (note, None) -> folds
+    for spec in specs:
+        for note in spec.notes:
+            before, mark, after = note.partition(f"fold {spec.fold} of ")
+            key = (before, after) if spec.fold is not None and mark else (note, None)
+            said.setdefault(key, set()).update([] if key[1] is None else [spec.fold])
+    return [before if after is None else
+            f"{before}fold{'s' * (len(folds) > 1)} {records.folds_text(list(folds))} of {after}"
+            for (before, after), folds in said.items()]
+
+
 @caller_rng_kept()  # it builds every model to check it: the caller's RNG stays where it was
 def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str, seeds: int | list[int] | None,
               data_root: Path | str | None, synthetic: bool, results_dir: Path | str, policy: str | None = None,

@@ -528,10 +528,14 @@ def test_folds_give_one_record_per_fold(tmp_path):
                  "0,1", "--results", tmp_path, *FAST).stdout
     df = records.load(tmp_path)
     assert sorted(df["split"]) == ["fold0", "fold1"] and df["run_id"].nunique() == 2
-    # the run says how each fold's split was made (the reader's notes were never shown)
+    # the run says how the folds' split was made (the reader's notes were never shown), once for all folds,
+    # before the runs; each record keeps its own fold's note
     root = records.read_record(tmp_path, df["run_id"].iloc[0])["data_root"]
+    said = f"note: no splits_final.json in {root}; split: folds 0, 1 of the 5 folds nnU-Net v2 generates"
+    assert out.count("note: ") == 1 and said in out and out.index(said) < out.index("[1/2]")
     for k in (0, 1):
-        assert f"note: no splits_final.json in {root}; split: fold {k} of the 5 folds nnU-Net v2 generates" in out
+        rec = records.read_record(tmp_path, df["run_id"].iloc[k])
+        assert f"split: fold {records.split_fold(rec['split'])} of the 5 folds" in rec["data_notes"][0]
     # and the Methods text, which said "the dataset's test split" of a split bench drew
     assert ("own validation cases (2 per fold, 4 over the folds run) and trained on its training cases, from "
             "cross-validation folds 0, 1 of the 5 folds nnU-Net v2 generates, drawn by bench (KFold(shuffle=True, "

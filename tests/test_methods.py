@@ -569,6 +569,8 @@ def test_a_cross_validation_board_says_its_folds_are_averaged(tmp_path):
     assert ("each fold's run scored on that fold's own validation cases (2 to 3 per fold, 5 over the folds run) "
             "and trained on its training cases, from cross-validation folds 0, 1.") in text
     assert text.count("Each fold is scored over its own validation cases and the folds' scores are averaged") == 1
+    # the boards' captions give nnU-Net's pooled figure beside the mean (their case rows hold the Dice)
+    assert "captions also give the DSC pooled over all folds' validation cases (per seed)" in text
     assert "Each fold is scored" not in _methods(tmp_path / "test", _record(seed=0), _record(seed=1))
 
 

@@ -1570,6 +1570,55 @@ def test_an_uneven_fold_grid_is_named(tmp_path):
     assert "& 0--4 &" in write_report(tmp_path, "latex")  # a range's en dash, in LaTeX
 
 
+def _cv_record(model: str, fold: int, cases: list[str], dice: float, seed: int = 0, **kw) -> dict:
+    """A run of one fold of nnU-Net-format data, scored on ``cases`` (its validation cases)."""
+    rec = make_record(model, seed=seed, dataset="nnunet", protocol="lightm_unet_2d", classes=["lung"],
+                      run_id=f"{model}{seed}{fold}", dice=dice, case_ids=cases, **kw)
+    rec.update(dataset_name="nnunet:Dataset802_LungXray", policy="strict", split=f"fold{fold}")
+    return rec
+
+
+def test_a_csv_board_keeps_its_case_counts_numbers_when_folds_differ(tmp_path):
+    """5 cases in 2 folds (3 and 2): the CSV's n_cases and n_train were "2/3" and "7/8", strings that
+    turned the columns' pandas dtype into object; now numbers (the cases over the folds, the most
+    training items of a run), with the runs' own counts beside them, and the Markdown as it was."""
+    for fold, cases in ((0, ["a", "b", "c"]), (1, ["d", "e"])):
+        write_record({**_cv_record("unet", fold, cases, 0.8), "n_train": 5 - len(cases) + 5}, tmp_path / "cv")
+    write_record({**make_record("unet", seed=0), "n_train": 20}, tmp_path / "cv")  # a fixed split: counts agree
+    table = pd.read_csv(io.StringIO(write_report(tmp_path / "cv", "csv")))
+    assert table["n_cases"].dtype == "int64" and table["n_train"].dtype == "int64"
+    cv = table[table["dataset"].str.endswith("(cross-validation)")].iloc[0]
+    fixed = table[table["dataset"] == "synapse"].iloc[0]
+    assert (cv["n_cases"], cv["n_cases_per_run"], cv["n_train"], cv["n_train_per_run"]) == (5, "2/3", 8, "7/8")
+    assert (fixed["n_cases"], fixed["n_train"]) == (2, 20) and pd.isna(fixed["n_cases_per_run"])
+    assert "test cases per run: 2/3; training items: 7/8." in write_report(tmp_path / "cv")
+    # a board whose runs all agree has no such column; records before n_train leave it empty
+    write_record(make_record("unet", seed=0), tmp_path / "old")
+    old = pd.read_csv(io.StringIO(write_report(tmp_path / "old", "csv")))
+    assert "n_cases_per_run" not in old and old["n_cases"].tolist() == [2] and old["n_train"].isna().all()
+
+
+def test_a_cross_validation_board_gives_the_dsc_pooled_over_all_folds_cases(tmp_path):
+    """nnU-Net's cross-validation summary scores every fold's validation cases together; the board's
+    mean is over the folds' own scores. Folds of 3 cases and 2, at 0.8 and 0.5 (seed 0), 0.9 and 0.6
+    (seed 1): the board's 70.00; pooled per seed (3 × 0.8 + 2 × 0.5) / 5 = 0.68 and 0.78, so 73.00, in
+    the caption and the CSV."""
+    for seed, shift in ((0, 0.0), (1, 0.1)):
+        for fold, cases, dice in ((0, ["a", "b", "c"], 0.8), (1, ["d", "e"], 0.5)):
+            write_record(_cv_record("unet", fold, cases, dice + shift, seed=seed), tmp_path)
+    write_record(make_record("unet", seed=0), tmp_path)  # a fixed split: no folds to pool
+    md = write_report(tmp_path)
+    cv = md[md.index("## nnunet:Dataset802_LungXray (cross-validation)"):]
+    assert "| 70.00 ± " in next(line for line in cv.splitlines() if line.startswith("| unet"))
+    assert ("DSC pooled over all folds' validation cases, as nnU-Net's cross-validation summary scores them "
+            "(under the board's policy; per seed, then averaged over seeds): unet 73.00 over 5 cases.") in cv
+    assert "DSC pooled" not in md[:md.index("## nnunet:Dataset802_LungXray (cross-validation)")]
+    table = pd.read_csv(io.StringIO(write_report(tmp_path, "csv"))).set_index("dataset")
+    assert table.loc["nnunet:Dataset802_LungXray (cross-validation)", "dice_pooled"] == pytest.approx(0.73)
+    assert table.loc["nnunet:Dataset802_LungXray (cross-validation)", "dice_mean"] == pytest.approx(0.70)
+    assert pd.isna(table.loc["synapse", "dice_pooled"])
+
+
 def test_runs_on_other_data_or_from_other_weights_are_not_averaged(tmp_path):
     """Two copies of Synapse preprocessed otherwise (the records' data_id), or one model started
     from two pretrained files: their runs averaged into one row ("1 (2 runs)", 70.00 ± 14.14)."""

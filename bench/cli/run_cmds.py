@@ -108,8 +108,8 @@ def run(
     from bench.env import resolve_device
     from bench.protocol import load_protocol
     from bench.registry import BuildError, get_entry, resolve_models
-    from bench.run import (check_workers, dry_run_data, parse_shard, plan_grid, refuse_2d_models, resolve_inits,
-                           run_grid, select_shard)
+    from bench.run import (check_workers, dry_run_data, grid_notes, parse_shard, plan_grid, refuse_2d_models,
+                           resolve_inits, run_grid, select_shard)
 
     _compute_setup(threads)
     if distributed.rank_from_env() != 0:  # a process of a torchrun: the first says the warnings for all
@@ -195,7 +195,7 @@ def run(
     say(f"bench run: {len(specs)} run(s){f' (shard {shard} of {total})' if shard else ''} · "
         f"{_grid_text(specs, dataset, proto)} · device {dev}"
         + (f" · {distributed.world().size} processes" if distributed.world().distributed else ""))
-    for note in dict.fromkeys(n for spec in specs for n in spec.notes):  # which split, once each
+    for note in grid_notes(specs):  # which split, once for all folds
         say(f"note: {note}")
     run_grid(specs, results_dir=results, device=dev, resume=resume, show_progress=progress, say=say,
              say_error=_echo_err)

@@ -341,7 +341,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
     title = board_title(key.dataset, a["protocol_name"], a["protocol_version"], a["protocol_hash"], a["overrides"],
                         key.policy)
     seeds = _joined(board["n_seeds"])
-    cases = "/".join(sorted({c for c in board["n_cases"] if c})) or "?"
+    cases = "/".join(map(str, a.get("n_cases", []))) or "?"  # per run
     units = a.get("hd95_units", [])
     unit = _one_hd95_unit(board)
     hd = f"HD95 in {unit}" if unit else "HD95 in the policy's unit"
@@ -371,6 +371,8 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
         note += (" The mean is over the folds' own scores, each over its validation cases: not nnU-Net's "
                  "cross-validation summary, which scores all folds' cases together (they differ where folds "
                  "hold different numbers of cases or per-class means leave cases out).")
+        if "dice_pooled" in board and board["dice_pooled"].notna().any() and shown("metrics"):
+            note += _pooled_note(board)
         if len(folds) > 1:
             note += f" Models tested on different folds ({'; '.join(folds)}): not comparable."
         if any("(uneven" in f for f in board["folds"]):
@@ -439,6 +441,15 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
     if paper_layout(columns):
         note += _bold_note(key, board, _display_table(board, columns) if table is None else table, single)
     return title, note
+
+
+def _pooled_note(board: pd.DataFrame) -> str:
+    """A cross-validation board's DSC pooled over all its folds' cases (``boards.join_pooled``), per row."""
+    each = "; ".join(f"{m} {d * 100:.2f} over {n} cases"  # a row without case rows has none
+                     for m, d, n in zip(board["model"], board["dice_pooled"], board["n_cases"]) if not math.isnan(d))
+    seeds = "; per seed, then averaged over seeds" if (board["n_seeds"] > 1).any() else ""
+    return (f" DSC pooled over all folds' validation cases, as nnU-Net's cross-validation summary scores them "
+            f"(under the board's policy{seeds}): {each}.")
 
 
 def _bold_note(key: BoardKey, board: pd.DataFrame, table: pd.DataFrame, single: bool) -> str:
@@ -641,7 +652,8 @@ def _render_csv(boards: dict[BoardKey, pd.DataFrame]) -> str:
     aggregates = [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n_nan") if f"{m}_{s}" in values]
     first = [c for c in table.columns if c not in values]
     table = table[first + aggregates + [c for c in values if c not in aggregates]]
-    for c in (c for c in values if c.endswith("_n_nan")):  # counts: 0, not 0.0 where another board lacks the column
+    # counts: 0, not 0.0 where another board lacks the column (n_train: empty where records did not keep it)
+    for c in [c for c in values if c.endswith("_n_nan")] + ["n_cases", "n_train"]:
         table[c] = table[c].astype("Int64")
     return table.to_csv(index=False, lineterminator="\n")
 

@@ -6,14 +6,15 @@ import collections
 import json
 import math
 import re
+import statistics
 
 import pandas as pd
 
 from bench.errors import BenchError
 from bench.organs import SYNAPSE_ORGANS  # in the papers' column order
-from bench.records import code_version, finished, miss_counts, split_fold
+from bench.records import code_version, finished, folds_text, miss_counts, split_fold
 from bench.report.costs import join_cost
-from bench.report.labels import BoardKey, _overrides_text, label_cases, label_runs
+from bench.report.labels import CV_LABEL, BoardKey, _overrides_text, label_cases, label_runs
 
 
 # Aggregate metrics a board may show: record key -> (display name, ×100 for display, arrow).
@@ -85,8 +86,13 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
             "n_runs": len(runs),
             "folds": _folds_cell(runs) if "split" in runs else "",
             "fold_set": _folds(runs["split"]) if "split" in runs else "",  # the folds alone, to compare
-            "n_cases": _joined(runs["n_cases"]) if "n_cases" in runs else "",
-            "n_train": _joined(runs["n_train"]) if "n_train" in runs else "",  # training items; "" before kept
+            # numbers (a CSV's int columns), with the runs' own counts where they differ: k-fold's folds of
+            # 2 and 3 cases, a smoke run's max_cases
+            "n_cases": _cases_scored(runs),
+            "n_cases_per_run": _differing(runs["n_cases"]),
+            # training items: the most of a run (each fold trains on others); NaN before records kept them
+            "n_train": runs["n_train"].max() if "n_train" in runs else math.nan,
+            "n_train_per_run": _differing(runs["n_train"]) if "n_train" in runs else "",
             # weights evaluated as given (--weights; the label names them): no training recipe applied
             "evaluated": bool("weights" in runs and runs["weights"].notna().all()),
             "params": runs["params"].mean(),
@@ -114,6 +120,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
             row[f"{col}_n_nan"] = int(runs[col].isna().sum())
         rows.append(row)
     board = pd.DataFrame(rows)
+    board = board.drop(columns=[c for c in ("n_cases_per_run", "n_train_per_run") if not board[c].any()])
     if "dice_mean" in board:
         board = board.sort_values(["dice_mean", "model"], ascending=[False, True], na_position="last")
     board = board.reset_index(drop=True)
@@ -140,6 +147,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         plugin_code=_plugin_code_changed(group),
         repeated=repeated,
         repeated_runs=repeated_runs,  # per model, the run ids of its seeds counted more than once
+        n_cases=sorted({int(n) for n in group["n_cases"].dropna()}),  # per run, as the caption says them
         n_train=sorted({int(n) for n in group["n_train"].dropna()}) if "n_train" in group else [],
         # bench rescore: (runs rescored, runs, their first policies, how many have their first record gone)
         rescored=_rescored_count(group),
@@ -291,10 +299,7 @@ def _plugin_code_changed(group: pd.DataFrame) -> dict[str, str]:
 
 def _folds(splits: pd.Series) -> str:
     """The cross-validation folds a model's runs tested, "0-4" or "0, 2"; "" for a fixed test split."""
-    folds = sorted({f for f in splits.astype(str).map(split_fold) if f is not None})
-    if len(folds) > 2 and folds == list(range(folds[0], folds[-1] + 1)):
-        return f"{folds[0]}-{folds[-1]}"
-    return ", ".join(map(str, folds))
+    return folds_text([f for f in splits.astype(str).map(split_fold) if f is not None])
 
 
 def _init_cell(runs: pd.DataFrame) -> str:
@@ -318,9 +323,30 @@ def _folds_cell(runs: pd.DataFrame) -> str:
 
 
 def _joined(values: pd.Series) -> str:
-    # n_cases (n_train) normally agrees across runs; a smoke run with max_cases shows up as "12/4".
     uniq = sorted({int(v) for v in values.dropna()})
     return "/".join(str(v) for v in uniq)
+
+
+def _differing(values: pd.Series) -> str:
+    """The runs' counts, "2/3", where they differ; "" where they agree."""
+    return _joined(values) if values.dropna().nunique() > 1 else ""
+
+
+def per_run(row: pd.Series, column: str) -> list[int]:
+    """A board row's ``n_cases`` or ``n_train`` as its runs' own counts (``<column>_per_run`` where
+    they differ); [] where its records kept none."""
+    differing = row.get(f"{column}_per_run")
+    if isinstance(differing, str) and differing:
+        return [int(n) for n in differing.split("/")]
+    return [] if pd.isna(row.get(column, math.nan)) else [int(row[column])]
+
+
+def _cases_scored(runs: pd.DataFrame) -> int:
+    """The test cases a row's runs were scored on: a cross-validation's folds hold other cases, so
+    their sum; of one split the most a run scored (max_cases scores the first of the same cases)."""
+    if "split" not in runs:
+        return int(runs["n_cases"].max())
+    return int(runs.groupby("split")["n_cases"].max().sum())
 
 
 def leaderboards(df_runs: pd.DataFrame) -> dict[BoardKey, pd.DataFrame]:
@@ -329,8 +355,10 @@ def leaderboards(df_runs: pd.DataFrame) -> dict[BoardKey, pd.DataFrame]:
     profiles).
 
     A board's row is a model label (``label_runs``) with its runs': ``model, family, model_config,
-    n_seeds, n_runs, folds`` (the cell shown), ``fold_set`` (the folds alone), ``n_cases, n_train``
-    ("12/4" where runs differ), ``evaluated`` (weights evaluated as given), ``params, macs,
+    n_seeds, n_runs, folds`` (the cell shown), ``fold_set`` (the folds alone), ``n_cases`` (the test
+    cases its runs were scored on: a cross-validation's summed over its folds), ``n_train`` (the most
+    training items of a run; NaN before records kept them), each with ``<column>_per_run`` ("2/3", the
+    runs' own counts) on boards where some row's runs differ, ``evaluated`` (weights evaluated as given), ``params, macs,
     paper_macs`` (means; the records' own counts), ``peak_mem_mb`` (max), ``train_time_s`` (mean),
     ``train_device`` (where: CPU threads included), ``n_missed, n_present`` (sums: structures predicted nowhere / present); where records count
     them, ``dice_n_na`` / ``dice_n_entries`` (case × class entries without a Dice, summed over
@@ -423,10 +451,27 @@ def join_ci(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.Data
             board[f"{metric}_ci_lo"], board[f"{metric}_ci_hi"] = [c[0] for c in cis], [c[1] for c in cis]
 
 
+def join_pooled(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.DataFrame]) -> None:
+    """Add ``dice_pooled`` to cross-validation boards: per seed, the DSC of all its folds' validation
+    cases scored together under the board's policy (what nnU-Net's cross-validation summary gives,
+    where the board's mean is over the folds' own scores), averaged over seeds. ``groups``: the case
+    rows per board (``_case_groups``)."""
+    from bench import metrics
+
+    for key, board in boards.items():
+        cases = groups.get(key)
+        if CV_LABEL not in key.dataset or cases is None or "dice_mean" not in board:
+            continue
+        pooled = {label: statistics.fmean(metrics.aggregate(seed_rows, key.policy)["dice"]
+                                          for _, seed_rows in rows.groupby("seed"))
+                  for label, rows in cases.groupby("model_label")}
+        board["dice_pooled"] = [pooled.get(m, math.nan) for m in board["model"]]
+
+
 def _boards(df_runs: pd.DataFrame, df_cases: pd.DataFrame | None, profiles: pd.DataFrame | None) -> tuple[
         dict[BoardKey, pd.DataFrame], dict[BoardKey, pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame]]:
-    """The boards (per-test-set ones included, costs and CIs joined), their case rows, and the
-    per-test-set (run rows, case rows) of ``split_test_sets``."""
+    """The boards (per-test-set ones included, costs, CIs and cross-validation boards' pooled DSC joined),
+    their case rows, and the per-test-set (run rows, case rows) of ``split_test_sets``."""
     df_runs = finished(df_runs)
     if df_cases is not None:
         df_cases = df_cases[df_cases["run_id"].isin(df_runs["run_id"])]
@@ -435,4 +480,5 @@ def _boards(df_runs: pd.DataFrame, df_cases: pd.DataFrame | None, profiles: pd.D
     groups = _case_groups(pd.concat([df_cases, set_cases], ignore_index=True) if len(set_cases) else df_cases)
     join_cost(boards, profiles)
     join_ci(boards, groups)
+    join_pooled(boards, groups)
     return boards, groups, (set_runs, set_cases)

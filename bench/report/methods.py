@@ -615,10 +615,12 @@ def _statistics(group: pd.DataFrame, recs: list[dict], reference: str | None) ->
     single = single_run(group)  # as the boards: no ± std then
     text = ["**Statistical analysis.** " + ("Tables give each model's one run: no standard deviation." if single else
             f"Tables give each model's mean over its {runs} ± their sample standard deviation (n − 1).")]
-    if cv:  # as the board's caption: not nnU-Net's summary of all folds' cases pooled
-        text.append("Each fold is scored over its own validation cases and the folds' scores are averaged; the "
-                    "standard deviation holds the split's variance too.")
     measured = [m for m in CI_METRICS if any(_value(case.get(m)) for r in recs for case in r.get("per_case", []))]
+    if cv:  # as the board's caption: not nnU-Net's summary of all folds' cases pooled, given beside it
+        text.append("Each fold is scored over its own validation cases and the folds' scores are averaged; the "
+                    "standard deviation holds the split's variance too."
+                    + (" The tables' captions also give the DSC pooled over all folds' validation cases (per seed), "
+                       "as nnU-Net's cross-validation summary scores them." if "dice" in measured else ""))
     if measured:
         text.append(f"95% confidence intervals of {and_list([METRICS[m][0] for m in measured])}: percentile bootstrap "
                     f"over test cases ({stats.N_BOOT} resamples, seeded), each resample scored under the board's "

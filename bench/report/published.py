@@ -14,7 +14,7 @@ from bench import metrics
 from bench.data.isic import test_set_id
 from bench.published import DEFAULT_NAME
 from bench.report.board_text import _caption, _one_hd95_unit
-from bench.report.boards import METRICS, TEST_SET_DATASETS, class_display
+from bench.report.boards import METRICS, TEST_SET_DATASETS, class_display, per_run
 from bench.report.labels import CV_LABEL, BoardKey, config_changes
 
 
@@ -189,8 +189,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
             cases = (groups or {}).get(key)
             if cases is not None and "model_label" in cases:
                 cases = cases[cases["model_label"] == row["model"]]
-            n_train = [int(n) for n in str(row.get("n_train", "") or "").split("/") if n]
-            split = split_mismatch(key.dataset, cases, n_train)
+            split = split_mismatch(key.dataset, cases, per_run(row, "n_train"))
             reasons += [split] if split else []
         return "; ".join(reasons) or None
 
