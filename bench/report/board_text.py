@@ -17,7 +17,7 @@ from bench.report.boards import METRICS, _code_versions, _joined, _rescored_from
 from bench.report.costs import _g
 from bench.report.formats import ReportFormat
 from bench.report.labels import CV_LABEL, BoardKey, label_cases, label_runs
-from bench.report.tables import _align, _latex_table, _md_table
+from bench.report.tables import _align, _latex_table, _md_table, latex_header
 
 
 _CSV_KEY_COLUMNS = ["dataset", "protocol", "protocol_version", "protocol_hash", "protocol_builtin", "policy", "hd95_unit",
@@ -518,8 +518,7 @@ def _render_md(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...] | 
 def _render_latex(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...] | None = None,
                   groups: dict[BoardKey, pd.DataFrame] | None = None) -> str:
     # A small booktabs emitter: DataFrame.to_latex needs jinja2, which is not a dependency.
-    parts = ["% Requires \\usepackage{booktabs} and \\usepackage{graphicx} (tables wider than the line are shrunk to it);"
-             " names outside Latin-1 need xelatex or lualatex. bench report --columns paper keeps the papers' columns."]
+    parts = [latex_header("bench report --columns paper keeps the papers' columns.")]
     labels: collections.Counter = collections.Counter()
     for key, board in boards.items():
         table = _display_table(board, columns, (groups or {}).get(key))

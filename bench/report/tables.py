@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import collections
 import re
+import warnings
 
 import pandas as pd
+
+from bench.errors import few
 
 
 def _bold_cells(table: pd.DataFrame) -> set[tuple[int, int]]:
@@ -39,6 +42,21 @@ _LATEX_ESCAPES = {
 
 def _latex_escape(text: str) -> str:
     return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def latex_header(extra: str = "") -> str:
+    """The comment opening a LaTeX output (``bench report``'s, ``bench profile``'s): the packages its tables need."""
+    return ("% Requires \\usepackage{booktabs} and \\usepackage{graphicx} (tables wider than the line are shrunk to it),"
+            " and \\usepackage[T1]{fontenc} for accented Latin-1 names; names outside Latin-1 need xelatex or lualatex."
+            + (f" {extra}" if extra else ""))
+
+
+def warn_outside_latin1(tex: str) -> None:
+    """Said once per output: characters the escaper has no LaTeX for, beyond Latin-1, which pdflatex stops at."""
+    beyond = sorted({ch for ch in tex if ord(ch) > 255})
+    if beyond:
+        warnings.warn(f"the LaTeX holds characters outside Latin-1 ({few(beyond, 10)}) that pdflatex cannot set: "
+                      "compile it with xelatex or lualatex", stacklevel=3)
 
 
 def _align(column: str) -> str:

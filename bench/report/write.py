@@ -21,7 +21,7 @@ from bench.report.costs import render_cost_latex, render_cost_md
 from bench.report.formats import ReportFormat
 from bench.report.published import PUBLISHED_NOTE, missing_published_md, published_note, published_tables
 from bench.report.significance import _check_reference, significance_latex, significance_md
-from bench.report.tables import _latex_table, _md_table
+from bench.report.tables import _latex_table, _md_table, warn_outside_latin1
 
 
 def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md", df_cases: pd.DataFrame | None = None,
@@ -240,6 +240,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
             if extra:
                 text = text.rstrip("\n") + "\n\n" + "\n".join(extra)
         text = _with_cost_latex(text, fmt, profiles, columns)
+        if fmt == ReportFormat.latex:
+            warn_outside_latin1(text)
     if out is not None:
         atomic_write_text(Path(out), text)
     return text
