@@ -223,6 +223,11 @@ def test_paper_columns_and_labels_for_latex(runs, tmp_path):
         render(runs, "csv", columns=("metrics",))
     # names keep their hyphens (a GPU's, a weights file's date); × and friends are escaped
     assert _latex_escape("A100-SXM4-80GB unet-2024-05-01.pth 2 × 3") == "A100-SXM4-80GB unet-2024-05-01.pth 2 $\\times$ 3"
+    # symbols pdflatex cannot take raw, and pairs it would read as other text: "--" an en dash, ">=" two characters
+    assert _latex_escape("≥ ≤ ≠ … → μs µs") == "$\\geq$ $\\leq$ $\\neq$ \\ldots{} $\\rightarrow$ $\\mu$s $\\mu$s"
+    assert _latex_escape("pass one as --reference, p >= 0.05, a<=b, x---y, 0–4") == \
+        "pass one as -{}-reference, p $\\geq$ 0.05, a$\\leq$b, x-{}-{}-y, 0--4"
+    assert _latex_escape('a mark such as "(noisy)": 5" wide') == "a mark such as ``(noisy)'': 5\\texttt{\\char34} wide"
     caption = render(runs, "md", columns=("family",)).split("\n\n")[1]
     assert "in %" not in caption and "NaN is shown" not in caption  # no metric column shown, none explained
     # the cost columns say at which input their GMACs were counted, where they are shown
@@ -248,7 +253,8 @@ def test_labels_with_markup_characters_keep_tables_whole(tmp_path):
     assert len(rows) == 2 and all(cells(r) == cells(header) for r in rows)
     assert 'unet (norm="a\\|b<c>")' in md and 'unet (norm="Überprüfung")' in md
     tex = render(load(tmp_path), "latex")
-    assert "a\\textbar{}b\\textless{}c\\textgreater{}" in tex and "\\texttt{\\char34}" in tex
+    # a value's quotes are TeX's pair (a straight one is set as the typewriter's character)
+    assert "unet (norm=``a\\textbar{}b\\textless{}c\\textgreater{}'')" in tex and "\\texttt{\\char34}" not in tex
     assert tex.count("\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%") == 1  # shrunk only
     assert "graphicx" in tex
 
@@ -283,6 +289,17 @@ def test_latex_reports_carry_the_cost_tables(tmp_path):
     assert cli.exit_code == 0 and "\\label{tab:profile-input-1x3x32x32-fp32}" in cli.stdout
     assert cli.stdout.startswith("% Requires \\usepackage{booktabs} and \\usepackage{graphicx}")
     assert "\\usepackage[T1]{fontenc}" in cli.stdout.splitlines()[0] and tex.startswith(cli.stdout.splitlines()[0])
+
+
+def test_latex_cells_set_a_numbers_minus_as_a_minus():
+    """A negative difference was set with a hyphen, shorter than the minus of the numbers around it."""
+    import collections
+
+    from bench.report.tables import _latex_table
+
+    table = pd.DataFrame({"Model": ["unet-2 (lr=-1)"], "Diff": ["-0.12"], "CI": ["[-1.50, 2.00]"], "Folds": ["0-4"]})
+    tex = _latex_table("T", "note", "t", table, "lrrr", collections.Counter())
+    assert "unet-2 (lr=-1) & $-$0.12 & [$-$1.50, 2.00] & 0-4 \\\\" in tex
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="needs pdflatex (TeX Live) to compile the table")
@@ -2043,7 +2060,7 @@ def test_a_published_file_is_named_and_its_numbers_unlike_the_bundled_tables_mar
     for fmt in ("md", "latex"):
         text = write_report(tmp_path, fmt, published=pub)
         assert f"Published numbers: from {pub} (sha256 {sha}) (--published-file), not the bundled" in text.replace(
-            "\\_", "_")
+            "\\_", "_").replace("-{}-", "--")
         assert ("§ marks a number the bundled table gives otherwise" if fmt == "md" else
                 "\\S{} marks a number the bundled table gives otherwise") in text
     rows = {r["Metric"]: r for r in md_rows(write_report(tmp_path, published=pub).split("## Published vs ours")[1],

@@ -37,11 +37,36 @@ _LATEX_ESCAPES = {
     "–": "--", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "§": r"\S{}", "—": "---", "⁰": r"$^0$", "¹": r"$^1$", "²": r"$^2$", "³": r"$^3$", "⁴": r"$^4$", "⁵": r"$^5$",
     "⁶": r"$^6$", "⁷": r"$^7$", "⁸": r"$^8$", "⁹": r"$^9$", "`": "",  # a Markdown code mark
     "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}", '"': r"\texttt{\char34}",  # straight quote, any encoding
+    "≥": r"$\geq$", "≤": r"$\leq$", "≠": r"$\neq$", "…": r"\ldots{}", "→": r"$\rightarrow$",
+    "μ": r"$\mu$", "µ": r"$\mu$", "𝜇": r"$\mu$", "𝝁": r"$\mu$",  # Greek mu, the micro sign, math italic and bold
+    ">=": r"$\geq$", "<=": r"$\leq$",  # pairs: pdflatex sets them as the characters one by one
 }  # fmt: skip
+_LATEX_TOKEN = re.compile(r">=|<=|.", re.S)
 
 
 def _latex_escape(text: str) -> str:
-    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+    """``text`` for LaTeX's text mode: its special characters and pairs escaped, the symbols pdflatex
+    cannot take raw in math, hyphens as hyphens, a pair of straight quotes (a label's json.dumps of a string) as TeX's
+    ``quotes'' (a lone one stays the character)."""
+    text, out, opened = str(text), [], False
+    for m in _LATEX_TOKEN.finditer(text):
+        token = m.group()
+        if token == '"' and (opened or '"' in text[m.end():]):
+            out.append("''" if opened else "``")
+            opened = not opened
+        elif token == "-" and text.startswith("-", m.end()):  # "--" is an en dash ("--reference"), "---" an em dash
+            out.append("-{}")
+        else:
+            out.append(_LATEX_ESCAPES.get(token, token))
+    return "".join(out)
+
+
+def _cell(value: object) -> str:
+    """A table cell escaped, a number's minus sign a minus ("-0.12", "[-1.5, 2.0]"): a hyphen is shorter."""
+    return _NEGATIVE.sub(r"$-$", _latex_escape(value))
+
+
+_NEGATIVE = re.compile(r"(?<![^\s\[(])-(?=\.?\d)")  # a hyphen opening a number: at the start, after a space or bracket
 
 
 def latex_header(extra: str = "") -> str:
@@ -82,7 +107,7 @@ def _latex_table(title: str, note: str, name: str, table: pd.DataFrame, spec: st
         "\\midrule",
     ]
     bold = _bold_cells(table)
-    cell = lambda i, j, v: f"\\textbf{{{_latex_escape(v)}}}" if (i, j) in bold else _latex_escape(v)  # noqa: E731
+    cell = lambda i, j, v: f"\\textbf{{{_cell(v)}}}" if (i, j) in bold else _cell(v)  # noqa: E731
     lines += [" & ".join(cell(i, j, v) for j, v in enumerate(row)) + " \\\\"
               for i, row in enumerate(table.itertuples(index=False, name=None))]  # plain tuples: any column names
     lines += ["\\bottomrule", "\\end{tabular}", "}", "\\end{table}"]
