@@ -307,6 +307,7 @@ def test_the_split_is_said_as_the_data_made_it(tmp_path):
     assert f"test cases per run from {drawn}." in _methods(tmp_path / "drawn", rec)
     del rec["split_rule"]
     assert "test cases per run from the dataset's test split." in _methods(tmp_path / "old", rec)
+    assert " 1 test case per run from " in _methods(tmp_path / "one", _record(n_cases=1))  # not "1 test cases"
     (root / "splits_final.json").write_text('[{"train": ["synth_000", "synth_001"], "val": ["synth_002"]}]')
     assert open_dataset("nnunet", root).split_rule == (
         "fold 0 of the data's splits_final.json (its val cases as test cases)")

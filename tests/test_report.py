@@ -1790,11 +1790,27 @@ def test_paper_bold_is_tested_against_the_runner_up(tmp_path):
     assert "Bold: each column's best mean, untested (no paired test against the runner-up)." in untested
     assert "†" not in untested
     tex = render(load(tmp_path / "few"), "latex", load(tmp_path / "few", level="case"), columns=paper)
-    assert "\\textbf{80.00 $^\\dagger$}" in tex
+    assert "\\textbf{80.00 $^\\dagger$}" in tex and "$^\\dagger$: p $\\geq$ 0.05, these cases" in tex
+    for model, dice, hd in (("vmunet", 0.80, 20.0), ("unet", 0.70, 25.0)):  # one case: "1 case", not "1 cases"
+        write_record(make_record(model, seed=0, dice=dice, hd95=hd, n_cases=1), tmp_path / "one")
+    one = render(load(tmp_path / "one"), "md", load(tmp_path / "one", level="case"), columns=paper)
+    assert "DSC p = 1 † against unet over 1 case;" in one
     for model, dice in (("vmunet", 0.80), ("unet", 0.79), ("transunet", 0.50)):
         write_record(make_record(model, seed=0, dice=dice, n_cases=8), tmp_path / "three")
     three = render(load(tmp_path / "three"), "md", load(tmp_path / "three", level="case"), columns=paper)
     assert "DSC p = 0.00781 against unet over 8 cases" in three and "against transunet" not in three
+
+
+def test_per_class_cells_are_said_to_be_means_where_a_board_shows_some(tmp_path):
+    """A review: a binary ISIC board under --columns paper ended "per-class cells are means.", with none shown."""
+    for seed in (0, 1):
+        for model, dice in (("vmunet", 0.80), ("unet", 0.70)):
+            write_record(make_record(model, seed=seed, dice=dice + seed / 100), tmp_path)
+            write_record(make_record(model, dataset="isic17", seed=seed, dice=dice + seed / 100), tmp_path)
+    tex = render(load(tmp_path), "latex", columns=parse_columns("paper"))
+    isic, synapse = tex.split("\\label")[:2]
+    assert "Bold: each column's best mean" in isic and "per-class" not in isic
+    assert "per-class cells are means." in synapse
 
 
 def test_paper_board_of_one_model_says_once_why_nothing_is_bold(tmp_path):

@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 
-from bench.errors import BenchError, did_you_mean, few
+from bench.errors import BenchError, counted, did_you_mean, few
 from bench.names import name_list
 from bench.protocol import builtin_difference
 from bench.stats import ci_caution
@@ -461,7 +461,7 @@ def _bold_note(key: BoardKey, board: pd.DataFrame, table: pd.DataFrame, single: 
         if tested:
             marks = {h: _bold_mark(t) for h, t in tested.items()}
             runs = "; ".join(f"{name(h)} p = {t['p']:.3g}{f' {marks[h]}' if marks[h] else ''} against "
-                             f"{t['runner_up']} over {t['n']} cases" for h, t in tested.items())
+                             f"{t['runner_up']} over {counted(t['n'], 'case')}" for h, t in tested.items())
             legend = "".join(f"; {m}: {meaning}" for m, meaning in BOLD_MARKS.items() if m in marks.values())
             text += (f", tested against the runner-up (the next best mean) by the board's paired test over test "
                      f"cases (two-sided, unadjusted): {runs}{legend}"
@@ -470,7 +470,8 @@ def _bold_note(key: BoardKey, board: pd.DataFrame, table: pd.DataFrame, single: 
             text += ", untested (no paired test against the runner-up)"
         said.append(text)
     said += [f"{name(h)}: no bold, {why}" for h, why in a.get("no_best", {}).items()]
-    said += [] if single else ["per-class cells are means"]
+    per_class = any(c.startswith("dice/") and h in table for h, c in a["cols"].items())  # none on a binary board
+    said += ["per-class cells are means"] if per_class and not single else []
     text = "; ".join(said)
     return f" {text[:1].upper()}{text[1:]}." if text else ""
 
