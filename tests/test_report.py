@@ -1657,6 +1657,22 @@ def test_reference_typos_and_markdown_only_options_are_one_clear_error(tmp_path)
             write_report(tmp_path, fmt, published=True)
     with pytest.raises(BenchError, match="--reference and --published add tables after the boards"):
         write_report(tmp_path, "csv", reference="unet", published=True)
+    # the plots' options where no plots are drawn did nothing, silently
+    with pytest.raises(BenchError, match=r"--plot-format shapes the plots, which only a Markdown report written to a "
+                                         r"file has \(--format md --out report.md\); got --format latex"):
+        write_report(tmp_path, "latex", out=tmp_path / "t.tex", plot_format="pdf")
+    with pytest.raises(BenchError, match="--plot-format and --plot-style shape the plots.*; got no --out"):
+        write_report(tmp_path, "md", plot_format="pdf", plot_style="paper")
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    cli = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--out", str(tmp_path / "t.csv"),
+                                   "--plot-style", "paper"])
+    assert "--plot-style shapes the plots" in str(cli.exception) and "got --format csv" in str(cli.exception)
+    assert not (tmp_path / "t.csv").exists()
+    ok = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--out", str(tmp_path / "t.tex")])
+    assert ok.exit_code == 0, ok.output  # the defaults alone: nothing refused
 
 
 def test_synthetic_boards_get_no_gap_to_the_papers(tmp_path):

@@ -35,10 +35,11 @@ def report(
                                                         "(the papers' layout: their metrics, per-class DSC means, the best in bold), family, seeds, "
                                                         "params, time, cost, metrics, ci, classes, class-hd95; "
                                                         "default all")] = None,
-    plot_format: Annotated[str, typer.Option(help="with --out (Markdown): the plots as png, or pdf/svg (vector, "
-                                                  "for a paper)")] = "png",
-    plot_style: Annotated[str, typer.Option(help="with --out (Markdown): screen, or paper (a journal's column: "
-                                                 "half the size, 7 pt text, 300 dpi PNGs, no titles)")] = "screen",
+    plot_format: Annotated[Optional[str], typer.Option(help="with a Markdown --out only: the plots as png (default), or "
+                                                            "pdf/svg (vector, for a paper)")] = None,
+    plot_style: Annotated[Optional[str], typer.Option(help="with a Markdown --out only: screen (default), or paper (a "
+                                                           "journal's column: half the size, 7 pt text, 300 dpi PNGs, "
+                                                           "no titles)")] = None,
 ) -> None:
     """Leaderboards (mean ± std over seeds, per organ) from the run records.
 
@@ -49,8 +50,10 @@ def report(
     groups = parse_columns(columns)  # before anything is read
     from bench.plots import check_plot_format, check_plot_style
 
-    check_plot_format(plot_format)  # before anything is read, with or without --out
-    check_plot_style(plot_style)
+    if plot_format is not None:  # before anything is read, with or without --out
+        check_plot_format(plot_format)
+    if plot_style is not None:
+        check_plot_style(plot_style)
 
     format = ReportFormat(out_format(format, out, _SUFFIX_FORMATS))
     text = write_report(results, format.value, out, published=published_file or published, reference=reference,
