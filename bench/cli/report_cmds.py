@@ -20,7 +20,7 @@ def report(
     format: Annotated[Optional[ReportFormat], typer.Option(
         "--format", help="output format (default: from --out's suffix, .csv or .tex, else md); cases: every run x "
                          "case x class row as CSV, for statistics elsewhere; methods: a paper's Methods paragraphs "
-                         "per board, from what the runs did")] = None,
+                         "per board, from what the runs did (LaTeX with --out methods.tex)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="write to this file instead of stdout (Markdown: plots go "
                                                      "to <stem>_files/ beside it)")] = None,
     published: Annotated[bool, typer.Option(help="add the papers' numbers next to ours (the repository's "
@@ -66,7 +66,7 @@ def report(
 
 
 # the formats a file name's suffix allows (--out table.csv wrote Markdown into it)
-_SUFFIX_FORMATS = {".csv": ("csv", "cases"), ".tex": ("latex",), ".md": ("md", "methods")}
+_SUFFIX_FORMATS = {".csv": ("csv", "cases"), ".tex": ("latex", "methods"), ".md": ("md", "methods")}
 
 
 def check(

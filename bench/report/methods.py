@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import warnings
 from collections.abc import Callable, Iterable
@@ -26,6 +27,7 @@ from bench.records import (finished, load, no_runs, read_record, runs_dir, selec
 from bench.runlog import RUN_LOG
 from bench.report.board_text import _fmt_duration, and_list, board_title, code_detail, single_run
 from bench.report.boards import _binary_task, _code_versions
+from bench.report.tables import _latex_escape, latex_header
 from bench.report.labels import _overrides_text, _tiny_changes, _tiny_config, config_changes, label_runs
 
 _DICE_VARIANTS = {"transunet": "TransUNet's soft Dice over all classes, background included",
@@ -76,6 +78,20 @@ def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
     if missing:
         parts.append(f"## Runs without a record\n\n{missing}\n")
     return "\n".join(parts)
+
+
+def methods_latex(text: str) -> str:
+    """The Methods text (``render_methods``' Markdown) as LaTeX, escaped as the tables are: a board's ``##``
+    heading a \\subsection*, a paragraph's bold lead ("**Models.**") a \\paragraph."""
+    parts = [latex_header("bench report --format methods: the Methods paragraphs per board.", tables=False)]
+    for block in text.strip("\n").split("\n\n"):
+        if block.startswith("## "):
+            parts.append(f"\\subsection*{{{_latex_escape(block[3:])}}}")
+        elif lead := re.match(r"\*\*(.+?)\*\* ?", block):
+            parts.append(f"\\paragraph{{{_latex_escape(lead.group(1))}}} {_latex_escape(block[lead.end():])}")
+        else:
+            parts.append(_latex_escape(block))
+    return "\n\n".join(parts) + "\n"
 
 
 def warn_unrecorded(results_dir: Path, df: pd.DataFrame, models: str | Iterable[str] | None) -> str:

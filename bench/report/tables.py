@@ -69,11 +69,13 @@ def _cell(value: object) -> str:
 _NEGATIVE = re.compile(r"(?<![^\s\[(])-(?=\.?\d)")  # a hyphen opening a number: at the start, after a space or bracket
 
 
-def latex_header(extra: str = "") -> str:
-    """The comment opening a LaTeX output (``bench report``'s, ``bench profile``'s): the packages its tables need."""
-    return ("% Requires \\usepackage{booktabs} and \\usepackage{graphicx} (tables wider than the line are shrunk to it),"
-            " and \\usepackage[T1]{fontenc} for accented Latin-1 names; names outside Latin-1 need xelatex or lualatex."
-            + (f" {extra}" if extra else ""))
+def latex_header(extra: str = "", tables: bool = True) -> str:
+    """The comment opening a LaTeX output (``bench report``'s, ``bench profile``'s): the packages it needs
+    (``tables``: booktabs tables; the Methods text has none)."""
+    packages = ("\\usepackage{booktabs} and \\usepackage{graphicx} (tables wider than the line are shrunk to it), and "
+                if tables else "")
+    return (f"% Requires {packages}\\usepackage[T1]{{fontenc}} for accented Latin-1 names; names outside Latin-1 need "
+            "xelatex or lualatex." + (f" {extra}" if extra else ""))
 
 
 def warn_outside_latin1(tex: str) -> None:

@@ -153,7 +153,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                  models: str | Iterable[str] | None = None, datasets: str | Iterable[str] | None = None,
                  columns: str | Iterable[str] | None = None, plot_format: str | None = None,
                  policies: str | Iterable[str] | None = None, plot_style: str | None = None) -> str:
-    """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically.
+    """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically (``fmt``
+    "methods" to a ``.tex`` file: the Methods text as LaTeX, ``methods_latex``).
 
     Accuracy boards show each run's own GMAC count (records written before runs counted them:
     from ``bench profile`` records of the same model and configuration, ``join_cost``) and a
@@ -176,6 +177,11 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     _check_plot_options(fmt, out, plot_format, plot_style)
     if fmt == ReportFormat.methods:
         text = _methods(results_dir, models, datasets, policies, reference, columns=columns, published=published)
+        if out is not None and out.suffix.lower() == ".tex":  # --out methods.tex: for a paper's LaTeX source
+            from bench.report.methods import methods_latex
+
+            text = methods_latex(text)
+            warn_outside_latin1(text)
         if out is not None:
             atomic_write_text(Path(out), text)
         return text
