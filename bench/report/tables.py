@@ -45,9 +45,9 @@ _LATEX_TOKEN = re.compile(r">=|<=|.", re.S)
 
 
 def _latex_escape(text: str) -> str:
-    """``text`` for LaTeX's text mode: its special characters and pairs escaped, the symbols pdflatex
-    cannot take raw in math, hyphens as hyphens, a pair of straight quotes (a label's json.dumps of a string) as TeX's
-    ``quotes'' (a lone one stays the character)."""
+    """``text`` for LaTeX's text mode: its special characters and pairs escaped, the symbols pdflatex cannot
+    take raw set as math, hyphens kept hyphens, a pair of straight quotes (a label's json.dumps of a string)
+    as TeX's ``quotes'' (a lone one stays the character)."""
     text, out, opened = str(text), [], False
     for m in _LATEX_TOKEN.finditer(text):
         token = m.group()
@@ -61,12 +61,12 @@ def _latex_escape(text: str) -> str:
     return "".join(out)
 
 
+_NEGATIVE = re.compile(r"(?<![^\s\[(])-(?=\.?\d)")  # a hyphen opening a number: at the start, after a space or bracket
+
+
 def _cell(value: object) -> str:
     """A table cell escaped, a number's minus sign a minus ("-0.12", "[-1.5, 2.0]"): a hyphen is shorter."""
     return _NEGATIVE.sub(r"$-$", _latex_escape(value))
-
-
-_NEGATIVE = re.compile(r"(?<![^\s\[(])-(?=\.?\d)")  # a hyphen opening a number: at the start, after a space or bracket
 
 
 def latex_header(extra: str = "", tables: bool = True) -> str:
