@@ -67,6 +67,11 @@ def exception_chain(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+def counted(n: int, word: str) -> str:
+    """``n`` and ``word``, plural unless one: "1 case", "3 cases"."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def few(items: Sequence[str], n: int = 5, *, sep: str = ", ") -> str:
     """The first ``n`` of ``items`` and how many more: an error of a thousand ids stays one readable line.
     ``sep``: "; " where the items hold commas of their own (whole problems, not ids)."""

@@ -268,6 +268,16 @@ def test_the_cli_prints_it_and_writes_out(tmp_path):
     assert isinstance(refused.exception, BenchError) and "--published shapes the leaderboards" in str(refused.exception)
     res = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--format", "methods", "--reference", "unet"])
     assert res.exit_code == 0 and "**Statistical analysis.**" in res.output, res.output
+    # --out methods.tex: the same text as LaTeX (it was refused: "a .tex file holds latex"), escaped as the tables
+    tex = tmp_path / "methods.tex"
+    res = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--format", "methods", "--out", str(tex)])
+    assert res.exit_code == 0, res.output
+    text, md = tex.read_text(), render_methods(tmp_path)
+    assert text.startswith("% Requires \\usepackage[T1]{fontenc}") and "booktabs" not in text
+    assert "\n\\subsection*{isic17 $\\cdot$ protocol isic17 v1" in text and "**" not in text and "##" not in text
+    assert "\n\n\\paragraph{Training.} Optimizer AdamW (lr 0.001" in text
+    assert text.count("\\paragraph{") == md.count("**") // 2 and "weight decay 0.01" in text
+    assert "Evaluation: foreground where the sigmoid $\\geq$ 0.5" in text
 
 
 def test_a_real_tiny_run_states_what_ran(tmp_path):
@@ -307,6 +317,7 @@ def test_the_split_is_said_as_the_data_made_it(tmp_path):
     assert f"test cases per run from {drawn}." in _methods(tmp_path / "drawn", rec)
     del rec["split_rule"]
     assert "test cases per run from the dataset's test split." in _methods(tmp_path / "old", rec)
+    assert " 1 test case per run from " in _methods(tmp_path / "one", _record(n_cases=1))  # not "1 test cases"
     (root / "splits_final.json").write_text('[{"train": ["synth_000", "synth_001"], "val": ["synth_002"]}]')
     assert open_dataset("nnunet", root).split_rule == (
         "fold 0 of the data's splits_final.json (its val cases as test cases)")

@@ -171,8 +171,10 @@ def test_latex_rows_of_columns_alike_under_unicode_normalisation(tmp_path):
     whose field names NFKC-normalise to one, and the LaTeX report crashed on a duplicate argument."""
     write_record(make_record("unet", seed=0, dataset="nnunet", classes=["Leber", "Ｌｅｂｅｒ"],
                              class_dice={"Leber": 0.5, "Ｌｅｂｅｒ": 0.7}), tmp_path)
-    tex = write_report(tmp_path, "latex")
-    assert "Ｌｅｂｅｒ" in tex and "70.00" in tex
+    with pytest.warns(UserWarning, match=r"outside Latin-1 \(Ｌ, ｂ, ｅ, ｒ\) that pdflatex cannot set: compile it "
+                                         "with xelatex or lualatex") as said:
+        tex = write_report(tmp_path, "latex")
+    assert "Ｌｅｂｅｒ" in tex and "70.00" in tex and len([w for w in said if "Latin-1" in str(w.message)]) == 1
 
 
 def test_paper_columns_and_labels_for_latex(runs, tmp_path):
@@ -221,6 +223,11 @@ def test_paper_columns_and_labels_for_latex(runs, tmp_path):
         render(runs, "csv", columns=("metrics",))
     # names keep their hyphens (a GPU's, a weights file's date); × and friends are escaped
     assert _latex_escape("A100-SXM4-80GB unet-2024-05-01.pth 2 × 3") == "A100-SXM4-80GB unet-2024-05-01.pth 2 $\\times$ 3"
+    # symbols pdflatex cannot take raw, and pairs it would read as other text: "--" an en dash, ">=" two characters
+    assert _latex_escape("≥ ≤ ≠ … → μs µs") == "$\\geq$ $\\leq$ $\\neq$ \\ldots{} $\\rightarrow$ $\\mu$s $\\mu$s"
+    assert _latex_escape("pass one as --reference, p >= 0.05, a<=b, x---y, 0–4") == \
+        "pass one as -{}-reference, p $\\geq$ 0.05, a$\\leq$b, x-{}-{}-y, 0--4"
+    assert _latex_escape('a mark such as "(noisy)": 5" wide') == "a mark such as ``(noisy)'': 5\\texttt{\\char34} wide"
     caption = render(runs, "md", columns=("family",)).split("\n\n")[1]
     assert "in %" not in caption and "NaN is shown" not in caption  # no metric column shown, none explained
     # the cost columns say at which input their GMACs were counted, where they are shown
@@ -246,7 +253,8 @@ def test_labels_with_markup_characters_keep_tables_whole(tmp_path):
     assert len(rows) == 2 and all(cells(r) == cells(header) for r in rows)
     assert 'unet (norm="a\\|b<c>")' in md and 'unet (norm="Überprüfung")' in md
     tex = render(load(tmp_path), "latex")
-    assert "a\\textbar{}b\\textless{}c\\textgreater{}" in tex and "\\texttt{\\char34}" in tex
+    # a value's quotes are TeX's pair (a straight one is set as the typewriter's character)
+    assert "unet (norm=``a\\textbar{}b\\textless{}c\\textgreater{}'')" in tex and "\\texttt{\\char34}" not in tex
     assert tex.count("\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%") == 1  # shrunk only
     assert "graphicx" in tex
 
@@ -277,7 +285,21 @@ def test_latex_reports_carry_the_cost_tables(tmp_path):
 
     cli = CliRunner().invoke(app, ["profile", "--models", "unet", "--tiny", "--img-size", "32", "--no-timing",
                                    "--results", str(tmp_path / "p"), "--format", "latex"])
-    assert cli.exit_code == 0 and "\\label{tab:cost-input-1x3x32x32-fp32}" in cli.stdout
+    # its own labels (a report's and a profile's tables of one paper defined one label twice), the packages named
+    assert cli.exit_code == 0 and "\\label{tab:profile-input-1x3x32x32-fp32}" in cli.stdout
+    assert cli.stdout.startswith("% Requires \\usepackage{booktabs} and \\usepackage{graphicx}")
+    assert "\\usepackage[T1]{fontenc}" in cli.stdout.splitlines()[0] and tex.startswith(cli.stdout.splitlines()[0])
+
+
+def test_latex_cells_set_a_numbers_minus_as_a_minus():
+    """A negative difference was set with a hyphen, shorter than the minus of the numbers around it."""
+    import collections
+
+    from bench.report.tables import _latex_table
+
+    table = pd.DataFrame({"Model": ["unet-2 (lr=-1)"], "Diff": ["-0.12"], "CI": ["[-1.50, 2.00]"], "Folds": ["0-4"]})
+    tex = _latex_table("T", "note", "t", table, "lrrr", collections.Counter())
+    assert "unet-2 (lr=-1) & $-$0.12 & [$-$1.50, 2.00] & 0-4 \\\\" in tex
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="needs pdflatex (TeX Live) to compile the table")
@@ -1684,6 +1706,22 @@ def test_reference_typos_and_markdown_only_options_are_one_clear_error(tmp_path)
             write_report(tmp_path, fmt, published=True)
     with pytest.raises(BenchError, match="--reference and --published add tables after the boards"):
         write_report(tmp_path, "csv", reference="unet", published=True)
+    # the plots' options where no plots are drawn did nothing, silently
+    with pytest.raises(BenchError, match=r"--plot-format shapes the plots, which only a Markdown report written to a "
+                                         r"file has \(--format md --out report.md\); got --format latex"):
+        write_report(tmp_path, "latex", out=tmp_path / "t.tex", plot_format="pdf")
+    with pytest.raises(BenchError, match="--plot-format and --plot-style shape the plots.*; got no --out"):
+        write_report(tmp_path, "md", plot_format="pdf", plot_style="paper")
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    cli = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--out", str(tmp_path / "t.csv"),
+                                   "--plot-style", "paper"])
+    assert "--plot-style shapes the plots" in str(cli.exception) and "got --format csv" in str(cli.exception)
+    assert not (tmp_path / "t.csv").exists()
+    ok = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--out", str(tmp_path / "t.tex")])
+    assert ok.exit_code == 0, ok.output  # the defaults alone: nothing refused
 
 
 def test_synthetic_boards_get_no_gap_to_the_papers(tmp_path):
@@ -1817,11 +1855,27 @@ def test_paper_bold_is_tested_against_the_runner_up(tmp_path):
     assert "Bold: each column's best mean, untested (no paired test against the runner-up)." in untested
     assert "†" not in untested
     tex = render(load(tmp_path / "few"), "latex", load(tmp_path / "few", level="case"), columns=paper)
-    assert "\\textbf{80.00 $^\\dagger$}" in tex
+    assert "\\textbf{80.00 $^\\dagger$}" in tex and "$^\\dagger$: p $\\geq$ 0.05, these cases" in tex
+    for model, dice, hd in (("vmunet", 0.80, 20.0), ("unet", 0.70, 25.0)):  # one case: "1 case", not "1 cases"
+        write_record(make_record(model, seed=0, dice=dice, hd95=hd, n_cases=1), tmp_path / "one")
+    one = render(load(tmp_path / "one"), "md", load(tmp_path / "one", level="case"), columns=paper)
+    assert "DSC p = 1 † against unet over 1 case;" in one
     for model, dice in (("vmunet", 0.80), ("unet", 0.79), ("transunet", 0.50)):
         write_record(make_record(model, seed=0, dice=dice, n_cases=8), tmp_path / "three")
     three = render(load(tmp_path / "three"), "md", load(tmp_path / "three", level="case"), columns=paper)
     assert "DSC p = 0.00781 against unet over 8 cases" in three and "against transunet" not in three
+
+
+def test_per_class_cells_are_said_to_be_means_where_a_board_shows_some(tmp_path):
+    """A review: a binary ISIC board under --columns paper ended "per-class cells are means.", with none shown."""
+    for seed in (0, 1):
+        for model, dice in (("vmunet", 0.80), ("unet", 0.70)):
+            write_record(make_record(model, seed=seed, dice=dice + seed / 100), tmp_path)
+            write_record(make_record(model, dataset="isic17", seed=seed, dice=dice + seed / 100), tmp_path)
+    tex = render(load(tmp_path), "latex", columns=parse_columns("paper"))
+    isic, synapse = tex.split("\\label")[:2]
+    assert "Bold: each column's best mean" in isic and "per-class" not in isic
+    assert "per-class cells are means." in synapse
 
 
 def test_paper_board_of_one_model_says_once_why_nothing_is_bold(tmp_path):
@@ -1831,7 +1885,7 @@ def test_paper_board_of_one_model_says_once_why_nothing_is_bold(tmp_path):
         write_record(make_record("unet", dataset="isic17", seed=seed, dice=dice), tmp_path / "one")
     md = render(load(tmp_path / "one"), "md", columns=parse_columns("paper"))
     assert "**" not in md and md.lower().count("no bold") == 1
-    assert "No bold: one model, nothing to compare; " in md
+    assert "No bold: one model, nothing to compare." in md  # a binary board: no per-class cells to explain
     write_record(make_record("vmunet", dataset="isic17", dice=0.80), tmp_path / "one")
     assert "nothing to compare" not in render(load(tmp_path / "one"), "md", columns=parse_columns("paper"))
 
@@ -2087,7 +2141,7 @@ def test_a_published_file_is_named_and_its_numbers_unlike_the_bundled_tables_mar
     for fmt in ("md", "latex"):
         text = write_report(tmp_path, fmt, published=pub)
         assert f"Published numbers: from {pub} (sha256 {sha}) (--published-file), not the bundled" in text.replace(
-            "\\_", "_")
+            "\\_", "_").replace("-{}-", "--")
         assert ("§ marks a number the bundled table gives otherwise" if fmt == "md" else
                 "\\S{} marks a number the bundled table gives otherwise") in text
     rows = {r["Metric"]: r for r in md_rows(write_report(tmp_path, published=pub).split("## Published vs ours")[1],

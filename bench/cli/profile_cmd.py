@@ -102,7 +102,11 @@ def profile(
     if format == ProfileFormat.md:
         typer.echo(render_cost_md(frame))
     elif format == ProfileFormat.latex:  # as bench report's LaTeX has them (--columns paper,cost: a paper's few)
-        typer.echo(render_cost_latex(frame))
+        from bench.report.tables import latex_header, warn_outside_latin1
+
+        tex = latex_header() + "\n\n" + render_cost_latex(frame, label="profile")  # labels of its own
+        warn_outside_latin1(tex)
+        typer.echo(tex)
     elif format == ProfileFormat.csv:
         cols = [c for c in cost.PROFILE_COLUMNS if c in frame.columns]
         table = frame[cols].copy()

@@ -20,7 +20,7 @@ def report(
     format: Annotated[Optional[ReportFormat], typer.Option(
         "--format", help="output format (default: from --out's suffix, .csv or .tex, else md); cases: every run x "
                          "case x class row as CSV, for statistics elsewhere; methods: a paper's Methods paragraphs "
-                         "per board, from what the runs did")] = None,
+                         "per board, from what the runs did (LaTeX with --out methods.tex)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="write to this file instead of stdout (Markdown: plots go "
                                                      "to <stem>_files/ beside it)")] = None,
     published: Annotated[bool, typer.Option(help="add the papers' numbers next to ours (the repository's "
@@ -35,10 +35,11 @@ def report(
                                                         "(the papers' layout: their metrics, per-class DSC means, the best in bold), family, seeds, "
                                                         "params, time, cost, metrics, ci, classes, class-hd95; "
                                                         "default all")] = None,
-    plot_format: Annotated[str, typer.Option(help="with --out (Markdown): the plots as png, or pdf/svg (vector, "
-                                                  "for a paper)")] = "png",
-    plot_style: Annotated[str, typer.Option(help="with --out (Markdown): screen, or paper (a journal's column: "
-                                                 "half the size, 7 pt text, 300 dpi PNGs, no titles)")] = "screen",
+    plot_format: Annotated[Optional[str], typer.Option(help="with a Markdown --out only: the plots as png (default), or "
+                                                            "pdf/svg (vector, for a paper)")] = None,
+    plot_style: Annotated[Optional[str], typer.Option(help="with a Markdown --out only: screen (default), or paper (a "
+                                                           "journal's column: half the size, 7 pt text, 300 dpi PNGs, "
+                                                           "no titles)")] = None,
 ) -> None:
     """Leaderboards (mean ± std over seeds, per organ) from the run records.
 
@@ -49,8 +50,10 @@ def report(
     groups = parse_columns(columns)  # before anything is read
     from bench.plots import check_plot_format, check_plot_style
 
-    check_plot_format(plot_format)  # before anything is read, with or without --out
-    check_plot_style(plot_style)
+    if plot_format is not None:  # before anything is read, with or without --out
+        check_plot_format(plot_format)
+    if plot_style is not None:
+        check_plot_style(plot_style)
 
     format = ReportFormat(out_format(format, out, _SUFFIX_FORMATS))
     text = write_report(results, format.value, out, published=published_file or published, reference=reference,
@@ -63,7 +66,7 @@ def report(
 
 
 # the formats a file name's suffix allows (--out table.csv wrote Markdown into it)
-_SUFFIX_FORMATS = {".csv": ("csv", "cases"), ".tex": ("latex",), ".md": ("md", "methods")}
+_SUFFIX_FORMATS = {".csv": ("csv", "cases"), ".tex": ("latex", "methods"), ".md": ("md", "methods")}
 
 
 def check(

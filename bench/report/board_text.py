@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 
-from bench.errors import BenchError, did_you_mean, few
+from bench.errors import BenchError, counted, did_you_mean, few
 from bench.names import name_list
 from bench.protocol import builtin_difference
 from bench.stats import ci_caution
@@ -17,7 +17,7 @@ from bench.report.boards import METRICS, _code_versions, _joined, _rescored_from
 from bench.report.costs import _g
 from bench.report.formats import ReportFormat
 from bench.report.labels import CV_LABEL, BoardKey, label_cases, label_runs
-from bench.report.tables import _align, _latex_table, _md_table
+from bench.report.tables import _align, _latex_table, _md_table, latex_header
 
 
 _CSV_KEY_COLUMNS = ["dataset", "protocol", "protocol_version", "protocol_hash", "protocol_builtin", "policy", "hd95_unit",
@@ -472,7 +472,7 @@ def _bold_note(key: BoardKey, board: pd.DataFrame, table: pd.DataFrame, single: 
         if tested:
             marks = {h: _bold_mark(t) for h, t in tested.items()}
             runs = "; ".join(f"{name(h)} p = {t['p']:.3g}{f' {marks[h]}' if marks[h] else ''} against "
-                             f"{t['runner_up']} over {t['n']} cases" for h, t in tested.items())
+                             f"{t['runner_up']} over {counted(t['n'], 'case')}" for h, t in tested.items())
             legend = "".join(f"; {m}: {meaning}" for m, meaning in BOLD_MARKS.items() if m in marks.values())
             text += (f", tested against the runner-up (the next best mean) by the board's paired test over test "
                      f"cases (two-sided, unadjusted): {runs}{legend}"
@@ -481,7 +481,8 @@ def _bold_note(key: BoardKey, board: pd.DataFrame, table: pd.DataFrame, single: 
             text += ", untested (no paired test against the runner-up)"
         said.append(text)
     said += [f"{name(h)}: no bold, {why}" for h, why in a.get("no_best", {}).items()]
-    said += [] if single else ["per-class cells are means"]
+    per_class = any(c.startswith("dice/") and h in table for h, c in a["cols"].items())  # none on a binary board
+    said += ["per-class cells are means"] if per_class and not single else []
     text = "; ".join(said)
     return f" {text[:1].upper()}{text[1:]}." if text else ""
 
@@ -529,8 +530,7 @@ def _render_md(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...] | 
 def _render_latex(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...] | None = None,
                   groups: dict[BoardKey, pd.DataFrame] | None = None) -> str:
     # A small booktabs emitter: DataFrame.to_latex needs jinja2, which is not a dependency.
-    parts = ["% Requires \\usepackage{booktabs} and \\usepackage{graphicx} (tables wider than the line are shrunk to it);"
-             " names outside Latin-1 need xelatex or lualatex. bench report --columns paper keeps the papers' columns."]
+    parts = [latex_header("bench report --columns paper keeps the papers' columns.")]
     labels: collections.Counter = collections.Counter()
     for key, board in boards.items():
         table = _display_table(board, columns, (groups or {}).get(key))

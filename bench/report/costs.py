@@ -31,9 +31,10 @@ NOISY_NOTE = (f" \"{NOISY_MARK.strip()}\": the p90 latency is over {NOISY_P90:g}
               "varied (a busy machine): retime with bench profile on an idle one before comparing.")
 
 
-def render_cost_latex(df_prof: pd.DataFrame, paper: bool = False) -> str:
+def render_cost_latex(df_prof: pd.DataFrame, paper: bool = False, label: str = "cost") -> str:
     """The cost tables (``cost_tables``) as booktabs tables, the fingerprint in the caption; ``paper``:
-    the columns of ``PAPER_COST`` only, named for a paper."""
+    the columns of ``PAPER_COST`` only, named for a paper; ``label``: their labels' first word (``bench
+    profile``'s own, so that its tables and a report's of the same profiles go in one paper)."""
     parts, labels = [], collections.Counter()
     for title, table in cost_tables(df_prof).items():
         table = table.drop(columns="fingerprint")  # the title names it
@@ -45,7 +46,7 @@ def render_cost_latex(df_prof: pd.DataFrame, paper: bool = False) -> str:
                                       if "Latency (ms)" in table else "")
         spec = "".join("l" if c in ("model", "family", "input_shape", "Model") else "r" for c in table.columns)
         # labelled by input and precision (the fingerprint would make a label of a line), numbered per machine
-        name = " ".join(title.split(" · ")[:3]) + (" paper" if paper else "")
+        name = " ".join([label, *title.split(" · ")[1:3]]) + (" paper" if paper else "")
         parts.append(_latex_table(title, note, name, table, spec, labels))
     return "\n\n".join(parts)
 

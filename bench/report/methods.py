@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import warnings
 from collections.abc import Callable, Iterable
@@ -18,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.errors import BenchError
+from bench.errors import BenchError, counted
 from bench.names import name_list
 from bench.protocol import builtin_difference, list_protocols, protocol_from_record
 from bench.records import (finished, load, no_runs, read_record, runs_dir, select_runs, short_commit, split_fold,
@@ -26,6 +27,7 @@ from bench.records import (finished, load, no_runs, read_record, runs_dir, selec
 from bench.runlog import RUN_LOG
 from bench.report.board_text import _fmt_duration, and_list, board_title, code_detail, single_run
 from bench.report.boards import _binary_task, _code_versions
+from bench.report.tables import _latex_escape, latex_header
 from bench.report.labels import _overrides_text, _tiny_changes, _tiny_config, config_changes, label_runs
 
 _DICE_VARIANTS = {"transunet": "TransUNet's soft Dice over all classes, background included",
@@ -76,6 +78,20 @@ def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
     if missing:
         parts.append(f"## Runs without a record\n\n{missing}\n")
     return "\n".join(parts)
+
+
+def methods_latex(text: str) -> str:
+    """The Methods text (``render_methods``' Markdown) as LaTeX, escaped as the tables are: a board's ``##``
+    heading a \\subsection*, a paragraph's bold lead ("**Models.**") a \\paragraph."""
+    parts = [latex_header("bench report --format methods: the Methods paragraphs per board.", tables=False)]
+    for block in text.strip("\n").split("\n\n"):
+        if block.startswith("## "):
+            parts.append(f"\\subsection*{{{_latex_escape(block[3:])}}}")
+        elif lead := re.match(r"\*\*(.+?)\*\* ?", block):
+            parts.append(f"\\paragraph{{{_latex_escape(lead.group(1))}}} {_latex_escape(block[lead.end():])}")
+        else:
+            parts.append(_latex_escape(block))
+    return "\n\n".join(parts) + "\n"
 
 
 def warn_unrecorded(results_dir: Path, df: pd.DataFrame, models: str | Iterable[str] | None) -> str:
@@ -176,10 +192,6 @@ def _run_name(rec: dict, label: str | None = None) -> str:
     """A run in words: its row's label (else its model), seed and fold."""
     fold = split_fold(rec["split"])
     return f"{label or rec['model']} seed {rec['seed']}" + (f" fold {fold}" if fold is not None else "")
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _recipe(rec: dict) -> dict:
@@ -319,7 +331,7 @@ def _training(labels: list[str], recs: list[dict]) -> str:
         _n_train(trained),
     ]
     if len(trained) < len(recs):
-        sentences.append(f"{_count(len(recs) - len(trained), 'run')} evaluated given weights instead of training.")
+        sentences.append(f"{counted(len(recs) - len(trained), 'run')} evaluated given weights instead of training.")
     return "**Training.** " + " ".join(s for s in sentences if s)
 
 
@@ -480,7 +492,8 @@ def _evaluation(recs: list[dict], results_dir: Path) -> str:
         scored = (f"each fold's run scored on that fold's own validation cases ({each} per fold, "
                   f"{sum(per_fold.values())} over the folds run) and trained on its training cases, from {split}")
     else:
-        scored = f"{_per_run(recs, lambda r: r['metrics']['n_cases'])} test cases per run from {split}"
+        n = _per_run(recs, lambda r: r["metrics"]["n_cases"])  # a number where the runs agree
+        scored = f"{n} test case{'' if n == '1' else 's'} per run from {split}"
     text = [f"**Data and evaluation.** {rec.get('dataset_name') or rec['dataset']} ({synthetic}{data_id}); "
             f"{scored}."]
     text.append(_rescored(recs, results_dir))
@@ -524,7 +537,7 @@ def _rescored(recs: list[dict], results_dir: Path) -> str:
         except BenchError:  # its record deleted since
             return "original"
     was = _per_run(sources, source_policy)
-    which = "" if len(sources) == len(recs) else f" ({_count(len(sources), 'run')} of {len(recs)})"
+    which = "" if len(sources) == len(recs) else f" ({counted(len(sources), 'run')} of {len(recs)})"
     return (f"Scores under {recs[0]['policy']} come from evaluating again the weights trained in the {was} "
             f"runs{which}, without retraining.")
 
@@ -591,7 +604,7 @@ def _eval_settings(recipe: dict, rec: dict, unit: str | None = None) -> str:
         if e["autocast"]:
             parts.append("float16 autocast on CUDA")
     if e["max_cases"]:
-        parts.append(f"only the first {e['max_cases']} test cases")
+        parts.append(f"only the first {counted(e['max_cases'], 'test case')}")
     tol = e["nsd_tolerance"]
     if tol:
         tols = ", ".join(f"{n} {num(v)}" for n, v in tol) if isinstance(tol, list) else num(tol)
@@ -673,11 +686,11 @@ def _cost(df: pd.DataFrame, results_dir: Path) -> str:
     from bench.cost import load_profiles
 
     text = []
-    counted = "macs" in df and df["macs"].notna().any()
+    runs_count = "macs" in df and df["macs"].notna().any()
     profiles = load_profiles(results_dir)
     if not profiles.empty:
         profiles = profiles[profiles["model"].isin(set(df["model"]))]
-    if counted or (not profiles.empty and profiles["macs"].notna().any()):
+    if runs_count or (not profiles.empty and profiles["macs"].notna().any()):
         text.append("MACs (multiply-accumulates) were counted for one forward pass of one input at the protocol's "
                     "input size with PyTorch's FlopCounterMode (a multiply-add is 2 FLOPs; MACs = FLOPs / 2), the "
                     "selective scan included by the Mamba authors' estimate (9·B·L·D·N FLOPs, plus the D and gate "
@@ -792,7 +805,7 @@ def _device(d: dict) -> str:
                          else "autotuned cuDNN kernels" if d.get("cudnn_benchmark") else "default cuDNN kernels")
         return f"{d.get('gpu') or 'GPU'} (CUDA {d.get('cuda')}{cudnn}{''.join(', ' + f for f in flags)})"
     threads = d.get("threads")
-    return f"CPU {d.get('cpu') or '?'}" + (f", {_count(threads, 'thread')}" if threads else "")
+    return f"CPU {d.get('cpu') or '?'}" + (f", {counted(threads, 'thread')}" if threads else "")
 
 
 def _resumes(labels: list[str], recs: list[dict]) -> str:

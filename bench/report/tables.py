@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import collections
 import re
+import warnings
 
 import pandas as pd
+
+from bench.errors import few
 
 
 def _bold_cells(table: pd.DataFrame) -> set[tuple[int, int]]:
@@ -34,11 +37,53 @@ _LATEX_ESCAPES = {
     "–": "--", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "§": r"\S{}", "—": "---", "⁰": r"$^0$", "¹": r"$^1$", "²": r"$^2$", "³": r"$^3$", "⁴": r"$^4$", "⁵": r"$^5$",
     "⁶": r"$^6$", "⁷": r"$^7$", "⁸": r"$^8$", "⁹": r"$^9$", "`": "",  # a Markdown code mark
     "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}", '"': r"\texttt{\char34}",  # straight quote, any encoding
+    "≥": r"$\geq$", "≤": r"$\leq$", "≠": r"$\neq$", "…": r"\ldots{}", "→": r"$\rightarrow$",
+    "μ": r"$\mu$", "µ": r"$\mu$", "𝜇": r"$\mu$", "𝝁": r"$\mu$",  # Greek mu, the micro sign, math italic and bold
+    ">=": r"$\geq$", "<=": r"$\leq$",  # pairs: pdflatex sets them as the characters one by one
 }  # fmt: skip
+_LATEX_TOKEN = re.compile(r">=|<=|.", re.S)
 
 
 def _latex_escape(text: str) -> str:
-    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+    """``text`` for LaTeX's text mode: its special characters and pairs escaped, the symbols pdflatex cannot
+    take raw set as math, hyphens kept hyphens, a pair of straight quotes (a label's json.dumps of a string)
+    as TeX's ``quotes'' (a lone one stays the character)."""
+    text, out, opened = str(text), [], False
+    for m in _LATEX_TOKEN.finditer(text):
+        token = m.group()
+        if token == '"' and (opened or '"' in text[m.end():]):
+            out.append("''" if opened else "``")
+            opened = not opened
+        elif token == "-" and text.startswith("-", m.end()):  # "--" is an en dash ("--reference"), "---" an em dash
+            out.append("-{}")
+        else:
+            out.append(_LATEX_ESCAPES.get(token, token))
+    return "".join(out)
+
+
+_NEGATIVE = re.compile(r"(?<![^\s\[(])-(?=\.?\d)")  # a hyphen opening a number: at the start, after a space or bracket
+
+
+def _cell(value: object) -> str:
+    """A table cell escaped, a number's minus sign a minus ("-0.12", "[-1.5, 2.0]"): a hyphen is shorter."""
+    return _NEGATIVE.sub(r"$-$", _latex_escape(value))
+
+
+def latex_header(extra: str = "", tables: bool = True) -> str:
+    """The comment opening a LaTeX output (``bench report``'s, ``bench profile``'s): the packages it needs
+    (``tables``: booktabs tables; the Methods text has none)."""
+    packages = ("\\usepackage{booktabs} and \\usepackage{graphicx} (tables wider than the line are shrunk to it), and "
+                if tables else "")
+    return (f"% Requires {packages}\\usepackage[T1]{{fontenc}} for accented Latin-1 names; names outside Latin-1 need "
+            "xelatex or lualatex." + (f" {extra}" if extra else ""))
+
+
+def warn_outside_latin1(tex: str) -> None:
+    """Said once per output: characters the escaper has no LaTeX for, beyond Latin-1, which pdflatex stops at."""
+    beyond = sorted({ch for ch in tex if ord(ch) > 255})
+    if beyond:
+        warnings.warn(f"the LaTeX holds characters outside Latin-1 ({few(beyond, 10)}) that pdflatex cannot set: "
+                      "compile it with xelatex or lualatex", stacklevel=3)
 
 
 def _align(column: str) -> str:
@@ -64,7 +109,7 @@ def _latex_table(title: str, note: str, name: str, table: pd.DataFrame, spec: st
         "\\midrule",
     ]
     bold = _bold_cells(table)
-    cell = lambda i, j, v: f"\\textbf{{{_latex_escape(v)}}}" if (i, j) in bold else _latex_escape(v)  # noqa: E731
+    cell = lambda i, j, v: f"\\textbf{{{_cell(v)}}}" if (i, j) in bold else _cell(v)  # noqa: E731
     lines += [" & ".join(cell(i, j, v) for j, v in enumerate(row)) + " \\\\"
               for i, row in enumerate(table.itertuples(index=False, name=None))]  # plain tuples: any column names
     lines += ["\\bottomrule", "\\end{tabular}", "}", "\\end{table}"]

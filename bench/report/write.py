@@ -21,7 +21,7 @@ from bench.report.costs import render_cost_latex, render_cost_md
 from bench.report.formats import ReportFormat
 from bench.report.published import PUBLISHED_NOTE, missing_published_md, published_note, published_tables
 from bench.report.significance import _check_reference, significance_latex, significance_md
-from bench.report.tables import _latex_table, _md_table
+from bench.report.tables import _latex_table, _md_table, warn_outside_latin1
 
 
 def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md", df_cases: pd.DataFrame | None = None,
@@ -139,12 +139,22 @@ def _methods(results_dir: Path, models: str | Iterable[str] | None, datasets: st
     return render_methods(results_dir, models, datasets, policies, empty_ok=False, reference=reference)
 
 
+def _check_plot_options(fmt: ReportFormat, out: Path | None, plot_format: str | None, plot_style: str | None) -> None:
+    """Refused where no plots are drawn (as --columns is with --format csv): given there, they did nothing."""
+    given = [o for o, v in (("--plot-format", plot_format), ("--plot-style", plot_style)) if v is not None]
+    if given and (fmt != ReportFormat.md or out is None):
+        got = f"--format {fmt.value}" if fmt != ReportFormat.md else "no --out"
+        raise BenchError(f"{' and '.join(given)} shape{'s' * (len(given) == 1)} the plots, which only a Markdown report "
+                         f"written to a file has (--format md --out report.md); got {got}")
+
+
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
                  published: Path | bool | None = None, reference: str | None = None,
                  models: str | Iterable[str] | None = None, datasets: str | Iterable[str] | None = None,
-                 columns: str | Iterable[str] | None = None, plot_format: str = "png",
-                 policies: str | Iterable[str] | None = None, plot_style: str = "screen") -> str:
-    """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically.
+                 columns: str | Iterable[str] | None = None, plot_format: str | None = None,
+                 policies: str | Iterable[str] | None = None, plot_style: str | None = None) -> str:
+    """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically (``fmt``
+    "methods" to a ``.tex`` file: the Methods text as LaTeX, ``methods_latex``).
 
     Accuracy boards show each run's own GMAC count (records written before runs counted them:
     from ``bench profile`` records of the same model and configuration, ``join_cost``) and a
@@ -155,7 +165,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     ``datasets`` / ``policies``: only their runs, a list or a comma list (and profiles of those models;
     ``select_runs``).
     ``columns``: the boards' ``COLUMN_GROUPS`` and presets (Markdown, LaTeX; None: all). ``plot_format`` and
-    ``plot_style``: the plots' (``bench.plots.PLOT_FORMATS``, ``PLOT_STYLES``)."""
+    ``plot_style``: the plots' (``bench.plots.PLOT_FORMATS``, ``PLOT_STYLES``; None: png, screen), given only
+    with a Markdown ``out``, the one report with plots."""
     from bench.cost import load_profiles
     from bench.fileio import check_out_file
 
@@ -163,8 +174,14 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     if out is not None:  # before anything is read, and the plots drawn beside it
         out = check_out_file(out, "report.md")
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
+    _check_plot_options(fmt, out, plot_format, plot_style)
     if fmt == ReportFormat.methods:
         text = _methods(results_dir, models, datasets, policies, reference, columns=columns, published=published)
+        if out is not None and out.suffix.lower() == ".tex":  # --out methods.tex: for a paper's LaTeX source
+            from bench.report.methods import methods_latex
+
+            text = methods_latex(text)
+            warn_outside_latin1(text)
         if out is not None:
             atomic_write_text(Path(out), text)
         return text
@@ -233,13 +250,16 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
 
                 images = Path(out).parent / f"{Path(out).stem}_files"
                 paths = write_plots(results_dir, images, df_runs=df_runs, df_cases=df_cases, df_profiles=profiles,
-                                    set_runs=set_runs, set_cases=set_cases, fmt=plot_format, style=plot_style)
+                                    set_runs=set_runs, set_cases=set_cases, fmt=plot_format or "png",
+                                    style=plot_style or "screen")
                 if paths:  # links percent-encoded: a '#' or '%' of the report's name broke them
                     extra.append("## Plots\n\n" + "\n\n".join(
                         f"![{p.stem}]({quote(f'{images.name}/{p.name}')})" for p in paths) + "\n")
             if extra:
                 text = text.rstrip("\n") + "\n\n" + "\n".join(extra)
         text = _with_cost_latex(text, fmt, profiles, columns)
+        if fmt == ReportFormat.latex:
+            warn_outside_latin1(text)
     if out is not None:
         atomic_write_text(Path(out), text)
     return text
