@@ -695,7 +695,11 @@ def no_runs(results_dir: Path | str, *filters: str | Iterable[str] | None) -> st
     --policy asked for, ``name_list``'s forms) name some, of those."""
     if any(name_list(f) is not None for f in filters):  # "all" filters nothing
         return f"{results_dir}: no finished runs of these --models/--dataset/--policy"
-    begun = sorted(p.name for p in runs_dir(Path(results_dir)).glob("*") if p.is_dir())
+    from bench.train import CHECKPOINT_DIR
+
+    # a run that began wrote its log or checkpoints; a folder of a claim alone (a killed rescore's) did not
+    begun = sorted(p.name for p in runs_dir(Path(results_dir)).glob("*")
+                   if (p / RUN_LOG).is_file() or (p / CHECKPOINT_DIR).is_dir())
     if begun:
         return (f"{results_dir}: no finished runs; {len(begun)} run(s) began here ({few(begun, 3)}) and none wrote "
                 f"its record (a run failed or is still training: its {RUN_LOG} in {runs_dir(Path(results_dir))}/<run "

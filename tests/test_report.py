@@ -1805,6 +1805,12 @@ def test_a_folder_whose_runs_never_finished_says_so(tmp_path):
     with pytest.raises(BenchError) as methods:
         write_report(tmp_path, "methods", models="all")
     assert str(methods.value) == str(md.value)  # the same words, whatever the format
+    # a killed rescore's claim folder (nothing but its .claim) is no run that began
+    (tmp_path / "runs" / "synapse-smoke-unet-s0-1e81a7b6.strict").mkdir()
+    (tmp_path / "runs" / "synapse-smoke-unet-s0-1e81a7b6.strict" / ".claim").write_text("gone\n")
+    with pytest.raises(BenchError) as again:
+        write_report(tmp_path)
+    assert str(again.value) == str(md.value)
 
 
 def test_a_sub_second_training_time_is_not_shown_as_zero():
