@@ -871,7 +871,9 @@ def test_rescore_puts_the_same_weights_on_a_strict_board(tmp_path):
     assert wrong.returncode == 2 and "--policy strictt: no runs of it" in wrong.stderr and "did you mean 'strict'" \
         in wrong.stderr
     again = _bench("rescore", "--policy", "strict", "--results", results).stdout
-    assert "nothing to score: every finished run has a record under strict already" in again
+    assert "nothing to score: every finished run has a record under strict already; to check a record's numbers " \
+        f"against its training, re-run it: bench run --from-record {results / 'records'}/<run_id>.json --results " \
+        "ANOTHER_FOLDER" in again
     # asking bench run for the strict score of the same training reuses the rescored record
     out = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
                  "--policy", "strict", "--results", results, *FAST).stdout

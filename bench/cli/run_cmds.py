@@ -304,7 +304,7 @@ def rescore(
     from bench.env import resolve_device
     from bench.registry import model_filter
     from bench.protocol import load_protocol
-    from bench.records import record_path, scores_text
+    from bench.records import record_path, records_dir, scores_text
     from bench.fileio import ensure_writable_dir
     from bench.claim import claim_run
     from bench.rescore import (DataRoots, check_weights_kept, other_device_warning, plan_rescore, rescore_id,
@@ -321,7 +321,9 @@ def rescore(
     if note := other_device_warning(todo, dev, "rescored"):
         warnings.warn(note, stacklevel=1)
     if not todo:
-        typer.echo(f"bench rescore: nothing to score: every finished run has a record under {policy} already")
+        typer.echo(f"bench rescore: nothing to score: every finished run has a record under {policy} already; to "
+                   "check a record's numbers against its training, re-run it: bench run --from-record "
+                   f"{records_dir(results)}/<run_id>.json --results ANOTHER_FOLDER")
         return
     check_weights_kept(todo, results, "rescored")
     typer.echo(f"bench rescore: {len(todo)} run(s) to score under {policy} · device {dev}")
