@@ -384,6 +384,23 @@ def read_record(results_dir: Path, run_id: str) -> dict[str, Any]:
     return _read(record_path(results_dir, run_id))
 
 
+def record_at(path: Path) -> dict[str, Any]:
+    """The run record ``path`` names (``bench run --from-record``): its JSON file, or a run's folder
+    (``runs/<run_id>``, whose record is ``records/<run_id>.json`` beside ``runs/``; or a folder holding
+    one record file), read and checked as ``load`` reads them."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        found = [p for p in (record_path(path.parent.parent, path.name),) if p.is_file()] \
+            or sorted(path.glob("*.json"))
+        if len(found) != 1:
+            raise BenchError(f"{path}: {'holds several .json files' if found else 'holds no run record'}; expected "
+                             f"a record (records/<run_id>.json) or a run folder (runs/<run_id>, beside records/)")
+        path = found[0]
+    elif not path.is_file():
+        raise absent(path, f"{path}: not found; expected a run record (records/<run_id>.json) or a run folder")
+    return _read(path)
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))

@@ -1016,3 +1016,90 @@ def _earlier_id(spec: RunSpec, results_dir: Path, earlier: tuple[str, ...], move
 
 def _ids_sha(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
+def rerun_args(rec: dict[str, Any], data_root: Path | None, weights: Path | None,
+               pretrained_dir: Path | None) -> dict[str, Any]:
+    """``plan_grid``'s arguments that plan the run of record ``rec`` again (``bench run --from-record``):
+    its model and configuration, data, split, seed, policy and protocol, rebuilt from the recipe the
+    record keeps under its own name and hash (a protocol file not shipped needs no file). ``data_root``:
+    where the data is now (None: the recorded folder; synthetic data gone with it is made again).
+    BenchError where the record cannot say the run, or a file it needs is not given."""
+    from bench.rescore import record_protocol
+
+    run_id = rec["run_id"]
+    if rec.get("rescored_from"):
+        raise BenchError(f"run {run_id}: bench rescore scored run {rec['rescored_from']}'s weights under "
+                         f"{rec['policy']}; re-run that run (--from-record its records/{rec['rescored_from']}.json), "
+                         f"then bench rescore --policy {rec['policy']}")
+    if not isinstance(rec.get("set_keys"), list):
+        raise BenchError(f"run {run_id}: its record predates set_keys, so which --set options it had is not known; "
+                         "rebuild its command from the record's launch.argv")
+    if rec.get("weights") and weights is None:
+        raise BenchError(f"run {run_id} evaluated the weights file {rec['weights']['file']} (sha256 "
+                         f"{rec['weights']['sha256'][:16]}), which its record names but does not hold; pass "
+                         "--weights PATH to that file")
+    if weights is not None and not rec.get("weights"):
+        raise BenchError(f"--weights: run {run_id} trained its weights; --from-record trains them again as it did")
+    if rec.get("init") and pretrained_dir is None and not rec.get("weights"):
+        raise BenchError(f"run {run_id} started from its authors' pretrained file {rec['init']['file']} (sha256 "
+                         f"{rec['init']['sha256'][:16]}); pass --pretrained-dir DIR holding it")
+    synthetic = False
+    if data_root is None:
+        data_root = Path(rec["data_root"])
+        if not data_root.is_dir():
+            if not rec.get("synthetic"):
+                raise BenchError(f"{data_root}: the data run {run_id} read is not there; pass --data-root DIR "
+                                 "holding it")
+            data_root, synthetic = None, True  # made again under --results: the same generator makes the same data
+    try:
+        protocol = record_protocol(rec)
+    except BenchError as exc:  # an older record without its recipe, whose protocol file changed or is not here
+        raise BenchError(f"{exc} (older records keep no recipe: rebuild its command from the record's launch.argv, "
+                         "--protocol the file it ran with)") from None
+    fold = records.split_fold(rec["split"])
+    return dict(models=[rec["model"]], dataset=rec["dataset"], protocol=protocol,
+                seeds=None if rec.get("weights") else [rec["seed"]],  # --weights: the protocol's, its only
+                folds=None if fold is None else [fold], data_root=data_root, synthetic=synthetic,
+                policy=rec["policy"], tiny=bool(rec.get("tiny")),
+                model_overrides={k: rec["model_config"][k] for k in rec["set_keys"]})
+
+
+def check_rerun(spec: RunSpec, rec: dict[str, Any]) -> None:
+    """BenchError where ``spec``, planned from record ``rec`` (``rerun_args``), is another run than the
+    record's: other data, another weights or pretrained file, or a run id hashed otherwise by the bench
+    that wrote it."""
+    if spec.key == rec["run_id"]:
+        return
+    run = f"run {rec['run_id']}"
+    if rec.get("data_id") and spec.data_id != rec["data_id"]:
+        raise BenchError(f"{spec.data_root}: not the data {run} read (data id {spec.data_id}, the record's "
+                         f"{rec['data_id']}); pass --data-root DIR holding that data")
+    for kind, given, what in (("weights", spec.weights and spec.weights[1], "--weights"),
+                              ("init", spec.init and spec.init[2], "--pretrained-dir")):
+        if rec.get(kind) and str(given)[:16] != rec[kind]["sha256"][:16]:
+            raise BenchError(f"{what}: not the file {rec[kind]['file']} {run} used (sha256 {str(given)[:16]}, the "
+                             f"record's {rec[kind]['sha256'][:16]})")
+    raise BenchError(f"{run}: planned again as run {spec.key}, another id (the bench that wrote the record hashed its "
+                     "runs otherwise); rebuild its command from the record's launch.argv")
+
+
+def rerun_differences(rec: dict[str, Any], device: torch.device, processes: int) -> str | None:
+    """What differs here from where run record ``rec`` ran, among what makes runs bit-identical (the
+    device's kind, CPU, torch and its threads, processes, bench's code), as one line; None where nothing does."""
+    was, now = rec.get("device") or {}, env.fingerprint(device)
+    world = (rec.get("train") or {}).get("world_size") or 1
+    code_was = records.code_version(rec.get("git_commit"), rec.get("code_digest"))
+    code_now = records.code_version(env.git_commit(), env.source_digest())
+    same_code = rec["code_digest"] == env.source_digest() if rec.get("code_digest") else code_was == code_now
+    differ = [f"{what} {now[key]}, the run's {was[key]}" + (f" ({option} {was[key]})" if option else "")
+              for key, what, option in (("device", "device", "--device"), ("cpu", "CPU", ""),
+                                        ("torch", "torch", ""), ("threads", "threads", "--threads"))
+              if was.get(key) is not None and was[key] != now[key]]
+    differ += [f"processes {processes}, the run's {world} (--nproc {world})"] if processes != world else []
+    differ += [] if same_code else [f"code {records.short_commit(code_now or 'unknown')}, the run's "
+                                    f"{records.short_commit(code_was or 'unknown')}"]
+    if not differ:
+        return None
+    return (f"run {rec['run_id']} ran otherwise than this command: {'; '.join(differ)}; its numbers may differ "
+            "from the record's")

@@ -117,6 +117,63 @@ def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_pat
                      rf"protocol smoke \(run {rec['run_id']}\), which scores as smoke_lr does; that board holds them",
                      note), note
     assert "already evaluated" not in out  # the first evaluation of the file says nothing of the kind
+    # --from-record of it: the record names the file and its sha256, the command gives the file
+    kept = tmp_path / "res" / "records" / f"{rec['run_id']}.json"
+    need = _bench("run", "--from-record", kept, "--results", tmp_path / "again", check=False)
+    assert need.returncode == 2 and f"evaluated the weights file mine.pth (sha256 {sha[:8]}" in need.stderr \
+        and "pass --weights PATH to that file" in need.stderr, need.stderr
+    held = _bench("run", "--from-record", kept, "--weights", mine, "--results", tmp_path / "res").stdout
+    assert f"holds run {rec['run_id']} already" in held and "skipped" in held  # the same file: the same run
+
+
+def test_from_record_reruns_a_run_of_a_protocol_file_not_shipped_bit_for_bit(tmp_path):
+    """bench run --from-record: a reviewer given a results folder re-runs one of its runs from its record
+    alone: the protocol rebuilt from the recipe the record keeps (its file gone), the --set and --tiny
+    configuration, the same run id, and at the same threads, CPU and code the same numbers, bit for bit."""
+    from bench.protocol import PROTOCOL_DIR
+
+    mine = tmp_path / "smoke_lr.toml"
+    mine.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace('name = "smoke"', 'name = "smoke_lr"')
+                    .replace("lr = 1e-3", "lr = 5e-4"))
+    _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", mine, "--set",
+           "widths=[4, 8, 16, 32]", "--results", tmp_path / "res", *FAST)
+    mine.unlink()  # not shipped with the results
+    (kept,) = (tmp_path / "res" / "records").glob("*.json")
+    rec = json.loads(kept.read_text())
+    out = _bench("run", "--from-record", kept, "--results", tmp_path / "other", "--no-progress")
+    (again,) = [json.loads(p.read_text()) for p in (tmp_path / "other" / "records").glob("*.json")]
+    assert again["run_id"] == rec["run_id"] and again["protocol"] == rec["protocol"]
+    assert again["model_config"]["widths"] == [4, 8, 16, 32] and again["set_keys"] == ["widths"] and again["tiny"]
+    assert again["metrics"] == rec["metrics"] and again["per_case"] == rec["per_case"]
+    assert "warning" not in out.stderr  # the same threads and code: nothing to say
+    # its run folder names it too; a results folder holding the run skips it, and says how to re-run it
+    held = _bench("run", "--from-record", tmp_path / "other" / "runs" / rec["run_id"], "--results", tmp_path / "other")
+    assert f"note: {tmp_path / 'other'} holds run {rec['run_id']} already, so bench run skips it; --results " \
+           "ANOTHER_FOLDER re-runs it there" in held.stdout and "finished earlier, skipped" in held.stdout
+
+
+def test_from_record_refuses_what_would_change_the_run_and_warns_where_bits_may_differ(smoke_results, tmp_path,
+                                                                                       monkeypatch, capsys):
+    (kept,) = [p for p in (smoke_results / "records").glob("*.json") if p.name.count(".") == 1]
+    bad = run_bench_here(monkeypatch, capsys, "run", "--from-record", kept, "--models", "unet", "--seeds", "1",
+                         "--no-pretrained", "--set", "widths=[4, 8, 16, 32]", "--tiny", "--results", tmp_path,
+                         check=False)
+    assert bad.returncode == 2 and "drop --models, --seeds, --no-pretrained, --set, --tiny, which would make it " \
+        "another run" in bad.stderr, bad.stderr
+    rec = json.loads(kept.read_text())
+    rescored = tmp_path / "rescored.json"
+    rescored.write_text(json.dumps({**rec, "run_id": rec["run_id"] + ".strict", "rescored_from": rec["run_id"]}))
+    no = run_bench_here(monkeypatch, capsys, "run", "--from-record", rescored, "--results", tmp_path, check=False)
+    assert no.returncode == 2 and f"bench rescore scored run {rec['run_id']}'s weights" in no.stderr
+    # another thread count and other code than the run's: one line, saying how to match the threads
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps({**rec, "git_commit": "0" * 40, "code_digest": "0" * 16}))
+    out = _bench("run", "--from-record", older, "--results", smoke_results, "--threads", "2", "--dry-run")
+    (said,) = [line for line in out.stderr.splitlines() if "warning" in line]
+    assert re.fullmatch(rf"warning: run {rec['run_id']} ran otherwise than this command: threads 2, the run's 1 "
+                        r"\(--threads 1\); code \S.*, the run's 000000000000; its numbers may differ from the "
+                        r"record's", said), said
+    assert f"done     {rec['run_id']}" in out.stdout
 
 
 def test_weights_evaluated_before_are_said_only_where_they_scored_alike_on_another_board(tmp_path):
@@ -840,7 +897,9 @@ def test_rescore_puts_the_same_weights_on_a_strict_board(tmp_path):
     assert wrong.returncode == 2 and "--policy strictt: no runs of it" in wrong.stderr and "did you mean 'strict'" \
         in wrong.stderr
     again = _bench("rescore", "--policy", "strict", "--results", results).stdout
-    assert "nothing to score: every finished run has a record under strict already" in again
+    assert "nothing to score: every finished run has a record under strict already; to check a record's numbers " \
+        f"against its training, re-run it: bench run --from-record {results / 'records'}/<run_id>.json --results " \
+        "ANOTHER_FOLDER" in again
     # asking bench run for the strict score of the same training reuses the rescored record
     out = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
                  "--policy", "strict", "--results", results, *FAST).stdout

@@ -3,6 +3,7 @@ weights: `bench rescore`, `bench predict`."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -98,6 +99,9 @@ def run(
     dry_run: Annotated[bool, typer.Option(
         help="list the grid's runs, each done, finished (no record), partial, running or missing (with --shard K/N: "
              "every shard's runs, each with its shard), then exit; nothing is trained or written")] = False,
+    from_record: Annotated[Optional[Path], typer.Option(
+        help="re-run the run of this record (records/<run_id>.json or its runs/<run_id> folder) as it ran: same "
+             "model, data, split, seed, policy and protocol (rebuilt from the record), so the same run id")] = None,
 ) -> None:
     """Train and evaluate models on a dataset under a protocol; one record per (model, seed[, fold]).
 
@@ -119,9 +123,13 @@ def run(
     if shard:
         parse_shard(shard)  # before anything is written
     check_workers(workers)  # before what needs files is checked
+    again = _from_record(ctx, from_record, data_root, weights, pretrained_dir) if from_record else None
+    if again:  # the grid of that one run, planned as any command's
+        models, dataset, seeds, folds, policy, tiny, data_root, synthetic = (again[k] for k in (
+            "models", "dataset", "seeds", "folds", "policy", "tiny", "data_root", "synthetic"))
     names = resolve_models(models)
     dataset = get_reader(dataset).name  # any case; records and run ids hold the registered name
-    proto = load_protocol(default_protocol(dataset, protocol))
+    proto = again["protocol"] if again else load_protocol(default_protocol(dataset, protocol))
     # --(no-)pretrained changes the recipe only where a chosen model has a pretrained file (an override
     # equal to the protocol's value changes nothing anywhere: Protocol.with_overrides)
     moot = not any(get_entry(n).init for n in names)
@@ -151,7 +159,7 @@ def run(
     if launch:
         distributed.check_nproc(nproc, dev, proto.train.batch_size)  # before --synthetic writes data
     seed_list = int_list(seeds) if seeds else None  # None: the protocol's
-    overrides = _parse_sets(set_ or [])
+    overrides = again["model_overrides"] if again else _parse_sets(set_ or [])
     specs, said = [], {}
 
     def say_warnings(models) -> None:  # once each: the command line's warning display drops repeats
@@ -177,6 +185,8 @@ def run(
                     raise BenchError(f"{exc}. --set goes to every model of the command ({', '.join(names)}): run "
                                      "each model with its own keys in a command of its own") from exc
                 raise
+    if again:
+        _check_rerun(specs[0], again["record"], results, dev, nproc, dry_run)
     total = len(specs)
     if dry_run:
         say_warnings(dict.fromkeys(s.model for s in specs))
@@ -199,6 +209,50 @@ def run(
         say(f"note: {note}")
     run_grid(specs, results_dir=results, device=dev, resume=resume, show_progress=progress, say=say,
              say_error=_echo_err)
+
+
+# what bench run --from-record takes beside it: where and how the run goes, not what it is
+_KEEPS_THE_RUN = {"from_record", "data_root", "results", "device", "resume", "threads", "workers", "progress", "nproc",
+                  "weights", "pretrained_dir", "dry_run"}
+
+
+def _from_record(ctx: typer.Context, path: Path, data_root: Path | None, weights: Path | None,
+                 pretrained_dir: Path | None) -> dict:
+    """``bench run --from-record PATH``: plan_grid's arguments for the run of that record
+    (``bench.run.rerun_args``), the record under "record"; BenchError naming every option given
+    that would make it another run."""
+    from bench.records import record_at
+    from bench.run import rerun_args
+
+    given = [_option_text(ctx, p) for p in ctx.command.params if p.name not in _KEEPS_THE_RUN
+             and ctx.get_parameter_source(p.name).name in ("COMMANDLINE", "ENVIRONMENT")]
+    if given:
+        raise BenchError(f"--from-record {path}: re-runs the run as its record says it ran; drop {', '.join(given)}, "
+                         "which would make it another run (a new command: bench run with the options you want)")
+    rec = record_at(path)
+    return {**rerun_args(rec, data_root, weights, pretrained_dir), "record": rec}
+
+
+def _option_text(ctx: typer.Context, param) -> str:
+    """An option as the command line gave it: ``--no-pretrained`` for a flag's second name."""
+    flag_off = getattr(param, "is_flag", False) and param.secondary_opts and not ctx.params.get(param.name)
+    return param.secondary_opts[0] if flag_off else param.opts[0]
+
+
+def _check_rerun(spec, rec: dict, results: Path, dev, nproc: int, dry_run: bool) -> None:
+    """For --from-record: the planned run is the record's (BenchError else); a warning where this machine
+    runs it otherwise than it ran (device, threads, code...), and a note where ``results`` holds it already."""
+    from bench import distributed
+    from bench.run import check_rerun, finished, rerun_differences
+
+    check_rerun(spec, rec)
+    # one of the processes --nproc (or torchrun) started: the command's processes, not its own --nproc
+    processes = int(os.environ["WORLD_SIZE"]) if distributed.launched_by_torchrun() else nproc
+    if note := rerun_differences(rec, dev, processes):
+        warnings.warn(note, stacklevel=1)
+    if not dry_run and any(finished(spec, Path(results).expanduser())):
+        typer.echo(f"note: {results} holds run {spec.key} already, so bench run skips it; --results ANOTHER_FOLDER "
+                   "re-runs it there, to compare with the record")
 
 
 def _grid_text(specs: list, dataset: str, proto) -> str:
@@ -250,7 +304,7 @@ def rescore(
     from bench.env import resolve_device
     from bench.registry import model_filter
     from bench.protocol import load_protocol
-    from bench.records import record_path, scores_text
+    from bench.records import record_path, records_dir, scores_text
     from bench.fileio import ensure_writable_dir
     from bench.claim import claim_run
     from bench.rescore import (DataRoots, check_weights_kept, other_device_warning, plan_rescore, rescore_id,
@@ -267,7 +321,9 @@ def rescore(
     if note := other_device_warning(todo, dev, "rescored"):
         warnings.warn(note, stacklevel=1)
     if not todo:
-        typer.echo(f"bench rescore: nothing to score: every finished run has a record under {policy} already")
+        typer.echo(f"bench rescore: nothing to score: every finished run has a record under {policy} already; to "
+                   "check a record's numbers against its training, re-run it: bench run --from-record "
+                   f"{records_dir(results)}/<run_id>.json --results ANOTHER_FOLDER")
         return
     check_weights_kept(todo, results, "rescored")
     typer.echo(f"bench rescore: {len(todo)} run(s) to score under {policy} · device {dev}")
