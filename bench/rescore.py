@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from bench import env, records
-from bench.data import open_dataset, synthetic_identity
+from bench.data import data_identity, open_dataset
 from bench.data.base import SegDataset
 from bench.errors import BenchError
 from bench.evaluate import evaluate, scored_ids
@@ -178,12 +178,13 @@ class DataRoots:
 
     def ids(self, kind: str, path: Path, fold: int | None, policy: str,
             dataset: SegDataset | None = None) -> set[str]:
-        """The ids a run's record may name the data at ``path`` by: its synthetic identity, else
+        """The ids a run's record may name the data at ``path`` by: its synthetic identity (as written), else
         ``data_ids`` (of ``dataset`` where the caller opened it)."""
         key = (kind, Path(path).resolve(), fold, policy)
         if key not in self._ids:
-            made = synthetic_identity(path)
-            self._ids[key] = {made} if made else data_ids(dataset or open_dataset(kind, path, fold), policy)
+            dataset = dataset or open_dataset(kind, path, fold)
+            made = data_identity(dataset)
+            self._ids[key] = {made} if made.startswith("synthetic:") else data_ids(dataset, policy)
         return self._ids[key]
 
     def find(self, rec: dict[str, Any], policy: str) -> Path | None:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from bench import distributed, env, fileio, records, runlog
-from bench.data import (check_folds, get_reader, open_dataset, synthetic_folder, synthetic_identity,
+from bench.data import (check_folds, data_identity, get_reader, open_dataset, synthetic_folder, synthetic_identity,
                         synthetic_root)
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import (cache_training_volumes, patch_fit_note, preprocess_processes, slicing_note,
@@ -61,9 +61,10 @@ class RunSpec:
     fold: int | None = None  # cross-validation fold (nnunet data); None: the dataset's test split
     init: tuple[str, str, str] | None = None  # pretrained (source, path, sha256[:16]); None: from scratch
     split_sha: str | None = None  # a fold's test cases (sha256[:16] of the sorted ids): its split by content
-    # what the data is, fixed when planned: synthetic data by how it was made (bench.data.synthetic_identity;
-    # a moved results folder holds the same data), other data by its files (SegDataset.content_id), or
-    # by its absolute path for a run begun before that (plan_grid keeps its id); "" = the path
+    # what the data is, fixed when planned (bench.data.data_identity): synthetic data by how it was made
+    # while its files are as made (a moved results folder holds the same data), other data by its files
+    # (SegDataset.content_id), or by its absolute path for a run begun before that (plan_grid keeps its
+    # id); "" = the path
     data_id: str = ""
     # what the reader says of the data it opened (which split file or rule made the split): shown, not identity
     notes: tuple[str, ...] = field(default=(), compare=False)
@@ -945,7 +946,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     for d in split.values():  # each fold's test cases, scored after its training
         d.check_labels()
     split_sha = {f: None if f is None else _ids_sha(d.test_ids()) for f, d in split.items()}
-    data_id = made or ds.content_id()
+    data_id = data_identity(ds)
     given = None if weights is None else (str(weights.resolve()), file_sha256(weights))
     small = {m: tiny and bool(get_entry(m).tiny) for m in models}  # no tiny configuration: the paper's is built
     specs = [RunSpec(m, dataset, protocol, s, data_root, synthetic, chosen, tuple(sorted(over[m].items())), fold, inits.get(m),

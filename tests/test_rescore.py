@@ -226,6 +226,26 @@ def test_rescore_refuses_data_changed_in_place_and_names_a_custom_protocol(train
         record_protocol(custom, PROTOCOL_DIR / "smoke.toml")  # a file, but of another protocol
 
 
+def test_synthetic_data_edited_since_the_run_is_refused_saying_so(trained, tmp_path):
+    """A review's find: synthetic data whose test labels were edited by hand kept its id (its marker's), so
+    rescore scored the run's weights on the edited labels and wrote the authors' data id. Edited, the data is
+    identified by its files: refused."""
+    import h5py
+
+    from bench.records import read_record
+
+    root, results, legacy = trained
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    rec = {**read_record(results, legacy["run_id"]), "data_root": str(data)}
+    assert rec["data_id"].startswith("synthetic:") and run_model(rec, results)[1].root == data  # as written: its data
+    with h5py.File(next((data / "test_vol_h5").iterdir()), "r+") as f:  # one voxel of a test label relabelled
+        f["label"][0, 0, 0] = (f["label"][0, 0, 0] + 1) % 9
+    with pytest.warns(UserWarning, match="synthetic data edited since it was generated"), \
+            pytest.raises(BenchError, match=rf"run {rec['run_id']}: the data at {data} changed since it was scored"):
+        rescore_record(rec, "strict", results, CPU)
+
+
 def test_rescored_records_say_where_they_were_scored_and_other_devices_are_warned(trained, tmp_path):
     from bench.rescore import other_device_warning
 
