@@ -27,7 +27,7 @@ import torch
 
 from bench import distributed, env, fileio, records, runlog
 from bench.data import (check_folds, data_identity, get_reader, open_dataset, synthetic_folder, synthetic_identity,
-                        synthetic_root)
+                        synthetic_made, synthetic_root)
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import (cache_training_volumes, patch_fit_note, preprocess_processes, slicing_note,
                                    target_spacing, volume_prep)
@@ -374,6 +374,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         # training items (slices or images; patch protocols: whole cases): whether the split is the paper's
         "n_train": None if spec.weights else len(train_ids),
         "synthetic": spec.synthetic,
+        # how synthetic data was made (bench data synth's settings, the files it wrote): what remakes it
+        "synthetic_made": synthetic_made(spec.data_root) if spec.synthetic else None,
         "split": spec.split,
         "split_rule": dataset.split_rule,  # how the split was made where the data fixes none (Methods)
         "data_notes": list(spec.notes),  # what the reader said of the data when the run was planned

@@ -840,6 +840,28 @@ def test_data_synth_takes_dataset_names_and_writes_their_synthetic_data(tmp_path
     assert synthetic_identity(tmp_path / "other") != synthetic_identity(tmp_path / "mine")
 
 
+def test_the_synth_command_a_record_keeps_makes_the_same_data(tmp_path):
+    """rescore's advice for synthetic data that is gone gives the command that makes it again: its kind, seed
+    and settings, quoted for the shell (a list-valued setting, a folder name with a space)."""
+    import shlex
+
+    from bench.data import synthetic_identity, synthetic_made
+    from bench.data.synth import synth_command
+
+    made = tmp_path / "made here"
+    result = runner.invoke(app, ["data", "synth", "--like", "nnunet", "--out", str(made), "--seed", "3", "--option",
+                                 "dims=2", "--option", "n_cases=3", "--option", "size=32", "--option",
+                                 "spacing=[2.0, 1.0, 1.0]"])
+    assert result.exit_code == 0, result.output
+    again = tmp_path / "made again"
+    line = synth_command(synthetic_made(made), again)
+    assert line == (f"bench data synth --like nnunet --out '{again}' --seed 3 --option dims=2 --option n_cases=3 "
+                    "--option size=32 --option 'spacing=[2.0,1.0,1.0]'")
+    result = runner.invoke(app, shlex.split(line)[1:])
+    assert result.exit_code == 0, result.output
+    assert synthetic_identity(again) == synthetic_identity(made) is not None
+
+
 def test_data_synth_writes_volumes_of_the_size_asked_for(tmp_path):
     """To time evaluation at a real CT's size without the data: --option size=... depth=..."""
     import h5py

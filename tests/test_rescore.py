@@ -399,10 +399,16 @@ def test_data_moved_since_the_run_is_found_by_its_identity(trained, tmp_path):
                                          rf"synthetic data: `bench run` of its grid with --synthetic --results {bob} "
                                          r"makes it again \(its finished runs are skipped\)$"):
         rescore_record(rec, "strict", bob, CPU)
-    # synthetic data of bench data synth's, elsewhere: bench run --synthetic would make other data (and train anew)
+    # synthetic data of bench data synth's, elsewhere: bench run --synthetic would make other data (and train anew);
+    # the record keeps how it was made, so the error gives the command that makes it where the record looks
+    mine = {**rec, "data_root": str(tmp_path / "alice" / "mydata")}
+    with pytest.raises(BenchError, match=rf"synthetic data: `bench data synth --like synapse --out "
+                                         rf"{tmp_path / 'alice' / 'mydata'} --seed 0` makes it again$"):
+        run_model(mine, bob)
+    older = {**mine, "synthetic_made": None}  # a record written before it kept how
     with pytest.raises(BenchError, match=r"synthetic data made by `bench data synth`: the same options \(--like, "
-                                         r"--seed, sizes\) make it again, to pass as --data-root$"):
-        run_model({**rec, "data_root": str(tmp_path / "alice" / "mydata")}, bob)
+                                         r"--seed, --option\) make it again, to pass as --data-root$"):
+        run_model(older, bob)
     with pytest.raises(BenchError, match=r"is not there; if it moved, pass its folder now as --data-root DIR "
                                          r"\(checked to hold the data the run was scored on\)$"):
         run_model({**rec, "synthetic": False}, bob)

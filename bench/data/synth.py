@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -152,6 +153,18 @@ def data_identity(dataset: Any) -> str:
                   f"{MARKER} names): identified by its files ({files}) as data of one's own, not as {made}",
                   stacklevel=2)
     return files
+
+
+def synth_command(made: dict[str, Any], out: str | Path) -> str:
+    """The `bench data synth` command line that writes the data ``made`` (what ``synthetic_made`` read) to
+    ``out``: its kind, seed and the options that differ from the defaults (by the generator of ``made``'s
+    version: another version makes other data)."""
+    kind = made.get("kind")
+    defaults = json.loads(json.dumps(DEFAULTS.get(kind, {}), default=list))  # tuples as the marker holds lists
+    changed = sorted((k, v) for k, v in (made.get("options") or {}).items() if defaults.get(k) != v)
+    options = [f"--option {shlex.quote(k + '=' + json.dumps(v, separators=(',', ':')))}" for k, v in changed]
+    return " ".join(["bench data synth --like", shlex.quote(str(kind)), "--out", shlex.quote(str(out)),
+                     "--seed", str(made.get("seed")), *options])
 
 
 def _check_setting(kind: str, key: str, value: Any) -> None:
