@@ -313,7 +313,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
                 torch.cuda.reset_peak_memory_stats(device)
             trained_by = None  # --weights: the run that wrote them, where one of bench's did
             if spec.weights is not None:
-                result, trained_by = _given_weights(model, spec.weights[0], run_dir, main, train_ids, spec.data_id)
+                result, trained_by = _given_weights(model, spec.weights[0], run_dir, main, train_ids, spec.data_id,
+                                                    dataset.content_id(labels=False))
             else:
                 result = train_model(model, dataset, protocol, seed=spec.seed, run_dir=run_dir, device=device,
                                      resume=resume, writer=writer, progress=on_step, code=code,
@@ -666,25 +667,38 @@ def failure_text(exc: BaseException) -> str:
     return one_line(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
 
 
-def _given_weights(model, path: str, run_dir: Path, main: bool, train_ids: list[str],
-                   data_id: str | None) -> tuple[TrainResult, dict[str, Any] | None]:
+def _given_weights(model, path: str, run_dir: Path, main: bool, train_ids: list[str], data_id: str | None,
+                   but_labels: str | None = None) -> tuple[TrainResult, dict[str, Any] | None]:
     """A run of weights trained elsewhere: ``path`` loaded strictly into ``model`` and kept as the run's
     final checkpoint (so that rescore and predict find them as any run's), nothing trained; and where
     they came from, where a run of bench wrote them (its checkpoints say: ``trained_by``), with whether
     they trained on this data (``data_id``; unknown in files written before it was kept) and on the
     items this run's split trains on (``train_ids``): else some of its test cases may have been among
-    them, which the run says."""
+    them, which the run says. Other data of the same items is said as what differs: its test labels alone,
+    where the rest is the same (``but_labels``: ``content_id(labels=False)``, which checkpoints keep), else
+    unknown files."""
     trained_by = load_weights(model, path).get("trained_by")
     if trained_by is not None:
         same_data = trained_by.get("data_id") in (None, data_id)
-        same_items = same_data and trained_by.get("items") == items_digest(train_ids)
-        trained_by = {**trained_by, "same_data": same_data, "same_items": same_items}
+        names = trained_by.get("items") == items_digest(train_ids)  # the split's training items by name
+        # other data of those items: the same but for the files test labels are read from (older files: unknown)
+        but_labels = None if "data_id_but_labels" not in trained_by or but_labels is None else \
+            trained_by["data_id_but_labels"] == but_labels
+        trained_by = {**trained_by, "same_data": same_data, "same_items": same_data and names,
+                      "same_item_names": names, "same_but_labels": but_labels}
         whose = f"{path}: weights of run {trained_by.get('run_id')} (protocol {trained_by.get('protocol')}), trained on"
-        if not same_data and main:
-            warnings.warn(f"{whose} other data (data id {trained_by['data_id']}, not this run's {data_id}): where "
+        ids = f"data id {trained_by.get('data_id')}, not this run's {data_id}"
+        if not same_data and names and main:  # not this split's test cases: no leak, other data
+            warnings.warn(f"{whose} this split's training items, in data that differs from this run's in the files "
+                          f"its test labels are read from alone ({ids}): its scores are against other test labels "
+                          "than the weights' run scored" if but_labels else f"{whose} items named as this split's "
+                          f"training items, in other data ({ids}; which files differ, training or test, is unknown)",
+                          stacklevel=2)
+        elif not same_data and main:
+            warnings.warn(f"{whose} other data ({ids}): where "
                           "this data's test cases were among its, its scores are of cases the weights trained on",
                           stacklevel=2)
-        elif not same_items and main:
+        elif not trained_by["same_items"] and main:
             warnings.warn(f"{whose} other items than this split's training set ({trained_by.get('n_items')} "
                           f"items, not these {len(train_ids)}): where this split's test cases were among them, its "
                           "scores are of cases the weights trained on", stacklevel=2)

@@ -119,6 +119,36 @@ def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_pat
     assert "already evaluated" not in out  # the first evaluation of the file says nothing of the kind
 
 
+def test_synthetic_data_with_edited_test_labels_is_not_the_authors_data(smoke_results, tmp_path):
+    """A reviewer's journey: the authors' results folder and its synthetic data, a test label edited by hand in a
+    copy. The copy kept the data's id (its marker's alone): --dry-run called the authors' run done, --weights scored
+    it under the authors' run id and warned of a leak. Now it is other data, said once; unedited, the same data."""
+    import shutil
+
+    import h5py
+
+    (trained,) = [r for r in map(json.loads, (p.read_text() for p in (smoke_results / "records").glob("*.json")))
+                  if "rescored_from" not in r]
+    mine = Path(shutil.copytree(trained["data_root"], tmp_path / "mine"))
+    dry = ["run", "--models", "unet", "--dataset", "synapse", "--protocol", "smoke", "--results", smoke_results,
+           *FAST, "--dry-run", "--data-root", mine]
+    assert re.search(rf"done +{trained['run_id']}", _bench(*dry).stdout)  # a copy as generated: the authors' data
+    with h5py.File(sorted((mine / "test_vol_h5").iterdir())[0], "r+") as f:
+        f["label"][0, 0, 0] = (f["label"][0, 0, 0] + 1) % 9
+    edited = _bench(*dry)
+    assert trained["run_id"] not in edited.stdout and re.search(r"missing +synapse-smoke-unet-s0-", edited.stdout)
+    assert edited.stderr.count(f"{mine}: synthetic data edited since it was generated") == 1, edited.stderr
+    final = smoke_results / "runs" / trained["run_id"] / "checkpoints" / "final.pt"
+    given = _bench("run", "--models", "unet", "--dataset", "synapse", "--data-root", mine, "--protocol", "smoke",
+                   "--tiny", "--img-size", "32", "--threads", "1", "--no-progress", "--results", tmp_path / "res",
+                   "--weights", final)
+    assert "in data that differs from this run's in the files its test labels are read from alone" in given.stderr
+    assert "cases the weights trained on" not in given.stderr
+    (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "res" / "records").glob("*.json")]
+    assert rec["data_id"].startswith("files:") and rec["data_id"] != trained["data_id"] and rec["synthetic"]
+    assert {k: rec["synthetic_made"][k] for k in ("kind", "seed")} == {"kind": "synapse", "seed": 0}
+
+
 def test_weights_evaluated_before_are_said_only_where_they_scored_alike_on_another_board(tmp_path):
     """bench run --weights says the same file already sits on another protocol's board that scores as this one
     (synapse as synapse_vmunet); not where that record is of another metric policy (its numbers differ: a
