@@ -229,7 +229,7 @@ def test_rescore_refuses_data_changed_in_place_and_names_a_custom_protocol(train
 def test_synthetic_data_edited_since_the_run_is_refused_saying_so(trained, tmp_path):
     """A review's find: synthetic data whose test labels were edited by hand kept its id (its marker's), so
     rescore scored the run's weights on the edited labels and wrote the authors' data id. Edited, the data is
-    identified by its files: refused."""
+    identified by its files: refused, with both ids and what differs."""
     import h5py
 
     from bench.records import read_record
@@ -242,7 +242,10 @@ def test_synthetic_data_edited_since_the_run_is_refused_saying_so(trained, tmp_p
     with h5py.File(next((data / "test_vol_h5").iterdir()), "r+") as f:  # one voxel of a test label relabelled
         f["label"][0, 0, 0] = (f["label"][0, 0, 0] + 1) % 9
     with pytest.warns(UserWarning, match="synthetic data edited since it was generated"), \
-            pytest.raises(BenchError, match=rf"run {rec['run_id']}: the data at {data} changed since it was scored"):
+            pytest.raises(BenchError, match=rf"run {rec['run_id']}: the data at {data} changed since it was scored \("
+                                            rf"files, sizes or content differ: data id {rec['data_id']} then, {data} "
+                                            r"has id files:\w+: its files were edited since they were generated\), so "
+                                            r"it cannot be rescored on it$"):
         rescore_record(rec, "strict", results, CPU)
 
 
@@ -380,7 +383,8 @@ def test_data_moved_since_the_run_is_found_by_its_identity(trained, tmp_path):
     from typer.testing import CliRunner
 
     from bench.cli import app
-    from bench.data.synth import synthesize
+    from bench.data import synthetic_identity
+    from bench.data.synth import MARKER, synthesize
     from bench.records import read_record
     from bench.rescore import DataRoots
 
@@ -414,8 +418,15 @@ def test_data_moved_since_the_run_is_found_by_its_identity(trained, tmp_path):
         run_model({**rec, "synthetic": False}, bob)
     other = synthesize("synapse", tmp_path / "other", seed=1)  # synapse data too, of another identity
     with pytest.raises(BenchError, match=rf"--data-root {other} holds other data than it was scored on \(synapse "
-                                         rf"data of id {rec['data_id']}\)"):
+                                         rf"data of id {rec['data_id']}; {other} has id {synthetic_identity(other)}\)"):
         rescore_record(rec, "strict", bob, CPU, data_roots=DataRoots([other]))
+    # the very files, copied without the marker that made them synthetic data: the error says the marker is missing
+    bare = tmp_path / "bare"
+    shutil.copytree(root, bare)
+    (bare / MARKER).unlink()
+    with pytest.raises(BenchError, match=rf"{bare} has id files:\w+: the files the run was scored on, without the "
+                                         rf"marker {MARKER} that identifies them as synthetic data; copy it in"):
+        rescore_record(rec, "strict", bob, CPU, data_roots=DataRoots([bare]))
     new = rescore_record(rec, "strict", bob, CPU, data_roots=DataRoots([tmp_path / "bob", other, moved]))
     assert new["data_root"] == str(moved.resolve())  # the folder scored, not alice's
     out = tmp_path / "pred"
