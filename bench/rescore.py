@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from bench import env, records
-from bench.data import open_dataset, synthetic_identity
+from bench.data import data_identity, open_dataset, synthetic_identity
 from bench.data.base import SegDataset
+from bench.data.synth import GENERATOR_VERSION, MARKER, WRITTEN, synth_command
 from bench.errors import BenchError
 from bench.evaluate import evaluate, scored_ids
 from bench.metrics import POLICIES, get_policy, policy_fields, policy_misfit
@@ -126,10 +127,12 @@ def run_model(rec: dict[str, Any], results_dir: Path, protocol_file: Path | None
         raise BenchError(f"run {rec['run_id']}: its {split} split of {root} now holds other cases than "
                          f"the {len(scored)} it was scored on, so cases the model trained on could be {what}")
     recorded = rec.get("data_id")  # absent in older records, empty for runs identified by their data's path
-    if recorded and recorded not in (data_roots or DataRoots()).ids(rec["dataset"], root, records.split_fold(split),
-                                                                    policy or rec["policy"], dataset):
+    roots, fold = data_roots or DataRoots(), records.split_fold(split)
+    if recorded and recorded not in roots.ids(rec["dataset"], root, fold, policy or rec["policy"], dataset):
+        now = roots.now(rec["dataset"], root, fold, policy or rec["policy"])
         raise BenchError(f"run {rec['run_id']}: the data at {root} changed since it was scored (files, sizes or "
-                         f"content differ), so it cannot be {what} on it")
+                         f"content differ: data id {recorded} then, {other_data(rec, root, now)}), so it cannot be "
+                         f"{what} on it")
     # the statistics its images were normalised with in training, not ones drawn from the data as it is now
     dataset.foreground_stats = rec.get("intensity_stats")
     dataset.target_spacing = rec.get("target_spacing")  # likewise how its volumes were preprocessed
@@ -175,16 +178,23 @@ class DataRoots:
             if not path.is_dir():
                 raise BenchError(f"--data-root {path}: not a folder; give the folder the data was moved to")
         self._ids: dict[tuple, set[str]] = {}
+        self._now: dict[tuple, str] = {}
 
     def ids(self, kind: str, path: Path, fold: int | None, policy: str,
             dataset: SegDataset | None = None) -> set[str]:
-        """The ids a run's record may name the data at ``path`` by: its synthetic identity, else
+        """The ids a run's record may name the data at ``path`` by: its synthetic identity (as written), else
         ``data_ids`` (of ``dataset`` where the caller opened it)."""
         key = (kind, Path(path).resolve(), fold, policy)
         if key not in self._ids:
-            made = synthetic_identity(path)
-            self._ids[key] = {made} if made else data_ids(dataset or open_dataset(kind, path, fold), policy)
+            dataset = dataset or open_dataset(kind, path, fold)
+            self._now[key] = data_identity(dataset)
+            self._ids[key] = {self._now[key]} if self._now[key].startswith("synthetic:") else data_ids(dataset, policy)
         return self._ids[key]
+
+    def now(self, kind: str, path: Path, fold: int | None, policy: str) -> str | None:
+        """The id the data at ``path`` has today (``data_identity``), once ``ids`` read it; None where it did
+        not open as ``kind`` data."""
+        return self._now.get((kind, Path(path).resolve(), fold, policy))
 
     def find(self, rec: dict[str, Any], policy: str) -> Path | None:
         """The first folder holding ``rec``'s data; None where none does or the record names no data id."""
@@ -220,17 +230,43 @@ def run_data_root(rec: dict[str, Any], results_dir: Path, data_roots: DataRoots 
         if not rec.get("data_id"):
             raise BenchError(f"{gone}, and its record names no data id (an older bench), so --data-root {given} "
                              "cannot be checked to hold the data it was scored on")
+        fold, policy = records.split_fold(rec["split"]), policy or rec["policy"]
+        held = "; ".join(other_data(rec, path, data_roots.now(rec["dataset"], path, fold, policy))
+                         for path in data_roots.paths)
         raise BenchError(f"{gone}, and --data-root {given} holds other data than it was scored on "
-                         f"({rec['dataset']} data of id {rec['data_id']})")
+                         f"({rec['dataset']} data of id {rec['data_id']}; {held})")
     remake = ""
     if rec.get("synthetic") and root.parent.name == "synthetic":  # bench run --synthetic's, in its results folder
         remake = (f"; synthetic data: `bench run` of its grid with --synthetic --results {results_dir} makes it again "
                   "(its finished runs are skipped)")
-    elif rec.get("synthetic"):  # bench data synth's: the same options make the same data (its id says so)
-        remake = ("; synthetic data made by `bench data synth`: the same options (--like, --seed, sizes) make it "
+    elif rec.get("synthetic") and (made := rec.get("synthetic_made")):  # bench data synth's: the same settings
+        # make the same data (its id says so)
+        again = "makes it again" if made.get("generator") == GENERATOR_VERSION else \
+            f"made it with generator version {made.get('generator')} (bench's is {GENERATOR_VERSION} now: other data)"
+        remake = f"; synthetic data: `{synth_command(made, root)}` {again}"
+    elif rec.get("synthetic"):  # a record written before it kept how
+        remake = ("; synthetic data made by `bench data synth`: the same options (--like, --seed, --option) make it "
                   "again, to pass as --data-root")
     raise BenchError(f"{gone}; if it moved, pass its folder now as --data-root DIR (checked to hold the data the run "
                      f"was scored on){remake}")
+
+
+def other_data(rec: dict[str, Any], root: Path, now: str | None) -> str:
+    """What the data at ``root`` is, for an error saying it is not the data of run ``rec``: its id ``now``
+    (None: it does not open as the run's dataset), and where the run's synthetic data differs by its
+    marker, that: a copy without ``MARKER`` (the same files, where the record keeps which), or an edit."""
+    if now is None:
+        return f"{root} does not open as {rec['dataset']} data"
+    text = f"{root} has id {now}"
+    if not (str(rec.get("data_id")).startswith("synthetic:") and now.startswith("files:")):
+        return text
+    if synthetic_identity(root) is not None:
+        return f"{text}: its files were edited since they were generated"
+    written = ((rec.get("synthetic_made") or {}).get(WRITTEN) or {}).get(rec["dataset"])
+    if written == now:
+        return (f"{text}: the files the run was scored on, without the marker {MARKER} that identifies them as "
+                "synthetic data; copy it in from the folder they came from")
+    return f"{text} and no marker {MARKER} (synthetic data holds one)"
 
 
 def rescored_twin(spec, results_dir: Path) -> str | None:

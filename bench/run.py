@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterator
 import torch
 
 from bench import distributed, env, fileio, records, runlog
-from bench.data import (check_folds, get_reader, open_dataset, synthetic_folder, synthetic_identity,
-                        synthetic_root)
+from bench.data import (check_folds, data_identity, get_reader, open_dataset, synthetic_folder, synthetic_identity,
+                        synthetic_made, synthetic_root)
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import (cache_training_volumes, patch_fit_note, preprocess_processes, slicing_note,
                                    target_spacing, volume_prep)
@@ -63,9 +63,10 @@ class RunSpec:
     # records before kept no more); None: from scratch
     init: tuple[str, str, str] | None = None
     split_sha: str | None = None  # a fold's test cases (sha256[:16] of the sorted ids): its split by content
-    # what the data is, fixed when planned: synthetic data by how it was made (bench.data.synthetic_identity;
-    # a moved results folder holds the same data), other data by its files (SegDataset.content_id), or
-    # by its absolute path for a run begun before that (plan_grid keeps its id); "" = the path
+    # what the data is, fixed when planned (bench.data.data_identity): synthetic data by how it was made
+    # while its files are as made (a moved results folder holds the same data), other data by its files
+    # (SegDataset.content_id), or by its absolute path for a run begun before that (plan_grid keeps its
+    # id); "" = the path
     data_id: str = ""
     # what the reader says of the data it opened (which split file or rule made the split): shown, not identity
     notes: tuple[str, ...] = field(default=(), compare=False)
@@ -314,7 +315,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
                 torch.cuda.reset_peak_memory_stats(device)
             trained_by = None  # --weights: the run that wrote them, where one of bench's did
             if spec.weights is not None:
-                result, trained_by = _given_weights(model, spec.weights[0], run_dir, main, train_ids, spec.data_id)
+                result, trained_by = _given_weights(model, spec.weights[0], run_dir, main, train_ids, spec.data_id,
+                                                    dataset.content_id(labels=False))
             else:
                 result = train_model(model, dataset, protocol, seed=spec.seed, run_dir=run_dir, device=device,
                                      resume=resume, writer=writer, progress=on_step, code=code,
@@ -375,6 +377,8 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
         # training items (slices or images; patch protocols: whole cases): whether the split is the paper's
         "n_train": None if spec.weights else len(train_ids),
         "synthetic": spec.synthetic,
+        # how synthetic data was made (bench data synth's settings, the files it wrote): what remakes it
+        "synthetic_made": synthetic_made(spec.data_root) if spec.synthetic else None,
         "split": spec.split,
         "split_rule": dataset.split_rule,  # how the split was made where the data fixes none (Methods)
         "data_notes": list(spec.notes),  # what the reader said of the data when the run was planned
@@ -667,25 +671,38 @@ def failure_text(exc: BaseException) -> str:
     return one_line(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
 
 
-def _given_weights(model, path: str, run_dir: Path, main: bool, train_ids: list[str],
-                   data_id: str | None) -> tuple[TrainResult, dict[str, Any] | None]:
+def _given_weights(model, path: str, run_dir: Path, main: bool, train_ids: list[str], data_id: str | None,
+                   but_labels: str | None = None) -> tuple[TrainResult, dict[str, Any] | None]:
     """A run of weights trained elsewhere: ``path`` loaded strictly into ``model`` and kept as the run's
     final checkpoint (so that rescore and predict find them as any run's), nothing trained; and where
     they came from, where a run of bench wrote them (its checkpoints say: ``trained_by``), with whether
     they trained on this data (``data_id``; unknown in files written before it was kept) and on the
     items this run's split trains on (``train_ids``): else some of its test cases may have been among
-    them, which the run says."""
+    them, which the run says. Other data of the same items is said as what differs: its test labels alone,
+    where the rest is the same (``but_labels``: ``content_id(labels=False)``, which checkpoints keep), else
+    unknown files."""
     trained_by = load_weights(model, path).get("trained_by")
     if trained_by is not None:
         same_data = trained_by.get("data_id") in (None, data_id)
-        same_items = same_data and trained_by.get("items") == items_digest(train_ids)
-        trained_by = {**trained_by, "same_data": same_data, "same_items": same_items}
+        names = trained_by.get("items") == items_digest(train_ids)  # the split's training items by name
+        # other data of those items: the same but for the files test labels are read from (older files: unknown)
+        but_labels = None if "data_id_but_labels" not in trained_by or but_labels is None else \
+            trained_by["data_id_but_labels"] == but_labels
+        trained_by = {**trained_by, "same_data": same_data, "same_items": same_data and names,
+                      "same_item_names": names, "same_but_labels": but_labels}
         whose = f"{path}: weights of run {trained_by.get('run_id')} (protocol {trained_by.get('protocol')}), trained on"
-        if not same_data and main:
-            warnings.warn(f"{whose} other data (data id {trained_by['data_id']}, not this run's {data_id}): where "
+        ids = f"data id {trained_by.get('data_id')}, not this run's {data_id}"
+        if not same_data and names and main:  # not this split's test cases: no leak, other data
+            warnings.warn(f"{whose} this split's training items, in data that differs from this run's in the files "
+                          f"its test labels are read from alone ({ids}): its scores are against other test labels "
+                          "than the weights' run scored" if but_labels else f"{whose} items named as this split's "
+                          f"training items, in other data ({ids}; which files differ, training or test, is unknown)",
+                          stacklevel=2)
+        elif not same_data and main:
+            warnings.warn(f"{whose} other data ({ids}): where "
                           "this data's test cases were among its, its scores are of cases the weights trained on",
                           stacklevel=2)
-        elif not same_items and main:
+        elif not trained_by["same_items"] and main:
             warnings.warn(f"{whose} other items than this split's training set ({trained_by.get('n_items')} "
                           f"items, not these {len(train_ids)}): where this split's test cases were among them, its "
                           "scores are of cases the weights trained on", stacklevel=2)
@@ -964,7 +981,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     for d in split.values():  # each fold's test cases, scored after its training
         d.check_labels()
     split_sha = {f: None if f is None else _ids_sha(d.test_ids()) for f, d in split.items()}
-    data_id = made or ds.content_id()
+    data_id = data_identity(ds)
     given = None if weights is None else (str(weights.resolve()), file_sha256(weights))
     small = {m: tiny and bool(get_entry(m).tiny) for m in models}  # no tiny configuration: the paper's is built
     specs = [RunSpec(m, dataset, protocol, s, data_root, synthetic, chosen, tuple(sorted(over[m].items())), fold, inits.get(m),

@@ -371,8 +371,11 @@ def train_model(
     # on, after which of its epochs (an interrupted run's last.pt holds no finished training), and which of its
     # files they are (``checkpoint``): "final" (final.pt), "last" (last.pt), "epoch" (epoch_<n>.pt), or the
     # select rule whose weights they keep ("best_train_loss": best.pt and its best@<n>.pt copy, "lr_min": lr_min.pt)
+    # ``data_id_but_labels``: the data but for the files its test labels are read from, which tells data edited
+    # in its test labels alone from other data (``bench.run._given_weights``)
     trained_by = {"run_id": Path(run_dir).name, "protocol": protocol.name, "protocol_hash": protocol.hash,
-                  "data_id": data_id, "items": trains_on["items"], "n_items": len(data), "epochs": epochs}
+                  "data_id": data_id, "data_id_but_labels": dataset.content_id(labels=False),
+                  "items": trains_on["items"], "n_items": len(data), "epochs": epochs}
 
     def weights(state: dict[str, Any], epoch: int, checkpoint: str) -> dict[str, Any]:
         """A checkpoint's weights part, the one every file of the run has."""

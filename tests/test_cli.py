@@ -176,6 +176,36 @@ def test_from_record_refuses_what_would_change_the_run_and_warns_where_bits_may_
     assert f"done     {rec['run_id']}" in out.stdout
 
 
+def test_synthetic_data_with_edited_test_labels_is_not_the_authors_data(smoke_results, tmp_path):
+    """A reviewer's journey: the authors' results folder and its synthetic data, a test label edited by hand in a
+    copy. The copy kept the data's id (its marker's alone): --dry-run called the authors' run done, --weights scored
+    it under the authors' run id and warned of a leak. Now it is other data, said once; unedited, the same data."""
+    import shutil
+
+    import h5py
+
+    (trained,) = [r for r in map(json.loads, (p.read_text() for p in (smoke_results / "records").glob("*.json")))
+                  if "rescored_from" not in r]
+    mine = Path(shutil.copytree(trained["data_root"], tmp_path / "mine"))
+    dry = ["run", "--models", "unet", "--dataset", "synapse", "--protocol", "smoke", "--results", smoke_results,
+           *FAST, "--dry-run", "--data-root", mine]
+    assert re.search(rf"done +{trained['run_id']}", _bench(*dry).stdout)  # a copy as generated: the authors' data
+    with h5py.File(sorted((mine / "test_vol_h5").iterdir())[0], "r+") as f:
+        f["label"][0, 0, 0] = (f["label"][0, 0, 0] + 1) % 9
+    edited = _bench(*dry)
+    assert trained["run_id"] not in edited.stdout and re.search(r"missing +synapse-smoke-unet-s0-", edited.stdout)
+    assert edited.stderr.count(f"{mine}: synthetic data edited since it was generated") == 1, edited.stderr
+    final = smoke_results / "runs" / trained["run_id"] / "checkpoints" / "final.pt"
+    given = _bench("run", "--models", "unet", "--dataset", "synapse", "--data-root", mine, "--protocol", "smoke",
+                   "--tiny", "--img-size", "32", "--threads", "1", "--no-progress", "--results", tmp_path / "res",
+                   "--weights", final)
+    assert "in data that differs from this run's in the files its test labels are read from alone" in given.stderr
+    assert "cases the weights trained on" not in given.stderr
+    (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "res" / "records").glob("*.json")]
+    assert rec["data_id"].startswith("files:") and rec["data_id"] != trained["data_id"] and rec["synthetic"]
+    assert {k: rec["synthetic_made"][k] for k in ("kind", "seed")} == {"kind": "synapse", "seed": 0}
+
+
 def test_weights_evaluated_before_are_said_only_where_they_scored_alike_on_another_board(tmp_path):
     """bench run --weights says the same file already sits on another protocol's board that scores as this one
     (synapse as synapse_vmunet); not where that record is of another metric policy (its numbers differ: a
@@ -923,6 +953,28 @@ def test_data_synth_takes_dataset_names_and_writes_their_synthetic_data(tmp_path
     assert synthetic_identity(tmp_path / "mine") == synthetic_identity(synthetic_root("isic18", tmp_path / "cache"))
     result = runner.invoke(app, ["data", "synth", "--like", "isic18", "--seed", "5", "--out", str(tmp_path / "other")])
     assert synthetic_identity(tmp_path / "other") != synthetic_identity(tmp_path / "mine")
+
+
+def test_the_synth_command_a_record_keeps_makes_the_same_data(tmp_path):
+    """rescore's advice for synthetic data that is gone gives the command that makes it again: its kind, seed
+    and settings, quoted for the shell (a list-valued setting, a folder name with a space)."""
+    import shlex
+
+    from bench.data import synthetic_identity, synthetic_made
+    from bench.data.synth import synth_command
+
+    made = tmp_path / "made here"
+    result = runner.invoke(app, ["data", "synth", "--like", "nnunet", "--out", str(made), "--seed", "3", "--option",
+                                 "dims=2", "--option", "n_cases=3", "--option", "size=32", "--option",
+                                 "spacing=[2.0, 1.0, 1.0]"])
+    assert result.exit_code == 0, result.output
+    again = tmp_path / "made again"
+    line = synth_command(synthetic_made(made), again)
+    assert line == (f"bench data synth --like nnunet --out '{again}' --seed 3 --option dims=2 --option n_cases=3 "
+                    "--option size=32 --option 'spacing=[2.0,1.0,1.0]'")
+    result = runner.invoke(app, shlex.split(line)[1:])
+    assert result.exit_code == 0, result.output
+    assert synthetic_identity(again) == synthetic_identity(made) is not None
 
 
 def test_data_synth_writes_volumes_of_the_size_asked_for(tmp_path):

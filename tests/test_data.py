@@ -909,7 +909,13 @@ def test_fold_runs_are_identified_by_their_cases(roots, tmp_path):
     from bench.protocol import load_protocol
     from bench.run import plan_grid
 
+    from bench.data.synth import MARKER, WRITTEN
+
     root = _copy(roots["nnunet2d"], tmp_path)
+    # its marker taken at its word (as bench wrote it before it kept the files' ids): a split file written
+    # into the data leaves the data's id, so the ids follow what the folds' cases do alone
+    marker = json.loads((root / MARKER).read_text())
+    (root / MARKER).write_text(json.dumps({k: v for k, v in marker.items() if k != WRITTEN}, sort_keys=True) + "\n")
 
     def keys():
         specs = plan_grid(models=["unet"], dataset="nnunet", protocol=load_protocol("smoke"), seeds=[0],
@@ -1750,3 +1756,40 @@ def test_synthetic_folder_names_stay_inside_out_and_seeds_are_checked(tmp_path):
         with pytest.raises(BenchError, match="seed: expected a whole number from 0 to 4294967295"):
             synthesize("isic", tmp_path / "d", seed=seed)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written anywhere
+
+
+@pytest.mark.parametrize("kind", ["synapse", "isic", "polyp", "isic_all", "nnunet", "nnunet2d"])
+def test_synthetic_data_edited_since_it_was_written_is_identified_by_its_files(roots, tmp_path, kind):
+    """A review's find: synthetic data was identified by its marker alone, so a copy whose test labels were
+    edited by hand kept the generator's id (and the authors' run ids, other scores under them). As written it
+    keeps its synthetic id wherever it lies; edited, it is identified by its files, with a warning; a marker
+    written before bench kept the files' ids is taken at its word, as then."""
+    from bench.data import data_identity, synthetic_identity
+    from bench.data.synth import MARKER, WRITTEN
+
+    dataset = {"isic": "isic17", "nnunet2d": "nnunet"}.get(kind, kind)
+    a = _copy(roots[kind], tmp_path)
+    made = synthetic_identity(a)
+    assert data_identity(open_dataset(dataset, a)) == made == synthetic_identity(roots[kind])
+    label = open_dataset(dataset, a).scored_files()[0]
+    data = bytearray(label.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a test label changed in place, its size kept
+    label.write_bytes(bytes(data))
+    ds = open_dataset(dataset, a)
+    with pytest.warns(UserWarning, match=rf"{a}: synthetic data edited since it was generated .*: identified by its "
+                                         rf"files \({ds.content_id()}\) as data of one's own, not as {made}$"):
+        assert data_identity(ds) == ds.content_id() != made
+    marker = json.loads((a / MARKER).read_text())
+    del marker[WRITTEN]  # as bench wrote it before
+    (a / MARKER).write_text(json.dumps(marker, sort_keys=True) + "\n")
+    assert synthetic_identity(a) == made and data_identity(ds) == made
+
+
+def test_the_files_ids_kept_in_the_marker_leave_synthetic_ids_as_they_were(roots):
+    """Run ids of existing results (and the CI drift baseline) hash synthetic data's id: the ids of the
+    files written, now kept in the marker, are no part of it (the id bench gave these settings before)."""
+    from bench.data import synthetic_identity
+    from bench.data.synth import WRITTEN
+
+    assert WRITTEN in json.loads((roots["synapse"] / ".bench-synthetic.json").read_text())
+    assert synthetic_identity(roots["synapse"]) == "synthetic:d573f8119bcc12d6"

@@ -185,6 +185,21 @@ def test_given_weights_from_before_a_runs_last_epoch_say_which_epoch(tmp_path):
            "epoch's) under" in text
 
 
+def test_given_weights_of_the_same_items_in_other_data_claim_no_leak(tmp_path):
+    """A review: weights trained on the same items of data whose test labels were edited since read as "other
+    data than this run's (its test cases may be among them)", a leak they cannot have."""
+    by = {"run_id": "r0", "protocol": "smoke", "same_data": False, "same_items": False, "epochs": 1, "epoch": 0}
+    cases = [({"same_item_names": True, "same_but_labels": True},
+              "on this split's training items, in data whose test labels differ from this run's"),
+             ({"same_item_names": True, "same_but_labels": None}, "on items named as this split's training items, "
+              "in other data"),
+             ({"same_item_names": False}, "on other data than this run's (its test cases may be among them)")]
+    for seed, (said, words) in enumerate(cases):
+        rec = _record(seed=seed)
+        rec["weights"] = {"file": "w.pt", "sha256": "ab" * 32, "trained_by": {**by, **said}}
+        assert words in _methods(tmp_path / str(seed), rec)
+
+
 @pytest.mark.parametrize("option", [{"columns": "paper"}, {"published": True}])
 def test_board_options_are_refused(tmp_path, option):
     write_record(_record(), tmp_path)

@@ -226,6 +226,29 @@ def test_rescore_refuses_data_changed_in_place_and_names_a_custom_protocol(train
         record_protocol(custom, PROTOCOL_DIR / "smoke.toml")  # a file, but of another protocol
 
 
+def test_synthetic_data_edited_since_the_run_is_refused_saying_so(trained, tmp_path):
+    """A review's find: synthetic data whose test labels were edited by hand kept its id (its marker's), so
+    rescore scored the run's weights on the edited labels and wrote the authors' data id. Edited, the data is
+    identified by its files: refused, with both ids and what differs."""
+    import h5py
+
+    from bench.records import read_record
+
+    root, results, legacy = trained
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    rec = {**read_record(results, legacy["run_id"]), "data_root": str(data)}
+    assert rec["data_id"].startswith("synthetic:") and run_model(rec, results)[1].root == data  # as written: its data
+    with h5py.File(next((data / "test_vol_h5").iterdir()), "r+") as f:  # one voxel of a test label relabelled
+        f["label"][0, 0, 0] = (f["label"][0, 0, 0] + 1) % 9
+    with pytest.warns(UserWarning, match="synthetic data edited since it was generated"), \
+            pytest.raises(BenchError, match=rf"run {rec['run_id']}: the data at {data} changed since it was scored \("
+                                            rf"files, sizes or content differ: data id {rec['data_id']} then, {data} "
+                                            r"has id files:\w+: its files were edited since they were generated\), so "
+                                            r"it cannot be rescored on it$"):
+        rescore_record(rec, "strict", results, CPU)
+
+
 def test_rescored_records_say_where_they_were_scored_and_other_devices_are_warned(trained, tmp_path):
     from bench.rescore import other_device_warning
 
@@ -360,7 +383,8 @@ def test_data_moved_since_the_run_is_found_by_its_identity(trained, tmp_path):
     from typer.testing import CliRunner
 
     from bench.cli import app
-    from bench.data.synth import synthesize
+    from bench.data import synthetic_identity
+    from bench.data.synth import MARKER, synthesize
     from bench.records import read_record
     from bench.rescore import DataRoots
 
@@ -379,17 +403,30 @@ def test_data_moved_since_the_run_is_found_by_its_identity(trained, tmp_path):
                                          rf"synthetic data: `bench run` of its grid with --synthetic --results {bob} "
                                          r"makes it again \(its finished runs are skipped\)$"):
         rescore_record(rec, "strict", bob, CPU)
-    # synthetic data of bench data synth's, elsewhere: bench run --synthetic would make other data (and train anew)
+    # synthetic data of bench data synth's, elsewhere: bench run --synthetic would make other data (and train anew);
+    # the record keeps how it was made, so the error gives the command that makes it where the record looks
+    mine = {**rec, "data_root": str(tmp_path / "alice" / "mydata")}
+    with pytest.raises(BenchError, match=rf"synthetic data: `bench data synth --like synapse --out "
+                                         rf"{tmp_path / 'alice' / 'mydata'} --seed 0` makes it again$"):
+        run_model(mine, bob)
+    older = {**mine, "synthetic_made": None}  # a record written before it kept how
     with pytest.raises(BenchError, match=r"synthetic data made by `bench data synth`: the same options \(--like, "
-                                         r"--seed, sizes\) make it again, to pass as --data-root$"):
-        run_model({**rec, "data_root": str(tmp_path / "alice" / "mydata")}, bob)
+                                         r"--seed, --option\) make it again, to pass as --data-root$"):
+        run_model(older, bob)
     with pytest.raises(BenchError, match=r"is not there; if it moved, pass its folder now as --data-root DIR "
                                          r"\(checked to hold the data the run was scored on\)$"):
         run_model({**rec, "synthetic": False}, bob)
     other = synthesize("synapse", tmp_path / "other", seed=1)  # synapse data too, of another identity
     with pytest.raises(BenchError, match=rf"--data-root {other} holds other data than it was scored on \(synapse "
-                                         rf"data of id {rec['data_id']}\)"):
+                                         rf"data of id {rec['data_id']}; {other} has id {synthetic_identity(other)}\)"):
         rescore_record(rec, "strict", bob, CPU, data_roots=DataRoots([other]))
+    # the very files, copied without the marker that made them synthetic data: the error says the marker is missing
+    bare = tmp_path / "bare"
+    shutil.copytree(root, bare)
+    (bare / MARKER).unlink()
+    with pytest.raises(BenchError, match=rf"{bare} has id files:\w+: the files the run was scored on, without the "
+                                         rf"marker {MARKER} that identifies them as synthetic data; copy it in"):
+        rescore_record(rec, "strict", bob, CPU, data_roots=DataRoots([bare]))
     new = rescore_record(rec, "strict", bob, CPU, data_roots=DataRoots([tmp_path / "bob", other, moved]))
     assert new["data_root"] == str(moved.resolve())  # the folder scored, not alice's
     out = tmp_path / "pred"

@@ -825,10 +825,28 @@ def test_weights_given_to_another_split_say_where_they_came_from(synapse_root, t
         _, other = _given_weights(_tiny_unet(ds), str(final), tmp_path / "other", True, ds.train_ids()[:3],
                                   "files:aaaa")
     assert other["same_items"] is False
-    # other data whose items are named alike (synthetic sets, case_000-style ids): not "this split's items"
-    with pytest.warns(UserWarning, match=r"trained on other data \(data id files:aaaa, not this run's files:bbbb\)"):
+    # other data whose items are named alike (synthetic sets, case_000-style ids): not "this split's items", nor
+    # a leak of its test cases (they are no training item's names)
+    with pytest.warns(UserWarning, match=r"trained on items named as this split's training items, in other data "
+                                         r"\(data id files:aaaa, not this run's files:bbbb; which files differ, "
+                                         r"training or test, is unknown\)$"):
         _, elsewhere = _given_weights(_tiny_unet(ds), str(final), tmp_path / "b", True, ds.train_ids(), "files:bbbb")
-    assert (elsewhere["same_data"], elsewhere["same_items"]) == (False, False)
+    assert (elsewhere["same_data"], elsewhere["same_items"], elsewhere["same_but_labels"]) == (False, False, None)
+    with pytest.warns(UserWarning, match=r"in other data \(data id files:aaaa, not this run's files:bbbb; which files"):
+        _, elsewhere = _given_weights(_tiny_unet(ds), str(final), tmp_path / "c", True, ds.train_ids(), "files:bbbb",
+                                      "files:cccc")  # the rest differs too
+    assert (elsewhere["same_item_names"], elsewhere["same_but_labels"]) == (True, False)
+    # the same data but for the files its test labels are read from (labels edited by hand): said so
+    with pytest.warns(UserWarning, match=r"trained on this split's training items, in data that differs from this "
+                                         r"run's in the files its test labels are read from alone \(data id files:"
+                                         r"aaaa, not this run's files:bbbb\): its scores are against other test "
+                                         r"labels than the weights' run scored$"):
+        _, relabelled = _given_weights(_tiny_unet(ds), str(final), tmp_path / "d", True, ds.train_ids(), "files:bbbb",
+                                       ds.content_id(labels=False))
+    assert (relabelled["same_data"], relabelled["same_but_labels"]) == (False, True)
+    with pytest.warns(UserWarning, match=r"trained on other data \(data id files:aaaa, not this run's files:bbbb\): "
+                                         r"where this data's test cases were among its"):
+        _given_weights(_tiny_unet(ds), str(final), tmp_path / "e", True, ds.train_ids()[:3], "files:bbbb")
     # the given-weights run's own final.pt keeps naming the run that trained them
     kept = torch.load(tmp_path / "other" / "checkpoints" / "final.pt", weights_only=True)
     assert kept["trained_by"]["run_id"] == "r0"

@@ -28,7 +28,7 @@ from bench.data.isic import Isic17Dataset, Isic18Dataset, IsicAllDataset
 from bench.data.nnunet import NnUNetDataset
 from bench.data.polyp import PolypDataset
 from bench.data.synapse import SynapseDataset
-from bench.data.synth import GENERATOR_VERSION, synthesize, synthetic_identity
+from bench.data.synth import GENERATOR_VERSION, data_identity, synthesize, synthetic_identity, synthetic_made
 from bench.errors import BenchError, unknown_name
 from bench.fileio import OLD_TEMP_DIR, absent, remove_orphans, temp_glob
 
@@ -115,10 +115,12 @@ __all__ = [
     "Sample",
     "SegDataset",
     "check_folds",
+    "data_identity",
     "get_reader",
     "list_datasets",
     "open_dataset",
     "synthetic_folder",
     "synthetic_identity",
+    "synthetic_made",
     "synthetic_root",
 ]

@@ -223,7 +223,7 @@ class SegDataset:
         in voxels, their predictions written with 1 mm voxels); read without loading the volumes."""
         return []
 
-    def content_id(self, *, scored: bool = True, spacing: bool = True) -> str:
+    def content_id(self, *, scored: bool = True, spacing: bool = True, labels: bool = True) -> str:
         """``files:<sha256[:16]>``: what identifies data of one's own in run ids, wherever it lies.
         Every source file's path below the root and size, the contents of ``CONTENT_SAMPLES`` files
         spread over the list (their first and last MiB) and every byte of the files the test labels
@@ -234,8 +234,10 @@ class SegDataset:
         an edit in place to an unsampled one is not seen), test labels changed in any way get
         another. ``scored=False``: the id without the last part, as runs begun before it have it.
         ``spacing=False``: without ``spacing_files``, the id a run scored without them has, where a
-        spacing table added since changes none of its scores."""
-        left_out = set() if spacing else set(self.spacing_files())
+        spacing table added since changes none of its scores. ``labels=False``: the id of the rest, without
+        the ``scored_files`` at all, which weights' checkpoints keep (``bench run --weights`` tells data that
+        differs in its test labels alone from other data)."""
+        left_out = (set() if spacing else set(self.spacing_files())) | (set() if labels else set(self.scored_files()))
         files = [f for f in self.source_files() if f not in left_out]
         entries = []
         for path in files:

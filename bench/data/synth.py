@@ -27,6 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shlex
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +44,9 @@ GENERATOR_VERSION = 1  # bump when any generated array changes: cache folders ca
 # written into every synthetic dataset: how it was made. Runs on it are marked synthetic wherever it
 # lies (--data-root included), and identified by it rather than by its path (bench.run.RunSpec.key)
 MARKER = ".bench-synthetic.json"
+# the marker's key for the files as written: each reader's ``content_id`` of them (``data_identity``);
+# no part of how the data was made, so left out of ``synthetic_identity``
+WRITTEN = "written"
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "synapse": {"n_train": 6, "n_test": 3, "depth": 16, "size": 96, "spacing": (2.5, 0.8, 0.8)},
@@ -92,20 +97,74 @@ def synthesize(kind: str, out: str | Path, *, seed: int = 0, **size_options: Any
     made = {"generator": GENERATOR_VERSION, "kind": kind, "seed": seed, "options": options}
 
     def write(tmp: Path) -> None:
+        from bench.data import DATASETS
+
         writer(tmp, seed=seed, **options)
-        portable_write_text(tmp / MARKER, json.dumps(made, sort_keys=True, default=list) + "\n")
+        # the files as written, as each reader of the kind identifies them: data edited since is told apart
+        written = {name: reader(tmp).content_id() for name, reader in DATASETS.items() if reader.kind == kind}
+        portable_write_text(tmp / MARKER, json.dumps({**made, WRITTEN: written}, sort_keys=True, default=list) + "\n")
 
     return atomic_write_dir(Path(out).expanduser(), write)
 
 
-def synthetic_identity(root: str | Path) -> str | None:
-    """What makes a folder written by ``synthesize`` the data it is (generator version, kind, seed,
-    sizes), as a short text, wherever the folder lies; None for other data (no ``MARKER``)."""
+def synthetic_made(root: str | Path) -> dict[str, Any] | None:
+    """What ``MARKER`` in ``root`` says (generator version, kind, seed, options and, since bench kept it,
+    ``WRITTEN``); None for other data (no ``MARKER``), {} for a marker that is no JSON object."""
     try:
-        made = Path(root, MARKER).read_text()
+        text = Path(root, MARKER).read_text()
     except OSError:
         return None
-    return "synthetic:" + hashlib.sha256(made.encode()).hexdigest()[:16]
+    try:
+        made = json.loads(text)
+    except ValueError:
+        return {}
+    return made if isinstance(made, dict) else {}
+
+
+def synthetic_identity(root: str | Path) -> str | None:
+    """What makes a folder written by ``synthesize`` the data it is (generator version, kind, seed,
+    sizes), as a short text, wherever the folder lies; None for other data (no ``MARKER``). Whether its
+    files are still those written is ``data_identity``'s question."""
+    try:
+        text = Path(root, MARKER).read_text()
+    except OSError:
+        return None
+    made = synthetic_made(root)
+    if made and WRITTEN in made:  # the recipe alone, as markers without WRITTEN hold it: their ids stay
+        text = json.dumps({k: v for k, v in made.items() if k != WRITTEN}, sort_keys=True) + "\n"
+    return "synthetic:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def data_identity(dataset: Any) -> str:
+    """What identifies the data a reader opened (``bench.run.RunSpec.data_id``) wherever it lies: synthetic
+    data by how it was made (``synthetic_identity``) while its files are those ``synthesize`` wrote, other
+    data, synthetic data edited since included, by its files (``SegDataset.content_id``), the edited with a
+    warning. A marker that keeps no ``WRITTEN`` id for this reader (bench before it) is taken at its word."""
+    made = synthetic_identity(dataset.root)
+    written = (synthetic_made(dataset.root) or {}).get(WRITTEN)
+    if made is None:
+        return dataset.content_id()
+    if not isinstance(written, dict) or dataset.name not in written:
+        return made
+    files = dataset.content_id()
+    if files == written[dataset.name]:
+        return made
+    warnings.warn(f"{dataset.root}: synthetic data edited since it was generated (its files differ from those its "
+                  f"{MARKER} names): identified by its files ({files}) as data of one's own, not as {made}",
+                  stacklevel=2)
+    return files
+
+
+def synth_command(made: dict[str, Any], out: str | Path) -> str:
+    """The `bench data synth` command line that writes the data ``made`` (what ``synthetic_made`` read) to
+    ``out``: its kind, seed and the options that differ from the defaults (by the generator of ``made``'s
+    version: another version makes other data)."""
+    kind = made.get("kind")
+    defaults = json.loads(json.dumps(DEFAULTS.get(kind, {}), default=list))  # tuples as the marker holds lists
+    changed = sorted((k, v) for k, v in (made.get("options") or {}).items() if defaults.get(k) != v)
+    options = [f"--option {shlex.quote(k + '=' + json.dumps(v, separators=(',', ':')))}" for k, v in changed]
+    return " ".join(["bench data synth --like", shlex.quote(str(kind)), "--out", shlex.quote(str(out)),
+                     "--seed", str(made.get("seed")), *options])
 
 
 def _check_setting(kind: str, key: str, value: Any) -> None:
