@@ -1090,8 +1090,12 @@ def check_rerun(spec: RunSpec, rec: dict[str, Any]) -> None:
         return
     run = f"run {rec['run_id']}"
     if rec.get("data_id") and spec.data_id != rec["data_id"]:
+        from bench.data.synth import synth_command
+
+        made = rec.get("synthetic_made")  # bench data synth's settings: the command that writes that data again
+        again = f" (`{synth_command(made, 'DIR')}` writes it)" if made else ""
         raise BenchError(f"{spec.data_root}: not the data {run} read (data id {spec.data_id}, the record's "
-                         f"{rec['data_id']}); pass --data-root DIR holding that data")
+                         f"{rec['data_id']}); pass --data-root DIR holding that data{again}")
     for kind, given, what in (("weights", spec.weights and spec.weights[1], "--weights"),
                               ("init", spec.init and spec.init[2], "--pretrained-dir")):
         if rec.get(kind) and str(given)[:16] != rec[kind]["sha256"][:16]:

@@ -195,6 +195,12 @@ def test_synthetic_data_with_edited_test_labels_is_not_the_authors_data(smoke_re
     edited = _bench(*dry)
     assert trained["run_id"] not in edited.stdout and re.search(r"missing +synapse-smoke-unet-s0-", edited.stdout)
     assert edited.stderr.count(f"{mine}: synthetic data edited since it was generated") == 1, edited.stderr
+    # --from-record on it: refused as other data, with the command that writes the record's data again
+    again = _bench("run", "--from-record", smoke_results / "records" / f"{trained['run_id']}.json", "--data-root", mine,
+                   "--results", tmp_path / "again", "--dry-run", check=False)
+    assert again.returncode == 2 and f"{mine}: not the data run {trained['run_id']} read" in again.stderr
+    assert re.search(r"\(`bench data synth --like synapse --out DIR --seed 0( --option \S+)*` writes it\)$",
+                     again.stderr.strip()), again.stderr
     final = smoke_results / "runs" / trained["run_id"] / "checkpoints" / "final.pt"
     given = _bench("run", "--models", "unet", "--dataset", "synapse", "--data-root", mine, "--protocol", "smoke",
                    "--tiny", "--img-size", "32", "--threads", "1", "--no-progress", "--results", tmp_path / "res",
