@@ -249,7 +249,8 @@ def test_a_report_of_a_folder_given_as_a_string_says_nothing_finished(tmp_path):
     from bench.errors import BenchError
     from bench.report import write_report
 
-    (tmp_path / "runs" / "synapse-unet-s0").mkdir(parents=True)  # began, never finished
+    (tmp_path / "runs" / "synapse-unet-s0").mkdir(parents=True)  # began (its log), never finished
+    (tmp_path / "runs" / "synapse-unet-s0" / "run.log").write_text("training\n")
     (tmp_path / "records").mkdir()
     with pytest.raises(BenchError, match=r"1 run\(s\) began here \(synapse-unet-s0\)"):
         write_report(str(tmp_path), "md")  # a str crashed the "nothing finished" message

@@ -294,6 +294,10 @@ def test_a_volume_off_its_images_grid_is_refused_by_name_and_on_it_scored(tmp_pa
     nib.save(nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), np.eye(4)), str(folder / name))
     with pytest.raises(BenchError, match=r"stored shape .*: save np\.transpose\(volume, \(2, 1, 0\)\)$"):
         score_predictions(folder, ds, SMOKE)
+    # an (x, y, z, 1) file (3D Slicer, ITK) is the volume it holds: its grid is still checked
+    nib.save(nib.Nifti1Image(data[..., None], np.diag([-1.0, 1.0, 1.0, 1.0]) @ label.affine), str(folder / name))
+    with pytest.raises(BenchError, match=rf"{name}: not on the grid of its image .*\(orientation "):
+        score_predictions(folder, ds, SMOKE)
 
 
 def test_binary_masks_predicted_then_scored_give_the_record_and_native_ones_are_resized(tmp_path):

@@ -321,7 +321,7 @@ def check_same_grid(path: Path, image: Path, label: Path) -> None:
     for file in (path, image, label):
         with reading(file, "a NIfTI volume"):
             volumes.append(nib.load(str(file)))
-    if volumes[0].shape != volumes[2].shape:
+    if volume_shape(volumes[0].shape) != volume_shape(volumes[2].shape):  # as read: (x, y, z, 1) is (x, y, z)
         return
     mine, theirs, labels = (v.affine for v in volumes)
     if any(np.allclose(mine, a, rtol=0, atol=1e-3) for a in (theirs, labels)):
