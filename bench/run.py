@@ -685,7 +685,7 @@ def _given_weights(model, path: str, run_dir: Path, main: bool, train_ids: list[
     if trained_by is not None:
         same_data = trained_by.get("data_id") in (None, data_id)
         names = trained_by.get("items") == items_digest(train_ids)  # the split's training items by name
-        # other data of those items: the same but for the files test labels are read from (older files: unknown)
+        # other data of those items: the same but for its label files (scored_files; older files: unknown)
         but_labels = None if "data_id_but_labels" not in trained_by or but_labels is None else \
             trained_by["data_id_but_labels"] == but_labels
         trained_by = {**trained_by, "same_data": same_data, "same_items": same_data and names,
@@ -693,9 +693,11 @@ def _given_weights(model, path: str, run_dir: Path, main: bool, train_ids: list[
         whose = f"{path}: weights of run {trained_by.get('run_id')} (protocol {trained_by.get('protocol')}), trained on"
         ids = f"data id {trained_by.get('data_id')}, not this run's {data_id}"
         if not same_data and names and main:  # not this split's test cases: no leak, other data
-            warnings.warn(f"{whose} this split's training items, in data that differs from this run's in the files "
-                          f"its test labels are read from alone ({ids}): its scores are against other test labels "
-                          "than the weights' run scored" if but_labels else f"{whose} items named as this split's "
+            # scored_files: nnU-Net's every label file, Synapse's test volumes: which of them changed is not known
+            warnings.warn(f"{whose} this split's training items, in data that differs from this run's only in its "
+                          f"label files (Synapse: its test volumes) ({ids}): labels edited since, training or test "
+                          "ones, so its scores need not match the weights' run's" if but_labels else
+                          f"{whose} items named as this split's "
                           f"training items, in other data ({ids}; which files differ, training or test, is unknown)",
                           stacklevel=2)
         elif not same_data and main:

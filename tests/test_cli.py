@@ -205,7 +205,7 @@ def test_synthetic_data_with_edited_test_labels_is_not_the_authors_data(smoke_re
     given = _bench("run", "--models", "unet", "--dataset", "synapse", "--data-root", mine, "--protocol", "smoke",
                    "--tiny", "--img-size", "32", "--threads", "1", "--no-progress", "--results", tmp_path / "res",
                    "--weights", final)
-    assert "in data that differs from this run's in the files its test labels are read from alone" in given.stderr
+    assert "in data that differs from this run's only in its label files (Synapse: its test volumes)" in given.stderr
     assert "cases the weights trained on" not in given.stderr
     (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "res" / "records").glob("*.json")]
     assert rec["data_id"].startswith("files:") and rec["data_id"] != trained["data_id"] and rec["synthetic"]

@@ -190,7 +190,7 @@ def test_given_weights_of_the_same_items_in_other_data_claim_no_leak(tmp_path):
     data than this run's (its test cases may be among them)", a leak they cannot have."""
     by = {"run_id": "r0", "protocol": "smoke", "same_data": False, "same_items": False, "epochs": 1, "epoch": 0}
     cases = [({"same_item_names": True, "same_but_labels": True},
-              "on this split's training items, in data whose test labels differ from this run's"),
+              "on this split's training items, in data whose label files (Synapse: test volumes) differ from this run's"),
              ({"same_item_names": True, "same_but_labels": None}, "on items named as this split's training items, "
               "in other data"),
              ({"same_item_names": False}, "on other data than this run's (its test cases may be among them)")]

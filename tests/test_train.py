@@ -838,9 +838,9 @@ def test_weights_given_to_another_split_say_where_they_came_from(synapse_root, t
     assert (elsewhere["same_item_names"], elsewhere["same_but_labels"]) == (True, False)
     # the same data but for the files its test labels are read from (labels edited by hand): said so
     with pytest.warns(UserWarning, match=r"trained on this split's training items, in data that differs from this "
-                                         r"run's in the files its test labels are read from alone \(data id files:"
-                                         r"aaaa, not this run's files:bbbb\): its scores are against other test "
-                                         r"labels than the weights' run scored$"):
+                                         r"run's only in its label files \(Synapse: its test volumes\) \(data id "
+                                         r"files:aaaa, not this run's files:bbbb\): labels edited since, training or "
+                                         r"test ones, so its scores need not match the weights' run's$"):
         _, relabelled = _given_weights(_tiny_unet(ds), str(final), tmp_path / "d", True, ds.train_ids(), "files:bbbb",
                                        ds.content_id(labels=False))
     assert (relabelled["same_data"], relabelled["same_but_labels"]) == (False, True)

@@ -272,7 +272,7 @@ def _start(runs: list[dict]) -> str:
             whence = (f", trained by run {by.get('run_id')}{_epoch_of(by)} under protocol {by.get('protocol')} on "
                       + ("this split's training items" if by.get("same_items") else
                          # named as this split's: no test case of it, in data edited in its test labels or other data
-                         ("this split's training items, in data whose test labels differ from this run's"
+                         ("this split's training items, in data whose label files (Synapse: test volumes) differ from this run's"
                           if by.get("same_but_labels") else "items named as this split's training items, in other data")
                          if by.get("same_data") is False and by.get("same_item_names") else
                          "other data than this run's (its test cases may be among them)"
