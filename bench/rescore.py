@@ -26,7 +26,7 @@ from torch import nn
 from bench import env, records
 from bench.data import data_identity, open_dataset, synthetic_identity
 from bench.data.base import SegDataset
-from bench.data.synth import GENERATOR_VERSION, MARKER, WRITTEN, synth_command
+from bench.data.synth import MARKER, WRITTEN, remake_text
 from bench.errors import BenchError
 from bench.evaluate import evaluate, scored_ids
 from bench.metrics import POLICIES, get_policy, policy_fields, policy_misfit
@@ -235,18 +235,8 @@ def run_data_root(rec: dict[str, Any], results_dir: Path, data_roots: DataRoots 
                          for path in data_roots.paths)
         raise BenchError(f"{gone}, and --data-root {given} holds other data than it was scored on "
                          f"({rec['dataset']} data of id {rec['data_id']}; {held})")
-    remake = ""
-    if rec.get("synthetic") and root.parent.name == "synthetic":  # bench run --synthetic's, in its results folder
-        remake = (f"; synthetic data: `bench run` of its grid with --synthetic --results {results_dir} makes it again "
-                  "(its finished runs are skipped)")
-    elif rec.get("synthetic") and (made := rec.get("synthetic_made")):  # bench data synth's: the same settings
-        # make the same data (its id says so)
-        again = "makes it again" if made.get("generator") == GENERATOR_VERSION else \
-            f"made it with generator version {made.get('generator')} (bench's is {GENERATOR_VERSION} now: other data)"
-        remake = f"; synthetic data: `{synth_command(made, root)}` {again}"
-    elif rec.get("synthetic"):  # a record written before it kept how
-        remake = ("; synthetic data made by `bench data synth`: the same options (--like, --seed, --option) make it "
-                  "again, to pass as --data-root")
+    remake = remake_text(rec, root, results_dir)
+    remake = f"; synthetic data: {remake}" if remake else ""
     raise BenchError(f"{gone}; if it moved, pass its folder now as --data-root DIR (checked to hold the data the run "
                      f"was scored on){remake}")
 

@@ -31,6 +31,7 @@ from bench.data import (check_folds, data_identity, get_reader, open_dataset, sy
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import (cache_training_volumes, patch_fit_note, preprocess_processes, slicing_note,
                                    target_spacing, volume_prep)
+from bench.data.synth import remake_text
 from bench.errors import BenchError, DataError, HeldError, few, one_line
 from bench.fileio import file_sha256
 from bench.cost import run_counts
@@ -1067,15 +1068,19 @@ def rerun_args(rec: dict[str, Any], data_root: Path | None, weights: Path | None
     if data_root is None:
         data_root = Path(rec["data_root"])
         if not data_root.is_dir():
-            if not rec.get("synthetic"):
+            if not (rec.get("synthetic") and data_root.parent.name == "synthetic"
+                    and str(rec.get("data_id") or "synthetic:").startswith("synthetic:")):
+                remake = remake_text(rec, "DIR")
                 raise BenchError(f"{data_root}: the data run {run_id} read is not there; pass --data-root DIR "
-                                 "holding it")
-            data_root, synthetic = None, True  # made again under --results: the same generator makes the same data
+                                 "holding it" + (f" ({remake})" if remake else ""))
+            # bench run --synthetic's: made again under --results, the same generator makes the same data
+            data_root, synthetic = None, True
     try:
         protocol = record_protocol(rec)
-    except BenchError as exc:  # an older record without its recipe, whose protocol file changed or is not here
-        raise BenchError(f"{exc} (older records keep no recipe: rebuild its command from the record's launch.argv, "
-                         "--protocol the file it ran with)") from None
+    except BenchError:  # an older record without its recipe, whose protocol file changed or is not here
+        raise BenchError(f"run {run_id}: its record keeps no recipe (an older bench) and its protocol "
+                         f"{rec['protocol'].get('name')!r} is not here as it ran; rebuild a bench run command (without "
+                         "--from-record) from the record's launch.argv, with --protocol the file it ran with") from None
     fold = records.split_fold(rec["split"])
     return dict(models=[rec["model"]], dataset=rec["dataset"], protocol=protocol,
                 seeds=None if rec.get("weights") else [rec["seed"]],  # --weights: the protocol's, its only
@@ -1092,12 +1097,9 @@ def check_rerun(spec: RunSpec, rec: dict[str, Any]) -> None:
         return
     run = f"run {rec['run_id']}"
     if rec.get("data_id") and spec.data_id != rec["data_id"]:
-        from bench.data.synth import synth_command
-
-        made = rec.get("synthetic_made")  # bench data synth's settings: the command that writes that data again
-        again = f" (`{synth_command(made, 'DIR')}` writes it)" if made else ""
+        remake = remake_text(rec, "DIR")
         raise BenchError(f"{spec.data_root}: not the data {run} read (data id {spec.data_id}, the record's "
-                         f"{rec['data_id']}); pass --data-root DIR holding that data{again}")
+                         f"{rec['data_id']}); pass --data-root DIR holding that data" + (f" ({remake})" if remake else ""))
     for kind, given, what in (("weights", spec.weights and spec.weights[1], "--weights"),
                               ("init", spec.init and spec.init[2], "--pretrained-dir")):
         if rec.get(kind) and str(given)[:16] != rec[kind]["sha256"][:16]:

@@ -199,7 +199,7 @@ def test_synthetic_data_with_edited_test_labels_is_not_the_authors_data(smoke_re
     again = _bench("run", "--from-record", smoke_results / "records" / f"{trained['run_id']}.json", "--data-root", mine,
                    "--results", tmp_path / "again", "--dry-run", check=False)
     assert again.returncode == 2 and f"{mine}: not the data run {trained['run_id']} read" in again.stderr
-    assert re.search(r"\(`bench data synth --like synapse --out DIR --seed 0( --option \S+)*` writes it\)$",
+    assert re.search(r"\(`bench data synth --like synapse --out DIR --seed 0( --option \S+)*` makes it again\)$",
                      again.stderr.strip()), again.stderr
     final = smoke_results / "runs" / trained["run_id"] / "checkpoints" / "final.pt"
     given = _bench("run", "--models", "unet", "--dataset", "synapse", "--data-root", mine, "--protocol", "smoke",
@@ -959,6 +959,26 @@ def test_data_synth_takes_dataset_names_and_writes_their_synthetic_data(tmp_path
     assert synthetic_identity(tmp_path / "mine") == synthetic_identity(synthetic_root("isic18", tmp_path / "cache"))
     result = runner.invoke(app, ["data", "synth", "--like", "isic18", "--seed", "5", "--out", str(tmp_path / "other")])
     assert synthetic_identity(tmp_path / "other") != synthetic_identity(tmp_path / "mine")
+
+
+def test_how_a_records_synthetic_data_is_made_again_is_said_only_where_a_generator_can():
+    """A review: a run on synthetic data edited after it was generated (its id files:...) was told to run the
+    bench data synth command of its marker, which makes the unedited data: refused again, in a loop."""
+    from bench.data.synth import GENERATOR_VERSION, remake_text
+
+    made = {"generator": GENERATOR_VERSION, "kind": "isic", "seed": 4, "options": {}}
+    rec = {"synthetic": True, "data_id": "synthetic:ab", "data_root": "/d/mine", "synthetic_made": made}
+    assert remake_text(rec, "DIR") == "`bench data synth --like isic --out DIR --seed 4` makes it again"
+    assert remake_text({**rec, "data_id": "files:cd"}, "DIR").startswith(
+        "its synthetic data was edited after it was generated (data id files:cd), so no generator makes it again")
+    older = {**rec, "synthetic_made": {**made, "generator": GENERATOR_VERSION + 1}}
+    assert f"with generator version {GENERATOR_VERSION + 1}, and this bench's ({GENERATOR_VERSION}) makes other " \
+           "data" in remake_text(older, "DIR")
+    grid = {**rec, "data_root": "/r/synthetic/synapse-synth-v1", "synthetic_made": None}
+    assert remake_text(grid, "DIR", "/r") == ("`bench run` of its grid with --synthetic --results /r makes it again "
+                                              "(its finished runs are skipped)")
+    assert remake_text({**rec, "synthetic_made": None}, "DIR").startswith("the same `bench data synth` options")
+    assert remake_text({**rec, "synthetic": False}, "DIR") == ""
 
 
 def test_the_synth_command_a_record_keeps_makes_the_same_data(tmp_path):

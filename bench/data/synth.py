@@ -167,6 +167,27 @@ def synth_command(made: dict[str, Any], out: str | Path) -> str:
                      "--seed", str(made.get("seed")), *options])
 
 
+def remake_text(rec: dict[str, Any], out: str | Path, results_dir: str | Path | None = None) -> str:
+    """How to write again the synthetic data a run's record ``rec`` read, to ``out``: `bench run --synthetic`'s
+    (in a results folder's ``synthetic/``: that grid with ``results_dir``), `bench data synth`'s (its recorded
+    settings: the command, where this generator version is the one that made it); "" for other data. Data
+    edited after it was generated (its id ``files:``) no generator makes again: that is said instead."""
+    if not rec.get("synthetic"):
+        return ""
+    if not str(rec.get("data_id") or "synthetic:").startswith("synthetic:"):
+        return (f"its synthetic data was edited after it was generated (data id {rec['data_id']}), so no generator "
+                "makes it again: only the folder it was read from holds it")
+    if Path(rec["data_root"]).parent.name == "synthetic" and results_dir is not None:
+        return f"`bench run` of its grid with --synthetic --results {results_dir} makes it again (its finished runs are skipped)"
+    made = rec.get("synthetic_made")
+    if not made:  # a record written before it kept how
+        return "the same `bench data synth` options (--like, --seed, --option) make it again"
+    if made.get("generator") != GENERATOR_VERSION:
+        return (f"`bench data synth` made it with generator version {made.get('generator')}, and this bench's "
+                f"({GENERATOR_VERSION}) makes other data: only the folder it was read from holds it")
+    return f"`{synth_command(made, out)}` makes it again"
+
+
 def _check_setting(kind: str, key: str, value: Any) -> None:
     """BenchError unless ``value`` is of the kind of ``key``'s default: a whole number >= 1 (``dims``: 2
     or 3), a list of as many positive numbers (spacings), or a list of names."""
