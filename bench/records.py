@@ -428,8 +428,10 @@ def _device_string(dev: Mapping[str, Any]) -> str:
 
 
 def _train_devices(rec: Mapping[str, Any]) -> str | None:
+    # only a run resumed elsewhere: else ``device`` says it, in the words every record has (older ones too)
     devices = rec["train"].get("devices")
-    return "; ".join(map(str, devices)) if isinstance(devices, list) and devices and not rec.get("weights") else None
+    return "; ".join(map(str, devices)) if isinstance(devices, list) and len(devices) > 1 and not rec.get("weights") \
+        else None
 
 
 def _run_ids(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -501,8 +503,8 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         scored_digest=(rec.get("rescored_with") or {}).get("code_digest"),
         model_code=rec.get("model_code"),  # a plugin's sources (registry.model_code); null for built-ins
         device=_device_string(rec["device"]),
-        # where it trained (env.short_fingerprint each; a resume on another adds one), "; "-joined; None for
-        # given weights and records older than train.devices (device then names where it ran)
+        # where a run resumed on other devices trained (env.short_fingerprint each), "; "-joined; None for one
+        # device (``device`` names it), given weights and records older than train.devices
         train_devices=_train_devices(rec),
         host=(rec.get("launch") or {}).get("host"),  # where it ran (older records: None)
         slurm_job=_slurm_job(rec.get("launch")),

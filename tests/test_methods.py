@@ -617,6 +617,11 @@ def test_reproducibility_says_what_repeats_bit_for_bit_where_the_runs_trained(tm
     assert "(another thread count sums in another order, and training carries last-bit differences on); on a GPU, " \
            "kernels that add with atomics can differ in the last bits between repeats" in both
     assert "vector instruction set" not in both  # a record that keeps none: nothing made up
+    assert "number of processes" not in both
+    parallel = _record()
+    parallel["train"]["world_size"] = 2  # --nproc 2: each process's share of the batch sums in its order
+    assert "the same code, data, seed, thread count and number of processes gives" in _methods(tmp_path / "nproc",
+                                                                                                 parallel)
     given = _record("isic17")
     given["weights"] = {"file": "best.pth", "sha256": "ab" * 32, "trained_by": None}
     assert "Reproducibility" not in _methods(tmp_path / "given", given)

@@ -2258,3 +2258,7 @@ def test_the_board_csv_names_every_device_a_resumed_run_trained_on(tmp_path):
     assert board["train_device"].tolist() == ["EPYC x16 threads (AVX2) / torch 2.13.0; "
                                               "Xeon x2 threads (AVX2) / torch 2.13.0; cpu: AMD EPYC 7763 x2"]
     assert load(tmp_path)["train_devices"].isna().tolist() == [False, True]
+    one = make_record("unet", seed=2)
+    one["train"]["devices"] = ["Xeon x2 threads (AVX2) / torch 2.13.0"]  # never moved: said as every record says it
+    write_record(one, tmp_path)
+    assert pd.isna(load(tmp_path).set_index("seed").loc[2, "train_devices"])

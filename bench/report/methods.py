@@ -782,7 +782,9 @@ def _reproducibility(recs: list[dict]) -> str:
     if cpu:
         isa = sorted({str(r["device"]["cpu_capability"]) for r in cpu if r["device"].get("cpu_capability")})
         mkl = sorted({str(r["device"]["mkl_cbwr"]) for r in cpu if r["device"].get("mkl_cbwr")})
-        same = ["code", "data", "seed", "thread count", *([f"vector instruction set ({', '.join(isa)})"] if isa else []),
+        several = any((r["train"].get("world_size") or 1) > 1 for r in cpu)  # --nproc: the processes too
+        same = ["code", "data", "seed", "thread count", *(["number of processes"] if several else []),
+                *([f"vector instruction set ({', '.join(isa)})"] if isa else []),
                 *([f"MKL reproducibility mode ({', '.join(mkl)})"] if mkl else [])]
         said.append(f"on a CPU, a run repeated with the same {and_list(same)} gives bit-identical weights and scores "
                     "(another thread count sums in another order, and training carries last-bit differences on)")
