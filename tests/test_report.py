@@ -2295,7 +2295,7 @@ def test_a_boards_counts_and_training_devices_from_its_runs_rows():
 
     from bench.report.boards import _cases_scored, _differing, _train_devices, per_run
 
-    folds = pd.DataFrame({"split": ["f0", "f0", "f1"], "n_cases": [3, 2, 2]})
+    folds = pd.DataFrame({"split": ["f0", "f0", "f1"], "n_cases": [3, 1, 2]})
     assert _cases_scored(folds) == 5 and _cases_scored(folds.drop(columns="split")) == 3
     assert _differing(pd.Series([3, 2, 3.0, math.nan])) == "2/3" and _differing(pd.Series([2, 2.0, math.nan])) == ""
     assert per_run(pd.Series({"n_cases": 5, "n_cases_per_run": "2/3"}), "n_cases") == [2, 3]
