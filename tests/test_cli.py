@@ -979,6 +979,8 @@ def test_how_a_records_synthetic_data_is_made_again_is_said_only_where_a_generat
                                               "(its finished runs are skipped)")
     assert remake_text({**rec, "synthetic_made": None}, "DIR").startswith("the same `bench data synth` options")
     assert remake_text({**rec, "synthetic": False}, "DIR") == ""
+    # a record from before data ids were kept: its synthetic data is taken as generated
+    assert remake_text({**rec, "data_id": None}, "DIR") == remake_text(rec, "DIR")
 
 
 def test_the_synth_command_a_record_keeps_makes_the_same_data(tmp_path):
@@ -1150,3 +1152,92 @@ def test_threads_are_the_commands_own_in_process(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_from_record_refuses_records_it_cannot_replay_each_in_its_words(tmp_path):
+    """rerun_args' refusals, each a record a few keys long: what --from-record cannot rebuild, or the file
+    it must be given (a mutation audit found none of them tested)."""
+    from bench.run import rerun_args
+
+    rec = {"run_id": "r1", "set_keys": [], "policy": "strict", "data_root": str(tmp_path / "gone"), "synthetic": False}
+    with pytest.raises(BenchError, match=r"bench rescore scored run r0's weights under strict; re-run that run "
+                                         r"\(--from-record its records/r0\.json\)"):
+        rerun_args({**rec, "rescored_from": "r0"}, None, None, None)
+    with pytest.raises(BenchError, match="run r1: its record predates set_keys"):
+        rerun_args({**rec, "set_keys": None}, None, None, None)
+    weights = {"file": "best.pth", "sha256": "ab" * 32}
+    with pytest.raises(BenchError, match=r"weights file best\.pth \(sha256 abababababababab\).*pass --weights PATH"):
+        rerun_args({**rec, "weights": weights}, None, None, None)
+    with pytest.raises(BenchError, match="--weights: run r1 trained its weights; --from-record trains them again"):
+        rerun_args(rec, None, tmp_path / "w.pth", None)
+    with pytest.raises(BenchError, match=r"pretrained file init\.pth .*; pass --pretrained-dir DIR holding it"):
+        rerun_args({**rec, "init": {"file": "init.pth", "sha256": "cd" * 32}}, None, None, None)
+    # weights given stand for the init: no --pretrained-dir asked for
+    with pytest.raises(BenchError, match=r"gone: the data run r1 read is not there; pass --data-root DIR holding it$"):
+        rerun_args({**rec, "init": {"file": "init.pth", "sha256": "cd" * 32}, "weights": weights}, None,
+                   tmp_path / "w.pth", None)
+
+
+def test_a_rerun_planned_otherwise_names_what_differs():
+    """check_rerun: the same run id passes; else the data, the weights or pretrained file, or the id's hashing."""
+    from types import SimpleNamespace
+
+    from bench.run import check_rerun
+
+    spec = SimpleNamespace(key="r1", data_id="synthetic:aa", data_root=Path("d"), weights=None, init=None)
+    rec = {"run_id": "r1", "data_id": "synthetic:bb", "synthetic": False}
+    check_rerun(spec, rec)  # its own id: nothing else is looked at
+    rec = {**rec, "run_id": "r0"}
+    with pytest.raises(BenchError, match=r"^d: not the data run r0 read \(data id synthetic:aa, the record's "
+                                         r"synthetic:bb\); pass --data-root DIR holding that data$"):
+        check_rerun(spec, rec)
+    rec["data_id"] = "synthetic:aa"
+    with pytest.raises(BenchError, match=r"^run r0: planned again as run r1, another id"):
+        check_rerun(spec, rec)
+    given = {"weights": {"file": "best.pth", "sha256": "ab" * 32}, "init": {"file": "init.pth", "sha256": "ab" * 32}}
+    for kind, what, field in (("weights", "--weights", dict(weights=("w", "cd" * 32))),
+                              ("init", "--pretrained-dir", dict(init=("p", "f", "cd" * 32)))):
+        with pytest.raises(BenchError, match=rf"^{what}: not the file {given[kind]['file']} run r0 used \(sha256 "
+                                             r"cdcdcdcdcdcdcdcd, the record's abababababababab\)$"):
+            check_rerun(SimpleNamespace(**{**vars(spec), **field}), {**rec, kind: given[kind]})
+    with pytest.raises(BenchError, match=r"^run r0: planned again as run r1"):  # the very file: the id is what differs
+        check_rerun(SimpleNamespace(**{**vars(spec), "weights": ("w", "ab" * 32)}), {**rec, "weights": given["weights"]})
+
+
+def test_a_rerun_says_each_thing_that_differs_from_where_the_run_ran():
+    """rerun_differences: None where device, CPU, torch, threads, processes and code are the run's; else each."""
+    import torch
+
+    from bench import env
+    from bench.run import rerun_differences
+
+    cpu = torch.device("cpu")
+    here = env.fingerprint(cpu)
+    rec = {"run_id": "r1", "device": dict(here), "train": {"world_size": 1}, "git_commit": env.git_commit(),
+           "code_digest": env.source_digest()}
+    assert rerun_differences(rec, cpu, 1) is None
+    assert rerun_differences({**rec, "device": {**here, "threads": None, "cpu": None}}, cpu, 1) is None  # not kept
+    said = rerun_differences({**rec, "device": {**here, "threads": here["threads"] + 1}, "train": {"world_size": 2},
+                              "code_digest": "0" * 16}, cpu, 1)
+    assert said.startswith(f"run r1 ran otherwise than this command: threads {here['threads']}, the run's "
+                           f"{here['threads'] + 1} (--threads {here['threads'] + 1}); processes 1, the run's 2 "
+                           "(--nproc 2); code ")
+    assert said.endswith("; its numbers may differ from the record's")
+    assert "processes 2, the run's 1 (--nproc 1)" in rerun_differences(rec, cpu, 2)
+    assert rerun_differences({**rec, "device": {**here, "torch": "0.0"}}, cpu, 1).count("torch") == 1
+
+
+def test_a_grids_fold_notes_are_said_once_naming_every_fold():
+    """grid_notes: one fold's note per fold run joined into one ("folds 0, 1 of"), other notes once each."""
+    from types import SimpleNamespace
+
+    from bench.run import grid_notes
+
+    def spec(fold, *notes):
+        return SimpleNamespace(fold=fold, notes=list(notes))
+
+    specs = [spec(0, "split: fold 0 of R", "odd"), spec(1, "split: fold 1 of R", "odd"), spec(0, "split: fold 0 of R")]
+    assert grid_notes(specs) == ["split: folds 0, 1 of R", "odd"]
+    assert grid_notes([spec(3, "split: fold 3 of R")]) == ["split: fold 3 of R"]
+    assert grid_notes([spec(None, "split: fold 3 of R")]) == ["split: fold 3 of R"]  # no fold run: as it is
+    assert grid_notes([spec(2, "split: fold 3 of R")]) == ["split: fold 3 of R"]  # another fold's words: as they are

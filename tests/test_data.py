@@ -1780,6 +1780,8 @@ def test_synthetic_data_edited_since_it_was_written_is_identified_by_its_files(r
                                          rf"files \({ds.content_id()}\) as data of one's own, not as {made}$"):
         assert data_identity(ds) == ds.content_id() != made
     marker = json.loads((a / MARKER).read_text())
+    (a / MARKER).write_text(json.dumps({**marker, WRITTEN: {"other-reader": "files:0"}}, sort_keys=True) + "\n")
+    assert data_identity(ds) == made  # no files' id kept for this reader: taken at its word
     del marker[WRITTEN]  # as bench wrote it before
     (a / MARKER).write_text(json.dumps(marker, sort_keys=True) + "\n")
     assert synthetic_identity(a) == made and data_identity(ds) == made

@@ -2262,3 +2262,47 @@ def test_the_board_csv_names_every_device_a_resumed_run_trained_on(tmp_path):
     one["train"]["devices"] = ["Xeon x2 threads (AVX2) / torch 2.13.0"]  # never moved: said as every record says it
     write_record(one, tmp_path)
     assert pd.isna(load(tmp_path).set_index("seed").loc[2, "train_devices"])
+
+
+def test_a_tex_cells_minus_signs_are_those_opening_a_number_after_a_space_or_bracket():
+    """_cell: a number's hyphen becomes a minus at the start, after a space, "[" or "(" (a CI's second end, a
+    difference in brackets, ".5"); inside a name or after "=" it stays a hyphen."""
+    from bench.report.tables import _cell
+
+    assert _cell("0.50 [-0.30, -0.10]") == "0.50 [$-$0.30, $-$0.10]"
+    assert _cell("1.2 (-0.05)") == "1.2 ($-$0.05)" and _cell("-.5") == "$-$.5"
+    assert _cell("unet-2 lr=-1 x-0.5 -a") == "unet-2 lr=-1 x-0.5 -a"
+
+
+def test_only_characters_beyond_latin_1_are_warned_of_for_pdflatex():
+    """warn_outside_latin1: T1-encoded pdflatex sets Latin-1 ("Müller", "ÿ"); U+0100 on is beyond it."""
+    import warnings
+
+    from bench.report.tables import warn_outside_latin1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_outside_latin1("Müller ÿ é")
+    with pytest.warns(UserWarning, match=r"outside Latin-1 \(Ā\) that pdflatex cannot set"):
+        warn_outside_latin1("Müller Ā")
+
+
+def test_a_boards_counts_and_training_devices_from_its_runs_rows():
+    """The board helpers on a few run rows: cases over a cross-validation's folds summed (the most a run of
+    a split scored), runs' counts "2/3" only where they differ (a record without one left out) and read
+    back, and every device the rows that trained trained on (not given weights')."""
+    import math
+
+    from bench.report.boards import _cases_scored, _differing, _train_devices, per_run
+
+    folds = pd.DataFrame({"split": ["f0", "f0", "f1"], "n_cases": [3, 1, 2]})
+    assert _cases_scored(folds) == 5 and _cases_scored(folds.drop(columns="split")) == 3
+    assert _differing(pd.Series([3, 2, 3.0, math.nan])) == "2/3" and _differing(pd.Series([2, 2.0, math.nan])) == ""
+    assert per_run(pd.Series({"n_cases": 5, "n_cases_per_run": "2/3"}), "n_cases") == [2, 3]
+    assert per_run(pd.Series({"n_cases": 5.0, "n_cases_per_run": ""}), "n_cases") == [5]
+    assert per_run(pd.Series({"n_train": math.nan}), "n_train") == [] and per_run(pd.Series(dtype=object), "n_train") == []
+    runs = pd.DataFrame({"device": ["cpu: A", "cpu: B", "cuda: H100"], "weights": [None, None, "w.pth"],
+                         "train_devices": ["cpu: C; cpu: A", None, None]})
+    assert _train_devices(runs) == "cpu: A; cpu: B; cpu: C"  # the given weights' run trained nowhere here
+    assert _train_devices(runs.drop(columns=["weights", "train_devices"])) == "cpu: A; cpu: B; cuda: H100"
+    assert _train_devices(runs.drop(columns="device")) == ""

@@ -605,3 +605,22 @@ def test_a_rescore_in_progress_leaves_no_run_unrecorded_and_no_record_half_writt
     (copy / "runs" / twin).mkdir()
     (found,) = unrecorded_runs(copy, boards)
     assert found["run_id"] == legacy["run_id"] and found["why"].endswith("its rescore under strict remains")
+
+
+def test_other_data_says_what_the_folder_found_is(tmp_path):
+    """other_data, for an error naming data that is not a run's: not that dataset's, its id, and for a run on
+    synthetic data found as files, whether the marker was lost (same files), the files edited, or neither."""
+    from bench.data.synth import MARKER, WRITTEN
+    from bench.rescore import other_data
+
+    rec = {"dataset": "synapse", "data_id": "synthetic:aa", "synthetic_made": {WRITTEN: {"synapse": "files:bb"}}}
+    assert other_data(rec, tmp_path, None) == f"{tmp_path} does not open as synapse data"
+    assert other_data(rec, tmp_path, "synthetic:cc") == f"{tmp_path} has id synthetic:cc"
+    assert other_data({**rec, "data_id": "files:aa"}, tmp_path, "files:cc") == f"{tmp_path} has id files:cc"
+    assert other_data(rec, tmp_path, "files:bb").startswith(f"{tmp_path} has id files:bb: the files the run was "
+                                                            f"scored on, without the marker {MARKER}")
+    assert other_data(rec, tmp_path, "files:cc") == f"{tmp_path} has id files:cc and no marker {MARKER} (synthetic " \
+                                                    "data holds one)"
+    (tmp_path / MARKER).write_text("{}\n")
+    assert other_data(rec, tmp_path, "files:bb") == f"{tmp_path} has id files:bb: its files were edited since they " \
+                                                    "were generated"

@@ -850,6 +850,15 @@ def test_weights_given_to_another_split_say_where_they_came_from(synapse_root, t
     # the given-weights run's own final.pt keeps naming the run that trained them
     kept = torch.load(tmp_path / "other" / "checkpoints" / "final.pt", weights_only=True)
     assert kept["trained_by"]["run_id"] == "r0"
+    # a checkpoint from before data ids were kept: its data is not known to differ, so nothing is warned
+    older = torch.load(final, weights_only=True)
+    del older["trained_by"]["data_id"]
+    torch.save(older, tmp_path / "older.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, before = _given_weights(_tiny_unet(ds), str(tmp_path / "older.pt"), tmp_path / "f", True, ds.train_ids(),
+                                   "files:bbbb")
+    assert (before["same_data"], before["same_items"]) == (True, True)
 
 
 def test_an_interrupted_runs_last_checkpoint_given_as_weights_names_its_run_and_epoch(synapse_root, tmp_path):
