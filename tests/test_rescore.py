@@ -410,8 +410,8 @@ def test_data_moved_since_the_run_is_found_by_its_identity(trained, tmp_path):
                                          rf"{tmp_path / 'alice' / 'mydata'} --seed 0` makes it again$"):
         run_model(mine, bob)
     older = {**mine, "synthetic_made": None}  # a record written before it kept how
-    with pytest.raises(BenchError, match=r"synthetic data made by `bench data synth`: the same options \(--like, "
-                                         r"--seed, --option\) make it again, to pass as --data-root$"):
+    with pytest.raises(BenchError, match=r"; synthetic data: the same `bench data synth` options \(--like, --seed, "
+                                         r"--option\) make it again$"):
         run_model(older, bob)
     with pytest.raises(BenchError, match=r"is not there; if it moved, pass its folder now as --data-root DIR "
                                          r"\(checked to hold the data the run was scored on\)$"):
