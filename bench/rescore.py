@@ -187,8 +187,8 @@ class DataRoots:
         key = (kind, Path(path).resolve(), fold, policy)
         if key not in self._ids:
             dataset = dataset or open_dataset(kind, path, fold)
-            self._now[key] = data_identity(dataset)
-            self._ids[key] = {self._now[key]} if self._now[key].startswith("synthetic:") else data_ids(dataset, policy)
+            now = self._now[key] = data_identity(dataset)  # other data's: its content_id, data_ids' first
+            self._ids[key] = {now} if now.startswith("synthetic:") else {now, *earlier_data_ids(dataset, policy)}
         return self._ids[key]
 
     def now(self, kind: str, path: Path, fold: int | None, policy: str) -> str | None:

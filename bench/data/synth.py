@@ -107,9 +107,8 @@ def synthesize(kind: str, out: str | Path, *, seed: int = 0, **size_options: Any
     return atomic_write_dir(Path(out).expanduser(), write)
 
 
-def synthetic_made(root: str | Path) -> dict[str, Any] | None:
-    """What ``MARKER`` in ``root`` says (generator version, kind, seed, options and, since bench kept it,
-    ``WRITTEN``); None for other data (no ``MARKER``), {} for a marker that is no JSON object."""
+def _marker(root: str | Path) -> tuple[str, dict[str, Any]] | None:
+    """``MARKER`` in ``root`` as stored and as read ({} for one that is no JSON object); None for other data."""
     try:
         text = Path(root, MARKER).read_text()
     except OSError:
@@ -117,20 +116,27 @@ def synthetic_made(root: str | Path) -> dict[str, Any] | None:
     try:
         made = json.loads(text)
     except ValueError:
-        return {}
-    return made if isinstance(made, dict) else {}
+        return text, {}
+    return text, made if isinstance(made, dict) else {}
+
+
+def synthetic_made(root: str | Path) -> dict[str, Any] | None:
+    """What ``MARKER`` in ``root`` says (generator version, kind, seed, options and, since bench kept it,
+    ``WRITTEN``); None for other data (no ``MARKER``), {} for a marker that is no JSON object."""
+    marker = _marker(root)
+    return None if marker is None else marker[1]
 
 
 def synthetic_identity(root: str | Path) -> str | None:
     """What makes a folder written by ``synthesize`` the data it is (generator version, kind, seed,
     sizes), as a short text, wherever the folder lies; None for other data (no ``MARKER``). Whether its
     files are still those written is ``data_identity``'s question."""
-    try:
-        text = Path(root, MARKER).read_text()
-    except OSError:
-        return None
-    made = synthetic_made(root)
-    if made and WRITTEN in made:  # the recipe alone, as markers without WRITTEN hold it: their ids stay
+    marker = _marker(root)
+    return None if marker is None else _identity(*marker)
+
+
+def _identity(text: str, made: dict[str, Any]) -> str:
+    if WRITTEN in made:  # the recipe alone, as markers without WRITTEN hold it: their ids stay
         text = json.dumps({k: v for k, v in made.items() if k != WRITTEN}, sort_keys=True) + "\n"
     return "synthetic:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -140,10 +146,10 @@ def data_identity(dataset: Any) -> str:
     data by how it was made (``synthetic_identity``) while its files are those ``synthesize`` wrote, other
     data, synthetic data edited since included, by its files (``SegDataset.content_id``), the edited with a
     warning. A marker that keeps no ``WRITTEN`` id for this reader (bench before it) is taken at its word."""
-    made = synthetic_identity(dataset.root)
-    written = (synthetic_made(dataset.root) or {}).get(WRITTEN)
-    if made is None:
+    marker = _marker(dataset.root)  # read once: its id and what it says were written
+    if marker is None:
         return dataset.content_id()
+    made, written = _identity(*marker), marker[1].get(WRITTEN)
     if not isinstance(written, dict) or dataset.name not in written:
         return made
     files = dataset.content_id()
