@@ -445,7 +445,7 @@ def _caption(key: BoardKey, board: pd.DataFrame, columns: tuple[str, ...] | None
 
 def _pooled_note(board: pd.DataFrame) -> str:
     """A cross-validation board's DSC pooled over all its folds' cases (``boards.join_pooled``), per row."""
-    each = "; ".join(f"{m} {d * 100:.2f} over {n} cases"  # a row without case rows has none
+    each = "; ".join(f"{m} {d * 100:.2f} over {counted(n, 'case')}"  # a row without case rows has none
                      for m, d, n in zip(board["model"], board["dice_pooled"], board["n_cases"]) if not math.isnan(d))
     seeds = "; per seed, then averaged over seeds" if (board["n_seeds"] > 1).any() else ""
     return (f" DSC pooled over all folds' validation cases, as nnU-Net's cross-validation summary scores them "
