@@ -31,7 +31,7 @@ from bench.data import (check_folds, data_identity, get_reader, open_dataset, sy
 from bench.data.intensity import intensity_stats
 from bench.data.preprocess import (cache_training_volumes, patch_fit_note, preprocess_processes, slicing_note,
                                    target_spacing, volume_prep)
-from bench.data.synth import remake_text
+from bench.data.synth import grid_data, remake_text
 from bench.errors import BenchError, DataError, HeldError, few, one_line
 from bench.fileio import file_sha256
 from bench.cost import run_counts
@@ -1068,8 +1068,7 @@ def rerun_args(rec: dict[str, Any], data_root: Path | None, weights: Path | None
     if data_root is None:
         data_root = Path(rec["data_root"])
         if not data_root.is_dir():
-            if not (rec.get("synthetic") and data_root.parent.name == "synthetic"
-                    and str(rec.get("data_id") or "synthetic:").startswith("synthetic:")):
+            if not grid_data(rec):
                 remake = remake_text(rec, "DIR")
                 raise BenchError(f"{data_root}: the data run {run_id} read is not there; pass --data-root DIR "
                                  "holding it" + (f" ({remake})" if remake else ""))

@@ -964,7 +964,7 @@ def test_data_synth_takes_dataset_names_and_writes_their_synthetic_data(tmp_path
 def test_how_a_records_synthetic_data_is_made_again_is_said_only_where_a_generator_can():
     """A review: a run on synthetic data edited after it was generated (its id files:...) was told to run the
     bench data synth command of its marker, which makes the unedited data: refused again, in a loop."""
-    from bench.data.synth import GENERATOR_VERSION, remake_text
+    from bench.data.synth import GENERATOR_VERSION, grid_data, remake_text
 
     made = {"generator": GENERATOR_VERSION, "kind": "isic", "seed": 4, "options": {}}
     rec = {"synthetic": True, "data_id": "synthetic:ab", "data_root": "/d/mine", "synthetic_made": made}
@@ -977,6 +977,8 @@ def test_how_a_records_synthetic_data_is_made_again_is_said_only_where_a_generat
     grid = {**rec, "data_root": "/r/synthetic/synapse-synth-v1", "synthetic_made": None}
     assert remake_text(grid, "DIR", "/r") == ("`bench run` of its grid with --synthetic --results /r makes it again "
                                               "(its finished runs are skipped)")
+    # bench run --from-record makes only that data again, unedited, itself: the rest it asks for
+    assert grid_data(grid) and not grid_data({**grid, "data_id": "files:cd"}) and not grid_data(rec)
     assert remake_text({**rec, "synthetic_made": None}, "DIR").startswith("the same `bench data synth` options")
     assert remake_text({**rec, "synthetic": False}, "DIR") == ""
     # a record from before data ids were kept: its synthetic data is taken as generated

@@ -166,7 +166,7 @@ def synth_command(made: dict[str, Any], out: str | Path) -> str:
     ``out``: its kind, seed and the options that differ from the defaults (by the generator of ``made``'s
     version: another version makes other data)."""
     kind = made.get("kind")
-    defaults = json.loads(json.dumps(DEFAULTS.get(kind, {}), default=list))  # tuples as the marker holds lists
+    defaults = json.loads(json.dumps(DEFAULTS.get(kind, {})))  # tuples as the marker holds them: lists
     changed = sorted((k, v) for k, v in (made.get("options") or {}).items() if defaults.get(k) != v)
     options = [f"--option {shlex.quote(k + '=' + json.dumps(v, separators=(',', ':')))}" for k, v in changed]
     return " ".join(["bench data synth --like", shlex.quote(str(kind)), "--out", shlex.quote(str(out)),
@@ -180,10 +180,10 @@ def remake_text(rec: dict[str, Any], out: str | Path, results_dir: str | Path | 
     edited after it was generated (its id ``files:``) no generator makes again: that is said instead."""
     if not rec.get("synthetic"):
         return ""
-    if not str(rec.get("data_id") or "synthetic:").startswith("synthetic:"):
+    if not _as_generated(rec):
         return (f"its synthetic data was edited after it was generated (data id {rec['data_id']}), so no generator "
                 "makes it again: only the folder it was read from holds it")
-    if Path(rec["data_root"]).parent.name == "synthetic" and results_dir is not None:
+    if grid_data(rec) and results_dir is not None:
         return f"`bench run` of its grid with --synthetic --results {results_dir} makes it again (its finished runs are skipped)"
     made = rec.get("synthetic_made")
     if not made:  # a record written before it kept how
@@ -192,6 +192,17 @@ def remake_text(rec: dict[str, Any], out: str | Path, results_dir: str | Path | 
         return (f"`bench data synth` made it with generator version {made.get('generator')}, and this bench's "
                 f"({GENERATOR_VERSION}) makes other data: only the folder it was read from holds it")
     return f"`{synth_command(made, out)}` makes it again"
+
+
+def _as_generated(rec: dict[str, Any]) -> bool:
+    """Whether record ``rec``'s synthetic data was as generated (not edited since: its id ``synthetic:``)."""
+    return str(rec.get("data_id") or "synthetic:").startswith("synthetic:")
+
+
+def grid_data(rec: dict[str, Any]) -> bool:
+    """Whether record ``rec`` read `bench run --synthetic`'s data as generated (in a results folder's
+    ``synthetic/``): data that grid's command makes again, the same generator making the same data."""
+    return bool(rec.get("synthetic")) and Path(rec["data_root"]).parent.name == "synthetic" and _as_generated(rec)
 
 
 def _check_setting(kind: str, key: str, value: Any) -> None:
