@@ -18,10 +18,11 @@ setup:
 	bash scripts/setup.sh
 
 # tests in TEST_WORKERS processes (pytest-xdist), one torch thread each: the 2-core CI machine
-# finishes in about half the time; TEST_WORKERS=0 runs them in this process
+# finishes in about half the time; TEST_WORKERS=0 runs them in this process. The slowest 15 are
+# listed at the end: where CI's time goes
 TEST_WORKERS ?= 2
 test:
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 demo:
 	$(BENCH) run --models all --dataset synapse --synthetic --protocol smoke --results $(DEMO_RESULTS) --threads 1

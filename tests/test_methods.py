@@ -238,8 +238,8 @@ def test_the_pooled_policy_is_tested_by_permutation(tmp_path):
     assert "95% confidence intervals of DSC:" in text  # no HD95 under legacy-isic
     assert "Tables give each model's one run: no standard deviation." in text and "n − 1" not in text
     text = render_methods(tmp_path, reference="vmunet")
-    assert (f"Each model was compared with vmunet on DSC by a two-sided paired permutation test of the difference "
-            f"of the board's numbers (pooled over all test pixels)") in text and f"else {stats.N_PERM} drawn" in text
+    assert ("Each model was compared with vmunet on DSC by a two-sided paired permutation test of the difference "
+            "of the board's numbers (pooled over all test pixels)") in text and f"else {stats.N_PERM} drawn" in text
 
 
 def test_the_cost_tables_counting_and_timing_are_said(tmp_path):
