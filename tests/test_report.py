@@ -228,6 +228,8 @@ def test_paper_columns_and_labels_for_latex(runs, tmp_path):
     assert _latex_escape("pass one as --reference, p >= 0.05, a<=b, x---y, 0–4") == \
         "pass one as -{}-reference, p $\\geq$ 0.05, a$\\leq$b, x-{}-{}-y, 0--4"
     assert _latex_escape('a mark such as "(noisy)": 5" wide') == "a mark such as ``(noisy)'': 5\\texttt{\\char34} wide"
+    # marks after a digit are inches, not a pair: only a quote after a space or sign opens one
+    assert _latex_escape('12" and 3" (x="a")') == '12\\texttt{\\char34} and 3\\texttt{\\char34} (x=``a\'\')'
     caption = render(runs, "md", columns=("family",)).split("\n\n")[1]
     assert "in %" not in caption and "NaN is shown" not in caption  # no metric column shown, none explained
     # the cost columns say at which input their GMACs were counted, where they are shown

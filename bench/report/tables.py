@@ -47,11 +47,12 @@ _LATEX_TOKEN = re.compile(r">=|<=|.", re.S)
 def _latex_escape(text: str) -> str:
     """``text`` for LaTeX's text mode: its special characters and pairs escaped, the symbols pdflatex cannot
     take raw set as math, hyphens kept hyphens, a pair of straight quotes (a label's json.dumps of a string)
-    as TeX's ``quotes'' (a lone one stays the character)."""
+    as TeX's ``quotes'' (one after a letter or digit opens none: 12" is inches; a lone one stays the character)."""
     text, out, opened = str(text), [], False
     for m in _LATEX_TOKEN.finditer(text):
         token = m.group()
-        if token == '"' and (opened or '"' in text[m.end():]):
+        opens = not text[m.start() - 1:m.start()].isalnum() and '"' in text[m.end():]
+        if token == '"' and (opened or opens):
             out.append("''" if opened else "``")
             opened = not opened
         elif token == "-" and text.startswith("-", m.end()):  # "--" is an en dash ("--reference"), "---" an em dash
