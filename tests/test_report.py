@@ -1470,8 +1470,18 @@ def test_a_legacy_synapse_board_counts_the_misses_it_scores_hd95_zero(tmp_path):
             f"vmunet 5 of {2 * n - 1}; the strict policy scores them with a penalty instead.") in render(load(tmp_path))
     # what to do is the command's to say, not a paper's caption
     with pytest.warns(UserWarning, match=r"scores the structures predicted nowhere HD95 0.*`bench rescore --policy "
-                      r"strict --results <folder>` scores them with a penalty"):
+                      rf"strict --results {re.escape(str(tmp_path))}` scores them with a penalty"):
         text = write_report(tmp_path, reference="unet")
+    # the folder has those runs under strict already (a rescore): that board is what to read, not a command to run
+    other = tmp_path / "with_strict"
+    for path in (tmp_path / "records").glob("*.json"):
+        rec = json.loads(path.read_text())
+        write_record(rec, other)
+        write_record({**rec, "run_id": rec["run_id"] + ".strict", "policy": "strict", "rescored_from": rec["run_id"]},
+                     other)
+    with pytest.warns(UserWarning, match=r"HD95 0, the best value \(.*\); the strict board of these runs scores them "
+                      r"with a penalty$"):
+        write_report(other)
     assert "bench rescore" not in text and "--policy strict" not in text  # the significance caution's fact alone
     assert "a model that finds nothing looks best on HD95." in text.split("## Significance")[1]
     # strict scores a miss with a penalty: nothing to say; nor where the HD95 column is not shown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import re
+import shlex
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -108,16 +109,22 @@ def _warn_repeated(boards: dict) -> None:
                       "without a record)", stacklevel=3)
 
 
-def _warn_boards(boards: dict) -> None:
+def _warn_boards(boards: dict, results_dir: Path) -> None:
     """What to do about a board, said where it is seen rather than in its caption (a paper's text): misses
-    scored HD95 0, and plugin code changed since its runs trained."""
-    from bench.report.board_text import _missed_at_hd95_zero
+    scored HD95 0 (the board of the same runs under a policy with a penalty, where there is one, else the
+    command that scores them so), and plugin code changed since its runs trained."""
+    from bench.report.board_text import _missed_at_hd95_zero, _misses_score_zero
 
     for key, board in boards.items():
         if missed := _missed_at_hd95_zero(key, board):
+            missing = set(board.loc[board["n_missed"] > 0, "model"])  # their rows under a policy with a penalty
+            beside = [k.policy for k, b in boards.items() if k[:2] == key[:2] and not _misses_score_zero(k.policy)
+                      and missing <= set(b["model"])]
+            fix = (f"the {beside[0]} board of these runs scores them with a penalty" if beside else
+                   f"`bench rescore --policy strict --results {shlex.quote(str(results_dir))}` scores them with a "
+                   "penalty")
             warnings.warn(f"{key.dataset} · {key.protocol}: {key.policy} scores the structures predicted nowhere HD95 "
-                          f"0, the best value ({missed}); `bench rescore --policy strict --results <folder>` scores "
-                          "them with a penalty", stacklevel=3)
+                          f"0, the best value ({missed}); {fix}", stacklevel=3)
         if plugin := board.attrs.get("plugin_code"):
             warnings.warn(f"{key.dataset} · {key.protocol}: plugin code changed since these runs trained "
                           f"({'; '.join(f'{m}: {n}' for m, n in plugin.items())}; records' model_code): their numbers "
@@ -219,7 +226,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     else:
         boards, groups, (set_runs, set_cases) = _boards(df_runs, df_cases, profiles)
         _warn_repeated(boards)
-        _warn_boards(boards)
+        _warn_boards(boards, results_dir)
         text = _render(boards, fmt, columns, groups)
         if not boards and fmt == ReportFormat.md:  # the folder's `bench profile` records alone
             text = f"{results_dir}: no finished runs; the cost tables of its `bench profile` records only.\n"
