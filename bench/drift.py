@@ -227,7 +227,10 @@ def read_baseline(path: Path, allow_empty: bool = False) -> pd.DataFrame:
     A header without rows is an error (every check would pass) unless ``allow_empty`` (an update)."""
     path = Path(path)
     if path.is_dir():
-        raise BenchError(f"{path}: is a folder; --baseline takes the baseline CSV file (results/baseline/smoke.csv)")
+        held = (f"; to compare with its runs, write their baseline first: bench check --update --baseline "
+                f"BASELINE.csv --results {path}" if (path / "records").is_dir() else "")  # a results folder
+        raise BenchError(f"{path}: is a folder; --baseline takes the baseline CSV file (results/baseline/smoke.csv)"
+                         f"{held}")
     if path.exists() and not path.is_file():
         raise BenchError(f"{path}: not a regular file (a FIFO?); --baseline takes the baseline CSV file")
     if not path.is_file():

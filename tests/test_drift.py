@@ -1,4 +1,5 @@
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -320,8 +321,13 @@ def test_a_baseline_that_does_not_read_is_refused_row_by_row_and_never_rewritten
         compare(path, df)
     write_baseline(df, path)  # what the message asks for works
     assert not compare(path, df).failed
-    with pytest.raises(BenchError, match=r"is a folder; --baseline takes the baseline CSV file"):
+    with pytest.raises(BenchError, match=r"is a folder; --baseline takes the baseline CSV file \(results/baseline/"
+                                         r"smoke.csv\)$"):
         compare(tmp_path, df)
+    (tmp_path / "received" / "records").mkdir(parents=True)  # a results folder received: how to compare with it
+    with pytest.raises(BenchError, match=r"is a folder; .* write their baseline first: bench check --update "
+                                         rf"--baseline BASELINE.csv --results {re.escape(str(tmp_path / 'received'))}$"):
+        compare(tmp_path / "received", df)
 
 
 def test_update_keeps_rows_and_tolerances_set_by_hand(tmp_path):
