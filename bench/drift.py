@@ -394,7 +394,9 @@ def compare(baseline_csv: Path, df_runs: pd.DataFrame, models: list[str] | None 
             status = _status(baseline, float(r.value_cur), r.n_values, tol)
         current = float(r.value_cur)
         key = (r.dataset, r.protocol, r.policy, r.model, r.metric)
-        rows.append((*key, baseline, current, current - baseline, tol, status))
+        # the same value as the baseline's 6 digits keep it: no difference shown (115.7432 written as 115.743)
+        delta = 0.0 if float(f"{current:.6g}") == baseline else current - baseline
+        rows.append((*key, baseline, current, delta, tol, status))
     table = pd.DataFrame(
         rows, columns=_KEY + ["baseline", "current", "delta", "tolerance", "status"]
     )
