@@ -346,3 +346,30 @@ def test_every_readme_and_guide_table_has_its_headers_columns():
                 assert cells(lines[j]) == header, f"{name}:{j + 1}: not the {header} columns of its header (line {i})"
                 j += 1
     assert found["README.md"] >= 5 and found["docs/cli.md"] >= 1  # the tables are found, the full command table too
+
+
+def _github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a file's headings: lowercase, punctuation but '-' dropped, spaces to '-', a
+    repeated one suffixed -1, -2, ... (code blocks hold no headings)."""
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#{1,6} (.+)$", re.sub(r"(?ms)^```.*?^```", "", markdown), flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).strip().lower()).replace(" ", "-")
+        seen[slug] = seen.get(slug, -1) + 1
+    return {slug + (f"-{n}" if n else "") for slug, last in seen.items() for n in range(last + 1)}
+
+
+def test_every_readme_and_guide_link_resolves():
+    """The README's detail moved to guides under docs/: every relative link and #anchor of the README and
+    the guides (outside code) names a file that exists and, where it has one, a heading of that file."""
+    broken, checked = [], 0
+    for path in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        prose = re.sub(r"`[^`\n]*`", "", re.sub(r"(?ms)^```.*?^```", "", path.read_text()))
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if re.match(r"[a-z]+:", target):  # https: and mailto: links are not ours to check
+                continue
+            checked += 1
+            file, _, anchor = target.partition("#")
+            dest = (path.parent / file).resolve() if file else path
+            if not dest.exists() or (anchor and anchor not in _github_anchors(dest.read_text())):
+                broken.append(f"{path.relative_to(ROOT)}: ({target})")
+    assert checked >= 20 and not broken, broken
