@@ -1,4 +1,4 @@
-"""The README's "From Python" section runs as written: a notebook user builds, scores, trains,
+"""The "From Python" guide (docs/python.md) runs as written: a notebook user builds, scores, trains,
 tabulates and profiles through the functions the CLI uses."""
 
 from __future__ import annotations
@@ -6,15 +6,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PYTHON_GUIDE = ROOT / "docs" / "python.md"  # the README's "From Python" section, moved to a guide of its own
 
 
 def test_the_readmes_python_section_runs(tmp_path, monkeypatch, capsys):
-    section = README.read_text().split("### From Python", 1)[1]
+    section = PYTHON_GUIDE.read_text().split("# From Python\n", 1)[1]
     (code,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)
     monkeypatch.chdir(tmp_path)  # its results folder is relative
     namespace: dict = {}
-    exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(code, str(PYTHON_GUIDE), "exec"), namespace)  # noqa: S102 - our own guide
     out = capsys.readouterr().out
     assert "'dice': 0.8333333333333334" in out  # 2·10/(12+12): a 12-wide square shifted by 2
     assert "| unet (tiny)" in out and "| vmunet (tiny)" in out and "DSC 95% CI" in out
@@ -26,10 +28,10 @@ def test_the_readmes_python_section_runs(tmp_path, monkeypatch, capsys):
 
 def test_a_command_line_runs_in_process_as_the_readme_says(tmp_path):
     """A notebook journey: bench.cli.main() exits the kernel's cell with SystemExit, even on success;
-    the README points at the app's own in-process call, whose errors are raised."""
+    the Python guide points at the app's own in-process call, whose errors are raised."""
     from bench.cli import app
 
-    assert "standalone_mode=False" in README.read_text()
+    assert "standalone_mode=False" in PYTHON_GUIDE.read_text()
     with pytest.raises(BenchError, match=f"results directory not found: {re.escape(str(tmp_path / 'none'))}"):
         app(["report", "--results", str(tmp_path / "none")], standalone_mode=False)
 
@@ -325,19 +327,49 @@ def test_what_a_notebook_passes_from_an_api_fuzz(tmp_path, monkeypatch):
             register_model(family="cnn", paper_config={}, name=bad)(lambda **kw: None)
 
 
-def test_every_readme_table_has_its_headers_columns():
+def test_every_readme_and_guide_table_has_its_headers_columns():
     """A review: the leaderboard example's separator row held a column more than its header, a broken table.
     Every table's rows (separator included) have as many cells as its header (GitHub splits on each "|" not
-    escaped, in code spans too)."""
-    lines = README.read_text().splitlines()
+    escaped, in code spans too), in the README and in the guides under docs/ its detail moved to."""
 
     def cells(line: str) -> int:
         return len(re.split(r"(?<!\\)\|", re.sub(r"^\||(?<!\\)\|$", "", line.strip())))
 
-    separators = [i for i, line in enumerate(lines) if "|" in line and re.fullmatch(r"[|:\s-]*---[|:\s-]*", line)]
-    assert len(separators) >= 5  # the README's tables are found
-    for i in separators:
-        header, j = cells(lines[i - 1]), i
-        while j == i or (j < len(lines) and lines[j].strip().startswith("|")):  # the separator, then the rows
-            assert cells(lines[j]) == header, f"README.md:{j + 1}: not the {header} columns of its header (line {i})"
-            j += 1
+    found = {}
+    for path in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        lines, name = path.read_text().splitlines(), path.relative_to(ROOT)
+        separators = [i for i, line in enumerate(lines) if "|" in line and re.fullmatch(r"[|:\s-]*---[|:\s-]*", line)]
+        found[str(name)] = len(separators)
+        for i in separators:
+            header, j = cells(lines[i - 1]), i
+            while j == i or (j < len(lines) and lines[j].strip().startswith("|")):  # the separator, then the rows
+                assert cells(lines[j]) == header, f"{name}:{j + 1}: not the {header} columns of its header (line {i})"
+                j += 1
+    assert found["README.md"] >= 5 and found["docs/cli.md"] >= 1  # the tables are found, the full command table too
+
+
+def _github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a file's headings: lowercase, punctuation but '-' dropped, spaces to '-', a
+    repeated one suffixed -1, -2, ... (code blocks hold no headings)."""
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#{1,6} (.+)$", re.sub(r"(?ms)^```.*?^```", "", markdown), flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).strip().lower()).replace(" ", "-")
+        seen[slug] = seen.get(slug, -1) + 1
+    return {slug + (f"-{n}" if n else "") for slug, last in seen.items() for n in range(last + 1)}
+
+
+def test_every_readme_and_guide_link_resolves():
+    """The README's detail moved to guides under docs/: every relative link and #anchor of the README and
+    the guides (outside code) names a file that exists and, where it has one, a heading of that file."""
+    broken, checked = [], 0
+    for path in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        prose = re.sub(r"`[^`\n]*`", "", re.sub(r"(?ms)^```.*?^```", "", path.read_text()))
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if re.match(r"[a-z]+:", target):  # https: and mailto: links are not ours to check
+                continue
+            checked += 1
+            file, _, anchor = target.partition("#")
+            dest = (path.parent / file).resolve() if file else path
+            if not dest.exists() or (anchor and anchor not in _github_anchors(dest.read_text())):
+                broken.append(f"{path.relative_to(ROOT)}: ({target})")
+    assert checked >= 20 and not broken, broken
