@@ -16,10 +16,10 @@ def clean(
     dry_run: Annotated[bool, typer.Option(help="list what would be deleted and the space it takes; delete "
                                                "nothing")] = False,
 ) -> None:
-    """Free the space finished runs no longer need: their resume points (last.pt) and per-epoch snapshots,
-    and what killed processes left (temp files, claimed but empty run folders).
+    """Free the space finished runs no longer need: resume points, snapshots, killed processes' leftovers.
 
-    Records, logs and the weights each run was scored from stay, so report, check, rescore, predict, figure
+    Deleted: finished runs' resume points (last.pt) and per-epoch snapshots, and what killed processes
+    left (temp files, claimed but empty run folders). Records, logs and the weights each run was scored from stay, so report, check, rescore, predict, figure
     and run --from-record work as before; a run whose record is deleted later trains again instead of
     being re-evaluated from its resume point.
 
