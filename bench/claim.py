@@ -167,3 +167,23 @@ def _remove_dead(path: Path, judged: str | None) -> bool:
         pass
     aside.unlink(missing_ok=True)
     return False
+
+
+def remove_abandoned(folder: Path, dry_run: bool = False) -> bool:
+    """Whether ``folder`` held nothing but the claim of a process that is gone (a run or rescore killed
+    before it wrote anything, which ``Claim.release`` would have removed with its folder); then it is
+    removed (``dry_run``: left), as a taker removes a dead claim, so a live process's new one stays."""
+    path = folder / CLAIM
+    try:
+        if not path.is_file() or any(p.name != CLAIM for p in folder.iterdir()):
+            return False
+    except OSError:
+        return False
+    holder, judged = _holder(path)
+    if holder is not None or judged is None:
+        return False
+    if not dry_run and _remove_dead(path, judged):
+        with suppress(OSError):  # not empty now: a process claimed it meanwhile and wrote
+            folder.rmdir()
+    return True
+

@@ -305,17 +305,34 @@ def temp_glob(name: str = "*", suffix: str = "") -> str:
     return f".{name}.{TEMP_MARK}*{suffix}"
 
 
-def remove_orphans(folder: Path, *patterns: str) -> None:
-    """Remove what killed writers left in ``folder``: temp files or folders matching any of
-    ``patterns`` (globs) whose writer, a process of this host, is gone, or that are older than
-    ``ORPHAN_AGE_S`` (younger ones of other hosts may belong to a live writer)."""
-    now = time.time()
+def orphans(folder: Path, *patterns: str) -> list[Path]:
+    """What killed writers left in ``folder``: temp files or folders matching any of ``patterns``
+    (globs) whose writer, a process of this host, is gone, or that are older than ``ORPHAN_AGE_S``
+    (younger ones of other hosts may belong to a live writer)."""
+    now, found = time.time(), []
     for stale in sorted({p for pattern in patterns for p in Path(folder).glob(pattern)}):
         try:
             if dead_writer(stale.name) or now - stale.lstat().st_mtime > ORPHAN_AGE_S:
-                shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
-        except OSError:  # renamed or removed meanwhile, another user's, a stale NFS handle: best effort
+                found.append(stale)
+        except OSError:  # renamed or removed meanwhile
             pass
+    return found
+
+
+def remove_path(path: Path) -> bool:
+    """Delete a file, link or folder (with what it holds); False where it could not be (renamed or
+    removed meanwhile, another user's, a stale NFS handle): best effort, as for leftovers."""
+    try:
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    except OSError:
+        return False
+    return True
+
+
+def remove_orphans(folder: Path, *patterns: str) -> None:
+    """Remove what killed writers left in ``folder`` (``orphans``)."""
+    for stale in orphans(folder, *patterns):
+        remove_path(stale)
 
 
 def disk_problem(exc: BaseException, folder: Path) -> str | None:

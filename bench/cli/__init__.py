@@ -8,6 +8,7 @@
 - ``report_cmds``: ``report`` (leaderboards) and ``check`` (drift against a baseline).
 - ``profile_cmd``: ``profile`` (params, FLOPs, latency, memory).
 - ``info_cmds``: ``models`` and ``doctor``.
+- ``clean_cmd``: ``clean`` (what nothing reads in a results folder).
 - ``data_cmds``: the ``data`` group: ``synth``, ``convert``, ``verify``.
 
 Only typer and light modules load here: commands import torch, pandas and the data readers when they run.
@@ -20,6 +21,7 @@ from typing import Annotated
 import typer
 
 from bench.cli.console import _warned, main
+from bench.cli.clean_cmd import clean
 from bench.cli.data_cmds import VERIFY_SHOWN, data_convert, data_synth, data_verify
 from bench.cli.figure_cmd import figure
 from bench.cli.info_cmds import doctor, models
@@ -69,6 +71,7 @@ app.command()(predict)
 app.command()(score)
 app.command()(figure)
 app.command()(check)
+app.command()(clean)
 app.command()(profile)
 app.command()(models)
 app.command()(doctor)

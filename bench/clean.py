@@ -1,0 +1,70 @@
+"""`bench clean`: the files of a results folder that nothing reads any more. A finished run (its record
+written) keeps its record, its log and the weights it was scored from (what rescore, predict and figure
+load); its resume point (``last.pt``: weights, optimizer state and RNGs, a few times the weights' size),
+its per-epoch snapshots and the copies a resume restores the best weights from are read by a resume
+alone, which a finished run never needs. Killed processes leave temp files and claimed but empty run
+folders, which a later write into the same folder sweeps; this sweeps them all at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import claim, fileio, records
+from bench.rescore import unscored_records, weights_path
+
+# in a finished run's checkpoints/: what a resume alone reads (the scored weights are never among them)
+RESUME_ONLY = ("last.pt", "epoch_*.pt", "best@*.pt")
+
+
+@dataclass
+class Cleanup:
+    """What ``clean`` found: ``resume``, the resume-only files of finished runs by run id; ``temps``, temp
+    files of writers that are gone; ``claimed``, run folders holding only a gone process's claim; ``held``,
+    finished runs a live process holds now (left alone); ``size``, the bytes of the files; ``kept``, what
+    could not be deleted."""
+
+    resume: dict[str, list[Path]] = field(default_factory=dict)
+    temps: list[Path] = field(default_factory=list)
+    claimed: list[Path] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+    size: int = 0
+    kept: list[Path] = field(default_factory=list)
+
+    def files(self) -> list[Path]:
+        return [p for files in self.resume.values() for p in files] + self.temps
+
+
+def clean(results_dir: Path, dry_run: bool = False) -> Cleanup:
+    """Delete what nothing reads in ``results_dir`` (the module's docstring says what), or with ``dry_run``
+    only find it; returns what was found."""
+    results_dir = Path(results_dir)
+    found = Cleanup()
+    for name in sorted(unscored_records(results_dir)):
+        rec = records.read_record(results_dir, Path(name).stem)
+        scored = weights_path(results_dir, rec)
+        if claim.held_by(results_dir, rec["run_id"]):  # a process works on it now: nothing of it is spare
+            found.held.append(rec["run_id"])
+            continue
+        if spare := sorted({p for pattern in RESUME_ONLY for p in scored.parent.glob(pattern)}):
+            found.resume[rec["run_id"]] = spare
+    runs = sorted(records.runs_dir(results_dir).glob("*"))
+    for folder in [records.records_dir(results_dir), results_dir / "profiles", *runs, *(r / "checkpoints" for r in runs)]:
+        found.temps += fileio.orphans(folder, fileio.temp_glob())
+    found.size = size_of(found.files())
+    found.claimed = [r for r in runs if claim.remove_abandoned(r, dry_run)]
+    if not dry_run:
+        found.kept = [p for p in found.files() if not fileio.remove_path(p) and p.exists()]
+    return found
+
+
+def size_of(paths: list[Path]) -> int:
+    """Bytes of the files ``paths`` name (a folder: the files under it); what is gone counts 0."""
+    total = 0
+    for path in paths:
+        for f in [p for p in path.rglob("*") if not p.is_dir()] if path.is_dir() else [path]:
+            try:
+                total += f.lstat().st_size
+            except OSError:
+                pass
+    return total

@@ -1,0 +1,111 @@
+"""`bench clean`: a finished run's resume-only files and killed processes' leftovers go; what any command
+reads stays."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import torch
+
+from bench import fileio
+from bench.claim import CLAIM
+from bench.clean import clean
+from bench.data import synthetic_root
+from bench.protocol import load_protocol
+from bench.records import load, record_path, run_dir, write_record
+from bench.registry import get_entry
+from bench.rescore import rescore_record
+from bench.run import plan_grid, run_one
+from tests.fixtures import make_record, run_bench_here
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended (its writer tag names a writer that is gone)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _claim_of(pid: int) -> str:
+    return json.dumps({"writer": fileio.writer_tag(pid), "pid": pid, "proc_start": None, "started": "2026-12-06"})
+
+
+def test_clean_deletes_what_nothing_reads_and_every_command_still_reads_the_run(tmp_path, monkeypatch, capsys):
+    root = synthetic_root("synapse", tmp_path / "synth")
+    results = tmp_path / "results"
+    proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=3, max_cases=2)
+    (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=root, synthetic=False,
+                        results_dir=results, policy="strict", model_overrides=dict(get_entry("unet").tiny))
+    rec = run_one(spec, results_dir=results, device=torch.device("cpu"))
+    ckpt = run_dir(results, rec["run_id"]) / "checkpoints"
+    assert {p.name for p in ckpt.iterdir()} >= {"final.pt", "last.pt"}
+    if not (ckpt / "epoch_0000.pt").exists():  # a protocol's checkpoint_every snapshot (a run this short has none)
+        shutil.copyfile(ckpt / "final.pt", ckpt / "epoch_0000.pt")
+    dead = _dead_pid()
+    # a killed process's half-written checkpoint and record, and a rescore killed before it wrote anything
+    temps = [ckpt / f".last.pt.{fileio.TEMP_MARK}{fileio.writer_tag(dead)}abcd.tmp",
+             results / "records" / f".x.json.{fileio.TEMP_MARK}{fileio.writer_tag(dead)}abcd.tmp"]
+    for temp in temps:
+        temp.write_bytes(b"\0" * 1000)
+    abandoned = run_dir(results, rec["run_id"] + ".legacy-synapse")
+    abandoned.mkdir()
+    (abandoned / CLAIM).write_text(_claim_of(dead))
+    # a live writer's temp file and an unfinished run's resume point: not the command's to delete
+    live = ckpt / f".final.pt.{fileio.TEMP_MARK}{fileio.writer_tag()}abcd.tmp"
+    live.write_bytes(b"\0")
+    unfinished = run_dir(results, "synapse-smoke-unet-s1-00000000") / "checkpoints"
+    unfinished.mkdir(parents=True)
+    (unfinished / "last.pt").write_bytes(b"\0")
+
+    spare = [ckpt / "last.pt", *ckpt.glob("epoch_*.pt")]
+    size = sum(p.stat().st_size for p in spare + temps)
+    found = clean(results, dry_run=True)
+    assert found.resume == {rec["run_id"]: sorted(spare)} and sorted(found.temps) == sorted(temps)
+    assert found.claimed == [abandoned] and found.size == size
+    assert all(p.exists() for p in spare + temps) and (abandoned / CLAIM).exists()  # a dry run deletes nothing
+
+    proc = run_bench_here(monkeypatch, capsys, "clean", "--results", results)
+    assert f"bench clean: deleted in {results}, {size / 1e6:,.1f} MB:" in proc.stdout
+    assert "2 resume-only file(s) of 1 finished run(s)" in proc.stdout and "2 temp file(s) of killed processes" in proc.stdout
+    assert "1 run folder(s) holding only a killed process's claim" in proc.stdout
+    assert not any(p.exists() for p in spare + temps) and not abandoned.exists()
+    assert (ckpt / "final.pt").is_file() and record_path(results, rec["run_id"]).is_file()
+    assert live.exists() and (unfinished / "last.pt").exists()
+    # the run reads as before: its board, and its weights scored again
+    assert load(results)["run_id"].tolist() == [rec["run_id"]]
+    again = rescore_record(rec, "legacy-synapse", results, "cpu")
+    assert again["per_case"] and again["rescored_from"] == rec["run_id"]
+    assert "nothing to delete" in run_bench_here(monkeypatch, capsys, "clean", "--results", results).stdout
+
+
+def test_the_weights_a_run_selected_stay_and_a_held_run_is_left_alone(tmp_path):
+    for seed, selected, scored in ((0, "best_train_loss", "best.pt"), (1, "lr_min", "lr_min.pt"), (2, None, "final.pt")):
+        rec = make_record("unet", seed=seed)
+        rec["train"]["selected"] = selected
+        write_record(rec, tmp_path)
+        ckpt = run_dir(tmp_path, rec["run_id"]) / "checkpoints"
+        ckpt.mkdir(parents=True)
+        for name in ("final.pt", "best.pt", "best@0003.pt", "lr_min.pt", "last.pt", "epoch_0001.pt"):
+            (ckpt / name).write_bytes(b"\0")
+        found = clean(tmp_path)
+        assert (ckpt / scored).is_file() and not (ckpt / "last.pt").exists() and not (ckpt / "best@0003.pt").exists()
+        assert not (ckpt / "epoch_0001.pt").exists()
+    # a finished run a live process holds (this one's claim): none of its files are touched
+    rec = make_record("unet", seed=3)
+    write_record(rec, tmp_path)
+    ckpt = run_dir(tmp_path, rec["run_id"]) / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "last.pt").write_bytes(b"\0")
+    (ckpt.parent / CLAIM).write_text(json.dumps({"writer": fileio.writer_tag(), "pid": os.getpid(),
+                                                 "proc_start": None}))
+    found = clean(tmp_path)
+    assert found.held == [rec["run_id"]] and (ckpt / "last.pt").exists()
+
+
+def test_a_folder_that_is_no_results_folder_is_refused(tmp_path, monkeypatch, capsys):
+    proc = run_bench_here(monkeypatch, capsys, "clean", "--results", tmp_path / "nothing", check=False)
+    assert proc.returncode == 2 and "no results folder (no records/ or runs/ in it); pass --results DIR" in proc.stderr
