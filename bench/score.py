@@ -10,9 +10,11 @@ Each file is scored against the ground truth evaluation reads (``bench.evaluate.
 case's spacing, under the policy, by the same ``bench.evaluate.Scoring`` that scores a run: the numbers
 are those a run's record would hold for these label maps. The protocol gives the evaluation settings
 only: the test cases scored (``eval.max_cases``), the grid of binary masks (``img_size``) and the
-default policy. Binary masks written at each image's own size (``bench predict --native-size``) are
-brought to the scored grid as the ground truth is (``scored_mask``) and said to be. Nothing is
-written into a results folder: a score is no run (no training, params or cost).
+default policy. nnU-Net-format data's ``fold=ALL_FOLDS`` view scores a cross-validation's folder of every
+case (``cv_niftis_raw``), each against its own fold's split, pooled as nnU-Net's summary pools them, with
+each fold's DSC beside (``Scores.per_fold``). Binary masks written at each image's own size (``bench
+predict --native-size``) are brought to the scored grid as the ground truth is (``scored_mask``) and said
+to be. Nothing is written into a results folder: a score is no run (no training, params or cost).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.base import SegDataset, hidden
+from bench.data.nnunet import ALL_FOLDS
 from bench.errors import BenchError, few
 from bench.evaluate import Scoring, ground_truth, scored_ids, scored_mask, scoring_policy
 from bench.fileio import file_sha256
@@ -43,7 +46,9 @@ __all__ = ["Scores", "score_predictions"]
 class Scores:
     """What ``score_predictions`` found: ``metrics`` (``bench.metrics.aggregate``'s numbers), ``per_class``
     and ``per_case`` (one row per case and class, as a run record's ``per_case``), the HD95 unit, what was
-    scored (``scored``: dataset, data, protocol, policy, predictions and their sha256, cases) and notes."""
+    scored (``scored``: dataset, data, protocol, policy, predictions and their sha256, cases) and notes;
+    ``per_fold``, where every cross-validation fold's cases were scored together (``ALL_FOLDS``): each
+    fold's number of cases and DSC, its cases aggregated alone."""
 
     metrics: dict[str, Any]
     per_class: pd.DataFrame
@@ -51,6 +56,7 @@ class Scores:
     hd95_unit: str | None
     scored: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    per_fold: list[dict[str, Any]] = field(default_factory=list)
 
 
 def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Protocol,
@@ -61,7 +67,9 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     fold's, imagesTs'), cases without a file, a map on another grid or with ids that are no class of the data,
     for bench predict's predictions of another dataset (its manifest's ``dataset_name``) and for a folder whose
     model's files name other classes (``SegDataset.prediction_folder_notes``; a note where they name the
-    same classes otherwise); its run's fold, where not the one scored, is named in a case error."""
+    same classes otherwise); its run's fold, where not the one scored, is named in a case error. A dataset of
+    every fold's cases (nnU-Net's ``ALL_FOLDS``) scores them pooled, one aggregate over all, and each fold's
+    DSC (``Scores.per_fold``)."""
     pred_dir = Path(pred_dir).expanduser()
     protocol.check_dataset(dataset.name)
     made_by = _manifest(pred_dir)
@@ -103,7 +111,12 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     per_case = pd.DataFrame(result.per_case)
     if other_protocol:  # no error above (the same cases and grid): still not the run's own evaluation, said
         notes.append(other_protocol.removeprefix("; ") + " for the run's own evaluation")
-    if fold:  # else a case error above: the same test cases, so the numbers hold; the output names the fold scored
+    pooled = getattr(dataset, "fold", None) == ALL_FOLDS
+    if fold and pooled:  # one fold's folder with the others' files added: more cases than its run scored
+        notes.append(f"{MANIFEST} is bench predict's of run {made_by.get('run_id', '?')}, of "
+                     f"{_split_words(made_by['split'])} alone; the {len(ids)} cases scored here are all folds' "
+                     "validation cases, so these are not that run's numbers")
+    elif fold:  # else a case error above: the same test cases, so the numbers hold; the output names the fold scored
         notes.append(f"{fold} to have the output name its fold; both hold the same test cases ({len(ids)}), so "
                      "these are the run's numbers")
     suffixed = [case_id for case_id in ids if files[case_id] != dataset.prediction_name(case_id)]
@@ -127,14 +140,28 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         hd95_unit=result.hd95_unit,
         scored={
             "dataset": dataset.dataset_name, "data_root": str(Path(dataset.root).resolve()),
-            "split": dataset.split_rule, "fold": getattr(dataset, "fold", None), "protocol": protocol.name,
+            "split": dataset.split_rule, "fold": getattr(dataset, "fold", None),
+            **({"n_folds": len(dataset.fold_cases)} if pooled else {}), "protocol": protocol.name,
             "protocol_version": protocol.version, "protocol_hash": protocol.hash,
             "off_protocol": protocol.off_protocol, "policy": policy,
             "predictions": str(pred_dir.resolve()), "predictions_sha256": _folder_sha256(pred_dir, files),
             "run_id": made_by.get("run_id"), "n_cases": len(ids), "resized": resized,
         },
         notes=notes,
+        per_fold=_per_fold(dataset, scoring, ids, scored) if pooled else [],
     )
+
+
+def _per_fold(dataset: SegDataset, scoring: Scoring, ids: list[str], scored: list) -> list[dict[str, Any]]:
+    """Each cross-validation fold's cases among ``ids`` (``scored``, in that order) aggregated alone: the
+    fold, its number of cases and DSC (the per-fold numbers beside the pooled one nnU-Net's summary gives)."""
+    out = []
+    for k, val in enumerate(dataset.fold_cases):
+        own = set(val)
+        cases = [case for case_id, case in zip(ids, scored) if case_id in own]
+        if cases:  # none where eval.max_cases stopped before the fold
+            out.append({"fold": k, "n_cases": len(cases), "dice": scoring.result(cases).metrics["dice"]})
+    return out
 
 
 # files that are no label map, beside them: bench predict's prediction.json; nnUNetv2_predict's dataset.json,
@@ -180,8 +207,19 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
     missing = [case_id for case_id, its in files.items() if not its]
     if missing:
         raise BenchError(f"{pred_dir}: no prediction of test case(s) {few(missing)} ({len(missing)} of {len(ids)}; "
-                         f"expected {dataset.prediction_name(missing[0])}){hint}")
+                         f"expected {dataset.prediction_name(missing[0])}){hint or _one_fold_hint(dataset, files)}")
     return {case_id: its[0] for case_id, its in files.items()}
+
+
+def _one_fold_hint(dataset: SegDataset, files: dict[str, list[str]]) -> str:
+    """Where every fold's cases are scored and the files found are one fold's validation cases only (its
+    ``validation/`` folder), the words that say so; "" otherwise."""
+    held = {case_id for case_id, its in files.items() if its}
+    if getattr(dataset, "fold", None) != ALL_FOLDS or not held:
+        return ""
+    fold = next((k for k, val in enumerate(dataset.fold_cases) if held <= set(val)), None)
+    return "" if fold is None else (f"; the files here are fold {fold}'s validation cases only: pass --fold {fold}, or "
+                                    "add the other folds' predictions")
 
 
 JPEG_ENDINGS = (".jpg", ".jpeg")
@@ -196,6 +234,8 @@ def split_said(dataset: SegDataset) -> str:
     fold = getattr(dataset, "fold", None)
     if dataset.split_rule is None:
         return DATA_SPLIT
+    if fold == ALL_FOLDS:
+        return f"every fold of {dataset.split_rule}"
     return f"fold {fold} of {dataset.split_rule}" if fold is not None else dataset.split_rule
 
 
@@ -211,8 +251,8 @@ def _probabilities_only(pred_dir: Path) -> str:
 
 def _name_hint(extra: list[str], expected: dict[str, str], found: set[str], pred_dir: Path) -> str:
     """Why files that are the test cases' name otherwise are not taken: a JPEG, another ending (.nii for the
-    data's .nii.gz), or one folder down (an nnU-Net ``fold_K`` beside its checkpoint and logs, the label
-    maps in ``validation/``); "" where none."""
+    data's .nii.gz), one folder down (an nnU-Net ``fold_K`` beside its checkpoint and logs, the label
+    maps in ``validation/``), or a second set one folder down (``postprocessed/``); "" where none."""
     def stem(name: str) -> str:
         return name.split("/")[-1].split(".")[0]
 
@@ -229,6 +269,12 @@ def _name_hint(extra: list[str], expected: dict[str, str], found: set[str], pred
     below = {name.split("/")[0] for name in extra if name.count("/") == 1 and name.endswith(ending)}
     if len(below) == 1 and not found & set(expected) and all("/" not in name for name in expected):
         return f"; they are one folder down: --predictions {pred_dir / below.pop()}"
+    # the cases here and again one folder down: nnU-Net's crossval_results_folds_* and its postprocessed/
+    sub = below.pop() if len(below) == 1 else None
+    if sub and found & set(expected) and all(name.startswith(f"{sub}/") and name[len(sub) + 1:] in expected
+                                             for name in extra):
+        return (f"; {sub}/ holds other predictions of the cases (nnU-Net's postprocessed ones beside the raw): "
+                f"score one folder at a time, --predictions {pred_dir / sub} or this one without it")
     return ""
 
 
@@ -298,16 +344,20 @@ def _data_notes(made_by: dict[str, str], dataset: SegDataset, pred_dir: Path) ->
 def _fold_mismatch(made_by: dict[str, str], dataset: SegDataset) -> str:
     """Where bench predict's run was of another split (a cross-validation fold, or the data's test split)
     than the one scored, the words that name the mismatch and the --fold that matches; "" otherwise."""
-    theirs, ours = made_by.get("split"), split_name(getattr(dataset, "fold", None))
+    fold = getattr(dataset, "fold", None)
+    theirs, ours = made_by.get("split"), fold if fold == ALL_FOLDS else split_name(fold)
     if theirs is None or theirs == ours or not re.fullmatch(r"test|fold\d+", theirs):  # a record's split_name
         return ""
-
-    def words(split: str) -> str:
-        return "the data's test split" if split_fold(split) is None else f"fold {split_fold(split)}"
-
     fix = "pass no --fold" if split_fold(theirs) is None else f"pass --fold {split_fold(theirs)}"
-    return (f"fold mismatch: bench predict's run {made_by.get('run_id', '?')} is of {words(theirs)}, scored here "
-            f"as {words(ours)}: {fix}")
+    return (f"fold mismatch: bench predict's run {made_by.get('run_id', '?')} is of {_split_words(theirs)}, scored "
+            f"here as {_split_words(ours)}: {fix}")
+
+
+def _split_words(split: str) -> str:
+    """A record's ``split`` (or ``ALL_FOLDS``) in words."""
+    if split == ALL_FOLDS:
+        return "all folds' validation cases"
+    return "the data's test split" if split_fold(split) is None else f"fold {split_fold(split)}"
 
 
 def _miss_note(policy: Policy, per_case: pd.DataFrame, unit: str | None) -> str:
@@ -349,6 +399,7 @@ def render(scores: Scores, fmt: str) -> str:
         from bench.records import _to_json_value
 
         data = {"scored": scores.scored, "metrics": scores.metrics, "hd95_unit": scores.hd95_unit,
+                **({"per_fold": scores.per_fold} if scores.per_fold else {}),
                 "per_class": scores.per_class.to_dict("records"), "per_case": scores.per_case.to_dict("records"),
                 "notes": scores.notes}
         return json.dumps(_to_json_value(data, ""), indent=1, allow_nan=False, ensure_ascii=False) + "\n"
@@ -375,8 +426,10 @@ def _render_md(scores: Scores) -> str:
     classes = pd.DataFrame([{"Class": class_display(r["name"], s["dataset"]), **{head(m): cell(r[m], m) for m in shown},
                              "Cases": str(r["n"])} for r in scores.per_class.to_dict("records")])
     run = f" (bench predict of run {s['run_id']})" if s["run_id"] else ""
-    fold = f" fold {s['fold']}" if s["fold"] is not None else ""
-    split = f" · split: {s['split'] or DATA_SPLIT}"
+    pooled = s["fold"] == ALL_FOLDS
+    fold = f" fold {s['fold']}" if s["fold"] is not None and not pooled else ""
+    every = f"all {s['n_folds']} folds' validation cases, each case once, of " if pooled else ""
+    split = f" · split: {every}{s['split'] or DATA_SPLIT}"
     title = (f"{s['predictions']}{run}: {s['n_cases']} cases of {s['dataset']}{fold} ({s['data_root']}){split} · "
              f"protocol {s['protocol']} v{s['protocol_version']} ({s['protocol_hash']}"
              f"{', off-protocol' if s['off_protocol'] else ''}) · policy {s['policy']}")

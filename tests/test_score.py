@@ -156,6 +156,80 @@ def test_an_nnunet_predict_folder_is_scored_its_other_files_aside(tmp_path):
         score_predictions(folder, ds, SMOKE)
 
 
+def test_all_folds_score_every_case_once_pooled_as_the_folds_scored_alone(tmp_path, monkeypatch, capsys):
+    """--fold all: a 5-fold cross-validation's folder (nnU-Net's cv_niftis_raw, every training case predicted by
+    its own fold's model) scored as one, each case against its fold's split: the case rows are those each fold's
+    own --fold K gives, and the numbers the mean over all cases pooled (nnU-Net's cross-validation summary), not
+    the mean of the folds' means. A case without its file is named; one fold's files alone name that fold."""
+    import shutil
+
+    import pandas as pd
+
+    root = synthesize("nnunet", tmp_path / "data", dims=2, n_cases=7, size=32)  # folds of 2, 2, 1, 1, 1 cases
+    every = tmp_path / "cv_niftis_raw"
+    every.mkdir()
+    ds = open_dataset("nnunet", root, fold="all")
+    for shift, case_id in enumerate(ds.cases):  # each case off by its own shift: its own DSC
+        case = ds.load_test(case_id)
+        ds.write_prediction(case, np.roll(case.label, shift, axis=1), every / ds.prediction_name(case_id))
+    base = ["score", "--dataset", "nnunet", "--data-root", root, "--protocol", "smoke", "--format", "json"]
+
+    def scored(folder, fold):
+        return json.loads(run_bench_here(monkeypatch, capsys, *base, "--predictions", folder, "--fold", fold).stdout)
+
+    folds = []
+    for k in range(5):  # each fold's validation/ folder, scored alone
+        own = tmp_path / f"fold_{k}" / "validation"
+        own.mkdir(parents=True)
+        for case_id in open_dataset("nnunet", root, fold=k).test_ids():
+            shutil.copyfile(every / ds.prediction_name(case_id), own / ds.prediction_name(case_id))
+        folds.append(scored(own, str(k)))
+    pooled = scored(every, "all")
+    assert pooled["scored"]["fold"] == "all" and pooled["scored"]["n_folds"] == 5
+    assert pooled["scored"]["n_cases"] == 7 and len(pooled["per_case"]) == 7 * 2  # each case once, 2 classes
+    rows = pd.DataFrame([row for f in folds for row in f["per_case"]])
+    key = ["case", "class"]
+    pd.testing.assert_frame_equal(pd.DataFrame(pooled["per_case"]).sort_values(key, ignore_index=True),
+                                  rows.sort_values(key, ignore_index=True))
+    # strict: each class's mean over the cases that hold it, then over classes
+    assert math.isclose(pooled["metrics"]["dice"], rows.groupby("class")["dice"].mean().mean())
+    assert not math.isclose(pooled["metrics"]["dice"], np.mean([f["metrics"]["dice"] for f in folds]))
+    assert pooled["per_fold"] == [{"fold": k, "n_cases": f["scored"]["n_cases"], "dice": f["metrics"]["dice"]}
+                                  for k, f in enumerate(folds)]
+    md = run_bench_here(monkeypatch, capsys, *base[:-2], "--predictions", every, "--fold", "all")
+    assert "7 cases of nnunet:" in md.stdout and " · split: all 5 folds' validation cases, each case once, of " \
+        "the 5 folds nnU-Net v2 generates" in md.stdout
+    assert "split: all 5 folds' validation cases, 7 cases, each once, of the 5 folds" in md.stderr
+    # a splits_final.json's folds: their val cases, each once (a case in two folds' val lists is one case)
+    vals = [ds.cases[:3], ds.cases[3:], ds.cases[2:3]]
+    (root / "splits_final.json").write_text(json.dumps([{"train": [c for c in ds.cases if c not in val], "val": val}
+                                                        for val in vals]))
+    theirs = open_dataset("nnunet", root, fold="all")
+    assert theirs.test_ids() == ds.cases and theirs.fold_cases == vals and theirs.n_train_cases == 0
+    assert scored(every, "all")["scored"]["n_folds"] == 3
+    (root / "splits_final.json").unlink()
+
+    # nnU-Net's crossval_results_folds_* with the postprocessed predictions one folder down: each folder alone
+    shutil.copytree(every, every / "postprocessed")
+    proc = run_bench_here(monkeypatch, capsys, *base, "--predictions", every, "--fold", "all", check=False)
+    assert proc.returncode == 2 and f"postprocessed/ holds other predictions of the cases (nnU-Net's postprocessed " \
+        f"ones beside the raw): score one folder at a time, --predictions {every / 'postprocessed'} or this" \
+        in proc.stderr
+    assert scored(every / "postprocessed", "all")["metrics"] == pooled["metrics"]
+    shutil.rmtree(every / "postprocessed")
+    (every / ds.prediction_name("synth_004")).unlink()
+    proc = run_bench_here(monkeypatch, capsys, *base, "--predictions", every, "--fold", "all", check=False)
+    assert proc.returncode == 2 and "no prediction of test case(s) synth_004 (1 of 7; expected synth_004.png)" \
+        in proc.stderr
+    one = tmp_path / "fold_1" / "validation"  # one fold's folder given for all: that fold named
+    proc = run_bench_here(monkeypatch, capsys, *base, "--predictions", one, "--fold", "all", check=False)
+    assert proc.returncode == 2 and "the files here are fold 1's validation cases only: pass --fold 1" in proc.stderr
+    for bad in ("al", "1.0"):  # (an empty value: the CLI's own refusal)
+        proc = run_bench_here(monkeypatch, capsys, *base, "--predictions", one, "--fold", bad, check=False)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"error: --fold {bad!r}: expected a fold number (0, 1, "
+                                                               "...) or 'all'")
+
+
 def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored(tmp_path, monkeypatch, capsys):
     """What nnU-Net users point bench score at: a fold's validation/ folder without --fold (the fold to pass,
     and where nnU-Net keeps the splits_final.json bench reads beside dataset.json), the fold_K folder itself
@@ -222,10 +296,13 @@ def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored
     # every case (crossval_results_folds_*): the training cases named so, and no example that is here already
     every = tmp_path / "crossval_results_folds_0_1_2_3_4"
     shutil.copytree(root / "labelsTr", every)
-    with pytest.raises(BenchError, match=rf"these 4 are training cases of the split scored: give a folder holding the "
-                                         rf"test cases' predictions only \(no splits_final.json .*\); {split}") as info:
+    with pytest.raises(BenchError, match=rf"these 4 are training cases of the split scored, and the folder holds every "
+                                         rf"case: --fold all scores a cross-validation's predictions of every case, "
+                                         rf"each against its own fold \(no splits_final.json .*\); {split}") as info:
         score_predictions(every, ds, SMOKE)
     assert "e.g." not in str(info.value)
+    assert score_predictions(every, open_dataset("nnunet", root, fold="all"), load_protocol("smoke")).metrics[
+        "dice"] == 1.0
 
 
 def test_predictions_of_a_run_under_another_protocol_say_which(tmp_path):
@@ -604,6 +681,19 @@ def test_predictions_of_another_dataset_or_fold_are_named_so(tmp_path):
     assert scores.notes == ["fold mismatch: bench predict's run run-3 is of fold 0, scored here as the data's test "
                             "split: pass --fold 0 to have the output name its fold; both hold the same test cases (1), "
                             "so these are the run's numbers"]
+    # every fold's cases scored (--fold all): a fold's run is named where its cases alone are here; its manifest
+    # in a folder the other folds' files were added to is not taken for the pooled numbers' run
+    every = open_dataset("nnunet", root, fold="all")
+    with pytest.raises(BenchError, match=r"no prediction of test case\(s\) .* \(4 of 5; .*\); fold mismatch: bench "
+                                         r"predict's run run-3 is of fold 0, scored here as all folds' validation "
+                                         r"cases: pass --fold 0$"):
+        score_predictions(folder, every, load_protocol("smoke"))
+    for case in cases[1:]:
+        shutil.copyfile(root / "labelsTr" / every.prediction_name(case), folder / every.prediction_name(case))
+    scores = score_predictions(folder, every, load_protocol("smoke"))
+    assert scores.scored["n_cases"] == 5 and scores.scored["run_id"] == "run-3"
+    assert scores.notes == [f"{MANIFEST} is bench predict's of run run-3, of fold 0 alone; the 5 cases scored here are "
+                            "all folds' validation cases, so these are not that run's numbers"]
 
 
 def test_files_named_otherwise_and_one_hot_volumes_are_said_what_to_do(tmp_path):
@@ -679,9 +769,11 @@ def test_the_command_prints_a_table_writes_csv_and_json_and_fails_in_one_line(tm
     proc = run_bench_here(monkeypatch, capsys, *base, "--out", tmp_path / "gone.json", check=False)
     assert proc.returncode == 2 and "gone.json: a link to " in proc.stderr and "choose another --out" in proc.stderr
     # --fold: the data's fixed test split said in words that fit score's option (not run's --folds)
-    proc = run_bench_here(monkeypatch, capsys, *base, "--fold", "0", check=False)
-    assert proc.returncode == 2 and "fixed test split; cross-validation folds apply to nnunet-format data" in proc.stderr
-    assert "--folds" not in proc.stderr
+    for fold in ("0", "all"):
+        proc = run_bench_here(monkeypatch, capsys, *base, "--fold", fold, check=False)
+        assert proc.returncode == 2 and "fixed test split; cross-validation folds apply to nnunet-format data" in \
+            proc.stderr
+        assert "--folds" not in proc.stderr
     (folder / "extra.nii.gz").unlink()
 
     (folder / "extra.nii.gz").write_bytes(b"x")

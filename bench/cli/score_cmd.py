@@ -19,6 +19,20 @@ class ScoreFormat(str, Enum):
     json = "json"
 
 
+def fold_option(value: str | None) -> int | str | None:
+    """--fold as given: a fold number, "all" (``ALL_FOLDS``) or None; BenchError naming --fold otherwise."""
+    from bench.data.nnunet import ALL_FOLDS
+
+    if value is None:
+        return None
+    if value.strip().casefold() == ALL_FOLDS:
+        return ALL_FOLDS
+    if value.strip().removeprefix("-").isdecimal():
+        return int(value)
+    raise BenchError(f"--fold {value!r}: expected a fold number (0, 1, ...) or {ALL_FOLDS!r} (every fold's validation "
+                     "cases, pooled)")
+
+
 def score(
     predictions: Annotated[Path, typer.Option(help="folder of label maps, one per test case, named and stored as "
                                                    "bench predict writes them")],
@@ -27,8 +41,10 @@ def score(
     synthetic: Synthetic = False,
     results: Annotated[Path, typer.Option(help="with --synthetic: the results folder bench run --synthetic wrote "
                                                "the data into")] = DEFAULT_RESULTS,
-    fold: Annotated[Optional[int], typer.Option(help="nnunet data: score the test cases of this cross-validation "
-                                                     "fold (as bench run --folds K)")] = None,
+    fold: Annotated[Optional[str], typer.Option(help="nnunet data: score the test cases of this cross-validation "
+                                                     "fold (as bench run --folds K), or 'all': every fold's "
+                                                     "validation cases, each once, pooled (nnU-Net's cross-validation "
+                                                     "summary)")] = None,
     protocol: ProtocolName = None,
     policy: Annotated[Optional[str], typer.Option(help="metric policy (default: the protocol's)")] = None,
     format: Annotated[Optional[ScoreFormat], typer.Option(
@@ -61,7 +77,7 @@ def score(
     fmt = out_format(format, out, {".csv": ("csv",), ".json": ("json",), ".md": ("md",)})
     if out is not None:  # before the cases are scored
         out = check_out_file(out, f"scores.{fmt}")
-    data = open_dataset(name, data_root, fold)
+    data = open_dataset(name, data_root, fold_option(fold))
     for note in data.notes:  # which split is scored, as bench run says it: before any error about the cases
         _echo_err(f"note: {note}")
     scores = score_predictions(predictions, data, proto, policy)

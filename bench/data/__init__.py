@@ -67,10 +67,11 @@ def check_folds(name: str) -> None:
         raise BenchError(f"dataset {name!r} has a fixed test split; cross-validation folds apply to nnunet-format data only")
 
 
-def open_dataset(name: str, root: str | Path, fold: int | None = None) -> SegDataset:
+def open_dataset(name: str, root: str | Path, fold: int | str | None = None) -> SegDataset:
     """Open the dataset ``name`` stored at ``root``; BenchError naming the path if it is not there.
 
-    ``fold``: a cross-validation fold, for datasets without a fixed test split (nnunet)."""
+    ``fold``: a cross-validation fold, for datasets without a fixed test split (nnunet); "all"
+    (``nnunet.ALL_FOLDS``): every fold's validation cases as the test cases (bench score --fold all)."""
     reader = get_reader(name)
     if fold is not None:
         check_folds(name)

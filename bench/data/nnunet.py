@@ -36,8 +36,10 @@ are returned sorted. The split therefore depends only on the set of case ids.
 Cross-validation (``fold=k``, ``bench run --folds``): fold k of ``splits_final.json`` when present,
 else fold k of the split nnU-Net v2 writes when it has none (``crossval_splits``: sklearn's
 ``KFold(5, shuffle=True, random_state=12345)`` over the sorted case ids, reproduced with numpy),
-so fold k validates on the cases an nnU-Net-trained model's fold k does. Nothing is written next
-to the data.
+so fold k validates on the cases an nnU-Net-trained model's fold k does. ``fold="all"`` (``ALL_FOLDS``,
+``bench score --fold all``): every fold's validation cases, each once, are the test cases (``fold_cases``
+lists each fold's), as a 5-fold cross-validation's predictions of every case hold them. Nothing is
+written next to the data.
 
 Task: softmax over ``len(labels)`` classes incl. background; labels must be 0..K-1.
 """
@@ -52,7 +54,7 @@ import re
 import shlex
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -70,6 +72,7 @@ SPLIT_SEED = 12345
 VOLUME_CACHE_FORMAT = 3
 _FOLD_LISTS = ('"train"', '"val"')  # a splits_final.json fold's lists, as errors name them
 N_FOLDS = 5  # nnU-Net's default cross-validation
+ALL_FOLDS = "all"  # fold=ALL_FOLDS: every fold's validation cases at once (bench score --fold all)
 TEST_FRACTION_DENOM = 5  # 1/5 = 20 % of the cases are test cases
 VOLUME_ENDINGS = (".nii.gz", ".nii")
 # a cached volume: <case>.<sources' signature>[.<preprocessing key>; absent in format 1].<part>.npy
@@ -483,6 +486,17 @@ def crossval_splits(case_ids: list[str], seed: int = SPLIT_SEED,
     return folds
 
 
+# the rules bench run --folds splits by, as records and bench score name them
+_DRAWN_FOLDS = (f"the {N_FOLDS} folds nnU-Net v2 generates, drawn by bench "
+                f"(KFold(shuffle=True, random_state={SPLIT_SEED}) over the sorted case ids)")
+_FILE_FOLDS = "the data's splits_final.json (each fold's val cases as its test cases)"
+
+
+def folds_said(n_folds: int, n_cases: int) -> str:
+    """What ``fold=ALL_FOLDS`` scores, in words."""
+    return f"all {n_folds} folds' validation cases, {n_cases} cases, each once"
+
+
 def kfold_split(case_ids: list[str], fold: int, n_folds: int = N_FOLDS) -> tuple[list[str], list[str]]:
     """(train, test) of fold ``fold`` of nnU-Net v2's default split (``crossval_splits``)."""
     split = crossval_splits(case_ids, n_folds=n_folds)[fold]
@@ -612,9 +626,10 @@ class NnUNetDataset(SegDataset):
         "(nnU-Net v2 raw)"
     )
 
-    def __init__(self, root: str | Path, fold: int | None = None):
+    def __init__(self, root: str | Path, fold: int | str | None = None):
         super().__init__(root)
         self.fold = fold
+        self.fold_cases: list[list[str]] = []  # fold=ALL_FOLDS: each fold's validation cases, in fold order
         meta = self.root / "dataset.json"
         if not meta.is_file():
             raise BenchError(f"{meta}: not found; expected {self.layout}"
@@ -683,7 +698,7 @@ class NnUNetDataset(SegDataset):
                 tested.update(ids.tolist())
         if absent := [name for name, i in self.meta["labels"].items() if i and i not in tested]:
             # a 12-case set's 2 test cases: a rare class in none of them gave a DSC of nan, unexplained
-            fold = "" if self.fold is None else f" of fold {self.fold}"
+            fold = "" if self.fold is None else " of all folds" if self.fold == ALL_FOLDS else f" of fold {self.fold}"
             warnings.warn(f"{self.root}: {'class' if len(absent) == 1 else 'classes'} {', '.join(map(repr, absent))}"
                           f" in none of the {len(test)} test cases{fold}: only false positives score it; under strict, "
                           "which leaves out cases with neither, a model that predicts it nowhere has no mean for it, "
@@ -751,28 +766,49 @@ class NnUNetDataset(SegDataset):
         k = 0 if self.fold is None else self.fold
         folds = self._splits_file()
         n = N_FOLDS if folds is None else len(folds)
-        if self.fold is not None and not 0 <= self.fold < n:
-            raise BenchError(f"{self.root}: fold {self.fold} does not exist (folds 0..{n - 1})")
+        if self.fold not in (None, ALL_FOLDS) and not (isinstance(self.fold, int) and 0 <= self.fold < n):
+            raise BenchError(f"{self.root}: fold {self.fold} does not exist (folds 0..{n - 1}, or {ALL_FOLDS})")
+        if self.fold == ALL_FOLDS:
+            return self._all_folds(folds)
         if folds is None:
             if self.fold is not None:  # the rule, whichever fold (records name the fold)
-                self.split_rule = (f"the {N_FOLDS} folds nnU-Net v2 generates, drawn by bench "
-                                   f"(KFold(shuffle=True, random_state={SPLIT_SEED}) over the sorted case ids)")
+                self.split_rule = _DRAWN_FOLDS
                 self.notes.append(f"no splits_final.json in {self.root}; split: fold {k} of {self.split_rule}")
             else:
                 self.split_rule = (f"a split drawn by bench (numpy's default_rng({SPLIT_SEED}) permutation of the "
                                    "sorted case ids, the last 20% as test cases)")
                 self.notes.append(f"no splits_final.json in {self.root}; fixed split: default_rng({SPLIT_SEED}) "
                                   "permutation of the sorted case ids, last 20% test")
-            try:
-                return kfold_split(self.cases, k) if self.fold is not None else fixed_split(self.cases)
-            except BenchError as exc:  # too few cases: say where they were counted
-                raise BenchError(f"{self.root / 'labelsTr'}: {exc} ('*{self.file_ending}' label files)") from None
+            return self._drawn(lambda cases: kfold_split(cases, k)) if self.fold is not None else \
+                self._drawn(fixed_split)
         train, test = folds[k]["train"], folds[k]["val"]
-        self.split_rule = ("the data's splits_final.json (each fold's val cases as its test cases)"
-                           if self.fold is not None else "fold 0 of the data's splits_final.json (its val cases as "
-                                                         "test cases)")
+        self.split_rule = (_FILE_FOLDS if self.fold is not None else "fold 0 of the data's splits_final.json (its val "
+                                                                     "cases as test cases)")
         self.notes.append(f"split: fold {k} of {path} (its val cases are the test set)")
         return train, test
+
+    def _drawn(self, draw: Callable[[list[str]], Any]) -> Any:
+        """``draw(self.cases)``, a split drawn by bench; its error for too few cases names where they were counted."""
+        try:
+            return draw(self.cases)
+        except BenchError as exc:
+            raise BenchError(f"{self.root / 'labelsTr'}: {exc} ('*{self.file_ending}' label files)") from None
+
+    def _all_folds(self, folds: list[dict[str, list[str]]] | None) -> tuple[list[str], list[str]]:
+        """(train, test) of ``fold=ALL_FOLDS``: the test cases are every fold's validation cases (of
+        ``folds``, splits_final.json's, else those nnU-Net v2 generates), each once, in fold order, as a
+        5-fold cross-validation's predictions hold them; "train" the cases no fold validates."""
+        if folds is None:
+            self.split_rule = _DRAWN_FOLDS
+            folds = self._drawn(crossval_splits)
+            where, source = f"no splits_final.json in {self.root}; split: ", self.split_rule
+        else:
+            self.split_rule, where, source = _FILE_FOLDS, "split: ", self.root / "splits_final.json"
+        self.fold_cases = [list(f["val"]) for f in folds]
+        test = list(dict.fromkeys(case for val in self.fold_cases for case in val))
+        self.notes.append(f"{where}{folds_said(len(folds), len(test))}, of {source}")
+        tested = set(test)
+        return [case for case in self.cases if case not in tested], test
 
     # -- SegDataset ---------------------------------------------------------------------------
 
@@ -943,7 +979,7 @@ class NnUNetDataset(SegDataset):
         (``<case><ending>``): all the cases found (``held`` too) are in one cross-validation fold's validation
         cases (an nnU-Net fold's ``validation/`` folder: the --fold to pass), or cases of imagesTs/labelsTs
         (which bench does not score), or training cases of the split scored (nnU-Net's
-        ``crossval_results_folds_*``, which holds every case)."""
+        ``crossval_results_folds_*``, which holds every case: what ``fold=ALL_FOLDS`` scores)."""
         n = len(self.file_ending)
         if not extra or not all("/" not in name and name.endswith(self.file_ending) for name in extra):
             return ""
@@ -972,8 +1008,11 @@ class NnUNetDataset(SegDataset):
         train = set(self._train_cases)
         trained = [c for c in ids if c in train]
         if trained and len(trained) == len(ids):
-            return (f"; {'it is a training case' if len(ids) == 1 else f'these {len(ids)} are training cases'} of "
-                    f"the split scored: give a folder holding the test cases' predictions only{copy}")
+            said = "it is a training case" if len(ids) == 1 else f"these {len(ids)} are training cases"
+            if {*ids, *held} == known:  # crossval_results_folds_*, cv_niftis_raw: what --fold all scores
+                return (f"; {said} of the split scored, and the folder holds every case: --fold all scores a "
+                        f"cross-validation's predictions of every case, each against its own fold{copy}")
+            return f"; {said} of the split scored: give a folder holding the test cases' predictions only{copy}"
         return ""
 
     def prediction_folder_notes(self, folder: Path) -> list[str]:
