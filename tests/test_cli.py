@@ -170,6 +170,11 @@ def test_from_record_refuses_what_would_change_the_run_and_warns_where_bits_may_
     assert no.returncode == 2 and f"is run {rec['run_id']}'s weights scored under strict (bench rescore); " \
         f"{tmp_path / rec['run_id']}.json is not there, nor {tmp_path / 'res' / 'records' / rec['run_id']}.json" \
         in no.stderr, no.stderr
+    # a folder's records are re-run one after another in this process: --nproc is refused for them, and said why
+    many = run_bench_here(monkeypatch, capsys, "run", "--from-record", smoke_results, "--nproc", "2", "--results",
+                          tmp_path, check=False)
+    assert many.returncode == 2 and f"--from-record {smoke_results}: a folder's records are re-run one after " \
+        "another in this process; --nproc 2 takes one record" in many.stderr, many.stderr
     # another thread count and other code than the run's: one line, saying how to match the threads
     older = tmp_path / "older.json"
     older.write_text(json.dumps({**rec, "git_commit": "0" * 40, "code_digest": "0" * 16}))
