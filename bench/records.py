@@ -59,6 +59,7 @@ __all__ = [
     "write_record",
     "records_dir",
     "record_path",
+    "record_files",
     "load",
     "select_runs",
 ]
@@ -384,21 +385,34 @@ def read_record(results_dir: Path, run_id: str) -> dict[str, Any]:
     return _read(record_path(results_dir, run_id))
 
 
-def record_at(path: Path) -> dict[str, Any]:
-    """The run record ``path`` names (``bench run --from-record``): its JSON file, or a run's folder
-    (``runs/<run_id>``, whose record is ``records/<run_id>.json`` beside ``runs/``; or a folder holding
-    one record file), read and checked as ``load`` reads them."""
+def record_files(path: Path) -> tuple[list[Path], bool]:
+    """The record files ``bench run --from-record PATH`` names, and whether PATH is a folder of records: a
+    record file, or a run's folder (``runs/<run_id>``, whose record is ``records/<run_id>.json`` beside
+    ``runs/``), names its record; a records folder, or a results folder holding one, every ``.json`` in it
+    (sorted). BenchError where PATH is none of these."""
     path = Path(path).expanduser()
-    if path.is_dir():
-        found = [p for p in (record_path(path.parent.parent, path.name),) if p.is_file()] \
-            or sorted(path.glob("*.json"))
-        if len(found) != 1:
-            raise BenchError(f"{path}: {'holds several .json files' if found else 'holds no run record'}; expected "
-                             f"a record (records/<run_id>.json) or a run folder (runs/<run_id>, beside records/)")
-        path = found[0]
-    elif not path.is_file():
-        raise absent(path, f"{path}: not found; expected a run record (records/<run_id>.json) or a run folder")
-    return _read(path)
+    if path.is_file():
+        return [path], False
+    if not path.is_dir():
+        raise absent(path, f"{path}: not found; expected a run record (records/<run_id>.json), a run folder, or a "
+                           "records or results folder")
+    if (own := record_path(path.parent.parent, path.name)).is_file():
+        return [own], False
+    found = sorted((records_dir(path) if records_dir(path).is_dir() else path).glob("*.json"))
+    if not found:
+        raise BenchError(f"{path}: holds no run record; expected a record (records/<run_id>.json), a run folder "
+                         "(runs/<run_id>, beside records/), or a records or results folder holding records")
+    return found, True
+
+
+def record_at(path: Path) -> dict[str, Any]:
+    """The run record ``path`` names: its JSON file, or a run's folder (``record_files``), read and
+    checked as ``load`` reads them."""
+    files, folder = record_files(path)
+    if folder:
+        raise BenchError(f"{path}: a folder of records; expected a record (records/<run_id>.json) or a run folder "
+                         "(runs/<run_id>, beside records/)")
+    return _read(files[0])
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -162,9 +162,19 @@ def test_from_record_refuses_what_would_change_the_run_and_warns_where_bits_may_
         "another run" in bad.stderr, bad.stderr
     rec = json.loads(kept.read_text())
     rescored = tmp_path / "rescored.json"
-    rescored.write_text(json.dumps({**rec, "run_id": rec["run_id"] + ".strict", "rescored_from": rec["run_id"]}))
-    no = run_bench_here(monkeypatch, capsys, "run", "--from-record", rescored, "--results", tmp_path, check=False)
-    assert no.returncode == 2 and f"bench rescore scored run {rec['run_id']}'s weights" in no.stderr
+    rescored.write_text(json.dumps({**rec, "run_id": rec["run_id"] + ".strict", "rescored_from": rec["run_id"],
+                                    "policy": "strict"}))
+    # a rescored record is its run re-run, then rescored: that run's record is looked for beside it, then in --results
+    no = run_bench_here(monkeypatch, capsys, "run", "--from-record", rescored, "--results", tmp_path / "res",
+                        check=False)
+    assert no.returncode == 2 and f"is run {rec['run_id']}'s weights scored under strict (bench rescore); " \
+        f"{tmp_path / rec['run_id']}.json is not there, nor {tmp_path / 'res' / 'records' / rec['run_id']}.json" \
+        in no.stderr, no.stderr
+    # a folder's records are re-run one after another in this process: --nproc is refused for them, and said why
+    many = run_bench_here(monkeypatch, capsys, "run", "--from-record", smoke_results, "--nproc", "2", "--results",
+                          tmp_path, check=False)
+    assert many.returncode == 2 and f"--from-record {smoke_results}: a folder's records are re-run one after " \
+        "another in this process; --nproc 2 takes one record" in many.stderr, many.stderr
     # another thread count and other code than the run's: one line, saying how to match the threads
     older = tmp_path / "older.json"
     older.write_text(json.dumps({**rec, "git_commit": "0" * 40, "code_digest": "0" * 16}))
@@ -174,6 +184,88 @@ def test_from_record_refuses_what_would_change_the_run_and_warns_where_bits_may_
                         r"\(--threads 1\); code \S.*, the run's 000000000000; its numbers may differ from the "
                         r"record's", said), said
     assert f"done     {rec['run_id']}" in out.stdout
+
+
+def test_from_record_says_whether_the_rerun_matches_its_record_bit_for_bit(smoke_results, tmp_path):
+    """A reviewer re-ran a run with 2 threads instead of its 1: DSC 6.85 against the record's 7.21, and the command
+    ended "1 finished", exit 0, comparing nothing. Now each re-run is compared with its record in one line (exit 0
+    still: a GPU run need not repeat bit for bit), and on CPU the record's threads are this command's."""
+    (kept,) = [p for p in (smoke_results / "records").glob("*.json") if p.name.count(".") == 1]
+    rec = json.loads(kept.read_text())
+    out = _bench("run", "--from-record", kept, "--results", tmp_path / "again", "--device", "cpu", "--no-progress")
+    assert f"  {rec['run_id']}: matches record {kept} bit for bit (metrics, per-class, {len(rec['per_case'])} case " \
+        "rows)" in out.stdout, out.stdout
+    # a record that ran with 2 threads (OMP_NUM_THREADS=1 here) and says another DSC than its run gives
+    edited = tmp_path / "edited" / kept.name
+    edited.parent.mkdir()
+    edited.write_text(json.dumps({**rec, "device": {**rec["device"], "threads": 2},
+                                  "metrics": {**rec["metrics"], "dice": 0.5}}))
+    out = _bench("run", "--from-record", edited, "--results", tmp_path / "two", "--device", "cpu", "--no-progress")
+    assert "note: --threads 2, as the run had" in out.stdout and "warning" not in out.stderr, out.stderr
+    (again,) = [json.loads(p.read_text()) for p in (tmp_path / "two" / "records").glob("*.json")]
+    assert again["run_id"] == rec["run_id"] and again["device"]["threads"] == 2
+    assert re.search(rf"  {rec['run_id']}: differs from record {re.escape(str(edited))}: dice 0\.5 -> 0\.\d+",
+                     out.stdout), out.stdout
+    # where --results holds the run already: skipped, and that record compared; --threads given wins, and is said
+    held = _bench("run", "--from-record", edited, "--results", tmp_path / "again", "--threads", "1", "--device", "cpu")
+    assert "finished earlier, skipped" in held.stdout and "as the run had" not in held.stdout
+    assert re.search(r"differs from record .*: dice 0\.5 -> 0\.\d+.*; it ran otherwise \(threads: the warning above\)$",
+                     held.stdout.strip()), held.stdout
+    assert "threads 1, the run's 2 (--threads 2)" in held.stderr
+
+
+def test_from_record_of_a_folder_reruns_every_record_and_counts_them(tmp_path):
+    """--from-record DIR: a results folder received whole (its synthetic data not with it) is re-run in one
+    command: trained runs first, then the rescored one after its run; what is alike for all said once; a
+    summary counts them. A record that cannot be re-run is one line, the others go on, exit 2."""
+    import shutil
+
+    res = tmp_path / "res"
+    _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke", "--seeds", "0,1",
+           "--results", res, *FAST)
+    _bench("rescore", "--policy", "strict", "--results", res)
+    strict = sorted((res / "records").glob("*.strict.json"))
+    strict[1].unlink()  # 2 trained records, 1 rescored
+    for p in (res / "records").glob("*.json"):  # written by other code: said once for all of them
+        p.write_text(json.dumps({**json.loads(p.read_text()), "git_commit": "0" * 40, "code_digest": "0" * 16}))
+    shutil.move(res / "synthetic", tmp_path / "hidden")
+    ids = sorted(p.stem for p in (res / "records").glob("*.json"))
+    (res / "records" / "broken.json").write_text("{")
+    dry = _bench("run", "--from-record", res, "--results", tmp_path / "again", "--dry-run", check=False)
+    assert dry.returncode == 2 and "1 of 4 record(s) of" in dry.stderr and "broken" in dry.stderr, dry.stderr
+    assert [line.split()[:2] for line in dry.stdout.splitlines() if line.startswith("  ")] == \
+        [["missing", i] for i in ids], dry.stdout
+    (res / "records" / "broken.json").unlink()
+    out = _bench("run", "--from-record", res, "--results", tmp_path / "again", "--device", "cpu", "--no-progress")
+    assert out.stdout.count("note: --threads 1, as the run had") == 1
+    assert out.stdout.count("is not there; made the same synthetic data again under") == 1, out.stdout
+    (said,) = [line for line in out.stderr.splitlines() if "warning" in line]
+    assert said.startswith("warning: all 2 runs ran otherwise than this command: code ") and \
+        "the run's 000000000000; their numbers may differ from their records'" in said, said
+    ran = [line.split(":")[0].strip() for line in out.stdout.splitlines() if "bit for bit (" in line]
+    assert ran == sorted(ids, key=lambda i: (i.endswith(".strict"), i))  # the rescored one after the runs
+    assert out.stdout.strip().endswith(f"bench run --from-record: 3 record(s) of {res} re-run: 3 match bit for bit, "
+                                       "0 differ"), out.stdout
+    assert sorted(p.stem for p in (tmp_path / "again" / "records").glob("*.json")) == ids
+
+
+def test_rerun_comparison_is_exact_and_takes_nan_for_nan():
+    """rerun_comparison: the same numbers (NaN, written null, as NaN) are no difference; the last bit is."""
+    import math
+
+    from bench.run import rerun_comparison
+
+    rec = {"metrics": {"dice": 0.5, "hd95": None, "n_cases": 2}, "per_class": [{"class": 1, "dice": 0.5}],
+           "per_case": [{"case": "a", "dice": 0.5, "hd95": None}, {"case": "b", "dice": 0.5, "hd95": 1.0}],
+           "wall_time_s": 3.0, "data_root": "/a"}
+    same = {**rec, "metrics": {**rec["metrics"], "hd95": math.nan}, "wall_time_s": 9.0, "data_root": "/b"}
+    assert rerun_comparison(rec, same) is None
+    up = math.nextafter(0.5, 1)
+    other = {**rec, "metrics": {**rec["metrics"], "dice": up}, "per_case": [rec["per_case"][0], {
+        **rec["per_case"][1], "hd95": math.nan}]}
+    assert rerun_comparison(rec, other) == f"dice 0.5 -> {up!r}; 1 of 2 case rows differ"
+    assert rerun_comparison(rec, {**rec, "per_class": [], "per_case": rec["per_case"][:1]}) == \
+        "1 of 1 per-class rows (the re-run has 0) and 1 of 2 case rows (the re-run has 1) differ"
 
 
 def test_synthetic_data_with_edited_test_labels_is_not_the_authors_data(smoke_results, tmp_path):

@@ -3,6 +3,7 @@
 - ``options``: the options several commands declare alike, their parsing, the setup of commands that run models.
 - ``console``: the entry point ``main``: user errors and warnings one line each, SIGTERM as Ctrl-C.
 - ``run_cmds``: ``run`` (train and evaluate a grid), ``rescore`` and ``predict`` (from finished runs' weights).
+- ``rerun_cmd``: ``run --from-record`` (re-run records' runs as they ran, compared with the records).
 - ``score_cmd``: ``score`` (predictions made elsewhere, scored as a run is).
 - ``figure_cmd``: ``figure`` (the papers' visual comparison of test cases, from finished runs' weights).
 - ``report_cmds``: ``report`` (leaderboards) and ``check`` (drift against a baseline).

@@ -3,11 +3,10 @@ weights: `bench rescore`, `bench predict`."""
 
 from __future__ import annotations
 
-import os
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable, Iterable, Optional
 
 import typer
 
@@ -101,7 +100,8 @@ def run(
              "every shard's runs, each with its shard), then exit; nothing is trained or written")] = False,
     from_record: Annotated[Optional[Path], typer.Option(
         help="re-run the run of this record (records/<run_id>.json or its runs/<run_id> folder) as it ran: same "
-             "model, data, split, seed, policy and protocol (rebuilt from the record), so the same run id")] = None,
+             "model, data, split, seed, policy and protocol (rebuilt from the record), so the same run id, and "
+             "compare its numbers with the record's; a records or results folder: every record in it")] = None,
 ) -> None:
     """Train and evaluate models on a dataset under a protocol; one record per (model, seed[, fold]).
 
@@ -111,9 +111,8 @@ def run(
     from bench.data import get_reader
     from bench.env import resolve_device
     from bench.protocol import load_protocol
-    from bench.registry import BuildError, get_entry, resolve_models
-    from bench.run import (check_workers, dry_run_data, grid_notes, parse_shard, plan_grid, refuse_2d_models,
-                           resolve_inits, run_grid, select_shard)
+    from bench.registry import get_entry, resolve_models
+    from bench.run import check_workers, parse_shard, refuse_2d_models, resolve_inits, select_shard
 
     _compute_setup(threads)
     if distributed.rank_from_env() != 0:  # a process of a torchrun: the first says the warnings for all
@@ -123,13 +122,17 @@ def run(
     if shard:
         parse_shard(shard)  # before anything is written
     check_workers(workers)  # before what needs files is checked
-    again = _from_record(ctx, from_record, data_root, weights, pretrained_dir) if from_record else None
-    if again:  # the grid of that one run, planned as any command's
-        models, dataset, seeds, folds, policy, tiny, data_root, synthetic = (again[k] for k in (
-            "models", "dataset", "seeds", "folds", "policy", "tiny", "data_root", "synthetic"))
+    if from_record:
+        from bench.cli.rerun_cmd import refuse_other_options, rerun_records
+
+        refuse_other_options(ctx, from_record)
+        rerun_records(ctx, from_record, results=results, data_root=data_root, weights=weights,
+                      pretrained_dir=pretrained_dir, device=device, resume=resume, threads=threads, workers=workers,
+                      progress=progress, nproc=nproc, dry_run=dry_run)
+        return
     names = resolve_models(models)
     dataset = get_reader(dataset).name  # any case; records and run ids hold the registered name
-    proto = again["protocol"] if again else load_protocol(default_protocol(dataset, protocol))
+    proto = load_protocol(default_protocol(dataset, protocol))
     # --(no-)pretrained changes the recipe only where a chosen model has a pretrained file (an override
     # equal to the protocol's value changes nothing anywhere: Protocol.with_overrides)
     moot = not any(get_entry(n).init for n in names)
@@ -138,11 +141,10 @@ def run(
                                  img_size=img_size, patch_size=patch, lr=lr, pretrained=None if moot else pretrained,
                                  target_spacing=_parse_spacing(target_spacing))
     if weights is not None:  # evaluated, not trained: one model, and nothing that only training would use
-        training = [f"--{k.replace('_', '-')}" for k, v in (("seeds", seeds), ("folds", folds), ("nproc", nproc != 1),
-                    ("epochs", epochs), ("max_iterations", max_iterations), ("batch_size", batch_size), ("lr", lr),
-                    ("no_pretrained" if pretrained is False else "pretrained", pretrained is not None),
-                    ("pretrained_dir", pretrained_dir), ("resume", resume))
-                    if v]
+        flag = "no_pretrained" if pretrained is False else "pretrained"
+        training = training_options(seeds=seeds, folds=folds, nproc=nproc != 1, epochs=epochs,
+                                    max_iterations=max_iterations, batch_size=batch_size, lr=lr,
+                                    **{flag: pretrained is not None}, pretrained_dir=pretrained_dir, resume=resume)
         if len(names) != 1 or training:
             # --models left out is every model (its default, all): the option to give, by its name
             got = f"all {len(names)} models" if name_list(models) is None else ", ".join(names)
@@ -155,104 +157,85 @@ def run(
     # likewise every 2-D model under a 3-D protocol (the grid plans one by one)
     refuse_2d_models(names, proto, evaluated=weights is not None)
     dev = resolve_device(device)
-    launch = nproc != 1 and not distributed.launched_by_torchrun()  # this process starts the others
-    if launch:
+    if nproc != 1 and not distributed.launched_by_torchrun():  # this process starts the others
         distributed.check_nproc(nproc, dev, proto.train.batch_size)  # before --synthetic writes data
-    seed_list = int_list(seeds) if seeds else None  # None: the protocol's
-    overrides = again["model_overrides"] if again else _parse_sets(set_ or [])
-    specs, said = [], {}
-
-    def say_warnings(models) -> None:  # once each: the command line's warning display drops repeats
-        for w in (w for name in models for w in said.get(name, [])):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-
-    with dry_run_data(dataset, results) if dry_run and synthetic else nullcontext() as copy:
-        if copy is not None:  # the results folder has no synthetic data yet: none of its runs began
-            typer.echo(f"note: the synthetic data is not written yet under {results}; planned from a temporary copy")
-            data_root, synthetic = copy, False
-        for name in names:
-            try:
-                with warnings.catch_warnings(record=True) as said[name]:  # said for the models this shard runs
-                    warnings.simplefilter("always")
-                    specs += plan_grid(
-                        models=[name], dataset=dataset, protocol=proto, seeds=seed_list, data_root=data_root,
-                        synthetic=synthetic, results_dir=results, policy=policy, model_overrides=overrides,
-                        pretrained_dir=pretrained_dir, tiny=tiny, weights=weights, workers=workers, dry_run=dry_run,
-                        folds=folds if folds in (None, "all") else list(dict.fromkeys(int_list(folds, "--folds"))))
-            except BenchError as exc:
-                say_warnings([name])  # what led up to the error
-                if overrides and len(names) > 1 and isinstance(exc, BuildError):
-                    raise BenchError(f"{exc}. --set goes to every model of the command ({', '.join(names)}): run "
-                                     "each model with its own keys in a command of its own") from exc
-                raise
-    if again:
-        _check_rerun(specs[0], again["record"], results, dev, nproc, dry_run)
+    overrides = _parse_sets(set_ or [])
+    grid = dict(dataset=dataset, protocol=proto, seeds=int_list(seeds) if seeds else None,  # None: the protocol's
+                data_root=data_root, synthetic=synthetic, policy=policy, model_overrides=overrides,
+                pretrained_dir=pretrained_dir, tiny=tiny, weights=weights, workers=workers,
+                folds=folds if folds in (None, "all") else list(dict.fromkeys(int_list(folds, "--folds"))))
+    specs, say_warnings = _plan(names, grid, results, dry_run)
     total = len(specs)
     if dry_run:
         say_warnings(dict.fromkeys(s.model for s in specs))
         _list_plan(specs, results, shard, _grid_text(specs, dataset, proto))
         return
-    specs = select_shard(specs, shard)
+    _train(ctx, select_shard(specs, shard), say_warnings, results=results, dev=dev, nproc=nproc, resume=resume,
+           progress=progress, grid=_grid_text(specs, dataset, proto),
+           shard_text=f" (shard {shard} of {total})" if shard else "")
+
+
+def training_options(**given) -> list[str]:
+    """The options among ``given`` (name: value) that were given, as the command line spells them: those only
+    a training would use, which --weights (an evaluation) refuses."""
+    return [f"--{k.replace('_', '-')}" for k, v in given.items() if v]
+
+
+def _plan(names: list[str], grid: dict, results: Path, dry_run: bool,
+          note: Callable[[str], None] = lambda text: typer.echo(f"note: {text}"),
+          ) -> tuple[list, Callable[[Iterable[str]], None]]:
+    """The runs of ``names`` planned (``bench.run.plan_grid``, its other arguments ``grid``), one model at a
+    time, and a function that says the warnings planning gave for some of the models (a shard says its own);
+    ``note``: says a note (--from-record: once for a folder's records)."""
+    from bench.registry import BuildError
+    from bench.run import dry_run_data, plan_grid
+
+    specs, said = [], {}
+
+    def say_warnings(models: Iterable[str]) -> None:  # once each: the command line's warning display drops repeats
+        for w in (w for name in models for w in said.get(name, [])):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+    with dry_run_data(grid["dataset"], results) if dry_run and grid["synthetic"] else nullcontext() as copy:
+        if copy is not None:  # the results folder has no synthetic data yet: none of its runs began
+            note(f"the synthetic data is not written yet under {results}; planned from a temporary copy")
+            grid = {**grid, "data_root": copy, "synthetic": False}
+        for name in names:
+            try:
+                with warnings.catch_warnings(record=True) as said[name]:  # said for the models this shard runs
+                    warnings.simplefilter("always")
+                    specs += plan_grid(models=[name], results_dir=results, dry_run=dry_run, **grid)
+            except BenchError as exc:
+                say_warnings([name])  # what led up to the error
+                if grid["model_overrides"] and len(names) > 1 and isinstance(exc, BuildError):
+                    raise BenchError(f"{exc}. --set goes to every model of the command ({', '.join(names)}): run "
+                                     "each model with its own keys in a command of its own") from exc
+                raise
+    return specs, say_warnings
+
+
+def _train(ctx: typer.Context, specs: list, say_warnings: Callable[[Iterable[str]], None], *, results: Path, dev,
+           nproc: int, resume: bool, progress: bool, grid: str, shard_text: str = "") -> None:
+    """Train and record planned runs (``bench.run.run_grid``), their warnings said first; with ``--nproc N``
+    (not yet started by torchrun) this command started again as N processes instead."""
+    from bench import distributed
+    from bench.run import grid_notes, run_grid
+
     if not distributed.launched_by_bench():  # the launcher said them
         say_warnings(dict.fromkeys(s.model for s in specs))
-    if launch:  # the grid is valid: start the processes
+    if nproc != 1 and not distributed.launched_by_torchrun():  # the grid is valid: start the processes
         raise typer.Exit(code=distributed.launch(nproc, _argv_of(ctx, drop=("nproc",)), warned=_warned))
     dev = distributed.init(dev)
     main = distributed.world().main
     # rank 0's plan for every rank: run ids of earlier path-identified runs depend on what is on disk
     specs = distributed.gather_objects(specs if main else None)[0]
     say = typer.echo if main else (lambda *a, **k: None)
-    say(f"bench run: {len(specs)} run(s){f' (shard {shard} of {total})' if shard else ''} · "
-        f"{_grid_text(specs, dataset, proto)} · device {dev}"
+    say(f"bench run: {len(specs)} run(s){shard_text} · {grid} · device {dev}"
         + (f" · {distributed.world().size} processes" if distributed.world().distributed else ""))
     for note in grid_notes(specs):  # which split, once for all folds
         say(f"note: {note}")
     run_grid(specs, results_dir=results, device=dev, resume=resume, show_progress=progress, say=say,
              say_error=_echo_err)
-
-
-# what bench run --from-record takes beside it: where and how the run goes, not what it is
-_KEEPS_THE_RUN = {"from_record", "data_root", "results", "device", "resume", "threads", "workers", "progress", "nproc",
-                  "weights", "pretrained_dir", "dry_run"}
-
-
-def _from_record(ctx: typer.Context, path: Path, data_root: Path | None, weights: Path | None,
-                 pretrained_dir: Path | None) -> dict:
-    """``bench run --from-record PATH``: plan_grid's arguments for the run of that record
-    (``bench.run.rerun_args``), the record under "record"; BenchError naming every option given
-    that would make it another run."""
-    from bench.records import record_at
-    from bench.run import rerun_args
-
-    given = [_option_text(ctx, p) for p in ctx.command.params if p.name not in _KEEPS_THE_RUN
-             and ctx.get_parameter_source(p.name).name in ("COMMANDLINE", "ENVIRONMENT")]
-    if given:
-        raise BenchError(f"--from-record {path}: re-runs the run as its record says it ran; drop {', '.join(given)}, "
-                         "which would make it another run (a new command: bench run with the options you want)")
-    rec = record_at(path)
-    return {**rerun_args(rec, data_root, weights, pretrained_dir), "record": rec}
-
-
-def _option_text(ctx: typer.Context, param) -> str:
-    """An option as the command line gave it: ``--no-pretrained`` for a flag's second name."""
-    flag_off = getattr(param, "is_flag", False) and param.secondary_opts and not ctx.params.get(param.name)
-    return param.secondary_opts[0] if flag_off else param.opts[0]
-
-
-def _check_rerun(spec, rec: dict, results: Path, dev, nproc: int, dry_run: bool) -> None:
-    """For --from-record: the planned run is the record's (BenchError else); a warning where this machine
-    runs it otherwise than it ran (device, threads, code...), and a note where ``results`` holds it already."""
-    from bench import distributed
-    from bench.run import check_rerun, finished, rerun_differences
-
-    check_rerun(spec, rec)
-    # one of the processes --nproc (or torchrun) started: the command's processes, not its own --nproc
-    processes = int(os.environ["WORLD_SIZE"]) if distributed.launched_by_torchrun() else nproc
-    if note := rerun_differences(rec, dev, processes):
-        warnings.warn(note, stacklevel=1)
-    if not dry_run and any(finished(spec, Path(results).expanduser())):
-        typer.echo(f"note: {results} holds run {spec.key} already, so bench run skips it; --results ANOTHER_FOLDER "
-                   "re-runs it there, to compare with the record")
 
 
 def _grid_text(specs: list, dataset: str, proto) -> str:
@@ -262,22 +245,24 @@ def _grid_text(specs: list, dataset: str, proto) -> str:
             f"{', off-protocol' if proto.off_protocol else ''}) · policy {policies}")
 
 
-def _list_plan(specs: list, results: Path, shard: str | None, grid: str) -> None:
+def _list_plan(specs: list, results: Path, shard: str | None, grid: str,
+               more: dict[str, tuple[str, str]] | None = None) -> None:
     """``bench run --dry-run``: each run of the grid, its state (bench.run.run_state) and, with --shard
     K/N, its shard; then the count of each state and the shards with runs not done (an array's indices
-    to submit again)."""
+    to submit again). ``more``: the states of records that are no planned run (--from-record's rescored
+    ones), by run id."""
     from bench.run import parse_shard, run_state, shard_numbers
 
     n = parse_shard(shard)[1] if shard else None
     number = shard_numbers(specs, n) if n else {}
-    states = {s.key: run_state(s, Path(results).expanduser()) for s in specs}
-    typer.echo(f"bench run --dry-run: {len(specs)} run(s) · {grid} · results {results}" + (f" · {n} shards" if n else "")
+    states = {s.key: run_state(s, Path(results).expanduser()) for s in specs} | (more or {})
+    typer.echo(f"bench run --dry-run: {len(states)} run(s) · {grid} · results {results}" + (f" · {n} shards" if n else "")
                + "; nothing trained or written")
-    for s in sorted(specs, key=lambda s: (number.get(s.key, 0), s.key)):
-        state, why = states[s.key]
-        where = f"shard {number[s.key]}/{n}  " if n else ""
+    for key in sorted(states, key=lambda key: (number.get(key, 0), key)):
+        state, why = states[key]
+        where = f"shard {number[key]}/{n}  " if n else ""
         # why as a column, not in parentheses: a claim's holder and a rescored twin hold their own
-        typer.echo(f"  {where}{state:<8} {s.key}" + (f"  {why}" if why else ""))
+        typer.echo(f"  {where}{state:<8} {key}" + (f"  {why}" if why else ""))
     counts = [f"{kind} {k}" for kind in ("done", "finished", "partial", "running", "missing")
               if (k := sum(st == kind for st, _ in states.values()))]
     left = sorted({number[key] for key, (st, _) in states.items() if st != "done"}) if n else []
@@ -304,11 +289,9 @@ def rescore(
     from bench.env import resolve_device
     from bench.registry import model_filter
     from bench.protocol import load_protocol
-    from bench.records import record_path, records_dir, scores_text
+    from bench.records import record_path, records_dir
     from bench.fileio import ensure_writable_dir
-    from bench.claim import claim_run
-    from bench.rescore import (DataRoots, check_weights_kept, other_device_warning, plan_rescore, rescore_id,
-                               rescore_record, unscored_records)
+    from bench.rescore import DataRoots, check_weights_kept, other_device_warning, plan_rescore, unscored_records
 
     _compute_setup(threads)
     roots = DataRoots(data_root or ())
@@ -343,33 +326,49 @@ def rescore(
         return run_id in plan["todo"]
 
     def score(rec: dict) -> None:
-        new_id = rescore_id(rec["run_id"], policy)
-        # a claim on the record to write (bench.claim), as bench run --policy takes on the same training's:
-        # another rescore of the folder, or that run, does it meanwhile, not both
-        claim = claim_run(results, new_id)
-        if isinstance(claim, str):
-            typer.echo(f"  {new_id}: being scored or trained under {policy} by {claim}, skipped")
-            held[new_id] = rec["run_id"]
-            return
-        with claim:
-            if record_path(results, new_id).is_file():
-                typer.echo(f"  {new_id}: scored meanwhile by another process, skipped")
-            elif not still_to_score(rec["run_id"]):
-                typer.echo(f"  {new_id}: trained under {policy} meanwhile (bench run --policy {policy}), skipped")
-            else:
-                try:  # an older bench, which takes no claim, may write it first
-                    new = rescore_record(rec, policy, results, dev, protocol, roots)
-                except BenchError:
-                    if not record_path(results, new_id).is_file():
-                        raise
-                    typer.echo(f"  {new_id}: scored meanwhile by another process, skipped")
-                    return
-                typer.echo(f"  {new['run_id']}: {scores_text(new)}")
+        rescore_claimed(rec, policy, results, dev, protocol, roots, still_to_score, held)
 
     _each_run(todo, score, "rescored", "scoring")
     if left := [k for k, run_id in held.items() if not record_path(results, k).is_file() and still_to_score(run_id)]:
         raise HeldError(f"{len(left)} of {len(todo)} run(s) were being scored or trained under {policy} by other "
                         f"processes and were skipped: {few(left)}; the same command later finds them done")
+
+
+def rescore_claimed(rec: dict, policy: str, results: Path, dev, protocol: Path | None, roots,
+                    still_to_score: Callable[[str], bool] = lambda run_id: True,
+                    held: dict[str, str] | None = None) -> dict | None:
+    """Score the run of ``rec`` under ``policy`` (``bench.rescore.rescore_record``) under a claim on the record
+    to write (bench.claim), as bench run --policy takes one on the same training's: another rescore of the
+    folder, or that run, does it meanwhile, not both. ``still_to_score(run_id)``: whether it is still to do
+    once claimed; ``held``: where another process holds the claim, the record to write -> the run's id goes
+    there. Its outcome in one line; the new record, or None where it was skipped."""
+    from bench.claim import claim_run
+    from bench.records import record_path, scores_text
+    from bench.rescore import rescore_id, rescore_record
+
+    new_id = rescore_id(rec["run_id"], policy)
+    claim = claim_run(results, new_id)
+    if isinstance(claim, str):
+        typer.echo(f"  {new_id}: being scored or trained under {policy} by {claim}, skipped")
+        if held is not None:
+            held[new_id] = rec["run_id"]
+        return None
+    with claim:
+        if record_path(results, new_id).is_file():
+            typer.echo(f"  {new_id}: scored meanwhile by another process, skipped")
+        elif not still_to_score(rec["run_id"]):
+            typer.echo(f"  {new_id}: trained under {policy} meanwhile (bench run --policy {policy}), skipped")
+        else:
+            try:  # an older bench, which takes no claim, may write it first
+                new = rescore_record(rec, policy, results, dev, protocol, roots)
+            except BenchError:
+                if not record_path(results, new_id).is_file():
+                    raise
+                typer.echo(f"  {new_id}: scored meanwhile by another process, skipped")
+                return None
+            typer.echo(f"  {new['run_id']}: {scores_text(new)}")
+            return new
+    return None
 
 
 def predict(
