@@ -1074,6 +1074,11 @@ def rerun_args(rec: dict[str, Any], data_root: Path | None, weights: Path | None
                                  "holding it" + (f" ({remake})" if remake else ""))
             # bench run --synthetic's: made again under --results, the same generator makes the same data
             data_root, synthetic = None, True
+    elif not Path(data_root).expanduser().exists():  # the reader's "makes a small fake one" is no advice here
+        remake = ("drop --data-root: the bench run --synthetic data it read is made again under --results"
+                  if grid_data(rec) else remake_text(rec, "DIR"))
+        raise fileio.absent(Path(data_root).expanduser(), f"--data-root {data_root}: not found; pass the folder holding the "
+                     f"data run {run_id} read" + (f" ({remake})" if remake else ""))
     try:
         protocol = record_protocol(rec)
     except BenchError:  # an older record without its recipe, whose protocol file changed or is not here

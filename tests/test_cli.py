@@ -1270,6 +1270,14 @@ def test_from_record_refuses_records_it_cannot_replay_each_in_its_words(tmp_path
     with pytest.raises(BenchError, match=r"gone: the data run r1 read is not there; pass --data-root DIR holding it$"):
         rerun_args({**rec, "init": {"file": "init.pth", "sha256": "cd" * 32}, "weights": weights}, None,
                    tmp_path / "w.pth", None)
+    # a --data-root that is not there: for bench run --synthetic's data, the advice is to leave it out
+    with pytest.raises(BenchError, match=r"--data-root .*nowhere: not found; pass the folder holding the data run r1 "
+                                         r"read$"):
+        rerun_args(rec, tmp_path / "nowhere", None, None)
+    grid = {**rec, "synthetic": True, "data_id": "synthetic:ab", "data_root": str(tmp_path / "r" / "synthetic" / "s")}
+    with pytest.raises(BenchError, match=r"not found; pass the folder holding the data run r1 read \(drop --data-root: "
+                                         r"the bench run --synthetic data it read is made again under --results\)$"):
+        rerun_args(grid, tmp_path / "nowhere", None, None)
 
 
 def test_a_rerun_planned_otherwise_names_what_differs():
