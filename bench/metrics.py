@@ -53,9 +53,9 @@ from bench.errors import BenchError, did_you_mean, unknown_name
 
 __all__ = [
     "EmptyMaskError", "HD_DEFINITIONS", "PENALTY", "POLICIES", "Outcome", "Policy", "PooledConfusion", "aggregate",
-    "aggregate_per_class", "class_tolerances", "confusion", "dice", "get_policy", "hd95", "hd95_max_directed",
-    "hd95_penalty", "iou", "nsd", "policy_fields", "policy_misfit", "pooled_from_counts", "pooled_metrics", "score_case",
-    "surface_distances",
+    "aggregate_per_class", "class_tolerances", "confusion", "count_scores", "dice", "get_policy", "hd95",
+    "hd95_max_directed", "hd95_penalty", "iou", "nsd", "policy_fields", "policy_misfit", "pooled_from_counts",
+    "pooled_metrics", "score_case", "surface_distances",
 ]
 
 NAN = float("nan")
@@ -573,45 +573,55 @@ def score_case(pred: Any, gt: Any, num_classes: int, policy: str | Policy,
         else:
             pc = gc = np.zeros((0,) * p.ndim, dtype=bool)
         k = confusion(pc, gc)
-        tp, fp, fn = k["tp"], k["fp"], k["fn"]
-        tn = int(p.size) - tp - fp - fn
-        n_pred, n_ref = tp + fp, tp + fn
-        if n_pred and n_ref:
-            empty = "none"
-            d, j = 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)  # == medpy dc / jc, same operands
+        k["tn"] = int(p.size) - k["tp"] - k["fp"] - k["fn"]
+        counted = count_scores(**k, policy=pol)
+        if counted["empty"] == "none":
             dists = surface_distances(pc, gc, sp) if pol.hd_definition or tols is not None else None
             h = _HD_OF_DISTANCES[pol.hd_definition](*dists) if pol.hd_definition else NAN
             s = _within(*dists, tols[c - 1]) if tols is not None else NAN
         else:
-            empty = "ref_only" if n_ref else ("pred_only" if n_pred else "both")
-            d, h = pol.outcome(empty)
-            j = d
+            h = pol.outcome(counted["empty"]).hd95
             if h == PENALTY:
                 h = hd95_penalty(p.shape, sp)
-            s = NAN if empty == "both" else 0.0
+            s = NAN if counted["empty"] == "both" else 0.0
         rows.append({
             "class": c, "name": names[c - 1],
-            "dice": float(d), "iou": float(j), "hd95": float(h),
+            "dice": counted["dice"], "iou": counted["iou"], "hd95": float(h),
             **({"nsd": s, "nsd_tolerance": tols[c - 1]} if tols is not None else {}),
-            "acc": (tp + tn) / (tp + fp + fn + tn),
-            "spe": _ratio(tn, tn + fp, pol.zero_division), "sen": _ratio(tp, tp + fn, pol.zero_division),
-            "tp": tp, "fp": fp, "fn": fn, "tn": tn, "n_pred": n_pred, "n_ref": n_ref, "empty": empty,
+            **{m: counted[m] for m in ("acc", "spe", "sen")}, **k,
+            **{m: counted[m] for m in ("n_pred", "n_ref", "empty")},
         })
     return rows
+
+
+def count_scores(tp: int, fp: int, fn: int, tn: int, policy: str | Policy) -> dict[str, Any]:
+    """What one case x class row's pixel counts give under ``policy``: ``dice`` 2TP/(2TP+FP+FN) and ``iou``
+    TP/(TP+FP+FN) where both masks are non-empty, else the policy's outcome for ``empty`` (in {"none", "both",
+    "ref_only", "pred_only"}); ``acc``, ``spe``, ``sen`` (``zero_division`` where a denominator is 0);
+    ``n_pred``, ``n_ref``. ``score_case`` writes its rows' numbers from here and ``bench.records.restated``
+    checks stored rows against it, so the two cannot drift apart."""
+    pol = get_policy(policy)
+    out = pooled_metrics(tp, fp, fn, tn, pol.zero_division)  # Dice and IoU: medpy dc / jc, same operands
+    n_pred, n_ref = tp + fp, tp + fn
+    empty = "none" if n_pred and n_ref else "ref_only" if n_ref else "pred_only" if n_pred else "both"
+    if empty != "none":
+        out["dice"] = out["iou"] = pol.outcome(empty).dice  # IoU follows the Dice rule
+    return {**out, "dice": float(out["dice"]), "iou": float(out["iou"]), "n_pred": n_pred, "n_ref": n_ref,
+            "empty": empty}
 
 
 # -------------------------------------------------------------------------------------- aggregation
 
 
-def pooled_metrics(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
+def pooled_metrics(tp: int, fp: int, fn: int, tn: int, zero_division: float = 0.0) -> dict[str, float]:
     """VM-UNet's metrics from one confusion matrix: dice, iou (foreground), acc, spe, sen;
-    a ratio with a zero denominator is 0 (engine.py). Arrays of counts give arrays."""
+    a ratio with a zero denominator is ``zero_division`` (0 in engine.py). Arrays of counts give arrays."""
     return {
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn, 0.0),
-        "iou": _ratio(tp, tp + fp + fn, 0.0),
-        "acc": _ratio(tp + tn, tp + fp + fn + tn, 0.0),
-        "spe": _ratio(tn, tn + fp, 0.0),
-        "sen": _ratio(tp, tp + fn, 0.0),
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn, zero_division),
+        "iou": _ratio(tp, tp + fp + fn, zero_division),
+        "acc": _ratio(tp + tn, tp + fp + fn + tn, zero_division),
+        "spe": _ratio(tn, tn + fp, zero_division),
+        "sen": _ratio(tp, tp + fn, zero_division),
     }
 
 

@@ -567,25 +567,40 @@ def _same(stored: Any, recomputed: Any) -> bool:
 
 
 def restated(rec: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """The numbers of ``rec`` its own case rows do not give: {key: (stored, recomputed)}, ``key`` a
-    ``metrics`` key or ``dice/<class>`` / ``hd95/<class>`` (``per_class``), each recomputed from
-    ``per_case`` under the record's policy (``bench.metrics.aggregate``, as the run scored them). Only
-    keys the record stores are compared; {} where its rows lack what the policy needs (nothing to
-    check against). A record edited by hand (``metrics.dice``) shows here, and so would one written by
-    a bench that aggregated otherwise: the numbers are recomputed under this code."""
+    """The numbers of ``rec`` its own case rows do not give: {key: (stored, recomputed)}.
+
+    First each case row's numbers its pixel counts give (``bench.metrics.count_scores`` under the record's
+    policy, as the run scored them: dice, iou, acc, spe, sen, n_pred, n_ref), keyed ``case_key``: ``"case
+    img0003 class 2 (liver): dice"``; a row without numeric tp, fp, fn, tn (an older record) is taken as
+    stored, and hd95 and nsd, which counts do not give, always are. Then, from the rows so corrected, the
+    aggregates (``bench.metrics.aggregate``): ``key`` a ``metrics`` key or ``dice/<class>`` / ``hd95/<class>``
+    (``per_class``). Only keys the record stores are compared; {} where its rows lack what the policy needs
+    (nothing to check against). A record edited by hand (``metrics.dice``, or one case's dice) shows here,
+    and so would one written by a bench that scored or aggregated otherwise: the numbers are recomputed
+    under this code."""
     from bench import metrics
 
     if not rec["per_case"]:
         return {}
-    cases = pd.DataFrame([{k: math.nan if v is None else v for k, v in row.items()}  # null: NaN, as the run had it
-                          for row in rec["per_case"]])
+    out: dict[str, tuple[Any, Any]] = {}
+    rows = []
     try:
+        for stored in rec["per_case"]:
+            row = {k: math.nan if v is None else v for k, v in stored.items()}  # null: NaN, as the run had it
+            counts = [row.get(k) for k in metrics.COUNTS]
+            if all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in counts):
+                again = metrics.count_scores(*counts, policy=rec["policy"])
+                for m in [m for m in again if m in row and m != "empty" and not _same(row[m], again[m])]:
+                    out[case_key(row, m)] = (stored[m], again[m])
+                    row[m] = again[m]
+            rows.append(row)
+        cases = pd.DataFrame(rows)
         agg = metrics.aggregate(cases, rec["policy"])
         per_class = {pc["class"]: pc for pc in metrics.aggregate_per_class(cases, rec["policy"])}
     except BenchError:
         return {}
-    out = {k: (v, agg[k]) for k, v in rec["metrics"].items()
-           if k in agg and (v is None or isinstance(v, numbers.Real)) and not _same(v, agg[k])}
+    out.update({k: (v, agg[k]) for k, v in rec["metrics"].items()
+                if k in agg and (v is None or isinstance(v, numbers.Real)) and not _same(v, agg[k])})
     for pc in rec["per_class"]:
         again = per_class.get(pc["class"], {})
         for m in ("dice", "hd95"):
@@ -594,17 +609,32 @@ def restated(rec: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     return out
 
 
+CASE_KEY = "case "  # how restated's keys of case rows start (no metrics key, no dice/<class> does)
+
+
+def case_key(row: Mapping[str, Any], metric: str) -> str:
+    """``restated``'s key of a case row's number: "case img0003 class 2 (liver): dice"."""
+    return f"{CASE_KEY}{row.get('case')} class {row.get('class')} ({row.get('name')}): {metric}"
+
+
 def _restate(row: dict[str, Any], rec: Mapping[str, Any], path: Path, found: list[str]) -> None:
     """``row`` with the numbers ``restated`` finds in ``rec`` replaced by the recomputed ones, and its
-    ``restated`` text ("dice 0.8 stored, 0.3312 from the case rows (stored by code 0123456789ab)");
-    ``found`` gains the file's line."""
+    ``restated`` text ("case img0003 class 2 (liver): dice 0.91 stored, 0.4 from its tp/fp/fn; dice 0.8 stored,
+    0.3312 from the case rows (stored by code 0123456789ab)"; a few of each, and how many more); ``found``
+    gains the file's line."""
     diffs = restated(rec)
     if not diffs:
         return
+    cases = {k for k in diffs if k.startswith(CASE_KEY)}
     for key, (_, value) in diffs.items():
-        row[key if "/" in key or key not in RUN_COLUMNS else f"metrics/{key}"] = value
-    row["restated"] = few([f"{k} {_num(s)} stored, {_num(r)} from the case rows" for k, (s, r) in diffs.items()], 3,
-                          sep="; ")
+        if key not in cases:  # a case row's number is no column of the run's: its aggregates carry it
+            row[key if "/" in key or key not in RUN_COLUMNS else f"metrics/{key}"] = value
+    # spe and acc count the true negatives too
+    said = [few([f"{k} {_num(diffs[k][0])} stored, {_num(diffs[k][1])} from its tp/fp/fn"
+                 f"{'/tn' if k.endswith(('acc', 'spe')) else ''}" for k in diffs if k in cases], 2, sep="; "),
+            few([f"{k} {_num(s)} stored, {_num(r)} from the case rows" for k, (s, r) in diffs.items()
+                 if k not in cases], 3, sep="; ")]
+    row["restated"] = "; ".join(t for t in said if t)
     # the code that computed the stored numbers: another version's aggregation differs without any hand edit
     scored = rec.get("rescored_with") or rec  # bench rescore computed a rescored record's numbers
     if version := code_version(scored.get("git_commit"), scored.get("code_digest")):
@@ -641,10 +671,12 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False) -> pd.Dat
     then ``CASE_COLUMNS`` (and any extra per-case keys), then the run's ``hd95_unit``.
 
     ``recheck`` (``bench report``, ``bench check``): each run's stored aggregates and per-class numbers are recomputed
-    from its case rows (``restated``); where they differ (a record edited by hand, or written by a bench that
-    aggregated otherwise) the row holds the recomputed ones and its ``restated`` column says what was stored
-    and which code stored it, and one warning names the files.
-    Boards then agree with their CIs and tests, which the case rows give.
+    from its case rows, each row's numbers first from its own pixel counts where it keeps them (``restated``);
+    where they differ (a record edited by hand, or written by a bench that scored or aggregated otherwise) the
+    row holds the recomputed ones and its ``restated`` column says what was stored (naming the case rows) and
+    which code stored it, and one warning names the files.
+    Boards then agree with their CIs and tests, which the case rows give (as stored: ``level="case"`` takes no
+    recheck, so a row whose own numbers its counts do not give is said in the warning, not replaced there).
 
     JSON ``null`` reads back as NaN. An unreadable or invalid file raises ``BenchError`` naming
     it: silently dropping a result would change a leaderboard without anyone noticing. A results

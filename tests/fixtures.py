@@ -2,8 +2,9 @@
 ``run_bench``, the CLI in a fresh process.
 
 ``make_record`` builds a schema-1 record whose aggregates are consistent with its per-class and
-per-case rows: every case of a class gets the class's Dice, so expected means are easy to compute
-by hand.
+per-case rows, and each row with its own pixel counts: every case of a class gets the class's Dice, so
+expected means are easy to compute by hand. ``case_row`` and ``recount`` build or edit a case row
+keeping its numbers those of its counts.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import math
 import os
 import subprocess
 import sys
+from fractions import Fraction
 from typing import Any
 
 from torch import nn
 
-from bench.metrics import pooled_metrics
+from bench.metrics import COUNTS, count_scores, pooled_metrics
 from bench.modeling import SegmentationModel
 from bench.protocol import list_protocols, load_protocol
 from bench.records import SCHEMA_VERSION
@@ -65,21 +67,21 @@ def make_record(
     cases = list(case_ids) if case_ids else [f"case{i:04d}" for i in range(n_cases)]
     n_cases = len(cases)
 
+    policy = "legacy-isic" if isic else "legacy-synapse"
     per_case, per_class = [], []
     for cid, name in enumerate(classes, start=1):
         d = per_class_dice[name]
-        # legacy-isic pools these counts: their Dice is d (to 1e-6); the per-case policies read the rows' dice
-        tp = round(d * 1_000_000) if isic else 80
-        counts = {"tp": tp, "fp": 1_000_000 - tp, "fn": 1_000_000 - tp, "tn": 18_000_000} if isic else \
-            {"tp": 80, "fp": 10, "fn": 10, "tn": 900}
-        pooled = pooled_metrics(*counts.values()) if isic else {"dice": d, "iou": d / (2 - d)}
-        for case in cases:
-            per_case.append({
-                "case": case, "class": cid, "name": name, "dice": d, "iou": d / (2 - d),
-                "hd95": None if isic or math.isnan(hd95) else hd95,
-                "acc": 0.95, "spe": 0.97, "sen": d,
-                **counts, "n_pred": counts["tp"] + counts["fp"], "n_ref": counts["tp"] + counts["fn"], "empty": "none",
-            })  # fmt: skip
+        # legacy-isic pools these counts: their Dice is d (to 1e-6); elsewhere counts whose Dice is d exactly.
+        # Every row's numbers are those its counts give, as a run writes them (the recheck compares)
+        if isic:
+            tp = round(d * 1_000_000)
+            counts = {"tp": tp, "fp": 1_000_000 - tp, "fn": 1_000_000 - tp, "tn": 18_000_000}
+        else:
+            counts = dice_counts(d)
+        rows = [case_row(case, cid, name, policy, counts, hd95=None if isic or math.isnan(hd95) else hd95)
+                for case in cases]
+        per_case += rows
+        pooled = pooled_metrics(*counts.values()) if isic else {m: rows[0][m] for m in ("dice", "iou")}
         per_class.append({
             "class": cid, "name": name, "dice": pooled["dice"],
             "hd95": None if isic else hd95, "iou": pooled["iou"],
@@ -113,7 +115,7 @@ def make_record(
             "off_protocol": bool(overrides),
             "overrides": overrides,
         },
-        "policy": "legacy-isic" if isic else "legacy-synapse",
+        "policy": policy,
         "seed": seed,
         "git_commit": "0123456789abcdef0123456789abcdef01234567",
         "packages": {"torch": "2.5.1", "numpy": "2.4.6", "bench": "0.1.0"},
@@ -128,6 +130,37 @@ def make_record(
         "per_case": per_case,
         "cost": {"params": params, "trainable_params": params, "macs": None, "flops": None, "fps": None, "peak_mem_mb": None},
     }
+
+
+def dice_counts(dice: float, tn: int = 900) -> dict[str, int]:
+    """Pixel counts (tp, fp, fn, tn) of two non-empty masks whose Dice is ``dice`` (in [0, 1]) to the last bit:
+    ``dice`` as the decimal fraction p/q its repr is, q at least 100, tp = p and fp = fn = q - p."""
+    frac = Fraction(repr(float(dice)))
+    scale = -(-100 // frac.denominator)  # q >= 100: a few pixels each way, as a small mask has
+    tp, total = frac.numerator * scale, frac.denominator * scale
+    if not 0 <= tp <= total or total == 0:
+        raise ValueError(f"dice_counts: a Dice in [0, 1]; got {dice!r}")
+    return {"tp": tp, "fp": total - tp, "fn": total - tp, "tn": tn}
+
+
+def case_row(case: str, cls: int, name: str, policy: str, counts: dict[str, int] | None = None, *,
+             dice: float | None = None, hd95: float | None = 20.0, **extra: Any) -> dict[str, Any]:
+    """One per-case row of a record as ``bench.metrics.score_case`` writes it: the numbers its ``counts``
+    (tp, fp, fn, tn) give under ``policy`` (``recount``), else those of counts giving ``dice``
+    (``dice_counts``), so `bench report`'s recheck finds nothing to restate. ``hd95`` (which counts do not
+    give) and ``extra`` keys are as given."""
+    row = {"case": case, "class": cls, "name": name, "hd95": hd95, **extra}
+    return recount(row, policy, **(counts if counts is not None else dice_counts(dice)))
+
+
+def recount(row: dict[str, Any], policy: str, *, dice: float | None = None, **counts: int) -> dict[str, Any]:
+    """``row`` (changed in place) with ``counts`` (any of tp, fp, fn, tn), or counts giving ``dice`` (its tn
+    kept), and the numbers its counts then give under ``policy`` (``bench.metrics.count_scores``: dice, iou,
+    acc, spe, sen, n_pred, n_ref, empty): a test that edits a case's counts or Dice keeps the row one a run
+    could have written."""
+    row.update(counts if dice is None else dice_counts(dice, tn=row.get("tn", 900)))
+    row.update(count_scores(*(row[k] for k in COUNTS), policy=policy))
+    return row
 
 
 def restate(rec: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from bench import records
 from bench.cli import app, data_app, default_protocol, main
 from bench.errors import BenchError
 from bench.report import render_methods
-from tests.fixtures import make_record, run_bench, run_bench_here
+from tests.fixtures import make_record, restate, run_bench, run_bench_here
 
 runner = CliRunner()
 FAST = ["--tiny", "--max-iterations", "4", "--img-size", "32", "--threads", "1", "--no-progress"]
@@ -49,6 +49,29 @@ def test_run_writes_a_record_and_report_shows_organs(smoke_results):
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert (run_dir / "checkpoints" / "final.pt").is_file()
     assert "legacy-synapse" in rep and "smoke" in rep
+
+
+def test_a_runs_case_rows_agree_with_their_counts_and_one_edited_is_restated(smoke_results, tmp_path, monkeypatch,
+                                                                            capsys):
+    """A case's dice edited by hand, and the run's means made to agree with it, read as the run's own numbers:
+    the recheck took every case row as it stood. A real run's rows are what their pixel counts give; the
+    edited one is named, file, case and class, and bench report shows the mean the counts give."""
+    (path,) = (smoke_results / "records").glob("*.json")
+    rec = json.loads(path.read_text())
+    assert rec["per_case"][0]["tp"] is not None and records.restated(rec) == {}
+    row = rec["per_case"][0]
+    was, row["dice"] = row["dice"], 0.91 if row["dice"] < 0.5 else 0.01
+    restate(rec)  # the aggregates from the edited rows: only the counts tell
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / path.name).write_text(json.dumps(rec))
+    report = run_bench_here(monkeypatch, capsys, "report", "--results", tmp_path)
+    (line,) = [line for line in report.stderr.splitlines() if "hold numbers other than" in line]
+    assert (f"{tmp_path / 'records' / path.name}: case {row['case']} class 1 (aorta): dice {row['dice']:g} stored, "
+            f"{was:.6g} from its tp/fp/fn; dice ") in line
+    with pytest.warns(UserWarning, match="hold numbers other than"):
+        shown = records.load(tmp_path, recheck=True)["dice"].iloc[0]
+    assert shown == pytest.approx(records.load(smoke_results)["dice"].iloc[0], abs=1e-12)
+    assert f"{100 * shown:.2f}" in report.stdout and f"{100 * rec['metrics']['dice']:.2f}" not in report.stdout
 
 
 def test_finished_runs_are_skipped(smoke_results):

@@ -12,9 +12,9 @@ from bench.errors import BenchError
 from bench.records import RUN_COLUMNS, load, validate_record, write_record
 
 try:
-    from tests.fixtures import SYNAPSE_CLASSES, make_record
+    from tests.fixtures import SYNAPSE_CLASSES, case_row, make_record, restate
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from fixtures import SYNAPSE_CLASSES, make_record
+    from fixtures import SYNAPSE_CLASSES, case_row, make_record, restate
 
 
 def test_validate_accepts_fixture_and_numpy_scalars():
@@ -390,6 +390,16 @@ def test_a_run_id_reads_back_as_the_run_that_made_it():
     assert records.parse_run_id(spec.key, "synapse", "smoke") == {"model": "vmunet_v2", "seed": 2, "fold": 1}
 
 
+def _rechecked(tmp_path, *recs):
+    """``recs`` written, then ``load(recheck=True)``: its rows by model, and the one warning's text."""
+    for rec in recs:
+        write_record(rec, tmp_path)
+    with pytest.warns(UserWarning, match="hold numbers other than") as caught:
+        df = load(tmp_path, recheck=True).set_index("model")
+    (said,) = [str(w.message) for w in caught]
+    return df, said
+
+
 def test_restated_numbers_name_the_code_that_stored_them(tmp_path):
     """A record whose numbers its case rows, recomputed under today's aggregation, do not give was called
     "edited by hand?": one stored by a bench that aggregated otherwise reads alike, so the warning names the
@@ -400,12 +410,100 @@ def test_restated_numbers_name_the_code_that_stored_them(tmp_path):
     rescored.update(run_id=f"{rescored['run_id']}.strict", rescored_from=rescored["run_id"],
                     rescored_with={"git_commit": "feedbeef" * 5 + "-dirty", "code_digest": "d" * 16})
     rescored["metrics"]["dice"] = 0.7
-    for rec in (run, rescored):
-        write_record(rec, tmp_path)
-    with pytest.warns(UserWarning, match="stored by a version of bench that aggregated otherwise") as caught:
-        df = load(tmp_path, recheck=True).set_index("model")
-    (said,) = [str(w.message) for w in caught]
+    df, said = _rechecked(tmp_path, run, rescored)
+    assert "stored by a version of bench that aggregated otherwise" in said
     assert f"{run['run_id']}.json: dice 0.8 stored, 0.3 from the case rows (stored by code 0123456789ab)" in said
     assert f"{rescored['run_id']}.json: dice 0.7 stored, 0.3 from the case rows (stored by code feedbeeffeed-dirty " \
            f"(sources {'d' * 16}))" in said
     assert df.loc["unet", "restated"].endswith("(stored by code 0123456789ab)") and df.loc["unet", "dice"] == 0.3
+
+
+def test_a_case_rows_own_numbers_are_checked_against_its_pixel_counts(tmp_path):
+    """One case's dice edited by hand flowed into the recomputed means unnoticed: the recheck recomputed the
+    aggregates from the case rows but never a row's dice from its own tp/fp/fn. Now the row's count-derived
+    numbers replace it, one warning names the file, case and class, and the board shows the counts' mean, also
+    where the aggregates were edited to match the edited row."""
+    honest = make_record("unet", dice=0.8, n_cases=2)
+    forged = make_record("vmunet", dice=0.8, n_cases=2)
+    liver = next(row for row in forged["per_case"] if row["case"] == "case0001" and row["name"] == "liver")
+    liver["dice"] = 0.91
+    restate(forged)  # its aggregates made to agree with the edited row, as a careful hand edit would
+    assert forged["metrics"]["dice"] > 0.8
+    df, said = _rechecked(tmp_path, honest, forged)
+    assert f"{forged['run_id']}.json: case case0001 class 5 (liver): dice 0.91 stored, 0.8 from its tp/fp/fn; " in said
+    assert honest["run_id"] not in said
+    assert df.loc["vmunet", "dice"] == pytest.approx(0.8, abs=1e-12) and df.loc["vmunet", "dice/liver"] == 0.8
+    assert df.loc["vmunet", "restated"] == (
+        "case case0001 class 5 (liver): dice 0.91 stored, 0.8 from its tp/fp/fn; dice 0.806875 stored, 0.8 from the "
+        "case rows; dice/liver 0.855 stored, 0.8 from the case rows (stored by code 0123456789ab)")
+    assert df.loc["unet", "restated"] is None and df.loc["unet", "dice"] == pytest.approx(0.8, abs=1e-12)
+    assert load(tmp_path).set_index("model").loc["vmunet", "dice"] > 0.8  # without recheck: the file as it is
+
+
+def test_many_case_rows_restated_are_counted_and_counts_differ_from_their_sums():
+    rec = make_record("unet", dice=0.8, n_cases=3)
+    for row in rec["per_case"][:6]:
+        row.update(dice=0.5, iou=0.5)
+    rec["per_case"][7]["n_pred"] = 7  # tp + fp are 100
+    diffs = records.restated(rec)
+    assert diffs["case case0000 class 1 (aorta): iou"] == (0.5, 80 / 120)
+    assert diffs["case case0001 class 3 (kidney_l): n_pred"] == (7, 100)
+    assert len(diffs) == 13 and not any(k.startswith(("dice", "iou")) for k in diffs)  # the aggregates agree
+    row, found = {}, []
+    records._restate(row, rec, "r.json", found)
+    assert row["restated"] == ("case case0000 class 1 (aorta): dice 0.5 stored, 0.8 from its tp/fp/fn; case case0000 "
+                               "class 1 (aorta): iou 0.5 stored, 0.666667 from its tp/fp/fn (and 11 more) "
+                               "(stored by code 0123456789ab)")
+    assert row.keys() == {"restated"} and found == [f"r.json: {row['restated']}"]  # no case column on the run's row
+
+
+def test_an_empty_case_row_is_checked_by_its_policys_outcome():
+    """Counts of an empty mask give no Dice: the policy's rule does (legacy-synapse scores a false positive on an
+    absent organ 1, strict 0; both masks empty 0 and NaN), so a row is checked against its own policy's rule."""
+    for policy, fp_only, both in (("legacy-synapse", 1.0, 0.0), ("strict", 0.0, math.nan)):
+        rec = make_record("unet", n_cases=1)
+        rec["policy"] = policy
+        rec["per_case"][:2] = [case_row("case0000", 1, "aorta", policy, {"tp": 0, "fp": 5, "fn": 0, "tn": 995}),
+                               case_row("case0000", 2, "gallbladder", policy, {"tp": 0, "fp": 0, "fn": 0, "tn": 1000})]
+        assert rec["per_case"][0]["dice"] == fp_only and records._same(rec["per_case"][1]["dice"], both)
+        assert records.restated(restate(rec)) == {}  # as a run under the policy writes them
+        rec["per_case"][0]["dice"] = 1.0 - fp_only  # the other policy's rules
+        rec["per_case"][1]["dice"] = 0.0 if math.isnan(both) else None
+        got = {k: v for k, v in records.restated(rec).items() if k.startswith("case")}
+        assert list(got) == ["case case0000 class 1 (aorta): dice", "case case0000 class 2 (gallbladder): dice"]
+        assert got["case case0000 class 1 (aorta): dice"] == (1.0 - fp_only, fp_only)
+        stored, again = got["case case0000 class 2 (gallbladder): dice"]
+        assert stored == rec["per_case"][1]["dice"] and records._same(again, both)
+
+
+def test_a_record_without_counts_is_not_checked_by_them():
+    """Older records' case rows may lack tp/fp/fn/tn: nothing to recompute a row from, so nothing is flagged."""
+    rec = make_record("unet", n_cases=2)
+    for row in rec["per_case"]:
+        for k in ("tp", "fp", "fn", "tn"):
+            del row[k]
+    rec["per_case"][0]["dice"] = 0.3
+    restate(rec)
+    assert records.restated(rec) == {}
+    rec["per_case"][1].update(tp=None, fp=0, fn=0, tn=0)  # a null count: not a count either
+    assert records.restated(rec) == {}
+
+
+@pytest.mark.parametrize("policy", records.POLICIES)
+def test_the_rows_a_run_scores_agree_with_their_counts_under_every_policy(policy):
+    """Every empty-mask rule of every policy: the rows score_case writes are the rows the recheck recomputes."""
+    from bench.metrics import aggregate, aggregate_per_class, score_case
+
+    pred, gt = np.zeros((4, 6, 6), np.uint8), np.zeros((4, 6, 6), np.uint8)
+    pred[0, 1:4, 1:4], gt[0, 2:5, 2:5] = 1, 1  # both present
+    gt[1, 1:3, 1:3] = 1  # a miss
+    pred[2, 4:, 4:] = 1  # a false positive; case 3: both empty
+    rows = [{"case": f"c{i}", **r} for i in range(4) for r in score_case(pred[i], gt[i], 2, policy, spacing=(1, 2))]
+    assert {r["empty"] for r in rows} == {"none", "ref_only", "pred_only", "both"}
+    agg, per_class = aggregate(rows, policy), aggregate_per_class(rows, policy)
+    rec = {"policy": policy, "per_case": [{k: None if v != v else v for k, v in r.items()} for r in rows],  # JSON's
+           "metrics": {k: agg[k] for k in ("dice", "iou", "acc", "spe", "sen")},
+           "per_class": [{k: pc[k] for k in ("class", "name", "dice", "hd95")} for pc in per_class]}
+    assert records.restated(rec) == {}
+    rec["per_case"][0]["fn"] += 1  # another count: its numbers no longer agree
+    assert "case c0 class 1 (class1): dice" in records.restated(rec)

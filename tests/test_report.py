@@ -16,9 +16,9 @@ from bench.records import load, write_record
 from bench.report import BoardKey, _latex_escape, leaderboards, parse_columns, render, write_report
 
 try:
-    from tests.fixtures import make_record, md_rows, restate
+    from tests.fixtures import make_record, md_rows, recount, restate
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from fixtures import make_record, md_rows, restate
+    from fixtures import make_record, md_rows, recount, restate
 
 
 @pytest.fixture
@@ -451,7 +451,7 @@ def test_tiny_configurations_are_labelled_whatever_shares_the_board(tmp_path):
         for model, config, dice in (("unet", tiny, 0.6), ("vmunet", {}, 0.7)):
             rec = make_record(model, seed=seed, dice=dice, n_cases=6, model_config={"img_size": 64, **config})
             for row in rec["per_case"]:
-                row["dice"] = dice + 0.02 * int(row["case"][-4:]) + 0.01 * seed
+                recount(row, rec["policy"], dice=dice + 0.02 * int(row["case"][-4:]) + 0.01 * seed)
             write_record(restate(rec), tmp_path)
     key = ("synapse", "synapse", "legacy-synapse")
     assert sorted(leaderboards(load(tmp_path))[key]["model"]) == ["unet (tiny)", "vmunet"]
@@ -710,7 +710,7 @@ def test_ci_column_and_significance_section(tmp_path):
         for seed in range(2):
             rec = make_record(model, seed=seed, dice=base, n_cases=6)
             for row in rec["per_case"]:
-                row["dice"] = base + 0.02 * int(row["case"][-4:]) + 0.01 * seed
+                recount(row, rec["policy"], dice=base + 0.02 * int(row["case"][-4:]) + 0.01 * seed)
             write_record(restate(rec), tmp_path)
     text = write_report(tmp_path, reference="unet")
     # the board's cases taken here, not through the report's grouping: one board, labels = model names
@@ -737,7 +737,7 @@ def test_significance_and_published_tables_come_in_latex_too(tmp_path):
     for model, base in (("unet", 0.70), ("vmunet", 0.74)):
         rec = make_record(model, seed=0, dice=base, n_cases=6)
         for row in rec["per_case"]:
-            row["dice"] = base + 0.02 * int(row["case"][-4:])
+            recount(row, rec["policy"], dice=base + 0.02 * int(row["case"][-4:]))
         write_record(restate(rec), tmp_path)
     pub = tmp_path / "pub.csv"
     pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
@@ -767,7 +767,7 @@ def _per_case_dice_runs(tmp_path, per_model: dict[str, list[float]]) -> None:
     for model, dices in per_model.items():
         rec = make_record(model, n_cases=len(dices))
         for row in rec["per_case"]:
-            row["dice"] = dices[int(row["case"][-4:])]
+            recount(row, rec["policy"], dice=dices[int(row["case"][-4:])])
         write_record(restate(rec), tmp_path)
 
 
@@ -824,7 +824,7 @@ def test_a_bootstrap_ci_over_few_cases_and_a_test_over_few_seeds_say_so(tmp_path
         for model, dices in (("unet", ref), ("vmunet", [d + 0.01 for d in ref])):
             rec = make_record(model, seed=seed, n_cases=n_cases)
             for row in rec["per_case"]:
-                row["dice"] = dices[int(row["case"][-4:])]
+                recount(row, rec["policy"], dice=dices[int(row["case"][-4:])])
             write_record(restate(rec), tmp_path)
     assert "For these trained runs" not in write_report(tmp_path, reference="unet").split("## Significance")[1]
 
@@ -836,7 +836,7 @@ def test_significance_of_weights_only_evaluated_names_no_retrained_seed(tmp_path
     for model, base in (("vmunet", 0.80), ("transunet", 0.75), ("swin_unet", 0.78)):
         rec = make_record(model, n_cases=12)
         for row in rec["per_case"]:
-            row["dice"] = base + 0.01 * int(row["case"][-4:])
+            recount(row, rec["policy"], dice=base + 0.01 * int(row["case"][-4:]))
         rec["weights"] = {"file": f"{model}.pth", "sha256": "ab" * 32, "trained_by": None}
         write_record(restate(rec), tmp_path)
     sig = write_report(tmp_path, reference="transunet").split("## Significance")[1]
@@ -846,7 +846,7 @@ def test_significance_of_weights_only_evaluated_names_no_retrained_seed(tmp_path
     assert "for these weights, each a given file evaluated once: other weights of these models can rank otherwise" in sig
     rec = make_record("unet", n_cases=12)  # one run trained here: its seeds are said of it
     for row in rec["per_case"]:
-        row["dice"] = 0.70 + 0.01 * int(row["case"][-4:])
+        recount(row, rec["policy"], dice=0.70 + 0.01 * int(row["case"][-4:]))
     write_record(restate(rec), tmp_path)
     sig = write_report(tmp_path, reference="transunet").split("## Significance")[1]
     assert "For the runs trained here: with 1 seed per model (the fewest here), p counts the test cases" in sig
@@ -866,7 +866,7 @@ def test_a_run_that_did_not_finish_feeds_no_statistic(tmp_path):
         for seed in range(2):
             rec = make_record(model, seed=seed, dice=dice, n_cases=4)
             for row in rec["per_case"]:
-                row["dice"] = dice + 0.01 * int(row["case"][-4:])
+                recount(row, rec["policy"], dice=dice + 0.01 * int(row["case"][-4:]))
             write_record(restate(rec), tmp_path)
     clean = write_report(tmp_path, reference="unet")
     failed = make_record("unet", seed=2, dice=1.0, n_cases=4)
@@ -885,7 +885,7 @@ def test_a_pooled_board_tests_the_difference_it_shows(tmp_path):
     for model, counts in images.items():
         rec = make_record(model, dataset="isic17", n_cases=6)
         for row, (tp, fp, fn) in zip(rec["per_case"], counts):
-            row.update(tp=tp, fp=fp, fn=fn, tn=10, n_pred=tp + fp, n_ref=tp + fn, dice=2 * tp / (2 * tp + fp + fn))
+            recount(row, rec["policy"], tp=tp, fp=fp, fn=fn, tn=10)
         write_record(restate(rec), tmp_path)
     text = write_report(tmp_path, reference="unet")
     sig = text[text.index("## Significance · isic17"):]
@@ -908,9 +908,9 @@ def test_a_model_whose_board_dsc_is_nan_is_neither_tested_nor_silently_unranked(
             rec = make_record(model, seed=seed, dice=dice, n_cases=4)
             rec["policy"] = "strict"
             for i, row in enumerate(rec["per_case"]):
-                row["dice"] = dice + 0.01 * i + 0.01 * seed
+                recount(row, rec["policy"], dice=dice + 0.005 * i + 0.01 * seed)  # <= 1: a Dice
                 if model == "transunet" and row["name"] == "gallbladder":
-                    row.update(dice=None, iou=None, hd95=None, empty=True)
+                    recount(row, "strict", tp=0, fp=0, fn=0)["hd95"] = None  # both masks empty
             if model == "transunet":
                 rec["metrics"]["dice"] = None
             write_record(restate(rec), tmp_path)
@@ -932,7 +932,7 @@ def test_a_metric_nan_in_every_run_is_shown_not_dropped(tmp_path):
     rec["policy"] = "strict"
     for row in rec["per_case"]:
         if row["name"] == "vessel":
-            row.update(dice=None, iou=None, hd95=None, sen=None, empty=True)
+            recount(row, "strict", tp=0, fp=0, fn=0)["hd95"] = None  # both masks empty
     rec["per_class"][2].update(dice=None, iou=None, hd95=None, n_nan=2)
     rec["metrics"].update(dice=None, iou=None, sen=None, n_nan_dice=2, n_valid_dice=4, n_nan_sen=2, n_valid_sen=4)
     write_record(restate(rec), tmp_path)
@@ -965,7 +965,7 @@ def test_a_reference_run_in_several_configs_is_named_not_called_absent(tmp_path)
         for seed in range(2):
             rec = make_record(model, seed=seed, dice=base, n_cases=6, model_config=config)
             for row in rec["per_case"]:
-                row["dice"] = base + 0.02 * int(row["case"][-4:]) + 0.01 * seed
+                recount(row, rec["policy"], dice=base + 0.02 * int(row["case"][-4:]) + 0.01 * seed)
             write_record(restate(rec), tmp_path)
     write_record(make_record("unet", dataset="acdc", protocol="acdc", classes=["rv"]), tmp_path)
     text = write_report(tmp_path, reference="unet")
@@ -1461,9 +1461,9 @@ def test_a_legacy_synapse_board_counts_the_misses_it_scores_hd95_zero(tmp_path):
     assert "HD95 of misses" not in render(load(tmp_path))  # nothing missed
     rec = make_record("vmunet", seed=1, dice=0.0, hd95=0.0)
     for case in rec["per_case"][:5]:
-        case.update(tp=0, fp=0, fn=90, n_pred=0, empty="ref_only")
-    rec["per_case"][5].update(n_ref=0, tp=0, fn=0, empty="pred_only")  # a false positive: present nowhere
-    write_record(rec, tmp_path)
+        recount(case, rec["policy"], tp=0, fp=0, fn=90)
+    recount(rec["per_case"][5], rec["policy"], tp=0, fn=0)  # a false positive: present nowhere
+    write_record(restate(rec), tmp_path)
     n = len(make_record("unet")["per_case"])
     assert (f"legacy-synapse scores a structure predicted nowhere in a case HD95 0, the best value (the papers' "
             f"rule), so misses lower a model's HD95; missed case × class entries, over all runs: unet 0 of {n}, "
@@ -1501,8 +1501,8 @@ def test_each_test_set_counts_its_own_misses(tmp_path):
     cases = ["isic17/a", "isic17/b", "isic18/c", "isic18/d", "isic18/e"]
     rec = make_record("unet", dataset="isic_all", case_ids=cases)
     for case in rec["per_case"][2:]:  # isic18's lesions missed
-        case.update(tp=0, fp=0, fn=90, n_pred=0, empty="ref_only")
-    write_record(rec, tmp_path)
+        recount(case, rec["policy"], tp=0, fp=0, fn=90)
+    write_record(restate(rec), tmp_path)
     runs, _ = split_test_sets(load(tmp_path), load(tmp_path, level="case"))
     got = {r.dataset_name.split(":")[1]: (r.n_missed, r.n_present) for r in runs.itertuples()}
     assert got == {"isic17": (0, 2), "isic18": (3, 3)}
@@ -1916,7 +1916,7 @@ def test_paper_bold_whose_test_favours_the_runner_up_is_marked(tmp_path):
     for model, dices in (("unet", [0.81] * (n - 1) + [0.0]), ("vmunet", [0.80] * n)):
         rec = make_record(model, n_cases=n)
         for row in rec["per_case"]:
-            row["dice"] = dices[int(row["case"][-4:])]
+            recount(row, rec["policy"], dice=dices[int(row["case"][-4:])])
         write_record(restate(rec), tmp_path)
     md = render(load(tmp_path), "md", load(tmp_path, level="case"), columns=parse_columns("paper"))
     rows = {r["Model"]: r for r in md_rows(md, "Model")}
@@ -1932,10 +1932,9 @@ def test_paper_bold_leaves_out_a_model_that_found_nothing_from_spe_and_acc(tmp_p
     write_record(make_record("unet", dataset="isic17", seed=0, dice=0.70), tmp_path)
     empty = make_record("vmunet", dataset="isic17", seed=0, dice=0.0)
     for row in empty["per_case"]:  # background everywhere: every lesion missed, every background pixel right
-        row.update(tp=0, fp=0, fn=200_000, tn=19_800_000, n_pred=0, empty="ref_only", dice=0.0, iou=0.0, sen=0.0,
-                   spe=1.0, acc=0.99)  # small lesions: its Acc the best too
-    empty["metrics"].update(spe=1.0, acc=0.99, sen=0.0)
-    write_record(empty, tmp_path)
+        recount(row, empty["policy"], tp=0, fp=0, fn=200_000, tn=19_800_000)  # small lesions: its Acc the best too
+    write_record(restate(empty), tmp_path)
+    assert (empty["metrics"]["spe"], empty["metrics"]["acc"], empty["metrics"]["sen"]) == (1.0, 0.99, 0.0)
     md = render(load(tmp_path), "md", columns=parse_columns("paper"))
     rows = {r["Model"]: r for r in md_rows(md, "Model")}
     assert rows["vmunet"]["Spe ↑ (%)"] == "100.00" and rows["unet"]["Spe ↑ (%)"].startswith("**")
@@ -1944,8 +1943,8 @@ def test_paper_bold_leaves_out_a_model_that_found_nothing_from_spe_and_acc(tmp_p
     # legacy-synapse: every model missed an organ somewhere, so no HD95 is bold, and the caption says why
     for model, dice in (("unet", 0.7), ("vmunet", 0.8)):
         rec = make_record(model, seed=0, dice=dice, hd95=10.0 if model == "unet" else 20.0)
-        rec["per_case"][0]["empty"] = "ref_only"
-        write_record(rec, tmp_path / "missed")
+        recount(rec["per_case"][0], rec["policy"], tp=0, fp=0)["hd95"] = 0.0  # a miss: HD95 0 under legacy-synapse
+        write_record(restate(rec), tmp_path / "missed")
     md = render(load(tmp_path / "missed"), "md", columns=parse_columns("paper"))
     assert "**" not in "".join(r["HD95 ↓"] for r in md_rows(md, "Model"))
     assert "HD95: no bold, every model missed some structure, which the policy scores HD95 0" in md
@@ -1959,7 +1958,7 @@ def test_no_bold_names_the_rows_each_rule_left_out(tmp_path):
                                      ("transunet", 15.0, False, given)):
         rec = make_record(model, hd95=hd, n_cases=4)
         if miss:
-            rec["per_case"][0].update(dice=0.0, hd95=0.0, empty="ref_only", tp=0, n_pred=0, fp=0)
+            recount(rec["per_case"][0], rec["policy"], tp=0, fp=0)["hd95"] = 0.0
         if weights:
             rec["weights"] = weights
         write_record(restate(rec), tmp_path / "synapse")
@@ -1970,10 +1969,8 @@ def test_no_bold_names_the_rows_each_rule_left_out(tmp_path):
     write_record({**make_record("unet", dataset="isic17", dice=0.70), "weights": given}, tmp_path / "isic")
     empty = make_record("vmunet", dataset="isic17", dice=0.0)
     for row in empty["per_case"]:
-        row.update(tp=0, fp=0, fn=1_000_000, tn=19_000_000, n_pred=0, empty="ref_only", dice=0.0, iou=0.0, sen=0.0,
-                   spe=1.0, acc=0.95)
-    empty["metrics"].update(spe=1.0, acc=0.95, sen=0.0)
-    write_record(empty, tmp_path / "isic")
+        recount(row, empty["policy"], tp=0, fp=0, fn=1_000_000, tn=19_000_000)
+    write_record(restate(empty), tmp_path / "isic")
     md = render(load(tmp_path / "isic"), "md", columns=parse_columns("paper"))
     assert ("Spe: no bold, vmunet found no structure (background everywhere scores Spe 100); the weights of unet "
             "(weights t.pth@abababab) were only evaluated") in md
