@@ -622,7 +622,7 @@ def write_plots(results_dir: Path, out_dir: Path, *, df_runs: pd.DataFrame | Non
     df_runs = load(results_dir) if df_runs is None else df_runs
     if df_runs.empty:
         return []
-    df_cases = load(results_dir, level="case") if df_cases is None else df_cases
+    df_cases = load(results_dir, level="case", recheck=True) if df_cases is None else df_cases
     df_profiles = load_profiles(results_dir) if df_profiles is None else df_profiles
     boards_runs = df_runs if set_runs is None or set_runs.empty else pd.concat([df_runs, set_runs], ignore_index=True)
     boards_cases = df_cases if set_cases is None or set_cases.empty else pd.concat([df_cases, set_cases],

@@ -582,18 +582,8 @@ def restated(rec: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
 
     if not rec["per_case"]:
         return {}
-    out: dict[str, tuple[Any, Any]] = {}
-    rows = []
     try:
-        for stored in rec["per_case"]:
-            row = {k: math.nan if v is None else v for k, v in stored.items()}  # null: NaN, as the run had it
-            counts = [row.get(k) for k in metrics.COUNTS]
-            if all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in counts):
-                again = metrics.count_scores(*counts, policy=rec["policy"])
-                for m in [m for m in again if m in row and m != "empty" and not _same(row[m], again[m])]:
-                    out[case_key(row, m)] = (stored[m], again[m])
-                    row[m] = again[m]
-            rows.append(row)
+        rows, out = recounted(rec)
         cases = pd.DataFrame(rows)
         agg = metrics.aggregate(cases, rec["policy"])
         per_class = {pc["class"]: pc for pc in metrics.aggregate_per_class(cases, rec["policy"])}
@@ -607,6 +597,34 @@ def restated(rec: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
             if m in pc and m in again and not _same(pc[m], again[m]):
                 out[f"{m}/{pc['name']}"] = (pc[m], again[m])
     return out
+
+
+def recounted(rec: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, tuple[Any, Any]]]:
+    """``rec``'s case rows (null as NaN, as the run had it) with the numbers their pixel counts give
+    (``bench.metrics.count_scores`` under the record's policy) where they keep numeric tp, fp, fn, tn, and
+    what differed from the stored ones: {``case_key``: (stored, recomputed)}. BenchError where the policy
+    is none this code knows."""
+    from bench import metrics
+
+    rows, out = [], {}
+    for stored in rec["per_case"]:
+        row = {k: math.nan if v is None else v for k, v in stored.items()}
+        counts = [row.get(k) for k in metrics.COUNTS]
+        if all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in counts):
+            again = metrics.count_scores(*counts, policy=rec["policy"])
+            for m in [m for m in again if m in row and m != "empty" and not _same(row[m], again[m])]:
+                out[case_key(row, m)] = (stored[m], again[m])
+                row[m] = again[m]
+        rows.append(row)
+    return rows, out
+
+
+def _recounted_rows(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``recounted``'s rows; the stored ones where the record's policy is none this code knows."""
+    try:
+        return recounted(rec)[0]
+    except BenchError:
+        return rec["per_case"]
 
 
 CASE_KEY = "case "  # how restated's keys of case rows start (no metrics key, no dice/<class> does)
@@ -675,8 +693,8 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False) -> pd.Dat
     where they differ (a record edited by hand, or written by a bench that scored or aggregated otherwise) the
     row holds the recomputed ones and its ``restated`` column says what was stored (naming the case rows) and
     which code stored it, and one warning names the files.
-    Boards then agree with their CIs and tests, which the case rows give (as stored: ``level="case"`` takes no
-    recheck, so a row whose own numbers its counts do not give is said in the warning, not replaced there).
+    Boards then agree with their CIs and tests, which the case rows give: with ``level="case"``, ``recheck``
+    gives each row's numbers as its counts give them (``recounted``; the run level's warning says which).
 
     JSON ``null`` reads back as NaN. An unreadable or invalid file raises ``BenchError`` naming
     it: silently dropping a result would change a leaderboard without anyone noticing. A results
@@ -688,7 +706,8 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False) -> pd.Dat
     records = [rec for _, rec in read]
     if level == "case":
         # each row names its HD95 unit (mm, voxels, pixels: the run's policy and data decide)
-        rows = [{**_run_ids(rec), **case, "hd95_unit": rec.get("hd95_unit")} for rec in records for case in rec["per_case"]]
+        rows = [{**_run_ids(rec), **case, "hd95_unit": rec.get("hd95_unit")} for rec in records
+                for case in (_recounted_rows(rec) if recheck else rec["per_case"])]
         frame = pd.DataFrame(rows)
         extra = [c for c in frame.columns if c not in RUN_ID_COLUMNS + CASE_COLUMNS]
         frame = frame.reindex(columns=RUN_ID_COLUMNS + CASE_COLUMNS + extra)

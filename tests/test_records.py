@@ -438,6 +438,12 @@ def test_a_case_rows_own_numbers_are_checked_against_its_pixel_counts(tmp_path):
         "case rows; dice/liver 0.855 stored, 0.8 from the case rows (stored by code 0123456789ab)")
     assert df.loc["unet", "restated"] is None and df.loc["unet", "dice"] == pytest.approx(0.8, abs=1e-12)
     assert load(tmp_path).set_index("model").loc["vmunet", "dice"] > 0.8  # without recheck: the file as it is
+    # the case rows the CIs and paired tests take: as the counts give them, as the board's mean is
+    cases = load(tmp_path, level="case", recheck=True)
+    row = (cases["model"] == "vmunet") & (cases["case"] == "case0001") & (cases["name"] == "liver")
+    assert cases.loc[row, "dice"].tolist() == [0.8]
+    stored = load(tmp_path, level="case")
+    assert stored.loc[row, "dice"].tolist() == [0.91] and len(stored) == len(cases)
 
 
 def test_many_case_rows_restated_are_counted_and_counts_differ_from_their_sums():

@@ -218,7 +218,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         warn_unrecorded(results_dir, df_runs, models)
     if models and profiles is not None and "model" in profiles:
         profiles = profiles[profiles["model"].isin(models)]
-    df_cases = load(results_dir, level="case") if not df_runs.empty else None
+    df_cases = load(results_dir, level="case", recheck=True) if not df_runs.empty else None  # as the boards
     if df_cases is not None:
         df_cases = df_cases[df_cases["run_id"].isin(df_runs["run_id"])]
     if fmt == ReportFormat.cases:
