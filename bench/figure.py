@@ -70,7 +70,8 @@ def choose_runs(results_dir: Path, models: list[str] | None = None, dataset: str
     ``policy``, the runs' own (not records ``bench rescore`` added)."""
     from bench.report import label_runs
 
-    df = records.finished_runs(records.load(results_dir), results_dir, models, dataset, rescored=policy is not None)
+    df = records.finished_runs(records.load(results_dir, current=policy is not None), results_dir, models, dataset,
+                               rescored=policy is not None)
     for option, column, value in (("--protocol", "protocol", protocol), ("--policy", "policy", policy)):
         if value is not None:
             there = sorted(set(df[column].astype(str)))

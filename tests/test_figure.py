@@ -96,6 +96,22 @@ def test_one_run_per_model_of_one_board(tmp_path):
         choose_runs(res, dataset="polyp")
 
 
+def test_a_rescored_board_of_a_run_trained_again_is_left_out(tmp_path):
+    """A housekeeping journey: a rescore of an earlier training drew its numbers beside the new weights'
+    predictions."""
+    from bench.metrics import policy_fields
+
+    res = tmp_path / "res"
+    source = make_record("unet", run_id="synapse-synapse-unet-s0-0000abcd")
+    rescored = {**source, "run_id": f"{source['run_id']}.strict", "policy": "strict", "rescored_from": source["run_id"],
+                "policy_conventions": policy_fields("strict")}
+    records.write_record({**source, "train": {**source["train"], "final_loss": 0.5}}, res)  # trained again since
+    records.write_record(rescored, res)
+    with pytest.warns(UserWarning, match=r"\.strict\.json scored the weights of an earlier training of run "), \
+            pytest.raises(BenchError, match=r"--policy strict: no finished runs of it here"):
+        choose_runs(res, policy="strict")
+
+
 def test_out_takes_the_plots_formats():
     check_out(Path("fig.PDF"))
     check_out(Path("fig.svg"))

@@ -307,8 +307,8 @@ def rescore(
     from bench.records import record_path, records_dir, scores_text
     from bench.fileio import ensure_writable_dir
     from bench.claim import claim_run
-    from bench.rescore import (DataRoots, check_weights_kept, other_device_warning, plan_rescore, rescore_id,
-                               rescore_record, unscored_records)
+    from bench.rescore import (DataRoots, check_weights_kept, earlier_rescores, other_device_warning, plan_rescore,
+                               rescore_id, rescore_record, unscored_records)
 
     _compute_setup(threads)
     roots = DataRoots(data_root or ())
@@ -352,19 +352,21 @@ def rescore(
             held[new_id] = rec["run_id"]
             return
         with claim:
-            if record_path(results, new_id).is_file():
+            again = bool(earlier_rescores(results, rec, [policy]))  # of an earlier training: written over
+            if record_path(results, new_id).is_file() and not again:
                 typer.echo(f"  {new_id}: scored meanwhile by another process, skipped")
             elif not still_to_score(rec["run_id"]):
                 typer.echo(f"  {new_id}: trained under {policy} meanwhile (bench run --policy {policy}), skipped")
             else:
                 try:  # an older bench, which takes no claim, may write it first
-                    new = rescore_record(rec, policy, results, dev, protocol, roots)
+                    new = rescore_record(rec, policy, results, dev, protocol, roots, replace=again)
                 except BenchError:
-                    if not record_path(results, new_id).is_file():
+                    if again or not record_path(results, new_id).is_file():  # written over: it failed, no race
                         raise
                     typer.echo(f"  {new_id}: scored meanwhile by another process, skipped")
                     return
-                typer.echo(f"  {new['run_id']}: {scores_text(new)}")
+                typer.echo(f"  {new['run_id']}: {scores_text(new)}"
+                           + ("; scored again: its run was trained again since its rescore" if again else ""))
 
     _each_run(todo, score, "rescored", "scoring")
     if left := [k for k, run_id in held.items() if not record_path(results, k).is_file() and still_to_score(run_id)]:
