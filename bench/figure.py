@@ -102,6 +102,8 @@ def choose_runs(results_dir: Path, models: list[str] | None = None, dataset: str
     columns = []
     for row in sorted(first.itertuples(), key=rank):
         rec = records.read_record(results_dir, row.run_id)
+        if rec.get("rescored_from") and not records.record_path(results_dir, rec["rescored_from"]).is_file():
+            raise BenchError(records.source_missing(results_dir, rec))  # its weights are predicted as its run's
         source = records.read_record(results_dir, rec["rescored_from"]) if rec.get("rescored_from") else rec
         columns.append(Column(row.model_label, rec, source, board))
     return columns

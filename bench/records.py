@@ -818,6 +818,16 @@ def stale_text(results_dir: Path | str, stale: list[Mapping[str, Any]]) -> str:
             f"trained again since: {fix} score{'' if len(policies) > 1 else 's'} the new weights")
 
 
+def source_missing(results_dir: Path | str, rescored: Mapping[str, Any]) -> str:
+    """What commands that need a run's own record say of a `bench rescore` record (``run_id``, ``rescored_from``,
+    ``policy``: a record or a ``load`` row) whose run's record is gone, as ``unrecorded_runs`` says that run."""
+    run_id, policy = rescored["rescored_from"], rescored["policy"]
+    return (f"run {run_id}: its record {record_path(Path(results_dir), run_id)} is missing (deleted?); its rescore under "
+            f"{policy} remains ({record_path(Path(results_dir), rescored['run_id']).name}), but the run's model and data "
+            "are read from its own record: restore that file, or train the run again (bench run), then `bench rescore "
+            f"--policy {policy} --results {shlex.quote(str(results_dir))}`")
+
+
 def finished_runs(df_runs: pd.DataFrame, results_dir: Path | str, models: str | Iterable[str] | None = None,
                   datasets: str | Iterable[str] | None = None, rescored: bool = False) -> pd.DataFrame:
     """The finished runs in ``df_runs`` (``load(results_dir)``) of ``models`` on ``datasets``
