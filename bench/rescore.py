@@ -16,8 +16,8 @@ import datetime as dt
 import re
 import time
 import warnings
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd

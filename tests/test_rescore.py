@@ -654,7 +654,8 @@ def test_a_run_trained_again_has_its_rescore_left_off_the_board_until_scored_aga
     said = (f"{record_path(results, old['run_id'])} scored the weights of an earlier training of run {legacy['run_id']}, "
             f"trained again since: `bench rescore --policy strict --results {results}` scores the new weights")
     assert f"  note: {legacy['run_id']}: {said}" in lines
-    with pytest.warns(UserWarning, match="scored the weights of an earlier training") as warned:
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
         out = CliRunner().invoke(app, ["report", "--results", str(results), "--format", "csv"])
     assert out.exit_code == 0, out.output
     assert f"{said}; left out of its board until then" in [str(w.message) for w in warned]
