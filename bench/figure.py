@@ -70,7 +70,8 @@ def choose_runs(results_dir: Path, models: list[str] | None = None, dataset: str
     ``policy``, the runs' own (not records ``bench rescore`` added)."""
     from bench.report import label_runs
 
-    df = records.finished_runs(records.load(results_dir), results_dir, models, dataset, rescored=policy is not None)
+    df = records.finished_runs(records.load(results_dir, current=policy is not None), results_dir, models, dataset,
+                               rescored=policy is not None)
     for option, column, value in (("--protocol", "protocol", protocol), ("--policy", "policy", policy)):
         if value is not None:
             there = sorted(set(df[column].astype(str)))
@@ -101,6 +102,8 @@ def choose_runs(results_dir: Path, models: list[str] | None = None, dataset: str
     columns = []
     for row in sorted(first.itertuples(), key=rank):
         rec = records.read_record(results_dir, row.run_id)
+        if rec.get("rescored_from") and not records.record_path(results_dir, rec["rescored_from"]).is_file():
+            raise BenchError(records.source_missing(results_dir, rec))  # its weights are predicted as its run's
         source = records.read_record(results_dir, rec["rescored_from"]) if rec.get("rescored_from") else rec
         columns.append(Column(row.model_label, rec, source, board))
     return columns

@@ -57,6 +57,11 @@ def plan_predict(results_dir: Path, models: list[str] | None = None, run_ids: li
         done = records.finished(df)
         source = dict(zip(done["run_id"], done["rescored_from"].fillna(done["run_id"])))
         wanted = {source.get(r, r) for r in run_ids}
+        # a rescored record whose run's record was deleted: its weights are predicted as that run's
+        gone = done[done["run_id"].isin(run_ids) & done["rescored_from"].notna()
+                    & ~done["rescored_from"].isin(df["run_id"])]
+        if not gone.empty:
+            raise BenchError(f"--run {gone['run_id'].iloc[0]}: {records.source_missing(results_dir, gone.iloc[0])}")
         missing = sorted(wanted - set(runs["run_id"]))
         if missing:
             known = sorted(runs["run_id"])

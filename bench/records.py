@@ -33,6 +33,7 @@ import json
 import math
 import numbers
 import re
+import shlex
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -127,6 +128,14 @@ _REQUIRED_NESTED: dict[str, dict[str, tuple[tuple, str]]] = {
     },
     "metrics": {"dice": (_NUM + (type(None),), "number or null"), "n_cases": ((int,), "int")},
     "cost": {"params": ((int,), "int")},
+}
+# keys older records lack, checked where present
+_OPTIONAL: dict[str, tuple[tuple, str]] = {
+    # the checkpoint file the numbers were computed from, {file, sha256} (``scored_other_weights``)
+    "scored_weights": ((Mapping,), "object"),
+}
+_OPTIONAL_NESTED: dict[str, dict[str, tuple[tuple, str]]] = {
+    "scored_weights": {"file": ((str,), "str"), "sha256": ((str,), "str")},
 }
 _REQUIRED_PER_CLASS = {
     "class": ((int,), "int"),
@@ -237,8 +246,8 @@ def _check(obj: Mapping, spec: dict[str, tuple[tuple, str]], where: str) -> list
 def validate_record(rec: Any) -> None:
     """Raise ``BenchError`` listing every missing or ill-typed required key of a run record.
 
-    Checks the required keys and types of schema 1 (``_REQUIRED`` and the tables below it), the
-    value sets of ``schema``, ``family`` and ``policy``, a file-name-safe ``run_id``, and the
+    Checks the required keys and types of schema 1 (``_REQUIRED`` and the tables below it; ``_OPTIONAL``'s
+    where present), the value sets of ``schema``, ``family`` and ``policy``, a file-name-safe ``run_id``, and the
     required keys of every ``per_class`` / ``per_case`` row (first 5 problems of each list shown).
     Extra keys are allowed: a record may carry more than the schema promises.
     """
@@ -247,8 +256,8 @@ def validate_record(rec: Any) -> None:
     if "schema" not in rec and "run_id" not in rec:  # another tool's JSON: one line, not a list of every key
         raise BenchError("not a run record of ssm-unet-bench (no 'schema', no 'run_id'); move it out of the "
                          "records folder, or give bench its own --results folder")
-    problems = _check(rec, _REQUIRED, "")
-    for key, spec in _REQUIRED_NESTED.items():
+    problems = _check(rec, _REQUIRED, "") + _check(rec, {k: v for k, v in _OPTIONAL.items() if k in rec}, "")
+    for key, spec in {**_REQUIRED_NESTED, **_OPTIONAL_NESTED}.items():
         if isinstance(rec.get(key), Mapping):
             problems += _check(rec[key], spec, f"{key}.")
     if rec.get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:
@@ -326,19 +335,20 @@ def record_path(results_dir: Path, run_id: str) -> Path:
     return records_dir(results_dir) / f"{run_id}.json"
 
 
-def write_record(record: Mapping[str, Any], results_dir: Path) -> Path:
+def write_record(record: Mapping[str, Any], results_dir: Path, replace: bool = False) -> Path:
     """Validate ``record`` and write it to ``results_dir/records/<run_id>.json`` atomically.
 
     Returns the path written. Raises ``BenchError`` if the record is invalid, holds ±inf, or a
     record with the same ``run_id`` already exists (ids name the run: a clash means the same run
-    finished twice, and overwriting it would lose the first).
+    finished twice, and overwriting it would lose the first); ``replace``: a `bench rescore` record of an
+    earlier training of its run is written over (``stale_rescores``).
     """
     validate_record(record)
     data = _to_json_value(record, "")
     text = json.dumps(data, indent=1, allow_nan=False, ensure_ascii=False) + "\n"
     path = record_path(results_dir, record["run_id"])
     try:  # exclusive: two processes finishing the same run (a shard started twice) cannot both write
-        return atomic_write_text(path, text, exclusive=True)
+        return atomic_write_text(path, text, exclusive=not replace)
     except FileExistsError:
         raise BenchError(f"{path}: a record with run_id {record['run_id']!r} already exists") from None
 
@@ -673,7 +683,7 @@ def _class_order(records: list[dict]) -> list[str]:
     return names
 
 
-def load(results_dir: Path, level: str = "run", recheck: bool = False) -> pd.DataFrame:
+def load(results_dir: Path, level: str = "run", recheck: bool = False, current: bool = False) -> pd.DataFrame:
     """Read every record under ``results_dir/records/`` into one DataFrame.
 
     ``level="run"``: one row per run. Columns ``RUN_COLUMNS`` (``rescored_from_policy``: a rescored
@@ -696,6 +706,9 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False) -> pd.Dat
     Boards then agree with their CIs and tests, which the case rows give: with ``level="case"``, ``recheck``
     gives each row's numbers as its counts give them (``recounted``; the run level's warning says which).
 
+    ``current`` (what builds boards: bench report, check, figure): `bench rescore` records of weights their run
+    no longer has (``stale_rescores``: trained again since) are left out, and one warning names them and the fix.
+
     JSON ``null`` reads back as NaN. An unreadable or invalid file raises ``BenchError`` naming
     it: silently dropping a result would change a leaderboard without anyone noticing. A results
     directory without records gives an empty frame with the columns above.
@@ -703,6 +716,11 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False) -> pd.Dat
     if level not in ("run", "case"):
         raise BenchError(f"load(level={level!r}): expected 'run' or 'case'")
     read = list(_iter_records(results_dir))
+    if current and (stale := stale_rescores([rec for _, rec in read])):
+        boards = "its board" if len(stale) == 1 else "their boards"
+        warnings.warn(f"{stale_text(results_dir, stale)}; left out of {boards} until then", stacklevel=2)
+        gone = {rec["run_id"] for rec in stale}
+        read = [(path, rec) for path, rec in read if rec["run_id"] not in gone]
     records = [rec for _, rec in read]
     if level == "case":
         # each row names its HD95 unit (mm, voxels, pixels: the run's policy and data decide)
@@ -830,6 +848,49 @@ def unrecorded_runs(results_dir: Path | str, boards: Iterable[tuple[str, str]],
                           "settings": settings(folder)})
             break
     return found
+
+
+def scored_other_weights(rescored: Mapping[str, Any], source: Mapping[str, Any]) -> bool:
+    """Whether ``rescored``, a `bench rescore` record of ``source``'s run, scored other weights than ``source``
+    names: the run was trained again since its rescore (its record deleted, `bench run` training it afresh).
+    By the sha256 of the checkpoints scored (``scored_weights``) where both keep it; else by the training's
+    ``train.epoch_losses`` and ``train.final_loss`` (those both have), equal exactly where one training made
+    the weights; False where neither tells (records older than both)."""
+    shas = [(r.get("scored_weights") or {}).get("sha256") for r in (rescored, source)]
+    if all(shas):
+        return shas[0] != shas[1]
+    trains = [r.get("train") or {} for r in (rescored, source)]
+    keys = [k for k in ("epoch_losses", "final_loss") if all(t.get(k) is not None for t in trains)]
+    return any(trains[0][k] != trains[1][k] for k in keys)
+
+
+def stale_rescores(recs: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The `bench rescore` records among ``recs`` whose run's record, among them too, names other weights
+    (``scored_other_weights``): the numbers of an earlier training, which boards leave out."""
+    by_id = {rec["run_id"]: rec for rec in recs}
+    return [rec for rec in recs if (source := by_id.get(rec.get("rescored_from") or "")) is not None
+            and scored_other_weights(rec, source)]
+
+
+def stale_text(results_dir: Path | str, stale: list[Mapping[str, Any]]) -> str:
+    """``stale_rescores``' records in words: their files, their runs, and the command that scores the new
+    weights (each policy's)."""
+    files = few([str(record_path(Path(results_dir), rec["run_id"])) for rec in stale], 3)
+    runs = sorted({rec["rescored_from"] for rec in stale})
+    policies = sorted({rec["policy"] for rec in stale})
+    fix = " and ".join(f"`bench rescore --policy {p} --results {shlex.quote(str(results_dir))}`" for p in policies)
+    return (f"{files} scored the weights of an earlier training of run{'s' if len(runs) > 1 else ''} {few(runs, 3)}, "
+            f"trained again since: {fix} score{'' if len(policies) > 1 else 's'} the new weights")
+
+
+def source_missing(results_dir: Path | str, rescored: Mapping[str, Any]) -> str:
+    """What commands that need a run's own record say of a `bench rescore` record (``run_id``, ``rescored_from``,
+    ``policy``: a record or a ``load`` row) whose run's record is gone, as ``unrecorded_runs`` says that run."""
+    run_id, policy = rescored["rescored_from"], rescored["policy"]
+    return (f"run {run_id}: its record {record_path(Path(results_dir), run_id)} is missing (deleted?); its rescore under "
+            f"{policy} remains ({record_path(Path(results_dir), rescored['run_id']).name}), but the run's model and data "
+            "are read from its own record: restore that file, or train the run again (bench run), then `bench rescore "
+            f"--policy {policy} --results {shlex.quote(str(results_dir))}`")
 
 
 def finished_runs(df_runs: pd.DataFrame, results_dir: Path | str, models: str | Iterable[str] | None = None,

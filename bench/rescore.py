@@ -16,6 +16,7 @@ import datetime as dt
 import re
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,15 @@ from bench.data.base import SegDataset
 from bench.data.synth import MARKER, WRITTEN, remake_text
 from bench.errors import BenchError
 from bench.evaluate import evaluate, scored_ids
+from bench.fileio import file_sha256
 from bench.metrics import POLICIES, get_policy, policy_fields, policy_misfit
 from bench.protocol import Protocol, load_protocol, protocol_from_record
 from bench.registry import code_changed, create_model, get_entry, strict_load
 from bench.rng import deterministic_kernels
 from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, load_checkpoint
 
-__all__ = ["rescore_id", "weights_path", "record_protocol", "run_model", "rescore_record", "plan_rescore",
-           "rescored_twin", "DataRoots"]
+__all__ = ["rescore_id", "weights_path", "scored_weights", "earlier_rescores", "record_protocol", "run_model",
+           "rescore_record", "plan_rescore", "rescored_twin", "DataRoots"]
 
 
 def rescore_id(run_id: str, policy: str) -> str:
@@ -53,6 +55,30 @@ def weights_path(results_dir: Path, rec: dict[str, Any]) -> Path:
     """The checkpoint the run's record was evaluated with."""
     selected = str(rec["train"].get("selected") or "final").split("@")[0]
     return records.run_dir(results_dir, rec["run_id"]) / CHECKPOINT_DIR / SELECTED_CHECKPOINTS[selected]
+
+
+def scored_weights(results_dir: Path, rec: dict[str, Any]) -> dict[str, str]:
+    """The checkpoint ``rec``'s run is evaluated from (``weights_path``) as records keep it, {file, sha256}:
+    what tells a rescore of an earlier training of the run from one of its weights now (``earlier_rescores``)."""
+    path = weights_path(results_dir, rec)
+    return {"file": path.name, "sha256": file_sha256(path)}
+
+
+def earlier_rescores(results_dir: Path, rec: dict[str, Any],
+                     policies: Iterable[str] = POLICIES) -> list[dict[str, Any]]:
+    """The records `bench rescore` wrote of ``rec``'s run under ``policies`` that scored other weights than
+    ``rec`` names (``records.scored_other_weights``): of an earlier training, the run trained again since."""
+    found = []
+    for policy in policies:
+        if not records.record_path(results_dir, rid := rescore_id(rec["run_id"], policy)).is_file():
+            continue
+        try:
+            old = records.read_record(results_dir, rid)
+        except BenchError:  # damaged: bench report names it
+            continue
+        if old.get("rescored_from") == rec["run_id"] and records.scored_other_weights(old, rec):
+            found.append(old)
+    return found
 
 
 def check_weights_kept(todo: list[dict[str, Any]], results_dir: Path, verb: str) -> None:
@@ -298,8 +324,8 @@ def claim_twins(spec, results_dir: Path) -> list | str:
 def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None,
                  datasets: str | list[str] | None = None) -> list[dict[str, Any]]:
     """Finished original records (not rescored ones) of ``models`` on ``datasets`` whose policy differs from
-    ``policy`` and that have no ``<run_id>.<policy>`` record yet, in run-id order; BenchError for a
-    folder without any record."""
+    ``policy`` and that have no ``<run_id>.<policy>`` record yet, or one of an earlier training of the run
+    (``earlier_rescores``), in run-id order; BenchError for a folder without any record."""
     get_policy(policy)
     df = records.load(results_dir)
     chosen = set(records.finished_runs(df, results_dir, models, datasets)["run_id"])
@@ -321,9 +347,11 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
     has_twin = [key in trained and (d is None or None in trained[key] or d in trained[key]
                                     or _same_data(d, trained[key], roots.get(rid), df.loc[i, "dataset"], opened))
                 for i, rid, key, d in zip(df.index, df["run_id"], keys, data)]
-    todo = df[df["run_id"].isin(chosen) & (df["policy"] != policy)
-              & ~df["run_id"].map(lambda r: rescore_id(r, policy) in done) & ~pd.Series(has_twin, index=df.index)]
+    todo = df[df["run_id"].isin(chosen) & (df["policy"] != policy) & ~pd.Series(has_twin, index=df.index)]
     recs = [records.read_record(results_dir, rid) for rid in sorted(todo["run_id"])]
+    # a rescore of an earlier training of the run (trained again since) is scored again
+    recs = [r for r in recs if rescore_id(r["run_id"], policy) not in done
+            or earlier_rescores(results_dir, r, [policy])]
     # a pooled policy scores binary tasks only: other runs are left out, and said so
     misfit = {r["run_id"]: policy_misfit(policy, len(r["per_class"]), f"run {r['run_id']}") for r in recs}
     unfit = [m for m in misfit.values() if m]
@@ -366,15 +394,18 @@ def earlier_data_ids(dataset: SegDataset, policy: str | None = None) -> list[str
 
 
 def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: torch.device | str,
-                   protocol_file: Path | None = None, data_roots: DataRoots | None = None) -> dict[str, Any]:
+                   protocol_file: Path | None = None, data_roots: DataRoots | None = None,
+                   replace: bool = False) -> dict[str, Any]:
     """Evaluate the run of ``rec`` under ``policy`` and write (and return) its new record;
-    ``data_roots``: as ``run_data_root``."""
+    ``data_roots``: as ``run_data_root``; ``replace``: over a rescore of an earlier training
+    (``earlier_rescores``)."""
     device = env.resolve_device(device)  # "cpu", "cuda:1" as the Python API's other calls take them
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     # into a policy scoring in mm, a spacing table added since the run is a change of its data (as bench run
     # trains such a run again): its rescored record would name data without the table its HD95 came from
     model, dataset, protocol = run_model(rec, results_dir, protocol_file, "rescored", policy, data_roots)
+    weights = scored_weights(results_dir, rec)  # the file just loaded: a training again replaces it
     if get_policy(policy).use_spacing:  # HD95 in mm: every test case needs its spacing (as bench run checks)
         dataset.check_spacing()
     scores = evaluate(model, dataset, protocol, policy, device=device)
@@ -388,6 +419,7 @@ def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: 
         "per_class": scores.per_class,
         "per_case": scores.per_case,
         "rescored_from": rec["run_id"],
+        "scored_weights": weights,
         "data_root": str(Path(dataset.root).resolve()),  # the folder scored now (data_id says it holds the same)
         "rescored_at": started.isoformat(),
         "rescore_time_s": round(time.perf_counter() - t0, 3),
@@ -395,5 +427,5 @@ def rescore_record(rec: dict[str, Any], policy: str, results_dir: Path, device: 
         "rescored_with": {"device": env.fingerprint(device), "git_commit": env.git_commit(),
                           "code_digest": env.source_digest(), "packages": env.package_versions()},
     }
-    records.write_record(new, results_dir)
+    records.write_record(new, results_dir, replace=replace)
     return new

@@ -420,6 +420,9 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
             "peak_mem_mb": train_peak, "peak_mem_kind": "cuda_train" if train_peak is not None else None,
         },
     }
+    from bench.rescore import scored_weights
+
+    record["scored_weights"] = scored_weights(results_dir, record)  # the checkpoint evaluated, as its rescores name it
     records.write_record(record, results_dir)
     return record
 
@@ -448,7 +451,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                say: Callable[[str], None], say_error: Callable[[str], None]) -> None:
     from bench.claim import claim_run
     from bench.registry import code_changed
-    from bench.rescore import claim_twins
+    from bench.rescore import claim_twins, earlier_rescores
 
     main = distributed.world().main
     say = say if main else (lambda *a, **k: None)
@@ -518,6 +521,8 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                     continue
                 n_done += 1
                 runlog.say(f"  {spec.key}: {records.scores_text(rec)} · {rec['wall_time_s']:.0f}s", say)
+                if stale := earlier_rescores(results_dir, rec):  # its record was deleted, and it trained again
+                    runlog.say(f"  note: {spec.key}: {records.stale_text(results_dir, stale)}", say)
         finally:
             for c in twins:
                 c.release()

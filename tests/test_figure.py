@@ -96,6 +96,26 @@ def test_one_run_per_model_of_one_board(tmp_path):
         choose_runs(res, dataset="polyp")
 
 
+def test_a_rescored_board_of_a_run_trained_again_or_gone_is_said(tmp_path):
+    """A housekeeping journey: a rescore of an earlier training drew its numbers beside the new weights'
+    predictions; one whose run's record was deleted failed as "records/<id>.json: not a readable run record"."""
+    from bench.metrics import policy_fields
+
+    res = tmp_path / "res"
+    source = make_record("unet", run_id="synapse-synapse-unet-s0-0000abcd")
+    rescored = {**source, "run_id": f"{source['run_id']}.strict", "policy": "strict", "rescored_from": source["run_id"],
+                "policy_conventions": policy_fields("strict")}
+    records.write_record({**source, "train": {**source["train"], "final_loss": 0.5}}, res)  # trained again since
+    records.write_record(rescored, res)
+    with pytest.warns(UserWarning, match=r"\.strict\.json scored the weights of an earlier training of run "), \
+            pytest.raises(BenchError, match=r"--policy strict: no finished runs of it here"):
+        choose_runs(res, policy="strict")
+    records.record_path(res, source["run_id"]).unlink()
+    with pytest.raises(BenchError, match=rf"run {source['run_id']}: its record .*/{source['run_id']}\.json is missing "
+                                         r"\(deleted\?\); its rescore under strict remains \(.*\.strict\.json\)"):
+        choose_runs(res, policy="strict")
+
+
 def test_out_takes_the_plots_formats():
     check_out(Path("fig.PDF"))
     check_out(Path("fig.svg"))

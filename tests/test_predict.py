@@ -268,6 +268,10 @@ def test_predict_refuses_what_it_cannot_reproduce(tmp_path):
     rescore_record(rec, "legacy-synapse", tmp_path / "res", CPU)  # same weights: its id stands for the run
     assert [r["run_id"] for r in plan_predict(tmp_path / "res", run_ids=[f"{rec['run_id']}.legacy-synapse"])] == \
         [rec["run_id"]]
+    records.record_path(tmp_path / "res", rec["run_id"]).unlink()  # said as bench report says it, not "no run"
+    with pytest.raises(BenchError, match=rf"--run {rec['run_id']}\.legacy-synapse: run {rec['run_id']}: its record "
+                                         r".* is missing \(deleted\?\); its rescore under legacy-synapse remains"):
+        plan_predict(tmp_path / "res", run_ids=[f"{rec['run_id']}.legacy-synapse"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(BenchError, match="empty: no finished runs; pass the --results folder that `bench run` wrote"):
         plan_predict(tmp_path / "empty")

@@ -513,3 +513,40 @@ def test_the_rows_a_run_scores_agree_with_their_counts_under_every_policy(policy
     assert records.restated(rec) == {}
     rec["per_case"][0]["fn"] += 1  # another count: its numbers no longer agree
     assert "case c0 class 1 (class1): dice" in records.restated(rec)
+
+
+def _rescored(source, **changes):
+    """``source``'s record as `bench rescore` writes it under strict, ``changes`` applied."""
+    from bench.metrics import policy_fields
+
+    return {**source, "run_id": f"{source['run_id']}.strict", "policy": "strict",
+            "policy_conventions": policy_fields("strict"), "rescored_from": source["run_id"], **changes}
+
+
+def test_a_rescore_of_an_earlier_training_is_told_and_left_off_the_boards(tmp_path):
+    """A housekeeping journey: a run trained again (its record deleted, bench run) kept its old
+    `bench rescore` record on the strict board, beside its new weights, unsaid."""
+    sha = lambda c: {"file": "final.pt", "sha256": c * 64}  # noqa: E731
+    source = make_record("unet", run_id="synapse-synapse-unet-s0-0000abcd")
+    source["train"] = {**source["train"], "epoch_losses": [0.5, 0.123]}
+    stale = records.scored_other_weights
+    assert not stale(_rescored(source), source)  # older records without the field: the same losses, the same training
+    assert stale(_rescored(source, train={**source["train"], "final_loss": 0.2}), source)
+    assert stale(_rescored(source, train={**source["train"], "epoch_losses": [0.5, 0.1]}), source)
+    # the checkpoints' sha256 decides where both keep it, whatever the losses say
+    assert stale(_rescored(source, scored_weights=sha("a")), {**source, "scored_weights": sha("b")})
+    assert not stale(_rescored(source, scored_weights=sha("a"), train={}), {**source, "scored_weights": sha("a")})
+    assert not stale(_rescored(source, train={}), {**source, "train": {}})  # nothing tells: not stale
+    with pytest.raises(BenchError, match=r"scored_weights.sha256: missing"):  # optional, but whole where present
+        validate_record({**source, "scored_weights": {"file": "final.pt"}})
+
+    write_record({**source, "scored_weights": sha("b")}, tmp_path)
+    write_record(_rescored(source, scored_weights=sha("a")), tmp_path)
+    assert len(load(tmp_path)) == 2  # the reader keeps every record; boards ask for current ones
+    with pytest.warns(UserWarning) as said:
+        df = load(tmp_path, recheck=True, current=True)
+    assert list(df["run_id"]) == [source["run_id"]]
+    (text,) = [str(w.message) for w in said]
+    assert text == (f"{records.record_path(tmp_path, source['run_id'] + '.strict')} scored the weights of an earlier "
+                    f"training of run {source['run_id']}, trained again since: `bench rescore --policy strict --results "
+                    f"{tmp_path}` scores the new weights; left out of its board until then")

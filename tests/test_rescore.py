@@ -23,12 +23,16 @@ from bench.run import plan_grid, run_one
 CPU = torch.device("cpu")
 
 
-def _run(root, results, policy, dtype="float32"):
+def _spec(root, results, policy, dtype="float32"):
     proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=3, max_cases=2, dtype=dtype)
     (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=root,
                         synthetic=False, results_dir=results, policy=policy,
                         model_overrides=dict(get_entry("unet").tiny))
-    return run_one(spec, results_dir=results, device=CPU)
+    return spec
+
+
+def _run(root, results, policy, dtype="float32"):
+    return run_one(_spec(root, results, policy, dtype), results_dir=results, device=CPU)
 
 
 def _same(a, b):
@@ -449,11 +453,7 @@ def test_data_moved_since_the_run_is_found_by_its_identity(trained, tmp_path):
 
 
 def _strict_spec(root, results):
-    proto = load_protocol("smoke").with_overrides(img_size=32, max_iterations=3, max_cases=2, dtype="float32")
-    (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[0], data_root=root,
-                        synthetic=False, results_dir=results, policy="strict",
-                        model_overrides=dict(get_entry("unet").tiny))
-    return spec
+    return _spec(root, results, "strict")
 
 
 def _alone(trained, tmp_path):
@@ -624,3 +624,67 @@ def test_other_data_says_what_the_folder_found_is(tmp_path):
     (tmp_path / MARKER).write_text("{}\n")
     assert other_data(rec, tmp_path, "files:bb") == f"{tmp_path} has id files:bb: its files were edited since they " \
                                                     "were generated"
+
+
+def test_a_run_trained_again_has_its_rescore_left_off_the_board_until_scored_again(trained, tmp_path, monkeypatch):
+    """A housekeeping journey: a run trained again (its record deleted, bench run training it afresh to other
+    weights) kept its old strict record on the board, beside the new weights, unsaid, and bench rescore said
+    "nothing to score"."""
+    from typer.testing import CliRunner
+
+    import bench.run
+    from bench.cli import app
+    from bench.fileio import file_sha256
+    from bench.run import run_grid
+
+    root, _, legacy = trained
+    results = _alone(trained, tmp_path)
+    (rec,) = plan_rescore(results, "strict")
+    old = rescore_record(rec, "strict", results, CPU)
+    final = weights_path(results, legacy)
+    assert old["scored_weights"] == legacy["scored_weights"] == {"file": "final.pt", "sha256": file_sha256(final)}
+    record_path(results, legacy["run_id"]).unlink()
+    seeded = bench.run.seed_everything  # other initial weights stand for another thread count's training
+    monkeypatch.setattr(bench.run, "seed_everything", lambda seed: seeded(seed + 1))
+    lines = []
+    with pytest.warns(UserWarning, match="an earlier attempt's checkpoint"):  # its folder kept: trained afresh
+        run_grid([_spec(root, results, "legacy-synapse")], results_dir=results, device=CPU, say=lines.append)
+    new = json.loads(record_path(results, legacy["run_id"]).read_text())
+    assert new["scored_weights"]["sha256"] == file_sha256(final) != old["scored_weights"]["sha256"]
+    said = (f"{record_path(results, old['run_id'])} scored the weights of an earlier training of run {legacy['run_id']}, "
+            f"trained again since: `bench rescore --policy strict --results {results}` scores the new weights")
+    assert f"  note: {legacy['run_id']}: {said}" in lines
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        out = CliRunner().invoke(app, ["report", "--results", str(results), "--format", "csv"])
+    assert out.exit_code == 0, out.output
+    assert f"{said}; left out of its board until then" in [str(w.message) for w in warned]
+    assert ",strict," not in out.output and ",legacy-synapse," in out.output
+
+    out = CliRunner().invoke(app, ["rescore", "--policy", "strict", "--results", str(results)])
+    assert out.exit_code == 0 and "scored again: its run was trained again since its rescore" in out.output, out.output
+    again = json.loads(record_path(results, old["run_id"]).read_text())
+    assert again["scored_weights"] == new["scored_weights"] and again["train"] == new["train"]
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        assert sorted(load(results, current=True)["policy"]) == ["legacy-synapse", "strict"]
+    assert not [w for w in warned if "earlier training" in str(w.message)]
+    assert plan_rescore(results, "strict") == []
+
+
+def test_a_resume_evaluating_the_same_final_pt_keeps_its_rescore(trained, tmp_path):
+    """`bench run --resume` of a finished run whose record was deleted evaluates final.pt again without
+    training: the same weights, so its rescore stays on the board."""
+    root, _, legacy = trained
+    results = _alone(trained, tmp_path)
+    (rec,) = plan_rescore(results, "strict")
+    rescore_record(rec, "strict", results, CPU)
+    record_path(results, legacy["run_id"]).unlink()
+    again = run_one(_spec(root, results, "legacy-synapse"), results_dir=results, device=CPU, resume=True)
+    assert again["train"]["resumed_from"] is not None  # nothing trained: its last checkpoint was the last epoch's
+    assert again["scored_weights"] == legacy["scored_weights"]
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        assert len(load(results, current=True)) == 2
+    assert not [w for w in warned if "earlier training" in str(w.message)]
+    assert plan_rescore(results, "strict") == []

@@ -87,7 +87,7 @@ def check(
 
     if prune and not update:
         raise BenchError("--prune goes with --update (it drops baseline rows while rewriting the file)")
-    df = records.load(results, recheck=True)  # the numbers bench report shows: a hand-edited one restated
+    df = records.load(results, recheck=True, current=True)  # the numbers bench report shows: a hand-edited one restated
     if records.finished(df).empty:  # most likely not the folder meant: not drift
         raise BenchError(records.no_runs(results))
     picked = name_list(models)

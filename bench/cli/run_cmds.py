@@ -344,7 +344,7 @@ def rescore_claimed(rec: dict, policy: str, results: Path, dev, protocol: Path |
     there. Its outcome in one line; the new record, or None where it was skipped."""
     from bench.claim import claim_run
     from bench.records import record_path, scores_text
-    from bench.rescore import rescore_id, rescore_record
+    from bench.rescore import earlier_rescores, rescore_id, rescore_record
 
     new_id = rescore_id(rec["run_id"], policy)
     claim = claim_run(results, new_id)
@@ -354,19 +354,21 @@ def rescore_claimed(rec: dict, policy: str, results: Path, dev, protocol: Path |
             held[new_id] = rec["run_id"]
         return None
     with claim:
-        if record_path(results, new_id).is_file():
+        again = bool(earlier_rescores(results, rec, [policy]))  # of an earlier training: written over
+        if record_path(results, new_id).is_file() and not again:
             typer.echo(f"  {new_id}: scored meanwhile by another process, skipped")
         elif not still_to_score(rec["run_id"]):
             typer.echo(f"  {new_id}: trained under {policy} meanwhile (bench run --policy {policy}), skipped")
         else:
             try:  # an older bench, which takes no claim, may write it first
-                new = rescore_record(rec, policy, results, dev, protocol, roots)
+                new = rescore_record(rec, policy, results, dev, protocol, roots, replace=again)
             except BenchError:
-                if not record_path(results, new_id).is_file():
+                if again or not record_path(results, new_id).is_file():  # written over: it failed, no race
                     raise
                 typer.echo(f"  {new_id}: scored meanwhile by another process, skipped")
                 return None
-            typer.echo(f"  {new['run_id']}: {scores_text(new)}")
+            typer.echo(f"  {new['run_id']}: {scores_text(new)}"
+                       + ("; scored again: its run was trained again since its rescore" if again else ""))
             return new
     return None
 

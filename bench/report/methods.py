@@ -55,7 +55,8 @@ def render_methods(results_dir: Path, models: str | Iterable[str] | None = None,
     Without finished runs, the line saying so (``empty_ok``; else a BenchError, as `bench report` raises it)."""
     results_dir = Path(results_dir)
     # recheck: the numbers the boards show, and which records they restate (said per board)
-    df = finished(select_runs(load(results_dir, recheck=True), models, datasets, results_dir, policies=policies))
+    df = finished(select_runs(load(results_dir, recheck=True, current=True), models, datasets, results_dir,
+                              policies=policies))
     if df.empty:
         said = no_runs(results_dir, models, datasets, policies)
         if not empty_ok:

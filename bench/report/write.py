@@ -199,7 +199,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     columns = _check_columns(columns, fmt)
     given = models, datasets  # as typed, for select_runs' errors (`--models ,`)
     models, datasets = name_list(models), name_list(datasets)
-    df_runs, profiles = load(results_dir, recheck=True), load_profiles(results_dir)  # load first: it checks the folder
+    # load first: it checks the folder
+    df_runs, profiles = load(results_dir, recheck=True, current=True), load_profiles(results_dir)
     profiled = set(profiles["model"]) if profiles is not None and "model" in profiles else set()
     spelt = [*df_runs.get("model", []), *profiled]  # names as the runs and profiles spell them (`--models UNET`)
     if models:  # for the profiles and --reference too
