@@ -182,8 +182,13 @@ def remove_abandoned(folder: Path, dry_run: bool = False) -> bool:
     holder, judged = _holder(path)
     if holder is not None or judged is None:
         return False
-    if not dry_run and _remove_dead(path, judged):
-        with suppress(OSError):  # not empty now: a process claimed it meanwhile and wrote
-            folder.rmdir()
+    if dry_run:
+        return True
+    if not _remove_dead(path, judged):  # a live process claimed it meanwhile
+        return False
+    try:
+        folder.rmdir()
+    except OSError:  # not empty now: a process claimed it meanwhile and wrote
+        return False
     return True
 

@@ -7,10 +7,12 @@ folders, which a later write into the same folder sweeps; this sweeps them all a
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import claim, fileio, records
+from bench.errors import BenchError
 from bench.rescore import unscored_records, weights_path
 
 # in a finished run's checkpoints/: what a resume alone reads (the scored weights are never among them)
@@ -21,13 +23,16 @@ RESUME_ONLY = ("last.pt", "epoch_*.pt", "best@*.pt")
 class Cleanup:
     """What ``clean`` found: ``resume``, the resume-only files of finished runs by run id; ``temps``, temp
     files of writers that are gone; ``claimed``, run folders holding only a gone process's claim; ``held``,
-    finished runs a live process holds now (left alone); ``size``, the bytes of the files; ``kept``, what
-    could not be deleted."""
+    finished runs a live process holds now, ``evaluated`` files a ``bench run --weights`` record names
+    (its file name and SHA-256) and ``unread`` records that do not read: all left alone; ``size``, the bytes
+    of the files; ``kept``, what could not be deleted."""
 
     resume: dict[str, list[Path]] = field(default_factory=dict)
     temps: list[Path] = field(default_factory=list)
     claimed: list[Path] = field(default_factory=list)
     held: list[str] = field(default_factory=list)
+    evaluated: list[Path] = field(default_factory=list)
+    unread: list[str] = field(default_factory=list)
     size: int = 0
     kept: list[Path] = field(default_factory=list)
 
@@ -40,22 +45,44 @@ def clean(results_dir: Path, dry_run: bool = False) -> Cleanup:
     only find it; returns what was found."""
     results_dir = Path(results_dir)
     found = Cleanup()
+    evaluated = _evaluated_files(results_dir)
     for name in sorted(unscored_records(results_dir)):
-        rec = records.read_record(results_dir, Path(name).stem)
-        scored = weights_path(results_dir, rec)
+        try:
+            rec = records.read_record(results_dir, Path(name).stem)
+            scored = weights_path(results_dir, rec)
+        except (BenchError, KeyError) as exc:  # a damaged or foreign file: its run is not known to be finished
+            found.unread.append(f"{name} ({exc})")
+            continue
         if claim.held_by(results_dir, rec["run_id"]):  # a process works on it now: nothing of it is spare
             found.held.append(rec["run_id"])
             continue
-        if spare := sorted({p for pattern in RESUME_ONLY for p in scored.parent.glob(pattern)}):
+        spare = sorted({p for pattern in RESUME_ONLY for p in scored.parent.glob(pattern)})
+        # a file another run evaluated (bench run --weights runs/<id>/checkpoints/epoch_0049.pt): its record
+        # names it by name and SHA-256, and --from-record needs the very file again
+        named = [p for p in spare if p.name in evaluated and fileio.file_sha256(p) in evaluated[p.name]]
+        found.evaluated += named
+        if spare := [p for p in spare if p not in named]:
             found.resume[rec["run_id"]] = spare
     runs = sorted(records.runs_dir(results_dir).glob("*"))
     for folder in [records.records_dir(results_dir), results_dir / "profiles", *runs, *(r / "checkpoints" for r in runs)]:
-        found.temps += fileio.orphans(folder, fileio.temp_glob())
+        found.temps += fileio.orphans(folder, *fileio.OWN_FOLDER_TEMPS)
     found.size = size_of(found.files())
     found.claimed = [r for r in runs if claim.remove_abandoned(r, dry_run)]
     if not dry_run:
         found.kept = [p for p in found.files() if not fileio.remove_path(p) and p.exists()]
     return found
+
+
+def _evaluated_files(results_dir: Path) -> dict[str, set[str]]:
+    """The weights files the folder's records evaluated (``bench run --weights``): name -> SHA-256s."""
+    named: dict[str, set[str]] = {}
+    for path in records.records_dir(results_dir).glob("*.json"):
+        try:
+            weights = json.loads(path.read_text(encoding="utf-8")).get("weights")
+            named.setdefault(str(weights["file"]), set()).add(str(weights["sha256"]))
+        except (OSError, ValueError, AttributeError, TypeError, KeyError):  # no --weights run, or no record
+            continue
+    return named
 
 
 def size_of(paths: list[Path]) -> int:

@@ -305,6 +305,11 @@ def temp_glob(name: str = "*", suffix: str = "") -> str:
     return f".{name}.{TEMP_MARK}*{suffix}"
 
 
+# every temp name bench writes, or ever wrote, in a folder that is bench's alone (a run's folder and its
+# checkpoints/, records/, profiles/): its own, older versions' (".<name>.<8 characters>", ".last.pt.<pid>.tmp")
+OWN_FOLDER_TEMPS = (temp_glob(), OLD_TEMP_FILE, ".*.tmp")
+
+
 def orphans(folder: Path, *patterns: str) -> list[Path]:
     """What killed writers left in ``folder``: temp files or folders matching any of ``patterns``
     (globs) whose writer, a process of this host, is gone, or that are older than ``ORPHAN_AGE_S``

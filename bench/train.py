@@ -343,7 +343,7 @@ def train_model(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     if w.main:  # what a kill during a checkpoint write left behind (a dead writer's; another host's once a day old):
         # the folder is bench's alone, so every temp name, older versions' (".last.pt.<pid>.tmp") too
-        fileio.remove_orphans(ckpt_dir, ".*.tmp")
+        fileio.remove_orphans(ckpt_dir, *fileio.OWN_FOLDER_TEMPS)
     data = TrainDataset(dataset, protocol, seed=seed)
     if len(data) == 0:
         raise BenchError(f"{dataset.root}: the training split is empty")

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -80,6 +81,24 @@ def test_clean_deletes_what_nothing_reads_and_every_command_still_reads_the_run(
     again = rescore_record(rec, "legacy-synapse", results, "cpu")
     assert again["per_case"] and again["rescored_from"] == rec["run_id"]
     assert "nothing to delete" in run_bench_here(monkeypatch, capsys, "clean", "--results", results).stdout
+
+    # a review: a run evaluating another run's snapshot (bench run --weights) lost that file to clean, and its
+    # --from-record could never run again; an older bench's temp name, days old, stayed; a stray JSON stopped it
+    snapshot = ckpt / "epoch_0003.pt"
+    shutil.copyfile(ckpt / "final.pt", snapshot)
+    shutil.copyfile(ckpt / "final.pt", ckpt / "last.pt")  # a resume point again: spare
+    evaluated = make_record("unet", seed=5)
+    evaluated["weights"] = {"file": "epoch_0003.pt", "sha256": fileio.file_sha256(snapshot), "trained_by": None}
+    write_record(evaluated, results)
+    old_temp = ckpt / ".last.pt.99999.tmp"
+    old_temp.write_bytes(b"\0")
+    os.utime(old_temp, (time.time() - 3 * 86400,) * 2)
+    (results / "records" / "notes.json").write_text("{}")
+    proc = run_bench_here(monkeypatch, capsys, "clean", "--results", results)
+    assert snapshot.exists() and not (ckpt / "last.pt").exists() and not old_temp.exists()
+    assert f"note: 1 file(s) a bench run --weights record evaluated were kept (its --from-record needs them): " \
+           f"{snapshot.relative_to(results)}" in proc.stdout
+    assert "note: 1 file(s) in records/ are no readable record, their runs left alone: notes.json (" in proc.stdout
 
 
 def test_the_weights_a_run_selected_stay_and_a_held_run_is_left_alone(tmp_path):

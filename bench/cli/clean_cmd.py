@@ -51,5 +51,11 @@ def clean(
             typer.echo(f"  {line}")
     if found.held:
         typer.echo(f"note: {len(found.held)} finished run(s) held by a live process were left alone: {few(found.held, 3)}")
+    if found.evaluated:
+        typer.echo(f"note: {len(found.evaluated)} file(s) a bench run --weights record evaluated were kept (its "
+                   f"--from-record needs them): {few([str(p.relative_to(results)) for p in found.evaluated], 3)}")
+    if found.unread:
+        typer.echo(f"note: {len(found.unread)} file(s) in records/ are no readable record, their runs left alone: "
+                   f"{few(found.unread, 2, sep='; ')}")
     if found.kept:
         typer.echo(f"note: {len(found.kept)} file(s) could not be deleted: {few([str(p) for p in found.kept], 3)}")
