@@ -288,7 +288,11 @@ def test_rerun_comparison_is_exact_and_takes_nan_for_nan():
         **rec["per_case"][1], "hd95": math.nan}]}
     assert rerun_comparison(rec, other) == f"dice 0.5 -> {up!r}; 1 of 2 case rows differ"
     assert rerun_comparison(rec, {**rec, "per_class": [], "per_case": rec["per_case"][:1]}) == \
-        "1 of 1 per-class rows (the re-run has 0) and 1 of 2 case rows (the re-run has 1) differ"
+        "1 of 1 per-class rows (the record has 1, the re-run 0) and 1 of 2 case rows (the record has 2, the re-run 1) " \
+        "differ"
+    more = [*rec["per_case"], {"case": "c", "dice": 0.1}, {"case": "d", "dice": 0.2}, {"case": "e", "dice": 0.3}]
+    assert rerun_comparison(rec, {**rec, "per_case": more}) == \
+        "3 of 5 case rows (the record has 2, the re-run 5) differ"  # of the longer: never more than their total
 
 
 def test_synthetic_data_with_edited_test_labels_is_not_the_authors_data(smoke_results, tmp_path):
@@ -1330,26 +1334,34 @@ def test_a_rerun_planned_otherwise_names_what_differs():
 
 
 def test_a_rerun_says_each_thing_that_differs_from_where_the_run_ran():
-    """rerun_differences: None where device, CPU, torch, threads, processes and code are the run's; else each."""
+    """rerun_differing: [] where device, CPU, torch, threads, processes and code are the run's; else each, and
+    differences_text says them once, for one run or for several runs of a folder alike."""
     import torch
 
     from bench import env
-    from bench.run import rerun_differences
+    from bench.run import differences_text, rerun_differing
 
     cpu = torch.device("cpu")
     here = env.fingerprint(cpu)
     rec = {"run_id": "r1", "device": dict(here), "train": {"world_size": 1}, "git_commit": env.git_commit(),
            "code_digest": env.source_digest()}
-    assert rerun_differences(rec, cpu, 1) is None
-    assert rerun_differences({**rec, "device": {**here, "threads": None, "cpu": None}}, cpu, 1) is None  # not kept
-    said = rerun_differences({**rec, "device": {**here, "threads": here["threads"] + 1}, "train": {"world_size": 2},
+    assert rerun_differing(rec, cpu, 1) == []
+    assert rerun_differing({**rec, "device": {**here, "threads": None, "cpu": None}}, cpu, 1) == []  # not kept
+    differ = rerun_differing({**rec, "device": {**here, "threads": here["threads"] + 1}, "train": {"world_size": 2},
                               "code_digest": "0" * 16}, cpu, 1)
+    assert [d.split()[0] for d in differ] == ["threads", "processes", "code"]
+    said = differences_text(["r1"], differ)
     assert said.startswith(f"run r1 ran otherwise than this command: threads {here['threads']}, the run's "
                            f"{here['threads'] + 1} (--threads {here['threads'] + 1}); processes 1, the run's 2 "
                            "(--nproc 2); code ")
     assert said.endswith("; its numbers may differ from the record's")
-    assert "processes 2, the run's 1 (--nproc 1)" in rerun_differences(rec, cpu, 2)
-    assert rerun_differences({**rec, "device": {**here, "torch": "0.0"}}, cpu, 1).count("torch") == 1
+    assert "processes 2, the run's 1 (--nproc 1)" in rerun_differing(rec, cpu, 2)
+    assert [d.split()[0] for d in rerun_differing({**rec, "device": {**here, "torch": "0.0"}}, cpu, 1)] == ["torch"]
+    assert differences_text(["r1", "r2"], differ[:1], 2).startswith("all 2 runs ran otherwise than this command: "
+                                                                   "threads ")
+    some = differences_text(["r1", "r2"], differ[:1], 5)
+    assert some.startswith("2 runs (r1, r2) ran otherwise") and some.endswith("; their numbers may differ from their "
+                                                                               "records'")
 
 
 def test_a_grids_fold_notes_are_said_once_naming_every_fold():
