@@ -69,7 +69,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     model's files name other classes (``SegDataset.prediction_folder_notes``; a note where they name the
     same classes otherwise); its run's fold, where not the one scored, is named in a case error. A dataset of
     every fold's cases (nnU-Net's ``ALL_FOLDS``) scores them pooled, one aggregate over all, and each fold's
-    DSC (``Scores.per_fold``)."""
+    DSC (``Scores.per_fold``); a folder of nnU-Net's own fold "all" is refused there (``trained_on_every_case``)."""
     pred_dir = Path(pred_dir).expanduser()
     protocol.check_dataset(dataset.name)
     if getattr(dataset, "fold", None) == ALL_FOLDS and (fold_all := trained_on_every_case(pred_dir)):
