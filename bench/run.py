@@ -1118,13 +1118,6 @@ def check_rerun(spec: RunSpec, rec: dict[str, Any]) -> None:
                      "runs otherwise); rebuild its command from the record's launch.argv")
 
 
-def rerun_differences(rec: dict[str, Any], device: torch.device, processes: int) -> str | None:
-    """What differs here from where run record ``rec`` ran (``rerun_differing``), as one line; None where
-    nothing does."""
-    differ = rerun_differing(rec, device, processes)
-    return differences_text([rec["run_id"]], differ) if differ else None
-
-
 def rerun_differing(rec: dict[str, Any], device: torch.device, processes: int) -> list[str]:
     """What differs here from where run record ``rec`` ran, among what makes runs bit-identical (the
     device's kind, CPU, torch and its threads, processes, bench's code): each "threads 2, the run's 1
@@ -1167,9 +1160,10 @@ def rerun_comparison(was: dict[str, Any], now: dict[str, Any]) -> str | None:
     rows = []
     for name, key in (("per-class rows", "per_class"), ("case rows", "per_case")):
         old, new = _plain(was[key]), _plain(now[key])
-        n = sum(x != y for x, y in zip(old, new)) + abs(len(old) - len(new))
-        if n:
-            rows.append(f"{n} of {len(old)} {name}" + (f" (the re-run has {len(new)})" if len(new) != len(old) else ""))
+        n = sum(x != y for x, y in zip(old, new)) + abs(len(old) - len(new))  # a row either lacks: one differing
+        if n:  # counted of the longer, so never more than their total
+            rows.append(f"{n} of {max(len(old), len(new))} {name}"
+                        + (f" (the record has {len(old)}, the re-run {len(new)})" if len(new) != len(old) else ""))
     if not (said or rows):
         return None
     return "; ".join(filter(None, [few(said, 3), " and ".join(rows) + " differ" if rows else ""]))

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.base import SegDataset, hidden
-from bench.data.nnunet import ALL_FOLDS
+from bench.data.nnunet import ALL_FOLDS, trained_on_every_case
 from bench.errors import BenchError, few
 from bench.evaluate import Scoring, ground_truth, scored_ids, scored_mask, scoring_policy
 from bench.fileio import file_sha256
@@ -69,9 +69,13 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     model's files name other classes (``SegDataset.prediction_folder_notes``; a note where they name the
     same classes otherwise); its run's fold, where not the one scored, is named in a case error. A dataset of
     every fold's cases (nnU-Net's ``ALL_FOLDS``) scores them pooled, one aggregate over all, and each fold's
-    DSC (``Scores.per_fold``)."""
+    DSC (``Scores.per_fold``); a folder of nnU-Net's own fold "all" is refused there (``trained_on_every_case``)."""
     pred_dir = Path(pred_dir).expanduser()
     protocol.check_dataset(dataset.name)
+    if getattr(dataset, "fold", None) == ALL_FOLDS and (fold_all := trained_on_every_case(pred_dir)):
+        raise BenchError(f"--predictions {pred_dir}: a folder {fold_all}: no cross-validation score exists for "
+                         f"them; --fold {ALL_FOLDS} scores a cross-validation's predictions, each case by the fold "
+                         "that did not train on it (the fold_K/validation folders of folds 0-4, copied into one)")
     made_by = _manifest(pred_dir)
     notes = _data_notes(made_by, dataset, pred_dir)  # another dataset's predictions: refused before all else
     if pred_dir.is_dir():  # nnUNetv2_predict's copy of the model's dataset.json: a model of other labels refused
@@ -194,7 +198,7 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
         held = sorted({expected[name] for name in found if name in expected})
         why = (f"; protocol {protocol.name!r} scores the first {protocol.eval.max_cases} test cases only "
                "(eval.max_cases)" if unscored else _name_hint(extra, expected, found, pred_dir) or
-               dataset.unscored_hint(extra, held) or
+               dataset.unscored_hint(extra, held, pred_dir) or
                (f"; expected files named as the test cases, e.g. {example}" if len(held) < len(ids) else
                 "; the test cases' files are here too: leave the others out"))
         raise BenchError(f"{pred_dir}: {few(extra)}: no test case scored here{why}; scored here: the {len(ids)} test "

@@ -256,6 +256,7 @@ def test_from_record_of_a_folder_reruns_every_record_and_counts_them(tmp_path):
     (res / "records" / "broken.json").write_text("{")
     dry = _bench("run", "--from-record", res, "--results", tmp_path / "again", "--dry-run", check=False)
     assert dry.returncode == 2 and "1 of 4 record(s) of" in dry.stderr and "broken" in dry.stderr, dry.stderr
+    assert "could not be planned" in dry.stderr and "nothing was re-run" in dry.stderr, dry.stderr  # nor was
     assert [line.split()[:2] for line in dry.stdout.splitlines() if line.startswith("  ")] == \
         [["missing", i] for i in ids], dry.stdout
     (res / "records" / "broken.json").unlink()
@@ -270,6 +271,87 @@ def test_from_record_of_a_folder_reruns_every_record_and_counts_them(tmp_path):
     assert out.stdout.strip().endswith(f"bench run --from-record: 3 record(s) of {res} re-run: 3 match bit for bit, "
                                        "0 differ"), out.stdout
     assert sorted(p.stem for p in (tmp_path / "again" / "records").glob("*.json")) == ids
+    # again: every run is in --results, so each record is compared with it, and nothing re-run, as the summary says
+    out = _bench("run", "--from-record", res, "--results", tmp_path / "again", "--device", "cpu", "--no-progress")
+    assert out.stdout.strip().endswith(f"bench run --from-record: 3 record(s) of {res}, 3 found finished in "
+                                       f"{tmp_path / 'again'} already (compared, not re-run): 3 match bit for bit, "
+                                       "0 differ"), out.stdout
+
+
+def _rerun_record(tmp_path, run_id, outcome="", found=False):
+    from bench.cli.rerun_cmd import _Record
+
+    return _Record(tmp_path / "records" / f"{run_id}.json", {"run_id": run_id}, found=found, outcome=outcome)
+
+
+def test_from_record_of_a_folders_summary_says_which_records_were_re_run_and_which_only_compared(tmp_path, capsys):
+    """A reviewer's folder whose runs --results held already read "4 record(s) of resF re-run: 4 match", though
+    nothing ran; and a --dry-run with a failure ended "could not be re-run ..., the others were", nothing re-run."""
+    from bench.cli.rerun_cmd import _end, _summary
+
+    todo = [_rerun_record(tmp_path, "a", "match"), _rerun_record(tmp_path, "b", "differ", found=True),
+            _rerun_record(tmp_path, "c", "match", found=True), _rerun_record(tmp_path, "d", "skipped", found=True)]
+    _summary(Path("recs"), todo, 5, ["e"], Path("res"))
+    assert capsys.readouterr().out == (
+        "bench run --from-record: 5 record(s) of recs, 1 re-run and 2 found finished in res already (compared, not "
+        "re-run): 2 match bit for bit, 1 differ (b), 1 skipped (nothing to compare: being run by other processes, or "
+        "the record itself), 1 failed (e)\n")
+    _summary(Path("recs"), todo[2:3], 1, [], Path("res"))
+    assert "1 record(s) of recs, 1 found finished in res already (compared, not re-run): 1 match" in \
+        capsys.readouterr().out
+    _summary(Path("recs"), todo[:1], 1, [], Path("res"))
+    assert "1 record(s) of recs re-run: 1 match bit for bit, 0 differ\n" in capsys.readouterr().out
+    _end([], 3, Path("recs"), dry_run=True)  # nothing failed: nothing said
+    with pytest.raises(BenchError, match=r"^1 of 3 record\(s\) of recs could not be planned \(e\), the others were; "
+                                         r"the lines above say why \(--dry-run: nothing was re-run\)$"):
+        _end(["e"], 3, Path("recs"), dry_run=True)
+    with pytest.raises(BenchError, match=r"^3 of 3 record\(s\) of recs could not be re-run \(a, b, c\); the lines"):
+        _end(["a", "b", "c"], 3, Path("recs"))
+
+
+def test_from_record_into_its_own_folder_says_once_that_its_runs_are_skipped(tmp_path, capsys):
+    """--from-record resF --results resF skipped every run, and only a single record was told of --results
+    ANOTHER_FOLDER; now a folder is told too, once. A run held in --results is found (compared, not re-run)."""
+    from bench.cli.rerun_cmd import _note_once, _say_held
+
+    (tmp_path / "records").mkdir()
+    a, b, c = (_rerun_record(tmp_path, i) for i in "abc")
+    for r in (a, b):
+        r.path.write_text("{}")
+    note = _note_once()
+    assert _say_held(a, tmp_path, True, note) and _say_held(b, tmp_path, True, note)
+    assert not _say_held(c, tmp_path, True, note)  # not in --results: re-run
+    assert capsys.readouterr().out == (f"note: {tmp_path} is the folder of these records, so bench run skips their "
+                                       "runs; --results ANOTHER_FOLDER re-runs them there, to compare with their "
+                                       "records\n")
+    assert _say_held(a, tmp_path, False, _note_once())
+    assert capsys.readouterr().out == (f"note: {tmp_path} holds run a already, so bench run skips it; --results "
+                                       "ANOTHER_FOLDER re-runs it there, to compare with the record\n")
+    elsewhere = _rerun_record(tmp_path / "other", "a")  # another copy of the record: compared with it, no note
+    assert _say_held(elsewhere, tmp_path, False, _note_once()) and capsys.readouterr().out == ""
+
+
+def test_from_record_notes_are_said_by_one_process(monkeypatch, capsys):
+    """--from-record R --nproc 2 printed "note: --threads 1, as the run had" three times: the launcher's and each
+    process's. Now once: by the launcher (not the processes it started), or under torchrun by rank 0."""
+    from bench import distributed
+    from bench.cli.rerun_cmd import _note_once
+
+    def said(**env):
+        for key in ("WORLD_SIZE", "RANK", distributed.ERRORS_ENV):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        note = _note_once()
+        note("threads 1", "t")
+        note("threads 1, again", "t")  # its key said already
+        note("data")
+        return capsys.readouterr().out
+
+    assert said() == "note: threads 1\nnote: data\n"  # one process, or bench's launcher
+    assert said(WORLD_SIZE="2", RANK="0") == "note: threads 1\nnote: data\n"  # torchrun's rank 0
+    assert said(WORLD_SIZE="2", RANK="1") == ""
+    assert said(WORLD_SIZE="2", RANK="0", **{distributed.ERRORS_ENV: "/tmp/x"}) == ""  # its launcher said them
 
 
 def test_rerun_comparison_is_exact_and_takes_nan_for_nan():
@@ -288,7 +370,11 @@ def test_rerun_comparison_is_exact_and_takes_nan_for_nan():
         **rec["per_case"][1], "hd95": math.nan}]}
     assert rerun_comparison(rec, other) == f"dice 0.5 -> {up!r}; 1 of 2 case rows differ"
     assert rerun_comparison(rec, {**rec, "per_class": [], "per_case": rec["per_case"][:1]}) == \
-        "1 of 1 per-class rows (the re-run has 0) and 1 of 2 case rows (the re-run has 1) differ"
+        "1 of 1 per-class rows (the record has 1, the re-run 0) and 1 of 2 case rows (the record has 2, the re-run 1) " \
+        "differ"
+    more = [*rec["per_case"], {"case": "c", "dice": 0.1}, {"case": "d", "dice": 0.2}, {"case": "e", "dice": 0.3}]
+    assert rerun_comparison(rec, {**rec, "per_case": more}) == \
+        "3 of 5 case rows (the record has 2, the re-run 5) differ"  # of the longer: never more than their total
 
 
 def test_synthetic_data_with_edited_test_labels_is_not_the_authors_data(smoke_results, tmp_path):
@@ -1330,26 +1416,34 @@ def test_a_rerun_planned_otherwise_names_what_differs():
 
 
 def test_a_rerun_says_each_thing_that_differs_from_where_the_run_ran():
-    """rerun_differences: None where device, CPU, torch, threads, processes and code are the run's; else each."""
+    """rerun_differing: [] where device, CPU, torch, threads, processes and code are the run's; else each, and
+    differences_text says them once, for one run or for several runs of a folder alike."""
     import torch
 
     from bench import env
-    from bench.run import rerun_differences
+    from bench.run import differences_text, rerun_differing
 
     cpu = torch.device("cpu")
     here = env.fingerprint(cpu)
     rec = {"run_id": "r1", "device": dict(here), "train": {"world_size": 1}, "git_commit": env.git_commit(),
            "code_digest": env.source_digest()}
-    assert rerun_differences(rec, cpu, 1) is None
-    assert rerun_differences({**rec, "device": {**here, "threads": None, "cpu": None}}, cpu, 1) is None  # not kept
-    said = rerun_differences({**rec, "device": {**here, "threads": here["threads"] + 1}, "train": {"world_size": 2},
+    assert rerun_differing(rec, cpu, 1) == []
+    assert rerun_differing({**rec, "device": {**here, "threads": None, "cpu": None}}, cpu, 1) == []  # not kept
+    differ = rerun_differing({**rec, "device": {**here, "threads": here["threads"] + 1}, "train": {"world_size": 2},
                               "code_digest": "0" * 16}, cpu, 1)
+    assert [d.split()[0] for d in differ] == ["threads", "processes", "code"]
+    said = differences_text(["r1"], differ)
     assert said.startswith(f"run r1 ran otherwise than this command: threads {here['threads']}, the run's "
                            f"{here['threads'] + 1} (--threads {here['threads'] + 1}); processes 1, the run's 2 "
                            "(--nproc 2); code ")
     assert said.endswith("; its numbers may differ from the record's")
-    assert "processes 2, the run's 1 (--nproc 1)" in rerun_differences(rec, cpu, 2)
-    assert rerun_differences({**rec, "device": {**here, "torch": "0.0"}}, cpu, 1).count("torch") == 1
+    assert "processes 2, the run's 1 (--nproc 1)" in rerun_differing(rec, cpu, 2)
+    assert [d.split()[0] for d in rerun_differing({**rec, "device": {**here, "torch": "0.0"}}, cpu, 1)] == ["torch"]
+    assert differences_text(["r1", "r2"], differ[:1], 2).startswith("all 2 runs ran otherwise than this command: "
+                                                                   "threads ")
+    some = differences_text(["r1", "r2"], differ[:1], 5)
+    assert some.startswith("2 runs (r1, r2) ran otherwise") and some.endswith("; their numbers may differ from their "
+                                                                               "records'")
 
 
 def test_a_grids_fold_notes_are_said_once_naming_every_fold():

@@ -1482,6 +1482,22 @@ def test_a_legacy_synapse_board_counts_the_misses_it_scores_hd95_zero(tmp_path):
     with pytest.warns(UserWarning, match=r"HD95 0, the best value \(.*\); the strict board of these runs scores them "
                       r"with a penalty$"):
         write_report(other)
+    # a reviewer's folder: a strict run of the same models, of other seeds (trained so, no rescore): not these runs
+    # on that board, nor where one run with misses is rescored and another is not
+    for name, rescored in (("strict_other_runs", ()), ("strict_one_of_two", ("vmunet",))):
+        folder = tmp_path / name
+        for path in (tmp_path / "records").glob("*.json"):
+            rec = json.loads(path.read_text())
+            write_record(rec, folder)
+            if rec["seed"] == 0:  # each model's strict run of seed 7; vmunet s0 rescored too, s1 (the misses) not
+                write_record({**rec, "run_id": rec["run_id"] + "-s7", "seed": 7, "policy": "strict"}, folder)
+                if rec["model"] in rescored:
+                    write_record({**rec, "run_id": rec["run_id"] + ".strict", "policy": "strict",
+                                  "rescored_from": rec["run_id"]}, folder)
+        with pytest.warns(UserWarning, match=r"HD95 0, the best value \(.*\); `bench rescore --policy strict "
+                          rf"--results {re.escape(str(folder))}` scores them with a penalty$") as said:
+            write_report(folder)
+        assert not any("board of these runs" in str(w.message) for w in said), name
     assert "bench rescore" not in text and "--policy strict" not in text  # the significance caution's fact alone
     assert "a model that finds nothing looks best on HD95." in text.split("## Significance")[1]
     # strict scores a miss with a penalty: nothing to say; nor where the HD95 column is not shown
@@ -1507,6 +1523,13 @@ def test_each_test_set_counts_its_own_misses(tmp_path):
     got = {r.dataset_name.split(":")[1]: (r.n_missed, r.n_present) for r in runs.itertuples()}
     assert got == {"isic17": (0, 2), "isic18": (3, 3)}
     assert load(tmp_path)[["n_missed", "n_present"]].values.tolist() == [[3, 5]]  # the run's, over its sets
+    # a rescore of it: each set's run names the run it rescored on that set (bench report's board of these runs)
+    write_record({**rec, "run_id": rec["run_id"] + ".strict", "policy": "strict", "rescored_from": rec["run_id"]},
+                 tmp_path)
+    runs, _ = split_test_sets(load(tmp_path), load(tmp_path, level="case"))
+    twins = runs.dropna(subset=["rescored_from"])
+    assert sorted(twins["rescored_from"]) == [f"{rec['run_id']}@isic17", f"{rec['run_id']}@isic18"]
+    assert set(twins["rescored_from"]) == set(runs.loc[runs["rescored_from"].isna(), "run_id"])
 
 
 def test_csv_boards_name_their_hd95_unit(tmp_path):

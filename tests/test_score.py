@@ -303,6 +303,24 @@ def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored
     assert "e.g." not in str(info.value)
     assert score_predictions(every, open_dataset("nnunet", root, fold="all"), load_protocol("smoke")).metrics[
         "dice"] == 1.0
+    # nnU-Net's fold_all (nnUNetv2_train ... all) trained on every case: its validation/ is no cross-validation, so
+    # the --fold all hint is not given, and --fold all refuses it, through a link too
+    trained = tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_all" / "validation"
+    shutil.copytree(root / "labelsTr", trained)
+    with pytest.raises(BenchError, match=r"these 4 are training cases of the split scored, and the folder is of "
+                                         r"nnU-Net's fold_all, whose model \(nnUNetv2_train DATASET CONFIG all\) "
+                                         r"trained on every case, so its predictions are of cases it was trained on: "
+                                         r"no score of it is a test score; scored here") as info:
+        score_predictions(trained, ds, SMOKE)
+    assert "--fold all" not in str(info.value)
+    (tmp_path / "linked").symlink_to(trained)
+    for folder in (trained, tmp_path / "linked"):
+        with pytest.raises(BenchError, match=rf"^--predictions {re.escape(str(folder))}: a folder of nnU-Net's "
+                                             r"fold_all, whose model .* trained on every case, so its predictions are "
+                                             r"of cases it was trained on: no cross-validation score exists for them; "
+                                             r"--fold all scores a cross-validation's predictions, each case by the "
+                                             r"fold that did not train on it"):
+            score_predictions(folder, open_dataset("nnunet", root, fold="all"), SMOKE)
 
 
 def test_predictions_of_a_run_under_another_protocol_say_which(tmp_path):

@@ -47,6 +47,7 @@ class _Record:
     spec: Any = None  # its run as planned here (bench.run.RunSpec); None until planned
     say_warnings: Callable = lambda models: None  # what planning it warned of (run_cmds._plan)
     differ: list[str] = field(default_factory=list)  # how this command runs it otherwise (rerun_differing)
+    found: bool = False  # --results held its record before this command: compared, not re-run
     outcome: str = ""  # "match", "differ", "skipped" (nothing to compare with), "failed"
 
     @property
@@ -66,7 +67,7 @@ def rerun_records(ctx: typer.Context, path: Path, *, results: Path, data_root: P
     from bench import distributed
     from bench.cli.run_cmds import _grid_text, _list_plan, _train, training_options
     from bench.env import resolve_device
-    from bench.records import record_at, record_files
+    from bench.records import record_at, record_files, record_path
     from bench.run import note_failure, rerun_differing, rerun_source
 
     files, folder = record_files(path)
@@ -98,13 +99,7 @@ def rerun_records(ctx: typer.Context, path: Path, *, results: Path, data_root: P
             if r is not None:
                 r.outcome = "failed"
 
-    said: set[str] = set()
-
-    def note(text: str, key: str | None = None) -> None:  # once per command: a folder's records share their data
-        if (key or text) not in said:
-            said.add(key or text)
-            typer.echo(f"note: {text}")
-
+    note = _note_once()
     todo: list[_Record] = []
     for file in files:
         with each(file.stem):
@@ -140,23 +135,41 @@ def rerun_records(ctx: typer.Context, path: Path, *, results: Path, data_root: P
         grid = (_grid_text(specs, specs[0].dataset, specs[0].protocol) if one else
                 f"records of {path}" if folder else f"{path} and the run it rescored")
         _list_plan(specs, results, None, grid, more)
-        _end(failed, len(files), path)
+        _end(failed, len(files), path, dry_run)
         return
     main = distributed.rank_from_env() == 0
     for r in planned:
         with each(r.run_id, r), _threads(r.rec, threads, dev, note):
-            _say_held(r, results, folder)
+            r.found = _say_held(r, results, folder, note)
             _train(ctx, [r.spec], r.say_warnings, results=results, dev=dev, nproc=nproc, resume=resume,
                    progress=progress, grid=_grid_text([r.spec], r.spec.dataset, r.spec.protocol))
             r.outcome = _compare(r, results, dev) if main else ""
     for r in rescored:
         if r.source is not None:
             with each(r.run_id, r), _threads(r.rec, threads, dev, note):
+                r.found = record_path(results, r.run_id).is_file()
                 _rescore(r, results, dev, data_root)
                 r.outcome = _compare(r, results, dev)
     if folder:
-        _summary(path, todo, len(files), failed)
+        _summary(path, todo, len(files), failed, results)
     _end(failed, len(files), path)
+
+
+def _note_once() -> Callable[..., None]:
+    """``note(text, key=None)``: says "note: text" once per command (a folder's records share their data, so
+    their notes), keyed by ``key`` where given, else by the text; and only in the process that speaks for all:
+    under torchrun, rank 0, and not a process that bench run --nproc started (its launcher said them)."""
+    from bench import distributed
+
+    said: set[str] = set()
+    speaks = distributed.rank_from_env() == 0 and not distributed.launched_by_bench()
+
+    def note(text: str, key: str | None = None) -> None:
+        if speaks and (key or text) not in said:
+            said.add(key or text)
+            typer.echo(f"note: {text}")
+
+    return note
 
 
 def _plan_record(r: _Record, *, results: Path, data_root: Path | None, weights: Path | None,
@@ -221,14 +234,22 @@ def _warn_differences(planned: list[_Record]) -> None:
         warnings.warn(differences_text(list(ids), differ, len(planned)), stacklevel=1)
 
 
-def _say_held(r: _Record, results: Path, folder: bool) -> None:
-    """A note where ``results`` holds the very record given: bench run skips its run, compared with nothing."""
+def _say_held(r: _Record, results: Path, folder: bool, note: Callable[..., None]) -> bool:
+    """Whether ``results`` holds the record of ``r``'s run already (bench run skips the run); a note where
+    it is the very record given (compared with nothing): for a folder's records, once."""
     from bench.records import record_path
 
     held = record_path(results, r.run_id)
-    if not folder and held.is_file() and held.resolve() == r.path.resolve():
-        typer.echo(f"note: {results} holds run {r.run_id} already, so bench run skips it; --results ANOTHER_FOLDER "
-                   "re-runs it there, to compare with the record")
+    if not held.is_file():
+        return False
+    if held.resolve() == r.path.resolve():
+        if folder:
+            note(f"{results} is the folder of these records, so bench run skips their runs; --results ANOTHER_FOLDER "
+                 "re-runs them there, to compare with their records", "held")
+        else:
+            note(f"{results} holds run {r.run_id} already, so bench run skips it; --results ANOTHER_FOLDER re-runs it "
+                 "there, to compare with the record")
+    return True
 
 
 def _rescored_state(r: _Record, results: Path) -> tuple[str, str]:
@@ -282,20 +303,32 @@ def _compare(r: _Record, results: Path, dev) -> str:
     return "differ"
 
 
-def _summary(path: Path, todo: list[_Record], n: int, failed: list[str]) -> None:
-    """A folder's closing line: how many of its records were re-run, matched, differed, were skipped or failed."""
+def _summary(path: Path, todo: list[_Record], n: int, failed: list[str], results: Path) -> None:
+    """A folder's closing line: how many of its records were re-run (or only compared, their runs found
+    finished in ``results``), matched, differed, were skipped or failed."""
     of = {kind: [r.run_id for r in todo if r.outcome == kind] for kind in ("match", "differ", "skipped")}
+    compared = [r for r in todo if r.outcome in ("match", "differ")]
+    found = sum(r.found for r in compared)
+    ran = len(compared) - found
     counts = [f"{len(of['match'])} match bit for bit", f"{len(of['differ'])} differ"
               + (f" ({few(of['differ'], 3)})" if of["differ"] else "")]
     counts += [f"{len(of['skipped'])} skipped (nothing to compare: being run by other processes, or the record "
                "itself)"] if of["skipped"] else []
     counts += [f"{len(failed)} failed ({few(failed, 3)})"] if failed else []
-    typer.echo(f"bench run --from-record: {n} record(s) of {path} re-run: {', '.join(counts)}")
+    what = (f"{n} record(s) of {path}" + (f", {ran} re-run and" if ran else ",")
+            + f" {found} found finished in {results} already (compared, not re-run)" if found else
+            f"{n} record(s) of {path} re-run")
+    typer.echo(f"bench run --from-record: {what}: {', '.join(counts)}")
 
 
-def _end(failed: list[str], n: int, path: Path) -> None:
-    if failed:
-        others = ", the others were" if len(failed) < n else ""
-        raise BenchError(f"{len(failed)} of {n} record(s) of {path} could not be re-run ({few(failed)}){others}; the "
-                         "lines above say why; after fixing the cause, the same command re-runs them (finished runs "
-                         "are skipped, and compared)")
+def _end(failed: list[str], n: int, path: Path, dry_run: bool = False) -> None:
+    """A folder's BenchError naming the records that failed (--dry-run: that could not be planned)."""
+    if not failed:
+        return
+    others = ", the others were" if len(failed) < n else ""
+    if dry_run:
+        raise BenchError(f"{len(failed)} of {n} record(s) of {path} could not be planned ({few(failed)}){others}; the "
+                         "lines above say why (--dry-run: nothing was re-run)")
+    raise BenchError(f"{len(failed)} of {n} record(s) of {path} could not be re-run ({few(failed)}){others}; the "
+                     "lines above say why; after fixing the cause, the same command re-runs them (finished runs "
+                     "are skipped, and compared)")

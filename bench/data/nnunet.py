@@ -73,6 +73,7 @@ VOLUME_CACHE_FORMAT = 3
 _FOLD_LISTS = ('"train"', '"val"')  # a splits_final.json fold's lists, as errors name them
 N_FOLDS = 5  # nnU-Net's default cross-validation
 ALL_FOLDS = "all"  # fold=ALL_FOLDS: every fold's validation cases at once (bench score --fold all)
+NNUNET_FOLD_ALL = "fold_all"  # nnU-Net's folder of its fold "all": not ALL_FOLDS (trained_on_every_case)
 TEST_FRACTION_DENOM = 5  # 1/5 = 20 % of the cases are test cases
 VOLUME_ENDINGS = (".nii.gz", ".nii")
 # a cached volume: <case>.<sources' signature>[.<preprocessing key>; absent in format 1].<part>.npy
@@ -564,6 +565,18 @@ def same_geometry(image: Path, label: Path) -> bool:
         return True
 
 
+def trained_on_every_case(folder: Path) -> str:
+    """Where ``folder``'s path (as given, or resolved) has a ``fold_all`` component, the words that say what
+    that is: nnU-Net's fold "all" (``nnUNetv2_train DATASET CONFIG all``) trains on every case, so its
+    ``validation/`` holds predictions of its own training cases; not ``ALL_FOLDS`` (a cross-validation:
+    each case predicted by the fold that did not train on it). "" otherwise."""
+    path = Path(folder).expanduser()
+    if NNUNET_FOLD_ALL not in (*path.parts, *path.resolve().parts):
+        return ""
+    return (f"of nnU-Net's {NNUNET_FOLD_ALL}, whose model (nnUNetv2_train DATASET CONFIG all) trained on every case, "
+            "so its predictions are of cases it was trained on")
+
+
 def other_endings_hint(root: Path, ending: str, folder: str = "labelsTr") -> str:
     """"; and 6 '*.nii.gz' files: is file_ending '.nii.gz'?" where labelsTr holds files of another
     ending than dataset.json's (a wrong ``file_ending`` reads as a wrong ``numTraining``); for
@@ -974,12 +987,13 @@ class NnUNetDataset(SegDataset):
                             label_path(self.root, case, self.file_ending))
         return pred
 
-    def unscored_hint(self, extra: list[str], held: list[str]) -> str:
+    def unscored_hint(self, extra: list[str], held: list[str], folder: Path | None = None) -> str:
         """As ``SegDataset.unscored_hint``, where every name in ``extra`` is a case's prediction
         (``<case><ending>``): all the cases found (``held`` too) are in one cross-validation fold's validation
         cases (an nnU-Net fold's ``validation/`` folder: the --fold to pass), or cases of imagesTs/labelsTs
         (which bench does not score), or training cases of the split scored (nnU-Net's
-        ``crossval_results_folds_*``, which holds every case: what ``fold=ALL_FOLDS`` scores)."""
+        ``crossval_results_folds_*``, which holds every case: what ``fold=ALL_FOLDS`` scores; not a ``folder``
+        of nnU-Net's ``fold_all``, whose model trained on them: ``trained_on_every_case``)."""
         n = len(self.file_ending)
         if not extra or not all("/" not in name and name.endswith(self.file_ending) for name in extra):
             return ""
@@ -1009,6 +1023,8 @@ class NnUNetDataset(SegDataset):
         trained = [c for c in ids if c in train]
         if trained and len(trained) == len(ids):
             said = "it is a training case" if len(ids) == 1 else f"these {len(ids)} are training cases"
+            if folder is not None and (fold_all := trained_on_every_case(folder)):  # no fold scores it
+                return f"; {said} of the split scored, and the folder is {fold_all}: no score of it is a test score"
             if {*ids, *held} == known:  # crossval_results_folds_*, cv_niftis_raw: what --fold all scores
                 return (f"; {said} of the split scored, and the folder holds every case: --fold all scores a "
                         f"cross-validation's predictions of every case, each against its own fold{copy}")

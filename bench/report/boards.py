@@ -147,6 +147,10 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         plugin_code=_plugin_code_changed(group),
         repeated=repeated,
         repeated_runs=repeated_runs,  # per model, the run ids of its seeds counted more than once
+        run_ids={label: sorted(runs["run_id"]) for label, runs in group.groupby("model_label", sort=False)},
+        # bench rescore: each rescored run's source run (its weights), by run id
+        rescored_from={r: s for r, s in zip(group["run_id"], group["rescored_from"]) if isinstance(s, str)}
+        if "rescored_from" in group else {},
         n_cases=sorted({int(n) for n in group["n_cases"].dropna()}),  # per run, as the caption says them
         n_train=sorted({int(n) for n in group["n_train"].dropna()}) if "n_train" in group else [],
         # bench rescore: (runs rescored, runs, their first policies, how many have their first record gone)
@@ -416,6 +420,8 @@ def split_test_sets(df_runs: pd.DataFrame, df_cases: pd.DataFrame | None) -> tup
             for key, value in miss_counts(rows["empty"]).items():
                 run[key] = value
         run["run_id"], run["dataset_name"] = set_id, name
+        if isinstance(run.get("rescored_from"), str):  # its source's run on this set
+            run["rescored_from"] = f"{run['rescored_from']}@{test_set}"
         new_runs.append(run)
         new_cases.append(rows.assign(run_id=set_id, dataset_name=name))
     if not new_runs:

@@ -111,15 +111,18 @@ def _warn_repeated(boards: dict) -> None:
 
 def _warn_boards(boards: dict, results_dir: Path) -> None:
     """What to do about a board, said where it is seen rather than in its caption (a paper's text): misses
-    scored HD95 0 (the board of the same runs under a policy with a penalty, where there is one, else the
-    command that scores them so), and plugin code changed since its runs trained."""
+    scored HD95 0 (the board of the same runs under a policy with a penalty, where there is one: each run
+    with misses rescored there, not only its model; else the command that scores them so), and plugin code
+    changed since its runs trained."""
     from bench.report.board_text import _missed_at_hd95_zero, _misses_score_zero
 
     for key, board in boards.items():
         if missed := _missed_at_hd95_zero(key, board):
-            missing = set(board.loc[board["n_missed"] > 0, "model"])  # their rows under a policy with a penalty
+            run_ids = board.attrs.get("run_ids", {})
+            missing = {r for label in board.loc[board["n_missed"] > 0, "model"] for r in run_ids.get(label, [])}
+            # these very runs there: each rescored (bench rescore's records name their run), not only their models
             beside = [k.policy for k, b in boards.items() if k[:2] == key[:2] and not _misses_score_zero(k.policy)
-                      and missing <= set(b["model"])]
+                      and missing and missing <= set(b.attrs.get("rescored_from", {}).values())]
             fix = (f"the {beside[0]} board of these runs scores them with a penalty" if beside else
                    f"`bench rescore --policy strict --results {shlex.quote(str(results_dir))}` scores them with a "
                    "penalty")
