@@ -608,6 +608,9 @@ def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
         return "finished", f"record missing: {again}"
     if (ckpt / LAST).is_file():
         return "partial", "a checkpoint, no record: --resume continues it"
+    if (ended := runlog.last_outcome(ckpt.parent)) and ended[0] != "finished":  # stopped before a checkpoint, as reports say
+        how = ended[1] if ended[0] == "interrupted" else f"failed ({ended[1]})"  # "interrupted while training X"
+        return "missing", f"{how}, before its first checkpoint: bench run trains it afresh"
     return "missing", ""
 
 

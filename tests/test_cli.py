@@ -1460,3 +1460,26 @@ def test_a_grids_fold_notes_are_said_once_naming_every_fold():
     assert grid_notes([spec(3, "split: fold 3 of R")]) == ["split: fold 3 of R"]
     assert grid_notes([spec(None, "split: fold 3 of R")]) == ["split: fold 3 of R"]  # no fold run: as it is
     assert grid_notes([spec(2, "split: fold 3 of R")]) == ["split: fold 3 of R"]  # another fold's words: as they are
+
+
+def test_dry_run_says_a_run_stopped_before_its_first_checkpoint(tmp_path):
+    """A housekeeping review: a run interrupted before its first checkpoint was "interrupted" in the report's
+    warning and a bare "missing" in --dry-run, though its folder and log were there."""
+    from bench.data import synthetic_root
+    from bench.registry import get_entry
+    from bench.run import plan_grid, run_state
+
+    root = synthetic_root("synapse", tmp_path / "synth")
+    (spec,) = plan_grid(models=["unet"], dataset="synapse", protocol="smoke", seeds=[0], data_root=root,
+                        synthetic=False, results_dir=tmp_path, model_overrides=dict(get_entry("unet").tiny))
+    assert run_state(spec, tmp_path) == ("missing", "")
+    log = tmp_path / "runs" / spec.key / "run.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(f"2026-12-06 10:00:00Z  [1/1] {spec.key}: training\n"
+                   f"2026-12-06 10:00:05Z  interrupted while training {spec.key} (Ctrl-C)\n")
+    assert run_state(spec, tmp_path) == ("missing", f"interrupted while training {spec.key}, before its first "
+                                                    "checkpoint: bench run trains it afresh")
+    with log.open("a") as fh:
+        fh.write(f"2026-12-06 10:01:00Z  [1/1] {spec.key}: training\n"
+                 f"2026-12-06 10:01:02Z  FAILED: out of memory. More words\n")
+    assert run_state(spec, tmp_path)[1] == "failed (out of memory), before its first checkpoint: bench run trains it afresh"
