@@ -1464,3 +1464,17 @@ def test_only_system_errors_of_the_command_lines_paths_are_one_line(monkeypatch,
     assert _system_line(OSError(errno.EACCES, "Permission denied", "/usr/lib/bench-cache/x")) is None  # a bug's
     assert _system_line(OSError(errno.ENOMEM, "Cannot allocate memory")).startswith("error: out of memory (")
     assert _system_line(ValueError("x")) is None
+
+
+def test_an_option_of_one_value_given_twice_is_refused(monkeypatch, capsys, tmp_path):
+    """A reviewer's `bench report --results received --results rerun` reported the second folder alone (click
+    keeps the last value without a word); options that take several (--set, rescore's --data-root) and flags
+    given both ways (--resume --no-resume) stay as they were."""
+    _fails(monkeypatch, capsys, "report", "--results", tmp_path / "a", f"--results={tmp_path / 'b'}",
+           names=f"--results {tmp_path / 'a'} and --results {tmp_path / 'b'}", phrase="the option takes one value")
+    _fails(monkeypatch, capsys, "data", "synth", "--like", "isic", "--out", tmp_path / "s", "--seed", "1", "--seed", "2",
+           names="--seed 1 and --seed 2", phrase="give it once")
+    err = _fails(monkeypatch, capsys, "run", "--models", "unet", "--tiny", "--synthetic", "--protocol", "smoke",
+                 "--results", tmp_path / "r", "--resume", "--no-resume", "--set", "widths=[8, 16]", "--set",
+                 "depth=2", "--threads", "1", "--threads", "1", names="--threads 1 and --threads 1", phrase="give it once")
+    assert "--set" not in err and "--resume" not in err

@@ -70,6 +70,7 @@ def _main() -> None:
     sys.argv[1:] = map(_tilde_expanded, sys.argv[1:])
     try:
         _refuse_empty_values(sys.argv[1:])
+        _refuse_repeated_values(app, sys.argv[1:])
         code = app(standalone_mode=False, prog_name="bench")  # click's usage errors reach us: one line each
     except BenchError as exc:
         if debugging():  # the traceback, then the same line and exit code as without it
@@ -156,6 +157,29 @@ def _refuse_empty_values(args: list[str]) -> None:
         if not arg.strip() and i and args[i - 1].startswith("--"):
             raise BenchError(f"{args[i - 1]}: an empty value ({arg!r}; an unset shell variable?); give one, or leave "
                              "the option out")
+
+
+def _refuse_repeated_values(app, args: list[str]) -> None:
+    """BenchError for an option of one value given twice (``bench report --results A --results B``): click
+    keeps the last without a word, so a reviewer comparing two folders read one of them as both."""
+    import typer.main
+
+    command = typer.main.get_command(app)
+    rest = list(args)
+    while rest and not rest[0].startswith("-") and rest[0] in getattr(command, "commands", {}):  # bench data synth
+        command = command.commands[rest.pop(0)]
+    single = {opt: param for param in command.params if getattr(param, "opts", None) and not param.multiple
+              and not getattr(param, "is_flag", False) and not getattr(param, "count", False) for opt in param.opts}
+    given: dict[str, list[str]] = {}
+    for i, arg in enumerate(rest):
+        option, eq, value = arg.partition("=")
+        if option in single:
+            given.setdefault(single[option].name, []).append(
+                f"{option} {value if eq else rest[i + 1] if i + 1 < len(rest) else ''}".strip())
+    for uses in given.values():
+        if len(uses) > 1:
+            raise BenchError(f"{' and '.join(uses)}: the option takes one value, and the command would use the last "
+                             "alone; give it once")
 
 
 def _system_line(exc: BaseException) -> str | None:
