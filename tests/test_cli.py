@@ -276,6 +276,17 @@ def test_from_record_of_a_folder_reruns_every_record_and_counts_them(tmp_path):
     assert out.stdout.strip().endswith(f"bench run --from-record: 3 record(s) of {res}, 3 found finished in "
                                        f"{tmp_path / 'again'} already (compared, not re-run): 3 match bit for bit, "
                                        "0 differ"), out.stdout
+    # a run of --results trained again since its rescore there (its record deleted): that rescore, of the earlier
+    # weights, is scored again, not taken as held (the diff review's re-read)
+    first = ids[0]
+    (tmp_path / "again" / "records" / f"{first}.json").unlink()
+    held = tmp_path / "again" / "records" / f"{first}.strict.json"
+    held.write_text(json.dumps({**json.loads(held.read_text()), "scored_weights": {"file": "final.pt",
+                                                                                   "sha256": "0" * 64}}))
+    out = _bench("run", "--from-record", res, "--results", tmp_path / "again", "--device", "cpu", "--no-progress")
+    assert f"{first}.strict: " in out.stdout and "; scored again: its run was trained again since its rescore" in \
+        out.stdout and "scored earlier, skipped" not in out.stdout, out.stdout
+    assert json.loads(held.read_text())["scored_weights"]["sha256"] != "0" * 64
 
 
 def _rerun_record(tmp_path, run_id, outcome="", found=False):

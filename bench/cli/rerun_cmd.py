@@ -266,18 +266,20 @@ def _rescore(r: _Record, results: Path, dev, data_root: Path | None) -> None:
     as bench rescore scores it (``rescore_claimed``); nothing where ``results`` holds that record already."""
     from bench.cli.run_cmds import rescore_claimed
     from bench.records import read_record, record_path
-    from bench.rescore import DataRoots
+    from bench.rescore import DataRoots, earlier_rescores
 
     source, policy = r.source.run_id, r.rec["policy"]
-    if record_path(results, r.run_id).is_file():
+    run = read_record(results, source) if record_path(results, source).is_file() else None
+    # held already, unless of an earlier training of the run (trained again since): rescore_claimed scores it again
+    if record_path(results, r.run_id).is_file() and not (run and earlier_rescores(results, run, [policy])):
         typer.echo(f"  {r.run_id}: scored earlier, skipped")
         return
-    if r.source.outcome == "failed" or not record_path(results, source).is_file():
+    if r.source.outcome == "failed" or run is None:
         raise BenchError(f"run {source}, whose weights it scored under {policy}, was not re-run (see above), so "
                          "there is nothing to rescore")
     typer.echo(f"bench rescore: run {source} under {policy} · device {dev}")
     roots = DataRoots([data_root] if data_root else [])
-    rescore_claimed(read_record(results, source), policy, results, dev, None, roots)
+    rescore_claimed(run, policy, results, dev, None, roots)
 
 
 def _compare(r: _Record, results: Path, dev) -> str:
