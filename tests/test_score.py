@@ -230,6 +230,43 @@ def test_all_folds_score_every_case_once_pooled_as_the_folds_scored_alone(tmp_pa
                                                                "...) or 'all'")
 
 
+def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path):
+    """eval.max_cases capped the pooled list, so --fold all under a capped protocol scored the first folds' cases
+    alone (and refused the others' files as unscored): each fold's run scores its first N validation cases, and
+    so does --fold all, every fold's beside, said in the notes and the table's title."""
+    import shutil
+
+    root = synthesize("nnunet", tmp_path / "data", dims=2, n_cases=7, size=32)  # folds of 2, 2, 1, 1, 1 cases
+    ds = open_dataset("nnunet", root, fold="all")
+    every = tmp_path / "cv_niftis_raw"
+    every.mkdir()
+    for shift, case_id in enumerate(ds.cases):
+        case = ds.load_test(case_id)
+        ds.write_prediction(case, np.roll(case.label, shift, axis=1), every / ds.prediction_name(case_id))
+    capped = load_protocol("smoke").with_overrides(max_cases=1)
+    firsts = [val[0] for val in ds.fold_cases]
+    second = next(val[1] for val in ds.fold_cases if len(val) > 1)
+    with pytest.raises(BenchError, match=rf"{second}.png.*: no test case scored here; protocol 'smoke' scores each "
+                                         r"fold's first 1 validation case only \(eval.max_cases\); scored here: the 5 "
+                                         r"test case\(s\) of"):
+        score_predictions(every, ds, capped)
+    for case_id in ds.cases:
+        if case_id not in firsts:
+            (every / ds.prediction_name(case_id)).unlink()
+    scores = score_predictions(every, ds, capped)
+    assert sorted(scores.per_case["case"].unique()) == sorted(firsts) and scores.scored["n_cases"] == 5
+    for k, fold in enumerate(scores.per_fold):  # as fold k's own run under the protocol scores it
+        own = tmp_path / f"fold_{k}"
+        own.mkdir()
+        shutil.copyfile(every / ds.prediction_name(firsts[k]), own / ds.prediction_name(firsts[k]))
+        alone = score_predictions(own, open_dataset("nnunet", root, fold=k), capped)
+        assert fold == {"fold": k, "n_cases": 1, "dice": alone.metrics["dice"]}
+    assert scores.notes == ["protocol 'smoke' scores each fold's first 1 validation case (eval.max_cases), as each "
+                            "fold's run does: 5 of the 7 cases of all 5 folds"]
+    md = render(scores, "md")
+    assert "5 cases of nnunet:" in md and " · split: each fold's first 1 validation case of all 5 folds, of " in md
+
+
 def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored(tmp_path, monkeypatch, capsys):
     """What nnU-Net users point bench score at: a fold's validation/ folder without --fold (the fold to pass,
     and where nnU-Net keeps the splits_final.json bench reads beside dataset.json), the fold_K folder itself
