@@ -155,7 +155,8 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
             "protocol_version": protocol.version, "protocol_hash": protocol.hash,
             "off_protocol": protocol.off_protocol, "policy": policy,
             "predictions": str(pred_dir.resolve()), "predictions_sha256": _folder_sha256(pred_dir, files),
-            "run_id": made_by.get("run_id"), "n_cases": len(ids), "resized": resized,
+            # whose predictions were scored: no run's where other folds' files joined its folder (a note names it)
+            "run_id": None if fold and pooled else made_by.get("run_id"), "n_cases": len(ids), "resized": resized,
         },
         notes=notes,
         per_fold=_per_fold(dataset, scoring, ids, scored) if pooled else [],

@@ -737,7 +737,8 @@ def test_predictions_of_another_dataset_or_fold_are_named_so(tmp_path):
                             "split: pass --fold 0 to have the output name its fold; both hold the same test cases (1), "
                             "so these are the run's numbers"]
     # every fold's cases scored (--fold all): a fold's run is named where its cases alone are here; its manifest
-    # in a folder the other folds' files were added to is not taken for the pooled numbers' run
+    # in a folder the other folds' files were added to is not taken for the pooled numbers' run, nor named as the
+    # folder's maker in the table's title or the JSON (they named it, beside the note that they are not its numbers)
     every = open_dataset("nnunet", root, fold="all")
     with pytest.raises(BenchError, match=r"no prediction of test case\(s\) .* \(4 of 5; .*\); fold mismatch: bench "
                                          r"predict's run run-3 is of fold 0, scored here as all folds' validation "
@@ -746,9 +747,12 @@ def test_predictions_of_another_dataset_or_fold_are_named_so(tmp_path):
     for case in cases[1:]:
         shutil.copyfile(root / "labelsTr" / every.prediction_name(case), folder / every.prediction_name(case))
     scores = score_predictions(folder, every, load_protocol("smoke"))
-    assert scores.scored["n_cases"] == 5 and scores.scored["run_id"] == "run-3"
+    assert scores.scored["n_cases"] == 5 and scores.scored["run_id"] is None
     assert scores.notes == [f"{MANIFEST} is bench predict's of run run-3, of fold 0 alone; the 5 cases scored here are "
                             "all folds' validation cases, so these are not that run's numbers"]
+    title = render(scores, "md").splitlines()[0]
+    assert title.startswith(f"{folder.resolve()}: 5 cases of ") and "run-3" not in title
+    assert json.loads(render(scores, "json"))["scored"]["run_id"] is None
 
 
 def test_files_named_otherwise_and_one_hot_volumes_are_said_what_to_do(tmp_path):
