@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.base import SegDataset, hidden
-from bench.data.nnunet import ALL_FOLDS, trained_on_every_case
+from bench.data.nnunet import ALL_FOLDS, NnUNetDataset, trained_on_every_case
 from bench.errors import BenchError, counted, few
 from bench.evaluate import Scoring, ground_truth, scored_ids, scored_mask, scoring_policy
 from bench.fileio import file_sha256
@@ -69,13 +69,19 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     model's files name other classes (``SegDataset.prediction_folder_notes``; a note where they name the
     same classes otherwise); its run's fold, where not the one scored, is named in a case error. A dataset of
     every fold's cases (nnU-Net's ``ALL_FOLDS``) scores them pooled, one aggregate over all, and each fold's
-    DSC (``Scores.per_fold``); a folder of nnU-Net's own fold "all" is refused there (``trained_on_every_case``)."""
+    DSC (``Scores.per_fold``). On nnU-Net data a folder of nnU-Net's own fold "all", whose model trained on every
+    case, is refused whatever the split (``trained_on_every_case``)."""
     pred_dir = Path(pred_dir).expanduser()
     protocol.check_dataset(dataset.name)
-    if getattr(dataset, "fold", None) == ALL_FOLDS and (fold_all := trained_on_every_case(pred_dir)):
-        raise BenchError(f"--predictions {pred_dir}: a folder {fold_all}: no cross-validation score exists for "
-                         f"them; --fold {ALL_FOLDS} scores a cross-validation's predictions, each case by the fold "
-                         "that did not train on it (the fold_K/validation folders of folds 0-4, copied into one)")
+    # every case bench scores on nnU-Net data is a labelsTr case, which nnU-Net's fold "all" trained on: whatever
+    # the split, a score of its predictions (those of a folder trimmed to the test cases too) is a training score
+    if isinstance(dataset, NnUNetDataset) and (fold_all := trained_on_every_case(pred_dir)):
+        why = (f"no cross-validation score exists for them; --fold {ALL_FOLDS} scores a cross-validation's "
+               "predictions, each case by the fold that did not train on it (the fold_K/validation folders of folds "
+               "0-4, copied into one)" if dataset.fold == ALL_FOLDS else
+               "no score of it is a test score; a cross-validation fold's own folder (fold_K/validation) is scored "
+               "with --fold K")
+        raise BenchError(f"--predictions {pred_dir}: a folder {fold_all}: {why}")
     made_by = _manifest(pred_dir)
     notes = _data_notes(made_by, dataset, pred_dir)  # another dataset's predictions: refused before all else
     if pred_dir.is_dir():  # nnUNetv2_predict's copy of the model's dataset.json: a model of other labels refused
@@ -206,7 +212,7 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
         pooled = getattr(dataset, "fold", None) == ALL_FOLDS
         why = (f"; protocol {protocol.name!r} scores {_capped_said(protocol.eval.max_cases, pooled)} only "
                "(eval.max_cases)" if unscored else _name_hint(extra, expected, found, pred_dir) or
-               dataset.unscored_hint(extra, held, pred_dir) or
+               dataset.unscored_hint(extra, held) or
                (f"; expected files named as the test cases, e.g. {example}" if len(held) < len(ids) else
                 "; the test cases' files are here too: leave the others out"))
         raise BenchError(f"{pred_dir}: {few(extra)}: no test case scored here{why}; scored here: the {len(ids)} test "

@@ -341,15 +341,22 @@ def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored
     assert score_predictions(every, open_dataset("nnunet", root, fold="all"), load_protocol("smoke")).metrics[
         "dice"] == 1.0
     # nnU-Net's fold_all (nnUNetv2_train ... all) trained on every case: its validation/ is no cross-validation, so
-    # the --fold all hint is not given, and --fold all refuses it, through a link too
+    # the --fold all hint is not given, and every split refuses it, through a link too: one trimmed to the test
+    # cases' files was scored without --fold (or with a fold's), its numbers those of cases the model trained on
     trained = tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_all" / "validation"
     shutil.copytree(root / "labelsTr", trained)
-    with pytest.raises(BenchError, match=r"these 4 are training cases of the split scored, and the folder is of "
-                                         r"nnU-Net's fold_all, whose model \(nnUNetv2_train DATASET CONFIG all\) "
-                                         r"trained on every case, so its predictions are of cases it was trained on: "
-                                         r"no score of it is a test score; scored here") as info:
-        score_predictions(trained, ds, SMOKE)
-    assert "--fold all" not in str(info.value)
+    for split, cases in ((ds, [test]), (open_dataset("nnunet", root, fold=k), [case]), (ds, ds.cases)):
+        for path in trained.iterdir():
+            path.unlink()
+        for name in cases:
+            shutil.copyfile(root / "labelsTr" / f"{name}.nii.gz", trained / f"{name}.nii.gz")
+        with pytest.raises(BenchError, match=rf"^--predictions {re.escape(str(trained))}: a folder of nnU-Net's "
+                                             r"fold_all, whose model \(nnUNetv2_train DATASET CONFIG all\) trained on "
+                                             r"every case, so its predictions are of cases it was trained on: no score "
+                                             r"of it is a test score; a cross-validation fold's own folder "
+                                             r"\(fold_K/validation\) is scored with --fold K$") as info:
+            score_predictions(trained, split, SMOKE)
+        assert "--fold all" not in str(info.value)
     (tmp_path / "linked").symlink_to(trained)
     for folder in (trained, tmp_path / "linked"):
         with pytest.raises(BenchError, match=rf"^--predictions {re.escape(str(folder))}: a folder of nnU-Net's "
