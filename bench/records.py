@@ -569,7 +569,10 @@ def miss_counts(empty: Iterable[Any]) -> dict[str, int]:
 
 
 def _same(stored: Any, recomputed: Any) -> bool:
-    """Equal but for float noise (a JSON round trip, another summation order); NaN (null) equals NaN."""
+    """Equal but for float noise (a JSON round trip, another summation order); NaN (null) equals NaN. A word (a
+    case row's ``empty`` label) equals only itself."""
+    if isinstance(stored, str) or isinstance(recomputed, str):
+        return stored == recomputed
     a, b = (math.nan if v is None else float(v) for v in (stored, recomputed))
     if math.isnan(a) or math.isnan(b):
         return math.isnan(a) and math.isnan(b)
@@ -580,7 +583,8 @@ def restated(rec: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The numbers of ``rec`` its own case rows do not give: {key: (stored, recomputed)}.
 
     First each case row's numbers its pixel counts give (``bench.metrics.count_scores`` under the record's
-    policy, as the run scored them: dice, iou, acc, spe, sen, n_pred, n_ref), keyed ``case_key``: ``"case
+    policy, as the run scored them: dice, iou, acc, spe, sen, n_pred, n_ref and the ``empty`` label the boards' miss
+    counts take), keyed ``case_key``: ``"case
     img0003 class 2 (liver): dice"``; a row without numeric tp, fp, fn, tn (an older record) is taken as
     stored, and hd95 and nsd, which counts do not give, always are. Then, from the rows so corrected, the
     aggregates (``bench.metrics.aggregate``): ``key`` a ``metrics`` key or ``dice/<class>`` / ``hd95/<class>``
@@ -622,7 +626,7 @@ def recounted(rec: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, t
         counts = [row.get(k) for k in metrics.COUNTS]
         if all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in counts):
             again = metrics.count_scores(*counts, policy=rec["policy"])
-            for m in [m for m in again if m in row and m != "empty" and not _same(row[m], again[m])]:
+            for m in [m for m in again if m in row and not _same(row[m], again[m])]:
                 out[case_key(row, m)] = (stored[m], again[m])
                 row[m] = again[m]
         rows.append(row)
@@ -663,6 +667,10 @@ def _restate(row: dict[str, Any], rec: Mapping[str, Any], path: Path, found: lis
             few([f"{k} {_num(s)} stored, {_num(r)} from the case rows" for k, (s, r) in diffs.items()
                  if k not in cases], 3, sep="; ")]
     row["restated"] = "; ".join(t for t in said if t)
+    # the miss counts _run_row took from the stored empty labels: as the recounted ones give them
+    if flips := [diffs[k] for k in cases if k.endswith(": empty")]:
+        was, now = miss_counts(s for s, _ in flips), miss_counts(r for _, r in flips)
+        row.update({k: row[k] + now[k] - was[k] for k in now if k in row})
     # the code that computed the stored numbers: another version's aggregation differs without any hand edit
     scored = rec.get("rescored_with") or rec  # bench rescore computed a rescored record's numbers
     if version := code_version(scored.get("git_commit"), scored.get("code_digest")):
@@ -671,7 +679,7 @@ def _restate(row: dict[str, Any], rec: Mapping[str, Any], path: Path, found: lis
 
 
 def _num(value: Any) -> str:
-    return "null" if value is None else f"{float(value):.6g}"
+    return "null" if value is None else value if isinstance(value, str) else f"{float(value):.6g}"
 
 
 def _class_order(records: list[dict]) -> list[str]:

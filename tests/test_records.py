@@ -12,9 +12,9 @@ from bench.errors import BenchError
 from bench.records import RUN_COLUMNS, load, validate_record, write_record
 
 try:
-    from tests.fixtures import SYNAPSE_CLASSES, case_row, make_record, restate
+    from tests.fixtures import SYNAPSE_CLASSES, case_row, make_record, recount, restate
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from fixtures import SYNAPSE_CLASSES, case_row, make_record, restate
+    from fixtures import SYNAPSE_CLASSES, case_row, make_record, recount, restate
 
 
 def test_validate_accepts_fixture_and_numpy_scalars():
@@ -444,6 +444,26 @@ def test_a_case_rows_own_numbers_are_checked_against_its_pixel_counts(tmp_path):
     assert cases.loc[row, "dice"].tolist() == [0.8]
     stored = load(tmp_path, level="case")
     assert stored.loc[row, "dice"].tolist() == [0.91] and len(stored) == len(cases)
+
+
+def test_a_case_rows_empty_label_is_checked_against_its_counts(tmp_path):
+    """A row's ``empty`` label (a word, not a number) was passed over by the recheck, yet the boards' miss counts
+    (n_missed, n_present) take it: one edited to hide a miss ("none" where the counts predict nothing) kept its
+    run's n_missed low, unsaid. Now it is checked and restated as the numbers are, and the miss counts follow."""
+    rec = make_record("unet", dice=0.8, n_cases=2)
+    missed = rec["per_case"][0]
+    recount(missed, rec["policy"], tp=0, fp=0, fn=40, tn=960)  # the structure predicted nowhere: a miss
+    restate(rec)
+    assert missed["empty"] == "ref_only" and records.restated(rec) == {}
+    missed["empty"] = "none"  # the miss hidden: the numbers (dice 0 under legacy-synapse) left as they are
+    key = records.case_key(missed, "empty")
+    assert records.restated(rec) == {key: ("none", "ref_only")}
+    df, said = _rechecked(tmp_path, rec)
+    assert f"{rec['run_id']}.json: {key} none stored, ref_only from its tp/fp/fn (stored by code" in said
+    assert df.loc["unet", "n_missed"] == 1 and load(tmp_path).set_index("model").loc["unet", "n_missed"] == 0
+    cases = load(tmp_path, level="case", recheck=True)
+    assert cases.loc[(cases["case"] == "case0000") & (cases["class"] == missed["class"]), "empty"].tolist() == \
+        ["ref_only"]
 
 
 def test_many_case_rows_restated_are_counted_and_counts_differ_from_their_sums():
