@@ -641,12 +641,12 @@ def _recounted_rows(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
         return rec["per_case"]
 
 
-CASE_KEY = "case "  # how restated's keys of case rows start (no metrics key, no dice/<class> does)
-
-
 def case_key(row: Mapping[str, Any], metric: str) -> str:
-    """``restated``'s key of a case row's number: "case img0003 class 2 (liver): dice"."""
-    return f"{CASE_KEY}{row.get('case')} class {row.get('class')} ({row.get('name')}): {metric}"
+    """``restated``'s key of a case row's number: "case img0003 class 2 (liver): dice"; an id that says it is a
+    case already is not told so twice: "case0000 class 1 (aorta): dice", not "case case0000 ..."."""
+    case = str(row.get("case"))
+    said = case if case.casefold().startswith("case") else f"case {case}"
+    return f"{said} class {row.get('class')} ({row.get('name')}): {metric}"
 
 
 def _restate(row: dict[str, Any], rec: Mapping[str, Any], path: Path, found: list[str]) -> None:
@@ -657,7 +657,8 @@ def _restate(row: dict[str, Any], rec: Mapping[str, Any], path: Path, found: lis
     diffs = restated(rec)
     if not diffs:
         return
-    cases = {k for k in diffs if k.startswith(CASE_KEY)}
+    # restated's keys of the aggregates (a metrics key, dice/<class>, hd95/<class>); the others are case rows'
+    cases = {k for k in diffs if k not in rec["metrics"] and not k.startswith(("dice/", "hd95/"))}
     for key, (_, value) in diffs.items():
         if key not in cases:  # a case row's number is no column of the run's: its aggregates carry it
             row[key if "/" in key or key not in RUN_COLUMNS else f"metrics/{key}"] = value
