@@ -583,12 +583,11 @@ def restated(rec: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The numbers of ``rec`` its own case rows do not give: {key: (stored, recomputed)}.
 
     First each case row's numbers its pixel counts give (``bench.metrics.count_scores`` under the record's
-    policy, as the run scored them: dice, iou, acc, spe, sen, n_pred, n_ref and the ``empty`` label the boards' miss
-    counts take), keyed ``case_key``: ``"case
-    img0003 class 2 (liver): dice"``; a row without numeric tp, fp, fn, tn (an older record) is taken as
-    stored, and hd95 and nsd, which counts do not give, always are. Then, from the rows so corrected, the
-    aggregates (``bench.metrics.aggregate``): ``key`` a ``metrics`` key or ``dice/<class>`` / ``hd95/<class>``
-    (``per_class``). Only keys the record stores are compared; {} where its rows lack what the policy needs
+    policy, as the run scored them: dice, iou, acc, spe, sen, n_pred, n_ref, and the ``empty`` label the boards'
+    miss counts take), keyed ``case_key``: ``"case img0003 class 2 (liver): dice"``; a row without numeric tp,
+    fp, fn, tn (an older record) is taken as stored, and hd95 and nsd, which counts do not give, always are.
+    Then, from the rows so corrected, the aggregates (``bench.metrics.aggregate``): ``key`` a ``metrics`` key
+    or ``dice/<class>`` / ``hd95/<class>`` (``per_class``). Only keys the record stores are compared; {} where its rows lack what the policy needs
     (nothing to check against). A record edited by hand (``metrics.dice``, or one case's dice) shows here,
     and so would one written by a bench that scored or aggregated otherwise: the numbers are recomputed
     under this code."""
