@@ -231,9 +231,16 @@ EVAL_WORKERS = 3  # nnU-Net's default preprocessing and export processes beside 
 
 
 def scored_ids(dataset: SegDataset, protocol: Protocol) -> list[str]:
-    """The test cases a run under ``protocol`` scores: all, or the first ``eval.max_cases``."""
-    ids = dataset.test_ids()
-    return ids[: protocol.eval.max_cases] if protocol.eval.max_cases > 0 else ids
+    """The test cases a run under ``protocol`` scores: all, or the first ``eval.max_cases``. Every fold's
+    validation cases at once (nnU-Net's ``fold_cases``, bench score --fold all): each fold's first
+    ``eval.max_cases``, the cases each fold's own run scores, not the first folds' alone."""
+    ids, cap = dataset.test_ids(), protocol.eval.max_cases
+    if cap <= 0:
+        return ids
+    if folds := getattr(dataset, "fold_cases", None):
+        kept = {case for val in folds for case in val[:cap]}
+        return [case for case in ids if case in kept]
+    return ids[:cap]
 
 
 def ground_truth(case: Case, protocol: Protocol, binary: bool, *, native: bool = False) -> np.ndarray:

@@ -569,7 +569,10 @@ def miss_counts(empty: Iterable[Any]) -> dict[str, int]:
 
 
 def _same(stored: Any, recomputed: Any) -> bool:
-    """Equal but for float noise (a JSON round trip, another summation order); NaN (null) equals NaN."""
+    """Equal but for float noise (a JSON round trip, another summation order); NaN (null) equals NaN. A word (a
+    case row's ``empty`` label) equals only itself."""
+    if isinstance(stored, str) or isinstance(recomputed, str):
+        return stored == recomputed
     a, b = (math.nan if v is None else float(v) for v in (stored, recomputed))
     if math.isnan(a) or math.isnan(b):
         return math.isnan(a) and math.isnan(b)
@@ -580,11 +583,11 @@ def restated(rec: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The numbers of ``rec`` its own case rows do not give: {key: (stored, recomputed)}.
 
     First each case row's numbers its pixel counts give (``bench.metrics.count_scores`` under the record's
-    policy, as the run scored them: dice, iou, acc, spe, sen, n_pred, n_ref), keyed ``case_key``: ``"case
-    img0003 class 2 (liver): dice"``; a row without numeric tp, fp, fn, tn (an older record) is taken as
-    stored, and hd95 and nsd, which counts do not give, always are. Then, from the rows so corrected, the
-    aggregates (``bench.metrics.aggregate``): ``key`` a ``metrics`` key or ``dice/<class>`` / ``hd95/<class>``
-    (``per_class``). Only keys the record stores are compared; {} where its rows lack what the policy needs
+    policy, as the run scored them: dice, iou, acc, spe, sen, n_pred, n_ref, and the ``empty`` label the boards'
+    miss counts take), keyed ``case_key``: ``"case img0003 class 2 (liver): dice"``; a row without numeric tp,
+    fp, fn, tn (an older record) is taken as stored, and hd95 and nsd, which counts do not give, always are.
+    Then, from the rows so corrected, the aggregates (``bench.metrics.aggregate``): ``key`` a ``metrics`` key
+    or ``dice/<class>`` / ``hd95/<class>`` (``per_class``). Only keys the record stores are compared; {} where its rows lack what the policy needs
     (nothing to check against). A record edited by hand (``metrics.dice``, or one case's dice) shows here,
     and so would one written by a bench that scored or aggregated otherwise: the numbers are recomputed
     under this code."""
@@ -622,7 +625,7 @@ def recounted(rec: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, t
         counts = [row.get(k) for k in metrics.COUNTS]
         if all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in counts):
             again = metrics.count_scores(*counts, policy=rec["policy"])
-            for m in [m for m in again if m in row and m != "empty" and not _same(row[m], again[m])]:
+            for m in [m for m in again if m in row and not _same(row[m], again[m])]:
                 out[case_key(row, m)] = (stored[m], again[m])
                 row[m] = again[m]
         rows.append(row)
@@ -637,12 +640,12 @@ def _recounted_rows(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
         return rec["per_case"]
 
 
-CASE_KEY = "case "  # how restated's keys of case rows start (no metrics key, no dice/<class> does)
-
-
 def case_key(row: Mapping[str, Any], metric: str) -> str:
-    """``restated``'s key of a case row's number: "case img0003 class 2 (liver): dice"."""
-    return f"{CASE_KEY}{row.get('case')} class {row.get('class')} ({row.get('name')}): {metric}"
+    """``restated``'s key of a case row's number: "case img0003 class 2 (liver): dice"; an id that says it is a
+    case already is not told so twice: "case0000 class 1 (aorta): dice", not "case case0000 ..."."""
+    case = str(row.get("case"))
+    said = case if case.casefold().startswith("case") else f"case {case}"
+    return f"{said} class {row.get('class')} ({row.get('name')}): {metric}"
 
 
 def _restate(row: dict[str, Any], rec: Mapping[str, Any], path: Path, found: list[str]) -> None:
@@ -653,7 +656,8 @@ def _restate(row: dict[str, Any], rec: Mapping[str, Any], path: Path, found: lis
     diffs = restated(rec)
     if not diffs:
         return
-    cases = {k for k in diffs if k.startswith(CASE_KEY)}
+    # restated's keys of the aggregates (a metrics key, dice/<class>, hd95/<class>); the others are case rows'
+    cases = {k for k in diffs if k not in rec["metrics"] and not k.startswith(("dice/", "hd95/"))}
     for key, (_, value) in diffs.items():
         if key not in cases:  # a case row's number is no column of the run's: its aggregates carry it
             row[key if "/" in key or key not in RUN_COLUMNS else f"metrics/{key}"] = value
@@ -663,6 +667,10 @@ def _restate(row: dict[str, Any], rec: Mapping[str, Any], path: Path, found: lis
             few([f"{k} {_num(s)} stored, {_num(r)} from the case rows" for k, (s, r) in diffs.items()
                  if k not in cases], 3, sep="; ")]
     row["restated"] = "; ".join(t for t in said if t)
+    # the miss counts _run_row took from the stored empty labels: as the recounted ones give them
+    if flips := [diffs[k] for k in cases if k.endswith(": empty")]:
+        was, now = miss_counts(s for s, _ in flips), miss_counts(r for _, r in flips)
+        row.update({k: row[k] + now[k] - was[k] for k in now if k in row})
     # the code that computed the stored numbers: another version's aggregation differs without any hand edit
     scored = rec.get("rescored_with") or rec  # bench rescore computed a rescored record's numbers
     if version := code_version(scored.get("git_commit"), scored.get("code_digest")):
@@ -671,7 +679,7 @@ def _restate(row: dict[str, Any], rec: Mapping[str, Any], path: Path, found: lis
 
 
 def _num(value: Any) -> str:
-    return "null" if value is None else f"{float(value):.6g}"
+    return "null" if value is None else value if isinstance(value, str) else f"{float(value):.6g}"
 
 
 def _class_order(records: list[dict]) -> list[str]:

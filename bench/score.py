@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from bench.data.base import SegDataset, hidden
-from bench.data.nnunet import ALL_FOLDS, trained_on_every_case
-from bench.errors import BenchError, few
+from bench.data.nnunet import ALL_FOLDS, NnUNetDataset, trained_on_every_case
+from bench.errors import BenchError, counted, few
 from bench.evaluate import Scoring, ground_truth, scored_ids, scored_mask, scoring_policy
 from bench.fileio import file_sha256
 from bench.metrics import PENALTY, Policy, get_policy, policy_misfit
@@ -69,13 +69,19 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     model's files name other classes (``SegDataset.prediction_folder_notes``; a note where they name the
     same classes otherwise); its run's fold, where not the one scored, is named in a case error. A dataset of
     every fold's cases (nnU-Net's ``ALL_FOLDS``) scores them pooled, one aggregate over all, and each fold's
-    DSC (``Scores.per_fold``); a folder of nnU-Net's own fold "all" is refused there (``trained_on_every_case``)."""
+    DSC (``Scores.per_fold``). On nnU-Net data a folder of nnU-Net's own fold "all", whose model trained on every
+    case, is refused whatever the split (``trained_on_every_case``)."""
     pred_dir = Path(pred_dir).expanduser()
     protocol.check_dataset(dataset.name)
-    if getattr(dataset, "fold", None) == ALL_FOLDS and (fold_all := trained_on_every_case(pred_dir)):
-        raise BenchError(f"--predictions {pred_dir}: a folder {fold_all}: no cross-validation score exists for "
-                         f"them; --fold {ALL_FOLDS} scores a cross-validation's predictions, each case by the fold "
-                         "that did not train on it (the fold_K/validation folders of folds 0-4, copied into one)")
+    # every case bench scores on nnU-Net data is a labelsTr case, which nnU-Net's fold "all" trained on: whatever
+    # the split, a score of its predictions (those of a folder trimmed to the test cases too) is a training score
+    if isinstance(dataset, NnUNetDataset) and (fold_all := trained_on_every_case(pred_dir)):
+        why = (f"no cross-validation score exists for them; --fold {ALL_FOLDS} scores a cross-validation's "
+               "predictions, each case by the fold that did not train on it (the fold_K/validation folders of folds "
+               "0-4, copied into one)" if dataset.fold == ALL_FOLDS else
+               "no score of it is a test score; a cross-validation fold's own folder (fold_K/validation) is scored "
+               "with --fold K")
+        raise BenchError(f"--predictions {pred_dir}: a folder {fold_all}: {why}")
     made_by = _manifest(pred_dir)
     notes = _data_notes(made_by, dataset, pred_dir)  # another dataset's predictions: refused before all else
     if pred_dir.is_dir():  # nnUNetv2_predict's copy of the model's dataset.json: a model of other labels refused
@@ -116,6 +122,11 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     if other_protocol:  # no error above (the same cases and grid): still not the run's own evaluation, said
         notes.append(other_protocol.removeprefix("; ") + " for the run's own evaluation")
     pooled = getattr(dataset, "fold", None) == ALL_FOLDS
+    capped = pooled and len(ids) < len(dataset.test_ids())  # eval.max_cases: each fold's first cases
+    if capped:
+        notes.append(f"protocol {protocol.name!r} scores {_capped_said(protocol.eval.max_cases, True)} "
+                     f"(eval.max_cases), as each fold's run does: {len(ids)} of the {len(dataset.test_ids())} cases "
+                     f"of all {len(dataset.fold_cases)} folds")
     if fold and pooled:  # one fold's folder with the others' files added: more cases than its run scored
         notes.append(f"{MANIFEST} is bench predict's of run {made_by.get('run_id', '?')}, of "
                      f"{_split_words(made_by['split'])} alone; the {len(ids)} cases scored here are all folds' "
@@ -145,11 +156,13 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         scored={
             "dataset": dataset.dataset_name, "data_root": str(Path(dataset.root).resolve()),
             "split": dataset.split_rule, "fold": getattr(dataset, "fold", None),
-            **({"n_folds": len(dataset.fold_cases)} if pooled else {}), "protocol": protocol.name,
+            **({"n_folds": len(dataset.fold_cases)} if pooled else {}),
+            **({"max_cases_per_fold": protocol.eval.max_cases} if capped else {}), "protocol": protocol.name,
             "protocol_version": protocol.version, "protocol_hash": protocol.hash,
             "off_protocol": protocol.off_protocol, "policy": policy,
             "predictions": str(pred_dir.resolve()), "predictions_sha256": _folder_sha256(pred_dir, files),
-            "run_id": made_by.get("run_id"), "n_cases": len(ids), "resized": resized,
+            # whose predictions were scored: no run's where other folds' files joined its folder (a note names it)
+            "run_id": None if fold and pooled else made_by.get("run_id"), "n_cases": len(ids), "resized": resized,
         },
         notes=notes,
         per_fold=_per_fold(dataset, scoring, ids, scored) if pooled else [],
@@ -163,7 +176,7 @@ def _per_fold(dataset: SegDataset, scoring: Scoring, ids: list[str], scored: lis
     for k, val in enumerate(dataset.fold_cases):
         own = set(val)
         cases = [case for case_id, case in zip(ids, scored) if case_id in own]
-        if cases:  # none where eval.max_cases stopped before the fold
+        if cases:  # none for a fold without validation cases
             out.append({"fold": k, "n_cases": len(cases), "dice": scoring.result(cases).metrics["dice"]})
     return out
 
@@ -196,9 +209,10 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
         tested = {name for case_id in dataset.test_ids() for name in dataset.prediction_names(case_id)}
         unscored = [name for name in extra if name in tested]
         held = sorted({expected[name] for name in found if name in expected})
-        why = (f"; protocol {protocol.name!r} scores the first {protocol.eval.max_cases} test cases only "
+        pooled = getattr(dataset, "fold", None) == ALL_FOLDS
+        why = (f"; protocol {protocol.name!r} scores {_capped_said(protocol.eval.max_cases, pooled)} only "
                "(eval.max_cases)" if unscored else _name_hint(extra, expected, found, pred_dir) or
-               dataset.unscored_hint(extra, held, pred_dir) or
+               dataset.unscored_hint(extra, held) or
                (f"; expected files named as the test cases, e.g. {example}" if len(held) < len(ids) else
                 "; the test cases' files are here too: leave the others out"))
         raise BenchError(f"{pred_dir}: {few(extra)}: no test case scored here{why}; scored here: the {len(ids)} test "
@@ -213,6 +227,12 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
         raise BenchError(f"{pred_dir}: no prediction of test case(s) {few(missing)} ({len(missing)} of {len(ids)}; "
                          f"expected {dataset.prediction_name(missing[0])}){hint or _one_fold_hint(dataset, files)}")
     return {case_id: its[0] for case_id, its in files.items()}
+
+
+def _capped_said(cap: int, pooled: bool) -> str:
+    """The test cases a protocol's ``eval.max_cases`` (``cap`` > 0) scores, in words (``scored_ids``' rule);
+    ``pooled``: every fold's validation cases (``ALL_FOLDS``)."""
+    return f"each fold's first {counted(cap, 'validation case')}" if pooled else f"the first {cap} test cases"
 
 
 def _one_fold_hint(dataset: SegDataset, files: dict[str, list[str]]) -> str:
@@ -432,7 +452,9 @@ def _render_md(scores: Scores) -> str:
     run = f" (bench predict of run {s['run_id']})" if s["run_id"] else ""
     pooled = s["fold"] == ALL_FOLDS
     fold = f" fold {s['fold']}" if s["fold"] is not None and not pooled else ""
-    every = f"all {s['n_folds']} folds' validation cases, each case once, of " if pooled else ""
+    every = "" if not pooled else (
+        f"{_capped_said(s['max_cases_per_fold'], True)} of all {s['n_folds']} folds, of "
+        if s.get("max_cases_per_fold") else f"all {s['n_folds']} folds' validation cases, each case once, of ")
     split = f" · split: {every}{s['split'] or DATA_SPLIT}"
     title = (f"{s['predictions']}{run}: {s['n_cases']} cases of {s['dataset']}{fold} ({s['data_root']}){split} · "
              f"protocol {s['protocol']} v{s['protocol_version']} ({s['protocol_hash']}"

@@ -66,7 +66,8 @@ def test_a_runs_case_rows_agree_with_their_counts_and_one_edited_is_restated(smo
     (tmp_path / "records" / path.name).write_text(json.dumps(rec))
     report = run_bench_here(monkeypatch, capsys, "report", "--results", tmp_path)
     (line,) = [line for line in report.stderr.splitlines() if "hold numbers other than" in line]
-    assert (f"{tmp_path / 'records' / path.name}: case {row['case']} class 1 (aorta): dice {row['dice']:g} stored, "
+    assert row["case"].startswith("case")  # named once: "case0012 class 1", not "case case0012 class 1"
+    assert (f"{tmp_path / 'records' / path.name}: {row['case']} class 1 (aorta): dice {row['dice']:g} stored, "
             f"{was:.6g} from its tp/fp/fn; dice ") in line
     with pytest.warns(UserWarning, match="hold numbers other than"):
         shown = records.load(tmp_path, recheck=True)["dice"].iloc[0]

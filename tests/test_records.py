@@ -12,9 +12,9 @@ from bench.errors import BenchError
 from bench.records import RUN_COLUMNS, load, validate_record, write_record
 
 try:
-    from tests.fixtures import SYNAPSE_CLASSES, case_row, make_record, restate
+    from tests.fixtures import SYNAPSE_CLASSES, case_row, make_record, recount, restate
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from fixtures import SYNAPSE_CLASSES, case_row, make_record, restate
+    from fixtures import SYNAPSE_CLASSES, case_row, make_record, recount, restate
 
 
 def test_validate_accepts_fixture_and_numpy_scalars():
@@ -430,11 +430,11 @@ def test_a_case_rows_own_numbers_are_checked_against_its_pixel_counts(tmp_path):
     restate(forged)  # its aggregates made to agree with the edited row, as a careful hand edit would
     assert forged["metrics"]["dice"] > 0.8
     df, said = _rechecked(tmp_path, honest, forged)
-    assert f"{forged['run_id']}.json: case case0001 class 5 (liver): dice 0.91 stored, 0.8 from its tp/fp/fn; " in said
+    assert f"{forged['run_id']}.json: case0001 class 5 (liver): dice 0.91 stored, 0.8 from its tp/fp/fn; " in said
     assert honest["run_id"] not in said
     assert df.loc["vmunet", "dice"] == pytest.approx(0.8, abs=1e-12) and df.loc["vmunet", "dice/liver"] == 0.8
     assert df.loc["vmunet", "restated"] == (
-        "case case0001 class 5 (liver): dice 0.91 stored, 0.8 from its tp/fp/fn; dice 0.806875 stored, 0.8 from the "
+        "case0001 class 5 (liver): dice 0.91 stored, 0.8 from its tp/fp/fn; dice 0.806875 stored, 0.8 from the "
         "case rows; dice/liver 0.855 stored, 0.8 from the case rows (stored by code 0123456789ab)")
     assert df.loc["unet", "restated"] is None and df.loc["unet", "dice"] == pytest.approx(0.8, abs=1e-12)
     assert load(tmp_path).set_index("model").loc["vmunet", "dice"] > 0.8  # without recheck: the file as it is
@@ -446,18 +446,52 @@ def test_a_case_rows_own_numbers_are_checked_against_its_pixel_counts(tmp_path):
     assert stored.loc[row, "dice"].tolist() == [0.91] and len(stored) == len(cases)
 
 
+def test_a_case_rows_empty_label_is_checked_against_its_counts(tmp_path):
+    """A row's ``empty`` label (a word, not a number) was passed over by the recheck, yet the boards' miss counts
+    (n_missed, n_present) take it: one edited to hide a miss ("none" where the counts predict nothing) kept its
+    run's n_missed low, unsaid. Now it is checked and restated as the numbers are, and the miss counts follow."""
+    rec = make_record("unet", dice=0.8, n_cases=2)
+    missed = rec["per_case"][0]
+    recount(missed, rec["policy"], tp=0, fp=0, fn=40, tn=960)  # the structure predicted nowhere: a miss
+    restate(rec)
+    assert missed["empty"] == "ref_only" and records.restated(rec) == {}
+    missed["empty"] = "none"  # the miss hidden: the numbers (dice 0 under legacy-synapse) left as they are
+    key = records.case_key(missed, "empty")
+    assert records.restated(rec) == {key: ("none", "ref_only")}
+    df, said = _rechecked(tmp_path, rec)
+    assert f"{rec['run_id']}.json: {key} none stored, ref_only from its tp/fp/fn (stored by code" in said
+    assert df.loc["unet", "n_missed"] == 1 and load(tmp_path).set_index("model").loc["unet", "n_missed"] == 0
+    cases = load(tmp_path, level="case", recheck=True)
+    assert cases.loc[(cases["case"] == "case0000") & (cases["class"] == missed["class"]), "empty"].tolist() == \
+        ["ref_only"]
+
+
+def test_a_case_row_is_named_once_whatever_its_ids_word():
+    """Warnings named case rows "case case0000 class 1 (...)" where the ids start with "case" (Synapse's, KiTS's
+    case_00000): the word is said once, and still said for ids without it (img0003, ISIC_0000000)."""
+    for case, said in (("case0000", "case0000"), ("Case_00001", "Case_00001"), ("img0003", "case img0003"),
+                       ("ISIC_0000000", "case ISIC_0000000"), ("cas1", "case cas1")):
+        assert records.case_key({"case": case, "class": 2, "name": "liver"}, "dice") == f"{said} class 2 (liver): dice"
+    rec = make_record("unet", dice=0.8, n_cases=1, case_ids=["img0003"])
+    rec["per_case"][0]["dice"] = 0.5
+    row, found = {}, []
+    records._restate(row, rec, "r.json", found)  # the case row's number stays off the run's row, either way
+    assert row == {"restated": "case img0003 class 1 (aorta): dice 0.5 stored, 0.8 from its tp/fp/fn (stored by code "
+                               "0123456789ab)"}
+
+
 def test_many_case_rows_restated_are_counted_and_counts_differ_from_their_sums():
     rec = make_record("unet", dice=0.8, n_cases=3)
     for row in rec["per_case"][:6]:
         row.update(dice=0.5, iou=0.5)
     rec["per_case"][7]["n_pred"] = 7  # tp + fp are 100
     diffs = records.restated(rec)
-    assert diffs["case case0000 class 1 (aorta): iou"] == (0.5, 80 / 120)
-    assert diffs["case case0001 class 3 (kidney_l): n_pred"] == (7, 100)
+    assert diffs["case0000 class 1 (aorta): iou"] == (0.5, 80 / 120)
+    assert diffs["case0001 class 3 (kidney_l): n_pred"] == (7, 100)
     assert len(diffs) == 13 and not any(k.startswith(("dice", "iou")) for k in diffs)  # the aggregates agree
     row, found = {}, []
     records._restate(row, rec, "r.json", found)
-    assert row["restated"] == ("case case0000 class 1 (aorta): dice 0.5 stored, 0.8 from its tp/fp/fn; case case0000 "
+    assert row["restated"] == ("case0000 class 1 (aorta): dice 0.5 stored, 0.8 from its tp/fp/fn; case0000 "
                                "class 1 (aorta): iou 0.5 stored, 0.666667 from its tp/fp/fn (and 11 more) "
                                "(stored by code 0123456789ab)")
     assert row.keys() == {"restated"} and found == [f"r.json: {row['restated']}"]  # no case column on the run's row
@@ -475,10 +509,10 @@ def test_an_empty_case_row_is_checked_by_its_policys_outcome():
         assert records.restated(restate(rec)) == {}  # as a run under the policy writes them
         rec["per_case"][0]["dice"] = 1.0 - fp_only  # the other policy's rules
         rec["per_case"][1]["dice"] = 0.0 if math.isnan(both) else None
-        got = {k: v for k, v in records.restated(rec).items() if k.startswith("case")}
-        assert list(got) == ["case case0000 class 1 (aorta): dice", "case case0000 class 2 (gallbladder): dice"]
-        assert got["case case0000 class 1 (aorta): dice"] == (1.0 - fp_only, fp_only)
-        stored, again = got["case case0000 class 2 (gallbladder): dice"]
+        got = {k: v for k, v in records.restated(rec).items() if k.startswith("case0")}
+        assert list(got) == ["case0000 class 1 (aorta): dice", "case0000 class 2 (gallbladder): dice"]
+        assert got["case0000 class 1 (aorta): dice"] == (1.0 - fp_only, fp_only)
+        stored, again = got["case0000 class 2 (gallbladder): dice"]
         assert stored == rec["per_case"][1]["dice"] and records._same(again, both)
 
 

@@ -230,6 +230,43 @@ def test_all_folds_score_every_case_once_pooled_as_the_folds_scored_alone(tmp_pa
                                                                "...) or 'all'")
 
 
+def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path):
+    """eval.max_cases capped the pooled list, so --fold all under a capped protocol scored the first folds' cases
+    alone (and refused the others' files as unscored): each fold's run scores its first N validation cases, and
+    so does --fold all, every fold's beside, said in the notes and the table's title."""
+    import shutil
+
+    root = synthesize("nnunet", tmp_path / "data", dims=2, n_cases=7, size=32)  # folds of 2, 2, 1, 1, 1 cases
+    ds = open_dataset("nnunet", root, fold="all")
+    every = tmp_path / "cv_niftis_raw"
+    every.mkdir()
+    for shift, case_id in enumerate(ds.cases):
+        case = ds.load_test(case_id)
+        ds.write_prediction(case, np.roll(case.label, shift, axis=1), every / ds.prediction_name(case_id))
+    capped = load_protocol("smoke").with_overrides(max_cases=1)
+    firsts = [val[0] for val in ds.fold_cases]
+    second = next(val[1] for val in ds.fold_cases if len(val) > 1)
+    with pytest.raises(BenchError, match=rf"{second}.png.*: no test case scored here; protocol 'smoke' scores each "
+                                         r"fold's first 1 validation case only \(eval.max_cases\); scored here: the 5 "
+                                         r"test case\(s\) of"):
+        score_predictions(every, ds, capped)
+    for case_id in ds.cases:
+        if case_id not in firsts:
+            (every / ds.prediction_name(case_id)).unlink()
+    scores = score_predictions(every, ds, capped)
+    assert sorted(scores.per_case["case"].unique()) == sorted(firsts) and scores.scored["n_cases"] == 5
+    for k, fold in enumerate(scores.per_fold):  # as fold k's own run under the protocol scores it
+        own = tmp_path / f"fold_{k}"
+        own.mkdir()
+        shutil.copyfile(every / ds.prediction_name(firsts[k]), own / ds.prediction_name(firsts[k]))
+        alone = score_predictions(own, open_dataset("nnunet", root, fold=k), capped)
+        assert fold == {"fold": k, "n_cases": 1, "dice": alone.metrics["dice"]}
+    assert scores.notes == ["protocol 'smoke' scores each fold's first 1 validation case (eval.max_cases), as each "
+                            "fold's run does: 5 of the 7 cases of all 5 folds"]
+    md = render(scores, "md")
+    assert "5 cases of nnunet:" in md and " · split: each fold's first 1 validation case of all 5 folds, of " in md
+
+
 def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored(tmp_path, monkeypatch, capsys):
     """What nnU-Net users point bench score at: a fold's validation/ folder without --fold (the fold to pass,
     and where nnU-Net keeps the splits_final.json bench reads beside dataset.json), the fold_K folder itself
@@ -304,15 +341,22 @@ def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored
     assert score_predictions(every, open_dataset("nnunet", root, fold="all"), load_protocol("smoke")).metrics[
         "dice"] == 1.0
     # nnU-Net's fold_all (nnUNetv2_train ... all) trained on every case: its validation/ is no cross-validation, so
-    # the --fold all hint is not given, and --fold all refuses it, through a link too
+    # the --fold all hint is not given, and every split refuses it, through a link too: one trimmed to the test
+    # cases' files was scored without --fold (or with a fold's), its numbers those of cases the model trained on
     trained = tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_all" / "validation"
     shutil.copytree(root / "labelsTr", trained)
-    with pytest.raises(BenchError, match=r"these 4 are training cases of the split scored, and the folder is of "
-                                         r"nnU-Net's fold_all, whose model \(nnUNetv2_train DATASET CONFIG all\) "
-                                         r"trained on every case, so its predictions are of cases it was trained on: "
-                                         r"no score of it is a test score; scored here") as info:
-        score_predictions(trained, ds, SMOKE)
-    assert "--fold all" not in str(info.value)
+    for split, cases in ((ds, [test]), (open_dataset("nnunet", root, fold=k), [case]), (ds, ds.cases)):
+        for path in trained.iterdir():
+            path.unlink()
+        for name in cases:
+            shutil.copyfile(root / "labelsTr" / f"{name}.nii.gz", trained / f"{name}.nii.gz")
+        with pytest.raises(BenchError, match=rf"^--predictions {re.escape(str(trained))}: a folder of nnU-Net's "
+                                             r"fold_all, whose model \(nnUNetv2_train DATASET CONFIG all\) trained on "
+                                             r"every case, so its predictions are of cases it was trained on: no score "
+                                             r"of it is a test score; a cross-validation fold's own folder "
+                                             r"\(fold_K/validation\) is scored with --fold K$") as info:
+            score_predictions(trained, split, SMOKE)
+        assert "--fold all" not in str(info.value)
     (tmp_path / "linked").symlink_to(trained)
     for folder in (trained, tmp_path / "linked"):
         with pytest.raises(BenchError, match=rf"^--predictions {re.escape(str(folder))}: a folder of nnU-Net's "
@@ -700,7 +744,8 @@ def test_predictions_of_another_dataset_or_fold_are_named_so(tmp_path):
                             "split: pass --fold 0 to have the output name its fold; both hold the same test cases (1), "
                             "so these are the run's numbers"]
     # every fold's cases scored (--fold all): a fold's run is named where its cases alone are here; its manifest
-    # in a folder the other folds' files were added to is not taken for the pooled numbers' run
+    # in a folder the other folds' files were added to is not taken for the pooled numbers' run, nor named as the
+    # folder's maker in the table's title or the JSON (they named it, beside the note that they are not its numbers)
     every = open_dataset("nnunet", root, fold="all")
     with pytest.raises(BenchError, match=r"no prediction of test case\(s\) .* \(4 of 5; .*\); fold mismatch: bench "
                                          r"predict's run run-3 is of fold 0, scored here as all folds' validation "
@@ -709,9 +754,12 @@ def test_predictions_of_another_dataset_or_fold_are_named_so(tmp_path):
     for case in cases[1:]:
         shutil.copyfile(root / "labelsTr" / every.prediction_name(case), folder / every.prediction_name(case))
     scores = score_predictions(folder, every, load_protocol("smoke"))
-    assert scores.scored["n_cases"] == 5 and scores.scored["run_id"] == "run-3"
+    assert scores.scored["n_cases"] == 5 and scores.scored["run_id"] is None
     assert scores.notes == [f"{MANIFEST} is bench predict's of run run-3, of fold 0 alone; the 5 cases scored here are "
                             "all folds' validation cases, so these are not that run's numbers"]
+    title = render(scores, "md").splitlines()[0]
+    assert title.startswith(f"{folder.resolve()}: 5 cases of ") and "run-3" not in title
+    assert json.loads(render(scores, "json"))["scored"]["run_id"] is None
 
 
 def test_files_named_otherwise_and_one_hot_volumes_are_said_what_to_do(tmp_path):

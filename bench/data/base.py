@@ -287,8 +287,8 @@ class SegDataset:
         name = self.prediction_name(case_id)
         return (name, f"{case_id}{self.mask_suffix}{name[len(case_id):]}") if self.mask_suffix else (name,)
 
-    def unscored_hint(self, extra: list[str], held: list[str], folder: Path | None = None) -> str:
-        """Whose files ``extra`` (names in prediction folder ``folder`` that are no test case scored here,
+    def unscored_hint(self, extra: list[str], held: list[str]) -> str:
+        """Whose files ``extra`` (names in a prediction folder that are no test case scored here,
         beside the files of the scored cases ``held``) are, in the words of the data's own tools, with the
         remedy; "" where the reader knows no more (``bench score``; the nnU-Net reader names folds, imagesTs)."""
         return ""

@@ -987,13 +987,13 @@ class NnUNetDataset(SegDataset):
                             label_path(self.root, case, self.file_ending))
         return pred
 
-    def unscored_hint(self, extra: list[str], held: list[str], folder: Path | None = None) -> str:
+    def unscored_hint(self, extra: list[str], held: list[str]) -> str:
         """As ``SegDataset.unscored_hint``, where every name in ``extra`` is a case's prediction
         (``<case><ending>``): all the cases found (``held`` too) are in one cross-validation fold's validation
         cases (an nnU-Net fold's ``validation/`` folder: the --fold to pass), or cases of imagesTs/labelsTs
         (which bench does not score), or training cases of the split scored (nnU-Net's
-        ``crossval_results_folds_*``, which holds every case: what ``fold=ALL_FOLDS`` scores; not a ``folder``
-        of nnU-Net's ``fold_all``, whose model trained on them: ``trained_on_every_case``)."""
+        ``crossval_results_folds_*``, which holds every case: what ``fold=ALL_FOLDS`` scores; bench score refuses
+        a folder of nnU-Net's ``fold_all`` before: ``trained_on_every_case``)."""
         n = len(self.file_ending)
         if not extra or not all("/" not in name and name.endswith(self.file_ending) for name in extra):
             return ""
@@ -1023,8 +1023,6 @@ class NnUNetDataset(SegDataset):
         trained = [c for c in ids if c in train]
         if trained and len(trained) == len(ids):
             said = "it is a training case" if len(ids) == 1 else f"these {len(ids)} are training cases"
-            if folder is not None and (fold_all := trained_on_every_case(folder)):  # no fold scores it
-                return f"; {said} of the split scored, and the folder is {fold_all}: no score of it is a test score"
             if {*ids, *held} == known:  # crossval_results_folds_*, cv_niftis_raw: what --fold all scores
                 return (f"; {said} of the split scored, and the folder holds every case: --fold all scores a "
                         f"cross-validation's predictions of every case, each against its own fold{copy}")
