@@ -427,10 +427,21 @@ def record_at(path: Path) -> dict[str, Any]:
 
 
 def _read(path: Path) -> dict[str, Any]:
+    return checked_record(path, parse_record(path))
+
+
+def parse_record(path: Path) -> Any:
+    """The JSON of the record file ``path``, unchecked (``checked_record`` checks it); BenchError naming the file
+    where it does not read."""
     try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BenchError(f"{path}: not a readable run record ({exc}); fix or move the file") from exc
+
+
+def checked_record(path: Path, rec: Any) -> dict[str, Any]:
+    """``rec``, the JSON of the record file ``path`` (``parse_record``), once ``validate_record`` passes it;
+    BenchError naming the file where it does not."""
     try:
         validate_record(rec)
     except BenchError as exc:
