@@ -7,9 +7,10 @@ folders, which a later write into the same folder sweeps; this sweeps them all a
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench import claim, fileio, records
 from bench.errors import BenchError
@@ -45,10 +46,14 @@ def clean(results_dir: Path, dry_run: bool = False) -> Cleanup:
     only find it; returns what was found."""
     results_dir = Path(results_dir)
     found = Cleanup()
-    evaluated = _evaluated_files(results_dir)
-    for name in sorted(unscored_records(results_dir)):
+    parsed = _parsed_records(results_dir)  # each file read once
+    evaluated = _evaluated_files(parsed.values())
+    for name in sorted(unscored_records(results_dir) & parsed.keys()):
         try:
-            rec = records.read_record(results_dir, Path(name).stem)
+            rec = parsed[name]
+            if isinstance(rec, BenchError):
+                raise rec
+            rec = records.checked_record(records.records_dir(results_dir) / name, rec)
             scored = weights_path(results_dir, rec)
         except (BenchError, KeyError) as exc:  # a damaged or foreign file: its run is not known to be finished
             found.unread.append(f"{name} ({exc})")
@@ -73,14 +78,27 @@ def clean(results_dir: Path, dry_run: bool = False) -> Cleanup:
     return found
 
 
-def _evaluated_files(results_dir: Path) -> dict[str, set[str]]:
-    """The weights files the folder's records evaluated (``bench run --weights``): name -> SHA-256s."""
-    named: dict[str, set[str]] = {}
+def _parsed_records(results_dir: Path) -> dict[str, Any]:
+    """The JSON of each file in the folder's records/ by file name, unchecked (``records.parse_record``), or the
+    BenchError saying why it does not read."""
+    parsed: dict[str, Any] = {}
     for path in records.records_dir(results_dir).glob("*.json"):
         try:
-            weights = json.loads(path.read_text(encoding="utf-8")).get("weights")
+            parsed[path.name] = records.parse_record(path)
+        except BenchError as exc:
+            parsed[path.name] = exc
+    return parsed
+
+
+def _evaluated_files(parsed: Iterable[Any]) -> dict[str, set[str]]:
+    """The weights files the records ``parsed`` (``_parsed_records``; one that does not check too) evaluated
+    (``bench run --weights``): name -> SHA-256s."""
+    named: dict[str, set[str]] = {}
+    for rec in parsed:
+        weights = rec.get("weights") if isinstance(rec, dict) else None  # a file that does not read: none
+        try:
             named.setdefault(str(weights["file"]), set()).add(str(weights["sha256"]))
-        except (OSError, ValueError, AttributeError, TypeError, KeyError):  # no --weights run, or no record
+        except (TypeError, KeyError):  # no --weights run, or no record
             continue
     return named
 

@@ -62,6 +62,7 @@ __all__ = [
     "record_path",
     "record_files",
     "load",
+    "load_both",
     "select_runs",
 ]
 
@@ -426,10 +427,21 @@ def record_at(path: Path) -> dict[str, Any]:
 
 
 def _read(path: Path) -> dict[str, Any]:
+    return checked_record(path, parse_record(path))
+
+
+def parse_record(path: Path) -> Any:
+    """The JSON of the record file ``path``, unchecked (``checked_record`` checks it); BenchError naming the file
+    where it does not read."""
     try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BenchError(f"{path}: not a readable run record ({exc}); fix or move the file") from exc
+
+
+def checked_record(path: Path, rec: Any) -> dict[str, Any]:
+    """``rec``, the JSON of the record file ``path`` (``parse_record``), once ``validate_record`` passes it;
+    BenchError naming the file where it does not."""
     try:
         validate_record(rec)
     except BenchError as exc:
@@ -591,12 +603,18 @@ def restated(rec: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     (nothing to check against). A record edited by hand (``metrics.dice``, or one case's dice) shows here,
     and so would one written by a bench that scored or aggregated otherwise: the numbers are recomputed
     under this code."""
+    return _restated(rec, _recount(rec))
+
+
+def _restated(rec: Mapping[str, Any], recount: tuple[list[dict[str, Any]], dict] | None) -> dict[str, tuple[Any, Any]]:
+    """``restated(rec)`` from ``recount``, ``_recount(rec)``: ``load`` recounts a record once for its run and
+    case rows."""
     from bench import metrics
 
-    if not rec["per_case"]:
+    if not rec["per_case"] or recount is None:
         return {}
+    rows, out = recount[0], dict(recount[1])
     try:
-        rows, out = recounted(rec)
         cases = pd.DataFrame(rows)
         agg = metrics.aggregate(cases, rec["policy"])
         per_class = {pc["class"]: pc for pc in metrics.aggregate_per_class(cases, rec["policy"])}
@@ -632,12 +650,12 @@ def recounted(rec: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, t
     return rows, out
 
 
-def _recounted_rows(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """``recounted``'s rows; the stored ones where the record's policy is none this code knows."""
+def _recount(rec: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, tuple[Any, Any]]] | None:
+    """``recounted(rec)``; None where the record's policy is none this code knows."""
     try:
-        return recounted(rec)[0]
+        return recounted(rec)
     except BenchError:
-        return rec["per_case"]
+        return None
 
 
 def case_key(row: Mapping[str, Any], metric: str) -> str:
@@ -648,12 +666,12 @@ def case_key(row: Mapping[str, Any], metric: str) -> str:
     return f"{said} class {row.get('class')} ({row.get('name')}): {metric}"
 
 
-def _restate(row: dict[str, Any], rec: Mapping[str, Any], path: Path, found: list[str]) -> None:
-    """``row`` with the numbers ``restated`` finds in ``rec`` replaced by the recomputed ones, and its
+def _restate(row: dict[str, Any], diffs: Mapping[str, tuple[Any, Any]], rec: Mapping[str, Any], path: Path,
+             found: list[str]) -> None:
+    """``row`` with the numbers ``diffs`` (``restated(rec)``) names replaced by the recomputed ones, and its
     ``restated`` text ("case img0003 class 2 (liver): dice 0.91 stored, 0.4 from its tp/fp/fn; dice 0.8 stored,
     0.3312 from the case rows (stored by code 0123456789ab)"; a few of each, and how many more); ``found``
     gains the file's line."""
-    diffs = restated(rec)
     if not diffs:
         return
     # restated's keys of the aggregates (a metrics key, dice/<class>, hd95/<class>); the others are case rows'
@@ -723,34 +741,64 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False, current: 
     """
     if level not in ("run", "case"):
         raise BenchError(f"load(level={level!r}): expected 'run' or 'case'")
+    return _load(results_dir, (level,), recheck, current)[level]
+
+
+def load_both(results_dir: Path, recheck: bool = False, current: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``load``'s run rows and case rows (``level="run"``, then ``"case"``) from one read of each record, and with
+    ``recheck`` one recount of its case rows (bench report takes both); each warning said once."""
+    frames = _load(results_dir, ("run", "case"), recheck, current)
+    return frames["run"], frames["case"]
+
+
+def _load(results_dir: Path, levels: tuple[str, ...], recheck: bool, current: bool) -> dict[str, pd.DataFrame]:
+    """``load``'s frame of each of ``levels`` ("run", "case"); its warnings name the caller of load or load_both."""
     read = list(_iter_records(results_dir))
     if current and (stale := stale_rescores([rec for _, rec in read])):
         boards = "its board" if len(stale) == 1 else "their boards"
-        warnings.warn(f"{stale_text(results_dir, stale)}; left out of {boards} until then", stacklevel=2)
+        warnings.warn(f"{stale_text(results_dir, stale)}; left out of {boards} until then", stacklevel=3)
         gone = {rec["run_id"] for rec in stale}
         read = [(path, rec) for path, rec in read if rec["run_id"] not in gone]
+    recounts = [_recount(rec) for _, rec in read] if recheck else None
+    frames = {}
+    if "run" in levels:
+        frames["run"], found = _run_frame(read, recounts)
+        if found:
+            warnings.warn(f"{len(found)} record(s) hold numbers other than this code recomputes from their own case "
+                          f"rows (edited by hand, or stored by a version of bench that aggregated otherwise): "
+                          f"{few(found, 3, sep='; ')}; reports and checks use the recomputed numbers", stacklevel=3)
+    if "case" in levels:
+        frames["case"] = _case_frame([rec for _, rec in read], recounts)
+    return frames
+
+
+def _case_frame(records: list[dict], recounts: list | None) -> pd.DataFrame:
+    """``load(level="case")``'s frame of ``records``; with ``recounts`` (``_recount`` of each), the rows as their
+    counts give them."""
+    per_case = [rec["per_case"] if recount is None else recount[0]
+                for rec, recount in zip(records, recounts or [None] * len(records))]
+    # each row names its HD95 unit (mm, voxels, pixels: the run's policy and data decide)
+    rows = [{**_run_ids(rec), **case, "hd95_unit": rec.get("hd95_unit")} for rec, cases in zip(records, per_case)
+            for case in cases]
+    frame = pd.DataFrame(rows)
+    extra = [c for c in frame.columns if c not in RUN_ID_COLUMNS + CASE_COLUMNS]
+    frame = frame.reindex(columns=RUN_ID_COLUMNS + CASE_COLUMNS + extra)
+    numeric = [c for c in CASE_COLUMNS if c not in ("case", "name", "empty")]
+    return _numeric(frame, numeric)
+
+
+def _run_frame(read: list[tuple[Path, dict]], recounts: list | None) -> tuple[pd.DataFrame, list[str]]:
+    """``load``'s run frame of ``read`` ((path, record) pairs), and with ``recounts`` (``_recount`` of each) the
+    restated files' lines (``_restate``)."""
     records = [rec for _, rec in read]
-    if level == "case":
-        # each row names its HD95 unit (mm, voxels, pixels: the run's policy and data decide)
-        rows = [{**_run_ids(rec), **case, "hd95_unit": rec.get("hd95_unit")} for rec in records
-                for case in (_recounted_rows(rec) if recheck else rec["per_case"])]
-        frame = pd.DataFrame(rows)
-        extra = [c for c in frame.columns if c not in RUN_ID_COLUMNS + CASE_COLUMNS]
-        frame = frame.reindex(columns=RUN_ID_COLUMNS + CASE_COLUMNS + extra)
-        numeric = [c for c in CASE_COLUMNS if c not in ("case", "name", "empty")]
-        return _numeric(frame, numeric)
     rows, found = [_run_row(rec) for rec in records], []
     policies = {rec["run_id"]: rec["policy"] for rec in records}
     for row in rows:  # `bench rescore`: the policy its run was first scored under (None: that record is gone)
         row["rescored_from_policy"] = policies.get(row["rescored_from"]) if row["rescored_from"] else None
-    if recheck:
-        for row, (path, rec) in zip(rows, read):
-            _restate(row, rec, path, found)
+    if recounts is not None:
+        for row, (path, rec), recount in zip(rows, read, recounts):
+            _restate(row, _restated(rec, recount), rec, path, found)
     restated_text = [row.pop("restated", None) for row in rows]
-    if found:
-        warnings.warn(f"{len(found)} record(s) hold numbers other than this code recomputes from their own case rows "
-                      f"(edited by hand, or stored by a version of bench that aggregated otherwise): "
-                      f"{few(found, 3, sep='; ')}; reports and checks use the recomputed numbers", stacklevel=2)
     frame = pd.DataFrame(rows)
     metric_keys = {c for c in frame.columns if c not in RUN_COLUMNS and "/" not in c}
     metric_keys |= {c for c in frame.columns if c.startswith("metrics/")}
@@ -761,11 +809,11 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False, current: 
     per_class = [f"{m}/{name}" for name in _class_order(records) for m in ("dice", "hd95")]
     columns = RUN_COLUMNS + metrics + per_class
     frame = frame.reindex(columns=columns)
-    if recheck:  # the stored numbers replaced, per run (None: none)
+    if recounts is not None:  # the stored numbers replaced, per run (None: none)
         frame["restated"] = pd.Series(restated_text, index=frame.index, dtype=object)
     numeric = ["wall_time_s", "train_time_s", "train_loss", "world_size", "params", "trainable_params", "macs", "paper_macs",
                "flops", "fps", "peak_mem_mb"] + metrics + per_class  # fmt: skip
-    return _numeric(frame, numeric)
+    return _numeric(frame, numeric), found
 
 
 def _numeric(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

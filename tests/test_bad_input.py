@@ -1479,3 +1479,21 @@ def test_an_option_of_one_value_given_twice_is_refused(monkeypatch, capsys, tmp_
                  "--results", tmp_path / "r", "--resume", "--no-resume", "--set", "widths=[8, 16]", "--set",
                  "depth=2", "--threads", "1", "--threads", "1", names="--threads 1 and --threads 1", phrase="give it once")
     assert "--set" not in err and "--resume" not in err
+
+
+def test_the_repeated_option_check_takes_the_command_typer_builds(monkeypatch, capsys, tmp_path):
+    """The check built typer's click command a second time at every start-up (about 20 ms of `bench report --help`);
+    it now runs in the group typer builds, once, and a Python caller of the app (typer's CliRunner) is refused too."""
+    import typer.main
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    built = []
+    get_command = typer.main.get_command
+    monkeypatch.setattr(typer.main, "get_command", lambda typer_app: built.append(typer_app) or get_command(typer_app))
+    assert "--results" in run_bench_here(monkeypatch, capsys, "report", "--help").stdout and len(built) == 1
+    _fails(monkeypatch, capsys, "report", "--results", tmp_path / "a", "--results", tmp_path / "b",
+           names=f"--results {tmp_path / 'a'} and --results {tmp_path / 'b'}", phrase="give it once")
+    out = CliRunner().invoke(app, ["report", "--columns", "ci", "--columns", "cost"])
+    assert isinstance(out.exception, BenchError) and "--columns ci and --columns cost" in str(out.exception)

@@ -128,3 +128,31 @@ def test_the_weights_a_run_selected_stay_and_a_held_run_is_left_alone(tmp_path):
 def test_a_folder_that_is_no_results_folder_is_refused(tmp_path, monkeypatch, capsys):
     proc = run_bench_here(monkeypatch, capsys, "clean", "--results", tmp_path / "nothing", check=False)
     assert proc.returncode == 2 and "no results folder (no records/ or runs/ in it); pass --results DIR" in proc.stderr
+
+
+def test_clean_reads_each_record_once(tmp_path, monkeypatch):
+    """clean parsed every record twice, once for the weights files --weights records name and once more for each
+    run's own record; one pass now serves both, and what it finds is the same."""
+    from pathlib import Path
+
+    evaluated = make_record("unet", seed=1)
+    evaluated["weights"] = {"file": "epoch_0003.pt", "sha256": fileio.file_sha256(Path(__file__)), "trained_by": None}
+    recs = [make_record("unet", seed=0), evaluated, {**make_record("vmunet"), "run_id": "x.strict", "rescored_from": "x"}]
+    for rec in recs:
+        write_record(rec, tmp_path)
+    ckpt = run_dir(tmp_path, recs[0]["run_id"]) / "checkpoints"
+    ckpt.mkdir(parents=True)
+    shutil.copyfile(__file__, ckpt / "epoch_0003.pt")  # the file the --weights record names: kept
+    (ckpt / "last.pt").write_bytes(b"\0")
+    (tmp_path / "records" / "notes.json").write_text("{}")  # no record: said, its run left alone
+    (tmp_path / "records" / "cut.json").write_text('{"run_id": ')  # a write cut short: said too
+    reads = []
+    read_text = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self.name) or read_text(self, *a, **k))
+    found = clean(tmp_path, dry_run=True)
+    records_read = [name for name in reads if name.endswith(".json")]
+    assert sorted(records_read) == sorted(p.name for p in (tmp_path / "records").glob("*.json")) and len(records_read) == 5
+    assert found.evaluated == [ckpt / "epoch_0003.pt"] and found.resume == {recs[0]["run_id"]: [ckpt / "last.pt"]}
+    assert [u.split(" (")[0] for u in found.unread] == ["cut.json", "notes.json"]
+    assert f"cut.json ({tmp_path / 'records' / 'cut.json'}: not a readable run record (" in found.unread[0]
+    assert f"notes.json ({tmp_path / 'records' / 'notes.json'}: " in found.unread[1]

@@ -5,6 +5,7 @@ import os
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from bench import fileio, records
@@ -475,9 +476,39 @@ def test_a_case_row_is_named_once_whatever_its_ids_word():
     rec = make_record("unet", dice=0.8, n_cases=1, case_ids=["img0003"])
     rec["per_case"][0]["dice"] = 0.5
     row, found = {}, []
-    records._restate(row, rec, "r.json", found)  # the case row's number stays off the run's row, either way
+    records._restate(row, records.restated(rec), rec, "r.json", found)  # the case row's number stays off the run's row, either way
     assert row == {"restated": "case img0003 class 1 (aorta): dice 0.5 stored, 0.8 from its tp/fp/fn (stored by code "
                                "0123456789ab)"}
+
+
+def test_a_report_reads_and_recounts_each_record_once(tmp_path, monkeypatch):
+    """bench report loaded the folder twice, its run rows and then its case rows, so every record file was read and
+    its case rows recounted twice; now one read serves both (load_both), with the frames and warnings as before."""
+    from bench.report import write_report
+
+    forged = make_record("vmunet", dice=0.8, n_cases=2)
+    forged["per_case"][0]["dice"] = 0.5  # its counts give 0.8: restated
+    source = make_record("unet")
+    for rec in (forged, source, _rescored(source, train={**source["train"], "final_loss": 0.2})):  # a stale rescore
+        write_record(rec, tmp_path)
+    with pytest.warns(UserWarning) as said:
+        runs, cases = load(tmp_path, recheck=True, current=True), load(tmp_path, level="case", recheck=True)
+    with pytest.warns(UserWarning) as said_both:
+        both = records.load_both(tmp_path, recheck=True, current=True)
+    assert [str(w.message) for w in said_both] == [str(w.message) for w in said]  # once each, in the same words
+    pd.testing.assert_frame_equal(both[0], runs)
+    kept = cases[cases["run_id"].isin(runs["run_id"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(both[1], kept)  # the stale rescore's rows left out, as its run row is
+    reads, recounts = [], []
+    read, recounted = records._read, records.recounted
+    monkeypatch.setattr(records, "_read", lambda path: reads.append(path.name) or read(path))
+    monkeypatch.setattr(records, "recounted", lambda rec: recounts.append(rec["run_id"]) or recounted(rec))
+    with pytest.warns(UserWarning) as again:
+        write_report(tmp_path, "md")
+    assert sorted(reads) == sorted(p.name for p in records.records_dir(tmp_path).glob("*.json")) and len(reads) == 3
+    assert sorted(recounts) == sorted([forged["run_id"], source["run_id"]])  # the stale one is left out first
+    assert [str(w.message) for w in again] == [str(w.message) for w in said]  # stale, then restated, once each
+    assert "left out of its board" in str(said[0].message) and "hold numbers other than" in str(said[1].message)
 
 
 def test_many_case_rows_restated_are_counted_and_counts_differ_from_their_sums():
@@ -490,7 +521,7 @@ def test_many_case_rows_restated_are_counted_and_counts_differ_from_their_sums()
     assert diffs["case0001 class 3 (kidney_l): n_pred"] == (7, 100)
     assert len(diffs) == 13 and not any(k.startswith(("dice", "iou")) for k in diffs)  # the aggregates agree
     row, found = {}, []
-    records._restate(row, rec, "r.json", found)
+    records._restate(row, diffs, rec, "r.json", found)
     assert row["restated"] == ("case0000 class 1 (aorta): dice 0.5 stored, 0.8 from its tp/fp/fn; case0000 "
                                "class 1 (aorta): iou 0.5 stored, 0.666667 from its tp/fp/fn (and 11 more) "
                                "(stored by code 0123456789ab)")

@@ -21,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from bench.cli.console import _warned, main
+from bench.cli.console import BenchGroup, _warned, main
 from bench.cli.clean_cmd import clean
 from bench.cli.data_cmds import VERIFY_SHOWN, data_convert, data_synth, data_verify
 from bench.cli.figure_cmd import figure
@@ -37,7 +37,7 @@ __all__ = ["app", "data_app", "main", "default_protocol", "VERIFY_SHOWN", "_warn
 app = typer.Typer(
     help="ssm-unet-bench: train and evaluate medical segmentation UNets under fixed protocols.\n\n"
     "Example: bench run --models all --dataset synapse --synthetic --protocol smoke",
-    no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False,
+    no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False, cls=BenchGroup,
 )
 data_app = typer.Typer(
     help="Synthesize, convert and verify datasets in their real on-disk formats.\n\n"

@@ -13,6 +13,7 @@ import warnings
 from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from bench.errors import BenchError, closest, debugging, one_line
 
@@ -69,8 +70,7 @@ def _main() -> None:
 
     sys.argv[1:] = map(_tilde_expanded, sys.argv[1:])
     try:
-        _refuse_empty_values(sys.argv[1:])
-        _refuse_repeated_values(app, sys.argv[1:])
+        _refuse_empty_values(sys.argv[1:])  # repeated values: BenchGroup, as click parses them
         code = app(standalone_mode=False, prog_name="bench")  # click's usage errors reach us: one line each
     except BenchError as exc:
         if debugging():  # the traceback, then the same line and exit code as without it
@@ -159,14 +159,19 @@ def _refuse_empty_values(args: list[str]) -> None:
                              "the option out")
 
 
-def _refuse_repeated_values(app, args: list[str]) -> None:
-    """BenchError for an option of one value given twice (``bench report --results A --results B``): click
-    keeps the last without a word, so a reviewer comparing two folders read one of them as both."""
-    import typer.main
+class BenchGroup(TyperGroup):
+    """The `bench` group typer builds: the command line refused where an option of one value is given twice,
+    before click parses it (checked on the group typer built once, rather than on a second build)."""
 
-    if not isinstance(app, typer.Typer):  # a test's stand-in for the app
-        return
-    command = typer.main.get_command(app)
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        _refuse_repeated_values(self, args)
+        return super().parse_args(ctx, args)
+
+
+def _refuse_repeated_values(command, args: list[str]) -> None:
+    """BenchError for an option of one value given twice in ``args``, the arguments of the click ``command`` (``bench
+    report --results A --results B``): click keeps the last without a word, so a reviewer comparing two folders
+    read one of them as both."""
     rest = list(args)
     while rest and not rest[0].startswith("-") and rest[0] in getattr(command, "commands", {}):  # bench data synth
         command = command.commands[rest.pop(0)]

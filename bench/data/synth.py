@@ -102,7 +102,7 @@ def synthesize(kind: str, out: str | Path, *, seed: int = 0, **size_options: Any
         writer(tmp, seed=seed, **options)
         # the files as written, as each reader of the kind identifies them: data edited since is told apart
         written = {name: reader(tmp).content_id() for name, reader in DATASETS.items() if reader.kind == kind}
-        portable_write_text(tmp / MARKER, json.dumps({**made, WRITTEN: written}, sort_keys=True, default=list) + "\n")
+        portable_write_text(tmp / MARKER, json.dumps({**made, WRITTEN: written}, sort_keys=True) + "\n")
 
     return atomic_write_dir(Path(out).expanduser(), write)
 

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from bench.errors import BenchError, few
-from bench.records import finished, load, no_runs, select_runs
+from bench.records import finished, load_both, no_runs, select_runs
 from bench.names import matched_names, name_list
 from bench.fileio import atomic_write_text
 from bench.report.board_text import _check_columns, _check_format, _render, _shows, paper_layout, render_cases
@@ -203,7 +203,8 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     given = models, datasets  # as typed, for select_runs' errors (`--models ,`)
     models, datasets = name_list(models), name_list(datasets)
     # load first: it checks the folder
-    df_runs, profiles = load(results_dir, recheck=True, current=True), load_profiles(results_dir)
+    df_runs, df_cases = load_both(results_dir, recheck=True, current=True)  # one read of each record
+    profiles = load_profiles(results_dir)
     profiled = set(profiles["model"]) if profiles is not None and "model" in profiles else set()
     spelt = [*df_runs.get("model", []), *profiled]  # names as the runs and profiles spell them (`--models UNET`)
     if models:  # for the profiles and --reference too
@@ -222,9 +223,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
         warn_unrecorded(results_dir, df_runs, models)
     if models and profiles is not None and "model" in profiles:
         profiles = profiles[profiles["model"].isin(models)]
-    df_cases = load(results_dir, level="case", recheck=True) if not df_runs.empty else None  # as the boards
-    if df_cases is not None:
-        df_cases = df_cases[df_cases["run_id"].isin(df_runs["run_id"])]
+    df_cases = df_cases[df_cases["run_id"].isin(df_runs["run_id"])] if not df_runs.empty else None  # as the boards
     if fmt == ReportFormat.cases:
         text = render_cases(df_cases, df_runs)
     else:
