@@ -14,7 +14,9 @@ default policy. nnU-Net-format data's ``fold=ALL_FOLDS`` view scores a cross-val
 case (``cv_niftis_raw``), each against its own fold's split, pooled as nnU-Net's summary pools them, with
 each fold's DSC beside (``Scores.per_fold``). Binary masks written at each image's own size (``bench
 predict --native-size``) are brought to the scored grid as the ground truth is (``scored_mask``) and said
-to be. Nothing is written into a results folder: a score is no run (no training, params or cost).
+to be. A volume's header is checked where the data has one to compare with (nnU-Net's: its orientation and
+origin, ``SegDataset.check_prediction_header``); a header spacing other than the case's is said, the case's
+scored (``_spacing_note``). Nothing is written into a results folder: a score is no run (no training, params or cost).
 """
 
 from __future__ import annotations
@@ -105,12 +107,15 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     hint = other_protocol + (f"; {fold}" if fold else "")
     files = _case_files(pred_dir, dataset, ids, protocol, hint)
     scoring = Scoring.of(dataset, protocol, policy)
-    scored, resized, greyed = [], [], []
+    scored, resized, greyed, respaced = [], [], [], []
     for case_id in ids:
         path = pred_dir / files[case_id]
         case = dataset.load_test(case_id)
         gt = ground_truth(case, protocol, dataset.binary)
-        pred = dataset.read_prediction(path, greyed)
+        pred, spacing = dataset.read_prediction(path, greyed)
+        if spacing is not None and case.spacing is not None and not np.allclose(spacing, case.spacing, rtol=1e-4,
+                                                                                  atol=0):
+            respaced.append((files[case_id], spacing, case.spacing))  # beyond the header's float32 rounding
         if pred.shape != gt.shape and dataset.binary and pred.shape == case.label.shape:  # --native-size's
             pred = scored_mask(pred.astype(np.float32), protocol).astype(np.uint8)
             resized.append(case_id)
@@ -141,6 +146,8 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     if greyed:
         notes.append(f"{len(greyed)} of {len(ids)} masks were PNGs stored in colour whose channels are equal (first: "
                      f"{greyed[0].relative_to(pred_dir).as_posix()}): read as that grey")
+    if respaced:
+        notes.append(_spacing_note(respaced, len(ids), get_policy(policy)))
     missed = _miss_note(get_policy(policy), per_case, result.hd95_unit)
     if missed:
         notes.append(missed)
@@ -333,6 +340,23 @@ def _shape_problem(shape: tuple[int, ...], expected: tuple[int, ...], case, data
         return f"stored shape {stored}, where {scored} (x, y, z) = (W, H, D) = {wanted}{fix}"
     native = f" (or its image's own size {case.label.shape})" if dataset.binary else ""
     return f"shape {shape}, where {scored} {expected}{native}"
+
+
+def _spacing_note(respaced: list[tuple[str, tuple, tuple]], n: int, policy: Policy) -> str:
+    """The volumes (of ``n``) whose header gives another spacing than their case's, in one line: ``respaced``
+    holds (file, header spacing, case spacing), both (z, y, x), said as the header stores them, (x, y, z). Not
+    refused: of their case's shape, their voxels lie on its grid, and a tool may write zooms of its own
+    (TransUNet's test script (1, 1, z)); the case's spacing is the one scored."""
+    name, theirs, ours = respaced[0]
+
+    def said(spacing: tuple) -> str:
+        return f"({', '.join(f'{float(s):g}' for s in spacing[::-1])})"
+
+    hd95 = ("the case's spacing is the one HD95 (mm) uses" if policy.use_spacing else
+            f"{policy.name}'s HD95 is in voxels, so no number takes a spacing")
+    return (f"{len(respaced)} of {n} volumes' headers give another voxel spacing than their case's (first: {name}, "
+            f"{said(theirs)} mm (x, y, z), the case's {said(ours)} mm): scored voxel for voxel on the case's grid, "
+            f"as their shape is its; {hd95}")
 
 
 def _protocol_hint(made_by: dict[str, str], protocol: Protocol) -> str:

@@ -399,10 +399,12 @@ def test_a_volume_off_its_images_grid_is_refused_by_name_and_on_it_scored(tmp_pa
     """A prediction reoriented by another tool (RAS), of the label's shape, was scored voxel by voxel
     against other places of the body: a low DSC, unexplained. nnU-Net writes a prediction with its IMAGE's
     geometry (SimpleITK's CopyInformation): where the label's header places the case elsewhere (another
-    origin; nnU-Net's verify only warns), that prediction was refused, saying nnU-Net writes the label's."""
+    origin; nnU-Net's verify only warns), that prediction was refused, saying nnU-Net writes the label's.
+    A header of other zooms over the same voxels (a tool that writes its own spacing) was refused too: it
+    is scored on the case's grid and spacing, and said."""
     import nibabel as nib
 
-    root = synthesize("nnunet", tmp_path / "data", n_cases=5, depth=4, size=16)
+    root = synthesize("nnunet", tmp_path / "data", n_cases=5, depth=4, size=16)  # spacing (x, y, z) 0.8, 0.8, 3
     ds = open_dataset("nnunet", root)
     folder = tmp_path / "preds"
     folder.mkdir()
@@ -413,12 +415,25 @@ def test_a_volume_off_its_images_grid_is_refused_by_name_and_on_it_scored(tmp_pa
     name = ds.prediction_name(ds.test_ids()[0])
     label = nib.load(str(root / "labelsTr" / name))
     data = np.asarray(label.dataobj)
-    for affine, said in ((np.diag([-1.0, 1.0, 1.0, 1.0]) @ label.affine, "orientation "),
-                         (label.affine @ np.diag([2.0, 1.0, 1.0, 1.0]), "spacing (")):
+    turn = np.eye(4)  # 5 degrees about z: the same orientation codes, other axes
+    turn[:2, :2] = [[np.cos(np.radians(5)), -np.sin(np.radians(5))], [np.sin(np.radians(5)), np.cos(np.radians(5))]]
+    for affine, said in ((np.diag([-1.0, 1.0, 1.0, 1.0]) @ label.affine, "orientation LAS, not RAS"),  # x flipped
+                         (label.affine[:, [1, 0, 2, 3]], "orientation ARS, not RAS"),  # x and y swapped: 16 x 16
+                         (turn @ label.affine, "orientation RAS as the image's, its axes turned up to 5 degrees")):
         nib.save(nib.Nifti1Image(data, affine), str(folder / name))
         with pytest.raises(BenchError, match=rf"{name}: not on the grid of its image .*_0000\.nii\.gz "
-                                             rf"\({re.escape(said)}.*; write it on the image's grid, as nnU-Net does"):
+                                             rf"\({re.escape(said)}\), nor on its label file's: .*; write it on the "
+                                             r"image's grid, as nnU-Net does"):
             score_predictions(folder, ds, SMOKE)
+    # other zooms over the same voxels: scored as the case's, said once for the folder
+    for zooms in ((2.0, 1.0, 1.0), (1.00005, 1.0, 1.0)):  # the second within float32 rounding: not said
+        nib.save(nib.Nifti1Image(data, label.affine @ np.diag([*zooms, 1.0])), str(folder / name))
+        scores = score_predictions(folder, ds, SMOKE)
+        assert scores.metrics["dice"] == 1.0
+        assert [n for n in scores.notes if "spacing" in n] == ([] if zooms[0] < 2 else [
+            f"1 of {len(ds.test_ids())} volumes' headers give another voxel spacing than their case's (first: "
+            f"{name}, (1.6, 0.8, 3) mm (x, y, z), the case's (0.8, 0.8, 3) mm): scored voxel for voxel on the "
+            "case's grid, as their shape is its; the case's spacing is the one HD95 (mm) uses"])
     shifted = label.affine.copy()  # the label 2 mm off its image, the voxels the same
     shifted[0, 3] += 2.0
     nib.save(nib.Nifti1Image(data, shifted, label.header), str(root / "labelsTr" / name))
@@ -426,8 +441,11 @@ def test_a_volume_off_its_images_grid_is_refused_by_name_and_on_it_scored(tmp_pa
     for grid in (image.affine, shifted):  # nnUNetv2_predict's (the image's) and bench predict's (the label's)
         nib.save(nib.Nifti1Image(data, grid), str(folder / name))
         assert score_predictions(folder, ds, SMOKE).metrics["dice"] == 1.0
-    nib.save(nib.Nifti1Image(data, shifted @ np.diag([1.0, 1.0, 2.0, 1.0])), str(folder / name))
-    with pytest.raises(BenchError, match=r"not on the grid of its image .*\(spacing \(.*nor on its label file's"):
+    off = shifted.copy()  # on neither's: 4 mm off the image
+    off[0, 3] += 2.0
+    nib.save(nib.Nifti1Image(data, off @ np.diag([1.0, 1.0, 2.0, 1.0])), str(folder / name))
+    with pytest.raises(BenchError, match=r"not on the grid of its image .*\(origin \(4\.0, 0\.0, 0\.0\), not "
+                                         r"\(0\.0, 0\.0, 0\.0\)\), nor on its label file's"):
         score_predictions(folder, ds, SMOKE)
     # a (D, H, W) array saved as it is with a made-up affine: the transpose is named, not the grid
     nib.save(nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), np.eye(4)), str(folder / name))
@@ -435,8 +453,56 @@ def test_a_volume_off_its_images_grid_is_refused_by_name_and_on_it_scored(tmp_pa
         score_predictions(folder, ds, SMOKE)
     # an (x, y, z, 1) file (3D Slicer, ITK) is the volume it holds: its grid is still checked
     nib.save(nib.Nifti1Image(data[..., None], np.diag([-1.0, 1.0, 1.0, 1.0]) @ label.affine), str(folder / name))
-    with pytest.raises(BenchError, match=rf"{name}: not on the grid of its image .*\(orientation "):
+    with pytest.raises(BenchError, match=rf"{name}: not on the grid of its image .*\(orientation LAS, not RAS\)"):
         score_predictions(folder, ds, SMOKE)
+
+
+def test_synapse_volumes_spacing_is_compared_with_the_cases_and_their_orientation_is_not(tmp_path):
+    """Synapse's h5 volumes keep no orientation: TransUNet's test script writes the same arrays with SimpleITK's
+    LPS header and its own spacing, (1, 1, z_spacing), which bench predict writes RAS, with the case's spacing.
+    Both are scored as the case's voxels; the other spacing, which changed no number silently, is said."""
+    import nibabel as nib
+
+    ds, folder = _gt_folder(tmp_path, n_test=3)
+    proto = load_protocol("smoke")
+    first, second = ds.prediction_name(ds.test_ids()[0]), ds.prediction_name(ds.test_ids()[1])
+    for name in (first, second):  # as TransUNet writes them: LPS, 1 mm
+        img = nib.load(str(folder / name))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), np.diag([-1.0, -1.0, 1.0, 1.0])), str(folder / name))
+    d, h, w = ds.load_test(ds.test_ids()[0]).spacing  # the synthetic h5's own spacing attribute, (z, y, x)
+    for policy, hd95 in (("legacy-synapse", "legacy-synapse's HD95 is in voxels, so no number takes a spacing"),
+                         ("strict", "the case's spacing is the one HD95 (mm) uses")):
+        scores = score_predictions(folder, ds, proto, policy)
+        present = scores.per_case[scores.per_case["n_ref"] > 0]
+        assert (present["dice"] == 1.0).all() and (present["hd95"] == 0.0).all()
+        assert [n for n in scores.notes if "spacing" in n] == [
+            f"2 of 3 volumes' headers give another voxel spacing than their case's (first: {first}, (1, 1, 1) mm "
+            f"(x, y, z), the case's ({w:g}, {h:g}, {d:g}) mm): scored voxel for voxel on the case's grid, as their "
+            f"shape is its; {hd95}"]
+
+
+def test_each_nifti_prediction_header_is_read_once(tmp_path, monkeypatch):
+    """A prediction's channels, grid and voxels come from one nibabel open of the file (nnU-Net data: its image's
+    and label's headers beside it, to compare its grid with)."""
+    from collections import Counter
+    from pathlib import Path
+
+    import nibabel as nib
+
+    root = synthesize("nnunet", tmp_path / "data", n_cases=5, depth=4, size=16)
+    ds = open_dataset("nnunet", root)
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    for case_id in ds.test_ids():
+        ds.write_prediction(case := ds.load_test(case_id), case.label, folder / ds.prediction_name(case_id))
+    syn, syn_folder = _gt_folder(tmp_path / "synapse")
+    opened, real_load = Counter(), nib.load
+    monkeypatch.setattr(nib, "load", lambda path, *a, **k: opened.update([Path(path)]) or real_load(path, *a, **k))
+    assert score_predictions(folder, ds, SMOKE).metrics["dice"] == 1.0
+    assert score_predictions(syn_folder, syn, SMOKE, "legacy-synapse").metrics["dice"] == 1.0
+    assert {path: n for path, n in opened.items() if path.parent in (folder, syn_folder)} == \
+        {**{folder / ds.prediction_name(c): 1 for c in ds.test_ids()},
+         **{syn_folder / syn.prediction_name(c): 1 for c in syn.test_ids()}}
 
 
 def test_binary_masks_predicted_then_scored_give_the_record_and_native_ones_are_resized(tmp_path):

@@ -298,19 +298,30 @@ class SegDataset:
         of other data than this (``bench score``); what they say otherwise worth a note ([] for nothing)."""
         return []
 
-    def read_prediction(self, path: Path, greyed: list[Path] | None = None) -> np.ndarray:
-        """A label map as ``write_prediction`` writes one (``bench score`` reads those made elsewhere): class
-        ids from a NIfTI volume (D, H, W) or a PNG; a binary task's 0/255 mask as 0/1. A PNG stored in colour
-        that holds one grey (``_colour_as_grey``) is read as that grey, its path appended to ``greyed``
-        where given. BenchError naming ``path`` for an unreadable file, a colour PNG, or values that are no
-        class of this data."""
-        from bench.data.nnunet import VOLUME_ENDINGS, png_array, png_pixels, read_nifti
+    def check_prediction_header(self, path: Path, img) -> None:
+        """BenchError where a prediction volume's NIfTI header (``img``: ``path`` opened, ``load_nifti``) places
+        its voxels elsewhere than its case's (``bench score``; its spacing is compared there, with the case's).
+        Nothing here: volumes read from arrays without a header (Synapse's h5) have no orientation to compare
+        with, and headers written for them differ with the tool (bench predict's are RAS, SimpleITK's from
+        TransUNet's test script LPS) over the same voxels."""
+
+    def read_prediction(self, path: Path, greyed: list[Path] | None = None) -> tuple[np.ndarray, tuple | None]:
+        """A label map as ``write_prediction`` writes one (``bench score`` reads those made elsewhere) and the
+        spacing its header gives, in mm per array axis (None for a PNG): class ids from a NIfTI volume
+        (D, H, W), its header read once and checked first (``check_prediction_header``), or a PNG; a binary
+        task's 0/255 mask as 0/1. A PNG stored in colour that holds one grey (``_colour_as_grey``) is read as
+        that grey, its path appended to ``greyed`` where given. BenchError naming ``path`` for an unreadable
+        file, a colour PNG, or values that are no class of this data."""
+        from bench.data.nnunet import VOLUME_ENDINGS, load_nifti, png_array, png_pixels, read_nifti
 
         volume = path.name.lower().endswith(VOLUME_ENDINGS)
         pixels, mode = (None, None) if volume else png_pixels(path, "a PNG image")  # one open: mode and pixels
+        spacing = None
         if volume:
-            _refuse_channels(path)
-            pred = read_nifti(path, label=True)[0]
+            img = load_nifti(path)  # one open: its header here, its voxels below
+            _refuse_channels(path, img.shape)
+            self.check_prediction_header(path, img)
+            pred, spacing = read_nifti(path, label=True, img=img)
         elif mode in _COLOUR_MODES:
             pred = _colour_as_grey(path, pixels, mode, f"a single-channel PNG of 0 (background) and 255 "
                                                f"({self.class_names[0]}), or a 1-bit one" if self.binary else
@@ -320,9 +331,9 @@ class SegDataset:
         else:
             pred = png_array(path, pixels, mode, label=True)
         if not self.binary:
-            return class_ids(path, pred, self.num_classes)
+            return class_ids(path, pred, self.num_classes), spacing
         if mode == "1":  # a 1-bit PNG, foreground and background: it cannot store 255
-            return (pred > 0).astype(np.uint8)
+            return (pred > 0).astype(np.uint8), spacing
         values = np.unique(pred)
         bad = [int(v) for v in values if v not in (0, 255)]
         if bad:
@@ -331,7 +342,7 @@ class SegDataset:
                     "foreground where >= 128 (the harness thresholds probabilities at 0.5)")
             raise BenchError(f"{path}: mask values {bad[:10]}; expected 0 (background) and 255 "
                              f"({self.class_names[0]}), as the dataset's masks{hint}")
-        return (pred // 255).astype(np.uint8)
+        return (pred // 255).astype(np.uint8), spacing
 
 
 _COLOUR_MODES = ("RGB", "RGBA", "LA")  # PIL modes of several channels; "LA" is grey and alpha
@@ -352,15 +363,13 @@ def _colour_as_grey(path: Path, pixels: np.ndarray, mode: str, expected: str) ->
     raise BenchError(f"{path}: a colour PNG (mode {mode}) with {why}; expected {expected}")
 
 
-def _refuse_channels(path: Path) -> None:
-    """A prediction volume of several channels (per-class probabilities, one-hot) refused by name, with the
-    remedy for a prediction: the reader's own advice is for input images (one file per channel)."""
-    import nibabel as nib
-
+def _refuse_channels(path: Path, stored: tuple[int, ...]) -> None:
+    """A prediction volume (``path``, its header's shape ``stored``) of several channels (per-class
+    probabilities, one-hot) refused by name, with the remedy for a prediction: the reader's own advice is for
+    input images (one file per channel)."""
     from bench.data.nnunet import volume_shape
 
-    with reading(path, "a NIfTI volume"):
-        stored = tuple(nib.load(str(path)).shape)
+    stored = tuple(stored)
     if len(volume_shape(stored)) == 4:
         raise BenchError(f"{path}: shape {stored}; expected a label map of class ids, (x, y, z), not one channel "
                          "per class: save the argmax over the channel axis")

@@ -134,12 +134,12 @@ def _placement(img_path: Path, label_path: Path) -> str | None:
 
 
 def _axcodes(path: Path) -> str:
-    """"LPS" and the like from a NIfTI header ("?" for an axis a degenerate affine leaves undefined)."""
-    import nibabel as nib
+    """"LPS" and the like from a NIfTI header (``axcodes``)."""
+    from bench.data.nnunet import axcodes, load_nifti
 
+    affine = load_nifti(path).affine
     with reading(path, "a NIfTI volume"):  # a NaN in the affine fails in aff2axcodes: a corrupt header too
-        codes = nib.aff2axcodes(nib.load(str(path)).affine)
-    return "".join(c or "?" for c in codes)
+        return axcodes(affine)
 
 
 def btcv_to_synapse(raw: str | Path, out: str | Path) -> Path:

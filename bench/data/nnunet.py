@@ -186,12 +186,20 @@ def is_volume_ending(ending: str) -> bool:
 # --- file readers ---------------------------------------------------------------------------
 
 
-def read_nifti(path: Path, *, label: bool = False) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """A 3-D NIfTI as (D, H, W) = (z, y, x) plus spacing in mm in the same order."""
-    import nibabel as nib  # imported here: only nnU-Net volumes need it
+def load_nifti(path: Path):
+    """``path`` opened with nibabel: its header read, its voxels not yet (nibabel reads them on demand), so
+    one open gives a prediction's geometry and its voxels (``read_nifti(path, img=...)``)."""
+    import nibabel as nib  # imported here: only volumes need it
 
     with reading(path, "a NIfTI volume"):
-        img = nib.load(str(path))
+        return nib.load(str(path))
+
+
+def read_nifti(path: Path, *, label: bool = False, img=None) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A 3-D NIfTI as (D, H, W) = (z, y, x) plus spacing in mm in the same order; ``img``: ``path`` opened
+    already (``load_nifti``), its header not read again."""
+    with reading(path, "a NIfTI volume"):
+        img = load_nifti(path) if img is None else img
         arr = nifti_voxels(path, img, label=label)
     if label:
         arr = arr.astype(np.int64)
@@ -217,10 +225,7 @@ def _spacing_zyx(img) -> tuple[float, float, float]:
 
 def nifti_geometry(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
     """(D, H, W) and the spacing in mm in the same order, from the header only."""
-    import nibabel as nib
-
-    with reading(path, "a NIfTI volume"):
-        img = nib.load(str(path))
+    img = load_nifti(path)
     shape = _check_3d(path, img.shape)
     return (shape[2], shape[1], shape[0]), _spacing_zyx(img)
 
@@ -313,32 +318,61 @@ def label_path(root: Path, case: str, ending: str) -> Path:
     return root / "labelsTr" / f"{case}{ending}"
 
 
-def check_same_grid(path: Path, image: Path, label: Path) -> None:
-    """BenchError unless the NIfTI at ``path``, of its ``label``'s shape, has the affine of its case's ``image``
-    (``_0000``: nnU-Net's writer copies the image's geometry) or of its ``label`` file, to 1e-3 mm (where the
-    two headers differ, the arrays are still used voxel for voxel): naming what differs from the image
-    (orientation, spacing, origin) and how to put it right. Of another shape, it returns: the caller's shape
-    check says that (a (D, H, W) array saved as it is, with a made-up affine, is a transpose to name first)."""
-    import nibabel as nib
-
-    volumes = []
-    for file in (path, image, label):
-        with reading(file, "a NIfTI volume"):
-            volumes.append(nib.load(str(file)))
-    if volume_shape(volumes[0].shape) != volume_shape(volumes[2].shape):  # as read: (x, y, z, 1) is (x, y, z)
+def check_same_grid(path: Path, img, image: Path, label: Path) -> None:
+    """BenchError unless the NIfTI at ``path`` (``img``: opened, ``load_nifti``), of its ``label``'s shape, places
+    its voxels as its case's ``image`` (``_0000``: nnU-Net's writer copies the image's geometry) or its ``label``
+    file does (where the two headers differ, the arrays are still used voxel for voxel): the same orientation,
+    axis directions and origin (``same_placement``), naming what differs from the image (orientation, e.g. LAS,
+    not RAS; axes turned; origin) and how to put it right. The spacing is not compared here: a header of another
+    spacing on the case's grid (a tool that writes its own zooms) is scored on the case's and said (``bench
+    score``). Of another shape, it returns: the caller's shape check says that (a (D, H, W) array saved as it
+    is, with a made-up affine, is a transpose to name first)."""
+    refs = [load_nifti(file) for file in (image, label)]
+    if volume_shape(img.shape) != volume_shape(refs[1].shape):  # as read: (x, y, z, 1) is (x, y, z)
         return
-    mine, theirs, labels = (v.affine for v in volumes)
-    if any(np.allclose(mine, a, rtol=0, atol=1e-3) for a in (theirs, labels)):
+    mine, theirs = img.affine, refs[0].affine
+    if any(same_placement(mine, ref.affine) for ref in refs):
         return
-    axes = ["".join(nib.aff2axcodes(a)) for a in (mine, theirs)]
-    zooms = [tuple(round(float(z), 4) for z in np.linalg.norm(a[:3, :3], axis=0)) for a in (mine, theirs)]
+    axes = []
+    for file, affine in ((path, mine), (image, theirs)):
+        with reading(file, "a NIfTI volume"):  # a NaN in the affine fails in aff2axcodes: a corrupt header
+            axes.append(axcodes(affine))
     what = (f"orientation {axes[0]}, not {axes[1]}" if axes[0] != axes[1] else
-            f"spacing {zooms[0]}, not {zooms[1]}" if not np.allclose(zooms[0], zooms[1], atol=1e-3) else
+            f"orientation {axes[0]} as the image's, its axes turned up to {max(_angles(mine, theirs)):.2g} degrees"
+            if not np.allclose(_directions(mine), _directions(theirs), rtol=0, atol=1e-3) else
             f"origin {tuple(round(float(v), 3) for v in mine[:3, 3])}, "
             f"not {tuple(round(float(v), 3) for v in theirs[:3, 3])}")
     raise BenchError(f"{path}: not on the grid of its image {image} ({what}), nor on its label file's: its voxels "
                      "would be scored against other places; write it on the image's grid, as nnU-Net does (an array "
                      "already on that grid with a wrong header: save it with the image's affine and header)")
+
+
+def axcodes(affine: np.ndarray) -> str:
+    """"RAS", "LPS" and the like: where a NIfTI affine's voxel axes point ("?" for an axis a degenerate affine
+    leaves undefined)."""
+    import nibabel as nib
+
+    return "".join(c or "?" for c in nib.aff2axcodes(affine))
+
+
+def _directions(affine: np.ndarray) -> np.ndarray:
+    """The unit vectors of a NIfTI affine's voxel axes (its columns without their zooms)."""
+    norms = np.linalg.norm(affine[:3, :3], axis=0)
+    return affine[:3, :3] / np.where(norms > 0, norms, 1.0)
+
+
+def _angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Degrees between each voxel axis of affine ``a`` and the same axis of ``b``."""
+    cosines = np.clip((_directions(a) * _directions(b)).sum(axis=0), -1.0, 1.0)
+    return np.degrees(np.arccos(cosines))
+
+
+def same_placement(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two NIfTI affines put voxel (i, j, k) of one grid at the same place, whatever their zooms say:
+    the same axis directions (to 1e-3) and origin (to 1e-3 mm). Zooms are left to the caller: a header of
+    other zooms on the same voxels is a header written otherwise, not voxels moved."""
+    return bool(np.allclose(_directions(a), _directions(b), rtol=0, atol=1e-3)
+                and np.allclose(a[:3, 3], b[:3, 3], rtol=0, atol=1e-3))
 
 
 def read_case(root: Path, case: str, ending: str, n_channels: int,
@@ -975,17 +1009,13 @@ class NnUNetDataset(SegDataset):
     def prediction_name(self, case_id: str) -> str:
         return f"{case_id}{self.file_ending}"  # nnU-Net's own: nnUNetv2_evaluate_folder pairs it with labelsTr
 
-    def read_prediction(self, path: Path, greyed: list[Path] | None = None) -> np.ndarray:
-        """As ``SegDataset.read_prediction``; a volume must lie on its image's grid (its affine), as nnU-Net
-        writes it, or on its label file's, as bench predict does: the same shape in another orientation (a
-        tool that reoriented it to RAS) would be scored voxel by voxel against another place of the body,
-        unsaid."""
-        pred = super().read_prediction(path, greyed)
-        if self.volumes:
-            case = path.name[: -len(self.file_ending)]
-            check_same_grid(path, channel_path(self.root, case, 0, self.file_ending),
-                            label_path(self.root, case, self.file_ending))
-        return pred
+    def check_prediction_header(self, path: Path, img) -> None:
+        """A volume must lie on its image's grid (its affine), as nnU-Net writes it, or on its label file's, as
+        bench predict does (``check_same_grid``): the same shape in another orientation (a tool that reoriented
+        it to RAS) would be scored voxel by voxel against another place of the body, unsaid."""
+        case = path.name[: -len(self.file_ending)]
+        check_same_grid(path, img, channel_path(self.root, case, 0, self.file_ending),
+                        label_path(self.root, case, self.file_ending))
 
     def unscored_hint(self, extra: list[str], held: list[str]) -> str:
         """As ``SegDataset.unscored_hint``, where every name in ``extra`` is a case's prediction
