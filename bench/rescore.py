@@ -16,7 +16,7 @@ import datetime as dt
 import re
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from bench.rng import deterministic_kernels
 from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, load_checkpoint
 
 __all__ = ["rescore_id", "weights_path", "scored_weights", "earlier_rescores", "record_protocol", "run_model",
-           "rescore_record", "plan_rescore", "rescored_twin", "DataRoots"]
+           "rescore_record", "plan_rescore", "rescored_twin", "stale_twin", "DataRoots"]
 
 
 def rescore_id(run_id: str, policy: str) -> str:
@@ -285,17 +285,44 @@ def other_data(rec: dict[str, Any], root: Path, now: str | None) -> str:
     return f"{text} and no marker {MARKER} (synthetic data holds one)"
 
 
-def rescored_twin(spec, results_dir: Path) -> str | None:
-    """The run id of a `bench rescore` record holding ``spec``'s training under ``spec.policy``:
-    the run planned the same under another policy, rescored into this one; None if there is none.
-    `bench run` then skips ``spec`` instead of training it again."""
+def _twins(spec, results_dir: Path) -> Iterator[tuple[str, str]]:
+    """(run id, rescore's id) of each run of ``spec``'s training under another policy that `bench rescore`
+    scored into ``spec.policy``: the run planned the same under that policy, and its record there."""
     from dataclasses import replace
 
     for other in POLICIES:
-        twin = rescore_id(replace(spec, policy=other).key, spec.policy)
-        if other != spec.policy and records.record_path(results_dir, twin).is_file():
+        source = replace(spec, policy=other).key
+        if other != spec.policy and records.record_path(results_dir, twin := rescore_id(source, spec.policy)).is_file():
+            yield source, twin
+
+
+def rescored_twin(spec, results_dir: Path, current: bool = False) -> str | None:
+    """The run id of a `bench rescore` record holding ``spec``'s training under ``spec.policy``:
+    the run planned the same under another policy, rescored into this one; None if there is none.
+    `bench run` then skips ``spec`` instead of training it again. ``current``: one of an earlier
+    training of that run (``stale_twin``) does not count: bench run scores it again."""
+    for source, twin in _twins(spec, results_dir):
+        if not (current and _trained_again(results_dir, source, spec.policy)):
             return twin
     return None
+
+
+def stale_twin(spec, results_dir: Path) -> dict[str, Any] | None:
+    """The record of a run of ``spec``'s training under another policy whose rescore into ``spec.policy``
+    scored an earlier training of it (``earlier_rescores``: trained again since), which `bench run` scores
+    again (``rescore_record``, as `bench rescore` does) rather than train ``spec`` a second time; else None."""
+    return next((rec for source, _ in _twins(spec, results_dir)
+                 if (rec := _trained_again(results_dir, source, spec.policy)) is not None), None)
+
+
+def _trained_again(results_dir: Path, run_id: str, policy: str) -> dict[str, Any] | None:
+    """Run ``run_id``'s record where its rescore under ``policy`` scored an earlier training of it; None
+    where it did not, or its record is gone or damaged (nothing tells: the rescore counts)."""
+    try:
+        rec = records.read_record(results_dir, run_id)
+    except BenchError:
+        return None
+    return rec if earlier_rescores(results_dir, rec, [policy]) else None
 
 
 def claim_twins(spec, results_dir: Path) -> list | str:

@@ -451,7 +451,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                say: Callable[[str], None], say_error: Callable[[str], None]) -> None:
     from bench.claim import claim_run
     from bench.registry import code_changed
-    from bench.rescore import claim_twins, earlier_rescores
+    from bench.rescore import claim_twins, earlier_rescores, stale_twin
 
     main = distributed.world().main
     say = say if main else (lambda *a, **k: None)
@@ -461,7 +461,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
         # rank 0 claims the run (bench.claim: no other process trains it meanwhile) and its view of the
         # finished records decides for every rank (a record appearing meanwhile, or a network file
         # system's cache, would otherwise send ranks down different branches)
-        claim, twins = None, []
+        claim, twins, stale = None, [], None
         try:
             if main:
                 done, rescored = finished(spec, results_dir)
@@ -474,8 +474,10 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                             claim, twins = twins, []
                         # finished (or rescored) by another process between the look and the claims
                         done, rescored = finished(spec, results_dir)
-            done, rescored, holder = distributed.gather_objects(
-                (done, rescored, claim if isinstance(claim, str) else None) if main else None)[0]
+                        if not (done or rescored or isinstance(claim, str)):
+                            stale = stale_twin(spec, results_dir)
+            done, rescored, holder, again = distributed.gather_objects(
+                (done, rescored, claim if isinstance(claim, str) else None, stale is not None) if main else None)[0]
             if done:
                 old = main and code_changed(records.read_record(results_dir, spec.key))
                 say(f"  {spec.key}: finished earlier, skipped" + (
@@ -491,6 +493,16 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
             if holder:
                 say(f"  {spec.key}: being run by {holder}, skipped")
                 held.append(spec)
+                continue
+            if again:  # its training's rescore into this policy is of an earlier training: scored again, not trained
+                error = _rescore_twin(spec, stale, results_dir, device, say) if main else None
+                if error := distributed.gather_objects(error if main else None)[0]:
+                    if distributed.world().distributed or (not failed and spec is specs[-1]):
+                        _say_summary(say, results_dir, n_done, skipped, len(held), failed + [spec.key])
+                        raise BenchError(error)
+                    note_failure(spec.key, BenchError(error), failed, say_error)
+                else:
+                    n_done += 1
                 continue
             if main and (board := evaluated_elsewhere(spec, results_dir, read)):
                 say(f"  note: {spec.key}: {board}")
@@ -582,11 +594,30 @@ def evaluated_elsewhere(spec: RunSpec, results_dir: Path, read: dict[str, list[d
 
 def finished(spec: RunSpec, results_dir: Path) -> tuple[bool, str | None]:
     """Whether run ``spec`` finished (its record is there), and where not, the id of the record its
-    training was rescored into under its policy (bench.rescore.rescored_twin), which counts as done."""
+    training was rescored into under its policy (bench.rescore.rescored_twin), which counts as done
+    unless it scored an earlier training of that run (``stale_twin``: bench run scores it again)."""
     from bench.rescore import rescored_twin
 
     done = records.record_path(results_dir, spec.key).is_file()
-    return done, None if done else rescored_twin(spec, results_dir)
+    return done, None if done else rescored_twin(spec, results_dir, current=True)
+
+
+def _rescore_twin(spec: RunSpec, source: dict[str, Any], results_dir: Path, device: torch.device,
+                  say: Callable[[str], None]) -> str | None:
+    """Run ``source``'s weights (``spec``'s training under another policy, trained again since its rescore into
+    ``spec.policy``) scored into that rescore again, as `bench rescore` does (bench.rescore.rescore_record), under
+    the claims bench run holds; said in two lines. Why it failed, in one line; None where it did not."""
+    from bench.rescore import rescore_id, rescore_record
+
+    twin = rescore_id(source["run_id"], spec.policy)
+    say(f"  {spec.key}: the same training was rescored under {spec.policy} ({twin}), from an earlier training of "
+        f"run {source['run_id']}, trained again since: scoring its weights now")
+    try:
+        new = rescore_record(source, spec.policy, results_dir, device, replace=True)
+    except BenchError as exc:
+        return str(exc)
+    say(f"  {twin}: {records.scores_text(new)}; scored again: its run was trained again since its rescore")
+    return None
 
 
 def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
@@ -595,9 +626,14 @@ def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
     "finished": trained (its final.pt there), without a record: deleted, or its evaluation cut short."""
     from bench.claim import held_by
 
+    from bench.rescore import rescore_id, stale_twin
+
     done, rescored = finished(spec, results_dir)
     if done or rescored:
         return "done", "" if done else f"rescored into its policy ({rescored})"
+    if (source := stale_twin(spec, results_dir)) is not None:  # what bench run does: score it again, no training
+        return "finished", (f"rescored into its policy ({rescore_id(source['run_id'], spec.policy)}) from an earlier "
+                            f"training of run {source['run_id']}: bench run scores its weights now")
     if holder := held_by(results_dir, spec.key):
         return "running", f"by {holder}"
     ckpt = records.run_dir(results_dir, spec.key) / CHECKPOINT_DIR
