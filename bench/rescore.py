@@ -67,18 +67,14 @@ def scored_weights(results_dir: Path, rec: dict[str, Any]) -> dict[str, str]:
 def earlier_rescores(results_dir: Path, rec: dict[str, Any],
                      policies: Iterable[str] = POLICIES) -> list[dict[str, Any]]:
     """The records `bench rescore` wrote of ``rec``'s run under ``policies`` that scored other weights than
-    ``rec`` names (``records.scored_other_weights``): of an earlier training, the run trained again since."""
+    ``rec`` names (``records.stale_rescores``, read from disk for one run): of an earlier training, the run
+    trained again since."""
     found = []
     for policy in policies:
-        if not records.record_path(results_dir, rid := rescore_id(rec["run_id"], policy)).is_file():
-            continue
-        try:
-            old = records.read_record(results_dir, rid)
-        except BenchError:  # damaged: bench report names it
-            continue
-        if old.get("rescored_from") == rec["run_id"] and records.scored_other_weights(old, rec):
-            found.append(old)
-    return found
+        if records.record_path(results_dir, rid := rescore_id(rec["run_id"], policy)).is_file():
+            with contextlib.suppress(BenchError):  # damaged: bench report names it
+                found.append(records.read_record(results_dir, rid))
+    return records.stale_rescores([rec, *found])
 
 
 def check_weights_kept(todo: list[dict[str, Any]], results_dir: Path, verb: str) -> None:
@@ -352,9 +348,12 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
                  datasets: str | list[str] | None = None) -> list[dict[str, Any]]:
     """Finished original records (not rescored ones) of ``models`` on ``datasets`` whose policy differs from
     ``policy`` and that have no ``<run_id>.<policy>`` record yet, or one of an earlier training of the run
-    (``earlier_rescores``), in run-id order; BenchError for a folder without any record."""
+    (``records.stale_rescores``), in run-id order; BenchError for a folder without any record. Each record is
+    read once (``load``), and those to score once more, whole."""
     get_policy(policy)
-    df = records.load(results_dir)
+    with warnings.catch_warnings():  # load leaves a stale rescore out, which makes its run one to score again
+        warnings.filterwarnings("ignore", message=".* scored the weights of an earlier training of run")
+        df = records.load(results_dir, current=True)
     chosen = set(records.finished_runs(df, results_dir, models, datasets)["run_id"])
     done = set(df["run_id"])
     # a run trained under ``policy`` from the start is the same training: rescoring its twin would
@@ -375,10 +374,8 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
                                     or _same_data(d, trained[key], roots.get(rid), df.loc[i, "dataset"], opened))
                 for i, rid, key, d in zip(df.index, df["run_id"], keys, data)]
     todo = df[df["run_id"].isin(chosen) & (df["policy"] != policy) & ~pd.Series(has_twin, index=df.index)]
-    recs = [records.read_record(results_dir, rid) for rid in sorted(todo["run_id"])]
-    # a rescore of an earlier training of the run (trained again since) is scored again
-    recs = [r for r in recs if rescore_id(r["run_id"], policy) not in done
-            or earlier_rescores(results_dir, r, [policy])]
+    recs = [records.read_record(results_dir, rid) for rid in sorted(todo["run_id"])
+            if rescore_id(rid, policy) not in done]  # a stale one is not: load left it out
     # a pooled policy scores binary tasks only: other runs are left out, and said so
     misfit = {r["run_id"]: policy_misfit(policy, len(r["per_class"]), f"run {r['run_id']}") for r in recs}
     unfit = [m for m in misfit.values() if m]

@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 
+from bench import records
 from bench.data import synthetic_root
 from bench.errors import BenchError
 from bench.protocol import PROTOCOL_DIR, load_protocol
@@ -661,6 +662,10 @@ def test_a_run_trained_again_has_its_rescore_left_off_the_board_until_scored_aga
     assert f"{said}; left out of its board until then" in [str(w.message) for w in warned]
     assert ",strict," not in out.output and ",legacy-synapse," in out.output
 
+    with warnings.catch_warnings(record=True) as warned:  # planned again: its own line says so, no board's warning
+        warnings.simplefilter("always")
+        assert [r["run_id"] for r in plan_rescore(results, "strict")] == [legacy["run_id"]]
+    assert not [w for w in warned if "earlier training" in str(w.message)]
     out = CliRunner().invoke(app, ["rescore", "--policy", "strict", "--results", str(results)])
     assert out.exit_code == 0 and "scored again: its run was trained again since its rescore" in out.output, out.output
     again = json.loads(record_path(results, old["run_id"]).read_text())
@@ -669,7 +674,9 @@ def test_a_run_trained_again_has_its_rescore_left_off_the_board_until_scored_aga
         warnings.simplefilter("always")
         assert sorted(load(results, current=True)["policy"]) == ["legacy-synapse", "strict"]
     assert not [w for w in warned if "earlier training" in str(w.message)]
-    assert plan_rescore(results, "strict") == []
+    read = []  # nothing to score: each record read once (it read every rescore, and its run, twice)
+    monkeypatch.setattr(records, "_read", lambda path, _read=records._read: read.append(path.name) or _read(path))
+    assert plan_rescore(results, "strict") == [] and sorted(read) == sorted(p.name for p in (results / "records").iterdir())
 
 
 def test_bench_run_under_the_policy_scores_a_rescore_of_an_earlier_training_again(trained, tmp_path, monkeypatch):
