@@ -1088,14 +1088,17 @@ def rerun_args(rec: dict[str, Any], data_root: Path | None, weights: Path | None
     its model and configuration, data, split, seed, policy and protocol, rebuilt from the recipe the
     record keeps under its own name and hash (a protocol file not shipped needs no file). ``data_root``:
     where the data is now (None: the recorded folder; synthetic data gone with it is made again).
-    BenchError where the record cannot say the run, or a file it needs is not given."""
+    BenchError where the record cannot say the run, or a file it needs is not given; for a `bench rescore`
+    record, saying how its run is re-run (``rerun_source``'s record) and then rescored, as the CLI does."""
     from bench.rescore import record_protocol
 
     run_id = rec["run_id"]
-    if rec.get("rescored_from"):
-        raise BenchError(f"run {run_id}: bench rescore scored run {rec['rescored_from']}'s weights under "
-                         f"{rec['policy']}; re-run that run (--from-record its records/{rec['rescored_from']}.json), "
-                         f"then bench rescore --policy {rec['policy']}")
+    if rec.get("rescored_from"):  # its run is planned from its own record: this one keeps the rescore's policy
+        source = rec["rescored_from"]
+        raise BenchError(f"run {run_id}: bench rescore scored run {source}'s weights under {rec['policy']}: re-run "
+                         f"run {source} from its own record ({source}.json, which rerun_source finds beside this one "
+                         f"or in the results folder), then score it under {rec['policy']} with "
+                         "bench.rescore.rescore_record, as `bench run --from-record` of this record does")
     if not isinstance(rec.get("set_keys"), list):
         raise BenchError(f"run {run_id}: its record predates set_keys, so which --set options it had is not known; "
                          "rebuild its command from the record's launch.argv")

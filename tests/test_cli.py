@@ -1403,8 +1403,10 @@ def test_from_record_refuses_records_it_cannot_replay_each_in_its_words(tmp_path
     from bench.run import rerun_args
 
     rec = {"run_id": "r1", "set_keys": [], "policy": "strict", "data_root": str(tmp_path / "gone"), "synthetic": False}
-    with pytest.raises(BenchError, match=r"bench rescore scored run r0's weights under strict; re-run that run "
-                                         r"\(--from-record its records/r0\.json\)"):
+    with pytest.raises(BenchError, match=r"^run r1: bench rescore scored run r0's weights under strict: re-run run "
+                                         r"r0 from its own record \(r0\.json, which rerun_source finds .*\), then "
+                                         r"score it under strict with bench\.rescore\.rescore_record, as `bench run "
+                                         r"--from-record` of this record does$"):
         rerun_args({**rec, "rescored_from": "r0"}, None, None, None)
     with pytest.raises(BenchError, match="run r1: its record predates set_keys"):
         rerun_args({**rec, "set_keys": None}, None, None, None)
