@@ -625,7 +625,6 @@ def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
     anything (``--dry-run``): ("done" | "running" | "finished" | "partial" | "missing", what says so);
     "finished": trained (its final.pt there), without a record: deleted, or its evaluation cut short."""
     from bench.claim import held_by
-
     from bench.rescore import rescore_id, stale_twin
 
     done, rescored = finished(spec, results_dir)
@@ -1093,7 +1092,7 @@ def rerun_args(rec: dict[str, Any], data_root: Path | None, weights: Path | None
     from bench.rescore import record_protocol
 
     run_id = rec["run_id"]
-    if rec.get("rescored_from"):  # its run is planned from its own record: this one keeps the rescore's policy
+    if rec.get("rescored_from"):  # its run is planned from the run's own record (this one's policy is the rescore's)
         source = rec["rescored_from"]
         raise BenchError(f"run {run_id}: bench rescore scored run {source}'s weights under {rec['policy']}: re-run "
                          f"run {source} from its own record ({source}.json, which rerun_source finds beside this one "
