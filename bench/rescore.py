@@ -16,7 +16,7 @@ import datetime as dt
 import re
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from bench.rng import deterministic_kernels
 from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, load_checkpoint
 
 __all__ = ["rescore_id", "weights_path", "scored_weights", "earlier_rescores", "record_protocol", "run_model",
-           "rescore_record", "plan_rescore", "rescored_twin", "DataRoots"]
+           "rescore_record", "plan_rescore", "rescored_twin", "stale_twin", "DataRoots"]
 
 
 def rescore_id(run_id: str, policy: str) -> str:
@@ -67,18 +67,14 @@ def scored_weights(results_dir: Path, rec: dict[str, Any]) -> dict[str, str]:
 def earlier_rescores(results_dir: Path, rec: dict[str, Any],
                      policies: Iterable[str] = POLICIES) -> list[dict[str, Any]]:
     """The records `bench rescore` wrote of ``rec``'s run under ``policies`` that scored other weights than
-    ``rec`` names (``records.scored_other_weights``): of an earlier training, the run trained again since."""
+    ``rec`` names (``records.stale_rescores``, read from disk for one run): of an earlier training, the run
+    trained again since."""
     found = []
     for policy in policies:
-        if not records.record_path(results_dir, rid := rescore_id(rec["run_id"], policy)).is_file():
-            continue
-        try:
-            old = records.read_record(results_dir, rid)
-        except BenchError:  # damaged: bench report names it
-            continue
-        if old.get("rescored_from") == rec["run_id"] and records.scored_other_weights(old, rec):
-            found.append(old)
-    return found
+        if records.record_path(results_dir, rid := rescore_id(rec["run_id"], policy)).is_file():
+            with contextlib.suppress(BenchError):  # damaged: bench report names it
+                found.append(records.read_record(results_dir, rid))
+    return records.stale_rescores([rec, *found])
 
 
 def check_weights_kept(todo: list[dict[str, Any]], results_dir: Path, verb: str) -> None:
@@ -285,17 +281,44 @@ def other_data(rec: dict[str, Any], root: Path, now: str | None) -> str:
     return f"{text} and no marker {MARKER} (synthetic data holds one)"
 
 
-def rescored_twin(spec, results_dir: Path) -> str | None:
-    """The run id of a `bench rescore` record holding ``spec``'s training under ``spec.policy``:
-    the run planned the same under another policy, rescored into this one; None if there is none.
-    `bench run` then skips ``spec`` instead of training it again."""
+def _twins(spec, results_dir: Path) -> Iterator[tuple[str, str]]:
+    """(run id, rescore's id) of each run of ``spec``'s training under another policy that `bench rescore`
+    scored into ``spec.policy``: the run planned the same under that policy, and its record there."""
     from dataclasses import replace
 
     for other in POLICIES:
-        twin = rescore_id(replace(spec, policy=other).key, spec.policy)
-        if other != spec.policy and records.record_path(results_dir, twin).is_file():
+        source = replace(spec, policy=other).key
+        if other != spec.policy and records.record_path(results_dir, twin := rescore_id(source, spec.policy)).is_file():
+            yield source, twin
+
+
+def rescored_twin(spec, results_dir: Path, current: bool = False) -> str | None:
+    """The run id of a `bench rescore` record holding ``spec``'s training under ``spec.policy``:
+    the run planned the same under another policy, rescored into this one; None if there is none.
+    `bench run` then skips ``spec`` instead of training it again. ``current``: one of an earlier
+    training of that run (``stale_twin``) does not count: bench run scores it again."""
+    for source, twin in _twins(spec, results_dir):
+        if not (current and _trained_again(results_dir, source, spec.policy)):
             return twin
     return None
+
+
+def stale_twin(spec, results_dir: Path) -> dict[str, Any] | None:
+    """The record of a run of ``spec``'s training under another policy whose rescore into ``spec.policy``
+    scored an earlier training of it (``earlier_rescores``: trained again since), which `bench run` scores
+    again (``rescore_record``, as `bench rescore` does) rather than train ``spec`` a second time; else None."""
+    return next((rec for source, _ in _twins(spec, results_dir)
+                 if (rec := _trained_again(results_dir, source, spec.policy)) is not None), None)
+
+
+def _trained_again(results_dir: Path, run_id: str, policy: str) -> dict[str, Any] | None:
+    """Run ``run_id``'s record where its rescore under ``policy`` scored an earlier training of it; None
+    where it did not, or its record is gone or damaged (nothing tells: the rescore counts)."""
+    try:
+        rec = records.read_record(results_dir, run_id)
+    except BenchError:
+        return None
+    return rec if earlier_rescores(results_dir, rec, [policy]) else None
 
 
 def claim_twins(spec, results_dir: Path) -> list | str:
@@ -325,9 +348,12 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
                  datasets: str | list[str] | None = None) -> list[dict[str, Any]]:
     """Finished original records (not rescored ones) of ``models`` on ``datasets`` whose policy differs from
     ``policy`` and that have no ``<run_id>.<policy>`` record yet, or one of an earlier training of the run
-    (``earlier_rescores``), in run-id order; BenchError for a folder without any record."""
+    (``records.stale_rescores``), in run-id order; BenchError for a folder without any record. Each record is
+    read once (``load``), and those to score once more, whole."""
     get_policy(policy)
-    df = records.load(results_dir)
+    with warnings.catch_warnings():  # load leaves a stale rescore out, which makes its run one to score again
+        warnings.filterwarnings("ignore", message=".* scored the weights of an earlier training of run")
+        df = records.load(results_dir, current=True)
     chosen = set(records.finished_runs(df, results_dir, models, datasets)["run_id"])
     done = set(df["run_id"])
     # a run trained under ``policy`` from the start is the same training: rescoring its twin would
@@ -348,10 +374,8 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
                                     or _same_data(d, trained[key], roots.get(rid), df.loc[i, "dataset"], opened))
                 for i, rid, key, d in zip(df.index, df["run_id"], keys, data)]
     todo = df[df["run_id"].isin(chosen) & (df["policy"] != policy) & ~pd.Series(has_twin, index=df.index)]
-    recs = [records.read_record(results_dir, rid) for rid in sorted(todo["run_id"])]
-    # a rescore of an earlier training of the run (trained again since) is scored again
-    recs = [r for r in recs if rescore_id(r["run_id"], policy) not in done
-            or earlier_rescores(results_dir, r, [policy])]
+    recs = [records.read_record(results_dir, rid) for rid in sorted(todo["run_id"])
+            if rescore_id(rid, policy) not in done]  # a stale one is not: load left it out
     # a pooled policy scores binary tasks only: other runs are left out, and said so
     misfit = {r["run_id"]: policy_misfit(policy, len(r["per_class"]), f"run {r['run_id']}") for r in recs}
     unfit = [m for m in misfit.values() if m]

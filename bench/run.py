@@ -451,7 +451,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                say: Callable[[str], None], say_error: Callable[[str], None]) -> None:
     from bench.claim import claim_run
     from bench.registry import code_changed
-    from bench.rescore import claim_twins, earlier_rescores
+    from bench.rescore import claim_twins, earlier_rescores, stale_twin
 
     main = distributed.world().main
     say = say if main else (lambda *a, **k: None)
@@ -461,7 +461,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
         # rank 0 claims the run (bench.claim: no other process trains it meanwhile) and its view of the
         # finished records decides for every rank (a record appearing meanwhile, or a network file
         # system's cache, would otherwise send ranks down different branches)
-        claim, twins = None, []
+        claim, twins, stale = None, [], None
         try:
             if main:
                 done, rescored = finished(spec, results_dir)
@@ -474,8 +474,10 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                             claim, twins = twins, []
                         # finished (or rescored) by another process between the look and the claims
                         done, rescored = finished(spec, results_dir)
-            done, rescored, holder = distributed.gather_objects(
-                (done, rescored, claim if isinstance(claim, str) else None) if main else None)[0]
+                        if not (done or rescored or isinstance(claim, str)):
+                            stale = stale_twin(spec, results_dir)
+            done, rescored, holder, again = distributed.gather_objects(
+                (done, rescored, claim if isinstance(claim, str) else None, stale is not None) if main else None)[0]
             if done:
                 old = main and code_changed(records.read_record(results_dir, spec.key))
                 say(f"  {spec.key}: finished earlier, skipped" + (
@@ -491,6 +493,16 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
             if holder:
                 say(f"  {spec.key}: being run by {holder}, skipped")
                 held.append(spec)
+                continue
+            if again:  # its training's rescore into this policy is of an earlier training: scored again, not trained
+                error = _rescore_twin(spec, stale, results_dir, device, say) if main else None
+                if error := distributed.gather_objects(error if main else None)[0]:
+                    if distributed.world().distributed or (not failed and spec is specs[-1]):
+                        _say_summary(say, results_dir, n_done, skipped, len(held), failed + [spec.key])
+                        raise BenchError(error)
+                    note_failure(spec.key, BenchError(error), failed, say_error)
+                else:
+                    n_done += 1
                 continue
             if main and (board := evaluated_elsewhere(spec, results_dir, read)):
                 say(f"  note: {spec.key}: {board}")
@@ -582,11 +594,30 @@ def evaluated_elsewhere(spec: RunSpec, results_dir: Path, read: dict[str, list[d
 
 def finished(spec: RunSpec, results_dir: Path) -> tuple[bool, str | None]:
     """Whether run ``spec`` finished (its record is there), and where not, the id of the record its
-    training was rescored into under its policy (bench.rescore.rescored_twin), which counts as done."""
+    training was rescored into under its policy (bench.rescore.rescored_twin), which counts as done
+    unless it scored an earlier training of that run (``stale_twin``: bench run scores it again)."""
     from bench.rescore import rescored_twin
 
     done = records.record_path(results_dir, spec.key).is_file()
-    return done, None if done else rescored_twin(spec, results_dir)
+    return done, None if done else rescored_twin(spec, results_dir, current=True)
+
+
+def _rescore_twin(spec: RunSpec, source: dict[str, Any], results_dir: Path, device: torch.device,
+                  say: Callable[[str], None]) -> str | None:
+    """Run ``source``'s weights (``spec``'s training under another policy, trained again since its rescore into
+    ``spec.policy``) scored into that rescore again, as `bench rescore` does (bench.rescore.rescore_record), under
+    the claims bench run holds; said in two lines. Why it failed, in one line; None where it did not."""
+    from bench.rescore import rescore_id, rescore_record
+
+    twin = rescore_id(source["run_id"], spec.policy)
+    say(f"  {spec.key}: the same training was rescored under {spec.policy} ({twin}), from an earlier training of "
+        f"run {source['run_id']}, trained again since: scoring its weights now")
+    try:
+        new = rescore_record(source, spec.policy, results_dir, device, replace=True)
+    except BenchError as exc:
+        return str(exc)
+    say(f"  {twin}: {records.scores_text(new)}; scored again: its run was trained again since its rescore")
+    return None
 
 
 def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
@@ -594,10 +625,14 @@ def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
     anything (``--dry-run``): ("done" | "running" | "finished" | "partial" | "missing", what says so);
     "finished": trained (its final.pt there), without a record: deleted, or its evaluation cut short."""
     from bench.claim import held_by
+    from bench.rescore import rescore_id, stale_twin
 
     done, rescored = finished(spec, results_dir)
     if done or rescored:
         return "done", "" if done else f"rescored into its policy ({rescored})"
+    if (source := stale_twin(spec, results_dir)) is not None:  # what bench run does: score it again, no training
+        return "finished", (f"rescored into its policy ({rescore_id(source['run_id'], spec.policy)}) from an earlier "
+                            f"training of run {source['run_id']}: bench run scores its weights now")
     if holder := held_by(results_dir, spec.key):
         return "running", f"by {holder}"
     ckpt = records.run_dir(results_dir, spec.key) / CHECKPOINT_DIR
@@ -1052,14 +1087,17 @@ def rerun_args(rec: dict[str, Any], data_root: Path | None, weights: Path | None
     its model and configuration, data, split, seed, policy and protocol, rebuilt from the recipe the
     record keeps under its own name and hash (a protocol file not shipped needs no file). ``data_root``:
     where the data is now (None: the recorded folder; synthetic data gone with it is made again).
-    BenchError where the record cannot say the run, or a file it needs is not given."""
+    BenchError where the record cannot say the run, or a file it needs is not given; for a `bench rescore`
+    record, saying how its run is re-run (``rerun_source``'s record) and then rescored, as the CLI does."""
     from bench.rescore import record_protocol
 
     run_id = rec["run_id"]
-    if rec.get("rescored_from"):
-        raise BenchError(f"run {run_id}: bench rescore scored run {rec['rescored_from']}'s weights under "
-                         f"{rec['policy']}; re-run that run (--from-record its records/{rec['rescored_from']}.json), "
-                         f"then bench rescore --policy {rec['policy']}")
+    if rec.get("rescored_from"):  # its run is planned from the run's own record (this one's policy is the rescore's)
+        source = rec["rescored_from"]
+        raise BenchError(f"run {run_id}: bench rescore scored run {source}'s weights under {rec['policy']}: re-run "
+                         f"run {source} from its own record ({source}.json, which rerun_source finds beside this one "
+                         f"or in the results folder), then score it under {rec['policy']} with "
+                         "bench.rescore.rescore_record, as `bench run --from-record` of this record does")
     if not isinstance(rec.get("set_keys"), list):
         raise BenchError(f"run {run_id}: its record predates set_keys, so which --set options it had is not known; "
                          "rebuild its command from the record's launch.argv")
@@ -1121,23 +1159,34 @@ def check_rerun(spec: RunSpec, rec: dict[str, Any]) -> None:
                      "runs otherwise); rebuild its command from the record's launch.argv")
 
 
-def rerun_differing(rec: dict[str, Any], device: torch.device, processes: int) -> list[str]:
+def rerun_differing(rec: dict[str, Any], device: torch.device, processes: int, whose: str = "the run's") -> list[str]:
     """What differs here from where run record ``rec`` ran, among what makes runs bit-identical (the
     device's kind, CPU, torch and its threads, processes, bench's code): each "threads 2, the run's 1
-    (--threads 1)", its first word what differs; [] where nothing does."""
+    (--threads 1)" (``whose``), its first word what differs; [] where nothing does."""
     was, now = rec.get("device") or {}, env.fingerprint(device)
     world = (rec.get("train") or {}).get("world_size") or 1
     code_was = records.code_version(rec.get("git_commit"), rec.get("code_digest"))
     code_now = records.code_version(env.git_commit(), env.source_digest())
     same_code = rec["code_digest"] == env.source_digest() if rec.get("code_digest") else code_was == code_now
-    differ = [f"{what} {now[key]}, the run's {was[key]}" + (f" ({option} {was[key]})" if option else "")
+    differ = [f"{what} {now[key]}, {whose} {was[key]}" + (f" ({option} {was[key]})" if option else "")
               for key, what, option in (("device", "device", "--device"), ("cpu", "CPU", ""),
                                         ("torch", "torch", ""), ("threads", "threads", "--threads"))
               if was.get(key) is not None and was[key] != now[key]]
-    differ += [f"processes {processes}, the run's {world} (--nproc {world})"] if processes != world else []
-    differ += [] if same_code else [f"code {records.short_commit(code_now or 'unknown')}, the run's "
+    differ += [f"processes {processes}, {whose} {world} (--nproc {world})"] if processes != world else []
+    differ += [] if same_code else [f"code {records.short_commit(code_now or 'unknown')}, {whose} "
                                     f"{records.short_commit(code_was or 'unknown')}"]
     return differ
+
+
+def rescore_differing(rec: dict[str, Any], device: torch.device) -> list[str]:
+    """``rerun_differing`` of the numbers of `bench rescore` record ``rec``: what differs here from where they
+    were scored (its ``rescored_with``: device, CPU, torch, threads, code; its ``device`` is its run's), each
+    "threads 2, the rescore's 1 (--threads 1)"; [] where nothing does, or the record does not say."""
+    scored = rec.get("rescored_with") or {}
+    if not scored:
+        return []
+    return rerun_differing({key: scored.get(key) for key in ("device", "git_commit", "code_digest")}, device, 1,
+                           "the rescore's")
 
 
 def differences_text(run_ids: list[str], differ: list[str], of: int = 1) -> str:

@@ -290,6 +290,35 @@ def test_from_record_of_a_folder_reruns_every_record_and_counts_them(tmp_path):
     assert json.loads(held.read_text())["scored_weights"]["sha256"] != "0" * 64
 
 
+def test_from_record_of_a_rescored_record_says_why_its_rescored_numbers_differ(smoke_results, tmp_path):
+    """A rescored record whose re-run differed pointed only to its run's differences: nothing where its run
+    re-ran alike, though the record's numbers were scored elsewhere (its rescored_with) or from other weights."""
+    import shutil
+
+    copy = tmp_path / "res"
+    shutil.copytree(smoke_results, copy)
+    for p in (copy / "records").glob("*.*.json"):
+        p.unlink()
+    _bench("rescore", "--policy", "strict", "--results", copy, "--device", "cpu", "--threads", "1")
+    (source,) = [p for p in (copy / "records").glob("*.json") if p.name.count(".") == 1]
+    rec = json.loads((copy / "records" / f"{source.stem}.strict.json").read_text())
+    given = tmp_path / "given"
+    given.mkdir()
+    shutil.copy(source, given)
+    scored = rec["rescored_with"]
+    threads = scored["device"]["threads"]
+    edited = given / f"{rec['run_id']}.json"  # scored with another thread count, from other weights
+    edited.write_text(json.dumps({**rec, "metrics": {**rec["metrics"], "dice": 0.5},
+                                  "scored_weights": {**rec["scored_weights"], "sha256": "0" * 64},
+                                  "rescored_with": {**scored, "device": {**scored["device"], "threads": threads + 1}}}))
+    out = _bench("run", "--from-record", edited, "--results", tmp_path / "again", "--device", "cpu", "--no-progress")
+    assert f"  {source.stem}: matches record" in out.stdout, out.stdout  # its run re-ran alike: no warning above
+    assert re.search(rf"  {re.escape(rec['run_id'])}: differs from record {re.escape(str(edited))}: dice 0\.5 -> "
+                     rf"0\.\d+; it scored other weights than the record's \(final\.pt sha256 [0-9a-f]{{8}}, the "
+                     rf"record's 00000000: run {source.stem} trained others\); it was rescored otherwise: threads "
+                     rf"{threads}, the rescore's {threads + 1} \(--threads {threads + 1}\)$", out.stdout, re.M), out.stdout
+
+
 def _rerun_record(tmp_path, run_id, outcome="", found=False):
     from bench.cli.rerun_cmd import _Record
 
@@ -1375,8 +1404,10 @@ def test_from_record_refuses_records_it_cannot_replay_each_in_its_words(tmp_path
     from bench.run import rerun_args
 
     rec = {"run_id": "r1", "set_keys": [], "policy": "strict", "data_root": str(tmp_path / "gone"), "synthetic": False}
-    with pytest.raises(BenchError, match=r"bench rescore scored run r0's weights under strict; re-run that run "
-                                         r"\(--from-record its records/r0\.json\)"):
+    with pytest.raises(BenchError, match=r"^run r1: bench rescore scored run r0's weights under strict: re-run run "
+                                         r"r0 from its own record \(r0\.json, which rerun_source finds .*\), then "
+                                         r"score it under strict with bench\.rescore\.rescore_record, as `bench run "
+                                         r"--from-record` of this record does$"):
         rerun_args({**rec, "rescored_from": "r0"}, None, None, None)
     with pytest.raises(BenchError, match="run r1: its record predates set_keys"):
         rerun_args({**rec, "set_keys": None}, None, None, None)

@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 
+from bench import records
 from bench.data import synthetic_root
 from bench.errors import BenchError
 from bench.protocol import PROTOCOL_DIR, load_protocol
@@ -661,6 +662,10 @@ def test_a_run_trained_again_has_its_rescore_left_off_the_board_until_scored_aga
     assert f"{said}; left out of its board until then" in [str(w.message) for w in warned]
     assert ",strict," not in out.output and ",legacy-synapse," in out.output
 
+    with warnings.catch_warnings(record=True) as warned:  # planned again: its own line says so, no board's warning
+        warnings.simplefilter("always")
+        assert [r["run_id"] for r in plan_rescore(results, "strict")] == [legacy["run_id"]]
+    assert not [w for w in warned if "earlier training" in str(w.message)]
     out = CliRunner().invoke(app, ["rescore", "--policy", "strict", "--results", str(results)])
     assert out.exit_code == 0 and "scored again: its run was trained again since its rescore" in out.output, out.output
     again = json.loads(record_path(results, old["run_id"]).read_text())
@@ -669,7 +674,45 @@ def test_a_run_trained_again_has_its_rescore_left_off_the_board_until_scored_aga
         warnings.simplefilter("always")
         assert sorted(load(results, current=True)["policy"]) == ["legacy-synapse", "strict"]
     assert not [w for w in warned if "earlier training" in str(w.message)]
-    assert plan_rescore(results, "strict") == []
+    read = []  # nothing to score: each record read once (it read every rescore, and its run, twice)
+    monkeypatch.setattr(records, "_read", lambda path, _read=records._read: read.append(path.name) or _read(path))
+    assert plan_rescore(results, "strict") == [] and sorted(read) == sorted(p.name for p in (results / "records").iterdir())
+
+
+def test_bench_run_under_the_policy_scores_a_rescore_of_an_earlier_training_again(trained, tmp_path, monkeypatch):
+    """`bench run --policy strict` took a strict rescore of the run's earlier training (its run trained again
+    since) as its training done and skipped it; the board left that rescore out, so nothing scored the new
+    weights under strict. Now bench run scores them into it, as bench rescore does, without training."""
+    import bench.run
+    from bench.fileio import file_sha256
+    from bench.rescore import rescored_twin, stale_twin
+    from bench.run import run_grid, run_state
+
+    root, _, legacy = trained
+    results = _alone(trained, tmp_path)
+    (rec,) = plan_rescore(results, "strict")
+    old = rescore_record(rec, "strict", results, CPU)
+    record_path(results, legacy["run_id"]).unlink()
+    seeded = bench.run.seed_everything  # other initial weights stand for another thread count's training
+    monkeypatch.setattr(bench.run, "seed_everything", lambda seed: seeded(seed + 1))
+    with pytest.warns(UserWarning, match="an earlier attempt's checkpoint"):
+        run_grid([_spec(root, results, "legacy-synapse")], results_dir=results, device=CPU, say=lambda line: None)
+    strict = _spec(root, results, "strict")
+    assert rescored_twin(strict, results) == old["run_id"] and rescored_twin(strict, results, current=True) is None
+    assert stale_twin(strict, results)["run_id"] == legacy["run_id"]
+    assert run_state(strict, results) == ("finished", f"rescored into its policy ({old['run_id']}) from an earlier "
+                                                      f"training of run {legacy['run_id']}: bench run scores its "
+                                                      "weights now")
+    lines = []
+    run_grid([strict], results_dir=results, device=CPU, say=lines.append)
+    assert f"  {strict.key}: the same training was rescored under strict ({old['run_id']}), from an earlier training " \
+           f"of run {legacy['run_id']}, trained again since: scoring its weights now" in lines, lines
+    assert lines[-1].startswith("bench run: 1 finished;"), lines
+    again = json.loads(record_path(results, old["run_id"]).read_text())
+    assert again["scored_weights"]["sha256"] == file_sha256(weights_path(results, legacy)) != \
+        old["scored_weights"]["sha256"]
+    assert not record_path(results, strict.key).is_file()  # scored, not trained a second time
+    assert run_state(strict, results)[0] == "done" and plan_rescore(results, "strict") == []
 
 
 def test_a_resume_evaluating_the_same_final_pt_keeps_its_rescore(trained, tmp_path):

@@ -298,11 +298,31 @@ def _compare(r: _Record, results: Path, dev) -> str:
         typer.echo(f"  {r.run_id}: matches record {r.path} bit for bit (metrics, per-class, "
                    f"{len(now['per_case'])} case rows)")
         return "match"
-    ran = (r.source or r).differ  # a rescored record: its run's
-    why = (f"; it ran otherwise ({', '.join(d.split()[0] for d in ran)}: the warning above)" if ran else
-           "; on CUDA a run need not repeat bit for bit" if dev.type == "cuda" else "")
-    typer.echo(f"  {r.run_id}: differs from record {r.path}: {differ}{why}")
+    why = _rescored_why(r, now, dev) if r.source is not None else []
+    if r.source is None and r.differ:
+        why.append(f"it ran otherwise ({', '.join(d.split()[0] for d in r.differ)}: the warning above)")
+    if not why and dev.type == "cuda":
+        why.append("on CUDA a run need not repeat bit for bit")
+    typer.echo(f"  {r.run_id}: differs from record {r.path}: {differ}" + "".join(f"; {w}" for w in why))
     return "differ"
+
+
+def _rescored_why(r: _Record, now: dict[str, Any], dev) -> list[str]:
+    """Why rescored record ``r``'s numbers may differ from ``now``'s, its rescore's here: the rescore scored
+    other weights (its run's re-run trained others), its run ran otherwise (the warning above), or it was
+    scored otherwise than the record's numbers were (``rescore_differing``: the record's ``rescored_with``)."""
+    from bench.run import rescore_differing
+
+    why = []
+    was, new = ((rec.get("scored_weights") or {}).get("sha256") for rec in (r.rec, now))
+    if was and new and was != new:
+        why.append(f"it scored other weights than the record's ({now['scored_weights']['file']} sha256 {new[:8]}, the "
+                   f"record's {was[:8]}: run {r.source.run_id} trained others)")
+    if r.source.differ:
+        why.append(f"its run ran otherwise ({', '.join(d.split()[0] for d in r.source.differ)}: the warning above)")
+    if scored := rescore_differing(r.rec, dev):
+        why.append(f"it was rescored otherwise: {', '.join(scored)}")
+    return why
 
 
 def _summary(path: Path, todo: list[_Record], n: int, failed: list[str], results: Path) -> None:
