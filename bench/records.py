@@ -756,7 +756,8 @@ def _load(results_dir: Path, levels: tuple[str, ...], recheck: bool, current: bo
     read = list(_iter_records(results_dir))
     if current and (stale := stale_rescores([rec for _, rec in read])):
         boards = "its board" if len(stale) == 1 else "their boards"
-        warnings.warn(f"{stale_text(results_dir, stale)}; left out of {boards} until then", stacklevel=3)
+        warnings.warn(f"{stale_text(results_dir, stale)}; left out of {boards} until then", StaleRescoresLeftOut,
+                      stacklevel=3)
         gone = {rec["run_id"] for rec in stale}
         read = [(path, rec) for path, rec in read if rec["run_id"] not in gone]
     recounts = [_recount(rec) for _, rec in read] if recheck else None
@@ -918,6 +919,11 @@ def scored_other_weights(rescored: Mapping[str, Any], source: Mapping[str, Any])
     trains = [r.get("train") or {} for r in (rescored, source)]
     keys = [k for k in ("epoch_losses", "final_loss") if all(t.get(k) is not None for t in trains)]
     return any(trains[0][k] != trains[1][k] for k in keys)
+
+
+class StaleRescoresLeftOut(UserWarning):
+    """``load(current=True)``'s warning that it left stale rescores out (``stale_rescores``): a category, so
+    that a caller which scores them again (``bench.rescore.plan_rescore``) can ignore it."""
 
 
 def stale_rescores(recs: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -352,7 +352,7 @@ def plan_rescore(results_dir: Path, policy: str, models: list[str] | None = None
     read once (``load``), and those to score once more, whole."""
     get_policy(policy)
     with warnings.catch_warnings():  # load leaves a stale rescore out, which makes its run one to score again
-        warnings.filterwarnings("ignore", message=".* scored the weights of an earlier training of run")
+        warnings.simplefilter("ignore", records.StaleRescoresLeftOut)
         df = records.load(results_dir, current=True)
     chosen = set(records.finished_runs(df, results_dir, models, datasets)["run_id"])
     done = set(df["run_id"])
