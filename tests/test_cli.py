@@ -399,7 +399,7 @@ def test_rerun_comparison_is_exact_and_takes_nan_for_nan():
     """rerun_comparison: the same numbers (NaN, written null, as NaN) are no difference; the last bit is."""
     import math
 
-    from bench.run import rerun_comparison
+    from bench.rerun import rerun_comparison
 
     rec = {"metrics": {"dice": 0.5, "hd95": None, "n_cases": 2}, "per_class": [{"class": 1, "dice": 0.5}],
            "per_case": [{"case": "a", "dice": 0.5, "hd95": None}, {"case": "b", "dice": 0.5, "hd95": 1.0}],
@@ -1401,7 +1401,7 @@ def test_threads_are_the_commands_own_in_process(tmp_path):
 def test_from_record_refuses_records_it_cannot_replay_each_in_its_words(tmp_path):
     """rerun_args' refusals, each a record a few keys long: what --from-record cannot rebuild, or the file
     it must be given (a mutation audit found none of them tested)."""
-    from bench.run import rerun_args
+    from bench.rerun import rerun_args
 
     rec = {"run_id": "r1", "set_keys": [], "policy": "strict", "data_root": str(tmp_path / "gone"), "synthetic": False}
     with pytest.raises(BenchError, match=r"^run r1: bench rescore scored run r0's weights under strict: re-run run "
@@ -1436,7 +1436,7 @@ def test_a_rerun_planned_otherwise_names_what_differs():
     """check_rerun: the same run id passes; else the data, the weights or pretrained file, or the id's hashing."""
     from types import SimpleNamespace
 
-    from bench.run import check_rerun
+    from bench.rerun import check_rerun
 
     spec = SimpleNamespace(key="r1", data_id="synthetic:aa", data_root=Path("d"), weights=None, init=None)
     rec = {"run_id": "r1", "data_id": "synthetic:bb", "synthetic": False}
@@ -1464,7 +1464,7 @@ def test_a_rerun_says_each_thing_that_differs_from_where_the_run_ran():
     import torch
 
     from bench import env
-    from bench.run import differences_text, rerun_differing
+    from bench.rerun import differences_text, rerun_differing
 
     cpu = torch.device("cpu")
     here = env.fingerprint(cpu)

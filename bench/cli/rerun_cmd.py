@@ -1,6 +1,6 @@
 """`bench run --from-record`: re-run the run of a record, or of every record of a folder, as it ran
-(``bench.run.rerun_args``: the same run id), and compare each new record's numbers with the record's
-(``bench.run.rerun_comparison``). A `bench rescore` record is its run re-run, then rescored."""
+(``bench.rerun.rerun_args``: the same run id), and compare each new record's numbers with the record's
+(``bench.rerun.rerun_comparison``). A `bench rescore` record is its run re-run, then rescored."""
 
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ def rerun_records(ctx: typer.Context, path: Path, *, results: Path, data_root: P
     from bench.cli.run_cmds import _grid_text, _list_plan, _train, training_options
     from bench.env import resolve_device
     from bench.records import record_at, record_files, record_path
-    from bench.run import note_failure, rerun_differing, rerun_source
+    from bench.rerun import rerun_differing, rerun_source
+    from bench.run import note_failure
 
     files, folder = record_files(path)
     if nproc != 1 and folder:
@@ -180,7 +181,7 @@ def _plan_record(r: _Record, *, results: Path, data_root: Path | None, weights: 
     from bench import distributed
     from bench.cli.run_cmds import _plan
     from bench.data import synthetic_folder, synthetic_identity
-    from bench.run import check_rerun, rerun_args
+    from bench.rerun import check_rerun, rerun_args
 
     grid = rerun_args(r.rec, data_root, weights, pretrained_dir)
     if nproc != 1 and not distributed.launched_by_torchrun():  # this process starts the others
@@ -221,7 +222,7 @@ def _threads(rec: dict[str, Any], given: int | None, dev, note: Callable[..., No
 def _warn_differences(planned: list[_Record]) -> None:
     """One warning for each set of runs that this command runs otherwise alike (the code, the device: for
     a whole folder, once), naming what differs (``rerun_differing``)."""
-    from bench.run import differences_text
+    from bench.rerun import differences_text
 
     runs_of: dict[str, list[str]] = {}
     for r in planned:
@@ -287,7 +288,7 @@ def _compare(r: _Record, results: Path, dev) -> str:
     "match" or "differ"; "skipped" where there is nothing to compare (no such record there: another process
     holds the run; or the very record given)."""
     from bench.records import read_record, record_path
-    from bench.run import rerun_comparison
+    from bench.rerun import rerun_comparison
 
     here = record_path(results, r.run_id)
     if not here.is_file() or here.resolve() == r.path.resolve():
@@ -311,7 +312,7 @@ def _rescored_why(r: _Record, now: dict[str, Any], dev) -> list[str]:
     """Why rescored record ``r``'s numbers may differ from ``now``'s, its rescore's here: the rescore scored
     other weights (its run's re-run trained others), its run ran otherwise (the warning above), or it was
     scored otherwise than the record's numbers were (``rescore_differing``: the record's ``rescored_with``)."""
-    from bench.run import rescore_differing
+    from bench.rerun import rescore_differing
 
     why = []
     was, new = ((rec.get("scored_weights") or {}).get("sha256") for rec in (r.rec, now))
