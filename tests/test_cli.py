@@ -307,16 +307,19 @@ def test_from_record_of_a_rescored_record_says_why_its_rescored_numbers_differ(s
     shutil.copy(source, given)
     scored = rec["rescored_with"]
     threads = scored["device"]["threads"]
-    edited = given / f"{rec['run_id']}.json"  # scored with another thread count, from other weights
+    edited = given / f"{rec['run_id']}.json"  # scored by other code with another thread count, from other weights
     edited.write_text(json.dumps({**rec, "metrics": {**rec["metrics"], "dice": 0.5},
                                   "scored_weights": {**rec["scored_weights"], "sha256": "0" * 64},
-                                  "rescored_with": {**scored, "device": {**scored["device"], "threads": threads + 1}}}))
+                                  "rescored_with": {**scored, "git_commit": None, "code_digest": "0" * 16,
+                                                    "device": {**scored["device"], "threads": threads + 1}}}))
     out = _bench("run", "--from-record", edited, "--results", tmp_path / "again", "--device", "cpu", "--no-progress")
     assert f"  {source.stem}: matches record" in out.stdout, out.stdout  # its run re-ran alike: no warning above
+    # the rescore takes the rescore's threads (its record's device is its run's, which trained with the run's)
+    assert f"note: --threads {threads + 1}, as the rescore had" in out.stdout, out.stdout
     assert re.search(rf"  {re.escape(rec['run_id'])}: differs from record {re.escape(str(edited))}: dice 0\.5 -> "
                      rf"0\.\d+; it scored other weights than the record's \(final\.pt sha256 [0-9a-f]{{8}}, the "
-                     rf"record's 00000000: run {source.stem} trained others\); it was rescored otherwise: threads "
-                     rf"{threads}, the rescore's {threads + 1} \(--threads {threads + 1}\)$", out.stdout, re.M), out.stdout
+                     rf"record's 00000000: run {source.stem} trained others\); it was rescored otherwise: code "
+                     rf".+, the rescore's sources 0{{16}}\)?$", out.stdout, re.M), out.stdout
 
 
 def _rerun_record(tmp_path, run_id, outcome="", found=False):

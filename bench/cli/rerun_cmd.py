@@ -147,7 +147,10 @@ def rerun_records(ctx: typer.Context, path: Path, *, results: Path, data_root: P
             r.outcome = _compare(r, results, dev) if main else ""
     for r in rescored:
         if r.source is not None:
-            with each(r.run_id, r), _threads(r.rec, threads, dev, note):
+            # the rescore's own threads: its record's device is its run's, which trained
+            scored = r.rec.get("rescored_with") or {}
+            with each(r.run_id, r), _threads(scored if scored.get("device") else r.rec, threads, dev, note,
+                                             "the rescore" if scored.get("device") else "the run"):
                 r.found = record_path(results, r.run_id).is_file()
                 _rescore(r, results, dev, data_root)
                 r.outcome = _compare(r, results, dev)
@@ -198,10 +201,12 @@ def _plan_record(r: _Record, *, results: Path, data_root: Path | None, weights: 
 
 
 @contextmanager
-def _threads(rec: dict[str, Any], given: int | None, dev, note: Callable[..., None]) -> Iterator[None]:
+def _threads(rec: dict[str, Any], given: int | None, dev, note: Callable[..., None],
+             whose: str = "the run") -> Iterator[None]:
     """torch's CPU threads while the run of ``rec`` is re-run: ``--threads`` where given (set by the
     command already), else, where this device and the run's were CPUs, the run's count, which its last bits
-    depend on (said in a note); set back after."""
+    depend on (said in a note); set back after. A `bench rescore` record's rescore takes its own count
+    (``rec["rescored_with"]``, ``whose`` "the rescore")."""
     import torch
 
     ran = rec.get("device") or {}
@@ -210,7 +215,7 @@ def _threads(rec: dict[str, Any], given: int | None, dev, note: Callable[..., No
             or threads < 1:
         yield
         return
-    note(f"--threads {threads}, as the run had", f"threads {threads}")
+    note(f"--threads {threads}, as {whose} had", f"threads {threads}")
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
