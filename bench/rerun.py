@@ -96,20 +96,23 @@ def check_rerun(spec: RunSpec, rec: dict[str, Any]) -> None:
                      "runs otherwise); rebuild its command from the record's launch.argv")
 
 
-def rerun_differing(rec: dict[str, Any], device: torch.device, processes: int, whose: str = "the run's") -> list[str]:
+def rerun_differing(rec: dict[str, Any], device: torch.device, processes: int, whose: str = "the run's",
+                    hints: bool = True) -> list[str]:
     """What differs here from where run record ``rec`` ran, among what makes runs bit-identical (the
     device's kind, CPU, torch and its threads, processes, bench's code): each "threads 2, the run's 1
-    (--threads 1)" (``whose``), its first word what differs; [] where nothing does."""
+    (--threads 1)" (``whose``; the option that would match it only with ``hints``), its first word what
+    differs; [] where nothing does."""
     was, now = rec.get("device") or {}, env.fingerprint(device)
     world = (rec.get("train") or {}).get("world_size") or 1
     code_was = records.code_version(rec.get("git_commit"), rec.get("code_digest"))
     code_now = records.code_version(env.git_commit(), env.source_digest())
     same_code = rec["code_digest"] == env.source_digest() if rec.get("code_digest") else code_was == code_now
-    differ = [f"{what} {now[key]}, {whose} {was[key]}" + (f" ({option} {was[key]})" if option else "")
+    differ = [f"{what} {now[key]}, {whose} {was[key]}" + (f" ({option} {was[key]})" if option and hints else "")
               for key, what, option in (("device", "device", "--device"), ("cpu", "CPU", ""),
                                         ("torch", "torch", ""), ("threads", "threads", "--threads"))
               if was.get(key) is not None and was[key] != now[key]]
-    differ += [f"processes {processes}, {whose} {world} (--nproc {world})"] if processes != world else []
+    differ += [f"processes {processes}, {whose} {world}" + (f" (--nproc {world})" if hints else "")
+               ] if processes != world else []
     differ += [] if same_code else [f"code {records.short_commit(code_now or 'unknown')}, {whose} "
                                     f"{records.short_commit(code_was or 'unknown')}"]
     return differ
@@ -118,12 +121,13 @@ def rerun_differing(rec: dict[str, Any], device: torch.device, processes: int, w
 def rescore_differing(rec: dict[str, Any], device: torch.device) -> list[str]:
     """``rerun_differing`` of the numbers of `bench rescore` record ``rec``: what differs here from where they
     were scored (its ``rescored_with``: device, CPU, torch, threads, code; its ``device`` is its run's), each
-    "threads 2, the rescore's 1 (--threads 1)"; [] where nothing does, or the record does not say."""
+    "threads 2, the rescore's 1", without an option to match it (--from-record's --threads and --device are its
+    run's too, which it re-runs first); [] where nothing does, or the record does not say."""
     scored = rec.get("rescored_with") or {}
     if not scored:
         return []
     return rerun_differing({key: scored.get(key) for key in ("device", "git_commit", "code_digest")}, device, 1,
-                           "the rescore's")
+                           "the rescore's", hints=False)
 
 
 def differences_text(run_ids: list[str], differ: list[str], of: int = 1) -> str:

@@ -750,6 +750,17 @@ def test_warnings_are_one_line_each_and_shown_once(tmp_path):
     assert "UserWarning" not in proc.stderr and "entry.constructor" not in proc.stderr
 
 
+def test_benchs_own_warning_categories_read_as_plain_warnings(capsys):
+    """records.StaleRescoresLeftOut (a category so that bench rescore can ignore it) read "warning
+    (StaleRescoresLeftOut): ..." on the command line; bench's categories are plain warnings, others named."""
+    from bench.cli.console import _show_warning
+    from bench.records import StaleRescoresLeftOut
+
+    _show_warning(StaleRescoresLeftOut("a stale rescore left out"), StaleRescoresLeftOut, "f.py", 1)
+    _show_warning(FutureWarning("torch will change"), FutureWarning, "f.py", 1)
+    assert capsys.readouterr().err == "warning: a stale rescore left out\nwarning (FutureWarning): torch will change\n"
+
+
 # every command, as registered (a command added later is checked too)
 @pytest.mark.parametrize("cmd", [[], ["data"], *([c.callback.__name__] for c in app.registered_commands),
                                  *(["data", c.callback.__name__.removeprefix("data_")] for c in data_app.registered_commands)])
@@ -1467,7 +1478,7 @@ def test_a_rerun_says_each_thing_that_differs_from_where_the_run_ran():
     import torch
 
     from bench import env
-    from bench.rerun import differences_text, rerun_differing
+    from bench.rerun import differences_text, rerun_differing, rescore_differing
 
     cpu = torch.device("cpu")
     here = env.fingerprint(cpu)
@@ -1485,6 +1496,12 @@ def test_a_rerun_says_each_thing_that_differs_from_where_the_run_ran():
     assert said.endswith("; its numbers may differ from the record's")
     assert "processes 2, the run's 1 (--nproc 1)" in rerun_differing(rec, cpu, 2)
     assert [d.split()[0] for d in rerun_differing({**rec, "device": {**here, "torch": "0.0"}}, cpu, 1)] == ["torch"]
+    # a rescore's differences name no option: --from-record's --threads is its run's too, re-run first
+    scored = {"device": {**here, "threads": here["threads"] + 1}, "git_commit": rec["git_commit"],
+              "code_digest": rec["code_digest"]}
+    assert rescore_differing({**rec, "rescored_with": scored}, cpu) == [
+        f"threads {here['threads']}, the rescore's {here['threads'] + 1}"]
+    assert rescore_differing(rec, cpu) == []  # a record without rescored_with says nothing
     assert differences_text(["r1", "r2"], differ[:1], 2).startswith("all 2 runs ran otherwise than this command: "
                                                                    "threads ")
     some = differences_text(["r1", "r2"], differ[:1], 5)

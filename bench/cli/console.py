@@ -31,7 +31,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     text = str(message)
     if text not in _warned:
         _warned.add(text)
-        kind = "" if category is UserWarning else f" ({category.__name__})"
+        # bench's own categories (records.StaleRescoresLeftOut) are plain warnings to a user
+        kind = "" if category is UserWarning or category.__module__.startswith("bench.") else f" ({category.__name__})"
         typer.secho(f"warning{kind}: {text}", fg=typer.colors.YELLOW, err=True)
 
 
