@@ -156,3 +156,18 @@ def test_clean_reads_each_record_once(tmp_path, monkeypatch):
     assert [u.split(" (")[0] for u in found.unread] == ["cut.json", "notes.json"]
     assert f"cut.json ({tmp_path / 'records' / 'cut.json'}: not a readable run record (" in found.unread[0]
     assert f"notes.json ({tmp_path / 'records' / 'notes.json'}: " in found.unread[1]
+
+
+def test_a_record_of_a_newer_bench_is_said_and_its_run_left_alone(tmp_path):
+    """A mutation audit: a record whose train.selected this version does not know ("ema") was listed as
+    "no readable record … ('ema')", a bare KeyError; it says what is wrong now."""
+    rec = make_record("unet", seed=0)
+    rec["train"]["selected"] = "ema"
+    write_record(rec, tmp_path)
+    ckpt = run_dir(tmp_path, rec["run_id"]) / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "last.pt").write_bytes(b"\0")
+    found = clean(tmp_path)
+    assert found.unread == [f"{rec['run_id']}.json (run {rec['run_id']}: train.selected 'ema' names no checkpoint "
+                            "this bench knows (final, best_train_loss, lr_min); a newer bench wrote the record?)"]
+    assert (ckpt / "last.pt").exists() and found.resume == {}
