@@ -455,10 +455,13 @@ def test_a_case_rows_own_numbers_are_checked_against_its_pixel_counts(tmp_path, 
     with pytest.warns(UserWarning, match="hold numbers other than"):
         board = pd.read_csv(StringIO(write_report(tmp_path, "csv"))).set_index("model")
     assert board.loc["vmunet", ["dice_ci_lo", "dice_ci_hi"]].tolist() == [0.8, 0.8]
-    drawn = []
+    drawn, dots = [], []
     monkeypatch.setattr(plots, "per_class_boxplots", lambda cases, *args, **kwargs: drawn.append(cases) or [])
-    plots.write_plots(tmp_path, tmp_path / "plots")
-    (boxed,) = drawn
+    monkeypatch.setattr(plots, "accuracy_vs_cost", lambda runs, *args, **kwargs: dots.append(runs) or [])
+    with pytest.warns(UserWarning, match="hold numbers other than"):
+        plots.write_plots(tmp_path, tmp_path / "plots")
+    (boxed,), (runs,) = drawn, dots
+    assert runs.set_index("model").loc["vmunet", "dice"] == pytest.approx(0.8, abs=1e-12)  # the board's, not 0.806875
     liver = boxed[(boxed["model"] == "vmunet") & (boxed["case"] == "case0001") & (boxed["name"] == "liver")]
     assert liver["dice"].tolist() == [0.8]
 
