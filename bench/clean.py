@@ -55,7 +55,7 @@ def clean(results_dir: Path, dry_run: bool = False) -> Cleanup:
                 raise rec
             rec = records.checked_record(records.records_dir(results_dir) / name, rec)
             scored = weights_path(results_dir, rec)
-        except (BenchError, KeyError) as exc:  # a damaged or foreign file: its run is not known to be finished
+        except BenchError as exc:  # a damaged or foreign file, or a newer bench's: its run is not known to be finished
             found.unread.append(f"{name} ({exc})")
             continue
         if claim.held_by(results_dir, rec["run_id"]):  # a process works on it now: nothing of it is spare

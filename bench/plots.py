@@ -614,12 +614,14 @@ def write_plots(results_dir: Path, out_dir: Path, *, df_runs: pd.DataFrame | Non
     of ``PLOT_STYLES``."""
     fmt, _ = check_plot_format(fmt), check_plot_style(style)
     from bench.cost import load_profiles
-    from bench.records import load
+    from bench.records import load, load_both
 
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         return []
-    df_runs = load(results_dir) if df_runs is None else df_runs
+    if df_runs is None:  # as bench report reads them: the numbers the case rows give, and no stale rescore
+        df_runs, loaded = load_both(results_dir, recheck=True, current=True)
+        df_cases = loaded if df_cases is None else df_cases
     if df_runs.empty:
         return []
     df_cases = load(results_dir, level="case", recheck=True) if df_cases is None else df_cases

@@ -52,8 +52,12 @@ def unscored_records(results_dir: Path) -> frozenset[str]:
 
 
 def weights_path(results_dir: Path, rec: dict[str, Any]) -> Path:
-    """The checkpoint the run's record was evaluated with."""
+    """The checkpoint the run's record was evaluated with; BenchError where its ``train.selected`` names
+    none this version knows (a newer bench's record)."""
     selected = str(rec["train"].get("selected") or "final").split("@")[0]
+    if selected not in SELECTED_CHECKPOINTS:
+        raise BenchError(f"run {rec['run_id']}: train.selected {selected!r} names no checkpoint this bench knows "
+                         f"({', '.join(SELECTED_CHECKPOINTS)}); a newer bench wrote the record?")
     return records.run_dir(results_dir, rec["run_id"]) / CHECKPOINT_DIR / SELECTED_CHECKPOINTS[selected]
 
 

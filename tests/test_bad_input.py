@@ -1479,6 +1479,10 @@ def test_an_option_of_one_value_given_twice_is_refused(monkeypatch, capsys, tmp_
                  "--results", tmp_path / "r", "--resume", "--no-resume", "--set", "widths=[8, 16]", "--set",
                  "depth=2", "--threads", "1", "--threads", "1", names="--threads 1 and --threads 1", phrase="give it once")
     assert "--set" not in err and "--resume" not in err
+    # a flag given twice means what it means once (a mutation audit: the check could have counted flags too)
+    (tmp_path / "c" / "records").mkdir(parents=True)
+    proc = run_bench_here(monkeypatch, capsys, "clean", "--results", tmp_path / "c", "--dry-run", "--dry-run")
+    assert "nothing to delete" in proc.stdout
 
 
 def test_the_repeated_option_check_takes_the_command_typer_builds(monkeypatch, capsys, tmp_path):

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -133,8 +134,6 @@ def test_a_folder_that_is_no_results_folder_is_refused(tmp_path, monkeypatch, ca
 def test_clean_reads_each_record_once(tmp_path, monkeypatch):
     """clean parsed every record twice, once for the weights files --weights records name and once more for each
     run's own record; one pass now serves both, and what it finds is the same."""
-    from pathlib import Path
-
     evaluated = make_record("unet", seed=1)
     evaluated["weights"] = {"file": "epoch_0003.pt", "sha256": fileio.file_sha256(Path(__file__)), "trained_by": None}
     recs = [make_record("unet", seed=0), evaluated, {**make_record("vmunet"), "run_id": "x.strict", "rescored_from": "x"}]
@@ -156,3 +155,87 @@ def test_clean_reads_each_record_once(tmp_path, monkeypatch):
     assert [u.split(" (")[0] for u in found.unread] == ["cut.json", "notes.json"]
     assert f"cut.json ({tmp_path / 'records' / 'cut.json'}: not a readable run record (" in found.unread[0]
     assert f"notes.json ({tmp_path / 'records' / 'notes.json'}: " in found.unread[1]
+
+
+def test_live_claims_claims_beside_files_and_hidden_files_not_benchs_stay(tmp_path):
+    """A mutation audit: clean deleted a live rescore's claim folder where its claim was judged alone, would
+    have counted a killed run's folder holding its resume point with its claim as abandoned, and would have
+    swept any hidden file over a day old (a live run's .claim, a user's records/.keep) as a temp file."""
+    runs = tmp_path / "runs"
+    live = runs / "synapse-smoke-unet-s0-00000000.strict"  # a rescore that has written nothing yet
+    live.mkdir(parents=True)
+    (live / CLAIM).write_text(json.dumps({"writer": fileio.writer_tag(), "pid": os.getpid(), "proc_start": None}))
+    killed = runs / "synapse-smoke-unet-s1-00000000"  # a killed run: its resume point stays with its claim
+    (killed / "checkpoints").mkdir(parents=True)
+    (killed / "checkpoints" / "last.pt").write_bytes(b"\0")
+    (killed / CLAIM).write_text(_claim_of(_dead_pid()))
+    running = runs / "synapse-smoke-unet-s2-00000000"  # a run training for days, and a file the user keeps
+    running.mkdir()
+    (running / CLAIM).write_text(json.dumps({"writer": fileio.writer_tag(), "pid": os.getpid(), "proc_start": None}))
+    (tmp_path / "records").mkdir()
+    keep = tmp_path / "records" / ".keep"
+    keep.write_bytes(b"")
+    for old in (running / CLAIM, keep):
+        os.utime(old, (time.time() - 3 * 86400,) * 2)
+    assert clean(tmp_path, dry_run=True).claimed == []
+    found = clean(tmp_path)
+    assert found.claimed == [] and found.temps == []
+    kept = (live / CLAIM, killed / CLAIM, killed / "checkpoints" / "last.pt", running / CLAIM, keep)
+    assert all(p.is_file() for p in kept)
+
+
+def test_a_snapshot_trained_again_and_profiles_temps_go(tmp_path):
+    """A mutation audit: a snapshot a --weights record names by name but of a training since (another SHA-256)
+    is spare, and a killed profile's temp file in profiles/ is swept."""
+    rec = make_record("unet", seed=0)
+    write_record(rec, tmp_path)
+    ckpt = run_dir(tmp_path, rec["run_id"]) / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "final.pt").write_bytes(b"\0")
+    (ckpt / "epoch_0003.pt").write_bytes(b"trained again")
+    evaluated = make_record("unet", seed=5)
+    evaluated["weights"] = {"file": "epoch_0003.pt", "sha256": fileio.file_sha256(Path(__file__)), "trained_by": None}
+    write_record(evaluated, tmp_path)
+    (tmp_path / "profiles").mkdir()
+    temp = tmp_path / "profiles" / f".p.json.{fileio.TEMP_MARK}{fileio.writer_tag(_dead_pid())}abcd.tmp"
+    temp.write_bytes(b"\0")
+    found = clean(tmp_path)
+    assert found.evaluated == [] and found.resume == {rec["run_id"]: [ckpt / "epoch_0003.pt"]} and found.temps == [temp]
+    assert not (ckpt / "epoch_0003.pt").exists() and not temp.exists() and (ckpt / "final.pt").is_file()
+
+
+def test_a_file_that_cannot_be_deleted_is_said(tmp_path, monkeypatch, capsys):
+    """A mutation audit: clean said it deleted what it could not (another user's file, a read-only disk)."""
+    rec = make_record("unet", seed=0)
+    write_record(rec, tmp_path)
+    ckpt = run_dir(tmp_path, rec["run_id"]) / "checkpoints"
+    ckpt.mkdir(parents=True)
+    for name in ("final.pt", "last.pt", "epoch_0001.pt"):
+        (ckpt / name).write_bytes(b"\0")
+    unlink = Path.unlink
+
+    def refuse(self, *args, **kwargs):  # as for a file of another user's folder (root may delete it: no chmod)
+        if self.name == "last.pt":
+            raise PermissionError(13, "Permission denied", str(self))
+        return unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    proc = run_bench_here(monkeypatch, capsys, "clean", "--results", tmp_path)
+    assert (ckpt / "last.pt").exists() and not (ckpt / "epoch_0001.pt").exists()
+    assert f"note: 1 file(s) could not be deleted: {ckpt / 'last.pt'}" in proc.stdout
+    assert clean(tmp_path).kept == [ckpt / "last.pt"]
+
+
+def test_a_record_of_a_newer_bench_is_said_and_its_run_left_alone(tmp_path):
+    """A mutation audit: a record whose train.selected this version does not know ("ema") was listed as
+    "no readable record … ('ema')", a bare KeyError; it says what is wrong now."""
+    rec = make_record("unet", seed=0)
+    rec["train"]["selected"] = "ema"
+    write_record(rec, tmp_path)
+    ckpt = run_dir(tmp_path, rec["run_id"]) / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "last.pt").write_bytes(b"\0")
+    found = clean(tmp_path)
+    assert found.unread == [f"{rec['run_id']}.json (run {rec['run_id']}: train.selected 'ema' names no checkpoint "
+                            "this bench knows (final, best_train_loss, lr_min); a newer bench wrote the record?)"]
+    assert (ckpt / "last.pt").exists() and found.resume == {}

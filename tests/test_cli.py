@@ -174,6 +174,7 @@ def test_from_record_reruns_a_run_of_a_protocol_file_not_shipped_bit_for_bit(tmp
     held = _bench("run", "--from-record", tmp_path / "other" / "runs" / rec["run_id"], "--results", tmp_path / "other")
     assert f"note: {tmp_path / 'other'} holds run {rec['run_id']} already, so bench run skips it; --results " \
            "ANOTHER_FOLDER re-runs it there" in held.stdout and "finished earlier, skipped" in held.stdout
+    assert "bit for bit" not in held.stdout  # the record compared with itself is no match (a mutation audit)
 
 
 def test_from_record_refuses_what_would_change_the_run_and_warns_where_bits_may_differ(smoke_results, tmp_path,
@@ -194,6 +195,15 @@ def test_from_record_refuses_what_would_change_the_run_and_warns_where_bits_may_
     assert no.returncode == 2 and f"is run {rec['run_id']}'s weights scored under strict (bench rescore); " \
         f"{tmp_path / rec['run_id']}.json is not there, nor {tmp_path / 'res' / 'records' / rec['run_id']}.json" \
         in no.stderr, no.stderr
+    # a rescored record's run is re-run, then rescored, in this process: --nproc is refused (a mutation audit: it
+    # would have launched torchrun and never rescored)
+    beside = tmp_path / kept.name
+    beside.write_text(kept.read_text())
+    two = run_bench_here(monkeypatch, capsys, "run", "--from-record", rescored, "--nproc", "2", "--results",
+                         tmp_path / "res", check=False)
+    assert two.returncode == 2 and f"--from-record {rescored}: a rescored record's run is re-run, then rescored, in " \
+        "this process; --nproc 2 takes the record of a trained run" in two.stderr, two.stderr
+    beside.unlink()
     # a folder's records are re-run one after another in this process: --nproc is refused for them, and said why
     many = run_bench_here(monkeypatch, capsys, "run", "--from-record", smoke_results, "--nproc", "2", "--results",
                           tmp_path, check=False)
@@ -419,6 +429,13 @@ def test_rerun_comparison_is_exact_and_takes_nan_for_nan():
     more = [*rec["per_case"], {"case": "c", "dice": 0.1}, {"case": "d", "dice": 0.2}, {"case": "e", "dice": 0.3}]
     assert rerun_comparison(rec, {**rec, "per_case": more}) == \
         "3 of 5 case rows (the record has 2, the re-run 5) differ"  # of the longer: never more than their total
+    # a metric only one of them has is a difference (a mutation audit: NSD added by a newer bench went unsaid)
+    nsd = {**rec, "metrics": {**rec["metrics"], "nsd": 0.5}}
+    assert rerun_comparison(rec, nsd) == "nsd (none) -> 0.5" and rerun_comparison(nsd, rec) == "nsd 0.5 -> (none)"
+    # numbers written with as few digits as tell them apart: 6 here, not their every digit
+    third = {**rec, "metrics": {**rec["metrics"], "dice": 1 / 3}}
+    assert rerun_comparison(third, {**rec, "metrics": {**rec["metrics"], "dice": 1 / 3 + 1e-6}}) == \
+        "dice 0.333333 -> 0.333334"
 
 
 def test_synthetic_data_with_edited_test_labels_is_not_the_authors_data(smoke_results, tmp_path):
@@ -1546,3 +1563,42 @@ def test_dry_run_says_a_run_stopped_before_its_first_checkpoint(tmp_path):
         fh.write(f"2026-12-06 10:01:00Z  [1/1] {spec.key}: training\n"
                  f"2026-12-06 10:01:02Z  FAILED: out of memory. More words\n")
     assert run_state(spec, tmp_path)[1] == "failed (out of memory), before its first checkpoint: bench run trains it afresh"
+
+
+def test_a_rescored_records_run_is_looked_for_beside_it_then_in_results(smoke_results, tmp_path, monkeypatch, capsys):
+    """A mutation audit: which record of a rescored record's run --from-record takes (the one beside it, else
+    the one finished in --results, which is rescored from there as it is, not re-run), that a run that failed is
+    not rescored from an older record of it in --results, and that the record's threads are set back after."""
+    import shutil
+
+    import torch
+
+    from bench.run import rerun_source
+
+    (kept,) = [p for p in (smoke_results / "records").glob("*.json") if p.name.count(".") == 1]
+    rec = json.loads(kept.read_text())
+    rescored = {**rec, "run_id": rec["run_id"] + ".strict", "rescored_from": rec["run_id"], "policy": "strict"}
+    recs, held = tmp_path / "recs", tmp_path / "held" / "records"  # held: a results folder holding the run's record
+    recs.mkdir()
+    held.mkdir(parents=True)
+    shutil.copyfile(kept, held / kept.name)
+    (recs / f"{rescored['run_id']}.json").write_text(json.dumps(rescored))
+    # its run only in --results: planned as found there, not re-run
+    dry = run_bench_here(monkeypatch, capsys, "run", "--from-record", recs / f"{rescored['run_id']}.json", "--results",
+                         held.parent, "--dry-run")
+    assert "bench run --dry-run: 1 run(s)" in dry.stdout and f"done     {rec['run_id']}" not in dry.stdout
+    # beside it and in --results: the one beside it
+    shutil.copyfile(kept, recs / kept.name)
+    assert rerun_source(rescored, recs / f"{rescored['run_id']}.json", held.parent) == recs / kept.name
+    # its run failed to re-run (a record this bench cannot replay), an older record of it in --results: not
+    # rescored from that one's weights
+    (recs / kept.name).write_text(json.dumps({**rec, "set_keys": None}))
+    bad = run_bench_here(monkeypatch, capsys, "run", "--from-record", recs, "--results", held.parent, check=False)
+    assert bad.returncode == 2 and f"{rescored['run_id']}: FAILED: run {rec['run_id']}, whose weights it scored " \
+        "under strict, was not re-run (see above), so there is nothing to rescore" in bad.stderr, bad.stderr
+    # a run that had 2 CPU threads is planned at 2, and this process's count set back after
+    (recs / kept.name).write_text(json.dumps({**rec, "device": {**rec["device"], "threads": 2}}))
+    before = torch.get_num_threads()
+    out = run_bench_here(monkeypatch, capsys, "run", "--from-record", recs / kept.name, "--results", tmp_path / "res",
+                         "--device", "cpu", "--dry-run")
+    assert "note: --threads 2, as the run had" in out.stdout and torch.get_num_threads() == before != 2

@@ -419,7 +419,7 @@ def test_restated_numbers_name_the_code_that_stored_them(tmp_path):
     assert df.loc["unet", "restated"].endswith("(stored by code 0123456789ab)") and df.loc["unet", "dice"] == 0.3
 
 
-def test_a_case_rows_own_numbers_are_checked_against_its_pixel_counts(tmp_path):
+def test_a_case_rows_own_numbers_are_checked_against_its_pixel_counts(tmp_path, monkeypatch):
     """One case's dice edited by hand flowed into the recomputed means unnoticed: the recheck recomputed the
     aggregates from the case rows but never a row's dice from its own tp/fp/fn. Now the row's count-derived
     numbers replace it, one warning names the file, case and class, and the board shows the counts' mean, also
@@ -445,6 +445,25 @@ def test_a_case_rows_own_numbers_are_checked_against_its_pixel_counts(tmp_path):
     assert cases.loc[row, "dice"].tolist() == [0.8]
     stored = load(tmp_path, level="case")
     assert stored.loc[row, "dice"].tolist() == [0.91] and len(stored) == len(cases)
+    # a mutation audit: what bench report draws from the case rows, its CIs and the figures' boxplots, took the
+    # stored rows unnoticed (the stored 0.91 widens vmunet's dice CI to [0.8, 0.81375])
+    from io import StringIO
+
+    from bench import plots
+    from bench.report import write_report
+
+    with pytest.warns(UserWarning, match="hold numbers other than"):
+        board = pd.read_csv(StringIO(write_report(tmp_path, "csv"))).set_index("model")
+    assert board.loc["vmunet", ["dice_ci_lo", "dice_ci_hi"]].tolist() == [0.8, 0.8]
+    drawn, dots = [], []
+    monkeypatch.setattr(plots, "per_class_boxplots", lambda cases, *args, **kwargs: drawn.append(cases) or [])
+    monkeypatch.setattr(plots, "accuracy_vs_cost", lambda runs, *args, **kwargs: dots.append(runs) or [])
+    with pytest.warns(UserWarning, match="hold numbers other than"):
+        plots.write_plots(tmp_path, tmp_path / "plots")
+    (boxed,), (runs,) = drawn, dots
+    assert runs.set_index("model").loc["vmunet", "dice"] == pytest.approx(0.8, abs=1e-12)  # the board's, not 0.806875
+    liver = boxed[(boxed["model"] == "vmunet") & (boxed["case"] == "case0001") & (boxed["name"] == "liver")]
+    assert liver["dice"].tolist() == [0.8]
 
 
 def test_a_case_rows_empty_label_is_checked_against_its_counts(tmp_path):
@@ -596,6 +615,9 @@ def test_a_rescore_of_an_earlier_training_is_told_and_left_off_the_boards(tmp_pa
     source["train"] = {**source["train"], "epoch_losses": [0.5, 0.123]}
     stale = records.scored_other_weights
     assert not stale(_rescored(source), source)  # older records without the field: the same losses, the same training
+    # one keeps the sha256 (a rescore by a newer bench), the other not: the losses decide, as where neither keeps it
+    assert not stale(_rescored(source, scored_weights=sha("a")), source)
+    assert not stale(_rescored(source), {**source, "scored_weights": sha("a")})
     assert stale(_rescored(source, train={**source["train"], "final_loss": 0.2}), source)
     assert stale(_rescored(source, train={**source["train"], "epoch_losses": [0.5, 0.1]}), source)
     # the checkpoints' sha256 decides where both keep it, whatever the losses say

@@ -215,8 +215,15 @@ def test_all_folds_score_every_case_once_pooled_as_the_folds_scored_alone(tmp_pa
     assert proc.returncode == 2 and f"postprocessed/ holds other predictions of the cases (nnU-Net's postprocessed " \
         f"ones beside the raw): score one folder at a time, --predictions {every / 'postprocessed'} or this" \
         in proc.stderr
+    assert "scored here: the 7 test case(s) of every fold of the 5 folds nnU-Net v2 generates" in proc.stderr
     assert scored(every / "postprocessed", "all")["metrics"] == pooled["metrics"]
     shutil.rmtree(every / "postprocessed")
+    (every / "notes").mkdir()  # a folder down, files that are not the cases': no postprocessed set (a mutation audit)
+    shutil.copyfile(every / ds.prediction_name(ds.cases[0]), every / "notes" / "summary.png")
+    proc = run_bench_here(monkeypatch, capsys, *base, "--predictions", every, "--fold", "all", check=False)
+    assert proc.returncode == 2 and "notes/summary.png: no test case scored here" in proc.stderr
+    assert "postprocessed" not in proc.stderr
+    shutil.rmtree(every / "notes")
     (every / ds.prediction_name("synth_004")).unlink()
     proc = run_bench_here(monkeypatch, capsys, *base, "--predictions", every, "--fold", "all", check=False)
     assert proc.returncode == 2 and "no prediction of test case(s) synth_004 (1 of 7; expected synth_004.png)" \
@@ -224,6 +231,12 @@ def test_all_folds_score_every_case_once_pooled_as_the_folds_scored_alone(tmp_pa
     one = tmp_path / "fold_1" / "validation"  # one fold's folder given for all: that fold named
     proc = run_bench_here(monkeypatch, capsys, *base, "--predictions", one, "--fold", "all", check=False)
     assert proc.returncode == 2 and "the files here are fold 1's validation cases only: pass --fold 1" in proc.stderr
+    two = tmp_path / "folds_0_1"  # two folds' files: no one fold to name (a mutation audit)
+    shutil.copytree(tmp_path / "fold_0" / "validation", two)
+    for path in one.iterdir():
+        shutil.copyfile(path, two / path.name)
+    proc = run_bench_here(monkeypatch, capsys, *base, "--predictions", two, "--fold", "all", check=False)
+    assert proc.returncode == 2 and "no prediction of test case(s)" in proc.stderr and "--fold" not in proc.stderr
     for bad in ("al", "1.0"):  # (an empty value: the CLI's own refusal)
         proc = run_bench_here(monkeypatch, capsys, *base, "--predictions", one, "--fold", bad, check=False)
         assert proc.returncode == 2 and proc.stderr.startswith(f"error: --fold {bad!r}: expected a fold number (0, 1, "
