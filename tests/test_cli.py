@@ -1573,7 +1573,7 @@ def test_a_rescored_records_run_is_looked_for_beside_it_then_in_results(smoke_re
 
     import torch
 
-    from bench.run import rerun_source
+    from bench.rerun import rerun_source
 
     (kept,) = [p for p in (smoke_results / "records").glob("*.json") if p.name.count(".") == 1]
     rec = json.loads(kept.read_text())
