@@ -141,7 +141,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
                      "these are the run's numbers")
     suffixed = [case_id for case_id in ids if files[case_id] != dataset.prediction_name(case_id)]
     if suffixed:
-        notes.append(f"{len(suffixed)} of {len(ids)} files are named as the data's challenge names its masks, with "
+        notes.append(f"{len(suffixed)} of {len(ids)} files are named as {dataset.mask_suffix_by}, with "
                      f"{dataset.mask_suffix!r} after the case id ({files[suffixed[0]]}): each scored as its case's")
     if greyed:
         notes.append(f"{len(greyed)} of {len(ids)} masks were PNGs stored in colour whose channels are equal (first: "
@@ -205,7 +205,8 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
     expected = {name: case_id for case_id, its in names.items() for name in its}
     found = {p.relative_to(pred_dir).as_posix() for p in pred_dir.rglob("*")
              if p.is_file() and not any(hidden(Path(part)) for part in p.relative_to(pred_dir).parts)}
-    found = {name for name in found if name in expected or not name.endswith(NOT_PREDICTIONS)}
+    passed_over = NOT_PREDICTIONS + dataset.not_predictions
+    found = {name for name in found if name in expected or not name.endswith(passed_over)}
     # an example of the names expected: one not in the folder already
     example = next((name for name in expected if name not in found), dataset.prediction_name(ids[0]) if ids else "")
     if not found:

@@ -696,6 +696,49 @@ def test_isic_masks_named_as_the_challenge_ships_them_are_scored_and_said(tmp_pa
         score_predictions(volumes, synapse, proto)
 
 
+def _test_script_folder(tmp_path, n_test=2, labels=None):
+    """``_gt_folder``'s data and folder as TransUNet's test script writes one instead (utils.py test_single_volume,
+    given a save path): each test case's <case>_pred.nii.gz, <case>_img.nii.gz and <case>_gt.nii.gz, float32
+    (D, H, W) arrays saved with SimpleITK at spacing (1, 1, 1). The prediction is the case's labels; the _gt file
+    holds ``labels(case_id, label)`` where given (a copy, changed or not; None: no _gt file)."""
+    import SimpleITK as sitk
+
+    ds, folder = _gt_folder(tmp_path, n_test)
+    for case_id in ds.test_ids():
+        (folder / ds.prediction_name(case_id)).unlink()
+        case = ds.load_test(case_id)
+        gt = case.label.copy() if labels is None else labels(case_id, case.label.copy())
+        for suffix, array in {"_pred": case.label, "_img": case.image, **({} if gt is None else {"_gt": gt})}.items():
+            itk = sitk.GetImageFromArray(array.astype(np.float32))
+            itk.SetSpacing((1, 1, 1))  # the script's (1, 1, z_spacing=1)
+            sitk.WriteImage(itk, str(folder / f"{case_id}{suffix}.nii.gz"))
+    return ds, folder
+
+
+def test_transunets_test_script_output_is_scored_as_it_is(tmp_path):
+    """The TransUNet lineage's test script names each prediction <case>_pred.nii.gz, beside its image and labels:
+    scored as the case's, the other two passed over, said; a case with a <case>.nii.gz too is refused."""
+    ds, folder = _test_script_folder(tmp_path)
+    first = ds.test_ids()[0]
+    scores = score_predictions(folder, ds, SMOKE, "legacy-synapse")
+    assert scores.metrics["dice"] == 1.0 and scores.scored["n_cases"] == 2
+    assert f"2 of 2 files are named as TransUNet's test script (utils.py test_single_volume) names its " \
+           f"predictions, with '_pred' after the case id ({first}_pred.nii.gz): each scored as its case's" \
+           in scores.notes
+    (folder / f"{first}_pred.nii.gz").rename(folder / f"{first}.nii.gz")  # as bench predict names it: the same
+    assert score_predictions(folder, ds, SMOKE, "legacy-synapse").metrics["dice"] == 1.0
+    (folder / f"{first}_pred.nii.gz").write_bytes((folder / f"{first}.nii.gz").read_bytes())
+    with pytest.raises(BenchError, match=rf"preds: {first}.nii.gz and {first}_pred.nii.gz both name test case "
+                                         rf"'{first}' \(1 of 2 cases have two files\); keep one of each"):
+        score_predictions(folder, ds, SMOKE)
+    for case_id in ds.test_ids():  # no prediction left: the image and labels are no prediction of the case
+        for name in (f"{case_id}.nii.gz", f"{case_id}_pred.nii.gz"):
+            (folder / name).unlink(missing_ok=True)
+    with pytest.raises(BenchError, match=rf"preds: no prediction files; expected one per test case, named as "
+                                         rf"{first}.nii.gz$"):
+        score_predictions(folder, ds, SMOKE)
+
+
 def test_colour_and_jpeg_masks_are_read_as_grey_or_refused_by_name(tmp_path):
     """A mask saved as RGB with three equal channels (OpenCV's imwrite of a 3-channel array) is that grey, said;
     one of other colours, or see-through, has no one label to read; a JPEG's edges are no 0/255."""
