@@ -739,6 +739,54 @@ def test_transunets_test_script_output_is_scored_as_it_is(tmp_path):
         score_predictions(folder, ds, SMOKE)
 
 
+def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_path, monkeypatch):
+    """Each <case>_gt.nii.gz beside the predictions, read once, is compared voxel for voxel with the ground truth
+    scored: the same, said; else refused at the first case that differs, naming how many voxels and which classes
+    differ, or the ids the same structures carry there, or the other volume's shape."""
+    from collections import Counter
+    from pathlib import Path
+
+    import nibabel as nib
+
+    ds, folder = _test_script_folder(tmp_path / "same")
+    opened, real_load = Counter(), nib.load
+    monkeypatch.setattr(nib, "load", lambda path, *a, **k: opened.update([Path(path).name]) or real_load(path, *a, **k))
+    scores = score_predictions(folder, ds, SMOKE, "legacy-synapse")
+    first, second = ds.test_ids()
+    assert f"their labels are ours: the labels written beside 2 of 2 predictions (first: {first}_gt.nii.gz) are the " \
+           "ground truth scored here, voxel for voxel: same test data" in scores.notes
+    assert opened == Counter({f"{c}{suffix}.nii.gz": 1 for c in (first, second) for suffix in ("_pred", "_gt")})
+
+    def edited(edit):
+        return lambda case_id, label: edit(label) if case_id == second else label
+
+    def refused(tmp, labels):
+        ds, folder = _test_script_folder(tmp_path / tmp, labels=labels)
+        with pytest.raises(BenchError) as err:
+            score_predictions(folder, ds, SMOKE, "legacy-synapse")
+        start = (f"{folder / second}_gt.nii.gz: labels written beside the predictions that are not the ground truth "
+                 f"scored here, at {ds.root} (")
+        assert str(err.value).startswith(start) and str(err.value).endswith(
+            "); the numbers their tool gave were computed against them: score the predictions with the data they were "
+            "made on (its --data-root), or move the label files out of the folder to score them against these labels "
+            "anyway")
+        return str(err.value)[len(start):str(err.value).index("); the numbers")], ds.load_test(second).label
+
+    def kidney_as_spleen(label):  # 3 voxels of the left kidney (3) labelled spleen (7)
+        label[tuple(np.argwhere(label == 3)[:3].T)] = 7
+        return label
+
+    assert refused("voxels", edited(kidney_as_spleen))[0] == \
+        "3 of 6,144 voxels differ, in classes 3 (kidney_l), 7 (spleen)"
+    # aorta and gallbladder swapped, the stomach given an id the data has no class of
+    said, label = refused("ids", edited(lambda label: np.choose(label, [0, 2, 1, 3, 4, 5, 6, 7, 12])))
+    assert said == (f"{int(np.isin(label, (1, 2, 8)).sum()):,} of 6,144 voxels differ, in classes 1 (aorta), 2 "
+                    "(gallbladder), 8 (stomach), 12 (no class of the data); the same structures under other ids, ours "
+                    "1 (aorta) as 2, 2 (gallbladder) as 1, 8 (stomach) as 12: another class order")
+    assert refused("shape", edited(lambda label: label[1:]))[0] == \
+        "stored shape (32, 32, 5), where its case's is (x, y, z) = (32, 32, 6): another volume's"
+
+
 def test_colour_and_jpeg_masks_are_read_as_grey_or_refused_by_name(tmp_path):
     """A mask saved as RGB with three equal channels (OpenCV's imwrite of a 3-channel array) is that grey, said;
     one of other colours, or see-through, has no one label to read; a JPEG's edges are no 0/255."""

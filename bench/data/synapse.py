@@ -370,6 +370,9 @@ class SynapseDataset(SegDataset):
         image, label, spacing = read_volume(_existing(self.test_file(case_id)))
         return Case(case_id=case_id, image=image, label=label, spacing=spacing or self._spacing.get(case_id))
 
+    def labels_beside(self, case_id: str) -> str | None:
+        return f"{case_id}{TEST_SCRIPT_GT}.nii.gz"
+
     def spacing_unknown(self, case_ids: list[str]) -> list[str]:
         return [c for c in case_ids if c not in self._spacing and volume_spacing(_existing(self.test_file(c))) is None]
 
