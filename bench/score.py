@@ -2,10 +2,14 @@
 
 The folder holds one file per scored test case, in the layout `bench predict` writes
 (``SegDataset.prediction_name``: Synapse ``<case>.nii.gz``, nnU-Net ``<case><file_ending>``, ISIC/polyp
-``<case>.png`` 0/255 masks; ISIC's also as its challenge names them, ``<case>_segmentation.png``:
+``<case>.png`` 0/255 masks; ISIC's also as its challenge names them, ``<case>_segmentation.png``, Synapse's as
+the TransUNet lineage's test script (utils.py ``test_single_volume``) names them, ``<case>_pred.nii.gz``:
 ``SegDataset.prediction_names``); ``NOT_PREDICTIONS`` beside them (nnUNetv2_predict's json, npz and pkl
-files) are passed over, and bench predict's ``prediction.json`` says which run they came from: its protocol,
-policy, data and split (fold), which are checked against those scored.
+files) and the data's own ``SegDataset.not_predictions`` (that script's ``<case>_img.nii.gz`` and
+``<case>_gt.nii.gz``) are passed over, and bench predict's ``prediction.json`` says which run they came from: its
+protocol, policy, data and split (fold), which are checked against those scored. A case's labels written beside
+its prediction (``SegDataset.labels_beside``: that script's ``<case>_gt.nii.gz``) are compared with its ground
+truth, voxel for voxel: the same is said, other labels (against which the script's numbers were computed) refused.
 Each file is scored against the ground truth evaluation reads (``bench.evaluate.ground_truth``), with the
 case's spacing, under the policy, by the same ``bench.evaluate.Scoring`` that scores a run: the numbers
 are those a run's record would hold for these label maps. The protocol gives the evaluation settings
