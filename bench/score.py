@@ -2,10 +2,14 @@
 
 The folder holds one file per scored test case, in the layout `bench predict` writes
 (``SegDataset.prediction_name``: Synapse ``<case>.nii.gz``, nnU-Net ``<case><file_ending>``, ISIC/polyp
-``<case>.png`` 0/255 masks; ISIC's also as its challenge names them, ``<case>_segmentation.png``:
+``<case>.png`` 0/255 masks; ISIC's also as its challenge names them, ``<case>_segmentation.png``, Synapse's as
+the TransUNet lineage's test script (utils.py ``test_single_volume``) names them, ``<case>_pred.nii.gz``:
 ``SegDataset.prediction_names``); ``NOT_PREDICTIONS`` beside them (nnUNetv2_predict's json, npz and pkl
-files) are passed over, and bench predict's ``prediction.json`` says which run they came from: its protocol,
-policy, data and split (fold), which are checked against those scored.
+files) and the data's own ``SegDataset.not_predictions`` (that script's ``<case>_img.nii.gz`` and
+``<case>_gt.nii.gz``) are passed over, and bench predict's ``prediction.json`` says which run they came from: its
+protocol, policy, data and split (fold), which are checked against those scored. A case's labels written beside
+its prediction (``SegDataset.labels_beside``: that script's ``<case>_gt.nii.gz``) are compared with its ground
+truth, voxel for voxel: the same is said, other labels (against which the script's numbers were computed) refused.
 Each file is scored against the ground truth evaluation reads (``bench.evaluate.ground_truth``), with the
 case's spacing, under the policy, by the same ``bench.evaluate.Scoring`` that scores a run: the numbers
 are those a run's record would hold for these label maps. The protocol gives the evaluation settings
@@ -69,7 +73,9 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     fold's, imagesTs'), cases without a file, a map on another grid or with ids that are no class of the data,
     for bench predict's predictions of another dataset (its manifest's ``dataset_name``) and for a folder whose
     model's files name other classes (``SegDataset.prediction_folder_notes``; a note where they name the
-    same classes otherwise); its run's fold, where not the one scored, is named in a case error. A dataset of
+    same classes otherwise), and for a case's labels written beside its prediction (``SegDataset.labels_beside``:
+    TransUNet's test script's ``<case>_gt.nii.gz``) that are not its ground truth, voxel for voxel (said where they
+    are); its run's fold, where not the one scored, is named in a case error. A dataset of
     every fold's cases (nnU-Net's ``ALL_FOLDS``) scores them pooled, one aggregate over all, and each fold's
     DSC (``Scores.per_fold``). On nnU-Net data a folder of nnU-Net's own fold "all", whose model trained on every
     case, is refused whatever the split (``trained_on_every_case``)."""
@@ -107,11 +113,15 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     hint = other_protocol + (f"; {fold}" if fold else "")
     files = _case_files(pred_dir, dataset, ids, protocol, hint)
     scoring = Scoring.of(dataset, protocol, policy)
-    scored, resized, greyed, respaced = [], [], [], []
+    scored, resized, greyed, respaced, same_labels = [], [], [], [], []
     for case_id in ids:
         path = pred_dir / files[case_id]
         case = dataset.load_test(case_id)
         gt = ground_truth(case, protocol, dataset.binary)
+        # before the prediction is read: other labels explain a prediction of another shape
+        if (labels := dataset.labels_beside(case_id)) and (pred_dir / labels).is_file():
+            _check_their_labels(pred_dir / labels, gt, dataset)
+            same_labels.append(labels)
         pred, spacing = dataset.read_prediction(path, greyed)
         if spacing is not None and case.spacing is not None and not np.allclose(spacing, case.spacing, rtol=1e-4,
                                                                                   atol=0):
@@ -141,11 +151,14 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
                      "these are the run's numbers")
     suffixed = [case_id for case_id in ids if files[case_id] != dataset.prediction_name(case_id)]
     if suffixed:
-        notes.append(f"{len(suffixed)} of {len(ids)} files are named as the data's challenge names its masks, with "
+        notes.append(f"{len(suffixed)} of {len(ids)} files are named as {dataset.mask_suffix_by}, with "
                      f"{dataset.mask_suffix!r} after the case id ({files[suffixed[0]]}): each scored as its case's")
     if greyed:
         notes.append(f"{len(greyed)} of {len(ids)} masks were PNGs stored in colour whose channels are equal (first: "
                      f"{greyed[0].relative_to(pred_dir).as_posix()}): read as that grey")
+    if same_labels:
+        notes.append(f"their labels are ours: the labels written beside {len(same_labels)} of {len(ids)} predictions "
+                     f"(first: {same_labels[0]}) are the ground truth scored here, voxel for voxel: same test data")
     if respaced:
         notes.append(_spacing_note(respaced, len(ids), get_policy(policy)))
     missed = _miss_note(get_policy(policy), per_case, result.hd95_unit)
@@ -205,7 +218,8 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
     expected = {name: case_id for case_id, its in names.items() for name in its}
     found = {p.relative_to(pred_dir).as_posix() for p in pred_dir.rglob("*")
              if p.is_file() and not any(hidden(Path(part)) for part in p.relative_to(pred_dir).parts)}
-    found = {name for name in found if name in expected or not name.endswith(NOT_PREDICTIONS)}
+    passed_over = NOT_PREDICTIONS + dataset.not_predictions
+    found = {name for name in found if name in expected or not name.endswith(passed_over)}
     # an example of the names expected: one not in the folder already
     example = next((name for name in expected if name not in found), dataset.prediction_name(ids[0]) if ids else "")
     if not found:
@@ -357,6 +371,49 @@ def _spacing_note(respaced: list[tuple[str, tuple, tuple]], n: int, policy: Poli
     return (f"{len(respaced)} of {n} volumes' headers give another voxel spacing than their case's (first: {name}, "
             f"{said(theirs)} mm (x, y, z), the case's {said(ours)} mm): scored voxel for voxel on the case's grid, "
             f"as their shape is its; {hd95}")
+
+
+def _check_their_labels(path: Path, gt: np.ndarray, dataset: SegDataset) -> None:
+    """BenchError where the labels another tool wrote beside its prediction of a case (``path``,
+    ``SegDataset.labels_beside``; read once) are not its ground truth ``gt``, voxel for voxel: the tool's numbers
+    were computed against other labels (another organ order, other volumes), so these would not be its numbers,
+    and its predictions, of those labels, may mean other classes here. Says how many voxels and which classes
+    differ, or that the same structures carry other ids."""
+    from bench.data.nnunet import read_nifti
+
+    theirs, _ = read_nifti(path, label=True)
+    if theirs.shape == gt.shape and np.array_equal(theirs, gt):
+        return
+    if theirs.shape != gt.shape:
+        why = f"stored shape {theirs.shape[::-1]}, where its case's is (x, y, z) = {gt.shape[::-1]}: another volume's"
+    else:
+        differ = theirs != gt
+        ids = np.union1d(np.unique(theirs[differ]), np.unique(gt[differ]))
+        why = (f"{int(differ.sum()):,} of {gt.size:,} voxels differ, in classes "
+               f"{', '.join(_class_said(int(i), dataset) for i in ids if i)}{_relabelled(theirs, gt, dataset)}")
+    raise BenchError(f"{path}: labels written beside the predictions that are not the ground truth scored here, at "
+                     f"{dataset.root} ({why}); the numbers their tool gave were computed against them: score the "
+                     "predictions with the data they were made on (its --data-root), or move the label files out "
+                     "of the folder to score them against these labels anyway")
+
+
+def _class_said(class_id: int, dataset: SegDataset) -> str:
+    """A class id in words: its name where the data has that class."""
+    return (f"{class_id} ({dataset.class_names[class_id - 1]})" if 0 < class_id < dataset.num_classes else
+            f"{class_id} (no class of the data)")
+
+
+def _relabelled(theirs: np.ndarray, gt: np.ndarray, dataset: SegDataset) -> str:
+    """Where ``theirs`` holds ``gt``'s structures, each under one other id (another organ order), the words
+    that say which ids ours carry there; "" otherwise."""
+    if theirs.min() < 0:
+        return ""
+    base = int(theirs.max()) + 1
+    ours, their = np.divmod(np.unique(gt * base + theirs), base)  # each (ours, theirs) pair of ids found, once
+    if len(set(ours.tolist())) != len(ours) or len(set(their.tolist())) != len(their):
+        return ""
+    moved = [f"{_class_said(int(o), dataset)} as {int(t)}" for o, t in zip(ours, their) if o != t]
+    return f"; the same structures under other ids, ours {', '.join(moved)}: another class order"
 
 
 def _protocol_hint(made_by: dict[str, str], protocol: Protocol) -> str:

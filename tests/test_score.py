@@ -709,6 +709,97 @@ def test_isic_masks_named_as_the_challenge_ships_them_are_scored_and_said(tmp_pa
         score_predictions(volumes, synapse, proto)
 
 
+def _test_script_folder(tmp_path, n_test=2, labels=None):
+    """``_gt_folder``'s data and folder as TransUNet's test script writes one instead (utils.py test_single_volume,
+    given a save path): each test case's <case>_pred.nii.gz, <case>_img.nii.gz and <case>_gt.nii.gz, float32
+    (D, H, W) arrays saved with SimpleITK at spacing (1, 1, 1). The prediction is the case's labels; the _gt file
+    holds ``labels(case_id, label)`` where given (a copy, changed or not; None: no _gt file)."""
+    import SimpleITK as sitk
+
+    ds, folder = _gt_folder(tmp_path, n_test)
+    for case_id in ds.test_ids():
+        (folder / ds.prediction_name(case_id)).unlink()
+        case = ds.load_test(case_id)
+        gt = case.label.copy() if labels is None else labels(case_id, case.label.copy())
+        for suffix, array in {"_pred": case.label, "_img": case.image, **({} if gt is None else {"_gt": gt})}.items():
+            itk = sitk.GetImageFromArray(array.astype(np.float32))
+            itk.SetSpacing((1, 1, 1))  # the script's (1, 1, z_spacing=1)
+            sitk.WriteImage(itk, str(folder / f"{case_id}{suffix}.nii.gz"))
+    return ds, folder
+
+
+def test_transunets_test_script_output_is_scored_as_it_is(tmp_path):
+    """The TransUNet lineage's test script names each prediction <case>_pred.nii.gz, beside its image and labels:
+    scored as the case's, the other two passed over, said; a case with a <case>.nii.gz too is refused."""
+    ds, folder = _test_script_folder(tmp_path)
+    first = ds.test_ids()[0]
+    scores = score_predictions(folder, ds, SMOKE, "legacy-synapse")
+    assert scores.metrics["dice"] == 1.0 and scores.scored["n_cases"] == 2
+    assert f"2 of 2 files are named as TransUNet's test script (utils.py test_single_volume) names its " \
+           f"predictions, with '_pred' after the case id ({first}_pred.nii.gz): each scored as its case's" \
+           in scores.notes
+    (folder / f"{first}_pred.nii.gz").rename(folder / f"{first}.nii.gz")  # as bench predict names it: the same
+    assert score_predictions(folder, ds, SMOKE, "legacy-synapse").metrics["dice"] == 1.0
+    (folder / f"{first}_pred.nii.gz").write_bytes((folder / f"{first}.nii.gz").read_bytes())
+    with pytest.raises(BenchError, match=rf"preds: {first}.nii.gz and {first}_pred.nii.gz both name test case "
+                                         rf"'{first}' \(1 of 2 cases have two files\); keep one of each"):
+        score_predictions(folder, ds, SMOKE)
+    for case_id in ds.test_ids():  # no prediction left: the image and labels are no prediction of the case
+        for name in (f"{case_id}.nii.gz", f"{case_id}_pred.nii.gz"):
+            (folder / name).unlink(missing_ok=True)
+    with pytest.raises(BenchError, match=rf"preds: no prediction files; expected one per test case, named as "
+                                         rf"{first}.nii.gz$"):
+        score_predictions(folder, ds, SMOKE)
+
+
+def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_path, monkeypatch):
+    """Each <case>_gt.nii.gz beside the predictions, read once, is compared voxel for voxel with the ground truth
+    scored: the same, said; else refused at the first case that differs, naming how many voxels and which classes
+    differ, or the ids the same structures carry there, or the other volume's shape."""
+    from collections import Counter
+    from pathlib import Path
+
+    import nibabel as nib
+
+    ds, folder = _test_script_folder(tmp_path / "same")
+    opened, real_load = Counter(), nib.load
+    monkeypatch.setattr(nib, "load", lambda path, *a, **k: opened.update([Path(path).name]) or real_load(path, *a, **k))
+    scores = score_predictions(folder, ds, SMOKE, "legacy-synapse")
+    first, second = ds.test_ids()
+    assert f"their labels are ours: the labels written beside 2 of 2 predictions (first: {first}_gt.nii.gz) are the " \
+           "ground truth scored here, voxel for voxel: same test data" in scores.notes
+    assert opened == Counter({f"{c}{suffix}.nii.gz": 1 for c in (first, second) for suffix in ("_pred", "_gt")})
+
+    def edited(edit):
+        return lambda case_id, label: edit(label) if case_id == second else label
+
+    def refused(tmp, labels):
+        ds, folder = _test_script_folder(tmp_path / tmp, labels=labels)
+        with pytest.raises(BenchError) as err:
+            score_predictions(folder, ds, SMOKE, "legacy-synapse")
+        start = (f"{folder / second}_gt.nii.gz: labels written beside the predictions that are not the ground truth "
+                 f"scored here, at {ds.root} (")
+        assert str(err.value).startswith(start) and str(err.value).endswith(
+            "); the numbers their tool gave were computed against them: score the predictions with the data they were "
+            "made on (its --data-root), or move the label files out of the folder to score them against these labels "
+            "anyway")
+        return str(err.value)[len(start):str(err.value).index("); the numbers")], ds.load_test(second).label
+
+    def kidney_as_spleen(label):  # 3 voxels of the left kidney (3) labelled spleen (7)
+        label[tuple(np.argwhere(label == 3)[:3].T)] = 7
+        return label
+
+    assert refused("voxels", edited(kidney_as_spleen))[0] == \
+        "3 of 6,144 voxels differ, in classes 3 (kidney_l), 7 (spleen)"
+    # aorta and gallbladder swapped, the stomach given an id the data has no class of
+    said, label = refused("ids", edited(lambda label: np.choose(label, [0, 2, 1, 3, 4, 5, 6, 7, 12])))
+    assert said == (f"{int(np.isin(label, (1, 2, 8)).sum()):,} of 6,144 voxels differ, in classes 1 (aorta), 2 "
+                    "(gallbladder), 8 (stomach), 12 (no class of the data); the same structures under other ids, ours "
+                    "1 (aorta) as 2, 2 (gallbladder) as 1, 8 (stomach) as 12: another class order")
+    assert refused("shape", edited(lambda label: label[1:]))[0] == \
+        "stored shape (32, 32, 5), where its case's is (x, y, z) = (32, 32, 6): another volume's"
+
+
 def test_colour_and_jpeg_masks_are_read_as_grey_or_refused_by_name(tmp_path):
     """A mask saved as RGB with three equal channels (OpenCV's imwrite of a 3-channel array) is that grey, said;
     one of other colours, or see-through, has no one label to read; a JPEG's edges are no 0/255."""

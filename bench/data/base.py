@@ -70,9 +70,14 @@ class SegDataset:
     default_policy: str = "strict"
     volumes: bool = False  # test cases are 3-D volumes (scored per volume), not 2-D images
     layout: str = ""  # one line describing the expected on-disk layout, used in error messages
-    # what the data's own challenge adds to a case id in its masks' names (ISIC: "_segmentation", as in
-    # ISIC_0000000_segmentation.png): bench score takes a prediction so named too (prediction_names)
+    # what the data's own tools add to a case id in a label map's name (ISIC's challenge: "_segmentation", as in
+    # ISIC_0000000_segmentation.png; Synapse's TransUNet test script: "_pred"): bench score takes a prediction so
+    # named too (prediction_names), and says who names it so (mask_suffix_by)
     mask_suffix: str = ""
+    mask_suffix_by: str = "the data's challenge names its masks"
+    # endings of the files those tools write beside their predictions that are no prediction (Synapse's test
+    # script: each case's image and labels): bench score passes over them, as over score.NOT_PREDICTIONS
+    not_predictions: tuple[str, ...] = ()
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -286,6 +291,12 @@ class SegDataset:
         data's challenge names its masks with a ``mask_suffix``, that name with the suffix after the case id."""
         name = self.prediction_name(case_id)
         return (name, f"{case_id}{self.mask_suffix}{name[len(case_id):]}") if self.mask_suffix else (name,)
+
+    def labels_beside(self, case_id: str) -> str | None:
+        """The file the data's own tools write ``case_id``'s labels to beside its prediction (TransUNet's test
+        script: ``<case>_gt.nii.gz``), which ``bench score`` compares with the ground truth it scores against;
+        None where they write none."""
+        return None
 
     def unscored_hint(self, extra: list[str], held: list[str]) -> str:
         """Whose files ``extra`` (names in a prediction folder that are no test case scored here,

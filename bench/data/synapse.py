@@ -55,6 +55,10 @@ LIST_DIRS = ("lists/lists_Synapse", "lists/list_Synapse", "lists_Synapse")
 TRAIN_LIST = "train.txt"
 TEST_LIST = "test_vol.txt"
 H5_SUFFIX = ".npy.h5"
+# TransUNet's test script (utils.py test_single_volume, which Swin-Unet, VM-UNet and VM-UNet-V2 reuse), given a save
+# path, writes each test case's prediction, image and labels with SimpleITK: case0008_pred.nii.gz, case0008_img.nii.gz,
+# case0008_gt.nii.gz (float32, spacing (1, 1, z_spacing=1)); bench score reads such a folder as it is
+TEST_SCRIPT_PRED, TEST_SCRIPT_IMG, TEST_SCRIPT_GT = "_pred", "_img", "_gt"
 # what a scaled image may span: the real files' -0.15..1.19 with a margin; raw HU or 0..255 is far outside
 IMAGE_RANGE = (-1.0, 2.0)
 
@@ -300,6 +304,9 @@ class SynapseDataset(SegDataset):
         "<root>/train_npz/caseXXXX_sliceYYY.npz and/or <root>/test_vol_h5/caseXXXX.npy.h5, "
         "lists in <root>/lists/lists_Synapse/{train.txt,test_vol.txt} (TransUNet layout)"
     )
+    mask_suffix = TEST_SCRIPT_PRED
+    mask_suffix_by = "TransUNet's test script (utils.py test_single_volume) names its predictions"
+    not_predictions = (f"{TEST_SCRIPT_IMG}.nii.gz", f"{TEST_SCRIPT_GT}.nii.gz")
 
     def __init__(self, root: str | Path):
         super().__init__(root)
@@ -362,6 +369,9 @@ class SynapseDataset(SegDataset):
     def load_test(self, case_id: str) -> Case:
         image, label, spacing = read_volume(_existing(self.test_file(case_id)))
         return Case(case_id=case_id, image=image, label=label, spacing=spacing or self._spacing.get(case_id))
+
+    def labels_beside(self, case_id: str) -> str | None:
+        return f"{case_id}{TEST_SCRIPT_GT}.nii.gz"
 
     def spacing_unknown(self, case_ids: list[str]) -> list[str]:
         return [c for c in case_ids if c not in self._spacing and volume_spacing(_existing(self.test_file(c))) is None]
