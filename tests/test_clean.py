@@ -210,8 +210,8 @@ def test_a_file_that_cannot_be_deleted_is_said(tmp_path, monkeypatch, capsys):
     write_record(rec, tmp_path)
     ckpt = run_dir(tmp_path, rec["run_id"]) / "checkpoints"
     ckpt.mkdir(parents=True)
-    for name in ("final.pt", "last.pt", "epoch_0001.pt"):
-        (ckpt / name).write_bytes(b"\0")
+    for name, size in (("final.pt", 1), ("last.pt", 5_000_000), ("epoch_0001.pt", 2_000_000)):
+        (ckpt / name).write_bytes(b"\0" * size)
     unlink = Path.unlink
 
     def refuse(self, *args, **kwargs):  # as for a file of another user's folder (root may delete it: no chmod)
@@ -223,7 +223,10 @@ def test_a_file_that_cannot_be_deleted_is_said(tmp_path, monkeypatch, capsys):
     proc = run_bench_here(monkeypatch, capsys, "clean", "--results", tmp_path)
     assert (ckpt / "last.pt").exists() and not (ckpt / "epoch_0001.pt").exists()
     assert f"note: 1 file(s) could not be deleted: {ckpt / 'last.pt'}" in proc.stdout
-    assert clean(tmp_path).kept == [ckpt / "last.pt"]
+    # what was deleted is said without it: one file, its 2 MB (it said 2 files, 7 MB)
+    assert f"deleted in {tmp_path}, 2.0 MB:\n  1 resume-only file(s) of 1 finished run(s)" in proc.stdout, proc.stdout
+    again = clean(tmp_path)
+    assert again.kept == [ckpt / "last.pt"] and again.resume == {} and again.size == 0
 
 
 def test_a_record_of_a_newer_bench_is_said_and_its_run_left_alone(tmp_path):
