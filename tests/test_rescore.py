@@ -685,7 +685,7 @@ def test_bench_run_under_the_policy_scores_a_rescore_of_an_earlier_training_agai
     weights under strict. Now bench run scores them into it, as bench rescore does, without training."""
     import bench.run
     from bench.fileio import file_sha256
-    from bench.rescore import rescored_twin, stale_twin
+    from bench.rescore import rescored_twin, twin_state
     from bench.run import run_grid, run_state
 
     root, _, legacy = trained
@@ -698,13 +698,18 @@ def test_bench_run_under_the_policy_scores_a_rescore_of_an_earlier_training_agai
     with pytest.warns(UserWarning, match="an earlier attempt's checkpoint"):
         run_grid([_spec(root, results, "legacy-synapse")], results_dir=results, device=CPU, say=lambda line: None)
     strict = _spec(root, results, "strict")
-    assert rescored_twin(strict, results) == old["run_id"] and rescored_twin(strict, results, current=True) is None
-    assert stale_twin(strict, results)["run_id"] == legacy["run_id"]
+    assert rescored_twin(strict, results) == old["run_id"]
+    twin, stale = twin_state(strict, results)
+    assert twin is None and stale["run_id"] == legacy["run_id"]
     assert run_state(strict, results) == ("finished", f"rescored into its policy ({old['run_id']}) from an earlier "
                                                       f"training of run {legacy['run_id']}: bench run scores its "
                                                       "weights now")
-    lines = []
+    lines, read = [], []
+    reading = records.read_record
+    monkeypatch.setattr(records, "read_record", lambda d, rid: read.append(rid) or reading(d, rid))
     run_grid([strict], results_dir=results, device=CPU, say=lines.append)
+    # deciding to score it again reads the run's record and its rescore once (the rescore reads no more)
+    assert sorted(read) == sorted([legacy["run_id"], old["run_id"]]), read
     assert f"  {strict.key}: the same training was rescored under strict ({old['run_id']}), from an earlier training " \
            f"of run {legacy['run_id']}, trained again since: scoring its weights now" in lines, lines
     assert lines[-1].startswith("bench run: 1 finished;"), lines
