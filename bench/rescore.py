@@ -301,13 +301,15 @@ def rescored_twin(spec, results_dir: Path) -> str | None:
 def twin_state(spec, results_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
     """What `bench run` does with ``spec`` by its training's rescores into ``spec.policy`` (``_twins``), each
     record read once: (the id of one that counts, None): skip ``spec``; (None, the record of a run whose rescore
-    scored an earlier training of it, trained again since): score them again (``rescore_record``, as
-    `bench rescore` does) rather than train ``spec`` a second time; (None, None): train ``spec``."""
+    scored an earlier training of it, trained again since, its weights there): score them again (``rescore_record``,
+    as `bench rescore` does) rather than train ``spec`` a second time; (None, None): train ``spec``, as where the
+    weights to score again are gone (that rescore cannot be made current)."""
     stale = None
     for source, twin in _twins(spec, results_dir):
         if (rec := _trained_again(results_dir, source, spec.policy)) is None:
             return twin, None
-        stale = stale or rec
+        if stale is None and weights_path(results_dir, rec).is_file():
+            stale = rec
     return None, stale
 
 

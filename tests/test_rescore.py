@@ -720,6 +720,33 @@ def test_bench_run_under_the_policy_scores_a_rescore_of_an_earlier_training_agai
     assert run_state(strict, results)[0] == "done" and plan_rescore(results, "strict") == []
 
 
+def test_bench_run_trains_the_run_where_a_stale_rescore_s_weights_are_gone(trained, tmp_path, monkeypatch):
+    """`bench run --policy strict` of a run whose strict rescore is of an earlier training, its run's weights
+    deleted since, failed (final.pt not found) while --dry-run said it scores them: that rescore cannot be made
+    current, so it does not count, and bench run trains the strict run itself (as --dry-run says)."""
+    import bench.run
+    from bench.rescore import twin_state
+    from bench.run import run_grid, run_state
+
+    root, _, legacy = trained
+    results = _alone(trained, tmp_path)
+    (rec,) = plan_rescore(results, "strict")
+    rescore_record(rec, "strict", results, CPU)
+    record_path(results, legacy["run_id"]).unlink()
+    seeded = bench.run.seed_everything  # other initial weights stand for another thread count's training
+    monkeypatch.setattr(bench.run, "seed_everything", lambda seed: seeded(seed + 1))
+    with pytest.warns(UserWarning, match="an earlier attempt's checkpoint"):
+        run_grid([_spec(root, results, "legacy-synapse")], results_dir=results, device=CPU, say=lambda line: None)
+    for path in (results / "runs" / legacy["run_id"] / "checkpoints").glob("*.pt"):
+        path.unlink()
+    strict = _spec(root, results, "strict")
+    assert twin_state(strict, results) == (None, None)
+    assert run_state(strict, results) == ("missing", "")
+    lines = []
+    run_grid([strict], results_dir=results, device=CPU, say=lines.append)
+    assert record_path(results, strict.key).is_file() and lines[-1].startswith("bench run: 1 finished;"), lines
+
+
 def test_a_resume_evaluating_the_same_final_pt_keeps_its_rescore(trained, tmp_path):
     """`bench run --resume` of a finished run whose record was deleted evaluates final.pt again without
     training: the same weights, so its rescore stays on the board."""
