@@ -624,14 +624,16 @@ def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
     from bench.claim import held_by
     from bench.rescore import rescore_id
 
-    done, rescored, source = finished(spec, results_dir)
-    if done or rescored:
-        return "done", "" if done else f"rescored into its policy ({rescored})"
+    if records.record_path(results_dir, spec.key).is_file():
+        return "done", ""
+    if holder := held_by(results_dir, spec.key):  # bench run claims it before reading its rescores (_run_specs)
+        return "running", f"by {holder}"
+    _, rescored, source = finished(spec, results_dir)
+    if rescored:
+        return "done", f"rescored into its policy ({rescored})"
     if source is not None:  # what bench run does: score it again, no training
         return "finished", (f"rescored into its policy ({rescore_id(source['run_id'], spec.policy)}) from an earlier "
                             f"training of run {source['run_id']}: bench run scores its weights now")
-    if holder := held_by(results_dir, spec.key):
-        return "running", f"by {holder}"
     ckpt = records.run_dir(results_dir, spec.key) / CHECKPOINT_DIR
     if (ckpt / FINAL).is_file():  # what bench run does with it (train_model: a resume from the last epoch trains none)
         again = ("bench run evaluates the given weights again" if spec.weights else

@@ -685,6 +685,8 @@ def test_bench_run_under_the_policy_scores_a_rescore_of_an_earlier_training_agai
     weights under strict. Now bench run scores them into it, as bench rescore does, without training."""
     import bench.run
     from bench.fileio import file_sha256
+    from bench.claim import claim_run
+    from bench.errors import HeldError
     from bench.rescore import rescored_twin, twin_state
     from bench.run import run_grid, run_state
 
@@ -704,6 +706,12 @@ def test_bench_run_under_the_policy_scores_a_rescore_of_an_earlier_training_agai
     assert run_state(strict, results) == ("finished", f"rescored into its policy ({old['run_id']}) from an earlier "
                                                       f"training of run {legacy['run_id']}: bench run scores its "
                                                       "weights now")
+    with claim_run(results, strict.key):  # held: bench run says so before reading its rescores, as --dry-run
+        assert run_state(strict, results)[0] == "running"
+        lines = []
+        with pytest.raises(HeldError):
+            run_grid([strict], results_dir=results, device=CPU, say=lines.append)
+        assert any(line.startswith(f"  {strict.key}: being run by ") for line in lines), lines
     lines, read = [], []
     reading = records.read_record
     monkeypatch.setattr(records, "read_record", lambda d, rid: read.append(rid) or reading(d, rid))
