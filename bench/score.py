@@ -71,13 +71,13 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     model's files name other classes (``SegDataset.prediction_folder_notes``; a note where they name the
     same classes otherwise); its run's fold, where not the one scored, is named in a case error. A dataset of
     every fold's cases (nnU-Net's ``ALL_FOLDS``) scores them pooled, one aggregate over all, and each fold's
-    DSC (``Scores.per_fold``). On nnU-Net data a folder of nnU-Net's own fold "all", whose model trained on every
-    case, is refused whatever the split (``trained_on_every_case``)."""
+    DSC (``Scores.per_fold``). On nnU-Net data a folder of nnU-Net's own fold "all" of a model of this data (or of one
+    nothing names), which trained on every case, is refused whatever the split (``trained_on_every_case``)."""
     pred_dir = Path(pred_dir).expanduser()
     protocol.check_dataset(dataset.name)
     # every case bench scores on nnU-Net data is a labelsTr case, which nnU-Net's fold "all" trained on: whatever
     # the split, a score of its predictions (those of a folder trimmed to the test cases too) is a training score
-    if isinstance(dataset, NnUNetDataset) and (fold_all := trained_on_every_case(pred_dir)):
+    if isinstance(dataset, NnUNetDataset) and (fold_all := trained_on_every_case(pred_dir, dataset)):
         why = (f"no cross-validation score exists for them; --fold {ALL_FOLDS} scores a cross-validation's "
                "predictions, each case by the fold that did not train on it (the fold_K/validation folders of folds "
                "0-4, copied into one)" if dataset.fold == ALL_FOLDS else

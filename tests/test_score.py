@@ -352,7 +352,10 @@ def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored
             shutil.copyfile(root / "labelsTr" / f"{name}.nii.gz", trained / f"{name}.nii.gz")
         with pytest.raises(BenchError, match=rf"^--predictions {re.escape(str(trained))}: a folder of nnU-Net's "
                                              r"fold_all, whose model \(nnUNetv2_train DATASET CONFIG all\) trained on "
-                                             r"every case, so its predictions are of cases it was trained on: no score "
+                                             r"every case, so its predictions are of cases it was trained on \(nothing "
+                                             r"names the model's dataset: no plans.json in .* names it; predictions of "
+                                             r"other cases, as an external test set's, are scored from a folder outside "
+                                             r"any named fold_all\): no score "
                                              r"of it is a test score; a cross-validation fold's own folder "
                                              r"\(fold_K/validation\) is scored with --fold K$") as info:
             score_predictions(trained, split, SMOKE)
@@ -361,10 +364,36 @@ def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored
     for folder in (trained, tmp_path / "linked"):
         with pytest.raises(BenchError, match=rf"^--predictions {re.escape(str(folder))}: a folder of nnU-Net's "
                                              r"fold_all, whose model .* trained on every case, so its predictions are "
-                                             r"of cases it was trained on: no cross-validation score exists for them; "
+                                             r"of cases it was trained on \(.*\): no cross-validation score exists for them; "
                                              r"--fold all scores a cross-validation's predictions, each case by the "
                                              r"fold that did not train on it"):
             score_predictions(folder, open_dataset("nnunet", root, fold="all"), SMOKE)
+
+
+def test_a_fold_all_folder_is_refused_only_as_a_model_of_this_data(tmp_path):
+    """bench score refused every path with a fold_all part as nnU-Net's fold "all" training score, an external
+    test set's predictions by such a model too. Now its model's plans.json (or nnUNet_results/DatasetXXX_Name
+    folder) decides: a model of this data's dataset is refused, saying so; one of another dataset is scored."""
+    import json
+    import shutil
+
+    root = synthesize("nnunet", tmp_path / "Dataset900_Synth", n_cases=5, depth=4, size=16)
+    ds = open_dataset("nnunet", root)
+    model = tmp_path / "nnUNet_results" / "Dataset900_Synth" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    preds = model / "fold_all" / "validation"
+    preds.mkdir(parents=True)
+    for name in ds.test_ids():
+        shutil.copyfile(root / "labelsTr" / f"{name}.nii.gz", preds / f"{name}.nii.gz")
+    this = r"fold_all, whose model \(nnUNetv2_train DATASET CONFIG all\) trained on every case of this data "
+    with pytest.raises(BenchError, match=this + r"\(Dataset900_Synth, as its results folder .*nnUNet_results/"
+                                               r"Dataset900_Synth names it\), so its predictions are of cases it "
+                                               r"was trained on: no score of it is a test score"):
+        score_predictions(preds, ds, SMOKE)
+    (model / "plans.json").write_text(json.dumps({"dataset_name": "Dataset901_External"}))
+    assert score_predictions(preds, ds, SMOKE).metrics["dice"] == 1.0  # another dataset's model: other cases
+    (model / "plans.json").write_text(json.dumps({"dataset_name": "Dataset900_Synth"}))
+    with pytest.raises(BenchError, match=this + r"\(Dataset900_Synth, as .*plans.json names it\)"):
+        score_predictions(preds, ds, SMOKE)
 
 
 def test_predictions_of_a_run_under_another_protocol_say_which(tmp_path):

@@ -44,8 +44,9 @@ def score(
     fold: Annotated[Optional[str], typer.Option(help="nnunet data: score the test cases of this cross-validation "
                                                      "fold (as bench run --folds K), or 'all': every fold's "
                                                      "validation cases, each once, pooled (nnU-Net's cross-validation "
-                                                     "summary); not nnU-Net's fold_all, whose model trained on every "
-                                                     "case (refused)")] = None,
+                                                     "summary). Whatever the fold, predictions in a folder of "
+                                                     "nnU-Net's fold_all of a model of this data are refused: it "
+                                                     "trained on every case")] = None,
     protocol: ProtocolName = None,
     policy: Annotated[Optional[str], typer.Option(help="metric policy (default: the protocol's)")] = None,
     format: Annotated[Optional[ScoreFormat], typer.Option(
