@@ -16,7 +16,7 @@ from bench.data import open_dataset, synthesize
 from bench.errors import BenchError
 from bench.metrics import hd95_penalty
 from bench.predict import MANIFEST, predict_run
-from bench.protocol import load_protocol
+from bench.protocol import PROTOCOL_DIR, load_protocol
 from bench.registry import get_entry
 from bench.rescore import record_protocol
 from bench.run import plan_grid, run_one
@@ -230,7 +230,7 @@ def test_all_folds_score_every_case_once_pooled_as_the_folds_scored_alone(tmp_pa
                                                                "...) or 'all'")
 
 
-def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path):
+def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path, monkeypatch, capsys):
     """eval.max_cases capped the pooled list, so --fold all under a capped protocol scored the first folds' cases
     alone (and refused the others' files as unscored): each fold's run scores its first N validation cases, and
     so does --fold all, every fold's beside, said in the notes and the table's title."""
@@ -247,8 +247,8 @@ def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path
     firsts = [val[0] for val in ds.fold_cases]
     second = next(val[1] for val in ds.fold_cases if len(val) > 1)
     with pytest.raises(BenchError, match=rf"{second}.png.*: no test case scored here; protocol 'smoke' scores each "
-                                         r"fold's first 1 validation case only \(eval.max_cases\); scored here: the 5 "
-                                         r"test case\(s\) of"):
+                                         r"fold's first 1 validation case only \(eval.max_cases\); scored here: 5 of "
+                                         r"the 7 validation case\(s\) of the 5 folds nnU-Net v2 generates, drawn"):
         score_predictions(every, ds, capped)
     for case_id in ds.cases:
         if case_id not in firsts:
@@ -262,9 +262,20 @@ def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path
         alone = score_predictions(own, open_dataset("nnunet", root, fold=k), capped)
         assert fold == {"fold": k, "n_cases": 1, "dice": alone.metrics["dice"]}
     assert scores.notes == ["protocol 'smoke' scores each fold's first 1 validation case (eval.max_cases), as each "
-                            "fold's run does: 5 of the 7 cases of all 5 folds"]
+                            "fold's run does: 5 of the split's 7 cases"]
     md = render(scores, "md")
-    assert "5 cases of nnunet:" in md and " · split: each fold's first 1 validation case of all 5 folds, of " in md
+    assert "5 cases of nnunet:" in md and " · split: each fold's first 1 validation case, of the 5 folds nnU-Net v2 " \
+        "generates, drawn by bench" in md
+    # the command says the cap at once after the split's count of every case, and once
+    toml = tmp_path / "capped.toml"
+    smoke = (PROTOCOL_DIR / "smoke.toml").read_text()
+    toml.write_text(smoke.replace("max_cases = 0", "max_cases = 1").replace('name = "smoke"', 'name = "capped"'))
+    proc = run_bench_here(monkeypatch, capsys, "score", "--predictions", every, "--dataset", "nnunet", "--data-root",
+                          root, "--fold", "all", "--protocol", toml, "--format", "json")
+    lines = proc.stderr.splitlines()
+    assert "split: all 5 folds' validation cases, 7 cases, each once" in lines[0], lines
+    assert lines[1:] == ["note: protocol 'capped' scores each fold's first 1 validation case (eval.max_cases), as each "
+                         "fold's run does: 5 of the split's 7 cases"], lines
 
 
 def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored(tmp_path, monkeypatch, capsys):
