@@ -85,7 +85,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
                "with --fold K")
         raise BenchError(f"--predictions {pred_dir}: a folder {fold_all}: {why}")
     made_by = _manifest(pred_dir)
-    notes = _data_notes(made_by, dataset, pred_dir)  # another dataset's predictions: refused before all else
+    notes = _data_notes(made_by, dataset, pred_dir)  # another dataset's predictions: refused before any prediction is read
     if pred_dir.is_dir():  # nnUNetv2_predict's copy of the model's dataset.json: a model of other labels refused
         notes += dataset.prediction_folder_notes(pred_dir)
     if policy is None and made_by.get("policy") and made_by.get("protocol") == protocol.name:
