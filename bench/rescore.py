@@ -46,9 +46,13 @@ def rescore_id(run_id: str, policy: str) -> str:
 
 
 def unscored_records(results_dir: Path) -> frozenset[str]:
-    """The names of the folder's records that no rescore wrote (``rescore_id``'s ``<run_id>.<policy>``)."""
-    return frozenset(p.name for p in records.records_dir(results_dir).glob("*.json")
-                     if not any(p.stem.endswith(f".{policy}") for policy in POLICIES))
+    """The names of the folder's records that no rescore wrote (``rescored_name``)."""
+    return frozenset(p.name for p in records.records_dir(results_dir).glob("*.json") if not rescored_name(p.name))
+
+
+def rescored_name(name: str) -> bool:
+    """Whether a records/ file name is one a rescore wrote (``rescore_id``'s ``<run_id>.<policy>.json``)."""
+    return any(Path(name).stem.endswith(f".{policy}") for policy in POLICIES)
 
 
 def weights_path(results_dir: Path, rec: dict[str, Any]) -> Path:
