@@ -14,7 +14,7 @@ from typing import Any
 
 from bench import claim, fileio, records
 from bench.errors import BenchError
-from bench.rescore import unscored_records, weights_path
+from bench.rescore import rescored_name, weights_path
 
 # in a finished run's checkpoints/: what a resume alone reads (the scored weights are never among them)
 RESUME_ONLY = ("last.pt", "epoch_*.pt", "best@*.pt")
@@ -48,7 +48,7 @@ def clean(results_dir: Path, dry_run: bool = False) -> Cleanup:
     found = Cleanup()
     parsed = _parsed_records(results_dir)  # each file read once
     evaluated = _evaluated_files(parsed.values())
-    for name in sorted(unscored_records(results_dir) & parsed.keys()):
+    for name in sorted(name for name in parsed if not rescored_name(name)):  # the runs' own: records/ read once
         try:
             rec = parsed[name]
             if isinstance(rec, BenchError):

@@ -64,6 +64,7 @@ __all__ = [
     "load",
     "load_both",
     "select_runs",
+    "StaleRescoresLeftOut",
 ]
 
 SCHEMA_VERSION = 1
@@ -725,15 +726,16 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False, current: 
     then ``CASE_COLUMNS`` (and any extra per-case keys), then the run's ``hd95_unit``.
 
     ``recheck`` (``bench report``, ``bench check``): each run's stored aggregates and per-class numbers are recomputed
-    from its case rows, each row's numbers first from its own pixel counts where it keeps them (``restated``);
-    where they differ (a record edited by hand, or written by a bench that scored or aggregated otherwise) the
+    from its case rows, each row's numbers (its ``empty`` label too, and so the run's miss counts) first from its
+    own pixel counts where it keeps them (``restated``); where they differ (a record edited by hand, or written by a bench that scored or aggregated otherwise) the
     row holds the recomputed ones and its ``restated`` column says what was stored (naming the case rows) and
     which code stored it, and one warning names the files.
     Boards then agree with their CIs and tests, which the case rows give: with ``level="case"``, ``recheck``
     gives each row's numbers as its counts give them (``recounted``; the run level's warning says which).
 
     ``current`` (what builds boards: bench report, check, figure): `bench rescore` records of weights their run
-    no longer has (``stale_rescores``: trained again since) are left out, and one warning names them and the fix.
+    no longer has (``stale_rescores``: trained again since) are left out, and one warning names them and the fix,
+    of its own category ``StaleRescoresLeftOut`` (a caller that scores them again ignores it by that).
 
     JSON ``null`` reads back as NaN. An unreadable or invalid file raises ``BenchError`` naming
     it: silently dropping a result would change a leaderboard without anyone noticing. A results

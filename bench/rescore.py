@@ -38,7 +38,7 @@ from bench.rng import deterministic_kernels
 from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, load_checkpoint
 
 __all__ = ["rescore_id", "weights_path", "scored_weights", "earlier_rescores", "record_protocol", "run_model",
-           "rescore_record", "plan_rescore", "rescored_twin", "stale_twin", "DataRoots"]
+           "rescore_record", "plan_rescore", "rescored_twin", "twin_state", "DataRoots"]
 
 
 def rescore_id(run_id: str, policy: str) -> str:
@@ -46,9 +46,13 @@ def rescore_id(run_id: str, policy: str) -> str:
 
 
 def unscored_records(results_dir: Path) -> frozenset[str]:
-    """The names of the folder's records that no rescore wrote (``rescore_id``'s ``<run_id>.<policy>``)."""
-    return frozenset(p.name for p in records.records_dir(results_dir).glob("*.json")
-                     if not any(p.stem.endswith(f".{policy}") for policy in POLICIES))
+    """The names of the folder's records that no rescore wrote (``rescored_name``)."""
+    return frozenset(p.name for p in records.records_dir(results_dir).glob("*.json") if not rescored_name(p.name))
+
+
+def rescored_name(name: str) -> bool:
+    """Whether a records/ file name is one a rescore wrote (``rescore_id``'s ``<run_id>.<policy>.json``)."""
+    return any(Path(name).stem.endswith(f".{policy}") for policy in POLICIES)
 
 
 def weights_path(results_dir: Path, rec: dict[str, Any]) -> Path:
@@ -296,23 +300,25 @@ def _twins(spec, results_dir: Path) -> Iterator[tuple[str, str]]:
             yield source, twin
 
 
-def rescored_twin(spec, results_dir: Path, current: bool = False) -> str | None:
+def rescored_twin(spec, results_dir: Path) -> str | None:
     """The run id of a `bench rescore` record holding ``spec``'s training under ``spec.policy``:
-    the run planned the same under another policy, rescored into this one; None if there is none.
-    `bench run` then skips ``spec`` instead of training it again. ``current``: one of an earlier
-    training of that run (``stale_twin``) does not count: bench run scores it again."""
+    the run planned the same under another policy, rescored into this one; None if there is none."""
+    return next((twin for _, twin in _twins(spec, results_dir)), None)
+
+
+def twin_state(spec, results_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """What `bench run` does with ``spec`` by its training's rescores into ``spec.policy`` (``_twins``), each
+    record read once: (the id of one that counts, None): skip ``spec``; (None, the record of a run whose rescore
+    scored an earlier training of it, trained again since, its weights there): score them again (``rescore_record``,
+    as `bench rescore` does) rather than train ``spec`` a second time; (None, None): train ``spec``, as where the
+    weights to score again are gone (that rescore cannot be made current)."""
+    stale = None
     for source, twin in _twins(spec, results_dir):
-        if not (current and _trained_again(results_dir, source, spec.policy)):
-            return twin
-    return None
-
-
-def stale_twin(spec, results_dir: Path) -> dict[str, Any] | None:
-    """The record of a run of ``spec``'s training under another policy whose rescore into ``spec.policy``
-    scored an earlier training of it (``earlier_rescores``: trained again since), which `bench run` scores
-    again (``rescore_record``, as `bench rescore` does) rather than train ``spec`` a second time; else None."""
-    return next((rec for source, _ in _twins(spec, results_dir)
-                 if (rec := _trained_again(results_dir, source, spec.policy)) is not None), None)
+        if (rec := _trained_again(results_dir, source, spec.policy)) is None:
+            return twin, None
+        if stale is None and weights_path(results_dir, rec).is_file():
+            stale = rec
+    return None, stale
 
 
 def _trained_again(results_dir: Path, run_id: str, policy: str) -> dict[str, Any] | None:

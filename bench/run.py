@@ -451,7 +451,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                say: Callable[[str], None], say_error: Callable[[str], None]) -> None:
     from bench.claim import claim_run
     from bench.registry import code_changed
-    from bench.rescore import claim_twins, earlier_rescores, stale_twin
+    from bench.rescore import claim_twins, earlier_rescores
 
     main = distributed.world().main
     say = say if main else (lambda *a, **k: None)
@@ -461,21 +461,17 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
         # rank 0 claims the run (bench.claim: no other process trains it meanwhile) and its view of the
         # finished records decides for every rank (a record appearing meanwhile, or a network file
         # system's cache, would otherwise send ranks down different branches)
-        claim, twins, stale = None, [], None
+        claim, twins, done, rescored, stale = None, [], False, None, None
         try:
-            if main:
-                done, rescored = finished(spec, results_dir)
-                if not (done or rescored):
-                    claim = claim_run(results_dir, spec.key)
-                    if not isinstance(claim, str):
-                        twins = claim_twins(spec, results_dir)  # no bench rescore writes this training meanwhile
-                        if isinstance(twins, str):  # being rescored into this policy now: held by that process
-                            claim.release()
-                            claim, twins = twins, []
-                        # finished (or rescored) by another process between the look and the claims
-                        done, rescored = finished(spec, results_dir)
-                        if not (done or rescored or isinstance(claim, str)):
-                            stale = stale_twin(spec, results_dir)
+            if main and not (done := records.record_path(results_dir, spec.key).is_file()):
+                claim = claim_run(results_dir, spec.key)
+                if not isinstance(claim, str):
+                    twins = claim_twins(spec, results_dir)  # no bench rescore writes this training meanwhile
+                    if isinstance(twins, str):  # being rescored into this policy now: held by that process
+                        claim.release()
+                        claim, twins = twins, []
+                    else:  # under the claims: finished (or rescored) by another process before them
+                        done, rescored, stale = finished(spec, results_dir)
             done, rescored, holder, again = distributed.gather_objects(
                 (done, rescored, claim if isinstance(claim, str) else None, stale is not None) if main else None)[0]
             if done:
@@ -542,7 +538,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                 claim.release()
     busy = len(held)
     if held:  # finished (or rescored into its policy) by those processes meanwhile: not left undone
-        held = distributed.gather_objects([s.key for s in held if not any(finished(s, results_dir))]
+        held = distributed.gather_objects([s.key for s in held if not any(finished(s, results_dir)[:2])]
                                           if main else None)[0]
     distributed.shutdown()  # every rank is through the grid (distributed.init began it)
     _say_summary(say, results_dir, n_done, skipped + busy - len(held), len(held), failed)
@@ -592,14 +588,15 @@ def evaluated_elsewhere(spec: RunSpec, results_dir: Path, read: dict[str, list[d
     return None
 
 
-def finished(spec: RunSpec, results_dir: Path) -> tuple[bool, str | None]:
-    """Whether run ``spec`` finished (its record is there), and where not, the id of the record its
-    training was rescored into under its policy (bench.rescore.rescored_twin), which counts as done
-    unless it scored an earlier training of that run (``stale_twin``: bench run scores it again)."""
-    from bench.rescore import rescored_twin
+def finished(spec: RunSpec, results_dir: Path) -> tuple[bool, str | None, dict[str, Any] | None]:
+    """Whether run ``spec`` finished (its record is there); where not, by its training's rescores into its
+    policy (bench.rescore.twin_state): the id of one, which counts as done, else the record of the run whose
+    rescore scored an earlier training of it, which bench run scores again (None where neither)."""
+    from bench.rescore import twin_state
 
-    done = records.record_path(results_dir, spec.key).is_file()
-    return done, None if done else rescored_twin(spec, results_dir, current=True)
+    if records.record_path(results_dir, spec.key).is_file():
+        return True, None, None
+    return False, *twin_state(spec, results_dir)
 
 
 def _rescore_twin(spec: RunSpec, source: dict[str, Any], results_dir: Path, device: torch.device,
@@ -625,16 +622,18 @@ def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
     anything (``--dry-run``): ("done" | "running" | "finished" | "partial" | "missing", what says so);
     "finished": trained (its final.pt there), without a record: deleted, or its evaluation cut short."""
     from bench.claim import held_by
-    from bench.rescore import rescore_id, stale_twin
+    from bench.rescore import rescore_id
 
-    done, rescored = finished(spec, results_dir)
-    if done or rescored:
-        return "done", "" if done else f"rescored into its policy ({rescored})"
-    if (source := stale_twin(spec, results_dir)) is not None:  # what bench run does: score it again, no training
+    if records.record_path(results_dir, spec.key).is_file():
+        return "done", ""
+    if holder := held_by(results_dir, spec.key):  # bench run claims it before reading its rescores (_run_specs)
+        return "running", f"by {holder}"
+    _, rescored, source = finished(spec, results_dir)
+    if rescored:
+        return "done", f"rescored into its policy ({rescored})"
+    if source is not None:  # what bench run does: score it again, no training
         return "finished", (f"rescored into its policy ({rescore_id(source['run_id'], spec.policy)}) from an earlier "
                             f"training of run {source['run_id']}: bench run scores its weights now")
-    if holder := held_by(results_dir, spec.key):
-        return "running", f"by {holder}"
     ckpt = records.run_dir(results_dir, spec.key) / CHECKPOINT_DIR
     if (ckpt / FINAL).is_file():  # what bench run does with it (train_model: a resume from the last epoch trains none)
         again = ("bench run evaluates the given weights again" if spec.weights else

@@ -77,13 +77,13 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     TransUNet's test script's ``<case>_gt.nii.gz``) that are not its ground truth, voxel for voxel (said where they
     are); its run's fold, where not the one scored, is named in a case error. A dataset of
     every fold's cases (nnU-Net's ``ALL_FOLDS``) scores them pooled, one aggregate over all, and each fold's
-    DSC (``Scores.per_fold``). On nnU-Net data a folder of nnU-Net's own fold "all", whose model trained on every
-    case, is refused whatever the split (``trained_on_every_case``)."""
+    DSC (``Scores.per_fold``). On nnU-Net data a folder of nnU-Net's own fold "all" of a model of this data (or of one
+    nothing names), which trained on every case, is refused whatever the split (``trained_on_every_case``)."""
     pred_dir = Path(pred_dir).expanduser()
     protocol.check_dataset(dataset.name)
     # every case bench scores on nnU-Net data is a labelsTr case, which nnU-Net's fold "all" trained on: whatever
     # the split, a score of its predictions (those of a folder trimmed to the test cases too) is a training score
-    if isinstance(dataset, NnUNetDataset) and (fold_all := trained_on_every_case(pred_dir)):
+    if isinstance(dataset, NnUNetDataset) and (fold_all := trained_on_every_case(pred_dir, dataset)):
         why = (f"no cross-validation score exists for them; --fold {ALL_FOLDS} scores a cross-validation's "
                "predictions, each case by the fold that did not train on it (the fold_K/validation folders of folds "
                "0-4, copied into one)" if dataset.fold == ALL_FOLDS else
@@ -91,7 +91,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
                "with --fold K")
         raise BenchError(f"--predictions {pred_dir}: a folder {fold_all}: {why}")
     made_by = _manifest(pred_dir)
-    notes = _data_notes(made_by, dataset, pred_dir)  # another dataset's predictions: refused before all else
+    notes = _data_notes(made_by, dataset, pred_dir)  # another dataset's predictions: refused before any prediction is read
     if pred_dir.is_dir():  # nnUNetv2_predict's copy of the model's dataset.json: a model of other labels refused
         notes += dataset.prediction_folder_notes(pred_dir)
     if policy is None and made_by.get("policy") and made_by.get("protocol") == protocol.name:
@@ -137,11 +137,8 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     if other_protocol:  # no error above (the same cases and grid): still not the run's own evaluation, said
         notes.append(other_protocol.removeprefix("; ") + " for the run's own evaluation")
     pooled = getattr(dataset, "fold", None) == ALL_FOLDS
-    capped = pooled and len(ids) < len(dataset.test_ids())  # eval.max_cases: each fold's first cases
-    if capped:
-        notes.append(f"protocol {protocol.name!r} scores {_capped_said(protocol.eval.max_cases, True)} "
-                     f"(eval.max_cases), as each fold's run does: {len(ids)} of the {len(dataset.test_ids())} cases "
-                     f"of all {len(dataset.fold_cases)} folds")
+    if capped := capped_note(dataset, protocol):  # eval.max_cases: each fold's first cases
+        notes.append(capped)
     if fold and pooled:  # one fold's folder with the others' files added: more cases than its run scored
         notes.append(f"{MANIFEST} is bench predict's of run {made_by.get('run_id', '?')}, of "
                      f"{_split_words(made_by['split'])} alone; the {len(ids)} cases scored here are all folds' "
@@ -236,8 +233,8 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
                dataset.unscored_hint(extra, held) or
                (f"; expected files named as the test cases, e.g. {example}" if len(held) < len(ids) else
                 "; the test cases' files are here too: leave the others out"))
-        raise BenchError(f"{pred_dir}: {few(extra)}: no test case scored here{why}; scored here: the {len(ids)} test "
-                         f"case(s) of {split_said(dataset)}{hint}")
+        raise BenchError(f"{pred_dir}: {few(extra)}: no test case scored here{why}; scored here: "
+                         f"{split_said(dataset, len(ids))}{hint}")
     files = {case_id: [name for name in its if name in found] for case_id, its in names.items()}
     twice = [case_id for case_id, its in files.items() if len(its) > 1]
     if twice:
@@ -248,6 +245,17 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
         raise BenchError(f"{pred_dir}: no prediction of test case(s) {few(missing)} ({len(missing)} of {len(ids)}; "
                          f"expected {dataset.prediction_name(missing[0])}){hint or _one_fold_hint(dataset, files)}")
     return {case_id: its[0] for case_id, its in files.items()}
+
+
+def capped_note(dataset: SegDataset, protocol: Protocol) -> str:
+    """Where every fold's validation cases are scored (``ALL_FOLDS``) and ``protocol``'s ``eval.max_cases`` scores
+    fewer (each fold's first ones, as each fold's run), the note that says so, beside the split's (which counts
+    them all); "" otherwise."""
+    n, total = len(scored_ids(dataset, protocol)), len(dataset.test_ids())
+    if getattr(dataset, "fold", None) != ALL_FOLDS or n >= total:
+        return ""
+    return (f"protocol {protocol.name!r} scores {_capped_said(protocol.eval.max_cases, True)} (eval.max_cases), as "
+            f"each fold's run does: {n} of the split's {total} cases")
 
 
 def _capped_said(cap: int, pooled: bool) -> str:
@@ -273,15 +281,16 @@ JPEG_ENDINGS = (".jpg", ".jpeg")
 DATA_SPLIT = "the data's test split"  # a layout's own (its folders or lists): the reader has no rule to say
 
 
-def split_said(dataset: SegDataset) -> str:
-    """The split whose test cases are scored, in words: the reader's rule (an nnU-Net fold's, or bench's own
-    drawn split) with its fold, else the data's own test split."""
+def split_said(dataset: SegDataset, n_scored: int) -> str:
+    """The ``n_scored`` test cases scored, in words, with their split: the reader's rule (an nnU-Net fold's,
+    every fold's validation cases, or bench's own drawn split), else the data's own test split."""
     fold = getattr(dataset, "fold", None)
-    if dataset.split_rule is None:
-        return DATA_SPLIT
-    if fold == ALL_FOLDS:
-        return f"every fold of {dataset.split_rule}"
-    return f"fold {fold} of {dataset.split_rule}" if fold is not None else dataset.split_rule
+    if fold == ALL_FOLDS:  # the rule names the folds: "of every fold of the 5 folds" said them twice
+        total = len(dataset.test_ids())
+        return f"{f'{n_scored} of ' if n_scored < total else ''}the {total} validation case(s) of {dataset.split_rule}"
+    rule = (DATA_SPLIT if dataset.split_rule is None else dataset.split_rule if fold is None else
+            f"fold {fold} of {dataset.split_rule}")
+    return f"the {n_scored} test case(s) of {rule}"
 
 
 def _probabilities_only(pred_dir: Path) -> str:
@@ -534,7 +543,7 @@ def _render_md(scores: Scores) -> str:
     pooled = s["fold"] == ALL_FOLDS
     fold = f" fold {s['fold']}" if s["fold"] is not None and not pooled else ""
     every = "" if not pooled else (
-        f"{_capped_said(s['max_cases_per_fold'], True)} of all {s['n_folds']} folds, of "
+        f"{_capped_said(s['max_cases_per_fold'], True)}, of "
         if s.get("max_cases_per_fold") else f"all {s['n_folds']} folds' validation cases, each case once, of ")
     split = f" · split: {every}{s['split'] or DATA_SPLIT}"
     title = (f"{s['predictions']}{run}: {s['n_cases']} cases of {s['dataset']}{fold} ({s['data_root']}){split} · "

@@ -65,7 +65,12 @@ def test_clean_deletes_what_nothing_reads_and_every_command_still_reads_the_run(
 
     spare = [ckpt / "last.pt", *ckpt.glob("epoch_*.pt")]
     size = sum(p.stat().st_size for p in spare + temps)
-    found = clean(results, dry_run=True)
+    globbed, glob = [], Path.glob
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "glob", lambda self, pattern, *args, **kw: globbed.append((self, pattern))
+                      or glob(self, pattern, *args, **kw))
+        found = clean(results, dry_run=True)
+    assert globbed.count((results / "records", "*.json")) == 1  # its records listed once
     assert found.resume == {rec["run_id"]: sorted(spare)} and sorted(found.temps) == sorted(temps)
     assert found.claimed == [abandoned] and found.size == size
     assert all(p.exists() for p in spare + temps) and (abandoned / CLAIM).exists()  # a dry run deletes nothing

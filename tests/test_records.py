@@ -633,6 +633,8 @@ def test_a_rescore_of_an_earlier_training_is_told_and_left_off_the_boards(tmp_pa
     with pytest.warns(UserWarning) as said:
         df = load(tmp_path, recheck=True, current=True)
     assert list(df["run_id"]) == [source["run_id"]]
+    # a category of its own, public for callers that filter it (docs/results.md)
+    assert [w.category for w in said] == [records.StaleRescoresLeftOut] and "StaleRescoresLeftOut" in records.__all__
     (text,) = [str(w.message) for w in said]
     assert text == (f"{records.record_path(tmp_path, source['run_id'] + '.strict')} scored the weights of an earlier "
                     f"training of run {source['run_id']}, trained again since: `bench rescore --policy strict --results "

@@ -685,7 +685,9 @@ def test_bench_run_under_the_policy_scores_a_rescore_of_an_earlier_training_agai
     weights under strict. Now bench run scores them into it, as bench rescore does, without training."""
     import bench.run
     from bench.fileio import file_sha256
-    from bench.rescore import rescored_twin, stale_twin
+    from bench.claim import claim_run
+    from bench.errors import HeldError
+    from bench.rescore import rescored_twin, twin_state
     from bench.run import run_grid, run_state
 
     root, _, legacy = trained
@@ -698,13 +700,24 @@ def test_bench_run_under_the_policy_scores_a_rescore_of_an_earlier_training_agai
     with pytest.warns(UserWarning, match="an earlier attempt's checkpoint"):
         run_grid([_spec(root, results, "legacy-synapse")], results_dir=results, device=CPU, say=lambda line: None)
     strict = _spec(root, results, "strict")
-    assert rescored_twin(strict, results) == old["run_id"] and rescored_twin(strict, results, current=True) is None
-    assert stale_twin(strict, results)["run_id"] == legacy["run_id"]
+    assert rescored_twin(strict, results) == old["run_id"]
+    twin, stale = twin_state(strict, results)
+    assert twin is None and stale["run_id"] == legacy["run_id"]
     assert run_state(strict, results) == ("finished", f"rescored into its policy ({old['run_id']}) from an earlier "
                                                       f"training of run {legacy['run_id']}: bench run scores its "
                                                       "weights now")
-    lines = []
+    with claim_run(results, strict.key):  # held: bench run says so before reading its rescores, as --dry-run
+        assert run_state(strict, results)[0] == "running"
+        lines = []
+        with pytest.raises(HeldError):
+            run_grid([strict], results_dir=results, device=CPU, say=lines.append)
+        assert any(line.startswith(f"  {strict.key}: being run by ") for line in lines), lines
+    lines, read = [], []
+    reading = records.read_record
+    monkeypatch.setattr(records, "read_record", lambda d, rid: read.append(rid) or reading(d, rid))
     run_grid([strict], results_dir=results, device=CPU, say=lines.append)
+    # deciding to score it again reads the run's record and its rescore once (the rescore reads no more)
+    assert sorted(read) == sorted([legacy["run_id"], old["run_id"]]), read
     assert f"  {strict.key}: the same training was rescored under strict ({old['run_id']}), from an earlier training " \
            f"of run {legacy['run_id']}, trained again since: scoring its weights now" in lines, lines
     assert lines[-1].startswith("bench run: 1 finished;"), lines
@@ -713,6 +726,33 @@ def test_bench_run_under_the_policy_scores_a_rescore_of_an_earlier_training_agai
         old["scored_weights"]["sha256"]
     assert not record_path(results, strict.key).is_file()  # scored, not trained a second time
     assert run_state(strict, results)[0] == "done" and plan_rescore(results, "strict") == []
+
+
+def test_bench_run_trains_the_run_where_a_stale_rescore_s_weights_are_gone(trained, tmp_path, monkeypatch):
+    """`bench run --policy strict` of a run whose strict rescore is of an earlier training, its run's weights
+    deleted since, failed (final.pt not found) while --dry-run said it scores them: that rescore cannot be made
+    current, so it does not count, and bench run trains the strict run itself (as --dry-run says)."""
+    import bench.run
+    from bench.rescore import twin_state
+    from bench.run import run_grid, run_state
+
+    root, _, legacy = trained
+    results = _alone(trained, tmp_path)
+    (rec,) = plan_rescore(results, "strict")
+    rescore_record(rec, "strict", results, CPU)
+    record_path(results, legacy["run_id"]).unlink()
+    seeded = bench.run.seed_everything  # other initial weights stand for another thread count's training
+    monkeypatch.setattr(bench.run, "seed_everything", lambda seed: seeded(seed + 1))
+    with pytest.warns(UserWarning, match="an earlier attempt's checkpoint"):
+        run_grid([_spec(root, results, "legacy-synapse")], results_dir=results, device=CPU, say=lambda line: None)
+    for path in (results / "runs" / legacy["run_id"] / "checkpoints").glob("*.pt"):
+        path.unlink()
+    strict = _spec(root, results, "strict")
+    assert twin_state(strict, results) == (None, None)
+    assert run_state(strict, results) == ("missing", "")
+    lines = []
+    run_grid([strict], results_dir=results, device=CPU, say=lines.append)
+    assert record_path(results, strict.key).is_file() and lines[-1].startswith("bench run: 1 finished;"), lines
 
 
 def test_a_resume_evaluating_the_same_final_pt_keeps_its_rescore(trained, tmp_path):

@@ -16,7 +16,7 @@ from bench.data import open_dataset, synthesize
 from bench.errors import BenchError
 from bench.metrics import hd95_penalty
 from bench.predict import MANIFEST, predict_run
-from bench.protocol import load_protocol
+from bench.protocol import PROTOCOL_DIR, load_protocol
 from bench.registry import get_entry
 from bench.rescore import record_protocol
 from bench.run import plan_grid, run_one
@@ -243,7 +243,7 @@ def test_all_folds_score_every_case_once_pooled_as_the_folds_scored_alone(tmp_pa
                                                                "...) or 'all'")
 
 
-def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path):
+def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path, monkeypatch, capsys):
     """eval.max_cases capped the pooled list, so --fold all under a capped protocol scored the first folds' cases
     alone (and refused the others' files as unscored): each fold's run scores its first N validation cases, and
     so does --fold all, every fold's beside, said in the notes and the table's title."""
@@ -260,8 +260,8 @@ def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path
     firsts = [val[0] for val in ds.fold_cases]
     second = next(val[1] for val in ds.fold_cases if len(val) > 1)
     with pytest.raises(BenchError, match=rf"{second}.png.*: no test case scored here; protocol 'smoke' scores each "
-                                         r"fold's first 1 validation case only \(eval.max_cases\); scored here: the 5 "
-                                         r"test case\(s\) of"):
+                                         r"fold's first 1 validation case only \(eval.max_cases\); scored here: 5 of "
+                                         r"the 7 validation case\(s\) of the 5 folds nnU-Net v2 generates, drawn"):
         score_predictions(every, ds, capped)
     for case_id in ds.cases:
         if case_id not in firsts:
@@ -275,9 +275,20 @@ def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path
         alone = score_predictions(own, open_dataset("nnunet", root, fold=k), capped)
         assert fold == {"fold": k, "n_cases": 1, "dice": alone.metrics["dice"]}
     assert scores.notes == ["protocol 'smoke' scores each fold's first 1 validation case (eval.max_cases), as each "
-                            "fold's run does: 5 of the 7 cases of all 5 folds"]
+                            "fold's run does: 5 of the split's 7 cases"]
     md = render(scores, "md")
-    assert "5 cases of nnunet:" in md and " · split: each fold's first 1 validation case of all 5 folds, of " in md
+    assert "5 cases of nnunet:" in md and " · split: each fold's first 1 validation case, of the 5 folds nnU-Net v2 " \
+        "generates, drawn by bench" in md
+    # the command says the cap at once after the split's count of every case, and once
+    toml = tmp_path / "capped.toml"
+    smoke = (PROTOCOL_DIR / "smoke.toml").read_text()
+    toml.write_text(smoke.replace("max_cases = 0", "max_cases = 1").replace('name = "smoke"', 'name = "capped"'))
+    proc = run_bench_here(monkeypatch, capsys, "score", "--predictions", every, "--dataset", "nnunet", "--data-root",
+                          root, "--fold", "all", "--protocol", toml, "--format", "json")
+    lines = proc.stderr.splitlines()
+    assert "split: all 5 folds' validation cases, 7 cases, each once" in lines[0], lines
+    assert lines[1:] == ["note: protocol 'capped' scores each fold's first 1 validation case (eval.max_cases), as each "
+                         "fold's run does: 5 of the split's 7 cases"], lines
 
 
 def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored(tmp_path, monkeypatch, capsys):
@@ -365,7 +376,10 @@ def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored
             shutil.copyfile(root / "labelsTr" / f"{name}.nii.gz", trained / f"{name}.nii.gz")
         with pytest.raises(BenchError, match=rf"^--predictions {re.escape(str(trained))}: a folder of nnU-Net's "
                                              r"fold_all, whose model \(nnUNetv2_train DATASET CONFIG all\) trained on "
-                                             r"every case, so its predictions are of cases it was trained on: no score "
+                                             r"every case, so its predictions are of cases it was trained on \(nothing "
+                                             r"names the model's dataset: no plans.json in .* names it; predictions of "
+                                             r"other cases, as an external test set's, are scored from a folder outside "
+                                             r"any named fold_all\): no score "
                                              r"of it is a test score; a cross-validation fold's own folder "
                                              r"\(fold_K/validation\) is scored with --fold K$") as info:
             score_predictions(trained, split, SMOKE)
@@ -374,10 +388,36 @@ def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored
     for folder in (trained, tmp_path / "linked"):
         with pytest.raises(BenchError, match=rf"^--predictions {re.escape(str(folder))}: a folder of nnU-Net's "
                                              r"fold_all, whose model .* trained on every case, so its predictions are "
-                                             r"of cases it was trained on: no cross-validation score exists for them; "
+                                             r"of cases it was trained on \(.*\): no cross-validation score exists for them; "
                                              r"--fold all scores a cross-validation's predictions, each case by the "
                                              r"fold that did not train on it"):
             score_predictions(folder, open_dataset("nnunet", root, fold="all"), SMOKE)
+
+
+def test_a_fold_all_folder_is_refused_only_as_a_model_of_this_data(tmp_path):
+    """bench score refused every path with a fold_all part as nnU-Net's fold "all" training score, an external
+    test set's predictions by such a model too. Now its model's plans.json (or nnUNet_results/DatasetXXX_Name
+    folder) decides: a model of this data's dataset is refused, saying so; one of another dataset is scored."""
+    import json
+    import shutil
+
+    root = synthesize("nnunet", tmp_path / "Dataset900_Synth", n_cases=5, depth=4, size=16)
+    ds = open_dataset("nnunet", root)
+    model = tmp_path / "nnUNet_results" / "Dataset900_Synth" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    preds = model / "fold_all" / "validation"
+    preds.mkdir(parents=True)
+    for name in ds.test_ids():
+        shutil.copyfile(root / "labelsTr" / f"{name}.nii.gz", preds / f"{name}.nii.gz")
+    this = r"fold_all, whose model \(nnUNetv2_train DATASET CONFIG all\) trained on every case of this data "
+    with pytest.raises(BenchError, match=this + r"\(Dataset900_Synth, as its results folder .*nnUNet_results/"
+                                               r"Dataset900_Synth names it\), so its predictions are of cases it "
+                                               r"was trained on: no score of it is a test score"):
+        score_predictions(preds, ds, SMOKE)
+    (model / "plans.json").write_text(json.dumps({"dataset_name": "Dataset901_External"}))
+    assert score_predictions(preds, ds, SMOKE).metrics["dice"] == 1.0  # another dataset's model: other cases
+    (model / "plans.json").write_text(json.dumps({"dataset_name": "Dataset900_Synth"}))
+    with pytest.raises(BenchError, match=this + r"\(Dataset900_Synth, as .*plans.json names it\)"):
+        score_predictions(preds, ds, SMOKE)
 
 
 def test_predictions_of_a_run_under_another_protocol_say_which(tmp_path):

@@ -44,8 +44,9 @@ def score(
     fold: Annotated[Optional[str], typer.Option(help="nnunet data: score the test cases of this cross-validation "
                                                      "fold (as bench run --folds K), or 'all': every fold's "
                                                      "validation cases, each once, pooled (nnU-Net's cross-validation "
-                                                     "summary); not nnU-Net's fold_all, whose model trained on every "
-                                                     "case (refused)")] = None,
+                                                     "summary). Whatever the fold, predictions in a folder of "
+                                                     "nnU-Net's fold_all of a model of this data are refused: it "
+                                                     "trained on every case")] = None,
     protocol: ProtocolName = None,
     policy: Annotated[Optional[str], typer.Option(help="metric policy (default: the protocol's)")] = None,
     format: Annotated[Optional[ScoreFormat], typer.Option(
@@ -64,7 +65,7 @@ def score(
     from bench.data import get_reader, open_dataset, synthetic_folder, synthetic_identity
     from bench.fileio import atomic_write_text, check_out_file
     from bench.protocol import load_protocol
-    from bench.score import render, score_predictions
+    from bench.score import capped_note, render, score_predictions
 
     name = get_reader(dataset).name
     if synthetic == (data_root is not None):
@@ -79,13 +80,17 @@ def score(
     if out is not None:  # before the cases are scored
         out = check_out_file(out, f"scores.{fmt}")
     data = open_dataset(name, data_root, fold_option(fold))
-    for note in data.notes:  # which split is scored, as bench run says it: before any error about the cases
+    # which split is scored, as bench run says it, and how much of it a capped protocol scores (said at once, after
+    # the split's count of every case): before any error about the cases
+    capped = capped_note(data, proto)
+    for note in [*data.notes, capped] if capped else data.notes:
         _echo_err(f"note: {note}")
     scores = score_predictions(predictions, data, proto, policy)
     text = render(scores, fmt)
     if fmt != "md":  # the table says them
         for note in scores.notes:
-            _echo_err(f"note: {note}")
+            if note != capped:
+                _echo_err(f"note: {note}")
     if out is None:
         typer.echo(text, nl=False)
     else:

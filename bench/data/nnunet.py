@@ -599,16 +599,44 @@ def same_geometry(image: Path, label: Path) -> bool:
         return True
 
 
-def trained_on_every_case(folder: Path) -> str:
-    """Where ``folder``'s path (as given, or resolved) has a ``fold_all`` component, the words that say what
-    that is: nnU-Net's fold "all" (``nnUNetv2_train DATASET CONFIG all``) trains on every case, so its
-    ``validation/`` holds predictions of its own training cases; not ``ALL_FOLDS`` (a cross-validation:
-    each case predicted by the fold that did not train on it). "" otherwise."""
+def trained_on_every_case(folder: Path, data: NnUNetDataset) -> str:
+    """Where ``folder``'s path (as given, or resolved) has a ``fold_all`` component, of a model of ``data``'s
+    dataset or of one nothing names (``fold_all_dataset``), the words that say what that is: nnU-Net's fold "all"
+    (``nnUNetv2_train DATASET CONFIG all``) trains on every case, so its ``validation/`` holds predictions of its
+    own training cases; not ``ALL_FOLDS`` (a cross-validation: each case predicted by the fold that did not train
+    on it). "" otherwise: a model of another dataset predicted other cases (an external test set's)."""
     path = Path(folder).expanduser()
-    if NNUNET_FOLD_ALL not in (*path.parts, *path.resolve().parts):
+    for parts in (path.parts, path.resolve().parts):
+        if NNUNET_FOLD_ALL in parts:
+            fold_dir = Path(*parts[:len(parts) - parts[::-1].index(NNUNET_FOLD_ALL)])
+            break
+    else:
         return ""
-    return (f"of nnU-Net's {NNUNET_FOLD_ALL}, whose model (nnUNetv2_train DATASET CONFIG all) trained on every case, "
-            "so its predictions are of cases it was trained on")
+    name, told = fold_all_dataset(path, fold_dir)
+    if name is not None and name not in (data.root.name, data.root.resolve().name, data.meta.get("name")):
+        return ""
+    what = (f"of nnU-Net's {NNUNET_FOLD_ALL}, whose model (nnUNetv2_train DATASET CONFIG all) trained on every case"
+            + (f" of this data ({name}, as {told} names it)" if name else ""))
+    return what + ", so its predictions are of cases it was trained on" + ("" if name else (
+        f" (nothing names the model's dataset: no plans.json in {fold_dir.parent} names it; predictions of other cases, as an "
+        f"external test set's, are scored from a folder outside any named {NNUNET_FOLD_ALL})"))
+
+
+def fold_all_dataset(folder: Path, fold_dir: Path) -> tuple[str | None, str]:
+    """The dataset a ``fold_all`` model trained on, and what names it: ``plans.json``'s ``dataset_name`` (nnU-Net
+    keeps it in the model folder, nnUNet_results/DatasetXXX_Name/<Trainer>__<Plans>__<config>/, above
+    ``fold_all``; nnUNetv2_predict copies it beside its predictions), else that results folder's name; (None, "")."""
+    for plans in (fold_dir.parent / "plans.json", folder / "plans.json"):
+        try:
+            name = json.loads(plans.read_text(encoding="utf-8")).get("dataset_name")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(name, str) and name:
+            return name, str(plans)
+    results = fold_dir.parent.parent
+    if "__" in fold_dir.parent.name and re.fullmatch(r"Dataset\d{3}_.+", results.name):
+        return results.name, f"its results folder {results}"
+    return None, ""
 
 
 def other_endings_hint(root: Path, ending: str, folder: str = "labelsTr") -> str:
