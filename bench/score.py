@@ -376,25 +376,36 @@ def _spacing_note(respaced: list[tuple[str, tuple, tuple]], n: int, policy: Poli
 def _check_their_labels(path: Path, gt: np.ndarray, dataset: SegDataset) -> None:
     """BenchError where the labels another tool wrote beside its prediction of a case (``path``,
     ``SegDataset.labels_beside``; read once) are not its ground truth ``gt``, voxel for voxel: the tool's numbers
-    were computed against other labels (another organ order, other volumes), so these would not be its numbers,
-    and its predictions, of those labels, may mean other classes here. Says how many voxels and which classes
-    differ, or that the same structures carry other ids."""
+    were computed against other labels (other volumes), so these would not be its numbers. Says how many voxels
+    and which classes differ, or that the same structures carry other ids: another class order, which its
+    predictions use too, so their ids would score as our other organs; the remedy is then to remap them (the
+    ids given), not to score them as they are."""
     from bench.data.nnunet import read_nifti
 
     theirs, _ = read_nifti(path, label=True)
     if theirs.shape == gt.shape and np.array_equal(theirs, gt):
         return
+    anyway = ("score the predictions with the data they were made on (its --data-root), or move the label files out "
+              "of the folder to score them against these labels anyway")
     if theirs.shape != gt.shape:
         why = f"stored shape {theirs.shape[::-1]}, where its case's is (x, y, z) = {gt.shape[::-1]}: another volume's"
     else:
         differ = theirs != gt
         ids = np.union1d(np.unique(theirs[differ]), np.unique(gt[differ]))
         why = (f"{int(differ.sum()):,} of {gt.size:,} voxels differ, in classes "
-               f"{', '.join(_class_said(int(i), dataset) for i in ids if i)}{_relabelled(theirs, gt, dataset)}")
+               f"{', '.join(_class_said(int(i), dataset) for i in ids if i)}")
+        if pairs := _relabelled(theirs, gt):
+            moved = [(o, t) for o, t in pairs if o != t]
+            why += (f"; the same structures under other ids, ours "
+                    f"{', '.join(f'{_class_said(o, dataset)} as {t}' for o, t in moved)}: another class order")
+            lookup = np.arange(max(t for _, t in pairs) + 1)
+            lookup[[t for _, t in pairs]] = [o for o, _ in pairs]
+            anyway = ("their predictions are in that order too, so their ids would score as our other organs: remap "
+                      f"the predictions (and these label files) to our ids, theirs to ours "
+                      f"{', '.join(f'{t}->{o}' for o, t in moved)} (pred = np.array({lookup.tolist()})[pred]), or "
+                      "score them with the data they were made on (its --data-root)")
     raise BenchError(f"{path}: labels written beside the predictions that are not the ground truth scored here, at "
-                     f"{dataset.root} ({why}); the numbers their tool gave were computed against them: score the "
-                     "predictions with the data they were made on (its --data-root), or move the label files out "
-                     "of the folder to score them against these labels anyway")
+                     f"{dataset.root} ({why}); the numbers their tool gave were computed against them: {anyway}")
 
 
 def _class_said(class_id: int, dataset: SegDataset) -> str:
@@ -403,17 +414,16 @@ def _class_said(class_id: int, dataset: SegDataset) -> str:
             f"{class_id} (no class of the data)")
 
 
-def _relabelled(theirs: np.ndarray, gt: np.ndarray, dataset: SegDataset) -> str:
-    """Where ``theirs`` holds ``gt``'s structures, each under one other id (another organ order), the words
-    that say which ids ours carry there; "" otherwise."""
+def _relabelled(theirs: np.ndarray, gt: np.ndarray) -> list[tuple[int, int]]:
+    """Where ``theirs`` holds ``gt``'s structures, each under one other id (another class order), each
+    (our id, their id) pair found; [] otherwise."""
     if theirs.min() < 0:
-        return ""
+        return []
     base = int(theirs.max()) + 1
     ours, their = np.divmod(np.unique(gt * base + theirs), base)  # each (ours, theirs) pair of ids found, once
     if len(set(ours.tolist())) != len(ours) or len(set(their.tolist())) != len(their):
-        return ""
-    moved = [f"{_class_said(int(o), dataset)} as {int(t)}" for o, t in zip(ours, their) if o != t]
-    return f"; the same structures under other ids, ours {', '.join(moved)}: another class order"
+        return []
+    return [(int(o), int(t)) for o, t in zip(ours, their)]
 
 
 def _protocol_hint(made_by: dict[str, str], protocol: Protocol) -> str:

@@ -773,17 +773,15 @@ def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_p
     def edited(edit):
         return lambda case_id, label: edit(label) if case_id == second else label
 
-    def refused(tmp, labels):
+    def refused(tmp, labels, remedy=ANYWAY):
         ds, folder = _test_script_folder(tmp_path / tmp, labels=labels)
         with pytest.raises(BenchError) as err:
             score_predictions(folder, ds, SMOKE, "legacy-synapse")
         start = (f"{folder / second}_gt.nii.gz: labels written beside the predictions that are not the ground truth "
                  f"scored here, at {ds.root} (")
-        assert str(err.value).startswith(start) and str(err.value).endswith(
-            "); the numbers their tool gave were computed against them: score the predictions with the data they were "
-            "made on (its --data-root), or move the label files out of the folder to score them against these labels "
-            "anyway")
-        return str(err.value)[len(start):str(err.value).index("); the numbers")], ds.load_test(second).label
+        said = "); the numbers their tool gave were computed against them: "
+        assert str(err.value).startswith(start) and str(err.value).endswith(said + remedy)
+        return str(err.value)[len(start):str(err.value).index(said)], ds.load_test(second).label
 
     def kidney_as_spleen(label):  # 3 voxels of the left kidney (3) labelled spleen (7)
         label[tuple(np.argwhere(label == 3)[:3].T)] = 7
@@ -791,13 +789,24 @@ def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_p
 
     assert refused("voxels", edited(kidney_as_spleen))[0] == \
         "3 of 6,144 voxels differ, in classes 3 (kidney_l), 7 (spleen)"
-    # aorta and gallbladder swapped, the stomach given an id the data has no class of
-    said, label = refused("ids", edited(lambda label: np.choose(label, [0, 2, 1, 3, 4, 5, 6, 7, 12])))
+    # aorta and gallbladder swapped, the stomach given an id the data has no class of: their predictions are in
+    # that order too, so scored as they are they would be scored as our other organs; remapped, not moved out
+    order = [0, 2, 1, 3, 4, 5, 6, 7, 12]
+    said, label = refused("ids", edited(lambda label: np.choose(label, order)), (
+        "their predictions are in that order too, so their ids would score as our other organs: remap the "
+        "predictions (and these label files) to our ids, theirs to ours 2->1, 1->2, 12->8 (pred = np.array([0, 2, "
+        "1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 8])[pred]), or score them with the data they were made on (its --data-root)"))
     assert said == (f"{int(np.isin(label, (1, 2, 8)).sum()):,} of 6,144 voxels differ, in classes 1 (aorta), 2 "
                     "(gallbladder), 8 (stomach), 12 (no class of the data); the same structures under other ids, ours "
                     "1 (aorta) as 2, 2 (gallbladder) as 1, 8 (stomach) as 12: another class order")
+    lookup = np.array([0, 2, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 8])  # the remap said undoes the order
+    assert np.array_equal(lookup[np.choose(label, order)], label)
     assert refused("shape", edited(lambda label: label[1:]))[0] == \
         "stored shape (32, 32, 5), where its case's is (x, y, z) = (32, 32, 6): another volume's"
+
+
+ANYWAY = ("score the predictions with the data they were made on (its --data-root), or move the label files out of "
+          "the folder to score them against these labels anyway")
 
 
 def test_colour_and_jpeg_masks_are_read_as_grey_or_refused_by_name(tmp_path):
