@@ -343,6 +343,10 @@ def _manifest(pred_dir: Path) -> dict[str, str]:
             if isinstance(data, dict) and isinstance(data.get(k), str)}
 
 
+# a volume stored reversed, (x, y, z) = (D, H, W): the fix, said of predictions and of the labels beside them alike
+_TRANSPOSED = "; a (D, H, W) array saved as it is: save np.transpose(volume, (2, 1, 0))"
+
+
 def _shape_problem(shape: tuple[int, ...], expected: tuple[int, ...], case, dataset: SegDataset, path: Path) -> str:
     """Why a prediction of ``shape`` is not on its case's grid ``expected``, in the file's own terms: a NIfTI
     volume stores (x, y, z) = (W, H, D), the reverse of the (D, H, W) arrays, and a (z, y, x) array saved as
@@ -350,8 +354,8 @@ def _shape_problem(shape: tuple[int, ...], expected: tuple[int, ...], case, data
     scored = f"test case {case.case_id!r} is scored on"
     if len(expected) == 3 and path.name.lower().endswith((".nii", ".nii.gz")):
         stored, wanted = shape[::-1], expected[::-1]
-        fix = ("; a (D, H, W) array saved as it is: save np.transpose(volume, (2, 1, 0))" if stored == expected else "")
-        return f"stored shape {stored}, where {scored} (x, y, z) = (W, H, D) = {wanted}{fix}"
+        return f"stored shape {stored}, where {scored} (x, y, z) = (W, H, D) = {wanted}" + (
+            _TRANSPOSED if stored == expected else "")
     native = f" (or its image's own size {case.label.shape})" if dataset.binary else ""
     return f"shape {shape}, where {scored} {expected}{native}"
 
@@ -388,7 +392,8 @@ def _check_their_labels(path: Path, gt: np.ndarray, dataset: SegDataset) -> None
     anyway = ("score the predictions with the data they were made on (its --data-root), or move the label files out "
               "of the folder to score them against these labels anyway")
     if theirs.shape != gt.shape:
-        why = f"stored shape {theirs.shape[::-1]}, where its case's is (x, y, z) = {gt.shape[::-1]}: another volume's"
+        why = f"stored shape {theirs.shape[::-1]}, where its case's is (x, y, z) = {gt.shape[::-1]}" + (
+            _TRANSPOSED if theirs.shape == gt.shape[::-1] else ": another volume's")
     else:
         differ = theirs != gt
         ids = np.union1d(np.unique(theirs[differ]), np.unique(gt[differ]))

@@ -803,6 +803,10 @@ def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_p
     assert np.array_equal(lookup[np.choose(label, order)], label)
     assert refused("shape", edited(lambda label: label[1:]))[0] == \
         "stored shape (32, 32, 5), where its case's is (x, y, z) = (32, 32, 6): another volume's"
+    # saved the other way round, (x, y, z) = (D, H, W): the fix said, as of a prediction so saved
+    assert refused("transposed", edited(lambda label: label.transpose(2, 1, 0)))[0] == \
+        "stored shape (6, 32, 32), where its case's is (x, y, z) = (32, 32, 6); a (D, H, W) array saved as it is: " \
+        "save np.transpose(volume, (2, 1, 0))"
 
 
 ANYWAY = ("score the predictions with the data they were made on (its --data-root), or move the label files out of "
