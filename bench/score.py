@@ -6,7 +6,7 @@ The folder holds one file per scored test case, in the layout `bench predict` wr
 the TransUNet lineage's test script (utils.py ``test_single_volume``) names them, ``<case>_pred.nii.gz``:
 ``SegDataset.prediction_names``); ``NOT_PREDICTIONS`` beside them (nnUNetv2_predict's json, npz and pkl
 files) and the data's own ``SegDataset.not_predictions`` (that script's ``<case>_img.nii.gz`` and
-``<case>_gt.nii.gz``) are passed over, and bench predict's ``prediction.json`` says which run they came from: its
+``<case>_gt.nii.gz``; each also as ``.nii``) are passed over, and bench predict's ``prediction.json`` says which run they came from: its
 protocol, policy, data and split (fold), which are checked against those scored. A case's labels written beside
 its prediction (``SegDataset.labels_beside``: that script's ``<case>_gt.nii.gz``) are compared with its ground
 truth, voxel for voxel: the same is said, other labels (against which the script's numbers were computed) refused.
@@ -119,7 +119,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         case = dataset.load_test(case_id)
         gt = ground_truth(case, protocol, dataset.binary)
         # before the prediction is read: other labels explain a prediction of another shape
-        if (labels := dataset.labels_beside(case_id)) and (pred_dir / labels).is_file():
+        if labels := next((name for name in dataset.labels_beside(case_id) if (pred_dir / name).is_file()), None):
             _check_their_labels(pred_dir / labels, gt, dataset)
             same_labels.append(labels)
         pred, spacing = dataset.read_prediction(path, greyed)
@@ -149,7 +149,8 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     elif fold:  # else a case error above: the same test cases, so the numbers hold; the output names the fold scored
         notes.append(f"{fold} to have the output name its fold; both hold the same test cases ({len(ids)}), so "
                      "these are the run's numbers")
-    suffixed = [case_id for case_id in ids if files[case_id] != dataset.prediction_name(case_id)]
+    suffixed = [case_id for case_id in ids if dataset.mask_suffix and files[case_id].startswith(
+        f"{case_id}{dataset.mask_suffix}")]
     if suffixed:
         notes.append(f"{len(suffixed)} of {len(ids)} files are named as {dataset.mask_suffix_by}, with "
                      f"{dataset.mask_suffix!r} after the case id ({files[suffixed[0]]}): each scored as its case's")
@@ -295,9 +296,9 @@ def _probabilities_only(pred_dir: Path) -> str:
 
 
 def _name_hint(extra: list[str], expected: dict[str, str], found: set[str], pred_dir: Path) -> str:
-    """Why files that are the test cases' name otherwise are not taken: a JPEG, another ending (.nii for the
-    data's .nii.gz), one folder down (an nnU-Net ``fold_K`` beside its checkpoint and logs, the label
-    maps in ``validation/``), or a second set one folder down (``postprocessed/``); "" where none."""
+    """Why files that are the test cases' name otherwise are not taken: a JPEG, another ending (.nii for
+    nnU-Net data's .nii.gz: to gzip, not rename), one folder down (an nnU-Net ``fold_K`` beside its checkpoint and
+    logs, the label maps in ``validation/``), or a second set one folder down (``postprocessed/``); "" where none."""
     def stem(name: str) -> str:
         return name.split("/")[-1].split(".")[0]
 
@@ -305,10 +306,13 @@ def _name_hint(extra: list[str], expected: dict[str, str], found: set[str], pred
     if jpeg:  # renamed, it would be refused for its grey levels: say the remedy now
         return (f"; {jpeg} is a JPEG, whose lossy compression leaves edges that are neither background nor "
                 f"foreground; save the masks as PNG, named as the test cases (e.g. {next(iter(expected))})")
-    stems = {stem(name): name for name in expected}
+    stems = {stem(name): name for name in reversed(list(expected))}  # each stem's first name: the data's own
     if all("/" not in name for name in extra) and (alike := [n for n in extra if stem(n) in stems]):
-        return (f"; {alike[0]} stands for {stems[stem(alike[0])]}: name the files with the data's ending "
-                f"({stems[stem(alike[0])][len(stem(alike[0])):]})")
+        theirs, ours = alike[0][len(stem(alike[0])):], stems[stem(alike[0])][len(stem(alike[0])):]
+        # a plain .nii renamed .nii.gz is no gzip file (nor the reverse): compressed, not renamed
+        fix = ("gzip them" if ours == f"{theirs}.gz" else "gunzip them" if theirs == f"{ours}.gz" else
+               "name the files with the data's ending")
+        return f"; {alike[0]} stands for {stems[stem(alike[0])]}: {fix} ({ours})"
     # nothing scored at the top, and one subfolder holds files of the predictions' ending
     ending = next(iter(expected))[len(stem(next(iter(expected)))):]
     below = {name.split("/")[0] for name in extra if name.count("/") == 1 and name.endswith(ending)}

@@ -709,11 +709,12 @@ def test_isic_masks_named_as_the_challenge_ships_them_are_scored_and_said(tmp_pa
         score_predictions(volumes, synapse, proto)
 
 
-def _test_script_folder(tmp_path, n_test=2, labels=None):
+def _test_script_folder(tmp_path, n_test=2, labels=None, ending=".nii.gz"):
     """``_gt_folder``'s data and folder as TransUNet's test script writes one instead (utils.py test_single_volume,
     given a save path): each test case's <case>_pred.nii.gz, <case>_img.nii.gz and <case>_gt.nii.gz, float32
     (D, H, W) arrays saved with SimpleITK at spacing (1, 1, 1). The prediction is the case's labels; the _gt file
-    holds ``labels(case_id, label)`` where given (a copy, changed or not; None: no _gt file)."""
+    holds ``labels(case_id, label)`` where given (a copy, changed or not; None: no _gt file). ``ending``: the
+    files' (the script's save path may say .nii)."""
     import SimpleITK as sitk
 
     ds, folder = _gt_folder(tmp_path, n_test)
@@ -724,7 +725,7 @@ def _test_script_folder(tmp_path, n_test=2, labels=None):
         for suffix, array in {"_pred": case.label, "_img": case.image, **({} if gt is None else {"_gt": gt})}.items():
             itk = sitk.GetImageFromArray(array.astype(np.float32))
             itk.SetSpacing((1, 1, 1))  # the script's (1, 1, z_spacing=1)
-            sitk.WriteImage(itk, str(folder / f"{case_id}{suffix}.nii.gz"))
+            sitk.WriteImage(itk, str(folder / f"{case_id}{suffix}{ending}"))
     return ds, folder
 
 
@@ -750,6 +751,45 @@ def test_transunets_test_script_output_is_scored_as_it_is(tmp_path):
     with pytest.raises(BenchError, match=rf"preds: no prediction files; expected one per test case, named as "
                                          rf"{first}.nii.gz$"):
         score_predictions(folder, ds, SMOKE)
+
+
+def test_the_test_scripts_plain_nii_files_are_read_as_its_nii_gz_ones(tmp_path):
+    """Saved as .nii (uncompressed, which a rename to .nii.gz would make no gzip file), the script's predictions are
+    scored, its images passed over and its labels compared, as .nii.gz ones; a case with both is refused. On nnU-Net
+    data, whose file_ending is what nnU-Net reads, a .nii where .nii.gz is expected is to be gzipped, said so."""
+    import shutil
+
+    import nibabel as nib
+
+    ds, folder = _test_script_folder(tmp_path / "nii", ending=".nii")
+    first, second = ds.test_ids()
+    assert (folder / f"{first}_pred.nii").read_bytes()[:2] != b"\x1f\x8b"  # no gzip file
+    scores = score_predictions(folder, ds, SMOKE, "legacy-synapse")
+    assert scores.metrics["dice"] == 1.0 and scores.scored["n_cases"] == 2
+    assert f"their labels are ours: the labels written beside 2 of 2 predictions (first: {first}_gt.nii) are the " \
+           "ground truth scored here, voxel for voxel: same test data" in scores.notes
+    assert any(n.startswith(f"2 of 2 files are named as TransUNet's test script") and f"({first}_pred.nii)" in n
+               for n in scores.notes)
+    (folder / f"{first}_pred.nii").rename(folder / f"{first}.nii")  # as bench predict names it, uncompressed
+    scores = score_predictions(folder, ds, SMOKE, "legacy-synapse")
+    assert scores.metrics["dice"] == 1.0 and any(f"1 of 2 files are named" in n for n in scores.notes)
+    shutil.copyfile(folder / f"{first}.nii", folder / f"{first}_pred.nii")
+    with pytest.raises(BenchError, match=rf"preds: {first}.nii and {first}_pred.nii both name test case '{first}'"):
+        score_predictions(folder, ds, SMOKE)
+    (folder / f"{first}_pred.nii").unlink()
+    ds_other, other = _test_script_folder(tmp_path / "other", ending=".nii",
+                                          labels=lambda case_id, label: np.where(label == 3, 7, label))
+    with pytest.raises(BenchError, match=rf"{first}_gt.nii: labels written beside the predictions that are not"):
+        score_predictions(other, ds_other, SMOKE)
+
+    nn = open_dataset("nnunet", synthesize("nnunet", tmp_path / "nnunet", n_cases=5, depth=4, size=16), fold=0)
+    (preds := tmp_path / "nnunet_out").mkdir()
+    case = nn.test_ids()[0]
+    for case_id in nn.test_ids():  # its labels as predictions, the first saved uncompressed (<case>.nii)
+        name = nn.prediction_name(case_id).removesuffix(".gz" if case_id == case else "")
+        nib.save(nib.load(nn.root / "labelsTr" / nn.prediction_name(case_id)), str(preds / name))
+    with pytest.raises(BenchError, match=rf"{case}.nii stands for {case}.nii.gz: gzip them \(\.nii\.gz\)"):
+        score_predictions(preds, nn, SMOKE)
 
 
 def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_path, monkeypatch):
@@ -951,11 +991,11 @@ def test_files_named_otherwise_and_one_hot_volumes_are_said_what_to_do(tmp_path)
     ds, folder = _gt_folder(tmp_path)
     proto = load_protocol("smoke")
     first = ds.prediction_name(ds.test_ids()[0])  # <case>.nii.gz
-    (folder / first).rename(folder / first.replace(".nii.gz", ".nii"))
-    with pytest.raises(BenchError, match=rf"{first[:-3]} stands for {first}: name the files with the data's ending "
-                                         r"\(\.nii\.gz\)"):
+    (folder / first).rename(folder / first.replace(".nii.gz", ".png"))
+    with pytest.raises(BenchError, match=rf"{first[:-7]}.png stands for {first}: name the files with the data's "
+                                         r"ending \(\.nii\.gz\)"):
         score_predictions(folder, ds, proto)
-    (folder / first.replace(".nii.gz", ".nii")).rename(folder / first)
+    (folder / first.replace(".nii.gz", ".png")).rename(folder / first)
     below = folder / "run1"  # the files one folder down
     below.mkdir()
     for path in list(folder.glob("*.nii.gz")):
