@@ -221,8 +221,9 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
              if p.is_file() and not any(hidden(Path(part)) for part in p.relative_to(pred_dir).parts)}
     passed_over = NOT_PREDICTIONS + dataset.not_predictions
     found = {name for name in found if name in expected or not name.endswith(passed_over)}
-    # an example of the names expected: one not in the folder already
-    example = next((name for name in expected if name not in found), dataset.prediction_name(ids[0]) if ids else "")
+    # an example of the names expected: a case's without a file, named as the folder's files are
+    form = _folder_form(names, found)
+    example = next((its[form] for its in names.values() if not found & set(its)), names[ids[0]][form] if ids else "")
     if not found:
         raise BenchError(f"{pred_dir}: no prediction files; expected one per test case, named as {example}"
                          f"{_probabilities_only(pred_dir)}")
@@ -247,8 +248,14 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
     missing = [case_id for case_id, its in files.items() if not its]
     if missing:
         raise BenchError(f"{pred_dir}: no prediction of test case(s) {few(missing)} ({len(missing)} of {len(ids)}; "
-                         f"expected {dataset.prediction_name(missing[0])}){hint or _one_fold_hint(dataset, files)}")
+                         f"expected {names[missing[0]][form]}){hint or _one_fold_hint(dataset, files)}")
     return {case_id: its[0] for case_id, its in files.items()}
+
+
+def _folder_form(names: dict[str, tuple[str, ...]], found: set[str]) -> int:
+    """Which of ``SegDataset.prediction_names``' forms (their index) the files ``found`` name their cases by:
+    the first found's (Synapse's test script's ``<case>_pred.nii.gz``, say); 0, the data's own, where none."""
+    return next((its.index(name) for its in names.values() for name in its if name in found), 0)
 
 
 def _capped_said(cap: int, pooled: bool) -> str:

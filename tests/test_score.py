@@ -739,6 +739,12 @@ def test_transunets_test_script_output_is_scored_as_it_is(tmp_path):
     assert f"2 of 2 files are named as TransUNet's test script (utils.py test_single_volume) names its " \
            f"predictions, with '_pred' after the case id ({first}_pred.nii.gz): each scored as its case's" \
            in scores.notes
+    second = ds.test_ids()[1]  # a case without its file: named as the folder names the others
+    (folder / f"{second}_pred.nii.gz").rename(tmp_path / "aside.nii.gz")
+    with pytest.raises(BenchError, match=rf"preds: no prediction of test case\(s\) {second} \(1 of 2; expected "
+                                         rf"{second}_pred.nii.gz\)$"):
+        score_predictions(folder, ds, SMOKE)
+    (tmp_path / "aside.nii.gz").rename(folder / f"{second}_pred.nii.gz")
     (folder / f"{first}_pred.nii.gz").rename(folder / f"{first}.nii.gz")  # as bench predict names it: the same
     assert score_predictions(folder, ds, SMOKE, "legacy-synapse").metrics["dice"] == 1.0
     (folder / f"{first}_pred.nii.gz").write_bytes((folder / f"{first}.nii.gz").read_bytes())
