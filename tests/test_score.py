@@ -606,12 +606,17 @@ def test_what_cannot_be_scored_is_one_line_naming_the_path(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BenchError, match=rf"empty: no prediction files; expected one per test case, named as {ids[0]}"):
         score_predictions(tmp_path / "empty", ds, proto)
-    (folder / "notes.txt").write_text("x")
-    with pytest.raises(BenchError, match=r"preds: notes.txt: no test case scored here; the test cases' files are here "
-                                         r"too: leave the others out; scored here: the 3 test case\(s\) of the data's "
-                                         r"test split$"):
+    # text logs beside them (TransUNet's test.py: test_log/<name>.txt) are passed over as no label map
+    (folder / "test_log").mkdir()
+    for name in ("test_log.txt", "test_log/epoch_149.txt", "run.log"):
+        (folder / name).write_text("mean_dice : 0.85")
+    assert score_predictions(folder, ds, proto).scored["n_cases"] == len(ids)
+    (folder / "copy.nii.gz").write_bytes((folder / f"{ids[0]}.nii.gz").read_bytes())
+    with pytest.raises(BenchError, match=r"preds: copy.nii.gz: no test case scored here; the test cases' files are "
+                                         r"here too: leave the others out; scored here: the 3 test case\(s\) of the "
+                                         r"data's test split$"):
         score_predictions(folder, ds, proto)
-    (folder / "notes.txt").unlink()
+    (folder / "copy.nii.gz").unlink()
     with pytest.raises(BenchError, match=rf"{ids[2]}.nii.gz: no test case scored here; protocol 'smoke' scores the "
                                          r"first 2 test cases only \(eval.max_cases\)"):
         score_predictions(folder, ds, proto.with_overrides(max_cases=2))
