@@ -165,6 +165,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     missed = _miss_note(get_policy(policy), per_case, result.hd95_unit)
     if missed:
         notes.append(missed)
+    notes += _empty_notes(get_policy(policy), per_case)
     if resized:
         notes.append(f"{len(resized)} of {len(ids)} masks were at their image's own size and were resized to the "
                      f"scored {protocol.img_size}x{protocol.img_size} grid as the ground truth is (bilinear, then "
@@ -515,6 +516,33 @@ def _miss_note(policy: Policy, per_case: pd.DataFrame, unit: str | None) -> str:
             "penalty to its class's mean HD95")
 
 
+def _empty_notes(policy: Policy, per_case: pd.DataFrame) -> list[str]:
+    """How ``policy`` scored the (case, class) pairs empty in both masks and the false positives on structures
+    absent from their case, a line for each kind found: numbers no reader would guess (legacy-synapse's (0, 0)
+    for both empty, the authors' rule; strict's n/a, left out of the means). [] for a pooled policy."""
+    if "empty" not in per_case or policy.pooled:
+        return []
+    notes = []
+    for empty, what in (("both", "empty in both prediction and ground truth"),
+                        ("pred_only", "false positives, predicted where the structure is absent from the case")):
+        if n := int((per_case["empty"] == empty).sum()):
+            notes.append(f"{n} of {len(per_case)} (case, class) pairs were {what}: {policy.name} scores each "
+                         f"{_outcome_said(policy, empty)}")
+    return notes
+
+
+def _outcome_said(policy: Policy, empty: str) -> str:
+    """``policy``'s numbers for an ``empty`` pair ("both", "pred_only"), in words."""
+    dice, hd95 = policy.outcome(empty)
+    said = "DSC n/a, left out of the means (DSC n/a counts them)" if dice != dice else f"DSC {dice:g}"
+    if policy.hd_definition is not None:
+        said += (" and HD95 the penalty, the diagonal of the case's extent" if hd95 == PENALTY else
+                 " and HD95 n/a" if hd95 != hd95 else f" and HD95 {hd95:g}")
+    if empty == "both" and policy.misses_score_zero and dice == 0:  # TransUNet's calculate_metric_percase
+        said += ", as a miss (the authors' rule: an empty prediction scores (0, 0) whatever the ground truth holds)"
+    return said
+
+
 SCORE_FORMATS = ("md", "csv", "json")
 
 
@@ -555,6 +583,9 @@ def _render_md(scores: Scores) -> str:
         return "n/a" if value != value else f"{value * (100.0 if METRICS[m][1] else 1.0):.2f}"
 
     overall = pd.DataFrame([{head(m): cell(scores.metrics[m], m) for m in shown}])
+    n_na = scores.metrics.get("n_nan_dice", 0)
+    if n_na == n_na and n_na > 0:  # as boards show it (strict): the entries without a Dice, of all
+        overall["DSC n/a"] = f"{int(n_na)}/{int(n_na) + int(scores.metrics['n_valid_dice'])}"
     classes = pd.DataFrame([{"Class": class_display(r["name"], s["dataset"]), **{head(m): cell(r[m], m) for m in shown},
                              "Cases": str(r["n"])} for r in scores.per_class.to_dict("records")])
     run = f" (bench predict of run {s['run_id']})" if s["run_id"] else ""

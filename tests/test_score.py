@@ -593,6 +593,38 @@ def test_hand_made_predictions_score_as_medpy_and_the_policies_say(tmp_path):
     assert medpy.hd95(p, g) > 0 and strict.loc[(first, shifted), "hd95"] != legacy.loc[(first, shifted), "hd95"]
 
 
+def test_pairs_empty_in_the_ground_truth_say_how_the_policy_scored_them(tmp_path):
+    """A structure absent from a case's ground truth and predicted nowhere (both empty), or predicted there (a
+    false positive): each kind counted in a note with the policy's numbers for it (legacy-synapse's (0, 0) for both
+    empty, the authors' rule, and (1, 0)); strict's n/a count in the table, as boards show it."""
+    import h5py
+
+    ds, folder = _gt_folder(tmp_path)
+    first = ds.test_ids()[0]
+    label = ds.load_test(first).label
+    gone, extra = [c for c in range(1, ds.num_classes) if (label == c).any()][:2]
+    with h5py.File(ds.test_file(first), "r+") as f:  # both absent from the ground truth; one still predicted
+        f["label"][...] = np.where(np.isin(label, (gone, extra)), 0, label)
+    ds.write_prediction(ds.load_test(first), np.where(label == gone, 0, label), folder / ds.prediction_name(first))
+    n = 2 * (ds.num_classes - 1)
+    absent = sum(not (ds.load_test(c).label == k).any() for c in ds.test_ids() for k in range(1, ds.num_classes))
+    legacy = score_predictions(folder, ds, SMOKE, "legacy-synapse")
+    assert f"{absent - 1} of {n} (case, class) pairs were empty in both prediction and ground truth: legacy-synapse " \
+           "scores each DSC 0 and HD95 0, as a miss (the authors' rule: an empty prediction scores (0, 0) whatever " \
+           "the ground truth holds)" in legacy.notes
+    assert f"1 of {n} (case, class) pairs were false positives, predicted where the structure is absent from the " \
+           "case: legacy-synapse scores each DSC 1 and HD95 0" in legacy.notes
+    assert "DSC n/a" not in render(legacy, "md")
+    strict = score_predictions(folder, ds, SMOKE, "strict")
+    assert f"{absent - 1} of {n} (case, class) pairs were empty in both prediction and ground truth: strict scores " \
+           "each DSC n/a, left out of the means (DSC n/a counts them) and HD95 n/a" in strict.notes
+    assert f"1 of {n} (case, class) pairs were false positives, predicted where the structure is absent from the " \
+           "case: strict scores each DSC 0 and HD95 the penalty, the diagonal of the case's extent" in strict.notes
+    md = render(strict, "md")
+    (overall,) = md_rows(md, md.split("\n\n")[1].split("|")[1].strip())  # the aggregate table, its first column
+    assert overall["DSC n/a"] == f"{absent - 1}/{n}"
+
+
 def test_what_cannot_be_scored_is_one_line_naming_the_path(tmp_path):
     ds, folder = _gt_folder(tmp_path, n_test=3)
     proto = load_protocol("smoke")
