@@ -205,7 +205,7 @@ def _per_fold(dataset: SegDataset, scoring: Scoring, ids: list[str], scored: lis
 
 # files that are no label map, beside them: bench predict's prediction.json; nnUNetv2_predict's dataset.json,
 # plans.json, predict_from_raw_data_args.json and, with --save_probabilities, a <case>.npz and <case>.pkl each;
-# text logs (TransUNet's test.py logs to test_log/<name>.txt, often kept beside its predictions)
+# text logs (TransUNet's test.py logs to test_log/<name>.txt, often kept beside its predictions; a text file without an ending too, _log)
 NOT_PREDICTIONS = (".json", ".npz", ".pkl", ".txt", ".log")
 
 
@@ -222,7 +222,7 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
     found = {p.relative_to(pred_dir).as_posix() for p in pred_dir.rglob("*")
              if p.is_file() and not any(hidden(Path(part)) for part in p.relative_to(pred_dir).parts)}
     passed_over = NOT_PREDICTIONS + dataset.not_predictions
-    found = {name for name in found if name in expected or not name.endswith(passed_over)}
+    found = {name for name in found if name in expected or not (name.endswith(passed_over) or _log(pred_dir / name))}
     # an example of the names expected: a case's without a file, named as the folder's files are
     form = _folder_form(names, found)
     example = next((its[form] for its in names.values() if not found & set(its)), names[ids[0]][form] if ids else "")
@@ -252,6 +252,19 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
         raise BenchError(f"{pred_dir}: no prediction of test case(s) {few(missing)} ({len(missing)} of {len(ids)}; "
                          f"expected {names[missing[0]][form]}){hint or _one_fold_hint(dataset, files)}")
     return {case_id: its[0] for case_id, its in files.items()}
+
+
+def _log(path: Path) -> bool:
+    """Whether ``path`` is text without an ending (a log named test_log): no label map, which has an ending and
+    starts with bytes below 0x20 that text has none of (NIfTI, gzip, PNG)."""
+    if Path(path.name).suffix:
+        return False
+    try:
+        with path.open("rb") as f:
+            head = f.read(512)
+    except OSError:  # unreadable: refused as a file of no case, by name
+        return False
+    return bool(head) and all(b >= 0x20 or b in b"\t\n\r" for b in head)
 
 
 def _folder_form(names: dict[str, tuple[str, ...]], found: set[str]) -> int:

@@ -640,9 +640,13 @@ def test_what_cannot_be_scored_is_one_line_naming_the_path(tmp_path):
         score_predictions(tmp_path / "empty", ds, proto)
     # text logs beside them (TransUNet's test.py: test_log/<name>.txt) are passed over as no label map
     (folder / "test_log").mkdir()
-    for name in ("test_log.txt", "test_log/epoch_149.txt", "run.log"):
+    for name in ("test_log.txt", "test_log/epoch_149.txt", "run.log", "log"):
         (folder / name).write_text("mean_dice : 0.85")
     assert score_predictions(folder, ds, proto).scored["n_cases"] == len(ids)
+    (folder / "blob").write_bytes((folder / f"{ids[0]}.nii.gz").read_bytes())  # no ending, but no text: refused
+    with pytest.raises(BenchError, match=r"preds: blob: no test case scored here"):
+        score_predictions(folder, ds, proto)
+    (folder / "blob").unlink()
     (folder / "copy.nii.gz").write_bytes((folder / f"{ids[0]}.nii.gz").read_bytes())
     with pytest.raises(BenchError, match=r"preds: copy.nii.gz: no test case scored here; the test cases' files are "
                                          r"here too: leave the others out; scored here: the 3 test case\(s\) of the "
