@@ -4,9 +4,9 @@ The folder holds one file per scored test case, in the layout `bench predict` wr
 (``SegDataset.prediction_name``: Synapse ``<case>.nii.gz``, nnU-Net ``<case><file_ending>``, ISIC/polyp
 ``<case>.png`` 0/255 masks; ISIC's also as its challenge names them, ``<case>_segmentation.png``, Synapse's as
 the TransUNet lineage's test script (utils.py ``test_single_volume``) names them, ``<case>_pred.nii.gz``:
-``SegDataset.prediction_names``); ``NOT_PREDICTIONS`` beside them (nnUNetv2_predict's json, npz and pkl
-files, text logs) and the data's own ``SegDataset.not_predictions`` (that script's ``<case>_img.nii.gz`` and
-``<case>_gt.nii.gz``; each also as ``.nii``) are passed over, and bench predict's ``prediction.json`` says which run they came from: its
+``SegDataset.prediction_names``; Synapse's each also as ``.nii``); ``NOT_PREDICTIONS`` beside them (nnUNetv2_predict's
+json, npz and pkl files; text logs) and the data's own ``SegDataset.not_predictions`` (that script's ``<case>_img``
+and ``<case>_gt`` files) are passed over, and bench predict's ``prediction.json`` says which run they came from: its
 protocol, policy, data and split (fold), which are checked against those scored. A case's labels written beside
 its prediction (``SegDataset.labels_beside``: that script's ``<case>_gt.nii.gz``) are compared with its ground
 truth, voxel for voxel: the same is said, other labels (against which the script's numbers were computed) refused.
@@ -205,7 +205,8 @@ def _per_fold(dataset: SegDataset, scoring: Scoring, ids: list[str], scored: lis
 
 # files that are no label map, beside them: bench predict's prediction.json; nnUNetv2_predict's dataset.json,
 # plans.json, predict_from_raw_data_args.json and, with --save_probabilities, a <case>.npz and <case>.pkl each;
-# text logs (TransUNet's test.py logs to test_log/<name>.txt, often kept beside its predictions; a text file without an ending too, _log)
+# text logs (TransUNet's test.py logs to test_log/<name>.txt, often kept beside its predictions; one without an
+# ending too: _log)
 NOT_PREDICTIONS = (".json", ".npz", ".pkl", ".txt", ".log")
 
 
