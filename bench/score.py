@@ -4,9 +4,9 @@ The folder holds one file per scored test case, in the layout `bench predict` wr
 (``SegDataset.prediction_name``: Synapse ``<case>.nii.gz``, nnU-Net ``<case><file_ending>``, ISIC/polyp
 ``<case>.png`` 0/255 masks; ISIC's also as its challenge names them, ``<case>_segmentation.png``, Synapse's as
 the TransUNet lineage's test script (utils.py ``test_single_volume``) names them, ``<case>_pred.nii.gz``:
-``SegDataset.prediction_names``); ``NOT_PREDICTIONS`` beside them (nnUNetv2_predict's json, npz and pkl
-files) and the data's own ``SegDataset.not_predictions`` (that script's ``<case>_img.nii.gz`` and
-``<case>_gt.nii.gz``) are passed over, and bench predict's ``prediction.json`` says which run they came from: its
+``SegDataset.prediction_names``; Synapse's each also as ``.nii``); ``NOT_PREDICTIONS`` beside them (nnUNetv2_predict's
+json, npz and pkl files; text logs) and the data's own ``SegDataset.not_predictions`` (that script's ``<case>_img``
+and ``<case>_gt`` files) are passed over, and bench predict's ``prediction.json`` says which run they came from: its
 protocol, policy, data and split (fold), which are checked against those scored. A case's labels written beside
 its prediction (``SegDataset.labels_beside``: that script's ``<case>_gt.nii.gz``) are compared with its ground
 truth, voxel for voxel: the same is said, other labels (against which the script's numbers were computed) refused.
@@ -119,7 +119,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         case = dataset.load_test(case_id)
         gt = ground_truth(case, protocol, dataset.binary)
         # before the prediction is read: other labels explain a prediction of another shape
-        if (labels := dataset.labels_beside(case_id)) and (pred_dir / labels).is_file():
+        if labels := next((name for name in dataset.labels_beside(case_id) if (pred_dir / name).is_file()), None):
             _check_their_labels(pred_dir / labels, gt, dataset)
             same_labels.append(labels)
         pred, spacing = dataset.read_prediction(path, greyed)
@@ -146,7 +146,8 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     elif fold:  # else a case error above: the same test cases, so the numbers hold; the output names the fold scored
         notes.append(f"{fold} to have the output name its fold; both hold the same test cases ({len(ids)}), so "
                      "these are the run's numbers")
-    suffixed = [case_id for case_id in ids if files[case_id] != dataset.prediction_name(case_id)]
+    suffixed = [case_id for case_id in ids if dataset.mask_suffix and files[case_id].startswith(
+        f"{case_id}{dataset.mask_suffix}")]
     if suffixed:
         notes.append(f"{len(suffixed)} of {len(ids)} files are named as {dataset.mask_suffix_by}, with "
                      f"{dataset.mask_suffix!r} after the case id ({files[suffixed[0]]}): each scored as its case's")
@@ -161,6 +162,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     missed = _miss_note(get_policy(policy), per_case, result.hd95_unit)
     if missed:
         notes.append(missed)
+    notes += _empty_notes(get_policy(policy), per_case)
     if resized:
         notes.append(f"{len(resized)} of {len(ids)} masks were at their image's own size and were resized to the "
                      f"scored {protocol.img_size}x{protocol.img_size} grid as the ground truth is (bilinear, then "
@@ -199,8 +201,10 @@ def _per_fold(dataset: SegDataset, scoring: Scoring, ids: list[str], scored: lis
 
 
 # files that are no label map, beside them: bench predict's prediction.json; nnUNetv2_predict's dataset.json,
-# plans.json, predict_from_raw_data_args.json and, with --save_probabilities, a <case>.npz and <case>.pkl each
-NOT_PREDICTIONS = (".json", ".npz", ".pkl")
+# plans.json, predict_from_raw_data_args.json and, with --save_probabilities, a <case>.npz and <case>.pkl each;
+# text logs (TransUNet's test.py logs to test_log/<name>.txt, often kept beside its predictions; one without an
+# ending too: _log)
+NOT_PREDICTIONS = (".json", ".npz", ".pkl", ".txt", ".log")
 
 
 def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: Protocol,
@@ -216,9 +220,10 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
     found = {p.relative_to(pred_dir).as_posix() for p in pred_dir.rglob("*")
              if p.is_file() and not any(hidden(Path(part)) for part in p.relative_to(pred_dir).parts)}
     passed_over = NOT_PREDICTIONS + dataset.not_predictions
-    found = {name for name in found if name in expected or not name.endswith(passed_over)}
-    # an example of the names expected: one not in the folder already
-    example = next((name for name in expected if name not in found), dataset.prediction_name(ids[0]) if ids else "")
+    found = {name for name in found if name in expected or not (name.endswith(passed_over) or _log(pred_dir / name))}
+    # an example of the names expected: a case's without a file, named as the folder's files are
+    form = _folder_form(names, found)
+    example = next((its[form] for its in names.values() if not found & set(its)), names[ids[0]][form] if ids else "")
     if not found:
         raise BenchError(f"{pred_dir}: no prediction files; expected one per test case, named as {example}"
                          f"{_probabilities_only(pred_dir)}")
@@ -243,7 +248,7 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
     missing = [case_id for case_id, its in files.items() if not its]
     if missing:
         raise BenchError(f"{pred_dir}: no prediction of test case(s) {few(missing)} ({len(missing)} of {len(ids)}; "
-                         f"expected {dataset.prediction_name(missing[0])}){hint or _one_fold_hint(dataset, files)}")
+                         f"expected {names[missing[0]][form]}){hint or _one_fold_hint(dataset, files)}")
     return {case_id: its[0] for case_id, its in files.items()}
 
 
@@ -256,6 +261,25 @@ def capped_note(dataset: SegDataset, protocol: Protocol) -> str:
         return ""
     return (f"protocol {protocol.name!r} scores {_capped_said(protocol.eval.max_cases, True)} (eval.max_cases), as "
             f"each fold's run does: {n} of the split's {total} cases")
+
+
+def _log(path: Path) -> bool:
+    """Whether ``path`` is text without an ending (a log named test_log): no label map, which has an ending and
+    starts with bytes below 0x20 that text has none of (NIfTI, gzip, PNG)."""
+    if Path(path.name).suffix:
+        return False
+    try:
+        with path.open("rb") as f:
+            head = f.read(512)
+    except OSError:  # unreadable: refused as a file of no case, by name
+        return False
+    return bool(head) and all(b >= 0x20 or b in b"\t\n\r" for b in head)
+
+
+def _folder_form(names: dict[str, tuple[str, ...]], found: set[str]) -> int:
+    """Which of ``SegDataset.prediction_names``' forms (their index) the files ``found`` name their cases by:
+    the first found's (Synapse's test script's ``<case>_pred.nii.gz``, say); 0, the data's own, where none."""
+    return next((its.index(name) for its in names.values() for name in its if name in found), 0)
 
 
 def _capped_said(cap: int, pooled: bool) -> str:
@@ -304,9 +328,9 @@ def _probabilities_only(pred_dir: Path) -> str:
 
 
 def _name_hint(extra: list[str], expected: dict[str, str], found: set[str], pred_dir: Path) -> str:
-    """Why files that are the test cases' name otherwise are not taken: a JPEG, another ending (.nii for the
-    data's .nii.gz), one folder down (an nnU-Net ``fold_K`` beside its checkpoint and logs, the label
-    maps in ``validation/``), or a second set one folder down (``postprocessed/``); "" where none."""
+    """Why files that are the test cases' name otherwise are not taken: a JPEG, another ending (.nii for
+    nnU-Net data's .nii.gz: to gzip, not rename), one folder down (an nnU-Net ``fold_K`` beside its checkpoint and
+    logs, the label maps in ``validation/``), or a second set one folder down (``postprocessed/``); "" where none."""
     def stem(name: str) -> str:
         return name.split("/")[-1].split(".")[0]
 
@@ -314,10 +338,13 @@ def _name_hint(extra: list[str], expected: dict[str, str], found: set[str], pred
     if jpeg:  # renamed, it would be refused for its grey levels: say the remedy now
         return (f"; {jpeg} is a JPEG, whose lossy compression leaves edges that are neither background nor "
                 f"foreground; save the masks as PNG, named as the test cases (e.g. {next(iter(expected))})")
-    stems = {stem(name): name for name in expected}
+    stems = {stem(name): name for name in reversed(list(expected))}  # each stem's first name: the data's own
     if all("/" not in name for name in extra) and (alike := [n for n in extra if stem(n) in stems]):
-        return (f"; {alike[0]} stands for {stems[stem(alike[0])]}: name the files with the data's ending "
-                f"({stems[stem(alike[0])][len(stem(alike[0])):]})")
+        theirs, ours = alike[0][len(stem(alike[0])):], stems[stem(alike[0])][len(stem(alike[0])):]
+        # a plain .nii renamed .nii.gz is no gzip file (nor the reverse): compressed, not renamed
+        fix = ("gzip them" if ours == f"{theirs}.gz" else "gunzip them" if theirs == f"{ours}.gz" else
+               "name the files with the data's ending")
+        return f"; {alike[0]} stands for {stems[stem(alike[0])]}: {fix} ({ours})"
     # nothing scored at the top, and one subfolder holds files of the predictions' ending
     ending = next(iter(expected))[len(stem(next(iter(expected)))):]
     below = {name.split("/")[0] for name in extra if name.count("/") == 1 and name.endswith(ending)}
@@ -352,6 +379,10 @@ def _manifest(pred_dir: Path) -> dict[str, str]:
             if isinstance(data, dict) and isinstance(data.get(k), str)}
 
 
+# a volume stored reversed, (x, y, z) = (D, H, W): the fix, said of predictions and of the labels beside them alike
+_TRANSPOSED = "; a (D, H, W) array saved as it is: save np.transpose(volume, (2, 1, 0))"
+
+
 def _shape_problem(shape: tuple[int, ...], expected: tuple[int, ...], case, dataset: SegDataset, path: Path) -> str:
     """Why a prediction of ``shape`` is not on its case's grid ``expected``, in the file's own terms: a NIfTI
     volume stores (x, y, z) = (W, H, D), the reverse of the (D, H, W) arrays, and a (z, y, x) array saved as
@@ -359,8 +390,8 @@ def _shape_problem(shape: tuple[int, ...], expected: tuple[int, ...], case, data
     scored = f"test case {case.case_id!r} is scored on"
     if len(expected) == 3 and path.name.lower().endswith((".nii", ".nii.gz")):
         stored, wanted = shape[::-1], expected[::-1]
-        fix = ("; a (D, H, W) array saved as it is: save np.transpose(volume, (2, 1, 0))" if stored == expected else "")
-        return f"stored shape {stored}, where {scored} (x, y, z) = (W, H, D) = {wanted}{fix}"
+        return f"stored shape {stored}, where {scored} (x, y, z) = (W, H, D) = {wanted}" + (
+            _TRANSPOSED if stored == expected else "")
     native = f" (or its image's own size {case.label.shape})" if dataset.binary else ""
     return f"shape {shape}, where {scored} {expected}{native}"
 
@@ -385,25 +416,37 @@ def _spacing_note(respaced: list[tuple[str, tuple, tuple]], n: int, policy: Poli
 def _check_their_labels(path: Path, gt: np.ndarray, dataset: SegDataset) -> None:
     """BenchError where the labels another tool wrote beside its prediction of a case (``path``,
     ``SegDataset.labels_beside``; read once) are not its ground truth ``gt``, voxel for voxel: the tool's numbers
-    were computed against other labels (another organ order, other volumes), so these would not be its numbers,
-    and its predictions, of those labels, may mean other classes here. Says how many voxels and which classes
-    differ, or that the same structures carry other ids."""
+    were computed against other labels (other volumes), so these would not be its numbers. Says how many voxels
+    and which classes differ, or that the same structures carry other ids: another class order, which its
+    predictions use too, so their ids would score as our other organs; the remedy is then to remap them (the
+    ids given), not to score them as they are."""
     from bench.data.nnunet import read_nifti
 
     theirs, _ = read_nifti(path, label=True)
     if theirs.shape == gt.shape and np.array_equal(theirs, gt):
         return
+    anyway = ("score the predictions with the data they were made on (its --data-root), or move the label files out "
+              "of the folder to score them against these labels anyway")
     if theirs.shape != gt.shape:
-        why = f"stored shape {theirs.shape[::-1]}, where its case's is (x, y, z) = {gt.shape[::-1]}: another volume's"
+        why = f"stored shape {theirs.shape[::-1]}, where its case's is (x, y, z) = {gt.shape[::-1]}" + (
+            _TRANSPOSED if theirs.shape == gt.shape[::-1] else ": another volume's")
     else:
         differ = theirs != gt
         ids = np.union1d(np.unique(theirs[differ]), np.unique(gt[differ]))
         why = (f"{int(differ.sum()):,} of {gt.size:,} voxels differ, in classes "
-               f"{', '.join(_class_said(int(i), dataset) for i in ids if i)}{_relabelled(theirs, gt, dataset)}")
+               f"{', '.join(_class_said(int(i), dataset) for i in ids if i)}")
+        if pairs := _relabelled(theirs, gt):
+            moved = [(o, t) for o, t in pairs if o != t]
+            why += (f"; the same structures under other ids, ours "
+                    f"{', '.join(f'{_class_said(o, dataset)} as {t}' for o, t in moved)}: another class order")
+            lookup = np.arange(max(t for _, t in pairs) + 1)
+            lookup[[t for _, t in pairs]] = [o for o, _ in pairs]
+            anyway = ("their predictions are in that order too, so their ids would score as our other organs: remap "
+                      f"the predictions (and these label files) to our ids, theirs to ours "
+                      f"{', '.join(f'{t}->{o}' for o, t in moved)} (pred = np.array({lookup.tolist()})[pred]), or "
+                      "score them with the data they were made on (its --data-root)")
     raise BenchError(f"{path}: labels written beside the predictions that are not the ground truth scored here, at "
-                     f"{dataset.root} ({why}); the numbers their tool gave were computed against them: score the "
-                     "predictions with the data they were made on (its --data-root), or move the label files out "
-                     "of the folder to score them against these labels anyway")
+                     f"{dataset.root} ({why}); the numbers their tool gave were computed against them: {anyway}")
 
 
 def _class_said(class_id: int, dataset: SegDataset) -> str:
@@ -412,17 +455,16 @@ def _class_said(class_id: int, dataset: SegDataset) -> str:
             f"{class_id} (no class of the data)")
 
 
-def _relabelled(theirs: np.ndarray, gt: np.ndarray, dataset: SegDataset) -> str:
-    """Where ``theirs`` holds ``gt``'s structures, each under one other id (another organ order), the words
-    that say which ids ours carry there; "" otherwise."""
+def _relabelled(theirs: np.ndarray, gt: np.ndarray) -> list[tuple[int, int]]:
+    """Where ``theirs`` holds ``gt``'s structures, each under one other id (another class order), each
+    (our id, their id) pair found; [] otherwise."""
     if theirs.min() < 0:
-        return ""
+        return []
     base = int(theirs.max()) + 1
     ours, their = np.divmod(np.unique(gt * base + theirs), base)  # each (ours, theirs) pair of ids found, once
     if len(set(ours.tolist())) != len(ours) or len(set(their.tolist())) != len(their):
-        return ""
-    moved = [f"{_class_said(int(o), dataset)} as {int(t)}" for o, t in zip(ours, their) if o != t]
-    return f"; the same structures under other ids, ours {', '.join(moved)}: another class order"
+        return []
+    return [(int(o), int(t)) for o, t in zip(ours, their)]
 
 
 def _protocol_hint(made_by: dict[str, str], protocol: Protocol) -> str:
@@ -497,6 +539,33 @@ def _miss_note(policy: Policy, per_case: pd.DataFrame, unit: str | None) -> str:
             "penalty to its class's mean HD95")
 
 
+def _empty_notes(policy: Policy, per_case: pd.DataFrame) -> list[str]:
+    """How ``policy`` scored the (case, class) pairs empty in both masks and the false positives on structures
+    absent from their case, a line for each kind found: numbers no reader would guess (legacy-synapse's (0, 0)
+    for both empty, the authors' rule; strict's n/a, left out of the means). [] for a pooled policy."""
+    if "empty" not in per_case or policy.pooled:
+        return []
+    notes = []
+    for empty, what in (("both", "empty in both prediction and ground truth"),
+                        ("pred_only", "false positives, predicted where the structure is absent from the case")):
+        if n := int((per_case["empty"] == empty).sum()):
+            notes.append(f"{n} of {len(per_case)} (case, class) pairs were {what}: {policy.name} scores each "
+                         f"{_outcome_said(policy, empty)}")
+    return notes
+
+
+def _outcome_said(policy: Policy, empty: str) -> str:
+    """``policy``'s numbers for an ``empty`` pair ("both", "pred_only"), in words."""
+    dice, hd95 = policy.outcome(empty)
+    said = "DSC n/a, left out of the means (DSC n/a counts them)" if dice != dice else f"DSC {dice:g}"
+    if policy.hd_definition is not None:
+        said += (" and HD95 the penalty, the diagonal of the case's extent" if hd95 == PENALTY else
+                 " and HD95 n/a" if hd95 != hd95 else f" and HD95 {hd95:g}")
+    if empty == "both" and policy.misses_score_zero and dice == 0:  # TransUNet's calculate_metric_percase
+        said += ", as a miss (the authors' rule: an empty prediction scores (0, 0) whatever the ground truth holds)"
+    return said
+
+
 SCORE_FORMATS = ("md", "csv", "json")
 
 
@@ -537,6 +606,9 @@ def _render_md(scores: Scores) -> str:
         return "n/a" if value != value else f"{value * (100.0 if METRICS[m][1] else 1.0):.2f}"
 
     overall = pd.DataFrame([{head(m): cell(scores.metrics[m], m) for m in shown}])
+    n_na = scores.metrics.get("n_nan_dice", 0)
+    if n_na == n_na and n_na > 0:  # as boards show it (strict): the entries without a Dice, of all
+        overall["DSC n/a"] = f"{int(n_na)}/{int(n_na) + int(scores.metrics['n_valid_dice'])}"
     classes = pd.DataFrame([{"Class": class_display(r["name"], s["dataset"]), **{head(m): cell(r[m], m) for m in shown},
                              "Cases": str(r["n"])} for r in scores.per_class.to_dict("records")])
     run = f" (bench predict of run {s['run_id']})" if s["run_id"] else ""

@@ -215,7 +215,7 @@ def test_all_folds_score_every_case_once_pooled_as_the_folds_scored_alone(tmp_pa
     assert proc.returncode == 2 and f"postprocessed/ holds other predictions of the cases (nnU-Net's postprocessed " \
         f"ones beside the raw): score one folder at a time, --predictions {every / 'postprocessed'} or this" \
         in proc.stderr
-    assert "scored here: the 7 test case(s) of every fold of the 5 folds nnU-Net v2 generates" in proc.stderr
+    assert "scored here: the 7 validation case(s) of the 5 folds nnU-Net v2 generates" in proc.stderr
     assert scored(every / "postprocessed", "all")["metrics"] == pooled["metrics"]
     shutil.rmtree(every / "postprocessed")
     (every / "notes").mkdir()  # a folder down, files that are not the cases': no postprocessed set (a mutation audit)
@@ -633,6 +633,38 @@ def test_hand_made_predictions_score_as_medpy_and_the_policies_say(tmp_path):
     assert medpy.hd95(p, g) > 0 and strict.loc[(first, shifted), "hd95"] != legacy.loc[(first, shifted), "hd95"]
 
 
+def test_pairs_empty_in_the_ground_truth_say_how_the_policy_scored_them(tmp_path):
+    """A structure absent from a case's ground truth and predicted nowhere (both empty), or predicted there (a
+    false positive): each kind counted in a note with the policy's numbers for it (legacy-synapse's (0, 0) for both
+    empty, the authors' rule, and (1, 0)); strict's n/a count in the table, as boards show it."""
+    import h5py
+
+    ds, folder = _gt_folder(tmp_path)
+    first = ds.test_ids()[0]
+    label = ds.load_test(first).label
+    gone, extra = [c for c in range(1, ds.num_classes) if (label == c).any()][:2]
+    with h5py.File(ds.test_file(first), "r+") as f:  # both absent from the ground truth; one still predicted
+        f["label"][...] = np.where(np.isin(label, (gone, extra)), 0, label)
+    ds.write_prediction(ds.load_test(first), np.where(label == gone, 0, label), folder / ds.prediction_name(first))
+    n = 2 * (ds.num_classes - 1)
+    absent = sum(not (ds.load_test(c).label == k).any() for c in ds.test_ids() for k in range(1, ds.num_classes))
+    legacy = score_predictions(folder, ds, SMOKE, "legacy-synapse")
+    assert f"{absent - 1} of {n} (case, class) pairs were empty in both prediction and ground truth: legacy-synapse " \
+           "scores each DSC 0 and HD95 0, as a miss (the authors' rule: an empty prediction scores (0, 0) whatever " \
+           "the ground truth holds)" in legacy.notes
+    assert f"1 of {n} (case, class) pairs were false positives, predicted where the structure is absent from the " \
+           "case: legacy-synapse scores each DSC 1 and HD95 0" in legacy.notes
+    assert "DSC n/a" not in render(legacy, "md")
+    strict = score_predictions(folder, ds, SMOKE, "strict")
+    assert f"{absent - 1} of {n} (case, class) pairs were empty in both prediction and ground truth: strict scores " \
+           "each DSC n/a, left out of the means (DSC n/a counts them) and HD95 n/a" in strict.notes
+    assert f"1 of {n} (case, class) pairs were false positives, predicted where the structure is absent from the " \
+           "case: strict scores each DSC 0 and HD95 the penalty, the diagonal of the case's extent" in strict.notes
+    md = render(strict, "md")
+    (overall,) = md_rows(md, md.split("\n\n")[1].split("|")[1].strip())  # the aggregate table, its first column
+    assert overall["DSC n/a"] == f"{absent - 1}/{n}"
+
+
 def test_what_cannot_be_scored_is_one_line_naming_the_path(tmp_path):
     ds, folder = _gt_folder(tmp_path, n_test=3)
     proto = load_protocol("smoke")
@@ -646,12 +678,21 @@ def test_what_cannot_be_scored_is_one_line_naming_the_path(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BenchError, match=rf"empty: no prediction files; expected one per test case, named as {ids[0]}"):
         score_predictions(tmp_path / "empty", ds, proto)
-    (folder / "notes.txt").write_text("x")
-    with pytest.raises(BenchError, match=r"preds: notes.txt: no test case scored here; the test cases' files are here "
-                                         r"too: leave the others out; scored here: the 3 test case\(s\) of the data's "
-                                         r"test split$"):
+    # text logs beside them (TransUNet's test.py: test_log/<name>.txt) are passed over as no label map
+    (folder / "test_log").mkdir()
+    for name in ("test_log.txt", "test_log/epoch_149.txt", "run.log", "log"):
+        (folder / name).write_text("mean_dice : 0.85")
+    assert score_predictions(folder, ds, proto).scored["n_cases"] == len(ids)
+    (folder / "blob").write_bytes((folder / f"{ids[0]}.nii.gz").read_bytes())  # no ending, but no text: refused
+    with pytest.raises(BenchError, match=r"preds: blob: no test case scored here"):
         score_predictions(folder, ds, proto)
-    (folder / "notes.txt").unlink()
+    (folder / "blob").unlink()
+    (folder / "copy.nii.gz").write_bytes((folder / f"{ids[0]}.nii.gz").read_bytes())
+    with pytest.raises(BenchError, match=r"preds: copy.nii.gz: no test case scored here; the test cases' files are "
+                                         r"here too: leave the others out; scored here: the 3 test case\(s\) of the "
+                                         r"data's test split$"):
+        score_predictions(folder, ds, proto)
+    (folder / "copy.nii.gz").unlink()
     with pytest.raises(BenchError, match=rf"{ids[2]}.nii.gz: no test case scored here; protocol 'smoke' scores the "
                                          r"first 2 test cases only \(eval.max_cases\)"):
         score_predictions(folder, ds, proto.with_overrides(max_cases=2))
@@ -749,11 +790,12 @@ def test_isic_masks_named_as_the_challenge_ships_them_are_scored_and_said(tmp_pa
         score_predictions(volumes, synapse, proto)
 
 
-def _test_script_folder(tmp_path, n_test=2, labels=None):
+def _test_script_folder(tmp_path, n_test=2, labels=None, ending=".nii.gz"):
     """``_gt_folder``'s data and folder as TransUNet's test script writes one instead (utils.py test_single_volume,
     given a save path): each test case's <case>_pred.nii.gz, <case>_img.nii.gz and <case>_gt.nii.gz, float32
     (D, H, W) arrays saved with SimpleITK at spacing (1, 1, 1). The prediction is the case's labels; the _gt file
-    holds ``labels(case_id, label)`` where given (a copy, changed or not; None: no _gt file)."""
+    holds ``labels(case_id, label)`` where given (a copy, changed or not; None: no _gt file). ``ending``: the
+    files' (the script's save path may say .nii)."""
     import SimpleITK as sitk
 
     ds, folder = _gt_folder(tmp_path, n_test)
@@ -764,7 +806,7 @@ def _test_script_folder(tmp_path, n_test=2, labels=None):
         for suffix, array in {"_pred": case.label, "_img": case.image, **({} if gt is None else {"_gt": gt})}.items():
             itk = sitk.GetImageFromArray(array.astype(np.float32))
             itk.SetSpacing((1, 1, 1))  # the script's (1, 1, z_spacing=1)
-            sitk.WriteImage(itk, str(folder / f"{case_id}{suffix}.nii.gz"))
+            sitk.WriteImage(itk, str(folder / f"{case_id}{suffix}{ending}"))
     return ds, folder
 
 
@@ -778,6 +820,12 @@ def test_transunets_test_script_output_is_scored_as_it_is(tmp_path):
     assert f"2 of 2 files are named as TransUNet's test script (utils.py test_single_volume) names its " \
            f"predictions, with '_pred' after the case id ({first}_pred.nii.gz): each scored as its case's" \
            in scores.notes
+    second = ds.test_ids()[1]  # a case without its file: named as the folder names the others
+    (folder / f"{second}_pred.nii.gz").rename(tmp_path / "aside.nii.gz")
+    with pytest.raises(BenchError, match=rf"preds: no prediction of test case\(s\) {second} \(1 of 2; expected "
+                                         rf"{second}_pred.nii.gz\)$"):
+        score_predictions(folder, ds, SMOKE)
+    (tmp_path / "aside.nii.gz").rename(folder / f"{second}_pred.nii.gz")
     (folder / f"{first}_pred.nii.gz").rename(folder / f"{first}.nii.gz")  # as bench predict names it: the same
     assert score_predictions(folder, ds, SMOKE, "legacy-synapse").metrics["dice"] == 1.0
     (folder / f"{first}_pred.nii.gz").write_bytes((folder / f"{first}.nii.gz").read_bytes())
@@ -790,6 +838,45 @@ def test_transunets_test_script_output_is_scored_as_it_is(tmp_path):
     with pytest.raises(BenchError, match=rf"preds: no prediction files; expected one per test case, named as "
                                          rf"{first}.nii.gz$"):
         score_predictions(folder, ds, SMOKE)
+
+
+def test_the_test_scripts_plain_nii_files_are_read_as_its_nii_gz_ones(tmp_path):
+    """Saved as .nii (uncompressed, which a rename to .nii.gz would make no gzip file), the script's predictions are
+    scored, its images passed over and its labels compared, as .nii.gz ones; a case with both is refused. On nnU-Net
+    data, whose file_ending is what nnU-Net reads, a .nii where .nii.gz is expected is to be gzipped, said so."""
+    import shutil
+
+    import nibabel as nib
+
+    ds, folder = _test_script_folder(tmp_path / "nii", ending=".nii")
+    first, second = ds.test_ids()
+    assert (folder / f"{first}_pred.nii").read_bytes()[:2] != b"\x1f\x8b"  # no gzip file
+    scores = score_predictions(folder, ds, SMOKE, "legacy-synapse")
+    assert scores.metrics["dice"] == 1.0 and scores.scored["n_cases"] == 2
+    assert f"their labels are ours: the labels written beside 2 of 2 predictions (first: {first}_gt.nii) are the " \
+           "ground truth scored here, voxel for voxel: same test data" in scores.notes
+    assert any(n.startswith(f"2 of 2 files are named as TransUNet's test script") and f"({first}_pred.nii)" in n
+               for n in scores.notes)
+    (folder / f"{first}_pred.nii").rename(folder / f"{first}.nii")  # as bench predict names it, uncompressed
+    scores = score_predictions(folder, ds, SMOKE, "legacy-synapse")
+    assert scores.metrics["dice"] == 1.0 and any(f"1 of 2 files are named" in n for n in scores.notes)
+    shutil.copyfile(folder / f"{first}.nii", folder / f"{first}_pred.nii")
+    with pytest.raises(BenchError, match=rf"preds: {first}.nii and {first}_pred.nii both name test case '{first}'"):
+        score_predictions(folder, ds, SMOKE)
+    (folder / f"{first}_pred.nii").unlink()
+    ds_other, other = _test_script_folder(tmp_path / "other", ending=".nii",
+                                          labels=lambda case_id, label: np.where(label == 3, 7, label))
+    with pytest.raises(BenchError, match=rf"{first}_gt.nii: labels written beside the predictions that are not"):
+        score_predictions(other, ds_other, SMOKE)
+
+    nn = open_dataset("nnunet", synthesize("nnunet", tmp_path / "nnunet", n_cases=5, depth=4, size=16), fold=0)
+    (preds := tmp_path / "nnunet_out").mkdir()
+    case = nn.test_ids()[0]
+    for case_id in nn.test_ids():  # its labels as predictions, the first saved uncompressed (<case>.nii)
+        name = nn.prediction_name(case_id).removesuffix(".gz" if case_id == case else "")
+        nib.save(nib.load(nn.root / "labelsTr" / nn.prediction_name(case_id)), str(preds / name))
+    with pytest.raises(BenchError, match=rf"{case}.nii stands for {case}.nii.gz: gzip them \(\.nii\.gz\)"):
+        score_predictions(preds, nn, SMOKE)
 
 
 def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_path, monkeypatch):
@@ -813,17 +900,15 @@ def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_p
     def edited(edit):
         return lambda case_id, label: edit(label) if case_id == second else label
 
-    def refused(tmp, labels):
+    def refused(tmp, labels, remedy=ANYWAY):
         ds, folder = _test_script_folder(tmp_path / tmp, labels=labels)
         with pytest.raises(BenchError) as err:
             score_predictions(folder, ds, SMOKE, "legacy-synapse")
         start = (f"{folder / second}_gt.nii.gz: labels written beside the predictions that are not the ground truth "
                  f"scored here, at {ds.root} (")
-        assert str(err.value).startswith(start) and str(err.value).endswith(
-            "); the numbers their tool gave were computed against them: score the predictions with the data they were "
-            "made on (its --data-root), or move the label files out of the folder to score them against these labels "
-            "anyway")
-        return str(err.value)[len(start):str(err.value).index("); the numbers")], ds.load_test(second).label
+        said = "); the numbers their tool gave were computed against them: "
+        assert str(err.value).startswith(start) and str(err.value).endswith(said + remedy)
+        return str(err.value)[len(start):str(err.value).index(said)], ds.load_test(second).label
 
     def kidney_as_spleen(label):  # 3 voxels of the left kidney (3) labelled spleen (7)
         label[tuple(np.argwhere(label == 3)[:3].T)] = 7
@@ -831,13 +916,28 @@ def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_p
 
     assert refused("voxels", edited(kidney_as_spleen))[0] == \
         "3 of 6,144 voxels differ, in classes 3 (kidney_l), 7 (spleen)"
-    # aorta and gallbladder swapped, the stomach given an id the data has no class of
-    said, label = refused("ids", edited(lambda label: np.choose(label, [0, 2, 1, 3, 4, 5, 6, 7, 12])))
+    # aorta and gallbladder swapped, the stomach given an id the data has no class of: their predictions are in
+    # that order too, so scored as they are they would be scored as our other organs; remapped, not moved out
+    order = [0, 2, 1, 3, 4, 5, 6, 7, 12]
+    said, label = refused("ids", edited(lambda label: np.choose(label, order)), (
+        "their predictions are in that order too, so their ids would score as our other organs: remap the "
+        "predictions (and these label files) to our ids, theirs to ours 2->1, 1->2, 12->8 (pred = np.array([0, 2, "
+        "1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 8])[pred]), or score them with the data they were made on (its --data-root)"))
     assert said == (f"{int(np.isin(label, (1, 2, 8)).sum()):,} of 6,144 voxels differ, in classes 1 (aorta), 2 "
                     "(gallbladder), 8 (stomach), 12 (no class of the data); the same structures under other ids, ours "
                     "1 (aorta) as 2, 2 (gallbladder) as 1, 8 (stomach) as 12: another class order")
+    lookup = np.array([0, 2, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 8])  # the remap said undoes the order
+    assert np.array_equal(lookup[np.choose(label, order)], label)
     assert refused("shape", edited(lambda label: label[1:]))[0] == \
         "stored shape (32, 32, 5), where its case's is (x, y, z) = (32, 32, 6): another volume's"
+    # saved the other way round, (x, y, z) = (D, H, W): the fix said, as of a prediction so saved
+    assert refused("transposed", edited(lambda label: label.transpose(2, 1, 0)))[0] == \
+        "stored shape (6, 32, 32), where its case's is (x, y, z) = (32, 32, 6); a (D, H, W) array saved as it is: " \
+        "save np.transpose(volume, (2, 1, 0))"
+
+
+ANYWAY = ("score the predictions with the data they were made on (its --data-root), or move the label files out of "
+          "the folder to score them against these labels anyway")
 
 
 def test_colour_and_jpeg_masks_are_read_as_grey_or_refused_by_name(tmp_path):
@@ -978,11 +1078,11 @@ def test_files_named_otherwise_and_one_hot_volumes_are_said_what_to_do(tmp_path)
     ds, folder = _gt_folder(tmp_path)
     proto = load_protocol("smoke")
     first = ds.prediction_name(ds.test_ids()[0])  # <case>.nii.gz
-    (folder / first).rename(folder / first.replace(".nii.gz", ".nii"))
-    with pytest.raises(BenchError, match=rf"{first[:-3]} stands for {first}: name the files with the data's ending "
-                                         r"\(\.nii\.gz\)"):
+    (folder / first).rename(folder / first.replace(".nii.gz", ".png"))
+    with pytest.raises(BenchError, match=rf"{first[:-7]}.png stands for {first}: name the files with the data's "
+                                         r"ending \(\.nii\.gz\)"):
         score_predictions(folder, ds, proto)
-    (folder / first.replace(".nii.gz", ".nii")).rename(folder / first)
+    (folder / first.replace(".nii.gz", ".png")).rename(folder / first)
     below = folder / "run1"  # the files one folder down
     below.mkdir()
     for path in list(folder.glob("*.nii.gz")):

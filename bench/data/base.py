@@ -292,11 +292,11 @@ class SegDataset:
         name = self.prediction_name(case_id)
         return (name, f"{case_id}{self.mask_suffix}{name[len(case_id):]}") if self.mask_suffix else (name,)
 
-    def labels_beside(self, case_id: str) -> str | None:
-        """The file the data's own tools write ``case_id``'s labels to beside its prediction (TransUNet's test
-        script: ``<case>_gt.nii.gz``), which ``bench score`` compares with the ground truth it scores against;
-        None where they write none."""
-        return None
+    def labels_beside(self, case_id: str) -> tuple[str, ...]:
+        """The names of the file the data's own tools write ``case_id``'s labels to beside its prediction
+        (TransUNet's test script: ``<case>_gt.nii.gz`` or ``.nii``), which ``bench score`` compares with the ground
+        truth it scores against (the first there); () where they write none."""
+        return ()
 
     def unscored_hint(self, extra: list[str], held: list[str]) -> str:
         """Whose files ``extra`` (names in a prediction folder that are no test case scored here,

@@ -59,6 +59,9 @@ H5_SUFFIX = ".npy.h5"
 # path, writes each test case's prediction, image and labels with SimpleITK: case0008_pred.nii.gz, case0008_img.nii.gz,
 # case0008_gt.nii.gz (float32, spacing (1, 1, z_spacing=1)); bench score reads such a folder as it is
 TEST_SCRIPT_PRED, TEST_SCRIPT_IMG, TEST_SCRIPT_GT = "_pred", "_img", "_gt"
+# its files' endings: SimpleITK writes a plain .nii where the path says so, and nibabel reads both (renamed .nii.gz,
+# a .nii would be no gzip file): bench score takes either, for predictions and labels alike
+NIFTI_ENDINGS = (".nii.gz", ".nii")
 # what a scaled image may span: the real files' -0.15..1.19 with a margin; raw HU or 0..255 is far outside
 IMAGE_RANGE = (-1.0, 2.0)
 
@@ -306,7 +309,7 @@ class SynapseDataset(SegDataset):
     )
     mask_suffix = TEST_SCRIPT_PRED
     mask_suffix_by = "TransUNet's test script (utils.py test_single_volume) names its predictions"
-    not_predictions = (f"{TEST_SCRIPT_IMG}.nii.gz", f"{TEST_SCRIPT_GT}.nii.gz")
+    not_predictions = tuple(f"{kind}{ending}" for kind in (TEST_SCRIPT_IMG, TEST_SCRIPT_GT) for ending in NIFTI_ENDINGS)
 
     def __init__(self, root: str | Path):
         super().__init__(root)
@@ -370,8 +373,12 @@ class SynapseDataset(SegDataset):
         image, label, spacing = read_volume(_existing(self.test_file(case_id)))
         return Case(case_id=case_id, image=image, label=label, spacing=spacing or self._spacing.get(case_id))
 
-    def labels_beside(self, case_id: str) -> str | None:
-        return f"{case_id}{TEST_SCRIPT_GT}.nii.gz"
+    def prediction_names(self, case_id: str) -> tuple[str, ...]:
+        names = super().prediction_names(case_id)
+        return names + tuple(name.removesuffix(".gz") for name in names)  # NIFTI_ENDINGS
+
+    def labels_beside(self, case_id: str) -> tuple[str, ...]:
+        return tuple(f"{case_id}{TEST_SCRIPT_GT}{ending}" for ending in NIFTI_ENDINGS)
 
     def spacing_unknown(self, case_ids: list[str]) -> list[str]:
         return [c for c in case_ids if c not in self._spacing and volume_spacing(_existing(self.test_file(c))) is None]
