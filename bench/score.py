@@ -516,6 +516,21 @@ def _split_words(split: str) -> str:
     return "the data's test split" if split_fold(split) is None else f"fold {split_fold(split)}"
 
 
+def _authors_metrics_note(policy: str, metrics: dict[str, float], dataset: str) -> str:
+    """Under legacy-synapse, the authors' scoring, which computes DSC and HD95 alone (TransUNet's
+    calculate_metric_percase): that the Markdown table's other ``metrics`` are bench's, as a board's caption
+    says of them (``class_metrics_said``); "" under any other ``policy``."""
+    from bench.report.board_text import class_metrics_said
+    from bench.report.boards import METRICS
+
+    extra = [METRICS[m][0] for m in ("iou", "acc", "spe", "sen") if m in metrics]
+    if policy != "legacy-synapse" or not extra:
+        return ""
+    return (f"{policy} is the authors' scoring (TransUNet's calculate_metric_percase), which computes DSC and "
+            f"HD95 alone: {', '.join(extra)} are bench's, under the same rules (an empty mask's IoU as its DSC): "
+            f"{class_metrics_said(extra, dataset)}")
+
+
 def _miss_note(policy: Policy, per_case: pd.DataFrame, unit: str | None) -> str:
     """How ``policy`` scored the structures predicted nowhere in a case, counted as the boards count them, where
     its HD95 for them is no measured distance: 0, the best value (legacy-synapse, the papers' rule), or the
@@ -621,5 +636,7 @@ def _render_md(scores: Scores) -> str:
     title = (f"{s['predictions']}{run}: {s['n_cases']} cases of {s['dataset']}{fold} ({s['data_root']}){split} · "
              f"protocol {s['protocol']} v{s['protocol_version']} ({s['protocol_hash']}"
              f"{', off-protocol' if s['off_protocol'] else ''}) · policy {s['policy']}")
-    parts = [title, _md_table(overall), _md_table(classes), *(f"note: {n}" for n in scores.notes)]
+    # what the table's columns are comes first, as a board's caption says it
+    notes = [n for n in (_authors_metrics_note(s["policy"], scores.metrics, s["dataset"]), *scores.notes) if n]
+    parts = [title, _md_table(overall), _md_table(classes), *(f"note: {n}" for n in notes)]
     return "\n\n".join(parts) + "\n"

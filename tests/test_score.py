@@ -626,6 +626,14 @@ def test_hand_made_predictions_score_as_medpy_and_the_policies_say(tmp_path):
     (note,) = score_predictions(folder, ds, proto, "strict").notes
     assert note.startswith("strict scores a structure predicted nowhere in a case DSC 0 and HD95 the penalty, the "
                            f"diagonal of the case's extent ({penalty:.2f} mm here), the worst HD95: 1 of ")
+    # the table's mIoU, Acc, Spe, Sen are no number of the authors', whose scoring computes DSC and HD95 alone: said
+    # first under legacy-synapse, as a board's caption says what they are
+    authors = ("note: legacy-synapse is the authors' scoring (TransUNet's calculate_metric_percase), which computes DSC "
+               "and HD95 alone: mIoU, Acc, Spe, Sen are bench's, under the same rules (an empty mask's IoU as its DSC): "
+               "per case and class, one class against the rest, then averaged as DSC is (no Synapse paper reports "
+               "them); Acc and Spe count every background voxel, so they sit near 100%\n\nnote: legacy-synapse scores ")
+    assert authors in render(said, "md") and "authors' scoring" not in render(score_predictions(
+        folder, ds, proto, "strict"), "md")
     p, g = pred == shifted, case.label == shifted
     assert legacy.loc[(first, shifted), "dice"] == pytest.approx(medpy.dc(p, g), abs=1e-12)
     assert legacy.loc[(first, shifted), "hd95"] == pytest.approx(medpy.hd95(p, g), abs=1e-12)  # voxels
