@@ -190,13 +190,13 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
 
 def _per_fold(dataset: SegDataset, scoring: Scoring, ids: list[str], scored: list) -> list[dict[str, Any]]:
     """Each cross-validation fold's cases among ``ids`` (``scored``, in that order) aggregated alone: the
-    fold, its number of cases and DSC (the per-fold numbers beside the pooled one nnU-Net's summary gives)."""
+    fold, its number of cases and DSC (the per-fold numbers beside the pooled one nnU-Net's summary gives).
+    Every fold has some: the reader refuses an empty val list, and eval.max_cases keeps each fold's first."""
     out = []
     for k, val in enumerate(dataset.fold_cases):
         own = set(val)
         cases = [case for case_id, case in zip(ids, scored) if case_id in own]
-        if cases:  # none for a fold without validation cases
-            out.append({"fold": k, "n_cases": len(cases), "dice": scoring.result(cases).metrics["dice"]})
+        out.append({"fold": k, "n_cases": len(cases), "dice": scoring.result(cases).metrics["dice"]})
     return out
 
 
