@@ -190,13 +190,13 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
 
 def _per_fold(dataset: SegDataset, scoring: Scoring, ids: list[str], scored: list) -> list[dict[str, Any]]:
     """Each cross-validation fold's cases among ``ids`` (``scored``, in that order) aggregated alone: the
-    fold, its number of cases and DSC (the per-fold numbers beside the pooled one nnU-Net's summary gives)."""
+    fold, its number of cases and DSC (the per-fold numbers beside the pooled one nnU-Net's summary gives).
+    Every fold has some: the reader refuses an empty val list, and eval.max_cases keeps each fold's first."""
     out = []
     for k, val in enumerate(dataset.fold_cases):
         own = set(val)
         cases = [case for case_id, case in zip(ids, scored) if case_id in own]
-        if cases:  # none for a fold without validation cases
-            out.append({"fold": k, "n_cases": len(cases), "dice": scoring.result(cases).metrics["dice"]})
+        out.append({"fold": k, "n_cases": len(cases), "dice": scoring.result(cases).metrics["dice"]})
     return out
 
 
@@ -516,6 +516,21 @@ def _split_words(split: str) -> str:
     return "the data's test split" if split_fold(split) is None else f"fold {split_fold(split)}"
 
 
+def _authors_metrics_note(policy: str, metrics: dict[str, float], dataset: str) -> str:
+    """Under legacy-synapse, the authors' scoring, which computes DSC and HD95 alone (TransUNet's
+    calculate_metric_percase): that the Markdown table's other ``metrics`` are bench's, as a board's caption
+    says of them (``class_metrics_said``); "" under any other ``policy``."""
+    from bench.report.board_text import class_metrics_said
+    from bench.report.boards import METRICS
+
+    extra = [METRICS[m][0] for m in ("iou", "acc", "spe", "sen") if m in metrics]
+    if policy != "legacy-synapse" or not extra:
+        return ""
+    return (f"{policy} is the authors' scoring (TransUNet's calculate_metric_percase), which computes DSC and "
+            f"HD95 alone: {', '.join(extra)} are bench's, under the same rules (an empty mask's IoU as its DSC): "
+            f"{class_metrics_said(extra, dataset)}")
+
+
 def _miss_note(policy: Policy, per_case: pd.DataFrame, unit: str | None) -> str:
     """How ``policy`` scored the structures predicted nowhere in a case, counted as the boards count them, where
     its HD95 for them is no measured distance: 0, the best value (legacy-synapse, the papers' rule), or the
@@ -621,5 +636,7 @@ def _render_md(scores: Scores) -> str:
     title = (f"{s['predictions']}{run}: {s['n_cases']} cases of {s['dataset']}{fold} ({s['data_root']}){split} · "
              f"protocol {s['protocol']} v{s['protocol_version']} ({s['protocol_hash']}"
              f"{', off-protocol' if s['off_protocol'] else ''}) · policy {s['policy']}")
-    parts = [title, _md_table(overall), _md_table(classes), *(f"note: {n}" for n in scores.notes)]
+    # what the table's columns are comes first, as a board's caption says it
+    notes = [n for n in (_authors_metrics_note(s["policy"], scores.metrics, s["dataset"]), *scores.notes) if n]
+    parts = [title, _md_table(overall), _md_table(classes), *(f"note: {n}" for n in notes)]
     return "\n\n".join(parts) + "\n"

@@ -1642,7 +1642,10 @@ def test_nifti_and_png_shapes_bench_refuses_come_with_their_remedy(roots, tmp_pa
 
     for shape, fix in (((6, 5), "save it with a slice axis, shape (x, y, 1)"),
                        ((6, 5, 4, 2), "split the last axis into CASE_0000, CASE_0001"),
-                       ((6, 5, 4, 2, 1), "split the last axis into CASE_0000, CASE_0001")):
+                       ((6, 5, 4, 2, 1), "split the last axis into CASE_0000, CASE_0001"),
+                       ((6, 5, 4, 1, 2), "split the last axis into CASE_0000, CASE_0001"),  # SimpleITK's vector
+                       ((1, 6, 5, 4), "its axes of size 1 dropped it is 3-D, (6, 5, 4): an array with an axis of "
+                                      "size 1 too many saved as it is? save the 3-D volume (numpy: volume.squeeze())")):
         path = tmp_path / f"v{len(shape)}{shape[-1]}.nii.gz"
         nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), str(path))
         with pytest.raises(BenchError, match=rf"^{re.escape(str(path))}: expected a 3-D NIfTI volume, got shape "

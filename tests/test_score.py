@@ -626,6 +626,14 @@ def test_hand_made_predictions_score_as_medpy_and_the_policies_say(tmp_path):
     (note,) = score_predictions(folder, ds, proto, "strict").notes
     assert note.startswith("strict scores a structure predicted nowhere in a case DSC 0 and HD95 the penalty, the "
                            f"diagonal of the case's extent ({penalty:.2f} mm here), the worst HD95: 1 of ")
+    # the table's mIoU, Acc, Spe, Sen are no number of the authors', whose scoring computes DSC and HD95 alone: said
+    # first under legacy-synapse, as a board's caption says what they are
+    authors = ("note: legacy-synapse is the authors' scoring (TransUNet's calculate_metric_percase), which computes DSC "
+               "and HD95 alone: mIoU, Acc, Spe, Sen are bench's, under the same rules (an empty mask's IoU as its DSC): "
+               "per case and class, one class against the rest, then averaged as DSC is (no Synapse paper reports "
+               "them); Acc and Spe count every background voxel, so they sit near 100%\n\nnote: legacy-synapse scores ")
+    assert authors in render(said, "md") and "authors' scoring" not in render(score_predictions(
+        folder, ds, proto, "strict"), "md")
     p, g = pred == shifted, case.label == shifted
     assert legacy.loc[(first, shifted), "dice"] == pytest.approx(medpy.dc(p, g), abs=1e-12)
     assert legacy.loc[(first, shifted), "hd95"] == pytest.approx(medpy.hd95(p, g), abs=1e-12)  # voxels
@@ -1096,6 +1104,39 @@ def test_files_named_otherwise_and_one_hot_volumes_are_said_what_to_do(tmp_path)
                                          "save the argmax over the channel axis"):
         score_predictions(below, ds, proto)
 
+
+def test_volumes_of_several_frames_or_axes_of_size_one_are_said_what_they_hold(tmp_path):
+    """Any 4th axis was called one channel per class (a series of 2 volumes of a 9-class data too), and a
+    (1, D, H, W) array SimpleITK saved as it is (a vector image, shape (H, D, 1, 1, W)) was refused with no
+    remedy."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    ds, folder = _gt_folder(tmp_path, n_test=1)
+    case_id = ds.test_ids()[0]
+    path, label = folder / ds.prediction_name(case_id), ds.load_test(case_id).label  # (D, H, W)
+    depth, height, width = label.shape
+    xyz = label.transpose(2, 1, 0).astype(np.uint8)
+    nib.save(nib.Nifti1Image(np.stack([xyz, xyz], axis=-1), np.eye(4)), str(path))
+    with pytest.raises(BenchError, match=r"expected a label map of class ids, \(x, y, z\): it holds 2 volumes "
+                                         r"\(frames\), not one channel per class \(9 classes\), and a label map is "
+                                         "one 3-D volume: save the one to score$"):
+        score_predictions(folder, ds, SMOKE)
+    one_hot = (label[..., None] == np.arange(ds.num_classes)).astype(np.float32)  # SimpleITK: 9 values per voxel
+    sitk.WriteImage(sitk.GetImageFromArray(one_hot), str(path))
+    with pytest.raises(BenchError, match=r"not one channel per class: save the argmax over the channel axis$"):
+        score_predictions(folder, ds, SMOKE)
+    sitk.WriteImage(sitk.GetImageFromArray(label[None].astype(np.float32)), str(path))
+    with pytest.raises(BenchError, match=rf"got shape \({height}, {depth}, 1, 1, {width}\); its axes of size 1 "
+                                         rf"dropped it is 3-D, \({height}, {depth}, {width}\), out of x, y, z order: "
+                                         rf".* here \(1, {depth}, {height}, {width}\), reads so: save volume\[0\]$"):
+        score_predictions(folder, ds, SMOKE)
+    nib.save(nib.Nifti1Image(xyz[None], np.eye(4)), str(path))  # (1, x, y, z)
+    with pytest.raises(BenchError, match=rf"got shape \(1, {width}, {height}, {depth}\); its axes of size 1 dropped "
+                                         rf"it is 3-D, \({width}, {height}, {depth}\): .*volume.squeeze\(\)\)$"):
+        score_predictions(folder, ds, SMOKE)
+    sitk.WriteImage(sitk.GetImageFromArray(label[None][0].astype(np.float32)), str(path))  # the remedy works
+    assert score_predictions(folder, ds, SMOKE, "legacy-synapse").metrics["dice"] == 1.0
 
 def test_polyp_masks_are_read_from_a_folder_per_test_set(tmp_path):
     root = synthesize("polyp", tmp_path / "data", n_train=2, n_test=2, min_size=40, max_size=48)

@@ -330,7 +330,7 @@ class SegDataset:
         spacing = None
         if volume:
             img = load_nifti(path)  # one open: its header here, its voxels below
-            _refuse_channels(path, img.shape)
+            _refuse_channels(path, img.shape, len(self.class_names) + 1)
             self.check_prediction_header(path, img)
             pred, spacing = read_nifti(path, label=True, img=img)
         elif mode in _COLOUR_MODES:
@@ -374,16 +374,21 @@ def _colour_as_grey(path: Path, pixels: np.ndarray, mode: str, expected: str) ->
     raise BenchError(f"{path}: a colour PNG (mode {mode}) with {why}; expected {expected}")
 
 
-def _refuse_channels(path: Path, stored: tuple[int, ...]) -> None:
-    """A prediction volume (``path``, its header's shape ``stored``) of several channels (per-class
-    probabilities, one-hot) refused by name, with the remedy for a prediction: the reader's own advice is for
-    input images (one file per channel)."""
-    from bench.data.nnunet import volume_shape
+def _refuse_channels(path: Path, stored: tuple[int, ...], classes: int) -> None:
+    """A prediction volume (``path``, its header's shape ``stored``) of several values per voxel
+    (``channel_count``) refused by name, with the remedy for a prediction: the reader's own advice is for
+    input images (one file per channel). Per-class channels (probabilities, one-hot) only where there
+    is one per class of the data (``classes``, background included); otherwise a series of volumes."""
+    from bench.data.nnunet import channel_count
 
-    stored = tuple(stored)
-    if len(volume_shape(stored)) == 4:
-        raise BenchError(f"{path}: shape {stored}; expected a label map of class ids, (x, y, z), not one channel "
-                         "per class: save the argmax over the channel axis")
+    n = channel_count(stored)
+    if n == classes:
+        raise BenchError(f"{path}: shape {tuple(stored)}; expected a label map of class ids, (x, y, z), not one "
+                         "channel per class: save the argmax over the channel axis")
+    if n:
+        raise BenchError(f"{path}: shape {tuple(stored)}; expected a label map of class ids, (x, y, z): it holds "
+                         f"{n} volumes (frames), not one channel per class ({classes} classes), and a label map is "
+                         "one 3-D volume: save the one to score")
 
 
 SPLIT_NAMES = ("the training split", "the test split")

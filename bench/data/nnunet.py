@@ -245,15 +245,40 @@ def volume_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
+def channel_count(stored: tuple[int, ...]) -> int:
+    """How many values per voxel a NIfTI of shape ``stored`` holds beyond one (x, y, z) volume: the size of
+    its one axis past the third that is not of size 1, where its first three are all the volume's (an
+    (x, y, z, N) series or channels; the (x, y, z, 1, N) vector image SimpleITK's ``GetImageFromArray``
+    writes for a (z, y, x, N) array); 0 for any other shape."""
+    stored = tuple(stored)
+    rest = [n for n in stored[3:] if n != 1]
+    return rest[0] if len(rest) == 1 and 1 not in stored[:3] else 0
+
+
+def _size_one_fix(stored: tuple[int, ...]) -> str:
+    """The remedy for a NIfTI of shape ``stored`` that holds 3 axes longer than 1 among axes of size 1
+    placed where (x, y, z) cannot be read off (not only trailing ones, which ``volume_shape`` drops)."""
+    kept = tuple(n for n in stored if n != 1)
+    if len(stored) == 5 and stored[2:4] == (1, 1):  # a vector image of a (1, D, H, W) array, components W
+        array = (1, stored[1], stored[0], stored[4])
+        return (f"; its axes of size 1 dropped it is 3-D, {kept}, out of x, y, z order: SimpleITK's "
+                f"GetImageFromArray stores a 4-D array's last axis as values per voxel, so a (1, D, H, W) array "
+                f"saved as it is, here {array}, reads so: save volume[0]")
+    return (f"; its axes of size 1 dropped it is 3-D, {kept}: an array with an axis of size 1 too many saved "
+            "as it is? save the 3-D volume (numpy: volume.squeeze())")
+
+
 def _check_3d(path: Path, stored: tuple[int, ...]) -> tuple[int, int, int]:
     """The (x, y, z) volume of a NIfTI of shape ``stored`` (``volume_shape``); BenchError with the remedy
     for any other shape."""
     shape = volume_shape(stored)
     if len(shape) == 3:
         return shape
-    if len(shape) == 2:
+    if sum(n != 1 for n in stored) == 3:
+        fix = _size_one_fix(tuple(stored))
+    elif len(shape) == 2:
         fix = "; a 2-D image: save it with a slice axis, shape (x, y, 1), or as a PNG dataset (file_ending '.png')"
-    elif len(shape) == 4:
+    elif channel_count(stored):
         fix = ("; nnU-Net keeps each channel in a file of its own: split the last axis into CASE_0000, CASE_0001, "
                "... and declare them in channel_names")
     else:

@@ -506,12 +506,17 @@ def _metric_names_note(key: BoardKey, board: pd.DataFrame, paper: bool = False) 
                 "not a mean over classes.")
     classes = [c for c in board.attrs["value_columns"] if c.startswith("dice/")]
     if extra and len(classes) > 1 and not paper:
-        them = "them" if len(extra) > 1 else "it"
-        papers = f" (no Synapse paper reports {them})" if key.dataset.split(" (")[0] == "synapse" else ""
-        near = ("; Acc and Spe count every background voxel, so they sit near 100%"
-                if {"Acc", "Spe"} & set(extra) else "")
-        return f" {', '.join(extra)}: per case and class, one class against the rest, then averaged as DSC is{papers}{near}."
+        return f" {', '.join(extra)}: {class_metrics_said(extra, key.dataset)}."
     return ""
+
+
+def class_metrics_said(extra: list[str], dataset: str) -> str:
+    """How a multi-class table's ``extra`` metrics (display names of mIoU, Acc, Spe, Sen) are computed, for
+    ``dataset`` (a board's, "synapse (...)" too): said alike on boards and by ``bench score``."""
+    them = "them" if len(extra) > 1 else "it"
+    papers = f" (no Synapse paper reports {them})" if dataset.split(" (")[0] == "synapse" else ""
+    near = "; Acc and Spe count every background voxel, so they sit near 100%" if {"Acc", "Spe"} & set(extra) else ""
+    return f"per case and class, one class against the rest, then averaged as DSC is{papers}{near}"
 
 
 def _render_md(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...] | None = None,
