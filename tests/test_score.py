@@ -863,11 +863,11 @@ def test_the_test_scripts_plain_nii_files_are_read_as_its_nii_gz_ones(tmp_path):
     assert scores.metrics["dice"] == 1.0 and scores.scored["n_cases"] == 2
     assert f"their labels are ours: the labels written beside 2 of 2 predictions (first: {first}_gt.nii) are the " \
            "ground truth scored here, voxel for voxel: same test data" in scores.notes
-    assert any(n.startswith(f"2 of 2 files are named as TransUNet's test script") and f"({first}_pred.nii)" in n
+    assert any(n.startswith("2 of 2 files are named as TransUNet's test script") and f"({first}_pred.nii)" in n
                for n in scores.notes)
     (folder / f"{first}_pred.nii").rename(folder / f"{first}.nii")  # as bench predict names it, uncompressed
     scores = score_predictions(folder, ds, SMOKE, "legacy-synapse")
-    assert scores.metrics["dice"] == 1.0 and any(f"1 of 2 files are named" in n for n in scores.notes)
+    assert scores.metrics["dice"] == 1.0 and any("1 of 2 files are named" in n for n in scores.notes)
     shutil.copyfile(folder / f"{first}.nii", folder / f"{first}_pred.nii")
     with pytest.raises(BenchError, match=rf"preds: {first}.nii and {first}_pred.nii both name test case '{first}'"):
         score_predictions(folder, ds, SMOKE)
