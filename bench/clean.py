@@ -77,7 +77,8 @@ def clean(results_dir: Path, dry_run: bool = False) -> Cleanup:
         found.kept = [p for p in found.files() if not fileio.remove_path(p) and p.exists()]
     if kept := set(found.kept):  # no part of what was deleted, nor of its size: the note names them
         found.size -= size_of(found.kept)
-        found.resume = {run: left for run, files in found.resume.items() if (left := [p for p in files if p not in kept])}
+        found.resume = {run: left for run, files in found.resume.items()
+                        if (left := [p for p in files if p not in kept])}
         found.temps = [p for p in found.temps if p not in kept]
     return found
 

@@ -600,10 +600,10 @@ def restated(rec: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     miss counts take), keyed ``case_key``: ``"case img0003 class 2 (liver): dice"``; a row without numeric tp,
     fp, fn, tn (an older record) is taken as stored, and hd95 and nsd, which counts do not give, always are.
     Then, from the rows so corrected, the aggregates (``bench.metrics.aggregate``): ``key`` a ``metrics`` key
-    or ``dice/<class>`` / ``hd95/<class>`` (``per_class``). Only keys the record stores are compared; {} where its rows lack what the policy needs
-    (nothing to check against). A record edited by hand (``metrics.dice``, or one case's dice) shows here,
-    and so would one written by a bench that scored or aggregated otherwise: the numbers are recomputed
-    under this code."""
+    or ``dice/<class>`` / ``hd95/<class>`` (``per_class``). Only keys the record stores are compared; {} where
+    its rows lack what the policy needs (nothing to check against). A record edited by hand (``metrics.dice``,
+    or one case's dice) shows here, and so would one written by a bench that scored or aggregated otherwise:
+    the numbers are recomputed under this code."""
     return _restated(rec, _recount(rec))
 
 
@@ -727,9 +727,9 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False, current: 
 
     ``recheck`` (``bench report``, ``bench check``): each run's stored aggregates and per-class numbers are recomputed
     from its case rows, each row's numbers (its ``empty`` label too, and so the run's miss counts) first from its
-    own pixel counts where it keeps them (``restated``); where they differ (a record edited by hand, or written by a bench that scored or aggregated otherwise) the
-    row holds the recomputed ones and its ``restated`` column says what was stored (naming the case rows) and
-    which code stored it, and one warning names the files.
+    own pixel counts where it keeps them (``restated``); where they differ (a record edited by hand, or written
+    by a bench that scored or aggregated otherwise) the row holds the recomputed ones and its ``restated`` column
+    says what was stored (naming the case rows) and which code stored it, and one warning names the files.
     Boards then agree with their CIs and tests, which the case rows give: with ``level="case"``, ``recheck``
     gives each row's numbers as its counts give them (``recounted``; the run level's warning says which).
 
