@@ -364,7 +364,7 @@ def check_same_grid(path: Path, img, image: Path, label: Path) -> None:
             axes.append(axcodes(affine))
     what = (f"orientation {axes[0]}, not {axes[1]}" if axes[0] != axes[1] else
             f"orientation {axes[0]} as the image's, its axes turned up to {max(_angles(mine, theirs)):.2g} degrees"
-            if not np.allclose(_directions(mine), _directions(theirs), rtol=0, atol=1e-3) else
+            if not _same_directions(mine, theirs) else
             f"origin {tuple(round(float(v), 3) for v in mine[:3, 3])}, "
             f"not {tuple(round(float(v), 3) for v in theirs[:3, 3])}")
     raise BenchError(f"{path}: not on the grid of its image {image} ({what}), nor on its label file's: its voxels "
@@ -386,6 +386,11 @@ def _directions(affine: np.ndarray) -> np.ndarray:
     return affine[:3, :3] / np.where(norms > 0, norms, 1.0)
 
 
+def _same_directions(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two NIfTI affines' voxel axes point the same ways (to 1e-3), whatever their zooms."""
+    return bool(np.allclose(_directions(a), _directions(b), rtol=0, atol=1e-3))
+
+
 def _angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Degrees between each voxel axis of affine ``a`` and the same axis of ``b``."""
     cosines = np.clip((_directions(a) * _directions(b)).sum(axis=0), -1.0, 1.0)
@@ -396,8 +401,7 @@ def same_placement(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two NIfTI affines put voxel (i, j, k) of one grid at the same place, whatever their zooms say:
     the same axis directions (to 1e-3) and origin (to 1e-3 mm). Zooms are left to the caller: a header of
     other zooms on the same voxels is a header written otherwise, not voxels moved."""
-    return bool(np.allclose(_directions(a), _directions(b), rtol=0, atol=1e-3)
-                and np.allclose(a[:3, 3], b[:3, 3], rtol=0, atol=1e-3))
+    return _same_directions(a, b) and bool(np.allclose(a[:3, 3], b[:3, 3], rtol=0, atol=1e-3))
 
 
 def read_case(root: Path, case: str, ending: str, n_channels: int,
