@@ -885,6 +885,23 @@ def test_the_test_scripts_plain_nii_files_are_read_as_its_nii_gz_ones(tmp_path):
         nib.save(nib.load(nn.root / "labelsTr" / nn.prediction_name(case_id)), str(preds / name))
     with pytest.raises(BenchError, match=rf"{case}.nii stands for {case}.nii.gz: gzip them \(\.nii\.gz\)"):
         score_predictions(preds, nn, SMOKE)
+    # the reverse: data whose file_ending is .nii, a prediction gzipped (<case>.nii.gz): gunzip it, which scores
+    for path in [*nn.root.glob("imagesTr/*.nii.gz"), *nn.root.glob("labelsTr/*.nii.gz")]:
+        nib.save(nib.load(path), str(path.with_suffix("")))
+        path.unlink()
+    meta = json.loads((nn.root / "dataset.json").read_text())
+    (nn.root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".nii"}))
+    nn = open_dataset("nnunet", nn.root, fold=0)
+    for path in preds.iterdir():
+        path.unlink()
+    for case_id in nn.test_ids():  # its labels as predictions again, the first gzipped (<case>.nii.gz)
+        nib.save(nib.load(nn.root / "labelsTr" / f"{case_id}.nii"),
+                 str(preds / f"{case_id}.nii{'.gz' if case_id == case else ''}"))
+    with pytest.raises(BenchError, match=rf"{case}.nii.gz stands for {case}.nii: gunzip them \(\.nii\)"):
+        score_predictions(preds, nn, SMOKE)
+    nib.save(nib.load(preds / f"{case}.nii.gz"), str(preds / f"{case}.nii"))
+    (preds / f"{case}.nii.gz").unlink()
+    assert score_predictions(preds, nn, SMOKE).metrics["dice"] == 1.0
 
 
 def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_path, monkeypatch):
