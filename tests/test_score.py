@@ -906,8 +906,9 @@ def test_the_test_scripts_plain_nii_files_are_read_as_its_nii_gz_ones(tmp_path):
 
 def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_path, monkeypatch):
     """Each <case>_gt.nii.gz beside the predictions, read once, is compared voxel for voxel with the ground truth
-    scored: the same, said; else refused at the first case that differs, naming how many voxels and which classes
-    differ, or the ids the same structures carry there, or the other volume's shape."""
+    scored: the same, said; else refused once every case's is compared, naming how many voxels and which classes
+    differ in the first that differs, or the ids the same structures carry there, or the other volume's shape, and
+    how many differ; the remap only where one class order explains every file that differs."""
     from collections import Counter
     from pathlib import Path
 
@@ -939,8 +940,9 @@ def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_p
         label[tuple(np.argwhere(label == 3)[:3].T)] = 7
         return label
 
+    only = "; the only one of the 2 cases' labels that differs"
     assert refused("voxels", edited(kidney_as_spleen))[0] == \
-        "3 of 6,144 voxels differ, in classes 3 (kidney_l), 7 (spleen)"
+        "3 of 6,144 voxels differ, in classes 3 (kidney_l), 7 (spleen)" + only
     # aorta and gallbladder swapped, the stomach given an id the data has no class of: their predictions are in
     # that order too, so scored as they are they would be scored as our other organs; remapped, not moved out
     order = [0, 2, 1, 3, 4, 5, 6, 7, 12]
@@ -950,16 +952,47 @@ def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_p
         "1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 8])[pred]), or score them with the data they were made on (its --data-root)"))
     assert said == (f"{int(np.isin(label, (1, 2, 8)).sum()):,} of 6,144 voxels differ, in classes 1 (aorta), 2 "
                     "(gallbladder), 8 (stomach), 12 (no class of the data); the same structures under other ids, ours "
-                    "1 (aorta) as 2, 2 (gallbladder) as 1, 8 (stomach) as 12: another class order")
+                    "1 (aorta) as 2, 2 (gallbladder) as 1, 8 (stomach) as 12: another class order" + only)
     lookup = np.array([0, 2, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 8])  # the remap said undoes the order
     assert np.array_equal(lookup[np.choose(label, order)], label)
     assert refused("shape", edited(lambda label: label[1:]))[0] == \
-        "stored shape (32, 32, 5), where its case's is (x, y, z) = (32, 32, 6): another volume's"
+        "stored shape (32, 32, 5), where its case's is (x, y, z) = (32, 32, 6): another volume's" + only
     # saved the other way round, (x, y, z) = (D, H, W): the fix said, as of a prediction so saved
     assert refused("transposed", edited(lambda label: label.transpose(2, 1, 0)))[0] == \
         "stored shape (6, 32, 32), where its case's is (x, y, z) = (32, 32, 6); a (D, H, W) array saved as it is: " \
-        "save np.transpose(volume, (2, 1, 0))"
+        "save np.transpose(volume, (2, 1, 0))" + only
 
+    # every case's file compared (each read once; no prediction read after the first that differs) before the one
+    # error, which counts them: one class order in both gives the remap; else two files that disagree are named
+    def swapped(a, b):
+        return lambda case_id, label: np.choose(label, [{a: b, b: a}.get(i, i) for i in range(9)])
+
+    def both(first_edit, second_edit):
+        return lambda case_id, label: (first_edit if case_id == second else second_edit)(case_id, label)
+
+    def refused_all(tmp, labels):
+        ds, folder = _test_script_folder(tmp_path / tmp, labels=labels)
+        with pytest.raises(BenchError) as err:
+            score_predictions(folder, ds, SMOKE, "legacy-synapse")
+        assert str(err.value).startswith(f"{folder / first}_gt.nii.gz: labels written beside the predictions that "
+                                         "are not the ground truth scored here")
+        return str(err.value)
+
+    opened.clear()
+    said = refused_all("both", swapped(1, 2))
+    assert opened == Counter([f"{first}_gt.nii.gz", f"{second}_gt.nii.gz"])
+    assert "; the same structures under other ids in each file, ours 1 (aorta) as 2, 2 (gallbladder) as 1: another " \
+        f"class order; 2 of the 2 cases' labels differ: {first}_gt.nii.gz, {second}_gt.nii.gz); " in said
+    assert said.endswith("remap the predictions (and these label files) to our ids, theirs to ours 2->1, 1->2 (pred "
+                         "= np.array([0, 2, 1, 3, 4, 5, 6, 7, 8])[pred]), or score them with the data they were made "
+                         "on (its --data-root)")
+    said = refused_all("two_orders", both(swapped(1, 3), swapped(1, 2)))  # no remap of the first's given
+    assert f"; {first}_gt.nii.gz holds ours 1 (aorta) as 2, {second}_gt.nii.gz ours 1 (aorta) as 3: no one class " \
+        f"order explains them; 2 of the 2 cases' labels differ: {first}_gt.nii.gz, {second}_gt.nii.gz); " in said
+    assert said.endswith(ANYWAY)
+    said = refused_all("order_and_voxels", both(lambda case_id, label: kidney_as_spleen(label), swapped(1, 2)))
+    assert f"; {first}_gt.nii.gz holds our structures under other ids, {second}_gt.nii.gz other labels: no one class " \
+        "order explains them; 2 of the 2 cases' labels differ" in said and said.endswith(ANYWAY)
 
 ANYWAY = ("score the predictions with the data they were made on (its --data-root), or move the label files out of "
           "the folder to score them against these labels anyway")
