@@ -30,7 +30,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -63,10 +63,11 @@ class Scores:
     scored: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     per_fold: list[dict[str, Any]] = field(default_factory=list)
+    said: int = 0  # the first notes, said through score_predictions' ``say`` before any case was scored
 
 
 def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Protocol,
-                      policy: str | None = None) -> Scores:
+                      policy: str | None = None, say: Callable[[str], None] | None = None) -> Scores:
     """Score the label maps in ``pred_dir``, one per test case ``protocol`` scores on ``dataset``, under
     ``policy`` (default: as ``bench run`` picks it). BenchError naming the folder or file for a folder
     that is not there or empty, files of no scored case (whose they are, where the reader knows: an nnU-Net
@@ -75,12 +76,20 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     model's files name other classes (``SegDataset.prediction_folder_notes``; a note where they name the
     same classes otherwise), and for a case's labels written beside its prediction (``SegDataset.labels_beside``:
     TransUNet's test script's ``<case>_gt.nii.gz``) that are not its ground truth, voxel for voxel (every case's
-    compared first, one error counting them; said where they are); its run's fold, where not the one scored, is named in a case error. A dataset of
-    every fold's cases (nnU-Net's ``ALL_FOLDS``) scores them pooled, one aggregate over all, and each fold's
-    DSC (``Scores.per_fold``). On nnU-Net data a folder of nnU-Net's own fold "all" of a model of this data (or of one
-    nothing names), which trained on every case, is refused whatever the split (``trained_on_every_case``)."""
+    compared first, one error counting them; said where they are); its run's fold, where not the one scored, is
+    named in a case error. A dataset of every fold's cases (nnU-Net's ``ALL_FOLDS``) scores them pooled, one
+    aggregate over all, and each fold's DSC (``Scores.per_fold``). On nnU-Net data a folder of nnU-Net's own
+    fold "all" of a model of this data (or of one
+    nothing names), which trained on every case, is refused whatever the split (``trained_on_every_case``).
+    ``say``: called at once with the notes that hold before any file is read (``capped_note``), so a command says
+    them before any error about the cases; they lead ``Scores.notes`` too (``Scores.said`` counts them)."""
     pred_dir = Path(pred_dir).expanduser()
     protocol.check_dataset(dataset.name)
+    early = [capped] if (capped := capped_note(dataset, protocol)) else []  # eval.max_cases: each fold's first cases
+    if say:
+        for note in early:
+            say(note)
+    notes = list(early)
     # every case bench scores on nnU-Net data is a labelsTr case, which nnU-Net's fold "all" trained on: whatever
     # the split, a score of its predictions (those of a folder trimmed to the test cases too) is a training score
     if isinstance(dataset, NnUNetDataset) and (fold_all := trained_on_every_case(pred_dir, dataset)):
@@ -91,7 +100,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
                "with --fold K")
         raise BenchError(f"--predictions {pred_dir}: a folder {fold_all}: {why}")
     made_by = _manifest(pred_dir)
-    notes = _data_notes(made_by, dataset, pred_dir)  # another dataset's predictions: refused before any prediction is read
+    notes += _data_notes(made_by, dataset, pred_dir)  # another dataset's predictions: refused before any is read
     if pred_dir.is_dir():  # nnUNetv2_predict's copy of the model's dataset.json: a model of other labels refused
         notes += dataset.prediction_folder_notes(pred_dir)
     if policy is None and made_by.get("policy") and made_by.get("protocol") == protocol.name:
@@ -142,11 +151,12 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         raise BenchError(_other_labels_error(pred_dir, other_labels, len(other_labels) + len(same_labels), dataset))
     result = scoring.result(scored)
     per_case = pd.DataFrame(result.per_case)
+    # what the table's columns are comes first (after what was said before scoring), as a board's caption says it
+    if authors := _authors_metrics_note(policy, result.metrics, dataset.dataset_name):
+        notes.insert(len(early), authors)
     if other_protocol:  # no error above (the same cases and grid): still not the run's own evaluation, said
         notes.append(other_protocol.removeprefix("; ") + " for the run's own evaluation")
     pooled = getattr(dataset, "fold", None) == ALL_FOLDS
-    if capped := capped_note(dataset, protocol):  # eval.max_cases: each fold's first cases
-        notes.append(capped)
     if fold and pooled:  # one fold's folder with the others' files added: more cases than its run scored
         notes.append(f"{MANIFEST} is bench predict's of run {made_by.get('run_id', '?')}, of "
                      f"{_split_words(made_by['split'])} alone; the {len(ids)} cases scored here are all folds' "
@@ -193,6 +203,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         },
         notes=notes,
         per_fold=_per_fold(dataset, scoring, ids, scored) if pooled else [],
+        said=len(early) if say else 0,
     )
 
 
@@ -680,7 +691,5 @@ def _render_md(scores: Scores) -> str:
     title = (f"{s['predictions']}{run}: {s['n_cases']} cases of {s['dataset']}{fold} ({s['data_root']}){split} · "
              f"protocol {s['protocol']} v{s['protocol_version']} ({s['protocol_hash']}"
              f"{', off-protocol' if s['off_protocol'] else ''}) · policy {s['policy']}")
-    # what the table's columns are comes first, as a board's caption says it
-    notes = [n for n in (_authors_metrics_note(s["policy"], scores.metrics, s["dataset"]), *scores.notes) if n]
-    parts = [title, _md_table(overall), _md_table(classes), *(f"note: {n}" for n in notes)]
+    parts = [title, _md_table(overall), _md_table(classes), *(f"note: {n}" for n in scores.notes)]
     return "\n\n".join(parts) + "\n"

@@ -60,8 +60,11 @@ def test_a_run_predicted_then_scored_gives_its_record(tmp_path, policy):
     scores = score_predictions(folder, open_dataset("synapse", root), record_protocol(rec), policy)
     _assert_scores_are_the_record(scores, rec)
     assert scores.hd95_unit == ("mm" if policy == "strict" else "voxels")
-    # misses (the tiny model's): HD95 0 under legacy-synapse, the penalty under strict; said under both
-    assert [n.split(" in a case")[0] for n in scores.notes] == [f"{policy} scores a structure predicted nowhere"]
+    # misses (the tiny model's): HD95 0 under legacy-synapse, the penalty under strict; said under both, after
+    # legacy-synapse's note that the authors' scoring computes DSC and HD95 alone
+    authors = ["legacy-synapse is the authors' scoring"] if policy == "legacy-synapse" else []
+    assert [n.split(" in a case")[0].split(" (TransUNet's")[0] for n in scores.notes] == [
+        *authors, f"{policy} scores a structure predicted nowhere"]
     # no --policy: the policy the run was scored under, as its folder's manifest says (not the protocol's)
     again = score_predictions(folder, open_dataset("synapse", root), record_protocol(rec))
     assert again.scored["policy"] == policy and again.metrics == scores.metrics
@@ -71,8 +74,8 @@ def test_a_run_predicted_then_scored_gives_its_record(tmp_path, policy):
     else:
         assert again.notes == scores.notes
     other = "strict" if policy == "legacy-synapse" else "legacy-synapse"
-    assert f"was scored under {policy}; these numbers are under {other}" in score_predictions(
-        folder, open_dataset("synapse", root), record_protocol(rec), other).notes[0]
+    notes = score_predictions(folder, open_dataset("synapse", root), record_protocol(rec), other).notes
+    assert f"was scored under {policy}; these numbers are under {other}" in notes[1 if other == "legacy-synapse" else 0]
 
 
 def test_2d_nnunet_pngs_predicted_then_scored_give_the_record(tmp_path):
@@ -259,10 +262,14 @@ def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path
     capped = load_protocol("smoke").with_overrides(max_cases=1)
     firsts = [val[0] for val in ds.fold_cases]
     second = next(val[1] for val in ds.fold_cases if len(val) > 1)
+    cap = ("protocol 'smoke' scores each fold's first 1 validation case (eval.max_cases), as each fold's run does: 5 "
+           "of the split's 7 cases")
+    said = []  # the cap, said through say before any error about the cases
     with pytest.raises(BenchError, match=rf"{second}.png.*: no test case scored here; protocol 'smoke' scores each "
                                          r"fold's first 1 validation case only \(eval.max_cases\); scored here: 5 of "
                                          r"the 7 validation case\(s\) of the 5 folds nnU-Net v2 generates, drawn"):
-        score_predictions(every, ds, capped)
+        score_predictions(every, ds, capped, say=said.append)
+    assert said == [cap]
     for case_id in ds.cases:
         if case_id not in firsts:
             (every / ds.prediction_name(case_id)).unlink()
@@ -274,8 +281,9 @@ def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path
         shutil.copyfile(every / ds.prediction_name(firsts[k]), own / ds.prediction_name(firsts[k]))
         alone = score_predictions(own, open_dataset("nnunet", root, fold=k), capped)
         assert fold == {"fold": k, "n_cases": 1, "dice": alone.metrics["dice"]}
-    assert scores.notes == ["protocol 'smoke' scores each fold's first 1 validation case (eval.max_cases), as each "
-                            "fold's run does: 5 of the split's 7 cases"]
+    assert scores.notes == [cap] and scores.said == 0  # no say: nothing said yet
+    said = score_predictions(every, ds, capped, say=[].append)
+    assert said.notes == [cap] and said.said == 1
     md = render(scores, "md")
     assert "5 cases of nnunet:" in md and " · split: each fold's first 1 validation case, of the 5 folds nnU-Net v2 " \
         "generates, drawn by bench" in md
@@ -615,7 +623,8 @@ def test_hand_made_predictions_score_as_medpy_and_the_policies_say(tmp_path):
     legacy = said.per_case.set_index(["case", "class"])
     strict = score_predictions(folder, ds, proto, "strict").per_case.set_index(["case", "class"])
     # a miss scores the best HD95 there, as the papers' tables count it: said, with how many (the board's caption does)
-    (note,) = said.notes
+    authors_note, note = said.notes
+    assert authors_note.startswith("legacy-synapse is the authors' scoring")
     assert note.startswith("legacy-synapse scores a structure predicted nowhere in a case DSC 0 and HD95 0") and \
         "1 of " in note
     assert (legacy.loc[(first, erased), "dice"], legacy.loc[(first, erased), "hd95"]) == (0.0, 0.0)  # TransUNet's rule
@@ -1216,7 +1225,12 @@ def test_the_command_prints_a_table_writes_csv_and_json_and_fails_in_one_line(tm
     assert "policy legacy-synapse" in proc.stdout and "2 cases of synapse" in proc.stdout
     assert " · split: the data's test split · " in proc.stdout and "note:" not in proc.stderr  # Synapse's own lists
 
-    run_bench_here(monkeypatch, capsys, *base, "--out", tmp_path / "x.csv")
+    # the authors' scoring computes DSC and HD95 alone: said to csv and json users too, once, as the table says it
+    authors = next(line for line in proc.stdout.splitlines() if "legacy-synapse is the authors' scoring" in line)
+    proc = run_bench_here(monkeypatch, capsys, *base, "--out", tmp_path / "x.csv")
+    assert proc.stderr.splitlines().count(authors) == 1 and proc.stderr.count("authors' scoring") == 1
+    run_bench_here(monkeypatch, capsys, *base, "--out", tmp_path / "x.json")
+    assert json.loads((tmp_path / "x.json").read_text())["notes"][0] == authors.removeprefix("note: ")
     import pandas as pd
 
     rows = pd.read_csv(tmp_path / "x.csv")
