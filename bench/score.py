@@ -80,9 +80,10 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     named in a case error. A dataset of every fold's cases (nnU-Net's ``ALL_FOLDS``) scores them pooled, one
     aggregate over all, and each fold's DSC (``Scores.per_fold``). On nnU-Net data a folder of nnU-Net's own
     fold "all" of a model of this data (or of one
-    nothing names), which trained on every case, is refused whatever the split (``trained_on_every_case``).
-    ``say``: called at once with the notes that hold before any file is read (``capped_note``), so a command says
-    them before any error about the cases; they lead ``Scores.notes`` too (``Scores.said`` counts them)."""
+    nothing names), which trained on every case, is refused whatever the split (``trained_on_every_case``); one
+    of another dataset, by its name alone, is scored, said. ``say``: called at once with the notes that hold
+    before any file is read (``capped_note``), so a command says them before any error about the cases; they
+    lead ``Scores.notes`` too (``Scores.said`` counts them)."""
     pred_dir = Path(pred_dir).expanduser()
     protocol.check_dataset(dataset.name)
     early = [capped] if (capped := capped_note(dataset, protocol)) else []  # eval.max_cases: each fold's first cases
@@ -92,7 +93,9 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     notes = list(early)
     # every case bench scores on nnU-Net data is a labelsTr case, which nnU-Net's fold "all" trained on: whatever
     # the split, a score of its predictions (those of a folder trimmed to the test cases too) is a training score
-    if isinstance(dataset, NnUNetDataset) and (fold_all := trained_on_every_case(pred_dir, dataset)):
+    fold_all, fold_all_note = (trained_on_every_case(pred_dir, dataset) if isinstance(dataset, NnUNetDataset)
+                               else ("", ""))
+    if fold_all:
         why = (f"no cross-validation score exists for them; --fold {ALL_FOLDS} scores a cross-validation's "
                "predictions, each case by the fold that did not train on it (the fold_K/validation folders of folds "
                "0-4, copied into one)" if dataset.fold == ALL_FOLDS else
@@ -101,6 +104,8 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         raise BenchError(f"--predictions {pred_dir}: a folder {fold_all}: {why}")
     made_by = _manifest(pred_dir)
     notes += _data_notes(made_by, dataset, pred_dir)  # another dataset's predictions: refused before any is read
+    if fold_all_note:
+        notes.append(fold_all_note)
     if pred_dir.is_dir():  # nnUNetv2_predict's copy of the model's dataset.json: a model of other labels refused
         notes += dataset.prediction_folder_notes(pred_dir)
     if policy is None and made_by.get("policy") and made_by.get("protocol") == protocol.name:

@@ -402,10 +402,11 @@ def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored
             score_predictions(folder, open_dataset("nnunet", root, fold="all"), SMOKE)
 
 
-def test_a_fold_all_folder_is_refused_only_as_a_model_of_this_data(tmp_path):
+def test_a_fold_all_folder_is_refused_only_as_a_model_of_this_data(tmp_path, monkeypatch, capsys):
     """bench score refused every path with a fold_all part as nnU-Net's fold "all" training score, an external
     test set's predictions by such a model too. Now its model's plans.json (or nnUNet_results/DatasetXXX_Name
-    folder) decides: a model of this data's dataset is refused, saying so; one of another dataset is scored."""
+    folder) decides: a model of this data's dataset is refused, saying so; one of another dataset is scored, on
+    that name alone, said in a note (stderr, and the md and json notes)."""
     import json
     import shutil
 
@@ -422,7 +423,17 @@ def test_a_fold_all_folder_is_refused_only_as_a_model_of_this_data(tmp_path):
                                                r"was trained on: no score of it is a test score"):
         score_predictions(preds, ds, SMOKE)
     (model / "plans.json").write_text(json.dumps({"dataset_name": "Dataset901_External"}))
-    assert score_predictions(preds, ds, SMOKE).metrics["dice"] == 1.0  # another dataset's model: other cases
+    scores = score_predictions(preds, ds, SMOKE)  # another dataset's model: other cases
+    note = (f"{model / 'fold_all'}: nnU-Net's fold_all, whose model trained on every case of its dataset, scored on "
+            f"that dataset's name alone: {model / 'plans.json'} names it Dataset901_External, not this data "
+            "(Dataset900_Synth), so these are taken as predictions of cases it never trained on (an external test "
+            "set's); of a model of this data they would be training scores")
+    assert scores.metrics["dice"] == 1.0 and scores.notes == [note]
+    base = ["score", "--predictions", preds, "--dataset", "nnunet", "--data-root", root, "--protocol", "smoke"]
+    proc = run_bench_here(monkeypatch, capsys, *base, "--format", "json")
+    assert proc.stderr.splitlines().count(f"note: {note}") == 1 and json.loads(proc.stdout)["notes"] == [note]
+    proc = run_bench_here(monkeypatch, capsys, *base)
+    assert f"note: {note}" in proc.stdout.splitlines() and "nnU-Net's fold_all" not in proc.stderr
     (model / "plans.json").write_text(json.dumps({"dataset_name": "Dataset900_Synth"}))
     with pytest.raises(BenchError, match=this + r"\(Dataset900_Synth, as .*plans.json names it\)"):
         score_predictions(preds, ds, SMOKE)
