@@ -30,7 +30,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -63,10 +63,11 @@ class Scores:
     scored: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     per_fold: list[dict[str, Any]] = field(default_factory=list)
+    said: int = 0  # the first notes, said through score_predictions' ``say`` before any case was scored
 
 
 def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Protocol,
-                      policy: str | None = None) -> Scores:
+                      policy: str | None = None, say: Callable[[str], None] | None = None) -> Scores:
     """Score the label maps in ``pred_dir``, one per test case ``protocol`` scores on ``dataset``, under
     ``policy`` (default: as ``bench run`` picks it). BenchError naming the folder or file for a folder
     that is not there or empty, files of no scored case (whose they are, where the reader knows: an nnU-Net
@@ -74,16 +75,27 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     for bench predict's predictions of another dataset (its manifest's ``dataset_name``) and for a folder whose
     model's files name other classes (``SegDataset.prediction_folder_notes``; a note where they name the
     same classes otherwise), and for a case's labels written beside its prediction (``SegDataset.labels_beside``:
-    TransUNet's test script's ``<case>_gt.nii.gz``) that are not its ground truth, voxel for voxel (said where they
-    are); its run's fold, where not the one scored, is named in a case error. A dataset of
-    every fold's cases (nnU-Net's ``ALL_FOLDS``) scores them pooled, one aggregate over all, and each fold's
-    DSC (``Scores.per_fold``). On nnU-Net data a folder of nnU-Net's own fold "all" of a model of this data (or of one
-    nothing names), which trained on every case, is refused whatever the split (``trained_on_every_case``)."""
+    TransUNet's test script's ``<case>_gt.nii.gz``) that are not its ground truth, voxel for voxel (every case's
+    compared first, one error counting them; said where they are); its run's fold, where not the one scored, is
+    named in a case error. A dataset of every fold's cases (nnU-Net's ``ALL_FOLDS``) scores them pooled, one
+    aggregate over all, and each fold's DSC (``Scores.per_fold``). On nnU-Net data a folder of nnU-Net's own
+    fold "all" of a model of this data (or of one
+    nothing names), which trained on every case, is refused whatever the split (``trained_on_every_case``); one
+    of another dataset, by its name alone, is scored, said. ``say``: called at once with the notes that hold
+    before any file is read (``capped_note``), so a command says them before any error about the cases; they
+    lead ``Scores.notes`` too (``Scores.said`` counts them)."""
     pred_dir = Path(pred_dir).expanduser()
     protocol.check_dataset(dataset.name)
+    early = [capped] if (capped := capped_note(dataset, protocol)) else []  # eval.max_cases: each fold's first cases
+    if say:
+        for note in early:
+            say(note)
+    notes = list(early)
     # every case bench scores on nnU-Net data is a labelsTr case, which nnU-Net's fold "all" trained on: whatever
     # the split, a score of its predictions (those of a folder trimmed to the test cases too) is a training score
-    if isinstance(dataset, NnUNetDataset) and (fold_all := trained_on_every_case(pred_dir, dataset)):
+    fold_all, fold_all_note = (trained_on_every_case(pred_dir, dataset) if isinstance(dataset, NnUNetDataset)
+                               else ("", ""))
+    if fold_all:
         why = (f"no cross-validation score exists for them; --fold {ALL_FOLDS} scores a cross-validation's "
                "predictions, each case by the fold that did not train on it (the fold_K/validation folders of folds "
                "0-4, copied into one)" if dataset.fold == ALL_FOLDS else
@@ -91,7 +103,9 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
                "with --fold K")
         raise BenchError(f"--predictions {pred_dir}: a folder {fold_all}: {why}")
     made_by = _manifest(pred_dir)
-    notes = _data_notes(made_by, dataset, pred_dir)  # another dataset's predictions: refused before any prediction is read
+    notes += _data_notes(made_by, dataset, pred_dir)  # another dataset's predictions: refused before any is read
+    if fold_all_note:
+        notes.append(fold_all_note)
     if pred_dir.is_dir():  # nnUNetv2_predict's copy of the model's dataset.json: a model of other labels refused
         notes += dataset.prediction_folder_notes(pred_dir)
     if policy is None and made_by.get("policy") and made_by.get("protocol") == protocol.name:
@@ -113,15 +127,21 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     hint = other_protocol + (f"; {fold}" if fold else "")
     files = _case_files(pred_dir, dataset, ids, protocol, hint)
     scoring = Scoring.of(dataset, protocol, policy)
-    scored, resized, greyed, respaced, same_labels = [], [], [], [], []
+    scored, resized, greyed, respaced, same_labels, other_labels = [], [], [], [], [], []
     for case_id in ids:
         path = pred_dir / files[case_id]
+        labels = next((name for name in dataset.labels_beside(case_id) if (pred_dir / name).is_file()), None)
+        if other_labels and not labels:  # refused below: only the other cases' labels are still compared
+            continue
         case = dataset.load_test(case_id)
         gt = ground_truth(case, protocol, dataset.binary)
         # before the prediction is read: other labels explain a prediction of another shape
-        if labels := next((name for name in dataset.labels_beside(case_id) if (pred_dir / name).is_file()), None):
-            _check_their_labels(pred_dir / labels, gt, dataset)
+        if labels and (differ := _their_labels_differ(pred_dir / labels, gt, dataset)):
+            other_labels.append((labels, *differ))
+        elif labels:
             same_labels.append(labels)
+        if other_labels:  # every case's labels compared before the one error, so it counts them all
+            continue
         pred, spacing = dataset.read_prediction(path, greyed)
         if spacing is not None and case.spacing is not None and not np.allclose(spacing, case.spacing, rtol=1e-4,
                                                                                   atol=0):
@@ -132,13 +152,16 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         if pred.shape != gt.shape:
             raise BenchError(f"{path}: {_shape_problem(pred.shape, gt.shape, case, dataset, path)}{hint}")
         scored.append(scoring.case(case, pred, gt))
+    if other_labels:
+        raise BenchError(_other_labels_error(pred_dir, other_labels, len(other_labels) + len(same_labels), dataset))
     result = scoring.result(scored)
     per_case = pd.DataFrame(result.per_case)
+    # what the table's columns are comes first (after what was said before scoring), as a board's caption says it
+    if authors := _authors_metrics_note(policy, result.metrics, dataset.dataset_name):
+        notes.insert(len(early), authors)
     if other_protocol:  # no error above (the same cases and grid): still not the run's own evaluation, said
         notes.append(other_protocol.removeprefix("; ") + " for the run's own evaluation")
     pooled = getattr(dataset, "fold", None) == ALL_FOLDS
-    if capped := capped_note(dataset, protocol):  # eval.max_cases: each fold's first cases
-        notes.append(capped)
     if fold and pooled:  # one fold's folder with the others' files added: more cases than its run scored
         notes.append(f"{MANIFEST} is bench predict's of run {made_by.get('run_id', '?')}, of "
                      f"{_split_words(made_by['split'])} alone; the {len(ids)} cases scored here are all folds' "
@@ -185,6 +208,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         },
         notes=notes,
         per_fold=_per_fold(dataset, scoring, ids, scored) if pooled else [],
+        said=len(early) if say else 0,
     )
 
 
@@ -413,40 +437,76 @@ def _spacing_note(respaced: list[tuple[str, tuple, tuple]], n: int, policy: Poli
             f"as their shape is its; {hd95}")
 
 
-def _check_their_labels(path: Path, gt: np.ndarray, dataset: SegDataset) -> None:
-    """BenchError where the labels another tool wrote beside its prediction of a case (``path``,
-    ``SegDataset.labels_beside``; read once) are not its ground truth ``gt``, voxel for voxel: the tool's numbers
-    were computed against other labels (other volumes), so these would not be its numbers. Says how many voxels
-    and which classes differ, or that the same structures carry other ids: another class order, which its
-    predictions use too, so their ids would score as our other organs; the remedy is then to remap them (the
-    ids given), not to score them as they are."""
+def _their_labels_differ(path: Path, gt: np.ndarray, dataset: SegDataset) -> tuple[str, list] | None:
+    """Where the labels another tool wrote beside its prediction of a case (``path``, ``SegDataset.labels_beside``;
+    read once) are not its ground truth ``gt``, voxel for voxel, why in words (another volume's shape, or how many
+    voxels and which classes differ) and the (our id, their id) pairs where they are the same structures under
+    other ids (``_relabelled``; [] otherwise); None where they are the same."""
     from bench.data.nnunet import read_nifti
 
     theirs, _ = read_nifti(path, label=True)
     if theirs.shape == gt.shape and np.array_equal(theirs, gt):
-        return
+        return None
+    if theirs.shape != gt.shape:
+        return f"stored shape {theirs.shape[::-1]}, where its case's is (x, y, z) = {gt.shape[::-1]}" + (
+            _TRANSPOSED if theirs.shape == gt.shape[::-1] else ": another volume's"), []
+    differ = theirs != gt
+    ids = np.union1d(np.unique(theirs[differ]), np.unique(gt[differ]))
+    return (f"{int(differ.sum()):,} of {gt.size:,} voxels differ, in classes "
+            f"{', '.join(_class_said(int(i), dataset) for i in ids if i)}"), _relabelled(theirs, gt)
+
+
+def _other_labels_error(pred_dir: Path, differ: list[tuple[str, str, list]], n: int, dataset: SegDataset) -> str:
+    """The one error for the labels written beside the predictions that are not the ground truth (``differ``:
+    each such file's name, why and ``_relabelled`` pairs, of ``n`` compared): the first file and why, how many
+    differ, named, and the remedy. The tool's numbers were computed against other labels, so these would not be
+    its numbers. Where one class order explains every file (the same structures under other ids, one mapping),
+    its predictions use it too, so their ids would score as our other organs: the remedy is to remap them (the
+    ids given), not to score them as they are; files that disagree are named, two of them."""
+    first, why, _ = differ[0]
     anyway = ("score the predictions with the data they were made on (its --data-root), or move the label files out "
               "of the folder to score them against these labels anyway")
-    if theirs.shape != gt.shape:
-        why = f"stored shape {theirs.shape[::-1]}, where its case's is (x, y, z) = {gt.shape[::-1]}" + (
-            _TRANSPOSED if theirs.shape == gt.shape[::-1] else ": another volume's")
-    else:
-        differ = theirs != gt
-        ids = np.union1d(np.unique(theirs[differ]), np.unique(gt[differ]))
-        why = (f"{int(differ.sum()):,} of {gt.size:,} voxels differ, in classes "
-               f"{', '.join(_class_said(int(i), dataset) for i in ids if i)}")
-        if pairs := _relabelled(theirs, gt):
-            moved = [(o, t) for o, t in pairs if o != t]
-            why += (f"; the same structures under other ids, ours "
-                    f"{', '.join(f'{_class_said(o, dataset)} as {t}' for o, t in moved)}: another class order")
-            lookup = np.arange(max(t for _, t in pairs) + 1)
-            lookup[[t for _, t in pairs]] = [o for o, _ in pairs]
-            anyway = ("their predictions are in that order too, so their ids would score as our other organs: remap "
-                      f"the predictions (and these label files) to our ids, theirs to ours "
-                      f"{', '.join(f'{t}->{o}' for o, t in moved)} (pred = np.array({lookup.tolist()})[pred]), or "
-                      "score them with the data they were made on (its --data-root)")
-    raise BenchError(f"{path}: labels written beside the predictions that are not the ground truth scored here, at "
-                     f"{dataset.root} ({why}); the numbers their tool gave were computed against them: {anyway}")
+    pairs, clash = _one_order(differ, dataset)
+    if clash:
+        why += f"; {clash}: no one class order explains them"
+    elif pairs:
+        moved = [(o, t) for o, t in pairs if o != t]
+        why += (f"; the same structures under other ids{' in each file' if len(differ) > 1 else ''}, ours "
+                f"{', '.join(f'{_class_said(o, dataset)} as {t}' for o, t in moved)}: another class order")
+        lookup = np.arange(max(t for _, t in pairs) + 1)
+        lookup[[t for _, t in pairs]] = [o for o, _ in pairs]
+        anyway = ("their predictions are in that order too, so their ids would score as our other organs: remap "
+                  f"the predictions (and these label files) to our ids, theirs to ours "
+                  f"{', '.join(f'{t}->{o}' for o, t in moved)} (pred = np.array({lookup.tolist()})[pred]), or "
+                  "score them with the data they were made on (its --data-root)")
+    if len(differ) > 1:
+        why += f"; {len(differ)} of the {n} cases' labels differ: {few([name for name, _, _ in differ])}"
+    elif n > 1:
+        why += f"; the only one of the {n} cases' labels that differs"
+    return (f"{pred_dir / first}: labels written beside the predictions that are not the ground truth scored here, at "
+            f"{dataset.root} ({why}); the numbers their tool gave were computed against them: {anyway}")
+
+
+def _one_order(differ: list[tuple[str, str, list]], dataset: SegDataset) -> tuple[list[tuple[int, int]], str]:
+    """The (our id, their id) pairs of the one class order that explains every file in ``differ`` (each file's
+    name, why and ``_relabelled`` pairs), sorted, and ""; else [] and, where some file is in another class order,
+    the words naming two files that disagree: one in another order and one of other labels, or two whose orders
+    give one id of ours two of theirs (or one of theirs two of ours)."""
+    if not any(pairs for _, _, pairs in differ):
+        return [], ""
+    if unordered := next((name for name, _, pairs in differ if not pairs), None):
+        ordered = next(name for name, _, pairs in differ if pairs)
+        return [], f"{ordered} holds our structures under other ids, {unordered} other labels"
+    ours: dict[int, tuple[int, str]] = {}  # our id: (their id, the first file that pairs them)
+    theirs: dict[int, tuple[int, str]] = {}  # and the reverse
+    for name, _, pairs in differ:
+        for o, t in pairs:
+            (t0, by), (o0, by_t) = ours.setdefault(o, (t, name)), theirs.setdefault(t, (o, name))
+            if (t0, o0) != (t, o):
+                before, (o1, t1) = (by, (o, t0)) if t0 != t else (by_t, (o0, t))
+                return [], (f"{before} holds ours {_class_said(o1, dataset)} as {t1}, {name} ours "
+                            f"{_class_said(o, dataset)} as {t}")
+    return sorted((o, t) for o, (t, _) in ours.items()), ""
 
 
 def _class_said(class_id: int, dataset: SegDataset) -> str:
@@ -636,7 +696,5 @@ def _render_md(scores: Scores) -> str:
     title = (f"{s['predictions']}{run}: {s['n_cases']} cases of {s['dataset']}{fold} ({s['data_root']}){split} · "
              f"protocol {s['protocol']} v{s['protocol_version']} ({s['protocol_hash']}"
              f"{', off-protocol' if s['off_protocol'] else ''}) · policy {s['policy']}")
-    # what the table's columns are comes first, as a board's caption says it
-    notes = [n for n in (_authors_metrics_note(s["policy"], scores.metrics, s["dataset"]), *scores.notes) if n]
-    parts = [title, _md_table(overall), _md_table(classes), *(f"note: {n}" for n in notes)]
+    parts = [title, _md_table(overall), _md_table(classes), *(f"note: {n}" for n in scores.notes)]
     return "\n\n".join(parts) + "\n"

@@ -60,8 +60,11 @@ def test_a_run_predicted_then_scored_gives_its_record(tmp_path, policy):
     scores = score_predictions(folder, open_dataset("synapse", root), record_protocol(rec), policy)
     _assert_scores_are_the_record(scores, rec)
     assert scores.hd95_unit == ("mm" if policy == "strict" else "voxels")
-    # misses (the tiny model's): HD95 0 under legacy-synapse, the penalty under strict; said under both
-    assert [n.split(" in a case")[0] for n in scores.notes] == [f"{policy} scores a structure predicted nowhere"]
+    # misses (the tiny model's): HD95 0 under legacy-synapse, the penalty under strict; said under both, after
+    # legacy-synapse's note that the authors' scoring computes DSC and HD95 alone
+    authors = ["legacy-synapse is the authors' scoring"] if policy == "legacy-synapse" else []
+    assert [n.split(" in a case")[0].split(" (TransUNet's")[0] for n in scores.notes] == [
+        *authors, f"{policy} scores a structure predicted nowhere"]
     # no --policy: the policy the run was scored under, as its folder's manifest says (not the protocol's)
     again = score_predictions(folder, open_dataset("synapse", root), record_protocol(rec))
     assert again.scored["policy"] == policy and again.metrics == scores.metrics
@@ -71,8 +74,8 @@ def test_a_run_predicted_then_scored_gives_its_record(tmp_path, policy):
     else:
         assert again.notes == scores.notes
     other = "strict" if policy == "legacy-synapse" else "legacy-synapse"
-    assert f"was scored under {policy}; these numbers are under {other}" in score_predictions(
-        folder, open_dataset("synapse", root), record_protocol(rec), other).notes[0]
+    notes = score_predictions(folder, open_dataset("synapse", root), record_protocol(rec), other).notes
+    assert f"was scored under {policy}; these numbers are under {other}" in notes[1 if other == "legacy-synapse" else 0]
 
 
 def test_2d_nnunet_pngs_predicted_then_scored_give_the_record(tmp_path):
@@ -259,10 +262,14 @@ def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path
     capped = load_protocol("smoke").with_overrides(max_cases=1)
     firsts = [val[0] for val in ds.fold_cases]
     second = next(val[1] for val in ds.fold_cases if len(val) > 1)
+    cap = ("protocol 'smoke' scores each fold's first 1 validation case (eval.max_cases), as each fold's run does: 5 "
+           "of the split's 7 cases")
+    said = []  # the cap, said through say before any error about the cases
     with pytest.raises(BenchError, match=rf"{second}.png.*: no test case scored here; protocol 'smoke' scores each "
                                          r"fold's first 1 validation case only \(eval.max_cases\); scored here: 5 of "
                                          r"the 7 validation case\(s\) of the 5 folds nnU-Net v2 generates, drawn"):
-        score_predictions(every, ds, capped)
+        score_predictions(every, ds, capped, say=said.append)
+    assert said == [cap]
     for case_id in ds.cases:
         if case_id not in firsts:
             (every / ds.prediction_name(case_id)).unlink()
@@ -274,8 +281,9 @@ def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path
         shutil.copyfile(every / ds.prediction_name(firsts[k]), own / ds.prediction_name(firsts[k]))
         alone = score_predictions(own, open_dataset("nnunet", root, fold=k), capped)
         assert fold == {"fold": k, "n_cases": 1, "dice": alone.metrics["dice"]}
-    assert scores.notes == ["protocol 'smoke' scores each fold's first 1 validation case (eval.max_cases), as each "
-                            "fold's run does: 5 of the split's 7 cases"]
+    assert scores.notes == [cap] and scores.said == 0  # no say: nothing said yet
+    said = score_predictions(every, ds, capped, say=[].append)
+    assert said.notes == [cap] and said.said == 1
     md = render(scores, "md")
     assert "5 cases of nnunet:" in md and " · split: each fold's first 1 validation case, of the 5 folds nnU-Net v2 " \
         "generates, drawn by bench" in md
@@ -394,10 +402,11 @@ def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored
             score_predictions(folder, open_dataset("nnunet", root, fold="all"), SMOKE)
 
 
-def test_a_fold_all_folder_is_refused_only_as_a_model_of_this_data(tmp_path):
+def test_a_fold_all_folder_is_refused_only_as_a_model_of_this_data(tmp_path, monkeypatch, capsys):
     """bench score refused every path with a fold_all part as nnU-Net's fold "all" training score, an external
     test set's predictions by such a model too. Now its model's plans.json (or nnUNet_results/DatasetXXX_Name
-    folder) decides: a model of this data's dataset is refused, saying so; one of another dataset is scored."""
+    folder) decides: a model of this data's dataset is refused, saying so; one of another dataset is scored, on
+    that name alone, said in a note (stderr, and the md and json notes)."""
     import json
     import shutil
 
@@ -414,7 +423,17 @@ def test_a_fold_all_folder_is_refused_only_as_a_model_of_this_data(tmp_path):
                                                r"was trained on: no score of it is a test score"):
         score_predictions(preds, ds, SMOKE)
     (model / "plans.json").write_text(json.dumps({"dataset_name": "Dataset901_External"}))
-    assert score_predictions(preds, ds, SMOKE).metrics["dice"] == 1.0  # another dataset's model: other cases
+    scores = score_predictions(preds, ds, SMOKE)  # another dataset's model: other cases
+    note = (f"{model / 'fold_all'}: nnU-Net's fold_all, whose model trained on every case of its dataset, scored on "
+            f"that dataset's name alone: {model / 'plans.json'} names it Dataset901_External, not this data "
+            "(Dataset900_Synth), so these are taken as predictions of cases it never trained on (an external test "
+            "set's); of a model of this data they would be training scores")
+    assert scores.metrics["dice"] == 1.0 and scores.notes == [note]
+    base = ["score", "--predictions", preds, "--dataset", "nnunet", "--data-root", root, "--protocol", "smoke"]
+    proc = run_bench_here(monkeypatch, capsys, *base, "--format", "json")
+    assert proc.stderr.splitlines().count(f"note: {note}") == 1 and json.loads(proc.stdout)["notes"] == [note]
+    proc = run_bench_here(monkeypatch, capsys, *base)
+    assert f"note: {note}" in proc.stdout.splitlines() and "nnU-Net's fold_all" not in proc.stderr
     (model / "plans.json").write_text(json.dumps({"dataset_name": "Dataset900_Synth"}))
     with pytest.raises(BenchError, match=this + r"\(Dataset900_Synth, as .*plans.json names it\)"):
         score_predictions(preds, ds, SMOKE)
@@ -615,7 +634,8 @@ def test_hand_made_predictions_score_as_medpy_and_the_policies_say(tmp_path):
     legacy = said.per_case.set_index(["case", "class"])
     strict = score_predictions(folder, ds, proto, "strict").per_case.set_index(["case", "class"])
     # a miss scores the best HD95 there, as the papers' tables count it: said, with how many (the board's caption does)
-    (note,) = said.notes
+    authors_note, note = said.notes
+    assert authors_note.startswith("legacy-synapse is the authors' scoring")
     assert note.startswith("legacy-synapse scores a structure predicted nowhere in a case DSC 0 and HD95 0") and \
         "1 of " in note
     assert (legacy.loc[(first, erased), "dice"], legacy.loc[(first, erased), "hd95"]) == (0.0, 0.0)  # TransUNet's rule
@@ -885,12 +905,30 @@ def test_the_test_scripts_plain_nii_files_are_read_as_its_nii_gz_ones(tmp_path):
         nib.save(nib.load(nn.root / "labelsTr" / nn.prediction_name(case_id)), str(preds / name))
     with pytest.raises(BenchError, match=rf"{case}.nii stands for {case}.nii.gz: gzip them \(\.nii\.gz\)"):
         score_predictions(preds, nn, SMOKE)
+    # the reverse: data whose file_ending is .nii, a prediction gzipped (<case>.nii.gz): gunzip it, which scores
+    for path in [*nn.root.glob("imagesTr/*.nii.gz"), *nn.root.glob("labelsTr/*.nii.gz")]:
+        nib.save(nib.load(path), str(path.with_suffix("")))
+        path.unlink()
+    meta = json.loads((nn.root / "dataset.json").read_text())
+    (nn.root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".nii"}))
+    nn = open_dataset("nnunet", nn.root, fold=0)
+    for path in preds.iterdir():
+        path.unlink()
+    for case_id in nn.test_ids():  # its labels as predictions again, the first gzipped (<case>.nii.gz)
+        nib.save(nib.load(nn.root / "labelsTr" / f"{case_id}.nii"),
+                 str(preds / f"{case_id}.nii{'.gz' if case_id == case else ''}"))
+    with pytest.raises(BenchError, match=rf"{case}.nii.gz stands for {case}.nii: gunzip them \(\.nii\)"):
+        score_predictions(preds, nn, SMOKE)
+    nib.save(nib.load(preds / f"{case}.nii.gz"), str(preds / f"{case}.nii"))
+    (preds / f"{case}.nii.gz").unlink()
+    assert score_predictions(preds, nn, SMOKE).metrics["dice"] == 1.0
 
 
 def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_path, monkeypatch):
     """Each <case>_gt.nii.gz beside the predictions, read once, is compared voxel for voxel with the ground truth
-    scored: the same, said; else refused at the first case that differs, naming how many voxels and which classes
-    differ, or the ids the same structures carry there, or the other volume's shape."""
+    scored: the same, said; else refused once every case's is compared, naming how many voxels and which classes
+    differ in the first that differs, or the ids the same structures carry there, or the other volume's shape, and
+    how many differ; the remap only where one class order explains every file that differs."""
     from collections import Counter
     from pathlib import Path
 
@@ -922,8 +960,9 @@ def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_p
         label[tuple(np.argwhere(label == 3)[:3].T)] = 7
         return label
 
+    only = "; the only one of the 2 cases' labels that differs"
     assert refused("voxels", edited(kidney_as_spleen))[0] == \
-        "3 of 6,144 voxels differ, in classes 3 (kidney_l), 7 (spleen)"
+        "3 of 6,144 voxels differ, in classes 3 (kidney_l), 7 (spleen)" + only
     # aorta and gallbladder swapped, the stomach given an id the data has no class of: their predictions are in
     # that order too, so scored as they are they would be scored as our other organs; remapped, not moved out
     order = [0, 2, 1, 3, 4, 5, 6, 7, 12]
@@ -933,16 +972,47 @@ def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_p
         "1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 8])[pred]), or score them with the data they were made on (its --data-root)"))
     assert said == (f"{int(np.isin(label, (1, 2, 8)).sum()):,} of 6,144 voxels differ, in classes 1 (aorta), 2 "
                     "(gallbladder), 8 (stomach), 12 (no class of the data); the same structures under other ids, ours "
-                    "1 (aorta) as 2, 2 (gallbladder) as 1, 8 (stomach) as 12: another class order")
+                    "1 (aorta) as 2, 2 (gallbladder) as 1, 8 (stomach) as 12: another class order" + only)
     lookup = np.array([0, 2, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 8])  # the remap said undoes the order
     assert np.array_equal(lookup[np.choose(label, order)], label)
     assert refused("shape", edited(lambda label: label[1:]))[0] == \
-        "stored shape (32, 32, 5), where its case's is (x, y, z) = (32, 32, 6): another volume's"
+        "stored shape (32, 32, 5), where its case's is (x, y, z) = (32, 32, 6): another volume's" + only
     # saved the other way round, (x, y, z) = (D, H, W): the fix said, as of a prediction so saved
     assert refused("transposed", edited(lambda label: label.transpose(2, 1, 0)))[0] == \
         "stored shape (6, 32, 32), where its case's is (x, y, z) = (32, 32, 6); a (D, H, W) array saved as it is: " \
-        "save np.transpose(volume, (2, 1, 0))"
+        "save np.transpose(volume, (2, 1, 0))" + only
 
+    # every case's file compared (each read once; no prediction read after the first that differs) before the one
+    # error, which counts them: one class order in both gives the remap; else two files that disagree are named
+    def swapped(a, b):
+        return lambda case_id, label: np.choose(label, [{a: b, b: a}.get(i, i) for i in range(9)])
+
+    def both(first_edit, second_edit):
+        return lambda case_id, label: (first_edit if case_id == second else second_edit)(case_id, label)
+
+    def refused_all(tmp, labels):
+        ds, folder = _test_script_folder(tmp_path / tmp, labels=labels)
+        with pytest.raises(BenchError) as err:
+            score_predictions(folder, ds, SMOKE, "legacy-synapse")
+        assert str(err.value).startswith(f"{folder / first}_gt.nii.gz: labels written beside the predictions that "
+                                         "are not the ground truth scored here")
+        return str(err.value)
+
+    opened.clear()
+    said = refused_all("both", swapped(1, 2))
+    assert opened == Counter([f"{first}_gt.nii.gz", f"{second}_gt.nii.gz"])
+    assert "; the same structures under other ids in each file, ours 1 (aorta) as 2, 2 (gallbladder) as 1: another " \
+        f"class order; 2 of the 2 cases' labels differ: {first}_gt.nii.gz, {second}_gt.nii.gz); " in said
+    assert said.endswith("remap the predictions (and these label files) to our ids, theirs to ours 2->1, 1->2 (pred "
+                         "= np.array([0, 2, 1, 3, 4, 5, 6, 7, 8])[pred]), or score them with the data they were made "
+                         "on (its --data-root)")
+    said = refused_all("two_orders", both(swapped(1, 3), swapped(1, 2)))  # no remap of the first's given
+    assert f"; {first}_gt.nii.gz holds ours 1 (aorta) as 2, {second}_gt.nii.gz ours 1 (aorta) as 3: no one class " \
+        f"order explains them; 2 of the 2 cases' labels differ: {first}_gt.nii.gz, {second}_gt.nii.gz); " in said
+    assert said.endswith(ANYWAY)
+    said = refused_all("order_and_voxels", both(lambda case_id, label: kidney_as_spleen(label), swapped(1, 2)))
+    assert f"; {first}_gt.nii.gz holds our structures under other ids, {second}_gt.nii.gz other labels: no one class " \
+        "order explains them; 2 of the 2 cases' labels differ" in said and said.endswith(ANYWAY)
 
 ANYWAY = ("score the predictions with the data they were made on (its --data-root), or move the label files out of "
           "the folder to score them against these labels anyway")
@@ -1166,7 +1236,12 @@ def test_the_command_prints_a_table_writes_csv_and_json_and_fails_in_one_line(tm
     assert "policy legacy-synapse" in proc.stdout and "2 cases of synapse" in proc.stdout
     assert " · split: the data's test split · " in proc.stdout and "note:" not in proc.stderr  # Synapse's own lists
 
-    run_bench_here(monkeypatch, capsys, *base, "--out", tmp_path / "x.csv")
+    # the authors' scoring computes DSC and HD95 alone: said to csv and json users too, once, as the table says it
+    authors = next(line for line in proc.stdout.splitlines() if "legacy-synapse is the authors' scoring" in line)
+    proc = run_bench_here(monkeypatch, capsys, *base, "--out", tmp_path / "x.csv")
+    assert proc.stderr.splitlines().count(authors) == 1 and proc.stderr.count("authors' scoring") == 1
+    run_bench_here(monkeypatch, capsys, *base, "--out", tmp_path / "x.json")
+    assert json.loads((tmp_path / "x.json").read_text())["notes"][0] == authors.removeprefix("note: ")
     import pandas as pd
 
     rows = pd.read_csv(tmp_path / "x.csv")

@@ -65,7 +65,7 @@ def score(
     from bench.data import get_reader, open_dataset, synthetic_folder, synthetic_identity
     from bench.fileio import atomic_write_text, check_out_file
     from bench.protocol import load_protocol
-    from bench.score import capped_note, render, score_predictions
+    from bench.score import render, score_predictions
 
     name = get_reader(dataset).name
     if synthetic == (data_root is not None):
@@ -80,17 +80,15 @@ def score(
     if out is not None:  # before the cases are scored
         out = check_out_file(out, f"scores.{fmt}")
     data = open_dataset(name, data_root, fold_option(fold))
-    # which split is scored, as bench run says it, and how much of it a capped protocol scores (said at once, after
-    # the split's count of every case): before any error about the cases
-    capped = capped_note(data, proto)
-    for note in [*data.notes, capped] if capped else data.notes:
+    # which split is scored, as bench run says it, and how much of it a capped protocol scores (said by
+    # score_predictions at once, after the split's count of every case): before any error about the cases
+    for note in data.notes:
         _echo_err(f"note: {note}")
-    scores = score_predictions(predictions, data, proto, policy)
+    scores = score_predictions(predictions, data, proto, policy, say=lambda note: _echo_err(f"note: {note}"))
     text = render(scores, fmt)
-    if fmt != "md":  # the table says them
-        for note in scores.notes:
-            if note != capped:
-                _echo_err(f"note: {note}")
+    if fmt != "md":  # the table says them; those said before scoring are not said twice
+        for note in scores.notes[scores.said:]:
+            _echo_err(f"note: {note}")
     if out is None:
         typer.echo(text, nl=False)
     else:

@@ -628,27 +628,33 @@ def same_geometry(image: Path, label: Path) -> bool:
         return True
 
 
-def trained_on_every_case(folder: Path, data: NnUNetDataset) -> str:
+def trained_on_every_case(folder: Path, data: NnUNetDataset) -> tuple[str, str]:
     """Where ``folder``'s path (as given, or resolved) has a ``fold_all`` component, of a model of ``data``'s
     dataset or of one nothing names (``fold_all_dataset``), the words that say what that is: nnU-Net's fold "all"
     (``nnUNetv2_train DATASET CONFIG all``) trains on every case, so its ``validation/`` holds predictions of its
     own training cases; not ``ALL_FOLDS`` (a cross-validation: each case predicted by the fold that did not train
-    on it). "" otherwise: a model of another dataset predicted other cases (an external test set's)."""
+    on it). Second, where a ``fold_all`` model is of another dataset by its name alone (an external test set's
+    predictions, taken as of cases it never trained on), the note that says what names it; "" for each otherwise."""
     path = Path(folder).expanduser()
     for parts in (path.parts, path.resolve().parts):
         if NNUNET_FOLD_ALL in parts:
             fold_dir = Path(*parts[:len(parts) - parts[::-1].index(NNUNET_FOLD_ALL)])
             break
     else:
-        return ""
+        return "", ""
     name, told = fold_all_dataset(path, fold_dir)
-    if name is not None and name not in (data.root.name, data.root.resolve().name, data.meta.get("name")):
-        return ""
+    ours = (data.root.name, data.root.resolve().name, data.meta.get("name"))
+    if name is not None and name not in ours:
+        return "", (f"{fold_dir}: nnU-Net's {NNUNET_FOLD_ALL}, whose model trained on every case of its dataset, "
+                    f"scored on that dataset's name alone: {told} names it {name}, not this data "
+                    f"({', '.join(dict.fromkeys(n for n in ours if n))}), so these are taken as predictions of cases "
+                    "it never trained on (an external test set's); of a model of this data they would be training "
+                    "scores")
     what = (f"of nnU-Net's {NNUNET_FOLD_ALL}, whose model (nnUNetv2_train DATASET CONFIG all) trained on every case"
             + (f" of this data ({name}, as {told} names it)" if name else ""))
     return what + ", so its predictions are of cases it was trained on" + ("" if name else (
         f" (nothing names the model's dataset: no plans.json in {fold_dir.parent} names it; predictions of other cases, as an "
-        f"external test set's, are scored from a folder outside any named {NNUNET_FOLD_ALL})"))
+        f"external test set's, are scored from a folder outside any named {NNUNET_FOLD_ALL})")), ""
 
 
 def fold_all_dataset(folder: Path, fold_dir: Path) -> tuple[str | None, str]:
