@@ -493,7 +493,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
             if again:  # its training's rescore into this policy is of an earlier training: scored again, not trained
                 error = _rescore_twin(spec, stale, results_dir, device, say) if main else None
                 if error := distributed.gather_objects(error if main else None)[0]:
-                    if distributed.world().distributed or (not failed and spec is specs[-1]):
+                    if _fails_command(spec, specs, failed):
                         _say_summary(say, results_dir, n_done, skipped, len(held), failed + [spec.key])
                         raise BenchError(error)
                     note_failure(spec.key, BenchError(error), failed, say_error)
@@ -512,10 +512,8 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                     rec = run_one(spec, results_dir=results_dir, device=device, resume=resume,
                                   show_progress=show_progress)
                 except Exception as exc:
-                    # one run failing (a diverging loss, out of memory) does not cost the rest of the grid; under
-                    # torchrun a failure still ends the run, as every rank must take the same path; the grid's
-                    # last run, the first to fail, fails the command as a single run does (its own one line)
-                    if distributed.world().distributed or (not failed and spec is specs[-1]):
+                    # one run failing (a diverging loss, out of memory) does not cost the rest of the grid
+                    if _fails_command(spec, specs, failed):
                         runlog.append(f"FAILED: {failure_text(exc)}")  # the command's error line says it
                         _say_summary(say, results_dir, n_done, skipped, len(held), failed + [spec.key])
                         raise
@@ -681,6 +679,13 @@ def _drop_empty_run(run_dir: Path) -> None:
     for folder in (run_dir / CHECKPOINT_DIR, run_dir):
         with suppress(OSError):  # not empty: a checkpoint (max_iterations 0 trains none, yet saves one)
             folder.rmdir()
+
+
+def _fails_command(spec: RunSpec, specs: list[RunSpec], failed: list[str]) -> bool:
+    """Whether ``spec`` failing fails the command itself rather than being noted (``note_failure``): under
+    torchrun, as every rank must take the same path, and as the grid's last run where none failed before
+    (a single run's failure is its own one line, not a count of one)."""
+    return distributed.world().distributed or (not failed and spec is specs[-1])
 
 
 def note_failure(key: str, exc: Exception, failed: list[str], say_error: Callable[[str], None]) -> None:
