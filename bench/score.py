@@ -79,11 +79,10 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     compared first, one error counting them; said where they are); its run's fold, where not the one scored, is
     named in a case error. A dataset of every fold's cases (nnU-Net's ``ALL_FOLDS``) scores them pooled, one
     aggregate over all, and each fold's DSC (``Scores.per_fold``). On nnU-Net data a folder of nnU-Net's own
-    fold "all" of a model of this data (or of one
-    nothing names), which trained on every case, is refused whatever the split (``trained_on_every_case``); one
-    of another dataset, by its name alone, is scored, said. ``say``: called at once with the notes that hold
-    before any file is read (``capped_note``), so a command says them before any error about the cases; they
-    lead ``Scores.notes`` too (``Scores.said`` counts them)."""
+    fold "all" of a model of this data (or of one nothing names), which trained on every case, is refused
+    whatever the split (``trained_on_every_case``); one of another dataset, by its name alone, is scored, said.
+    ``say``: called at once with the notes that hold before any file is read (``capped_note``), so a command
+    says them before any error about the cases; they lead ``Scores.notes`` too (``Scores.said`` counts them)."""
     pred_dir = Path(pred_dir).expanduser()
     protocol.check_dataset(dataset.name)
     early = [capped] if (capped := capped_note(dataset, protocol)) else []  # eval.max_cases: each fold's first cases
