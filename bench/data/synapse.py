@@ -113,8 +113,9 @@ def image_problem(image: np.ndarray) -> str | None:
 def raw_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The npz's ``image`` and ``label`` as stored; BenchError when the file does not decode or
     lacks one. ``read_slice`` checks and converts them; ``bench data verify`` inspects them."""
-    with reading(path, "a TransUNet npz slice"):
-        with np.load(path, allow_pickle=False) as data:
+    # the file opened here: np.load leaves its own open where the zip does not decode (a ResourceWarning)
+    with reading(path, "a TransUNet npz slice"), open(path, "rb") as fh:
+        with np.load(fh, allow_pickle=False) as data:
             return _arrays(path, data, data.files, "array")
 
 
