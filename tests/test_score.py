@@ -437,6 +437,61 @@ def test_a_fold_all_folder_is_refused_only_as_a_model_of_this_data(tmp_path, mon
     (model / "plans.json").write_text(json.dumps({"dataset_name": "Dataset900_Synth"}))
     with pytest.raises(BenchError, match=this + r"\(Dataset900_Synth, as .*plans.json names it\)"):
         score_predictions(preds, ds, SMOKE)
+    (model / "plans.json").unlink()  # nnUNetv2_predict's copy beside the predictions names it too
+    (preds / "plans.json").write_text(json.dumps({"dataset_name": "Dataset901_External"}))
+    assert score_predictions(preds, ds, SMOKE).notes == [note.replace(str(model / "plans.json"),
+                                                                      str(preds / "plans.json"))]
+    (preds / "plans.json").write_text(json.dumps({"dataset_name": ""}))  # names nothing: the results folder does
+    with pytest.raises(BenchError, match=this + r"\(Dataset900_Synth, as its results folder"):
+        score_predictions(preds, ds, SMOKE)
+    (preds / "plans.json").unlink()
+    # a DatasetXXX_Name folder names the model's dataset only above a <Trainer>__<Plans>__<config> folder
+    loose = tmp_path / "Dataset901_External" / "notatrainer" / "fold_all" / "validation"
+    shutil.copytree(preds, loose)
+    with pytest.raises(BenchError, match=r"trained on every case, so its predictions are of cases it was trained on "
+                                         r"\(nothing names the model's dataset"):
+        score_predictions(loose, ds, SMOKE)
+
+
+@pytest.mark.parametrize("folder, json_name, model_name, whose", [
+    ("synth_copy", "Synth", "Dataset900_Synth", "this"),  # a copy, as MSD-converted data names itself: the Name part
+    ("Dataset900_Copy", "Copy", "Dataset900_Synth", "this"),  # the same id under another folder name
+    ("synth_copy", "Dataset900_Synth", "Dataset900_Synth", "this"),  # dataset.json's name alone
+    ("Dataset900_Copy", "Copy", "Dataset901_Synth", "other"),  # another id: another dataset, though the Name agrees
+    ("synth_copy", "Copy", "Dataset901_External", "unsure"),  # no id and no Name agrees: taken as this data's
+])
+def test_a_fold_all_models_dataset_is_told_from_this_datas_by_its_nnunet_id(tmp_path, folder, json_name, model_name,
+                                                                             whose):
+    """A fold_all model of Dataset900_Synth scored on a copy of its data named otherwise (synth_copy, dataset.json
+    "name": "Synth") was scored as a test score: names were compared whole. Now by nnU-Net's id, else the Name part;
+    where nothing agrees nor differs the folder is refused, saying both datasets' names and how to score it anyway."""
+    import shutil
+
+    root = synthesize("nnunet", tmp_path / folder, n_cases=5, depth=4, size=16)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "name": json_name}))
+    ds = open_dataset("nnunet", root)
+    preds = tmp_path / "nnUNet_results" / model_name / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_all" / "val"
+    preds.mkdir(parents=True)
+    for name in ds.test_ids():
+        shutil.copyfile(root / "labelsTr" / f"{name}.nii.gz", preds / f"{name}.nii.gz")
+    ours = f"{folder}, {json_name}" if folder != json_name else folder
+    if whose == "other":
+        assert score_predictions(preds, ds, SMOKE).notes[-1].endswith(
+            f"names it {model_name}, not this data ({ours}), so these are taken as predictions of cases it never "
+            "trained on (an external test set's); of a model of this data they would be training scores")
+        return
+    also = "" if model_name in (folder, json_name) else f"; this data: {ours}"  # said where no name is the model's
+    said = (rf"of this data \({model_name}, as its results folder .* names it{also}\), so its predictions "
+            r"are of cases it was trained on: " if whose == "this" else
+            rf"of {model_name}, as its results folder .* names it, taken as this data \({ours}\), none of whose names "
+            r"has another dataset id, so its predictions are taken as of cases it was trained on \(if they are another "
+            r"dataset's, an external test set's, score them from a folder outside any named fold_all, or name this "
+            r"data's folder DatasetNNN_Name by its nnU-Net id\): ")
+    with pytest.raises(BenchError, match=r"^--predictions .*: a folder of nnU-Net's fold_all, whose model "
+                                         r"\(nnUNetv2_train DATASET CONFIG all\) trained on every case " + said +
+                                         r"no score of it is a test score"):
+        score_predictions(preds, ds, SMOKE)
 
 
 def test_predictions_of_a_run_under_another_protocol_say_which(tmp_path):
