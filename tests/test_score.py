@@ -606,6 +606,12 @@ def test_synapse_volumes_spacing_is_compared_with_the_cases_and_their_orientatio
             f"2 of 3 volumes' headers give another voxel spacing than their case's (first: {first}, (1, 1, 1) mm "
             f"(x, y, z), the case's ({w:g}, {h:g}, {d:g}) mm): scored voxel for voxel on the case's grid, as their "
             f"shape is its; {hd95}"]
+    for name, x in ((first, w * 1.01), (second, w)):  # 1% off along x is another spacing; the case's own is not
+        img = nib.load(str(folder / name))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), np.diag([-x, -h, d, 1.0])), str(folder / name))
+    notes = [n for n in score_predictions(folder, ds, proto, "strict").notes if "spacing" in n]
+    assert len(notes) == 1 and notes[0].startswith(f"1 of 3 volumes' headers give another voxel spacing than their "
+                                                   f"case's (first: {first}, ({w * 1.01:g}, {h:g}, {d:g}) mm")
 
 
 def test_each_nifti_prediction_header_is_read_once(tmp_path, monkeypatch):
@@ -746,6 +752,14 @@ def test_pairs_empty_in_the_ground_truth_say_how_the_policy_scored_them(tmp_path
     md = render(strict, "md")
     (overall,) = md_rows(md, md.split("\n\n")[1].split("|")[1].strip())  # the aggregate table, its first column
     assert overall["DSC n/a"] == f"{absent - 1}/{n}"
+    # legacy-isic pools every image's pixels into one DSC: no (case, class) pair is scored, so none is said so
+    from PIL import Image
+
+    isic, masks = _isic_gt_folder(tmp_path / "isic")
+    gt = isic.scored_files()[0]  # its lesion erased from the ground truth, still predicted
+    Image.new("L", Image.open(gt).size).save(gt)
+    pooled = score_predictions(masks, isic, load_protocol("smoke"), "legacy-isic")
+    assert pooled.metrics["dice"] < 1 and not [n for n in pooled.notes if "(case, class) pairs" in n]
 
 
 def test_what_cannot_be_scored_is_one_line_naming_the_path(tmp_path):
@@ -763,12 +777,14 @@ def test_what_cannot_be_scored_is_one_line_naming_the_path(tmp_path):
         score_predictions(tmp_path / "empty", ds, proto)
     # text logs beside them (TransUNet's test.py: test_log/<name>.txt) are passed over as no label map
     (folder / "test_log").mkdir()
-    for name in ("test_log.txt", "test_log/epoch_149.txt", "run.log", "log"):
+    for name in ("test_log.txt", "test_log/epoch_149.txt", "run.log"):
         (folder / name).write_text("mean_dice : 0.85")
+    (folder / "log").write_bytes(b"epoch 1\nmean_dice\t0.85\r\n")  # lines, a tab, CRLF: text all the same
     assert score_predictions(folder, ds, proto).scored["n_cases"] == len(ids)
-    (folder / "blob").write_bytes((folder / f"{ids[0]}.nii.gz").read_bytes())  # no ending, but no text: refused
-    with pytest.raises(BenchError, match=r"preds: blob: no test case scored here"):
-        score_predictions(folder, ds, proto)
+    for blob in ((folder / f"{ids[0]}.nii.gz").read_bytes(), b""):  # no ending, but no text (or nothing): refused
+        (folder / "blob").write_bytes(blob)
+        with pytest.raises(BenchError, match=r"preds: blob: no test case scored here"):
+            score_predictions(folder, ds, proto)
     (folder / "blob").unlink()
     (folder / "copy.nii.gz").write_bytes((folder / f"{ids[0]}.nii.gz").read_bytes())
     with pytest.raises(BenchError, match=r"preds: copy.nii.gz: no test case scored here; the test cases' files are "
@@ -1030,6 +1046,23 @@ def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_p
                     "1 (aorta) as 2, 2 (gallbladder) as 1, 8 (stomach) as 12: another class order" + only)
     lookup = np.array([0, 2, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 8])  # the remap said undoes the order
     assert np.array_equal(lookup[np.choose(label, order)], label)
+    # the stomach as 9, the first id past Synapse's 8 organs (BTCV's 13-organ ids): no class of the data
+    said, label = refused("past", edited(lambda label: np.where(label == 8, 9, label)), (
+        "their predictions are in that order too, so their ids would score as our other organs: remap the "
+        "predictions (and these label files) to our ids, theirs to ours 9->8 (pred = np.array([0, 1, 2, 3, 4, 5, 6, "
+        "7, 8, 8])[pred]), or score them with the data they were made on (its --data-root)"))
+    assert said == (f"{int((label == 8).sum()):,} of 6,144 voxels differ, in classes 8 (stomach), 9 (no class of the "
+                    "data); the same structures under other ids, ours 8 (stomach) as 9: another class order" + only)
+    # two of our classes under one id (the gallbladder as aorta), or organ voxels erased: no class order, no remap;
+    # only the classes that differ are named, never the background
+    said, label = refused("merged", edited(lambda label: np.where(label == 2, 1, label)))
+    assert said == f"{int((label == 2).sum()):,} of 6,144 voxels differ, in classes 1 (aorta), 2 (gallbladder)" + only
+
+    def erased(label):  # 3 voxels of the left kidney (3) as background
+        label[tuple(np.argwhere(label == 3)[:3].T)] = 0
+        return label
+
+    assert refused("erased", edited(erased))[0] == "3 of 6,144 voxels differ, in classes 3 (kidney_l)" + only
     assert refused("shape", edited(lambda label: label[1:]))[0] == \
         "stored shape (32, 32, 5), where its case's is (x, y, z) = (32, 32, 6): another volume's" + only
     # saved the other way round, (x, y, z) = (D, H, W): the fix said, as of a prediction so saved
