@@ -552,6 +552,11 @@ def test_a_volume_off_its_images_grid_is_refused_by_name_and_on_it_scored(tmp_pa
                                              rf"\({re.escape(said)}\), nor on its label file's: .*; write it on the "
                                              r"image's grid, as nnU-Net does"):
             score_predictions(folder, ds, SMOKE)
+    degenerate = nib.Nifti1Image(data, None, label.header)  # y's column of the affine 0: no direction, said "?"
+    degenerate.set_sform(label.affine * [1.0, 0.0, 1.0, 1.0], code=1)
+    nib.save(degenerate, str(folder / name))
+    with pytest.raises(BenchError, match=rf"{name}: not on the grid of its image .*\(orientation R\?S, not RAS\)"):
+        score_predictions(folder, ds, SMOKE)
     # other zooms over the same voxels: scored as the case's, said once for the folder
     for zooms in ((2.0, 1.0, 1.0), (1.00005, 1.0, 1.0)):  # the second within float32 rounding: not said
         nib.save(nib.Nifti1Image(data, label.affine @ np.diag([*zooms, 1.0])), str(folder / name))
@@ -574,10 +579,11 @@ def test_a_volume_off_its_images_grid_is_refused_by_name_and_on_it_scored(tmp_pa
     with pytest.raises(BenchError, match=r"not on the grid of its image .*\(origin \(4\.0, 0\.0, 0\.0\), not "
                                          r"\(0\.0, 0\.0, 0\.0\)\), nor on its label file's"):
         score_predictions(folder, ds, SMOKE)
-    # a (D, H, W) array saved as it is with a made-up affine: the transpose is named, not the grid
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), np.eye(4)), str(folder / name))
-    with pytest.raises(BenchError, match=r"stored shape .*: save np\.transpose\(volume, \(2, 1, 0\)\)$"):
-        score_predictions(folder, ds, SMOKE)
+    # a (D, H, W) array saved as it is with a made-up affine (SimpleITK's LPS too): the transpose is named, not the grid
+    for affine in (np.eye(4), np.diag([-1.0, -1.0, 1.0, 1.0])):
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), affine), str(folder / name))
+        with pytest.raises(BenchError, match=r"stored shape .*: save np\.transpose\(volume, \(2, 1, 0\)\)$"):
+            score_predictions(folder, ds, SMOKE)
     # an (x, y, z, 1) file (3D Slicer, ITK) is the volume it holds: its grid is still checked
     nib.save(nib.Nifti1Image(data[..., None], np.diag([-1.0, 1.0, 1.0, 1.0]) @ label.affine), str(folder / name))
     with pytest.raises(BenchError, match=rf"{name}: not on the grid of its image .*\(orientation LAS, not RAS\)"):
@@ -1279,6 +1285,10 @@ def test_volumes_of_several_frames_or_axes_of_size_one_are_said_what_they_hold(t
     with pytest.raises(BenchError, match=r"expected a label map of class ids, \(x, y, z\): it holds 2 volumes "
                                          r"\(frames\), not one channel per class \(9 classes\), and a label map is "
                                          "one 3-D volume: save the one to score$"):
+        score_predictions(folder, ds, SMOKE)
+    nib.save(nib.Nifti1Image(np.stack([np.stack([xyz] * 4, -1)] * 3, -2), np.eye(4)), str(path))  # (x, y, z, 3, 4)
+    with pytest.raises(BenchError, match=rf"{path.name}: expected a 3-D NIfTI volume, got shape \({width}, {height}, "
+                                         rf"{depth}, 3, 4\)$"):  # two axes past the volume's: no frames, no channels
         score_predictions(folder, ds, SMOKE)
     one_hot = (label[..., None] == np.arange(ds.num_classes)).astype(np.float32)  # SimpleITK: 9 values per voxel
     sitk.WriteImage(sitk.GetImageFromArray(one_hot), str(path))
