@@ -160,7 +160,7 @@ def test_clean_reads_each_record_once(tmp_path, monkeypatch):
     assert found.evaluated == [ckpt / "epoch_0003.pt"] and found.resume == {recs[0]["run_id"]: [ckpt / "last.pt"]}
     assert [u.split(" (")[0] for u in found.unread] == ["cut.json", "latin.json", "notes.json"]
     assert f"cut.json ({tmp_path / 'records' / 'cut.json'}: not a readable run record (" in found.unread[0]
-    assert f"notes.json ({tmp_path / 'records' / 'notes.json'}: " in found.unread[1]
+    assert f"notes.json ({tmp_path / 'records' / 'notes.json'}: " in found.unread[2]
 
 
 def test_live_claims_claims_beside_files_and_hidden_files_not_benchs_stay(tmp_path):
