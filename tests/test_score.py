@@ -484,8 +484,8 @@ def test_a_fold_all_models_dataset_is_told_from_this_datas_by_its_nnunet_id(tmp_
     also = "" if model_name in (folder, json_name) else f"; this data: {ours}"  # said where no name is the model's
     said = (rf"of this data \({model_name}, as its results folder .* names it{also}\), so its predictions "
             r"are of cases it was trained on: " if whose == "this" else
-            rf"of {model_name}, as its results folder .* names it, taken as this data \({ours}\), none of whose names "
-            r"has another dataset id, so its predictions are taken as of cases it was trained on \(if they are another "
+            rf"of {model_name}, as its results folder .* names it, taken as this data \({ours}\): no nnU-Net dataset id "
+            r"tells the two apart, so its predictions are taken as of cases it was trained on \(if they are another "
             r"dataset's, an external test set's, score them from a folder outside any named fold_all, or name this "
             r"data's folder DatasetNNN_Name by its nnU-Net id\): ")
     with pytest.raises(BenchError, match=r"^--predictions .*: a folder of nnU-Net's fold_all, whose model "

@@ -631,7 +631,8 @@ def same_geometry(image: Path, label: Path) -> bool:
 
 def trained_on_every_case(folder: Path, data: NnUNetDataset) -> tuple[str, str]:
     """Where ``folder``'s path (as given, or resolved) has a ``fold_all`` component, of a model of ``data``'s
-    dataset or of one nothing names (``fold_all_dataset``), the words that say what that is: nnU-Net's fold "all"
+    dataset, of one no nnU-Net id tells from it (``_same_dataset``) or of one nothing names (``fold_all_dataset``),
+    the words that say what that is: nnU-Net's fold "all"
     (``nnUNetv2_train DATASET CONFIG all``) trains on every case, so its ``validation/`` holds predictions of its
     own training cases; not ``ALL_FOLDS`` (a cross-validation: each case predicted by the fold that did not train
     on it). Second, where a ``fold_all`` model is of another dataset by its name alone (an external test set's
@@ -644,7 +645,8 @@ def trained_on_every_case(folder: Path, data: NnUNetDataset) -> tuple[str, str]:
     else:
         return "", ""
     name, told = fold_all_dataset(path, fold_dir)
-    ours = list(dict.fromkeys(n for n in (data.root.name, data.root.resolve().name, data.meta.get("name")) if n))
+    names = (data.root.name, data.root.resolve().name, data.meta.get("name"))
+    ours = list(dict.fromkeys(n for n in names if n and isinstance(n, str)))
     said = ", ".join(ours)
     whose = _same_dataset(name, ours) if name else None
     if whose is False:
@@ -657,8 +659,8 @@ def trained_on_every_case(folder: Path, data: NnUNetDataset) -> tuple[str, str]:
         return what + (f" of this data ({name}, as {told} names it" + ("" if name in ours else f"; this data: {said}")
                        + "), so its predictions are of cases it was trained on"), ""
     if name:  # no name agrees and none differs: taken as this data's, a training score never passing as a test's
-        return what + (f" of {name}, as {told} names it, taken as this data ({said}), none of whose names has another "
-                       "dataset id, so its predictions are taken as of cases it was trained on (if they are another "
+        return what + (f" of {name}, as {told} names it, taken as this data ({said}): no nnU-Net dataset id tells "
+                       "the two apart, so its predictions are taken as of cases it was trained on (if they are another "
                        "dataset's, an external test set's, score them from a folder outside any named "
                        f"{NNUNET_FOLD_ALL}, or name this data's folder DatasetNNN_Name by its nnU-Net id)"), ""
     return what + (", so its predictions are of cases it was trained on (nothing names the model's dataset: no "
