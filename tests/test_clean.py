@@ -150,16 +150,17 @@ def test_clean_reads_each_record_once(tmp_path, monkeypatch):
     (ckpt / "last.pt").write_bytes(b"\0")
     (tmp_path / "records" / "notes.json").write_text("{}")  # no record: said, its run left alone
     (tmp_path / "records" / "cut.json").write_text('{"run_id": ')  # a write cut short: said too
+    (tmp_path / "records" / "latin.json").write_bytes(b"\xff\xfe{")  # not UTF-8: said, no traceback
     reads = []
     read_text = Path.read_text
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self.name) or read_text(self, *a, **k))
     found = clean(tmp_path, dry_run=True)
     records_read = [name for name in reads if name.endswith(".json")]
-    assert sorted(records_read) == sorted(p.name for p in (tmp_path / "records").glob("*.json")) and len(records_read) == 5
+    assert sorted(records_read) == sorted(p.name for p in (tmp_path / "records").glob("*.json")) and len(records_read) == 6
     assert found.evaluated == [ckpt / "epoch_0003.pt"] and found.resume == {recs[0]["run_id"]: [ckpt / "last.pt"]}
-    assert [u.split(" (")[0] for u in found.unread] == ["cut.json", "notes.json"]
+    assert [u.split(" (")[0] for u in found.unread] == ["cut.json", "latin.json", "notes.json"]
     assert f"cut.json ({tmp_path / 'records' / 'cut.json'}: not a readable run record (" in found.unread[0]
-    assert f"notes.json ({tmp_path / 'records' / 'notes.json'}: " in found.unread[1]
+    assert f"notes.json ({tmp_path / 'records' / 'notes.json'}: " in found.unread[2]
 
 
 def test_live_claims_claims_beside_files_and_hidden_files_not_benchs_stay(tmp_path):
@@ -217,21 +218,23 @@ def test_a_file_that_cannot_be_deleted_is_said(tmp_path, monkeypatch, capsys):
     ckpt.mkdir(parents=True)
     for name, size in (("final.pt", 1), ("last.pt", 5_000_000), ("epoch_0001.pt", 2_000_000)):
         (ckpt / name).write_bytes(b"\0" * size)
+    temp = tmp_path / "records" / f".x.json.{fileio.TEMP_MARK}{fileio.writer_tag(_dead_pid())}abcd.tmp"
+    temp.write_bytes(b"\0")  # a killed process's temp file, left too: not counted as deleted
     unlink = Path.unlink
 
     def refuse(self, *args, **kwargs):  # as for a file of another user's folder (root may delete it: no chmod)
-        if self.name == "last.pt":
+        if self in (ckpt / "last.pt", temp):
             raise PermissionError(13, "Permission denied", str(self))
         return unlink(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "unlink", refuse)
     proc = run_bench_here(monkeypatch, capsys, "clean", "--results", tmp_path)
     assert (ckpt / "last.pt").exists() and not (ckpt / "epoch_0001.pt").exists()
-    assert f"note: 1 file(s) could not be deleted: {ckpt / 'last.pt'}" in proc.stdout
+    assert f"note: 2 file(s) could not be deleted: {ckpt / 'last.pt'}, {temp}" in proc.stdout
     # what was deleted is said without it: one file, its 2 MB (it said 2 files, 7 MB)
     assert f"deleted in {tmp_path}, 2.0 MB:\n  1 resume-only file(s) of 1 finished run(s)" in proc.stdout, proc.stdout
     again = clean(tmp_path)
-    assert again.kept == [ckpt / "last.pt"] and again.resume == {} and again.size == 0
+    assert again.kept == [ckpt / "last.pt", temp] and again.resume == {} and again.temps == [] and again.size == 0
 
 
 def test_a_record_of_a_newer_bench_is_said_and_its_run_left_alone(tmp_path):

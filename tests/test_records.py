@@ -318,9 +318,10 @@ def test_load_missing_dir_and_bad_level(tmp_path):
 def test_corrupt_file_error_names_the_file(tmp_path):
     write_record(make_record(), tmp_path)
     bad = tmp_path / "records" / "synapse-broken.json"
-    bad.write_text('{"schema": 1, "run_id": ')
-    with pytest.raises(BenchError, match="synapse-broken.json"):
-        load(tmp_path)
+    for text in (b'{"schema": 1, "run_id": ', b"\xff\xfe{"):  # cut short; not UTF-8 (another tool's file)
+        bad.write_bytes(text)
+        with pytest.raises(BenchError, match=r"synapse-broken\.json: not a readable run record \("):
+            load(tmp_path)
     bad.write_text(json.dumps({"schema": 1, "run_id": "x"}))
     with pytest.raises(BenchError, match=r"synapse-broken\.json: invalid run record .x.: status: missing \(str\); model: missing"):
         load(tmp_path)
@@ -417,6 +418,16 @@ def test_restated_numbers_name_the_code_that_stored_them(tmp_path):
     assert f"{rescored['run_id']}.json: dice 0.7 stored, 0.3 from the case rows (stored by code feedbeeffeed-dirty " \
            f"(sources {'d' * 16}))" in said
     assert df.loc["unet", "restated"].endswith("(stored by code 0123456789ab)") and df.loc["unet", "dice"] == 0.3
+
+
+def test_a_per_class_hd95_edited_is_restated_from_the_case_rows(tmp_path):
+    """A per_class hd95 edited by hand is an aggregate, as its dice is: the board takes the case rows' value and
+    says so; taken for a case row's number, it kept the edit and was said to come from tp/fp/fn."""
+    rec = make_record("unet", seed=0, dice=0.3)
+    rec["per_class"][0]["hd95"] += 5  # aorta's: 20 from the case rows
+    df, said = _rechecked(tmp_path, rec)
+    assert df.loc["unet", "hd95/aorta"] == 20.0
+    assert df.loc["unet", "restated"] == "hd95/aorta 25 stored, 20 from the case rows (stored by code 0123456789ab)"
 
 
 def test_a_case_rows_own_numbers_are_checked_against_its_pixel_counts(tmp_path, monkeypatch):

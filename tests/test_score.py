@@ -437,6 +437,61 @@ def test_a_fold_all_folder_is_refused_only_as_a_model_of_this_data(tmp_path, mon
     (model / "plans.json").write_text(json.dumps({"dataset_name": "Dataset900_Synth"}))
     with pytest.raises(BenchError, match=this + r"\(Dataset900_Synth, as .*plans.json names it\)"):
         score_predictions(preds, ds, SMOKE)
+    (model / "plans.json").unlink()  # nnUNetv2_predict's copy beside the predictions names it too
+    (preds / "plans.json").write_text(json.dumps({"dataset_name": "Dataset901_External"}))
+    assert score_predictions(preds, ds, SMOKE).notes == [note.replace(str(model / "plans.json"),
+                                                                      str(preds / "plans.json"))]
+    (preds / "plans.json").write_text(json.dumps({"dataset_name": ""}))  # names nothing: the results folder does
+    with pytest.raises(BenchError, match=this + r"\(Dataset900_Synth, as its results folder"):
+        score_predictions(preds, ds, SMOKE)
+    (preds / "plans.json").unlink()
+    # a DatasetXXX_Name folder names the model's dataset only above a <Trainer>__<Plans>__<config> folder
+    loose = tmp_path / "Dataset901_External" / "notatrainer" / "fold_all" / "validation"
+    shutil.copytree(preds, loose)
+    with pytest.raises(BenchError, match=r"trained on every case, so its predictions are of cases it was trained on "
+                                         r"\(nothing names the model's dataset"):
+        score_predictions(loose, ds, SMOKE)
+
+
+@pytest.mark.parametrize("folder, json_name, model_name, whose", [
+    ("synth_copy", "Synth", "Dataset900_Synth", "this"),  # a copy, as MSD-converted data names itself: the Name part
+    ("Dataset900_Copy", "Copy", "Dataset900_Synth", "this"),  # the same id under another folder name
+    ("synth_copy", "Dataset900_Synth", "Dataset900_Synth", "this"),  # dataset.json's name alone
+    ("Dataset900_Copy", "Copy", "Dataset901_Synth", "other"),  # another id: another dataset, though the Name agrees
+    ("synth_copy", "Copy", "Dataset901_External", "unsure"),  # no id and no Name agrees: taken as this data's
+])
+def test_a_fold_all_models_dataset_is_told_from_this_datas_by_its_nnunet_id(tmp_path, folder, json_name, model_name,
+                                                                             whose):
+    """A fold_all model of Dataset900_Synth scored on a copy of its data named otherwise (synth_copy, dataset.json
+    "name": "Synth") was scored as a test score: names were compared whole. Now by nnU-Net's id, else the Name part;
+    where nothing agrees nor differs the folder is refused, saying both datasets' names and how to score it anyway."""
+    import shutil
+
+    root = synthesize("nnunet", tmp_path / folder, n_cases=5, depth=4, size=16)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "name": json_name}))
+    ds = open_dataset("nnunet", root)
+    preds = tmp_path / "nnUNet_results" / model_name / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_all" / "val"
+    preds.mkdir(parents=True)
+    for name in ds.test_ids():
+        shutil.copyfile(root / "labelsTr" / f"{name}.nii.gz", preds / f"{name}.nii.gz")
+    ours = f"{folder}, {json_name}" if folder != json_name else folder
+    if whose == "other":
+        assert score_predictions(preds, ds, SMOKE).notes[-1].endswith(
+            f"names it {model_name}, not this data ({ours}), so these are taken as predictions of cases it never "
+            "trained on (an external test set's); of a model of this data they would be training scores")
+        return
+    also = "" if model_name in (folder, json_name) else f"; this data: {ours}"  # said where no name is the model's
+    said = (rf"of this data \({model_name}, as its results folder .* names it{also}\), so its predictions "
+            r"are of cases it was trained on: " if whose == "this" else
+            rf"of {model_name}, as its results folder .* names it, taken as this data \({ours}\): no nnU-Net dataset id "
+            r"tells the two apart, so its predictions are taken as of cases it was trained on \(if they are another "
+            r"dataset's, an external test set's, score them from a folder outside any named fold_all, or name this "
+            r"data's folder DatasetNNN_Name by its nnU-Net id\): ")
+    with pytest.raises(BenchError, match=r"^--predictions .*: a folder of nnU-Net's fold_all, whose model "
+                                         r"\(nnUNetv2_train DATASET CONFIG all\) trained on every case " + said +
+                                         r"no score of it is a test score"):
+        score_predictions(preds, ds, SMOKE)
 
 
 def test_predictions_of_a_run_under_another_protocol_say_which(tmp_path):
@@ -497,6 +552,11 @@ def test_a_volume_off_its_images_grid_is_refused_by_name_and_on_it_scored(tmp_pa
                                              rf"\({re.escape(said)}\), nor on its label file's: .*; write it on the "
                                              r"image's grid, as nnU-Net does"):
             score_predictions(folder, ds, SMOKE)
+    degenerate = nib.Nifti1Image(data, None, label.header)  # y's column of the affine 0: no direction, said "?"
+    degenerate.set_sform(label.affine * [1.0, 0.0, 1.0, 1.0], code=1)
+    nib.save(degenerate, str(folder / name))
+    with pytest.raises(BenchError, match=rf"{name}: not on the grid of its image .*\(orientation R\?S, not RAS\)"):
+        score_predictions(folder, ds, SMOKE)
     # other zooms over the same voxels: scored as the case's, said once for the folder
     for zooms in ((2.0, 1.0, 1.0), (1.00005, 1.0, 1.0)):  # the second within float32 rounding: not said
         nib.save(nib.Nifti1Image(data, label.affine @ np.diag([*zooms, 1.0])), str(folder / name))
@@ -519,10 +579,11 @@ def test_a_volume_off_its_images_grid_is_refused_by_name_and_on_it_scored(tmp_pa
     with pytest.raises(BenchError, match=r"not on the grid of its image .*\(origin \(4\.0, 0\.0, 0\.0\), not "
                                          r"\(0\.0, 0\.0, 0\.0\)\), nor on its label file's"):
         score_predictions(folder, ds, SMOKE)
-    # a (D, H, W) array saved as it is with a made-up affine: the transpose is named, not the grid
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), np.eye(4)), str(folder / name))
-    with pytest.raises(BenchError, match=r"stored shape .*: save np\.transpose\(volume, \(2, 1, 0\)\)$"):
-        score_predictions(folder, ds, SMOKE)
+    # a (D, H, W) array saved as it is with a made-up affine (SimpleITK's LPS too): the transpose is named, not the grid
+    for affine in (np.eye(4), np.diag([-1.0, -1.0, 1.0, 1.0])):
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), affine), str(folder / name))
+        with pytest.raises(BenchError, match=r"stored shape .*: save np\.transpose\(volume, \(2, 1, 0\)\)$"):
+            score_predictions(folder, ds, SMOKE)
     # an (x, y, z, 1) file (3D Slicer, ITK) is the volume it holds: its grid is still checked
     nib.save(nib.Nifti1Image(data[..., None], np.diag([-1.0, 1.0, 1.0, 1.0]) @ label.affine), str(folder / name))
     with pytest.raises(BenchError, match=rf"{name}: not on the grid of its image .*\(orientation LAS, not RAS\)"):
@@ -551,6 +612,12 @@ def test_synapse_volumes_spacing_is_compared_with_the_cases_and_their_orientatio
             f"2 of 3 volumes' headers give another voxel spacing than their case's (first: {first}, (1, 1, 1) mm "
             f"(x, y, z), the case's ({w:g}, {h:g}, {d:g}) mm): scored voxel for voxel on the case's grid, as their "
             f"shape is its; {hd95}"]
+    for name, x in ((first, w * 1.01), (second, w)):  # 1% off along x is another spacing; the case's own is not
+        img = nib.load(str(folder / name))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), np.diag([-x, -h, d, 1.0])), str(folder / name))
+    notes = [n for n in score_predictions(folder, ds, proto, "strict").notes if "spacing" in n]
+    assert len(notes) == 1 and notes[0].startswith(f"1 of 3 volumes' headers give another voxel spacing than their "
+                                                   f"case's (first: {first}, ({w * 1.01:g}, {h:g}, {d:g}) mm")
 
 
 def test_each_nifti_prediction_header_is_read_once(tmp_path, monkeypatch):
@@ -691,6 +758,14 @@ def test_pairs_empty_in_the_ground_truth_say_how_the_policy_scored_them(tmp_path
     md = render(strict, "md")
     (overall,) = md_rows(md, md.split("\n\n")[1].split("|")[1].strip())  # the aggregate table, its first column
     assert overall["DSC n/a"] == f"{absent - 1}/{n}"
+    # legacy-isic pools every image's pixels into one DSC: no (case, class) pair is scored, so none is said so
+    from PIL import Image
+
+    isic, masks = _isic_gt_folder(tmp_path / "isic")
+    gt = isic.scored_files()[0]  # its lesion erased from the ground truth, still predicted
+    Image.new("L", Image.open(gt).size).save(gt)
+    pooled = score_predictions(masks, isic, load_protocol("smoke"), "legacy-isic")
+    assert pooled.metrics["dice"] < 1 and not [n for n in pooled.notes if "(case, class) pairs" in n]
 
 
 def test_what_cannot_be_scored_is_one_line_naming_the_path(tmp_path):
@@ -708,12 +783,14 @@ def test_what_cannot_be_scored_is_one_line_naming_the_path(tmp_path):
         score_predictions(tmp_path / "empty", ds, proto)
     # text logs beside them (TransUNet's test.py: test_log/<name>.txt) are passed over as no label map
     (folder / "test_log").mkdir()
-    for name in ("test_log.txt", "test_log/epoch_149.txt", "run.log", "log"):
+    for name in ("test_log.txt", "test_log/epoch_149.txt", "run.log"):
         (folder / name).write_text("mean_dice : 0.85")
+    (folder / "log").write_bytes(b"epoch 1\nmean_dice\t0.85\r\n")  # lines, a tab, CRLF: text all the same
     assert score_predictions(folder, ds, proto).scored["n_cases"] == len(ids)
-    (folder / "blob").write_bytes((folder / f"{ids[0]}.nii.gz").read_bytes())  # no ending, but no text: refused
-    with pytest.raises(BenchError, match=r"preds: blob: no test case scored here"):
-        score_predictions(folder, ds, proto)
+    for blob in ((folder / f"{ids[0]}.nii.gz").read_bytes(), b""):  # no ending, but no text (or nothing): refused
+        (folder / "blob").write_bytes(blob)
+        with pytest.raises(BenchError, match=r"preds: blob: no test case scored here"):
+            score_predictions(folder, ds, proto)
     (folder / "blob").unlink()
     (folder / "copy.nii.gz").write_bytes((folder / f"{ids[0]}.nii.gz").read_bytes())
     with pytest.raises(BenchError, match=r"preds: copy.nii.gz: no test case scored here; the test cases' files are "
@@ -975,6 +1052,23 @@ def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_p
                     "1 (aorta) as 2, 2 (gallbladder) as 1, 8 (stomach) as 12: another class order" + only)
     lookup = np.array([0, 2, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 8])  # the remap said undoes the order
     assert np.array_equal(lookup[np.choose(label, order)], label)
+    # the stomach as 9, the first id past Synapse's 8 organs (BTCV's 13-organ ids): no class of the data
+    said, label = refused("past", edited(lambda label: np.where(label == 8, 9, label)), (
+        "their predictions are in that order too, so their ids would score as our other organs: remap the "
+        "predictions (and these label files) to our ids, theirs to ours 9->8 (pred = np.array([0, 1, 2, 3, 4, 5, 6, "
+        "7, 8, 8])[pred]), or score them with the data they were made on (its --data-root)"))
+    assert said == (f"{int((label == 8).sum()):,} of 6,144 voxels differ, in classes 8 (stomach), 9 (no class of the "
+                    "data); the same structures under other ids, ours 8 (stomach) as 9: another class order" + only)
+    # two of our classes under one id (the gallbladder as aorta), or organ voxels erased: no class order, no remap;
+    # only the classes that differ are named, never the background
+    said, label = refused("merged", edited(lambda label: np.where(label == 2, 1, label)))
+    assert said == f"{int((label == 2).sum()):,} of 6,144 voxels differ, in classes 1 (aorta), 2 (gallbladder)" + only
+
+    def erased(label):  # 3 voxels of the left kidney (3) as background
+        label[tuple(np.argwhere(label == 3)[:3].T)] = 0
+        return label
+
+    assert refused("erased", edited(erased))[0] == "3 of 6,144 voxels differ, in classes 3 (kidney_l)" + only
     assert refused("shape", edited(lambda label: label[1:]))[0] == \
         "stored shape (32, 32, 5), where its case's is (x, y, z) = (32, 32, 6): another volume's" + only
     # saved the other way round, (x, y, z) = (D, H, W): the fix said, as of a prediction so saved
@@ -1191,6 +1285,10 @@ def test_volumes_of_several_frames_or_axes_of_size_one_are_said_what_they_hold(t
     with pytest.raises(BenchError, match=r"expected a label map of class ids, \(x, y, z\): it holds 2 volumes "
                                          r"\(frames\), not one channel per class \(9 classes\), and a label map is "
                                          "one 3-D volume: save the one to score$"):
+        score_predictions(folder, ds, SMOKE)
+    nib.save(nib.Nifti1Image(np.stack([np.stack([xyz] * 4, -1)] * 3, -2), np.eye(4)), str(path))  # (x, y, z, 3, 4)
+    with pytest.raises(BenchError, match=rf"{path.name}: expected a 3-D NIfTI volume, got shape \({width}, {height}, "
+                                         rf"{depth}, 3, 4\)$"):  # two axes past the volume's: no frames, no channels
         score_predictions(folder, ds, SMOKE)
     one_hot = (label[..., None] == np.arange(ds.num_classes)).astype(np.float32)  # SimpleITK: 9 values per voxel
     sitk.WriteImage(sitk.GetImageFromArray(one_hot), str(path))

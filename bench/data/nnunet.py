@@ -74,6 +74,7 @@ _FOLD_LISTS = ('"train"', '"val"')  # a splits_final.json fold's lists, as error
 N_FOLDS = 5  # nnU-Net's default cross-validation
 ALL_FOLDS = "all"  # fold=ALL_FOLDS: every fold's validation cases at once (bench score --fold all)
 NNUNET_FOLD_ALL = "fold_all"  # nnU-Net's folder of its fold "all": not ALL_FOLDS (trained_on_every_case)
+NNUNET_DATASET_NAME = re.compile(r"Dataset(\d{3})_(.+)")  # nnU-Net's DatasetNNN_Name: its id, then its Name
 TEST_FRACTION_DENOM = 5  # 1/5 = 20 % of the cases are test cases
 VOLUME_ENDINGS = (".nii.gz", ".nii")
 # a cached volume: <case>.<sources' signature>[.<preprocessing key>; absent in format 1].<part>.npy
@@ -336,7 +337,7 @@ def _dataset_folder(root: Path) -> str:
     """The folder nnU-Net names a dataset's files by under nnUNet_preprocessed and nnUNet_results: the raw
     folder's own name where it is one of nnU-Net's (``Dataset501_Liver``), else a placeholder for it."""
     name = root.resolve().name
-    return name if re.fullmatch(r"Dataset\d{3}_.+", name) else "DatasetXXX_Name"
+    return name if NNUNET_DATASET_NAME.fullmatch(name) else "DatasetXXX_Name"
 
 
 def label_path(root: Path, case: str, ending: str) -> Path:
@@ -630,7 +631,8 @@ def same_geometry(image: Path, label: Path) -> bool:
 
 def trained_on_every_case(folder: Path, data: NnUNetDataset) -> tuple[str, str]:
     """Where ``folder``'s path (as given, or resolved) has a ``fold_all`` component, of a model of ``data``'s
-    dataset or of one nothing names (``fold_all_dataset``), the words that say what that is: nnU-Net's fold "all"
+    dataset, of one no nnU-Net id tells from it (``_same_dataset``) or of one nothing names (``fold_all_dataset``),
+    the words that say what that is: nnU-Net's fold "all"
     (``nnUNetv2_train DATASET CONFIG all``) trains on every case, so its ``validation/`` holds predictions of its
     own training cases; not ``ALL_FOLDS`` (a cross-validation: each case predicted by the fold that did not train
     on it). Second, where a ``fold_all`` model is of another dataset by its name alone (an external test set's
@@ -643,18 +645,41 @@ def trained_on_every_case(folder: Path, data: NnUNetDataset) -> tuple[str, str]:
     else:
         return "", ""
     name, told = fold_all_dataset(path, fold_dir)
-    ours = (data.root.name, data.root.resolve().name, data.meta.get("name"))
-    if name is not None and name not in ours:
+    names = (data.root.name, data.root.resolve().name, data.meta.get("name"))
+    ours = list(dict.fromkeys(n for n in names if n and isinstance(n, str)))
+    said = ", ".join(ours)
+    whose = _same_dataset(name, ours) if name else None
+    if whose is False:
         return "", (f"{fold_dir}: nnU-Net's {NNUNET_FOLD_ALL}, whose model trained on every case of its dataset, "
-                    f"scored on that dataset's name alone: {told} names it {name}, not this data "
-                    f"({', '.join(dict.fromkeys(n for n in ours if n))}), so these are taken as predictions of cases "
-                    "it never trained on (an external test set's); of a model of this data they would be training "
-                    "scores")
-    what = (f"of nnU-Net's {NNUNET_FOLD_ALL}, whose model (nnUNetv2_train DATASET CONFIG all) trained on every case"
-            + (f" of this data ({name}, as {told} names it)" if name else ""))
-    return what + ", so its predictions are of cases it was trained on" + ("" if name else (
-        f" (nothing names the model's dataset: no plans.json in {fold_dir.parent} names it; predictions of other cases, as an "
-        f"external test set's, are scored from a folder outside any named {NNUNET_FOLD_ALL})")), ""
+                    f"scored on that dataset's name alone: {told} names it {name}, not this data ({said}), so these "
+                    "are taken as predictions of cases it never trained on (an external test set's); of a model of "
+                    "this data they would be training scores")
+    what = f"of nnU-Net's {NNUNET_FOLD_ALL}, whose model (nnUNetv2_train DATASET CONFIG all) trained on every case"
+    if whose:
+        return what + (f" of this data ({name}, as {told} names it" + ("" if name in ours else f"; this data: {said}")
+                       + "), so its predictions are of cases it was trained on"), ""
+    if name:  # no name agrees and none differs: taken as this data's, a training score never passing as a test's
+        return what + (f" of {name}, as {told} names it, taken as this data ({said}): no nnU-Net dataset id tells "
+                       "the two apart, so its predictions are taken as of cases it was trained on (if they are another "
+                       "dataset's, an external test set's, score them from a folder outside any named "
+                       f"{NNUNET_FOLD_ALL}, or name this data's folder DatasetNNN_Name by its nnU-Net id)"), ""
+    return what + (", so its predictions are of cases it was trained on (nothing names the model's dataset: no "
+                   f"plans.json in {fold_dir.parent} names it; predictions of other cases, as an external test set's, "
+                   f"are scored from a folder outside any named {NNUNET_FOLD_ALL})"), ""
+
+
+def _same_dataset(name: str, ours: list[str]) -> bool | None:
+    """Whether nnU-Net's dataset ``name`` (``Dataset900_Synth``) is the one the data's ``ours`` names (its folder's
+    names, dataset.json's ``name``): by nnU-Net's id where a name of the data has one (True where one agrees, False
+    where none does: another dataset); else by the Name part (MSD-converted data's ``"name": "Synth"``, a copy's
+    folder named otherwise): True where it is one of the data's names, None where that says neither."""
+    match = NNUNET_DATASET_NAME.fullmatch(name)
+    ident, part = match.groups() if match else (None, name)
+    ids = {m[1] for m in map(NNUNET_DATASET_NAME.fullmatch, ours) if m}
+    if ident is not None and ids:
+        return ident in ids
+    parts = {m[2] if (m := NNUNET_DATASET_NAME.fullmatch(n)) else n for n in ours}
+    return True if part in parts else None
 
 
 def fold_all_dataset(folder: Path, fold_dir: Path) -> tuple[str | None, str]:
@@ -669,7 +694,7 @@ def fold_all_dataset(folder: Path, fold_dir: Path) -> tuple[str | None, str]:
         if isinstance(name, str) and name:
             return name, str(plans)
     results = fold_dir.parent.parent
-    if "__" in fold_dir.parent.name and re.fullmatch(r"Dataset\d{3}_.+", results.name):
+    if "__" in fold_dir.parent.name and NNUNET_DATASET_NAME.fullmatch(results.name):
         return results.name, f"its results folder {results}"
     return None, ""
 
