@@ -632,10 +632,9 @@ def same_geometry(image: Path, label: Path) -> bool:
 def trained_on_every_case(folder: Path, data: NnUNetDataset) -> tuple[str, str]:
     """Where ``folder``'s path (as given, or resolved) has a ``fold_all`` component, of a model of ``data``'s
     dataset, of one no nnU-Net id tells from it (``_same_dataset``) or of one nothing names (``fold_all_dataset``),
-    the words that say what that is: nnU-Net's fold "all"
-    (``nnUNetv2_train DATASET CONFIG all``) trains on every case, so its ``validation/`` holds predictions of its
-    own training cases; not ``ALL_FOLDS`` (a cross-validation: each case predicted by the fold that did not train
-    on it). Second, where a ``fold_all`` model is of another dataset by its name alone (an external test set's
+    the words that say what that is: nnU-Net's fold "all" (``nnUNetv2_train DATASET CONFIG all``) trains on every
+    case, so its ``validation/`` holds predictions of its own training cases; not ``ALL_FOLDS`` (a cross-validation:
+    each case predicted by the fold that did not train on it). Second, where a ``fold_all`` model is of another dataset by its name alone (an external test set's
     predictions, taken as of cases it never trained on), the note that says what names it; "" for each otherwise."""
     path = Path(folder).expanduser()
     for parts in (path.parts, path.resolve().parts):
