@@ -688,7 +688,7 @@ _PRECISIONS = {"fp32": "float32 (TF32 off)", "tf32": "float32 with TF32 tensor c
 def _cost(df: pd.DataFrame, results_dir: Path) -> str:
     """How the boards' GMACs were counted (where the runs' records count them) and the cost tables timed
     (the folder's ``bench profile`` records of these models): ``bench.cost``'s conventions."""
-    from bench.cost import load_profiles
+    from bench.profiles import load_profiles
 
     text = []
     runs_count = "macs" in df and df["macs"].notna().any()
