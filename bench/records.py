@@ -325,6 +325,10 @@ def runs_dir(results_dir: Path) -> Path:
 
 
 TB_DIR = "tb"  # in a run's folder: its TensorBoard scalars
+# in a run's folder: its checkpoints (bench.train writes them), the one a resume reads and the weights training
+# ended with; here, as reports look for begun runs without importing bench.train (torch)
+CHECKPOINT_DIR = "checkpoints"
+LAST, FINAL = "last.pt", "final.pt"
 
 
 def run_dir(results_dir: Path, run_id: str) -> Path:
@@ -856,8 +860,6 @@ def no_runs(results_dir: Path | str, *filters: str | Iterable[str] | None) -> st
     --policy asked for, ``name_list``'s forms) name some, of those."""
     if any(name_list(f) is not None for f in filters):  # "all" filters nothing
         return f"{results_dir}: no finished runs of these --models/--dataset/--policy"
-    from bench.train import CHECKPOINT_DIR
-
     # a run that began wrote its log or checkpoints; a folder of a claim alone (a killed rescore's) did not
     begun = sorted(p.name for p in runs_dir(Path(results_dir)).glob("*")
                    if (p / RUN_LOG).is_file() or (p / CHECKPOINT_DIR).is_dir())
@@ -880,7 +882,6 @@ def unrecorded_runs(results_dir: Path | str, boards: Iterable[tuple[str, str]],
     diverged seed, would otherwise leave a board with fewer seeds and nothing said."""
     from bench.claim import held_by
     from bench.runlog import last_outcome, settings
-    from bench.train import CHECKPOINT_DIR, FINAL, LAST
 
     results_dir, boards, wanted = Path(results_dir), sorted(set(boards)), None if models is None else set(models)
     found = []
