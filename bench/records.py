@@ -991,9 +991,14 @@ def select_runs(df_runs: pd.DataFrame, models: str | Iterable[str] | None = None
             if name not in have and not (option == "--models" and name in set(profiled)):
                 hint = did_you_mean(name, have)
                 if option == "--models" and hint:  # a registered model without runs is no misspelling
-                    from bench.registry import list_models
+                    from bench.model_facts import FACTS
 
-                    hint = "" if name in list_models() else hint
+                    if name in FACTS:  # a built-in: known without loading the models (torch), as reports run
+                        hint = ""
+                    else:
+                        from bench.registry import list_models
+
+                        hint = "" if name in list_models() else hint
                 raise BenchError(f"{option} {name}: no runs of it in {results_dir} (there: {', '.join(have) or 'none'})"
                                  f"{hint}")
         df_runs = df_runs[np.logical_or.reduce([df_runs[c].isin(names) for c in columns if c in df_runs])]
