@@ -757,8 +757,17 @@ def load_both(results_dir: Path, recheck: bool = False, current: bool = False) -
     return frames["run"], frames["case"]
 
 
-def _load(results_dir: Path, levels: tuple[str, ...], recheck: bool, current: bool) -> dict[str, pd.DataFrame]:
-    """``load``'s frame of each of ``levels`` ("run", "case"); its warnings name the caller of load or load_both."""
+def load_with_records(results_dir: Path, recheck: bool = False,
+                      current: bool = False) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+    """``load``'s run rows and the records they come from as read (``read_record``'s), by run id, from one read of
+    each record (bench report --format methods writes from the full records)."""
+    frames = _load(results_dir, ("run", "record"), recheck, current)
+    return frames["run"], frames["record"]
+
+
+def _load(results_dir: Path, levels: tuple[str, ...], recheck: bool, current: bool) -> dict[str, Any]:
+    """``load``'s frame of each of ``levels`` ("run", "case"; "record": the records as read, by run id); its
+    warnings name the caller of load, load_both or load_with_records."""
     read = list(_iter_records(results_dir))
     if current and (stale := stale_rescores([rec for _, rec in read])):
         boards = "its board" if len(stale) == 1 else "their boards"
@@ -776,6 +785,8 @@ def _load(results_dir: Path, levels: tuple[str, ...], recheck: bool, current: bo
                           f"{few(found, 3, sep='; ')}; reports and checks use the recomputed numbers", stacklevel=3)
     if "case" in levels:
         frames["case"] = _case_frame([rec for _, rec in read], recounts)
+    if "record" in levels:
+        frames["record"] = {rec["run_id"]: rec for _, rec in read}
     return frames
 
 
