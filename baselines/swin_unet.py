@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.modeling import SegmentationModel, init_linear_and_norm
+from bench.model_facts import FACTS
 from bench.registry import register_model
 from ssm_models.vss import DropPath, PatchExpand2D, PatchMerging2D
 
@@ -357,20 +358,12 @@ def _load_trained_swin_unet(model: nn.Module, sd: dict[str, torch.Tensor], own: 
             "not_pretrained_in_model": sorted(k for k in own if k not in updates), "trained_model": True}
 
 
-PAPER_CONFIG = {"embed_dim": 96, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12, 24), "window_size": 7,
-                "drop_path_rate": 0.2}
+PAPER_CONFIG = FACTS["swin_unet"].paper_config  # bench.model_facts: read without torch
 
 
 @register_model(
-    family="transformer",
-    paper_config=PAPER_CONFIG,
-    tiny={"embed_dim": 24, "num_heads": (1, 2, 4, 8)},
-    source="HuCaoFighting/Swin-Unet@f48f623 networks/vision_transformer.py (SwinUnet), lite config",
-    paper="Cao et al., ECCV-W 2022, arXiv:2105.05537",
-    description="Swin-Unet: Swin-T blocks [2,2,2,2] with a mirrored decoder, window 7 (27.17 M params)",
+    **FACTS["swin_unet"].register_args(),
     pretrained={"swin_t": load_swin_t},
-    init=("swin_t", "swin_tiny_patch4_window7_224.pth"),  # Swin-T ImageNet-1k, encoder and decoder
-    chooses=("window_size",),  # fitted to a small input (resolved_config)
 )
 def swin_unet(*, num_classes: int, in_chans: int = 3, img_size: int = 224, **overrides: Any) -> SwinUnet:
     """Swin-Unet with the authors' Synapse configuration at ``img_size`` (224 in the paper)."""

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.modeling import SegmentationModel
+from bench.model_facts import FACTS
 from bench.registry import register_model
 
 __all__ = ["TransUNet"]
@@ -353,21 +354,12 @@ def load_vit_npz(model: nn.Module, npz: dict[str, Any]) -> dict[str, Any]:
             "not_pretrained_in_model": sorted(k for k in own if k not in new)}
 
 
-PAPER_CONFIG = {"hidden": 768, "layers": 12, "heads": 12, "mlp_dim": 3072, "dropout": 0.1, "attn_dropout": 0.0,
-                "resnet_units": (3, 4, 9), "resnet_width": 64, "head_channels": 512,
-                "decoder_channels": (256, 128, 64, 16), "n_skip": 3}
+PAPER_CONFIG = FACTS["transunet"].paper_config  # bench.model_facts: read without torch
 
 
 @register_model(
-    family="transformer",
-    paper_config=PAPER_CONFIG,
-    tiny={"hidden": 64, "layers": 2, "heads": 2, "mlp_dim": 128, "resnet_units": (1, 1, 1), "resnet_width": 32,
-          "head_channels": 128, "decoder_channels": (64, 32, 16, 16)},
-    source="Beckschen/TransUNet networks/vit_seg_modeling.py (VisionTransformer, get_r50_b16_config, n_skip 3)",
-    paper="Chen et al., arXiv:2102.04306",
-    description="TransUNet R50-ViT-B_16: ResNet-50 stages 1-3 + ViT-B/16, cascaded upsampler (105.28 M params)",
+    **FACTS["transunet"].register_args(),
     pretrained={"vit_npz": load_vit_npz},
-    init=("vit_npz", "R50+ViT-B_16.npz"),  # Google ImageNet-21k R50-ViT-B/16
 )
 def transunet(*, num_classes: int, in_chans: int = 3, img_size: int = 224, **overrides: Any) -> TransUNet:
     """TransUNet with the authors' Synapse configuration; ``img_size`` must be a multiple of 16."""

@@ -20,6 +20,7 @@ from torch import nn
 
 from bench.errors import BenchError, did_you_mean
 from bench.modeling import SegmentationModel
+from bench.model_facts import FACTS
 from bench.registry import register_model
 
 __all__ = ["UNet", "ClassicEncoder", "ClassicDecoder", "SmpUNet", "from_bigmb"]
@@ -132,7 +133,7 @@ class SmpUNet(SegmentationModel):
         return self.net(x)
 
 
-PAPER_CONFIG = {"encoder": "classic", "widths": (64, 128, 256, 512, 1024)}
+PAPER_CONFIG = FACTS["unet"].paper_config  # bench.model_facts: read without torch
 # bigmb's U_Net names its modules Conv1..Conv5 (encoder), Up5..Up2 and Up_conv5..Up_conv2 (decoder,
 # deepest first) and Conv (head); the layers inside are the same Sequentials as ours
 _BIGMB = ((re.compile(r"^Conv(\d)\.conv\."), lambda m: f"encoder.blocks.{int(m[1]) - 1}."),
@@ -155,13 +156,8 @@ def from_bigmb(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @register_model(
-    family="cnn",
-    paper_config=PAPER_CONFIG,
-    tiny={"widths": (8, 16, 32, 64)},
-    source="bigmb/Unet-Segmentation-Pytorch-Nest-of-Unets (U_Net), as used for Swin-Unet's U-Net row",
+    **FACTS["unet"].register_args(),
     convert_official=from_bigmb,
-    paper="Ronneberger et al., MICCAI 2015, arXiv:1505.04597",
-    description="Classic U-Net (widths 64…1024); encoder=<smp encoder> builds smp's Unet",
 )
 def unet(*, num_classes: int, in_chans: int = 3, img_size: int = 224, encoder: str = "classic",
          widths: tuple[int, ...] = PAPER_CONFIG["widths"], encoder_weights: str | None = None) -> SegmentationModel:

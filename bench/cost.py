@@ -34,7 +34,6 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,6 +42,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.errors import BenchError, exception_chain
+# the profile records' files, which reports read without torch: named here too, as `bench.cost` always named them
+from bench.profiles import PROFILE_COLUMNS, PROFILE_DIR, load_profiles, profile_id, write_profile  # noqa: F401
 from bench.rng import caller_rng_kept
 
 __all__ = ["FlopCount", "UncountedOpsError", "count_params", "count_flops", "fvcore_macs", "paper_count",
@@ -465,16 +466,6 @@ def run_counts(name: str, build: dict[str, Any], spatial: tuple[int, ...]) -> di
     return {k: counts[k] for k in ("input_shape", "macs", "flops", "scan_macs", "paper_macs")}
 
 
-PROFILE_DIR = "profiles"
-# `bench profile` columns, in order (the profile output's contract: model, params, input_shape,
-# macs, paper_macs, flops, the fingerprint and, where timed, latency_ms_median and fps)
-PROFILE_COLUMNS = ["model", "family", "params", "trainable_params", "paper_params", "input_shape", "macs",
-                   "flops", "scan_macs", "paper_macs", "paper_macs_missing_pct", "fvcore_macs", "device",
-                   "fingerprint", "scan_backend", "precision", "channels_last", "compiled", "batch_size",
-                   "latency_ms_median", "latency_ms_p90", "fps", "throughput_batch", "throughput_fps",
-                   "peak_mem_mb", "train_peak_mem_mb", "peak_mem_kind"]
-
-
 # fvcore cross-checks our count on the ops both price (convolutions, matmuls, the scan): the built-in
 # models agree within 2 % there. fvcore also prices normalisation, up-sampling and pooling, which
 # our count (FlopCounterMode's) leaves out: in its column, not in the comparison.
@@ -596,47 +587,3 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     # the code and packages that counted and timed it, as run records name theirs
     row.update(git_commit=env.git_commit(), code_digest=env.source_digest(), packages=env.package_versions())
     return row
-
-
-def profile_id(row: dict[str, Any]) -> str:
-    import hashlib
-    import json
-
-    key = json.dumps([row["model"], row["input_shape"], row["model_config"], row["device_fingerprint"],
-                      row["precision"], row["channels_last"], row["compiled"], row["scan_backend"]],
-                     sort_keys=True, default=str)
-    return f"{row['model']}-{row['input_shape']}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
-
-
-def write_profile(row: dict[str, Any], results_dir: Path) -> Path:
-    """``results_dir/profiles/<id>.json``, atomically; a re-profile of the same setup replaces it,
-    except that a counts-only one (``--no-timing``) keeps the timings and memory already there."""
-    import json
-
-    from bench.fileio import atomic_write_text
-
-    path = Path(results_dir) / PROFILE_DIR / f"{profile_id(row)}.json"
-    if "latency_ms_median" not in row and path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError):
-            old = {}
-        if all(old.get(k) == row[k] for k in ("params", "macs")):  # timings of this very architecture
-            row = {**{k: v for k, v in old.items() if k not in row}, **row}
-    return atomic_write_text(path, json.dumps(row, indent=1, sort_keys=True, default=str) + "\n")
-
-
-def load_profiles(results_dir: Path):
-    """All profile rows under ``results_dir/profiles`` as a DataFrame (empty if none)."""
-    import json
-
-    import pandas as pd
-
-    rows = []
-    for path in sorted((Path(results_dir) / PROFILE_DIR).glob("*.json")):
-        try:
-            rows.append(json.loads(path.read_text()))
-        except (OSError, ValueError) as exc:
-            raise BenchError(f"{path}: unreadable profile record ({exc})") from None
-    frame = pd.DataFrame(rows)
-    return frame.reindex(columns=[*PROFILE_COLUMNS, *[c for c in frame.columns if c not in PROFILE_COLUMNS]])

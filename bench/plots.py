@@ -613,7 +613,7 @@ def write_plots(results_dir: Path, out_dir: Path, *, df_runs: pd.DataFrame | Non
     except for training curves, which are their pooled runs'. ``fmt``: one of ``PLOT_FORMATS``; ``style``:
     of ``PLOT_STYLES``."""
     fmt, _ = check_plot_format(fmt), check_plot_style(style)
-    from bench.cost import load_profiles
+    from bench.profiles import load_profiles
     from bench.records import load, load_both
 
     results_dir = Path(results_dir)

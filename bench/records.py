@@ -325,6 +325,10 @@ def runs_dir(results_dir: Path) -> Path:
 
 
 TB_DIR = "tb"  # in a run's folder: its TensorBoard scalars
+# in a run's folder: its checkpoints (bench.train writes them), the one a resume reads and the weights training
+# ended with; here, as reports look for begun runs without importing bench.train (torch)
+CHECKPOINT_DIR = "checkpoints"
+LAST, FINAL = "last.pt", "final.pt"
 
 
 def run_dir(results_dir: Path, run_id: str) -> Path:
@@ -753,8 +757,17 @@ def load_both(results_dir: Path, recheck: bool = False, current: bool = False) -
     return frames["run"], frames["case"]
 
 
-def _load(results_dir: Path, levels: tuple[str, ...], recheck: bool, current: bool) -> dict[str, pd.DataFrame]:
-    """``load``'s frame of each of ``levels`` ("run", "case"); its warnings name the caller of load or load_both."""
+def load_with_records(results_dir: Path, recheck: bool = False,
+                      current: bool = False) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+    """``load``'s run rows and the records they come from as read (``read_record``'s), by run id, from one read of
+    each record (bench report --format methods writes from the full records)."""
+    frames = _load(results_dir, ("run", "record"), recheck, current)
+    return frames["run"], frames["record"]
+
+
+def _load(results_dir: Path, levels: tuple[str, ...], recheck: bool, current: bool) -> dict[str, Any]:
+    """``load``'s frame of each of ``levels`` ("run", "case"; "record": the records as read, by run id); its
+    warnings name the caller of load, load_both or load_with_records."""
     read = list(_iter_records(results_dir))
     if current and (stale := stale_rescores([rec for _, rec in read])):
         boards = "its board" if len(stale) == 1 else "their boards"
@@ -772,6 +785,8 @@ def _load(results_dir: Path, levels: tuple[str, ...], recheck: bool, current: bo
                           f"{few(found, 3, sep='; ')}; reports and checks use the recomputed numbers", stacklevel=3)
     if "case" in levels:
         frames["case"] = _case_frame([rec for _, rec in read], recounts)
+    if "record" in levels:
+        frames["record"] = {rec["run_id"]: rec for _, rec in read}
     return frames
 
 
@@ -856,8 +871,6 @@ def no_runs(results_dir: Path | str, *filters: str | Iterable[str] | None) -> st
     --policy asked for, ``name_list``'s forms) name some, of those."""
     if any(name_list(f) is not None for f in filters):  # "all" filters nothing
         return f"{results_dir}: no finished runs of these --models/--dataset/--policy"
-    from bench.train import CHECKPOINT_DIR
-
     # a run that began wrote its log or checkpoints; a folder of a claim alone (a killed rescore's) did not
     begun = sorted(p.name for p in runs_dir(Path(results_dir)).glob("*")
                    if (p / RUN_LOG).is_file() or (p / CHECKPOINT_DIR).is_dir())
@@ -880,7 +893,6 @@ def unrecorded_runs(results_dir: Path | str, boards: Iterable[tuple[str, str]],
     diverged seed, would otherwise leave a board with fewer seeds and nothing said."""
     from bench.claim import held_by
     from bench.runlog import last_outcome, settings
-    from bench.train import CHECKPOINT_DIR, FINAL, LAST
 
     results_dir, boards, wanted = Path(results_dir), sorted(set(boards)), None if models is None else set(models)
     found = []
@@ -990,9 +1002,14 @@ def select_runs(df_runs: pd.DataFrame, models: str | Iterable[str] | None = None
             if name not in have and not (option == "--models" and name in set(profiled)):
                 hint = did_you_mean(name, have)
                 if option == "--models" and hint:  # a registered model without runs is no misspelling
-                    from bench.registry import list_models
+                    from bench.model_facts import FACTS
 
-                    hint = "" if name in list_models() else hint
+                    if name in FACTS:  # a built-in: known without loading the models (torch), as reports run
+                        hint = ""
+                    else:
+                        from bench.registry import list_models
+
+                        hint = "" if name in list_models() else hint
                 raise BenchError(f"{option} {name}: no runs of it in {results_dir} (there: {', '.join(have) or 'none'})"
                                  f"{hint}")
         df_runs = df_runs[np.logical_or.reduce([df_runs[c].isin(names) for c in columns if c in df_runs])]

@@ -3,7 +3,9 @@
 Model files register their paper configuration with ``@register_model(...)`` on a thin constructor
 ``def name(*, num_classes, in_chans=3, img_size=224, **overrides)``. Built-in models live in
 ``baselines`` and ``ssm_models``; a third-party package registers by importing this decorator, or
-by declaring an entry point in the group ``ssm_unet_bench.models`` (loaded on first use).
+by declaring an entry point in the group ``ssm_unet_bench.models`` (loaded on first use). The built-in
+models' facts (family, configurations, source; no code) are ``bench.model_facts``, which the
+commands that only read records (``bench report``, ``bench check``) ask without importing torch.
 
 Weights never unpickle code: ``load_weights`` reads safetensors, ``.npz`` (no pickle) or
 ``torch.load(weights_only=True)``.

@@ -30,13 +30,12 @@ from bench.data.torch_dataset import TrainDataset
 from bench.errors import BenchError, few
 from bench.losses import segmentation_loss
 from bench.protocol import Protocol
+from bench.records import CHECKPOINT_DIR, FINAL, LAST  # the run folder's layout, which reports read without torch
 from bench.registry import first_forward_error, torch_load
 from bench.rng import seed_everything
 
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.pt"
 LR_MIN = "lr_min.pt"  # select = "lr_min": the weights at the end of lr_min_epoch
-BEST, FINAL = "best.pt", "final.pt"
+BEST = "best.pt"
 # the best weights a checkpoint names (its "best" epoch): best.pt may hold a later epoch's, written by
 # a killed process after its last checkpoint, so a resume restores best.pt from this one
 BEST_AT = "best@{:04d}.pt"

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.modeling import SegmentationModel
+from bench.model_facts import FACTS
 from bench.registry import register_model
 from ssm_models.mamba import Mamba
 
@@ -147,18 +148,10 @@ class LightMUNet(SegmentationModel):
         return self.conv_final(x)
 
 
-PAPER_CONFIG = {"spatial_dims": 2, "init_filters": 32, "blocks_down": (1, 2, 2, 4), "blocks_up": (1, 1, 1),
-                "num_groups": 8}
+PAPER_CONFIG = FACTS["lightm_unet"].paper_config  # bench.model_facts: read without torch
 
 
-@register_model(
-    family="ssm",
-    paper_config=PAPER_CONFIG,
-    tiny={"init_filters": 8, "blocks_down": (1, 1, 1, 1), "blocks_up": (1, 1, 1)},
-    source="MrBlankness/LightM-UNet@6b72e27 lightm-unet/nnunetv2/nets/LightMUNet.py (LightMUNet)",
-    paper="Liao et al., arXiv:2403.05246",
-    description="LightM-UNet (2-D/3-D): SegResNet-style UNet with Mamba layers (5.01 M params as released)",
-)
+@register_model(**FACTS["lightm_unet"].register_args())
 def lightm_unet(*, num_classes: int, in_chans: int = 3, img_size: int = 224, **overrides: Any) -> LightMUNet:
     """LightM-UNet as released; ``spatial_dims=3`` builds the volumetric variant."""
     return LightMUNet(num_classes=num_classes, in_chans=in_chans, **{**PAPER_CONFIG, **overrides})

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from bench.modeling import SegmentationModel, init_linear_and_norm
+from bench.model_facts import FACTS
 from bench.registry import register_model
 from ssm_models.vss import PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSBlock
 
@@ -172,19 +173,12 @@ def load_vmamba_pretrained(model: nn.Module, state_dict: dict[str, Any], mirror_
     }
 
 
-PAPER_CONFIG = {"depths": (2, 2, 2, 2), "depths_decoder": (2, 2, 2, 1), "dims": (96, 192, 384, 768),
-                "d_state": 16, "drop_path_rate": 0.2}
+PAPER_CONFIG = FACTS["vmunet"].paper_config  # bench.model_facts: read without torch
 
 
 @register_model(
-    family="ssm",
-    paper_config=PAPER_CONFIG,
-    tiny={"dims": (16, 32, 64, 128), "depths": (1, 1, 1, 1), "depths_decoder": (1, 1, 1, 1)},
-    source="JCruan519/VM-UNet@43c495b models/vmunet/vmunet.py (VMUNet)",
-    paper="Ruan & Xiang, arXiv:2402.02491",
-    description="VM-UNet: VSS-block encoder/decoder, 4-direction selective scan (27.43 M params)",
+    **FACTS["vmunet"].register_args(),
     pretrained={"vmamba": load_vmamba_pretrained},
-    init=("vmamba", "vmamba_small_e238_ema.pth"),  # VMamba-S, encoder and mirrored decoder
 )
 def vmunet(*, num_classes: int, in_chans: int = 3, img_size: int = 224, **overrides: Any) -> VMUNet:
     """VM-UNet with the paper configuration (Synapse: 9 classes at 224²; ISIC: 1 class at 256²).

@@ -22,6 +22,7 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.modeling import SegmentationModel
+from bench.model_facts import FACTS
 from bench.registry import register_model
 from ssm_models.vmunet import VSSM, load_vmamba_pretrained
 
@@ -154,19 +155,12 @@ def load_vmamba_encoder(model: nn.Module, state_dict: dict[str, Any]) -> dict[st
     return report
 
 
-PAPER_CONFIG = {"depths": (2, 2, 9, 2), "dims": (96, 192, 384, 768), "mid_channel": 48, "deep_supervision": True,
-                "d_state": 16, "drop_path_rate": 0.2}
+PAPER_CONFIG = FACTS["vmunet_v2"].paper_config  # bench.model_facts: read without torch
 
 
 @register_model(
-    family="ssm",
-    paper_config=PAPER_CONFIG,
-    tiny={"dims": (16, 32, 64, 128), "depths": (1, 1, 1, 1), "mid_channel": 8},
-    source="nobodyplayer1/VM-UNetV2@b65f04c models/vmunet/vmunet_v2.py (VMUNetV2)",
-    paper="Zhang et al., arXiv:2403.09157",
-    description="VM-UNet-V2: VSS encoder, CBAM + SDI fusion, conv decoder, fused two-head output (22.77 M params)",
+    **FACTS["vmunet_v2"].register_args(),
     pretrained={"vmamba": load_vmamba_encoder},
-    init=("vmamba", "vmamba_small_e238_ema.pth"),  # VMamba-S, encoder only
 )
 def vmunet_v2(*, num_classes: int, in_chans: int = 3, img_size: int = 256, **overrides: Any) -> VMUNetV2:
     """VM-UNet-V2 with the authors' ISIC configuration; deep supervision only for one class."""

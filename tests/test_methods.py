@@ -625,3 +625,28 @@ def test_reproducibility_says_what_repeats_bit_for_bit_where_the_runs_trained(tm
     given = _record("isic17")
     given["weights"] = {"file": "best.pth", "sha256": "ab" * 32, "trained_by": None}
     assert "Reproducibility" not in _methods(tmp_path / "given", given)
+
+
+def test_each_record_is_read_once(tmp_path, monkeypatch):
+    """--format methods read every record for the boards' frame, then each finished run's again, and a rescore's
+    run's a third time: a large results folder read twice over."""
+    from bench import records
+
+    source = _record()
+    rescored = {**_record(), "run_id": f"{source['run_id']}.strict", "policy": "strict",
+                "rescored_from": source["run_id"]}
+    for rec in (source, rescored, _record(seed=1), _record("isic17")):
+        write_record(rec, tmp_path)
+    read = []
+    parse = records.parse_record
+    monkeypatch.setattr(records, "parse_record", lambda path: read.append(path.name) or parse(path))
+    text = render_methods(tmp_path)
+    assert sorted(read) == sorted(p.name for p in (tmp_path / "records").glob("*.json"))  # 4 files, once each
+    assert "come from evaluating again the weights trained in the legacy-synapse runs" in text
+
+
+def test_a_rescore_whose_run_record_is_gone_names_the_original_runs(tmp_path):
+    source = _record()
+    write_record({**_record(), "run_id": f"{source['run_id']}.strict", "policy": "strict",
+                  "rescored_from": source["run_id"]}, tmp_path)  # its run's record deleted since
+    assert "the weights trained in the original runs, without retraining" in render_methods(tmp_path)

@@ -101,6 +101,20 @@ def test_every_built_in_model_has_its_card_its_readme_row_and_drift_rows():
         assert name in drift, f"results/baseline/smoke.csv: no rows of {name}; `make baseline MODELS={name}` adds them"
 
 
+
+def test_every_built_in_model_registers_its_facts():
+    """Reports label runs from bench.model_facts without loading the models: a built-in model registered
+    otherwise (facts of its own in the decorator, or none there) would be labelled by other facts."""
+    from dataclasses import fields
+
+    from bench.model_facts import FACTS
+    from bench.registry import is_builtin
+
+    assert sorted(filter(is_builtin, list_models())) == sorted(FACTS)
+    for name, facts in FACTS.items():
+        entry = get_entry(name)
+        assert {f.name: getattr(entry, f.name) for f in fields(facts)} == facts.register_args(), name
+
 def test_unet_paper_parameter_count():
     # bigmb U_Net with 1 input and 9 output channels (bigmb/Unet-Segmentation-Pytorch-Nest-of-Unets, the U-Net of Swin-Unet's table)
     model = create_model("unet", num_classes=9, in_chans=1, img_size=224)

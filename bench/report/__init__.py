@@ -1,7 +1,7 @@
 """Leaderboards from run records: mean ± std over seeds, one table per dataset × protocol × policy.
 
 The boards are a function of ``bench.records.load(results_dir)`` (runs, and case rows for CIs and
-per-test-set boards) and ``bench.cost.load_profiles`` (cost tables); ``render`` returns their text,
+per-test-set boards) and ``bench.profiles.load_profiles`` (cost tables); ``render`` returns their text,
 ``write_report`` (``bench report``) also reads the folder, adds the sections after the boards and writes
 the file and its plots. The submodules:
 

@@ -283,8 +283,6 @@ def _plugin_code_changed(group: pd.DataFrame) -> dict[str, str]:
     against its sources now): "2 of 3 runs". A run is identified by its name and configuration, not
     its code, so the board would show the old code's numbers under the model's name, unsaid. Models
     not installed now are left out (nothing to compare with)."""
-    from bench.registry import model_code
-
     if "model_code" not in group:
         return {}
     changed = {}
@@ -292,6 +290,8 @@ def _plugin_code_changed(group: pd.DataFrame) -> dict[str, str]:
         codes = codes.dropna()
         if codes.empty:  # built-in models: records' code_digest names their code
             continue
+        from bench.registry import model_code  # a plugin's runs only: the registry loads the models (torch)
+
         try:
             now = model_code(model)
         except BenchError:  # a plugin not installed here

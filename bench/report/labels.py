@@ -132,9 +132,13 @@ def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | N
 
 
 def _entry(model: str) -> Any:
-    """The registry's entry of ``model``; None for a record of a model no longer registered (a record
-    names its model as registered: another model alike but for case is not its)."""
-    from bench.registry import get_entry
+    """The registry's entry of ``model`` (a built-in model's ``ModelFacts``); None for a record of a model no longer
+    registered (a record names its model as registered: another model alike but for case is not its)."""
+    from bench.model_facts import built_in_facts
+
+    if (built_in := built_in_facts(model)) is not None:  # without importing the models (torch): bench report
+        return built_in
+    from bench.registry import get_entry  # a plugin's: loading the models (and torch) is the only way to them
 
     try:
         entry = get_entry(model)

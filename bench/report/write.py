@@ -34,7 +34,7 @@ def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md", df_cases: pd.D
     booktabs ``table`` per board, same content. ``csv``: the numeric boards stacked into one tidy
     table (mean and std columns, metrics as stored in [0, 1]) with the board key columns first.
     With ``df_cases`` (``records.load(dir, level="case")``) the boards gain their bootstrap CIs and
-    polyp/isic_all runs a board per test set; with ``profiles`` (``cost.load_profiles``), GMACs of
+    polyp/isic_all runs a board per test set; with ``profiles`` (``profiles.load_profiles``), GMACs of
     runs whose records count none, and in LaTeX the cost tables after the boards: then this is
     ``bench report``'s text (``write_report`` adds the sections after the boards: paired tests,
     published numbers, cost tables, and in Markdown the plots).
@@ -177,7 +177,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     ``columns``: the boards' ``COLUMN_GROUPS`` and presets (Markdown, LaTeX; None: all). ``plot_format`` and
     ``plot_style``: the plots' (``bench.plots.PLOT_FORMATS``, ``PLOT_STYLES``; None: png, screen), given only
     with a Markdown ``out``, the one report with plots."""
-    from bench.cost import load_profiles
+    from bench.profiles import load_profiles
     from bench.fileio import check_out_file
 
     results_dir = Path(results_dir).expanduser()
