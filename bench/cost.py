@@ -376,7 +376,7 @@ def _quiet_fd2():
     sys.stderr.flush()
     saved = os.dup(2)
     try:
-        with open(os.devnull, "w") as null:
+        with open(os.devnull, "w", encoding="utf-8") as null:
             os.dup2(null.fileno(), 2)
             yield
     finally:
@@ -618,7 +618,7 @@ def write_profile(row: dict[str, Any], results_dir: Path) -> Path:
     path = Path(results_dir) / PROFILE_DIR / f"{profile_id(row)}.json"
     if "latency_ms_median" not in row and path.is_file():
         try:
-            old = json.loads(path.read_text())
+            old = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             old = {}
         if all(old.get(k) == row[k] for k in ("params", "macs")):  # timings of this very architecture
@@ -635,7 +635,7 @@ def load_profiles(results_dir: Path):
     rows = []
     for path in sorted((Path(results_dir) / PROFILE_DIR).glob("*.json")):
         try:
-            rows.append(json.loads(path.read_text()))
+            rows.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError) as exc:
             raise BenchError(f"{path}: unreadable profile record ({exc})") from None
     frame = pd.DataFrame(rows)
