@@ -213,6 +213,71 @@ def test_a_terminal_of_another_encoding_gets_the_output_with_what_it_cannot_show
     assert "vmunet_v2" in text and "?" in text and "\u2026" not in text
 
 
+def test_output_streams_that_cannot_show_a_character_do_not_crash_the_command(tmp_path, monkeypatch):
+    """A board's ↑ and an error's path under PYTHONIOENCODING=ascii (click writes UTF-8 there), and under strict
+    latin-1 streams in this process: stdout shows ↑ as ?, stderr a path's 肝 as \\u809d (it crashed the error
+    line with a UnicodeEncodeError traceback)."""
+    import io
+    import os
+    import subprocess
+
+    from tests.fixtures import make_record
+
+    records.write_record(make_record("unet"), tmp_path / "res")
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_DEBUG"}
+    for args, code, said in ((["report", "--results", tmp_path / "res"], 0, "DSC ↑ (%)"),
+                             (["report", "--results", tmp_path / "肝"], 2, f"not found: {tmp_path / '肝'}")):
+        proc = subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True,
+                              env={**env, "PYTHONIOENCODING": "ascii"})
+        assert proc.returncode == code and b"Traceback" not in proc.stderr, proc.stderr
+        assert said.encode() in proc.stdout + proc.stderr
+    for folder, code, stream, said in ((tmp_path / "res", 0, "stdout", "DSC ? (%)"),
+                                       (tmp_path / "肝", 2, "stderr", "\\u809d (pass --results DIR)")):
+        monkeypatch.setattr(sys, stream, io.TextIOWrapper(io.BytesIO(), encoding="latin-1"))  # errors="strict"
+        monkeypatch.setattr(sys, "argv", ["bench", "report", "--results", str(folder)])
+        with pytest.raises(SystemExit) as stop:
+            main()
+        getattr(sys, stream).flush()
+        shown = getattr(sys, stream).buffer.getvalue().decode("latin-1")
+        assert stop.value.code == code and said in shown, shown
+        monkeypatch.undo()
+
+
+def test_results_from_a_utf8_machine_report_the_same_under_a_locale_of_another_encoding(tmp_path):
+    """Results written on a UTF-8 machine, reported where the locale's encoding is ASCII (LC_ALL=C without
+    Python's UTF-8 mode: latin-1 and cp1252 act alike for these bytes): a profile row holding "Xeon®" as
+    UTF-8 (another tool's writer, or a hand edit) was "unreadable" there, read in the locale's encoding, and
+    the report written with --out is the UTF-8 file a UTF-8 machine writes, its ± and ↑ included."""
+    import os
+    import subprocess
+
+    from bench.report import write_report
+    from tests.fixtures import make_record
+
+    results = tmp_path / "res"
+    records.write_record(make_record("unet"), results)
+    (results / "profiles").mkdir()
+    row = {"model": "unet", "family": "cnn", "input_shape": "1x3x224x224", "macs": 5.2e9, "paper_macs": 3.16e9,
+           "model_config": {"num_classes": 9, "in_chans": 3, "img_size": 224}, "params": 27_430_000,
+           "paper_params": 22_000_000, "flops": 10.4e9, "scan_macs": 0.0, "paper_macs_missing_pct": 39.2,
+           "fvcore_macs": 5.25e9, "fingerprint": "Intel® Xeon® x2", "precision": "fp32", "channels_last": False,
+           "compiled": False, "scan_backend": "ref", "latency_ms_median": 100.0, "latency_ms_p90": 110.0, "fps": 10.0,
+           "peak_mem_mb": 300.0, "train_peak_mem_mb": 900.0, "peak_mem_kind": "cpu_tensors"}
+    (results / "profiles" / "unet-1.json").write_text(json.dumps(row, ensure_ascii=False), encoding="utf-8")
+    expected = write_report(results)
+    env = {k: v for k, v in os.environ.items() if k not in ("BENCH_DEBUG", "PYTHONUTF8", "PYTHONIOENCODING")}
+    env.update(LC_ALL="C", LANG="C", PYTHONCOERCECLOCALE="0")  # no coercion to C.UTF-8
+    python = [sys.executable, "-X", "utf8=0"]
+    said = subprocess.run([*python, "-c", "import locale; print(locale.getpreferredencoding(False))"],
+                          capture_output=True, text=True, encoding="utf-8", env=env, check=True).stdout.strip()
+    if said.lower().replace("-", "") in ("utf8", "cp65001"):
+        pytest.skip(f"LC_ALL=C gives the locale encoding {said} here")
+    proc = subprocess.run([*python, "-m", "bench", "report", "--results", results, "--out", tmp_path / "report.md"],
+                          capture_output=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "Xeon®" in expected and (tmp_path / "report.md").read_text(encoding="utf-8").startswith(expected)  # plots
+
+
 @pytest.mark.parametrize(
     "key, name, remove, named, phrase",
     [
