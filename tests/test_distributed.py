@@ -631,7 +631,7 @@ def _training_launch(tmp_path: Path, **popen: Any) -> tuple[subprocess.Popen, li
     temp = tmp_path / "tmp"  # where the launch keeps its temp folder
     temp.mkdir()
     launcher = subprocess.Popen([sys.executable, "-m", "bench", *args], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True,
+                                stderr=subprocess.PIPE, text=True, encoding="utf-8",
                                 env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(temp)}, **popen)
     try:
         deadline = time.monotonic() + 300

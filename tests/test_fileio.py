@@ -126,7 +126,7 @@ def test_text_is_read_from_a_pipe_and_a_folder_is_named(tmp_path):
     text = "model,value\n" + "unet,0.5\n" * 20000  # more than a pipe holds at once
 
     def feed():
-        with os.fdopen(w, "w") as fh:
+        with os.fdopen(w, "w", encoding="utf-8") as fh:
             fh.write(text)
 
     feeder = threading.Thread(target=feed)
