@@ -21,8 +21,9 @@ setup:
 # finishes in about half the time; TEST_WORKERS=0 runs them in this process. The slowest 15 are
 # listed at the end: where CI's time goes
 TEST_WORKERS ?= 2
+# PYTHONWARNDEFAULTENCODING: a text file opened without encoding= fails its test (pyproject's filterwarnings)
 test:
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
+	PYTHONWARNDEFAULTENCODING=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 demo:
 	$(BENCH) run --models all --dataset synapse --synthetic --protocol smoke --results $(DEMO_RESULTS) --threads 1

@@ -111,7 +111,9 @@ def claim_folder(folder: Path) -> Claim | str:
 def _proc_start(pid: int) -> str | None:
     """A process's start time in clock ticks since boot (Linux), which a reused pid does not share."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        # the process's name in parentheses is any bytes it chose; the fields after it are ASCII
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+        return stat.rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return None
 

@@ -377,7 +377,7 @@ def _quiet_fd2():
     sys.stderr.flush()
     saved = os.dup(2)
     try:
-        with open(os.devnull, "w") as null:
+        with open(os.devnull, "w", encoding="utf-8") as null:
             os.dup2(null.fileno(), 2)
             yield
     finally:

@@ -290,7 +290,8 @@ def launcher_gone(wait_s: float = 0.0) -> bool:
             gone = os.getppid() != launcher
         else:  # started through a wrapper (torchrun's PYTHON_EXEC): whether it still runs
             try:
-                gone = Path(f"/proc/{launcher}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+                stat = Path(f"/proc/{launcher}/stat").read_text(encoding="utf-8", errors="replace")  # name: any bytes
+                gone = stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
             except (OSError, IndexError):
                 gone = True
         if gone or time.monotonic() >= deadline:

@@ -23,6 +23,9 @@ PACKAGES = (
     "torch", "torchvision", "timm", "segmentation-models-pytorch", "numpy", "scipy", "pandas",
     "medpy", "fvcore", "thop", "mamba-ssm", "causal-conv1d", "ssm-unet-bench",
 )
+# other tools' output (git, nvidia-smi) as text whatever the locale: a localized message in another
+# encoding shows a character replaced, not a UnicodeDecodeError where the tool's answer was wanted
+TOOL_TEXT = {"text": True, "encoding": "utf-8", "errors": "replace"}
 
 
 def package_versions() -> dict[str, str | None]:
@@ -37,15 +40,15 @@ def package_versions() -> dict[str, str | None]:
 
 def cpu_model() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
     if sys.platform == "darwin":  # no /proc, and platform.processor() says only "arm" or "i386"
         try:
-            said = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
+            said = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, timeout=10,
+                                  **TOOL_TEXT).stdout.strip()
             if said:
                 return said
         except (OSError, subprocess.SubprocessError):
@@ -69,7 +72,7 @@ def nvidia_driver() -> str | None:
         pass
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
+                             capture_output=True, timeout=10, **TOOL_TEXT)
     except (OSError, subprocess.TimeoutExpired):
         return None
     lines = out.stdout.strip().splitlines() if out.returncode == 0 else []
@@ -201,14 +204,14 @@ def git_commit() -> str | None:
     if not (root / ".git").exists():
         return None
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, timeout=5, **TOOL_TEXT)
     except (OSError, subprocess.TimeoutExpired):
         return None
     commit = out.stdout.strip() if out.returncode == 0 else None
     if commit:
         try:
             dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
+                                   capture_output=True, timeout=5, **TOOL_TEXT).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):  # a slow network mount: the commit alone
             return commit
         return commit + ("-dirty" if dirty else "")

@@ -67,7 +67,7 @@ def file_sha256(path: Path) -> str:
 def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     kept = _digest_file(path, size, mtime_ns) if size >= CACHED_FROM_BYTES else None
     if kept is not None and kept.is_file():
-        text = kept.read_text().strip()
+        text = kept.read_text(encoding="utf-8").strip()
         if len(text) == 64:
             return text
     digest = hashlib.sha256()
@@ -136,7 +136,7 @@ def _keep(target: Path, digest: str) -> None:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{TEMP_MARK}{writer_tag()}")
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(digest)
         os.replace(tmp, target)
     except OSError:  # a full disk: the digest is just not kept

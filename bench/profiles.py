@@ -40,7 +40,7 @@ def write_profile(row: dict[str, Any], results_dir: Path) -> Path:
     path = Path(results_dir) / PROFILE_DIR / f"{profile_id(row)}.json"
     if "latency_ms_median" not in row and path.is_file():
         try:
-            old = json.loads(path.read_text())
+            old = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             old = {}
         if all(old.get(k) == row[k] for k in ("params", "macs")):  # timings of this very architecture
@@ -55,7 +55,7 @@ def load_profiles(results_dir: Path):
     rows = []
     for path in sorted((Path(results_dir) / PROFILE_DIR).glob("*.json")):
         try:
-            rows.append(json.loads(path.read_text()))
+            rows.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError) as exc:
             raise BenchError(f"{path}: unreadable profile record ({exc})") from None
     frame = pd.DataFrame(rows)

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        args.out.write_text(text)
+        args.out.write_text(text, encoding="utf-8")
     return 0 if same else 1
 
 

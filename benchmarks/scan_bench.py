@@ -187,7 +187,7 @@ def main() -> int:
     out(f"- Load average (1 min) at start / end: {load0:.2f} / {os.getloadavg()[0]:.2f} "
         f"on {os.cpu_count()} cores (a shared machine makes single runs noisy)")
     if args.out:
-        with open(args.out, "w") as f:
+        with open(args.out, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
     return 0 if ok else 1
 

@@ -63,12 +63,12 @@ build() {  # build NAME VERSION FORCE_VAR: the sdist's own setup.py, one GPU arc
     "$venv/bin/python" - "$src/setup.py" "$CUDA_ARCH" <<'PY'
 import sys
 path, arch = sys.argv[1], sys.argv[2]
-text = open(path).read()
+text = open(path, encoding="utf-8").read()  # Python source: UTF-8 whatever the locale
 anchor = "    # HACK: The compiler flag -D_GLIBCXX_USE_CXX11_ABI"
 assert text.count(anchor) == 1, f"{path}: the -gencode list is not where expected; update device_wheels.sh"
 text = text.replace(anchor, f'    cc_flag = ["-gencode", "arch=compute_{arch},code=sm_{arch}"]  # device_wheels.sh\n' + anchor)
 text = text.replace('"-lineinfo",', "")
-open(path, "w").write(text)
+open(path, "w", encoding="utf-8").write(text)
 PY
     rm -rf "$BUILD_DIR/wheel-$name" && mkdir -p "$BUILD_DIR/wheel-$name"
     env "$force=TRUE" "$venv/bin/pip" wheel -q --no-deps --no-build-isolation -w "$BUILD_DIR/wheel-$name" "$src"

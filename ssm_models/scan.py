@@ -89,7 +89,7 @@ _STALE_LOCK_S = 600  # a build takes well under a minute; an older lock was left
 
 def _cpu_signature() -> str:
     try:
-        info = Path("/proc/cpuinfo").read_text()
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8")
         return next((line for line in info.splitlines() if line.startswith("flags")), info[:2000])
     except OSError:  # no /proc (macOS): the CPU's model, as -march=native builds for it
         from bench.env import cpu_model
@@ -133,7 +133,7 @@ def _real_std_streams():
     if sys.stdout is not None and sys.stderr is not None:
         yield
         return
-    with open(os.devnull, "w") as sink:
+    with open(os.devnull, "w", encoding="utf-8") as sink:
         out, err = sys.stdout is None, sys.stderr is None
         sys.stdout, sys.stderr = sys.stdout or sink, sys.stderr or sink
         try:

@@ -70,6 +70,15 @@ def _nothing_written_into_the_checkout():
         pytest.fail(f"tests wrote into {RESULTS}: {', '.join(new[:5])}; give the command --results tmp_path", pytrace=False)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _commands_without_encoding_warnings():
+    """`make test`'s PYTHONWARNDEFAULTENCODING=1 checks our modules in the processes that run tests (pyproject's
+    filterwarnings); the bench commands tests start run as a user's, without it: torch and matplotlib warn of
+    their own files there, on the stderr the tests read. A fixture, not at import: pytest-xdist's workers,
+    started after this file is read, must inherit it."""
+    os.environ.pop("PYTHONWARNDEFAULTENCODING", None)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device (GPU machines only; select with -m cuda)")
 

@@ -12,7 +12,7 @@ PYTHON_GUIDE = ROOT / "docs" / "python.md"  # the README's "From Python" section
 
 
 def test_the_readmes_python_section_runs(tmp_path, monkeypatch, capsys):
-    section = PYTHON_GUIDE.read_text().split("# From Python\n", 1)[1]
+    section = PYTHON_GUIDE.read_text(encoding="utf-8").split("# From Python\n", 1)[1]
     (code,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)
     monkeypatch.chdir(tmp_path)  # its results folder is relative
     namespace: dict = {}
@@ -31,7 +31,7 @@ def test_a_command_line_runs_in_process_as_the_readme_says(tmp_path):
     the Python guide points at the app's own in-process call, whose errors are raised."""
     from bench.cli import app
 
-    assert "standalone_mode=False" in PYTHON_GUIDE.read_text()
+    assert "standalone_mode=False" in PYTHON_GUIDE.read_text(encoding="utf-8")
     with pytest.raises(BenchError, match=f"results directory not found: {re.escape(str(tmp_path / 'none'))}"):
         app(["report", "--results", str(tmp_path / "none")], standalone_mode=False)
 
@@ -148,7 +148,7 @@ def test_load_weights_and_models_name_what_a_notebook_got_wrong(tmp_path):
 
     model = create_model("unet", num_classes=2, in_chans=1, img_size=32, tiny=True)
     text = tmp_path / "notes.pt"
-    text.write_text("hello world, not weights")
+    text.write_text("hello world, not weights", encoding="utf-8")
     with pytest.raises(BenchError, match=rf"{text}: not a checkpoint bench can read \(it begins b'hello wo'\); "
                                          r"expected torch\.save's file \(\.pt, \.pth: its zip, or a pickle of protocol 2 "
                                          r"or later\), \.safetensors or \.npz"):
@@ -252,7 +252,7 @@ def test_a_report_of_a_folder_given_as_a_string_says_nothing_finished(tmp_path):
     from bench.report import write_report
 
     (tmp_path / "runs" / "synapse-unet-s0").mkdir(parents=True)  # began (its log), never finished
-    (tmp_path / "runs" / "synapse-unet-s0" / "run.log").write_text("training\n")
+    (tmp_path / "runs" / "synapse-unet-s0" / "run.log").write_text("training\n", encoding="utf-8")
     (tmp_path / "records").mkdir()
     with pytest.raises(BenchError, match=r"1 run\(s\) began here \(synapse-unet-s0\)"):
         write_report(str(tmp_path), "md")  # a str crashed the "nothing finished" message
@@ -337,7 +337,7 @@ def test_every_readme_and_guide_table_has_its_headers_columns():
 
     found = {}
     for path in [README, *sorted((ROOT / "docs").glob("*.md"))]:
-        lines, name = path.read_text().splitlines(), path.relative_to(ROOT)
+        lines, name = path.read_text(encoding="utf-8").splitlines(), path.relative_to(ROOT)
         separators = [i for i, line in enumerate(lines) if "|" in line and re.fullmatch(r"[|:\s-]*---[|:\s-]*", line)]
         found[str(name)] = len(separators)
         for i in separators:
@@ -363,13 +363,13 @@ def test_every_readme_and_guide_link_resolves():
     the guides (outside code) names a file that exists and, where it has one, a heading of that file."""
     broken, checked = [], 0
     for path in [README, *sorted((ROOT / "docs").glob("*.md"))]:
-        prose = re.sub(r"`[^`\n]*`", "", re.sub(r"(?ms)^```.*?^```", "", path.read_text()))
+        prose = re.sub(r"`[^`\n]*`", "", re.sub(r"(?ms)^```.*?^```", "", path.read_text(encoding="utf-8")))
         for target in re.findall(r"\]\(([^)\s]+)\)", prose):
             if re.match(r"[a-z]+:", target):  # https: and mailto: links are not ours to check
                 continue
             checked += 1
             file, _, anchor = target.partition("#")
             dest = (path.parent / file).resolve() if file else path
-            if not dest.exists() or (anchor and anchor not in _github_anchors(dest.read_text())):
+            if not dest.exists() or (anchor and anchor not in _github_anchors(dest.read_text(encoding="utf-8"))):
                 broken.append(f"{path.relative_to(ROOT)}: ({target})")
     assert checked >= 20 and not broken, broken

@@ -100,7 +100,7 @@ def unwritable(tmp_path):
     else:
         (ro / "probe").unlink()
         blocker = tmp_path / "a_file"
-        blocker.write_text("not a folder")
+        blocker.write_text("not a folder", encoding="utf-8")
         yield blocker / "results"
     finally:
         ro.chmod(0o700)
@@ -213,6 +213,71 @@ def test_a_terminal_of_another_encoding_gets_the_output_with_what_it_cannot_show
     assert "vmunet_v2" in text and "?" in text and "\u2026" not in text
 
 
+def test_output_streams_that_cannot_show_a_character_do_not_crash_the_command(tmp_path, monkeypatch):
+    """A board's ↑ and an error's path under PYTHONIOENCODING=ascii (click writes UTF-8 there), and under strict
+    latin-1 streams in this process: stdout shows ↑ as ?, stderr a path's 肝 as \\u809d (it crashed the error
+    line with a UnicodeEncodeError traceback)."""
+    import io
+    import os
+    import subprocess
+
+    from tests.fixtures import make_record
+
+    records.write_record(make_record("unet"), tmp_path / "res")
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_DEBUG"}
+    for args, code, said in ((["report", "--results", tmp_path / "res"], 0, "DSC ↑ (%)"),
+                             (["report", "--results", tmp_path / "肝"], 2, f"not found: {tmp_path / '肝'}")):
+        proc = subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True,
+                              env={**env, "PYTHONIOENCODING": "ascii"})
+        assert proc.returncode == code and b"Traceback" not in proc.stderr, proc.stderr
+        assert said.encode() in proc.stdout + proc.stderr
+    for folder, code, stream, said in ((tmp_path / "res", 0, "stdout", "DSC ? (%)"),
+                                       (tmp_path / "肝", 2, "stderr", "\\u809d (pass --results DIR)")):
+        monkeypatch.setattr(sys, stream, io.TextIOWrapper(io.BytesIO(), encoding="latin-1"))  # errors="strict"
+        monkeypatch.setattr(sys, "argv", ["bench", "report", "--results", str(folder)])
+        with pytest.raises(SystemExit) as stop:
+            main()
+        getattr(sys, stream).flush()
+        shown = getattr(sys, stream).buffer.getvalue().decode("latin-1")
+        assert stop.value.code == code and said in shown, shown
+        monkeypatch.undo()
+
+
+def test_results_from_a_utf8_machine_report_the_same_under_a_locale_of_another_encoding(tmp_path):
+    """Results written on a UTF-8 machine, reported where the locale's encoding is ASCII (LC_ALL=C without
+    Python's UTF-8 mode: latin-1 and cp1252 act alike for these bytes): a profile row holding "Xeon®" as
+    UTF-8 (another tool's writer, or a hand edit) was "unreadable" there, read in the locale's encoding, and
+    the report written with --out is the UTF-8 file a UTF-8 machine writes, its ± and ↑ included."""
+    import os
+    import subprocess
+
+    from bench.report import write_report
+    from tests.fixtures import make_record
+
+    results = tmp_path / "res"
+    records.write_record(make_record("unet"), results)
+    (results / "profiles").mkdir()
+    row = {"model": "unet", "family": "cnn", "input_shape": "1x3x224x224", "macs": 5.2e9, "paper_macs": 3.16e9,
+           "model_config": {"num_classes": 9, "in_chans": 3, "img_size": 224}, "params": 27_430_000,
+           "paper_params": 22_000_000, "flops": 10.4e9, "scan_macs": 0.0, "paper_macs_missing_pct": 39.2,
+           "fvcore_macs": 5.25e9, "fingerprint": "Intel® Xeon® x2", "precision": "fp32", "channels_last": False,
+           "compiled": False, "scan_backend": "ref", "latency_ms_median": 100.0, "latency_ms_p90": 110.0, "fps": 10.0,
+           "peak_mem_mb": 300.0, "train_peak_mem_mb": 900.0, "peak_mem_kind": "cpu_tensors"}
+    (results / "profiles" / "unet-1.json").write_text(json.dumps(row, ensure_ascii=False), encoding="utf-8")
+    expected = write_report(results)
+    env = {k: v for k, v in os.environ.items() if k not in ("BENCH_DEBUG", "PYTHONUTF8", "PYTHONIOENCODING")}
+    env.update(LC_ALL="C", LANG="C", PYTHONCOERCECLOCALE="0")  # no coercion to C.UTF-8
+    python = [sys.executable, "-X", "utf8=0"]
+    said = subprocess.run([*python, "-c", "import locale; print(locale.getpreferredencoding(False))"],
+                          capture_output=True, text=True, encoding="utf-8", env=env, check=True).stdout.strip()
+    if said.lower().replace("-", "") in ("utf8", "cp65001"):
+        pytest.skip(f"LC_ALL=C gives the locale encoding {said} here")
+    proc = subprocess.run([*python, "-m", "bench", "report", "--results", results, "--out", tmp_path / "report.md"],
+                          capture_output=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "Xeon®" in expected and (tmp_path / "report.md").read_text(encoding="utf-8").startswith(expected)  # plots
+
+
 @pytest.mark.parametrize(
     "key, name, remove, named, phrase",
     [
@@ -304,7 +369,7 @@ def test_unreadable_list_file(data):
     assert open_dataset("synapse", root).train_ids() == ids
     path.write_bytes(b"\xc3\x28 not text")
     _raises(lambda: open_dataset("synapse", root), names=path, phrase="not UTF-8 text")
-    path.write_text("\n".join(ids) + "\n")
+    path.write_text("\n".join(ids) + "\n", encoding="utf-8")
     slice_path = root / "train_npz" / f"{ids[0]}.npz"
     np.savez(slice_path, image=np.array([{"a": 1}], dtype=object), label=np.zeros((4, 4)))
     _raises(lambda: open_dataset("synapse", root).load_train(ids[0]), names=slice_path,
@@ -362,16 +427,16 @@ def test_truncated_nnunet_png(data):
 
 def test_corrupt_dataset_json(data):
     root = data("nnunet")
-    (root / "dataset.json").write_text("{not json")
+    (root / "dataset.json").write_text("{not json", encoding="utf-8")
     _raises(lambda: open_dataset("nnunet", root), names=root / "dataset.json", phrase="not readable JSON")
 
 
 def test_corrupt_splits_final(data):
     root = data("nnunet2d")
-    (root / "splits_final.json").write_text("[{")
+    (root / "splits_final.json").write_text("[{", encoding="utf-8")
     _raises(lambda: open_dataset("nnunet", root, fold=1), names=root / "splits_final.json",
             phrase="not readable JSON")
-    (root / "splits_final.json").write_text('[{"training": []}]')
+    (root / "splits_final.json").write_text('[{"training": []}]', encoding="utf-8")
     _raises(lambda: open_dataset("nnunet", root, fold=1), names=root / "splits_final.json",
             phrase='expected a non-empty list of {"train"')
 
@@ -382,7 +447,7 @@ def test_nnunet_json_files_saved_by_windows_editors_read(data):
     root = data("nnunet2d")
     ds = open_dataset("nnunet", root)
     folds = [{"train": ds.train_ids()[:3], "val": ds.test_ids()}]
-    meta = (root / "dataset.json").read_text()
+    meta = (root / "dataset.json").read_text(encoding="utf-8")
     (root / "dataset.json").write_text(meta, encoding="utf-16")
     (root / "splits_final.json").write_text(json.dumps(folds), encoding="utf-8-sig")
     again = open_dataset("nnunet", root)
@@ -610,7 +675,7 @@ def test_nnunet_float_label_that_is_no_label_map(data):
 def test_empty_list_file(data):
     root = data("synapse")
     path = root / "lists" / "lists_Synapse" / "test_vol.txt"
-    path.write_text("\n\n")
+    path.write_text("\n\n", encoding="utf-8")
     _raises(lambda: open_dataset("synapse", root), names=path, phrase="lists no ids")
     assert any(p.path == str(path) and "lists no ids" in p.message for p in verify_dataset("synapse", root))
 
@@ -636,8 +701,8 @@ def test_nnunet_without_label_files(data):
     root = data("nnunet")
     for p in [*(root / "labelsTr").iterdir(), *(root / "imagesTr").iterdir()]:
         p.unlink()
-    meta = json.loads((root / "dataset.json").read_text())
-    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 0}))
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 0}), encoding="utf-8")
     _raises(lambda: open_dataset("nnunet", root), names=root / "labelsTr", phrase="needs at least 2 cases, got 0")
 
 
@@ -646,9 +711,9 @@ def test_nnunet_image_files_that_fit_no_case(data):
     the channel index was dropped unsaid by bench run (verify reported it); nnU-Net refuses them."""
     root = data("nnunet2d")
     case = open_dataset("nnunet", root).cases[0]
-    meta = json.loads((root / "dataset.json").read_text())
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     (root / "labelsTr" / f"{case}.png").unlink()
-    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": meta["numTraining"] - 1}))
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": meta["numTraining"] - 1}), encoding="utf-8")
     image = root / "imagesTr" / f"{case}_0000.png"
     _raises(lambda: open_dataset("nnunet", root), names=image, phrase=f"no label file labelsTr/{case}.png")
     assert [str(p.path) for p in verify_dataset("nnunet", root)] == [str(image)]  # the same rule
@@ -671,7 +736,7 @@ def test_nnunet_image_files_that_fit_no_case(data):
 def test_nnunet_split_with_empty_train_list(data):
     root = data("nnunet2d")
     cases = open_dataset("nnunet", root).cases
-    (root / "splits_final.json").write_text(json.dumps([{"train": [], "val": cases}]))
+    (root / "splits_final.json").write_text(json.dumps([{"train": [], "val": cases}]), encoding="utf-8")
     _raises(lambda: open_dataset("nnunet", root), names=root / "splits_final.json",
             phrase="fold 0 has an empty 'train' list")
 
@@ -682,7 +747,7 @@ def test_a_case_on_both_sides_of_the_split_or_listed_twice(monkeypatch, capsys, 
     ds = open_dataset("synapse", root)
     case, lists = ds.test_ids()[0], root / "lists" / "lists_Synapse"
     shutil.copy(root / "train_npz" / f"{ds.train_ids()[0]}.npz", root / "train_npz" / f"{case}_slice000.npz")
-    with (lists / "train.txt").open("a") as fh:
+    with (lists / "train.txt").open("a", encoding="utf-8") as fh:
         fh.write(f"{case}_slice000\n")
     both = f"{case} in both lists/lists_Synapse/train.txt and lists/lists_Synapse/test_vol.txt"
     _raises(open_dataset("synapse", root).check_splits, names=root, phrase=both)
@@ -696,8 +761,8 @@ def test_a_case_on_both_sides_of_the_split_or_listed_twice(monkeypatch, capsys, 
     _raises(open_dataset("synapse", root).check_splits, names=root, phrase=both)
     assert any(p.path == str(root) and both in p.message for p in verify_dataset("synapse", root))
     (root / "train_npz" / f"{case}_slice000.npz").unlink()
-    (lists / "train.txt").write_text("\n".join(ds.train_ids()) + "\n")
-    (lists / "test_vol.txt").write_text(f"{case}\n{case}\n")
+    (lists / "train.txt").write_text("\n".join(ds.train_ids()) + "\n", encoding="utf-8")
+    (lists / "test_vol.txt").write_text(f"{case}\n{case}\n", encoding="utf-8")
     twice = f"lists/lists_Synapse/test_vol.txt lists {case} twice"
     _raises(open_dataset("synapse", root).check_splits, names=root, phrase=twice)
     assert any(p.path == str(root) and twice in p.message for p in verify_dataset("synapse", root))
@@ -708,7 +773,7 @@ def test_a_leaking_fold_in_splits_final_is_named_before_any_fold_trains(data):
     cases = open_dataset("nnunet", root).cases
     folds = [{"train": cases[:-1], "val": cases[-1:]}, {"train": cases[:-1], "val": cases[-2:]},
              {"train": cases[1:], "val": cases[:1] * 2}]
-    (root / "splits_final.json").write_text(json.dumps(folds))
+    (root / "splits_final.json").write_text(json.dumps(folds), encoding="utf-8")
     path = root / "splits_final.json"
     _raises(lambda: open_dataset("nnunet", root), names=path,  # fold 0 is fine; fold 1 is read all the same
             phrase=f'fold 1: {cases[-2]} in both "train" and "val"')
@@ -732,8 +797,9 @@ def test_rgb_png_cases_need_no_later_channel_files_but_a_missing_image_is_named(
     root = data("nnunet2d")
     for path in (root / "imagesTr").glob("*_0000.png"):
         Image.open(path).convert("RGB").save(path)
-    meta = json.loads((root / "dataset.json").read_text())
-    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "R", "1": "G", "2": "B"}}))
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "R", "1": "G", "2": "B"}}),
+                                       encoding="utf-8")
     ds = open_dataset("nnunet", root)
     ds.check_splits()
     assert ds.load_train(ds.train_ids()[0]).image.shape[-1] == 3
@@ -881,9 +947,9 @@ def test_a_three_channel_stem_refuses_other_channel_counts(name):
 
 
 def test_non_square_img_size_in_a_protocol(tmp_path):
-    text = (Path(__file__).parents[1] / "bench" / "protocols" / "smoke.toml").read_text()
+    text = (Path(__file__).parents[1] / "bench" / "protocols" / "smoke.toml").read_text(encoding="utf-8")
     path = tmp_path / "wide.toml"
-    path.write_text(text.replace("img_size = 64", "img_size = [64, 48]"))
+    path.write_text(text.replace("img_size = 64", "img_size = [64, 48]"), encoding="utf-8")
     _raises(lambda: load_protocol(path), names=path, phrase="img_size: expected a whole number >= 1 (the side")
 
 
@@ -1038,7 +1104,7 @@ def test_rescore_and_predict_read_a_protocol_file_before_anything_else(monkeypat
 
     records.write_record(make_record("unet"), tmp_path)
     bad = tmp_path / "mine.toml"
-    bad.write_text("[train\n")
+    bad.write_text("[train\n", encoding="utf-8")
     args = [str(tmp_path / "out") if a == "OUT" else a for a in command]
     monkeypatch.setattr(sys, "argv", ["bench", *args, "--results", str(tmp_path), "--protocol", str(bad)])
     with pytest.raises(SystemExit) as info:
@@ -1062,7 +1128,7 @@ def test_run_into_unwritable_results(monkeypatch, capsys, unwritable):
 
 def test_results_is_a_file(monkeypatch, capsys, tmp_path):
     path = tmp_path / "results.txt"
-    path.write_text("x")
+    path.write_text("x", encoding="utf-8")
     _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--results",
            path, *FAST, names=path, phrase="is a file, not a folder")
 
@@ -1145,7 +1211,7 @@ def test_corrupt_file_read_in_a_loader_worker(data, tmp_path):
             "--protocol", "synapse", "--img-size", "32", *QUICK]
     env = {k: v for k, v in os.environ.items() if k != "BENCH_DEBUG"}
     proc = subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True,
-                          env={**env, "OMP_NUM_THREADS": "1"})
+                          env={**env, "OMP_NUM_THREADS": "1"}, encoding="utf-8")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"error: {root / 'train_npz'}") and proc.stderr.count("\n") == 1, proc.stderr
     assert "truncated or corrupt" in proc.stderr
@@ -1199,9 +1265,9 @@ def test_missing_pretrained_files_are_named_before_anything_runs(monkeypatch, ca
 def test_nsd_tolerance_table_that_does_not_fit_the_dataset(monkeypatch, capsys, tmp_path):
     # organ-specific tolerances (U-Mamba style) written for other labels: named before anything trains
     path = tmp_path / "organs.toml"
-    smoke = (Path(__file__).parents[1] / "bench" / "protocols" / "smoke.toml").read_text()
+    smoke = (Path(__file__).parents[1] / "bench" / "protocols" / "smoke.toml").read_text(encoding="utf-8")
     path.write_text(smoke.replace('name = "smoke"', 'name = "organs"')
-                    + "\n[eval.nsd_tolerance]\nliver = 5.0\nspleen = 3.0\nlung = 2.0\n")
+                    + "\n[eval.nsd_tolerance]\nliver = 5.0\nspleen = 3.0\nlung = 2.0\n", encoding="utf-8")
     _fails(monkeypatch, capsys, "run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--results",
            tmp_path / "res", "--protocol", path, *QUICK, names="protocol 'organs' eval.nsd_tolerance on dataset 'synapse'",
            phrase="no tolerance for aorta, gallbladder, kidney_l, kidney_r, pancreas, stomach; 'lung' is not a class. "
@@ -1279,13 +1345,13 @@ def test_a_failing_run_does_not_stop_the_grid(monkeypatch, capsys, tmp_path):
                                             f"in {tmp_path / 'records'}; next: bench report --results {tmp_path}")
     # the failure's reason kept beside the run (stderr is gone by the time `bench report` asks), with the time
     (log,) = (tmp_path / "runs").glob("synapse-smoke-unet-s0-*/run.log")
-    lines = log.read_text().splitlines()
+    lines = log.read_text(encoding="utf-8").splitlines()
     assert [line.split("  ", 1)[1].split(":")[0] for line in lines] == [f"[1/2] {log.parent.name}", *[log.parent.name] * 2]
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  ", lines[2]) and "FAILED: non-finite loss (nan)" in lines[2]
     # what the run was, as its board row would show it: a report names the run by it, having no record
     assert lines[1].endswith(f"{log.parent.name}: settings: unet (tiny) · off-protocol: img_size=32, max_iterations=2")
     (done,) = (tmp_path / "runs").glob("synapse-smoke-vmunet-s0-*/run.log")
-    said = [line.split("  ", 1)[1] for line in done.read_text().splitlines()]
+    said = [line.split("  ", 1)[1] for line in done.read_text(encoding="utf-8").splitlines()]
     assert said[0] == f"[2/2] {done.parent.name}: training" and said[-1].startswith(f"{done.parent.name}: "), said
 
     def out_of_memory(spec, **kw):  # not a BenchError: a bug or the machine, so its traceback is shown
@@ -1330,8 +1396,8 @@ def _two_channel_pngs(folder: Path) -> Path:
     root = synthesize("nnunet", folder, dims=2, n_cases=5, size=32)
     for first in (root / "imagesTr").glob("*_0000.png"):
         shutil.copy(first, first.with_name(first.name.replace("_0000", "_0001")))
-    meta = json.loads((root / "dataset.json").read_text())
-    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "T1", "1": "T2"}}))
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "T1", "1": "T2"}}), encoding="utf-8")
     return root
 
 
@@ -1391,8 +1457,9 @@ def test_a_cli_fuzz_finds_no_traceback_and_no_empty_value_taken_for_none(monkeyp
     threadless = [a for i, a in enumerate(run) if "--threads" not in (a, run[i - 1])]  # an option is given once
     _fails(monkeypatch, capsys, *threadless, "--threads", "99999999999999999999", names="--threads", phrase="from 1 to ")
     proto = tmp_path / "big-seed.toml"
-    proto.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace("seed = 0", f"seed = {2**40}"))
-    assert f"seed = {2**40}" in proto.read_text()
+    proto.write_text((PROTOCOL_DIR / "smoke.toml").read_text(encoding="utf-8").replace("seed = 0", f"seed = {2**40}"),
+                     encoding="utf-8")
+    assert f"seed = {2**40}" in proto.read_text(encoding="utf-8")
     _fails(monkeypatch, capsys, *run[:-len(FAST)], "--protocol", proto, names=proto,
            phrase="seed: expected a whole number from 0 to 4294967295")
     assert not (tmp_path / "r" / "records").exists()  # all before anything ran
@@ -1410,7 +1477,7 @@ def test_a_cli_fuzz_finds_no_traceback_and_no_empty_value_taken_for_none(monkeyp
     for value, tol, said in (("0.5", "inf", "tolerance inf; every row needs a finite tolerance"),
                              ("inf", "0.01", "value inf; expected a finite number")):
         baseline.write_text("dataset,protocol,policy,model,metric,value,tolerance\n"
-                            f"isic17,smoke,legacy-isic,unet,dice,{value},{tol}\n")
+                            f"isic17,smoke,legacy-isic,unet,dice,{value},{tol}\n", encoding="utf-8")
         _fails(monkeypatch, capsys, "check", "--baseline", baseline, "--results", tmp_path / "runs", names="line 2",
                phrase=said)
 

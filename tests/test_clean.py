@@ -55,7 +55,7 @@ def test_clean_deletes_what_nothing_reads_and_every_command_still_reads_the_run(
         temp.write_bytes(b"\0" * 1000)
     abandoned = run_dir(results, rec["run_id"] + ".legacy-synapse")
     abandoned.mkdir()
-    (abandoned / CLAIM).write_text(_claim_of(dead))
+    (abandoned / CLAIM).write_text(_claim_of(dead), encoding="utf-8")
     # a live writer's temp file and an unfinished run's resume point: not the command's to delete
     live = ckpt / f".final.pt.{fileio.TEMP_MARK}{fileio.writer_tag()}abcd.tmp"
     live.write_bytes(b"\0")
@@ -99,7 +99,7 @@ def test_clean_deletes_what_nothing_reads_and_every_command_still_reads_the_run(
     old_temp = ckpt / ".last.pt.99999.tmp"
     old_temp.write_bytes(b"\0")
     os.utime(old_temp, (time.time() - 3 * 86400,) * 2)
-    (results / "records" / "notes.json").write_text("{}")
+    (results / "records" / "notes.json").write_text("{}", encoding="utf-8")
     proc = run_bench_here(monkeypatch, capsys, "clean", "--results", results)
     assert snapshot.exists() and not (ckpt / "last.pt").exists() and not old_temp.exists()
     assert f"note: 1 file(s) a bench run --weights record evaluated were kept (its --from-record needs them): " \
@@ -126,7 +126,7 @@ def test_the_weights_a_run_selected_stay_and_a_held_run_is_left_alone(tmp_path):
     ckpt.mkdir(parents=True)
     (ckpt / "last.pt").write_bytes(b"\0")
     (ckpt.parent / CLAIM).write_text(json.dumps({"writer": fileio.writer_tag(), "pid": os.getpid(),
-                                                 "proc_start": None}))
+                                                 "proc_start": None}), encoding="utf-8")
     found = clean(tmp_path)
     assert found.held == [rec["run_id"]] and (ckpt / "last.pt").exists()
 
@@ -148,8 +148,8 @@ def test_clean_reads_each_record_once(tmp_path, monkeypatch):
     ckpt.mkdir(parents=True)
     shutil.copyfile(__file__, ckpt / "epoch_0003.pt")  # the file the --weights record names: kept
     (ckpt / "last.pt").write_bytes(b"\0")
-    (tmp_path / "records" / "notes.json").write_text("{}")  # no record: said, its run left alone
-    (tmp_path / "records" / "cut.json").write_text('{"run_id": ')  # a write cut short: said too
+    (tmp_path / "records" / "notes.json").write_text("{}", encoding="utf-8")  # no record: said, its run left alone
+    (tmp_path / "records" / "cut.json").write_text('{"run_id": ', encoding="utf-8")  # a write cut short: said too
     (tmp_path / "records" / "latin.json").write_bytes(b"\xff\xfe{")  # not UTF-8: said, no traceback
     reads = []
     read_text = Path.read_text
@@ -170,14 +170,16 @@ def test_live_claims_claims_beside_files_and_hidden_files_not_benchs_stay(tmp_pa
     runs = tmp_path / "runs"
     live = runs / "synapse-smoke-unet-s0-00000000.strict"  # a rescore that has written nothing yet
     live.mkdir(parents=True)
-    (live / CLAIM).write_text(json.dumps({"writer": fileio.writer_tag(), "pid": os.getpid(), "proc_start": None}))
+    (live / CLAIM).write_text(json.dumps({"writer": fileio.writer_tag(), "pid": os.getpid(), "proc_start": None}),
+                              encoding="utf-8")
     killed = runs / "synapse-smoke-unet-s1-00000000"  # a killed run: its resume point stays with its claim
     (killed / "checkpoints").mkdir(parents=True)
     (killed / "checkpoints" / "last.pt").write_bytes(b"\0")
-    (killed / CLAIM).write_text(_claim_of(_dead_pid()))
+    (killed / CLAIM).write_text(_claim_of(_dead_pid()), encoding="utf-8")
     running = runs / "synapse-smoke-unet-s2-00000000"  # a run training for days, and a file the user keeps
     running.mkdir()
-    (running / CLAIM).write_text(json.dumps({"writer": fileio.writer_tag(), "pid": os.getpid(), "proc_start": None}))
+    (running / CLAIM).write_text(json.dumps({"writer": fileio.writer_tag(), "pid": os.getpid(), "proc_start": None}),
+                                 encoding="utf-8")
     (tmp_path / "records").mkdir()
     keep = tmp_path / "records" / ".keep"
     keep.write_bytes(b"")

@@ -57,13 +57,13 @@ def test_a_runs_case_rows_agree_with_their_counts_and_one_edited_is_restated(smo
     the recheck took every case row as it stood. A real run's rows are what their pixel counts give; the
     edited one is named, file, case and class, and bench report shows the mean the counts give."""
     (path,) = (smoke_results / "records").glob("*.json")
-    rec = json.loads(path.read_text())
+    rec = json.loads(path.read_text(encoding="utf-8"))
     assert rec["per_case"][0]["tp"] is not None and records.restated(rec) == {}
     row = rec["per_case"][0]
     was, row["dice"] = row["dice"], 0.91 if row["dice"] < 0.5 else 0.01
     restate(rec)  # the aggregates from the edited rows: only the counts tell
     (tmp_path / "records").mkdir()
-    (tmp_path / "records" / path.name).write_text(json.dumps(rec))
+    (tmp_path / "records" / path.name).write_text(json.dumps(rec), encoding="utf-8")
     report = run_bench_here(monkeypatch, capsys, "report", "--results", tmp_path)
     (line,) = [line for line in report.stderr.splitlines() if "hold numbers other than" in line]
     assert row["case"].startswith("case")  # named once: "case0012 class 1", not "case case0012 class 1"
@@ -91,7 +91,8 @@ def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_pat
     from bench.protocol import PROTOCOL_DIR, load_protocol
     from bench.run import plan_grid
 
-    (trained,) = [r for r in map(json.loads, (p.read_text() for p in (smoke_results / "records").glob("*.json")))
+    (trained,) = [r for r in map(json.loads, (p.read_text(encoding="utf-8")
+                                              for p in (smoke_results / "records").glob("*.json")))
                   if "rescored_from" not in r]
     final = smoke_results / "runs" / trained["run_id"] / "checkpoints" / "final.pt"
     mine = tmp_path / "mine.pth"
@@ -99,7 +100,7 @@ def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_pat
     base = ["run", "--models", "unet", "--dataset", "synapse", "--data-root", trained["data_root"], "--protocol",
             "smoke", "--tiny", "--img-size", "32", "--threads", "1", "--no-progress", "--results", tmp_path / "res"]
     out = _bench(*base, "--weights", mine).stdout
-    (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "res" / "records").glob("*.json")]
+    (rec,) = [json.loads(p.read_text(encoding="utf-8")) for p in (tmp_path / "res" / "records").glob("*.json")]
     assert rec["weights"]["file"] == "mine.pth" and rec["train"]["iterations"] == 0 and rec["n_train"] is None
     # the file's whole sha256, to check a copy against; the run id hashes its first 16 digits, as it did when
     # records kept only those, so runs of the same file made then are still this run (skipped, not run again)
@@ -134,8 +135,8 @@ def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_pat
     assert not (tmp_path / "other" / "runs").exists()
     # the same file under a recipe that evaluates as smoke does, training aside: scored for its own board, and said
     lr = tmp_path / "smoke_lr.toml"
-    lr.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace('name = "smoke"', 'name = "smoke_lr"')
-                  .replace("lr = 1e-3", "lr = 5e-4"))
+    lr.write_text((PROTOCOL_DIR / "smoke.toml").read_text(encoding="utf-8")
+                  .replace('name = "smoke"', 'name = "smoke_lr"').replace("lr = 1e-3", "lr = 5e-4"), encoding="utf-8")
     note = _bench(*base[:8], lr, *base[9:], "--weights", mine).stdout
     assert re.search(rf"note: synapse-smoke_lr-unet-s0-[0-9a-f]{{8}}: these weights were already evaluated under "
                      rf"protocol smoke \(run {rec['run_id']}\), which scores as smoke_lr does; that board holds them",
@@ -157,15 +158,15 @@ def test_from_record_reruns_a_run_of_a_protocol_file_not_shipped_bit_for_bit(tmp
     from bench.protocol import PROTOCOL_DIR
 
     mine = tmp_path / "smoke_lr.toml"
-    mine.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace('name = "smoke"', 'name = "smoke_lr"')
-                    .replace("lr = 1e-3", "lr = 5e-4"))
+    mine.write_text((PROTOCOL_DIR / "smoke.toml").read_text(encoding="utf-8")
+                    .replace('name = "smoke"', 'name = "smoke_lr"').replace("lr = 1e-3", "lr = 5e-4"), encoding="utf-8")
     _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", mine, "--set",
            "widths=[4, 8, 16, 32]", "--results", tmp_path / "res", *FAST)
     mine.unlink()  # not shipped with the results
     (kept,) = (tmp_path / "res" / "records").glob("*.json")
-    rec = json.loads(kept.read_text())
+    rec = json.loads(kept.read_text(encoding="utf-8"))
     out = _bench("run", "--from-record", kept, "--results", tmp_path / "other", "--no-progress")
-    (again,) = [json.loads(p.read_text()) for p in (tmp_path / "other" / "records").glob("*.json")]
+    (again,) = [json.loads(p.read_text(encoding="utf-8")) for p in (tmp_path / "other" / "records").glob("*.json")]
     assert again["run_id"] == rec["run_id"] and again["protocol"] == rec["protocol"]
     assert again["model_config"]["widths"] == [4, 8, 16, 32] and again["set_keys"] == ["widths"] and again["tiny"]
     assert again["metrics"] == rec["metrics"] and again["per_case"] == rec["per_case"]
@@ -185,10 +186,10 @@ def test_from_record_refuses_what_would_change_the_run_and_warns_where_bits_may_
                          check=False)
     assert bad.returncode == 2 and "drop --models, --seeds, --no-pretrained, --set, --tiny, which would make it " \
         "another run" in bad.stderr, bad.stderr
-    rec = json.loads(kept.read_text())
+    rec = json.loads(kept.read_text(encoding="utf-8"))
     rescored = tmp_path / "rescored.json"
     rescored.write_text(json.dumps({**rec, "run_id": rec["run_id"] + ".strict", "rescored_from": rec["run_id"],
-                                    "policy": "strict"}))
+                                    "policy": "strict"}), encoding="utf-8")
     # a rescored record is its run re-run, then rescored: that run's record is looked for beside it, then in --results
     no = run_bench_here(monkeypatch, capsys, "run", "--from-record", rescored, "--results", tmp_path / "res",
                         check=False)
@@ -198,7 +199,7 @@ def test_from_record_refuses_what_would_change_the_run_and_warns_where_bits_may_
     # a rescored record's run is re-run, then rescored, in this process: --nproc is refused (a mutation audit: it
     # would have launched torchrun and never rescored)
     beside = tmp_path / kept.name
-    beside.write_text(kept.read_text())
+    beside.write_text(kept.read_text(encoding="utf-8"), encoding="utf-8")
     two = run_bench_here(monkeypatch, capsys, "run", "--from-record", rescored, "--nproc", "2", "--results",
                          tmp_path / "res", check=False)
     assert two.returncode == 2 and f"--from-record {rescored}: a rescored record's run is re-run, then rescored, in " \
@@ -211,7 +212,7 @@ def test_from_record_refuses_what_would_change_the_run_and_warns_where_bits_may_
         "another in this process; --nproc 2 takes one record" in many.stderr, many.stderr
     # another thread count and other code than the run's: one line, saying how to match the threads
     older = tmp_path / "older.json"
-    older.write_text(json.dumps({**rec, "git_commit": "0" * 40, "code_digest": "0" * 16}))
+    older.write_text(json.dumps({**rec, "git_commit": "0" * 40, "code_digest": "0" * 16}), encoding="utf-8")
     out = _bench("run", "--from-record", older, "--results", smoke_results, "--threads", "2", "--dry-run")
     (said,) = [line for line in out.stderr.splitlines() if "warning" in line]
     assert re.fullmatch(rf"warning: run {rec['run_id']} ran otherwise than this command: threads 2, the run's 1 "
@@ -225,7 +226,7 @@ def test_from_record_says_whether_the_rerun_matches_its_record_bit_for_bit(smoke
     ended "1 finished", exit 0, comparing nothing. Now each re-run is compared with its record in one line (exit 0
     still: a GPU run need not repeat bit for bit), and on CPU the record's threads are this command's."""
     (kept,) = [p for p in (smoke_results / "records").glob("*.json") if p.name.count(".") == 1]
-    rec = json.loads(kept.read_text())
+    rec = json.loads(kept.read_text(encoding="utf-8"))
     out = _bench("run", "--from-record", kept, "--results", tmp_path / "again", "--device", "cpu", "--no-progress")
     assert f"  {rec['run_id']}: matches record {kept} bit for bit (metrics, per-class, {len(rec['per_case'])} case " \
         "rows)" in out.stdout, out.stdout
@@ -233,10 +234,10 @@ def test_from_record_says_whether_the_rerun_matches_its_record_bit_for_bit(smoke
     edited = tmp_path / "edited" / kept.name
     edited.parent.mkdir()
     edited.write_text(json.dumps({**rec, "device": {**rec["device"], "threads": 2},
-                                  "metrics": {**rec["metrics"], "dice": 0.5}}))
+                                  "metrics": {**rec["metrics"], "dice": 0.5}}), encoding="utf-8")
     out = _bench("run", "--from-record", edited, "--results", tmp_path / "two", "--device", "cpu", "--no-progress")
     assert "note: --threads 2, as the run had" in out.stdout and "warning" not in out.stderr, out.stderr
-    (again,) = [json.loads(p.read_text()) for p in (tmp_path / "two" / "records").glob("*.json")]
+    (again,) = [json.loads(p.read_text(encoding="utf-8")) for p in (tmp_path / "two" / "records").glob("*.json")]
     assert again["run_id"] == rec["run_id"] and again["device"]["threads"] == 2
     assert re.search(rf"  {rec['run_id']}: differs from record {re.escape(str(edited))}: dice 0\.5 -> 0\.\d+",
                      out.stdout), out.stdout
@@ -261,10 +262,11 @@ def test_from_record_of_a_folder_reruns_every_record_and_counts_them(tmp_path):
     strict = sorted((res / "records").glob("*.strict.json"))
     strict[1].unlink()  # 2 trained records, 1 rescored
     for p in (res / "records").glob("*.json"):  # written by other code: said once for all of them
-        p.write_text(json.dumps({**json.loads(p.read_text()), "git_commit": "0" * 40, "code_digest": "0" * 16}))
+        p.write_text(json.dumps({**json.loads(p.read_text(encoding="utf-8")), "git_commit": "0" * 40,
+                                 "code_digest": "0" * 16}), encoding="utf-8")
     shutil.move(res / "synthetic", tmp_path / "hidden")
     ids = sorted(p.stem for p in (res / "records").glob("*.json"))
-    (res / "records" / "broken.json").write_text("{")
+    (res / "records" / "broken.json").write_text("{", encoding="utf-8")
     dry = _bench("run", "--from-record", res, "--results", tmp_path / "again", "--dry-run", check=False)
     assert dry.returncode == 2 and "1 of 4 record(s) of" in dry.stderr and "broken" in dry.stderr, dry.stderr
     assert "could not be planned" in dry.stderr and "nothing was re-run" in dry.stderr, dry.stderr  # nor was
@@ -292,12 +294,13 @@ def test_from_record_of_a_folder_reruns_every_record_and_counts_them(tmp_path):
     first = ids[0]
     (tmp_path / "again" / "records" / f"{first}.json").unlink()
     held = tmp_path / "again" / "records" / f"{first}.strict.json"
-    held.write_text(json.dumps({**json.loads(held.read_text()), "scored_weights": {"file": "final.pt",
-                                                                                   "sha256": "0" * 64}}))
+    held.write_text(json.dumps({**json.loads(held.read_text(encoding="utf-8")), "scored_weights": {"file": "final.pt",
+                                                                                   "sha256": "0" * 64}}),
+                    encoding="utf-8")
     out = _bench("run", "--from-record", res, "--results", tmp_path / "again", "--device", "cpu", "--no-progress")
     assert f"{first}.strict: " in out.stdout and "; scored again: its run was trained again since its rescore" in \
         out.stdout and "scored earlier, skipped" not in out.stdout, out.stdout
-    assert json.loads(held.read_text())["scored_weights"]["sha256"] != "0" * 64
+    assert json.loads(held.read_text(encoding="utf-8"))["scored_weights"]["sha256"] != "0" * 64
 
 
 def test_from_record_of_a_rescored_record_says_why_its_rescored_numbers_differ(smoke_results, tmp_path):
@@ -311,7 +314,7 @@ def test_from_record_of_a_rescored_record_says_why_its_rescored_numbers_differ(s
         p.unlink()
     _bench("rescore", "--policy", "strict", "--results", copy, "--device", "cpu", "--threads", "1")
     (source,) = [p for p in (copy / "records").glob("*.json") if p.name.count(".") == 1]
-    rec = json.loads((copy / "records" / f"{source.stem}.strict.json").read_text())
+    rec = json.loads((copy / "records" / f"{source.stem}.strict.json").read_text(encoding="utf-8"))
     given = tmp_path / "given"
     given.mkdir()
     shutil.copy(source, given)
@@ -321,7 +324,8 @@ def test_from_record_of_a_rescored_record_says_why_its_rescored_numbers_differ(s
     edited.write_text(json.dumps({**rec, "metrics": {**rec["metrics"], "dice": 0.5},
                                   "scored_weights": {**rec["scored_weights"], "sha256": "0" * 64},
                                   "rescored_with": {**scored, "git_commit": None, "code_digest": "0" * 16,
-                                                    "device": {**scored["device"], "threads": threads + 1}}}))
+                                                    "device": {**scored["device"], "threads": threads + 1}}}),
+                      encoding="utf-8")
     out = _bench("run", "--from-record", edited, "--results", tmp_path / "again", "--device", "cpu", "--no-progress")
     assert f"  {source.stem}: matches record" in out.stdout, out.stdout  # its run re-ran alike: no warning above
     # the rescore takes the rescore's threads (its record's device is its run's, which trained with the run's)
@@ -371,7 +375,7 @@ def test_from_record_into_its_own_folder_says_once_that_its_runs_are_skipped(tmp
     (tmp_path / "records").mkdir()
     a, b, c = (_rerun_record(tmp_path, i) for i in "abc")
     for r in (a, b):
-        r.path.write_text("{}")
+        r.path.write_text("{}", encoding="utf-8")
     note = _note_once()
     assert _say_held(a, tmp_path, True, note) and _say_held(b, tmp_path, True, note)
     assert not _say_held(c, tmp_path, True, note)  # not in --results: re-run
@@ -446,7 +450,8 @@ def test_synthetic_data_with_edited_test_labels_is_not_the_authors_data(smoke_re
 
     import h5py
 
-    (trained,) = [r for r in map(json.loads, (p.read_text() for p in (smoke_results / "records").glob("*.json")))
+    (trained,) = [r for r in map(json.loads, (p.read_text(encoding="utf-8")
+                                              for p in (smoke_results / "records").glob("*.json")))
                   if "rescored_from" not in r]
     mine = Path(shutil.copytree(trained["data_root"], tmp_path / "mine"))
     dry = ["run", "--models", "unet", "--dataset", "synapse", "--protocol", "smoke", "--results", smoke_results,
@@ -469,7 +474,7 @@ def test_synthetic_data_with_edited_test_labels_is_not_the_authors_data(smoke_re
                    "--weights", final)
     assert "in data that differs from this run's only in its label files (Synapse: its test volumes)" in given.stderr
     assert "cases the weights trained on" not in given.stderr
-    (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "res" / "records").glob("*.json")]
+    (rec,) = [json.loads(p.read_text(encoding="utf-8")) for p in (tmp_path / "res" / "records").glob("*.json")]
     assert rec["data_id"].startswith("files:") and rec["data_id"] != trained["data_id"] and rec["synthetic"]
     assert {k: rec["synthetic_made"][k] for k in ("kind", "seed")} == {"kind": "synapse", "seed": 0}
 
@@ -569,7 +574,7 @@ def test_runs_on_data_of_ones_own_follow_its_files_not_its_path(tmp_path):
     from bench.rescore import rescore_id
 
     shutil.rmtree(res / "runs" / legacy)
-    (res / "records" / f"{rescore_id(legacy, 'strict')}.json").write_text("{}")
+    (res / "records" / f"{rescore_id(legacy, 'strict')}.json").write_text("{}", encoding="utf-8")
     (strict,) = plan_grid(models=["unet"], dataset="synapse", protocol=proto, seeds=[proto.seed], data_root=here,
                           synthetic=False, results_dir=res, model_overrides=dict(get_entry("unet").tiny), policy="strict")
     assert strict.data_id == open_dataset("synapse", here).content_id(scored=False)
@@ -596,7 +601,7 @@ def test_a_moved_results_folders_older_records_are_its_runs(tmp_path):
     by_path = dataclasses.replace(spec, data_id="")  # the id runs had then
     (old / "records").mkdir()
     (old / "records" / f"{by_path.key}.json").write_text(json.dumps(
-        {"run_id": by_path.key, "data_root": str(by_path.data_root.resolve()), "synthetic": True}))
+        {"run_id": by_path.key, "data_root": str(by_path.data_root.resolve()), "synthetic": True}), encoding="utf-8")
     bob = tmp_path / "bob" / "res"
     shutil.copytree(old, bob)
     shutil.rmtree(tmp_path / "alice")
@@ -606,7 +611,8 @@ def test_a_moved_results_folders_older_records_are_its_runs(tmp_path):
     assert plan(bob)[0].key != by_path.key  # no record of it: nothing to keep
     # a record whose data still exists where it names it is other data, not this folder's
     (bob / "records" / f"{by_path.key}.json").write_text(json.dumps(
-        {"run_id": by_path.key, "data_root": str(bob / "synthetic" / "synapse-synth-v1"), "synthetic": True}))
+        {"run_id": by_path.key, "data_root": str(bob / "synthetic" / "synapse-synth-v1"), "synthetic": True}),
+        encoding="utf-8")
     assert plan(bob)[0].key != by_path.key
 
 
@@ -625,7 +631,7 @@ def test_data_root_from_synth_matches_synthetic(smoke_results, tmp_path):
 def test_isic_run_uses_pooled_policy(tmp_path):
     _bench("run", "--models", "unet", "--dataset", "isic17", "--synthetic", "--protocol", "smoke",
            "--results", tmp_path, *FAST)
-    rec = json.loads(next((tmp_path / "records").glob("*.json")).read_text())
+    rec = json.loads(next((tmp_path / "records").glob("*.json")).read_text(encoding="utf-8"))
     assert rec["policy"] == "legacy-isic"
     counts = {k: sum(r[k] for r in rec["per_case"]) for k in ("tp", "fp", "fn", "tn")}
     tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
@@ -691,8 +697,8 @@ def test_report_takes_its_format_from_the_out_suffix_and_pipes_clean_csv(smoke_r
 
     _bench("report", "--results", smoke_results, "--out", tmp_path / "t.csv")
     _bench("report", "--results", smoke_results, "--out", tmp_path / "t.tex")
-    assert list(csv.DictReader((tmp_path / "t.csv").open()))[0]["model"] == "unet (tiny)"
-    assert "\\begin{table" in (tmp_path / "t.tex").read_text() and not (tmp_path / "t_files").exists()
+    assert list(csv.DictReader((tmp_path / "t.csv").open(encoding="utf-8")))[0]["model"] == "unet (tiny)"
+    assert "\\begin{table" in (tmp_path / "t.tex").read_text(encoding="utf-8") and not (tmp_path / "t_files").exists()
     proc = _bench("report", "--results", smoke_results, "--format", "latex", "--out", tmp_path / "x.csv", check=False)
     assert proc.returncode == 2 and proc.stderr.startswith(f"error: --out {tmp_path / 'x.csv'} with --format latex: "
                                                            "a .csv file holds csv or cases"), proc.stderr
@@ -862,7 +868,7 @@ def test_three_seed_grid_report_with_statistics_published_and_plots(tmp_path):
            "--threads", "1", "--results", results, "--format", "csv")
     out = tmp_path / "report.md"
     _bench("report", "--results", results, "--reference", "unet", "--published", "--out", out)
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert "Mean ± std" in text and "DSC 95% CI" in text and "| 3 " in text  # 3 seeds per model
     assert "## Significance · synapse (synthetic)" in text and "p (Holm)" in text
     assert "## Published vs ours · synapse (synthetic)" in text and "Ours − published" in text
@@ -872,7 +878,7 @@ def test_three_seed_grid_report_with_statistics_published_and_plots(tmp_path):
     latex = _bench("report", "--results", results, "--format", "latex").stdout
     assert "\\toprule" in latex and "\\bottomrule" in latex
     _bench("report", "--results", results, "--format", "cases", "--out", tmp_path / "cases.csv")
-    rows = (tmp_path / "cases.csv").read_text().splitlines()
+    rows = (tmp_path / "cases.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0].startswith("board_dataset,board_protocol,model_label") and len(rows) - 1 == len(
         records.load(results, level="case"))
 
@@ -880,7 +886,7 @@ def test_three_seed_grid_report_with_statistics_published_and_plots(tmp_path):
 def test_predict_writes_each_runs_test_cases(smoke_results, tmp_path):
     (run_id,) = records.load(smoke_results)["run_id"]
     out = _bench("predict", "--results", smoke_results, "--out", tmp_path / "pred", "--run", run_id).stdout
-    files = json.loads((tmp_path / "pred" / run_id / "prediction.json").read_text())["files"]
+    files = json.loads((tmp_path / "pred" / run_id / "prediction.json").read_text(encoding="utf-8"))["files"]
     assert f"{run_id}: {len(files)} file(s) written" in out and len(files) >= 1
     assert all((tmp_path / "pred" / run_id / name).is_file() for name in files.values())
     again = _bench("predict", "--results", smoke_results, "--out", tmp_path / "pred", "--run", run_id).stdout
@@ -949,7 +955,7 @@ def test_lightm_unet_2d_protocol_trains_and_scores_png_cases(tmp_path):
     df = records.load(tmp_path / "res")
     assert sorted(df["model"]) == ["lightm_unet", "unet"] and set(df["policy"]) == {"strict"}
     for path in sorted((tmp_path / "res" / "records").glob("*.json")):
-        rec = json.loads(path.read_text())
+        rec = json.loads(path.read_text(encoding="utf-8"))
         assert rec["protocol"]["name"] == "lightm_unet_2d" and rec["train"]["iterations"] == 4
         assert rec["train"]["epochs"] == 1  # 4 iterations of a 250-iteration epoch
         assert {c["case"] for c in rec["per_case"]} == {"synth_005"}  # the fixed split's test case, whole
@@ -1047,7 +1053,7 @@ def test_a_record_says_which_host_job_and_command_line_made_it(tmp_path):
             str(tmp_path), *FAST]
     _bench(*args, env=job)
     (path,) = (tmp_path / "records").glob("*.json")
-    launch = json.loads(path.read_text())["launch"]
+    launch = json.loads(path.read_text(encoding="utf-8"))["launch"]
     assert launch["host"] == socket.gethostname() and launch["argv"][1:] == args
     assert launch["slurm"] == {"job_id": "1205", "array_job_id": "1200", "array_task_id": "5"}
     assert records.load(tmp_path)["slurm_job"].tolist() == ["1200_5"]
@@ -1084,9 +1090,10 @@ def test_a_run_another_process_trains_is_skipped_not_trained_twice(tmp_path):
         assert not record.exists() and (tmp_path / "runs" / run_id / "checkpoints" / "final.pt").read_bytes() == weights
         assert claim.path.exists()
     assert not (tmp_path / "runs" / run_id / CLAIM).exists()  # released
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          encoding="utf-8")
     (tmp_path / "runs" / run_id / CLAIM).write_text(json.dumps(
-        {"writer": writer_tag(int(gone.stdout)), "started": "2026-01-01T00:00:00+00:00"}))
+        {"writer": writer_tag(int(gone.stdout)), "started": "2026-01-01T00:00:00+00:00"}), encoding="utf-8")
     taken = _bench(*base)  # a killed process's claim: taken over, trained, released
     assert "being run by" not in taken.stdout and record.exists()
     assert not (tmp_path / "runs" / run_id / CLAIM).exists()
@@ -1178,7 +1185,7 @@ def test_a_training_log_that_cannot_be_written_never_stops_the_run(tmp_path, mon
 def test_no_pretrained_trains_from_scratch_off_protocol(tmp_path):
     _bench("run", "--models", "vmunet", "--dataset", "synapse", "--synthetic", "--no-pretrained",
            "--results", tmp_path, *FAST)
-    (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "records").glob("*.json")]
+    (rec,) = [json.loads(p.read_text(encoding="utf-8")) for p in (tmp_path / "records").glob("*.json")]
     assert rec["init"] is None and rec["protocol"]["name"] == "synapse"
     assert rec["protocol"]["off_protocol"] and rec["protocol"]["overrides"]["pretrained"] is False
     assert "pretrained init: vmamba_small_e238_ema.pth" in _bench("models").stdout
@@ -1219,7 +1226,7 @@ def test_pretrained_flag_is_no_override_for_models_without_a_file(tmp_path):
     # U-Net has no pretrained file: --pretrained on smoke changes nothing, so the record must not say so
     _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke", "--pretrained",
            "--results", tmp_path, *FAST)
-    (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "records").glob("*.json")]
+    (rec,) = [json.loads(p.read_text(encoding="utf-8")) for p in (tmp_path / "records").glob("*.json")]
     assert "pretrained" not in rec["protocol"]["overrides"] and rec["init"] is None
 
 
@@ -1390,7 +1397,7 @@ def test_a_runs_log_keeps_its_lines_warnings_and_interrupt(tmp_path, capsys, mon
     with pytest.raises(KeyboardInterrupt), runlog.kept(run_dir, "every 50 epochs"):
         raise KeyboardInterrupt
     assert (runlog.current_run, runlog.checkpoints) == ("r1", "every 50 epochs")  # for the interrupt message
-    said = (run_dir / runlog.RUN_LOG).read_text().splitlines()
+    said = (run_dir / runlog.RUN_LOG).read_text(encoding="utf-8").splitlines()
     assert [line.split("  ", 1)[1] for line in said] == ["r1: resuming after epoch 50", "warning: r1: a warning about it",
                                                         "interrupted while training (Ctrl-C or SIGTERM)"], said
     assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  ", line) for line in said)
@@ -1556,10 +1563,10 @@ def test_dry_run_says_a_run_stopped_before_its_first_checkpoint(tmp_path):
     log = tmp_path / "runs" / spec.key / "run.log"
     log.parent.mkdir(parents=True)
     log.write_text(f"2026-12-06 10:00:00Z  [1/1] {spec.key}: training\n"
-                   f"2026-12-06 10:00:05Z  interrupted while training {spec.key} (Ctrl-C)\n")
+                   f"2026-12-06 10:00:05Z  interrupted while training {spec.key} (Ctrl-C)\n", encoding="utf-8")
     assert run_state(spec, tmp_path) == ("missing", f"interrupted while training {spec.key}, before its first "
                                                     "checkpoint: bench run trains it afresh")
-    with log.open("a") as fh:
+    with log.open("a", encoding="utf-8") as fh:
         fh.write(f"2026-12-06 10:01:00Z  [1/1] {spec.key}: training\n"
                  f"2026-12-06 10:01:02Z  FAILED: out of memory. More words\n")
     assert run_state(spec, tmp_path)[1] == "failed (out of memory), before its first checkpoint: bench run trains it afresh"
@@ -1576,13 +1583,13 @@ def test_a_rescored_records_run_is_looked_for_beside_it_then_in_results(smoke_re
     from bench.rerun import rerun_source
 
     (kept,) = [p for p in (smoke_results / "records").glob("*.json") if p.name.count(".") == 1]
-    rec = json.loads(kept.read_text())
+    rec = json.loads(kept.read_text(encoding="utf-8"))
     rescored = {**rec, "run_id": rec["run_id"] + ".strict", "rescored_from": rec["run_id"], "policy": "strict"}
     recs, held = tmp_path / "recs", tmp_path / "held" / "records"  # held: a results folder holding the run's record
     recs.mkdir()
     held.mkdir(parents=True)
     shutil.copyfile(kept, held / kept.name)
-    (recs / f"{rescored['run_id']}.json").write_text(json.dumps(rescored))
+    (recs / f"{rescored['run_id']}.json").write_text(json.dumps(rescored), encoding="utf-8")
     # its run only in --results: planned as found there, not re-run
     dry = run_bench_here(monkeypatch, capsys, "run", "--from-record", recs / f"{rescored['run_id']}.json", "--results",
                          held.parent, "--dry-run")
@@ -1592,12 +1599,12 @@ def test_a_rescored_records_run_is_looked_for_beside_it_then_in_results(smoke_re
     assert rerun_source(rescored, recs / f"{rescored['run_id']}.json", held.parent) == recs / kept.name
     # its run failed to re-run (a record this bench cannot replay), an older record of it in --results: not
     # rescored from that one's weights
-    (recs / kept.name).write_text(json.dumps({**rec, "set_keys": None}))
+    (recs / kept.name).write_text(json.dumps({**rec, "set_keys": None}), encoding="utf-8")
     bad = run_bench_here(monkeypatch, capsys, "run", "--from-record", recs, "--results", held.parent, check=False)
     assert bad.returncode == 2 and f"{rescored['run_id']}: FAILED: run {rec['run_id']}, whose weights it scored " \
         "under strict, was not re-run (see above), so there is nothing to rescore" in bad.stderr, bad.stderr
     # a run that had 2 CPU threads is planned at 2, and this process's count set back after
-    (recs / kept.name).write_text(json.dumps({**rec, "device": {**rec["device"], "threads": 2}}))
+    (recs / kept.name).write_text(json.dumps({**rec, "device": {**rec["device"], "threads": 2}}), encoding="utf-8")
     before = torch.get_num_threads()
     out = run_bench_here(monkeypatch, capsys, "run", "--from-record", recs / kept.name, "--results", tmp_path / "res",
                          "--device", "cpu", "--dry-run")

@@ -135,7 +135,7 @@ def test_convert_names_what_is_wrong(btcv, tmp_path):
     with pytest.raises(BenchError, match="volume 0040 is there as .nii and .nii.gz"):
         btcv_to_synapse(partial, tmp_path / "out")
     (tmp_path / "full").mkdir()
-    (tmp_path / "full" / "x").write_text("")
+    (tmp_path / "full" / "x").write_text("", encoding="utf-8")
     with pytest.raises(BenchError, match="already exists and is not empty"):
         btcv_to_synapse(btcv, tmp_path / "full")
 
@@ -230,14 +230,14 @@ def _write_msd(root, *, channels=1, cases=("liver_0", "liver_3", "liver_10")):
             "numTraining": len(cases), "numTest": 0,
             "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in cases],
             "test": []}
-    (root / "dataset.json").write_text(json.dumps(meta))
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     return root
 
 
 def test_an_msd_task_becomes_nnunet_v2_raw(tmp_path):
     raw = _write_msd(tmp_path / "Task03_Liver")
     out = msd_to_nnunet(raw, tmp_path / "Dataset003_Liver")
-    meta = json.loads((out / "dataset.json").read_text())
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert meta["channel_names"] == {"0": "CT"} and meta["labels"] == {"background": 0, "liver": 1, "cancer": 2}
     assert (meta["numTraining"], meta["file_ending"], meta["name"]) == (3, ".nii.gz", "LiTS")
     assert sorted(p.name for p in (out / "imagesTr").iterdir()) == ["liver_0_0000.nii.gz", "liver_10_0000.nii.gz",
@@ -300,13 +300,13 @@ def test_msd_conversion_names_what_is_wrong(tmp_path):
     (raw / "labelsTr" / "liver_10.nii.gz").unlink()
     with pytest.raises(BenchError, match=r"labelsTr/liver_10.nii.gz: missing \(listed in .*dataset.json\)"):
         msd_to_nnunet(raw, tmp_path / "b")
-    meta = json.loads((raw / "dataset.json").read_text())
-    (raw / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "liver": 1}}))
+    meta = json.loads((raw / "dataset.json").read_text(encoding="utf-8"))
+    (raw / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "liver": 1}}), encoding="utf-8")
     with pytest.raises(BenchError, match=r"labels must map ids to names, like"):
         msd_to_nnunet(raw, tmp_path / "b")
     raw = _write_msd(tmp_path / "T2", channels=2)
-    meta = json.loads((raw / "dataset.json").read_text())
-    (raw / "dataset.json").write_text(json.dumps({**meta, "modality": {"0": "CT"}}))
+    meta = json.loads((raw / "dataset.json").read_text(encoding="utf-8"))
+    (raw / "dataset.json").write_text(json.dumps({**meta, "modality": {"0": "CT"}}), encoding="utf-8")
     with pytest.raises(BenchError, match=r"liver_0.nii.gz: shape \(12, 10, 3, 2\); dataset.json names 1 modality"):
         msd_to_nnunet(raw, tmp_path / "c")
     assert not (tmp_path / "c").exists()  # refused while writing: no output folder,
@@ -319,9 +319,9 @@ def test_msd_entries_outside_the_task_folder_are_refused(tmp_path, where):
     raw = _write_msd(tmp_path / "Task03_Liver")
     shutil.copy(raw / "labelsTr" / "liver_0.nii.gz", tmp_path / "secret.nii.gz")
     entry = str(tmp_path / "secret.nii.gz") if where == "ABSOLUTE" else where
-    meta = json.loads((raw / "dataset.json").read_text())
+    meta = json.loads((raw / "dataset.json").read_text(encoding="utf-8"))
     meta["training"][1]["label"] = entry
-    (raw / "dataset.json").write_text(json.dumps(meta))
+    (raw / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(BenchError, match=rf"dataset.json: training entry label {re.escape(repr(entry))} lies outside "
                                          rf"{re.escape(str(raw))}; expected a path inside the task folder"):
         msd_to_nnunet(raw, tmp_path / "out")
@@ -333,9 +333,9 @@ def test_msd_entries_outside_a_task_folder_given_relative_are_refused(tmp_path, 
     ../ back inside it, and the entry outside was copied."""
     raw = _write_msd(tmp_path / "Task03_Liver")
     shutil.copy(raw / "labelsTr" / "liver_0.nii.gz", tmp_path / "secret.nii.gz")
-    meta = json.loads((raw / "dataset.json").read_text())
+    meta = json.loads((raw / "dataset.json").read_text(encoding="utf-8"))
     meta["training"][1]["label"] = "../secret.nii.gz"
-    (raw / "dataset.json").write_text(json.dumps(meta))
+    (raw / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(BenchError, match="training entry label '../secret.nii.gz' lies outside Task03_Liver"):
         msd_to_nnunet(Path("Task03_Liver"), Path("out"))
@@ -360,8 +360,8 @@ def test_an_msd_task_whose_folders_are_links_elsewhere_converts(tmp_path):
 ])
 def test_msd_labels_are_checked_before_anything_is_copied(tmp_path, labels, phrase, monkeypatch):
     raw = _write_msd(tmp_path / "Task03_Liver")
-    meta = json.loads((raw / "dataset.json").read_text())
-    (raw / "dataset.json").write_text(json.dumps({**meta, "labels": labels}))
+    meta = json.loads((raw / "dataset.json").read_text(encoding="utf-8"))
+    (raw / "dataset.json").write_text(json.dumps({**meta, "labels": labels}), encoding="utf-8")
     monkeypatch.setattr(shutil, "copyfile", lambda *a: pytest.fail("copied before checking dataset.json"))
     with pytest.raises(BenchError) as err:
         msd_to_nnunet(raw, tmp_path / "out")
@@ -441,7 +441,7 @@ def test_pairs_of_ones_own_become_an_nnunet_dataset_named_as_asked(tmp_path):
     with pytest.warns(UserWarning, match=r"^1 mask\(s\) merged into their image's first \(the pixel-wise maximum\): "
                                          r"benign \(1\)_mask_1\.png$"):
         out = pairs_to_nnunet(tmp_path / "busi", tmp_path / "out", name="BUSI-mini", label="lesion")
-    meta = json.loads((out / "dataset.json").read_text())
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert (meta["name"], meta["channel_names"], meta["labels"], meta["numTraining"], meta["file_ending"]) == (
         "BUSI-mini", {"0": "gray"}, {"background": 0, "lesion": 1}, 6, ".png")
     assert not (out / "splits_final.json").exists()  # bench's split, said when it runs
@@ -466,10 +466,11 @@ def test_pairs_with_a_split_of_ones_own_keep_it_and_colour_stays_rgb(tmp_path):
     train = _write_pairs(tmp_path / "raw" / "train", ["a1", "a2", "a3"], colour=True)
     _write_pairs(tmp_path / "raw" / "val", ["b1", "b2"], colour=True, seed=1)  # the ISIC layout's test set
     out = pairs_to_nnunet(tmp_path / "raw", tmp_path / "out")
-    meta = json.loads((out / "dataset.json").read_text())
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert meta["name"] == "raw" and meta["channel_names"] == {"0": "R", "1": "G", "2": "B"}
     assert meta["labels"] == {"background": 0, "foreground": 1}
-    assert json.loads((out / "splits_final.json").read_text()) == [{"train": ["a1", "a2", "a3"], "val": ["b1", "b2"]}]
+    assert json.loads((out / "splits_final.json").read_text(encoding="utf-8")) == [{"train": ["a1", "a2", "a3"],
+                                                                                   "val": ["b1", "b2"]}]
     ds = open_dataset("nnunet", out)
     assert ds.test_ids() == ["b1", "b2"] and not any("no splits_final.json" in n for n in ds.notes)
     from PIL import Image
@@ -546,10 +547,10 @@ def test_pairs_that_cannot_be_converted_are_named_and_nothing_is_written(tmp_pat
                                          r"downloaded\)\? gather them first"):
         pairs_to_nnunet(tmp_path / "busi_dl", tmp_path / "out")
     _write_pairs(tmp_path / "ok", ["x", "y"])
-    (tmp_path / "taken.txt").write_text("mine")  # it said "already exists and is not empty" of a file
+    (tmp_path / "taken.txt").write_text("mine", encoding="utf-8")  # it said "already exists and is not empty" of a file
     with pytest.raises(BenchError, match=r"taken\.txt: a file; give a folder to write the data into"):
         pairs_to_nnunet(tmp_path / "ok", tmp_path / "taken.txt")
-    assert (tmp_path / "taken.txt").read_text() == "mine"
+    assert (tmp_path / "taken.txt").read_text(encoding="utf-8") == "mine"
     assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
@@ -618,8 +619,8 @@ def test_pairs_of_several_classes_convert_by_id_value_or_colour(tmp_path):
     cases = {"a": ids, "b": np.flipud(ids).copy()}
     _write_masks(tmp_path / "index", cases)
     out = pairs_to_nnunet(tmp_path / "index", tmp_path / "o1", label="disc,cup,vessel")
-    assert json.loads((out / "dataset.json").read_text())["labels"] == {"background": 0, "disc": 1, "cup": 2,
-                                                                         "vessel": 3}
+    assert json.loads((out / "dataset.json").read_text(encoding="utf-8"))["labels"] == {"background": 0, "disc": 1,
+                                                                                         "cup": 2, "vessel": 3}
     assert np.array_equal(np.asarray(Image.open(out / "labelsTr" / "b.png")), cases["b"])
     assert tuple(open_dataset("nnunet", out).class_names) == ("disc", "cup", "vessel")
     with pytest.raises(BenchError, match=r"a\.png: mask values 0, 1, 2, 3; --label disc,cup reads class ids 0\.\.2: "

@@ -225,12 +225,12 @@ def test_a_counts_only_profile_keeps_the_timings_of_the_same_setup(tmp_path, mon
     assert counts["tiny"] and counts["model_config"] == timed["model_config"] and counts["macs"] == timed["macs"]
     path = cost.write_profile(counts, tmp_path)
     assert len(list((tmp_path / "profiles").glob("*.json"))) == 1
-    assert json.loads(path.read_text())["latency_ms_median"] == timed["latency_ms_median"]
+    assert json.loads(path.read_text(encoding="utf-8"))["latency_ms_median"] == timed["latency_ms_median"]
     # another scan backend's timing is another record
     assert cost.profile_id({**timed, "scan_backend": "ref"}) != cost.profile_id(timed)
     # a recount of another architecture under the same id does not inherit the timings
     path = cost.write_profile({**counts, "macs": counts["macs"] + 1}, tmp_path)
-    assert "latency_ms_median" not in json.loads(path.read_text())
+    assert "latency_ms_median" not in json.loads(path.read_text(encoding="utf-8"))
     # the fvcore cross-check speaks up when the two counts part
     # ... on the ops both price: fvcore's norms and up-sampling (LightM-UNet's 5 %) are not ours to count
     def fvcore(conv: float, norm: float):
@@ -290,7 +290,7 @@ def test_profile_options_out_of_range_are_one_line(tmp_path, args, message):
 def test_vmunet_isic_counts_match_the_authors_measurements():
     """VM-UNet at 1×3×256²: thop gives the published 4.11 G exactly; fvcore without the scan equals
     the authors' model measured with fvcore; our count adds the scan on top."""
-    meta = json.loads((REFERENCE / "vmunet_isic" / "meta.json").read_text())["flops"]
+    meta = json.loads((REFERENCE / "vmunet_isic" / "meta.json").read_text(encoding="utf-8"))["flops"]
     torch.manual_seed(0)
     model, x = create_model("vmunet", num_classes=1, in_chans=3, img_size=256), torch.randn(1, 3, 256, 256)
     paper = cost.paper_count(model, x)
@@ -308,7 +308,7 @@ def test_vmunet_isic_counts_match_the_authors_measurements():
 def test_paper_macs_equal_thop_on_the_authors_models(ref, name, nc, size):
     """thop on our model gives what thop gives on the authors' (their softmax, upsampling and
     pooling modules are modules here too), so paper_macs is comparable with published tables."""
-    meta = json.loads((REFERENCE / ref / "meta.json").read_text())["flops"]
+    meta = json.loads((REFERENCE / ref / "meta.json").read_text(encoding="utf-8"))["flops"]
     expected = meta.get("thop_gmacs_official_counter") or meta["thop_gmacs"]
     torch.manual_seed(0)
     model = create_model(name, num_classes=nc, in_chans=3, img_size=size)
@@ -317,7 +317,7 @@ def test_paper_macs_equal_thop_on_the_authors_models(ref, name, nc, size):
 
 
 def test_swin_unet_fvcore_matches_the_authors_measurement():
-    meta = json.loads((REFERENCE / "swin_unet_synapse" / "meta.json").read_text())["flops"]
+    meta = json.loads((REFERENCE / "swin_unet_synapse" / "meta.json").read_text(encoding="utf-8"))["flops"]
     torch.manual_seed(0)
     model = create_model("swin_unet", num_classes=9, in_chans=3, img_size=224)
     assert cost.fvcore_macs(model, torch.randn(1, 3, 224, 224))["total"] == pytest.approx(meta["fvcore_gflops"] * 1e9,
@@ -481,7 +481,8 @@ def test_several_precisions_are_timed_and_counted_once(tmp_path, monkeypatch):
     assert rows[0]["macs"] == rows[1]["macs"] > 0 and rows[0]["fvcore_macs"] == rows[1]["fvcore_macs"]
     assert all(r["latency_ms_median"] > 0 for r in rows)
     assert len(list((tmp_path / "profiles").glob("*.json"))) == 2  # one record per precision
-    assert all(json.loads(p.read_text())["tiny"] is True for p in (tmp_path / "profiles").glob("*.json"))  # --tiny
+    assert all(json.loads(p.read_text(encoding="utf-8"))["tiny"] is True  # --tiny
+               for p in (tmp_path / "profiles").glob("*.json"))
     bad = CliRunner().invoke(app, ["profile", "--models", "unet", "--device", "cpu", "--precision", "fp32,tf32",
                                    "--results", str(tmp_path / "none")])
     # CliRunner calls the app itself: the BenchError reaches it, which `bench` prints as one line, exit 2
@@ -496,7 +497,7 @@ def test_lightm_unet_counts_match_the_authors_model(ref, dims, size, nc, chans):
     causal conv functionally, which thop does not see, and so does our Mamba block. fvcore's count
     without the scan equals theirs too (the scan formulas differ: ours is the Mamba authors' 9·L·D·N
     estimate, the reference plugged in VM-UNet's einsum count)."""
-    meta = json.loads((REFERENCE / ref / "meta.json").read_text())["flops"]
+    meta = json.loads((REFERENCE / ref / "meta.json").read_text(encoding="utf-8"))["flops"]
     (want,) = [r for r in meta["per_input"] if r["input_shape"] == [1, chans] + [size] * dims]
     torch.manual_seed(0)
     model = create_model("lightm_unet", num_classes=nc, in_chans=chans, img_size=size, spatial_dims=dims)

@@ -33,7 +33,7 @@ def _rows(text: str, first: str) -> list[list[str]]:
 def test_dry_run_reports_every_scan_pass_and_model_within_bound(cuda_check, tmp_path):
     out = tmp_path / "check.md"
     assert cuda_check.main([*DRY, "--models", "vmunet,lightm_unet_3d", "--out", str(out)]) == 0
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert "scan backend `torch`; oracle" in text and "scan backend `cpu`" in text
     scan_rows = _rows(text, "4 ")
     assert [r[2] for r in scan_rows] == ["forward", "forward+backward"]
@@ -63,7 +63,7 @@ def test_a_wrong_candidate_fails_the_check(cuda_check, monkeypatch, tmp_path):
     monkeypatch.setattr(scan._TorchScan, "apply", off)
     out = tmp_path / "check.md"
     assert cuda_check.main([*DRY, "--models", "vmunet", "--out", str(out)]) == 1
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert "All errors within their bounds (0.0001 outputs, 0.001 gradients): NO" in text
     assert [float(r[6]) > 5e-3 for r in _rows(text, "4 ")] == [True, True]  # y and the gradients
     (model,) = _rows(text, "VM-UNet")

@@ -76,7 +76,7 @@ def test_missing_root_names_the_path(tmp_path):
      ("nnunet", "dataset.json")],
 )
 def test_wrong_layout_names_path_and_expectation(tmp_path, name, expected):
-    (tmp_path / "stray.txt").write_text("x")
+    (tmp_path / "stray.txt").write_text("x", encoding="utf-8")
     with pytest.raises(BenchError, match=expected) as info:
         open_dataset(name, tmp_path)
     assert str(tmp_path) in str(info.value)
@@ -124,7 +124,7 @@ def test_synapse_without_lists_falls_back_and_says_so(roots, tmp_path):
 def test_synapse_accepts_the_other_list_folders(roots, tmp_path, where):
     root = _copy(roots["synapse"], tmp_path)
     (root / "lists" / "lists_Synapse").rename(root / where)
-    (root / where / "test_vol.txt").write_text("case0022\n")
+    (root / where / "test_vol.txt").write_text("case0022\n", encoding="utf-8")
     ds = open_dataset("synapse", root)
     assert ds.test_ids() == ["case0022"] and ds.notes == []
 
@@ -134,7 +134,7 @@ def test_synapse_list_ids_that_are_paths_are_refused(roots, tmp_path, bad):
     # joined to test_vol_h5/ to read and to --out to predict: a path would reach files outside both
     root = _copy(roots["synapse"], tmp_path)
     listed = root / "lists" / "lists_Synapse" / "test_vol.txt"
-    listed.write_text(f"case0008\n\n{bad}.npy.h5\n")
+    listed.write_text(f"case0008\n\n{bad}.npy.h5\n", encoding="utf-8")
     with pytest.raises(BenchError, match=rf"{re.escape(str(listed))}: line 3 {re.escape(repr(bad))} is not a plain "
                                          r"file name; expected a case or slice name like case0008"):
         open_dataset("synapse", root)
@@ -419,7 +419,7 @@ def test_nnunet_axes_and_spacing_follow_the_header(tmp_path):
     nib.save(nib.Nifti1Image((xyz % 2).astype(np.uint8), affine), str(root / "labelsTr" / "b.nii.gz"))
     meta = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "odd": 1}, "numTraining": 2,
             "file_ending": ".nii.gz"}
-    (root / "dataset.json").write_text(json.dumps(meta))
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     ds = open_dataset("nnunet", root)
     case = ds.load_test(ds.test_ids()[0])
     assert case.image.shape == (3, 5, 4) and case.spacing == (2.0, 0.7, 0.5)
@@ -453,22 +453,26 @@ def test_nnunet_refuses_what_it_would_read_wrong(roots, tmp_path):
         read_png(tmp_path / "p.png")
     assert read_png(tmp_path / "p.png", label=True).tolist() == [[0, 1], [1, 0]]  # a label's palette holds ids
 
-    meta = json.loads((roots["nnunet2d"] / "dataset.json").read_text())
-    (tmp_path / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"R": "R", "G": "G"}}))
+    meta = json.loads((roots["nnunet2d"] / "dataset.json").read_text(encoding="utf-8"))
+    (tmp_path / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"R": "R", "G": "G"}}),
+                                           encoding="utf-8")
     with pytest.raises(BenchError, match=r"channel_names keys must be 0\.\.1, got \['G', 'R'\]"):
         parse_dataset_json(tmp_path / "dataset.json")
     # a quoted id, nnU-Net's region lists: each named as what it is (both were "no regions")
     for value, said in (("1", "not a whole number (write 1 without quotes)"),
                         ([1, 2], "a list of ids: region-based training, which is not supported")):
-        (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "lesion": value}}))
+        (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "lesion": value}}),
+                                               encoding="utf-8")
         with pytest.raises(BenchError, match=rf"label 'lesion' = {re.escape(repr(value))}: {re.escape(said)}"):
             parse_dataset_json(tmp_path / "dataset.json")
     # a line break in a class name split a Markdown board's header row in two (verify called it OK)
     for name in ("Leber\nNeu", "a\tb", " "):
-        (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, name: 1}}))
+        (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, name: 1}}),
+                                               encoding="utf-8")
         with pytest.raises(BenchError, match=rf"label name {re.escape(repr(name))}: expected printable text on one line"):
             parse_dataset_json(tmp_path / "dataset.json")
-    (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "Läsion 肝臓 & $5": 1}}))
+    (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "Läsion 肝臓 & $5": 1}}),
+                                           encoding="utf-8")
     assert parse_dataset_json(tmp_path / "dataset.json")["labels"] == {"background": 0, "Läsion 肝臓 & $5": 1}
 
     root = _copy(roots["nnunet"], tmp_path)
@@ -517,15 +521,15 @@ def test_nnunet_uses_splits_final_fold0(roots, tmp_path):
     root = _copy(roots["nnunet2d"], tmp_path)
     cases = [f"synth_{i:03d}" for i in range(5)]
     folds = [{"train": cases[:3], "val": cases[3:]}, {"train": cases[2:], "val": cases[:2]}]
-    (root / "splits_final.json").write_text(json.dumps(folds))
+    (root / "splits_final.json").write_text(json.dumps(folds), encoding="utf-8")
     ds = open_dataset("nnunet", root)
     assert ds.train_ids() == cases[:3] and ds.test_ids() == cases[3:]
-    (root / "splits_final.json").write_text(json.dumps([{"train": ["ghost"], "val": []}]))
+    (root / "splits_final.json").write_text(json.dumps([{"train": ["ghost"], "val": []}]), encoding="utf-8")
     with pytest.raises(BenchError, match="splits_final.json.*ghost"):
         open_dataset("nnunet", root)
     # ids written with their file ending: five named, the rest counted
     (root / "splits_final.json").write_text(json.dumps([{"train": [f"{c}.png" for c in cases[:3]] + ["a", "b"],
-                                                         "val": [f"{c}.png" for c in cases[3:]]}]))
+                                                         "val": [f"{c}.png" for c in cases[3:]]}]), encoding="utf-8")
     with pytest.raises(BenchError, match=r"fold 0 names cases without a label file: a, b, synth_000\.png, "
                                          r"synth_001\.png, synth_002\.png \(and 2 more\)"):
         open_dataset("nnunet", root)
@@ -533,18 +537,18 @@ def test_nnunet_uses_splits_final_fold0(roots, tmp_path):
 
 def test_nnunet_num_training_must_match(roots, tmp_path):
     root = _copy(roots["nnunet2d"], tmp_path)
-    meta = json.loads((root / "dataset.json").read_text())
-    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 7}))
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 7}), encoding="utf-8")
     with pytest.raises(BenchError, match=r"dataset.json: numTraining is 7 but .*labelsTr holds 5 '\*\.png' label files$"):
         open_dataset("nnunet", root)
     # a wrong file_ending reads as a wrong count: the ending the files have is named
-    (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".bmp"}))
+    (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".bmp"}), encoding="utf-8")
     why = "holds 0 '*.bmp' label files; and 5 '*.png' files: is file_ending '.png'?"
     with pytest.raises(BenchError, match=re.escape(why)):
         open_dataset("nnunet", root)
     assert any(p.message.endswith(why.replace("label files", "files")) for p in verify_dataset("nnunet", root))
     # labels saved as JPEG: not "is file_ending '.jpg'?", which the next run refuses, but what to save them as
-    (root / "dataset.json").write_text(json.dumps(meta))
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     for label in (root / "labelsTr").glob("*.png"):
         label.rename(label.with_suffix(".jpg"))
     with pytest.raises(BenchError, match=re.escape("holds 0 '*.png' label files; and 5 '*.jpg' files, which bench does "
@@ -600,11 +604,12 @@ def test_synth_formats_match_the_real_files(roots):
     with np.load(root / "train_npz" / "case0005_slice000.npz") as d:
         assert sorted(d.files) == ["image", "label"] and d["image"].dtype == np.float32
         assert d["label"].dtype.kind in "iu"
-    assert (root / "lists" / "lists_Synapse" / "train.txt").read_text().splitlines()[0] == "case0005_slice000"
-    assert "case0008.npy.h5" in (root / "lists" / "lists_Synapse" / "all.lst").read_text()
+    train = (root / "lists" / "lists_Synapse" / "train.txt").read_text(encoding="utf-8")
+    assert train.splitlines()[0] == "case0005_slice000"
+    assert "case0008.npy.h5" in (root / "lists" / "lists_Synapse" / "all.lst").read_text(encoding="utf-8")
     with Image.open(roots["isic"] / "train" / "masks" / "ISIC_0000000_segmentation.png") as m:
         assert m.mode == "L" and set(np.unique(np.asarray(m))) == {0, 255}
-    meta = json.loads((roots["nnunet"] / "dataset.json").read_text())
+    meta = json.loads((roots["nnunet"] / "dataset.json").read_text(encoding="utf-8"))
     assert meta["numTraining"] == 5 and meta["file_ending"] == ".nii.gz" and meta["labels"]["background"] == 0
     img = nib.load(str(roots["nnunet"] / "imagesTr" / "synth_000_0000.nii.gz"))
     assert img.shape == (32, 32, 6) and np.allclose(img.header.get_zooms(), (0.8, 0.8, 3.0))
@@ -643,8 +648,9 @@ def test_atomic_write_dir_temp_folder_carries_the_mark(tmp_path):
     from bench.fileio import TEMP_MARK, atomic_write_dir
 
     seen = []
-    atomic_write_dir(tmp_path / "out", lambda tmp: seen.append(tmp.name) or (tmp / "a").write_text("x"))
-    assert seen[0].startswith(f".out.{TEMP_MARK}") and (tmp_path / "out" / "a").read_text() == "x"
+    atomic_write_dir(tmp_path / "out",
+                     lambda tmp: seen.append(tmp.name) or (tmp / "a").write_text("x", encoding="utf-8"))
+    assert seen[0].startswith(f".out.{TEMP_MARK}") and (tmp_path / "out" / "a").read_text(encoding="utf-8") == "x"
 
 
 def test_synthetic_root_is_generated_once(tmp_path):
@@ -735,8 +741,8 @@ def test_verify_isic_all_checks_train_and_each_test_set(roots, tmp_path):
 
 def test_verify_nnunet_problems(roots, tmp_path):
     root = _copy(roots["nnunet"], tmp_path)
-    meta = json.loads((root / "dataset.json").read_text())
-    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 6}))
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 6}), encoding="utf-8")
     broken = root / "labelsTr" / "synth_001.nii.gz"
     broken.write_bytes(broken.read_bytes()[:-40])  # truncated: the gzip stream ends early
     lab = root / "labelsTr" / "synth_002.nii.gz"
@@ -815,7 +821,7 @@ def test_split_problems_map_training_items_to_cases_and_take_test_ids_as_cases()
 
 def test_verify_missing_root_and_bad_json(tmp_path):
     assert _paths(verify_dataset("isic17", tmp_path / "none")) == [str(tmp_path / "none")]
-    (tmp_path / "dataset.json").write_text("{not json")
+    (tmp_path / "dataset.json").write_text("{not json", encoding="utf-8")
     problems = verify_dataset("nnunet", tmp_path)
     assert [p.path for p in problems] == [str(tmp_path / "dataset.json")] and "JSON" in problems[0].message
 
@@ -896,7 +902,7 @@ def test_nnunet_folds_without_splits_file_are_nnunets(roots, tmp_path):
     assert not (root / "splits_final.json").exists()  # nothing written next to the data
     # a provided splits_final.json is used as it is, order included, even where it differs
     mine = [{"train": cases[1:][::-1], "val": cases[:1]}] + expected[1:]
-    (root / "splits_final.json").write_text(json.dumps(mine))
+    (root / "splits_final.json").write_text(json.dumps(mine), encoding="utf-8")
     ds = open_dataset("nnunet", root, fold=0)
     assert (ds.train_ids(), ds.test_ids()) == (cases[1:][::-1], cases[:1]) != (expected[0]["train"], expected[0]["val"])
     assert "splits_final.json" in ds.notes[-1]
@@ -914,8 +920,9 @@ def test_fold_runs_are_identified_by_their_cases(roots, tmp_path):
     root = _copy(roots["nnunet2d"], tmp_path)
     # its marker taken at its word (as bench wrote it before it kept the files' ids): a split file written
     # into the data leaves the data's id, so the ids follow what the folds' cases do alone
-    marker = json.loads((root / MARKER).read_text())
-    (root / MARKER).write_text(json.dumps({k: v for k, v in marker.items() if k != WRITTEN}, sort_keys=True) + "\n")
+    marker = json.loads((root / MARKER).read_text(encoding="utf-8"))
+    (root / MARKER).write_text(json.dumps({k: v for k, v in marker.items() if k != WRITTEN}, sort_keys=True) + "\n",
+                               encoding="utf-8")
 
     def keys():
         specs = plan_grid(models=["unet"], dataset="nnunet", protocol=load_protocol("smoke"), seeds=[0],
@@ -925,10 +932,10 @@ def test_fold_runs_are_identified_by_their_cases(roots, tmp_path):
     generated = keys()
     assert len(set(generated)) == 5
     splits = crossval_splits([f"synth_{i:03d}" for i in range(5)])
-    (root / "splits_final.json").write_text(json.dumps(splits))
+    (root / "splits_final.json").write_text(json.dumps(splits), encoding="utf-8")
     assert keys() == generated  # the same folds, written out
     splits[0], splits[1] = splits[1], splits[0]
-    (root / "splits_final.json").write_text(json.dumps(splits))
+    (root / "splits_final.json").write_text(json.dumps(splits), encoding="utf-8")
     now = keys()
     assert now[0] != generated[0] and now[1] != generated[1] and now[2:] == generated[2:]
 
@@ -997,7 +1004,8 @@ def test_data_is_identified_by_its_files_wherever_it_lies(roots, tmp_path, kind,
     if kind == "nnunet2d":
         from bench.data.nnunet import crossval_splits
 
-        (a / "splits_final.json").write_text(json.dumps(crossval_splits([f"synth_{i:03d}" for i in range(5)])))
+        (a / "splits_final.json").write_text(json.dumps(crossval_splits([f"synth_{i:03d}" for i in range(5)])),
+                                             encoding="utf-8")
         assert open_dataset(dataset, a).content_id() != ident(b)
 
 
@@ -1011,7 +1019,8 @@ def test_acdc_protocol_needs_the_split_file(roots, tmp_path):
                              data_root=root, synthetic=False, results_dir=tmp_path / "res")
     with pytest.raises(BenchError, match=r"needs the split as .*splits_final\.json .* one subject on both sides"):
         plan()
-    (root / "splits_final.json").write_text(json.dumps(crossval_splits([f"synth_{i:03d}" for i in range(5)])))
+    (root / "splits_final.json").write_text(json.dumps(crossval_splits([f"synth_{i:03d}" for i in range(5)])),
+                                            encoding="utf-8")
     assert len(plan()) == 1
 
 
@@ -1050,7 +1059,7 @@ def test_nnunet_kfold_tests_every_case_once(roots, tmp_path):
     # splits_final.json folds win over the generated ones
     root = _copy(roots["nnunet2d"], tmp_path)
     (root / "splits_final.json").write_text(json.dumps([{"train": cases[:3], "val": cases[3:]},
-                                                        {"train": cases[2:], "val": cases[:2]}]))
+                                                        {"train": cases[2:], "val": cases[:2]}]), encoding="utf-8")
     ds = open_dataset("nnunet", root, fold=1)
     assert ds.n_folds == 2 and ds.test_ids() == cases[:2]
 
@@ -1060,9 +1069,9 @@ def test_dataset_name_tells_nnunet_datasets_apart(roots, tmp_path):
     ds = open_dataset("nnunet", roots["nnunet"])
     assert ds.dataset_name == f"nnunet:{ds.meta['name']}"  # the synthesizer names its dataset.json
     root = Path(shutil.copytree(roots["nnunet2d"], tmp_path / "Dataset027_ACDC"))
-    meta = json.loads((root / "dataset.json").read_text())
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     meta.pop("name", None)  # optional in nnU-Net v2: the folder names the dataset then
-    (root / "dataset.json").write_text(json.dumps(meta))
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     assert open_dataset("nnunet", root).dataset_name == "nnunet:Dataset027_ACDC"
 
 
@@ -1075,17 +1084,18 @@ def test_nnunet_warns_where_the_protocols_mode_is_not_what_a_channels_name_asks_
             "('ct_foreground' or 'ct_window')); set the top-level key normalize in a protocol file of your own"
             in ds.normalize_hint("zscore"))
     root = Path(shutil.copytree(roots["nnunet2d"], tmp_path / "mri"))
-    meta = json.loads((root / "dataset.json").read_text())
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     for kind, mode, suits in (("T2", "none", "'zscore'"), ("T2", "ct_foreground", "'zscore'"), ("T2", "zscore", None),
                               ("noNorm", "none", None), ("nonorm", "zscore", "'none'"),
                               ("rgb_to_0_1", "none", None), ("rgb_to_0_1", "ct_window", "'none' or 'minmax255'"),
                               ("rescale_to_0_1", "minmax255", None), ("ct", "none", "'ct_foreground' or 'ct_window'")):
-        (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": kind}}))
+        (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": kind}}), encoding="utf-8")
         got = open_dataset("nnunet", root).normalize_hint(mode)
         assert (got is None) if suits is None else (f"normalize = '{mode}' is not" in got and f"'{kind}': " in got
                                                     and f"({suits})" in got and "\n" not in got), (kind, mode, got)
     # channels asking for different modes: each named once with what suits it
-    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "CT", "1": "T2", "2": "T2"}}))
+    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "CT", "1": "T2", "2": "T2"}}),
+                                       encoding="utf-8")
     got = open_dataset("nnunet", root).normalize_hint("ct_window")
     assert "ask nnU-Net for ('T2': z-scoring ('zscore'))" in got and "'CT'" not in got
     assert open_dataset("synapse", roots["synapse"]).normalize_hint("none") is None
@@ -1132,8 +1142,9 @@ def test_notes_say_whether_the_split_is_transunets(roots, tmp_path):
     lists.mkdir(parents=True)
     (tmp_path / "train_npz").mkdir()
     (tmp_path / "test_vol_h5").mkdir()
-    (lists / "test_vol.txt").write_text("\n".join(syn.TRANSUNET_TEST_CASES[::-1]) + "\n")  # order is free
-    (lists / "train.txt").write_text("".join(f"case0005_slice{i:04d}\n" for i in range(2211)))
+    (lists / "test_vol.txt").write_text("\n".join(syn.TRANSUNET_TEST_CASES[::-1]) + "\n",
+                                        encoding="utf-8")  # order is free
+    (lists / "train.txt").write_text("".join(f"case0005_slice{i:04d}\n" for i in range(2211)), encoding="utf-8")
     split, order = dataset_notes("synapse", tmp_path)
     assert split.startswith("the split is TransUNet's (12 test volumes, 2211 training slices)")
     assert "cannot be checked" in order
@@ -1240,7 +1251,7 @@ def test_synapse_spacing_table_fills_what_the_h5_files_lack(roots, tmp_path):
         with h5py.File(root / "test_vol_h5" / f"{case}.npy.h5", "r+") as f:
             del f.attrs["spacing"]
     assert open_dataset("synapse", root).load_test(first).spacing is None
-    (root / "spacing.csv").write_text(f"case,d,h,w\n{first},3.0,0.7,0.7\n\n")
+    (root / "spacing.csv").write_text(f"case,d,h,w\n{first},3.0,0.7,0.7\n\n", encoding="utf-8")
     ds = open_dataset("synapse", root)
     assert ds.load_test(first).spacing == (3.0, 0.7, 0.7)
     assert ds.load_test(ds.test_ids()[2]).spacing == (2.5, 0.8, 0.8)  # the file's own attribute wins
@@ -1261,7 +1272,8 @@ def test_synapse_spacing_table_fills_what_the_h5_files_lack(roots, tmp_path):
     assert plan("legacy-synapse")  # voxels for all: nothing read from the table
     with pytest.raises(BenchError, match="no line for"):
         plan("strict")
-    (root / "spacing.csv").write_text(f"case,d,h,w\n{first},3.0,0.7,0.7\n{second}.npy.h5,3.0,0.7,0.7\n")
+    (root / "spacing.csv").write_text(f"case,d,h,w\n{first},3.0,0.7,0.7\n{second}.npy.h5,3.0,0.7,0.7\n",
+                                      encoding="utf-8")
     with pytest.raises(BenchError, match=rf"spacing\.csv: {second}\.npy\.h5 is not a case of this data; expected "
                                          rf"case ids such as case0001; no line for {second}, which has"):
         open_dataset("synapse", root).check_spacing()  # both problems at once: the misnamed line is the missing one
@@ -1270,16 +1282,16 @@ def test_synapse_spacing_table_fills_what_the_h5_files_lack(roots, tmp_path):
     # a line for every test case, and for training cases too (what bench data convert writes): fine
     train_case = ds.train_ids()[0].split("_slice")[0]
     (root / "spacing.csv").write_text(f"case,d,h,w\n{first},3.0,0.7,0.7\n{second},3.0,0.7,0.7\n"
-                                      f"{train_case},3.0,0.7,0.7\n")
+                                      f"{train_case},3.0,0.7,0.7\n", encoding="utf-8")
     assert open_dataset("synapse", root).check_spacing() is None and not verify_dataset("synapse", root)
-    (root / "spacing.csv").write_text(f"case,d,h,w\n{first},3.0,0.7,0.7\n\n")
+    (root / "spacing.csv").write_text(f"case,d,h,w\n{first},3.0,0.7,0.7\n\n", encoding="utf-8")
     (root / "spacing.csv").write_text(f"\ufeffcase,d,h,w\n{first},3.0,0.7,0.7\n", encoding="utf-8")  # Excel's BOM
     assert open_dataset("synapse", root).load_test(first).spacing == (3.0, 0.7, 0.7)
     for bad, where in (("case,z,y,x\n", "expected a header case,d,h,w"), (f"case,d,h,w\n{first},3,0.7\n", "line 2"),
                        (f"case,d,h,w\n{first},3,inf,0.7\n", "line 2"),
                        (f"case,d,h,w\n{first},3,-1,0.7\n", "line 2"), (f"case,d,h,w\n{first},3,1,1\n{first},3,1,1\n",
                                                                        "listed twice")):
-        (root / "spacing.csv").write_text(bad)
+        (root / "spacing.csv").write_text(bad, encoding="utf-8")
         with pytest.raises(BenchError, match=where):
             open_dataset("synapse", root)
         assert [p.path for p in verify_dataset("synapse", root) if p.level == "error"] == [str(root / "spacing.csv")]
@@ -1297,7 +1309,7 @@ def test_verify_nnunet_rgb_png_case_missing_its_file_is_one_problem(tmp_path):
         Image.fromarray((rng.random((16, 16)) > 0.5).astype(np.uint8)).save(root / "labelsTr" / f"{case}.png")
     (root / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "road": 1},
-        "numTraining": 2, "file_ending": ".png"}))
+        "numTraining": 2, "file_ending": ".png"}), encoding="utf-8")
     assert verify_dataset("nnunet", root) == []
     (root / "imagesTr" / "b_0000.png").unlink()
     problems = verify_dataset("nnunet", root)
@@ -1314,7 +1326,7 @@ def test_verify_nnunet_rgb_png_case_missing_its_file_is_one_problem(tmp_path):
     # grey channels in files of their own: each missing one is named
     (root / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "a", "1": "b", "2": "c"}, "labels": {"background": 0, "road": 1},
-        "numTraining": 2, "file_ending": ".png"}))
+        "numTraining": 2, "file_ending": ".png"}), encoding="utf-8")
     for case in ("a", "b"):
         for c in range(3):
             Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / "imagesTr" / f"{case}_000{c}.png")
@@ -1336,8 +1348,9 @@ def test_nnunet_volumes_missing_their_other_channels_name_the_files(roots, tmp_p
     """An RGB image is a 2-D file: a volume where dataset.json declares 3 channels and no case has a _0001
     file lacks two channel files (named), it is no grey image to save as RGB."""
     root = _copy(roots["nnunet"], tmp_path)
-    meta = json.loads((root / "dataset.json").read_text())
-    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "T1", "1": "T2", "2": "FLAIR"}}))
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "T1", "1": "T2", "2": "FLAIR"}}),
+                                       encoding="utf-8")
     ds = open_dataset("nnunet", root)
     case = ds.test_ids()[0]
     said = f"missing (channel 1 of case {case!r}; dataset.json declares 3)"
@@ -1559,7 +1572,7 @@ def test_a_class_no_test_case_holds_is_warned_of_at_planning(roots, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         open_dataset("nnunet", root).check_labels()  # every class in a test case: nothing said
-    labels = json.loads((root / "dataset.json").read_text())["labels"]
+    labels = json.loads((root / "dataset.json").read_text(encoding="utf-8"))["labels"]
     (rare,) = [name for name, i in labels.items() if i == 2]
     ds = open_dataset("nnunet", root)
     for case in ds.test_ids():  # the training cases keep it: only the test cases count
@@ -1652,11 +1665,11 @@ def test_nifti_and_png_shapes_bench_refuses_come_with_their_remedy(roots, tmp_pa
                                              rf"{re.escape(str(shape))}; .*{re.escape(fix)}"):
             read_nifti(path)
     root = _copy(roots["nnunet2d"], tmp_path)
-    meta = json.loads((root / "dataset.json").read_text())
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     case = open_dataset("nnunet", root).test_ids()[0]
     image = root / "imagesTr" / f"{case}_0000.png"
     for mode, channels, fix in (("LA", {"0": "X-ray"}, "'L'"), ("RGBA", {"0": "R", "1": "G", "2": "B"}, "'RGB'")):
-        (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": channels}))
+        (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": channels}), encoding="utf-8")
         Image.open(image).convert(mode).save(image)
         said = (f"{len(mode)} channels; dataset.json declares {len(channels)}; an alpha channel? drop it "
                 f"(PIL: Image.convert({fix}))")
@@ -1664,7 +1677,7 @@ def test_nifti_and_png_shapes_bench_refuses_come_with_their_remedy(roots, tmp_pa
             open_dataset("nnunet", root).load_test(case)
         assert (str(image), said) in [(p.path, p.message) for p in verify_dataset("nnunet", root)]
     # colour beside grayscale (ultrasound frames saved both ways): what to save them as
-    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "US"}}))
+    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "US"}}), encoding="utf-8")
     Image.open(image).convert("RGB").save(image)
     said = "3 channels; dataset.json declares 1; colour among grayscale images? save every image as grayscale"
     with pytest.raises(BenchError, match=rf"^{re.escape(str(image))}: {re.escape(said)} \(PIL: Image.convert\('L'\)\), "
@@ -1724,10 +1737,10 @@ def test_nnunet_v1_dataset_json_reads_as_nifti(roots, tmp_path):
     file_ending, though v1 is supported: v1 read .nii.gz only. A Decathlon task as downloaded (the same
     JSON, one 4-D file per case without _0000) is pointed to bench data convert --source msd."""
     root = _copy(roots["nnunet"], tmp_path)
-    meta = json.loads((root / "dataset.json").read_text())
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     v1 = {"modality": meta["channel_names"], "labels": {str(v): k for k, v in meta["labels"].items()},
           "numTraining": meta["numTraining"]}
-    (root / "dataset.json").write_text(json.dumps(v1))
+    (root / "dataset.json").write_text(json.dumps(v1), encoding="utf-8")
     ds = open_dataset("nnunet", root)
     assert ds.file_ending == ".nii.gz" and ds.num_classes == 3 and ds.load_test(ds.test_ids()[0]).is_volume
     for image in (root / "imagesTr").glob("*_0000.nii.gz"):
@@ -1737,7 +1750,7 @@ def test_nnunet_v1_dataset_json_reads_as_nifti(roots, tmp_path):
         open_dataset("nnunet", root)
     # the default is v1's alone: v2 (channel_names, no modality) reads PNG and TIFF too, so no ending is assumed
     v2 = {k: v for k, v in meta.items() if k != "file_ending"}
-    (root / "dataset.json").write_text(json.dumps(v2))
+    (root / "dataset.json").write_text(json.dumps(v2), encoding="utf-8")
     with pytest.raises(BenchError, match=rf"^{re.escape(str(root / 'dataset.json'))}: missing field\(s\) file_ending; "):
         open_dataset("nnunet", root)
 
@@ -1782,11 +1795,12 @@ def test_synthetic_data_edited_since_it_was_written_is_identified_by_its_files(r
     with pytest.warns(UserWarning, match=rf"{a}: synthetic data edited since it was generated .*: identified by its "
                                          rf"files \({ds.content_id()}\) as data of one's own, not as {made}$"):
         assert data_identity(ds) == ds.content_id() != made
-    marker = json.loads((a / MARKER).read_text())
-    (a / MARKER).write_text(json.dumps({**marker, WRITTEN: {"other-reader": "files:0"}}, sort_keys=True) + "\n")
+    marker = json.loads((a / MARKER).read_text(encoding="utf-8"))
+    (a / MARKER).write_text(json.dumps({**marker, WRITTEN: {"other-reader": "files:0"}}, sort_keys=True) + "\n",
+                            encoding="utf-8")
     assert data_identity(ds) == made  # no files' id kept for this reader: taken at its word
     del marker[WRITTEN]  # as bench wrote it before
-    (a / MARKER).write_text(json.dumps(marker, sort_keys=True) + "\n")
+    (a / MARKER).write_text(json.dumps(marker, sort_keys=True) + "\n", encoding="utf-8")
     assert synthetic_identity(a) == made and data_identity(ds) == made
 
 
@@ -1796,7 +1810,7 @@ def test_the_files_ids_kept_in_the_marker_leave_synthetic_ids_as_they_were(roots
     from bench.data import synthetic_identity
     from bench.data.synth import WRITTEN
 
-    assert WRITTEN in json.loads((roots["synapse"] / ".bench-synthetic.json").read_text())
+    assert WRITTEN in json.loads((roots["synapse"] / ".bench-synthetic.json").read_text(encoding="utf-8"))
     assert synthetic_identity(roots["synapse"]) == "synthetic:d573f8119bcc12d6"
 
 

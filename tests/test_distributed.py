@@ -124,13 +124,13 @@ def test_sharded_loss_has_the_global_batch_gradient(tmp_path):
     """DDP averages gradients over ranks; with share weighting and summed Dice statistics that
     average is the single-process gradient of the whole batch (float64: to rounding)."""
     script, out, port, world = tmp_path / "worker.py", tmp_path / "grads.json", _free_port(), 2
-    script.write_text(_GRAD_WORKER)
+    script.write_text(_GRAD_WORKER, encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, str(script), str(r), str(world), str(port), str(out)], env=env,
-                              stderr=subprocess.PIPE, text=True) for r in range(world)]
+                              stderr=subprocess.PIPE, text=True, encoding="utf-8") for r in range(world)]
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read()
-    got = json.loads(out.read_text())
+    got = json.loads(out.read_text(encoding="utf-8"))
     torch.manual_seed(0)
     for channels, n, dice_loss in ((4, 5, "transunet"), (1, 5, "transunet"), (4, 1, "transunet"), (4, 5, "nnunet")):
         weight = torch.randn(channels, 2, dtype=torch.float64, requires_grad=True)
@@ -153,7 +153,7 @@ def _bench(*args: str, **env: str) -> subprocess.CompletedProcess:
 def _only_record(results: Path) -> dict:
     files = list((results / "records").rglob("*.json"))
     assert len(files) == 1, files  # rank 0 alone writes
-    return json.loads(files[0].read_text())
+    return json.loads(files[0].read_text(encoding="utf-8"))
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):
@@ -211,14 +211,14 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_record(tmp_path):
 
     data = synthetic_root("synapse", tmp_path / "synth")
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
+    driver.write_text(DRIVER, encoding="utf-8")
 
     def run(results: Path, fault: str, *extra: str) -> subprocess.CompletedProcess:
         # torchrun leaves a torchelastic_* folder in TMPDIR for each run killed or failed: in tmp_path
         env = {**os.environ, "OMP_NUM_THREADS": "1", "FAULT": fault, "TMPDIR": str(tmp_path)}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver),
                *RUN, "--data-root", str(data), "--results", str(results), *extra]
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, encoding="utf-8")
 
     full = run(tmp_path / "full", "none:0")
     assert full.returncode == 0, full.stderr
@@ -265,12 +265,12 @@ def test_a_rank_that_fails_mid_training_ends_the_run_with_its_error(tmp_path):
 
     data = synthetic_root("synapse", tmp_path / "synth")
     driver = tmp_path / "driver.py"
-    driver.write_text(FAILING_RANK)
+    driver.write_text(FAILING_RANK, encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_DIST_TIMEOUT_S": "120", "TMPDIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver),
            *RUN, "--data-root", str(data), "--results", str(tmp_path / "res")]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, encoding="utf-8")
     assert proc.returncode != 0 and "error: injected failure on rank 1" in proc.stderr, proc.stderr[-2000:]
     assert time.monotonic() - t0 < 90, "the run waited for the process-group timeout"
     assert not list((tmp_path / "res").glob("records/**/*.json"))
@@ -301,7 +301,7 @@ def _fake_processes(monkeypatch, ends=None, stopped=None, kept=None):
             self.rank = int(env["RANK"])
             self.code = (ends or {}).get(self.rank)
             if self.rank in (kept or {}):
-                (Path(env[distributed.ERRORS_ENV]) / f"{self.rank}.txt").write_text(kept[self.rank])
+                (Path(env[distributed.ERRORS_ENV]) / f"{self.rank}.txt").write_text(kept[self.rank], encoding="utf-8")
 
         def poll(self):
             return self.code
@@ -581,7 +581,7 @@ def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(name)": state, ppid, ...
+            fields = stat.read_text(encoding="utf-8").rsplit(")", 1)[1].split()  # after "(name)": state, ppid, ...
         except OSError:
             continue
         if int(fields[1]) == pid:
@@ -604,7 +604,7 @@ def _listening(pids: list[int]) -> set[str]:
                 inodes.add(target[8:-1])
     out = set()
     for table in ("tcp", "tcp6"):
-        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+        for line in Path(f"/proc/net/{table}").read_text(encoding="utf-8").splitlines()[1:]:
             fields = line.split()
             if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
                 raw = bytes.fromhex(fields[1].split(":")[0])
@@ -617,7 +617,7 @@ def _listening(pids: list[int]) -> set[str]:
 
 def _running(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
 
@@ -631,7 +631,7 @@ def _training_launch(tmp_path: Path, **popen: Any) -> tuple[subprocess.Popen, li
     temp = tmp_path / "tmp"  # where the launch keeps its temp folder
     temp.mkdir()
     launcher = subprocess.Popen([sys.executable, "-m", "bench", *args], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True,
+                                stderr=subprocess.PIPE, text=True, encoding="utf-8",
                                 env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(temp)}, **popen)
     try:
         deadline = time.monotonic() + 300

@@ -65,9 +65,9 @@ def test_the_baseline_value_is_the_mean_over_seeds(tmp_path):
 def test_a_baseline_that_named_the_paper_configuration_by_its_default_keys_still_compares(tmp_path, baseline):
     """Boards wrote "vmunet (d_state=default)" for the paper model beside a variant; today it is "vmunet":
     a baseline saved so reads as today's labels, not as rows missing."""
-    text = baseline.read_text().replace(",vmunet,", ",vmunet (d_state=default),")
+    text = baseline.read_text(encoding="utf-8").replace(",vmunet,", ",vmunet (d_state=default),")
     assert "vmunet (d_state=default)" in text
-    baseline.write_text(text)
+    baseline.write_text(text, encoding="utf-8")
     df = _runs(tmp_path, "now", [
         make_record("vmunet", seed=0, dice=0.80, hd95=20.0),
         make_record("vmunet", seed=1, dice=0.84, hd95=30.0),
@@ -281,7 +281,7 @@ def test_custom_tolerances_and_bad_files(tmp_path):
                                          r"for `make check`'s grid; `bench check --update --baseline .*nope\.csv` writes one"):
         compare(tmp_path / "nope.csv", df)  # the way to make the first one
     bad = tmp_path / "bad.csv"
-    bad.write_text("dataset,model,metric,value\nsynapse,unet,dice,0.8\n")
+    bad.write_text("dataset,model,metric,value\nsynapse,unet,dice,0.8\n", encoding="utf-8")
     with pytest.raises(BenchError, match=r"bad\.csv.*protocol"):
         compare(bad, df)
 
@@ -298,7 +298,7 @@ def test_a_baseline_that_does_not_read_is_refused_row_by_row_and_never_rewritten
     df = _runs(tmp_path, "now", [make_record("unet", seed=0, dice=0.7)])
     path = tmp_path / "b.csv"
     write_baseline(df, path)
-    good = path.read_text()
+    good = path.read_text(encoding="utf-8")
     lines = good.splitlines()
     cases = {  # what a hand edit can do to line 3 -> the error
         lines[2].rsplit(",", 1)[0] + ",0.02x": r"line 3: tolerance '0\.02x' is not a number",
@@ -308,16 +308,16 @@ def test_a_baseline_that_does_not_read_is_refused_row_by_row_and_never_rewritten
         lines[1]: r"lines 2, 3 list one row twice \(synapse · synapse · legacy-synapse · unet · ",
     }
     for bad, why in cases.items():
-        path.write_text("\n".join([*lines[:2], bad, *lines[3:]]) + "\n")
+        path.write_text("\n".join([*lines[:2], bad, *lines[3:]]) + "\n", encoding="utf-8")
         with pytest.raises(BenchError, match=why):
             compare(path, df)
         with pytest.raises(BenchError, match=why):
             write_baseline(df, path)
-        assert path.read_text().splitlines()[2] == bad  # untouched
-    path.write_text("\n".join([*lines[:2], "", lines[2].rsplit(",", 1)[0] + ",x", *lines[3:]]) + "\n")
+        assert path.read_text(encoding="utf-8").splitlines()[2] == bad  # untouched
+    path.write_text("\n".join([*lines[:2], "", lines[2].rsplit(",", 1)[0] + ",x", *lines[3:]]) + "\n", encoding="utf-8")
     with pytest.raises(BenchError, match=r"line 4: tolerance 'x' is not a number"):  # the blank line counted
         compare(path, df)
-    path.write_text(lines[0] + "\n")
+    path.write_text(lines[0] + "\n", encoding="utf-8")
     with pytest.raises(BenchError, match=r"holds no rows, so every check would pass"):
         compare(path, df)
     write_baseline(df, path)  # what the message asks for works
@@ -354,7 +354,7 @@ def test_update_keeps_rows_and_tolerances_set_by_hand(tmp_path):
 def test_update_never_drops_rows_by_accident(tmp_path, baseline):
     """--update from a folder holding part of the grid (or nothing: a typo in --results) used to
     shrink the baseline silently, hand-set tolerances with it; now it is refused unless --prune."""
-    before = baseline.read_text()
+    before = baseline.read_text(encoding="utf-8")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(BenchError, match="no finished runs to write it from; pass the --results folder that `bench run` wrote"):
@@ -363,12 +363,12 @@ def test_update_never_drops_rows_by_accident(tmp_path, baseline):
     with pytest.raises(BenchError, match=r"baseline\.csv: \d+ of its \d+ rows have no value in these runs \(first: "
                                          r"synapse · synapse · legacy-synapse · unet · .*pass --prune to drop them"):
         write_baseline(part, baseline)
-    assert baseline.read_text() == before  # untouched
+    assert baseline.read_text(encoding="utf-8") == before  # untouched
     write_baseline(part, baseline, prune=True)
     assert set(read_baseline(baseline)["model"]) == {"vmunet"}
     # a model with fewer finished runs than the baseline counts: a partial grid too
     two = tmp_path / "two.csv"
-    two.write_text(before)  # vmunet with 2 runs
+    two.write_text(before, encoding="utf-8")  # vmunet with 2 runs
     one_seed = _runs(tmp_path, "one", [make_record("vmunet", seed=0, dice=0.80, hd95=20.0),
                                        make_record("unet", seed=0, dice=0.70, hd95=40.0)])
     with pytest.raises(BenchError, match=r"1 model\(s\) have fewer finished runs here than it counts \(first: "

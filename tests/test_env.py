@@ -20,7 +20,7 @@ def no_nvml(monkeypatch):
 
 def _fake_smi(tmp_path, monkeypatch, body: str) -> None:
     smi = tmp_path / "nvidia-smi"
-    smi.write_text(f"#!/bin/sh\n{body}\n")
+    smi.write_text(f"#!/bin/sh\n{body}\n", encoding="utf-8")
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
 
@@ -72,7 +72,8 @@ def test_records_name_the_counter_behind_paper_macs():
 def _digest_of(tree) -> str:
     """source_digest as a process importing bench from ``tree`` computes it."""
     out = subprocess.run([sys.executable, "-c", "from bench import env; print(env.source_digest())"], cwd=tree,
-                         env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, check=True)
+                         env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, check=True,
+                         encoding="utf-8")
     return out.stdout.strip()
 
 
@@ -85,15 +86,15 @@ def test_source_digest_names_the_code_wherever_it_is_installed(tmp_path):
     for package in env.CODE_PACKAGES:
         shutil.copytree(root / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
     assert _digest_of(tree) == here
-    (tree / "bench" / "NOTES.txt").write_text("not code")
+    (tree / "bench" / "NOTES.txt").write_text("not code", encoding="utf-8")
     (tree / "ssm_models" / "__pycache__").mkdir(exist_ok=True)
-    (tree / "ssm_models" / "__pycache__" / "junk.py").write_text("x = 1")
+    (tree / "ssm_models" / "__pycache__" / "junk.py").write_text("x = 1", encoding="utf-8")
     assert _digest_of(tree) == here
     kernel = tree / "ssm_models" / "csrc" / "selective_scan_cpu.cpp"
-    kernel.write_text(kernel.read_text() + "\n// edited\n")
+    kernel.write_text(kernel.read_text(encoding="utf-8") + "\n// edited\n", encoding="utf-8")
     edited = _digest_of(tree)
     assert edited != here
-    (tree / "baselines" / "extra.py").write_text("")
+    (tree / "baselines" / "extra.py").write_text("", encoding="utf-8")
     assert _digest_of(tree) not in (edited, here)
 
 

@@ -82,10 +82,10 @@ VOLATILE = ("started_at", "finished_at", "wall_time_s", "git_commit", "code_dige
 
 def _run(tmp_path: Path, data: Path, results: Path, fault: str, *extra: str) -> subprocess.CompletedProcess:
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
+    driver.write_text(DRIVER, encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FAULT": fault}
     return subprocess.run([sys.executable, str(driver), *RUN, "--data-root", str(data), "--results", str(results),
-                           *extra], capture_output=True, text=True, env=env, timeout=600)
+                           *extra], capture_output=True, text=True, env=env, timeout=600, encoding="utf-8")
 
 
 def _comparable(rec: dict) -> dict:
@@ -103,7 +103,7 @@ def _record(results: Path) -> dict:
     df = records.load(results)  # validates every record
     assert len(df) == 1
     (path,) = (results / "records").rglob("*.json")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +186,8 @@ def test_a_claim_of_another_host_holds_while_fresh_and_is_taken_over_when_stale(
 
     path = tmp_path / "runs" / "r1" / CLAIM
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"writer": "4242@node7.cluster~", "started": "2026-12-05T03:00:00+00:00"}))
+    path.write_text(json.dumps({"writer": "4242@node7.cluster~", "started": "2026-12-05T03:00:00+00:00"}),
+                    encoding="utf-8")
     renewed = 1796439900  # 2026-12-05 03:05 UTC
     os.utime(path, (renewed,) * 2)
     with mock.patch("time.time", return_value=renewed + 60):
@@ -196,7 +197,7 @@ def test_a_claim_of_another_host_holds_while_fresh_and_is_taken_over_when_stale(
             "2026-12-05 03:15 UTC unless renewed; sooner by deleting that file, once that process is known dead)")
     os.utime(path, (time.time() - STALE_S - 5,) * 2)
     taken = claim_run(tmp_path, "r1")
-    assert isinstance(taken, Claim) and json.loads(path.read_text())["pid"] == os.getpid()
+    assert isinstance(taken, Claim) and json.loads(path.read_text(encoding="utf-8"))["pid"] == os.getpid()
     assert claim_run(tmp_path, "r1").startswith(f"pid {os.getpid()} on ")  # ours now: a second taker waits
     taken.release()
     assert not path.parent.exists()  # nothing left, not a claim moved aside: the folder holding only it went too
@@ -212,7 +213,7 @@ def test_an_empty_claim_holds_only_while_its_process_may_still_be_writing_it(tmp
 
     path = tmp_path / "runs" / "r1" / CLAIM
     path.parent.mkdir(parents=True)
-    path.write_text("")
+    path.write_text("", encoding="utf-8")
     assert claim_run(tmp_path, "r1") == f"another process (claim {path})"  # being written this instant
     os.utime(path, (time.time() - EMPTY_STALE_S - 1,) * 2)
     taken = claim_run(tmp_path, "r1")
@@ -238,7 +239,7 @@ def test_claims_of_this_host_go_by_the_pid_and_a_taken_over_claim_is_never_remov
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         path.write_text(json.dumps({"writer": writer_tag(live.pid), "started": "2026-12-05T03:00:00+00:00",
-                                    "proc_start": claims._proc_start(live.pid)}))
+                                    "proc_start": claims._proc_start(live.pid)}), encoding="utf-8")
         os.utime(path, (time.time() - 10 * claims.STALE_S,) * 2)  # not renewed for long: suspended, say
         assert claims.claim_run(tmp_path, "r1").startswith(f"pid {live.pid} on ")
     finally:
@@ -248,13 +249,13 @@ def test_claims_of_this_host_go_by_the_pid_and_a_taken_over_claim_is_never_remov
     assert isinstance(taken, claims.Claim)
     # another process took the run over from us (say we were judged dead): our release leaves its claim
     os.unlink(path)
-    path.write_text(json.dumps({"writer": writer_tag(1), "started": "2026-12-05T04:00:00+00:00"}))
+    path.write_text(json.dumps({"writer": writer_tag(1), "started": "2026-12-05T04:00:00+00:00"}), encoding="utf-8")
     taken.release()
-    assert path.exists() and json.loads(path.read_text())["writer"] == writer_tag(1)
+    assert path.exists() and json.loads(path.read_text(encoding="utf-8"))["writer"] == writer_tag(1)
     # a claim judged dead, replaced by a live taker's before our rename: put back, not removed
-    judged = path.read_text()
+    judged = path.read_text(encoding="utf-8")
     os.unlink(path)
-    path.write_text(json.dumps({"writer": writer_tag(), "started": "2026-12-05T04:01:00+00:00"}))
+    path.write_text(json.dumps({"writer": writer_tag(), "started": "2026-12-05T04:01:00+00:00"}), encoding="utf-8")
     assert claims._remove_dead(path, judged) is False and path.exists()
     assert [p.name for p in path.parent.iterdir()] == [claims.CLAIM]
 
@@ -309,7 +310,7 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     cmd = [sys.executable, "-m", "bench", "run", "--models", "unet", "--tiny", "--dataset", "synapse", "--data-root",
            str(data), "--protocol", "smoke", "--img-size", "32", "--epochs", "1000", "--max-iterations", "100000",
            "--threads", "1", "--no-progress", "--results", str(tmp_path / "res")]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
     deadline = time.monotonic() + 120
     # an epoch trained (its checkpoint written), far from the last: the TensorBoard file, which this waited
     # for, is there before the first step, and a run stopped before it leaves no folder (nor its log)
@@ -323,7 +324,8 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
                      r"it from its last checkpoint \(its protocol writes one at every epoch.s end\); without --resume, "
                      r"unfinished runs train afresh", err), err
     (log,) = (tmp_path / "res").glob("runs/*/run.log")
-    assert log.read_text().splitlines()[-1].endswith("UTC  interrupted while training (Ctrl-C or SIGTERM)")
+    assert log.read_text(encoding="utf-8").splitlines()[-1].endswith(
+        "UTC  interrupted while training (Ctrl-C or SIGTERM)")
     assert "Traceback" not in err
     leftovers = [p.name for p in (tmp_path / "res").rglob(".*") if p.name != ".bench-synthetic.json"]
     assert leftovers == []  # no claim, no temp file
@@ -332,7 +334,7 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
 def _stat(pid: int) -> list[str] | None:
     """Fields of Linux's /proc/<pid>/stat after the command's name (state, parent, ...); None: no such process."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
     except OSError:
         return None
 
@@ -358,7 +360,7 @@ def test_sigterm_to_the_process_group_says_one_line_with_loader_workers(tmp_path
            "--protocol", "smoke", "--img-size", "32", "--max-iterations", "0", "--epochs", "100000", "--threads", "1",
            "--workers", "2", "--no-progress", "--results", str(tmp_path)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # a group of its own, as a batch job's
+                            start_new_session=True, encoding="utf-8")  # a group of its own, as a batch job's
     deadline = time.monotonic() + 120
     while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:  # the loader's workers started
         time.sleep(0.2)

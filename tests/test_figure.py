@@ -129,7 +129,7 @@ def test_an_svg_figure_keeps_its_text_as_text(tmp_path):
     labels = np.array([[0, 1], [1, 0]])
     panels = FigurePanels(board="b", columns=["unet"], class_names=["lesion"], case_ids=["case_a"], slices=[None],
                           images=[np.zeros((2, 2))], truths=[labels], predictions=[[labels]], dsc=[[100.0]])
-    svg = draw_figure(panels, tmp_path / "fig.svg").read_text()
+    svg = draw_figure(panels, tmp_path / "fig.svg").read_text(encoding="utf-8")
     assert ">case_a<" in svg and ">Ground truth<" in svg  # svg.fonttype none: words a journal's editor can fix
 
 

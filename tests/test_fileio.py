@@ -20,8 +20,8 @@ def test_a_large_files_digest_is_kept_until_the_file_changes(tmp_path, monkeypat
     fileio._sha256_of.cache_clear()
     assert fileio.file_sha256(big) == truth
     (kept,) = (tmp_path / "cache" / "ssm-unet-bench" / "digests").iterdir()
-    assert kept.read_text() == truth
-    kept.write_text("f" * 64)  # what a later process reads instead of the file
+    assert kept.read_text(encoding="utf-8") == truth
+    kept.write_text("f" * 64, encoding="utf-8")  # what a later process reads instead of the file
     fileio._sha256_of.cache_clear()
     assert fileio.file_sha256(big) == "f" * 64
     st = big.stat()
@@ -55,7 +55,7 @@ def test_a_failed_write_advises_by_its_cause(tmp_path, monkeypatch):
     monkeypatch.setattr(fileio.tempfile, "mkstemp", lambda **kw: (_ for _ in ()).throw(
         OSError(errno.EROFS, "Read-only file system")))  # the folder refuses even the temp file
     with pytest.raises(BenchError, match=r"cannot write \(Read-only file system\); the folder is read-only here"):
-        fileio.atomic_write(tmp_path / "b.txt", lambda tmp: tmp.write_text("x"))
+        fileio.atomic_write(tmp_path / "b.txt", lambda tmp: tmp.write_text("x", encoding="utf-8"))
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
@@ -65,7 +65,7 @@ def test_a_kept_digests_temp_file_is_named_as_every_temp_file(tmp_path, monkeypa
     real = fileio.tempfile.mkstemp
     monkeypatch.setattr(fileio.tempfile, "mkstemp", lambda **kw: seen.append(kw["prefix"]) or real(**kw))
     fileio._keep(tmp_path / "abc", "f" * 64)
-    assert seen[0].startswith(f".abc.{fileio.TEMP_MARK}") and (tmp_path / "abc").read_text() == "f" * 64
+    assert seen[0].startswith(f".abc.{fileio.TEMP_MARK}") and (tmp_path / "abc").read_text(encoding="utf-8") == "f" * 64
     assert [p.name for p in tmp_path.iterdir()] == ["abc"]
 
 
@@ -126,7 +126,7 @@ def test_text_is_read_from_a_pipe_and_a_folder_is_named(tmp_path):
     text = "model,value\n" + "unet,0.5\n" * 20000  # more than a pipe holds at once
 
     def feed():
-        with os.fdopen(w, "w") as fh:
+        with os.fdopen(w, "w", encoding="utf-8") as fh:
             fh.write(text)
 
     feeder = threading.Thread(target=feed)

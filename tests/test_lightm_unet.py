@@ -19,7 +19,7 @@ from tests.test_vmunet import REFERENCE, _manifest
 
 @pytest.mark.parametrize("ref", ["lightm_unet_2d", "lightm_unet_3d"])
 def test_authors_layout_loads_strictly(ref, tmp_path):
-    meta = json.loads((REFERENCE / ref / "meta.json").read_text())
+    meta = json.loads((REFERENCE / ref / "meta.json").read_text(encoding="utf-8"))
     args = meta["constructor_args"]
     model = create_model("lightm_unet", num_classes=args["out_channels"], in_chans=args["in_channels"],
                          spatial_dims=args["spatial_dims"])

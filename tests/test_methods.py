@@ -277,7 +277,7 @@ def test_the_cli_prints_it_and_writes_out(tmp_path):
     assert "**Training.**" in res.output and "AdamW" in res.output
     out = tmp_path / "methods.md"
     res = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--format", "methods", "--out", str(out)])
-    assert res.exit_code == 0 and "**Models.**" in out.read_text()
+    assert res.exit_code == 0 and "**Models.**" in out.read_text(encoding="utf-8")
     refused = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--format", "methods", "--published"])
     # bench's entry point turns it into one line and exit 2; in process it arrives as the exception
     assert isinstance(refused.exception, BenchError) and "--published shapes the leaderboards" in str(refused.exception)
@@ -287,7 +287,7 @@ def test_the_cli_prints_it_and_writes_out(tmp_path):
     tex = tmp_path / "methods.tex"
     res = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--format", "methods", "--out", str(tex)])
     assert res.exit_code == 0, res.output
-    text, md = tex.read_text(), render_methods(tmp_path)
+    text, md = tex.read_text(encoding="utf-8"), render_methods(tmp_path)
     assert text.startswith("% Requires \\usepackage[T1]{fontenc}") and "booktabs" not in text
     assert "\n\\subsection*{isic17 $\\cdot$ protocol isic17 v1" in text and "**" not in text and "##" not in text
     assert "\n\n\\paragraph{Training.} Optimizer AdamW (lr 0.001" in text
@@ -333,7 +333,8 @@ def test_the_split_is_said_as_the_data_made_it(tmp_path):
     del rec["split_rule"]
     assert "test cases per run from the dataset's test split." in _methods(tmp_path / "old", rec)
     assert " 1 test case per run from " in _methods(tmp_path / "one", _record(n_cases=1))  # not "1 test cases"
-    (root / "splits_final.json").write_text('[{"train": ["synth_000", "synth_001"], "val": ["synth_002"]}]')
+    (root / "splits_final.json").write_text('[{"train": ["synth_000", "synth_001"], "val": ["synth_002"]}]',
+                                            encoding="utf-8")
     assert open_dataset("nnunet", root).split_rule == (
         "fold 0 of the data's splits_final.json (its val cases as test cases)")
 

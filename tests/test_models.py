@@ -92,7 +92,8 @@ def test_every_built_in_model_has_its_card_its_readme_row_and_drift_rows():
     from bench.registry import get_entry, is_builtin, list_models
 
     root = Path(__file__).resolve().parents[1]
-    cards, readme = (root / "docs" / "models.md").read_text(), (root / "README.md").read_text()
+    cards = (root / "docs" / "models.md").read_text(encoding="utf-8")
+    readme = (root / "README.md").read_text(encoding="utf-8")
     drift = {m.split(" (")[0] for m in pd.read_csv(root / "results" / "baseline" / "smoke.csv")["model"]}
     for name in filter(is_builtin, list_models()):
         family = get_entry(name).family
@@ -519,7 +520,8 @@ def test_a_plugin_cannot_take_a_registered_name():
               "except ValueError as exc:\n"
               "    print(exc)\n"
               "print(type(create_model('unet', num_classes=2)).__name__)\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         encoding="utf-8").stdout
     assert out.startswith("model name 'unet' is taken by baselines.unet.unet; register __main__.<lambda>")
     assert out.endswith("UNet\n")
 
@@ -558,11 +560,11 @@ def mynet(*, num_classes, in_chans=3, img_size=224, width=8):
 def _install_plugin(site, body: str) -> dict[str, str]:
     """A package ``myplug`` declaring the entry point, as ``pip install`` leaves it (a dist-info
     folder on the path); the environment that puts it on a subprocess's path."""
-    (site / "myplug.py").write_text(body)
+    (site / "myplug.py").write_text(body, encoding="utf-8")
     info = site / "myplug-0.1.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[ssm_unet_bench.models]\nmynet = myplug\n")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 0.1\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text("[ssm_unet_bench.models]\nmynet = myplug\n", encoding="utf-8")
     return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
 
@@ -580,12 +582,13 @@ def test_entry_point_plugin_runs_like_a_built_in_model(tmp_path):
     # the scan its count found names the backend in the record, with a word about the missing flag
     assert "mynet: TinyNet runs the selective scan but does not set uses_selective_scan = True" in ran.stderr
     (record,) = (results / "records").glob("*.json")
-    assert json.loads(record.read_text())["scan_backend"] in ("cpu", "torch")
+    assert json.loads(record.read_text(encoding="utf-8"))["scan_backend"] in ("cpu", "torch")
     # its code edited since: the finished run is still skipped (a run is its name and configuration),
     # saying that its numbers are the old code's
-    assert json.loads(record.read_text())["model_code"]
-    assert json.loads(record.read_text())["code_digest"] == bench_env.source_digest.__wrapped__()  # bench's code
-    (tmp_path / "myplug.py").write_text(_PLUGIN.replace("nn.ReLU()", "nn.GELU()"))
+    assert json.loads(record.read_text(encoding="utf-8"))["model_code"]
+    assert (json.loads(record.read_text(encoding="utf-8"))["code_digest"]
+            == bench_env.source_digest.__wrapped__())  # bench's code
+    (tmp_path / "myplug.py").write_text(_PLUGIN.replace("nn.ReLU()", "nn.GELU()"), encoding="utf-8")
     again = run_bench("run", "--models", "mynet", "--dataset", "isic17", "--synthetic", "--protocol", "smoke",
                       "--tiny", "--max-iterations", "2", "--epochs", "1", "--results", results, env=env).stdout
     assert "finished earlier, skipped; mynet's code changed since it trained, so its numbers are the old code's" in again
@@ -608,7 +611,7 @@ def test_a_plugin_taking_a_built_in_name_is_refused_whichever_module_loads_first
                                     "register_model(family='cnn', paper_config={}, name='unet')(lambda **kw: None)\n")
     script = "import baselines\nfrom bench.registry import get_entry\nprint(get_entry('unet').constructor.__module__)\n"
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env={**os.environ, **env}, check=True)
+                          env={**os.environ, **env}, check=True, encoding="utf-8")
     assert proc.stdout == "baselines.unet\n"
     assert "model plugin 'mynet'" in proc.stderr and "model name 'unet' is taken by baselines.unet.unet" in proc.stderr
 

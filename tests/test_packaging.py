@@ -46,7 +46,7 @@ def test_a_wheel_ships_protocols_the_kernel_source_and_the_published_numbers(tmp
     # its messages name the table it reads, the copy (they named results/published.csv, not there)
     named = subprocess.run([sys.executable, "-c", "from bench.published import DEFAULT_NAME; print(DEFAULT_NAME)"],
                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(unpacked)}, capture_output=True,
-                           text=True, check=True).stdout.strip()
+                           text=True, check=True, encoding="utf-8").stdout.strip()
     assert named == str((unpacked / "bench" / "published.csv").resolve())
     from bench.published import DEFAULT_NAME
 
@@ -57,10 +57,11 @@ def test_setup_refuses_a_cuda_torch_older_than_2_6(tmp_path):
     # the CUDA route keeps the machine's torch: one whose weights-only loading can be bypassed is refused
     (tmp_path / "torch").mkdir()
     (tmp_path / "torch" / "__init__.py").write_text(
-        '__version__ = "2.5.1+cu121"\n\n\nclass cuda:\n    is_available = staticmethod(lambda: True)\n')
+        '__version__ = "2.5.1+cu121"\n\n\nclass cuda:\n    is_available = staticmethod(lambda: True)\n',
+        encoding="utf-8")
     run_env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHON": sys.executable, "VENV": str(tmp_path / "venv")}
     res = subprocess.run(["bash", str(ROOT / "scripts" / "setup.sh")], env=run_env, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, encoding="utf-8")
     assert res.returncode == 1 and "has CUDA torch 2.5.1+cu121, older than 2.6" in res.stderr
     assert "CVE-2025-32434" in res.stderr and not (tmp_path / "venv").exists()
 
@@ -68,10 +69,10 @@ def test_setup_refuses_a_cuda_torch_older_than_2_6(tmp_path):
 def test_the_smoke_results_folder_is_the_users_own_unless_named(tmp_path):
     # a fixed /tmp path, emptied by make smoke and copied into the committed baseline, could be another user's
     planned = subprocess.run(["make", "-n", "-C", str(ROOT), "smoke"], capture_output=True, text=True, check=True,
-                             timeout=60).stdout
+                             timeout=60, encoding="utf-8").stdout
     assert f"rm -rf /tmp/ssm-unet-bench-smoke-{os.getuid()}\n" in planned
     named = subprocess.run(["make", "-n", "-C", str(ROOT), "smoke", f"SMOKE_RESULTS={tmp_path}"], capture_output=True,
-                           text=True, check=True, timeout=60).stdout
+                           text=True, check=True, timeout=60, encoding="utf-8").stdout
     assert f"rm -rf {tmp_path}\n" in named and "ssm-unet-bench-smoke" not in named
 
 
@@ -83,11 +84,12 @@ def _grid_with(tmp_path: Path, fails: str, models: str = "all") -> tuple[int, li
     fake = tmp_path / "bench"
     fake.write_text('#!/usr/bin/env bash\nargs="$*"\n'
                     'ds=$(sed -E "s/.*--dataset ([^ ]+).*/\\1/" <<<"$args"); pr=$(sed -E "s/.*--protocol ([^ ]+).*/\\1/" <<<"$args")\n'
-                    f'echo "$ds/$pr" >> {log}\n[[ " $args " == *" {fails} "* ]] && exit 7\nexit 0\n')
+                    f'echo "$ds/$pr" >> {log}\n[[ " $args " == *" {fails} "* ]] && exit 7\nexit 0\n', encoding="utf-8")
     fake.chmod(0o755)
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "smoke_grid.sh"), str(tmp_path / "out"), models],
-                          env={**os.environ, "BENCH": str(fake)}, capture_output=True, text=True, timeout=60)
-    return proc.returncode, sorted(log.read_text().split()) if log.exists() else []
+                          env={**os.environ, "BENCH": str(fake)}, capture_output=True, text=True, timeout=60,
+                          encoding="utf-8")
+    return proc.returncode, sorted(log.read_text(encoding="utf-8").split()) if log.exists() else []
 
 
 def test_the_drift_grid_fails_when_any_lane_fails(tmp_path):
@@ -108,14 +110,14 @@ def test_a_signal_to_the_drift_grid_stops_both_lanes(tmp_path):
     fake = tmp_path / "bench"
     for how in ("script", "group"):
         pids = tmp_path / f"pids-{how}"
-        fake.write_text(f'#!/usr/bin/env bash\necho $$ >> {pids}\nexec sleep 120\n')
+        fake.write_text(f'#!/usr/bin/env bash\necho $$ >> {pids}\nexec sleep 120\n', encoding="utf-8")
         fake.chmod(0o755)
         proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "smoke_grid.sh"), str(tmp_path / "out")],
                                 env={**os.environ, "BENCH": str(fake)}, start_new_session=True)
         deadline = time.monotonic() + 30
-        while (not pids.exists() or len(pids.read_text().split()) < 2) and time.monotonic() < deadline:
+        while (not pids.exists() or len(pids.read_text(encoding="utf-8").split()) < 2) and time.monotonic() < deadline:
             time.sleep(0.05)
-        running = [int(p) for p in pids.read_text().split()]
+        running = [int(p) for p in pids.read_text(encoding="utf-8").split()]
         assert len(running) == 2  # one run per lane
         if how == "script":
             proc.send_signal(signal.SIGTERM)
@@ -136,7 +138,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     state = Path(f"/proc/{pid}/stat")  # a zombie (its parent gone) is dead
-    return not (state.exists() and state.read_text().split(")")[-1].split()[0] == "Z")
+    return not (state.exists() and state.read_text(encoding="utf-8").split(")")[-1].split()[0] == "Z")
 
 
 def test_the_guard_against_tests_writing_into_the_checkout_watches_its_results_folder():

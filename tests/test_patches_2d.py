@@ -315,7 +315,7 @@ def test_lightm_unet_2d_run_on_volumes_trains_on_slice_patches_and_scores_whole_
               "lightm_unet_2d", "--patch-size", "16,16", "--batch-size", "3", "--max-iterations", "2", "--tiny",
               "--threads", "1", "--no-progress", "--results", res, *(["--target-spacing", spacing] if spacing else []))
     (path,) = (res / "records").glob("*.json")
-    rec = json.loads(path.read_text())
+    rec = json.loads(path.read_text(encoding="utf-8"))
     assert rec["model_config"].get("spatial_dims", 2) == 2 and rec["target_spacing"] == pytest.approx(recorded)
     assert rec["mask_norm"] is False  # nothing to crop in these volumes
     ds = open_dataset("nnunet", root)
@@ -328,7 +328,7 @@ def test_lightm_unet_2d_run_on_volumes_trains_on_slice_patches_and_scores_whole_
     assert {np.load(p, mmap_mode="r").shape for p in cached} == {grid}
     # a rescore reads the 2-entry spacing back and predicts the same slices again
     run_bench("rescore", "--results", res, "--policy", "legacy-synapse")
-    twin = json.loads((res / "records" / f"{rec['run_id']}.legacy-synapse.json").read_text())
+    twin = json.loads((res / "records" / f"{rec['run_id']}.legacy-synapse.json").read_text(encoding="utf-8"))
     assert [c["tp"] for c in twin["per_case"]] == [c["tp"] for c in rec["per_case"]]
 
 

@@ -107,7 +107,7 @@ def results(tmp_path: Path) -> tuple[Path, str]:
         _profile("unet", "cnn", 65.5e9, 34_530_000, 55.0, "cpu-abc"),
         _profile("unet", "cnn", 65.5e9, 34_530_000, 5.0, "gpu-other"),  # the minority fingerprint
     ]):
-        (profiles / f"p{i}.json").write_text(json.dumps(prof))
+        (profiles / f"p{i}.json").write_text(json.dumps(prof), encoding="utf-8")
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -181,7 +181,8 @@ def test_accuracy_vs_cost_skips_axes_without_points(results, tmp_path):
     for p in paths:
         _assert_png(p)
     # the point left out is named under the axis (it could have been the front's best), where it is left out
-    svgs = {p.name.split("__")[0]: p.read_text() for p in accuracy_vs_cost(df_runs, prof, tmp_path / "s", fmt="svg")}
+    svgs = {p.name.split("__")[0]: p.read_text(encoding="utf-8")
+            for p in accuracy_vs_cost(df_runs, prof, tmp_path / "s", fmt="svg")}
     assert "not shown, without this cost measured like the others: transunet, vmunet" in svgs["dsc_vs_latency"]
     assert "(of those shown)" in svgs["dsc_vs_latency"] and "not shown" not in svgs["dsc_vs_params"]
 
@@ -206,7 +207,7 @@ def test_latency_comes_from_profiles_at_the_boards_input(tmp_path, chans):
         profiles.append({**_profile(model, "cnn", 1e9, 1_000_000, 500.0, "cpu x2"), "input_shape": "1x3x64x64",
                          "model_config": isic})
     paths = accuracy_vs_cost(load(tmp_path), pd.DataFrame(profiles), tmp_path / "p", fmt="svg")
-    svg = next(p for p in paths if p.name.startswith("dsc_vs_latency")).read_text()
+    svg = next(p for p in paths if p.name.startswith("dsc_vs_latency")).read_text(encoding="utf-8")
     assert "input 1x3x64x64 (1 class) · cpu x2" in svg and "cpu x1" not in svg
 
 
@@ -486,7 +487,7 @@ plots._scatter(points, "params (M)", "title", __import__("pathlib").Path(sys.arg
 print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.png")], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120, encoding="utf-8")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["svg", "False"]
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

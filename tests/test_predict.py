@@ -60,7 +60,7 @@ def test_nnunet_volumes_are_written_as_nnunet_does(tmp_path):
     rec = _train("nnunet", root, tmp_path / "res")
     folder, written = predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
     ds = open_dataset("nnunet", root)
-    files = json.loads((folder / MANIFEST).read_text())["files"]
+    files = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
     assert written == len(files) == len(ds.test_ids()) and set(files.values()) == {f"{c}.nii.gz" for c in files}
     preds = {}
     for case_id, name in files.items():
@@ -87,7 +87,8 @@ def test_nnunet_volumes_are_written_as_nnunet_does(tmp_path):
     first = sorted(files.values())[0]
     stamp = {n: os.stat(folder / n).st_mtime_ns for n in files.values()}
     (folder / first).unlink()
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          encoding="utf-8")
     (folder / f".{first}.{TEMP_MARK}{writer_tag(int(gone.stdout))}k1ll3d.tmp.nii.gz").write_bytes(b"half")
     live = folder / f".{first}.{TEMP_MARK}{writer_tag()}wr1t1ng.tmp.nii.gz"
     live.write_bytes(b"being written")
@@ -101,16 +102,16 @@ def test_nnunet_volumes_are_written_as_nnunet_does(tmp_path):
     assert sorted(p for p in folder.iterdir() if p.name.startswith(".")) == sorted([live, theirs])  # dead writers' went
     live.unlink()
     theirs.unlink()
-    assert json.loads((folder / MANIFEST).read_text())["complete"] is True
-    text = (folder / MANIFEST).read_text()
-    (folder / MANIFEST).write_text(text[: len(text) // 2])  # cut short
+    assert json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["complete"] is True
+    text = (folder / MANIFEST).read_text(encoding="utf-8")
+    (folder / MANIFEST).write_text(text[: len(text) // 2], encoding="utf-8")  # cut short
     with pytest.raises(BenchError, match=rf"{MANIFEST}: not readable JSON \(cut short\?\); delete .* and predict again"):
         predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
-    (folder / MANIFEST).write_text(text)
+    (folder / MANIFEST).write_text(text, encoding="utf-8")
 
     # files of other weights are never mixed in: the manifest names the weights they came from
-    manifest = json.loads((folder / MANIFEST).read_text())
-    (folder / MANIFEST).write_text(json.dumps({**manifest, "weights_sha256": "0" * 64}))
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "weights_sha256": "0" * 64}), encoding="utf-8")
     with pytest.raises(BenchError, match="holds predictions of other weights .* delete it or choose another --out"):
         predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
     (folder / MANIFEST).unlink()
@@ -142,7 +143,7 @@ def test_synapse_volumes_become_nifti_with_their_spacing(tmp_path):
         assert np.allclose(img.header.get_zooms(), spacing[::-1])
         preds[case_id] = np.asarray(img.dataobj).transpose(2, 1, 0).astype(np.int64)
     _same_rows(_rescored(rec, preds, ds), rec["per_case"])
-    assert "spacing_unknown" not in json.loads((folder / MANIFEST).read_text())
+    assert "spacing_unknown" not in json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
 
 
 def test_a_case_name_that_leaves_the_output_folder_is_refused_before_any_file_is_written(tmp_path, monkeypatch):
@@ -171,19 +172,19 @@ def test_volumes_without_a_known_spacing_are_written_in_voxels_and_said_so(tmp_p
         folder, _ = predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
     zooms = {f.name: nib.load(f).header.get_zooms() for f in folder.glob("*.nii.gz")}
     assert [n for n, z in sorted(zooms.items()) if z == (1.0, 1.0, 1.0)] == [f"{ids[0]}.nii.gz"]
-    assert json.loads((folder / MANIFEST).read_text())["spacing_unknown"] == ids[:1]
+    assert json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["spacing_unknown"] == ids[:1]
     # a resume that writes only the second volume still names the first, in its warning and its manifest
     (folder / f"{ids[1]}.nii.gz").unlink()
     with pytest.warns(UserWarning, match=said):
         assert predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)[1] == 1
-    assert json.loads((folder / MANIFEST).read_text())["spacing_unknown"] == ids[:1]
+    assert json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["spacing_unknown"] == ids[:1]
 
 
 def test_binary_masks_are_0_255_pngs_at_model_resolution_in_test_set_folders(tmp_path):
     root = synthesize("polyp", tmp_path / "data")
     rec = _train("polyp", root, tmp_path / "res")
     folder, _ = predict_run(rec, tmp_path / "res", tmp_path / "out", CPU)
-    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     assert manifest["grid"] == "model input 32x32" and manifest["classes"]["255"]
     ds = open_dataset("polyp", root)
     preds = {}
@@ -221,7 +222,8 @@ def test_binary_masks_are_0_255_pngs_at_model_resolution_in_test_set_folders(tmp
                                              "or choose another --out"):
             predict_run(rec, tmp_path / "res", tmp_path / "native", CPU, native_size=True)
     native, _ = predict_run(rec, tmp_path / "res", tmp_path / "native", CPU, native_size=True)
-    assert json.loads((native / MANIFEST).read_text())["grid"].startswith("native (probabilities resized bilinearly")
+    assert json.loads((native / MANIFEST).read_text(encoding="utf-8"))["grid"].startswith(
+        "native (probabilities resized bilinearly")
     assert not (native / ".claim").exists()
     model = run_model(rec, tmp_path / "res")[0].eval()
     for case_id in ds.test_ids()[:2]:
@@ -320,9 +322,10 @@ def test_patch_runs_predict_in_the_pipeline_the_same_files(tmp_path, monkeypatch
     pipelined = bench.evaluate._pipelined
     monkeypatch.setattr(bench.evaluate, "_pipelined", lambda ids, *a: piped_cases.extend(ids) or pipelined(ids, *a))
     piped, n_piped = predict_run(rec, tmp_path / "res", tmp_path / "piped", CPU, workers=2)
-    files = json.loads((one / MANIFEST).read_text())["files"]
+    files = json.loads((one / MANIFEST).read_text(encoding="utf-8"))["files"]
     assert piped_cases == list(files)  # the pipeline ran, on every case
-    assert n_one == n_piped == len(files) == 2 and files == json.loads((piped / MANIFEST).read_text())["files"]
+    assert n_one == n_piped == len(files) == 2
+    assert files == json.loads((piped / MANIFEST).read_text(encoding="utf-8"))["files"]
     for name in files.values():
         assert np.array_equal(np.asarray(nib.load(one / name).dataobj), np.asarray(nib.load(piped / name).dataobj))
     (piped / name).unlink()

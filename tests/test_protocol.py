@@ -105,9 +105,11 @@ def test_dtype_defaults_to_float32_and_drift_runs_in_float64():
 def test_hash_follows_content(tmp_path):
     smoke = load_protocol("smoke").hash
     copy = tmp_path / "copy.toml"
-    copy.write_text((PROTOCOL_DIR / "smoke.toml").read_text() + "\n# a comment changes nothing\n")
+    copy.write_text((PROTOCOL_DIR / "smoke.toml").read_text(encoding="utf-8") + "\n# a comment changes nothing\n",
+                    encoding="utf-8")
     assert load_protocol(copy).hash == smoke
-    copy.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace("lr = 1e-3", "lr = 2e-3"))
+    copy.write_text((PROTOCOL_DIR / "smoke.toml").read_text(encoding="utf-8").replace("lr = 1e-3", "lr = 2e-3"),
+                    encoding="utf-8")
     with pytest.warns(UserWarning, match="give the copy its own name"):
         assert load_protocol(copy).hash != smoke
 
@@ -167,7 +169,7 @@ def test_override_repeating_the_protocols_value_stays_on_protocol():
 )
 def test_bad_protocol_file_names_the_file(tmp_path, edit, message):
     bad = tmp_path / "bad.toml"
-    bad.write_text(edit((PROTOCOL_DIR / "smoke.toml").read_text()))
+    bad.write_text(edit((PROTOCOL_DIR / "smoke.toml").read_text(encoding="utf-8")), encoding="utf-8")
     with pytest.raises(BenchError, match=message):
         load_protocol(bad)
 
@@ -175,10 +177,11 @@ def test_bad_protocol_file_names_the_file(tmp_path, edit, message):
 def test_a_protocol_file_is_read_by_its_toml_suffix_in_any_case(tmp_path):
     """`--protocol my.TOML` and `--protocol ./custom`, files there, were "unknown protocol" with the built-ins listed."""
     upper = tmp_path / "mine.TOML"
-    upper.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace('name = "smoke"', 'name = "mine"'))
+    upper.write_text((PROTOCOL_DIR / "smoke.toml").read_text(encoding="utf-8")
+                     .replace('name = "smoke"', 'name = "mine"'), encoding="utf-8")
     assert load_protocol(upper).name == "mine"
     bare = tmp_path / "custom"
-    bare.write_text(upper.read_text())
+    bare.write_text(upper.read_text(encoding="utf-8"), encoding="utf-8")
     with pytest.raises(BenchError, match=rf"^--protocol {re.escape(str(bare))}: a protocol file's name ends in \.toml; "
                                          "rename it$"):
         load_protocol(bare)
@@ -189,13 +192,14 @@ def test_a_protocol_file_is_read_by_its_toml_suffix_in_any_case(tmp_path):
 def test_nsd_tolerance_per_class_table(tmp_path):
     smoke = load_protocol("smoke")
     path = tmp_path / "organs.toml"
-    path.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace('name = "smoke"', 'name = "organs"')
-                    + "\n[eval.nsd_tolerance]\nspleen = 3\nliver = 5.0\n")
+    path.write_text((PROTOCOL_DIR / "smoke.toml").read_text(encoding="utf-8")
+                    .replace('name = "smoke"', 'name = "organs"')
+                    + "\n[eval.nsd_tolerance]\nspleen = 3\nliver = 5.0\n", encoding="utf-8")
     p = load_protocol(path)
     # sorted (name, tolerance) pairs: the config stays hashable, the order of the file is no content
     assert p.eval.nsd_tolerance == (("liver", 5.0), ("spleen", 3.0)) and hash(p.eval)
     assert p.hash != smoke.hash and not p.off_protocol
-    path.write_text(path.read_text().replace("spleen = 3", "spleen = 2"))
+    path.write_text(path.read_text(encoding="utf-8").replace("spleen = 3", "spleen = 2"), encoding="utf-8")
     assert load_protocol(path).hash != p.hash
     # one number for all classes still overrides it, and an override of another field keeps it
     assert p.with_overrides(nsd_tolerance=2).eval.nsd_tolerance == 2.0
@@ -212,7 +216,7 @@ def test_nsd_tolerance_per_class_table(tmp_path):
 
 def _smoke_edited(tmp_path, edit):
     path = tmp_path / "mine.toml"
-    path.write_text(edit((PROTOCOL_DIR / "smoke.toml").read_text()))
+    path.write_text(edit((PROTOCOL_DIR / "smoke.toml").read_text(encoding="utf-8")), encoding="utf-8")
     return path
 
 
@@ -323,11 +327,11 @@ def test_a_recipes_values_are_checked_where_the_file_names_them(tmp_path):
     at the first run without the file's name; a Notepad byte-order mark was invalid TOML."""
     from bench.protocol import PROTOCOL_DIR
 
-    base = (PROTOCOL_DIR / "smoke.toml").read_text().replace('name = "smoke"', 'name = "mine"')
+    base = (PROTOCOL_DIR / "smoke.toml").read_text(encoding="utf-8").replace('name = "smoke"', 'name = "mine"')
 
     def load(text: str):
         path = tmp_path / "mine.toml"
-        path.write_text(text)
+        path.write_text(text, encoding="utf-8")
         return load_protocol(path)
 
     def refused(text: str, pattern: str) -> None:

@@ -130,7 +130,7 @@ def test_bad_row_names_file_and_row(tmp_path, bad, what):
     path = tmp_path / "pub.csv"
     good = '"Paper, Table 1",unet,synapse,dice,76.85,%,legacy-synapse,synapse_swin,"quoted, with comma"'
     hd95 = good.replace("dice,", "hd95,").replace("%", "mm")
-    path.write_text("\n".join([",".join(COLUMNS), good, hd95, bad]) + "\n")
+    path.write_text("\n".join([",".join(COLUMNS), good, hd95, bad]) + "\n", encoding="utf-8")
     with pytest.raises(BenchError) as exc:
         load_published(path)
     msg = str(exc.value)
@@ -139,7 +139,7 @@ def test_bad_row_names_file_and_row(tmp_path, bad, what):
 
 def test_bad_header_and_missing_file(tmp_path):
     path = tmp_path / "pub.csv"
-    path.write_text("source,model,value\nS,unet,1\n")
+    path.write_text("source,model,value\nS,unet,1\n", encoding="utf-8")
     with pytest.raises(BenchError, match="header"):
         load_published(path)
     with pytest.raises(BenchError, match="nope.csv"):
@@ -148,7 +148,8 @@ def test_bad_header_and_missing_file(tmp_path):
 
 def test_good_tmp_file_round_trips(tmp_path):
     path = tmp_path / "pub.csv"
-    path.write_text(",".join(COLUMNS) + '\n"Paper, Table 1",unet,,params,7,M,unknown,,"about 7 M, approx"\n')
+    path.write_text(",".join(COLUMNS) + '\n"Paper, Table 1",unet,,params,7,M,unknown,,"about 7 M, approx"\n',
+                    encoding="utf-8")
     df = load_published(path)
     assert df.iloc[0]["source"] == "Paper, Table 1" and df.iloc[0]["value"] == 7.0 and df.iloc[0]["dataset"] == ""
 

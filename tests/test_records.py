@@ -54,7 +54,7 @@ def test_write_record_layout_and_nan_as_null(tmp_path):
     path = write_record(rec, tmp_path)
     assert path == tmp_path / "records" / f"{rec['run_id']}.json"
     assert os.listdir(path.parent) == [path.name]  # no temp file left behind
-    raw = path.read_text()
+    raw = path.read_text(encoding="utf-8")
     assert "NaN" not in raw  # strict JSON
     data = json.loads(raw)
     assert data["metrics"]["hd95"] is None
@@ -84,7 +84,7 @@ def test_a_record_another_process_writes_meanwhile_is_never_replaced(tmp_path, m
 
     def other_process_writes_first(fd):  # between our check and our rename
         if not path.exists():
-            path.write_text(theirs)
+            path.write_text(theirs, encoding="utf-8")
         real_fsync(fd)
 
     monkeypatch.setattr(fileio.os, "fsync", other_process_writes_first)
@@ -92,7 +92,7 @@ def test_a_record_another_process_writes_meanwhile_is_never_replaced(tmp_path, m
         monkeypatch.setattr(fileio.os, "link", lambda *a: (_ for _ in ()).throw(PermissionError("no links")))
     with pytest.raises(BenchError, match="already exists"):
         write_record(rec, tmp_path)
-    assert path.read_text() == theirs
+    assert path.read_text(encoding="utf-8") == theirs
     assert os.listdir(path.parent) == [path.name]  # our temp file removed
     monkeypatch.undo()
     other = make_record(run_id="other")
@@ -137,7 +137,7 @@ def test_temp_files_of_killed_writes_go_when_old(tmp_path):
     young = folder / f".third-run.json.{fileio.TEMP_MARK}wr1t1ng.tmp"
     foreign = folder / ".notes.tmp"  # not ours, however old
     for path in (mine, other, young, foreign):
-        path.write_text("{")
+        path.write_text("{", encoding="utf-8")
         if path is not young:
             os.utime(path, (time.time() - 2 * 86400,) * 2)
     write_record(rec, tmp_path)
@@ -157,14 +157,14 @@ def test_temp_files_of_a_dead_writer_on_this_host_go_at_once(tmp_path):
     folder = records.record_path(tmp_path, rec["run_id"]).parent
     folder.mkdir(parents=True)
     gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout)
+                              text=True, encoding="utf-8").stdout)
     dead = folder / f".a.json.{fileio.TEMP_MARK}{fileio.writer_tag(gone)}x1.tmp"
     live = folder / f".b.json.{fileio.TEMP_MARK}{fileio.writer_tag()}x2.tmp"
     elsewhere = folder / f".c.json.{fileio.TEMP_MARK}{gone}@another-host.example:1~x3.tmp"
     # a container sharing this host name, whose pids are another namespace's: its pid says nothing here
     container = folder / f".d.json.{fileio.TEMP_MARK}{gone}@{socket.gethostname()}:1~x4.tmp"
     for path in (dead, live, elsewhere, container):
-        path.write_text("{")
+        path.write_text("{", encoding="utf-8")
     write_record(rec, tmp_path)
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == sorted(
         [live.name, elsewhere.name, container.name])
@@ -193,7 +193,7 @@ def test_a_sweep_that_cannot_remove_a_leftover_never_fails_the_write(tmp_path, m
     folder = records.record_path(tmp_path, rec["run_id"]).parent
     folder.mkdir(parents=True)
     theirs = folder / f".other.json.{fileio.TEMP_MARK}k1ll3d.tmp"
-    theirs.write_text("{")
+    theirs.write_text("{", encoding="utf-8")
     os.utime(theirs, (time.time() - 2 * 86400,) * 2)
     real = pathlib.Path.unlink
 
@@ -220,7 +220,7 @@ def test_another_tools_json_in_records_is_one_line(tmp_path):
     """A results folder shared with another project: its JSON is named in one line, not with the
     26 keys a run record needs."""
     (tmp_path / "records").mkdir()
-    (tmp_path / "records" / "x.json").write_text('{"name": "x", "value": 1}')
+    (tmp_path / "records" / "x.json").write_text('{"name": "x", "value": 1}', encoding="utf-8")
     with pytest.raises(BenchError, match=r"records/x\.json: not a run record of ssm-unet-bench \(no 'schema', "
                                          r"no 'run_id'\); move it out") as info:
         load(tmp_path)
@@ -322,7 +322,7 @@ def test_corrupt_file_error_names_the_file(tmp_path):
         bad.write_bytes(text)
         with pytest.raises(BenchError, match=r"synapse-broken\.json: not a readable run record \("):
             load(tmp_path)
-    bad.write_text(json.dumps({"schema": 1, "run_id": "x"}))
+    bad.write_text(json.dumps({"schema": 1, "run_id": "x"}), encoding="utf-8")
     with pytest.raises(BenchError, match=r"synapse-broken\.json: invalid run record .x.: status: missing \(str\); model: missing"):
         load(tmp_path)
 
@@ -333,7 +333,7 @@ def test_a_copied_record_is_one_error_naming_both_files(tmp_path):
     dice row" (bench.stats), naming neither file."""
     first = write_record(make_record(), tmp_path)
     copy = first.with_name(first.stem + "_copy.json")
-    copy.write_text(first.read_text())
+    copy.write_text(first.read_text(encoding="utf-8"), encoding="utf-8")
     for level in ("run", "case"):
         with pytest.raises(BenchError, match=rf"^{re.escape(str(first))} and {re.escape(str(copy))}: two records "
                                              rf"of run '{re.escape(first.stem)}'; .* move the other out of "):

@@ -311,11 +311,12 @@ def test_latex_report_compiles(tmp_path):
     write_record(make_record("unet", seed=0, model_config={"norm": "#$%&~_^\\{}|<>\"x"}), tmp_path)
     write_record(make_record("unet", seed=1, model_config={"norm": "Überprüfung"}), tmp_path)
     write_record(make_record("vmunet", dataset="isic17"), tmp_path)
-    (tmp_path / "tables.tex").write_text(render(load(tmp_path), "latex"))
+    (tmp_path / "tables.tex").write_text(render(load(tmp_path), "latex"), encoding="utf-8")
     (tmp_path / "doc.tex").write_text("\\documentclass{article}\\usepackage[T1]{fontenc}\\usepackage{booktabs}"
-                                      "\\usepackage{graphicx}\\begin{document}\\input{tables}\\end{document}\n")
+                                      "\\usepackage{graphicx}\\begin{document}\\input{tables}\\end{document}\n",
+                                      encoding="utf-8")
     proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, encoding="utf-8")
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert (tmp_path / "doc.pdf").stat().st_size > 0
 
@@ -367,7 +368,7 @@ def test_cases_format_is_every_row_behind_the_boards(tmp_path):
         write_record(make_record("vmunet", seed=seed), tmp_path)
     write_record(make_record("vmunet", seed=0, overrides={"epochs": 2}), tmp_path)
     text = write_report(tmp_path, "cases", out=tmp_path / "cases.csv")
-    assert (tmp_path / "cases.csv").read_text() == text
+    assert (tmp_path / "cases.csv").read_text(encoding="utf-8") == text
     table = pd.read_csv(io.StringIO(text))
     cases = load(tmp_path, level="case")
     assert len(table) == len(cases) and list(table.columns[:3]) == ["board_dataset", "board_protocol", "model_label"]
@@ -524,7 +525,7 @@ def test_a_board_mixing_pretrained_and_scratch_rows_says_which_is_which(tmp_path
 def test_write_report_atomic(tmp_path, runs):
     out = tmp_path / "report" / "board.md"
     text = write_report(tmp_path, "md", out=out)
-    assert out.read_text() == text and "82.00 ± 2.00" in text
+    assert out.read_text(encoding="utf-8") == text and "82.00 ± 2.00" in text
     assert sorted(p.name for p in out.parent.iterdir()) == ["board.md", "board_files"]  # no temp files
     assert not [p for p in (out.parent / "board_files").iterdir() if p.suffix != ".png"]
 
@@ -543,7 +544,7 @@ def test_published_vs_ours_table(tmp_path):
                    "Paper A Table 2,vmunet,synapse,hd95,19.21,mm,legacy-synapse,synapse,\n"
                    "Paper B Table 3,vmunet,synapse,dice,82.00,%,legacy-synapse,synapse_vmunet,own recipe\n"
                    "Paper A Table 2,unet,synapse,dice,76.85,%,legacy-synapse,synapse,\n"
-                   "Paper A Table 1,vmunet,isic17,dice,89.03,%,legacy-isic,isic17,\n")
+                   "Paper A Table 1,vmunet,isic17,dice,89.03,%,legacy-isic,isic17,\n", encoding="utf-8")
     text = write_report(tmp_path, published=pub)
     assert "No published numbers" not in text
     own = make_record("unet", dataset="nnunet")
@@ -598,7 +599,7 @@ def test_published_vs_ours_table(tmp_path):
     # a row whose convention is not one of our policies is held to its protocol's policy
     unknown = tmp_path / "unknown.csv"
     unknown.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
-                       "Paper C,vmunet,synapse,dice,81.08,%,unknown,synapse,\n")
+                       "Paper C,vmunet,synapse,dice,81.08,%,unknown,synapse,\n", encoding="utf-8")
     assert "other metric policy" in write_report(tmp_path / "strict", published=unknown)
     assert "-0.08" in write_report(tmp_path, published=unknown)
     # test volumes that are not TransUNet's 12 (a list of one's own): shown, without a gap
@@ -621,7 +622,7 @@ def test_profiles_join_the_accuracy_board(tmp_path):
            "paper_macs_missing_pct": 39.2, "fvcore_macs": 5.25e9, "fingerprint": "cpu x1", "precision": "fp32",
            "channels_last": False, "compiled": False, "scan_backend": "ref", "latency_ms_median": 100.0,
            "latency_ms_p90": 110.0, "fps": 10.0, "peak_mem_mb": 300.0, "train_peak_mem_mb": 900.0, "peak_mem_kind": "cpu_tensors"}
-    (prof / "vmunet-1.json").write_text(_json.dumps(row))
+    (prof / "vmunet-1.json").write_text(_json.dumps(row), encoding="utf-8")
     text = write_report(tmp_path)
     board = text[: text.index("## Cost")]
     vm = next(line for line in board.splitlines() if line.startswith("| vmunet"))
@@ -741,7 +742,7 @@ def test_significance_and_published_tables_come_in_latex_too(tmp_path):
         write_record(restate(rec), tmp_path)
     pub = tmp_path / "pub.csv"
     pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
-                   "Paper A Table 2,vmunet,synapse,dice,81.08,%,legacy-synapse,synapse,\n")
+                   "Paper A Table 2,vmunet,synapse,dice,81.08,%,legacy-synapse,synapse,\n", encoding="utf-8")
     md = write_report(tmp_path, reference="unet", published=pub)
     tex = write_report(tmp_path, "latex", reference="unet", published=pub)
     captions = re.findall(r"\\caption\[\{([^}]*)\}\]", tex)
@@ -994,7 +995,7 @@ def test_markdown_report_file_links_its_plots(tmp_path):
     # percent-encoded: a space, '#' (a fragment) or '%' of the report's name broke the links (in <> too)
     links = re.findall(r"!\[[^\]]*\]\((my%20report%20%232%20100%25_files/[^)]+\.png)\)", text)
     assert links and all((out.parent / unquote(link)).stat().st_size > 0 for link in links)
-    assert out.read_text() == text
+    assert out.read_text(encoding="utf-8") == text
     assert "![" not in write_report(results)  # on stdout: no images
 
 
@@ -1075,7 +1076,7 @@ def test_published_per_class_numbers_meet_the_boards_per_class_columns(tmp_path)
     pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
                    "Paper A Table 2,vmunet,synapse,dice:aorta,86.40,%,legacy-synapse,synapse,\n"
                    "Paper A Table 2,vmunet,synapse,dice:liver,94.00,%,legacy-synapse,synapse,\n"
-                   "Paper A Table 2,vmunet,synapse,params,27.4,M,unknown,,\n")
+                   "Paper A Table 2,vmunet,synapse,params,27.4,M,unknown,,\n", encoding="utf-8")
     text = write_report(tmp_path, published=pub)
     lines = [line for line in text[text.index("## Published vs ours"):].splitlines() if line.startswith("| vmunet")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
@@ -1094,7 +1095,8 @@ def test_published_per_class_numbers_meet_the_boards_per_class_columns(tmp_path)
 def _published_section(results, *rows: str) -> str:
     """The report's published-vs-ours sections for a published table of ``rows`` (CSV lines)."""
     pub = results / "pub.csv"
-    pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n" + "".join(f"{r}\n" for r in rows))
+    pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
+                   + "".join(f"{r}\n" for r in rows), encoding="utf-8")
     return write_report(results, published=pub).split("## Published vs ours")[1]
 
 
@@ -1188,7 +1190,7 @@ def test_report_of_some_models_and_datasets(tmp_path, runs):
     assert "Significance" in write_report(tmp_path, models="UNET,vmunet", reference="Unet")  # "not among --models"
     with pytest.raises(BenchError, match=r"--reference 'unet': not among --models vmunet; add it there"):
         write_report(tmp_path, models=["vmunet"], reference="unet")
-    (tmp_path / "report.md").write_text("x")
+    (tmp_path / "report.md").write_text("x", encoding="utf-8")
     with pytest.raises(BenchError, match=r"report\.md: is a file, not a folder; --results takes the results folder"):
         write_report(tmp_path / "report.md")  # it read "results directory not found"
     (tmp_path / "records").rename(tmp_path / "kept")  # a folder of profiles only: their tables, said so
@@ -1288,7 +1290,7 @@ def test_each_polyp_test_set_gets_its_own_board_scored_like_the_authors(tmp_path
     rec = run_one(spec, results_dir=tmp_path, device=torch.device("cpu"))
     pub = tmp_path / "published.csv"
     pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
-                   "VM-UNet-V2 Table 2,unet,polyp:clinicdb,dice,82.3,%,pooled per set,polyp,\n")
+                   "VM-UNet-V2 Table 2,unet,polyp:clinicdb,dice,82.3,%,pooled per set,polyp,\n", encoding="utf-8")
     text = write_report(tmp_path, published=pub)
     for test_set in ("CVC-ClinicDB", "Kvasir"):
         rows = [r for r in rec["per_case"] if r["case"].startswith(f"{test_set}/")]
@@ -1335,7 +1337,7 @@ def test_isic_all_gets_a_board_per_year_next_to_that_years_published_rows(tmp_pa
     pub = tmp_path / "published.csv"
     pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
                    "VM-UNet-V2 Table 1,unet,isic17,dice,90.31,%,legacy-isic,smoke,\n"
-                   "VM-UNet-V2 Table 1,unet,isic18,dice,89.73,%,legacy-isic,isic_all,\n")
+                   "VM-UNet-V2 Table 1,unet,isic18,dice,89.73,%,legacy-isic,isic_all,\n", encoding="utf-8")
     text = write_report(tmp_path, published=pub)
     dsc = {}
     for test_set in ("isic17", "isic18"):
@@ -1476,7 +1478,7 @@ def test_a_legacy_synapse_board_counts_the_misses_it_scores_hd95_zero(tmp_path):
     # the folder has those runs under strict already (a rescore): that board is what to read, not a command to run
     other = tmp_path / "with_strict"
     for path in (tmp_path / "records").glob("*.json"):
-        rec = json.loads(path.read_text())
+        rec = json.loads(path.read_text(encoding="utf-8"))
         write_record(rec, other)
         write_record({**rec, "run_id": rec["run_id"] + ".strict", "policy": "strict", "rescored_from": rec["run_id"]},
                      other)
@@ -1488,7 +1490,7 @@ def test_a_legacy_synapse_board_counts_the_misses_it_scores_hd95_zero(tmp_path):
     for name, rescored in (("strict_other_runs", ()), ("strict_one_of_two", ("vmunet",))):
         folder = tmp_path / name
         for path in (tmp_path / "records").glob("*.json"):
-            rec = json.loads(path.read_text())
+            rec = json.loads(path.read_text(encoding="utf-8"))
             write_record(rec, folder)
             if rec["seed"] == 0:  # each model's strict run of seed 7; vmunet s0 rescored too, s1 (the misses) not
                 write_record({**rec, "run_id": rec["run_id"] + "-s7", "seed": 7, "policy": "strict"}, folder)
@@ -1504,9 +1506,9 @@ def test_a_legacy_synapse_board_counts_the_misses_it_scores_hd95_zero(tmp_path):
     # strict scores a miss with a penalty: nothing to say; nor where the HD95 column is not shown
     assert "HD95 of misses" not in render(load(tmp_path), columns=("params",))
     for path in (tmp_path / "records").glob("*.json"):
-        rec = json.loads(path.read_text())
+        rec = json.loads(path.read_text(encoding="utf-8"))
         rec["policy"] = "strict"
-        path.write_text(json.dumps(rec))
+        path.write_text(json.dumps(rec), encoding="utf-8")
     assert "HD95 of misses" not in render(load(tmp_path))
 
 
@@ -1592,7 +1594,7 @@ def test_a_published_hd95_in_another_unit_gets_no_gap(tmp_path):
     pub = tmp_path / "pub.csv"
     rows = ("transunet,synapse,hd95,12.5,mm,strict,synapse,", "transunet,synapse,hd95,30.0,voxels,strict,synapse,")
     pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
-                   + "".join(f"Paper,{r}\n" for r in rows))
+                   + "".join(f"Paper,{r}\n" for r in rows), encoding="utf-8")
     text = write_report(tmp_path, published=pub)
     lines = [line for line in text[text.index("## Published vs ours"):].splitlines() if line.startswith("| transunet")]
     assert any("12.5" in line and "other unit" in line and "+18.50" not in line for line in lines)
@@ -1823,7 +1825,7 @@ def test_captions_say_what_the_numbers_are_where_names_could_mislead(tmp_path):
     # every reason a gap is not given, not the first alone
     pub = tmp_path / "pub.csv"
     pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
-                   "Paper B Table 3,vmunet,synapse,dice,82.00,%,strict,synapse_vmunet,\n")
+                   "Paper B Table 3,vmunet,synapse,dice,82.00,%,strict,synapse_vmunet,\n", encoding="utf-8")
     section = write_report(tmp_path, published=pub).split("## Published vs ours")[1]
     row = next(line for line in section.splitlines() if line.startswith("| vmunet"))
     assert "other recipe; other metric policy" in row
@@ -1843,7 +1845,7 @@ def test_a_folder_whose_runs_never_finished_says_so(tmp_path):
     assert str(methods.value) == str(md.value)  # the same words, whatever the format
     # a killed rescore's claim folder (nothing but its .claim) is no run that began
     (tmp_path / "runs" / "synapse-smoke-unet-s0-1e81a7b6.strict").mkdir()
-    (tmp_path / "runs" / "synapse-smoke-unet-s0-1e81a7b6.strict" / ".claim").write_text("gone\n")
+    (tmp_path / "runs" / "synapse-smoke-unet-s0-1e81a7b6.strict" / ".claim").write_text("gone\n", encoding="utf-8")
     with pytest.raises(BenchError) as again:
         write_report(tmp_path)
     assert str(again.value) == str(md.value)
@@ -2175,7 +2177,8 @@ def test_a_published_file_is_named_and_its_numbers_unlike_the_bundled_tables_mar
     pub.write_text("source,model,dataset,metric,value,unit,convention,protocol,note\n"
                    f"{t2},vmunet,synapse,dice,6.85,%,legacy-synapse,synapse_vmunet,\n"  # bundled: 81.08
                    f"{t2},vmunet,synapse,hd95,19.21,voxels,legacy-synapse,synapse_vmunet,\n"  # as bundled
-                   "Made-up Table 9,vmunet,synapse,dice:aorta,99.00,%,legacy-synapse,synapse_vmunet,made up\n")
+                   "Made-up Table 9,vmunet,synapse,dice:aorta,99.00,%,legacy-synapse,synapse_vmunet,made up\n",
+                   encoding="utf-8")
     sha = hashlib.sha256(pub.read_bytes()).hexdigest()[:12]
     for fmt in ("md", "latex"):
         text = write_report(tmp_path, fmt, published=pub)

@@ -12,7 +12,8 @@ import bench.report as report
 
 def test_importing_the_cli_loads_no_pandas():
     code = "import sys, bench.cli; print('pandas' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         encoding="utf-8").stdout
     assert out.strip() == "False"
 
 
@@ -21,7 +22,8 @@ def test_help_and_a_usage_error_load_no_torch():
     code = ("import sys; from bench.cli.console import main; sys.argv = ['bench'] + sys.argv[1:]\n"
             "try:\n    main()\nexcept SystemExit as e:\n    print(e.code, 'torch' in sys.modules)")
     for args, code_expected in ((["--help"], 0), (["run", "--modls", "x"], 2)):
-        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True,
+                             encoding="utf-8").stdout
         assert out.splitlines()[-1] == f"{code_expected} False", out
 
 
@@ -43,7 +45,8 @@ def test_boards_name_synapse_organs_without_the_data_readers():
     boards read them without loading torch or the readers (h5py)."""
     code = ("import sys; from bench.report.boards import class_display\n"
             "print(class_display('kidney_l', 'synapse'), [m for m in ('torch', 'h5py', 'bench.data') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         encoding="utf-8").stdout
     assert out.strip() == "Kidney(L) []"
 
 

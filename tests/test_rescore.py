@@ -94,7 +94,7 @@ def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
     _, results, legacy = trained
     copy = tmp_path / "results"
     shutil.copytree(results, copy)
-    rec = json.loads(record_path(copy, legacy["run_id"]).read_text())
+    rec = json.loads(record_path(copy, legacy["run_id"]).read_text(encoding="utf-8"))
     with pytest.raises(BenchError, match="unknown metric policy"):
         plan_rescore(copy, "strictt")
     (tmp_path / "empty").mkdir()
@@ -116,10 +116,12 @@ def test_rescore_refuses_what_it_cannot_reproduce(trained, tmp_path):
         record_protocol({**changed, "git_commit": "0123456789abcdef0123-dirty"})
     # --protocol applies to runs of the protocol it names; the others keep their built-in one
     other = tmp_path / "other.toml"
-    other.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace('name = "smoke"', 'name = "other"'))
+    other.write_text((PROTOCOL_DIR / "smoke.toml").read_text(encoding="utf-8")
+                     .replace('name = "smoke"', 'name = "other"'), encoding="utf-8")
     assert record_protocol(rec, other).hash == rec["protocol"]["hash"]
     edited = tmp_path / "smoke_edited.toml"  # a file of the run's protocol name, but other content
-    edited.write_text((PROTOCOL_DIR / "smoke.toml").read_text().replace("seed = 0", "seed = 5"))
+    edited.write_text((PROTOCOL_DIR / "smoke.toml").read_text(encoding="utf-8").replace("seed = 0", "seed = 5"),
+                      encoding="utf-8")
     with pytest.raises(BenchError, match=f"the file {edited} now has hash"), warnings.catch_warnings():
         warnings.simplefilter("error")  # an earlier version of a built-in, named as it: not "give it its own name"
         record_protocol(rec, edited)
@@ -171,12 +173,12 @@ def test_float64_runs_rescore_exactly_and_trained_twins_are_not_rescored(trained
     assert plan_rescore(twin_dir, "strict") == [] and plan_rescore(twin_dir, "legacy-synapse") == []
     assert legacy["run_id"] != direct["run_id"]
     # a twin recorded before records held data_id is still the same training; one of other data is not
-    strict_path = next(p for p in (twin_dir / "records").glob("*.json") if '"strict"' in p.read_text())
-    old = json.loads(strict_path.read_text())
+    strict_path = next(p for p in (twin_dir / "records").glob("*.json") if '"strict"' in p.read_text(encoding="utf-8"))
+    old = json.loads(strict_path.read_text(encoding="utf-8"))
     del old["data_id"]
-    strict_path.write_text(json.dumps(old))
+    strict_path.write_text(json.dumps(old), encoding="utf-8")
     assert plan_rescore(twin_dir, "strict") == []
-    strict_path.write_text(json.dumps({**old, "data_id": "files:0123456789abcdef"}))
+    strict_path.write_text(json.dumps({**old, "data_id": "files:0123456789abcdef"}), encoding="utf-8")
     assert [r["policy"] for r in plan_rescore(twin_dir, "strict")] == ["legacy-synapse"]
 
 
@@ -260,7 +262,7 @@ def test_rescored_records_say_where_they_were_scored_and_other_devices_are_warne
     _, results, legacy = trained
     copy = tmp_path / "results"
     shutil.copytree(results, copy)
-    rec = json.loads(record_path(copy, legacy["run_id"]).read_text())
+    rec = json.loads(record_path(copy, legacy["run_id"]).read_text(encoding="utf-8"))
     new = rescore_record(rec, "strict-monai", copy, CPU)
     assert new["device"] == legacy["device"]  # the run's training device stays the run's
     assert new["rescored_with"]["device"]["device"] == "cpu" and "torch" in new["rescored_with"]["packages"]
@@ -286,7 +288,7 @@ def test_a_record_another_rescore_wrote_meanwhile_skips_the_run(trained, tmp_pat
         other.unlink()
 
     def raced(rec, policy, results_dir, *args, **kwargs):  # the other process finished first
-        record_path(results_dir, bench.rescore.rescore_id(rec["run_id"], policy)).write_text("{}")
+        record_path(results_dir, bench.rescore.rescore_id(rec["run_id"], policy)).write_text("{}", encoding="utf-8")
         raise BenchError("a record with that run_id already exists")
 
     monkeypatch.setattr(bench.rescore, "rescore_record", raced)
@@ -310,7 +312,7 @@ def test_rescoring_into_mm_needs_every_test_case_s_spacing(trained, tmp_path):
     for case in cases:  # as TransUNet's files: no spacing attribute
         with h5py.File(data / "test_vol_h5" / f"{case}.npy.h5", "r+") as f:
             del f.attrs["spacing"]
-    (data / "spacing.csv").write_text(f"case,d,h,w\n{cases[0]},3.0,0.7,0.7\n")  # the others left out
+    (data / "spacing.csv").write_text(f"case,d,h,w\n{cases[0]},3.0,0.7,0.7\n", encoding="utf-8")  # the others left out
     assert len(cases) > 1  # so that some are left out
     rec = _run(data, tmp_path / "res", "legacy-synapse")  # voxels for all: the table is not read
     with pytest.raises(BenchError, match=r"spacing\.csv: no line for .*: (its|their) HD95 would be in voxels"):
@@ -357,7 +359,7 @@ def test_a_spacing_table_added_after_a_run_scored_in_voxels_keeps_its_data(train
     legacy = _run(data, tmp_path / "res", "legacy-synapse")
     strict = _run(data, tmp_path / "res", "strict")
     cases = open_dataset("synapse", data).test_ids()
-    (data / "spacing.csv").write_text("case,d,h,w\n" + "".join(f"{c},3.0,0.7,0.7\n" for c in cases))
+    (data / "spacing.csv").write_text("case,d,h,w\n" + "".join(f"{c},3.0,0.7,0.7\n" for c in cases), encoding="utf-8")
     assert open_dataset("synapse", data).content_id() != legacy["data_id"]
     folder, written = predict_run(legacy, tmp_path / "res", tmp_path / "pred", CPU)
     assert written == len({row["case"] for row in legacy["per_case"]})
@@ -402,7 +404,7 @@ def test_data_moved_since_the_run_is_found_by_its_identity(trained, tmp_path):
     shutil.copytree(root, moved)
     rec = read_record(bob, legacy["run_id"])
     rec["data_root"] = str(tmp_path / "alice" / "synthetic" / root.name)  # bench run --synthetic's, on alice's machine
-    record_path(bob, rec["run_id"]).write_text(_json.dumps(rec))
+    record_path(bob, rec["run_id"]).write_text(_json.dumps(rec), encoding="utf-8")
     with pytest.raises(BenchError, match=r"its data .*alice.* is not there; if it moved, pass its folder now as "
                                          r"--data-root DIR \(checked to hold the data the run was scored on\); "
                                          rf"synthetic data: `bench run` of its grid with --synthetic --results {bob} "
@@ -437,7 +439,7 @@ def test_data_moved_since_the_run_is_found_by_its_identity(trained, tmp_path):
     out = tmp_path / "pred"
     cli = CliRunner().invoke(app, ["predict", "--results", str(bob), "--out", str(out), "--data-root", str(moved)])
     assert cli.exit_code == 0, cli.output
-    manifest = _json.loads((out / legacy["run_id"] / "prediction.json").read_text())
+    manifest = _json.loads((out / legacy["run_id"] / "prediction.json").read_text(encoding="utf-8"))
     assert manifest["data_root"] == str(moved.resolve())
     home = tmp_path / "home"
     CliRunner().invoke(app, ["predict", "--results", str(results), "--out", str(home), "--run", legacy["run_id"]])
@@ -518,7 +520,8 @@ def test_runs_another_process_held_and_finished_meanwhile_end_the_grid_well(trai
     spec = _strict_spec(root, copy)
 
     def held_then_done(results_dir, run_id):
-        record_path(results_dir, run_id).write_text("{}")  # the other process's record, by the grid's end
+        # the other process's record, by the grid's end
+        record_path(results_dir, run_id).write_text("{}", encoding="utf-8")
         return "pid 1 on node7 since 2026-12-06 07:00:00 UTC"
 
     monkeypatch.setattr(bench.claim, "claim_run", held_then_done)
@@ -622,7 +625,7 @@ def test_other_data_says_what_the_folder_found_is(tmp_path):
                                                             f"scored on, without the marker {MARKER}")
     assert other_data(rec, tmp_path, "files:cc") == f"{tmp_path} has id files:cc and no marker {MARKER} (synthetic " \
                                                     "data holds one)"
-    (tmp_path / MARKER).write_text("{}\n")
+    (tmp_path / MARKER).write_text("{}\n", encoding="utf-8")
     assert other_data(rec, tmp_path, "files:bb") == f"{tmp_path} has id files:bb: its files were edited since they " \
                                                     "were generated"
 
@@ -650,7 +653,7 @@ def test_a_run_trained_again_has_its_rescore_left_off_the_board_until_scored_aga
     lines = []
     with pytest.warns(UserWarning, match="an earlier attempt's checkpoint"):  # its folder kept: trained afresh
         run_grid([_spec(root, results, "legacy-synapse")], results_dir=results, device=CPU, say=lines.append)
-    new = json.loads(record_path(results, legacy["run_id"]).read_text())
+    new = json.loads(record_path(results, legacy["run_id"]).read_text(encoding="utf-8"))
     assert new["scored_weights"]["sha256"] == file_sha256(final) != old["scored_weights"]["sha256"]
     said = (f"{record_path(results, old['run_id'])} scored the weights of an earlier training of run {legacy['run_id']}, "
             f"trained again since: `bench rescore --policy strict --results {results}` scores the new weights")
@@ -668,7 +671,7 @@ def test_a_run_trained_again_has_its_rescore_left_off_the_board_until_scored_aga
     assert not [w for w in warned if "earlier training" in str(w.message)]
     out = CliRunner().invoke(app, ["rescore", "--policy", "strict", "--results", str(results)])
     assert out.exit_code == 0 and "scored again: its run was trained again since its rescore" in out.output, out.output
-    again = json.loads(record_path(results, old["run_id"]).read_text())
+    again = json.loads(record_path(results, old["run_id"]).read_text(encoding="utf-8"))
     assert again["scored_weights"] == new["scored_weights"] and again["train"] == new["train"]
     with warnings.catch_warnings(record=True) as warned:
         warnings.simplefilter("always")
@@ -721,7 +724,7 @@ def test_bench_run_under_the_policy_scores_a_rescore_of_an_earlier_training_agai
     assert f"  {strict.key}: the same training was rescored under strict ({old['run_id']}), from an earlier training " \
            f"of run {legacy['run_id']}, trained again since: scoring its weights now" in lines, lines
     assert lines[-1].startswith("bench run: 1 finished;"), lines
-    again = json.loads(record_path(results, old["run_id"]).read_text())
+    again = json.loads(record_path(results, old["run_id"]).read_text(encoding="utf-8"))
     assert again["scored_weights"]["sha256"] == file_sha256(weights_path(results, legacy)) != \
         old["scored_weights"]["sha256"]
     assert not record_path(results, strict.key).is_file()  # scored, not trained a second time

@@ -337,7 +337,7 @@ def test_the_kernel_cache_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("BENCH_EXTENSIONS_DIR", "")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert scan._build_dir().parent == tmp_path / "cache" / "ssm-unet-bench" / "torch_extensions"
-    (tmp_path / "home").write_text("")  # a cache folder that cannot be made
+    (tmp_path / "home").write_text("", encoding="utf-8")  # a cache folder that cannot be made
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
@@ -615,7 +615,7 @@ def test_a_compiler_that_refuses_openmp_still_builds_the_kernel(tmp_path):
     fell back to the torch backend, about 15x slower, unsaid. The kernel is built without them and
     says so; later processes go to that build at once."""
     cxx = tmp_path / "clang++"
-    cxx.write_text(_REFUSING_CXX)
+    cxx.write_text(_REFUSING_CXX, encoding="utf-8")
     cxx.chmod(0o755)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CXX": str(cxx), "BENCH_EXTENSIONS_DIR": str(tmp_path / "ext"),
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
@@ -623,8 +623,8 @@ def test_a_compiler_that_refuses_openmp_still_builds_the_kernel(tmp_path):
     said, refused = [], []
     for _ in range(2):
         said.append(subprocess.run([sys.executable, "-c", _PORTABLE_BUILD], env=env, capture_output=True, text=True,
-                                   timeout=600))
-        refused.append(sum("-fopenmp" in line for line in calls.read_text().splitlines()))
+                                   timeout=600, encoding="utf-8"))
+        refused.append(sum("-fopenmp" in line for line in calls.read_text(encoding="utf-8").splitlines()))
     assert all(p.returncode == 0 for p in said), said[-1].stderr
     marker = next((tmp_path / "ext").glob(f"*/{scan._REFUSED}"))
     without = (", without -march=native -fopenmp (build failed: clang: error: unsupported option '-march=native'; "
@@ -681,13 +681,13 @@ def test_a_killed_builds_lock_is_removed_and_a_live_one_waited_for(tmp_path, mon
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     lock, owner = tmp_path / "lock", tmp_path / scan._LOCK_OWNER
     try:
-        owner.write_text(writer_tag(gone.pid))
+        owner.write_text(writer_tag(gone.pid), encoding="utf-8")
         lock.touch()  # the killed build's
         t0 = time.monotonic()
         scan._wait_for_build_lock(lock)
         assert not lock.exists() and time.monotonic() - t0 < 2
 
-        owner.write_text(writer_tag(live.pid))
+        owner.write_text(writer_tag(live.pid), encoding="utf-8")
         lock.touch()
         threading.Timer(1.5, lock.unlink).start()  # the live build ends after the first look
         t0 = time.monotonic()
@@ -726,7 +726,8 @@ def test_kernel_loads_where_stdout_is_none():
                      "assert scan._ext is not None, scan._ext_error_detail\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for code in (guard, counted_first):
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                              encoding="utf-8")
         assert proc.returncode == 0, proc.stderr
 
 

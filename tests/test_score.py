@@ -121,32 +121,34 @@ def test_an_nnunet_predict_folder_is_scored_its_other_files_aside(tmp_path):
         (folder / f"{case_id}.npz").write_bytes(b"probabilities")
         (folder / f"{case_id}.pkl").write_bytes(b"properties")
     for name in ("dataset.json", "plans.json", "predict_from_raw_data_args.json"):
-        (folder / name).write_text("{}")
+        (folder / name).write_text("{}", encoding="utf-8")
     scores = score_predictions(folder, ds, SMOKE)
     assert scores.metrics["dice"] == 1.0 and scores.scored["run_id"] is None
     # the model's dataset.json, as nnUNetv2_predict copies it: the data's labels, scored; other ids refused (liver
     # and tumor swapped scored DSC 0.8 % where 84.9 % was right, unsaid)
-    meta = json.loads((root / "dataset.json").read_text())
-    (folder / "dataset.json").write_text(json.dumps(meta))
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    (folder / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     assert score_predictions(folder, ds, SMOKE).metrics["dice"] == 1.0
-    (folder / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "lesion": 1, "organ": 2}}))
+    (folder / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "lesion": 1, "organ": 2}}),
+                                         encoding="utf-8")
     with pytest.raises(BenchError, match=r"nnunet_out/dataset.json \(the model's, as nnUNetv2_predict copies it\): its "
                                          r"labels \(background 0, lesion 1, organ 2\) are not the data's \(background "
                                          r"0, organ 1, lesion 2, .*data/dataset.json\)"):
         score_predictions(folder, ds, SMOKE)
     # the same ids named otherwise (capitalised): the same classes, scored with a note; a class named alike at
     # another id, or another id set, still refused
-    (folder / "dataset.json").write_text(json.dumps({**meta, "labels": {"Background": 0, "Organ": 1, "Lesion": 2}}))
+    (folder / "dataset.json").write_text(json.dumps({**meta, "labels": {"Background": 0, "Organ": 1, "Lesion": 2}}),
+                                         encoding="utf-8")
     scores = score_predictions(folder, ds, SMOKE)
     assert scores.metrics["dice"] == 1.0
     assert scores.notes == [f"{folder}/dataset.json (the model's, as nnUNetv2_predict copies it): its labels "
                             "(Background 0, Organ 1, Lesion 2) name the data's ids otherwise (background 0, organ 1, "
                             f"lesion 2, {root}/dataset.json); scored as the data names them"]
     for labels in ({"background": 0, "Lesion": 1, "organ": 2}, {"background": 0, "organ": 1, "lesion": 2, "vessel": 3}):
-        (folder / "dataset.json").write_text(json.dumps({**meta, "labels": labels}))
+        (folder / "dataset.json").write_text(json.dumps({**meta, "labels": labels}), encoding="utf-8")
         with pytest.raises(BenchError, match=r"are not the data's .*would be scored as other classes"):
             score_predictions(folder, ds, SMOKE)
-    (folder / "dataset.json").write_text("{}")
+    (folder / "dataset.json").write_text("{}", encoding="utf-8")
     (folder / f"extra{ds.file_ending}").write_bytes(b"x")
     with pytest.raises(BenchError, match=r"nnunet_out: extra\.png: no test case scored here"):
         score_predictions(folder, ds, SMOKE)
@@ -206,7 +208,7 @@ def test_all_folds_score_every_case_once_pooled_as_the_folds_scored_alone(tmp_pa
     # a splits_final.json's folds: their val cases, each once (a case in two folds' val lists is one case)
     vals = [ds.cases[:3], ds.cases[3:], ds.cases[2:3]]
     (root / "splits_final.json").write_text(json.dumps([{"train": [c for c in ds.cases if c not in val], "val": val}
-                                                        for val in vals]))
+                                                        for val in vals]), encoding="utf-8")
     theirs = open_dataset("nnunet", root, fold="all")
     assert theirs.test_ids() == ds.cases and theirs.fold_cases == vals and theirs.n_train_cases == 0
     assert scored(every, "all")["scored"]["n_folds"] == 3
@@ -289,8 +291,9 @@ def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path
         "generates, drawn by bench" in md
     # the command says the cap at once after the split's count of every case, and once
     toml = tmp_path / "capped.toml"
-    smoke = (PROTOCOL_DIR / "smoke.toml").read_text()
-    toml.write_text(smoke.replace("max_cases = 0", "max_cases = 1").replace('name = "smoke"', 'name = "capped"'))
+    smoke = (PROTOCOL_DIR / "smoke.toml").read_text(encoding="utf-8")
+    toml.write_text(smoke.replace("max_cases = 0", "max_cases = 1").replace('name = "smoke"', 'name = "capped"'),
+                    encoding="utf-8")
     proc = run_bench_here(monkeypatch, capsys, "score", "--predictions", every, "--dataset", "nnunet", "--data-root",
                           root, "--fold", "all", "--protocol", toml, "--format", "json")
     lines = proc.stderr.splitlines()
@@ -315,7 +318,7 @@ def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored
     fold = tmp_path / "results" / f"fold_{k}"
     (fold / "validation").mkdir(parents=True)
     shutil.copyfile(root / "labelsTr" / f"{case}.nii.gz", fold / "validation" / f"{case}.nii.gz")
-    (fold / "validation" / "summary.json").write_text("{}")
+    (fold / "validation" / "summary.json").write_text("{}", encoding="utf-8")
     for name in ("checkpoint_final.pth", "progress.png", "training_log_2024_1_1_00_00_00.txt"):
         (fold / name).write_bytes(b"x")
     split = r"scored here: the 1 test case\(s\) of a split drawn by bench \(numpy's default_rng"
@@ -344,7 +347,7 @@ def test_nnunet_folders_given_by_mistake_say_what_they_hold_and_the_split_scored
     # nnU-Net's splits_final.json copied beside dataset.json: its folds are read (here the last tests the case)
     order = [*(c for c in ds.cases if c != case), case]
     (root / "splits_final.json").write_text(json.dumps(
-        [{"train": [c for c in ds.cases if c != val], "val": [val]} for val in order]))
+        [{"train": [c for c in ds.cases if c != val], "val": [val]} for val in order]), encoding="utf-8")
     with pytest.raises(BenchError, match=rf"they are validation cases of fold 4 of {re.escape(str(root))}/"
                                          r"splits_final.json: pass --fold 4; scored here: the 1 test case\(s\) of "
                                          r"fold 0 of the data's splits_final.json"):
@@ -422,7 +425,7 @@ def test_a_fold_all_folder_is_refused_only_as_a_model_of_this_data(tmp_path, mon
                                                r"Dataset900_Synth names it\), so its predictions are of cases it "
                                                r"was trained on: no score of it is a test score"):
         score_predictions(preds, ds, SMOKE)
-    (model / "plans.json").write_text(json.dumps({"dataset_name": "Dataset901_External"}))
+    (model / "plans.json").write_text(json.dumps({"dataset_name": "Dataset901_External"}), encoding="utf-8")
     scores = score_predictions(preds, ds, SMOKE)  # another dataset's model: other cases
     note = (f"{model / 'fold_all'}: nnU-Net's fold_all, whose model trained on every case of its dataset, scored on "
             f"that dataset's name alone: {model / 'plans.json'} names it Dataset901_External, not this data "
@@ -434,14 +437,15 @@ def test_a_fold_all_folder_is_refused_only_as_a_model_of_this_data(tmp_path, mon
     assert proc.stderr.splitlines().count(f"note: {note}") == 1 and json.loads(proc.stdout)["notes"] == [note]
     proc = run_bench_here(monkeypatch, capsys, *base)
     assert f"note: {note}" in proc.stdout.splitlines() and "nnU-Net's fold_all" not in proc.stderr
-    (model / "plans.json").write_text(json.dumps({"dataset_name": "Dataset900_Synth"}))
+    (model / "plans.json").write_text(json.dumps({"dataset_name": "Dataset900_Synth"}), encoding="utf-8")
     with pytest.raises(BenchError, match=this + r"\(Dataset900_Synth, as .*plans.json names it\)"):
         score_predictions(preds, ds, SMOKE)
     (model / "plans.json").unlink()  # nnUNetv2_predict's copy beside the predictions names it too
-    (preds / "plans.json").write_text(json.dumps({"dataset_name": "Dataset901_External"}))
+    (preds / "plans.json").write_text(json.dumps({"dataset_name": "Dataset901_External"}), encoding="utf-8")
     assert score_predictions(preds, ds, SMOKE).notes == [note.replace(str(model / "plans.json"),
                                                                       str(preds / "plans.json"))]
-    (preds / "plans.json").write_text(json.dumps({"dataset_name": ""}))  # names nothing: the results folder does
+    # names nothing: the results folder does
+    (preds / "plans.json").write_text(json.dumps({"dataset_name": ""}), encoding="utf-8")
     with pytest.raises(BenchError, match=this + r"\(Dataset900_Synth, as its results folder"):
         score_predictions(preds, ds, SMOKE)
     (preds / "plans.json").unlink()
@@ -468,8 +472,8 @@ def test_a_fold_all_models_dataset_is_told_from_this_datas_by_its_nnunet_id(tmp_
     import shutil
 
     root = synthesize("nnunet", tmp_path / folder, n_cases=5, depth=4, size=16)
-    meta = json.loads((root / "dataset.json").read_text())
-    (root / "dataset.json").write_text(json.dumps({**meta, "name": json_name}))
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    (root / "dataset.json").write_text(json.dumps({**meta, "name": json_name}), encoding="utf-8")
     ds = open_dataset("nnunet", root)
     preds = tmp_path / "nnUNet_results" / model_name / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_all" / "val"
     preds.mkdir(parents=True)
@@ -503,20 +507,21 @@ def test_predictions_of_a_run_under_another_protocol_say_which(tmp_path):
     folder.mkdir()
     for case_id in ds.test_ids():
         ds.write_prediction(ds.load_test(case_id), np.zeros((64, 64), np.uint8), folder / ds.prediction_name(case_id))
-    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-1", "protocol": "smoke"}))
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-1", "protocol": "smoke"}), encoding="utf-8")
     with pytest.raises(BenchError, match=r"shape \(64, 64\), where test case '.*' is scored on \(256, 256\) \(or its "
                                          r"image's own size \(\d+, \d+\)\); these are bench predict's "
                                          r"predictions of run run-1, protocol 'smoke' \(scored here under 'isic17'\): "
                                          r"pass --protocol smoke$"):
         score_predictions(folder, ds, load_protocol("isic17"))
     assert score_predictions(folder, ds, load_protocol("smoke")).scored["run_id"] == "run-1"
-    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-1", "protocol": "isic17"}))  # the same: no hint
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-1", "protocol": "isic17"}),
+                                   encoding="utf-8")  # the same: no hint
     with pytest.raises(BenchError, match=r"is scored on \(256, 256\) \(or its image's own size \(\d+, \d+\)\)$"):
         score_predictions(folder, ds, load_protocol("isic17"))
     # another protocol on the same grid scores without an error: still said, as the README promises
     for case_id in ds.test_ids():
         ds.write_prediction(ds.load_test(case_id), np.zeros((256, 256), np.uint8), folder / ds.prediction_name(case_id))
-    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-1", "protocol": "isic17_copy"}))
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-1", "protocol": "isic17_copy"}), encoding="utf-8")
     assert ("these are bench predict's predictions of run run-1, protocol 'isic17_copy' (scored here under 'isic17'): "
             "pass --protocol isic17_copy for the run's own evaluation") in score_predictions(
                 folder, ds, load_protocol("isic17")).notes
@@ -772,7 +777,8 @@ def test_what_cannot_be_scored_is_one_line_naming_the_path(tmp_path):
     ds, folder = _gt_folder(tmp_path, n_test=3)
     proto = load_protocol("smoke")
     ids = ds.test_ids()
-    (folder / MANIFEST).write_text(json.dumps({"run_id": "some-run"}))  # bench predict's: not a prediction
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "some-run"}),
+                                   encoding="utf-8")  # bench predict's: not a prediction
     (folder / ".DS_Store").write_bytes(b"x")  # hidden: never data
     assert score_predictions(folder, ds, proto).scored["run_id"] == "some-run"
 
@@ -784,7 +790,7 @@ def test_what_cannot_be_scored_is_one_line_naming_the_path(tmp_path):
     # text logs beside them (TransUNet's test.py: test_log/<name>.txt) are passed over as no label map
     (folder / "test_log").mkdir()
     for name in ("test_log.txt", "test_log/epoch_149.txt", "run.log"):
-        (folder / name).write_text("mean_dice : 0.85")
+        (folder / name).write_text("mean_dice : 0.85", encoding="utf-8")
     (folder / "log").write_bytes(b"epoch 1\nmean_dice\t0.85\r\n")  # lines, a tab, CRLF: text all the same
     assert score_predictions(folder, ds, proto).scored["n_cases"] == len(ids)
     for blob in ((folder / f"{ids[0]}.nii.gz").read_bytes(), b""):  # no ending, but no text (or nothing): refused
@@ -986,8 +992,8 @@ def test_the_test_scripts_plain_nii_files_are_read_as_its_nii_gz_ones(tmp_path):
     for path in [*nn.root.glob("imagesTr/*.nii.gz"), *nn.root.glob("labelsTr/*.nii.gz")]:
         nib.save(nib.load(path), str(path.with_suffix("")))
         path.unlink()
-    meta = json.loads((nn.root / "dataset.json").read_text())
-    (nn.root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".nii"}))
+    meta = json.loads((nn.root / "dataset.json").read_text(encoding="utf-8"))
+    (nn.root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".nii"}), encoding="utf-8")
     nn = open_dataset("nnunet", nn.root, fold=0)
     for path in preds.iterdir():
         path.unlink()
@@ -1175,15 +1181,17 @@ def test_predictions_of_another_dataset_or_fold_are_named_so(tmp_path):
     proto = load_protocol("smoke")
     manifest = {"run_id": "run-1", "protocol": "smoke", "dataset": "isic18", "dataset_name": "isic18",
                 "data_root": str(tmp_path / "isic18"), "split": "test"}
-    (folder / MANIFEST).write_text(json.dumps(manifest))
+    (folder / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(BenchError, match=r"preds: bench predict's predictions of run run-1, of 'isic18' data at .*isic18; "
                                          r"scored here against 'isic17' data at .*: give the data they are of "
                                          r"\(--dataset isic18 and its --data-root\)$"):
         score_predictions(folder, ds, proto)
-    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-1", "dataset": "synapse"}))  # an older run's: no name
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-1", "dataset": "synapse"}),
+                                   encoding="utf-8")  # an older run's: no name
     with pytest.raises(BenchError, match=r"of 'synapse' data; scored here against 'isic17' data"):
         score_predictions(folder, ds, proto)
-    (folder / MANIFEST).write_text(json.dumps({**manifest, "dataset": "isic17", "dataset_name": "isic17"}))
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "dataset": "isic17", "dataset_name": "isic17"}),
+                                   encoding="utf-8")
     assert score_predictions(folder, ds, proto).notes == [
         f"bench predict's run run-1 read its isic17 data at {tmp_path / 'isic18'}; the ground truth here is that at "
         f"{ds.root.resolve()}"]
@@ -1191,27 +1199,28 @@ def test_predictions_of_another_dataset_or_fold_are_named_so(tmp_path):
     root = synthesize("nnunet", tmp_path / "nnunet", dims=2, n_cases=5, size=32)
     cases = sorted(p.name.split(".")[0] for p in (root / "labelsTr").iterdir())
     (root / "splits_final.json").write_text(json.dumps(  # fold k tests case k
-        [{"train": [c for c in cases if c != case], "val": [case]} for case in cases]))
+        [{"train": [c for c in cases if c != case], "val": [case]} for case in cases]), encoding="utf-8")
     fold1 = open_dataset("nnunet", root, fold=1)
     folder = tmp_path / "fold1"
     folder.mkdir()
     name = fold1.prediction_name(cases[1])
     shutil.copyfile(root / "labelsTr" / name, folder / name)
-    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-2", "split": "fold1"}))
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-2", "split": "fold1"}), encoding="utf-8")
     assert score_predictions(folder, fold1, SMOKE).notes == []
     for split in ("fold_1", "fold"):  # no split a record names: nothing to compare, nothing said
-        (folder / MANIFEST).write_text(json.dumps({"run_id": "run-2", "split": split}))
+        (folder / MANIFEST).write_text(json.dumps({"run_id": "run-2", "split": split}), encoding="utf-8")
         assert score_predictions(folder, fold1, SMOKE).notes == []
     (folder / MANIFEST).write_text(json.dumps({"run_id": "run-2", "dataset": "nnunet", "split": "fold1",
-                                               "dataset_name": "nnunet:Dataset002_B"}))  # the same reader's
+                                               "dataset_name": "nnunet:Dataset002_B"}),
+                                   encoding="utf-8")  # the same reader's
     with pytest.raises(BenchError, match=rf"of 'nnunet:Dataset002_B' data; scored here against "
                                          rf"'{re.escape(fold1.dataset_name)}' data"):
         score_predictions(folder, fold1, SMOKE)
-    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-2", "split": "fold1"}))
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-2", "split": "fold1"}), encoding="utf-8")
     with pytest.raises(BenchError, match=rf"{name}: no test case scored here.*; fold mismatch: bench predict's run "
                                          r"run-2 is of fold 1, scored here as fold 0: pass --fold 1$"):
         score_predictions(folder, open_dataset("nnunet", root, fold=0), SMOKE)
-    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-2", "split": "test"}))
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-2", "split": "test"}), encoding="utf-8")
     with pytest.raises(BenchError, match=r"fold mismatch: bench predict's run run-2 is of the data's test split, scored "
                                          r"here as fold 2: pass no --fold$"):
         score_predictions(folder, open_dataset("nnunet", root, fold=2), SMOKE)
@@ -1219,7 +1228,7 @@ def test_predictions_of_another_dataset_or_fold_are_named_so(tmp_path):
     (folder / name).unlink()
     name = fold1.prediction_name(cases[0])
     shutil.copyfile(root / "labelsTr" / name, folder / name)
-    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-3", "split": "fold0"}))
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "run-3", "split": "fold0"}), encoding="utf-8")
     scores = score_predictions(folder, open_dataset("nnunet", root), SMOKE)
     assert scores.metrics["dice"] == 1.0
     assert scores.notes == ["fold mismatch: bench predict's run run-3 is of fold 0, scored here as the data's test "
@@ -1339,13 +1348,13 @@ def test_the_command_prints_a_table_writes_csv_and_json_and_fails_in_one_line(tm
     proc = run_bench_here(monkeypatch, capsys, *base, "--out", tmp_path / "x.csv")
     assert proc.stderr.splitlines().count(authors) == 1 and proc.stderr.count("authors' scoring") == 1
     run_bench_here(monkeypatch, capsys, *base, "--out", tmp_path / "x.json")
-    assert json.loads((tmp_path / "x.json").read_text())["notes"][0] == authors.removeprefix("note: ")
+    assert json.loads((tmp_path / "x.json").read_text(encoding="utf-8"))["notes"][0] == authors.removeprefix("note: ")
     import pandas as pd
 
     rows = pd.read_csv(tmp_path / "x.csv")
     assert len(rows) == 2 * 8 and list(rows.columns[:3]) == ["case", "class", "name"] and set(rows["hd95_unit"]) == {"voxels"}
     run_bench_here(monkeypatch, capsys, *base, "--policy", "strict", "--format", "json", "--out", tmp_path / "s.json")
-    data = json.loads((tmp_path / "s.json").read_text())
+    data = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
     assert data["scored"]["policy"] == "strict" and data["hd95_unit"] == "mm" and len(data["per_class"]) == 8
     assert data["scored"]["predictions_sha256"] and data["scored"]["n_cases"] == 2
     proc = run_bench_here(monkeypatch, capsys, *base, "--format", "md", "--out", tmp_path / "t.csv", check=False)

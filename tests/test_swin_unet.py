@@ -16,7 +16,7 @@ from tests.test_vmunet import REFERENCE, _manifest
 
 def test_authors_layout_loads_strictly():
     model = create_model("swin_unet", num_classes=9, img_size=224)
-    meta = json.loads((REFERENCE / "swin_unet_synapse" / "meta.json").read_text())
+    meta = json.loads((REFERENCE / "swin_unet_synapse" / "meta.json").read_text(encoding="utf-8"))
     assert sum(p.numel() for p in model.parameters()) == meta["params_total"]
     manifest = _manifest("swin_unet_synapse")
     own = model.state_dict()

@@ -267,9 +267,10 @@ KILL_SCRIPT = textwrap.dedent(
 
 def _run_script(tmp_path, *args):
     script = tmp_path / "kill.py"
-    script.write_text(KILL_SCRIPT)
+    script.write_text(KILL_SCRIPT, encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(script), *map(str, args)], env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, str(script), *map(str, args)], env=env, capture_output=True, text=True,
+                          encoding="utf-8")
 
 
 def test_resume_after_sigkill_gives_same_weights(synapse_root, tmp_path):
@@ -385,8 +386,8 @@ def test_resume_refuses_a_checkpoint_of_other_data_or_another_model(synapse_root
         train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path / "run", device=torch.device("cpu"),
                     on_epoch_end=stop)
     listed = root / "lists" / "lists_Synapse" / "train.txt"
-    ids = listed.read_text().split()
-    listed.write_text("\n".join(ids[: len(ids) // 2]) + "\n")
+    ids = listed.read_text(encoding="utf-8").split()
+    listed.write_text("\n".join(ids[: len(ids) // 2]) + "\n", encoding="utf-8")
     short = open_dataset("synapse", root)
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     with pytest.raises(BenchError, match=rf"{last}: written for other training data \(items .*n_items {len(ids)} -> "
@@ -505,7 +506,7 @@ def test_a_resume_with_no_checkpoint_says_it_starts_over(synapse_root, tmp_path,
     # a finished run (its record written: every run keeps last.pt) is no leftover
     (tmp_path / "records").mkdir()
     for finished in ("aaaa1111", "bbbb2222"):  # bbbb2222 trained to its end above
-        (tmp_path / "records" / f"synapse-mine-unet-s0-{finished}.json").write_text("{}")
+        (tmp_path / "records" / f"synapse-mine-unet-s0-{finished}.json").write_text("{}", encoding="utf-8")
     train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=runs / "synapse-mine-unet-s0-dddd4444",
                 device=torch.device("cpu"), resume=True)
     assert "training from the start\n" in capsys.readouterr().err

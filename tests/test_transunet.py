@@ -29,7 +29,7 @@ def _timm():
 
 def test_authors_layout_loads_strictly():
     model = create_model("transunet", num_classes=9, img_size=224)
-    meta = json.loads((REFERENCE / "transunet_synapse" / "meta.json").read_text())
+    meta = json.loads((REFERENCE / "transunet_synapse" / "meta.json").read_text(encoding="utf-8"))
     assert sum(p.numel() for p in model.parameters()) == meta["params_total"] == 105_277_081
     manifest = _manifest("transunet_synapse")
     assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == [(k, s) for k, s, _ in manifest]

@@ -22,14 +22,14 @@ if not REFERENCE.is_dir():  # CI clones the repo with shared/ beside it
 
 
 def _manifest(ref: str):
-    lines = (REFERENCE / ref / "manifest.tsv").read_text().splitlines()[1:]
+    lines = (REFERENCE / ref / "manifest.tsv").read_text(encoding="utf-8").splitlines()[1:]
     return [(k, tuple(json.loads(s)), d) for k, s, d in (line.split("\t") for line in lines)]
 
 
 @pytest.mark.parametrize("ref, num_classes, img_size", [("vmunet_isic", 1, 256), ("vmunet_synapse", 9, 224)])
 def test_authors_layout_loads_strictly(ref, num_classes, img_size):
     model = create_model("vmunet", num_classes=num_classes, img_size=img_size)
-    meta = json.loads((REFERENCE / ref / "meta.json").read_text())
+    meta = json.loads((REFERENCE / ref / "meta.json").read_text(encoding="utf-8"))
     assert sum(p.numel() for p in model.parameters()) == meta["params_total"]
     manifest = _manifest(ref)
     assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == [(k, s) for k, s, _ in manifest]

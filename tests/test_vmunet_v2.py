@@ -14,7 +14,7 @@ from bench.registry import create_model, load_official_state_dict, load_weights
 from ssm_models.vmunet_v2 import SDI
 from tests.test_vmunet import REFERENCE, _manifest
 
-META = json.loads((REFERENCE / "vmunet_v2_isic" / "meta.json").read_text())
+META = json.loads((REFERENCE / "vmunet_v2_isic" / "meta.json").read_text(encoding="utf-8"))
 
 
 def test_authors_layout_loads_strictly():

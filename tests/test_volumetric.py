@@ -56,16 +56,16 @@ def test_lightm_unet_3d_protocol_is_the_authors_trainer_on_patches():
     ('img_size = 64\ntarget_spacing = [1.0, 1.0]', "target_spacing: resampling to a spacing belongs to patch protocols"),
 ])
 def test_bad_3d_protocol_fields_name_the_file_and_field(tmp_path, lines, phrase):
-    text = (PROTOCOLS / "lightm_unet_3d.toml").read_text()
+    text = (PROTOCOLS / "lightm_unet_3d.toml").read_text(encoding="utf-8")
     text = text.replace("patch_size = [128, 128, 128]\n", "").replace('target_spacing = "nnunet"', "")
     text = text[:text.index("[eval]")]  # the test writes its own
     head, _, tail = text.partition("[train]")
     path = tmp_path / "bad.toml"
     if "[eval]" in lines:
         first, _, ev = lines.partition("\n[eval]\n")
-        path.write_text(head + first + "\n[train]" + tail + "\n[eval]\n" + ev + "\n")
+        path.write_text(head + first + "\n[train]" + tail + "\n[eval]\n" + ev + "\n", encoding="utf-8")
     else:
-        path.write_text(head + lines + "\n[train]" + tail)
+        path.write_text(head + lines + "\n[train]" + tail, encoding="utf-8")
     with pytest.raises(BenchError) as err:
         load_protocol(path)
     assert str(path) in str(err.value) and phrase in str(err.value)
@@ -73,16 +73,16 @@ def test_bad_3d_protocol_fields_name_the_file_and_field(tmp_path, lines, phrase)
 
 def test_patch_size_not_a_list_is_one_clear_error(tmp_path):
     path = tmp_path / "scalar.toml"
-    path.write_text((PROTOCOLS / "lightm_unet_3d.toml").read_text().replace("patch_size = [128, 128, 128]",
-                                                                             "patch_size = 128"))
+    path.write_text((PROTOCOLS / "lightm_unet_3d.toml").read_text(encoding="utf-8")
+                    .replace("patch_size = [128, 128, 128]", "patch_size = 128"), encoding="utf-8")
     with pytest.raises(BenchError, match=r"patch_size: expected whole numbers >= 1, \[D, H, W\].*got 128"):
         load_protocol(path)
 
 
 def test_oversample_share_is_checked(tmp_path):
     path = tmp_path / "over.toml"
-    path.write_text((PROTOCOLS / "lightm_unet_3d.toml").read_text().replace("oversample_foreground = 0.33",
-                                                                             "oversample_foreground = 1.5"))
+    path.write_text((PROTOCOLS / "lightm_unet_3d.toml").read_text(encoding="utf-8")
+                    .replace("oversample_foreground = 0.33", "oversample_foreground = 1.5"), encoding="utf-8")
     with pytest.raises(BenchError, match="train.oversample_foreground: expected a share between 0 and 1"):
         load_protocol(path)
 
@@ -396,7 +396,7 @@ def test_a_case_that_fails_to_finish_stops_the_pipeline_early():
 def test_an_unwritable_volume_cache_is_one_clear_error(tmp_path):
     ds = open_dataset("nnunet", synthesize("nnunet", tmp_path / "vol", dims=3, n_cases=3, depth=8, size=16))
     (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "volumes").write_text("a file where the folder should be")
+    (tmp_path / "cache" / "volumes").write_text("a file where the folder should be", encoding="utf-8")
     ds.volume_cache = tmp_path / "cache"
     case = ds.train_volume_ids()[0]
     with pytest.raises(BenchError, match=rf"cache/volumes/[0-9a-f]{{12}}: cannot keep the preprocessed training "
@@ -677,7 +677,7 @@ def test_lightm_unet_3d_run_trains_on_patches_and_scores_whole_volumes(volumes, 
            "lightm_unet_3d", "--results", res, *_without(FAST3D, "--max-iterations"), "--max-iterations", "1")
     # 2 of the 4 volumes drawn
     (path,) = sorted((res / "records").glob("*.json"))
-    rec = json.loads(path.read_text())
+    rec = json.loads(path.read_text(encoding="utf-8"))
     assert rec["model_config"]["spatial_dims"] == 3 and rec["cost"]["input_shape"] == "1x1x8x16x16"
     assert rec["cost"]["scan_macs"] > 0 and rec["train"]["iterations"] == 1
     # every training volume preprocessed into the cache before training, not only those drawn
@@ -715,7 +715,7 @@ def test_lightm_unet_3d_run_trains_on_patches_and_scores_whole_volumes(volumes, 
     assert run_model({**rec, "target_spacing": [9.0, 9.0, 9.0]}, res)[1].target_spacing == [9.0, 9.0, 9.0]
     # rescoring rebuilds the 3-D model from the record and predicts the same volume again
     _bench("rescore", "--results", res, "--policy", "legacy-synapse")
-    twin = json.loads((res / "records" / f"{rec['run_id']}.legacy-synapse.json").read_text())
+    twin = json.loads((res / "records" / f"{rec['run_id']}.legacy-synapse.json").read_text(encoding="utf-8"))
     assert [c["tp"] for c in twin["per_case"]] == [c["tp"] for c in rec["per_case"]]
     assert records.load(res)["dice"].notna().all()
 
@@ -814,21 +814,21 @@ def test_3d_zscore_on_volumes_with_zero_background_normalises_inside_the_non_zer
     ct = open_dataset("nnunet", synthesize("nnunet", tmp_path / "ct", dims=3, n_cases=5, depth=8, size=24))
     assert not volume_prep(ct, proto).mask_norm  # CT-like air is not 0: nothing cropped away
     path = tmp_path / "zscore3d.toml"
-    text = (PROTOCOLS / "lightm_unet_3d.toml").read_text()
+    text = (PROTOCOLS / "lightm_unet_3d.toml").read_text(encoding="utf-8")
     path.write_text(text.replace('name = "lightm_unet_3d"', 'name = "zscore3d"')
-                    .replace('normalize = "ct_foreground"', 'normalize = "zscore"'))
+                    .replace('normalize = "ct_foreground"', 'normalize = "zscore"'), encoding="utf-8")
     res = tmp_path / "res"
     _bench("run", "--models", "lightm_unet", "--dataset", "nnunet", "--data-root", root, "--protocol", path,
            "--results", res, *FAST3D)
     (rec_path,) = sorted((res / "records").glob("*.json"))
-    rec = json.loads(rec_path.read_text())
+    rec = json.loads(rec_path.read_text(encoding="utf-8"))
     assert rec["mask_norm"] is True and rec["intensity_stats"] is None
     from bench.rescore import run_model
 
     assert run_model({**rec, "mask_norm": False}, res, path)[1].mask_norm is False  # the record's, not redrawn
     assert {c["tp"] + c["fp"] + c["fn"] + c["tn"] for c in rec["per_case"]} == {8 * 24 * 24}
     _bench("rescore", "--results", res, "--policy", "legacy-synapse", "--protocol", path)
-    twin = json.loads((res / "records" / f"{rec['run_id']}.legacy-synapse.json").read_text())
+    twin = json.loads((res / "records" / f"{rec['run_id']}.legacy-synapse.json").read_text(encoding="utf-8"))
     assert [c["tp"] for c in twin["per_case"]] == [c["tp"] for c in rec["per_case"]]
 
 

@@ -40,10 +40,7 @@ def main() -> None:
     """Console entry point: user errors print one line and exit 2 (runs other processes hold were
     skipped: a "held:" line, exit 75), warnings one line each (tracebacks and Python's own warning
     format with BENCH_DEBUG=1)."""
-    # a terminal or file of another encoding (latin-1, cp1252): a board's ↑ and ± shown as ?, not a crash
-    # (stderr escapes them already; --out writes UTF-8 files)
-    if callable(getattr(sys.stdout, "reconfigure", None)):
-        sys.stdout.reconfigure(errors="replace")
+    _unfailing_output()
     handles = threading.current_thread() is threading.main_thread()
     # SIGTERM (what Slurm and torchrun send first) as Ctrl-C: cleanup runs (temp files, the run's
     # claim) and the command says so, where the process died with neither
@@ -57,6 +54,17 @@ def main() -> None:
         # inherit ours (a multiprocessing pool's terminate() then hangs); kept once a SIGTERM came
         if handles and signal.getsignal(signal.SIGTERM) is _interrupt:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _unfailing_output() -> None:
+    """stdout and stderr that cannot fail on a character their encoding lacks (a latin-1 or cp1252 terminal or
+    file, PYTHONIOENCODING=ascii:strict, a path's undecodable bytes), where the command crashed with
+    UnicodeEncodeError after its work was done. stdout shows a board's ↑ and ± as "?", one character for one,
+    so its columns stay aligned; stderr, as Python's default has it, as \\u2191, so an error's path stays exact.
+    A handler other than strict is the user's choice, kept. Files written with --out are UTF-8 regardless."""
+    for stream, errors in ((sys.stdout, "replace"), (sys.stderr, "backslashreplace")):
+        if getattr(stream, "errors", None) == "strict" and callable(getattr(stream, "reconfigure", None)):
+            stream.reconfigure(errors=errors)
 
 
 def _main() -> None:

@@ -470,7 +470,7 @@ def _label_values(path: str, sha: str) -> tuple[int, ...]:
         kept = None
     if kept is not None:
         try:
-            return tuple(int(v) for v in json.loads(kept.read_text()))
+            return tuple(int(v) for v in json.loads(kept.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError):  # none yet, or unreadable: decoded again
             pass
     read = read_nifti if any(path.endswith(e) for e in VOLUME_ENDINGS) else _read_png_pair

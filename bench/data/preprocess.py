@@ -207,7 +207,7 @@ def _fingerprint_path(dataset, ids: Sequence[str]) -> Path | None:
 
 def _read_fingerprint(path: Path | None) -> dict | None:
     try:
-        found = json.loads(path.read_text()) if path is not None else None
+        found = json.loads(path.read_text(encoding="utf-8")) if path is not None else None
     except (OSError, ValueError):  # none yet, or unreadable: computed again
         return None
     return found if isinstance(found, dict) and found.get("format") == FINGERPRINT_FORMAT else None

@@ -110,7 +110,7 @@ def synthesize(kind: str, out: str | Path, *, seed: int = 0, **size_options: Any
 def _marker(root: str | Path) -> tuple[str, dict[str, Any]] | None:
     """``MARKER`` in ``root`` as stored and as read ({} for one that is no JSON object); None for other data."""
     try:
-        text = Path(root, MARKER).read_text()
+        text = Path(root, MARKER).read_text(encoding="utf-8")
     except OSError:
         return None
     try:
