@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import claim, fileio, records
+from bench.profiles import PROFILE_DIR
 from bench.errors import BenchError
 from bench.rescore import rescored_name, weights_path
 
 # in a finished run's checkpoints/: what a resume alone reads (the scored weights are never among them)
-RESUME_ONLY = ("last.pt", "epoch_*.pt", "best@*.pt")
+RESUME_ONLY = (records.LAST, "epoch_*.pt", "best@*.pt")
 
 
 @dataclass
@@ -69,7 +70,8 @@ def clean(results_dir: Path, dry_run: bool = False) -> Cleanup:
         if spare := [p for p in spare if p not in named]:
             found.resume[rec["run_id"]] = spare
     runs = sorted(records.runs_dir(results_dir).glob("*"))
-    for folder in [records.records_dir(results_dir), results_dir / "profiles", *runs, *(r / "checkpoints" for r in runs)]:
+    for folder in [records.records_dir(results_dir), results_dir / PROFILE_DIR, *runs,
+                   *(r / records.CHECKPOINT_DIR for r in runs)]:
         found.temps += fileio.orphans(folder, *fileio.OWN_FOLDER_TEMPS)
     found.size = size_of(found.files())
     found.claimed = [r for r in runs if claim.remove_abandoned(r, dry_run)]

@@ -63,6 +63,7 @@ __all__ = [
     "record_files",
     "load",
     "load_both",
+    "load_with_records",
     "select_runs",
     "StaleRescoresLeftOut",
 ]

@@ -75,8 +75,9 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     for bench predict's predictions of another dataset (its manifest's ``dataset_name``) and for a folder whose
     model's files name other classes (``SegDataset.prediction_folder_notes``; a note where they name the
     same classes otherwise), and for a case's labels written beside its prediction (``SegDataset.labels_beside``:
-    TransUNet's test script's ``<case>_gt.nii.gz``) that are not its ground truth, voxel for voxel (every case's
-    compared first, one error counting them; said where they are); its run's fold, where not the one scored, is
+    TransUNet's test script's ``<case>_gt.nii.gz``) that are not its ground truth, voxel for voxel (each before its
+    prediction is read; from the first that differs on, only the other cases' labels, so one error counts them all;
+    said where they are); its run's fold, where not the one scored, is
     named in a case error. A dataset of every fold's cases (nnU-Net's ``ALL_FOLDS``) scores them pooled, one
     aggregate over all, and each fold's DSC (``Scores.per_fold``). On nnU-Net data a folder of nnU-Net's own
     fold "all" of a model of this data (or of one nothing names), which trained on every case, is refused
@@ -139,7 +140,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
             other_labels.append((labels, *differ))
         elif labels:
             same_labels.append(labels)
-        if other_labels:  # every case's labels compared before the one error, so it counts them all
+        if other_labels:  # the remaining cases' labels compared before the one error, so it counts them all
             continue
         pred, spacing = dataset.read_prediction(path, greyed)
         if spacing is not None and case.spacing is not None and not np.allclose(spacing, case.spacing, rtol=1e-4,
@@ -470,7 +471,7 @@ def _other_labels_error(pred_dir: Path, differ: list[tuple[str, str, list]], n: 
         why += f"; {clash}: no one class order explains them"
     elif pairs:
         moved = [(o, t) for o, t in pairs if o != t]
-        why += (f"; the same structures under other ids{' in each file' if len(differ) > 1 else ''}, ours "
+        why += (f"; the same structures under other ids{' in these files' if len(differ) > 1 else ''}, ours "
                 f"{', '.join(f'{_class_said(o, dataset)} as {t}' for o, t in moved)}: another class order")
         lookup = np.arange(max(t for _, t in pairs) + 1)
         lookup[[t for _, t in pairs]] = [o for o, _ in pairs]
@@ -489,13 +490,13 @@ def _other_labels_error(pred_dir: Path, differ: list[tuple[str, str, list]], n: 
 def _one_order(differ: list[tuple[str, str, list]], dataset: SegDataset) -> tuple[list[tuple[int, int]], str]:
     """The (our id, their id) pairs of the one class order that explains every file in ``differ`` (each file's
     name, why and ``_relabelled`` pairs), sorted, and ""; else [] and, where some file is in another class order,
-    the words naming two files that disagree: one in another order and one of other labels, or two whose orders
-    give one id of ours two of theirs (or one of theirs two of ours)."""
+    the words naming two files that disagree: one in another order and one of other voxels (other labels or another
+    shape), or two whose orders give one id of ours two of theirs (or one of theirs two of ours)."""
     if not any(pairs for _, _, pairs in differ):
         return [], ""
     if unordered := next((name for name, _, pairs in differ if not pairs), None):
         ordered = next(name for name, _, pairs in differ if pairs)
-        return [], f"{ordered} holds our structures under other ids, {unordered} other labels"
+        return [], f"{ordered} holds our structures under other ids, {unordered} other voxels"
     ours: dict[int, tuple[int, str]] = {}  # our id: (their id, the first file that pairs them)
     theirs: dict[int, tuple[int, str]] = {}  # and the reverse
     for name, _, pairs in differ:

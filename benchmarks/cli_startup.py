@@ -43,7 +43,7 @@ def write_results(root: Path) -> Path:
 
 def _run(args: list) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(CHECKOUT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env, check=True)
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, encoding="utf-8", env=env, check=True)
 
 
 def median_s(args: list, repeats: int) -> float:

@@ -463,6 +463,7 @@ def test_a_fold_all_folder_is_refused_only_as_a_model_of_this_data(tmp_path, mon
     ("synth_copy", "Dataset900_Synth", "Dataset900_Synth", "this"),  # dataset.json's name alone
     ("Dataset900_Copy", "Copy", "Dataset901_Synth", "other"),  # another id: another dataset, though the Name agrees
     ("synth_copy", "Copy", "Dataset901_External", "unsure"),  # no id and no Name agrees: taken as this data's
+    ("Dataset900_Synth", "Synth", "Liver", "unsure"),  # the model's name lacks the id: renaming the data cannot help
 ])
 def test_a_fold_all_models_dataset_is_told_from_this_datas_by_its_nnunet_id(tmp_path, folder, json_name, model_name,
                                                                              whose):
@@ -479,6 +480,10 @@ def test_a_fold_all_models_dataset_is_told_from_this_datas_by_its_nnunet_id(tmp_
     preds.mkdir(parents=True)
     for name in ds.test_ids():
         shutil.copyfile(root / "labelsTr" / f"{name}.nii.gz", preds / f"{name}.nii.gz")
+    told = "its results folder .*"
+    if not model_name.startswith("Dataset"):  # a results folder names a dataset by its id alone: a plans.json then
+        (preds.parent.parent / "plans.json").write_text(json.dumps({"dataset_name": model_name}), encoding="utf-8")
+        told = ".*plans.json"
     ours = f"{folder}, {json_name}" if folder != json_name else folder
     if whose == "other":
         assert score_predictions(preds, ds, SMOKE).notes[-1].endswith(
@@ -486,12 +491,13 @@ def test_a_fold_all_models_dataset_is_told_from_this_datas_by_its_nnunet_id(tmp_
             "trained on (an external test set's); of a model of this data they would be training scores")
         return
     also = "" if model_name in (folder, json_name) else f"; this data: {ours}"  # said where no name is the model's
-    said = (rf"of this data \({model_name}, as its results folder .* names it{also}\), so its predictions "
+    rename = "" if folder.startswith("Dataset") else r", or name this data's folder DatasetNNN_Name by its nnU-Net id"
+    said = (rf"of this data \({model_name}, as {told} names it{also}\), so its predictions "
             r"are of cases it was trained on: " if whose == "this" else
-            rf"of {model_name}, as its results folder .* names it, taken as this data \({ours}\): no nnU-Net dataset id "
+            rf"of {model_name}, as {told} names it, taken as this data \({ours}\): no nnU-Net dataset id "
             r"tells the two apart, so its predictions are taken as of cases it was trained on \(if they are another "
-            r"dataset's, an external test set's, score them from a folder outside any named fold_all, or name this "
-            r"data's folder DatasetNNN_Name by its nnU-Net id\): ")
+            r"dataset's, an external test set's, score them from a folder outside any named fold_all"
+            + rename + r"\): ")
     with pytest.raises(BenchError, match=r"^--predictions .*: a folder of nnU-Net's fold_all, whose model "
                                          r"\(nnUNetv2_train DATASET CONFIG all\) trained on every case " + said +
                                          r"no score of it is a test score"):
@@ -1101,7 +1107,7 @@ def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_p
     opened.clear()
     said = refused_all("both", swapped(1, 2))
     assert opened == Counter([f"{first}_gt.nii.gz", f"{second}_gt.nii.gz"])
-    assert "; the same structures under other ids in each file, ours 1 (aorta) as 2, 2 (gallbladder) as 1: another " \
+    assert "; the same structures under other ids in these files, ours 1 (aorta) as 2, 2 (gallbladder) as 1: another " \
         f"class order; 2 of the 2 cases' labels differ: {first}_gt.nii.gz, {second}_gt.nii.gz); " in said
     assert said.endswith("remap the predictions (and these label files) to our ids, theirs to ours 2->1, 1->2 (pred "
                          "= np.array([0, 2, 1, 3, 4, 5, 6, 7, 8])[pred]), or score them with the data they were made "
@@ -1111,7 +1117,7 @@ def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_p
         f"order explains them; 2 of the 2 cases' labels differ: {first}_gt.nii.gz, {second}_gt.nii.gz); " in said
     assert said.endswith(ANYWAY)
     said = refused_all("order_and_voxels", both(lambda case_id, label: kidney_as_spleen(label), swapped(1, 2)))
-    assert f"; {first}_gt.nii.gz holds our structures under other ids, {second}_gt.nii.gz other labels: no one class " \
+    assert f"; {first}_gt.nii.gz holds our structures under other ids, {second}_gt.nii.gz other voxels: no one class " \
         "order explains them; 2 of the 2 cases' labels differ" in said and said.endswith(ANYWAY)
 
 ANYWAY = ("score the predictions with the data they were made on (its --data-root), or move the label files out of "

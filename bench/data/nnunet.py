@@ -634,8 +634,9 @@ def trained_on_every_case(folder: Path, data: NnUNetDataset) -> tuple[str, str]:
     dataset, of one no nnU-Net id tells from it (``_same_dataset``) or of one nothing names (``fold_all_dataset``),
     the words that say what that is: nnU-Net's fold "all" (``nnUNetv2_train DATASET CONFIG all``) trains on every
     case, so its ``validation/`` holds predictions of its own training cases; not ``ALL_FOLDS`` (a cross-validation:
-    each case predicted by the fold that did not train on it). Second, where a ``fold_all`` model is of another dataset by its name alone (an external test set's
-    predictions, taken as of cases it never trained on), the note that says what names it; "" for each otherwise."""
+    each case predicted by the fold that did not train on it). Second, where a ``fold_all`` model is of another
+    dataset by its name alone (an external test set's predictions, taken as of cases it never trained on), the note
+    that says what names it; "" for each otherwise."""
     path = Path(folder).expanduser()
     for parts in (path.parts, path.resolve().parts):
         if NNUNET_FOLD_ALL in parts:
@@ -658,10 +659,13 @@ def trained_on_every_case(folder: Path, data: NnUNetDataset) -> tuple[str, str]:
         return what + (f" of this data ({name}, as {told} names it" + ("" if name in ours else f"; this data: {said}")
                        + "), so its predictions are of cases it was trained on"), ""
     if name:  # no name agrees and none differs: taken as this data's, a training score never passing as a test's
+        # renaming helps only where the data's names lack the id (the model's name, where it lacks one, is its own)
+        rename = ("" if any(NNUNET_DATASET_NAME.fullmatch(n) for n in ours)
+                  else ", or name this data's folder DatasetNNN_Name by its nnU-Net id")
         return what + (f" of {name}, as {told} names it, taken as this data ({said}): no nnU-Net dataset id tells "
                        "the two apart, so its predictions are taken as of cases it was trained on (if they are another "
                        "dataset's, an external test set's, score them from a folder outside any named "
-                       f"{NNUNET_FOLD_ALL}, or name this data's folder DatasetNNN_Name by its nnU-Net id)"), ""
+                       f"{NNUNET_FOLD_ALL}{rename})"), ""
     return what + (", so its predictions are of cases it was trained on (nothing names the model's dataset: no "
                    f"plans.json in {fold_dir.parent} names it; predictions of other cases, as an external test set's, "
                    f"are scored from a folder outside any named {NNUNET_FOLD_ALL})"), ""
