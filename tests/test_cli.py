@@ -781,7 +781,9 @@ def test_benchs_own_warning_categories_read_as_plain_warnings(capsys):
 
     _show_warning(StaleRescoresLeftOut("a stale rescore left out"), StaleRescoresLeftOut, "f.py", 1)
     _show_warning(FutureWarning("torch will change"), FutureWarning, "f.py", 1)
-    assert capsys.readouterr().err == "warning: a stale rescore left out\nwarning (FutureWarning): torch will change\n"
+    _show_warning(DeprecationWarning("\nPyarrow will become\n  a required dependency\n"), DeprecationWarning, "f.py", 1)
+    assert capsys.readouterr().err == ("warning: a stale rescore left out\nwarning (FutureWarning): torch will change\n"
+                                       "warning (DeprecationWarning): Pyarrow will become a required dependency\n")
 
 
 # every command, as registered (a command added later is checked too)

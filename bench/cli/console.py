@@ -27,8 +27,9 @@ _warned: set[str] = set()
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """``warnings.showwarning`` on the command line: one line per warning, without the source line,
-    and each text once (planning a grid and running it build the same model and meet the same warning)."""
-    text = str(message)
+    and each text once (planning a grid and running it build the same model and meet the same warning).
+    Another package's text over several lines (pandas' about pyarrow) is joined into that one line."""
+    text = " ".join(str(message).split())
     if text not in _warned:
         _warned.add(text)
         # bench's own categories (records.StaleRescoresLeftOut) are plain warnings to a user
