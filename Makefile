@@ -33,7 +33,7 @@ demo:
 # the CI smoke grid: fixed seed and threads, compared with the committed baseline
 smoke:
 	rm -rf $(SMOKE_RESULTS)
-	bash scripts/smoke_grid.sh $(SMOKE_RESULTS) $(MODELS)
+	BENCH=$(BENCH) bash scripts/smoke_grid.sh $(SMOKE_RESULTS) $(MODELS)
 
 check: smoke
 	$(BENCH) check --baseline results/baseline/smoke.csv --results $(SMOKE_RESULTS) --models $(MODELS)

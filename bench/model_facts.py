@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-__all__ = ["ModelFacts", "FACTS", "built_in_facts"]
+__all__ = ["FAMILIES", "ModelFacts", "FACTS", "built_in_facts"]
+
+FAMILIES = ("ssm", "cnn", "transformer")
 
 
 @dataclass(frozen=True)
@@ -23,19 +25,35 @@ class ModelFacts:
     name: str
     family: str
     paper_config: Mapping[str, Any]
+    # required: register_model would otherwise take the factory's docstring, and the two would differ
+    description: str
     tiny: Mapping[str, Any] = field(default_factory=dict)  # overrides for tests and CPU smoke runs
     source: str = ""  # authors' repository and commit
     paper: str = ""
-    description: str = ""
     init: tuple[str, str] | None = None  # (pretrained loader, file name); None: the authors train from scratch
     chooses: tuple[str, ...] = ()  # constructor keys fitted to the input (the registry's ModelEntry says more)
+
+    def __post_init__(self) -> None:  # here, where the fact is written, not at the model file's import
+        if self.family not in FAMILIES:
+            raise ValueError(f"bench/model_facts.py: {self.name}'s family must be one of {FAMILIES}, "
+                             f"got {self.family!r}")
 
     def register_args(self) -> dict[str, Any]:
         """These facts as ``register_model``'s keywords."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-FACTS: dict[str, ModelFacts] = {c.name: c for c in (
+def _by_name(*facts: ModelFacts) -> dict[str, ModelFacts]:
+    """The facts by model name; a name given twice (a block copied and not renamed) is an error, not the
+    first model's facts silently replaced."""
+    by_name: dict[str, ModelFacts] = {}
+    for f in facts:
+        if by_name.setdefault(f.name, f) is not f:
+            raise ValueError(f"bench/model_facts.py: two ModelFacts named {f.name!r}")
+    return by_name
+
+
+FACTS: dict[str, ModelFacts] = _by_name(
     ModelFacts(
         name="unet",
         family="cnn",
@@ -102,7 +120,7 @@ FACTS: dict[str, ModelFacts] = {c.name: c for c in (
         paper="Liao et al., arXiv:2403.05246",
         description="LightM-UNet (2-D/3-D): SegResNet-style UNet with Mamba layers (5.01 M params as released)",
     ),
-)}
+)
 
 
 def built_in_facts(name: str) -> ModelFacts | None:

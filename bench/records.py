@@ -46,6 +46,7 @@ from bench.errors import BenchError, did_you_mean, few
 from bench.fileio import SAFE_NAME, absent, atomic_write_text
 from bench.names import matched_names, name_list, nothing_named
 from bench.metrics import METRICS
+from bench.model_facts import FAMILIES
 from bench.metrics import POLICIES as METRIC_POLICIES
 from bench.runlog import RUN_LOG
 
@@ -69,7 +70,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-FAMILIES = ("ssm", "cnn", "transformer")
 POLICIES = tuple(METRIC_POLICIES)
 
 # Identification columns of a run, in the order ``load`` returns them.

@@ -34,9 +34,9 @@ from torch import nn
 from bench.errors import BenchError, closest, few, unknown_name
 from bench.names import matched_names, name_list, nothing_named
 from bench.fileio import absent
+from bench.model_facts import FAMILIES
 from bench.modeling import SegmentationModel, size_error
 
-FAMILIES = ("ssm", "cnn", "transformer")
 _BUILTIN_PACKAGES = ("baselines", "ssm_models")
 ENTRY_POINT_GROUP = "ssm_unet_bench.models"
 
@@ -282,8 +282,9 @@ def model_overrides(name: str, overrides: Mapping[str, Any] | None = None, *, ti
     entry = get_entry(name)
     small = dict(entry.tiny) if tiny else {}
     if tiny and not small:  # a plugin registered without one: say so, rather than build the full model unasked
-        warnings.warn(f"{name}: has no tiny configuration (register_model(tiny=...)); --tiny builds its paper "
-                      "configuration", stacklevel=2)
+        where = "its ModelFacts' tiny in bench/model_facts.py" if is_builtin(name) else "register_model(tiny=...)"
+        warnings.warn(f"{name}: has no tiny configuration ({where}); --tiny builds its paper configuration",
+                      stacklevel=2)
     overrides = dict(overrides or {})
     _refuse_fixed_keys(overrides)
     return {**small, **overrides}

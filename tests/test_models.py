@@ -111,10 +111,23 @@ def test_every_built_in_model_registers_its_facts():
     from bench.model_facts import FACTS
     from bench.registry import is_builtin
 
-    assert sorted(filter(is_builtin, list_models())) == sorted(FACTS)
+    registered = set(filter(is_builtin, list_models()))
+    assert not registered - set(FACTS), f"bench/model_facts.py: no ModelFacts of {sorted(registered - set(FACTS))}"
+    assert not set(FACTS) - registered, f"no registered model of {sorted(set(FACTS) - registered)}'s ModelFacts"
     for name, facts in FACTS.items():
         entry = get_entry(name)
-        assert {f.name: getattr(entry, f.name) for f in fields(facts)} == facts.register_args(), name
+        assert {f.name: getattr(entry, f.name) for f in fields(facts)} == facts.register_args(), (
+            f"{name}: registered with other facts than its ModelFacts (give them there alone)")
+
+
+def test_model_facts_refuse_a_family_of_none_and_a_name_given_twice():
+    from bench.model_facts import FACTS, ModelFacts, _by_name
+
+    with pytest.raises(ValueError, match=r"model_facts.py: mynet's family must be one of .*got 'CNN'"):
+        ModelFacts(name="mynet", family="CNN", paper_config={}, description="")
+    with pytest.raises(ValueError, match="model_facts.py: two ModelFacts named 'unet'"):
+        _by_name(FACTS["unet"], FACTS["swin_unet"], ModelFacts(name="unet", family="cnn", paper_config={},
+                                                               description="a copy not renamed"))
 
 def test_unet_paper_parameter_count():
     # bigmb U_Net with 1 input and 9 output channels (bigmb/Unet-Segmentation-Pytorch-Nest-of-Unets, the U-Net of Swin-Unet's table)
