@@ -1124,6 +1124,31 @@ ANYWAY = ("score the predictions with the data they were made on (its --data-roo
           "the folder to score them against these labels anyway")
 
 
+def test_two_files_putting_two_of_our_ids_under_one_of_theirs_clash_with_no_remap(tmp_path):
+    """One file holds the aorta as 9 (no gallbladder in it), another the gallbladder as 9 (no aorta): each file
+    alone is an order, but together they give one id of theirs two of ours; both files named, no remap."""
+    from bench.score import _one_order
+
+    ds, _ = _test_script_folder(tmp_path)
+    differ = [("A_gt.nii.gz", "ids", [(0, 0), (1, 9), (3, 3)]), ("B_gt.nii.gz", "ids", [(0, 0), (2, 9), (3, 3)])]
+    assert _one_order(differ, ds) == ([], "A_gt.nii.gz holds ours 1 (aorta) as 9, B_gt.nii.gz ours 2 (gallbladder) as 9")
+
+
+def test_one_case_without_gt_and_one_that_differs_counts_the_cases_not_the_files(tmp_path):
+    """A case with no _gt file beside one whose _gt differs: the differing one is "the only one of the 2 cases'
+    labels", the count of the cases compared, not of the files read."""
+    probe, _ = _test_script_folder(tmp_path / "probe", n_test=3)
+    no_gt, stomach_as_9, _ = probe.test_ids()
+
+    def labels(case_id, label):
+        return None if case_id == no_gt else np.where(label == 8, 9, label) if case_id == stomach_as_9 else label
+
+    ds, folder = _test_script_folder(tmp_path / "folder", n_test=3, labels=labels)
+    with pytest.raises(BenchError) as err:
+        score_predictions(folder, ds, SMOKE.with_overrides(max_cases=3), "legacy-synapse")
+    assert "another class order; the only one of the 2 cases' labels that differs); " in str(err.value)
+
+
 def test_colour_and_jpeg_masks_are_read_as_grey_or_refused_by_name(tmp_path):
     """A mask saved as RGB with three equal channels (OpenCV's imwrite of a 3-channel array) is that grey, said;
     one of other colours, or see-through, has no one label to read; a JPEG's edges are no 0/255."""
