@@ -464,6 +464,8 @@ def test_a_fold_all_folder_is_refused_only_as_a_model_of_this_data(tmp_path, mon
     ("Dataset900_Copy", "Copy", "Dataset901_Synth", "other"),  # another id: another dataset, though the Name agrees
     ("synth_copy", "Copy", "Dataset901_External", "unsure"),  # no id and no Name agrees: taken as this data's
     ("Dataset900_Synth", "Synth", "Liver", "unsure"),  # the model's name lacks the id: renaming the data cannot help
+    ("Dataset900_Synth", "Synthetic", "Synth", "this"),  # no id in the model's name: the data's folder's Name part
+    ("synth_copy", 900, "Dataset901_Other", "unsure"),  # a name in dataset.json that is no string: not a name
 ])
 def test_a_fold_all_models_dataset_is_told_from_this_datas_by_its_nnunet_id(tmp_path, folder, json_name, model_name,
                                                                              whose):
@@ -484,7 +486,7 @@ def test_a_fold_all_models_dataset_is_told_from_this_datas_by_its_nnunet_id(tmp_
     if not model_name.startswith("Dataset"):  # a results folder names a dataset by its id alone: a plans.json then
         (preds.parent.parent / "plans.json").write_text(json.dumps({"dataset_name": model_name}), encoding="utf-8")
         told = ".*plans.json"
-    ours = f"{folder}, {json_name}" if folder != json_name else folder
+    ours = ", ".join(dict.fromkeys(n for n in (folder, json_name) if isinstance(n, str)))
     if whose == "other":
         assert score_predictions(preds, ds, SMOKE).notes[-1].endswith(
             f"names it {model_name}, not this data ({ours}), so these are taken as predictions of cases it never "
