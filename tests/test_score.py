@@ -286,6 +286,9 @@ def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path
     assert scores.notes == [cap] and scores.said == 0  # no say: nothing said yet
     said = score_predictions(every, ds, capped, say=[].append)
     assert said.notes == [cap] and said.said == 1
+    # the authors' scoring's note comes after what was said, never before it (the command prints notes[said:])
+    said = score_predictions(every, ds, capped, "legacy-synapse", say=[].append)
+    assert said.notes[:said.said] == [cap] and said.notes[said.said].startswith("legacy-synapse is the authors' ")
     md = render(scores, "md")
     assert "5 cases of nnunet:" in md and " · split: each fold's first 1 validation case, of the 5 folds nnU-Net v2 " \
         "generates, drawn by bench" in md
