@@ -241,6 +241,14 @@ def test_output_streams_that_cannot_show_a_character_do_not_crash_the_command(tm
         shown = getattr(sys, stream).buffer.getvalue().decode("latin-1")
         assert stop.value.code == code and said in shown, shown
         monkeypatch.undo()
+    # a handler other than strict is the user's choice (PYTHONIOENCODING=latin-1:xmlcharrefreplace), kept
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding="latin-1", errors="xmlcharrefreplace"))
+    monkeypatch.setattr(sys, "argv", ["bench", "report", "--results", str(tmp_path / "res")])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    sys.stdout.flush()
+    shown = sys.stdout.buffer.getvalue().decode("latin-1")
+    assert stop.value.code == 0 and "DSC &#8593; (%)" in shown, shown
 
 
 def test_results_from_a_utf8_machine_report_the_same_under_a_locale_of_another_encoding(tmp_path):

@@ -215,6 +215,16 @@ def test_fused_attention_is_counted_not_skipped():
     assert torch.backends.mha.get_fastpath_enabled()
 
 
+def test_each_way_a_model_ran_is_a_profile_of_its_own():
+    """A re-profile replaces the file of the same id: a compiled, channels-last, bf16 or other-backend timing
+    of the same model and input would have replaced the plain one's."""
+    row = {"model": "unet", "input_shape": "1x3x64x64", "model_config": {"num_classes": 9}, "precision": "fp32",
+           "device_fingerprint": {"device": "cpu"}, "channels_last": False, "compiled": False, "scan_backend": "cpu"}
+    for key, other in (("compiled", True), ("channels_last", True), ("precision", "bf16"), ("scan_backend", "ref"),
+                       ("model_config", {"num_classes": 2}), ("device_fingerprint", {"device": "cuda"})):
+        assert cost.profile_id({**row, key: other}) != cost.profile_id(row), key
+
+
 def test_a_counts_only_profile_keeps_the_timings_of_the_same_setup(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_SCAN_BACKEND", "torch")  # timed on torch; the counts run the cpu backend
     tiny = dict(get_entry("vmunet").tiny)

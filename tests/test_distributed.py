@@ -505,6 +505,20 @@ def test_the_processes_meet_through_the_launchs_file_with_the_timeout_given(monk
     assert joined == {"backend": "gloo", "rank": 1, "world_size": 2, "timeout": dt.timedelta(seconds=7)}
 
 
+def test_under_torchrun_any_runs_failure_fails_the_command(monkeypatch):
+    """Every rank must take the same path: under torchrun a run's failure fails the command, whichever run of the
+    grid it is; else only the last run's, where none failed before (one run's failure is its own line)."""
+    from bench import distributed
+    from bench.run import _fails_command
+
+    specs = [object(), object()]  # only which run of the grid it is matters
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World())
+    assert not _fails_command(specs[0], specs, [])
+    assert _fails_command(specs[1], specs, []) and not _fails_command(specs[1], specs, ["unet"])
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(rank=1, size=2))
+    assert _fails_command(specs[0], specs, []) and _fails_command(specs[0], specs, ["unet"])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the launcher's liveness is read from /proc")
 def test_a_process_waiting_for_news_of_its_launcher_ignores_the_launchers_sigterm(monkeypatch):
     """Stopping anyway, a process learns whether its launcher died (up to 1 s); the launcher's SIGTERM

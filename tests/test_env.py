@@ -30,7 +30,7 @@ def test_driver_from_nvidia_smi(tmp_path, monkeypatch, no_nvml):
     assert env.nvidia_driver() == "580.159.03"
 
 
-@pytest.mark.parametrize("body", ["exit 9", "echo ''"])
+@pytest.mark.parametrize("body", ["exit 9", "echo ''", r"printf '\351' >&2; exit 9"])  # a latin-1 message too
 def test_no_driver_when_nvidia_smi_fails_or_says_nothing(tmp_path, monkeypatch, no_nvml, body):
     _fake_smi(tmp_path, monkeypatch, body)
     assert env.nvidia_driver() is None

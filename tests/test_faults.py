@@ -260,6 +260,25 @@ def test_claims_of_this_host_go_by_the_pid_and_a_taken_over_claim_is_never_remov
     assert [p.name for p in path.parent.iterdir()] == [claims.CLAIM]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a process's start time is read from /proc")
+def test_a_process_named_in_bytes_that_are_not_utf8_has_its_start_time_read(tmp_path):
+    """A process's name (in /proc/<pid>/stat) is any bytes its program file's name has: one not UTF-8 raised
+    UnicodeDecodeError where its claim was judged."""
+    import shutil
+
+    from bench import claim as claims
+
+    program = os.path.join(os.fsencode(tmp_path), b"sl\xffep")
+    shutil.copy("/bin/sleep", os.fsdecode(program))
+    named = subprocess.Popen([program, "30"])
+    try:
+        ticks = Path(f"/proc/{named.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19].decode()
+        assert claims._proc_start(named.pid) == ticks
+    finally:
+        named.kill()
+        named.wait()
+
+
 def test_a_claim_copied_with_its_results_folder_holds_the_original_only(tmp_path):
     """An odd-environment journey: `cp -r` of a folder whose run was training copied its claim, and
     `bench run --resume` on the copy skipped the run as "being run by pid …", that process training the

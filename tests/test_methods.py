@@ -138,6 +138,19 @@ def test_a_rescored_board_names_the_weights_it_scored(tmp_path):
         "volume in mm" in strict and "NSD (normalised surface distance) at tolerance 2 mm." in strict
 
 
+def test_a_stale_rescore_is_not_described_and_said_left_out(tmp_path):
+    """A rescore of an earlier training of its run (other weights than the run's record names) is on no board,
+    so Methods describes no board of it, and says so as the boards do."""
+    from bench.records import StaleRescoresLeftOut
+
+    source = {**_record(), "scored_weights": {"file": "final.pt", "sha256": "b" * 64}}
+    stale = {**source, "run_id": f"{source['run_id']}.strict", "policy": "strict", "rescored_from": source["run_id"],
+             "hd95_unit": "mm", "scored_weights": {"file": "final.pt", "sha256": "a" * 64}}
+    with pytest.warns(StaleRescoresLeftOut, match="scored the weights of an earlier training of run "):
+        text = _methods(tmp_path, source, stale)
+    assert "policy legacy-synapse" in text and "strict" not in text
+
+
 def test_a_2d_board_under_strict_says_pixels_and_the_image_diagonal_once(tmp_path):
     """A review: a 2-D strict board's Methods said HD95 "in mm from each case's spacing", a penalty of
     "the volume's diagonal", then "HD95 unit: pixels"."""

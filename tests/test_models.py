@@ -129,6 +129,17 @@ def test_model_facts_refuse_a_family_of_none_and_a_name_given_twice():
         _by_name(FACTS["unet"], FACTS["swin_unet"], ModelFacts(name="unet", family="cnn", paper_config={},
                                                                description="a copy not renamed"))
 
+# each built-in model's tiny configuration (model_facts.py) at 9 classes, 3 channels, 64x64: a typo in a fact
+# (a tiny setting dropped or mistyped) changes its count; a deliberate change updates it here
+TINY_PARAMS = {"lightm_unet": 128_938, "swin_unet": 1_711_300, "transunet": 1_014_137, "unet": 135_153,
+               "vmunet": 598_149, "vmunet_v2": 318_150}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_PARAMS))
+def test_tiny_configurations_parameter_counts_are_pinned(name):
+    assert sum(p.numel() for p in _tiny(name, num_classes=9).parameters()) == TINY_PARAMS[name]
+
+
 def test_unet_paper_parameter_count():
     # bigmb U_Net with 1 input and 9 output channels (bigmb/Unet-Segmentation-Pytorch-Nest-of-Unets, the U-Net of Swin-Unet's table)
     model = create_model("unet", num_classes=9, in_chans=1, img_size=224)

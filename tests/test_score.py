@@ -286,6 +286,9 @@ def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path
     assert scores.notes == [cap] and scores.said == 0  # no say: nothing said yet
     said = score_predictions(every, ds, capped, say=[].append)
     assert said.notes == [cap] and said.said == 1
+    # the authors' scoring's note comes after what was said, never before it (the command prints notes[said:])
+    said = score_predictions(every, ds, capped, "legacy-synapse", say=[].append)
+    assert said.notes[:said.said] == [cap] and said.notes[said.said].startswith("legacy-synapse is the authors' ")
     md = render(scores, "md")
     assert "5 cases of nnunet:" in md and " · split: each fold's first 1 validation case, of the 5 folds nnU-Net v2 " \
         "generates, drawn by bench" in md
@@ -464,6 +467,8 @@ def test_a_fold_all_folder_is_refused_only_as_a_model_of_this_data(tmp_path, mon
     ("Dataset900_Copy", "Copy", "Dataset901_Synth", "other"),  # another id: another dataset, though the Name agrees
     ("synth_copy", "Copy", "Dataset901_External", "unsure"),  # no id and no Name agrees: taken as this data's
     ("Dataset900_Synth", "Synth", "Liver", "unsure"),  # the model's name lacks the id: renaming the data cannot help
+    ("Dataset900_Synth", "Synthetic", "Synth", "this"),  # no id in the model's name: the data's folder's Name part
+    ("synth_copy", 900, "Dataset901_Other", "unsure"),  # a name in dataset.json that is no string: not a name
 ])
 def test_a_fold_all_models_dataset_is_told_from_this_datas_by_its_nnunet_id(tmp_path, folder, json_name, model_name,
                                                                              whose):
@@ -484,7 +489,7 @@ def test_a_fold_all_models_dataset_is_told_from_this_datas_by_its_nnunet_id(tmp_
     if not model_name.startswith("Dataset"):  # a results folder names a dataset by its id alone: a plans.json then
         (preds.parent.parent / "plans.json").write_text(json.dumps({"dataset_name": model_name}), encoding="utf-8")
         told = ".*plans.json"
-    ours = f"{folder}, {json_name}" if folder != json_name else folder
+    ours = ", ".join(dict.fromkeys(n for n in (folder, json_name) if isinstance(n, str)))
     if whose == "other":
         assert score_predictions(preds, ds, SMOKE).notes[-1].endswith(
             f"names it {model_name}, not this data ({ours}), so these are taken as predictions of cases it never "
@@ -1122,6 +1127,31 @@ def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_p
 
 ANYWAY = ("score the predictions with the data they were made on (its --data-root), or move the label files out of "
           "the folder to score them against these labels anyway")
+
+
+def test_two_files_putting_two_of_our_ids_under_one_of_theirs_clash_with_no_remap(tmp_path):
+    """One file holds the aorta as 9 (no gallbladder in it), another the gallbladder as 9 (no aorta): each file
+    alone is an order, but together they give one id of theirs two of ours; both files named, no remap."""
+    from bench.score import _one_order
+
+    ds, _ = _test_script_folder(tmp_path)
+    differ = [("A_gt.nii.gz", "ids", [(0, 0), (1, 9), (3, 3)]), ("B_gt.nii.gz", "ids", [(0, 0), (2, 9), (3, 3)])]
+    assert _one_order(differ, ds) == ([], "A_gt.nii.gz holds ours 1 (aorta) as 9, B_gt.nii.gz ours 2 (gallbladder) as 9")
+
+
+def test_one_case_without_gt_and_one_that_differs_counts_the_cases_not_the_files(tmp_path):
+    """A case with no _gt file beside one whose _gt differs: the differing one is "the only one of the 2 cases'
+    labels", the count of the cases compared, not of the files read."""
+    probe, _ = _test_script_folder(tmp_path / "probe", n_test=3)
+    no_gt, stomach_as_9, _ = probe.test_ids()
+
+    def labels(case_id, label):
+        return None if case_id == no_gt else np.where(label == 8, 9, label) if case_id == stomach_as_9 else label
+
+    ds, folder = _test_script_folder(tmp_path / "folder", n_test=3, labels=labels)
+    with pytest.raises(BenchError) as err:
+        score_predictions(folder, ds, SMOKE.with_overrides(max_cases=3), "legacy-synapse")
+    assert "another class order; the only one of the 2 cases' labels that differs); " in str(err.value)
 
 
 def test_colour_and_jpeg_masks_are_read_as_grey_or_refused_by_name(tmp_path):
