@@ -129,6 +129,7 @@ def test_model_facts_refuse_a_family_of_none_and_a_name_given_twice():
         _by_name(FACTS["unet"], FACTS["swin_unet"], ModelFacts(name="unet", family="cnn", paper_config={},
                                                                description="a copy not renamed"))
 
+
 # each built-in model's tiny configuration (model_facts.py) at 9 classes, 3 channels, 64x64: a typo in a fact
 # (a tiny setting dropped or mistyped) changes its count; a deliberate change updates it here
 TINY_PARAMS = {"lightm_unet": 128_938, "swin_unet": 1_711_300, "transunet": 1_014_137, "unet": 135_153,
