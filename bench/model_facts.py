@@ -1,11 +1,11 @@
-"""The built-in models' facts, apart from the code that builds them (as timm keeps its pretrained cfgs).
+"""The built-in models' facts, kept as data apart from the code that builds them.
 
 ``ModelFacts`` holds what ``register_model`` records besides code: family, paper and tiny configurations,
 the authors' source and paper, a description, the pretrained file training starts from, the keys a
 constructor chooses for the input. The model files register with theirs (``FACTS[name].register_args()``)
 and take their ``PAPER_CONFIG`` from them, so each fact is written here once. Why apart: ``bench report``
 and ``bench check`` label a run by these facts (its paper or tiny configuration), and importing the
-models imports torch (1.5 s) for nothing a report draws. A plugin's facts are in its registry entry.
+models imports torch for nothing a report draws. A plugin's facts are in its registry entry.
 """
 
 from __future__ import annotations

@@ -46,8 +46,8 @@ from bench.errors import BenchError, did_you_mean, few
 from bench.fileio import SAFE_NAME, absent, atomic_write_text
 from bench.names import matched_names, name_list, nothing_named
 from bench.metrics import METRICS
-from bench.model_facts import FAMILIES
 from bench.metrics import POLICIES as METRIC_POLICIES
+from bench.model_facts import FAMILIES
 from bench.runlog import RUN_LOG
 
 __all__ = [
