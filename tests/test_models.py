@@ -141,6 +141,12 @@ def test_tiny_configurations_parameter_counts_are_pinned(name):
     assert sum(p.numel() for p in _tiny(name, num_classes=9).parameters()) == TINY_PARAMS[name]
 
 
+def test_every_built_in_model_has_its_tiny_count_pinned():
+    from bench.model_facts import FACTS
+
+    assert set(TINY_PARAMS) == set(FACTS), "TINY_PARAMS: pin the tiny count of each built-in model, and only those"
+
+
 def test_unet_paper_parameter_count():
     # bigmb U_Net with 1 input and 9 output channels (bigmb/Unet-Segmentation-Pytorch-Nest-of-Unets, the U-Net of Swin-Unet's table)
     model = create_model("unet", num_classes=9, in_chans=1, img_size=224)
