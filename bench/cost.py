@@ -42,12 +42,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.errors import BenchError, exception_chain
-# the profile records' files, which reports read without torch: named here too, as `bench.cost` always named them
-from bench.profiles import PROFILE_COLUMNS, PROFILE_DIR, load_profiles, profile_id, write_profile  # noqa: F401
 from bench.rng import caller_rng_kept
 
 __all__ = ["FlopCount", "UncountedOpsError", "count_params", "count_flops", "fvcore_macs", "paper_count",
-           "measure_latency", "peak_memory_mb", "profile_model", "write_profile", "load_profiles", "PRECISIONS"]
+           "measure_latency", "peak_memory_mb", "profile_model", "PRECISIONS"]
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
@@ -496,7 +494,7 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     ``"auto"`` at the largest power-of-two batch that fits (``find_batch_size``). ``tiny``: the
     model's tiny configuration, ``overrides`` over it (the row says so, as runs do). ``counts``: a
     row of the same model and input (``COUNT_KEYS``), reused instead of counting again.
-    ``write_profile`` keeps the row where ``bench report`` joins it to the boards."""
+    ``bench.profiles.write_profile`` keeps the row where ``bench report`` joins it to the boards."""
     from bench import env
     from bench.registry import changed_keys, check_set_kinds, create_model, get_entry
     from bench.scan_info import note_scan_use, scan_backend_for

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import cost
+from bench import cost, profiles
 from bench.errors import BenchError
 from bench.registry import create_model, get_entry
 from ssm_models.mamba import Mamba
@@ -222,24 +222,24 @@ def test_each_way_a_model_ran_is_a_profile_of_its_own():
            "device_fingerprint": {"device": "cpu"}, "channels_last": False, "compiled": False, "scan_backend": "cpu"}
     for key, other in (("compiled", True), ("channels_last", True), ("precision", "bf16"), ("scan_backend", "ref"),
                        ("model_config", {"num_classes": 2}), ("device_fingerprint", {"device": "cuda"})):
-        assert cost.profile_id({**row, key: other}) != cost.profile_id(row), key
+        assert profiles.profile_id({**row, key: other}) != profiles.profile_id(row), key
 
 
 def test_a_counts_only_profile_keeps_the_timings_of_the_same_setup(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_SCAN_BACKEND", "torch")  # timed on torch; the counts run the cpu backend
     tiny = dict(get_entry("vmunet").tiny)
     timed = cost.profile_model("vmunet", img_size=32, overrides=tiny, warmup=0, iters=2)
-    cost.write_profile(timed, tmp_path)
+    profiles.write_profile(timed, tmp_path)
     counts = cost.profile_model("vmunet", img_size=32, tiny=True, timing=False)  # as overrides=tiny, marked tiny
     assert counts["scan_backend"] == timed["scan_backend"] == "torch"  # the device's, not the counts'
     assert counts["tiny"] and counts["model_config"] == timed["model_config"] and counts["macs"] == timed["macs"]
-    path = cost.write_profile(counts, tmp_path)
+    path = profiles.write_profile(counts, tmp_path)
     assert len(list((tmp_path / "profiles").glob("*.json"))) == 1
     assert json.loads(path.read_text(encoding="utf-8"))["latency_ms_median"] == timed["latency_ms_median"]
     # another scan backend's timing is another record
-    assert cost.profile_id({**timed, "scan_backend": "ref"}) != cost.profile_id(timed)
+    assert profiles.profile_id({**timed, "scan_backend": "ref"}) != profiles.profile_id(timed)
     # a recount of another architecture under the same id does not inherit the timings
-    path = cost.write_profile({**counts, "macs": counts["macs"] + 1}, tmp_path)
+    path = profiles.write_profile({**counts, "macs": counts["macs"] + 1}, tmp_path)
     assert "latency_ms_median" not in json.loads(path.read_text(encoding="utf-8"))
     # the fvcore cross-check speaks up when the two counts part
     # ... on the ops both price: fvcore's norms and up-sampling (LightM-UNet's 5 %) are not ours to count
@@ -380,8 +380,8 @@ def test_profile_cli_writes_records_that_report_joins(tmp_path):
     assert macs.isdigit(), macs  # a count, not "49545216.0"
     vm = table.set_index("model").loc["vmunet"]
     assert vm["scan_macs"] > 0 and vm["scan_backend"] == "cpu" and vm["paper_macs"] < vm["macs"]
-    profiles = cost.load_profiles(tmp_path)
-    assert sorted(profiles["model"]) == ["unet", "vmunet"] and len(list((tmp_path / "profiles").glob("*.json"))) == 2
+    written = profiles.load_profiles(tmp_path)
+    assert sorted(written["model"]) == ["unet", "vmunet"] and len(list((tmp_path / "profiles").glob("*.json"))) == 2
     report = _bench("report", "--results", tmp_path)
     assert "## Cost · input 1x3x64x64 · fp32" in report
     assert [r["model"] for r in md_rows(report[report.index("## Cost"):], "model")] == ["vmunet (tiny)", "unet (tiny)"]
@@ -393,7 +393,7 @@ def test_profile_cli_writes_records_that_report_joins(tmp_path):
     rows = json.loads(_bench("profile", "--models", "unet", "--tiny", "--img-size", "64", "--iters", "2", "--warmup",
                              "0", "--threads", "1", "--results", tmp_path, "--format", "json"))
     assert len(list((tmp_path / "profiles").glob("*.json"))) == 2 and rows[0]["label"] == "unet (tiny)"
-    assert not math.isnan(cost.load_profiles(tmp_path).set_index("model").loc["unet", "macs"])
+    assert not math.isnan(profiles.load_profiles(tmp_path).set_index("model").loc["unet", "macs"])
 
 
 def test_counts_only_profile_renders_without_timing_columns(tmp_path):

@@ -258,7 +258,7 @@ def test_the_pooled_policy_is_tested_by_permutation(tmp_path):
 def test_the_cost_tables_counting_and_timing_are_said(tmp_path):
     """A review: Methods said nothing of how GMACs were counted (the scan included, beside thop's) nor of
     the latency setup."""
-    from bench.cost import write_profile
+    from bench.profiles import write_profile
 
     rec = _record()
     rec["cost"].update(macs=1e9, paper_macs=5e8)

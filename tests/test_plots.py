@@ -164,7 +164,7 @@ def test_plots_for_a_paper_are_vector_files(results, tmp_path):
 
 
 def test_accuracy_vs_cost_skips_axes_without_points(results, tmp_path):
-    from bench.cost import load_profiles
+    from bench.profiles import load_profiles
     from bench.plots import accuracy_vs_cost
     from bench.records import load
 
@@ -215,7 +215,7 @@ def test_latency_comes_from_profiles_at_the_boards_input(tmp_path, chans):
 def test_costs_of_another_size_or_configuration_are_not_plotted(results, tmp_path, config):
     """The profiles are of the default models at 224²; runs at 64², or of a smaller configuration at
     224², get no GMACs or latency from them (only params)."""
-    from bench.cost import load_profiles
+    from bench.profiles import load_profiles
     from bench.plots import accuracy_vs_cost
     from bench.records import load
 

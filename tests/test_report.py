@@ -37,13 +37,13 @@ def runs(tmp_path):
 def test_render_from_python_gives_bench_reports_tables(runs, tmp_path):
     # render(runs) alone lacked the CI columns bench report shows; given the case rows (and profiles)
     # it gives the same boards, which bench report's Markdown follows with its own sections
-    from bench import cost
+    from bench import cost, profiles
 
-    cost.write_profile(cost.profile_model("unet", img_size=32, tiny=True, timing=False), tmp_path)
-    cases, profiles = load(tmp_path, level="case"), cost.load_profiles(tmp_path)
+    profiles.write_profile(cost.profile_model("unet", img_size=32, tiny=True, timing=False), tmp_path)
+    cases, rows = load(tmp_path, level="case"), profiles.load_profiles(tmp_path)
     for fmt in ("latex", "csv", "cases"):
-        assert render(runs, fmt, cases, profiles) == write_report(tmp_path, fmt), fmt
-    md = render(runs, "md", cases, profiles)
+        assert render(runs, fmt, cases, rows) == write_report(tmp_path, fmt), fmt
+    md = render(runs, "md", cases, rows)
     full = write_report(tmp_path)
     assert full.startswith(md.rstrip("\n")) and "## Cost" in full[len(md):] and "## Cost" not in md
     assert "DSC 95% CI" in md and "DSC 95% CI" not in render(runs, "md")
@@ -263,10 +263,10 @@ def test_labels_with_markup_characters_keep_tables_whole(tmp_path):
 
 def test_latex_reports_carry_the_cost_tables(tmp_path):
     """A paper's cost table (params, GMACs, latency) was Markdown only: LaTeX held the boards alone."""
-    from bench import cost
+    from bench import cost, profiles
 
     write_record(make_record("unet", seed=0), tmp_path)
-    cost.write_profile(cost.profile_model("unet", img_size=32, tiny=True, iters=2, warmup=1), tmp_path)
+    profiles.write_profile(cost.profile_model("unet", img_size=32, tiny=True, iters=2, warmup=1), tmp_path)
     tex = write_report(tmp_path, "latex")
     title = "Cost · input 1x3x32x32 · fp32 · ".replace("·", "$\\cdot$")
     table = tex[tex.index("\\caption[{" + title):]
@@ -1194,9 +1194,9 @@ def test_report_of_some_models_and_datasets(tmp_path, runs):
     with pytest.raises(BenchError, match=r"report\.md: is a file, not a folder; --results takes the results folder"):
         write_report(tmp_path / "report.md")  # it read "results directory not found"
     (tmp_path / "records").rename(tmp_path / "kept")  # a folder of profiles only: their tables, said so
-    from bench import cost
+    from bench import cost, profiles
 
-    cost.write_profile(cost.profile_model("unet", img_size=32, tiny=True, timing=False), tmp_path)
+    profiles.write_profile(cost.profile_model("unet", img_size=32, tiny=True, timing=False), tmp_path)
     md = write_report(tmp_path)
     assert md.startswith(f"{tmp_path}: no finished runs; the cost tables of its `bench profile` records only.")
     assert "## Cost · input 1x3x32x32" in md and "latency_ms_median /" not in md  # untimed: no timing explained

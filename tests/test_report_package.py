@@ -75,7 +75,7 @@ print('torch loaded:', 'torch' in sys.modules)
 def _reading_results(tmp_path):
     """Records of two boards as `bench run` writes them (recipes: --format methods), a rescore, a tiny run and a
     `bench profile` record: every section of a report has something to say."""
-    from bench import cost
+    from bench import cost, profiles
     from bench.protocol import load_protocol
     from bench.records import write_record
     from tests.fixtures import make_record
@@ -94,7 +94,7 @@ def _reading_results(tmp_path):
     write_record(source, results)
     write_record({**record("unet", "isic17", 0), "run_id": f"{source['run_id']}.strict", "policy": "strict",
                   "rescored_from": source["run_id"]}, results)
-    cost.write_profile(cost.profile_model("unet", img_size=32, tiny=True, timing=False), results)
+    profiles.write_profile(cost.profile_model("unet", img_size=32, tiny=True, timing=False), results)
     return results
 
 

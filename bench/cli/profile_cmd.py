@@ -52,7 +52,7 @@ def profile(
 
     import pandas as pd
 
-    from bench import cost
+    from bench import cost, profiles
     from bench.env import resolve_device
     from bench.fileio import ensure_writable_dir
     from bench.registry import resolve_models
@@ -82,7 +82,7 @@ def profile(
     for p in precisions:  # before any model is built
         cost.check_precision(p, dev)
     names, sets = resolve_models(models), _parse_sets(set_ or [])
-    ensure_writable_dir(results / cost.PROFILE_DIR)  # before anything is timed, after the names are known
+    ensure_writable_dir(results / profiles.PROFILE_DIR)  # before anything is timed, after the names are known
     rows = []
     for name in names:
         counts = None  # the counts do not depend on the precision: taken once per model
@@ -92,7 +92,7 @@ def profile(
                                      channels_last=channels_last, compile=compile, timing=timing, overrides=sets,
                                      tiny=tiny, counts=counts)
             counts = row
-            cost.write_profile(row, results)
+            profiles.write_profile(row, results)
             rows.append(row)
             timed = f", {p} {row['latency_ms_median']:.1f} ms/forward" if "latency_ms_median" in row else ""
             label = profile_labels(pd.DataFrame([row]))[0]  # as the tables name it: "unet (tiny)"
@@ -108,7 +108,7 @@ def profile(
         warn_outside_latin1(tex)
         typer.echo(tex)
     elif format == ProfileFormat.csv:
-        cols = [c for c in cost.PROFILE_COLUMNS if c in frame.columns]
+        cols = [c for c in profiles.PROFILE_COLUMNS if c in frame.columns]
         table = frame[cols].copy()
         # the tables' labels ("unet (tiny)") and the configuration, as the JSON output has it
         table.insert(cols.index("model") + 1 if "model" in cols else 0, "label", profile_labels(frame))
