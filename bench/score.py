@@ -86,7 +86,8 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     says them before any error about the cases; they lead ``Scores.notes`` too (``Scores.said`` counts them)."""
     pred_dir = Path(pred_dir).expanduser()
     protocol.check_dataset(dataset.name)
-    early = [capped] if (capped := capped_note(dataset, protocol)) else []  # eval.max_cases: each fold's first cases
+    ids = scored_ids(dataset, protocol)
+    early = [capped] if (capped := capped_note(dataset, protocol, ids)) else []  # eval.max_cases: each fold's first
     if say:
         for note in early:
             say(note)
@@ -122,7 +123,6 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         raise BenchError(misfit)
     if get_policy(policy).use_spacing:  # HD95 in mm: every test case needs its spacing (as bench run checks)
         dataset.check_spacing()
-    ids = scored_ids(dataset, protocol)
     fold, other_protocol = _fold_mismatch(made_by, dataset), _protocol_hint(made_by, protocol)
     hint = other_protocol + (f"; {fold}" if fold else "")
     files = _case_files(pred_dir, dataset, ids, protocol, hint)
@@ -276,11 +276,11 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
     return {case_id: its[0] for case_id, its in files.items()}
 
 
-def capped_note(dataset: SegDataset, protocol: Protocol) -> str:
+def capped_note(dataset: SegDataset, protocol: Protocol, ids: list[str]) -> str:
     """Where every fold's validation cases are scored (``ALL_FOLDS``) and ``protocol``'s ``eval.max_cases`` scores
     fewer (each fold's first ones, as each fold's run), the note that says so, beside the split's (which counts
-    them all); "" otherwise."""
-    n, total = len(scored_ids(dataset, protocol)), len(dataset.test_ids())
+    them all); "" otherwise. ``ids``: the cases scored (``scored_ids``)."""
+    n, total = len(ids), len(dataset.test_ids())
     if getattr(dataset, "fold", None) != ALL_FOLDS or n >= total:
         return ""
     return (f"protocol {protocol.name!r} scores {_capped_said(protocol.eval.max_cases, True)} (eval.max_cases), as "

@@ -660,8 +660,7 @@ def trained_on_every_case(folder: Path, data: NnUNetDataset) -> tuple[str, str]:
                        + "), so its predictions are of cases it was trained on"), ""
     if name:  # no name agrees and none differs: taken as this data's, a training score never passing as a test's
         # renaming helps only where the data's names lack the id (the model's name, where it lacks one, is its own)
-        rename = ("" if any(NNUNET_DATASET_NAME.fullmatch(n) for n in ours)
-                  else ", or name this data's folder DatasetNNN_Name by its nnU-Net id")
+        rename = "" if _nnunet_ids(ours) else ", or name this data's folder DatasetNNN_Name by its nnU-Net id"
         return what + (f" of {name}, as {told} names it, taken as this data ({said}): no nnU-Net dataset id tells "
                        "the two apart, so its predictions are taken as of cases it was trained on (if they are another "
                        "dataset's, an external test set's, score them from a folder outside any named "
@@ -678,11 +677,16 @@ def _same_dataset(name: str, ours: list[str]) -> bool | None:
     folder named otherwise): True where it is one of the data's names, None where that says neither."""
     match = NNUNET_DATASET_NAME.fullmatch(name)
     ident, part = match.groups() if match else (None, name)
-    ids = {m[1] for m in map(NNUNET_DATASET_NAME.fullmatch, ours) if m}
+    ids = _nnunet_ids(ours)
     if ident is not None and ids:
         return ident in ids
     parts = {m[2] if (m := NNUNET_DATASET_NAME.fullmatch(n)) else n for n in ours}
     return True if part in parts else None
+
+
+def _nnunet_ids(names: list[str]) -> set[str]:
+    """The nnU-Net dataset ids (``900`` of ``Dataset900_Synth``) that ``names`` hold."""
+    return {m[1] for m in map(NNUNET_DATASET_NAME.fullmatch, names) if m}
 
 
 def fold_all_dataset(folder: Path, fold_dir: Path) -> tuple[str | None, str]:
