@@ -779,7 +779,9 @@ def test_pairs_empty_in_the_ground_truth_say_how_the_policy_scored_them(tmp_path
 
     isic, masks = _isic_gt_folder(tmp_path / "isic")
     gt = isic.scored_files()[0]  # its lesion erased from the ground truth, still predicted
-    Image.new("L", Image.open(gt).size).save(gt)
+    with Image.open(gt) as image:
+        size = image.size
+    Image.new("L", size).save(gt)
     pooled = score_predictions(masks, isic, load_protocol("smoke"), "legacy-isic")
     assert pooled.metrics["dice"] < 1 and not [n for n in pooled.notes if "(case, class) pairs" in n]
 
