@@ -28,6 +28,7 @@ import copy
 import io
 import logging
 import math
+import numbers
 import re
 import statistics
 import time
@@ -483,6 +484,20 @@ def check_timing(iters: int, warmup: int, compile: bool = False) -> None:
         raise BenchError("--warmup 0 with --compile: the first forward compiles the model; give --warmup >= 1")
 
 
+def check_batch_size(batch_size: int | str | None, what: str = "batch_size") -> int | str:
+    """``batch_size`` of a throughput measurement, as ``profile_model`` takes it: a whole number >= 2 (a digit
+    string too, as the CLI gives it), ``"auto"``, or 0 / None for none; else a BenchError naming ``what``,
+    before any model is built or timed."""
+    if batch_size is None or (batch_size == 0 and not isinstance(batch_size, (bool, str))):
+        return 0
+    if batch_size == "auto":
+        return "auto"
+    number = int(batch_size) if isinstance(batch_size, str) and batch_size.isdecimal() else batch_size
+    if isinstance(number, numbers.Integral) and not isinstance(number, bool) and number >= 2:
+        return int(number)
+    raise BenchError(f"{what}: expected a whole number >= 2 or 'auto' (batch 1 is always timed); got {batch_size!r}")
+
+
 @caller_rng_kept()  # it seeds: a notebook's own RNG goes on where it was
 def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_chans: int = 3,
                   device: torch.device | str = "cpu", precision: str = "fp32", batch_size: int | str = 0,
@@ -501,6 +516,7 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
 
     device = env.resolve_device(device)  # "cuda" without one: named; "CPU", None: refused by name
     check_precision(precision, device)
+    batch_size = check_batch_size(batch_size)
     if timing:
         check_timing(iters, warmup, compile)
     entry = get_entry(name)

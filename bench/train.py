@@ -46,7 +46,7 @@ SELECTED_CHECKPOINTS = {"final": FINAL, "best_train_loss": BEST, "lr_min": LR_MI
 class TrainResult:
     epochs: int
     iterations: int
-    final_loss: float
+    final_loss: float | None  # None: evaluated only (bench run --weights), nothing trained
     time_s: float
     selected: str  # which weights the model now holds: "final" | "best_train_loss@<epoch>" | "lr_min@<epoch>"
     epoch_losses: list[float] = field(default_factory=list)

@@ -8,6 +8,7 @@ import json
 import math
 import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -295,6 +296,19 @@ def test_profile_options_out_of_range_are_one_line(tmp_path, args, message):
     proc = run_bench("profile", "--models", "lightm_unet", "--tiny", "--img-size", "32", *args, "--results", tmp_path,
                      check=False)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("batch_size", ["8x", "AUTO", 1, -2, 2.0, True])
+def test_profile_model_refuses_a_batch_size_before_building_the_model(monkeypatch, batch_size):
+    """The Python API's batch_size: a string other than "auto" reached ``batch_size > 1`` as a TypeError,
+    after the model was built and timed; now the CLI's check, before anything is built."""
+    monkeypatch.setattr("bench.registry.create_model", lambda *a, **k: pytest.fail("built before the check"))
+    with pytest.raises(BenchError, match=f"batch_size: expected a whole number >= 2 or 'auto' .*got {batch_size!r}"):
+        cost.profile_model("unet", tiny=True, img_size=32, batch_size=batch_size)
+
+
+def test_batch_size_takes_what_the_cli_and_the_api_give():
+    assert [cost.check_batch_size(b) for b in (None, 0, "auto", "8", 8, np.int64(4))] == [0, 0, "auto", 8, 8, 4]
 
 
 def test_vmunet_isic_counts_match_the_authors_measurements():

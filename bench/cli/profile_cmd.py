@@ -59,10 +59,7 @@ def profile(
     from bench.report import profile_labels, render_cost_latex, render_cost_md
 
     _compute_setup(threads)
-    if batch_size is not None and batch_size != "auto" and not (batch_size.isdecimal() and int(batch_size) >= 2):
-        raise BenchError(f"--batch-size: expected a whole number >= 2 or 'auto' (batch 1 is always timed); "
-                         f"got {batch_size!r}")
-    batch = 0 if batch_size is None else batch_size if batch_size == "auto" else int(batch_size)
+    batch = cost.check_batch_size(batch_size, "--batch-size")
     if timing:
         cost.check_timing(iters, warmup, compile)
     else:  # options of the timing only: recorded, they would claim what was not measured
