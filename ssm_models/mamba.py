@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssm_models.scan import fused_mamba_inner, selective_scan, upcast
+from ssm_models.scan import fused_mamba_inner, scan_repr, selective_scan, upcast
 
 __all__ = ["Mamba"]
 
@@ -53,6 +53,9 @@ class Mamba(nn.Module):
         self.A_log = nn.Parameter(a_log(di, d_state))
         self.D = nn.Parameter(torch.ones(di))
         self.out_proj = nn.Linear(di, d_model, bias=False)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, d_state={self.d_state}, d_inner={self.d_inner}, {scan_repr()}"
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         batch, L, _ = hidden.shape

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 __all__ = ["selective_scan", "selective_scan_flops", "SCAN_COST_OP", "available_backends", "default_backend",
-           "last_backend", "backend_report", "fused_mamba_inner", "use_backend", "backend_problem",
+           "last_backend", "scan_repr", "backend_report", "fused_mamba_inner", "use_backend", "backend_problem",
            "mamba_kernels_problem", "BACKENDS", "upcast"]
 
 BACKENDS = ("cuda", "cpu", "torch", "ref")
@@ -405,6 +405,12 @@ def last_backend() -> str | None:
     """The backend of the most recent ``selective_scan`` call in this process (None before any);
     run records store it."""
     return _last
+
+
+def scan_repr() -> str:
+    """A scanning module's ``extra_repr`` part: the backend the last scan ran on. Printing a model chooses
+    none, which could build the kernel."""
+    return f"scan={_last or 'none run yet'}"
 
 
 def forced_backend_problem() -> str | None:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssm_models.mamba import a_log, dt_bias
-from ssm_models.scan import selective_scan, upcast
+from ssm_models.scan import scan_repr, selective_scan, upcast
 
 __all__ = ["SS2D", "VSSBlock", "PatchEmbed2D", "PatchMerging2D", "PatchExpand2D", "DropPath"]
 
@@ -66,6 +66,9 @@ class SS2D(nn.Module):
         self.Ds = nn.Parameter(torch.ones(k * di))
         self.out_norm = nn.LayerNorm(di)
         self.out_proj = nn.Linear(di, d_model, bias=False)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, d_state={self.d_state}, d_inner={self.d_inner}, {scan_repr()}"
 
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, di, H, W) -> sum of the four directions' outputs, row-major (B, di, L)."""

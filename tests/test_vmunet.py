@@ -144,6 +144,21 @@ def test_one_class_returns_logits_and_scan_backend_is_reported():
     assert scan_backend_for(create_model("unet", num_classes=1, widths=(8, 16))) is None
 
 
+def test_a_printed_model_names_the_backend_its_scans_ran_on():
+    """SS2D's and the Mamba block's repr say which backend the last scan ran on (STYLE 1.8), without choosing
+    one: printing a model never builds the kernel."""
+    from ssm_models.mamba import Mamba
+
+    ss2d, mamba = SS2D(d_model=8, d_state=4), Mamba(d_model=8, d_state=4)
+    for backend in ("ref", "torch"):
+        with scan.use_backend(backend):
+            ss2d(torch.randn(1, 4, 4, 8))
+        assert f"SS2D(\n  d_model=8, d_state=4, d_inner=16, scan={backend}\n" in repr(ss2d)
+        with scan.use_backend(backend):
+            mamba(torch.randn(1, 5, 8))
+        assert f"Mamba(\n  d_model=8, d_state=4, d_inner=16, scan={backend}\n" in repr(mamba)
+
+
 def test_ss2d_normalises_the_float32_scan_sum_under_autocast():
     """The authors' SS2D feeds the scan's float32 output to out_norm as it is; under bf16 autocast a
     cast to z's dtype first rounded it (0.016 on outputs of ~3)."""

@@ -11,7 +11,7 @@ import typer
 from bench.errors import BenchError
 from bench.names import name_list
 from bench.cli.options import (DEFAULT_RESULTS, FinishedRuns, Models, MovedData, ScoringThreads,
-                               _compute_setup, device_option)
+                               _compute_setup, device_option, policy_option)
 
 
 def figure(
@@ -22,8 +22,8 @@ def figure(
                                                         "isic17, ..., or a data name such as nnunet:ACDC)")] = None,
     protocol: Annotated[Optional[str], typer.Option(help="only runs of this protocol, a name or its .toml (where "
                                                          "several share the data)")] = None,
-    policy: Annotated[Optional[str], typer.Option(help="the board of this metric policy, records of bench rescore "
-                                                       "included (default: the runs' own)")] = None,
+    policy: Annotated[Optional[str], policy_option("the board of this metric policy, records of "
+                                                        "bench rescore included (default: the runs' own)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="each model's run of this seed (default: its lowest)")] = None,
     cases: Annotated[Optional[str], typer.Option(help="comma list of test case ids, one row each, in this order")] = None,
     n_cases: Annotated[Optional[int], typer.Option(help="without --cases: this many cases where the models differ "

@@ -50,6 +50,16 @@ def device_option(help: str):
                         help=f"{help}: auto (CUDA where there is one), cpu, cuda or cuda:N")
 
 
+# bench.metrics.POLICIES' names (a test keeps them equal), so --help lists them without importing scipy
+POLICY_NAMES = ("legacy-synapse", "legacy-isic", "strict", "strict-monai")
+
+
+def policy_option(help: str):
+    """A --policy option whose help lists the metric policies; the name is checked where it is used (one error
+    with the nearest name, as for models and protocols)."""
+    return typer.Option(metavar="POLICY", help=f"{help}; one of {', '.join(POLICY_NAMES)}")
+
+
 def _compute_setup(threads: int | None) -> None:
     """For the commands that run models: BENCH_SCAN_BACKEND names a backend that runs here (or they
     would stop at the first scan with a traceback, after training for rescore; doctor reports it),

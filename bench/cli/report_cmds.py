@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from bench.cli.console import _echo_err
-from bench.cli.options import DEFAULT_RESULTS, RunDatasets, out_format
+from bench.cli.options import DEFAULT_RESULTS, POLICY_NAMES, RunDatasets, out_format
 from bench.errors import BenchError
 from bench.names import name_list, nothing_named
 from bench.report.formats import ReportFormat  # not bench.report: its boards import pandas
@@ -30,7 +30,8 @@ def report(
     models: Annotated[str, typer.Option(help="'all' or a comma list: only these models' runs and profiles")] = "all",
     dataset: RunDatasets = None,
     policy: Annotated[Optional[str], typer.Option(help="a comma list: only runs scored under these metric policies "
-                                                       "(bench rescore adds boards of another)")] = None,
+                                                       "(bench rescore adds boards of another), of "
+                                                       f"{', '.join(POLICY_NAMES)}")] = None,
     columns: Annotated[Optional[str], typer.Option(help="the tables' columns (md, latex), a comma list of: paper "
                                                         "(the papers' layout: their metrics, per-class DSC means, the best in bold), family, seeds, "
                                                         "params, time, cost, metrics, ci, classes, class-hd95; "

@@ -13,7 +13,7 @@ import typer
 from bench.cli.console import _echo_err, _warned
 from bench.cli.options import (DEFAULT_RESULTS, DataName, DataRoot, FinishedRuns, ModelSets, Models, MovedData,
                                ProtocolName, RunDatasets, RunsProtocol, ScoringThreads, Synthetic,
-                               _compute_setup, _parse_sets, _parse_spacing, device_option)
+                               _compute_setup, _parse_sets, _parse_spacing, device_option, policy_option)
 from bench.errors import BenchError, HeldError, few
 from bench.names import int_list, name_list
 
@@ -68,7 +68,7 @@ def run(
     results: Annotated[Path, typer.Option(help="results directory (records, runs, synthetic data)")] = DEFAULT_RESULTS,
     device: Annotated[str, device_option("where to train")] = "auto",
     resume: Annotated[bool, typer.Option(help="continue killed runs from their last checkpoint")] = False,
-    policy: Annotated[Optional[str], typer.Option(help="metric policy (default: the protocol's)")] = None,
+    policy: Annotated[Optional[str], policy_option("metric policy (default: the protocol's)")] = None,
     pretrained_dir: Annotated[Optional[Path], typer.Option(
         help="folder with the authors' pretrained files (`bench models` names them)")] = None,
     pretrained: Annotated[Optional[bool], typer.Option(
@@ -270,8 +270,7 @@ def _list_plan(specs: list, results: Path, shard: str | None, grid: str,
 
 
 def rescore(
-    policy: Annotated[str, typer.Option(help="the policy to score under: legacy-synapse, legacy-isic, strict "
-                                             "or strict-monai")],
+    policy: Annotated[str, policy_option("the policy to score under")],
     results: FinishedRuns = DEFAULT_RESULTS,
     models: Models = "all",
     protocol: RunsProtocol = None,

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from bench.cli.console import _echo_err
-from bench.cli.options import DEFAULT_RESULTS, DataName, DataRoot, ProtocolName, Synthetic, out_format
+from bench.cli.options import DEFAULT_RESULTS, DataName, DataRoot, ProtocolName, Synthetic, out_format, policy_option
 from bench.errors import BenchError
 
 
@@ -48,7 +48,7 @@ def score(
                                                      "nnU-Net's fold_all of a model of this data are refused: it "
                                                      "trained on every case")] = None,
     protocol: ProtocolName = None,
-    policy: Annotated[Optional[str], typer.Option(help="metric policy (default: the protocol's)")] = None,
+    policy: Annotated[Optional[str], policy_option("metric policy (default: the protocol's)")] = None,
     format: Annotated[Optional[ScoreFormat], typer.Option(
         "--format", help="md (a table), csv (case x class rows) or json (all); default: from --out's suffix, "
                          "else md")] = None,
