@@ -9,6 +9,12 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
+# before anything is downloaded: pip would refuse the project only after fetching torch (GBs on the CUDA route)
+if ! "$PYTHON" -c "import sys; raise SystemExit(sys.version_info < (3, 11))" 2>/dev/null; then
+    echo "setup: needs Python >= 3.11; $PYTHON is $("$PYTHON" -V 2>/dev/null || echo 'not found'). Set PYTHON, e.g. make setup PYTHON=python3.11" >&2
+    exit 1
+fi
+
 cuda_torch=$("$PYTHON" - <<'PY' 2>/dev/null || true
 import torch
 print(torch.__version__ if torch.cuda.is_available() else "")
@@ -62,7 +68,14 @@ else
         echo "setup: adding PyTorch's CPU index for torch 2.13.0 (the configured indexes offer ${chosen:-nothing})"
         "$VENV/bin/pip" install -q "torch==2.13.0" "torchvision==0.28.0" \
             --extra-index-url https://download.pytorch.org/whl/cpu
+        # the CPU index unreachable (or without this Python's wheel): pip took PyPI's CUDA build, which runs on a
+        # CPU too, only larger; said here, not left to a line that names the version alone
+        if [ -n "$("$VENV/bin/python" -c "import torch; print(torch.version.cuda or '')")" ]; then
+            echo "setup: WARNING: no CPU torch 2.13.0 wheel for $("$VENV/bin/python" -V) was reachable; pip installed"
+            echo "  PyPI's CUDA build (several GB; it runs on a CPU as well). For the CPU build, put its wheel in a"
+            echo "  folder pip finds (PIP_FIND_LINKS) or use a Python that PyTorch's CPU index serves, and run make setup again."
+        fi
     fi
     "$VENV/bin/pip" install -q -c constraints-cpu.txt -e ".[dev]"
 fi
-"$VENV/bin/python" -c "import bench, torch; print('setup: ok, torch', torch.__version__)"
+"$VENV/bin/python" -c "import bench, torch; print('setup: ok, torch', torch.__version__, '(CUDA ' + torch.version.cuda + ' build)' if torch.version.cuda else '(CPU build)')"

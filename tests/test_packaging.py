@@ -66,6 +66,18 @@ def test_setup_refuses_a_cuda_torch_older_than_2_6(tmp_path):
     assert "CVE-2025-32434" in res.stderr and not (tmp_path / "venv").exists()
 
 
+def test_setup_refuses_a_python_older_than_3_11_before_installing_anything(tmp_path):
+    # pip refused the project only after torch was fetched (several GB where PyPI's CUDA build is taken)
+    old = tmp_path / "python3.10"
+    old.write_text('#!/bin/sh\ncase "$1" in -V) echo "Python 3.10.13";; *) exit 1;; esac\n', encoding="utf-8")
+    old.chmod(0o755)
+    run_env = {**os.environ, "PYTHON": str(old), "VENV": str(tmp_path / "venv")}
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "setup.sh")], env=run_env, capture_output=True, text=True,
+                         timeout=120, encoding="utf-8")
+    assert res.returncode == 1 and f"setup: needs Python >= 3.11; {old} is Python 3.10.13" in res.stderr
+    assert not res.stdout and not (tmp_path / "venv").exists()
+
+
 def test_the_smoke_results_folder_is_the_users_own_unless_named(tmp_path):
     # a fixed /tmp path, emptied by make smoke and copied into the committed baseline, could be another user's
     planned = subprocess.run(["make", "-n", "-C", str(ROOT), "smoke"], capture_output=True, text=True, check=True,
