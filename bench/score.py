@@ -54,7 +54,8 @@ class Scores:
     and ``per_case`` (one row per case and class, as a run record's ``per_case``), the HD95 unit, what was
     scored (``scored``: dataset, data, protocol, policy, predictions and their sha256, cases) and notes;
     ``per_fold``, where every cross-validation fold's cases were scored together (``ALL_FOLDS``): each
-    fold's number of cases and DSC, its cases aggregated alone."""
+    fold's number of cases and DSC, its cases aggregated alone; ``missing``: the test cases without a
+    prediction file, scored as empty predictions (``allow_missing``)."""
 
     metrics: dict[str, Any]
     per_class: pd.DataFrame
@@ -63,11 +64,13 @@ class Scores:
     scored: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     per_fold: list[dict[str, Any]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # test cases without a file, scored empty (allow_missing)
     said: int = 0  # the first notes, said through score_predictions' ``say`` before any case was scored
 
 
 def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Protocol,
-                      policy: str | None = None, say: Callable[[str], None] | None = None) -> Scores:
+                      policy: str | None = None, say: Callable[[str], None] | None = None,
+                      allow_missing: bool = False) -> Scores:
     """Score the label maps in ``pred_dir``, one per test case ``protocol`` scores on ``dataset``, under
     ``policy`` (default: as ``bench run`` picks it). BenchError naming the folder or file for a folder
     that is not there or empty, files of no scored case (whose they are, where the reader knows: an nnU-Net
@@ -83,7 +86,10 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     fold "all" of a model of this data (or of one nothing names), which trained on every case, is refused
     whatever the split (``trained_on_every_case``); one of another dataset, by its name alone, is scored, said.
     ``say``: called at once with the notes that hold before any file is read (``capped_note``), so a command
-    says them before any error about the cases; they lead ``Scores.notes`` too (``Scores.said`` counts them)."""
+    says them before any error about the cases; they lead ``Scores.notes`` too (``Scores.said`` counts them).
+    ``allow_missing``: a test case without a file is scored as an all-background prediction on the grid scored (each
+    structure of its case missed, as the policy scores a miss), said in a note and in ``Scores.missing``; a folder
+    without any case's file, or (``ALL_FOLDS``) without any of a fold's, is still refused (the wrong folder)."""
     pred_dir = Path(pred_dir).expanduser()
     protocol.check_dataset(dataset.name)
     ids = scored_ids(dataset, protocol)
@@ -125,11 +131,11 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         dataset.check_spacing()
     fold, other_protocol = _fold_mismatch(made_by, dataset), _protocol_hint(made_by, protocol)
     hint = other_protocol + (f"; {fold}" if fold else "")
-    files = _case_files(pred_dir, dataset, ids, protocol, hint)
+    files = _case_files(pred_dir, dataset, ids, protocol, hint, allow_missing)
+    missing = [case_id for case_id in ids if case_id not in files]
     scoring = Scoring.of(dataset, protocol, policy)
     scored, resized, greyed, respaced, same_labels, other_labels = [], [], [], [], [], []
     for case_id in ids:
-        path = pred_dir / files[case_id]
         labels = next((name for name in dataset.labels_beside(case_id) if (pred_dir / name).is_file()), None)
         if other_labels and not labels:  # refused below: only the other cases' labels are still compared
             continue
@@ -142,6 +148,10 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
             same_labels.append(labels)
         if other_labels:  # the remaining cases' labels compared before the one error, so it counts them all
             continue
+        if case_id not in files:  # --allow-missing: all background on the grid scored, scored as a file would be
+            scored.append(scoring.case(case, np.zeros_like(gt), gt))
+            continue
+        path = pred_dir / files[case_id]
         pred, spacing = dataset.read_prediction(path, greyed)
         if spacing is not None and case.spacing is not None and not np.allclose(spacing, case.spacing, rtol=1e-4,
                                                                                   atol=0):
@@ -159,6 +169,8 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     # what the table's columns are comes first (after what was said before scoring), as a board's caption says it
     if authors := _authors_metrics_note(policy, result.metrics, dataset.dataset_name):
         notes.insert(len(early), authors)
+    if missing:
+        notes.append(_missing_note(missing, ids, dataset))
     if other_protocol:  # no error above (the same cases and grid): still not the run's own evaluation, said
         notes.append(other_protocol.removeprefix("; ") + " for the run's own evaluation")
     pooled = getattr(dataset, "fold", None) == ALL_FOLDS
@@ -169,7 +181,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     elif fold:  # else a case error above: the same test cases, so the numbers hold; the output names the fold scored
         notes.append(f"{fold} to have the output name its fold; both hold the same test cases ({len(ids)}), so "
                      "these are the run's numbers")
-    suffixed = [case_id for case_id in ids if dataset.mask_suffix and files[case_id].startswith(
+    suffixed = [case_id for case_id in files if dataset.mask_suffix and files[case_id].startswith(
         f"{case_id}{dataset.mask_suffix}")]
     if suffixed:
         notes.append(f"{len(suffixed)} of {len(ids)} files are named as {dataset.mask_suffix_by}, with "
@@ -208,6 +220,7 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
         },
         notes=notes,
         per_fold=_per_fold(dataset, scoring, ids, scored) if pooled else [],
+        missing=missing,
         said=len(early) if say else 0,
     )
 
@@ -232,10 +245,11 @@ NOT_PREDICTIONS = (".json", ".npz", ".pkl", ".txt", ".log")
 
 
 def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: Protocol,
-                hint: str = "") -> dict[str, str]:
+                hint: str = "", allow_missing: bool = False) -> dict[str, str]:
     """{case id: its file below ``pred_dir``}, named by one of ``SegDataset.prediction_names``; BenchError for a
     folder not there or holding no file, files that are no scored case's (hidden files and ``NOT_PREDICTIONS``
-    aside), a case with two files, or cases without one (``hint``: ``score_predictions``'s, added to those)."""
+    aside), a case with two files, or cases without one (``hint``: ``score_predictions``'s, added to those).
+    ``allow_missing``: cases without one are left out of the dict, but not every case of a fold (``ALL_FOLDS``)."""
     if not pred_dir.is_dir():
         raise BenchError(f"--predictions {pred_dir}: {'a file, not a folder' if pred_dir.exists() else 'not found'}; "
                          "expected the folder holding one label map per test case")
@@ -250,7 +264,9 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
     example = next((its[form] for its in names.values() if not found & set(its)), names[ids[0]][form] if ids else "")
     if not found:
         raise BenchError(f"{pred_dir}: no prediction files; expected one per test case, named as {example}"
-                         f"{_probabilities_only(pred_dir)}")
+                         f"{_probabilities_only(pred_dir)}" + (
+                             "; --allow-missing scores a case without its file as empty, not a folder without any: "
+                             "the wrong folder?" if allow_missing else ""))
     extra = sorted(found - set(expected))
     if extra:
         tested = {name for case_id in dataset.test_ids() for name in dataset.prediction_names(case_id)}
@@ -270,10 +286,40 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
         raise BenchError(f"{pred_dir}: {' and '.join(files[twice[0]])} both name test case {twice[0]!r} "
                          f"({len(twice)} of {len(ids)} cases have two files); keep one of each")
     missing = [case_id for case_id, its in files.items() if not its]
-    if missing:
+    # another run's split or protocol, or one fold's files alone, explain the missing: scored as misses, they would
+    # score the wrong cases, so --allow-missing is no remedy there
+    why = hint or _one_fold_hint(dataset, files)
+    if missing and (why or not allow_missing):
         raise BenchError(f"{pred_dir}: no prediction of test case(s) {few(missing)} ({len(missing)} of {len(ids)}; "
-                         f"expected {names[missing[0]][form]}){hint or _one_fold_hint(dataset, files)}")
-    return {case_id: its[0] for case_id, its in files.items()}
+                         f"expected {names[missing[0]][form]})"
+                         f"{why or '; --allow-missing scores them as empty predictions'}")
+    if unpredicted := _unpredicted_folds(dataset, files):  # each fold is its own model's output: one left out
+        folds, cases = zip(*unpredicted)
+        lost = [case_id for its in cases for case_id in its]
+        raise BenchError(f"{pred_dir}: no prediction of any test case of fold(s) {', '.join(map(str, folds))} "
+                         f"({few(lost)}; {len(lost)} of {len(ids)}): --allow-missing scores a case without its file as "
+                         "empty, not a whole fold's (its fold_K/validation files left out?)")
+    return {case_id: its[0] for case_id, its in files.items() if its}
+
+
+def _unpredicted_folds(dataset: SegDataset, files: dict[str, list[str]]) -> list[tuple[int, list[str]]]:
+    """Where every fold's cases are scored (``ALL_FOLDS``), each fold none of whose scored cases (``files``' keys)
+    has a file, with those cases; [] otherwise."""
+    if getattr(dataset, "fold", None) != ALL_FOLDS:
+        return []
+    folds = [(k, [case_id for case_id in val if case_id in files]) for k, val in enumerate(dataset.fold_cases)]
+    return [(k, its) for k, its in folds if its and not any(files[case_id] for case_id in its)]
+
+
+def _missing_note(missing: list[str], ids: list[str], dataset: SegDataset) -> str:
+    """The test cases without a file (of the ``ids`` scored), scored as empty predictions, in one note: each
+    one's fold where every fold's are scored (``ALL_FOLDS``)."""
+    named = missing
+    if getattr(dataset, "fold", None) == ALL_FOLDS:
+        fold_of = {case_id: k for k, val in enumerate(dataset.fold_cases) for case_id in val}
+        named = [f"{case_id} of fold {fold_of[case_id]}" for case_id in missing]
+    return (f"{len(missing)} of {counted(len(ids), 'test case')} had no prediction ({few(named)}): scored as empty "
+            "predictions (--allow-missing)")
 
 
 def capped_note(dataset: SegDataset, protocol: Protocol, ids: list[str]) -> str:
@@ -647,7 +693,8 @@ SCORE_FORMATS = ("md", "csv", "json")
 def render(scores: Scores, fmt: str) -> str:
     """``scores`` as ``bench score --format`` writes them: ``md`` (what was scored, the aggregate numbers
     and one row per class, as a board shows a run), ``csv`` (the per-case × per-class rows of a run
-    record's ``per_case``, with the HD95 unit) or ``json`` (everything; NaN as null, as in records)."""
+    record's ``per_case``, with the HD95 unit; a case without a file (``Scores.missing``) has its rows, scored empty)
+    or ``json`` (everything; NaN as null, as in records)."""
     from bench.records import CASE_COLUMNS
 
     if fmt == "csv":
@@ -659,7 +706,7 @@ def render(scores: Scores, fmt: str) -> str:
         data = {"scored": scores.scored, "metrics": scores.metrics, "hd95_unit": scores.hd95_unit,
                 **({"per_fold": scores.per_fold} if scores.per_fold else {}),
                 "per_class": scores.per_class.to_dict("records"), "per_case": scores.per_case.to_dict("records"),
-                "notes": scores.notes}
+                "missing": scores.missing, "notes": scores.notes}
         return json.dumps(_to_json_value(data, ""), indent=1, allow_nan=False, ensure_ascii=False) + "\n"
     if fmt != "md":
         raise BenchError(f"unknown score format {fmt!r}; expected one of: {', '.join(SCORE_FORMATS)}")

@@ -25,6 +25,7 @@ from tests.fixtures import md_rows, run_bench_here
 
 CPU = torch.device("cpu")
 SMOKE = load_protocol("smoke").with_overrides(img_size=32, max_iterations=3, max_cases=2)
+SMOKE_ALL = load_protocol("smoke")  # every test case scored
 
 
 def _train(dataset, root, results, policy=None):
@@ -947,7 +948,8 @@ def test_transunets_test_script_output_is_scored_as_it_is(tmp_path):
     second = ds.test_ids()[1]  # a case without its file: named as the folder names the others
     (folder / f"{second}_pred.nii.gz").rename(tmp_path / "aside.nii.gz")
     with pytest.raises(BenchError, match=rf"preds: no prediction of test case\(s\) {second} \(1 of 2; expected "
-                                         rf"{second}_pred.nii.gz\)$"):
+                                         rf"{second}_pred.nii.gz\); --allow-missing scores them as empty "
+                                         r"predictions$"):
         score_predictions(folder, ds, SMOKE)
     (tmp_path / "aside.nii.gz").rename(folder / f"{second}_pred.nii.gz")
     (folder / f"{first}_pred.nii.gz").rename(folder / f"{first}.nii.gz")  # as bench predict names it: the same
@@ -1440,3 +1442,144 @@ def test_the_splits_file_is_looked_for_under_nnunets_dataset_name(tmp_path):
     assert _dataset_folder(tmp_path / "Dataset501_Liver") == "Dataset501_Liver"
     assert _dataset_folder(tmp_path / "nnunet") == "DatasetXXX_Name"
     assert _dataset_folder(tmp_path / "Dataset5_Liver") == "DatasetXXX_Name"  # nnU-Net's ids have 3 digits
+
+
+def _scored_alike(scores, written):
+    """Whether ``scores`` (a case scored empty with --allow-missing) hold the numbers of ``written`` (the same
+    folder with an all-zero label map written for it): every metric and per-case row, NaN for NaN."""
+    import pandas as pd
+
+    assert scores.metrics.keys() == written.metrics.keys()
+    for key, value in written.metrics.items():
+        assert _same(scores.metrics[key], value), (key, scores.metrics[key], value)
+    pd.testing.assert_frame_equal(scores.per_case, written.per_case)
+    pd.testing.assert_frame_equal(scores.per_class, written.per_class)
+
+
+@pytest.mark.parametrize("policy", ["strict", "legacy-synapse"])
+def test_allow_missing_scores_a_case_without_its_file_as_an_all_zero_volume_written(tmp_path, policy):
+    """--allow-missing: a Synapse case without its file scores as its all-background volume written out would
+    (each structure missed: DSC 0, HD95 the penalty under strict and 0 under legacy-synapse), said in a note and
+    Scores.missing; without it, the error says the flag. A file with other problems is refused all the same."""
+    ds, folder = _gt_folder(tmp_path, n_test=3)
+    ids = ds.test_ids()
+    path = folder / ds.prediction_name(ids[1])
+    path.unlink()
+    with pytest.raises(BenchError, match=rf"preds: no prediction of test case\(s\) {ids[1]} \(1 of 3; expected "
+                                         rf"{ids[1]}.nii.gz\); --allow-missing scores them as empty predictions$"):
+        score_predictions(folder, ds, SMOKE_ALL, policy)
+    scores = score_predictions(folder, ds, SMOKE_ALL, policy, allow_missing=True)
+    assert scores.missing == [ids[1]] and scores.scored["n_cases"] == 3
+    assert "1 of 3 test cases had no prediction (" f"{ids[1]}): scored as empty predictions (--allow-missing)" \
+        in scores.notes
+    case = ds.load_test(ids[1])
+    rows = scores.per_case[(scores.per_case["case"] == ids[1]) & (scores.per_case["n_ref"] > 0)]
+    assert len(rows) and (rows["dice"] == 0).all()
+    penalty = hd95_penalty(case.label.shape, case.spacing)
+    assert rows["hd95"].tolist() == pytest.approx([penalty if policy == "strict" else 0.0] * len(rows))
+    ds.write_prediction(case, np.zeros_like(case.label), path)
+    written = score_predictions(folder, ds, SMOKE_ALL, policy)
+    _scored_alike(scores, written)
+    assert written.missing == [] and [n for n in scores.notes if "had no prediction" not in n] == written.notes
+    # json says the missing cases; csv has their rows
+    data = json.loads(render(scores, "json"))
+    assert data["missing"] == [ids[1]] and json.loads(render(written, "json"))["missing"] == []
+    assert render(scores, "csv").count(f"\n{ids[1]},") == ds.num_classes - 1
+    assert "\n\nnote: 1 of 3 test cases had no prediction" in render(scores, "md")
+    path.write_bytes(b"not a volume")  # present but unreadable: refused with the flag too
+    with pytest.raises(BenchError, match=rf"{ids[1]}.nii.gz: cannot read it as a NIfTI volume"):
+        score_predictions(folder, ds, SMOKE_ALL, policy, allow_missing=True)
+
+
+@pytest.mark.parametrize("policy", ["legacy-isic", "strict"])
+def test_allow_missing_scores_an_isic_image_without_its_mask_as_an_all_zero_png_written(tmp_path, policy):
+    """ISIC: the empty mask on the scored grid; legacy-isic pools its lesion's pixels as missed (false negatives)."""
+    from bench.evaluate import ground_truth
+
+    ds, folder = _isic_gt_folder(tmp_path)
+    first = ds.test_ids()[0]
+    path = folder / ds.prediction_name(first)
+    path.unlink()
+    scores = score_predictions(folder, ds, SMOKE_ALL, policy, allow_missing=True)
+    assert scores.missing == [first] and scores.metrics["dice"] < 1
+    case = ds.load_test(first)
+    ds.write_prediction(case, np.zeros_like(ground_truth(case, SMOKE_ALL, True)), path)
+    _scored_alike(scores, score_predictions(folder, ds, SMOKE_ALL, policy))
+    # every case without its file: nothing was predicted, the wrong folder, refused by name
+    for case_id in ds.test_ids():
+        (folder / ds.prediction_name(case_id)).unlink()
+    with pytest.raises(BenchError, match=r"preds: no prediction files; .*; --allow-missing scores a case without its "
+                                         r"file as empty, not a folder without any: the wrong folder\?$"):
+        score_predictions(folder, ds, SMOKE_ALL, policy, allow_missing=True)
+
+
+def test_allow_missing_counts_the_scored_cases_and_leaves_the_labels_beside_as_they_are(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """eval.max_cases: only the cases scored count (an unscored case's file is still refused); a run's folder
+    under another protocol is refused with the flag too (its cases, not misses); the command's json says the
+    missing cases and its stderr the note. TransUNet's test script's <case>_gt.nii.gz is compared where there,
+    and a case missing with its _gt file is scored empty."""
+    ds, folder = _gt_folder(tmp_path, n_test=3)
+    ids = ds.test_ids()
+    capped = SMOKE_ALL.with_overrides(max_cases=2)
+    (folder / ds.prediction_name(ids[2])).unlink()
+    assert score_predictions(folder, ds, capped, allow_missing=True).missing == []
+    (folder / ds.prediction_name(ids[0])).unlink()
+    scores = score_predictions(folder, ds, capped, allow_missing=True)
+    assert scores.missing == [ids[0]] and scores.scored["n_cases"] == 2
+    assert f"1 of 2 test cases had no prediction ({ids[0]})" in " ".join(scores.notes)
+    proc = run_bench_here(monkeypatch, capsys, "score", "--predictions", folder, "--dataset", "synapse", "--data-root",
+                          ds.root, "--protocol", "smoke", "--allow-missing", "--format", "json")
+    assert json.loads(proc.stdout)["missing"] == [ids[0], ids[2]]
+    assert f"note: 2 of 3 test cases had no prediction ({ids[0]}, {ids[2]}): scored as empty predictions " \
+           "(--allow-missing)" in proc.stderr.splitlines()
+    (folder / MANIFEST).write_text(json.dumps({"run_id": "r1", "protocol": "capped"}), encoding="utf-8")
+    with pytest.raises(BenchError, match=r"no prediction of test case\(s\) .*: pass --protocol capped$"):
+        score_predictions(folder, ds, SMOKE_ALL, allow_missing=True)
+
+    (tmp_path / "script").mkdir()
+    ds, folder = _test_script_folder(tmp_path / "script")
+    first, second = ds.test_ids()
+    (folder / f"{first}_pred.nii.gz").unlink()  # its _gt file kept: compared, the same labels
+    scores = score_predictions(folder, ds, SMOKE_ALL, "legacy-synapse", allow_missing=True)
+    assert scores.missing == [first] and any(n.startswith("their labels are ours: the labels written beside 2 of 2")
+                                             for n in scores.notes)
+    (folder / f"{first}_gt.nii.gz").unlink()  # none beside it: the other case's compared alone
+    scores = score_predictions(folder, ds, SMOKE_ALL, "legacy-synapse", allow_missing=True)
+    assert scores.missing == [first] and any(f"beside 1 of 2 predictions (first: {second}_gt.nii.gz)" in n
+                                             for n in scores.notes)
+
+
+def test_allow_missing_pooled_over_folds_names_each_missing_cases_fold_and_refuses_a_fold_left_out(tmp_path):
+    """--fold all: a missing case scores empty in its fold's DSC too, the note names its fold; one fold's files
+    alone, or a fold without any of its files, are refused with the flag too (a folder not copied in)."""
+    import shutil
+
+    root = synthesize("nnunet", tmp_path / "data", dims=2, n_cases=7, size=32)  # folds of 2, 2, 1, 1, 1 cases
+    ds = open_dataset("nnunet", root, fold="all")
+    every = tmp_path / "cv"
+    every.mkdir()
+    for case_id in ds.cases:
+        case = ds.load_test(case_id)
+        ds.write_prediction(case, case.label, every / ds.prediction_name(case_id))
+    gone = ds.fold_cases[0][1]
+    (every / ds.prediction_name(gone)).unlink()
+    scores = score_predictions(every, ds, SMOKE_ALL, allow_missing=True)
+    assert f"1 of 7 test cases had no prediction ({gone} of fold 0)" in " ".join(scores.notes)
+    case = ds.load_test(gone)
+    ds.write_prediction(case, np.zeros_like(case.label), every / ds.prediction_name(gone))
+    written = score_predictions(every, ds, SMOKE_ALL)
+    _scored_alike(scores, written)
+    assert scores.per_fold == written.per_fold and scores.per_fold[0]["dice"] < 1
+    one = tmp_path / "fold_1"
+    one.mkdir()
+    for case_id in ds.fold_cases[1]:
+        shutil.copyfile(every / ds.prediction_name(case_id), one / ds.prediction_name(case_id))
+    with pytest.raises(BenchError, match=r"the files here are fold 1's validation cases only: pass --fold 1"):
+        score_predictions(one, ds, SMOKE_ALL, allow_missing=True)
+    for case_id in ds.fold_cases[3]:  # folds 0-2 and 4 held: fold 3 left out
+        (every / ds.prediction_name(case_id)).unlink()
+    with pytest.raises(BenchError, match=rf"cv: no prediction of any test case of fold\(s\) 3 \({ds.fold_cases[3][0]}; "
+                                         r"1 of 7\): --allow-missing scores a case without its file as empty, not a "
+                                         r"whole fold's"):
+        score_predictions(every, ds, SMOKE_ALL, allow_missing=True)

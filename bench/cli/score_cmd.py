@@ -48,6 +48,11 @@ def score(
                                                      "nnU-Net's fold_all of a model of this data are refused: it "
                                                      "trained on every case")] = None,
     protocol: ProtocolName = None,
+    allow_missing: Annotated[bool, typer.Option(
+        "--allow-missing", help="score a test case without a prediction file as an empty (all-background) "
+                                "prediction, each structure of it missed, said in a note (and the json's "
+                                "'missing'), instead of refusing the folder; a folder without any is still "
+                                "refused")] = False,
     policy: Annotated[Optional[str], policy_option("metric policy (default: the protocol's)")] = None,
     format: Annotated[Optional[ScoreFormat], typer.Option(
         "--format", help="md (a table), csv (case x class rows) or json (all); default: from --out's suffix, "
@@ -84,7 +89,8 @@ def score(
     # score_predictions at once, after the split's count of every case): before any error about the cases
     for note in data.notes:
         _echo_err(f"note: {note}")
-    scores = score_predictions(predictions, data, proto, policy, say=lambda note: _echo_err(f"note: {note}"))
+    scores = score_predictions(predictions, data, proto, policy, say=lambda note: _echo_err(f"note: {note}"),
+                               allow_missing=allow_missing)
     text = render(scores, fmt)
     if fmt != "md":  # the table says them; those said before scoring are not said twice
         for note in scores.notes[scores.said:]:
