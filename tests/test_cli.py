@@ -999,6 +999,16 @@ def test_two_shards_share_one_results_dir(tmp_path):
     assert bad.returncode == 2 and "--shard must be K/N" in bad.stderr
 
 
+@pytest.mark.parametrize("dry", [["--dry-run"], []])
+def test_synthetic_and_a_data_root_are_refused_by_a_dry_run_as_by_a_run(monkeypatch, capsys, tmp_path, dry):
+    # a dry run planned from a temporary synthetic copy in --data-root's place: the folder given went unsaid
+    proc = run_bench_here(monkeypatch, capsys, "run", "--models", "unet", "--tiny", "--dataset", "isic17",
+                          "--synthetic", "--data-root", tmp_path / "isic", "--protocol", "smoke", "--results",
+                          tmp_path / "res", *dry, check=False)
+    assert proc.returncode == 2 and proc.stderr == "error: give either --data-root or --synthetic, not both\n"
+    assert not (tmp_path / "res").exists()
+
+
 def test_dry_run_lists_each_runs_state_and_shard_and_writes_nothing(tmp_path):
     """A Slurm array's user could not see which runs of the grid were done, partial, running or missing
     before submitting more: --dry-run lists them (each shard's), from the same plan, and writes nothing,

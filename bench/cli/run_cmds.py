@@ -196,7 +196,9 @@ def _plan(names: list[str], grid: dict, results: Path, dry_run: bool,
         for w in (w for name in models for w in said.get(name, [])):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
-    with dry_run_data(grid["dataset"], results) if dry_run and grid["synthetic"] else nullcontext() as copy:
+    # with --data-root too, plan_grid refuses the two as a run does (a copy in its place hid that)
+    planned_from_copy = dry_run and grid["synthetic"] and grid["data_root"] is None
+    with dry_run_data(grid["dataset"], results) if planned_from_copy else nullcontext() as copy:
         if copy is not None:  # the results folder has no synthetic data yet: none of its runs began
             note(f"the synthetic data is not written yet under {results}; planned from a temporary copy")
             grid = {**grid, "data_root": copy, "synthetic": False}
