@@ -264,6 +264,9 @@ def _section(key: str) -> str:
     raise BenchError(f"cannot override protocol field {key!r}{did_you_mean(key, can)}; these can be: {', '.join(can)}")
 
 
+PATCH_AUGMENTS = ("nnunet", "none")  # the augmentations bench.transforms cuts patches of whole cases with
+
+
 def _field(protocol: Protocol, key: str) -> Any:
     """The value of an overridable field, wherever it lives (top level, train or eval)."""
     return getattr({"train": protocol.train, "eval": protocol.eval, "": protocol}[_section(key)], key)
@@ -350,6 +353,9 @@ def _checked(protocol: Protocol, where: str) -> Protocol:
             key = f"{section}.{name}" if section else name
             raise BenchError(f"{where} {key}: unknown {value!r}{did_you_mean(value, names)}. Expected one of "
                              f"{', '.join(names)}")
+    if protocol.patch_size and protocol.train.augment not in PATCH_AUGMENTS:  # else refused after preprocessing
+        raise BenchError(f"{where} train.augment: {protocol.train.augment!r} works on whole images; a patch protocol "
+                         f"(patch_size) takes {' or '.join(map(repr, PATCH_AUGMENTS))}")
     return protocol
 
 

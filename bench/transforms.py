@@ -580,14 +580,11 @@ class TrainTransform:
         self.normalize = protocol.normalize
         self.stats = stats  # ct_foreground: the training foreground's statistics
         self.augment = protocol.train.augment
-        self.binary = bool(binary)  # augment and normalize names are checked when the protocol loads
+        self.binary = bool(binary)  # augment and normalize names (and a patch protocol's augment) checked at load
         if self.augment == "nnunet" and self.binary:
             raise BenchError("augment 'nnunet' needs integer class labels (nnU-Net datasets); this dataset is binary")
         self.angle = run_rotation_angle(run_seed) if self.augment == "vmunet_isic" else None
         self.patch = tuple(protocol.patch_size)  # patch protocols: items are whole cases, cut here
-        if self.patch and self.augment not in ("nnunet", "none"):
-            raise BenchError(f"augment {self.augment!r} works on whole images; a patch protocol (patch_size) "
-                             "takes 'nnunet' or 'none'")
         self.initial = nnunet_initial_patch(self.patch) if self.patch and self.augment == "nnunet" else self.patch
         self.batch_size = protocol.train.batch_size
         self.oversample = protocol.train.oversample_foreground

@@ -174,6 +174,19 @@ def test_bad_protocol_file_names_the_file(tmp_path, edit, message):
         load_protocol(bad)
 
 
+@pytest.mark.parametrize("augment", ["transunet", "vmunet_isic"])
+def test_a_patch_protocol_of_a_whole_image_augmentation_is_refused_when_it_loads(tmp_path, augment):
+    # it was refused by the first training batch, after the cases were preprocessed and the run had begun
+    mine = tmp_path / "mine.toml"
+    mine.write_text((PROTOCOL_DIR / "lightm_unet_2d.toml").read_text(encoding="utf-8").replace(
+        'name = "lightm_unet_2d"', 'name = "mine"').replace('augment = "nnunet"', f'augment = "{augment}"'),
+        encoding="utf-8")
+    with pytest.raises(BenchError, match=rf"mine\.toml: train\.augment: '{augment}' works on whole images; a patch "
+                                         r"protocol \(patch_size\) takes 'nnunet' or 'none'$"):
+        load_protocol(mine)
+    assert load_protocol(PROTOCOL_DIR / "lightm_unet_2d.toml").train.augment == "nnunet"
+
+
 def test_a_protocol_file_is_read_by_its_toml_suffix_in_any_case(tmp_path):
     """`--protocol my.TOML` and `--protocol ./custom`, files there, were "unknown protocol" with the built-ins listed."""
     upper = tmp_path / "mine.TOML"
