@@ -535,6 +535,28 @@ def test_nnunet_uses_splits_final_fold0(roots, tmp_path):
         open_dataset("nnunet", root)
 
 
+@pytest.mark.parametrize("splits, why", [
+    ([], "no folds; expected a non-empty list of {\"train\": [...], \"val\": [...]} folds"),
+    ([{"train": ["synth_000"]}], "expected a non-empty list of {\"train\": [...], \"val\": [...]} folds "
+                                 "(KeyError: 'val')"),
+    ({"train": [], "val": []}, "(TypeError: string indices must be integers, not 'str')"),
+])
+def test_verify_lists_a_split_the_reader_refuses_beside_the_other_problems(roots, tmp_path, splits, why):
+    # an empty split was no listed problem: verify stopped at its notes with the reader's bare error (exit 2);
+    # a misshapen one lost its exception's type, which bench run names
+    root = _copy(roots["nnunet2d"], tmp_path)
+    (root / "splits_final.json").write_text(json.dumps(splits), encoding="utf-8")
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 11}), encoding="utf-8")
+    errors = {p.path: p.message for p in verify_dataset("nnunet", root) if p.level == "error"}
+    assert errors[str(root / "splits_final.json")].endswith(why) and "numTraining is 11" in errors[
+        str(root / "dataset.json")]
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(BenchError) as alone:
+        open_dataset("nnunet", root)
+    assert str(alone.value) == f"{root / 'splits_final.json'}: {errors[str(root / 'splits_final.json')]}"
+
+
 def test_nnunet_num_training_must_match(roots, tmp_path):
     root = _copy(roots["nnunet2d"], tmp_path)
     meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))

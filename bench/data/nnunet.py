@@ -499,10 +499,25 @@ def _read_compact(root: str | Path, case: str, ending: str, n_channels: int, num
 _read_case_cached = functools.lru_cache(maxsize=2)(_read_compact)
 
 
+SPLITS_EXPECTED = 'a non-empty list of {"train": [...], "val": [...]} folds'  # splits_final.json
+
+
+def read_splits(path: Path) -> list[tuple[list[str], list[str]]]:
+    """The (train, val) folds of a splits_final.json; BenchError naming it where it is no list of such folds.
+    Shared by the reader and ``bench data verify``, as ``fold_problems`` is."""
+    folds = read_json(path)
+    try:
+        return [(list(f["train"]), list(f["val"])) for f in folds]
+    except (KeyError, TypeError) as exc:
+        raise BenchError(f"{path}: expected {SPLITS_EXPECTED} ({describe(exc)})") from exc
+
+
 def fold_problems(folds: list[tuple[list[str], list[str]]], cases: list[str]) -> list[str]:
-    """What is wrong with each (train, val) fold of a splits_final.json, or []: cases without a label
-    file, an empty list (nothing to train on, or to score), an id twice, a case on both sides.
+    """What is wrong with each (train, val) fold of a splits_final.json, or []: no fold at all, cases without
+    a label file, an empty list (nothing to train on, or to score), an id twice, a case on both sides.
     Shared by the reader (which raises) and ``bench data verify`` (which reports)."""
+    if not folds:
+        return [f"no folds; expected {SPLITS_EXPECTED}"]
     known, out = set(cases), []
     for k, (train, val) in enumerate(folds):
         unknown = sorted(set(train + val) - known)
@@ -889,19 +904,12 @@ class NnUNetDataset(SegDataset):
         path = self.root / "splits_final.json"
         if not path.is_file():
             return None
-        expected = 'a non-empty list of {"train": [...], "val": [...]} folds'
-        folds = read_json(path)
-        try:
-            folds = [{"train": list(f["train"]), "val": list(f["val"])} for f in folds]
-        except (KeyError, TypeError) as exc:
-            raise BenchError(f"{path}: expected {expected} ({describe(exc)})") from exc
-        if not folds:
-            raise BenchError(f"{path}: no folds; expected {expected}")
+        folds = read_splits(path)
         # every fold before any trains: fold 3's leak is found before fold 0 runs
-        problems = fold_problems([(f["train"], f["val"]) for f in folds], self.cases)
+        problems = fold_problems(folds, self.cases)
         if problems:
             raise BenchError(f"{path}: {'; '.join(problems)}")
-        return folds
+        return [{"train": train, "val": val} for train, val in folds]
 
     def _split(self) -> tuple[list[str], list[str]]:
         path = self.root / "splits_final.json"

@@ -294,15 +294,12 @@ def _check_nnunet(root: Path, report: _Report, reader) -> None:
     splits = root / "splits_final.json"
     if splits.is_file():
         try:
-            folds = [(list(f["train"]), list(f["val"])) for f in nn_io.read_json(splits)]
+            folds = nn_io.read_splits(splits)
         except BenchError as exc:
             report.add(splits, _unreadable(exc, splits))
-            folds = []
-        except (KeyError, TypeError) as exc:
-            report.add(splits, f"expected a list of {{\"train\": [...], \"val\": [...]}} folds ({exc})")
-            folds = []
-        for problem in nn_io.fold_problems(folds, cases):  # the reader's rules
-            report.add(splits, problem)
+        else:
+            for problem in nn_io.fold_problems(folds, cases):  # the reader's rules
+                report.add(splits, problem)
 
 
 def _check_nnunet_case(root: Path, case: str, ending: str, n_ch: int, valid: set[int], report: _Report) -> None:
