@@ -805,6 +805,7 @@ def test_policy_help_lists_every_metric_policy(cmd):
     assert POLICY_NAMES == tuple(POLICIES)
     said = " ".join(runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "200"}).output.split())
     assert ", ".join(POLICIES) in said.replace("│ ", "").replace(" │", ""), cmd
+    assert cmd == "report" or re.search(r"--policy +POLICY ", said), cmd  # report's is a comma list
 
 
 @pytest.mark.parametrize("group", [[], ["data"]])
@@ -1007,6 +1008,10 @@ def test_synthetic_and_a_data_root_are_refused_by_a_dry_run_as_by_a_run(monkeypa
                           tmp_path / "res", *dry, check=False)
     assert proc.returncode == 2 and proc.stderr == "error: give either --data-root or --synthetic, not both\n"
     assert not (tmp_path / "res").exists()
+    # and neither: no data of the user's own is planned on a temporary synthetic copy
+    proc = run_bench_here(monkeypatch, capsys, "run", "--models", "unet", "--tiny", "--dataset", "isic17",
+                          "--protocol", "smoke", "--results", tmp_path / "res", *dry, check=False)
+    assert proc.returncode == 2 and "--data-root is required for dataset 'isic17' (or use --synthetic)" in proc.stderr
 
 
 def test_dry_run_lists_each_runs_state_and_shard_and_writes_nothing(tmp_path):

@@ -298,7 +298,7 @@ def test_profile_options_out_of_range_are_one_line(tmp_path, args, message):
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("batch_size", ["8x", "AUTO", 1, -2, 2.0, True])
+@pytest.mark.parametrize("batch_size", ["8x", "AUTO", 1, -2, 2.0, True, False])
 def test_profile_model_refuses_a_batch_size_before_building_the_model(monkeypatch, batch_size):
     """The Python API's batch_size: a string other than "auto" reached ``batch_size > 1`` as a TypeError,
     after the model was built and timed; now the CLI's check, before anything is built."""
@@ -308,7 +308,8 @@ def test_profile_model_refuses_a_batch_size_before_building_the_model(monkeypatc
 
 
 def test_batch_size_takes_what_the_cli_and_the_api_give():
-    assert [cost.check_batch_size(b) for b in (None, 0, "auto", "8", 8, np.int64(4))] == [0, 0, "auto", 8, 8, 4]
+    taken = [cost.check_batch_size(b) for b in (None, 0, "auto", "8", 8, np.int64(4))]
+    assert taken == [0, 0, "auto", 8, 8, 4] and [type(b) for b in taken[3:]] == [int] * 3  # a record's number
 
 
 def test_vmunet_isic_counts_match_the_authors_measurements():

@@ -185,6 +185,9 @@ def test_a_patch_protocol_of_a_whole_image_augmentation_is_refused_when_it_loads
                                          r"protocol \(patch_size\) takes 'nnunet' or 'none'$"):
         load_protocol(mine)
     assert load_protocol(PROTOCOL_DIR / "lightm_unet_2d.toml").train.augment == "nnunet"
+    mine.write_text(mine.read_text(encoding="utf-8").replace(f'augment = "{augment}"', 'augment = "none"'),
+                    encoding="utf-8")
+    assert load_protocol(mine).train.augment == "none"  # patches without augmentation
 
 
 def test_a_protocol_file_is_read_by_its_toml_suffix_in_any_case(tmp_path):

@@ -1562,15 +1562,18 @@ def test_allow_missing_pooled_over_folds_names_each_missing_cases_fold_and_refus
     for case_id in ds.cases:
         case = ds.load_test(case_id)
         ds.write_prediction(case, case.label, every / ds.prediction_name(case_id))
-    gone = ds.fold_cases[0][1]
-    (every / ds.prediction_name(gone)).unlink()
+    gone = [ds.fold_cases[0][1], ds.fold_cases[1][0]]
+    for case_id in gone:
+        (every / ds.prediction_name(case_id)).unlink()
     scores = score_predictions(every, ds, SMOKE_ALL, allow_missing=True)
-    assert f"1 of 7 test cases had no prediction ({gone} of fold 0)" in " ".join(scores.notes)
-    case = ds.load_test(gone)
-    ds.write_prediction(case, np.zeros_like(case.label), every / ds.prediction_name(gone))
+    assert f"2 of 7 test cases had no prediction ({gone[0]} of fold 0, {gone[1]} of fold 1)" in " ".join(scores.notes)
+    assert scores.missing == gone
+    for case_id in gone:
+        case = ds.load_test(case_id)
+        ds.write_prediction(case, np.zeros_like(case.label), every / ds.prediction_name(case_id))
     written = score_predictions(every, ds, SMOKE_ALL)
     _scored_alike(scores, written)
-    assert scores.per_fold == written.per_fold and scores.per_fold[0]["dice"] < 1
+    assert scores.per_fold == written.per_fold and scores.per_fold[0]["dice"] < 1 and scores.per_fold[1]["dice"] < 1
     one = tmp_path / "fold_1"
     one.mkdir()
     for case_id in ds.fold_cases[1]:
