@@ -264,9 +264,6 @@ def _section(key: str) -> str:
     raise BenchError(f"cannot override protocol field {key!r}{did_you_mean(key, can)}; these can be: {', '.join(can)}")
 
 
-PATCH_AUGMENTS = ("nnunet", "none")  # the augmentations bench.transforms cuts patches of whole cases with
-
-
 def _field(protocol: Protocol, key: str) -> Any:
     """The value of an overridable field, wherever it lives (top level, train or eval)."""
     return getattr({"train": protocol.train, "eval": protocol.eval, "": protocol}[_section(key)], key)
@@ -282,6 +279,7 @@ CHOICES = {
     ("", "normalize"): ("none", "minmax255", "zscore", "ct_window", "ct_foreground"),
     ("", "dtype"): ("float32", "float64"),
 }
+PATCH_AUGMENTS = ("nnunet", "none")  # of CHOICES' augments, those bench.transforms cuts patches with
 
 SEED_LIMIT = 2**32  # seeds below it: what numpy's and torch's generators all take
 
