@@ -7,7 +7,10 @@ arXiv:2403.09157. Authors' code: nobodyplayer1/VM-UNetV2@b65f04c, models/vmunet/
 As in the authors' code: the encoder's last stage (``vmunet.layers.3``) runs but its output is
 discarded, so its parameters get no gradient (kept for checkpoint compatibility); ``deconv5`` is
 unused; "deep supervision" fuses the two finest heads into one output
-(seg3↑ + deconv6(seg2↑)), which only exists for one class. Differences: we return that fused map
+(seg3↑ + deconv6(seg2↑)), which only exists for one class. The other heads are computed (their FLOPs
+count, as in the authors' model) but reach no output, so they train no more than ``layers.3``:
+``seg_outs.0`` and ``seg_outs.1``, and without deep supervision (more than one class) ``seg_outs.2``
+and ``deconv6`` too. Differences: we return that fused map
 as logits (the authors apply a sigmoid); with more than one class deep supervision is off (the
 authors' code fails there); non-square inputs are refused (their SDI assumes squares).
 """
