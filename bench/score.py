@@ -184,22 +184,23 @@ def score_predictions(pred_dir: Path | str, dataset: SegDataset, protocol: Proto
     suffixed = [case_id for case_id in files if dataset.mask_suffix and files[case_id].startswith(
         f"{case_id}{dataset.mask_suffix}")]
     if suffixed:
-        notes.append(f"{len(suffixed)} of {len(ids)} files are named as {dataset.mask_suffix_by}, with "
+        notes.append(f"{len(suffixed)} of {len(files)} files are named as {dataset.mask_suffix_by}, with "
                      f"{dataset.mask_suffix!r} after the case id ({files[suffixed[0]]}): each scored as its case's")
     if greyed:
-        notes.append(f"{len(greyed)} of {len(ids)} masks were PNGs stored in colour whose channels are equal (first: "
+        notes.append(f"{len(greyed)} of {len(files)} masks were PNGs stored in colour whose channels are equal (first: "
                      f"{greyed[0].relative_to(pred_dir).as_posix()}): read as that grey")
     if same_labels:
-        notes.append(f"their labels are ours: the labels written beside {len(same_labels)} of {len(ids)} predictions "
-                     f"(first: {same_labels[0]}) are the ground truth scored here, voxel for voxel: same test data")
+        notes.append(f"their labels are ours: the labels written beside the predictions of {len(same_labels)} of "
+                     f"{len(ids)} test cases (first: {same_labels[0]}) are the ground truth scored here, voxel for "
+                     "voxel: same test data")
     if respaced:
-        notes.append(_spacing_note(respaced, len(ids), get_policy(policy)))
+        notes.append(_spacing_note(respaced, len(files), get_policy(policy)))
     missed = _miss_note(get_policy(policy), per_case, result.hd95_unit)
     if missed:
         notes.append(missed)
     notes += _empty_notes(get_policy(policy), per_case)
     if resized:
-        notes.append(f"{len(resized)} of {len(ids)} masks were at their image's own size and were resized to the "
+        notes.append(f"{len(resized)} of {len(files)} masks were at their image's own size and were resized to the "
                      f"scored {protocol.img_size}x{protocol.img_size} grid as the ground truth is (bilinear, then "
                      f">= 0.5); a run scores masks predicted at that size")
     return Scores(
@@ -286,19 +287,21 @@ def _case_files(pred_dir: Path, dataset: SegDataset, ids: list[str], protocol: P
         raise BenchError(f"{pred_dir}: {' and '.join(files[twice[0]])} both name test case {twice[0]!r} "
                          f"({len(twice)} of {len(ids)} cases have two files); keep one of each")
     missing = [case_id for case_id, its in files.items() if not its]
-    # another run's split or protocol, or one fold's files alone, explain the missing: scored as misses, they would
-    # score the wrong cases, so --allow-missing is no remedy there
+    # another run's split or protocol, one fold's files alone, or a whole fold's left out explain the missing: scored
+    # as misses, they would score the wrong cases, so --allow-missing is no remedy there, and not offered
     why = hint or _one_fold_hint(dataset, files)
-    if missing and (why or not allow_missing):
-        raise BenchError(f"{pred_dir}: no prediction of test case(s) {few(missing)} ({len(missing)} of {len(ids)}; "
-                         f"expected {names[missing[0]][form]})"
-                         f"{why or '; --allow-missing scores them as empty predictions'}")
+    absent = f"{pred_dir}: no prediction of test case(s) {few(missing)} ({len(missing)} of {len(ids)}; expected " \
+             f"{names[missing[0]][form]})" if missing else ""
+    if why and missing:
+        raise BenchError(absent + why)
     if unpredicted := _unpredicted_folds(dataset, files):  # each fold is its own model's output: one left out
         folds, cases = zip(*unpredicted)
         lost = [case_id for its in cases for case_id in its]
         raise BenchError(f"{pred_dir}: no prediction of any test case of fold(s) {', '.join(map(str, folds))} "
-                         f"({few(lost)}; {len(lost)} of {len(ids)}): --allow-missing scores a case without its file as "
-                         "empty, not a whole fold's (its fold_K/validation files left out?)")
+                         f"({few(lost)}; {len(lost)} of {len(ids)}): their fold_K/validation files left out? "
+                         "(--allow-missing scores a case without its file as empty, not a whole fold's)")
+    if missing and not allow_missing:
+        raise BenchError(absent + "; --allow-missing scores them as empty predictions")
     return {case_id: its[0] for case_id, its in files.items() if its}
 
 

@@ -11,7 +11,9 @@ VENV=${VENV:-.venv}
 
 # before anything is downloaded: pip would refuse the project only after fetching torch (GBs on the CUDA route)
 if ! "$PYTHON" -c "import sys; raise SystemExit(sys.version_info < (3, 11))" 2>/dev/null; then
-    echo "setup: needs Python >= 3.11; $PYTHON is $("$PYTHON" -V 2>/dev/null || echo 'not found'). Set PYTHON, e.g. make setup PYTHON=python3.11" >&2
+    # -V: Python 2 says its version on stderr; a shim may say more lines
+    said=$(command -v "$PYTHON" >/dev/null 2>&1 && "$PYTHON" -V 2>&1 | head -n 1 || echo "not found")
+    echo "setup: needs Python >= 3.11; $PYTHON is ${said:-of no version it says}. Set PYTHON, e.g. make setup PYTHON=python3.11" >&2
     exit 1
 fi
 

@@ -408,9 +408,10 @@ def last_backend() -> str | None:
 
 
 def scan_repr() -> str:
-    """A scanning module's ``extra_repr`` part: the backend the last scan ran on. Printing a model chooses
+    """A scanning module's ``extra_repr`` part: the backend this process's last scan ran on (any module's: the
+    one its next scan runs on, unless the device, dtype or a forced backend differs). Printing a model chooses
     none, which could build the kernel."""
-    return f"scan={_last or 'none run yet'}"
+    return f"last_scan={_last or 'none yet'}"
 
 
 def forced_backend_problem() -> str | None:

@@ -10,7 +10,7 @@ unused; "deep supervision" fuses the two finest heads into one output
 (seg3↑ + deconv6(seg2↑)), which only exists for one class. The other heads are computed (their FLOPs
 count, as in the authors' model) but reach no output, so they train no more than ``layers.3``:
 ``seg_outs.0`` and ``seg_outs.1``, and without deep supervision (more than one class) ``seg_outs.2``
-and ``deconv6`` too. Differences: we return that fused map
+too, while ``deconv6`` then runs no more than ``deconv5``. Differences: we return that fused map
 as logits (the authors apply a sigmoid); with more than one class deep supervision is off (the
 authors' code fails there); non-square inputs are refused (their SDI assumes squares).
 """

@@ -540,6 +540,11 @@ def test_nnunet_uses_splits_final_fold0(roots, tmp_path):
     ([{"train": ["synth_000"]}], "expected a non-empty list of {\"train\": [...], \"val\": [...]} folds "
                                  "(KeyError: 'val')"),
     ({"train": [], "val": []}, "(TypeError: string indices must be integers, not 'str')"),
+    # a nested list failed unhashable (a traceback), a string was read as its letters
+    ([{"train": [["synth_000"]], "val": ["synth_001"]}], "folds: fold 0's \"train\" list holds [['synth_000']], "
+                                                         "not a list of case ids (strings)"),
+    ([{"train": ["synth_000"], "val": "synth_001"}], "fold 0's \"val\" list holds synth_001, not a list of case ids "
+                                                     "(strings)"),
 ])
 def test_verify_lists_a_split_the_reader_refuses_beside_the_other_problems(roots, tmp_path, splits, why):
     # an empty split was no listed problem: verify stopped at its notes with the reader's bare error (exit 2);

@@ -242,7 +242,8 @@ def test_all_folds_score_every_case_once_pooled_as_the_folds_scored_alone(tmp_pa
     for path in one.iterdir():
         shutil.copyfile(path, two / path.name)
     proc = run_bench_here(monkeypatch, capsys, *base, "--predictions", two, "--fold", "all", check=False)
-    assert proc.returncode == 2 and "no prediction of test case(s)" in proc.stderr and "--fold" not in proc.stderr
+    assert proc.returncode == 2 and "no prediction of any test case of fold(s) 2, 3, 4 (" in proc.stderr
+    assert "--fold" not in proc.stderr
     for bad in ("al", "1.0"):  # (an empty value: the CLI's own refusal)
         proc = run_bench_here(monkeypatch, capsys, *base, "--predictions", one, "--fold", bad, check=False)
         assert proc.returncode == 2 and proc.stderr.startswith(f"error: --fold {bad!r}: expected a fold number (0, 1, "
@@ -979,7 +980,7 @@ def test_the_test_scripts_plain_nii_files_are_read_as_its_nii_gz_ones(tmp_path):
     assert (folder / f"{first}_pred.nii").read_bytes()[:2] != b"\x1f\x8b"  # no gzip file
     scores = score_predictions(folder, ds, SMOKE, "legacy-synapse")
     assert scores.metrics["dice"] == 1.0 and scores.scored["n_cases"] == 2
-    assert f"their labels are ours: the labels written beside 2 of 2 predictions (first: {first}_gt.nii) are the " \
+    assert f"their labels are ours: the labels written beside the predictions of 2 of 2 test cases (first: {first}_gt.nii) are the " \
            "ground truth scored here, voxel for voxel: same test data" in scores.notes
     assert any(n.startswith("2 of 2 files are named as TransUNet's test script") and f"({first}_pred.nii)" in n
                for n in scores.notes)
@@ -1037,7 +1038,7 @@ def test_the_test_scripts_labels_are_compared_with_the_ground_truth_scored(tmp_p
     monkeypatch.setattr(nib, "load", lambda path, *a, **k: opened.update([Path(path).name]) or real_load(path, *a, **k))
     scores = score_predictions(folder, ds, SMOKE, "legacy-synapse")
     first, second = ds.test_ids()
-    assert f"their labels are ours: the labels written beside 2 of 2 predictions (first: {first}_gt.nii.gz) are the " \
+    assert f"their labels are ours: the labels written beside the predictions of 2 of 2 test cases (first: {first}_gt.nii.gz) are the " \
            "ground truth scored here, voxel for voxel: same test data" in scores.notes
     assert opened == Counter({f"{c}{suffix}.nii.gz": 1 for c in (first, second) for suffix in ("_pred", "_gt")})
 
@@ -1513,6 +1514,17 @@ def test_allow_missing_scores_an_isic_image_without_its_mask_as_an_all_zero_png_
         score_predictions(folder, ds, SMOKE_ALL, policy, allow_missing=True)
 
 
+def test_allow_missing_notes_count_the_files_there(tmp_path):
+    # a note about the files named "1 of 2 files" where the folder held one: the missing case counted as a file
+    from bench.data.isic import ISIC_MASK_SUFFIX
+
+    ds, folder = _isic_gt_folder(tmp_path, named=lambda case_id: f"{case_id}{ISIC_MASK_SUFFIX}.png")
+    first, second = ds.test_ids()
+    (folder / f"{first}{ISIC_MASK_SUFFIX}.png").unlink()
+    notes = " ".join(score_predictions(folder, ds, SMOKE_ALL, allow_missing=True).notes)
+    assert "1 of 1 files are named as" in notes and f"({second}{ISIC_MASK_SUFFIX}.png)" in notes
+
+
 def test_allow_missing_counts_the_scored_cases_and_leaves_the_labels_beside_as_they_are(tmp_path, monkeypatch,
                                                                                         capsys):
     """eval.max_cases: only the cases scored count (an unscored case's file is still refused); a run's folder
@@ -1542,11 +1554,11 @@ def test_allow_missing_counts_the_scored_cases_and_leaves_the_labels_beside_as_t
     first, second = ds.test_ids()
     (folder / f"{first}_pred.nii.gz").unlink()  # its _gt file kept: compared, the same labels
     scores = score_predictions(folder, ds, SMOKE_ALL, "legacy-synapse", allow_missing=True)
-    assert scores.missing == [first] and any(n.startswith("their labels are ours: the labels written beside 2 of 2")
+    assert scores.missing == [first] and any(n.startswith("their labels are ours: the labels written beside the predictions of 2 of 2 test")
                                              for n in scores.notes)
     (folder / f"{first}_gt.nii.gz").unlink()  # none beside it: the other case's compared alone
     scores = score_predictions(folder, ds, SMOKE_ALL, "legacy-synapse", allow_missing=True)
-    assert scores.missing == [first] and any(f"beside 1 of 2 predictions (first: {second}_gt.nii.gz)" in n
+    assert scores.missing == [first] and any(f"beside the predictions of 1 of 2 test cases (first: {second}_gt.nii.gz)" in n
                                              for n in scores.notes)
 
 
@@ -1582,7 +1594,9 @@ def test_allow_missing_pooled_over_folds_names_each_missing_cases_fold_and_refus
         score_predictions(one, ds, SMOKE_ALL, allow_missing=True)
     for case_id in ds.fold_cases[3]:  # folds 0-2 and 4 held: fold 3 left out
         (every / ds.prediction_name(case_id)).unlink()
-    with pytest.raises(BenchError, match=rf"cv: no prediction of any test case of fold\(s\) 3 \({ds.fold_cases[3][0]}; "
-                                         r"1 of 7\): --allow-missing scores a case without its file as empty, not a "
-                                         r"whole fold's"):
-        score_predictions(every, ds, SMOKE_ALL, allow_missing=True)
+    for allow in (True, False):  # without the flag too: not offered where it would be refused
+        with pytest.raises(BenchError, match=rf"cv: no prediction of any test case of fold\(s\) 3 \("
+                                             rf"{ds.fold_cases[3][0]}; 1 of 7\): their fold_K/validation files left out\? "
+                                             r"\(--allow-missing scores a case without its file as empty, not a whole "
+                                             r"fold's\)$"):
+            score_predictions(every, ds, SMOKE_ALL, allow_missing=allow)

@@ -145,22 +145,22 @@ def test_one_class_returns_logits_and_scan_backend_is_reported():
 
 
 def test_a_printed_model_names_the_backend_its_scans_ran_on(monkeypatch):
-    """SS2D's and the Mamba block's repr say which backend the last scan ran on (STYLE 1.8), without choosing
-    one: printing a model never builds the kernel."""
+    """SS2D's and the Mamba block's repr say which backend the process's last scan ran on (STYLE 1.8), without
+    choosing one: printing a model never builds the kernel."""
     from ssm_models.mamba import Mamba
 
     ss2d, mamba = SS2D(d_model=8, d_state=4), Mamba(d_model=8, d_state=4)
     with monkeypatch.context() as m:
         m.setattr(scan, "_last", None)
         m.setattr(scan, "default_backend", lambda *a, **k: pytest.fail("printing chose a backend"))
-        assert "scan=none run yet\n" in repr(ss2d) and "scan=none run yet\n" in repr(mamba)
+        assert "last_scan=none yet\n" in repr(ss2d) and "last_scan=none yet\n" in repr(mamba)
     for backend in ("ref", "torch"):
         with scan.use_backend(backend):
             ss2d(torch.randn(1, 4, 4, 8))
-        assert f"SS2D(\n  d_model=8, d_state=4, d_inner=16, scan={backend}\n" in repr(ss2d)
+        assert f"SS2D(\n  d_model=8, d_state=4, d_inner=16, last_scan={backend}\n" in repr(ss2d)
         with scan.use_backend(backend):
             mamba(torch.randn(1, 5, 8))
-        assert f"Mamba(\n  d_model=8, d_state=4, d_inner=16, scan={backend}\n" in repr(mamba)
+        assert f"Mamba(\n  d_model=8, d_state=4, d_inner=16, last_scan={backend}\n" in repr(mamba)
 
 
 def test_ss2d_normalises_the_float32_scan_sum_under_autocast():

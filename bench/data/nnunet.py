@@ -507,9 +507,15 @@ def read_splits(path: Path) -> list[tuple[list[str], list[str]]]:
     Shared by the reader and ``bench data verify``, as ``fold_problems`` is."""
     folds = read_json(path)
     try:
-        return [(list(f["train"]), list(f["val"])) for f in folds]
+        folds = [(f["train"], f["val"]) for f in folds]
     except (KeyError, TypeError) as exc:
         raise BenchError(f"{path}: expected {SPLITS_EXPECTED} ({describe(exc)})") from exc
+    for k, fold in enumerate(folds):  # a string would be read as its letters, a nested list fail unhashable
+        for key, ids in zip(_FOLD_LISTS, fold):
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise BenchError(f"{path}: expected {SPLITS_EXPECTED}: fold {k}'s {key} list holds {str(ids)[:60]}, "
+                                 "not a list of case ids (strings)")
+    return [(list(train), list(val)) for train, val in folds]
 
 
 def fold_problems(folds: list[tuple[list[str], list[str]]], cases: list[str]) -> list[str]:
