@@ -1003,9 +1003,9 @@ def select_runs(df_runs: pd.DataFrame, models: str | Iterable[str] | None = None
             if name not in have and not (option == "--models" and name in set(profiled)):
                 hint = did_you_mean(name, have)
                 if option == "--models" and hint:  # a registered model without runs is no misspelling
-                    from bench.model_facts import FACTS
+                    from bench.model_facts import built_in_facts
 
-                    if name in FACTS:  # a built-in: known without loading the models (torch), as reports run
+                    if built_in_facts(name):  # a built-in: known without loading the models (torch), as reports run
                         hint = ""
                     else:
                         from bench.registry import list_models

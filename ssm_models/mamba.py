@@ -55,7 +55,7 @@ class Mamba(nn.Module):
         self.out_proj = nn.Linear(di, d_model, bias=False)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, d_state={self.d_state}, d_inner={self.d_inner}, {scan_repr()}"
+        return scan_repr(self)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         batch, L, _ = hidden.shape

@@ -407,11 +407,12 @@ def last_backend() -> str | None:
     return _last
 
 
-def scan_repr() -> str:
-    """A scanning module's ``extra_repr`` part: the backend this process's last scan ran on (any module's: the
-    one its next scan runs on, unless the device, dtype or a forced backend differs). Printing a model chooses
-    none, which could build the kernel."""
-    return f"last_scan={_last or 'none yet'}"
+def scan_repr(module) -> str:
+    """A scanning module's (SS2D's, Mamba's) ``extra_repr``: its sizes and the backend this process's last scan
+    ran on (any module's: the one its next scan runs on, unless the device, dtype or a forced backend differs).
+    Printing a model chooses none, which could build the kernel."""
+    return (f"d_model={module.d_model}, d_state={module.d_state}, d_inner={module.d_inner}, "
+            f"last_scan={_last or 'none yet'}")
 
 
 def forced_backend_problem() -> str | None:

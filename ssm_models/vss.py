@@ -68,7 +68,7 @@ class SS2D(nn.Module):
         self.out_proj = nn.Linear(di, d_model, bias=False)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, d_state={self.d_state}, d_inner={self.d_inner}, {scan_repr()}"
+        return scan_repr(self)
 
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, di, H, W) -> sum of the four directions' outputs, row-major (B, di, L)."""
