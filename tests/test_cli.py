@@ -442,6 +442,26 @@ def test_rerun_comparison_is_exact_and_takes_nan_for_nan():
         "dice 0.333333 -> 0.333334"
 
 
+def test_a_cuda_re_run_that_differs_says_cuda_runs_need_not_repeat_bit_for_bit(tmp_path, monkeypatch, capsys):
+    """--from-record's comparison: a re-run on CUDA that differs, for no reason of its own, says a GPU run need
+    not repeat bit for bit; on CPU it says nothing more (there it should have matched)."""
+    import torch
+
+    from bench import records
+    from bench.cli.rerun_cmd import _compare, _Record
+
+    rec = {"run_id": "unet_synapse_s0", "metrics": {"dice": 0.5}, "per_class": [], "per_case": []}
+    given = tmp_path / "given.json"
+    here = tmp_path / "records" / "unet_synapse_s0.json"
+    here.parent.mkdir()
+    for path in (given, here):  # the record given, and the one the re-run wrote: read_record's below
+        path.write_text("{}", encoding="utf-8")
+    monkeypatch.setattr(records, "read_record", lambda results, run_id: {**rec, "metrics": {"dice": 0.25}})
+    for device, tail in (("cuda", "; on CUDA a run need not repeat bit for bit\n"), ("cpu", "\n")):
+        assert _compare(_Record(path=given, rec=rec), tmp_path, torch.device(device)) == "differ"
+        assert capsys.readouterr().out == f"  unet_synapse_s0: differs from record {given}: dice 0.5 -> 0.25{tail}"
+
+
 def test_synthetic_data_with_edited_test_labels_is_not_the_authors_data(smoke_results, tmp_path):
     """A reviewer's journey: the authors' results folder and its synthetic data, a test label edited by hand in a
     copy. The copy kept the data's id (its marker's alone): --dry-run called the authors' run done, --weights scored
