@@ -3,6 +3,7 @@ no checkout beside it (no results/, no git)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -92,6 +93,143 @@ def test_setup_refuses_a_python_older_than_3_11_before_installing_anything(tmp_p
         assert f"setup: needs Python >= 3.11; {python} is Python 3.10.13" in res.stderr and not res.stdout
     else:  # past the check, to the venv the fake cannot make
         assert "needs Python" not in res.stderr and "installing the pinned CPU route" in res.stdout
+
+
+# a stand-in torch: its version, and its CUDA (None: a CPU build)
+_TORCH = ('__version__ = {version!r}\n\n\nclass cuda:\n    is_available = staticmethod(lambda: {available})\n'
+          '\n\nclass version:\n    cuda = {cuda!r}\n')
+
+# The venv's pip: logs each command (with MAMBA_KEEP_CUDA_BUILD as the shell line sets it), answers a dry run's
+# --report with FAKE_TORCH (no report where empty, as offline), and "installs" a stand-in torch into the venv's
+# site folder: FAKE_TORCH from the configured indexes, FAKE_CPU_INDEX_TORCH where PyTorch's CPU index is added.
+# An install of the project puts a stand-in ssm_models whose kernels fail to load with FAKE_MAMBA_PROBLEM
+# (load where empty).
+_FAKE_PIP = """\
+import json, os, sys
+venv = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+args = sys.argv[1:]
+keep = os.environ.get("MAMBA_KEEP_CUDA_BUILD")
+with open(os.environ["FAKE_LOG"], "a", encoding="utf-8") as log:
+    log.write(json.dumps(([f"MAMBA_KEEP_CUDA_BUILD={keep}"] if keep else []) + ["pip", *args]) + "\\n")
+if "--dry-run" in args:
+    if not os.environ["FAKE_TORCH"]:
+        sys.exit(1)
+    torch = {"metadata": {"name": "torch", "version": os.environ["FAKE_TORCH"]}}
+    print(json.dumps({"version": "1", "install": [torch]}))
+elif "torch==2.13.0" in args:
+    version = os.environ["FAKE_CPU_INDEX_TORCH" if "--extra-index-url" in args else "FAKE_TORCH"]
+    cuda = None if version.endswith("+cpu") or os.environ["FAKE_UNAME"] != "Linux" else "12.8"
+    os.makedirs(os.path.join(venv, "site", "torch"))
+    with open(os.path.join(venv, "site", "torch", "__init__.py"), "w", encoding="utf-8") as f:
+        f.write(TORCH.format(version=version, cuda=cuda, available=cuda is not None))
+elif "-e" in args:
+    os.makedirs(os.path.join(venv, "site", "ssm_models"))
+    open(os.path.join(venv, "site", "ssm_models", "__init__.py"), "w", encoding="utf-8").close()
+    with open(os.path.join(venv, "site", "ssm_models", "scan.py"), "w", encoding="utf-8") as f:
+        f.write("def mamba_kernels_problem():\\n    return %r or None\\n" % os.environ["FAKE_MAMBA_PROBLEM"])
+"""
+
+
+def _fake_setup(tmp_path: Path, *, system_torch: str | None = None, torchvision: bool = True, torch: str = "",
+                cpu_index_torch: str = "2.13.0+cpu", uname: str = "Linux",
+                mamba_problem: str = "") -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """scripts/setup.sh against stand-ins, no pip run and nothing fetched: its output and the commands it ran
+    (``$PYTHON -m venv`` and the venv's pip, in order). ``$PYTHON`` is this interpreter without its site
+    packages, seeing ``system_torch`` (a CUDA build; None: no torch) and, with it, torchvision; ``-m venv``
+    makes a venv whose python is this one, with the venv's site folder (and the system's, where asked) first.
+    ``torch`` is the wheel pip takes from the configured indexes, ``cpu_index_torch`` the one it takes where
+    PyTorch's CPU index is added (a version without +cpu: PyPI's CUDA build, the CPU index unreachable)."""
+    bin_, system, template, log = tmp_path / "bin", tmp_path / "system", tmp_path / "template", tmp_path / "log"
+    for folder in (bin_, system, template / "bin", template / "site"):
+        folder.mkdir(parents=True)
+    if system_torch:
+        (system / "torch").mkdir()
+        (system / "torch" / "__init__.py").write_text(_TORCH.format(version=system_torch, cuda="12.6", available=True),
+                                                      encoding="utf-8")
+        if torchvision:
+            (system / "torchvision.py").write_text('__version__ = "0.22.1+cu126"\n', encoding="utf-8")
+    scripts = {
+        bin_ / "uname": f"#!/bin/sh\necho {uname}\n",
+        bin_ / "python3": (f'#!/bin/sh\nif [ "$1 $2" = "-m venv" ]; then\n'
+                           f'  printf \'["python3"%s]\\n\' "$(printf \', "%s"\' "$@")" >> {log}\n'
+                           f'  for last; do :; done\n  cp -R {template}/. "$last"\n'
+                           f'  case "$*" in *--system-site-packages*) touch "$last/system-site";; esac\n'
+                           f'  exit 0\nfi\nPYTHONPATH={system} exec {sys.executable} -S "$@"\n'),
+        template / "bin" / "python": ('#!/bin/sh\nhere=$(cd "$(dirname "$0")/.." && pwd)\n'
+                                      'path="$here/site"; [ -e "$here/system-site" ] && path="$path:' f'{system}"\n'
+                                      'if [ "$1" = -c ]; then\n'
+                                      '  code="import sys; sys.path[0:0] = \'$path\'.split(\':\')\n$2"; shift 2\n'
+                                      f'  exec {sys.executable} -c "$code" "$@"\nfi\nexec {sys.executable} "$@"\n'),
+        template / "bin" / "pip": f"#!{sys.executable}\nTORCH = {_TORCH!r}\n{_FAKE_PIP}",
+    }
+    for path, text in scripts.items():
+        path.write_text(text, encoding="utf-8")
+        path.chmod(0o755)
+    run_env = {k: v for k, v in os.environ.items() if k not in ("MAMBA_KEEP_CUDA_BUILD", "PYTHONPATH")}
+    run_env.update(PATH=f"{bin_}:{os.environ['PATH']}", PYTHON=str(bin_ / "python3"), VENV=str(tmp_path / "venv"),
+                   FAKE_LOG=str(log), FAKE_TORCH=torch, FAKE_CPU_INDEX_TORCH=cpu_index_torch, FAKE_UNAME=uname,
+                   FAKE_MAMBA_PROBLEM=mamba_problem)
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "setup.sh")], env=run_env, capture_output=True, text=True,
+                         timeout=120, encoding="utf-8")
+    return res, [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.exists() else []
+
+
+_DRY_RUN = ["pip", "install", "--dry-run", "--no-deps", "--ignore-installed", "--report", "-", "-q", "torch==2.13.0"]
+_TORCH_ALONE = ["pip", "install", "-q", "torch==2.13.0"]
+_FROM_CPU_INDEX = ["pip", "install", "-q", "torch==2.13.0", "torchvision==0.28.0",
+                   "--extra-index-url", "https://download.pytorch.org/whl/cpu"]
+_PROJECT_PINNED = ["pip", "install", "-q", "-c", "constraints-cpu.txt", "-e", ".[dev]"]
+
+
+@pytest.mark.parametrize("torch, uname, cpu_index_torch, install, built", [
+    ("2.13.0+cpu", "Linux", "-", _TORCH_ALONE, "2.13.0+cpu (CPU build)"),  # a local wheel folder's
+    ("2.13.0", "Darwin", "-", _TORCH_ALONE, "2.13.0 (CPU build)"),  # PyPI's macOS torch is a CPU build
+    ("2.13.0", "Linux", "2.13.0+cpu", _FROM_CPU_INDEX, "2.13.0+cpu (CPU build)"),  # PyPI's is the CUDA build
+    ("", "Linux", "2.13.0+cpu", _FROM_CPU_INDEX, "2.13.0+cpu (CPU build)"),  # no report (pip offline)
+    ("2.13.0", "Linux", "2.13.0", _FROM_CPU_INDEX, "2.13.0 (CUDA 12.8 build)"),  # the CPU index unreachable
+], ids=["local-cpu-wheel", "macos", "cpu-index", "no-report", "cpu-index-unreachable"])
+def test_setup_installs_the_cpu_torch_alone_first_then_the_project_pinned(tmp_path, torch, uname, cpu_index_torch,
+                                                                         install, built):
+    res, commands = _fake_setup(tmp_path, torch=torch, uname=uname, cpu_index_torch=cpu_index_torch)
+    assert res.returncode == 0, res.stderr
+    assert commands == [["python3", "-m", "venv", str(tmp_path / "venv")], _DRY_RUN, install, _PROJECT_PINNED]
+    lines = res.stdout.splitlines()
+    assert lines[0] == "setup: no CUDA torch; installing the pinned CPU route"
+    assert lines[-1] == f"setup: ok, torch {built}"
+    adding = f"setup: adding PyTorch's CPU index for torch 2.13.0 (the configured indexes offer {torch or 'nothing'})"
+    assert (adding in lines) == (install == _FROM_CPU_INDEX)
+    # PyPI's CUDA build taken on the CPU route is said, and only then
+    python = sys.version.split()[0]
+    warning = f"setup: WARNING: no CPU torch 2.13.0 wheel for Python {python} was reachable; pip installed"
+    assert (warning in lines) == ("CUDA" in built) and ("PIP_FIND_LINKS" in res.stdout) == ("CUDA" in built)
+
+
+@pytest.mark.parametrize("torchvision, problem", [
+    (True, ""), (False, ""), (True, "mamba-ssm's kernels do not import: selective_scan_cuda: undefined symbol")],
+    ids=["kernels-load", "no-torchvision", "kernels-fail"])
+def test_setup_keeps_a_cuda_torch_and_builds_the_kernels_against_it(tmp_path, torchvision, problem):
+    res, commands = _fake_setup(tmp_path, system_torch="2.7.1+cu126", torchvision=torchvision, mamba_problem=problem)
+    assert res.returncode == 0, res.stderr
+    venv = tmp_path / "venv"
+    pin = str(venv / "torch-pin.txt")
+    assert commands == [
+        ["python3", "-m", "venv", "--system-site-packages", str(venv)],
+        ["pip", "install", "-q", "-c", pin, "packaging", "wheel", "setuptools", "ninja"],  # for the build
+        ["MAMBA_KEEP_CUDA_BUILD=TRUE", "pip", "install", "--no-build-isolation", "-c", pin,
+         "-c", "constraints-cuda.txt", "-e", ".[dev,cuda]"]]
+    # the kept torch (and torchvision, where there is one) pinned, so the extra cannot replace them
+    assert Path(pin).read_text(encoding="utf-8") == "torch==2.7.1+cu126\n" + (
+        "torchvision==0.22.1+cu126\n" if torchvision else "")
+    lines = res.stdout.splitlines()
+    assert lines[0] == "setup: CUDA torch 2.7.1+cu126 found; keeping it and adding the cuda extra"
+    assert lines[-1] == "setup: ok, torch 2.7.1+cu126 (CUDA 12.6 build)"
+    rebuild = ["  MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE MAMBA_KEEP_CUDA_BUILD=TRUE "
+               f"{venv}/bin/pip install \\",
+               "    --no-build-isolation --no-deps --force-reinstall -c constraints-cuda.txt mamba-ssm causal-conv1d"]
+    if problem:  # a prebuilt wheel that installs but does not load is said, with how to build one
+        assert f"setup: WARNING: with torch 2.7.1+cu126, {problem};" in lines and lines[-3:-1] == rebuild
+    else:
+        assert "WARNING" not in res.stdout and rebuild[1] not in lines
 
 
 def test_the_smoke_results_folder_is_the_users_own_unless_named(tmp_path):
