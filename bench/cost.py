@@ -8,11 +8,13 @@ Counting conventions (every column says its unit):
   ``ssm_models.scan`` emits while a counter listens, with the Mamba authors' estimate
   (``ssm_models.scan.selective_scan_flops``: 9·B·L·D·N, + B·D·L each for D and the z gate).
   Element-wise ops (activations, adds, norms' arithmetic) are not counted, as torch's counter does
-  not; fvcore counts norms and upsampling, thop norms and activations (about 1 % of the totals here).
+  not; fvcore counts norms, up-sampling and pooling (0.4-2.7 % of the totals here), thop norms, nn.Upsample
+  and nn.Softmax (ReLU as zero, GELU/SiLU/GroupNorm not at all).
 - ``macs`` = ``flops`` / 2: the unit fvcore, thop and the papers' "GFLOPs" use.
 - ``paper_macs``, ``paper_params``: thop 0.1.1's count, the convention of VM-UNet, VM-UNet-V2 and
-  most tables in this field: forward hooks on leaf ``nn.Module``s, so the scan, the einsums,
-  functional matmuls and bare ``nn.Parameter``s count zero. Shown beside ours so the gap is visible.
+  most tables in this field: forward hooks on called leaf ``nn.Module``s of the exact types it has a rule
+  for, so the scan, the einsums, functional matmuls, bare ``nn.Parameter``s and a Conv2d subclass (TransUNet's
+  StdConv2d) count zero. Shown beside ours so the gap is visible.
 - fvcore (``fvcore_macs``): a cross-check of ``macs`` through a TorchScript trace, with handles
   for the scan's autograd Functions as VMamba registers them.
 
@@ -95,11 +97,11 @@ _CONTRACTION = re.compile(r"^(_?convolution|conv\d?d|conv_transpose\dd|mkldnn_.*
 
 @contextlib.contextmanager
 def _counting(model: nn.Module):
-    """What every count (ours, fvcore's, thop's) runs under, so it depends on the architecture alone: the scan on the CPU
-    backend (the compiled kernel, else the torch one), whose calls the counters see as one op
-    (bench.cost's formula; fvcore's handle) whatever BENCH_SCAN_BACKEND says; and PyTorch's fused
-    attention fast path off (nn.MultiheadAttention / nn.TransformerEncoderLayer in eval without grad
-    run one fused op no counter has a formula for; the decomposed path is plain matmuls). A model
+    """What every count (ours, fvcore's, thop's) runs under, so ours and thop's depend on the architecture alone: the
+    scan on the CPU backend (the compiled kernel, else the torch one, whose D and z fvcore's trace does not see),
+    whose calls the counters see as one op (bench.cost's formula; fvcore's handle) whatever BENCH_SCAN_BACKEND
+    says; and PyTorch's fused attention fast path off (nn.MultiheadAttention / nn.TransformerEncoderLayer in eval
+    without grad run one fused op no counter has a formula for; the decomposed path is plain matmuls). A model
     whose class runs no scan (``uses_selective_scan``) gets the torch backend, which counts the same
     and needs no compiled kernel: a UNet's first run waited for the kernel's build."""
     from ssm_models.scan import available_backends, use_backend

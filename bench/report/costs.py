@@ -140,14 +140,15 @@ def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return tables
 
 
-COST_NOTE = ("params: `sum(p.numel())`; paper_params: what thop counts (no bare `nn.Parameter`). macs: our "
-             "count (torch.utils.flop_counter, one multiply-add = 1 MAC = 2 FLOPs, so flops = 2 × macs) with "
-             "the selective scan included (scan_macs: 9·B·L·D·N FLOPs per scan, the Mamba authors' estimate, "
-             "plus the D and z terms). paper_macs: thop's count, the convention of most papers in this field "
-             "(thop 0.1.1: leaf modules only — no scan, no einsum, no functional matmul); paper_macs_missing_pct: "
-             "the share of macs it leaves out. fvcore_macs: a cross-check of ours (it also prices normalisation, "
-             "up-sampling and pooling). num_classes: the head's classes (a board's GMACs are its runs' own "
-             "count). M = 10⁶, G = 10⁹.")
+COST_NOTE = ("params: `sum(p.numel())`; paper_params: what thop counts (called modules of the types it has a rule "
+             "for: no bare `nn.Parameter`, no layer applied as a function, no Conv2d subclass). macs: our count "
+             "(torch.utils.flop_counter, one multiply-add = 1 MAC = 2 FLOPs, so flops = 2 × macs) with the selective "
+             "scan included (scan_macs: 9·B·L·D·N FLOPs per scan, the Mamba authors' estimate, plus the D and z "
+             "terms). paper_macs: thop's count, the convention of most papers in this field (thop 0.1.1: the leaf "
+             "modules it has a rule for — no scan, no einsum, no functional matmul, no Conv2d subclass); "
+             "paper_macs_missing_pct: the share of macs it leaves out. fvcore_macs: a cross-check of ours (it also "
+             "prices normalisation, up-sampling and pooling). num_classes: the head's classes (a board's GMACs are "
+             "its runs' own count). M = 10⁶, G = 10⁹.")
 TIMING_NOTE = ("latency_ms_median / p90 and fps (batch 1): forward passes of random input after warm-up, "
                "synchronised on CUDA (timed_iters: how many were timed); a mark such as \"(torch scan)\" means the "
                "selective scan ran on a fallback, not the kernel the model would use there. peak_mem_mb: a "
