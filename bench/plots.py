@@ -90,7 +90,7 @@ PLOT_STYLES = {"screen": PlotStyle(1.0, 16.0, 10, True, 120), "paper": PlotStyle
 
 
 # PNG resolutions taken (--dpi, --plot-dpi; bench.cli.options keeps a copy for --help, a test keeps them equal):
-# a screen's 72 to a print shop's 1200 (journals ask 300-600); 0 or 20000 is a typo, and a gigapixel PNG
+# a screen's 72 up to line art's 1200 (journals ask 300-600); 0 or 20000 is a typo (the latter a gigapixel PNG)
 DPI_RANGE = (50, 1200)
 
 

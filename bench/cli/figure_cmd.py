@@ -45,8 +45,8 @@ def figure(
     from bench.env import resolve_device
     from bench.figure import case_dsc, check_out, choose_cases, choose_runs, draw_figure, figure_panels
     from bench.fileio import ensure_writable_dir
-    from bench.registry import model_filter
     from bench.plots import check_dpi
+    from bench.registry import model_filter
     from bench.rescore import DataRoots, other_device_warning
 
     check_out(out)
