@@ -20,7 +20,7 @@ import torch
 
 from bench import env, records
 from bench.errors import BenchError, few
-from bench.plots import PLOT_FORMATS, missing_glyphs_said_once, new_figure, save_figure, text_rc
+from bench.plots import PLOT_FORMATS, check_dpi, missing_glyphs_said_once, new_figure, save_figure, text_rc
 
 if TYPE_CHECKING:
     from bench.rescore import DataRoots
@@ -229,16 +229,18 @@ def _overlay(labels: np.ndarray) -> np.ndarray:
     return rgba
 
 
-def draw_figure(panels: FigurePanels, out: Path) -> Path:
-    """Write the figure to ``out`` (.png at 200 dpi, or vector .pdf or .svg) atomically."""
+def draw_figure(panels: FigurePanels, out: Path, dpi: int = 200) -> Path:
+    """Write the figure to ``out`` (.png at ``dpi``, or vector .pdf or .svg, their panels' images
+    resampled at ``dpi``: matplotlib rasterises an imshow at the saving dpi) atomically."""
     import matplotlib
 
+    check_dpi(dpi)
     # names drawn as written (a "$" is no math), in a font that has them, or its lack said once
     with matplotlib.rc_context(text_rc()), missing_glyphs_said_once(Path(out).name):
-        return _draw(panels, out)
+        return _draw(panels, out, dpi)
 
 
-def _draw(panels: FigurePanels, out: Path) -> Path:
+def _draw(panels: FigurePanels, out: Path, dpi: int) -> Path:
     from matplotlib.patches import Patch
 
     n_rows, n_cols = len(panels.case_ids), 2 + len(panels.columns)
@@ -267,7 +269,7 @@ def _draw(panels: FigurePanels, out: Path) -> Path:
                for i, name in enumerate(panels.class_names)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, band / height, 1, 1))
-    return save_figure(fig, Path(out), dpi=200)
+    return save_figure(fig, Path(out), dpi=dpi)
 
 
 def check_out(out: Path) -> None:

@@ -30,10 +30,11 @@ import functools
 import hashlib
 import json
 import math
+import numbers
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,14 +89,30 @@ def text_rc() -> dict[str, Any]:
 PLOT_STYLES = {"screen": PlotStyle(1.0, 16.0, 10, True, 120), "paper": PlotStyle(0.5, 7.0, 7, False, 300)}
 
 
+# PNG resolutions taken (--dpi, --plot-dpi; bench.cli.options keeps a copy for --help, a test keeps them equal):
+# a screen's 72 up to line art's 1200 (journals ask 300-600); 0 or 20000 is a typo (the latter a gigapixel PNG)
+DPI_RANGE = (50, 1200)
+
+
+def check_dpi(dpi: int, option: str = "--dpi") -> int:
+    """``dpi`` where it is a whole number in ``DPI_RANGE``, else one BenchError naming ``option``."""
+    lo, hi = DPI_RANGE
+    if isinstance(dpi, bool) or not isinstance(dpi, numbers.Integral) or not lo <= dpi <= hi:
+        raise BenchError(f"{option} must be a whole number from {lo} to {hi} (dots per inch); got {dpi!r}")
+    return int(dpi)
+
+
 def _styled(draw):
-    """``draw(..., looks=PlotStyle)`` called as ``draw(..., style="screen" | "paper")``, its figures made
-    under the style's font sizes (matplotlib reads them as each text is created)."""
+    """``draw(..., looks=PlotStyle)`` called as ``draw(..., style="screen" | "paper", dpi=None)``, its figures
+    made under the style's font sizes (matplotlib reads them as each text is created), PNGs at ``dpi`` if
+    given, else the style's."""
     @functools.wraps(draw)
-    def styled(*args: Any, style: str = "screen", **kwargs: Any) -> Any:
+    def styled(*args: Any, style: str = "screen", dpi: int | None = None, **kwargs: Any) -> Any:
         import matplotlib
 
         looks = check_plot_style(style)
+        if dpi is not None:
+            looks = replace(looks, dpi=check_dpi(dpi, "--plot-dpi"))
         with matplotlib.rc_context(looks.rc()):
             return draw(*args, looks=looks, **kwargs)
 
@@ -605,14 +622,16 @@ def _curve_label(run: pd.Series, n_runs: int) -> str:
 def write_plots(results_dir: Path, out_dir: Path, *, df_runs: pd.DataFrame | None = None,
                 df_cases: pd.DataFrame | None = None, df_profiles: pd.DataFrame | None = None,
                 set_runs: pd.DataFrame | None = None, set_cases: pd.DataFrame | None = None,
-                fmt: str = "png", style: str = "screen") -> list[Path]:
+                fmt: str = "png", style: str = "screen", dpi: int | None = None) -> list[Path]:
     """All figures of ``results_dir`` into ``out_dir``; the paths written (none for no runs).
     Frames a caller has already loaded from ``results_dir`` (``bench.report``) are reused;
     ``set_runs``/``set_cases``: the per-test-set boards' rows (``bench.report.split_test_sets``: a
     polyp set, an isic_all year, the boards compared with the papers), plotted like the others
     except for training curves, which are their pooled runs'. ``fmt``: one of ``PLOT_FORMATS``; ``style``:
-    of ``PLOT_STYLES``."""
+    of ``PLOT_STYLES``; ``dpi``: the PNGs' (``DPI_RANGE``; None: the style's)."""
     fmt, _ = check_plot_format(fmt), check_plot_style(style)
+    if dpi is not None:
+        check_dpi(dpi, "--plot-dpi")
     from bench.profiles import load_profiles
     from bench.records import load, load_both
 
@@ -633,7 +652,7 @@ def write_plots(results_dir: Path, out_dir: Path, *, df_runs: pd.DataFrame | Non
 
     # one colour per label across the figures (a plugin's too), whichever of them it appears in
     colours = model_colours(label_runs(boards_runs)["model_label"])
-    paths = accuracy_vs_cost(boards_runs, df_profiles, out_dir, fmt, colours=colours, style=style)
-    paths += per_class_boxplots(boards_cases, out_dir, fmt, colours=colours, style=style)
-    paths += training_curves(results_dir, out_dir, df_runs, fmt, colours=colours, style=style)
+    paths = accuracy_vs_cost(boards_runs, df_profiles, out_dir, fmt, colours=colours, style=style, dpi=dpi)
+    paths += per_class_boxplots(boards_cases, out_dir, fmt, colours=colours, style=style, dpi=dpi)
+    paths += training_curves(results_dir, out_dir, df_runs, fmt, colours=colours, style=style, dpi=dpi)
     return paths

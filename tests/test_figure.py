@@ -21,7 +21,7 @@ from bench.predict import predict_run
 from bench.protocol import load_protocol
 from bench.registry import get_entry
 from bench.run import plan_grid, run_one
-from tests.fixtures import make_record, run_bench
+from tests.fixtures import make_record, run_bench, run_bench_here
 
 CPU = torch.device("cpu")
 
@@ -125,6 +125,40 @@ def test_out_takes_the_plots_formats():
         check_out(Path("fig"))
 
 
+def _one_panel(size=4):
+    labels = np.eye(size, dtype=int)
+    return FigurePanels(board="b", columns=["unet"], class_names=["lesion"], case_ids=["case_a"], slices=[None],
+                        images=[np.linspace(0, 1, size * size).reshape(size, size)], truths=[labels],
+                        predictions=[[labels]], dsc=[[100.0]])
+
+
+def test_dpi_sets_the_pngs_pixels_and_the_vector_files_images(tmp_path, monkeypatch, capsys):
+    """Journals ask 300-600 dpi raster figures; the PNG was 200 dpi whatever was needed."""
+    import re
+
+    sizes = {}
+    for dpi in (100, 300):
+        png = Image.open(draw_figure(_one_panel(), tmp_path / f"fig{dpi}.png", dpi=dpi))
+        assert png.info["dpi"] == pytest.approx((dpi, dpi), abs=0.01)  # the pHYs a layout program reads
+        sizes[dpi] = png.size
+    assert all(abs(big - 3 * small) <= 3 for big, small in zip(sizes[300], sizes[100])), sizes
+    # a PDF keeps its text and lines vector; matplotlib resamples each imshow at the saving dpi
+    small, big = ([int(w) for w in re.findall(rb"/Width (\d+)", draw_figure(_one_panel(), tmp_path / f"fig{dpi}.pdf",
+                                                                            dpi=dpi).read_bytes())]
+                  for dpi in (100, 300))
+    assert small and big == [pytest.approx(3 * w, abs=3) for w in small]  # one image per panel, 3x the pixels
+    for bad in (0, 49, 1201, True, 300.0):
+        with pytest.raises(BenchError, match=rf"--dpi must be a whole number from 50 to 1200 \(dots per inch\); "
+                                             rf"got {re.escape(repr(bad))}"):
+            draw_figure(_one_panel(), tmp_path / "bad.png", dpi=bad)
+    assert not (tmp_path / "bad.png").exists()
+    # the command says it before anything is read (no results folder here)
+    proc = run_bench_here(monkeypatch, capsys, "figure", "--results", tmp_path / "none", "--out", tmp_path / "x.png",
+                          "--dpi", "20", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --dpi must be a whole number from 50 to 1200 (dots per inch); got 20"
+
+
 def test_an_svg_figure_keeps_its_text_as_text(tmp_path):
     labels = np.array([[0, 1], [1, 0]])
     panels = FigurePanels(board="b", columns=["unet"], class_names=["lesion"], case_ids=["case_a"], slices=[None],
@@ -190,7 +224,11 @@ def test_synapse_panels_are_the_predicted_volumes_slice_with_most_foreground(tmp
         assert proc.stdout.strip() == (f"wrote {tmp_path / name} (2 cases × 2 models; board synapse (synthetic) · "
                                        f"smoke (off-protocol: img_size=32, max_cases=2, max_iterations=2) · "
                                        f"{runs[0]['policy']})")  # as bench report titles it
-    assert Image.open(tmp_path / "fig.png").size[0] > 500
+    png = Image.open(tmp_path / "fig.png")
+    assert png.size[0] > 500 and png.info["dpi"] == pytest.approx((200, 200), abs=0.01)  # the default
+    run_bench("figure", "--results", res, "--out", tmp_path / "fig100.png", "--cases", ",".join(ids[::-1]),
+              "--device", "cpu", "--dpi", "100")
+    assert Image.open(tmp_path / "fig100.png").size[0] == pytest.approx(png.size[0] / 2, abs=2)
     pdf = (tmp_path / "sub" / "fig.pdf").read_bytes()
     assert pdf.startswith(b"%PDF") and b"/Type3" not in pdf and b"FontFile2" in pdf  # TrueType: publishers refuse Type 3
     proc = run_bench("figure", "--results", res, "--out", tmp_path / "x.png", "--cases", ids[0], "--n-cases", "2",

@@ -11,11 +11,11 @@ import typer
 from bench.errors import BenchError
 from bench.names import name_list
 from bench.cli.options import (DEFAULT_RESULTS, FinishedRuns, Models, MovedData, ScoringThreads,
-                               _compute_setup, device_option, policy_option)
+                               _compute_setup, device_option, dpi_option, policy_option)
 
 
 def figure(
-    out: Annotated[Path, typer.Option(help="the figure file: .png (200 dpi), .pdf or .svg (vector)")],
+    out: Annotated[Path, typer.Option(help="the figure file: .png (--dpi), .pdf or .svg (vector)")],
     results: FinishedRuns = DEFAULT_RESULTS,
     models: Models = "all",
     dataset: Annotated[Optional[str], typer.Option(help="the board's dataset where the runs form several (synapse, "
@@ -31,6 +31,8 @@ def figure(
     device: Annotated[str, device_option("where to predict")] = "auto",
     threads: ScoringThreads = None,
     data_root: MovedData = None,
+    dpi: Annotated[int, dpi_option("the .png's resolution (in a .pdf or .svg: the panels' images'; text and lines "
+                                   "stay vector)")] = 200,
 ) -> None:
     """Draw test cases (rows) as Image | Ground truth | one column per model, predictions overlaid.
 
@@ -43,10 +45,12 @@ def figure(
     from bench.env import resolve_device
     from bench.figure import case_dsc, check_out, choose_cases, choose_runs, draw_figure, figure_panels
     from bench.fileio import ensure_writable_dir
+    from bench.plots import check_dpi
     from bench.registry import model_filter
     from bench.rescore import DataRoots, other_device_warning
 
     check_out(out)
+    check_dpi(dpi)
     wanted = name_list(cases)
     if wanted == []:
         raise BenchError(f"--cases expects a comma list of test case ids; got {cases!r}")
@@ -68,6 +72,6 @@ def figure(
     if note := other_device_warning([c.weights_of for c in columns], dev, "shown"):
         warnings.warn(note, stacklevel=1)
     panels = figure_panels(columns, results, ids, dev, DataRoots(data_root or ()))
-    draw_figure(panels, out)
+    draw_figure(panels, out, dpi)
     rows = f"{len(ids)} case{'s' * (len(ids) != 1)} × {len(columns)} model{'s' * (len(columns) != 1)}"
     typer.echo(f"wrote {out} ({rows}; board {panels.board})")

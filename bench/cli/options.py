@@ -60,6 +60,17 @@ def policy_option(help: str):
     return typer.Option(metavar="POLICY", help=f"{help}; one of {', '.join(POLICY_NAMES)}")
 
 
+# bench.plots.DPI_RANGE (a test keeps them equal), so --help says it without importing pandas
+DPI_RANGE = (50, 1200)
+
+
+def dpi_option(help: str, name: str = "--dpi"):
+    """A raster figure's resolution option (--dpi, report's --plot-dpi), said alike; the value is checked
+    where it is used (``bench.plots.check_dpi``: one error naming the option and the range)."""
+    lo, hi = DPI_RANGE
+    return typer.Option(name, metavar="N", help=f"{help}, in dots per inch: a whole number from {lo} to {hi}")
+
+
 def _compute_setup(threads: int | None) -> None:
     """For the commands that run models: BENCH_SCAN_BACKEND names a backend that runs here (or they
     would stop at the first scan with a traceback, after training for rescore; doctor reports it),

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from bench.cli.console import _echo_err
-from bench.cli.options import DEFAULT_RESULTS, POLICY_NAMES, RunDatasets, out_format
+from bench.cli.options import DEFAULT_RESULTS, POLICY_NAMES, RunDatasets, dpi_option, out_format
 from bench.errors import BenchError
 from bench.names import name_list, nothing_named
 from bench.report.formats import ReportFormat  # not bench.report: its boards import pandas
@@ -41,6 +41,9 @@ def report(
     plot_style: Annotated[Optional[str], typer.Option(help="with a Markdown --out only: screen (default), or paper (a "
                                                            "journal's column: half the size, 7 pt text, 300 dpi PNGs, "
                                                            "no titles)")] = None,
+    plot_dpi: Annotated[Optional[int], dpi_option("with a Markdown --out and PNG plots only: their resolution "
+                                                  "(default: --plot-style's, 120 screen, 300 paper)",
+                                                  "--plot-dpi")] = None,
 ) -> None:
     """Leaderboards (mean ± std over seeds, per organ) from the run records.
 
@@ -49,17 +52,19 @@ def report(
     from bench.report import parse_columns, write_report
 
     groups = parse_columns(columns)  # before anything is read
-    from bench.plots import check_plot_format, check_plot_style
+    from bench.plots import check_dpi, check_plot_format, check_plot_style
 
     if plot_format is not None:  # before anything is read, with or without --out
         check_plot_format(plot_format)
     if plot_style is not None:
         check_plot_style(plot_style)
+    if plot_dpi is not None:
+        check_dpi(plot_dpi, "--plot-dpi")
 
     format = ReportFormat(out_format(format, out, _SUFFIX_FORMATS))
     text = write_report(results, format.value, out, published=published_file or published, reference=reference,
                         models=models, datasets=dataset, columns=groups, plot_format=plot_format, policies=policy,
-                        plot_style=plot_style)
+                        plot_style=plot_style, plot_dpi=plot_dpi)
     if out is None:
         typer.echo(text, nl=not text.endswith("\n"))  # a CSV piped on ends in one newline, not an empty row
     else:

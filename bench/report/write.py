@@ -149,20 +149,31 @@ def _methods(results_dir: Path, models: str | Iterable[str] | None, datasets: st
     return render_methods(results_dir, models, datasets, policies, empty_ok=False, reference=reference)
 
 
-def _check_plot_options(fmt: ReportFormat, out: Path | None, plot_format: str | None, plot_style: str | None) -> None:
-    """Refused where no plots are drawn (as --columns is with --format csv): given there, they did nothing."""
-    given = [o for o, v in (("--plot-format", plot_format), ("--plot-style", plot_style)) if v is not None]
+def _check_plot_options(fmt: ReportFormat, out: Path | None, plot_format: str | None, plot_style: str | None,
+                        plot_dpi: int | None = None) -> None:
+    """Refused where no plots are drawn (as --columns is with --format csv): given there, they did nothing; so is
+    --plot-dpi with vector plots, which hold no raster image for it to resample."""
+    if plot_dpi is not None:
+        from bench.plots import check_dpi
+
+        check_dpi(plot_dpi, "--plot-dpi")
+    given = [o for o, v in (("--plot-format", plot_format), ("--plot-style", plot_style), ("--plot-dpi", plot_dpi))
+             if v is not None]
     if given and (fmt != ReportFormat.md or out is None):
         got = f"--format {fmt.value}" if fmt != ReportFormat.md else "no --out"
         raise BenchError(f"{' and '.join(given)} shape{'s' * (len(given) == 1)} the plots, which only a Markdown report "
                          f"written to a file has (--format md --out report.md); got {got}")
+    if plot_dpi is not None and (plot_format or "png").lower() != "png":
+        raise BenchError(f"--plot-dpi sets the PNG plots' resolution; --plot-format {plot_format} writes vector plots, "
+                         "which have none: leave --plot-dpi out (or use --plot-format png)")
 
 
 def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | None = None,
                  published: Path | bool | None = None, reference: str | None = None,
                  models: str | Iterable[str] | None = None, datasets: str | Iterable[str] | None = None,
                  columns: str | Iterable[str] | None = None, plot_format: str | None = None,
-                 policies: str | Iterable[str] | None = None, plot_style: str | None = None) -> str:
+                 policies: str | Iterable[str] | None = None, plot_style: str | None = None,
+                 plot_dpi: int | None = None) -> str:
     """Render the report of ``results_dir``; if ``out`` is given, also write it there atomically (``fmt``
     "methods" to a ``.tex`` file: the Methods text as LaTeX, ``methods_latex``).
 
@@ -175,8 +186,9 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     ``datasets`` / ``policies``: only their runs, a list or a comma list (and profiles of those models;
     ``select_runs``).
     ``columns``: the boards' ``COLUMN_GROUPS`` and presets (Markdown, LaTeX; None: all). ``plot_format`` and
-    ``plot_style``: the plots' (``bench.plots.PLOT_FORMATS``, ``PLOT_STYLES``; None: png, screen), given only
-    with a Markdown ``out``, the one report with plots."""
+    ``plot_style``: the plots' (``bench.plots.PLOT_FORMATS``, ``PLOT_STYLES``; None: png, screen), and
+    ``plot_dpi`` the PNGs' (``bench.plots.DPI_RANGE``; None: the style's), given only with a Markdown ``out``,
+    the one report with plots."""
     from bench.profiles import load_profiles
     from bench.fileio import check_out_file
 
@@ -184,7 +196,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
     if out is not None:  # before anything is read, and the plots drawn beside it
         out = check_out_file(out, "report.md")
     fmt = ReportFormat(fmt.value if isinstance(fmt, ReportFormat) else _check_format(fmt))
-    _check_plot_options(fmt, out, plot_format, plot_style)
+    _check_plot_options(fmt, out, plot_format, plot_style, plot_dpi)
     if fmt == ReportFormat.methods:
         text = _methods(results_dir, models, datasets, policies, reference, columns=columns, published=published)
         if out is not None and out.suffix.lower() == ".tex":  # --out methods.tex: for a paper's LaTeX source
@@ -261,7 +273,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                 images = Path(out).parent / f"{Path(out).stem}_files"
                 paths = write_plots(results_dir, images, df_runs=df_runs, df_cases=df_cases, df_profiles=profiles,
                                     set_runs=set_runs, set_cases=set_cases, fmt=plot_format or "png",
-                                    style=plot_style or "screen")
+                                    style=plot_style or "screen", dpi=plot_dpi)
                 if paths:  # links percent-encoded: a '#' or '%' of the report's name broke them
                     extra.append("## Plots\n\n" + "\n\n".join(
                         f"![{p.stem}]({quote(f'{images.name}/{p.name}')})" for p in paths) + "\n")
