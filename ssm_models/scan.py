@@ -467,16 +467,16 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
             raise TypeError(f"{name} must be a tensor; got None")
         if not isinstance(v, torch.Tensor):
             raise TypeError(f"{name} must be a torch tensor; got {type(v).__name__}")
-        if not (v.is_floating_point() or v.is_complex()):  # the result was cast back to it
-            raise TypeError(f"{name} must be a floating-point tensor; got {v.dtype}")
+        if not v.is_floating_point():  # complex too: every backend computed in real numbers, dropping the imaginary
+            raise TypeError(f"{name} must be a real floating-point tensor; got {v.dtype}")
     if u.dim() != 3 or delta.shape != u.shape:
         raise ValueError(f"u and delta must be (batch, dim, L) of one shape; "
                          f"got {tuple(u.shape)}, {tuple(delta.shape)}")
     batch, dim, L = u.shape
     if L == 0:
         raise ValueError(f"u must hold a sequence (batch, dim, L) with L >= 1; got {tuple(u.shape)}")
-    if A.dim() != 2 or A.shape[0] != dim or A.is_complex():
-        raise ValueError(f"A must be real (dim, N) = ({dim}, N); got {tuple(A.shape)} {A.dtype}")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"A must be (dim, N) = ({dim}, N); got {tuple(A.shape)}")
     N = A.shape[1]
     for name, M in (("B", B), ("C", C)):
         ok = ((M.dim() == 2 and tuple(M.shape) == (dim, N)) or (M.dim() == 3 and tuple(M.shape) == (batch, N, L))
@@ -723,6 +723,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if name == "cpu" and (u.device.type != "cpu" or _load_extension() is None):
         raise RuntimeError(f"the cpu backend needs CPU tensors (got {u.device}) and its compiled kernel "
                            f"({_ext_error or 'loaded'}); backend='torch' runs anywhere")
+    if name == "cpu" and u.numel() == 0:  # nothing to scan: the kernel's backward splits its work by batch·groups
+        name = "torch"
     _last = name
 
     dtype_in = u.dtype

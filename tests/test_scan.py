@@ -210,6 +210,31 @@ def test_bad_shapes_are_rejected_with_the_expected_shape():
         scan.selective_scan(x["u"], x["delta"][..., :-1], x["A"], x["B"], x["C"])
 
 
+def test_complex_inputs_are_refused_by_name():
+    """No backend computes in complex numbers: a complex u, B or C was scanned as its real part (the imaginary
+    one dropped, with only torch's cast warning); now refused as a complex A was."""
+    x = make(dim=4)
+    for name in ("u", "A", "B", "C"):
+        given = {**x, name: torch.complex(x[name], torch.ones_like(x[name]))}
+        with pytest.raises(TypeError, match=f"^{name} must be a real floating-point tensor; got torch.complex128$"):
+            scan.selective_scan(*core(given))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("batch, dim", [(0, 4), (2, 0)])
+def test_an_empty_scan_has_empty_gradients(backend, batch, dim):
+    """A batch or a dim of 0: empty outputs and gradients of the inputs' shapes (the cpu kernel's backward
+    divided its work by batch·groups: the process died of SIGFPE)."""
+    x = make(batch=batch, dim=dim, B="grouped", C="grouped", G=1, grad=True)
+    y, last = scan.selective_scan(*core(x), D=x["D"], z=x["z"], delta_bias=x["delta_bias"], delta_softplus=True,
+                                  return_last_state=True, backend=backend)
+    assert y.shape == (batch, dim, 7) and last.shape == (batch, dim, 3)
+    (y.sum() + last.sum()).backward()
+    for name in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"):
+        assert x[name].grad is not None and x[name].grad.shape == x[name].shape, name
+        assert not x[name].grad.any(), name  # nothing flowed: every gradient is zero (A's, D's: no terms)
+
+
 # ------------------------------------------------------------------------------ gradients
 
 
