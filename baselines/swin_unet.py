@@ -235,6 +235,7 @@ class SwinUnet(SegmentationModel):
     input is repeated to 3. ``img_size`` fixes the token grid (attention masks are buffers)."""
 
     square_input = True
+    fixed_grid = "window attention on a fixed grid"
 
     def __init__(self, num_classes: int, img_size: int = 224, in_chans: int = 3, embed_dim: int = 96,
                  depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), window_size: int = 7, drop_path_rate: float = 0.2):
@@ -257,11 +258,6 @@ class SwinUnet(SegmentationModel):
         return None
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) != (self.img_size, self.img_size):
-            from bench.errors import BenchError
-
-            raise BenchError(f"swin_unet was built for {self.img_size}x{self.img_size} inputs (window attention "
-                             f"on a fixed grid); got {tuple(x.shape[-2:])}")
         return self.swin_unet(x)
 
 

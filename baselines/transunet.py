@@ -241,6 +241,7 @@ class TransUNet(SegmentationModel):
 
     size_divisor = 16
     square_input = True
+    fixed_grid = "learned position embeddings for a fixed grid"
 
     def __init__(self, num_classes: int, img_size: int = 224, in_chans: int = 3, hidden: int = 768, layers: int = 12,
                  heads: int = 12, mlp_dim: int = 3072, dropout: float = 0.1, attn_dropout: float = 0.0, n_skip: int = 3,
@@ -265,11 +266,6 @@ class TransUNet(SegmentationModel):
         return 16 * math.isqrt(n) if n and math.isqrt(n) ** 2 == n else None
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) != (self.img_size, self.img_size):
-            from bench.errors import BenchError
-
-            raise BenchError(f"transunet was built for {self.img_size}x{self.img_size} inputs (learned position "
-                             f"embeddings for a fixed grid); got {tuple(x.shape[-2:])}")
         tokens, features = self.transformer(x)
         return self.segmentation_head(self.decoder(tokens, features))
 

@@ -919,6 +919,20 @@ def test_non_square_input_to_a_square_model(name, phrase):
         _raises(lambda: model(torch.zeros(1, 1, 64, 96)), names="(64, 96)", phrase=phrase)
 
 
+@pytest.mark.filterwarnings("ignore:swin_unet. window 7 does not tile")
+@pytest.mark.parametrize("name, cls, why", [("transunet", "TransUNet", "learned position embeddings for a fixed grid"),
+                                            ("swin_unet", "SwinUnet", "window attention on a fixed grid")])
+def test_a_fixed_grid_model_names_its_one_size_before_any_divisor(name, cls, why):
+    """A 65x65 input to a TransUNet built for 64 was told to pad to 80x80, which was then refused in turn:
+    a fixed-grid model takes one size, said first."""
+    model = create_model(name, num_classes=2, in_chans=1, img_size=64, **get_entry(name).tiny).eval()
+    with torch.no_grad():
+        for side in (65, 96):
+            with pytest.raises(BenchError) as info:
+                model(torch.zeros(1, 1, side, side))
+            assert str(info.value) == f"{cls} was built for 64x64 inputs ({why}); got ({side}, {side})"
+
+
 def test_an_input_of_another_dtype_is_named():
     # a float64 or uint8 array from numpy reached the first conv as torch's own dtype error
     model = create_model("unet", num_classes=2, in_chans=1, img_size=32, tiny=True).eval()
