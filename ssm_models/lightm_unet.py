@@ -58,8 +58,8 @@ class MambaLayer(nn.Module):
         self.skip_scale = nn.Parameter(torch.ones(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float16:
-            x = x.float()
+        if x.dtype == torch.float16 and self.norm.weight.dtype == torch.float32:  # the authors' cast, for AMP: a
+            x = x.float()  # model cast to float16 (.half()) has float16 norms, which a float32 input would not fit
         b, c, *grid = x.shape
         flat = x.reshape(b, c, -1).transpose(1, 2)
         out = self.norm(self.mamba(self.norm(flat)) + self.skip_scale * flat)

@@ -105,6 +105,28 @@ def test_3d_forward_and_shape_errors():
         model(torch.randn(1, 1, 16, 16, 12))
 
 
+def test_float16_runs_cast_whole_or_under_autocast():
+    """The authors' MambaLayer casts a float16 input to float32 for its float32 norm (AMP); a model cast to
+    float16 (.half()) has float16 norms, where that cast made the first layer norm fail on mixed dtypes. Both
+    now run, near the float64 model."""
+    torch.manual_seed(0)
+    model = create_model("lightm_unet", num_classes=3, img_size=32, tiny=True).eval()
+    x = torch.randn(1, 3, 32, 32)
+    seen = []
+    layer = next(m for m in model.modules() if isinstance(m, MambaLayer))
+    layer.norm.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    with torch.no_grad():
+        want = model.double()(x.double())
+        halved = model.half()(x.half())
+        with torch.autocast("cpu", dtype=torch.float16):
+            mixed = model.float()(x)
+    # its two norm calls per forward: float64; .half(): float16 throughout; AMP: the authors' cast to float32
+    assert seen[::2] == [torch.float64, torch.float16, torch.float32]
+    for got in (halved, mixed):
+        assert got.dtype == torch.float16
+        assert (got.double() - want).abs().max() <= 2e-2 * want.abs().max()
+
+
 def test_fused_path_follows_the_scan_backend(monkeypatch):
     """mamba-ssm's fused block runs exactly when the scan would run the cuda backend and
     causal-conv1d is there: forcing another backend turns it off, and running it is recorded as
