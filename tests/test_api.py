@@ -278,7 +278,7 @@ def test_what_a_notebook_passes_from_an_api_fuzz(tmp_path, monkeypatch):
 
     u = torch.randint(0, 3, (1, 4, 6))
     A, B, C = -torch.rand(4, 2), torch.rand(1, 2, 6), torch.rand(1, 2, 6)
-    with pytest.raises(TypeError, match="u must be a floating-point tensor; got torch.int64"):
+    with pytest.raises(TypeError, match="u must be a real floating-point tensor; got torch.int64"):
         selective_scan(u, u.float(), A, B, C)
     with pytest.raises(TypeError, match="u must be a torch tensor; got ndarray"):
         selective_scan(u.float().numpy(), u.float(), A, B, C)
