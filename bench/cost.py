@@ -16,7 +16,8 @@ Counting conventions (every column says its unit):
   for, so the scan, the einsums, functional matmuls, bare ``nn.Parameter``s and a Conv2d subclass (TransUNet's
   StdConv2d) count zero. Shown beside ours so the gap is visible.
 - fvcore (``fvcore_macs``): a cross-check of ``macs`` through a TorchScript trace, with handles
-  for the scan's autograd Functions as VMamba registers them.
+  for the scan's traced op (the cpu backend's custom op; the torch backend's autograd Function), as
+  VMamba registers them.
 
 A FLOP count refuses to finish if an op with real arithmetic ran with no formula
 (``UncountedOpsError`` lists them): a silent zero is exactly the error this module exists to
@@ -171,26 +172,27 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> FlopCount:
                      input_shape=tuple(x.shape))
 
 
-def _fvcore_scan_handle(inputs, outputs) -> float:
-    """fvcore handle for the scan's autograd Functions: MACs = our FLOPs / 2 (fvcore's unit).
+# fvcore's by-operator name of the cpu backend's scan (ssm_models.scan's custom op, its namespace dropped)
+FVCORE_SCAN_KEY = "selective_scan_cpu_fwd"
 
-    The traced node lists tensor inputs only; its calling convention (``cconv``: 'd' a tensor,
-    'c' a constant such as None) puts them back in the Function's argument order, so D (arg 5)
-    and z (arg 6) are found even when an earlier one is None. ``_TorchScan`` takes 5 arguments and
+
+def _fvcore_scan_handle(inputs, outputs) -> float:
+    """fvcore handle for the scan's traced calls: MACs = our FLOPs / 2 (fvcore's unit).
+
+    The cpu backend's op node lists every argument in its schema's order, an absent D or z as a None
+    constant. A ``_TorchScan`` Function's node lists its tensor inputs only; it takes 5 arguments and
     applies D and z outside, as ordinary element-wise ops (uncounted by fvcore)."""
     from ssm_models.scan import selective_scan_flops
 
-    node = outputs[0].node()
-    tensors, consts = iter(inputs), iter(node.scalar_args())
-    args = [next(tensors) if kind == "d" else next(consts) for kind in node.cconv()]
-    present = [isinstance(a, torch._C.Value) and a.type().kind() == "TensorType" for a in args]
+    args = list(inputs)
+    present = [a.type().kind() == "TensorType" for a in args]
     u, A = args[0].type().sizes(), args[2].type().sizes()
     with_D, with_z = (len(args) > 6 and present[5]), (len(args) > 6 and present[6])
     return selective_scan_flops(u, A, with_D, with_z) / 2
 
 
 def fvcore_macs(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
-    """fvcore's ``FlopCountAnalysis`` (MACs) by operator, with handles for the scan Functions."""
+    """fvcore's ``FlopCountAnalysis`` (MACs) by operator, with handles for the scan (``FVCORE_SCAN_KEY``)."""
     with warnings.catch_warnings():  # its import scripts functions with torch.jit, which warns of deprecation
         warnings.simplefilter("ignore", DeprecationWarning)
         from fvcore.nn import FlopCountAnalysis
@@ -200,8 +202,8 @@ def fvcore_macs(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     with torch.no_grad(), _counting(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fca = FlopCountAnalysis(model, x)
-        for fn in ("_CpuScan", "_TorchScan"):
-            fca.set_op_handle(f"prim::PythonOp.{fn}", _fvcore_scan_handle)
+        for op in (f"ssm_unet_bench::{FVCORE_SCAN_KEY}", "prim::PythonOp._TorchScan"):
+            fca.set_op_handle(op, _fvcore_scan_handle)
         fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
         by_op = {k: float(v) for k, v in fca.by_operator().items()}
     return {"total": sum(by_op.values()), **by_op}

@@ -189,6 +189,13 @@ def _load_extension():
         return _ext
 
 
+@torch.compiler.assume_constant_result
+def _kernel_loads() -> bool:
+    """Whether the kernel loads (building it on first ask). torch.compile runs this once while tracing
+    and keeps the answer, rather than tracing the build."""
+    return _load_extension() is not None
+
+
 def _build(cflags: list[str]) -> tuple[Any, str]:
     """The kernel built with ``cflags`` (or loaded from its cache), and how it was had."""
     from torch.utils import cpp_extension
@@ -365,7 +372,7 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     out = []
     if torch.device(device).type == "cuda" and torch.cuda.is_available() and _mamba_selective_scan_fn():
         out.append("cuda")
-    if torch.device(device).type == "cpu" and _load_extension() is not None:
+    if torch.device(device).type == "cpu" and _kernel_loads():
         out.append("cpu")
     return out + ["torch", "ref"]
 
@@ -385,7 +392,7 @@ def default_backend(device: torch.device | str = "cpu", dtype: torch.dtype | Non
         return _check_backend(forced, ENV_VAR)
     if torch.device(device).type == "cuda":
         return "cuda" if _mamba_selective_scan_fn() and dtype != torch.float64 else "torch"
-    return "cpu" if _load_extension() is not None else "torch"
+    return "cpu" if _kernel_loads() else "torch"
 
 
 @contextlib.contextmanager
@@ -532,13 +539,53 @@ def _mamba_call(fn, u, delta, A, B, C, D, z, delta_bias, softplus, return_last_s
 # ------------------------------------------------------------------------------- cpu backend
 
 
+# The kernel as custom ops (a Function calling the pybind module directly broke torch.compile's graph at
+# every scan, and torch.export failed tracing into it): compile and export see one opaque op each, whose
+# fake impl gives its shapes. Registering builds nothing: the kernel loads on the first call.
+# CONSERVATIVE aliasing marks them as having side effects for TorchScript, whose trace (fvcore's count)
+# then keeps a scan whose output the model discards (VM-UNet-V2's last stage), as it kept the Function.
+_LIB = torch.library.Library("ssm_unet_bench", "FRAGMENT")
+_LIB.define("selective_scan_cpu_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
+            "Tensor? delta_bias, bool softplus) -> (Tensor, Tensor)", alias_analysis="CONSERVATIVE")
+_LIB.define("selective_scan_cpu_bwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
+            "Tensor? delta_bias, bool softplus, Tensor? gy, Tensor? glast) -> Tensor[]", alias_analysis="CONSERVATIVE")
+_cpu_fwd, _cpu_bwd = torch.ops.ssm_unet_bench.selective_scan_cpu_fwd, torch.ops.ssm_unet_bench.selective_scan_cpu_bwd
+
+
+@torch.library.impl(_LIB, "selective_scan_cpu_fwd", "CPU")
+def _(u, delta, A, B, C, D, z, delta_bias, softplus):
+    """The compiled kernel; bias, softplus, D and the z gate are fused into it. Returns y, last_state."""
+    y, last = _load_extension().fwd(u, delta, A, B, C, D, z, delta_bias, softplus)
+    return y, last
+
+
+@torch.library.register_fake("ssm_unet_bench::selective_scan_cpu_fwd", lib=_LIB)
+def _(u, delta, A, B, C, D, z, delta_bias, softplus):
+    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1])
+
+
+@torch.library.impl(_LIB, "selective_scan_cpu_bwd", "CPU")
+def _(u, delta, A, B, C, D, z, delta_bias, softplus, gy, glast):
+    """Gradients of u, delta, A, B, C, D, z, delta_bias (an empty tensor for an absent input). ``gy``/``glast``
+    None: no gradient reached y/last_state. Split for the threads the backward runs with, read here, when it runs."""
+    gy = torch.zeros_like(u) if gy is None else gy.contiguous()
+    glast = None if glast is None else glast.contiguous()
+    grads = _load_extension().bwd(u, delta, A, B, C, D, z, delta_bias, softplus, gy, glast, torch.get_num_threads())
+    return [u.new_empty(0) if g is None else g for g in grads]
+
+
+@torch.library.register_fake("ssm_unet_bench::selective_scan_cpu_bwd", lib=_LIB)
+def _(u, delta, A, B, C, D, z, delta_bias, softplus, gy, glast):
+    return [u.new_empty(0) if t is None else torch.empty_like(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
+
+
 class _CpuScan(torch.autograd.Function):
-    """The compiled kernel; bias, softplus, D and the z gate are fused into it."""
+    """The ops' autograd, once differentiable: a Function, which torch.compile traces through, rather than
+    the ops' register_autograd, which costs ~40 us more per training call."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus):
-        ext = _load_extension()
-        y, last = ext.fwd(u, delta, A, B, C, D, z, delta_bias, softplus)
+        y, last = _cpu_fwd(u, delta, A, B, C, D, z, delta_bias, softplus)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
         ctx.softplus = softplus
         ctx.set_materialize_grads(False)
@@ -547,11 +594,7 @@ class _CpuScan(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gy, glast):
-        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
-        gy = torch.zeros_like(u) if gy is None else gy.contiguous()
-        glast = None if glast is None else glast.contiguous()
-        grads = _load_extension().bwd(u, delta, A, B, C, D, z, delta_bias, ctx.softplus, gy, glast,
-                                      torch.get_num_threads())
+        grads = _cpu_bwd(*ctx.saved_tensors, ctx.softplus, gy, glast)
         return (*[g if need else None for g, need in zip(grads, ctx.needs_input_grad)], None)
 
 
@@ -711,7 +754,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     global _last
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)  # first: the automatic choice reads u's device and dtype
     name = _check_backend(backend) if backend else default_backend(u.device, u.dtype)
-    if torch._C._len_torch_dispatch_stack() > 0:  # a FLOP counter is listening (see _cost_marker)
+    # a FLOP counter is listening (see _cost_marker); a compile's or export's trace has modes of its own
+    if not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() > 0:
         SCAN_COST_OP(u.detach(), A.detach(), D is not None, z is not None)
     if name == "cuda":
         fn = _mamba_selective_scan_fn()
@@ -720,7 +764,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                                f"(tensors on {u.device}; mamba-ssm: {_mamba_error or 'imports'})")
         _last = name
         return _mamba_call(fn, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    if name == "cpu" and (u.device.type != "cpu" or _load_extension() is None):
+    if name == "cpu" and (u.device.type != "cpu" or not _kernel_loads()):
         raise RuntimeError(f"the cpu backend needs CPU tensors (got {u.device}) and its compiled kernel "
                            f"({_ext_error or 'loaded'}); backend='torch' runs anywhere")
     if name == "cpu" and u.numel() == 0:  # nothing to scan: the kernel's backward splits its work by batch·groups
@@ -735,7 +779,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         Bk, Ck = _kernel_layout(B, C, work)
         cast = lambda t: None if t is None else t.to(work).contiguous()  # noqa: E731
         y, last = _CpuScan.apply(cast(u), cast(delta), cast(A), Bk, Ck, cast(D), cast(z), cast(delta_bias),
-                                 bool(delta_softplus))
+                           bool(delta_softplus))
     else:  # torch: the core is (u, delta, A, B, C); the rest is ordinary autograd around it
         u_, delta_ = u.to(work), delta.to(work)
         if delta_bias is not None:

@@ -771,3 +771,56 @@ def test_the_kernel_builds_with_the_ninja_beside_python(tmp_path, monkeypatch):
     with scan._venv_ninja_first():
         assert os.environ["PATH"].split(os.pathsep)[0] == str(venv)
     assert os.environ["PATH"] == "/usr/bin:/bin"
+
+
+# ------------------------------------------------------------------------------ compile and export
+
+
+def _calls(gm, op: str) -> int:
+    """How many of ``gm``'s calls, its subgraphs' included, go to ``op`` (an op's name, its overload left out)."""
+    return sum(n.op == "call_function" and str(n.target).startswith(op) for m in gm.modules() for n in m.graph.nodes)
+
+
+@pytest.mark.parametrize("block", ["ss2d", "mamba"])
+def test_compile_traces_the_cpu_kernel_in_one_graph(block):
+    """fullgraph: no graph break at the scan (the pybind call and the FLOP counter's check broke it);
+    the kernel's ops in the graph (aot_eager: the fake impls and the Function's backward, without
+    inductor's C++ builds), forward and gradients equal to eager."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from ssm_models.mamba import Mamba
+    from ssm_models.vss import SS2D
+
+    torch.manual_seed(0)
+    model, x = ((SS2D(8, d_state=4), torch.randn(2, 5, 6, 8)) if block == "ss2d"
+                else (Mamba(8, d_state=4), torch.randn(2, 7, 8)))
+    runs = {}
+    counter = CompileCounterWithBackend("aot_eager")
+    for name, fn in (("eager", model), ("compiled", torch.compile(model, fullgraph=True, backend=counter))):
+        model.zero_grad()
+        xi = x.clone().requires_grad_()
+        with scan.use_backend("cpu"):
+            y = fn(xi)
+        y.square().sum().backward()
+        runs[name] = [y, xi.grad, *[p.grad for p in model.parameters()]]
+    assert counter.frame_count == 1
+    assert _calls(counter.graphs[0], "ssm_unet_bench.selective_scan_cpu_fwd") == 1
+    assert _calls(counter.graphs[0], "ssm_unet_bench.selective_scan_cpu_bwd") == 1
+    for a, b in zip(runs["eager"], runs["compiled"]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_export_of_a_vmunet_with_the_cpu_kernel():
+    """torch.export traced into the kernel's data pointers and failed; the op's fake impl gives its shapes.
+    The cost marker, for FLOP counters only, stays out of the program."""
+    from bench.registry import create_model
+
+    torch.manual_seed(0)
+    model, x = create_model("vmunet", num_classes=3, img_size=64, tiny=True).eval(), torch.randn(1, 3, 64, 64)
+    with scan.use_backend("cpu"):
+        program = torch.export.export(model, (x,))
+        want = model(x)
+    graph = program.graph_module
+    assert _calls(graph, "ssm_unet_bench.selective_scan_cpu_fwd") == 2 * 4  # tiny: one block a stage, encoder and decoder
+    assert _calls(graph, "ssm_unet_bench.selective_scan_cost") == 0
+    torch.testing.assert_close(program.module()(x), want, rtol=0, atol=0)
