@@ -73,7 +73,7 @@ class SegmentationModel(nn.Module):
     in_chans: int
     size_divisor: int = 1  # every spatial size must be a multiple of this
     square_input: bool = False  # only square inputs (a fixed token grid, or square-only fusion)
-    fixed_grid: str = ""  # why only img_size inputs run (learned position embeddings, ...): none where empty
+    fixed_grid: str = ""  # why only img_size inputs run (learned position embeddings, ...); needs self.img_size
     spatial_dims: int = 2
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,8 +100,8 @@ class SegmentationModel(nn.Module):
             x = x.repeat(1, self.in_chans, *([1] * self.spatial_dims))
         size = tuple(x.shape[2:])
         if self.fixed_grid and size != (self.img_size,) * self.spatial_dims:  # before the divisor: padding is no remedy
-            raise BenchError(f"{name} was built for {self.img_size}x{self.img_size} inputs ({self.fixed_grid}); "
-                             f"got {size}")
+            built = "x".join([str(self.img_size)] * self.spatial_dims)
+            raise BenchError(f"{name} was built for {built} inputs ({self.fixed_grid}); got {size}")
         d = self.size_divisor
         if any(s % d for s in size):
             shown = "x".join(map(str, size))

@@ -779,7 +779,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         Bk, Ck = _kernel_layout(B, C, work)
         cast = lambda t: None if t is None else t.to(work).contiguous()  # noqa: E731
         y, last = _CpuScan.apply(cast(u), cast(delta), cast(A), Bk, Ck, cast(D), cast(z), cast(delta_bias),
-                           bool(delta_softplus))
+                                 bool(delta_softplus))
     else:  # torch: the core is (u, delta, A, B, C); the rest is ordinary autograd around it
         u_, delta_ = u.to(work), delta.to(work)
         if delta_bias is not None:

@@ -933,6 +933,21 @@ def test_a_fixed_grid_model_names_its_one_size_before_any_divisor(name, cls, why
             assert str(info.value) == f"{cls} was built for 64x64 inputs ({why}); got ({side}, {side})"
 
 
+def test_a_fixed_grid_says_every_side_of_a_volume():
+    """fixed_grid on a plugin's 3-D model: its one size in three sides."""
+    from bench.modeling import SegmentationModel
+
+    class Fixed3d(SegmentationModel):
+        spatial_dims, fixed_grid, num_classes, in_chans, img_size = 3, "a fixed grid", 2, 1, 8
+
+        def forward_logits(self, x):
+            return x.repeat(1, 2, 1, 1, 1)
+
+    with pytest.raises(BenchError, match=r"^Fixed3d was built for 8x8x8 inputs \(a fixed grid\); got \(8, 8, 4\)$"):
+        Fixed3d()(torch.zeros(1, 1, 8, 8, 4))
+    assert Fixed3d()(torch.zeros(1, 1, 8, 8, 8)).shape == (1, 2, 8, 8, 8)
+
+
 def test_an_input_of_another_dtype_is_named():
     # a float64 or uint8 array from numpy reached the first conv as torch's own dtype error
     model = create_model("unet", num_classes=2, in_chans=1, img_size=32, tiny=True).eval()
