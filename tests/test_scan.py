@@ -824,3 +824,33 @@ def test_export_of_a_vmunet_with_the_cpu_kernel():
     assert _calls(graph, "ssm_unet_bench.selective_scan_cpu_fwd") == 2 * 4  # tiny: one block a stage, encoder and decoder
     assert _calls(graph, "ssm_unet_bench.selective_scan_cost") == 0
     torch.testing.assert_close(program.module()(x), want, rtol=0, atol=0)
+
+
+def test_the_kernels_ops_without_a_kernel_say_so(monkeypatch):
+    """An exported program calls the ops directly, past selective_scan's check: where the kernel does not
+    build, they say what to do, not AttributeError on None."""
+    x = make(batch=1, dim=2, L=3, N=2, B="grouped", C="grouped", G=1, dtype=torch.float32)
+    Bk, Ck = scan._kernel_layout(x["B"], x["C"], torch.float32)
+    monkeypatch.setattr(scan, "_load_extension", lambda: None)
+    monkeypatch.setattr(scan, "_ext_error", "no C++ compiler")
+    said = ("the cpu selective-scan kernel is unavailable here (no C++ compiler): a model exported with it runs where "
+            "it builds; export with BENCH_SCAN_BACKEND=torch to run anywhere")
+    with pytest.raises(RuntimeError, match=f"^{re.escape(said)}$"):
+        torch.ops.ssm_unet_bench.selective_scan_cpu_fwd(x["u"], x["delta"], x["A"], Bk, Ck, None, None, None, False)
+    with pytest.raises(RuntimeError, match=f"^{re.escape(said)}$"):
+        torch.ops.ssm_unet_bench.selective_scan_cpu_bwd(x["u"], x["delta"], x["A"], Bk, Ck, None, None, None, False,
+                                                         None, None)
+
+
+def test_a_second_copy_of_the_module_uses_the_registered_ops():
+    """scan.py loaded by path under another name (a script importing a file): defining the ops again raised
+    "registered multiple times"; the copy finds them and scans with them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scan_copy", scan.__file__)
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    assert copy._LIB is None and copy._cpu_fwd is scan._cpu_fwd
+    x = make()
+    torch.testing.assert_close(copy.selective_scan(*core(x), backend="cpu"), scan.selective_scan(*core(x), backend="ref"),
+                               rtol=1e-10, atol=1e-12)
