@@ -52,14 +52,12 @@ def report(
     from bench.report import parse_columns, write_report
 
     groups = parse_columns(columns)  # before anything is read
-    from bench.plots import check_dpi, check_plot_format, check_plot_style
+    from bench.plots import check_plot_format, check_plot_style
 
     if plot_format is not None:  # before anything is read, with or without --out
         check_plot_format(plot_format)
     if plot_style is not None:
         check_plot_style(plot_style)
-    if plot_dpi is not None:
-        check_dpi(plot_dpi, "--plot-dpi")
 
     format = ReportFormat(out_format(format, out, _SUFFIX_FORMATS))
     text = write_report(results, format.value, out, published=published_file or published, reference=reference,

@@ -515,7 +515,7 @@ def read_splits(path: Path) -> list[tuple[list[str], list[str]]]:
             if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
                 raise BenchError(f"{path}: expected {SPLITS_EXPECTED}: fold {k}'s {key} list holds {str(ids)[:60]}, "
                                  "not a list of case ids (strings)")
-    return [(list(train), list(val)) for train, val in folds]
+    return folds
 
 
 def fold_problems(folds: list[tuple[list[str], list[str]]], cases: list[str]) -> list[str]:
