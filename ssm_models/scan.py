@@ -487,7 +487,8 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
     N = A.shape[1]
     for name, M in (("B", B), ("C", C)):
         ok = ((M.dim() == 2 and tuple(M.shape) == (dim, N)) or (M.dim() == 3 and tuple(M.shape) == (batch, N, L))
-              or (M.dim() == 4 and M.shape[0] == batch and M.shape[2:] == (N, L) and dim % M.shape[1] == 0))
+              or (M.dim() == 4 and M.shape[0] == batch and M.shape[2:] == (N, L) and M.shape[1] > 0
+                  and dim % M.shape[1] == 0))
         if not ok:
             raise ValueError(f"{name} must be (dim, N), (batch, N, L) or (batch, G, N, L) with dim % G == 0 "
                              f"(dim={dim}, N={N}, L={L}); got {tuple(M.shape)}")
@@ -780,8 +781,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if name == "cpu" and (u.device.type != "cpu" or not _kernel_loads()):
         raise RuntimeError(f"the cpu backend needs CPU tensors (got {u.device}) and its compiled kernel "
                            f"({_ext_error or 'loaded'}); backend='torch' runs anywhere")
-    if name == "cpu" and u.numel() == 0:  # nothing to scan: the kernel's backward splits its work by batch·groups
-        name = "torch"
     _last = name
 
     dtype_in = u.dtype

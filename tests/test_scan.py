@@ -224,7 +224,7 @@ def test_complex_inputs_are_refused_by_name():
 @pytest.mark.parametrize("batch, dim", [(0, 4), (2, 0)])
 def test_an_empty_scan_has_empty_gradients(backend, batch, dim):
     """A batch or a dim of 0: empty outputs and gradients of the inputs' shapes (the cpu kernel's backward
-    divided its work by batch·groups: the process died of SIGFPE)."""
+    divided its work by batch·groups: the process died of SIGFPE). The cpu backend runs its kernel here too."""
     x = make(batch=batch, dim=dim, B="grouped", C="grouped", G=1, grad=True)
     y, last = scan.selective_scan(*core(x), D=x["D"], z=x["z"], delta_bias=x["delta_bias"], delta_softplus=True,
                                   return_last_state=True, backend=backend)
@@ -233,6 +233,36 @@ def test_an_empty_scan_has_empty_gradients(backend, batch, dim):
     for name in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"):
         assert x[name].grad is not None and x[name].grad.shape == x[name].shape, name
         assert not x[name].grad.any(), name  # nothing flowed: every gradient is zero (A's, D's: no terms)
+
+
+
+@pytest.mark.parametrize("batch, dim", [(0, 4), (2, 0)])
+def test_the_kernels_ops_take_an_empty_scan(batch, dim):
+    """An exported program calls the ops directly, past selective_scan: an empty batch or dim gives empty
+    results, not a process killed by a division by zero (chunks of batch·groups work)."""
+    x = make(batch=batch, dim=dim, B="grouped", C="grouped", G=1, dtype=torch.float32)
+    Bk, Ck = scan._kernel_layout(x["B"], x["C"], torch.float32)
+    args = (x["u"], x["delta"], x["A"], Bk, Ck, x["D"], x["z"], x["delta_bias"], True)
+    y, last = torch.ops.ssm_unet_bench.selective_scan_cpu_fwd(*args)
+    assert y.shape == (batch, dim, 7) and last.shape == (batch, dim, 3)
+    grads = torch.ops.ssm_unet_bench.selective_scan_cpu_bwd(*args, torch.ones_like(y), torch.ones_like(last))
+    assert [tuple(g.shape) for g in grads] == [tuple(t.shape) for t in (x["u"], x["delta"], x["A"], Bk, Ck, x["D"],
+                                                                        x["z"], x["delta_bias"])]
+
+
+def test_zero_groups_are_refused_by_name():
+    """B/C of shape (batch, 0, N, L): refused with the shapes expected, not ZeroDivisionError (dim % G);
+    the kernel's ops check it too."""
+    x = make(dim=4, B="grouped", C="grouped", G=1)
+    for name in ("B", "C"):
+        given = {**x, name: x[name][:, :0]}
+        with pytest.raises(ValueError, match=rf"^{name} must be \(dim, N\), \(batch, N, L\) or \(batch, G, N, L\) "
+                                             r"with dim % G == 0 .* got \(2, 0, 3, 7\)$"):
+            scan.selective_scan(*core(given))
+    Bk = x["B"][:, :0].transpose(-1, -2).contiguous().float()
+    f = {k: v.float() for k, v in x.items()}
+    with pytest.raises(RuntimeError, match="B/C must have at least one group"):
+        torch.ops.ssm_unet_bench.selective_scan_cpu_fwd(f["u"], f["delta"], f["A"], Bk, Bk, None, None, None, False)
 
 
 # ------------------------------------------------------------------------------ gradients

@@ -354,6 +354,7 @@ Problem problem(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& 
   for (const at::Tensor* M : {&B, &C}) {
     if (M->dim() == 4) {
       TORCH_CHECK(M->size(0) == p.Bt && M->size(2) == p.L && M->size(3) == p.N, "B/C must be (Bt, G, L, N)");
+      TORCH_CHECK(M->size(1) > 0, "B/C must have at least one group");
       TORCH_CHECK(!seen || seen == M->size(1), "B and C must have the same number of groups");
       seen = p.G = M->size(1);
     } else {
@@ -397,8 +398,10 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
   check(gy, "grad of y", 3, u);
   const at::Tensor* gl = opt(glast);
   if (gl) check(*gl, "grad of last_state", 3, u);
-  // enough tasks for every thread, and no more partial dB/dC slices than that
-  const int64_t chunks = std::clamp<int64_t>((threads + p.Bt * p.G - 1) / (p.Bt * p.G), 1, p.D / p.G);
+  // enough tasks for every thread, and no more partial dB/dC slices than that (at least one: an empty
+  // batch or dim has no work, and must not divide by zero)
+  const int64_t tasks = std::max<int64_t>(p.Bt * p.G, 1);
+  const int64_t chunks = std::max<int64_t>(std::min<int64_t>((threads + tasks - 1) / tasks, p.D / p.G), 1);
   auto du = at::empty_like(u), ddelta = at::empty_like(u);
   auto dz = opt(z) ? at::empty_like(u) : at::Tensor();
   auto dA = at::zeros({p.Bt, p.D, p.N}, u.options());
