@@ -216,7 +216,7 @@ class _TensorBoard:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is a declared dependency; tolerate its absence in odd installs
             return
-        self._call(lambda: setattr(self, "_writer", SummaryWriter(log_dir=str(self._dir))))
+        self._call(lambda: setattr(self, "_writer", SummaryWriter(log_dir=str(self._dir), flush_secs=TB_FLUSH_S)))
 
     def _call(self, do) -> None:
         try:
@@ -236,6 +236,12 @@ class _TensorBoard:
         if self._writer is not None:
             self._call(self._writer.close)
             self._writer = None
+
+
+# how often TensorBoard's writer thread wakes to flush, and so the longest a close can wait: a SIGTERM or Ctrl-C
+# raised inside add_scalar's queue notify can leave the thread's wake-up lost, and close() then waits for its
+# next flush (the default, 120 s, outlasts Slurm's 30 s grace before SIGKILL, which left the run's claim behind)
+TB_FLUSH_S = 5
 
 
 def _tensorboard(run_dir: Path) -> _TensorBoard:

@@ -367,6 +367,40 @@ def _children(pid: int) -> list[int]:
             if p.name.isdigit() and (_stat(int(p.name)) or [None, None])[1] == str(pid)]
 
 
+def test_an_interrupt_inside_add_scalar_delays_the_exit_by_one_flush_at_most(tmp_path, monkeypatch):
+    """A SIGTERM (raised as KeyboardInterrupt) landing inside add_scalar's queue notify, between waking
+    the writer thread and dropping its waiter, lost the next wake-up: close() then waited for the thread's
+    next timed flush, 120 s by default, and under Slurm the job was killed before it said a word. Here the
+    interrupt is raised at that very point (the waiter list's remove); close must end within one flush."""
+    import collections
+    import time
+
+    from bench import run
+
+    class RaisesOnce(collections.deque):
+        raised = False
+
+        def remove(self, waiter):
+            if not RaisesOnce.raised:
+                RaisesOnce.raised = True
+                raise KeyboardInterrupt
+            super().remove(waiter)
+
+    assert run.TB_FLUSH_S <= 10  # well inside Slurm's 30 s between SIGTERM and SIGKILL
+    monkeypatch.setattr(run, "TB_FLUSH_S", 1)  # the test waits one flush
+    tb = run._TensorBoard(tmp_path)
+    tb.add_scalar("loss", 1.0, 0)
+    time.sleep(0.3)  # the writer thread has written the event and waits on its queue for the next
+    queue = tb._writer._get_file_writer().event_writer._async_writer._byte_queue  # tensorboard's own queue
+    queue.not_empty._waiters = RaisesOnce(queue.not_empty._waiters)
+    with pytest.raises(KeyboardInterrupt):
+        tb.add_scalar("loss", 2.0, 1)
+    assert RaisesOnce.raised
+    start = time.monotonic()
+    tb.close()
+    assert time.monotonic() - start < 10  # 120 s, the default flush, without the fix
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the loader's workers in Linux's /proc")
 def test_sigterm_to_the_process_group_says_one_line_with_loader_workers(tmp_path):
     """Slurm's scancel and time limit signal the whole process group: the data loader's workers died
@@ -386,8 +420,8 @@ def test_sigterm_to_the_process_group_says_one_line_with_loader_workers(tmp_path
     time.sleep(2.0)  # their SIGTERM handler set (a worker killed in its first instants is torch's to report)
     workers = _children(proc.pid)
     os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        out, err = proc.communicate(timeout=120)
+    try:  # a few seconds; a lost TensorBoard wake-up stalled the exit for 120 s (test above)
+        out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:  # a hung run is not left training behind the test
         os.killpg(proc.pid, signal.SIGKILL)
         raise
