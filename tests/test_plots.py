@@ -440,6 +440,25 @@ def test_plot_dpi_sets_the_report_pngs_resolution(results, tmp_path):
     assert str(cli.exception) == "--plot-dpi must be a whole number from 50 to 1200 (dots per inch); got 5000"
 
 
+def test_dpi_range_ends_are_taken_and_each_entry_checks_it(tmp_path):
+    """50 and 1200 dpi are taken, 49 and 1201 refused; write_plots checks --plot-dpi before it finds it has
+    nothing to plot, and a plot function called on its own names --plot-dpi, not --dpi."""
+    from bench import plots
+    from bench.errors import BenchError
+
+    assert plots.check_dpi(50) == 50 and plots.check_dpi(1200) == 1200
+    for dpi in (49, 1201):
+        with pytest.raises(BenchError, match=rf"^--dpi must be a whole number from 50 to 1200 \(dots per inch\); "
+                                             rf"got {dpi}$"):
+            plots.check_dpi(dpi)
+    said = r"^--plot-dpi must be a whole number from 50 to 1200 \(dots per inch\); got 5$"
+    (tmp_path / "results").mkdir()
+    with pytest.raises(BenchError, match=said):
+        write_plots(tmp_path / "results", tmp_path / "out", dpi=5)  # no runs: nothing drawn, still refused
+    with pytest.raises(BenchError, match=said):
+        plots.training_curves(tmp_path / "results", tmp_path / "out", dpi=5)
+
+
 def test_a_models_seeds_are_drawn_thin_under_their_mean_loss(tmp_path, monkeypatch):
     """A plots review: every seed was one more line of the same colour, with no mean to read."""
     import numpy as np
