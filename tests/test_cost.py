@@ -74,11 +74,31 @@ def test_fvcore_prices_the_scans_of_a_stage_the_model_discards():
     assert fv[cost.FVCORE_SCAN_KEY] == cost.count_flops(model, x).scan_flops / 2 == _hand_scan_macs(model, x)
 
 
-def _hand_scan_macs(model, x):
+def test_fvcore_prices_the_torch_backends_scan(monkeypatch):
+    """Where the kernel does not build, counts run the torch backend: fvcore's trace sees its ``_TorchScan``
+    Function, priced by the scan's handle rather than skipped as an unsupported op. The Function takes the
+    5 tensors of the scan proper; D is applied outside it, as element-wise ops fvcore does not price, so the
+    scan's entry is the kernel's less VM-UNet's D term. Every other operator is priced as with the kernel."""
+    from ssm_models import scan
+
+    model, x = _tiny("vmunet"), torch.randn(1, 3, 64, 64)
+    with_kernel = cost.fvcore_macs(model, x)
+    monkeypatch.setattr(scan, "_kernel_loads", lambda: False)  # a machine where the kernel does not build
+    fv = cost.fvcore_macs(model, x)
+    torch_scan = fv.pop("PythonOp._TorchScan", 0)
+    assert torch_scan == _hand_scan_macs(model, x, with_D_z=False) > 0
+    assert with_kernel[cost.FVCORE_SCAN_KEY] == _hand_scan_macs(model, x) > torch_scan
+    others = {k: v for k, v in with_kernel.items() if k not in ("total", cost.FVCORE_SCAN_KEY)}
+    assert {k: v for k, v in fv.items() if k != "total"} == others
+    assert fv["total"] == sum(others.values()) + torch_scan
+
+
+def _hand_scan_macs(model, x, with_D_z=True):
     """The scans' MACs from each SSM layer's input shape, by hand: per state element of every
     step 9 FLOPs (discretise, update, read out), plus 1 per output for D and 1 for the z gate
     (mamba-ssm's flop_selective_scan_fn); SS2D scans K=4 directions of d_inner channels, with D,
-    without z; a Mamba block d_inner channels, with D and z. Half of it is MACs."""
+    without z; a Mamba block d_inner channels, with D and z. Half of it is MACs. ``with_D_z=False``:
+    the scan without its D and z terms."""
     from ssm_models.vss import SS2D
 
     flops = []
@@ -86,11 +106,11 @@ def _hand_scan_macs(model, x):
     def ss2d(m, args):
         b, h, w, _ = args[0].shape
         dim, length = m.K * m.d_inner, h * w
-        flops.append(9 * b * length * dim * m.d_state + b * dim * length)
+        flops.append(9 * b * length * dim * m.d_state + b * dim * length * with_D_z)
 
     def mamba(m, args):
         b, length, _ = args[0].shape
-        flops.append(9 * b * length * m.d_inner * m.d_state + 2 * b * m.d_inner * length)
+        flops.append(9 * b * length * m.d_inner * m.d_state + 2 * b * m.d_inner * length * with_D_z)
 
     hooks = [mod.register_forward_pre_hook(ss2d if isinstance(mod, SS2D) else mamba)
              for mod in model.modules() if isinstance(mod, (SS2D, Mamba))]

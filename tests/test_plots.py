@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -438,6 +439,47 @@ def test_plot_dpi_sets_the_report_pngs_resolution(results, tmp_path):
         write_plots(results_dir, tmp_path / "x", dpi=0)
     cli = CliRunner().invoke(app, ["report", "--results", str(results_dir), "--plot-dpi", "5000"])
     assert str(cli.exception) == "--plot-dpi must be a whole number from 50 to 1200 (dots per inch); got 5000"
+
+
+def test_report_plot_format_is_checked_before_plot_dpi(results, tmp_path):
+    """write_report as the command takes it: PNG in capitals is PNG, at the dpi asked; jpg is an unknown format,
+    not a vector one that --plot-dpi does not apply to."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+    from bench.errors import BenchError
+    from bench.report import write_report
+
+    results_dir, _ = results
+    write_report(results_dir, out=tmp_path / "rep" / "report.md", plot_format="PNG", plot_dpi=300)
+    pngs = list((tmp_path / "rep" / "report_files").iterdir())
+    assert pngs and {(p.suffix, round(Image.open(p).info["dpi"][0])) for p in pngs} == {(".png", 300)}
+    said = "--plot-format 'jpg': expected one of png, pdf, svg"
+    with pytest.raises(BenchError, match=f"^{re.escape(said)}$"):
+        write_report(results_dir, out=tmp_path / "jpg" / "report.md", plot_format="jpg", plot_dpi=300)
+    cli = CliRunner().invoke(app, ["report", "--results", str(results_dir), "--out", str(tmp_path / "cli" / "report.md"),
+                                   "--plot-format", "jpg", "--plot-dpi", "300"])
+    assert str(cli.exception) == said
+
+
+def test_dpi_range_ends_are_taken_and_each_entry_checks_it(tmp_path):
+    """50 and 1200 dpi are taken, 49 and 1201 refused; write_plots checks --plot-dpi before it finds it has
+    nothing to plot, and a plot function called on its own names --plot-dpi, not --dpi."""
+    from bench import plots
+    from bench.errors import BenchError
+
+    assert plots.check_dpi(50) == 50 and plots.check_dpi(1200) == 1200
+    for dpi in (49, 1201):
+        with pytest.raises(BenchError, match=rf"^--dpi must be a whole number from 50 to 1200 \(dots per inch\); "
+                                             rf"got {dpi}$"):
+            plots.check_dpi(dpi)
+    said = r"^--plot-dpi must be a whole number from 50 to 1200 \(dots per inch\); got 5$"
+    (tmp_path / "results").mkdir()
+    with pytest.raises(BenchError, match=said):
+        write_plots(tmp_path / "results", tmp_path / "out", dpi=5)  # no runs: nothing drawn, still refused
+    with pytest.raises(BenchError, match=said):
+        plots.training_curves(tmp_path / "results", tmp_path / "out", dpi=5)
 
 
 def test_a_models_seeds_are_drawn_thin_under_their_mean_loss(tmp_path, monkeypatch):

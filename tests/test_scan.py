@@ -208,6 +208,9 @@ def test_bad_shapes_are_rejected_with_the_expected_shape():
         scan.selective_scan(*core(x), D=torch.ones(5))
     with pytest.raises(ValueError, match="u and delta"):
         scan.selective_scan(x["u"], x["delta"][..., :-1], x["A"], x["B"], x["C"])
+    for A in (x["A"][:1], torch.cat([x["A"], x["A"]])):  # A's rows are dim's: one too few or too many
+        with pytest.raises(ValueError, match=r"A must be \(dim, N\) = \(4, N\)"):
+            scan.selective_scan(x["u"], x["delta"], A, x["B"], x["C"])
 
 
 def test_complex_inputs_are_refused_by_name():
@@ -248,6 +251,20 @@ def test_the_kernels_ops_take_an_empty_scan(batch, dim):
     grads = torch.ops.ssm_unet_bench.selective_scan_cpu_bwd(*args, torch.ones_like(y), torch.ones_like(last))
     assert [tuple(g.shape) for g in grads] == [tuple(t.shape) for t in (x["u"], x["delta"], x["A"], Bk, Ck, x["D"],
                                                                         x["z"], x["delta_bias"])]
+
+
+@pytest.mark.parametrize("present", [False, True], ids=["no-D-no-z", "D-and-z"])
+def test_the_kernels_ops_pass_opcheck(present):
+    """The ops' schemas, fake impls and eager impls agree (what compile and export trace with): the shape of
+    last_state, and the empty tensor given for an absent input's gradient, in the fake impl as in the kernel."""
+    x = make(batch=2, dim=4, L=5, N=3, B="grouped", C="grouped", G=1, dtype=torch.float32)
+    Bk, Ck = scan._kernel_layout(x["B"], x["C"], torch.float32)
+    D, z = (x["D"], x["z"]) if present else (None, None)
+    args = (x["u"], x["delta"], x["A"], Bk, Ck, D, z, x["delta_bias"], True)
+    checks = ("test_schema", "test_faketensor", "test_aot_dispatch_static")
+    torch.library.opcheck(torch.ops.ssm_unet_bench.selective_scan_cpu_fwd, args, test_utils=checks)
+    torch.library.opcheck(torch.ops.ssm_unet_bench.selective_scan_cpu_bwd,
+                          args + (torch.randn_like(x["u"]), torch.randn(2, 4, 3)), test_utils=checks)
 
 
 def test_zero_groups_are_refused_by_name():
@@ -324,6 +341,20 @@ def test_only_requested_gradients_and_repeatable_backward(backend):
     y.sum().backward()
     torch.testing.assert_close(x["u"].grad, 2 * first[0])
     torch.testing.assert_close(x["B"].grad, 2 * first[1])
+
+
+def test_a_gradient_of_the_last_state_read_through_a_transpose():
+    """The loss reads last_state through a transpose: its gradient reaches the kernel non-contiguous, which
+    the kernel reads as if it were contiguous unless made so; the cpu gradients equal the reference's."""
+    grads = {}
+    for backend in ("cpu", "ref"):
+        x = make(G=1, grad=True)
+        y, last = scan.selective_scan(*core(x), D=x["D"], z=x["z"], return_last_state=True, backend=backend)
+        w = torch.arange(last.numel(), dtype=last.dtype).reshape(last.shape[1], last.shape[0], last.shape[2])
+        ((last.transpose(0, 1) * w).sum() + (y * y).sum()).backward()
+        grads[backend] = [x[k].grad for k in ("u", "delta", "A", "B", "C")]
+    for name, got, want in zip(("u", "delta", "A", "B", "C"), grads["cpu"], grads["ref"]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_cpu_backward_independent_of_work_split(kernel):
@@ -482,8 +513,8 @@ def test_fallback_when_the_kernel_cannot_be_built(monkeypatch):
     torch.testing.assert_close(y, sequential_scan(*core(x), **kw)[0], rtol=1e-10, atol=1e-12)
     y.sum().backward()
     assert all(v.grad is not None for v in x.values())
-    with pytest.raises(RuntimeError, match="no such compiler"):
-        scan.selective_scan(*core(x), backend="cpu")
+    with pytest.raises(RuntimeError, match=r"no such compiler.*backend='torch' runs anywhere"):
+        scan.selective_scan(*core(x), backend="cpu")  # refused by selective_scan, before the op is called
 
 
 def test_import_is_cheap():
@@ -838,6 +869,30 @@ def test_compile_traces_the_cpu_kernel_in_one_graph(block):
     assert _calls(counter.graphs[0], "ssm_unet_bench.selective_scan_cpu_bwd") == 1
     for a, b in zip(runs["eager"], runs["compiled"]):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_before_any_eager_scan():
+    """A fresh process compiles before any eager scan: the kernel's first load happens inside the trace, which
+    dynamo cannot follow (a build, files, a lock) unless _kernel_loads is taken as a constant."""
+    code = """if True:
+        import torch
+        from ssm_models import scan
+        from ssm_models.mamba import Mamba
+
+        torch.manual_seed(0)
+        model, x = Mamba(8, d_state=4), torch.randn(2, 7, 8)
+        with scan.use_backend("cpu"):
+            y = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+            assert scan.last_backend() == "cpu", scan.last_backend()
+            torch.testing.assert_close(y, model(x), rtol=1e-5, atol=1e-6)
+        print("compiled and matched")
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env.pop(scan.ENV_VAR, None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          encoding="utf-8")
+    assert done.returncode == 0 and "compiled and matched" in done.stdout, done.stderr[-3000:]
 
 
 def test_export_of_a_vmunet_with_the_cpu_kernel():

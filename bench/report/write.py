@@ -153,9 +153,11 @@ def _check_plot_options(fmt: ReportFormat, out: Path | None, plot_format: str | 
                         plot_dpi: int | None = None) -> None:
     """Refused where no plots are drawn (as --columns is with --format csv): given there, they did nothing; so is
     --plot-dpi with vector plots, which hold no raster image for it to resample."""
-    if plot_dpi is not None:
-        from bench.plots import check_dpi
+    from bench.plots import check_dpi, check_plot_format
 
+    if plot_format is not None:  # an unknown one (jpg) is not a vector format to refuse --plot-dpi with
+        plot_format = check_plot_format(plot_format)
+    if plot_dpi is not None:
         check_dpi(plot_dpi, "--plot-dpi")
     given = [o for o, v in (("--plot-format", plot_format), ("--plot-style", plot_style), ("--plot-dpi", plot_dpi))
              if v is not None]
@@ -163,7 +165,7 @@ def _check_plot_options(fmt: ReportFormat, out: Path | None, plot_format: str | 
         got = f"--format {fmt.value}" if fmt != ReportFormat.md else "no --out"
         raise BenchError(f"{' and '.join(given)} shape{'s' * (len(given) == 1)} the plots, which only a Markdown report "
                          f"written to a file has (--format md --out report.md); got {got}")
-    if plot_dpi is not None and (plot_format or "png").lower() != "png":
+    if plot_dpi is not None and (plot_format or "png") != "png":
         raise BenchError(f"--plot-dpi sets the PNG plots' resolution; --plot-format {plot_format} writes vector plots, "
                          "which have none: leave --plot-dpi out (or use --plot-format png)")
 
