@@ -633,23 +633,37 @@ def _sum_to(grad, M):
     return grad.sum(3).permute(1, 2, 0, 3)
 
 
-class _TorchScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C):
-        batch, dim, L = u.shape
-        N = A.shape[1]
-        G = B.shape[1] if B.dim() == 4 else C.shape[1] if C.dim() == 4 else 1
-        shape5 = (L, batch, G, dim // G, N)
-        dl = delta.permute(2, 0, 1).reshape(L, batch, G, dim // G, 1)
-        ul = u.permute(2, 0, 1).reshape(L, batch, G, dim // G, 1)
-        dA = torch.exp(dl * A.view(1, 1, G, dim // G, N))  # (L, batch, G, Dg, N)
-        xs = (dl * ul) * _per_step(B, G).expand(shape5)  # dt·u·B, turned into the states in place
+def _torch_scan(u, delta, A, B, C, out_of_place: bool = False):
+    """The torch backend's forward: y (batch, dim, L), the last state, and the states and decays its
+    backward reads. ``out_of_place`` for an ONNX export: the TorchScript-based exporter drops the in-place
+    steps of a slice (its file did not scan: no error, wrong numbers)."""
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    G = B.shape[1] if B.dim() == 4 else C.shape[1] if C.dim() == 4 else 1
+    shape5 = (L, batch, G, dim // G, N)
+    dl = delta.permute(2, 0, 1).reshape(L, batch, G, dim // G, 1)
+    ul = u.permute(2, 0, 1).reshape(L, batch, G, dim // G, 1)
+    dA = torch.exp(dl * A.view(1, 1, G, dim // G, N))  # (L, batch, G, Dg, N)
+    xs = (dl * ul) * _per_step(B, G).expand(shape5)  # dt·u·B, turned into the states
+    if out_of_place:
+        states = [xs[0]]
+        for t in range(1, L):
+            states.append(torch.addcmul(xs[t], dA[t], states[-1]))
+        xs = torch.stack(states)
+    else:
         xs = xs.contiguous()
         for t in range(1, L):
             xs[t].addcmul_(dA[t], xs[t - 1])
-        y = (xs * _per_step(C, G)).sum(-1)  # (L, batch, G, Dg)
+    y = (xs * _per_step(C, G)).sum(-1)  # (L, batch, G, Dg)
+    return y.reshape(L, batch, dim).permute(1, 2, 0).contiguous(), xs[-1].reshape(batch, dim, N).clone(), xs, dA
+
+
+class _TorchScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C):
+        y, last, xs, dA = _torch_scan(u, delta, A, B, C)
         ctx.save_for_backward(u, delta, A, B, C, xs, dA)
-        return y.reshape(L, batch, dim).permute(1, 2, 0).contiguous(), xs[-1].reshape(batch, dim, N).clone()
+        return y, last
 
     @staticmethod
     @once_differentiable
@@ -758,6 +772,11 @@ def selective_scan_flops(u_shape, A_shape, with_D: bool, with_z: bool) -> int:
     return 9 * batch * L * dim * N + (batch * dim * L if with_D else 0) + (batch * dim * L if with_z else 0)
 
 
+def _in_onnx_export() -> bool:
+    # torch.onnx is imported by an export (and costs 40 ms to import for nothing otherwise)
+    return "torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export()
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, backend: str | None = None):
     """Selective scan with mamba-ssm's ``selective_scan_fn`` semantics (module docstring).
@@ -768,6 +787,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     global _last
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)  # first: the automatic choice reads u's device and dtype
     name = _check_backend(backend) if backend else default_backend(u.device, u.dtype)
+    if name in ("cpu", "cuda") and _in_onnx_export():  # ONNX has neither kernel: the file holds the scan's steps
+        name = "torch"
     # a FLOP counter is listening (see _cost_marker); a compile's or export's trace has modes of its own
     if not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() > 0:
         SCAN_COST_OP(u.detach(), A.detach(), D is not None, z is not None)
@@ -790,8 +811,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     elif name == "cpu":
         Bk, Ck = _kernel_layout(B, C, work)
         cast = lambda t: None if t is None else t.to(work).contiguous()  # noqa: E731
-        y, last = _CpuScan.apply(cast(u), cast(delta), cast(A), Bk, Ck, cast(D), cast(z), cast(delta_bias),
-                                 bool(delta_softplus))
+        # TorchScript's tracer (torch.jit.trace, the TorchScript-based ONNX exporter) cannot record an autograd
+        # Function: it records the op itself (the traced program scans, without a gradient through the scan)
+        scan_op = _cpu_fwd if torch.jit.is_tracing() else _CpuScan.apply
+        y, last = scan_op(cast(u), cast(delta), cast(A), Bk, Ck, cast(D), cast(z), cast(delta_bias),
+                          bool(delta_softplus))
     else:  # torch: the core is (u, delta, A, B, C); the rest is ordinary autograd around it
         u_, delta_ = u.to(work), delta.to(work)
         if delta_bias is not None:
@@ -799,7 +823,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         if delta_softplus:
             delta_ = F.softplus(delta_)
         Bk, Ck = _kernel_layout(B, C, work)
-        y, last = _TorchScan.apply(u_.contiguous(), delta_.contiguous(), A.to(work).contiguous(), Bk, Ck)
+        args = (u_.contiguous(), delta_.contiguous(), A.to(work).contiguous(), Bk, Ck)
+        if _in_onnx_export():  # the TorchScript-based exporter inlines the Function, losing its in-place steps
+            y, last = _torch_scan(*args, out_of_place=True)[:2]
+        else:
+            y, last = _TorchScan.apply(*args)
         if D is not None:
             y = y + u_ * D.to(work)[:, None]
         if z is not None:
