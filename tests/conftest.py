@@ -79,6 +79,15 @@ def _commands_without_encoding_warnings():
     os.environ.pop("PYTHONWARNDEFAULTENCODING", None)
 
 
+@pytest.fixture
+def bench_here(monkeypatch, capsys):
+    """``bench_here(*args, check=True)``: tests.fixtures.run_bench_here with this test's monkeypatch and capsys,
+    ``bench ARGS`` in this process: a refusal's exit code and message without a new process's 1-3 s of imports."""
+    from tests.fixtures import run_bench_here
+
+    return lambda *args, check=True: run_bench_here(monkeypatch, capsys, *args, check=check)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device (GPU machines only; select with -m cuda)")
 

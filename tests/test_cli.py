@@ -82,7 +82,7 @@ def test_finished_runs_are_skipped(smoke_results):
     assert len(records.load(smoke_results)) == 1
 
 
-def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_path):
+def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_path, bench_here):
     """bench run --weights: an authors' checkpoint (or one's own) scored under the protocol, without
     training; the same weights score exactly as the run that trained them, and rescore takes them."""
     import dataclasses
@@ -121,16 +121,17 @@ def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_pat
     assert re.search(rf"\| unet \(tiny, weights mine\.pth@{sha}\) +\|", _bench("report", "--results", tmp_path / "res").stdout)
     _bench("rescore", "--policy", "strict", "--results", tmp_path / "res")  # its weights are the run's checkpoint
     # what cannot be evaluated is refused before anything is written
-    two = _bench(*base[:2], "unet,vmunet", *base[3:-1], tmp_path / "two", "--weights", mine, check=False)
+    two = bench_here(*base[:2], "unet,vmunet", *base[3:-1], tmp_path / "two", "--weights", mine, check=False)
     assert two.returncode == 2 and "evaluates one model's weights, without training; give one model" in two.stderr
-    every = _bench(*base[:1], *base[3:-1], tmp_path / "two", "--weights", mine, check=False)  # no --models: all
+    every = bench_here(*base[:1], *base[3:-1], tmp_path / "two", "--weights", mine, check=False)  # no --models: all
     assert every.returncode == 2 and "give one model: --models NAME (got all" in every.stderr, every.stderr
     # another seed would score the same weights again as a second "seed"; training options split the runs
-    again = _bench(*base[:-1], tmp_path / "two", "--seeds", "1", "--lr", "0.5", "--weights", mine, check=False)
+    again = bench_here(*base[:-1], tmp_path / "two", "--seeds", "1", "--lr", "0.5", "--weights", mine, check=False)
     assert again.returncode == 2 and "drop --seeds, --lr, which only a training would use" in again.stderr
-    bare = _bench(*base[:-1], tmp_path / "two", "--no-pretrained", "--weights", mine, check=False)
+    bare = bench_here(*base[:-1], tmp_path / "two", "--no-pretrained", "--weights", mine, check=False)
     assert bare.returncode == 2 and "drop --no-pretrained, which" in bare.stderr  # the option given, by its name
-    other = _bench(*base[:-1], tmp_path / "other", "--set", "widths=[8, 16, 32, 128]", "--weights", mine, check=False)
+    other = bench_here(*base[:-1], tmp_path / "other", "--set", "widths=[8, 16, 32, 128]", "--weights", mine,
+                       check=False)
     assert other.returncode == 2 and f"{mine} does not match UNet" in other.stderr
     assert not (tmp_path / "other" / "runs").exists()
     # the same file under a recipe that evaluates as smoke does, training aside: scored for its own board, and said
@@ -144,7 +145,7 @@ def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_pat
     assert "already evaluated" not in out  # the first evaluation of the file says nothing of the kind
     # --from-record of it: the record names the file and its sha256, the command gives the file
     kept = tmp_path / "res" / "records" / f"{rec['run_id']}.json"
-    need = _bench("run", "--from-record", kept, "--results", tmp_path / "again", check=False)
+    need = bench_here("run", "--from-record", kept, "--results", tmp_path / "again", check=False)
     assert need.returncode == 2 and f"evaluated the weights file mine.pth (sha256 {sha[:8]}" in need.stderr \
         and "pass --weights PATH to that file" in need.stderr, need.stderr
     held = _bench("run", "--from-record", kept, "--weights", mine, "--results", tmp_path / "res").stdout
@@ -249,7 +250,7 @@ def test_from_record_says_whether_the_rerun_matches_its_record_bit_for_bit(smoke
     assert "threads 1, the run's 2 (--threads 2)" in held.stderr
 
 
-def test_from_record_of_a_folder_reruns_every_record_and_counts_them(tmp_path):
+def test_from_record_of_a_folder_reruns_every_record_and_counts_them(tmp_path, bench_here):
     """--from-record DIR: a results folder received whole (its synthetic data not with it) is re-run in one
     command: trained runs first, then the rescored one after its run; what is alike for all said once; a
     summary counts them. A record that cannot be re-run is one line, the others go on, exit 2."""
@@ -267,7 +268,7 @@ def test_from_record_of_a_folder_reruns_every_record_and_counts_them(tmp_path):
     shutil.move(res / "synthetic", tmp_path / "hidden")
     ids = sorted(p.stem for p in (res / "records").glob("*.json"))
     (res / "records" / "broken.json").write_text("{", encoding="utf-8")
-    dry = _bench("run", "--from-record", res, "--results", tmp_path / "again", "--dry-run", check=False)
+    dry = bench_here("run", "--from-record", res, "--results", tmp_path / "again", "--dry-run", check=False)
     assert dry.returncode == 2 and "1 of 4 record(s) of" in dry.stderr and "broken" in dry.stderr, dry.stderr
     assert "could not be planned" in dry.stderr and "nothing was re-run" in dry.stderr, dry.stderr  # nor was
     assert [line.split()[:2] for line in dry.stdout.splitlines() if line.startswith("  ")] == \
@@ -462,7 +463,7 @@ def test_a_cuda_re_run_that_differs_says_cuda_runs_need_not_repeat_bit_for_bit(t
         assert capsys.readouterr().out == f"  unet_synapse_s0: differs from record {given}: dice 0.5 -> 0.25{tail}"
 
 
-def test_synthetic_data_with_edited_test_labels_is_not_the_authors_data(smoke_results, tmp_path):
+def test_synthetic_data_with_edited_test_labels_is_not_the_authors_data(smoke_results, tmp_path, bench_here):
     """A reviewer's journey: the authors' results folder and its synthetic data, a test label edited by hand in a
     copy. The copy kept the data's id (its marker's alone): --dry-run called the authors' run done, --weights scored
     it under the authors' run id and warned of a leak. Now it is other data, said once; unedited, the same data."""
@@ -483,8 +484,8 @@ def test_synthetic_data_with_edited_test_labels_is_not_the_authors_data(smoke_re
     assert trained["run_id"] not in edited.stdout and re.search(r"missing +synapse-smoke-unet-s0-", edited.stdout)
     assert edited.stderr.count(f"{mine}: synthetic data edited since it was generated") == 1, edited.stderr
     # --from-record on it: refused as other data, with the command that writes the record's data again
-    again = _bench("run", "--from-record", smoke_results / "records" / f"{trained['run_id']}.json", "--data-root", mine,
-                   "--results", tmp_path / "again", "--dry-run", check=False)
+    again = bench_here("run", "--from-record", smoke_results / "records" / f"{trained['run_id']}.json", "--data-root",
+                       mine, "--results", tmp_path / "again", "--dry-run", check=False)
     assert again.returncode == 2 and f"{mine}: not the data run {trained['run_id']} read" in again.stderr
     assert re.search(r"\(`bench data synth --like synapse --out DIR --seed 0( --option \S+)*` makes it again\)$",
                      again.stderr.strip()), again.stderr
@@ -711,7 +712,7 @@ def test_check_passes_on_itself_and_fails_on_drift(smoke_results, tmp_path, monk
     assert suggested[-1] == "--prune" and _bench(*suggested[1:], check=False).returncode == 0
 
 
-def test_report_takes_its_format_from_the_out_suffix_and_pipes_clean_csv(smoke_results, tmp_path):
+def test_report_takes_its_format_from_the_out_suffix_and_pipes_clean_csv(smoke_results, tmp_path, bench_here):
     """A CLI audit: `--out table.csv` wrote Markdown into it, and CSV on stdout ended in an empty row."""
     import csv
 
@@ -719,7 +720,8 @@ def test_report_takes_its_format_from_the_out_suffix_and_pipes_clean_csv(smoke_r
     _bench("report", "--results", smoke_results, "--out", tmp_path / "t.tex")
     assert list(csv.DictReader((tmp_path / "t.csv").open(encoding="utf-8")))[0]["model"] == "unet (tiny)"
     assert "\\begin{table" in (tmp_path / "t.tex").read_text(encoding="utf-8") and not (tmp_path / "t_files").exists()
-    proc = _bench("report", "--results", smoke_results, "--format", "latex", "--out", tmp_path / "x.csv", check=False)
+    proc = bench_here("report", "--results", smoke_results, "--format", "latex", "--out", tmp_path / "x.csv",
+                      check=False)
     assert proc.returncode == 2 and proc.stderr.startswith(f"error: --out {tmp_path / 'x.csv'} with --format latex: "
                                                            "a .csv file holds csv or cases"), proc.stderr
     piped = _bench("report", "--results", smoke_results, "--format", "csv").stdout
@@ -737,15 +739,15 @@ def test_report_takes_its_format_from_the_out_suffix_and_pipes_clean_csv(smoke_r
         (["run", "--models", "unet", "--dataset", "synapse", "--data-root", "/nonexistent/x"], "/nonexistent/x"),
     ],
 )
-def test_user_errors_are_one_line(args, message, tmp_path):
-    proc = _bench(*args, "--results", tmp_path, check=False)
+def test_user_errors_are_one_line(args, message, tmp_path, bench_here):
+    proc = bench_here(*args, "--results", tmp_path, check=False)
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 
-def test_repeated_models_and_seeds_plan_each_run_once(tmp_path):
+def test_repeated_models_and_seeds_plan_each_run_once(tmp_path, bench_here):
     from bench.registry import resolve_models
 
     assert resolve_models("unet,vmunet,unet") == ["unet", "vmunet"]
@@ -759,8 +761,8 @@ def test_repeated_models_and_seeds_plan_each_run_once(tmp_path):
     again = _bench("run", "--models", "unet", "--seeds", "5", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
                    "--tiny", "--results", tmp_path, "--max-iterations", "1", "--threads", "1", "--workers", "1")
     assert "skipped" in again.stdout  # the loader's worker count is no part of a run
-    bad = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke", "--tiny",
-                 "--results", tmp_path, "--workers", "-1", check=False)
+    bad = bench_here("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke", "--tiny",
+                     "--results", tmp_path, "--workers", "-1", check=False)
     assert bad.returncode == 2 and "--workers: expected a whole number >= 0" in bad.stderr
 
 
@@ -917,7 +919,7 @@ def test_three_seed_grid_report_with_statistics_published_and_plots(tmp_path):
         records.load(results, level="case"))
 
 
-def test_predict_writes_each_runs_test_cases(smoke_results, tmp_path):
+def test_predict_writes_each_runs_test_cases(smoke_results, tmp_path, bench_here):
     (run_id,) = records.load(smoke_results)["run_id"]
     out = _bench("predict", "--results", smoke_results, "--out", tmp_path / "pred", "--run", run_id).stdout
     files = json.loads((tmp_path / "pred" / run_id / "prediction.json").read_text(encoding="utf-8"))["files"]
@@ -925,11 +927,11 @@ def test_predict_writes_each_runs_test_cases(smoke_results, tmp_path):
     assert all((tmp_path / "pred" / run_id / name).is_file() for name in files.values())
     again = _bench("predict", "--results", smoke_results, "--out", tmp_path / "pred", "--run", run_id).stdout
     assert f"{run_id}: complete already, nothing written" in again
-    bad = _bench("predict", "--results", smoke_results, "--out", tmp_path / "pred", "--run", "nope", check=False)
+    bad = bench_here("predict", "--results", smoke_results, "--out", tmp_path / "pred", "--run", "nope", check=False)
     assert bad.returncode == 2 and "--run nope: no finished run" in bad.stderr
 
 
-def test_folds_give_one_record_per_fold(tmp_path):
+def test_folds_give_one_record_per_fold(tmp_path, bench_here):
     out = _bench("run", "--models", "unet", "--dataset", "nnunet", "--synthetic", "--protocol", "smoke", "--folds",
                  "0,1", "--results", tmp_path, *FAST).stdout
     df = records.load(tmp_path)
@@ -961,8 +963,8 @@ def test_folds_give_one_record_per_fold(tmp_path):
     (spec,) = plan_grid(models=["unet"], dataset="nnunet", protocol=mine, seeds=[0], data_root=Path(root),
                         synthetic=False, results_dir=tmp_path / "other")
     assert spec.dataset == "nnunet"
-    bad = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--folds", "0", "--results",
-                 tmp_path / "fixed", check=False)
+    bad = bench_here("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--folds", "0", "--results",
+                     tmp_path / "fixed", check=False)
     assert bad.returncode == 2 and "fixed test split" in bad.stderr
     assert not (tmp_path / "fixed" / "synthetic").exists()  # refused before the synthetic data is written
 
@@ -997,16 +999,16 @@ def test_lightm_unet_2d_protocol_trains_and_scores_png_cases(tmp_path):
         assert {c["tp"] + c["fp"] + c["fn"] + c["tn"] for c in rec["per_case"]} == {int(np.prod(native))}  # not 32²
 
 
-def test_nnunet_without_protocol_fails_before_writing(tmp_path):
-    proc = _bench("run", "--models", "unet", "--dataset", "nnunet", "--synthetic", "--results", tmp_path, *FAST,
-                  check=False)
+def test_nnunet_without_protocol_fails_before_writing(tmp_path, bench_here):
+    proc = bench_here("run", "--models", "unet", "--dataset", "nnunet", "--synthetic", "--results", tmp_path, *FAST,
+                      check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--dataset nnunet has no default protocol" in proc.stderr and "pass --protocol" in proc.stderr
     assert "built-in for nnunet: " in proc.stderr and "lightm_unet_3d" in proc.stderr and "isic17" not in proc.stderr
     assert not any(tmp_path.iterdir())  # no records, runs or synthetic data
 
 
-def test_two_shards_share_one_results_dir(tmp_path):
+def test_two_shards_share_one_results_dir(tmp_path, bench_here):
     base = ["run", "--models", "unet,swin_unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
             "--results", tmp_path, *FAST]
     first = _bench(*base, "--shard", "1/2")
@@ -1016,7 +1018,7 @@ def test_two_shards_share_one_results_dir(tmp_path):
     # Swin-Unet's window warning (32² input) comes from the shard that runs it, not from both
     warned = ["window" in proc.stderr for proc in (first, second)]
     assert sorted(warned) == [False, True]
-    bad = _bench(*base, "--shard", "3/2", check=False)
+    bad = bench_here(*base, "--shard", "3/2", check=False)
     assert bad.returncode == 2 and "--shard must be K/N" in bad.stderr
 
 
@@ -1239,7 +1241,7 @@ def test_no_pretrained_trains_from_scratch_off_protocol(tmp_path):
     assert "pretrained init: vmamba_small_e238_ema.pth" in _bench("models").stdout
 
 
-def test_rescore_puts_the_same_weights_on_a_strict_board(tmp_path):
+def test_rescore_puts_the_same_weights_on_a_strict_board(tmp_path, bench_here):
     results = tmp_path / "results"  # its own run: run ids depend on the (synthetic) data's path
     _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
            "--results", results, *FAST)
@@ -1257,7 +1259,7 @@ def test_rescore_puts_the_same_weights_on_a_strict_board(tmp_path):
     assert "policy strict" in strict and "policy legacy-synapse" not in strict
     methods = _bench("report", "--results", results, "--policy", "legacy-synapse", "--format", "methods").stdout
     assert "legacy-synapse" in methods and "policy strict" not in methods
-    wrong = _bench("report", "--results", results, "--policy", "strictt", check=False)
+    wrong = bench_here("report", "--results", results, "--policy", "strictt", check=False)
     assert wrong.returncode == 2 and "--policy strictt: no runs of it" in wrong.stderr and "did you mean 'strict'" \
         in wrong.stderr
     again = _bench("rescore", "--policy", "strict", "--results", results).stdout

@@ -320,9 +320,9 @@ def test_a_training_step_a_small_input_cannot_take_is_left_unmeasured():
     (["--no-timing", "--precision", "fp32,bf16"], "--precision with --no-timing"),  # untimed bf16 records
     (["--batch-size", "²"], "--batch-size: expected a whole number >= 2"),  # isdigit() took it, int() did not
 ])
-def test_profile_options_out_of_range_are_one_line(tmp_path, args, message):
-    proc = run_bench("profile", "--models", "lightm_unet", "--tiny", "--img-size", "32", *args, "--results", tmp_path,
-                     check=False)
+def test_profile_options_out_of_range_are_one_line(tmp_path, args, message, bench_here):
+    proc = bench_here("profile", "--models", "lightm_unet", "--tiny", "--img-size", "32", *args, "--results", tmp_path,
+                      check=False)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 

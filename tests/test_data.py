@@ -1510,20 +1510,19 @@ def test_masks_saved_in_colour_read_as_their_shape(tmp_path):
     assert np.allclose(read_mask(tmp_path / "gray_rgb.png"), soft / 255)
 
 
-def test_verify_lists_the_first_problems_and_counts_the_rest(tmp_path):
+def test_verify_lists_the_first_problems_and_counts_the_rest(tmp_path, bench_here):
     """From a data journey: every 0/1 mask of a real ISIC17 folder is one line, about 2,150 of them."""
     from bench.cli import VERIFY_SHOWN
-    from tests.fixtures import run_bench
 
     root = synthesize("isic", tmp_path / "isic", n_train=VERIFY_SHOWN, n_val=4, min_size=20, max_size=24)
     for mask in root.glob("*/masks/*.png"):
         Image.fromarray((np.asarray(Image.open(mask).convert("L")) > 127).astype(np.uint8)).save(mask)
-    shown = run_bench("data", "verify", "--dataset", "isic17", "--data-root", root, check=False)
+    shown = bench_here("data", "verify", "--dataset", "isic17", "--data-root", root, check=False)
     lines = shown.stderr.strip().splitlines()
     assert shown.returncode == 1 and len(lines) == VERIFY_SHOWN + 2, shown.stderr  # then the count, then the total
     assert lines[-2].startswith("... and 4 more (--all lists them): 4 × error: mask values reach only N in grayscale")
     assert lines[-1] == f"{VERIFY_SHOWN + 4} error(s) in {root}"
-    every = run_bench("data", "verify", "--dataset", "isic17", "--data-root", root, "--all", check=False)
+    every = bench_here("data", "verify", "--dataset", "isic17", "--data-root", root, "--all", check=False)
     assert len(every.stderr.strip().splitlines()) == VERIFY_SHOWN + 5
 
 

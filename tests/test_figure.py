@@ -187,7 +187,7 @@ def test_a_figure_draws_names_as_written_and_says_missing_glyphs_once(tmp_path):
         assert len(glyphs) == 1 and glyphs[0].startswith("fig.png: no installed font draws 肝臓")
 
 
-def test_synapse_panels_are_the_predicted_volumes_slice_with_most_foreground(tmp_path):
+def test_synapse_panels_are_the_predicted_volumes_slice_with_most_foreground(tmp_path, bench_here):
     root = synthesize("synapse", tmp_path / "data", n_train=2, n_test=3, depth=6, size=32)
     res = tmp_path / "res"
     recs = [_train("synapse", root, res, "unet", 0), _train("synapse", root, res, "lightm_unet", 0, tiny=True)]
@@ -231,14 +231,14 @@ def test_synapse_panels_are_the_predicted_volumes_slice_with_most_foreground(tmp
     assert Image.open(tmp_path / "fig100.png").size[0] == pytest.approx(png.size[0] / 2, abs=2)
     pdf = (tmp_path / "sub" / "fig.pdf").read_bytes()
     assert pdf.startswith(b"%PDF") and b"/Type3" not in pdf and b"FontFile2" in pdf  # TrueType: publishers refuse Type 3
-    proc = run_bench("figure", "--results", res, "--out", tmp_path / "x.png", "--cases", ids[0], "--n-cases", "2",
-                     check=False)
+    proc = bench_here("figure", "--results", res, "--out", tmp_path / "x.png", "--cases", ids[0], "--n-cases", "2",
+                      check=False)
     assert proc.returncode == 2 and "--cases names the rows and --n-cases counts them" in proc.stderr
-    proc = run_bench("figure", "--results", res, "--out", tmp_path / "x.png", "--cases", "nope", check=False)
+    proc = bench_here("figure", "--results", res, "--out", tmp_path / "x.png", "--cases", "nope", check=False)
     assert proc.returncode == 2 and "error: --cases nope: not a test case the runs were scored on" in proc.stderr
-    proc = run_bench("figure", "--results", res, "--out", tmp_path / "x.png", "--seed", "7", check=False)
+    proc = bench_here("figure", "--results", res, "--out", tmp_path / "x.png", "--seed", "7", check=False)
     assert proc.returncode == 2 and "--seed 7: no finished run of lightm_unet (tiny), unet (tiny) with that seed" in proc.stderr
-    proc = run_bench("figure", "--results", res, "--out", tmp_path / "x.jpg", check=False)
+    proc = bench_here("figure", "--results", res, "--out", tmp_path / "x.jpg", check=False)
     assert proc.returncode == 2 and "--out " in proc.stderr and ".png, .pdf, .svg" in proc.stderr
     assert not (tmp_path / "x.png").exists()
 

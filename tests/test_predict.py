@@ -381,12 +381,10 @@ def test_a_data_root_given_with_a_tilde_is_recorded_as_its_absolute_path(tmp_pat
         tmp_path / "data"  # a record written before roots were resolved
 
 
-def test_a_run_that_cannot_be_predicted_or_rescored_does_not_cost_the_others(tmp_path):
+def test_a_run_that_cannot_be_predicted_or_rescored_does_not_cost_the_others(tmp_path, bench_here):
     """From a plugin journey: predict stopped at the first run whose weights no longer fit, leaving the
     runs after it unwritten; now each such run is one line, the others are done, and the command
     fails naming those left out (a rerun does the rest)."""
-    from tests.fixtures import run_bench
-
     root = synthesize("isic", tmp_path / "data", n_train=4, n_val=2, min_size=32, max_size=40)
     results = tmp_path / "res"
     rec = _train("isic17", root, results)
@@ -397,7 +395,7 @@ def test_a_run_that_cannot_be_predicted_or_rescored_does_not_cost_the_others(tmp
     final.write_bytes(final.read_bytes()[:100])  # damaged
     for command, verb in (("predict", "predicted"), ("rescore", "rescored")):
         args = ["--out", tmp_path / "preds"] if command == "predict" else ["--policy", "strict"]
-        proc = run_bench(command, "--results", results, *args, check=False)
+        proc = bench_here(command, "--results", results, *args, check=False)
         assert proc.returncode == 2, proc.stderr
         assert f"  {rec['run_id']}: FAILED: run {rec['run_id']}: " in proc.stderr and "final.pt" in proc.stderr
         assert proc.stderr.strip().splitlines()[-1] == (

@@ -319,11 +319,10 @@ def test_rescoring_into_mm_needs_every_test_case_s_spacing(trained, tmp_path):
         rescore_record(rec, "strict", tmp_path / "res", CPU)
 
 
-def test_records_copied_without_their_weights_are_one_line_and_long_failure_lists_are_cut(trained, tmp_path):
+def test_records_copied_without_their_weights_are_one_line_and_long_failure_lists_are_cut(trained, tmp_path,
+                                                                                          bench_here):
     """From a scale journey: 1,050 records without runs/ printed a FAILED line each, then an error line of
     37 KB naming every run id."""
-    from tests.fixtures import run_bench
-
     _, results, legacy = trained
     copy = tmp_path / "results"
     ids = [f"{legacy['run_id']}-{i:02d}" for i in range(12)]
@@ -331,7 +330,7 @@ def test_records_copied_without_their_weights_are_one_line_and_long_failure_list
         write_record({**legacy, "run_id": run_id}, copy)
     for command in ("rescore", "predict"):
         extra = ["--policy", "strict"] if command == "rescore" else ["--out", tmp_path / "pred"]
-        proc = run_bench(command, "--results", copy, *extra, check=False)
+        proc = bench_here(command, "--results", copy, *extra, check=False)
         verb = "rescored" if command == "rescore" else "predicted"
         assert proc.returncode == 2 and proc.stderr == (
             f"error: none of the 12 runs has its weights under {copy / 'runs'} (e.g. {ids[0]}/checkpoints/final.pt), "
@@ -339,7 +338,7 @@ def test_records_copied_without_their_weights_are_one_line_and_long_failure_list
             "them?\n")
         assert not (tmp_path / "pred").exists()  # refused before --out is made
     shutil.copytree(results / "runs" / legacy["run_id"], copy / "runs" / ids[0])  # one of them has its weights
-    proc = run_bench("rescore", "--results", copy, "--policy", "strict", check=False)
+    proc = bench_here("rescore", "--results", copy, "--policy", "strict", check=False)
     assert proc.returncode == 2 and proc.stderr.count(": FAILED: ") == 11
     assert proc.stderr.splitlines()[-1].startswith(
         f"error: 11 of 12 run(s) could not be rescored ({', '.join(ids[1:6])} (and 6 more)), the others were; ")

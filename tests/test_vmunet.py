@@ -137,6 +137,7 @@ def test_vmamba_pretrained_mapping(tmp_path):
 
 
 def test_one_class_returns_logits_and_scan_backend_is_reported():
+    torch.manual_seed(0)  # one random model in 40 gives no negative logit here: it failed after some other tests
     model = create_model("vmunet", num_classes=1, img_size=64, dims=(16, 32, 64, 128)).eval()
     out = model(torch.randn(1, 1, 64, 64) * 3)
     assert out.shape == (1, 1, 64, 64) and (out < 0).any()  # a sigmoid output would be in (0, 1)

@@ -733,29 +733,29 @@ def test_lightm_unet_3d_run_trains_on_patches_and_scores_whole_volumes(volumes, 
     (["--models", "lightm_unet", "--patch-size", "16,16"], "trains 3-D patches [128, 128, 128]; give 3 sides"),
     (["--models", "lightm_unet", "--target-spacing", "1,x,2"], "--target-spacing must be 'native', 'nnunet' or"),
 ])
-def test_3d_runs_refuse_what_cannot_work_before_training(volumes, tmp_path, args, phrase):
+def test_3d_runs_refuse_what_cannot_work_before_training(volumes, tmp_path, args, phrase, bench_here):
     res = tmp_path / "res"
     base = ["run", "--dataset", "nnunet", "--data-root", volumes, "--protocol", "lightm_unet_3d", "--results", res,
             "--tiny", "--max-iterations", "1", "--no-progress"]
     if "--patch-size" not in args and "--img-size" not in args:
         base += ["--patch-size", "8,16,16"]
-    proc = _bench(*base, *args, check=False)
+    proc = bench_here(*base, *args, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and phrase in proc.stderr, proc.stderr
     assert not (res / "runs").exists()
 
 
-def test_weights_a_3d_protocol_cannot_evaluate_are_refused_in_an_evaluations_words(volumes, tmp_path):
+def test_weights_a_3d_protocol_cannot_evaluate_are_refused_in_an_evaluations_words(volumes, tmp_path, bench_here):
     """--weights trains nothing: a 2-D model's weights, or 2-D data, under a 3-D protocol are refused for
     what the protocol evaluates, not for the patches it would train on."""
     given = tmp_path / "w.pth"
     torch.save({}, given)
     base = ["run", "--dataset", "nnunet", "--protocol", "lightm_unet_3d", "--results", tmp_path / "r", "--tiny",
             "--weights", given, "--no-progress"]
-    proc = _bench(*base, "--models", "unet", "--data-root", volumes, check=False)
+    proc = bench_here(*base, "--models", "unet", "--data-root", volumes, check=False)
     assert proc.returncode == 2 and "unet is a 2-D model; protocol 'lightm_unet_3d' evaluates a 3-D model over 3-D " \
         "patches (patch_size [128, 128, 128]), which 2-D weights do not fit; a 2-D protocol" in proc.stderr, proc.stderr
     png = synthesize("nnunet", tmp_path / "png", dims=2, n_cases=4, size=24)
-    proc = _bench(*base, "--models", "lightm_unet", "--data-root", png, check=False)
+    proc = bench_here(*base, "--models", "lightm_unet", "--data-root", png, check=False)
     assert proc.returncode == 2 and "'lightm_unet_3d' evaluates 3-D volumes, and this data holds 2-D" in proc.stderr
     assert "trains" not in proc.stderr and not (tmp_path / "r" / "runs").exists()
 
@@ -771,16 +771,16 @@ def test_ct_foreground_on_a_reader_without_training_cases_fails_at_planning(tmp_
     assert not (tmp_path / "r" / "runs").exists()
 
 
-def test_3d_protocol_refuses_slice_data_and_2d_protocol_refuses_a_patch(tmp_path):
+def test_3d_protocol_refuses_slice_data_and_2d_protocol_refuses_a_patch(tmp_path, bench_here):
     png = synthesize("nnunet", tmp_path / "png", dims=2, n_cases=4, size=24)
-    proc = _bench("run", "--models", "lightm_unet", "--dataset", "nnunet", "--data-root", png, "--protocol",
-                  "lightm_unet_3d", "--results", tmp_path / "r", "--tiny", "--patch-size", "8,16,16", check=False)
+    proc = bench_here("run", "--models", "lightm_unet", "--dataset", "nnunet", "--data-root", png, "--protocol",
+                      "lightm_unet_3d", "--results", tmp_path / "r", "--tiny", "--patch-size", "8,16,16", check=False)
     assert proc.returncode == 2 and "trains 3-D patches, and this data holds 2-D images" in proc.stderr
-    proc = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
-                  "--results", tmp_path / "r", "--patch-size", "8,16,16", check=False)
+    proc = bench_here("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
+                      "--results", tmp_path / "r", "--patch-size", "8,16,16", check=False)
     assert proc.returncode == 2 and "protocol 'smoke' zooms whole images to img_size (--img-size)" in proc.stderr
-    proc = _bench("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
-                  "--results", tmp_path / "r", "--target-spacing", "nnunet", check=False)
+    proc = bench_here("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
+                      "--results", tmp_path / "r", "--target-spacing", "nnunet", check=False)
     assert proc.returncode == 2 and "resampling to a spacing belongs to patch protocols" in proc.stderr
 
 
