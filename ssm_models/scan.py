@@ -333,6 +333,12 @@ def mamba_kernels_problem() -> str | None:
     return None
 
 
+def _in_onnx_export() -> bool:
+    """An ONNX export is tracing (either exporter). Its flag is the process's: a scan in another thread
+    during an export scans with the torch backend too (and says so in last_backend)."""
+    return torch.onnx.is_in_onnx_export()
+
+
 def fused_mamba_inner(device: torch.device | str, dtype: torch.dtype | None = None):
     """mamba-ssm's fused ``mamba_inner_fn`` (conv1d + projections + scan in one autograd
     Function) when mamba-ssm's ``Mamba`` would take it — causal-conv1d's kernels import — and a
@@ -342,6 +348,8 @@ def fused_mamba_inner(device: torch.device | str, dtype: torch.dtype | None = No
     global _last
     if torch.device(device).type != "cuda" or default_backend(device, dtype) != "cuda" or mamba_kernels_problem():
         return None  # (causal-conv1d's kernels too: mamba-ssm's own fast-path condition)
+    if _in_onnx_export():  # ONNX has no fused kernel: the block's own path writes the scan's steps
+        return None
     _last = "cuda"
     return _mamba.mamba_inner_fn
 
@@ -743,16 +751,20 @@ def _ref_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 # — the error thop-based papers make. While a dispatch mode is active (a counter runs), each call
 # also emits this no-op custom op carrying the scan's shapes, for which bench.cost registers the
 # formula. Outside counting it is never called: no cost in training.
-@torch.library.custom_op("ssm_unet_bench::selective_scan_cost", mutates_args=())
-def _cost_marker(u: torch.Tensor, A: torch.Tensor, with_D: bool, with_z: bool) -> torch.Tensor:
-    return u.new_empty(0)
+def _define_cost_marker() -> None:
+    @torch.library.custom_op("ssm_unet_bench::selective_scan_cost", mutates_args=())
+    def _cost_marker(u: torch.Tensor, A: torch.Tensor, with_D: bool, with_z: bool) -> torch.Tensor:
+        return u.new_empty(0)
+
+    @_cost_marker.register_fake
+    def _(u, A, with_D, with_z):
+        return u.new_empty(0)
 
 
-@_cost_marker.register_fake
-def _(u, A, with_D, with_z):
-    return u.new_empty(0)
-
-
+# as the kernel's ops: a second copy of this file uses the op registered (defined again, it replaced the op
+# bench.cost's formula is registered for, and scans then counted zero)
+if not hasattr(torch.ops.ssm_unet_bench, "selective_scan_cost"):
+    _define_cost_marker()
 SCAN_COST_OP = torch.ops.ssm_unet_bench.selective_scan_cost
 
 
@@ -772,11 +784,6 @@ def selective_scan_flops(u_shape, A_shape, with_D: bool, with_z: bool) -> int:
     return 9 * batch * L * dim * N + (batch * dim * L if with_D else 0) + (batch * dim * L if with_z else 0)
 
 
-def _in_onnx_export() -> bool:
-    # torch.onnx is imported by an export (and costs 40 ms to import for nothing otherwise)
-    return "torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export()
-
-
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, backend: str | None = None):
     """Selective scan with mamba-ssm's ``selective_scan_fn`` semantics (module docstring).
@@ -789,7 +796,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     name = _check_backend(backend) if backend else default_backend(u.device, u.dtype)
     if name in ("cpu", "cuda") and _in_onnx_export():  # ONNX has neither kernel: the file holds the scan's steps
         name = "torch"
-    # a FLOP counter is listening (see _cost_marker); a compile's or export's trace has modes of its own
+    # a FLOP counter is listening (see _define_cost_marker); a compile's or export's trace has modes of its own
     if not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() > 0:
         SCAN_COST_OP(u.detach(), A.detach(), D is not None, z is not None)
     if name == "cuda":

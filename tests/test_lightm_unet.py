@@ -141,6 +141,11 @@ def test_fused_path_follows_the_scan_backend(monkeypatch):
     monkeypatch.delenv(scan.ENV_VAR)
     assert scan.fused_mamba_inner("cpu") is None  # CPU tensors never take mamba-ssm's kernels
     assert scan.fused_mamba_inner("cuda") is fake.mamba_inner_fn and scan.last_backend() == "cuda"
+    # an ONNX export has no fused kernel: the block's own path, whose scan writes its steps
+    exporting = scan._in_onnx_export
+    monkeypatch.setattr(scan, "_in_onnx_export", lambda: True)
+    assert scan.fused_mamba_inner("cuda") is None
+    monkeypatch.setattr(scan, "_in_onnx_export", exporting)
     fake.causal_conv1d_fn = None  # causal-conv1d missing: mamba-ssm's Mamba takes its slow path too
     assert scan.fused_mamba_inner("cuda") is None
     monkeypatch.setattr(scan, "_mamba", False)  # mamba-ssm does not import

@@ -232,6 +232,7 @@ def test_an_empty_scan_has_empty_gradients(backend, batch, dim):
     y, last = scan.selective_scan(*core(x), D=x["D"], z=x["z"], delta_bias=x["delta_bias"], delta_softplus=True,
                                   return_last_state=True, backend=backend)
     assert y.shape == (batch, dim, 7) and last.shape == (batch, dim, 3)
+    assert scan.last_backend() == backend
     (y.sum() + last.sum()).backward()
     for name in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"):
         assert x[name].grad is not None and x[name].grad.shape == x[name].shape, name
@@ -939,3 +940,13 @@ def test_a_second_copy_of_the_module_uses_the_registered_ops():
     x = make()
     torch.testing.assert_close(copy.selective_scan(*core(x), backend="cpu"), scan.selective_scan(*core(x), backend="ref"),
                                rtol=1e-10, atol=1e-12)
+    # the cost marker too: defined again, it left bench.cost's formula on the replaced op (scans counted 0)
+    from bench.cost import count_flops
+
+    class OneScan(torch.nn.Module):
+        def forward(self, u):
+            return copy.selective_scan(u, *core(x)[1:], backend="cpu")
+
+    assert copy.SCAN_COST_OP is scan.SCAN_COST_OP
+    hand = scan.selective_scan_flops(x["u"].shape, x["A"].shape, False, False)
+    assert count_flops(OneScan(), x["u"]).scan_flops == hand > 0
