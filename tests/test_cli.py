@@ -1214,7 +1214,7 @@ def test_a_training_log_that_cannot_be_written_never_stops_the_run(tmp_path, mon
     import torch.utils.tensorboard
 
     class FullDisk:
-        def __init__(self, log_dir):
+        def __init__(self, log_dir, flush_secs):
             pass
 
         def add_scalar(self, *args, **kwargs):
