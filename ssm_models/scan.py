@@ -818,8 +818,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     elif name == "cpu":
         Bk, Ck = _kernel_layout(B, C, work)
         cast = lambda t: None if t is None else t.to(work).contiguous()  # noqa: E731
-        # TorchScript's tracer (torch.jit.trace, the TorchScript-based ONNX exporter) cannot record an autograd
-        # Function: it records the op itself (the traced program scans, without a gradient through the scan)
+        # TorchScript's tracer (torch.jit.trace; fvcore's count) cannot record an autograd Function: it records
+        # the op itself (the traced program scans, without a gradient through the scan; an ONNX export never
+        # gets here: it scans with the torch backend)
         scan_op = _cpu_fwd if torch.jit.is_tracing() else _CpuScan.apply
         y, last = scan_op(cast(u), cast(delta), cast(A), Bk, Ck, cast(D), cast(z), cast(delta_bias),
                           bool(delta_softplus))
