@@ -794,7 +794,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     global _last
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)  # first: the automatic choice reads u's device and dtype
     name = _check_backend(backend) if backend else default_backend(u.device, u.dtype)
-    if name in ("cpu", "cuda") and _in_onnx_export():  # ONNX has neither kernel: the file holds the scan's steps
+    exporting_onnx = _in_onnx_export()
+    if name in ("cpu", "cuda") and exporting_onnx:  # ONNX has neither kernel: the file holds the scan's steps
         name = "torch"
     # a FLOP counter is listening (see _define_cost_marker); a compile's or export's trace has modes of its own
     if not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() > 0:
@@ -832,7 +833,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
             delta_ = F.softplus(delta_)
         Bk, Ck = _kernel_layout(B, C, work)
         args = (u_.contiguous(), delta_.contiguous(), A.to(work).contiguous(), Bk, Ck)
-        if _in_onnx_export():  # the TorchScript-based exporter inlines the Function, losing its in-place steps
+        if exporting_onnx:  # the TorchScript-based exporter inlines the Function, losing its in-place steps
             y, last = _torch_scan(*args, out_of_place=True)[:2]
         else:
             y, last = _TorchScan.apply(*args)
