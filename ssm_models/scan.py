@@ -641,10 +641,38 @@ def _sum_to(grad, M):
     return grad.sum(3).permute(1, 2, 0, 3)
 
 
+def _two_level_recurrence(x, a):
+    """h_t = a_t·h_{t-1} + x_t along dim 0 (h_{-1} = 0), out of place, for an export, which writes each
+    Python step into its program: ~3·√L steps instead of L. The sequence is cut into c chunks of
+    T ≈ √L. A first loop runs the T steps of every chunk at once from a zero state, keeping only each
+    chunk's end state; a second carries the states across the chunks (the state entering chunk k);
+    a third runs the chunks' steps again from those states, keeping every state. The loop's own sums,
+    the chunk boundaries aside (float32: ~1e-7 apart)."""
+    L, rest = x.shape[0], x.shape[1:]
+    T = math.isqrt(L - 1) + 1  # ceil(√L)
+    c = (L + T - 1) // T  # not -(-L // T): TorchScript's ONNX export truncates a traced size's division
+    if c * T > L:  # pad the end with steps that change nothing before them: decay 1, input 0
+        x = torch.cat([x, x.new_zeros((c * T - L, *rest))])
+        a = torch.cat([a, a.new_ones((c * T - L, *rest))])
+    x, a = x.reshape(c, T, *rest).transpose(0, 1), a.reshape(c, T, *rest).transpose(0, 1)  # step t of every chunk: x[t]
+    end, decay = x[0], a[0]  # each chunk's end state from zero, and its whole decay
+    for t in range(1, T):
+        end = torch.addcmul(x[t], a[t], end)
+        decay = decay * a[t]  # not a.prod(0): onnxruntime's ReduceProd across chunks ran far slower
+    entering = [torch.zeros_like(end[0])]
+    for k in range(1, c):
+        entering.append(torch.addcmul(end[k - 1], decay[k - 1], entering[-1]))
+    h = [torch.addcmul(x[0], a[0], torch.stack(entering))]
+    for t in range(1, T):
+        h.append(torch.addcmul(x[t], a[t], h[-1]))
+    return torch.stack(h, 1).reshape(c * T, *rest)[:L]
+
+
 def _torch_scan(u, delta, A, B, C, out_of_place: bool = False):
     """The torch backend's forward: y (batch, dim, L), the last state, and the states and decays its
-    backward reads. ``out_of_place`` for an ONNX export: the TorchScript-based exporter drops the in-place
-    steps of a slice (its file did not scan: no error, wrong numbers)."""
+    backward reads. ``out_of_place`` for an export: in ~3·√L steps (an export writes every step into its
+    program), none in place (the TorchScript-based ONNX exporter dropped the in-place steps of a slice:
+    its file did not scan, no error, wrong numbers)."""
     batch, dim, L = u.shape
     N = A.shape[1]
     G = B.shape[1] if B.dim() == 4 else C.shape[1] if C.dim() == 4 else 1
@@ -654,10 +682,7 @@ def _torch_scan(u, delta, A, B, C, out_of_place: bool = False):
     dA = torch.exp(dl * A.view(1, 1, G, dim // G, N))  # (L, batch, G, Dg, N)
     xs = (dl * ul) * _per_step(B, G).expand(shape5)  # dt·u·B, turned into the states
     if out_of_place:
-        states = [xs[0]]
-        for t in range(1, L):
-            states.append(torch.addcmul(xs[t], dA[t], states[-1]))
-        xs = torch.stack(states)
+        xs = _two_level_recurrence(xs, dA)
     else:
         xs = xs.contiguous()
         for t in range(1, L):
@@ -833,7 +858,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
             delta_ = F.softplus(delta_)
         Bk, Ck = _kernel_layout(B, C, work)
         args = (u_.contiguous(), delta_.contiguous(), A.to(work).contiguous(), Bk, Ck)
-        if exporting_onnx:  # the TorchScript-based exporter inlines the Function, losing its in-place steps
+        if exporting_onnx or torch.compiler.is_exporting():  # no gradient wanted: the export's own steps
             y, last = _torch_scan(*args, out_of_place=True)[:2]
         else:
             y, last = _TorchScan.apply(*args)

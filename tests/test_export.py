@@ -11,6 +11,7 @@ import torch
 
 from bench.registry import create_model
 from ssm_models import scan
+from tests.test_scan import core, extras, make, sequential_scan
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "python.md"
 # tracing warns at every shape check it freezes, and of its own deprecation
@@ -26,9 +27,51 @@ def _model(name: str, size: int):
     return create_model(name, num_classes=3, img_size=size, tiny=True).eval(), torch.randn(1, 3, size, size)
 
 
-def _onnx_run(path, x: torch.Tensor) -> torch.Tensor:
+def _onnx_run(path, *xs: torch.Tensor) -> torch.Tensor:
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    feed = {i.name: x.numpy() for i, x in zip(session.get_inputs(), xs)}
+    return torch.from_numpy(session.run(None, feed)[0])
+
+
+class _Scan(torch.nn.Module):
+    """A lone scan with every option: grouped B/C, D, z, delta_bias, softplus."""
+
+    def __init__(self, x):
+        super().__init__()
+        self.A, self.D, self.delta_bias = (torch.nn.Parameter(x[k]) for k in ("A", "D", "delta_bias"))
+
+    def forward(self, u, delta, B, C, z):
+        return scan.selective_scan(u, delta, self.A, B, C, self.D, z, self.delta_bias, delta_softplus=True)
+
+
+INPUTS = ("u", "delta", "B", "C", "z")
+
+
+def _lone_scan(L: int, batch: int = 1):
+    x = make(batch=batch, dim=4, L=L, N=3, G=2, dtype=torch.float32)
+    want = sequential_scan(*core(x), **extras(x, (True, True, True, True)))[0]
+    return _Scan(x).eval(), tuple(x[k] for k in INPUTS), want
+
+
+def test_an_exported_scan_takes_about_three_sqrt_L_steps(tmp_path):
+    """An export writes every Python step of the scan into its program: one per time step made a
+    paper-size model's ONNX file take minutes to write and minutes to load. Now ~3·sqrt(L), and
+    the numbers are the float64 recurrence's (L = 1000: chunks of 32, the last padded)."""
+    module, args, want = _lone_scan(1000)
+    with torch.no_grad():
+        torch.onnx.export(module, args, tmp_path / "scan.onnx", dynamo=False, opset_version=17)
+        program = torch.export.export(module, args)  # the cpu backend's kernel op; the torch backend's steps:
+        with scan.use_backend("torch"):
+            steps = torch.export.export(module, args)
+    import onnx
+
+    nodes = onnx.load(str(tmp_path / "scan.onnx")).graph.node
+    assert sum(n.op_type == "Add" for n in nodes) < 3 * 32 + 5  # a step each, a few other sums (D, delta_bias)
+    addcmuls = [n for n in steps.graph.nodes if n.target == torch.ops.aten.addcmul.default]
+    assert len(addcmuls) == 31 + 31 + 32  # to the chunks' ends, across them, through them again
+    assert "ssm_unet_bench.selective_scan_cpu_fwd" in str(program.graph)
+    for got in (_onnx_run(tmp_path / "scan.onnx", *args), steps.module()(*args), program.module()(*args)):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 
 @pytest.mark.parametrize("name, size", SSM_MODELS)
@@ -93,3 +136,24 @@ def test_the_guides_export_recipe_ships_a_trained_run(tmp_path, monkeypatch):
     assert rec["model"] == "vmunet" and not model.training
     final = torch.load(Path("results/nb/runs") / rec["run_id"] / "checkpoints" / "final.pt", weights_only=True)
     assert all(torch.equal(final["model"][k], v) for k, v in model.state_dict().items())  # the run's weights
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_an_exported_scan_with_a_free_batch_axis_takes_another_batch(dynamo, tmp_path):
+    """docs/python.md: a batch axis left free works with both exporters (the default one fixes a
+    batch of 1, so the example has 2); L = 10 pads the last of its chunks."""
+    module, args, _ = _lone_scan(10, batch=2)
+    if dynamo:
+        batch = torch.export.Dim("batch")
+        how = dict(dynamo=True, dynamic_shapes={k: {0: batch} for k in INPUTS})
+    else:
+        how = dict(dynamo=False, opset_version=17, input_names=list(INPUTS),
+                   dynamic_axes={k: {0: "batch"} for k in INPUTS})
+    with torch.no_grad():
+        torch.onnx.export(module, args, tmp_path / "scan.onnx", **how)
+    y = make(batch=3, dim=4, L=10, N=3, G=2, dtype=torch.float32, seed=1)
+    want = sequential_scan(y["u"], y["delta"], module.A, y["B"], y["C"], module.D, y["z"], module.delta_bias,
+                           delta_softplus=True)[0]
+    got = _onnx_run(tmp_path / "scan.onnx", *(y[k] for k in INPUTS))
+    assert got.shape == (3, 4, 10)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())

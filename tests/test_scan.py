@@ -139,6 +139,19 @@ def test_softplus_keeps_its_log1p_term_up_to_20_float64(backend):
     torch.testing.assert_close(last, want_last, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("L", [1, 2, 3, 4, 5, 8, 9, 10, 24, 25, 26, 97])
+def test_the_exports_two_level_recurrence_is_the_step_by_step_loop(L):
+    """What an export writes instead of L steps: chunks of ceil(sqrt(L)), the last one padded; every
+    state as the loop's, for L around squares and a prime."""
+    g = torch.Generator().manual_seed(L)
+    x = torch.randn(L, 2, 3, generator=g, dtype=torch.float64)
+    a = torch.rand(L, 2, 3, generator=g, dtype=torch.float64)
+    h = [x[0]]
+    for t in range(1, L):
+        h.append(a[t] * h[-1] + x[t])
+    torch.testing.assert_close(scan._two_level_recurrence(x, a), torch.stack(h), rtol=1e-13, atol=1e-13)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_state_size_16(backend, dtype):
