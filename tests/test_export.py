@@ -60,8 +60,8 @@ def test_an_exported_scan_takes_about_three_sqrt_L_steps(tmp_path):
     module, args, want = _lone_scan(1000)
     with torch.no_grad():
         torch.onnx.export(module, args, tmp_path / "scan.onnx", dynamo=False, opset_version=17)
-        program = torch.export.export(module, args)  # the cpu backend's kernel op; the torch backend's steps:
-        with scan.use_backend("torch"):
+        program = torch.export.export(module, args)  # on the cpu backend: a call of the kernel's op
+        with scan.use_backend("torch"):  # the scan's own steps
             steps = torch.export.export(module, args)
     import onnx
 
