@@ -138,6 +138,17 @@ def test_the_guides_export_recipe_ships_a_trained_run(tmp_path, monkeypatch):
     assert all(torch.equal(final["model"][k], v) for k, v in model.state_dict().items())  # the run's weights
 
 
+def test_an_onnx_export_on_the_cuda_backend_writes_the_steps(tmp_path):
+    """A GPU machine's default backend is cuda, whose mamba-ssm kernel ONNX has no op for either: the export
+    writes the torch backend's steps (reached here with CPU tensors, which the cuda backend refuses otherwise)."""
+    module, args, want = _lone_scan(10)
+    with scan.use_backend("cuda"), torch.no_grad():
+        torch.onnx.export(module, args, tmp_path / "scan.onnx", dynamo=False, opset_version=17)
+    assert scan.last_backend() == "torch"
+    got = _onnx_run(tmp_path / "scan.onnx", *args)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 def test_an_exported_scan_with_a_free_batch_axis_takes_another_batch(dynamo, tmp_path):
     """docs/python.md: a batch axis left free works with both exporters (the default one fixes a

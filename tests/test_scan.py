@@ -159,6 +159,16 @@ def test_the_exports_two_level_recurrence_is_the_step_by_step_loop(L):
     torch.testing.assert_close(scan._two_level_recurrence(x, a), torch.stack(h), rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("L, T, c", [(4, 2, 2), (25, 5, 5), (1000, 32, 32), (1024, 32, 32), (1025, 33, 32)])
+def test_the_exports_recurrence_takes_about_three_sqrt_L_steps(L, T, c, monkeypatch):
+    """T = ceil(sqrt(L)) steps in c = ceil(L / T) chunks: T - 1 steps to the chunks' ends, c - 1 across them,
+    T through them again. A square L (every square image's) takes no padded chunk."""
+    steps, addcmul = [], torch.addcmul
+    monkeypatch.setattr(torch, "addcmul", lambda *a, **k: steps.append(1) or addcmul(*a, **k))
+    scan._two_level_recurrence(torch.randn(L, 2, dtype=torch.float64), torch.rand(L, 2, dtype=torch.float64))
+    assert len(steps) == (T - 1) + (c - 1) + T
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_state_size_16(backend, dtype):
