@@ -37,7 +37,8 @@ TOL = 1e-4
 
 
 def per_step(x, a):
-    """The export's recurrence as it was: one written step per time index."""
+    """A step per time index, out of place: the ONNX exports' recurrence before (torch.export traced the torch
+    backend's own in-place loop then, a step per time index too)."""
     h = [x[0]]
     for t in range(1, x.shape[0]):
         h.append(torch.addcmul(x[t], a[t], h[-1]))
@@ -128,7 +129,8 @@ def main() -> int:
     out()
     out(f"Model: {config}, batch 1, float32 ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params); "
         f"in eager mode with the cpu kernel a forward takes {eager:.2f} s. Scan: `per-step` writes one step "
-        f"per time index (before), `two-level` ~3·√L (now). torch.export runs with the torch backend (with the "
+        f"per time index, out of place (the ONNX exports before; torch.export traced the torch backend's in-place "
+        f"loop then), `two-level` ~3·√L (now). torch.export runs with the torch backend (with the "
         f"cpu backend its program calls the kernel's op instead). Export: one run; load (onnxruntime session) "
         f"and run: medians of {args.repeats}. Error: max |program − eager| / max |eager|.")
     out()

@@ -647,7 +647,8 @@ def _two_level_recurrence(x, a):
     T ≈ √L. A first loop runs the T steps of every chunk at once from a zero state, keeping only each
     chunk's end state; a second carries the states across the chunks (the state entering chunk k);
     a third runs the chunks' steps again from those states, keeping every state. The loop's own sums,
-    the chunk boundaries aside (float32: ~1e-7 apart)."""
+    the chunk boundaries aside (float32: ~1e-7 apart). Where decays above 1 (A > 0, or delta < 0 without
+    softplus: states that blow up) overflow a chunk's product, NaN can come where the loop still had numbers."""
     L, rest = x.shape[0], x.shape[1:]
     T = math.isqrt(L - 1) + 1  # ceil(√L)
     c = (L + T - 1) // T  # not -(-L // T): TorchScript's ONNX export truncates a traced size's division
@@ -858,7 +859,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
             delta_ = F.softplus(delta_)
         Bk, Ck = _kernel_layout(B, C, work)
         args = (u_.contiguous(), delta_.contiguous(), A.to(work).contiguous(), Bk, Ck)
-        if exporting_onnx or torch.compiler.is_exporting():  # no gradient wanted: the export's own steps
+        # an export writes every Python step into its program: ~3·√L here, against the Function's L (in place,
+        # which the TorchScript-based ONNX exporter drops)
+        if exporting_onnx or torch.compiler.is_exporting():
             y, last = _torch_scan(*args, out_of_place=True)[:2]
         else:
             y, last = _TorchScan.apply(*args)

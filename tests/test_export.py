@@ -60,8 +60,8 @@ def test_an_exported_scan_takes_about_three_sqrt_L_steps(tmp_path):
     module, args, want = _lone_scan(1000)
     with torch.no_grad():
         torch.onnx.export(module, args, tmp_path / "scan.onnx", dynamo=False, opset_version=17)
-        program = torch.export.export(module, args)  # the cpu backend's kernel op; the torch backend's steps:
-        with scan.use_backend("torch"):
+        program = torch.export.export(module, args)  # on the cpu backend: a call of the kernel's op
+        with scan.use_backend("torch"):  # the scan's own steps
             steps = torch.export.export(module, args)
     import onnx
 
@@ -136,6 +136,17 @@ def test_the_guides_export_recipe_ships_a_trained_run(tmp_path, monkeypatch):
     assert rec["model"] == "vmunet" and not model.training
     final = torch.load(Path("results/nb/runs") / rec["run_id"] / "checkpoints" / "final.pt", weights_only=True)
     assert all(torch.equal(final["model"][k], v) for k, v in model.state_dict().items())  # the run's weights
+
+
+def test_an_onnx_export_on_the_cuda_backend_writes_the_steps(tmp_path):
+    """A GPU machine's default backend is cuda, whose mamba-ssm kernel ONNX has no op for either: the export
+    writes the torch backend's steps (reached here with CPU tensors, which the cuda backend refuses otherwise)."""
+    module, args, want = _lone_scan(10)
+    with scan.use_backend("cuda"), torch.no_grad():
+        torch.onnx.export(module, args, tmp_path / "scan.onnx", dynamo=False, opset_version=17)
+    assert scan.last_backend() == "torch"
+    got = _onnx_run(tmp_path / "scan.onnx", *args)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])

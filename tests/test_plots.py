@@ -457,9 +457,9 @@ def test_report_plot_format_is_checked_before_plot_dpi(results, tmp_path):
     assert pngs and {(p.suffix, round(Image.open(p).info["dpi"][0])) for p in pngs} == {(".png", 300)}
     said = "--plot-format 'jpg': expected one of png, pdf, svg"
     with pytest.raises(BenchError, match=f"^{re.escape(said)}$"):
-        write_report(results_dir, out=tmp_path / "jpg" / "report.md", plot_format="jpg", plot_dpi=300)
+        write_report(results_dir, out=tmp_path / "jpg" / "report.md", plot_format="jpg", plot_dpi=5000)  # both wrong
     cli = CliRunner().invoke(app, ["report", "--results", str(results_dir), "--out", str(tmp_path / "cli" / "report.md"),
-                                   "--plot-format", "jpg", "--plot-dpi", "300"])
+                                   "--plot-format", "jpg", "--plot-dpi", "5000"])
     assert str(cli.exception) == said
 
 

@@ -107,6 +107,13 @@ def core(x):
     return x["u"], x["delta"], x["A"], x["B"], x["C"]
 
 
+def op_args(x, with_D_z: bool = True) -> tuple:
+    """``make``'s inputs as the kernel's ops take them: B/C in kernel layout, softplus on."""
+    Bk, Ck = scan._kernel_layout(x["B"], x["C"], x["u"].dtype)
+    D, z = (x["D"], x["z"]) if with_D_z else (None, None)
+    return x["u"], x["delta"], x["A"], Bk, Ck, D, z, x["delta_bias"], True
+
+
 # ------------------------------------------------------------------------------ forward
 
 
@@ -150,6 +157,16 @@ def test_the_exports_two_level_recurrence_is_the_step_by_step_loop(L):
     for t in range(1, L):
         h.append(a[t] * h[-1] + x[t])
     torch.testing.assert_close(scan._two_level_recurrence(x, a), torch.stack(h), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("L, T, c", [(4, 2, 2), (25, 5, 5), (1000, 32, 32), (1024, 32, 32), (1025, 33, 32)])
+def test_the_exports_recurrence_takes_about_three_sqrt_L_steps(L, T, c, monkeypatch):
+    """T = ceil(sqrt(L)) steps in c = ceil(L / T) chunks: T - 1 steps to the chunks' ends, c - 1 across them,
+    T through them again. A square L (every square image's) takes no padded chunk."""
+    steps, addcmul = [], torch.addcmul
+    monkeypatch.setattr(torch, "addcmul", lambda *a, **k: steps.append(1) or addcmul(*a, **k))
+    scan._two_level_recurrence(torch.randn(L, 2, dtype=torch.float64), torch.rand(L, 2, dtype=torch.float64))
+    assert len(steps) == (T - 1) + (c - 1) + T
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -252,19 +269,15 @@ def test_an_empty_scan_has_empty_gradients(backend, batch, dim):
         assert not x[name].grad.any(), name  # nothing flowed: every gradient is zero (A's, D's: no terms)
 
 
-
 @pytest.mark.parametrize("batch, dim", [(0, 4), (2, 0)])
 def test_the_kernels_ops_take_an_empty_scan(batch, dim):
     """An exported program calls the ops directly, past selective_scan: an empty batch or dim gives empty
     results, not a process killed by a division by zero (chunks of batch·groups work)."""
-    x = make(batch=batch, dim=dim, B="grouped", C="grouped", G=1, dtype=torch.float32)
-    Bk, Ck = scan._kernel_layout(x["B"], x["C"], torch.float32)
-    args = (x["u"], x["delta"], x["A"], Bk, Ck, x["D"], x["z"], x["delta_bias"], True)
+    args = op_args(make(batch=batch, dim=dim, B="grouped", C="grouped", G=1, dtype=torch.float32))
     y, last = torch.ops.ssm_unet_bench.selective_scan_cpu_fwd(*args)
     assert y.shape == (batch, dim, 7) and last.shape == (batch, dim, 3)
     grads = torch.ops.ssm_unet_bench.selective_scan_cpu_bwd(*args, torch.ones_like(y), torch.ones_like(last))
-    assert [tuple(g.shape) for g in grads] == [tuple(t.shape) for t in (x["u"], x["delta"], x["A"], Bk, Ck, x["D"],
-                                                                        x["z"], x["delta_bias"])]
+    assert [tuple(g.shape) for g in grads] == [tuple(t.shape) for t in args[:8]]
 
 
 @pytest.mark.parametrize("present", [False, True], ids=["no-D-no-z", "D-and-z"])
@@ -272,9 +285,7 @@ def test_the_kernels_ops_pass_opcheck(present):
     """The ops' schemas, fake impls and eager impls agree (what compile and export trace with): the shape of
     last_state, and the empty tensor given for an absent input's gradient, in the fake impl as in the kernel."""
     x = make(batch=2, dim=4, L=5, N=3, B="grouped", C="grouped", G=1, dtype=torch.float32)
-    Bk, Ck = scan._kernel_layout(x["B"], x["C"], torch.float32)
-    D, z = (x["D"], x["z"]) if present else (None, None)
-    args = (x["u"], x["delta"], x["A"], Bk, Ck, D, z, x["delta_bias"], True)
+    args = op_args(x, with_D_z=present)
     checks = ("test_schema", "test_faketensor", "test_aot_dispatch_static")
     torch.library.opcheck(torch.ops.ssm_unet_bench.selective_scan_cpu_fwd, args, test_utils=checks)
     torch.library.opcheck(torch.ops.ssm_unet_bench.selective_scan_cpu_bwd,
@@ -374,9 +385,7 @@ def test_a_gradient_of_the_last_state_read_through_a_transpose():
 def test_cpu_backward_independent_of_work_split(kernel):
     """The kernel splits each group's channels into chunks when threads are many; the partial
     dB/dC sums must add up to the same gradients."""
-    x = make(batch=1, dim=8, L=9, N=3, G=2)
-    Bk, Ck = scan._kernel_layout(x["B"], x["C"], torch.float64)
-    args = (x["u"], x["delta"], x["A"], Bk, Ck, x["D"], x["z"], x["delta_bias"], True)
+    args = op_args(make(batch=1, dim=8, L=9, N=3, G=2))
     y, _ = kernel.fwd(*args)
     gy = torch.randn_like(y)
     one = kernel.bwd(*args, gy, None, 1)
@@ -928,17 +937,15 @@ def test_export_of_a_vmunet_with_the_cpu_kernel():
 def test_the_kernels_ops_without_a_kernel_say_so(monkeypatch):
     """An exported program calls the ops directly, past selective_scan's check: where the kernel does not
     build, they say what to do, not AttributeError on None."""
-    x = make(batch=1, dim=2, L=3, N=2, B="grouped", C="grouped", G=1, dtype=torch.float32)
-    Bk, Ck = scan._kernel_layout(x["B"], x["C"], torch.float32)
+    args = op_args(make(batch=1, dim=2, L=3, N=2, B="grouped", C="grouped", G=1, dtype=torch.float32), with_D_z=False)
     monkeypatch.setattr(scan, "_load_extension", lambda: None)
     monkeypatch.setattr(scan, "_ext_error", "no C++ compiler")
     said = ("the cpu selective-scan kernel is unavailable here (no C++ compiler): a model exported with it runs where "
             "it builds; export with BENCH_SCAN_BACKEND=torch to run anywhere")
     with pytest.raises(RuntimeError, match=f"^{re.escape(said)}$"):
-        torch.ops.ssm_unet_bench.selective_scan_cpu_fwd(x["u"], x["delta"], x["A"], Bk, Ck, None, None, None, False)
+        torch.ops.ssm_unet_bench.selective_scan_cpu_fwd(*args)
     with pytest.raises(RuntimeError, match=f"^{re.escape(said)}$"):
-        torch.ops.ssm_unet_bench.selective_scan_cpu_bwd(x["u"], x["delta"], x["A"], Bk, Ck, None, None, None, False,
-                                                         None, None)
+        torch.ops.ssm_unet_bench.selective_scan_cpu_bwd(*args, None, None)
 
 
 def test_a_second_copy_of_the_module_uses_the_registered_ops():
