@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import onnx
 import onnxruntime
 import pytest
 import torch
@@ -54,8 +55,8 @@ def _lone_scan(L: int, batch: int = 1):
 
 
 def test_an_exported_scan_takes_about_three_sqrt_L_steps(tmp_path):
-    """An export writes every Python step of the scan into its program: one per time step made a
-    paper-size model's ONNX file take minutes to write and minutes to load. Now ~3·sqrt(L), and
+    """An export writes every Python step of the scan into its program: one per time index made
+    VM-UNet's ONNX file at 256² take two minutes to write and over one to open. Now ~3·sqrt(L), and
     the numbers are the float64 recurrence's (L = 1000: chunks of 32, the last padded)."""
     module, args, want = _lone_scan(1000)
     with torch.no_grad():
@@ -63,8 +64,6 @@ def test_an_exported_scan_takes_about_three_sqrt_L_steps(tmp_path):
         program = torch.export.export(module, args)  # on the cpu backend: a call of the kernel's op
         with scan.use_backend("torch"):  # the scan's own steps
             steps = torch.export.export(module, args)
-    import onnx
-
     nodes = onnx.load(str(tmp_path / "scan.onnx")).graph.node
     assert sum(n.op_type == "Add" for n in nodes) < 3 * 32 + 5  # a step each, a few other sums (D, delta_bias)
     addcmuls = [n for n in steps.graph.nodes if n.target == torch.ops.aten.addcmul.default]
@@ -139,8 +138,8 @@ def test_the_guides_export_recipe_ships_a_trained_run(tmp_path, monkeypatch):
 
 
 def test_an_onnx_export_on_the_cuda_backend_writes_the_steps(tmp_path):
-    """A GPU machine's default backend is cuda, whose mamba-ssm kernel ONNX has no op for either: the export
-    writes the torch backend's steps (reached here with CPU tensors, which the cuda backend refuses otherwise)."""
+    """A GPU machine's default backend is cuda, mamba-ssm's kernel, which ONNX has no op for: the export
+    writes the torch backend's steps (reached here with CPU tensors, which the cuda backend otherwise refuses)."""
     module, args, want = _lone_scan(10)
     with scan.use_backend("cuda"), torch.no_grad():
         torch.onnx.export(module, args, tmp_path / "scan.onnx", dynamo=False, opset_version=17)
