@@ -113,28 +113,36 @@ def test_the_dynamo_onnx_exporter_writes_the_scan(tmp_path):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=3e-5)  # float32 kernels: ~5e-6 apart
 
 
-def test_the_guides_export_recipe_ships_a_trained_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dataset, protocol, model, overrides, input_shape, dtype", [
+    ("synapse", "smoke", "vmunet", dict(img_size=32, max_iterations=2), (1, 1, 32, 32), torch.float32),
+    ("nnunet", "drift_3d", "lightm_unet", {}, (1, 1, 8, 16, 16), torch.float64)], ids=["2d", "3d-float64"])
+def test_the_guides_export_recipe_ships_a_trained_run(dataset, protocol, model, overrides, input_shape, dtype,
+                                                       tmp_path, monkeypatch):
     """docs/python.md, "Exporting a trained model", as written: a run's record rebuilds its model, its
-    final weights load, and the exported program computes what the run's model computes."""
+    final weights load, and the exported program computes what the run's model computes. A 3-D run's
+    example input is its patch (8 x 16 x 16; the model's img_size is its largest side), and a float64
+    protocol's model is float64 (built float32, it computed other numbers than the run's)."""
     from bench.protocol import load_protocol
     from bench.run import plan_grid, run_grid
 
     monkeypatch.chdir(tmp_path)
-    protocol = load_protocol("smoke").with_overrides(img_size=32, max_iterations=2, epochs=1)
-    specs = plan_grid(models=["vmunet"], dataset="synapse", protocol=protocol, seeds=[0], data_root=None,
+    recipe = load_protocol(protocol).with_overrides(epochs=1, **overrides)
+    specs = plan_grid(models=[model], dataset=dataset, protocol=recipe, seeds=[0], data_root=None,
                       synthetic=True, results_dir=Path("results/nb"), tiny=True)
     run_grid(specs, results_dir=Path("results/nb"), device="cpu", show_progress=False)
     section = GUIDE.read_text(encoding="utf-8").split("\n## Exporting a trained model\n", 1)[1]
     (code,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)
+    code = code.replace("synapse-smoke-vmunet-s0-", f"{dataset}-{protocol}-{model}-s0-")  # the run made here
     namespace: dict = {}
     exec(compile(code, str(GUIDE), "exec"), namespace)  # noqa: S102 - our own guide
-    model, x, rec = namespace["model"], namespace["x"], namespace["rec"]
+    model_, x, rec = namespace["model"], namespace["x"], namespace["rec"]
+    assert tuple(x.shape) == input_shape and x.dtype == dtype
     program = torch.export.load(Path("results/nb") / f"{rec['run_id']}.pt2")
     with torch.no_grad():
-        torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=0)
-    assert rec["model"] == "vmunet" and not model.training
+        torch.testing.assert_close(program.module()(x), model_(x), rtol=0, atol=0)
+    assert rec["model"] == model and not model_.training
     final = torch.load(Path("results/nb/runs") / rec["run_id"] / "checkpoints" / "final.pt", weights_only=True)
-    assert all(torch.equal(final["model"][k], v) for k, v in model.state_dict().items())  # the run's weights
+    assert all(torch.equal(final["model"][k], v) for k, v in model_.state_dict().items())  # the run's weights
 
 
 def test_an_onnx_export_on_the_cuda_backend_writes_the_steps(tmp_path):
