@@ -54,6 +54,11 @@ def _lone_scan(L: int, batch: int = 1):
     return _Scan(x).eval(), tuple(x[k] for k in INPUTS), want
 
 
+def _assert_float64_close(got: torch.Tensor, want: torch.Tensor) -> None:
+    """A float32 scan against the float64 recurrence: 1e-5, relative to the largest output."""
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
 def test_an_exported_scan_takes_about_three_sqrt_L_steps(tmp_path):
     """An export writes every Python step of the scan into its program: one per time index made
     VM-UNet's ONNX file at 256² take two minutes to write and over one to open. Now ~3·sqrt(L), and
@@ -70,7 +75,7 @@ def test_an_exported_scan_takes_about_three_sqrt_L_steps(tmp_path):
     assert len(addcmuls) == 31 + 31 + 32  # to the chunks' ends, across them, through them again
     assert "ssm_unet_bench.selective_scan_cpu_fwd" in str(program.graph)
     for got in (_onnx_run(tmp_path / "scan.onnx", *args), steps.module()(*args), program.module()(*args)):
-        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+        _assert_float64_close(got, want)
 
 
 @pytest.mark.parametrize("name, size", SSM_MODELS)
@@ -153,7 +158,7 @@ def test_an_onnx_export_on_the_cuda_backend_writes_the_steps(tmp_path):
         torch.onnx.export(module, args, tmp_path / "scan.onnx", dynamo=False, opset_version=17)
     assert scan.last_backend() == "torch"
     got = _onnx_run(tmp_path / "scan.onnx", *args)
-    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    _assert_float64_close(got, want)
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
@@ -174,4 +179,4 @@ def test_an_exported_scan_with_a_free_batch_axis_takes_another_batch(dynamo, tmp
                            delta_softplus=True)[0]
     got = _onnx_run(tmp_path / "scan.onnx", *(y[k] for k in INPUTS))
     assert got.shape == (3, 4, 10)
-    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    _assert_float64_close(got, want)

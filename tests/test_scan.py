@@ -301,10 +301,8 @@ def test_zero_groups_are_refused_by_name():
         with pytest.raises(ValueError, match=rf"^{name} must be \(dim, N\), \(batch, N, L\) or \(batch, G, N, L\) "
                                              r"with dim % G == 0 .* got \(2, 0, 3, 7\)$"):
             scan.selective_scan(*core(given))
-    Bk = x["B"][:, :0].transpose(-1, -2).contiguous().float()
-    f = {k: v.float() for k, v in x.items()}
     with pytest.raises(RuntimeError, match="B/C must have at least one group"):
-        torch.ops.ssm_unet_bench.selective_scan_cpu_fwd(f["u"], f["delta"], f["A"], Bk, Bk, None, None, None, False)
+        torch.ops.ssm_unet_bench.selective_scan_cpu_fwd(*op_args({**x, "B": x["B"][:, :0], "C": x["C"][:, :0]}))
 
 
 # ------------------------------------------------------------------------------ gradients
