@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import datetime
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ import torch
 
 from bench.env import cpu_model
 from bench.registry import create_model
+from scan_bench import timed  # this folder leads sys.path when a benchmark runs as a script
 from ssm_models import scan
 
 TOL = 1e-4
@@ -55,15 +55,6 @@ def recurrence(kind: str):
         yield
     finally:
         scan._two_level_recurrence = kept
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def export(route: str, model, x, folder: Path) -> tuple[float, dict]:
@@ -112,7 +103,7 @@ def main() -> int:
     x = torch.randn(1, 3, args.size, args.size)
     with torch.no_grad(), scan.use_backend("cpu"):
         want = model(x)
-        eager = median_time(lambda: model(x), args.repeats)
+        eager, _ = timed(lambda: model(x), args.repeats)
     rows = [("torch.export", "per-step"), ("torch.export", "two-level"),
             ("ONNX, TorchScript-based", "per-step"), ("ONNX, TorchScript-based", "two-level"),
             ("ONNX, dynamo", "two-level"), ("ONNX, dynamo, optimize=False", "two-level")]
@@ -146,21 +137,15 @@ def main() -> int:
             if "path" in made:
                 options = onnxruntime.SessionOptions()
                 options.intra_op_num_threads = args.threads
-                session = None
-
-                def open_session():
-                    nonlocal session
-                    session = onnxruntime.InferenceSession(str(made["path"]), options,
-                                                           providers=["CPUExecutionProvider"])
-
-                loaded = median_time(open_session, args.repeats)
+                loaded, session = timed(lambda: onnxruntime.InferenceSession(
+                    str(made["path"]), options, providers=["CPUExecutionProvider"]), args.repeats)
                 feed = {session.get_inputs()[0].name: x.numpy()}
                 got = torch.from_numpy(session.run(None, feed)[0])
-                ran = median_time(lambda: session.run(None, feed), args.repeats)
+                ran, _ = timed(lambda: session.run(None, feed), args.repeats)
                 mb, load_s = f"{made['mb']:.1f}", f"{loaded:.2f}"
             else:
                 got = made["run"](x)
-                ran = median_time(lambda: made["run"](x), args.repeats)
+                ran, _ = timed(lambda: made["run"](x), args.repeats)
                 mb, load_s = "n/a", "n/a"
             err = ((got - want).abs().max() / want.abs().max()).item()
             worst = max(worst, err)
