@@ -22,8 +22,8 @@ PROFILE_DIR = "profiles"
 PROFILE_COLUMNS = ["model", "family", "params", "trainable_params", "paper_params", "input_shape", "macs",
                    "flops", "scan_macs", "paper_macs", "paper_macs_missing_pct", "fvcore_macs", "device",
                    "fingerprint", "scan_backend", "precision", "channels_last", "compiled", "batch_size",
-                   "latency_ms_median", "latency_ms_p90", "fps", "throughput_batch", "throughput_fps",
-                   "peak_mem_mb", "train_peak_mem_mb", "peak_mem_kind"]
+                   "warmup_iters", "timed_iters", "latency_ms_median", "latency_ms_p90", "fps", "throughput_batch",
+                   "throughput_fps", "peak_mem_mb", "train_peak_mem_mb", "peak_mem_kind", "git_commit", "code_digest"]
 
 
 def profile_id(row: dict[str, Any]) -> str:
@@ -49,8 +49,11 @@ def write_profile(row: dict[str, Any], results_dir: Path) -> Path:
 
 
 def load_profiles(results_dir: Path):
-    """All profile rows under ``results_dir/profiles`` as a DataFrame (empty if none)."""
+    """All profile rows under ``results_dir/profiles`` as a DataFrame (empty if none); ``model_config`` as
+    ``records.load`` has it (``canonical_json``), so that runs and their cost join on ``model`` and ``model_config``."""
     import pandas as pd
+
+    from bench.records import canonical_json
 
     rows = []
     for path in sorted((Path(results_dir) / PROFILE_DIR).glob("*.json")):
@@ -59,4 +62,6 @@ def load_profiles(results_dir: Path):
         except (OSError, ValueError) as exc:
             raise BenchError(f"{path}: unreadable profile record ({exc})") from None
     frame = pd.DataFrame(rows)
+    if "model_config" in frame:  # absent in profiles written before configs were kept
+        frame["model_config"] = [canonical_json(c) if isinstance(c, dict) else None for c in frame["model_config"]]
     return frame.reindex(columns=[*PROFILE_COLUMNS, *[c for c in frame.columns if c not in PROFILE_COLUMNS]])

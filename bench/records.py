@@ -80,7 +80,7 @@ RUN_ID_COLUMNS = [
 ]  # fmt: skip
 RUN_COLUMNS = RUN_ID_COLUMNS + [
     "set_keys", "n_train", "data_root", "rescored_from", "status", "git_commit", "code_digest", "train_commits", "scored_commit", "scored_digest", "model_code", "device", "train_devices", "host", "slurm_job", "scan_backend", "hd95_unit",
-    "started_at", "finished_at", "wall_time_s", "train_time_s", "train_loss", "world_size", "params", "trainable_params", "macs",
+    "started_at", "finished_at", "wall_time_s", "train_time_s", "train_loss", "world_size", "params", "trainable_params", "input_shape", "macs",
     "paper_macs", "flops", "fps", "peak_mem_mb", "peak_mem_kind", "nsd_tolerances", "classes", "n_missed", "n_present",
     "rescored_from_policy",
 ]  # fmt: skip
@@ -455,7 +455,9 @@ def checked_record(path: Path, rec: Any) -> dict[str, Any]:
     return rec
 
 
-def _canonical(obj: Any) -> str:
+def canonical_json(obj: Any) -> str:
+    """The one spelling of a configuration (``model_config``, ``protocol_overrides``) in tables: ``load``'s
+    columns, ``bench profile``'s CSV and ``bench.profiles.load_profiles``, so that pandas joins on it."""
     return json.dumps(_to_json_value(obj, ""), sort_keys=True, separators=(",", ":"))
 
 
@@ -481,7 +483,7 @@ def _run_ids(rec: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "run_id": rec["run_id"],
         "model": rec["model"],
-        "model_config": _canonical(rec["model_config"]),
+        "model_config": canonical_json(rec["model_config"]),
         "family": rec["family"],
         "dataset": rec["dataset"],
         "dataset_name": rec.get("dataset_name") or rec["dataset"],  # absent in older records
@@ -491,7 +493,7 @@ def _run_ids(rec: Mapping[str, Any]) -> dict[str, Any]:
         "protocol_version": proto["version"],
         "protocol_hash": proto["hash"],
         "off_protocol": proto["off_protocol"],
-        "protocol_overrides": _canonical(proto["overrides"]),
+        "protocol_overrides": canonical_json(proto["overrides"]),
         "policy": rec["policy"],
         "seed": rec["seed"],
         # the pretrained file and the data: boards keep runs apart by them (bench.report.label_runs)
@@ -561,7 +563,8 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         # processes that trained it (--nproc; older records: 1, as every run was then); evaluated weights: none
         world_size=None if rec.get("weights") else train.get("world_size", 1),
     )
-    for key in ("params", "trainable_params", "macs", "paper_macs", "flops", "fps", "peak_mem_mb"):
+    # input_shape ("1x1x224x224"): what the counts were taken at, as `bench profile` names it
+    for key in ("params", "trainable_params", "input_shape", "macs", "paper_macs", "flops", "fps", "peak_mem_mb"):
         row[key] = cost.get(key)
     row["peak_mem_kind"] = cost.get("peak_mem_kind")  # what peak_mem_mb measured: "cuda_train", a whole training
     # the run's class names in class-id order (JSON): its board orders per-class columns by it, since

@@ -51,6 +51,30 @@ def test_run_writes_a_record_and_report_shows_organs(smoke_results):
     assert "legacy-synapse" in rep and "smoke" in rep
 
 
+def test_a_notebook_joins_runs_and_their_cost_on_model_and_model_config(smoke_results, tmp_path, bench_here):
+    """A results consumer's journey: `bench profile`'s CSV spelled ``model_config`` with spaces, ``load_profiles``
+    gave dicts (pandas: "unhashable type") and ``records.load`` had no ``input_shape``, so no merge of accuracy and
+    cost matched a row; the board CSV wrote counts as floats ("34526409.0")."""
+    import io
+    import shutil
+
+    from bench.profiles import load_profiles
+
+    shutil.copytree(smoke_results / "records", tmp_path / "records")
+    run = records.load(tmp_path).iloc[0]
+    cfg = json.loads(run["model_config"])
+    csv = bench_here("profile", "--models", "unet", "--tiny", "--img-size", cfg["img_size"], "--in-chans",
+                     cfg["in_chans"], "--num-classes", cfg["num_classes"], "--no-timing", "--results", tmp_path,
+                     "--format", "csv").stdout
+    assert pd.read_csv(io.StringIO(csv))["model_config"].tolist() == [run["model_config"]]
+    both = records.load(tmp_path).merge(load_profiles(tmp_path), on=["model", "model_config"], suffixes=("", "_prof"))
+    assert len(both) == 1 and both["input_shape"].iloc[0] == both["input_shape_prof"].iloc[0] == "1x1x32x32"
+    assert both["params"].iloc[0] == both["params_prof"].iloc[0] and both["macs"].iloc[0] == both["macs_prof"].iloc[0]
+    board = pd.read_csv(io.StringIO(bench_here("report", "--results", tmp_path, "--format", "csv").stdout))
+    for col in ("params", "macs", "paper_macs", "n_seeds", "n_runs", "n_missed", "n_present"):
+        assert board[col].dtype == "int64", col
+
+
 def test_a_runs_case_rows_agree_with_their_counts_and_one_edited_is_restated(smoke_results, tmp_path, monkeypatch,
                                                                             capsys):
     """A case's dice edited by hand, and the run's means made to agree with it, read as the run's own numbers:

@@ -56,7 +56,9 @@ def profile(
     from bench.env import resolve_device
     from bench.fileio import ensure_writable_dir
     from bench.registry import resolve_models
+    from bench.records import canonical_json
     from bench.report import profile_labels, render_cost_latex, render_cost_md
+    from bench.report.tables import as_counts
 
     _compute_setup(threads)
     batch = cost.check_batch_size(batch_size, "--batch-size")
@@ -109,11 +111,9 @@ def profile(
         table = frame[cols].copy()
         # the tables' labels ("unet (tiny)") and the configuration, as the JSON output has it
         table.insert(cols.index("model") + 1 if "model" in cols else 0, "label", profile_labels(frame))
-        table["model_config"] = [json.dumps(c, sort_keys=True) for c in frame["model_config"]]
-        for col in ("params", "trainable_params", "paper_params", "macs", "flops", "scan_macs", "paper_macs",
-                    "fvcore_macs", "batch_size", "throughput_batch"):  # counts: no "49545216.0"
-            if col in table:
-                table[col] = pd.to_numeric(table[col]).round().astype("Int64")
+        table["model_config"] = [canonical_json(c) for c in frame["model_config"]]  # as records.load has it
+        as_counts(table, ("params", "trainable_params", "paper_params", "macs", "flops", "scan_macs", "paper_macs",
+                          "fvcore_macs", "batch_size", "throughput_batch", "warmup_iters", "timed_iters"))
         typer.echo(table.to_csv(index=False, lineterminator="\n"), nl=False)
     else:  # with the tables' labels too, as the CSV has them
         labels = profile_labels(frame)

@@ -17,7 +17,7 @@ from bench.report.boards import METRICS, _code_versions, _joined, _rescored_from
 from bench.report.costs import _g
 from bench.report.formats import ReportFormat
 from bench.report.labels import CV_LABEL, BoardKey, label_cases, label_runs
-from bench.report.tables import _align, _latex_table, _md_table, latex_header
+from bench.report.tables import _align, _latex_table, _md_table, as_counts, latex_header
 
 
 _CSV_KEY_COLUMNS = ["dataset", "protocol", "protocol_version", "protocol_hash", "protocol_builtin", "policy", "hd95_unit",
@@ -658,8 +658,8 @@ def _render_csv(boards: dict[BoardKey, pd.DataFrame]) -> str:
     first = [c for c in table.columns if c not in values]
     table = table[first + aggregates + [c for c in values if c not in aggregates]]
     # counts: 0, not 0.0 where another board lacks the column (n_train: empty where records did not keep it)
-    for c in [c for c in values if c.endswith("_n_nan")] + ["n_cases", "n_train"]:
-        table[c] = table[c].astype("Int64")
+    as_counts(table, [c for c in values if c.endswith("_n_nan")] + ["n_cases", "n_train", "n_seeds", "n_runs",
+                      "n_missed", "n_present", "params", "trainable_params", "macs", "paper_macs", "flops"])
     return table.to_csv(index=False, lineterminator="\n")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.records import canonical_json
 from bench.report.labels import BoardKey, model_labels
 from bench.report.tables import _latex_table, _md_table
 
@@ -71,7 +72,7 @@ def scan_mark(backend: Any) -> str:
 def profile_labels(g: pd.DataFrame) -> list[str]:
     """Model names labelled as boards label runs (``model_labels``): tiny configurations, and the
     config keys that differ where one model was profiled in several (``--set``, ``--num-classes``)."""
-    configs = pd.Series([json.dumps(c, sort_keys=True) if isinstance(c, dict) else "" for c in
+    configs = pd.Series([canonical_json(_config(c)) if isinstance(c, (dict, str)) else "" for c in
                          (g["model_config"] if "model_config" in g else [None] * len(g))], index=g.index)
     keys = pd.Series([",".join(k) if isinstance(k, list) else None for k in
                       (g["set_keys"] if "set_keys" in g else [None] * len(g))], index=g.index)

@@ -11,6 +11,14 @@ import pandas as pd
 from bench.errors import few
 
 
+def as_counts(table: pd.DataFrame, columns) -> None:
+    """``table``'s count ``columns`` (those it has) as integers in place, empty where unknown: a CSV reads
+    "49545216", not "49545216.0" (a float column's spelling), and pandas loads them as int64."""
+    for col in columns:
+        if col in table:
+            table[col] = pd.to_numeric(table[col]).round().astype("Int64")
+
+
 def _bold_cells(table: pd.DataFrame) -> set[tuple[int, int]]:
     """(row, column) positions of ``table.attrs["best"]`` (column name -> row positions): set in bold."""
     best = table.attrs.get("best", {})
