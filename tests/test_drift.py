@@ -6,7 +6,7 @@ import pytest
 
 from bench.drift import BASELINE_COLUMNS, compare, read_baseline, write_baseline
 from bench.errors import BenchError
-from bench.records import load, write_record
+from bench.records import load, split_name, write_record
 
 try:
     from tests.fixtures import make_record
@@ -115,6 +115,24 @@ def test_a_changed_training_path_drifts_where_the_metrics_cannot_see_it(tmp_path
     assert set(result.table.loc[result.table["metric"] != "train_loss", "status"]) == {"ok"}
 
 
+def test_a_negative_training_loss_gets_1_percent_of_its_size_and_holds_on_itself_at_tolerance_0(tmp_path):
+    """nnU-Net's loss is negative: its tolerance fell to the 0.001 floor, and at tolerance 0 it failed on its own runs."""
+    def loss_runs(name, loss):
+        rec = make_record("unet", seed=0, dice=0.70, hd95=40.0)
+        rec["train"]["final_loss"] = loss  # its Dice term is negated
+        return _runs(tmp_path, name, [rec])
+
+    first, path = loss_runs("first", -0.7123456789), tmp_path / "b.csv"
+    write_baseline(first, path)
+    assert read_baseline(path).set_index("metric").loc["train_loss", "tolerance"] == pytest.approx(0.01 * 0.7123456789, rel=1e-5)
+    near = compare(path, loss_runs("near", -0.718))  # 0.0057 from it: inside 1 %, outside 0.001
+    assert _row(near, "unet", "train_loss")["status"] == "ok"
+    table = pd.read_csv(path)
+    table.loc[table["metric"] == "train_loss", "tolerance"] = 0.0
+    table.to_csv(path, index=False)
+    assert _row(compare(path, first), "unet", "train_loss")["status"] == "ok"  # written as -0.712346
+
+
 def test_missing_metric_and_missing_model_fail(tmp_path, baseline):
     rec = make_record("vmunet", seed=0, dice=0.82, hd95=25.0)
     del rec["metrics"]["hd95"]
@@ -206,6 +224,42 @@ def test_nan_on_one_side_only_is_drift(tmp_path, baseline):
     assert _row(now, "unet", "dice")["status"] == "drift" and now.failed
     # the reverse, a NaN now against a number (a mean over seeds with values is not NaN; the rule itself)
     assert _status(0.8, math.nan, 1, 0.02) == "drift" and _status(math.nan, math.nan, 1, 0.02) == "ok"
+
+
+def test_a_baseline_nan_for_a_metric_the_runs_still_lack_is_ok(tmp_path, baseline):
+    """A row a reviewer set to nan ("the metric has none") failed as missing while the runs still had no value."""
+    table = pd.read_csv(baseline)
+    table.loc[(table["model"] == "unet") & (table["metric"] == "hd95"), "value"] = math.nan
+    table.to_csv(baseline, index=False)
+    unet = make_record("unet", seed=0, dice=0.70, hd95=40.0)
+    del unet["metrics"]["hd95"]
+    now = compare(baseline, _runs(tmp_path, "now", [make_record("vmunet", seed=0, dice=0.80, hd95=20.0),
+                                                    make_record("vmunet", seed=1, dice=0.84, hd95=30.0), unet]))
+    assert _row(now, "unet", "hd95")["status"] == "ok" and not now.failed
+
+
+def test_a_metric_nan_in_every_seed_gets_no_baseline_row(tmp_path):
+    """A metric no seed had a value for was written as a nan row: its first real value then failed as drift, not new."""
+    path = tmp_path / "b.csv"
+    write_baseline(_runs(tmp_path, "base", [make_record("unet", seed=s, hd95=math.nan) for s in (0, 1)]), path)
+    assert set(read_baseline(path)["metric"]) == {"dice", "iou", "train_loss", "runs"}
+    valued = compare(path, _runs(tmp_path, "now", [make_record("unet", seed=s, hd95=10.0) for s in (0, 1)]))
+    assert _row(valued, "unet", "hd95")["status"] == "new" and not valued.failed
+
+
+def test_the_runs_row_counts_every_fold_so_a_crashed_fold_drifts(tmp_path):
+    """Under cross-validation the runs row counted seeds: a fold whose run crashed (no record) passed unseen."""
+    def folds(name, ks):
+        recs = [make_record("unet", seed=0, dice=0.70, hd95=40.0, run_id=f"synapse-synapse-unet-s0-f{k}-0000000{k}")
+                for k in ks]
+        for k, rec in zip(ks, recs):
+            rec["split"] = split_name(k)
+        return _runs(tmp_path, name, recs)
+
+    write_baseline(folds("base", [0, 1, 2]), tmp_path / "b.csv")
+    assert read_baseline(tmp_path / "b.csv").set_index("metric").loc["runs", "value"] == 3  # 1 seed x 3 folds
+    crashed = compare(tmp_path / "b.csv", folds("now", [0, 1]))  # fold 2 left no record; the others' means stay
+    assert _row(crashed, "unet", "runs")[["baseline", "current", "status"]].tolist() == [3, 2, "drift"]
 
 
 def test_reviewer_edited_tolerance_is_used(tmp_path, baseline):
@@ -304,6 +358,9 @@ def test_a_baseline_that_does_not_read_is_refused_row_by_row_and_never_rewritten
         lines[2].rsplit(",", 1)[0] + ",0.02x": r"line 3: tolerance '0\.02x' is not a number",
         lines[2].rsplit(",", 1)[0] + ",-0.02": r"line 3: tolerance -0\.02; every row needs a finite tolerance >= 0",
         lines[2].rsplit(",", 1)[0] + ",": r"line 3: tolerance nan; every row needs",
+        # an inf tolerance, or an inf value (its 6-digit slack inf too), passed every value: the row's check off
+        lines[2].rsplit(",", 1)[0] + ",inf": r"line 3: tolerance inf; every row needs a finite tolerance >= 0",
+        ",".join([*lines[2].split(",")[:5], "inf", lines[2].split(",")[6]]): r"line 3: value inf; expected a finite",
         ",".join(["synapse", "", *lines[2].split(",")[2:]]): r"line 3: empty 'protocol'",
         lines[1]: r"lines 2, 3 list one row twice \(synapse · synapse · legacy-synapse · unet · ",
     }

@@ -151,6 +151,10 @@ def test_holm_hand_computed():
     assert got == pytest.approx([0.03, 0.06, 0.06, 0.02])
     got = stats.holm([0.5, math.nan, 0.9])
     assert got[0] == pytest.approx(1.0) and math.isnan(got[1]) and got[2] == pytest.approx(1.0)
+    # a NaN p (a pair with no shared case) is no test: the family is 2, so 0.01·2 = 0.02 (not 0.01·3)
+    got = stats.holm([0.01, math.nan, 0.02])
+    assert got[0] == pytest.approx(0.02) and math.isnan(got[1]) and got[2] == pytest.approx(0.02)
+    assert stats.holm([0.6, 0.7]).tolist() == [1.0, 1.0]  # 0.6·2 = 1.2: a probability, capped at 1
 
 
 def test_rank_biserial_hand_computed():
@@ -160,6 +164,7 @@ def test_rank_biserial_hand_computed():
     assert stats.rank_biserial([0, 0, -2]) == -1.0  # zeros dropped, as in Wilcoxon's default
     assert stats.rank_biserial([0, 0]) == 0.0  # every pair tied: no difference
     assert math.isnan(stats.rank_biserial([])) and math.isnan(stats.rank_biserial([math.nan]))  # no pair at all
+    assert stats.rank_biserial([1.0, math.nan, 2.0]) == 1.0  # a NaN pair dropped, not the whole effect made NaN
 
 
 def test_paired_tests_match_scipy_and_adjust():
@@ -178,6 +183,33 @@ def test_paired_tests_match_scipy_and_adjust():
     assert table.loc[("better", "dice"), "effect_size"] > 0.8
     assert table["p_holm"].to_numpy() == pytest.approx(stats.holm(table["p"].to_numpy()))
     assert table.loc[("better", "dice"), "n_cases"] == 8
+
+
+def test_paired_tests_pair_only_the_cases_both_models_have():
+    """A model scored on fewer cases (a smoke run's max_cases) was paired with NaN on the rest: p and difference NaN."""
+    ref = [0.70, 0.72, 0.65, 0.80, 0.75, 0.60, 0.68, 0.71]
+    fewer = [0.75, 0.74, 0.69, 0.81, 0.78, 0.66]  # scored on the first 6 cases only
+    row = stats.paired_tests(_cases({"ref": [ref], "fewer": [fewer]}), "ref", metrics=("dice",)).iloc[0]
+    assert row["n_cases"] == 6
+    assert row["p"] == pytest.approx(sps.wilcoxon(fewer, ref[:6]).pvalue)  # 2/64: 6 positive differences, exact
+    assert row["mean_diff"] == pytest.approx(np.mean(fewer) - np.mean(ref[:6]))
+
+
+def test_a_pair_with_one_undefined_board_number_gets_no_test():
+    """strict: a model whose board number is NaN (a class valid in no case) got a Wilcoxon p of its other classes."""
+    rows = []
+    for i in range(6):
+        for model, d1 in (("ref", 0.7), ("x", 0.8 + i / 100)):
+            rows.append({"model_label": model, "run_id": model, "case": f"c{i}", "class": 1, "dice": d1})
+        # class 2 is in no reference mask: x predicts none (strict: NaN), ref a false positive in c0 (DSC 0)
+        rows.append({"model_label": "x", "run_id": "x", "case": f"c{i}", "class": 2, "dice": math.nan})
+        rows.append({"model_label": "ref", "run_id": "ref", "case": f"c{i}", "class": 2,
+                     "dice": 0.0 if i == 0 else math.nan})
+    df = pd.DataFrame(rows)
+    board = stats.policy_statistic(df, "dice", "strict").iloc[0]
+    assert math.isnan(board["x"]) and board["ref"] == pytest.approx((0.7 + 0.0) / 2)  # one side undefined
+    row = stats.paired_tests(df, "ref", metrics=("dice",), policy="strict").iloc[0]
+    assert row["test"] == "undefined" and math.isnan(row["p"]) and math.isnan(row["mean_diff"])
 
 
 def test_pooled_boards_test_the_difference_the_board_shows():
@@ -265,23 +297,48 @@ def test_pooled_test_over_seeds_permutes_the_board_statistic():
 
 
 def test_permutation_p_drawn_when_the_cases_are_many():
-    """Over 2^12 swap patterns: drawn ones, the observed counted once; a clear difference is small."""
-    rng = np.random.default_rng(0)
-    a = np.c_[rng.integers(80, 90, 40), rng.integers(0, 5, 40)].astype(float)  # (hits, misses) per case
-    b = np.c_[rng.integers(60, 70, 40), rng.integers(20, 30, 40)].astype(float)
+    """Up to 2^12 swap patterns every one counts; over that, drawn ones, the observed counted once."""
+    import itertools
 
     def share(sums):
         return sums[:, 0] / sums.sum(axis=1)
 
+    # 12 cases are 2^12 = N_PERM patterns: all enumerated, as by hand (drawn instead, p moved by chance)
+    rng = np.random.default_rng(0)
+    a = np.c_[rng.integers(50, 60, 12), rng.integers(5, 15, 12)].astype(float)
+    b = np.c_[rng.integers(45, 55, 12), rng.integers(8, 18, 12)].astype(float)
+    observed = share(a.sum(0, keepdims=True))[0] - share(b.sum(0, keepdims=True))[0]
+    diffs = []
+    for swap in itertools.product([0, 1], repeat=12):
+        w = np.array(swap)[:, None]
+        diffs.append(share((w * b + (1 - w) * a).sum(0, keepdims=True))[0]
+                     - share((w * a + (1 - w) * b).sum(0, keepdims=True))[0])
+    assert stats.permutation_p(a, b, share) == pytest.approx(np.mean(np.abs(diffs) >= abs(observed) - 1e-12), abs=0)
+
+    rng = np.random.default_rng(0)
+    a = np.c_[rng.integers(80, 90, 40), rng.integers(0, 5, 40)].astype(float)  # (hits, misses) per case
+    b = np.c_[rng.integers(60, 70, 40), rng.integers(20, 30, 40)].astype(float)
     p = stats.permutation_p(a, b, share, n_perm=999, seed=1)
-    assert p == pytest.approx(1 / 1000)  # no drawn pattern reaches it: (0 + 1) / (999 + 1)
+    assert p == pytest.approx(1 / 1000)  # a clear difference: no drawn pattern reaches it, (0 + 1) / (999 + 1)
     assert stats.permutation_p(a, a.copy(), share, n_perm=999) == 1.0  # identical models
 
 
+def test_permutation_p_of_an_undefined_difference_is_nan():
+    """A statistic undefined on the models' own cases gave p 0: no swap reached NaN, read as the clearest difference."""
+    assert math.isnan(stats.permutation_p(np.ones((3, 2)), np.ones((3, 2)), lambda s: np.full(len(s), np.nan)))
+
+
 def test_paired_tests_edge_cases():
-    df = _cases({"ref": [[0.5, 0.6]], "twin": [[0.5, 0.6]]})
-    table = stats.paired_tests(df, "ref", metrics=("dice",))
-    assert table.loc[0, "p"] == 1.0 and table.loc[0, "effect_size"] == 0.0
+    """A twin of the reference gets p 1, a model sharing no case NaN, neither through scipy's warnings."""
+    import warnings
+
+    apart = _cases({"apart": [[0.7, 0.8]]}).replace({"case": {"case00": "case10", "case01": "case11"}})
+    df = pd.concat([_cases({"ref": [[0.5, 0.6]], "twin": [[0.5, 0.6]]}), apart], ignore_index=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Wilcoxon of all-zero or no differences warns in every report
+        table = stats.paired_tests(df, "ref", metrics=("dice",)).set_index("model")
+    assert table.loc["twin", "p"] == 1.0 and table.loc["twin", "effect_size"] == 0.0
+    assert table.loc["apart", "n_cases"] == 0 and math.isnan(table.loc["apart", "p"])
     assert stats.paired_tests(df, "absent", metrics=("dice",)).empty
 
 
@@ -320,6 +377,35 @@ def test_rank_stability():
     assert list(tied["rank"]) == [1, 1] and list(tied["p_rank_1"]) == [1.0, 1.0]
 
 
+def test_the_rank_interval_ends_are_the_ranks_drawn_at_2_5_and_97_5_percent():
+    """A rank drawn in 2.5–5 % of the resamples fell out of the 95 % rank interval (ends at 5 %, or rounded in)."""
+    draws = np.random.default_rng(0).integers(0, 8, size=(400, 8))  # _resample_weights' draws of 8 cases, seed 0
+
+    def wins(vals, first, second):  # resamples in which ``first``'s mean beats ``second``'s
+        return int((np.array(vals[first])[draws].mean(1) > np.array(vals[second])[draws].mean(1)).sum())
+
+    def interval(vals, model):
+        one_seed = _cases({m: [v] for m, v in vals.items()})
+        table = stats.rank_stability(one_seed, "dice", "legacy-synapse", n_boot=400, seed=0).set_index("model")
+        return table.loc[model, "rank_lo"], table.loc[model, "rank_hi"], table.loc[model, "p_rank_1"]
+
+    close = {"a": [0.721, 0.696, 0.765, 0.713, 0.846, 0.720, 0.674, 0.705],
+             "b": [0.724, 0.638, 0.754, 0.689, 0.779, 0.729, 0.692, 0.707]}
+    assert wins(close, "b", "a") == 19  # b first in 4.75 %: the 2.5 % end is rank 1 (the 5 % end would be 2)
+    assert interval(close, "b") == (1, 2, pytest.approx(19 / 400))
+    ahead = {"a": [0.926, 0.818, 0.812, 0.747, 0.858, 0.896, 0.732, 0.967],
+             "b": [0.891, 0.834, 0.779, 0.778, 0.823, 0.896, 0.704, 0.897]}
+    assert wins(ahead, "b", "a") == 10  # a second in 2.5 %: the 97.5 % point lies between ranks 1 and 2, taken up
+    assert interval(ahead, "a")[:2] == (1, 2)
+
+
+def test_ranks_use_only_the_cases_every_model_has():
+    """A case one model alone has (its best) counted toward its rank: the models were ranked over other cases."""
+    df = _cases({"a": [[0.5, 0.5, 0.5, 1.0]], "b": [[0.6, 0.6, 0.6]]})
+    table = stats.rank_stability(df, "dice", "legacy-synapse", n_boot=50).set_index("model")
+    assert table.loc["a", "mean"] == pytest.approx(0.5) and table.loc["b", "rank"] == 1  # with case03 a had 0.625
+
+
 def test_rank_stability_ranks_the_board_number_not_the_per_case_mean():
     # "rare": perfect on the common class, poor on the rare one; "common": the other way round.
     # strict's board number (mean over classes of per-class means) prefers "rare"; a mean of
@@ -335,6 +421,14 @@ def test_rank_stability_ranks_the_board_number_not_the_per_case_mean():
     table = stats.rank_stability(df, "dice", "strict", n_boot=200).set_index("model")
     assert table.loc["rare", "rank"] == 1 and table.loc["rare", "mean"] == pytest.approx((0.8 + 0.9) / 2)
     assert table.loc["common", "mean"] == pytest.approx((0.9 + 0.6) / 2)
+
+
+def test_a_seed_with_no_drawn_case_sits_the_resample_out():
+    """A resample that drew none of a seed's cases scored that seed 0 (or the model NaN), not the other seeds' mean."""
+    df = _cases({"a": [[0.2, 0.4, 0.6, 0.8], [0.9]]})  # seed 1 scored case00 only
+    weights = np.array([[0.0, 2.0, 1.0, 0.0], [1.0, 0.0, 0.0, 1.0]])  # case multiplicities of two resamples
+    got = stats.policy_statistic(df, "dice", "legacy-synapse", weights, pd.Index(sorted(df["case"].unique())))
+    assert got["a"].tolist() == pytest.approx([(0.4 * 2 + 0.6) / 3, ((0.2 + 0.8) / 2 + 0.9) / 2])  # seed 0 alone; both
 
 
 def test_models_and_seeds_with_different_case_sets():
