@@ -219,6 +219,14 @@ def split_fold(split: str) -> int | None:
     return int(split[4:]) if split.startswith("fold") else None
 
 
+SPLITS = re.compile(r"test|fold\d+")  # split_name's values
+
+
+def is_split(split: Any) -> bool:
+    """Whether ``split`` is a record's ``split`` as ``split_name`` writes it: "test" or "fold<k>"."""
+    return isinstance(split, str) and SPLITS.fullmatch(split) is not None
+
+
 def folds_text(folds: list[int]) -> str:
     """Cross-validation folds as boards and bench run name them: "0-4" (three or more in a row) or "0, 2"."""
     folds = sorted(set(folds))
@@ -250,7 +258,7 @@ def validate_record(rec: Any) -> None:
     """Raise ``BenchError`` listing every missing or ill-typed required key of a run record.
 
     Checks the required keys and types of schema 1 (``_REQUIRED`` and the tables below it; ``_OPTIONAL``'s
-    where present), the value sets of ``schema``, ``family`` and ``policy``, a file-name-safe ``run_id``, and the
+    where present), the value sets of ``schema``, ``family``, ``policy`` and ``split``, a file-name-safe ``run_id``, and the
     required keys of every ``per_class`` / ``per_case`` row (first 5 problems of each list shown).
     Extra keys are allowed: a record may carry more than the schema promises.
     """
@@ -269,6 +277,9 @@ def validate_record(rec: Any) -> None:
         problems.append(f"family: expected one of {', '.join(FAMILIES)}, got {rec['family']!r}")
     if isinstance(rec.get("policy"), str) and rec["policy"] not in POLICIES:
         problems.append(f"policy: expected one of {', '.join(POLICIES)}, got {rec['policy']!r}")
+    if isinstance(rec.get("split"), str) and not is_split(rec["split"]):  # boards and rescore read its fold
+        problems.append(f"split: expected 'test' (the dataset's test split) or 'fold<k>' (cross-validation fold k, "
+                        f"as bench run --folds writes it), got {rec['split']!r}")
     if isinstance(rec.get("run_id"), str) and not SAFE_NAME.fullmatch(rec["run_id"]):
         problems.append(f"run_id: must be a safe file name (letters, digits, . _ + -), got {rec['run_id']!r}")
     for key, spec in (("per_class", _REQUIRED_PER_CLASS), ("per_case", _REQUIRED_PER_CASE)):

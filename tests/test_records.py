@@ -49,6 +49,20 @@ def test_validate_rejects_bool_as_count_and_wrong_schema():
     assert "schema" in str(err.value)
 
 
+def test_a_split_no_run_writes_is_named_when_the_record_is_read(tmp_path):
+    """A record's "split": "fold_1" made bench report crash with a traceback (int('_1') reading its fold), and
+    "validation" was taken for the test split: validate_record names both, and the two that runs write pass."""
+    for split in ("test", "fold0", "fold12"):
+        validate_record({**make_record(), "split": split})
+    for split in ("fold_1", "validation", "fold", "Fold1"):
+        path = tmp_path / split / "records" / "synapse-run.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({**make_record(run_id="synapse-run"), "split": split}), encoding="utf-8")
+        with pytest.raises(BenchError, match=rf"^{re.escape(str(path))}: invalid run record 'synapse-run': split: "
+                                             rf"expected 'test' .* or 'fold<k>' .*, got '{split}'$"):
+            load(path.parent.parent)
+
+
 def test_write_record_layout_and_nan_as_null(tmp_path):
     rec = make_record(hd95=float("nan"))
     path = write_record(rec, tmp_path)
