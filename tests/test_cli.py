@@ -537,6 +537,7 @@ def test_weights_evaluated_before_are_looked_up_in_records_read_once_per_command
     rec["protocol"] = load_protocol("synapse").to_record()
     records.write_record(rec, tmp_path)
     (records.records_dir(tmp_path) / "synapse-damaged.json").write_text("{", encoding="utf-8")
+    (records.records_dir(tmp_path) / "synapse-list.json").write_text("[1]", encoding="utf-8")  # was AttributeError
     calls, real = [], records.dataset_records
     monkeypatch.setattr(records, "dataset_records", lambda *a: calls.append(a) or real(*a))
     specs = [RunSpec(model="unet", dataset="synapse", protocol=load_protocol("synapse_vmunet"), seed=seed,
