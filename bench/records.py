@@ -435,7 +435,12 @@ def record_files(path: Path) -> tuple[list[Path], bool]:
                            "records or results folder")
     if (own := record_path(path.parent.parent, path.name)).is_file():
         return [own], False
-    found = sorted((records_dir(path) if records_dir(path).is_dir() else path).glob("*.json"))
+    results = records_dir(path).is_dir()
+    found = sorted((records_dir(path) if results else path).glob("*.json"))
+    if not found and not results and path.parent == runs_dir(path.parent.parent):  # a run's folder, its record gone
+        raise BenchError(f"{path}: a run folder whose record {own} is missing (deleted, or the run did not finish: "
+                         f"its {path / RUN_LOG} says why); --from-record re-runs a run from its record: restore that "
+                         "file, or pass a copy of it")
     if not found:
         raise BenchError(f"{path}: holds no run record; expected a record (records/<run_id>.json), a run folder "
                          "(runs/<run_id>, beside records/), or a records or results folder holding records")

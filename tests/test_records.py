@@ -378,6 +378,28 @@ def test_a_record_under_another_name_than_its_runs_is_an_error(tmp_path):
     assert len(load(tmp_path)) == 2
 
 
+def test_a_run_folder_without_its_record_is_said_so(tmp_path):
+    """--from-record results/runs/<id> of a run whose record was deleted said the folder "holds no run record;
+    expected ... a run folder (runs/<run_id>, beside records/)", which it is: now it names the record missing."""
+    rec = make_record(run_id="synapse-synapse-vmunet-s0-0000abcd")
+    own, folder = write_record(rec, tmp_path), records.run_dir(tmp_path, rec["run_id"])
+    folder.mkdir(parents=True)
+    (folder / "run.log").write_text("training\n", encoding="utf-8")
+    assert records.record_files(folder) == ([own], False)
+    own.unlink()
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(folder))}: a run folder whose record {re.escape(str(own))} "
+                                         rf"is missing \(deleted, or the run did not finish: its "
+                                         rf"{re.escape(str(folder / 'run.log'))} says why\); --from-record re-runs"):
+        records.record_at(folder)
+    # a results folder that sits in a folder named runs is read as one, records and all
+    results = tmp_path / "runs" / "exp1"
+    kept = write_record(rec, results)
+    assert records.record_files(results) == ([kept], True)
+    kept.unlink()
+    with pytest.raises(BenchError, match=r"exp1: holds no run record; expected a record"):
+        records.record_files(results)
+
+
 def test_planning_reads_the_records_that_load_reads_and_passes_over_the_others(tmp_path):
     """bench run --weights crashed with AttributeError ('list' object has no attribute 'get') on a record file
     of JSON that is not an object: dataset_records reads as load does, and passes over what load refuses."""
