@@ -259,8 +259,9 @@ def validate_record(rec: Any) -> None:
     """Raise ``BenchError`` listing every missing or ill-typed required key of a run record.
 
     Checks the required keys and types of schema 1 (``_REQUIRED`` and the tables below it; ``_OPTIONAL``'s
-    where present), the value sets of ``schema``, ``family``, ``policy`` and ``split``, a file-name-safe ``run_id``, and the
-    required keys of every ``per_class`` / ``per_case`` row (first 5 problems of each list shown).
+    where present), the value sets of ``schema``, ``family``, ``policy`` and ``split``, a file-name-safe
+    ``run_id``, and the required keys of every ``per_class`` / ``per_case`` row (first 5 problems of each list
+    shown).
     Extra keys are allowed: a record may carry more than the schema promises.
     """
     if not isinstance(rec, Mapping):

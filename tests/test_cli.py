@@ -621,9 +621,9 @@ def test_a_moved_results_folders_older_records_are_its_runs(tmp_path):
                                  data_root=res / "synthetic" / "synapse-synth-v1", synthetic=False, results_dir=res)
     (spec,) = plan(old)
     by_path = dataclasses.replace(spec, data_id="")  # the id runs had then
-    (old / "records").mkdir()
-    (old / "records" / f"{by_path.key}.json").write_text(json.dumps(
-        {"run_id": by_path.key, "data_root": str(by_path.data_root.resolve()), "synthetic": True}), encoding="utf-8")
+    older = lambda root: {**make_record("unet", protocol="smoke", run_id=by_path.key, synthetic=True),  # noqa: E731
+                          "data_root": str(root)}  # a whole record (planning reads those load reads), no data_id
+    records.write_record(older(by_path.data_root.resolve()), old)
     bob = tmp_path / "bob" / "res"
     shutil.copytree(old, bob)
     shutil.rmtree(tmp_path / "alice")
@@ -632,9 +632,7 @@ def test_a_moved_results_folders_older_records_are_its_runs(tmp_path):
     (bob / "records" / f"{by_path.key}.json").unlink()
     assert plan(bob)[0].key != by_path.key  # no record of it: nothing to keep
     # a record whose data still exists where it names it is other data, not this folder's
-    (bob / "records" / f"{by_path.key}.json").write_text(json.dumps(
-        {"run_id": by_path.key, "data_root": str(bob / "synthetic" / "synapse-synth-v1"), "synthetic": True}),
-        encoding="utf-8")
+    records.write_record(older(bob / "synthetic" / "synapse-synth-v1"), bob)
     assert plan(bob)[0].key != by_path.key
 
 
