@@ -36,6 +36,7 @@ import re
 import shlex
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,14 @@ def split_fold(split: str) -> int | None:
     return int(split[4:]) if split.startswith("fold") else None
 
 
+_SPLIT = re.compile(r"test|fold\d+")  # split_name's values
+
+
+def is_split(split: Any) -> bool:
+    """Whether ``split`` is a record's ``split`` as ``split_name`` writes it: "test" or "fold<k>"."""
+    return isinstance(split, str) and _SPLIT.fullmatch(split) is not None
+
+
 def folds_text(folds: list[int]) -> str:
     """Cross-validation folds as boards and bench run name them: "0-4" (three or more in a row) or "0, 2"."""
     folds = sorted(set(folds))
@@ -250,8 +259,9 @@ def validate_record(rec: Any) -> None:
     """Raise ``BenchError`` listing every missing or ill-typed required key of a run record.
 
     Checks the required keys and types of schema 1 (``_REQUIRED`` and the tables below it; ``_OPTIONAL``'s
-    where present), the value sets of ``schema``, ``family`` and ``policy``, a file-name-safe ``run_id``, and the
-    required keys of every ``per_class`` / ``per_case`` row (first 5 problems of each list shown).
+    where present), the value sets of ``schema``, ``family``, ``policy`` and ``split``, a file-name-safe
+    ``run_id``, and the required keys of every ``per_class`` / ``per_case`` row (first 5 problems of each list
+    shown).
     Extra keys are allowed: a record may carry more than the schema promises.
     """
     if not isinstance(rec, Mapping):
@@ -269,6 +279,9 @@ def validate_record(rec: Any) -> None:
         problems.append(f"family: expected one of {', '.join(FAMILIES)}, got {rec['family']!r}")
     if isinstance(rec.get("policy"), str) and rec["policy"] not in POLICIES:
         problems.append(f"policy: expected one of {', '.join(POLICIES)}, got {rec['policy']!r}")
+    if isinstance(rec.get("split"), str) and not is_split(rec["split"]):  # boards and rescore read its fold
+        problems.append(f"split: expected 'test' (the dataset's test split) or 'fold<k>' (cross-validation fold k, "
+                        f"as bench run --folds writes it), got {rec['split']!r}")
     if isinstance(rec.get("run_id"), str) and not SAFE_NAME.fullmatch(rec["run_id"]):
         problems.append(f"run_id: must be a safe file name (letters, digits, . _ + -), got {rec['run_id']!r}")
     for key, spec in (("per_class", _REQUIRED_PER_CLASS), ("per_case", _REQUIRED_PER_CASE)):
@@ -374,25 +387,33 @@ def _iter_records(results_dir: Path) -> Iterator[tuple[Path, dict]]:
             and any(results_dir.glob("*.json")):  # the records/ folder itself: read as empty, unsaid
         raise BenchError(f"{results_dir}: is the records folder of a results folder; give the results folder, "
                          f"{results_dir.parent}")
-    seen: dict[str, Path] = {}
-    for path in sorted(records_dir(results_dir).glob("*.json")):
-        rec = _read(path)
-        if (first := seen.setdefault(rec["run_id"], path)) != path:  # a copy (cp X.json X_copy.json): counted twice
-            raise BenchError(f"{first} and {path}: two records of run {rec['run_id']!r}; a run has one record, "
-                             f"{record_path(results_dir, rec['run_id']).name}: move the other out of "
-                             f"{records_dir(results_dir)}")
-        yield path, rec
+    for path in sorted(records_dir(results_dir).glob("*.json")):  # one file per run: its name (_read_named)
+        yield path, _read_named(results_dir, path)
+
+
+def _read_named(results_dir: Path, path: Path) -> dict[str, Any]:
+    """The record file ``path`` of ``results_dir``'s records/, read and checked (``_read``), under its run's name
+    (``record_path``): bench run finds a finished run by that name alone, so a record under another (a backup, a
+    copy) counted on the boards while bench run trained its run again, and then two records of one run stopped
+    every command."""
+    rec = _read(path)
+    own = record_path(results_dir, rec["run_id"])
+    if path.name != own.name:
+        fix = (f"{own.name} is there too, and a run has one record: move {path.name} out of {path.parent}"
+               if own.is_file() else f"rename it to {own.name}, or move it out of {path.parent} if it is a backup")
+        raise BenchError(f"{path}: holds the record of run {rec['run_id']!r}, whose file must be named {own.name} "
+                         f"(bench run finds a finished run by that name); {fix}")
+    return rec
 
 
 def dataset_records(results_dir: Path, dataset: str) -> list[dict[str, Any]]:
-    """The records of ``dataset``'s runs in ``results_dir`` as stored, for planning a run (bench run): one
-    unreadable is passed over, unchecked (``load`` names a damaged record; planning is not the place)."""
+    """The records of ``dataset``'s runs in ``results_dir`` that read and check as ``load`` reads them, for
+    planning a run (bench run); one that does not is passed over (``load`` names it: a damaged record of one
+    run does not stop planning the grid)."""
     found = []
     for path in sorted(records_dir(results_dir).glob(f"{dataset}-*.json")):
-        try:
-            found.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError):
-            continue
+        with suppress(BenchError):
+            found.append(_read_named(results_dir, path))
     return found
 
 
@@ -415,7 +436,12 @@ def record_files(path: Path) -> tuple[list[Path], bool]:
                            "records or results folder")
     if (own := record_path(path.parent.parent, path.name)).is_file():
         return [own], False
-    found = sorted((records_dir(path) if records_dir(path).is_dir() else path).glob("*.json"))
+    results = records_dir(path).is_dir()
+    found = sorted((records_dir(path) if results else path).glob("*.json"))
+    if not found and not results and path.parent == runs_dir(path.parent.parent):  # a run's folder, its record gone
+        raise BenchError(f"{path}: a run folder whose record {own} is missing (deleted, or the run did not finish: "
+                         f"its {path / RUN_LOG} says why); --from-record re-runs a run from its record: restore that "
+                         "file, or pass a copy of it")
     if not found:
         raise BenchError(f"{path}: holds no run record; expected a record (records/<run_id>.json), a run folder "
                          "(runs/<run_id>, beside records/), or a records or results folder holding records")

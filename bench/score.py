@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -43,7 +42,7 @@ from bench.fileio import file_sha256
 from bench.metrics import PENALTY, Policy, get_policy, policy_misfit
 from bench.predict import MANIFEST
 from bench.protocol import Protocol
-from bench.records import miss_counts, split_fold, split_name
+from bench.records import is_split, miss_counts, split_fold, split_name
 
 __all__ = ["Scores", "score_predictions"]
 
@@ -611,7 +610,7 @@ def _fold_mismatch(made_by: dict[str, str], dataset: SegDataset) -> str:
     than the one scored, the words that name the mismatch and the --fold that matches; "" otherwise."""
     fold = getattr(dataset, "fold", None)
     theirs, ours = made_by.get("split"), fold if fold == ALL_FOLDS else split_name(fold)
-    if theirs is None or theirs == ours or not re.fullmatch(r"test|fold\d+", theirs):  # a record's split_name
+    if theirs == ours or not is_split(theirs):  # None, or no record's split: nothing to match
         return ""
     fix = "pass no --fold" if split_fold(theirs) is None else f"pass --fold {split_fold(theirs)}"
     return (f"fold mismatch: bench predict's run {made_by.get('run_id', '?')} is of {_split_words(theirs)}, scored "

@@ -561,6 +561,7 @@ def test_weights_evaluated_before_are_looked_up_in_records_read_once_per_command
     rec["protocol"] = load_protocol("synapse").to_record()
     records.write_record(rec, tmp_path)
     (records.records_dir(tmp_path) / "synapse-damaged.json").write_text("{", encoding="utf-8")
+    (records.records_dir(tmp_path) / "synapse-list.json").write_text("[1]", encoding="utf-8")  # was AttributeError
     calls, real = [], records.dataset_records
     monkeypatch.setattr(records, "dataset_records", lambda *a: calls.append(a) or real(*a))
     specs = [RunSpec(model="unet", dataset="synapse", protocol=load_protocol("synapse_vmunet"), seed=seed,
@@ -644,9 +645,9 @@ def test_a_moved_results_folders_older_records_are_its_runs(tmp_path):
                                  data_root=res / "synthetic" / "synapse-synth-v1", synthetic=False, results_dir=res)
     (spec,) = plan(old)
     by_path = dataclasses.replace(spec, data_id="")  # the id runs had then
-    (old / "records").mkdir()
-    (old / "records" / f"{by_path.key}.json").write_text(json.dumps(
-        {"run_id": by_path.key, "data_root": str(by_path.data_root.resolve()), "synthetic": True}), encoding="utf-8")
+    older = lambda root: {**make_record("unet", protocol="smoke", run_id=by_path.key, synthetic=True),  # noqa: E731
+                          "data_root": str(root)}  # a whole record (planning reads those load reads), no data_id
+    records.write_record(older(by_path.data_root.resolve()), old)
     bob = tmp_path / "bob" / "res"
     shutil.copytree(old, bob)
     shutil.rmtree(tmp_path / "alice")
@@ -655,9 +656,7 @@ def test_a_moved_results_folders_older_records_are_its_runs(tmp_path):
     (bob / "records" / f"{by_path.key}.json").unlink()
     assert plan(bob)[0].key != by_path.key  # no record of it: nothing to keep
     # a record whose data still exists where it names it is other data, not this folder's
-    (bob / "records" / f"{by_path.key}.json").write_text(json.dumps(
-        {"run_id": by_path.key, "data_root": str(bob / "synthetic" / "synapse-synth-v1"), "synthetic": True}),
-        encoding="utf-8")
+    records.write_record(older(bob / "synthetic" / "synapse-synth-v1"), bob)
     assert plan(bob)[0].key != by_path.key
 
 

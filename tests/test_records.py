@@ -49,6 +49,20 @@ def test_validate_rejects_bool_as_count_and_wrong_schema():
     assert "schema" in str(err.value)
 
 
+def test_a_split_no_run_writes_is_named_when_the_record_is_read(tmp_path):
+    """A record's "split": "fold_1" made bench report crash with a traceback (int('_1') reading its fold), and
+    "validation" was taken for the test split: validate_record names both, and the two that runs write pass."""
+    for split in ("test", "fold0", "fold12"):
+        validate_record({**make_record(), "split": split})
+    for split in ("fold_1", "validation", "fold", "Fold1"):
+        path = tmp_path / split / "records" / "synapse-run.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({**make_record(run_id="synapse-run"), "split": split}), encoding="utf-8")
+        with pytest.raises(BenchError, match=rf"^{re.escape(str(path))}: invalid run record 'synapse-run': split: "
+                                             rf"expected 'test' .* or 'fold<k>' .*, got '{split}'$"):
+            load(path.parent.parent)
+
+
 def test_write_record_layout_and_nan_as_null(tmp_path):
     rec = make_record(hd95=float("nan"))
     path = write_record(rec, tmp_path)
@@ -328,16 +342,86 @@ def test_corrupt_file_error_names_the_file(tmp_path):
 
 
 
+def _misnamed(path, run_id: str, fix: str) -> str:
+    """The error of a record file ``path`` of ``run_id`` under another name than the run's, ending with ``fix``."""
+    return (rf"^{re.escape(str(path))}: holds the record of run '{re.escape(run_id)}', whose file must be named "
+            rf"{re.escape(run_id)}\.json \(bench run finds a finished run by that name\); {fix}$")
+
+
 def test_a_copied_record_is_one_error_naming_both_files(tmp_path):
     """`cp X.json X_copy.json` in records/ aborted the report with "a case and class hold more than one
     dice row" (bench.stats), naming neither file."""
     first = write_record(make_record(), tmp_path)
     copy = first.with_name(first.stem + "_copy.json")
     copy.write_text(first.read_text(encoding="utf-8"), encoding="utf-8")
+    fix = rf"{re.escape(first.name)} is there too, and a run has one record: move {re.escape(copy.name)} out of .*"
     for level in ("run", "case"):
-        with pytest.raises(BenchError, match=rf"^{re.escape(str(first))} and {re.escape(str(copy))}: two records "
-                                             rf"of run '{re.escape(first.stem)}'; .* move the other out of "):
+        with pytest.raises(BenchError, match=_misnamed(copy, first.stem, fix)):
             load(tmp_path, level=level)
+
+
+def test_a_record_under_another_name_than_its_runs_is_an_error(tmp_path):
+    """`mv X.json X-backup.json`: bench report still counted the run while bench run, which finds a finished
+    run by its record's name, trained it again; the folder then held two records of the run, and every command
+    stopped. A `bench rescore` record's own name is its run id's, <run_id>.<policy>.json."""
+    source = make_record("unet", run_id="synapse-synapse-unet-s0-0000abcd")
+    own = write_record(source, tmp_path)
+    rescored = write_record(_rescored(source), tmp_path)
+    assert rescored.name == "synapse-synapse-unet-s0-0000abcd.strict.json" and len(load(tmp_path)) == 2
+    for path, moved in ((own, "synapse-synapse-unet-s0-0000abcd-backup.json"),
+                        (rescored, "synapse-synapse-unet-s0-0000abcd-strict.json")):
+        backup = path.rename(path.with_name(moved))
+        fix = rf"rename it to {re.escape(path.name)}, or move it out of {re.escape(str(path.parent))} if it is a backup"
+        with pytest.raises(BenchError, match=_misnamed(backup, path.name[:-len(".json")], fix)):
+            load(tmp_path)
+        backup.rename(path)
+    assert len(load(tmp_path)) == 2
+
+
+def test_a_run_folder_without_its_record_is_said_so(tmp_path):
+    """--from-record results/runs/<id> of a run whose record was deleted said the folder "holds no run record;
+    expected ... a run folder (runs/<run_id>, beside records/)", which it is: now it names the record missing."""
+    rec = make_record(run_id="synapse-synapse-vmunet-s0-0000abcd")
+    own, folder = write_record(rec, tmp_path), records.run_dir(tmp_path, rec["run_id"])
+    folder.mkdir(parents=True)
+    (folder / "run.log").write_text("training\n", encoding="utf-8")
+    assert records.record_files(folder) == ([own], False)
+    own.unlink()
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(folder))}: a run folder whose record {re.escape(str(own))} "
+                                         rf"is missing \(deleted, or the run did not finish: its "
+                                         rf"{re.escape(str(folder / 'run.log'))} says why\); --from-record re-runs"):
+        records.record_at(folder)
+    # a results folder that sits in a folder named runs is read as one, records and all
+    results = tmp_path / "runs" / "exp1"
+    kept = write_record(rec, results)
+    assert records.record_files(results) == ([kept], True)
+    kept.unlink()
+    with pytest.raises(BenchError, match=r"exp1: holds no run record; expected a record"):
+        records.record_files(results)
+
+
+def test_planning_reads_the_records_that_load_reads_and_passes_over_the_others(tmp_path):
+    """bench run --weights crashed with AttributeError ('list' object has no attribute 'get') on a record file
+    of JSON that is not an object: dataset_records reads as load does, and passes over what load refuses."""
+    kept = make_record("unet", run_id="synapse-synapse-unet-s0-0000abcd")
+    write_record(kept, tmp_path)
+    folder = records.records_dir(tmp_path)
+    (folder / "synapse-junk.json").write_text("[1]", encoding="utf-8")
+    (folder / "synapse-cut.json").write_text('{"schema": 1, "run_id": ', encoding="utf-8")
+    (folder / "synapse-copy.json").write_text(json.dumps(kept), encoding="utf-8")  # under another run's name
+    (folder / "synapse-foreign.json").write_text('{"name": "x"}', encoding="utf-8")
+    assert records.dataset_records(tmp_path, "synapse") == [json.loads(json.dumps(kept))]
+    with pytest.raises(BenchError, match=r"synapse-copy\.json: holds the record of run"):  # load names the first
+        load(tmp_path)
+    (folder / "synapse-copy.json").unlink()
+    with pytest.raises(BenchError, match=r"synapse-cut\.json: not a readable run record"):
+        load(tmp_path)
+    (folder / "synapse-cut.json").unlink()
+    with pytest.raises(BenchError, match=r"synapse-foreign\.json: not a run record of ssm-unet-bench"):
+        load(tmp_path)
+    (folder / "synapse-foreign.json").unlink()
+    with pytest.raises(BenchError, match=r"^\S*synapse-junk\.json: run record must be a JSON object, got list$"):
+        load(tmp_path)
 
 
 def test_an_interrupt_mid_write_stays_an_interrupt(tmp_path):
