@@ -481,7 +481,9 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
             done, rescored, holder, again = distributed.gather_objects(
                 (done, rescored, claim if isinstance(claim, str) else None, stale is not None) if main else None)[0]
             if done:
-                old = main and code_changed(records.read_record(results_dir, spec.key))
+                old = False
+                with suppress(BenchError):  # a damaged or newer record: finished all the same, its note unsaid
+                    old = main and code_changed(records.read_record(results_dir, spec.key))
                 say(f"  {spec.key}: finished earlier, skipped" + (
                     f"; {spec.model}'s code changed since it trained, so its numbers are the old code's: to train "
                     f"the new code, choose another --results (or delete records/{spec.key}.json and runs/{spec.key}/)"

@@ -1093,6 +1093,24 @@ def test_dry_run_calls_a_trained_run_without_its_record_finished_and_says_what_b
     assert f"  finished {trained}  record missing: bench run trains it afresh (no last.pt to resume)\n" in listed
 
 
+QUICK_GRID = ["run", "--models", "unet", "--dataset", "isic17", "--synthetic", "--protocol", "smoke", "--tiny",
+              "--max-iterations", "2", "--threads", "1", "--no-progress"]
+
+
+def test_a_damaged_or_newer_record_of_a_finished_run_does_not_stop_the_grid(tmp_path, bench_here):
+    """A finished run's record was read in full only to decide a "code changed" note: a damaged one, or one
+    of a newer schema, ended the grid there (--dry-run said "done 1, missing 1"). It is skipped as finished."""
+    bench_here(*QUICK_GRID, "--results", tmp_path)
+    (path,) = (tmp_path / "records").glob("*.json")
+    good = path.read_text(encoding="utf-8")
+    path.write_text(good[:300], encoding="utf-8")  # cut short, as a full disk leaves it
+    out = bench_here(*QUICK_GRID, "--seeds", "0,1", "--results", tmp_path).stdout
+    assert f"  {path.stem}: finished earlier, skipped\n" in out and len(list(path.parent.glob("*.json"))) == 2
+    path.write_text(json.dumps({**json.loads(good), "schema": 2}), encoding="utf-8")  # a newer bench's
+    out = bench_here(*QUICK_GRID, "--seeds", "0,1", "--results", tmp_path).stdout
+    assert f"  {path.stem}: finished earlier, skipped\n" in out and out.count("finished earlier, skipped") == 2
+
+
 def test_a_record_says_which_host_job_and_command_line_made_it(tmp_path):
     """A record of a Slurm array's shared results folder did not say which job (and so which log) it
     came from."""
