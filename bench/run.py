@@ -275,7 +275,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
              show_progress: bool) -> dict[str, Any] | None:
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
-    commit = env.git_commit()  # the code this run trains under: a git pull meanwhile is not it
+    commit = env.git_commit()  # the code that runs, read once per process: not a git pull made since
     code = records.code_version(commit, env.source_digest())
     dataset = open_dataset(spec.dataset, spec.data_root, spec.fold)
     protocol = spec.protocol

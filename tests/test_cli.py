@@ -1111,6 +1111,22 @@ def test_a_damaged_or_newer_record_of_a_finished_run_does_not_stop_the_grid(tmp_
     assert f"  {path.stem}: finished earlier, skipped\n" in out and out.count("finished earlier, skipped") == 2
 
 
+def test_the_runs_of_one_process_name_the_commit_it_imported(tmp_path, bench_here, monkeypatch):
+    """A commit made while a grid trained was named by its later runs' git_commit and train.commits,
+    though they ran the code imported before it (their code_digest said so)."""
+    from bench import env
+
+    heads = iter(["a" * 40, "b" * 40])  # the checkout's HEAD, moved by a commit after the first read
+    monkeypatch.setattr(env, "_git_head", lambda root: next(heads))
+    env.git_commit.cache_clear()
+    try:
+        bench_here(*QUICK_GRID, "--seeds", "0,1", "--results", tmp_path)
+    finally:
+        env.git_commit.cache_clear()  # the next test reads the real checkout's
+    recs = [json.loads(p.read_text(encoding="utf-8")) for p in (tmp_path / "records").glob("*.json")]
+    assert [(r["git_commit"], r["train"]["commits"]) for r in recs] == [("a" * 40, ["a" * 40])] * 2
+
+
 def test_a_record_says_which_host_job_and_command_line_made_it(tmp_path):
     """A record of a Slurm array's shared results folder did not say which job (and so which log) it
     came from."""
