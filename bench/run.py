@@ -654,12 +654,22 @@ def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
     return "missing", ""
 
 
+def check_results_folder(results_dir: Path, dry_run: bool = False) -> None:
+    """Every folder of ``results_dir`` a run writes into, writable (``fileio.ensure_writable_dir``): a file or
+    a read-only folder in place of records/ failed each run after its training. ``dry_run``: nothing is
+    written, but a file in a folder's place is named as bench run names it."""
+    check = fileio.check_folder if dry_run else fileio.ensure_writable_dir
+    for folder in (results_dir, records.records_dir(results_dir), records.runs_dir(results_dir)):
+        check(folder)
+
+
 @contextmanager
 def dry_run_data(dataset: str, results_dir: Path) -> Iterator[Path | None]:
     """``--dry-run --synthetic``: None where the results folder holds the synthetic data (plan_grid
     finds it there), else the same data written to a temporary folder removed afterwards, to plan
     from as ``--data-root`` (runs are identified by how synthetic data was made, not where it lies:
     the same run ids), since a dry run writes nothing into the results folder."""
+    check_results_folder(Path(results_dir).expanduser(), dry_run=True)  # a file there: before its note
     if synthetic_identity(synthetic_folder(dataset, Path(results_dir).expanduser() / "synthetic")) is not None:
         yield None
         return
@@ -919,8 +929,9 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     ``weights``: a weights file to evaluate instead of training (one model, one seed, one split),
     loaded strictly: an authors' checkpoint (``load_weights``) or a run's own.
     ``workers``: data-loader processes, the protocol's ``num_workers`` for None (no part of a run's identity).
-    ``dry_run``: writes nothing (``bench run --dry-run``): the results folder is not tried, and synthetic
-    data not yet written is a BenchError (the caller may plan from a temporary copy: ``dry_run_data``).
+    ``dry_run``: writes nothing (``bench run --dry-run``): the results folder is not tried (a file in its place
+    is named), and synthetic data not yet written is a BenchError (the caller may plan from a temporary
+    copy: ``dry_run_data``).
     As the command line gives them: ``models`` "all" or a comma list, ``protocol`` a name or a file."""
     from bench.protocol import load_protocol
     from bench.registry import resolve_models
@@ -945,8 +956,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
         if not weights.is_file():
             raise fileio.absent(weights, f"--weights {weights}: {'a folder' if weights.is_dir() else 'not found'}; "
                                 "expected a weights file (.pth, .pt, .safetensors, .npz)")
-    if not dry_run:
-        fileio.ensure_writable_dir(results_dir)  # before synthetic data is written or anything trains
+    check_results_folder(results_dir, dry_run)  # before synthetic data is written or anything trains
     # what needs no data, before --synthetic writes any
     # an unknown name: "did you mean", before anything else is said about it; "Synapse" is synapse,
     # which records and run ids hold (else one run trains twice and counts twice on a board)

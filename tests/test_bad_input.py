@@ -1170,6 +1170,30 @@ def test_results_is_a_file(monkeypatch, capsys, tmp_path):
            path, *FAST, names=path, phrase="is a file, not a folder")
 
 
+def test_results_is_a_file_in_a_dry_run_too(monkeypatch, capsys, tmp_path):
+    """--dry-run --results FILE noted that the synthetic data was not written under FILE, then failed on
+    "FILE/runs/<run id>/.claim: Not a directory"; it is bench run's own error, said first."""
+    path = tmp_path / "results.txt"
+    path.write_text("x", encoding="utf-8")
+    args = ["run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--results", path, *FAST, "--dry-run"]
+    _fails(monkeypatch, capsys, *args, names=path, phrase="is a file, not a folder; choose another --results")
+    assert "note:" not in run_bench_here(monkeypatch, capsys, *args, check=False).stdout
+
+
+@pytest.mark.parametrize("folder", ["records", "runs"])
+def test_a_file_in_place_of_what_bench_run_writes_into_fails_before_training(monkeypatch, capsys, tmp_path, folder):
+    """records/ a file (or read-only): every run of the grid trained, then failed to write its record, blaming
+    the disk ("cannot write (File exists); free space"). As bench rescore does, the folders are tried first:
+    one error, before synthetic data is written or anything trains (--dry-run names it too, writing nothing)."""
+    (tmp_path / folder).write_text("x", encoding="utf-8")
+    run = ["run", "--models", "unet", "--seeds", "0,1", "--dataset", "synapse", "--synthetic", "--results", tmp_path,
+           *FAST]
+    for dry in ([], ["--dry-run"]):
+        _fails(monkeypatch, capsys, *run, *dry, names=tmp_path / folder,
+               phrase=": is a file, not a folder; choose another --results")
+    assert not (tmp_path / "synthetic").exists() and not list(tmp_path.rglob("*.pt"))
+
+
 def test_profile_into_unwritable_results(monkeypatch, capsys, unwritable):
     _fails(monkeypatch, capsys, "profile", "--models", "unet", "--tiny", "--img-size", "32", "--no-timing",
            "--results", unwritable, names=unwritable, phrase="not writable")
