@@ -656,11 +656,14 @@ def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
 
 def check_results_folder(results_dir: Path, dry_run: bool = False) -> None:
     """Every folder of ``results_dir`` a run writes into, writable (``fileio.ensure_writable_dir``): a file or
-    a read-only folder in place of records/ failed each run after its training. ``dry_run``: nothing is
-    written, but a file in a folder's place is named as bench run names it."""
+    a read-only folder in place of records/ failed each run after its training. records/ and runs/ are
+    tried where they are (else made later in the results folder tried first: a refused grid makes none).
+    ``dry_run``: nothing is written, but a file in a folder's place is named as bench run names it."""
     check = fileio.check_folder if dry_run else fileio.ensure_writable_dir
-    for folder in (results_dir, records.records_dir(results_dir), records.runs_dir(results_dir)):
-        check(folder)
+    check(results_dir)
+    for folder in (records.records_dir(results_dir), records.runs_dir(results_dir)):
+        if folder.is_symlink() or folder.exists():
+            check(folder)
 
 
 @contextmanager
