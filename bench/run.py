@@ -918,6 +918,13 @@ def grid_notes(specs: list[RunSpec]) -> list[str]:
             for (before, after), folds in said.items()]
 
 
+def seed_list(seeds: Any, option: str = "seeds", example: str = "[0, 1, 2]") -> list[int]:
+    """``seeds`` (a comma list, one number or a list) as a grid runs them: each once (a seed given twice would
+    train and count one run twice), each a seed (else a traceback once the run has begun); BenchError
+    naming ``option``, as the caller spells it (``bench run``: --seeds)."""
+    return [check_seed(s, option) for s in dict.fromkeys(int_list(seeds, option, example))]
+
+
 @caller_rng_kept()  # it builds every model to check it: the caller's RNG stays where it was
 def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str, seeds: int | list[int] | None,
               data_root: Path | str | None, synthetic: bool, results_dir: Path | str, policy: str | None = None,
@@ -943,9 +950,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     models = resolve_models(models)
     check_workers(workers)
     protocol = load_protocol(protocol) if isinstance(protocol, (str, Path)) else protocol
-    # each seed once: a seed given twice would train and count one run twice; None: the protocol's
-    seeds = list(dict.fromkeys(int_list(seeds, "seeds", "[0, 1, 2]"))) if seeds is not None else [protocol.seed]
-    seeds = [check_seed(s, "seeds") for s in seeds]  # else a traceback once the run has begun
+    seeds = seed_list(seeds) if seeds is not None else [protocol.seed]
     results_dir = Path(results_dir).expanduser()  # as data_root and the synthetic data's folder
     if synthetic and data_root is not None:
         raise BenchError("give either --data-root or --synthetic, not both")
@@ -1044,7 +1049,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     fold_list: list[int | None] = [None]
     if folds is not None:
         n = ds.n_folds
-        fold_list = list(range(n)) if folds == "all" else list(folds)
+        fold_list = list(range(n)) if folds == "all" else list(dict.fromkeys(folds))  # each once, as seeds
         bad = [f for f in fold_list if not 0 <= f < n]
         if bad:
             raise BenchError(f"--folds {bad[0]}: {data_root} has folds 0..{n - 1}")

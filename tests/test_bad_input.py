@@ -1513,8 +1513,8 @@ def test_a_cli_fuzz_finds_no_traceback_and_no_empty_value_taken_for_none(monkeyp
         _fails(monkeypatch, capsys, *run, option, "", names=option, phrase="an empty value ('';")
     _fails(monkeypatch, capsys, *run, "--seeds=", names="--seeds", phrase="an empty value ('--seeds=')")
     for seed in ("-1", str(2**32), "99999999999999999999"):
-        _fails(monkeypatch, capsys, *run, "--seeds", seed, names=seed, phrase="seeds: expected a whole number "
-                                                                            "from 0 to 4294967295")
+        _fails(monkeypatch, capsys, *run, "--seeds", seed, names=seed, phrase="error: --seeds: expected a whole "
+                                                                            "number from 0 to 4294967295")  # the option
     threadless = [a for i, a in enumerate(run) if "--threads" not in (a, run[i - 1])]  # an option is given once
     _fails(monkeypatch, capsys, *threadless, "--threads", "99999999999999999999", names="--threads", phrase="from 1 to ")
     proto = tmp_path / "big-seed.toml"

@@ -969,6 +969,20 @@ def test_folds_give_one_record_per_fold(tmp_path, bench_here):
     assert not (tmp_path / "fixed" / "synthetic").exists()  # refused before the synthetic data is written
 
 
+def test_a_fold_given_twice_plans_one_run_as_a_seed_given_twice_does(tmp_path, bench_here):
+    """plan_grid ran each seed once but a fold given twice twice (the CLI alone removed repeats): one run
+    was planned twice, and --shard put both copies into one shard, the other empty."""
+    from bench.run import plan_grid, select_shard
+
+    specs = plan_grid(models="unet", dataset="nnunet", protocol="smoke", seeds=[0, 0], folds=[1, 1, 0], data_root=None,
+                      synthetic=True, results_dir=tmp_path, tiny=True)
+    assert [(s.seed, s.fold) for s in specs] == [(0, 1), (0, 0)]
+    assert [len(select_shard(specs, f"{k}/2")) for k in (1, 2)] == [1, 1]
+    listed = bench_here("run", "--models", "unet", "--dataset", "nnunet", "--synthetic", "--protocol", "smoke",
+                        "--folds", "1,1", "--results", tmp_path, *FAST, "--dry-run").stdout
+    assert "bench run --dry-run: 1 run(s) · " in listed
+
+
 def test_each_dataset_defaults_to_its_published_protocol():
     assert [default_protocol(d, None) for d in ("synapse", "isic17", "isic18", "polyp", "isic_all")] == \
         ["synapse", "isic17", "isic18", "polyp", "isic_all"]

@@ -112,7 +112,7 @@ def run(
     from bench.env import resolve_device
     from bench.protocol import load_protocol
     from bench.registry import get_entry, resolve_models
-    from bench.run import check_workers, parse_shard, refuse_2d_models, resolve_inits, select_shard
+    from bench.run import check_workers, parse_shard, refuse_2d_models, resolve_inits, seed_list, select_shard
 
     _compute_setup(threads)
     if distributed.rank_from_env() != 0:  # a process of a torchrun: the first says the warnings for all
@@ -160,10 +160,10 @@ def run(
     if nproc != 1 and not distributed.launched_by_torchrun():  # this process starts the others
         distributed.check_nproc(nproc, dev, proto.train.batch_size)  # before --synthetic writes data
     overrides = _parse_sets(set_ or [])
-    grid = dict(dataset=dataset, protocol=proto, seeds=int_list(seeds) if seeds else None,  # None: the protocol's
-                data_root=data_root, synthetic=synthetic, policy=policy, model_overrides=overrides,
-                pretrained_dir=pretrained_dir, tiny=tiny, weights=weights, workers=workers,
-                folds=folds if folds in (None, "all") else list(dict.fromkeys(int_list(folds, "--folds"))))
+    grid = dict(dataset=dataset, protocol=proto, data_root=data_root, synthetic=synthetic, policy=policy,
+                seeds=seed_list(seeds, "--seeds", "0,1,2") if seeds else None,  # None: the protocol's
+                model_overrides=overrides, pretrained_dir=pretrained_dir, tiny=tiny, weights=weights, workers=workers,
+                folds=folds if folds in (None, "all") else int_list(folds, "--folds"))
     specs, say_warnings = _plan(names, grid, results, dry_run)
     total = len(specs)
     if dry_run:
