@@ -872,8 +872,12 @@ def resolve_inits(models: list[str], protocol: Protocol,
             for m, (source, file) in wanted.items()}
 
 
-def channels_error(refused: list, models: list[str], n: int, data_root: Path) -> BenchError:
-    """One error for the models of a grid whose stems cannot read ``n``-channel data, naming those that can."""
+def channels_error(refused: list[ChannelsError], models: list[str]) -> BenchError:
+    """One error for the models of a grid whose stems cannot read its data (``plan_grid``'s refusals, each
+    with the data's channels and folder), naming those that can; a grid of one model: its own words."""
+    if len(models) == 1:
+        return refused[0]
+    n, data_root = refused[0].data
     able = [m for m in models if m not in {e.model for e in refused}]
     stems = ", ".join(f"{e.model} ({e.takes})" for e in refused)
     return BenchError(f"{data_root}: {n}-channel images, which {len(refused)} of the {len(models)} models cannot read "
@@ -1043,9 +1047,10 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
             else:
                 check_buildable(m, **build)
         except ChannelsError as exc:  # every model that cannot read the data, named at once
+            exc.data = (ds.in_chans, data_root)
             refused.append(exc)
     if refused:
-        raise refused[0] if len(models) == 1 else channels_error(refused, models, ds.in_chans, data_root)
+        raise channels_error(refused, models)
     fold_list: list[int | None] = [None]
     if folds is not None:
         n = ds.n_folds

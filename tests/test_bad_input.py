@@ -1485,6 +1485,20 @@ def test_a_grid_names_every_model_that_cannot_read_the_datas_channels(tmp_path):
         plan("unet,vmunet")
 
 
+def test_bench_run_names_every_model_that_cannot_read_the_data_at_once(monkeypatch, capsys, tmp_path):
+    """bench run plans model by model, so --models all on 2-channel data named swin_unet alone; dropping it
+    gave transunet's error, and so on, four errors one after another. It is plan_grid's one error."""
+    root = _two_channel_pngs(tmp_path / "two")
+    run = ["run", "--dataset", "nnunet", "--data-root", root, "--protocol", "smoke", "--tiny", "--results", tmp_path / "r"]
+    code, err = _bench(monkeypatch, capsys, *run, "--models", "all")  # after swin_unet's warning of its window
+    assert code == 2 and err.splitlines()[-1] == (
+        f"error: {root}: 2-channel images, which 4 of the 6 models cannot read (their stems take the channels in "
+        "brackets; a 1-channel image is repeated): swin_unet (3), transunet (3), vmunet (3), vmunet_v2 (3); "
+        "--models lightm_unet,unet take 2 channels"), err
+    _fails(monkeypatch, capsys, *run, "--models", "vmunet", names="vmunet: its stem takes 3-channel images",
+           phrase="this model cannot read this data's channels")  # one model: its own words
+
+
 def test_a_grid_with_pretrained_files_names_the_datas_channels_not_the_file(tmp_path):
     """A model started from its authors' file is built to load it at planning: on data its stem cannot
     read, the file is not at fault, and the grid's one message names every such model."""

@@ -186,11 +186,12 @@ def _plan(names: list[str], grid: dict, results: Path, dry_run: bool,
           ) -> tuple[list, Callable[[Iterable[str]], None]]:
     """The runs of ``names`` planned (``bench.run.plan_grid``, its other arguments ``grid``), one model at a
     time, and a function that says the warnings planning gave for some of the models (a shard says its own);
-    ``note``: says a note (--from-record: once for a folder's records)."""
-    from bench.registry import BuildError
-    from bench.run import dry_run_data, plan_grid
+    the models that cannot read the data are named in one error, as plan_grid names them. ``note``: says a
+    note (--from-record: once for a folder's records)."""
+    from bench.registry import BuildError, ChannelsError
+    from bench.run import channels_error, dry_run_data, plan_grid
 
-    specs, said = [], {}
+    specs, said, refused = [], {}, []
 
     def say_warnings(models: Iterable[str]) -> None:  # once each: the command line's warning display drops repeats
         for w in (w for name in models for w in said.get(name, [])):
@@ -209,10 +210,15 @@ def _plan(names: list[str], grid: dict, results: Path, dry_run: bool,
                     specs += plan_grid(models=[name], results_dir=results, dry_run=dry_run, **grid)
             except BenchError as exc:
                 say_warnings([name])  # what led up to the error
+                if isinstance(exc, ChannelsError):  # every model that cannot read the data, named at once
+                    refused.append(exc)
+                    continue
                 if grid["model_overrides"] and len(names) > 1 and isinstance(exc, BuildError):
                     raise BenchError(f"{exc}. --set goes to every model of the command ({', '.join(names)}): run "
                                      "each model with its own keys in a command of its own") from exc
                 raise
+        if refused:
+            raise channels_error(refused, names)
     return specs, say_warnings
 
 
