@@ -672,8 +672,9 @@ def dry_run_data(dataset: str, results_dir: Path) -> Iterator[Path | None]:
     finds it there), else the same data written to a temporary folder removed afterwards, to plan
     from as ``--data-root`` (runs are identified by how synthetic data was made, not where it lies:
     the same run ids), since a dry run writes nothing into the results folder."""
-    check_results_folder(Path(results_dir).expanduser(), dry_run=True)  # a file there: before its note
-    if synthetic_identity(synthetic_folder(dataset, Path(results_dir).expanduser() / "synthetic")) is not None:
+    results_dir = Path(results_dir).expanduser()
+    check_results_folder(results_dir, dry_run=True)  # a file there: named before the caller's note
+    if synthetic_identity(synthetic_folder(dataset, results_dir / "synthetic")) is not None:
         yield None
         return
     with tempfile.TemporaryDirectory(prefix="bench-dry-run-") as tmp:
