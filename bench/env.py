@@ -199,8 +199,14 @@ def source_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    root = Path(__file__).resolve().parent.parent
+    """The checkout's commit (with "-dirty" for edits), None outside one. Read once per process, as
+    ``source_digest``: a commit or pull while a grid trains is not the code its later runs train under."""
+    return _git_head(Path(__file__).resolve().parent.parent)
+
+
+def _git_head(root: Path) -> str | None:
     if not (root / ".git").exists():
         return None
     try:

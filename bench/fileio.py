@@ -404,10 +404,7 @@ def ensure_writable_dir(directory: Path, option: str = "--results") -> Path:
     instead of after hours of training. A probe file is written and removed: permission bits say
     nothing for root, or on read-only mounts and network shares.
     """
-    directory = Path(directory)
-    check_dangling_link(directory, option)
-    if directory.exists() and not directory.is_dir():
-        raise BenchError(f"{directory}: is a file, not a folder; choose another {option}")
+    directory = check_folder(directory, option)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe-")
@@ -420,6 +417,16 @@ def ensure_writable_dir(directory: Path, option: str = "--results") -> Path:
             os.unlink(probe)
     except OSError as exc:
         raise BenchError(f"{directory}: not writable ({exc.strerror or exc}); choose another {option}") from None
+    return directory
+
+
+def check_folder(directory: Path, option: str = "--results") -> Path:
+    """``directory`` unless a file or a link to nothing stands where it would be: ``ensure_writable_dir``'s
+    half that writes nothing (a dry run names them as the command would)."""
+    directory = Path(directory)
+    check_dangling_link(directory, option)
+    if directory.exists() and not directory.is_dir():
+        raise BenchError(f"{directory}: is a file, not a folder; choose another {option}")
     return directory
 
 

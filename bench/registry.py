@@ -52,6 +52,7 @@ class ChannelsError(BenchError):
     def __init__(self, message: str, model: str, takes: int):
         super().__init__(message)
         self.model, self.takes = model, takes
+        self.data: tuple[int, Path] | None = None  # the data's channels and folder, as bench.run.plan_grid met them
 
 
 @dataclass(frozen=True)

@@ -275,7 +275,7 @@ def _run_one(spec: RunSpec, *, results_dir: Path, device: torch.device, resume: 
              show_progress: bool) -> dict[str, Any] | None:
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
-    commit = env.git_commit()  # the code this run trains under: a git pull meanwhile is not it
+    commit = env.git_commit()  # the code that runs, read once per process: not a git pull made since
     code = records.code_version(commit, env.source_digest())
     dataset = open_dataset(spec.dataset, spec.data_root, spec.fold)
     protocol = spec.protocol
@@ -481,7 +481,9 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
             done, rescored, holder, again = distributed.gather_objects(
                 (done, rescored, claim if isinstance(claim, str) else None, stale is not None) if main else None)[0]
             if done:
-                old = main and code_changed(records.read_record(results_dir, spec.key))
+                old = False
+                with suppress(BenchError):  # a damaged or newer record: finished all the same, its note unsaid
+                    old = main and code_changed(records.read_record(results_dir, spec.key))
                 say(f"  {spec.key}: finished earlier, skipped" + (
                     f"; {spec.model}'s code changed since it trained, so its numbers are the old code's: to train "
                     f"the new code, choose another --results (or delete records/{spec.key}.json and runs/{spec.key}/)"
@@ -652,13 +654,27 @@ def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
     return "missing", ""
 
 
+def check_results_folder(results_dir: Path, dry_run: bool = False) -> None:
+    """Every folder of ``results_dir`` a run writes into, writable (``fileio.ensure_writable_dir``): a file or
+    a read-only folder in place of records/ failed each run after its training. records/ and runs/ are
+    tried where they are (else made later in the results folder tried first: a refused grid makes none).
+    ``dry_run``: nothing is written, but a file in a folder's place is named as bench run names it."""
+    check = fileio.check_folder if dry_run else fileio.ensure_writable_dir
+    check(results_dir)
+    for folder in (records.records_dir(results_dir), records.runs_dir(results_dir)):
+        if folder.is_symlink() or folder.exists():
+            check(folder)
+
+
 @contextmanager
 def dry_run_data(dataset: str, results_dir: Path) -> Iterator[Path | None]:
     """``--dry-run --synthetic``: None where the results folder holds the synthetic data (plan_grid
     finds it there), else the same data written to a temporary folder removed afterwards, to plan
     from as ``--data-root`` (runs are identified by how synthetic data was made, not where it lies:
     the same run ids), since a dry run writes nothing into the results folder."""
-    if synthetic_identity(synthetic_folder(dataset, Path(results_dir).expanduser() / "synthetic")) is not None:
+    results_dir = Path(results_dir).expanduser()
+    check_results_folder(results_dir, dry_run=True)  # a file there: named before the caller's note
+    if synthetic_identity(synthetic_folder(dataset, results_dir / "synthetic")) is not None:
         yield None
         return
     with tempfile.TemporaryDirectory(prefix="bench-dry-run-") as tmp:
@@ -857,8 +873,12 @@ def resolve_inits(models: list[str], protocol: Protocol,
             for m, (source, file) in wanted.items()}
 
 
-def channels_error(refused: list, models: list[str], n: int, data_root: Path) -> BenchError:
-    """One error for the models of a grid whose stems cannot read ``n``-channel data, naming those that can."""
+def channels_error(refused: list[ChannelsError], models: list[str]) -> BenchError:
+    """One error for the models of a grid whose stems cannot read its data (``plan_grid``'s refusals, each
+    with the data's channels and folder), naming those that can; a grid of one model: its own words."""
+    if len(models) == 1:
+        return refused[0]
+    n, data_root = refused[0].data
     able = [m for m in models if m not in {e.model for e in refused}]
     stems = ", ".join(f"{e.model} ({e.takes})" for e in refused)
     return BenchError(f"{data_root}: {n}-channel images, which {len(refused)} of the {len(models)} models cannot read "
@@ -903,6 +923,13 @@ def grid_notes(specs: list[RunSpec]) -> list[str]:
             for (before, after), folds in said.items()]
 
 
+def seed_list(seeds: Any, option: str = "seeds", example: str = "[0, 1, 2]") -> list[int]:
+    """``seeds`` (a comma list, one number or a list) as a grid runs them: each once (a seed given twice would
+    train and count one run twice), each a seed (else a traceback once the run has begun); BenchError
+    naming ``option``, as the caller spells it (``bench run``: --seeds)."""
+    return [check_seed(s, option) for s in dict.fromkeys(int_list(seeds, option, example))]
+
+
 @caller_rng_kept()  # it builds every model to check it: the caller's RNG stays where it was
 def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str, seeds: int | list[int] | None,
               data_root: Path | str | None, synthetic: bool, results_dir: Path | str, policy: str | None = None,
@@ -917,8 +944,9 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     ``weights``: a weights file to evaluate instead of training (one model, one seed, one split),
     loaded strictly: an authors' checkpoint (``load_weights``) or a run's own.
     ``workers``: data-loader processes, the protocol's ``num_workers`` for None (no part of a run's identity).
-    ``dry_run``: writes nothing (``bench run --dry-run``): the results folder is not tried, and synthetic
-    data not yet written is a BenchError (the caller may plan from a temporary copy: ``dry_run_data``).
+    ``dry_run``: writes nothing (``bench run --dry-run``): the results folder is not tried (a file in its place
+    is named), and synthetic data not yet written is a BenchError (the caller may plan from a temporary
+    copy: ``dry_run_data``).
     As the command line gives them: ``models`` "all" or a comma list, ``protocol`` a name or a file."""
     from bench.protocol import load_protocol
     from bench.registry import resolve_models
@@ -927,9 +955,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
     models = resolve_models(models)
     check_workers(workers)
     protocol = load_protocol(protocol) if isinstance(protocol, (str, Path)) else protocol
-    # each seed once: a seed given twice would train and count one run twice; None: the protocol's
-    seeds = list(dict.fromkeys(int_list(seeds, "seeds", "[0, 1, 2]"))) if seeds is not None else [protocol.seed]
-    seeds = [check_seed(s, "seeds") for s in seeds]  # else a traceback once the run has begun
+    seeds = seed_list(seeds) if seeds is not None else [protocol.seed]
     results_dir = Path(results_dir).expanduser()  # as data_root and the synthetic data's folder
     if synthetic and data_root is not None:
         raise BenchError("give either --data-root or --synthetic, not both")
@@ -943,8 +969,7 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
         if not weights.is_file():
             raise fileio.absent(weights, f"--weights {weights}: {'a folder' if weights.is_dir() else 'not found'}; "
                                 "expected a weights file (.pth, .pt, .safetensors, .npz)")
-    if not dry_run:
-        fileio.ensure_writable_dir(results_dir)  # before synthetic data is written or anything trains
+    check_results_folder(results_dir, dry_run)  # before synthetic data is written or anything trains
     # what needs no data, before --synthetic writes any
     # an unknown name: "did you mean", before anything else is said about it; "Synapse" is synapse,
     # which records and run ids hold (else one run trains twice and counts twice on a board)
@@ -1023,13 +1048,14 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
             else:
                 check_buildable(m, **build)
         except ChannelsError as exc:  # every model that cannot read the data, named at once
+            exc.data = (ds.in_chans, data_root)
             refused.append(exc)
     if refused:
-        raise refused[0] if len(models) == 1 else channels_error(refused, models, ds.in_chans, data_root)
+        raise channels_error(refused, models)
     fold_list: list[int | None] = [None]
     if folds is not None:
         n = ds.n_folds
-        fold_list = list(range(n)) if folds == "all" else list(folds)
+        fold_list = list(range(n)) if folds == "all" else list(dict.fromkeys(folds))  # each once, as seeds
         bad = [f for f in fold_list if not 0 <= f < n]
         if bad:
             raise BenchError(f"--folds {bad[0]}: {data_root} has folds 0..{n - 1}")

@@ -1170,6 +1170,30 @@ def test_results_is_a_file(monkeypatch, capsys, tmp_path):
            path, *FAST, names=path, phrase="is a file, not a folder")
 
 
+def test_results_is_a_file_in_a_dry_run_too(monkeypatch, capsys, tmp_path):
+    """--dry-run --results FILE noted that the synthetic data was not written under FILE, then failed on
+    "FILE/runs/<run id>/.claim: Not a directory"; it is bench run's own error, said first."""
+    path = tmp_path / "results.txt"
+    path.write_text("x", encoding="utf-8")
+    args = ["run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--results", path, *FAST, "--dry-run"]
+    _fails(monkeypatch, capsys, *args, names=path, phrase="is a file, not a folder; choose another --results")
+    assert "note:" not in run_bench_here(monkeypatch, capsys, *args, check=False).stdout
+
+
+@pytest.mark.parametrize("folder", ["records", "runs"])
+def test_a_file_in_place_of_what_bench_run_writes_into_fails_before_training(monkeypatch, capsys, tmp_path, folder):
+    """records/ a file (or read-only): every run of the grid trained, then failed to write its record, blaming
+    the disk ("cannot write (File exists); free space"). As bench rescore does, the folders are tried first:
+    one error, before synthetic data is written or anything trains (--dry-run names it too, writing nothing)."""
+    (tmp_path / folder).write_text("x", encoding="utf-8")
+    run = ["run", "--models", "unet", "--seeds", "0,1", "--dataset", "synapse", "--synthetic", "--results", tmp_path,
+           *FAST]
+    for dry in ([], ["--dry-run"]):
+        _fails(monkeypatch, capsys, *run, *dry, names=tmp_path / folder,
+               phrase=": is a file, not a folder; choose another --results")
+    assert not (tmp_path / "synthetic").exists() and not list(tmp_path.rglob("*.pt"))
+
+
 def test_profile_into_unwritable_results(monkeypatch, capsys, unwritable):
     _fails(monkeypatch, capsys, "profile", "--models", "unet", "--tiny", "--img-size", "32", "--no-timing",
            "--results", unwritable, names=unwritable, phrase="not writable")
@@ -1461,6 +1485,20 @@ def test_a_grid_names_every_model_that_cannot_read_the_datas_channels(tmp_path):
         plan("unet,vmunet")
 
 
+def test_bench_run_names_every_model_that_cannot_read_the_data_at_once(monkeypatch, capsys, tmp_path):
+    """bench run plans model by model, so --models all on 2-channel data named swin_unet alone; dropping it
+    gave transunet's error, and so on, four errors one after another. It is plan_grid's one error."""
+    root = _two_channel_pngs(tmp_path / "two")
+    run = ["run", "--dataset", "nnunet", "--data-root", root, "--protocol", "smoke", "--tiny", "--results", tmp_path / "r"]
+    code, err = _bench(monkeypatch, capsys, *run, "--models", "all")  # after swin_unet's warning of its window
+    assert code == 2 and err.splitlines()[-1] == (
+        f"error: {root}: 2-channel images, which 4 of the 6 models cannot read (their stems take the channels in "
+        "brackets; a 1-channel image is repeated): swin_unet (3), transunet (3), vmunet (3), vmunet_v2 (3); "
+        "--models lightm_unet,unet take 2 channels"), err
+    _fails(monkeypatch, capsys, *run, "--models", "vmunet", names="vmunet: its stem takes 3-channel images",
+           phrase="this model cannot read this data's channels")  # one model: its own words
+
+
 def test_a_grid_with_pretrained_files_names_the_datas_channels_not_the_file(tmp_path):
     """A model started from its authors' file is built to load it at planning: on data its stem cannot
     read, the file is not at fault, and the grid's one message names every such model."""
@@ -1489,8 +1527,8 @@ def test_a_cli_fuzz_finds_no_traceback_and_no_empty_value_taken_for_none(monkeyp
         _fails(monkeypatch, capsys, *run, option, "", names=option, phrase="an empty value ('';")
     _fails(monkeypatch, capsys, *run, "--seeds=", names="--seeds", phrase="an empty value ('--seeds=')")
     for seed in ("-1", str(2**32), "99999999999999999999"):
-        _fails(monkeypatch, capsys, *run, "--seeds", seed, names=seed, phrase="seeds: expected a whole number "
-                                                                            "from 0 to 4294967295")
+        _fails(monkeypatch, capsys, *run, "--seeds", seed, names=seed, phrase="error: --seeds: expected a whole "
+                                                                            "number from 0 to 4294967295")  # the option
     threadless = [a for i, a in enumerate(run) if "--threads" not in (a, run[i - 1])]  # an option is given once
     _fails(monkeypatch, capsys, *threadless, "--threads", "99999999999999999999", names="--threads", phrase="from 1 to ")
     proto = tmp_path / "big-seed.toml"

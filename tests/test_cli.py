@@ -992,6 +992,20 @@ def test_folds_give_one_record_per_fold(tmp_path, bench_here):
     assert not (tmp_path / "fixed" / "synthetic").exists()  # refused before the synthetic data is written
 
 
+def test_a_fold_given_twice_plans_one_run_as_a_seed_given_twice_does(tmp_path, bench_here):
+    """plan_grid ran each seed once but a fold given twice twice (the CLI alone removed repeats): one run
+    was planned twice, and --shard put both copies into one shard, the other empty."""
+    from bench.run import plan_grid, select_shard
+
+    specs = plan_grid(models="unet", dataset="nnunet", protocol="smoke", seeds=[0, 0], folds=[1, 1, 0], data_root=None,
+                      synthetic=True, results_dir=tmp_path, tiny=True)
+    assert [(s.seed, s.fold) for s in specs] == [(0, 1), (0, 0)]
+    assert [len(select_shard(specs, f"{k}/2")) for k in (1, 2)] == [1, 1]
+    listed = bench_here("run", "--models", "unet", "--dataset", "nnunet", "--synthetic", "--protocol", "smoke",
+                        "--folds", "1,1", "--results", tmp_path, *FAST, "--dry-run").stdout
+    assert "bench run --dry-run: 1 run(s) · " in listed
+
+
 def test_each_dataset_defaults_to_its_published_protocol():
     assert [default_protocol(d, None) for d in ("synapse", "isic17", "isic18", "polyp", "isic_all")] == \
         ["synapse", "isic17", "isic18", "polyp", "isic_all"]
@@ -1114,6 +1128,40 @@ def test_dry_run_calls_a_trained_run_without_its_record_finished_and_says_what_b
     (ckpt / "last.pt").unlink()
     listed = run_bench_here(monkeypatch, capsys, *base).stdout
     assert f"  finished {trained}  record missing: bench run trains it afresh (no last.pt to resume)\n" in listed
+
+
+QUICK_GRID = ["run", "--models", "unet", "--dataset", "isic17", "--synthetic", "--protocol", "smoke", "--tiny",
+              "--max-iterations", "2", "--threads", "1", "--no-progress"]
+
+
+def test_a_damaged_or_newer_record_of_a_finished_run_does_not_stop_the_grid(tmp_path, bench_here):
+    """A finished run's record was read in full only to decide a "code changed" note: a damaged one, or one
+    of a newer schema, ended the grid there (--dry-run said "done 1, missing 1"). It is skipped as finished."""
+    bench_here(*QUICK_GRID, "--results", tmp_path)
+    (path,) = (tmp_path / "records").glob("*.json")
+    good = path.read_text(encoding="utf-8")
+    path.write_text(good[:300], encoding="utf-8")  # cut short, as a full disk leaves it
+    out = bench_here(*QUICK_GRID, "--seeds", "0,1", "--results", tmp_path).stdout
+    assert f"  {path.stem}: finished earlier, skipped\n" in out and len(list(path.parent.glob("*.json"))) == 2
+    path.write_text(json.dumps({**json.loads(good), "schema": 2}), encoding="utf-8")  # a newer bench's
+    out = bench_here(*QUICK_GRID, "--seeds", "0,1", "--results", tmp_path).stdout
+    assert f"  {path.stem}: finished earlier, skipped\n" in out and out.count("finished earlier, skipped") == 2
+
+
+def test_the_runs_of_one_process_name_the_commit_it_imported(tmp_path, bench_here, monkeypatch):
+    """A commit made while a grid trained was named by its later runs' git_commit and train.commits,
+    though they ran the code imported before it (their code_digest said so)."""
+    from bench import env
+
+    heads = iter(["a" * 40, "b" * 40])  # the checkout's HEAD, moved by a commit after the first read
+    monkeypatch.setattr(env, "_git_head", lambda root: next(heads))
+    env.git_commit.cache_clear()
+    try:
+        bench_here(*QUICK_GRID, "--seeds", "0,1", "--results", tmp_path)
+    finally:
+        env.git_commit.cache_clear()  # the next test reads the real checkout's
+    recs = [json.loads(p.read_text(encoding="utf-8")) for p in (tmp_path / "records").glob("*.json")]
+    assert [(r["git_commit"], r["train"]["commits"]) for r in recs] == [("a" * 40, ["a" * 40])] * 2
 
 
 def test_a_record_says_which_host_job_and_command_line_made_it(tmp_path):

@@ -112,7 +112,7 @@ def run(
     from bench.env import resolve_device
     from bench.protocol import load_protocol
     from bench.registry import get_entry, resolve_models
-    from bench.run import check_workers, parse_shard, refuse_2d_models, resolve_inits, select_shard
+    from bench.run import check_workers, parse_shard, refuse_2d_models, resolve_inits, seed_list, select_shard
 
     _compute_setup(threads)
     if distributed.rank_from_env() != 0:  # a process of a torchrun: the first says the warnings for all
@@ -160,10 +160,10 @@ def run(
     if nproc != 1 and not distributed.launched_by_torchrun():  # this process starts the others
         distributed.check_nproc(nproc, dev, proto.train.batch_size)  # before --synthetic writes data
     overrides = _parse_sets(set_ or [])
-    grid = dict(dataset=dataset, protocol=proto, seeds=int_list(seeds) if seeds else None,  # None: the protocol's
-                data_root=data_root, synthetic=synthetic, policy=policy, model_overrides=overrides,
-                pretrained_dir=pretrained_dir, tiny=tiny, weights=weights, workers=workers,
-                folds=folds if folds in (None, "all") else list(dict.fromkeys(int_list(folds, "--folds"))))
+    grid = dict(dataset=dataset, protocol=proto, data_root=data_root, synthetic=synthetic, policy=policy,
+                seeds=seed_list(seeds, "--seeds", "0,1,2") if seeds else None,  # None: the protocol's
+                model_overrides=overrides, pretrained_dir=pretrained_dir, tiny=tiny, weights=weights, workers=workers,
+                folds=folds if folds in (None, "all") else int_list(folds, "--folds"))
     specs, say_warnings = _plan(names, grid, results, dry_run)
     total = len(specs)
     if dry_run:
@@ -186,11 +186,12 @@ def _plan(names: list[str], grid: dict, results: Path, dry_run: bool,
           ) -> tuple[list, Callable[[Iterable[str]], None]]:
     """The runs of ``names`` planned (``bench.run.plan_grid``, its other arguments ``grid``), one model at a
     time, and a function that says the warnings planning gave for some of the models (a shard says its own);
-    ``note``: says a note (--from-record: once for a folder's records)."""
-    from bench.registry import BuildError
-    from bench.run import dry_run_data, plan_grid
+    the models that cannot read the data are named in one error, as plan_grid names them. ``note``: says a
+    note (--from-record: once for a folder's records)."""
+    from bench.registry import BuildError, ChannelsError
+    from bench.run import channels_error, dry_run_data, plan_grid
 
-    specs, said = [], {}
+    specs, said, refused = [], {}, []
 
     def say_warnings(models: Iterable[str]) -> None:  # once each: the command line's warning display drops repeats
         for w in (w for name in models for w in said.get(name, [])):
@@ -209,10 +210,15 @@ def _plan(names: list[str], grid: dict, results: Path, dry_run: bool,
                     specs += plan_grid(models=[name], results_dir=results, dry_run=dry_run, **grid)
             except BenchError as exc:
                 say_warnings([name])  # what led up to the error
+                if isinstance(exc, ChannelsError):  # every model that cannot read the data, named at once
+                    refused.append(exc)
+                    continue
                 if grid["model_overrides"] and len(names) > 1 and isinstance(exc, BuildError):
                     raise BenchError(f"{exc}. --set goes to every model of the command ({', '.join(names)}): run "
                                      "each model with its own keys in a command of its own") from exc
                 raise
+        if refused:
+            raise channels_error(refused, names)
     return specs, say_warnings
 
 
