@@ -54,7 +54,8 @@ def clean(results_dir: Path, dry_run: bool = False) -> Cleanup:
             rec = parsed[name]
             if isinstance(rec, BenchError):
                 raise rec
-            rec = records.checked_record(records.records_dir(results_dir) / name, rec)
+            path = records.records_dir(results_dir) / name
+            rec = records.check_file_name(results_dir, path, records.checked_record(path, rec))  # as load reads it
             scored = weights_path(results_dir, rec)
         except BenchError as exc:  # a damaged or foreign file, or a newer bench's: its run is not known to be finished
             found.unread.append(f"{name} ({exc})")

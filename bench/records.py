@@ -396,7 +396,11 @@ def _read_named(results_dir: Path, path: Path) -> dict[str, Any]:
     (``record_path``): bench run finds a finished run by that name alone, so a record under another (a backup, a
     copy) counted on the boards while bench run trained its run again, and then two records of one run stopped
     every command."""
-    rec = _read(path)
+    return check_file_name(results_dir, path, _read(path))
+
+
+def check_file_name(results_dir: Path, path: Path, rec: dict[str, Any]) -> dict[str, Any]:
+    """``rec``, read from ``path``, where that is its run's record file; else BenchError saying what to do."""
     own = record_path(results_dir, rec["run_id"])
     if path.name != own.name:
         fix = (f"{own.name} is there too, and a run has one record: move {path.name} out of {path.parent}"
@@ -434,11 +438,13 @@ def record_files(path: Path) -> tuple[list[Path], bool]:
     if not path.is_dir():
         raise absent(path, f"{path}: not found; expected a run record (records/<run_id>.json), a run folder, or a "
                            "records or results folder")
-    if (own := record_path(path.parent.parent, path.name)).is_file():
+    where = path.absolute()  # "runs/<id>" given from inside runs/ too: its parents are looked at
+    if (own := record_path(where.parent.parent, where.name)).is_file():
         return [own], False
     results = records_dir(path).is_dir()
     found = sorted((records_dir(path) if results else path).glob("*.json"))
-    if not found and not results and path.parent == runs_dir(path.parent.parent):  # a run's folder, its record gone
+    began = (path / RUN_LOG).is_file() or (path / CHECKPOINT_DIR).is_dir()  # a run's folder, not any in a runs/
+    if not found and began and where.parent == runs_dir(where.parent.parent):  # its record gone
         raise BenchError(f"{path}: a run folder whose record {own} is missing (deleted, or the run did not finish: "
                          f"its {path / RUN_LOG} says why); --from-record re-runs a run from its record: restore that "
                          "file, or pass a copy of it")

@@ -163,6 +163,25 @@ def test_clean_reads_each_record_once(tmp_path, monkeypatch):
     assert f"notes.json ({tmp_path / 'records' / 'notes.json'}: " in found.unread[2]
 
 
+def test_a_record_under_another_name_is_not_its_runs_for_clean_either(tmp_path):
+    """`mv X.json X-backup.json`: every reader refuses it, but bench clean took it for its run's record and
+    deleted the run's last.pt, so that the resume bench run then offers retrained the run from scratch."""
+    rec = make_record("unet", seed=0)
+    own = write_record(rec, tmp_path)
+    ckpt = run_dir(tmp_path, rec["run_id"]) / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "last.pt").write_bytes(b"\0")
+    (ckpt / "final.pt").write_bytes(b"\0")
+    assert clean(tmp_path, dry_run=True).resume == {rec["run_id"]: [ckpt / "last.pt"]}
+    own.rename(own.with_name(f"{rec['run_id']}-backup.json"))
+    found = clean(tmp_path)
+    assert found.resume == {} and (ckpt / "last.pt").is_file()
+    assert found.unread == [f"{rec['run_id']}-backup.json ({own.with_name(rec['run_id'] + '-backup.json')}: holds "
+                            f"the record of run {rec['run_id']!r}, whose file must be named {own.name} (bench run "
+                            f"finds a finished run by that name); rename it to {own.name}, or move it out of "
+                            f"{own.parent} if it is a backup)"]
+
+
 def test_live_claims_claims_beside_files_and_hidden_files_not_benchs_stay(tmp_path):
     """A mutation audit: clean deleted a live rescore's claim folder where its claim was judged alone, would
     have counted a killed run's folder holding its resume point with its claim as abandoned, and would have

@@ -3,6 +3,7 @@ import math
 import multiprocessing as mp
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -378,7 +379,7 @@ def test_a_record_under_another_name_than_its_runs_is_an_error(tmp_path):
     assert len(load(tmp_path)) == 2
 
 
-def test_a_run_folder_without_its_record_is_said_so(tmp_path):
+def test_a_run_folder_without_its_record_is_said_so(tmp_path, monkeypatch):
     """--from-record results/runs/<id> of a run whose record was deleted said the folder "holds no run record;
     expected ... a run folder (runs/<run_id>, beside records/)", which it is: now it names the record missing."""
     rec = make_record(run_id="synapse-synapse-vmunet-s0-0000abcd")
@@ -391,6 +392,17 @@ def test_a_run_folder_without_its_record_is_said_so(tmp_path):
                                          rf"is missing \(deleted, or the run did not finish: its "
                                          rf"{re.escape(str(folder / 'run.log'))} says why\); --from-record re-runs"):
         records.record_at(folder)
+    # the run's folder given from inside runs/ ("--from-record <id>"): the same folder, the same answers
+    monkeypatch.chdir(folder.parent)
+    with pytest.raises(BenchError, match=r"^synapse-synapse-vmunet-s0-0000abcd: a run folder whose record "):
+        records.record_at(Path(folder.name))
+    write_record(rec, tmp_path)
+    assert records.record_files(Path(folder.name)) == ([own], False)
+    own.unlink()
+    # a folder in a folder named runs that no run began (no run.log, no checkpoints/) is no run's folder
+    (folder / "run.log").unlink()
+    with pytest.raises(BenchError, match=r"0000abcd: holds no run record; expected a record"):
+        records.record_files(folder)
     # a results folder that sits in a folder named runs is read as one, records and all
     results = tmp_path / "runs" / "exp1"
     kept = write_record(rec, results)

@@ -943,6 +943,10 @@ def test_a_metric_nan_in_every_run_is_shown_not_dropped(tmp_path):
     assert row["liver"] == "80.00" and "Liver" not in row
     csv = pd.read_csv(io.StringIO(write_report(tmp_path, fmt="csv")))
     assert {"dice_mean", "iou_mean", "dice/vessel_mean"} <= set(csv.columns) and csv["dice_mean"].isna().all()
+    # beside a board whose records count none (legacy), its counts are still integers: "2", not "2.0"
+    write_record(make_record("unet"), tmp_path)
+    both = pd.read_csv(io.StringIO(write_report(tmp_path, fmt="csv")), dtype=str).set_index("policy")
+    assert both.loc["strict", ["dice_n_na", "dice_n_entries"]].tolist() == ["2", "6"]
 
 
 def test_strict_hd95_on_resized_images_says_whose_pixels(tmp_path):

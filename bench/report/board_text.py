@@ -658,8 +658,9 @@ def _render_csv(boards: dict[BoardKey, pd.DataFrame]) -> str:
     first = [c for c in table.columns if c not in values]
     table = table[first + aggregates + [c for c in values if c not in aggregates]]
     # counts: 0, not 0.0 where another board lacks the column (n_train: empty where records did not keep it)
-    as_counts(table, [c for c in values if c.endswith("_n_nan")] + ["n_cases", "n_train", "n_seeds", "n_runs",
-                      "n_missed", "n_present", "params", "trainable_params", "macs", "paper_macs", "flops"])
+    as_counts(table, [c for c in values if c.endswith("_n_nan")] + [
+        "n_cases", "n_train", "n_seeds", "n_runs", "n_missed", "n_present", "dice_n_na", "dice_n_entries", "params",
+        "trainable_params", "macs", "paper_macs", "flops"])
     return table.to_csv(index=False, lineterminator="\n")
 
 
