@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import finished
+from bench.records import finished, records_dir
 from bench.fileio import absent, atomic_write_text, folder_lock
 from bench.report import label_runs
 from bench.report.tables import _md_table
@@ -228,7 +228,7 @@ def read_baseline(path: Path, allow_empty: bool = False) -> pd.DataFrame:
     path = Path(path)
     if path.is_dir():
         held = (f"; to compare with its runs, write their baseline first: bench check --update --baseline "
-                f"BASELINE.csv --results {path}" if (path / "records").is_dir() else "")  # a results folder
+                f"BASELINE.csv --results {path}" if records_dir(path).is_dir() else "")  # a results folder
         raise BenchError(f"{path}: is a folder; --baseline takes the baseline CSV file (results/baseline/smoke.csv)"
                          f"{held}")
     if path.exists() and not path.is_file():

@@ -61,7 +61,10 @@ __all__ = [
     "validate_record",
     "write_record",
     "records_dir",
+    "synthetic_dir",
     "record_path",
+    "rescore_id",
+    "rescored_name",
     "record_files",
     "load",
     "load_both",
@@ -338,6 +341,11 @@ def runs_dir(results_dir: Path) -> Path:
     return Path(results_dir) / "runs"
 
 
+def synthetic_dir(results_dir: Path) -> Path:
+    """Where `bench run --synthetic` keeps the synthetic data of ``results_dir`` (one folder per dataset)."""
+    return Path(results_dir) / "synthetic"
+
+
 TB_DIR = "tb"  # in a run's folder: its TensorBoard scalars
 # in a run's folder: its checkpoints (bench.train writes them), the one a resume reads and the weights training
 # ended with; here, as reports look for begun runs without importing bench.train (torch)
@@ -353,6 +361,16 @@ def run_dir(results_dir: Path, run_id: str) -> Path:
 def record_path(results_dir: Path, run_id: str) -> Path:
     """Where the record of ``run_id`` lives (exists once that run finished)."""
     return records_dir(results_dir) / f"{run_id}.json"
+
+
+def rescore_id(run_id: str, policy: str) -> str:
+    """The id of `bench rescore`'s record of ``run_id`` under ``policy`` (``<run_id>.<policy>``)."""
+    return f"{run_id}.{policy}"
+
+
+def rescored_name(name: str) -> bool:
+    """Whether a records/ file name is one a rescore wrote (``rescore_id``'s ``<run_id>.<policy>.json``)."""
+    return any(Path(name).stem.endswith(f".{policy}") for policy in POLICIES)
 
 
 def write_record(record: Mapping[str, Any], results_dir: Path, replace: bool = False) -> Path:
@@ -948,7 +966,7 @@ def unrecorded_runs(results_dir: Path | str, boards: Iterable[tuple[str, str]],
             if why is None:  # its log says nothing of an end: killed outright, or older than run logs
                 why = "finished, record missing" if (ckpt / FINAL).is_file() else "interrupted"
             # a rescored copy is on its own policy's board only: the run is gone from its first one
-            kept = [p for p in POLICIES if record_path(results_dir, f"{run_id}.{p}").is_file()]
+            kept = [p for p in POLICIES if record_path(results_dir, rescore_id(run_id, p)).is_file()]
             why += f"; its rescore under {', '.join(kept)} remains" if kept else ""
             found.append({"run_id": run_id, "dataset": dataset, "protocol": protocol, "model": parts["model"],
                           "seed": parts["seed"], "split": split_name(parts["fold"]), "why": why,

@@ -33,6 +33,7 @@ from bench.evaluate import evaluate, scored_ids
 from bench.fileio import file_sha256
 from bench.metrics import POLICIES, get_policy, policy_fields, policy_misfit
 from bench.protocol import Protocol, load_protocol, protocol_from_record
+from bench.records import rescore_id, rescored_name  # beside the folder's other names: records has no torch
 from bench.registry import code_changed, create_model, get_entry, strict_load
 from bench.rng import deterministic_kernels
 from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, load_checkpoint
@@ -41,18 +42,9 @@ __all__ = ["rescore_id", "weights_path", "scored_weights", "earlier_rescores", "
            "rescore_record", "plan_rescore", "rescored_twin", "twin_state", "DataRoots"]
 
 
-def rescore_id(run_id: str, policy: str) -> str:
-    return f"{run_id}.{policy}"
-
-
 def unscored_records(results_dir: Path) -> frozenset[str]:
     """The names of the folder's records that no rescore wrote (``rescored_name``)."""
     return frozenset(p.name for p in records.records_dir(results_dir).glob("*.json") if not rescored_name(p.name))
-
-
-def rescored_name(name: str) -> bool:
-    """Whether a records/ file name is one a rescore wrote (``rescore_id``'s ``<run_id>.<policy>.json``)."""
-    return any(Path(name).stem.endswith(f".{policy}") for policy in POLICIES)
 
 
 def weights_path(results_dir: Path, rec: dict[str, Any]) -> Path:
@@ -248,7 +240,7 @@ def run_data_root(rec: dict[str, Any], results_dir: Path, data_roots: DataRoots 
         if found is not None:
             return found
     root = Path(rec["data_root"]).expanduser()  # records written before paths were resolved may hold ~
-    moved = Path(results_dir) / "synthetic" / root.name
+    moved = records.synthetic_dir(results_dir) / root.name
     if not root.is_dir() and rec.get("synthetic") and moved.is_dir():
         return moved
     if root.is_dir():

@@ -610,9 +610,9 @@ def _rescore_twin(spec: RunSpec, source: dict[str, Any], results_dir: Path, devi
     """Run ``source``'s weights (``spec``'s training under another policy, trained again since its rescore into
     ``spec.policy``) scored into that rescore again, as `bench rescore` does (bench.rescore.rescore_record), under
     the claims bench run holds; said in two lines. Why it failed, in one line; None where it did not."""
-    from bench.rescore import rescore_id, rescore_record
+    from bench.rescore import rescore_record
 
-    twin = rescore_id(source["run_id"], spec.policy)
+    twin = records.rescore_id(source["run_id"], spec.policy)
     say(f"  {spec.key}: the same training was rescored under {spec.policy} ({twin}), from an earlier training of "
         f"run {source['run_id']}, trained again since: scoring its weights now")
     try:
@@ -628,7 +628,6 @@ def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
     anything (``--dry-run``): ("done" | "running" | "finished" | "partial" | "missing", what says so);
     "finished": trained (its final.pt there), without a record: deleted, or its evaluation cut short."""
     from bench.claim import held_by
-    from bench.rescore import rescore_id
 
     if records.record_path(results_dir, spec.key).is_file():
         return "done", ""
@@ -638,7 +637,7 @@ def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
     if rescored:
         return "done", f"rescored into its policy ({rescored})"
     if source is not None:  # what bench run does: score it again, no training
-        return "finished", (f"rescored into its policy ({rescore_id(source['run_id'], spec.policy)}) from an earlier "
+        return "finished", (f"rescored into its policy ({records.rescore_id(source['run_id'], spec.policy)}) from an earlier "
                             f"training of run {source['run_id']}: bench run scores its weights now")
     ckpt = records.run_dir(results_dir, spec.key) / CHECKPOINT_DIR
     if (ckpt / FINAL).is_file():  # what bench run does with it (train_model: a resume from the last epoch trains none)
@@ -674,7 +673,7 @@ def dry_run_data(dataset: str, results_dir: Path) -> Iterator[Path | None]:
     the same run ids), since a dry run writes nothing into the results folder."""
     results_dir = Path(results_dir).expanduser()
     check_results_folder(results_dir, dry_run=True)  # a file there: named before the caller's note
-    if synthetic_identity(synthetic_folder(dataset, results_dir / "synthetic")) is not None:
+    if synthetic_identity(synthetic_folder(dataset, records.synthetic_dir(results_dir))) is not None:
         yield None
         return
     with tempfile.TemporaryDirectory(prefix="bench-dry-run-") as tmp:
@@ -981,8 +980,8 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
         get_policy(policy)  # an unknown name: its "did you mean"
     inits = {} if weights is not None else resolve_inits(models, protocol, pretrained_dir)  # given: nothing starts
     if synthetic:
-        data_root = synthetic_folder(dataset, results_dir / "synthetic") if dry_run else \
-            synthetic_root(dataset, results_dir / "synthetic")
+        data_root = synthetic_folder(dataset, records.synthetic_dir(results_dir)) if dry_run else \
+            synthetic_root(dataset, records.synthetic_dir(results_dir))
         if dry_run and synthetic_identity(data_root) is None:
             raise BenchError(f"--dry-run: the synthetic data is not written yet ({data_root}), and a dry run writes "
                              "none: no run of this grid has begun in this results folder")
@@ -1081,13 +1080,14 @@ def _moved_results_roots(results_dir: Path, dataset: str, data_root: Path) -> tu
     colleague's machine): the same data, so their runs are these runs. Only data kept inside the
     results folder moves with it; data elsewhere is told apart by its content."""
     here = data_root.expanduser().resolve()
-    if here.parent != (Path(results_dir) / "synthetic").resolve():
+    kept = records.synthetic_dir(results_dir)
+    if here.parent != kept.resolve():
         return ()
     found = set()
     for rec in records.dataset_records(results_dir, dataset):
         old = rec.get("data_root")
         if isinstance(old, str) and not rec.get("data_id") and Path(old).name == here.name \
-                and Path(old).parent.name == "synthetic" and Path(old) != here and not Path(old).exists():
+                and Path(old).parent.name == kept.name and Path(old) != here and not Path(old).exists():
             found.add(old)
     return tuple(sorted(found))
 

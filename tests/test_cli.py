@@ -617,7 +617,7 @@ def test_runs_on_data_of_ones_own_follow_its_files_not_its_path(tmp_path):
                          synthetic=False, results_dir=res, model_overrides=dict(get_entry("unet").tiny))
     assert again.key == legacy
     # a run of that id rescored into strict is found from a strict plan (it was trained again beside it)
-    from bench.rescore import rescore_id
+    from bench.records import rescore_id
 
     shutil.rmtree(res / "runs" / legacy)
     (res / "records" / f"{rescore_id(legacy, 'strict')}.json").write_text("{}", encoding="utf-8")

@@ -476,7 +476,7 @@ def test_runs_without_a_record_are_named_in_methods_and_warned(tmp_path, monkeyp
     (a failed off-protocol variant of unet seed 0 read as the board's unet seed 0), a run whose rescore
     remains is named all the same (its first board lost it), and the warning says how it goes away."""
     from bench.claim import claim_run
-    from bench.rescore import rescore_id
+    from bench.records import rescore_id
     from tests.fixtures import run_bench_here
 
     kept = {**_record(), "tiny": True}  # its row "unet (tiny)", in Methods and bench report's warning alike

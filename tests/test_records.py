@@ -470,17 +470,16 @@ def test_a_run_id_reads_back_as_the_run_that_made_it():
     from pathlib import Path
 
     from bench.protocol import load_protocol
-    from bench.rescore import rescore_id
     from bench.run import RunSpec
 
     for dataset, protocol, model, seed, fold in [("synapse", "smoke", "unet", 0, None),
                                                  ("nnunet", "nnunet-2d", "my-s1-net", 12, 3)]:
         run_id = records.make_run_id(dataset, protocol, model, seed, fold, "0123abcd")
         assert records.parse_run_id(run_id, dataset, protocol) == {"model": model, "seed": seed, "fold": fold}
-        assert records.parse_run_id(rescore_id(run_id, "strict"), dataset, protocol) is None  # a rescore's record
+        assert records.parse_run_id(records.rescore_id(run_id, "strict"), dataset, protocol) is None  # a rescore's record
         # less its digest: what its runs under other settings share (train names their leftover checkpoints)
         assert records.run_stem(run_id) == run_id[:-len("-0123abcd")]
-        assert records.run_stem(rescore_id(run_id, "strict")) is None
+        assert records.run_stem(records.rescore_id(run_id, "strict")) is None
     assert records.parse_run_id(run_id, "synapse", "smoke") is None  # another board's run
     spec = RunSpec(model="vmunet_v2", dataset="synapse", protocol=load_protocol("smoke"), seed=2,
                    data_root=Path("/data/synapse"), synthetic=False, policy="strict", fold=1, split_sha="ab" * 8)

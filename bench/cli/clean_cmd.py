@@ -27,9 +27,10 @@ def clean(
     """
     from bench.clean import clean as clean_folder
     from bench.fileio import absent
+    from bench.records import records_dir, runs_dir
 
     results = results.expanduser()
-    if not (results / "records").is_dir() and not (results / "runs").is_dir():
+    if not records_dir(results).is_dir() and not runs_dir(results).is_dir():
         raise absent(results, f"{results}: no results folder (no records/ or runs/ in it); pass --results DIR")
     found = clean_folder(results, dry_run)
     verb = "would delete" if dry_run else "deleted"

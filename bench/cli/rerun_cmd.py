@@ -184,12 +184,13 @@ def _plan_record(r: _Record, *, results: Path, data_root: Path | None, weights: 
     from bench import distributed
     from bench.cli.run_cmds import _plan
     from bench.data import synthetic_folder, synthetic_identity
+    from bench.records import synthetic_dir
     from bench.rerun import check_rerun, rerun_args
 
     grid = rerun_args(r.rec, data_root, weights, pretrained_dir)
     if nproc != 1 and not distributed.launched_by_torchrun():  # this process starts the others
         distributed.check_nproc(nproc, dev, grid["protocol"].train.batch_size)  # before --synthetic writes data
-    there = grid["synthetic"] and synthetic_identity(synthetic_folder(grid["dataset"], results / "synthetic"))
+    there = grid["synthetic"] and synthetic_identity(synthetic_folder(grid["dataset"], synthetic_dir(results)))
     (spec,), say_warnings = _plan(grid.pop("models"), {**grid, "pretrained_dir": pretrained_dir, "weights": weights,
                                                        "workers": workers}, results, dry_run, note)
     check_rerun(spec, r.rec)

@@ -307,7 +307,7 @@ def rescore(
         load_protocol(protocol, earlier=True)
     todo = plan_rescore(results, policy, model_filter(models), dataset)
     if todo:  # before anything is scored: a read-only or full folder failed after the first evaluation
-        ensure_writable_dir(results / "records")
+        ensure_writable_dir(records_dir(results))
     if note := other_device_warning(todo, dev, "rescored"):
         warnings.warn(note, stacklevel=1)
     if not todo:
@@ -350,8 +350,8 @@ def rescore_claimed(rec: dict, policy: str, results: Path, dev, protocol: Path |
     once claimed; ``held``: where another process holds the claim, the record to write -> the run's id goes
     there. Its outcome in one line; the new record, or None where it was skipped."""
     from bench.claim import claim_run
-    from bench.records import record_path, scores_text
-    from bench.rescore import earlier_rescores, rescore_id, rescore_record
+    from bench.records import record_path, rescore_id, scores_text
+    from bench.rescore import earlier_rescores, rescore_record
 
     new_id = rescore_id(rec["run_id"], policy)
     claim = claim_run(results, new_id)

@@ -70,13 +70,14 @@ def score(
     from bench.data import get_reader, open_dataset, synthetic_folder, synthetic_identity
     from bench.fileio import atomic_write_text, check_out_file
     from bench.protocol import load_protocol
+    from bench.records import synthetic_dir
     from bench.score import render, score_predictions
 
     name = get_reader(dataset).name
     if synthetic == (data_root is not None):
         raise BenchError("give --data-root DIR (the data the predictions are of) or --synthetic, one of them")
     if synthetic:
-        data_root = synthetic_folder(name, results / "synthetic")
+        data_root = synthetic_folder(name, synthetic_dir(results))
         if synthetic_identity(data_root) is None:
             raise BenchError(f"--synthetic: no synthetic {name} data at {data_root}; bench run --synthetic --results "
                              f"{results} writes it (or give --data-root)")
