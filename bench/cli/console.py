@@ -41,16 +41,28 @@ def main() -> None:
     """Console entry point: user errors print one line and exit 2 (runs other processes hold were
     skipped: a "held:" line, exit 75), warnings one line each (tracebacks and Python's own warning
     format with BENCH_DEBUG=1)."""
+    global _interrupted
+    _interrupted = False
     _unfailing_output()
     handles = threading.current_thread() is threading.main_thread()
     # SIGTERM (what Slurm and torchrun send first) as Ctrl-C: cleanup runs (temp files, the run's
     # claim) and the command says so, where the process died with neither
     previous = signal.signal(signal.SIGTERM, _interrupt) if handles else None
-    shown = warnings.showwarning  # _main puts the one-line form in its place
+    # Ctrl-C: Python's own KeyboardInterrupt, noted (a caller's handler is left alone)
+    keyboard = handles and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if keyboard:
+        signal.signal(signal.SIGINT, _keyboard_interrupt)
+    shown, unraisable = warnings.showwarning, sys.unraisablehook  # _main puts the one-line form in its place
+    # what an interrupt cut short fails in its __del__ as it is freed (a ZipFile stopped in its __init__ while
+    # numpy read a training slice: "Exception ignored in ... Traceback ... AttributeError", a crash's look
+    # above the line that says what happened): unsaid
+    sys.unraisablehook = lambda args: None if _interrupted and not debugging() else unraisable(args)
     try:
         _main()
     finally:
-        warnings.showwarning = shown  # called in-process, the caller's warnings go where they went
+        warnings.showwarning, sys.unraisablehook = shown, unraisable  # called in-process: the caller's back
+        if keyboard and signal.getsignal(signal.SIGINT) is _keyboard_interrupt:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         # called in-process (tests, a notebook): the caller's handler back, or processes it forks later
         # inherit ours (a multiprocessing pool's terminate() then hangs); kept once a SIGTERM came
         if handles and signal.getsignal(signal.SIGTERM) is _interrupt:
@@ -255,10 +267,21 @@ def _launched() -> Any:
     return None
 
 
+_interrupted = False  # a Ctrl-C or SIGTERM came (main's unraisable hook)
+
+
 def _interrupt(signum, frame) -> None:
+    global _interrupted
     # once: the cleanup must not be cut short by another (a dying launcher signals once per thread)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _interrupted = True
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _keyboard_interrupt(signum, frame) -> None:
+    global _interrupted
+    _interrupted = True
+    signal.default_int_handler(signum, frame)
 
 
 _SYNONYMS = {"gpu": "cuda"}  # what users type for a choice whose spelling is not close
