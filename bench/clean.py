@@ -15,7 +15,7 @@ from typing import Any
 from bench import claim, fileio, records
 from bench.profiles import PROFILE_DIR
 from bench.errors import BenchError
-from bench.rescore import rescored_name, weights_path
+from bench.rescore import weights_path
 
 # in a finished run's checkpoints/: what a resume alone reads (the scored weights are never among them)
 RESUME_ONLY = (records.LAST, "epoch_*.pt", "best@*.pt")
@@ -49,7 +49,7 @@ def clean(results_dir: Path, dry_run: bool = False) -> Cleanup:
     found = Cleanup()
     parsed = _parsed_records(results_dir)  # each file read once
     evaluated = _evaluated_files(parsed.values())
-    for name in sorted(name for name in parsed if not rescored_name(name)):  # the runs' own: records/ read once
+    for name in sorted(name for name in parsed if not records.rescored_name(name)):  # the runs' own: records/ read once
         try:
             rec = parsed[name]
             if isinstance(rec, BenchError):
