@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 import re
 import shlex
 import warnings
@@ -456,7 +457,7 @@ def record_files(path: Path) -> tuple[list[Path], bool]:
     if not path.is_dir():
         raise absent(path, f"{path}: not found; expected a run record (records/<run_id>.json), a run folder, or a "
                            "records or results folder")
-    where = path.absolute()  # "runs/<id>" given from inside runs/ too: its parents are looked at
+    where = Path(os.path.abspath(path))  # "<id>" or "../<id>" from inside runs/ too: its parents are looked at
     if (own := record_path(where.parent.parent, where.name)).is_file():
         return [own], False
     results = records_dir(path).is_dir()

@@ -1460,17 +1460,19 @@ def test_the_interrupt_message_fits_the_command(monkeypatch, argv, training, sai
                                        "checkpoint (its protocol writes one at the end only)")
 
 
-@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
-def test_what_an_interrupt_cut_short_fails_unsaid_as_it_is_freed(tmp_path, signum):
+@pytest.mark.parametrize("signum, debug, said", [("SIGINT", "", 2), ("SIGTERM", "", 2), ("", "", 3),
+                                                  ("SIGINT", "1", 3)])
+def test_what_an_interrupt_cut_short_fails_unsaid_as_it_is_freed(tmp_path, signum, debug, said):
     """A SIGTERM landing in zipfile.ZipFile.__init__ (numpy reading a training slice) left half a ZipFile, whose
     __del__, as the interrupt's traceback was freed, printed "Exception ignored in: ZipFile.__del__ ... Traceback
     ... AttributeError" above the interrupted line: a crash's look. After Ctrl-C or SIGTERM such failures are
-    unsaid; once the command is over, Python says them as ever."""
+    unsaid; without an interrupt, with BENCH_DEBUG=1 and once the command is over, Python says them as ever."""
     import subprocess
 
     script = f"""
 import io, signal, sys, zipfile
 from bench.cli import main
+from bench.errors import BenchError
 from bench.report import write
 
 def half_zipfile():  # what ZipFile.__init__ had made when the signal came: fp set, _writing not yet
@@ -1479,8 +1481,11 @@ def half_zipfile():  # what ZipFile.__init__ had made when the signal came: fp s
     return half
 
 def interrupted(*args, **kwargs):
+    half_zipfile()  # freed at once, before any interrupt: said
     half = half_zipfile()  # held by this frame, so by the interrupt's traceback
-    signal.raise_signal(signal.{signum})
+    if {signum!r}:
+        signal.raise_signal(getattr(signal, {signum!r}))
+    raise BenchError("no interrupt")
 
 write.load_both = interrupted
 sys.argv = ["bench", "report", "--results", sys.argv[1]]
@@ -1491,10 +1496,26 @@ finally:
 """
     (tmp_path / "records").mkdir()
     proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
-                          encoding="utf-8", env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 130 and proc.stderr.startswith("interrupted; the same command does it again\n"), \
-        proc.stderr
-    assert proc.stderr.count("Exception ignored") == 1  # the one freed after the command: Python's own words
+                          encoding="utf-8", env={**os.environ, "OMP_NUM_THREADS": "1", "BENCH_DEBUG": debug})
+    assert proc.returncode == (130 if signum else 2), proc.stderr
+    assert ("interrupted; the same command does it again" if signum else "error: no interrupt") in proc.stderr
+    assert proc.stderr.count("Exception ignored") == said, proc.stderr  # before the interrupt and after the command
+
+
+def test_a_commands_signal_handlers_are_the_callers_again_after_it(monkeypatch, capsys):
+    """bench's handlers (SIGTERM as Ctrl-C; Ctrl-C noted) are its command's: an in-process caller (a notebook,
+    a test) gets its own back, and a handler of its own for Ctrl-C is left as it is throughout."""
+    def mine(signum, frame):
+        raise KeyboardInterrupt
+
+    for before in (signal.default_int_handler, mine):
+        monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+        signal.signal(signal.SIGINT, before)
+        try:
+            run_bench_here(monkeypatch, capsys, "models")
+            assert signal.getsignal(signal.SIGINT) is before and sys.unraisablehook is sys.__unraisablehook__
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def test_the_live_bar_follows_stderr_and_each_phase_has_its_own_total(monkeypatch, tmp_path):

@@ -398,6 +398,8 @@ def test_a_run_folder_without_its_record_is_said_so(tmp_path, monkeypatch):
         records.record_at(Path(folder.name))
     write_record(rec, tmp_path)
     assert records.record_files(Path(folder.name)) == ([own], False)
+    monkeypatch.chdir(folder)  # and as "../<id>" from inside it
+    assert records.record_files(Path("..") / folder.name) == ([own], False)
     own.unlink()
     # a folder in a folder named runs that no run began (no run.log, no checkpoints/) is no run's folder
     (folder / "run.log").unlink()
