@@ -38,7 +38,7 @@ from bench.registry import code_changed, create_model, get_entry, strict_load
 from bench.rng import deterministic_kernels
 from bench.train import CHECKPOINT_DIR, SELECTED_CHECKPOINTS, load_checkpoint
 
-__all__ = ["rescore_id", "weights_path", "scored_weights", "earlier_rescores", "record_protocol", "run_model",
+__all__ = ["weights_path", "scored_weights", "earlier_rescores", "record_protocol", "run_model",
            "rescore_record", "plan_rescore", "rescored_twin", "twin_state", "DataRoots"]
 
 

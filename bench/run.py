@@ -637,8 +637,9 @@ def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
     if rescored:
         return "done", f"rescored into its policy ({rescored})"
     if source is not None:  # what bench run does: score it again, no training
-        return "finished", (f"rescored into its policy ({records.rescore_id(source['run_id'], spec.policy)}) from an earlier "
-                            f"training of run {source['run_id']}: bench run scores its weights now")
+        twin = records.rescore_id(source["run_id"], spec.policy)
+        return "finished", (f"rescored into its policy ({twin}) from an earlier training of run {source['run_id']}: "
+                            "bench run scores its weights now")
     ckpt = records.run_dir(results_dir, spec.key) / CHECKPOINT_DIR
     if (ckpt / FINAL).is_file():  # what bench run does with it (train_model: a resume from the last epoch trains none)
         again = ("bench run evaluates the given weights again" if spec.weights else

@@ -15,10 +15,10 @@ from bench import records
 from bench.data import synthetic_root
 from bench.errors import BenchError
 from bench.protocol import PROTOCOL_DIR, load_protocol
-from bench.records import load, record_path, write_record
+from bench.records import load, record_path, rescore_id, write_record
 from bench.registry import get_entry
 from bench.report import leaderboards
-from bench.rescore import plan_rescore, record_protocol, rescore_id, rescore_record, run_model, weights_path
+from bench.rescore import plan_rescore, record_protocol, rescore_record, run_model, weights_path
 from bench.run import plan_grid, run_one
 
 CPU = torch.device("cpu")
@@ -288,7 +288,7 @@ def test_a_record_another_rescore_wrote_meanwhile_skips_the_run(trained, tmp_pat
         other.unlink()
 
     def raced(rec, policy, results_dir, *args, **kwargs):  # the other process finished first
-        record_path(results_dir, bench.rescore.rescore_id(rec["run_id"], policy)).write_text("{}", encoding="utf-8")
+        record_path(results_dir, rescore_id(rec["run_id"], policy)).write_text("{}", encoding="utf-8")
         raise BenchError("a record with that run_id already exists")
 
     monkeypatch.setattr(bench.rescore, "rescore_record", raced)
