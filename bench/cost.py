@@ -514,7 +514,7 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
     model's tiny configuration, ``overrides`` over it (the row says so, as runs do). ``counts``: a
     row of the same model and input (``COUNT_KEYS``), reused instead of counting again.
     ``bench.profiles.write_profile`` keeps the row where ``bench report`` joins it to the boards."""
-    from bench import env
+    from bench import env, records
     from bench.registry import changed_keys, check_set_kinds, create_model, get_entry
     from bench.scan_info import note_scan_use, scan_backend_for
 
@@ -597,7 +597,7 @@ def profile_model(name: str, *, img_size: int = 224, num_classes: int = 9, in_ch
         row["train_peak_mem_mb"] = step["peak_mem_mb"]
     with precision_context(precision, device):  # the TF32 flags as the timed forwards had them
         fp = env.fingerprint(device)
-    row["fingerprint"] = env.short_fingerprint(fp)
+    row["fingerprint"] = records.short_fingerprint(fp)
     row["device_fingerprint"] = fp
     # the backend that ran the timed forwards (untimed: the one that would run there, not the
     # counts' CPU one); a reference backend is marked in every table

@@ -169,15 +169,6 @@ def fingerprint(device: torch.device | str = "cpu") -> dict[str, Any]:
     return fp
 
 
-def short_fingerprint(fp: dict[str, Any]) -> str:
-    """The part of ``fingerprint`` that cost tables group timings by (and print): on CUDA the GPU,
-    driver, CUDA, cuDNN and torch; on a CPU the model, threads, ATen's vector ISA and torch."""
-    if fp.get("device") == "cuda":
-        return (f"{fp.get('gpu')} / driver {fp.get('driver')} / CUDA {fp.get('cuda')} / cuDNN {fp.get('cudnn')} "
-                f"/ torch {fp.get('torch')}")
-    return f"{fp.get('cpu')} x{fp.get('threads')} threads ({fp.get('cpu_capability')}) / torch {fp.get('torch')}"
-
-
 # bench's own packages and the files of them that run (the .py modules, protocols, the scan kernel's
 # C++): what a wheel installs of them, so a checkout and a wheel of the same code digest alike
 CODE_PACKAGES = ("bench", "baselines", "ssm_models")

@@ -58,6 +58,7 @@ __all__ = [
     "CASE_COLUMNS",
     "STANDARD_METRICS",
     "short_commit",
+    "short_fingerprint",
     "code_version",
     "validate_record",
     "write_record",
@@ -512,14 +513,20 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(_to_json_value(obj, ""), sort_keys=True, separators=(",", ":"))
 
 
-def _device_string(dev: Mapping[str, Any]) -> str:
-    """A short fingerprint: ``"cuda: NVIDIA H100 (cuda 12.4)"`` or ``"cpu: AMD EPYC x16"``."""
-    kind = str(dev.get("device", "?"))
-    if kind.startswith("cuda") and dev.get("gpu"):
-        cuda = f" (cuda {dev['cuda']})" if dev.get("cuda") else ""
-        return f"{kind}: {dev['gpu']}{cuda}"
-    threads = f" x{dev['threads']}" if dev.get("threads") else ""
-    return f"{kind}: {dev.get('cpu') or '?'}{threads}"
+def short_fingerprint(fp: Mapping[str, Any]) -> str:
+    """The one spelling of a machine in tables (``env.fingerprint`` as records and profiles keep it): on CUDA
+    the GPU, driver, CUDA, cuDNN and torch; on a CPU the model, threads, ATen's vector ISA and torch. What
+    older records lack is left out. Runs' ``device``/``train_devices`` and profiles' ``fingerprint`` spell
+    it so, and cost tables group timings by it."""
+    if str(fp.get("device", "")).startswith("cuda"):
+        head = str(fp.get("gpu") or "unknown GPU")
+        parts = [(what, key) for what, key in (("driver", "driver"), ("CUDA", "cuda"), ("cuDNN", "cudnn"))]
+    else:
+        head = str(fp.get("cpu") or "unknown CPU") + (f" x{fp['threads']} threads" if fp.get("threads") else "") \
+            + (f" ({fp['cpu_capability']})" if fp.get("cpu_capability") else "")
+        parts = []
+    return " / ".join([head, *(f"{what} {fp[key]}" for what, key in (*parts, ("torch", "torch"))
+                               if fp.get(key) is not None)])
 
 
 def _train_devices(rec: Mapping[str, Any]) -> str | None:
@@ -597,8 +604,8 @@ def _run_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         scored_commit=(rec.get("rescored_with") or {}).get("git_commit"),
         scored_digest=(rec.get("rescored_with") or {}).get("code_digest"),
         model_code=rec.get("model_code"),  # a plugin's sources (registry.model_code); null for built-ins
-        device=_device_string(rec["device"]),
-        # where a run resumed on other devices trained (env.short_fingerprint each), "; "-joined; None for one
+        device=short_fingerprint(rec["device"]),
+        # where a run resumed on other devices trained (short_fingerprint each), "; "-joined; None for one
         # device (``device`` names it), given weights and records older than train.devices
         train_devices=_train_devices(rec),
         host=(rec.get("launch") or {}).get("host"),  # where it ran (older records: None)
@@ -773,8 +780,8 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False, current: 
     """Read every record under ``results_dir/records/`` into one DataFrame.
 
     ``level="run"``: one row per run. Columns ``RUN_COLUMNS`` (``rescored_from_policy``: a rescored
-    record's run's policy, where that record is in the folder; ``device`` is a short fingerprint
-    string; ``model_config``/``protocol_overrides`` are canonical JSON strings, ``"{}"`` when
+    record's run's policy, where that record is in the folder; ``device`` is the machine's
+    ``short_fingerprint``, as profiles' ``fingerprint`` spells it; ``model_config``/``protocol_overrides`` are canonical JSON strings, ``"{}"`` when
     unset; ``nsd_tolerances`` a per-class NSD tolerance table as text; ``host`` and ``slurm_job`` where
     it ran, None in records older than ``launch``; ``train_commits`` the code versions it trained under
     (``code_version``), a comma list, None in records older than them), then the scalar aggregate

@@ -394,7 +394,7 @@ def train_model(
     resumes: list[int] = []
     best: tuple[float, int] | None = None
     last = ckpt_dir / LAST
-    here = env.short_fingerprint(env.fingerprint(device))
+    here = records.short_fingerprint(env.fingerprint(device))
     devices = [here]  # where the training ran: a resume on another device (or thread count) is not bit-identical
     # the run's code version (read once, when it started): a resume under other code trains the rest otherwise
     digest = env.source_digest()  # what checkpoints compare: the sources, whatever git says of the tree

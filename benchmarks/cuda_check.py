@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scan_bench beside this file
 from scan_bench import STAGES, inputs, rel_err  # noqa: E402
 
-from bench import env  # noqa: E402
+from bench import env, records  # noqa: E402
 from bench.cost import precision_context  # noqa: E402
 from bench.registry import create_model, get_entry  # noqa: E402
 from ssm_models import scan  # noqa: E402
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     fp = env.fingerprint(device)
     out(f"# {'CUDA' if device.type == 'cuda' else device.type.upper()} path against the CPU path")
     out()
-    out(f"Run on {datetime.date.today().isoformat()}: candidate {env.short_fingerprint(fp)}, scan backend "
+    out(f"Run on {datetime.date.today().isoformat()}: candidate {records.short_fingerprint(fp)}, scan backend "
         f"`{cand}`; oracle {env.cpu_model()} with {args.threads} thread(s), scan backend `{oracle}`. "
         f"Command: `{' '.join(['python', 'benchmarks/cuda_check.py', *(argv if argv is not None else sys.argv[1:])])}`.")
     out()

@@ -70,6 +70,8 @@ def test_a_notebook_joins_runs_and_their_cost_on_model_and_model_config(smoke_re
     both = records.load(tmp_path).merge(load_profiles(tmp_path), on=["model", "model_config"], suffixes=("", "_prof"))
     assert len(both) == 1 and both["input_shape"].iloc[0] == both["input_shape_prof"].iloc[0] == "1x1x32x32"
     assert both["params"].iloc[0] == both["params_prof"].iloc[0] and both["macs"].iloc[0] == both["macs_prof"].iloc[0]
+    # the machine spelled alike (records.short_fingerprint): a run's device, a profile's fingerprint
+    assert both["device"].iloc[0] == both["fingerprint"].iloc[0]
     board = pd.read_csv(io.StringIO(bench_here("report", "--results", tmp_path, "--format", "csv").stdout))
     for col in ("params", "macs", "paper_macs", "n_seeds", "n_runs", "n_missed", "n_present"):
         assert board[col].dtype == "int64", col

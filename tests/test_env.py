@@ -51,16 +51,6 @@ def test_nvml_is_asked_first(monkeypatch):
     assert env.nvidia_driver() == "575.57.08" and calls == ["init", "shutdown"]
 
 
-def test_short_fingerprint_names_the_driver_and_cudnn_on_cuda_and_the_isa_on_cpu():
-    fp = {"device": "cuda", "gpu": "NVIDIA H200", "driver": "580.159.03", "cuda": "13.0", "cudnn": 91002,
-          "torch": "2.11.0"}
-    assert env.short_fingerprint(fp) == "NVIDIA H200 / driver 580.159.03 / CUDA 13.0 / cuDNN 91002 / torch 2.11.0"
-    # cost tables group timings by it: one ISA's kernels do not rank against another's
-    cpu = {"device": "cpu", "cpu": "AMD EPYC", "threads": 1, "cpu_capability": "AVX512", "torch": "2.13.0"}
-    assert env.short_fingerprint(cpu) == "AMD EPYC x1 threads (AVX512) / torch 2.13.0"
-    assert env.short_fingerprint({**cpu, "cpu_capability": "DEFAULT"}) != env.short_fingerprint(cpu)
-
-
 def test_records_name_the_counter_behind_paper_macs():
     from bench import env
 

@@ -282,7 +282,7 @@ def test_load_run_level_columns_and_values(tmp_path):
     assert math.isnan(syn["hd95"]) and math.isnan(syn["hd95/liver"])  # null -> NaN
     assert math.isnan(syn["acc"])  # key absent in legacy-synapse record
     assert syn["protocol"] == "synapse" and syn["protocol_version"] == 1 and not syn["off_protocol"]
-    assert syn["device"] == "cpu: AMD EPYC 7763 x2"
+    assert syn["device"] == "AMD EPYC 7763 x2 threads / torch 2.5.1"  # short_fingerprint, as profiles spell it
     assert syn["params"] == 27_430_000 and syn["model_config"] == "{}"
     assert df["hd95"].dtype == np.float64 and df["dice/lesion"].dtype == np.float64
     isic = df[df["dataset"] == "isic17"].iloc[0]
@@ -747,3 +747,18 @@ def test_a_rescore_of_an_earlier_training_is_told_and_left_off_the_boards(tmp_pa
     assert text == (f"{records.record_path(tmp_path, source['run_id'] + '.strict')} scored the weights of an earlier "
                     f"training of run {source['run_id']}, trained again since: `bench rescore --policy strict --results "
                     f"{tmp_path}` scores the new weights; left out of its board until then")
+
+
+def test_short_fingerprint_names_the_driver_and_cudnn_on_cuda_and_the_isa_on_cpu():
+    fp = {"device": "cuda", "gpu": "NVIDIA H200", "driver": "580.159.03", "cuda": "13.0", "cudnn": 91002,
+          "torch": "2.11.0"}
+    assert records.short_fingerprint(fp) == "NVIDIA H200 / driver 580.159.03 / CUDA 13.0 / cuDNN 91002 / torch 2.11.0"
+    # cost tables group timings by it: one ISA's kernels do not rank against another's
+    cpu = {"device": "cpu", "cpu": "AMD EPYC", "threads": 1, "cpu_capability": "AVX512", "torch": "2.13.0"}
+    assert records.short_fingerprint(cpu) == "AMD EPYC x1 threads (AVX512) / torch 2.13.0"
+    assert records.short_fingerprint({**cpu, "cpu_capability": "DEFAULT"}) != records.short_fingerprint(cpu)
+    # what an older record lacks is left out, not printed as None
+    assert records.short_fingerprint({"device": "cpu", "cpu": "AMD EPYC", "threads": 2}) == "AMD EPYC x2 threads"
+    assert records.short_fingerprint({"device": "cuda", "gpu": "NVIDIA H100", "cuda": "12.4", "torch": "2.5.1"}) \
+        == "NVIDIA H100 / CUDA 12.4 / torch 2.5.1"
+    assert records.short_fingerprint({"device": "cpu"}) == "unknown CPU"

@@ -1392,14 +1392,16 @@ def test_training_time_is_shown_with_the_device_it_ran_on(tmp_path):
         write_record(rec, tmp_path)
     md = render(load(tmp_path))
     assert re.search(r"\| unet .*\| +60\.0 min \|", md)  # (3000 + 4200) / 2 s
-    assert "Train time: mean per run of the training loop's wall-clock time, resumes included, on cpu: AMD EPYC" in md
+    assert "Train time: mean per run of the training loop's wall-clock time, resumes included, on AMD EPYC 7763 x2 threads / torch 2.5.1." in md
     gpu = make_record("vmunet", seed=0)
     gpu["device"] = {**gpu["device"], "device": "cuda:0", "gpu": "NVIDIA H200", "cuda": "13.0"}
     write_record(gpu, tmp_path)
     mixed = render(load(tmp_path))
-    assert "on different devices (cpu: AMD EPYC 7763 x2; cuda:0: NVIDIA H200 (cuda 13.0)): not comparable" in mixed
+    assert ("on different devices (AMD EPYC 7763 x2 threads / torch 2.5.1; NVIDIA H200 / CUDA 13.0 / torch 2.5.1): "
+            "not comparable") in mixed
     # the numbers too, not the time alone (a fairness review): said whatever columns are shown
-    said = "Devices: these runs trained on 2 (cpu: AMD EPYC 7763 x2; cuda:0: NVIDIA H200 (cuda 13.0)); a GPU's reduced"
+    said = ("Devices: these runs trained on 2 (AMD EPYC 7763 x2 threads / torch 2.5.1; NVIDIA H200 / CUDA 13.0 / torch "
+            "2.5.1); a GPU's reduced")
     assert said in mixed and said in render(load(tmp_path), columns="paper") and said not in md
     # and seeds that differ between rows (unet 0, 1; vmunet 0)
     assert "Seeds differ between rows (unet 0, 1; vmunet 0): each mean is over its own seeds" in mixed
@@ -2235,7 +2237,7 @@ def test_the_cases_csv_names_each_runs_code_and_first_policy_and_the_board_csv_i
         f"{trained}; fedcba9876543210fedcba9876543210fedcba98", "legacy-synapse"]
     assert render(load(tmp_path), "cases", load(tmp_path, level="case")) == write_report(tmp_path, "cases")
     board = pd.read_csv(io.StringIO(write_report(tmp_path, "csv")), keep_default_na=False)
-    assert set(board["train_device"]) == {"cpu: AMD EPYC 7763 x2"}  # make_record's device, its threads
+    assert set(board["train_device"]) == {"AMD EPYC 7763 x2 threads / torch 2.5.1"}  # make_record's device, its threads
     assert list(board.columns).index("train_device") == list(board.columns).index("train_time_s") + 1
 
 
@@ -2295,8 +2297,9 @@ def test_the_board_csv_names_every_device_a_resumed_run_trained_on(tmp_path):
     write_record(rec, tmp_path)
     write_record(make_record("unet", seed=1), tmp_path)  # older record: no train.devices, its device
     board = pd.read_csv(io.StringIO(write_report(tmp_path, "csv")), keep_default_na=False)
-    assert board["train_device"].tolist() == ["EPYC x16 threads (AVX2) / torch 2.13.0; "
-                                              "Xeon x2 threads (AVX2) / torch 2.13.0; cpu: AMD EPYC 7763 x2"]
+    # one spelling of a machine (records.short_fingerprint): the older record's device as train.devices say theirs
+    assert board["train_device"].tolist() == ["AMD EPYC 7763 x2 threads / torch 2.5.1; EPYC x16 threads (AVX2) / "
+                                              "torch 2.13.0; Xeon x2 threads (AVX2) / torch 2.13.0"]
     assert load(tmp_path)["train_devices"].isna().tolist() == [False, True]
     one = make_record("unet", seed=2)
     one["train"]["devices"] = ["Xeon x2 threads (AVX2) / torch 2.13.0"]  # never moved: said as every record says it

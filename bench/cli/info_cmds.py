@@ -39,7 +39,7 @@ def doctor() -> None:
     import torch
 
     from bench import env
-    from bench.records import code_version, short_commit
+    from bench.records import code_version, short_commit, short_fingerprint
 
     typer.echo(f"python       {platform.python_version()} ({sys.executable})")
     # what run records will name the code by (records.code_version): the commit, else the sources' digest
@@ -54,7 +54,7 @@ def doctor() -> None:
     usable = env.usable_cores()  # a Slurm job's --cpus-per-task, taskset: not the machine's count
     typer.echo(f"threads      {torch.get_num_threads()} of the {usable} cores this process may use"
                + (f" ({os.cpu_count()} on the machine)" if usable != os.cpu_count() else ""))
-    typer.echo(f"device       {env.short_fingerprint(env.fingerprint('cuda' if cuda else 'cpu'))}")
+    typer.echo(f"device       {short_fingerprint(env.fingerprint('cuda' if cuda else 'cpu'))}")
     from ssm_models.scan import backend_report, forced_backend_problem  # in bench's own wheel: always there
 
     typer.echo(f"scan backend {backend_report()}")
