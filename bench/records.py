@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import numbers
@@ -421,13 +422,36 @@ def _read_named(results_dir: Path, path: Path) -> dict[str, Any]:
 
 def check_file_name(results_dir: Path, path: Path, rec: dict[str, Any]) -> dict[str, Any]:
     """``rec``, read from ``path``, where that is its run's record file; else BenchError saying what to do."""
-    own = record_path(results_dir, rec["run_id"])
-    if path.name != own.name:
-        fix = (f"{own.name} is there too, and a run has one record: move {path.name} out of {path.parent}"
-               if own.is_file() else f"rename it to {own.name}, or move it out of {path.parent} if it is a backup")
-        raise BenchError(f"{path}: holds the record of run {rec['run_id']!r}, whose file must be named {own.name} "
-                         f"(bench run finds a finished run by that name); {fix}")
+    if why := _misnamed(results_dir, path, rec):
+        raise BenchError(why)
     return rec
+
+
+def _misnamed(results_dir: Path, path: Path, rec: dict[str, Any]) -> str | None:
+    own = record_path(results_dir, rec["run_id"])
+    if path.name == own.name:
+        return None
+    fix = (f"{own.name} is there too, and a run has one record: move {path.name} out of {path.parent}"
+           if own.is_file() else f"rename it to {own.name}, or move it out of {path.parent} if it is a backup")
+    return (f"{path}: holds the record of run {rec['run_id']!r}, whose file must be named {own.name} (bench run "
+            f"finds a finished run by that name); {fix}")
+
+
+def renamed_record(results_dir: Path, run_id: str) -> str | None:
+    """Where run ``run_id`` has no record file but a file of records/ named after it holds its record (a backup,
+    ``<id>-backup.json``, ``<id> copy.json``), what every reader says of that file (``check_file_name``): bench
+    run, which finds a finished run by its file's name, would train it again. None otherwise; a file that does
+    not read is passed over (readers name it)."""
+    if record_path(results_dir, run_id).is_file():
+        return None
+    for path in sorted(records_dir(results_dir).glob(f"{glob.escape(run_id)}?*.json")):
+        try:
+            rec = _read(path)
+        except BenchError:
+            continue
+        if rec["run_id"] == run_id:
+            return _misnamed(results_dir, path, rec)
+    return None
 
 
 def dataset_records(results_dir: Path, dataset: str) -> list[dict[str, Any]]:

@@ -463,6 +463,10 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
     say = say if main else (lambda *a, **k: None)
     failed, held, by_data, skipped, n_done = [], [], [], 0, 0
     read: dict[str, list[dict]] = {}  # the records evaluated_elsewhere read, by dataset: once per command
+    # a run's record kept under another name only (a backup): refused before anything trains, as readers refuse it
+    if renamed := distributed.gather_objects(next(filter(None, (records.renamed_record(results_dir, s.key)
+                                                               for s in specs)), None) if main else None)[0]:
+        raise BenchError(renamed)
     for i, spec in enumerate(specs, 1):
         # rank 0 claims the run (bench.claim: no other process trains it meanwhile) and its view of the
         # finished records decides for every rank (a record appearing meanwhile, or a network file
@@ -631,6 +635,8 @@ def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
 
     if records.record_path(results_dir, spec.key).is_file():
         return "done", ""
+    if renamed := records.renamed_record(results_dir, spec.key):  # as bench run says it, before training anything
+        raise BenchError(renamed)
     if holder := held_by(results_dir, spec.key):  # bench run claims it before reading its rescores (_run_specs)
         return "running", f"by {holder}"
     _, rescored, source = finished(spec, results_dir)

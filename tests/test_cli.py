@@ -108,6 +108,27 @@ def test_finished_runs_are_skipped(smoke_results):
     assert len(records.load(smoke_results)) == 1
 
 
+def test_a_finished_runs_record_kept_under_another_name_only_is_refused_before_training(smoke_results, tmp_path,
+                                                                                        bench_here):
+    """`mv X.json X-backup.json`: bench run, which finds a finished run by its record's name, trained the run
+    again, and every reader then refused the backup beside the new record; now bench run (and --dry-run) refuses
+    as the readers do, before anything trains."""
+    import shutil
+
+    shutil.copytree(smoke_results / "records", tmp_path / "records")
+    (own,) = [p for p in (tmp_path / "records").glob("*.json") if p.stem.count(".") == 0]
+    backup = own.rename(own.with_name(own.stem + "-backup.json"))
+    said = f"{backup}: holds the record of run '{own.stem}', whose file must be named {own.name}"
+    args = ("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke", "--results",
+            tmp_path, *FAST)
+    for dry in ([], ["--dry-run"]):
+        out = bench_here(*args, *dry, check=False)
+        assert out.returncode == 2 and said in out.stderr and "training" not in out.stdout, (dry, out.stderr)
+    assert sorted(p.name for p in (tmp_path / "records").iterdir()) == [backup.name] and not (tmp_path / "runs").exists()
+    backup.rename(own)  # its own name again: finished, skipped
+    assert f"{own.stem}: finished earlier, skipped" in bench_here(*args).stdout
+
+
 def test_weights_trained_elsewhere_are_evaluated_as_a_run(smoke_results, tmp_path, bench_here):
     """bench run --weights: an authors' checkpoint (or one's own) scored under the protocol, without
     training; the same weights score exactly as the run that trained them, and rescore takes them."""
