@@ -346,7 +346,7 @@ def _scatter(points: pd.DataFrame, xlabel: str, title: str, path: Path, left_out
 def _timed_profiles(profiles: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """Profiles with a latency taken the most common way: one fingerprint (the most common one),
     then one precision/layout/compile setting within it. Returns the rows and a title suffix."""
-    from bench.report.costs import _config
+    from bench.records import config_dict
 
     timed = profiles[profiles["latency_ms_median"].map(_finite)] if "latency_ms_median" in profiles else profiles[:0]
     if timed.empty or timed["fingerprint"].isna().all():
@@ -358,7 +358,7 @@ def _timed_profiles(profiles: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     first = timed.iloc[0]
     layout = (" · channels_last" if _true(first["channels_last"]) else "") + (
         " · compiled" if _true(first["compiled"]) else "")
-    classes = sorted({str(c["num_classes"]) for c in map(_config, timed.get("model_config", [])) if "num_classes" in c})
+    classes = sorted({str(c["num_classes"]) for c in map(config_dict, timed.get("model_config", [])) if "num_classes" in c})
     shapes = ", ".join(sorted(set(timed["input_shape"].dropna().astype(str)))) if "input_shape" in timed else ""
     inputs = f"input {shapes or '?'}" + (f" ({'/'.join(classes)} class{'es' * (classes != ['1'])})" if classes else "")
     return timed, f"{inputs} · {fingerprint} · {first['precision']}{layout}"

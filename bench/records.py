@@ -537,6 +537,14 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(_to_json_value(obj, ""), sort_keys=True, separators=(",", ":"))
 
 
+def config_dict(config: Any) -> dict[str, Any]:
+    """A configuration as records and tables keep it (a dict, or its ``canonical_json`` text) as a dict; {} where
+    there is none (``""``, None: a profile written before configurations were kept)."""
+    if isinstance(config, str):
+        config = json.loads(config) if config else {}
+    return config if isinstance(config, dict) else {}
+
+
 def short_fingerprint(fp: Mapping[str, Any]) -> str:
     """The one spelling of a machine in tables (``env.fingerprint`` as records and profiles keep it): on CUDA
     the GPU, driver, CUDA, cuDNN and torch; on a CPU the model, threads, ATen's vector ISA and torch. What

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.records import canonical_json
+from bench.records import canonical_json, config_dict
 from bench.report.labels import BoardKey, model_labels
 from bench.report.tables import _latex_table, _md_table
 
@@ -72,7 +72,7 @@ def scan_mark(backend: Any) -> str:
 def profile_labels(g: pd.DataFrame) -> list[str]:
     """Model names labelled as boards label runs (``model_labels``): tiny configurations, and the
     config keys that differ where one model was profiled in several (``--set``, ``--num-classes``)."""
-    configs = pd.Series([canonical_json(_config(c)) if isinstance(c, (dict, str)) else "" for c in
+    configs = pd.Series([canonical_json(config_dict(c)) if isinstance(c, (dict, str)) else "" for c in
                          (g["model_config"] if "model_config" in g else [None] * len(g))], index=g.index)
     keys = pd.Series([",".join(k) if isinstance(k, list) else None for k in
                       (g["set_keys"] if "set_keys" in g else [None] * len(g))], index=g.index)
@@ -111,7 +111,7 @@ def cost_tables(df_prof: pd.DataFrame) -> dict[str, pd.DataFrame]:
             "paper_params": [_unit(v, 1e6, "M") for v in g["paper_params"]],
             "input_shape": g["input_shape"],
             # the head's size: a board's GMACs are its runs' own count, at their data's classes
-            "num_classes": [_config(c).get("num_classes", "") for c in g.get("model_config", none)],
+            "num_classes": [config_dict(c).get("num_classes", "") for c in g.get("model_config", none)],
             "macs": [_unit(v, 1e9, "G") for v in g["macs"]],
             "scan_macs": [_unit(v, 1e9, "G") for v in g["scan_macs"]],
             "paper_macs": [_unit(v, 1e9, "G") for v in g["paper_macs"]],
@@ -154,13 +154,6 @@ TIMING_NOTE = ("latency_ms_median / p90 and fps (batch 1): forward passes of ran
                "synchronised on CUDA (timed_iters: how many were timed); a mark such as \"(torch scan)\" means the "
                "selective scan ran on a fallback, not the kernel the model would use there. peak_mem_mb: a "
                "forward's peak (its kind in brackets), train_peak_mem_mb: a training step's.")
-
-
-def _config(config: Any) -> dict:
-    """A model configuration as records and profiles keep it (a dict, or its JSON text), or {}."""
-    if isinstance(config, str):
-        config = json.loads(config) if config else {}
-    return config if isinstance(config, dict) else {}
 
 
 def _cost_note(table: pd.DataFrame) -> str:
@@ -207,7 +200,7 @@ def cost_key(model: str, config: Any) -> str:
     """What makes a ``bench profile`` row the cost of a board row's model: the model (a board label's
     name part) and its configuration, input size included, with the output classes and input
     channels aside (they change the first and last layer only; profiles default to 9 and 3)."""
-    config = _config(config)  # {} for a profile written before configs were kept
+    config = config_dict(config)  # {} for a profile written before configs were kept
     return json.dumps([model.split(" (")[0], {k: v for k, v in config.items() if k not in _HEAD_KEYS}],
                       sort_keys=True)
 
@@ -221,7 +214,7 @@ def same_input(df_prof: pd.DataFrame, configs) -> pd.DataFrame:
     image (or patch) size, input channels and classes as some row's; all profiles where none is (a
     board's records or older profiles that keep no such keys), as the plot's title then shows."""
     def key(config: Any) -> str:
-        c = _config(config)
+        c = config_dict(config)
         return json.dumps([c.get(k) for k in _INPUT_KEYS])
 
     wanted = {key(c) for c in configs}

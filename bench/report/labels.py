@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import split_fold
+from bench.records import config_dict, split_fold
 
 
 class BoardKey(NamedTuple):
@@ -92,7 +92,7 @@ def model_labels(models: pd.Series, configs: pd.Series, groups: pd.DataFrame | N
     within a group (a board), the config keys that differ between them, where a run set them
     otherwise than the paper: ``"unet (encoder=resnet34)"`` beside ``"unet"``, ``"unet (tiny,
     img_size=96)"``. ``configs``: JSON strings."""
-    parsed = pd.Series([json.loads(c) if isinstance(c, str) and c else {} for c in configs], index=models.index)
+    parsed = pd.Series([config_dict(c) for c in configs], index=models.index)
     flags = tiny if tiny is not None else pd.Series([None] * len(models), index=models.index)
     changes = set_keys if set_keys is not None else pd.Series([None] * len(models), index=models.index)
 

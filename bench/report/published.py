@@ -3,7 +3,6 @@ why a gap is not given where it is not."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
@@ -13,6 +12,7 @@ import pandas as pd
 from bench import metrics
 from bench.data.isic import test_set_id
 from bench.published import DEFAULT_NAME
+from bench.records import config_dict
 from bench.report.board_text import _caption, _one_hd95_unit
 from bench.report.boards import METRICS, TEST_SET_DATASETS, class_display, per_run
 from bench.report.labels import CV_LABEL, BoardKey, config_changes
@@ -170,7 +170,7 @@ def published_tables(boards: dict[BoardKey, pd.DataFrame], published: pd.DataFra
             reasons.append("synthetic data")
         if same and (differs := builtin_difference(a["protocol_name"], a["protocol_version"], a["protocol_hash"])):
             reasons.append("modified protocol copy" if differs.startswith("a modified copy") else "other protocol version")
-        config = json.loads(row["model_config"] or "{}")
+        config = config_dict(row["model_config"])
         # the model as registered: its paper configuration (Swin-Unet records the window 7 it keeps at 224), in
         # the paper recipe's dimensions (a 3-D protocol builds the volumetric variant itself); keys at other
         # values, or that configuration lacks, are a variant
