@@ -481,7 +481,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                         claim.release()
                         claim, twins = twins, []
                     else:  # under the claims: finished (or rescored) by another process before them
-                        done, rescored, stale = finished(spec, results_dir)
+                        done, rescored, stale = done_state(spec, results_dir)
             done, rescored, holder, again = distributed.gather_objects(
                 (done, rescored, claim if isinstance(claim, str) else None, stale is not None) if main else None)[0]
             if done:
@@ -548,7 +548,7 @@ def _run_specs(specs: list[RunSpec], results_dir: Path, device: torch.device, re
                 claim.release()
     busy = len(held)
     if held:  # finished (or rescored into its policy) by those processes meanwhile: not left undone
-        held = distributed.gather_objects([s.key for s in held if not any(finished(s, results_dir)[:2])]
+        held = distributed.gather_objects([s.key for s in held if not any(done_state(s, results_dir)[:2])]
                                           if main else None)[0]
     distributed.shutdown()  # every rank is through the grid (distributed.init began it)
     _say_summary(say, results_dir, n_done, skipped + busy - len(held), len(held), failed)
@@ -598,10 +598,11 @@ def evaluated_elsewhere(spec: RunSpec, results_dir: Path, read: dict[str, list[d
     return None
 
 
-def finished(spec: RunSpec, results_dir: Path) -> tuple[bool, str | None, dict[str, Any] | None]:
-    """Whether run ``spec`` finished (its record is there); where not, by its training's rescores into its
-    policy (bench.rescore.twin_state): the id of one, which counts as done, else the record of the run whose
-    rescore scored an earlier training of it, which bench run scores again (None where neither)."""
+def done_state(spec: RunSpec, results_dir: Path) -> tuple[bool, str | None, dict[str, Any] | None]:
+    """Whether run ``spec`` is done (its record is there: bench run skips it; ``run_state``'s "finished" is a
+    run trained without a record); where not, by its training's rescores into its policy
+    (bench.rescore.twin_state): the id of one, which counts as done, else the record of the run whose rescore
+    scored an earlier training of it, which bench run scores again (None where neither)."""
     from bench.rescore import twin_state
 
     if records.record_path(results_dir, spec.key).is_file():
@@ -639,7 +640,7 @@ def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
         raise BenchError(renamed)
     if holder := held_by(results_dir, spec.key):  # bench run claims it before reading its rescores (_run_specs)
         return "running", f"by {holder}"
-    _, rescored, source = finished(spec, results_dir)
+    _, rescored, source = done_state(spec, results_dir)
     if rescored:
         return "done", f"rescored into its policy ({rescored})"
     if source is not None:  # what bench run does: score it again, no training
