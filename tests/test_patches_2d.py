@@ -139,6 +139,28 @@ def test_2d_augmentation_draws_its_angle_within_nnunets_range(patch, limit):
     assert rng.ranges == [pytest.approx((-limit, limit))]
 
 
+def test_2d_augmentation_rotates_a_fifth_of_the_patches_and_scales_a_fifth(monkeypatch):
+    """nnU-Net rotates with p 0.2 and scales with p 0.2, independently: more often resamples (and
+    smooths) most patches, less often leaves the model unused to turned or resized anatomy."""
+    drawn = []  # (rotated, scaled) per resampled patch
+
+    def spy(x, label, rot, scale, out_shape):
+        drawn.append((not np.array_equal(rot, np.eye(2)), scale != 1.0))
+        return np.zeros((1, *out_shape)), np.zeros(out_shape, np.int64)
+
+    monkeypatch.setattr(T, "_nnunet_spatial", spy)
+    patch = (8, 8)
+    region = T.nnunet_initial_patch(patch)
+    n = 2000
+    for i in range(n):
+        T.nnunet_augment_patch(np.zeros((1, *region)), np.zeros(region, np.int64), np.random.default_rng([3, i]), patch)
+    rotated, scaled = np.sum(drawn, axis=0)
+    # sigma of a share 0.2 over n = 2000: sqrt(0.2 · 0.8 / n) = 0.0089; of 1 - 0.8² = 0.36: 0.0107
+    # (bounds >= 4.2 sigma)
+    assert abs(rotated / n - 0.2) < 0.04 and abs(scaled / n - 0.2) < 0.04
+    assert abs(len(drawn) / n - (1 - 0.8 * 0.8)) < 0.045
+
+
 def test_2d_augmentation_turns_the_region_by_a_quarter_like_rot90():
     # a rotation drawn (u = 0.1) by 90°, no scale: the centre of the turned region is rot90 of the
     # centre of the region (the cubic spline passes through the samples), then the mirror draws (none)
@@ -167,6 +189,24 @@ def test_2d_training_items_are_patches_of_one_slice(tmp_path):
     # round(3 · 0.67) = 2: the third item of every batch is centred on foreground
     forced = [data[(i % len(data), 3 * i + 2)][1] for i in range(8)]
     assert all((lab > 0).any() for lab in forced)
+
+
+def test_a_patch_protocol_without_augmentation_trains_on_plain_windows():
+    """augment "none" on a patch protocol trains on the windows nnU-Net's loader cuts, as they are (its
+    validation transforms): no rotation, mirroring or intensity change reaches them."""
+    from bench.data.base import Sample
+
+    rng = np.random.default_rng(0)
+    image, label = rng.normal(size=(1, 3, 12, 12)).astype(np.float32), rng.integers(0, 3, (3, 12, 12))
+    proto = load_protocol("lightm_unet_2d").with_overrides(patch_size=[8, 8], augment="none")
+    tf = T.TrainTransform(proto, binary=False, run_seed=0)
+    # every 8 x 8 window of every slice, the case padded by a patch each side (image 0, label background)
+    padded_x, padded_label = np.pad(image, ((0, 0), (0, 0), (8, 8), (8, 8))), np.pad(label, ((0, 0), (8, 8), (8, 8)))
+    windows = [(padded_x[:, z, a:a + 8, b:b + 8], padded_label[z, a:a + 8, b:b + 8])
+               for z in range(3) for a in range(21) for b in range(21)]
+    for seed in range(5):
+        x, lab = tf(Sample(image, label, "case"), np.random.default_rng(seed), 0)
+        assert any(np.array_equal(x.numpy(), wx) and np.array_equal(lab.numpy(), wl) for wx, wl in windows)
 
 
 def test_a_small_2d_case_pads_outside_and_a_case_without_foreground_falls_back(tmp_path):

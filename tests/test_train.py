@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import re
 import os
 import signal
@@ -12,6 +13,7 @@ import textwrap
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,7 +23,7 @@ from bench.errors import BenchError
 from bench.losses import binary_dice_loss, multiclass_dice_loss, nnunet_dice_loss, segmentation_loss
 from bench.protocol import load_protocol
 from bench.registry import create_model, get_entry
-from bench.rng import seed_everything
+from bench.rng import caller_rng_kept, seed_everything
 from bench.train import lr_at, train_model
 
 
@@ -122,6 +124,35 @@ def test_nnunet_dice_loss_is_nnunets_batch_foreground_dice():
     # a perfect prediction scores -1 per present class
     perfect = F.one_hot(target, 3).permute(0, 3, 1, 2).double() * 60.0
     assert nnunet_dice_loss(perfect, target).item() == pytest.approx(-1.0, abs=1e-9)
+
+
+def test_loss_weights_scale_their_own_terms():
+    """Swin-Unet's protocol weighs CE 0.4 and Dice 0.6, VM-UNet's binary one BCE and Dice each 1: weights
+    swapped or dropped would train another loss than the one the protocol names."""
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 4, 5, 5, dtype=torch.float64), torch.randint(0, 4, (2, 5, 5))
+    p, g = logits.softmax(1), F.one_hot(target, 4).permute(0, 3, 1, 2).double()
+    dims = (0, 2, 3)  # TransUNet's DiceLoss: batch sums per class, squared denominators, smooth 1e-5
+    dice = (1 - (2 * (p * g).sum(dims) + 1e-5) / ((p * p).sum(dims) + (g * g).sum(dims) + 1e-5)).mean()
+    torch.testing.assert_close(segmentation_loss(logits, target, ce=0.4, dice=0.6, bce=1.0),
+                               0.4 * F.cross_entropy(logits, target) + 0.6 * dice)
+    logits, target = torch.randn(2, 1, 5, 5, dtype=torch.float64), torch.rand(2, 1, 5, 5, dtype=torch.float64)
+    q = logits.sigmoid()
+    bce = -(target * q.log() + (1 - target) * (1 - q).log()).mean()
+    dims = (1, 2, 3)  # VM-UNet's BceDiceLoss: per-sample Dice, smooth 1, averaged over the batch
+    dice = 1 - ((2 * (q * target).sum(dims) + 1) / (q.sum(dims) + target.sum(dims) + 1)).mean()
+    torch.testing.assert_close(segmentation_loss(logits, target, ce=1.0, dice=0.25, bce=0.5), 0.5 * bce + 0.25 * dice)
+
+
+def test_half_precision_logits_are_scored_in_float32():
+    """Under autocast a model returns bfloat16 or float16 logits: the loss is computed in float32 (a
+    bfloat16 softmax keeps under 3 significant digits, too few for Dice sums over a batch of slices)."""
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 3, 5, 5).bfloat16(), torch.randint(0, 3, (2, 5, 5))
+    for low in (logits, logits.half()):
+        loss = segmentation_loss(low, target, ce=0.5, dice=0.5, bce=1.0)
+        assert loss.dtype == torch.float32
+        torch.testing.assert_close(loss, segmentation_loss(low.float(), target, ce=0.5, dice=0.5, bce=1.0))
 
 
 def test_binary_loss_is_vmunets_bce_on_the_sigmoid():
@@ -239,6 +270,16 @@ def test_seed_everything_makes_cudnn_deterministic():
         assert torch.backends.cudnn.deterministic is True and torch.backends.cudnn.benchmark is False
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+
+
+def test_seed_everything_seeds_python_numpy_and_torch_with_the_seed():
+    """The authors' set-ups seed random, numpy and torch with the run's seed: a stream left unseeded, or
+    seeded with something else, makes a run unrepeatable or differ from theirs."""
+    with caller_rng_kept():
+        seed_everything(7)
+        assert random.random() == random.Random(7).random()
+        assert np.random.random() == np.random.RandomState(7).random_sample()
+        assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(7)))
 
 
 KILL_SCRIPT = textwrap.dedent(

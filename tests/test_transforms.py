@@ -17,6 +17,7 @@ from bench.data.synth import synthesize
 from bench.data.torch_dataset import TrainDataset
 from bench.errors import BenchError
 from bench.protocol import load_protocol
+from tests.fixtures import Scripted
 
 
 def _proto(name: str, **overrides):
@@ -176,6 +177,19 @@ def test_train_transform_multiclass_shapes_and_determinism():
     assert any(not torch.equal(label, o) for o in others)
 
 
+def test_transunet_pipeline_zooms_images_cubic_and_labels_nearest():
+    """TransUNet's RandomGenerator zooms the augmented image with order 3 and the label with order 0: a
+    linear label zoom invents in-between classes at organ borders, a linear image zoom blurs the input."""
+    tf = T.TrainTransform(_proto("synapse", img_size=32), binary=False, run_seed=0)
+    s = _ct_sample()  # 40 x 52: zoom factors 0.8 and 0.615, so neither order is a no-op
+    for seed in range(6):
+        image, label = tf(s, np.random.default_rng(seed))
+        aug_image, aug_label = T.transunet_augment(s.image, s.label, np.random.default_rng(seed))
+        factors = (32 / aug_label.shape[0], 32 / aug_label.shape[1])  # TransUNet's (S / H, S / W)
+        np.testing.assert_array_equal(label.numpy(), ndimage.zoom(aug_label, factors, order=0))
+        np.testing.assert_allclose(image[0].numpy(), ndimage.zoom(aug_image, factors, order=3), atol=1e-6)
+
+
 def test_none_augment_is_resize_only():
     tf = T.TrainTransform(_proto("smoke", img_size=32), binary=False, run_seed=0)
     s = _ct_sample()
@@ -203,6 +217,10 @@ def test_vmunet_isic_angle_is_drawn_once_per_run(monkeypatch):
     assert tf.angle == T.run_rotation_angle(42) and 0 <= tf.angle < 360
     assert T.TrainTransform(proto, binary=True, run_seed=42).angle == tf.angle
     assert T.TrainTransform(proto, binary=True, run_seed=43).angle != tf.angle
+    # the authors' random.uniform(0, 360): over 200 runs the angles come within 20° of both ends
+    # (each end missed with chance (340 / 360) ** 200 < 1e-4); half the turn would never pass 180°
+    angles = [T.run_rotation_angle(seed) for seed in range(200)]
+    assert min(angles) < 20 and max(angles) > 340
     seen = []
     real = T._rotate
     monkeypatch.setattr(T, "_rotate", lambda arr, angle, *mode: (seen.append(angle), real(arr, angle, *mode))[1])
@@ -247,6 +265,17 @@ def test_vmunet_flips_and_rotation_follow_the_rng():
         np.testing.assert_array_equal(img, expect_img)
         np.testing.assert_array_equal(mask, expect_mask)
     assert len(seen) == 8
+
+
+def test_vmunet_isic_on_class_labels_zooms_them_nearest():
+    """A multi-class dataset under the ISIC pipeline (VM-UNet's Synapse set-up) resizes its labels by
+    nearest neighbour: the bilinear resize binary masks get would invent classes between neighbours."""
+    tf = T.TrainTransform(_proto("synapse", img_size=32, augment="vmunet_isic"), binary=False, run_seed=5)
+    s = _ct_sample()
+    for seed in range(6):
+        _, label = tf(s, np.random.default_rng(seed))
+        _, aug = T.vmunet_isic_augment(s.image, s.label, np.random.default_rng(seed), T.run_rotation_angle(5))
+        np.testing.assert_array_equal(label.numpy(), ndimage.zoom(aug, (32 / aug.shape[0], 32 / aug.shape[1]), order=0))
 
 
 @pytest.mark.parametrize("angle", [1.0, 17.3, 200.0, 359.0])
@@ -359,10 +388,14 @@ def test_nnunet_draw_probabilities_and_ranges(monkeypatch):
     monkeypatch.setattr(T, "_nnunet_lowres", spy("lowres"))
     monkeypatch.setattr(T, "_nnunet_gamma", spy("gamma"))
     monkeypatch.setattr(T.ndimage, "gaussian_filter", spy("blur"))
-    image, label = np.zeros((6, 6), np.float32), np.zeros((6, 6), np.int64)
-    n, noisy = 3000, 0
+    # a constant image: noise alone gives it a spread; brightness alone scales it by its factor
+    image, label = np.ones((6, 6), np.float32), np.zeros((6, 6), np.int64)
+    n, noisy, brightness = 3000, 0, []
     for i in range(n):
-        noisy += bool(T.nnunet_augment(image, label, np.random.default_rng([11, i]))[0].any())  # only noise
+        out = T.nnunet_augment(image, label, np.random.default_rng([11, i]))[0]
+        noisy += bool(np.ptp(out) > 0)
+        if np.ptp(out) == 0 and out[0, 0] != 1.0:
+            brightness.append(float(out[0, 0]))
     # SpatialTransform: rotation p 0.2, U(-pi, pi); scaling p 0.2, one factor split around 1
     assert abs(len(calls["spatial"]) / n - (1 - 0.8 * 0.8)) < 0.03
     angles = [np.arctan2(rot[1, 0], rot[0, 0]) for _, rot, _ in calls["spatial"]]  # the matrix's angle
@@ -373,6 +406,10 @@ def test_nnunet_draw_probabilities_and_ranges(monkeypatch):
     assert all(0.7 <= sc <= 1.4 for sc in scales)
     assert abs(np.mean([sc < 1 for sc in scales]) - 0.5) < 0.04  # U(0.7, 1.4) would give 0.43
     assert abs(noisy / n - 0.1) < 0.02
+    # brightness p 0.15 (seen without noise: p 0.9), U(0.75, 1.25); sigma of the share sqrt(0.135 · 0.865 / n)
+    # = 0.0062, the bound 4 sigma. That none of ~400 factors comes within 0.03 of an end: chance 0.94 ** 400 < 1e-10
+    assert abs(len(brightness) / n - 0.15 * 0.9) < 0.025
+    assert 0.75 <= min(brightness) < 0.78 and 1.22 < max(brightness) <= 1.25
     blur = [sig for (sig,) in calls["blur"]]
     assert abs(len(blur) / n - 0.2 * 0.5) < 0.02 and all(0.5 <= sig <= 1.0 for sig in blur)
     factors = [f for (f,) in calls["contrast"]]
@@ -442,6 +479,25 @@ def test_nnunet_augment_shapes_labels_and_determinism():
     assert image.shape == (32, 32, 3) and label.shape == (32, 32)
 
 
+def test_nnunet_mirroring_flips_image_and_label_along_the_same_axis():
+    """MirrorTransform flips an image and its label together: a label flipped along another axis than
+    its image trains the model on organs where the image has none."""
+    rng = np.random.default_rng(0)
+    for shape in ((12, 14), (6, 8, 10)):
+        x, label = rng.normal(size=(1, *shape)), rng.integers(0, 4, shape)
+        for axis in range(len(shape)):
+            # 9 draws that do not fire (rotation, scale, noise, blur, brightness, contrast, low
+            # resolution, two gammas), then one mirror draw per axis: this axis's alone fires
+            draws = [0.9] * 9 + [0.1 if a == axis else 0.9 for a in range(len(shape))]
+            out_x, out = T.nnunet_augment_patch(x, label, Scripted(draws), shape)
+            np.testing.assert_array_equal(out, np.flip(label, axis))
+            np.testing.assert_allclose(out_x[0], np.flip(x[0], axis), rtol=1e-6)
+            if len(shape) == 2:  # and the whole-image pipeline
+                image, out = T.nnunet_augment(x[0], label, Scripted(draws))
+                np.testing.assert_array_equal(out, np.flip(label, axis))
+                np.testing.assert_allclose(image, np.flip(x[0], axis), rtol=1e-6)
+
+
 def test_train_transform_nnunet():
     tf = T.TrainTransform(_nnunet_proto(24), binary=False, run_seed=0)
     s = _ct_sample()
@@ -498,6 +554,26 @@ def test_train_dataset_items_depend_only_on_seed_epoch_index(synapse_ds):
     assert any(not torch.equal(epochs[0], x) for x in epochs[1:])  # augmentation changes per epoch
     data.set_epoch(0)
     assert torch.equal(data[5][1], epochs[0])
+
+
+def test_train_dataset_gives_each_item_its_own_stream(synapse_ds):
+    """Item i of epoch e draws from default_rng([seed, e, i]) (and a drawn item from [seed, e, i, draw]):
+    a stream shared by the items of an epoch would give every slice of a batch the same augmentation."""
+    data = TrainDataset(synapse_ds, _proto("synapse", img_size=32), seed=3,
+                        transform=lambda sample, rng, draw: rng.random())  # the first number of the item's stream
+    data.set_epoch(2)
+    n = len(data)
+    assert [data[i] for i in range(n)] == [np.random.default_rng([3, 2, i]).random() for i in range(n)]
+    assert data[(1, 5)] == np.random.default_rng([3, 2, 1, 5]).random()
+
+
+def test_train_dataset_rotates_isic_items_by_its_run_seeds_angle(synapse_ds):
+    """VM-UNet's ISIC rotation angle is drawn once per run: from the run's seed, so each seed of a sweep
+    rotates by its own angle (one angle for every seed would leave the angle's effect out of the spread
+    over seeds)."""
+    proto = _proto("synapse", img_size=32, augment="vmunet_isic")
+    angles = [TrainDataset(synapse_ds, proto, seed=seed).transform.angle for seed in (3, 4)]
+    assert angles == [T.run_rotation_angle(3), T.run_rotation_angle(4)] and angles[0] != angles[1]
 
 
 def test_train_dataset_same_batches_with_workers(synapse_ds):

@@ -162,6 +162,10 @@ def test_the_last_third_of_every_batch_is_forced_onto_foreground():
     assert [tf.forced_foreground(d, None) for d in range(6)] == [False, True] * 3  # round(2 · 0.67) = 1
     tf12 = T.TrainTransform(load_protocol("lightm_unet_3d").with_overrides(batch_size=12), binary=False, run_seed=0)
     assert [tf12.forced_foreground(d, None) for d in range(12)] == [False] * 8 + [True] * 4
+    # an item not drawn in an epoch of batches (iterations_per_epoch 0) is forced with p 0.33: over
+    # n = 3000 items the share's sigma is sqrt(0.33 · 0.67 / n) = 0.0086, the bound 4 sigma
+    share = np.mean([tf.forced_foreground(None, np.random.default_rng([1, i])) for i in range(3000)])
+    assert abs(share - 0.33) < 0.035
 
 
 def test_augment_3d_without_a_spatial_draw_cuts_the_centre_and_clears_the_padding():
