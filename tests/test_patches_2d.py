@@ -105,6 +105,11 @@ def test_a_forced_2d_region_is_centred_on_the_drawn_class():
         region = T.crop_padded(label[0], corner, initial, -1)
         centre = T.crop_padded(region, (np.array(initial) - patch) // 2, patch, -1)
         assert z == 0 and (centre == cls).any()  # the class drawn with the slice
+    # nnU-Net's get_bbox: the corner of a 12x12 region is the voxel less half the region, clamped below only (corners
+    # range from -pad // 2 = -2 up to 40 + 2 - 12 = 30 here; a forced voxel near the far border goes past 30)
+    rng = np.random.default_rng(0)
+    for voxel, corner in (([20, 20], [14, 14]), ([1, 21], [-2, 15]), ([39, 39], [33, 33])):
+        assert T.nnunet_patch_corner((40, 40), patch, (12, 12), rng, np.array([voxel])).tolist() == corner
 
 
 # --- augmentation ----------------------------------------------------------------------------------
