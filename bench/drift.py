@@ -41,7 +41,7 @@ from bench.errors import BenchError
 from bench.records import finished, records_dir
 from bench.fileio import absent, atomic_write_text, folder_lock
 from bench.report import label_runs
-from bench.report.tables import _md_table
+from bench.report.tables import md_table
 
 __all__ = ["BASELINE_COLUMNS", "DEFAULT_TOLERANCES", "DriftResult", "baseline_table", "write_baseline", "compare"]
 
@@ -339,7 +339,7 @@ class DriftResult:
         summary = f"Drift check {'FAILED' if self.failed else 'passed'}: {counts}."
         if shown.empty:
             return summary + "\n"
-        body = _md_table(shown) if fmt == "md" else shown.to_markdown(index=False, tablefmt="simple",
+        body = md_table(shown) if fmt == "md" else shown.to_markdown(index=False, tablefmt="simple",
                                                                        disable_numparse=True)
         return f"{body}\n\n{summary}\n"
 

@@ -717,7 +717,7 @@ def render(scores: Scores, fmt: str) -> str:
 
 def _render_md(scores: Scores) -> str:
     from bench.report.boards import METRICS, class_display
-    from bench.report.tables import _md_table
+    from bench.report.tables import md_table
 
     s = scores.scored
     shown = [m for m in METRICS if m in scores.metrics and not (m == "hd95" and scores.hd95_unit is None)]
@@ -745,5 +745,5 @@ def _render_md(scores: Scores) -> str:
     title = (f"{s['predictions']}{run}: {s['n_cases']} cases of {s['dataset']}{fold} ({s['data_root']}){split} · "
              f"protocol {s['protocol']} v{s['protocol_version']} ({s['protocol_hash']}"
              f"{', off-protocol' if s['off_protocol'] else ''}) · policy {s['policy']}")
-    parts = [title, _md_table(overall), _md_table(classes), *(f"note: {n}" for n in scores.notes)]
+    parts = [title, md_table(overall), md_table(classes), *(f"note: {n}" for n in scores.notes)]
     return "\n\n".join(parts) + "\n"

@@ -13,7 +13,7 @@ from bench.data.synapse import TRANSUNET_TEST_CASES
 from bench.errors import BenchError
 from bench.protocol import load_protocol
 from bench.records import load, write_record
-from bench.report import BoardKey, _latex_escape, leaderboards, parse_columns, render, write_report
+from bench.report import BoardKey, latex_escape, leaderboards, parse_columns, render, write_report
 
 try:
     from tests.fixtures import make_record, md_rows, recount, restate
@@ -222,14 +222,14 @@ def test_paper_columns_and_labels_for_latex(runs, tmp_path):
     with pytest.raises(BenchError, match="--columns chooses the Markdown and LaTeX tables' columns; --format csv"):
         render(runs, "csv", columns=("metrics",))
     # names keep their hyphens (a GPU's, a weights file's date); × and friends are escaped
-    assert _latex_escape("A100-SXM4-80GB unet-2024-05-01.pth 2 × 3") == "A100-SXM4-80GB unet-2024-05-01.pth 2 $\\times$ 3"
+    assert latex_escape("A100-SXM4-80GB unet-2024-05-01.pth 2 × 3") == "A100-SXM4-80GB unet-2024-05-01.pth 2 $\\times$ 3"
     # symbols pdflatex cannot take raw, and pairs it would read as other text: "--" an en dash, ">=" two characters
-    assert _latex_escape("≥ ≤ ≠ … → μs µs") == "$\\geq$ $\\leq$ $\\neq$ \\ldots{} $\\rightarrow$ $\\mu$s $\\mu$s"
-    assert _latex_escape("pass one as --reference, p >= 0.05, a<=b, x---y, 0–4") == \
+    assert latex_escape("≥ ≤ ≠ … → μs µs") == "$\\geq$ $\\leq$ $\\neq$ \\ldots{} $\\rightarrow$ $\\mu$s $\\mu$s"
+    assert latex_escape("pass one as --reference, p >= 0.05, a<=b, x---y, 0–4") == \
         "pass one as -{}-reference, p $\\geq$ 0.05, a$\\leq$b, x-{}-{}-y, 0--4"
-    assert _latex_escape('a mark such as "(noisy)": 5" wide') == "a mark such as ``(noisy)'': 5\\texttt{\\char34} wide"
+    assert latex_escape('a mark such as "(noisy)": 5" wide') == "a mark such as ``(noisy)'': 5\\texttt{\\char34} wide"
     # marks after a digit are inches, not a pair: only a quote after a space or sign opens one
-    assert _latex_escape('12" and 3" (x="a")') == '12\\texttt{\\char34} and 3\\texttt{\\char34} (x=``a\'\')'
+    assert latex_escape('12" and 3" (x="a")') == '12\\texttt{\\char34} and 3\\texttt{\\char34} (x=``a\'\')'
     caption = render(runs, "md", columns=("family",)).split("\n\n")[1]
     assert "in %" not in caption and "NaN is shown" not in caption  # no metric column shown, none explained
     # the cost columns say at which input their GMACs were counted, where they are shown
@@ -297,10 +297,10 @@ def test_latex_cells_set_a_numbers_minus_as_a_minus():
     """A negative difference was set with a hyphen, shorter than the minus of the numbers around it."""
     import collections
 
-    from bench.report.tables import _latex_table
+    from bench.report.tables import latex_table
 
     table = pd.DataFrame({"Model": ["unet-2 (lr=-1)"], "Diff": ["-0.12"], "CI": ["[-1.50, 2.00]"], "Folds": ["0-4"]})
-    tex = _latex_table("T", "note", "t", table, "lrrr", collections.Counter())
+    tex = latex_table("T", "note", "t", table, "lrrr", collections.Counter())
     assert "unet-2 (lr=-1) & $-$0.12 & [$-$1.50, 2.00] & 0-4 \\\\" in tex
 
 

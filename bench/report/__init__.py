@@ -56,7 +56,7 @@ _SUBMODULE = {name: module for module, names in {
     "labels": ["BoardKey", "CV_LABEL", "BUILD_KEYS", "label_runs", "label_cases", "model_labels"],
     "boards": ["METRICS", "SYNAPSE_ORGANS", "CI_METRICS", "TEST_SET_DATASETS", "class_display", "leaderboards",
                "split_test_sets", "join_ci"],
-    "tables": ["_latex_escape"],
+    "tables": ["latex_escape"],
     "board_text": ["COLUMN_GROUPS", "COLUMN_PRESETS", "parse_columns", "render_cases"],
     "costs": ["COST_NOTE", "TIMING_NOTE", "scan_mark", "profile_labels", "cost_tables", "render_cost_md",
               "render_cost_latex", "cost_key", "same_input", "join_cost"],

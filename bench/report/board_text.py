@@ -17,7 +17,7 @@ from bench.report.boards import METRICS, _code_versions, _joined, _rescored_from
 from bench.report.costs import _g
 from bench.report.formats import ReportFormat
 from bench.report.labels import CV_LABEL, BoardKey, label_cases, label_runs
-from bench.report.tables import _align, _latex_table, _md_table, as_counts, latex_header
+from bench.report.tables import _align, latex_table, md_table, as_counts, latex_header
 
 
 _CSV_KEY_COLUMNS = ["dataset", "protocol", "protocol_version", "protocol_hash", "protocol_builtin", "policy", "hd95_unit",
@@ -528,7 +528,7 @@ def _render_md(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...] | 
         shown = _display_table(board, columns, (groups or {}).get(key))
         title, note = _caption(key, board, columns, shown)
         align = [_align(c) for c in shown.columns]
-        parts.append(f"## {title}\n\n{note}\n\n{_md_table(shown, align)}\n")
+        parts.append(f"## {title}\n\n{note}\n\n{md_table(shown, align)}\n")
     return "\n".join(parts)
 
 
@@ -546,7 +546,7 @@ def _render_latex(boards: dict[BoardKey, pd.DataFrame], columns: tuple[str, ...]
         # a column selection in the label too: two tables of one board (--columns paper, --columns cost),
         # written to two files and included in one paper, would define one label twice
         chosen = "" if columns is None else " " + " ".join(columns)
-        parts.append(_latex_table(title, note, f"{key.dataset} {key.protocol} {key.policy}{chosen}", table, spec,
+        parts.append(latex_table(title, note, f"{key.dataset} {key.protocol} {key.policy}{chosen}", table, spec,
                                   labels))
     return "\n\n".join(parts) + "\n"
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from bench.records import canonical_json, config_dict
 from bench.report.labels import BoardKey, model_labels
-from bench.report.tables import _latex_table, _md_table
+from bench.report.tables import latex_table, md_table
 
 
 # --columns paper,cost: a paper's cost table, the columns readers compare (cells keep their units)
@@ -48,7 +48,7 @@ def render_cost_latex(df_prof: pd.DataFrame, paper: bool = False, label: str = "
         spec = "".join("l" if c in ("model", "family", "input_shape", "Model") else "r" for c in table.columns)
         # labelled by input and precision (the fingerprint would make a label of a line), numbered per machine
         name = " ".join([label, *title.split(" · ")[1:3]]) + (" paper" if paper else "")
-        parts.append(_latex_table(title, note, name, table, spec, labels))
+        parts.append(latex_table(title, note, name, table, spec, labels))
     return "\n\n".join(parts)
 
 
@@ -189,7 +189,7 @@ def render_cost_md(df_prof: pd.DataFrame) -> str:
     parts = []
     for title, table in cost_tables(df_prof).items():
         align = ["left" if c in ("model", "family", "input_shape", "fingerprint") else "right" for c in table.columns]
-        parts.append(f"## {title}\n\n{_cost_note(table)}\n\n" + _md_table(table, align) + "\n")
+        parts.append(f"## {title}\n\n{_cost_note(table)}\n\n" + md_table(table, align) + "\n")
     return "\n".join(parts)
 
 

@@ -27,7 +27,7 @@ from bench.records import (finished, load_with_records, no_runs, runs_dir, selec
 from bench.runlog import RUN_LOG
 from bench.report.board_text import _fmt_duration, and_list, board_title, code_detail, single_run
 from bench.report.boards import _binary_task, _code_versions
-from bench.report.tables import _latex_escape, latex_header
+from bench.report.tables import latex_escape, latex_header
 from bench.report.labels import _overrides_text, _tiny_changes, _tiny_config, config_changes, label_runs
 
 _DICE_VARIANTS = {"transunet": "TransUNet's soft Dice over all classes, background included",
@@ -86,11 +86,11 @@ def methods_latex(text: str) -> str:
     parts = [latex_header("bench report --format methods: the Methods paragraphs per board.", tables=False)]
     for block in text.strip("\n").split("\n\n"):
         if block.startswith("## "):
-            parts.append(f"\\subsection*{{{_latex_escape(block[3:])}}}")
+            parts.append(f"\\subsection*{{{latex_escape(block[3:])}}}")
         elif lead := re.match(r"\*\*(.+?)\*\* ?", block):
-            parts.append(f"\\paragraph{{{_latex_escape(lead.group(1))}}} {_latex_escape(block[lead.end():])}")
+            parts.append(f"\\paragraph{{{latex_escape(lead.group(1))}}} {latex_escape(block[lead.end():])}")
         else:
-            parts.append(_latex_escape(block))
+            parts.append(latex_escape(block))
     return "\n\n".join(parts) + "\n"
 
 

@@ -15,7 +15,7 @@ from bench.report.board_text import _caption
 from bench.report.boards import CI_METRICS, METRICS
 from bench.report.costs import _num
 from bench.report.labels import BoardKey
-from bench.report.tables import _latex_table, _md_table
+from bench.report.tables import latex_table, md_table
 
 
 @dataclass
@@ -37,8 +37,8 @@ def significance_md(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey,
     """Per board: paired tests of every model against ``reference`` (Holm-adjusted; ``stats.paired_tests``)
     and the rank table with its bootstrap stability, as Markdown sections. ``groups``: the case rows per board."""
     return "\n".join(f"## Significance · {s.title}\n\n{s.note}\n\n"
-                     + "".join(_md_table(t) + "\n\n" for t in (s.tests,) if t is not None)
-                     + _md_table(s.ranks) + s.after + "\n" for s in significance_sections(boards, groups, reference))
+                     + "".join(md_table(t) + "\n\n" for t in (s.tests,) if t is not None)
+                     + md_table(s.ranks) + s.after + "\n" for s in significance_sections(boards, groups, reference))
 
 
 def significance_latex(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardKey, pd.DataFrame],
@@ -51,11 +51,11 @@ def significance_latex(boards: dict[BoardKey, pd.DataFrame], groups: dict[BoardK
         if s.tests is not None:  # the rank note goes with the rank table, the rest with the tests
             spec = "".join("l" if c in ("Model", "Metric") else "r" for c in s.tests.columns)
             tests_note = " ".join(s.note.replace(s.rank_note, "").split())
-            parts.append(_latex_table(f"Paired tests · {s.title}", tests_note, f"significance {board}", s.tests, spec,
+            parts.append(latex_table(f"Paired tests · {s.title}", tests_note, f"significance {board}", s.tests, spec,
                                       labels))
             rank_note = s.rank_note
         spec = "l" + "r" * (len(s.ranks.columns) - 1)
-        parts.append(_latex_table(f"Rank stability · {s.title}", " ".join((rank_note + s.after).split()),
+        parts.append(latex_table(f"Rank stability · {s.title}", " ".join((rank_note + s.after).split()),
                                   f"ranks {board}", s.ranks, spec, labels))
     return "\n\n".join(parts)
 

@@ -25,7 +25,7 @@ def _bold_cells(table: pd.DataFrame) -> set[tuple[int, int]]:
     return {(i, table.columns.get_loc(head)) for head, rows in best.items() if head in table for i in rows}
 
 
-def _md_table(table: pd.DataFrame, colalign: list[str] | None = None) -> str:
+def md_table(table: pd.DataFrame, colalign: list[str] | None = None) -> str:
     """A pipe table whose cells may hold ``|`` (a model config such as ``norm="a|b"``): escaped, so
     the columns stay where they are; the cells of ``table.attrs["best"]`` in bold."""
     bold = _bold_cells(table)
@@ -52,7 +52,7 @@ _LATEX_ESCAPES = {
 _LATEX_TOKEN = re.compile(r">=|<=|.", re.S)
 
 
-def _latex_escape(text: str) -> str:
+def latex_escape(text: str) -> str:
     """``text`` for LaTeX's text mode: its special characters and pairs escaped, the symbols pdflatex cannot
     take raw set as math, hyphens kept hyphens, a pair of straight quotes (a label's json.dumps of a string)
     as TeX's ``quotes'' (one after a letter or digit opens none: 12" is inches; a lone one stays the character)."""
@@ -75,7 +75,7 @@ _NEGATIVE = re.compile(r"(?<![^\s\[(])-(?=\.?\d)")  # a hyphen opening a number:
 
 def _cell(value: object) -> str:
     """A table cell escaped, a number's minus sign a minus ("-0.12", "[-1.5, 2.0]"): a hyphen is shorter."""
-    return _NEGATIVE.sub(r"$-$", _latex_escape(value))
+    return _NEGATIVE.sub(r"$-$", latex_escape(value))
 
 
 def latex_header(extra: str = "", tables: bool = True) -> str:
@@ -99,7 +99,7 @@ def _align(column: str) -> str:
     return "left" if column in ("Model", "Family", "Init") else "right"
 
 
-def _latex_table(title: str, note: str, name: str, table: pd.DataFrame, spec: str,
+def latex_table(title: str, note: str, name: str, table: pd.DataFrame, spec: str,
                  labels: collections.Counter) -> str:
     """A booktabs table captioned ``title. note`` (the title alone in a list of tables); its label
     from ``name`` ("tab:synapse-smoke-legacy-synapse"), numbered where ``labels`` has seen it."""
@@ -108,13 +108,13 @@ def _latex_table(title: str, note: str, name: str, table: pd.DataFrame, spec: st
     lines = [
         "\\begin{table}[t]",
         "\\centering",
-        f"\\caption[{{{_latex_escape(title)}}}]{{{_latex_escape(title)}. {_latex_escape(note)}}}",  # {}: a ] in it
+        f"\\caption[{{{latex_escape(title)}}}]{{{latex_escape(title)}. {latex_escape(note)}}}",  # {}: a ] in it
         f"\\label{{{label}{'' if labels[label] == 1 else f'-{labels[label]}'}}}",
         # shrunk to the line where wider (Synapse's board has ~26 columns), never enlarged
         "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",
         f"\\begin{{tabular}}{{{spec}}}",
         "\\toprule",
-        " & ".join(_latex_escape(c) for c in table.columns) + " \\\\",
+        " & ".join(latex_escape(c) for c in table.columns) + " \\\\",
         "\\midrule",
     ]
     bold = _bold_cells(table)

@@ -22,7 +22,7 @@ from bench.report.costs import render_cost_latex, render_cost_md
 from bench.report.formats import ReportFormat
 from bench.report.published import PUBLISHED_NOTE, missing_published_md, published_note, published_tables
 from bench.report.significance import _check_reference, significance_latex, significance_md
-from bench.report.tables import _latex_table, _md_table, warn_outside_latin1
+from bench.report.tables import latex_table, md_table, warn_outside_latin1
 
 
 def render(df_runs: pd.DataFrame, fmt: str | ReportFormat = "md", df_cases: pd.DataFrame | None = None,
@@ -77,7 +77,7 @@ def _latex_sections(text: str, boards: dict, groups: dict, reference: str | None
         for title, table in published_tables(boards, pub, groups, bundled).items():
             spec = "".join("r" if c in ("Published", "Ours", "Ours − published") else "l" for c in table.columns)
             board = re.sub(r"\s*\([^)]*\)", "", title.split(" — ")[0].split(" · ", 1)[-1])  # no hashes, "(ours)"
-            parts.append(_latex_table(title, note, f"published {board}", table, spec, labels))
+            parts.append(latex_table(title, note, f"published {board}", table, spec, labels))
         missing = missing_published_md(boards, pub, source)
         if missing:  # a Markdown section's words, as a comment: no table to caption
             parts.append("% " + " ".join(missing.replace("## ", "").split()))
@@ -264,7 +264,7 @@ def write_report(results_dir: Path, fmt: str | ReportFormat = "md", out: Path | 
                 extra.append(significance_md(boards, groups, reference))
             if pub is not None:
                 for title, table in published_tables(boards, pub, groups, bundled).items():
-                    extra.append(f"## {title}\n\n{note}\n\n{_md_table(table)}\n")
+                    extra.append(f"## {title}\n\n{note}\n\n{md_table(table)}\n")
                 missing = missing_published_md(boards, pub, source)
                 extra += [missing] if missing else []
             cost = render_cost_md(profiles) if _shows(columns, "cost") else ""
