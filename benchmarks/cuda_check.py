@@ -25,15 +25,13 @@ import contextlib
 import copy
 import datetime
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scan_bench beside this file
-from scan_bench import STAGES, inputs, rel_err  # noqa: E402
+from scan_bench import STAGES, inputs, rel_err, timed  # noqa: E402
 
 from bench import env, records  # noqa: E402
 from bench.cost import precision_context  # noqa: E402
@@ -75,24 +73,6 @@ def check_ran(backend: str) -> None:
         raise RuntimeError(f"the candidate ran the {scan.last_backend()} scan backend, not {backend}")
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device, repeats: int, warmup: int = 1):
-    """(median seconds over ``repeats`` after ``warmup`` untimed runs, last result)."""
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def scan_case(side: int, d_inner: int, device: torch.device, grad: bool) -> dict[str, torch.Tensor]:
@@ -211,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             for kind, make in (("forward", scan_forward), ("forward+backward", scan_forward_backward)):
                 grad = kind != "forward"
                 xc, xd = scan_case(side, d_inner, cpu, grad), scan_case(side, d_inner, device, grad)
-                t_cpu, want = timed(make(xc, oracle), cpu, args.cpu_repeats)
+                t_cpu, want = timed(make(xc, oracle), args.cpu_repeats, warmup=1)
                 with scan_backend(args.backend):
-                    t_dev, got = timed(make(xd, None), device, args.repeats)
+                    t_dev, got = timed(make(xd, None), args.repeats, warmup=1, device=device)
                     check_ran(cand)
                 pairs = {"y": (got, want)} if not grad else {k: (got[k], want[k]) for k in want}
                 errs = {k: rel_err(g.float().cpu(), w.float()) for k, (g, w) in pairs.items()}
@@ -240,10 +220,10 @@ def main(argv: list[str] | None = None) -> int:
             x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
             model_dev, x_dev = copy.deepcopy(model).to(device), x.to(device)
             with scan_backend(oracle):
-                t_cpu, _ = timed(model_forward(model, x, cpu), cpu, args.cpu_repeats)
+                t_cpu, _ = timed(model_forward(model, x, cpu), args.cpu_repeats, warmup=1)
                 want, want_blocks = block_outputs(model, x, cpu)
             with scan_backend(args.backend):
-                t_dev, _ = timed(model_forward(model_dev, x_dev, device), device, args.repeats)
+                t_dev, _ = timed(model_forward(model_dev, x_dev, device), args.repeats, warmup=1, device=device)
                 got, got_blocks = block_outputs(model_dev, x_dev, device)
                 check_ran(cand)
             err = rel_err(got, want)

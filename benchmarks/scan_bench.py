@@ -55,12 +55,22 @@ def inputs(side: int, d_inner: int, grad: bool) -> dict[str, torch.Tensor]:
     return {k: v.requires_grad_(grad) for k, v in x.items()}
 
 
-def timed(fn, repeats: int):
-    """(median seconds, last result)."""
-    times, out = [], None
+def timed(fn, repeats: int, warmup: int = 0, device: torch.device | None = None):
+    """(median seconds over ``repeats`` after ``warmup`` untimed runs, last result); on a CUDA ``device``
+    synchronised before and after each run, so a run's time is its kernels' (cuda_check.py times so too)."""
+    def sync() -> None:
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         out = fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
 
