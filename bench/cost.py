@@ -404,8 +404,9 @@ def _cpu_peak_bytes(fn) -> int:
 
 
 def peak_memory_mb(model: nn.Module, x: torch.Tensor, *, train_step: bool = False) -> dict[str, Any]:
-    """Peak memory (MB) that one forward (or forward + backward with ``train_step``) allocates
-    beyond what existed before (weights, inputs): activations, workspaces and, in training, grads.
+    """Peak memory in MiB (2**20 bytes; "mb" in the names) that one forward (or forward + backward with
+    ``train_step``) allocates beyond what existed before (weights, inputs): activations, workspaces and,
+    in training, grads.
 
     CUDA: ``torch.cuda.max_memory_allocated`` (``peak_mem_kind`` "cuda_tensors"); CPU: the peak
     of live tensor bytes from torch's profiler ("cpu_tensors"). Neither counts allocator caches.

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -121,13 +122,29 @@ def _hand_scan_macs(model, x, with_D_z=True):
     return sum(flops) / 2
 
 
-def test_uncounted_contraction_is_refused():
-    class Mv(nn.Module):
-        def forward(self, x):
-            return torch.mv(torch.ones(3, x.shape[-1]), x[0])
+class _Calls(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
 
-    with pytest.raises(cost.UncountedOpsError, match=r"aten\.mv ×1"):
-        cost.count_flops(Mv(), torch.randn(1, 5))
+    def forward(self, x):
+        return self.fn(x)
+
+
+@pytest.mark.parametrize("op, fn", [
+    ("mv", lambda x: torch.mv(torch.ones(3, 5), x[0])),
+    ("addmv", lambda x: torch.addmv(torch.ones(3), torch.ones(3, 5), x[0])),
+    ("dot", lambda x: torch.matmul(x[0], x[0])),  # a matmul of two vectors dispatches to dot
+    ("vdot", lambda x: torch.vdot(x[0], x[0])),
+    ("addbmm", lambda x: torch.addbmm(torch.ones(5, 5), torch.ones(2, 5, 5), x.expand(2, 5, 5))),
+    ("_fft_r2c", lambda x: torch.fft.rfft(x)),
+    ("_fft_c2c", lambda x: torch.fft.fft(x.to(torch.complex64))),
+    ("_fft_c2r", lambda x: torch.fft.irfft(x.to(torch.complex64))),
+])
+def test_uncounted_contraction_is_refused(op, fn):
+    """Contractions torch's counter has no formula for would count 0 FLOPs: the count stops and names the op."""
+    with pytest.raises(cost.UncountedOpsError, match=rf"aten\.{op} ×1"):
+        cost.count_flops(_Calls(fn), torch.randn(1, 5))
 
 
 def test_counts_do_not_depend_on_the_scan_backend_asked_for(monkeypatch):
@@ -161,10 +178,18 @@ def test_a_model_without_a_scan_is_counted_without_building_the_scan_kernel(monk
         cost.run_counts("vmunet", build("vmunet"), (32, 32))
 
 
-def test_a_profile_keeps_the_keys_set_changed():
+def test_a_profile_keeps_the_keys_set_changed_and_states_its_scan_and_thops_gap_in_macs():
+    """A row's scan_macs sits beside macs in the tables, so it is MACs (half the scan's FLOPs), and
+    paper_macs_missing_pct is the share of our MACs that thop's count leaves out."""
     tiny = dict(get_entry("vmunet").tiny)
     row = cost.profile_model("vmunet", img_size=32, overrides={"d_state": 8}, tiny=True, timing=False)
     assert row["set_keys"] == ["d_state"] and row["model_config"]["dims"] == list(tiny["dims"])
+    torch.manual_seed(0)
+    model = create_model("vmunet", num_classes=9, in_chans=3, img_size=32, **{**tiny, "d_state": 8})
+    assert row["scan_macs"] == _hand_scan_macs(model, torch.randn(1, 3, 32, 32)) > 0
+    assert row["flops_by_op"]["selective_scan"] == 2 * row["scan_macs"]
+    missing = 100 * (row["macs"] - row["paper_macs"]) / row["macs"]  # thop prices no scan: some is missing
+    assert row["paper_macs_missing_pct"] == pytest.approx(missing) and 0 < missing < 100
 
 
 def test_the_ref_scan_is_never_timed(monkeypatch):
@@ -381,6 +406,9 @@ def test_params_and_thop_params():
     model = _tiny("vmunet")
     p = cost.count_params(model)
     assert p["params"] == sum(t.numel() for t in model.parameters()) == p["trainable_params"]
+    # a frozen layer counts in params only: 3x4 weights + 4 biases frozen, 4x2 + 2 trainable
+    partly_frozen = nn.Sequential(nn.Linear(3, 4).requires_grad_(False), nn.Linear(4, 2))
+    assert cost.count_params(partly_frozen) == {"params": 16 + 10, "trainable_params": 10}
     # thop skips bare nn.Parameters (A_logs, Ds, ...) and the einsum'd projection weights
     assert cost.paper_count(model, torch.randn(1, 3, 64, 64))["paper_params"] < p["params"]
 
@@ -396,6 +424,41 @@ def test_latency_fields():
         cost.measure_latency(model, torch.randn(1, 3, 64, 64), precision="int8")
 
 
+def test_latency_is_the_median_and_p90_of_the_timed_forwards_after_the_warm_up(monkeypatch):
+    """On a fake clock: 3 slow warm-up forwards (1 s each, compiling or warming caches) must not be
+    timed; the median of 1..9 and 100 ms is 5.5 ms, the p90 the 9th of the 10 sorted (9 ms), fps batch / median."""
+    clock = [0.0]
+    monkeypatch.setattr(cost, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    durations = iter([1.0] * 3 + [k / 1000 for k in (4, 9, 1, 100, 7, 2, 8, 3, 6, 5)])
+
+    class Ticks(nn.Module):
+        def forward(self, x):
+            clock[0] += next(durations)
+            return x
+
+    r = cost.measure_latency(Ticks(), torch.zeros(4, 1), warmup=3, iters=10)
+    assert r["latency_ms_median"] == pytest.approx(5.5) and r["latency_ms_p90"] == pytest.approx(9.0)
+    assert r["fps"] == pytest.approx(4 / 0.0055) and next(durations, None) is None
+
+
+def test_a_cuda_forward_is_timed_to_its_end(monkeypatch):
+    """CUDA kernels run asynchronously: without a synchronize, the timer would stop at the launch."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    cost._sync(torch.device("cpu"))
+    assert calls == []
+    cost._sync(torch.device("cuda", 0))
+    assert calls == [torch.device("cuda", 0)]
+
+
+def test_bf16_runs_the_matmuls_in_bfloat16_on_cpu():
+    """--precision bf16 times what autocast runs: its matmuls in bfloat16, not float32 under another name."""
+    with cost.precision_context("bf16", torch.device("cpu")):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    with cost.precision_context("fp32", torch.device("cpu")):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+
+
 def test_peak_memory_on_cpu():
     model = _tiny("unet")
     fwd = [cost.peak_memory_mb(model.eval(), torch.randn(b, 3, 64, 64))["peak_mem_mb"] for b in (4, 8)]
@@ -404,6 +467,16 @@ def test_peak_memory_on_cpu():
     train = cost.peak_memory_mb(model.train(), torch.randn(4, 3, 64, 64), train_step=True)
     assert train["peak_mem_kind"] == "cpu_tensors" and train["peak_mem_mb"] > fwd[0]
     assert all(p.grad is None for p in model.parameters())
+    # MiB (2**20 bytes), as docs/cost.md says: a forward that allocates 262144 float32 peaks at 1.0
+    assert cost.peak_memory_mb(_Calls(lambda x: torch.zeros(262144)), torch.zeros(1))["peak_mem_mb"] == 1.0
+
+
+def test_forward_memory_is_measured_without_autograd():
+    """Inference keeps no activations for a backward: 8 Linear+Tanh layers at 1 MiB of activations each
+    peak near 3 MiB (input, output and the Linear's before Tanh), where autograd would keep 9."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(256, 256), nn.Tanh()) for _ in range(8)]).eval()
+    assert cost.peak_memory_mb(model, torch.randn(1024, 256))["peak_mem_mb"] < 4.5
 
 
 def _bench(*args):
@@ -477,6 +550,14 @@ def test_find_batch_size_stops_before_out_of_memory():
 
     assert cost.find_batch_size(CudnnWorkspace(), make) == 8
 
+    class CublasWorkspace(nn.Module):  # and cuBLAS so
+        def forward(self, x):
+            if x.shape[0] > 8:
+                raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+            return x
+
+    assert cost.find_batch_size(CublasWorkspace(), make) == 8
+
     class Broken(nn.Module):  # any other error is the model's, and must not read as "does not fit"
         def forward(self, x):
             raise RuntimeError("shape mismatch")
@@ -515,6 +596,16 @@ def test_throughput_halves_a_found_batch_that_runs_out_of_memory_when_timed():
     assert batch == 4 and timing["fps"] > 0
     with pytest.raises(BenchError, match="--batch-size 16: the timed forwards run out of memory on cpu"):
         cost._throughput(Tight(), make, 16, 0, 5, "fp32", halve=False)  # a batch the user gave: reported
+
+
+def test_throughput_times_a_quarter_of_the_warm_up_and_a_tenth_of_the_iterations_at_least_2_and_5():
+    """A large batch is slow: its timing takes fewer forwards, but never fewer than 2 warm-ups and 5 timed ones."""
+    for warmup, iters, expected in ((20, 2, (5, 5)), (0, 100, (2, 10)), (40, 60, (10, 6))):
+        calls = []
+        count = _Calls(lambda x: calls.append(1) or x)
+        batch, timing = cost._throughput(count, lambda b: torch.zeros(b, 1), 4, warmup, iters, "fp32", halve=False)
+        assert batch == 4 and (timing["warmup_iters"], timing["timed_iters"]) == expected
+        assert len(calls) == sum(expected)
 
 
 def test_several_precisions_are_timed_and_counted_once(tmp_path, monkeypatch):

@@ -291,6 +291,14 @@ def test_isic_pairs_masks_by_name_where_the_names_correspond(tmp_path):
     assert pairs == [] and sorted((p.name, m.split(" in ")[0]) for p, m in problems) == [
         ("b.png", "no mask with a matching name"), ("d_seg.png", "no image with a matching name")]
 
+    # a mask belongs to the longest image name it starts with, cut at "_" or "-": a_b_seg is a_b's, not a's
+    nested = tmp_path / "nested"
+    for image, mask in (("a.png", "a_seg.png"), ("a_b.png", "a_b_seg.png"), ("c.png", "c-gt.png")):
+        _write_pair(nested, image, mask, 8)
+    pairs, problems = pair_files(nested / "images", nested / "masks")
+    assert problems == [] and [(a.name, b.name) for a, b in pairs] == [
+        ("a.png", "a_seg.png"), ("a_b.png", "a_b_seg.png"), ("c.png", "c-gt.png")]
+
     # BUSI's second lesion, a mask of its own: named, and what to do said
     busi = tmp_path / "busi"
     _write_pair(busi, "benign (1).png", "benign (1)_mask.png", 8)
@@ -1432,6 +1440,12 @@ def test_16_bit_images_are_scaled_to_8_bits(roots, tmp_path):
     Image.fromarray(wide.astype(np.float32)).save(tmp_path / "float.tif")
     with pytest.raises(BenchError, match=r"float\.tif: a float image \(mode F\), which has no fixed range"):
         read_rgb(tmp_path / "float.tif")
+    # 32-bit integers (mode I) that fit in 16 bits scale as 16-bit ones; one value past 65535 has no range
+    Image.fromarray(np.array([[0, 65535]], np.int32)).save(tmp_path / "fits.tif")
+    assert read_rgb(tmp_path / "fits.tif")[..., 0].tolist() == [[0, 255]]
+    Image.fromarray(np.array([[0, 65536]], np.int32)).save(tmp_path / "wider.tif")
+    with pytest.raises(BenchError, match=r"wider\.tif: a 32-bit integer image \(mode I\), which has no fixed range"):
+        read_rgb(tmp_path / "wider.tif")
 
 
 def test_a_zip_given_as_the_data_root_and_paths_with_spaces(roots, tmp_path):
@@ -1494,7 +1508,7 @@ def test_test_volumes_are_checked_before_training(roots, tmp_path):
 def test_masks_saved_in_colour_read_as_their_shape(tmp_path):
     """From a data journey: a lesion drawn in a mask's alpha channel read as an empty mask, and a green
     mask (gray value 150) trained as 0.59 instead of 1; both read as 0/255 now, a gray mask as before."""
-    from bench.data.image_folders import read_mask
+    from bench.data.image_folders import mask_pixels, read_mask
 
     shape = np.zeros((20, 30), bool)
     shape[5:15, 8:20] = True
@@ -1508,6 +1522,24 @@ def test_masks_saved_in_colour_read_as_their_shape(tmp_path):
     soft = np.stack([np.linspace(0, 255, 30, dtype=np.uint8)] * 20)  # several grays: its gray values, as before
     Image.fromarray(np.stack([soft] * 3, axis=-1)).save(tmp_path / "gray_rgb.png")
     assert np.allclose(read_mask(tmp_path / "gray_rgb.png"), soft / 255)
+    # two colours, neither black, are not "one colour on black": their gray values too, not all foreground
+    red_on_white = np.full((20, 30, 3), 255, np.uint8)
+    red_on_white[shape] = (255, 0, 0)
+    Image.fromarray(red_on_white).save(tmp_path / "red_on_white.png")
+    red = round(255 * 299 / 1000)  # ITU-R 601-2 luma of pure red: 76
+    assert np.array_equal(mask_pixels(tmp_path / "red_on_white.png"), np.where(shape, red, 255))
+
+
+def test_a_mask_whose_values_stay_below_128_is_refused(tmp_path):
+    """After /255 foreground is >= 0.5: a mask reaching 127 at most would train as all background
+    (class ids, or a faint drawing), while one reaching 128 has foreground."""
+    from bench.data.image_folders import read_mask
+
+    Image.fromarray(np.array([[0, 127]], np.uint8)).save(tmp_path / "faint.png")
+    with pytest.raises(BenchError, match=r"faint\.png: mask values reach only 127 in grayscale"):
+        read_mask(tmp_path / "faint.png")
+    Image.fromarray(np.array([[0, 128]], np.uint8)).save(tmp_path / "half.png")
+    assert read_mask(tmp_path / "half.png").tolist() == [[0.0, np.float32(128) / np.float32(255)]]
 
 
 def test_verify_lists_the_first_problems_and_counts_the_rest(tmp_path, bench_here):

@@ -183,6 +183,23 @@ def test_volumes_are_normalised_before_they_are_resampled():
     np.testing.assert_array_equal(back, expected)
 
 
+def test_training_labels_resample_as_nnunets_one_hot_linear_interpolation():
+    """nnU-Net resamples a training label one class at a time, linearly (order 1), not by nearest
+    neighbour: the two disagree on tens of boundary voxels here, which the model would learn."""
+    img = np.random.default_rng(0).normal(size=(6, 10, 10)).astype(np.float32) + 5  # no zeros: nothing cropped
+    label = np.zeros(img.shape, np.uint8)
+    label[1:5, 2:7, 3:8] = 1
+    label[2:4, 4:6, 4:9] = 2
+    spacing, target = (1.5, 1.0, 1.0), (1.0, 0.7, 0.7)
+    x, lab = VolumePrep("zscore", spacing=target).case(img, label, spacing)
+    grid = new_shape(img.shape, spacing, target)
+    assert x.shape == (1, *grid) == (1, 9, 14, 14)
+    expected = _reference(label[None], grid, spacing, target, labels=True, order=1)[0]
+    np.testing.assert_array_equal(lab, expected)
+    nearest = _reference(label[None], grid, spacing, target, labels=True, order=0)[0]
+    assert (nearest != expected).sum() > 20
+
+
 def test_a_volume_without_spacing_cannot_be_resampled():
     with pytest.raises(BenchError, match=r"case 'a': no voxel spacing, so it cannot be resampled to the target "
                                          r"spacing \[1.0, 1.0, 1.0\] mm"):
@@ -299,3 +316,29 @@ def test_the_fingerprint_samples_the_foreground_of_the_cropped_cases():
     fresh = SimpleNamespace(**{**vars(ds), "foreground_stats": None, "mask_norm": None})
     proto = SimpleNamespace(normalize="ct_foreground", target_spacing="native", patches=True, patch_size=[8, 8, 8])
     assert intensity_stats(fresh, proto) == ds.foreground_stats and fresh.mask_norm is True
+
+
+@pytest.mark.parametrize("slices, mask_norm", [  # of 20: each case keeps slices / 20
+    ((14, 14, 14), True),  # 0.7 of every case kept: over a quarter cropped away
+    ((15, 15, 15), False),  # exactly 0.75: not below it
+    ((16, 16, 16), False),
+    ((2, 16, 17), False),  # median 0.8, though the mean (0.58) is below 0.75
+    ((14, 14, 20), True),  # median 0.7, though the mean (0.8) is not
+])
+def test_mask_norm_is_nnunets_rule_the_median_case_keeps_under_three_quarters(monkeypatch, slices, mask_norm):
+    """nnU-Net z-scores inside the non-zero region only where cropping keeps less than 0.75 of the
+    median training case's voxels; one odd case must not decide it for the dataset."""
+    from types import SimpleNamespace
+
+    from bench.data import preprocess
+
+    monkeypatch.setattr(preprocess, "cpu_budget", lambda: 1)  # in this process: the lambdas do not pickle
+    cases = {}
+    for i, n in enumerate(slices):  # 20 slices of 2 x 2, the first n non-zero: cropping keeps n / 20
+        image = np.zeros((20, 2, 2), np.float32)
+        image[:n] = 1.0
+        cases[f"case{i}"] = (image, np.zeros(image.shape, np.uint8))
+    ds = SimpleNamespace(root="data", foreground_stats=None, target_spacing=None, mask_norm=None, volumes=True,
+                         train_volume_ids=lambda: list(cases), train_case=cases.__getitem__)
+    preprocess._fingerprint(ds, SimpleNamespace(normalize="zscore", target_spacing="native", patch_size=[8, 8, 8]))
+    assert ds.mask_norm is mask_norm
