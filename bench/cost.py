@@ -89,10 +89,10 @@ def _custom_formulas() -> dict[Any, Any]:
 
 
 # Ops with arithmetic that scales like a contraction: if one of these runs without a formula, the
-# count is wrong by a large factor. Everything else (element-wise, norms, pooling, shape ops,
-# interpolation) is uncounted by convention, as in every FLOP counter.
+# count is wrong by a large factor (nn.Bilinear runs as aten._trilinear). Everything else (element-wise,
+# norms, pooling, shape ops, interpolation) is uncounted by convention, as in every FLOP counter.
 _CONTRACTION = re.compile(r"^(_?convolution|conv\d?d|conv_transpose\dd|mkldnn_.*conv.*|mm|bmm|addmm|baddbmm|"
-                          r"addbmm|mv|addmv|dot|vdot|matmul|einsum|linear|bilinear|tensordot|.*scaled_dot_product.*|"
+                          r"addbmm|mv|addmv|dot|vdot|matmul|einsum|linear|_trilinear|tensordot|.*scaled_dot_product.*|"
                           r"_?fft_.*|.*_linear|.*attention.*|_transformer_.*|_addmm_activation)$")
 
 

@@ -140,6 +140,7 @@ class _Calls(nn.Module):
     ("_fft_r2c", lambda x: torch.fft.rfft(x)),
     ("_fft_c2c", lambda x: torch.fft.fft(x.to(torch.complex64))),
     ("_fft_c2r", lambda x: torch.fft.irfft(x.to(torch.complex64))),
+    ("_trilinear", lambda x: torch.nn.functional.bilinear(x, x, torch.ones(2, 5, 5))),  # nn.Bilinear's x1ᵀ A x2
 ])
 def test_uncounted_contraction_is_refused(op, fn):
     """Contractions torch's counter has no formula for would count 0 FLOPs: the count stops and names the op."""
