@@ -552,13 +552,12 @@ def short_fingerprint(fp: Mapping[str, Any]) -> str:
     it so, and cost tables group timings by it."""
     if str(fp.get("device", "")).startswith("cuda"):
         head = str(fp.get("gpu") or "unknown GPU")
-        parts = [(what, key) for what, key in (("driver", "driver"), ("CUDA", "cuda"), ("cuDNN", "cudnn"))]
+        parts = (("driver", "driver"), ("CUDA", "cuda"), ("cuDNN", "cudnn"), ("torch", "torch"))
     else:
         head = str(fp.get("cpu") or "unknown CPU") + (f" x{fp['threads']} threads" if fp.get("threads") else "") \
             + (f" ({fp['cpu_capability']})" if fp.get("cpu_capability") else "")
-        parts = []
-    return " / ".join([head, *(f"{what} {fp[key]}" for what, key in (*parts, ("torch", "torch"))
-                               if fp.get(key) is not None)])
+        parts = (("torch", "torch"),)
+    return " / ".join([head, *(f"{what} {fp[key]}" for what, key in parts if fp.get(key) is not None)])
 
 
 def _train_devices(rec: Mapping[str, Any]) -> str | None:
