@@ -631,7 +631,8 @@ def _rescore_twin(spec: RunSpec, source: dict[str, Any], results_dir: Path, devi
 def run_state(spec: RunSpec, results_dir: Path) -> tuple[str, str]:
     """What became of run ``spec`` in ``results_dir``, as bench run would find it, without touching
     anything (``--dry-run``): ("done" | "running" | "finished" | "partial" | "missing", what says so);
-    "finished": trained (its final.pt there), without a record: deleted, or its evaluation cut short."""
+    "finished": trained (its final.pt there), without a record: deleted, or its evaluation cut short.
+    BenchError where its record is kept under another name only (``records.renamed_record``), as bench run says."""
     from bench.claim import held_by
 
     if records.record_path(results_dir, spec.key).is_file():

@@ -17,7 +17,7 @@ from bench.report.boards import METRICS, _code_versions, _joined, _rescored_from
 from bench.report.costs import _g
 from bench.report.formats import ReportFormat
 from bench.report.labels import CV_LABEL, BoardKey, label_cases, label_runs
-from bench.report.tables import _align, latex_table, md_table, as_counts, latex_header
+from bench.report.tables import _align, as_counts, latex_header, latex_table, md_table
 
 
 _CSV_KEY_COLUMNS = ["dataset", "protocol", "protocol_version", "protocol_hash", "protocol_builtin", "policy", "hd95_unit",
