@@ -813,10 +813,10 @@ def load(results_dir: Path, level: str = "run", recheck: bool = False, current: 
     ``level="run"``: one row per run. Columns ``RUN_COLUMNS`` (``rescored_from_policy``: a rescored
     record's run's policy, where that record is in the folder; ``device`` is the machine's
     ``short_fingerprint``, as profiles' ``fingerprint`` spells it; ``model_config``/``protocol_overrides``
-    are canonical JSON strings, ``"{}"`` when unset; ``nsd_tolerances`` a per-class NSD tolerance table as text; ``host`` and ``slurm_job`` where
-    it ran, None in records older than ``launch``; ``train_commits`` the code versions it trained under
-    (``code_version``), a comma list, None in records older than them), then the scalar aggregate
-    metrics (``STANDARD_METRICS`` first, others sorted), then
+    are canonical JSON strings, ``"{}"`` when unset; ``nsd_tolerances`` a per-class NSD tolerance table as
+    text; ``host`` and ``slurm_job`` where it ran, None in records older than ``launch``; ``train_commits``
+    the code versions it trained under (``code_version``), a comma list, None in records older than them),
+    then the scalar aggregate metrics (``STANDARD_METRICS`` first, others sorted), then
     ``dice/<class name>`` and ``hd95/<class name>`` per class, in class-id order.
 
     ``level="case"``: tidy long table, one row per (run, case, class): ``RUN_ID_COLUMNS`` repeated,
