@@ -1541,6 +1541,23 @@ def test_a_commands_signal_handlers_are_the_callers_again_after_it(monkeypatch, 
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def test_a_command_after_an_interrupted_one_in_the_same_process_says_what_its_objects_fail(monkeypatch, capsys):
+    """An interrupt quiets what the interrupted command's objects fail as they are freed; the next command in
+    that process (a notebook cell run again) is not interrupted: what its objects fail reaches the caller's hook."""
+    from bench.cli import console
+
+    seen = []
+    monkeypatch.delenv("BENCH_DEBUG", raising=False)  # which says everything
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    monkeypatch.setattr(console, "_interrupted", True)  # as a Ctrl-C in the previous command left it
+    monkeypatch.setattr(console, "_main", lambda: sys.unraisablehook("freed"))
+    console.main()
+    assert seen == ["freed"] and sys.unraisablehook == seen.append  # passed on; the caller's hook back
+    monkeypatch.setattr(console, "_main", lambda: (setattr(console, "_interrupted", True), sys.unraisablehook("cut")))
+    console.main()
+    assert seen == ["freed"]  # an interrupt within the command: unsaid
+
+
 def test_the_live_bar_follows_stderr_and_each_phase_has_its_own_total(monkeypatch, tmp_path):
     """The bar checked stdout's terminal (`bench run > out` at a terminal showed none), read "0/None"
     before the first step, and evaluation kept training's total until its first case."""
