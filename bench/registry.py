@@ -435,6 +435,8 @@ def check_buildable(name: str, *, num_classes: int, in_chans: int = 3, img_size:
 # --------------------------------------------------------------------------------------------- weights
 
 _THOP_BUFFERS = re.compile(r"(^|\.)(total_ops|total_params)$")
+# what DataParallel/DDP (module.) and torch.compile (_orig_mod.) put before every key, nested in either order
+_WRAPPERS = re.compile(r"^(?:module\.|_orig_mod\.)+")
 
 
 def _unwrap(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -447,15 +449,12 @@ def _unwrap(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Unwrap the container (``_unwrap``), strip ``module.``/``_orig_mod.``, drop thop buffers."""
+    """Unwrap the container (``_unwrap``), strip ``module.``/``_orig_mod.`` (any nesting), drop thop buffers."""
     out = {}
     for k, v in _unwrap(state_dict).items():
         if _THOP_BUFFERS.search(k):
             continue
-        for prefix in ("module.", "_orig_mod."):
-            while k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
+        out[_WRAPPERS.sub("", k)] = v
     return out
 
 

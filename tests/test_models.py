@@ -411,6 +411,9 @@ def test_a_torch_whose_weights_only_loading_can_be_bypassed_unpickles_nothing(tm
 def test_clean_state_dict_unwraps_and_strips():
     sd = clean_state_dict({"state_dict": {"module._orig_mod.a": 1, "b.total_ops": 2}})
     assert sd == {"a": 1}
+    # torch.compile of a DDP model saves "_orig_mod.module.<key>": it kept "module." and failed strict loading
+    assert clean_state_dict({"_orig_mod.module.a": 1, "module.module.b": 2, "c.module.d": 3}) == {"a": 1, "b": 2,
+                                                                                                "c.module.d": 3}
     # the VM-UNet authors' latest.pth: weights beside the optimizer's and scheduler's state
     latest = {"epoch": 300, "min_loss": 0.1, "model_state_dict": {"module.a": 1},
               "optimizer_state_dict": {"state": {}}, "scheduler_state_dict": {"last_epoch": 300}}
