@@ -42,10 +42,14 @@ def test_forward_shapes_and_logits(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_one_channel_input_is_repeated(name):
+def test_one_channel_input_is_repeated_and_another_count_is_named(name):
+    """A grey image into a 3-channel stem is repeated; 2 channels are a slip named as such, not repeated
+    to 6 and met by the stem's own shape error."""
     model = _tiny(name).eval()
     x = torch.randn(1, 1, 64, 64)
     torch.testing.assert_close(model(x), model(x.repeat(1, 3, 1, 1)))
+    with pytest.raises(BenchError, match=r"expects 3 input channels \(or 1, repeated\); got 2$"):
+        model(x.repeat(1, 2, 1, 1))
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -82,6 +86,9 @@ def test_state_dict_roundtrip_strict(name, tmp_path):
     assert report["source"] == "authors" and report["skipped"] == ["module.encoder.total_params", "module.total_ops"]
     for k, v in a.state_dict().items():
         torch.testing.assert_close(b.state_dict()[k], v)
+    # profiled and saved on one GPU: thop's counters on the model itself are the bare keys
+    torch.save({**a.state_dict(), "total_ops": torch.zeros(1), "total_params": torch.zeros(1)}, path)
+    assert load_weights(b, path)["skipped"] == ["total_ops", "total_params"]
 
 
 def test_every_built_in_model_has_its_card_its_readme_row_and_drift_rows():
@@ -267,8 +274,9 @@ def test_python_callers_name_a_model_in_any_case_as_the_cli_does():
 
 
 def test_python_callers_get_the_tiny_configuration_and_argument_checks():
-    # create_model(tiny=True) builds what --tiny builds, a given key over it
-    model = create_model("vmunet", num_classes=2, img_size=64, tiny=True, drop_path_rate=0.0)
+    # create_model(tiny=True) builds what --tiny builds, a given key over it; an unset one (None, as an
+    # unset CLI option) keeps the configuration's value
+    model = create_model("vmunet", num_classes=2, img_size=64, tiny=True, drop_path_rate=0.0, d_state=None)
     assert model.bench_config == {"num_classes": 2, "in_chans": 3, "img_size": 64, **get_entry("vmunet").tiny,
                                   "drop_path_rate": 0.0}
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in _tiny("vmunet", num_classes=2).parameters())
@@ -463,6 +471,10 @@ def test_a_plugin_model_that_breaks_the_forward_contract_is_named(tmp_path):
             create_model("_sloppy", num_classes=2)
         model = create_model("_sloppy", num_classes=2, set_attrs=True)
         with pytest.raises(BenchError, match=r"Sloppy returned \(1, 3, 8, 8\), expected \(B, 2, \*\(8, 8\)\)"):
+            model(torch.randn(1, 3, 8, 8))
+        # the right classes at half the size (a decoder a stage short): not zoomed back and scored unsaid
+        model.conv = nn.Conv2d(3, 2, 2, stride=2)
+        with pytest.raises(BenchError, match=r"Sloppy returned \(1, 2, 4, 4\), expected \(B, 2, \*\(8, 8\)\)"):
             model(torch.randn(1, 3, 8, 8))
         with pytest.warns(UserWarning, match="_sloppy: has no tiny configuration .* --tiny builds its paper"):
             assert model_overrides("_sloppy", {"set_attrs": True}, tiny=True) == {"set_attrs": True}

@@ -22,7 +22,7 @@ from bench.protocol import load_protocol
 from bench.registry import get_entry
 from bench.rescore import rescore_record
 from bench.run import plan_grid, run_one
-from tests.fixtures import OneConv, make_record
+from tests.fixtures import make_record
 
 CPU = torch.device("cpu")
 
@@ -237,8 +237,22 @@ def test_binary_masks_are_0_255_pngs_at_model_resolution_in_test_set_folders(tmp
         assert np.array_equal(mask == 255, prob >= 0.5)
 
 
-def test_a_binary_ground_truth_resized_to_exactly_half_is_foreground():
-    """Guards against gt > 0.5: the resized mask's 0.5 pixels lost from the lesion (VM-UNet: >= 0.5)."""
+class _Constant(torch.nn.Module):
+    """One-class logits of a constant ``value`` everywhere: a foreground probability of sigmoid(value)."""
+
+    num_classes = 1
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x):
+        return torch.full((x.shape[0], 1, *x.shape[2:]), self.value, dtype=x.dtype)
+
+
+def test_a_binary_ground_truth_or_probability_of_exactly_half_is_foreground():
+    """Guards against > 0.5: the resized mask's 0.5 pixels lost from the lesion, and predictions of exactly
+    the threshold lost from the prediction (VM-UNet: gts >= 0.5, preds >= threshold)."""
     from bench.data.base import Case
     from bench.evaluate import predict_case
 
@@ -246,12 +260,75 @@ def test_a_binary_ground_truth_resized_to_exactly_half_is_foreground():
     mask = np.zeros((512, 512), np.float32)
     mask[:, 0::2] = 1.0  # 512 -> 256 bilinear reads midway between a 1 and a 0 column: every pixel 0.5
     image = np.random.default_rng(0).integers(0, 256, (512, 512, 3)).astype(np.uint8)
-    _, gt = predict_case(OneConv(1, 3), Case("img", image, mask), proto, binary=True, device=CPU)
+    pred, gt = predict_case(_Constant(0.0), Case("img", image, mask), proto, binary=True, device=CPU)
     # VM-UNet's test transform: torch's bilinear resize (half-pixel centres), then gts >= 0.5
     ref = torch.nn.functional.interpolate(torch.from_numpy(mask)[None, None], size=(256, 256), mode="bilinear",
                                           align_corners=False)[0, 0].numpy()
     assert (ref == 0.5).all()
     np.testing.assert_array_equal(gt, (ref >= 0.5).astype(np.uint8))
+    assert pred.shape == (256, 256) and (pred == 1).all()  # a logit of 0: a probability of exactly 0.5
+    # --native-size: the mask as it is, foreground where >= 0.5 too
+    small = Case("img", image[:2, :2], np.array([[0.0, 0.5], [0.49, 1.0]], np.float32))
+    _, gt = predict_case(_Constant(0.0), small, proto, binary=True, device=CPU, native=True)
+    np.testing.assert_array_equal(gt, [[0, 1], [0, 1]])
+
+
+def test_the_protocols_threshold_decides_foreground():
+    """eval.threshold (a protocol of one's own may set 0.7): a probability of 0.6 is background at 0.7 and
+    foreground at the default 0.5, at model resolution and at native size alike."""
+    from bench.data.base import Case
+    from bench.evaluate import predict_case
+
+    image = np.random.default_rng(0).integers(0, 256, (40, 60, 3)).astype(np.uint8)
+    case = Case("img", image, np.zeros((40, 60), np.float32))
+    for threshold, want in ((0.7, 0), (0.5, 1)):
+        proto = load_protocol("isic17").with_overrides(threshold=threshold)
+        for native, shape in ((False, (256, 256)), (True, (40, 60))):
+            pred, _ = predict_case(_Constant(np.log(0.6 / 0.4)), case, proto, binary=True, device=CPU, native=native)
+            assert pred.shape == shape and (pred == want).all(), (threshold, native)
+
+
+def _sign_model():
+    """Three classes: 0 where the input is negative, 2 where positive, 1 nowhere (its logit -10)."""
+    from bench.modeling import SegmentationModel
+
+    class Sign(SegmentationModel):
+        num_classes, in_chans = 3, 1
+
+        def forward_logits(self, x):
+            return torch.cat([-x, torch.full_like(x, -10.0), x], dim=1)
+
+    return Sign()
+
+
+def test_label_maps_go_back_to_non_square_slices_by_nearest_neighbour():
+    """TransUNet's test_single_volume: each slice's label map zoomed back to its (H, W) with order 0, so
+    no class appears that the model did not predict (an interpolating zoom puts 1 between 0 and 2)."""
+    from bench.data.base import Case
+    from bench.evaluate import predict_case
+
+    proto = load_protocol("smoke").with_overrides(img_size=32)  # no normalisation
+    image = np.ones((2, 40, 64), np.float32)
+    image[:, :, :32] = -1.0
+    pred, gt = predict_case(_sign_model(), Case("c", image, np.zeros((2, 40, 64), np.int64)), proto, binary=False,
+                            device=CPU)
+    assert pred.shape == gt.shape == (2, 40, 64) and set(np.unique(pred)) == {0, 2}
+    assert (pred[:, :, :30] == 0).all() and (pred[:, :, 34:] == 2).all()
+
+
+def test_whole_slices_are_normalised_with_the_training_foregrounds_statistics():
+    """normalize = "ct_foreground" on slices: each slice clipped and standardised with the statistics of
+    the training foreground, (clip(x, 0, 10) - 5) / 1 here, so 2 is negative and 8 positive."""
+    from bench.data.base import Case
+    from bench.evaluate import predict_case
+
+    proto = load_protocol("smoke").with_overrides(img_size=32, normalize="ct_foreground")
+    stats = [{"percentile_00_5": 0.0, "percentile_99_5": 10.0, "mean": 5.0, "std": 1.0}]
+    image = np.full((2, 32, 32), 8.0, np.float32)
+    image[:, :, :16] = 2.0
+    pred, _ = predict_case(_sign_model(), Case("c", image, np.zeros((2, 32, 32), np.int64)), proto, binary=False,
+                           device=CPU, stats=stats)
+    assert (pred[:, :, :16] == 0).all() and (pred[:, :, 16:] == 2).all()
 
 
 def test_predict_refuses_what_it_cannot_reproduce(tmp_path):

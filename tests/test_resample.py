@@ -73,6 +73,9 @@ def test_a_much_coarser_axis_with_few_voxels_takes_its_10th_percentile():
     assert nnunet_target_spacing(spacings, shapes) == pytest.approx((2.4, 0.75, 0.75))
     # as many voxels along it as in-plane: the median stays
     assert nnunet_target_spacing(spacings, [(300, 512, 512)] * 5)[0] == pytest.approx(5.0)
+    # exactly 3x coarser is not over 3x (nnU-Net's strict ">"): the median 3.0 stays, not percentile 10's 2.4
+    spacings = [(2.0, 1.0, 1.0), (3.0, 1.0, 1.0), (3.0, 1.0, 1.0), (3.0, 1.0, 1.0), (4.0, 1.0, 1.0)]
+    assert nnunet_target_spacing(spacings, [(40, 512, 512)] * 5) == pytest.approx((3.0, 1.0, 1.0))
 
 
 def test_the_coarse_axis_never_gets_finer_than_the_others():
@@ -91,6 +94,9 @@ def test_new_shape_rounds_each_side():
 def test_the_separate_axis_is_the_coarsest_of_an_anisotropic_spacing():
     assert separate_axis((5.0, 0.8, 0.8), (1.0, 0.8, 0.8)) == 0  # the current spacing decides first
     assert separate_axis((1.0, 0.8, 0.8), (0.8, 4.0, 0.8)) == 1  # else the target's
+    assert separate_axis((5.0, 1.0, 1.0), (1.0, 1.0, 5.0)) == 0  # both anisotropic: still the current's axis
+    assert separate_axis((3.0, 1.0, 1.0), (3.0, 1.0, 1.0)) is None  # exactly 3x: not over 3x, a 3-D resize
+    assert separate_axis((3.01, 1.0, 1.0), (3.01, 1.0, 1.0)) == 0
     assert separate_axis((1.0, 0.8, 0.8), (1.0, 0.9, 0.8)) is None  # neither anisotropic
     assert separate_axis((0.2, 1.0, 1.0), (0.2, 1.0, 1.0)) is None  # two coarsest axes: 3-D resize
 

@@ -348,8 +348,8 @@ def test_rank_0_of_a_torchrun_preprocesses_on_the_cores_the_other_ranks_leave(mo
 @pytest.mark.parametrize("name", ["drift_3d", "drift_2d"])
 def test_pipelined_evaluation_scores_as_one_case_after_another(tmp_path, name):
     """On a GPU, threads load and preprocess the next test cases and resample and score the predicted
-    ones while the model predicts (as nnU-Net does): the same rows, in the same order; an unreadable
-    case stops the evaluation with its error."""
+    ones while the model predicts (as nnU-Net does): the same rows, in the same order, in eval mode
+    even for a model handed over in train mode; an unreadable case stops the evaluation with its error."""
     from bench.evaluate import evaluate
     from bench.registry import create_model, get_entry
 
@@ -361,8 +361,10 @@ def test_pipelined_evaluation_scores_as_one_case_after_another(tmp_path, name):
                          **get_entry("lightm_unet").tiny)
     cpu = torch.device("cpu")
     one = evaluate(model, ds, proto, "strict", device=cpu, workers=0)
-    seen = []
+    seen, modes = [], []
+    model.train().register_forward_pre_hook(lambda module, args: modes.append(module.training))  # as after training
     piped = evaluate(model, ds, proto, "strict", device=cpu, workers=2, progress=lambda i, n: seen.append((i, n)))
+    assert modes and not any(modes)  # neither dropout nor batch statistics
     assert len({r["case"] for r in one.per_case}) == 3 and json.dumps(piped.per_case) == json.dumps(one.per_case)
     assert json.dumps(piped.metrics) == json.dumps(one.metrics) and piped.hd95_unit == one.hd95_unit
     assert seen[-1] == (3, 3) and [i for i, _ in seen] == sorted(i for i, _ in seen)
@@ -544,12 +546,14 @@ def test_gaussian_weights_are_a_sampled_gaussian_of_sigma_an_eighth():
 
 
 class _PlusTileMean(nn.Module):
-    """Logits that depend on the tile: x + the tile's mean, for 2 classes."""
+    """Logits that depend on the tile, for 2 classes: x, and the tile's mean plus each voxel's index along
+    the first axis inside the tile (which sees where padding went, as the separable weights do not)."""
 
     num_classes = 2
 
     def forward(self, x):
-        return torch.cat([x, x * 0 + x.mean(dim=(2, 3, 4), keepdim=True)], dim=1)
+        index = torch.arange(x.shape[2], dtype=x.dtype).view(1, 1, -1, 1, 1)
+        return torch.cat([x, x * 0 + x.mean(dim=(2, 3, 4), keepdim=True) + index], dim=1)
 
 
 def scipy_gaussian(patch):
@@ -577,7 +581,7 @@ def _windowed(vol, patch, step):
             for xx in tile_starts(x.shape[2], patch[2], step):
                 box = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(xx, xx + patch[2]))
                 acc[0][box] += w * x[box]
-                acc[1][box] += w * x[box].mean()
+                acc[1][box] += w * (x[box].mean() + np.arange(patch[0])[:, None, None])
                 norm[box] += w
     crop = tuple(slice(n // 2, n // 2 + s) for n, s in zip(need, vol.shape[1:]))
     return (acc / norm)[(slice(None),) + crop]
@@ -586,6 +590,7 @@ def _windowed(vol, patch, step):
 @pytest.mark.parametrize("shape, patch", [((5, 9, 7), (4, 6, 4)), ((3, 5, 20), (8, 8, 8))])
 def test_sliding_window_is_the_gaussian_weighted_mean_of_the_tiles(shape, patch):
     # the second volume is smaller than the patch on two axes, by odd amounts: padded, then cut back
+    # (pad_nd_image's 5 slices along the first axis: 2 below, 3 above, so its 3 sit at tile indices 2-4)
     vol = np.random.default_rng(1).normal(size=(1, *shape)).astype(np.float32)
     out = sliding_window_logits(_PlusTileMean(), vol, patch, 0.5, device=torch.device("cpu"),
                                 dtype=torch.float32, batch_size=3).numpy()
@@ -614,16 +619,17 @@ def test_test_time_mirroring_averages_the_flipped_predictions():
 
 
 class _AutocastProbe(nn.Module):
-    """Logits of zeros; records, at each call, whether float16 autocast is on for CUDA."""
+    """Logits of zeros; records, at each call, whether float16 autocast is on for CUDA; counts the tiles."""
 
     num_classes = 2
 
     def __init__(self):
         super().__init__()
-        self.seen = []
+        self.seen, self.tiles = [], 0
 
     def forward(self, x):
         self.seen.append(torch.is_autocast_enabled("cuda"))
+        self.tiles += x.shape[0]
         return x.new_zeros((x.shape[0], 2, *x.shape[2:]))
 
 
@@ -641,6 +647,20 @@ def test_eval_autocast_runs_the_model_under_float16_autocast_on_cuda_only(device
         assert probe.seen == [on and device == "cuda"] * 8  # the tile and its 7 flips
     with pytest.raises(BenchError, match="eval.autocast: expected true or false; got 'yes'"):
         proto.with_overrides(autocast="yes")
+
+
+def test_a_patch_protocols_tile_step_and_mirroring_reach_the_sliding_window():
+    """eval.tile_step and eval.mirror decide how a whole case is tiled: 16 voxels, tiles of 8 at step 0.5
+    are ceil(8 / 4) + 1 = 3 starts per axis, 27 tiles; mirrored, each also predicted in its 7 flips."""
+    from bench.evaluate import _window_logits  # the protocol-to-sliding-window step alone, without a prep
+
+    proto = load_protocol("drift_3d").with_overrides(patch_size=(8, 8, 8))
+    assert proto.eval.tile_step == 0.5 and proto.eval.mirror is False
+    for mirror, tiles in ((False, 27), (True, 27 * 8)):
+        probe = _AutocastProbe()
+        out = _window_logits(probe, np.zeros((1, 16, 16, 16), np.float32), proto.with_overrides(mirror=mirror),
+                             torch.device("cpu"))
+        assert out.shape == (2, 16, 16, 16) and probe.tiles == tiles, (mirror, probe.tiles)
 
 # --- end to end -----------------------------------------------------------------------------------
 
