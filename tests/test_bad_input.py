@@ -628,9 +628,11 @@ def test_binary_mask_stored_as_class_ids(data, key, name, rel):
 
 
 @pytest.mark.parametrize("scale, phrase", [(1000.0, "expected CT clipped to [-125, 275] HU and scaled to [0, 1]"),
+                                           (255.0, "expected CT clipped to [-125, 275] HU and scaled to [0, 1]"),
                                            (np.nan, "image contains NaN/inf")])
 def test_synapse_image_that_is_not_scaled_ct(data, scale, phrase):
-    # raw HU (or 0..255) passes no model's check: under normalize = "none" it would train as it is
+    # raw HU (or 0..255) passes no model's check: under normalize = "none" it would train as it is; 8-bit grey
+    # values start at 0, in range, so only the top of the range catches them
     root = data("synapse")
     ds = open_dataset("synapse", root)
     item, case = ds.train_ids()[0], ds.test_ids()[0]

@@ -492,6 +492,9 @@ def test_pairs_that_cannot_be_converted_are_named_and_nothing_is_written(tmp_pat
     _write_pairs(tmp_path / "two", ["a b", "a_b"])  # one case id for both
     with pytest.raises(BenchError, match=r"a_b\.png: its case id 'a_b' is .*a b\.png's too; rename one of them"):
         pairs_to_nnunet(tmp_path / "two", tmp_path / "out")
+    _write_pairs(tmp_path / "cased", ["LESION", "Lesion"])  # one file on a macOS or Windows disk
+    with pytest.raises(BenchError, match=r"Lesion\.png: its case id 'Lesion' is .*LESION\.png's too"):
+        pairs_to_nnunet(tmp_path / "cased", tmp_path / "out")
     _write_pairs(tmp_path / "lone", ["x", "y"])
     (tmp_path / "lone" / "masks" / "y_mask.png").unlink()
     with pytest.raises(BenchError, match=r"y\.png: no mask with a matching name in .*lone/masks"):
@@ -580,13 +583,16 @@ def test_pairs_keep_16_bit_gray_and_read_0_1_masks_and_refuse_grey_classes(tmp_p
                                          r"\(values not named become background\)$"):
         pairs_to_nnunet(raw, tmp_path / "out")
     soft = np.where(grey == 255, 255, 0).astype(np.uint8)
-    soft[8, 3:9] = 100, 140, 180, 200, 60, 90  # an antialiased edge: levels on a boundary, not a class
+    soft[8, 3:9] = 100, 128, 180, 200, 127, 90  # an antialiased edge: levels on a boundary, not a class
     Image.fromarray(soft).save(raw / "masks" / "c_mask.png")
     out = pairs_to_nnunet(raw, tmp_path / "out")
     image = np.asarray(Image.open(out / "imagesTr" / "a_0000.png"))
     assert image.dtype == np.uint16 and np.array_equal(image, wide["a"])  # every grey level kept
     assert np.array_equal(np.asarray(Image.open(out / "labelsTr" / "b.png")), ids)
-    assert np.array_equal(np.asarray(Image.open(out / "labelsTr" / "c.png")), (soft >= 128).astype(np.uint8))
+    # split at 128 as the ISIC reader (and bench score) read a mask, >= 0.5 after /255: 128 foreground, 127 not
+    expected = np.zeros((20, 24), np.uint8)
+    expected[2:8, 3:9], expected[8, [4, 5, 6]] = 1, 1
+    assert np.array_equal(np.asarray(Image.open(out / "labelsTr" / "c.png")), expected)
 
 
 def _write_masks(folder: Path, masks: dict[str, np.ndarray], mode: str | None = None, palette=None) -> None:
@@ -703,6 +709,16 @@ def test_pairs_merge_numbered_parts_and_say_where_16_bit_images_were_scaled(tmp_
     assert any(t.startswith("1 16-bit image(s) beside 8-bit ones scaled to 8 bits (65535 -> 255") and "b.png" in t
                for t in texts), texts
     assert np.asarray(Image.open(out / "imagesTr" / "b_0000.png")).max() == round(3000 / 257)
+    # masks of class ids: each part's classes kept where the parts lie apart (a later part does not replace it)
+    first, second = np.zeros((20, 24), np.uint8), np.zeros((20, 24), np.uint8)
+    first[2:8, 2:8], second[12:18, 12:20] = 1, 2
+    _write_pairs(tmp_path / "ids", ["x", "y"])
+    Image.fromarray(first).save(tmp_path / "ids" / "masks" / "x_mask.png")
+    Image.fromarray(second).save(tmp_path / "ids" / "masks" / "x_mask_1.png")
+    Image.fromarray(np.maximum(first, second)).save(tmp_path / "ids" / "masks" / "y_mask.png")  # both in one file
+    with pytest.warns(UserWarning, match=r"merged into their image's first \(the pixel-wise maximum\): x_mask_1\.png"):
+        out = pairs_to_nnunet(tmp_path / "ids", tmp_path / "out-ids", label="disc,cup")
+    assert np.array_equal(np.asarray(Image.open(out / "labelsTr" / "x.png")), np.maximum(first, second))
 
 
 def test_pairs_of_one_colour_saved_as_jpeg_are_binary(tmp_path):

@@ -415,16 +415,16 @@ def test_nnunet_volumes(roots):
 
 
 def test_nnunet_axes_and_spacing_follow_the_header(tmp_path):
-    # an asymmetric (x, y, z) volume must come back as (z, y, x) with zooms reordered
+    # an asymmetric (x, y, z) volume must come back as (z, y, x) with zooms reordered: the image's, as nnU-Net
+    # takes them, where the label's header differs within the tolerance of one grid
     root = tmp_path / "Dataset001_Axes"
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     xyz = np.arange(4 * 5 * 3, dtype=np.float32).reshape(4, 5, 3)
-    affine = np.diag([0.5, 0.7, 2.0, 1.0])
-    nib.save(nib.Nifti1Image(xyz, affine), str(root / "imagesTr" / "a_0000.nii.gz"))
-    nib.save(nib.Nifti1Image((xyz % 2).astype(np.uint8), affine), str(root / "labelsTr" / "a.nii.gz"))
-    nib.save(nib.Nifti1Image(xyz, affine), str(root / "imagesTr" / "b_0000.nii.gz"))
-    nib.save(nib.Nifti1Image((xyz % 2).astype(np.uint8), affine), str(root / "labelsTr" / "b.nii.gz"))
+    affine, label_affine = np.diag([0.5, 0.7, 2.0, 1.0]), np.diag([0.50002, 0.7, 2.0, 1.0])
+    for case in ("a", "b"):
+        nib.save(nib.Nifti1Image(xyz, affine), str(root / "imagesTr" / f"{case}_0000.nii.gz"))
+        nib.save(nib.Nifti1Image((xyz % 2).astype(np.uint8), label_affine), str(root / "labelsTr" / f"{case}.nii.gz"))
     meta = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "odd": 1}, "numTraining": 2,
             "file_ending": ".nii.gz"}
     (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
@@ -509,6 +509,16 @@ def test_synapse_ignores_hidden_files_and_a_byte_order_mark(roots, tmp_path):
     (root / "lists" / "lists_Synapse").mkdir(parents=True)
     (root / "lists" / "lists_Synapse" / "test_vol.txt").write_text("case0022\r\ncase0008\r\n", encoding="utf-8-sig")
     assert open_dataset("synapse", root).test_ids() == ["case0022", "case0008"]
+
+
+def test_nnunet_ignores_the_macos_copies_beside_its_cases(roots, tmp_path):
+    """A folder zipped on macOS (MSD's archives too) unpacks with a ``._`` AppleDouble file beside each file: in
+    labelsTr and imagesTr they are no cases (numTraining would not match, a case would not decode)."""
+    root = _copy(roots["nnunet2d"], tmp_path)
+    cases = open_dataset("nnunet", root).cases
+    (root / "labelsTr" / f"._{cases[0]}.png").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    (root / "imagesTr" / f"._{cases[0]}_0000.png").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    assert open_dataset("nnunet", root).cases == cases and verify_dataset("nnunet", root) == []
 
 
 def test_nnunet_fixed_split_is_deterministic():
@@ -1008,10 +1018,6 @@ def test_data_is_identified_by_its_files_wherever_it_lies(roots, tmp_path, kind,
     assert files and all(f.is_file() for f in files)
     stored = {p for p in b.rglob("*") if p.is_file() and not p.name.startswith(".") and "lists" not in p.parts}
     assert set(files) == stored  # every file but Synapse's lists (the files they name stand for them)
-    with files[-1].open("ab") as f:
-        f.write(b"\0")
-    grown = ident(b)
-    assert grown != ident(a)
     # data made otherwise whose files keep their sizes (uncompressed slices do): the bytes sampled differ
     from bench.data import base
     from bench.data.base import CONTENT_SAMPLES
@@ -1022,12 +1028,19 @@ def test_data_is_identified_by_its_files_wherever_it_lies(roots, tmp_path, kind,
     data[len(data) // 2] ^= 0xFF
     sampled.write_bytes(bytes(data))
     assert ident(a) != before
-    # a test label changed in place, its size kept (an organ relabelled in a test volume), in a file the
-    # sample does not read (one file sampled here): every byte of the files test labels come from is read
+    # from here one file is sampled (the first): what follows is seen by the sizes or the scored files alone
     monkeypatch.setattr(base, "CONTENT_SAMPLES", 1)
+    # a file neither sampled nor scored (a training slice, image or mask) of another size: data made otherwise
+    scored, before = open_dataset(dataset, b).scored_files(), ident(b)
+    with next(f for f in files[1:] if f not in scored).open("ab") as f:
+        f.write(b"\0")
+    grown = ident(b)
+    assert grown != before
+    # a test label changed in place, its size kept (an organ relabelled in a test volume), in a file the sample
+    # does not read: every byte of the files test labels come from is read (the last test case's label, found
+    # by its folder: a reader naming other files as scored would pass with scored_files()[0])
     ds = open_dataset(dataset, a)
-    label = ds.scored_files()[0]
-    assert label in ds.source_files()[1:]
+    label = [f for f in ds.source_files() if f.parent.name in ("masks", "labelsTr", "test_vol_h5")][-1]
     before, legacy = ident(a), ds.content_id(scored=False)
     data = bytearray(label.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -1036,12 +1049,18 @@ def test_data_is_identified_by_its_files_wherever_it_lies(roots, tmp_path, kind,
     if kind == "synapse":  # a listed file gone (elsewhere a file gone is an unpaired item or a case gone)
         files[0].unlink()
         assert ident(b) not in (grown, ident(a))
-    if kind == "nnunet2d":
+    if kind == "nnunet2d":  # a splits file added, then changed, nothing else: other test cases, other scores
         from bench.data.nnunet import crossval_splits
 
-        (a / "splits_final.json").write_text(json.dumps(crossval_splits([f"synth_{i:03d}" for i in range(5)])),
+        cases = [f"synth_{i:03d}" for i in range(5)]
+        folds = crossval_splits(cases)
+        drawn = ident(a)
+        (a / "splits_final.json").write_text(json.dumps(folds), encoding="utf-8")
+        written = ident(a)
+        # fold 0 leaving a case out (a file of another size: one of the same size is seen where it is sampled)
+        (a / "splits_final.json").write_text(json.dumps([{"train": cases[2:], "val": cases[:1]}, *folds[1:]]),
                                              encoding="utf-8")
-        assert open_dataset(dataset, a).content_id() != ident(b)
+        assert written != drawn and ident(a) not in (drawn, written)
 
 
 def test_acdc_protocol_needs_the_split_file(roots, tmp_path):
@@ -1281,15 +1300,15 @@ def test_synapse_spacing_table_fills_what_the_h5_files_lack(roots, tmp_path):
 
     root = Path(synthesize("synapse", tmp_path / "syn", **{**SYN, "n_test": 3}))
     ds = open_dataset("synapse", root)
-    first, second = ds.test_ids()[:2]
+    first, second, third = ds.test_ids()
     for case in (first, second):  # as the real files: no spacing attribute
         with h5py.File(root / "test_vol_h5" / f"{case}.npy.h5", "r+") as f:
             del f.attrs["spacing"]
     assert open_dataset("synapse", root).load_test(first).spacing is None
-    (root / "spacing.csv").write_text(f"case,d,h,w\n{first},3.0,0.7,0.7\n\n", encoding="utf-8")
+    (root / "spacing.csv").write_text(f"case,d,h,w\n{first},3.0,0.7,0.7\n{third},3.0,0.7,0.7\n\n", encoding="utf-8")
     ds = open_dataset("synapse", root)
     assert ds.load_test(first).spacing == (3.0, 0.7, 0.7)
-    assert ds.load_test(ds.test_ids()[2]).spacing == (2.5, 0.8, 0.8)  # the file's own attribute wins
+    assert ds.load_test(third).spacing == (2.5, 0.8, 0.8)  # the file's own attribute wins over its line
     # the second volume has no spacing anywhere: its HD95 would be in voxels beside the others' mm, averaged
     # into a number of no unit (a data journey's partial table did that unsaid); refused under a policy
     # scoring in mm, warned by verify (legacy-synapse, the papers', scores in voxels and reads no spacing)
@@ -1486,7 +1505,8 @@ def test_a_layout_one_folder_down_is_named(roots, tmp_path, kind):
 
 def test_test_volumes_are_checked_before_training(roots, tmp_path):
     """From a data journey: a test h5 with other key names, or saved slices last (H, W, D) as
-    nibabel's get_fdata() gives it, trained fully, then failed or was scored on 64 slices of 64x6."""
+    nibabel's get_fdata() gives it, trained fully, then failed or was scored on 64 slices of 64x6; a label of
+    another shape than its image failed when it was scored."""
     import h5py
 
     root = _copy(roots["synapse"], tmp_path)
@@ -1494,6 +1514,11 @@ def test_test_volumes_are_checked_before_training(roots, tmp_path):
     path = ds.test_file(ds.test_ids()[0])
     with h5py.File(path, "r+") as f:
         image, label = f["image"][()], f["label"][()]
+        del f["label"]
+        f["label"] = label[:, :-1]  # one row short: it failed when scored, after the training
+    with pytest.raises(BenchError, match=r"image shape \(8, 48, 48\) and label shape \(8, 47, 48\); expected one"):
+        ds.check_geometry()
+    with h5py.File(path, "r+") as f:
         del f["image"], f["label"]
         f["image"], f["label"] = image.transpose(1, 2, 0), label.transpose(1, 2, 0)
     assert re.search(r"looks like \(H, W, D\), slices last .*np\.transpose\(volume, \(2, 0, 1\)\)", ds.check_geometry())
