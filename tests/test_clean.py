@@ -271,3 +271,16 @@ def test_a_record_of_a_newer_bench_is_said_and_its_run_left_alone(tmp_path):
     assert found.unread == [f"{rec['run_id']}.json (run {rec['run_id']}: train.selected 'ema' names no checkpoint "
                             "this bench knows (final, best_train_loss, lr_min); a newer bench wrote the record?)"]
     assert (ckpt / "last.pt").exists() and found.resume == {}
+
+
+def test_a_dry_run_leaves_an_abandoned_claim_folder_it_names(tmp_path):
+    """bench clean --dry-run says what it would remove and removes nothing: a dead process's claim folder
+    is reported and stays until the real clean."""
+    from bench.claim import remove_abandoned
+
+    folder = tmp_path / "runs" / "r1"
+    folder.mkdir(parents=True)
+    (folder / CLAIM).write_text(_claim_of(_dead_pid()), encoding="utf-8")
+    assert remove_abandoned(folder, dry_run=True) is True
+    assert (folder / CLAIM).is_file()
+    assert remove_abandoned(folder) is True and not folder.exists()

@@ -755,6 +755,18 @@ def test_verify_synapse_reports_every_problem(roots, tmp_path):
     assert len(_paths(problems)) == 5
 
 
+def test_verify_says_synapse_slices_that_cannot_train_are_errors(tmp_path):
+    """train_npz/ present but empty is an error, not only the missing lists' warnings; a slice whose image
+    is int16 (raw CT, not scaled to [0, 1] floats) is an error naming the dtype: neither can train."""
+    npz = tmp_path / "train_npz"
+    npz.mkdir()
+    assert _paths(verify_dataset("synapse", tmp_path)) == [str(npz)]
+    path = npz / "case0001_slice000.npz"
+    np.savez(path, image=np.zeros((8, 8), np.int16), label=np.zeros((8, 8), np.uint8))
+    errors = [p for p in verify_dataset("synapse", tmp_path) if p.level == "error"]
+    assert [p.path for p in errors] == [str(path)] and "image dtype int16" in errors[0].message
+
+
 def test_verify_isic_reports_missing_mask_size_and_corruption(roots, tmp_path):
     root = _copy(roots["isic"], tmp_path)
     (root / "train" / "masks" / "ISIC_0000001_segmentation.png").unlink()
@@ -765,6 +777,16 @@ def test_verify_isic_reports_missing_mask_size_and_corruption(roots, tmp_path):
     errors = _paths(verify_dataset("isic17", root))
     assert str(root / "train" / "images" / "ISIC_0000001.png") in errors  # the image without a mask
     assert str(mask) in errors and str(image) in errors
+
+
+def test_verify_warns_of_a_mask_without_lesion(tmp_path):
+    """An ISIC mask with no lesion pixel (a mask exported blank) trains the model on background only: a
+    warning on that mask."""
+    root = synthesize("isic", tmp_path / "isic", n_train=2, n_val=2, min_size=40, max_size=60)
+    mask = sorted((root / "train" / "masks").iterdir())[0]
+    Image.new("L", Image.open(mask).size, 0).save(mask)
+    warned = {p.path: p.message for p in verify_dataset("isic17", root) if p.level == "warning"}
+    assert warned.get(str(mask)) == "mask is empty (all 0)"
 
 
 def test_verify_polyp_missing_folder(roots, tmp_path):

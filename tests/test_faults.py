@@ -261,6 +261,58 @@ def test_claims_of_this_host_go_by_the_pid_and_a_taken_over_claim_is_never_remov
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a process's start time is read from /proc")
+def test_a_claim_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path):
+    """A claimer killed long ago whose pid the system gave to another, live process: the claim names a start
+    time that process never had, so it is dead and taken over, not obeyed until that process ends."""
+    import json
+
+    from bench import claim as claims
+    from bench.fileio import writer_tag
+
+    path = tmp_path / "runs" / "r1" / claims.CLAIM
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"writer": writer_tag(), "pid": os.getpid(), "proc_start": "1",
+                                "started": "2026-12-05T03:00:00+00:00"}), encoding="utf-8")
+    taken = claims.claim_run(tmp_path, "r1")
+    assert isinstance(taken, claims.Claim), taken
+    taken.release()
+
+
+def _mtime_after(path: Path, wait_s: float, until) -> float:
+    """path's mtime once until(mtime) holds, or after wait_s (a loaded machine runs the refresh late)."""
+    import time
+
+    end = time.monotonic() + wait_s
+    while not until(mtime := path.stat().st_mtime) and time.monotonic() < end:
+        time.sleep(0.05)
+    return mtime
+
+
+def test_a_held_claim_is_renewed_while_its_run_goes_on_and_not_once_taken_over(tmp_path, monkeypatch):
+    """Another host takes over a claim older than STALE_S, so a run training longer keeps its claim's time
+    stamp fresh; once another process took the claim over, this one must not keep that one's claim fresh
+    (it would hold the run after the taker died)."""
+    import json
+    import time
+
+    from bench import claim as claims
+
+    monkeypatch.setattr(claims, "REFRESH_S", 0.05)
+    held = claims.claim_folder(tmp_path / "run")
+    try:
+        os.utime(held.path, (time.time() - 3600,) * 2)
+        assert time.time() - _mtime_after(held.path, 10, lambda m: time.time() - m < 60) < 60
+        held.path.unlink()
+        held.path.write_text(json.dumps({"writer": "1@another-host.example:1~"}), encoding="utf-8")
+        old = time.time() - 3600
+        os.utime(held.path, (old, old))
+        time.sleep(0.5)  # ten refresh periods: time for a wrong renewal to show
+        assert abs(held.path.stat().st_mtime - old) < 1
+    finally:
+        held.release()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a process's start time is read from /proc")
 def test_a_process_named_in_bytes_that_are_not_utf8_has_its_start_time_read(tmp_path):
     """A process's name (in /proc/<pid>/stat) is any bytes its program file's name has: one not UTF-8 raised
     UnicodeDecodeError where its claim was judged."""

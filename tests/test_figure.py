@@ -96,6 +96,15 @@ def test_one_run_per_model_of_one_board(tmp_path):
         choose_runs(res, dataset="polyp")
 
 
+def test_a_models_column_is_its_lowest_seed_not_its_first_run_id(tmp_path):
+    """Seeds 2 and 10: the run ids sort "s10" before "s2", but the figure shows the lowest seed's run, as
+    choose_runs says, so a figure drawn again after more seeds shows the same run."""
+    res = tmp_path / "res"
+    for seed in (10, 2):
+        records.write_record(make_record("vmunet", seed=seed), res)
+    assert [c.rec["seed"] for c in choose_runs(res)] == [2]
+
+
 def test_a_rescored_board_of_a_run_trained_again_or_gone_is_said(tmp_path):
     """A housekeeping journey: a rescore of an earlier training drew its numbers beside the new weights'
     predictions; one whose run's record was deleted failed as "records/<id>.json: not a readable run record"."""
@@ -291,3 +300,42 @@ def test_figure_takes_a_protocol_file_as_bench_run_does(monkeypatch, capsys, tmp
         with pytest.raises(SystemExit):
             main()
         assert "error: --protocol isic17: no finished runs of it here (there: " in capsys.readouterr().err
+
+
+def test_each_models_dsc_is_written_under_its_own_column(tmp_path, monkeypatch):
+    """Columns A (DSC 10) and B (DSC 90): the panel under A's title says 10.0 and B's 90.0, or a reader
+    credits one model with the other's score."""
+    from bench import figure
+
+    seen = {}
+    monkeypatch.setattr(figure, "save_figure", lambda fig, out, dpi: seen.setdefault("fig", fig) and out)
+    z = np.zeros((4, 4), np.int64)
+    panels = FigurePanels(board="b", columns=["A", "B"], class_names=["lesion"], case_ids=["c1"], slices=[None],
+                          images=[np.zeros((4, 4))], truths=[z], predictions=[[z, z]], dsc=[[10.0, 90.0]])
+    draw_figure(panels, tmp_path / "f.png", dpi=50)
+    titled = [(ax.get_title(), [t.get_text() for t in ax.texts]) for ax in seen["fig"].axes[2:4]]
+    assert titled == [("A", ["10.0"]), ("B", ["90.0"])]
+
+
+def test_a_class_is_overlaid_in_its_legend_colour():
+    """Class 1 is drawn in the legend's first colour, blue #0072B2 (legend entry i is PALETTE[i], for
+    class i + 1), and background stays transparent: else the legend names the wrong organ."""
+    from bench.figure import ALPHA, _overlay
+
+    rgba = _overlay(np.array([[0, 1]]))
+    assert rgba[0, 0].tolist() == [0, 0, 0, 0]
+    assert np.allclose(rgba[0, 1], [0x00 / 255, 0x72 / 255, 0xB2 / 255, ALPHA])
+
+
+def test_a_2d_case_is_shown_as_it_was_scored():
+    """The panel shows what the model was scored on: a mask value of 0.5 is foreground (as scored), an
+    (H, W, 1) image is a grey (H, W) panel (matplotlib cannot draw the former), and resizing uses half-pixel
+    centres as the binary test transform: a 1x2 ramp [0, 1] at width 4 samples x = (i + 0.5) / 2 - 0.5 =
+    -0.25, 0.25, 0.75, 1.25, clamped: [0, 0.25, 0.75, 1], not [0, 1/3, 2/3, 1]."""
+    from bench.figure import _ground, _resize
+
+    gt = np.array([[0.0, 0.5], [0.49, 1.0]], dtype=np.float32)
+    assert _ground(np.zeros((2, 2, 3), np.float32), gt, (2, 2))["truth"].tolist() == [[0, 1], [0, 1]]
+    row = _ground(np.arange(16, dtype=np.float32).reshape(4, 4, 1), np.zeros((4, 4), np.int64), (4, 4))
+    assert row["image"].shape == (4, 4)
+    np.testing.assert_allclose(_resize(np.array([[0.0, 1.0]], dtype=np.float32), (1, 4)), [[0.0, 0.25, 0.75, 1.0]])

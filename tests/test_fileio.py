@@ -24,6 +24,9 @@ def test_a_large_files_digest_is_kept_until_the_file_changes(tmp_path, monkeypat
     kept.write_text("f" * 64, encoding="utf-8")  # what a later process reads instead of the file
     fileio._sha256_of.cache_clear()
     assert fileio.file_sha256(big) == "f" * 64
+    kept.write_text("abc", encoding="utf-8")  # damaged: no digest, so the file is hashed again
+    fileio._sha256_of.cache_clear()
+    assert fileio.file_sha256(big) == truth
     st = big.stat()
     os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # edited: another version of the file
     fileio._sha256_of.cache_clear()
@@ -113,6 +116,39 @@ def test_a_cache_folder_is_made_private_under_a_group_writable_umask(tmp_path, m
         os.umask(old)
     assert made == tmp_path / "ssm-unet-bench" / "x" and made.is_dir()
     assert made.stat().st_mode & 0o022 == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="no owner and mode bits on Windows")
+def test_a_kernel_folder_others_can_write_in_is_refused(tmp_path):
+    """A BENCH_EXTENSIONS_DIR anyone can write in (mode 0777) would let them drop a compiled kernel that
+    bench then loads: an error naming who can write, not a silent load."""
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    os.chmod(folder, 0o777)
+    with pytest.raises(OSError, match=r"ext can be written by group and others \(mode 777\)"):
+        fileio.cache_dir("scan", preferred=folder)
+
+
+def test_a_failed_folder_write_leaves_no_temp_folder(tmp_path):
+    """A conversion failing on a bad source file left its half-written temp folder (GBs) beside --out
+    until a later write swept it: the folder goes with the error."""
+    def write(tmp):
+        (tmp / "a").write_text("x", encoding="utf-8")
+        raise RuntimeError("bad source file")
+
+    with pytest.raises(RuntimeError, match="bad source file"):
+        fileio.atomic_write_dir(tmp_path / "out", write)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_another_users_running_process_is_no_dead_writer(monkeypatch):
+    """os.kill(pid, 0) raises PermissionError for another user's running process: its temp file is a live
+    writer's, kept, and no error escapes (a claim's holder is judged by the same call)."""
+    def kill(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", kill)
+    assert fileio.dead_writer(f".x.{fileio.TEMP_MARK}{fileio.writer_tag(4242)}ab.tmp") is False
 
 
 def test_text_is_read_from_a_pipe_and_a_folder_is_named(tmp_path):

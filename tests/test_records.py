@@ -151,22 +151,26 @@ def test_temp_files_of_killed_writes_go_when_old(tmp_path):
     other = folder / f".another-run.json.{fileio.TEMP_MARK}k1ll3d.tmp"
     young = folder / f".third-run.json.{fileio.TEMP_MARK}wr1t1ng.tmp"
     foreign = folder / ".notes.tmp"  # not ours, however old
-    for path in (mine, other, young, foreign):
+    dotted = folder / ".notes.old.tmp"  # another program's, named as ours but for bench's mark
+    for path in (mine, other, young, foreign, dotted):
         path.write_text("{", encoding="utf-8")
         if path is not young:
             os.utime(path, (time.time() - 2 * 86400,) * 2)
     write_record(rec, tmp_path)
-    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == sorted([young.name, foreign.name])
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == sorted(
+        [young.name, foreign.name, dotted.name])
     assert len(load(tmp_path)) == 1
 
 
 def test_temp_files_of_a_dead_writer_on_this_host_go_at_once(tmp_path):
     """A killed checkpoint write's temp file (hundreds of MB) stayed a day, also beside a run resumed
     and finished at once: temp names carry their writer (pid@host), so one whose process is gone on
-    this host goes at the next write; a live writer's, or another host's on a shared disk, stays."""
+    this host goes at the next write; a live writer's, or another host's on a shared disk (if hours old,
+    only a day decides), stays."""
     import socket
     import subprocess
     import sys
+    import time
 
     rec = make_record()
     folder = records.record_path(tmp_path, rec["run_id"]).parent
@@ -180,6 +184,7 @@ def test_temp_files_of_a_dead_writer_on_this_host_go_at_once(tmp_path):
     container = folder / f".d.json.{fileio.TEMP_MARK}{gone}@{socket.gethostname()}:1~x4.tmp"
     for path in (dead, live, elsewhere, container):
         path.write_text("{", encoding="utf-8")
+    os.utime(elsewhere, (time.time() - 3 * 3600,) * 2)  # hours old: a long conversion onto a shared disk, say
     write_record(rec, tmp_path)
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == sorted(
         [live.name, elsewhere.name, container.name])
@@ -190,13 +195,20 @@ def test_the_writable_probe_finds_a_full_disk(tmp_path, monkeypatch):
     its first checkpoint. The probe writes and syncs some bytes."""
     import errno
 
-    def full(fd, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real = os.write
+
+    def full(fd, data):  # as a full disk: an empty write passes, bytes are refused
+        if len(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
 
     monkeypatch.setattr(fileio.os, "write", full)
     with pytest.raises(BenchError, match=r"not writable \(No space left on device\); choose another --results"):
         fileio.ensure_writable_dir(tmp_path / "res")
     assert not [p for p in (tmp_path / "res").iterdir()]  # the probe is gone
+    monkeypatch.setattr(fileio.os, "write", lambda fd, data: real(fd, data[: len(data) // 2]))  # a short write
+    with pytest.raises(BenchError, match=r"not writable \(No space left on device\)"):
+        fileio.ensure_writable_dir(tmp_path / "res2")
 
 
 def test_a_sweep_that_cannot_remove_a_leftover_never_fails_the_write(tmp_path, monkeypatch):
