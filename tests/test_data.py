@@ -288,8 +288,10 @@ def test_isic_pairs_masks_by_name_where_the_names_correspond(tmp_path):
     for image, mask in (("a.png", "a_seg.png"), ("b.png", "c_seg.png"), ("c.png", "d_seg.png")):
         _write_pair(half, image, mask, 8)
     pairs, problems = pair_files(half / "images", half / "masks")
-    assert pairs == [] and sorted((p.name, m.split(" in ")[0]) for p, m in problems) == [
+    assert sorted((p.name, m.split(" in ")[0]) for p, m in problems) == [
         ("b.png", "no mask with a matching name"), ("d_seg.png", "no image with a matching name")]
+    # the pairs that could be made all the same: verify reads them too (readers refuse the folder)
+    assert [(a.name, b.name) for a, b in pairs] == [("a.png", "a_seg.png"), ("c.png", "c_seg.png")]
 
     # a mask belongs to the longest image name it starts with, cut at "_" or "-": a_b_seg is a_b's, not a's
     nested = tmp_path / "nested"
@@ -305,7 +307,8 @@ def test_isic_pairs_masks_by_name_where_the_names_correspond(tmp_path):
     _write_pair(busi, "benign (2).png", "benign (2)_mask.png", 8)
     (busi / "masks" / "benign (1)_mask_1.png").write_bytes((busi / "masks" / "benign (1)_mask.png").read_bytes())
     pairs, problems = pair_files(busi / "images", busi / "masks")
-    assert pairs == [] and [(p.name, m) for p, m in problems] == [(
+    assert [(a.name, b.name) for a, b in pairs] == [("benign (2).png", "benign (2)_mask.png")]  # the other
+    assert [(p.name, m) for p, m in problems] == [(
         "benign (1).png", "2 masks match its name: benign (1)_mask.png, benign (1)_mask_1.png; one mask per image: "
         "merge them (their pixel-wise maximum; `bench data convert --source pairs` does, into the nnU-Net layout), or "
         "move the others away")]
@@ -787,6 +790,11 @@ def test_verify_warns_of_a_mask_without_lesion(tmp_path):
     Image.new("L", Image.open(mask).size, 0).save(mask)
     warned = {p.path: p.message for p in verify_dataset("isic17", root) if p.level == "warning"}
     assert warned.get(str(mask)) == "mask is empty (all 0)"
+    # and where another image of its folder lacks its mask: every problem at once, not one per run of verify
+    missing = sorted((root / "train" / "masks").iterdir())[1]
+    missing.unlink()
+    found = [p.message.split(" in ")[0] if p.path != str(mask) else "blank" for p in verify_dataset("isic17", root)]
+    assert sorted(found) == ["blank", "no mask with a matching name"]
 
 
 def test_verify_polyp_missing_folder(roots, tmp_path):

@@ -126,13 +126,15 @@ def _image_of(mask_stem: str, image_stems: set[str]) -> str | None:
 
 
 def pair_files(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
-    """Pair images with masks, in the images' sorted order (``mask_groups``, one mask per image)."""
+    """Pair images with masks, in the images' sorted order (``mask_groups``, one mask per image). Returns
+    ``(pairs, problems)``: where there are problems, the pairs that could be made all the same (an image with
+    one mask of its name), so that ``bench data verify`` reads those too (``index_pairs`` refuses any problem)."""
     groups, problems = mask_groups(images_dir, masks_dir)
     problems = [(p, f"{len(found)} masks match its name: {', '.join(m.name for m in found)}; one mask per image: "
                     "merge them (their pixel-wise maximum; `bench data convert --source pairs` does, into the nnU-Net "
                     "layout), or move the others away")
                 for p, found in groups if len(found) > 1] + problems  # BUSI's second lesion, among the others
-    return ([], problems) if problems else ([(p, found[0]) for p, found in groups], [])
+    return [(p, found[0]) for p, found in groups if len(found) == 1], problems
 
 
 def mask_groups(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[Path, list[Path]]], list[tuple[Path, str]]]:
