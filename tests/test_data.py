@@ -1536,7 +1536,7 @@ def test_a_layout_one_folder_down_is_named(roots, tmp_path, kind):
 def test_test_volumes_are_checked_before_training(roots, tmp_path):
     """From a data journey: a test h5 with other key names, or saved slices last (H, W, D) as
     nibabel's get_fdata() gives it, trained fully, then failed or was scored on 64 slices of 64x6; a label of
-    another shape than its image failed when it was scored."""
+    another shape than its image is refused before training too (it would fail only when scored)."""
     import h5py
 
     root = _copy(roots["synapse"], tmp_path)

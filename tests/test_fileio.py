@@ -130,8 +130,8 @@ def test_a_kernel_folder_others_can_write_in_is_refused(tmp_path):
 
 
 def test_a_failed_folder_write_leaves_no_temp_folder(tmp_path):
-    """A conversion failing on a bad source file left its half-written temp folder (GBs) beside --out
-    until a later write swept it: the folder goes with the error."""
+    """A conversion failing on a bad source file must not leave its half-written temp folder (GBs) beside
+    --out until a later write sweeps it: the folder goes with the error."""
     def write(tmp):
         (tmp / "a").write_text("x", encoding="utf-8")
         raise RuntimeError("bad source file")
