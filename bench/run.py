@@ -989,8 +989,8 @@ def plan_grid(*, models: str | list[str], dataset: str, protocol: Protocol | str
         get_policy(policy)  # an unknown name: its "did you mean"
     inits = {} if weights is not None else resolve_inits(models, protocol, pretrained_dir)  # given: nothing starts
     if synthetic:
-        data_root = synthetic_folder(dataset, records.synthetic_dir(results_dir)) if dry_run else \
-            synthetic_root(dataset, records.synthetic_dir(results_dir))
+        kept = records.synthetic_dir(results_dir)
+        data_root = synthetic_folder(dataset, kept) if dry_run else synthetic_root(dataset, kept)
         if dry_run and synthetic_identity(data_root) is None:
             raise BenchError(f"--dry-run: the synthetic data is not written yet ({data_root}), and a dry run writes "
                              "none: no run of this grid has begun in this results folder")

@@ -29,13 +29,18 @@ METRICS: dict[str, tuple[str, bool, str]] = {
 }
 
 
+def _board_classes(group: pd.DataFrame) -> list[str]:
+    """The class names of a board's runs (each run's ``classes``, JSON text), in class-id order, each once."""
+    return (list(dict.fromkeys(n for c in group["classes"].dropna() for n in json.loads(c)))
+            if "classes" in group else [])
+
+
 def _class_columns(group: pd.DataFrame) -> list[str]:
     """Per-class DSC then per-class HD95 columns with data in this board: Synapse organs in paper
     order, else class id order."""
     # this board's classes in class-id order (load's columns follow every record in the folder); a
     # class with no value in any run stays, as nan (strict: valid in no case)
-    own = (list(dict.fromkeys(n for c in group["classes"].dropna() for n in json.loads(c)))
-           if "classes" in group else [])
+    own = _board_classes(group)
     out = []
     for metric in ("dice", "hd95"):
         cols = ([f"{metric}/{n}" for n in own if f"{metric}/{n}" in group] if own else
@@ -159,8 +164,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         restated={r: t for r, t in zip(group["run_id"], group["restated"]) if isinstance(t, str)}
         if "restated" in group else {},
         # the board's classes in id order (a one-class board shows no column naming its class)
-        classes=list(dict.fromkeys(n for c in group["classes"].dropna() for n in json.loads(c)))
-        if "classes" in group else [],
+        classes=_board_classes(group),
     )
     return board
 

@@ -24,8 +24,7 @@ CV_LABEL = " (cross-validation)"  # in the board_dataset of --folds runs
 
 
 def _overrides_text(overrides_json: str) -> str:
-    overrides = json.loads(overrides_json) if overrides_json else {}
-    return ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in sorted(overrides.items()))
+    return ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in sorted(config_dict(overrides_json).items()))
 
 
 def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
