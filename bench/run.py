@@ -257,11 +257,16 @@ def run_one(spec: RunSpec, *, results_dir: Path, device: torch.device | str, res
     closing barrier: the others may wait in another collective (a gradient all-reduce), which that
     barrier would never meet, so the run would hang until the process-group timeout; exiting lets
     the launcher stop them. A finished run (its record there) is refused before anything trains: training
-    it again would replace the weights its record was scored from (``bench run`` skips it)."""
+    it again would replace the weights its record was scored from (``bench run`` skips it), and so is one whose record
+    is kept under another name only (``records.renamed_record``)."""
     device = env.resolve_device(device)  # "cpu" as run_grid takes it
     results_dir = Path(results_dir).expanduser()
     done = records.record_path(results_dir, spec.key)
-    if distributed.gather_objects(done.is_file() if distributed.world().main else None)[0]:  # rank 0's view
+    finished, renamed = distributed.gather_objects(  # rank 0's view
+        (done.is_file(), records.renamed_record(results_dir, spec.key)) if distributed.world().main else None)[0]
+    if renamed:  # kept under another name only: as bench run refuses it
+        raise BenchError(renamed)
+    if finished:
         raise BenchError(f"{spec.key}: finished already ({done}); training it again would replace the weights that "
                          f"record was scored from: to train it again, delete {done} and {records.run_dir(results_dir, spec.key)} "
                          "(or choose another results folder)")

@@ -1071,6 +1071,11 @@ def test_a_finished_run_is_not_trained_again_from_python(synapse_root, tmp_path)
                                          "training it again would replace the weights"):
         run_one(spec, results_dir=tmp_path, device=torch.device("cpu"))
     assert weights.read_bytes() == before
+    # `mv X.json X-backup.json`: bench run refuses it before training (test_cli); run_one trained it again
+    backup = record_path(tmp_path, spec.key).rename(record_path(tmp_path, spec.key + "-backup"))
+    with pytest.raises(BenchError, match=rf"^{re.escape(str(backup))}: holds the record of run '{spec.key}'"):
+        run_one(spec, results_dir=tmp_path, device=torch.device("cpu"))
+    assert weights.read_bytes() == before
 
 
 def _vmamba_file(folder, tiny):
