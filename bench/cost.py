@@ -286,7 +286,7 @@ def measure_latency(model: nn.Module, x: torch.Tensor, *, warmup: int = 20, iter
             "timed_iters": iters, "warmup_iters": warmup}  # both said in Methods
 
 
-def _out_of_memory(exc: RuntimeError) -> bool:
+def out_of_memory(exc: RuntimeError) -> bool:
     """Memory ran out. Near the limit cuDNN and cuBLAS report a failed workspace allocation as a
     plain RuntimeError rather than ``torch.OutOfMemoryError``."""
     text = str(exc)
@@ -338,7 +338,7 @@ def find_batch_size(model: nn.Module, make_input, *, precision: str = "fp32", li
             with torch.inference_mode(), precision_context(precision, x.device):
                 model(x)
         except RuntimeError as exc:
-            if not _out_of_memory(exc):
+            if not out_of_memory(exc):
                 raise
             break
         finally:
@@ -359,7 +359,7 @@ def _throughput(run, make_input, batch: int, warmup: int, iters: int, precision:
             return batch, measure_latency(run, make_input(batch), warmup=max(2, warmup // 4),
                                           iters=max(5, iters // 10), precision=precision)
         except RuntimeError as exc:
-            if not _out_of_memory(exc):
+            if not out_of_memory(exc):
                 raise
             if not (halve and batch > 1):
                 raise BenchError(f"--batch-size {batch}: the timed forwards run out of memory on "

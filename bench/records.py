@@ -385,8 +385,7 @@ def write_record(record: Mapping[str, Any], results_dir: Path, replace: bool = F
     earlier training of its run is written over (``stale_rescores``).
     """
     validate_record(record)
-    data = _to_json_value(record, "")
-    text = json.dumps(data, indent=1, allow_nan=False, ensure_ascii=False) + "\n"
+    text = json_text(record)
     path = record_path(results_dir, record["run_id"])
     try:  # exclusive: two processes finishing the same run (a shard started twice) cannot both write
         return atomic_write_text(path, text, exclusive=not replace)
@@ -529,6 +528,12 @@ def checked_record(path: Path, rec: Any) -> dict[str, Any]:
     except BenchError as exc:
         raise BenchError(f"{path}: {exc}") from exc
     return rec
+
+
+def json_text(obj: Any) -> str:
+    """A JSON file's text as bench writes them (a record, ``bench score --format json``): plain values (NaN as
+    null, ±inf refused), indented, non-ASCII as it is."""
+    return json.dumps(_to_json_value(obj, ""), indent=1, allow_nan=False, ensure_ascii=False) + "\n"
 
 
 def canonical_json(obj: Any) -> str:

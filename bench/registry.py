@@ -209,10 +209,10 @@ def first_forward_error(model: nn.Module, shape: tuple[int, ...], exc: Exception
     dims=[15, 32, 64, 128]``), naming them. None for other built-in runs (their failure is bench's
     bug: its traceback), for bench's own errors, which already say what is wrong, and out of memory."""
     entry: ModelEntry | None = getattr(model, "bench_entry", None)
-    from bench.cost import _out_of_memory
+    from bench.cost import out_of_memory
 
     # out of memory is no bug of the model's code: its own message says what to do
-    if entry is None or isinstance(exc, BenchError) or (isinstance(exc, RuntimeError) and _out_of_memory(exc)):
+    if entry is None or isinstance(exc, BenchError) or (isinstance(exc, RuntimeError) and out_of_memory(exc)):
         return None
     said = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     if is_builtin(entry.name):

@@ -738,7 +738,7 @@ def _settings(spec: RunSpec) -> str:
     (``runlog.settings``) for a report to name a run that wrote no record."""
     import pandas as pd
 
-    from bench.report.labels import _overrides_text, run_labels
+    from bench.report.labels import overrides_text, run_labels
 
     overrides = dict(spec.model_overrides)
     label = run_labels(pd.DataFrame([{
@@ -746,7 +746,7 @@ def _settings(spec: RunSpec) -> str:
         "set_keys": ",".join(changed_keys(spec.model, overrides, tiny=spec.tiny)),
         "init": records.file_tag(Path(spec.init[1]).name, spec.init[2]) if spec.init else None,
         "weights": records.file_tag(Path(spec.weights[0]).name, spec.weights[1]) if spec.weights else None}]))[0]
-    off = _overrides_text(json.dumps(spec.protocol.overrides))
+    off = overrides_text(json.dumps(spec.protocol.overrides))
     return label + (f" · off-protocol: {off}" if off else "")
 
 

@@ -703,13 +703,13 @@ def render(scores: Scores, fmt: str) -> str:
         cols = [c for c in CASE_COLUMNS if c in scores.per_case]
         return scores.per_case[cols].assign(hd95_unit=scores.hd95_unit).to_csv(index=False, lineterminator="\n")
     if fmt == "json":
-        from bench.records import _to_json_value
+        from bench.records import json_text
 
         data = {"scored": scores.scored, "metrics": scores.metrics, "hd95_unit": scores.hd95_unit,
                 **({"per_fold": scores.per_fold} if scores.per_fold else {}),
                 "per_class": scores.per_class.to_dict("records"), "per_case": scores.per_case.to_dict("records"),
                 "missing": scores.missing, "notes": scores.notes}
-        return json.dumps(_to_json_value(data, ""), indent=1, allow_nan=False, ensure_ascii=False) + "\n"
+        return json_text(data)
     if fmt != "md":
         raise BenchError(f"unknown score format {fmt!r}; expected one of: {', '.join(SCORE_FORMATS)}")
     return _render_md(scores)

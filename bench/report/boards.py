@@ -14,7 +14,7 @@ from bench.errors import BenchError
 from bench.organs import SYNAPSE_ORGANS  # in the papers' column order
 from bench.records import code_version, finished, folds_text, miss_counts, split_fold
 from bench.report.costs import join_cost
-from bench.report.labels import CV_LABEL, BoardKey, _overrides_text, label_cases, label_runs
+from bench.report.labels import CV_LABEL, BoardKey, overrides_text, label_cases, label_runs
 
 
 # Aggregate metrics a board may show: record key -> (display name, ×100 for display, arrow).
@@ -140,7 +140,7 @@ def _board(group: pd.DataFrame) -> pd.DataFrame:
         protocol_hash=first["protocol_hash"],
         policy=first["policy"],
         binary=_binary_task(first["dataset"]),
-        overrides=_overrides_text(first["protocol_overrides"]),
+        overrides=overrides_text(first["protocol_overrides"]),
         value_columns=value_cols,
         hd95_units=sorted(set(group["hd95_unit"].dropna())) if "hd95_unit" in group else [],
         # one for all classes (numbers), then per-class tables as records.load's text ("liver 5, spleen 3")

@@ -23,7 +23,8 @@ class BoardKey(NamedTuple):
 CV_LABEL = " (cross-validation)"  # in the board_dataset of --folds runs
 
 
-def _overrides_text(overrides_json: str) -> str:
+def overrides_text(overrides_json: str) -> str:
+    """A protocol's overrides (their JSON) as labels and Methods say them: ``key=value, ...``, sorted."""
     return ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in sorted(config_dict(overrides_json).items()))
 
 
@@ -49,7 +50,7 @@ def label_runs(df_runs: pd.DataFrame) -> pd.DataFrame:
     for (_, row), n_hash in zip(df.iterrows(), hashes):
         label = row["protocol"] if n_hash == 1 else f"{row['protocol']}@{row['protocol_hash'][:8]}"
         if row["off_protocol"]:
-            label += f" (off-protocol: {_overrides_text(row['protocol_overrides'])})"
+            label += f" (off-protocol: {overrides_text(row['protocol_overrides'])})"
         labels.append(label)
     df["board_protocol"] = labels
     df["model_label"] = run_labels(df, df[["board_dataset", "board_protocol", "policy"]])

@@ -28,7 +28,7 @@ from bench.runlog import RUN_LOG
 from bench.report.board_text import _fmt_duration, and_list, board_title, code_detail, single_run
 from bench.report.boards import _binary_task, _code_versions
 from bench.report.tables import latex_escape, latex_header
-from bench.report.labels import _overrides_text, _tiny_changes, _tiny_config, config_changes, label_runs
+from bench.report.labels import overrides_text, _tiny_changes, _tiny_config, config_changes, label_runs
 
 _DICE_VARIANTS = {"transunet": "TransUNet's soft Dice over all classes, background included",
                   "nnunet": "nnU-Net's batch Dice over the foreground classes"}
@@ -139,7 +139,7 @@ def _board(group: pd.DataFrame, recs: list[dict], reference: str | None = None) 
     first = recs[0]
     proto = first["protocol"]
     title = board_title(group["board_dataset"].iloc[0], proto["name"], proto["version"], proto["hash"],
-                        _overrides_text(json.dumps(proto["overrides"])), first["policy"])
+                        overrides_text(json.dumps(proto["overrides"])), first["policy"])
     labels = list(group["model_label"])
     evaluation = " ".join(t for t in (_evaluation(recs, group), _restated(labels, recs, group)) if t)
     paragraphs = [_lead(first), _models(labels, recs), _training(labels, recs), evaluation,
@@ -151,7 +151,7 @@ def _lead(rec: dict) -> str:
     """The heading's board key in a sentence: the protocol (name, version, the hash of its settings, what
     was changed) and the metric policy."""
     proto = rec["protocol"]
-    changed = _overrides_text(json.dumps(proto["overrides"]))
+    changed = overrides_text(json.dumps(proto["overrides"]))
     builtin = proto["name"] in list_protocols()  # else a protocol file of the user's: not bench's to vouch for
     differs = builtin and builtin_difference(proto["name"], proto["version"], proto["hash"])
     return (f"Runs of {'bench' if builtin else 'the custom'} protocol {proto['name']}"
