@@ -1,5 +1,6 @@
-"""LightM-UNet and the Mamba block: the authors' layouts (2-D and 3-D), parameter counts, and the
-Mamba block against a transcription of mamba-ssm's reference (slow) path."""
+"""LightM-UNet and the Mamba block: the authors' layouts (2-D and 3-D), parameter counts, the Mamba
+block against a transcription of mamba-ssm's reference (slow) path and against its recurrence written
+out, its init, and the whole forward recomposed in functional ops."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import torch.nn.functional as F
 
 from bench.registry import create_model, load_weights
 from ssm_models import scan
-from ssm_models.lightm_unet import MambaLayer
+from ssm_models.lightm_unet import LightMUNet, MambaLayer, ResMambaBlock, ResUpBlock
 from ssm_models.mamba import Mamba
 from tests.fixtures import require_mamba_kernels
-from tests.test_vmunet import REFERENCE, _manifest
+from tests.test_scan import sequential_scan
+from tests.test_vmunet import REFERENCE, _manifest, with_checkpoint_a_and_d
 
 
 @pytest.mark.parametrize("ref", ["lightm_unet_2d", "lightm_unet_3d"])
@@ -32,6 +34,9 @@ def test_authors_layout_loads_strictly(ref, tmp_path):
     torch.save({"network_weights": weights, "trainer_name": "nnUNetTrainerLightMUNet"}, path)  # nnU-Net v2
     load_weights(model, path)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    # a checkpoint holds no eps: the authors' LayerNorms and MONAI's GroupNorms use torch's default 1e-5
+    norms = (torch.nn.GroupNorm, torch.nn.LayerNorm)
+    assert {m.eps for m in model.modules() if isinstance(m, norms)} == {1e-5}
 
 
 def reference_mamba(m: Mamba, hidden: torch.Tensor) -> torch.Tensor:
@@ -63,18 +68,22 @@ def test_mamba_block_matches_reference_path():
 
 
 @pytest.mark.parametrize("block", ["mamba", "ss2d"])
-def test_dt_bias_and_a_log_start_where_mamba_ssm_starts_them(block):
-    """Guards against dt bias without the inverse softplus (time steps ~0.7, not in [1e-3, 0.1]) and an
-    A_log init other than log(1..N)."""
+def test_ssm_parameters_start_where_mamba_ssm_starts_them(block):
+    """A model trained from scratch starts as the authors' does. Guards against dt bias without the inverse
+    softplus (time steps ~0.7, not in [1e-3, 0.1]), an A_log init other than log(1..N), D other than ones
+    and dt_proj's weights outside U(±dt_rank^-0.5)."""
     from ssm_models.vss import SS2D
 
     torch.manual_seed(0)
     if block == "mamba":
         m = Mamba(d_model=32, d_state=6)
-        bias, a_log = m.dt_proj.bias, m.A_log
+        bias, a_log, d, dt_weight = m.dt_proj.bias, m.A_log, m.D, m.dt_proj.weight
     else:
         m = SS2D(d_model=32, d_state=6)
-        bias, a_log = m.dt_projs_bias, m.A_logs
+        bias, a_log, d, dt_weight = m.dt_projs_bias, m.A_logs, m.Ds, m.dt_projs_weight
+    assert torch.equal(d.detach(), torch.ones_like(d))
+    bound = m.dt_rank**-0.5  # mamba-ssm's dt_init="random"; 128 (SS2D: 512) draws reach past 0.9 of it
+    assert 0.9 * bound < dt_weight.abs().max() <= bound
     # mamba-ssm's Mamba.__init__: dt log-uniform in [dt_min 1e-3, dt_max 0.1] (floor 1e-4), bias = softplus⁻¹(dt)
     dt = F.softplus(bias.detach().double())
     assert dt.numel() == 64 * (1 if block == "mamba" else 4)  # expand 2: 64 channels (SS2D: 4 directions)
@@ -84,6 +93,26 @@ def test_dt_bias_and_a_log_start_where_mamba_ssm_starts_them(block):
     torch.testing.assert_close(torch.exp(a_log.detach()), torch.arange(1.0, 7.0).expand_as(a_log))
 
 
+def test_mamba_block_is_the_recurrence_with_each_channels_own_a_and_d():
+    """The block written out: causal depthwise conv (left padding only), SiLU, x_proj → (dt, B, C), the
+    recurrence step by step, the SiLU(z) gate, out_proj. A fresh model's A rows are all alike; with a
+    checkpoint's, channel c must read row c of A_log and D."""
+    torch.manual_seed(0)
+    m = with_checkpoint_a_and_d(Mamba(d_model=4, d_state=3).double())
+    L, di, N, r = 6, m.d_inner, m.d_state, m.dt_rank
+    h = torch.randn(1, L, 4, dtype=torch.float64)
+    with torch.no_grad():
+        xz = (h[0] @ m.in_proj.weight.t()).t()  # (2·di, L)
+        x, z = xz[:di], xz[di:]
+        past = F.pad(x, (m.d_conv - 1, 0))
+        w = m.conv1d.weight[:, 0]
+        x = F.silu(torch.stack([(past[:, t:t + m.d_conv] * w).sum(-1) for t in range(L)], -1) + m.conv1d.bias[:, None])
+        dbl = m.x_proj.weight @ x
+        y, _ = sequential_scan(x[None], (m.dt_proj.weight @ dbl[:r])[None], -torch.exp(m.A_log), dbl[None, r:r + N],
+                               dbl[None, r + N:], m.D, z=z[None], delta_bias=m.dt_proj.bias, delta_softplus=True)
+        torch.testing.assert_close(m(h)[0], (m.out_proj.weight @ y[0]).t())
+
+
 def test_mamba_layer_shares_its_norm():
     torch.manual_seed(0)
     layer = MambaLayer(8, 16)
@@ -91,6 +120,67 @@ def test_mamba_layer_shares_its_norm():
     flat = x.reshape(2, 8, 20).transpose(1, 2)
     want = layer.proj(layer.norm(layer.mamba(layer.norm(flat)) + layer.skip_scale * flat))
     torch.testing.assert_close(layer(x), want.transpose(1, 2).reshape(2, 16, 4, 5))
+
+
+def lightm_by_hand(m: LightMUNet, x: torch.Tensor) -> torch.Tensor:
+    """Spec 3.1 in functional ops on the model's weights (its Mamba blocks called as modules): stem; per
+    level MambaLayer + max-pool (i > 0), then ResMambaBlocks; per decoder stage 1×1 conv, ×2 interpolation
+    (align_corners False), + the encoder output, then a ResUpBlock; head GroupNorm, ReLU, 1×1 conv."""
+    dims = x.ndim - 2
+    conv = F.conv2d if dims == 2 else F.conv3d
+
+    def gn(norm, t):
+        return F.group_norm(t, norm.num_groups, norm.weight, norm.bias, 1e-5)
+
+    def dw_separable(seq, t):  # depthwise, then pointwise
+        a, p = seq[0].conv, seq[1].conv
+        return conv(conv(t, a.weight, a.bias, padding=a.padding, groups=a.groups), p.weight, p.bias)
+
+    def mamba_layer(layer, t):  # tokens row-major over (D,) H, W; one LayerNorm applied twice
+        b, c, *grid = t.shape
+        flat = t.reshape(b, c, -1).transpose(1, 2)
+        w, bias = layer.norm.weight, layer.norm.bias
+        out = F.layer_norm(layer.mamba(F.layer_norm(flat, (c,), w, bias, 1e-5)) + layer.skip_scale * flat, (c,), w,
+                           bias, 1e-5)
+        return (out @ layer.proj.weight.t() + layer.proj.bias).transpose(1, 2).reshape(b, -1, *grid)
+
+    def block(blk, t):
+        if isinstance(blk, ResMambaBlock):
+            y = mamba_layer(blk.conv1, F.relu(gn(blk.norm1, t)))
+            return mamba_layer(blk.conv2, F.relu(gn(blk.norm2, y))) + t
+        assert isinstance(blk, ResUpBlock), type(blk)
+        return F.relu(gn(blk.norm2, dw_separable(blk.conv, F.relu(gn(blk.norm1, t))) + blk.skip_scale * t))
+
+    x = dw_separable(m.convInit, x)
+    skips = []
+    for i, down in enumerate(m.down_layers):
+        if i > 0:
+            x = (F.max_pool2d if dims == 2 else F.max_pool3d)(mamba_layer(down[0][0], x), 2, 2)
+        for blk in list(down)[1:]:
+            x = block(blk, x)
+        skips.append(x)
+    for up, layer, skip in zip(m.up_samples, m.up_layers, skips[-2::-1]):
+        x = F.interpolate(conv(x, up[0].conv.weight), scale_factor=2, mode="bilinear" if dims == 2 else "trilinear",
+                          align_corners=False) + skip
+        for blk in layer:
+            x = block(blk, x)
+    return dw_separable(m.conv_final[2], F.relu(gn(m.conv_final[0], x)))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_lightm_unet_forward_is_the_spec_wiring(dims):
+    """The whole forward against spec 3.1 written out (the other tests check the Mamba parts and shapes only):
+    where residuals, skips, ReLUs and skip scales sit changes what an authors' checkpoint computes. Skip
+    scales at 0.6, as trained ones are not 1 (where 1 multiplies cannot show); a non-cubic input."""
+    torch.manual_seed(0)
+    m = LightMUNet(num_classes=2, in_chans=1, spatial_dims=dims, init_filters=8, blocks_down=(1, 1, 1, 1))
+    m = m.double().eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("skip_scale"):
+                p.fill_(0.6)
+        x = torch.randn(1, 1, *([8, 16] if dims == 2 else [8, 8, 16]), dtype=torch.float64)
+        torch.testing.assert_close(m(x), lightm_by_hand(m, x))
 
 
 def test_3d_forward_and_shape_errors():

@@ -1,5 +1,6 @@
 """VM-UNet: the authors' state_dict layout, parameter counts, SS2D against a literal transcription
-of the authors' scan order, patch merging/expanding channel orders, VMamba-S pretrained mapping."""
+of the authors' scan order and against its four scans written out, the VSS block, stochastic depth, the
+whole forward recomposed from its parts, patch merging/expanding channel orders, VMamba-S pretrained mapping."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from bench.errors import BenchError
 from bench.registry import create_model, load_official_state_dict, load_weights
 from bench.scan_info import scan_backend_for
 from ssm_models import scan
-from ssm_models.vss import SS2D, PatchExpand2D, PatchMerging2D
+from ssm_models.vss import SS2D, DropPath, PatchExpand2D, PatchMerging2D, VSSBlock
+from tests.test_scan import sequential_scan
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 if not REFERENCE.is_dir():  # CI clones the repo with shared/ beside it
@@ -41,6 +43,9 @@ def test_authors_layout_loads_strictly(ref, num_classes, img_size):
     load_official_state_dict(model, sd)
     for k, s, _ in manifest:
         assert torch.equal(model.state_dict()[k], sd[f"module.{k}"])
+    # a checkpoint holds no eps: every LayerNorm must have the authors' 1e-5 (their layers pass a plain
+    # nn.LayerNorm, overriding VSSBlock's 1e-6 default)
+    assert {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-5}
 
 
 def authors_ss2d_core(m: SS2D, x: torch.Tensor) -> torch.Tensor:
@@ -77,6 +82,92 @@ def test_ss2d_matches_authors_scan_order():
     y = authors_ss2d_core(m, xi).transpose(1, 2).contiguous().view(2, 5, 7, -1)
     want = m.out_proj(m.out_norm(y) * F.silu(z))
     torch.testing.assert_close(m(inp), want, rtol=1e-5, atol=1e-5)
+
+
+def with_checkpoint_a_and_d(m: torch.nn.Module) -> torch.nn.Module:
+    """Distinct A_log(s)/D(s) values per row, as a trained checkpoint has them: a fresh model's rows are all
+    log(1..N) and its D all ones, so a test on one cannot see which channel or direction reads which row."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.rsplit(".", 1)[-1] in ("A_logs", "A_log", "Ds", "D"):
+                p.copy_(torch.rand(p.shape, generator=g, dtype=p.dtype) * 1.5 - 0.5)
+    return m
+
+
+def test_ss2d_direction_k_scans_its_pixel_order_with_its_own_weights_and_rows():
+    """Spec 1.1 written out: direction k reads the pixels row-major, column-major, or either reversed, with
+    x_proj_weight[k], dt_projs_*[k] and rows k·d_inner..(k+1)·d_inner of A_logs and Ds; its outputs go back to
+    their pixels and the four are summed. With a checkpoint's rows a mix-up changes the output."""
+    torch.manual_seed(0)
+    m = with_checkpoint_a_and_d(SS2D(d_model=4, d_state=3).double())
+    b, H, W = 2, 2, 3
+    di, N, r = m.d_inner, m.d_state, m.dt_rank
+    x = torch.randn(b, di, H, W, dtype=torch.float64)
+    row_major = [(i, j) for i in range(H) for j in range(W)]
+    col_major = [(i, j) for j in range(W) for i in range(H)]
+    want = torch.zeros_like(x)
+    with torch.no_grad():
+        for k, order in enumerate([row_major, col_major, row_major[::-1], col_major[::-1]]):
+            rows, cols = [i for i, _ in order], [j for _, j in order]
+            u = x[:, :, rows, cols]  # (b, di, L) in this direction's order
+            dbl = torch.einsum("cd,bdl->bcl", m.x_proj_weight[k], u)
+            delta = torch.einsum("dr,brl->bdl", m.dt_projs_weight[k], dbl[:, :r])
+            own = slice(k * di, (k + 1) * di)
+            y, _ = sequential_scan(u, delta, -torch.exp(m.A_logs[own]), dbl[:, r:r + N], dbl[:, r + N:], m.Ds[own],
+                                   delta_bias=m.dt_projs_bias[k], delta_softplus=True)
+            want[:, :, rows, cols] += y
+        got = m.forward_core(x).reshape(b, di, H, W)
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+
+
+def test_vss_block_adds_ss2d_of_its_layer_norm_to_its_input():
+    """A VSS block is x + DropPath(SS2D(ln_1(x))) (spec 1.1; DropPath is the identity in eval): without the
+    residual an authors' checkpoint still loads, into another function."""
+    torch.manual_seed(0)
+    blk = VSSBlock(8, drop_path=0.3).double().eval()
+    x = torch.randn(1, 2, 3, 8, dtype=torch.float64)
+    normed = F.layer_norm(x, (8,), blk.ln_1.weight, blk.ln_1.bias, 1e-5)
+    torch.testing.assert_close(blk(x), x + blk.self_attention(normed))
+
+
+def test_stochastic_depth_is_the_authors():
+    """Training as the authors train (spec 1.1): encoder rates linspace(0, 0.2) over its 8 blocks in order,
+    decoder rates the same over its 7 blocks reversed; a dropped sample's branch is 0, a kept one scaled by
+    1/keep, so the branch keeps its mean."""
+    m = create_model("vmunet", num_classes=2, img_size=64, dims=(16, 32, 64, 128))  # paper depths and rate
+    enc = [b.drop_path.p for layer in m.vmunet.layers for b in layer.blocks]
+    dec = [b.drop_path.p for layer in m.vmunet.layers_up for b in layer.blocks]
+    assert enc == pytest.approx([0.2 * i / 7 for i in range(8)])
+    assert dec == pytest.approx([0.2 * i / 6 for i in range(7)][::-1])
+    torch.manual_seed(0)
+    y = DropPath(0.5).train()(torch.ones(4000, 3))
+    assert set(y.unique().tolist()) <= {0.0, 2.0} and abs(y.mean().item() - 1.0) < 0.1
+
+
+def vmunet_by_hand(v, x: torch.Tensor) -> torch.Tensor:
+    """Spec 1.1's wiring of VM-UNet's parts: layers_up[0](encoder output), then layers_up[i](previous +
+    skip[4-i]) for i = 1..3 (skip[i] is layers[i]'s input), final_up, a 1×1 conv on channels-last maps."""
+    x = v.patch_embed(x)
+    skips = []
+    for layer in v.layers:
+        skips.append(x)
+        x = layer(x)
+    x = v.layers_up[0](x)
+    for i in (1, 2, 3):
+        x = v.layers_up[i](x + skips[4 - i])
+    x = v.final_up(x)  # (B, H, W, C)
+    return torch.einsum("bhwc,oc->bohw", x, v.final_conv.weight[:, :, 0, 0]) + v.final_conv.bias[:, None, None]
+
+
+def test_vmunet_forward_adds_the_skips_before_expanding_on_a_non_square_input():
+    """The whole forward against its parts wired by hand, on a non-square input: an output transposed H↔W
+    or a skip left out would show (the other tests check the parts, and square shapes only)."""
+    torch.manual_seed(0)
+    m = create_model("vmunet", num_classes=2, img_size=64, tiny=True).double().eval()
+    x = torch.randn(1, 3, 32, 64, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), vmunet_by_hand(m.vmunet, x))
 
 
 def test_patch_merging_concat_order():

@@ -1,5 +1,5 @@
-"""VM-UNet-V2: the authors' layout, parameters without gradient as in their code, SDI resizing,
-encoder-only VMamba-S loading."""
+"""VM-UNet-V2: the authors' layout, parameters without gradient as in their code, SDI resizing, the
+whole forward recomposed in functional ops, encoder-only VMamba-S loading."""
 
 from __future__ import annotations
 
@@ -46,6 +46,65 @@ def test_sdi_resizes_like_the_authors():
     want = sdi.convs[0](F.adaptive_avg_pool2d(feats[0], (4, 4))) * sdi.convs[1](feats[1]) * sdi.convs[2](
         F.interpolate(feats[2], size=(4, 4), mode="bilinear", align_corners=True))
     torch.testing.assert_close(sdi(feats, anchor), want)
+
+
+def v2_by_hand(m, x: torch.Tensor) -> torch.Tensor:
+    """Spec 2.1 in functional ops on the model's weights: per level channel attention (shared MLP on the
+    average and max pools), then spatial attention (7×7 conv on the channel mean and max), then Translayer
+    (1×1 conv + BN, no ReLU); sdi_k at level k; the deconv2/3/4 ladder; output seg3↑4 + deconv6(seg2↑4)."""
+    _, skips = m.vmunet.forward_encoder(x)
+    feats = []
+    for i, f in enumerate(skips, start=1):
+        f = f.permute(0, 3, 1, 2)
+        ca, sa, tl = getattr(m, f"ca_{i}"), getattr(m, f"sa_{i}"), getattr(m, f"Translayer_{i}")
+
+        def mlp(t, ca=ca):
+            return F.conv2d(F.relu(F.conv2d(t, ca.fc1.weight)), ca.fc2.weight)
+
+        f = f * torch.sigmoid(mlp(f.mean((2, 3), keepdim=True)) + mlp(f.amax((2, 3), keepdim=True)))
+        f = f * torch.sigmoid(F.conv2d(torch.cat([f.mean(1, keepdim=True), f.amax(1, keepdim=True)], 1),
+                                       sa.conv1.weight, padding=3))
+        feats.append(F.batch_norm(F.conv2d(f, tl.conv.weight), tl.bn.running_mean, tl.bn.running_var,
+                                  tl.bn.weight, tl.bn.bias, False, 0.0, tl.bn.eps))
+
+    def sdi(k):  # every level resized to level k's size, through sdi_k's conv j, multiplied together
+        size, out = feats[k - 1].shape[-1], 1.0
+        for j, f in enumerate(feats):
+            if f.shape[-1] > size:
+                f = F.adaptive_avg_pool2d(f, size)
+            elif f.shape[-1] < size:
+                f = F.interpolate(f, size=(size, size), mode="bilinear", align_corners=True)
+            conv = getattr(m, f"sdi_{k}").convs[j]
+            out = out * F.conv2d(f, conv.weight, conv.bias, padding=1)
+        return out
+
+    s1, s2, s3, s4 = (sdi(k) for k in (1, 2, 3, 4))
+    y3 = F.conv_transpose2d(s4, m.deconv2.weight, stride=2, padding=1) + s3
+    y2 = F.conv_transpose2d(y3, m.deconv3.weight, stride=2, padding=1) + s2
+    y1 = F.conv_transpose2d(y2, m.deconv4.weight, stride=2, padding=1) + s1
+
+    def seg_up(j, y):  # seg_outs[j], then ×4
+        return F.interpolate(F.conv2d(y, m.seg_outs[j].weight, m.seg_outs[j].bias), scale_factor=4,
+                             mode="bilinear", align_corners=False)
+
+    seg2, seg3 = seg_up(2, y2), seg_up(3, y1)
+    return seg3 + F.conv_transpose2d(seg2, m.deconv6.weight, m.deconv6.bias, stride=2, padding=1, output_padding=1)
+
+
+def test_vmunet_v2_forward_is_attention_sdi_and_the_two_head_fusion():
+    """The whole forward against spec 2.1 written out (the other tests check the SDI and shapes only):
+    attention order, the Translayer's missing ReLU, which sdi/deconv serves which level and the fusion all
+    change what an authors' checkpoint computes. BN statistics as a trained checkpoint has them."""
+    torch.manual_seed(0)
+    m = create_model("vmunet_v2", num_classes=1, img_size=64, tiny=True).double().eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # fresh running statistics are 0 and 1
+        for i in range(1, 5):
+            bn = getattr(m, f"Translayer_{i}").bn
+            bn.running_mean.copy_(torch.randn(bn.running_mean.shape, generator=g))
+            bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=g) + 0.5)
+        x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+        torch.testing.assert_close(m(x), v2_by_hand(m, x))
 
 
 def test_deep_supervision_only_for_one_class_and_square_inputs():
