@@ -202,26 +202,62 @@ def test_resume_refuses_a_checkpoint_of_another_world_size(tmp_path):
         train_model(model, ds, proto, seed=0, run_dir=tmp_path / "run", device=torch.device("cpu"), resume=True)
 
 
+RANK_WATCH = r"""
+import hashlib, os, time
+import torch
+import bench.records, bench.run, bench.train
+
+def watch(module, name, said=lambda: "", wait=0.0):  # "<name> <rank> <what>" in RANK_LOG at each return
+    real = getattr(module, name)
+    def wrapper(*a, **k):
+        time.sleep(wait)
+        out = real(*a, **k)
+        with open(os.environ["RANK_LOG"], "a", encoding="utf-8") as log:
+            log.write(f"{name} {os.environ['RANK']} {said()}\n")
+        return out
+    setattr(module, name, wrapper)
+
+if os.environ.get("RANK_LOG"):
+    for module, name in ((bench.train, "save_checkpoint"), (bench.run, "_tensorboard")):
+        watch(module, name)
+    watch(bench.run, "evaluate", wait=1.0)  # rank 0 evaluates a while: the others must wait for its record
+    watch(bench.records, "write_record", time.time)
+    watch(bench.run, "run_one", time.time)
+    # the generator dropout and drop-path draw from, at each step
+    watch(bench.train, "segmentation_loss",
+          lambda: hashlib.sha256(torch.random.get_rng_state().numpy().tobytes()).hexdigest()[:12])
+"""
+
+
 def test_killed_two_process_run_resumes_to_the_uninterrupted_record(tmp_path):
     """Both ranks SIGKILLed inside epoch 1 (tests.test_faults' driver under torchrun), then
     `--nproc 2 --resume`: every rank restores its own RNG stream (drop-path stays on), so the
-    record and weights equal an uninterrupted 2-process run's."""
+    record and weights equal an uninterrupted 2-process run's. In that run rank 0 alone evaluates, writes the
+    record, checkpoints and TensorBoard log, the other rank returns once the record is there (a caller
+    reading it then finds it), and each rank draws dropout from its own stream."""
     from bench.data import synthetic_root
     from tests.test_faults import DRIVER, RUN, _comparable, _final_weights, _record
 
     data = synthetic_root("synapse", tmp_path / "synth")
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER, encoding="utf-8")
+    driver, watched = tmp_path / "driver.py", tmp_path / "ranks.log"
+    driver.write_text(RANK_WATCH + DRIVER, encoding="utf-8")
 
-    def run(results: Path, fault: str, *extra: str) -> subprocess.CompletedProcess:
+    def run(results: Path, fault: str, *extra: str, **env: str) -> subprocess.CompletedProcess:
         # torchrun leaves a torchelastic_* folder in TMPDIR for each run killed or failed: in tmp_path
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "FAULT": fault, "TMPDIR": str(tmp_path)}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "FAULT": fault, "TMPDIR": str(tmp_path), **env}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver),
                *RUN, "--data-root", str(data), "--results", str(results), *extra]
         return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, encoding="utf-8")
 
-    full = run(tmp_path / "full", "none:0")
+    full = run(tmp_path / "full", "none:0", RANK_LOG=str(watched))
     assert full.returncode == 0, full.stderr
+    calls = [line.split(" ", 2) for line in watched.read_text(encoding="utf-8").splitlines()]
+    assert {(name, rank) for name, rank, _ in calls} == {
+        ("save_checkpoint", "0"), ("_tensorboard", "0"), ("evaluate", "0"), ("write_record", "0"),
+        ("run_one", "0"), ("run_one", "1"), ("segmentation_loss", "0"), ("segmentation_loss", "1")}
+    said = {(name, rank): what for name, rank, what in reversed(calls)}  # each one's first
+    assert float(said["run_one", "1"]) >= float(said["write_record", "0"])
+    assert said["segmentation_loss", "0"] != said["segmentation_loss", "1"]
     killed = run(tmp_path / "killed", "train:5")  # step 5 of 9: epoch 1, after epoch 0's checkpoint
     assert killed.returncode != 0 and not list((tmp_path / "killed").glob("records/**/*.json"))
     resumed = run(tmp_path / "killed", "none:0", "--resume")

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -110,13 +111,9 @@ def results(tmp_path: Path) -> tuple[Path, str]:
     ]):
         (profiles / f"p{i}.json").write_text(json.dumps(prof), encoding="utf-8")
 
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(log_dir=str(tmp_path / "runs" / tb_run / "tb"))
-    for step in range(1, 21):
-        writer.add_scalar("train/loss", 1.0 / step, step)
-        writer.add_scalar("train/lr", 0.01 * (1 - step / 21) ** 0.9, step)
-    writer.close()
+    steps = range(1, 21)
+    _tensorboard(tmp_path / "runs" / tb_run / "tb", {"train/loss": {s: 1.0 / s for s in steps},
+                                                     "train/lr": {s: 0.01 * (1 - s / 21) ** 0.9 for s in steps}})
     return tmp_path, tb_run
 
 
@@ -124,6 +121,31 @@ def _assert_png(path: Path) -> None:
     assert path.is_file(), path
     data = path.read_bytes()
     assert len(data) > 1000 and data.startswith(PNG_SIGNATURE), path
+
+
+def _drawn(monkeypatch) -> dict[str, list]:
+    """The figures the plot functions draw, by kind ("dsc_vs_params", ...), kept instead of saved."""
+    from bench import plots
+
+    figures: dict[str, list] = {}
+
+    def keep(fig, path, dpi=120):
+        figures.setdefault(Path(path).name.split("__")[0], []).append(fig)
+        return path
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    return figures
+
+
+def _tensorboard(tb_dir: Path, scalars: dict[str, dict[int, float]]) -> None:
+    """A run's TensorBoard log: each tag's value by step."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(tb_dir))
+    for tag, by_step in scalars.items():
+        for step, value in by_step.items():
+            writer.add_scalar(tag, value, step)
+    writer.close()
 
 
 def test_write_plots_writes_every_figure(results, tmp_path):
@@ -138,6 +160,28 @@ def test_write_plots_writes_every_figure(results, tmp_path):
         assert p.parent == out
         _assert_png(p)
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
+
+
+def test_a_save_that_fails_midway_leaves_the_earlier_plot_whole(tmp_path, monkeypatch):
+    """A disk that fills while a report's plot is rewritten must leave last time's plot, not half a PNG
+    (the figure is written to a temporary name, then renamed), and no temporary file behind."""
+    from matplotlib.figure import Figure
+
+    from bench.plots import new_figure, save_figure
+
+    target = tmp_path / "p.png"
+    target.write_bytes(b"old plot")
+
+    def half_written(self, fname, **kw):
+        Path(fname).write_bytes(PNG_SIGNATURE)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", half_written)
+    fig = new_figure()
+    fig.subplots().plot([1, 2], [3, 4])
+    with pytest.raises(OSError, match="No space left"):
+        save_figure(fig, target)
+    assert target.read_bytes() == b"old plot" and [p.name for p in tmp_path.iterdir()] == ["p.png"]
 
 
 def test_plots_for_a_paper_are_vector_files(results, tmp_path):
@@ -210,6 +254,66 @@ def test_latency_comes_from_profiles_at_the_boards_input(tmp_path, chans):
     paths = accuracy_vs_cost(load(tmp_path), pd.DataFrame(profiles), tmp_path / "p", fmt="svg")
     svg = next(p for p in paths if p.name.startswith("dsc_vs_latency")).read_text(encoding="utf-8")
     assert "input 1x3x64x64 (1 class) · cpu x2" in svg and "cpu x1" not in svg
+
+
+def test_a_scatter_point_is_the_boards_mean_dsc_with_its_sd_bar_at_the_cost_in_the_axis_unit(tmp_path, monkeypatch):
+    """The plot must show the numbers the table shows: a point at another statistic, a bar of SEM where the
+    caption says SD, params in billions on an "(M)" axis, or a ring on a dominated model would mislead."""
+    import matplotlib.collections
+
+    from bench.plots import accuracy_vs_cost
+    from bench.records import load
+
+    runs = {"unet": ([0.70, 0.74, 0.78], 34_530_000, 65.5e9), "vmunet": ([0.80, 0.84], 27_430_000, 4.1e9),
+            "transunet": ([0.78], 105_280_000, 29.0e9)}  # Dice per seed, params, MACs
+    for model, (dices, params, macs) in runs.items():
+        for seed, dice in enumerate(dices):
+            rec = make_record(model, seed=seed, dice=dice, params=params)
+            rec["cost"]["macs"] = macs
+            write_record(rec, tmp_path)
+    figures = _drawn(monkeypatch)
+    accuracy_vs_cost(load(tmp_path), None, tmp_path / "out")
+    assert sorted(figures) == ["dsc_vs_gmacs", "dsc_vs_params"]
+    for kind, cost in (("dsc_vs_params", lambda run: run[1] / 1e6), ("dsc_vs_gmacs", lambda run: run[2] / 1e9)):
+        (fig,) = figures[kind]
+        ax = fig.axes[0]
+        at = {text.get_text(): text.xy for text in ax.texts}
+        assert {model: at[model] for model in runs} == {
+            model: pytest.approx((cost(run), 100 * statistics.mean(run[0])), rel=1e-9) for model, run in runs.items()}
+        bars = {}  # half each error bar's length, by its point's cost
+        for container in ax.containers:  # an ErrorbarContainer: the point, its caps, its bar
+            point, _, bar = container.lines
+            if bar:  # a single seed has none
+                ((_, low), (_, high)), = bar[0].get_segments()
+                bars[round(float(point.get_xdata()[0]), 6)] = (high - low) / 2
+        assert bars == pytest.approx({round(cost(runs[m]), 6): 100 * statistics.stdev(runs[m][0])
+                                      for m in ("unet", "vmunet")})
+        # vmunet is cheaper and better than both others on either axis: the front's only ring
+        (ring,) = [c for c in ax.collections if isinstance(c, matplotlib.collections.PathCollection)]
+        assert ring.get_offsets().tolist() == [pytest.approx([cost(runs["vmunet"]), 82.0])]
+
+
+def test_latency_is_read_on_the_most_common_machine_at_its_most_common_setting(tmp_path, monkeypatch):
+    """Profiles from two machines, one timed in bf16 once: the points must be one machine's fp32 timings, as
+    the title says, not a minority machine's nor a bf16 row's (a key's last row would otherwise win)."""
+    from bench.plots import accuracy_vs_cost
+    from bench.records import load
+
+    for model in ("unet", "vmunet"):
+        write_record(make_record(model, seed=0, model_config={"img_size": 224}), tmp_path)
+    profiles = pd.DataFrame([
+        _profile("unet", "cnn", 1e9, 1_000_000, 55.0, "cpu-abc"),
+        _profile("vmunet", "ssm", 1e9, 1_000_000, 30.0, "cpu-abc"),
+        {**_profile("vmunet", "ssm", 1e9, 1_000_000, 1.0, "cpu-abc"), "precision": "bf16"},
+        _profile("unet", "cnn", 1e9, 1_000_000, 5.0, "gpu-other"),  # 2 rows of 5: the minority machine
+        _profile("vmunet", "ssm", 1e9, 1_000_000, 3.0, "gpu-other"),
+    ])  # fmt: skip
+    figures = _drawn(monkeypatch)
+    accuracy_vs_cost(load(tmp_path), profiles, tmp_path / "out")
+    (fig,) = figures["dsc_vs_latency"]
+    ax = fig.axes[0]
+    assert {text.get_text(): text.xy[0] for text in ax.texts} == {"unet": 55.0, "vmunet": 30.0}
+    assert "cpu-abc · fp32" in ax.get_title()
 
 
 @pytest.mark.parametrize("config", [{"img_size": 64}, {"img_size": 224, "base_c": 8}])
@@ -320,6 +424,9 @@ def test_training_curves_of_many_runs_are_one_colour_and_one_legend_entry_per_mo
     colour = {line.get_label(): line.get_color() for line in lines if not line.get_label().startswith("_")}
     assert len(lines) == 13 and len(set(colour.values())) == 3  # every run drawn, one colour per model
     assert all(line.get_color() in colour.values() for line in lines)
+    # no TensorBoard log: the records' epoch means, each at its epoch's last step (20 steps in 2 epochs)
+    assert [list(line.get_xdata()) for line in lines if line.get_color() != colour["transunet s3 fold 2"]] == [
+        [10.0, 20.0]] * 12
 
 
 def test_a_model_has_one_colour_in_every_figure_and_pooled_boards_say_their_boxes_are_per_case(tmp_path,
@@ -348,6 +455,40 @@ def test_a_model_has_one_colour_in_every_figure_and_pooled_boards_say_their_boxe
     assert "the board's is pooled over all test pixels" in titles["isic17"]
     assert "pooled" not in titles["synapse"]
     assert plots.model_colours(pd.Series(["b", "a", "b"])) == plots.model_colours(["a", "b"])
+
+
+def test_a_box_holds_each_cases_dsc_averaged_over_seeds_classes_in_label_order_best_model_first(tmp_path,
+                                                                                                monkeypatch):
+    """A box is a model's per-case DSC (%) for one class, each case averaged over its seeds; classes keep the
+    dataset's label order (spleen before aorta), the best median first, and colours passed in are kept."""
+    import matplotlib.axes
+    import matplotlib.colors as mcolors
+
+    from bench.plots import per_class_boxplots
+    from bench.records import load
+
+    classes, n_cases = ["spleen", "aorta"], 2
+    unet = [{"spleen": 0.5, "aorta": 0.3}, {"spleen": 0.7, "aorta": 0.2}]  # per seed, each case alike
+    for seed, class_dice in enumerate(unet):
+        write_record(make_record("unet", seed=seed, dataset="nnunet", classes=classes, class_dice=class_dice,
+                                 n_cases=n_cases), tmp_path)
+    for seed in (0, 1):
+        write_record(make_record("vmunet", seed=seed, dataset="nnunet", classes=classes, dice=0.9, n_cases=n_cases),
+                     tmp_path)
+    boxes, real = [], matplotlib.axes.Axes.boxplot
+    monkeypatch.setattr(matplotlib.axes.Axes, "boxplot",  # one call per model, a box per class
+                        lambda self, data, **kw: boxes.append([[float(v) for v in box] for box in data])
+                        or real(self, data, **kw))
+    figures = _drawn(monkeypatch)
+    given = {"unet": "#123456", "vmunet": "#abcdef"}
+    per_class_boxplots(load(tmp_path, level="case"), tmp_path / "out", colours=given)
+    (fig,) = figures["per_class_dsc"]
+    ax, legend = fig.axes[0], fig.axes[0].get_legend()
+    assert {t.get_text(): mcolors.to_hex(h.get_color()) for t, h in zip(legend.get_texts(), legend.legend_handles)
+            } == given and [t.get_text() for t in legend.get_texts()] == ["vmunet", "unet"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == classes
+    unet_mean = {c: 100 * statistics.mean(seed[c] for seed in unet) for c in classes}
+    assert boxes == [[[90.0] * n_cases] * 2, [[pytest.approx(unet_mean[c])] * n_cases for c in classes]]
 
 
 def test_a_model_keeps_its_colour_in_every_plot_and_report(results, tmp_path, monkeypatch):
@@ -483,30 +624,73 @@ def test_dpi_range_ends_are_taken_and_each_entry_checks_it(tmp_path):
 
 
 def test_a_models_seeds_are_drawn_thin_under_their_mean_loss(tmp_path, monkeypatch):
-    """A plots review: every seed was one more line of the same colour, with no mean to read."""
+    """A plots review: every seed was one more line of the same colour, with no mean to read. The bold line
+    is the seeds' mean (not their median), and the learning-rate panel shows the logged learning rate."""
     import numpy as np
-    from torch.utils.tensorboard import SummaryWriter
 
     from bench import plots
 
-    for seed, (scale, last) in enumerate(((1.0, 20), (3.0, 10))):  # the second logged half the steps
+    lr = {step: 0.01 * (1 - step / 21) ** 0.9 for step in range(1, 21)}
+    runs = ((1.0, 20), (2.0, 10), (6.0, 20))  # the second logged half the steps; mean 3/step, median 2/step
+    for seed, (scale, last) in enumerate(runs):
         rec = make_record("unet", seed=seed, protocol="smoke", synthetic=True)
         write_record(rec, tmp_path)
-        writer = SummaryWriter(log_dir=str(tmp_path / "runs" / rec["run_id"] / "tb"))
-        for step in range(1, last + 1):
-            writer.add_scalar("train/loss", scale / step, step)
-        writer.close()
-    figures = []
-    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=120: figures.append(fig) or path)
+        steps = range(1, last + 1)
+        _tensorboard(tmp_path / "runs" / rec["run_id"] / "tb", {"train/loss": {s: scale / s for s in steps},
+                                                                "train/lr": {s: lr[s] for s in steps}})
+    figures = _drawn(monkeypatch)
     plots.training_curves(tmp_path, tmp_path / "out")
-    (fig,) = figures
+    (fig,) = figures["training_curves"]
     (legend,) = fig.legends
-    assert [t.get_text() for t in legend.get_texts()] == ["unet (mean of 2 runs, each thin)"]
+    assert [t.get_text() for t in legend.get_texts()] == ["unet (mean of 3 runs, each thin)"]
     (mean,) = [line for line in fig.axes[0].get_lines() if line.get_label().startswith("unet (mean")]
-    assert list(mean.get_xdata()) == list(range(1, 11))  # the steps both runs logged
-    np.testing.assert_allclose(mean.get_ydata(), [2.0 / s for s in range(1, 11)], rtol=1e-6)
+    assert list(mean.get_xdata()) == list(range(1, 11))  # the steps every run logged
+    mean_of_runs = [statistics.mean(scale / s for scale, _ in runs) for s in range(1, 11)]
+    np.testing.assert_allclose(mean.get_ydata(), mean_of_runs, rtol=1e-6)
     thin = [line for line in fig.axes[0].get_lines() if line is not mean]
-    assert len(thin) == 2 and all(line.get_linewidth() < mean.get_linewidth() for line in thin)
+    assert len(thin) == 3 and all(line.get_linewidth() < mean.get_linewidth() for line in thin)
+    lr_lines = fig.axes[1].get_lines()
+    assert sorted(len(line.get_xdata()) for line in lr_lines) == [10, 20, 20]
+    for line in lr_lines:
+        np.testing.assert_allclose(line.get_ydata(), [lr[int(s)] for s in line.get_xdata()], rtol=1e-6)
+
+
+def test_a_resumed_runs_curve_keeps_the_steps_it_logged_again(tmp_path, monkeypatch):
+    """A run killed after step 5 and resumed from its step-2 checkpoint logs steps 3-5 again, in a second
+    event file: the curve must show what the resumed training logged, the weights the record was scored from."""
+    from bench.plots import training_curves
+
+    rec = make_record("unet", seed=0, protocol="smoke", synthetic=True)
+    write_record(rec, tmp_path)
+    tb = tmp_path / "runs" / rec["run_id"] / "tb"
+    _tensorboard(tb, {"train/loss": {s: 1.0 for s in range(1, 6)}})
+    (killed,) = tb.iterdir()  # events.out.tfevents.<seconds>.<host>...: read in name order, so a second earlier
+    stamp = killed.name.split(".")[3]
+    killed.rename(tb / killed.name.replace(f".{stamp}.", f".{int(stamp) - 1:010d}.", 1))
+    _tensorboard(tb, {"train/loss": {s: 2.0 for s in range(3, 6)}})
+    figures = _drawn(monkeypatch)
+    training_curves(tmp_path, tmp_path / "out")
+    (fig,) = figures["training_curves"]
+    (line,) = fig.axes[0].get_lines()
+    assert list(line.get_xdata()) == [1, 2, 3, 4, 5] and list(line.get_ydata()) == [1.0, 1.0, 2.0, 2.0, 2.0]
+
+
+def test_a_rescored_board_draws_the_training_of_the_run_it_rescored(tmp_path, monkeypatch):
+    """A `bench rescore` record (another policy's board) has no TensorBoard log of its own: its curve is its
+    run's logged loss, drawn solid, not the records' dashed epoch means."""
+    from bench.plots import training_curves
+
+    rec = make_record("unet", seed=0)
+    write_record(rec, tmp_path)
+    write_record({**rec, "run_id": rec["run_id"] + ".strict", "rescored_from": rec["run_id"], "policy": "strict"},
+                 tmp_path)
+    _tensorboard(tmp_path / "runs" / rec["run_id"] / "tb", {"train/loss": {s: 1.0 / s for s in range(1, 4)}})
+    figures = _drawn(monkeypatch)
+    training_curves(tmp_path, tmp_path / "out")
+    assert len(figures["training_curves"]) == 2  # the run's board and the rescored one
+    for fig in figures["training_curves"]:
+        (line,) = fig.axes[0].get_lines()
+        assert list(line.get_ydata()) == pytest.approx([1.0, 1 / 2, 1 / 3]) and line.get_linestyle() == "-"
 
 
 def test_names_are_drawn_as_written_and_missing_glyphs_are_said_once(tmp_path):

@@ -173,13 +173,25 @@ def test_binary_loss_is_vmunets_bce_on_the_sigmoid():
     assert math.isnan(segmentation_loss(logits * math.nan, target, ce=0.0, dice=0.0, bce=1.0).item())
 
 
-def test_an_epoch_of_draws_runs_its_fixed_number_of_steps(synapse_root, tmp_path):
+def test_an_epoch_of_draws_runs_its_fixed_number_of_steps(synapse_root, tmp_path, monkeypatch):
+    """nnU-Net's fixed-length epochs, bit-reproducible; each epoch draws its own batches: the loop sets the
+    sampler's epoch, else every epoch would silently replay epoch 0's draws (a pass, epoch 0's order)."""
+    from bench.train import EpochBatches
+
     ds = open_dataset("synapse", synapse_root)
     proto = _proto(max_iterations=0, epochs=2, batch_size=4, iterations_per_epoch=3)
-    seen = []
+    seen, drawn, draw = [], [], EpochBatches.__iter__
+
+    def each_epochs_draws(sampler):
+        batches = list(draw(sampler))
+        drawn.append((sampler.epoch, batches))
+        return iter(batches)
+
+    monkeypatch.setattr(EpochBatches, "__iter__", each_epochs_draws)
     res = train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path / "a", device=torch.device("cpu"),
                       progress=lambda step, total, loss: seen.append((step, total)))
     assert res.iterations == 6 and len(res.epoch_losses) == 2 and seen[-1] == (6, 6)
+    assert [epoch for epoch, _ in drawn] == [0, 1] and drawn[0][1] != drawn[1][1]
     again = _tiny_unet(ds)
     train_model(again, ds, proto, seed=0, run_dir=tmp_path / "b", device=torch.device("cpu"))
     model = _tiny_unet(ds)
