@@ -1483,6 +1483,23 @@ def test_the_interrupt_message_fits_the_command(monkeypatch, argv, training, sai
                                        "checkpoint (its protocol writes one at the end only)")
 
 
+def test_an_eof_error_a_command_lets_out_is_its_traceback_not_an_interrupt(tmp_path, monkeypatch, capsys):
+    """click turns an EOFError escaping a command (a truncated pickle, say) into the Abort of a Ctrl-C: bench
+    said "interrupted; the same command does it again" and exited 130, where the same command fails again."""
+    import bench.clean
+    from bench.cli import main
+
+    def truncated(*args, **kwargs):
+        raise EOFError("Ran out of input")
+
+    (tmp_path / "records").mkdir()
+    monkeypatch.setattr(bench.clean, "clean", truncated)
+    monkeypatch.setattr(sys, "argv", ["bench", "clean", "--results", str(tmp_path)])
+    with pytest.raises(EOFError, match="Ran out of input"):  # uncaught: Python prints it and exits 1
+        main()
+    assert "interrupted" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("signum, debug, said", [("SIGINT", "", 2), ("SIGTERM", "", 2), ("", "", 3),
                                                   ("SIGINT", "1", 3)])
 def test_what_an_interrupt_cut_short_fails_unsaid_as_it_is_freed(tmp_path, signum, debug, said):

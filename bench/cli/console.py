@@ -109,7 +109,9 @@ def _main() -> None:
         if line and not _note_error(line):
             _echo_err(line)
         sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt) as exc:
+        if isinstance(exc.__cause__, EOFError):  # click's Abort for an EOFError a command let out: a bug, no interrupt
+            raise exc.__cause__ from None
         code = 130
     except Exception as exc:
         # what the system refused of a path an option named (a name too long, a folder made a file), and
