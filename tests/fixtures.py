@@ -17,6 +17,7 @@ import sys
 from fractions import Fraction
 from typing import Any
 
+import torch
 from torch import nn
 
 from bench.metrics import COUNTS, count_scores, pooled_metrics
@@ -273,3 +274,17 @@ class OneConv(SegmentationModel):
 
     def forward_logits(self, x):
         return self.head(x)
+
+
+def randomise_like_a_checkpoint(module: nn.Module, seed: int = 0) -> None:
+    """Every parameter and BatchNorm statistic away from its init, as a trained checkpoint has them: at
+    init a norm is (1, 0) and running statistics (0, 1), where a norm left out or moved cannot show.
+    Running variances are small (0.01 to 0.06), so a BatchNorm eps other than 1e-5 shows too."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.ndim > 1 else 0.5))
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 0.05 + 0.01)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bench import env as bench_env
@@ -20,7 +21,7 @@ from bench.registry import (
     clean_state_dict, create_model, get_entry, list_models, load_official_state_dict, load_weights,
     register_model, resolve_models,
 )
-from tests.fixtures import OneConv, run_bench
+from tests.fixtures import OneConv, randomise_like_a_checkpoint, run_bench
 
 MODELS = list_models()
 
@@ -179,6 +180,41 @@ def test_unet_loads_a_checkpoint_of_bigmbs_u_net(tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ours.items())
     torch.save(ours, tmp_path / "ours.pth")  # our own names still load as they are
     load_weights(model, tmp_path / "ours.pth")
+
+
+def unet_by_hand(model, x: torch.Tensor) -> torch.Tensor:
+    """bigmb's ``U_Net`` in eval, written out in functional ops (spec 3.2): per level (3×3 conv with bias,
+    BN, ReLU) ×2 after a 2×2 max-pool; up_conv = nearest ×2 → 3×3 conv → BN → ReLU; torch.cat((skip, up));
+    1×1 head. BatchNorm with PyTorch's eps 1e-5."""
+    def cbr(t, conv, bn):
+        t = F.conv2d(t, conv.weight, conv.bias, padding=1)
+        return F.relu(F.batch_norm(t, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, 1e-5))
+
+    def double(t, seq):
+        return cbr(cbr(t, seq[0], seq[1]), seq[3], seq[4])
+
+    feats = [double(x, model.encoder.blocks[0])]
+    for blk in model.encoder.blocks[1:]:
+        feats.append(double(F.max_pool2d(feats[-1], 2, 2), blk))
+    d = feats[-1]
+    for blk, skip in zip(model.decoder.blocks, feats[-2::-1]):
+        up = cbr(F.interpolate(d, scale_factor=2, mode="nearest"), blk.up[1], blk.up[2])
+        d = double(torch.cat((skip, up), dim=1), blk.conv)
+    return F.conv2d(d, model.head.weight, model.head.bias)
+
+
+def test_unet_forward_is_bigmbs_u_net():
+    """A checkpoint of bigmb's U_Net loads by name alone: pooling, up-sampling, the up-conv's ReLU, the concat
+    order and BatchNorm's eps show only in what the whole forward computes. BN statistics as a trained
+    checkpoint has them; momentum the default 0.1 of bigmb's nn.BatchNorm2d(c)."""
+    from baselines.unet import UNet
+
+    model = UNet(num_classes=3, in_chans=2, widths=(4, 8, 8, 16, 16)).double().eval()
+    randomise_like_a_checkpoint(model)
+    assert {(m.eps, m.momentum) for m in model.modules() if isinstance(m, nn.BatchNorm2d)} == {(1e-5, 0.1)}
+    x = torch.randn(2, 2, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), unet_by_hand(model, x))
 
 
 def test_unet_smp_encoder_builds_offline():

@@ -1,5 +1,6 @@
 """Swin-Unet: the authors' layout and buffers, parameter count, the Swin block against timm's
-(an independent implementation of the same block), window adaptation for small inputs."""
+(an independent implementation of the same block), the whole forward recomposed from its parts, the
+stochastic-depth rates and the initialisation, window adaptation for small inputs."""
 
 from __future__ import annotations
 
@@ -7,11 +8,20 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from bench.errors import BenchError
 from bench.registry import create_model, load_official_state_dict
 from baselines.swin_unet import SwinTransformerBlock
+from tests.fixtures import randomise_like_a_checkpoint
 from tests.test_vmunet import REFERENCE, _manifest
+
+
+def _small_swin(num_classes: int = 3):
+    """64² input, embed 24: the window becomes 4 (16-token grid), which the warning says."""
+    with pytest.warns(UserWarning, match="using 4"):
+        return create_model("swin_unet", num_classes=num_classes, img_size=64, embed_dim=24, num_heads=(1, 2, 4, 8))
 
 
 def test_authors_layout_loads_strictly():
@@ -57,9 +67,68 @@ def test_shift_mask_blocks_tokens_from_different_regions():
     assert torch.equal(mask, mask.transpose(1, 2))
 
 
+def swin_unet_by_hand(m, x: torch.Tensor) -> torch.Tensor:
+    """Spec 2.2-2.3 wiring of the parts the other tests pin (Swin blocks against timm, merge and expand
+    orders): skips are the INPUTS of encoder stages 0-2; concat [decoder, skip] then concat_back_dim;
+    norm_up, the ×4 expand (channels (p1, p2, c), p1 outermost) and its LayerNorm, a bias-free 1×1 conv."""
+    inputs = [m.patch_embed(x)]  # of encoder stages 0-3
+    for stage in (0, 1, 2):
+        inputs.append(m.layers[stage](inputs[-1]))
+    t = m.norm(m.layers[3](inputs[3]))
+    b, g = x.shape[0], m.grid // 8
+    t = m.layers_up[0](t.view(b, g, g, -1)).reshape(b, 4 * g * g, -1)
+    for i in (1, 2, 3):
+        t = m.layers_up[i](m.concat_back_dim[i](torch.cat([t, inputs[3 - i]], dim=-1)))
+    c, g = t.shape[-1], m.grid
+    t = F.layer_norm(t, (c,), m.norm_up.weight, m.norm_up.bias, 1e-5)
+    e = (t @ m.up.expand.weight.T).view(b, g, g, 4, 4, c)
+    full = torch.empty(b, 4 * g, 4 * g, c, dtype=x.dtype)
+    for p1 in range(4):
+        for p2 in range(4):
+            full[:, p1::4, p2::4] = e[:, :, :, p1, p2]
+    full = F.layer_norm(full, (c,), m.up.norm.weight, m.up.norm.bias, 1e-5)
+    return torch.einsum("bhwc,kc->bkhw", full, m.output.weight[:, :, 0, 0])
+
+
+def test_swin_unet_forward_is_its_parts_wired_as_the_authors():
+    """The parts are checked against timm and by channel order; only the whole forward shows a skip
+    concatenated in the wrong order or norm_up left out, which an authors' checkpoint still loads into."""
+    torch.manual_seed(0)
+    model = _small_swin().double().eval()
+    randomise_like_a_checkpoint(model)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), swin_unet_by_hand(model.swin_unet, x))
+
+
+def test_stochastic_depth_rates_are_the_authors():
+    """Training as the authors train (spec 2.1): DROP_PATH_RATE 0.2 linear over the 8 encoder blocks in
+    order; each decoder stage takes the rates of the encoder stage it mirrors (not the decoder's own)."""
+    m = _small_swin().swin_unet
+    rates = [0.2 * k / 7 for k in range(8)]
+    assert [b.drop_path.p for layer in m.layers for b in layer.blocks] == pytest.approx(rates)
+    for i in (1, 2, 3):
+        j = 3 - i
+        assert [b.drop_path.p for b in m.layers_up[i].blocks] == pytest.approx(rates[2 * j:2 * j + 2])
+
+
+def test_a_swin_unet_from_scratch_starts_as_swins_init():
+    """A run without pretrained weights starts from Swin's _init_weights: Linear trunc-normal std 0.02 with
+    zero biases, LayerNorm (1, 0), relative-position bias tables trunc-normal std 0.02."""
+    torch.manual_seed(0)
+    m = _small_swin().swin_unet
+    linears = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
+    assert abs(torch.cat([mod.weight.detach().flatten() for mod in linears]).std().item() - 0.02) < 0.001
+    assert not any(mod.bias.detach().any() for mod in linears if mod.bias is not None)
+    norms = [mod for mod in m.modules() if isinstance(mod, nn.LayerNorm)]
+    assert all(torch.equal(mod.weight.detach(), torch.ones_like(mod.weight)) and not mod.bias.detach().any()
+               for mod in norms)
+    tables = torch.cat([p.detach().flatten() for k, p in m.named_parameters() if k.endswith("bias_table")])
+    assert abs(tables.std().item() - 0.02) < 0.002
+
+
 def test_small_inputs_adapt_the_window_and_record_it():
-    with pytest.warns(UserWarning, match="using 4"):
-        model = create_model("swin_unet", num_classes=2, img_size=64, embed_dim=24, num_heads=(1, 2, 4, 8))
+    model = _small_swin(num_classes=2)
     assert model.bench_config["window_size"] == 4
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 2, 64, 64)
     with pytest.raises(BenchError, match="built for 64x64"):

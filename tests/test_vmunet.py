@@ -145,6 +145,24 @@ def test_stochastic_depth_is_the_authors():
     assert set(y.unique().tolist()) <= {0.0, 2.0} and abs(y.mean().item() - 1.0) < 0.1
 
 
+def test_drop_path_draws_as_timms_and_is_the_identity_in_eval():
+    """The authors' blocks use timm's DropPath: under the same seed ours drops the same samples; in eval it
+    passes its input through (a DropPath left on at test time gives random predictions)."""
+    from bench._tv_compat import ensure_torchvision
+
+    ensure_torchvision()
+    from timm.layers import DropPath as TimmDropPath
+
+    x = torch.randn(64, 5, 3)
+    for p in (0.0, 0.3):
+        ours, theirs = DropPath(p).train(), TimmDropPath(p).train()
+        torch.manual_seed(1)
+        got = ours(x)
+        torch.manual_seed(1)
+        torch.testing.assert_close(got, theirs(x))
+        assert torch.equal(ours.eval()(x), x)
+
+
 def vmunet_by_hand(v, x: torch.Tensor) -> torch.Tensor:
     """Spec 1.1's wiring of VM-UNet's parts: layers_up[0](encoder output), then layers_up[i](previous +
     skip[4-i]) for i = 1..3 (skip[i] is layers[i]'s input), final_up, a 1×1 conv on channels-last maps."""
