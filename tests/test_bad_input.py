@@ -145,7 +145,8 @@ def test_profile_refuses_a_set_value_of_another_kind(monkeypatch, capsys, tmp_pa
 def test_folders_through_links_and_the_home_folder(monkeypatch, capsys, tmp_path):
     """An odd-environment journey: `bench data synth --out LINK` to a folder on a larger disk wrote the
     whole dataset, then failed ("appeared while writing"); a link to nothing said "File exists";
-    `--out=~/syn` (the shell leaves ~ after =) wrote into a folder named ~."""
+    `--out=~/syn` (the shell leaves ~ after =) wrote into a folder named ~, as every command's `--results=~/r`
+    would where bench did not expand it."""
     monkeypatch.chdir(tmp_path)
     big = tmp_path / "big" / "isic"
     big.mkdir(parents=True)
@@ -174,6 +175,10 @@ def test_folders_through_links_and_the_home_folder(monkeypatch, capsys, tmp_path
     code, err = _bench(monkeypatch, capsys, "data", "synth", "--like", "isic17", "--out=~/syn")
     assert code == 0, err
     assert (tmp_path / "home" / "syn" / "train").is_dir() and not (tmp_path / "~").exists()
+    code, err = _bench(monkeypatch, capsys, "profile", "--models", "unet", "--tiny", "--no-timing", "--img-size", "32",
+                       "--results=~/r")  # profile does not expand ~ itself: bench does, for every command
+    assert code == 0, err
+    assert (tmp_path / "home" / "r" / "profiles").is_dir() and not (tmp_path / "~").exists()
 
 
 def test_bare_commands_print_their_help_alone_and_version_says_the_package(monkeypatch, capsys, tmp_path):

@@ -74,6 +74,10 @@ def test_clean_deletes_what_nothing_reads_and_every_command_still_reads_the_run(
     assert found.resume == {rec["run_id"]: sorted(spare)} and sorted(found.temps) == sorted(temps)
     assert found.claimed == [abandoned] and found.size == size
     assert all(p.exists() for p in spare + temps) and (abandoned / CLAIM).exists()  # a dry run deletes nothing
+    # and so does the command's: a user previews what `bench clean` would delete before it does
+    proc = run_bench_here(monkeypatch, capsys, "clean", "--results", results, "--dry-run")
+    assert f"bench clean: would delete in {results}, {size / 1e6:,.1f} MB:" in proc.stdout, proc.stdout
+    assert all(p.exists() for p in spare + temps) and (abandoned / CLAIM).exists()
 
     proc = run_bench_here(monkeypatch, capsys, "clean", "--results", results)
     assert f"bench clean: deleted in {results}, {size / 1e6:,.1f} MB:" in proc.stdout
@@ -132,8 +136,15 @@ def test_the_weights_a_run_selected_stay_and_a_held_run_is_left_alone(tmp_path):
 
 
 def test_a_folder_that_is_no_results_folder_is_refused(tmp_path, monkeypatch, capsys):
+    """Without --results a command takes ./results (README), the folder bench run wrote: one elsewhere is no
+    results folder of the user's."""
     proc = run_bench_here(monkeypatch, capsys, "clean", "--results", tmp_path / "nothing", check=False)
     assert proc.returncode == 2 and "no results folder (no records/ or runs/ in it); pass --results DIR" in proc.stderr
+    monkeypatch.chdir(tmp_path)
+    proc = run_bench_here(monkeypatch, capsys, "clean", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: results: no results folder"), proc.stderr
+    (tmp_path / "results" / "records").mkdir(parents=True)
+    assert run_bench_here(monkeypatch, capsys, "clean").stdout == "bench clean: nothing to delete in results\n"
 
 
 def test_clean_reads_each_record_once(tmp_path, monkeypatch):

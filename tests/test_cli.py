@@ -820,6 +820,8 @@ def test_set_reads_python_literals_json_words_and_plain_words():
         "a": False, "b": [True, None], "c": "resnet34", "d": 16, "e": (1, 2), "f": True}
     with pytest.raises(BenchError, match=r"--set d_state: given twice \(d_state=8 and d_state=4\); give each key once"):
         _parse_sets(["d_state=8", "d_state=4"])  # the last one won, unsaid
+    with pytest.raises(BenchError, match=r"--set expects key=value \(a model constructor argument\); got '=5'"):
+        _parse_sets(["=5"])  # no key: refused before any model is built
 
 
 def test_models_all_of_a_command_on_finished_runs_is_read_as_bench_run_reads_it():
@@ -1025,8 +1027,24 @@ def test_a_fold_given_twice_plans_one_run_as_a_seed_given_twice_does(tmp_path, b
     assert [(s.seed, s.fold) for s in specs] == [(0, 1), (0, 0)]
     assert [len(select_shard(specs, f"{k}/2")) for k in (1, 2)] == [1, 1]
     listed = bench_here("run", "--models", "unet", "--dataset", "nnunet", "--synthetic", "--protocol", "smoke",
-                        "--folds", "1,1", "--results", tmp_path, *FAST, "--dry-run").stdout
-    assert "bench run --dry-run: 1 run(s) · " in listed
+                        "--folds", "1,1,0", "--results", tmp_path, *FAST, "--dry-run").stdout
+    assert "bench run --dry-run: 2 run(s) · " in listed  # each fold given, once
+    assert sorted(re.findall(r"^  missing  \S+-unet-s0-(f\d)-\w+$", listed, re.M)) == ["f0", "f1"], listed
+
+
+def test_run_without_tiny_plans_each_models_published_configuration(tmp_path, bench_here):
+    """--tiny is off unless given: a grid run without it trains and records the models the papers describe,
+    not their tiny test configurations under the real models' names."""
+    from bench.run import plan_grid
+
+    def planned(tiny):
+        (spec,) = plan_grid(models="unet", dataset="synapse", protocol="smoke", seeds=[0], data_root=None,
+                            synthetic=True, results_dir=tmp_path, tiny=tiny)
+        return spec.key
+
+    listed = bench_here("run", "--models", "unet", "--dataset", "synapse", "--synthetic", "--protocol", "smoke",
+                        "--results", tmp_path, "--dry-run").stdout
+    assert re.findall(r"^  missing  (\S+)$", listed, re.M) == [planned(False)] and planned(False) != planned(True)
 
 
 def test_each_dataset_defaults_to_its_published_protocol():
@@ -1113,6 +1131,7 @@ def test_dry_run_lists_each_runs_state_and_shard_and_writes_nothing(tmp_path):
                     r"policy legacy-synapse · results ", fresh.stdout, re.M), fresh.stdout
     planned = re.findall(r"^  shard (\d)/2  missing  (\S+)$", fresh.stdout, re.M)
     assert len(planned) == 4 and fresh.stdout.rstrip().endswith("missing 4; shards with runs not done: 1,2")
+    assert sorted(run.split("-")[3] for _, run in planned) == ["s0", "s1", "s2", "s3"]  # the seeds given, no others
     _bench(*base, "--shard", "1/2")
     first = {run for k, run in planned if k == "1"}
     assert {p.stem for p in (tmp_path / "records").glob("*.json")} == first  # the ids the dry run listed

@@ -524,6 +524,14 @@ def test_counts_only_profile_renders_without_timing_columns(tmp_path):
     assert "| vmunet" in _bench("report", "--results", tmp_path)
 
 
+def test_profile_defaults_to_the_papers_synapse_input(bench_here, tmp_path):
+    """Without --img-size, --in-chans and --num-classes a profile is of the input the papers' cost tables give
+    (the README's cost table: 1x3x224x224, Synapse's 9 classes): another default would put other costs beside theirs."""
+    (row,) = json.loads(bench_here("profile", "--models", "unet", "--tiny", "--no-timing", "--format", "json",
+                                   "--results", tmp_path).stdout)
+    assert row["input_shape"] == "1x3x224x224" and row["model_config"]["num_classes"] == 9, row
+
+
 def test_find_batch_size_stops_before_out_of_memory():
     class Capped(nn.Module):
         def forward(self, x):

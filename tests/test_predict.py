@@ -480,9 +480,15 @@ def test_a_run_that_cannot_be_predicted_or_rescored_does_not_cost_the_others(tmp
             "cause, the same command does the rest")
     assert len(list((tmp_path / "preds" / twin["run_id"]).rglob("*.png"))) == 2
     assert records.record_path(results, twin["run_id"] + ".strict").is_file()
+    # the damaged run alone left to do: its own error, one line, with no "1 of 1 run(s)" summary after it
+    for command, args in (("predict", ["--out", tmp_path / "preds", "--run", rec["run_id"]]),
+                          ("rescore", ["--policy", "strict"])):
+        proc = bench_here(command, "--results", results, *args, check=False)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"error: run {rec['run_id']}: "), proc.stderr
+        assert proc.stderr.count("\n") == 1 and "FAILED" not in proc.stderr, proc.stderr
 
 
-def test_predict_and_rescore_take_the_runs_of_some_datasets(tmp_path):
+def test_predict_and_rescore_take_the_runs_of_some_datasets(tmp_path, bench_here):
     """A paper journey: predictions of the ISIC runs alone could not be asked for (no --dataset)."""
     from bench.rescore import plan_rescore
 
@@ -496,3 +502,7 @@ def test_predict_and_rescore_take_the_runs_of_some_datasets(tmp_path):
         plan_predict(tmp_path, datasets="isic18")
     with pytest.raises(BenchError, match=r"--dataset isic18: no runs of it"):
         plan_rescore(tmp_path, "strict", None, "isic18")
+    # the command's --dataset too (these records have no weights: it stops there, after saying what it took)
+    proc = bench_here("rescore", "--policy", "strict", "--results", tmp_path, "--dataset", "isic17", check=False)
+    assert "bench rescore: 1 run(s) to score under strict" in proc.stdout and "synapse" not in proc.stdout + \
+        proc.stderr, proc

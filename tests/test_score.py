@@ -248,6 +248,9 @@ def test_all_folds_score_every_case_once_pooled_as_the_folds_scored_alone(tmp_pa
         proc = run_bench_here(monkeypatch, capsys, *base, "--predictions", one, "--fold", bad, check=False)
         assert proc.returncode == 2 and proc.stderr.startswith(f"error: --fold {bad!r}: expected a fold number (0, 1, "
                                                                "...) or 'all'")
+    # a negative fold is none (it was scored as fold 1's cases, and the table named that fold)
+    proc = run_bench_here(monkeypatch, capsys, *base, "--predictions", one, "--fold", "-1", check=False)
+    assert proc.returncode == 2 and "fold -1 does not exist" in proc.stderr, proc.stderr
 
 
 def test_all_folds_under_a_capped_protocol_score_each_folds_first_cases(tmp_path, monkeypatch, capsys):
@@ -1433,6 +1436,12 @@ def test_the_command_prints_a_table_writes_csv_and_json_and_fails_in_one_line(tm
     synthesize("synapse", synthetic_folder("synapse", tmp_path / "res" / "synthetic"), n_train=2, n_test=2, depth=6,
                size=32)  # the same data as _gt_folder's
     assert "2 cases of synapse" in run_bench_here(monkeypatch, capsys, *synthetic).stdout
+    # a case without its prediction file fails the command unless --allow-missing scores it as empty
+    next(iter(sorted(folder.iterdir()))).unlink()
+    proc = run_bench_here(monkeypatch, capsys, *base, check=False)
+    assert proc.returncode == 2 and "--allow-missing scores them as empty predictions" in proc.stderr, proc.stderr
+    proc = run_bench_here(monkeypatch, capsys, *base, "--allow-missing")
+    assert "1 of 2 test cases had no prediction (" in proc.stdout, proc.stdout
 
 
 def test_the_splits_file_is_looked_for_under_nnunets_dataset_name(tmp_path):
