@@ -504,5 +504,5 @@ def test_predict_and_rescore_take_the_runs_of_some_datasets(tmp_path, bench_here
         plan_rescore(tmp_path, "strict", None, "isic18")
     # the command's --dataset too (these records have no weights: it stops there, after saying what it took)
     proc = bench_here("rescore", "--policy", "strict", "--results", tmp_path, "--dataset", "isic17", check=False)
-    assert "bench rescore: 1 run(s) to score under strict" in proc.stdout and "synapse" not in proc.stdout + \
-        proc.stderr, proc
+    said = proc.stdout + proc.stderr
+    assert "bench rescore: 1 run(s) to score under strict" in proc.stdout and "synapse" not in said, said
