@@ -14,7 +14,7 @@ from bench.errors import BenchError
 from bench.organs import SYNAPSE_ORGANS  # in the papers' column order
 from bench.records import code_version, finished, folds_text, miss_counts, split_fold
 from bench.report.costs import join_cost
-from bench.report.labels import CV_LABEL, BoardKey, overrides_text, label_cases, label_runs
+from bench.report.labels import CV_LABEL, BoardKey, label_cases, label_runs, overrides_text
 
 
 # Aggregate metrics a board may show: record key -> (display name, ×100 for display, arrow).

@@ -28,7 +28,7 @@ from bench.runlog import RUN_LOG
 from bench.report.board_text import _fmt_duration, and_list, board_title, code_detail, single_run
 from bench.report.boards import _binary_task, _code_versions
 from bench.report.tables import latex_escape, latex_header
-from bench.report.labels import overrides_text, _tiny_changes, _tiny_config, config_changes, label_runs
+from bench.report.labels import _tiny_changes, _tiny_config, config_changes, label_runs, overrides_text
 
 _DICE_VARIANTS = {"transunet": "TransUNet's soft Dice over all classes, background included",
                   "nnunet": "nnU-Net's batch Dice over the foreground classes"}
