@@ -308,6 +308,25 @@ def test_the_cli_prints_it_and_writes_out(tmp_path):
     assert "Evaluation: foreground where the sigmoid $\\geq$ 0.5" in text
 
 
+def test_methods_out_replaces_its_file_atomically(tmp_path, monkeypatch):
+    """`--format methods --out` replaces its file as every other format does: a crash while writing leaves
+    the old text whole, not a half-written Methods section, and no temporary file beside it."""
+    import bench.fileio
+
+    write_record(_record(), tmp_path)
+    out = tmp_path / "paper" / "methods.md"
+    out.parent.mkdir()
+    out.write_text("old", encoding="utf-8")
+
+    def crash(src, dst):
+        raise OSError("simulated crash at the rename")
+
+    monkeypatch.setattr(bench.fileio.os, "replace", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        write_report(tmp_path, "methods", out=out)
+    assert out.read_text(encoding="utf-8") == "old" and [p.name for p in out.parent.iterdir()] == ["methods.md"]
+
+
 def test_a_real_tiny_run_states_what_ran(tmp_path):
     """The smoke protocol's description says 40 iterations; capped at 3 here, the text says 3."""
     root = synthetic_root("isic17", tmp_path / "synth")

@@ -333,21 +333,24 @@ def test_costs_of_another_size_or_configuration_are_not_plotted(results, tmp_pat
 
 def test_join_cost_takes_the_profile_of_the_same_configuration():
     """A record without a count takes the profile's of its model and configuration; the output
-    classes and input channels (first and last layer only) may differ, nothing else may."""
+    classes and input channels (first and last layer only) may differ, nothing else may. A record
+    with its own count keeps it: a profile's would put another run's GMACs in its row."""
     import pandas as pd
 
     from bench.report import join_cost
 
-    prof = pd.DataFrame({"model": ["unet", "unet"], "macs": [9e9, 1e9], "paper_macs": [8e9, 0.9e9],
+    prof = pd.DataFrame({"model": ["unet", "unet", "vmunet"], "macs": [9e9, 1e9, 5e9], "paper_macs": [8e9, 0.9e9, 3e9],
                          "model_config": [{"img_size": 224, "num_classes": 9, "in_chans": 3},
-                                          {"img_size": 224, "num_classes": 9, "in_chans": 3, "base_c": 8}]})
+                                          {"img_size": 224, "num_classes": 9, "in_chans": 3, "base_c": 8},
+                                          {"img_size": 224}]})
     configs = [{"img_size": 224, "num_classes": 2, "in_chans": 1}, {"img_size": 224, "base_c": 8},
-               {"img_size": 224, "base_c": 16}, {"img_size": 96}]
-    board = pd.DataFrame({"model": ["unet", "unet (base_c=8)", "unet (base_c=16)", "unet (img_size=96)"],
-                          "model_config": [json.dumps(c) for c in configs], "macs": [math.nan] * 4,
-                          "paper_macs": [math.nan] * 4})
+               {"img_size": 224, "base_c": 16}, {"img_size": 96}, {"img_size": 224}]
+    board = pd.DataFrame({"model": ["unet", "unet (base_c=8)", "unet (base_c=16)", "unet (img_size=96)", "vmunet"],
+                          "model_config": [json.dumps(c) for c in configs], "macs": [math.nan] * 4 + [7e9],
+                          "paper_macs": [math.nan] * 4 + [4e9]})
     join_cost({"b": board}, prof)
-    assert board["macs"].tolist()[:2] == [9e9, 1e9] and board["macs"][2:].isna().all()
+    assert board["macs"].tolist()[:2] == [9e9, 1e9] and board["macs"][2:4].isna().all()
+    assert board.loc[4, ["macs", "paper_macs"]].tolist() == [7e9, 4e9]  # its own count, not the profile's
 
 
 def test_training_curves_fall_back_to_epoch_losses(results, tmp_path):

@@ -53,7 +53,9 @@ def test_render_from_python_gives_bench_reports_tables(runs, tmp_path):
         render(runs, "cases", cases, columns=("metrics",))
 
 
-def test_boards_are_split_by_dataset_protocol_policy(runs):
+def test_boards_are_split_by_dataset_protocol_policy(runs, tmp_path):
+    """A run scored under another metric policy, or under an edited copy of a protocol (same name, other hash),
+    measured otherwise: averaged with the rest, its model's DSC would be a mean of two things."""
     boards = leaderboards(runs)
     assert set(boards) == {
         BoardKey("isic17", "isic17", "legacy-isic"),
@@ -62,6 +64,20 @@ def test_boards_are_split_by_dataset_protocol_policy(runs):
     }
     # plain tuples index too
     assert len(boards[("synapse", "synapse", "legacy-synapse")]) == 2
+    write_record(make_record("vmunet", seed=0, dice=0.70), tmp_path / "policy")
+    strict = make_record("vmunet", seed=1, dice=0.90)
+    write_record(restate({**strict, "policy": "strict"}), tmp_path / "policy")
+    means = {k: b["dice_mean"].tolist() for k, b in leaderboards(load(tmp_path / "policy")).items()}
+    assert means == {("synapse", "synapse", "legacy-synapse"): pytest.approx([0.70]),
+                     ("synapse", "synapse", "strict"): pytest.approx([0.90])}
+    for seed, (digest, dice) in enumerate((("aaaaaaaa11111111", 0.70), ("bbbbbbbb22222222", 0.80))):
+        rec = make_record("vmunet", seed=seed, dice=dice)
+        rec["protocol"]["hash"] = digest
+        write_record(rec, tmp_path / "hash")
+    means = {k: b["dice_mean"].tolist() for k, b in leaderboards(load(tmp_path / "hash")).items()}
+    # the two contents told apart by their hashes' first 8 characters
+    assert means == {("synapse", "synapse@aaaaaaaa", "legacy-synapse"): pytest.approx([0.70]),
+                     ("synapse", "synapse@bbbbbbbb", "legacy-synapse"): pytest.approx([0.80])}
 
 
 def test_off_protocol_never_mixed(runs):
@@ -609,6 +625,23 @@ def test_published_vs_ours_table(tmp_path):
     assert "other split (12 test volumes, 11 of TransUNet's 12)" in write_report(tmp_path / "own", published=pub)
 
 
+def test_published_rows_join_by_the_exact_model_name(tmp_path):
+    """Our unet row compared with transunet's, vmunet's and swin_unet's published numbers (their names contain
+    "unet") would show gaps to other models."""
+    write_record(make_record("unet", seed=0, dice=0.76), tmp_path)
+    table = pd.DataFrame([("Paper A Table 2", "unet", 76.85), ("Paper T Table 1", "transunet", 77.48),
+                          ("Paper V Table 2", "vmunet", 81.08), ("Paper S Table 1", "swin_unet", 79.13)],
+                         columns=["source", "model", "value"])
+    table = table.assign(dataset="synapse", metric="dice", unit="%", convention="legacy-synapse",
+                         protocol="synapse", note="")
+    pub = tmp_path / "pub.csv"
+    table.to_csv(pub, index=False, columns=["source", "model", "dataset", "metric", "value", "unit", "convention",
+                                            "protocol", "note"])
+    text = write_report(tmp_path, published=pub)
+    rows = md_rows(text[text.index("## Published vs ours"):], "Model")
+    assert [r["Source"] for r in rows] == table.loc[table["model"] == "unet", "source"].tolist()
+
+
 def test_profiles_join_the_accuracy_board(tmp_path):
     import json as _json
 
@@ -660,6 +693,23 @@ def test_cost_table_shows_throughput_where_measured():
     assert dict(zip(gpu["model"], gpu["latency_ms_median"])) == {"vmunet": "10.00 (torch scan)", "unet": "10.00"}
     assert dict(zip(gpu["model"], gpu["flops"])) == {"vmunet": "10.00 G", "unet": "10.00 G"}  # 2 × macs
     assert "throughput_fps" not in tables["Cost · input 1x3x224x224 · fp32 · cpu x1"].columns
+
+
+def test_timings_at_another_precision_or_layout_are_another_cost_table():
+    """An fp16 forward beside an fp32 one (or a channels_last beside a plain one) is not the faster model:
+    a cost table ranks timings taken the same way only."""
+    from bench.report import cost_tables
+
+    base = {"family": "ssm", "input_shape": "1x3x224x224", "macs": 5e9, "paper_macs": 3e9, "params": 1e6,
+            "paper_params": 1e6, "scan_macs": 1e9, "paper_macs_missing_pct": 40.0, "fvcore_macs": 5e9,
+            "compiled": False, "latency_ms_p90": 11.0, "fingerprint": "gpu", "scan_backend": None}
+    rows = [{**base, "model": "vmunet", "precision": "fp16", "channels_last": False, "latency_ms_median": 5.0},
+            {**base, "model": "unet", "precision": "fp32", "channels_last": False, "latency_ms_median": 10.0},
+            {**base, "model": "transunet", "precision": "fp32", "channels_last": True, "latency_ms_median": 9.0}]
+    tables = cost_tables(pd.DataFrame(rows))
+    assert {title: list(t["model"]) for title, t in tables.items()} == {
+        "Cost · input 1x3x224x224 · fp16 · gpu": ["vmunet"], "Cost · input 1x3x224x224 · fp32 · gpu": ["unet"],
+        "Cost · input 1x3x224x224 · fp32 · channels_last · gpu": ["transunet"]}
 
 
 def test_a_noisy_latency_is_marked_and_the_timed_forwards_counted():
@@ -719,6 +769,9 @@ def test_ci_column_and_significance_section(tmp_path):
     lo, hi = stats.bootstrap_ci(group, "dice", "legacy-synapse")["vmunet"]
     vm = next(line for line in text.splitlines() if line.startswith("| vmunet"))
     assert f"[{100 * lo:.2f}, {100 * hi:.2f}]" in vm and "95% CI: percentile bootstrap" in text
+    # HD95's CI in mm, as its mean (×100 it said 2000 mm): every case's HD95 is 20, so is every resample's mean
+    cells = next(r for r in md_rows(text, "Model") if r["Model"] == "vmunet")
+    assert [v for k, v in cells.items() if k.startswith("HD95 95% CI")] == ["[20.00, 20.00]"]
     sig = text[text.index(f"## Significance · synapse · protocol synapse v1 ({load_protocol('synapse').hash}) · policy "
                           "legacy-synapse"):]
     expected = stats.paired_tests(group, "unet", metrics=("dice",)).iloc[0]
@@ -797,6 +850,18 @@ def test_the_holm_column_is_the_holm_adjusted_p(tmp_path):
     assert any(r["p (Holm)"] != r["p (Wilcoxon)"] for r in rows)
 
 
+def test_significance_tables_show_dsc_in_percent_and_hd95_in_its_unit(tmp_path):
+    """The tests' and ranks' numbers read as the board's: DSC ×100, HD95 in mm (a HD95 difference ×100 said
+    −2000 mm for −20, a rank table's DSC 0.80 beside the board's 80.00)."""
+    for model, dice, hd95 in (("vmunet", 0.80, 10.0), ("unet", 0.70, 30.0)):
+        write_record(make_record(model, dice=dice, hd95=hd95, n_cases=4), tmp_path)  # every case the same
+    sig = write_report(tmp_path, reference="unet").split("## Significance")[1]
+    diff = {r["Metric"]: r["Mean per-case diff (model − ref)"] for r in md_rows(sig, "Model")}  # the tests' table
+    assert {m: float(v) for m, v in diff.items()} == {"DSC": pytest.approx(80.0 - 70.0), "HD95": 10.0 - 30.0}
+    ranks = sig[sig.rindex("\n", 0, sig.index("| DSC (%)")):]
+    assert {r["Model"]: r["DSC (%)"] for r in md_rows(ranks, "Model")} == {"vmunet": "80.00", "unet": "70.00"}
+
+
 @pytest.mark.parametrize("n_cases, caution", [(5, True), (6, False)])
 def test_the_few_cases_caution_is_where_no_p_can_reach_005(tmp_path, n_cases, caution):
     """Guards against the caution threshold off by a factor 2: the smallest two-sided Wilcoxon p of n
@@ -821,13 +886,24 @@ def test_a_bootstrap_ci_over_few_cases_and_a_test_over_few_seeds_say_so(tmp_path
     said = f"Caution: with {n_cases} test cases the bootstrap has {distinct} distinct resamples"
     assert (said in board) is caution and "95% CI: percentile bootstrap" in board
     assert "For these trained runs: with 1 seed per model (the fewest here), p counts the test cases" in sig
-    for seed in (1, 2):  # three seeds each: the caveat goes
+    for seed in (1, 2):  # two seeds each: still said; three: the caveat goes
         for model, dices in (("unet", ref), ("vmunet", [d + 0.01 for d in ref])):
             rec = make_record(model, seed=seed, n_cases=n_cases)
             for row in rec["per_case"]:
                 recount(row, rec["policy"], dice=dices[int(row["case"][-4:])])
             write_record(restate(rec), tmp_path)
+        if seed == 1:
+            sig = write_report(tmp_path, reference="unet").split("## Significance")[1]
+            assert "For these trained runs: with 2 seeds per model (the fewest here), p counts the test cases" in sig
     assert "For these trained runs" not in write_report(tmp_path, reference="unet").split("## Significance")[1]
+
+
+def test_the_bootstrap_caution_counts_the_row_with_the_fewest_cases(tmp_path):
+    """A board whose rows resample 12 and 4 cases: the 4-case row's CI is the coarse one the caution is for."""
+    write_record(make_record("vmunet", n_cases=12), tmp_path)
+    write_record(make_record("unet", n_cases=4), tmp_path)
+    distinct = math.comb(2 * 4 - 1, 4)  # multisets of 4 drawn from 4: 35
+    assert f"Caution: with 4 test cases the bootstrap has {distinct} distinct resamples" in write_report(tmp_path)
 
 
 def test_significance_of_weights_only_evaluated_names_no_retrained_seed(tmp_path):
@@ -1383,6 +1459,20 @@ def test_training_gpu_peak_is_shown_where_runs_recorded_it(tmp_path):
     md = render(load(tmp_path))
     assert "Train GPU peak (MB)" in md and re.search(r"\| unet .*\| +1100 \|", md)  # the most any seed needed
     assert "Train GPU peak" not in render(load(tmp_path).query("model == 'vmunet'"))
+
+
+def test_a_row_with_an_untimed_run_shows_no_training_time(tmp_path):
+    """A mean over the timed runs alone would pass one run's time for the row's: a run whose time is not
+    recorded leaves its row's time unknown (NaN); a row of timed runs shows their mean."""
+    for (model, seed), t in {("vmunet", 0): 100.0, ("vmunet", 1): None, ("unet", 0): 30.0, ("unet", 1): 50.0}.items():
+        rec = make_record(model, seed=seed)
+        rec["train"]["time_s"] = t
+        if t is None:
+            del rec["train"]["time_s"]
+        write_record(rec, tmp_path)
+    board = leaderboards(load(tmp_path))[("synapse", "synapse", "legacy-synapse")].set_index("model")
+    assert math.isnan(board.loc["vmunet", "train_time_s"])
+    assert board.loc["unet", "train_time_s"] == statistics.fmean([30.0, 50.0])
 
 
 def test_training_time_is_shown_with_the_device_it_ran_on(tmp_path):
