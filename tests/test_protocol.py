@@ -28,8 +28,35 @@ def test_synapse_is_transunets_recipe():
     assert (p.img_size, t.batch_size, t.optimizer, t.lr, t.momentum, t.weight_decay) == (224, 24, "sgd", 0.01, 0.9, 1e-4)
     assert (t.scheduler, t.poly_power, t.epochs, t.loss_ce, t.loss_dice) == ("poly", 0.9, 150, 0.5, 0.5)
     assert (p.eval.image_order, p.eval.label_order, t.select, p.metric_policy) == (3, 0, "final", "legacy-synapse")
-    swin = load_protocol("synapse_swin")
-    assert (swin.variant_of, swin.train.loss_ce, swin.train.loss_dice, swin.train.lr) == ("synapse", 0.4, 0.6, 0.05)
+    assert (t.augment, t.amp, p.seed) == ("transunet", False, 1234)
+
+
+def test_synapse_swin_differs_from_synapse_only_where_swin_unet_does():
+    """spec/baselines.md §4.8: "Only: loss weights 0.4/0.6, base lr 0.05 [...], the lr-scaling rule for other
+    batch sizes [...]. Data, lists, augmentation, [...] optimizer type/momentum/wd, poly 0.9, 150 epochs, batch 24,
+    seeds, final-epoch checkpoint, metric code and aggregation are the same": a Swin-Unet row trains as TransUNet's."""
+    swin, syn = load_protocol("synapse_swin"), load_protocol("synapse")
+    own = ("lr", "lr_scale_batch", "loss_ce", "loss_dice")
+    same = lambda cfg: {k: v for k, v in dataclasses.asdict(cfg).items() if k not in own}  # noqa: E731
+    assert same(swin.train) == same(syn.train)
+    t = swin.train
+    assert (swin.variant_of, t.lr, t.lr_scale_batch, t.loss_ce, t.loss_dice) == ("synapse", 0.05, 24, 0.4, 0.6)
+    assert (swin.img_size, swin.seed, swin.eval, swin.metric_policy, swin.normalize) == (
+        syn.img_size, syn.seed, syn.eval, syn.metric_policy, syn.normalize)
+
+
+def test_synapse_vmunet_is_vmunets_synapse_recipe():
+    """spec/ssm_models.md §1.4, Synapse column: 224, 300 epochs, batch 32, AdamW 1e-3, betas (0.9, 0.999), eps 1e-8,
+    wd 1e-2, cosine T_max=100 (not ISIC's 50: the lr ends at eta_min), CE+Dice [1, 1], AMP off, seed 42, best.pth
+    the lowest mean training loss; TransUNet's augmentation and zoom orders (spec/baselines.md §4.9)."""
+    p = load_protocol("synapse_vmunet")
+    t = p.train
+    assert (p.variant_of, p.img_size, t.epochs, t.batch_size, p.seed) == ("synapse", 224, 300, 32, 42)
+    assert (t.optimizer, t.lr, t.betas, t.eps, t.weight_decay) == ("adamw", 1e-3, (0.9, 0.999), 1e-8, 1e-2)
+    assert (t.scheduler, t.cosine_t_max, t.cosine_eta_min) == ("cosine", 100, 1e-5)
+    assert (t.loss_ce, t.loss_dice, t.amp) == (1.0, 1.0, False)  # multiclass: the BCE weight is unused
+    assert (t.select, t.augment, t.max_iterations) == ("best_train_loss", "transunet", 0)
+    assert (p.eval.image_order, p.eval.label_order, p.metric_policy) == (3, 0, "legacy-synapse")
 
 
 def test_acdc_is_transunets_synapse_recipe_for_20k_iterations():
@@ -63,6 +90,10 @@ def test_isic_is_vmunets_recipe():
         t = p.train
         assert (p.img_size, t.optimizer, t.lr, t.weight_decay, t.batch_size, t.epochs) == (256, "adamw", 1e-3, 1e-2, 32, 300)
         assert (t.scheduler, t.cosine_t_max, t.cosine_eta_min) == ("cosine", 50, 1e-5)
+        # spec/ssm_models.md §1.4: AdamW betas (0.9, 0.999), eps 1e-8; BceDiceLoss(wb=1, wd=1); AMP off; seed 42;
+        # flips and a rotation by one angle drawn per run (the ISIC pipeline)
+        assert (t.betas, t.eps, t.amp, p.seed) == ((0.9, 0.999), 1e-8, False, 42), name
+        assert (t.augment, t.loss_bce, t.loss_dice) == ("vmunet_isic", 1.0, 1.0), name
         assert (p.eval.threshold, p.metric_policy) == (0.5, "legacy-isic")
         assert t.select == "lr_min"  # not the final epoch, which trains at the cosine cycle's peak lr
 

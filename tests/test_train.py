@@ -70,6 +70,29 @@ def test_swin_unets_lr_scaling_rule_for_other_batch_sizes():
     assert first(transunet, batch_size=12) == 0.01  # TransUNet's code has no such rule
 
 
+def test_each_recipes_optimizer_is_built_with_the_authors_hyperparameters():
+    """A recipe's momentum, weight decay, betas or eps lost between the protocol and torch trains another
+    optimizer under the recipe's name. spec/baselines.md §4.6: SGD 0.01, momentum 0.9, wd 1e-4 on all parameters;
+    spec/ssm_models.md §1.4: AdamW 1e-3, betas (0.9, 0.999), eps 1e-8, wd 1e-2, amsgrad off;
+    §3.4: Adam 1e-4, wd 1e-5, eps 1e-5."""
+    from bench.train import build_optimizer
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    sgd = build_optimizer(net, load_protocol("synapse"))
+    assert type(sgd) is torch.optim.SGD and len(sgd.param_groups) == 1
+    g = sgd.param_groups[0]
+    assert (g["lr"], g["momentum"], g["weight_decay"], g["nesterov"]) == (0.01, 0.9, 1e-4, False)
+    assert len(g["params"]) == len(list(net.parameters()))  # no exclusions: BatchNorm's too
+    adamw = build_optimizer(net, load_protocol("isic17"))
+    g = adamw.param_groups[0]
+    assert type(adamw) is torch.optim.AdamW
+    assert (g["lr"], tuple(g["betas"]), g["eps"], g["weight_decay"], g["amsgrad"]) == (
+        1e-3, (0.9, 0.999), 1e-8, 1e-2, False)
+    adam = build_optimizer(net, load_protocol("lightm_unet_2d"))
+    g = adam.param_groups[0]
+    assert type(adam) is torch.optim.Adam and (g["lr"], g["eps"], g["weight_decay"]) == (1e-4, 1e-5, 1e-5)
+
+
 def test_multiclass_dice_loss_hand_computed():
     # 2 classes, 1x1x2 image: probabilities from logits, target [0, 1]
     logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]]]])
@@ -273,6 +296,89 @@ def test_grad_clip_rescales_the_whole_gradient_to_its_norm(synapse_root, tmp_pat
         torch.testing.assert_close(clipped[k], step * coef, rtol=0, atol=1e-6, msg=k)
 
 
+def _sgd_lrs(monkeypatch):
+    """The lr each SGD step really runs at, in order (what the optimizer holds, not what the loop logs)."""
+    used, real = [], torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    return used
+
+
+def test_the_loop_trains_each_step_at_transunets_poly_lr(synapse_root, tmp_path, monkeypatch):
+    """The schedule must reach the optimizer, not only the log: spec/baselines.md §4.6, "after each step
+    lr = 0.01·(1 − it/max_it)^0.9 with `it` counted before the increment (first two steps both at 0.01)"."""
+    from bench.train import load_checkpoint
+
+    ds = open_dataset("synapse", synapse_root)
+    proto = _proto(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, scheduler="poly", poly_power=0.9)
+    logged, used = [], _sgd_lrs(monkeypatch)
+
+    class Writer:
+        def add_scalar(self, tag, value, step):
+            if tag == "train/lr":
+                logged.append(value)
+
+    train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"), writer=Writer())
+    want = [0.01, 0.01, 0.01 * (5 / 6) ** 0.9, 0.01 * (4 / 6) ** 0.9, 0.01 * (3 / 6) ** 0.9, 0.01 * (2 / 6) ** 0.9]
+    assert used == pytest.approx(want, rel=1e-12) and logged == pytest.approx(want, rel=1e-12)
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    g = last["optimizer"]["param_groups"][0]
+    assert g["lr"] == pytest.approx(want[-1], rel=1e-12) and (g["momentum"], g["weight_decay"]) == (0.9, 1e-4)
+    assert last["step"] == 6 and last["optimizer"]["state"]  # the momentum buffers, for a resume
+
+
+def test_swin_unets_loss_weights_reach_the_loss_and_the_model_trains_in_train_mode(synapse_root, tmp_path,
+                                                                                      monkeypatch):
+    """Swin-Unet's loss is 0.4·CE + 0.6·Dice (spec/baselines.md §2.7): swapped, it trains another objective. A model
+    handed over in eval mode (as an evaluation or a cost measurement leaves it) must still train in train mode:
+    BatchNorm's batch statistics, dropout on."""
+    ds = open_dataset("synapse", synapse_root)
+    weights, modes = [], []
+
+    def loss(logits, label, **kw):
+        weights.append((kw["ce"], kw["dice"]))
+        return segmentation_loss(logits, label, **kw)
+
+    monkeypatch.setattr("bench.train.segmentation_loss", loss)
+    model = _tiny_unet(ds)
+    model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    model.eval()
+    swin = load_protocol("synapse_swin").train
+    proto = _proto(max_iterations=2, loss_ce=swin.loss_ce, loss_dice=swin.loss_dice)
+    train_model(model, ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
+    assert weights == [(0.4, 0.6)] * 2 and modes == [True, True]
+
+
+def test_each_step_uses_only_its_own_batchs_gradient(synapse_root, tmp_path, monkeypatch):
+    """Gradients left over from the step before would silently add up (TransUNet's trainer.py calls
+    optimizer.zero_grad() before each loss.backward()): at every step each gradient is d(this step's loss)/dp."""
+    ds = open_dataset("synapse", synapse_root)
+    model = _tiny_unet(ds)
+    params = [p for p in model.parameters() if p.requires_grad]
+    expected, checked, real_step = [], [], torch.optim.SGD.step
+
+    def loss(logits, label, **kw):
+        value = segmentation_loss(logits, label, **kw)
+        expected.append(torch.autograd.grad(value, params, retain_graph=True, allow_unused=True))
+        return value
+
+    def step(self, *args, **kwargs):
+        for p, want in zip(params, expected[-1]):
+            got = torch.zeros_like(p) if p.grad is None else p.grad
+            checked.append(torch.allclose(got, torch.zeros_like(p) if want is None else want, rtol=1e-5, atol=1e-7))
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr("bench.train.segmentation_loss", loss)
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    proto = _proto(max_iterations=3, optimizer="sgd", momentum=0.0, weight_decay=0.0, scheduler="constant", lr=0.1)
+    train_model(model, ds, proto, seed=0, run_dir=tmp_path, device=torch.device("cpu"))
+    assert len(expected) == 3 and len(checked) == 3 * len(params) and all(checked)
+
+
 def test_seed_everything_makes_cudnn_deterministic():
     # TransUNet and VM-UNet set both flags with the seed (their train.py files)
     saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
@@ -340,6 +446,34 @@ def test_resume_after_sigkill_gives_same_weights(synapse_root, tmp_path):
     b = torch.load(killed / "weights.pt", weights_only=True)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_a_resume_continues_the_step_count_and_poly_lr_of_an_uninterrupted_run(synapse_root, tmp_path, monkeypatch):
+    """A step counter restored off by one shifts every later poly lr and the record's iteration count: killed
+    after epoch 0's checkpoint and resumed, the run steps 3 epochs × 6 batches = 18 times, each at the lr
+    an uninterrupted run used (spec/baselines.md §4.6; the last at 0.01·(1 − 16/18)^0.9), to the same weights."""
+    ds = open_dataset("synapse", synapse_root)
+    proto = _proto(max_iterations=0, epochs=3, batch_size=16, optimizer="sgd", lr=0.01, momentum=0.9,
+                   weight_decay=1e-4, scheduler="poly")
+    used = _sgd_lrs(monkeypatch)
+    full = _tiny_unet(ds)
+    assert train_model(full, ds, proto, seed=0, run_dir=tmp_path / "full", device=torch.device("cpu")).iterations == 18
+    full_lrs = used[:]
+    used.clear()
+
+    def stop(epoch):
+        raise KeyboardInterrupt  # killed after epoch 0's checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_tiny_unet(ds), ds, proto, seed=0, run_dir=tmp_path / "cut", device=torch.device("cpu"),
+                    on_epoch_end=stop)
+    resumed = _tiny_unet(ds)
+    res = train_model(resumed, ds, proto, seed=0, run_dir=tmp_path / "cut", device=torch.device("cpu"), resume=True)
+    assert (res.iterations, res.resumed_from) == (18, 0)
+    assert used == full_lrs and len(used) == 18
+    assert used[:2] == [0.01, 0.01] and used[-1] == pytest.approx(0.01 * (2 / 18) ** 0.9, rel=1e-12)
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
 
 
 
