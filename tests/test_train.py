@@ -476,7 +476,6 @@ def test_a_resume_continues_the_step_count_and_poly_lr_of_an_uninterrupted_run(s
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
-
 class _Dropped(torch.nn.Module):
     """The tiny UNet with dropout on its logits: training draws from torch's global RNG."""
 
