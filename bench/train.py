@@ -156,6 +156,12 @@ class EpochBatches(torch.utils.data.Sampler[list]):
         return len(self._batch_sizes())
 
 
+def amp_enabled(protocol: Protocol, device: torch.device) -> bool:
+    """Whether training steps run under float16 autocast (with a gradient scaler): where the protocol allows it
+    (``amp``; no built-in recipe does) and on CUDA only; a protocol without it trains in its dtype on every device."""
+    return bool(protocol.train.amp and device.type == "cuda")
+
+
 def build_optimizer(model: nn.Module, protocol: Protocol) -> torch.optim.Optimizer:
     t, lr = protocol.train, base_lr(protocol)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -387,7 +393,7 @@ def train_model(
     if w.distributed:  # equal initial weights, then dropout/drop-path differ per rank
         torch.manual_seed(seed * 1_000_003 + w.rank)
     optimizer = build_optimizer(model, protocol)
-    use_amp = bool(t.amp and device.type == "cuda")  # AMP only where the protocol allows it
+    use_amp = amp_enabled(protocol, device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     start_epoch, step, epoch_losses, resumed_from, time_before = 0, 0, [], None, 0.0

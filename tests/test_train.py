@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from bench.data import open_dataset, synthetic_root
 from bench.errors import BenchError
 from bench.losses import binary_dice_loss, multiclass_dice_loss, nnunet_dice_loss, segmentation_loss
-from bench.protocol import load_protocol
+from bench.protocol import list_protocols, load_protocol
 from bench.registry import create_model, get_entry
 from bench.rng import caller_rng_kept, seed_everything
 from bench.train import lr_at, train_model
@@ -91,6 +91,17 @@ def test_each_recipes_optimizer_is_built_with_the_authors_hyperparameters():
     adam = build_optimizer(net, load_protocol("lightm_unet_2d"))
     g = adam.param_groups[0]
     assert type(adam) is torch.optim.Adam and (g["lr"], g["eps"], g["weight_decay"]) == (1e-4, 1e-5, 1e-5)
+
+
+def test_amp_only_where_the_protocol_allows_it_and_on_cuda():
+    """Every built-in recipe trains without AMP (the authors' code has none): turned on for any CUDA run, a GPU
+    would train them in float16 under their names."""
+    from bench.train import amp_enabled
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # a device object needs no GPU
+    assert not any(amp_enabled(load_protocol(name), cuda) for name in list_protocols())
+    allowed = _proto(amp=True)
+    assert amp_enabled(allowed, cuda) and not amp_enabled(allowed, cpu)
 
 
 def test_multiclass_dice_loss_hand_computed():
