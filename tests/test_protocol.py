@@ -37,7 +37,10 @@ def test_synapse_swin_differs_from_synapse_only_where_swin_unet_does():
     seeds, final-epoch checkpoint, metric code and aggregation are the same": a Swin-Unet row trains as TransUNet's."""
     swin, syn = load_protocol("synapse_swin"), load_protocol("synapse")
     own = ("lr", "lr_scale_batch", "loss_ce", "loss_dice")
-    same = lambda cfg: {k: v for k, v in dataclasses.asdict(cfg).items() if k not in own}  # noqa: E731
+
+    def same(cfg):
+        return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in own}
+
     assert same(swin.train) == same(syn.train)
     t = swin.train
     assert (swin.variant_of, t.lr, t.lr_scale_batch, t.loss_ce, t.loss_dice) == ("synapse", 0.05, 24, 0.4, 0.6)
