@@ -278,7 +278,8 @@ class OneConv(SegmentationModel):
 
 def randomise_like_a_checkpoint(module: nn.Module, seed: int = 0) -> None:
     """Every parameter and BatchNorm statistic away from its init, as a trained checkpoint has them: at
-    init a norm is (1, 0) and running statistics (0, 1), where a norm left out or moved cannot show.
+    init a norm is (1, 0) and running statistics (0, 1), where a norm left out or moved cannot show, and an
+    SSM's A_log rows are all log(1..N) and its D ones, where which channel or direction reads which row cannot.
     Running variances are small (0.01 to 0.06), so a BatchNorm eps other than 1e-5 shows too."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

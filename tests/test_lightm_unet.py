@@ -14,9 +14,9 @@ from bench.registry import create_model, load_weights
 from ssm_models import scan
 from ssm_models.lightm_unet import LightMUNet, MambaLayer, ResMambaBlock, ResUpBlock
 from ssm_models.mamba import Mamba
-from tests.fixtures import require_mamba_kernels
+from tests.fixtures import randomise_like_a_checkpoint, require_mamba_kernels
 from tests.test_scan import sequential_scan
-from tests.test_vmunet import REFERENCE, _manifest, with_checkpoint_a_and_d
+from tests.test_vmunet import REFERENCE, _manifest
 
 
 @pytest.mark.parametrize("ref", ["lightm_unet_2d", "lightm_unet_3d"])
@@ -98,7 +98,8 @@ def test_mamba_block_is_the_recurrence_with_each_channels_own_a_and_d():
     recurrence step by step, the SiLU(z) gate, out_proj. A fresh model's A rows are all alike; with a
     checkpoint's, channel c must read row c of A_log and D."""
     torch.manual_seed(0)
-    m = with_checkpoint_a_and_d(Mamba(d_model=4, d_state=3).double())
+    m = Mamba(d_model=4, d_state=3).double()
+    randomise_like_a_checkpoint(m)
     L, di, N, r = 6, m.d_inner, m.d_state, m.dt_rank
     h = torch.randn(1, L, 4, dtype=torch.float64)
     with torch.no_grad():

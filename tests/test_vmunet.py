@@ -16,6 +16,7 @@ from bench.registry import create_model, load_official_state_dict, load_weights
 from bench.scan_info import scan_backend_for
 from ssm_models import scan
 from ssm_models.vss import SS2D, DropPath, PatchExpand2D, PatchMerging2D, VSSBlock
+from tests.fixtures import randomise_like_a_checkpoint
 from tests.test_scan import sequential_scan
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -84,23 +85,13 @@ def test_ss2d_matches_authors_scan_order():
     torch.testing.assert_close(m(inp), want, rtol=1e-5, atol=1e-5)
 
 
-def with_checkpoint_a_and_d(m: torch.nn.Module) -> torch.nn.Module:
-    """Distinct A_log(s)/D(s) values per row, as a trained checkpoint has them: a fresh model's rows are all
-    log(1..N) and its D all ones, so a test on one cannot see which channel or direction reads which row."""
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.rsplit(".", 1)[-1] in ("A_logs", "A_log", "Ds", "D"):
-                p.copy_(torch.rand(p.shape, generator=g, dtype=p.dtype) * 1.5 - 0.5)
-    return m
-
-
 def test_ss2d_direction_k_scans_its_pixel_order_with_its_own_weights_and_rows():
     """Spec 1.1 written out: direction k reads the pixels row-major, column-major, or either reversed, with
     x_proj_weight[k], dt_projs_*[k] and rows k·d_inner..(k+1)·d_inner of A_logs and Ds; its outputs go back to
     their pixels and the four are summed. With a checkpoint's rows a mix-up changes the output."""
     torch.manual_seed(0)
-    m = with_checkpoint_a_and_d(SS2D(d_model=4, d_state=3).double())
+    m = SS2D(d_model=4, d_state=3).double()
+    randomise_like_a_checkpoint(m)
     b, H, W = 2, 2, 3
     di, N, r = m.d_inner, m.d_state, m.dt_rank
     x = torch.randn(b, di, H, W, dtype=torch.float64)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from bench.errors import BenchError
 from bench.registry import create_model, load_official_state_dict, load_weights
 from ssm_models.vmunet_v2 import SDI
+from tests.fixtures import randomise_like_a_checkpoint
 from tests.test_vmunet import REFERENCE, _manifest
 
 META = json.loads((REFERENCE / "vmunet_v2_isic" / "meta.json").read_text(encoding="utf-8"))
@@ -97,12 +98,8 @@ def test_vmunet_v2_forward_is_attention_sdi_and_the_two_head_fusion():
     change what an authors' checkpoint computes. BN statistics as a trained checkpoint has them."""
     torch.manual_seed(0)
     m = create_model("vmunet_v2", num_classes=1, img_size=64, tiny=True).double().eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # fresh running statistics are 0 and 1
-        for i in range(1, 5):
-            bn = getattr(m, f"Translayer_{i}").bn
-            bn.running_mean.copy_(torch.randn(bn.running_mean.shape, generator=g))
-            bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=g) + 0.5)
+    randomise_like_a_checkpoint(m)
+    with torch.no_grad():
         x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
         torch.testing.assert_close(m(x), v2_by_hand(m, x))
 
