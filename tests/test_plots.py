@@ -385,13 +385,12 @@ def test_point_labels_stay_inside_the_axes(monkeypatch, tmp_path, costs):
 
     from bench import plots
 
-    figures = []
-    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=120: figures.append(fig) or path)
+    figures = _drawn(monkeypatch)
     points = pd.DataFrame({"label": ["unet", "vmunet (tiny)", "transunet (hidden_size=96, num_layers=2)"],
                            "family": ["cnn", "ssm", "transformer"], "colour": ["#0072B2", "#D55E00", "#E69F00"],
                            "cost": costs, "dsc": [70.0, 75.0, 72.0], "dsc_std": [1.0, 1.0, 1.0]})
     plots._scatter(points, "params (M)", "title", tmp_path / "p.png")
-    (fig,) = figures
+    (fig,) = figures["p.png"]
     fig.canvas.draw()
     ax = fig.axes[0]
     box, renderer = ax.get_window_extent(), fig.canvas.get_renderer()
@@ -416,10 +415,10 @@ def test_training_curves_of_many_runs_are_one_colour_and_one_legend_entry_per_mo
     lone = make_record("transunet", seed=3, protocol="smoke", synthetic=True)
     lone["split"], lone["train"]["epoch_losses"] = "fold2", [0.8, 0.6]
     write_record(lone, tmp_path)
-    figures = []
-    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=120: figures.append(fig) or path)
+    figures = _drawn(monkeypatch)
     (path,) = plots.training_curves(tmp_path, tmp_path / "out")
-    (fig,) = figures
+    assert list(figures) == ["training_curves"]
+    (fig,) = figures["training_curves"]
     assert len(fig.axes) == 1  # no run logged a learning rate: no empty panel
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == ["transunet s3 fold 2", "unet (6 runs)", "vmunet (6 runs)"]
@@ -445,16 +444,17 @@ def test_a_model_has_one_colour_in_every_figure_and_pooled_boards_say_their_boxe
     for dataset, dice in (("synapse", {"unet": 0.5, "vmunet": 0.8}), ("isic17", {"unet": 0.9, "vmunet": 0.4})):
         for model, d in dice.items():  # the best model differs: the median order flips between boards
             write_record(make_record(model, dataset=dataset, seed=0, dice=d), tmp_path)
-    figures = []
-    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=120: figures.append(fig) or path)
+    figures = _drawn(monkeypatch)
     plots.per_class_boxplots(load(tmp_path, level="case"), tmp_path / "out")
-    assert len(figures) == 2
+    assert list(figures) == ["per_class_dsc"]
+    boards = figures["per_class_dsc"]
+    assert len(boards) == 2
     colours = [{t.get_text(): mcolors.to_hex(h.get_color()) for t, h in zip(fig.axes[0].get_legend().get_texts(),
                                                                           fig.axes[0].get_legend().legend_handles)}
-               for fig in figures]
+               for fig in boards]
     assert colours[0] == colours[1] and len(set(colours[0].values())) == 2
     assert colours[0] == {m: mcolors.to_hex(c) for m, c in plots.model_colours(["vmunet", "unet"]).items()}
-    titles = {fig.axes[0].get_title().split(" · ")[1]: fig.axes[0].get_title() for fig in figures}
+    titles = {fig.axes[0].get_title().split(" · ")[1]: fig.axes[0].get_title() for fig in boards}
     assert "the board's is pooled over all test pixels" in titles["isic17"]
     assert "pooled" not in titles["synapse"]
     assert plots.model_colours(pd.Series(["b", "a", "b"])) == plots.model_colours(["a", "b"])
