@@ -673,13 +673,17 @@ def test_profiles_join_the_accuracy_board(tmp_path):
                    "train_peak_mem_mb": "900", "fingerprint": "cpu x1"}
 
 
+# one profile row (bench.profiles' columns): an SSM model at 224², timed at batch 1 in fp32
+_PROFILE_ROW = {"family": "ssm", "input_shape": "1x3x224x224", "macs": 5e9, "paper_macs": 3e9, "params": 1e6,
+                "paper_params": 1e6, "scan_macs": 1e9, "paper_macs_missing_pct": 40.0, "fvcore_macs": 5e9,
+                "precision": "fp32", "channels_last": False, "compiled": False, "latency_ms_median": 10.0,
+                "latency_ms_p90": 11.0, "fps": 100.0}
+
+
 def test_cost_table_shows_throughput_where_measured():
     from bench.report import cost_tables
 
-    base = {"family": "ssm", "input_shape": "1x3x224x224", "macs": 5e9, "paper_macs": 3e9, "params": 1e6,
-            "paper_params": 1e6, "scan_macs": 1e9, "paper_macs_missing_pct": 40.0, "fvcore_macs": 5e9,
-            "precision": "fp32", "channels_last": False, "compiled": False, "latency_ms_median": 10.0,
-            "latency_ms_p90": 11.0, "fps": 100.0}
+    base = _PROFILE_ROW
     rows = [{**base, "model": "vmunet", "fingerprint": "gpu", "scan_backend": "torch", "throughput_batch": 64,
              "throughput_fps": 812.5, "flops": 1e10},  # the others' (older profiles) NaN: 2 × macs
             {**base, "model": "unet", "fingerprint": "gpu", "scan_backend": None},  # batch 1 only
@@ -700,12 +704,10 @@ def test_timings_at_another_precision_or_layout_are_another_cost_table():
     a cost table ranks timings taken the same way only."""
     from bench.report import cost_tables
 
-    base = {"family": "ssm", "input_shape": "1x3x224x224", "macs": 5e9, "paper_macs": 3e9, "params": 1e6,
-            "paper_params": 1e6, "scan_macs": 1e9, "paper_macs_missing_pct": 40.0, "fvcore_macs": 5e9,
-            "compiled": False, "latency_ms_p90": 11.0, "fingerprint": "gpu", "scan_backend": None}
-    rows = [{**base, "model": "vmunet", "precision": "fp16", "channels_last": False, "latency_ms_median": 5.0},
-            {**base, "model": "unet", "precision": "fp32", "channels_last": False, "latency_ms_median": 10.0},
-            {**base, "model": "transunet", "precision": "fp32", "channels_last": True, "latency_ms_median": 9.0}]
+    base = {**_PROFILE_ROW, "fingerprint": "gpu", "scan_backend": None}
+    rows = [{**base, "model": "vmunet", "precision": "fp16", "latency_ms_median": 5.0},
+            {**base, "model": "unet"},
+            {**base, "model": "transunet", "channels_last": True, "latency_ms_median": 9.0}]
     tables = cost_tables(pd.DataFrame(rows))
     assert {title: list(t["model"]) for title, t in tables.items()} == {
         "Cost · input 1x3x224x224 · fp16 · gpu": ["vmunet"], "Cost · input 1x3x224x224 · fp32 · gpu": ["unet"],
